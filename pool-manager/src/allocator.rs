@@ -1,0 +1,753 @@
+//! Allocate and Release.
+//!
+//! An allocation is recorded (state `Allocating`) before any cloud call, keyed
+//! by its request id; then a Ready instance is claimed by compare-and-swap,
+//! the tenant's volume and port are attached concurrently, the result is
+//! verified and the allocation is marked `Allocated` and flushed: only then is
+//! it acknowledged. If a step fails, what was attached is undone, the instance
+//! is discarded (never returned to the pool) and the next Ready one is tried
+//! while the deadline allows. A failed Allocate leaves no record, so a retry
+//! with the same request id starts afresh.
+
+use crate::cloud::{NewPortSpec, NewVolumeSpec, VolumeStatus};
+use crate::error::{ManagerError, ManagerResult};
+use crate::manager::{validate_name, validate_pool_key, PoolManager, Shared};
+use crate::model::{
+    Allocation, AllocationParams, AllocationState, EmptyPoolPolicy, Instance, InstanceState,
+    VolumeSource,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+/// Default time an Allocate may take when it waits for a warm instance.
+pub const DEFAULT_ALLOCATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time an Allocate may take when it cold-boots.
+pub const DEFAULT_COLD_BOOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Longest request id accepted (billing order ids are far shorter).
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// An Allocate call: the allocation's parameters plus how to wait.
+#[derive(Clone, Debug)]
+pub struct AllocateRequest {
+    pub params: AllocationParams,
+    pub empty_pool: EmptyPoolPolicy,
+    /// `None`: the default for the policy.
+    pub timeout: Option<Duration>,
+}
+
+impl PoolManager {
+    /// Hands out a warm instance with the tenant's volume and port attached.
+    /// Idempotent on `request_id`.
+    pub async fn allocate(&self, request: AllocateRequest) -> ManagerResult<Allocation> {
+        self.shared.allocate(request).await
+    }
+
+    pub async fn get_allocation(&self, request_id: &str) -> ManagerResult<Allocation> {
+        validate_request_id(request_id)?;
+        self.shared
+            .store
+            .get_allocation(request_id)
+            .await?
+            .ok_or_else(|| ManagerError::AllocationNotFound(request_id.to_string()))
+    }
+
+    /// Deletes the allocated server and port; deletes the volume if
+    /// `delete_volume` (or, when `None`, the allocation's own setting) says so.
+    pub async fn release(
+        &self,
+        request_id: &str,
+        delete_volume: Option<bool>,
+    ) -> ManagerResult<Allocation> {
+        let allocation = self.get_allocation(request_id).await?;
+        match allocation.state {
+            AllocationState::Released => return Ok(allocation),
+            AllocationState::Allocating => {
+                return Err(ManagerError::FailedPrecondition(format!(
+                    "allocation {request_id} is still in progress; release it once Allocate has answered"
+                )))
+            }
+            AllocationState::Allocated | AllocationState::Releasing => {}
+        }
+        let mut releasing = allocation.clone();
+        releasing.state = AllocationState::Releasing;
+        releasing.delete_volume_on_release = Some(
+            delete_volume
+                .or(allocation.delete_volume_on_release)
+                .unwrap_or(allocation.params.volume.delete_on_release),
+        );
+        if !self
+            .shared
+            .store
+            .cas_allocation(Some(&allocation), Some(&releasing))
+            .await?
+        {
+            return Err(ManagerError::FailedPrecondition(format!(
+                "allocation {request_id} changed during release; retry"
+            )));
+        }
+        self.shared.store.flush().await?;
+        self.shared.finish_release(releasing).await
+    }
+}
+
+pub(crate) fn validate_request_id(request_id: &str) -> ManagerResult<()> {
+    if request_id.is_empty() {
+        return Err(ManagerError::invalid("request_id", "is required"));
+    }
+    if request_id.len() > MAX_REQUEST_ID_LEN
+        || !request_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+    {
+        return Err(ManagerError::invalid(
+            "request_id",
+            format!("must be 1-{MAX_REQUEST_ID_LEN} characters of A-Z a-z 0-9 - _ . :"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate(params: &AllocationParams) -> ManagerResult<()> {
+    validate_request_id(&params.request_id)?;
+    validate_name("tenant_project_id", &params.tenant_project_id)?;
+    validate_pool_key(&params.pool)?;
+    match &params.volume.source {
+        VolumeSource::Existing { volume_id } => validate_name("volume.existing_volume_id", volume_id)?,
+        VolumeSource::New { size_gib, .. } => {
+            if *size_gib == 0 {
+                return Err(ManagerError::invalid("volume.new_volume.size_gib", "must be > 0"));
+            }
+        }
+    }
+    validate_name("network.network_id", &params.network.network_id)?;
+    if params.network.fixed_ip.is_some() && params.network.subnet_id.is_none() {
+        return Err(ManagerError::invalid("network.fixed_ip", "needs network.subnet_id"));
+    }
+    if let Some(ip) = &params.network.fixed_ip {
+        ip.parse::<std::net::IpAddr>()
+            .map_err(|_| ManagerError::invalid("network.fixed_ip", format!("{ip:?} is not an IP address")))?;
+    }
+    Ok(())
+}
+
+/// The allocation record, updated by concurrent attach steps; every update
+/// is written to the store before the step's next side effect.
+struct Record<'a> {
+    shared: &'a Shared,
+    current: Mutex<Allocation>,
+}
+
+impl Record<'_> {
+    async fn update(&self, change: impl FnOnce(&mut Allocation)) -> ManagerResult<Allocation> {
+        let mut current = self.current.lock().await;
+        let mut next = current.clone();
+        change(&mut next);
+        if !self.shared.store.cas_allocation(Some(&current), Some(&next)).await? {
+            return Err(ManagerError::FailedPrecondition(format!(
+                "allocation {} was changed by someone else",
+                next.params.request_id
+            )));
+        }
+        self.shared.store.flush().await?;
+        *current = next.clone();
+        Ok(next)
+    }
+
+    async fn get(&self) -> Allocation {
+        self.current.lock().await.clone()
+    }
+}
+
+/// Marks a request id as being worked on for as long as it lives, also when
+/// the Allocate future is dropped.
+struct InFlight<'a> {
+    shared: &'a Shared,
+    request_id: String,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared, request_id: &str) -> Self {
+        shared.in_flight.lock().expect("in-flight lock").insert(request_id.to_string());
+        Self { shared, request_id: request_id.to_string() }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.shared.in_flight.lock().expect("in-flight lock").remove(&self.request_id);
+    }
+}
+
+/// How a try with one instance failed.
+enum AttemptError {
+    /// The instance is bad (attach or verify failed): discard it, try the next.
+    Instance(ManagerError),
+    /// The request cannot succeed (fencing, deadline): stop.
+    Request(ManagerError),
+}
+
+impl Shared {
+    async fn allocate(self: &Arc<Self>, request: AllocateRequest) -> ManagerResult<Allocation> {
+        let params = &request.params;
+        validate(params)?;
+        let started = Instant::now();
+        let timeout = request.timeout.unwrap_or(match request.empty_pool {
+            EmptyPoolPolicy::ColdBoot => DEFAULT_COLD_BOOT_TIMEOUT,
+            _ => DEFAULT_ALLOCATE_TIMEOUT,
+        });
+        let deadline = started + timeout;
+        let mut generation = self.generation.subscribe();
+
+        let allocation = loop {
+            if let Some(existing) = self.store.get_allocation(&params.request_id).await? {
+                if existing.params != *params {
+                    return Err(ManagerError::Aborted(format!(
+                        "request_id {} was already used with other parameters",
+                        params.request_id
+                    )));
+                }
+                if existing.state != AllocationState::Allocating {
+                    return Ok(existing);
+                }
+                // Another call with this id is in flight: wait for its answer.
+                if tokio::time::timeout_at(deadline, generation.changed()).await.is_err() {
+                    return Err(ManagerError::FailedPrecondition(format!(
+                        "allocation {} is still in progress; retry later",
+                        params.request_id
+                    )));
+                }
+                continue;
+            }
+            let pool = self.pool(&params.pool).await?;
+            if pool.draining {
+                return Err(ManagerError::PoolNotFound(params.pool.clone()));
+            }
+            self.fence_volume(params).await?;
+            let allocation = Allocation::new(params.clone());
+            if self.store.cas_allocation(None, Some(&allocation)).await? {
+                self.store.flush().await?;
+                break allocation;
+            }
+        };
+
+        let _in_flight = InFlight::enter(self, &params.request_id);
+        let record = Record {
+            shared: self,
+            current: Mutex::new(allocation),
+        };
+        let span = tracing::info_span!("allocate", request_id = %params.request_id, pool = %params.pool);
+        let outcome = tracing::Instrument::instrument(
+            self.fulfil(&record, request.empty_pool, deadline, started),
+            span,
+        )
+        .await;
+        let allocation = record.get().await;
+        match outcome {
+            Ok(done) => {
+                let key = &done.params.pool;
+                let warm = done.warm_hit;
+                let _ = self
+                    .update_pool(key, |p| {
+                        if warm {
+                            p.allocations_warm += 1
+                        } else {
+                            p.allocations_cold += 1
+                        }
+                    })
+                    .await;
+                tracing::info!(request_id = %done.params.request_id, server = ?done.server_id, warm, total = ?done.timings.total, "allocated");
+                Ok(done)
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %params.request_id, error = %e, "allocation failed; rolling back");
+                let _ = self
+                    .update_pool(&params.pool, |p| p.allocations_failed += 1)
+                    .await;
+                if let Err(rollback) = self.roll_back(&allocation).await {
+                    tracing::error!(request_id = %params.request_id, error = %rollback, "rollback incomplete; reconciler will finish it");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A volume that is not `available` in the pool's AZ is never attached.
+    async fn fence_volume(&self, params: &AllocationParams) -> ManagerResult<()> {
+        let VolumeSource::Existing { volume_id } = &params.volume.source else {
+            return Ok(());
+        };
+        let volume = match self.cloud.get_volume(volume_id).await {
+            Ok(volume) => volume,
+            Err(crate::cloud::CloudError::NotFound(_)) => {
+                return Err(ManagerError::FailedPrecondition(format!(
+                    "volume {volume_id} does not exist"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if volume.status != VolumeStatus::Available {
+            return Err(ManagerError::FailedPrecondition(format!(
+                "volume {volume_id} is {:?}, not available; it is never attached while in use",
+                volume.status
+            )));
+        }
+        if volume.availability_zone != params.pool.availability_zone {
+            return Err(ManagerError::FailedPrecondition(format!(
+                "volume {volume_id} is in availability zone {}, the pool is in {}",
+                volume.availability_zone, params.pool.availability_zone
+            )));
+        }
+        Ok(())
+    }
+
+    async fn fulfil(
+        self: &Arc<Self>,
+        record: &Record<'_>,
+        policy: EmptyPoolPolicy,
+        deadline: Instant,
+        started: Instant,
+    ) -> ManagerResult<Allocation> {
+        let params = record.get().await.params;
+        loop {
+            let wait_started = Instant::now();
+            let (instance, warm) = self.obtain_instance(&params, policy, deadline).await?;
+            let waited = wait_started.elapsed();
+            let claimed_at = Instant::now();
+            record
+                .update(|a| {
+                    a.instance_id = Some(instance.id.clone());
+                    a.server_id = instance.server_id.clone();
+                    a.warm_hit = warm;
+                    a.timings.wait += waited;
+                })
+                .await?;
+            let claim = claimed_at.elapsed();
+            match self.attach_and_verify(record, &instance, deadline).await {
+                Ok(()) => {
+                    let done = record
+                        .update(|a| {
+                            a.state = AllocationState::Allocated;
+                            a.timings.claim = claim;
+                            a.timings.total = started.elapsed();
+                        })
+                        .await?;
+                    self.update_instance(&instance.id, |current| {
+                        (current.state == InstanceState::Claimed).then(|| {
+                            let mut next = current.clone();
+                            next.state = InstanceState::Allocated;
+                            Some(next)
+                        })
+                    })
+                    .await?;
+                    return Ok(done);
+                }
+                Err(failure) => {
+                    self.undo_attachments(record, &instance).await?;
+                    let (error, retry) = match failure {
+                        AttemptError::Instance(e) => (e, true),
+                        AttemptError::Request(e) => (e, false),
+                    };
+                    tracing::warn!(instance = %instance.id, error = %error, "discarding instance after failed attach");
+                    self.discard_instance(&instance.id, &error.to_string()).await?;
+                    record
+                        .update(|a| {
+                            a.instance_id = None;
+                            a.server_id = None;
+                        })
+                        .await?;
+                    if !retry || Instant::now() >= deadline {
+                        return Err(error);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A claimed instance: warm from the pool, or per the empty-pool policy.
+    async fn obtain_instance(
+        self: &Arc<Self>,
+        params: &AllocationParams,
+        policy: EmptyPoolPolicy,
+        deadline: Instant,
+    ) -> ManagerResult<(Instance, bool)> {
+        let mut generation = self.generation.subscribe();
+        loop {
+            if let Some(instance) = self.claim_ready(params).await? {
+                return Ok((instance, true));
+            }
+            match policy {
+                EmptyPoolPolicy::FailFast => {
+                    return Err(ManagerError::ResourceExhausted(format!(
+                        "pool {} has no ready instance",
+                        params.pool
+                    )))
+                }
+                EmptyPoolPolicy::ColdBoot => return self.cold_boot(params, deadline).await.map(|i| (i, false)),
+                EmptyPoolPolicy::Wait => {
+                    if tokio::time::timeout_at(deadline, generation.changed()).await.is_err() {
+                        return Err(ManagerError::ResourceExhausted(format!(
+                            "pool {} had no ready instance before the deadline",
+                            params.pool
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claims one Ready instance of the pool by compare-and-swap.
+    async fn claim_ready(&self, params: &AllocationParams) -> ManagerResult<Option<Instance>> {
+        let mut ready: Vec<Instance> = self
+            .store
+            .list_instances()
+            .await?
+            .into_iter()
+            .filter(|i| i.pool == params.pool && i.state == InstanceState::Ready && i.request_id.is_none())
+            .collect();
+        // Oldest first, so instances do not age out unused.
+        ready.sort_by_key(|i| i.ready_at);
+        for instance in ready {
+            let mut claimed = instance.clone();
+            claimed.state = InstanceState::Claimed;
+            claimed.request_id = Some(params.request_id.clone());
+            if self.store.cas_instance(Some(&instance), Some(&claimed)).await? {
+                self.store.flush().await?;
+                self.changed();
+                return Ok(Some(claimed));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn cold_boot(self: &Arc<Self>, params: &AllocationParams, deadline: Instant) -> ManagerResult<Instance> {
+        let pool = self.pool(&params.pool).await?;
+        let instance = self.record_new_instance(&pool, Some(params.request_id.clone())).await?;
+        let ready = tokio::time::timeout_at(deadline, self.drive_boot(instance.clone()))
+            .await
+            .map_err(|_| ManagerError::ResourceExhausted(format!("cold boot in pool {} did not finish before the deadline", params.pool)));
+        let ready = match ready {
+            Ok(Ok(ready)) => ready,
+            Ok(Err(e)) => return Err(ManagerError::ResourceExhausted(format!("cold boot failed: {e}"))),
+            Err(e) => {
+                self.driving.lock().expect("driving lock").remove(&instance.id);
+                self.discard_instance(&instance.id, "cold boot deadline").await?;
+                return Err(e);
+            }
+        };
+        let claimed = self
+            .update_instance(&ready.id, |current| {
+                (current.state == InstanceState::Ready).then(|| {
+                    let mut next = current.clone();
+                    next.state = InstanceState::Claimed;
+                    Some(next)
+                })
+            })
+            .await?
+            .ok_or_else(|| ManagerError::ResourceExhausted("cold-booted instance vanished".into()))?;
+        self.store.flush().await?;
+        Ok(claimed)
+    }
+
+    async fn attach_and_verify(
+        &self,
+        record: &Record<'_>,
+        instance: &Instance,
+        deadline: Instant,
+    ) -> Result<(), AttemptError> {
+        let server_id = instance.server_id.as_deref().ok_or_else(|| {
+            AttemptError::Instance(ManagerError::FailedPrecondition("instance has no server".into()))
+        })?;
+        let volume_started = Instant::now();
+        let port_started = Instant::now();
+        let (volume, port) = tokio::join!(
+            async {
+                let r = self.attach_volume(record, server_id, deadline).await;
+                (r, volume_started.elapsed())
+            },
+            async {
+                let r = self.attach_port(record, server_id, deadline).await;
+                (r, port_started.elapsed())
+            },
+        );
+        let (volume_id, volume_took) = (volume.0?, volume.1);
+        let (port_id, port_took) = (port.0?, port.1);
+
+        let verify_started = Instant::now();
+        let server = self
+            .retry(deadline, || self.cloud.get_server(server_id))
+            .await
+            .map_err(|e| AttemptError::Instance(e.into()))?;
+        if server.status != crate::cloud::ServerStatus::Active
+            || !server.attached_volumes.contains(&volume_id)
+            || !server.attached_ports.contains(&port_id)
+        {
+            return Err(AttemptError::Instance(ManagerError::FailedPrecondition(format!(
+                "server {server_id} failed verification: status {:?}, volumes {:?}, ports {:?}",
+                server.status, server.attached_volumes, server.attached_ports
+            ))));
+        }
+        let verify = verify_started.elapsed();
+        record
+            .update(|a| {
+                a.timings.volume = volume_took;
+                a.timings.port = port_took;
+                a.timings.verify = verify;
+            })
+            .await
+            .map_err(AttemptError::Request)?;
+        Ok(())
+    }
+
+    /// Creates the volume if asked, attaches it and waits until it is in use
+    /// by the server.
+    async fn attach_volume(&self, record: &Record<'_>, server_id: &str, deadline: Instant) -> Result<String, AttemptError> {
+        let allocation = record.get().await;
+        let params = &allocation.params;
+        let volume_id = match (&allocation.volume_id, &params.volume.source) {
+            (Some(id), _) => id.clone(),
+            (None, VolumeSource::Existing { volume_id }) => volume_id.clone(),
+            (None, VolumeSource::New { size_gib, volume_type }) => {
+                let spec = NewVolumeSpec {
+                    name: allocation.resource_name(),
+                    size_gib: *size_gib,
+                    volume_type: volume_type.clone(),
+                    availability_zone: params.pool.availability_zone.clone(),
+                    project_id: params.tenant_project_id.clone(),
+                };
+                let volume = self
+                    .retry(deadline, || self.cloud.create_volume(&spec))
+                    .await
+                    .map_err(|e| AttemptError::Request(e.into()))?;
+                record
+                    .update(|a| {
+                        a.volume_id = Some(volume.id.clone());
+                        a.volume_created = true;
+                    })
+                    .await
+                    .map_err(AttemptError::Request)?;
+                volume.id
+            }
+        };
+        if allocation.volume_id.is_none() {
+            record
+                .update(|a| a.volume_id = Some(volume_id.clone()))
+                .await
+                .map_err(AttemptError::Request)?;
+        }
+        // Wait for a new volume to become available; fence an existing one again
+        // (it may have been attached elsewhere since the request was checked).
+        self.wait_volume(&volume_id, deadline, |status, attached| {
+            matches!(status, VolumeStatus::Available | VolumeStatus::Creating)
+                // Our own detach from a discarded instance, finishing.
+                || (*status == VolumeStatus::Detaching && attached.iter().all(|s| s != server_id))
+        })
+            .await?;
+        self.retry(deadline, || self.cloud.attach_volume(server_id, &volume_id))
+            .await
+            .map_err(|e| match e {
+                crate::cloud::CloudError::Conflict(m) => AttemptError::Request(ManagerError::FailedPrecondition(format!(
+                    "volume {volume_id} cannot be attached: {m}"
+                ))),
+                e => AttemptError::Instance(e.into()),
+            })?;
+        self.wait_volume(&volume_id, deadline, |status, attached| {
+            *status == VolumeStatus::InUse && attached.iter().any(|s| s == server_id)
+        })
+        .await?;
+        Ok(volume_id)
+    }
+
+    /// Polls the volume until `done` (for Creating, until Available).
+    async fn wait_volume(
+        &self,
+        volume_id: &str,
+        deadline: Instant,
+        acceptable: impl Fn(&VolumeStatus, &[String]) -> bool,
+    ) -> Result<(), AttemptError> {
+        loop {
+            let volume = self
+                .retry(deadline, || self.cloud.get_volume(volume_id))
+                .await
+                .map_err(|e| AttemptError::Request(e.into()))?;
+            if !acceptable(&volume.status, &volume.attached_to) {
+                return Err(AttemptError::Request(ManagerError::FailedPrecondition(format!(
+                    "volume {volume_id} is {:?}, not available; it is never attached while in use",
+                    volume.status
+                ))));
+            }
+            if !matches!(
+                volume.status,
+                VolumeStatus::Creating | VolumeStatus::Attaching | VolumeStatus::Detaching
+            ) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(AttemptError::Request(ManagerError::ResourceExhausted(format!(
+                    "volume {volume_id} still {:?} at the deadline",
+                    volume.status
+                ))));
+            }
+            tokio::time::sleep(self.settings.poll_interval.min(Duration::from_millis(500))).await;
+        }
+    }
+
+    async fn attach_port(&self, record: &Record<'_>, server_id: &str, deadline: Instant) -> Result<String, AttemptError> {
+        let allocation = record.get().await;
+        let port_id = match &allocation.port_id {
+            Some(id) => id.clone(),
+            None => {
+                let spec = NewPortSpec {
+                    name: allocation.resource_name(),
+                    network_id: allocation.params.network.network_id.clone(),
+                    subnet_id: allocation.params.network.subnet_id.clone(),
+                    fixed_ip: allocation.params.network.fixed_ip.clone(),
+                    project_id: allocation.params.tenant_project_id.clone(),
+                };
+                let port = self
+                    .retry(deadline, || self.cloud.create_port(&spec))
+                    .await
+                    .map_err(|e| match e {
+                        crate::cloud::CloudError::NotFound(m) | crate::cloud::CloudError::Conflict(m) => {
+                            AttemptError::Request(ManagerError::FailedPrecondition(format!("cannot create the tenant port: {m}")))
+                        }
+                        e => AttemptError::Request(e.into()),
+                    })?;
+                record
+                    .update(|a| a.port_id = Some(port.id.clone()))
+                    .await
+                    .map_err(AttemptError::Request)?;
+                port.id
+            }
+        };
+        self.retry(deadline, || self.cloud.attach_port(server_id, &port_id))
+            .await
+            .map_err(|e| AttemptError::Instance(e.into()))?;
+        loop {
+            let port = self
+                .retry(deadline, || self.cloud.get_port(&port_id))
+                .await
+                .map_err(|e| AttemptError::Instance(e.into()))?;
+            if port.device_id.as_deref() == Some(server_id) && port.ip_address.is_some() {
+                record
+                    .update(|a| a.ip_address = port.ip_address.clone())
+                    .await
+                    .map_err(AttemptError::Request)?;
+                return Ok(port_id);
+            }
+            if Instant::now() >= deadline {
+                return Err(AttemptError::Instance(ManagerError::ResourceExhausted(format!(
+                    "port {port_id} not attached to {server_id} by the deadline"
+                ))));
+            }
+            tokio::time::sleep(self.settings.poll_interval.min(Duration::from_millis(500))).await;
+        }
+    }
+
+    /// Detaches the volume and deletes the port from a server being discarded;
+    /// a created volume stays recorded for the next try.
+    async fn undo_attachments(&self, record: &Record<'_>, instance: &Instance) -> ManagerResult<()> {
+        let allocation = record.get().await;
+        let deadline = Instant::now() + self.settings.poll_interval * 30;
+        if let (Some(server_id), Some(volume_id)) = (&instance.server_id, &allocation.volume_id) {
+            self.retry(deadline, || self.cloud.detach_volume(server_id, volume_id)).await?;
+        }
+        if let Some(port_id) = &allocation.port_id {
+            if let Some(server_id) = &instance.server_id {
+                self.retry(deadline, || self.cloud.detach_port(server_id, port_id)).await?;
+            }
+            self.retry(deadline, || self.cloud.delete_port(port_id)).await?;
+            record.update(|a| a.port_id = None).await?;
+        }
+        Ok(())
+    }
+
+    /// Undoes a failed or interrupted allocation: discards its instances,
+    /// deletes the port and a volume warmpool created, then the record.
+    /// Idempotent, so the reconciler can run it again after a crash.
+    pub(crate) async fn roll_back(&self, allocation: &Allocation) -> ManagerResult<()> {
+        let request_id = &allocation.params.request_id;
+        let deadline = Instant::now() + self.settings.poll_interval * 30;
+        let name = allocation.resource_name();
+        for instance in self.store.list_instances().await? {
+            if instance.request_id.as_deref() == Some(request_id.as_str())
+                && instance.state != InstanceState::Allocated
+            {
+                if let (Some(server_id), Some(volume_id)) = (&instance.server_id, &allocation.volume_id) {
+                    self.retry(deadline, || self.cloud.detach_volume(server_id, volume_id)).await?;
+                }
+                self.discard_instance(&instance.id, "allocation rolled back").await?;
+            }
+        }
+        let mut ports = self.retry(deadline, || self.cloud.find_ports_by_name(&name)).await?;
+        ports.retain(|p| Some(&p.id) != allocation.port_id.as_ref());
+        for port in allocation.port_id.iter().chain(ports.iter().map(|p| &p.id)) {
+            self.retry(deadline, || self.cloud.delete_port(port)).await?;
+        }
+        if matches!(allocation.params.volume.source, VolumeSource::New { .. }) {
+            let volumes = self.retry(deadline, || self.cloud.find_volumes_by_name(&name)).await?;
+            for volume in volumes {
+                self.retry(deadline, || self.cloud.delete_volume(&volume.id)).await?;
+            }
+        }
+        if let Some(stored) = self.store.get_allocation(request_id).await? {
+            if stored.state == AllocationState::Allocating {
+                self.store.cas_allocation(Some(&stored), None).await?;
+            }
+        }
+        self.store.flush().await?;
+        self.changed();
+        Ok(())
+    }
+
+    /// Deletes the server, port and (if decided) volume of a `Releasing`
+    /// allocation, then marks it `Released`. Idempotent.
+    pub(crate) async fn finish_release(&self, allocation: Allocation) -> ManagerResult<Allocation> {
+        let deadline = Instant::now() + self.settings.poll_interval * 30;
+        if let Some(instance_id) = &allocation.instance_id {
+            let releasing = self
+                .update_instance(instance_id, |current| {
+                    (current.state != InstanceState::Releasing).then(|| {
+                        let mut next = current.clone();
+                        next.state = InstanceState::Releasing;
+                        Some(next)
+                    })
+                })
+                .await?;
+            self.store.flush().await?;
+            if let (Some(server_id), Some(volume_id)) = (&allocation.server_id, &allocation.volume_id) {
+                self.retry(deadline, || self.cloud.detach_volume(server_id, volume_id)).await?;
+            }
+            if let Some(instance) = releasing.or(self.store.get_instance(instance_id).await?) {
+                self.finish_delete(&instance).await?;
+            }
+        }
+        if let Some(port_id) = &allocation.port_id {
+            self.retry(deadline, || self.cloud.delete_port(port_id)).await?;
+        }
+        if allocation.delete_volume_on_release == Some(true) {
+            if let Some(volume_id) = &allocation.volume_id {
+                // The detach above is asynchronous; wait until Cinder lets go.
+                loop {
+                    match self.cloud.delete_volume(volume_id).await {
+                        Ok(()) => break,
+                        Err(crate::cloud::CloudError::Conflict(_)) | Err(crate::cloud::CloudError::Transient(_))
+                            if Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(self.settings.poll_interval.min(Duration::from_millis(500))).await
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        let mut released = allocation.clone();
+        released.state = AllocationState::Released;
+        self.store.cas_allocation(Some(&allocation), Some(&released)).await?;
+        self.store.flush().await?;
+        self.changed();
+        tracing::info!(request_id = %released.params.request_id, "released");
+        Ok(released)
+    }
+}

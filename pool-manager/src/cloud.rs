@@ -1,0 +1,155 @@
+//! The `Cloud` trait: everything warmpool asks of OpenStack, with classified
+//! errors so callers decide retry, back-off or give-up without parsing text.
+
+use crate::model::PoolKey;
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Metadata keys written on every pool server, so the reconciler can find them.
+pub const META_POOL: &str = "warmpool.pool";
+pub const META_INSTANCE: &str = "warmpool.instance";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSpec {
+    pub name: String,
+    pub pool: PoolKey,
+    pub image: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerStatus {
+    Build,
+    Active,
+    Error,
+    Deleted,
+    Other,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Server {
+    pub id: String,
+    pub name: String,
+    pub status: ServerStatus,
+    pub availability_zone: String,
+    pub metadata: BTreeMap<String, String>,
+    /// Where mysqld should answer, once the server has an address.
+    pub mysql_addr: Option<SocketAddr>,
+    /// The fault Nova reports for an ERROR server (e.g. NoValidHost).
+    pub fault: Option<String>,
+    pub attached_volumes: Vec<String>,
+    pub attached_ports: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VolumeStatus {
+    Creating,
+    Available,
+    Attaching,
+    InUse,
+    Detaching,
+    Error,
+    Other(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Volume {
+    pub id: String,
+    pub name: String,
+    pub status: VolumeStatus,
+    pub availability_zone: String,
+    pub size_gib: u32,
+    /// Server ids the volume is attached to.
+    pub attached_to: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewVolumeSpec {
+    pub name: String,
+    pub size_gib: u32,
+    pub volume_type: Option<String>,
+    pub availability_zone: String,
+    pub project_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewPortSpec {
+    pub name: String,
+    pub network_id: String,
+    pub subnet_id: Option<String>,
+    pub fixed_ip: Option<String>,
+    pub project_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Port {
+    pub id: String,
+    pub name: String,
+    pub network_id: String,
+    pub device_id: Option<String>,
+    pub ip_address: Option<String>,
+}
+
+/// A cloud error, classified by what the caller should do about it.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum CloudError {
+    /// 429/413: slow down; retry after the given time if the cloud said.
+    #[error("cloud throttled the request{}: {message}", retry_after.map(|d| format!(" (retry after {d:?})")).unwrap_or_default())]
+    Throttled {
+        retry_after: Option<Duration>,
+        message: String,
+    },
+    #[error("cloud quota exceeded: {0}")]
+    QuotaExceeded(String),
+    /// The object is in a state that forbids the call (in use, task state).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// 5xx, timeouts, connection errors: worth retrying.
+    #[error("transient cloud error: {0}")]
+    Transient(String),
+    /// The request can never succeed as sent (bad image, auth, 400).
+    #[error("cloud error: {0}")]
+    Fatal(String),
+}
+
+impl CloudError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Throttled { .. } | Self::Transient(_))
+    }
+}
+
+pub type CloudResult<T> = Result<T, CloudError>;
+
+/// What warmpool needs of the cloud. Calls return once the cloud accepted the
+/// request; completion (ACTIVE, `in-use`) is observed with the `get_*` calls.
+#[async_trait]
+pub trait Cloud: Send + Sync + 'static {
+    async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server>;
+    async fn get_server(&self, server_id: &str) -> CloudResult<Server>;
+    /// Every server that carries warmpool's pool metadata.
+    async fn list_pool_servers(&self) -> CloudResult<Vec<Server>>;
+    /// Idempotent: deleting a missing server is Ok.
+    async fn delete_server(&self, server_id: &str) -> CloudResult<()>;
+
+    async fn create_volume(&self, spec: &NewVolumeSpec) -> CloudResult<Volume>;
+    async fn get_volume(&self, volume_id: &str) -> CloudResult<Volume>;
+    async fn find_volumes_by_name(&self, name: &str) -> CloudResult<Vec<Volume>>;
+    /// Idempotent: deleting a missing volume is Ok.
+    async fn delete_volume(&self, volume_id: &str) -> CloudResult<()>;
+    /// Fails with `Conflict` unless the volume is `available`.
+    async fn attach_volume(&self, server_id: &str, volume_id: &str) -> CloudResult<()>;
+    /// Idempotent: detaching a volume that is not attached is Ok.
+    async fn detach_volume(&self, server_id: &str, volume_id: &str) -> CloudResult<()>;
+
+    async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port>;
+    async fn get_port(&self, port_id: &str) -> CloudResult<Port>;
+    async fn find_ports_by_name(&self, name: &str) -> CloudResult<Vec<Port>>;
+    /// Idempotent: deleting a missing port is Ok.
+    async fn delete_port(&self, port_id: &str) -> CloudResult<()>;
+    async fn attach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()>;
+    async fn detach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()>;
+}

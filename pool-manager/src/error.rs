@@ -1,0 +1,48 @@
+//! The errors `PoolManager` returns, one variant per thing a caller can act on.
+
+use crate::cloud::CloudError;
+use crate::model::PoolKey;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("invalid {field}: {message}")]
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
+    #[error("no pool {0}")]
+    PoolNotFound(PoolKey),
+    #[error("pool {0} already exists")]
+    PoolExists(PoolKey),
+    #[error("no allocation with request_id {0:?}")]
+    AllocationNotFound(String),
+    /// The request is valid but the world is not in a state to serve it
+    /// (volume in use, allocation still in progress).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// No warm instance by the deadline, or the cloud's quota is spent.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The request id was used before with other parameters.
+    #[error("{0}")]
+    Aborted(String),
+    /// The cloud failed or throttled past the deadline.
+    #[error("cloud unavailable: {0}")]
+    Cloud(#[from] CloudError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("warmpool is shutting down")]
+    ShuttingDown,
+}
+
+impl ManagerError {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+pub type ManagerResult<T> = Result<T, ManagerError>;

@@ -1,0 +1,20 @@
+//! warmpool's core: the pool model and its state machine, the `Store` and
+//! `Cloud` traits, and the tasks that keep pools warm and hand instances out.
+//!
+//! This crate knows nothing of gRPC, HTTP servers or config files; the
+//! `server` crate maps its API onto [`PoolManager`]'s methods.
+
+mod allocator;
+pub mod cloud;
+pub mod error;
+mod manager;
+pub mod model;
+pub mod probe;
+mod reconciler;
+mod replenisher;
+pub mod store;
+
+pub use allocator::{AllocateRequest, DEFAULT_ALLOCATE_TIMEOUT, DEFAULT_COLD_BOOT_TIMEOUT, MAX_REQUEST_ID_LEN};
+pub use error::{ManagerError, ManagerResult};
+pub use manager::{state_name, ManagerSettings, PoolManager, PoolStatus};
+pub use replenisher::BootError;

@@ -1,0 +1,360 @@
+//! `PoolManager`: the one handle the server holds. It owns the store, the
+//! cloud, the probe and the background tasks, and offers the API operations.
+//! The allocator, replenisher and reconciler extend [`Shared`] in their own
+//! modules.
+
+use crate::cloud::{Cloud, CloudError};
+use crate::error::{ManagerError, ManagerResult};
+use crate::model::{Instance, InstanceState, PoolKey, PoolRecord, PoolSpec};
+use crate::probe::Probe;
+use crate::store::Store;
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// How the manager paces its work. Defaults suit a real cloud.
+#[derive(Clone, Debug)]
+pub struct ManagerSettings {
+    /// How often server, volume and port status is polled while waiting.
+    pub poll_interval: Duration,
+    /// How often each pool's replenisher re-checks even without a nudge.
+    pub replenish_interval: Duration,
+    /// How often the reconciler compares the store with the cloud.
+    pub reconcile_interval: Duration,
+    /// Boots in flight per pool, at most.
+    pub max_concurrent_boots: u32,
+    /// First back-off after a retryable cloud error; doubles up to 32x.
+    pub retry_backoff: Duration,
+}
+
+impl Default for ManagerSettings {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(2),
+            replenish_interval: Duration::from_secs(5),
+            reconcile_interval: Duration::from_secs(60),
+            max_concurrent_boots: 4,
+            retry_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+
+/// A pool with its live counts, as `GetPool` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub record: PoolRecord,
+    pub effective_target: u32,
+    pub counts: BTreeMap<&'static str, u32>,
+}
+
+impl PoolStatus {
+    pub fn count(&self, state: InstanceState) -> u32 {
+        self.counts.get(state_name(state)).copied().unwrap_or(0)
+    }
+}
+
+pub fn state_name(state: InstanceState) -> &'static str {
+    match state {
+        InstanceState::Booting => "booting",
+        InstanceState::Warming => "warming",
+        InstanceState::Ready => "ready",
+        InstanceState::Claimed => "claimed",
+        InstanceState::Allocated => "allocated",
+        InstanceState::Releasing => "releasing",
+        InstanceState::Failed => "failed",
+        InstanceState::Deleting => "deleting",
+    }
+}
+
+/// State shared by the API and the background tasks.
+pub(crate) struct Shared {
+    pub store: Arc<dyn Store>,
+    pub cloud: Arc<dyn Cloud>,
+    pub probe: Arc<dyn Probe>,
+    pub settings: ManagerSettings,
+    /// Bumped on every change of an instance or pool; waiters and watchers
+    /// re-read the store when it moves.
+    pub generation: watch::Sender<u64>,
+    /// Serializes read-modify-write of pool records (counters, spec).
+    pub pool_lock: tokio::sync::Mutex<()>,
+    /// Instances a boot task is driving now, so the reconciler never starts a second.
+    pub driving: Mutex<HashSet<String>>,
+    /// Request ids an Allocate in this process is working on; the periodic
+    /// reconciler leaves their `Allocating` records alone.
+    pub in_flight: Mutex<HashSet<String>>,
+    pub tasks: Mutex<JoinSet<()>>,
+    pub shutdown: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub fn changed(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn spawn(self: &Arc<Self>, task: impl Future<Output = ()> + Send + 'static) {
+        if *self.shutdown.borrow() {
+            return;
+        }
+        self.tasks.lock().expect("task set lock").spawn(task);
+    }
+
+    /// Applies `change` to the stored instance until a compare-and-swap
+    /// succeeds. `change` returns `None` to leave the record alone; the result
+    /// is the record as written, or `None` when absent or left alone.
+    pub async fn update_instance(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&Instance) -> Option<Option<Instance>>,
+    ) -> ManagerResult<Option<Instance>> {
+        loop {
+            let Some(current) = self.store.get_instance(id).await? else {
+                return Ok(None);
+            };
+            let Some(next) = change(&current) else {
+                return Ok(None);
+            };
+            if self.store.cas_instance(Some(&current), next.as_ref()).await? {
+                self.changed();
+                return Ok(next);
+            }
+        }
+    }
+
+    pub async fn pool(&self, key: &PoolKey) -> ManagerResult<PoolRecord> {
+        self.store
+            .get_pool(key)
+            .await?
+            .ok_or_else(|| ManagerError::PoolNotFound(key.clone()))
+    }
+
+    pub async fn update_pool(
+        &self,
+        key: &PoolKey,
+        change: impl FnOnce(&mut PoolRecord),
+    ) -> ManagerResult<PoolRecord> {
+        let _guard = self.pool_lock.lock().await;
+        let mut pool = self.pool(key).await?;
+        change(&mut pool);
+        self.store.put_pool(&pool).await?;
+        self.changed();
+        Ok(pool)
+    }
+
+    /// Calls the cloud until it answers something other than a retryable
+    /// error, honouring Retry-After, or until `deadline`.
+    pub async fn retry<T, F, Fut>(&self, deadline: Instant, mut call: F) -> Result<T, CloudError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, CloudError>>,
+    {
+        let mut backoff = self.settings.retry_backoff;
+        loop {
+            match call().await {
+                Err(e) if e.is_retryable() => {
+                    let pause = match &e {
+                        CloudError::Throttled {
+                            retry_after: Some(after),
+                            ..
+                        } => *after,
+                        _ => backoff,
+                    };
+                    if Instant::now() + pause >= deadline {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %e, ?pause, "retrying cloud call");
+                    tokio::time::sleep(pause).await;
+                    backoff = (backoff * 2).min(self.settings.retry_backoff * 32);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub async fn pool_status(&self, record: PoolRecord) -> ManagerResult<PoolStatus> {
+        let instances = self.store.list_instances().await?;
+        Ok(status_of(record, &instances))
+    }
+}
+
+pub(crate) fn status_of(record: PoolRecord, instances: &[Instance]) -> PoolStatus {
+    let mut counts = BTreeMap::new();
+    for instance in instances.iter().filter(|i| i.pool == record.key) {
+        *counts.entry(state_name(instance.state)).or_insert(0) += 1;
+    }
+    PoolStatus {
+        effective_target: record.spec.effective_target(),
+        record,
+        counts,
+    }
+}
+
+/// The core's handle. Cheap to clone.
+#[derive(Clone)]
+pub struct PoolManager {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl PoolManager {
+    /// Builds the manager. Nothing runs until [`PoolManager::start`].
+    pub fn new(
+        store: Arc<dyn Store>,
+        cloud: Arc<dyn Cloud>,
+        probe: Arc<dyn Probe>,
+        settings: ManagerSettings,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                store,
+                cloud,
+                probe,
+                settings,
+                generation: watch::channel(0).0,
+                pool_lock: tokio::sync::Mutex::new(()),
+                driving: Mutex::new(HashSet::new()),
+                in_flight: Mutex::new(HashSet::new()),
+                tasks: Mutex::new(JoinSet::new()),
+                shutdown: watch::channel(false).0,
+            }),
+        }
+    }
+
+    /// Reconciles the store with the cloud (finishing or rolling back what a
+    /// crash interrupted), then starts one replenisher per pool and the
+    /// periodic reconciler. Call before serving mutations.
+    pub async fn start(&self) -> ManagerResult<()> {
+        self.shared.reconcile_once().await?;
+        for pool in self.shared.store.list_pools().await? {
+            self.shared.start_replenisher(pool.key);
+        }
+        let shared = self.shared.clone();
+        self.shared.spawn(async move { shared.reconcile_loop().await });
+        Ok(())
+    }
+
+    /// Runs one reconcile pass now.
+    pub async fn reconcile(&self) -> ManagerResult<()> {
+        self.shared.reconcile_once().await
+    }
+
+    /// Stops background tasks (boots in flight are resumed by the next
+    /// start's reconcile) and flushes the store.
+    pub async fn shutdown(&self) -> ManagerResult<()> {
+        self.shared.shutdown.send_replace(true);
+        let mut tasks = std::mem::take(&mut *self.shared.tasks.lock().expect("task set lock"));
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        self.shared.driving.lock().expect("driving lock").clear();
+        self.shared.store.flush().await?;
+        Ok(())
+    }
+
+    /// A receiver that changes whenever a pool or instance changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.generation.subscribe()
+    }
+
+    pub async fn list_pools(&self) -> ManagerResult<Vec<PoolStatus>> {
+        let instances = self.shared.store.list_instances().await?;
+        let pools = self.shared.store.list_pools().await?;
+        Ok(pools
+            .into_iter()
+            .map(|record| status_of(record, &instances))
+            .collect())
+    }
+
+    pub async fn get_pool(&self, key: &PoolKey) -> ManagerResult<PoolStatus> {
+        let record = self.shared.pool(key).await?;
+        self.shared.pool_status(record).await
+    }
+
+    pub async fn create_pool(&self, key: PoolKey, spec: PoolSpec) -> ManagerResult<PoolStatus> {
+        validate_pool_key(&key)?;
+        spec.validate()
+            .map_err(|(field, message)| ManagerError::invalid(field, message))?;
+        {
+            let _guard = self.shared.pool_lock.lock().await;
+            if self.shared.store.get_pool(&key).await?.is_some() {
+                return Err(ManagerError::PoolExists(key));
+            }
+            self.shared
+                .store
+                .put_pool(&PoolRecord::new(key.clone(), spec))
+                .await?;
+            self.shared.store.flush().await?;
+        }
+        self.shared.changed();
+        self.shared.start_replenisher(key.clone());
+        self.get_pool(&key).await
+    }
+
+    /// Replaces the spec after `change`; refuses an inconsistent result.
+    pub async fn update_pool(
+        &self,
+        key: &PoolKey,
+        change: impl FnOnce(&mut PoolSpec),
+    ) -> ManagerResult<PoolStatus> {
+        let record = {
+            let _guard = self.shared.pool_lock.lock().await;
+            let mut record = self.shared.pool(key).await?;
+            if record.draining {
+                return Err(ManagerError::FailedPrecondition(format!(
+                    "pool {key} is being deleted"
+                )));
+            }
+            change(&mut record.spec);
+            record
+                .spec
+                .validate()
+                .map_err(|(field, message)| ManagerError::invalid(field, message))?;
+            self.shared.store.put_pool(&record).await?;
+            self.shared.store.flush().await?;
+            record
+        };
+        self.shared.changed();
+        tracing::info!(pool = %key, spec = ?record.spec, "pool settings changed");
+        self.shared.pool_status(record).await
+    }
+
+    /// Starts draining: no more boots; unclaimed instances are deleted; the
+    /// pool record goes once they are gone. Allocations are not touched.
+    pub async fn delete_pool(&self, key: &PoolKey) -> ManagerResult<PoolStatus> {
+        let record = self.shared.update_pool(key, |p| p.draining = true).await?;
+        self.shared.store.flush().await?;
+        tracing::info!(pool = %key, "pool draining");
+        self.shared.pool_status(record).await
+    }
+
+    /// Instances of one pool, or of all pools when `pool` is `None`.
+    pub async fn list_instances(&self, pool: Option<&PoolKey>) -> ManagerResult<Vec<Instance>> {
+        if let Some(key) = pool {
+            self.shared.pool(key).await?;
+        }
+        let mut instances = self.shared.store.list_instances().await?;
+        instances.retain(|i| pool.is_none_or(|key| &i.pool == key));
+        instances.sort_by(|a, b| (&a.pool, a.created_at).cmp(&(&b.pool, b.created_at)));
+        Ok(instances)
+    }
+}
+
+pub(crate) fn validate_pool_key(key: &PoolKey) -> ManagerResult<()> {
+    validate_name("flavor", &key.flavor)?;
+    validate_name("availability_zone", &key.availability_zone)
+}
+
+pub(crate) fn validate_name(field: &'static str, value: &str) -> ManagerResult<()> {
+    if value.trim().is_empty() {
+        return Err(ManagerError::invalid(field, "is required"));
+    }
+    if value.len() > 255 || value.chars().any(char::is_control) {
+        return Err(ManagerError::invalid(
+            field,
+            "must be at most 255 characters without control characters",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,285 @@
+//! The pool, instance and allocation records: what warmpool stores and why.
+//!
+//! Instances move through this state machine; every transition is written to
+//! the store before the cloud call it announces.
+//!
+//! ```mermaid
+//! stateDiagram-v2
+//!     [*] --> Booting
+//!     Booting --> Warming: server ACTIVE
+//!     Warming --> Ready: mysqld greets
+//!     Ready --> Claimed: Allocate (compare-and-swap)
+//!     Claimed --> Allocated: volume and port attached, verified
+//!     Allocated --> Releasing: Release
+//!     Releasing --> Gone
+//!     Booting --> Failed
+//!     Warming --> Failed
+//!     Ready --> Failed: drained, expired
+//!     Claimed --> Failed: attach failed (never back to Ready)
+//!     Failed --> Deleting
+//!     Deleting --> Gone
+//! ```
+//!
+//! `Gone` instances are removed from the store.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+/// A pool is identified by the flavor and availability zone it serves.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PoolKey {
+    pub flavor: String,
+    pub availability_zone: String,
+}
+
+impl PoolKey {
+    pub fn new(flavor: impl Into<String>, availability_zone: impl Into<String>) -> Self {
+        Self {
+            flavor: flavor.into(),
+            availability_zone: availability_zone.into(),
+        }
+    }
+}
+
+impl fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.flavor, self.availability_zone)
+    }
+}
+
+/// What an operator sets for a pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolSpec {
+    /// Never fewer than this many instances ready, warming or booting.
+    pub min_ready: u32,
+    /// Never more than this many.
+    pub max_ready: u32,
+    /// A fixed target; `None` means `min_ready` until demand-based sizing lands.
+    pub target: Option<u32>,
+    /// Image the pool's servers boot from.
+    pub image: String,
+    /// A server not Ready this long after the boot request is discarded.
+    pub boot_timeout: Duration,
+    /// Ready instances older than this are replaced (`None`: never).
+    pub max_age: Option<Duration>,
+    /// A paused pool boots nothing but still hands out what it has.
+    pub paused: bool,
+}
+
+impl PoolSpec {
+    /// The number of unclaimed instances the replenisher keeps.
+    pub fn effective_target(&self) -> u32 {
+        self.target
+            .unwrap_or(self.min_ready)
+            .max(self.min_ready)
+            .min(self.max_ready)
+    }
+
+    /// Checks the spec's own consistency; the error names the field.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.max_ready < self.min_ready {
+            return Err((
+                "max_ready",
+                format!(
+                    "max_ready ({}) is below min_ready ({})",
+                    self.max_ready, self.min_ready
+                ),
+            ));
+        }
+        if self.image.trim().is_empty() {
+            return Err(("image", "image must name the image to boot".into()));
+        }
+        if self.boot_timeout.is_zero() {
+            return Err(("boot_timeout", "boot_timeout must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A pool as stored: the spec plus lifetime counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRecord {
+    pub key: PoolKey,
+    pub spec: PoolSpec,
+    /// Set by DeletePool: no more boots, unclaimed instances are deleted, and
+    /// the record goes once nothing unclaimed is left.
+    pub draining: bool,
+    pub allocations_warm: u64,
+    pub allocations_cold: u64,
+    pub allocations_failed: u64,
+    pub last_error: Option<String>,
+}
+
+impl PoolRecord {
+    pub fn new(key: PoolKey, spec: PoolSpec) -> Self {
+        Self {
+            key,
+            spec,
+            draining: false,
+            allocations_warm: 0,
+            allocations_cold: 0,
+            allocations_failed: 0,
+            last_error: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum InstanceState {
+    Booting,
+    Warming,
+    Ready,
+    Claimed,
+    Allocated,
+    Releasing,
+    Failed,
+    Deleting,
+}
+
+impl InstanceState {
+    /// Counts toward the pool's target: will be (or is) available to claim.
+    pub fn is_supply(self) -> bool {
+        matches!(self, Self::Booting | Self::Warming | Self::Ready)
+    }
+
+    /// Ever handed to a tenant (or about to be): must never return to a pool.
+    pub fn is_tenant_touched(self) -> bool {
+        matches!(self, Self::Claimed | Self::Allocated | Self::Releasing)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// warmpool's id, also written into the server's metadata.
+    pub id: String,
+    pub pool: PoolKey,
+    /// Unknown until the cloud answers the create call.
+    pub server_id: Option<String>,
+    pub state: InstanceState,
+    pub created_at: SystemTime,
+    pub ready_at: Option<SystemTime>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// The allocation holding it, once claimed; for a cold boot, from birth.
+    pub request_id: Option<String>,
+    /// Where mysqld listens on the management network, once known.
+    pub mysql_addr: Option<SocketAddr>,
+}
+
+impl Instance {
+    /// A booted-for-one-request instance never counts toward pool supply.
+    pub fn counts_as_supply(&self) -> bool {
+        self.state.is_supply() && self.request_id.is_none()
+    }
+}
+
+/// Where the tenant's data volume comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VolumeSource {
+    Existing { volume_id: String },
+    New { size_gib: u32, volume_type: Option<String> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRequest {
+    pub source: VolumeSource,
+    pub delete_on_release: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRequest {
+    pub network_id: String,
+    pub subnet_id: Option<String>,
+    pub fixed_ip: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EmptyPoolPolicy {
+    Wait,
+    FailFast,
+    ColdBoot,
+}
+
+/// The parameters that define an allocation. Two Allocate calls with one
+/// request id must carry equal parameters; how long to wait and what to do
+/// on an empty pool are properties of the call, not of the allocation, so a
+/// retry may change them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationParams {
+    pub request_id: String,
+    pub tenant_project_id: String,
+    pub pool: PoolKey,
+    pub volume: VolumeRequest,
+    pub network: NetworkRequest,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AllocationState {
+    /// Intent recorded; claim and attachments in progress.
+    Allocating,
+    /// Acknowledged to the caller.
+    Allocated,
+    Releasing,
+    Released,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepTimings {
+    pub wait: Duration,
+    pub claim: Duration,
+    pub volume: Duration,
+    pub port: Duration,
+    pub verify: Duration,
+    pub total: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub params: AllocationParams,
+    pub state: AllocationState,
+    pub warm_hit: bool,
+    pub instance_id: Option<String>,
+    pub server_id: Option<String>,
+    pub volume_id: Option<String>,
+    /// warmpool created the volume (and so may delete it on rollback).
+    pub volume_created: bool,
+    pub port_id: Option<String>,
+    pub ip_address: Option<String>,
+    pub timings: StepTimings,
+    pub created_at: SystemTime,
+    /// Decided at Release; `None` until then.
+    pub delete_volume_on_release: Option<bool>,
+}
+
+impl Allocation {
+    pub fn new(params: AllocationParams) -> Self {
+        Self {
+            params,
+            state: AllocationState::Allocating,
+            warm_hit: false,
+            instance_id: None,
+            server_id: None,
+            volume_id: None,
+            volume_created: false,
+            port_id: None,
+            ip_address: None,
+            timings: StepTimings::default(),
+            created_at: SystemTime::now(),
+            delete_volume_on_release: None,
+        }
+    }
+
+    /// The name given to the volume and port warmpool creates for this
+    /// request, so a crash between create and record can still find them.
+    pub fn resource_name(&self) -> String {
+        resource_name(&self.params.request_id)
+    }
+}
+
+pub fn resource_name(request_id: &str) -> String {
+    format!("warmpool-{request_id}")
+}

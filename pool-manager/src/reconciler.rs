@@ -1,0 +1,170 @@
+//! The reconciler: compares the store with the cloud, at start-up (before
+//! the API serves mutations) and periodically. It finishes or rolls back what
+//! a crash interrupted, resumes boots, and deletes servers the store does not
+//! know. Every action is idempotent: a crash mid-reconcile is repaired by the
+//! next pass.
+//!
+//! | store says | cloud says | action |
+//! |---|---|---|
+//! | allocation `Allocating` | - | roll back (discard its instance, delete its port and created volume, drop the record) |
+//! | allocation `Releasing` | - | finish the release |
+//! | instance `Claimed`, allocation `Allocated` | - | mark the instance `Allocated` |
+//! | instance `Booting`, no server id | server with its instance id | adopt the server |
+//! | instance `Booting`, no server id | none | drop the record |
+//! | instance `Booting`/`Warming`/`Ready` | server gone | drop the record |
+//! | instance `Booting`/`Warming` | server exists | resume the boot task |
+//! | instance `Failed`/`Deleting` | - | delete the server, drop the record |
+//! | nothing | server with warmpool metadata | delete it (leak) |
+
+use crate::cloud::{Server, META_INSTANCE};
+use crate::error::ManagerResult;
+use crate::manager::Shared;
+use crate::model::{AllocationState, InstanceState};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+impl Shared {
+    pub(crate) async fn reconcile_loop(self: &Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.settings.reconcile_interval).await;
+            if let Err(e) = self.reconcile_once().await {
+                tracing::warn!(error = %e, "reconcile pass failed; next pass retries");
+            }
+        }
+    }
+
+    pub(crate) async fn reconcile_once(self: &Arc<Self>) -> ManagerResult<()> {
+        // Allocations first: their rollbacks discard instances the later steps would see.
+        for allocation in self.store.list_allocations().await? {
+            match allocation.state {
+                AllocationState::Allocating if !self.is_in_flight(&allocation.params.request_id) => {
+                    tracing::warn!(request_id = %allocation.params.request_id, "rolling back interrupted allocation");
+                    self.roll_back(&allocation).await?;
+                }
+                AllocationState::Releasing => {
+                    self.finish_release(allocation).await?;
+                }
+                _ => {}
+            }
+        }
+
+        let servers: HashMap<String, Server> = self
+            .cloud
+            .list_pool_servers()
+            .await?
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        let by_instance: HashMap<&str, &Server> = servers
+            .values()
+            .filter_map(|s| s.metadata.get(META_INSTANCE).map(|id| (id.as_str(), s)))
+            .collect();
+        let allocations: HashMap<String, AllocationState> = self
+            .store
+            .list_allocations()
+            .await?
+            .into_iter()
+            .map(|a| (a.params.request_id.clone(), a.state))
+            .collect();
+
+        let instances = self.store.list_instances().await?;
+        let mut known: HashSet<String> = HashSet::new();
+        for instance in &instances {
+            known.insert(instance.id.clone());
+            let driving = self.driving.lock().expect("driving lock").contains(&instance.id);
+            let server_exists = instance.server_id.as_ref().is_some_and(|id| servers.contains_key(id));
+            match instance.state {
+                InstanceState::Booting if instance.server_id.is_none() => {
+                    if driving {
+                        continue;
+                    }
+                    match by_instance.get(instance.id.as_str()) {
+                        Some(server) => {
+                            let server_id = server.id.clone();
+                            tracing::info!(instance = %instance.id, server = %server_id, "adopting server created before a crash");
+                            if let Some(adopted) = self
+                                .update_instance(&instance.id, |current| {
+                                    (current.server_id.is_none()).then(|| {
+                                        let mut next = current.clone();
+                                        next.server_id = Some(server_id.clone());
+                                        Some(next)
+                                    })
+                                })
+                                .await?
+                            {
+                                self.resume_boot(adopted);
+                            }
+                        }
+                        None => {
+                            self.update_instance(&instance.id, |current| (*current == *instance).then_some(None))
+                                .await?;
+                        }
+                    }
+                }
+                InstanceState::Booting | InstanceState::Warming | InstanceState::Ready if !server_exists => {
+                    if driving {
+                        continue;
+                    }
+                    tracing::warn!(instance = %instance.id, server = ?instance.server_id, "server vanished from the cloud; forgetting the instance");
+                    self.update_instance(&instance.id, |current| (*current == *instance).then_some(None))
+                        .await?;
+                }
+                InstanceState::Booting | InstanceState::Warming => {
+                    if !driving {
+                        self.resume_boot(instance.clone());
+                    }
+                }
+                InstanceState::Claimed => {
+                    let request = instance.request_id.as_deref().unwrap_or_default();
+                    match allocations.get(request) {
+                        Some(AllocationState::Allocated) => {
+                            self.update_instance(&instance.id, |current| {
+                                (current.state == InstanceState::Claimed).then(|| {
+                                    let mut next = current.clone();
+                                    next.state = InstanceState::Allocated;
+                                    Some(next)
+                                })
+                            })
+                            .await?;
+                        }
+                        Some(AllocationState::Allocating) => {} // its Allocate is running now
+                        _ => {
+                            tracing::warn!(instance = %instance.id, request_id = request, "claimed instance without a live allocation; discarding");
+                            self.discard_instance(&instance.id, "claim without allocation").await?;
+                        }
+                    }
+                }
+                InstanceState::Failed | InstanceState::Deleting => {
+                    if !driving {
+                        self.finish_delete(instance).await?;
+                    }
+                }
+                InstanceState::Ready | InstanceState::Allocated | InstanceState::Releasing => {}
+            }
+        }
+
+        let known_servers: HashSet<&str> = instances.iter().filter_map(|i| i.server_id.as_deref()).collect();
+        for server in servers.values() {
+            let owned = known_servers.contains(server.id.as_str())
+                || server.metadata.get(META_INSTANCE).is_some_and(|id| known.contains(id));
+            if !owned {
+                tracing::warn!(server = %server.id, name = %server.name, "deleting leaked server");
+                self.cloud.delete_server(&server.id).await?;
+            }
+        }
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    fn resume_boot(self: &Arc<Self>, instance: crate::model::Instance) {
+        let shared = self.clone();
+        self.spawn(async move {
+            let _ = shared.drive_boot(instance).await;
+        });
+    }
+
+    /// An Allocate in this process is working on the request right now.
+    fn is_in_flight(&self, request_id: &str) -> bool {
+        self.in_flight.lock().expect("in-flight lock").contains(request_id)
+    }
+}

@@ -1,0 +1,198 @@
+//! The `Store` trait and its sled implementation.
+//!
+//! What we store, and why:
+//! - pools: the operator's spec and counters, so a restart serves the same pools;
+//! - instances: every VM warmpool owns and its state, so a restart neither
+//!   leaks nor double-hands one;
+//! - allocations, keyed by `request_id`: the intent of an Allocate before any
+//!   cloud call, and its outcome, so retries get the same answer.
+//!
+//! Instances and allocations change only by compare-and-swap on the whole
+//! stored value: the claim of a Ready instance is one CAS, so two allocations
+//! can never get one VM, and a writer working on a stale copy loses.
+
+use crate::model::{Allocation, Instance, PoolKey, PoolRecord};
+use async_trait::async_trait;
+use serde::{de::DeserializeOwned, Serialize};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O failed: {0}")]
+    Io(#[from] sled::Error),
+    #[error("store record {key} is corrupt: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("CAS must name a record: both expected and new are None")]
+    NothingToSwap,
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Durable state. Writes are visible at once; `flush` makes them survive a crash.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get_pool(&self, key: &PoolKey) -> StoreResult<Option<PoolRecord>>;
+    async fn list_pools(&self) -> StoreResult<Vec<PoolRecord>>;
+    async fn put_pool(&self, pool: &PoolRecord) -> StoreResult<()>;
+    async fn delete_pool(&self, key: &PoolKey) -> StoreResult<()>;
+
+    async fn get_instance(&self, id: &str) -> StoreResult<Option<Instance>>;
+    async fn list_instances(&self) -> StoreResult<Vec<Instance>>;
+    /// Replaces `expected` by `new` (`None` = absent) if the stored record
+    /// still equals `expected`. Returns whether it did.
+    async fn cas_instance(
+        &self,
+        expected: Option<&Instance>,
+        new: Option<&Instance>,
+    ) -> StoreResult<bool>;
+
+    async fn get_allocation(&self, request_id: &str) -> StoreResult<Option<Allocation>>;
+    async fn list_allocations(&self) -> StoreResult<Vec<Allocation>>;
+    /// As `cas_instance`, keyed by request id.
+    async fn cas_allocation(
+        &self,
+        expected: Option<&Allocation>,
+        new: Option<&Allocation>,
+    ) -> StoreResult<bool>;
+
+    /// Makes every write so far durable. Concurrent callers share one fsync.
+    async fn flush(&self) -> StoreResult<()>;
+}
+
+/// sled-backed store: one tree per record kind, JSON values.
+#[derive(Clone)]
+pub struct SledStore {
+    db: sled::Db,
+    pools: sled::Tree,
+    instances: sled::Tree,
+    allocations: sled::Tree,
+}
+
+impl SledStore {
+    pub fn open(dir: &Path) -> StoreResult<Self> {
+        let db = sled::Config::new().path(dir).open()?;
+        Self::from_db(db)
+    }
+
+    /// A store in a temporary directory that vanishes on drop; for tests.
+    pub fn temporary() -> StoreResult<Self> {
+        Self::from_db(sled::Config::new().temporary(true).open()?)
+    }
+
+    fn from_db(db: sled::Db) -> StoreResult<Self> {
+        Ok(Self {
+            pools: db.open_tree("pools")?,
+            instances: db.open_tree("instances")?,
+            allocations: db.open_tree("allocations")?,
+            db,
+        })
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("model types serialize infallibly")
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
+}
+
+fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> StoreResult<Option<T>> {
+    tree.get(key)?.map(|v| decode(key, &v)).transpose()
+}
+
+fn list<T: DeserializeOwned>(tree: &sled::Tree) -> StoreResult<Vec<T>> {
+    tree.iter()
+        .map(|entry| {
+            let (k, v) = entry?;
+            decode(&k, &v)
+        })
+        .collect()
+}
+
+fn cas<T: Serialize>(
+    tree: &sled::Tree,
+    key: &[u8],
+    expected: Option<&T>,
+    new: Option<&T>,
+) -> StoreResult<bool> {
+    let swapped = tree.compare_and_swap(key, expected.map(encode), new.map(encode))?;
+    Ok(swapped.is_ok())
+}
+
+fn pool_key(key: &PoolKey) -> Vec<u8> {
+    // NUL cannot appear in flavor or AZ names, so the key is unambiguous.
+    format!("{}\0{}", key.flavor, key.availability_zone).into_bytes()
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn get_pool(&self, key: &PoolKey) -> StoreResult<Option<PoolRecord>> {
+        get(&self.pools, &pool_key(key))
+    }
+
+    async fn list_pools(&self) -> StoreResult<Vec<PoolRecord>> {
+        list(&self.pools)
+    }
+
+    async fn put_pool(&self, pool: &PoolRecord) -> StoreResult<()> {
+        self.pools.insert(pool_key(&pool.key), encode(pool))?;
+        Ok(())
+    }
+
+    async fn delete_pool(&self, key: &PoolKey) -> StoreResult<()> {
+        self.pools.remove(pool_key(key))?;
+        Ok(())
+    }
+
+    async fn get_instance(&self, id: &str) -> StoreResult<Option<Instance>> {
+        get(&self.instances, id.as_bytes())
+    }
+
+    async fn list_instances(&self) -> StoreResult<Vec<Instance>> {
+        list(&self.instances)
+    }
+
+    async fn cas_instance(
+        &self,
+        expected: Option<&Instance>,
+        new: Option<&Instance>,
+    ) -> StoreResult<bool> {
+        let id = new.or(expected).ok_or(StoreError::NothingToSwap)?.id.clone();
+        cas(&self.instances, id.as_bytes(), expected, new)
+    }
+
+    async fn get_allocation(&self, request_id: &str) -> StoreResult<Option<Allocation>> {
+        get(&self.allocations, request_id.as_bytes())
+    }
+
+    async fn list_allocations(&self) -> StoreResult<Vec<Allocation>> {
+        list(&self.allocations)
+    }
+
+    async fn cas_allocation(
+        &self,
+        expected: Option<&Allocation>,
+        new: Option<&Allocation>,
+    ) -> StoreResult<bool> {
+        let id = new
+            .or(expected)
+            .ok_or(StoreError::NothingToSwap)?
+            .params
+            .request_id
+            .clone();
+        cas(&self.allocations, id.as_bytes(), expected, new)
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
