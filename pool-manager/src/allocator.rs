@@ -114,20 +114,29 @@ fn validate(params: &AllocationParams) -> ManagerResult<()> {
     validate_name("tenant_project_id", &params.tenant_project_id)?;
     validate_pool_key(&params.pool)?;
     match &params.volume.source {
-        VolumeSource::Existing { volume_id } => validate_name("volume.existing_volume_id", volume_id)?,
+        VolumeSource::Existing { volume_id } => {
+            validate_name("volume.existing_volume_id", volume_id)?
+        }
         VolumeSource::New { size_gib, .. } => {
             if *size_gib == 0 {
-                return Err(ManagerError::invalid("volume.new_volume.size_gib", "must be > 0"));
+                return Err(ManagerError::invalid(
+                    "volume.new_volume.size_gib",
+                    "must be > 0",
+                ));
             }
         }
     }
     validate_name("network.network_id", &params.network.network_id)?;
     if params.network.fixed_ip.is_some() && params.network.subnet_id.is_none() {
-        return Err(ManagerError::invalid("network.fixed_ip", "needs network.subnet_id"));
+        return Err(ManagerError::invalid(
+            "network.fixed_ip",
+            "needs network.subnet_id",
+        ));
     }
     if let Some(ip) = &params.network.fixed_ip {
-        ip.parse::<std::net::IpAddr>()
-            .map_err(|_| ManagerError::invalid("network.fixed_ip", format!("{ip:?} is not an IP address")))?;
+        ip.parse::<std::net::IpAddr>().map_err(|_| {
+            ManagerError::invalid("network.fixed_ip", format!("{ip:?} is not an IP address"))
+        })?;
     }
     Ok(())
 }
@@ -144,7 +153,12 @@ impl Record<'_> {
         let mut current = self.current.lock().await;
         let mut next = current.clone();
         change(&mut next);
-        if !self.shared.store.cas_allocation(Some(&current), Some(&next)).await? {
+        if !self
+            .shared
+            .store
+            .cas_allocation(Some(&current), Some(&next))
+            .await?
+        {
             return Err(ManagerError::FailedPrecondition(format!(
                 "allocation {} was changed by someone else",
                 next.params.request_id
@@ -169,14 +183,25 @@ struct InFlight<'a> {
 
 impl<'a> InFlight<'a> {
     fn enter(shared: &'a Shared, request_id: &str) -> Self {
-        shared.in_flight.lock().expect("in-flight lock").insert(request_id.to_string());
-        Self { shared, request_id: request_id.to_string() }
+        shared
+            .in_flight
+            .lock()
+            .expect("in-flight lock")
+            .insert(request_id.to_string());
+        Self {
+            shared,
+            request_id: request_id.to_string(),
+        }
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.shared.in_flight.lock().expect("in-flight lock").remove(&self.request_id);
+        self.shared
+            .in_flight
+            .lock()
+            .expect("in-flight lock")
+            .remove(&self.request_id);
     }
 }
 
@@ -212,7 +237,10 @@ impl Shared {
                     return Ok(existing);
                 }
                 // Another call with this id is in flight: wait for its answer.
-                if tokio::time::timeout_at(deadline, generation.changed()).await.is_err() {
+                if tokio::time::timeout_at(deadline, generation.changed())
+                    .await
+                    .is_err()
+                {
                     return Err(ManagerError::FailedPrecondition(format!(
                         "allocation {} is still in progress; retry later",
                         params.request_id
@@ -237,7 +265,8 @@ impl Shared {
             shared: self,
             current: Mutex::new(allocation),
         };
-        let span = tracing::info_span!("allocate", request_id = %params.request_id, pool = %params.pool);
+        let span =
+            tracing::info_span!("allocate", request_id = %params.request_id, pool = %params.pool);
         let outcome = tracing::Instrument::instrument(
             self.fulfil(&record, request.empty_pool, deadline, started),
             span,
@@ -350,7 +379,8 @@ impl Shared {
                         AttemptError::Request(e) => (e, false),
                     };
                     tracing::warn!(instance = %instance.id, error = %error, "discarding instance after failed attach");
-                    self.discard_instance(&instance.id, &error.to_string()).await?;
+                    self.discard_instance(&instance.id, &error.to_string())
+                        .await?;
                     record
                         .update(|a| {
                             a.instance_id = None;
@@ -384,9 +414,14 @@ impl Shared {
                         params.pool
                     )))
                 }
-                EmptyPoolPolicy::ColdBoot => return self.cold_boot(params, deadline).await.map(|i| (i, false)),
+                EmptyPoolPolicy::ColdBoot => {
+                    return self.cold_boot(params, deadline).await.map(|i| (i, false))
+                }
                 EmptyPoolPolicy::Wait => {
-                    if tokio::time::timeout_at(deadline, generation.changed()).await.is_err() {
+                    if tokio::time::timeout_at(deadline, generation.changed())
+                        .await
+                        .is_err()
+                    {
                         return Err(ManagerError::ResourceExhausted(format!(
                             "pool {} had no ready instance before the deadline",
                             params.pool
@@ -404,7 +439,9 @@ impl Shared {
             .list_instances()
             .await?
             .into_iter()
-            .filter(|i| i.pool == params.pool && i.state == InstanceState::Ready && i.request_id.is_none())
+            .filter(|i| {
+                i.pool == params.pool && i.state == InstanceState::Ready && i.request_id.is_none()
+            })
             .collect();
         // Oldest first, so instances do not age out unused.
         ready.sort_by_key(|i| i.ready_at);
@@ -412,7 +449,11 @@ impl Shared {
             let mut claimed = instance.clone();
             claimed.state = InstanceState::Claimed;
             claimed.request_id = Some(params.request_id.clone());
-            if self.store.cas_instance(Some(&instance), Some(&claimed)).await? {
+            if self
+                .store
+                .cas_instance(Some(&instance), Some(&claimed))
+                .await?
+            {
                 self.store.flush().await?;
                 self.changed();
                 return Ok(Some(claimed));
@@ -421,18 +462,37 @@ impl Shared {
         Ok(None)
     }
 
-    async fn cold_boot(self: &Arc<Self>, params: &AllocationParams, deadline: Instant) -> ManagerResult<Instance> {
+    async fn cold_boot(
+        self: &Arc<Self>,
+        params: &AllocationParams,
+        deadline: Instant,
+    ) -> ManagerResult<Instance> {
         let pool = self.pool(&params.pool).await?;
-        let instance = self.record_new_instance(&pool, Some(params.request_id.clone())).await?;
+        let instance = self
+            .record_new_instance(&pool, Some(params.request_id.clone()))
+            .await?;
         let ready = tokio::time::timeout_at(deadline, self.drive_boot(instance.clone()))
             .await
-            .map_err(|_| ManagerError::ResourceExhausted(format!("cold boot in pool {} did not finish before the deadline", params.pool)));
+            .map_err(|_| {
+                ManagerError::ResourceExhausted(format!(
+                    "cold boot in pool {} did not finish before the deadline",
+                    params.pool
+                ))
+            });
         let ready = match ready {
             Ok(Ok(ready)) => ready,
-            Ok(Err(e)) => return Err(ManagerError::ResourceExhausted(format!("cold boot failed: {e}"))),
+            Ok(Err(e)) => {
+                return Err(ManagerError::ResourceExhausted(format!(
+                    "cold boot failed: {e}"
+                )))
+            }
             Err(e) => {
-                self.driving.lock().expect("driving lock").remove(&instance.id);
-                self.discard_instance(&instance.id, "cold boot deadline").await?;
+                self.driving
+                    .lock()
+                    .expect("driving lock")
+                    .remove(&instance.id);
+                self.discard_instance(&instance.id, "cold boot deadline")
+                    .await?;
                 return Err(e);
             }
         };
@@ -445,7 +505,9 @@ impl Shared {
                 })
             })
             .await?
-            .ok_or_else(|| ManagerError::ResourceExhausted("cold-booted instance vanished".into()))?;
+            .ok_or_else(|| {
+                ManagerError::ResourceExhausted("cold-booted instance vanished".into())
+            })?;
         self.store.flush().await?;
         Ok(claimed)
     }
@@ -457,7 +519,9 @@ impl Shared {
         deadline: Instant,
     ) -> Result<(), AttemptError> {
         let server_id = instance.server_id.as_deref().ok_or_else(|| {
-            AttemptError::Instance(ManagerError::FailedPrecondition("instance has no server".into()))
+            AttemptError::Instance(ManagerError::FailedPrecondition(
+                "instance has no server".into(),
+            ))
         })?;
         let volume_started = Instant::now();
         let port_started = Instant::now();
@@ -483,10 +547,12 @@ impl Shared {
             || !server.attached_volumes.contains(&volume_id)
             || !server.attached_ports.contains(&port_id)
         {
-            return Err(AttemptError::Instance(ManagerError::FailedPrecondition(format!(
-                "server {server_id} failed verification: status {:?}, volumes {:?}, ports {:?}",
-                server.status, server.attached_volumes, server.attached_ports
-            ))));
+            return Err(AttemptError::Instance(ManagerError::FailedPrecondition(
+                format!(
+                    "server {server_id} failed verification: status {:?}, volumes {:?}, ports {:?}",
+                    server.status, server.attached_volumes, server.attached_ports
+                ),
+            )));
         }
         let verify = verify_started.elapsed();
         record
@@ -502,13 +568,24 @@ impl Shared {
 
     /// Creates the volume if asked, attaches it and waits until it is in use
     /// by the server.
-    async fn attach_volume(&self, record: &Record<'_>, server_id: &str, deadline: Instant) -> Result<String, AttemptError> {
+    async fn attach_volume(
+        &self,
+        record: &Record<'_>,
+        server_id: &str,
+        deadline: Instant,
+    ) -> Result<String, AttemptError> {
         let allocation = record.get().await;
         let params = &allocation.params;
         let volume_id = match (&allocation.volume_id, &params.volume.source) {
             (Some(id), _) => id.clone(),
             (None, VolumeSource::Existing { volume_id }) => volume_id.clone(),
-            (None, VolumeSource::New { size_gib, volume_type }) => {
+            (
+                None,
+                VolumeSource::New {
+                    size_gib,
+                    volume_type,
+                },
+            ) => {
                 let spec = NewVolumeSpec {
                     name: allocation.resource_name(),
                     size_gib: *size_gib,
@@ -538,18 +615,21 @@ impl Shared {
         }
         // Wait for a new volume to become available; fence an existing one again
         // (it may have been attached elsewhere since the request was checked).
-        self.wait_volume(&volume_id, deadline, |status, attached| {
-            matches!(status, VolumeStatus::Available | VolumeStatus::Creating)
-                // Our own detach from a discarded instance, finishing.
-                || (*status == VolumeStatus::Detaching && attached.iter().all(|s| s != server_id))
+        self.wait_volume(&volume_id, deadline, |status, _| {
+            *status == VolumeStatus::Available
         })
-            .await?;
-        self.retry(deadline, || self.cloud.attach_volume(server_id, &volume_id))
+        .await?;
+        // An attach is not retried on the same instance: a failure there is
+        // the instance's, and the next Ready one is the faster way forward.
+        self.cloud
+            .attach_volume(server_id, &volume_id)
             .await
             .map_err(|e| match e {
-                crate::cloud::CloudError::Conflict(m) => AttemptError::Request(ManagerError::FailedPrecondition(format!(
-                    "volume {volume_id} cannot be attached: {m}"
-                ))),
+                crate::cloud::CloudError::Conflict(m) => {
+                    AttemptError::Request(ManagerError::FailedPrecondition(format!(
+                        "volume {volume_id} cannot be attached: {m}"
+                    )))
+                }
                 e => AttemptError::Instance(e.into()),
             })?;
         self.wait_volume(&volume_id, deadline, |status, attached| {
@@ -559,41 +639,51 @@ impl Shared {
         Ok(volume_id)
     }
 
-    /// Polls the volume until `done` (for Creating, until Available).
+    /// Polls the volume until `done`, waiting through transitional states
+    /// (creating, attaching, detaching); any other state fails the request.
     async fn wait_volume(
         &self,
         volume_id: &str,
         deadline: Instant,
-        acceptable: impl Fn(&VolumeStatus, &[String]) -> bool,
+        done: impl Fn(&VolumeStatus, &[String]) -> bool,
     ) -> Result<(), AttemptError> {
         loop {
             let volume = self
                 .retry(deadline, || self.cloud.get_volume(volume_id))
                 .await
                 .map_err(|e| AttemptError::Request(e.into()))?;
-            if !acceptable(&volume.status, &volume.attached_to) {
-                return Err(AttemptError::Request(ManagerError::FailedPrecondition(format!(
-                    "volume {volume_id} is {:?}, not available; it is never attached while in use",
-                    volume.status
-                ))));
+            if done(&volume.status, &volume.attached_to) {
+                return Ok(());
             }
             if !matches!(
                 volume.status,
                 VolumeStatus::Creating | VolumeStatus::Attaching | VolumeStatus::Detaching
             ) {
-                return Ok(());
+                return Err(AttemptError::Request(ManagerError::FailedPrecondition(
+                    format!(
+                    "volume {volume_id} is {:?}, not available; it is never attached while in use",
+                    volume.status
+                ),
+                )));
             }
             if Instant::now() >= deadline {
-                return Err(AttemptError::Request(ManagerError::ResourceExhausted(format!(
-                    "volume {volume_id} still {:?} at the deadline",
-                    volume.status
-                ))));
+                return Err(AttemptError::Request(ManagerError::ResourceExhausted(
+                    format!(
+                        "volume {volume_id} still {:?} at the deadline",
+                        volume.status
+                    ),
+                )));
             }
             tokio::time::sleep(self.settings.poll_interval.min(Duration::from_millis(500))).await;
         }
     }
 
-    async fn attach_port(&self, record: &Record<'_>, server_id: &str, deadline: Instant) -> Result<String, AttemptError> {
+    async fn attach_port(
+        &self,
+        record: &Record<'_>,
+        server_id: &str,
+        deadline: Instant,
+    ) -> Result<String, AttemptError> {
         let allocation = record.get().await;
         let port_id = match &allocation.port_id {
             Some(id) => id.clone(),
@@ -609,8 +699,11 @@ impl Shared {
                     .retry(deadline, || self.cloud.create_port(&spec))
                     .await
                     .map_err(|e| match e {
-                        crate::cloud::CloudError::NotFound(m) | crate::cloud::CloudError::Conflict(m) => {
-                            AttemptError::Request(ManagerError::FailedPrecondition(format!("cannot create the tenant port: {m}")))
+                        crate::cloud::CloudError::NotFound(m)
+                        | crate::cloud::CloudError::Conflict(m) => {
+                            AttemptError::Request(ManagerError::FailedPrecondition(format!(
+                                "cannot create the tenant port: {m}"
+                            )))
                         }
                         e => AttemptError::Request(e.into()),
                     })?;
@@ -621,7 +714,8 @@ impl Shared {
                 port.id
             }
         };
-        self.retry(deadline, || self.cloud.attach_port(server_id, &port_id))
+        self.cloud
+            .attach_port(server_id, &port_id)
             .await
             .map_err(|e| AttemptError::Instance(e.into()))?;
         loop {
@@ -637,9 +731,9 @@ impl Shared {
                 return Ok(port_id);
             }
             if Instant::now() >= deadline {
-                return Err(AttemptError::Instance(ManagerError::ResourceExhausted(format!(
-                    "port {port_id} not attached to {server_id} by the deadline"
-                ))));
+                return Err(AttemptError::Instance(ManagerError::ResourceExhausted(
+                    format!("port {port_id} not attached to {server_id} by the deadline"),
+                )));
             }
             tokio::time::sleep(self.settings.poll_interval.min(Duration::from_millis(500))).await;
         }
@@ -647,17 +741,24 @@ impl Shared {
 
     /// Detaches the volume and deletes the port from a server being discarded;
     /// a created volume stays recorded for the next try.
-    async fn undo_attachments(&self, record: &Record<'_>, instance: &Instance) -> ManagerResult<()> {
+    async fn undo_attachments(
+        &self,
+        record: &Record<'_>,
+        instance: &Instance,
+    ) -> ManagerResult<()> {
         let allocation = record.get().await;
         let deadline = Instant::now() + self.settings.poll_interval * 30;
         if let (Some(server_id), Some(volume_id)) = (&instance.server_id, &allocation.volume_id) {
-            self.retry(deadline, || self.cloud.detach_volume(server_id, volume_id)).await?;
+            self.retry(deadline, || self.cloud.detach_volume(server_id, volume_id))
+                .await?;
         }
         if let Some(port_id) = &allocation.port_id {
             if let Some(server_id) = &instance.server_id {
-                self.retry(deadline, || self.cloud.detach_port(server_id, port_id)).await?;
+                self.retry(deadline, || self.cloud.detach_port(server_id, port_id))
+                    .await?;
             }
-            self.retry(deadline, || self.cloud.delete_port(port_id)).await?;
+            self.retry(deadline, || self.cloud.delete_port(port_id))
+                .await?;
             record.update(|a| a.port_id = None).await?;
         }
         Ok(())
@@ -674,21 +775,31 @@ impl Shared {
             if instance.request_id.as_deref() == Some(request_id.as_str())
                 && instance.state != InstanceState::Allocated
             {
-                if let (Some(server_id), Some(volume_id)) = (&instance.server_id, &allocation.volume_id) {
-                    self.retry(deadline, || self.cloud.detach_volume(server_id, volume_id)).await?;
+                if let (Some(server_id), Some(volume_id)) =
+                    (&instance.server_id, &allocation.volume_id)
+                {
+                    self.retry(deadline, || self.cloud.detach_volume(server_id, volume_id))
+                        .await?;
                 }
-                self.discard_instance(&instance.id, "allocation rolled back").await?;
+                self.discard_instance(&instance.id, "allocation rolled back")
+                    .await?;
             }
         }
-        let mut ports = self.retry(deadline, || self.cloud.find_ports_by_name(&name)).await?;
+        let mut ports = self
+            .retry(deadline, || self.cloud.find_ports_by_name(&name))
+            .await?;
         ports.retain(|p| Some(&p.id) != allocation.port_id.as_ref());
         for port in allocation.port_id.iter().chain(ports.iter().map(|p| &p.id)) {
-            self.retry(deadline, || self.cloud.delete_port(port)).await?;
+            self.retry(deadline, || self.cloud.delete_port(port))
+                .await?;
         }
         if matches!(allocation.params.volume.source, VolumeSource::New { .. }) {
-            let volumes = self.retry(deadline, || self.cloud.find_volumes_by_name(&name)).await?;
+            let volumes = self
+                .retry(deadline, || self.cloud.find_volumes_by_name(&name))
+                .await?;
             for volume in volumes {
-                self.retry(deadline, || self.cloud.delete_volume(&volume.id)).await?;
+                self.retry(deadline, || self.cloud.delete_volume(&volume.id))
+                    .await?;
             }
         }
         if let Some(stored) = self.store.get_allocation(request_id).await? {
@@ -716,15 +827,19 @@ impl Shared {
                 })
                 .await?;
             self.store.flush().await?;
-            if let (Some(server_id), Some(volume_id)) = (&allocation.server_id, &allocation.volume_id) {
-                self.retry(deadline, || self.cloud.detach_volume(server_id, volume_id)).await?;
+            if let (Some(server_id), Some(volume_id)) =
+                (&allocation.server_id, &allocation.volume_id)
+            {
+                self.retry(deadline, || self.cloud.detach_volume(server_id, volume_id))
+                    .await?;
             }
             if let Some(instance) = releasing.or(self.store.get_instance(instance_id).await?) {
                 self.finish_delete(&instance).await?;
             }
         }
         if let Some(port_id) = &allocation.port_id {
-            self.retry(deadline, || self.cloud.delete_port(port_id)).await?;
+            self.retry(deadline, || self.cloud.delete_port(port_id))
+                .await?;
         }
         if allocation.delete_volume_on_release == Some(true) {
             if let Some(volume_id) = &allocation.volume_id {
@@ -732,10 +847,14 @@ impl Shared {
                 loop {
                     match self.cloud.delete_volume(volume_id).await {
                         Ok(()) => break,
-                        Err(crate::cloud::CloudError::Conflict(_)) | Err(crate::cloud::CloudError::Transient(_))
+                        Err(crate::cloud::CloudError::Conflict(_))
+                        | Err(crate::cloud::CloudError::Transient(_))
                             if Instant::now() < deadline =>
                         {
-                            tokio::time::sleep(self.settings.poll_interval.min(Duration::from_millis(500))).await
+                            tokio::time::sleep(
+                                self.settings.poll_interval.min(Duration::from_millis(500)),
+                            )
+                            .await
                         }
                         Err(e) => return Err(e.into()),
                     }
@@ -744,7 +863,9 @@ impl Shared {
         }
         let mut released = allocation.clone();
         released.state = AllocationState::Released;
-        self.store.cas_allocation(Some(&allocation), Some(&released)).await?;
+        self.store
+            .cas_allocation(Some(&allocation), Some(&released))
+            .await?;
         self.store.flush().await?;
         self.changed();
         tracing::info!(request_id = %released.params.request_id, "released");

@@ -14,7 +14,9 @@ mod reconciler;
 mod replenisher;
 pub mod store;
 
-pub use allocator::{AllocateRequest, DEFAULT_ALLOCATE_TIMEOUT, DEFAULT_COLD_BOOT_TIMEOUT, MAX_REQUEST_ID_LEN};
+pub use allocator::{
+    AllocateRequest, DEFAULT_ALLOCATE_TIMEOUT, DEFAULT_COLD_BOOT_TIMEOUT, MAX_REQUEST_ID_LEN,
+};
 pub use error::{ManagerError, ManagerResult};
 pub use manager::{state_name, ManagerSettings, PoolManager, PoolStatus};
 pub use replenisher::BootError;

@@ -43,7 +43,6 @@ impl Default for ManagerSettings {
     }
 }
 
-
 /// A pool with its live counts, as `GetPool` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolStatus {
@@ -118,7 +117,11 @@ impl Shared {
             let Some(next) = change(&current) else {
                 return Ok(None);
             };
-            if self.store.cas_instance(Some(&current), next.as_ref()).await? {
+            if self
+                .store
+                .cas_instance(Some(&current), next.as_ref())
+                .await?
+            {
                 self.changed();
                 return Ok(next);
             }
@@ -232,7 +235,8 @@ impl PoolManager {
             self.shared.start_replenisher(pool.key);
         }
         let shared = self.shared.clone();
-        self.shared.spawn(async move { shared.reconcile_loop().await });
+        self.shared
+            .spawn(async move { shared.reconcile_loop().await });
         Ok(())
     }
 

@@ -179,8 +179,13 @@ impl Instance {
 /// Where the tenant's data volume comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VolumeSource {
-    Existing { volume_id: String },
-    New { size_gib: u32, volume_type: Option<String> },
+    Existing {
+        volume_id: String,
+    },
+    New {
+        size_gib: u32,
+        volume_type: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -117,10 +117,14 @@ mod tests {
 
     #[test]
     fn rejects_other_protocols_and_error_packets() {
-        assert!(parse_greeting(&[9, b'x', 0]).unwrap_err().contains("protocol version 9"));
+        assert!(parse_greeting(&[9, b'x', 0])
+            .unwrap_err()
+            .contains("protocol version 9"));
         let mut err = vec![0xff, 0x10, 0x04];
         err.extend_from_slice(b"#08004Too many connections");
-        assert!(parse_greeting(&err).unwrap_err().contains("Too many connections"));
+        assert!(parse_greeting(&err)
+            .unwrap_err()
+            .contains("Too many connections"));
         assert!(parse_greeting(&[10, b'a']).is_err());
         assert!(parse_greeting(&[]).is_err());
     }

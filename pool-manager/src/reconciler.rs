@@ -37,7 +37,9 @@ impl Shared {
         // Allocations first: their rollbacks discard instances the later steps would see.
         for allocation in self.store.list_allocations().await? {
             match allocation.state {
-                AllocationState::Allocating if !self.is_in_flight(&allocation.params.request_id) => {
+                AllocationState::Allocating
+                    if !self.is_in_flight(&allocation.params.request_id) =>
+                {
                     tracing::warn!(request_id = %allocation.params.request_id, "rolling back interrupted allocation");
                     self.roll_back(&allocation).await?;
                 }
@@ -71,8 +73,15 @@ impl Shared {
         let mut known: HashSet<String> = HashSet::new();
         for instance in &instances {
             known.insert(instance.id.clone());
-            let driving = self.driving.lock().expect("driving lock").contains(&instance.id);
-            let server_exists = instance.server_id.as_ref().is_some_and(|id| servers.contains_key(id));
+            let driving = self
+                .driving
+                .lock()
+                .expect("driving lock")
+                .contains(&instance.id);
+            let server_exists = instance
+                .server_id
+                .as_ref()
+                .is_some_and(|id| servers.contains_key(id));
             match instance.state {
                 InstanceState::Booting if instance.server_id.is_none() => {
                     if driving {
@@ -96,18 +105,24 @@ impl Shared {
                             }
                         }
                         None => {
-                            self.update_instance(&instance.id, |current| (*current == *instance).then_some(None))
-                                .await?;
+                            self.update_instance(&instance.id, |current| {
+                                (*current == *instance).then_some(None)
+                            })
+                            .await?;
                         }
                     }
                 }
-                InstanceState::Booting | InstanceState::Warming | InstanceState::Ready if !server_exists => {
+                InstanceState::Booting | InstanceState::Warming | InstanceState::Ready
+                    if !server_exists =>
+                {
                     if driving {
                         continue;
                     }
                     tracing::warn!(instance = %instance.id, server = ?instance.server_id, "server vanished from the cloud; forgetting the instance");
-                    self.update_instance(&instance.id, |current| (*current == *instance).then_some(None))
-                        .await?;
+                    self.update_instance(&instance.id, |current| {
+                        (*current == *instance).then_some(None)
+                    })
+                    .await?;
                 }
                 InstanceState::Booting | InstanceState::Warming => {
                     if !driving {
@@ -130,7 +145,8 @@ impl Shared {
                         Some(AllocationState::Allocating) => {} // its Allocate is running now
                         _ => {
                             tracing::warn!(instance = %instance.id, request_id = request, "claimed instance without a live allocation; discarding");
-                            self.discard_instance(&instance.id, "claim without allocation").await?;
+                            self.discard_instance(&instance.id, "claim without allocation")
+                                .await?;
                         }
                     }
                 }
@@ -143,10 +159,16 @@ impl Shared {
             }
         }
 
-        let known_servers: HashSet<&str> = instances.iter().filter_map(|i| i.server_id.as_deref()).collect();
+        let known_servers: HashSet<&str> = instances
+            .iter()
+            .filter_map(|i| i.server_id.as_deref())
+            .collect();
         for server in servers.values() {
             let owned = known_servers.contains(server.id.as_str())
-                || server.metadata.get(META_INSTANCE).is_some_and(|id| known.contains(id));
+                || server
+                    .metadata
+                    .get(META_INSTANCE)
+                    .is_some_and(|id| known.contains(id));
             if !owned {
                 tracing::warn!(server = %server.id, name = %server.name, "deleting leaked server");
                 self.cloud.delete_server(&server.id).await?;
@@ -165,6 +187,9 @@ impl Shared {
 
     /// An Allocate in this process is working on the request right now.
     fn is_in_flight(&self, request_id: &str) -> bool {
-        self.in_flight.lock().expect("in-flight lock").contains(request_id)
+        self.in_flight
+            .lock()
+            .expect("in-flight lock")
+            .contains(request_id)
     }
 }

@@ -76,7 +76,10 @@ impl Shared {
             .iter()
             .filter(|i| i.state != InstanceState::Ready)
             .count() as u32;
-        let deficit = pool.spec.effective_target().saturating_sub(supply.len() as u32);
+        let deficit = pool
+            .spec
+            .effective_target()
+            .saturating_sub(supply.len() as u32);
         let room = self.settings.max_concurrent_boots.saturating_sub(booting);
         for _ in 0..deficit.min(room) {
             let instance = self.record_new_instance(pool, None).await?;
@@ -135,7 +138,10 @@ impl Shared {
     }
 
     /// Drives one instance to `Ready`; on failure discards it and returns why.
-    pub(crate) async fn drive_boot(self: &Arc<Self>, instance: Instance) -> Result<Instance, BootError> {
+    pub(crate) async fn drive_boot(
+        self: &Arc<Self>,
+        instance: Instance,
+    ) -> Result<Instance, BootError> {
         if !self
             .driving
             .lock()
@@ -145,7 +151,10 @@ impl Shared {
             return Err(BootError::Superseded);
         }
         let result = self.boot_to_ready(&instance).await;
-        self.driving.lock().expect("driving lock").remove(&instance.id);
+        self.driving
+            .lock()
+            .expect("driving lock")
+            .remove(&instance.id);
         match result {
             Ok(ready) => Ok(ready),
             Err(BootError::Superseded) => Err(BootError::Superseded),
@@ -178,7 +187,9 @@ impl Shared {
                     (META_INSTANCE.to_string(), instance.id.clone()),
                 ]),
             };
-            let server = self.retry(deadline, || self.cloud.create_server(&spec)).await?;
+            let server = self
+                .retry(deadline, || self.cloud.create_server(&spec))
+                .await?;
             let recorded = self
                 .update_instance(&instance.id, |current| {
                     (current.state == InstanceState::Booting).then(|| {
@@ -201,7 +212,9 @@ impl Shared {
 
         if instance.state == InstanceState::Booting {
             let mysql_addr = loop {
-                let server = self.retry(deadline, || self.cloud.get_server(&server_id)).await?;
+                let server = self
+                    .retry(deadline, || self.cloud.get_server(&server_id))
+                    .await?;
                 match server.status {
                     ServerStatus::Active => break server.mysql_addr,
                     ServerStatus::Error => {
@@ -209,7 +222,9 @@ impl Shared {
                             server.fault.unwrap_or_else(|| "no fault given".into()),
                         ))
                     }
-                    ServerStatus::Deleted => return Err(BootError::ServerError("server was deleted".into())),
+                    ServerStatus::Deleted => {
+                        return Err(BootError::ServerError("server was deleted".into()))
+                    }
                     _ => {}
                 }
                 if Instant::now() >= deadline {
@@ -226,7 +241,9 @@ impl Shared {
         }
 
         let Some(addr) = instance.mysql_addr else {
-            return Err(BootError::ServerError("server has no address to probe".into()));
+            return Err(BootError::ServerError(
+                "server has no address to probe".into(),
+            ));
         };
         let mut last_probe_error;
         loop {
@@ -238,7 +255,9 @@ impl Shared {
                 Err(e) => last_probe_error = e.to_string(),
             }
             if Instant::now() >= deadline {
-                return Err(BootError::Timeout(format!("mysqld never answered: {last_probe_error}")));
+                return Err(BootError::Timeout(format!(
+                    "mysqld never answered: {last_probe_error}"
+                )));
             }
             tokio::time::sleep(self.settings.poll_interval).await;
         }
@@ -294,7 +313,8 @@ impl Shared {
     pub(crate) async fn finish_delete(&self, instance: &Instance) -> ManagerResult<()> {
         if let Some(server_id) = &instance.server_id {
             let deadline = Instant::now() + self.settings.poll_interval * 30;
-            self.retry(deadline, || self.cloud.delete_server(server_id)).await?;
+            self.retry(deadline, || self.cloud.delete_server(server_id))
+                .await?;
         }
         self.update_instance(&instance.id, |_| Some(None)).await?;
         Ok(())

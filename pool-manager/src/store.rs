@@ -165,7 +165,11 @@ impl Store for SledStore {
         expected: Option<&Instance>,
         new: Option<&Instance>,
     ) -> StoreResult<bool> {
-        let id = new.or(expected).ok_or(StoreError::NothingToSwap)?.id.clone();
+        let id = new
+            .or(expected)
+            .ok_or(StoreError::NothingToSwap)?
+            .id
+            .clone();
         cas(&self.instances, id.as_bytes(), expected, new)
     }
 
@@ -192,7 +196,13 @@ impl Store for SledStore {
     }
 
     async fn flush(&self) -> StoreResult<()> {
-        self.db.flush_async().await?;
+        // On a blocking thread rather than `flush_async`: tokio's paused test
+        // clock does not jump ahead while a blocking task runs, but does while
+        // a task awaits sled's own flusher thread.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Io(sled::Error::Io(std::io::Error::other(e))))??;
         Ok(())
     }
 }

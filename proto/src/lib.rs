@@ -6,5 +6,6 @@ pub mod v1 {
     tonic::include_proto!("warmpool.v1");
 
     /// Encoded file descriptor set, for gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("warmpool_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("warmpool_descriptor");
 }

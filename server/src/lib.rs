@@ -1,1 +1,132 @@
+//! warmpoold: configuration, the gRPC server (warmpool.v1, health,
+//! reflection) and the order of start-up and shutdown.
 
+pub mod config;
+pub mod convert;
+pub mod service;
+
+use anyhow::Context;
+use config::{CloudConfig, Config};
+use pool_manager::probe::{MysqlGreetingProbe, Probe};
+use pool_manager::store::{SledStore, Store};
+use pool_manager::{ManagerError, PoolManager};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use warmpool_proto::v1::warm_pool_server::WarmPoolServer;
+
+/// A started daemon: its bound address and the task serving it.
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub manager: PoolManager,
+    pub cloud: Option<Arc<cloudsim::SimCloud>>,
+    pub served: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Opens the store, builds the cloud, reconciles, creates configured pools,
+/// binds the gRPC listener and serves until `shutdown` resolves; then stops
+/// taking calls, lets in-flight ones finish (up to the grace period), stops
+/// the background tasks and flushes the store.
+pub async fn start(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(
+        SledStore::open(&config.data_dir)
+            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
+    );
+    let (cloud, probe, sim): (Arc<dyn pool_manager::cloud::Cloud>, Arc<dyn Probe>, _) =
+        match &config.cloud {
+            CloudConfig::Embedded {
+                time_scale,
+                iops_throttled,
+                seed,
+            } => {
+                let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
+                    time_scale: *time_scale,
+                    iops_throttled: *iops_throttled,
+                    seed: *seed,
+                    ..cloudsim::SimConfig::default()
+                });
+                tracing::info!(
+                    time_scale,
+                    iops_throttled,
+                    "running on the embedded simulated cloud"
+                );
+                (
+                    sim.clone(),
+                    Arc::new(MysqlGreetingProbe::default()),
+                    Some(sim),
+                )
+            }
+        };
+    let manager = PoolManager::new(store, cloud, probe, config.manager.settings());
+    manager.start().await.context("start-up reconcile failed")?;
+    for pool in &config.pools {
+        match manager.create_pool(pool.key(), pool.spec()).await {
+            Ok(_) => tracing::info!(pool = %pool.key(), "created pool from config"),
+            Err(ManagerError::PoolExists(key)) => {
+                tracing::info!(pool = %key, "pool exists in the store; keeping its stored settings")
+            }
+            Err(e) => return Err(e).context(format!("cannot create pool {}", pool.key())),
+        }
+    }
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let grpc_addr = listener.local_addr()?;
+    let (mut health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<WarmPoolServer<service::WarmPoolService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(warmpool_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("reflection service")?;
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(WarmPoolServer::new(service::WarmPoolService::new(
+            manager.clone(),
+        )));
+    tracing::info!(%grpc_addr, data_dir = %config.data_dir.display(), "warmpoold serving gRPC");
+
+    let grace = config.shutdown_grace;
+    let served_manager = manager.clone();
+    let served = tokio::spawn(async move {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+        tokio::pin!(serve);
+        tokio::select! {
+            result = &mut serve => result?,
+            () = shutdown => {
+                tracing::info!("shutting down: no new calls; waiting for in-flight ones");
+                health.set_not_serving::<WarmPoolServer<service::WarmPoolService>>().await;
+                let _ = stop_tx.send(());
+                if tokio::time::timeout(grace, &mut serve).await.is_err() {
+                    tracing::warn!(?grace, "in-flight calls outlived the grace period; stopping anyway");
+                }
+            }
+        }
+        served_manager
+            .shutdown()
+            .await
+            .context("flushing the store")?;
+        tracing::info!("stopped");
+        Ok(())
+    });
+    Ok(Running {
+        grpc_addr,
+        manager,
+        cloud: sim,
+        served,
+    })
+}

@@ -1,0 +1,640 @@
+//! Command-line surface of `warmpoolctl`, and the pure conversions from
+//! parsed flags to request messages (kept here so they can be unit-tested
+//! without a server).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use warmpool_client::api;
+
+/// Operate warmpool: pools of pre-booted MySQL VMs.
+#[derive(Debug, Parser)]
+#[command(name = "warmpoolctl", version)]
+pub struct Cli {
+    /// The warmpool daemon, "host:port" or "http://host:port".
+    #[arg(
+        long,
+        global = true,
+        env = "WARMPOOL_ENDPOINT",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub endpoint: String,
+
+    /// How to print results.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage pools ("pools" alone lists them).
+    Pools {
+        #[command(subcommand)]
+        command: Option<PoolsCommand>,
+    },
+    /// List instances, of one pool or of all.
+    Instances(InstancesArgs),
+    /// Allocate a warm instance for a tenant.
+    Allocate(AllocateArgs),
+    /// Show an allocation.
+    Get {
+        /// The request id the allocation was made with.
+        request_id: String,
+    },
+    /// Release an allocation: delete its server and port.
+    Release(ReleaseArgs),
+    /// Live view of pool depth.
+    Watch,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolsCommand {
+    /// List pools.
+    List,
+    /// Show one pool.
+    Get(PoolKey),
+    /// Create a pool.
+    Create(PoolCreateArgs),
+    /// Change some settings of a pool.
+    Update(PoolUpdateArgs),
+    /// Drain a pool: stop replenishing it and delete its unallocated instances.
+    Delete(PoolKey),
+}
+
+/// A pool is named by its flavor and availability zone.
+#[derive(Debug, Args)]
+pub struct PoolKey {
+    /// Nova flavor of the pool's servers, e.g. m1.large.
+    pub flavor: String,
+    /// Availability zone of the pool.
+    pub az: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolCreateArgs {
+    #[command(flatten)]
+    pub key: PoolKey,
+    /// Fewest Ready instances to keep.
+    #[arg(long)]
+    pub min_ready: u32,
+    /// Most Ready instances to keep.
+    #[arg(long)]
+    pub max_ready: u32,
+    /// Fixed target depth; 0 means min-ready.
+    #[arg(long, default_value_t = 0)]
+    pub target: u32,
+    /// Image the pool's servers boot from.
+    #[arg(long)]
+    pub image: String,
+    /// Give up on a server that is not Ready after this long.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10m")]
+    pub boot_timeout: Duration,
+    /// Recycle Ready instances older than this.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "24h")]
+    pub max_age: Duration,
+    /// Create the pool without replenishing it.
+    #[arg(long)]
+    pub paused: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolUpdateArgs {
+    #[command(flatten)]
+    pub key: PoolKey,
+    /// Fewest Ready instances to keep.
+    #[arg(long)]
+    pub min_ready: Option<u32>,
+    /// Most Ready instances to keep.
+    #[arg(long)]
+    pub max_ready: Option<u32>,
+    /// Fixed target depth; 0 means min-ready.
+    #[arg(long)]
+    pub target: Option<u32>,
+    /// Image for servers booted from now on.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Give up on a server that is not Ready after this long.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub boot_timeout: Option<Duration>,
+    /// Recycle Ready instances older than this.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_age: Option<Duration>,
+    /// Stop (true) or resume (false) replenishing.
+    #[arg(long)]
+    pub paused: Option<bool>,
+}
+
+#[derive(Debug, Args)]
+pub struct InstancesArgs {
+    /// Only this flavor's pool (needs --az).
+    #[arg(long, requires = "az")]
+    pub flavor: Option<String>,
+    /// Only this availability zone's pool (needs --flavor).
+    #[arg(long, requires = "flavor")]
+    pub az: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnEmpty {
+    /// Wait for the next Ready instance until the timeout.
+    Wait,
+    /// Fail at once with RESOURCE_EXHAUSTED.
+    FailFast,
+    /// Boot a dedicated server (takes minutes).
+    ColdBoot,
+}
+
+impl From<OnEmpty> for api::EmptyPoolPolicy {
+    fn from(value: OnEmpty) -> Self {
+        match value {
+            OnEmpty::Wait => api::EmptyPoolPolicy::Wait,
+            OnEmpty::FailFast => api::EmptyPoolPolicy::FailFast,
+            OnEmpty::ColdBoot => api::EmptyPoolPolicy::ColdBoot,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct AllocateArgs {
+    /// Idempotency key, e.g. the billing order id.
+    #[arg(long)]
+    pub request_id: String,
+    /// Tenant project that will own the instance.
+    #[arg(long = "tenant")]
+    pub tenant: String,
+    /// Flavor of the pool to take the instance from.
+    #[arg(long)]
+    pub flavor: String,
+    /// Availability zone of the pool to take the instance from.
+    #[arg(long)]
+    pub az: String,
+    /// Attach this existing Cinder volume.
+    #[arg(
+        long,
+        required_unless_present = "volume_size",
+        conflicts_with = "volume_size"
+    )]
+    pub volume_id: Option<String>,
+    /// Create a new volume of this many GiB.
+    #[arg(long, value_name = "GIB")]
+    pub volume_size: Option<u32>,
+    /// Volume type of the new volume (default: the cloud's).
+    #[arg(long, requires = "volume_size")]
+    pub volume_type: Option<String>,
+    /// Delete the volume when the allocation is released.
+    #[arg(long)]
+    pub delete_volume_on_release: bool,
+    /// Tenant network to attach.
+    #[arg(long)]
+    pub network: String,
+    /// Subnet of --network for the port.
+    #[arg(long)]
+    pub subnet: Option<String>,
+    /// Fixed IP on --subnet.
+    #[arg(long, requires = "subnet")]
+    pub fixed_ip: Option<String>,
+    /// Label the allocation, key=value; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// What to do when the pool has no Ready instance (server default: wait).
+    #[arg(long, value_enum)]
+    pub on_empty: Option<OnEmpty>,
+    /// Give up after this long (server default: 60s, 30m for cold-boot).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    pub request_id: String,
+    /// Delete the volume too, whatever the allocation said.
+    #[arg(long, conflicts_with = "keep_volume")]
+    pub delete_volume: bool,
+    /// Keep the volume, whatever the allocation said.
+    #[arg(long)]
+    pub keep_volume: bool,
+}
+
+impl ReleaseArgs {
+    /// None leaves the choice made at allocation time in force.
+    pub fn delete_volume(&self) -> Option<bool> {
+        match (self.delete_volume, self.keep_volume) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
+}
+
+/// Parses a humantime duration ("90s", "10m", "1h 30m").
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 90s, 10m, 1h 30m"))
+}
+
+/// Parses one `--label key=value`. The value may contain '=', the key may not
+/// be empty.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("invalid label {s:?}: expected key=value")),
+    }
+}
+
+/// Collects labels, refusing a key given twice: silently keeping one of two
+/// values would hide a typo in a billing-facing label.
+pub fn labels_to_map(labels: &[(String, String)]) -> anyhow::Result<HashMap<String, String>> {
+    let mut map = HashMap::with_capacity(labels.len());
+    for (key, value) in labels {
+        if map.insert(key.clone(), value.clone()).is_some() {
+            bail!("label {key:?} given more than once");
+        }
+    }
+    Ok(map)
+}
+
+/// std → protobuf duration. Only fails past ~292 billion years.
+pub fn to_proto_duration(d: Duration) -> anyhow::Result<prost_types::Duration> {
+    prost_types::Duration::try_from(d).with_context(|| format!("duration {d:?} is too long"))
+}
+
+impl AllocateArgs {
+    pub fn to_request(&self) -> anyhow::Result<api::AllocateRequest> {
+        use api::volume_spec::Source;
+        // clap guarantees exactly one of the two; the fallback is unreachable
+        // through the CLI but keeps this function total.
+        let source = match (&self.volume_id, self.volume_size) {
+            (Some(id), _) => Source::ExistingVolumeId(id.clone()),
+            (None, Some(size_gib)) => Source::NewVolume(api::NewVolume {
+                size_gib,
+                volume_type: self.volume_type.clone().unwrap_or_default(),
+            }),
+            (None, None) => bail!("give --volume-id or --volume-size"),
+        };
+        Ok(api::AllocateRequest {
+            request_id: self.request_id.clone(),
+            tenant_project_id: self.tenant.clone(),
+            flavor: self.flavor.clone(),
+            availability_zone: self.az.clone(),
+            volume: Some(api::VolumeSpec {
+                source: Some(source),
+                delete_on_release: self.delete_volume_on_release,
+            }),
+            network: Some(api::NetworkSpec {
+                network_id: self.network.clone(),
+                subnet_id: self.subnet.clone().unwrap_or_default(),
+                fixed_ip: self.fixed_ip.clone().unwrap_or_default(),
+            }),
+            labels: labels_to_map(&self.labels)?,
+            // Unset means UNSPECIFIED, which the server treats as WAIT.
+            empty_pool_policy: self
+                .on_empty
+                .map_or(api::EmptyPoolPolicy::Unspecified, Into::into)
+                .into(),
+            timeout: self.timeout.map(to_proto_duration).transpose()?,
+        })
+    }
+}
+
+impl PoolCreateArgs {
+    pub fn to_spec(&self) -> anyhow::Result<api::PoolSpec> {
+        Ok(api::PoolSpec {
+            min_ready: self.min_ready,
+            max_ready: self.max_ready,
+            target: self.target,
+            image: self.image.clone(),
+            boot_timeout: Some(to_proto_duration(self.boot_timeout)?),
+            max_age: Some(to_proto_duration(self.max_age)?),
+            paused: self.paused,
+        })
+    }
+}
+
+impl PoolUpdateArgs {
+    /// The spec to send and its update mask: exactly the fields whose flags
+    /// were given, so that e.g. `--paused false` really sends `paused` and an
+    /// omitted flag never resets a field to its zero value.
+    pub fn to_update(&self) -> anyhow::Result<(api::PoolSpec, Vec<String>)> {
+        let mut spec = api::PoolSpec::default();
+        let mut mask = Vec::new();
+        if let Some(v) = self.min_ready {
+            spec.min_ready = v;
+            mask.push("min_ready");
+        }
+        if let Some(v) = self.max_ready {
+            spec.max_ready = v;
+            mask.push("max_ready");
+        }
+        if let Some(v) = self.target {
+            spec.target = v;
+            mask.push("target");
+        }
+        if let Some(v) = &self.image {
+            spec.image = v.clone();
+            mask.push("image");
+        }
+        if let Some(v) = self.boot_timeout {
+            spec.boot_timeout = Some(to_proto_duration(v)?);
+            mask.push("boot_timeout");
+        }
+        if let Some(v) = self.max_age {
+            spec.max_age = Some(to_proto_duration(v)?);
+            mask.push("max_age");
+        }
+        if let Some(v) = self.paused {
+            spec.paused = v;
+            mask.push("paused");
+        }
+        if mask.is_empty() {
+            bail!(
+                "nothing to update: give at least one of --min-ready, --max-ready, --target, \
+                 --image, --boot-timeout, --max-age, --paused"
+            );
+        }
+        Ok((spec, mask.into_iter().map(String::from).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("warmpoolctl").chain(args.iter().copied()))
+    }
+
+    fn update_args(args: &[&str]) -> PoolUpdateArgs {
+        let mut full = vec!["pools", "update", "m1.large", "az1"];
+        full.extend_from_slice(args);
+        match parse(&full).unwrap().command {
+            Command::Pools {
+                command: Some(PoolsCommand::Update(args)),
+            } => args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn update_mask_names_exactly_the_given_flags() {
+        let (spec, mask) = update_args(&["--max-ready", "9", "--paused", "false"])
+            .to_update()
+            .unwrap();
+        assert_eq!(mask, ["max_ready", "paused"]);
+        assert_eq!(spec.max_ready, 9);
+        assert!(!spec.paused);
+
+        let (spec, mask) = update_args(&[
+            "--min-ready",
+            "1",
+            "--target",
+            "0",
+            "--image",
+            "mysql-8.4",
+            "--boot-timeout",
+            "5m",
+            "--max-age",
+            "12h",
+            "--max-ready",
+            "3",
+        ])
+        .to_update()
+        .unwrap();
+        // Field order, not flag order: a stable mask is easier to read in logs.
+        assert_eq!(
+            mask,
+            [
+                "min_ready",
+                "max_ready",
+                "target",
+                "image",
+                "boot_timeout",
+                "max_age"
+            ]
+        );
+        assert_eq!(spec.image, "mysql-8.4");
+        assert_eq!(
+            spec.boot_timeout,
+            Some(prost_types::Duration {
+                seconds: 300,
+                nanos: 0
+            })
+        );
+        assert_eq!(
+            spec.max_age,
+            Some(prost_types::Duration {
+                seconds: 43_200,
+                nanos: 0
+            })
+        );
+    }
+
+    #[test]
+    fn update_without_flags_is_an_error() {
+        let err = update_args(&[]).to_update().unwrap_err().to_string();
+        assert!(err.starts_with("nothing to update"), "{err}");
+    }
+
+    #[test]
+    fn paused_takes_an_explicit_bool_on_update() {
+        assert!(parse(&["pools", "update", "f", "a", "--paused", "maybe"]).is_err());
+        assert_eq!(update_args(&["--paused", "true"]).paused, Some(true));
+    }
+
+    #[test]
+    fn labels_parse_and_report_the_bad_one() {
+        assert_eq!(parse_label("team=db"), Ok(("team".into(), "db".into())));
+        assert_eq!(parse_label("q=a=b"), Ok(("q".into(), "a=b".into())));
+        assert_eq!(parse_label("empty="), Ok(("empty".into(), String::new())));
+        let err = parse_label("novalue").unwrap_err();
+        assert!(err.contains("\"novalue\""), "{err}");
+        assert!(parse_label("=v").unwrap_err().contains("\"=v\""));
+
+        let err = parse(&[
+            "allocate",
+            "--request-id",
+            "r",
+            "--tenant",
+            "t",
+            "--flavor",
+            "f",
+            "--az",
+            "a",
+            "--volume-size",
+            "10",
+            "--network",
+            "n",
+            "--label",
+            "ok=1",
+            "--label",
+            "oops",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("\"oops\""), "{err}");
+    }
+
+    #[test]
+    fn duplicate_label_keys_are_refused() {
+        let labels = [
+            ("a".to_owned(), "1".to_owned()),
+            ("a".to_owned(), "2".to_owned()),
+        ];
+        let err = labels_to_map(&labels).unwrap_err().to_string();
+        assert!(err.contains("\"a\""), "{err}");
+    }
+
+    #[test]
+    fn bad_durations_are_reported() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        for bad in ["10", "ten minutes", "5x", ""] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(
+                err.starts_with(&format!("invalid duration {bad:?}")),
+                "{err}"
+            );
+        }
+        let err = parse(&["pools", "update", "f", "a", "--max-age", "3 fortnights"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid duration \"3 fortnights\""), "{err}");
+    }
+
+    #[test]
+    fn allocate_builds_the_request() {
+        let cli = parse(&[
+            "allocate",
+            "--request-id",
+            "order-7",
+            "--tenant",
+            "proj",
+            "--flavor",
+            "m1",
+            "--az",
+            "az1",
+            "--volume-size",
+            "20",
+            "--volume-type",
+            "ssd",
+            "--delete-volume-on-release",
+            "--network",
+            "net",
+            "--subnet",
+            "sub",
+            "--fixed-ip",
+            "10.0.0.5",
+            "--label",
+            "tier=gold",
+            "--on-empty",
+            "fail-fast",
+            "--timeout",
+            "2m",
+        ])
+        .unwrap();
+        let Command::Allocate(args) = cli.command else {
+            panic!()
+        };
+        let req = args.to_request().unwrap();
+        assert_eq!(req.request_id, "order-7");
+        assert_eq!(req.tenant_project_id, "proj");
+        let volume = req.volume.unwrap();
+        assert!(volume.delete_on_release);
+        assert_eq!(
+            volume.source,
+            Some(api::volume_spec::Source::NewVolume(api::NewVolume {
+                size_gib: 20,
+                volume_type: "ssd".into()
+            }))
+        );
+        assert_eq!(req.network.unwrap().fixed_ip, "10.0.0.5");
+        assert_eq!(req.labels.get("tier").map(String::as_str), Some("gold"));
+        assert_eq!(
+            req.empty_pool_policy,
+            i32::from(api::EmptyPoolPolicy::FailFast)
+        );
+        assert_eq!(
+            req.timeout,
+            Some(prost_types::Duration {
+                seconds: 120,
+                nanos: 0
+            })
+        );
+    }
+
+    #[test]
+    fn allocate_needs_exactly_one_volume_source() {
+        let base = [
+            "allocate",
+            "--request-id",
+            "r",
+            "--tenant",
+            "t",
+            "--flavor",
+            "f",
+            "--az",
+            "a",
+            "--network",
+            "n",
+        ];
+        assert!(parse(&base).is_err(), "no volume source");
+        let both: Vec<_> = base
+            .iter()
+            .copied()
+            .chain(["--volume-id", "v", "--volume-size", "1"])
+            .collect();
+        assert!(parse(&both).is_err(), "two volume sources");
+        let existing: Vec<_> = base.iter().copied().chain(["--volume-id", "v"]).collect();
+        assert!(parse(&existing).is_ok());
+    }
+
+    #[test]
+    fn bare_pools_means_list() {
+        let cli = parse(&["pools"]).unwrap();
+        assert!(matches!(cli.command, Command::Pools { command: None }));
+        assert_eq!(cli.endpoint, "http://127.0.0.1:50051");
+        assert_eq!(cli.output, OutputFormat::Table);
+    }
+
+    #[test]
+    fn global_flags_work_after_the_subcommand() {
+        let cli = parse(&["watch", "--output", "json", "--endpoint", "h:1"]).unwrap();
+        assert_eq!(cli.output, OutputFormat::Json);
+        assert_eq!(cli.endpoint, "h:1");
+    }
+
+    #[test]
+    fn release_volume_choice() {
+        let release = |args: &[&str]| {
+            let mut full = vec!["release", "r"];
+            full.extend_from_slice(args);
+            match parse(&full).map(|c| c.command) {
+                Ok(Command::Release(r)) => Ok(r.delete_volume()),
+                Ok(other) => panic!("parsed as {other:?}"),
+                Err(e) => Err(e),
+            }
+        };
+        assert_eq!(release(&[]).unwrap(), None);
+        assert_eq!(release(&["--delete-volume"]).unwrap(), Some(true));
+        assert_eq!(release(&["--keep-volume"]).unwrap(), Some(false));
+        assert!(release(&["--keep-volume", "--delete-volume"]).is_err());
+    }
+}

@@ -1,0 +1,348 @@
+//! Typed client for the `warmpool.v1.WarmPool` gRPC service.
+//!
+//! This crate owns the caller's side of the wire: connecting to a warmpool
+//! daemon, turning each RPC into one async method with plain Rust arguments,
+//! and turning transport failures and gRPC statuses into [`ClientError`].
+//! It does not interpret the answers; the wire types are re-exported as
+//! [`api`] so callers never need to depend on `warmpool-proto` themselves.
+//! The `warmpoolctl` binary in this crate is built on top of it.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), warmpool_client::ClientError> {
+//! let client = warmpool_client::Client::connect("127.0.0.1:50051").await?;
+//! for pool in client.list_pools().await? {
+//!     println!("{}@{}", pool.flavor, pool.availability_zone);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::time::Duration;
+
+use futures::stream::{BoxStream, StreamExt};
+use tonic::transport::{Channel, Endpoint};
+
+pub use warmpool_proto::v1 as api;
+
+use api::warm_pool_client::WarmPoolClient;
+
+/// How long [`Client::connect`] waits for the TCP/HTTP2 handshake. Without a
+/// bound, an unroutable address would hang the caller for the OS default.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Everything a [`Client`] call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The endpoint could not be parsed or reached.
+    #[error("cannot connect to {endpoint}: {reason}")]
+    Connect {
+        endpoint: String,
+        /// The innermost cause, e.g. "Connection refused (os error 111)";
+        /// tonic's own message ("transport error") says nothing useful.
+        reason: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The server answered with a non-OK gRPC status.
+    #[error("{}: {message}", code_name(*.code))]
+    Status { code: tonic::Code, message: String },
+    /// The server answered OK but left out a field the API promises.
+    #[error("malformed response: missing {0}")]
+    MissingField(&'static str),
+}
+
+impl ClientError {
+    /// The gRPC status code, when the failure came from the server.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            ClientError::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> Self {
+        ClientError::Status {
+            code: status.code(),
+            message: status.message().to_owned(),
+        }
+    }
+}
+
+/// The canonical upper-case name of a gRPC code ("NOT_FOUND"), as grpcurl and
+/// the other gRPC tools print it. tonic's `Display` gives a prose description
+/// instead, and its `Debug` gives the Rust variant name.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Accepts "host:port" as well as a full URI: operators type the former,
+/// tonic only understands the latter.
+pub fn normalize_endpoint(endpoint: &str) -> String {
+    let endpoint = endpoint.trim();
+    if endpoint.contains("://") {
+        endpoint.to_owned()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+/// The innermost error message in a source chain: for a refused connection
+/// that is the OS error, which is what a person needs to see.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = err;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+fn connect_error(endpoint: &str, source: tonic::transport::Error) -> ClientError {
+    ClientError::Connect {
+        endpoint: endpoint.to_owned(),
+        reason: root_cause(&source),
+        source,
+    }
+}
+
+/// The stream returned by [`Client::watch_pools`].
+pub type PoolStatusStream = BoxStream<'static, Result<api::PoolStatus, ClientError>>;
+
+/// A connection to one warmpool daemon.
+///
+/// Cloning is cheap and clones share the underlying HTTP/2 connection, so a
+/// `Client` can be handed to many tasks. Methods take `&self` for the same
+/// reason: each call works on its own clone of the tonic stub.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: WarmPoolClient<Channel>,
+}
+
+impl Client {
+    /// Connects to `endpoint` ("host:port" or "http://host:port") and fails
+    /// at once if nothing answers, rather than on the first call.
+    pub async fn connect(endpoint: &str) -> Result<Client, ClientError> {
+        let uri = normalize_endpoint(endpoint);
+        let channel = Endpoint::from_shared(uri.clone())
+            .map_err(|e| connect_error(&uri, e))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .connect()
+            .await
+            .map_err(|e| connect_error(&uri, e))?;
+        Ok(Client::from_channel(channel))
+    }
+
+    /// Wraps an already built channel (e.g. a lazily connecting one, or one
+    /// with TLS or custom timeouts configured by the caller).
+    pub fn from_channel(channel: Channel) -> Client {
+        Client {
+            inner: WarmPoolClient::new(channel),
+        }
+    }
+
+    /// The generated tonic stub, for anything this wrapper does not cover
+    /// (per-call metadata, compression).
+    pub fn raw(&self) -> WarmPoolClient<Channel> {
+        self.inner.clone()
+    }
+
+    /// Hands out a warm instance. Idempotent on `request.request_id`.
+    pub async fn allocate(
+        &self,
+        request: api::AllocateRequest,
+    ) -> Result<api::Allocation, ClientError> {
+        let response = self.raw().allocate(request).await?.into_inner();
+        response
+            .allocation
+            .ok_or(ClientError::MissingField("AllocateResponse.allocation"))
+    }
+
+    /// Looks an allocation up by the request id it was made with.
+    pub async fn get_allocation(
+        &self,
+        request_id: impl Into<String>,
+    ) -> Result<api::Allocation, ClientError> {
+        let request = api::GetAllocationRequest {
+            request_id: request_id.into(),
+        };
+        Ok(self.raw().get_allocation(request).await?.into_inner())
+    }
+
+    /// Releases an allocation. `delete_volume` overrides the allocation's
+    /// own delete-on-release choice when `Some`.
+    pub async fn release(
+        &self,
+        request_id: impl Into<String>,
+        delete_volume: Option<bool>,
+    ) -> Result<api::Allocation, ClientError> {
+        let request = api::ReleaseRequest {
+            request_id: request_id.into(),
+            delete_volume,
+        };
+        Ok(self.raw().release(request).await?.into_inner())
+    }
+
+    pub async fn list_pools(&self) -> Result<Vec<api::Pool>, ClientError> {
+        let response = self.raw().list_pools(api::ListPoolsRequest {}).await?;
+        Ok(response.into_inner().pools)
+    }
+
+    pub async fn get_pool(
+        &self,
+        flavor: impl Into<String>,
+        availability_zone: impl Into<String>,
+    ) -> Result<api::Pool, ClientError> {
+        let request = api::GetPoolRequest {
+            flavor: flavor.into(),
+            availability_zone: availability_zone.into(),
+        };
+        Ok(self.raw().get_pool(request).await?.into_inner())
+    }
+
+    pub async fn create_pool(
+        &self,
+        flavor: impl Into<String>,
+        availability_zone: impl Into<String>,
+        spec: api::PoolSpec,
+    ) -> Result<api::Pool, ClientError> {
+        let request = api::CreatePoolRequest {
+            flavor: flavor.into(),
+            availability_zone: availability_zone.into(),
+            spec: Some(spec),
+        };
+        Ok(self.raw().create_pool(request).await?.into_inner())
+    }
+
+    /// Changes the fields of the pool's spec named in `update_mask`
+    /// (`PoolSpec` field names such as "min_ready"); other fields of `spec`
+    /// are ignored by the server.
+    pub async fn update_pool<S: Into<String>>(
+        &self,
+        flavor: impl Into<String>,
+        availability_zone: impl Into<String>,
+        spec: api::PoolSpec,
+        update_mask: impl IntoIterator<Item = S>,
+    ) -> Result<api::Pool, ClientError> {
+        let request = api::UpdatePoolRequest {
+            flavor: flavor.into(),
+            availability_zone: availability_zone.into(),
+            spec: Some(spec),
+            update_mask: Some(prost_types::FieldMask {
+                paths: update_mask.into_iter().map(Into::into).collect(),
+            }),
+        };
+        Ok(self.raw().update_pool(request).await?.into_inner())
+    }
+
+    /// Drains a pool and returns its state as of the call.
+    pub async fn delete_pool(
+        &self,
+        flavor: impl Into<String>,
+        availability_zone: impl Into<String>,
+    ) -> Result<api::Pool, ClientError> {
+        let request = api::DeletePoolRequest {
+            flavor: flavor.into(),
+            availability_zone: availability_zone.into(),
+        };
+        let response = self.raw().delete_pool(request).await?.into_inner();
+        response
+            .pool
+            .ok_or(ClientError::MissingField("DeletePoolResponse.pool"))
+    }
+
+    /// Lists instances of one pool, or of every pool when `flavor` and
+    /// `availability_zone` are both empty.
+    pub async fn list_instances(
+        &self,
+        flavor: impl Into<String>,
+        availability_zone: impl Into<String>,
+    ) -> Result<Vec<api::Instance>, ClientError> {
+        let request = api::ListInstancesRequest {
+            flavor: flavor.into(),
+            availability_zone: availability_zone.into(),
+        };
+        Ok(self
+            .raw()
+            .list_instances(request)
+            .await?
+            .into_inner()
+            .instances)
+    }
+
+    /// Subscribes to pool status: one item per pool at once, then one per
+    /// change. The stream ends when the server closes it; a broken stream
+    /// yields one `Err` and then ends.
+    pub async fn watch_pools(&self) -> Result<PoolStatusStream, ClientError> {
+        let stream = self
+            .raw()
+            .watch_pools(api::WatchPoolsRequest {})
+            .await?
+            .into_inner();
+        Ok(stream.map(|item| item.map_err(ClientError::from)).boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_without_scheme_gets_http() {
+        assert_eq!(
+            normalize_endpoint("10.0.0.1:50051"),
+            "http://10.0.0.1:50051"
+        );
+        assert_eq!(normalize_endpoint(" localhost:1 "), "http://localhost:1");
+    }
+
+    #[test]
+    fn endpoint_with_scheme_is_kept() {
+        assert_eq!(normalize_endpoint("http://h:1"), "http://h:1");
+        assert_eq!(normalize_endpoint("https://h:1"), "https://h:1");
+    }
+
+    #[test]
+    fn status_error_prints_canonical_code_and_message() {
+        let err = ClientError::from(tonic::Status::not_found("no allocation \"x\""));
+        assert_eq!(err.to_string(), "NOT_FOUND: no allocation \"x\"");
+        assert_eq!(err.code(), Some(tonic::Code::NotFound));
+    }
+
+    #[tokio::test]
+    async fn refused_connection_names_the_endpoint() {
+        // Port 1 on loopback: nothing listens there on any sane test machine.
+        let err = Client::connect("127.0.0.1:1").await.unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("cannot connect to http://127.0.0.1:1: "),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn unparsable_endpoint_is_a_connect_error() {
+        let err = Client::connect("not a uri").await.unwrap_err();
+        assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
+    }
+}

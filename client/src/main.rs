@@ -1,0 +1,159 @@
+//! `warmpoolctl`: the operator's command line for a warmpool daemon.
+//!
+//! Parses flags (`cli`), makes one call through `warmpool_client::Client`,
+//! and prints the answer as a table (`table`) or JSON (`output`); `watch`
+//! streams. Errors go to stderr as `error: <CODE>: <message>` with a
+//! non-zero exit status.
+
+mod cli;
+mod output;
+mod table;
+mod watch;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use serde_json::Value;
+use warmpool_client::{api, Client, ClientError};
+
+use cli::{Cli, Command, OutputFormat, PoolsCommand};
+use output::{to_json, AllocationView, PoolView};
+
+// A CLI makes one call at a time: a single-threaded runtime starts faster
+// and is all it needs.
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", describe(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line for the user. A ClientError already reads as "CODE: message" or
+/// "cannot connect to <endpoint>: <cause>"; anything else gets its whole
+/// context chain.
+fn describe(err: &anyhow::Error) -> String {
+    match err.downcast_ref::<ClientError>() {
+        Some(client_err) => client_err.to_string(),
+        None => format!("{err:#}"),
+    }
+}
+
+/// What a command prints: the same answer in either format.
+struct Rendered {
+    table: String,
+    json: Value,
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Check arguments that clap cannot before connecting, so a typo is
+    // reported as such even when the server is down.
+    let command = cli.command;
+    let prepared = Prepared::from_command(command)?;
+
+    let client = Client::connect(&cli.endpoint).await?;
+    let rendered = match prepared {
+        Prepared::ListPools => {
+            let pools = client.list_pools().await?;
+            Rendered {
+                table: table::pools_table(&pools),
+                json: output::pools_json(&pools),
+            }
+        }
+        Prepared::GetPool(key) => pool(client.get_pool(key.flavor, key.az).await?),
+        Prepared::CreatePool(key, spec) => {
+            pool(client.create_pool(key.flavor, key.az, spec).await?)
+        }
+        Prepared::UpdatePool(key, spec, mask) => {
+            pool(client.update_pool(key.flavor, key.az, spec, mask).await?)
+        }
+        Prepared::DeletePool(key) => pool(client.delete_pool(key.flavor, key.az).await?),
+        Prepared::Instances(args) => {
+            let instances = client
+                .list_instances(args.flavor.unwrap_or_default(), args.az.unwrap_or_default())
+                .await?;
+            Rendered {
+                table: table::instances_table(&instances),
+                json: output::instances_json(&instances),
+            }
+        }
+        Prepared::Allocate(request) => allocation(client.allocate(request).await?),
+        Prepared::Get(request_id) => allocation(client.get_allocation(request_id).await?),
+        Prepared::Release(request_id, delete_volume) => {
+            allocation(client.release(request_id, delete_volume).await?)
+        }
+        Prepared::Watch => return watch::run(&client, cli.output).await,
+    };
+
+    let text = match cli.output {
+        OutputFormat::Table => rendered.table,
+        OutputFormat::Json => serde_json::to_string_pretty(&rendered.json)? + "\n",
+    };
+    // write_all rather than print!: a closed pipe (`| head`) becomes an
+    // error message instead of a panic.
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+fn pool(pool: api::Pool) -> Rendered {
+    Rendered {
+        table: table::pool_detail(&pool),
+        json: to_json(PoolView::from(&pool)),
+    }
+}
+
+fn allocation(allocation: api::Allocation) -> Rendered {
+    Rendered {
+        table: table::allocation_detail(&allocation),
+        json: to_json(AllocationView::from(&allocation)),
+    }
+}
+
+/// A command with its request already built and validated.
+enum Prepared {
+    ListPools,
+    GetPool(cli::PoolKey),
+    CreatePool(cli::PoolKey, api::PoolSpec),
+    UpdatePool(cli::PoolKey, api::PoolSpec, Vec<String>),
+    DeletePool(cli::PoolKey),
+    Instances(cli::InstancesArgs),
+    Allocate(api::AllocateRequest),
+    Get(String),
+    Release(String, Option<bool>),
+    Watch,
+}
+
+impl Prepared {
+    fn from_command(command: Command) -> anyhow::Result<Prepared> {
+        Ok(match command {
+            Command::Pools { command } => match command.unwrap_or(PoolsCommand::List) {
+                PoolsCommand::List => Prepared::ListPools,
+                PoolsCommand::Get(key) => Prepared::GetPool(key),
+                PoolsCommand::Create(args) => {
+                    let spec = args.to_spec()?;
+                    Prepared::CreatePool(args.key, spec)
+                }
+                PoolsCommand::Update(args) => {
+                    let (spec, mask) = args.to_update()?;
+                    Prepared::UpdatePool(args.key, spec, mask)
+                }
+                PoolsCommand::Delete(key) => Prepared::DeletePool(key),
+            },
+            Command::Instances(args) => Prepared::Instances(args),
+            Command::Allocate(args) => Prepared::Allocate(args.to_request()?),
+            Command::Get { request_id } => Prepared::Get(request_id),
+            Command::Release(args) => {
+                let delete_volume = args.delete_volume();
+                Prepared::Release(args.request_id, delete_volume)
+            }
+            Command::Watch => Prepared::Watch,
+        })
+    }
+}

@@ -1,0 +1,402 @@
+//! Plain-text rendering for `--output table`: aligned columns for lists,
+//! `key: value` blocks for single objects.
+//!
+//! Hand-rolled rather than a table crate because the needs are tiny and the
+//! output must stay greppable: no box drawing, one row per line, empty
+//! values shown as "-" so that splitting a row on whitespace keeps the
+//! columns in place.
+
+use std::fmt::Write as _;
+
+use warmpool_client::api;
+
+use crate::output::{
+    allocation_state, duration_short, instance_state, pool_name, pool_status, timestamp,
+};
+
+/// Columns separated by two spaces, each as wide as its widest cell.
+pub struct Table {
+    header: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&'static str]) -> Table {
+        Table {
+            header: header.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        debug_assert_eq!(cells.len(), self.header.len());
+        self.rows.push(cells);
+    }
+
+    /// The rendered table, one line per row, each line ending in '\n'.
+    pub fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let header = self
+            .header
+            .iter()
+            .map(|h| h.to_string())
+            .collect::<Vec<_>>();
+        let mut out = String::new();
+        for row in std::iter::once(&header).chain(&self.rows) {
+            let mut line = String::new();
+            for (cell, width) in row.iter().zip(&widths) {
+                // `{:<width$}` pads by chars, which is what the widths count.
+                let _ = write!(line, "{cell:<width$}  ");
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Cells must stay on one line and never be empty (see the module docs).
+fn cell(s: &str) -> String {
+    let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if s.is_empty() {
+        "-".to_owned()
+    } else {
+        s
+    }
+}
+
+fn counts(pool: &api::Pool) -> api::PoolCounts {
+    pool.counts.unwrap_or_default()
+}
+
+fn allocs(pool: &api::Pool) -> String {
+    format!(
+        "{}/{}/{}",
+        pool.allocations_warm, pool.allocations_cold, pool.allocations_failed
+    )
+}
+
+/// `pools list`.
+pub fn pools_table(pools: &[api::Pool]) -> String {
+    let mut t = Table::new(&[
+        "POOL",
+        "READY",
+        "WARMING",
+        "BOOTING",
+        "TARGET",
+        "MIN",
+        "MAX",
+        "ALLOCATED",
+        "WARM/COLD/FAILED",
+        "STATUS",
+        "IMAGE",
+        "LAST ERROR",
+    ]);
+    for pool in pools {
+        let c = counts(pool);
+        let spec = pool.spec.clone().unwrap_or_default();
+        t.row(vec![
+            pool_name(&pool.flavor, &pool.availability_zone),
+            c.ready.to_string(),
+            c.warming.to_string(),
+            c.booting.to_string(),
+            pool.effective_target.to_string(),
+            spec.min_ready.to_string(),
+            spec.max_ready.to_string(),
+            c.allocated.to_string(),
+            allocs(pool),
+            pool_status(pool).to_owned(),
+            cell(&spec.image),
+            cell(&pool.last_error),
+        ]);
+    }
+    t.render()
+}
+
+/// One frame of `watch`: the depth columns only, so it fits a terminal.
+pub fn watch_table<'a>(pools: impl IntoIterator<Item = &'a api::Pool>) -> String {
+    let mut t = Table::new(&[
+        "POOL",
+        "READY",
+        "WARMING",
+        "BOOTING",
+        "TARGET",
+        "ALLOCATED",
+        "WARM/COLD/FAILED",
+        "LAST ERROR",
+    ]);
+    for pool in pools {
+        let c = counts(pool);
+        t.row(vec![
+            pool_name(&pool.flavor, &pool.availability_zone),
+            c.ready.to_string(),
+            c.warming.to_string(),
+            c.booting.to_string(),
+            pool.effective_target.to_string(),
+            c.allocated.to_string(),
+            allocs(pool),
+            cell(&pool.last_error),
+        ]);
+    }
+    t.render()
+}
+
+/// `instances`.
+pub fn instances_table(instances: &[api::Instance]) -> String {
+    let mut t = Table::new(&[
+        "ID",
+        "POOL",
+        "STATE",
+        "SERVER",
+        "ATTEMPTS",
+        "CREATED",
+        "READY AT",
+        "REQUEST",
+        "LAST ERROR",
+    ]);
+    let ts = |t: &Option<prost_types::Timestamp>| {
+        t.as_ref()
+            .map_or_else(|| "-".to_owned(), |t| timestamp(t, false))
+    };
+    for i in instances {
+        t.row(vec![
+            cell(&i.id),
+            pool_name(&i.flavor, &i.availability_zone),
+            instance_state(i.state),
+            cell(&i.server_id),
+            i.attempts.to_string(),
+            ts(&i.created_at),
+            ts(&i.ready_at),
+            cell(&i.request_id),
+            cell(&i.last_error),
+        ]);
+    }
+    t.render()
+}
+
+/// `key: value` lines with the values aligned.
+fn fields(rows: &[(&str, String)]) -> String {
+    let width = rows.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
+    let mut out = String::new();
+    for (key, value) in rows {
+        let key = format!("{key}:");
+        let _ = writeln!(out, "{key:<width$} {value}");
+    }
+    out
+}
+
+fn opt_duration(d: &Option<prost_types::Duration>) -> String {
+    d.as_ref().map_or_else(|| "-".to_owned(), duration_short)
+}
+
+/// `pools get|create|update|delete`.
+pub fn pool_detail(pool: &api::Pool) -> String {
+    let c = counts(pool);
+    let spec = pool.spec.clone().unwrap_or_default();
+    fields(&[
+        ("pool", pool_name(&pool.flavor, &pool.availability_zone)),
+        ("status", pool_status(pool).to_owned()),
+        ("image", cell(&spec.image)),
+        ("min_ready", spec.min_ready.to_string()),
+        ("max_ready", spec.max_ready.to_string()),
+        ("target", spec.target.to_string()),
+        ("effective_target", pool.effective_target.to_string()),
+        ("boot_timeout", opt_duration(&spec.boot_timeout)),
+        ("max_age", opt_duration(&spec.max_age)),
+        (
+            "instances",
+            format!(
+                "ready {}, warming {}, booting {}, claimed {}, allocated {}, \
+                 releasing {}, failed {}, deleting {}",
+                c.ready,
+                c.warming,
+                c.booting,
+                c.claimed,
+                c.allocated,
+                c.releasing,
+                c.failed,
+                c.deleting
+            ),
+        ),
+        (
+            "allocations",
+            format!(
+                "warm {}, cold {}, failed {}",
+                pool.allocations_warm, pool.allocations_cold, pool.allocations_failed
+            ),
+        ),
+        ("last_error", cell(&pool.last_error)),
+    ])
+}
+
+/// `allocate`, `get`, `release`.
+pub fn allocation_detail(a: &api::Allocation) -> String {
+    let mut labels: Vec<_> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    labels.sort();
+    let mut rows = vec![
+        ("request_id", cell(&a.request_id)),
+        ("tenant", cell(&a.tenant_project_id)),
+        ("pool", pool_name(&a.flavor, &a.availability_zone)),
+        ("state", allocation_state(a.state)),
+        (
+            "warm_hit",
+            if a.warm_hit { "yes" } else { "no (cold boot)" }.to_owned(),
+        ),
+        ("instance", cell(&a.instance_id)),
+        ("server", cell(&a.server_id)),
+        ("volume", cell(&a.volume_id)),
+        ("port", cell(&a.port_id)),
+        ("ip_address", cell(&a.ip_address)),
+        (
+            "created_at",
+            a.created_at
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |t| timestamp(t, false)),
+        ),
+        ("labels", cell(&labels.join(", "))),
+    ];
+    if let Some(t) = &a.timings {
+        // Step order, i.e. the order the server spends the time in.
+        rows.push((
+            "timings",
+            format!(
+                "claim {}, volume {}, port {}, verify {}, wait {}, total {}",
+                opt_duration(&t.claim),
+                opt_duration(&t.volume),
+                opt_duration(&t.port),
+                opt_duration(&t.verify),
+                opt_duration(&t.wait),
+                opt_duration(&t.total),
+            ),
+        ));
+    }
+    fields(&rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::tests::{sample_allocation, sample_pools};
+
+    #[test]
+    fn table_aligns_columns_and_trims() {
+        let mut t = Table::new(&["A", "LONG HEADER", "C"]);
+        t.row(vec!["wide cell".into(), "1".into(), "x".into()]);
+        assert_eq!(
+            t.render(),
+            "A          LONG HEADER  C\nwide cell  1            x\n"
+        );
+    }
+
+    #[test]
+    fn pool_list_table() {
+        let text = pools_table(&sample_pools());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let header: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(
+            header,
+            [
+                "POOL",
+                "READY",
+                "WARMING",
+                "BOOTING",
+                "TARGET",
+                "MIN",
+                "MAX",
+                "ALLOCATED",
+                "WARM/COLD/FAILED",
+                "STATUS",
+                "IMAGE",
+                "LAST",
+                "ERROR"
+            ]
+        );
+        let row: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            row,
+            [
+                "m1.large@az1",
+                "2",
+                "0",
+                "1",
+                "2",
+                "2",
+                "5",
+                "7",
+                "12/1/0",
+                "active",
+                "mysql-8.0",
+                "-"
+            ]
+        );
+        // The multi-line error is folded onto its row.
+        assert!(lines[2].starts_with("m1.xlarge@az2"), "{text}");
+        let row: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(
+            row[8..],
+            [
+                "0/0/4",
+                "paused",
+                "mysql-8.4",
+                "boot",
+                "timed",
+                "out",
+                "after",
+                "10m"
+            ]
+        );
+        // Columns line up: each row's READY value starts where the header does.
+        let col = lines[0].find("READY").unwrap();
+        assert!(lines[1][col..].starts_with("2 "), "{text}");
+        assert!(lines[2][col..].starts_with("0 "), "{text}");
+    }
+
+    #[test]
+    fn watch_table_columns() {
+        let pools = sample_pools();
+        let text = watch_table(&pools);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("POOL"));
+        assert!(lines[0].contains("WARM/COLD/FAILED"));
+        assert!(lines[0].ends_with("LAST ERROR"));
+        let row: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(
+            &row[..7],
+            ["m1.xlarge@az2", "0", "3", "0", "3", "0", "0/0/4"]
+        );
+    }
+
+    #[test]
+    fn allocation_detail_shows_timings() {
+        let text = allocation_detail(&sample_allocation());
+        assert!(text.contains("state:      ALLOCATED\n"), "{text}");
+        assert!(
+            text.contains("labels:     app=billing, tier=gold\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "timings:    claim 3ms, volume 1s 250ms, port 400ms, verify 80ms, wait -, total 1s 733ms\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn pool_detail_shows_spec_and_counts() {
+        let text = pool_detail(&sample_pools()[0]);
+        assert!(text.contains("boot_timeout:     10m\n"), "{text}");
+        assert!(text.contains("max_age:          1day\n"), "{text}");
+        assert!(text.contains("ready 2, warming 0, booting 1"), "{text}");
+        assert!(
+            text.contains("allocations:      warm 12, cold 1, failed 0\n"),
+            "{text}"
+        );
+    }
+}

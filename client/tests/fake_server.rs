@@ -1,0 +1,425 @@
+//! The library and the `warmpoolctl` binary against an in-process fake
+//! WarmPool server: checks what goes over the wire and what the CLI prints,
+//! without the real daemon (which lives in another crate).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+use warmpool_client::api::{self, warm_pool_server::WarmPoolServer};
+use warmpool_client::{Client, ClientError};
+
+fn pool(flavor: &str, az: &str, ready: u32) -> api::Pool {
+    api::Pool {
+        flavor: flavor.into(),
+        availability_zone: az.into(),
+        spec: Some(api::PoolSpec {
+            min_ready: 2,
+            max_ready: 4,
+            image: "mysql".into(),
+            ..Default::default()
+        }),
+        effective_target: 2,
+        counts: Some(api::PoolCounts {
+            ready,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn status(pool: api::Pool) -> api::PoolStatus {
+    api::PoolStatus {
+        pool: Some(pool),
+        at: None,
+    }
+}
+
+/// Answers from fixed data; echoes request details back where a test needs
+/// to see what the client sent.
+struct Fake;
+
+#[tonic::async_trait]
+impl api::warm_pool_server::WarmPool for Fake {
+    async fn allocate(
+        &self,
+        request: Request<api::AllocateRequest>,
+    ) -> Result<Response<api::AllocateResponse>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(api::AllocateResponse {
+            allocation: Some(api::Allocation {
+                request_id: r.request_id,
+                tenant_project_id: r.tenant_project_id,
+                flavor: r.flavor,
+                availability_zone: r.availability_zone,
+                state: api::AllocationState::Allocated.into(),
+                warm_hit: true,
+                labels: r.labels,
+                ..Default::default()
+            }),
+        }))
+    }
+
+    async fn get_allocation(
+        &self,
+        request: Request<api::GetAllocationRequest>,
+    ) -> Result<Response<api::Allocation>, Status> {
+        let id = request.into_inner().request_id;
+        Err(Status::not_found(format!("no allocation {id:?}")))
+    }
+
+    async fn release(
+        &self,
+        request: Request<api::ReleaseRequest>,
+    ) -> Result<Response<api::Allocation>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(api::Allocation {
+            request_id: r.request_id,
+            state: api::AllocationState::Released.into(),
+            // Report the override back through a field the test can read.
+            labels: [("delete_volume".to_owned(), format!("{:?}", r.delete_volume))].into(),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_pools(
+        &self,
+        _: Request<api::ListPoolsRequest>,
+    ) -> Result<Response<api::ListPoolsResponse>, Status> {
+        Ok(Response::new(api::ListPoolsResponse {
+            pools: vec![pool("m1", "az1", 2), pool("m2", "az1", 0)],
+        }))
+    }
+
+    async fn get_pool(
+        &self,
+        request: Request<api::GetPoolRequest>,
+    ) -> Result<Response<api::Pool>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(pool(&r.flavor, &r.availability_zone, 1)))
+    }
+
+    async fn create_pool(
+        &self,
+        request: Request<api::CreatePoolRequest>,
+    ) -> Result<Response<api::Pool>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(api::Pool {
+            spec: r.spec,
+            ..pool(&r.flavor, &r.availability_zone, 0)
+        }))
+    }
+
+    async fn update_pool(
+        &self,
+        request: Request<api::UpdatePoolRequest>,
+    ) -> Result<Response<api::Pool>, Status> {
+        let r = request.into_inner();
+        let mask = r.update_mask.unwrap_or_default().paths.join(",");
+        Ok(Response::new(api::Pool {
+            last_error: format!("mask={mask}"),
+            ..pool(&r.flavor, &r.availability_zone, 0)
+        }))
+    }
+
+    async fn delete_pool(
+        &self,
+        request: Request<api::DeletePoolRequest>,
+    ) -> Result<Response<api::DeletePoolResponse>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(api::DeletePoolResponse {
+            pool: Some(api::Pool {
+                draining: true,
+                ..pool(&r.flavor, &r.availability_zone, 0)
+            }),
+        }))
+    }
+
+    async fn list_instances(
+        &self,
+        request: Request<api::ListInstancesRequest>,
+    ) -> Result<Response<api::ListInstancesResponse>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(api::ListInstancesResponse {
+            instances: vec![api::Instance {
+                id: "inst-1".into(),
+                flavor: r.flavor,
+                availability_zone: r.availability_zone,
+                state: api::InstanceState::Ready.into(),
+                ..Default::default()
+            }],
+        }))
+    }
+
+    type WatchPoolsStream = Pin<Box<dyn Stream<Item = Result<api::PoolStatus, Status>> + Send>>;
+
+    /// Both pools at once, then m1 gaining instances, then silence (the
+    /// stream stays open, like the real one).
+    async fn watch_pools(
+        &self,
+        _: Request<api::WatchPoolsRequest>,
+    ) -> Result<Response<Self::WatchPoolsStream>, Status> {
+        let initial = futures::stream::iter([
+            Ok(status(pool("m1", "az1", 2))),
+            Ok(status(pool("m2", "az1", 0))),
+        ]);
+        let update = futures::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(status(pool("m1", "az1", 3)))
+        });
+        let stream = initial.chain(update).chain(futures::stream::pending());
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+async fn start_fake() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(WarmPoolServer::new(Fake))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+fn ctl(addr: impl std::fmt::Display) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_warmpoolctl"));
+    cmd.env_remove("WARMPOOL_ENDPOINT")
+        .arg("--endpoint")
+        .arg(addr.to_string())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+async fn run(addr: impl std::fmt::Display, args: &[&str]) -> Run {
+    let out = ctl(addr).args(args).output().await.unwrap();
+    Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn library_calls_round_trip() {
+    let addr = start_fake().await;
+    let client = Client::connect(&addr.to_string()).await.unwrap();
+
+    let pools = client.list_pools().await.unwrap();
+    assert_eq!(pools.len(), 2);
+
+    let updated = client
+        .update_pool(
+            "m1",
+            "az1",
+            api::PoolSpec::default(),
+            ["min_ready", "paused"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.last_error, "mask=min_ready,paused");
+
+    let drained = client.delete_pool("m1", "az1").await.unwrap();
+    assert!(drained.draining);
+
+    let released = client.release("r1", Some(false)).await.unwrap();
+    assert_eq!(released.labels["delete_volume"], "Some(false)");
+
+    let err = client.get_allocation("nope").await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ClientError::Status {
+                code: tonic::Code::NotFound,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.to_string(), "NOT_FOUND: no allocation \"nope\"");
+
+    let mut watch = client.watch_pools().await.unwrap();
+    let first = watch.next().await.unwrap().unwrap();
+    assert_eq!(first.pool.unwrap().flavor, "m1");
+}
+
+#[tokio::test]
+async fn cli_prints_tables_and_json() {
+    let addr = start_fake().await;
+
+    let out = run(addr, &["pools"]).await;
+    assert!(out.ok, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[0].starts_with("POOL"), "{}", out.stdout);
+    assert!(lines[1].starts_with("m1@az1 "), "{}", out.stdout);
+
+    let out = run(addr, &["pools", "list", "--output", "json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["pools"][1]["flavor"], "m2");
+
+    let out = run(
+        addr,
+        &[
+            "allocate",
+            "--request-id",
+            "o-1",
+            "--tenant",
+            "t",
+            "--flavor",
+            "m1",
+            "--az",
+            "az1",
+            "--volume-size",
+            "10",
+            "--network",
+            "net",
+            "--label",
+            "k=v",
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert!(out.ok, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["state"], "ALLOCATED");
+    assert_eq!(v["labels"]["k"], "v");
+
+    let out = run(
+        addr,
+        &[
+            "pools",
+            "update",
+            "m1",
+            "az1",
+            "--max-age",
+            "2h",
+            "--paused",
+            "true",
+        ],
+    )
+    .await;
+    assert!(out.ok, "{}", out.stderr);
+    assert!(out.stdout.contains("mask=max_age,paused"), "{}", out.stdout);
+
+    let out = run(addr, &["instances", "--flavor", "m1", "--az", "az1"]).await;
+    assert!(
+        out.stdout.lines().nth(1).unwrap().contains(" READY "),
+        "{}",
+        out.stdout
+    );
+}
+
+#[tokio::test]
+async fn cli_reports_grpc_errors() {
+    let addr = start_fake().await;
+    let out = run(addr, &["get", "nope"]).await;
+    assert!(!out.ok);
+    assert_eq!(out.stderr, "error: NOT_FOUND: no allocation \"nope\"\n");
+    assert_eq!(out.stdout, "");
+}
+
+#[tokio::test]
+async fn cli_reports_an_unreachable_endpoint_in_one_line() {
+    let out = run("127.0.0.1:1", &["pools"]).await;
+    assert!(!out.ok);
+    assert!(
+        out.stderr
+            .starts_with("error: cannot connect to http://127.0.0.1:1: "),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn cli_checks_arguments_before_connecting() {
+    let out = run("127.0.0.1:1", &["pools", "update", "m1", "az1"]).await;
+    assert!(!out.ok);
+    assert!(
+        out.stderr.starts_with("error: nothing to update"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Reads `watch` output from a pipe: blank-line separated frames, each a
+/// full table of the latest state.
+#[tokio::test]
+async fn cli_watch_prints_frames_to_a_pipe() {
+    let addr = start_fake().await;
+    let mut child = ctl(addr)
+        .arg("watch")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+
+    let mut frame = Vec::new();
+    let read_until_update = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if !line.is_empty() {
+                frame.push(line);
+                continue;
+            }
+            // A blank line ends a frame.
+            assert!(frame[0].starts_with("POOL "), "{frame:?}");
+            let m1_ready = frame
+                .iter()
+                .find(|l| l.starts_with("m1@az1 "))
+                .and_then(|l| l.split_whitespace().nth(1));
+            if m1_ready == Some("3") {
+                return frame;
+            }
+            frame = Vec::new();
+        }
+        panic!("watch ended before the update arrived");
+    };
+    let last = tokio::time::timeout(Duration::from_secs(10), read_until_update)
+        .await
+        .expect("no updated frame within 10s");
+    // Every frame holds every pool seen so far, sorted.
+    assert_eq!(last.len(), 3, "{last:?}");
+    assert!(last[2].starts_with("m2@az1 "), "{last:?}");
+    child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn cli_watch_json_prints_one_object_per_update() {
+    let addr = start_fake().await;
+    let mut child = ctl(addr)
+        .args(["watch", "--output", "json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut ready = Vec::new();
+    for _ in 0..3 {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("no update within 10s")
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        ready.push(format!(
+            "{}={}",
+            v["pool"]["flavor"], v["pool"]["counts"]["ready"]
+        ));
+    }
+    assert_eq!(ready, [r#""m1"=2"#, r#""m2"=0"#, r#""m1"=3"#]);
+    child.kill().await.unwrap();
+}

@@ -1,0 +1,137 @@
+//! The in-process face: `pool_manager::cloud::Cloud` for [`SimCloud`].
+//!
+//! Each call passes the API gate (counts, faults, rate limit), sleeps where
+//! the real API is synchronous (port create), then applies one model
+//! operation under the lock. Asynchronous work (boot, attach, delete) only
+//! records completion times; `get_*` calls observe it.
+
+use crate::mysql;
+use crate::sim::SimCloud;
+use async_trait::async_trait;
+use pool_manager::cloud::{
+    Cloud, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume,
+};
+use tokio::time::Instant;
+
+#[async_trait]
+impl Cloud for SimCloud {
+    async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server> {
+        self.gate("create_server").await?;
+        // Reserve the port before taking the lock: binding is a syscall.
+        let socket = self.reserve_socket();
+        let addr = match &socket {
+            Some(s) => Some(
+                s.local_addr()
+                    .map_err(|e| CloudError::Transient(format!("simulated mysqld port: {e}")))?,
+            ),
+            None => None,
+        };
+        let now = Instant::now();
+        let mut model = self.inner.lock_at(now);
+        let (server, ready_at) = model.create_server(spec, now, addr)?;
+        if let Some(socket) = socket {
+            let guard = mysql::spawn_listener(socket, ready_at, self.inner.mysql_version.clone());
+            model.set_listener(&server.id, guard);
+        }
+        Ok(server)
+    }
+
+    async fn get_server(&self, server_id: &str) -> CloudResult<Server> {
+        self.gate("get_server").await?;
+        let now = Instant::now();
+        self.inner.lock_at(now).get_server(server_id, now)
+    }
+
+    async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
+        self.gate("list_pool_servers").await?;
+        let now = Instant::now();
+        Ok(self.inner.lock_at(now).list_pool_servers(now))
+    }
+
+    async fn delete_server(&self, server_id: &str) -> CloudResult<()> {
+        self.gate("delete_server").await?;
+        let now = Instant::now();
+        self.inner.lock_at(now).delete_server(server_id, now);
+        Ok(())
+    }
+
+    async fn create_volume(&self, spec: &NewVolumeSpec) -> CloudResult<Volume> {
+        self.gate("create_volume").await?;
+        let now = Instant::now();
+        self.inner.lock_at(now).create_volume(spec, now)
+    }
+
+    async fn get_volume(&self, volume_id: &str) -> CloudResult<Volume> {
+        self.gate("get_volume").await?;
+        let now = Instant::now();
+        self.inner.lock_at(now).get_volume(volume_id, now)
+    }
+
+    async fn find_volumes_by_name(&self, name: &str) -> CloudResult<Vec<Volume>> {
+        self.gate("find_volumes_by_name").await?;
+        let now = Instant::now();
+        Ok(self.inner.lock_at(now).find_volumes_by_name(name, now))
+    }
+
+    async fn delete_volume(&self, volume_id: &str) -> CloudResult<()> {
+        self.gate("delete_volume").await?;
+        let now = Instant::now();
+        self.inner.lock_at(now).delete_volume(volume_id, now)
+    }
+
+    async fn attach_volume(&self, server_id: &str, volume_id: &str) -> CloudResult<()> {
+        self.gate("attach_volume").await?;
+        let now = Instant::now();
+        self.inner
+            .lock_at(now)
+            .attach_volume(server_id, volume_id, now)
+    }
+
+    async fn detach_volume(&self, server_id: &str, volume_id: &str) -> CloudResult<()> {
+        self.gate("detach_volume").await?;
+        let now = Instant::now();
+        self.inner
+            .lock_at(now)
+            .detach_volume(server_id, volume_id, now);
+        Ok(())
+    }
+
+    async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {
+        self.gate("create_port").await?;
+        let base = self.inner.lock_at(Instant::now()).cfg.latencies.port_create;
+        self.take(base).await;
+        let now = Instant::now();
+        self.inner.lock_at(now).create_port(spec, now)
+    }
+
+    async fn get_port(&self, port_id: &str) -> CloudResult<Port> {
+        self.gate("get_port").await?;
+        let now = Instant::now();
+        self.inner.lock_at(now).get_port(port_id, now)
+    }
+
+    async fn find_ports_by_name(&self, name: &str) -> CloudResult<Vec<Port>> {
+        self.gate("find_ports_by_name").await?;
+        let now = Instant::now();
+        Ok(self.inner.lock_at(now).find_ports_by_name(name, now))
+    }
+
+    async fn delete_port(&self, port_id: &str) -> CloudResult<()> {
+        self.gate("delete_port").await?;
+        self.lock().delete_port(port_id);
+        Ok(())
+    }
+
+    async fn attach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()> {
+        self.gate("attach_port").await?;
+        let now = Instant::now();
+        self.inner.lock_at(now).attach_port(server_id, port_id, now)
+    }
+
+    async fn detach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()> {
+        self.gate("detach_port").await?;
+        let now = Instant::now();
+        self.inner.lock_at(now).detach_port(server_id, port_id, now);
+        Ok(())
+    }
+}

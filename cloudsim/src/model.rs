@@ -1,0 +1,1152 @@
+//! The simulated cloud's state and rules, shared by every face (in-process
+//! `Cloud`, later the HTTP API). Owns servers, volumes, ports, compute hosts,
+//! quotas, injected-fault counters and per-method call counts.
+//!
+//! Nothing here sleeps or spawns: every operation takes `now` and records
+//! *when* each pending transition completes (`Timed`). Reads evaluate state
+//! as of the `now` they are given. That keeps the model deterministic under a
+//! paused tokio clock and free of timer tasks; the faces do the sleeping and
+//! hold the lock (a `std::sync::Mutex`) only around these synchronous calls.
+
+use crate::config::SimConfig;
+use crate::mysql::ListenerGuard;
+use pool_manager::cloud::{
+    CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, ServerStatus,
+    Volume, VolumeStatus, META_INSTANCE, META_POOL,
+};
+use pool_manager::model::PoolKey;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A value with at most one pending change: `current` until `next.0`, then `next.1`.
+#[derive(Clone, Debug)]
+struct Timed<T> {
+    current: T,
+    next: Option<(Instant, T)>,
+}
+
+impl<T: Clone> Timed<T> {
+    fn settled(value: T) -> Self {
+        Self {
+            current: value,
+            next: None,
+        }
+    }
+
+    fn at(&self, now: Instant) -> &T {
+        match &self.next {
+            Some((t, v)) if now >= *t => v,
+            _ => &self.current,
+        }
+    }
+
+    fn pending(&self, now: Instant) -> bool {
+        matches!(&self.next, Some((t, _)) if now < *t)
+    }
+
+    /// Starts a transition: `during` now, `after` from `done_at` on.
+    fn start(&mut self, during: T, done_at: Instant, after: T) {
+        self.current = during;
+        self.next = Some((done_at, after));
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Boot {
+    Active {
+        active_at: Instant,
+        /// `None`: mysqld never answers (injected fault).
+        mysqld_ready_at: Option<Instant>,
+    },
+    Error {
+        at: Instant,
+        fault: String,
+    },
+}
+
+struct ServerRec {
+    seq: u64,
+    id: String,
+    name: String,
+    az: String,
+    flavor: String,
+    image: String,
+    metadata: BTreeMap<String, String>,
+    /// Index into `Model::hosts`; `None` for a boot that failed scheduling.
+    host: Option<usize>,
+    created_at: Instant,
+    boot: Boot,
+    addr: SocketAddr,
+    /// Set by delete: the server is being torn down and is gone from then.
+    gone_at: Option<Instant>,
+    /// Volumes and ports whose attach to this server was accepted and not yet
+    /// undone; views filter them by the object's state at `now`.
+    volumes: BTreeSet<String>,
+    ports: BTreeSet<String>,
+    /// Dropping it stops the server's mysqld listener.
+    listener: Option<ListenerGuard>,
+}
+
+impl ServerRec {
+    fn status(&self, now: Instant) -> ServerStatus {
+        if self.gone_at.is_some() {
+            return ServerStatus::Deleted;
+        }
+        match &self.boot {
+            Boot::Active { active_at, .. } if now >= *active_at => ServerStatus::Active,
+            Boot::Error { at, .. } if now >= *at => ServerStatus::Error,
+            _ => ServerStatus::Build,
+        }
+    }
+
+    fn mysqld_ready(&self, now: Instant) -> bool {
+        self.gone_at.is_none()
+            && matches!(self.boot, Boot::Active { mysqld_ready_at: Some(t), .. } if now >= t)
+    }
+
+    fn building(&self, now: Instant) -> bool {
+        self.status(now) == ServerStatus::Build
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct VolState {
+    status: VolumeStatus,
+    server: Option<String>,
+}
+
+struct VolumeRec {
+    seq: u64,
+    id: String,
+    name: String,
+    az: String,
+    size_gib: u32,
+    project_id: String,
+    state: Timed<VolState>,
+    gone_at: Option<Instant>,
+}
+
+impl VolumeRec {
+    fn view(&self, now: Instant) -> Volume {
+        let state = self.state.at(now);
+        let status = if self.gone_at.is_some() {
+            VolumeStatus::Other("deleting".into())
+        } else {
+            state.status.clone()
+        };
+        // Cinder lists an attachment once it is made, until the detach completes.
+        let attached_to = match (&state.status, &state.server) {
+            (VolumeStatus::InUse | VolumeStatus::Detaching, Some(s)) => vec![s.clone()],
+            _ => Vec::new(),
+        };
+        Volume {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            status,
+            availability_zone: self.az.clone(),
+            size_gib: self.size_gib,
+            attached_to,
+        }
+    }
+
+    /// The server this volume is attached or attaching to, as of `now`.
+    fn attached_server(&self, now: Instant) -> Option<&str> {
+        let state = self.state.at(now);
+        match state.status {
+            VolumeStatus::Attaching | VolumeStatus::InUse => state.server.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+struct PortRec {
+    seq: u64,
+    id: String,
+    name: String,
+    network_id: String,
+    ip: String,
+    /// The server the port is bound to (`device_id`).
+    binding: Timed<Option<String>>,
+}
+
+impl PortRec {
+    fn view(&self, now: Instant) -> Port {
+        Port {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            network_id: self.network_id.clone(),
+            device_id: self.binding.at(now).clone(),
+            ip_address: Some(self.ip.clone()),
+        }
+    }
+
+    /// The server this port is bound or being bound to.
+    fn target(&self) -> Option<&str> {
+        match &self.binding.next {
+            Some((_, v)) => v.as_deref(),
+            None => self.binding.current.as_deref(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Host {
+    name: String,
+    az: String,
+}
+
+/// Injected faults; see [`crate::Faults`] for what each does.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FaultState {
+    pub mysqld_never_starts: u64,
+    pub error_boots: u64,
+    pub error_boot_fault: String,
+    pub fail_volume_attach: u64,
+    pub fail_port_attach: u64,
+    pub api_errors: u64,
+    pub api_error: Option<CloudError>,
+    /// `Some(n)`: n more calls pass, then every call hangs.
+    pub hang_after: Option<u64>,
+    pub slow: Duration,
+    pub iops_throttled: bool,
+}
+
+/// What the API gate decided for one call.
+pub(crate) struct GateDecision {
+    pub hang: bool,
+    pub delay: Duration,
+    pub error: Option<CloudError>,
+}
+
+/// A server as the test inspection API shows it: the `Server` the cloud
+/// reports plus what only the simulator knows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimServer {
+    pub server: Server,
+    pub flavor: String,
+    pub image: String,
+    /// Compute host name; `None` for a boot that failed scheduling.
+    pub host: Option<String>,
+    pub created_at: Instant,
+    /// When it turns (or turned) ACTIVE; `None` if it goes ERROR.
+    pub active_at: Option<Instant>,
+    /// When mysqld answers (or answered); `None` if it never will.
+    pub mysqld_ready_at: Option<Instant>,
+    /// mysqld answers now.
+    pub mysqld_ready: bool,
+}
+
+/// Load of one compute host, for inspection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostLoad {
+    pub name: String,
+    pub availability_zone: String,
+    pub servers: usize,
+    pub building: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Server,
+    Volume,
+}
+
+pub(crate) struct Model {
+    pub cfg: SimConfig,
+    pub faults: FaultState,
+    pub calls: BTreeMap<&'static str, u64>,
+    rng: StdRng,
+    seq: u64,
+    hosts: Vec<Host>,
+    servers: HashMap<String, ServerRec>,
+    volumes: HashMap<String, VolumeRec>,
+    ports: HashMap<String, PortRec>,
+    addr_index: HashMap<SocketAddr, String>,
+    /// Deleted objects and when they vanish; popped lazily.
+    gone_queue: BinaryHeap<Reverse<(Instant, u64, Kind, String)>>,
+    /// (network, ip) pairs in use.
+    used_ips: HashSet<(String, String)>,
+    next_ip: u32,
+    next_synthetic: u32,
+    bucket: Option<(f64, Instant)>,
+}
+
+const GREETING_PORT: u16 = 3306;
+
+impl Model {
+    pub fn new(cfg: SimConfig) -> Self {
+        let hosts = cfg
+            .availability_zones
+            .iter()
+            .flat_map(|az| {
+                (0..az.hosts).map(move |i| Host {
+                    name: format!("{}-compute-{i}", az.name),
+                    az: az.name.clone(),
+                })
+            })
+            .collect();
+        let faults = FaultState {
+            iops_throttled: cfg.iops_throttled,
+            ..FaultState::default()
+        };
+        Self {
+            rng: StdRng::seed_from_u64(cfg.seed),
+            faults,
+            calls: BTreeMap::new(),
+            seq: 0,
+            hosts,
+            servers: HashMap::new(),
+            volumes: HashMap::new(),
+            ports: HashMap::new(),
+            addr_index: HashMap::new(),
+            gone_queue: BinaryHeap::new(),
+            used_ips: HashSet::new(),
+            next_ip: 0,
+            next_synthetic: 0,
+            bucket: None,
+            cfg,
+        }
+    }
+
+    // ---- helpers ------------------------------------------------------------
+
+    /// A simulated duration, jittered and scaled to tokio time.
+    pub fn latency(&mut self, base: Duration) -> Duration {
+        let jitter = self.cfg.jitter.clamp(0.0, 1.0);
+        let factor = if jitter > 0.0 {
+            1.0 + self.rng.gen_range(-jitter..=jitter)
+        } else {
+            1.0
+        };
+        base.mul_f64((factor * self.cfg.time_scale).max(0.0))
+    }
+
+    /// Ids come from the seeded generator so that runs are reproducible.
+    fn new_id(&mut self) -> String {
+        uuid::Builder::from_random_bytes(self.rng.gen())
+            .into_uuid()
+            .to_string()
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Forgets objects whose deletion completed by `now`.
+    pub fn expire(&mut self, now: Instant) {
+        while let Some(Reverse((at, _, _, _))) = self.gone_queue.peek() {
+            if *at > now {
+                break;
+            }
+            let Reverse((_, _, kind, id)) = self.gone_queue.pop().expect("peeked");
+            match kind {
+                Kind::Server => {
+                    if let Some(s) = self.servers.remove(&id) {
+                        self.addr_index.remove(&s.addr);
+                    }
+                }
+                Kind::Volume => {
+                    self.volumes.remove(&id);
+                }
+            }
+        }
+    }
+
+    fn az_known(&self, az: &str) -> bool {
+        self.cfg.availability_zones.iter().any(|a| a.name == az)
+    }
+
+    fn synthetic_addr(&mut self) -> SocketAddr {
+        // 127.1.0.1, 127.1.0.2, ...: unique, never opened.
+        self.next_synthetic += 1;
+        let ip = Ipv4Addr::from(0x7f01_0000u32 + self.next_synthetic);
+        SocketAddr::from((ip, GREETING_PORT))
+    }
+
+    fn server_view(&self, s: &ServerRec, now: Instant) -> Server {
+        let status = s.status(now);
+        let attached_volumes = s
+            .volumes
+            .iter()
+            .filter(|v| {
+                self.volumes.get(*v).is_some_and(|vol| {
+                    let st = vol.state.at(now);
+                    st.status == VolumeStatus::InUse && st.server.as_deref() == Some(&s.id)
+                })
+            })
+            .cloned()
+            .collect();
+        let attached_ports = s
+            .ports
+            .iter()
+            .filter(|p| {
+                self.ports
+                    .get(*p)
+                    .is_some_and(|port| port.binding.at(now).as_deref() == Some(&s.id))
+            })
+            .cloned()
+            .collect();
+        Server {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            status,
+            availability_zone: s.az.clone(),
+            metadata: s.metadata.clone(),
+            // The guest has an address once it is running.
+            mysql_addr: (status == ServerStatus::Active).then_some(s.addr),
+            fault: match (&s.boot, status) {
+                (Boot::Error { fault, .. }, ServerStatus::Error) => Some(fault.clone()),
+                _ => None,
+            },
+            attached_volumes,
+            attached_ports,
+        }
+    }
+
+    fn sim_server(&self, s: &ServerRec, now: Instant) -> SimServer {
+        let (active_at, mysqld_ready_at) = match &s.boot {
+            Boot::Active {
+                active_at,
+                mysqld_ready_at,
+            } => (Some(*active_at), *mysqld_ready_at),
+            Boot::Error { .. } => (None, None),
+        };
+        SimServer {
+            server: self.server_view(s, now),
+            flavor: s.flavor.clone(),
+            image: s.image.clone(),
+            host: s.host.map(|h| self.hosts[h].name.clone()),
+            created_at: s.created_at,
+            active_at,
+            mysqld_ready_at,
+            mysqld_ready: s.mysqld_ready(now),
+        }
+    }
+
+    fn live_server(&self, id: &str) -> CloudResult<&ServerRec> {
+        self.servers
+            .get(id)
+            .ok_or_else(|| CloudError::NotFound(format!("server {id}")))
+    }
+
+    // ---- API gate -----------------------------------------------------------
+
+    /// Counts the call and applies the call-level faults and rate limit.
+    pub fn enter(&mut self, method: &'static str, now: Instant) -> GateDecision {
+        *self.calls.entry(method).or_default() += 1;
+        if let Some(left) = self.faults.hang_after {
+            if left == 0 {
+                return GateDecision {
+                    hang: true,
+                    delay: Duration::ZERO,
+                    error: None,
+                };
+            }
+            self.faults.hang_after = Some(left - 1);
+        }
+        let delay = self.faults.slow + self.cfg.scaled(self.cfg.latencies.api_call);
+        let error = if self.faults.api_errors > 0 {
+            self.faults.api_errors -= 1;
+            self.faults.api_error.clone()
+        } else {
+            self.rate_limited(now)
+        };
+        GateDecision {
+            hang: false,
+            delay,
+            error,
+        }
+    }
+
+    fn rate_limited(&mut self, now: Instant) -> Option<CloudError> {
+        let limit = self.cfg.rate_limit.clone()?;
+        // Tokens per tokio second: the limit is in simulated time.
+        let rate = limit.per_second / self.cfg.time_scale.max(1e-9);
+        let burst = f64::from(limit.burst.max(1));
+        let (tokens, last) = self.bucket.unwrap_or((burst, now));
+        let tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(burst);
+        if tokens >= 1.0 {
+            self.bucket = Some((tokens - 1.0, now));
+            None
+        } else {
+            self.bucket = Some((tokens, now));
+            Some(CloudError::Throttled {
+                retry_after: Some(Duration::from_secs_f64((1.0 - tokens) / rate)),
+                message: "Rate limit exceeded (simulated 429)".into(),
+            })
+        }
+    }
+
+    // ---- servers ------------------------------------------------------------
+
+    /// Places and starts a boot. `addr` is the reserved listener address, if
+    /// the face opens real sockets. Returns the view and when mysqld is ready.
+    pub fn create_server(
+        &mut self,
+        spec: &ServerSpec,
+        now: Instant,
+        addr: Option<SocketAddr>,
+    ) -> CloudResult<(Server, Option<Instant>)> {
+        let az = &spec.pool.availability_zone;
+        if !self.cfg.flavors.contains(&spec.pool.flavor) {
+            return Err(CloudError::Fatal(format!(
+                "Flavor {} could not be found",
+                spec.pool.flavor
+            )));
+        }
+        if !self.cfg.images.contains(&spec.image) {
+            return Err(CloudError::Fatal(format!(
+                "Image {} could not be found",
+                spec.image
+            )));
+        }
+        if !self.az_known(az) {
+            return Err(CloudError::Fatal(format!(
+                "The requested availability zone is not available: {az}"
+            )));
+        }
+        if self.servers.len() >= self.cfg.quotas.max_instances {
+            return Err(CloudError::QuotaExceeded(format!(
+                "Quota exceeded for instances: Requested 1, but already used {} of {} instances",
+                self.servers.len(),
+                self.cfg.quotas.max_instances
+            )));
+        }
+
+        let (host, boot) = if self.faults.error_boots > 0 {
+            self.faults.error_boots -= 1;
+            let at = now + self.latency(self.cfg.boot.error_after);
+            let fault = self.faults.error_boot_fault.clone();
+            (None, Boot::Error { at, fault })
+        } else {
+            let host = self.least_loaded_host(az, now);
+            let concurrent = self
+                .servers
+                .values()
+                .filter(|s| s.host == Some(host) && s.building(now))
+                .count();
+            let bm = self.cfg.boot.clone();
+            let throttled = self.faults.iops_throttled;
+            let mut nova = bm.t_alone + bm.k_per_concurrent * concurrent as u32;
+            let mut mysqld = bm.mysqld_start;
+            if throttled {
+                nova = nova.mul_f64(bm.throttled_nova_factor);
+                mysqld = mysqld.mul_f64(bm.throttled_mysqld_factor);
+            }
+            let active_at = now + self.latency(nova);
+            let mysqld_ready_at = if self.faults.mysqld_never_starts > 0 {
+                self.faults.mysqld_never_starts -= 1;
+                None
+            } else {
+                Some(active_at + self.latency(mysqld))
+            };
+            (
+                Some(host),
+                Boot::Active {
+                    active_at,
+                    mysqld_ready_at,
+                },
+            )
+        };
+        let ready_at = match &boot {
+            Boot::Active {
+                mysqld_ready_at, ..
+            } => *mysqld_ready_at,
+            Boot::Error { .. } => None,
+        };
+        let id = self.insert_server(spec, now, host, boot, addr);
+        let view = self.server_view(&self.servers[&id], now);
+        Ok((view, ready_at))
+    }
+
+    fn insert_server(
+        &mut self,
+        spec: &ServerSpec,
+        now: Instant,
+        host: Option<usize>,
+        boot: Boot,
+        addr: Option<SocketAddr>,
+    ) -> String {
+        let id = self.new_id();
+        let seq = self.next_seq();
+        let addr = addr.unwrap_or_else(|| self.synthetic_addr());
+        self.addr_index.insert(addr, id.clone());
+        self.servers.insert(
+            id.clone(),
+            ServerRec {
+                seq,
+                id: id.clone(),
+                name: spec.name.clone(),
+                az: spec.pool.availability_zone.clone(),
+                flavor: spec.pool.flavor.clone(),
+                image: spec.image.clone(),
+                metadata: spec.metadata.clone(),
+                host,
+                created_at: now,
+                boot,
+                addr,
+                gone_at: None,
+                volumes: BTreeSet::new(),
+                ports: BTreeSet::new(),
+                listener: None,
+            },
+        );
+        id
+    }
+
+    /// Nova's scheduler stand-in: fewest boots in progress, then fewest
+    /// servers, then the first host.
+    fn least_loaded_host(&self, az: &str, now: Instant) -> usize {
+        let mut load: HashMap<usize, (usize, usize)> = HashMap::new();
+        for s in self.servers.values() {
+            if let (Some(h), None) = (s.host, s.gone_at) {
+                let e = load.entry(h).or_default();
+                e.0 += usize::from(s.building(now));
+                e.1 += 1;
+            }
+        }
+        (0..self.hosts.len())
+            .filter(|&h| self.hosts[h].az == az)
+            .min_by_key(|h| (load.get(h).copied().unwrap_or_default(), *h))
+            .expect("an availability zone with no hosts")
+    }
+
+    /// A server with warmpool metadata that nobody asked for: ACTIVE and ready.
+    pub fn inject_leak(
+        &mut self,
+        pool: &PoolKey,
+        now: Instant,
+        addr: Option<SocketAddr>,
+    ) -> String {
+        let instance = self.new_id();
+        let mut metadata = BTreeMap::new();
+        metadata.insert(META_POOL.to_string(), pool.to_string());
+        metadata.insert(META_INSTANCE.to_string(), instance);
+        let spec = ServerSpec {
+            name: format!("leak-{pool}"),
+            pool: pool.clone(),
+            image: self.cfg.images.first().cloned().unwrap_or_default(),
+            metadata,
+        };
+        let host = self
+            .cfg
+            .availability_zones
+            .iter()
+            .any(|a| a.name == pool.availability_zone && a.hosts > 0)
+            .then(|| self.least_loaded_host(&pool.availability_zone, now));
+        let boot = Boot::Active {
+            active_at: now,
+            mysqld_ready_at: Some(now),
+        };
+        self.insert_server(&spec, now, host, boot, addr)
+    }
+
+    pub fn set_listener(&mut self, server_id: &str, guard: ListenerGuard) {
+        // If the server was deleted meanwhile, dropping the guard stops it.
+        if let Some(s) = self.servers.get_mut(server_id) {
+            if s.gone_at.is_none() {
+                s.listener = Some(guard);
+            }
+        }
+    }
+
+    pub fn get_server(&self, id: &str, now: Instant) -> CloudResult<Server> {
+        Ok(self.server_view(self.live_server(id)?, now))
+    }
+
+    /// Servers not being deleted, oldest first.
+    fn sorted_servers(&self) -> Vec<&ServerRec> {
+        let mut v: Vec<_> = self
+            .servers
+            .values()
+            .filter(|s| s.gone_at.is_none())
+            .collect();
+        v.sort_by_key(|s| s.seq);
+        v
+    }
+
+    pub fn list_pool_servers(&self, now: Instant) -> Vec<Server> {
+        self.sorted_servers()
+            .into_iter()
+            .filter(|s| s.metadata.contains_key(META_POOL))
+            .map(|s| self.server_view(s, now))
+            .collect()
+    }
+
+    pub fn sim_servers(&self, now: Instant) -> Vec<SimServer> {
+        self.sorted_servers()
+            .into_iter()
+            .map(|s| self.sim_server(s, now))
+            .collect()
+    }
+
+    pub fn sim_server_by_id(&self, id: &str, now: Instant) -> Option<SimServer> {
+        self.servers.get(id).map(|s| self.sim_server(s, now))
+    }
+
+    pub fn host_loads(&self, now: Instant) -> Vec<HostLoad> {
+        self.hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let on_host = || {
+                    self.servers
+                        .values()
+                        .filter(move |s| s.host == Some(i) && s.gone_at.is_none())
+                };
+                HostLoad {
+                    name: h.name.clone(),
+                    availability_zone: h.az.clone(),
+                    servers: on_host().count(),
+                    building: on_host().filter(|s| s.building(now)).count(),
+                }
+            })
+            .collect()
+    }
+
+    /// Starts tearing a server down. Its mysqld stops at once; attached
+    /// volumes return to `available` and ports are unbound when it is gone.
+    pub fn delete_server(&mut self, id: &str, now: Instant) {
+        let Some(s) = self.servers.get(id) else {
+            return;
+        };
+        if s.gone_at.is_some() {
+            return;
+        }
+        let gone_at = now + self.latency(self.cfg.latencies.delete);
+        let s = self.servers.get_mut(id).expect("checked above");
+        s.gone_at = Some(gone_at);
+        s.listener = None;
+        let seq = s.seq;
+        let volumes = std::mem::take(&mut s.volumes);
+        let ports = std::mem::take(&mut s.ports);
+        for vid in volumes {
+            if let Some(vol) = self.volumes.get_mut(&vid) {
+                if vol.attached_server(now) == Some(id) {
+                    vol.state.start(
+                        VolState {
+                            status: VolumeStatus::Detaching,
+                            server: Some(id.to_string()),
+                        },
+                        gone_at,
+                        VolState {
+                            status: VolumeStatus::Available,
+                            server: None,
+                        },
+                    );
+                }
+            }
+        }
+        for pid in ports {
+            if let Some(port) = self.ports.get_mut(&pid) {
+                if port.target() == Some(id) {
+                    let shown = port.binding.at(now).clone();
+                    port.binding.start(shown, gone_at, None);
+                }
+            }
+        }
+        self.gone_queue
+            .push(Reverse((gone_at, seq, Kind::Server, id.to_string())));
+    }
+
+    /// Whether mysqld behind `addr` answers at `now` (for `SimProbe`).
+    pub fn mysqld_ready_at_addr(&self, addr: SocketAddr, now: Instant) -> bool {
+        self.addr_index
+            .get(&addr)
+            .and_then(|id| self.servers.get(id))
+            .is_some_and(|s| s.mysqld_ready(now))
+    }
+
+    // ---- volumes ------------------------------------------------------------
+
+    pub fn create_volume(&mut self, spec: &NewVolumeSpec, now: Instant) -> CloudResult<Volume> {
+        if !self.az_known(&spec.availability_zone) {
+            return Err(CloudError::Fatal(format!(
+                "Availability zone '{}' is invalid",
+                spec.availability_zone
+            )));
+        }
+        if self.volumes.len() >= self.cfg.quotas.max_volumes {
+            return Err(CloudError::QuotaExceeded(format!(
+                "VolumeLimitExceeded: Maximum number of volumes allowed ({}) exceeded",
+                self.cfg.quotas.max_volumes
+            )));
+        }
+        let done = now + self.latency(self.cfg.latencies.volume_create);
+        let mut state = Timed::settled(VolState {
+            status: VolumeStatus::Creating,
+            server: None,
+        });
+        state.next = Some((
+            done,
+            VolState {
+                status: VolumeStatus::Available,
+                server: None,
+            },
+        ));
+        let id = self.insert_volume(spec, state);
+        Ok(self.volumes[&id].view(now))
+    }
+
+    fn insert_volume(&mut self, spec: &NewVolumeSpec, state: Timed<VolState>) -> String {
+        let id = self.new_id();
+        let seq = self.next_seq();
+        self.volumes.insert(
+            id.clone(),
+            VolumeRec {
+                seq,
+                id: id.clone(),
+                name: spec.name.clone(),
+                az: spec.availability_zone.clone(),
+                size_gib: spec.size_gib,
+                project_id: spec.project_id.clone(),
+                state,
+                gone_at: None,
+            },
+        );
+        id
+    }
+
+    /// A tenant's existing volume, already `available` (no API call).
+    pub fn create_volume_for_test(&mut self, project: &str, az: &str, size_gib: u32) -> String {
+        let n = self.seq + 1;
+        let spec = NewVolumeSpec {
+            name: format!("tenant-volume-{n}"),
+            size_gib,
+            volume_type: None,
+            availability_zone: az.to_string(),
+            project_id: project.to_string(),
+        };
+        self.insert_volume(
+            &spec,
+            Timed::settled(VolState {
+                status: VolumeStatus::Available,
+                server: None,
+            }),
+        )
+    }
+
+    /// Makes a volume `in-use` by a server outside warmpool's view.
+    pub fn attach_volume_elsewhere(&mut self, volume_id: &str) -> CloudResult<String> {
+        let other = format!("tenant-server-{}", self.new_id());
+        let vol = self
+            .volumes
+            .get_mut(volume_id)
+            .ok_or_else(|| CloudError::NotFound(format!("volume {volume_id}")))?;
+        vol.state = Timed::settled(VolState {
+            status: VolumeStatus::InUse,
+            server: Some(other.clone()),
+        });
+        Ok(other)
+    }
+
+    pub fn volume_project(&self, volume_id: &str) -> Option<String> {
+        self.volumes.get(volume_id).map(|v| v.project_id.clone())
+    }
+
+    pub fn get_volume(&self, id: &str, now: Instant) -> CloudResult<Volume> {
+        self.volumes
+            .get(id)
+            .map(|v| v.view(now))
+            .ok_or_else(|| CloudError::NotFound(format!("volume {id}")))
+    }
+
+    fn sorted_volumes(&self) -> Vec<&VolumeRec> {
+        let mut v: Vec<_> = self
+            .volumes
+            .values()
+            .filter(|v| v.gone_at.is_none())
+            .collect();
+        v.sort_by_key(|v| v.seq);
+        v
+    }
+
+    pub fn volumes(&self, now: Instant) -> Vec<Volume> {
+        self.sorted_volumes()
+            .into_iter()
+            .map(|v| v.view(now))
+            .collect()
+    }
+
+    pub fn find_volumes_by_name(&self, name: &str, now: Instant) -> Vec<Volume> {
+        self.sorted_volumes()
+            .into_iter()
+            .filter(|v| v.name == name)
+            .map(|v| v.view(now))
+            .collect()
+    }
+
+    pub fn delete_volume(&mut self, id: &str, now: Instant) -> CloudResult<()> {
+        let Some(vol) = self.volumes.get(id) else {
+            return Ok(());
+        };
+        if vol.gone_at.is_some() {
+            return Ok(());
+        }
+        let st = vol.state.at(now);
+        let deletable = matches!(st.status, VolumeStatus::Available | VolumeStatus::Error)
+            && !vol.state.pending(now);
+        if !deletable {
+            return Err(CloudError::Conflict(format!(
+                "Invalid volume: Volume {id} status must be available or error, but current status is: {}",
+                status_name(&st.status)
+            )));
+        }
+        let gone_at = now + self.latency(self.cfg.latencies.delete);
+        let vol = self.volumes.get_mut(id).expect("checked above");
+        vol.gone_at = Some(gone_at);
+        let seq = vol.seq;
+        self.gone_queue
+            .push(Reverse((gone_at, seq, Kind::Volume, id.to_string())));
+        Ok(())
+    }
+
+    pub fn attach_volume(
+        &mut self,
+        server_id: &str,
+        volume_id: &str,
+        now: Instant,
+    ) -> CloudResult<()> {
+        if self.faults.fail_volume_attach > 0 {
+            self.faults.fail_volume_attach -= 1;
+            return Err(CloudError::Transient(
+                "injected: volume attach failed (HTTP 500)".into(),
+            ));
+        }
+        let server = self.live_server(server_id)?;
+        let server_status = server.status(now);
+        let server_az = server.az.clone();
+        let vol = self
+            .volumes
+            .get(volume_id)
+            .ok_or_else(|| CloudError::NotFound(format!("volume {volume_id}")))?;
+        if vol.gone_at.is_some() {
+            return Err(CloudError::NotFound(format!("volume {volume_id}")));
+        }
+        if server_status != ServerStatus::Active {
+            return Err(CloudError::Conflict(format!(
+                "Cannot 'attach_volume' instance {server_id} while it is in vm_state {server_status:?}"
+            )));
+        }
+        // Fencing: only an `available` volume with nothing pending may be attached.
+        let st = vol.state.at(now);
+        if st.status != VolumeStatus::Available || vol.state.pending(now) {
+            return Err(CloudError::Conflict(format!(
+                "Invalid volume: volume {volume_id} status must be 'available', but is '{}'",
+                status_name(&st.status)
+            )));
+        }
+        if vol.az != server_az {
+            return Err(CloudError::Conflict(format!(
+                "Invalid volume: instance {server_id} in {server_az} and volume {volume_id} in {} are not in the same availability zone",
+                vol.az
+            )));
+        }
+        let done = now + self.latency(self.cfg.latencies.volume_attach);
+        let vol = self.volumes.get_mut(volume_id).expect("checked above");
+        vol.state.start(
+            VolState {
+                status: VolumeStatus::Attaching,
+                server: Some(server_id.to_string()),
+            },
+            done,
+            VolState {
+                status: VolumeStatus::InUse,
+                server: Some(server_id.to_string()),
+            },
+        );
+        self.servers
+            .get_mut(server_id)
+            .expect("checked above")
+            .volumes
+            .insert(volume_id.to_string());
+        Ok(())
+    }
+
+    pub fn detach_volume(&mut self, server_id: &str, volume_id: &str, now: Instant) {
+        let Some(vol) = self.volumes.get(volume_id) else {
+            return;
+        };
+        if vol.attached_server(now) != Some(server_id) {
+            return;
+        }
+        let done = now + self.latency(self.cfg.latencies.volume_detach);
+        let vol = self.volumes.get_mut(volume_id).expect("checked above");
+        vol.state.start(
+            VolState {
+                status: VolumeStatus::Detaching,
+                server: Some(server_id.to_string()),
+            },
+            done,
+            VolState {
+                status: VolumeStatus::Available,
+                server: None,
+            },
+        );
+        if let Some(s) = self.servers.get_mut(server_id) {
+            s.volumes.remove(volume_id);
+        }
+    }
+
+    // ---- ports --------------------------------------------------------------
+
+    pub fn create_port(&mut self, spec: &NewPortSpec, now: Instant) -> CloudResult<Port> {
+        if self.ports.len() >= self.cfg.quotas.max_ports {
+            return Err(CloudError::QuotaExceeded(format!(
+                "Quota exceeded for resources: ['port'] (limit {})",
+                self.cfg.quotas.max_ports
+            )));
+        }
+        let ip = match &spec.fixed_ip {
+            Some(ip) => {
+                if self
+                    .used_ips
+                    .contains(&(spec.network_id.clone(), ip.clone()))
+                {
+                    return Err(CloudError::Conflict(format!(
+                        "IP address {ip} already allocated in subnet of network {}",
+                        spec.network_id
+                    )));
+                }
+                ip.clone()
+            }
+            None => self.allocate_ip(&spec.network_id),
+        };
+        self.used_ips.insert((spec.network_id.clone(), ip.clone()));
+        let id = self.new_id();
+        let seq = self.next_seq();
+        let port = PortRec {
+            seq,
+            id: id.clone(),
+            name: spec.name.clone(),
+            network_id: spec.network_id.clone(),
+            ip,
+            binding: Timed::settled(None),
+        };
+        let view = port.view(now);
+        self.ports.insert(id, port);
+        Ok(view)
+    }
+
+    fn allocate_ip(&mut self, network: &str) -> String {
+        loop {
+            self.next_ip += 1;
+            // 10.0.0.10 upward, skipping network and broadcast-looking addresses.
+            let ip = Ipv4Addr::from(0x0a00_0009u32 + self.next_ip);
+            let last = ip.octets()[3];
+            if last == 0 || last == 255 {
+                continue;
+            }
+            let ip = ip.to_string();
+            if !self.used_ips.contains(&(network.to_string(), ip.clone())) {
+                return ip;
+            }
+        }
+    }
+
+    pub fn get_port(&self, id: &str, now: Instant) -> CloudResult<Port> {
+        self.ports
+            .get(id)
+            .map(|p| p.view(now))
+            .ok_or_else(|| CloudError::NotFound(format!("port {id}")))
+    }
+
+    fn sorted_ports(&self) -> Vec<&PortRec> {
+        let mut v: Vec<_> = self.ports.values().collect();
+        v.sort_by_key(|p| p.seq);
+        v
+    }
+
+    pub fn ports(&self, now: Instant) -> Vec<Port> {
+        self.sorted_ports()
+            .into_iter()
+            .map(|p| p.view(now))
+            .collect()
+    }
+
+    pub fn find_ports_by_name(&self, name: &str, now: Instant) -> Vec<Port> {
+        self.sorted_ports()
+            .into_iter()
+            .filter(|p| p.name == name)
+            .map(|p| p.view(now))
+            .collect()
+    }
+
+    /// Neutron deletes a bound port too (the server loses the interface).
+    pub fn delete_port(&mut self, id: &str) {
+        if let Some(port) = self.ports.remove(id) {
+            if let Some(server) = port.target().and_then(|s| self.servers.get_mut(s)) {
+                server.ports.remove(id);
+            }
+            self.used_ips.remove(&(port.network_id, port.ip));
+        }
+    }
+
+    pub fn attach_port(&mut self, server_id: &str, port_id: &str, now: Instant) -> CloudResult<()> {
+        if self.faults.fail_port_attach > 0 {
+            self.faults.fail_port_attach -= 1;
+            return Err(CloudError::Transient(
+                "injected: port attach failed (HTTP 500)".into(),
+            ));
+        }
+        let status = self.live_server(server_id)?.status(now);
+        let port = self
+            .ports
+            .get(port_id)
+            .ok_or_else(|| CloudError::NotFound(format!("port {port_id}")))?;
+        if status != ServerStatus::Active {
+            return Err(CloudError::Conflict(format!(
+                "Cannot 'attach_interface' instance {server_id} while it is in vm_state {status:?}"
+            )));
+        }
+        if port.binding.at(now).is_some() || port.binding.pending(now) {
+            return Err(CloudError::Conflict(format!(
+                "Port {port_id} is still in use"
+            )));
+        }
+        let done = now + self.latency(self.cfg.latencies.port_attach);
+        let port = self.ports.get_mut(port_id).expect("checked above");
+        port.binding.start(None, done, Some(server_id.to_string()));
+        self.servers
+            .get_mut(server_id)
+            .expect("checked above")
+            .ports
+            .insert(port_id.to_string());
+        Ok(())
+    }
+
+    pub fn detach_port(&mut self, server_id: &str, port_id: &str, now: Instant) {
+        let Some(port) = self.ports.get(port_id) else {
+            return;
+        };
+        if port.target() != Some(server_id) {
+            return;
+        }
+        let done = now + self.latency(self.cfg.latencies.port_detach);
+        let port = self.ports.get_mut(port_id).expect("checked above");
+        let shown = port.binding.at(now).clone();
+        port.binding.start(shown, done, None);
+        if let Some(s) = self.servers.get_mut(server_id) {
+            s.ports.remove(port_id);
+        }
+    }
+}
+
+/// Cinder's spelling of a volume status, for error messages.
+fn status_name(s: &VolumeStatus) -> &str {
+    match s {
+        VolumeStatus::Creating => "creating",
+        VolumeStatus::Available => "available",
+        VolumeStatus::Attaching => "attaching",
+        VolumeStatus::InUse => "in-use",
+        VolumeStatus::Detaching => "detaching",
+        VolumeStatus::Error => "error",
+        VolumeStatus::Other(o) => o,
+    }
+}

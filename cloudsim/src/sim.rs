@@ -1,0 +1,287 @@
+//! `SimCloud`: the handle every face shares. Owns the model behind one
+//! `std::sync::Mutex` (never held across `.await`), the API gate that applies
+//! call-level faults, the runtime fault knobs ([`Faults`]) and the inspection
+//! API that tests and benchmarks use to look behind the cloud's back.
+
+use crate::config::SimConfig;
+use crate::model::{HostLoad, Model, SimServer};
+use crate::mysql;
+use pool_manager::cloud::{CloudError, CloudResult, Port, Volume};
+use pool_manager::model::PoolKey;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::time::Instant;
+
+pub(crate) struct Inner {
+    model: Mutex<Model>,
+    pub(crate) listeners: bool,
+    pub(crate) mysql_version: String,
+}
+
+impl Inner {
+    /// Locks the model and drops objects whose deletion completed.
+    pub(crate) fn lock_at(&self, now: Instant) -> MutexGuard<'_, Model> {
+        // A panic elsewhere while holding the lock leaves the model usable:
+        // every mutation is a few field writes, so recover rather than cascade.
+        let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+        model.expire(now);
+        model
+    }
+}
+
+/// The simulated cloud. Implements [`pool_manager::cloud::Cloud`]; cheap to
+/// share through the `Arc` that [`SimCloud::new`] returns.
+pub struct SimCloud {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SimCloud {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimCloud")
+            .field("listeners", &self.inner.listeners)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimCloud {
+    pub fn new(config: SimConfig) -> Arc<SimCloud> {
+        assert!(
+            config.availability_zones.iter().all(|az| az.hosts > 0),
+            "every availability zone needs at least one compute host"
+        );
+        Arc::new(SimCloud {
+            inner: Arc::new(Inner {
+                listeners: config.listeners,
+                mysql_version: config.mysql_version.clone(),
+                model: Mutex::new(Model::new(config)),
+            }),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Model> {
+        self.inner.lock_at(Instant::now())
+    }
+
+    /// Runs the API gate for one call: counts it, then hangs, delays or fails
+    /// it as the injected faults say.
+    pub(crate) async fn gate(&self, method: &'static str) -> CloudResult<()> {
+        let decision = self.lock().enter(method, Instant::now());
+        if decision.hang {
+            // A "crashed" peer: the caller's task is expected to be aborted.
+            std::future::pending::<()>().await;
+        }
+        if !decision.delay.is_zero() {
+            tokio::time::sleep(decision.delay).await;
+        }
+        match decision.error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Sleeps for a simulated latency (jittered, scaled).
+    pub(crate) async fn take(&self, base: Duration) {
+        let d = self.lock().latency(base);
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+    }
+
+    /// The runtime fault knobs.
+    pub fn faults(&self) -> Faults {
+        Faults {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// The configuration the cloud was built with (fault knobs excluded).
+    pub fn config(&self) -> SimConfig {
+        self.lock().cfg.clone()
+    }
+
+    /// A simulated duration in tokio time (`time_scale` applied, no jitter).
+    pub fn scaled(&self, d: Duration) -> Duration {
+        self.lock().cfg.scaled(d)
+    }
+
+    /// API calls so far, per `Cloud` method name (e.g. `"create_server"`),
+    /// including calls that failed, hung or were throttled.
+    pub fn call_counts(&self) -> BTreeMap<&'static str, u64> {
+        self.lock().calls.clone()
+    }
+
+    pub fn total_calls(&self) -> u64 {
+        self.lock().calls.values().sum()
+    }
+
+    pub fn reset_call_counts(&self) {
+        self.lock().calls.clear();
+    }
+
+    /// Servers not being deleted, oldest first, with simulator-only details.
+    pub fn servers(&self) -> Vec<SimServer> {
+        let now = Instant::now();
+        self.inner.lock_at(now).sim_servers(now)
+    }
+
+    /// One server, also while it is being deleted (status `Deleted`).
+    pub fn server(&self, server_id: &str) -> Option<SimServer> {
+        let now = Instant::now();
+        self.inner.lock_at(now).sim_server_by_id(server_id, now)
+    }
+
+    /// Volumes not being deleted, oldest first.
+    pub fn volumes(&self) -> Vec<Volume> {
+        let now = Instant::now();
+        self.inner.lock_at(now).volumes(now)
+    }
+
+    /// The project a volume was created for.
+    pub fn volume_project(&self, volume_id: &str) -> Option<String> {
+        self.lock().volume_project(volume_id)
+    }
+
+    /// All ports, oldest first.
+    pub fn ports(&self) -> Vec<Port> {
+        let now = Instant::now();
+        self.inner.lock_at(now).ports(now)
+    }
+
+    /// Per compute host: servers on it and boots in progress.
+    pub fn hosts(&self) -> Vec<HostLoad> {
+        let now = Instant::now();
+        self.inner.lock_at(now).host_loads(now)
+    }
+
+    /// A tenant's existing volume, already `available`. Not an API call (no
+    /// faults, not counted). Returns its id.
+    pub fn create_volume_for_test(&self, project: &str, az: &str, size_gib: u32) -> String {
+        self.lock().create_volume_for_test(project, az, size_gib)
+    }
+
+    /// Makes a volume `in-use` by a server warmpool does not know (another
+    /// tenant VM). Returns that server's id, which `detach_volume` accepts.
+    pub fn attach_volume_elsewhere(&self, volume_id: &str) -> CloudResult<String> {
+        self.lock().attach_volume_elsewhere(volume_id)
+    }
+
+    /// Creates an ACTIVE, mysqld-ready server carrying warmpool metadata for
+    /// `pool` (`META_POOL` = `pool.to_string()`, a random `META_INSTANCE`)
+    /// that no store knows: a leak for the reconciler. Not an API call.
+    /// With listeners on, call it inside a tokio runtime.
+    pub fn inject_leak(&self, pool: &PoolKey) -> String {
+        let socket = self.reserve_socket();
+        let addr = socket.as_ref().and_then(|s| s.local_addr().ok());
+        let now = Instant::now();
+        let mut model = self.inner.lock_at(now);
+        let id = model.inject_leak(pool, now, addr);
+        if let Some(socket) = socket {
+            let guard = mysql::spawn_listener(socket, Some(now), self.inner.mysql_version.clone());
+            model.set_listener(&id, guard);
+        }
+        id
+    }
+
+    /// With listeners on and a runtime present, a bound socket for a new server.
+    pub(crate) fn reserve_socket(&self) -> Option<tokio::net::TcpSocket> {
+        if !self.inner.listeners || tokio::runtime::Handle::try_current().is_err() {
+            return None;
+        }
+        match mysql::reserve() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("cloudsim: cannot reserve a port for simulated mysqld: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// Runtime fault injection; a cheap clone that shares the cloud's state.
+/// Counters ("next n") are consumed only by calls that reach the point where
+/// the fault applies, so each fires exactly n times.
+#[derive(Clone)]
+pub struct Faults {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Faults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Faults").finish_non_exhaustive()
+    }
+}
+
+impl Faults {
+    fn with<R>(&self, f: impl FnOnce(&mut crate::model::FaultState) -> R) -> R {
+        f(&mut self.inner.lock_at(Instant::now()).faults)
+    }
+
+    /// The next `n` servers that boot to ACTIVE never get a mysqld that answers.
+    pub fn mysqld_never_starts_next(&self, n: u64) {
+        self.with(|f| f.mysqld_never_starts = n);
+    }
+
+    /// The next `n` servers go ERROR (after `boot.error_after`) with this
+    /// fault message, e.g. `"NoValidHost"`.
+    pub fn error_next_boots(&self, n: u64, fault: impl Into<String>) {
+        let fault = fault.into();
+        self.with(|f| {
+            f.error_boots = n;
+            f.error_boot_fault = fault;
+        });
+    }
+
+    /// The next `n` `attach_volume` calls return `CloudError::Transient`.
+    pub fn fail_next_volume_attach(&self, n: u64) {
+        self.with(|f| f.fail_volume_attach = n);
+    }
+
+    /// The next `n` `attach_port` calls return `CloudError::Transient`.
+    pub fn fail_next_port_attach(&self, n: u64) {
+        self.with(|f| f.fail_port_attach = n);
+    }
+
+    /// The next `n` API calls of any kind return `error` without effect.
+    pub fn api_errors_next(&self, n: u64, error: CloudError) {
+        self.with(|f| {
+            f.api_errors = n;
+            f.api_error = Some(error);
+        });
+    }
+
+    /// After `n` more API calls, every call hangs forever (a crashed process
+    /// or a dead cloud). `hang_after_calls(0)`: the very next call hangs.
+    pub fn hang_after_calls(&self, n: u64) {
+        self.with(|f| f.hang_after = Some(n));
+    }
+
+    /// New calls stop hanging (calls already hung stay hung).
+    pub fn clear_hang(&self) {
+        self.with(|f| f.hang_after = None);
+    }
+
+    /// Every API call first sleeps this long, in tokio time (not scaled).
+    /// `Duration::ZERO` turns it off.
+    pub fn slow_calls(&self, delay: Duration) {
+        self.with(|f| f.slow = delay);
+    }
+
+    /// IOPS throttling for boots placed from now on (Nova phase x2.5, mysqld x4).
+    pub fn set_iops_throttled(&self, throttled: bool) {
+        self.with(|f| f.iops_throttled = throttled);
+    }
+
+    pub fn iops_throttled(&self) -> bool {
+        self.with(|f| f.iops_throttled)
+    }
+
+    /// Clears every fault; IOPS throttling goes back to the configured value.
+    pub fn clear(&self) {
+        let mut model = self.inner.lock_at(Instant::now());
+        model.faults = crate::model::FaultState {
+            iops_throttled: model.cfg.iops_throttled,
+            ..Default::default()
+        };
+    }
+}

@@ -1,0 +1,923 @@
+//! The in-process face against calibration.md and the `Cloud` contract, on a
+//! paused tokio clock (plus one real-time test for the TCP greeting).
+
+use cloudsim::{AzConfig, RateLimit, SimCloud, SimConfig};
+use pool_manager::cloud::{
+    Cloud, CloudError, NewPortSpec, NewVolumeSpec, ServerSpec, ServerStatus, VolumeStatus,
+    META_POOL,
+};
+use pool_manager::model::PoolKey;
+use pool_manager::probe::{MysqlGreetingProbe, Probe, ProbeError};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::{sleep_until, Instant};
+
+fn spec(name: &str, flavor: &str, az: &str) -> ServerSpec {
+    let pool = PoolKey::new(flavor, az);
+    let mut metadata = BTreeMap::new();
+    metadata.insert(META_POOL.to_string(), pool.to_string());
+    ServerSpec {
+        name: name.into(),
+        pool,
+        image: "mysql-8.0".into(),
+        metadata,
+    }
+}
+
+fn small(name: &str) -> ServerSpec {
+    spec(name, "db.small", "az1")
+}
+
+fn one_host() -> SimConfig {
+    SimConfig {
+        availability_zones: vec![AzConfig::new("az1", 1), AzConfig::new("az2", 1)],
+        ..SimConfig::deterministic()
+    }
+}
+
+fn volume_spec(name: &str, az: &str) -> NewVolumeSpec {
+    NewVolumeSpec {
+        name: name.into(),
+        size_gib: 10,
+        volume_type: None,
+        availability_zone: az.into(),
+        project_id: "tenant".into(),
+    }
+}
+
+fn port_spec(name: &str, fixed_ip: Option<&str>) -> NewPortSpec {
+    NewPortSpec {
+        name: name.into(),
+        network_id: "net-tenant".into(),
+        subnet_id: None,
+        fixed_ip: fixed_ip.map(Into::into),
+        project_id: "tenant".into(),
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+async fn at(t0: Instant, s: f64) {
+    sleep_until(t0 + secs(s)).await;
+}
+
+/// A server that is ACTIVE (the Nova phase of a lone boot is 25 s).
+async fn active_server(cloud: &SimCloud, name: &str, az: &str) -> String {
+    let id = cloud
+        .create_server(&spec(name, "db.small", az))
+        .await
+        .unwrap()
+        .id;
+    tokio::time::sleep(secs(200.0)).await;
+    assert_eq!(
+        cloud.get_server(&id).await.unwrap().status,
+        ServerStatus::Active
+    );
+    id
+}
+
+#[test]
+fn handles_are_send_sync_and_coerce_to_dyn_cloud() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<SimCloud>();
+    send_sync::<cloudsim::Faults>();
+    send_sync::<cloudsim::SimProbe>();
+    let cloud: Arc<dyn Cloud> = SimCloud::new(SimConfig::deterministic());
+    let _probe: Arc<dyn Probe> = Arc::new(cloudsim::SimProbe::new(&SimCloud::new(
+        SimConfig::deterministic(),
+    )));
+    drop(cloud);
+}
+
+#[tokio::test(start_paused = true)]
+async fn lone_boot_is_active_at_t_alone_and_mysqld_ready_at_60s() {
+    let cloud = SimCloud::new(SimConfig::deterministic());
+    let probe = cloud.probe();
+    let t0 = Instant::now();
+    let s = cloud.create_server(&small("a")).await.unwrap();
+    assert_eq!(s.status, ServerStatus::Build);
+    assert_eq!(s.mysql_addr, None);
+    assert_eq!(Instant::now(), t0, "create_server returns at once");
+
+    at(t0, 24.9).await;
+    assert_eq!(
+        cloud.get_server(&s.id).await.unwrap().status,
+        ServerStatus::Build
+    );
+    at(t0, 25.0).await;
+    let active = cloud.get_server(&s.id).await.unwrap();
+    assert_eq!(active.status, ServerStatus::Active);
+    let addr = active.mysql_addr.expect("an ACTIVE server has an address");
+    assert!(matches!(
+        probe.probe(addr).await,
+        Err(ProbeError::Connect { .. })
+    ));
+
+    at(t0, 59.9).await;
+    assert!(probe.probe(addr).await.is_err());
+    at(t0, 60.0).await;
+    assert_eq!(probe.probe(addr).await.unwrap(), "8.0.36-cloudsim");
+    let sim = cloud.server(&s.id).unwrap();
+    assert!(sim.mysqld_ready);
+    assert_eq!(sim.active_at, Some(t0 + secs(25.0)));
+    assert_eq!(sim.mysqld_ready_at, Some(t0 + secs(60.0)));
+    assert_eq!(sim.host.as_deref(), Some("az1-compute-0"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn jitter_stays_within_ten_percent() {
+    let cloud = SimCloud::new(SimConfig {
+        listeners: false,
+        ..SimConfig::default()
+    });
+    let t0 = Instant::now();
+    for i in 0..8 {
+        // two AZs x 4 hosts: every boot alone on its host
+        let az = if i % 2 == 0 { "az1" } else { "az2" };
+        cloud
+            .create_server(&spec(&format!("s{i}"), "db.small", az))
+            .await
+            .unwrap();
+    }
+    for s in cloud.servers() {
+        let nova = (s.active_at.unwrap() - t0).as_secs_f64();
+        assert!((22.5..=27.5).contains(&nova), "nova phase {nova}");
+        let ready = (s.mysqld_ready_at.unwrap() - t0).as_secs_f64();
+        assert!((54.0..=66.0).contains(&ready), "ready at {ready}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_boots_on_one_host_take_t_alone_plus_k_n() {
+    let cloud = SimCloud::new(one_host());
+    let t0 = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(
+            cloud
+                .create_server(&small(&format!("s{i}")))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    // The i-th boot shares the host with i boots still in BUILD.
+    for (i, id) in ids.iter().enumerate() {
+        let s = cloud.server(id).unwrap();
+        assert_eq!(
+            s.active_at,
+            Some(t0 + secs(25.0 + 4.5 * i as f64)),
+            "boot {i}"
+        );
+    }
+    // Calibration: first ACTIVE at 25 s, last at about 200 s.
+    at(t0, 200.0).await;
+    assert_eq!(
+        cloud.get_server(&ids[39]).await.unwrap().status,
+        ServerStatus::Build
+    );
+    at(t0, 200.5).await;
+    assert_eq!(
+        cloud.get_server(&ids[39]).await.unwrap().status,
+        ServerStatus::Active
+    );
+    assert_eq!(cloud.hosts()[0].building, 0);
+    // Once the host is idle again, a boot is back to T_alone.
+    let t1 = Instant::now();
+    let late = cloud.create_server(&small("late")).await.unwrap().id;
+    assert_eq!(
+        cloud.server(&late).unwrap().active_at,
+        Some(t1 + secs(25.0))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn boots_go_to_the_least_loaded_host_of_their_az() {
+    let cloud = SimCloud::new(SimConfig::deterministic());
+    let t0 = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            cloud
+                .create_server(&small(&format!("s{i}")))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let hosts: Vec<_> = ids
+        .iter()
+        .map(|id| cloud.server(id).unwrap().host.unwrap())
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            "az1-compute-0",
+            "az1-compute-1",
+            "az1-compute-2",
+            "az1-compute-3",
+            "az1-compute-0"
+        ]
+    );
+    // The first four boot alone; the fifth shares host 0 with one boot.
+    assert_eq!(
+        cloud.server(&ids[3]).unwrap().active_at,
+        Some(t0 + secs(25.0))
+    );
+    assert_eq!(
+        cloud.server(&ids[4]).unwrap().active_at,
+        Some(t0 + secs(29.5))
+    );
+    let loads = cloud.hosts();
+    assert_eq!(loads.len(), 8);
+    assert_eq!(loads[0].building, 2);
+    assert_eq!(loads[4].servers, 0, "az2 untouched");
+}
+
+#[tokio::test(start_paused = true)]
+async fn iops_throttling_stretches_both_phases() {
+    let cloud = SimCloud::new(SimConfig::deterministic());
+    let t0 = Instant::now();
+    let fast = cloud.create_server(&small("fast")).await.unwrap().id;
+    cloud.faults().set_iops_throttled(true);
+    assert!(cloud.faults().iops_throttled());
+    let slow = cloud.create_server(&small("slow")).await.unwrap().id;
+    let fast = cloud.server(&fast).unwrap();
+    let slow = cloud.server(&slow).unwrap();
+    assert_eq!(fast.mysqld_ready_at, Some(t0 + secs(60.0)));
+    // Nova x2.5, mysqld x4: 62.5 s + 140 s.
+    assert_eq!(slow.active_at, Some(t0 + secs(62.5)));
+    assert_eq!(slow.mysqld_ready_at, Some(t0 + secs(202.5)));
+
+    let throttled = SimCloud::new(SimConfig {
+        iops_throttled: true,
+        ..SimConfig::deterministic()
+    });
+    let t1 = Instant::now();
+    let id = throttled.create_server(&small("x")).await.unwrap().id;
+    assert_eq!(
+        throttled.server(&id).unwrap().mysqld_ready_at,
+        Some(t1 + secs(202.5))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn time_scale_multiplies_latencies() {
+    let cloud = SimCloud::new(SimConfig {
+        time_scale: 0.05,
+        ..SimConfig::deterministic()
+    });
+    let t0 = Instant::now();
+    let id = cloud.create_server(&small("a")).await.unwrap().id;
+    let s = cloud.server(&id).unwrap();
+    assert_eq!(s.active_at, Some(t0 + secs(1.25)));
+    assert_eq!(s.mysqld_ready_at, Some(t0 + secs(3.0)));
+    assert_eq!(cloud.scaled(secs(20.0)), secs(1.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_flavor_image_or_az_is_fatal() {
+    let cloud = SimCloud::new(SimConfig::deterministic());
+    let err = cloud
+        .create_server(&spec("a", "db.huge", "az1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CloudError::Fatal(_)), "{err:?}");
+    let mut bad_image = small("b");
+    bad_image.image = "postgres".into();
+    assert!(matches!(
+        cloud.create_server(&bad_image).await,
+        Err(CloudError::Fatal(_))
+    ));
+    assert!(matches!(
+        cloud.create_server(&spec("c", "db.small", "az9")).await,
+        Err(CloudError::Fatal(_))
+    ));
+    assert!(matches!(
+        cloud.create_volume(&volume_spec("v", "az9")).await,
+        Err(CloudError::Fatal(_))
+    ));
+    assert!(cloud.servers().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn quotas_are_enforced_at_create() {
+    let mut cfg = SimConfig::deterministic();
+    cfg.quotas.max_instances = 2;
+    cfg.quotas.max_volumes = 1;
+    cfg.quotas.max_ports = 1;
+    let cloud = SimCloud::new(cfg);
+    let a = cloud.create_server(&small("a")).await.unwrap().id;
+    cloud.create_server(&small("b")).await.unwrap();
+    assert!(matches!(
+        cloud.create_server(&small("c")).await,
+        Err(CloudError::QuotaExceeded(_))
+    ));
+    // A server being deleted still counts until it is gone.
+    cloud.delete_server(&a).await.unwrap();
+    assert!(matches!(
+        cloud.create_server(&small("c")).await,
+        Err(CloudError::QuotaExceeded(_))
+    ));
+    tokio::time::sleep(secs(2.0)).await;
+    cloud.create_server(&small("c")).await.unwrap();
+
+    cloud
+        .create_volume(&volume_spec("v1", "az1"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        cloud.create_volume(&volume_spec("v2", "az1")).await,
+        Err(CloudError::QuotaExceeded(_))
+    ));
+    cloud.create_port(&port_spec("p1", None)).await.unwrap();
+    assert!(matches!(
+        cloud.create_port(&port_spec("p2", None)).await,
+        Err(CloudError::QuotaExceeded(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn volume_lifecycle_and_attach_fencing() {
+    let cloud = SimCloud::new(SimConfig::deterministic());
+    let server = active_server(&cloud, "a", "az1").await;
+    let other = active_server(&cloud, "b", "az1").await;
+
+    // Created through the API: creating, then available after ~3 s.
+    let v = cloud
+        .create_volume(&volume_spec("data", "az1"))
+        .await
+        .unwrap();
+    assert_eq!(v.status, VolumeStatus::Creating);
+    assert!(matches!(
+        cloud.attach_volume(&server, &v.id).await,
+        Err(CloudError::Conflict(_))
+    ));
+    tokio::time::sleep(secs(3.0)).await;
+    assert_eq!(
+        cloud.get_volume(&v.id).await.unwrap().status,
+        VolumeStatus::Available
+    );
+    assert_eq!(cloud.find_volumes_by_name("data").await.unwrap().len(), 1);
+    assert!(cloud.find_volumes_by_name("dat").await.unwrap().is_empty());
+
+    // Attach: accepted at once, in-use after ~2 s.
+    let t0 = Instant::now();
+    cloud.attach_volume(&server, &v.id).await.unwrap();
+    assert_eq!(
+        cloud.get_volume(&v.id).await.unwrap().status,
+        VolumeStatus::Attaching
+    );
+    assert!(cloud
+        .get_server(&server)
+        .await
+        .unwrap()
+        .attached_volumes
+        .is_empty());
+    // Fencing: never attach a volume that is not available.
+    assert!(matches!(
+        cloud.attach_volume(&other, &v.id).await,
+        Err(CloudError::Conflict(_))
+    ));
+    at(t0, 2.0).await;
+    let in_use = cloud.get_volume(&v.id).await.unwrap();
+    assert_eq!(in_use.status, VolumeStatus::InUse);
+    assert_eq!(in_use.attached_to, vec![server.clone()]);
+    assert_eq!(
+        cloud.get_server(&server).await.unwrap().attached_volumes,
+        vec![v.id.clone()]
+    );
+    assert!(matches!(
+        cloud.attach_volume(&other, &v.id).await,
+        Err(CloudError::Conflict(_))
+    ));
+    assert!(matches!(
+        cloud.delete_volume(&v.id).await,
+        Err(CloudError::Conflict(_))
+    ));
+
+    // A tenant volume in use by some other VM.
+    let tenant = cloud.create_volume_for_test("tenant", "az1", 20);
+    assert_eq!(cloud.volume_project(&tenant).as_deref(), Some("tenant"));
+    let elsewhere = cloud.attach_volume_elsewhere(&tenant).unwrap();
+    assert_eq!(
+        cloud.get_volume(&tenant).await.unwrap().attached_to,
+        vec![elsewhere]
+    );
+    let err = cloud.attach_volume(&other, &tenant).await.unwrap_err();
+    assert!(matches!(err, CloudError::Conflict(_)), "{err:?}");
+
+    // Another AZ, unknown ids, a server still building.
+    let az2 = cloud.create_volume_for_test("tenant", "az2", 20);
+    assert!(matches!(
+        cloud.attach_volume(&other, &az2).await,
+        Err(CloudError::Conflict(_))
+    ));
+    assert!(matches!(
+        cloud.attach_volume(&other, "no-such-volume").await,
+        Err(CloudError::NotFound(_))
+    ));
+    let fresh = cloud.create_volume_for_test("tenant", "az1", 20);
+    assert!(matches!(
+        cloud.attach_volume("no-such-server", &fresh).await,
+        Err(CloudError::NotFound(_))
+    ));
+    let building = cloud.create_server(&small("c")).await.unwrap().id;
+    assert!(matches!(
+        cloud.attach_volume(&building, &fresh).await,
+        Err(CloudError::Conflict(_))
+    ));
+    assert_eq!(
+        cloud.get_volume(&fresh).await.unwrap().status,
+        VolumeStatus::Available,
+        "a refused attach leaves the volume alone"
+    );
+
+    // Detach: detaching, then available; detaching again is a no-op.
+    let t1 = Instant::now();
+    cloud.detach_volume(&server, &v.id).await.unwrap();
+    assert_eq!(
+        cloud.get_volume(&v.id).await.unwrap().status,
+        VolumeStatus::Detaching
+    );
+    cloud.detach_volume(&server, &v.id).await.unwrap();
+    cloud.detach_volume(&other, &v.id).await.unwrap();
+    cloud
+        .detach_volume(&server, "no-such-volume")
+        .await
+        .unwrap();
+    at(t1, 2.0).await;
+    let back = cloud.get_volume(&v.id).await.unwrap();
+    assert_eq!(back.status, VolumeStatus::Available);
+    assert!(back.attached_to.is_empty());
+    cloud.attach_volume(&other, &v.id).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn ports_get_addresses_and_attach() {
+    let cloud = SimCloud::new(SimConfig::deterministic());
+    let server = active_server(&cloud, "a", "az1").await;
+    let t0 = Instant::now();
+    let p1 = cloud.create_port(&port_spec("p1", None)).await.unwrap();
+    assert_eq!(
+        Instant::now() - t0,
+        secs(0.5),
+        "Neutron port create is synchronous"
+    );
+    let p2 = cloud.create_port(&port_spec("p2", None)).await.unwrap();
+    let ip1 = p1.ip_address.clone().unwrap();
+    assert!(ip1.starts_with("10."), "{ip1}");
+    assert_ne!(p1.ip_address, p2.ip_address);
+    assert!(matches!(
+        cloud.create_port(&port_spec("p3", Some(&ip1))).await,
+        Err(CloudError::Conflict(_))
+    ));
+    let fixed = cloud
+        .create_port(&port_spec("p3", Some("10.9.9.9")))
+        .await
+        .unwrap();
+    assert_eq!(fixed.ip_address.as_deref(), Some("10.9.9.9"));
+    assert_eq!(cloud.find_ports_by_name("p3").await.unwrap(), vec![fixed]);
+    assert!(cloud.find_ports_by_name("p").await.unwrap().is_empty());
+
+    let t1 = Instant::now();
+    cloud.attach_port(&server, &p1.id).await.unwrap();
+    assert_eq!(cloud.get_port(&p1.id).await.unwrap().device_id, None);
+    assert!(matches!(
+        cloud.attach_port(&server, &p1.id).await,
+        Err(CloudError::Conflict(_))
+    ));
+    at(t1, 1.5).await;
+    assert_eq!(
+        cloud.get_port(&p1.id).await.unwrap().device_id.as_deref(),
+        Some(server.as_str())
+    );
+    assert_eq!(
+        cloud.get_server(&server).await.unwrap().attached_ports,
+        vec![p1.id.clone()]
+    );
+    assert!(matches!(
+        cloud.attach_port(&server, "nope").await,
+        Err(CloudError::NotFound(_))
+    ));
+
+    cloud.detach_port(&server, &p1.id).await.unwrap();
+    assert!(cloud
+        .get_server(&server)
+        .await
+        .unwrap()
+        .attached_ports
+        .is_empty());
+    tokio::time::sleep(secs(1.0)).await;
+    assert_eq!(cloud.get_port(&p1.id).await.unwrap().device_id, None);
+    cloud.delete_port(&p1.id).await.unwrap();
+    cloud.delete_port(&p1.id).await.unwrap();
+    assert!(matches!(
+        cloud.get_port(&p1.id).await,
+        Err(CloudError::NotFound(_))
+    ));
+    // Its address is free again.
+    cloud
+        .create_port(&port_spec("again", Some(&ip1)))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn deletes_are_idempotent_and_server_delete_releases_attachments() {
+    let cloud = SimCloud::new(SimConfig::deterministic());
+    let server = active_server(&cloud, "a", "az1").await;
+    let vol = cloud.create_volume_for_test("tenant", "az1", 10);
+    let port = cloud.create_port(&port_spec("p", None)).await.unwrap().id;
+    cloud.attach_volume(&server, &vol).await.unwrap();
+    cloud.attach_port(&server, &port).await.unwrap();
+    tokio::time::sleep(secs(5.0)).await;
+
+    let t0 = Instant::now();
+    cloud.delete_server(&server).await.unwrap();
+    cloud.delete_server(&server).await.unwrap();
+    cloud.delete_server("never-existed").await.unwrap();
+    assert_eq!(
+        cloud.get_server(&server).await.unwrap().status,
+        ServerStatus::Deleted
+    );
+    assert!(cloud.servers().is_empty(), "being deleted is not live");
+    assert!(cloud.list_pool_servers().await.unwrap().is_empty());
+    assert_eq!(
+        cloud.get_volume(&vol).await.unwrap().status,
+        VolumeStatus::Detaching
+    );
+    at(t0, 2.0).await;
+    assert!(matches!(
+        cloud.get_server(&server).await,
+        Err(CloudError::NotFound(_))
+    ));
+    cloud.delete_server(&server).await.unwrap();
+    // The volume and port survive, released.
+    let v = cloud.get_volume(&vol).await.unwrap();
+    assert_eq!(v.status, VolumeStatus::Available);
+    assert!(v.attached_to.is_empty());
+    assert_eq!(cloud.get_port(&port).await.unwrap().device_id, None);
+
+    cloud.delete_volume(&vol).await.unwrap();
+    cloud.delete_volume(&vol).await.unwrap();
+    assert_eq!(
+        cloud.get_volume(&vol).await.unwrap().status,
+        VolumeStatus::Other("deleting".into())
+    );
+    assert!(cloud.volumes().is_empty());
+    tokio::time::sleep(secs(2.0)).await;
+    assert!(matches!(
+        cloud.get_volume(&vol).await,
+        Err(CloudError::NotFound(_))
+    ));
+    cloud.delete_volume(&vol).await.unwrap();
+    cloud.delete_port("never-existed").await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn list_pool_servers_and_injected_leaks() {
+    let cloud = SimCloud::new(SimConfig::deterministic());
+    let pooled = cloud.create_server(&small("pooled")).await.unwrap().id;
+    let mut plain = small("plain");
+    plain.metadata.clear();
+    cloud.create_server(&plain).await.unwrap();
+    let key = PoolKey::new("db.medium", "az2");
+    let leak = cloud.inject_leak(&key);
+
+    let listed = cloud.list_pool_servers().await.unwrap();
+    let ids: Vec<_> = listed.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, [pooled.as_str(), leak.as_str()]);
+    let leaked = &listed[1];
+    assert_eq!(leaked.status, ServerStatus::Active);
+    assert_eq!(leaked.availability_zone, "az2");
+    assert_eq!(leaked.metadata[META_POOL], "db.medium@az2");
+    assert!(leaked
+        .metadata
+        .contains_key(pool_manager::cloud::META_INSTANCE));
+    assert!(cloud
+        .probe()
+        .probe(leaked.mysql_addr.unwrap())
+        .await
+        .is_ok());
+    assert_eq!(cloud.servers().len(), 3);
+    assert_eq!(
+        cloud.call_counts().get("list_pool_servers"),
+        Some(&1),
+        "inspection and injection are not API calls"
+    );
+    assert_eq!(cloud.total_calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn boot_faults_fire_exactly_n_times() {
+    let cloud = SimCloud::new(one_host());
+    let faults = cloud.faults();
+    faults.error_next_boots(2, "NoValidHost");
+    let t0 = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            cloud
+                .create_server(&small(&format!("s{i}")))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    at(t0, 3.0).await;
+    for id in &ids[..2] {
+        let s = cloud.get_server(id).await.unwrap();
+        assert_eq!(s.status, ServerStatus::Error);
+        assert_eq!(s.fault.as_deref(), Some("NoValidHost"));
+        assert_eq!(s.mysql_addr, None);
+    }
+    let third = cloud.get_server(&ids[2]).await.unwrap();
+    assert_eq!(third.status, ServerStatus::Build);
+    assert_eq!(third.fault, None);
+    // Failed scheduling never occupied the host: the third boot ran alone.
+    at(t0, 25.0).await;
+    assert_eq!(
+        cloud.get_server(&ids[2]).await.unwrap().status,
+        ServerStatus::Active
+    );
+
+    faults.mysqld_never_starts_next(1);
+    let t1 = Instant::now();
+    let dead = cloud.create_server(&small("dead")).await.unwrap().id;
+    let alive = cloud.create_server(&small("alive")).await.unwrap().id;
+    at(t1, 1000.0).await;
+    let probe = cloud.probe();
+    let dead = cloud.get_server(&dead).await.unwrap();
+    assert_eq!(dead.status, ServerStatus::Active, "boots to ACTIVE");
+    assert!(probe.probe(dead.mysql_addr.unwrap()).await.is_err());
+    let alive = cloud.get_server(&alive).await.unwrap();
+    assert!(probe.probe(alive.mysql_addr.unwrap()).await.is_ok());
+    let next = cloud.create_server(&small("next")).await.unwrap().id;
+    assert!(cloud.server(&next).unwrap().mysqld_ready_at.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn attach_and_api_faults_fire_exactly_n_times() {
+    let cloud = SimCloud::new(SimConfig::deterministic());
+    let faults = cloud.faults();
+    let server = active_server(&cloud, "a", "az1").await;
+    let v = cloud.create_volume_for_test("tenant", "az1", 10);
+
+    faults.fail_next_volume_attach(1);
+    assert!(matches!(
+        cloud.attach_volume(&server, &v).await,
+        Err(CloudError::Transient(_))
+    ));
+    assert_eq!(
+        cloud.get_volume(&v).await.unwrap().status,
+        VolumeStatus::Available
+    );
+    cloud.attach_volume(&server, &v).await.unwrap();
+
+    faults.fail_next_port_attach(2);
+    let p = cloud.create_port(&port_spec("p", None)).await.unwrap().id;
+    for _ in 0..2 {
+        assert!(matches!(
+            cloud.attach_port(&server, &p).await,
+            Err(CloudError::Transient(_))
+        ));
+    }
+    cloud.attach_port(&server, &p).await.unwrap();
+
+    let throttled = CloudError::Throttled {
+        retry_after: Some(secs(1.0)),
+        message: "slow down".into(),
+    };
+    faults.api_errors_next(2, throttled.clone());
+    assert_eq!(cloud.get_server(&server).await.unwrap_err(), throttled);
+    assert_eq!(cloud.list_pool_servers().await.unwrap_err(), throttled);
+    cloud.get_server(&server).await.unwrap();
+
+    faults.api_errors_next(1, CloudError::Transient("HTTP 500".into()));
+    assert!(matches!(
+        cloud.create_server(&small("x")).await,
+        Err(CloudError::Transient(_))
+    ));
+    assert_eq!(cloud.servers().len(), 1, "a failed call has no effect");
+
+    faults.slow_calls(secs(5.0));
+    let t0 = Instant::now();
+    cloud.get_server(&server).await.unwrap();
+    assert_eq!(Instant::now() - t0, secs(5.0));
+    faults.clear();
+    let t1 = Instant::now();
+    cloud.get_server(&server).await.unwrap();
+    assert_eq!(Instant::now(), t1);
+
+    let counts = cloud.call_counts();
+    assert_eq!(counts["attach_volume"], 2);
+    assert_eq!(counts["attach_port"], 3);
+    assert_eq!(counts["create_server"], 2);
+    cloud.reset_call_counts();
+    assert_eq!(cloud.total_calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hang_after_calls_hangs_every_later_call() {
+    let cloud = SimCloud::new(SimConfig::deterministic());
+    let faults = cloud.faults();
+    faults.hang_after_calls(2);
+    let id = cloud.create_server(&small("a")).await.unwrap().id;
+    cloud.get_server(&id).await.unwrap();
+    let hung = tokio::time::timeout(secs(3600.0), cloud.get_server(&id)).await;
+    assert!(hung.is_err(), "third call must hang");
+    let hung = tokio::time::timeout(secs(3600.0), cloud.delete_server(&id)).await;
+    assert!(hung.is_err(), "and every call after it");
+
+    // Simulated crash: abort a task stuck in the cloud.
+    let c = cloud.clone();
+    let task = tokio::spawn(async move { c.create_server(&small("b")).await });
+    tokio::time::sleep(secs(10.0)).await;
+    assert!(!task.is_finished());
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+
+    // A restarted process talks to a live cloud again.
+    faults.clear_hang();
+    cloud.get_server(&id).await.unwrap();
+    assert_eq!(cloud.servers().len(), 1, "the hung create had no effect");
+    assert_eq!(cloud.call_counts()["get_server"], 3);
+
+    faults.hang_after_calls(0);
+    assert!(tokio::time::timeout(secs(1.0), cloud.list_pool_servers())
+        .await
+        .is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limit_answers_throttled_with_retry_after() {
+    let cloud = SimCloud::new(SimConfig {
+        rate_limit: Some(RateLimit {
+            per_second: 2.0,
+            burst: 2,
+        }),
+        ..SimConfig::deterministic()
+    });
+    cloud.list_pool_servers().await.unwrap();
+    cloud.list_pool_servers().await.unwrap();
+    let Err(CloudError::Throttled { retry_after, .. }) = cloud.list_pool_servers().await else {
+        panic!("third call within the burst window must be throttled");
+    };
+    let retry_after = retry_after.expect("a Retry-After");
+    assert_eq!(retry_after, secs(0.5));
+    tokio::time::sleep(retry_after).await;
+    cloud.list_pool_servers().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn same_seed_same_run() {
+    async fn run(seed: u64) -> Vec<(String, Duration, Duration)> {
+        let cloud = SimCloud::new(SimConfig {
+            seed,
+            listeners: false,
+            ..SimConfig::default()
+        });
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        for i in 0..6 {
+            let id = cloud
+                .create_server(&small(&format!("s{i}")))
+                .await
+                .unwrap()
+                .id;
+            let s = cloud.server(&id).unwrap();
+            out.push((
+                id,
+                s.active_at.unwrap() - t0,
+                s.mysqld_ready_at.unwrap() - t0,
+            ));
+        }
+        out
+    }
+    assert_eq!(run(7).await, run(7).await);
+    assert_ne!(run(7).await, run(8).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_callers_share_one_cloud() {
+    let cloud = SimCloud::new(SimConfig::deterministic());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let cloud = cloud.clone();
+        tasks.spawn(async move {
+            let az = if i % 2 == 0 { "az1" } else { "az2" };
+            let id = cloud
+                .create_server(&spec(&format!("s{i}"), "db.large", az))
+                .await?
+                .id;
+            let port = cloud
+                .create_port(&port_spec(&format!("p{i}"), None))
+                .await?;
+            loop {
+                tokio::time::sleep(secs(2.0)).await;
+                if cloud.get_server(&id).await?.status == ServerStatus::Active {
+                    break;
+                }
+            }
+            cloud.attach_port(&id, &port.id).await?;
+            Ok::<_, CloudError>(id)
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap().unwrap();
+    }
+    assert_eq!(cloud.servers().len(), 50);
+    assert_eq!(cloud.call_counts()["attach_port"], 50);
+    let loads = cloud.hosts();
+    assert!(loads.iter().all(|h| h.servers == 6 || h.servers == 7));
+}
+
+/// Real sockets, real time: a server's `mysql_addr` refuses connections until
+/// mysqld is ready, then greets like MySQL 8.0, and stops when deleted.
+#[tokio::test]
+async fn listener_greets_on_a_real_port_once_ready() {
+    use tokio::io::AsyncReadExt;
+    let mut cfg = SimConfig {
+        time_scale: 0.001,
+        ..SimConfig::default()
+    };
+    // Keep "ACTIVE but mysqld not up" long enough (1 s real) to observe it
+    // on a busy machine.
+    cfg.boot.mysqld_start = secs(1000.0);
+    let cloud = SimCloud::new(cfg);
+    let id = cloud.create_server(&small("real")).await.unwrap().id;
+    let addr = loop {
+        let s = cloud.get_server(&id).await.unwrap();
+        if let Some(addr) = s.mysql_addr {
+            break addr;
+        }
+        tokio::time::sleep(secs(0.005)).await;
+    };
+    assert!(addr.ip().is_loopback());
+    let early = tokio::net::TcpStream::connect(addr).await;
+    if !cloud.server(&id).unwrap().mysqld_ready {
+        assert!(early.is_err(), "connection accepted before mysqld is ready");
+    }
+
+    let probe = MysqlGreetingProbe::default();
+    let deadline = Instant::now() + secs(20.0);
+    let version = loop {
+        match probe.probe(addr).await {
+            Ok(v) => break v,
+            Err(e) if Instant::now() < deadline => {
+                assert!(matches!(e, ProbeError::Connect { .. }), "{e:?}");
+                tokio::time::sleep(secs(0.02)).await;
+            }
+            Err(e) => panic!("mysqld never greeted: {e}"),
+        }
+    };
+    assert_eq!(version, "8.0.36-cloudsim");
+    assert!(cloud.server(&id).unwrap().mysqld_ready);
+
+    // Raw bytes: one packet, sequence 0, then the server closes.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut bytes = Vec::new();
+    tokio::time::timeout(secs(5.0), stream.read_to_end(&mut bytes))
+        .await
+        .unwrap()
+        .unwrap();
+    let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], 0]) as usize;
+    assert_eq!(bytes[3], 0);
+    assert_eq!(bytes.len(), 4 + len);
+    assert_eq!(
+        pool_manager::probe::parse_greeting(&bytes[4..]).unwrap(),
+        "8.0.36-cloudsim"
+    );
+    // The model-backed probe agrees with the socket.
+    assert_eq!(cloud.probe().probe(addr).await.unwrap(), version);
+
+    cloud.delete_server(&id).await.unwrap();
+    let deadline = Instant::now() + secs(5.0);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "listener still up after delete");
+        tokio::time::sleep(secs(0.01)).await;
+    }
+    assert!(cloud.probe().probe(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn listener_never_opens_when_mysqld_never_starts() {
+    let cloud = SimCloud::new(SimConfig {
+        time_scale: 0.001,
+        ..SimConfig::default()
+    });
+    cloud.faults().mysqld_never_starts_next(1);
+    let id = cloud.create_server(&small("dead")).await.unwrap().id;
+    tokio::time::sleep(secs(0.3)).await;
+    let s = cloud.get_server(&id).await.unwrap();
+    assert_eq!(s.status, ServerStatus::Active);
+    let err = MysqlGreetingProbe::default()
+        .probe(s.mysql_addr.unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProbeError::Connect { .. }), "{err:?}");
+}

@@ -1,0 +1,508 @@
+//! Allocate, Release and the pool lifecycle over the in-process cloudsim.
+
+mod common;
+
+use common::*;
+use pool_manager::model::{AllocationState, EmptyPoolPolicy, InstanceState, PoolKey, VolumeSource};
+use pool_manager::ManagerError;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_allocates_hand_out_each_instance_once() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 60).await;
+    manager
+        .update_pool(&pool(), |s| {
+            s.paused = true; // keep the pool from refilling, so supply is exactly 60
+        })
+        .await
+        .unwrap();
+
+    let mut calls = Vec::new();
+    for i in 0..200 {
+        let manager = manager.clone();
+        let id = format!("order-{}", i % 50);
+        calls.push(tokio::spawn(async move {
+            let allocation = manager
+                .allocate(request(&id, new_volume(), EmptyPoolPolicy::FailFast))
+                .await
+                .unwrap();
+            (id, allocation)
+        }));
+    }
+    let mut instance_of: HashMap<String, String> = HashMap::new();
+    for call in calls {
+        let (id, allocation) = call.await.unwrap();
+        assert_eq!(allocation.state, AllocationState::Allocated);
+        assert!(allocation.warm_hit);
+        let instance = allocation.instance_id.unwrap();
+        // Every answer for one request id names the same instance.
+        assert_eq!(instance_of.entry(id).or_insert(instance.clone()), &instance);
+    }
+    assert_eq!(instance_of.len(), 50);
+    let distinct: HashSet<&String> = instance_of.values().collect();
+    assert_eq!(distinct.len(), 50, "an instance went to two requests");
+
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Allocated), 50);
+    assert_eq!(status.count(InstanceState::Ready), 10);
+    assert_eq!(status.record.allocations_warm, 50);
+    // Each allocated server carries exactly its own volume and port.
+    for instance in manager.list_instances(None).await.unwrap() {
+        if instance.state == InstanceState::Allocated {
+            let server = sim.server(instance.server_id.as_deref().unwrap()).unwrap();
+            assert_eq!(server.server.attached_volumes.len(), 1);
+            assert_eq!(server.server.attached_ports.len(), 1);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn same_request_id_returns_same_allocation_and_other_params_abort() {
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let manager = started(&sim, open_store(dir.path()), 2).await;
+    let first = manager
+        .allocate(request("order-1", new_volume(), EmptyPoolPolicy::Wait))
+        .await
+        .unwrap();
+    assert!(first.server_id.is_some() && first.volume_id.is_some());
+    assert!(first.port_id.is_some() && first.ip_address.is_some());
+    let again = manager
+        .allocate(request("order-1", new_volume(), EmptyPoolPolicy::Wait))
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+
+    let mut other = request("order-1", new_volume(), EmptyPoolPolicy::Wait);
+    other.params.tenant_project_id = "tenant-b".into();
+    let err = manager.allocate(other.clone()).await.unwrap_err();
+    assert!(matches!(err, ManagerError::Aborted(_)), "{err}");
+
+    // After a restart on the same store the answer is the same.
+    manager.shutdown().await.unwrap();
+    drop(manager);
+    let manager = manager_on(&sim, open_store(dir.path()));
+    manager.start().await.unwrap();
+    let after_restart = manager
+        .allocate(request("order-1", new_volume(), EmptyPoolPolicy::Wait))
+        .await
+        .unwrap();
+    assert_eq!(after_restart, first);
+    assert!(matches!(
+        manager.allocate(other).await.unwrap_err(),
+        ManagerError::Aborted(_)
+    ));
+    assert_eq!(manager.get_allocation("order-1").await.unwrap(), first);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_volume_attach_rolls_back_and_uses_the_next_instance() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 3).await;
+    let servers_before: HashSet<String> = sim.servers().into_iter().map(|s| s.server.id).collect();
+    sim.faults().fail_next_volume_attach(1);
+    let allocation = manager
+        .allocate(request("order-v", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    let servers_after: HashSet<String> = sim.servers().into_iter().map(|s| s.server.id).collect();
+    let discarded: Vec<_> = servers_before.difference(&servers_after).collect();
+    assert_eq!(
+        discarded.len(),
+        1,
+        "the instance with the failed attach is deleted"
+    );
+    assert_ne!(Some(discarded[0]), allocation.server_id.as_ref());
+    // Nothing of the tenant's is left on the discarded server, and one port exists.
+    assert_eq!(sim.ports().len(), 1);
+    assert_eq!(sim.volumes().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_port_attach_rolls_back_and_uses_the_next_instance() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 3).await;
+    sim.faults().fail_next_port_attach(1);
+    let allocation = manager
+        .allocate(request("order-p", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Allocated), 1);
+    let ports = sim.ports();
+    assert_eq!(
+        ports.len(),
+        1,
+        "the port of the failed try was deleted: {ports:?}"
+    );
+    assert_eq!(ports[0].device_id, allocation.server_id);
+    let volume = sim.volumes().pop().unwrap();
+    assert_eq!(
+        volume.attached_to,
+        vec![allocation.server_id.clone().unwrap()]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn empty_pool_honours_fail_fast_wait_and_cold_boot() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 0).await;
+
+    let err = manager
+        .allocate(request("ff", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ManagerError::ResourceExhausted(_)), "{err}");
+    assert!(
+        manager.get_allocation("ff").await.is_err(),
+        "a failed Allocate leaves no record"
+    );
+
+    let mut short = request("w1", new_volume(), EmptyPoolPolicy::Wait);
+    short.timeout = Some(Duration::from_secs(10));
+    let err = manager.allocate(short).await.unwrap_err();
+    assert!(matches!(err, ManagerError::ResourceExhausted(_)), "{err}");
+    assert!(
+        sim.volumes().is_empty(),
+        "the volume created for it was deleted"
+    );
+
+    // A waiting Allocate gets the instance that a raised target boots.
+    let waiter = {
+        let manager = manager.clone();
+        let mut req = request("w2", new_volume(), EmptyPoolPolicy::Wait);
+        req.timeout = Some(Duration::from_secs(600));
+        tokio::spawn(async move { manager.allocate(req).await })
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    manager
+        .update_pool(&pool(), |s| s.min_ready = 1)
+        .await
+        .unwrap();
+    let waited = waiter.await.unwrap().unwrap();
+    assert!(waited.warm_hit);
+    assert!(waited.timings.wait > Duration::from_secs(30));
+
+    // Empty the pool again: no target, and whatever was booted meanwhile handed out.
+    manager
+        .update_pool(&pool(), |s| s.min_ready = 0)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    for i in 0.. {
+        let drain = request(
+            &format!("drain-{i}"),
+            new_volume(),
+            EmptyPoolPolicy::FailFast,
+        );
+        if manager.allocate(drain).await.is_err() {
+            break;
+        }
+    }
+    let cold = manager
+        .allocate(request("cold", new_volume(), EmptyPoolPolicy::ColdBoot))
+        .await
+        .unwrap();
+    assert!(!cold.warm_hit);
+    assert_eq!(cold.state, AllocationState::Allocated);
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.record.allocations_cold, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_pool_and_malformed_requests_are_refused_without_change() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 1).await;
+    let calls_before = sim.total_calls();
+
+    let mut unknown = request("u", new_volume(), EmptyPoolPolicy::FailFast);
+    unknown.params.pool = PoolKey::new("db.huge", "az1");
+    assert!(matches!(
+        manager.allocate(unknown).await.unwrap_err(),
+        ManagerError::PoolNotFound(_)
+    ));
+
+    type Breakage = Box<dyn Fn(&mut pool_manager::AllocateRequest)>;
+    let cases: Vec<(&str, Breakage)> = vec![
+        ("request_id", Box::new(|r| r.params.request_id.clear())),
+        (
+            "request_id",
+            Box::new(|r| r.params.request_id = "x".repeat(200)),
+        ),
+        (
+            "request_id",
+            Box::new(|r| r.params.request_id = "a b".into()),
+        ),
+        (
+            "tenant_project_id",
+            Box::new(|r| r.params.tenant_project_id.clear()),
+        ),
+        ("flavor", Box::new(|r| r.params.pool.flavor.clear())),
+        (
+            "availability_zone",
+            Box::new(|r| r.params.pool.availability_zone.clear()),
+        ),
+        (
+            "network.network_id",
+            Box::new(|r| r.params.network.network_id.clear()),
+        ),
+        (
+            "volume.new_volume.size_gib",
+            Box::new(|r| {
+                r.params.volume.source = VolumeSource::New {
+                    size_gib: 0,
+                    volume_type: None,
+                }
+            }),
+        ),
+        (
+            "volume.existing_volume_id",
+            Box::new(|r| {
+                r.params.volume.source = VolumeSource::Existing {
+                    volume_id: String::new(),
+                }
+            }),
+        ),
+        (
+            "network.fixed_ip",
+            Box::new(|r| r.params.network.fixed_ip = Some("10.0.0.5".into())),
+        ),
+        (
+            "network.fixed_ip",
+            Box::new(|r| {
+                r.params.network.subnet_id = Some("s".into());
+                r.params.network.fixed_ip = Some("not-an-ip".into());
+            }),
+        ),
+    ];
+    for (field, break_it) in cases {
+        let mut req = request("bad", new_volume(), EmptyPoolPolicy::FailFast);
+        break_it(&mut req);
+        match manager.allocate(req).await.unwrap_err() {
+            ManagerError::InvalidArgument { field: named, .. } => assert_eq!(named, field),
+            other => panic!("{field}: expected InvalidArgument, got {other}"),
+        }
+    }
+    assert_eq!(
+        sim.total_calls(),
+        calls_before,
+        "bad requests reached the cloud"
+    );
+    assert_eq!(
+        manager
+            .get_pool(&pool())
+            .await
+            .unwrap()
+            .count(InstanceState::Ready),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_volume_in_use_is_never_attached() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 2).await;
+    let volume = sim.create_volume_for_test("tenant-a", "az1", 10);
+    let holder = sim.attach_volume_elsewhere(&volume).unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+
+    let req = request(
+        "order-iu",
+        VolumeSource::Existing {
+            volume_id: volume.clone(),
+        },
+        EmptyPoolPolicy::FailFast,
+    );
+    let err = manager.allocate(req).await.unwrap_err();
+    assert!(matches!(err, ManagerError::FailedPrecondition(_)), "{err}");
+    let after = sim.volumes().into_iter().find(|v| v.id == volume).unwrap();
+    assert_eq!(after.attached_to, vec![holder]);
+    assert!(manager.get_allocation("order-iu").await.is_err());
+    assert_eq!(
+        manager
+            .get_pool(&pool())
+            .await
+            .unwrap()
+            .count(InstanceState::Ready),
+        2
+    );
+
+    let elsewhere = sim.create_volume_for_test("tenant-a", "az2", 10);
+    let req = request(
+        "order-az",
+        VolumeSource::Existing {
+            volume_id: elsewhere,
+        },
+        EmptyPoolPolicy::FailFast,
+    );
+    assert!(matches!(
+        manager.allocate(req).await.unwrap_err(),
+        ManagerError::FailedPrecondition(_)
+    ));
+
+    // An available volume in the right AZ is attached.
+    let free = sim.create_volume_for_test("tenant-a", "az1", 10);
+    let req = request(
+        "order-ok",
+        VolumeSource::Existing {
+            volume_id: free.clone(),
+        },
+        EmptyPoolPolicy::FailFast,
+    );
+    let allocation = manager.allocate(req).await.unwrap();
+    assert_eq!(allocation.volume_id, Some(free));
+    assert!(!allocation.volume_created);
+}
+
+#[tokio::test(start_paused = true)]
+async fn release_deletes_the_server_and_the_pool_refills() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 2).await;
+    let allocation = manager
+        .allocate(request("order-r", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let server = allocation.server_id.clone().unwrap();
+    let released = manager.release("order-r", None).await.unwrap();
+    assert_eq!(released.state, AllocationState::Released);
+    assert!(
+        !sim.servers().iter().any(|s| s.server.id == server),
+        "released server still exists"
+    );
+    assert!(sim.ports().is_empty());
+    // The volume is the tenant's: kept by default, and free again once Cinder lets go.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let volume = sim.volumes().pop().unwrap();
+    assert!(volume.attached_to.is_empty());
+    // Releasing again answers the same; the pool is back at target.
+    assert_eq!(manager.release("order-r", None).await.unwrap(), released);
+    wait_ready(&manager, 2).await;
+    assert!(matches!(
+        manager.release("nope", None).await.unwrap_err(),
+        ManagerError::AllocationNotFound(_)
+    ));
+
+    // Asking for the volume to go deletes it.
+    manager
+        .allocate(request("order-r2", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    manager.release("order-r2", Some(true)).await.unwrap();
+    assert_eq!(sim.volumes().len(), 1, "only order-r's kept volume remains");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_vm_whose_mysqld_never_answers_stays_out_of_the_pool() {
+    let sim = sim();
+    sim.faults().mysqld_never_starts_next(1);
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    let mut spec = spec(2);
+    spec.boot_timeout = Duration::from_secs(300);
+    manager.create_pool(pool(), spec).await.unwrap();
+    // Before the boot timeout: the silent VM is Warming, never Ready.
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    let instances = manager.list_instances(Some(&pool())).await.unwrap();
+    let ready = instances
+        .iter()
+        .filter(|i| i.state == InstanceState::Ready)
+        .count();
+    let warming = instances
+        .iter()
+        .filter(|i| i.state == InstanceState::Warming)
+        .count();
+    assert_eq!((ready, warming), (1, 1), "{instances:?}");
+    // After it: discarded and replaced.
+    wait_ready(&manager, 2).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert!(status
+        .record
+        .last_error
+        .unwrap()
+        .contains("mysqld never answered"));
+    assert_eq!(sim.servers().len(), 2, "the silent VM's server was deleted");
+    assert!(sim.servers().iter().all(|s| s.mysqld_ready));
+}
+
+#[tokio::test(start_paused = true)]
+async fn boot_errors_are_replaced_and_leaks_are_deleted() {
+    let sim = sim();
+    sim.faults().error_next_boots(1, "NoValidHost");
+    let manager = started(&sim, temp_store(), 2).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert!(status.record.last_error.unwrap().contains("NoValidHost"));
+
+    let leak = sim.inject_leak(&pool());
+    manager.reconcile().await.unwrap();
+    assert!(
+        !sim.servers().iter().any(|s| s.server.id == leak),
+        "leaked server survived reconcile"
+    );
+    assert_eq!(sim.servers().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pools_are_created_updated_and_drained() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 2).await;
+    assert!(matches!(
+        manager.create_pool(pool(), spec(1)).await.unwrap_err(),
+        ManagerError::PoolExists(_)
+    ));
+    let err = manager
+        .update_pool(&pool(), |s| s.max_ready = 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        ManagerError::InvalidArgument {
+            field: "max_ready",
+            ..
+        }
+    ));
+    assert_eq!(
+        manager
+            .get_pool(&pool())
+            .await
+            .unwrap()
+            .record
+            .spec
+            .max_ready,
+        8,
+        "refused update changed nothing"
+    );
+
+    manager
+        .update_pool(&pool(), |s| s.min_ready = 4)
+        .await
+        .unwrap();
+    wait_ready(&manager, 4).await;
+
+    let allocation = manager
+        .allocate(request("keep", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    manager.delete_pool(&pool()).await.unwrap();
+    for _ in 0..600 {
+        if manager.get_pool(&pool()).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(matches!(
+        manager.get_pool(&pool()).await.unwrap_err(),
+        ManagerError::PoolNotFound(_)
+    ));
+    // Only the allocated server is left; the allocation is untouched.
+    let servers = sim.servers();
+    assert_eq!(servers.len(), 1);
+    assert_eq!(Some(&servers[0].server.id), allocation.server_id.as_ref());
+    assert_eq!(
+        manager.get_allocation("keep").await.unwrap().state,
+        AllocationState::Allocated
+    );
+}

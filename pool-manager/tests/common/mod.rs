@@ -1,0 +1,117 @@
+//! A pool manager over the in-process cloudsim, on tokio's paused clock.
+#![allow(dead_code)]
+
+use cloudsim::{SimCloud, SimConfig};
+use pool_manager::model::{
+    AllocationParams, EmptyPoolPolicy, InstanceState, NetworkRequest, PoolKey, PoolSpec,
+    VolumeRequest, VolumeSource,
+};
+use pool_manager::store::{SledStore, Store};
+use pool_manager::{AllocateRequest, ManagerSettings, PoolManager};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn settings() -> ManagerSettings {
+    ManagerSettings {
+        poll_interval: Duration::from_secs(1),
+        replenish_interval: Duration::from_secs(2),
+        // Tests run reconcile passes themselves.
+        reconcile_interval: Duration::from_secs(24 * 3600),
+        max_concurrent_boots: 16,
+        retry_backoff: Duration::from_millis(200),
+    }
+}
+
+pub fn pool() -> PoolKey {
+    PoolKey::new("db.small", "az1")
+}
+
+pub fn spec(target: u32) -> PoolSpec {
+    PoolSpec {
+        min_ready: target,
+        max_ready: target.max(1) * 4,
+        target: None,
+        image: "mysql-8.0".into(),
+        boot_timeout: Duration::from_secs(15 * 60),
+        max_age: None,
+        paused: false,
+    }
+}
+
+pub fn sim() -> Arc<SimCloud> {
+    SimCloud::new(SimConfig {
+        quotas: cloudsim::Quotas {
+            max_instances: 1000,
+            max_volumes: 1000,
+            max_ports: 1000,
+        },
+        ..SimConfig::deterministic()
+    })
+}
+
+pub fn manager_on(sim: &Arc<SimCloud>, store: Arc<dyn Store>) -> PoolManager {
+    PoolManager::new(store, sim.clone(), Arc::new(sim.probe()), settings())
+}
+
+/// A started manager with one pool at `target`, all Ready.
+pub async fn started(sim: &Arc<SimCloud>, store: Arc<dyn Store>, target: u32) -> PoolManager {
+    let manager = manager_on(sim, store);
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(target)).await.unwrap();
+    wait_ready(&manager, target).await;
+    manager
+}
+
+pub fn temp_store() -> Arc<dyn Store> {
+    Arc::new(SledStore::temporary().unwrap())
+}
+
+pub fn open_store(dir: &Path) -> Arc<dyn Store> {
+    Arc::new(SledStore::open(dir).unwrap())
+}
+
+/// Waits (in simulated time) until the pool has `n` Ready instances.
+pub async fn wait_ready(manager: &PoolManager, n: u32) {
+    for _ in 0..3600 {
+        let status = manager.get_pool(&pool()).await.unwrap();
+        if status.count(InstanceState::Ready) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    panic!(
+        "pool never reached {n} ready: {:?}",
+        manager.get_pool(&pool()).await.unwrap()
+    );
+}
+
+pub fn request(id: &str, volume: VolumeSource, policy: EmptyPoolPolicy) -> AllocateRequest {
+    AllocateRequest {
+        params: AllocationParams {
+            request_id: id.into(),
+            tenant_project_id: "tenant-a".into(),
+            pool: pool(),
+            volume: VolumeRequest {
+                source: volume,
+                delete_on_release: false,
+            },
+            network: NetworkRequest {
+                network_id: "tenant-net".into(),
+                subnet_id: None,
+                fixed_ip: None,
+            },
+            labels: BTreeMap::from([("order".into(), id.into())]),
+        },
+        empty_pool: policy,
+        timeout: Some(Duration::from_secs(120)),
+    }
+}
+
+pub fn new_volume() -> VolumeSource {
+    VolumeSource::New {
+        size_gib: 20,
+        volume_type: None,
+    }
+}
