@@ -9,7 +9,7 @@
 //! while the deadline allows. A failed Allocate leaves no record, so a retry
 //! with the same request id starts afresh.
 
-use crate::cloud::{NewPortSpec, NewVolumeSpec, VolumeStatus};
+use crate::cloud::{CloudError, NewPortSpec, NewVolumeSpec, VolumeStatus};
 use crate::error::{ManagerError, ManagerResult};
 use crate::manager::{validate_name, validate_pool_key, PoolManager, Shared};
 use crate::model::{
@@ -42,6 +42,11 @@ impl PoolManager {
     /// Idempotent on `request_id`.
     pub async fn allocate(&self, request: AllocateRequest) -> ManagerResult<Allocation> {
         self.shared.allocate(request).await
+    }
+
+    /// Every allocation in the store, any state.
+    pub async fn list_allocations(&self) -> ManagerResult<Vec<Allocation>> {
+        Ok(self.shared.store.list_allocations().await?)
     }
 
     pub async fn get_allocation(&self, request_id: &str) -> ManagerResult<Allocation> {
@@ -309,7 +314,7 @@ impl Shared {
         };
         let volume = match self.cloud.get_volume(volume_id).await {
             Ok(volume) => volume,
-            Err(crate::cloud::CloudError::NotFound(_)) => {
+            Err(CloudError::NotFound(_)) => {
                 return Err(ManagerError::FailedPrecondition(format!(
                     "volume {volume_id} does not exist"
                 )))
@@ -387,8 +392,14 @@ impl Shared {
                             a.server_id = None;
                         })
                         .await?;
-                    if !retry || Instant::now() >= deadline {
+                    if !retry {
                         return Err(error);
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(ManagerError::ResourceExhausted(format!(
+                            "no instance of pool {} could be handed out before the deadline; last attempt: {error}",
+                            params.pool
+                        )));
                     }
                 }
             }
@@ -625,11 +636,9 @@ impl Shared {
             .attach_volume(server_id, &volume_id)
             .await
             .map_err(|e| match e {
-                crate::cloud::CloudError::Conflict(m) => {
-                    AttemptError::Request(ManagerError::FailedPrecondition(format!(
-                        "volume {volume_id} cannot be attached: {m}"
-                    )))
-                }
+                CloudError::Conflict(m) => AttemptError::Request(ManagerError::FailedPrecondition(
+                    format!("volume {volume_id} cannot be attached: {m}"),
+                )),
                 e => AttemptError::Instance(e.into()),
             })?;
         self.wait_volume(&volume_id, deadline, |status, attached| {
@@ -699,8 +708,7 @@ impl Shared {
                     .retry(deadline, || self.cloud.create_port(&spec))
                     .await
                     .map_err(|e| match e {
-                        crate::cloud::CloudError::NotFound(m)
-                        | crate::cloud::CloudError::Conflict(m) => {
+                        CloudError::NotFound(m) | CloudError::Conflict(m) => {
                             AttemptError::Request(ManagerError::FailedPrecondition(format!(
                                 "cannot create the tenant port: {m}"
                             )))
@@ -798,8 +806,7 @@ impl Shared {
                 .retry(deadline, || self.cloud.find_volumes_by_name(&name))
                 .await?;
             for volume in volumes {
-                self.retry(deadline, || self.cloud.delete_volume(&volume.id))
-                    .await?;
+                self.delete_volume_when_free(&volume.id, deadline).await?;
             }
         }
         if let Some(stored) = self.store.get_allocation(request_id).await? {
@@ -810,6 +817,29 @@ impl Shared {
         self.store.flush().await?;
         self.changed();
         Ok(())
+    }
+
+    /// Deletes a volume once Cinder has let go of it: a detach (or the
+    /// deletion of the server it was on) finishes asynchronously.
+    async fn delete_volume_when_free(
+        &self,
+        volume_id: &str,
+        deadline: Instant,
+    ) -> ManagerResult<()> {
+        loop {
+            match self.cloud.delete_volume(volume_id).await {
+                Ok(()) => return Ok(()),
+                Err(
+                    CloudError::Conflict(_)
+                    | CloudError::Transient(_)
+                    | CloudError::Throttled { .. },
+                ) if Instant::now() < deadline => {
+                    tokio::time::sleep(self.settings.poll_interval.min(Duration::from_millis(500)))
+                        .await
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Deletes the server, port and (if decided) volume of a `Releasing`
@@ -843,22 +873,7 @@ impl Shared {
         }
         if allocation.delete_volume_on_release == Some(true) {
             if let Some(volume_id) = &allocation.volume_id {
-                // The detach above is asynchronous; wait until Cinder lets go.
-                loop {
-                    match self.cloud.delete_volume(volume_id).await {
-                        Ok(()) => break,
-                        Err(crate::cloud::CloudError::Conflict(_))
-                        | Err(crate::cloud::CloudError::Transient(_))
-                            if Instant::now() < deadline =>
-                        {
-                            tokio::time::sleep(
-                                self.settings.poll_interval.min(Duration::from_millis(500)),
-                            )
-                            .await
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
+                self.delete_volume_when_free(volume_id, deadline).await?;
             }
         }
         let mut released = allocation.clone();

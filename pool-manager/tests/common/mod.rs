@@ -115,3 +115,99 @@ pub fn new_volume() -> VolumeSource {
         volume_type: None,
     }
 }
+
+/// What must hold whenever the manager is at rest: no instance in two
+/// allocations, no server the store does not know, no allocation without its
+/// instance, nothing of a rolled-back allocation left in the cloud.
+pub async fn assert_consistent(sim: &Arc<SimCloud>, manager: &PoolManager) {
+    use pool_manager::model::{resource_name, AllocationState};
+    use std::collections::{HashMap, HashSet};
+
+    let instances = manager.list_instances(None).await.unwrap();
+    let mut holder: HashMap<&str, &str> = HashMap::new();
+    for instance in &instances {
+        if let Some(request) = instance.request_id.as_deref() {
+            if instance.state.is_tenant_touched() {
+                let previous = holder.insert(request, instance.id.as_str());
+                assert!(
+                    previous.is_none(),
+                    "request {request} holds two instances: {instances:#?}"
+                );
+            }
+        }
+    }
+    let known: HashSet<&str> = instances
+        .iter()
+        .filter_map(|i| i.server_id.as_deref())
+        .collect();
+    for server in sim.servers() {
+        assert!(
+            known.contains(server.server.id.as_str()),
+            "server {} is unknown to the store",
+            server.server.id
+        );
+    }
+    let live: HashSet<String> = sim.servers().into_iter().map(|s| s.server.id).collect();
+    for instance in &instances {
+        if let Some(server) = &instance.server_id {
+            assert!(
+                live.contains(server),
+                "instance {} names a missing server",
+                instance.id
+            );
+        }
+    }
+    for allocation in manager.list_allocations().await.unwrap() {
+        let request = allocation.params.request_id.as_str();
+        let name = resource_name(request);
+        match allocation.state {
+            AllocationState::Allocated => {
+                let instance = holder
+                    .get(request)
+                    .unwrap_or_else(|| panic!("allocation {request} has no instance"));
+                assert_eq!(allocation.instance_id.as_deref(), Some(*instance));
+                let server = sim
+                    .server(allocation.server_id.as_deref().unwrap())
+                    .unwrap();
+                assert!(server
+                    .server
+                    .attached_volumes
+                    .contains(allocation.volume_id.as_ref().unwrap()));
+                assert!(server
+                    .server
+                    .attached_ports
+                    .contains(allocation.port_id.as_ref().unwrap()));
+            }
+            AllocationState::Released => {
+                assert!(
+                    !holder.contains_key(request),
+                    "released allocation {request} still holds an instance"
+                );
+                assert!(
+                    sim.ports().iter().all(|p| p.name != name),
+                    "port of released {request} left"
+                );
+            }
+            state => panic!("allocation {request} left in {state:?} at rest"),
+        }
+    }
+    // Rolled-back requests leave no port or created volume behind.
+    let allocations: HashSet<String> = manager
+        .list_allocations()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| resource_name(&a.params.request_id))
+        .collect();
+    for port in sim.ports() {
+        assert!(allocations.contains(&port.name), "orphan port {port:?}");
+    }
+    for volume in sim.volumes() {
+        if volume.name.starts_with("warmpool-") {
+            assert!(
+                allocations.contains(&volume.name),
+                "orphan volume {volume:?}"
+            );
+        }
+    }
+}
