@@ -11,6 +11,7 @@
 
 use crate::cloud::{CloudError, NewPortSpec, NewVolumeSpec, VolumeStatus};
 use crate::error::{ManagerError, ManagerResult};
+use crate::events::{AllocationOutcome, EventKind};
 use crate::manager::{validate_name, validate_pool_key, PoolManager, Shared};
 use crate::model::{
     Allocation, AllocationParams, AllocationState, EmptyPoolPolicy, Instance, InstanceState,
@@ -210,6 +211,17 @@ impl Drop for InFlight<'_> {
     }
 }
 
+fn allocation_outcome(outcome: &ManagerResult<Allocation>) -> AllocationOutcome {
+    match outcome {
+        Ok(a) if a.warm_hit => AllocationOutcome::Warm,
+        Ok(_) => AllocationOutcome::Cold,
+        Err(ManagerError::ResourceExhausted(_)) => AllocationOutcome::Exhausted,
+        Err(ManagerError::FailedPrecondition(_)) => AllocationOutcome::VolumeUnavailable,
+        Err(ManagerError::Cloud(_)) => AllocationOutcome::CloudError,
+        Err(_) => AllocationOutcome::Failed,
+    }
+}
+
 /// How a try with one instance failed.
 enum AttemptError {
     /// The instance is bad (attach or verify failed): discard it, try the next.
@@ -278,6 +290,14 @@ impl Shared {
         )
         .await;
         let allocation = record.get().await;
+        let latency = started.elapsed();
+        self.emit(
+            Some(&params.pool),
+            EventKind::Allocation {
+                outcome: allocation_outcome(&outcome),
+                latency,
+            },
+        );
         match outcome {
             Ok(done) => {
                 let key = &done.params.pool;
@@ -420,15 +440,17 @@ impl Shared {
             }
             match policy {
                 EmptyPoolPolicy::FailFast => {
+                    self.emit(Some(&params.pool), EventKind::Exhausted);
                     return Err(ManagerError::ResourceExhausted(format!(
                         "pool {} has no ready instance",
                         params.pool
-                    )))
+                    )));
                 }
                 EmptyPoolPolicy::ColdBoot => {
                     return self.cold_boot(params, deadline).await.map(|i| (i, false))
                 }
                 EmptyPoolPolicy::Wait => {
+                    self.emit(Some(&params.pool), EventKind::Exhausted);
                     if tokio::time::timeout_at(deadline, generation.changed())
                         .await
                         .is_err()
@@ -884,6 +906,7 @@ impl Shared {
         self.store.flush().await?;
         self.changed();
         tracing::info!(request_id = %released.params.request_id, "released");
+        self.emit(Some(&released.params.pool), EventKind::Released);
         Ok(released)
     }
 }

@@ -7,6 +7,7 @@
 mod allocator;
 pub mod cloud;
 pub mod error;
+pub mod events;
 mod manager;
 pub mod model;
 pub mod probe;

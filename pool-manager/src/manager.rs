@@ -5,6 +5,7 @@
 
 use crate::cloud::{Cloud, CloudError};
 use crate::error::{ManagerError, ManagerResult};
+use crate::events::{Event, EventKind};
 use crate::model::{Instance, InstanceState, PoolKey, PoolRecord, PoolSpec};
 use crate::probe::Probe;
 use crate::store::Store;
@@ -12,7 +13,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -79,6 +80,8 @@ pub(crate) struct Shared {
     /// Bumped on every change of an instance or pool; waiters and watchers
     /// re-read the store when it moves.
     pub generation: watch::Sender<u64>,
+    /// What happened, for metrics and watchers.
+    pub events: broadcast::Sender<Event>,
     /// Serializes read-modify-write of pool records (counters, spec).
     pub pool_lock: tokio::sync::Mutex<()>,
     /// Instances a boot task is driving now, so the reconciler never starts a second.
@@ -93,6 +96,14 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn changed(&self) {
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn emit(&self, pool: Option<&PoolKey>, kind: EventKind) {
+        // No subscriber is fine: events are for observers only.
+        let _ = self.events.send(Event {
+            pool: pool.cloned(),
+            kind,
+        });
     }
 
     pub fn spawn(self: &Arc<Self>, task: impl Future<Output = ()> + Send + 'static) {
@@ -217,6 +228,7 @@ impl PoolManager {
                 probe,
                 settings,
                 generation: watch::channel(0).0,
+                events: broadcast::channel(1024).0,
                 pool_lock: tokio::sync::Mutex::new(()),
                 driving: Mutex::new(HashSet::new()),
                 in_flight: Mutex::new(HashSet::new()),
@@ -255,6 +267,11 @@ impl PoolManager {
         self.shared.driving.lock().expect("driving lock").clear();
         self.shared.store.flush().await?;
         Ok(())
+    }
+
+    /// Every event from now on (boots, allocations, leaks, settings).
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
     }
 
     /// A receiver that changes whenever a pool or instance changes.
@@ -321,6 +338,7 @@ impl PoolManager {
         };
         self.shared.changed();
         tracing::info!(pool = %key, spec = ?record.spec, "pool settings changed");
+        self.shared.emit(Some(key), EventKind::SettingsChanged);
         self.shared.pool_status(record).await
     }
 

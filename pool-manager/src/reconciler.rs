@@ -172,6 +172,19 @@ impl Shared {
             if !owned {
                 tracing::warn!(server = %server.id, name = %server.name, "deleting leaked server");
                 self.cloud.delete_server(&server.id).await?;
+                let pool = self
+                    .store
+                    .list_pools()
+                    .await?
+                    .into_iter()
+                    .map(|p| p.key)
+                    .find(|k| server.metadata.get(crate::cloud::META_POOL) == Some(&k.to_string()));
+                self.emit(
+                    pool.as_ref(),
+                    crate::events::EventKind::LeakDeleted {
+                        server_id: server.id.clone(),
+                    },
+                );
             }
         }
         self.store.flush().await?;

@@ -5,6 +5,7 @@
 
 use crate::cloud::{CloudError, ServerSpec, ServerStatus, META_INSTANCE, META_POOL};
 use crate::error::{ManagerError, ManagerResult};
+use crate::events::{BootOutcome, EventKind};
 use crate::manager::Shared;
 use crate::model::{Instance, InstanceState, PoolKey, PoolRecord};
 use std::collections::BTreeMap;
@@ -32,6 +33,21 @@ impl From<ManagerError> for BootError {
     fn from(e: ManagerError) -> Self {
         Self::Manager(Box::new(e))
     }
+}
+
+/// The outcome to report for a finished boot; `None` when it was taken over.
+fn boot_outcome(result: &Result<Instance, BootError>) -> Option<BootOutcome> {
+    Some(match result {
+        Ok(_) => BootOutcome::Ready,
+        Err(BootError::Superseded) => return None,
+        Err(BootError::Cloud(CloudError::QuotaExceeded(_))) => BootOutcome::Quota,
+        Err(BootError::Cloud(CloudError::Throttled { .. })) => BootOutcome::RateLimited,
+        Err(BootError::ServerError(fault)) if fault.contains("NoValidHost") => {
+            BootOutcome::NoValidHost
+        }
+        Err(BootError::Timeout(_)) => BootOutcome::Timeout,
+        Err(_) => BootOutcome::Failed,
+    })
 }
 
 impl Shared {
@@ -150,7 +166,17 @@ impl Shared {
         {
             return Err(BootError::Superseded);
         }
+        let started = Instant::now();
         let result = self.boot_to_ready(&instance).await;
+        if let Some(outcome) = boot_outcome(&result) {
+            self.emit(
+                Some(&instance.pool),
+                EventKind::Boot {
+                    outcome,
+                    lead_time: started.elapsed(),
+                },
+            );
+        }
         self.driving
             .lock()
             .expect("driving lock")

@@ -506,3 +506,40 @@ async fn pools_are_created_updated_and_drained() {
         AllocationState::Allocated
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn events_report_boots_allocations_and_leaks() {
+    use pool_manager::events::{AllocationOutcome, BootOutcome, EventKind};
+    let sim = sim();
+    let manager = manager_on(&sim, temp_store());
+    let mut events = manager.events();
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    wait_ready(&manager, 1).await;
+    manager
+        .allocate(request("ev", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let leak = sim.inject_leak(&pool());
+    manager.reconcile().await.unwrap();
+
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        seen.push(event.kind);
+    }
+    assert!(seen.iter().any(|k| matches!(k, EventKind::Boot { outcome: BootOutcome::Ready, lead_time } if *lead_time >= Duration::from_secs(25))), "{seen:?}");
+    assert!(
+        seen.iter().any(|k| matches!(
+            k,
+            EventKind::Allocation {
+                outcome: AllocationOutcome::Warm,
+                ..
+            }
+        )),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&EventKind::LeakDeleted { server_id: leak }),
+        "{seen:?}"
+    );
+}
