@@ -56,6 +56,13 @@ pub enum Command {
     Release(ReleaseArgs),
     /// Live view of pool depth.
     Watch,
+    /// Print a shell completion script, e.g.
+    /// `warmpoolctl completions bash > /etc/bash_completion.d/warmpoolctl`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -619,6 +626,19 @@ mod tests {
         let cli = parse(&["watch", "--output", "json", "--endpoint", "h:1"]).unwrap();
         assert_eq!(cli.output, OutputFormat::Json);
         assert_eq!(cli.endpoint, "h:1");
+    }
+
+    #[test]
+    fn completions_take_a_known_shell() {
+        let cli = parse(&["completions", "zsh"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Completions {
+                shell: clap_complete::Shell::Zsh
+            }
+        ));
+        assert!(parse(&["completions", "cmd.exe"]).is_err());
+        assert!(parse(&["completions"]).is_err());
     }
 
     #[test]

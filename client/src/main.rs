@@ -13,7 +13,7 @@ mod watch;
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use serde_json::Value;
 use warmpool_client::{api, Client, ClientError};
 
@@ -55,6 +55,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // reported as such even when the server is down.
     let command = cli.command;
     let prepared = Prepared::from_command(command)?;
+    if let Prepared::Completions(shell) = prepared {
+        return completions(shell);
+    }
 
     let client = Client::connect(&cli.endpoint).await?;
     let rendered = match prepared {
@@ -88,6 +91,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             allocation(client.release(request_id, delete_volume).await?)
         }
         Prepared::Watch => return watch::run(&client, cli.output).await,
+        Prepared::Completions(_) => unreachable!("answered before connecting"),
     };
 
     let text = match cli.output {
@@ -98,6 +102,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // error message instead of a panic.
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// Writes the completion script for `shell` to stdout; needs no server.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "warmpoolctl", &mut script);
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&script)?;
     stdout.flush()?;
     Ok(())
 }
@@ -128,6 +142,7 @@ enum Prepared {
     Get(String),
     Release(String, Option<bool>),
     Watch,
+    Completions(clap_complete::Shell),
 }
 
 impl Prepared {
@@ -154,6 +169,7 @@ impl Prepared {
                 Prepared::Release(args.request_id, delete_volume)
             }
             Command::Watch => Prepared::Watch,
+            Command::Completions { shell } => Prepared::Completions(shell),
         })
     }
 }

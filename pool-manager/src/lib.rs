@@ -8,11 +8,13 @@ mod allocator;
 pub mod cloud;
 pub mod error;
 pub mod events;
+pub mod gate;
 mod manager;
 pub mod model;
 pub mod probe;
 mod reconciler;
 mod replenisher;
+pub mod sizing;
 pub mod store;
 
 pub use allocator::{

@@ -6,8 +6,10 @@
 use crate::cloud::{Cloud, CloudError};
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{Event, EventKind};
+use crate::gate::{Gate, GateSettings};
 use crate::model::{Instance, InstanceState, PoolKey, PoolRecord, PoolSpec};
 use crate::probe::Probe;
+use crate::sizing::{SizingBook, SizingSettings, SizingStatus};
 use crate::store::Store;
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
@@ -30,6 +32,10 @@ pub struct ManagerSettings {
     pub max_concurrent_boots: u32,
     /// First back-off after a retryable cloud error; doubles up to 32x.
     pub retry_backoff: Duration,
+    /// How `target = auto` pools are sized (demand, lead time, service level).
+    pub sizing: SizingSettings,
+    /// The per-AZ throttle gate on replenishment boots.
+    pub gate: GateSettings,
 }
 
 impl Default for ManagerSettings {
@@ -40,6 +46,8 @@ impl Default for ManagerSettings {
             reconcile_interval: Duration::from_secs(60),
             max_concurrent_boots: 4,
             retry_backoff: Duration::from_millis(500),
+            sizing: SizingSettings::default(),
+            gate: GateSettings::default(),
         }
     }
 }
@@ -48,8 +56,11 @@ impl Default for ManagerSettings {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolStatus {
     pub record: PoolRecord,
+    /// The target the replenisher works toward now (computed for `auto`).
     pub effective_target: u32,
     pub counts: BTreeMap<&'static str, u32>,
+    /// The computed target's inputs: demand, lead time, throttle gate.
+    pub sizing: SizingStatus,
 }
 
 impl PoolStatus {
@@ -91,6 +102,10 @@ pub(crate) struct Shared {
     pub in_flight: Mutex<HashSet<String>>,
     pub tasks: Mutex<JoinSet<()>>,
     pub shutdown: watch::Sender<bool>,
+    /// Demand and lead-time estimators per pool (see `crate::sizing`).
+    pub sizing: Mutex<SizingBook>,
+    /// The per-AZ throttle gate (see `crate::gate`).
+    pub gate: Arc<Mutex<Gate>>,
 }
 
 impl Shared {
@@ -191,19 +206,21 @@ impl Shared {
 
     pub async fn pool_status(&self, record: PoolRecord) -> ManagerResult<PoolStatus> {
         let instances = self.store.list_instances().await?;
-        Ok(status_of(record, &instances))
+        Ok(self.status_of(record, &instances))
     }
-}
 
-pub(crate) fn status_of(record: PoolRecord, instances: &[Instance]) -> PoolStatus {
-    let mut counts = BTreeMap::new();
-    for instance in instances.iter().filter(|i| i.pool == record.key) {
-        *counts.entry(state_name(instance.state)).or_insert(0) += 1;
-    }
-    PoolStatus {
-        effective_target: record.spec.effective_target(),
-        record,
-        counts,
+    pub(crate) fn status_of(&self, record: PoolRecord, instances: &[Instance]) -> PoolStatus {
+        let mut counts = BTreeMap::new();
+        for instance in instances.iter().filter(|i| i.pool == record.key) {
+            *counts.entry(state_name(instance.state)).or_insert(0) += 1;
+        }
+        let sizing = self.sizing_status(&record);
+        PoolStatus {
+            effective_target: sizing.target,
+            record,
+            counts,
+            sizing,
+        }
     }
 }
 
@@ -226,7 +243,6 @@ impl PoolManager {
                 store,
                 cloud,
                 probe,
-                settings,
                 generation: watch::channel(0).0,
                 events: broadcast::channel(1024).0,
                 pool_lock: tokio::sync::Mutex::new(()),
@@ -234,6 +250,9 @@ impl PoolManager {
                 in_flight: Mutex::new(HashSet::new()),
                 tasks: Mutex::new(JoinSet::new()),
                 shutdown: watch::channel(false).0,
+                sizing: Mutex::new(SizingBook::default()),
+                gate: Arc::new(Mutex::new(Gate::new(settings.gate.clone()))),
+                settings,
             }),
         }
     }
@@ -284,7 +303,7 @@ impl PoolManager {
         let pools = self.shared.store.list_pools().await?;
         Ok(pools
             .into_iter()
-            .map(|record| status_of(record, &instances))
+            .map(|record| self.shared.status_of(record, &instances))
             .collect())
     }
 

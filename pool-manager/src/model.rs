@@ -57,8 +57,11 @@ pub struct PoolSpec {
     pub min_ready: u32,
     /// Never more than this many.
     pub max_ready: u32,
-    /// A fixed target; `None` means `min_ready` until demand-based sizing lands.
-    pub target: Option<u32>,
+    /// How deep the pool is kept: a fixed number, or sized from measured
+    /// demand and lead time (see `crate::sizing`). Always within
+    /// `min_ready..=max_ready`.
+    #[serde(default)]
+    pub target: Target,
     /// Image the pool's servers boot from.
     pub image: String,
     /// A server not Ready this long after the boot request is discarded.
@@ -70,12 +73,18 @@ pub struct PoolSpec {
 }
 
 impl PoolSpec {
-    /// The number of unclaimed instances the replenisher keeps.
+    /// The number of unclaimed instances the replenisher keeps for a fixed
+    /// target. For `Target::Auto` this is only the floor (`min_ready`); the
+    /// sizing module computes the real target from demand and lead time.
     pub fn effective_target(&self) -> u32 {
-        self.target
-            .unwrap_or(self.min_ready)
-            .max(self.min_ready)
-            .min(self.max_ready)
+        match self.target {
+            Target::Fixed(n) => n.max(self.min_ready).min(self.max_ready),
+            Target::Auto => self.min_ready.min(self.max_ready),
+        }
+    }
+
+    pub fn is_auto(&self) -> bool {
+        self.target == Target::Auto
     }
 
     /// Checks the spec's own consistency; the error names the field.
@@ -98,6 +107,82 @@ impl PoolSpec {
         Ok(())
     }
 }
+
+/// A pool's target depth: `Fixed(n)` keeps `n` (raised to `min_ready`, so
+/// `Fixed(0)`, the default, means "min_ready"); `Auto` sizes the pool from
+/// measured demand and boot lead time.
+///
+/// Stored and configured as a number (`3`), `"auto"`, or `null` (an old
+/// record's "no target": `Fixed(0)`). Strings `"fixed 3"`, `"3"` and
+/// `"min_ready"` are accepted too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    Auto,
+    Fixed(u32),
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Self::Fixed(0)
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Fixed(0) => f.write_str("min_ready"),
+            Self::Fixed(n) => write!(f, "fixed {n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Target {
+    type Err = ParseTargetError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let lower = t.to_ascii_lowercase();
+        let number = lower.strip_prefix("fixed").map(str::trim).unwrap_or(&lower);
+        match lower.as_str() {
+            "auto" => Ok(Self::Auto),
+            "min_ready" | "min-ready" | "" => Ok(Self::Fixed(0)),
+            _ => number
+                .parse()
+                .map(Self::Fixed)
+                .map_err(|_| ParseTargetError(s.to_string())),
+        }
+    }
+}
+
+impl Serialize for Target {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Auto => serializer.serialize_str("auto"),
+            Self::Fixed(n) => serializer.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Number(Option<u32>),
+            Word(String),
+        }
+        match Repr::deserialize(deserializer)? {
+            Repr::Number(n) => Ok(Self::Fixed(n.unwrap_or(0))),
+            Repr::Word(w) => w.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A target string that is not `auto`, a number or `fixed N`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("target must be \"auto\", a number, or \"fixed N\"; got {0:?}")]
+pub struct ParseTargetError(pub String);
 
 /// A pool as stored: the spec plus lifetime counters.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

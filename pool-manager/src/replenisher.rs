@@ -1,16 +1,25 @@
 //! Keeps each pool at its target: one replenisher task per pool counts the
-//! supply (booting + warming + ready), starts boots for the deficit, and
-//! drains the pool when it is deleted. A boot task drives one instance from
-//! `Booting` to `Ready`, or to `Deleting` and gone.
+//! supply (booting + warming + ready), asks the pure decider in
+//! [`crate::sizing`] how many boots to start (given the target, the demand
+//! and lead-time estimates, and what the AZ's throttle gate in
+//! [`crate::gate`] allows), starts them, and drains the pool when it is
+//! deleted. The same task records the pool's allocations (from the events
+//! broadcast) into its demand estimator. A boot task drives one instance from
+//! `Booting` to `Ready`, or to `Deleting` and gone, and reports its lead time
+//! and any 429/quota answers to the estimators and the gate.
 
-use crate::cloud::{CloudError, ServerSpec, ServerStatus, META_INSTANCE, META_POOL};
+use crate::cloud::{CloudError, CloudResult, ServerSpec, ServerStatus, META_INSTANCE, META_POOL};
 use crate::error::{ManagerError, ManagerResult};
-use crate::events::{BootOutcome, EventKind};
+use crate::events::{AllocationOutcome, BootOutcome, Event, EventKind};
+use crate::gate::{self, BootSignal, BootTicket, Hold};
 use crate::manager::Shared;
 use crate::model::{Instance, InstanceState, PoolKey, PoolRecord};
+use crate::sizing::{self, BootPlan, Inputs, SizingBook, SizingStatus};
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::future::Future;
+use std::sync::{Arc, MutexGuard};
+use std::time::{Duration, SystemTime};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
 /// Why a boot did not produce a Ready instance.
@@ -62,49 +71,134 @@ impl Shared {
 
     async fn replenish_loop(self: &Arc<Self>, key: &PoolKey) -> ManagerResult<()> {
         let mut generation = self.generation.subscribe();
+        let mut events = self.events.subscribe();
         loop {
             let Some(pool) = self.store.get_pool(key).await? else {
+                self.sizing_book().forget(key);
                 return Ok(());
             };
+            let mut wake = Instant::now() + self.settings.replenish_interval;
             if pool.draining {
                 if self.drain_step(&pool).await? {
                     tracing::info!(pool = %key, "pool drained and deleted");
+                    self.sizing_book().forget(key);
                     return Ok(());
                 }
             } else if !pool.spec.paused {
-                self.replenish_step(&pool).await?;
+                if let Some(hold) = self.replenish_step(&pool).await? {
+                    // Come back as soon as the gate opens again.
+                    wake = wake.min(hold.until());
+                }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(self.settings.replenish_interval) => {}
-                _ = generation.changed() => {}
+            // Wait for a change, the timer or the end of a hold; record the
+            // pool's allocations meanwhile.
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake) => break,
+                    _ = generation.changed() => break,
+                    event = events.recv() => match event {
+                        Ok(event) => self.note_event(key, &event),
+                        Err(RecvError::Lagged(missed)) => {
+                            tracing::warn!(pool = %key, missed, "sizing missed events; demand is underestimated for a while");
+                        }
+                        Err(RecvError::Closed) => return Ok(()),
+                    },
+                }
             }
         }
     }
 
-    /// Starts boots for the pool's deficit, within the concurrency limit.
-    async fn replenish_step(self: &Arc<Self>, pool: &PoolRecord) -> ManagerResult<()> {
+    pub(crate) fn sizing_book(&self) -> MutexGuard<'_, SizingBook> {
+        self.sizing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Feeds the pool's demand estimator: every Allocate that wanted an
+    /// instance counts, dated back to when it started.
+    fn note_event(&self, key: &PoolKey, event: &Event) {
+        if event.pool.as_ref() != Some(key) {
+            return;
+        }
+        if let EventKind::Allocation { outcome, latency } = &event.kind {
+            if matches!(
+                outcome,
+                AllocationOutcome::Warm | AllocationOutcome::Cold | AllocationOutcome::Exhausted
+            ) {
+                let now = Instant::now();
+                let at = now.checked_sub(*latency).unwrap_or(now);
+                self.sizing_book()
+                    .record_allocation(key, at, now, &self.settings.sizing);
+            }
+        }
+    }
+
+    /// The pool's computed target and its inputs, now.
+    pub(crate) fn sizing_status(&self, record: &PoolRecord) -> SizingStatus {
+        let now = Instant::now();
+        let settings = &self.settings.sizing;
+        let z = settings.z();
+        let (demand, lead, last_plan) = {
+            let mut book = self.sizing_book();
+            let (demand, lead) = book.estimates(&record.key, now, settings);
+            (demand, lead, book.pool(&record.key, settings).last_plan)
+        };
+        let demand_in_lead = demand.forecast * lead.p90.as_secs_f64();
+        let spec = &record.spec;
+        let target =
+            sizing::target_for(spec.min_ready, spec.max_ready, spec.target, demand_in_lead, z);
+        let gate = gate::lock(&self.gate).status(&record.key.availability_zone, now);
+        SizingStatus {
+            auto: spec.is_auto(),
+            target,
+            demand,
+            demand_in_lead,
+            lead,
+            z,
+            gate,
+            last_plan,
+        }
+    }
+
+    /// Starts the boots the decider asks for. Returns the gate's hold, if
+    /// new boots must wait for one.
+    async fn replenish_step(self: &Arc<Self>, pool: &PoolRecord) -> ManagerResult<Option<Hold>> {
         let instances = self.store.list_instances().await?;
-        let supply: Vec<&Instance> = instances
+        let (mut supply, mut in_flight) = (0u32, 0u32);
+        for i in instances
             .iter()
             .filter(|i| i.pool == pool.key && i.counts_as_supply())
-            .collect();
-        let booting = supply
-            .iter()
-            .filter(|i| i.state != InstanceState::Ready)
-            .count() as u32;
-        let deficit = pool
-            .spec
-            .effective_target()
-            .saturating_sub(supply.len() as u32);
-        let room = self.settings.max_concurrent_boots.saturating_sub(booting);
-        for _ in 0..deficit.min(room) {
+        {
+            supply += 1;
+            if i.state != InstanceState::Ready {
+                in_flight += 1;
+            }
+        }
+        let now = Instant::now();
+        let az = &pool.key.availability_zone;
+        let settings = &self.settings.sizing;
+        let (demand, lead) = self.sizing_book().estimates(&pool.key, now, settings);
+        let admission = gate::lock(&self.gate).admission(az, now);
+        let plan: BootPlan = sizing::decide(&Inputs {
+            min_ready: pool.spec.min_ready,
+            max_ready: pool.spec.max_ready,
+            target: pool.spec.target,
+            supply,
+            in_flight,
+            demand,
+            lead,
+            z: settings.z(),
+            pool_boot_cap: self.settings.max_concurrent_boots,
+            gate: admission,
+        });
+        self.sizing_book().set_plan(&pool.key, plan, settings);
+        for _ in 0..plan.boots_now {
+            let ticket = BootTicket::start(&self.gate, az, true);
             let instance = self.record_new_instance(pool, None).await?;
             let shared = self.clone();
             self.spawn(async move {
-                let _ = shared.drive_boot(instance).await;
+                let _ = shared.drive_boot_with(instance, ticket).await;
             });
         }
-        Ok(())
+        Ok(admission.hold)
     }
 
     /// Deletes the pool's unclaimed instances; true once none is left and the
@@ -154,9 +248,20 @@ impl Shared {
     }
 
     /// Drives one instance to `Ready`; on failure discards it and returns why.
+    /// The boot counts toward its AZ's load but is not held by the gate
+    /// (purchases and resumed boots).
     pub(crate) async fn drive_boot(
         self: &Arc<Self>,
         instance: Instance,
+    ) -> Result<Instance, BootError> {
+        let ticket = BootTicket::start(&self.gate, &instance.pool.availability_zone, false);
+        self.drive_boot_with(instance, ticket).await
+    }
+
+    async fn drive_boot_with(
+        self: &Arc<Self>,
+        instance: Instance,
+        ticket: BootTicket,
     ) -> Result<Instance, BootError> {
         if !self
             .driving
@@ -167,15 +272,24 @@ impl Shared {
             return Err(BootError::Superseded);
         }
         let started = Instant::now();
+        let mut watch = LeadWatch::start(self, &instance);
         let result = self.boot_to_ready(&instance).await;
+        let lead_time = started.elapsed();
+        match &result {
+            Ok(_) => {
+                watch.finish(Some(lead_time));
+                ticket.finish(BootSignal::Ready { lead: lead_time });
+            }
+            Err(e) => {
+                if matches!(e, BootError::Cloud(CloudError::QuotaExceeded(_))) {
+                    gate::lock(&self.gate).quota_exceeded(Instant::now());
+                }
+                watch.finish(None);
+                ticket.finish(BootSignal::NoSignal);
+            }
+        }
         if let Some(outcome) = boot_outcome(&result) {
-            self.emit(
-                Some(&instance.pool),
-                EventKind::Boot {
-                    outcome,
-                    lead_time: started.elapsed(),
-                },
-            );
+            self.emit(Some(&instance.pool), EventKind::Boot { outcome, lead_time });
         }
         self.driving
             .lock()
@@ -198,7 +312,21 @@ impl Shared {
         }
     }
 
+    /// Awaits a cloud call made for a boot in `az`, telling the gate about a 429/413.
+    async fn watch_throttle<T>(
+        &self,
+        az: &str,
+        call: impl Future<Output = CloudResult<T>>,
+    ) -> CloudResult<T> {
+        let result = call.await;
+        if let Err(CloudError::Throttled { retry_after, .. }) = &result {
+            gate::lock(&self.gate).throttled(az, *retry_after, Instant::now());
+        }
+        result
+    }
+
     async fn boot_to_ready(&self, instance: &Instance) -> Result<Instance, BootError> {
+        let az = instance.pool.availability_zone.as_str();
         let pool = self.pool(&instance.pool).await?;
         let deadline = Instant::now() + pool.spec.boot_timeout;
         let mut instance = instance.clone();
@@ -214,7 +342,9 @@ impl Shared {
                 ]),
             };
             let server = self
-                .retry(deadline, || self.cloud.create_server(&spec))
+                .retry(deadline, || {
+                    self.watch_throttle(az, self.cloud.create_server(&spec))
+                })
                 .await?;
             let recorded = self
                 .update_instance(&instance.id, |current| {
@@ -239,7 +369,9 @@ impl Shared {
         if instance.state == InstanceState::Booting {
             let mysql_addr = loop {
                 let server = self
-                    .retry(deadline, || self.cloud.get_server(&server_id))
+                    .retry(deadline, || {
+                        self.watch_throttle(az, self.cloud.get_server(&server_id))
+                    })
                     .await?;
                 match server.status {
                     ServerStatus::Active => break server.mysql_addr,
@@ -344,5 +476,49 @@ impl Shared {
         }
         self.update_instance(&instance.id, |_| Some(None)).await?;
         Ok(())
+    }
+}
+
+/// Tells the pool's lead-time estimator that a boot is in flight, and that
+/// it ended, exactly once (also when the boot's future is dropped).
+struct LeadWatch {
+    shared: Arc<Shared>,
+    pool: PoolKey,
+    instance: String,
+    done: bool,
+}
+
+impl LeadWatch {
+    fn start(shared: &Arc<Shared>, instance: &Instance) -> Self {
+        shared.sizing_book().boot_started(
+            &instance.pool,
+            &instance.id,
+            Instant::now(),
+            &shared.settings.sizing,
+        );
+        Self {
+            shared: shared.clone(),
+            pool: instance.pool.clone(),
+            instance: instance.id.clone(),
+            done: false,
+        }
+    }
+
+    fn finish(&mut self, lead: Option<Duration>) {
+        if !std::mem::replace(&mut self.done, true) {
+            self.shared.sizing_book().boot_finished(
+                &self.pool,
+                &self.instance,
+                lead,
+                Instant::now(),
+                &self.shared.settings.sizing,
+            );
+        }
+    }
+}
+
+impl Drop for LeadWatch {
+    fn drop(&mut self) {
+        self.finish(None);
     }
 }

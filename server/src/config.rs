@@ -3,7 +3,7 @@
 //! Durations are humantime strings ("30s", "15m"). Unknown fields are errors,
 //! so a typo never silently falls back to a default.
 
-use pool_manager::model::{PoolKey, PoolSpec};
+use pool_manager::model::{PoolKey, PoolSpec, Target};
 use pool_manager::ManagerSettings;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Where `/metrics` is served by default: loopback only, like gRPC.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_DATA_DIR: &str = "warmpool-data";
 /// The embedded cloud runs 20x faster than a real one, so the demo fills in seconds.
 pub const DEFAULT_EMBEDDED_TIME_SCALE: f64 = 0.05;
@@ -35,6 +37,9 @@ pub struct Config {
     /// gRPC listen address.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Prometheus metrics listen address (`/metrics`, plain HTTP).
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: SocketAddr,
     /// Directory of the sled store; created if missing.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -53,6 +58,9 @@ pub struct Config {
 
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN.parse().expect("valid default")
+}
+fn default_metrics_listen() -> SocketAddr {
+    DEFAULT_METRICS_LISTEN.parse().expect("valid default")
 }
 fn default_data_dir() -> PathBuf {
     PathBuf::from(DEFAULT_DATA_DIR)
@@ -139,8 +147,10 @@ pub struct PoolConfig {
     pub availability_zone: String,
     pub min_ready: u32,
     pub max_ready: u32,
-    /// Fixed target; defaults to min_ready.
-    pub target: Option<u32>,
+    /// `"auto"` (sized from demand and boot lead time), or a fixed number;
+    /// defaults to min_ready.
+    #[serde(default)]
+    pub target: Option<Target>,
     pub image: String,
     #[serde(default = "default_boot_timeout", with = "humantime_serde")]
     pub boot_timeout: Duration,
@@ -163,7 +173,7 @@ impl PoolConfig {
         PoolSpec {
             min_ready: self.min_ready,
             max_ready: self.max_ready,
-            target: self.target,
+            target: self.target.unwrap_or_default(),
             image: self.image.clone(),
             boot_timeout: self.boot_timeout,
             max_age: self.max_age,
@@ -214,15 +224,20 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<config>"),
-            message: e.message().to_string()
-                + &e.span()
-                    .map(|s| {
-                        let line = text[..s.start].matches('\n').count() + 1;
-                        format!(" (line {line})")
-                    })
-                    .unwrap_or_default(),
+        let config: Config = toml::from_str(text).map_err(|e| {
+            // toml's message for a bad value says what is wrong ("expected a
+            // duration") but not where; name the key and the line.
+            let (key, line) = match e.span() {
+                Some(span) => {
+                    let line = text[..span.start].matches('\n').count() + 1;
+                    (key_at(text, span.start), format!(" (line {line})"))
+                }
+                None => (None, String::new()),
+            };
+            ConfigError::Parse {
+                path: PathBuf::from("<config>"),
+                message: key.map(|k| format!("{k}: ")).unwrap_or_default() + e.message() + &line,
+            }
         })?;
         config.validate()?;
         Ok(config)
@@ -240,6 +255,12 @@ impl Config {
             pool.spec().validate().map_err(|(field, message)| {
                 ConfigError::Invalid(format!("pool {}: {field}: {message}", pool.key()))
             })?;
+        }
+        if self.metrics_listen == self.listen && self.listen.port() != 0 {
+            return Err(ConfigError::Invalid(format!(
+                "metrics_listen and listen are both {}; give metrics its own address",
+                self.listen
+            )));
         }
         if self.manager.max_concurrent_boots == 0 {
             return Err(ConfigError::Invalid(
@@ -271,6 +292,41 @@ impl Config {
     }
 }
 
+/// The dotted key ("manager.poll_interval") of the `key = value` line, or
+/// the table header, that holds byte `offset` of `text`; `None` when the
+/// line is neither (e.g. inside an inline table).
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let header = |line: &str| {
+        let line = line.trim();
+        line.starts_with('[').then(|| {
+            line.trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
+    };
+    let line = text[start..].lines().next().unwrap_or_default();
+    if let Some(table) = header(line) {
+        return Some(table);
+    }
+    let key = line.split_once('=')?.0.trim();
+    let bare = |k: &str| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    };
+    if !bare(key) {
+        return None;
+    }
+    match text[..start].lines().rev().find_map(header) {
+        Some(table) => Some(format!("{table}.{key}")),
+        None => Some(key.to_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +335,7 @@ mod tests {
     fn empty_config_runs_the_embedded_demo() {
         let config = Config::parse("").unwrap();
         assert_eq!(config.listen, default_listen());
+        assert_eq!(config.metrics_listen, default_metrics_listen());
         assert!(matches!(config.cloud, CloudConfig::Embedded { .. }));
         assert_eq!(config.pools.len(), 3);
     }
@@ -288,6 +345,7 @@ mod tests {
         let config = Config::parse(
             r#"
             listen = "0.0.0.0:6000"
+            metrics_listen = "0.0.0.0:6001"
             data_dir = "/var/lib/warmpool"
             shutdown_grace = "10s"
             [manager]
@@ -311,6 +369,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.manager.poll_interval, Duration::from_millis(500));
+        assert_eq!(config.metrics_listen, "0.0.0.0:6001".parse().unwrap());
         assert_eq!(config.pools[0].spec().effective_target(), 2);
         assert_eq!(config.pools[0].max_age, Some(Duration::from_secs(86400)));
     }
@@ -321,10 +380,15 @@ mod tests {
         assert!(err.contains("unknown field `listn`"), "{err}");
         let err = Config::parse("[manager]\npoll_interval = \"soon\"\nreplenish_interval=\"1s\"\nreconcile_interval=\"1s\"\nmax_concurrent_boots=1").unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("manager.poll_interval: "), "{err}");
         let err = Config::parse("[[pools]]\nflavor=\"f\"\navailability_zone=\"a\"\nmin_ready=5\nmax_ready=1\nimage=\"i\"")
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_ready"), "{err}");
+        let err = Config::parse("listen = \"127.0.0.1:7000\"\nmetrics_listen = \"127.0.0.1:7000\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metrics_listen"), "{err}");
         let err = Config::parse("[cloud]\nkind = \"openstack\"")
             .unwrap_err()
             .to_string();

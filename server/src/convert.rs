@@ -6,7 +6,7 @@
 
 use pool_manager::model::{
     Allocation, AllocationParams, AllocationState, EmptyPoolPolicy, Instance, InstanceState,
-    NetworkRequest, PoolKey, PoolSpec, VolumeRequest, VolumeSource,
+    NetworkRequest, PoolKey, PoolSpec, Target, VolumeRequest, VolumeSource,
 };
 use pool_manager::{AllocateRequest, ManagerError, PoolStatus};
 use std::time::{Duration, SystemTime};
@@ -159,7 +159,12 @@ pub fn pool_spec_to_proto(spec: &PoolSpec) -> api::PoolSpec {
     api::PoolSpec {
         min_ready: spec.min_ready,
         max_ready: spec.max_ready,
-        target: spec.target.unwrap_or(0),
+        // warmpool.v1 has no field for `auto` yet: an auto pool shows 0
+        // ("min_ready"); its computed target is `Pool.effective_target`.
+        target: match spec.target {
+            Target::Fixed(n) => n,
+            Target::Auto => 0,
+        },
         image: spec.image.clone(),
         boot_timeout: Some(duration_to_proto(spec.boot_timeout)),
         max_age: spec.max_age.map(duration_to_proto),
@@ -174,7 +179,7 @@ pub fn pool_spec_from_proto(spec: api::PoolSpec) -> Result<PoolSpec, Status> {
     Ok(PoolSpec {
         min_ready: spec.min_ready,
         max_ready: spec.max_ready,
-        target: (spec.target > 0).then_some(spec.target),
+        target: Target::Fixed(spec.target),
         image: spec.image,
         boot_timeout: spec
             .boot_timeout

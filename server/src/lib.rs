@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod metrics;
 pub mod service;
 
 use anyhow::Context;
@@ -17,22 +18,33 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use warmpool_proto::v1::warm_pool_server::WarmPoolServer;
 
-/// A started daemon: its bound address and the task serving it.
+/// A started daemon: its bound addresses and the task serving it.
 pub struct Running {
     pub grpc_addr: SocketAddr,
+    /// Where `/metrics` is served.
+    pub metrics_addr: SocketAddr,
     pub manager: PoolManager,
     pub cloud: Option<Arc<cloudsim::SimCloud>>,
     pub served: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-/// Opens the store, builds the cloud, reconciles, creates configured pools,
-/// binds the gRPC listener and serves until `shutdown` resolves; then stops
-/// taking calls, lets in-flight ones finish (up to the grace period), stops
-/// the background tasks and flushes the store.
+/// Binds and serves the metrics listener, opens the store, builds the cloud,
+/// reconciles, creates configured pools, binds the gRPC listener and serves
+/// until `shutdown` resolves; then stops taking calls, lets in-flight ones
+/// finish (up to the grace period), stops the background tasks, flushes the
+/// store and stops serving metrics.
 pub async fn start(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
+    // Metrics first: a taken port fails start-up before anything boots, and
+    // the start-up reconcile is already observable.
+    let metrics = Arc::new(metrics::Metrics::new());
+    let metrics_listener = TcpListener::bind(config.metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for metrics", config.metrics_listen))?;
+    let metrics_addr = metrics_listener.local_addr()?;
+
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let store: Arc<dyn Store> = Arc::new(
@@ -64,7 +76,24 @@ pub async fn start(
                 )
             }
         };
+    let cloud = Arc::new(metrics::MeteredCloud::new(cloud, metrics.clone()));
     let manager = PoolManager::new(store, cloud, probe, config.manager.settings());
+    // Subscribed before start, so start-up boots and leaks are counted.
+    let events = manager.events();
+    let event_task = AbortOnDrop(tokio::spawn({
+        let metrics = metrics.clone();
+        async move { metrics.run_events(events).await }
+    }));
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_server = AbortOnDrop(tokio::spawn(metrics::serve(
+        metrics,
+        manager.clone(),
+        metrics_listener,
+        async {
+            let _ = metrics_stopped.await;
+        },
+    )));
+    tracing::info!(%metrics_addr, "warmpoold serving Prometheus metrics at http://{metrics_addr}/metrics");
     manager.start().await.context("start-up reconcile failed")?;
     for pool in &config.pools {
         match manager.create_pool(pool.key(), pool.spec()).await {
@@ -120,13 +149,46 @@ pub async fn start(
             .shutdown()
             .await
             .context("flushing the store")?;
+        let _ = metrics_stop.send(());
+        match tokio::time::timeout(grace, metrics_server.join()).await {
+            Err(_) => {
+                tracing::warn!("the metrics server outlived the grace period; stopping it anyway")
+            }
+            Ok(Some(Err(e))) => tracing::warn!(error = %e, "the metrics server failed"),
+            Ok(_) => {}
+        }
+        drop(event_task);
         tracing::info!("stopped");
         Ok(())
     });
     Ok(Running {
         grpc_addr,
+        metrics_addr,
         manager,
         cloud: sim,
         served,
     })
+}
+
+/// A task that is aborted when its handle is dropped, so an early return from
+/// [`start`] leaves nothing running.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    /// Waits for the task; `None` (and a log line) when it panicked or was aborted.
+    async fn join(mut self) -> Option<T> {
+        match (&mut self.0).await {
+            Ok(value) => Some(value),
+            Err(e) => {
+                tracing::warn!(error = %e, "task ended abnormally");
+                None
+            }
+        }
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -16,6 +16,9 @@ struct Args {
     /// gRPC listen address (overrides the file).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Prometheus metrics listen address (overrides the file).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Store directory (overrides the file).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -36,6 +39,9 @@ async fn main() -> anyhow::Result<()> {
     };
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(metrics_listen) = args.metrics_listen {
+        config.metrics_listen = metrics_listen;
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;

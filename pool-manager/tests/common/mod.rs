@@ -21,6 +21,7 @@ pub fn settings() -> ManagerSettings {
         reconcile_interval: Duration::from_secs(24 * 3600),
         max_concurrent_boots: 16,
         retry_backoff: Duration::from_millis(200),
+        ..ManagerSettings::default()
     }
 }
 
@@ -32,7 +33,7 @@ pub fn spec(target: u32) -> PoolSpec {
     PoolSpec {
         min_ready: target,
         max_ready: target.max(1) * 4,
-        target: None,
+        target: Default::default(),
         image: "mysql-8.0".into(),
         boot_timeout: Duration::from_secs(15 * 60),
         max_age: None,

@@ -1,0 +1,672 @@
+//! The real `warmpoolctl` binary against a real warmpoold, started in-process
+//! on 127.0.0.1:0 with the embedded cloud at 1/100 speed (a boot takes about
+//! 0.6 s) and real MySQL-greeting listeners.
+//!
+//! Real clock: every wait is a bounded polling loop, and nothing asserts on
+//! how long anything took.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use warmpool_server::config::Config;
+
+/// How long any eventual condition may take before the test fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A pool for the config file: flavor, availability zone, min_ready, max_ready.
+#[derive(Clone, Debug)]
+struct PoolDef(&'static str, &'static str, u32, u32);
+
+fn pool(flavor: &'static str, az: &'static str, min_ready: u32, max_ready: u32) -> PoolDef {
+    PoolDef(flavor, az, min_ready, max_ready)
+}
+
+/// A daemon config, written as the TOML an operator would write: on
+/// 127.0.0.1:0 (tests run in parallel, so every daemon gets its own ports),
+/// short manager intervals, and the embedded cloud at 1/100 speed with real
+/// MySQL-greeting listeners (a lone boot takes 60 s simulated: 0.6 s here).
+fn config(data_dir: &Path, pools: Vec<PoolDef>) -> Config {
+    let mut text = String::from(
+        r#"
+listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+"#,
+    );
+    if pools.is_empty() {
+        text.push_str("pools = []\n");
+    }
+    text.push_str(
+        r#"
+[manager]
+poll_interval = "50ms"
+replenish_interval = "100ms"
+reconcile_interval = "1s"
+max_concurrent_boots = 4
+
+[cloud]
+kind = "embedded"
+time_scale = 0.01
+seed = 3
+"#,
+    );
+    for PoolDef(flavor, az, min_ready, max_ready) in pools {
+        text.push_str(&format!(
+            "\n[[pools]]\nflavor = {flavor:?}\navailability_zone = {az:?}\n\
+             min_ready = {min_ready}\nmax_ready = {max_ready}\n\
+             image = \"mysql-8.0\"\nboot_timeout = \"1m\"\n"
+        ));
+    }
+    let mut config = Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    config.data_dir = data_dir.to_owned();
+    config
+}
+
+/// A running warmpoold; stops when dropped.
+struct Daemon {
+    endpoint: String,
+    _stop: oneshot::Sender<()>,
+    _running: warmpool_server::Running,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_daemon(pools: Vec<PoolDef>) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = warmpool_server::start(config(dir.path(), pools), async move {
+        let _ = stopped.await;
+    })
+    .await
+    .expect("warmpoold starts");
+    Daemon {
+        endpoint: running.grpc_addr.to_string(),
+        _stop: stop,
+        _running: running,
+        _dir: dir,
+    }
+}
+
+fn ctl(endpoint: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_warmpoolctl"));
+    cmd.env_remove("WARMPOOL_ENDPOINT")
+        .arg("--endpoint")
+        .arg(endpoint)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+#[derive(Debug)]
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    #[track_caller]
+    fn success(self) -> String {
+        assert!(self.ok, "warmpoolctl failed: {}", self.stderr);
+        assert_eq!(self.stderr, "", "stderr on success");
+        self.stdout
+    }
+
+    #[track_caller]
+    fn json(self) -> serde_json::Value {
+        let stdout = self.success();
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+    }
+
+    /// The one-line error a failed command prints, which must start `error: CODE: `.
+    #[track_caller]
+    fn error(self, code: &str) -> String {
+        assert!(!self.ok, "expected failure, got: {}", self.stdout);
+        assert_eq!(self.stdout, "", "stdout on failure");
+        let prefix = format!("error: {code}: ");
+        assert!(self.stderr.starts_with(&prefix), "{:?}", self.stderr);
+        assert_eq!(self.stderr.lines().count(), 1, "{:?}", self.stderr);
+        self.stderr.trim_end()[prefix.len()..].to_owned()
+    }
+}
+
+async fn run(endpoint: &str, args: &[&str]) -> Run {
+    let out = tokio::time::timeout(PATIENCE, ctl(endpoint).args(args).output())
+        .await
+        .unwrap_or_else(|_| panic!("warmpoolctl {args:?} hung"))
+        .unwrap();
+    Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+/// A table's rows as header -> cell maps. Cells never contain whitespace
+/// except the trailing LAST ERROR column, which the callers do not read.
+fn table_rows(table: &str) -> Vec<BTreeMap<String, String>> {
+    let mut lines = table.lines();
+    let header = lines.next().expect("a header line");
+    // Multi-word headers ("LAST ERROR") are joined by one space; find the
+    // start of every column from the header's double-space separators.
+    let names: Vec<&str> = header
+        .split("  ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            names
+                .iter()
+                .zip(line.split_whitespace())
+                .map(|(name, cell)| (name.to_string(), cell.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+fn row<'a>(
+    rows: &'a [BTreeMap<String, String>],
+    pool: &str,
+) -> Option<&'a BTreeMap<String, String>> {
+    rows.iter()
+        .find(|r| r.get("POOL").map(String::as_str) == Some(pool))
+}
+
+/// `key: value` lines as a map.
+fn fields(detail: &str) -> BTreeMap<String, String> {
+    detail
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// Polls `warmpoolctl pools` until every named pool shows READY == TARGET
+/// with nothing booting or warming; returns that table.
+async fn wait_pools_at_target(endpoint: &str, pools: &[&str]) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let out = run(endpoint, &["pools"]).await.success();
+        let rows = table_rows(&out);
+        let at_target = pools.iter().all(|name| {
+            row(&rows, name).is_some_and(|r| {
+                r["READY"] == r["TARGET"] && r["BOOTING"] == "0" && r["WARMING"] == "0"
+            })
+        });
+        if at_target {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "pools not at target: \n{out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn allocate_args<'a>(request_id: &'a str, flavor: &'a str, az: &'a str) -> Vec<&'a str> {
+    vec![
+        "allocate",
+        "--request-id",
+        request_id,
+        "--tenant",
+        "tenant-a",
+        "--flavor",
+        flavor,
+        "--az",
+        az,
+        "--volume-size",
+        "10",
+        "--network",
+        "net-a",
+        "--label",
+        "team=db",
+        "--on-empty",
+        "fail-fast",
+    ]
+}
+
+#[tokio::test]
+async fn pools_allocate_get_release() {
+    let d = start_daemon(vec![
+        pool("db.small", "az1", 2, 4),
+        pool("db.medium", "az2", 1, 2),
+    ])
+    .await;
+    let ep = d.endpoint.as_str();
+
+    let table = wait_pools_at_target(ep, &["db.small@az1", "db.medium@az2"]).await;
+    let rows = table_rows(&table);
+    assert_eq!(rows.len(), 2, "{table}");
+    let small = row(&rows, "db.small@az1").unwrap();
+    assert_eq!(small["READY"], "2", "{table}");
+    assert_eq!(small["TARGET"], "2", "{table}");
+    assert_eq!(small["MIN"], "2", "{table}");
+    assert_eq!(small["MAX"], "4", "{table}");
+    assert_eq!(small["ALLOCATED"], "0", "{table}");
+    assert_eq!(small["WARM/COLD/FAILED"], "0/0/0", "{table}");
+    assert_eq!(small["STATUS"], "active", "{table}");
+    assert_eq!(small["IMAGE"], "mysql-8.0", "{table}");
+    assert_eq!(
+        row(&rows, "db.medium@az2").unwrap()["READY"],
+        "1",
+        "{table}"
+    );
+
+    let v = run(ep, &["pools", "--output", "json"]).await.json();
+    let pools = v["pools"].as_array().unwrap();
+    assert_eq!(pools.len(), 2, "{v}");
+    let small = pools.iter().find(|p| p["flavor"] == "db.small").unwrap();
+    assert_eq!(small["counts"]["ready"], 2, "{v}");
+    assert_eq!(small["effective_target"], 2, "{v}");
+    assert_eq!(small["spec"]["boot_timeout"], "1m", "{v}");
+
+    let detail = fields(
+        &run(ep, &["pools", "get", "db.small", "az1"])
+            .await
+            .success(),
+    );
+    assert_eq!(detail["pool"], "db.small@az1");
+    assert_eq!(detail["effective_target"], "2");
+    assert!(detail["instances"].starts_with("ready 2,"), "{detail:?}");
+
+    let instances = run(ep, &["instances", "--flavor", "db.small", "--az", "az1"])
+        .await
+        .success();
+    let rows = table_rows(&instances);
+    assert_eq!(rows.len(), 2, "{instances}");
+    assert!(
+        rows.iter()
+            .all(|r| r["STATE"] == "READY" && r["SERVER"] != "-"),
+        "{instances}"
+    );
+
+    // allocate: a warm hit with everything the tenant needs.
+    let out = run(ep, &allocate_args("order-1", "db.small", "az1"))
+        .await
+        .success();
+    let a = fields(&out);
+    assert_eq!(a["request_id"], "order-1", "{out}");
+    assert_eq!(a["tenant"], "tenant-a", "{out}");
+    assert_eq!(a["pool"], "db.small@az1", "{out}");
+    assert_eq!(a["state"], "ALLOCATED", "{out}");
+    assert_eq!(a["warm_hit"], "yes", "{out}");
+    assert_eq!(a["labels"], "team=db", "{out}");
+    for key in ["instance", "server", "volume", "port"] {
+        assert!(a[key] != "-" && !a[key].is_empty(), "{key} missing: {out}");
+    }
+    a["ip_address"]
+        .parse::<std::net::IpAddr>()
+        .unwrap_or_else(|_| panic!("no IP: {out}"));
+    assert!(a["timings"].starts_with("claim "), "{out}");
+    assert!(a["timings"].contains(", total "), "{out}");
+
+    // The same order again, as JSON: the same allocation.
+    let mut args = allocate_args("order-1", "db.small", "az1");
+    args.extend(["--output", "json"]);
+    let j = run(ep, &args).await.json();
+    assert_eq!(j["server_id"], a["server"].as_str(), "{j}");
+    assert_eq!(j["volume_id"], a["volume"].as_str(), "{j}");
+    assert_eq!(j["port_id"], a["port"].as_str(), "{j}");
+    assert_eq!(j["ip_address"], a["ip_address"].as_str(), "{j}");
+    assert_eq!(j["state"], "ALLOCATED", "{j}");
+    assert_eq!(j["warm_hit"], true, "{j}");
+    assert_eq!(j["labels"]["team"], "db", "{j}");
+    assert!(j["timings"]["total"].is_string(), "{j}");
+
+    let got = fields(&run(ep, &["get", "order-1"]).await.success());
+    assert_eq!(got["server"], a["server"]);
+    assert_eq!(got["state"], "ALLOCATED");
+    let got = run(ep, &["get", "order-1", "--output", "json"])
+        .await
+        .json();
+    assert_eq!(got["request_id"], "order-1");
+    assert_eq!(got["server_id"], a["server"].as_str());
+
+    let rows = table_rows(&run(ep, &["instances"]).await.success());
+    let held = rows
+        .iter()
+        .find(|r| r["REQUEST"] == "order-1")
+        .expect("the allocated instance is listed");
+    assert_eq!(held["STATE"], "ALLOCATED");
+    assert_eq!(held["SERVER"], a["server"]);
+
+    // release
+    let released = fields(&run(ep, &["release", "order-1"]).await.success());
+    assert_eq!(released["state"], "RELEASED");
+    assert_eq!(released["server"], a["server"]);
+    let again = run(ep, &["release", "order-1", "--output", "json"])
+        .await
+        .json();
+    assert_eq!(again["state"], "RELEASED");
+    assert_eq!(
+        fields(&run(ep, &["get", "order-1"]).await.success())["state"],
+        "RELEASED"
+    );
+
+    // The pool is back at target with nothing allocated.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let table = run(ep, &["pools"]).await.success();
+        let rows = table_rows(&table);
+        let small = row(&rows, "db.small@az1").unwrap();
+        if small["READY"] == "2" && small["ALLOCATED"] == "0" {
+            assert_eq!(small["WARM/COLD/FAILED"], "1/0/0", "{table}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "pool did not settle: \n{table}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn errors_print_the_code_and_exit_non_zero() {
+    let d = start_daemon(vec![
+        pool("db.small", "az1", 1, 1),
+        pool("db.medium", "az1", 0, 1),
+    ])
+    .await;
+    let ep = d.endpoint.as_str();
+
+    let msg = run(ep, &["get", "nope"]).await.error("NOT_FOUND");
+    assert!(msg.contains("\"nope\""), "{msg}");
+    run(ep, &["release", "nope"]).await.error("NOT_FOUND");
+    let msg = run(ep, &["pools", "get", "db.large", "az2"])
+        .await
+        .error("NOT_FOUND");
+    assert!(msg.contains("db.large@az2"), "{msg}");
+    let msg = run(ep, &allocate_args("order-x", "db.large", "az1"))
+        .await
+        .error("NOT_FOUND");
+    assert!(msg.contains("db.large@az1"), "{msg}");
+
+    let msg = run(ep, &allocate_args("bad id", "db.small", "az1"))
+        .await
+        .error("INVALID_ARGUMENT");
+    assert!(msg.starts_with("invalid request_id:"), "{msg}");
+    let mut args = allocate_args("order-y", "db.small", "az1");
+    let at = args.iter().position(|a| *a == "10").unwrap();
+    args[at] = "0";
+    let msg = run(ep, &args).await.error("INVALID_ARGUMENT");
+    assert!(msg.contains("size_gib"), "{msg}");
+
+    let msg = run(ep, &allocate_args("order-ff", "db.medium", "az1"))
+        .await
+        .error("RESOURCE_EXHAUSTED");
+    assert!(msg.contains("db.medium@az1"), "{msg}");
+
+    let msg = run(
+        ep,
+        &[
+            "pools",
+            "create",
+            "db.small",
+            "az1",
+            "--min-ready",
+            "1",
+            "--max-ready",
+            "1",
+            "--image",
+            "mysql-8.0",
+        ],
+    )
+    .await
+    .error("ALREADY_EXISTS");
+    assert!(msg.contains("db.small@az1"), "{msg}");
+    let msg = run(
+        ep,
+        &[
+            "pools",
+            "create",
+            "db.large",
+            "az1",
+            "--min-ready",
+            "3",
+            "--max-ready",
+            "1",
+            "--image",
+            "mysql-8.0",
+        ],
+    )
+    .await
+    .error("INVALID_ARGUMENT");
+    assert!(msg.contains("max_ready"), "{msg}");
+    let msg = run(
+        ep,
+        &["pools", "update", "db.small", "az1", "--max-ready", "0"],
+    )
+    .await
+    .error("INVALID_ARGUMENT");
+    assert!(msg.contains("max_ready"), "{msg}");
+
+    // Same request id, other parameters.
+    wait_pools_at_target(ep, &["db.small@az1"]).await;
+    run(ep, &allocate_args("order-z", "db.small", "az1"))
+        .await
+        .success();
+    let mut args = allocate_args("order-z", "db.small", "az1");
+    let at = args.iter().position(|a| *a == "net-a").unwrap();
+    args[at] = "net-b";
+    let msg = run(ep, &args).await.error("ABORTED");
+    assert!(msg.contains("order-z"), "{msg}");
+}
+
+#[tokio::test]
+async fn pool_admin_commands() {
+    let d = start_daemon(vec![pool("db.small", "az1", 1, 2)]).await;
+    let ep = d.endpoint.as_str();
+
+    let created = fields(
+        &run(
+            ep,
+            &[
+                "pools",
+                "create",
+                "db.large",
+                "az2",
+                "--min-ready",
+                "1",
+                "--max-ready",
+                "3",
+                "--image",
+                "mysql-8.0",
+                "--boot-timeout",
+                "2m",
+            ],
+        )
+        .await
+        .success(),
+    );
+    assert_eq!(created["pool"], "db.large@az2");
+    assert_eq!(created["boot_timeout"], "2m");
+    assert_eq!(created["max_age"], "1day");
+    wait_pools_at_target(ep, &["db.large@az2"]).await;
+
+    let updated = run(
+        ep,
+        &[
+            "pools",
+            "update",
+            "db.large",
+            "az2",
+            "--min-ready",
+            "2",
+            "--output",
+            "json",
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(updated["spec"]["min_ready"], 2, "{updated}");
+    assert_eq!(updated["spec"]["max_ready"], 3, "{updated}");
+    assert_eq!(updated["spec"]["boot_timeout"], "2m", "{updated}");
+    assert_eq!(updated["effective_target"], 2, "{updated}");
+    let table = wait_pools_at_target(ep, &["db.large@az2"]).await;
+    assert_eq!(
+        row(&table_rows(&table), "db.large@az2").unwrap()["READY"],
+        "2",
+        "{table}"
+    );
+
+    let paused = fields(
+        &run(
+            ep,
+            &["pools", "update", "db.large", "az2", "--paused", "true"],
+        )
+        .await
+        .success(),
+    );
+    assert_eq!(paused["status"], "paused");
+
+    let deleted = fields(
+        &run(ep, &["pools", "delete", "db.large", "az2"])
+            .await
+            .success(),
+    );
+    assert_eq!(deleted["status"], "draining");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let table = run(ep, &["pools"]).await.success();
+        if row(&table_rows(&table), "db.large@az2").is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pool not deleted: \n{table}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    run(ep, &["pools", "get", "db.large", "az2"])
+        .await
+        .error("NOT_FOUND");
+}
+
+/// `watch` on a pipe prints blank-line separated frames; after an
+/// allocation the pool shows it and refills to its target.
+#[tokio::test]
+async fn watch_shows_the_pool_refilling() {
+    let d = start_daemon(vec![
+        pool("db.small", "az1", 2, 2),
+        pool("db.medium", "az1", 1, 1),
+    ])
+    .await;
+    let ep = d.endpoint.as_str();
+    wait_pools_at_target(ep, &["db.small@az1", "db.medium@az1"]).await;
+
+    let mut child = ctl(ep)
+        .arg("watch")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut frames: Vec<Vec<BTreeMap<String, String>>> = Vec::new();
+    // Reads one whole frame (up to its blank line) within the time limit.
+    async fn next_frame(
+        lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    ) -> Vec<BTreeMap<String, String>> {
+        let mut text = String::new();
+        let read = async {
+            loop {
+                let line = lines.next_line().await.unwrap().expect("watch ended early");
+                if line.is_empty() {
+                    break;
+                }
+                text.push_str(&line);
+                text.push('\n');
+            }
+        };
+        tokio::time::timeout(PATIENCE, read)
+            .await
+            .expect("a watch frame within the time limit");
+        assert!(text.starts_with("POOL "), "{text}");
+        table_rows(&text)
+    }
+
+    // The first frame has both pools at target.
+    let first = next_frame(&mut lines).await;
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert_eq!(
+        row(&first, "db.small@az1").unwrap()["READY"],
+        "2",
+        "{first:?}"
+    );
+    assert_eq!(
+        row(&first, "db.medium@az1").unwrap()["READY"],
+        "1",
+        "{first:?}"
+    );
+    frames.push(first);
+
+    let a = fields(
+        &run(ep, &allocate_args("order-w", "db.small", "az1"))
+            .await
+            .success(),
+    );
+    assert_eq!(a["warm_hit"], "yes");
+
+    // Frames until the allocation shows and the pool is full again.
+    loop {
+        let frame = next_frame(&mut lines).await;
+        let small = row(&frame, "db.small@az1").unwrap().clone();
+        frames.push(frame);
+        if small["ALLOCATED"] == "1"
+            && small["READY"] == "2"
+            && small["BOOTING"] == "0"
+            && small["WARMING"] == "0"
+        {
+            assert_eq!(small["WARM/COLD/FAILED"], "1/0/0", "{small:?}");
+            break;
+        }
+    }
+    // (Frames in between show it below target, but how many depends on
+    // scheduling, so only the first and the last are checked.)
+    assert!(frames.len() >= 2);
+
+    child.kill().await.unwrap();
+    let _ = child.wait().await;
+}
+
+/// The next line of `watch --output json`, parsed, within the time limit.
+async fn next_json(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) -> serde_json::Value {
+    let line = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("a line within the time limit")
+        .unwrap()
+        .expect("watch ended early");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+#[tokio::test]
+async fn watch_json_prints_one_object_per_line() {
+    let d = start_daemon(vec![pool("db.small", "az2", 1, 1)]).await;
+    let ep = d.endpoint.as_str();
+    wait_pools_at_target(ep, &["db.small@az2"]).await;
+
+    let mut child = ctl(ep)
+        .args(["watch", "--output", "json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = next_json(&mut lines).await;
+    assert_eq!(first["pool"]["flavor"], "db.small", "{first}");
+    assert_eq!(first["pool"]["counts"]["ready"], 1, "{first}");
+    assert!(first["at"].is_string(), "{first}");
+
+    run(ep, &allocate_args("order-j", "db.small", "az2"))
+        .await
+        .success();
+    loop {
+        let v = next_json(&mut lines).await;
+        if v["pool"]["counts"]["allocated"] == 1 && v["pool"]["counts"]["ready"] == 1 {
+            assert_eq!(v["pool"]["allocations_warm"], 1, "{v}");
+            break;
+        }
+    }
+    child.kill().await.unwrap();
+    let _ = child.wait().await;
+}

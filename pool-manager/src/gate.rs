@@ -1,0 +1,479 @@
+//! The throttle gate: per availability zone, how many new replenishment
+//! boots may start now. Purchases (cold boots) are never held back by it,
+//! but they count toward the load it sees.
+//!
+//! - **Retry-After.** A 429/413 seen by any boot pauses *new* boots in that
+//!   AZ until the time the cloud named, stretched by a random factor in
+//!   `[1, 1 + jitter]` so pools do not return in lockstep. (Single calls are
+//!   retried after Retry-After by `Shared::retry`; the gate keeps the
+//!   replenisher from adding calls meanwhile.) The window halves once per
+//!   throttling episode.
+//! - **AIMD window.** Boots in flight per AZ are limited by a window that
+//!   grows while boots finish near the AZ's *baseline* lead time (slow start:
+//!   +1 per good boot until the first decrease, then +1/window) and halves
+//!   on latency inflation, at most once per round trip (only boots started
+//!   after the last decrease can cause another). The baseline is measured on
+//!   boots that started with few others in flight, so it tracks what an
+//!   uncontended boot costs *now*: if the whole cloud slows down (IOPS
+//!   throttling), lone boots slow down too and the baseline follows, while
+//!   contention from our own concurrency shows up as inflation. The window
+//!   grows only while it is being used (a pool booting one instance at a
+//!   time says nothing about twenty).
+//! - **Quota.** A `QuotaExceeded` stops speculative refills in every AZ
+//!   (quota is per project) for a backoff that doubles while the cloud keeps
+//!   refusing and resets after a boot succeeds.
+//!
+//! [`Gate`] is pure and synchronous (instants are passed in); the replenisher
+//! holds it behind a mutex and reports to it through [`BootTicket`]s.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+pub const DEFAULT_INITIAL_WINDOW: u32 = 8;
+pub const DEFAULT_MAX_WINDOW: u32 = 64;
+pub const DEFAULT_GROW_BELOW: f64 = 1.2;
+pub const DEFAULT_SHRINK_ABOVE: f64 = 1.4;
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+pub const DEFAULT_QUOTA_BACKOFF: Duration = Duration::from_secs(30);
+pub const DEFAULT_QUOTA_BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
+/// Recent lead times kept per AZ to re-measure a stale baseline.
+const RECENT: usize = 8;
+
+/// How the gate behaves. Defaults suit a real cloud.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GateSettings {
+    /// Off: no window and no pauses; only the pool's own boot cap applies.
+    pub enabled: bool,
+    pub initial_window: u32,
+    pub min_window: u32,
+    pub max_window: u32,
+    /// A boot finishing within this factor of the baseline lets the window grow.
+    pub grow_below: f64,
+    /// A boot slower than this factor of the baseline halves the window.
+    pub shrink_above: f64,
+    /// Boots that never had more than this many boots in flight in the AZ
+    /// alongside them (themselves included) measure the baseline.
+    pub baseline_max_in_flight: u32,
+    /// A baseline not re-measured for this long is replaced by the fastest
+    /// recent boot when every recent boot was inflated (the cloud slowed
+    /// down for everyone, not because of us).
+    pub baseline_ttl: Duration,
+    /// Pause after a 429/413 without Retry-After.
+    pub default_retry_after: Duration,
+    /// Retry-After is stretched by a random factor in `[1, 1 + jitter]`.
+    pub retry_after_jitter: f64,
+    /// First pause after a quota refusal; doubles up to `quota_backoff_max`.
+    pub quota_backoff: Duration,
+    pub quota_backoff_max: Duration,
+    /// Seed of the jitter.
+    pub seed: u64,
+}
+
+impl Default for GateSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            initial_window: DEFAULT_INITIAL_WINDOW,
+            min_window: 1,
+            max_window: DEFAULT_MAX_WINDOW,
+            grow_below: DEFAULT_GROW_BELOW,
+            shrink_above: DEFAULT_SHRINK_ABOVE,
+            baseline_max_in_flight: 2,
+            baseline_ttl: Duration::from_secs(30 * 60),
+            default_retry_after: DEFAULT_RETRY_AFTER,
+            retry_after_jitter: 0.2,
+            quota_backoff: DEFAULT_QUOTA_BACKOFF,
+            quota_backoff_max: DEFAULT_QUOTA_BACKOFF_MAX,
+            seed: 0,
+        }
+    }
+}
+
+impl GateSettings {
+    /// A gate that never holds anything back (a plain fixed-concurrency replenisher).
+    pub fn disabled() -> Self {
+        Self {
+            enabled: false,
+            ..Self::default()
+        }
+    }
+}
+
+/// Why new boots wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hold {
+    /// The AZ saw a 429/413; new boots wait until `until`.
+    Throttled { until: Instant },
+    /// The cloud refused for quota; speculative boots wait until `until`.
+    Quota { until: Instant },
+}
+
+impl Hold {
+    pub fn until(&self) -> Instant {
+        match self {
+            Self::Throttled { until } | Self::Quota { until } => *until,
+        }
+    }
+}
+
+/// What an AZ allows now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admission {
+    /// New gated boots that fit in the window (`u32::MAX` when disabled).
+    pub room: u32,
+    pub hold: Option<Hold>,
+}
+
+impl Admission {
+    pub const OPEN: Self = Self {
+        room: u32::MAX,
+        hold: None,
+    };
+}
+
+/// How a boot ended, as far as the gate cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootSignal {
+    Ready { lead: Duration },
+    /// Failed or taken over: no latency signal.
+    NoSignal,
+}
+
+/// One boot the gate knows about; returned by [`Gate::start`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TicketInfo {
+    pub id: u64,
+    pub az: String,
+    /// Counts against the window (replenisher boots); purchases do not.
+    pub gated: bool,
+    pub started_at: Instant,
+    /// Boots in flight in the AZ when this one started, itself included.
+    pub in_flight_at_start: u32,
+    /// The window when it started, rounded down.
+    pub window_at_start: u32,
+}
+
+/// An AZ's gate, as `GetPool` shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GateStatus {
+    pub enabled: bool,
+    pub window: f64,
+    /// Boots in flight in the AZ (purchases included).
+    pub in_flight: u32,
+    /// Of those, replenisher boots (the ones the window limits).
+    pub gated_in_flight: u32,
+    pub baseline: Option<Duration>,
+    pub hold: Option<Hold>,
+    /// 429/413 responses seen.
+    pub throttled: u64,
+    /// Window halvings.
+    pub decreases: u64,
+    /// Quota refusals seen (all AZs).
+    pub quota_refusals: u64,
+}
+
+impl Eq for GateStatus {}
+
+#[derive(Clone, Debug)]
+struct AzState {
+    window: f64,
+    ssthresh: f64,
+    in_flight: u32,
+    gated: u32,
+    /// Boots in flight: ticket id -> most boots in flight in the AZ at any
+    /// time during its life (how contended it was).
+    peaks: BTreeMap<u64, u32>,
+    baseline: Option<Duration>,
+    baseline_at: Option<Instant>,
+    recent: VecDeque<Duration>,
+    paused_until: Option<Instant>,
+    last_decrease: Option<Instant>,
+    throttled: u64,
+    decreases: u64,
+}
+
+#[derive(Clone, Debug)]
+struct QuotaState {
+    paused_until: Option<Instant>,
+    backoff: Duration,
+    refusals: u64,
+}
+
+/// The throttle gate of one manager: one state per AZ plus the quota state.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    settings: GateSettings,
+    azs: BTreeMap<String, AzState>,
+    quota: QuotaState,
+    rng: StdRng,
+    next_ticket: u64,
+}
+
+impl Gate {
+    pub fn new(settings: GateSettings) -> Self {
+        Self {
+            rng: StdRng::seed_from_u64(settings.seed),
+            quota: QuotaState {
+                paused_until: None,
+                backoff: settings.quota_backoff,
+                refusals: 0,
+            },
+            azs: BTreeMap::new(),
+            next_ticket: 0,
+            settings,
+        }
+    }
+
+    pub fn settings(&self) -> &GateSettings {
+        &self.settings
+    }
+
+    fn az(&mut self, az: &str) -> &mut AzState {
+        let s = &self.settings;
+        let initial = f64::from(s.initial_window.clamp(s.min_window.max(1), s.max_window.max(1)));
+        let max = f64::from(s.max_window.max(1));
+        self.azs.entry(az.to_string()).or_insert_with(|| AzState {
+            window: initial,
+            ssthresh: max,
+            in_flight: 0,
+            gated: 0,
+            peaks: BTreeMap::new(),
+            baseline: None,
+            baseline_at: None,
+            recent: VecDeque::new(),
+            paused_until: None,
+            last_decrease: None,
+            throttled: 0,
+            decreases: 0,
+        })
+    }
+
+    fn hold(&self, az: &str, now: Instant) -> Option<Hold> {
+        if let Some(until) = self.quota.paused_until.filter(|u| *u > now) {
+            return Some(Hold::Quota { until });
+        }
+        self.azs
+            .get(az)
+            .and_then(|s| s.paused_until)
+            .filter(|u| *u > now)
+            .map(|until| Hold::Throttled { until })
+    }
+
+    /// What the AZ allows now.
+    pub fn admission(&mut self, az: &str, now: Instant) -> Admission {
+        if !self.settings.enabled {
+            return Admission::OPEN;
+        }
+        let hold = self.hold(az, now);
+        let state = self.az(az);
+        let room = (state.window.floor() as u32).saturating_sub(state.gated);
+        Admission { room, hold }
+    }
+
+    /// A boot starts in `az`; `gated` when the replenisher starts it.
+    pub fn start(&mut self, az: &str, gated: bool, now: Instant) -> TicketInfo {
+        self.next_ticket += 1;
+        let id = self.next_ticket;
+        let state = self.az(az);
+        state.in_flight += 1;
+        if gated {
+            state.gated += 1;
+        }
+        let in_flight = state.in_flight;
+        for peak in state.peaks.values_mut() {
+            *peak = (*peak).max(in_flight);
+        }
+        state.peaks.insert(id, in_flight);
+        TicketInfo {
+            id,
+            az: az.to_string(),
+            gated,
+            started_at: now,
+            in_flight_at_start: state.in_flight,
+            window_at_start: state.window.floor() as u32,
+        }
+    }
+
+    /// A boot ended.
+    pub fn finish(&mut self, ticket: &TicketInfo, signal: BootSignal, now: Instant) {
+        let settings = self.settings.clone();
+        let state = self.az(&ticket.az);
+        let Some(peak) = state.peaks.remove(&ticket.id) else {
+            return; // finished twice
+        };
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if ticket.gated {
+            state.gated = state.gated.saturating_sub(1);
+        }
+        let BootSignal::Ready { lead } = signal else {
+            return;
+        };
+        // A boot got through: quota is not refusing (any more).
+        self.quota.backoff = settings.quota_backoff;
+        if !settings.enabled {
+            return;
+        }
+        let state = self.az(&ticket.az);
+        observe_lead(state, &settings, ticket, peak, lead, now);
+    }
+
+    /// The cloud answered 429/413 to a call made for a boot in `az`.
+    pub fn throttled(&mut self, az: &str, retry_after: Option<Duration>, now: Instant) {
+        if !self.settings.enabled {
+            return;
+        }
+        let base = retry_after.unwrap_or(self.settings.default_retry_after);
+        let jitter = self.settings.retry_after_jitter.max(0.0);
+        let factor = if jitter > 0.0 {
+            1.0 + self.rng.gen_range(0.0..=jitter)
+        } else {
+            1.0
+        };
+        let until = now + base.mul_f64(factor);
+        let min_window = f64::from(self.settings.min_window.max(1));
+        let state = self.az(az);
+        state.throttled += 1;
+        let episode_start = state.paused_until.is_none_or(|u| u <= now);
+        state.paused_until = Some(state.paused_until.map_or(until, |u| u.max(until)));
+        if episode_start {
+            state.window = (state.window / 2.0).max(min_window);
+            state.ssthresh = state.window;
+            state.last_decrease = Some(now);
+            state.decreases += 1;
+        }
+    }
+
+    /// The cloud refused a boot for quota.
+    pub fn quota_exceeded(&mut self, now: Instant) {
+        if !self.settings.enabled {
+            return;
+        }
+        let q = &mut self.quota;
+        q.refusals += 1;
+        let until = now + q.backoff;
+        q.paused_until = Some(q.paused_until.map_or(until, |u| u.max(until)));
+        q.backoff = (q.backoff * 2).min(self.settings.quota_backoff_max.max(self.settings.quota_backoff));
+    }
+
+    pub fn status(&mut self, az: &str, now: Instant) -> GateStatus {
+        let enabled = self.settings.enabled;
+        let hold = if enabled { self.hold(az, now) } else { None };
+        let refusals = self.quota.refusals;
+        let state = self.az(az);
+        GateStatus {
+            enabled,
+            window: state.window,
+            in_flight: state.in_flight,
+            gated_in_flight: state.gated,
+            baseline: state.baseline,
+            hold,
+            throttled: state.throttled,
+            decreases: state.decreases,
+            quota_refusals: refusals,
+        }
+    }
+}
+
+fn observe_lead(
+    state: &mut AzState,
+    settings: &GateSettings,
+    ticket: &TicketInfo,
+    peak: u32,
+    lead: Duration,
+    now: Instant,
+) {
+    state.recent.push_back(lead);
+    while state.recent.len() > RECENT {
+        state.recent.pop_front();
+    }
+    let low_load = peak <= settings.baseline_max_in_flight.max(1);
+    match state.baseline {
+        None => {
+            state.baseline = Some(lead);
+            state.baseline_at = Some(now);
+            return;
+        }
+        Some(baseline) if low_load => {
+            // Smooth over jitter, but follow a changed cloud within a few boots.
+            state.baseline = Some(baseline.mul_f64(0.5) + lead.mul_f64(0.5));
+            state.baseline_at = Some(now);
+        }
+        Some(baseline) => {
+            let stale = state
+                .baseline_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= settings.baseline_ttl);
+            let fastest = state.recent.iter().min().copied().unwrap_or(lead);
+            if stale
+                && state.recent.len() >= RECENT
+                && fastest.as_secs_f64() > baseline.as_secs_f64() * settings.shrink_above
+            {
+                state.baseline = Some(fastest);
+                state.baseline_at = Some(now);
+            }
+        }
+    }
+    let baseline = state.baseline.expect("set above").as_secs_f64().max(1e-3);
+    let ratio = lead.as_secs_f64() / baseline;
+    let min_window = f64::from(settings.min_window.max(1));
+    let max_window = f64::from(settings.max_window.max(1));
+    if ratio > settings.shrink_above {
+        let after_last_decrease = state.last_decrease.is_none_or(|d| ticket.started_at >= d);
+        if after_last_decrease {
+            state.window = (state.window / 2.0).max(min_window);
+            state.ssthresh = state.window;
+            state.last_decrease = Some(now);
+            state.decreases += 1;
+        }
+    } else if ratio <= settings.grow_below {
+        // Only a window in use is evidence that a larger one is fine.
+        let used = 2 * peak >= ticket.window_at_start;
+        if used {
+            state.window = if state.window < state.ssthresh {
+                state.window + 1.0
+            } else {
+                state.window + 1.0 / state.window
+            }
+            .min(max_window);
+        }
+    }
+}
+
+/// A boot registered with the gate; reports its end exactly once, also when
+/// the boot's future is dropped (a purchase deadline, shutdown).
+pub(crate) struct BootTicket {
+    gate: Arc<Mutex<Gate>>,
+    info: Option<TicketInfo>,
+}
+
+impl BootTicket {
+    pub fn start(gate: &Arc<Mutex<Gate>>, az: &str, gated: bool) -> Self {
+        let info = lock(gate).start(az, gated, Instant::now());
+        Self {
+            gate: gate.clone(),
+            info: Some(info),
+        }
+    }
+
+    pub fn finish(mut self, signal: BootSignal) {
+        if let Some(info) = self.info.take() {
+            lock(&self.gate).finish(&info, signal, Instant::now());
+        }
+    }
+}
+
+impl Drop for BootTicket {
+    fn drop(&mut self) {
+        if let Some(info) = self.info.take() {
+            lock(&self.gate).finish(&info, BootSignal::NoSignal, Instant::now());
+        }
+    }
+}
+
+/// Locks the gate; a panic elsewhere leaves plain counters behind, so recover.
+pub(crate) fn lock(gate: &Mutex<Gate>) -> std::sync::MutexGuard<'_, Gate> {
+    gate.lock().unwrap_or_else(|e| e.into_inner())
+}

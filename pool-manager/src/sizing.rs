@@ -1,0 +1,609 @@
+//! Sizing: how deep each pool should be, and how many boots to start now.
+//!
+//! A pool must hold enough supply (ready + warming + booting) that a purchase
+//! finds a Ready instance even though every replacement takes one *lead time*
+//! to boot. If purchases arrive at rate λ and a boot takes L, about
+//! D = λ·L purchases arrive while one replacement boots; with Poisson arrivals
+//! that count has standard deviation √D, so
+//!
+//! ```text
+//! target = clamp(min_ready, max_ready, ceil(D + z·√D)),   D = λ_forecast · L_p90
+//! ```
+//!
+//! with `z` from the configured service level (0.995 -> z = 2.576). The pool
+//! is deep exactly when boots are slow: under IOPS throttling L grows 3-5x
+//! and so does the target.
+//!
+//! This module owns the estimators and one pure, synchronous decider:
+//!
+//! - [`LeadTimes`]: boot request -> Ready of recent boots (p50/p90 over the
+//!   last `lead_samples` boots no older than `lead_max_age`); before any boot
+//!   is observed, the configured prior. Boots still in flight count as
+//!   lower bounds, so a sudden slowdown lifts the estimate before the first
+//!   slow boot finishes.
+//! - [`Demand`]: short and long EWMAs of allocations. The forecast is the
+//!   larger of the two, and it is *held*: a burst lifts it at once, a quiet
+//!   spell lowers it only after `cooldown` without a new high.
+//! - [`decide`]: inputs (spec, supply, estimates, what the throttle gate
+//!   allows) -> [`BootPlan`] `{ target, boots_now, reason }`. Golden tests in
+//!   `tests/sizing.rs`.
+//!
+//! Operator time windows ("09:00-18:00 Mon-Fri min 10") are not implemented.
+//!
+//! All instants are tokio instants passed in by the caller; nothing here
+//! reads a clock, sleeps or does I/O.
+
+use crate::gate::{Admission, GateStatus, Hold};
+use crate::model::{PoolKey, Target};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Default probability that a purchase finds a warm instance.
+pub const DEFAULT_SERVICE_LEVEL: f64 = 0.995;
+/// Lead time assumed before a pool's first boot finishes: an unthrottled
+/// boot with mysqld start is 60-90 s (calibration.md).
+pub const DEFAULT_PRIOR_LEAD_TIME: Duration = Duration::from_secs(90);
+pub const DEFAULT_LEAD_SAMPLES: usize = 20;
+pub const DEFAULT_LEAD_MAX_AGE: Duration = Duration::from_secs(3600);
+pub const DEFAULT_DEMAND_SHORT: Duration = Duration::from_secs(5 * 60);
+pub const DEFAULT_DEMAND_LONG: Duration = Duration::from_secs(3600);
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(15 * 60);
+/// With fewer completed boots than this, the prior still bounds p90 from below.
+const MIN_OBSERVED: usize = 3;
+
+/// How pools are sized. Defaults suit a real cloud.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SizingSettings {
+    /// Probability that a purchase finds a warm instance; sets `z`.
+    pub service_level: f64,
+    /// Lead time assumed before any boot of the pool was observed.
+    pub prior_lead_time: Duration,
+    /// Completed boots kept for the lead-time percentiles.
+    pub lead_samples: usize,
+    /// Completed boots older than this are forgotten.
+    pub lead_max_age: Duration,
+    /// Time constant of the short demand EWMA (reacts to bursts).
+    pub demand_short: Duration,
+    /// Time constant of the long demand EWMA (the level).
+    pub demand_long: Duration,
+    /// A lower forecast takes effect only after this long without a new high.
+    pub cooldown: Duration,
+}
+
+impl Default for SizingSettings {
+    fn default() -> Self {
+        Self {
+            service_level: DEFAULT_SERVICE_LEVEL,
+            prior_lead_time: DEFAULT_PRIOR_LEAD_TIME,
+            lead_samples: DEFAULT_LEAD_SAMPLES,
+            lead_max_age: DEFAULT_LEAD_MAX_AGE,
+            demand_short: DEFAULT_DEMAND_SHORT,
+            demand_long: DEFAULT_DEMAND_LONG,
+            cooldown: DEFAULT_COOLDOWN,
+        }
+    }
+}
+
+impl SizingSettings {
+    pub fn z(&self) -> f64 {
+        z_for(self.service_level)
+    }
+}
+
+// ---- lead time --------------------------------------------------------------
+
+/// Where a lead-time estimate comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LeadSource {
+    /// No boot observed yet: the configured prior.
+    Prior,
+    /// Completed boots.
+    Observed,
+    /// Boots in flight are already older than the completed ones suggest.
+    InFlight,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeadEstimate {
+    pub p50: Duration,
+    pub p90: Duration,
+    /// Completed boots behind the estimate.
+    pub samples: usize,
+    pub source: LeadSource,
+}
+
+/// Recent boot lead times of one pool.
+#[derive(Clone, Debug, Default)]
+pub struct LeadTimes {
+    /// (finished at, lead time), oldest first.
+    samples: VecDeque<(Instant, Duration)>,
+}
+
+impl LeadTimes {
+    pub fn record(&mut self, now: Instant, lead: Duration, settings: &SizingSettings) {
+        self.samples.push_back((now, lead));
+        while self.samples.len() > settings.lead_samples.max(1) {
+            self.samples.pop_front();
+        }
+    }
+
+    /// p50/p90 of recent boots; `in_flight_ages` (how long each boot still
+    /// in flight has run) are lower bounds that can only raise the estimate.
+    pub fn estimate(
+        &self,
+        now: Instant,
+        in_flight_ages: &[Duration],
+        settings: &SizingSettings,
+    ) -> LeadEstimate {
+        let recent: Vec<Duration> = self
+            .samples
+            .iter()
+            .filter(|(at, _)| now.saturating_duration_since(*at) <= settings.lead_max_age)
+            .map(|(_, lead)| *lead)
+            .collect();
+        let prior = settings.prior_lead_time;
+        let (mut estimate, base) = if recent.is_empty() {
+            (
+                LeadEstimate {
+                    p50: prior,
+                    p90: prior,
+                    samples: 0,
+                    source: LeadSource::Prior,
+                },
+                vec![prior],
+            )
+        } else {
+            let mut p90 = percentile(&recent, 0.9);
+            if recent.len() < MIN_OBSERVED {
+                p90 = p90.max(prior);
+            }
+            (
+                LeadEstimate {
+                    p50: percentile(&recent, 0.5),
+                    p90,
+                    samples: recent.len(),
+                    source: LeadSource::Observed,
+                },
+                recent,
+            )
+        };
+        if !in_flight_ages.is_empty() {
+            let mut all = base;
+            all.extend_from_slice(in_flight_ages);
+            let p50 = percentile(&all, 0.5);
+            let p90 = percentile(&all, 0.9);
+            if p90 > estimate.p90 {
+                estimate.p90 = p90;
+                estimate.source = LeadSource::InFlight;
+            }
+            estimate.p50 = estimate.p50.max(p50);
+        }
+        estimate
+    }
+}
+
+/// Nearest-rank percentile of a non-empty slice.
+fn percentile(values: &[Duration], q: f64) -> Duration {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+// ---- demand -----------------------------------------------------------------
+
+/// An event-rate EWMA: each event adds `1/tau`, and the sum decays with time
+/// constant `tau`, so a steady rate λ reads λ.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct RateEwma {
+    tau: f64,
+    rate: f64,
+    at: Option<Instant>,
+}
+
+impl RateEwma {
+    fn new(tau: Duration) -> Self {
+        Self {
+            tau: tau.as_secs_f64().max(1e-3),
+            rate: 0.0,
+            at: None,
+        }
+    }
+
+    fn rate_at(&self, now: Instant) -> f64 {
+        match self.at {
+            None => 0.0,
+            Some(at) => self.rate * (-now.saturating_duration_since(at).as_secs_f64() / self.tau).exp(),
+        }
+    }
+
+    /// Adds an event that happened at `at` (at or before `now`).
+    fn add(&mut self, at: Instant, now: Instant) {
+        let now = self.at.map_or(now, |last| now.max(last));
+        let age = now.saturating_duration_since(at).as_secs_f64();
+        self.rate = self.rate_at(now) + (-age / self.tau).exp() / self.tau;
+        self.at = Some(now);
+    }
+}
+
+/// Allocation rates of one pool, per second.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DemandEstimate {
+    pub short: f64,
+    pub long: f64,
+    /// What the target is sized for: the held maximum of short and long.
+    pub forecast: f64,
+}
+
+impl DemandEstimate {
+    pub const ZERO: Self = Self {
+        short: 0.0,
+        long: 0.0,
+        forecast: 0.0,
+    };
+
+    /// A steady rate (all three equal), e.g. for tests.
+    pub fn steady(per_second: f64) -> Self {
+        Self {
+            short: per_second,
+            long: per_second,
+            forecast: per_second,
+        }
+    }
+}
+
+/// Allocation demand of one pool.
+#[derive(Clone, Debug)]
+pub struct Demand {
+    short: RateEwma,
+    long: RateEwma,
+    held: f64,
+    held_at: Option<Instant>,
+    cooldown: Duration,
+    /// Allocations recorded, ever.
+    pub total: u64,
+}
+
+impl Demand {
+    pub fn new(settings: &SizingSettings) -> Self {
+        Self {
+            short: RateEwma::new(settings.demand_short),
+            long: RateEwma::new(settings.demand_long),
+            held: 0.0,
+            held_at: None,
+            cooldown: settings.cooldown,
+            total: 0,
+        }
+    }
+
+    /// One allocation (purchase) that started at `at`; `now` is when it is
+    /// recorded (a cold purchase is reported only when it finished).
+    pub fn record(&mut self, at: Instant, now: Instant) {
+        self.short.add(at, now);
+        self.long.add(at, now);
+        self.total += 1;
+    }
+
+    /// The rates at `now`, updating the held forecast.
+    pub fn estimate(&mut self, now: Instant) -> DemandEstimate {
+        let short = self.short.rate_at(now);
+        let long = self.long.rate_at(now);
+        let current = short.max(long);
+        let cooled = self
+            .held_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= self.cooldown);
+        if current >= self.held || cooled {
+            self.held = current;
+            self.held_at = Some(now);
+        }
+        DemandEstimate {
+            short,
+            long,
+            forecast: self.held,
+        }
+    }
+}
+
+// ---- target and decider -----------------------------------------------------
+
+/// The standard normal quantile for `service_level` (Acklam's rational
+/// approximation, relative error below 1.2e-9), clamped to [0.5, 0.999999].
+pub fn z_for(service_level: f64) -> f64 {
+    let p = if service_level.is_nan() {
+        0.5
+    } else {
+        service_level.clamp(0.5, 0.999_999)
+    };
+    const A: [f64; 6] = [
+        -3.969_683_028_665_376e1,
+        2.209_460_984_245_205e2,
+        -2.759_285_104_469_687e2,
+        1.383_577_518_672_69e2,
+        -3.066_479_806_614_716e1,
+        2.506_628_277_459_239,
+    ];
+    const B: [f64; 5] = [
+        -5.447_609_879_822_406e1,
+        1.615_858_368_580_409e2,
+        -1.556_989_798_598_866e2,
+        6.680_131_188_771_972e1,
+        -1.328_068_155_288_572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784_894_002_430_293e-3,
+        -3.223_964_580_411_365e-1,
+        -2.400_758_277_161_838,
+        -2.549_732_539_343_734,
+        4.374_664_141_464_968,
+        2.938_163_982_698_783,
+    ];
+    const D: [f64; 4] = [
+        7.784_695_709_041_462e-3,
+        3.224_671_290_700_398e-1,
+        2.445_134_137_142_996,
+        3.754_408_661_907_416,
+    ];
+    const P_HIGH: f64 = 1.0 - 0.024_25;
+    if p <= P_HIGH {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
+    } else {
+        let q = (-2.0 * (1.0 - p).ln()).sqrt();
+        -(((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    }
+}
+
+/// `ceil(D + z·√D)` for D > 0, else 0.
+pub fn auto_target(demand_in_lead: f64, z: f64) -> u32 {
+    if demand_in_lead.is_nan() || demand_in_lead <= 0.0 {
+        return 0;
+    }
+    let raw = (demand_in_lead + z.max(0.0) * demand_in_lead.sqrt()).ceil();
+    if raw >= f64::from(u32::MAX) {
+        u32::MAX
+    } else {
+        raw as u32
+    }
+}
+
+/// The target for a spec: a fixed one, or the auto one from `D`, clamped to
+/// `min_ready..=max_ready`.
+pub fn target_for(min_ready: u32, max_ready: u32, target: Target, demand_in_lead: f64, z: f64) -> u32 {
+    let raw = match target {
+        Target::Fixed(n) => n,
+        Target::Auto => auto_target(demand_in_lead, z),
+    };
+    raw.max(min_ready).min(max_ready)
+}
+
+/// Everything [`decide`] looks at; plain values so golden tests can spell them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Inputs {
+    pub min_ready: u32,
+    pub max_ready: u32,
+    pub target: Target,
+    /// Unclaimed instances ready, warming or booting.
+    pub supply: u32,
+    /// Of those, still booting or warming.
+    pub in_flight: u32,
+    pub demand: DemandEstimate,
+    pub lead: LeadEstimate,
+    pub z: f64,
+    /// Boots in flight per pool, at most.
+    pub pool_boot_cap: u32,
+    /// What the pool's availability zone allows now.
+    pub gate: Admission,
+}
+
+/// Why a plan boots what it boots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PlanReason {
+    /// Supply is at or above the target: nothing to boot.
+    AtTarget,
+    /// Booting the whole deficit.
+    Deficit,
+    /// Less than the deficit: the pool's own boot cap is reached.
+    PoolCap,
+    /// Less than the deficit: the AZ's boot-concurrency window is full.
+    Window,
+    /// Nothing now: the AZ is paused after a 429/413 until its Retry-After.
+    Throttled,
+    /// Nothing now: the cloud refused for quota recently; only purchases boot.
+    Quota,
+}
+
+impl PlanReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AtTarget => "at_target",
+            Self::Deficit => "deficit",
+            Self::PoolCap => "pool_cap",
+            Self::Window => "window",
+            Self::Throttled => "throttled",
+            Self::Quota => "quota",
+        }
+    }
+}
+
+/// What to do now.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BootPlan {
+    pub target: u32,
+    /// D: forecast demand rate x lead time p90.
+    pub demand_in_lead: f64,
+    pub boots_now: u32,
+    pub reason: PlanReason,
+}
+
+/// How many boots to start now. Pure.
+///
+/// The gate's window limits speculative refills, but never below what
+/// sustains the long-run demand at the current lead time (Little's law:
+/// `ceil(λ_long · L_p50)` boots in flight): holding back those boots would
+/// only drain the pool, it would not make the cloud faster.
+pub fn decide(inputs: &Inputs) -> BootPlan {
+    let lead_p90 = inputs.lead.p90.as_secs_f64();
+    let demand_in_lead = inputs.demand.forecast.max(0.0) * lead_p90;
+    let target = target_for(
+        inputs.min_ready,
+        inputs.max_ready,
+        inputs.target,
+        demand_in_lead,
+        inputs.z,
+    );
+    let plan = |boots_now, reason| BootPlan {
+        target,
+        demand_in_lead,
+        boots_now,
+        reason,
+    };
+    let deficit = target.saturating_sub(inputs.supply);
+    if deficit == 0 {
+        return plan(0, PlanReason::AtTarget);
+    }
+    match inputs.gate.hold {
+        Some(Hold::Throttled { .. }) => return plan(0, PlanReason::Throttled),
+        Some(Hold::Quota { .. }) => return plan(0, PlanReason::Quota),
+        None => {}
+    }
+    let cap_room = inputs.pool_boot_cap.saturating_sub(inputs.in_flight);
+    let sustain = (inputs.demand.long.max(0.0) * inputs.lead.p50.as_secs_f64()).ceil();
+    let sustain = if sustain >= f64::from(u32::MAX) {
+        u32::MAX
+    } else {
+        sustain as u32
+    };
+    let window_room = inputs
+        .gate
+        .room
+        .max(sustain.saturating_sub(inputs.in_flight));
+    let boots_now = deficit.min(cap_room).min(window_room);
+    let reason = if boots_now == deficit {
+        PlanReason::Deficit
+    } else if cap_room <= window_room {
+        PlanReason::PoolCap
+    } else {
+        PlanReason::Window
+    };
+    plan(boots_now, reason)
+}
+
+// ---- per-manager book -------------------------------------------------------
+
+/// Estimators of one pool.
+#[derive(Clone, Debug)]
+pub struct PoolSizing {
+    pub demand: Demand,
+    pub lead: LeadTimes,
+    /// Boots in flight: instance id -> started at.
+    in_flight: BTreeMap<String, Instant>,
+    pub last_plan: Option<BootPlan>,
+}
+
+impl PoolSizing {
+    fn new(settings: &SizingSettings) -> Self {
+        Self {
+            demand: Demand::new(settings),
+            lead: LeadTimes::default(),
+            in_flight: BTreeMap::new(),
+            last_plan: None,
+        }
+    }
+}
+
+/// The estimators of every pool of one manager.
+#[derive(Clone, Debug, Default)]
+pub struct SizingBook {
+    pools: BTreeMap<PoolKey, PoolSizing>,
+}
+
+impl SizingBook {
+    pub fn pool(&mut self, key: &PoolKey, settings: &SizingSettings) -> &mut PoolSizing {
+        self.pools
+            .entry(key.clone())
+            .or_insert_with(|| PoolSizing::new(settings))
+    }
+
+    pub fn record_allocation(
+        &mut self,
+        key: &PoolKey,
+        at: Instant,
+        now: Instant,
+        settings: &SizingSettings,
+    ) {
+        self.pool(key, settings).demand.record(at, now);
+    }
+
+    pub fn boot_started(&mut self, key: &PoolKey, instance: &str, now: Instant, settings: &SizingSettings) {
+        self.pool(key, settings)
+            .in_flight
+            .insert(instance.to_string(), now);
+    }
+
+    /// A boot ended; `lead` is its lead time if it reached Ready.
+    pub fn boot_finished(
+        &mut self,
+        key: &PoolKey,
+        instance: &str,
+        lead: Option<Duration>,
+        now: Instant,
+        settings: &SizingSettings,
+    ) {
+        let pool = self.pool(key, settings);
+        pool.in_flight.remove(instance);
+        if let Some(lead) = lead {
+            pool.lead.record(now, lead, settings);
+        }
+    }
+
+    /// Demand and lead-time estimates of a pool at `now`.
+    pub fn estimates(
+        &mut self,
+        key: &PoolKey,
+        now: Instant,
+        settings: &SizingSettings,
+    ) -> (DemandEstimate, LeadEstimate) {
+        let pool = self.pool(key, settings);
+        let ages: Vec<Duration> = pool
+            .in_flight
+            .values()
+            .map(|started| now.saturating_duration_since(*started))
+            .collect();
+        (
+            pool.demand.estimate(now),
+            pool.lead.estimate(now, &ages, settings),
+        )
+    }
+
+    pub fn set_plan(&mut self, key: &PoolKey, plan: BootPlan, settings: &SizingSettings) {
+        self.pool(key, settings).last_plan = Some(plan);
+    }
+
+    pub fn forget(&mut self, key: &PoolKey) {
+        self.pools.remove(key);
+    }
+}
+
+/// A pool's sizing as `GetPool` shows it: the computed target and its inputs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SizingStatus {
+    pub auto: bool,
+    /// The target the replenisher works toward now.
+    pub target: u32,
+    pub demand: DemandEstimate,
+    /// D = forecast x lead p90.
+    pub demand_in_lead: f64,
+    pub lead: LeadEstimate,
+    pub z: f64,
+    /// The pool's availability zone's throttle gate.
+    pub gate: GateStatus,
+    /// The replenisher's last decision.
+    pub last_plan: Option<BootPlan>,
+}
+
+// Rates are finite by construction; equality is used by tests and watchers only.
+impl Eq for SizingStatus {}

@@ -1,0 +1,522 @@
+//! Sizing and the throttle gate: golden tests of the pure decider, the
+//! estimators, Retry-After handling and quota pausing; then the same
+//! behaviour through a manager on the paused clock.
+
+mod common;
+
+use common::*;
+use pool_manager::cloud::CloudError;
+use pool_manager::gate::{Admission, BootSignal, Gate, GateSettings, Hold, TicketInfo};
+use pool_manager::model::{EmptyPoolPolicy, InstanceState, Target};
+use pool_manager::sizing::{
+    auto_target, decide, z_for, Demand, DemandEstimate, Inputs, LeadEstimate, LeadSource,
+    LeadTimes, SizingSettings,
+};
+use std::fmt::Write;
+use std::time::Duration;
+use tokio::time::Instant;
+
+const MIN: Duration = Duration::from_secs(60);
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn lead(p50: u64, p90: u64) -> LeadEstimate {
+    LeadEstimate {
+        p50: secs(p50),
+        p90: secs(p90),
+        samples: 20,
+        source: LeadSource::Observed,
+    }
+}
+
+fn per_minute(n: f64) -> f64 {
+    n / 60.0
+}
+
+/// A pool at rest: auto, 1..=100, nothing in flight, 1 purchase a minute,
+/// 60 s boots, 99.5 % service level, an open gate.
+fn base() -> Inputs {
+    Inputs {
+        min_ready: 1,
+        max_ready: 100,
+        target: Target::Auto,
+        supply: 0,
+        in_flight: 0,
+        demand: DemandEstimate::steady(per_minute(1.0)),
+        lead: lead(60, 60),
+        z: z_for(0.995),
+        pool_boot_cap: 64,
+        gate: Admission::OPEN,
+    }
+}
+
+#[test]
+fn decider_golden() {
+    let now = Instant::now();
+    let cases: Vec<(&str, Inputs)> = vec![
+        ("empty auto pool, 1/min x 60 s", base()),
+        ("half full", Inputs { supply: 2, in_flight: 1, ..base() }),
+        ("at target", Inputs { supply: 4, ..base() }),
+        ("above target (demand fell)", Inputs { supply: 9, ..base() }),
+        ("throttled cloud: lead x5", Inputs { lead: lead(300, 300), ..base() }),
+        (
+            "burst: forecast 10/min",
+            Inputs {
+                demand: DemandEstimate { short: per_minute(10.0), long: per_minute(1.0), forecast: per_minute(10.0) },
+                ..base()
+            },
+        ),
+        ("no demand: min_ready", Inputs { demand: DemandEstimate::ZERO, ..base() }),
+        ("no demand, min 0", Inputs { demand: DemandEstimate::ZERO, min_ready: 0, ..base() }),
+        ("clamped to max_ready", Inputs { max_ready: 3, ..base() }),
+        ("fixed 7", Inputs { target: Target::Fixed(7), ..base() }),
+        ("fixed 0 = min_ready", Inputs { target: Target::Fixed(0), min_ready: 2, ..base() }),
+        ("pool boot cap", Inputs { pool_boot_cap: 2, in_flight: 1, supply: 1, ..base() }),
+        (
+            "window full, no sustained demand",
+            Inputs { demand: DemandEstimate { long: 0.0, ..DemandEstimate::steady(per_minute(1.0)) }, gate: Admission { room: 1, hold: None }, ..base() },
+        ),
+        (
+            "window below what demand needs",
+            Inputs { lead: lead(300, 300), gate: Admission { room: 1, hold: None }, in_flight: 1, supply: 1, ..base() },
+        ),
+        (
+            "429: paused",
+            Inputs { gate: Admission { room: 8, hold: Some(Hold::Throttled { until: now + secs(30) }) }, ..base() },
+        ),
+        (
+            "quota: paused",
+            Inputs { gate: Admission { room: 8, hold: Some(Hold::Quota { until: now + secs(30) }) }, ..base() },
+        ),
+    ];
+    let mut out = String::new();
+    for (name, inputs) in &cases {
+        let plan = decide(inputs);
+        writeln!(
+            out,
+            "{name:<38} D={:>5.2} target={:>2} boots={:>2} {}",
+            plan.demand_in_lead,
+            plan.target,
+            plan.boots_now,
+            plan.reason.as_str()
+        )
+        .unwrap();
+    }
+    let golden = "\
+empty auto pool, 1/min x 60 s          D= 1.00 target= 4 boots= 4 deficit
+half full                              D= 1.00 target= 4 boots= 2 deficit
+at target                              D= 1.00 target= 4 boots= 0 at_target
+above target (demand fell)             D= 1.00 target= 4 boots= 0 at_target
+throttled cloud: lead x5               D= 5.00 target=11 boots=11 deficit
+burst: forecast 10/min                 D=10.00 target=19 boots=19 deficit
+no demand: min_ready                   D= 0.00 target= 1 boots= 1 deficit
+no demand, min 0                       D= 0.00 target= 0 boots= 0 at_target
+clamped to max_ready                   D= 1.00 target= 3 boots= 3 deficit
+fixed 7                                D= 1.00 target= 7 boots= 7 deficit
+fixed 0 = min_ready                    D= 1.00 target= 2 boots= 2 deficit
+pool boot cap                          D= 1.00 target= 4 boots= 1 pool_cap
+window full, no sustained demand       D= 1.00 target= 4 boots= 1 window
+window below what demand needs         D= 5.00 target=11 boots= 4 window
+429: paused                            D= 1.00 target= 4 boots= 0 throttled
+quota: paused                          D= 1.00 target= 4 boots= 0 quota
+";
+    assert_eq!(out, golden, "\n{out}");
+}
+
+#[test]
+fn target_formula() {
+    assert!((z_for(0.995) - 2.5758).abs() < 1e-3);
+    assert!((z_for(0.99) - 2.3263).abs() < 1e-3);
+    assert!((z_for(0.9) - 1.2816).abs() < 1e-3);
+    assert!(z_for(0.5).abs() < 1e-9);
+    assert_eq!(z_for(0.1), 0.0, "below 50 % is clamped");
+    assert!(z_for(1.0).is_finite());
+    // ceil(D + z sqrt(D))
+    assert_eq!(auto_target(0.0, 2.576), 0);
+    assert_eq!(auto_target(1.0, 2.576), 4);
+    assert_eq!(auto_target(4.0, 2.0), 8);
+    assert_eq!(auto_target(100.0, 2.576), 126);
+    assert_eq!(auto_target(f64::NAN, 2.0), 0);
+}
+
+#[test]
+fn lead_time_prior_percentiles_expiry_and_in_flight() {
+    let settings = SizingSettings {
+        prior_lead_time: secs(90),
+        lead_samples: 10,
+        lead_max_age: secs(3600),
+        ..SizingSettings::default()
+    };
+    let t0 = Instant::now();
+    let mut lead = LeadTimes::default();
+    let e = lead.estimate(t0, &[], &settings);
+    assert_eq!((e.p50, e.p90, e.source), (secs(90), secs(90), LeadSource::Prior));
+
+    // One fast boot: the prior still bounds p90 until a few are seen.
+    lead.record(t0, secs(60), &settings);
+    let e = lead.estimate(t0, &[], &settings);
+    assert_eq!((e.p50, e.p90, e.samples), (secs(60), secs(90), 1));
+
+    // 60, 61, ..., 69: nearest-rank p50 = 64, p90 = 68.
+    for i in 1..10 {
+        lead.record(t0, secs(60 + i), &settings);
+    }
+    let e = lead.estimate(t0, &[], &settings);
+    assert_eq!((e.p50, e.p90, e.source), (secs(64), secs(68), LeadSource::Observed));
+
+    // Only the last `lead_samples` count.
+    for _ in 0..10 {
+        lead.record(t0, secs(100), &settings);
+    }
+    assert_eq!(lead.estimate(t0, &[], &settings).p50, secs(100));
+
+    // Boots in flight longer than that raise the estimate before they finish.
+    let ages = [secs(400), secs(400), secs(400)];
+    let e = lead.estimate(t0, &ages, &settings);
+    assert_eq!((e.p90, e.source), (secs(400), LeadSource::InFlight));
+    // Young boots in flight do not lower it.
+    assert_eq!(lead.estimate(t0, &[secs(1); 30], &settings).p90, secs(100));
+
+    // Samples older than lead_max_age are forgotten: back to the prior.
+    let e = lead.estimate(t0 + secs(3601), &[], &settings);
+    assert_eq!((e.p90, e.source), (secs(90), LeadSource::Prior));
+}
+
+#[test]
+fn demand_steady_burst_and_cooldown() {
+    let settings = SizingSettings {
+        demand_short: secs(300),
+        demand_long: secs(3600),
+        cooldown: secs(900),
+        ..SizingSettings::default()
+    };
+    let t0 = Instant::now();
+    let mut demand = Demand::new(&settings);
+    assert_eq!(demand.estimate(t0), DemandEstimate::ZERO);
+
+    // One purchase a minute for 5 hours: both EWMAs read about 1/min.
+    let mut t = t0;
+    for _ in 0..300 {
+        t += MIN;
+        demand.record(t, t);
+    }
+    let e = demand.estimate(t);
+    assert!((e.long * 60.0 - 1.0).abs() < 0.1, "{e:?}");
+    assert!((e.short * 60.0 - 1.0).abs() < 0.2, "{e:?}");
+
+    // 30 purchases in one minute: the forecast jumps at once.
+    for i in 0..30 {
+        let at = t + secs(2 * i);
+        demand.record(at, at);
+    }
+    t += MIN;
+    let burst = demand.estimate(t);
+    assert!(burst.forecast * 60.0 > 5.0, "{burst:?}");
+    assert_eq!(burst.forecast, burst.short);
+
+    // Quiet: the short EWMA falls, the forecast holds through the cooldown...
+    let quiet = demand.estimate(t + secs(600));
+    assert!(quiet.short < burst.short / 3.0);
+    assert_eq!(quiet.forecast, burst.forecast);
+    // ...and then follows the estimate down.
+    let after = demand.estimate(t + secs(901));
+    assert!(after.forecast < burst.forecast / 2.0, "{after:?}");
+    assert_eq!(after.forecast, after.short.max(after.long));
+
+    // A purchase reported late (a cold boot finishes minutes after it began)
+    // counts with the weight of when it started.
+    let mut late = Demand::new(&settings);
+    let mut prompt = Demand::new(&settings);
+    late.record(t0, t0 + secs(300));
+    prompt.record(t0, t0);
+    let (a, b) = (late.estimate(t0 + secs(300)), prompt.estimate(t0 + secs(300)));
+    assert!((a.short - b.short).abs() < 1e-12 && (a.long - b.long).abs() < 1e-12);
+}
+
+fn gate(settings: GateSettings) -> Gate {
+    Gate::new(GateSettings { seed: 7, ..settings })
+}
+
+#[test]
+fn retry_after_pauses_new_boots_in_that_az_with_jitter() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings {
+        initial_window: 8,
+        retry_after_jitter: 0.2,
+        ..GateSettings::default()
+    });
+    assert_eq!(g.admission("az1", t0), Admission { room: 8, hold: None });
+
+    g.throttled("az1", Some(secs(10)), t0);
+    let a = g.admission("az1", t0 + secs(1));
+    let Some(Hold::Throttled { until }) = a.hold else {
+        panic!("not paused: {a:?}")
+    };
+    assert!(until >= t0 + secs(10) && until <= t0 + secs(12), "jitter within 20 %");
+    assert_eq!(a.room, 4, "the window halves");
+    assert_eq!(g.admission("az2", t0).hold, None, "other AZs are not paused");
+
+    // More 429s in the same episode extend the pause but halve only once.
+    g.throttled("az1", Some(secs(20)), t0 + secs(2));
+    let a = g.admission("az1", t0 + secs(3));
+    assert!(a.hold.unwrap().until() >= t0 + secs(22));
+    assert_eq!(a.room, 4);
+
+    // After the pause new boots may start again.
+    assert_eq!(g.admission("az1", t0 + secs(30)).hold, None);
+    // No Retry-After header: the default pause.
+    g.throttled("az1", None, t0 + secs(30));
+    let until = g.admission("az1", t0 + secs(30)).hold.unwrap().until();
+    assert!(until >= t0 + secs(35) && until <= t0 + secs(36));
+    assert_eq!(g.status("az1", t0).throttled, 3);
+
+    // The jitter is seeded: the same seed gives the same pause.
+    let pause = |seed| {
+        let mut g = Gate::new(GateSettings { seed, ..GateSettings::default() });
+        g.throttled("az1", Some(secs(10)), t0);
+        g.admission("az1", t0).hold.unwrap().until()
+    };
+    assert_eq!(pause(1), pause(1));
+
+    // A disabled gate holds nothing back.
+    let mut off = gate(GateSettings::disabled());
+    off.throttled("az1", Some(secs(10)), t0);
+    assert_eq!(off.admission("az1", t0), Admission::OPEN);
+}
+
+#[test]
+fn quota_refusal_pauses_speculative_boots_with_backoff() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings {
+        quota_backoff: secs(30),
+        quota_backoff_max: secs(100),
+        ..GateSettings::default()
+    });
+    g.quota_exceeded(t0);
+    for az in ["az1", "az2"] {
+        assert_eq!(
+            g.admission(az, t0).hold,
+            Some(Hold::Quota { until: t0 + secs(30) }),
+            "quota is per project: every AZ pauses"
+        );
+    }
+    assert_eq!(g.admission("az1", t0 + secs(30)).hold, None);
+    // Refused again: the pause doubles, up to the maximum.
+    g.quota_exceeded(t0 + secs(30));
+    assert_eq!(g.admission("az1", t0 + secs(31)).hold.unwrap().until(), t0 + secs(90));
+    g.quota_exceeded(t0 + secs(90));
+    assert_eq!(g.admission("az1", t0 + secs(91)).hold.unwrap().until(), t0 + secs(190));
+    g.quota_exceeded(t0 + secs(190));
+    assert_eq!(g.admission("az1", t0 + secs(191)).hold.unwrap().until(), t0 + secs(290));
+    // A purchase's boot is not held (it only counts), and once a boot gets
+    // through the backoff starts over.
+    let ticket = g.start("az1", false, t0 + secs(300));
+    g.finish(&ticket, BootSignal::Ready { lead: secs(60) }, t0 + secs(360));
+    g.quota_exceeded(t0 + secs(400));
+    assert_eq!(g.admission("az1", t0 + secs(401)).hold.unwrap().until(), t0 + secs(430));
+    assert_eq!(g.status("az1", t0).quota_refusals, 5);
+}
+
+/// Starts `n` gated boots at `at`.
+fn start_n(g: &mut Gate, n: u32, at: Instant) -> Vec<TicketInfo> {
+    (0..n).map(|_| g.start("az1", true, at)).collect()
+}
+
+#[test]
+fn aimd_window_grows_near_baseline_and_halves_on_inflation() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings {
+        initial_window: 4,
+        max_window: 64,
+        ..GateSettings::default()
+    });
+    // A lone boot sets the baseline.
+    let lone = g.start("az1", true, t0);
+    g.finish(&lone, BootSignal::Ready { lead: secs(60) }, t0 + secs(60));
+    assert_eq!(g.status("az1", t0).baseline, Some(secs(60)));
+
+    // Slow start: a full window of good boots doubles it, round after round.
+    let mut t = t0 + secs(60);
+    for expected in [8.0, 16.0, 32.0] {
+        let room = g.admission("az1", t).room;
+        let tickets = start_n(&mut g, room, t);
+        t += secs(62);
+        for ticket in &tickets {
+            g.finish(ticket, BootSignal::Ready { lead: secs(62) }, t);
+        }
+        assert_eq!(g.status("az1", t).window, expected);
+    }
+
+    // Inflated boots (contention): halve once per round trip, not per boot.
+    let tickets = start_n(&mut g, 32, t);
+    t += secs(120);
+    for ticket in &tickets {
+        g.finish(ticket, BootSignal::Ready { lead: secs(120) }, t);
+    }
+    let s = g.status("az1", t);
+    assert_eq!((s.window, s.decreases), (16.0, 1));
+    // Boots started after the decrease may halve it again.
+    let tickets = start_n(&mut g, 16, t);
+    t += secs(100);
+    g.finish(&tickets[0], BootSignal::Ready { lead: secs(100) }, t);
+    assert_eq!(g.status("az1", t).window, 8.0);
+    // Near baseline again: additive increase now (+1 per window of boots).
+    for ticket in &tickets[1..9] {
+        g.finish(ticket, BootSignal::Ready { lead: secs(61) }, t);
+    }
+    let w = g.status("az1", t).window;
+    assert!(w > 8.9 && w < 9.1, "{w}");
+    for ticket in &tickets[9..] {
+        g.finish(ticket, BootSignal::Ready { lead: secs(61) }, t);
+    }
+    assert_eq!(g.status("az1", t).gated_in_flight, 0);
+}
+
+#[test]
+fn aimd_does_not_grow_an_unused_window_and_follows_a_slower_cloud() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings {
+        initial_window: 8,
+        ..GateSettings::default()
+    });
+    // One boot at a time: fast, but no evidence that 9 at once would be.
+    let mut t = t0;
+    for _ in 0..20 {
+        let ticket = g.start("az1", true, t);
+        t += secs(60);
+        g.finish(&ticket, BootSignal::Ready { lead: secs(60) }, t);
+    }
+    assert_eq!(g.status("az1", t).window, 8.0);
+
+    // The whole cloud slows down 5x (IOPS throttling). Lone boots show it,
+    // the baseline follows, and the window stops shrinking.
+    for _ in 0..6 {
+        let ticket = g.start("az1", true, t);
+        t += secs(300);
+        g.finish(&ticket, BootSignal::Ready { lead: secs(300) }, t);
+    }
+    let s = g.status("az1", t);
+    assert!(s.baseline.unwrap() > secs(280), "{s:?}");
+    assert!(s.window >= 4.0, "at most one halving: {s:?}");
+    // Four at once at the new speed are fine again.
+    let tickets = start_n(&mut g, 4, t);
+    t += secs(305);
+    for ticket in &tickets {
+        g.finish(ticket, BootSignal::Ready { lead: secs(305) }, t);
+    }
+    assert!(g.status("az1", t).window >= s.window);
+}
+
+// ---- through a manager on the paused clock ---------------------------------
+
+fn sim_with(f: impl FnOnce(&mut cloudsim::SimConfig)) -> std::sync::Arc<cloudsim::SimCloud> {
+    let mut config = cloudsim::SimConfig::deterministic();
+    f(&mut config);
+    cloudsim::SimCloud::new(config)
+}
+
+#[tokio::test(start_paused = true)]
+async fn quota_stops_refills_but_warm_purchases_proceed() {
+    let sim = sim_with(|c| c.quotas.max_instances = 3);
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(5)).await.unwrap();
+    wait_ready(&manager, 3).await;
+
+    // The 4th boot was refused; the replenisher then waits out the backoff
+    // (30 s, 60 s, 120 s, ...) instead of calling every replenish interval.
+    sim.reset_call_counts();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let creates = sim.call_counts().get("create_server").copied().unwrap_or(0);
+    assert!(
+        (1..=6).contains(&creates),
+        "{creates} create_server calls in 10 minutes at quota"
+    );
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert!(status.sizing.gate.quota_refusals >= 1, "{:?}", status.sizing);
+
+    // A purchase still gets a warm instance.
+    let allocation = manager
+        .allocate(request("q1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert!(allocation.warm_hit);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_holds_new_boots() {
+    let sim = sim();
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    // The first create is answered 429 with Retry-After: 120 s.
+    sim.faults().api_errors_next(
+        1,
+        CloudError::Throttled {
+            retry_after: Some(Duration::from_secs(120)),
+            message: "slow down".into(),
+        },
+    );
+    let started = Instant::now();
+    manager.create_pool(pool(), spec(4)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert!(
+        matches!(status.sizing.gate.hold, Some(Hold::Throttled { .. })),
+        "{:?}",
+        status.sizing.gate
+    );
+    // Boots started before the 429 continue; nothing new starts while paused.
+    let booting = status.count(InstanceState::Booting) + status.count(InstanceState::Warming);
+    assert!(booting <= 4);
+    let calls_paused = sim.call_counts().get("create_server").copied().unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        sim.call_counts().get("create_server").copied().unwrap_or(0),
+        calls_paused,
+        "no new create while the AZ is paused"
+    );
+    wait_ready(&manager, 4).await;
+    assert!(started.elapsed() >= Duration::from_secs(120));
+}
+
+#[tokio::test(start_paused = true)]
+async fn auto_target_follows_demand_and_lead_time() {
+    let sim = sim();
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    let mut auto = spec(1);
+    auto.target = Target::Auto;
+    auto.max_ready = 50;
+    manager.create_pool(pool(), auto).await.unwrap();
+    wait_ready(&manager, 1).await;
+    let before = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(before.effective_target, 1, "no demand yet: min_ready");
+
+    // A purchase every 30 s plus its own duration (released at once).
+    let started = Instant::now();
+    for i in 0..120 {
+        let id = format!("d{i}");
+        manager
+            .allocate(request(&id, new_volume(), EmptyPoolPolicy::ColdBoot))
+            .await
+            .unwrap();
+        manager.release(&id, Some(true)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    let busy = manager.get_pool(&pool()).await.unwrap();
+    let s = &busy.sizing;
+    assert!(s.auto);
+    // About one purchase a minute (30 s apart plus the purchase itself); the
+    // long EWMA (1 h) has not fully caught up after 1.5 h, the short one has.
+    let rate = 120.0 / started.elapsed().as_secs_f64();
+    assert!((s.demand.short / rate - 1.0).abs() < 0.3, "{rate} {s:?}");
+    assert!(s.demand.long < s.demand.short * 1.1, "{s:?}");
+    assert!(s.demand.forecast >= s.demand.short, "{s:?}");
+    assert!(s.lead.samples > 0 && s.lead.p90 >= Duration::from_secs(60), "{s:?}");
+    // D = ~1.3/min x 60 s; target = ceil(D + 2.576 sqrt(D)) >= 4.
+    assert!(busy.effective_target >= 4, "{s:?}");
+    assert!(s.demand_in_lead > 1.0, "{s:?}");
+    assert_eq!(busy.effective_target, s.target);
+}

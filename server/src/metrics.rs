@@ -1,0 +1,849 @@
+//! Prometheus metrics on their own listen address (`/metrics`, OpenMetrics
+//! text), fed three ways:
+//!
+//! - pool gauges (instances by state, target and its inputs) are read from
+//!   [`PoolManager::list_pools`] at scrape time, so they are never stale;
+//! - counters and histograms of allocations, boots, leaks and exhaustion are
+//!   driven by the manager's event broadcast ([`PoolManager::events`]), in a
+//!   task that also logs the events an operator should see;
+//! - cloud API latency and throttling are measured by [`MeteredCloud`], a
+//!   wrapper around the daemon's [`Cloud`].
+//!
+//! Every label is bounded: pool labels (flavor, availability zone) by the
+//! number of pools, the others by fixed enumerations.
+
+mod cloud;
+
+pub use cloud::MeteredCloud;
+
+use pool_manager::cloud::CloudError;
+use pool_manager::events::{AllocationOutcome, BootOutcome, Event, EventKind};
+use pool_manager::model::{InstanceState, PoolKey};
+use pool_manager::{state_name, ManagerResult, PoolManager};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+
+/// The Content-Type of what `/metrics` serves.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Consecutive failed boots after which a pool is logged as degraded.
+pub const DEGRADED_AFTER: u32 = 3;
+
+const ALL_STATES: [InstanceState; 8] = [
+    InstanceState::Booting,
+    InstanceState::Warming,
+    InstanceState::Ready,
+    InstanceState::Claimed,
+    InstanceState::Allocated,
+    InstanceState::Releasing,
+    InstanceState::Failed,
+    InstanceState::Deleting,
+];
+
+const ALLOCATION_OUTCOMES: [AllocationOutcome; 6] = [
+    AllocationOutcome::Warm,
+    AllocationOutcome::Cold,
+    AllocationOutcome::Exhausted,
+    AllocationOutcome::VolumeUnavailable,
+    AllocationOutcome::CloudError,
+    AllocationOutcome::Failed,
+];
+
+const BOOT_OUTCOMES: [BootOutcome; 6] = [
+    BootOutcome::Ready,
+    BootOutcome::Quota,
+    BootOutcome::RateLimited,
+    BootOutcome::NoValidHost,
+    BootOutcome::Timeout,
+    BootOutcome::Failed,
+];
+
+/// The `outcome` label of `warmpool_allocations_total`.
+pub fn allocation_outcome_name(outcome: AllocationOutcome) -> &'static str {
+    match outcome {
+        AllocationOutcome::Warm => "warm",
+        AllocationOutcome::Cold => "cold",
+        AllocationOutcome::Exhausted => "exhausted",
+        AllocationOutcome::VolumeUnavailable => "volume_unavailable",
+        AllocationOutcome::CloudError => "cloud_error",
+        AllocationOutcome::Failed => "failed",
+    }
+}
+
+/// The `result` label of `warmpool_boots_total`.
+pub fn boot_outcome_name(outcome: BootOutcome) -> &'static str {
+    match outcome {
+        BootOutcome::Ready => "ready",
+        BootOutcome::Quota => "quota",
+        BootOutcome::RateLimited => "rate_limited",
+        BootOutcome::NoValidHost => "no_valid_host",
+        BootOutcome::Timeout => "timeout",
+        BootOutcome::Failed => "failed",
+    }
+}
+
+/// The `status` label of the cloud metrics.
+pub fn cloud_status_name(error: Option<&CloudError>) -> &'static str {
+    match error {
+        None => "ok",
+        Some(CloudError::Throttled { .. }) => "throttled",
+        Some(CloudError::QuotaExceeded(_)) => "quota_exceeded",
+        Some(CloudError::Conflict(_)) => "conflict",
+        Some(CloudError::NotFound(_)) => "not_found",
+        Some(CloudError::Transient(_)) => "transient",
+        Some(CloudError::Fatal(_)) => "fatal",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    flavor: String,
+    availability_zone: String,
+}
+
+impl PoolLabels {
+    /// Events not tied to a pool (a leaked server of an unknown pool) get
+    /// empty pool labels, which Prometheus treats as absent.
+    fn of(pool: Option<&PoolKey>) -> Self {
+        Self {
+            flavor: pool.map(|p| p.flavor.clone()).unwrap_or_default(),
+            availability_zone: pool
+                .map(|p| p.availability_zone.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn with<V>(&self, value: V) -> PoolAnd<V> {
+        PoolAnd {
+            flavor: self.flavor.clone(),
+            availability_zone: self.availability_zone.clone(),
+            value,
+        }
+    }
+}
+
+/// Pool labels plus one more; the extra label's name is the field's.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct PoolAnd<V> {
+    flavor: String,
+    availability_zone: String,
+    value: V,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    flavor: String,
+    availability_zone: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    flavor: String,
+    availability_zone: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    flavor: String,
+    availability_zone: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabels {
+    flavor: String,
+    availability_zone: String,
+    path: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloudLabels {
+    service: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: &'static str,
+}
+
+impl From<PoolAnd<&'static str>> for StateLabels {
+    fn from(l: PoolAnd<&'static str>) -> Self {
+        Self {
+            flavor: l.flavor,
+            availability_zone: l.availability_zone,
+            state: l.value,
+        }
+    }
+}
+impl From<PoolAnd<&'static str>> for OutcomeLabels {
+    fn from(l: PoolAnd<&'static str>) -> Self {
+        Self {
+            flavor: l.flavor,
+            availability_zone: l.availability_zone,
+            outcome: l.value,
+        }
+    }
+}
+impl From<PoolAnd<&'static str>> for ResultLabels {
+    fn from(l: PoolAnd<&'static str>) -> Self {
+        Self {
+            flavor: l.flavor,
+            availability_zone: l.availability_zone,
+            result: l.value,
+        }
+    }
+}
+impl From<PoolAnd<&'static str>> for PathLabels {
+    fn from(l: PoolAnd<&'static str>) -> Self {
+        Self {
+            flavor: l.flavor,
+            availability_zone: l.availability_zone,
+            path: l.value,
+        }
+    }
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn allocate_histogram() -> Histogram {
+    // Warm allocations take milliseconds on the embedded cloud and seconds on
+    // a real one; cold boots take minutes.
+    Histogram::new([
+        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+        600.0,
+    ])
+}
+
+fn lead_time_histogram() -> Histogram {
+    // The embedded cloud's scaled boots at the low end, IOPS-throttled
+    // real-cloud boots (12+ minutes) at the top.
+    Histogram::new([
+        0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 90.0, 120.0, 180.0, 240.0, 300.0, 420.0, 600.0,
+        900.0, 1200.0, 1800.0,
+    ])
+}
+
+fn cloud_histogram() -> Histogram {
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ])
+}
+
+/// Every metric warmpoold exports, and the registry that encodes them.
+pub struct Metrics {
+    registry: Registry,
+    pool_instances: Family<StateLabels, Gauge>,
+    pool_effective_target: Family<PoolLabels, Gauge>,
+    pool_min_ready: Family<PoolLabels, Gauge>,
+    pool_max_ready: Family<PoolLabels, Gauge>,
+    pool_paused: Family<PoolLabels, Gauge>,
+    pool_draining: Family<PoolLabels, Gauge>,
+    pool_boot_failure_streak: Family<PoolLabels, Gauge>,
+    allocations: Family<OutcomeLabels, Counter>,
+    allocate_duration: HistogramFamily<PathLabels>,
+    boots: Family<ResultLabels, Counter>,
+    boot_lead_time: HistogramFamily<PoolLabels>,
+    exhausted: Family<PoolLabels, Counter>,
+    leaks_deleted: Family<PoolLabels, Counter>,
+    settings_changes: Family<PoolLabels, Counter>,
+    releases: Family<PoolLabels, Counter>,
+    events_lagged: Counter,
+    cloud_request_duration: HistogramFamily<CloudLabels>,
+    cloud_throttled: Family<ServiceLabels, Counter>,
+    cloud_retry_after: Family<ServiceLabels, Counter<f64, AtomicU64>>,
+    /// Consecutive failed boots per pool (0 after a Ready boot).
+    streaks: Mutex<HashMap<PoolLabels, u32>>,
+    /// One scrape at a time refreshes the gauges and encodes, so a scrape
+    /// never sees another's half-refreshed gauges.
+    scrape: tokio::sync::Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("warmpool");
+        let m = Metrics {
+            registry: Registry::default(),
+            pool_instances: Family::default(),
+            pool_effective_target: Family::default(),
+            pool_min_ready: Family::default(),
+            pool_max_ready: Family::default(),
+            pool_paused: Family::default(),
+            pool_draining: Family::default(),
+            pool_boot_failure_streak: Family::default(),
+            allocations: Family::default(),
+            allocate_duration: Family::new_with_constructor(allocate_histogram),
+            boots: Family::default(),
+            boot_lead_time: Family::new_with_constructor(lead_time_histogram),
+            exhausted: Family::default(),
+            leaks_deleted: Family::default(),
+            settings_changes: Family::default(),
+            releases: Family::default(),
+            events_lagged: Counter::default(),
+            cloud_request_duration: Family::new_with_constructor(cloud_histogram),
+            cloud_throttled: Family::default(),
+            cloud_retry_after: Family::default(),
+            streaks: Mutex::new(HashMap::new()),
+            scrape: tokio::sync::Mutex::new(()),
+        };
+        registry.register(
+            "pool_instances",
+            "Instances of a pool by state (booting, warming, ready, claimed, allocated, releasing, failed, deleting)",
+            m.pool_instances.clone(),
+        );
+        registry.register(
+            "pool_effective_target",
+            "Unclaimed instances (booting + warming + ready) the replenisher keeps: target clamped to [min_ready, max_ready]",
+            m.pool_effective_target.clone(),
+        );
+        registry.register(
+            "pool_min_ready",
+            "The pool's configured min_ready",
+            m.pool_min_ready.clone(),
+        );
+        registry.register(
+            "pool_max_ready",
+            "The pool's configured max_ready",
+            m.pool_max_ready.clone(),
+        );
+        registry.register(
+            "pool_paused",
+            "1 when the pool is paused (boots nothing, still hands out what it has)",
+            m.pool_paused.clone(),
+        );
+        registry.register(
+            "pool_draining",
+            "1 when the pool is being deleted",
+            m.pool_draining.clone(),
+        );
+        registry.register(
+            "pool_consecutive_boot_failures",
+            "Boots that failed in a row since the pool's last Ready boot; the pool is degraded at 3",
+            m.pool_boot_failure_streak.clone(),
+        );
+        registry.register(
+            "allocations",
+            "Allocate calls by outcome: warm, cold, exhausted, volume_unavailable, cloud_error, failed",
+            m.allocations.clone(),
+        );
+        registry.register_with_unit(
+            "allocate_duration",
+            "Latency of successful Allocate calls, by path (warm: a pool instance; cold: a dedicated boot)",
+            Unit::Seconds,
+            m.allocate_duration.clone(),
+        );
+        registry.register(
+            "boots",
+            "Pool boots by result: ready, quota, rate_limited, no_valid_host, timeout, failed",
+            m.boots.clone(),
+        );
+        registry.register_with_unit(
+            "boot_lead_time",
+            "Time from a boot request to the instance being Ready (successful boots only)",
+            Unit::Seconds,
+            m.boot_lead_time.clone(),
+        );
+        registry.register(
+            "pool_exhausted",
+            "Allocate calls that found no Ready instance in the pool",
+            m.exhausted.clone(),
+        );
+        registry.register(
+            "leaks_deleted",
+            "Cloud servers the reconciler deleted because the store did not know them (empty pool labels: unknown pool)",
+            m.leaks_deleted.clone(),
+        );
+        registry.register(
+            "pool_settings_changes",
+            "Operator changes of a pool's settings",
+            m.settings_changes.clone(),
+        );
+        registry.register("releases", "Allocations released", m.releases.clone());
+        registry.register(
+            "metrics_events_lagged",
+            "Manager events the metrics task missed because it fell behind (event-driven counters undercount by this much)",
+            m.events_lagged.clone(),
+        );
+        registry.register_with_unit(
+            "cloud_request_duration",
+            "Latency of cloud API calls by service (compute, volume, network) and status (ok or the error class)",
+            Unit::Seconds,
+            m.cloud_request_duration.clone(),
+        );
+        registry.register(
+            "cloud_throttled",
+            "Cloud API calls answered with a throttling error (HTTP 429/413), by service",
+            m.cloud_throttled.clone(),
+        );
+        registry.register_with_unit(
+            "cloud_retry_after",
+            "Pause the cloud asked for in Retry-After on throttled calls, summed, by service",
+            Unit::Seconds,
+            m.cloud_retry_after.clone(),
+        );
+        // Throttling is rare: create its series at zero, so they are there
+        // (and `rate()` sees the first one) before it happens.
+        for service in cloud::SERVICES {
+            touch(&m.cloud_throttled, &ServiceLabels { service });
+            touch(&m.cloud_retry_after, &ServiceLabels { service });
+        }
+        Metrics { registry, ..m }
+    }
+
+    /// Updates the event-driven metrics and logs what an operator should see.
+    pub fn record(&self, event: &Event) {
+        let pool = PoolLabels::of(event.pool.as_ref());
+        let name = event
+            .pool
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "(unknown)".into());
+        match &event.kind {
+            EventKind::Boot { outcome, lead_time } => {
+                self.boots
+                    .get_or_create(&pool.with(boot_outcome_name(*outcome)).into())
+                    .inc();
+                let mut streaks = self.streaks.lock().expect("streak lock");
+                let streak = streaks.entry(pool.clone()).or_insert(0);
+                if *outcome == BootOutcome::Ready {
+                    self.boot_lead_time
+                        .get_or_create(&pool)
+                        .observe(lead_time.as_secs_f64());
+                    if *streak >= DEGRADED_AFTER {
+                        tracing::info!(pool = %name, after_failures = *streak, "pool recovered: a boot succeeded");
+                    }
+                    *streak = 0;
+                } else {
+                    *streak += 1;
+                    tracing::warn!(
+                        pool = %name,
+                        result = boot_outcome_name(*outcome),
+                        after = ?lead_time,
+                        consecutive_failures = *streak,
+                        "boot failed"
+                    );
+                    if *streak == DEGRADED_AFTER {
+                        tracing::warn!(
+                            pool = %name,
+                            consecutive_failures = *streak,
+                            "pool degraded: boots keep failing"
+                        );
+                    }
+                }
+            }
+            EventKind::Allocation { outcome, latency } => {
+                let outcome_name = allocation_outcome_name(*outcome);
+                self.allocations
+                    .get_or_create(&pool.with(outcome_name).into())
+                    .inc();
+                match outcome {
+                    AllocationOutcome::Warm | AllocationOutcome::Cold => {
+                        self.allocate_duration
+                            .get_or_create(&pool.with(outcome_name).into())
+                            .observe(latency.as_secs_f64());
+                    }
+                    _ => {
+                        tracing::debug!(pool = %name, outcome = outcome_name, ?latency, "allocation failed")
+                    }
+                }
+            }
+            EventKind::Exhausted => {
+                self.exhausted.get_or_create(&pool).inc();
+                tracing::warn!(pool = %name, "pool exhausted: an Allocate found no Ready instance");
+            }
+            EventKind::SettingsChanged => {
+                self.settings_changes.get_or_create(&pool).inc();
+                tracing::info!(pool = %name, "pool settings changed");
+            }
+            EventKind::LeakDeleted { server_id } => {
+                self.leaks_deleted.get_or_create(&pool).inc();
+                tracing::warn!(pool = %name, %server_id, "deleted a leaked cloud server");
+            }
+            EventKind::Released => {
+                self.releases.get_or_create(&pool).inc();
+            }
+        }
+    }
+
+    /// Records one cloud call's latency and status (see [`MeteredCloud`]).
+    pub fn observe_cloud(
+        &self,
+        service: &'static str,
+        error: Option<&CloudError>,
+        latency: Duration,
+    ) {
+        let status = cloud_status_name(error);
+        self.cloud_request_duration
+            .get_or_create(&CloudLabels { service, status })
+            .observe(latency.as_secs_f64());
+        if let Some(CloudError::Throttled { retry_after, .. }) = error {
+            let labels = ServiceLabels { service };
+            self.cloud_throttled.get_or_create(&labels).inc();
+            if let Some(after) = retry_after {
+                self.cloud_retry_after
+                    .get_or_create(&labels)
+                    .inc_by(after.as_secs_f64());
+            }
+        }
+    }
+
+    /// Consumes events until the manager goes away; a lagging receiver logs
+    /// and counts what it missed and carries on.
+    pub async fn run_events(&self, mut events: broadcast::Receiver<Event>) {
+        loop {
+            match events.recv().await {
+                Ok(event) => self.record(&event),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    self.events_lagged.inc_by(missed);
+                    tracing::warn!(
+                        missed,
+                        "metrics fell behind the manager's events; counters undercount"
+                    );
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Sets the pool gauges from the manager's current view, and creates
+    /// every pool's counters at zero so the first increment shows in `rate()`.
+    async fn refresh(&self, manager: &PoolManager) -> ManagerResult<()> {
+        let pools = manager.list_pools().await?;
+        for family in [
+            &self.pool_effective_target,
+            &self.pool_min_ready,
+            &self.pool_max_ready,
+            &self.pool_paused,
+            &self.pool_draining,
+            &self.pool_boot_failure_streak,
+        ] {
+            family.clear();
+        }
+        self.pool_instances.clear();
+        let streaks = self.streaks.lock().expect("streak lock").clone();
+        for status in pools {
+            let pool = PoolLabels::of(Some(&status.record.key));
+            for state in ALL_STATES {
+                self.pool_instances
+                    .get_or_create(&pool.with(state_name(state)).into())
+                    .set(i64::from(status.count(state)));
+            }
+            let spec = &status.record.spec;
+            for (family, value) in [
+                (&self.pool_effective_target, status.effective_target),
+                (&self.pool_min_ready, spec.min_ready),
+                (&self.pool_max_ready, spec.max_ready),
+                (&self.pool_paused, u32::from(spec.paused)),
+                (&self.pool_draining, u32::from(status.record.draining)),
+                (
+                    &self.pool_boot_failure_streak,
+                    streaks.get(&pool).copied().unwrap_or(0),
+                ),
+            ] {
+                family.get_or_create(&pool).set(i64::from(value));
+            }
+            for outcome in ALLOCATION_OUTCOMES {
+                touch(
+                    &self.allocations,
+                    &pool.with(allocation_outcome_name(outcome)).into(),
+                );
+            }
+            for path in ["warm", "cold"] {
+                touch(&self.allocate_duration, &pool.with(path).into());
+            }
+            for outcome in BOOT_OUTCOMES {
+                touch(&self.boots, &pool.with(boot_outcome_name(outcome)).into());
+            }
+            touch(&self.boot_lead_time, &pool);
+            for family in [
+                &self.exhausted,
+                &self.leaks_deleted,
+                &self.settings_changes,
+                &self.releases,
+            ] {
+                touch(family, &pool);
+            }
+        }
+        Ok(())
+    }
+
+    /// The `/metrics` body: gauges refreshed from `manager`, then everything
+    /// encoded in the OpenMetrics text format.
+    pub async fn render(&self, manager: &PoolManager) -> ManagerResult<String> {
+        let _one_at_a_time = self.scrape.lock().await;
+        self.refresh(manager).await?;
+        Ok(self.encode())
+    }
+
+    /// Encodes the metrics as they are, without refreshing the gauges.
+    pub fn encode(&self) -> String {
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, &self.registry)
+            .expect("writing to a String cannot fail");
+        body
+    }
+}
+
+/// Creates the series `labels` of `family` (at zero) if it does not exist.
+fn touch<L, M, C>(family: &Family<L, M, C>, labels: &L)
+where
+    L: Clone + std::hash::Hash + Eq,
+    C: prometheus_client::metrics::family::MetricConstructor<M>,
+{
+    drop(family.get_or_create(labels));
+}
+
+/// Serves `/metrics` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    metrics: Arc<Metrics>,
+    manager: PoolManager,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::extract::State;
+    use axum::http::{header, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::get;
+
+    type AppState = (Arc<Metrics>, PoolManager);
+
+    async fn scrape(State((metrics, manager)): State<AppState>) -> Response {
+        match metrics.render(&manager).await {
+            Ok(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read pools for /metrics");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot read pools: {e}\n"),
+                )
+                    .into_response()
+            }
+        }
+    }
+
+    async fn index() -> &'static str {
+        "warmpoold: metrics at /metrics\n"
+    }
+
+    let app = axum::Router::new()
+        .route("/metrics", get(scrape))
+        .route("/", get(index))
+        .with_state((metrics, manager));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: EventKind) -> Event {
+        Event {
+            pool: Some(PoolKey::new("db.small", "az1")),
+            kind,
+        }
+    }
+
+    /// The value of the sample `name{labels}` in `body`.
+    fn sample(body: &str, name_and_labels: &str) -> f64 {
+        body.lines()
+            .find_map(|line| line.strip_prefix(name_and_labels)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no sample {name_and_labels} in\n{body}"))
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn events_move_the_counters_and_histograms() {
+        let m = Metrics::new();
+        m.record(&event(EventKind::Allocation {
+            outcome: AllocationOutcome::Warm,
+            latency: Duration::from_millis(20),
+        }));
+        m.record(&event(EventKind::Allocation {
+            outcome: AllocationOutcome::Exhausted,
+            latency: Duration::from_millis(1),
+        }));
+        m.record(&event(EventKind::Exhausted));
+        m.record(&event(EventKind::Boot {
+            outcome: BootOutcome::Ready,
+            lead_time: Duration::from_secs(3),
+        }));
+        m.record(&Event {
+            pool: None,
+            kind: EventKind::LeakDeleted {
+                server_id: "srv-1".into(),
+            },
+        });
+        let body = m.encode();
+        let pool = r#"flavor="db.small",availability_zone="az1""#;
+        assert_eq!(
+            sample(
+                &body,
+                &format!("warmpool_allocations_total{{{pool},outcome=\"warm\"}}")
+            ),
+            1.0
+        );
+        assert_eq!(
+            sample(
+                &body,
+                &format!("warmpool_allocations_total{{{pool},outcome=\"exhausted\"}}")
+            ),
+            1.0
+        );
+        assert_eq!(
+            sample(
+                &body,
+                &format!("warmpool_allocate_duration_seconds_count{{{pool},path=\"warm\"}}")
+            ),
+            1.0
+        );
+        assert_eq!(
+            sample(
+                &body,
+                &format!("warmpool_allocate_duration_seconds_sum{{{pool},path=\"warm\"}}")
+            ),
+            0.02
+        );
+        assert_eq!(
+            sample(&body, &format!("warmpool_pool_exhausted_total{{{pool}}}")),
+            1.0
+        );
+        assert_eq!(
+            sample(
+                &body,
+                &format!("warmpool_boots_total{{{pool},result=\"ready\"}}")
+            ),
+            1.0
+        );
+        assert_eq!(
+            sample(
+                &body,
+                &format!("warmpool_boot_lead_time_seconds_bucket{{le=\"5.0\",{pool}}}")
+            ),
+            1.0,
+            "3 s falls in the 5 s bucket"
+        );
+        assert_eq!(
+            sample(
+                &body,
+                r#"warmpool_leaks_deleted_total{flavor="",availability_zone=""}"#
+            ),
+            1.0
+        );
+        // A doc line and a type for every family.
+        assert!(body.contains("# HELP warmpool_allocations Allocate calls by outcome"));
+        assert!(body.contains("# TYPE warmpool_boot_lead_time_seconds histogram"));
+        assert!(body.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn failed_boots_count_a_streak_that_a_ready_boot_resets() {
+        let m = Metrics::new();
+        let fail = event(EventKind::Boot {
+            outcome: BootOutcome::NoValidHost,
+            lead_time: Duration::from_secs(1),
+        });
+        for _ in 0..DEGRADED_AFTER {
+            m.record(&fail);
+        }
+        let streak = |m: &Metrics| {
+            m.streaks
+                .lock()
+                .unwrap()
+                .get(&PoolLabels::of(Some(&PoolKey::new("db.small", "az1"))))
+                .copied()
+        };
+        assert_eq!(streak(&m), Some(DEGRADED_AFTER));
+        m.record(&event(EventKind::Boot {
+            outcome: BootOutcome::Ready,
+            lead_time: Duration::from_secs(1),
+        }));
+        assert_eq!(streak(&m), Some(0));
+        let body = m.encode();
+        assert_eq!(
+            sample(
+                &body,
+                r#"warmpool_boots_total{flavor="db.small",availability_zone="az1",result="no_valid_host"}"#
+            ),
+            f64::from(DEGRADED_AFTER)
+        );
+    }
+
+    #[test]
+    fn throttled_cloud_calls_count_and_sum_retry_after() {
+        let m = Metrics::new();
+        m.observe_cloud(
+            "compute",
+            Some(&CloudError::Throttled {
+                retry_after: Some(Duration::from_secs(2)),
+                message: "slow down".into(),
+            }),
+            Duration::from_millis(5),
+        );
+        m.observe_cloud("compute", None, Duration::from_millis(5));
+        let body = m.encode();
+        assert_eq!(
+            sample(
+                &body,
+                r#"warmpool_cloud_throttled_total{service="compute"}"#
+            ),
+            1.0
+        );
+        assert_eq!(
+            sample(
+                &body,
+                r#"warmpool_cloud_retry_after_seconds_total{service="compute"}"#
+            ),
+            2.0
+        );
+        assert_eq!(
+            sample(
+                &body,
+                r#"warmpool_cloud_request_duration_seconds_count{service="compute",status="ok"}"#
+            ),
+            1.0
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lagging_event_task_counts_what_it_missed_and_goes_on() {
+        let (tx, rx) = broadcast::channel(2);
+        // Five events into a channel of two: the receiver lags by three.
+        for _ in 0..5 {
+            tx.send(event(EventKind::Released)).unwrap();
+        }
+        drop(tx);
+        let m = Metrics::new();
+        m.run_events(rx).await; // returns once the channel is closed
+        let body = m.encode();
+        assert_eq!(sample(&body, "warmpool_metrics_events_lagged_total"), 3.0);
+        assert_eq!(
+            sample(
+                &body,
+                r#"warmpool_releases_total{flavor="db.small",availability_zone="az1"}"#
+            ),
+            2.0
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! [`MeteredCloud`]: the daemon's cloud, timed. Every call's latency goes to
+//! `warmpool_cloud_request_duration_seconds{service, status}`; throttled
+//! answers and the Retry-After they carry are counted too.
+
+use super::Metrics;
+use async_trait::async_trait;
+use pool_manager::cloud::{
+    Cloud, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume,
+};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// Nova: servers and their volume and interface attachments.
+const COMPUTE: &str = "compute";
+/// Cinder: volumes.
+const VOLUME: &str = "volume";
+/// Neutron: ports.
+const NETWORK: &str = "network";
+/// The `service` label values.
+pub(super) const SERVICES: [&str; 3] = [COMPUTE, VOLUME, NETWORK];
+
+/// Wraps a [`Cloud`], recording each call in [`Metrics`].
+pub struct MeteredCloud {
+    inner: Arc<dyn Cloud>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeteredCloud {
+    pub fn new(inner: Arc<dyn Cloud>, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+
+    async fn timed<T>(
+        &self,
+        service: &'static str,
+        call: impl Future<Output = CloudResult<T>>,
+    ) -> CloudResult<T> {
+        let started = Instant::now();
+        let result = call.await;
+        self.metrics
+            .observe_cloud(service, result.as_ref().err(), started.elapsed());
+        result
+    }
+}
+
+#[async_trait]
+impl Cloud for MeteredCloud {
+    async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server> {
+        self.timed(COMPUTE, self.inner.create_server(spec)).await
+    }
+    async fn get_server(&self, server_id: &str) -> CloudResult<Server> {
+        self.timed(COMPUTE, self.inner.get_server(server_id)).await
+    }
+    async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
+        self.timed(COMPUTE, self.inner.list_pool_servers()).await
+    }
+    async fn delete_server(&self, server_id: &str) -> CloudResult<()> {
+        self.timed(COMPUTE, self.inner.delete_server(server_id))
+            .await
+    }
+
+    async fn create_volume(&self, spec: &NewVolumeSpec) -> CloudResult<Volume> {
+        self.timed(VOLUME, self.inner.create_volume(spec)).await
+    }
+    async fn get_volume(&self, volume_id: &str) -> CloudResult<Volume> {
+        self.timed(VOLUME, self.inner.get_volume(volume_id)).await
+    }
+    async fn find_volumes_by_name(&self, name: &str) -> CloudResult<Vec<Volume>> {
+        self.timed(VOLUME, self.inner.find_volumes_by_name(name))
+            .await
+    }
+    async fn delete_volume(&self, volume_id: &str) -> CloudResult<()> {
+        self.timed(VOLUME, self.inner.delete_volume(volume_id))
+            .await
+    }
+    async fn attach_volume(&self, server_id: &str, volume_id: &str) -> CloudResult<()> {
+        self.timed(COMPUTE, self.inner.attach_volume(server_id, volume_id))
+            .await
+    }
+    async fn detach_volume(&self, server_id: &str, volume_id: &str) -> CloudResult<()> {
+        self.timed(COMPUTE, self.inner.detach_volume(server_id, volume_id))
+            .await
+    }
+
+    async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {
+        self.timed(NETWORK, self.inner.create_port(spec)).await
+    }
+    async fn get_port(&self, port_id: &str) -> CloudResult<Port> {
+        self.timed(NETWORK, self.inner.get_port(port_id)).await
+    }
+    async fn find_ports_by_name(&self, name: &str) -> CloudResult<Vec<Port>> {
+        self.timed(NETWORK, self.inner.find_ports_by_name(name))
+            .await
+    }
+    async fn delete_port(&self, port_id: &str) -> CloudResult<()> {
+        self.timed(NETWORK, self.inner.delete_port(port_id)).await
+    }
+    async fn attach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()> {
+        self.timed(COMPUTE, self.inner.attach_port(server_id, port_id))
+            .await
+    }
+    async fn detach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()> {
+        self.timed(COMPUTE, self.inner.detach_port(server_id, port_id))
+            .await
+    }
+}

@@ -1,0 +1,214 @@
+//! The files in deploy/ checked against the daemon itself: every TOML there
+//! loads with warmpoold's own config loader, the example documents every
+//! option the loader knows, and the Grafana dashboard and the Prometheus
+//! rules name only metrics a running warmpoold exposes on /metrics.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::{deploy_dir, eventually, exposed_names, families, warmpool_identifiers, Daemon};
+use warmpool_server::config::Config;
+
+/// Files under `dir` (recursively) whose name ends with `suffix`.
+fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files_ending(&path, suffix));
+        } else if path.to_string_lossy().ends_with(suffix) {
+            found.push(path);
+        }
+    }
+    found.sort();
+    found
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn every_toml_in_deploy_loads_with_the_daemons_config_loader() {
+    let tomls = files_ending(&deploy_dir(), ".toml");
+    let names: Vec<_> = tomls
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.contains(&"warmpoold.example.toml".to_owned()),
+        "no example config among {names:?}"
+    );
+    assert!(
+        tomls.len() >= 2,
+        "expected the example and the Kubernetes config: {names:?}"
+    );
+    for path in &tomls {
+        let config = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!config.pools.is_empty(), "{}: no pools", path.display());
+        assert_ne!(config.listen, config.metrics_listen, "{}", path.display());
+    }
+}
+
+/// The fields a table of the config accepts, read from the loader's own
+/// "unknown field" error for a key it cannot know (serde lists the expected
+/// ones), so an option added to the loader is found without editing this test.
+fn accepted_keys(table_prefix: &str) -> BTreeSet<String> {
+    let text = format!("{table_prefix}__no_such_option__ = 1\n");
+    let err = Config::parse(&text)
+        .expect_err("an unknown key is an error")
+        .to_string();
+    assert!(
+        err.contains("unknown field `__no_such_option__`"),
+        "unexpected error for {text:?}: {err}"
+    );
+    let expected = err
+        .split_once("expected")
+        .unwrap_or_else(|| panic!("no list of expected fields in: {err}"))
+        .1;
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_example_config_documents_every_option() {
+    let example = read(&deploy_dir().join("warmpoold.example.toml"));
+    let lines: Vec<&str> = example.lines().collect();
+    let tables = [
+        ("top level", String::new()),
+        ("[manager]", "[manager]\n".to_owned()),
+        (
+            "[cloud] (embedded)",
+            "[cloud]\nkind = \"embedded\"\n".to_owned(),
+        ),
+        ("[[pools]]", "[[pools]]\n".to_owned()),
+    ];
+    let mut checked = 0;
+    for (table, prefix) in tables {
+        let keys = accepted_keys(&prefix);
+        assert!(!keys.is_empty(), "{table}: no keys found");
+        for key in keys {
+            // Set, or shown commented out, with a comment line right above
+            // (possibly above a run of such keys).
+            // Tables (`[manager]`, `[[pools]]`) by their header.
+            let at = lines.iter().position(|l| {
+                let l = l.trim_start_matches(['#', ' ']);
+                let header = l.trim_start_matches('[').strip_prefix(key.as_str());
+                l.starts_with('[') && header.is_some_and(|rest| rest.starts_with(']'))
+                    || l.strip_prefix(key.as_str())
+                        .is_some_and(|rest| rest.trim_start().starts_with('='))
+            });
+            let at = at.unwrap_or_else(|| panic!("{table}: option `{key}` is not in the example"));
+            assert!(
+                at > 0 && lines[at - 1].trim_start().starts_with('#'),
+                "{table}: option `{key}` has no comment above it"
+            );
+            checked += 1;
+        }
+    }
+    // The tables themselves are shown too.
+    for header in ["[manager]", "[cloud]", "[[pools]]"] {
+        assert!(example.contains(header), "the example lacks {header}");
+    }
+    assert!(checked >= 20, "only {checked} options found");
+}
+
+/// Every `expr` of a Grafana JSON, and its templating queries.
+fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<String> {
+    let mut queries = Vec::new();
+    support::dashboard_exprs(dashboard, &mut queries);
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating variables")
+    {
+        if let Some(definition) = variable["definition"].as_str() {
+            queries.push(definition.to_owned());
+        }
+    }
+    queries
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_and_alert_rules_name_only_metrics_the_daemon_exposes() {
+    let daemon = Daemon::start(&[("db.small", "az1", 2, 4)]).await;
+    // Once the pool is in the store, its per-pool series are exported.
+    let body = eventually("the pool's series on /metrics", Duration::from_secs(30), || async {
+        let body = daemon.scrape().await;
+        if body.contains(r#"warmpool_pool_instances{flavor="db.small",availability_zone="az1",state="ready"}"#) {
+            Ok(body)
+        } else {
+            Err(body)
+        }
+    })
+    .await;
+    let exposed = exposed_names(&body);
+
+    // Every family is documented, prefixed, and named by its unit and type.
+    let families = families(&body);
+    assert!(families.len() >= 15, "{families:#?}");
+    for family in &families {
+        assert!(family.name.starts_with("warmpool_"), "{family:?}");
+        assert!(
+            family.help.as_deref().is_some_and(|h| h.len() > 10),
+            "no doc line for {family:?}"
+        );
+        if family.kind == "histogram" {
+            assert!(
+                family.name.ends_with("_seconds"),
+                "histograms measure seconds: {family:?}"
+            );
+        }
+    }
+
+    let queries = dashboard_queries(&support::dashboard());
+    assert!(
+        queries.len() >= 15,
+        "only {} queries in the dashboard",
+        queries.len()
+    );
+    let mut referenced = BTreeSet::new();
+    for query in &queries {
+        let names = warmpool_identifiers(query);
+        assert!(
+            !names.is_empty(),
+            "dashboard query names no warmpool metric: {query}"
+        );
+        referenced.extend(names);
+    }
+
+    let rules = files_ending(&deploy_dir().join("prometheus"), ".yml");
+    assert!(rules.iter().any(|p| p.ends_with("alerts.yml")), "{rules:?}");
+    for path in &rules {
+        referenced.extend(warmpool_identifiers(&read(path)));
+    }
+
+    let unknown: Vec<_> = referenced.difference(&exposed).collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard or rules name metrics warmpoold does not expose: {unknown:?}\nexposed: {exposed:#?}"
+    );
+    // The issue's must-haves are all referenced somewhere.
+    for needed in [
+        "warmpool_pool_instances",
+        "warmpool_pool_effective_target",
+        "warmpool_allocations_total",
+        "warmpool_boot_lead_time_seconds_bucket",
+        "warmpool_allocate_duration_seconds_bucket",
+        "warmpool_pool_exhausted_total",
+        "warmpool_leaks_deleted_total",
+        "warmpool_cloud_throttled_total",
+    ] {
+        assert!(
+            referenced.contains(needed),
+            "nothing in deploy/ uses {needed}"
+        );
+    }
+    daemon.shut_down().await;
+}

@@ -1,0 +1,1253 @@
+//! warmpoold end to end over real sockets: the daemon started in-process with
+//! `warmpool_server::start` on 127.0.0.1:0, the embedded cloud at 1/100 speed
+//! with real MySQL-greeting listeners (so readiness goes through the real TCP
+//! probe), and `warmpool_client::Client` on the other side.
+//!
+//! These run on the real clock. They wait with bounded polling loops and never
+//! assert on how long anything took.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tonic::Code;
+use warmpool_client::{api, Client, ClientError};
+use warmpool_server::config::Config;
+use warmpool_server::Running;
+
+/// How long any eventual condition may take before the test fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,sled=warn,h2=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A pool for the config file: flavor, availability zone, min_ready, max_ready.
+#[derive(Clone, Debug)]
+struct PoolDef(&'static str, &'static str, u32, u32);
+
+fn pool(flavor: &'static str, az: &'static str, min_ready: u32, max_ready: u32) -> PoolDef {
+    PoolDef(flavor, az, min_ready, max_ready)
+}
+
+/// A daemon config, written as the TOML an operator would write: on
+/// 127.0.0.1:0 (tests run in parallel, so every daemon gets its own ports),
+/// short manager intervals, and the embedded cloud at 1/100 speed with real
+/// MySQL-greeting listeners (a lone boot takes 60 s simulated: 0.6 s here).
+fn config(data_dir: &Path, pools: Vec<PoolDef>) -> Config {
+    let mut text = String::from(
+        r#"
+listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+"#,
+    );
+    if pools.is_empty() {
+        text.push_str("pools = []\n");
+    }
+    text.push_str(
+        r#"
+[manager]
+poll_interval = "50ms"
+replenish_interval = "100ms"
+reconcile_interval = "1s"
+max_concurrent_boots = 4
+
+[cloud]
+kind = "embedded"
+time_scale = 0.01
+seed = 7
+"#,
+    );
+    for PoolDef(flavor, az, min_ready, max_ready) in pools {
+        text.push_str(&format!(
+            "\n[[pools]]\nflavor = {flavor:?}\navailability_zone = {az:?}\n\
+             min_ready = {min_ready}\nmax_ready = {max_ready}\n\
+             image = \"mysql-8.0\"\nboot_timeout = \"1m\"\n"
+        ));
+    }
+    let mut config = Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    config.data_dir = data_dir.to_owned();
+    config
+}
+
+/// A running warmpoold and a client connected to it.
+struct Daemon {
+    running: Running,
+    stop: oneshot::Sender<()>,
+    endpoint: String,
+    client: Client,
+}
+
+impl Daemon {
+    async fn start(config: Config) -> Daemon {
+        init_tracing();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = warmpool_server::start(config, async move {
+            // A dropped sender (test over, or panicked) stops the daemon too.
+            let _ = stopped.await;
+        })
+        .await
+        .expect("warmpoold starts");
+        assert!(running.grpc_addr.ip().is_loopback());
+        assert_ne!(running.grpc_addr.port(), 0);
+        let endpoint = format!("http://{}", running.grpc_addr);
+        let client = Client::connect(&endpoint).await.expect("client connects");
+        Daemon {
+            running,
+            stop,
+            endpoint,
+            client,
+        }
+    }
+
+    fn cloud(&self) -> &cloudsim::SimCloud {
+        self.running.cloud.as_deref().expect("embedded cloud")
+    }
+
+    /// Graceful shutdown: resolve the shutdown future and wait for the served
+    /// task, which flushes the store. Everything holding the store is dropped
+    /// before this returns, so the data dir can be opened again.
+    async fn shut_down(self) {
+        let Daemon {
+            running,
+            stop,
+            client,
+            ..
+        } = self;
+        drop(client);
+        stop.send(()).expect("daemon still running");
+        let Running {
+            served,
+            manager,
+            cloud,
+            grpc_addr,
+            ..
+        } = running;
+        drop(manager);
+        tokio::time::timeout(PATIENCE, served)
+            .await
+            .expect("shutdown within the grace period")
+            .expect("server task did not panic")
+            .expect("clean shutdown");
+        drop(cloud);
+        // Nothing listens any more.
+        assert!(tokio::net::TcpStream::connect(grpc_addr).await.is_err());
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Ok`, for up to [`PATIENCE`];
+/// on timeout panics with `what` and the last state `check` described.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(state) if Instant::now() >= deadline => {
+                panic!("timed out after {PATIENCE:?} waiting for {what}; last seen: {state}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+fn counts(pool: &api::Pool) -> api::PoolCounts {
+    pool.counts.expect("Pool.counts is always set")
+}
+
+/// Waits until the pool has `ready` Ready instances and nothing booting or
+/// warming (so it is at rest at its target).
+async fn wait_ready(client: &Client, flavor: &str, az: &str, ready: u32) -> api::Pool {
+    eventually(&format!("{flavor}@{az} to have {ready} ready"), || async {
+        let pool = client
+            .get_pool(flavor, az)
+            .await
+            .map_err(|e| e.to_string())?;
+        let c = counts(&pool);
+        if c.ready == ready && c.booting == 0 && c.warming == 0 {
+            Ok(pool)
+        } else {
+            Err(format!("{c:?}"))
+        }
+    })
+    .await
+}
+
+fn allocate_request(request_id: &str, flavor: &str, az: &str) -> api::AllocateRequest {
+    api::AllocateRequest {
+        request_id: request_id.into(),
+        tenant_project_id: "tenant-a".into(),
+        flavor: flavor.into(),
+        availability_zone: az.into(),
+        volume: Some(api::VolumeSpec {
+            source: Some(api::volume_spec::Source::NewVolume(api::NewVolume {
+                size_gib: 20,
+                volume_type: String::new(),
+            })),
+            delete_on_release: false,
+        }),
+        network: Some(api::NetworkSpec {
+            network_id: "net-tenant-a".into(),
+            subnet_id: String::new(),
+            fixed_ip: String::new(),
+        }),
+        labels: [("order".to_owned(), request_id.to_owned())].into(),
+        empty_pool_policy: api::EmptyPoolPolicy::Wait.into(),
+        timeout: Some(prost_types::Duration {
+            seconds: 30,
+            nanos: 0,
+        }),
+    }
+}
+
+#[track_caller]
+fn expect_code<T: std::fmt::Debug>(result: Result<T, ClientError>, code: Code) -> String {
+    match result {
+        Err(ClientError::Status { code: got, message }) => {
+            assert_eq!(got, code, "wrong code; message: {message}");
+            message
+        }
+        other => panic!("expected {code:?}, got {other:?}"),
+    }
+}
+
+fn state(a: &api::Allocation) -> api::AllocationState {
+    api::AllocationState::try_from(a.state).expect("known allocation state")
+}
+
+/// The next item of a WatchPools stream, within [`PATIENCE`].
+async fn next_status(watch: &mut warmpool_client::PoolStatusStream) -> api::PoolStatus {
+    tokio::time::timeout(PATIENCE, watch.next())
+        .await
+        .expect("a pool status within the time limit")
+        .expect("the stream stays open")
+        .expect("no stream error")
+}
+
+/// Everything a successful warm Allocate promises.
+#[track_caller]
+fn assert_warm_hit(a: &api::Allocation, request_id: &str, flavor: &str, az: &str) {
+    assert_eq!(a.request_id, request_id);
+    assert_eq!(a.tenant_project_id, "tenant-a");
+    assert_eq!(
+        (a.flavor.as_str(), a.availability_zone.as_str()),
+        (flavor, az)
+    );
+    assert_eq!(state(a), api::AllocationState::Allocated, "{a:?}");
+    assert!(a.warm_hit, "{a:?}");
+    assert!(!a.instance_id.is_empty(), "{a:?}");
+    assert!(!a.server_id.is_empty(), "{a:?}");
+    assert!(!a.volume_id.is_empty(), "{a:?}");
+    assert!(!a.port_id.is_empty(), "{a:?}");
+    a.ip_address
+        .parse::<IpAddr>()
+        .unwrap_or_else(|_| panic!("ip_address {:?} is not an IP", a.ip_address));
+    assert!(a.created_at.is_some(), "{a:?}");
+    let t = a.timings.as_ref().expect("timings");
+    for (name, d) in [
+        ("claim", &t.claim),
+        ("volume", &t.volume),
+        ("port", &t.port),
+        ("verify", &t.verify),
+        ("wait", &t.wait),
+        ("total", &t.total),
+    ] {
+        let d = d.unwrap_or_else(|| panic!("timings.{name} missing: {t:?}"));
+        assert!(
+            d.seconds >= 0 && d.nanos >= 0,
+            "timings.{name} negative: {t:?}"
+        );
+    }
+    let total = t.total.unwrap();
+    assert!(total.seconds > 0 || total.nanos > 0, "total is zero: {t:?}");
+    assert_eq!(a.labels.get("order").map(String::as_str), Some(request_id));
+}
+
+#[tokio::test]
+async fn pools_reach_their_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(config(
+        dir.path(),
+        vec![
+            pool("db.small", "az1", 2, 4),
+            pool("db.medium", "az2", 1, 2),
+        ],
+    ))
+    .await;
+    let c = &d.client;
+
+    wait_ready(c, "db.small", "az1", 2).await;
+    wait_ready(c, "db.medium", "az2", 1).await;
+
+    let mut pools = c.list_pools().await.unwrap();
+    pools.sort_by(|a, b| a.flavor.cmp(&b.flavor));
+    assert_eq!(pools.len(), 2, "{pools:?}");
+    let medium = &pools[0];
+    let small = &pools[1];
+    assert_eq!(
+        (medium.flavor.as_str(), medium.availability_zone.as_str()),
+        ("db.medium", "az2")
+    );
+    assert_eq!(medium.effective_target, 1);
+    assert_eq!(counts(medium).ready, 1);
+    assert_eq!(small.effective_target, 2);
+    assert_eq!(counts(small).ready, 2);
+    let spec = small.spec.as_ref().unwrap();
+    assert_eq!((spec.min_ready, spec.max_ready, spec.target), (2, 4, 0));
+    assert_eq!(spec.image, "mysql-8.0");
+    assert_eq!(
+        spec.boot_timeout,
+        Some(prost_types::Duration {
+            seconds: 60,
+            nanos: 0
+        })
+    );
+    assert!(!small.draining && !spec.paused);
+    assert_eq!(small.allocations_warm + small.allocations_cold, 0);
+
+    // Every instance: Ready, with a server, unclaimed.
+    let all = c.list_instances("", "").await.unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    for i in &all {
+        assert_eq!(i.state, i32::from(api::InstanceState::Ready), "{i:?}");
+        assert!(!i.server_id.is_empty() && !i.id.is_empty(), "{i:?}");
+        assert!(i.ready_at.is_some() && i.created_at.is_some(), "{i:?}");
+        assert!(i.request_id.is_empty(), "{i:?}");
+    }
+    let small_only = c.list_instances("db.small", "az1").await.unwrap();
+    assert_eq!(small_only.len(), 2);
+    assert!(small_only
+        .iter()
+        .all(|i| i.flavor == "db.small" && i.availability_zone == "az1"));
+    // And those servers exist in the cloud.
+    let servers: Vec<String> = d
+        .cloud()
+        .servers()
+        .into_iter()
+        .map(|s| s.server.id)
+        .collect();
+    for i in &all {
+        assert!(
+            servers.contains(&i.server_id),
+            "{} not in {servers:?}",
+            i.server_id
+        );
+    }
+
+    let msg = expect_code(c.get_pool("db.large", "az1").await, Code::NotFound);
+    assert!(msg.contains("db.large@az1"), "{msg}");
+    expect_code(c.list_instances("db.large", "az1").await, Code::NotFound);
+    let msg = expect_code(c.get_pool("", "az1").await, Code::InvalidArgument);
+    assert!(msg.contains("flavor"), "{msg}");
+    let msg = expect_code(c.get_pool("db.small", "").await, Code::InvalidArgument);
+    assert!(msg.contains("availability_zone"), "{msg}");
+    let msg = expect_code(
+        c.list_instances("db.small", "").await,
+        Code::InvalidArgument,
+    );
+    assert!(msg.contains("availability_zone"), "{msg}");
+}
+
+#[tokio::test]
+async fn allocate_is_a_warm_hit_and_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(config(dir.path(), vec![pool("db.small", "az1", 2, 4)])).await;
+    let c = &d.client;
+    wait_ready(c, "db.small", "az1", 2).await;
+
+    let request = allocate_request("order-1", "db.small", "az1");
+    let first = c.allocate(request.clone()).await.unwrap();
+    assert_warm_hit(&first, "order-1", "db.small", "az1");
+
+    // The cloud agrees: the server has the volume and the port, and the
+    // volume was created in the tenant's project.
+    let server = d.cloud().server(&first.server_id).expect("server exists");
+    assert!(
+        server.server.attached_volumes.contains(&first.volume_id),
+        "{server:?}"
+    );
+    assert!(
+        server.server.attached_ports.contains(&first.port_id),
+        "{server:?}"
+    );
+    assert_eq!(
+        d.cloud().volume_project(&first.volume_id).as_deref(),
+        Some("tenant-a")
+    );
+
+    // Same request id, same parameters: the same allocation, not a second one.
+    let again = c.allocate(request.clone()).await.unwrap();
+    assert_eq!(again, first);
+    let got = c.get_allocation("order-1").await.unwrap();
+    assert_eq!(got, first);
+
+    // Same request id, other parameters: ABORTED, and nothing changes.
+    let mut other_tenant = request.clone();
+    other_tenant.tenant_project_id = "tenant-b".into();
+    let msg = expect_code(c.allocate(other_tenant).await, Code::Aborted);
+    assert!(msg.contains("order-1"), "{msg}");
+    let mut other_size = request.clone();
+    other_size.volume = Some(api::VolumeSpec {
+        source: Some(api::volume_spec::Source::NewVolume(api::NewVolume {
+            size_gib: 99,
+            volume_type: String::new(),
+        })),
+        delete_on_release: false,
+    });
+    expect_code(c.allocate(other_size).await, Code::Aborted);
+    assert_eq!(c.get_allocation("order-1").await.unwrap(), first);
+
+    // The instance is accounted as allocated, held by the request.
+    let instances = c.list_instances("db.small", "az1").await.unwrap();
+    let held = instances
+        .iter()
+        .find(|i| i.id == first.instance_id)
+        .expect("allocated instance listed");
+    assert_eq!(held.state, i32::from(api::InstanceState::Allocated));
+    assert_eq!(held.request_id, "order-1");
+    assert_eq!(held.server_id, first.server_id);
+
+    // The pool refills behind the allocation and counts the warm hit.
+    let pool = wait_ready(c, "db.small", "az1", 2).await;
+    assert_eq!(counts(&pool).allocated, 1);
+    assert_eq!(pool.allocations_warm, 1);
+    assert_eq!(pool.allocations_cold, 0);
+
+    // A second order gets a different server.
+    let second = c
+        .allocate(allocate_request("order-2", "db.small", "az1"))
+        .await
+        .unwrap();
+    assert_warm_hit(&second, "order-2", "db.small", "az1");
+    assert_ne!(second.server_id, first.server_id);
+    assert_ne!(second.volume_id, first.volume_id);
+    assert_ne!(second.ip_address, first.ip_address);
+}
+
+#[tokio::test]
+async fn concurrent_allocates_with_one_request_id_get_one_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(config(dir.path(), vec![pool("db.small", "az2", 3, 3)])).await;
+    let c = &d.client;
+    wait_ready(c, "db.small", "az2", 3).await;
+
+    let request = allocate_request("order-dup", "db.small", "az2");
+    let calls = (0..4).map(|_| c.allocate(request.clone()));
+    let results = futures::future::join_all(calls).await;
+    let allocations: Vec<api::Allocation> = results
+        .into_iter()
+        .map(|r| r.expect("every duplicate gets the allocation"))
+        .collect();
+    for a in &allocations {
+        assert_eq!(a, &allocations[0]);
+    }
+    assert_warm_hit(&allocations[0], "order-dup", "db.small", "az2");
+    let held: Vec<_> = c
+        .list_instances("db.small", "az2")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|i| !i.request_id.is_empty())
+        .collect();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(
+        c.get_pool("db.small", "az2")
+            .await
+            .unwrap()
+            .allocations_warm,
+        1
+    );
+}
+
+#[tokio::test]
+async fn invalid_requests_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(config(dir.path(), vec![pool("db.small", "az1", 1, 1)])).await;
+    let c = &d.client;
+
+    type Edit = fn(&mut api::AllocateRequest);
+    let cases: Vec<(&str, Edit)> = vec![
+        ("request_id", |r| r.request_id.clear()),
+        ("request_id", |r| r.request_id = "has spaces".into()),
+        ("request_id", |r| r.request_id = "x".repeat(129)),
+        ("tenant_project_id", |r| r.tenant_project_id.clear()),
+        ("flavor", |r| r.flavor.clear()),
+        ("availability_zone", |r| r.availability_zone.clear()),
+        ("volume", |r| r.volume = None),
+        ("volume", |r| r.volume.as_mut().unwrap().source = None),
+        ("volume.new_volume.size_gib", |r| {
+            r.volume.as_mut().unwrap().source =
+                Some(api::volume_spec::Source::NewVolume(api::NewVolume {
+                    size_gib: 0,
+                    volume_type: String::new(),
+                }))
+        }),
+        ("volume.existing_volume_id", |r| {
+            r.volume.as_mut().unwrap().source =
+                Some(api::volume_spec::Source::ExistingVolumeId(String::new()))
+        }),
+        ("network", |r| r.network = None),
+        ("network.network_id", |r| {
+            r.network.as_mut().unwrap().network_id.clear()
+        }),
+        ("network.fixed_ip", |r| {
+            r.network.as_mut().unwrap().fixed_ip = "10.0.0.9".into()
+        }),
+        ("network.fixed_ip", |r| {
+            let n = r.network.as_mut().unwrap();
+            n.subnet_id = "subnet-1".into();
+            n.fixed_ip = "not-an-ip".into();
+        }),
+        ("empty_pool_policy", |r| r.empty_pool_policy = 42),
+        ("timeout", |r| {
+            r.timeout = Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 0,
+            })
+        }),
+        ("timeout", |r| {
+            r.timeout = Some(prost_types::Duration {
+                seconds: -5,
+                nanos: 0,
+            })
+        }),
+    ];
+    for (field, edit) in cases {
+        let mut request = allocate_request("order-bad", "db.small", "az1");
+        edit(&mut request);
+        let result = c.allocate(request.clone()).await;
+        let msg = expect_code(result, Code::InvalidArgument);
+        assert!(
+            msg.starts_with(&format!("invalid {field}:")),
+            "message {msg:?} should name {field}; request {request:?}"
+        );
+    }
+    // A refused request leaves nothing behind.
+    expect_code(c.get_allocation("order-bad").await, Code::NotFound);
+
+    let msg = expect_code(c.get_allocation("").await, Code::InvalidArgument);
+    assert!(msg.contains("request_id"), "{msg}");
+    let msg = expect_code(c.release("", None).await, Code::InvalidArgument);
+    assert!(msg.contains("request_id"), "{msg}");
+}
+
+#[tokio::test]
+async fn unknown_and_empty_pools() {
+    let dir = tempfile::tempdir().unwrap();
+    // db.medium@az2 has no target: it stays empty.
+    let d = Daemon::start(config(
+        dir.path(),
+        vec![
+            pool("db.small", "az1", 1, 2),
+            pool("db.medium", "az2", 0, 2),
+        ],
+    ))
+    .await;
+    let c = &d.client;
+
+    let msg = expect_code(
+        c.allocate(allocate_request("order-x", "db.large", "az1"))
+            .await,
+        Code::NotFound,
+    );
+    assert!(msg.contains("db.large@az1"), "{msg}");
+    let msg = expect_code(c.get_allocation("never-made").await, Code::NotFound);
+    assert!(msg.contains("never-made"), "{msg}");
+    expect_code(c.release("never-made", None).await, Code::NotFound);
+
+    let mut fail_fast = allocate_request("order-ff", "db.medium", "az2");
+    fail_fast.empty_pool_policy = api::EmptyPoolPolicy::FailFast.into();
+    let msg = expect_code(c.allocate(fail_fast).await, Code::ResourceExhausted);
+    assert!(msg.contains("db.medium@az2"), "{msg}");
+    expect_code(c.get_allocation("order-ff").await, Code::NotFound);
+
+    // WAIT gives up at its deadline with the same code.
+    let mut wait = allocate_request("order-wait", "db.medium", "az2");
+    wait.timeout = Some(prost_types::Duration {
+        seconds: 0,
+        nanos: 300_000_000,
+    });
+    expect_code(c.allocate(wait).await, Code::ResourceExhausted);
+    expect_code(c.get_allocation("order-wait").await, Code::NotFound);
+
+    let pool = c.get_pool("db.medium", "az2").await.unwrap();
+    assert_eq!(pool.allocations_failed, 2, "{pool:?}");
+    assert_eq!(pool.effective_target, 0);
+    assert_eq!(counts(&pool), api::PoolCounts::default());
+    // The volume of a failed allocation is not left behind.
+    assert!(d.cloud().volumes().is_empty(), "{:?}", d.cloud().volumes());
+}
+
+#[tokio::test]
+async fn cold_boot_serves_an_empty_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(config(dir.path(), vec![pool("db.medium", "az1", 0, 2)])).await;
+    let c = &d.client;
+    let mut request = allocate_request("order-cold", "db.medium", "az1");
+    request.empty_pool_policy = api::EmptyPoolPolicy::ColdBoot.into();
+    let a = c.allocate(request.clone()).await.unwrap();
+    assert_eq!(state(&a), api::AllocationState::Allocated);
+    assert!(!a.warm_hit, "{a:?}");
+    assert!(!a.server_id.is_empty() && !a.port_id.is_empty() && !a.volume_id.is_empty());
+    assert_eq!(c.allocate(request).await.unwrap(), a);
+    let pool = c.get_pool("db.medium", "az1").await.unwrap();
+    assert_eq!((pool.allocations_warm, pool.allocations_cold), (0, 1));
+    assert_eq!(counts(&pool).allocated, 1);
+}
+
+#[tokio::test]
+async fn release_deletes_the_server_and_the_pool_refills() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(config(dir.path(), vec![pool("db.small", "az1", 2, 2)])).await;
+    let c = &d.client;
+    wait_ready(c, "db.small", "az1", 2).await;
+
+    // An existing volume, kept on release.
+    let kept = d.cloud().create_volume_for_test("tenant-a", "az1", 10);
+    let mut request = allocate_request("order-keep", "db.small", "az1");
+    request.volume = Some(api::VolumeSpec {
+        source: Some(api::volume_spec::Source::ExistingVolumeId(kept.clone())),
+        delete_on_release: false,
+    });
+    let a = c.allocate(request).await.unwrap();
+    assert_warm_hit(&a, "order-keep", "db.small", "az1");
+    assert_eq!(a.volume_id, kept);
+
+    // A volume in use is never attached a second time.
+    let mut reuse = allocate_request("order-reuse", "db.small", "az1");
+    reuse.volume = Some(api::VolumeSpec {
+        source: Some(api::volume_spec::Source::ExistingVolumeId(kept.clone())),
+        delete_on_release: false,
+    });
+    expect_code(c.allocate(reuse).await, Code::FailedPrecondition);
+    let mut missing = allocate_request("order-missing", "db.small", "az1");
+    missing.volume = Some(api::VolumeSpec {
+        source: Some(api::volume_spec::Source::ExistingVolumeId(
+            "vol-nope".into(),
+        )),
+        delete_on_release: false,
+    });
+    expect_code(c.allocate(missing).await, Code::FailedPrecondition);
+
+    // A new volume, deleted on release.
+    let mut request = allocate_request("order-drop", "db.small", "az1");
+    request.volume.as_mut().unwrap().delete_on_release = true;
+    let b = c.allocate(request).await.unwrap();
+    assert_warm_hit(&b, "order-drop", "db.small", "az1");
+    wait_ready(c, "db.small", "az1", 2).await;
+
+    let released = c.release("order-keep", None).await.unwrap();
+    assert_eq!(state(&released), api::AllocationState::Released);
+    assert_eq!(released.server_id, a.server_id);
+    // Idempotent: releasing again answers the same.
+    assert_eq!(c.release("order-keep", None).await.unwrap(), released);
+    assert_eq!(c.get_allocation("order-keep").await.unwrap(), released);
+    // So is Allocate with the request id of a released allocation.
+    let mut same = allocate_request("order-keep", "db.small", "az1");
+    same.volume = Some(api::VolumeSpec {
+        source: Some(api::volume_spec::Source::ExistingVolumeId(kept.clone())),
+        delete_on_release: false,
+    });
+    let replay = c.allocate(same).await.unwrap();
+    assert_eq!(state(&replay), api::AllocationState::Released);
+    assert_eq!(replay.server_id, a.server_id);
+
+    let released = c.release("order-drop", None).await.unwrap();
+    assert_eq!(state(&released), api::AllocationState::Released);
+
+    let cloud = d.cloud();
+    eventually(
+        "released servers, ports and the dropped volume to go",
+        || async {
+            let servers: Vec<String> = cloud.servers().into_iter().map(|s| s.server.id).collect();
+            let ports: Vec<String> = cloud.ports().into_iter().map(|p| p.id).collect();
+            let volumes = cloud.volumes();
+            let gone = !servers.contains(&a.server_id)
+                && !servers.contains(&b.server_id)
+                && !ports.contains(&a.port_id)
+                && !ports.contains(&b.port_id)
+                && !volumes.iter().any(|v| v.id == b.volume_id);
+            let kept_available = volumes.iter().any(|v| {
+                v.id == kept
+                    && v.attached_to.is_empty()
+                    && v.status == pool_manager::cloud::VolumeStatus::Available
+            });
+            if gone && kept_available {
+                Ok(())
+            } else {
+                Err(format!(
+                    "servers {servers:?} ports {ports:?} volumes {volumes:?}"
+                ))
+            }
+        },
+    )
+    .await;
+
+    // The instances are gone from the store; the pool is back at target
+    // with nothing allocated.
+    eventually("released instances to be forgotten", || async {
+        let instances = c.list_instances("", "").await.map_err(|e| e.to_string())?;
+        let pool = c
+            .get_pool("db.small", "az1")
+            .await
+            .map_err(|e| e.to_string())?;
+        let c = counts(&pool);
+        let held = instances
+            .iter()
+            .any(|i| i.id == a.instance_id || i.id == b.instance_id);
+        if !held && c.ready == 2 && c.allocated == 0 && c.releasing == 0 {
+            Ok(())
+        } else {
+            Err(format!("{c:?} {instances:?}"))
+        }
+    })
+    .await;
+
+    // The kept volume can be handed to the next allocation.
+    let mut next = allocate_request("order-next", "db.small", "az1");
+    next.volume = Some(api::VolumeSpec {
+        source: Some(api::volume_spec::Source::ExistingVolumeId(kept.clone())),
+        delete_on_release: false,
+    });
+    let n = c.allocate(next).await.unwrap();
+    assert_eq!(n.volume_id, kept);
+    assert_ne!(n.server_id, a.server_id);
+}
+
+#[tokio::test]
+async fn create_update_and_delete_pools() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(config(dir.path(), vec![pool("db.small", "az1", 1, 2)])).await;
+    let c = &d.client;
+
+    // Create: through the API, filled like a configured pool.
+    let spec = api::PoolSpec {
+        min_ready: 1,
+        max_ready: 3,
+        target: 0,
+        image: "mysql-8.0".into(),
+        boot_timeout: None,
+        max_age: None,
+        paused: false,
+    };
+    let created = c
+        .create_pool("db.large", "az2", spec.clone())
+        .await
+        .unwrap();
+    assert_eq!(created.effective_target, 1);
+    let created_spec = created.spec.unwrap();
+    assert_eq!(
+        created_spec.boot_timeout,
+        Some(prost_types::Duration {
+            seconds: 15 * 60,
+            nanos: 0
+        }),
+        "default boot timeout"
+    );
+    wait_ready(c, "db.large", "az2", 1).await;
+    assert_eq!(c.list_pools().await.unwrap().len(), 2);
+
+    let msg = expect_code(
+        c.create_pool("db.large", "az2", spec.clone()).await,
+        Code::AlreadyExists,
+    );
+    assert!(msg.contains("db.large@az2"), "{msg}");
+    let msg = expect_code(
+        c.create_pool(
+            "db.medium",
+            "az1",
+            api::PoolSpec {
+                min_ready: 3,
+                max_ready: 1,
+                ..spec.clone()
+            },
+        )
+        .await,
+        Code::InvalidArgument,
+    );
+    assert!(msg.contains("max_ready"), "{msg}");
+    let msg = expect_code(
+        c.create_pool(
+            "db.medium",
+            "az1",
+            api::PoolSpec {
+                image: String::new(),
+                ..spec.clone()
+            },
+        )
+        .await,
+        Code::InvalidArgument,
+    );
+    assert!(msg.contains("image"), "{msg}");
+    let msg = expect_code(
+        c.create_pool("", "az1", spec.clone()).await,
+        Code::InvalidArgument,
+    );
+    assert!(msg.contains("flavor"), "{msg}");
+    let mut raw = c.raw();
+    let status = raw
+        .create_pool(api::CreatePoolRequest {
+            flavor: "db.medium".into(),
+            availability_zone: "az1".into(),
+            spec: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("spec"), "{}", status.message());
+    expect_code(c.get_pool("db.medium", "az1").await, Code::NotFound);
+
+    // Update: only the masked fields change; the pool follows its new target.
+    let before = c.get_pool("db.small", "az1").await.unwrap().spec.unwrap();
+    let updated = c
+        .update_pool(
+            "db.small",
+            "az1",
+            api::PoolSpec {
+                min_ready: 3,
+                max_ready: 5,
+                image: String::new(), // not in the mask: ignored
+                ..Default::default()
+            },
+            ["min_ready", "spec.max_ready"],
+        )
+        .await
+        .unwrap();
+    let after = updated.spec.unwrap();
+    assert_eq!((after.min_ready, after.max_ready), (3, 5));
+    assert_eq!(after.image, before.image);
+    assert_eq!(after.boot_timeout, before.boot_timeout);
+    assert_eq!(updated.effective_target, 3);
+    wait_ready(c, "db.small", "az1", 3).await;
+
+    // A fixed target above min_ready.
+    let updated = c
+        .update_pool(
+            "db.small",
+            "az1",
+            api::PoolSpec {
+                target: 4,
+                ..Default::default()
+            },
+            ["target"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.effective_target, 4);
+    wait_ready(c, "db.small", "az1", 4).await;
+
+    // A bad update changes nothing.
+    let unchanged = c.get_pool("db.small", "az1").await.unwrap().spec;
+    let bad_updates: Vec<(Vec<&str>, &str, api::PoolSpec)> = vec![
+        (
+            vec!["min_ready", "colour"],
+            "update_mask",
+            api::PoolSpec {
+                min_ready: 1,
+                max_ready: 5,
+                ..Default::default()
+            },
+        ),
+        (vec![], "update_mask", api::PoolSpec::default()),
+        (
+            vec!["max_ready"],
+            "max_ready",
+            api::PoolSpec {
+                max_ready: 1,
+                ..Default::default()
+            },
+        ),
+        (vec!["image"], "image", api::PoolSpec::default()),
+    ];
+    for (mask, field, spec) in bad_updates {
+        let msg = expect_code(
+            c.update_pool("db.small", "az1", spec, mask.clone()).await,
+            Code::InvalidArgument,
+        );
+        assert!(msg.contains(field), "mask {mask:?}: {msg}");
+        assert_eq!(
+            c.get_pool("db.small", "az1").await.unwrap().spec,
+            unchanged,
+            "mask {mask:?} changed the pool"
+        );
+    }
+    let status = raw
+        .update_pool(api::UpdatePoolRequest {
+            flavor: "db.small".into(),
+            availability_zone: "az1".into(),
+            spec: Some(api::PoolSpec::default()),
+            update_mask: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("update_mask"),
+        "{}",
+        status.message()
+    );
+    expect_code(
+        c.update_pool("db.huge", "az1", api::PoolSpec::default(), ["paused"])
+            .await,
+        Code::NotFound,
+    );
+
+    // Pausing stops replenishment but still hands out what is there.
+    c.update_pool(
+        "db.small",
+        "az1",
+        api::PoolSpec {
+            paused: true,
+            ..Default::default()
+        },
+        ["paused"],
+    )
+    .await
+    .unwrap();
+    let a = c
+        .allocate(allocate_request("order-paused", "db.small", "az1"))
+        .await
+        .unwrap();
+    assert!(a.warm_hit);
+    let pool = wait_ready(c, "db.small", "az1", 3).await;
+    assert!(pool.spec.unwrap().paused);
+
+    // Delete: an allocation from the pool outlives it.
+    let from_large = c
+        .allocate(allocate_request("order-large", "db.large", "az2"))
+        .await
+        .unwrap();
+    assert_warm_hit(&from_large, "order-large", "db.large", "az2");
+    let drained = c.delete_pool("db.large", "az2").await.unwrap();
+    assert!(drained.draining, "{drained:?}");
+    assert_eq!(
+        (drained.flavor.as_str(), drained.availability_zone.as_str()),
+        ("db.large", "az2")
+    );
+    eventually("db.large@az2 to be deleted", || async {
+        match c.get_pool("db.large", "az2").await {
+            Err(e) if e.code() == Some(Code::NotFound) => Ok(()),
+            Err(e) => Err(e.to_string()),
+            Ok(pool) => {
+                // While it drains it can no longer be changed.
+                let update = c
+                    .update_pool("db.large", "az2", api::PoolSpec::default(), ["paused"])
+                    .await;
+                if let Err(e) = &update {
+                    assert!(
+                        matches!(e.code(), Some(Code::FailedPrecondition | Code::NotFound)),
+                        "{e}"
+                    );
+                } else {
+                    panic!("a draining pool accepted an update: {update:?}");
+                }
+                Err(format!("{pool:?}"))
+            }
+        }
+    })
+    .await;
+    let pools = c.list_pools().await.unwrap();
+    assert!(pools.iter().all(|p| p.flavor != "db.large"), "{pools:?}");
+    expect_code(c.delete_pool("db.large", "az2").await, Code::NotFound);
+    expect_code(
+        c.allocate(allocate_request("order-large-2", "db.large", "az2"))
+            .await,
+        Code::NotFound,
+    );
+    // Its unallocated servers are deleted; the allocated one is not.
+    let instances = c.list_instances("", "").await.unwrap();
+    let large: Vec<_> = instances
+        .iter()
+        .filter(|i| i.flavor == "db.large")
+        .collect();
+    assert_eq!(large.len(), 1, "{large:?}");
+    assert_eq!(large[0].request_id, "order-large");
+    assert!(d.cloud().server(&from_large.server_id).is_some());
+    assert_eq!(c.get_allocation("order-large").await.unwrap(), from_large);
+    // And it can still be released.
+    let released = c.release("order-large", None).await.unwrap();
+    assert_eq!(state(&released), api::AllocationState::Released);
+}
+
+#[tokio::test]
+async fn watch_pools_streams_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(config(
+        dir.path(),
+        vec![pool("db.small", "az1", 1, 2), pool("db.small", "az2", 1, 1)],
+    ))
+    .await;
+    let c = &d.client;
+    wait_ready(c, "db.small", "az1", 1).await;
+    wait_ready(c, "db.small", "az2", 1).await;
+
+    let mut watch = c.watch_pools().await.unwrap();
+    // First one message per pool.
+    let mut initial = Vec::new();
+    for _ in 0..2 {
+        let status = next_status(&mut watch).await;
+        assert!(status.at.is_some());
+        let pool = status.pool.unwrap();
+        assert_eq!(counts(&pool).ready, 1, "{pool:?}");
+        initial.push(pool.availability_zone);
+    }
+    initial.sort();
+    assert_eq!(initial, ["az1", "az2"]);
+
+    let a = c
+        .allocate(allocate_request("order-w", "db.small", "az1"))
+        .await
+        .unwrap();
+    // Then the allocation shows, and the refill behind it.
+    loop {
+        let pool = next_status(&mut watch).await.pool.unwrap();
+        assert_eq!(pool.flavor, "db.small");
+        if pool.availability_zone != "az1" {
+            continue;
+        }
+        let c = counts(&pool);
+        if c.allocated == 1 && pool.allocations_warm == 1 && c.ready == 1 {
+            break;
+        }
+    }
+
+    // Release shows too.
+    c.release(&a.request_id, None).await.unwrap();
+    loop {
+        let pool = next_status(&mut watch).await.pool.unwrap();
+        if pool.availability_zone == "az1" && counts(&pool).allocated == 0 {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn health_reports_serving() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(config(dir.path(), vec![pool("db.small", "az1", 0, 1)])).await;
+    let channel = tonic::transport::Endpoint::from_shared(d.endpoint.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    for service in ["", "warmpool.v1.WarmPool"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            i32::from(ServingStatus::Serving),
+            "service {service:?}"
+        );
+    }
+    let err = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // The watch form answers at once too.
+    let mut stream = health
+        .watch(HealthCheckRequest {
+            service: "warmpool.v1.WarmPool".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(PATIENCE, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.status, i32::from(ServingStatus::Serving));
+}
+
+#[tokio::test]
+async fn restart_keeps_allocations_and_pool_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("store");
+    let pools = vec![pool("db.small", "az1", 1, 2)];
+
+    let d = Daemon::start(config(&data_dir, pools.clone())).await;
+    let c = &d.client;
+    wait_ready(c, "db.small", "az1", 1).await;
+    let request = allocate_request("order-r", "db.small", "az1");
+    let before = c.allocate(request.clone()).await.unwrap();
+    assert_warm_hit(&before, "order-r", "db.small", "az1");
+    // Settings changed through the API, and a pool the config does not have.
+    c.update_pool(
+        "db.small",
+        "az1",
+        api::PoolSpec {
+            min_ready: 2,
+            max_ready: 3,
+            ..Default::default()
+        },
+        ["min_ready", "max_ready"],
+    )
+    .await
+    .unwrap();
+    c.create_pool(
+        "db.medium",
+        "az2",
+        api::PoolSpec {
+            min_ready: 1,
+            max_ready: 1,
+            image: "mysql-8.0".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let spec_before = c.get_pool("db.small", "az1").await.unwrap().spec;
+    d.shut_down().await;
+
+    // Same data dir, same config file.
+    let d = Daemon::start(config(&data_dir, pools)).await;
+    let c = &d.client;
+    let pool = c.get_pool("db.small", "az1").await.unwrap();
+    assert_eq!(
+        pool.spec, spec_before,
+        "API-changed settings survive a restart"
+    );
+    assert_eq!(pool.effective_target, 2);
+    assert_eq!(pool.allocations_warm, 1);
+    c.get_pool("db.medium", "az2").await.unwrap();
+
+    assert_eq!(c.get_allocation("order-r").await.unwrap(), before);
+    assert_eq!(c.allocate(request.clone()).await.unwrap(), before);
+    let mut changed = request.clone();
+    changed.network.as_mut().unwrap().network_id = "net-other".into();
+    expect_code(c.allocate(changed).await, Code::Aborted);
+
+    // The pools fill again (the embedded cloud starts empty every time).
+    wait_ready(c, "db.small", "az1", 2).await;
+    wait_ready(c, "db.medium", "az2", 1).await;
+    let after = c
+        .allocate(allocate_request("order-r2", "db.small", "az1"))
+        .await
+        .unwrap();
+    assert_warm_hit(&after, "order-r2", "db.small", "az1");
+    d.shut_down().await;
+}
+
+#[test]
+fn broken_config_files_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let load = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let err = Config::load(&path).expect_err(text).to_string();
+        assert!(
+            err.contains(&path.display().to_string()) || err.starts_with("config: "),
+            "{err}"
+        );
+        err
+    };
+
+    let err = load(
+        "unknown.toml",
+        "listen = \"127.0.0.1:1\"\nlisten_addr = \"x\"\n",
+    );
+    assert!(err.contains("listen_addr"), "{err}");
+    let err = load(
+        "unknown-pool-field.toml",
+        "[[pools]]\nflavor = \"f\"\navailability_zone = \"a\"\nmin_ready = 1\nmax_ready = 2\nimage = \"i\"\nmin_redy = 1\n",
+    );
+    assert!(err.contains("min_redy"), "{err}");
+
+    let err = load(
+        "duration.toml",
+        "[manager]\npoll_interval = \"soon\"\nreplenish_interval = \"1s\"\nreconcile_interval = \"1m\"\nmax_concurrent_boots = 2\n",
+    );
+    assert!(err.contains("manager.poll_interval: "), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+    let err = load("grace.toml", "shutdown_grace = 30\n");
+    assert!(err.contains("shutdown_grace"), "{err}");
+
+    let err = load(
+        "bounds.toml",
+        "[[pools]]\nflavor = \"db.small\"\navailability_zone = \"az1\"\nmin_ready = 5\nmax_ready = 2\nimage = \"mysql-8.0\"\n",
+    );
+    assert!(err.contains("max_ready"), "{err}");
+    assert!(err.contains("db.small@az1"), "{err}");
+
+    let err = load("zero.toml", "[manager]\npoll_interval = \"0s\"\nreplenish_interval = \"1s\"\nreconcile_interval = \"1m\"\nmax_concurrent_boots = 2\n");
+    assert!(err.contains("manager.poll_interval"), "{err}");
+
+    let err = load(
+        "scale.toml",
+        "[cloud]\nkind = \"embedded\"\ntime_scale = -1.0\n",
+    );
+    assert!(err.contains("time_scale"), "{err}");
+
+    let err = load(
+        "twice.toml",
+        "[[pools]]\nflavor = \"f\"\navailability_zone = \"a\"\nmin_ready = 1\nmax_ready = 2\nimage = \"i\"\n[[pools]]\nflavor = \"f\"\navailability_zone = \"a\"\nmin_ready = 1\nmax_ready = 2\nimage = \"i\"\n",
+    );
+    assert!(err.contains("f@a"), "{err}");
+
+    let missing = dir.path().join("missing.toml");
+    let err = Config::load(&missing).unwrap_err().to_string();
+    assert!(err.contains("missing.toml"), "{err}");
+
+    // And a good file loads.
+    let path = dir.path().join("good.toml");
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:0\"\n[manager]\npoll_interval = \"50ms\"\nreplenish_interval = \"100ms\"\nreconcile_interval = \"1s\"\nmax_concurrent_boots = 2\n[[pools]]\nflavor = \"db.small\"\navailability_zone = \"az1\"\nmin_ready = 1\nmax_ready = 2\nimage = \"mysql-8.0\"\n",
+    )
+    .unwrap();
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.pools.len(), 1);
+    assert_eq!(config.manager.poll_interval, Duration::from_millis(50));
+}
+
+/// A configured pool the store already has keeps its stored settings, and a
+/// second daemon on the same data dir is refused while the first runs.
+#[tokio::test]
+async fn config_pools_do_not_override_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(config(dir.path(), vec![pool("db.small", "az2", 0, 1)])).await;
+    let second = warmpool_server::start(
+        config(dir.path(), vec![pool("db.small", "az2", 0, 1)]),
+        std::future::pending(),
+    )
+    .await;
+    assert!(second.is_err(), "two daemons opened one store");
+    let err = format!("{:#}", second.err().unwrap());
+    assert!(err.contains(&dir.path().display().to_string()), "{err}");
+    d.shut_down().await;
+
+    let d = Daemon::start(config(dir.path(), vec![pool("db.small", "az2", 1, 3)])).await;
+    let pool = d.client.get_pool("db.small", "az2").await.unwrap();
+    let spec = pool.spec.unwrap();
+    assert_eq!((spec.min_ready, spec.max_ready), (0, 1));
+    d.shut_down().await;
+}

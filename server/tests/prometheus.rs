@@ -1,0 +1,399 @@
+//! A real Prometheus (Debian's `prometheus` package) scrapes a running
+//! warmpoold every second; its HTTP query API must report the pool depth the
+//! gRPC API reports, and allocation counters that move after an Allocate.
+//! promtool (same package) checks the alert rules and the example config and
+//! runs the rules' unit tests.
+//!
+//! These tests fail, never skip, when Prometheus is missing:
+//! `scripts/test.sh` installs it.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::{deploy_dir, eventually, http_get, Daemon};
+use warmpool_client::api;
+
+/// Prometheus scrapes every second; anything it should see shows within this.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A binary of Debian's `prometheus` package: `/usr/bin/NAME` or on PATH.
+fn prometheus_tool(name: &str) -> PathBuf {
+    let mut candidates = vec![Path::new("/usr/bin").join(name)];
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|dir| dir.join(name)));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`{name}` was not found in /usr/bin or on PATH. The Prometheus tests need a \
+             real Prometheus: run the project's test command, `bash scripts/test.sh`, which \
+             installs Debian's `prometheus` package when it is missing (or install it \
+             yourself: `apt-get install prometheus`)."
+            )
+        })
+}
+
+/// A Prometheus server started for one test, killed on drop.
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping `target`'s /metrics every second, and waits
+    /// until it is ready to answer queries.
+    async fn start(target: SocketAddr) -> Prometheus {
+        let binary = prometheus_tool("prometheus");
+        // The port is chosen free, then handed over: another process could
+        // take it in between, so a bind failure is retried on a new one.
+        for attempt in 1..=3 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let config = dir.path().join("prometheus.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+                     scrape_configs:\n  - job_name: warmpool\n    static_configs:\n      - targets: [\"{target}\"]\n"
+                ),
+            )
+            .unwrap();
+            let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let child = Command::new(&binary)
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address={addr}"))
+                .arg("--log.level=info")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
+            let mut prometheus = Prometheus { child, addr, dir };
+            match prometheus.wait_ready().await {
+                Ok(()) => return prometheus,
+                Err(log) if attempt < 3 && log.contains("address already in use") => continue,
+                Err(log) => panic!("Prometheus did not become ready; its log:\n{log}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// Waits for `/-/ready`; `Err(log)` when Prometheus exits or takes too long.
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let url = format!("http://{}/-/ready", self.addr);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("child status") {
+                return Err(format!("(exited: {status})\n{}", self.log()));
+            }
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok()
+                && http_get(&url).await.0 == 200
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("(not ready after {PATIENCE:?})\n{}", self.log()));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// An instant query: each series' labels and value.
+    async fn query(&self, promql: &str) -> Result<Vec<(BTreeMap<String, String>, f64)>, String> {
+        let url = format!(
+            "http://{}/api/v1/query?query={}",
+            self.addr,
+            percent_encode(promql)
+        );
+        let (status, _, body) = http_get(&url).await;
+        if status != 200 {
+            return Err(format!("HTTP {status}: {body}"));
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+        if json["status"] != "success" {
+            return Err(body);
+        }
+        let result = json["data"]["result"]
+            .as_array()
+            .ok_or_else(|| body.clone())?;
+        result
+            .iter()
+            .map(|series| {
+                let labels = series["metric"]
+                    .as_object()
+                    .ok_or("no metric labels")?
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                    .collect();
+                let value = series["value"][1]
+                    .as_str()
+                    .ok_or("no value")?
+                    .parse::<f64>()
+                    .map_err(|e| e.to_string())?;
+                Ok((labels, value))
+            })
+            .collect()
+    }
+
+    /// The value of a query that must select exactly one series.
+    async fn one_value(&self, promql: &str) -> Result<f64, String> {
+        match self.query(promql).await?.as_slice() {
+            [(_, value)] => Ok(*value),
+            other => Err(format!("{promql}: expected one series, got {other:?}")),
+        }
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn allocate_request(request_id: &str, flavor: &str, az: &str) -> api::AllocateRequest {
+    api::AllocateRequest {
+        request_id: request_id.into(),
+        tenant_project_id: "tenant-a".into(),
+        flavor: flavor.into(),
+        availability_zone: az.into(),
+        volume: Some(api::VolumeSpec {
+            source: Some(api::volume_spec::Source::NewVolume(api::NewVolume {
+                size_gib: 20,
+                volume_type: String::new(),
+            })),
+            delete_on_release: true,
+        }),
+        network: Some(api::NetworkSpec {
+            network_id: "net-tenant-a".into(),
+            subnet_id: String::new(),
+            fixed_ip: String::new(),
+        }),
+        labels: Default::default(),
+        empty_pool_policy: api::EmptyPoolPolicy::Wait.into(),
+        timeout: Some(prost_types::Duration {
+            seconds: 30,
+            nanos: 0,
+        }),
+    }
+}
+
+fn counts(pool: &api::Pool) -> api::PoolCounts {
+    pool.counts.expect("Pool.counts is always set")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_reports_the_pool_depth_grpc_reports_and_sees_allocations() {
+    let daemon = Daemon::start(&[("db.small", "az1", 3, 6), ("db.medium", "az2", 1, 2)]).await;
+    let prometheus = Prometheus::start(daemon.running.metrics_addr).await;
+    let client = &daemon.client;
+    let pool = r#"job="warmpool",flavor="db.small",availability_zone="az1""#;
+
+    // Prometheus scrapes warmpoold.
+    eventually("Prometheus to scrape warmpoold", PATIENCE, || async {
+        match prometheus.one_value(r#"up{job="warmpool"}"#).await {
+            Ok(1.0) => Ok(()),
+            other => Err(format!("{other:?}\n{}", prometheus.log())),
+        }
+    })
+    .await;
+
+    // Once the pool is full and at rest, Prometheus' ready gauge and target
+    // are exactly what GetPool says.
+    let ready = eventually("Prometheus' pool depth to equal GetPool's", PATIENCE, || async {
+        let grpc = client.get_pool("db.small", "az1").await.map_err(|e| e.to_string())?;
+        let c = counts(&grpc);
+        let ready = prometheus
+            .one_value(&format!(r#"warmpool_pool_instances{{{pool},state="ready"}}"#))
+            .await?;
+        let target = prometheus
+            .one_value(&format!("warmpool_pool_effective_target{{{pool}}}"))
+            .await?;
+        let at_rest = c.ready == grpc.effective_target && c.booting == 0 && c.warming == 0;
+        if at_rest && ready == f64::from(c.ready) && target == f64::from(grpc.effective_target) {
+            Ok(c.ready)
+        } else {
+            Err(format!(
+                "gRPC ready {} booting {} warming {} target {}; Prometheus ready {ready} target {target}",
+                c.ready, c.booting, c.warming, grpc.effective_target
+            ))
+        }
+    })
+    .await;
+    assert_eq!(ready, 3, "min_ready 3 with no fixed target");
+
+    // Every state of the pool is exported, and the sum matches GetPool's.
+    let states = prometheus
+        .query(&format!("warmpool_pool_instances{{{pool}}}"))
+        .await
+        .unwrap();
+    assert_eq!(states.len(), 8, "one series per instance state: {states:?}");
+
+    // The counters exist at zero before the first allocation...
+    let warm_query = format!(r#"warmpool_allocations_total{{{pool},outcome="warm"}}"#);
+    let warm_latency_query =
+        format!(r#"warmpool_allocate_duration_seconds_count{{{pool},path="warm"}}"#);
+    assert_eq!(prometheus.one_value(&warm_query).await.unwrap(), 0.0);
+
+    // ...and move after one.
+    let allocation = client
+        .allocate(allocate_request("order-prom-1", "db.small", "az1"))
+        .await
+        .expect("Allocate succeeds");
+    assert!(allocation.warm_hit, "the pool was full: {allocation:?}");
+    eventually(
+        "Prometheus to count the warm allocation",
+        PATIENCE,
+        || async {
+            let warm = prometheus.one_value(&warm_query).await?;
+            let latency_count = prometheus.one_value(&warm_latency_query).await?;
+            let allocated = prometheus
+                .one_value(&format!(
+                    r#"warmpool_pool_instances{{{pool},state="allocated"}}"#
+                ))
+                .await?;
+            if warm == 1.0 && latency_count == 1.0 && allocated == 1.0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "warm {warm}, latency count {latency_count}, allocated {allocated}"
+                ))
+            }
+        },
+    )
+    .await;
+    let grpc = client.get_pool("db.small", "az1").await.unwrap();
+    assert_eq!(grpc.allocations_warm, 1);
+    assert_eq!(counts(&grpc).allocated, 1);
+
+    // The replenisher refills the pool; Prometheus follows it back to full.
+    eventually("Prometheus to see the pool refilled", PATIENCE, || async {
+        let ready = prometheus
+            .one_value(&format!(
+                r#"warmpool_pool_instances{{{pool},state="ready"}}"#
+            ))
+            .await?;
+        let boots = prometheus
+            .one_value(&format!(r#"warmpool_boots_total{{{pool},result="ready"}}"#))
+            .await?;
+        // Three boots to fill, one to refill.
+        if ready == 3.0 && boots >= 4.0 {
+            Ok(())
+        } else {
+            Err(format!("ready {ready}, ready boots {boots}"))
+        }
+    })
+    .await;
+    let lead_times = prometheus
+        .one_value(&format!("warmpool_boot_lead_time_seconds_count{{{pool}}}"))
+        .await
+        .unwrap();
+    assert!(lead_times >= 4.0, "{lead_times} boot lead times recorded");
+
+    // The other pool is exported under its own labels.
+    let medium_target = prometheus
+        .one_value(r#"warmpool_pool_effective_target{flavor="db.medium",availability_zone="az2"}"#)
+        .await
+        .unwrap();
+    assert_eq!(medium_target, 1.0);
+
+    // Every query of the Grafana dashboard is PromQL this Prometheus
+    // accepts, with Grafana's variables as Grafana would substitute them.
+    let mut exprs = Vec::new();
+    support::dashboard_exprs(&support::dashboard(), &mut exprs);
+    assert!(exprs.len() >= 15, "{exprs:?}");
+    let mut with_data = 0;
+    for expr in &exprs {
+        let promql = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$__range", "5m")
+            .replace("$flavor", ".*")
+            .replace("$az", ".*");
+        let result = prometheus
+            .query(&promql)
+            .await
+            .unwrap_or_else(|e| panic!("Prometheus rejects the dashboard query {expr}: {e}"));
+        with_data += usize::from(!result.is_empty());
+    }
+    // Most panels show something already (the rest need throttling, leaks
+    // or failures to happen).
+    assert!(
+        with_data * 2 > exprs.len(),
+        "only {with_data} of {} queries return data",
+        exprs.len()
+    );
+
+    drop(prometheus);
+    daemon.shut_down().await;
+}
+
+fn promtool(args: &[&str]) {
+    let promtool = prometheus_tool("promtool");
+    let output = Command::new(&promtool)
+        .args(args)
+        .current_dir(deploy_dir())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", promtool.display()));
+    assert!(
+        output.status.success(),
+        "promtool {args:?} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn promtool_accepts_the_alert_rules() {
+    promtool(&["check", "rules", "prometheus/alerts.yml"]);
+}
+
+#[test]
+fn promtool_accepts_the_example_prometheus_config() {
+    promtool(&["check", "config", "prometheus/prometheus.yml"]);
+}
+
+#[test]
+fn the_alert_rules_pass_their_promtool_unit_tests() {
+    promtool(&[
+        "test",
+        "rules",
+        "prometheus/alerts_test.yml",
+        "prometheus/alerts_lead_time_test.yml",
+    ]);
+}

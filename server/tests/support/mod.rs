@@ -1,0 +1,296 @@
+//! What the metrics and deploy-file tests share: a real warmpoold started
+//! in-process on 127.0.0.1:0 ports with the embedded cloud (real MySQL
+//! greeting listeners, 1/100 speed), a tiny HTTP client, and a reader of the
+//! metric names a `/metrics` body exposes.
+
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use warmpool_client::Client;
+use warmpool_server::config::Config;
+use warmpool_server::Running;
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,sled=warn,h2=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// The repository's deploy/ directory.
+pub fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// A pool for [`Daemon::start`]: `(flavor, az, min_ready, max_ready)`.
+pub type PoolDecl<'a> = (&'a str, &'a str, u32, u32);
+
+/// A running warmpoold and a gRPC client connected to it.
+pub struct Daemon {
+    pub running: Running,
+    pub client: Client,
+    stop: oneshot::Sender<()>,
+    _data: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts warmpoold from a config file text, as an operator would write
+    /// it, so the test goes through the daemon's own config loader.
+    pub async fn start(pools: &[PoolDecl<'_>]) -> Daemon {
+        init_tracing();
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut text = format!(
+            r#"
+listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
+data_dir = {data_dir:?}
+shutdown_grace = "5s"
+
+[manager]
+poll_interval = "50ms"
+replenish_interval = "100ms"
+reconcile_interval = "1s"
+max_concurrent_boots = 4
+
+# A lone boot takes 60 s simulated: 0.6 s here.
+[cloud]
+kind = "embedded"
+time_scale = 0.01
+seed = 7
+"#,
+            data_dir = data.path().join("store").display().to_string(),
+        );
+        for (flavor, az, min_ready, max_ready) in pools {
+            text += &format!(
+                r#"
+[[pools]]
+flavor = "{flavor}"
+availability_zone = "{az}"
+min_ready = {min_ready}
+max_ready = {max_ready}
+image = "mysql-8.0"
+boot_timeout = "60s"
+"#
+            );
+        }
+        let config = Config::parse(&text).expect("the test config parses");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = warmpool_server::start(config, async move {
+            // A dropped sender (test over, or panicked) stops the daemon too.
+            let _ = stopped.await;
+        })
+        .await
+        .expect("warmpoold starts");
+        assert!(running.metrics_addr.ip().is_loopback());
+        assert_ne!(running.metrics_addr.port(), 0);
+        assert_ne!(running.metrics_addr, running.grpc_addr);
+        let client = Client::connect(&format!("http://{}", running.grpc_addr))
+            .await
+            .expect("client connects");
+        Daemon {
+            running,
+            client,
+            stop,
+            _data: data,
+        }
+    }
+
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.running.metrics_addr)
+    }
+
+    /// One scrape of `/metrics`; panics unless it is a 200 in the
+    /// OpenMetrics text format.
+    pub async fn scrape(&self) -> String {
+        let (status, content_type, body) = http_get(&self.metrics_url()).await;
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        assert!(
+            content_type.starts_with("application/openmetrics-text"),
+            "content type {content_type}"
+        );
+        body
+    }
+
+    /// Graceful shutdown; afterwards neither listener answers.
+    pub async fn shut_down(self) {
+        let Daemon {
+            running,
+            client,
+            stop,
+            _data,
+        } = self;
+        drop(client);
+        let Running {
+            grpc_addr,
+            metrics_addr,
+            served,
+            ..
+        } = running;
+        stop.send(()).expect("daemon still running");
+        tokio::time::timeout(Duration::from_secs(30), served)
+            .await
+            .expect("shutdown within 30 s")
+            .expect("server task did not panic")
+            .expect("clean shutdown");
+        for addr in [metrics_addr, grpc_addr] {
+            assert!(
+                tokio::net::TcpStream::connect(addr).await.is_err(),
+                "{addr} still answers after shutdown"
+            );
+        }
+    }
+}
+
+/// GET `url` (plain HTTP/1.1): status, Content-Type and body.
+pub async fn http_get(url: &str) -> (u16, String, String) {
+    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let uri: hyper::Uri = url.parse().expect("valid URL");
+    let response = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
+        .await
+        .unwrap_or_else(|_| panic!("GET {url} timed out"))
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: reading the body: {e}"))
+        .to_bytes();
+    (
+        status,
+        content_type,
+        String::from_utf8(body.to_vec()).expect("UTF-8 body"),
+    )
+}
+
+/// A metric family declared in a `/metrics` body.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Family {
+    pub name: String,
+    pub kind: String,
+    pub help: Option<String>,
+}
+
+/// The families a `/metrics` body declares (`# TYPE` lines) with their
+/// `# HELP` text.
+pub fn families(body: &str) -> Vec<Family> {
+    let mut families = Vec::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            let help = body.lines().find_map(|l| {
+                l.strip_prefix("# HELP ")?
+                    .strip_prefix(name)?
+                    .strip_prefix(' ')
+                    .map(str::to_owned)
+            });
+            families.push(Family {
+                name: name.to_owned(),
+                kind: kind.to_owned(),
+                help,
+            });
+        }
+    }
+    families
+}
+
+/// Every series name a PromQL query could use against this body: the names
+/// of the samples present, plus the sample names each declared family
+/// implies even before it has a sample (`_total` for an OpenMetrics counter;
+/// `_bucket`, `_sum`, `_count` for a histogram).
+pub fn exposed_names(body: &str) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap_or_default().to_owned())
+        .collect();
+    for family in families(body) {
+        let suffixes: &[&str] = match family.kind.as_str() {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            _ => &[""],
+        };
+        for suffix in suffixes {
+            names.insert(format!("{}{suffix}", family.name));
+        }
+    }
+    names
+}
+
+/// Identifiers in `text` that look like warmpool metric names.
+pub fn warmpool_identifiers(text: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut word = String::new();
+    for c in text.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+            word.push(c);
+        } else {
+            if word.starts_with("warmpool_") {
+                found.insert(std::mem::take(&mut word));
+            }
+            word.clear();
+        }
+    }
+    found
+}
+
+/// Polls `check` every 200 ms until it returns `Ok`, for up to `patience`;
+/// on timeout panics with `what` and the last state `check` described.
+pub async fn eventually<T, F, Fut>(what: &str, patience: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + patience;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(state) if Instant::now() >= deadline => {
+                panic!("timed out after {patience:?} waiting for {what}; last seen: {state}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// The `expr` strings of a Grafana dashboard: panel targets and annotations.
+pub fn dashboard_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("expr", serde_json::Value::String(s)) => out.push(s.clone()),
+                    _ => dashboard_exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| dashboard_exprs(v, out)),
+        _ => {}
+    }
+}
+
+/// The Grafana dashboard in deploy/.
+pub fn dashboard() -> serde_json::Value {
+    let path = deploy_dir().join("grafana/warmpool.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("the dashboard is valid JSON")
+}
