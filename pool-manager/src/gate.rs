@@ -138,7 +138,9 @@ impl Admission {
 /// How a boot ended, as far as the gate cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BootSignal {
-    Ready { lead: Duration },
+    Ready {
+        lead: Duration,
+    },
     /// Failed or taken over: no latency signal.
     NoSignal,
 }
@@ -234,7 +236,10 @@ impl Gate {
 
     fn az(&mut self, az: &str) -> &mut AzState {
         let s = &self.settings;
-        let initial = f64::from(s.initial_window.clamp(s.min_window.max(1), s.max_window.max(1)));
+        let initial = f64::from(
+            s.initial_window
+                .clamp(s.min_window.max(1), s.max_window.max(1)),
+        );
         let max = f64::from(s.max_window.max(1));
         self.azs.entry(az.to_string()).or_insert_with(|| AzState {
             window: initial,
@@ -356,7 +361,11 @@ impl Gate {
         q.refusals += 1;
         let until = now + q.backoff;
         q.paused_until = Some(q.paused_until.map_or(until, |u| u.max(until)));
-        q.backoff = (q.backoff * 2).min(self.settings.quota_backoff_max.max(self.settings.quota_backoff));
+        q.backoff = (q.backoff * 2).min(
+            self.settings
+                .quota_backoff_max
+                .max(self.settings.quota_backoff),
+        );
     }
 
     pub fn status(&mut self, az: &str, now: Instant) -> GateStatus {

@@ -143,8 +143,13 @@ impl Shared {
         };
         let demand_in_lead = demand.forecast * lead.p90.as_secs_f64();
         let spec = &record.spec;
-        let target =
-            sizing::target_for(spec.min_ready, spec.max_ready, spec.target, demand_in_lead, z);
+        let target = sizing::target_for(
+            spec.min_ready,
+            spec.max_ready,
+            spec.target,
+            demand_in_lead,
+            z,
+        );
         let gate = gate::lock(&self.gate).status(&record.key.availability_zone, now);
         SizingStatus {
             auto: spec.is_auto(),

@@ -214,7 +214,9 @@ impl RateEwma {
     fn rate_at(&self, now: Instant) -> f64 {
         match self.at {
             None => 0.0,
-            Some(at) => self.rate * (-now.saturating_duration_since(at).as_secs_f64() / self.tau).exp(),
+            Some(at) => {
+                self.rate * (-now.saturating_duration_since(at).as_secs_f64() / self.tau).exp()
+            }
         }
     }
 
@@ -372,7 +374,13 @@ pub fn auto_target(demand_in_lead: f64, z: f64) -> u32 {
 
 /// The target for a spec: a fixed one, or the auto one from `D`, clamped to
 /// `min_ready..=max_ready`.
-pub fn target_for(min_ready: u32, max_ready: u32, target: Target, demand_in_lead: f64, z: f64) -> u32 {
+pub fn target_for(
+    min_ready: u32,
+    max_ready: u32,
+    target: Target,
+    demand_in_lead: f64,
+    z: f64,
+) -> u32 {
     let raw = match target {
         Target::Fixed(n) => n,
         Target::Auto => auto_target(demand_in_lead, z),
@@ -538,7 +546,13 @@ impl SizingBook {
         self.pool(key, settings).demand.record(at, now);
     }
 
-    pub fn boot_started(&mut self, key: &PoolKey, instance: &str, now: Instant, settings: &SizingSettings) {
+    pub fn boot_started(
+        &mut self,
+        key: &PoolKey,
+        instance: &str,
+        now: Instant,
+        settings: &SizingSettings,
+    ) {
         self.pool(key, settings)
             .in_flight
             .insert(instance.to_string(), now);

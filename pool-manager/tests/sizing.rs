@@ -57,38 +57,142 @@ fn decider_golden() {
     let now = Instant::now();
     let cases: Vec<(&str, Inputs)> = vec![
         ("empty auto pool, 1/min x 60 s", base()),
-        ("half full", Inputs { supply: 2, in_flight: 1, ..base() }),
-        ("at target", Inputs { supply: 4, ..base() }),
-        ("above target (demand fell)", Inputs { supply: 9, ..base() }),
-        ("throttled cloud: lead x5", Inputs { lead: lead(300, 300), ..base() }),
         (
-            "burst: forecast 10/min",
+            "half full",
             Inputs {
-                demand: DemandEstimate { short: per_minute(10.0), long: per_minute(1.0), forecast: per_minute(10.0) },
+                supply: 2,
+                in_flight: 1,
                 ..base()
             },
         ),
-        ("no demand: min_ready", Inputs { demand: DemandEstimate::ZERO, ..base() }),
-        ("no demand, min 0", Inputs { demand: DemandEstimate::ZERO, min_ready: 0, ..base() }),
-        ("clamped to max_ready", Inputs { max_ready: 3, ..base() }),
-        ("fixed 7", Inputs { target: Target::Fixed(7), ..base() }),
-        ("fixed 0 = min_ready", Inputs { target: Target::Fixed(0), min_ready: 2, ..base() }),
-        ("pool boot cap", Inputs { pool_boot_cap: 2, in_flight: 1, supply: 1, ..base() }),
+        (
+            "at target",
+            Inputs {
+                supply: 4,
+                ..base()
+            },
+        ),
+        (
+            "above target (demand fell)",
+            Inputs {
+                supply: 9,
+                ..base()
+            },
+        ),
+        (
+            "throttled cloud: lead x5",
+            Inputs {
+                lead: lead(300, 300),
+                ..base()
+            },
+        ),
+        (
+            "burst: forecast 10/min",
+            Inputs {
+                demand: DemandEstimate {
+                    short: per_minute(10.0),
+                    long: per_minute(1.0),
+                    forecast: per_minute(10.0),
+                },
+                ..base()
+            },
+        ),
+        (
+            "no demand: min_ready",
+            Inputs {
+                demand: DemandEstimate::ZERO,
+                ..base()
+            },
+        ),
+        (
+            "no demand, min 0",
+            Inputs {
+                demand: DemandEstimate::ZERO,
+                min_ready: 0,
+                ..base()
+            },
+        ),
+        (
+            "clamped to max_ready",
+            Inputs {
+                max_ready: 3,
+                ..base()
+            },
+        ),
+        (
+            "fixed 7",
+            Inputs {
+                target: Target::Fixed(7),
+                ..base()
+            },
+        ),
+        (
+            "fixed 0 = min_ready",
+            Inputs {
+                target: Target::Fixed(0),
+                min_ready: 2,
+                ..base()
+            },
+        ),
+        (
+            "pool boot cap",
+            Inputs {
+                pool_boot_cap: 2,
+                in_flight: 1,
+                supply: 1,
+                ..base()
+            },
+        ),
         (
             "window full, no sustained demand",
-            Inputs { demand: DemandEstimate { long: 0.0, ..DemandEstimate::steady(per_minute(1.0)) }, gate: Admission { room: 1, hold: None }, ..base() },
+            Inputs {
+                demand: DemandEstimate {
+                    long: 0.0,
+                    ..DemandEstimate::steady(per_minute(1.0))
+                },
+                gate: Admission {
+                    room: 1,
+                    hold: None,
+                },
+                ..base()
+            },
         ),
         (
             "window below what demand needs",
-            Inputs { lead: lead(300, 300), gate: Admission { room: 1, hold: None }, in_flight: 1, supply: 1, ..base() },
+            Inputs {
+                lead: lead(300, 300),
+                gate: Admission {
+                    room: 1,
+                    hold: None,
+                },
+                in_flight: 1,
+                supply: 1,
+                ..base()
+            },
         ),
         (
             "429: paused",
-            Inputs { gate: Admission { room: 8, hold: Some(Hold::Throttled { until: now + secs(30) }) }, ..base() },
+            Inputs {
+                gate: Admission {
+                    room: 8,
+                    hold: Some(Hold::Throttled {
+                        until: now + secs(30),
+                    }),
+                },
+                ..base()
+            },
         ),
         (
             "quota: paused",
-            Inputs { gate: Admission { room: 8, hold: Some(Hold::Quota { until: now + secs(30) }) }, ..base() },
+            Inputs {
+                gate: Admission {
+                    room: 8,
+                    hold: Some(Hold::Quota {
+                        until: now + secs(30),
+                    }),
+                },
+                ..base()
+            },
         ),
     ];
     let mut out = String::new();
@@ -152,7 +256,10 @@ fn lead_time_prior_percentiles_expiry_and_in_flight() {
     let t0 = Instant::now();
     let mut lead = LeadTimes::default();
     let e = lead.estimate(t0, &[], &settings);
-    assert_eq!((e.p50, e.p90, e.source), (secs(90), secs(90), LeadSource::Prior));
+    assert_eq!(
+        (e.p50, e.p90, e.source),
+        (secs(90), secs(90), LeadSource::Prior)
+    );
 
     // One fast boot: the prior still bounds p90 until a few are seen.
     lead.record(t0, secs(60), &settings);
@@ -164,7 +271,10 @@ fn lead_time_prior_percentiles_expiry_and_in_flight() {
         lead.record(t0, secs(60 + i), &settings);
     }
     let e = lead.estimate(t0, &[], &settings);
-    assert_eq!((e.p50, e.p90, e.source), (secs(64), secs(68), LeadSource::Observed));
+    assert_eq!(
+        (e.p50, e.p90, e.source),
+        (secs(64), secs(68), LeadSource::Observed)
+    );
 
     // Only the last `lead_samples` count.
     for _ in 0..10 {
@@ -231,12 +341,18 @@ fn demand_steady_burst_and_cooldown() {
     let mut prompt = Demand::new(&settings);
     late.record(t0, t0 + secs(300));
     prompt.record(t0, t0);
-    let (a, b) = (late.estimate(t0 + secs(300)), prompt.estimate(t0 + secs(300)));
+    let (a, b) = (
+        late.estimate(t0 + secs(300)),
+        prompt.estimate(t0 + secs(300)),
+    );
     assert!((a.short - b.short).abs() < 1e-12 && (a.long - b.long).abs() < 1e-12);
 }
 
 fn gate(settings: GateSettings) -> Gate {
-    Gate::new(GateSettings { seed: 7, ..settings })
+    Gate::new(GateSettings {
+        seed: 7,
+        ..settings
+    })
 }
 
 #[test]
@@ -247,16 +363,29 @@ fn retry_after_pauses_new_boots_in_that_az_with_jitter() {
         retry_after_jitter: 0.2,
         ..GateSettings::default()
     });
-    assert_eq!(g.admission("az1", t0), Admission { room: 8, hold: None });
+    assert_eq!(
+        g.admission("az1", t0),
+        Admission {
+            room: 8,
+            hold: None
+        }
+    );
 
     g.throttled("az1", Some(secs(10)), t0);
     let a = g.admission("az1", t0 + secs(1));
     let Some(Hold::Throttled { until }) = a.hold else {
         panic!("not paused: {a:?}")
     };
-    assert!(until >= t0 + secs(10) && until <= t0 + secs(12), "jitter within 20 %");
+    assert!(
+        until >= t0 + secs(10) && until <= t0 + secs(12),
+        "jitter within 20 %"
+    );
     assert_eq!(a.room, 4, "the window halves");
-    assert_eq!(g.admission("az2", t0).hold, None, "other AZs are not paused");
+    assert_eq!(
+        g.admission("az2", t0).hold,
+        None,
+        "other AZs are not paused"
+    );
 
     // More 429s in the same episode extend the pause but halve only once.
     g.throttled("az1", Some(secs(20)), t0 + secs(2));
@@ -274,7 +403,10 @@ fn retry_after_pauses_new_boots_in_that_az_with_jitter() {
 
     // The jitter is seeded: the same seed gives the same pause.
     let pause = |seed| {
-        let mut g = Gate::new(GateSettings { seed, ..GateSettings::default() });
+        let mut g = Gate::new(GateSettings {
+            seed,
+            ..GateSettings::default()
+        });
         g.throttled("az1", Some(secs(10)), t0);
         g.admission("az1", t0).hold.unwrap().until()
     };
@@ -298,24 +430,42 @@ fn quota_refusal_pauses_speculative_boots_with_backoff() {
     for az in ["az1", "az2"] {
         assert_eq!(
             g.admission(az, t0).hold,
-            Some(Hold::Quota { until: t0 + secs(30) }),
+            Some(Hold::Quota {
+                until: t0 + secs(30)
+            }),
             "quota is per project: every AZ pauses"
         );
     }
     assert_eq!(g.admission("az1", t0 + secs(30)).hold, None);
     // Refused again: the pause doubles, up to the maximum.
     g.quota_exceeded(t0 + secs(30));
-    assert_eq!(g.admission("az1", t0 + secs(31)).hold.unwrap().until(), t0 + secs(90));
+    assert_eq!(
+        g.admission("az1", t0 + secs(31)).hold.unwrap().until(),
+        t0 + secs(90)
+    );
     g.quota_exceeded(t0 + secs(90));
-    assert_eq!(g.admission("az1", t0 + secs(91)).hold.unwrap().until(), t0 + secs(190));
+    assert_eq!(
+        g.admission("az1", t0 + secs(91)).hold.unwrap().until(),
+        t0 + secs(190)
+    );
     g.quota_exceeded(t0 + secs(190));
-    assert_eq!(g.admission("az1", t0 + secs(191)).hold.unwrap().until(), t0 + secs(290));
+    assert_eq!(
+        g.admission("az1", t0 + secs(191)).hold.unwrap().until(),
+        t0 + secs(290)
+    );
     // A purchase's boot is not held (it only counts), and once a boot gets
     // through the backoff starts over.
     let ticket = g.start("az1", false, t0 + secs(300));
-    g.finish(&ticket, BootSignal::Ready { lead: secs(60) }, t0 + secs(360));
+    g.finish(
+        &ticket,
+        BootSignal::Ready { lead: secs(60) },
+        t0 + secs(360),
+    );
     g.quota_exceeded(t0 + secs(400));
-    assert_eq!(g.admission("az1", t0 + secs(401)).hold.unwrap().until(), t0 + secs(430));
+    assert_eq!(
+        g.admission("az1", t0 + secs(401)).hold.unwrap().until(),
+        t0 + secs(430)
+    );
     assert_eq!(g.status("az1", t0).quota_refusals, 5);
 }
 
@@ -435,7 +585,11 @@ async fn quota_stops_refills_but_warm_purchases_proceed() {
         "{creates} create_server calls in 10 minutes at quota"
     );
     let status = manager.get_pool(&pool()).await.unwrap();
-    assert!(status.sizing.gate.quota_refusals >= 1, "{:?}", status.sizing);
+    assert!(
+        status.sizing.gate.quota_refusals >= 1,
+        "{:?}",
+        status.sizing
+    );
 
     // A purchase still gets a warm instance.
     let allocation = manager
@@ -514,7 +668,10 @@ async fn auto_target_follows_demand_and_lead_time() {
     assert!((s.demand.short / rate - 1.0).abs() < 0.3, "{rate} {s:?}");
     assert!(s.demand.long < s.demand.short * 1.1, "{s:?}");
     assert!(s.demand.forecast >= s.demand.short, "{s:?}");
-    assert!(s.lead.samples > 0 && s.lead.p90 >= Duration::from_secs(60), "{s:?}");
+    assert!(
+        s.lead.samples > 0 && s.lead.p90 >= Duration::from_secs(60),
+        "{s:?}"
+    );
     // D = ~1.3/min x 60 s; target = ceil(D + 2.576 sqrt(D)) >= 4.
     assert!(busy.effective_target >= 4, "{s:?}");
     assert!(s.demand_in_lead > 1.0, "{s:?}");
