@@ -10,9 +10,13 @@
 //!   throttling episode.
 //! - **AIMD window.** Boots in flight per AZ are limited by a window that
 //!   grows while boots finish near the AZ's *baseline* lead time (slow start:
-//!   +1 per good boot until the first decrease, then +1/window) and halves
-//!   on latency inflation, at most once per round trip (only boots started
-//!   after the last decrease can cause another). The baseline is measured on
+//!   +1 per good boot until latency starts to rise, then +1/window) and
+//!   halves on latency inflation, at most once per round trip (only boots
+//!   started once the boots in flight fit the halved window can cause
+//!   another). "Near" and "inflated" are
+//!   judged on a smoothed ratio of lead time to baseline (an EWMA over the
+//!   last few boots), so one slow boot among jittery ones does not halve
+//!   the window. The baseline is measured on
 //!   boots that started with few others in flight, so it tracks what an
 //!   uncontended boot costs *now*: if the whole cloud slows down (IOPS
 //!   throttling), lone boots slow down too and the baseline follows, while
@@ -38,6 +42,8 @@ pub const DEFAULT_MAX_WINDOW: u32 = 64;
 pub const DEFAULT_GROW_BELOW: f64 = 1.2;
 pub const DEFAULT_SHRINK_ABOVE: f64 = 1.4;
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Weight of the newest boot in the smoothed latency ratio (as TCP's SRTT).
+pub const RATIO_SMOOTHING: f64 = 0.25;
 pub const DEFAULT_QUOTA_BACKOFF: Duration = Duration::from_secs(30);
 pub const DEFAULT_QUOTA_BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
 /// Recent lead times kept per AZ to re-measure a stale baseline.
@@ -169,6 +175,8 @@ pub struct GateStatus {
     /// Of those, replenisher boots (the ones the window limits).
     pub gated_in_flight: u32,
     pub baseline: Option<Duration>,
+    /// Smoothed lead time / baseline of recent boots.
+    pub latency_ratio: Option<f64>,
     pub hold: Option<Hold>,
     /// 429/413 responses seen.
     pub throttled: u64,
@@ -191,9 +199,19 @@ struct AzState {
     peaks: BTreeMap<u64, u32>,
     baseline: Option<Duration>,
     baseline_at: Option<Instant>,
+    /// EWMA of lead time / baseline over recent boots.
+    ratio: Option<f64>,
+    /// The first boots seen; their median is the baseline until a boot
+    /// with few others in flight measures it.
+    first: Vec<Duration>,
+    low_load_seen: bool,
     recent: VecDeque<Duration>,
     paused_until: Option<Instant>,
     last_decrease: Option<Instant>,
+    /// When the boots in flight first fitted the window again after the last
+    /// decrease: only boots started from then on show the smaller window's
+    /// latency and may cause another decrease.
+    settled_at: Option<Instant>,
     throttled: u64,
     decreases: u64,
 }
@@ -249,9 +267,13 @@ impl Gate {
             peaks: BTreeMap::new(),
             baseline: None,
             baseline_at: None,
+            ratio: None,
+            first: Vec::new(),
+            low_load_seen: false,
             recent: VecDeque::new(),
             paused_until: None,
             last_decrease: None,
+            settled_at: None,
             throttled: 0,
             decreases: 0,
         })
@@ -314,6 +336,7 @@ impl Gate {
         if ticket.gated {
             state.gated = state.gated.saturating_sub(1);
         }
+        settle(state, now);
         let BootSignal::Ready { lead } = signal else {
             return;
         };
@@ -345,10 +368,7 @@ impl Gate {
         let episode_start = state.paused_until.is_none_or(|u| u <= now);
         state.paused_until = Some(state.paused_until.map_or(until, |u| u.max(until)));
         if episode_start {
-            state.window = (state.window / 2.0).max(min_window);
-            state.ssthresh = state.window;
-            state.last_decrease = Some(now);
-            state.decreases += 1;
+            decrease(state, min_window, now);
         }
     }
 
@@ -379,6 +399,7 @@ impl Gate {
             in_flight: state.in_flight,
             gated_in_flight: state.gated,
             baseline: state.baseline,
+            latency_ratio: state.ratio,
             hold,
             throttled: state.throttled,
             decreases: state.decreases,
@@ -400,17 +421,35 @@ fn observe_lead(
         state.recent.pop_front();
     }
     let low_load = peak <= settings.baseline_max_in_flight.max(1);
+    let rebase = |state: &mut AzState, new: Duration| {
+        // The smoothed ratio is relative to the baseline: keep it meaning
+        // the same lead times.
+        if let (Some(old), Some(r)) = (state.baseline, state.ratio) {
+            state.ratio = Some(r * old.as_secs_f64() / new.as_secs_f64().max(1e-3));
+        }
+        state.baseline = Some(new);
+        state.baseline_at = Some(now);
+    };
+    if state.first.len() < RECENT {
+        state.first.push(lead);
+    }
     match state.baseline {
-        None => {
-            state.baseline = Some(lead);
-            state.baseline_at = Some(now);
-            return;
-        }
-        Some(baseline) if low_load => {
+        Some(baseline) if low_load && state.low_load_seen => {
             // Smooth over jitter, but follow a changed cloud within a few boots.
-            state.baseline = Some(baseline.mul_f64(0.5) + lead.mul_f64(0.5));
-            state.baseline_at = Some(now);
+            rebase(state, baseline.mul_f64(0.5) + lead.mul_f64(0.5));
         }
+        _ if low_load => {
+            state.low_load_seen = true;
+            rebase(state, lead);
+        }
+        _ if !state.low_load_seen => {
+            // No uncontended boot seen yet: the median of the first boots
+            // (robust to one lucky or unlucky boot).
+            let mut first = state.first.clone();
+            first.sort_unstable();
+            rebase(state, first[(first.len() - 1) / 2]);
+        }
+        None => unreachable!("a baseline exists once any boot was seen"),
         Some(baseline) => {
             let stale = state
                 .baseline_at
@@ -420,23 +459,34 @@ fn observe_lead(
                 && state.recent.len() >= RECENT
                 && fastest.as_secs_f64() > baseline.as_secs_f64() * settings.shrink_above
             {
-                state.baseline = Some(fastest);
-                state.baseline_at = Some(now);
+                rebase(state, fastest);
             }
         }
     }
     let baseline = state.baseline.expect("set above").as_secs_f64().max(1e-3);
-    let ratio = lead.as_secs_f64() / baseline;
+    let sample = lead.as_secs_f64() / baseline;
+    let ratio = match state.ratio {
+        Some(r) => r + RATIO_SMOOTHING * (sample - r),
+        None => sample,
+    };
+    state.ratio = Some(ratio);
     let min_window = f64::from(settings.min_window.max(1));
     let max_window = f64::from(settings.max_window.max(1));
-    if ratio > settings.shrink_above {
-        let after_last_decrease = state.last_decrease.is_none_or(|d| ticket.started_at >= d);
-        if after_last_decrease {
-            state.window = (state.window / 2.0).max(min_window);
-            state.ssthresh = state.window;
-            state.last_decrease = Some(now);
-            state.decreases += 1;
+    if ratio > settings.shrink_above && sample > settings.shrink_above {
+        let shows_current_window = match (state.last_decrease, state.settled_at) {
+            (None, _) => true,
+            (Some(_), Some(settled)) => ticket.started_at >= settled,
+            (Some(_), None) => false,
+        };
+        if shows_current_window {
+            decrease(state, min_window, now);
         }
+    } else if ratio > settings.shrink_above {
+        // Recent boots were slow, this one was not: wait for more.
+    } else if ratio > settings.grow_below && state.window < state.ssthresh {
+        // Latency starts to rise: leave slow start before it overshoots
+        // (the signal lags one boot behind the window).
+        state.ssthresh = state.window;
     } else if ratio <= settings.grow_below {
         // Only a window in use is evidence that a larger one is fine.
         let used = 2 * peak >= ticket.window_at_start;
@@ -448,6 +498,26 @@ fn observe_lead(
             }
             .min(max_window);
         }
+    }
+}
+
+/// Halves the window and waits for the boots in flight to fit it.
+fn decrease(state: &mut AzState, min_window: f64, now: Instant) {
+    state.window = (state.window / 2.0).max(min_window);
+    state.ssthresh = state.window;
+    state.last_decrease = Some(now);
+    state.settled_at = None;
+    state.decreases += 1;
+    settle(state, now);
+}
+
+/// Notes when the replenisher's boots in flight fit the window again.
+fn settle(state: &mut AzState, now: Instant) {
+    if state.last_decrease.is_some()
+        && state.settled_at.is_none()
+        && f64::from(state.gated) <= state.window.floor()
+    {
+        state.settled_at = Some(now);
     }
 }
 

@@ -22,6 +22,9 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
+/// The longest a replenisher waits after a change before it looks again.
+const STEP_DEBOUNCE: Duration = Duration::from_secs(1);
+
 /// Why a boot did not produce a Ready instance.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
@@ -95,7 +98,13 @@ impl Shared {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(wake) => break,
-                    _ = generation.changed() => break,
+                    _ = generation.changed() => {
+                        // One allocation or boot changes several records in a
+                        // row: coalesce them into one step.
+                        tokio::time::sleep(self.settings.poll_interval.min(STEP_DEBOUNCE)).await;
+                        generation.borrow_and_update();
+                        break;
+                    }
                     event = events.recv() => match event {
                         Ok(event) => self.note_event(key, &event),
                         Err(RecvError::Lagged(missed)) => {
@@ -136,11 +145,7 @@ impl Shared {
         let now = Instant::now();
         let settings = &self.settings.sizing;
         let z = settings.z();
-        let (demand, lead, last_plan) = {
-            let mut book = self.sizing_book();
-            let (demand, lead) = book.estimates(&record.key, now, settings);
-            (demand, lead, book.pool(&record.key, settings).last_plan)
-        };
+        let (demand, lead, last_plan) = self.sizing_book().peek(&record.key, now, settings);
         let demand_in_lead = demand.forecast * lead.p90.as_secs_f64();
         let spec = &record.spec;
         let target = sizing::target_for(

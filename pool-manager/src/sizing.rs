@@ -289,21 +289,38 @@ impl Demand {
 
     /// The rates at `now`, updating the held forecast.
     pub fn estimate(&mut self, now: Instant) -> DemandEstimate {
+        let (estimate, moved) = self.at(now);
+        if moved {
+            self.held = estimate.forecast;
+            self.held_at = Some(now);
+        }
+        estimate
+    }
+
+    /// The rates at `now` without updating anything (for status readers,
+    /// so that looking does not change what the replenisher decides).
+    pub fn peek(&self, now: Instant) -> DemandEstimate {
+        self.at(now).0
+    }
+
+    /// The estimate at `now`, and whether the held forecast moves to it.
+    fn at(&self, now: Instant) -> (DemandEstimate, bool) {
         let short = self.short.rate_at(now);
         let long = self.long.rate_at(now);
         let current = short.max(long);
         let cooled = self
             .held_at
             .is_none_or(|at| now.saturating_duration_since(at) >= self.cooldown);
-        if current >= self.held || cooled {
-            self.held = current;
-            self.held_at = Some(now);
-        }
-        DemandEstimate {
-            short,
-            long,
-            forecast: self.held,
-        }
+        let moved = current >= self.held || cooled;
+        let forecast = if moved { current } else { self.held };
+        (
+            DemandEstimate {
+                short,
+                long,
+                forecast,
+            },
+            moved,
+        )
     }
 }
 
@@ -513,6 +530,15 @@ pub struct PoolSizing {
 }
 
 impl PoolSizing {
+    fn lead_estimate(&self, now: Instant, settings: &SizingSettings) -> LeadEstimate {
+        let ages: Vec<Duration> = self
+            .in_flight
+            .values()
+            .map(|started| now.saturating_duration_since(*started))
+            .collect();
+        self.lead.estimate(now, &ages, settings)
+    }
+
     fn new(settings: &SizingSettings) -> Self {
         Self {
             demand: Demand::new(settings),
@@ -574,7 +600,8 @@ impl SizingBook {
         }
     }
 
-    /// Demand and lead-time estimates of a pool at `now`.
+    /// Demand and lead-time estimates of a pool at `now`, as the
+    /// replenisher uses them (this moves the held demand forecast).
     pub fn estimates(
         &mut self,
         key: &PoolKey,
@@ -582,15 +609,29 @@ impl SizingBook {
         settings: &SizingSettings,
     ) -> (DemandEstimate, LeadEstimate) {
         let pool = self.pool(key, settings);
-        let ages: Vec<Duration> = pool
-            .in_flight
-            .values()
-            .map(|started| now.saturating_duration_since(*started))
-            .collect();
-        (
-            pool.demand.estimate(now),
-            pool.lead.estimate(now, &ages, settings),
-        )
+        let lead = pool.lead_estimate(now, settings);
+        (pool.demand.estimate(now), lead)
+    }
+
+    /// The same estimates for a status reader: changes nothing.
+    pub fn peek(
+        &self,
+        key: &PoolKey,
+        now: Instant,
+        settings: &SizingSettings,
+    ) -> (DemandEstimate, LeadEstimate, Option<BootPlan>) {
+        match self.pools.get(key) {
+            Some(pool) => (
+                pool.demand.peek(now),
+                pool.lead_estimate(now, settings),
+                pool.last_plan,
+            ),
+            None => (
+                DemandEstimate::ZERO,
+                LeadTimes::default().estimate(now, &[], settings),
+                None,
+            ),
+        }
     }
 
     pub fn set_plan(&mut self, key: &PoolKey, plan: BootPlan, settings: &SizingSettings) {

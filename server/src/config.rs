@@ -375,6 +375,22 @@ mod tests {
     }
 
     #[test]
+    fn pool_targets_are_auto_or_fixed() {
+        let pool = |target: &str| {
+            format!(
+                "[[pools]]\nflavor = \"f\"\navailability_zone = \"a\"\nmin_ready = 1\nmax_ready = 9\nimage = \"i\"\n{target}"
+            )
+        };
+        let target = |line: &str| Config::parse(&pool(line)).map(|c| c.pools[0].spec().target);
+        assert_eq!(target("target = \"auto\"").unwrap(), Target::Auto);
+        assert_eq!(target("target = 3").unwrap(), Target::Fixed(3));
+        assert_eq!(target("target = \"fixed 4\"").unwrap(), Target::Fixed(4));
+        assert_eq!(target("").unwrap(), Target::Fixed(0), "default: min_ready");
+        let err = target("target = \"lots\"").unwrap_err().to_string();
+        assert!(err.contains("target") && err.contains("lots"), "{err}");
+    }
+
+    #[test]
     fn errors_name_the_problem() {
         let err = Config::parse("listn = \"x\"").unwrap_err().to_string();
         assert!(err.contains("unknown field `listn`"), "{err}");

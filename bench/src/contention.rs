@@ -1,0 +1,140 @@
+//! Host contention: how fast can a pool be refilled when boots on one compute
+//! host slow each other down (`T_alone + k*n`, calibration.md)?
+//!
+//! One pool is filled from empty to `n` instances, once per fixed boot
+//! concurrency (no gate) and once with the adaptive AIMD window. Throughput
+//! is instances per minute until the last is Ready; boot p99 is compared with
+//! a lone boot's lead time. The cloud is `base_cloud` without the API rate
+//! limit, so only host contention limits the boots.
+
+use crate::counting::CountingCloud;
+use crate::demand::{base_cloud, small};
+use crate::memstore::MemStore;
+use crate::replay::quantile;
+use cloudsim::SimCloud;
+use pool_manager::events::{BootOutcome, EventKind};
+use pool_manager::gate::GateSettings;
+use pool_manager::model::{InstanceState, PoolSpec, Target};
+use pool_manager::{ManagerSettings, PoolManager};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct Fill {
+    /// `None`: the adaptive window.
+    pub concurrency: Option<u32>,
+    pub instances: u32,
+    pub fill_time: Duration,
+    pub leads: Vec<Duration>,
+    pub throttled: u64,
+}
+
+impl Fill {
+    pub fn label(&self) -> String {
+        match self.concurrency {
+            Some(c) => format!("fixed {c}"),
+            None => "adaptive (AIMD)".into(),
+        }
+    }
+
+    pub fn per_minute(&self) -> f64 {
+        f64::from(self.instances) / self.fill_time.as_secs_f64().max(1e-9) * 60.0
+    }
+
+    pub fn lead_p(&self, q: f64) -> Duration {
+        quantile(&self.leads, q)
+    }
+}
+
+/// Fills a pool of `instances` with at most `concurrency` boots in flight
+/// (`None`: the throttle gate's adaptive window).
+pub fn fill(instances: u32, concurrency: Option<u32>, seed: u64) -> Fill {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime");
+    runtime.block_on(async move {
+        let mut config = base_cloud(seed);
+        config.rate_limit = None;
+        let sim = SimCloud::new(config);
+        let cloud = Arc::new(CountingCloud::new(sim.clone()));
+        let settings = ManagerSettings {
+            poll_interval: Duration::from_secs(2),
+            replenish_interval: Duration::from_secs(30),
+            reconcile_interval: Duration::from_secs(3600),
+            max_concurrent_boots: concurrency.unwrap_or(instances),
+            retry_backoff: Duration::from_millis(500),
+            gate: match concurrency {
+                Some(_) => GateSettings::disabled(),
+                None => GateSettings {
+                    seed,
+                    ..GateSettings::default()
+                },
+            },
+            ..ManagerSettings::default()
+        };
+        let manager = PoolManager::new(
+            Arc::new(MemStore::default()),
+            cloud.clone(),
+            Arc::new(sim.probe()),
+            settings,
+        );
+        manager.start().await.expect("manager starts");
+        let leads = Arc::new(Mutex::new(Vec::new()));
+        {
+            let mut events = manager.events();
+            let leads = leads.clone();
+            tokio::spawn(async move {
+                while let Ok(e) = events.recv().await {
+                    if let EventKind::Boot {
+                        outcome: BootOutcome::Ready,
+                        lead_time,
+                    } = e.kind
+                    {
+                        leads.lock().expect("leads").push(lead_time);
+                    }
+                }
+            });
+        }
+        let started = Instant::now();
+        manager
+            .create_pool(
+                small(),
+                PoolSpec {
+                    min_ready: instances,
+                    max_ready: instances,
+                    target: Target::Fixed(instances),
+                    image: "mysql-8.0".into(),
+                    boot_timeout: Duration::from_secs(3600),
+                    max_age: None,
+                    paused: false,
+                },
+            )
+            .await
+            .expect("pool created");
+        loop {
+            let status = manager.get_pool(&small()).await.expect("pool");
+            if status.count(InstanceState::Ready) >= instances {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let fill_time = started.elapsed();
+        let _ = manager.shutdown().await;
+        let leads = leads.lock().expect("leads").clone();
+        Fill {
+            concurrency,
+            instances,
+            fill_time,
+            leads,
+            throttled: cloud.throttled(),
+        }
+    })
+}
+
+/// The lead time of one boot on an idle cloud.
+pub fn lone_boot(seed: u64) -> Duration {
+    fill(1, Some(1), seed).fill_time
+}

@@ -1,0 +1,466 @@
+//! Demand: the synthetic scenarios and the arrival-trace reader.
+//!
+//! Every generator is seeded; the same seed gives the same arrivals.
+//!
+//! The trace format is the one of `shared/data/azure-v1-arrivals`: one line
+//! per bin, `<t_seconds> <tokens>`, tokens comma separated, a letter is one VM
+//! of that flavor, `|` closes one tenant's batch. Scaled to a DBaaS as its
+//! README says: each tenant batch is one purchase, a seeded random 1-in-N of
+//! the batches is kept, the batch's first flavor letter picks the database
+//! flavor, and arrivals are spread uniformly inside their bin.
+
+use cloudsim::{AzConfig, BootModel, Quotas, RateLimit, SimConfig};
+use pool_manager::model::PoolKey;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+pub const AZ: &str = "az1";
+const HOUR: f64 = 3600.0;
+const DAY: f64 = 24.0 * HOUR;
+
+/// One purchase: when (from the start of the replay) and which pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Arrival {
+    pub at: Duration,
+    pub pool: PoolKey,
+}
+
+/// Something that happens to the cloud at a point of the replay.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CloudEvent {
+    IopsThrottled(bool),
+}
+
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub name: String,
+    /// One line for the results table.
+    pub description: String,
+    pub arrivals: Vec<Arrival>,
+    /// The replay lasts at least this long (arrivals may end earlier).
+    pub duration: Duration,
+    pub pools: Vec<PoolKey>,
+    pub sim: SimConfig,
+    pub events: Vec<(Duration, CloudEvent)>,
+}
+
+/// The simulated cloud every scenario starts from: calibration.md's timing
+/// model (a lone boot is 25 s to ACTIVE plus 35 s to mysqld; `k` = 4.5 s per
+/// concurrent boot on a host), 4 hosts in one AZ, 10 % jitter, and an API
+/// rate limit of 50 calls/s (burst 200) that answers 429 with Retry-After.
+/// IOPS throttling, when switched on, makes a lone boot's lead time 5x
+/// (Nova x3, mysqld x6.43: 75 s + 225 s = 300 s), as the issue specifies.
+pub fn base_cloud(seed: u64) -> SimConfig {
+    SimConfig {
+        availability_zones: vec![AzConfig::new(AZ, 4)],
+        boot: BootModel {
+            throttled_nova_factor: 3.0,
+            throttled_mysqld_factor: 225.0 / 35.0,
+            ..BootModel::default()
+        },
+        quotas: Quotas {
+            max_instances: 5000,
+            max_volumes: 5000,
+            max_ports: 5000,
+        },
+        rate_limit: Some(RateLimit {
+            per_second: 50.0,
+            burst: 200,
+        }),
+        jitter: 0.1,
+        seed,
+        ..SimConfig::deterministic()
+    }
+}
+
+pub fn small() -> PoolKey {
+    PoolKey::new("db.small", AZ)
+}
+
+/// Poisson arrivals with a time-varying rate (per second), by thinning.
+fn poisson(
+    rng: &mut StdRng,
+    span: f64,
+    max_rate: f64,
+    rate: impl Fn(f64) -> f64,
+    pool: &PoolKey,
+) -> Vec<Arrival> {
+    let mut out = Vec::new();
+    let mut t = 0.0;
+    loop {
+        let u: f64 = rng.gen_range(f64::EPSILON..1.0);
+        t += -u.ln() / max_rate;
+        if t >= span {
+            return out;
+        }
+        if rng.gen_range(0.0..1.0) * max_rate < rate(t) {
+            out.push(Arrival {
+                at: Duration::from_secs_f64(t),
+                pool: pool.clone(),
+            });
+        }
+    }
+}
+
+/// `n` purchases spread uniformly over `[start, start + span)`.
+fn burst(rng: &mut StdRng, start: f64, span: f64, n: usize, pool: &PoolKey) -> Vec<Arrival> {
+    (0..n)
+        .map(|_| Arrival {
+            at: Duration::from_secs_f64(start + rng.gen_range(0.0..span)),
+            pool: pool.clone(),
+        })
+        .collect()
+}
+
+fn sorted(mut arrivals: Vec<Arrival>) -> Vec<Arrival> {
+    arrivals.sort_by_key(|a| a.at);
+    arrivals
+}
+
+fn single_pool(
+    name: &str,
+    description: String,
+    arrivals: Vec<Arrival>,
+    span: f64,
+    seed: u64,
+) -> Scenario {
+    Scenario {
+        name: name.into(),
+        description,
+        arrivals: sorted(arrivals),
+        duration: Duration::from_secs_f64(span),
+        pools: vec![small()],
+        sim: base_cloud(seed),
+        events: Vec::new(),
+    }
+}
+
+/// Steady Poisson demand: 1 purchase a minute for a day.
+pub fn steady(seed: u64) -> Scenario {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5354_4541);
+    let rate = 1.0 / 60.0;
+    let arrivals = poisson(&mut rng, DAY, rate, |_| rate, &small());
+    single_pool(
+        "steady",
+        "Poisson, 60/h, 24 h, 1 pool".into(),
+        arrivals,
+        DAY,
+        seed,
+    )
+}
+
+/// Diurnal demand for a week: 60/h on average on weekdays, swinging
+/// +-60 % around a 15:00 peak, half that on the weekend.
+pub fn diurnal(seed: u64) -> Scenario {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x4449_5552);
+    let base = 1.0 / 60.0;
+    let rate = move |t: f64| {
+        let day = (t / DAY).floor() as u64 % 7;
+        let hour = (t % DAY) / HOUR;
+        let weekend = if day >= 5 { 0.5 } else { 1.0 };
+        base * weekend * (1.0 + 0.6 * ((hour - 9.0) / 24.0 * std::f64::consts::TAU).sin())
+    };
+    let arrivals = poisson(&mut rng, 7.0 * DAY, base * 1.6, rate, &small());
+    single_pool(
+        "diurnal",
+        "Poisson, 60/h mean, +-60 % daily swing, weekend x0.5, 7 days, 1 pool".into(),
+        arrivals,
+        7.0 * DAY,
+        seed,
+    )
+}
+
+/// A flash sale: 30/h background for 12 h, and 300 purchases within 5
+/// minutes at 6 h.
+pub fn flash_sale(seed: u64) -> Scenario {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x464c_4153);
+    let rate = 0.5 / 60.0;
+    let mut arrivals = poisson(&mut rng, 12.0 * HOUR, rate, |_| rate, &small());
+    arrivals.extend(burst(&mut rng, 6.0 * HOUR, 300.0, 300, &small()));
+    single_pool(
+        "flash-sale",
+        "Poisson 30/h, 12 h, plus 300 purchases in 5 min at 6 h, 1 pool".into(),
+        arrivals,
+        12.0 * HOUR,
+        seed,
+    )
+}
+
+/// Steady demand; IOPS throttling (lead time x5) switches on at 8 h and off
+/// at 16 h.
+pub fn throttle_onset(seed: u64) -> Scenario {
+    let mut s = steady(seed);
+    s.name = "throttle-onset".into();
+    s.description = "Poisson 60/h, 24 h; IOPS throttling (lead x5) from 8 h to 16 h, 1 pool".into();
+    s.events = vec![
+        (
+            Duration::from_secs(8 * 3600),
+            CloudEvent::IopsThrottled(true),
+        ),
+        (
+            Duration::from_secs(16 * 3600),
+            CloudEvent::IopsThrottled(false),
+        ),
+    ];
+    s
+}
+
+/// Host contention: one compute host (every boot contends: `T_alone + k*n`,
+/// k = 4.5 s), steady 60/h plus a burst of 40 purchases in 4 minutes every
+/// 4 hours.
+pub fn host_contention(seed: u64) -> Scenario {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x484f_5354);
+    let rate = 1.0 / 60.0;
+    let mut arrivals = poisson(&mut rng, DAY, rate, |_| rate, &small());
+    for k in 0..6 {
+        arrivals.extend(burst(
+            &mut rng,
+            (4 * k + 2) as f64 * HOUR,
+            240.0,
+            40,
+            &small(),
+        ));
+    }
+    let mut s = single_pool(
+        "host-contention",
+        "1 compute host (k = 4.5 s), Poisson 60/h + 40 in 4 min every 4 h, 24 h, 1 pool".into(),
+        arrivals,
+        DAY,
+        seed,
+    );
+    s.sim.availability_zones = vec![AzConfig::new(AZ, 1)];
+    s
+}
+
+// ---- traces -----------------------------------------------------------------
+
+/// vCPUs per flavor letter (the trace's `flav_map.txt`).
+pub type FlavorMap = BTreeMap<char, u32>;
+
+/// The Azure V1 map, used when the trace has no `flav_map.txt` beside it.
+pub const AZURE_FLAVOR_MAP: &str = "1,0.75 a\n1,1.75 b\n1,2 c\n16,112 d\n2,14 e\n2,16 f\n2,3.5 g\n2,4 h\n4,28 i\n4,32 j\n4,7 k\n4,8 l\n8,14 m\n8,16 n\n8,56 o\n8,64 p\n";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} line {line}: {message}")]
+    Syntax {
+        what: &'static str,
+        line: usize,
+        message: String,
+    },
+    #[error("the trace has no tenant batch")]
+    Empty,
+}
+
+pub fn parse_flavor_map(text: &str) -> Result<FlavorMap, TraceError> {
+    let mut map = FlavorMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let syntax = |message: &str| TraceError::Syntax {
+            what: "flavor map",
+            line: i + 1,
+            message: message.into(),
+        };
+        let (spec, letter) = line
+            .rsplit_once(char::is_whitespace)
+            .ok_or_else(|| syntax("expected `<vcpus>,<ram> <letter>`"))?;
+        let vcpus = spec
+            .split(',')
+            .next()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| syntax("bad vCPU count"))?;
+        let letter = letter
+            .trim()
+            .chars()
+            .next()
+            .ok_or_else(|| syntax("no letter"))?;
+        map.insert(letter, vcpus);
+    }
+    Ok(map)
+}
+
+/// A database flavor for a VM size: 1 vCPU -> small, 2-4 -> medium, more -> large.
+pub fn db_flavor(vcpus: u32) -> &'static str {
+    match vcpus {
+        0 | 1 => "db.small",
+        2..=4 => "db.medium",
+        _ => "db.large",
+    }
+}
+
+/// A trace scaled to a DBaaS.
+#[derive(Clone, Debug)]
+pub struct Trace {
+    pub arrivals: Vec<Arrival>,
+    pub span: Duration,
+    pub batches: u64,
+    pub thin: u32,
+    pub seed: u64,
+}
+
+pub fn parse_trace(
+    text: &str,
+    flavors: &FlavorMap,
+    thin: u32,
+    seed: u64,
+) -> Result<Trace, TraceError> {
+    let thin = thin.max(1);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rows: Vec<(f64, &str)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (t, tokens) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let t: f64 = t.parse().map_err(|_| TraceError::Syntax {
+            what: "trace",
+            line: i + 1,
+            message: format!("bad bin time {t:?}"),
+        })?;
+        rows.push((t, tokens.trim()));
+    }
+    let Some(first) = rows.first().map(|r| r.0) else {
+        return Err(TraceError::Empty);
+    };
+    // Bin width: the step between bins (300 s in the Azure files).
+    let bin = rows
+        .windows(2)
+        .map(|w| w[1].0 - w[0].0)
+        .find(|d| *d > 0.0)
+        .unwrap_or(300.0);
+    let mut arrivals = Vec::new();
+    let mut batches = 0;
+    for (t, tokens) in &rows {
+        for batch in tokens.split('|') {
+            let Some(letter) = batch
+                .split(',')
+                .map(str::trim)
+                .find_map(|tok| tok.chars().next())
+            else {
+                continue;
+            };
+            batches += 1;
+            // Draw both for every batch so the kept set does not depend on the map.
+            let keep = rng.gen_range(0..thin) == 0;
+            let offset = rng.gen_range(0.0..bin);
+            if keep {
+                let vcpus = flavors.get(&letter).copied().unwrap_or(1);
+                arrivals.push(Arrival {
+                    at: Duration::from_secs_f64(t - first + offset),
+                    pool: PoolKey::new(db_flavor(vcpus), AZ),
+                });
+            }
+        }
+    }
+    if batches == 0 {
+        return Err(TraceError::Empty);
+    }
+    let last = rows.last().map(|r| r.0).unwrap_or(first);
+    Ok(Trace {
+        arrivals: sorted(arrivals),
+        span: Duration::from_secs_f64(last - first + bin),
+        batches,
+        thin,
+        seed,
+    })
+}
+
+/// Reads a trace file (and the `flav_map.txt` beside it, if any).
+pub fn read_trace(path: &Path, thin: u32, seed: u64) -> Result<Trace, TraceError> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|source| TraceError::Read {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    let text = read(path)?;
+    let map_path = path.with_file_name("flav_map.txt");
+    let map = if map_path.exists() {
+        parse_flavor_map(&read(&map_path)?)?
+    } else {
+        parse_flavor_map(AZURE_FLAVOR_MAP)?
+    };
+    parse_trace(&text, &map, thin, seed)
+}
+
+/// A replay scenario for a trace: one pool per database flavor in one AZ.
+pub fn trace_scenario(name: &str, trace: &Trace, seed: u64) -> Scenario {
+    let mut pools: Vec<PoolKey> = trace.arrivals.iter().map(|a| a.pool.clone()).collect();
+    pools.sort();
+    pools.dedup();
+    Scenario {
+        name: name.into(),
+        description: format!(
+            "{} purchases (1 in {} of {} tenant batches, seed {}), {:.1} days, {} pools",
+            trace.arrivals.len(),
+            trace.thin,
+            trace.batches,
+            trace.seed,
+            trace.span.as_secs_f64() / DAY,
+            pools.len()
+        ),
+        arrivals: trace.arrivals.clone(),
+        duration: trace.span,
+        pools,
+        sim: base_cloud(seed),
+        events: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_batches_become_thinned_purchases() {
+        let map = parse_flavor_map(AZURE_FLAVOR_MAP).unwrap();
+        let text = "1800000 b,|,g,g,|,m,|\n1800300 k,|,\n";
+        let all = parse_trace(text, &map, 1, 1).unwrap();
+        assert_eq!(all.batches, 4);
+        assert_eq!(all.arrivals.len(), 4);
+        assert_eq!(all.span, Duration::from_secs(600));
+        let flavors: Vec<&str> = all
+            .arrivals
+            .iter()
+            .map(|a| a.pool.flavor.as_str())
+            .collect();
+        let mut sorted_flavors = flavors.clone();
+        sorted_flavors.sort();
+        assert_eq!(
+            sorted_flavors,
+            ["db.large", "db.medium", "db.medium", "db.small"]
+        );
+        assert!(all.arrivals.iter().all(|a| a.at < Duration::from_secs(600)));
+        let k = all
+            .arrivals
+            .iter()
+            .find(|a| a.pool.flavor == "db.medium" && a.at >= Duration::from_secs(300));
+        assert!(k.is_some(), "the k batch is in the second bin");
+        // Same seed, same result; thinning keeps a subset.
+        assert_eq!(
+            parse_trace(text, &map, 1, 1).unwrap().arrivals,
+            all.arrivals
+        );
+        let big: String = (0..200).map(|i| format!("{} b,|,b,|\n", i * 300)).collect();
+        let thinned = parse_trace(&big, &map, 10, 3).unwrap();
+        assert_eq!(thinned.batches, 400);
+        assert!(
+            (20..=60).contains(&thinned.arrivals.len()),
+            "{}",
+            thinned.arrivals.len()
+        );
+    }
+}

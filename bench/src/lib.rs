@@ -1,0 +1,18 @@
+//! warmpool's benchmarks, run against the in-process cloudsim on tokio's
+//! paused clock (simulated time jumps ahead whenever every task waits):
+//!
+//! - `trace-replay`: demand scenarios and arrival traces replayed against
+//!   several pool-sizing policies side by side, plus the host-contention
+//!   concurrency sweep; writes a markdown table and SVG plots.
+//! - `time-to-ready`: a warm purchase against a Trove-style cold create,
+//!   throttled and not.
+//!
+//! Results and the exact commands: `docs/benchmarks.md`.
+
+pub mod contention;
+pub mod counting;
+pub mod demand;
+pub mod memstore;
+pub mod replay;
+pub mod report;
+pub mod ttr;

@@ -1,0 +1,109 @@
+//! An in-memory `Store` for benchmarks: the same compare-and-swap semantics
+//! as the sled store, without disk I/O, so a week of demand replays in
+//! seconds. (Durability is what the sled store's own tests are about.)
+
+use async_trait::async_trait;
+use pool_manager::model::{Allocation, Instance, PoolKey, PoolRecord};
+use pool_manager::store::{Store, StoreError, StoreResult};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct MemStore {
+    pools: Mutex<BTreeMap<PoolKey, PoolRecord>>,
+    instances: Mutex<BTreeMap<String, Instance>>,
+    allocations: Mutex<BTreeMap<String, Allocation>>,
+}
+
+fn cas<T: Clone + PartialEq>(
+    map: &Mutex<BTreeMap<String, T>>,
+    key: Option<&str>,
+    expected: Option<&T>,
+    new: Option<&T>,
+) -> StoreResult<bool> {
+    let key = key.ok_or(StoreError::NothingToSwap)?;
+    let mut map = map.lock().expect("store lock");
+    if map.get(key) != expected {
+        return Ok(false);
+    }
+    match new {
+        Some(v) => map.insert(key.to_string(), v.clone()),
+        None => map.remove(key),
+    };
+    Ok(true)
+}
+
+#[async_trait]
+impl Store for MemStore {
+    async fn get_pool(&self, key: &PoolKey) -> StoreResult<Option<PoolRecord>> {
+        Ok(self.pools.lock().expect("store lock").get(key).cloned())
+    }
+    async fn list_pools(&self) -> StoreResult<Vec<PoolRecord>> {
+        Ok(self
+            .pools
+            .lock()
+            .expect("store lock")
+            .values()
+            .cloned()
+            .collect())
+    }
+    async fn put_pool(&self, pool: &PoolRecord) -> StoreResult<()> {
+        self.pools
+            .lock()
+            .expect("store lock")
+            .insert(pool.key.clone(), pool.clone());
+        Ok(())
+    }
+    async fn delete_pool(&self, key: &PoolKey) -> StoreResult<()> {
+        self.pools.lock().expect("store lock").remove(key);
+        Ok(())
+    }
+    async fn get_instance(&self, id: &str) -> StoreResult<Option<Instance>> {
+        Ok(self.instances.lock().expect("store lock").get(id).cloned())
+    }
+    async fn list_instances(&self) -> StoreResult<Vec<Instance>> {
+        Ok(self
+            .instances
+            .lock()
+            .expect("store lock")
+            .values()
+            .cloned()
+            .collect())
+    }
+    async fn cas_instance(
+        &self,
+        expected: Option<&Instance>,
+        new: Option<&Instance>,
+    ) -> StoreResult<bool> {
+        let key = new.or(expected).map(|i| i.id.as_str());
+        cas(&self.instances, key, expected, new)
+    }
+    async fn get_allocation(&self, request_id: &str) -> StoreResult<Option<Allocation>> {
+        Ok(self
+            .allocations
+            .lock()
+            .expect("store lock")
+            .get(request_id)
+            .cloned())
+    }
+    async fn list_allocations(&self) -> StoreResult<Vec<Allocation>> {
+        Ok(self
+            .allocations
+            .lock()
+            .expect("store lock")
+            .values()
+            .cloned()
+            .collect())
+    }
+    async fn cas_allocation(
+        &self,
+        expected: Option<&Allocation>,
+        new: Option<&Allocation>,
+    ) -> StoreResult<bool> {
+        let key = new.or(expected).map(|a| a.params.request_id.as_str());
+        cas(&self.allocations, key, expected, new)
+    }
+    async fn flush(&self) -> StoreResult<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,426 @@
+//! Replays one scenario against one policy: a pool manager over the
+//! in-process cloudsim (listeners off, `SimProbe`), an in-memory store, on a
+//! current-thread tokio runtime whose clock is paused, so simulated time
+//! jumps ahead whenever every task waits.
+
+use crate::counting::CountingCloud;
+use crate::demand::{CloudEvent, Scenario};
+use crate::memstore::MemStore;
+use cloudsim::SimCloud;
+use pool_manager::events::{BootOutcome, EventKind};
+use pool_manager::gate::GateSettings;
+use pool_manager::model::{
+    AllocationParams, EmptyPoolPolicy, InstanceState, NetworkRequest, PoolKey, PoolSpec, Target,
+    VolumeRequest, VolumeSource,
+};
+use pool_manager::{AllocateRequest, ManagerSettings, PoolManager};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How pools are sized.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Nodepool's min-ready / an AWS warm pool's MinSize: every pool keeps
+    /// `n` (ready + booting), refilled as instances are taken.
+    Static(u32),
+    /// Static, with a size per pool (a static sizing chosen in hindsight).
+    StaticPerPool(BTreeMap<PoolKey, u32>),
+    /// Starts with `n` per pool and boots exactly one instance for every
+    /// purchase, warm or cold (a cold purchase grows the pool by one).
+    ReplaceOnConsume(u32),
+    /// warmpool: `target = auto` and the throttle gate.
+    Auto,
+}
+
+impl Policy {
+    pub fn name(&self) -> String {
+        match self {
+            Self::Static(n) => format!("static {n}"),
+            Self::StaticPerPool(sizes) => format!(
+                "static hindsight ({})",
+                sizes
+                    .iter()
+                    .map(|(k, n)| format!("{}={n}", k.flavor.trim_start_matches("db.")))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            Self::ReplaceOnConsume(n) => format!("replace-on-consume {n}"),
+            Self::Auto => "warmpool auto".into(),
+        }
+    }
+
+    fn spec(&self, pool: &PoolKey) -> PoolSpec {
+        let fixed = |n: u32| PoolSpec {
+            min_ready: n,
+            max_ready: n.max(1),
+            target: Target::Fixed(n),
+            image: "mysql-8.0".into(),
+            boot_timeout: Duration::from_secs(30 * 60),
+            max_age: None,
+            paused: false,
+        };
+        match self {
+            Self::Static(n) | Self::ReplaceOnConsume(n) => fixed(*n),
+            Self::StaticPerPool(sizes) => fixed(sizes.get(pool).copied().unwrap_or(0)),
+            Self::Auto => PoolSpec {
+                min_ready: 1,
+                max_ready: 500,
+                target: Target::Auto,
+                ..fixed(1)
+            },
+        }
+    }
+}
+
+/// The manager's pacing in the benchmark: as a real deployment, except
+/// servers are polled every 5 s, the reconciler runs hourly (it has nothing
+/// to repair here) and a pool may have up to 64 boots in flight. Static
+/// policies run without the throttle gate.
+pub fn settings(policy: &Policy, seed: u64) -> ManagerSettings {
+    ManagerSettings {
+        poll_interval: Duration::from_secs(5),
+        replenish_interval: Duration::from_secs(30),
+        reconcile_interval: Duration::from_secs(3600),
+        max_concurrent_boots: 64,
+        retry_backoff: Duration::from_millis(500),
+        gate: if *policy == Policy::Auto {
+            GateSettings {
+                seed,
+                ..GateSettings::default()
+            }
+        } else {
+            GateSettings::disabled()
+        },
+        ..ManagerSettings::default()
+    }
+}
+
+/// One point of the timeline (summed over the scenario's pools).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sample {
+    pub hours: f64,
+    pub ready: u32,
+    /// Ready + warming + booting (unclaimed).
+    pub supply: u32,
+    pub target: u32,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PoolOutcome {
+    pub purchases: u64,
+    pub warm: u64,
+}
+
+/// What one replay measured.
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    pub scenario: String,
+    pub policy: Policy,
+    pub purchases: u64,
+    pub warm: u64,
+    pub failed: u64,
+    /// Time to ready of every successful purchase.
+    pub ttr: Vec<Duration>,
+    /// Hours x Ready instances waiting in pools.
+    pub idle_vm_hours: f64,
+    /// Hours x unclaimed instances (ready + warming + booting).
+    pub pool_vm_hours: f64,
+    pub boots: u64,
+    pub api_calls: u64,
+    pub throttled: u64,
+    pub per_pool: BTreeMap<PoolKey, PoolOutcome>,
+    /// Lead times of boots that reached Ready.
+    pub leads: Vec<Duration>,
+    pub timeline: Vec<Sample>,
+    pub simulated: Duration,
+    pub wall: std::time::Duration,
+}
+
+impl RunResult {
+    pub fn hit_rate(&self) -> f64 {
+        if self.purchases == 0 {
+            return 1.0;
+        }
+        self.warm as f64 / self.purchases as f64
+    }
+
+    pub fn ttr_quantile(&self, q: f64) -> Duration {
+        quantile(&self.ttr, q)
+    }
+}
+
+/// Nearest-rank quantile; zero for an empty set.
+pub fn quantile(values: &[Duration], q: f64) -> Duration {
+    if values.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+const SAMPLE_EVERY: Duration = Duration::from_secs(60);
+/// Longest a pool may take to fill before the replay starts.
+const WARM_UP: Duration = Duration::from_secs(30 * 60);
+
+/// Replays `scenario` under `policy`. Builds its own paused-clock runtime.
+pub fn run(scenario: &Scenario, policy: &Policy, seed: u64) -> RunResult {
+    let wall = std::time::Instant::now();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime");
+    let mut result = runtime.block_on(replay(scenario, policy, seed));
+    result.wall = wall.elapsed();
+    result
+}
+
+struct Purchase {
+    pool: PoolKey,
+    outcome: Result<(bool, Duration), String>,
+}
+
+fn request(id: String, pool: PoolKey) -> AllocateRequest {
+    AllocateRequest {
+        params: AllocationParams {
+            request_id: id.clone(),
+            tenant_project_id: "tenant".into(),
+            pool,
+            volume: VolumeRequest {
+                source: VolumeSource::New {
+                    size_gib: 20,
+                    volume_type: None,
+                },
+                delete_on_release: true,
+            },
+            network: NetworkRequest {
+                network_id: "tenant-net".into(),
+                subnet_id: None,
+                fixed_ip: None,
+            },
+            labels: BTreeMap::new(),
+        },
+        empty_pool: EmptyPoolPolicy::ColdBoot,
+        timeout: Some(Duration::from_secs(60 * 60)),
+    }
+}
+
+/// How long a purchase holds its instance before releasing it (to stay in
+/// quota): exponential, mean 30 min, at least 5 min; seeded per purchase.
+/// Held instances are not pool supply, so this does not change the sizing.
+fn holding_time(seed: u64, index: usize) -> Duration {
+    let mut rng = StdRng::seed_from_u64(seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let u: f64 = rng.gen_range(f64::EPSILON..1.0);
+    Duration::from_secs_f64((-u.ln() * 1800.0).max(300.0))
+}
+
+async fn replay(scenario: &Scenario, policy: &Policy, seed: u64) -> RunResult {
+    let mut sim_config = scenario.sim.clone();
+    sim_config.seed = seed;
+    let sim = SimCloud::new(sim_config);
+    let cloud = Arc::new(CountingCloud::new(sim.clone()));
+    let manager = PoolManager::new(
+        Arc::new(MemStore::default()),
+        cloud.clone(),
+        Arc::new(sim.probe()),
+        settings(policy, seed),
+    );
+    manager.start().await.expect("manager starts");
+    for pool in &scenario.pools {
+        manager
+            .create_pool(pool.clone(), policy.spec(pool))
+            .await
+            .expect("pool created");
+    }
+
+    // Warm-up: every pool reaches its initial target (or 30 min pass).
+    let warm_up_end = Instant::now() + WARM_UP;
+    while Instant::now() < warm_up_end {
+        let pools = manager.list_pools().await.expect("pools");
+        if pools
+            .iter()
+            .all(|p| p.count(InstanceState::Ready) >= p.effective_target)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+
+    let t0 = Instant::now();
+    sim.reset_call_counts();
+    let throttled_before = cloud.throttled();
+    let servers_before = cloud.servers_created();
+
+    // Lead times of boots, from the events broadcast.
+    let leads = Arc::new(Mutex::new(Vec::new()));
+    {
+        let mut events = manager.events();
+        let leads = leads.clone();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(e) => {
+                        if let EventKind::Boot {
+                            outcome: BootOutcome::Ready,
+                            lead_time,
+                        } = e.kind
+                        {
+                            leads.lock().expect("leads").push(lead_time);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+
+    // The timeline, and VM-hours integrated per sample.
+    let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
+    let sampler = {
+        let manager = manager.clone();
+        let samples = samples.clone();
+        tokio::spawn(async move {
+            loop {
+                let instances = manager.list_instances(None).await.expect("instances");
+                let pools = manager.list_pools().await.expect("pools");
+                let mut s = Sample {
+                    hours: t0.elapsed().as_secs_f64() / 3600.0,
+                    ..Sample::default()
+                };
+                for i in instances.iter().filter(|i| i.counts_as_supply()) {
+                    s.supply += 1;
+                    if i.state == InstanceState::Ready {
+                        s.ready += 1;
+                    }
+                }
+                s.target = pools.iter().map(|p| p.effective_target).sum();
+                samples.lock().expect("samples").push(s);
+                tokio::time::sleep(SAMPLE_EVERY).await;
+            }
+        })
+    };
+
+    // What happens to the cloud.
+    for (at, event) in scenario.events.clone() {
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(t0 + at).await;
+            match event {
+                CloudEvent::IopsThrottled(on) => sim.faults().set_iops_throttled(on),
+            }
+        });
+    }
+
+    // The purchases.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Purchase>();
+    for (index, arrival) in scenario.arrivals.iter().enumerate() {
+        tokio::time::sleep_until(t0 + arrival.at).await;
+        let manager = manager.clone();
+        let done = done_tx.clone();
+        let pool = arrival.pool.clone();
+        let grow_on_miss = matches!(policy, Policy::ReplaceOnConsume(_));
+        tokio::spawn(async move {
+            let id = format!("p{index}");
+            let started = Instant::now();
+            let outcome = manager.allocate(request(id.clone(), pool.clone())).await;
+            let ttr = started.elapsed();
+            let warm = outcome.as_ref().map(|a| a.warm_hit).unwrap_or(false);
+            if grow_on_miss && !warm {
+                let _ = manager
+                    .update_pool(&pool, |s| {
+                        if let Target::Fixed(n) = s.target {
+                            s.target = Target::Fixed(n + 1);
+                            s.min_ready = n + 1;
+                            s.max_ready = s.max_ready.max(n + 1);
+                        }
+                    })
+                    .await;
+            }
+            let _ = done.send(Purchase {
+                pool,
+                outcome: outcome
+                    .as_ref()
+                    .map(|a| (a.warm_hit, ttr))
+                    .map_err(|e| e.to_string()),
+            });
+            if outcome.is_ok() {
+                tokio::time::sleep(holding_time(seed, index)).await;
+                let _ = manager.release(&id, None).await;
+            }
+        });
+    }
+    drop(done_tx);
+
+    let mut result = RunResult {
+        scenario: scenario.name.clone(),
+        policy: policy.clone(),
+        purchases: 0,
+        warm: 0,
+        failed: 0,
+        ttr: Vec::new(),
+        idle_vm_hours: 0.0,
+        pool_vm_hours: 0.0,
+        boots: 0,
+        api_calls: 0,
+        throttled: 0,
+        per_pool: scenario
+            .pools
+            .iter()
+            .map(|p| (p.clone(), PoolOutcome::default()))
+            .collect(),
+        leads: Vec::new(),
+        timeline: Vec::new(),
+        simulated: Duration::ZERO,
+        wall: std::time::Duration::ZERO,
+    };
+    let mut seen = 0;
+    while seen < scenario.arrivals.len() {
+        let Some(p) = done_rx.recv().await else { break };
+        seen += 1;
+        result.purchases += 1;
+        let pool = result.per_pool.entry(p.pool).or_default();
+        pool.purchases += 1;
+        match p.outcome {
+            Ok((warm, ttr)) => {
+                result.ttr.push(ttr);
+                if warm {
+                    result.warm += 1;
+                    pool.warm += 1;
+                }
+            }
+            Err(e) => {
+                result.failed += 1;
+                if result.failed <= 3 {
+                    eprintln!(
+                        "{} / {}: purchase failed: {e}",
+                        scenario.name,
+                        policy.name()
+                    );
+                }
+            }
+        }
+    }
+    tokio::time::sleep_until(t0 + scenario.duration).await;
+    sampler.abort();
+
+    result.simulated = t0.elapsed();
+    let counts = sim.call_counts();
+    result.boots = cloud.servers_created() - servers_before;
+    result.api_calls = counts.values().sum();
+    result.throttled = cloud.throttled() - throttled_before;
+    result.leads = leads.lock().expect("leads").clone();
+    let timeline = samples.lock().expect("samples").clone();
+    let dt = SAMPLE_EVERY.as_secs_f64() / 3600.0;
+    result.idle_vm_hours = timeline.iter().map(|s| f64::from(s.ready) * dt).sum();
+    result.pool_vm_hours = timeline.iter().map(|s| f64::from(s.supply) * dt).sum();
+    result.timeline = timeline;
+    let _ = manager.shutdown().await;
+    result
+}

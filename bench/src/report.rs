@@ -1,0 +1,292 @@
+//! Markdown tables and SVG plots of replay results. The SVG is written by
+//! hand (polylines on two axes), so the benchmark needs no plotting crate.
+
+use crate::demand::Scenario;
+use crate::replay::{RunResult, Sample};
+use std::fmt::Write;
+use std::time::Duration;
+
+pub fn duration(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 120.0 {
+        format!("{s:.1} s")
+    } else if s < 7200.0 {
+        format!("{:.1} min", s / 60.0)
+    } else {
+        format!("{:.1} h", s / 3600.0)
+    }
+}
+
+pub fn percent(x: f64) -> String {
+    format!("{:.2} %", x * 100.0)
+}
+
+/// One row per run.
+pub fn results_table(results: &[RunResult]) -> String {
+    let mut out = String::from(
+        "| scenario | policy | purchases | warm hits | time to ready p50 | p99 | idle VM-h (ready) | pool VM-h (ready+booting) | boots | API calls | 429s |\n\
+         |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+    );
+    for r in results {
+        let failed = if r.failed > 0 {
+            format!(" ({} failed)", r.failed)
+        } else {
+            String::new()
+        };
+        writeln!(
+            out,
+            "| {} | {} | {}{} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {} |",
+            r.scenario,
+            r.policy.name(),
+            r.purchases,
+            failed,
+            percent(r.hit_rate()),
+            duration(r.ttr_quantile(0.5)),
+            duration(r.ttr_quantile(0.99)),
+            r.idle_vm_hours,
+            r.pool_vm_hours,
+            r.boots,
+            r.api_calls,
+            r.throttled,
+        )
+        .expect("write to string");
+    }
+    out
+}
+
+/// Purchases per hour over time, in bins of `bin`.
+fn demand_series(scenario: &Scenario, bin: Duration, span: Duration) -> Vec<(f64, f64)> {
+    let bins = (span.as_secs_f64() / bin.as_secs_f64()).ceil().max(1.0) as usize;
+    let mut counts = vec![0u32; bins];
+    for a in &scenario.arrivals {
+        let i = (a.at.as_secs_f64() / bin.as_secs_f64()) as usize;
+        if let Some(c) = counts.get_mut(i) {
+            *c += 1;
+        }
+    }
+    let per_hour = 3600.0 / bin.as_secs_f64();
+    counts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            (
+                (i as f64 + 0.5) * bin.as_secs_f64() / 3600.0,
+                f64::from(*c) * per_hour,
+            )
+        })
+        .collect()
+}
+
+/// Averages samples into at most `points` points.
+fn downsample(samples: &[Sample], points: usize, f: impl Fn(&Sample) -> f64) -> Vec<(f64, f64)> {
+    if samples.is_empty() {
+        return Vec::new();
+    }
+    let chunk = samples.len().div_ceil(points.max(1));
+    samples
+        .chunks(chunk)
+        .map(|c| {
+            let x = c.iter().map(|s| s.hours).sum::<f64>() / c.len() as f64;
+            let y = c.iter().map(&f).sum::<f64>() / c.len() as f64;
+            (x, y)
+        })
+        .collect()
+}
+
+/// (legend, colour, dashed, points)
+type Series<'a> = (String, &'a str, bool, Vec<(f64, f64)>);
+
+/// Demand, pool depth and target over time for the given runs (usually
+/// warmpool auto and one static pool).
+pub fn svg(scenario: &Scenario, runs: &[&RunResult]) -> String {
+    const W: f64 = 960.0;
+    const H: f64 = 360.0;
+    const L: f64 = 60.0;
+    const R: f64 = 70.0;
+    const T: f64 = 40.0;
+    const B: f64 = 50.0;
+    let span = runs
+        .iter()
+        .map(|r| r.simulated)
+        .max()
+        .unwrap_or(scenario.duration)
+        .max(scenario.duration);
+    let hours = span.as_secs_f64() / 3600.0;
+    let bin = if hours > 48.0 {
+        Duration::from_secs(3600)
+    } else {
+        Duration::from_secs(900)
+    };
+    let demand = demand_series(scenario, bin, span);
+    let demand_max = demand.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+    let colors = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b"];
+    let mut series: Vec<Series> = Vec::new();
+    for (i, run) in runs.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let name = run.policy.name();
+        series.push((
+            format!("{name}: ready"),
+            color,
+            false,
+            downsample(&run.timeline, 1200, |s| f64::from(s.ready)),
+        ));
+        series.push((
+            format!("{name}: target"),
+            color,
+            true,
+            downsample(&run.timeline, 1200, |s| f64::from(s.target)),
+        ));
+    }
+    let depth_max = series
+        .iter()
+        .flat_map(|s| s.3.iter().map(|p| p.1))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let x = |h: f64| L + h / hours.max(1e-9) * (W - L - R);
+    let y_depth = |v: f64| H - B - v / depth_max * (H - T - B);
+    let y_demand = |v: f64| H - B - v / demand_max * (H - T - B);
+    let points = |pts: &[(f64, f64)], y: &dyn Fn(f64) -> f64| {
+        pts.iter()
+            .map(|(h, v)| format!("{:.1},{:.1}", x(*h), y(*v)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(
+        w,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = writeln!(w, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
+    let _ = writeln!(
+        w,
+        r#"<text x="{L}" y="18" font-size="14">{}: demand, pool depth and target</text>"#,
+        escape(&scenario.name)
+    );
+    // Axes and ticks.
+    let _ = writeln!(
+        w,
+        r##"<path d="M{L},{T} V{} H{}" stroke="black" fill="none"/><path d="M{},{T} V{}" stroke="#999" fill="none"/>"##,
+        H - B,
+        W - R,
+        W - R,
+        H - B
+    );
+    let step = nice_step(hours, 12.0);
+    let mut h = 0.0;
+    while h <= hours + 1e-9 {
+        let _ = writeln!(
+            w,
+            r##"<line x1="{0:.1}" y1="{1}" x2="{0:.1}" y2="{2}" stroke="#ddd"/><text x="{0:.1}" y="{3}" text-anchor="middle">{4}</text>"##,
+            x(h),
+            T,
+            H - B,
+            H - B + 14.0,
+            h
+        );
+        h += step;
+    }
+    let _ = writeln!(
+        w,
+        r#"<text x="{}" y="{}" text-anchor="middle">hours</text>"#,
+        (L + W - R) / 2.0,
+        H - B + 30.0
+    );
+    let dstep = nice_step(depth_max, 6.0);
+    let mut v = 0.0;
+    while v <= depth_max {
+        let _ = writeln!(
+            w,
+            r#"<text x="{}" y="{:.1}" text-anchor="end">{v}</text>"#,
+            L - 4.0,
+            y_depth(v) + 4.0
+        );
+        v += dstep;
+    }
+    let qstep = nice_step(demand_max, 6.0);
+    let mut v = 0.0;
+    while v <= demand_max {
+        let _ = writeln!(
+            w,
+            r##"<text x="{}" y="{:.1}" fill="#e67e22">{v}</text>"##,
+            W - R + 4.0,
+            y_demand(v) + 4.0
+        );
+        v += qstep;
+    }
+    let _ = writeln!(
+        w,
+        r#"<text transform="translate(14,{}) rotate(-90)" text-anchor="middle">instances</text>"#,
+        (T + H - B) / 2.0
+    );
+    let _ = writeln!(
+        w,
+        r##"<text transform="translate({},{}) rotate(90)" text-anchor="middle" fill="#e67e22">purchases per hour</text>"##,
+        W - 12.0,
+        (T + H - B) / 2.0
+    );
+    // Demand first (background), then the pools.
+    let _ = writeln!(
+        w,
+        r##"<polyline fill="none" stroke="#e67e22" stroke-opacity="0.6" stroke-width="1" points="{}"/>"##,
+        points(&demand, &y_demand)
+    );
+    for (_, color, dashed, pts) in &series {
+        let dash = if *dashed {
+            r#" stroke-dasharray="5,3""#
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            w,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="1.2"{dash} points="{}"/>"#,
+            points(pts, &y_depth)
+        );
+    }
+    // Legend.
+    let mut lx = L + 10.0;
+    let ly = T + 12.0;
+    let mut legend = vec![("purchases/h".to_string(), "#e67e22", false)];
+    legend.extend(series.iter().map(|s| (s.0.clone(), s.1, s.2)));
+    for (name, color, dashed) in legend {
+        let dash = if dashed {
+            r#" stroke-dasharray="5,3""#
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            w,
+            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"{dash}/><text x="{}" y="{}">{}</text>"#,
+            lx + 18.0,
+            lx + 22.0,
+            ly + 4.0,
+            escape(&name)
+        );
+        lx += 30.0 + 6.2 * name.len() as f64;
+    }
+    let _ = writeln!(w, "</svg>");
+    out
+}
+
+/// A round tick step giving about `ticks` ticks up to `max`.
+fn nice_step(max: f64, ticks: f64) -> f64 {
+    let raw = (max / ticks).max(1e-9);
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * magnitude)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * magnitude);
+    if step < 1.0 && max >= 1.0 {
+        1.0
+    } else {
+        step
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
