@@ -4,7 +4,8 @@
 use async_trait::async_trait;
 use cloudsim::SimCloud;
 use pool_manager::cloud::{
-    Cloud, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume,
+    BootHeadroom, Cloud, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
+    ServerSpec, Volume,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -67,6 +68,9 @@ impl Cloud for CountingCloud {
     }
     async fn get_server(&self, server_id: &str) -> CloudResult<Server> {
         self.count(self.sim.get_server(server_id).await)
+    }
+    async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
+        self.count(self.sim.boot_headroom(flavor).await)
     }
     async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
         self.count(self.sim.list_pool_servers().await)

@@ -9,7 +9,8 @@ use crate::mysql;
 use crate::sim::SimCloud;
 use async_trait::async_trait;
 use pool_manager::cloud::{
-    Cloud, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume,
+    BootHeadroom, Cloud, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
+    ServerSpec, Volume,
 };
 use tokio::time::Instant;
 
@@ -34,6 +35,12 @@ impl Cloud for SimCloud {
             model.set_listener(&server.id, guard);
         }
         Ok(server)
+    }
+
+    async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
+        self.gate("boot_headroom").await?;
+        let now = Instant::now();
+        self.inner.lock_at(now).boot_headroom(flavor)
     }
 
     async fn get_server(&self, server_id: &str) -> CloudResult<Server> {

@@ -11,8 +11,8 @@
 use crate::config::SimConfig;
 use crate::mysql::ListenerGuard;
 use pool_manager::cloud::{
-    CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, ServerStatus,
-    Volume, VolumeStatus, META_INSTANCE, META_POOL,
+    BootHeadroom, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec,
+    ServerStatus, Volume, VolumeStatus, META_INSTANCE, META_POOL,
 };
 use pool_manager::model::PoolKey;
 use rand::rngs::StdRng;
@@ -484,6 +484,22 @@ impl Model {
     }
 
     // ---- servers ------------------------------------------------------------
+
+    /// The simulated project limits servers by count only (flavors have no
+    /// size here), so headroom is instances left.
+    pub fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
+        if !self.cfg.flavors.iter().any(|f| f == flavor) {
+            return Err(CloudError::NotFound(format!(
+                "Flavor {flavor} could not be found."
+            )));
+        }
+        let max = self.cfg.quotas.max_instances;
+        let used = self.servers.len();
+        Ok(BootHeadroom {
+            servers: Some(max.saturating_sub(used) as u64),
+            limited_by: Some(format!("instances: {used} of {max} used")),
+        })
+    }
 
     /// Places and starts a boot. `addr` is the reserved listener address, if
     /// the face opens real sockets. Returns the view and when mysqld is ready.

@@ -124,6 +124,23 @@ impl CloudError {
 
 pub type CloudResult<T> = Result<T, CloudError>;
 
+/// How many more servers of one flavor the project's compute quota admits,
+/// from Nova's `/limits` (instances, cores and RAM, whichever binds first).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootHeadroom {
+    /// `None`: every limit is unlimited (-1).
+    pub servers: Option<u64>,
+    /// The quota that binds, e.g. "cores: 18 of 20 used", for logs and events.
+    pub limited_by: Option<String>,
+}
+
+impl BootHeadroom {
+    pub const UNLIMITED: BootHeadroom = BootHeadroom {
+        servers: None,
+        limited_by: None,
+    };
+}
+
 /// What warmpool needs of the cloud. Calls return once the cloud accepted the
 /// request; completion (ACTIVE, `in-use`) is observed with the `get_*` calls.
 #[async_trait]
@@ -152,4 +169,7 @@ pub trait Cloud: Send + Sync + 'static {
     async fn delete_port(&self, port_id: &str) -> CloudResult<()>;
     async fn attach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()>;
     async fn detach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()>;
+
+    /// Quota headroom for booting servers of `flavor` (Nova `/limits`).
+    async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom>;
 }

@@ -5,7 +5,7 @@
 use super::Metrics;
 use async_trait::async_trait;
 use pool_manager::cloud::{
-    Cloud, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume,
+    BootHeadroom, Cloud, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -99,6 +99,9 @@ impl Cloud for MeteredCloud {
     async fn attach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()> {
         self.timed(COMPUTE, self.inner.attach_port(server_id, port_id))
             .await
+    }
+    async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
+        self.timed(COMPUTE, self.inner.boot_headroom(flavor)).await
     }
     async fn detach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()> {
         self.timed(COMPUTE, self.inner.detach_port(server_id, port_id))
