@@ -79,18 +79,33 @@ async fn read_greeting(addr: SocketAddr) -> Result<String, ProbeError> {
     parse_greeting(&payload).map_err(not_mysql)
 }
 
+/// MySQL errors a running mysqld sends *instead of* the greeting because of
+/// who is connecting, not because it is unwell: 1129 "Host is blocked because
+/// of many connection errors" (a greeting-only probe that never completes a
+/// handshake counts as one such error) and 1130 "Host is not allowed to
+/// connect" (the image has no account matching the prober's host). Either
+/// way mysqld is up and serving its own clients, so the instance is ready.
+const HOST_REFUSALS: [u16; 2] = [1129, 1130];
+
 /// Parses a handshake payload: protocol version 10, then a NUL-terminated
-/// server version. An error packet (0xff) means mysqld refuses us (e.g. too
-/// many connections): not ready.
+/// server version. An error packet (0xff) means mysqld refuses us: not ready
+/// (e.g. 1040 too many connections), except for the host refusals above.
 pub fn parse_greeting(payload: &[u8]) -> Result<String, String> {
     match payload.first() {
         Some(10) => {}
         Some(0xff) => {
-            let message = payload.get(3..).unwrap_or_default();
-            return Err(format!(
-                "error packet: {}",
-                String::from_utf8_lossy(message).trim_start_matches('#')
-            ));
+            let code = match payload.get(1..3) {
+                Some(&[lo, hi]) => u16::from_le_bytes([lo, hi]),
+                _ => return Err("truncated error packet".into()),
+            };
+            let message = String::from_utf8_lossy(payload.get(3..).unwrap_or_default());
+            let message = message.trim_start_matches('#');
+            if HOST_REFUSALS.contains(&code) {
+                return Ok(format!(
+                    "unknown version (mysqld refused this host: {code} {message})"
+                ));
+            }
+            return Err(format!("error packet {code}: {message}"));
         }
         Some(other) => return Err(format!("protocol version {other}, expected 10")),
         None => return Err("empty greeting".into()),
@@ -125,7 +140,31 @@ mod tests {
         assert!(parse_greeting(&err)
             .unwrap_err()
             .contains("Too many connections"));
+        assert!(parse_greeting(&[0xff, 0x10]).is_err());
         assert!(parse_greeting(&[10, b'a']).is_err());
         assert!(parse_greeting(&[]).is_err());
+    }
+
+    #[test]
+    fn host_refusals_mean_mysqld_is_up() {
+        for (code, text) in [
+            (
+                1130u16,
+                "Host '10.0.0.5' is not allowed to connect to this MariaDB server",
+            ),
+            (
+                1129,
+                "Host '10.0.0.5' is blocked because of many connection errors",
+            ),
+        ] {
+            let mut packet = vec![0xff];
+            packet.extend_from_slice(&code.to_le_bytes());
+            packet.extend_from_slice(text.as_bytes());
+            let up = parse_greeting(&packet).unwrap();
+            assert!(
+                up.contains(&code.to_string()) && up.contains("refused"),
+                "{up}"
+            );
+        }
     }
 }
