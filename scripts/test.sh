@@ -1,20 +1,36 @@
 #!/usr/bin/env bash
 # The project's one test command, for developers and CI alike:
 #
-#   1. makes sure a MariaDB answers on 127.0.0.1:3306 (the readiness-probe
-#      test in server/tests/mariadb_probe.rs needs a real one): installs
-#      Debian's mariadb-server if there is none, and starts a private
-#      instance (data under target/mariadb) if nothing listens there;
-#   2. makes sure Prometheus and promtool are installed (Debian's
+#   1. makes sure Prometheus and promtool are installed (Debian's
 #      prometheus package; server/tests/prometheus.rs runs a real one);
-#   3. cargo fmt --check, cargo clippy -D warnings, cargo test, whole workspace.
+#   2. brings deploy/testbed up (a real one-machine OpenStack, see
+#      deploy/testbed/README.md) in the background, while
+#   3. cargo fmt --check, cargo clippy -D warnings and the test build run;
+#   4. waits for the testbed and prints how long it took to come up;
+#   5. makes sure a MariaDB answers on 127.0.0.1:3306 (the readiness-probe
+#      test in server/tests/mariadb_probe.rs needs a real one). When the
+#      testbed is up, that is the testbed's own MariaDB: it owns 3306, and
+#      the probe test and the e2e suite's probe_address_override use it.
+#      Only when the testbed step is not selected does this script install
+#      Debian's mariadb-server if needed and start a private instance (data
+#      under target/mariadb) if nothing listens there;
+#   6. cargo test, whole workspace, including the e2e suite against the
+#      testbed (server/tests/e2e_testbed.rs, check_cloud_testbed.rs).
 #
-# A MariaDB this script started is stopped when it exits; one it found
-# running is left alone.
+# What this script started is stopped when it exits: the testbed (with
+# deploy/testbed/down.sh) only if no testbed service was running before, a
+# private MariaDB only if it started one. An already-running testbed is
+# left alone (up.sh makes sure it is complete).
 #
 # Environment:
+#   WARMPOOL_TEST_STEPS         steps to run, comma-separated, from
+#                               testbed,fmt,clippy,test (default: all of them)
+#   WARMPOOL_TEST_CARGO_ARGS    what `cargo test` tests (default --workspace;
+#                               e.g. "-p warmpool-server --test e2e_testbed")
+#   WARMPOOL_TESTBED_KEEP=1     leave a testbed this run started running
 #   WARMPOOL_TEST_MARIADB_ADDR  host:port of the MariaDB (default 127.0.0.1:3306)
 #   MARIADB_START_TIMEOUT       seconds to wait for MariaDB to answer (default 60)
+#   TESTBED_UP_TIMEOUT          seconds to wait for deploy/testbed/up.sh (default 1200)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -24,9 +40,22 @@ export WARMPOOL_TEST_MARIADB_ADDR=${WARMPOOL_TEST_MARIADB_ADDR:-127.0.0.1:3306}
 MARIADB_HOST=${WARMPOOL_TEST_MARIADB_ADDR%:*}
 MARIADB_PORT=${WARMPOOL_TEST_MARIADB_ADDR##*:}
 MARIADB_START_TIMEOUT=${MARIADB_START_TIMEOUT:-60}
+TESTBED_UP_TIMEOUT=${TESTBED_UP_TIMEOUT:-1200}
+WARMPOOL_TEST_STEPS=${WARMPOOL_TEST_STEPS:-testbed,fmt,clippy,test}
+read -r -a CARGO_TEST_ARGS <<<"${WARMPOOL_TEST_CARGO_ARGS:---workspace}"
+T0=$(date +%s)
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'scripts/test.sh: error: %s\n' "$*" >&2; exit 1; }
+
+for step in ${WARMPOOL_TEST_STEPS//,/ }; do
+    case $step in
+        testbed | fmt | clippy | test) ;;
+        *) die "unknown step '$step' in WARMPOOL_TEST_STEPS (known: testbed,fmt,clippy,test)" ;;
+    esac
+done
+selected() { case ",$WARMPOOL_TEST_STEPS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+since() { echo $(($(date +%s) - $1)); }
 
 # True when something accepts TCP connections on host:port.
 listening() {
@@ -98,13 +127,110 @@ stop_mariadb() {
         rm -rf "$MARIADB_RUN"
     fi
 }
-trap stop_mariadb EXIT
+
+# ---------------------------------------------------------------- testbed
+TESTBED=$ROOT/deploy/testbed
+TESTBED_LOG=$ROOT/target/testbed-up.log
+TESTBED_UP_PID=""     # the background up.sh, while it runs
+TESTBED_OURS=0        # 1: no testbed service ran before this script started it
+TESTBED_T0=""
+TESTBED_PGID_FILE=""
+
+# Testbed services alive, as "alive total" (deploy/testbed/common.sh keeps
+# the list and the pid-file checks; sourced in a subshell because it puts
+# the testbed's venv first on PATH).
+testbed_alive() {
+    bash -c 'source "$1/common.sh"; echo "$(tb_alive_count) $(tb_service_count)"' _ "$TESTBED"
+}
+
+start_testbed() {
+    local alive total
+    read -r alive total < <(testbed_alive)
+    if [ "$alive" -eq 0 ]; then
+        TESTBED_OURS=1
+        log "starting deploy/testbed/up.sh in the background (no testbed running; log $TESTBED_LOG)"
+    else
+        log "a testbed is running ($alive of $total services): up.sh checks it in the background and this run leaves it running"
+    fi
+    mkdir -p "$(dirname "$TESTBED_LOG")"
+    TESTBED_T0=$(date +%s)
+    TESTBED_PGID_FILE=$ROOT/target/testbed-up.pgid
+    rm -f "$TESTBED_PGID_FILE"
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null || die "deploy/testbed/up.sh needs root (or sudo)"
+        sudo=(sudo)
+    fi
+    # In its own session, so a failing run can stop up.sh and all it runs
+    # (pip, db syncs) as one process group; the group id is written to
+    # TESTBED_PGID_FILE. setsid -w waits for it and passes on its status.
+    "${sudo[@]}" setsid -w bash -c 'echo $$ >"$1"; exec bash "$2"' _ \
+        "$TESTBED_PGID_FILE" "$TESTBED/up.sh" >"$TESTBED_LOG" 2>&1 </dev/null &
+    TESTBED_UP_PID=$!
+}
+
+wait_testbed() {
+    local rc=0 waited=0
+    log "waiting for deploy/testbed/up.sh"
+    while kill -0 "$TESTBED_UP_PID" 2>/dev/null; do
+        if [ "$waited" -ge "$TESTBED_UP_TIMEOUT" ]; then
+            tail -n 30 "$TESTBED_LOG" >&2 || true
+            die "deploy/testbed/up.sh did not finish within ${TESTBED_UP_TIMEOUT}s (log $TESTBED_LOG, last lines above)"
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+    wait "$TESTBED_UP_PID" || rc=$?
+    TESTBED_UP_PID=""
+    if [ "$rc" -ne 0 ]; then
+        tail -n 30 "$TESTBED_LOG" >&2 || true
+        die "deploy/testbed/up.sh failed with exit $rc (log $TESTBED_LOG, last lines above)"
+    fi
+    local how="was already running" took
+    [ "$TESTBED_OURS" = 1 ] && how="started by this run"
+    # up.sh's own wall time (it ran beside the build, so the time since it
+    # started says more about the build than about the testbed).
+    took=$(sed -n 's/.*total up.sh wall time: \([0-9.]*\)s.*/\1/p' "$TESTBED_LOG" | tail -n 1)
+    log "testbed up: up.sh took ${took:-?}s ($how), ready $(since "$TESTBED_T0")s after it started; step timings in $TESTBED_LOG"
+    grep -E '^ +[a-z].*: [0-9.]+s$|already up' "$TESTBED_LOG" >&2 || true
+}
+
+stop_testbed() {
+    if [ -n "$TESTBED_UP_PID" ] && kill -0 "$TESTBED_UP_PID" 2>/dev/null; then
+        local pgid
+        pgid=$(cat "$TESTBED_PGID_FILE" 2>/dev/null || true)
+        log "stopping the unfinished deploy/testbed/up.sh (process group ${pgid:-unknown})"
+        if [ -n "$pgid" ]; then
+            as_root kill -TERM -- "-$pgid" 2>/dev/null || true
+        fi
+        wait "$TESTBED_UP_PID" 2>/dev/null || true
+    fi
+    if [ -n "$TESTBED_PGID_FILE" ]; then
+        rm -f "$TESTBED_PGID_FILE"
+    fi
+    if [ "$TESTBED_OURS" = 1 ]; then
+        if [ "${WARMPOOL_TESTBED_KEEP:-0}" = 1 ]; then
+            log "leaving the testbed this run started running (WARMPOOL_TESTBED_KEEP=1); stop it with deploy/testbed/down.sh"
+        else
+            log "stopping the testbed this run started (deploy/testbed/down.sh)"
+            as_root bash "$TESTBED/down.sh" >&2 || log "deploy/testbed/down.sh failed"
+        fi
+    fi
+}
+
+on_exit() {
+    local rc=$?
+    stop_mariadb
+    stop_testbed
+    log "scripts/test.sh finished in $(since "$T0")s (exit $rc)"
+}
+trap on_exit EXIT
 
 install_mariadb() {
     log "installing Debian's mariadb-server (no MariaDB server binary found)"
     command -v apt-get >/dev/null || die "no mariadbd/mysqld and no apt-get to install mariadb-server"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q \
         --no-install-recommends mariadb-server
 }
 
@@ -172,27 +298,6 @@ start_mariadb() {
     log "MariaDB answers on $MARIADB_HOST:$MARIADB_PORT"
 }
 
-if listening "$MARIADB_HOST" "$MARIADB_PORT"; then
-    log "something already listens on $MARIADB_HOST:$MARIADB_PORT; using it as the test MariaDB"
-else
-    case "$MARIADB_HOST" in
-        127.0.0.1 | localhost) ;;
-        *) die "nothing listens on $WARMPOOL_TEST_MARIADB_ADDR, and this script only starts MariaDB on 127.0.0.1" ;;
-    esac
-    if [ "$MARIADB_HOST" = localhost ]; then
-        MARIADB_HOST=127.0.0.1
-    fi
-    if ! find_mariadbd >/dev/null; then
-        install_mariadb
-    fi
-    # The package's own service may have started on install.
-    if listening "$MARIADB_HOST" "$MARIADB_PORT"; then
-        log "MariaDB started by its package answers on $MARIADB_HOST:$MARIADB_PORT"
-    else
-        start_mariadb
-    fi
-fi
-
 # Prometheus and promtool (Debian's `prometheus` package): a real Prometheus
 # scrapes warmpoold in server/tests/prometheus.rs, and promtool checks the
 # alert rules and config in deploy/prometheus/. The tests start their own
@@ -210,8 +315,8 @@ find_prometheus_tool() {
 install_prometheus() {
     log "installing Debian's prometheus (prometheus or promtool not found)"
     command -v apt-get >/dev/null || die "no prometheus/promtool and no apt-get to install prometheus"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q \
         --no-install-recommends prometheus
 }
 
@@ -222,11 +327,62 @@ find_prometheus_tool prometheus >/dev/null || die "the prometheus package is ins
 find_prometheus_tool promtool >/dev/null || die "the prometheus package is installed but promtool was not found"
 log "using $(find_prometheus_tool prometheus) and $(find_prometheus_tool promtool)"
 
-log "cargo fmt --check"
-cargo fmt --all -- --check
+ensure_mariadb() {
+    if listening "$MARIADB_HOST" "$MARIADB_PORT"; then
+        log "something already listens on $MARIADB_HOST:$MARIADB_PORT; using it as the test MariaDB"
+    else
+        case "$MARIADB_HOST" in
+            127.0.0.1 | localhost) ;;
+            *) die "nothing listens on $WARMPOOL_TEST_MARIADB_ADDR, and this script only starts MariaDB on 127.0.0.1" ;;
+        esac
+        if [ "$MARIADB_HOST" = localhost ]; then
+            MARIADB_HOST=127.0.0.1
+        fi
+        if ! find_mariadbd >/dev/null; then
+            install_mariadb
+        fi
+        # The package's own service may have started on install.
+        if listening "$MARIADB_HOST" "$MARIADB_PORT"; then
+            log "MariaDB started by its package answers on $MARIADB_HOST:$MARIADB_PORT"
+        else
+            start_mariadb
+        fi
+    fi
+}
 
-log "cargo clippy"
-cargo clippy --workspace --all-targets -- -D warnings
+# Prometheus first: its apt run must not race the testbed's (up.sh waits
+# on apt's lock anyway).
+if selected testbed; then
+    start_testbed
+fi
 
-log "cargo test"
-cargo test --workspace
+# While the testbed comes up: the cargo steps, and the test build, which is
+# most of `cargo test`'s time. On 2 cores this overlaps the testbed's pip
+# downloads, db syncs and waits with compiling.
+if selected fmt; then
+    log "cargo fmt --check"
+    cargo fmt --all -- --check
+fi
+if selected clippy; then
+    log "cargo clippy"
+    cargo clippy --workspace --all-targets -- -D warnings
+fi
+if selected test; then
+    log "cargo test --no-run ${CARGO_TEST_ARGS[*]} (building while the testbed comes up)"
+    cargo test "${CARGO_TEST_ARGS[@]}" --no-run
+fi
+
+if selected testbed; then
+    wait_testbed
+fi
+
+if selected test; then
+    # After the testbed: its MariaDB owns 127.0.0.1:3306 and serves the probe test.
+    ensure_mariadb
+    log "cargo test ${CARGO_TEST_ARGS[*]}"
+    T_TEST=$(date +%s)
+    # --no-fail-fast: every test binary runs (the e2e suite too) even when
+    # an earlier one fails; the exit status still says something failed.
+    cargo test --no-fail-fast "${CARGO_TEST_ARGS[@]}"
+    log "cargo test took $(since "$T_TEST")s"
+fi

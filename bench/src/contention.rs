@@ -110,6 +110,9 @@ pub fn fill(instances: u32, concurrency: Option<u32>, seed: u64) -> Fill {
                     boot_timeout: Duration::from_secs(3600),
                     max_age: None,
                     paused: false,
+                    windows: Vec::new(),
+                    iops_limit: None,
+                    volume_iops_limit: None,
                 },
             )
             .await

@@ -69,6 +69,9 @@ impl Cloud for CountingCloud {
     async fn get_server(&self, server_id: &str) -> CloudResult<Server> {
         self.count(self.sim.get_server(server_id).await)
     }
+    fn volume_zone_for(&self, server_az: &str) -> String {
+        self.sim.volume_zone_for(server_az)
+    }
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         self.count(self.sim.boot_headroom(flavor).await)
     }

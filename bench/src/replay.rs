@@ -62,6 +62,9 @@ impl Policy {
             boot_timeout: Duration::from_secs(30 * 60),
             max_age: None,
             paused: false,
+            windows: Vec::new(),
+            iops_limit: None,
+            volume_iops_limit: None,
         };
         match self {
             Self::Static(n) | Self::ReplaceOnConsume(n) => fixed(*n),

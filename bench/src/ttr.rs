@@ -83,6 +83,9 @@ pub fn measure(
                     boot_timeout: Duration::from_secs(3600),
                     max_age: None,
                     paused: false,
+                    windows: Vec::new(),
+                    iops_limit: None,
+                    volume_iops_limit: None,
                 },
             )
             .await

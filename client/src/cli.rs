@@ -54,7 +54,8 @@ pub enum Command {
     },
     /// Release an allocation: delete its server and port.
     Release(ReleaseArgs),
-    /// Live view of pool depth.
+    /// Live view of every pool (depth, target, hit rate, lead time,
+    /// throttling) and of pool events as they happen.
     Watch,
     /// Print a shell completion script, e.g.
     /// `warmpoolctl completions bash > /etc/bash_completion.d/warmpoolctl`.
@@ -98,9 +99,10 @@ pub struct PoolCreateArgs {
     /// Most Ready instances to keep.
     #[arg(long)]
     pub max_ready: u32,
-    /// Fixed target depth; 0 means min-ready.
-    #[arg(long, default_value_t = 0)]
-    pub target: u32,
+    /// Target depth: "auto" (sized from demand and boot lead time) or a
+    /// fixed number; 0 means min-ready.
+    #[arg(long, value_name = "auto|N", value_parser = parse_target, default_value = "0")]
+    pub target: TargetArg,
     /// Image the pool's servers boot from.
     #[arg(long)]
     pub image: String,
@@ -125,9 +127,10 @@ pub struct PoolUpdateArgs {
     /// Most Ready instances to keep.
     #[arg(long)]
     pub max_ready: Option<u32>,
-    /// Fixed target depth; 0 means min-ready.
-    #[arg(long)]
-    pub target: Option<u32>,
+    /// Target depth: "auto" (sized from demand and boot lead time) or a
+    /// fixed number; 0 means min-ready.
+    #[arg(long, value_name = "auto|N", value_parser = parse_target)]
+    pub target: Option<TargetArg>,
     /// Image for servers booted from now on.
     #[arg(long)]
     pub image: Option<String>,
@@ -244,6 +247,38 @@ impl ReleaseArgs {
     }
 }
 
+/// `--target`: how deep a pool is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetArg {
+    Auto,
+    Fixed(u32),
+}
+
+impl TargetArg {
+    /// Sets the spec's target fields (the mode and the number).
+    pub fn apply(self, spec: &mut api::PoolSpec) {
+        let (mode, target) = match self {
+            TargetArg::Auto => (api::TargetMode::Auto, 0),
+            TargetArg::Fixed(n) => (api::TargetMode::Fixed, n),
+        };
+        spec.target_mode = mode.into();
+        spec.target = target;
+    }
+}
+
+/// Parses `--target`: "auto", a number, or "fixed N".
+pub fn parse_target(s: &str) -> Result<TargetArg, String> {
+    let t = s.trim().to_ascii_lowercase();
+    if t == "auto" {
+        return Ok(TargetArg::Auto);
+    }
+    let number = t.strip_prefix("fixed").map_or(t.as_str(), str::trim);
+    number
+        .parse()
+        .map(TargetArg::Fixed)
+        .map_err(|_| format!("invalid target {s:?}: use auto or a number of instances, e.g. 5"))
+}
+
 /// Parses a humantime duration ("90s", "10m", "1h 30m").
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
@@ -318,15 +353,18 @@ impl AllocateArgs {
 
 impl PoolCreateArgs {
     pub fn to_spec(&self) -> anyhow::Result<api::PoolSpec> {
-        Ok(api::PoolSpec {
+        let mut spec = api::PoolSpec {
             min_ready: self.min_ready,
             max_ready: self.max_ready,
-            target: self.target,
             image: self.image.clone(),
             boot_timeout: Some(to_proto_duration(self.boot_timeout)?),
             max_age: Some(to_proto_duration(self.max_age)?),
             paused: self.paused,
-        })
+            // Fields added to the API later keep their defaults.
+            ..Default::default()
+        };
+        self.target.apply(&mut spec);
+        Ok(spec)
     }
 }
 
@@ -346,7 +384,7 @@ impl PoolUpdateArgs {
             mask.push("max_ready");
         }
         if let Some(v) = self.target {
-            spec.target = v;
+            v.apply(&mut spec);
             mask.push("target");
         }
         if let Some(v) = &self.image {
@@ -451,6 +489,52 @@ mod tests {
                 seconds: 43_200,
                 nanos: 0
             })
+        );
+    }
+
+    #[test]
+    fn target_is_auto_or_a_number() {
+        let (spec, mask) = update_args(&["--target", "auto"]).to_update().unwrap();
+        assert_eq!(mask, ["target"]);
+        assert_eq!(spec.target_mode, i32::from(api::TargetMode::Auto));
+        let (spec, _) = update_args(&["--target", "7"]).to_update().unwrap();
+        assert_eq!(spec.target_mode, i32::from(api::TargetMode::Fixed));
+        assert_eq!(spec.target, 7);
+        assert_eq!(parse_target("fixed 3"), Ok(TargetArg::Fixed(3)));
+        assert_eq!(parse_target("AUTO"), Ok(TargetArg::Auto));
+        let err = parse(&["pools", "update", "f", "a", "--target", "lots"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid target \"lots\""), "{err}");
+
+        let create = |extra: &[&str]| {
+            let mut args = vec![
+                "pools",
+                "create",
+                "f",
+                "a",
+                "--min-ready",
+                "1",
+                "--max-ready",
+                "9",
+                "--image",
+                "mysql",
+            ];
+            args.extend_from_slice(extra);
+            match parse(&args).unwrap().command {
+                Command::Pools {
+                    command: Some(PoolsCommand::Create(args)),
+                } => args.to_spec().unwrap(),
+                other => panic!("parsed as {other:?}"),
+            }
+        };
+        let spec = create(&["--target", "auto"]);
+        assert_eq!(spec.target_mode, i32::from(api::TargetMode::Auto));
+        let spec = create(&[]);
+        assert_eq!(
+            (spec.target_mode, spec.target),
+            (i32::from(api::TargetMode::Fixed), 0),
+            "default: min-ready"
         );
     }
 

@@ -11,7 +11,8 @@
 //! `{"instances": [...]}` like the List responses; `allocate`, `get` and
 //! `release` all print the Allocation object itself (so `jq .state` works
 //! on any of them); pool commands print the Pool object; `watch` prints one
-//! PoolStatus (`{"pool": {...}, "at": "..."}`) per line.
+//! PoolStatus (`{"pool": {...}, "at": "...", "events": [...], "deleted": false}`)
+//! per line.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -41,6 +42,114 @@ pub fn allocation_state(value: i32) -> String {
 pub fn instance_state(value: i32) -> String {
     let known = api::InstanceState::try_from(value).ok();
     enum_name(known.map(|s| s.as_str_name()), "INSTANCE_STATE_", value)
+}
+
+pub fn target_mode(value: i32) -> String {
+    let known = api::TargetMode::try_from(value).ok();
+    enum_name(known.map(|s| s.as_str_name()), "TARGET_MODE_", value)
+}
+
+pub fn lead_time_source(value: i32) -> String {
+    let known = api::LeadTimeSource::try_from(value).ok();
+    enum_name(known.map(|s| s.as_str_name()), "LEAD_TIME_SOURCE_", value)
+}
+
+pub fn throttle_state(value: i32) -> String {
+    let known = api::ThrottleState::try_from(value).ok();
+    enum_name(known.map(|s| s.as_str_name()), "THROTTLE_STATE_", value)
+}
+
+pub fn pool_event_kind(value: i32) -> String {
+    let known = api::PoolEventKind::try_from(value).ok();
+    enum_name(known.map(|s| s.as_str_name()), "POOL_EVENT_KIND_", value)
+}
+
+/// A duration as one short token for table cells ("450ms", "2.5s",
+/// "1m30s", "2h5m"): cells must not contain spaces.
+pub fn duration_compact(d: &prost_types::Duration) -> String {
+    let Ok(d) = Duration::try_from(*d) else {
+        return "-".to_owned();
+    };
+    let secs = d.as_secs();
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else if secs < 60 {
+        let text = format!("{:.1}", d.as_secs_f64());
+        format!("{}s", text.trim_end_matches(".0"))
+    } else if secs < 3600 {
+        format!("{}m{}s", secs / 60, secs % 60)
+    } else {
+        format!("{}h{}m", secs / 3600, secs % 3600 / 60)
+    }
+}
+
+/// Warm hits among all Allocate outcomes counted for the pool; `None`
+/// before any.
+pub fn hit_rate(pool: &api::Pool) -> Option<f64> {
+    let total = pool.allocations_warm + pool.allocations_cold + pool.allocations_failed;
+    (total > 0).then(|| pool.allocations_warm as f64 / total as f64)
+}
+
+/// Whether the pool sizes itself (an older server that sends no mode and no
+/// sizing is read as fixed).
+pub fn is_auto(pool: &api::Pool) -> bool {
+    pool.spec
+        .as_ref()
+        .is_some_and(|s| s.target_mode == i32::from(api::TargetMode::Auto))
+        || pool.sizing.as_ref().is_some_and(|s| s.auto)
+}
+
+/// The target as a table cell: the number, marked "auto:" when computed.
+pub fn target_cell(pool: &api::Pool) -> String {
+    if is_auto(pool) {
+        format!("auto:{}", pool.effective_target)
+    } else {
+        pool.effective_target.to_string()
+    }
+}
+
+/// The lead-time p90 the target is sized for, as a table cell; "~"
+/// marks the configured prior (no boot measured yet).
+pub fn lead_cell(pool: &api::Pool) -> String {
+    let Some(sizing) = &pool.sizing else {
+        return "-".to_owned();
+    };
+    let Some(p90) = &sizing.lead_time_p90 else {
+        return "-".to_owned();
+    };
+    let prior = sizing.lead_time_source == i32::from(api::LeadTimeSource::Prior);
+    format!("{}{}", if prior { "~" } else { "" }, duration_compact(p90))
+}
+
+/// The availability zone's throttle gate as one token: "open",
+/// "throttled:4.5s", "quota:30s" (time left), "off" (gate disabled).
+pub fn throttle_cell(pool: &api::Pool) -> String {
+    let Some(gate) = pool.sizing.as_ref().and_then(|s| s.gate.as_ref()) else {
+        return "-".to_owned();
+    };
+    let left = || {
+        gate.pause_remaining
+            .as_ref()
+            .map_or_else(String::new, |d| format!(":{}", duration_compact(d)))
+    };
+    match api::ThrottleState::try_from(gate.state) {
+        Ok(api::ThrottleState::Open) => "open".to_owned(),
+        Ok(api::ThrottleState::Disabled) => "off".to_owned(),
+        Ok(api::ThrottleState::Throttled) => format!("throttled{}", left()),
+        Ok(api::ThrottleState::QuotaPaused) => format!("quota{}", left()),
+        _ => throttle_state(gate.state).to_lowercase(),
+    }
+}
+
+/// A pool's boot health as one word.
+pub fn health_cell(pool: &api::Pool) -> String {
+    if pool.degraded {
+        "degraded".to_owned()
+    } else if pool.consecutive_boot_failures > 0 {
+        format!("failing:{}", pool.consecutive_boot_failures)
+    } else {
+        "ok".to_owned()
+    }
 }
 
 /// A protobuf duration as humantime, exactly ("1s 234ms 567us").
@@ -101,6 +210,7 @@ pub fn pool_status(pool: &api::Pool) -> &'static str {
 pub struct PoolSpecView<'a> {
     min_ready: u32,
     max_ready: u32,
+    target_mode: String,
     target: u32,
     image: &'a str,
     boot_timeout: Option<String>,
@@ -113,6 +223,7 @@ impl<'a> From<&'a api::PoolSpec> for PoolSpecView<'a> {
         PoolSpecView {
             min_ready: s.min_ready,
             max_ready: s.max_ready,
+            target_mode: target_mode(s.target_mode),
             target: s.target,
             image: &s.image,
             boot_timeout: s.boot_timeout.as_ref().map(duration_exact),
@@ -161,6 +272,85 @@ pub struct PoolView<'a> {
     allocations_cold: u64,
     allocations_failed: u64,
     last_error: &'a str,
+    sizing: Option<SizingView<'a>>,
+    consecutive_boot_failures: u32,
+    degraded: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GateView {
+    state: String,
+    paused_until: Option<String>,
+    pause_remaining: Option<String>,
+    window: f64,
+    in_flight: u32,
+    gated_in_flight: u32,
+    baseline: Option<String>,
+    latency_ratio: f64,
+    throttled_responses: u64,
+    window_decreases: u64,
+    quota_refusals: u64,
+}
+
+impl From<&api::ThrottleGate> for GateView {
+    fn from(g: &api::ThrottleGate) -> Self {
+        GateView {
+            state: throttle_state(g.state),
+            paused_until: g.paused_until.as_ref().map(|t| timestamp(t, true)),
+            pause_remaining: g.pause_remaining.as_ref().map(duration_exact),
+            window: g.window,
+            in_flight: g.in_flight,
+            gated_in_flight: g.gated_in_flight,
+            baseline: g.baseline.as_ref().map(duration_exact),
+            latency_ratio: g.latency_ratio,
+            throttled_responses: g.throttled_responses,
+            window_decreases: g.window_decreases,
+            quota_refusals: g.quota_refusals,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct SizingView<'a> {
+    auto: bool,
+    target: u32,
+    demand_short_per_second: f64,
+    demand_long_per_second: f64,
+    demand_forecast_per_second: f64,
+    demand_in_lead_time: f64,
+    lead_time_p50: Option<String>,
+    lead_time_p90: Option<String>,
+    lead_time_source: String,
+    lead_time_samples: u32,
+    service_level: f64,
+    z: f64,
+    gate: Option<GateView>,
+    plan_reason: &'a str,
+    plan_boots: u32,
+    boots_in_flight: u32,
+}
+
+impl<'a> From<&'a api::SizingStatus> for SizingView<'a> {
+    fn from(s: &'a api::SizingStatus) -> Self {
+        SizingView {
+            auto: s.auto,
+            target: s.target,
+            demand_short_per_second: s.demand_short_per_second,
+            demand_long_per_second: s.demand_long_per_second,
+            demand_forecast_per_second: s.demand_forecast_per_second,
+            demand_in_lead_time: s.demand_in_lead_time,
+            lead_time_p50: s.lead_time_p50.as_ref().map(duration_exact),
+            lead_time_p90: s.lead_time_p90.as_ref().map(duration_exact),
+            lead_time_source: lead_time_source(s.lead_time_source),
+            lead_time_samples: s.lead_time_samples,
+            service_level: s.service_level,
+            z: s.z,
+            gate: s.gate.as_ref().map(Into::into),
+            plan_reason: &s.plan_reason,
+            plan_boots: s.plan_boots,
+            boots_in_flight: s.boots_in_flight,
+        }
+    }
 }
 
 impl<'a> From<&'a api::Pool> for PoolView<'a> {
@@ -176,6 +366,9 @@ impl<'a> From<&'a api::Pool> for PoolView<'a> {
             allocations_cold: p.allocations_cold,
             allocations_failed: p.allocations_failed,
             last_error: &p.last_error,
+            sizing: p.sizing.as_ref().map(Into::into),
+            consecutive_boot_failures: p.consecutive_boot_failures,
+            degraded: p.degraded,
         }
     }
 }
@@ -279,9 +472,38 @@ impl<'a> From<&'a api::Instance> for InstanceView<'a> {
 }
 
 #[derive(Debug, Serialize)]
+pub struct PoolEventView<'a> {
+    kind: String,
+    message: &'a str,
+    at: Option<String>,
+    flavor: &'a str,
+    availability_zone: &'a str,
+    service: &'a str,
+    pause: Option<String>,
+    cause: &'a str,
+}
+
+impl<'a> From<&'a api::PoolEvent> for PoolEventView<'a> {
+    fn from(e: &'a api::PoolEvent) -> Self {
+        PoolEventView {
+            kind: pool_event_kind(e.kind),
+            message: &e.message,
+            at: e.at.as_ref().map(|t| timestamp(t, true)),
+            flavor: &e.flavor,
+            availability_zone: &e.availability_zone,
+            service: &e.service,
+            pause: e.pause.as_ref().map(duration_exact),
+            cause: &e.cause,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
 pub struct PoolStatusView<'a> {
     pool: Option<PoolView<'a>>,
     at: Option<String>,
+    events: Vec<PoolEventView<'a>>,
+    deleted: bool,
 }
 
 impl<'a> From<&'a api::PoolStatus> for PoolStatusView<'a> {
@@ -289,6 +511,8 @@ impl<'a> From<&'a api::PoolStatus> for PoolStatusView<'a> {
         PoolStatusView {
             pool: s.pool.as_ref().map(Into::into),
             at: s.at.as_ref().map(|t| timestamp(t, true)),
+            events: s.events.iter().map(Into::into).collect(),
+            deleted: s.deleted,
         }
     }
 }
@@ -330,6 +554,7 @@ pub(crate) mod tests {
                     boot_timeout: d(600, 0),
                     max_age: d(86_400, 0),
                     paused: false,
+                    ..Default::default()
                 }),
                 effective_target: 2,
                 counts: Some(api::PoolCounts {
@@ -344,6 +569,7 @@ pub(crate) mod tests {
                 allocations_cold: 1,
                 allocations_failed: 0,
                 last_error: String::new(),
+                ..Default::default()
             },
             api::Pool {
                 flavor: "m1.xlarge".into(),
@@ -367,6 +593,7 @@ pub(crate) mod tests {
                 allocations_cold: 0,
                 allocations_failed: 4,
                 last_error: "boot timed out\nafter 10m".into(),
+                ..Default::default()
             },
         ]
     }
@@ -479,9 +706,74 @@ pub(crate) mod tests {
                 seconds: 0,
                 nanos: 0,
             }),
+            events: vec![api::PoolEvent {
+                kind: api::PoolEventKind::Degraded.into(),
+                message: "pool degraded".into(),
+                cause: "no_valid_host".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
         };
         let v = to_json(PoolStatusView::from(&status));
         assert_eq!(v["pool"]["flavor"], "m1.large");
         assert_eq!(v["at"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["deleted"], false);
+        assert_eq!(v["events"][0]["kind"], "DEGRADED");
+        assert_eq!(v["events"][0]["cause"], "no_valid_host");
+    }
+
+    #[test]
+    fn sizing_json_and_cells() {
+        let mut pool = sample_pools().remove(0);
+        pool.spec.as_mut().unwrap().target_mode = api::TargetMode::Auto.into();
+        pool.effective_target = 6;
+        pool.sizing = Some(api::SizingStatus {
+            auto: true,
+            target: 6,
+            demand_forecast_per_second: 0.05,
+            lead_time_p50: d(80, 0),
+            lead_time_p90: d(95, 0),
+            lead_time_source: api::LeadTimeSource::Observed.into(),
+            gate: Some(api::ThrottleGate {
+                state: api::ThrottleState::Throttled.into(),
+                pause_remaining: d(4, 500_000_000),
+                window: 4.0,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let v = to_json(PoolView::from(&pool));
+        assert_eq!(v["spec"]["target_mode"], "AUTO");
+        assert_eq!(v["sizing"]["target"], 6);
+        assert_eq!(v["sizing"]["lead_time_p90"], "1m 35s");
+        assert_eq!(v["sizing"]["lead_time_source"], "OBSERVED");
+        assert_eq!(v["sizing"]["gate"]["state"], "THROTTLED");
+        assert_eq!(v["degraded"], false);
+        assert_eq!(target_cell(&pool), "auto:6");
+        assert_eq!(lead_cell(&pool), "1m35s");
+        assert_eq!(throttle_cell(&pool), "throttled:4.5s");
+        assert_eq!(hit_rate(&pool), Some(12.0 / 13.0));
+        // A pool from a server without sizing still renders.
+        let bare = api::Pool::default();
+        assert_eq!(target_cell(&bare), "0");
+        assert_eq!(
+            (lead_cell(&bare), throttle_cell(&bare)),
+            ("-".into(), "-".into())
+        );
+        assert_eq!(hit_rate(&bare), None);
+    }
+
+    #[test]
+    fn compact_durations_have_no_spaces() {
+        let p = |s, n| prost_types::Duration {
+            seconds: s,
+            nanos: n,
+        };
+        assert_eq!(duration_compact(&p(0, 450_000_000)), "450ms");
+        assert_eq!(duration_compact(&p(2, 0)), "2s");
+        assert_eq!(duration_compact(&p(0, 600_000_000)), "600ms");
+        assert_eq!(duration_compact(&p(90, 0)), "1m30s");
+        assert_eq!(duration_compact(&p(7500, 0)), "2h5m");
+        assert_eq!(duration_compact(&p(-1, 0)), "-");
     }
 }

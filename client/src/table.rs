@@ -11,7 +11,8 @@ use std::fmt::Write as _;
 use warmpool_client::api;
 
 use crate::output::{
-    allocation_state, duration_short, instance_state, pool_name, pool_status, timestamp,
+    allocation_state, duration_short, health_cell, hit_rate, instance_state, is_auto, lead_cell,
+    lead_time_source, pool_name, pool_status, target_cell, throttle_cell, timestamp,
 };
 
 /// Columns separated by two spaces, each as wide as its widest cell.
@@ -91,6 +92,7 @@ pub fn pools_table(pools: &[api::Pool]) -> String {
         "TARGET",
         "MIN",
         "MAX",
+        "LEAD P90",
         "ALLOCATED",
         "WARM/COLD/FAILED",
         "STATUS",
@@ -105,9 +107,10 @@ pub fn pools_table(pools: &[api::Pool]) -> String {
             c.ready.to_string(),
             c.warming.to_string(),
             c.booting.to_string(),
-            pool.effective_target.to_string(),
+            target_cell(pool),
             spec.min_ready.to_string(),
             spec.max_ready.to_string(),
+            lead_cell(pool),
             c.allocated.to_string(),
             allocs(pool),
             pool_status(pool).to_owned(),
@@ -118,7 +121,15 @@ pub fn pools_table(pools: &[api::Pool]) -> String {
     t.render()
 }
 
-/// One frame of `watch`: the depth columns only, so it fits a terminal.
+/// A hit rate as a whole percentage, "-" before any allocation.
+fn percent(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "-".to_owned(), |r| format!("{:.0}%", r * 100.0))
+}
+
+/// One frame of `watch`: depth, what it is kept at and why, so it fits a
+/// terminal. TARGET is marked "auto:" when computed, LEAD P90 with "~" while
+/// it is the configured prior; THROTTLE is the AZ's gate ("open",
+/// "throttled:<left>", "quota:<left>").
 pub fn watch_table<'a>(pools: impl IntoIterator<Item = &'a api::Pool>) -> String {
     let mut t = Table::new(&[
         "POOL",
@@ -126,6 +137,10 @@ pub fn watch_table<'a>(pools: impl IntoIterator<Item = &'a api::Pool>) -> String
         "WARMING",
         "BOOTING",
         "TARGET",
+        "HIT RATE",
+        "LEAD P90",
+        "THROTTLE",
+        "HEALTH",
         "ALLOCATED",
         "WARM/COLD/FAILED",
         "LAST ERROR",
@@ -137,7 +152,11 @@ pub fn watch_table<'a>(pools: impl IntoIterator<Item = &'a api::Pool>) -> String
             c.ready.to_string(),
             c.warming.to_string(),
             c.booting.to_string(),
-            pool.effective_target.to_string(),
+            target_cell(pool),
+            percent(hit_rate(pool)),
+            lead_cell(pool),
+            throttle_cell(pool),
+            health_cell(pool),
             c.allocated.to_string(),
             allocs(pool),
             cell(&pool.last_error),
@@ -204,8 +223,14 @@ pub fn pool_detail(pool: &api::Pool) -> String {
         ("image", cell(&spec.image)),
         ("min_ready", spec.min_ready.to_string()),
         ("max_ready", spec.max_ready.to_string()),
-        ("target", spec.target.to_string()),
+        ("target", target_setting(pool, &spec)),
         ("effective_target", pool.effective_target.to_string()),
+        ("lead_time", lead_time_detail(pool)),
+        ("demand", demand_detail(pool)),
+        ("service_level", service_level_detail(pool)),
+        ("throttle", throttle_detail(pool)),
+        ("plan", plan_detail(pool)),
+        ("health", health_cell(pool)),
         ("boot_timeout", opt_duration(&spec.boot_timeout)),
         ("max_age", opt_duration(&spec.max_age)),
         (
@@ -232,6 +257,75 @@ pub fn pool_detail(pool: &api::Pool) -> String {
         ),
         ("last_error", cell(&pool.last_error)),
     ])
+}
+
+/// The target setting in the words `--target` takes.
+fn target_setting(pool: &api::Pool, spec: &api::PoolSpec) -> String {
+    if is_auto(pool) {
+        "auto (sized from demand and boot lead time)".to_owned()
+    } else if spec.target == 0 {
+        "min_ready".to_owned()
+    } else {
+        format!("fixed {}", spec.target)
+    }
+}
+
+fn lead_time_detail(pool: &api::Pool) -> String {
+    let Some(s) = &pool.sizing else {
+        return "-".to_owned();
+    };
+    format!(
+        "p50 {}, p90 {} ({}, {} boots)",
+        opt_duration(&s.lead_time_p50),
+        opt_duration(&s.lead_time_p90),
+        lead_time_source(s.lead_time_source).to_lowercase(),
+        s.lead_time_samples
+    )
+}
+
+fn demand_detail(pool: &api::Pool) -> String {
+    let Some(s) = &pool.sizing else {
+        return "-".to_owned();
+    };
+    // Per hour: purchases of databases are counted in tens, not fractions.
+    let hourly = |per_second: f64| format!("{:.1}/h", per_second * 3600.0);
+    format!(
+        "forecast {} (short {}, long {}); {:.2} per lead time",
+        hourly(s.demand_forecast_per_second),
+        hourly(s.demand_short_per_second),
+        hourly(s.demand_long_per_second),
+        s.demand_in_lead_time
+    )
+}
+
+fn service_level_detail(pool: &api::Pool) -> String {
+    pool.sizing.as_ref().map_or_else(
+        || "-".to_owned(),
+        |s| format!("{} (z {:.2})", s.service_level, s.z),
+    )
+}
+
+fn throttle_detail(pool: &api::Pool) -> String {
+    let Some(g) = pool.sizing.as_ref().and_then(|s| s.gate.as_ref()) else {
+        return "-".to_owned();
+    };
+    format!(
+        "{}, window {:.1}, {} boots in flight in the AZ ({} replenishing)",
+        throttle_cell(pool),
+        g.window,
+        g.in_flight,
+        g.gated_in_flight
+    )
+}
+
+fn plan_detail(pool: &api::Pool) -> String {
+    match &pool.sizing {
+        Some(s) if !s.plan_reason.is_empty() => format!(
+            "{}: {} new boots, {} in flight",
+            s.plan_reason, s.plan_boots, s.boots_in_flight
+        ),
+        _ => "-".to_owned(),
+    }
 }
 
 /// `allocate`, `get`, `release`.
@@ -309,6 +403,8 @@ mod tests {
                 "TARGET",
                 "MIN",
                 "MAX",
+                "LEAD",
+                "P90",
                 "ALLOCATED",
                 "WARM/COLD/FAILED",
                 "STATUS",
@@ -328,6 +424,7 @@ mod tests {
                 "2",
                 "2",
                 "5",
+                "-",
                 "7",
                 "12/1/0",
                 "active",
@@ -339,7 +436,7 @@ mod tests {
         assert!(lines[2].starts_with("m1.xlarge@az2"), "{text}");
         let row: Vec<&str> = lines[2].split_whitespace().collect();
         assert_eq!(
-            row[8..],
+            row[9..],
             [
                 "0/0/4",
                 "paused",
@@ -364,11 +461,41 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("POOL"));
         assert!(lines[0].contains("WARM/COLD/FAILED"));
+        assert!(lines[0].contains("HIT RATE  LEAD P90  THROTTLE"));
         assert!(lines[0].ends_with("LAST ERROR"));
+        let row: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            &row[..11],
+            [
+                "m1.large@az1",
+                "2",
+                "0",
+                "1",
+                "2",
+                "92%",
+                "-",
+                "-",
+                "ok",
+                "7",
+                "12/1/0"
+            ]
+        );
         let row: Vec<&str> = lines[2].split_whitespace().collect();
         assert_eq!(
-            &row[..7],
-            ["m1.xlarge@az2", "0", "3", "0", "3", "0", "0/0/4"]
+            &row[..11],
+            [
+                "m1.xlarge@az2",
+                "0",
+                "3",
+                "0",
+                "3",
+                "0%",
+                "-",
+                "-",
+                "ok",
+                "0",
+                "0/0/4"
+            ]
         );
     }
 
@@ -394,6 +521,7 @@ mod tests {
         assert!(text.contains("boot_timeout:     10m\n"), "{text}");
         assert!(text.contains("max_age:          1day\n"), "{text}");
         assert!(text.contains("ready 2, warming 0, booting 1"), "{text}");
+        assert!(text.contains("target:           min_ready\n"), "{text}");
         assert!(
             text.contains("allocations:      warm 12, cold 1, failed 0\n"),
             "{text}"

@@ -1,13 +1,17 @@
-//! `warmpoolctl watch`: a live view of pool depth fed by WatchPools.
+//! `warmpoolctl watch`: a live view of every pool fed by WatchPools.
 //!
-//! The server sends one PoolStatus per pool at start and one per change; we
-//! keep the latest status of every pool and redraw the whole table, so each
-//! frame is complete on its own. On a terminal a frame replaces the previous
-//! one; otherwise (a pipe, a test) frames are appended, each terminated by a
+//! The server sends one PoolStatus per pool at start and one per change or
+//! event; we keep the latest status of every pool and redraw the whole
+//! table, so each frame is complete on its own. Pool events (exhausted,
+//! degraded, recovered, settings changed, leak deleted, throttled, deleted)
+//! are printed as `event ...` lines under the table: on a terminal the most
+//! recent few, redrawn with it; elsewhere each event once, in the frame
+//! after which it arrived. On a terminal a frame replaces the previous one;
+//! otherwise (a pipe, a test) frames are appended, each terminated by a
 //! blank line, so a reader can consume them line by line and knows a frame
 //! is complete when it sees the blank line.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{IsTerminal, Write};
 
 use anyhow::bail;
@@ -15,31 +19,78 @@ use futures::{FutureExt, StreamExt};
 use warmpool_client::{api, Client};
 
 use crate::cli::OutputFormat;
-use crate::output::{to_json, PoolStatusView};
+use crate::output::{pool_event_kind, pool_name, timestamp, to_json, PoolStatusView};
 use crate::table::watch_table;
 
 /// Moves the cursor home after clearing the screen.
 const CLEAR_SCREEN: &str = "\x1b[2J\x1b[H";
 
+/// Events a terminal frame keeps under the table.
+const RECENT_EVENTS: usize = 8;
+
 /// The latest status of every pool seen so far, ordered by (flavor, az) so
-/// rows do not jump around between frames.
+/// rows do not jump around between frames, and the pool events.
 #[derive(Default)]
 pub struct PoolBoard {
     pools: BTreeMap<(String, String), api::Pool>,
+    /// The last few event lines, oldest first.
+    recent: VecDeque<String>,
+    /// Event lines not yet drawn.
+    fresh: usize,
 }
 
 impl PoolBoard {
-    /// Records one update; a status without a pool carries nothing to show.
+    /// Records one update: the pool's new state (a deleted pool leaves the
+    /// table) and its events.
     pub fn apply(&mut self, status: api::PoolStatus) {
         if let Some(pool) = status.pool {
             let key = (pool.flavor.clone(), pool.availability_zone.clone());
-            self.pools.insert(key, pool);
+            if status.deleted {
+                self.pools.remove(&key);
+            } else {
+                self.pools.insert(key, pool);
+            }
+        }
+        for event in &status.events {
+            self.recent.push_back(event_line(event));
+            self.fresh += 1;
+        }
+        while self.recent.len() > RECENT_EVENTS {
+            self.recent.pop_front();
         }
     }
 
-    pub fn render(&self) -> String {
-        watch_table(self.pools.values())
+    /// One frame: the table, then on a terminal the recent events, else the
+    /// events that arrived since the last frame.
+    pub fn render(&mut self, terminal: bool) -> String {
+        let mut frame = watch_table(self.pools.values());
+        let shown = if terminal {
+            self.recent.len()
+        } else {
+            self.fresh.min(self.recent.len())
+        };
+        for line in self.recent.iter().skip(self.recent.len() - shown) {
+            frame.push_str(line);
+            frame.push('\n');
+        }
+        self.fresh = 0;
+        frame
     }
+}
+
+/// `event <time> <pool> <KIND> <message>`; one line, never blank, so it
+/// stays inside its frame.
+fn event_line(e: &api::PoolEvent) -> String {
+    let at =
+        e.at.as_ref()
+            .map_or_else(|| "-".to_owned(), |t| timestamp(t, false));
+    let pool = if e.flavor.is_empty() && e.availability_zone.is_empty() {
+        "-".to_owned()
+    } else {
+        pool_name(&e.flavor, &e.availability_zone)
+    };
+    let message = e.message.split_whitespace().collect::<Vec<_>>().join(" ");
+    format!("event {at} {pool} {} {message}", pool_event_kind(e.kind))
 }
 
 /// Writes one table frame: over the previous one on a terminal, appended
@@ -77,7 +128,7 @@ pub async fn run(client: &Client, format: OutputFormat) -> anyhow::Result<()> {
                 while let Some(Some(item)) = stream.next().now_or_never() {
                     board.apply(item?);
                 }
-                write_frame(&mut stdout.lock(), &board.render(), terminal)?;
+                write_frame(&mut stdout.lock(), &board.render(terminal), terminal)?;
             }
         }
     }
@@ -93,7 +144,7 @@ mod tests {
     fn status(pool: api::Pool) -> api::PoolStatus {
         api::PoolStatus {
             pool: Some(pool),
-            at: None,
+            ..Default::default()
         }
     }
 
@@ -107,12 +158,66 @@ mod tests {
         board.apply(status(pools[0].clone()));
         board.apply(api::PoolStatus::default());
 
-        let frame = board.render();
+        let frame = board.render(false);
         let lines: Vec<&str> = frame.lines().collect();
         assert_eq!(lines.len(), 3, "{frame}");
         assert!(lines[1].starts_with("m1.large@az1 "), "{frame}");
         assert_eq!(lines[1].split_whitespace().nth(1), Some("4"), "{frame}");
         assert!(lines[2].starts_with("m1.xlarge@az2 "), "{frame}");
+    }
+
+    #[test]
+    fn events_show_under_the_table_and_deleted_pools_leave_it() {
+        let pools = sample_pools();
+        let mut board = PoolBoard::default();
+        board.apply(status(pools[0].clone()));
+        board.apply(status(pools[1].clone()));
+        board.apply(api::PoolStatus {
+            pool: Some(pools[0].clone()),
+            events: vec![api::PoolEvent {
+                kind: api::PoolEventKind::Exhausted.into(),
+                message: "pool exhausted: an Allocate\nfound no Ready instance".into(),
+                flavor: "m1.large".into(),
+                availability_zone: "az1".into(),
+                at: Some(prost_types::Timestamp {
+                    seconds: 0,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let frame = board.render(false);
+        let last = frame.lines().last().unwrap();
+        assert_eq!(
+            last,
+            "event 1970-01-01T00:00:00Z m1.large@az1 EXHAUSTED pool exhausted: an Allocate found no Ready instance"
+        );
+        // On a pipe each event is printed once; a terminal keeps the recent ones.
+        assert!(!board.render(false).contains("event "));
+        assert!(board.render(true).contains("EXHAUSTED"));
+
+        board.apply(api::PoolStatus {
+            pool: Some(pools[1].clone()),
+            deleted: true,
+            events: vec![api::PoolEvent {
+                kind: api::PoolEventKind::Deleted.into(),
+                message: "pool deleted".into(),
+                flavor: "m1.xlarge".into(),
+                availability_zone: "az2".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let frame = board.render(false);
+        assert!(
+            !frame.lines().any(|l| l.starts_with("m1.xlarge@az2 ")),
+            "a deleted pool keeps its row: {frame}"
+        );
+        assert!(
+            frame.ends_with("event - m1.xlarge@az2 DELETED pool deleted\n"),
+            "{frame}"
+        );
     }
 
     #[test]

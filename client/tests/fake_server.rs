@@ -37,7 +37,7 @@ fn pool(flavor: &str, az: &str, ready: u32) -> api::Pool {
 fn status(pool: api::Pool) -> api::PoolStatus {
     api::PoolStatus {
         pool: Some(pool),
-        at: None,
+        ..Default::default()
     }
 }
 

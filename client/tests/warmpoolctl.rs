@@ -670,3 +670,123 @@ async fn watch_json_prints_one_object_per_line() {
     child.kill().await.unwrap();
     let _ = child.wait().await;
 }
+
+/// One whole `watch` frame from a pipe (up to its blank line), as text.
+async fn read_frame(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) -> String {
+    let mut text = String::new();
+    let read = async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("watch ended early");
+            if line.is_empty() {
+                break;
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .expect("a watch frame within the time limit");
+    assert!(text.starts_with("POOL "), "{text}");
+    text
+}
+
+/// `watch` shows what a pool is kept at and why (target with its mode, hit
+/// rate, lead time, throttle state, health), and prints pool events under
+/// the table as they happen; `pools update --target auto` makes a pool
+/// size itself, which `pools`, `pools get` and JSON show.
+#[tokio::test]
+async fn watch_shows_sizing_columns_and_event_lines() {
+    let d = start_daemon(vec![pool("db.small", "az1", 1, 3)]).await;
+    let ep = d.endpoint.as_str();
+    wait_pools_at_target(ep, &["db.small@az1"]).await;
+
+    let mut child = ctl(ep)
+        .arg("watch")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = read_frame(&mut lines).await;
+    let header = first.lines().next().unwrap();
+    for column in [
+        "READY", "BOOTING", "TARGET", "HIT RATE", "LEAD P90", "THROTTLE", "HEALTH",
+    ] {
+        assert!(header.contains(column), "no {column} in {header}");
+    }
+    let rows = table_rows(&first);
+    let small = row(&rows, "db.small@az1").unwrap();
+    assert_eq!(small["TARGET"], "1", "{first}");
+    assert_eq!(small["HIT RATE"], "-", "no allocation yet: {first}");
+    assert_eq!(small["THROTTLE"], "open", "{first}");
+    assert_eq!(small["HEALTH"], "ok", "{first}");
+    assert_ne!(small["LEAD P90"], "-", "{first}");
+
+    let updated = run(
+        ep,
+        &["pools", "update", "db.small", "az1", "--target", "auto"],
+    )
+    .await
+    .success();
+    let detail = fields(&updated);
+    assert!(detail["target"].starts_with("auto"), "{updated}");
+    assert!(detail["lead_time"].starts_with("p50 "), "{updated}");
+
+    // Frames until the change shows: an event line under the table, and
+    // the target marked as computed.
+    let (mut saw_event, mut saw_auto) = (false, false);
+    while !(saw_event && saw_auto) {
+        let frame = read_frame(&mut lines).await;
+        saw_event |= frame.lines().any(|l| {
+            l.starts_with("event ")
+                && l.contains(" db.small@az1 SETTINGS_CHANGED pool settings changed")
+        });
+        let rows = table_rows(&frame);
+        saw_auto |= row(&rows, "db.small@az1").is_some_and(|r| r["TARGET"].starts_with("auto:"));
+    }
+
+    // A purchase moves the hit rate.
+    run(ep, &allocate_args("order-hit", "db.small", "az1"))
+        .await
+        .success();
+    loop {
+        let frame = read_frame(&mut lines).await;
+        let rows = table_rows(&frame);
+        if row(&rows, "db.small@az1").is_some_and(|r| r["HIT RATE"] == "100%") {
+            break;
+        }
+    }
+    child.kill().await.unwrap();
+    let _ = child.wait().await;
+
+    let table = run(ep, &["pools"]).await.success();
+    let rows = table_rows(&table);
+    let small = row(&rows, "db.small@az1").unwrap();
+    assert!(small["TARGET"].starts_with("auto:"), "{table}");
+    assert_ne!(small["LEAD P90"], "-", "{table}");
+
+    let v = run(ep, &["pools", "get", "db.small", "az1", "--output", "json"])
+        .await
+        .json();
+    assert_eq!(v["spec"]["target_mode"], "AUTO", "{v}");
+    assert_eq!(v["sizing"]["auto"], true, "{v}");
+    assert_eq!(v["sizing"]["target"], v["effective_target"], "{v}");
+    assert!(v["sizing"]["lead_time_p90"].is_string(), "{v}");
+    assert_eq!(v["sizing"]["gate"]["state"], "OPEN", "{v}");
+    assert_eq!(v["degraded"], false, "{v}");
+
+    // And back to a fixed target.
+    let v = run(
+        ep,
+        &[
+            "pools", "update", "db.small", "az1", "--target", "2", "--output", "json",
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(v["spec"]["target_mode"], "FIXED", "{v}");
+    assert_eq!(v["effective_target"], 2, "{v}");
+}

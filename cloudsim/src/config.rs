@@ -120,6 +120,39 @@ impl Default for Quotas {
     }
 }
 
+/// The size of a flavor, as Nova's flavor API and `/limits` report it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlavorSize {
+    pub name: String,
+    pub vcpus: u32,
+    pub ram_mb: u64,
+    pub disk_gb: u64,
+}
+
+impl FlavorSize {
+    pub fn new(name: impl Into<String>, vcpus: u32, ram_mb: u64, disk_gb: u64) -> Self {
+        Self {
+            name: name.into(),
+            vcpus,
+            ram_mb,
+            disk_gb,
+        }
+    }
+}
+
+/// A flavor as the cloud shows it: Nova's id (its position in
+/// [`SimConfig::flavors`], counting from 1, so ids never equal names and a
+/// driver that passes a name where Nova wants an id fails here as it would on
+/// a real cloud) and its size.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlavorSpec {
+    pub id: String,
+    pub name: String,
+    pub vcpus: u32,
+    pub ram_mb: u64,
+    pub disk_gb: u64,
+}
+
 /// A token bucket over all API calls, in simulated time; calls over the rate
 /// get `CloudError::Throttled` with the (scaled) time until the next token.
 #[derive(Clone, Debug, PartialEq)]
@@ -128,11 +161,27 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
+/// The size of a flavor listed in [`SimConfig::flavors`] but not in
+/// [`SimConfig::flavor_sizes`].
+pub const DEFAULT_FLAVOR_SIZE: FlavorSize = FlavorSize {
+    name: String::new(),
+    vcpus: 1,
+    ram_mb: 1024,
+    disk_gb: 10,
+};
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct SimConfig {
     pub availability_zones: Vec<AzConfig>,
     /// Flavors the cloud knows; anything else is `CloudError::Fatal`.
     pub flavors: Vec<String>,
+    /// Sizes of the flavors in `flavors`; a flavor missing here has
+    /// [`DEFAULT_FLAVOR_SIZE`] (1 vCPU, 1 GiB RAM, 10 GB disk).
+    pub flavor_sizes: Vec<FlavorSize>,
+    /// Project quota on vCPUs summed over servers; `None`: unlimited.
+    pub max_cores: Option<u64>,
+    /// Project quota on RAM (MiB) summed over servers; `None`: unlimited.
+    pub max_ram_mb: Option<u64>,
     /// Images the cloud knows; anything else is `CloudError::Fatal`.
     pub images: Vec<String>,
     pub boot: BootModel,
@@ -163,6 +212,13 @@ impl Default for SimConfig {
         Self {
             availability_zones: vec![AzConfig::new("az1", 4), AzConfig::new("az2", 4)],
             flavors: vec!["db.small".into(), "db.medium".into(), "db.large".into()],
+            flavor_sizes: vec![
+                FlavorSize::new("db.small", 1, 1024, 10),
+                FlavorSize::new("db.medium", 2, 4096, 20),
+                FlavorSize::new("db.large", 4, 8192, 40),
+            ],
+            max_cores: None,
+            max_ram_mb: None,
             images: vec!["mysql-8.0".into()],
             boot: BootModel::default(),
             latencies: Latencies::default(),
@@ -186,6 +242,40 @@ impl SimConfig {
             listeners: false,
             jitter: 0.0,
             ..Self::default()
+        }
+    }
+
+    /// Every flavor with its id and size, in `flavors` order.
+    pub fn flavor_specs(&self) -> Vec<FlavorSpec> {
+        self.flavors
+            .iter()
+            .enumerate()
+            .map(|(i, name)| self.spec_of(i, name))
+            .collect()
+    }
+
+    /// The flavor named `name`, if the cloud knows it.
+    pub fn flavor_spec(&self, name: &str) -> Option<FlavorSpec> {
+        let i = self.flavors.iter().position(|f| f == name)?;
+        Some(self.spec_of(i, name))
+    }
+
+    fn spec_of(&self, index: usize, name: &str) -> FlavorSpec {
+        let size = self
+            .flavor_sizes
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
+            .unwrap_or_else(|| FlavorSize {
+                name: name.to_string(),
+                ..DEFAULT_FLAVOR_SIZE
+            });
+        FlavorSpec {
+            id: (index + 1).to_string(),
+            name: name.to_string(),
+            vcpus: size.vcpus,
+            ram_mb: size.ram_mb,
+            disk_gb: size.disk_gb,
         }
     }
 

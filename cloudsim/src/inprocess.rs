@@ -37,6 +37,11 @@ impl Cloud for SimCloud {
         Ok(server)
     }
 
+    /// The simulated cloud has one set of zones for servers and volumes.
+    fn volume_zone_for(&self, server_az: &str) -> String {
+        server_az.to_owned()
+    }
+
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         self.gate("boot_headroom").await?;
         let now = Instant::now();
@@ -132,7 +137,10 @@ impl Cloud for SimCloud {
     async fn attach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()> {
         self.gate("attach_port").await?;
         let now = Instant::now();
-        self.inner.lock_at(now).attach_port(server_id, port_id, now)
+        self.inner
+            .lock_at(now)
+            .attach_port(server_id, port_id, now)
+            .map(|_done| ())
     }
 
     async fn detach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()> {

@@ -6,7 +6,8 @@
 //! quotas, seeded jitter, and injected faults. Faces over that model:
 //!
 //! - in-process: [`SimCloud`] implements [`pool_manager::cloud::Cloud`];
-//! - (later) an HTTP server speaking the Keystone/Nova/Cinder/Neutron subset.
+//! - HTTP: [`http::HttpFace`] serves the Keystone/Nova/Cinder/Neutron/Glance
+//!   subset warmpool's OpenStack driver uses, over the same model.
 //!
 //! Every simulated VM answers the MySQL greeting once its mysqld is ready,
 //! either on a real localhost socket (`listeners: true`) or through
@@ -27,13 +28,17 @@
 //! ```
 
 mod config;
+pub mod http;
 mod inprocess;
 mod model;
 mod mysql;
 mod probe;
 mod sim;
 
-pub use config::{AzConfig, BootModel, Latencies, Quotas, RateLimit, SimConfig};
+pub use config::{
+    AzConfig, BootModel, FlavorSize, FlavorSpec, Latencies, Quotas, RateLimit, SimConfig,
+    DEFAULT_FLAVOR_SIZE,
+};
 pub use model::{HostLoad, SimServer};
 pub use mysql::greeting_packet;
 pub use probe::SimProbe;

@@ -1,5 +1,5 @@
 //! The simulated cloud's state and rules, shared by every face (in-process
-//! `Cloud`, later the HTTP API). Owns servers, volumes, ports, compute hosts,
+//! `Cloud`, and the HTTP API in [`crate::http`]). Owns servers, volumes, ports, compute hosts,
 //! quotas, injected-fault counters and per-method call counts.
 //!
 //! Nothing here sleeps or spawns: every operation takes `now` and records
@@ -90,6 +90,10 @@ struct ServerRec {
     ports: BTreeSet<String>,
     /// Dropping it stops the server's mysqld listener.
     listener: Option<ListenerGuard>,
+    /// Nova server tags (only the HTTP face sets them).
+    tags: BTreeSet<String>,
+    /// Network ids the server was booted on, primary first (HTTP face).
+    networks: Vec<String>,
 }
 
 impl ServerRec {
@@ -127,6 +131,7 @@ struct VolumeRec {
     az: String,
     size_gib: u32,
     project_id: String,
+    created_at: Instant,
     state: Timed<VolState>,
     gone_at: Option<Instant>,
 }
@@ -170,6 +175,7 @@ struct PortRec {
     name: String,
     network_id: String,
     ip: String,
+    created_at: Instant,
     /// The server the port is bound to (`device_id`).
     binding: Timed<Option<String>>,
 }
@@ -207,6 +213,7 @@ pub(crate) struct FaultState {
     pub error_boots: u64,
     pub error_boot_fault: String,
     pub fail_volume_attach: u64,
+    pub error_volumes: u64,
     pub fail_port_attach: u64,
     pub api_errors: u64,
     pub api_error: Option<CloudError>,
@@ -239,6 +246,55 @@ pub struct SimServer {
     pub mysqld_ready_at: Option<Instant>,
     /// mysqld answers now.
     pub mysqld_ready: bool,
+}
+
+/// What only the HTTP face sets when it creates a server.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ServerExtras {
+    pub tags: BTreeSet<String>,
+    /// Network ids, primary (the one `addr` is shown on) first.
+    pub networks: Vec<String>,
+}
+
+/// Everything the HTTP face shows of a server.
+#[derive(Clone, Debug)]
+pub(crate) struct ServerDetail {
+    pub server: Server,
+    /// Boot status, ignoring a deletion in progress (Nova keeps showing the
+    /// vm state with task state `deleting` until the server is gone).
+    pub boot_status: ServerStatus,
+    pub deleting: bool,
+    pub flavor: String,
+    pub image: String,
+    pub tags: BTreeSet<String>,
+    pub networks: Vec<String>,
+    pub created_at: Instant,
+    pub active_at: Option<Instant>,
+    pub host: Option<String>,
+    /// The fixed address on the primary network (mysqld greets here).
+    pub addr: SocketAddr,
+    /// Volumes attaching or attached (Nova's block device mappings).
+    pub volume_mappings: Vec<String>,
+    /// Ports bound to the server now.
+    pub ports: Vec<Port>,
+}
+
+/// A volume with what Cinder shows beyond the `Volume` view.
+#[derive(Clone, Debug)]
+pub(crate) struct VolumeDetail {
+    pub volume: Volume,
+    pub created_at: Instant,
+    pub project_id: String,
+}
+
+/// A port with what Neutron shows beyond the `Port` view.
+#[derive(Clone, Debug)]
+pub(crate) struct PortDetail {
+    pub port: Port,
+    pub created_at: Instant,
+    /// Bound or being bound (Nova's os-interface attach is synchronous, so
+    /// the HTTP face waits for the binding before answering).
+    pub target: Option<String>,
 }
 
 /// Load of one compute host, for inspection.
@@ -277,6 +333,16 @@ pub(crate) struct Model {
 }
 
 const GREETING_PORT: u16 = 3306;
+/// Nova's limit on tags per server.
+const MAX_SERVER_TAGS: usize = 50;
+
+/// What servers hold against the compute quotas.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ComputeUsage {
+    pub instances: usize,
+    pub cores: u64,
+    pub ram_mb: u64,
+}
 
 impl Model {
     pub fn new(cfg: SimConfig) -> Self {
@@ -485,20 +551,54 @@ impl Model {
 
     // ---- servers ------------------------------------------------------------
 
-    /// The simulated project limits servers by count only (flavors have no
-    /// size here), so headroom is instances left.
+    /// Headroom is the tightest of instances left and, when those quotas are
+    /// set, cores and RAM left divided by the flavor's size.
     pub fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
-        if !self.cfg.flavors.iter().any(|f| f == flavor) {
+        let Some(size) = self.cfg.flavor_spec(flavor) else {
             return Err(CloudError::NotFound(format!(
                 "Flavor {flavor} could not be found."
             )));
-        }
+        };
         let max = self.cfg.quotas.max_instances;
-        let used = self.servers.len();
+        let usage = self.compute_usage();
+        let mut servers = max.saturating_sub(usage.instances) as u64;
+        let mut limited_by = format!("instances: {} of {max} used", usage.instances);
+        let per_server = [
+            (
+                "cores",
+                self.cfg.max_cores,
+                usage.cores,
+                u64::from(size.vcpus),
+            ),
+            ("ram", self.cfg.max_ram_mb, usage.ram_mb, size.ram_mb),
+        ];
+        for (what, limit, used, each) in per_server {
+            if let Some(limit) = limit {
+                let left = limit.saturating_sub(used) / each.max(1);
+                if left < servers {
+                    servers = left;
+                    limited_by = format!("{what}: {used} of {limit} used");
+                }
+            }
+        }
         Ok(BootHeadroom {
-            servers: Some(max.saturating_sub(used) as u64),
-            limited_by: Some(format!("instances: {used} of {max} used")),
+            servers: Some(servers),
+            limited_by: Some(limited_by),
         })
+    }
+
+    /// Instances, vCPUs and RAM held by servers; servers being deleted count
+    /// until they are gone, as in Nova.
+    pub fn compute_usage(&self) -> ComputeUsage {
+        let mut usage = ComputeUsage::default();
+        for s in self.servers.values() {
+            usage.instances += 1;
+            if let Some(f) = self.cfg.flavor_spec(&s.flavor) {
+                usage.cores += u64::from(f.vcpus);
+                usage.ram_mb += f.ram_mb;
+            }
+        }
+        usage
     }
 
     /// Places and starts a boot. `addr` is the reserved listener address, if
@@ -509,13 +609,24 @@ impl Model {
         now: Instant,
         addr: Option<SocketAddr>,
     ) -> CloudResult<(Server, Option<Instant>)> {
+        self.create_server_ext(spec, ServerExtras::default(), now, addr)
+    }
+
+    /// [`Model::create_server`] with what only the HTTP face sets.
+    pub fn create_server_ext(
+        &mut self,
+        spec: &ServerSpec,
+        extras: ServerExtras,
+        now: Instant,
+        addr: Option<SocketAddr>,
+    ) -> CloudResult<(Server, Option<Instant>)> {
         let az = &spec.pool.availability_zone;
-        if !self.cfg.flavors.contains(&spec.pool.flavor) {
+        let Some(size) = self.cfg.flavor_spec(&spec.pool.flavor) else {
             return Err(CloudError::Fatal(format!(
                 "Flavor {} could not be found",
                 spec.pool.flavor
             )));
-        }
+        };
         if !self.cfg.images.contains(&spec.image) {
             return Err(CloudError::Fatal(format!(
                 "Image {} could not be found",
@@ -533,6 +644,27 @@ impl Model {
                 self.servers.len(),
                 self.cfg.quotas.max_instances
             )));
+        }
+        let usage = self.compute_usage();
+        let per_server = [
+            (
+                "cores",
+                self.cfg.max_cores,
+                usage.cores,
+                u64::from(size.vcpus),
+            ),
+            ("ram", self.cfg.max_ram_mb, usage.ram_mb, size.ram_mb),
+        ];
+        for (what, limit, used, each) in per_server {
+            if let Some(limit) = limit {
+                if used + each > limit {
+                    // Nova's wording, e.g. "Quota exceeded for cores: Requested
+                    // 64, but already used 2 of 20 cores".
+                    return Err(CloudError::QuotaExceeded(format!(
+                        "Quota exceeded for {what}: Requested {each}, but already used {used} of {limit} {what}"
+                    )));
+                }
+            }
         }
 
         let (host, boot) = if self.faults.error_boots > 0 {
@@ -577,6 +709,10 @@ impl Model {
             Boot::Error { .. } => None,
         };
         let id = self.insert_server(spec, now, host, boot, addr);
+        if let Some(s) = self.servers.get_mut(&id) {
+            s.tags = extras.tags;
+            s.networks = extras.networks;
+        }
         let view = self.server_view(&self.servers[&id], now);
         Ok((view, ready_at))
     }
@@ -611,6 +747,8 @@ impl Model {
                 volumes: BTreeSet::new(),
                 ports: BTreeSet::new(),
                 listener: None,
+                tags: BTreeSet::new(),
+                networks: Vec::new(),
             },
         );
         id
@@ -706,6 +844,138 @@ impl Model {
         self.servers.get(id).map(|s| self.sim_server(s, now))
     }
 
+    fn server_detail_of(&self, s: &ServerRec, now: Instant) -> ServerDetail {
+        let boot_status = match &s.boot {
+            Boot::Active { active_at, .. } if now >= *active_at => ServerStatus::Active,
+            Boot::Error { at, .. } if now >= *at => ServerStatus::Error,
+            _ => ServerStatus::Build,
+        };
+        let volume_mappings = s
+            .volumes
+            .iter()
+            .filter(|v| {
+                self.volumes
+                    .get(*v)
+                    .is_some_and(|vol| vol.attached_server(now) == Some(s.id.as_str()))
+            })
+            .cloned()
+            .collect();
+        let ports = s
+            .ports
+            .iter()
+            .filter_map(|p| self.ports.get(p))
+            .filter(|p| p.binding.at(now).as_deref() == Some(s.id.as_str()))
+            .map(|p| p.view(now))
+            .collect();
+        ServerDetail {
+            server: self.server_view(s, now),
+            boot_status,
+            deleting: s.gone_at.is_some(),
+            flavor: s.flavor.clone(),
+            image: s.image.clone(),
+            tags: s.tags.clone(),
+            networks: s.networks.clone(),
+            created_at: s.created_at,
+            active_at: match &s.boot {
+                Boot::Active { active_at, .. } => Some(*active_at),
+                Boot::Error { .. } => None,
+            },
+            host: s.host.map(|h| self.hosts[h].name.clone()),
+            addr: s.addr,
+            volume_mappings,
+            ports,
+        }
+    }
+
+    /// One server (also while it is being deleted), as the HTTP face shows it.
+    pub fn server_detail(&self, id: &str, now: Instant) -> Option<ServerDetail> {
+        self.servers.get(id).map(|s| self.server_detail_of(s, now))
+    }
+
+    /// Every server not being deleted, oldest first.
+    pub fn server_details(&self, now: Instant) -> Vec<ServerDetail> {
+        self.sorted_servers()
+            .into_iter()
+            .map(|s| self.server_detail_of(s, now))
+            .collect()
+    }
+
+    /// Adds a tag; `Ok(true)` if it was new. Nova allows 50 tags a server.
+    pub fn add_server_tag(&mut self, id: &str, tag: &str) -> CloudResult<bool> {
+        let s = self
+            .servers
+            .get_mut(id)
+            .ok_or_else(|| CloudError::NotFound(format!("server {id}")))?;
+        if s.tags.contains(tag) {
+            return Ok(false);
+        }
+        if s.tags.len() >= MAX_SERVER_TAGS {
+            return Err(CloudError::Fatal(format!(
+                "The number of tags exceeded the per-server limit {MAX_SERVER_TAGS}"
+            )));
+        }
+        s.tags.insert(tag.to_string());
+        Ok(true)
+    }
+
+    /// The server a volume is attaching or attached to, as of `now`.
+    pub fn volume_server(&self, volume_id: &str, now: Instant) -> Option<String> {
+        self.volumes
+            .get(volume_id)
+            .and_then(|v| v.attached_server(now))
+            .map(str::to_string)
+    }
+
+    pub fn volume_detail(&self, id: &str, now: Instant) -> Option<VolumeDetail> {
+        self.volumes.get(id).map(|v| VolumeDetail {
+            volume: v.view(now),
+            created_at: v.created_at,
+            project_id: v.project_id.clone(),
+        })
+    }
+
+    /// Volumes not being deleted, oldest first, with Cinder's extra fields.
+    pub fn volume_details(&self, now: Instant) -> Vec<VolumeDetail> {
+        self.sorted_volumes()
+            .into_iter()
+            .map(|v| VolumeDetail {
+                volume: v.view(now),
+                created_at: v.created_at,
+                project_id: v.project_id.clone(),
+            })
+            .collect()
+    }
+
+    /// Volumes and gigabytes held (deleting volumes count until gone).
+    pub fn volume_usage(&self) -> (usize, u64) {
+        let gigabytes = self.volumes.values().map(|v| u64::from(v.size_gib)).sum();
+        (self.volumes.len(), gigabytes)
+    }
+
+    fn port_detail_of(p: &PortRec, now: Instant) -> PortDetail {
+        PortDetail {
+            port: p.view(now),
+            created_at: p.created_at,
+            target: p.target().map(str::to_string),
+        }
+    }
+
+    pub fn port_detail(&self, id: &str, now: Instant) -> Option<PortDetail> {
+        self.ports.get(id).map(|p| Self::port_detail_of(p, now))
+    }
+
+    /// All ports, oldest first, with Neutron's extra fields.
+    pub fn port_details(&self, now: Instant) -> Vec<PortDetail> {
+        self.sorted_ports()
+            .into_iter()
+            .map(|p| Self::port_detail_of(p, now))
+            .collect()
+    }
+
+    pub fn port_count(&self) -> usize {
+        self.ports.len()
+    }
+
     pub fn host_loads(&self, now: Instant) -> Vec<HostLoad> {
         self.hosts
             .iter()
@@ -789,8 +1059,9 @@ impl Model {
             )));
         }
         if self.volumes.len() >= self.cfg.quotas.max_volumes {
+            // Cinder's wording (its 413 body carries exactly this message).
             return Err(CloudError::QuotaExceeded(format!(
-                "VolumeLimitExceeded: Maximum number of volumes allowed ({}) exceeded",
+                "VolumeLimitExceeded: Maximum number of volumes allowed ({}) exceeded for quota 'volumes'.",
                 self.cfg.quotas.max_volumes
             )));
         }
@@ -799,18 +1070,31 @@ impl Model {
             status: VolumeStatus::Creating,
             server: None,
         });
+        // An injected backend failure: the volume ends in `error`, as when
+        // cinder-volume cannot allocate it.
+        let outcome = if self.faults.error_volumes > 0 {
+            self.faults.error_volumes -= 1;
+            VolumeStatus::Error
+        } else {
+            VolumeStatus::Available
+        };
         state.next = Some((
             done,
             VolState {
-                status: VolumeStatus::Available,
+                status: outcome,
                 server: None,
             },
         ));
-        let id = self.insert_volume(spec, state);
+        let id = self.insert_volume(spec, state, now);
         Ok(self.volumes[&id].view(now))
     }
 
-    fn insert_volume(&mut self, spec: &NewVolumeSpec, state: Timed<VolState>) -> String {
+    fn insert_volume(
+        &mut self,
+        spec: &NewVolumeSpec,
+        state: Timed<VolState>,
+        now: Instant,
+    ) -> String {
         let id = self.new_id();
         let seq = self.next_seq();
         self.volumes.insert(
@@ -822,6 +1106,7 @@ impl Model {
                 az: spec.availability_zone.clone(),
                 size_gib: spec.size_gib,
                 project_id: spec.project_id.clone(),
+                created_at: now,
                 state,
                 gone_at: None,
             },
@@ -845,6 +1130,7 @@ impl Model {
                 status: VolumeStatus::Available,
                 server: None,
             }),
+            Instant::now(),
         )
     }
 
@@ -947,7 +1233,8 @@ impl Model {
         }
         if server_status != ServerStatus::Active {
             return Err(CloudError::Conflict(format!(
-                "Cannot 'attach_volume' instance {server_id} while it is in vm_state {server_status:?}"
+                "Cannot 'attach_volume' instance {server_id} while it is in vm_state {}",
+                vm_state(server_status)
             )));
         }
         // Fencing: only an `available` volume with nothing pending may be attached.
@@ -1014,10 +1301,10 @@ impl Model {
 
     pub fn create_port(&mut self, spec: &NewPortSpec, now: Instant) -> CloudResult<Port> {
         if self.ports.len() >= self.cfg.quotas.max_ports {
-            return Err(CloudError::QuotaExceeded(format!(
-                "Quota exceeded for resources: ['port'] (limit {})",
-                self.cfg.quotas.max_ports
-            )));
+            // Neutron's wording (the OverQuota message).
+            return Err(CloudError::QuotaExceeded(
+                "Quota exceeded for resources: ['port'].".to_string(),
+            ));
         }
         let ip = match &spec.fixed_ip {
             Some(ip) => {
@@ -1043,6 +1330,7 @@ impl Model {
             name: spec.name.clone(),
             network_id: spec.network_id.clone(),
             ip,
+            created_at: now,
             binding: Timed::settled(None),
         };
         let view = port.view(now);
@@ -1094,6 +1382,16 @@ impl Model {
             .collect()
     }
 
+    /// Neutron's `PUT /ports/{id}` of the name.
+    pub fn rename_port(&mut self, id: &str, name: &str) -> CloudResult<()> {
+        let port = self
+            .ports
+            .get_mut(id)
+            .ok_or_else(|| CloudError::NotFound(format!("port {id}")))?;
+        port.name = name.to_string();
+        Ok(())
+    }
+
     /// Neutron deletes a bound port too (the server loses the interface).
     pub fn delete_port(&mut self, id: &str) {
         if let Some(port) = self.ports.remove(id) {
@@ -1104,7 +1402,13 @@ impl Model {
         }
     }
 
-    pub fn attach_port(&mut self, server_id: &str, port_id: &str, now: Instant) -> CloudResult<()> {
+    /// Returns when the binding completes (`device_id` set).
+    pub fn attach_port(
+        &mut self,
+        server_id: &str,
+        port_id: &str,
+        now: Instant,
+    ) -> CloudResult<Instant> {
         if self.faults.fail_port_attach > 0 {
             self.faults.fail_port_attach -= 1;
             return Err(CloudError::Transient(
@@ -1118,12 +1422,13 @@ impl Model {
             .ok_or_else(|| CloudError::NotFound(format!("port {port_id}")))?;
         if status != ServerStatus::Active {
             return Err(CloudError::Conflict(format!(
-                "Cannot 'attach_interface' instance {server_id} while it is in vm_state {status:?}"
+                "Cannot 'attach_interface' instance {server_id} while it is in vm_state {}",
+                vm_state(status)
             )));
         }
         if port.binding.at(now).is_some() || port.binding.pending(now) {
             return Err(CloudError::Conflict(format!(
-                "Port {port_id} is still in use"
+                "Port {port_id} is still in use."
             )));
         }
         let done = now + self.latency(self.cfg.latencies.port_attach);
@@ -1134,7 +1439,7 @@ impl Model {
             .expect("checked above")
             .ports
             .insert(port_id.to_string());
-        Ok(())
+        Ok(done)
     }
 
     pub fn detach_port(&mut self, server_id: &str, port_id: &str, now: Instant) {
@@ -1151,6 +1456,17 @@ impl Model {
         if let Some(s) = self.servers.get_mut(server_id) {
             s.ports.remove(port_id);
         }
+    }
+}
+
+/// Nova's vm_state for a server status, for error messages.
+fn vm_state(s: ServerStatus) -> &'static str {
+    match s {
+        ServerStatus::Build => "building",
+        ServerStatus::Active => "active",
+        ServerStatus::Error => "error",
+        ServerStatus::Deleted => "deleted",
+        ServerStatus::Other => "unknown",
     }
 }
 

@@ -68,6 +68,15 @@ pub(crate) fn reserve() -> std::io::Result<TcpSocket> {
     Ok(socket)
 }
 
+/// A socket bound to `addr` (the HTTP face gives each server its own
+/// loopback address, so Nova's `addresses` name where mysqld greets).
+/// Not `SO_REUSEADDR`: a clash with another process's socket must fail here.
+pub(crate) fn reserve_at(addr: std::net::SocketAddr) -> std::io::Result<TcpSocket> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
 /// Starts listening at `ready_at` (tokio time) and greets every connection.
 /// With `ready_at == None` (mysqld never starts) the socket stays bound but
 /// never listens, so the port keeps refusing and is not reused by another

@@ -237,6 +237,12 @@ impl Faults {
         self.with(|f| f.fail_volume_attach = n);
     }
 
+    /// The next `n` volumes created go `creating` -> `error` instead of
+    /// `available` (the create call itself succeeds).
+    pub fn error_next_volumes(&self, n: u64) {
+        self.with(|f| f.error_volumes = n);
+    }
+
     /// The next `n` `attach_port` calls return `CloudError::Transient`.
     pub fn fail_next_port_attach(&self, n: u64) {
         self.with(|f| f.fail_port_attach = n);

@@ -12,11 +12,13 @@
 use crate::cloud::{CloudError, NewPortSpec, NewVolumeSpec, VolumeStatus};
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, EventKind};
+use crate::gate::{self, Gate};
 use crate::manager::{validate_name, validate_pool_key, PoolManager, Shared};
 use crate::model::{
     Allocation, AllocationParams, AllocationState, EmptyPoolPolicy, Instance, InstanceState,
     VolumeSource,
 };
+use crate::replenisher::BootError;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -230,7 +232,82 @@ enum AttemptError {
     Request(ManagerError),
 }
 
+/// A failed attach: a 429 still there at the deadline says nothing about
+/// the instance (the request ran out of time); anything else is the
+/// instance's, and the next one may do better.
+fn attempt_error(e: CloudError) -> AttemptError {
+    match e {
+        e @ CloudError::Throttled { .. } => AttemptError::Request(e.into()),
+        e => AttemptError::Instance(e.into()),
+    }
+}
+
+/// Which errors [`Shared::patiently`] repeats a call after.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Only 429/413: the cloud did nothing, asking again is safe. For calls
+    /// that must not be repeated after a 5xx (an attach may have happened).
+    ThrottledOnly,
+    /// Every retryable error (429/413, 5xx).
+    Retryable,
+}
+
+/// Releases a purchase's place in the quota queue, also when the Allocate
+/// future is dropped.
+struct QuotaQueue<'a> {
+    gate: &'a std::sync::Mutex<Gate>,
+}
+
+impl<'a> QuotaQueue<'a> {
+    fn join(gate: &'a std::sync::Mutex<Gate>) -> Self {
+        gate::lock(gate).purchase_waiting(true);
+        Self { gate }
+    }
+}
+
+impl Drop for QuotaQueue<'_> {
+    fn drop(&mut self) {
+        gate::lock(self.gate).purchase_waiting(false);
+    }
+}
+
 impl Shared {
+    /// Calls the cloud through [`Shared::retry`] (Retry-After honoured, never
+    /// past `deadline`), stretching each Retry-After by the gate's seeded
+    /// jitter so that allocations throttled together do not come back
+    /// together.
+    async fn patiently<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        repeat: Repeat,
+        mut call: F,
+    ) -> Result<T, CloudError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, CloudError>>,
+    {
+        self.retry(deadline, || {
+            let attempt = call();
+            async move {
+                match attempt.await {
+                    Err(CloudError::Throttled {
+                        retry_after,
+                        message,
+                    }) => Err(CloudError::Throttled {
+                        retry_after: Some(gate::lock(&self.gate).retry_pause(retry_after)),
+                        message,
+                    }),
+                    // Hidden from `retry` inside Ok so that it is not repeated.
+                    Err(e) if repeat == Repeat::ThrottledOnly => Ok(Err(e)),
+                    Err(e) => Err(e),
+                    Ok(v) => Ok(Ok(v)),
+                }
+            }
+        })
+        .await
+        .and_then(|inner| inner)
+    }
+
     async fn allocate(self: &Arc<Self>, request: AllocateRequest) -> ManagerResult<Allocation> {
         let params = &request.params;
         validate(params)?;
@@ -347,10 +424,11 @@ impl Shared {
                 volume.status
             )));
         }
-        if volume.availability_zone != params.pool.availability_zone {
+        let zone = self.cloud.volume_zone_for(&params.pool.availability_zone);
+        if volume.availability_zone != zone {
             return Err(ManagerError::FailedPrecondition(format!(
-                "volume {volume_id} is in availability zone {}, the pool is in {}",
-                volume.availability_zone, params.pool.availability_zone
+                "volume {volume_id} is in volume availability zone {}, but pool {} attaches volumes from zone {zone}",
+                volume.availability_zone, params.pool
             )));
         }
         Ok(())
@@ -501,34 +579,53 @@ impl Shared {
         deadline: Instant,
     ) -> ManagerResult<Instance> {
         let pool = self.pool(&params.pool).await?;
-        let instance = self
-            .record_new_instance(&pool, Some(params.request_id.clone()))
-            .await?;
-        let ready = tokio::time::timeout_at(deadline, self.drive_boot(instance.clone()))
-            .await
-            .map_err(|_| {
-                ManagerError::ResourceExhausted(format!(
-                    "cold boot in pool {} did not finish before the deadline",
-                    params.pool
-                ))
-            });
-        let ready = match ready {
-            Ok(Ok(ready)) => ready,
-            Ok(Err(e)) => {
-                return Err(ManagerError::ResourceExhausted(format!(
-                    "cold boot failed: {e}"
-                )))
-            }
-            Err(e) => {
-                self.driving
-                    .lock()
-                    .expect("driving lock")
-                    .remove(&instance.id);
-                self.discard_instance(&instance.id, "cold boot deadline")
+        let flavor = &params.pool.flavor;
+        let mut queue = None;
+        let mut refusals = 0u32;
+        let ready = loop {
+            // At quota a boot would only be refused: wait in line (ahead of
+            // speculative refills) until the cloud's limits show room.
+            if self.settings.gate.enabled && self.quota_full(&params.pool).await {
+                queue.get_or_insert_with(|| QuotaQueue::join(&self.gate));
+                self.wait_for_quota(params, deadline, self.settings.poll_interval)
                     .await?;
-                return Err(e);
+                continue;
+            }
+            let instance = self
+                .record_new_instance(&pool, Some(params.request_id.clone()))
+                .await?;
+            let ready = tokio::time::timeout_at(deadline, self.drive_boot(instance.clone())).await;
+            match ready {
+                Ok(Ok(ready)) => break ready,
+                Ok(Err(BootError::Cloud(CloudError::QuotaExceeded(m)))) => {
+                    // Someone took the room (or the limits are unknown):
+                    // wait in line, backing off so refusals do not pile up.
+                    refusals += 1;
+                    tracing::info!(request_id = %params.request_id, %flavor, "cold boot refused for quota; waiting: {m}");
+                    queue.get_or_insert_with(|| QuotaQueue::join(&self.gate));
+                    let pause = self.settings.poll_interval * 2u32.saturating_pow(refusals.min(5));
+                    self.wait_for_quota(params, deadline, pause).await?;
+                }
+                Ok(Err(e)) => {
+                    return Err(ManagerError::ResourceExhausted(format!(
+                        "cold boot failed: {e}"
+                    )))
+                }
+                Err(_) => {
+                    self.driving
+                        .lock()
+                        .expect("driving lock")
+                        .remove(&instance.id);
+                    self.discard_instance(&instance.id, "cold boot deadline")
+                        .await?;
+                    return Err(ManagerError::ResourceExhausted(format!(
+                        "cold boot in pool {} did not finish before the deadline",
+                        params.pool
+                    )));
+                }
             }
         };
+        drop(queue);
         let claimed = self
             .update_instance(&ready.id, |current| {
                 (current.state == InstanceState::Ready).then(|| {
@@ -543,6 +640,56 @@ impl Shared {
             })?;
         self.store.flush().await?;
         Ok(claimed)
+    }
+
+    /// Whether the flavor's quota is known to be used up. The cached
+    /// headroom is re-polled when it says "full" and is older than the poll
+    /// interval, so a waiting purchase sees freed quota within one interval;
+    /// a failing poll says "not known to be full".
+    async fn quota_full(&self, pool: &crate::model::PoolKey) -> bool {
+        let now = Instant::now();
+        let (left, fresh) = {
+            let gate = gate::lock(&self.gate);
+            let status = gate.headroom_status(&pool.flavor);
+            let fresh = status
+                .polled_at
+                .is_some_and(|at| now.saturating_duration_since(at) < self.settings.poll_interval);
+            (gate.headroom_left(&pool.flavor), fresh)
+        };
+        if left != Some(0) || fresh {
+            return left == Some(0);
+        }
+        match self.cloud.boot_headroom(&pool.flavor).await {
+            Ok(h) => {
+                let mut gate = gate::lock(&self.gate);
+                gate.headroom_polled(&pool.flavor, h.servers, h.limited_by, Instant::now());
+                gate.headroom_left(&pool.flavor) == Some(0)
+            }
+            Err(e) => {
+                tracing::warn!(flavor = %pool.flavor, error = %e, "cannot read quota headroom");
+                gate::lock(&self.gate).headroom_failed(&pool.flavor, e.to_string(), Instant::now());
+                false
+            }
+        }
+    }
+
+    /// Sleeps `pause` before the next look at the quota, failing when the
+    /// deadline would pass first.
+    async fn wait_for_quota(
+        &self,
+        params: &AllocationParams,
+        deadline: Instant,
+        pause: Duration,
+    ) -> ManagerResult<()> {
+        let until = Instant::now() + pause.max(Duration::from_millis(100));
+        if until >= deadline {
+            return Err(ManagerError::ResourceExhausted(format!(
+                "cloud quota for flavor {} is used up; no room for a cold boot before the deadline",
+                params.pool.flavor
+            )));
+        }
+        tokio::time::sleep_until(until).await;
+        Ok(())
     }
 
     async fn attach_and_verify(
@@ -627,7 +774,9 @@ impl Shared {
                     project_id: params.tenant_project_id.clone(),
                 };
                 let volume = self
-                    .retry(deadline, || self.cloud.create_volume(&spec))
+                    .patiently(deadline, Repeat::Retryable, || {
+                        self.cloud.create_volume(&spec)
+                    })
                     .await
                     .map_err(|e| AttemptError::Request(e.into()))?;
                 record
@@ -648,34 +797,46 @@ impl Shared {
         }
         // Wait for a new volume to become available; fence an existing one again
         // (it may have been attached elsewhere since the request was checked).
-        self.wait_volume(&volume_id, deadline, |status, _| {
+        self.wait_volume(&volume_id, deadline, Phase::BeforeAttach, |status, _| {
             *status == VolumeStatus::Available
         })
         .await?;
-        // An attach is not retried on the same instance: a failure there is
-        // the instance's, and the next Ready one is the faster way forward.
-        self.cloud
-            .attach_volume(server_id, &volume_id)
-            .await
-            .map_err(|e| match e {
-                CloudError::Conflict(m) => AttemptError::Request(ManagerError::FailedPrecondition(
-                    format!("volume {volume_id} cannot be attached: {m}"),
-                )),
-                e => AttemptError::Instance(e.into()),
-            })?;
-        self.wait_volume(&volume_id, deadline, |status, attached| {
-            *status == VolumeStatus::InUse && attached.iter().any(|s| s == server_id)
+        // An attach is not retried on the same instance after a failure: a
+        // failure there is the instance's, and the next Ready one is the
+        // faster way forward. A 429 is no failure (the cloud did nothing):
+        // wait it out and ask again.
+        self.patiently(deadline, Repeat::ThrottledOnly, || {
+            self.cloud.attach_volume(server_id, &volume_id)
         })
+        .await
+        .map_err(|e| match e {
+            CloudError::Conflict(m) => AttemptError::Request(ManagerError::FailedPrecondition(
+                format!("volume {volume_id} cannot be attached: {m}"),
+            )),
+            e => attempt_error(e),
+        })?;
+        self.wait_volume(
+            &volume_id,
+            deadline,
+            Phase::AfterAttach,
+            |status, attached| {
+                *status == VolumeStatus::InUse && attached.iter().any(|s| s == server_id)
+            },
+        )
         .await?;
         Ok(volume_id)
     }
 
     /// Polls the volume until `done`, waiting through transitional states
     /// (creating, attaching, detaching); any other state fails the request.
+    /// After an accepted attach, `available` is transitional too: from Nova
+    /// microversion 2.101 the attach answers 202 before Cinder has even
+    /// reserved the volume.
     async fn wait_volume(
         &self,
         volume_id: &str,
         deadline: Instant,
+        phase: Phase,
         done: impl Fn(&VolumeStatus, &[String]) -> bool,
     ) -> Result<(), AttemptError> {
         loop {
@@ -686,10 +847,12 @@ impl Shared {
             if done(&volume.status, &volume.attached_to) {
                 return Ok(());
             }
-            if !matches!(
-                volume.status,
-                VolumeStatus::Creating | VolumeStatus::Attaching | VolumeStatus::Detaching
-            ) {
+            let pending = match volume.status {
+                VolumeStatus::Creating | VolumeStatus::Attaching | VolumeStatus::Detaching => true,
+                VolumeStatus::Available => phase == Phase::AfterAttach,
+                _ => false,
+            };
+            if !pending {
                 return Err(AttemptError::Request(ManagerError::FailedPrecondition(
                     format!(
                     "volume {volume_id} is {:?}, not available; it is never attached while in use",
@@ -727,7 +890,9 @@ impl Shared {
                     project_id: allocation.params.tenant_project_id.clone(),
                 };
                 let port = self
-                    .retry(deadline, || self.cloud.create_port(&spec))
+                    .patiently(deadline, Repeat::Retryable, || {
+                        self.cloud.create_port(&spec)
+                    })
                     .await
                     .map_err(|e| match e {
                         CloudError::NotFound(m) | CloudError::Conflict(m) => {
@@ -744,10 +909,11 @@ impl Shared {
                 port.id
             }
         };
-        self.cloud
-            .attach_port(server_id, &port_id)
-            .await
-            .map_err(|e| AttemptError::Instance(e.into()))?;
+        self.patiently(deadline, Repeat::ThrottledOnly, || {
+            self.cloud.attach_port(server_id, &port_id)
+        })
+        .await
+        .map_err(attempt_error)?;
         loop {
             let port = self
                 .retry(deadline, || self.cloud.get_port(&port_id))
@@ -909,4 +1075,11 @@ impl Shared {
         self.emit(Some(&released.params.pool), EventKind::Released);
         Ok(released)
     }
+}
+
+/// Where a volume wait stands relative to our attach call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    BeforeAttach,
+    AfterAttach,
 }

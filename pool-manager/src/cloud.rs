@@ -172,4 +172,11 @@ pub trait Cloud: Send + Sync + 'static {
 
     /// Quota headroom for booting servers of `flavor` (Nova `/limits`).
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom>;
+
+    /// The volume availability zone that serves servers in `server_az`.
+    /// Nova and Cinder zones often differ (a single Cinder zone `nova` for
+    /// every compute zone is common); the volume fence compares against this.
+    /// No default on purpose: a wrapper that forgot to forward it would
+    /// silently fence every volume of such a cloud out.
+    fn volume_zone_for(&self, server_az: &str) -> String;
 }

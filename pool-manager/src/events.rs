@@ -2,9 +2,22 @@
 //!
 //! The manager broadcasts each event; subscribers that fall behind lose the
 //! oldest ones (a lagging dashboard must not slow allocations down).
+//!
+//! Judgements about a pool are made here, once, and broadcast as events of
+//! their own, so that every subscriber (the metrics task, each `WatchPools`
+//! stream) sees the same verdict instead of recomputing it: a pool is
+//! [`EventKind::Degraded`] after [`DEGRADED_AFTER`] boots failed in a row and
+//! [`EventKind::Recovered`] at its next Ready boot (see [`HealthBook`]).
+//! `Shared::emit` logs each operator-relevant event exactly once
+//! ([`Event::log`]); subscribers do not log them again.
 
 use crate::model::PoolKey;
+use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
+
+/// Boots failing in a row after which a pool is degraded.
+pub const DEGRADED_AFTER: u32 = 3;
 
 /// How a boot ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -17,6 +30,20 @@ pub enum BootOutcome {
     Failed,
 }
 
+impl BootOutcome {
+    /// A short stable name, used as a metric label and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Quota => "quota",
+            Self::RateLimited => "rate_limited",
+            Self::NoValidHost => "no_valid_host",
+            Self::Timeout => "timeout",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// How an Allocate ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AllocationOutcome {
@@ -26,6 +53,36 @@ pub enum AllocationOutcome {
     VolumeUnavailable,
     CloudError,
     Failed,
+}
+
+/// The OpenStack service a cloud call went to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CloudService {
+    /// Nova: servers and their volume and interface attachments.
+    Compute,
+    /// Cinder: volumes.
+    Volume,
+    /// Neutron: ports.
+    Network,
+}
+
+impl CloudService {
+    pub const ALL: [CloudService; 3] = [Self::Compute, Self::Volume, Self::Network];
+
+    /// The `service` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Compute => "compute",
+            Self::Volume => "volume",
+            Self::Network => "network",
+        }
+    }
+}
+
+impl fmt::Display for CloudService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -49,11 +106,218 @@ pub enum EventKind {
         server_id: String,
     },
     Released,
+    /// The pool's boots keep failing: `consecutive_failures` in a row
+    /// (at least [`DEGRADED_AFTER`]), the last one with outcome `cause`.
+    /// Emitted once per episode, right after the boot that crossed the line.
+    Degraded {
+        cause: BootOutcome,
+        consecutive_failures: u32,
+    },
+    /// A boot of a degraded pool reached Ready after `after_failures` failures.
+    Recovered {
+        after_failures: u32,
+    },
+    /// The manager paused a cloud call for `pause` because the cloud answered
+    /// 429/413 (honouring its Retry-After when it gave one). Emitted once the
+    /// pause was waited out, not when the cloud merely asked for one: a call
+    /// whose deadline does not allow the pause gives up instead, and a call
+    /// dropped mid-pause reports nothing.
+    /// `service` is `None` when the call did not go through the manager's
+    /// cloud (it cannot tell which service was asked).
+    Throttled {
+        service: Option<CloudService>,
+        pause: Duration,
+    },
+}
+
+impl EventKind {
+    /// A short stable name (a log field, a metric label).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Boot { .. } => "boot",
+            Self::Allocation { .. } => "allocation",
+            Self::Exhausted => "exhausted",
+            Self::SettingsChanged => "settings_changed",
+            Self::LeakDeleted { .. } => "leak_deleted",
+            Self::Released => "released",
+            Self::Degraded { .. } => "degraded",
+            Self::Recovered { .. } => "recovered",
+            Self::Throttled { .. } => "throttled",
+        }
+    }
+
+    /// One sentence for an operator, without the pool's name (the caller
+    /// shows it next to this). `None` for routine events (boots,
+    /// allocations, releases) that are counted, not announced.
+    pub fn describe(&self) -> Option<String> {
+        Some(match self {
+            Self::Boot { .. } | Self::Allocation { .. } | Self::Released => return None,
+            Self::Exhausted => "pool exhausted: an Allocate found no Ready instance".into(),
+            Self::SettingsChanged => "pool settings changed".into(),
+            Self::LeakDeleted { server_id } => {
+                format!("deleted leaked cloud server {server_id} (the store did not know it)")
+            }
+            Self::Degraded {
+                cause,
+                consecutive_failures,
+            } => format!(
+                "pool degraded: {consecutive_failures} boots failed in a row (last: {})",
+                cause.as_str()
+            ),
+            Self::Recovered { after_failures } => {
+                format!("pool recovered: a boot succeeded after {after_failures} failures")
+            }
+            Self::Throttled { service, pause } => format!(
+                "cloud throttled a {} call; paused {:.1}s before retrying",
+                service.map_or("cloud", CloudService::as_str),
+                pause.as_secs_f64()
+            ),
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
-    /// `None` for events not tied to one pool (a leak of an unknown pool).
+    /// `None` for events not tied to one pool (a leak of an unknown pool, a
+    /// throttled call).
     pub pool: Option<PoolKey>,
     pub kind: EventKind,
+}
+
+impl Event {
+    /// Logs the event if an operator should see it; the one place events are
+    /// logged. Routine events (boots, allocations) are logged where they
+    /// happen, with their details.
+    pub fn log(&self) {
+        let Some(message) = self.kind.describe() else {
+            return;
+        };
+        let pool = self
+            .pool
+            .as_ref()
+            .map_or_else(|| "(none)".to_string(), ToString::to_string);
+        let event = self.kind.name();
+        match &self.kind {
+            // Logged where it happens, with the new spec.
+            EventKind::SettingsChanged => {}
+            EventKind::Exhausted | EventKind::LeakDeleted { .. } | EventKind::Degraded { .. } => {
+                tracing::warn!(%pool, event, "{message}")
+            }
+            EventKind::Recovered { .. } => tracing::info!(%pool, event, "{message}"),
+            // Pauses are routine under load; the metrics count them.
+            _ => tracing::debug!(%pool, event, "{message}"),
+        }
+    }
+}
+
+/// A pool's boot health, as `GetPool` shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolHealth {
+    /// Boots that failed in a row since the pool's last Ready boot.
+    pub consecutive_boot_failures: u32,
+    /// At least [`DEGRADED_AFTER`] failures in a row, until a boot succeeds.
+    pub degraded: bool,
+    /// How the last failed boot ended.
+    pub last_failure: Option<BootOutcome>,
+}
+
+/// Boot health of every pool; fed every boot outcome, it says when a pool
+/// becomes degraded or recovers.
+#[derive(Clone, Debug, Default)]
+pub struct HealthBook {
+    pools: BTreeMap<PoolKey, PoolHealth>,
+}
+
+impl HealthBook {
+    /// Records a boot outcome; returns the verdict event if the pool just
+    /// became degraded or recovered.
+    pub fn note_boot(&mut self, pool: &PoolKey, outcome: BootOutcome) -> Option<EventKind> {
+        let health = self.pools.entry(pool.clone()).or_default();
+        if outcome == BootOutcome::Ready {
+            let after_failures = health.consecutive_boot_failures;
+            let was_degraded = health.degraded;
+            *health = PoolHealth::default();
+            return was_degraded.then_some(EventKind::Recovered { after_failures });
+        }
+        health.consecutive_boot_failures = health.consecutive_boot_failures.saturating_add(1);
+        health.last_failure = Some(outcome);
+        if !health.degraded && health.consecutive_boot_failures >= DEGRADED_AFTER {
+            health.degraded = true;
+            return Some(EventKind::Degraded {
+                cause: outcome,
+                consecutive_failures: health.consecutive_boot_failures,
+            });
+        }
+        None
+    }
+
+    pub fn health(&self, pool: &PoolKey) -> PoolHealth {
+        self.pools.get(pool).copied().unwrap_or_default()
+    }
+
+    /// Forgets a pool (created anew, or deleted).
+    pub fn forget(&mut self, pool: &PoolKey) {
+        self.pools.remove(pool);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn degraded_once_per_episode_then_recovered() {
+        let pool = PoolKey::new("f", "a");
+        let mut book = HealthBook::default();
+        assert_eq!(book.note_boot(&pool, BootOutcome::Timeout), None);
+        assert_eq!(book.note_boot(&pool, BootOutcome::Quota), None);
+        assert_eq!(
+            book.note_boot(&pool, BootOutcome::NoValidHost),
+            Some(EventKind::Degraded {
+                cause: BootOutcome::NoValidHost,
+                consecutive_failures: DEGRADED_AFTER
+            })
+        );
+        // Still failing: no second verdict.
+        assert_eq!(book.note_boot(&pool, BootOutcome::NoValidHost), None);
+        let health = book.health(&pool);
+        assert!(health.degraded);
+        assert_eq!(health.consecutive_boot_failures, DEGRADED_AFTER + 1);
+        assert_eq!(
+            book.note_boot(&pool, BootOutcome::Ready),
+            Some(EventKind::Recovered {
+                after_failures: DEGRADED_AFTER + 1
+            })
+        );
+        assert_eq!(book.health(&pool), PoolHealth::default());
+        // A Ready boot of a healthy pool is no news.
+        assert_eq!(book.note_boot(&pool, BootOutcome::Ready), None);
+    }
+
+    #[test]
+    fn a_success_resets_the_streak_before_it_degrades() {
+        let pool = PoolKey::new("f", "a");
+        let mut book = HealthBook::default();
+        for _ in 0..DEGRADED_AFTER - 1 {
+            assert_eq!(book.note_boot(&pool, BootOutcome::Failed), None);
+        }
+        assert_eq!(book.note_boot(&pool, BootOutcome::Ready), None);
+        for _ in 0..DEGRADED_AFTER - 1 {
+            assert_eq!(book.note_boot(&pool, BootOutcome::Failed), None);
+        }
+        assert!(!book.health(&pool).degraded);
+    }
+
+    #[test]
+    fn routine_events_are_not_announced() {
+        assert_eq!(EventKind::Released.describe(), None);
+        let pause = EventKind::Throttled {
+            service: Some(CloudService::Compute),
+            pause: Duration::from_millis(2500),
+        };
+        assert_eq!(
+            pause.describe().unwrap(),
+            "cloud throttled a compute call; paused 2.5s before retrying"
+        );
+    }
 }

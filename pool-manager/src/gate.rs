@@ -23,9 +23,17 @@
 //!   contention from our own concurrency shows up as inflation. The window
 //!   grows only while it is being used (a pool booting one instance at a
 //!   time says nothing about twenty).
-//! - **Quota.** A `QuotaExceeded` stops speculative refills in every AZ
-//!   (quota is per project) for a backoff that doubles while the cloud keeps
-//!   refusing and resets after a boot succeeds.
+//! - **Quota.** The cloud's own limits (Nova `/limits`, through
+//!   `Cloud::boot_headroom`) are polled per flavor every `headroom_interval`
+//!   by the replenisher, not per boot, and cached. Boots started since a poll
+//!   (any pool, purchases included: quota is per project) are subtracted
+//!   from the cached headroom, and so are purchases waiting for quota: they
+//!   are first in line, speculative refills get what is left. At zero,
+//!   speculative refills stop until the next poll. When the limits call
+//!   fails, nothing is capped and the refusal-driven pause below still
+//!   applies: a `QuotaExceeded` stops speculative refills in every AZ for a
+//!   backoff that doubles while the cloud keeps refusing and resets after a
+//!   boot succeeds.
 //!
 //! [`Gate`] is pure and synchronous (instants are passed in); the replenisher
 //! holds it behind a mutex and reports to it through [`BootTicket`]s.
@@ -46,6 +54,9 @@ pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 pub const RATIO_SMOOTHING: f64 = 0.25;
 pub const DEFAULT_QUOTA_BACKOFF: Duration = Duration::from_secs(30);
 pub const DEFAULT_QUOTA_BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
+/// How often each flavor's quota headroom is polled: a GET of Nova's
+/// `/limits` is cheap, but one per boot would add a call to every boot.
+pub const DEFAULT_HEADROOM_INTERVAL: Duration = Duration::from_secs(30);
 /// Recent lead times kept per AZ to re-measure a stale baseline.
 const RECENT: usize = 8;
 
@@ -75,6 +86,8 @@ pub struct GateSettings {
     /// First pause after a quota refusal; doubles up to `quota_backoff_max`.
     pub quota_backoff: Duration,
     pub quota_backoff_max: Duration,
+    /// How often each flavor's quota headroom is polled from the cloud.
+    pub headroom_interval: Duration,
     /// Seed of the jitter.
     pub seed: u64,
 }
@@ -94,6 +107,7 @@ impl Default for GateSettings {
             retry_after_jitter: 0.2,
             quota_backoff: DEFAULT_QUOTA_BACKOFF,
             quota_backoff_max: DEFAULT_QUOTA_BACKOFF_MAX,
+            headroom_interval: DEFAULT_HEADROOM_INTERVAL,
             seed: 0,
         }
     }
@@ -114,7 +128,8 @@ impl GateSettings {
 pub enum Hold {
     /// The AZ saw a 429/413; new boots wait until `until`.
     Throttled { until: Instant },
-    /// The cloud refused for quota; speculative boots wait until `until`.
+    /// The cloud refused for quota, or its limits leave no headroom;
+    /// speculative boots wait until `until`.
     Quota { until: Instant },
 }
 
@@ -132,12 +147,17 @@ pub struct Admission {
     /// New gated boots that fit in the window (`u32::MAX` when disabled).
     pub room: u32,
     pub hold: Option<Hold>,
+    /// Speculative boots the project's quota still admits, after boots
+    /// started since the last poll and purchases waiting for quota; `None`
+    /// when unknown or unlimited. Unlike the window this is a hard cap.
+    pub headroom: Option<u32>,
 }
 
 impl Admission {
     pub const OPEN: Self = Self {
         room: u32::MAX,
         hold: None,
+        headroom: None,
     };
 }
 
@@ -186,6 +206,19 @@ pub struct GateStatus {
     pub quota_refusals: u64,
 }
 
+/// A flavor's quota headroom as last polled, as `GetPool` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeadroomStatus {
+    /// Servers the quota admitted at the poll (`None`: unlimited).
+    pub polled: Option<u64>,
+    /// What is left now for speculative boots.
+    pub left: Option<u64>,
+    pub limited_by: Option<String>,
+    pub polled_at: Option<Instant>,
+    /// The last poll failed: headroom is unknown, nothing is capped.
+    pub failing: Option<String>,
+}
+
 impl Eq for GateStatus {}
 
 #[derive(Clone, Debug)]
@@ -221,6 +254,28 @@ struct QuotaState {
     paused_until: Option<Instant>,
     backoff: Duration,
     refusals: u64,
+    /// Per flavor: the last poll of the cloud's limits.
+    headroom: BTreeMap<String, HeadroomEntry>,
+    /// Boots started, ever (every AZ and pool, purchases included).
+    boots_started: u64,
+    /// Purchases waiting for quota to free up: first in line.
+    purchases_waiting: u32,
+}
+
+#[derive(Clone, Debug)]
+struct HeadroomEntry {
+    /// Answer of the last successful poll (`None`: unlimited); `None` as a
+    /// whole entry field when no poll has succeeded yet.
+    servers: Option<Option<u64>>,
+    limited_by: Option<String>,
+    /// When the last poll (successful or not) was made.
+    polled_at: Instant,
+    /// `boots_started` at the last successful poll.
+    boots_at_poll: u64,
+    /// Why the last poll failed, if it did.
+    failing: Option<String>,
+    /// A refusal since the poll: the cached answer is stale, poll again.
+    stale: bool,
 }
 
 /// The throttle gate of one manager: one state per AZ plus the quota state.
@@ -241,6 +296,9 @@ impl Gate {
                 paused_until: None,
                 backoff: settings.quota_backoff,
                 refusals: 0,
+                headroom: BTreeMap::new(),
+                boots_started: 0,
+                purchases_waiting: 0,
             },
             azs: BTreeMap::new(),
             next_ticket: 0,
@@ -290,20 +348,142 @@ impl Gate {
             .map(|until| Hold::Throttled { until })
     }
 
-    /// What the AZ allows now.
-    pub fn admission(&mut self, az: &str, now: Instant) -> Admission {
+    /// What the AZ allows now for speculative boots of `flavor`.
+    pub fn admission(&mut self, az: &str, flavor: &str, now: Instant) -> Admission {
         if !self.settings.enabled {
             return Admission::OPEN;
         }
-        let hold = self.hold(az, now);
+        let headroom = self
+            .headroom_left(flavor)
+            .map(|left| left.saturating_sub(u64::from(self.quota.purchases_waiting)));
+        let mut hold = self.hold(az, now);
+        if hold.is_none() && headroom == Some(0) {
+            // Nothing to boot until the next poll can show freed quota.
+            hold = Some(Hold::Quota {
+                until: self.headroom_due_at(flavor, now),
+            });
+        }
         let state = self.az(az);
         let room = (state.window.floor() as u32).saturating_sub(state.gated);
-        Admission { room, hold }
+        Admission {
+            room,
+            hold,
+            headroom: headroom.map(|h| u32::try_from(h).unwrap_or(u32::MAX)),
+        }
+    }
+
+    /// Whether `flavor`'s quota headroom should be polled now: never polled,
+    /// polled `headroom_interval` ago, or refused since the last poll.
+    pub fn headroom_due(&self, flavor: &str, now: Instant) -> bool {
+        self.settings.enabled && self.headroom_due_at(flavor, now) <= now
+    }
+
+    fn headroom_due_at(&self, flavor: &str, now: Instant) -> Instant {
+        match self.quota.headroom.get(flavor) {
+            None => now,
+            Some(e) if e.stale => now,
+            Some(e) => e.polled_at + self.settings.headroom_interval,
+        }
+    }
+
+    /// The cloud's limits for `flavor`, polled at `now`.
+    pub fn headroom_polled(
+        &mut self,
+        flavor: &str,
+        servers: Option<u64>,
+        limited_by: Option<String>,
+        now: Instant,
+    ) {
+        let boots = self.quota.boots_started;
+        self.quota.headroom.insert(
+            flavor.to_string(),
+            HeadroomEntry {
+                servers: Some(servers),
+                limited_by,
+                polled_at: now,
+                boots_at_poll: boots,
+                failing: None,
+                stale: false,
+            },
+        );
+    }
+
+    /// Polling `flavor`'s limits failed at `now`: headroom is unknown (no
+    /// cap; refusals still pause) until a poll succeeds, tried again after
+    /// `headroom_interval`.
+    pub fn headroom_failed(&mut self, flavor: &str, error: String, now: Instant) {
+        let entry = self
+            .quota
+            .headroom
+            .entry(flavor.to_string())
+            .or_insert_with(|| HeadroomEntry {
+                servers: None,
+                limited_by: None,
+                polled_at: now,
+                boots_at_poll: 0,
+                failing: None,
+                stale: false,
+            });
+        entry.servers = None;
+        entry.polled_at = now;
+        entry.failing = Some(error);
+        entry.stale = false;
+    }
+
+    /// Servers of `flavor` the quota admits now by the last poll, minus the
+    /// boots started since; `None` when unknown or unlimited.
+    pub fn headroom_left(&self, flavor: &str) -> Option<u64> {
+        let entry = self.quota.headroom.get(flavor)?;
+        let servers = entry.servers??;
+        Some(servers.saturating_sub(self.quota.boots_started - entry.boots_at_poll))
+    }
+
+    pub fn headroom_status(&self, flavor: &str) -> HeadroomStatus {
+        match self.quota.headroom.get(flavor) {
+            None => HeadroomStatus {
+                polled: None,
+                left: None,
+                limited_by: None,
+                polled_at: None,
+                failing: None,
+            },
+            Some(e) => HeadroomStatus {
+                polled: e.servers.flatten(),
+                left: self.headroom_left(flavor),
+                limited_by: e.limited_by.clone(),
+                polled_at: Some(e.polled_at),
+                failing: e.failing.clone(),
+            },
+        }
+    }
+
+    /// A purchase waits for quota (`true`) or stops waiting (`false`).
+    /// While any waits, speculative refills leave it the headroom.
+    pub fn purchase_waiting(&mut self, waiting: bool) {
+        if waiting {
+            self.quota.purchases_waiting += 1;
+        } else {
+            self.quota.purchases_waiting = self.quota.purchases_waiting.saturating_sub(1);
+        }
+    }
+
+    /// The pause before retrying a call the cloud answered 429/413:
+    /// Retry-After (or the default) stretched by the seeded jitter.
+    pub fn retry_pause(&mut self, retry_after: Option<Duration>) -> Duration {
+        let base = retry_after.unwrap_or(self.settings.default_retry_after);
+        let jitter = self.settings.retry_after_jitter.max(0.0);
+        let factor = if jitter > 0.0 {
+            1.0 + self.rng.gen_range(0.0..=jitter)
+        } else {
+            1.0
+        };
+        base.mul_f64(factor)
     }
 
     /// A boot starts in `az`; `gated` when the replenisher starts it.
     pub fn start(&mut self, az: &str, gated: bool, now: Instant) -> TicketInfo {
         self.next_ticket += 1;
+        self.quota.boots_started += 1;
         let id = self.next_ticket;
         let state = self.az(az);
         state.in_flight += 1;
@@ -354,14 +534,7 @@ impl Gate {
         if !self.settings.enabled {
             return;
         }
-        let base = retry_after.unwrap_or(self.settings.default_retry_after);
-        let jitter = self.settings.retry_after_jitter.max(0.0);
-        let factor = if jitter > 0.0 {
-            1.0 + self.rng.gen_range(0.0..=jitter)
-        } else {
-            1.0
-        };
-        let until = now + base.mul_f64(factor);
+        let until = now + self.retry_pause(retry_after);
         let min_window = f64::from(self.settings.min_window.max(1));
         let state = self.az(az);
         state.throttled += 1;
@@ -379,6 +552,10 @@ impl Gate {
         }
         let q = &mut self.quota;
         q.refusals += 1;
+        // The cached headroom was wrong (someone else used quota): poll again.
+        for entry in q.headroom.values_mut() {
+            entry.stale = true;
+        }
         let until = now + q.backoff;
         q.paused_until = Some(q.paused_until.map_or(until, |u| u.max(until)));
         q.backoff = (q.backoff * 2).min(

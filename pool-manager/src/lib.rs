@@ -11,9 +11,11 @@ pub mod events;
 pub mod gate;
 mod manager;
 pub mod model;
+pub mod openstack;
 pub mod probe;
 mod reconciler;
 mod replenisher;
+pub mod schedule;
 pub mod sizing;
 pub mod store;
 

@@ -3,17 +3,21 @@
 //! The allocator, replenisher and reconciler extend [`Shared`] in their own
 //! modules.
 
-use crate::cloud::{Cloud, CloudError};
+use crate::cloud::{
+    BootHeadroom, Cloud, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
+    ServerSpec, Volume,
+};
 use crate::error::{ManagerError, ManagerResult};
-use crate::events::{Event, EventKind};
+use crate::events::{CloudService, Event, EventKind, HealthBook, PoolHealth};
 use crate::gate::{Gate, GateSettings};
 use crate::model::{Instance, InstanceState, PoolKey, PoolRecord, PoolSpec};
 use crate::probe::Probe;
 use crate::sizing::{SizingBook, SizingSettings, SizingStatus};
 use crate::store::Store;
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
@@ -53,7 +57,7 @@ impl Default for ManagerSettings {
 }
 
 /// A pool with its live counts, as `GetPool` shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PoolStatus {
     pub record: PoolRecord,
     /// The target the replenisher works toward now (computed for `auto`).
@@ -61,7 +65,14 @@ pub struct PoolStatus {
     pub counts: BTreeMap<&'static str, u32>,
     /// The computed target's inputs: demand, lead time, throttle gate.
     pub sizing: SizingStatus,
+    /// The service level `sizing.z` is derived from (a manager setting).
+    pub service_level: f64,
+    /// Whether boots keep failing (see `crate::events::HealthBook`).
+    pub health: PoolHealth,
 }
+
+// The service level is a finite setting; equality is used by tests and watchers only.
+impl Eq for PoolStatus {}
 
 impl PoolStatus {
     pub fn count(&self, state: InstanceState) -> u32 {
@@ -106,6 +117,8 @@ pub(crate) struct Shared {
     pub sizing: Mutex<SizingBook>,
     /// The per-AZ throttle gate (see `crate::gate`).
     pub gate: Arc<Mutex<Gate>>,
+    /// Boot health per pool: the degraded / recovered verdicts.
+    pub health: Mutex<HealthBook>,
 }
 
 impl Shared {
@@ -113,12 +126,29 @@ impl Shared {
         self.generation.send_modify(|g| *g += 1);
     }
 
+    /// Logs (once, here) and broadcasts an event. A boot outcome may make a
+    /// verdict on the pool's health, broadcast right after it.
     pub fn emit(&self, pool: Option<&PoolKey>, kind: EventKind) {
-        // No subscriber is fine: events are for observers only.
-        let _ = self.events.send(Event {
-            pool: pool.cloned(),
-            kind,
-        });
+        let verdict = match (&kind, pool) {
+            (EventKind::Boot { outcome, .. }, Some(key)) => {
+                self.health_book().note_boot(key, *outcome)
+            }
+            _ => None,
+        };
+        for kind in std::iter::once(kind).chain(verdict) {
+            let event = Event {
+                pool: pool.cloned(),
+                kind,
+            };
+            event.log();
+            // No subscriber is fine: events are for observers only.
+            let _ = self.events.send(event);
+        }
+    }
+
+    pub(crate) fn health_book(&self) -> MutexGuard<'_, HealthBook> {
+        // Plain counters: a panic elsewhere leaves nothing half-done to fear.
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn spawn(self: &Arc<Self>, task: impl Future<Output = ()> + Send + 'static) {
@@ -175,7 +205,8 @@ impl Shared {
     }
 
     /// Calls the cloud until it answers something other than a retryable
-    /// error, honouring Retry-After, or until `deadline`.
+    /// error, honouring Retry-After, or until `deadline`. Each pause taken
+    /// after a 429/413 is broadcast as [`EventKind::Throttled`].
     pub async fn retry<T, F, Fut>(&self, deadline: Instant, mut call: F) -> Result<T, CloudError>
     where
         F: FnMut() -> Fut,
@@ -183,8 +214,15 @@ impl Shared {
     {
         let mut backoff = self.settings.retry_backoff;
         loop {
-            match call().await {
+            // The cloud wrapper notes which service the call went to, so the
+            // pause can be attributed to it.
+            let attempt = CALL_SERVICE.scope(Cell::new(None), call());
+            tokio::pin!(attempt);
+            let result = (&mut attempt).await;
+            let service = attempt.as_mut().take_value().and_then(Cell::into_inner);
+            match result {
                 Err(e) if e.is_retryable() => {
+                    let throttled = matches!(e, CloudError::Throttled { .. });
                     let pause = match &e {
                         CloudError::Throttled {
                             retry_after: Some(after),
@@ -197,6 +235,11 @@ impl Shared {
                     }
                     tracing::debug!(error = %e, ?pause, "retrying cloud call");
                     tokio::time::sleep(pause).await;
+                    // Reported once taken: a call dropped mid-pause (its
+                    // caller gave up) did not wait it out.
+                    if throttled {
+                        self.emit(None, EventKind::Throttled { service, pause });
+                    }
                     backoff = (backoff * 2).min(self.settings.retry_backoff * 32);
                 }
                 other => return other,
@@ -215,12 +258,100 @@ impl Shared {
             *counts.entry(state_name(instance.state)).or_insert(0) += 1;
         }
         let sizing = self.sizing_status(&record);
+        let health = self.health_book().health(&record.key);
         PoolStatus {
             effective_target: sizing.target,
             record,
             counts,
             sizing,
+            service_level: self.settings.sizing.service_level,
+            health,
         }
+    }
+}
+
+tokio::task_local! {
+    /// The service of the cloud call one `Shared::retry` attempt makes,
+    /// noted by [`ServiceNoting`].
+    static CALL_SERVICE: Cell<Option<CloudService>>;
+}
+
+/// Wraps the manager's cloud to note which service each call goes to, for
+/// [`Shared::retry`]'s pause events. Transparent otherwise.
+struct ServiceNoting {
+    inner: Arc<dyn Cloud>,
+}
+
+impl ServiceNoting {
+    async fn noted<T>(
+        service: CloudService,
+        call: impl Future<Output = CloudResult<T>>,
+    ) -> CloudResult<T> {
+        // Outside a retry attempt there is nothing to tell.
+        let _ = CALL_SERVICE.try_with(|noted| noted.set(Some(service)));
+        call.await
+    }
+}
+
+#[async_trait::async_trait]
+impl Cloud for ServiceNoting {
+    async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server> {
+        Self::noted(CloudService::Compute, self.inner.create_server(spec)).await
+    }
+    async fn get_server(&self, server_id: &str) -> CloudResult<Server> {
+        Self::noted(CloudService::Compute, self.inner.get_server(server_id)).await
+    }
+    async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
+        Self::noted(CloudService::Compute, self.inner.list_pool_servers()).await
+    }
+    async fn delete_server(&self, server_id: &str) -> CloudResult<()> {
+        Self::noted(CloudService::Compute, self.inner.delete_server(server_id)).await
+    }
+    async fn create_volume(&self, spec: &NewVolumeSpec) -> CloudResult<Volume> {
+        Self::noted(CloudService::Volume, self.inner.create_volume(spec)).await
+    }
+    async fn get_volume(&self, volume_id: &str) -> CloudResult<Volume> {
+        Self::noted(CloudService::Volume, self.inner.get_volume(volume_id)).await
+    }
+    async fn find_volumes_by_name(&self, name: &str) -> CloudResult<Vec<Volume>> {
+        Self::noted(CloudService::Volume, self.inner.find_volumes_by_name(name)).await
+    }
+    async fn delete_volume(&self, volume_id: &str) -> CloudResult<()> {
+        Self::noted(CloudService::Volume, self.inner.delete_volume(volume_id)).await
+    }
+    async fn attach_volume(&self, server_id: &str, volume_id: &str) -> CloudResult<()> {
+        let call = self.inner.attach_volume(server_id, volume_id);
+        Self::noted(CloudService::Compute, call).await
+    }
+    async fn detach_volume(&self, server_id: &str, volume_id: &str) -> CloudResult<()> {
+        let call = self.inner.detach_volume(server_id, volume_id);
+        Self::noted(CloudService::Compute, call).await
+    }
+    async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {
+        Self::noted(CloudService::Network, self.inner.create_port(spec)).await
+    }
+    async fn get_port(&self, port_id: &str) -> CloudResult<Port> {
+        Self::noted(CloudService::Network, self.inner.get_port(port_id)).await
+    }
+    async fn find_ports_by_name(&self, name: &str) -> CloudResult<Vec<Port>> {
+        Self::noted(CloudService::Network, self.inner.find_ports_by_name(name)).await
+    }
+    async fn delete_port(&self, port_id: &str) -> CloudResult<()> {
+        Self::noted(CloudService::Network, self.inner.delete_port(port_id)).await
+    }
+    async fn attach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()> {
+        let call = self.inner.attach_port(server_id, port_id);
+        Self::noted(CloudService::Compute, call).await
+    }
+    async fn detach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()> {
+        let call = self.inner.detach_port(server_id, port_id);
+        Self::noted(CloudService::Compute, call).await
+    }
+    fn volume_zone_for(&self, server_az: &str) -> String {
+        self.inner.volume_zone_for(server_az)
+    }
+    async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
+        Self::noted(CloudService::Compute, self.inner.boot_headroom(flavor)).await
     }
 }
 
@@ -241,7 +372,7 @@ impl PoolManager {
         Self {
             shared: Arc::new(Shared {
                 store,
-                cloud,
+                cloud: Arc::new(ServiceNoting { inner: cloud }),
                 probe,
                 generation: watch::channel(0).0,
                 events: broadcast::channel(1024).0,
@@ -252,6 +383,7 @@ impl PoolManager {
                 shutdown: watch::channel(false).0,
                 sizing: Mutex::new(SizingBook::default()),
                 gate: Arc::new(Mutex::new(Gate::new(settings.gate.clone()))),
+                health: Mutex::new(HealthBook::default()),
                 settings,
             }),
         }
@@ -288,7 +420,8 @@ impl PoolManager {
         Ok(())
     }
 
-    /// Every event from now on (boots, allocations, leaks, settings).
+    /// Every event from now on (boots, allocations, leaks, settings, health
+    /// verdicts, throttle pauses).
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.shared.events.subscribe()
     }
@@ -326,6 +459,8 @@ impl PoolManager {
                 .put_pool(&PoolRecord::new(key.clone(), spec))
                 .await?;
             self.shared.store.flush().await?;
+            // A pool of the same name deleted earlier left its verdict behind.
+            self.shared.health_book().forget(&key);
         }
         self.shared.changed();
         self.shared.start_replenisher(key.clone());

@@ -22,6 +22,7 @@
 //!
 //! `Gone` instances are removed from the store.
 
+use crate::schedule::Window;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -70,6 +71,19 @@ pub struct PoolSpec {
     pub max_age: Option<Duration>,
     /// A paused pool boots nothing but still hands out what it has.
     pub paused: bool,
+    /// Operator windows raising `min_ready` while open
+    /// ("Mon-Fri 09:00-18:00 min 10"). Absent in records stored before they
+    /// existed: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<Window>,
+    /// The flavor's disk IOPS limit (front-end QoS), if any; with
+    /// `volume_iops_limit` it sets the lead-time prior before any boot is
+    /// observed (`crate::sizing::lead_time_prior`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops_limit: Option<u32>,
+    /// The IOPS limit of the volume type the pool's databases use, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_iops_limit: Option<u32>,
 }
 
 impl PoolSpec {
@@ -104,7 +118,33 @@ impl PoolSpec {
         if self.boot_timeout.is_zero() {
             return Err(("boot_timeout", "boot_timeout must be positive".into()));
         }
+        if let Some(w) = self.windows.iter().find(|w| w.min > self.max_ready) {
+            return Err((
+                "windows",
+                format!(
+                    "window \"{w}\" asks for min {} above max_ready ({})",
+                    w.min, self.max_ready
+                ),
+            ));
+        }
+        for (field, limit) in [
+            ("iops_limit", self.iops_limit),
+            ("volume_iops_limit", self.volume_iops_limit),
+        ] {
+            if limit == Some(0) {
+                return Err((
+                    field,
+                    format!("{field} must be positive (omit it for none)"),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// `min_ready`, raised by the windows open at `at`.
+    pub fn min_ready_at(&self, at: std::time::SystemTime) -> u32 {
+        crate::schedule::scheduled_min(&self.windows, at)
+            .map_or(self.min_ready, |m| m.max(self.min_ready))
     }
 }
 

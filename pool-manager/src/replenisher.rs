@@ -14,7 +14,7 @@ use crate::events::{AllocationOutcome, BootOutcome, Event, EventKind};
 use crate::gate::{self, BootSignal, BootTicket, Hold};
 use crate::manager::Shared;
 use crate::model::{Instance, InstanceState, PoolKey, PoolRecord};
-use crate::sizing::{self, BootPlan, Inputs, SizingBook, SizingStatus};
+use crate::sizing::{self, BootPlan, Inputs, PlanReason, SizingBook, SizingStatus};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, MutexGuard};
@@ -145,17 +145,29 @@ impl Shared {
         let now = Instant::now();
         let settings = &self.settings.sizing;
         let z = settings.z();
-        let (demand, lead, last_plan) = self.sizing_book().peek(&record.key, now, settings);
-        let demand_in_lead = demand.forecast * lead.p90.as_secs_f64();
         let spec = &record.spec;
+        let prior = sizing::prior_for(spec, settings);
+        let (demand, lead, last_plan, wall) = {
+            let mut book = self.sizing_book();
+            let (demand, lead, plan) = book.peek(&record.key, now, prior, settings);
+            (demand, lead, plan, book.wall_now(settings))
+        };
+        let demand_in_lead = demand.forecast * lead.p90.as_secs_f64();
+        let window_min = crate::schedule::scheduled_min(&spec.windows, wall);
         let target = sizing::target_for(
-            spec.min_ready,
+            spec.min_ready_at(wall),
             spec.max_ready,
             spec.target,
             demand_in_lead,
             z,
         );
-        let gate = gate::lock(&self.gate).status(&record.key.availability_zone, now);
+        let (gate, quota) = {
+            let mut gate = gate::lock(&self.gate);
+            (
+                gate.status(&record.key.availability_zone, now),
+                gate.headroom_status(&record.key.flavor),
+            )
+        };
         SizingStatus {
             auto: spec.is_auto(),
             target,
@@ -164,7 +176,35 @@ impl Shared {
             lead,
             z,
             gate,
+            quota,
+            window_min,
             last_plan,
+        }
+    }
+
+    /// Polls the flavor's quota headroom from the cloud when the cached one
+    /// is due. A failing poll caps nothing (the refusal-driven pause still
+    /// works) and is tried again after the interval; a 429 is the gate's.
+    pub(crate) async fn refresh_headroom(&self, pool: &PoolKey) {
+        let flavor = &pool.flavor;
+        if !gate::lock(&self.gate).headroom_due(flavor, Instant::now()) {
+            return;
+        }
+        let result = self.cloud.boot_headroom(flavor).await;
+        let now = Instant::now();
+        let mut gate = gate::lock(&self.gate);
+        match result {
+            Ok(h) => {
+                tracing::debug!(%flavor, servers = ?h.servers, limited_by = ?h.limited_by, "quota headroom");
+                gate.headroom_polled(flavor, h.servers, h.limited_by, now);
+            }
+            Err(e) => {
+                if let CloudError::Throttled { retry_after, .. } = &e {
+                    gate.throttled(&pool.availability_zone, *retry_after, now);
+                }
+                tracing::warn!(%flavor, error = %e, "cannot read quota headroom; boots are paced by quota refusals only");
+                gate.headroom_failed(flavor, e.to_string(), now);
+            }
         }
     }
 
@@ -185,10 +225,14 @@ impl Shared {
         let now = Instant::now();
         let az = &pool.key.availability_zone;
         let settings = &self.settings.sizing;
-        let (demand, lead) = self.sizing_book().estimates(&pool.key, now, settings);
-        let admission = gate::lock(&self.gate).admission(az, now);
-        let plan: BootPlan = sizing::decide(&Inputs {
-            min_ready: pool.spec.min_ready,
+        let prior = sizing::prior_for(&pool.spec, settings);
+        let (demand, lead, wall) = {
+            let mut book = self.sizing_book();
+            let (demand, lead) = book.estimates(&pool.key, now, prior, settings);
+            (demand, lead, book.wall_now(settings))
+        };
+        let inputs = |gate| Inputs {
+            min_ready: pool.spec.min_ready_at(wall),
             max_ready: pool.spec.max_ready,
             target: pool.spec.target,
             supply,
@@ -197,8 +241,21 @@ impl Shared {
             lead,
             z: settings.z(),
             pool_boot_cap: self.settings.max_concurrent_boots,
-            gate: admission,
-        });
+            gate,
+        };
+        let mut admission = gate::lock(&self.gate).admission(az, &pool.key.flavor, now);
+        let mut plan: BootPlan = sizing::decide(&inputs(admission));
+        // Quota headroom matters only to a pool that wants to boot: poll it
+        // then (at most every headroom_interval per flavor), not at rest.
+        if plan.target > supply
+            && self.settings.gate.enabled
+            && gate::lock(&self.gate).headroom_due(&pool.key.flavor, now)
+        {
+            self.refresh_headroom(&pool.key).await;
+            let now = Instant::now();
+            admission = gate::lock(&self.gate).admission(az, &pool.key.flavor, now);
+            plan = sizing::decide(&inputs(admission));
+        }
         self.sizing_book().set_plan(&pool.key, plan, settings);
         for _ in 0..plan.boots_now {
             let ticket = BootTicket::start(&self.gate, az, true);
@@ -208,7 +265,11 @@ impl Shared {
                 let _ = shared.drive_boot_with(instance, ticket).await;
             });
         }
-        Ok(admission.hold)
+        // Come back when the hold ends only if it is what keeps boots back.
+        let held = matches!(plan.reason, PlanReason::Throttled | PlanReason::Quota);
+        Ok(admission
+            .hold
+            .filter(|hold| held && hold.until() > Instant::now()))
     }
 
     /// Deletes the pool's unclaimed instances; true once none is left and the

@@ -28,15 +28,22 @@
 //!   allows) -> [`BootPlan`] `{ target, boots_now, reason }`. Golden tests in
 //!   `tests/sizing.rs`.
 //!
-//! Operator time windows ("09:00-18:00 Mon-Fri min 10") are not implemented.
+//! - [`lead_time_prior`]: before a pool's first boot is observed, the prior
+//!   comes from the flavor's and volume type's IOPS limits when the pool
+//!   names them (calibration.md: boots are disk-bound and stretch 3-5x under
+//!   IOPS throttling), else it is the configured `prior_lead_time`.
+//!
+//! Operator time windows ("Mon-Fri 09:00-18:00 min 10", [`crate::schedule`])
+//! raise `min_ready` while they are open; the caller passes the raised floor.
 //!
 //! All instants are tokio instants passed in by the caller; nothing here
 //! reads a clock, sleeps or does I/O.
 
-use crate::gate::{Admission, GateStatus, Hold};
+use crate::gate::{Admission, GateStatus, HeadroomStatus, Hold};
 use crate::model::{PoolKey, Target};
+use crate::schedule::WallClock;
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 /// Default probability that a purchase finds a warm instance.
@@ -69,6 +76,10 @@ pub struct SizingSettings {
     pub demand_long: Duration,
     /// A lower forecast takes effect only after this long without a new high.
     pub cooldown: Duration,
+    /// The wall-clock time operator windows are read on, at the manager's
+    /// first use of it; later readings add tokio time. `None`: the system
+    /// clock. Tests and replays on the paused clock set it.
+    pub wall_clock_start: Option<SystemTime>,
 }
 
 impl Default for SizingSettings {
@@ -81,6 +92,7 @@ impl Default for SizingSettings {
             demand_short: DEFAULT_DEMAND_SHORT,
             demand_long: DEFAULT_DEMAND_LONG,
             cooldown: DEFAULT_COOLDOWN,
+            wall_clock_start: None,
         }
     }
 }
@@ -136,13 +148,24 @@ impl LeadTimes {
         in_flight_ages: &[Duration],
         settings: &SizingSettings,
     ) -> LeadEstimate {
+        self.estimate_with_prior(now, in_flight_ages, settings.prior_lead_time, settings)
+    }
+
+    /// As [`LeadTimes::estimate`], with the pool's own prior (see
+    /// [`lead_time_prior`]) in place of the configured one.
+    pub fn estimate_with_prior(
+        &self,
+        now: Instant,
+        in_flight_ages: &[Duration],
+        prior: Duration,
+        settings: &SizingSettings,
+    ) -> LeadEstimate {
         let recent: Vec<Duration> = self
             .samples
             .iter()
             .filter(|(at, _)| now.saturating_duration_since(*at) <= settings.lead_max_age)
             .map(|(_, lead)| *lead)
             .collect();
-        let prior = settings.prior_lead_time;
         let (mut estimate, base) = if recent.is_empty() {
             (
                 LeadEstimate {
@@ -181,6 +204,78 @@ impl LeadTimes {
         }
         estimate
     }
+}
+
+// ---- IOPS-derived prior ------------------------------------------------------
+//
+// calibration.md measured one production cloud against its unthrottled test
+// twin: sequential guest I/O of 465 MB/s unthrottled and 52.4 MB/s throttled
+// (8 KiB blocks: about 57 000 and 6 400 IOPS), and under that throttling the
+// Nova phase of a boot took x2..x3 as long, mysqld's start x3..x5. A phase
+// that takes `t` unthrottled is modelled as a fixed part plus a disk-bound
+// part that scales with 1/IOPS:
+//
+//     t(iops) = t · ((1 - p) + p · max(1, REFERENCE_IOPS / iops))
+//
+// with the disk-bound share `p` chosen so that the throttled cloud's IOPS
+// give the middle of each measured range (x2.5, x4). An unthrottled lead time
+// splits 25 s : 35 s between the phases (a lone boot to ACTIVE, then mysqld;
+// the simulator's calibrated defaults).
+
+/// Guest IOPS of the unthrottled cloud in calibration.md (465 MB/s / 8 KiB).
+pub const REFERENCE_IOPS: f64 = 56_800.0;
+/// Guest IOPS of the throttled production cloud (52.4 MB/s / 8 KiB).
+pub const CALIBRATED_THROTTLED_IOPS: f64 = 6_400.0;
+/// Stretch of the Nova phase at [`CALIBRATED_THROTTLED_IOPS`] (x2..x3).
+pub const CALIBRATED_NOVA_STRETCH: f64 = 2.5;
+/// Stretch of mysqld's start at [`CALIBRATED_THROTTLED_IOPS`] (x3..x5).
+pub const CALIBRATED_MYSQLD_STRETCH: f64 = 4.0;
+/// Share of an unthrottled lead time spent before ACTIVE (25 s of 60 s).
+pub const NOVA_SHARE: f64 = 25.0 / 60.0;
+
+/// How much longer a phase with disk-bound stretch `calibrated` (at the
+/// calibrated throttled IOPS) takes at `iops`.
+fn stretch(calibrated: f64, iops: f64) -> f64 {
+    let ratio_at_calibration = REFERENCE_IOPS / CALIBRATED_THROTTLED_IOPS;
+    let disk_share = (calibrated - 1.0) / (ratio_at_calibration - 1.0);
+    let ratio = (REFERENCE_IOPS / iops.max(1.0)).max(1.0);
+    (1.0 - disk_share) + disk_share * ratio
+}
+
+/// The lead time to assume before a pool's first boot is observed.
+///
+/// `unthrottled` is the configured prior (an unthrottled boot with mysqld
+/// start). The flavor's disk IOPS limit (`iops_limit`, the system disk the
+/// image boots from) stretches the Nova phase; mysqld's start reads and
+/// writes through both limits when the pool's volume type is limited too
+/// (the flavor's front-end QoS and the volume type's back-end QoS both
+/// apply), so the lower of the two stretches it. No limit: `unthrottled`.
+pub fn lead_time_prior(
+    unthrottled: Duration,
+    iops_limit: Option<u32>,
+    volume_iops_limit: Option<u32>,
+) -> Duration {
+    let flavor = iops_limit.map(f64::from);
+    let data = match (iops_limit, volume_iops_limit) {
+        (Some(a), Some(b)) => Some(f64::from(a.min(b))),
+        (a, b) => a.or(b).map(f64::from),
+    };
+    let nova = flavor.map_or(1.0, |iops| stretch(CALIBRATED_NOVA_STRETCH, iops));
+    let mysqld = data.map_or(1.0, |iops| stretch(CALIBRATED_MYSQLD_STRETCH, iops));
+    let factor = NOVA_SHARE * nova + (1.0 - NOVA_SHARE) * mysqld;
+    // A pathological limit (1 IOPS) must not overflow: a day is plenty.
+    unthrottled
+        .mul_f64(factor.clamp(1.0, 1e6))
+        .min(Duration::from_secs(24 * 3600).max(unthrottled))
+}
+
+/// The prior of a pool with this spec.
+pub fn prior_for(spec: &crate::model::PoolSpec, settings: &SizingSettings) -> Duration {
+    lead_time_prior(
+        settings.prior_lead_time,
+        spec.iops_limit,
+        spec.volume_iops_limit,
+    )
 }
 
 /// Nearest-rank percentile of a non-empty slice.
@@ -408,6 +503,7 @@ pub fn target_for(
 /// Everything [`decide`] looks at; plain values so golden tests can spell them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Inputs {
+    /// The spec's `min_ready`, raised by any open operator window.
     pub min_ready: u32,
     pub max_ready: u32,
     pub target: Target,
@@ -437,8 +533,11 @@ pub enum PlanReason {
     Window,
     /// Nothing now: the AZ is paused after a 429/413 until its Retry-After.
     Throttled,
-    /// Nothing now: the cloud refused for quota recently; only purchases boot.
+    /// Nothing now: the cloud refused for quota recently, or its limits
+    /// leave no headroom; only purchases boot.
     Quota,
+    /// Less than the deficit: the quota headroom left after purchases.
+    Headroom,
 }
 
 impl PlanReason {
@@ -450,6 +549,7 @@ impl PlanReason {
             Self::Window => "window",
             Self::Throttled => "throttled",
             Self::Quota => "quota",
+            Self::Headroom => "headroom",
         }
     }
 }
@@ -469,7 +569,8 @@ pub struct BootPlan {
 /// The gate's window limits speculative refills, but never below what
 /// sustains the long-run demand at the current lead time (Little's law:
 /// `ceil(λ_long · L_p50)` boots in flight): holding back those boots would
-/// only drain the pool, it would not make the cloud faster.
+/// only drain the pool, it would not make the cloud faster. Quota headroom
+/// is a hard cap: a boot past it would only be refused.
 pub fn decide(inputs: &Inputs) -> BootPlan {
     let lead_p90 = inputs.lead.p90.as_secs_f64();
     let demand_in_lead = inputs.demand.forecast.max(0.0) * lead_p90;
@@ -506,9 +607,15 @@ pub fn decide(inputs: &Inputs) -> BootPlan {
         .gate
         .room
         .max(sustain.saturating_sub(inputs.in_flight));
-    let boots_now = deficit.min(cap_room).min(window_room);
+    let headroom = inputs.gate.headroom.unwrap_or(u32::MAX);
+    if headroom == 0 {
+        return plan(0, PlanReason::Quota);
+    }
+    let boots_now = deficit.min(cap_room).min(window_room).min(headroom);
     let reason = if boots_now == deficit {
         PlanReason::Deficit
+    } else if headroom <= cap_room.min(window_room) {
+        PlanReason::Headroom
     } else if cap_room <= window_room {
         PlanReason::PoolCap
     } else {
@@ -530,13 +637,18 @@ pub struct PoolSizing {
 }
 
 impl PoolSizing {
-    fn lead_estimate(&self, now: Instant, settings: &SizingSettings) -> LeadEstimate {
+    fn lead_estimate(
+        &self,
+        now: Instant,
+        prior: Duration,
+        settings: &SizingSettings,
+    ) -> LeadEstimate {
         let ages: Vec<Duration> = self
             .in_flight
             .values()
             .map(|started| now.saturating_duration_since(*started))
             .collect();
-        self.lead.estimate(now, &ages, settings)
+        self.lead.estimate_with_prior(now, &ages, prior, settings)
     }
 
     fn new(settings: &SizingSettings) -> Self {
@@ -549,13 +661,23 @@ impl PoolSizing {
     }
 }
 
-/// The estimators of every pool of one manager.
+/// The estimators of every pool of one manager, and the wall clock that
+/// operator windows are read on.
 #[derive(Clone, Debug, Default)]
 pub struct SizingBook {
     pools: BTreeMap<PoolKey, PoolSizing>,
+    clock: Option<WallClock>,
 }
 
 impl SizingBook {
+    /// The wall-clock time now, on the manager's [`WallClock`] (anchored at
+    /// first use, at `settings.wall_clock_start` or the system clock).
+    pub fn wall_now(&mut self, settings: &SizingSettings) -> SystemTime {
+        self.clock
+            .get_or_insert_with(|| WallClock::new(settings.wall_clock_start))
+            .now()
+    }
+
     pub fn pool(&mut self, key: &PoolKey, settings: &SizingSettings) -> &mut PoolSizing {
         self.pools
             .entry(key.clone())
@@ -601,15 +723,17 @@ impl SizingBook {
     }
 
     /// Demand and lead-time estimates of a pool at `now`, as the
-    /// replenisher uses them (this moves the held demand forecast).
+    /// replenisher uses them (this moves the held demand forecast). `prior`
+    /// is the pool's lead time before any boot is observed ([`prior_for`]).
     pub fn estimates(
         &mut self,
         key: &PoolKey,
         now: Instant,
+        prior: Duration,
         settings: &SizingSettings,
     ) -> (DemandEstimate, LeadEstimate) {
         let pool = self.pool(key, settings);
-        let lead = pool.lead_estimate(now, settings);
+        let lead = pool.lead_estimate(now, prior, settings);
         (pool.demand.estimate(now), lead)
     }
 
@@ -618,17 +742,18 @@ impl SizingBook {
         &self,
         key: &PoolKey,
         now: Instant,
+        prior: Duration,
         settings: &SizingSettings,
     ) -> (DemandEstimate, LeadEstimate, Option<BootPlan>) {
         match self.pools.get(key) {
             Some(pool) => (
                 pool.demand.peek(now),
-                pool.lead_estimate(now, settings),
+                pool.lead_estimate(now, prior, settings),
                 pool.last_plan,
             ),
             None => (
                 DemandEstimate::ZERO,
-                LeadTimes::default().estimate(now, &[], settings),
+                LeadTimes::default().estimate_with_prior(now, &[], prior, settings),
                 None,
             ),
         }
@@ -656,6 +781,10 @@ pub struct SizingStatus {
     pub z: f64,
     /// The pool's availability zone's throttle gate.
     pub gate: GateStatus,
+    /// The flavor's quota headroom as last polled.
+    pub quota: HeadroomStatus,
+    /// The `min` of the operator window open now, if any raises `min_ready`.
+    pub window_min: Option<u32>,
     /// The replenisher's last decision.
     pub last_plan: Option<BootPlan>,
 }

@@ -543,3 +543,242 @@ async fn events_report_boots_allocations_and_leaks() {
         "{seen:?}"
     );
 }
+
+/// cloudsim, except that the first call of each of `create_volume`,
+/// `create_port`, `attach_volume` and `attach_port` is answered 429 with
+/// `retry_after` (without reaching the cloud, as a real 429).
+struct ThrottleFirst {
+    sim: std::sync::Arc<cloudsim::SimCloud>,
+    retry_after: Duration,
+    seen: std::sync::Mutex<HashMap<&'static str, u32>>,
+}
+
+impl ThrottleFirst {
+    fn gate(&self, method: &'static str) -> pool_manager::cloud::CloudResult<()> {
+        let mut seen = self.seen.lock().unwrap();
+        let n = seen.entry(method).or_default();
+        *n += 1;
+        if *n == 1 {
+            return Err(pool_manager::cloud::CloudError::Throttled {
+                retry_after: Some(self.retry_after),
+                message: format!("{method}: slow down"),
+            });
+        }
+        Ok(())
+    }
+}
+
+mod throttle_first {
+    use super::ThrottleFirst;
+    use pool_manager::cloud::*;
+
+    #[async_trait::async_trait]
+    impl Cloud for ThrottleFirst {
+        async fn create_volume(&self, spec: &NewVolumeSpec) -> CloudResult<Volume> {
+            self.gate("create_volume")?;
+            self.sim.create_volume(spec).await
+        }
+        async fn attach_volume(&self, server: &str, volume: &str) -> CloudResult<()> {
+            self.gate("attach_volume")?;
+            self.sim.attach_volume(server, volume).await
+        }
+        async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {
+            self.gate("create_port")?;
+            self.sim.create_port(spec).await
+        }
+        async fn attach_port(&self, server: &str, port: &str) -> CloudResult<()> {
+            self.gate("attach_port")?;
+            self.sim.attach_port(server, port).await
+        }
+        fn volume_zone_for(&self, server_az: &str) -> String {
+            self.sim.volume_zone_for(server_az)
+        }
+        async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
+            self.sim.boot_headroom(flavor).await
+        }
+        async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server> {
+            self.sim.create_server(spec).await
+        }
+        async fn get_server(&self, id: &str) -> CloudResult<Server> {
+            self.sim.get_server(id).await
+        }
+        async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
+            self.sim.list_pool_servers().await
+        }
+        async fn delete_server(&self, id: &str) -> CloudResult<()> {
+            self.sim.delete_server(id).await
+        }
+        async fn get_volume(&self, id: &str) -> CloudResult<Volume> {
+            self.sim.get_volume(id).await
+        }
+        async fn find_volumes_by_name(&self, name: &str) -> CloudResult<Vec<Volume>> {
+            self.sim.find_volumes_by_name(name).await
+        }
+        async fn delete_volume(&self, id: &str) -> CloudResult<()> {
+            self.sim.delete_volume(id).await
+        }
+        async fn detach_volume(&self, server: &str, volume: &str) -> CloudResult<()> {
+            self.sim.detach_volume(server, volume).await
+        }
+        async fn get_port(&self, id: &str) -> CloudResult<Port> {
+            self.sim.get_port(id).await
+        }
+        async fn find_ports_by_name(&self, name: &str) -> CloudResult<Vec<Port>> {
+            self.sim.find_ports_by_name(name).await
+        }
+        async fn delete_port(&self, id: &str) -> CloudResult<()> {
+            self.sim.delete_port(id).await
+        }
+        async fn detach_port(&self, server: &str, port: &str) -> CloudResult<()> {
+            self.sim.detach_port(server, port).await
+        }
+    }
+}
+
+/// A manager over `ThrottleFirst` with one paused pool of `n` Ready instances.
+async fn throttled_at_first(
+    retry_after: Duration,
+    n: u32,
+) -> (
+    std::sync::Arc<cloudsim::SimCloud>,
+    pool_manager::PoolManager,
+) {
+    let sim = sim();
+    let cloud = std::sync::Arc::new(ThrottleFirst {
+        sim: sim.clone(),
+        retry_after,
+        seen: Default::default(),
+    });
+    let manager = pool_manager::PoolManager::new(
+        temp_store(),
+        cloud,
+        std::sync::Arc::new(sim.probe()),
+        settings(),
+    );
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(n)).await.unwrap();
+    wait_ready(&manager, n).await;
+    // Keep the replenisher from replacing what the allocation takes.
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    (sim, manager)
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttled_attach_and_create_calls_wait_out_retry_after_on_the_same_instance() {
+    let (sim, manager) = throttled_at_first(Duration::from_secs(7), 2).await;
+    let servers_before: HashSet<String> = sim.servers().into_iter().map(|s| s.server.id).collect();
+    let mut events = manager.events();
+    let allocation = manager
+        .allocate(request(
+            "order-429",
+            new_volume(),
+            EmptyPoolPolicy::FailFast,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    assert!(allocation.warm_hit);
+    // The first instance was kept: nothing was discarded.
+    let servers_after: HashSet<String> = sim.servers().into_iter().map(|s| s.server.id).collect();
+    assert_eq!(servers_before, servers_after);
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 1);
+    assert_eq!(status.count(InstanceState::Deleting), 0);
+    // Each branch waited out two Retry-Afters of 7 s (create, then attach),
+    // stretched by at most 20 % of jitter.
+    for (step, took) in [
+        ("volume", allocation.timings.volume),
+        ("port", allocation.timings.port),
+    ] {
+        assert!(
+            took >= Duration::from_secs(14) && took < Duration::from_secs(25),
+            "{step} took {took:?}"
+        );
+    }
+    // The cloud saw each call once, after the 429s.
+    let calls = sim.call_counts();
+    for method in [
+        "create_volume",
+        "attach_volume",
+        "create_port",
+        "attach_port",
+    ] {
+        assert_eq!(calls.get(method), Some(&1), "{method}: {calls:?}");
+    }
+    // The pauses were taken, jittered: not all exactly 7 s.
+    let mut pauses = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let pool_manager::events::EventKind::Throttled { pause, .. } = event.kind {
+            pauses.push(pause);
+        }
+    }
+    assert_eq!(pauses.len(), 4, "{pauses:?}");
+    assert!(pauses
+        .iter()
+        .all(|p| *p >= Duration::from_secs(7) && *p <= Duration::from_millis(8400)));
+    assert!(
+        pauses.iter().any(|p| *p != Duration::from_secs(7)),
+        "{pauses:?}"
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_past_the_deadline_fails_the_request_without_sleeping_through_it() {
+    let (sim, manager) = throttled_at_first(Duration::from_secs(600), 2).await;
+    let mut order = request("order-late", new_volume(), EmptyPoolPolicy::FailFast);
+    order.timeout = Some(Duration::from_secs(60));
+    let started = tokio::time::Instant::now();
+    let err = manager.allocate(order).await.unwrap_err();
+    assert!(err.to_string().contains("throttled"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    // Rolled back; the claimed instance is gone (never back to the pool),
+    // the other one is still Ready.
+    assert!(manager.get_allocation("order-late").await.is_err());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 1);
+    assert_consistent(&sim, &manager).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn allocations_get_through_a_rate_limited_cloud_without_losing_instances() {
+    // cloudsim's own rate limit: 2 calls/s, burst 3, answering 429 with the
+    // time until the next token.
+    let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
+        rate_limit: Some(cloudsim::RateLimit {
+            per_second: 2.0,
+            burst: 3,
+        }),
+        ..cloudsim::SimConfig::deterministic()
+    });
+    let manager = started(&sim, temp_store(), 4).await;
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let manager = manager.clone();
+        let mut order = request(&format!("rl-{i}"), new_volume(), EmptyPoolPolicy::FailFast);
+        order.timeout = Some(Duration::from_secs(600));
+        tasks.push(tokio::spawn(async move { manager.allocate(order).await }));
+    }
+    for task in tasks {
+        let allocation = task.await.unwrap().unwrap();
+        assert!(allocation.warm_hit);
+    }
+    // Three allocations, three instances: none was discarded for a 429.
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Allocated), 3);
+    assert_eq!(status.count(InstanceState::Ready), 1);
+    assert_eq!(sim.servers().len(), 4);
+    assert_consistent(&sim, &manager).await;
+}

@@ -153,6 +153,7 @@ fn decider_golden() {
                 gate: Admission {
                     room: 1,
                     hold: None,
+                    headroom: None,
                 },
                 ..base()
             },
@@ -164,6 +165,7 @@ fn decider_golden() {
                 gate: Admission {
                     room: 1,
                     hold: None,
+                    headroom: None,
                 },
                 in_flight: 1,
                 supply: 1,
@@ -178,6 +180,7 @@ fn decider_golden() {
                     hold: Some(Hold::Throttled {
                         until: now + secs(30),
                     }),
+                    headroom: None,
                 },
                 ..base()
             },
@@ -190,7 +193,81 @@ fn decider_golden() {
                     hold: Some(Hold::Quota {
                         until: now + secs(30),
                     }),
+                    headroom: None,
                 },
+                ..base()
+            },
+        ),
+        (
+            "quota headroom 2 of a deficit of 4",
+            Inputs {
+                gate: Admission {
+                    headroom: Some(2),
+                    ..Admission::OPEN
+                },
+                ..base()
+            },
+        ),
+        (
+            "headroom above the deficit",
+            Inputs {
+                gate: Admission {
+                    headroom: Some(10),
+                    ..Admission::OPEN
+                },
+                ..base()
+            },
+        ),
+        (
+            "headroom 0 (gate not yet holding)",
+            Inputs {
+                gate: Admission {
+                    headroom: Some(0),
+                    ..Admission::OPEN
+                },
+                ..base()
+            },
+        ),
+        (
+            "headroom 0 at target",
+            Inputs {
+                supply: 4,
+                gate: Admission {
+                    headroom: Some(0),
+                    ..Admission::OPEN
+                },
+                ..base()
+            },
+        ),
+        (
+            "headroom caps sustained demand too",
+            Inputs {
+                lead: lead(300, 300),
+                gate: Admission {
+                    room: 1,
+                    hold: None,
+                    headroom: Some(2),
+                },
+                in_flight: 1,
+                supply: 1,
+                ..base()
+            },
+        ),
+        (
+            "headroom below the pool cap",
+            Inputs {
+                pool_boot_cap: 3,
+                gate: Admission {
+                    headroom: Some(2),
+                    ..Admission::OPEN
+                },
+                ..base()
+            },
+        ),
+        (
+            "window open: min 10",
+            Inputs {
+                min_ready: 10,
                 ..base()
             },
         ),
@@ -225,6 +302,13 @@ window full, no sustained demand       D= 1.00 target= 4 boots= 1 window
 window below what demand needs         D= 5.00 target=11 boots= 4 window
 429: paused                            D= 1.00 target= 4 boots= 0 throttled
 quota: paused                          D= 1.00 target= 4 boots= 0 quota
+quota headroom 2 of a deficit of 4     D= 1.00 target= 4 boots= 2 headroom
+headroom above the deficit             D= 1.00 target= 4 boots= 4 deficit
+headroom 0 (gate not yet holding)      D= 1.00 target= 4 boots= 0 quota
+headroom 0 at target                   D= 1.00 target= 4 boots= 0 at_target
+headroom caps sustained demand too     D= 5.00 target=11 boots= 2 headroom
+headroom below the pool cap            D= 1.00 target= 4 boots= 2 headroom
+window open: min 10                    D= 1.00 target=10 boots=10 deficit
 ";
     assert_eq!(out, golden, "\n{out}");
 }
@@ -370,15 +454,16 @@ fn retry_after_pauses_new_boots_in_that_az_with_jitter() {
         ..GateSettings::default()
     });
     assert_eq!(
-        g.admission("az1", t0),
+        g.admission("az1", "db.small", t0),
         Admission {
             room: 8,
-            hold: None
+            hold: None,
+            headroom: None,
         }
     );
 
     g.throttled("az1", Some(secs(10)), t0);
-    let a = g.admission("az1", t0 + secs(1));
+    let a = g.admission("az1", "db.small", t0 + secs(1));
     let Some(Hold::Throttled { until }) = a.hold else {
         panic!("not paused: {a:?}")
     };
@@ -388,22 +473,26 @@ fn retry_after_pauses_new_boots_in_that_az_with_jitter() {
     );
     assert_eq!(a.room, 4, "the window halves");
     assert_eq!(
-        g.admission("az2", t0).hold,
+        g.admission("az2", "db.small", t0).hold,
         None,
         "other AZs are not paused"
     );
 
     // More 429s in the same episode extend the pause but halve only once.
     g.throttled("az1", Some(secs(20)), t0 + secs(2));
-    let a = g.admission("az1", t0 + secs(3));
+    let a = g.admission("az1", "db.small", t0 + secs(3));
     assert!(a.hold.unwrap().until() >= t0 + secs(22));
     assert_eq!(a.room, 4);
 
     // After the pause new boots may start again.
-    assert_eq!(g.admission("az1", t0 + secs(30)).hold, None);
+    assert_eq!(g.admission("az1", "db.small", t0 + secs(30)).hold, None);
     // No Retry-After header: the default pause.
     g.throttled("az1", None, t0 + secs(30));
-    let until = g.admission("az1", t0 + secs(30)).hold.unwrap().until();
+    let until = g
+        .admission("az1", "db.small", t0 + secs(30))
+        .hold
+        .unwrap()
+        .until();
     assert!(until >= t0 + secs(35) && until <= t0 + secs(36));
     assert_eq!(g.status("az1", t0).throttled, 3);
 
@@ -414,14 +503,14 @@ fn retry_after_pauses_new_boots_in_that_az_with_jitter() {
             ..GateSettings::default()
         });
         g.throttled("az1", Some(secs(10)), t0);
-        g.admission("az1", t0).hold.unwrap().until()
+        g.admission("az1", "db.small", t0).hold.unwrap().until()
     };
     assert_eq!(pause(1), pause(1));
 
     // A disabled gate holds nothing back.
     let mut off = gate(GateSettings::disabled());
     off.throttled("az1", Some(secs(10)), t0);
-    assert_eq!(off.admission("az1", t0), Admission::OPEN);
+    assert_eq!(off.admission("az1", "db.small", t0), Admission::OPEN);
 }
 
 #[test]
@@ -435,28 +524,37 @@ fn quota_refusal_pauses_speculative_boots_with_backoff() {
     g.quota_exceeded(t0);
     for az in ["az1", "az2"] {
         assert_eq!(
-            g.admission(az, t0).hold,
+            g.admission(az, "db.small", t0).hold,
             Some(Hold::Quota {
                 until: t0 + secs(30)
             }),
             "quota is per project: every AZ pauses"
         );
     }
-    assert_eq!(g.admission("az1", t0 + secs(30)).hold, None);
+    assert_eq!(g.admission("az1", "db.small", t0 + secs(30)).hold, None);
     // Refused again: the pause doubles, up to the maximum.
     g.quota_exceeded(t0 + secs(30));
     assert_eq!(
-        g.admission("az1", t0 + secs(31)).hold.unwrap().until(),
+        g.admission("az1", "db.small", t0 + secs(31))
+            .hold
+            .unwrap()
+            .until(),
         t0 + secs(90)
     );
     g.quota_exceeded(t0 + secs(90));
     assert_eq!(
-        g.admission("az1", t0 + secs(91)).hold.unwrap().until(),
+        g.admission("az1", "db.small", t0 + secs(91))
+            .hold
+            .unwrap()
+            .until(),
         t0 + secs(190)
     );
     g.quota_exceeded(t0 + secs(190));
     assert_eq!(
-        g.admission("az1", t0 + secs(191)).hold.unwrap().until(),
+        g.admission("az1", "db.small", t0 + secs(191))
+            .hold
+            .unwrap()
+            .until(),
         t0 + secs(290)
     );
     // A purchase's boot is not held (it only counts), and once a boot gets
@@ -469,10 +567,136 @@ fn quota_refusal_pauses_speculative_boots_with_backoff() {
     );
     g.quota_exceeded(t0 + secs(400));
     assert_eq!(
-        g.admission("az1", t0 + secs(401)).hold.unwrap().until(),
+        g.admission("az1", "db.small", t0 + secs(401))
+            .hold
+            .unwrap()
+            .until(),
         t0 + secs(430)
     );
     assert_eq!(g.status("az1", t0).quota_refusals, 5);
+}
+
+#[test]
+fn quota_headroom_caps_speculative_boots_and_purchases_go_first() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings {
+        headroom_interval: secs(30),
+        ..GateSettings::default()
+    });
+    // Never polled: due now, nothing capped.
+    assert!(g.headroom_due("db.small", t0));
+    assert_eq!(g.admission("az1", "db.small", t0).headroom, None);
+
+    g.headroom_polled(
+        "db.small",
+        Some(3),
+        Some("instances: 7 of 10 used".into()),
+        t0,
+    );
+    assert!(!g.headroom_due("db.small", t0 + secs(29)));
+    assert!(g.headroom_due("db.small", t0 + secs(30)));
+    assert_eq!(g.admission("az1", "db.small", t0).headroom, Some(3));
+    // Boots started since the poll use it up, purchases and other AZs included
+    // (quota is per project).
+    g.start("az2", false, t0);
+    g.start("az1", true, t0);
+    assert_eq!(g.admission("az1", "db.small", t0).headroom, Some(1));
+    // A purchase waiting for quota is first in line.
+    g.purchase_waiting(true);
+    let a = g.admission("az1", "db.small", t0 + secs(1));
+    assert_eq!(a.headroom, Some(0));
+    assert_eq!(
+        a.hold,
+        Some(Hold::Quota {
+            until: t0 + secs(30)
+        }),
+        "no headroom: held until the next poll"
+    );
+    g.purchase_waiting(false);
+    assert_eq!(g.admission("az1", "db.small", t0).headroom, Some(1));
+
+    // Unlimited quota: no cap.
+    g.headroom_polled("db.large", None, None, t0);
+    assert_eq!(g.admission("az1", "db.large", t0).headroom, None);
+
+    // A refusal makes the cached answer stale: poll again at once.
+    g.quota_exceeded(t0 + secs(2));
+    assert!(g.headroom_due("db.small", t0 + secs(2)));
+    // A failing poll caps nothing (the refusal pause still holds) and is
+    // retried after the interval.
+    g.headroom_failed("db.small", "limits: 503".into(), t0 + secs(2));
+    let a = g.admission("az1", "db.small", t0 + secs(3));
+    assert_eq!(a.headroom, None);
+    assert!(matches!(a.hold, Some(Hold::Quota { .. })), "{a:?}");
+    assert!(!g.headroom_due("db.small", t0 + secs(31)));
+    assert!(g.headroom_due("db.small", t0 + secs(32)));
+    assert_eq!(
+        g.headroom_status("db.small").failing.as_deref(),
+        Some("limits: 503")
+    );
+
+    // A disabled gate neither polls nor caps.
+    let mut off = gate(GateSettings::disabled());
+    assert!(!off.headroom_due("db.small", t0));
+    off.headroom_polled("db.small", Some(0), None, t0);
+    assert_eq!(off.admission("az1", "db.small", t0), Admission::OPEN);
+}
+
+#[test]
+fn iops_limits_set_the_lead_time_prior() {
+    use pool_manager::sizing::{lead_time_prior, CALIBRATED_THROTTLED_IOPS};
+    let base = secs(60);
+    // No limit: the configured prior.
+    assert_eq!(lead_time_prior(base, None, None), base);
+    // Limits at or above the unthrottled cloud's IOPS change nothing.
+    assert_eq!(lead_time_prior(base, Some(100_000), Some(60_000)), base);
+    // Both limited at the calibrated production level: Nova x2.5 (25 s ->
+    // 62.5 s) and mysqld x4 (35 s -> 140 s), about the 3-5x of calibration.md.
+    let iops = CALIBRATED_THROTTLED_IOPS as u32;
+    let both = lead_time_prior(base, Some(iops), Some(iops));
+    assert!(
+        (both.as_secs_f64() - 202.5).abs() < 0.5,
+        "{both:?} should be 62.5 s + 140 s"
+    );
+    // The volume type alone stretches only mysqld's start; the flavor alone
+    // stretches both phases (mysqld reads through the flavor's limit too).
+    let volume_only = lead_time_prior(base, None, Some(iops));
+    assert!(
+        (volume_only.as_secs_f64() - 165.0).abs() < 0.5,
+        "{volume_only:?}"
+    );
+    assert_eq!(lead_time_prior(base, Some(iops), None), both);
+    // The lower of the two limits binds mysqld.
+    assert_eq!(
+        lead_time_prior(base, Some(iops), Some(50_000)),
+        lead_time_prior(base, Some(iops), Some(iops))
+    );
+    // Tighter limits, longer prior; never absurd.
+    let tight = lead_time_prior(base, Some(1_000), Some(1_000));
+    assert!(tight > both * 4, "{tight:?}");
+    assert!(lead_time_prior(base, Some(1), Some(1)) <= secs(24 * 3600));
+
+    // Before any boot the estimate is that prior; boots observed replace it.
+    let settings = SizingSettings::default();
+    let t0 = Instant::now();
+    let mut lead = LeadTimes::default();
+    let e = lead.estimate_with_prior(t0, &[], both, &settings);
+    assert_eq!((e.p90, e.source), (both, LeadSource::Prior));
+    for _ in 0..5 {
+        lead.record(t0, secs(70), &settings);
+    }
+    let e = lead.estimate_with_prior(t0, &[], both, &settings);
+    assert_eq!((e.p90, e.source), (secs(70), LeadSource::Observed));
+
+    // A pool spec with limits gets that prior.
+    let mut spec = spec(1);
+    spec.iops_limit = Some(iops);
+    spec.volume_iops_limit = Some(iops);
+    let settings = SizingSettings {
+        prior_lead_time: base,
+        ..SizingSettings::default()
+    };
+    assert_eq!(pool_manager::sizing::prior_for(&spec, &settings), both);
 }
 
 /// Starts `n` gated boots at `at`.
@@ -496,7 +720,7 @@ fn aimd_window_grows_near_baseline_and_halves_on_inflation() {
     // Slow start: a full window of good boots doubles it, round after round.
     let mut t = t0 + secs(60);
     for expected in [8.0, 16.0, 32.0] {
-        let room = g.admission("az1", t).room;
+        let room = g.admission("az1", "db.small", t).room;
         let tickets = start_n(&mut g, room, t);
         t += secs(62);
         for ticket in &tickets {
@@ -599,20 +823,22 @@ async fn quota_stops_refills_but_warm_purchases_proceed() {
     manager.create_pool(pool(), spec(5)).await.unwrap();
     wait_ready(&manager, 3).await;
 
-    // The 4th boot was refused; the replenisher then waits out the backoff
-    // (30 s, 60 s, 120 s, ...) instead of calling every replenish interval.
+    // The cloud's limits said 3: three boots, none refused, and no more
+    // boots while the quota stays full; the limits are polled every
+    // headroom_interval (30 s), not per step or per boot.
     sim.reset_call_counts();
     tokio::time::sleep(Duration::from_secs(600)).await;
-    let creates = sim.call_counts().get("create_server").copied().unwrap_or(0);
-    assert!(
-        (1..=6).contains(&creates),
-        "{creates} create_server calls in 10 minutes at quota"
-    );
+    let calls = sim.call_counts();
+    assert_eq!(calls.get("create_server"), None, "{calls:?}");
+    let polls = calls.get("boot_headroom").copied().unwrap_or(0);
+    assert!((10..=21).contains(&polls), "{polls} polls in 10 minutes");
     let status = manager.get_pool(&pool()).await.unwrap();
-    assert!(
-        status.sizing.gate.quota_refusals >= 1,
-        "{:?}",
-        status.sizing
+    assert_eq!(status.count(InstanceState::Ready), 3);
+    assert_eq!(status.sizing.gate.quota_refusals, 0, "{:?}", status.sizing);
+    assert_eq!(status.sizing.quota.left, Some(0), "{:?}", status.sizing);
+    assert_eq!(
+        status.sizing.last_plan.map(|p| p.reason),
+        Some(pool_manager::sizing::PlanReason::Quota)
     );
 
     // A purchase still gets a warm instance.
@@ -628,7 +854,8 @@ async fn retry_after_holds_new_boots() {
     let sim = sim();
     let manager = manager_on(&sim, temp_store());
     manager.start().await.unwrap();
-    // The first create is answered 429 with Retry-After: 120 s.
+    // The first compute call (the quota poll or a create) is answered 429
+    // with Retry-After: 120 s.
     sim.faults().api_errors_next(
         1,
         CloudError::Throttled {
@@ -700,4 +927,173 @@ async fn auto_target_follows_demand_and_lead_time() {
     assert!(busy.effective_target >= 4, "{s:?}");
     assert!(s.demand_in_lead > 1.0, "{s:?}");
     assert_eq!(busy.effective_target, s.target);
+}
+
+// ---- operator windows -------------------------------------------------------
+
+/// 2024-01-01 was a Monday; `at(day, h, m)` is that week's `day` (Monday 0) at h:m UTC.
+fn at(day: u64, h: u64, m: u64) -> std::time::SystemTime {
+    pool_manager::schedule::unix(1_704_067_200 + day * 86_400 + h * 3600 + m * 60)
+}
+
+#[test]
+fn operator_windows_parse_and_open_on_their_days_and_hours() {
+    use pool_manager::schedule::{scheduled_min, Days, ScheduleError, UtcOffset, Window};
+
+    let office: Window = "Mon-Fri 09:00-18:00 min 10".parse().unwrap();
+    assert_eq!(office.to_string(), "Mon-Fri 09:00-18:00 min 10");
+    // The issue's order works too, and the table form gives the same window.
+    assert_eq!(
+        "09:00-18:00 Mon-Fri min 10".parse::<Window>().unwrap(),
+        office
+    );
+    assert_eq!(
+        Window::from_parts("Mon-Fri", "09:00", "18:00", 10, None).unwrap(),
+        office
+    );
+    assert!(!office.is_open(at(0, 8, 59)));
+    assert!(office.is_open(at(0, 9, 0)));
+    assert!(office.is_open(at(4, 17, 59)));
+    assert!(!office.is_open(at(4, 18, 0)), "the end is exclusive");
+    assert!(!office.is_open(at(5, 12, 0)), "Saturday");
+
+    // Over midnight: Friday 22:00 to Saturday 06:00.
+    let night: Window = "Fri 22:00-06:00 min 3".parse().unwrap();
+    assert!(night.is_open(at(4, 23, 0)));
+    assert!(night.is_open(at(5, 5, 59)));
+    assert!(
+        !night.is_open(at(4, 5, 0)),
+        "Friday morning belongs to Thursday"
+    );
+    assert!(!night.is_open(at(5, 22, 30)));
+
+    // A fixed offset: 09:00 at UTC+02:00 is 07:00 UTC.
+    let cet: Window = "Mon 09:00-10:00 min 4 UTC+02:00".parse().unwrap();
+    assert_eq!(cet.utc_offset, "+02:00".parse::<UtcOffset>().unwrap());
+    assert!(cet.is_open(at(0, 7, 30)));
+    assert!(!cet.is_open(at(0, 9, 30)));
+    assert_eq!(
+        cet.to_string().parse::<Window>().unwrap(),
+        cet,
+        "round trip"
+    );
+    // Negative offsets move the day too: Monday 01:00 UTC is Sunday at -05:00.
+    let sunday: Window = "Sun 20:00-24:00 min 1 -05:00".parse().unwrap();
+    assert!(sunday.is_open(at(0, 1, 0)));
+
+    // Day lists.
+    assert_eq!("daily".parse::<Days>().unwrap(), Days::ALL);
+    assert_eq!("Sat,Sun".parse::<Days>().unwrap().to_string(), "Sat-Sun");
+    assert_eq!(
+        "Fri-Mon".parse::<Days>().unwrap().to_string(),
+        "Mon,Fri-Sun"
+    );
+    assert_eq!(
+        "mon-wed,friday".parse::<Days>().unwrap().to_string(),
+        "Mon-Wed,Fri"
+    );
+
+    // The highest min of the open windows.
+    let windows = [office, night, "daily 12:00-13:00 min 12".parse().unwrap()];
+    assert_eq!(scheduled_min(&windows, at(0, 8, 0)), None);
+    assert_eq!(scheduled_min(&windows, at(0, 10, 0)), Some(10));
+    assert_eq!(scheduled_min(&windows, at(2, 12, 30)), Some(12));
+    assert_eq!(scheduled_min(&windows, at(5, 1, 0)), Some(3));
+
+    // Errors say what was expected.
+    for (bad, expect) in [
+        ("Mon-Fry 09:00-18:00 min 1", "day"),
+        ("Mon 9-18 min 1", "HH:MM"),
+        ("Mon 09:00-25:00 min 1", "time of day"),
+        ("Mon 09:00-18:00", "min"),
+        ("Mon 09:00-09:00 min 1", "empty"),
+        ("Mon 09:00-18:00 min 1 UTC+99", "offset"),
+    ] {
+        let err: ScheduleError = bad.parse::<Window>().unwrap_err();
+        assert!(err.to_string().contains(expect), "{bad}: {err}");
+    }
+
+    // Stored as the one-line form; a spec stored before windows existed loads.
+    let json = serde_json::to_string(&office).unwrap();
+    assert_eq!(json, "\"Mon-Fri 09:00-18:00 min 10\"");
+    assert_eq!(serde_json::from_str::<Window>(&json).unwrap(), office);
+    let mut old = serde_json::to_value(spec(2)).unwrap();
+    let fields = old.as_object_mut().unwrap();
+    fields.remove("windows");
+    fields.remove("iops_limit");
+    fields.remove("volume_iops_limit");
+    let loaded: pool_manager::model::PoolSpec = serde_json::from_value(old).unwrap();
+    assert!(loaded.windows.is_empty() && loaded.iops_limit.is_none());
+
+    // A window may not ask for more than max_ready.
+    let mut too_many = spec(1);
+    too_many.windows = vec!["daily 00:00-24:00 min 50".parse().unwrap()];
+    assert_eq!(too_many.validate().unwrap_err().0, "windows");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_window_raises_min_ready_while_open() {
+    let sim = sim();
+    let mut settings = settings();
+    // The manager's wall clock starts on Monday 08:50 UTC and moves with
+    // the paused tokio clock.
+    settings.sizing.wall_clock_start = Some(at(0, 8, 50));
+    let manager = pool_manager::PoolManager::new(
+        temp_store(),
+        sim.clone(),
+        std::sync::Arc::new(sim.probe()),
+        settings,
+    );
+    manager.start().await.unwrap();
+    let mut office = spec(1);
+    office.max_ready = 20;
+    office.windows = vec!["Mon-Fri 09:00-10:00 min 6".parse().unwrap()];
+    manager.create_pool(pool(), office).await.unwrap();
+    wait_ready(&manager, 1).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let before = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(before.effective_target, 1);
+    assert_eq!(before.sizing.window_min, None);
+    assert_eq!(before.count(InstanceState::Ready), 1);
+
+    // 09:00: the floor rises to 6 and the pool fills to it.
+    tokio::time::sleep(Duration::from_secs(9 * 60)).await;
+    let open = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(open.sizing.window_min, Some(6));
+    assert_eq!(open.effective_target, 6);
+    wait_ready(&manager, 6).await;
+
+    // 10:00: the window closes; the floor is min_ready again (instances
+    // already booted stay until used).
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let closed = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(closed.sizing.window_min, None);
+    assert_eq!(closed.effective_target, 1);
+    assert_eq!(closed.count(InstanceState::Ready), 6);
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_iops_limited_pool_starts_from_the_iops_prior() {
+    use pool_manager::sizing::{lead_time_prior, LeadSource};
+    let sim = sim();
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    let mut throttled = spec(1);
+    throttled.target = Target::Auto;
+    throttled.paused = true; // no boot observed: the prior stands
+    throttled.iops_limit = Some(6_400);
+    throttled.volume_iops_limit = Some(3_000);
+    manager.create_pool(pool(), throttled).await.unwrap();
+    let status = manager.get_pool(&pool()).await.unwrap();
+    let prior = lead_time_prior(
+        pool_manager::sizing::DEFAULT_PRIOR_LEAD_TIME,
+        Some(6_400),
+        Some(3_000),
+    );
+    assert!(prior > pool_manager::sizing::DEFAULT_PRIOR_LEAD_TIME * 3);
+    assert_eq!(
+        (status.sizing.lead.p90, status.sizing.lead.source),
+        (prior, LeadSource::Prior)
+    );
 }

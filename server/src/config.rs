@@ -3,7 +3,10 @@
 //! Durations are humantime strings ("30s", "15m"). Unknown fields are errors,
 //! so a typo never silently falls back to a default.
 
+use pool_manager::gate::GateSettings;
 use pool_manager::model::{PoolKey, PoolSpec, Target};
+use pool_manager::schedule::Window;
+use pool_manager::sizing::SizingSettings;
 use pool_manager::ManagerSettings;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -69,8 +72,10 @@ fn default_grace() -> Duration {
     Duration::from_secs(30)
 }
 
+/// `[manager]`: every key optional; defaults from `ManagerSettings`,
+/// `pool_manager::sizing` and `pool_manager::gate`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ManagerConfig {
     /// How often server, volume and port status is polled while waiting.
     #[serde(with = "humantime_serde")]
@@ -83,16 +88,83 @@ pub struct ManagerConfig {
     pub reconcile_interval: Duration,
     /// Boots in flight per pool, at most.
     pub max_concurrent_boots: u32,
+
+    // Sizing of `target = "auto"` pools.
+    /// Probability that a purchase finds a warm instance (0.5 to below 1).
+    pub service_level: f64,
+    /// Lead time assumed before a pool's first boot is observed (pools with
+    /// `iops_limit`/`volume_iops_limit` stretch it).
+    #[serde(with = "humantime_serde")]
+    pub prior_lead_time: Duration,
+    /// Completed boots kept for the lead-time percentiles.
+    pub lead_samples: usize,
+    /// Completed boots older than this are forgotten.
+    #[serde(with = "humantime_serde")]
+    pub lead_max_age: Duration,
+    /// Time constant of the short demand EWMA (reacts to bursts).
+    #[serde(with = "humantime_serde")]
+    pub demand_short: Duration,
+    /// Time constant of the long demand EWMA.
+    #[serde(with = "humantime_serde")]
+    pub demand_long: Duration,
+    /// A lower demand forecast takes effect only after this long without a new high.
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+
+    // The per-AZ throttle gate on replenishment boots.
+    /// Off: no AIMD window, no Retry-After or quota pauses, no quota polling;
+    /// only max_concurrent_boots limits boots.
+    pub gate: bool,
+    /// Replenishment boots in flight per AZ the window starts at, and its bounds.
+    pub gate_initial_window: u32,
+    pub gate_min_window: u32,
+    pub gate_max_window: u32,
+    /// Boots finishing within this factor of the baseline lead time grow the window.
+    pub gate_grow_below: f64,
+    /// Boots slower than this factor of the baseline halve it.
+    pub gate_shrink_above: f64,
+    /// Pause after a 429/413 without Retry-After.
+    #[serde(with = "humantime_serde")]
+    pub retry_after_default: Duration,
+    /// Retry-After is stretched by a random factor in [1, 1 + jitter].
+    pub retry_after_jitter: f64,
+    /// First pause of refills after a quota refusal; doubles up to quota_backoff_max.
+    #[serde(with = "humantime_serde")]
+    pub quota_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub quota_backoff_max: Duration,
+    /// How often each flavor's quota headroom (Nova /limits) is polled.
+    #[serde(with = "humantime_serde")]
+    pub quota_poll_interval: Duration,
 }
 
 impl Default for ManagerConfig {
     fn default() -> Self {
         let d = ManagerSettings::default();
+        let (s, g) = (SizingSettings::default(), GateSettings::default());
         Self {
             poll_interval: d.poll_interval,
             replenish_interval: d.replenish_interval,
             reconcile_interval: d.reconcile_interval,
             max_concurrent_boots: d.max_concurrent_boots,
+            service_level: s.service_level,
+            prior_lead_time: s.prior_lead_time,
+            lead_samples: s.lead_samples,
+            lead_max_age: s.lead_max_age,
+            demand_short: s.demand_short,
+            demand_long: s.demand_long,
+            cooldown: s.cooldown,
+            gate: g.enabled,
+            gate_initial_window: g.initial_window,
+            gate_min_window: g.min_window,
+            gate_max_window: g.max_window,
+            gate_grow_below: g.grow_below,
+            gate_shrink_above: g.shrink_above,
+            retry_after_default: g.default_retry_after,
+            retry_after_jitter: g.retry_after_jitter,
+            quota_backoff: g.quota_backoff,
+            quota_backoff_max: g.quota_backoff_max,
+            quota_poll_interval: g.headroom_interval,
         }
     }
 }
@@ -104,26 +176,363 @@ impl ManagerConfig {
             replenish_interval: self.replenish_interval,
             reconcile_interval: self.reconcile_interval,
             max_concurrent_boots: self.max_concurrent_boots,
+            sizing: SizingSettings {
+                service_level: self.service_level,
+                prior_lead_time: self.prior_lead_time,
+                lead_samples: self.lead_samples,
+                lead_max_age: self.lead_max_age,
+                demand_short: self.demand_short,
+                demand_long: self.demand_long,
+                cooldown: self.cooldown,
+                ..SizingSettings::default()
+            },
+            gate: GateSettings {
+                enabled: self.gate,
+                initial_window: self.gate_initial_window,
+                min_window: self.gate_min_window,
+                max_window: self.gate_max_window,
+                grow_below: self.gate_grow_below,
+                shrink_above: self.gate_shrink_above,
+                default_retry_after: self.retry_after_default,
+                retry_after_jitter: self.retry_after_jitter,
+                quota_backoff: self.quota_backoff,
+                quota_backoff_max: self.quota_backoff_max,
+                headroom_interval: self.quota_poll_interval,
+                ..GateSettings::default()
+            },
             ..ManagerSettings::default()
         }
     }
+
+    /// The sizing and gate keys' own consistency; the error names the key.
+    fn validate_sizing_and_gate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(format!("manager.{m}")));
+        if !(self.service_level >= 0.5 && self.service_level < 1.0) {
+            return invalid(format!(
+                "service_level must be at least 0.5 and below 1 (e.g. 0.995), got {}",
+                self.service_level
+            ));
+        }
+        if self.lead_samples == 0 {
+            return invalid("lead_samples must be at least 1".into());
+        }
+        for (name, d) in [
+            ("prior_lead_time", self.prior_lead_time),
+            ("lead_max_age", self.lead_max_age),
+            ("demand_short", self.demand_short),
+            ("demand_long", self.demand_long),
+            ("retry_after_default", self.retry_after_default),
+            ("quota_backoff", self.quota_backoff),
+            ("quota_poll_interval", self.quota_poll_interval),
+        ] {
+            if d.is_zero() {
+                return invalid(format!("{name} must be positive"));
+            }
+        }
+        if self.demand_short > self.demand_long {
+            return invalid(format!(
+                "demand_short ({}) must not be longer than demand_long ({})",
+                humantime::format_duration(self.demand_short),
+                humantime::format_duration(self.demand_long)
+            ));
+        }
+        if self.gate_min_window == 0 {
+            return invalid("gate_min_window must be at least 1".into());
+        }
+        if !(self.gate_min_window <= self.gate_initial_window
+            && self.gate_initial_window <= self.gate_max_window)
+        {
+            return invalid(format!(
+                "gate_initial_window must be within gate_min_window..=gate_max_window, got {} not in {}..={}",
+                self.gate_initial_window, self.gate_min_window, self.gate_max_window
+            ));
+        }
+        if !(self.gate_grow_below >= 1.0 && self.gate_grow_below < self.gate_shrink_above) {
+            return invalid(format!(
+                "gate_grow_below must be at least 1 and below gate_shrink_above, got {} and {}",
+                self.gate_grow_below, self.gate_shrink_above
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.retry_after_jitter) {
+            return invalid(format!(
+                "retry_after_jitter must be between 0 and 1, got {}",
+                self.retry_after_jitter
+            ));
+        }
+        if self.quota_backoff_max < self.quota_backoff {
+            return invalid("quota_backoff_max must be at least quota_backoff".into());
+        }
+        Ok(())
+    }
 }
 
+/// `[cloud]`: `kind` selects the variant, the other keys are its fields.
+///
+/// Read through a TOML table rather than serde's internally tagged enums:
+/// those buffer the table and lose the key of a bad value, so "expected a
+/// duration" could not say `request_timeout`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(try_from = "toml::Table")]
 pub enum CloudConfig {
     /// The in-process simulated cloud (cloudsim): no OpenStack needed.
     Embedded {
         /// Multiplies every simulated latency; 1.0 is real-cloud speed.
-        #[serde(default = "default_time_scale")]
         time_scale: f64,
         /// Simulated IOPS throttling (boots 3-5x slower).
-        #[serde(default)]
         iops_throttled: bool,
         /// Seed of the simulator's randomness.
-        #[serde(default)]
         seed: u64,
     },
+    /// A real OpenStack: Keystone v3, Nova, Cinder v3, Neutron, Glance.
+    // Boxed: it is much larger than the embedded variant.
+    OpenStack(Box<OpenStackConfig>),
+}
+
+/// The fields of `kind = "embedded"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbeddedFields {
+    #[serde(default = "default_time_scale")]
+    time_scale: f64,
+    #[serde(default)]
+    iops_throttled: bool,
+    #[serde(default)]
+    seed: u64,
+}
+
+impl TryFrom<toml::Table> for CloudConfig {
+    type Error = String;
+
+    fn try_from(mut table: toml::Table) -> Result<Self, String> {
+        let kind = match table.remove("kind") {
+            Some(toml::Value::String(kind)) => kind,
+            Some(other) => return Err(format!("kind: expected a string, found {other}")),
+            None => return Err("missing field `kind` (\"embedded\" or \"openstack\")".into()),
+        };
+        // toml's own error names the key ("... in `request_timeout`"), over
+        // several lines: one line reads better after "cloud: ".
+        let one_line = |e: toml::de::Error| {
+            e.to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let fields = toml::Value::Table(table);
+        match kind.as_str() {
+            "embedded" => {
+                let f: EmbeddedFields = fields.try_into().map_err(one_line)?;
+                Ok(CloudConfig::Embedded {
+                    time_scale: f.time_scale,
+                    iops_throttled: f.iops_throttled,
+                    seed: f.seed,
+                })
+            }
+            "openstack" => Ok(CloudConfig::OpenStack(Box::new(
+                fields.try_into().map_err(one_line)?,
+            ))),
+            other => Err(format!(
+                "unknown variant `{other}`, expected `embedded` or `openstack`"
+            )),
+        }
+    }
+}
+
+/// Defaults of `[cloud] kind = "openstack"`.
+pub const DEFAULT_OPENSTACK_REQUEST_TIMEOUT: Duration =
+    pool_manager::openstack::DEFAULT_REQUEST_TIMEOUT;
+
+/// `[cloud] kind = "openstack"`: where the credentials are and how pool
+/// servers are built. Turned into the driver's settings by [`OpenStackConfig::settings`].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenStackConfig {
+    /// Entry of clouds.yaml to use; without one, the `OS_*` environment
+    /// variables (or `OS_CLOUD`) say where and who.
+    #[serde(default)]
+    pub cloud: Option<String>,
+    /// clouds.yaml to read; default: `OS_CLIENT_CONFIG_FILE`, then
+    /// ./clouds.yaml, ~/.config/openstack/clouds.yaml, /etc/openstack/clouds.yaml.
+    #[serde(default)]
+    pub clouds_yaml: Option<PathBuf>,
+    /// Network (name or id) every pool server gets its first port on; mysqld
+    /// is probed on that port's fixed address.
+    pub management_network: String,
+    /// Image (name or id) every pool boots, overriding the pools' `image`.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Security groups (names) of pool servers; empty: the project's default.
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    /// Nova keypair injected into pool servers.
+    #[serde(default)]
+    pub key_name: Option<String>,
+    /// Server names are this prefix plus the instance id.
+    #[serde(default = "default_server_name_prefix")]
+    pub server_name_prefix: String,
+    /// Tag on every pool server; the reconciler lists servers by it.
+    #[serde(default = "default_server_tag")]
+    pub server_tag: String,
+    /// mysqld's port on a server's management address.
+    #[serde(default = "default_mysql_port")]
+    pub mysql_port: u16,
+    /// Bound on every cloud call, the login included.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// For test clouds whose servers run no mysqld (e.g. deploy/testbed on
+    /// Nova's fake virt driver): probe this host:port for every server.
+    #[serde(default)]
+    pub probe_address_override: Option<SocketAddr>,
+    /// Per availability zone overrides, keyed by the pools' AZ names.
+    #[serde(default)]
+    pub availability_zones: std::collections::BTreeMap<String, OpenStackAzConfig>,
+}
+
+/// `[cloud.availability_zones.<az>]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenStackAzConfig {
+    /// Management network of servers in this AZ (name or id).
+    #[serde(default)]
+    pub management_network: Option<String>,
+    /// Cinder AZ for new volumes of pools in this AZ (when Cinder's zones are
+    /// not named like Nova's, e.g. one "nova" zone).
+    #[serde(default)]
+    pub volume_availability_zone: Option<String>,
+}
+
+fn default_server_name_prefix() -> String {
+    pool_manager::openstack::DEFAULT_SERVER_NAME_PREFIX.to_owned()
+}
+fn default_server_tag() -> String {
+    pool_manager::openstack::DEFAULT_SERVER_TAG.to_owned()
+}
+fn default_mysql_port() -> u16 {
+    pool_manager::openstack::DEFAULT_MYSQL_PORT
+}
+fn default_request_timeout() -> Duration {
+    DEFAULT_OPENSTACK_REQUEST_TIMEOUT
+}
+
+impl OpenStackConfig {
+    /// The driver's settings: reads the credentials from clouds.yaml (or the
+    /// environment) now, so a missing file or entry fails start-up with a
+    /// message naming it.
+    pub fn settings(&self) -> Result<pool_manager::openstack::OpenStackSettings, ConfigError> {
+        let auth = self.auth()?;
+        let mut settings =
+            pool_manager::openstack::OpenStackSettings::new(auth, self.management_network.clone());
+        settings.image = self.image.clone();
+        settings.security_groups = self.security_groups.clone();
+        settings.key_name = self.key_name.clone();
+        settings.server_name_prefix = self.server_name_prefix.clone();
+        settings.server_tag = self.server_tag.clone();
+        settings.mysql_port = self.mysql_port;
+        settings.request_timeout = self.request_timeout;
+        settings.probe_address_override = self.probe_address_override;
+        settings.availability_zones = self
+            .availability_zones
+            .iter()
+            .map(|(az, o)| {
+                (
+                    az.clone(),
+                    pool_manager::openstack::AzSettings {
+                        management_network: o.management_network.clone(),
+                        volume_availability_zone: o.volume_availability_zone.clone(),
+                    },
+                )
+            })
+            .collect();
+        Ok(settings)
+    }
+
+    /// The clouds.yaml entry named by `cloud` (or `OS_CLOUD`), else the
+    /// `OS_*` variables. clouds.yaml is read here rather than by osauth,
+    /// which ignores `OS_CLIENT_CONFIG_FILE`.
+    fn auth(&self) -> Result<pool_manager::openstack::CloudConfig, ConfigError> {
+        let env_cloud = std::env::var("OS_CLOUD").ok().filter(|c| !c.is_empty());
+        match self.cloud.clone().or(env_cloud) {
+            Some(name) => {
+                let path = match &self.clouds_yaml {
+                    Some(path) => path.clone(),
+                    None => find_clouds_yaml()?,
+                };
+                clouds_yaml_entry(&path, &name)
+            }
+            None => pool_manager::openstack::CloudConfig::from_env().map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "cloud: no `cloud` named and the OS_* environment variables are unusable: {e}"
+                ))
+            }),
+        }
+    }
+}
+
+/// Where clouds.yaml is looked for when `clouds_yaml` is not set: the
+/// openstack CLI's order.
+fn clouds_yaml_candidates() -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Some(file) = std::env::var_os("OS_CLIENT_CONFIG_FILE").filter(|f| !f.is_empty()) {
+        found.push(PathBuf::from(file));
+    }
+    found.push(PathBuf::from("clouds.yaml"));
+    let config_home = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    if let Some(dir) = config_home {
+        found.push(dir.join("openstack").join("clouds.yaml"));
+    }
+    found.push(PathBuf::from("/etc/openstack/clouds.yaml"));
+    found
+}
+
+fn find_clouds_yaml() -> Result<PathBuf, ConfigError> {
+    let candidates = clouds_yaml_candidates();
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+            ConfigError::Invalid(format!(
+                "cloud: no clouds.yaml found (tried {}); set cloud.clouds_yaml",
+                tried.join(", ")
+            ))
+        })
+}
+
+/// One entry of a clouds.yaml file, as osauth's config.
+pub fn clouds_yaml_entry(
+    path: &Path,
+    name: &str,
+) -> Result<pool_manager::openstack::CloudConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let root: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let clouds = root.get("clouds").and_then(|c| c.as_mapping());
+    let entry = clouds.and_then(|c| c.get(name)).ok_or_else(|| {
+        let names: Vec<&str> = clouds
+            .map(|c| c.keys().filter_map(|k| k.as_str()).collect())
+            .unwrap_or_default();
+        ConfigError::Invalid(format!(
+            "cloud: {} has no cloud named '{name}' (it has: {})",
+            path.display(),
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        ))
+    })?;
+    serde_yaml::from_value(entry.clone()).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: format!("clouds.{name}: {e}"),
+    })
 }
 
 fn default_time_scale() -> f64 {
@@ -158,6 +567,18 @@ pub struct PoolConfig {
     pub max_age: Option<Duration>,
     #[serde(default)]
     pub paused: bool,
+    /// Operator windows raising min_ready while open, UTC unless a window
+    /// names its offset: `"Mon-Fri 09:00-18:00 min 10"` or
+    /// `{ days = "Mon-Fri", from = "09:00", to = "18:00", min = 10, utc_offset = "+01:00" }`.
+    #[serde(default)]
+    pub windows: Vec<Window>,
+    /// The flavor's disk IOPS limit, if it has one: stretches the lead-time
+    /// prior before any boot is observed.
+    #[serde(default)]
+    pub iops_limit: Option<u32>,
+    /// The IOPS limit of the pool's volume type, if it has one.
+    #[serde(default)]
+    pub volume_iops_limit: Option<u32>,
 }
 
 fn default_boot_timeout() -> Duration {
@@ -178,6 +599,9 @@ impl PoolConfig {
             boot_timeout: self.boot_timeout,
             max_age: self.max_age,
             paused: self.paused,
+            windows: self.windows.clone(),
+            iops_limit: self.iops_limit,
+            volume_iops_limit: self.volume_iops_limit,
         }
     }
 }
@@ -194,6 +618,9 @@ fn demo_pools() -> Vec<PoolConfig> {
         boot_timeout: default_boot_timeout(),
         max_age: None,
         paused: false,
+        windows: Vec::new(),
+        iops_limit: None,
+        volume_iops_limit: None,
     };
     vec![
         pool("db.small", "az1", 3),
@@ -262,6 +689,7 @@ impl Config {
                 self.listen
             )));
         }
+        self.manager.validate_sizing_and_gate()?;
         if self.manager.max_concurrent_boots == 0 {
             return Err(ConfigError::Invalid(
                 "manager.max_concurrent_boots must be at least 1".into(),
@@ -282,11 +710,36 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("{name} must be positive")));
             }
         }
-        let CloudConfig::Embedded { time_scale, .. } = self.cloud;
-        if !(time_scale.is_finite() && time_scale > 0.0) {
-            return Err(ConfigError::Invalid(
-                "cloud.time_scale must be a positive number".into(),
-            ));
+        match &self.cloud {
+            CloudConfig::Embedded { time_scale, .. } => {
+                if !(time_scale.is_finite() && *time_scale > 0.0) {
+                    return Err(ConfigError::Invalid(
+                        "cloud.time_scale must be a positive number".into(),
+                    ));
+                }
+            }
+            CloudConfig::OpenStack(os) => {
+                for (key, value) in [
+                    ("management_network", &os.management_network),
+                    ("server_tag", &os.server_tag),
+                ] {
+                    if value.trim().is_empty() {
+                        return Err(ConfigError::Invalid(format!(
+                            "cloud.{key} must not be empty"
+                        )));
+                    }
+                }
+                if os.mysql_port == 0 {
+                    return Err(ConfigError::Invalid(
+                        "cloud.mysql_port must not be 0".into(),
+                    ));
+                }
+                if os.request_timeout.is_zero() {
+                    return Err(ConfigError::Invalid(
+                        "cloud.request_timeout must be positive".into(),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -391,6 +844,85 @@ mod tests {
     }
 
     #[test]
+    fn sizing_gate_and_pool_windows_parse_with_clear_errors() {
+        let config = Config::parse(
+            r#"
+            [manager]
+            service_level = 0.99
+            prior_lead_time = "2m"
+            cooldown = "30m"
+            demand_short = "10m"
+            demand_long = "2h"
+            gate_min_window = 2
+            gate_max_window = 32
+            retry_after_jitter = 0.5
+            quota_poll_interval = "1m"
+            [[pools]]
+            flavor = "f"
+            availability_zone = "a"
+            min_ready = 1
+            max_ready = 20
+            image = "i"
+            iops_limit = 6400
+            volume_iops_limit = 3000
+            windows = [
+                { days = "Mon-Fri", from = "09:00", to = "18:00", min = 10 },
+                { days = "Sat", from = "22:00", to = "02:00", min = 4, utc_offset = "+02:00" },
+                "daily 12:00-13:00 min 12",
+            ]
+            "#,
+        )
+        .unwrap();
+        let settings = config.manager.settings();
+        assert_eq!(
+            settings.poll_interval,
+            ManagerSettings::default().poll_interval
+        );
+        assert_eq!(settings.sizing.service_level, 0.99);
+        assert_eq!(settings.sizing.prior_lead_time, Duration::from_secs(120));
+        assert_eq!(settings.sizing.cooldown, Duration::from_secs(1800));
+        assert_eq!(settings.sizing.demand_long, Duration::from_secs(7200));
+        assert_eq!(settings.gate.min_window, 2);
+        assert_eq!(settings.gate.max_window, 32);
+        assert_eq!(settings.gate.retry_after_jitter, 0.5);
+        assert_eq!(settings.gate.headroom_interval, Duration::from_secs(60));
+        assert!(settings.gate.enabled);
+        let spec = config.pools[0].spec();
+        assert_eq!(
+            (spec.iops_limit, spec.volume_iops_limit),
+            (Some(6400), Some(3000))
+        );
+        assert_eq!(spec.windows.len(), 3);
+        assert_eq!(
+            spec.windows[0],
+            "Mon-Fri 09:00-18:00 min 10".parse().unwrap()
+        );
+        assert_eq!(
+            spec.windows[1].to_string(),
+            "Sat 22:00-02:00 min 4 UTC+02:00"
+        );
+
+        let pool = |extra: &str| {
+            format!("[[pools]]\nflavor = \"f\"\navailability_zone = \"a\"\nmin_ready = 1\nmax_ready = 9\nimage = \"i\"\n{extra}")
+        };
+        for (text, expect) in [
+            ("[manager]\nservice_level = 1.5".to_owned(), "manager.service_level"),
+            ("[manager]\ngate_min_window = 9\ngate_initial_window = 8".to_owned(), "gate_initial_window"),
+            ("[manager]\ncooldown = \"soon\"".to_owned(), "manager.cooldown"),
+            ("[manager]\ndemand_short = \"2h\"".to_owned(), "demand_short"),
+            ("[manager]\ngate_windw = 3".to_owned(), "unknown field `gate_windw`"),
+            (pool("windows = [\"Mon-Fry 09:00-18:00 min 3\"]"), "Mon-Fry"),
+            (pool("windows = [{ days = \"Mon\", from = \"9am\", to = \"18:00\", min = 3 }]"), "9am"),
+            (pool("windows = [{ days = \"Mon\", from = \"09:00\", to = \"18:00\", min = 3, tz = \"CET\" }]"), "a window is"),
+            (pool("windows = [\"daily 09:00-18:00 min 30\"]"), "above max_ready"),
+            (pool("iops_limit = 0"), "iops_limit"),
+        ] {
+            let err = Config::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expect), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_problem() {
         let err = Config::parse("listn = \"x\"").unwrap_err().to_string();
         assert!(err.contains("unknown field `listn`"), "{err}");
@@ -408,6 +940,86 @@ mod tests {
         let err = Config::parse("[cloud]\nkind = \"openstack\"")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("openstack"), "{err}");
+        assert!(err.contains("management_network"), "{err}");
+        let err = Config::parse(
+            "[cloud]\nkind = \"openstack\"\nmanagement_network = \"n\"\nrequest_timeout = \"soon\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("request_timeout"), "{err}");
+        let err = Config::parse(
+            "[cloud]\nkind = \"openstack\"\nmanagement_network = \"n\"\ncloud_name = \"x\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `cloud_name`"), "{err}");
+        let err = Config::parse("[cloud]\nkind = \"openstak\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("openstak"), "{err}");
+    }
+
+    #[test]
+    fn openstack_config_parses_and_reads_its_clouds_yaml() {
+        let dir = tempfile::tempdir().unwrap();
+        let clouds = dir.path().join("clouds.yaml");
+        std::fs::write(
+            &clouds,
+            "clouds:\n  ostb-service:\n    auth:\n      auth_url: http://127.0.0.1:5000/v3\n      username: pool\n      password: poolpass\n      project_name: service\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n    interface: public\n    identity_api_version: 3\n",
+        )
+        .unwrap();
+        let text = format!(
+            r#"
+            [cloud]
+            kind = "openstack"
+            cloud = "ostb-service"
+            clouds_yaml = "{}"
+            management_network = "service-net"
+            image = "ostb-image"
+            security_groups = ["mysql"]
+            key_name = "ops"
+            server_tag = "wp"
+            mysql_port = 13306
+            request_timeout = "5s"
+            probe_address_override = "127.0.0.1:3306"
+            [cloud.availability_zones.az2]
+            management_network = "service-net-2"
+            volume_availability_zone = "nova"
+            "#,
+            clouds.display()
+        );
+        let config = Config::parse(&text).unwrap();
+        let CloudConfig::OpenStack(os) = &config.cloud else {
+            panic!("not openstack: {:?}", config.cloud)
+        };
+        let settings = os.settings().unwrap();
+        assert_eq!(settings.request_timeout, Duration::from_secs(5));
+        assert_eq!(settings.server_name_prefix, "warmpool-");
+        assert_eq!(settings.management_network_for("az1"), "service-net");
+        assert_eq!(settings.management_network_for("az2"), "service-net-2");
+        assert_eq!(settings.mysql_port, 13306);
+        assert_eq!(
+            settings.probe_address_override,
+            Some("127.0.0.1:3306".parse().unwrap())
+        );
+        let auth = serde_yaml::to_value(&settings.auth).unwrap();
+        assert_eq!(auth["auth"]["username"].as_str(), Some("pool"));
+        assert_eq!(auth["region_name"].as_str(), Some("RegionOne"));
+
+        let missing = text.replace("cloud = \"ostb-service\"", "cloud = \"nope\"");
+        let CloudConfig::OpenStack(os) = Config::parse(&missing).unwrap().cloud else {
+            unreachable!()
+        };
+        let err = os.settings().unwrap_err().to_string();
+        assert!(
+            err.contains("no cloud named 'nope'") && err.contains("ostb-service"),
+            "{err}"
+        );
+        let gone = text.replace("clouds.yaml", "nothing.yaml");
+        let CloudConfig::OpenStack(os) = Config::parse(&gone).unwrap().cloud else {
+            unreachable!()
+        };
+        let err = os.settings().unwrap_err().to_string();
+        assert!(err.contains("nothing.yaml"), "{err}");
     }
 }

@@ -4,10 +4,13 @@
 // tonic::Status is large by design and these run once per call, not in a hot loop.
 #![allow(clippy::result_large_err)]
 
+use pool_manager::events::{Event, EventKind};
+use pool_manager::gate::{GateStatus, Hold};
 use pool_manager::model::{
     Allocation, AllocationParams, AllocationState, EmptyPoolPolicy, Instance, InstanceState,
     NetworkRequest, PoolKey, PoolSpec, Target, VolumeRequest, VolumeSource,
 };
+use pool_manager::sizing::LeadSource;
 use pool_manager::{AllocateRequest, ManagerError, PoolStatus};
 use std::time::{Duration, SystemTime};
 use tonic::{Code, Status};
@@ -156,19 +159,20 @@ pub fn allocation(a: Allocation) -> api::Allocation {
 }
 
 pub fn pool_spec_to_proto(spec: &PoolSpec) -> api::PoolSpec {
+    let (target_mode, target) = match spec.target {
+        Target::Fixed(n) => (api::TargetMode::Fixed, n),
+        // The computed target is `Pool.effective_target` / `Pool.sizing`.
+        Target::Auto => (api::TargetMode::Auto, 0),
+    };
     api::PoolSpec {
         min_ready: spec.min_ready,
         max_ready: spec.max_ready,
-        // warmpool.v1 has no field for `auto` yet: an auto pool shows 0
-        // ("min_ready"); its computed target is `Pool.effective_target`.
-        target: match spec.target {
-            Target::Fixed(n) => n,
-            Target::Auto => 0,
-        },
+        target,
         image: spec.image.clone(),
         boot_timeout: Some(duration_to_proto(spec.boot_timeout)),
         max_age: spec.max_age.map(duration_to_proto),
         paused: spec.paused,
+        target_mode: target_mode.into(),
     }
 }
 
@@ -176,10 +180,24 @@ pub fn pool_spec_to_proto(spec: &PoolSpec) -> api::PoolSpec {
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 pub fn pool_spec_from_proto(spec: api::PoolSpec) -> Result<PoolSpec, Status> {
+    let target = match api::TargetMode::try_from(spec.target_mode) {
+        // UNSPECIFIED: a client that predates target_mode means a fixed target.
+        Ok(api::TargetMode::Unspecified | api::TargetMode::Fixed) => Target::Fixed(spec.target),
+        Ok(api::TargetMode::Auto) => Target::Auto,
+        Err(_) => {
+            return Err(invalid(
+                "spec.target_mode",
+                &format!(
+                    "unknown value {}; use TARGET_MODE_FIXED or TARGET_MODE_AUTO",
+                    spec.target_mode
+                ),
+            ))
+        }
+    };
     Ok(PoolSpec {
         min_ready: spec.min_ready,
         max_ready: spec.max_ready,
-        target: Target::Fixed(spec.target),
+        target,
         image: spec.image,
         boot_timeout: spec
             .boot_timeout
@@ -194,6 +212,11 @@ pub fn pool_spec_from_proto(spec: api::PoolSpec) -> Result<PoolSpec, Status> {
             .transpose()?
             .filter(|d| !d.is_zero()),
         paused: spec.paused,
+        // Not in warmpool.v1 yet: set in the config file only. UpdatePool
+        // never names them in its mask, so it keeps the stored ones.
+        windows: Vec::new(),
+        iops_limit: None,
+        volume_iops_limit: None,
     })
 }
 
@@ -206,7 +229,8 @@ pub fn apply_mask(spec: &mut PoolSpec, from: &PoolSpec, paths: &[String]) -> Res
         match path.strip_prefix("spec.").unwrap_or(path) {
             "min_ready" => spec.min_ready = from.min_ready,
             "max_ready" => spec.max_ready = from.max_ready,
-            "target" => spec.target = from.target,
+            // One setting on the wire as two fields: the mode and the number.
+            "target" | "target_mode" => spec.target = from.target,
             "image" => spec.image = from.image.clone(),
             "boot_timeout" => spec.boot_timeout = from.boot_timeout,
             "max_age" => spec.max_age = from.max_age,
@@ -214,7 +238,7 @@ pub fn apply_mask(spec: &mut PoolSpec, from: &PoolSpec, paths: &[String]) -> Res
             other => {
                 return Err(invalid(
                     "update_mask",
-                    &format!("unknown field {other:?}; use min_ready, max_ready, target, image, boot_timeout, max_age, paused"),
+                    &format!("unknown field {other:?}; use min_ready, max_ready, target (or target_mode), image, boot_timeout, max_age, paused"),
                 ))
             }
         }
@@ -245,6 +269,127 @@ pub fn pool(status: PoolStatus) -> api::Pool {
         allocations_cold: r.allocations_cold,
         allocations_failed: r.allocations_failed,
         last_error: r.last_error.clone().unwrap_or_default(),
+        sizing: Some(sizing(&status)),
+        consecutive_boot_failures: status.health.consecutive_boot_failures,
+        degraded: status.health.degraded,
+    }
+}
+
+/// The computed target and its inputs.
+fn sizing(status: &PoolStatus) -> api::SizingStatus {
+    let s = &status.sizing;
+    let lead_time_source = match s.lead.source {
+        LeadSource::Prior => api::LeadTimeSource::Prior,
+        LeadSource::Observed => api::LeadTimeSource::Observed,
+        LeadSource::InFlight => api::LeadTimeSource::InFlight,
+    };
+    let (plan_reason, plan_boots) = s.last_plan.map_or((String::new(), 0), |p| {
+        (p.reason.as_str().to_string(), p.boots_now)
+    });
+    api::SizingStatus {
+        auto: s.auto,
+        target: s.target,
+        demand_short_per_second: finite(s.demand.short),
+        demand_long_per_second: finite(s.demand.long),
+        demand_forecast_per_second: finite(s.demand.forecast),
+        demand_in_lead_time: finite(s.demand_in_lead),
+        lead_time_p50: Some(duration_to_proto(s.lead.p50)),
+        lead_time_p90: Some(duration_to_proto(s.lead.p90)),
+        lead_time_source: lead_time_source.into(),
+        lead_time_samples: u32::try_from(s.lead.samples).unwrap_or(u32::MAX),
+        service_level: finite(status.service_level),
+        z: finite(s.z),
+        gate: Some(gate(&s.gate)),
+        plan_reason,
+        plan_boots,
+        boots_in_flight: status.count(InstanceState::Booting)
+            + status.count(InstanceState::Warming),
+    }
+}
+
+/// NaN or infinite rates would mean a bug upstream; show 0 rather than
+/// sending values a JSON client cannot represent.
+fn finite(x: f64) -> f64 {
+    if x.is_finite() {
+        x
+    } else {
+        0.0
+    }
+}
+
+/// The throttle gate. Its holds are tokio instants; the wire gets the time
+/// left and the wall-clock time it ends.
+fn gate(g: &GateStatus) -> api::ThrottleGate {
+    let (state, until) = match (g.enabled, g.hold) {
+        (false, _) => (api::ThrottleState::Disabled, None),
+        (true, None) => (api::ThrottleState::Open, None),
+        (true, Some(Hold::Throttled { until })) => (api::ThrottleState::Throttled, Some(until)),
+        (true, Some(Hold::Quota { until })) => (api::ThrottleState::QuotaPaused, Some(until)),
+    };
+    let remaining = until.map(|u| u.saturating_duration_since(tokio::time::Instant::now()));
+    api::ThrottleGate {
+        state: state.into(),
+        paused_until: remaining.map(|r| timestamp(SystemTime::now() + r)),
+        pause_remaining: remaining.map(duration_to_proto),
+        window: finite(g.window),
+        in_flight: g.in_flight,
+        gated_in_flight: g.gated_in_flight,
+        baseline: g.baseline.map(duration_to_proto),
+        latency_ratio: g.latency_ratio.map_or(0.0, finite),
+        throttled_responses: g.throttled,
+        window_decreases: g.decreases,
+        quota_refusals: g.quota_refusals,
+    }
+}
+
+/// A manager event as `WatchPools` shows it; `None` for routine events
+/// (boots, allocations, releases), which show as changed counts instead.
+pub fn pool_event(event: &Event, at: SystemTime) -> Option<api::PoolEvent> {
+    let message = event.kind.describe()?;
+    let mut out = api::PoolEvent {
+        message,
+        at: Some(timestamp(at)),
+        flavor: event
+            .pool
+            .as_ref()
+            .map(|p| p.flavor.clone())
+            .unwrap_or_default(),
+        availability_zone: event
+            .pool
+            .as_ref()
+            .map(|p| p.availability_zone.clone())
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    let kind = match &event.kind {
+        EventKind::Boot { .. } | EventKind::Allocation { .. } | EventKind::Released => return None,
+        EventKind::Exhausted => api::PoolEventKind::Exhausted,
+        EventKind::SettingsChanged => api::PoolEventKind::SettingsChanged,
+        EventKind::LeakDeleted { .. } => api::PoolEventKind::LeakDeleted,
+        EventKind::Degraded { cause, .. } => {
+            out.cause = cause.as_str().to_string();
+            api::PoolEventKind::Degraded
+        }
+        EventKind::Recovered { .. } => api::PoolEventKind::Recovered,
+        EventKind::Throttled { service, pause } => {
+            out.service = service.map(|s| s.as_str().to_string()).unwrap_or_default();
+            out.pause = Some(duration_to_proto(*pause));
+            api::PoolEventKind::Throttled
+        }
+    };
+    out.kind = kind.into();
+    Some(out)
+}
+
+/// The event of a pool's last `WatchPools` message: it is gone.
+pub fn pool_deleted_event(key: &PoolKey, at: SystemTime) -> api::PoolEvent {
+    api::PoolEvent {
+        kind: api::PoolEventKind::Deleted.into(),
+        message: "pool deleted: drained, and its record removed".into(),
+        at: Some(timestamp(at)),
+        flavor: key.flavor.clone(),
+        availability_zone: key.availability_zone.clone(),
+        ..Default::default()
     }
 }
 

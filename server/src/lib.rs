@@ -1,6 +1,7 @@
 //! warmpoold: configuration, the gRPC server (warmpool.v1, health,
 //! reflection) and the order of start-up and shutdown.
 
+pub mod check_cloud;
 pub mod config;
 pub mod convert;
 pub mod metrics;
@@ -73,6 +74,41 @@ pub async fn start(
                     sim.clone(),
                     Arc::new(MysqlGreetingProbe::default()),
                     Some(sim),
+                )
+            }
+            CloudConfig::OpenStack(os) => {
+                // The cloud is checked before anything boots: credentials,
+                // flavors, images or networks that are wrong never heal, so
+                // they stop start-up; a short quota only limits how far the
+                // pools fill, so it is a warning.
+                let (report, cloud) = check_cloud::check(&config, os).await;
+                for line in &report.checks {
+                    if line.ok {
+                        tracing::info!("cloud check: {line}");
+                    } else {
+                        tracing::warn!("cloud check: {line}");
+                    }
+                }
+                let blocking = report.blocking_failures();
+                let cloud = match cloud {
+                    Some(cloud) if blocking.is_empty() => cloud,
+                    _ => {
+                        let lines: Vec<String> = blocking.iter().map(|c| c.to_string()).collect();
+                        anyhow::bail!(
+                            "the OpenStack cloud is not usable (run `warmpoold check-cloud` for the full report): {}",
+                            lines.join("; ")
+                        );
+                    }
+                };
+                tracing::info!(
+                    identity = cloud.identity(),
+                    nova_microversion = %cloud.compute_microversion(),
+                    "running on OpenStack"
+                );
+                (
+                    Arc::new(cloud),
+                    Arc::new(MysqlGreetingProbe::default()),
+                    None,
                 )
             }
         };

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use warmpool_server::config::Config;
+use warmpool_server::config::{CloudConfig, Config};
 
 /// Keeps pools of warm MySQL VMs and hands them out over gRPC.
 #[derive(Parser, Debug)]
@@ -22,17 +22,44 @@ struct Args {
     /// Store directory (overrides the file).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Check that the configured OpenStack is usable: credentials, the pools'
+    /// flavors, the image(s), the management networks and quota headroom for
+    /// the pools' min_ready. One line per check; exits 1 if any fails.
+    CheckCloud {
+        /// TOML config file (the daemon's).
+        #[arg(long, env = "WARMPOOL_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // check-cloud prints its own report; only errors are logged beside it.
+    let default_filter = match args.command {
+        Some(Command::CheckCloud { .. }) => "error",
+        None => "info,sled=warn,h2=warn,tower=warn",
+    };
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sled=warn,h2=warn,tower=warn".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .init();
-    let args = Args::parse();
+    if let Some(Command::CheckCloud { config }) = &args.command {
+        let config = match config.as_ref().or(args.config.as_ref()) {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        std::process::exit(check_cloud(&config).await);
+    }
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
@@ -49,6 +76,21 @@ async fn main() -> anyhow::Result<()> {
     let running = warmpool_server::start(config, shutdown_signal()).await?;
     running.served.await.context("server task")??;
     Ok(())
+}
+
+/// Prints the report; the exit code is 0 when every check passed.
+async fn check_cloud(config: &Config) -> i32 {
+    let CloudConfig::OpenStack(os) = &config.cloud else {
+        println!("cloud: embedded simulated cloud; nothing to check");
+        return 0;
+    };
+    let (report, _) = warmpool_server::check_cloud::check(config, os).await;
+    print!("{report}");
+    if report.passed() {
+        0
+    } else {
+        1
+    }
 }
 
 async fn shutdown_signal() {

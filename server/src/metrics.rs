@@ -1,13 +1,15 @@
 //! Prometheus metrics on their own listen address (`/metrics`, OpenMetrics
 //! text), fed three ways:
 //!
-//! - pool gauges (instances by state, target and its inputs) are read from
-//!   [`PoolManager::list_pools`] at scrape time, so they are never stale;
-//! - counters and histograms of allocations, boots, leaks and exhaustion are
-//!   driven by the manager's event broadcast ([`PoolManager::events`]), in a
-//!   task that also logs the events an operator should see;
-//! - cloud API latency and throttling are measured by [`MeteredCloud`], a
-//!   wrapper around the daemon's [`Cloud`].
+//! - pool gauges (instances by state, the target and its inputs, the throttle
+//!   gate, boot health) are read from [`PoolManager::list_pools`] at scrape
+//!   time, so they are never stale;
+//! - counters and histograms of allocations, boots, leaks, exhaustion, health
+//!   verdicts and Retry-After pauses are driven by the manager's event
+//!   broadcast ([`PoolManager::events`]). The manager logs the events and
+//!   judges a pool degraded or recovered; this task only counts;
+//! - cloud API latency and throttled answers are measured by
+//!   [`MeteredCloud`], a wrapper around the daemon's [`Cloud`].
 //!
 //! Every label is bounded: pool labels (flavor, availability zone) by the
 //! number of pools, the others by fixed enumerations.
@@ -17,7 +19,8 @@ mod cloud;
 pub use cloud::MeteredCloud;
 
 use pool_manager::cloud::CloudError;
-use pool_manager::events::{AllocationOutcome, BootOutcome, Event, EventKind};
+use pool_manager::events::{AllocationOutcome, BootOutcome, CloudService, Event, EventKind};
+use pool_manager::gate::Hold;
 use pool_manager::model::{InstanceState, PoolKey};
 use pool_manager::{state_name, ManagerResult, PoolManager};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -26,10 +29,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
@@ -37,8 +39,9 @@ use tokio::sync::broadcast;
 /// The Content-Type of what `/metrics` serves.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Consecutive failed boots after which a pool is logged as degraded.
-pub const DEGRADED_AFTER: u32 = 3;
+/// The `service` label of a Retry-After pause whose call the manager could
+/// not attribute to a service.
+const UNKNOWN_SERVICE: &str = "unknown";
 
 const ALL_STATES: [InstanceState; 8] = [
     InstanceState::Booting,
@@ -83,14 +86,7 @@ pub fn allocation_outcome_name(outcome: AllocationOutcome) -> &'static str {
 
 /// The `result` label of `warmpool_boots_total`.
 pub fn boot_outcome_name(outcome: BootOutcome) -> &'static str {
-    match outcome {
-        BootOutcome::Ready => "ready",
-        BootOutcome::Quota => "quota",
-        BootOutcome::RateLimited => "rate_limited",
-        BootOutcome::NoValidHost => "no_valid_host",
-        BootOutcome::Timeout => "timeout",
-        BootOutcome::Failed => "failed",
-    }
+    outcome.as_str()
 }
 
 /// The `status` label of the cloud metrics.
@@ -170,6 +166,27 @@ struct PathLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WindowLabels {
+    flavor: String,
+    availability_zone: String,
+    window: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuantileLabels {
+    flavor: String,
+    availability_zone: String,
+    quantile: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    flavor: String,
+    availability_zone: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CloudLabels {
     service: &'static str,
     status: &'static str,
@@ -207,6 +224,33 @@ impl From<PoolAnd<&'static str>> for ResultLabels {
         }
     }
 }
+impl From<PoolAnd<&'static str>> for WindowLabels {
+    fn from(l: PoolAnd<&'static str>) -> Self {
+        Self {
+            flavor: l.flavor,
+            availability_zone: l.availability_zone,
+            window: l.value,
+        }
+    }
+}
+impl From<PoolAnd<&'static str>> for QuantileLabels {
+    fn from(l: PoolAnd<&'static str>) -> Self {
+        Self {
+            flavor: l.flavor,
+            availability_zone: l.availability_zone,
+            quantile: l.value,
+        }
+    }
+}
+impl From<PoolAnd<&'static str>> for ReasonLabels {
+    fn from(l: PoolAnd<&'static str>) -> Self {
+        Self {
+            flavor: l.flavor,
+            availability_zone: l.availability_zone,
+            reason: l.value,
+        }
+    }
+}
 impl From<PoolAnd<&'static str>> for PathLabels {
     fn from(l: PoolAnd<&'static str>) -> Self {
         Self {
@@ -218,6 +262,7 @@ impl From<PoolAnd<&'static str>> for PathLabels {
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+type FloatGauge = Gauge<f64, AtomicU64>;
 
 fn allocate_histogram() -> Histogram {
     // Warm allocations take milliseconds on the embedded cloud and seconds on
@@ -253,6 +298,16 @@ pub struct Metrics {
     pool_paused: Family<PoolLabels, Gauge>,
     pool_draining: Family<PoolLabels, Gauge>,
     pool_boot_failure_streak: Family<PoolLabels, Gauge>,
+    pool_degraded: Family<PoolLabels, Gauge>,
+    pool_target_auto: Family<PoolLabels, Gauge>,
+    pool_demand: Family<WindowLabels, FloatGauge>,
+    pool_demand_in_lead: Family<PoolLabels, FloatGauge>,
+    pool_lead_time: Family<QuantileLabels, FloatGauge>,
+    pool_lead_time_samples: Family<PoolLabels, Gauge>,
+    pool_service_level_z: Family<PoolLabels, FloatGauge>,
+    pool_gate_window: Family<PoolLabels, FloatGauge>,
+    pool_gate_in_flight: Family<PoolLabels, Gauge>,
+    pool_gate_hold: Family<ReasonLabels, Gauge>,
     allocations: Family<OutcomeLabels, Counter>,
     allocate_duration: HistogramFamily<PathLabels>,
     boots: Family<ResultLabels, Counter>,
@@ -261,12 +316,13 @@ pub struct Metrics {
     leaks_deleted: Family<PoolLabels, Counter>,
     settings_changes: Family<PoolLabels, Counter>,
     releases: Family<PoolLabels, Counter>,
+    degraded: Family<PoolLabels, Counter>,
+    recovered: Family<PoolLabels, Counter>,
     events_lagged: Counter,
     cloud_request_duration: HistogramFamily<CloudLabels>,
     cloud_throttled: Family<ServiceLabels, Counter>,
-    cloud_retry_after: Family<ServiceLabels, Counter<f64, AtomicU64>>,
-    /// Consecutive failed boots per pool (0 after a Ready boot).
-    streaks: Mutex<HashMap<PoolLabels, u32>>,
+    retry_pauses: Family<ServiceLabels, Counter>,
+    retry_pause_seconds: Family<ServiceLabels, Counter<f64, AtomicU64>>,
     /// One scrape at a time refreshes the gauges and encodes, so a scrape
     /// never sees another's half-refreshed gauges.
     scrape: tokio::sync::Mutex<()>,
@@ -290,6 +346,16 @@ impl Metrics {
             pool_paused: Family::default(),
             pool_draining: Family::default(),
             pool_boot_failure_streak: Family::default(),
+            pool_degraded: Family::default(),
+            pool_target_auto: Family::default(),
+            pool_demand: Family::default(),
+            pool_demand_in_lead: Family::default(),
+            pool_lead_time: Family::default(),
+            pool_lead_time_samples: Family::default(),
+            pool_service_level_z: Family::default(),
+            pool_gate_window: Family::default(),
+            pool_gate_in_flight: Family::default(),
+            pool_gate_hold: Family::default(),
             allocations: Family::default(),
             allocate_duration: Family::new_with_constructor(allocate_histogram),
             boots: Family::default(),
@@ -298,11 +364,13 @@ impl Metrics {
             leaks_deleted: Family::default(),
             settings_changes: Family::default(),
             releases: Family::default(),
+            degraded: Family::default(),
+            recovered: Family::default(),
             events_lagged: Counter::default(),
             cloud_request_duration: Family::new_with_constructor(cloud_histogram),
             cloud_throttled: Family::default(),
-            cloud_retry_after: Family::default(),
-            streaks: Mutex::new(HashMap::new()),
+            retry_pauses: Family::default(),
+            retry_pause_seconds: Family::default(),
             scrape: tokio::sync::Mutex::new(()),
         };
         registry.register(
@@ -339,6 +407,57 @@ impl Metrics {
             "pool_consecutive_boot_failures",
             "Boots that failed in a row since the pool's last Ready boot; the pool is degraded at 3",
             m.pool_boot_failure_streak.clone(),
+        );
+        registry.register(
+            "pool_degraded",
+            "1 while the pool is degraded (3 or more boots failed in a row, until one succeeds)",
+            m.pool_degraded.clone(),
+        );
+        registry.register(
+            "pool_target_auto",
+            "1 when the pool's target is computed (target = auto), 0 when fixed",
+            m.pool_target_auto.clone(),
+        );
+        registry.register(
+            "pool_demand_per_second",
+            "Allocations per second the target is sized for, by window: short and long EWMA, and the held forecast",
+            m.pool_demand.clone(),
+        );
+        registry.register(
+            "pool_demand_in_lead_time",
+            "D: allocations expected during one boot lead time (forecast x lead time p90); the auto target is ceil(D + z*sqrt(D))",
+            m.pool_demand_in_lead.clone(),
+        );
+        registry.register_with_unit(
+            "pool_lead_time_estimate",
+            "Boot lead time the target is sized for, by quantile (0.5, 0.9): recent boots, or the configured prior before any",
+            Unit::Seconds,
+            m.pool_lead_time.clone(),
+        );
+        registry.register(
+            "pool_lead_time_samples",
+            "Completed boots behind the lead-time estimate (0: the configured prior)",
+            m.pool_lead_time_samples.clone(),
+        );
+        registry.register(
+            "pool_service_level_z",
+            "z of the service level the auto target is sized for (0.995 -> 2.576)",
+            m.pool_service_level_z.clone(),
+        );
+        registry.register(
+            "pool_gate_window",
+            "Boots in flight the pool's availability zone admits now (the throttle gate's AIMD window)",
+            m.pool_gate_window.clone(),
+        );
+        registry.register(
+            "pool_gate_in_flight",
+            "Boots in flight in the pool's availability zone, purchases included",
+            m.pool_gate_in_flight.clone(),
+        );
+        registry.register(
+            "pool_gate_hold",
+            "1 while new boots of the pool's availability zone wait, by reason: throttled (429/413 Retry-After) or quota",
+            m.pool_gate_hold.clone(),
         );
         registry.register(
             "allocations",
@@ -379,6 +498,16 @@ impl Metrics {
         );
         registry.register("releases", "Allocations released", m.releases.clone());
         registry.register(
+            "pool_degraded_episodes",
+            "Times the pool became degraded (3 boots failed in a row)",
+            m.degraded.clone(),
+        );
+        registry.register(
+            "pool_recoveries",
+            "Times a degraded pool recovered (a boot reached Ready)",
+            m.recovered.clone(),
+        );
+        registry.register(
             "metrics_events_lagged",
             "Manager events the metrics task missed because it fell behind (event-driven counters undercount by this much)",
             m.events_lagged.clone(),
@@ -394,60 +523,41 @@ impl Metrics {
             "Cloud API calls answered with a throttling error (HTTP 429/413), by service",
             m.cloud_throttled.clone(),
         );
+        registry.register(
+            "retry_pauses",
+            "Pauses warmpool took before retrying a throttled cloud call (honouring Retry-After), by service",
+            m.retry_pauses.clone(),
+        );
         registry.register_with_unit(
-            "cloud_retry_after",
-            "Pause the cloud asked for in Retry-After on throttled calls, summed, by service",
+            "retry_pause",
+            "Time warmpool paused before retrying throttled cloud calls, summed, by service",
             Unit::Seconds,
-            m.cloud_retry_after.clone(),
+            m.retry_pause_seconds.clone(),
         );
         // Throttling is rare: create its series at zero, so they are there
         // (and `rate()` sees the first one) before it happens.
         for service in cloud::SERVICES {
             touch(&m.cloud_throttled, &ServiceLabels { service });
-            touch(&m.cloud_retry_after, &ServiceLabels { service });
+        }
+        for service in CloudService::ALL.map(CloudService::as_str) {
+            touch(&m.retry_pauses, &ServiceLabels { service });
+            touch(&m.retry_pause_seconds, &ServiceLabels { service });
         }
         Metrics { registry, ..m }
     }
 
-    /// Updates the event-driven metrics and logs what an operator should see.
+    /// Updates the event-driven metrics. The manager has logged the event.
     pub fn record(&self, event: &Event) {
         let pool = PoolLabels::of(event.pool.as_ref());
-        let name = event
-            .pool
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_else(|| "(unknown)".into());
         match &event.kind {
             EventKind::Boot { outcome, lead_time } => {
                 self.boots
                     .get_or_create(&pool.with(boot_outcome_name(*outcome)).into())
                     .inc();
-                let mut streaks = self.streaks.lock().expect("streak lock");
-                let streak = streaks.entry(pool.clone()).or_insert(0);
                 if *outcome == BootOutcome::Ready {
                     self.boot_lead_time
                         .get_or_create(&pool)
                         .observe(lead_time.as_secs_f64());
-                    if *streak >= DEGRADED_AFTER {
-                        tracing::info!(pool = %name, after_failures = *streak, "pool recovered: a boot succeeded");
-                    }
-                    *streak = 0;
-                } else {
-                    *streak += 1;
-                    tracing::warn!(
-                        pool = %name,
-                        result = boot_outcome_name(*outcome),
-                        after = ?lead_time,
-                        consecutive_failures = *streak,
-                        "boot failed"
-                    );
-                    if *streak == DEGRADED_AFTER {
-                        tracing::warn!(
-                            pool = %name,
-                            consecutive_failures = *streak,
-                            "pool degraded: boots keep failing"
-                        );
-                    }
                 }
             }
             EventKind::Allocation { outcome, latency } => {
@@ -455,31 +565,38 @@ impl Metrics {
                 self.allocations
                     .get_or_create(&pool.with(outcome_name).into())
                     .inc();
-                match outcome {
-                    AllocationOutcome::Warm | AllocationOutcome::Cold => {
-                        self.allocate_duration
-                            .get_or_create(&pool.with(outcome_name).into())
-                            .observe(latency.as_secs_f64());
-                    }
-                    _ => {
-                        tracing::debug!(pool = %name, outcome = outcome_name, ?latency, "allocation failed")
-                    }
+                if matches!(outcome, AllocationOutcome::Warm | AllocationOutcome::Cold) {
+                    self.allocate_duration
+                        .get_or_create(&pool.with(outcome_name).into())
+                        .observe(latency.as_secs_f64());
                 }
             }
             EventKind::Exhausted => {
                 self.exhausted.get_or_create(&pool).inc();
-                tracing::warn!(pool = %name, "pool exhausted: an Allocate found no Ready instance");
             }
             EventKind::SettingsChanged => {
                 self.settings_changes.get_or_create(&pool).inc();
-                tracing::info!(pool = %name, "pool settings changed");
             }
-            EventKind::LeakDeleted { server_id } => {
+            EventKind::LeakDeleted { .. } => {
                 self.leaks_deleted.get_or_create(&pool).inc();
-                tracing::warn!(pool = %name, %server_id, "deleted a leaked cloud server");
             }
             EventKind::Released => {
                 self.releases.get_or_create(&pool).inc();
+            }
+            EventKind::Degraded { .. } => {
+                self.degraded.get_or_create(&pool).inc();
+            }
+            EventKind::Recovered { .. } => {
+                self.recovered.get_or_create(&pool).inc();
+            }
+            EventKind::Throttled { service, pause } => {
+                let labels = ServiceLabels {
+                    service: service.map_or(UNKNOWN_SERVICE, CloudService::as_str),
+                };
+                self.retry_pauses.get_or_create(&labels).inc();
+                self.retry_pause_seconds
+                    .get_or_create(&labels)
+                    .inc_by(pause.as_secs_f64());
             }
         }
     }
@@ -495,14 +612,12 @@ impl Metrics {
         self.cloud_request_duration
             .get_or_create(&CloudLabels { service, status })
             .observe(latency.as_secs_f64());
-        if let Some(CloudError::Throttled { retry_after, .. }) = error {
-            let labels = ServiceLabels { service };
-            self.cloud_throttled.get_or_create(&labels).inc();
-            if let Some(after) = retry_after {
-                self.cloud_retry_after
-                    .get_or_create(&labels)
-                    .inc_by(after.as_secs_f64());
-            }
+        // What the cloud asked for is not what warmpool waited: the pauses
+        // actually taken are counted from the manager's events.
+        if let Some(CloudError::Throttled { .. }) = error {
+            self.cloud_throttled
+                .get_or_create(&ServiceLabels { service })
+                .inc();
         }
     }
 
@@ -535,11 +650,24 @@ impl Metrics {
             &self.pool_paused,
             &self.pool_draining,
             &self.pool_boot_failure_streak,
+            &self.pool_degraded,
+            &self.pool_target_auto,
+            &self.pool_lead_time_samples,
+            &self.pool_gate_in_flight,
+        ] {
+            family.clear();
+        }
+        for family in [
+            &self.pool_demand_in_lead,
+            &self.pool_service_level_z,
+            &self.pool_gate_window,
         ] {
             family.clear();
         }
         self.pool_instances.clear();
-        let streaks = self.streaks.lock().expect("streak lock").clone();
+        self.pool_demand.clear();
+        self.pool_lead_time.clear();
+        self.pool_gate_hold.clear();
         for status in pools {
             let pool = PoolLabels::of(Some(&status.record.key));
             for state in ALL_STATES {
@@ -556,10 +684,48 @@ impl Metrics {
                 (&self.pool_draining, u32::from(status.record.draining)),
                 (
                     &self.pool_boot_failure_streak,
-                    streaks.get(&pool).copied().unwrap_or(0),
+                    status.health.consecutive_boot_failures,
                 ),
+                (&self.pool_degraded, u32::from(status.health.degraded)),
+                (&self.pool_target_auto, u32::from(status.sizing.auto)),
+                (
+                    &self.pool_lead_time_samples,
+                    u32::try_from(status.sizing.lead.samples).unwrap_or(u32::MAX),
+                ),
+                (&self.pool_gate_in_flight, status.sizing.gate.in_flight),
             ] {
                 family.get_or_create(&pool).set(i64::from(value));
+            }
+            let sizing = &status.sizing;
+            for (family, value) in [
+                (&self.pool_demand_in_lead, sizing.demand_in_lead),
+                (&self.pool_service_level_z, sizing.z),
+                (&self.pool_gate_window, sizing.gate.window),
+            ] {
+                family.get_or_create(&pool).set(value);
+            }
+            for (window, value) in [
+                ("short", sizing.demand.short),
+                ("long", sizing.demand.long),
+                ("forecast", sizing.demand.forecast),
+            ] {
+                self.pool_demand
+                    .get_or_create(&pool.with(window).into())
+                    .set(value);
+            }
+            for (quantile, value) in [("0.5", sizing.lead.p50), ("0.9", sizing.lead.p90)] {
+                self.pool_lead_time
+                    .get_or_create(&pool.with(quantile).into())
+                    .set(value.as_secs_f64());
+            }
+            let hold = sizing.gate.hold;
+            for (reason, held) in [
+                ("throttled", matches!(hold, Some(Hold::Throttled { .. }))),
+                ("quota", matches!(hold, Some(Hold::Quota { .. }))),
+            ] {
+                self.pool_gate_hold
+                    .get_or_create(&pool.with(reason).into())
+                    .set(i64::from(held));
             }
             for outcome in ALLOCATION_OUTCOMES {
                 touch(
@@ -579,6 +745,8 @@ impl Metrics {
                 &self.leaks_deleted,
                 &self.settings_changes,
                 &self.releases,
+                &self.degraded,
+                &self.recovered,
             ] {
                 touch(family, &pool);
             }
@@ -758,40 +926,64 @@ mod tests {
     }
 
     #[test]
-    fn failed_boots_count_a_streak_that_a_ready_boot_resets() {
+    fn verdicts_and_pauses_taken_are_counted() {
         let m = Metrics::new();
-        let fail = event(EventKind::Boot {
-            outcome: BootOutcome::NoValidHost,
-            lead_time: Duration::from_secs(1),
-        });
-        for _ in 0..DEGRADED_AFTER {
-            m.record(&fail);
-        }
-        let streak = |m: &Metrics| {
-            m.streaks
-                .lock()
-                .unwrap()
-                .get(&PoolLabels::of(Some(&PoolKey::new("db.small", "az1"))))
-                .copied()
-        };
-        assert_eq!(streak(&m), Some(DEGRADED_AFTER));
-        m.record(&event(EventKind::Boot {
-            outcome: BootOutcome::Ready,
-            lead_time: Duration::from_secs(1),
+        m.record(&event(EventKind::Degraded {
+            cause: BootOutcome::NoValidHost,
+            consecutive_failures: 3,
         }));
-        assert_eq!(streak(&m), Some(0));
+        m.record(&event(EventKind::Recovered { after_failures: 3 }));
+        for service in [
+            Some(CloudService::Compute),
+            Some(CloudService::Compute),
+            None,
+        ] {
+            m.record(&Event {
+                pool: None,
+                kind: EventKind::Throttled {
+                    service,
+                    pause: Duration::from_millis(1500),
+                },
+            });
+        }
         let body = m.encode();
+        let pool = r#"flavor="db.small",availability_zone="az1""#;
         assert_eq!(
             sample(
                 &body,
-                r#"warmpool_boots_total{flavor="db.small",availability_zone="az1",result="no_valid_host"}"#
+                &format!("warmpool_pool_degraded_episodes_total{{{pool}}}")
             ),
-            f64::from(DEGRADED_AFTER)
+            1.0
         );
+        assert_eq!(
+            sample(&body, &format!("warmpool_pool_recoveries_total{{{pool}}}")),
+            1.0
+        );
+        assert_eq!(
+            sample(&body, r#"warmpool_retry_pauses_total{service="compute"}"#),
+            2.0
+        );
+        assert_eq!(
+            sample(
+                &body,
+                r#"warmpool_retry_pause_seconds_total{service="compute"}"#
+            ),
+            3.0
+        );
+        assert_eq!(
+            sample(&body, r#"warmpool_retry_pauses_total{service="unknown"}"#),
+            1.0
+        );
+        // Created at zero before any pause.
+        assert_eq!(
+            sample(&body, r#"warmpool_retry_pauses_total{service="volume"}"#),
+            0.0
+        );
+        assert!(body.contains("# HELP warmpool_retry_pause_seconds Time warmpool paused"));
     }
 
     #[test]
-    fn throttled_cloud_calls_count_and_sum_retry_after() {
+    fn throttled_cloud_answers_are_counted_but_not_as_pauses() {
         let m = Metrics::new();
         m.observe_cloud(
             "compute",
@@ -810,12 +1002,13 @@ mod tests {
             ),
             1.0
         );
+        // The pause is counted when the manager takes it, not when asked.
         assert_eq!(
             sample(
                 &body,
-                r#"warmpool_cloud_retry_after_seconds_total{service="compute"}"#
+                r#"warmpool_retry_pause_seconds_total{service="compute"}"#
             ),
-            2.0
+            0.0
         );
         assert_eq!(
             sample(

@@ -1,9 +1,13 @@
 //! The warmpool.v1 gRPC service: decode, call `PoolManager`, encode.
 
 use crate::convert;
+use pool_manager::events::Event;
+use pool_manager::model::PoolKey;
 use pool_manager::PoolManager;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use warmpool_proto::v1 as api;
@@ -155,39 +159,163 @@ impl WarmPool for WarmPoolService {
         _: Request<api::WatchPoolsRequest>,
     ) -> Reply<Self::WatchPoolsStream> {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let manager = self.manager.clone();
-        let mut changes = manager.subscribe();
-        tokio::spawn(async move {
-            // Last pool message sent per pool: only changes go out.
-            let mut sent: HashMap<(String, String), api::Pool> = HashMap::new();
-            loop {
-                let pools = match manager.list_pools().await {
-                    Ok(pools) => pools,
-                    Err(e) => {
-                        let _ = tx.send(Err(convert::status(e))).await;
-                        return;
-                    }
-                };
-                for pool in pools.into_iter().map(convert::pool) {
-                    let key = (pool.flavor.clone(), pool.availability_zone.clone());
-                    if sent.get(&key) == Some(&pool) {
-                        continue;
-                    }
-                    sent.insert(key, pool.clone());
-                    let status = api::PoolStatus {
-                        pool: Some(pool),
-                        at: Some(std::time::SystemTime::now().into()),
-                    };
-                    if tx.send(Ok(status)).await.is_err() {
-                        return; // the watcher went away
-                    }
-                }
-                tokio::select! {
-                    changed = changes.changed() => if changed.is_err() { return },
-                    _ = tx.closed() => return,
-                }
-            }
-        });
+        // Subscribed before the first listing, so nothing that happens after
+        // the first messages is missed.
+        let watcher = Watcher {
+            changes: self.manager.subscribe(),
+            events: self.manager.events(),
+            manager: self.manager.clone(),
+            sent: HashMap::new(),
+            tx,
+        };
+        tokio::spawn(watcher.run());
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// How often a watch re-reads the pools even when nothing in the store
+/// changed: the computed target, lead time and throttle gate move without
+/// writing anything.
+const WATCH_REFRESH: Duration = Duration::from_secs(1);
+
+/// One `WatchPools` stream.
+struct Watcher {
+    manager: PoolManager,
+    changes: tokio::sync::watch::Receiver<u64>,
+    events: broadcast::Receiver<Event>,
+    /// The last pool message sent per pool: only changes go out, and a pool
+    /// that disappears gets a last message with its last known state.
+    sent: HashMap<PoolKey, api::Pool>,
+    tx: mpsc::Sender<Result<api::PoolStatus, Status>>,
+}
+
+/// The watcher went away, or the manager did: stop.
+struct Stop;
+
+impl Watcher {
+    async fn run(mut self) {
+        let _ = self.serve().await;
+    }
+
+    async fn serve(&mut self) -> Result<(), Stop> {
+        loop {
+            self.refresh().await?;
+            let next_refresh = tokio::time::Instant::now() + WATCH_REFRESH;
+            // Events may come in bursts: handle them all before re-listing,
+            // but re-list at least every WATCH_REFRESH.
+            loop {
+                tokio::select! {
+                    _ = self.tx.closed() => return Err(Stop),
+                    changed = self.changes.changed() => {
+                        changed.map_err(|_| Stop)?;
+                        break;
+                    }
+                    event = self.events.recv() => match event {
+                        Ok(event) => self.on_event(&event).await?,
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            // The pool states are re-read below; the events are lost.
+                            tracing::debug!(missed, "a WatchPools stream fell behind the events");
+                            break;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return Err(Stop),
+                    },
+                    _ = tokio::time::sleep_until(next_refresh) => break,
+                }
+            }
+        }
+    }
+
+    async fn send(&self, status: api::PoolStatus) -> Result<(), Stop> {
+        self.tx.send(Ok(status)).await.map_err(|_| Stop)
+    }
+
+    /// Sends every pool that changed since it was last sent, and a last
+    /// message for every pool that is gone.
+    async fn refresh(&mut self) -> Result<(), Stop> {
+        let pools = match self.manager.list_pools().await {
+            Ok(pools) => pools,
+            Err(e) => {
+                let _ = self.tx.send(Err(convert::status(e))).await;
+                return Err(Stop);
+            }
+        };
+        let mut listed = HashSet::new();
+        for status in pools {
+            let key = status.record.key.clone();
+            let pool = convert::pool(status);
+            listed.insert(key.clone());
+            if self
+                .sent
+                .get(&key)
+                .is_some_and(|sent| same_for_watchers(sent, &pool))
+            {
+                continue;
+            }
+            self.sent.insert(key, pool.clone());
+            self.send(status_message(Some(pool), Vec::new())).await?;
+        }
+        let gone: Vec<PoolKey> = self
+            .sent
+            .keys()
+            .filter(|key| !listed.contains(*key))
+            .cloned()
+            .collect();
+        for key in gone {
+            let last = self.sent.remove(&key);
+            let event = convert::pool_deleted_event(&key, SystemTime::now());
+            let mut message = status_message(last, vec![event]);
+            message.deleted = true;
+            self.send(message).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends an event worth showing, with its pool's current state.
+    async fn on_event(&mut self, event: &Event) -> Result<(), Stop> {
+        let Some(shown) = convert::pool_event(event, SystemTime::now()) else {
+            return Ok(());
+        };
+        let pool = match &event.pool {
+            None => None,
+            Some(key) => match self.manager.get_pool(key).await {
+                Ok(status) => {
+                    let pool = convert::pool(status);
+                    self.sent.insert(key.clone(), pool.clone());
+                    Some(pool)
+                }
+                // Gone meanwhile: the next refresh says so; show its last state.
+                Err(_) => self.sent.get(key).cloned(),
+            },
+        };
+        self.send(status_message(pool, vec![shown])).await
+    }
+}
+
+fn status_message(pool: Option<api::Pool>, events: Vec<api::PoolEvent>) -> api::PoolStatus {
+    api::PoolStatus {
+        pool,
+        at: Some(SystemTime::now().into()),
+        events,
+        deleted: false,
+    }
+}
+
+/// Whether a watcher would see no difference: the demand rates decay and the
+/// pause countdown ticks continuously, so they alone do not make a message.
+fn same_for_watchers(a: &api::Pool, b: &api::Pool) -> bool {
+    fn steady(pool: &api::Pool) -> api::Pool {
+        let mut pool = pool.clone();
+        if let Some(s) = pool.sizing.as_mut() {
+            s.demand_short_per_second = 0.0;
+            s.demand_long_per_second = 0.0;
+            s.demand_forecast_per_second = 0.0;
+            s.demand_in_lead_time = 0.0;
+            if let Some(g) = s.gate.as_mut() {
+                g.paused_until = None;
+                g.pause_remaining = None;
+            }
+        }
+        pool
+    }
+    steady(a) == steady(b)
 }

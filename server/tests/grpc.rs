@@ -743,6 +743,7 @@ async fn create_update_and_delete_pools() {
         boot_timeout: None,
         max_age: None,
         paused: false,
+        ..Default::default()
     };
     let created = c
         .create_pool("db.large", "az2", spec.clone())
@@ -1033,6 +1034,242 @@ async fn watch_pools_streams_changes() {
             break;
         }
     }
+}
+
+/// Reads a WatchPools stream until a message carries an event of `kind`
+/// (for the pool `flavor`, when given); returns that message and event.
+async fn watch_for_event(
+    watch: &mut warmpool_client::PoolStatusStream,
+    kind: api::PoolEventKind,
+    flavor: Option<&str>,
+) -> (api::PoolStatus, api::PoolEvent) {
+    let find = async {
+        loop {
+            let status = next_status(watch).await;
+            let found = status
+                .events
+                .iter()
+                .find(|e| e.kind == i32::from(kind) && flavor.is_none_or(|f| e.flavor == f));
+            if let Some(event) = found.cloned() {
+                return (status, event);
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, find)
+        .await
+        .unwrap_or_else(|_| panic!("no {kind:?} event within {PATIENCE:?}"))
+}
+
+#[tokio::test]
+async fn watch_pools_delivers_pool_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(config(dir.path(), vec![pool("db.small", "az1", 1, 2)])).await;
+    let c = &d.client;
+    wait_ready(c, "db.small", "az1", 1).await;
+    let mut watch = c.watch_pools().await.unwrap();
+    let first = next_status(&mut watch).await;
+    assert!(first.events.is_empty() && !first.deleted, "{first:?}");
+
+    // Settings changed: the event comes with the pool's new state.
+    c.update_pool(
+        "db.small",
+        "az1",
+        api::PoolSpec {
+            max_ready: 3,
+            ..Default::default()
+        },
+        ["max_ready"],
+    )
+    .await
+    .unwrap();
+    let (status, event) = watch_for_event(
+        &mut watch,
+        api::PoolEventKind::SettingsChanged,
+        Some("db.small"),
+    )
+    .await;
+    assert_eq!(event.availability_zone, "az1");
+    assert!(event.at.is_some() && !event.message.is_empty(), "{event:?}");
+    assert_eq!(status.pool.unwrap().spec.unwrap().max_ready, 3);
+
+    // Exhausted: an empty pool and a fail-fast purchase.
+    c.create_pool(
+        "db.small",
+        "az2",
+        api::PoolSpec {
+            min_ready: 0,
+            max_ready: 1,
+            image: "mysql-8.0".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut request = allocate_request("order-none", "db.small", "az2");
+    request.empty_pool_policy = api::EmptyPoolPolicy::FailFast.into();
+    expect_code(c.allocate(request).await, Code::ResourceExhausted);
+    let (_, event) =
+        watch_for_event(&mut watch, api::PoolEventKind::Exhausted, Some("db.small")).await;
+    assert_eq!(event.availability_zone, "az2");
+    assert!(event.message.contains("exhausted"), "{event:?}");
+
+    // Degraded after three failed boots in a row, recovered by the fourth.
+    d.cloud().faults().error_next_boots(3, "NoValidHost");
+    c.create_pool(
+        "db.medium",
+        "az2",
+        api::PoolSpec {
+            min_ready: 1,
+            max_ready: 1,
+            image: "mysql-8.0".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (status, event) =
+        watch_for_event(&mut watch, api::PoolEventKind::Degraded, Some("db.medium")).await;
+    assert_eq!(event.cause, "no_valid_host", "{event:?}");
+    let pool = status.pool.unwrap();
+    assert!(pool.degraded, "{pool:?}");
+    assert_eq!(pool.consecutive_boot_failures, 3, "{pool:?}");
+    let (status, _) =
+        watch_for_event(&mut watch, api::PoolEventKind::Recovered, Some("db.medium")).await;
+    assert!(!status.pool.unwrap().degraded);
+
+    // A leaked server of a known pool, deleted by the reconciler.
+    let leak = d
+        .cloud()
+        .inject_leak(&pool_manager::model::PoolKey::new("db.small", "az1"));
+    d.running.manager.reconcile().await.unwrap();
+    let (_, event) = watch_for_event(
+        &mut watch,
+        api::PoolEventKind::LeakDeleted,
+        Some("db.small"),
+    )
+    .await;
+    assert!(event.message.contains(&leak), "{event:?}");
+
+    // A deleted pool gets a last message saying so.
+    c.delete_pool("db.medium", "az2").await.unwrap();
+    let (status, event) =
+        watch_for_event(&mut watch, api::PoolEventKind::Deleted, Some("db.medium")).await;
+    assert!(status.deleted, "{status:?}");
+    assert_eq!(event.availability_zone, "az2");
+    assert_eq!(status.pool.unwrap().flavor, "db.medium");
+    expect_code(c.get_pool("db.medium", "az2").await, Code::NotFound);
+}
+
+#[tokio::test]
+async fn auto_pools_show_their_sizing_and_updates_keep_the_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(config(dir.path(), vec![])).await;
+    let c = &d.client;
+    let auto = api::PoolSpec {
+        min_ready: 1,
+        max_ready: 5,
+        image: "mysql-8.0".into(),
+        target_mode: api::TargetMode::Auto.into(),
+        ..Default::default()
+    };
+    let created = c
+        .create_pool("db.large", "az1", auto.clone())
+        .await
+        .unwrap();
+    let spec = created.spec.unwrap();
+    assert_eq!(spec.target_mode, i32::from(api::TargetMode::Auto));
+    let sizing = created.sizing.expect("Pool.sizing is always set");
+    assert!(sizing.auto);
+    assert_eq!(sizing.target, created.effective_target);
+    assert!((1..=5).contains(&sizing.target), "{sizing:?}");
+    assert!(sizing.service_level > 0.5 && sizing.z > 0.0, "{sizing:?}");
+    let gate = sizing.gate.expect("the AZ's gate");
+    assert_eq!(gate.state, i32::from(api::ThrottleState::Open), "{gate:?}");
+    assert!(gate.window >= 1.0, "{gate:?}");
+
+    // Once a boot finished, the lead time is measured, not the prior.
+    let sizing = eventually("a measured lead time", || async {
+        let pool = c
+            .get_pool("db.large", "az1")
+            .await
+            .map_err(|e| e.to_string())?;
+        let sizing = pool.sizing.unwrap();
+        if sizing.lead_time_samples >= 1
+            && sizing.lead_time_source == i32::from(api::LeadTimeSource::Observed)
+        {
+            Ok(sizing)
+        } else {
+            Err(format!("{sizing:?}"))
+        }
+    })
+    .await;
+    let p50 = sizing.lead_time_p50.unwrap();
+    let p90 = sizing.lead_time_p90.unwrap();
+    assert!(p50.seconds > 0 || p50.nanos > 0, "{sizing:?}");
+    assert!(
+        (p90.seconds, p90.nanos) >= (p50.seconds, p50.nanos),
+        "{sizing:?}"
+    );
+    assert!(!sizing.plan_reason.is_empty(), "{sizing:?}");
+
+    // Updating other fields, or the target with AUTO, keeps the pool auto.
+    for (mask, spec) in [
+        (
+            vec!["max_ready"],
+            api::PoolSpec {
+                max_ready: 6,
+                ..Default::default()
+            },
+        ),
+        (vec!["target"], auto.clone()),
+        (vec!["target_mode"], auto.clone()),
+    ] {
+        let updated = c
+            .update_pool("db.large", "az1", spec, mask.clone())
+            .await
+            .unwrap();
+        let spec = updated.spec.unwrap();
+        assert_eq!(
+            spec.target_mode,
+            i32::from(api::TargetMode::Auto),
+            "mask {mask:?} made the pool fixed"
+        );
+        assert!(updated.sizing.unwrap().auto, "mask {mask:?}");
+    }
+    // A client that predates target_mode sets a fixed target.
+    let updated = c
+        .update_pool(
+            "db.large",
+            "az1",
+            api::PoolSpec {
+                target: 3,
+                ..Default::default()
+            },
+            ["target"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        updated.spec.as_ref().unwrap().target_mode,
+        i32::from(api::TargetMode::Fixed)
+    );
+    assert_eq!(updated.effective_target, 3);
+    assert!(!updated.sizing.unwrap().auto);
+    // An unknown mode is refused, naming the field.
+    let msg = expect_code(
+        c.update_pool(
+            "db.large",
+            "az1",
+            api::PoolSpec {
+                target_mode: 9,
+                ..Default::default()
+            },
+            ["target"],
+        )
+        .await,
+        Code::InvalidArgument,
+    );
+    assert!(msg.contains("target_mode"), "{msg}");
 }
 
 #[tokio::test]

@@ -332,6 +332,37 @@ async fn prometheus_reports_the_pool_depth_grpc_reports_and_sees_allocations() {
         .unwrap();
     assert_eq!(medium_target, 1.0);
 
+    // The target's inputs are exported as GetPool shows them (at rest:
+    // nothing in flight, so they only move when a boot finishes).
+    let sizing = client
+        .get_pool("db.small", "az1")
+        .await
+        .unwrap()
+        .sizing
+        .expect("Pool.sizing");
+    let window = prometheus
+        .one_value(&format!("warmpool_pool_gate_window{{{pool}}}"))
+        .await
+        .unwrap();
+    assert_eq!(window, sizing.gate.expect("the AZ's gate").window);
+    let p90 = sizing.lead_time_p90.expect("lead time p90");
+    let exported = prometheus
+        .one_value(&format!(
+            r#"warmpool_pool_lead_time_estimate_seconds{{{pool},quantile="0.9"}}"#
+        ))
+        .await
+        .unwrap();
+    let expected = p90.seconds as f64 + f64::from(p90.nanos) / 1e9;
+    assert!(
+        (exported - expected).abs() < 1e-6,
+        "{exported} vs {expected}"
+    );
+    let degraded = prometheus
+        .one_value(&format!("warmpool_pool_degraded{{{pool}}}"))
+        .await
+        .unwrap();
+    assert_eq!(degraded, 0.0);
+
     // Every query of the Grafana dashboard is PromQL this Prometheus
     // accepts, with Grafana's variables as Grafana would substitute them.
     let mut exprs = Vec::new();

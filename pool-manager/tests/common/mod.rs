@@ -38,6 +38,9 @@ pub fn spec(target: u32) -> PoolSpec {
         boot_timeout: Duration::from_secs(15 * 60),
         max_age: None,
         paused: false,
+        windows: Vec::new(),
+        iops_limit: None,
+        volume_iops_limit: None,
     }
 }
 

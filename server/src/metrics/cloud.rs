@@ -100,6 +100,9 @@ impl Cloud for MeteredCloud {
         self.timed(COMPUTE, self.inner.attach_port(server_id, port_id))
             .await
     }
+    fn volume_zone_for(&self, server_az: &str) -> String {
+        self.inner.volume_zone_for(server_az)
+    }
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         self.timed(COMPUTE, self.inner.boot_headroom(flavor)).await
     }

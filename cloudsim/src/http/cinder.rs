@@ -1,0 +1,523 @@
+//! Cinder v3 under `/volume`: version discovery, microversions
+//! (`OpenStack-API-Version: volume 3.x`, echoed), volumes (create, show,
+//! list with `?name=`, delete) and `/limits`. Routes answer both with and
+//! without the project id in the path: the catalog has it, but osauth uses
+//! the version document's `self` link, which has none.
+
+use super::{iso_micros, parse_body, parse_version, require_token, ApiError, FaceState, Service};
+use crate::model::VolumeDetail;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use pool_manager::cloud::{CloudError, NewVolumeSpec, VolumeStatus};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+const V: Service = Service::Volume;
+
+type Params = Path<HashMap<String, String>>;
+type Q = Option<Query<Vec<(String, String)>>>;
+
+pub(super) fn routes(state: Arc<FaceState>) -> Router {
+    let api = || {
+        Router::new()
+            .route("/volumes", get(list_volumes).post(create_volume))
+            .route("/volumes/detail", get(list_volumes_detail))
+            .route(
+                "/volumes/:volume_id",
+                get(show_volume).delete(delete_volume),
+            )
+            .route("/limits", get(limits))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                microversion,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                (state.clone(), V),
+                require_token,
+            ))
+            .with_state(state.clone())
+    };
+    // As on a real Cinder: `/v3/` needs a token, `/v3` redirects there.
+    let discovery = Router::new()
+        .route("/v3/", get(v3))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            microversion,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            (state.clone(), V),
+            require_token,
+        ))
+        .with_state(state.clone());
+    Router::new()
+        .route("/", get(root))
+        .route("/v3", get(redirect_v3))
+        // The catalog URL itself is not a version document: osauth then
+        // tries its parent, `/v3` (redirected to `/v3/`), as with Cinder.
+        .route("/v3/:project_id", get(not_a_version))
+        .with_state(state.clone())
+        .merge(discovery)
+        .nest("/v3", api())
+        .nest("/v3/:project_id", api())
+}
+
+fn v3_doc(state: &FaceState) -> Value {
+    let (a, b) = state.settings.cinder_max_version;
+    json!({
+        "id": "v3.0",
+        "status": "CURRENT",
+        "version": format!("{a}.{b}"),
+        "min_version": "3.0",
+        "updated": "2023-08-31T00:00:00Z",
+        "links": [
+            {"rel": "describedby", "type": "text/html", "href": "https://docs.openstack.org/"},
+            {"rel": "self", "href": format!("{}/v3/", state.url(V))},
+        ],
+        "media-types": [{"base": "application/json", "type": "application/vnd.openstack.volume+json;version=3"}],
+    })
+}
+
+/// Cinder's root answers 300 Multiple Choices, without authentication.
+async fn root(State(state): State<Arc<FaceState>>) -> Response {
+    (
+        StatusCode::MULTIPLE_CHOICES,
+        [
+            ("openstack-api-version", "volume 3.0"),
+            ("vary", "OpenStack-API-Version"),
+        ],
+        Json(json!({"versions": [v3_doc(&state)]})),
+    )
+        .into_response()
+}
+
+async fn redirect_v3(State(state): State<Arc<FaceState>>) -> Response {
+    (
+        StatusCode::FOUND,
+        [
+            (header::LOCATION, format!("{}/v3/", state.url(V))),
+            (header::CONTENT_TYPE, "text/plain; charset=utf8".to_string()),
+        ],
+    )
+        .into_response()
+}
+
+async fn v3(State(state): State<Arc<FaceState>>) -> Json<Value> {
+    Json(json!({"versions": [v3_doc(&state)]}))
+}
+
+async fn not_a_version() -> Response {
+    super::errors::webob_page(StatusCode::NOT_FOUND, "The resource could not be found.")
+}
+
+/// The microversion, echoed in `OpenStack-API-Version` as Cinder does.
+async fn microversion(
+    State(state): State<Arc<FaceState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let requested = request
+        .headers()
+        .get_all("openstack-api-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|item| {
+            let mut it = item.split_whitespace();
+            match (it.next(), it.next()) {
+                (Some(svc), Some(ver)) if svc.eq_ignore_ascii_case("volume") => {
+                    Some(ver.to_string())
+                }
+                _ => None,
+            }
+        });
+    let max = state.settings.cinder_max_version;
+    let mv = match requested.as_deref() {
+        None => (3, 0),
+        Some(s) if s.eq_ignore_ascii_case("latest") => max,
+        Some(s) => match parse_version(s) {
+            None => {
+                return ApiError::bad_request(
+                    V,
+                    format!("API Version String {s} is of invalid format. Must be of format MajorNum.MinorNum."),
+                )
+                .into_response()
+            }
+            Some(v) if v < (3, 0) || v > max => {
+                return ApiError::new(
+                    V,
+                    StatusCode::NOT_ACCEPTABLE,
+                    format!(
+                        "Version {s} is not supported by the API. Minimum is 3.0 and maximum is {}.{}.",
+                        max.0, max.1
+                    ),
+                )
+                .into_response()
+            }
+            Some(v) => v,
+        },
+    };
+    request.extensions_mut().insert(Mv(mv));
+    let mut resp = next.run(request).await;
+    if let Ok(v) = HeaderValue::from_str(&format!("volume {}.{}", mv.0, mv.1)) {
+        resp.headers_mut().insert("openstack-api-version", v);
+    }
+    resp.headers_mut()
+        .insert("vary", HeaderValue::from_static("OpenStack-API-Version"));
+    resp
+}
+
+/// A request naming another project than the token's is refused.
+fn check_project(state: &FaceState, p: &HashMap<String, String>) -> Result<(), ApiError> {
+    match p.get("project_id") {
+        Some(id) if *id != state.project_id => {
+            Err(ApiError::bad_request(V, "Malformed request url"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn volume_not_found(id: &str) -> ApiError {
+    ApiError::not_found(V, format!("Volume {id} could not be found."))
+}
+
+pub(crate) fn status_name(s: &VolumeStatus) -> &str {
+    match s {
+        VolumeStatus::Creating => "creating",
+        VolumeStatus::Available => "available",
+        VolumeStatus::Attaching => "attaching",
+        VolumeStatus::InUse => "in-use",
+        VolumeStatus::Detaching => "detaching",
+        VolumeStatus::Error => "error",
+        VolumeStatus::Other(o) => o,
+    }
+}
+
+/// The request's microversion.
+#[derive(Clone, Copy, Debug)]
+struct Mv((u16, u16));
+
+/// How one request sees volumes: its microversion, and whether its URL
+/// carried the project id (links then carry it too, as Cinder's do).
+#[derive(Clone, Copy)]
+struct View<'a> {
+    mv: (u16, u16),
+    project: Option<&'a str>,
+}
+
+fn view<'a>(mv: Mv, p: &'a HashMap<String, String>) -> View<'a> {
+    View {
+        mv: mv.0,
+        project: p.get("project_id").map(String::as_str),
+    }
+}
+
+fn links(state: &FaceState, v: View<'_>, id: &str) -> Value {
+    let project = v.project.map(|p| format!("/{p}")).unwrap_or_default();
+    json!([
+        {"rel": "self", "href": format!("{}/v3{project}/volumes/{id}", state.url(V))},
+        {"rel": "bookmark", "href": format!("{}{project}/volumes/{id}", state.url(V))},
+    ])
+}
+
+fn volume_json(
+    state: &FaceState,
+    model: &crate::model::Model,
+    d: &VolumeDetail,
+    view: View<'_>,
+) -> Value {
+    let now = Instant::now();
+    let v = &d.volume;
+    let created = iso_micros(state.wall(d.created_at), false);
+    let attachments: Vec<Value> = v
+        .attached_to
+        .iter()
+        .map(|server| {
+            let device = model
+                .server_detail(server, now)
+                .map(|s| super::nova::device_name(&s, &v.id))
+                .unwrap_or_else(|| "/dev/vdb".to_string());
+            let attachment_id = super::stable_uuid("attachment", &format!("{server}/{}", v.id));
+            json!({
+                "server_id": server,
+                "attachment_id": attachment_id,
+                "attached_at": created,
+                "host_name": null,
+                "volume_id": v.id,
+                "device": device,
+                "id": v.id,
+            })
+        })
+        .collect();
+    let mut body = json!({
+        "id": v.id,
+        "name": v.name,
+        "status": status_name(&v.status),
+        "size": v.size_gib,
+        "availability_zone": v.availability_zone,
+        "created_at": created,
+        "updated_at": created,
+        "attachments": attachments,
+        "bootable": "false",
+        "encrypted": false,
+        "description": null,
+        "volume_type": "__DEFAULT__",
+        "snapshot_id": null,
+        "source_volid": null,
+        "metadata": {},
+        "links": links(state, view, &v.id),
+        "user_id": state.settings.users.first().map(|u| state.user_id(&u.name)).unwrap_or_default(),
+        "os-vol-tenant-attr:tenant_id": d.project_id,
+        "multiattach": false,
+        "replication_status": null,
+        "consistencygroup_id": null,
+    });
+    // Fields later microversions add (as a member sees them).
+    let extra: [((u16, u16), &str, Value); 5] = [
+        ((3, 13), "group_id", Value::Null),
+        (
+            (3, 48),
+            "service_uuid",
+            json!(super::stable_uuid("cinder-volume", "cloudsim")),
+        ),
+        ((3, 48), "shared_targets", json!(false)),
+        (
+            (3, 63),
+            "volume_type_id",
+            json!(super::stable_uuid("volume-type", "__DEFAULT__")),
+        ),
+        ((3, 65), "consumes_quota", json!(true)),
+    ];
+    for (since, key, value) in extra {
+        if view.mv >= since {
+            body[key] = value;
+        }
+    }
+    body
+}
+
+/// `POST /volumes`: 202 with the volume in `creating`.
+async fn create_volume(
+    State(state): State<Arc<FaceState>>,
+    Extension(mv): Extension<Mv>,
+    Path(p): Params,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_project(&state, &p)?;
+    let req = parse_body(V, &body)?;
+    let Some(vol) = req.get("volume").and_then(Value::as_object) else {
+        return Err(ApiError::bad_request(
+            V,
+            "Invalid input for field/attribute volume. 'volume' is a required property",
+        ));
+    };
+    let size = match vol.get("size") {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.parse::<u64>().ok(),
+        _ => None,
+    }
+    .and_then(|n| u32::try_from(n).ok())
+    .filter(|n| *n >= 1)
+    .ok_or_else(|| {
+        ApiError::bad_request(
+            V,
+            format!(
+                "Invalid input for field/attribute size. Value: {}. Must be a positive integer (as a number or a string of digits).",
+                vol.get("size").unwrap_or(&Value::Null)
+            ),
+        )
+    })?;
+    let text = |field: &str| -> Result<Option<String>, ApiError> {
+        match vol.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(ApiError::bad_request(
+                V,
+                format!("Invalid input for field/attribute {field}. Value: {other}. {other} is not of type 'string'"),
+            )),
+        }
+    };
+    let name = text("name")?.unwrap_or_default();
+    let volume_type = text("volume_type")?;
+    let cfg = state.sim.config();
+    let az = match text("availability_zone")? {
+        Some(az) if !cfg.availability_zones.iter().any(|a| a.name == az) => {
+            return Err(ApiError::bad_request(
+                V,
+                format!("Availability zone '{az}' is invalid."),
+            ))
+        }
+        Some(az) => az,
+        None => cfg
+            .availability_zones
+            .first()
+            .map(|a| a.name.clone())
+            .unwrap_or_default(),
+    };
+    state
+        .sim
+        .gate("create_volume")
+        .await
+        .map_err(|e| ApiError::from_cloud(V, e))?;
+    let now = Instant::now();
+    let mut model = state.sim.inner.lock_at(now);
+    let created = model
+        .create_volume(
+            &NewVolumeSpec {
+                name,
+                size_gib: size,
+                volume_type,
+                availability_zone: az,
+                project_id: state.project_id.clone(),
+            },
+            now,
+        )
+        .map_err(|e| ApiError::from_cloud(V, e))?;
+    let d = model
+        .volume_detail(&created.id, now)
+        .ok_or_else(|| volume_not_found(&created.id))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"volume": volume_json(&state, &model, &d, view(mv, &p))})),
+    )
+        .into_response())
+}
+
+async fn show_volume(
+    State(state): State<Arc<FaceState>>,
+    Extension(mv): Extension<Mv>,
+    Path(p): Params,
+) -> Result<Json<Value>, ApiError> {
+    check_project(&state, &p)?;
+    let id = p.get("volume_id").cloned().unwrap_or_default();
+    state
+        .sim
+        .gate("get_volume")
+        .await
+        .map_err(|e| ApiError::from_cloud(V, e))?;
+    let now = Instant::now();
+    let model = state.sim.inner.lock_at(now);
+    let d = model
+        .volume_detail(&id, now)
+        .ok_or_else(|| volume_not_found(&id))?;
+    Ok(Json(
+        json!({"volume": volume_json(&state, &model, &d, view(mv, &p))}),
+    ))
+}
+
+fn filtered(model: &crate::model::Model, q: Q) -> Vec<VolumeDetail> {
+    let q = q.map(|Query(v)| v).unwrap_or_default();
+    let mut list: Vec<VolumeDetail> = model
+        .volume_details(Instant::now())
+        .into_iter()
+        .filter(|d| {
+            q.iter().all(|(k, v)| match k.as_str() {
+                "name" => d.volume.name == *v,
+                "status" => status_name(&d.volume.status) == v,
+                _ => true,
+            })
+        })
+        .collect();
+    // Cinder lists newest first.
+    list.reverse();
+    list
+}
+
+async fn list_volumes(
+    State(state): State<Arc<FaceState>>,
+    Extension(mv): Extension<Mv>,
+    Path(p): Params,
+    q: Q,
+) -> Result<Json<Value>, ApiError> {
+    check_project(&state, &p)?;
+    state
+        .sim
+        .gate("find_volumes_by_name")
+        .await
+        .map_err(|e| ApiError::from_cloud(V, e))?;
+    let model = state.sim.inner.lock_at(Instant::now());
+    let list: Vec<Value> = filtered(&model, q)
+        .iter()
+        .map(|d| json!({"id": d.volume.id, "name": d.volume.name, "links": links(&state, view(mv, &p), &d.volume.id)}))
+        .collect();
+    Ok(Json(json!({"volumes": list})))
+}
+
+async fn list_volumes_detail(
+    State(state): State<Arc<FaceState>>,
+    Extension(mv): Extension<Mv>,
+    Path(p): Params,
+    q: Q,
+) -> Result<Json<Value>, ApiError> {
+    check_project(&state, &p)?;
+    state
+        .sim
+        .gate("find_volumes_by_name")
+        .await
+        .map_err(|e| ApiError::from_cloud(V, e))?;
+    let model = state.sim.inner.lock_at(Instant::now());
+    let list: Vec<Value> = filtered(&model, q)
+        .iter()
+        .map(|d| volume_json(&state, &model, d, view(mv, &p)))
+        .collect();
+    Ok(Json(json!({"volumes": list})))
+}
+
+/// Cinder's refusal to delete a volume that is attached or busy.
+const DELETE_REFUSED: &str = "Invalid volume: Volume status must be available or error or error_restoring or error_extending or error_managing and must not be migrating, attached, belong to a group, have snapshots, awaiting a transfer, or be disassociated from snapshots after volume transfer.";
+
+/// `DELETE /volumes/{id}`: 202; the volume is `deleting`, then 404.
+async fn delete_volume(
+    State(state): State<Arc<FaceState>>,
+    Path(p): Params,
+) -> Result<StatusCode, ApiError> {
+    check_project(&state, &p)?;
+    let id = p.get("volume_id").cloned().unwrap_or_default();
+    state
+        .sim
+        .gate("delete_volume")
+        .await
+        .map_err(|e| ApiError::from_cloud(V, e))?;
+    let now = Instant::now();
+    let mut model = state.sim.inner.lock_at(now);
+    if model.volume_detail(&id, now).is_none() {
+        return Err(volume_not_found(&id));
+    }
+    model.delete_volume(&id, now).map_err(|e| match e {
+        CloudError::Conflict(_) => ApiError::bad_request(V, DELETE_REFUSED),
+        e => ApiError::from_cloud(V, e),
+    })?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn limits(
+    State(state): State<Arc<FaceState>>,
+    Path(p): Params,
+) -> Result<Json<Value>, ApiError> {
+    check_project(&state, &p)?;
+    state
+        .sim
+        .gate("volume_limits")
+        .await
+        .map_err(|e| ApiError::from_cloud(V, e))?;
+    let model = state.sim.inner.lock_at(Instant::now());
+    let (volumes, gigabytes) = model.volume_usage();
+    Ok(Json(json!({"limits": {"rate": [], "absolute": {
+        "totalSnapshotsUsed": 0,
+        "maxTotalBackups": 10,
+        "maxTotalVolumeGigabytes": -1,
+        "maxTotalSnapshots": 10,
+        "maxTotalBackupGigabytes": 1000,
+        "totalBackupGigabytesUsed": 0,
+        "maxTotalVolumes": model.cfg.quotas.max_volumes,
+        "totalVolumesUsed": volumes,
+        "totalBackupsUsed": 0,
+        "totalGigabytesUsed": gigabytes,
+    }}})))
+}

@@ -1,0 +1,243 @@
+//! Keystone v3 under `/identity`: version discovery, password
+//! authentication scoped to the one project (`POST /v3/auth/tokens`, 201 with
+//! `X-Subject-Token` and a catalog pointing at the other services), token
+//! validation and revocation. Owns the catalog's shape.
+
+use super::{iso_micros, parse_body, stable_hex, ApiError, FaceState, Service, TokenRec};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+const S: Service = Service::Identity;
+
+pub(super) fn routes(state: Arc<FaceState>) -> Router {
+    Router::new()
+        .route("/", get(root))
+        .route("/v3", get(v3))
+        .route("/v3/", get(v3))
+        .route("/v3/auth/tokens", get(validate).post(issue).delete(revoke))
+        .with_state(state)
+}
+
+fn v3_doc(state: &FaceState) -> Value {
+    json!({
+        "id": "v3.14",
+        "status": "stable",
+        "updated": "2020-04-07T00:00:00Z",
+        "links": [{"rel": "self", "href": format!("{}/v3/", state.url(S))}],
+        "media-types": [{"base": "application/json", "type": "application/vnd.openstack.identity-v3+json"}],
+    })
+}
+
+/// Keystone's root answers 300 Multiple Choices with `versions.values`.
+async fn root(State(state): State<Arc<FaceState>>) -> Response {
+    (
+        StatusCode::MULTIPLE_CHOICES,
+        Json(json!({"versions": {"values": [v3_doc(&state)]}})),
+    )
+        .into_response()
+}
+
+async fn v3(State(state): State<Arc<FaceState>>) -> Json<Value> {
+    Json(json!({"version": v3_doc(&state)}))
+}
+
+/// Keystone names itself with `/v3` in its own 401s (keystonemiddleware,
+/// in front of the other services, without).
+fn unauthorized(state: &FaceState) -> ApiError {
+    ApiError::unauthorized(S, &format!("{}/v3", state.url(S)))
+}
+
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
+}
+
+/// `POST /v3/auth/tokens`: password auth, optionally scoped to the project
+/// (by name and domain, or by id). Anything wrong with the credentials is
+/// Keystone's 401; a body that is not an auth request is its 400.
+async fn issue(State(state): State<Arc<FaceState>>, body: Bytes) -> Result<Response, ApiError> {
+    let req = parse_body(S, &body)?;
+    let identity = req
+        .get("auth")
+        .and_then(|a| a.get("identity"))
+        .ok_or_else(|| {
+            ApiError::bad_request(S, "'identity' is a required property\n\nFailed validating 'required' in schema['properties']['auth']")
+        })?;
+    let methods: Vec<&str> = identity
+        .get("methods")
+        .and_then(Value::as_array)
+        .map(|m| m.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !methods.contains(&"password") {
+        // Token and application-credential auth are not simulated.
+        return Err(unauthorized(&state));
+    }
+    let user = identity
+        .get("password")
+        .and_then(|p| p.get("user"))
+        .ok_or_else(|| ApiError::bad_request(S, "'user' is a required property"))?;
+    let password = user
+        .get("password")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request(S, "'password' is a required property"))?;
+    let s = &state.settings;
+    let known = s.users.iter().find(|u| {
+        let by_name = user.get("name").and_then(Value::as_str) == Some(u.name.as_str())
+            && (str_at(user, &["domain", "name"]) == Some(s.domain_name.as_str())
+                || str_at(user, &["domain", "id"]) == Some(state.domain_id.as_str()));
+        let by_id = user.get("id").and_then(Value::as_str) == Some(state.user_id(&u.name).as_str());
+        by_name || by_id
+    });
+    let Some(known) = known.filter(|u| u.password == password) else {
+        return Err(unauthorized(&state));
+    };
+    let scope = req.get("auth").and_then(|a| a.get("scope"));
+    let scoped = match scope.and_then(|s| s.get("project")) {
+        Some(project) => {
+            let by_name = project.get("name").and_then(Value::as_str)
+                == Some(s.project_name.as_str())
+                && (str_at(project, &["domain", "name"]) == Some(s.domain_name.as_str())
+                    || str_at(project, &["domain", "id"]) == Some(state.domain_id.as_str()));
+            let by_id =
+                project.get("id").and_then(Value::as_str) == Some(state.project_id.as_str());
+            if !(by_name || by_id) {
+                return Err(unauthorized(&state));
+            }
+            true
+        }
+        // Domain and system scopes are not simulated.
+        None if scope.is_some() => return Err(unauthorized(&state)),
+        None => false,
+    };
+    let (id, rec) = state.issue_token(&known.name, scoped);
+    let mut resp = (StatusCode::CREATED, Json(token_body(&state, &rec))).into_response();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-subject-token", v);
+    }
+    Ok(resp)
+}
+
+fn token_body(state: &FaceState, rec: &TokenRec) -> Value {
+    let s = &state.settings;
+    let domain = json!({"id": state.domain_id, "name": s.domain_name});
+    let mut token = json!({
+        "methods": ["password"],
+        "user": {
+            "domain": domain,
+            "id": state.user_id(&rec.user),
+            "name": rec.user,
+            "password_expires_at": null,
+        },
+        "audit_ids": [rec.audit_id],
+        "expires_at": iso_micros(state.wall(rec.expires_at), true),
+        "issued_at": iso_micros(state.wall(rec.issued_at), true),
+    });
+    if rec.scoped {
+        token["project"] =
+            json!({"domain": domain, "id": state.project_id, "name": s.project_name});
+        token["is_domain"] = json!(false);
+        token["roles"] = json!([
+            {"id": stable_hex("role", "member"), "name": "member"},
+            {"id": stable_hex("role", "reader"), "name": "reader"},
+        ]);
+        token["catalog"] = catalog(state);
+    }
+    json!({"token": token})
+}
+
+/// The catalog. Cinder is registered twice, as `volumev3` (what clients of
+/// the last decade look up) and `block-storage` (what the `openstack` crate
+/// looks up), both with the project id in the URL like a real deployment.
+fn catalog(state: &FaceState) -> Value {
+    let s = &state.settings;
+    let volume = format!("{}/v3/{}", state.url(Service::Volume), state.project_id);
+    let entries = [
+        (
+            "identity",
+            "keystone",
+            format!("{}/v3/", state.url(Service::Identity)),
+        ),
+        (
+            "compute",
+            "nova",
+            format!("{}/v2.1", state.url(Service::Compute)),
+        ),
+        ("volumev3", "cinderv3", volume.clone()),
+        ("block-storage", "cinder", volume),
+        ("network", "neutron", state.url(Service::Network)),
+        ("image", "glance", state.url(Service::Image)),
+    ];
+    Value::Array(
+        entries
+            .iter()
+            .map(|(kind, name, url)| {
+                json!({
+                    "endpoints": [{
+                        "id": stable_hex("endpoint", kind),
+                        "interface": "public",
+                        "region": s.region,
+                        "region_id": s.region,
+                        "url": url,
+                    }],
+                    "id": stable_hex("service", kind),
+                    "type": kind,
+                    "name": name,
+                })
+            })
+            .collect(),
+    )
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The caller's own token must be valid; then the subject token is looked up.
+fn subject(state: &FaceState, headers: &HeaderMap) -> Result<String, ApiError> {
+    if header(headers, "x-auth-token")
+        .and_then(|t| state.valid_token(t))
+        .is_none()
+    {
+        return Err(unauthorized(state));
+    }
+    header(headers, "x-subject-token")
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::not_found(S, "Could not find token: ."))
+}
+
+/// `GET /v3/auth/tokens`: validates `X-Subject-Token`.
+async fn validate(
+    State(state): State<Arc<FaceState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let subject = subject(&state, &headers)?;
+    let rec = state
+        .valid_token(&subject)
+        .ok_or_else(|| ApiError::not_found(S, format!("Could not find token: {subject}.")))?;
+    let mut resp = Json(token_body(&state, &rec)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&subject) {
+        resp.headers_mut().insert("x-subject-token", v);
+    }
+    Ok(resp)
+}
+
+/// `DELETE /v3/auth/tokens`: revokes `X-Subject-Token`.
+async fn revoke(
+    State(state): State<Arc<FaceState>>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let subject = subject(&state, &headers)?;
+    if state.revoke_token(&subject) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(
+            S,
+            format!("Could not find token: {subject}."),
+        ))
+    }
+}

@@ -1,0 +1,810 @@
+//! The HTTP face: the subset of Keystone v3, Nova v2.1, Cinder v3, Neutron
+//! v2.0 and Glance v2 that warmpool's OpenStack driver uses, served over the
+//! same [`SimCloud`] model as the in-process face, so the model's fault knobs
+//! ([`crate::Faults`]) show through both and the driver is exercised over
+//! real HTTP with real status codes, headers and bodies.
+//!
+//! This module owns the listener, the routing (one listener, one path prefix
+//! per service: `/identity`, `/compute`, `/volume`, `/network`, `/image`,
+//! which the Keystone catalog points at), token validation, the HTTP-only
+//! fault knobs ([`HttpFaults`]) and the per-server loopback addresses at
+//! which simulated mysqld greets. Each service's routes live in its own
+//! module; [`errors`] maps model errors to each service's error shape.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), cloudsim::http::HttpError> {
+//! use cloudsim::http::{HttpFace, HttpSettings};
+//! use cloudsim::{SimCloud, SimConfig};
+//! let sim = SimCloud::new(SimConfig { time_scale: 0.01, ..SimConfig::default() });
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let face = HttpFace::serve(sim.clone(), HttpSettings::default(), listener).await?;
+//! println!("{}", face.clouds_yaml("cloudsim"));
+//! face.faults().throttle_next(cloudsim::http::Service::Compute, 2, std::time::Duration::from_secs(3));
+//! sim.faults().error_next_boots(1, "NoValidHost"); // seen by Nova's GET /servers/{id}
+//! face.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Faults: calls that touch servers, volumes, ports, flavors or limits pass
+//! the model's API gate like in-process calls do, so [`crate::Faults`]
+//! (`api_errors_next`, `hang_after_calls`, `slow_calls`, the rate limit,
+//! `error_next_boots`, `fail_next_volume_attach`, quotas, ...) shows through
+//! HTTP, and [`SimCloud::call_counts`] counts them under the in-process
+//! method names where one matches (`create_server`, `get_server`,
+//! `delete_server`, `attach_volume`, `detach_volume`, `create_volume`,
+//! `get_volume`, `find_volumes_by_name`, `delete_volume`, `create_port`,
+//! `get_port`, `find_ports_by_name`, `delete_port`, `attach_port`,
+//! `detach_port`, `boot_headroom` for Nova's `/limits`) and otherwise under
+//! `list_servers`, `list_servers_detail`, `tag_server`, `list_flavors`,
+//! `get_flavor`, `list_volume_attachments`, `list_interfaces`,
+//! `volume_limits`, `update_port`. Keystone, version documents, networks,
+//! subnets, security groups, quotas and images do not pass the gate (they
+//! have no model state); [`HttpFaults`] covers them.
+//!
+//! Readiness: every server created through Nova here gets its own loopback
+//! address `127.77.x.y` (all of 127/8 is loopback on Linux) and its mysqld
+//! greets at `<that address>:<mysql_port>` once ready; that address is the
+//! server's fixed IP in Nova's `addresses`, on its first network. Servers
+//! created through the in-process face keep their `127.0.0.1:<random>`
+//! listener, so over HTTP they show `127.0.0.1` and greet on another port.
+//! If something holds `*:<mysql_port>` (a wildcard bind), no per-server
+//! address can be bound and server creation answers 500 naming the cause:
+//! choose another `mysql_port`. With `SimConfig::listeners` off, servers get
+//! the model's synthetic addresses and nothing greets.
+
+mod cinder;
+pub mod errors;
+mod glance;
+mod keystone;
+mod neutron;
+mod nova;
+
+use crate::sim::SimCloud;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+pub use errors::ApiError;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// One of the services the face speaks; selects URL prefix, error shape and
+/// the HTTP fault counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Service {
+    /// Keystone, `/identity`.
+    Identity,
+    /// Nova, `/compute`.
+    Compute,
+    /// Cinder, `/volume`.
+    Volume,
+    /// Neutron, `/network`.
+    Network,
+    /// Glance, `/image`.
+    Image,
+}
+
+impl Service {
+    pub const ALL: [Service; 5] = [
+        Service::Identity,
+        Service::Compute,
+        Service::Volume,
+        Service::Network,
+        Service::Image,
+    ];
+
+    /// The path prefix the service is served under.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Service::Identity => "/identity",
+            Service::Compute => "/compute",
+            Service::Volume => "/volume",
+            Service::Network => "/network",
+            Service::Image => "/image",
+        }
+    }
+}
+
+/// Errors of starting or stopping the face.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cloudsim HTTP face: listener: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cloudsim HTTP face: server task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// A user Keystone accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserCredentials {
+    pub name: String,
+    pub password: String,
+}
+
+/// A Neutron network (with one IPv4 subnet) the face serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkSpec {
+    pub id: String,
+    pub name: String,
+    pub subnet_id: String,
+    pub cidr: String,
+    pub gateway_ip: String,
+    pub shared: bool,
+}
+
+impl NetworkSpec {
+    /// A network whose ids derive from its name (stable across runs).
+    pub fn new(name: &str, cidr: &str, gateway_ip: &str, shared: bool) -> Self {
+        Self {
+            id: stable_uuid("network", name),
+            name: name.to_string(),
+            subnet_id: stable_uuid("subnet", name),
+            cidr: cidr.to_string(),
+            gateway_ip: gateway_ip.to_string(),
+            shared,
+        }
+    }
+}
+
+/// What the face serves beyond the model: identity, versions, networks,
+/// readiness addresses.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpSettings {
+    /// Users Keystone accepts (all in domain `domain_name`, all members of
+    /// the one project).
+    pub users: Vec<UserCredentials>,
+    pub project_name: String,
+    pub domain_name: String,
+    pub region: String,
+    /// Lifetime of issued tokens, in tokio time (a short one tests re-auth).
+    /// Note osauth 0.5 renews a token once 10 minutes or less of it are
+    /// left, so below 10 minutes it authenticates again before every request.
+    pub token_lifetime: Duration,
+    /// Highest Nova microversion (minimum is 2.1).
+    pub nova_max_version: (u16, u16),
+    /// Highest Cinder microversion (minimum is 3.0).
+    pub cinder_max_version: (u16, u16),
+    /// Neutron networks; a server booted without `networks` (allowed below
+    /// Nova 2.37) lands on the first.
+    pub networks: Vec<NetworkSpec>,
+    /// Port simulated mysqld greets on, at each server's own loopback
+    /// address. 3306 by default: never 127.0.0.1, so a real MariaDB holding
+    /// 127.0.0.1:3306 does not clash.
+    pub mysql_port: u16,
+    /// First two octets of the per-server loopback addresses (`[127, 77]`).
+    pub address_prefix: [u8; 2],
+    /// Host name or IP put in URLs (catalog, links); default: the listener's
+    /// address (`127.0.0.1` if it is bound to 0.0.0.0).
+    pub public_host: Option<String>,
+    /// How long [`RunningFace::shutdown`] waits for in-flight requests before
+    /// aborting them (a request hung by `Faults::hang_after_calls` never ends).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            users: vec![UserCredentials {
+                name: "pool".into(),
+                password: "poolpass".into(),
+            }],
+            project_name: "service".into(),
+            domain_name: "Default".into(),
+            region: "RegionOne".into(),
+            token_lifetime: Duration::from_secs(3600),
+            nova_max_version: (2, 104),
+            cinder_max_version: (3, 71),
+            networks: vec![
+                // The management network: servers' own addresses. Its subnet
+                // is the loopback range the face hands out.
+                NetworkSpec::new("mgmt-net", "127.77.0.0/16", "127.77.0.254", false),
+                // Ports created through Neutron get addresses from 10.0.0.10 on.
+                NetworkSpec::new("tenant-net", "10.0.0.0/16", "10.0.0.1", true),
+            ],
+            mysql_port: 3306,
+            address_prefix: [127, 77],
+            public_host: None,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A token Keystone issued.
+#[derive(Clone, Debug)]
+pub(crate) struct TokenRec {
+    pub user: String,
+    pub expires_at: Instant,
+    pub issued_at: Instant,
+    pub scoped: bool,
+    pub audit_id: String,
+}
+
+/// HTTP-level fault counters of one service.
+#[derive(Clone, Debug, Default)]
+struct ServiceFaults {
+    throttle: u32,
+    throttle_retry_after: Duration,
+    server_errors: u32,
+    garbage: u32,
+    slow: Duration,
+}
+
+/// State shared by every handler.
+pub(crate) struct FaceState {
+    pub sim: Arc<SimCloud>,
+    pub settings: HttpSettings,
+    /// `http://host:port`, no trailing slash.
+    pub base_url: String,
+    pub project_id: String,
+    pub domain_id: String,
+    tokens: Mutex<HashMap<String, TokenRec>>,
+    faults: Mutex<HashMap<Service, ServiceFaults>>,
+    /// Wall-clock time of `epoch.0`, to print tokio instants as dates.
+    epoch: (Instant, SystemTime),
+    next_address: AtomicU32,
+    /// Set at shutdown: requests still in a handler (e.g. hung by
+    /// `Faults::hang_after_calls`) are answered 503 so connections close.
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a few map operations: recover from poison.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl FaceState {
+    pub fn url(&self, service: Service) -> String {
+        format!("{}{}", self.base_url, service.prefix())
+    }
+
+    pub fn user_id(&self, name: &str) -> String {
+        stable_hex("user", name)
+    }
+
+    pub fn issue_token(&self, user: &str, scoped: bool) -> (String, TokenRec) {
+        let now = Instant::now();
+        let id = format!(
+            "gAAAAAB{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let rec = TokenRec {
+            user: user.to_string(),
+            expires_at: now + self.settings.token_lifetime,
+            issued_at: now,
+            scoped,
+            audit_id: uuid::Uuid::new_v4().simple().to_string()[..22].to_string(),
+        };
+        lock(&self.tokens).insert(id.clone(), rec.clone());
+        (id, rec)
+    }
+
+    /// The token if it is known, unexpired and not revoked.
+    pub fn valid_token(&self, token: &str) -> Option<TokenRec> {
+        let now = Instant::now();
+        let mut tokens = lock(&self.tokens);
+        tokens.retain(|_, t| t.expires_at > now);
+        tokens.get(token).cloned()
+    }
+
+    pub fn revoke_token(&self, token: &str) -> bool {
+        lock(&self.tokens).remove(token).is_some()
+    }
+
+    /// A tokio instant as wall-clock time.
+    pub fn wall(&self, t: Instant) -> SystemTime {
+        let (e_tokio, e_wall) = self.epoch;
+        if t >= e_tokio {
+            e_wall + (t - e_tokio)
+        } else {
+            e_wall - (e_tokio - t)
+        }
+    }
+
+    /// Reserves the next free per-server loopback address at `mysql_port`.
+    /// Skips addresses another socket (this or another process) holds.
+    pub fn reserve_mysql_socket(&self) -> std::io::Result<tokio::net::TcpSocket> {
+        const HOSTS: u32 = 254 * 256;
+        let [a, b] = self.settings.address_prefix;
+        let mut last_err = None;
+        for _ in 0..512 {
+            let n = self.next_address.fetch_add(1, Ordering::Relaxed) % HOSTS;
+            let ip = Ipv4Addr::new(a, b, (n / 254) as u8, (n % 254 + 1) as u8);
+            match crate::mysql::reserve_at(SocketAddr::from((ip, self.settings.mysql_port))) {
+                Ok(s) => return Ok(s),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| std::io::Error::other("no free loopback address")))
+    }
+}
+
+/// The HTTP-only fault knobs (the model's are [`crate::Faults`]). Counters
+/// apply to the next responses of one service, before token validation (as
+/// a rate-limiting proxy in front of the API would), except `garbage_next`,
+/// which lets the call take effect and then corrupts its answer.
+#[derive(Clone)]
+pub struct HttpFaults {
+    state: Arc<FaceState>,
+}
+
+impl std::fmt::Debug for HttpFaults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpFaults").finish_non_exhaustive()
+    }
+}
+
+impl HttpFaults {
+    fn with<R>(&self, service: Service, f: impl FnOnce(&mut ServiceFaults) -> R) -> R {
+        f(lock(&self.state.faults).entry(service).or_default())
+    }
+
+    /// The next `n` requests to `service` get 429 with `Retry-After` (whole
+    /// seconds, rounded up) and the service's own body shape; no effect.
+    pub fn throttle_next(&self, service: Service, n: u32, retry_after: Duration) {
+        self.with(service, |f| {
+            f.throttle = n;
+            f.throttle_retry_after = retry_after;
+        });
+    }
+
+    /// The next `n` requests to `service` get a 500 with an HTML body (a
+    /// proxy's error page); no effect.
+    pub fn server_error_next(&self, service: Service, n: u32) {
+        self.with(service, |f| f.server_errors = n);
+    }
+
+    /// The next `n` requests to `service` take effect, then answer 200 with
+    /// the first half of their JSON body (a truncated, unparsable answer).
+    pub fn garbage_next(&self, service: Service, n: u32) {
+        self.with(service, |f| f.garbage = n);
+    }
+
+    /// Every request to `service` first waits this long (tokio time);
+    /// `Duration::ZERO` turns it off.
+    pub fn slow(&self, service: Service, delay: Duration) {
+        self.with(service, |f| f.slow = delay);
+    }
+
+    /// Revokes every token issued so far: they all get 401 from now on.
+    pub fn revoke_all_tokens(&self) {
+        lock(&self.state.tokens).clear();
+    }
+
+    /// Clears every HTTP fault (tokens stay as they are).
+    pub fn clear(&self) {
+        lock(&self.state.faults).clear();
+    }
+}
+
+/// The running face. Dropping it stops the server too (without waiting).
+pub struct RunningFace {
+    state: Arc<FaceState>,
+    local_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl std::fmt::Debug for RunningFace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningFace")
+            .field("base_url", &self.state.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningFace {
+    /// `http://host:port` (no trailing slash).
+    pub fn base_url(&self) -> &str {
+        &self.state.base_url
+    }
+
+    /// Keystone's v3 URL, as `auth_url` in clouds.yaml.
+    pub fn auth_url(&self) -> String {
+        format!("{}/v3", self.state.url(Service::Identity))
+    }
+
+    /// The root URL of one service (e.g. `http://127.0.0.1:5555/compute`).
+    pub fn service_url(&self, service: Service) -> String {
+        self.state.url(service)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn settings(&self) -> &HttpSettings {
+        &self.state.settings
+    }
+
+    /// The project every user is scoped to.
+    pub fn project_id(&self) -> &str {
+        &self.state.project_id
+    }
+
+    pub fn faults(&self) -> HttpFaults {
+        HttpFaults {
+            state: self.state.clone(),
+        }
+    }
+
+    /// A clouds.yaml with one cloud, `cloud_name`, for the first configured
+    /// user (password auth, project scope), as osauth and the openstack CLI
+    /// read it.
+    pub fn clouds_yaml(&self, cloud_name: &str) -> String {
+        let s = &self.state.settings;
+        let (user, password) = s
+            .users
+            .first()
+            .map(|u| (u.name.as_str(), u.password.as_str()))
+            .unwrap_or(("", ""));
+        format!(
+            "clouds:\n  {name}:\n    auth:\n      auth_url: {auth}\n      username: {user}\n      password: {password}\n      project_name: {project}\n      user_domain_name: {domain}\n      project_domain_name: {domain}\n    region_name: {region}\n    interface: public\n    identity_api_version: 3\n",
+            name = yaml_str(cloud_name),
+            auth = yaml_str(&self.auth_url()),
+            user = yaml_str(user),
+            password = yaml_str(password),
+            project = yaml_str(&s.project_name),
+            domain = yaml_str(&s.domain_name),
+            region = yaml_str(&s.region),
+        )
+    }
+
+    /// Stops accepting and lets in-flight requests finish, for up to
+    /// `HttpSettings::shutdown_grace`: a request hung by
+    /// `Faults::hang_after_calls` never finishes, so after the grace the
+    /// server task and its connections are aborted.
+    pub async fn shutdown(mut self) -> Result<(), HttpError> {
+        self.state.stopping.send_replace(true);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut task) = self.task.take() {
+            let grace = self.state.settings.shutdown_grace;
+            match tokio::time::timeout(grace, &mut task).await {
+                Ok(joined) => joined??,
+                Err(_elapsed) => task.abort(),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RunningFace {
+    fn drop(&mut self) {
+        self.state.stopping.send_replace(true);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A single-quoted YAML scalar.
+fn yaml_str(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Starts the face.
+pub struct HttpFace;
+
+impl HttpFace {
+    /// Serves the face on `listener` until [`RunningFace::shutdown`] (or
+    /// drop). Must be called within a tokio runtime.
+    pub async fn serve(
+        sim: Arc<SimCloud>,
+        settings: HttpSettings,
+        listener: tokio::net::TcpListener,
+    ) -> Result<RunningFace, HttpError> {
+        let local_addr = listener.local_addr()?;
+        let host = match &settings.public_host {
+            Some(h) => h.clone(),
+            None if local_addr.ip().is_unspecified() => "127.0.0.1".to_string(),
+            None => local_addr.ip().to_string(),
+        };
+        let base_url = format!("http://{host}:{}", local_addr.port());
+        let project_id = stable_hex("project", &settings.project_name);
+        let state = Arc::new(FaceState {
+            sim,
+            base_url,
+            project_id,
+            domain_id: if settings.domain_name == "Default" {
+                "default".to_string()
+            } else {
+                stable_hex("domain", &settings.domain_name)
+            },
+            settings,
+            tokens: Mutex::new(HashMap::new()),
+            faults: Mutex::new(HashMap::new()),
+            epoch: (Instant::now(), SystemTime::now()),
+            // A random start keeps concurrent faces (other test processes)
+            // from racing for the same addresses.
+            next_address: AtomicU32::new(rand::random::<u16>().into()),
+            stopping: tokio::sync::watch::channel(false).0,
+        });
+        let app = router(state.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        tracing::info!(base_url = %state.base_url, "cloudsim HTTP face serving");
+        Ok(RunningFace {
+            state,
+            local_addr,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+}
+
+fn router(state: Arc<FaceState>) -> Router {
+    Router::new()
+        .nest(
+            Service::Identity.prefix(),
+            with_faults(keystone::routes(state.clone()), &state, Service::Identity),
+        )
+        .nest(
+            Service::Compute.prefix(),
+            with_faults(nova::routes(state.clone()), &state, Service::Compute),
+        )
+        .nest(
+            Service::Volume.prefix(),
+            with_faults(cinder::routes(state.clone()), &state, Service::Volume),
+        )
+        .nest(
+            Service::Network.prefix(),
+            with_faults(neutron::routes(state.clone()), &state, Service::Network),
+        )
+        .nest(
+            Service::Image.prefix(),
+            with_faults(glance::routes(state.clone()), &state, Service::Image),
+        )
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "404 Not Found\n\nThe resource could not be found.\n",
+            )
+        })
+}
+
+fn with_faults(router: Router, state: &Arc<FaceState>, service: Service) -> Router {
+    router
+        .fallback(move || async move {
+            // Neutron and Keystone answer unrouted URLs in JSON; the others
+            // with webob's HTML page.
+            match service {
+                Service::Network | Service::Identity => {
+                    ApiError::not_found(service, "The resource could not be found.").into_response()
+                }
+                _ => errors::webob_page(StatusCode::NOT_FOUND, "The resource could not be found."),
+            }
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            (state.clone(), service),
+            fault_layer,
+        ))
+}
+
+const PROXY_500: &str = "<html><head><title>500 Internal Server Error</title></head><body>\n<h1>Internal Server Error</h1>\nThe server encountered an internal error or misconfiguration and was unable to complete your request.\n</body></html>\n";
+
+/// The HTTP fault knobs, and the request id every OpenStack service sends.
+async fn fault_layer(
+    State((state, service)): State<(Arc<FaceState>, Service)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (slow, throttle, server_error, garbage) = {
+        let mut faults = lock(&state.faults);
+        let f = faults.entry(service).or_default();
+        let throttle = (f.throttle > 0).then(|| {
+            f.throttle -= 1;
+            f.throttle_retry_after
+        });
+        let server_error = throttle.is_none() && f.server_errors > 0;
+        if server_error {
+            f.server_errors -= 1;
+        }
+        let garbage = throttle.is_none() && !server_error && f.garbage > 0;
+        if garbage {
+            f.garbage -= 1;
+        }
+        (f.slow, throttle, server_error, garbage)
+    };
+    if !slow.is_zero() {
+        tokio::time::sleep(slow).await;
+    }
+    let mut resp = if let Some(retry_after) = throttle {
+        ApiError::from_cloud(
+            service,
+            pool_manager::cloud::CloudError::Throttled {
+                retry_after: Some(retry_after),
+                message: "This request was rate-limited.".into(),
+            },
+        )
+        .into_response()
+    } else if server_error {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/html")],
+            PROXY_500,
+        )
+            .into_response()
+    } else {
+        let mut stopping = state.stopping.subscribe();
+        let resp = tokio::select! {
+            resp = next.run(request) => resp,
+            _ = stopping.wait_for(|s| *s) => ApiError::new(
+                service,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cloudsim is shutting down",
+            )
+            .into_response(),
+        };
+        if garbage {
+            truncate_body(resp).await
+        } else {
+            resp
+        }
+    };
+    let id = format!("req-{}", uuid::Uuid::new_v4());
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut()
+            .insert("x-openstack-request-id", v.clone());
+        if service == Service::Compute {
+            resp.headers_mut().insert("x-compute-request-id", v);
+        }
+    }
+    resp
+}
+
+/// 200 with the first half of the real body (at least a dangling `{"`).
+async fn truncate_body(resp: Response) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 16 << 20)
+        .await
+        .unwrap_or_default();
+    let mut cut = bytes.slice(..bytes.len() / 2).to_vec();
+    if cut.is_empty() {
+        cut = b"{\"".to_vec();
+    }
+    parts.status = StatusCode::OK;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(cut))
+}
+
+/// keystonemiddleware: every non-discovery route needs a valid token.
+pub(crate) async fn require_token(
+    State((state, service)): State<(Arc<FaceState>, Service)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let valid = request
+        .headers()
+        .get("x-auth-token")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| state.valid_token(t))
+        .is_some_and(|t| t.scoped);
+    if valid {
+        next.run(request).await
+    } else {
+        ApiError::unauthorized(service, &state.url(Service::Identity)).into_response()
+    }
+}
+
+/// Parses a JSON request body; malformed JSON is the service's 400 naming
+/// the problem.
+pub(crate) fn parse_body(service: Service, body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    serde_json::from_slice(body).map_err(|_| ApiError::malformed_body(service))
+}
+
+/// A deterministic UUID for a named object (image, network) of a kind.
+pub(crate) fn stable_uuid(kind: &str, name: &str) -> String {
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("cloudsim/{kind}/{name}").as_bytes(),
+    )
+    .to_string()
+}
+
+/// Keystone-style ids: 32 hex digits.
+pub(crate) fn stable_hex(kind: &str, name: &str) -> String {
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("cloudsim/{kind}/{name}").as_bytes(),
+    )
+    .simple()
+    .to_string()
+}
+
+/// A MAC address derived from an object id (Neutron's `fa:16:3e` prefix).
+pub(crate) fn mac_for(id: &str) -> String {
+    let u = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, id.as_bytes());
+    let b = u.as_bytes();
+    format!("fa:16:3e:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
+}
+
+/// Date and time in UTC: (year, month, day, hour, minute, second, micros).
+fn civil(t: SystemTime) -> (i64, u32, u32, u32, u32, u32, u32) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (
+        year,
+        month,
+        day,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+        d.subsec_micros(),
+    )
+}
+
+/// `2026-11-25T10:00:00Z` (Nova, Neutron, Glance).
+pub(crate) fn iso_seconds(t: SystemTime) -> String {
+    let (y, mo, d, h, mi, s, _) = civil(t);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+/// `2026-11-25T10:00:00.123456Z` (Keystone) or without the `Z` (Cinder).
+pub(crate) fn iso_micros(t: SystemTime, zulu: bool) -> String {
+    let (y, mo, d, h, mi, s, us) = civil(t);
+    let z = if zulu { "Z" } else { "" };
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{us:06}{z}")
+}
+
+/// A microversion `major.minor`.
+pub(crate) fn parse_version(s: &str) -> Option<(u16, u16)> {
+    let (a, b) = s.trim().split_once('.')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(iso_seconds(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_600_000) + Duration::from_micros(42);
+        // 2026-11-25T09:46:40Z
+        assert_eq!(iso_seconds(t), "2026-11-25T09:46:40Z");
+        assert_eq!(iso_micros(t, true), "2026-11-25T09:46:40.000042Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(iso_seconds(leap), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(parse_version("2.101"), Some((2, 101)));
+        assert_eq!(parse_version(" 3.0 "), Some((3, 0)));
+        assert_eq!(parse_version("latest"), None);
+        assert_eq!(parse_version("2."), None);
+    }
+}

@@ -1,0 +1,529 @@
+//! Neutron v2.0 under `/network`: version discovery, the configured networks
+//! and their subnets, the `default` security group, ports (create, show,
+//! list with `?name=`/`?device_id=`/`?network_id=`, delete) and the
+//! project's quota details. Errors are `{"NeutronError": {...}}`.
+
+use super::{
+    iso_seconds, mac_for, parse_body, require_token, stable_uuid, ApiError, FaceState, NetworkSpec,
+    Service,
+};
+use crate::model::PortDetail;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use pool_manager::cloud::{CloudError, NewPortSpec};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio::time::Instant;
+
+const N: Service = Service::Network;
+
+type Q = Option<Query<Vec<(String, String)>>>;
+
+pub(super) fn routes(state: Arc<FaceState>) -> Router {
+    let api = Router::new()
+        .route("/networks", get(list_networks))
+        .route("/networks/:id", get(show_network))
+        .route("/subnets", get(list_subnets))
+        .route("/subnets/:id", get(show_subnet))
+        .route("/security-groups", get(list_security_groups))
+        .route("/ports", get(list_ports).post(create_port))
+        .route(
+            "/ports/:id",
+            get(show_port).put(update_port).delete(delete_port),
+        )
+        .route("/quotas/:project_id/details", get(quota_details))
+        .layer(axum::middleware::from_fn_with_state(
+            (state.clone(), N),
+            require_token,
+        ))
+        .with_state(state.clone());
+    Router::new()
+        .route("/", get(root))
+        .route("/v2.0", get(resources))
+        .route("/v2.0/", get(resources))
+        .with_state(state)
+        .nest("/v2.0", api)
+}
+
+async fn root(State(state): State<Arc<FaceState>>) -> Json<Value> {
+    Json(json!({"versions": [{
+        "id": "v2.0",
+        "status": "CURRENT",
+        "links": [{"rel": "self", "href": format!("{}/v2.0/", state.url(N))}],
+    }]}))
+}
+
+async fn resources(State(state): State<Arc<FaceState>>) -> Json<Value> {
+    let r = |name: &str, collection: &str| {
+        json!({"name": name, "collection": collection,
+               "links": [{"rel": "self", "href": format!("{}/v2.0/{collection}", state.url(N))}]})
+    };
+    Json(json!({"resources": [
+        r("network", "networks"), r("subnet", "subnets"), r("port", "ports"),
+        r("security_group", "security-groups"),
+    ]}))
+}
+
+fn query(q: Q) -> Vec<(String, String)> {
+    q.map(|Query(v)| v).unwrap_or_default()
+}
+
+/// Neutron filters: every given field must match (a repeated field matches any).
+fn matches(obj: &Value, q: &[(String, String)]) -> bool {
+    let mut fields: Vec<&str> = q.iter().map(|(k, _)| k.as_str()).collect();
+    fields.sort_unstable();
+    fields.dedup();
+    fields.iter().all(|field| {
+        if *field == "fields" || *field == "limit" || *field == "marker" {
+            return true;
+        }
+        let actual = match obj.get(*field) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Bool(b)) => b.to_string(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return false,
+        };
+        q.iter().any(|(k, v)| k == field && *v == actual)
+    })
+}
+
+fn network_json(state: &FaceState, n: &NetworkSpec) -> Value {
+    let created = iso_seconds(state.wall(state_epoch(state)));
+    json!({
+        "id": n.id,
+        "name": n.name,
+        "status": "ACTIVE",
+        "subnets": [n.subnet_id],
+        "admin_state_up": true,
+        "shared": n.shared,
+        "tenant_id": state.project_id,
+        "project_id": state.project_id,
+        "router:external": false,
+        "mtu": 1450,
+        "port_security_enabled": true,
+        "availability_zone_hints": [],
+        "availability_zones": [],
+        "ipv4_address_scope": null,
+        "ipv6_address_scope": null,
+        "l2_adjacency": true,
+        "description": "",
+        "tags": [],
+        "created_at": created,
+        "updated_at": created,
+        "revision_number": 1,
+    })
+}
+
+/// Networks exist from the face's start.
+fn state_epoch(state: &FaceState) -> Instant {
+    state.epoch.0
+}
+
+fn subnet_json(state: &FaceState, n: &NetworkSpec) -> Value {
+    let created = iso_seconds(state.wall(state_epoch(state)));
+    json!({
+        "id": n.subnet_id,
+        "name": format!("{}-subnet", n.name),
+        "network_id": n.id,
+        "tenant_id": state.project_id,
+        "project_id": state.project_id,
+        "ip_version": 4,
+        "cidr": n.cidr,
+        "gateway_ip": n.gateway_ip,
+        "enable_dhcp": true,
+        "allocation_pools": [],
+        "dns_nameservers": [],
+        "host_routes": [],
+        "ipv6_ra_mode": null,
+        "ipv6_address_mode": null,
+        "subnetpool_id": null,
+        "service_types": [],
+        "description": "",
+        "tags": [],
+        "created_at": created,
+        "updated_at": created,
+        "revision_number": 0,
+    })
+}
+
+async fn list_networks(State(state): State<Arc<FaceState>>, q: Q) -> Json<Value> {
+    let q = query(q);
+    let list: Vec<Value> = state
+        .settings
+        .networks
+        .iter()
+        .map(|n| network_json(&state, n))
+        .filter(|n| matches(n, &q))
+        .collect();
+    Json(json!({"networks": list}))
+}
+
+async fn show_network(
+    State(state): State<Arc<FaceState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let n = state
+        .settings
+        .networks
+        .iter()
+        .find(|n| n.id == id)
+        .ok_or_else(|| network_not_found(&id))?;
+    Ok(Json(json!({"network": network_json(&state, n)})))
+}
+
+fn network_not_found(id: &str) -> ApiError {
+    ApiError::not_found(N, format!("Network {id} could not be found.")).typed("NetworkNotFound")
+}
+
+async fn list_subnets(State(state): State<Arc<FaceState>>, q: Q) -> Json<Value> {
+    let q = query(q);
+    let list: Vec<Value> = state
+        .settings
+        .networks
+        .iter()
+        .map(|n| subnet_json(&state, n))
+        .filter(|n| matches(n, &q))
+        .collect();
+    Json(json!({"subnets": list}))
+}
+
+async fn show_subnet(
+    State(state): State<Arc<FaceState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let n = state
+        .settings
+        .networks
+        .iter()
+        .find(|n| n.subnet_id == id)
+        .ok_or_else(|| {
+            ApiError::not_found(N, format!("Subnet {id} could not be found."))
+                .typed("SubnetNotFound")
+        })?;
+    Ok(Json(json!({"subnet": subnet_json(&state, n)})))
+}
+
+async fn list_security_groups(State(state): State<Arc<FaceState>>) -> Json<Value> {
+    Json(json!({"security_groups": [{
+        "id": stable_uuid("security-group", "default"),
+        "name": "default",
+        "description": "Default security group",
+        "tenant_id": state.project_id,
+        "project_id": state.project_id,
+        "security_group_rules": [],
+        "stateful": true,
+        "shared": false,
+        "tags": [],
+        "revision_number": 1,
+    }]}))
+}
+
+fn port_json(state: &FaceState, d: &PortDetail) -> Value {
+    let p = &d.port;
+    let subnet = state
+        .settings
+        .networks
+        .iter()
+        .find(|n| n.id == p.network_id)
+        .map(|n| n.subnet_id.clone())
+        .unwrap_or_default();
+    let created = iso_seconds(state.wall(d.created_at));
+    let bound = p.device_id.is_some();
+    let now = Instant::now();
+    let az = p
+        .device_id
+        .as_ref()
+        .and_then(|s| state.sim.inner.lock_at(now).server_detail(s, now))
+        .map(|s| s.server.availability_zone);
+    json!({
+        "id": p.id,
+        "name": p.name,
+        "network_id": p.network_id,
+        "tenant_id": state.project_id,
+        "project_id": state.project_id,
+        "mac_address": mac_for(&p.id),
+        "admin_state_up": true,
+        "status": if bound { "ACTIVE" } else { "DOWN" },
+        "device_id": p.device_id.clone().unwrap_or_default(),
+        "device_owner": az.map(|az| format!("compute:{az}")).unwrap_or_default(),
+        "fixed_ips": p.ip_address.iter().map(|ip| json!({"subnet_id": subnet, "ip_address": ip})).collect::<Vec<_>>(),
+        "allowed_address_pairs": [],
+        "extra_dhcp_opts": [],
+        "security_groups": [stable_uuid("security-group", "default")],
+        "description": "",
+        "binding:vnic_type": "normal",
+        "port_security_enabled": true,
+        "tags": [],
+        "created_at": created,
+        "updated_at": created,
+        "revision_number": if bound { 3 } else { 1 },
+    })
+}
+
+fn port_not_found(id: &str) -> ApiError {
+    ApiError::not_found(N, format!("Port {id} could not be found.")).typed("PortNotFound")
+}
+
+/// `POST /ports`: synchronous (Neutron answers once the port exists), 201.
+async fn create_port(
+    State(state): State<Arc<FaceState>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req = parse_body(N, &body)?;
+    let Some(port) = req.get("port").and_then(Value::as_object) else {
+        return Err(ApiError::bad_request(
+            N,
+            "Unable to find 'port' in request body",
+        ));
+    };
+    let network_id = port
+        .get("network_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                N,
+                "Failed to parse request. Required attribute 'network_id' not specified",
+            )
+        })?
+        .to_string();
+    if !state.settings.networks.iter().any(|n| n.id == network_id) {
+        return Err(network_not_found(&network_id));
+    }
+    let name = match port.get("name") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                N,
+                format!("Invalid input for name. Reason: '{other}' is not a valid string."),
+            ))
+        }
+    };
+    let first_ip = port
+        .get("fixed_ips")
+        .and_then(Value::as_array)
+        .and_then(|l| l.first());
+    let fixed_ip = first_ip
+        .and_then(|f| f.get("ip_address"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if let Some(ip) = &fixed_ip {
+        if ip.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(ApiError::bad_request(
+                N,
+                format!("Invalid input for fixed_ips. Reason: '{ip}' is not a valid IP address."),
+            ));
+        }
+    }
+    let subnet_id = first_ip
+        .and_then(|f| f.get("subnet_id"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    state
+        .sim
+        .gate("create_port")
+        .await
+        .map_err(|e| ApiError::from_cloud(N, e))?;
+    let base = state.sim.config().latencies.port_create;
+    state.sim.take(base).await;
+    let now = Instant::now();
+    let created = state
+        .sim
+        .inner
+        .lock_at(now)
+        .create_port(
+            &NewPortSpec {
+                name,
+                network_id: network_id.clone(),
+                subnet_id,
+                fixed_ip,
+                project_id: state.project_id.clone(),
+            },
+            now,
+        )
+        .map_err(|e| match e {
+            CloudError::Conflict(m) if m.starts_with("IP address") => {
+                ApiError::conflict(N, m).typed("IpAddressAlreadyAllocated")
+            }
+            e => ApiError::from_cloud(N, e),
+        })?;
+    let d = state
+        .sim
+        .inner
+        .lock_at(now)
+        .port_detail(&created.id, now)
+        .ok_or_else(|| port_not_found(&created.id))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"port": port_json(&state, &d)})),
+    )
+        .into_response())
+}
+
+async fn show_port(
+    State(state): State<Arc<FaceState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .sim
+        .gate("get_port")
+        .await
+        .map_err(|e| ApiError::from_cloud(N, e))?;
+    let now = Instant::now();
+    let d = state
+        .sim
+        .inner
+        .lock_at(now)
+        .port_detail(&id, now)
+        .ok_or_else(|| port_not_found(&id))?;
+    Ok(Json(json!({"port": port_json(&state, &d)})))
+}
+
+async fn list_ports(State(state): State<Arc<FaceState>>, q: Q) -> Result<Json<Value>, ApiError> {
+    state
+        .sim
+        .gate("find_ports_by_name")
+        .await
+        .map_err(|e| ApiError::from_cloud(N, e))?;
+    let q = query(q);
+    let now = Instant::now();
+    let ports = state.sim.inner.lock_at(now).port_details(now);
+    let list: Vec<Value> = ports
+        .iter()
+        .map(|d| port_json(&state, d))
+        .filter(|p| matches(p, &q))
+        .collect();
+    Ok(Json(json!({"ports": list})))
+}
+
+/// `PUT /ports/{id}`: the name can change. Binding belongs to Nova
+/// (`os-interface`), so a `device_id` change is refused as not simulated.
+/// (Neutron's PortInUse is not raised on any call warmpool makes: a real
+/// Neutron 29 accepts a new `device_id` on a bound port, and an in-use port
+/// given to Nova is Nova's 409 "Port X is still in use.".)
+async fn update_port(
+    State(state): State<Arc<FaceState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req = parse_body(N, &body)?;
+    let Some(update) = req.get("port").and_then(Value::as_object) else {
+        return Err(ApiError::bad_request(
+            N,
+            "Unable to find 'port' in request body",
+        ));
+    };
+    for key in update.keys() {
+        match key.as_str() {
+            "name" | "device_id" | "description" | "admin_state_up" => {}
+            "id" | "network_id" | "tenant_id" | "project_id" | "mac_address" | "status" => {
+                return Err(ApiError::bad_request(
+                    N,
+                    format!("Cannot update read-only attribute {key}"),
+                ))
+            }
+            other => {
+                return Err(ApiError::bad_request(
+                    N,
+                    format!("Unrecognized attribute(s) '{other}'"),
+                ))
+            }
+        }
+    }
+    if let Some(device) = update.get("device_id").filter(|d| !d.is_string()) {
+        return Err(ApiError::bad_request(
+            N,
+            format!("Invalid input for device_id. Reason: '{device}' is not a valid string."),
+        ));
+    }
+    state
+        .sim
+        .gate("update_port")
+        .await
+        .map_err(|e| ApiError::from_cloud(N, e))?;
+    let now = Instant::now();
+    {
+        let mut model = state.sim.inner.lock_at(now);
+        let current = model
+            .port_detail(&id, now)
+            .ok_or_else(|| port_not_found(&id))?;
+        if let Some(device) = update.get("device_id") {
+            let device = device.as_str().unwrap_or_default();
+            if Some(device) != current.port.device_id.as_deref().or(Some("")) {
+                // Real Neutron accepts this (and Nova does not notice);
+                // binding belongs to Nova's os-interface here.
+                return Err(ApiError::bad_request(
+                    N,
+                    "cloudsim: changing device_id through Neutron is not simulated; attach ports with Nova os-interface",
+                ));
+            }
+        }
+        match update.get("name") {
+            None => {}
+            Some(Value::String(name)) => model
+                .rename_port(&id, name)
+                .map_err(|_| port_not_found(&id))?,
+            Some(other) => {
+                return Err(ApiError::bad_request(
+                    N,
+                    format!("Invalid input for name. Reason: '{other}' is not a valid string."),
+                ))
+            }
+        }
+    }
+    let d = state
+        .sim
+        .inner
+        .lock_at(now)
+        .port_detail(&id, now)
+        .ok_or_else(|| port_not_found(&id))?;
+    Ok(Json(json!({"port": port_json(&state, &d)})))
+}
+
+/// `DELETE /ports/{id}`: 204; a bound port is deleted too (the server loses
+/// the interface), as in Neutron.
+async fn delete_port(
+    State(state): State<Arc<FaceState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .sim
+        .gate("delete_port")
+        .await
+        .map_err(|e| ApiError::from_cloud(N, e))?;
+    let now = Instant::now();
+    let mut model = state.sim.inner.lock_at(now);
+    if model.port_detail(&id, now).is_none() {
+        return Err(port_not_found(&id));
+    }
+    model.delete_port(&id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn quota_details(
+    State(state): State<Arc<FaceState>>,
+    Path(project_id): Path<String>,
+) -> Json<Value> {
+    let model = state.sim.inner.lock_at(Instant::now());
+    let used_ports = if project_id == state.project_id {
+        model.port_count()
+    } else {
+        0
+    };
+    let q = |used: usize, limit: i64| json!({"used": used, "limit": limit, "reserved": 0});
+    Json(json!({"quota": {
+        "network": q(0, 100),
+        "subnet": q(0, 100),
+        "port": q(used_ports, i64::try_from(model.cfg.quotas.max_ports).unwrap_or(i64::MAX)),
+        "router": q(0, 10),
+        "floatingip": q(0, 50),
+        "security_group": q(1, 10),
+        "security_group_rule": q(0, 100),
+        "rbac_policy": q(0, 10),
+        "subnetpool": q(0, -1),
+    }}))
+}

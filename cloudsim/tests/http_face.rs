@@ -1,0 +1,1922 @@
+//! The HTTP face over real sockets: Keystone tokens, version documents, the
+//! Nova/Cinder/Neutron/Glance flows warmpool's driver uses, every error case
+//! with its exact status, headers and body, the HTTP and in-process fault
+//! knobs, the readiness greeting at each server's address, and osauth 0.5
+//! itself authenticating and discovering versions against the face.
+//!
+//! Real time with a small `time_scale` (a lone boot is ACTIVE after 50 ms).
+
+use cloudsim::http::{HttpFace, HttpSettings, RunningFace, Service};
+use cloudsim::{SimCloud, SimConfig};
+use pool_manager::cloud::CloudError;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Simulated seconds become milliseconds x2: boot 50 ms, mysqld +70 ms,
+/// volume create 6 ms, attach 4 ms, port attach 3 ms, delete 4 ms.
+fn config() -> SimConfig {
+    SimConfig {
+        time_scale: 0.002,
+        jitter: 0.0,
+        ..SimConfig::default()
+    }
+}
+
+struct Env {
+    sim: Arc<SimCloud>,
+    face: RunningFace,
+    http: reqwest::Client,
+    token: String,
+}
+
+/// A response: status, headers, body text.
+#[derive(Debug)]
+struct Resp {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    text: String,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    #[track_caller]
+    fn expect(self, status: u16) -> Self {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text);
+        self
+    }
+}
+
+async fn start_with(config: SimConfig, settings: HttpSettings) -> Env {
+    let sim = SimCloud::new(config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let face = HttpFace::serve(sim.clone(), settings, listener)
+        .await
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut env = Env {
+        sim,
+        face,
+        http,
+        token: String::new(),
+    };
+    env.token = env.issue_token("pool", "poolpass").await.unwrap();
+    env
+}
+
+async fn start() -> Env {
+    start_with(config(), HttpSettings::default()).await
+}
+
+fn auth_body(user: &str, password: &str) -> Value {
+    json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": user, "domain": {"name": "Default"}, "password": password}}},
+        "scope": {"project": {"name": "service", "domain": {"name": "Default"}}},
+    }})
+}
+
+impl Env {
+    fn url(&self, service: Service, path: &str) -> String {
+        format!("{}{path}", self.face.service_url(service))
+    }
+
+    async fn issue_token(&self, user: &str, password: &str) -> Result<String, Resp> {
+        let r = self
+            .raw(
+                Method::POST,
+                &self.url(Service::Identity, "/v3/auth/tokens"),
+                &[],
+                Some(auth_body(user, password).to_string()),
+            )
+            .await;
+        if r.status == StatusCode::CREATED {
+            Ok(r.header("x-subject-token").unwrap().to_string())
+        } else {
+            Err(r)
+        }
+    }
+
+    async fn raw(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Resp {
+        let mut req = self.http.request(method, url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await.unwrap();
+        Resp {
+            status: resp.status(),
+            headers: resp.headers().clone(),
+            text: resp.text().await.unwrap(),
+        }
+    }
+
+    /// An authenticated call; `mv` is Nova's microversion (ignored elsewhere).
+    async fn call(
+        &self,
+        method: Method,
+        service: Service,
+        path: &str,
+        mv: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
+        let mut headers = vec![("x-auth-token", self.token.as_str())];
+        if let Some(v) = mv {
+            headers.push(("x-openstack-nova-api-version", v));
+        }
+        self.raw(
+            method,
+            &self.url(service, path),
+            &headers,
+            body.map(|b| b.to_string()),
+        )
+        .await
+    }
+
+    async fn get(&self, service: Service, path: &str, mv: Option<&str>) -> Resp {
+        self.call(Method::GET, service, path, mv, None).await
+    }
+
+    async fn post(&self, service: Service, path: &str, mv: Option<&str>, body: Value) -> Resp {
+        self.call(Method::POST, service, path, mv, Some(body)).await
+    }
+
+    async fn delete(&self, service: Service, path: &str, mv: Option<&str>) -> Resp {
+        self.call(Method::DELETE, service, path, mv, None).await
+    }
+
+    async fn image_id(&self) -> String {
+        let r = self
+            .get(Service::Image, "/v2/images?name=mysql-8.0", None)
+            .await
+            .expect(200)
+            .json();
+        r["images"][0]["id"].as_str().unwrap().to_string()
+    }
+
+    async fn network_id(&self, name: &str) -> String {
+        let r = self
+            .get(
+                Service::Network,
+                &format!("/v2.0/networks?name={name}"),
+                None,
+            )
+            .await
+            .expect(200)
+            .json();
+        assert_eq!(r["networks"].as_array().unwrap().len(), 1, "{r}");
+        r["networks"][0]["id"].as_str().unwrap().to_string()
+    }
+
+    async fn flavor_id(&self, name: &str) -> String {
+        let r = self
+            .get(Service::Compute, "/v2.1/flavors/detail", Some("2.61"))
+            .await
+            .expect(200)
+            .json();
+        r["flavors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    async fn server_body(&self, name: &str, az: &str) -> Value {
+        json!({"server": {
+            "name": name,
+            "flavorRef": self.flavor_id("db.small").await,
+            "imageRef": self.image_id().await,
+            "networks": [{"uuid": self.network_id("mgmt-net").await}],
+            "availability_zone": az,
+            "metadata": {"warmpool.pool": "db.small/az1"},
+        }})
+    }
+
+    async fn boot(&self, name: &str, mv: &str, tags: &[&str]) -> String {
+        let mut body = self.server_body(name, "az1").await;
+        if !tags.is_empty() {
+            body["server"]["tags"] = json!(tags);
+        }
+        let r = self
+            .post(Service::Compute, "/v2.1/servers", Some(mv), body)
+            .await
+            .expect(202);
+        r.json()["server"]["id"].as_str().unwrap().to_string()
+    }
+
+    async fn server(&self, id: &str, mv: &str) -> Value {
+        self.get(Service::Compute, &format!("/v2.1/servers/{id}"), Some(mv))
+            .await
+            .expect(200)
+            .json()["server"]
+            .clone()
+    }
+
+    async fn wait_server(&self, id: &str, status: &str) -> Value {
+        wait_until(|| async {
+            let s = self.server(id, "2.79").await;
+            (s["status"] == status).then_some(s)
+        })
+        .await
+    }
+
+    async fn active_server(&self, name: &str) -> String {
+        let id = self.boot(name, "2.52", &[]).await;
+        self.wait_server(&id, "ACTIVE").await;
+        id
+    }
+
+    async fn volume(&self, id: &str) -> Resp {
+        self.get(Service::Volume, &format!("/v3/volumes/{id}"), None)
+            .await
+    }
+
+    async fn wait_volume(&self, id: &str, status: &str) -> Value {
+        wait_until(|| async {
+            let v = self.volume(id).await.expect(200).json()["volume"].clone();
+            (v["status"] == status).then_some(v)
+        })
+        .await
+    }
+
+    async fn available_volume(&self, name: &str) -> String {
+        let r = self
+            .post(
+                Service::Volume,
+                "/v3/volumes",
+                None,
+                json!({"volume": {"size": 1, "name": name, "availability_zone": "az1"}}),
+            )
+            .await
+            .expect(202)
+            .json();
+        assert_eq!(r["volume"]["status"], "creating");
+        let id = r["volume"]["id"].as_str().unwrap().to_string();
+        self.wait_volume(&id, "available").await;
+        id
+    }
+
+    async fn port(&self, name: &str) -> String {
+        let net = self.network_id("tenant-net").await;
+        let r = self
+            .post(
+                Service::Network,
+                "/v2.0/ports",
+                None,
+                json!({"port": {"network_id": net, "name": name}}),
+            )
+            .await
+            .expect(201)
+            .json();
+        assert_eq!(r["port"]["status"], "DOWN");
+        r["port"]["id"].as_str().unwrap().to_string()
+    }
+}
+
+/// Polls every 5 ms for up to 5 s.
+async fn wait_until<T, F, Fut>(mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached in 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+// ---- Keystone --------------------------------------------------------------
+
+#[tokio::test]
+async fn token_is_issued_with_catalog_and_subject_header() {
+    let env = start().await;
+    let r = env
+        .raw(
+            Method::POST,
+            &env.face.auth_url().replace("/v3", "/v3/auth/tokens"),
+            &[],
+            Some(auth_body("pool", "poolpass").to_string()),
+        )
+        .await
+        .expect(201);
+    assert!(r.header("x-subject-token").unwrap().len() > 32);
+    let t = &r.json()["token"];
+    assert_eq!(t["methods"], json!(["password"]));
+    assert_eq!(t["user"]["name"], "pool");
+    assert_eq!(t["project"]["name"], "service");
+    assert_eq!(t["project"]["id"], env.face.project_id());
+    assert_eq!(t["project"]["domain"]["name"], "Default");
+    assert!(t["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["name"] == "member"));
+    assert!(t["expires_at"].as_str().unwrap().ends_with('Z'));
+    assert!(t["issued_at"].as_str().unwrap().ends_with('Z'));
+    let catalog = t["catalog"].as_array().unwrap();
+    let url_of = |kind: &str| -> String {
+        let entry = catalog
+            .iter()
+            .find(|e| e["type"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} in catalog"));
+        let ep = &entry["endpoints"][0];
+        assert_eq!(ep["interface"], "public");
+        assert_eq!(ep["region"], "RegionOne");
+        assert_eq!(ep["region_id"], "RegionOne");
+        ep["url"].as_str().unwrap().to_string()
+    };
+    let base = env.face.base_url();
+    assert_eq!(url_of("identity"), format!("{base}/identity/v3/"));
+    assert_eq!(url_of("compute"), format!("{base}/compute/v2.1"));
+    let volume = format!("{base}/volume/v3/{}", env.face.project_id());
+    assert_eq!(url_of("volumev3"), volume);
+    assert_eq!(url_of("block-storage"), volume);
+    assert_eq!(url_of("network"), format!("{base}/network"));
+    assert_eq!(url_of("image"), format!("{base}/image"));
+
+    // Validation of the token through Keystone.
+    let token = r.header("x-subject-token").unwrap().to_string();
+    let v = env
+        .raw(
+            Method::GET,
+            &env.url(Service::Identity, "/v3/auth/tokens"),
+            &[("x-auth-token", &env.token), ("x-subject-token", &token)],
+            None,
+        )
+        .await
+        .expect(200);
+    assert_eq!(v.json()["token"]["user"]["name"], "pool");
+}
+
+#[tokio::test]
+async fn wrong_password_missing_and_unknown_tokens_are_401() {
+    let env = start().await;
+    let r = env
+        .issue_token("pool", "wrong")
+        .await
+        .unwrap_err()
+        .expect(401);
+    assert_eq!(
+        r.json(),
+        json!({"error": {"code": 401, "message": "The request you have made requires authentication.", "title": "Unauthorized"}})
+    );
+    assert_eq!(
+        r.header("www-authenticate").unwrap(),
+        format!("Keystone uri=\"{}/identity/v3\"", env.face.base_url())
+    );
+    assert_eq!(
+        env.issue_token("nobody", "poolpass")
+            .await
+            .unwrap_err()
+            .status,
+        401
+    );
+
+    // Services: no token, unknown token.
+    for (service, path) in [
+        (Service::Compute, "/v2.1/servers"),
+        (Service::Volume, "/v3/volumes"),
+        (Service::Network, "/v2.0/ports"),
+        (Service::Image, "/v2/images"),
+    ] {
+        let r = env
+            .raw(Method::GET, &env.url(service, path), &[], None)
+            .await
+            .expect(401);
+        assert_eq!(r.json()["error"]["code"], 401, "{service:?}");
+        // keystonemiddleware names Keystone's root.
+        assert_eq!(
+            r.header("www-authenticate").unwrap(),
+            format!("Keystone uri=\"{}/identity\"", env.face.base_url())
+        );
+        env.raw(
+            Method::GET,
+            &env.url(service, path),
+            &[("x-auth-token", "gAAAAABnot-a-token")],
+            None,
+        )
+        .await
+        .expect(401);
+        env.get(service, path, None).await.expect(200);
+    }
+
+    // Malformed auth body: Keystone's 400 naming the problem.
+    let r = env
+        .raw(
+            Method::POST,
+            &env.url(Service::Identity, "/v3/auth/tokens"),
+            &[],
+            Some("{\"auth\": ".into()),
+        )
+        .await
+        .expect(400);
+    let j = r.json();
+    assert_eq!(j["error"]["code"], 400);
+    assert!(
+        j["error"]["message"].as_str().unwrap().contains("JSON"),
+        "{j}"
+    );
+}
+
+#[tokio::test]
+async fn tokens_expire_and_can_be_revoked() {
+    let settings = HttpSettings {
+        token_lifetime: Duration::from_millis(600),
+        ..HttpSettings::default()
+    };
+    let mut env = start_with(config(), settings).await;
+    env.get(Service::Compute, "/v2.1/servers", None)
+        .await
+        .expect(200);
+    tokio::time::sleep(Duration::from_millis(650)).await;
+    env.get(Service::Compute, "/v2.1/servers", None)
+        .await
+        .expect(401);
+    // Re-authentication works.
+    env.token = env.issue_token("pool", "poolpass").await.unwrap();
+    env.get(Service::Compute, "/v2.1/servers", None)
+        .await
+        .expect(200);
+
+    // Revoking every token: 401 until the next authentication.
+    env.face.faults().revoke_all_tokens();
+    env.get(Service::Volume, "/v3/volumes", None)
+        .await
+        .expect(401);
+    env.token = env.issue_token("pool", "poolpass").await.unwrap();
+    env.get(Service::Volume, "/v3/volumes", None)
+        .await
+        .expect(200);
+
+    // Revoking one token through Keystone.
+    let other = env.issue_token("pool", "poolpass").await.unwrap();
+    env.raw(
+        Method::DELETE,
+        &env.url(Service::Identity, "/v3/auth/tokens"),
+        &[("x-auth-token", &env.token), ("x-subject-token", &other)],
+        None,
+    )
+    .await
+    .expect(204);
+    env.raw(
+        Method::GET,
+        &env.url(Service::Network, "/v2.0/networks"),
+        &[("x-auth-token", &other)],
+        None,
+    )
+    .await
+    .expect(401);
+    env.get(Service::Network, "/v2.0/networks", None)
+        .await
+        .expect(200);
+}
+
+// ---- version documents -----------------------------------------------------
+
+#[tokio::test]
+async fn version_documents_are_shaped_for_osauth() {
+    let env = start().await;
+    let base = env.face.base_url().to_string();
+    let get = |url: String| {
+        let env = &env;
+        async move { env.raw(Method::GET, &url, &[], None).await }
+    };
+
+    let r = get(format!("{base}/identity")).await.expect(300).json();
+    assert_eq!(r["versions"]["values"][0]["id"], "v3.14");
+    let r = get(format!("{base}/identity/v3")).await.expect(200).json();
+    assert_eq!(r["version"]["status"], "stable");
+    assert_eq!(
+        r["version"]["links"][0]["href"],
+        format!("{base}/identity/v3/")
+    );
+
+    let r = get(format!("{base}/compute/v2.1")).await.expect(200).json();
+    let v = &r["version"];
+    assert_eq!(v["id"], "v2.1");
+    assert_eq!(v["status"], "CURRENT");
+    assert_eq!(v["min_version"], "2.1");
+    assert_eq!(v["version"], "2.104");
+    let self_link = v["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["rel"] == "self")
+        .unwrap();
+    assert_eq!(self_link["href"], format!("{base}/compute/v2.1/"));
+    let r = get(format!("{base}/compute")).await.expect(200).json();
+    assert_eq!(r["versions"][0]["version"], "2.104");
+
+    // Cinder: the catalog URL (with the project) is webob's 404; its parent
+    // redirects to `/v3/`, the version document, which needs a token; the
+    // root is 300 without one.
+    let r = get(format!("{base}/volume/v3/{}", env.face.project_id()))
+        .await
+        .expect(404);
+    assert!(r.header("content-type").unwrap().starts_with("text/html"));
+    assert!(r.text.contains("<h1>404 Not Found</h1>"));
+    get(format!("{base}/volume/v3/")).await.expect(401);
+    let r = env
+        .raw(
+            Method::GET,
+            &format!("{base}/volume/v3"),
+            &[("x-auth-token", &env.token)],
+            None,
+        )
+        .await
+        .expect(200);
+    assert_eq!(r.header("openstack-api-version"), Some("volume 3.0"));
+    let r = r.json();
+    let v = &r["versions"][0];
+    assert_eq!(v["id"], "v3.0");
+    assert_eq!(v["min_version"], "3.0");
+    assert_eq!(v["version"], "3.71");
+    assert!(v["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["rel"] == "self" && l["href"] == format!("{base}/volume/v3/")));
+    get(format!("{base}/volume")).await.expect(300);
+    // Nova answers unrouted URLs with webob's page, Neutron in JSON.
+    let r = env
+        .get(Service::Compute, "/v2.1/no-such-thing", None)
+        .await
+        .expect(404);
+    assert!(r.header("content-type").unwrap().starts_with("text/html"));
+    let r = env
+        .get(Service::Network, "/v2.0/no-such-thing", None)
+        .await
+        .expect(404);
+    assert_eq!(
+        r.json(),
+        json!({"NeutronError": {"type": "HTTPNotFound", "message": "The resource could not be found.", "detail": ""}})
+    );
+    let r = env
+        .get(
+            Service::Image,
+            "/v2/images/00000000-0000-0000-0000-000000000000",
+            None,
+        )
+        .await
+        .expect(404);
+    assert!(r
+        .text
+        .contains("No image found with ID 00000000-0000-0000-0000-000000000000"));
+
+    let r = get(format!("{base}/network")).await.expect(200).json();
+    assert_eq!(r["versions"][0]["id"], "v2.0");
+    assert_eq!(
+        r["versions"][0]["links"][0]["href"],
+        format!("{base}/network/v2.0/")
+    );
+    let r = get(format!("{base}/image")).await.expect(300).json();
+    assert_eq!(
+        r["versions"][0]["links"][0]["href"],
+        format!("{base}/image/v2/")
+    );
+}
+
+#[tokio::test]
+async fn nova_microversion_headers_and_limits() {
+    let env = start().await;
+    let r = env
+        .get(Service::Compute, "/v2.1/limits", Some("2.79"))
+        .await
+        .expect(200);
+    assert_eq!(r.header("openstack-api-version"), Some("compute 2.79"));
+    assert_eq!(r.header("x-openstack-nova-api-version"), Some("2.79"));
+    assert!(r
+        .header("vary")
+        .unwrap()
+        .contains("X-OpenStack-Nova-API-Version"));
+    assert!(r
+        .header("x-openstack-request-id")
+        .unwrap()
+        .starts_with("req-"));
+    let abs = r.json()["limits"]["absolute"].clone();
+    assert_eq!(abs["maxTotalInstances"], 200);
+    assert_eq!(abs["totalInstancesUsed"], 0);
+    assert_eq!(abs["maxTotalCores"], -1);
+    assert_eq!(abs["totalCoresUsed"], 0);
+    assert_eq!(abs["maxTotalRAMSize"], -1);
+    assert_eq!(abs["totalRAMUsed"], 0);
+    assert!(abs.get("maxSecurityGroups").is_none());
+
+    // New-style header and "latest".
+    let r = env
+        .raw(
+            Method::GET,
+            &env.url(Service::Compute, "/v2.1/limits"),
+            &[
+                ("x-auth-token", &env.token),
+                ("openstack-api-version", "compute latest"),
+            ],
+            None,
+        )
+        .await
+        .expect(200);
+    assert_eq!(r.header("openstack-api-version"), Some("compute 2.104"));
+    // No header: 2.1, with the pre-2.36 limits.
+    let r = env
+        .get(Service::Compute, "/v2.1/limits", None)
+        .await
+        .expect(200);
+    assert_eq!(r.header("x-openstack-nova-api-version"), Some("2.1"));
+    assert_eq!(r.json()["limits"]["absolute"]["maxSecurityGroups"], 10);
+
+    env.active_server("limits").await;
+    let abs = env
+        .get(Service::Compute, "/v2.1/limits", Some("2.79"))
+        .await
+        .json()["limits"]["absolute"]
+        .clone();
+    assert_eq!(abs["totalInstancesUsed"], 1);
+    assert_eq!(abs["totalCoresUsed"], 1);
+    assert_eq!(abs["totalRAMUsed"], 1024);
+
+    // Flavors carry ids, sizes.
+    let r = env
+        .get(Service::Compute, "/v2.1/flavors", None)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(r["flavors"].as_array().unwrap().len(), 3);
+    let large = env.flavor_id("db.large").await;
+    let f = env
+        .get(
+            Service::Compute,
+            &format!("/v2.1/flavors/{large}"),
+            Some("2.61"),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(f["flavor"]["vcpus"], 4);
+    assert_eq!(f["flavor"]["ram"], 8192);
+    assert_eq!(f["flavor"]["disk"], 40);
+    // A flavor name is not an id.
+    let r = env
+        .get(Service::Compute, "/v2.1/flavors/db.large", None)
+        .await
+        .expect(404);
+    assert_eq!(
+        r.json(),
+        json!({"itemNotFound": {"code": 404, "message": "Flavor db.large could not be found."}})
+    );
+
+    // Cinder echoes its microversion.
+    let r = env
+        .raw(
+            Method::GET,
+            &env.url(Service::Volume, "/v3/volumes"),
+            &[
+                ("x-auth-token", &env.token),
+                ("openstack-api-version", "volume 3.60"),
+            ],
+            None,
+        )
+        .await
+        .expect(200);
+    assert_eq!(r.header("openstack-api-version"), Some("volume 3.60"));
+    let r = env
+        .get(Service::Volume, "/v3/limits", None)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(r["limits"]["absolute"]["maxTotalVolumes"], 1000);
+}
+
+// ---- the full flow ---------------------------------------------------------
+
+#[tokio::test]
+async fn boot_attach_detach_delete_flow() {
+    // Transitions slow enough (200-300 ms) to see the intermediate states
+    // reliably on a loaded machine.
+    let mut cfg = config();
+    cfg.boot.t_alone = Duration::from_secs(100);
+    cfg.latencies.volume_attach = Duration::from_secs(150);
+    cfg.latencies.volume_detach = Duration::from_secs(150);
+    let env = start_with(cfg, HttpSettings::default()).await;
+    let sid = env.boot("flow", "2.52", &["pool-db.small"]).await;
+    let s = env.server(&sid, "2.79").await;
+    assert_eq!(s["status"], "BUILD");
+    assert_eq!(s["OS-EXT-STS:task_state"], "spawning");
+    let s = env.wait_server(&sid, "ACTIVE").await;
+    assert_eq!(s["OS-EXT-AZ:availability_zone"], "az1");
+    assert_eq!(s["metadata"]["warmpool.pool"], "db.small/az1");
+    assert_eq!(s["tags"], json!(["pool-db.small"]));
+    assert_eq!(s["flavor"]["original_name"], "db.small");
+    assert_eq!(s["flavor"]["vcpus"], 1);
+    let addr = &s["addresses"]["mgmt-net"][0];
+    assert_eq!(addr["version"], 4);
+    assert_eq!(addr["OS-EXT-IPS:type"], "fixed");
+    assert!(
+        addr["addr"].as_str().unwrap().starts_with("127.77."),
+        "{addr}"
+    );
+    assert!(s.get("fault").is_none());
+
+    // Fields of later microversions, as Nova 34 shows them.
+    let s101 = env.server(&sid, "2.101").await;
+    assert_eq!(s101["pinned_availability_zone"], "az1");
+    assert_eq!(s101["image"]["properties"], json!({}));
+    assert_eq!(s101["scheduler_hints"], json!({}));
+    assert!(s.get("pinned_availability_zone").is_none());
+
+    // Volume attach below 2.101: 200 with the attachment.
+    let v1 = env.available_volume("warmpool-order-1").await;
+    // Cinder: links follow the request's URL (no project id here); fields
+    // appear with the microversion.
+    let plain = env.volume(&v1).await.expect(200).json();
+    assert_eq!(
+        plain["volume"]["links"][0]["href"],
+        format!("{}/volume/v3/volumes/{v1}", env.face.base_url())
+    );
+    assert!(plain["volume"].get("shared_targets").is_none());
+    let r = env
+        .raw(
+            Method::GET,
+            &env.url(Service::Volume, &format!("/v3/volumes/{v1}")),
+            &[
+                ("x-auth-token", &env.token),
+                ("openstack-api-version", "volume 3.60"),
+            ],
+            None,
+        )
+        .await
+        .expect(200);
+    assert_eq!(r.header("openstack-api-version"), Some("volume 3.60"));
+    let v = r.json();
+    assert_eq!(v["volume"]["shared_targets"], false);
+    assert!(v["volume"].get("group_id").is_some());
+    assert!(v["volume"].get("volume_type_id").is_none());
+    let r = env
+        .post(
+            Service::Compute,
+            &format!("/v2.1/servers/{sid}/os-volume_attachments"),
+            Some("2.79"),
+            json!({"volumeAttachment": {"volumeId": v1}}),
+        )
+        .await
+        .expect(200)
+        .json();
+    let a = &r["volumeAttachment"];
+    assert_eq!(a["volumeId"], v1.as_str());
+    assert_eq!(a["serverId"], sid.as_str());
+    assert_eq!(a["device"], "/dev/vdb");
+    assert_eq!(a["delete_on_termination"], false);
+    assert_eq!(
+        env.volume(&v1).await.json()["volume"]["status"],
+        "attaching"
+    );
+    let vol = env.wait_volume(&v1, "in-use").await;
+    assert_eq!(vol["attachments"][0]["server_id"], sid.as_str());
+    assert_eq!(vol["attachments"][0]["device"], "/dev/vdb");
+
+    // At 2.101 and later: 202 with an empty body, completion seen in Cinder.
+    let v2 = env.available_volume("warmpool-order-2").await;
+    let r = env
+        .post(
+            Service::Compute,
+            &format!("/v2.1/servers/{sid}/os-volume_attachments"),
+            Some("2.101"),
+            json!({"volumeAttachment": {"volumeId": v2}}),
+        )
+        .await
+        .expect(202);
+    assert_eq!(r.text, "");
+    env.wait_volume(&v2, "in-use").await;
+    let r = env
+        .get(
+            Service::Compute,
+            &format!("/v2.1/servers/{sid}/os-volume_attachments"),
+            Some("2.79"),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(r["volumeAttachments"].as_array().unwrap().len(), 2);
+    let s = env.server(&sid, "2.79").await;
+    assert_eq!(
+        s["os-extended-volumes:volumes_attached"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Port attach: synchronous, bound when it answers.
+    let port = env.port("warmpool-order-1").await;
+    let r = env
+        .post(
+            Service::Compute,
+            &format!("/v2.1/servers/{sid}/os-interface"),
+            Some("2.79"),
+            json!({"interfaceAttachment": {"port_id": port}}),
+        )
+        .await
+        .expect(200)
+        .json();
+    let ia = &r["interfaceAttachment"];
+    assert_eq!(ia["port_id"], port.as_str());
+    assert_eq!(ia["port_state"], "ACTIVE");
+    let ip = ia["fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let p = env
+        .get(Service::Network, &format!("/v2.0/ports/{port}"), None)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(p["port"]["device_id"], sid.as_str());
+    assert_eq!(p["port"]["status"], "ACTIVE");
+    assert_eq!(p["port"]["device_owner"], "compute:az1");
+    let s = env.server(&sid, "2.79").await;
+    assert_eq!(s["addresses"]["tenant-net"][0]["addr"], ip.as_str());
+    let r = env
+        .get(
+            Service::Compute,
+            &format!("/v2.1/servers/{sid}/os-interface"),
+            None,
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(r["interfaceAttachments"][0]["port_id"], port.as_str());
+    let r = env
+        .get(
+            Service::Network,
+            &format!("/v2.0/ports?device_id={sid}"),
+            None,
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(r["ports"].as_array().unwrap().len(), 1);
+
+    // Detach both.
+    env.delete(
+        Service::Compute,
+        &format!("/v2.1/servers/{sid}/os-interface/{port}"),
+        None,
+    )
+    .await
+    .expect(202);
+    wait_until(|| async {
+        let p = env
+            .get(Service::Network, &format!("/v2.0/ports/{port}"), None)
+            .await
+            .json();
+        (p["port"]["device_id"] == "").then_some(())
+    })
+    .await;
+    env.delete(
+        Service::Compute,
+        &format!("/v2.1/servers/{sid}/os-volume_attachments/{v1}"),
+        None,
+    )
+    .await
+    .expect(202);
+    assert_eq!(
+        env.volume(&v1).await.json()["volume"]["status"],
+        "detaching"
+    );
+    env.wait_volume(&v1, "available").await;
+
+    // Delete: 204, then 404; the remaining volume returns to available.
+    env.delete(Service::Compute, &format!("/v2.1/servers/{sid}"), None)
+        .await
+        .expect(204);
+    wait_until(|| async {
+        let r = env
+            .get(Service::Compute, &format!("/v2.1/servers/{sid}"), None)
+            .await;
+        (r.status == 404).then_some(())
+    })
+    .await;
+    env.wait_volume(&v2, "available").await;
+    for v in [&v1, &v2] {
+        env.delete(Service::Volume, &format!("/v3/volumes/{v}"), None)
+            .await
+            .expect(202);
+    }
+    wait_until(|| async { (env.volume(&v1).await.status == 404).then_some(()) }).await;
+    env.delete(Service::Network, &format!("/v2.0/ports/{port}"), None)
+        .await
+        .expect(204);
+    env.get(Service::Network, &format!("/v2.0/ports/{port}"), None)
+        .await
+        .expect(404);
+    // The project id form of Cinder's URLs works too.
+    let pid = env.face.project_id().to_string();
+    env.get(
+        Service::Volume,
+        &format!("/v3/{pid}/volumes/detail?name=warmpool-order-2"),
+        None,
+    )
+    .await
+    .expect(200);
+}
+
+#[tokio::test]
+async fn readiness_greeting_at_the_servers_address() {
+    let env = start().await;
+    let sid = env.boot("ready", "2.52", &[]).await;
+    let s = env.wait_server(&sid, "ACTIVE").await;
+    let ip = s["addresses"]["mgmt-net"][0]["addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let addr: std::net::SocketAddr = format!("{ip}:3306").parse().unwrap();
+    let probe = pool_manager::probe::MysqlGreetingProbe::default();
+    let version = wait_until(|| async {
+        use pool_manager::probe::Probe;
+        probe.probe(addr).await.ok()
+    })
+    .await;
+    assert_eq!(version, "8.0.36-cloudsim");
+    // Deleting the server stops its mysqld.
+    env.delete(Service::Compute, &format!("/v2.1/servers/{sid}"), None)
+        .await
+        .expect(204);
+    wait_until(|| async {
+        use pool_manager::probe::Probe;
+        probe.probe(addr).await.is_err().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tag_filter_is_honoured_from_2_26_and_ignored_below() {
+    let env = start().await;
+    let a = env.boot("tagged", "2.52", &["pool-a"]).await;
+    let b = env.boot("untagged", "2.52", &[]).await;
+    // A tag added afterwards (2.26+): 201 new, 204 existing; 404 below 2.26.
+    let r = env
+        .call(
+            Method::PUT,
+            Service::Compute,
+            &format!("/v2.1/servers/{b}/tags/pool-b"),
+            Some("2.26"),
+            None,
+        )
+        .await
+        .expect(201);
+    assert!(r.header("location").unwrap().ends_with("/tags/pool-b"));
+    env.call(
+        Method::PUT,
+        Service::Compute,
+        &format!("/v2.1/servers/{b}/tags/pool-b"),
+        Some("2.26"),
+        None,
+    )
+    .await
+    .expect(204);
+    env.call(
+        Method::PUT,
+        Service::Compute,
+        &format!("/v2.1/servers/{b}/tags/x"),
+        Some("2.25"),
+        None,
+    )
+    .await
+    .expect(404);
+
+    let names = |r: Value| -> Vec<String> {
+        r["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let r = env
+        .get(
+            Service::Compute,
+            "/v2.1/servers/detail?tags=pool-a",
+            Some("2.26"),
+        )
+        .await
+        .expect(200);
+    let r = r.json();
+    assert_eq!(names(r.clone()), vec!["tagged"]);
+    assert_eq!(r["servers"][0]["tags"], json!(["pool-a"]));
+    let r = env
+        .get(
+            Service::Compute,
+            "/v2.1/servers/detail?tags=no-such-tag",
+            Some("2.26"),
+        )
+        .await;
+    assert_eq!(names(r.json()), Vec::<String>::new());
+    // Below 2.26 the filter is silently ignored (and tags are not shown).
+    let r = env
+        .get(
+            Service::Compute,
+            "/v2.1/servers/detail?tags=no-such-tag",
+            Some("2.19"),
+        )
+        .await
+        .json();
+    assert_eq!(names(r.clone()), vec!["untagged", "tagged"]);
+    assert!(r["servers"][0].get("tags").is_none());
+    // ?name= filters at any version; the summary list too.
+    let r = env
+        .get(Service::Compute, "/v2.1/servers?name=untagged", None)
+        .await
+        .json();
+    assert_eq!(names(r.clone()), vec!["untagged"]);
+    assert_eq!(r["servers"][0]["id"], b.as_str());
+    let _ = a;
+}
+
+// ---- error cases -----------------------------------------------------------
+
+#[tokio::test]
+async fn nova_request_errors_have_real_bodies() {
+    let env = start().await;
+    let missing = "00000000-0000-0000-0000-000000000000";
+    let r = env
+        .get(Service::Compute, &format!("/v2.1/servers/{missing}"), None)
+        .await
+        .expect(404);
+    assert_eq!(
+        r.json(),
+        json!({"itemNotFound": {"code": 404, "message": format!("Instance {missing} could not be found.")}})
+    );
+    let r = env
+        .delete(Service::Compute, &format!("/v2.1/servers/{missing}"), None)
+        .await
+        .expect(404);
+    assert_eq!(r.json()["itemNotFound"]["code"], 404);
+
+    // Image given by name: 400 even though an image of that name exists.
+    let mut body = env.server_body("x", "az1").await;
+    body["server"]["imageRef"] = json!("mysql-8.0");
+    let r = env
+        .post(Service::Compute, "/v2.1/servers", Some("2.52"), body)
+        .await
+        .expect(400);
+    let msg = r.json()["badRequest"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.starts_with("Invalid input for field/attribute imageRef"),
+        "{msg}"
+    );
+
+    // networks required from 2.37; tags accepted from 2.52.
+    let mut body = env.server_body("x", "az1").await;
+    body["server"].as_object_mut().unwrap().remove("networks");
+    let r = env
+        .post(
+            Service::Compute,
+            "/v2.1/servers",
+            Some("2.37"),
+            body.clone(),
+        )
+        .await
+        .expect(400);
+    assert!(r.json()["badRequest"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("'networks' is a required property"));
+    env.post(Service::Compute, "/v2.1/servers", Some("2.36"), body)
+        .await
+        .expect(202);
+    let mut body = env.server_body("x", "az1").await;
+    body["server"]["tags"] = json!(["t"]);
+    let r = env
+        .post(Service::Compute, "/v2.1/servers", Some("2.51"), body)
+        .await
+        .expect(400);
+    assert!(r.json()["badRequest"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("'tags' was unexpected"));
+
+    // Unknown availability zone.
+    let body = env.server_body("x", "az9").await;
+    let r = env
+        .post(Service::Compute, "/v2.1/servers", Some("2.52"), body)
+        .await
+        .expect(400);
+    assert_eq!(
+        r.json(),
+        json!({"badRequest": {"code": 400, "message": "The requested availability zone is not available"}})
+    );
+
+    // Malformed JSON names the problem.
+    let r = env
+        .raw(
+            Method::POST,
+            &env.url(Service::Compute, "/v2.1/servers"),
+            &[("x-auth-token", &env.token)],
+            Some("{\"server\": [".into()),
+        )
+        .await
+        .expect(400);
+    assert!(r.json()["badRequest"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Malformed request body"));
+
+    // Microversions out of range and malformed.
+    let r = env
+        .get(Service::Compute, "/v2.1/servers", Some("2.200"))
+        .await
+        .expect(406);
+    assert_eq!(
+        r.json()["computeFault"]["message"],
+        "Version 2.200 is not supported by the API. Minimum is 2.1 and maximum is 2.104."
+    );
+    env.get(Service::Compute, "/v2.1/servers", Some("two"))
+        .await
+        .expect(400);
+}
+
+#[tokio::test]
+async fn attach_conflicts_have_real_bodies() {
+    let env = start().await;
+    let a = env.active_server("a").await;
+    let b = env.active_server("b").await;
+    let vol = env.available_volume("v").await;
+    env.post(
+        Service::Compute,
+        &format!("/v2.1/servers/{a}/os-volume_attachments"),
+        Some("2.79"),
+        json!({"volumeAttachment": {"volumeId": vol}}),
+    )
+    .await
+    .expect(200);
+    env.wait_volume(&vol, "in-use").await;
+    let r = env
+        .post(
+            Service::Compute,
+            &format!("/v2.1/servers/{b}/os-volume_attachments"),
+            Some("2.79"),
+            json!({"volumeAttachment": {"volumeId": vol}}),
+        )
+        .await
+        .expect(400);
+    assert_eq!(
+        r.json(),
+        json!({"badRequest": {"code": 400, "message": format!("Invalid volume: volume {vol} is already attached to instances: {a}")}})
+    );
+    // Detach from the wrong server.
+    let r = env
+        .delete(
+            Service::Compute,
+            &format!("/v2.1/servers/{b}/os-volume_attachments/{vol}"),
+            None,
+        )
+        .await
+        .expect(404);
+    assert_eq!(
+        r.json()["itemNotFound"]["message"],
+        format!("Instance {b} is not attached to volume {vol}")
+    );
+    // Delete an in-use volume.
+    let r = env
+        .delete(Service::Volume, &format!("/v3/volumes/{vol}"), None)
+        .await
+        .expect(400);
+    assert!(r.json()["badRequest"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Invalid volume: Volume status must be available or error"));
+    // Attach a missing volume.
+    let missing = "00000000-0000-0000-0000-000000000000";
+    let r = env
+        .post(
+            Service::Compute,
+            &format!("/v2.1/servers/{a}/os-volume_attachments"),
+            Some("2.79"),
+            json!({"volumeAttachment": {"volumeId": missing}}),
+        )
+        .await
+        .expect(404);
+    assert_eq!(
+        r.json(),
+        json!({"itemNotFound": {"code": 404, "message": format!("Volume {missing} could not be found.")}})
+    );
+    let r = env.volume(missing).await.expect(404);
+    assert_eq!(
+        r.json(),
+        json!({"itemNotFound": {"code": 404, "message": format!("Volume {missing} could not be found.")}})
+    );
+
+    // A port in use.
+    let port = env.port("p").await;
+    let attach = |server: String| {
+        let env = &env;
+        let port = port.clone();
+        async move {
+            env.post(
+                Service::Compute,
+                &format!("/v2.1/servers/{server}/os-interface"),
+                Some("2.79"),
+                json!({"interfaceAttachment": {"port_id": port}}),
+            )
+            .await
+        }
+    };
+    attach(a.clone()).await.expect(200);
+    let r = attach(b.clone()).await.expect(409);
+    assert_eq!(
+        r.json(),
+        json!({"conflictingRequest": {"code": 409, "message": format!("Port {port} is still in use.")}})
+    );
+    // Neutron: renaming a port is fine; rebinding it there is not simulated.
+    env.call(
+        Method::PUT,
+        Service::Network,
+        &format!("/v2.0/ports/{port}"),
+        None,
+        Some(json!({"port": {"device_id": b}})),
+    )
+    .await
+    .expect(400);
+    let r = env
+        .call(
+            Method::PUT,
+            Service::Network,
+            &format!("/v2.0/ports/{port}"),
+            None,
+            Some(json!({"port": {"name": "renamed"}})),
+        )
+        .await
+        .expect(200);
+    assert_eq!(r.json()["port"]["name"], "renamed");
+    assert_eq!(r.json()["port"]["device_id"], a.as_str());
+    // Neutron's 404.
+    let r = env
+        .delete(Service::Network, &format!("/v2.0/ports/{missing}"), None)
+        .await
+        .expect(404);
+    assert_eq!(
+        r.json(),
+        json!({"NeutronError": {"type": "PortNotFound", "message": format!("Port {missing} could not be found."), "detail": ""}})
+    );
+    let r = env
+        .post(
+            Service::Network,
+            "/v2.0/ports",
+            None,
+            json!({"port": {"network_id": missing}}),
+        )
+        .await
+        .expect(404);
+    assert_eq!(r.json()["NeutronError"]["type"], "NetworkNotFound");
+    let r = env
+        .raw(
+            Method::POST,
+            &env.url(Service::Network, "/v2.0/ports"),
+            &[("x-auth-token", &env.token)],
+            Some("not json".into()),
+        )
+        .await
+        .expect(400);
+    assert_eq!(r.json()["NeutronError"]["type"], "HTTPBadRequest");
+    let r = env
+        .raw(
+            Method::POST,
+            &env.url(Service::Volume, "/v3/volumes"),
+            &[("x-auth-token", &env.token)],
+            Some("{".into()),
+        )
+        .await
+        .expect(400);
+    assert!(r.json()["badRequest"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Malformed request body"));
+}
+
+#[tokio::test]
+async fn quota_errors_per_service() {
+    let mut cfg = config();
+    cfg.quotas.max_instances = 2;
+    cfg.quotas.max_volumes = 1;
+    cfg.quotas.max_ports = 1;
+    cfg.max_cores = Some(5);
+    let env = start_with(cfg, HttpSettings::default()).await;
+    // Cores: db.large is 4 vCPUs.
+    let large = env.flavor_id("db.large").await;
+    let mut body = env.server_body("big", "az1").await;
+    body["server"]["flavorRef"] = json!(large);
+    env.post(
+        Service::Compute,
+        "/v2.1/servers",
+        Some("2.52"),
+        body.clone(),
+    )
+    .await
+    .expect(202);
+    let r = env
+        .post(Service::Compute, "/v2.1/servers", Some("2.52"), body)
+        .await
+        .expect(403);
+    assert_eq!(
+        r.json(),
+        json!({"forbidden": {"code": 403, "message": "Quota exceeded for cores: Requested 4, but already used 4 of 5 cores"}})
+    );
+    env.boot("s2", "2.52", &[]).await;
+    let body = env.server_body("s3", "az1").await;
+    let r = env
+        .post(Service::Compute, "/v2.1/servers", Some("2.52"), body)
+        .await
+        .expect(403);
+    assert_eq!(
+        r.json(),
+        json!({"forbidden": {"code": 403, "message": "Quota exceeded for instances: Requested 1, but already used 2 of 2 instances"}})
+    );
+
+    env.available_volume("v1").await;
+    let r = env
+        .post(
+            Service::Volume,
+            "/v3/volumes",
+            None,
+            json!({"volume": {"size": 1}}),
+        )
+        .await
+        .expect(413);
+    assert_eq!(r.header("retry-after"), Some("0"));
+    assert_eq!(
+        r.json(),
+        json!({"overLimit": {"code": 413, "message": "VolumeLimitExceeded: Maximum number of volumes allowed (1) exceeded for quota 'volumes'.", "retryAfter": "0"}})
+    );
+
+    env.port("p1").await;
+    let net = env.network_id("tenant-net").await;
+    let r = env
+        .post(
+            Service::Network,
+            "/v2.0/ports",
+            None,
+            json!({"port": {"network_id": net}}),
+        )
+        .await
+        .expect(409);
+    assert_eq!(
+        r.json(),
+        json!({"NeutronError": {"type": "OverQuota", "message": "Quota exceeded for resources: ['port'].", "detail": ""}})
+    );
+    let pid = env.face.project_id().to_string();
+    let q = env
+        .get(
+            Service::Network,
+            &format!("/v2.0/quotas/{pid}/details"),
+            None,
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(
+        q["quota"]["port"],
+        json!({"used": 1, "limit": 1, "reserved": 0})
+    );
+}
+
+#[tokio::test]
+async fn model_errors_map_to_each_services_shape() {
+    let env = start().await;
+    let faults = env.sim.faults();
+    // Throttled: 429, Retry-After in whole seconds rounded up, service body.
+    faults.api_errors_next(
+        3,
+        CloudError::Throttled {
+            retry_after: Some(Duration::from_millis(1200)),
+            message: "Rate limit exceeded".into(),
+        },
+    );
+    let r = env
+        .get(Service::Compute, "/v2.1/servers/detail", Some("2.79"))
+        .await
+        .expect(429);
+    assert_eq!(r.header("retry-after"), Some("2"));
+    assert_eq!(
+        r.json(),
+        json!({"overLimit": {"code": 429, "message": "Rate limit exceeded", "retryAfter": "2"}})
+    );
+    let r = env
+        .get(Service::Volume, "/v3/volumes/detail", None)
+        .await
+        .expect(429);
+    assert_eq!(r.json()["overLimit"]["retryAfter"], "2");
+    let r = env
+        .get(Service::Network, "/v2.0/ports", None)
+        .await
+        .expect(429);
+    assert_eq!(r.header("retry-after"), Some("2"));
+    assert_eq!(r.json()["NeutronError"]["type"], "TooManyRequests");
+    env.get(Service::Network, "/v2.0/ports", None)
+        .await
+        .expect(200);
+
+    faults.api_errors_next(1, CloudError::Transient("database unavailable".into()));
+    let r = env
+        .get(Service::Compute, "/v2.1/servers", None)
+        .await
+        .expect(500);
+    assert_eq!(
+        r.json(),
+        json!({"computeFault": {"code": 500, "message": "database unavailable"}})
+    );
+    faults.api_errors_next(1, CloudError::Conflict("busy".into()));
+    let r = env
+        .get(Service::Compute, "/v2.1/servers", None)
+        .await
+        .expect(409);
+    assert_eq!(
+        r.json(),
+        json!({"conflictingRequest": {"code": 409, "message": "busy"}})
+    );
+    faults.api_errors_next(1, CloudError::Fatal("bad".into()));
+    let r = env
+        .get(Service::Volume, "/v3/volumes", None)
+        .await
+        .expect(400);
+    assert_eq!(
+        r.json(),
+        json!({"badRequest": {"code": 400, "message": "bad"}})
+    );
+    faults.api_errors_next(1, CloudError::NotFound("gone".into()));
+    let r = env
+        .get(Service::Compute, "/v2.1/servers", None)
+        .await
+        .expect(404);
+    assert_eq!(
+        r.json(),
+        json!({"itemNotFound": {"code": 404, "message": "gone"}})
+    );
+    faults.api_errors_next(1, CloudError::QuotaExceeded("quota".into()));
+    let r = env
+        .get(Service::Volume, "/v3/volumes", None)
+        .await
+        .expect(413);
+    assert_eq!(r.header("retry-after"), Some("0"));
+}
+
+#[tokio::test]
+async fn in_process_faults_show_through_http() {
+    let env = start().await;
+    let faults = env.sim.faults();
+    faults.error_next_boots(1, "NoValidHost");
+    let sid = env.boot("doomed", "2.52", &[]).await;
+    let s = env.wait_server(&sid, "ERROR").await;
+    assert_eq!(s["fault"]["code"], 500);
+    assert_eq!(
+        s["fault"]["message"],
+        "No valid host was found. There are not enough hosts available."
+    );
+    assert_eq!(s["addresses"], json!({}));
+    assert_eq!(s["OS-EXT-AZ:availability_zone"], "");
+
+    let sid = env.active_server("ok").await;
+    let vol = env.available_volume("v").await;
+    faults.fail_next_volume_attach(1);
+    let path = format!("/v2.1/servers/{sid}/os-volume_attachments");
+    let attach = || {
+        env.post(
+            Service::Compute,
+            &path,
+            Some("2.79"),
+            json!({"volumeAttachment": {"volumeId": vol}}),
+        )
+    };
+    let r = attach().await.expect(500);
+    assert_eq!(r.json()["computeFault"]["code"], 500);
+    attach().await.expect(200);
+
+    // A volume the backend fails to create ends in `error` (and can be deleted).
+    faults.error_next_volumes(1);
+    let r = env
+        .post(
+            Service::Volume,
+            "/v3/volumes",
+            None,
+            json!({"volume": {"size": 1}}),
+        )
+        .await
+        .expect(202);
+    let bad = r.json()["volume"]["id"].as_str().unwrap().to_string();
+    env.wait_volume(&bad, "error").await;
+    env.delete(Service::Volume, &format!("/v3/volumes/{bad}"), None)
+        .await
+        .expect(202);
+
+    // A server created over HTTP is visible in-process.
+    use pool_manager::cloud::Cloud;
+    let via_trait = env.sim.get_server(&sid).await.unwrap();
+    assert_eq!(via_trait.name, "ok");
+    assert!(
+        env.sim
+            .call_counts()
+            .get("attach_volume")
+            .copied()
+            .unwrap_or(0)
+            >= 2
+    );
+
+    // Slow calls: the in-process knob delays HTTP answers too.
+    faults.slow_calls(Duration::from_millis(200));
+    let t0 = tokio::time::Instant::now();
+    env.get(Service::Compute, "/v2.1/servers", None)
+        .await
+        .expect(200);
+    assert!(t0.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn http_fault_knobs() {
+    let env = start().await;
+    let f = env.face.faults();
+    f.throttle_next(Service::Compute, 2, Duration::from_millis(2500));
+    for _ in 0..2 {
+        let r = env
+            .get(Service::Compute, "/v2.1/servers", None)
+            .await
+            .expect(429);
+        assert_eq!(r.header("retry-after"), Some("3"));
+        assert_eq!(r.json()["overLimit"]["retryAfter"], "3");
+    }
+    env.get(Service::Compute, "/v2.1/servers", None)
+        .await
+        .expect(200);
+    // Throttling one service leaves the others alone; Keystone too can be throttled.
+    f.throttle_next(Service::Identity, 1, Duration::from_secs(1));
+    env.get(Service::Volume, "/v3/volumes", None)
+        .await
+        .expect(200);
+    let r = env
+        .issue_token("pool", "poolpass")
+        .await
+        .unwrap_err()
+        .expect(429);
+    assert_eq!(r.json()["error"]["code"], 429);
+
+    f.server_error_next(Service::Volume, 1);
+    let r = env
+        .get(Service::Volume, "/v3/volumes", None)
+        .await
+        .expect(500);
+    assert!(r.header("content-type").unwrap().starts_with("text/html"));
+    assert!(r.text.contains("<h1>Internal Server Error</h1>"));
+    env.get(Service::Volume, "/v3/volumes", None)
+        .await
+        .expect(200);
+
+    // Garbage: the call takes effect, the answer is cut.
+    f.garbage_next(Service::Volume, 1);
+    let r = env
+        .post(
+            Service::Volume,
+            "/v3/volumes",
+            None,
+            json!({"volume": {"size": 1, "name": "cut"}}),
+        )
+        .await
+        .expect(200);
+    assert!(
+        serde_json::from_str::<Value>(&r.text).is_err(),
+        "{}",
+        r.text
+    );
+    let list = env
+        .get(Service::Volume, "/v3/volumes?name=cut", None)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(list["volumes"].as_array().unwrap().len(), 1);
+
+    f.slow(Service::Network, Duration::from_millis(500));
+    let t0 = tokio::time::Instant::now();
+    env.get(Service::Network, "/v2.0/networks", None)
+        .await
+        .expect(200);
+    assert!(t0.elapsed() >= Duration::from_millis(500));
+    f.clear();
+    let t0 = tokio::time::Instant::now();
+    env.get(Service::Network, "/v2.0/networks", None)
+        .await
+        .expect(200);
+    assert!(t0.elapsed() < Duration::from_millis(500));
+}
+
+// ---- osauth ---------------------------------------------------------------
+
+#[tokio::test]
+async fn osauth_authenticates_and_discovers_versions() {
+    use osauth::services::{BLOCK_STORAGE, COMPUTE, IMAGE, NETWORK};
+    use osauth::ApiVersion;
+    let env = start().await;
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&env.face.clouds_yaml("sim")).unwrap();
+    let cfg: osauth::CloudConfig = serde_yaml::from_value(yaml["clouds"]["sim"].clone()).unwrap();
+    let session = cfg.create_session().await.unwrap();
+
+    let versions = session.get_api_versions(COMPUTE).await.unwrap();
+    assert_eq!(versions, Some((ApiVersion(2, 1), ApiVersion(2, 104))));
+    let picked = session
+        .pick_api_version(
+            COMPUTE,
+            [ApiVersion(2, 26), ApiVersion(2, 101), ApiVersion(2, 200)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(picked, Some(ApiVersion(2, 101)));
+    assert_eq!(
+        session.get_api_versions(BLOCK_STORAGE).await.unwrap(),
+        Some((ApiVersion(3, 0), ApiVersion(3, 71)))
+    );
+
+    // A boot with tags through the session, then lists through every service.
+    let image = env.image_id().await;
+    let net = env.network_id("mgmt-net").await;
+    let flavor = env.flavor_id("db.small").await;
+    let created: Value = session
+        .post(COMPUTE, &["servers"])
+        .api_version(ApiVersion(2, 52))
+        .json(
+            &json!({"server": {"name": "osauth", "flavorRef": flavor, "imageRef": image,
+                                 "networks": [{"uuid": net}], "tags": ["via-osauth"]}}),
+        )
+        .fetch()
+        .await
+        .unwrap();
+    let sid = created["server"]["id"].as_str().unwrap().to_string();
+    let listed: Value = session
+        .get(COMPUTE, &["servers", "detail"])
+        .api_version(ApiVersion(2, 26))
+        .query(&[("tags", "via-osauth")])
+        .fetch()
+        .await
+        .unwrap();
+    assert_eq!(listed["servers"][0]["id"], sid.as_str());
+    // Cinder through the version document's self link (no project id).
+    let volumes: Value = session
+        .get(BLOCK_STORAGE, &["volumes", "detail"])
+        .header("OpenStack-API-Version", "volume 3.60")
+        .fetch()
+        .await
+        .unwrap();
+    assert_eq!(volumes["volumes"], json!([]));
+    let nets: Value = session
+        .get(NETWORK, &["networks"])
+        .query(&[("name", "tenant-net")])
+        .fetch()
+        .await
+        .unwrap();
+    assert_eq!(nets["networks"][0]["name"], "tenant-net");
+    let images: Value = session
+        .get(IMAGE, &["images"])
+        .query(&[("name", "mysql-8.0")])
+        .fetch()
+        .await
+        .unwrap();
+    assert_eq!(images["images"][0]["id"], image.as_str());
+
+    // osauth's error kinds from the face's statuses.
+    let err = session
+        .get(
+            COMPUTE,
+            &["servers", "00000000-0000-0000-0000-000000000000"],
+        )
+        .fetch::<Value>()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), osauth::ErrorKind::ResourceNotFound);
+    env.face.faults().revoke_all_tokens();
+    let err = session
+        .get(COMPUTE, &["servers"])
+        .fetch::<Value>()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), osauth::ErrorKind::AuthenticationFailed);
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_400_with_a_body_everywhere() {
+    let env = start().await;
+    let sid = env.active_server("target").await;
+    let port = env.port("p").await;
+    let endpoints = [
+        (
+            Method::POST,
+            Service::Identity,
+            "/v3/auth/tokens".to_string(),
+        ),
+        (Method::POST, Service::Compute, "/v2.1/servers".to_string()),
+        (
+            Method::POST,
+            Service::Compute,
+            format!("/v2.1/servers/{sid}/os-volume_attachments"),
+        ),
+        (
+            Method::POST,
+            Service::Compute,
+            format!("/v2.1/servers/{sid}/os-interface"),
+        ),
+        (Method::POST, Service::Volume, "/v3/volumes".to_string()),
+        (Method::POST, Service::Network, "/v2.0/ports".to_string()),
+        (Method::PUT, Service::Network, format!("/v2.0/ports/{port}")),
+    ];
+    let bodies = [
+        "",
+        "not json",
+        "{\"truncated\": ",
+        "null",
+        "[]",
+        "{}",
+        "{\"server\": 5, \"volume\": [], \"port\": \"x\", \"auth\": 1}",
+        "{\"server\": {\"name\": 5}, \"volume\": {\"size\": -1}, \"port\": {\"network_id\": 7}}",
+        "{\"server\": {\"name\": \"x\", \"flavorRef\": {}}, \"volume\": {\"size\": 1e30}, \"port\": {\"name\": []}}",
+        "{\"volumeAttachment\": {\"volumeId\": 5}, \"interfaceAttachment\": {}}",
+        "{\"auth\": {\"identity\": {\"methods\": \"password\"}}}",
+    ];
+    for (method, service, path) in &endpoints {
+        for body in bodies {
+            let r = env
+                .raw(
+                    method.clone(),
+                    &env.url(*service, path),
+                    &[("x-auth-token", &env.token)],
+                    Some(body.to_string()),
+                )
+                .await;
+            // Keystone answers credentials it cannot use with 401.
+            let expected: &[u16] = if *service == Service::Identity {
+                &[400, 401]
+            } else {
+                &[400]
+            };
+            assert!(
+                expected.contains(&r.status.as_u16()),
+                "{method} {path} with {body:?}: {} {}",
+                r.status,
+                r.text
+            );
+            let j = r.json();
+            let message = j
+                .as_object()
+                .and_then(|o| o.values().next())
+                .and_then(|inner| inner.get("message"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            assert!(!message.is_empty(), "{method} {path} with {body:?}: {j}");
+        }
+    }
+    // Still serving.
+    env.get(Service::Compute, &format!("/v2.1/servers/{sid}"), None)
+        .await
+        .expect(200);
+}
+
+#[tokio::test]
+async fn shutdown_ends_requests_hung_by_the_model() {
+    let env = start().await;
+    env.sim.faults().hang_after_calls(0);
+    let url = env.url(Service::Compute, "/v2.1/servers");
+    let http = env.http.clone();
+    let token = env.token.clone();
+    let hung = tokio::spawn(async move {
+        http.get(url)
+            .header("x-auth-token", token)
+            .send()
+            .await
+            .map(|r| r.status())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!hung.is_finished(), "the request should hang");
+    let t0 = tokio::time::Instant::now();
+    env.face.shutdown().await.unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    let status = hung.await.unwrap().unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn attaching_to_a_building_server_is_409() {
+    let mut cfg = config();
+    // 20 s in BUILD: long past the end of this test.
+    cfg.boot.t_alone = Duration::from_secs(10_000);
+    let env = start_with(cfg, HttpSettings::default()).await;
+    let sid = env.boot("slow", "2.52", &[]).await;
+    let vol = env.available_volume("v").await;
+    let r = env
+        .post(
+            Service::Compute,
+            &format!("/v2.1/servers/{sid}/os-volume_attachments"),
+            Some("2.79"),
+            json!({"volumeAttachment": {"volumeId": vol}}),
+        )
+        .await
+        .expect(409);
+    assert_eq!(
+        r.json(),
+        json!({"conflictingRequest": {"code": 409, "message": format!("Cannot 'attach_volume' instance {sid} while it is in vm_state building")}})
+    );
+    let port = env.port("p").await;
+    let r = env
+        .post(
+            Service::Compute,
+            &format!("/v2.1/servers/{sid}/os-interface"),
+            Some("2.79"),
+            json!({"interfaceAttachment": {"port_id": port}}),
+        )
+        .await
+        .expect(409);
+    assert!(r.json()["conflictingRequest"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("vm_state building"));
+    assert_eq!(env.server(&sid, "2.79").await["status"], "BUILD");
+}
+
+#[tokio::test]
+async fn the_demo_binary_serves_and_prints_a_clouds_yaml() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = std::env::temp_dir().join(format!("cloudsim-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let written = dir.join("clouds.yaml");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloudsim"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cloud-name",
+            "demo",
+            "--clouds-yaml",
+        ])
+        .arg(&written)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = String::new();
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.contains("identity_api_version") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .unwrap();
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&printed).unwrap();
+    let auth_url = yaml["clouds"]["demo"]["auth"]["auth_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        std::fs::read_to_string(&written).unwrap(),
+        printed.split_once('\n').unwrap().1
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{auth_url}/auth/tokens"))
+        .json(&auth_body("pool", "poolpass"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    child.kill().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

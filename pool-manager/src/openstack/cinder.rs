@@ -1,0 +1,124 @@
+//! Cinder's JSON as warmpool reads it: volumes and the create body.
+
+use crate::cloud::{NewVolumeSpec, Volume, VolumeStatus};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+pub struct VolumeBody {
+    pub volume: CinderVolume,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct VolumesBody {
+    pub volumes: Vec<CinderVolume>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CinderVolume {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub availability_zone: Option<String>,
+    #[serde(default)]
+    pub size: Option<u32>,
+    #[serde(default)]
+    pub attachments: Option<Vec<Attachment>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Attachment {
+    #[serde(default)]
+    pub server_id: Option<String>,
+}
+
+pub fn volume_status(status: &str) -> VolumeStatus {
+    match status {
+        "creating" | "downloading" => VolumeStatus::Creating,
+        "available" => VolumeStatus::Available,
+        "attaching" | "reserved" => VolumeStatus::Attaching,
+        "in-use" => VolumeStatus::InUse,
+        "detaching" => VolumeStatus::Detaching,
+        "error" => VolumeStatus::Error,
+        other => VolumeStatus::Other(other.to_owned()),
+    }
+}
+
+/// warmpool's view. `availability_zone` is Cinder's, translated back to the
+/// pool AZ by the caller when the driver maps AZs.
+pub fn to_volume(v: CinderVolume) -> Volume {
+    Volume {
+        name: v.name.unwrap_or_default(),
+        status: volume_status(v.status.as_deref().unwrap_or_default()),
+        availability_zone: v.availability_zone.unwrap_or_default(),
+        size_gib: v.size.unwrap_or_default(),
+        attached_to: v
+            .attachments
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|a| a.server_id)
+            .collect(),
+        id: v.id,
+    }
+}
+
+/// `POST /volumes`. `availability_zone` is the Cinder AZ (after mapping).
+/// The project is the session's: a member cannot create in another project.
+pub fn create_body(spec: &NewVolumeSpec, availability_zone: Option<&str>) -> serde_json::Value {
+    let mut volume = serde_json::json!({ "size": spec.size_gib, "name": spec.name });
+    if let Some(az) = availability_zone {
+        volume["availability_zone"] = serde_json::json!(az);
+    }
+    if let Some(kind) = &spec.volume_type {
+        volume["volume_type"] = serde_json::json!(kind);
+    }
+    serde_json::json!({ "volume": volume })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attached_volume_names_its_server() {
+        let body: VolumeBody = serde_json::from_str(
+            r#"{"volume": {"id": "6d164150-4c0f-447a-896d-a825918714cd", "name": "warmpool-order-1", "status": "in-use",
+                "availability_zone": "nova", "size": 1, "bootable": "false",
+                "attachments": [{"id": "6d16", "attachment_id": "a1", "volume_id": "6d16", "server_id": "a4d9add2-ef0a-4928-b1b8-6525fdb81913", "host_name": null, "device": "/dev/vdb"}]}}"#,
+        )
+        .unwrap();
+        let v = to_volume(body.volume);
+        assert_eq!(v.status, VolumeStatus::InUse);
+        assert_eq!(v.attached_to, vec!["a4d9add2-ef0a-4928-b1b8-6525fdb81913"]);
+        assert_eq!((v.size_gib, v.availability_zone.as_str()), (1, "nova"));
+    }
+
+    #[test]
+    fn unknown_statuses_are_kept() {
+        let body: VolumeBody = serde_json::from_str(
+            r#"{"volume": {"id": "v", "status": "maintenance", "name": null, "attachments": []}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            to_volume(body.volume).status,
+            VolumeStatus::Other("maintenance".into())
+        );
+    }
+
+    #[test]
+    fn the_create_body_has_size_name_and_az() {
+        let spec = NewVolumeSpec {
+            name: "warmpool-o1".into(),
+            size_gib: 20,
+            volume_type: None,
+            availability_zone: "az1".into(),
+            project_id: "tenant".into(),
+        };
+        assert_eq!(
+            create_body(&spec, Some("nova")),
+            serde_json::json!({"volume": {"size": 20, "name": "warmpool-o1", "availability_zone": "nova"}})
+        );
+    }
+}

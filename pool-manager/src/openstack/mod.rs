@@ -1,0 +1,759 @@
+//! The OpenStack implementation of [`Cloud`]: Nova, Cinder, Neutron and
+//! Glance over one osauth session.
+//!
+//! Every call is a raw osauth request with warmpool's own serde types
+//! (`nova`, `cinder`, `neutron`), sent unchecked and classified from status,
+//! headers and body (`error`). The `openstack` crate is not used: it lacks
+//! attachments, interfaces, tags, `/limits` and Cinder microversions, and
+//! its errors hide the status that classification needs
+//! (`shared/openstack-notes.md`). `session` owns the login, re-login on 401,
+//! request ids, timeouts and the per-call log line.
+//!
+//! Pool servers carry a tag (found with `GET /servers/detail?tags=`, because
+//! Nova ignores metadata filters from non-admins) and warmpool's metadata;
+//! both are checked again client-side, since a Nova below 2.26 would ignore
+//! the tag filter too.
+//!
+//! This module reads no files: the daemon turns its config and clouds.yaml
+//! into [`OpenStackSettings`].
+
+pub mod cinder;
+pub mod error;
+pub mod neutron;
+pub mod nova;
+pub mod session;
+
+use crate::cloud::{
+    BootHeadroom, Cloud, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
+    ServerSpec, ServerStatus, Volume, META_INSTANCE, META_POOL,
+};
+use async_trait::async_trait;
+use error::{classify, Service};
+use neutron::{looks_like_id, Named};
+use nova::{AbsoluteLimits, AddressRule, Flavor};
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use session::{Call, Connection, Reply};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use osauth::CloudConfig;
+
+/// Tag on every pool server.
+pub const DEFAULT_SERVER_TAG: &str = "warmpool";
+/// Server names are this plus the instance id.
+pub const DEFAULT_SERVER_NAME_PREFIX: &str = "warmpool-";
+pub const DEFAULT_MYSQL_PORT: u16 = 3306;
+/// A cloud call (including a login) that takes longer failed transiently.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Nova microversions warmpool can speak, lowest first. 2.26: tags (filter
+/// and `PUT /servers/{id}/tags/{tag}`); 2.52: tags in `POST /servers`;
+/// 2.101: volume attach answers 202 with no body (handled: the body is never
+/// read, completion is the Cinder volume's status).
+const NOVA_VERSIONS: [(u16, u16); 4] = [(2, 26), (2, 52), (2, 79), (2, 101)];
+
+/// Everything the driver needs, as plain values: the daemon fills it from
+/// its config file and clouds.yaml (or `OS_*` variables).
+#[derive(Clone, Debug)]
+pub struct OpenStackSettings {
+    /// Credentials, region, interface, CA: one clouds.yaml entry.
+    pub auth: CloudConfig,
+    /// Image every pool boots, by name or id; `None`: each pool's own
+    /// `image` (name or id). Names are resolved through Glance once.
+    pub image: Option<String>,
+    /// Network (name or id) every server gets its first port on; its fixed
+    /// address is where mysqld is probed.
+    pub management_network: String,
+    /// Security groups (names) of pool servers; empty: Nova's default.
+    pub security_groups: Vec<String>,
+    /// Nova keypair for pool servers.
+    pub key_name: Option<String>,
+    /// Server name = prefix + instance id.
+    pub server_name_prefix: String,
+    /// Tag marking pool servers.
+    pub server_tag: String,
+    /// mysqld's port on the management address.
+    pub mysql_port: u16,
+    /// For test clouds whose servers run no mysqld, e.g. deploy/testbed on
+    /// Nova's fake virt driver: probe this host:port for every server.
+    pub probe_address_override: Option<SocketAddr>,
+    /// Per pool availability zone overrides.
+    pub availability_zones: BTreeMap<String, AzSettings>,
+    /// Bound on every cloud call, login included.
+    pub request_timeout: Duration,
+}
+
+/// What differs per availability zone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AzSettings {
+    /// Management network of servers in this AZ (name or id).
+    pub management_network: Option<String>,
+    /// Cinder AZ new volumes of this pool AZ are created in, when Cinder's
+    /// zones are not named like Nova's (e.g. a single "nova").
+    pub volume_availability_zone: Option<String>,
+}
+
+impl OpenStackSettings {
+    /// Settings with every default: tag `warmpool`, names `warmpool-<id>`,
+    /// mysqld on 3306, 30 s per call, no image override, no security
+    /// groups, no key.
+    pub fn new(auth: CloudConfig, management_network: impl Into<String>) -> Self {
+        Self {
+            auth,
+            image: None,
+            management_network: management_network.into(),
+            security_groups: Vec::new(),
+            key_name: None,
+            server_name_prefix: DEFAULT_SERVER_NAME_PREFIX.to_owned(),
+            server_tag: DEFAULT_SERVER_TAG.to_owned(),
+            mysql_port: DEFAULT_MYSQL_PORT,
+            probe_address_override: None,
+            availability_zones: BTreeMap::new(),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+
+    /// The management network (name or id) for servers in `az`.
+    pub fn management_network_for(&self, az: &str) -> &str {
+        self.availability_zones
+            .get(az)
+            .and_then(|o| o.management_network.as_deref())
+            .unwrap_or(&self.management_network)
+    }
+
+    /// Every management network named, the default first, each once.
+    pub fn management_networks(&self) -> Vec<&str> {
+        let mut all = vec![self.management_network.as_str()];
+        for o in self.availability_zones.values() {
+            if let Some(n) = o.management_network.as_deref() {
+                if !all.contains(&n) {
+                    all.push(n);
+                }
+            }
+        }
+        all
+    }
+}
+
+/// An [`OpenStackCloud`] is cheap to clone: clones share the session and caches.
+#[derive(Clone)]
+pub struct OpenStackCloud {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Arc<Connection>,
+    settings: OpenStackSettings,
+    nova_version: (u16, u16),
+    flavors: Mutex<HashMap<String, Flavor>>,
+    images: Mutex<HashMap<String, String>>,
+    networks: Mutex<HashMap<String, Named>>,
+    /// Server names whose create failed without a clear answer (timeout,
+    /// 5xx, unreadable body): Nova may have created them, so the next create
+    /// of the name looks first instead of booting a twin.
+    uncertain_creates: Mutex<std::collections::HashSet<String>>,
+}
+
+impl std::fmt::Debug for OpenStackCloud {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenStackCloud")
+            .field("identity", &self.inner.conn.identity())
+            .field("nova_version", &self.inner.nova_version)
+            .finish()
+    }
+}
+
+fn unreadable(what: &str, e: impl std::fmt::Display) -> CloudError {
+    CloudError::Transient(format!("{what}: unreadable answer: {e}"))
+}
+
+impl OpenStackCloud {
+    /// Logs in and negotiates Nova's microversion. Names (image, networks,
+    /// flavors) are resolved on first use and cached.
+    pub async fn connect(settings: OpenStackSettings) -> CloudResult<Self> {
+        let conn = Connection::connect(settings.auth.clone(), settings.request_timeout).await?;
+        let nova_version = conn
+            .pick_compute_version(&NOVA_VERSIONS)
+            .await?
+            .ok_or_else(|| {
+                CloudError::Fatal(
+                    "Nova does not support microversion 2.26 (server tags), which warmpool needs"
+                        .into(),
+                )
+            })?;
+        tracing::info!(
+            identity = conn.identity(),
+            nova_microversion = %format!("{}.{}", nova_version.0, nova_version.1),
+            "logged in to OpenStack"
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                conn,
+                settings,
+                nova_version,
+                flavors: Mutex::default(),
+                images: Mutex::default(),
+                networks: Mutex::default(),
+                uncertain_creates: Mutex::default(),
+            }),
+        })
+    }
+
+    pub fn settings(&self) -> &OpenStackSettings {
+        &self.inner.settings
+    }
+
+    /// "user pool in project service".
+    pub fn identity(&self) -> &str {
+        self.inner.conn.identity()
+    }
+
+    /// The Nova microversion in use, e.g. "2.101".
+    pub fn compute_microversion(&self) -> String {
+        let (a, b) = self.inner.nova_version;
+        format!("{a}.{b}")
+    }
+
+    fn nova(&self, method: Method, path: &[&str]) -> Call {
+        Call::new(Service::Compute, method, path.iter().copied())
+            .microversion(Some(self.inner.nova_version))
+    }
+
+    /// Sends `call`; a non-2xx answer becomes its classified error.
+    async fn request(&self, call: Call) -> CloudResult<Reply> {
+        let reply = self.inner.conn.send(&call).await?;
+        if reply.is_success() {
+            Ok(reply)
+        } else {
+            Err(classify(
+                call.service,
+                &call.describe(),
+                reply.status,
+                reply.retry_after.as_deref(),
+                &reply.body,
+            ))
+        }
+    }
+
+    async fn fetch<T: DeserializeOwned>(&self, call: Call) -> CloudResult<T> {
+        let what = call.describe();
+        let reply = self.request(call).await?;
+        serde_json::from_str(&reply.body).map_err(|e| unreadable(&what, e))
+    }
+
+    /// For deletes and detaches: a missing object is the wanted outcome.
+    async fn request_idempotent(&self, call: Call) -> CloudResult<()> {
+        match self.request(call).await {
+            Ok(_) | Err(CloudError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A flavor by name or id (cached; the list is re-read on a miss).
+    pub async fn flavor(&self, name_or_id: &str) -> CloudResult<Flavor> {
+        if let Some(f) = lock(&self.inner.flavors).get(name_or_id) {
+            return Ok(f.clone());
+        }
+        let body: nova::FlavorsBody = self
+            .fetch(self.nova(Method::GET, &["flavors", "detail"]))
+            .await?;
+        let mut cache = lock(&self.inner.flavors);
+        for f in body.flavors {
+            cache.insert(f.id.clone(), f.clone());
+            cache.insert(f.name.clone(), f);
+        }
+        cache.get(name_or_id).cloned().ok_or_else(|| {
+            CloudError::NotFound(format!(
+                "no flavor named '{name_or_id}' is visible to {}",
+                self.identity()
+            ))
+        })
+    }
+
+    /// The UUID of an image given by name or id (Glance; cached).
+    pub async fn image_id(&self, name_or_id: &str) -> CloudResult<String> {
+        if let Some(id) = lock(&self.inner.images).get(name_or_id) {
+            return Ok(id.clone());
+        }
+        let image = self
+            .resolve(Service::Image, &["images"], "images", name_or_id, "image")
+            .await?;
+        // A queued or deactivated image fails every boot.
+        if let Some(status) = image.status.as_deref().filter(|s| *s != "active") {
+            return Err(CloudError::Fatal(format!(
+                "image '{name_or_id}' ({}) is {status}, not active",
+                image.id
+            )));
+        }
+        let id = image.id;
+        lock(&self.inner.images).insert(name_or_id.to_owned(), id.clone());
+        Ok(id)
+    }
+
+    /// A Neutron network given by name or id (cached).
+    pub async fn network(&self, name_or_id: &str) -> CloudResult<Named> {
+        if let Some(n) = lock(&self.inner.networks).get(name_or_id) {
+            return Ok(n.clone());
+        }
+        let network = self
+            .resolve(
+                Service::Network,
+                &["networks"],
+                "networks",
+                name_or_id,
+                "network",
+            )
+            .await?;
+        lock(&self.inner.networks).insert(name_or_id.to_owned(), network.clone());
+        Ok(network)
+    }
+
+    /// Looks `name_or_id` up by id (when it looks like one), then by name;
+    /// exactly one match is required.
+    async fn resolve(
+        &self,
+        service: Service,
+        collection: &[&str],
+        key: &str,
+        name_or_id: &str,
+        kind: &str,
+    ) -> CloudResult<Named> {
+        if looks_like_id(name_or_id) {
+            let mut path: Vec<&str> = collection.to_vec();
+            path.push(name_or_id);
+            let call = Call::new(service, Method::GET, path.iter().copied());
+            match self.fetch::<serde_json::Value>(call).await {
+                Ok(body) => {
+                    // Glance answers the bare image, Neutron wraps it.
+                    let item = body.get(kind).cloned().unwrap_or(body);
+                    return serde_json::from_value(item)
+                        .map_err(|e| unreadable(&format!("GET {kind} {name_or_id}"), e));
+                }
+                Err(CloudError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let call =
+            Call::new(service, Method::GET, collection.iter().copied()).query("name", name_or_id);
+        let what = call.describe();
+        let body: serde_json::Value = self.fetch(call).await?;
+        let items: Vec<Named> = serde_json::from_value(body.get(key).cloned().unwrap_or_default())
+            .map_err(|e| unreadable(&what, e))?;
+        // The name filter is exact on Glance and Neutron; checked anyway.
+        let mut matching: Vec<Named> = items
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name_or_id))
+            .collect();
+        match matching.len() {
+            0 => Err(CloudError::NotFound(format!(
+                "no {kind} named '{name_or_id}' is visible to {}",
+                self.identity()
+            ))),
+            1 => Ok(matching.remove(0)),
+            n => Err(CloudError::Fatal(format!(
+                "{n} {kind}s are named '{name_or_id}'; give its id instead"
+            ))),
+        }
+    }
+
+    /// Nova's absolute limits of the project.
+    pub async fn limits(&self) -> CloudResult<AbsoluteLimits> {
+        let body: nova::LimitsBody = self.fetch(self.nova(Method::GET, &["limits"])).await?;
+        Ok(body.limits.absolute)
+    }
+
+    fn address_rule<'a>(&'a self, network_name: &'a str) -> AddressRule<'a> {
+        AddressRule {
+            network_name,
+            mysql_port: self.inner.settings.mysql_port,
+            probe_override: self.inner.settings.probe_address_override,
+        }
+    }
+
+    /// The pool AZ a server belongs to: from its metadata (set at create),
+    /// else Nova's AZ.
+    fn pool_az(server: &nova::NovaServer) -> String {
+        server
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get(META_POOL))
+            .and_then(|p| p.rsplit_once('@'))
+            .map(|(_, az)| az.to_owned())
+            .or_else(|| server.availability_zone.clone())
+            .unwrap_or_default()
+    }
+
+    async fn view(&self, server: nova::NovaServer) -> CloudResult<Server> {
+        let az = Self::pool_az(&server);
+        let network = self
+            .network(self.inner.settings.management_network_for(&az))
+            .await?;
+        let name = network.name.clone().unwrap_or_default();
+        Ok(nova::to_server(server, &self.address_rule(&name)))
+    }
+
+    /// Ports bound to servers, by server id, from one Neutron list.
+    async fn ports_by_device(
+        &self,
+        device_id: Option<&str>,
+    ) -> CloudResult<HashMap<String, Vec<String>>> {
+        let mut call = Call::new(Service::Network, Method::GET, ["ports"])
+            .query("fields", "id")
+            .query("fields", "device_id");
+        if let Some(d) = device_id {
+            call = call.query("device_id", d);
+        }
+        let body: neutron::PortsBody = self.fetch(call).await?;
+        let mut by_device: HashMap<String, Vec<String>> = HashMap::new();
+        for p in body.ports {
+            if let Some(d) = p.device_id.filter(|d| !d.is_empty()) {
+                by_device.entry(d).or_default().push(p.id);
+            }
+        }
+        Ok(by_device)
+    }
+
+    /// Cinder AZ for a new volume of pool AZ `az`.
+    fn volume_az(&self, az: &str) -> String {
+        self.inner
+            .settings
+            .availability_zones
+            .get(az)
+            .and_then(|o| o.volume_availability_zone.clone())
+            .unwrap_or_else(|| az.to_owned())
+    }
+
+    /// Volumes are reported in Cinder's own zone; the allocator's fence maps
+    /// the pool's zone through `Cloud::volume_zone_for`.
+    fn volume_view(&self, v: cinder::CinderVolume) -> Volume {
+        cinder::to_volume(v)
+    }
+}
+
+impl OpenStackCloud {
+    /// A server named `name` carrying `spec`'s instance metadata, if Nova
+    /// has one. Nova's `name` filter is a regex search (hence the escapes);
+    /// the exact name is checked here.
+    async fn find_created(&self, name: &str, spec: &ServerSpec) -> CloudResult<Option<Server>> {
+        let pattern = regex_escape(name);
+        let page: nova::ServersBody = self
+            .fetch(
+                self.nova(Method::GET, &["servers", "detail"])
+                    .query("name", pattern),
+            )
+            .await?;
+        let wanted = spec.metadata.get(META_INSTANCE);
+        for s in page.servers {
+            let same = s.name.as_deref() == Some(name)
+                && s.metadata.as_ref().and_then(|m| m.get(META_INSTANCE)) == wanted;
+            if same {
+                return self.view(s).await.map(Some);
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if ".^$*+?()[]{}|\\".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[async_trait]
+impl Cloud for OpenStackCloud {
+    async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server> {
+        let settings = &self.inner.settings;
+        let az = spec.pool.availability_zone.as_str();
+        let flavor = self.flavor(&spec.pool.flavor).await.map_err(|e| match e {
+            CloudError::NotFound(m) => CloudError::Fatal(m),
+            e => e,
+        })?;
+        let image = settings.image.as_deref().unwrap_or(&spec.image);
+        let image_id = self.image_id(image).await.map_err(|e| match e {
+            CloudError::NotFound(m) => CloudError::Fatal(m),
+            e => e,
+        })?;
+        let network = self
+            .network(settings.management_network_for(az))
+            .await
+            .map_err(|e| match e {
+                CloudError::NotFound(m) => CloudError::Fatal(m),
+                e => e,
+            })?;
+        let instance = spec
+            .metadata
+            .get(META_INSTANCE)
+            .cloned()
+            .unwrap_or_else(|| spec.name.clone());
+        let name = format!("{}{instance}", settings.server_name_prefix);
+        let tags = [settings.server_tag.clone()];
+        let tags_at_create = self.inner.nova_version >= (2, 52);
+        let body = nova::create_body(&nova::CreateServer {
+            name: &name,
+            flavor_id: &flavor.id,
+            image_id: &image_id,
+            network_id: &network.id,
+            availability_zone: az,
+            metadata: &spec.metadata,
+            tags: if tags_at_create { &tags } else { &[] },
+            security_groups: &settings.security_groups,
+            key_name: settings.key_name.as_deref(),
+        });
+        if lock(&self.inner.uncertain_creates).contains(&name) {
+            if let Some(existing) = self.find_created(&name, spec).await? {
+                lock(&self.inner.uncertain_creates).remove(&name);
+                tracing::info!(server = %existing.id, %name, "an earlier create of this server took effect; using it");
+                return Ok(existing);
+            }
+        }
+        let created: nova::ServerBody = match self
+            .fetch(self.nova(Method::POST, &["servers"]).json(body))
+            .await
+        {
+            Ok(created) => created,
+            Err(e) => {
+                if e.is_retryable() {
+                    lock(&self.inner.uncertain_creates).insert(name.clone());
+                }
+                return Err(e);
+            }
+        };
+        lock(&self.inner.uncertain_creates).remove(&name);
+        let id = created.server.id;
+        if !tags_at_create {
+            // Untagged, the server would be invisible to the reconciler: a
+            // failed tag deletes it rather than leak it.
+            let tag = self
+                .request(self.nova(Method::PUT, &["servers", &id, "tags", &settings.server_tag]))
+                .await;
+            if let Err(e) = tag {
+                let _ = self.delete_server(&id).await;
+                return Err(e);
+            }
+        }
+        Ok(Server {
+            id,
+            name,
+            status: ServerStatus::Build,
+            availability_zone: az.to_owned(),
+            metadata: spec.metadata.clone(),
+            mysql_addr: None,
+            fault: None,
+            attached_volumes: Vec::new(),
+            attached_ports: Vec::new(),
+        })
+    }
+
+    async fn get_server(&self, server_id: &str) -> CloudResult<Server> {
+        let body: nova::ServerBody = self
+            .fetch(self.nova(Method::GET, &["servers", server_id]))
+            .await?;
+        let mut server = self.view(body.server).await?;
+        // Ports matter once the server runs (the allocator verifies them);
+        // polling a booting server skips the extra call.
+        if server.status == ServerStatus::Active {
+            server.attached_ports = self
+                .ports_by_device(Some(server_id))
+                .await?
+                .remove(server_id)
+                .unwrap_or_default();
+        }
+        Ok(server)
+    }
+
+    async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
+        let tag = &self.inner.settings.server_tag;
+        let mut found = Vec::new();
+        let mut marker: Option<String> = None;
+        // Nova pages at osapi_max_limit (1000 by default); follow `next`.
+        for _ in 0..1000 {
+            let mut call = self
+                .nova(Method::GET, &["servers", "detail"])
+                .query("tags", tag.as_str());
+            if let Some(m) = &marker {
+                call = call.query("marker", m.as_str());
+            }
+            let page: nova::ServersBody = self.fetch(call).await?;
+            let has_next = page
+                .servers_links
+                .as_ref()
+                .is_some_and(|links| links.iter().any(|l| l.rel == "next"));
+            marker = page.servers.last().map(|s| s.id.clone());
+            found.extend(page.servers);
+            if !has_next || marker.is_none() {
+                break;
+            }
+        }
+        let mut ports = self.ports_by_device(None).await?;
+        let mut servers = Vec::new();
+        for s in found {
+            let tagged = s.tags.as_ref().is_some_and(|t| t.contains(tag));
+            let ours = s
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.contains_key(META_POOL));
+            if !(tagged && ours) {
+                continue;
+            }
+            let mut server = self.view(s).await?;
+            server.attached_ports = ports.remove(&server.id).unwrap_or_default();
+            servers.push(server);
+        }
+        Ok(servers)
+    }
+
+    async fn delete_server(&self, server_id: &str) -> CloudResult<()> {
+        self.request_idempotent(self.nova(Method::DELETE, &["servers", server_id]))
+            .await
+    }
+
+    async fn create_volume(&self, spec: &NewVolumeSpec) -> CloudResult<Volume> {
+        let az = self.volume_az(&spec.availability_zone);
+        let call = Call::new(Service::BlockStorage, Method::POST, ["volumes"])
+            .json(cinder::create_body(spec, Some(&az)));
+        let body: cinder::VolumeBody = self.fetch(call).await?;
+        Ok(self.volume_view(body.volume))
+    }
+
+    async fn get_volume(&self, volume_id: &str) -> CloudResult<Volume> {
+        let call = Call::new(Service::BlockStorage, Method::GET, ["volumes", volume_id]);
+        let body: cinder::VolumeBody = self.fetch(call).await?;
+        Ok(self.volume_view(body.volume))
+    }
+
+    async fn find_volumes_by_name(&self, name: &str) -> CloudResult<Vec<Volume>> {
+        let call = Call::new(Service::BlockStorage, Method::GET, ["volumes", "detail"])
+            .query("name", name);
+        let body: cinder::VolumesBody = self.fetch(call).await?;
+        Ok(body
+            .volumes
+            .into_iter()
+            .map(|v| self.volume_view(v))
+            .filter(|v| v.name == name)
+            .collect())
+    }
+
+    async fn delete_volume(&self, volume_id: &str) -> CloudResult<()> {
+        self.request_idempotent(Call::new(
+            Service::BlockStorage,
+            Method::DELETE,
+            ["volumes", volume_id],
+        ))
+        .await
+    }
+
+    async fn attach_volume(&self, server_id: &str, volume_id: &str) -> CloudResult<()> {
+        // 200 with a body up to 2.100, 202 with none from 2.101: only the
+        // status is read. Completion shows as the volume going `in-use`.
+        self.request(
+            self.nova(
+                Method::POST,
+                &["servers", server_id, "os-volume_attachments"],
+            )
+            .json(serde_json::json!({ "volumeAttachment": { "volumeId": volume_id } })),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn detach_volume(&self, server_id: &str, volume_id: &str) -> CloudResult<()> {
+        let detach = self
+            .request_idempotent(self.nova(
+                Method::DELETE,
+                &["servers", server_id, "os-volume_attachments", volume_id],
+            ))
+            .await;
+        match detach {
+            // Nova answers 400 "Volume status must be 'in-use' ... to detach"
+            // while an earlier detach is still running: that one will do.
+            Err(CloudError::Conflict(message)) => {
+                let volume = self.get_volume(volume_id).await?;
+                let attached_here = volume.attached_to.iter().any(|s| s == server_id);
+                if !attached_here
+                    || matches!(
+                        volume.status,
+                        crate::cloud::VolumeStatus::Detaching
+                            | crate::cloud::VolumeStatus::Available
+                    )
+                {
+                    Ok(())
+                } else {
+                    Err(CloudError::Conflict(message))
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {
+        let call = Call::new(Service::Network, Method::POST, ["ports"])
+            .json(neutron::create_port_body(spec));
+        let body: neutron::PortBody = self.fetch(call).await?;
+        Ok(neutron::to_port(body.port))
+    }
+
+    async fn get_port(&self, port_id: &str) -> CloudResult<Port> {
+        let call = Call::new(Service::Network, Method::GET, ["ports", port_id]);
+        let body: neutron::PortBody = self.fetch(call).await?;
+        Ok(neutron::to_port(body.port))
+    }
+
+    async fn find_ports_by_name(&self, name: &str) -> CloudResult<Vec<Port>> {
+        let call = Call::new(Service::Network, Method::GET, ["ports"]).query("name", name);
+        let body: neutron::PortsBody = self.fetch(call).await?;
+        Ok(body
+            .ports
+            .into_iter()
+            .map(neutron::to_port)
+            .filter(|p| p.name == name)
+            .collect())
+    }
+
+    async fn delete_port(&self, port_id: &str) -> CloudResult<()> {
+        self.request_idempotent(Call::new(
+            Service::Network,
+            Method::DELETE,
+            ["ports", port_id],
+        ))
+        .await
+    }
+
+    async fn attach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()> {
+        self.request(
+            self.nova(Method::POST, &["servers", server_id, "os-interface"])
+                .json(serde_json::json!({ "interfaceAttachment": { "port_id": port_id } })),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn detach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()> {
+        self.request_idempotent(self.nova(
+            Method::DELETE,
+            &["servers", server_id, "os-interface", port_id],
+        ))
+        .await
+    }
+
+    fn volume_zone_for(&self, server_az: &str) -> String {
+        self.volume_az(server_az)
+    }
+
+    async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
+        let flavor = self.flavor(flavor).await?;
+        Ok(self.limits().await?.headroom(&flavor))
+    }
+}

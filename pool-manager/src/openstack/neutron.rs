@@ -1,0 +1,151 @@
+//! Neutron's and Glance's JSON as warmpool reads it: ports, networks,
+//! images.
+
+use crate::cloud::{NewPortSpec, Port};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+pub struct PortBody {
+    pub port: NeutronPort,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PortsBody {
+    pub ports: Vec<NeutronPort>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NeutronPort {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub network_id: Option<String>,
+    #[serde(default)]
+    pub device_id: Option<String>,
+    #[serde(default)]
+    pub fixed_ips: Option<Vec<FixedIp>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FixedIp {
+    #[serde(default)]
+    pub subnet_id: Option<String>,
+    #[serde(default)]
+    pub ip_address: Option<String>,
+}
+
+pub fn to_port(p: NeutronPort) -> Port {
+    Port {
+        name: p.name.unwrap_or_default(),
+        network_id: p.network_id.unwrap_or_default(),
+        // Neutron reports an unbound port's device as "".
+        device_id: p.device_id.filter(|d| !d.is_empty()),
+        ip_address: p
+            .fixed_ips
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|ip| ip.ip_address),
+        id: p.id,
+    }
+}
+
+/// `POST /v2.0/ports`. The port belongs to the session's project: a member
+/// may not create in another one, so `project_id` is not sent.
+pub fn create_port_body(spec: &NewPortSpec) -> serde_json::Value {
+    let mut port = serde_json::json!({ "network_id": spec.network_id, "name": spec.name });
+    if spec.subnet_id.is_some() || spec.fixed_ip.is_some() {
+        let mut fixed = serde_json::Map::new();
+        if let Some(subnet) = &spec.subnet_id {
+            fixed.insert("subnet_id".into(), serde_json::json!(subnet));
+        }
+        if let Some(ip) = &spec.fixed_ip {
+            fixed.insert("ip_address".into(), serde_json::json!(ip));
+        }
+        port["fixed_ips"] = serde_json::json!([fixed]);
+    }
+    serde_json::json!({ "port": port })
+}
+
+/// A network or an image: what a name resolves to.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Named {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NetworksBody {
+    pub networks: Vec<Named>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NetworkBody {
+    pub network: Named,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ImagesBody {
+    pub images: Vec<Named>,
+}
+
+/// Whether `s` looks like an OpenStack UUID (36 chars, dashes), in which
+/// case it is looked up by id first.
+pub fn looks_like_id(s: &str) -> bool {
+    s.len() == 36
+        && s.chars().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bound_port_has_device_and_address() {
+        let body: PortBody = serde_json::from_str(
+            r#"{"port": {"id": "b275d0c8-bebe-4da7-b94a-2ace4a8a7e97", "name": "warmpool-o1", "network_id": "80b5c2ba-2320-4bd0-9414-13f21adec6a8",
+                "device_id": "a4d9add2-ef0a-4928-b1b8-6525fdb81913", "device_owner": "compute:az1", "status": "ACTIVE",
+                "fixed_ips": [{"subnet_id": "s1", "ip_address": "10.20.0.5"}]}}"#,
+        )
+        .unwrap();
+        let p = to_port(body.port);
+        assert_eq!(
+            p.device_id.as_deref(),
+            Some("a4d9add2-ef0a-4928-b1b8-6525fdb81913")
+        );
+        assert_eq!(p.ip_address.as_deref(), Some("10.20.0.5"));
+        let body: PortBody =
+            serde_json::from_str(r#"{"port": {"id": "p", "device_id": "", "fixed_ips": []}}"#)
+                .unwrap();
+        let p = to_port(body.port);
+        assert_eq!((p.device_id, p.ip_address), (None, None));
+    }
+
+    #[test]
+    fn the_port_body_sends_no_project() {
+        let spec = NewPortSpec {
+            name: "warmpool-o1".into(),
+            network_id: "net".into(),
+            subnet_id: None,
+            fixed_ip: Some("10.20.0.9".into()),
+            project_id: "tenant".into(),
+        };
+        assert_eq!(
+            create_port_body(&spec),
+            serde_json::json!({"port": {"network_id": "net", "name": "warmpool-o1", "fixed_ips": [{"ip_address": "10.20.0.9"}]}})
+        );
+    }
+
+    #[test]
+    fn ids_are_told_from_names() {
+        assert!(looks_like_id("40a1fc95-a78b-49e4-9132-17b61ac3cf9b"));
+        assert!(!looks_like_id("service-net"));
+        assert!(!looks_like_id("40a1fc95-a78b-49e4-9132-17b61ac3cf9bx"));
+    }
+}

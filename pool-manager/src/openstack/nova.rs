@@ -1,0 +1,454 @@
+//! Nova's JSON as warmpool reads it: servers, flavors, `/limits`, and the
+//! server-create body. Pure functions, so they are tested on real bodies.
+//!
+//! Own serde types rather than the `openstack` crate's models: those have
+//! no tags, and their closed status enums fail a whole object on a status
+//! string they do not know.
+
+use crate::cloud::{BootHeadroom, Server, ServerStatus};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+#[derive(Debug, Deserialize)]
+pub struct ServerBody {
+    pub server: NovaServer,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ServersBody {
+    pub servers: Vec<NovaServer>,
+    #[serde(default)]
+    pub servers_links: Option<Vec<Link>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Link {
+    #[serde(default)]
+    pub rel: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NovaServer {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(rename = "OS-EXT-AZ:availability_zone", default)]
+    pub availability_zone: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    #[serde(default)]
+    pub addresses: Option<BTreeMap<String, Vec<NovaAddress>>>,
+    #[serde(default)]
+    pub fault: Option<NovaFault>,
+    #[serde(rename = "os-extended-volumes:volumes_attached", default)]
+    pub volumes_attached: Option<Vec<IdOnly>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NovaAddress {
+    pub addr: String,
+    #[serde(default)]
+    pub version: Option<u8>,
+    #[serde(rename = "OS-EXT-IPS:type", default)]
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NovaFault {
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub details: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct IdOnly {
+    pub id: String,
+}
+
+/// Where a server's mysqld is reached.
+#[derive(Clone, Debug)]
+pub struct AddressRule<'a> {
+    /// Name of the management network (Nova keys `addresses` by name).
+    pub network_name: &'a str,
+    pub mysql_port: u16,
+    /// Test clouds whose servers run no mysqld: probe this instead.
+    pub probe_override: Option<SocketAddr>,
+}
+
+pub fn server_status(status: &str) -> ServerStatus {
+    match status {
+        "BUILD" | "REBUILD" => ServerStatus::Build,
+        "ACTIVE" => ServerStatus::Active,
+        "ERROR" => ServerStatus::Error,
+        "DELETED" | "SOFT_DELETED" => ServerStatus::Deleted,
+        _ => ServerStatus::Other,
+    }
+}
+
+/// The fixed IPv4 (else IPv6) address on the management network.
+fn management_ip(addresses: &BTreeMap<String, Vec<NovaAddress>>, network: &str) -> Option<IpAddr> {
+    let on_net = addresses.get(network)?;
+    let fixed = |a: &&NovaAddress| matches!(a.kind.as_deref(), None | Some("fixed"));
+    let parsed = |a: &NovaAddress| a.addr.parse::<IpAddr>().ok();
+    on_net
+        .iter()
+        .filter(fixed)
+        .filter(|a| a.version != Some(6))
+        .find_map(parsed)
+        .or_else(|| on_net.iter().filter(fixed).find_map(parsed))
+}
+
+/// Nova's fault message for a scheduling failure is "No valid host was
+/// found"; the exception name (`NoValidHost`) is only in the admin-only
+/// details, so it is added when the message alone shows it.
+fn fault_text(fault: &NovaFault) -> Option<String> {
+    let message = fault.message.clone().unwrap_or_default();
+    let details = fault.details.clone().unwrap_or_default();
+    if message.is_empty() && details.is_empty() {
+        return None;
+    }
+    let no_valid_host =
+        message.to_ascii_lowercase().contains("no valid host") || details.contains("NoValidHost");
+    Some(if no_valid_host && !message.contains("NoValidHost") {
+        format!("NoValidHost: {message}")
+    } else {
+        message
+    })
+}
+
+/// warmpool's view of a Nova server. `attached_ports` is filled by the caller
+/// (Nova's server body does not list ports).
+pub fn to_server(s: NovaServer, rule: &AddressRule<'_>) -> Server {
+    let status = server_status(s.status.as_deref().unwrap_or_default());
+    let mysql_addr = match rule.probe_override {
+        Some(addr) => Some(addr),
+        None => s
+            .addresses
+            .as_ref()
+            .and_then(|a| management_ip(a, rule.network_name))
+            .map(|ip| SocketAddr::new(ip, rule.mysql_port)),
+    };
+    Server {
+        name: s.name.unwrap_or_default(),
+        status,
+        availability_zone: s.availability_zone.unwrap_or_default(),
+        metadata: s.metadata.unwrap_or_default(),
+        mysql_addr: if status == ServerStatus::Active {
+            mysql_addr
+        } else {
+            None
+        },
+        fault: s.fault.as_ref().and_then(fault_text),
+        attached_volumes: s
+            .volumes_attached
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.id)
+            .collect(),
+        attached_ports: Vec::new(),
+        id: s.id,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FlavorsBody {
+    pub flavors: Vec<Flavor>,
+}
+
+/// A Nova flavor: what `/limits` headroom is computed with.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Flavor {
+    pub id: String,
+    pub name: String,
+    pub vcpus: u64,
+    /// MiB.
+    pub ram: u64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LimitsBody {
+    pub limits: LimitsInner,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LimitsInner {
+    pub absolute: AbsoluteLimits,
+}
+
+/// Nova's absolute limits; -1 means unlimited.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AbsoluteLimits {
+    #[serde(default = "unlimited")]
+    pub max_total_instances: i64,
+    #[serde(default)]
+    pub total_instances_used: i64,
+    #[serde(default = "unlimited")]
+    pub max_total_cores: i64,
+    #[serde(default)]
+    pub total_cores_used: i64,
+    #[serde(rename = "maxTotalRAMSize", default = "unlimited")]
+    pub max_total_ram_size: i64,
+    #[serde(rename = "totalRAMUsed", default)]
+    pub total_ram_used: i64,
+}
+
+fn unlimited() -> i64 {
+    -1
+}
+
+/// One compute quota, for messages: "cores: 18 of 20 used".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaUse {
+    pub resource: &'static str,
+    pub used: i64,
+    /// -1: unlimited.
+    pub max: i64,
+}
+
+impl AbsoluteLimits {
+    pub fn quotas(&self) -> [QuotaUse; 3] {
+        [
+            QuotaUse {
+                resource: "instances",
+                used: self.total_instances_used,
+                max: self.max_total_instances,
+            },
+            QuotaUse {
+                resource: "cores",
+                used: self.total_cores_used,
+                max: self.max_total_cores,
+            },
+            QuotaUse {
+                resource: "ram",
+                used: self.total_ram_used,
+                max: self.max_total_ram_size,
+            },
+        ]
+    }
+
+    /// How many more servers of `flavor` fit, and which quota binds.
+    pub fn headroom(&self, flavor: &Flavor) -> BootHeadroom {
+        let per_server = [1, flavor.vcpus, flavor.ram];
+        let mut best: Option<(u64, String)> = None;
+        for (quota, need) in self.quotas().iter().zip(per_server) {
+            if quota.max < 0 {
+                continue;
+            }
+            let free = (quota.max - quota.used).max(0) as u64;
+            let fits = free.checked_div(need).unwrap_or(u64::MAX);
+            if !matches!(&best, Some((n, _)) if fits >= *n) {
+                let unit = if quota.resource == "ram" { " MiB" } else { "" };
+                best = Some((
+                    fits,
+                    format!(
+                        "{}: {}{unit} of {}{unit} used",
+                        quota.resource, quota.used, quota.max
+                    ),
+                ));
+            }
+        }
+        match best {
+            None => BootHeadroom::UNLIMITED,
+            Some((servers, limited_by)) => BootHeadroom {
+                servers: Some(servers),
+                limited_by: Some(limited_by),
+            },
+        }
+    }
+}
+
+/// Everything `POST /servers` gets.
+#[derive(Clone, Debug)]
+pub struct CreateServer<'a> {
+    pub name: &'a str,
+    pub flavor_id: &'a str,
+    pub image_id: &'a str,
+    pub network_id: &'a str,
+    pub availability_zone: &'a str,
+    pub metadata: &'a BTreeMap<String, String>,
+    /// Empty when Nova is older than 2.52 (tags are then set afterwards).
+    pub tags: &'a [String],
+    pub security_groups: &'a [String],
+    pub key_name: Option<&'a str>,
+}
+
+pub fn create_body(c: &CreateServer<'_>) -> serde_json::Value {
+    let mut server = serde_json::json!({
+        "name": c.name,
+        "flavorRef": c.flavor_id,
+        "imageRef": c.image_id,
+        "networks": [{"uuid": c.network_id}],
+        "availability_zone": c.availability_zone,
+        "metadata": c.metadata,
+    });
+    if !c.tags.is_empty() {
+        server["tags"] = serde_json::json!(c.tags);
+    }
+    if !c.security_groups.is_empty() {
+        server["security_groups"] = c
+            .security_groups
+            .iter()
+            .map(|name| serde_json::json!({ "name": name }))
+            .collect();
+    }
+    if let Some(key) = c.key_name {
+        server["key_name"] = serde_json::json!(key);
+    }
+    serde_json::json!({ "server": server })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A server as Nova 2.101 shows it to a member (fields trimmed).
+    const ACTIVE: &str = r#"{"server": {"id": "a4d9add2-ef0a-4928-b1b8-6525fdb81913", "name": "warmpool-i1",
+        "status": "ACTIVE", "OS-EXT-AZ:availability_zone": "az1",
+        "metadata": {"warmpool.pool": "db.small@az1", "warmpool.instance": "i1"},
+        "tags": ["warmpool"],
+        "addresses": {"service-net": [{"version": 4, "addr": "10.30.0.12", "OS-EXT-IPS:type": "fixed", "OS-EXT-IPS-MAC:mac_addr": "fa:16:3e:00:00:01"}],
+                      "tenant-net": [{"version": 4, "addr": "10.20.0.5", "OS-EXT-IPS:type": "fixed"}]},
+        "os-extended-volumes:volumes_attached": [{"id": "6d164150-4c0f-447a-896d-a825918714cd", "delete_on_termination": false}],
+        "OS-EXT-STS:task_state": null}}"#;
+    const NO_VALID_HOST: &str = r#"{"server": {"id": "s2", "name": "warmpool-i2", "status": "ERROR",
+        "OS-EXT-AZ:availability_zone": "", "metadata": {}, "addresses": {},
+        "fault": {"code": 500, "created": "2026-11-25T08:19:19Z", "message": "No valid host was found. There are not enough hosts available."}}}"#;
+
+    fn rule(probe_override: Option<SocketAddr>) -> AddressRule<'static> {
+        AddressRule {
+            network_name: "service-net",
+            mysql_port: 3306,
+            probe_override,
+        }
+    }
+
+    #[test]
+    fn an_active_server_has_its_management_address() {
+        let body: ServerBody = serde_json::from_str(ACTIVE).unwrap();
+        let s = to_server(body.server, &rule(None));
+        assert_eq!(s.status, ServerStatus::Active);
+        assert_eq!(s.availability_zone, "az1");
+        assert_eq!(s.mysql_addr, Some("10.30.0.12:3306".parse().unwrap()));
+        assert_eq!(s.metadata["warmpool.instance"], "i1");
+        assert_eq!(
+            s.attached_volumes,
+            vec!["6d164150-4c0f-447a-896d-a825918714cd"]
+        );
+        assert_eq!(s.fault, None);
+    }
+
+    #[test]
+    fn the_probe_override_replaces_every_address() {
+        let body: ServerBody = serde_json::from_str(ACTIVE).unwrap();
+        let s = to_server(body.server, &rule(Some("127.0.0.1:13306".parse().unwrap())));
+        assert_eq!(s.mysql_addr, Some("127.0.0.1:13306".parse().unwrap()));
+    }
+
+    #[test]
+    fn no_valid_host_is_named_in_the_fault() {
+        let body: ServerBody = serde_json::from_str(NO_VALID_HOST).unwrap();
+        let s = to_server(body.server, &rule(None));
+        assert_eq!(s.status, ServerStatus::Error);
+        assert_eq!(s.mysql_addr, None);
+        let fault = s.fault.unwrap();
+        assert!(
+            fault.contains("NoValidHost") && fault.contains("No valid host was found"),
+            "{fault}"
+        );
+    }
+
+    #[test]
+    fn unknown_statuses_and_missing_fields_do_not_fail_the_server() {
+        let body: ServerBody =
+            serde_json::from_str(r#"{"server": {"id": "x", "status": "SHELVED_OFFLOADED", "addresses": null, "metadata": null}}"#)
+                .unwrap();
+        let s = to_server(body.server, &rule(None));
+        assert_eq!(s.status, ServerStatus::Other);
+        assert!(s.metadata.is_empty() && s.mysql_addr.is_none());
+        assert!(serde_json::from_str::<ServerBody>(r#"{"server": {"name": "no id"}}"#).is_err());
+    }
+
+    #[test]
+    fn headroom_names_the_binding_quota() {
+        // From the smoke output: 2 servers up, cores 20, instances 10.
+        let limits: LimitsBody = serde_json::from_str(
+            r#"{"limits": {"rate": [], "absolute": {"maxTotalInstances": 10, "totalInstancesUsed": 2, "maxTotalCores": 20, "totalCoresUsed": 2, "maxTotalRAMSize": 102400, "totalRAMUsed": 2048, "maxServerMeta": 128}}}"#,
+        )
+        .unwrap();
+        let small = Flavor {
+            id: "1".into(),
+            name: "db.small".into(),
+            vcpus: 1,
+            ram: 1024,
+        };
+        let large = Flavor {
+            id: "2".into(),
+            name: "db.large".into(),
+            vcpus: 4,
+            ram: 8192,
+        };
+        let huge = Flavor {
+            id: "3".into(),
+            name: "db.huge".into(),
+            vcpus: 64,
+            ram: 1024,
+        };
+        let a = &limits.limits.absolute;
+        assert_eq!(
+            a.headroom(&small),
+            BootHeadroom {
+                servers: Some(8),
+                limited_by: Some("instances: 2 of 10 used".into())
+            }
+        );
+        assert_eq!(
+            a.headroom(&large),
+            BootHeadroom {
+                servers: Some(4),
+                limited_by: Some("cores: 2 of 20 used".into())
+            }
+        );
+        assert_eq!(a.headroom(&huge).servers, Some(0));
+        let unlimited = AbsoluteLimits {
+            max_total_instances: -1,
+            max_total_cores: -1,
+            max_total_ram_size: -1,
+            ..AbsoluteLimits::default()
+        };
+        assert_eq!(unlimited.headroom(&small), BootHeadroom::UNLIMITED);
+    }
+
+    #[test]
+    fn the_create_body_carries_everything_warmpool_needs() {
+        let metadata = BTreeMap::from([("warmpool.pool".to_owned(), "db.small@az1".to_owned())]);
+        let tags = vec!["warmpool".to_owned()];
+        let groups = vec!["mysql".to_owned()];
+        let body = create_body(&CreateServer {
+            name: "warmpool-i1",
+            flavor_id: "f1",
+            image_id: "img",
+            network_id: "net",
+            availability_zone: "az1",
+            metadata: &metadata,
+            tags: &tags,
+            security_groups: &groups,
+            key_name: Some("ops"),
+        });
+        assert_eq!(
+            body,
+            serde_json::json!({"server": {
+                "name": "warmpool-i1", "flavorRef": "f1", "imageRef": "img",
+                "networks": [{"uuid": "net"}], "availability_zone": "az1",
+                "metadata": {"warmpool.pool": "db.small@az1"}, "tags": ["warmpool"],
+                "security_groups": [{"name": "mysql"}], "key_name": "ops"
+            }})
+        );
+    }
+}

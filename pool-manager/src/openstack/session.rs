@@ -1,0 +1,341 @@
+//! The osauth session warmpool talks through, and the one place requests go
+//! out: request ids, microversion headers, timeout, logging, re-auth.
+//!
+//! osauth renews a token shortly before it expires, but nothing in it
+//! recovers from a 401 (a revoked token, a Keystone restart that rotated the
+//! fernet keys): `Session::refresh()` only clears the endpoint cache. So
+//! [`Connection`] keeps the `CloudConfig`, builds a fresh `Session` (a new
+//! login) on a 401 and sends the call once more.
+
+use super::error::{classify_osauth, Service};
+use crate::cloud::{CloudError, CloudResult};
+use osauth::services::{BLOCK_STORAGE, COMPUTE, IMAGE, NETWORK};
+use osauth::{CloudConfig, Session};
+use reqwest::Method;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One API call, described independently of osauth's per-service builder
+/// types so it can be rebuilt for the retry after a re-auth.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub service: Service,
+    pub method: Method,
+    pub path: Vec<String>,
+    pub query: Vec<(String, String)>,
+    pub body: Option<serde_json::Value>,
+    /// Sent as the service's microversion header (Nova "2.x", Cinder "3.x").
+    pub microversion: Option<(u16, u16)>,
+}
+
+impl Call {
+    pub fn new<I, S>(service: Service, method: Method, path: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            service,
+            method,
+            path: path.into_iter().map(Into::into).collect(),
+            query: Vec::new(),
+            body: None,
+            microversion: None,
+        }
+    }
+
+    pub fn query(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.query.push((key.to_owned(), value.into()));
+        self
+    }
+
+    pub fn json(mut self, body: serde_json::Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+
+    pub fn microversion(mut self, version: Option<(u16, u16)>) -> Self {
+        self.microversion = version;
+        self
+    }
+
+    /// "POST /servers/{id}/os-volume_attachments", for logs and messages.
+    pub fn describe(&self) -> String {
+        format!("{} /{}", self.method, self.path.join("/"))
+    }
+}
+
+/// What came back: status, the headers that matter, and the body as text.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// The session holder: the current `Session`, the config to rebuild it
+/// from, and a generation so concurrent 401s cause a single re-login.
+pub struct Connection {
+    config: CloudConfig,
+    timeout: Duration,
+    current: Mutex<(u64, Session)>,
+    relogin: tokio::sync::Mutex<()>,
+    generation: AtomicU64,
+    /// Who warmpool logs in as, for messages ("user pool in project service").
+    identity: String,
+}
+
+impl Connection {
+    /// Logs in (one token request), bounded by `timeout`.
+    pub async fn connect(config: CloudConfig, timeout: Duration) -> CloudResult<Arc<Self>> {
+        let identity = identity_of(&config);
+        let session = login(&config, timeout, &identity).await?;
+        Ok(Arc::new(Self {
+            config,
+            timeout,
+            current: Mutex::new((0, session)),
+            relogin: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(0),
+            identity,
+        }))
+    }
+
+    /// "user pool in project service", from the config.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    fn session(&self) -> (u64, Session) {
+        let guard = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        (guard.0, guard.1.clone())
+    }
+
+    /// Replaces the session by a fresh login unless another caller already
+    /// did since `seen_generation`.
+    async fn relogin(&self, seen_generation: u64) -> CloudResult<()> {
+        let _one_at_a_time = self.relogin.lock().await;
+        if self.generation.load(Ordering::SeqCst) != seen_generation {
+            return Ok(());
+        }
+        tracing::info!(identity = %self.identity, "the cloud answered 401; logging in again");
+        let session = login(&self.config, self.timeout, &self.identity).await?;
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = (generation, session);
+        Ok(())
+    }
+
+    /// The highest Nova microversion among `candidates` (`None`: none is
+    /// supported, or Nova has no microversions).
+    pub async fn pick_compute_version(
+        &self,
+        candidates: &[(u16, u16)],
+    ) -> CloudResult<Option<(u16, u16)>> {
+        let list: Vec<osauth::ApiVersion> = candidates
+            .iter()
+            .map(|&(a, b)| osauth::ApiVersion(a, b))
+            .collect();
+        let (_, session) = self.session();
+        let picked = tokio::time::timeout(self.timeout, session.pick_api_version(COMPUTE, list))
+            .await
+            .map_err(|_| {
+                CloudError::Transient(format!(
+                    "compute version discovery timed out after {:?}",
+                    self.timeout
+                ))
+            })?
+            .map_err(|e| classify_osauth("compute version discovery", &e))?;
+        Ok(picked.map(|v| (v.0, v.1)))
+    }
+
+    /// Sends `call`; on a 401 logs in again and sends it once more. Errors
+    /// are transport failures only: HTTP errors come back as a [`Reply`] for
+    /// the caller to classify (it knows what a 404 means for its call).
+    pub async fn send(&self, call: &Call) -> CloudResult<Reply> {
+        let (generation, session) = self.session();
+        match self.send_once(&session, call).await {
+            Ok(reply) if reply.status == 401 => {}
+            other => return other,
+        }
+        self.relogin(generation).await?;
+        let (_, session) = self.session();
+        self.send_once(&session, call).await
+    }
+
+    async fn send_once(&self, session: &Session, call: &Call) -> CloudResult<Reply> {
+        let what = call.describe();
+        let request_id = format!("req-{}", uuid::Uuid::new_v4());
+        let started = tokio::time::Instant::now();
+        let result = tokio::time::timeout(self.timeout, async {
+            let sent = match call.service {
+                Service::Compute => {
+                    send_via(session, COMPUTE, call, &request_id, self.timeout).await
+                }
+                Service::BlockStorage => {
+                    send_via(session, BLOCK_STORAGE, call, &request_id, self.timeout).await
+                }
+                Service::Network => {
+                    send_via(session, NETWORK, call, &request_id, self.timeout).await
+                }
+                Service::Image => send_via(session, IMAGE, call, &request_id, self.timeout).await,
+            };
+            let response = match sent {
+                Ok(response) => response,
+                // A 401 inside osauth (token renewal, version discovery) is
+                // the same signal as a 401 answer: log in again.
+                Err(e) if e.kind() == osauth::ErrorKind::AuthenticationFailed => {
+                    return Ok((
+                        Reply {
+                            status: 401,
+                            retry_after: None,
+                            body: e.to_string(),
+                        },
+                        None,
+                    ))
+                }
+                Err(e) => return Err(classify_osauth(&what, &e)),
+            };
+            let status = response.status().as_u16();
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let retry_after = header("retry-after");
+            let cloud_id =
+                header("x-openstack-request-id").or_else(|| header("x-compute-request-id"));
+            let body = response
+                .text()
+                .await
+                .map_err(|e| CloudError::Transient(format!("{what}: reading the answer: {e}")))?;
+            Ok::<_, CloudError>((
+                Reply {
+                    status,
+                    retry_after,
+                    body,
+                },
+                cloud_id,
+            ))
+        })
+        .await;
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let service = call.service.name();
+        match result {
+            Err(_) => {
+                tracing::warn!(service, call = %what, %request_id, latency_ms, "cloud call timed out");
+                Err(CloudError::Transient(format!(
+                    "{what}: no answer within {:?}",
+                    self.timeout
+                )))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(service, call = %what, %request_id, latency_ms, error = %e, "cloud call failed");
+                Err(e)
+            }
+            Ok(Ok((reply, cloud_id))) => {
+                let cloud_request_id = cloud_id.unwrap_or_default();
+                // 404 is an expected answer (deletes are idempotent, waits
+                // poll until gone), so only other errors are warnings.
+                if reply.status >= 400 && reply.status != 404 {
+                    tracing::warn!(service, call = %what, status = reply.status, %request_id, %cloud_request_id, latency_ms, "cloud call answered an error");
+                } else {
+                    tracing::debug!(service, call = %what, status = reply.status, %request_id, %cloud_request_id, latency_ms, "cloud call");
+                }
+                Ok(reply)
+            }
+        }
+    }
+}
+
+async fn send_via<S>(
+    session: &Session,
+    service: S,
+    call: &Call,
+    request_id: &str,
+    timeout: Duration,
+) -> Result<reqwest::Response, osauth::Error>
+where
+    S: osauth::services::ServiceType + Send + Clone + 'static,
+{
+    let mut builder = session
+        .request(service, call.method.clone(), &call.path)
+        .header("X-OpenStack-Request-ID", request_id)
+        .timeout(timeout);
+    if !call.query.is_empty() {
+        builder = builder.query(&call.query);
+    }
+    if let Some(body) = &call.body {
+        builder = builder.json(body);
+    }
+    if let Some((major, minor)) = call.microversion {
+        let version = format!("{major}.{minor}");
+        builder = match call.service {
+            // The old-style header is the one every Nova since 2.1 reads;
+            // the new-style one is what newer services expect.
+            Service::Compute => builder
+                .header("X-OpenStack-Nova-API-Version", version.as_str())
+                .header("OpenStack-API-Version", format!("compute {version}")),
+            Service::BlockStorage => {
+                builder.header("OpenStack-API-Version", format!("volume {version}"))
+            }
+            Service::Network | Service::Image => builder,
+        };
+    }
+    builder.send_unchecked().await
+}
+
+/// "user pool in project service" from the config's auth section, for
+/// messages (the config's fields are private; its serialised form is not).
+fn identity_of(config: &CloudConfig) -> String {
+    let value = serde_yaml::to_value(config).unwrap_or_default();
+    let auth = &value["auth"];
+    let field = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| auth[*k].as_str())
+            .map(str::to_owned)
+    };
+    let user = field(&["username", "user_id"]);
+    let who = match (
+        user,
+        field(&["application_credential_name", "application_credential_id"]),
+    ) {
+        (_, Some(credential)) => format!("application credential {credential}"),
+        (Some(user), None) => format!("user {user}"),
+        (None, None) => "the configured user".to_owned(),
+    };
+    match field(&["project_name", "project_id"]) {
+        Some(project) => format!("{who} in project {project}"),
+        None => who,
+    }
+}
+
+async fn login(config: &CloudConfig, timeout: Duration, identity: &str) -> CloudResult<Session> {
+    match tokio::time::timeout(timeout, config.clone().create_session()).await {
+        Err(_) => Err(CloudError::Transient(format!(
+            "auth: Keystone did not answer within {timeout:?}"
+        ))),
+        Ok(Ok(session)) => Ok(session),
+        Ok(Err(e)) => Err(match e.kind() {
+            osauth::ErrorKind::AuthenticationFailed => CloudError::Fatal(format!(
+                "auth: Keystone rejected the {} for {identity} (401)",
+                if identity.starts_with("application credential") {
+                    "secret"
+                } else {
+                    "password"
+                }
+            )),
+            osauth::ErrorKind::InvalidConfig | osauth::ErrorKind::InvalidInput => {
+                CloudError::Fatal(format!("auth: unusable cloud configuration: {e}"))
+            }
+            _ => classify_osauth("auth", &e),
+        }),
+    }
+}

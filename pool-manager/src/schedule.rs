@@ -1,0 +1,442 @@
+//! Operator time windows: "Mon-Fri 09:00-18:00 min 10" raises a pool's
+//! `min_ready` to 10 while the window is open.
+//!
+//! Windows are read in UTC, or at a fixed offset given per window
+//! (`UTC+02:00`): a fixed offset never moves under daylight-saving changes,
+//! so what the operator wrote is what happens. A window whose end is before
+//! its start runs over midnight ("Fri 22:00-06:00" is open from Friday 22:00
+//! to Saturday 06:00). Several open windows: the highest `min` wins.
+//!
+//! The strings are parsed here (`FromStr`), so the config file, the store and
+//! a CLI read them alike; reading TOML stays in the server.
+//!
+//! [`WallClock`] is where "now" comes from: a wall-clock anchor plus tokio's
+//! elapsed time, so tests on the paused clock decide what time it is.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+
+const DAY_NAMES: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+const MINUTES_PER_DAY: u16 = 24 * 60;
+
+/// A window string that does not parse; the message says what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("{0:?} is not a day or day range (Mon-Fri, Sat,Sun, daily)")]
+    Days(String),
+    #[error("{0:?} is not a time of day (HH:MM, 00:00 to 24:00)")]
+    Time(String),
+    #[error("{0:?} is not a UTC offset (UTC, UTC+02:00, -05:30)")]
+    Offset(String),
+    #[error("window {0:?}: {1}")]
+    Window(String, String),
+}
+
+/// Days of the week, Monday first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Days(u8);
+
+impl Days {
+    pub const ALL: Days = Days(0x7f);
+
+    /// Monday is 0.
+    pub fn contains(self, weekday: u8) -> bool {
+        weekday < 7 && self.0 & (1 << weekday) != 0
+    }
+}
+
+fn day_index(name: &str) -> Option<u8> {
+    let lower = name.trim().to_ascii_lowercase();
+    if lower.len() < 3 {
+        return None;
+    }
+    const FULL: [&str; 7] = [
+        "monday",
+        "tuesday",
+        "wednesday",
+        "thursday",
+        "friday",
+        "saturday",
+        "sunday",
+    ];
+    FULL.iter()
+        .position(|full| full.starts_with(&lower))
+        .map(|i| i as u8)
+}
+
+impl FromStr for Days {
+    type Err = ScheduleError;
+
+    /// `Mon-Fri`, `Sat,Sun`, `Mon-Wed,Fri`, `Fri-Mon` (wraps), `daily`, `*`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ScheduleError::Days(s.to_string());
+        let t = s.trim();
+        if matches!(
+            t.to_ascii_lowercase().as_str(),
+            "*" | "daily" | "every day" | "all"
+        ) {
+            return Ok(Self::ALL);
+        }
+        let mut mask = 0u8;
+        for part in t.split(',') {
+            let part = part.trim();
+            match part.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) = (day_index(a).ok_or_else(err)?, day_index(b).ok_or_else(err)?);
+                    let mut d = a;
+                    loop {
+                        mask |= 1 << d;
+                        if d == b {
+                            break;
+                        }
+                        d = (d + 1) % 7;
+                    }
+                }
+                None => mask |= 1 << day_index(part).ok_or_else(err)?,
+            }
+        }
+        Ok(Self(mask))
+    }
+}
+
+impl fmt::Display for Days {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Self::ALL {
+            return f.write_str("daily");
+        }
+        // Runs of consecutive days as ranges: Mon-Fri, Sat,Sun -> "Sat-Sun".
+        let mut parts = Vec::new();
+        let mut d = 0u8;
+        while d < 7 {
+            if self.contains(d) {
+                let start = d;
+                while d + 1 < 7 && self.contains(d + 1) {
+                    d += 1;
+                }
+                parts.push(if start == d {
+                    DAY_NAMES[usize::from(d)].to_string()
+                } else {
+                    format!(
+                        "{}-{}",
+                        DAY_NAMES[usize::from(start)],
+                        DAY_NAMES[usize::from(d)]
+                    )
+                });
+            }
+            d += 1;
+        }
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// A time of day in minutes, 00:00 to 24:00 (24:00 only ends a window).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimeOfDay(u16);
+
+impl TimeOfDay {
+    pub fn minutes(self) -> u16 {
+        self.0
+    }
+}
+
+impl FromStr for TimeOfDay {
+    type Err = ScheduleError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ScheduleError::Time(s.to_string());
+        let (h, m) = s.trim().split_once(':').ok_or_else(err)?;
+        if h.is_empty() || h.len() > 2 || m.len() != 2 {
+            return Err(err());
+        }
+        let h: u16 = h.parse().map_err(|_| err())?;
+        let m: u16 = m.parse().map_err(|_| err())?;
+        if m >= 60 || h * 60 + m > MINUTES_PER_DAY {
+            return Err(err());
+        }
+        Ok(Self(h * 60 + m))
+    }
+}
+
+impl fmt::Display for TimeOfDay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02}:{:02}", self.0 / 60, self.0 % 60)
+    }
+}
+
+/// A fixed offset from UTC, in minutes (east positive).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UtcOffset(i16);
+
+impl UtcOffset {
+    pub const UTC: UtcOffset = UtcOffset(0);
+
+    pub fn minutes(self) -> i16 {
+        self.0
+    }
+}
+
+impl FromStr for UtcOffset {
+    type Err = ScheduleError;
+
+    /// `UTC`, `Z`, `+02:00`, `-05:30`, `UTC+2`, `+0200`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ScheduleError::Offset(s.to_string());
+        let t = s.trim();
+        let rest = t
+            .strip_prefix("UTC")
+            .or_else(|| t.strip_prefix("utc"))
+            .unwrap_or(t);
+        if rest.is_empty() || rest == "Z" || rest == "z" {
+            return Ok(Self::UTC);
+        }
+        let (sign, digits) = match rest.as_bytes()[0] {
+            b'+' => (1i16, &rest[1..]),
+            b'-' => (-1i16, &rest[1..]),
+            _ => return Err(err()),
+        };
+        let (h, m) = match digits.split_once(':') {
+            Some((h, m)) => (h, m),
+            None if digits.len() == 4 => digits.split_at(2),
+            None => (digits, "0"),
+        };
+        let h: i16 = h.parse().map_err(|_| err())?;
+        let m: i16 = m.parse().map_err(|_| err())?;
+        if !(0..=14).contains(&h) || !(0..60).contains(&m) {
+            return Err(err());
+        }
+        Ok(Self(sign * (h * 60 + m)))
+    }
+}
+
+impl fmt::Display for UtcOffset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == 0 {
+            return f.write_str("UTC");
+        }
+        let sign = if self.0 < 0 { '-' } else { '+' };
+        let m = self.0.unsigned_abs();
+        write!(f, "UTC{sign}{:02}:{:02}", m / 60, m % 60)
+    }
+}
+
+/// One operator window: on `days`, from `from` to `to` (local to `utc_offset`),
+/// the pool keeps at least `min` instances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Window {
+    pub days: Days,
+    pub from: TimeOfDay,
+    pub to: TimeOfDay,
+    pub min: u32,
+    pub utc_offset: UtcOffset,
+}
+
+/// The local weekday (Monday 0) and minute of day of `at` at `offset`.
+fn local(at: SystemTime, offset: UtcOffset) -> (u8, u16) {
+    let secs = match at.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    } + i64::from(offset.minutes()) * 60;
+    let days = secs.div_euclid(86_400);
+    let minute = (secs.rem_euclid(86_400) / 60) as u16;
+    // 1970-01-01 was a Thursday (3, Monday first).
+    let weekday = (days + 3).rem_euclid(7) as u8;
+    (weekday, minute)
+}
+
+impl Window {
+    /// Whether the window is open at `at`.
+    pub fn is_open(&self, at: SystemTime) -> bool {
+        let (day, minute) = local(at, self.utc_offset);
+        let (from, to) = (self.from.minutes(), self.to.minutes());
+        if from < to {
+            self.days.contains(day) && (from..to).contains(&minute)
+        } else {
+            // Over midnight: the evening of a listed day, the morning after it.
+            (self.days.contains(day) && minute >= from)
+                || (self.days.contains((day + 6) % 7) && minute < to)
+        }
+    }
+
+    fn check(self, text: &str) -> Result<Self, ScheduleError> {
+        if self.from == self.to {
+            return Err(ScheduleError::Window(
+                text.to_string(),
+                "from and to are equal: the window is empty (00:00-24:00 is a whole day)".into(),
+            ));
+        }
+        if self.from.minutes() == MINUTES_PER_DAY {
+            return Err(ScheduleError::Window(
+                text.to_string(),
+                "24:00 can only end a window".into(),
+            ));
+        }
+        if self.days.0 == 0 {
+            return Err(ScheduleError::Window(text.to_string(), "no days".into()));
+        }
+        Ok(self)
+    }
+
+    /// Builds a window from its parts as a config file spells them.
+    pub fn from_parts(
+        days: &str,
+        from: &str,
+        to: &str,
+        min: u32,
+        utc_offset: Option<&str>,
+    ) -> Result<Self, ScheduleError> {
+        let window = Window {
+            days: days.parse()?,
+            from: from.parse()?,
+            to: to.parse()?,
+            min,
+            utc_offset: utc_offset.map(str::parse).transpose()?.unwrap_or_default(),
+        };
+        window.check(&format!("{days} {from}-{to} min {min}"))
+    }
+}
+
+impl FromStr for Window {
+    type Err = ScheduleError;
+
+    /// `Mon-Fri 09:00-18:00 min 10`, optionally followed by an offset
+    /// (`UTC+02:00`); the day and time parts may come in either order.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| ScheduleError::Window(s.to_string(), why.to_string());
+        let mut days = None;
+        let mut times = None;
+        let mut min = None;
+        let mut offset = None;
+        let mut tokens = s.split_whitespace();
+        while let Some(token) = tokens.next() {
+            if token.eq_ignore_ascii_case("min") {
+                let n = tokens.next().ok_or_else(|| bad("min needs a number"))?;
+                min = Some(n.parse::<u32>().map_err(|_| bad("min needs a number"))?);
+            } else if token.starts_with(|c: char| c.is_ascii_digit()) {
+                let (from, to) = token
+                    .split_once('-')
+                    .ok_or_else(|| bad("times are written 09:00-18:00"))?;
+                times = Some((from.parse()?, to.parse()?));
+            } else if token.to_ascii_uppercase().starts_with("UTC")
+                || token.starts_with(['+', '-'])
+                || token == "Z"
+            {
+                offset = Some(token.parse()?);
+            } else {
+                days = Some(token.parse()?);
+            }
+        }
+        let (from, to) = times.ok_or_else(|| bad("missing the times (09:00-18:00)"))?;
+        Window {
+            days: days.unwrap_or(Days::ALL),
+            from,
+            to,
+            min: min.ok_or_else(|| bad("missing \"min N\""))?,
+            utc_offset: offset.unwrap_or_default(),
+        }
+        .check(s)
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}-{} min {}",
+            self.days, self.from, self.to, self.min
+        )?;
+        if self.utc_offset != UtcOffset::UTC {
+            write!(f, " {}", self.utc_offset)?;
+        }
+        Ok(())
+    }
+}
+
+/// Stored as the one-line form (`"Mon-Fri 09:00-18:00 min 10"`).
+impl Serialize for Window {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Read from the one-line form, or from a table
+/// `{ days = "Mon-Fri", from = "09:00", to = "18:00", min = 10, utc_offset = "+02:00" }`.
+impl<'de> Deserialize<'de> for Window {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Parts {
+            #[serde(default)]
+            days: Option<String>,
+            from: String,
+            to: String,
+            min: u32,
+            #[serde(default)]
+            utc_offset: Option<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Line(String),
+            Parts(Parts),
+        }
+        let repr = Repr::deserialize(deserializer).map_err(|_| {
+            serde::de::Error::custom(
+                "a window is \"Mon-Fri 09:00-18:00 min 10\" or { days = \"Mon-Fri\", from = \"09:00\", to = \"18:00\", min = 10 } (utc_offset optional)",
+            )
+        })?;
+        match repr {
+            Repr::Line(line) => line.parse(),
+            Repr::Parts(p) => Window::from_parts(
+                p.days.as_deref().unwrap_or("daily"),
+                &p.from,
+                &p.to,
+                p.min,
+                p.utc_offset.as_deref(),
+            ),
+        }
+        .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The highest `min` of the windows open at `at`, if any is open.
+pub fn scheduled_min(windows: &[Window], at: SystemTime) -> Option<u32> {
+    windows
+        .iter()
+        .filter(|w| w.is_open(at))
+        .map(|w| w.min)
+        .max()
+}
+
+/// Wall-clock time read as an anchor plus tokio's elapsed time: on the
+/// paused clock, simulated time moves the wall clock too.
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    wall: SystemTime,
+    tokio: Instant,
+}
+
+impl WallClock {
+    /// Anchored now, at `start` (or the system clock's time).
+    pub fn new(start: Option<SystemTime>) -> Self {
+        Self {
+            wall: start.unwrap_or_else(SystemTime::now),
+            tokio: Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> SystemTime {
+        self.at(Instant::now())
+    }
+
+    pub fn at(&self, instant: Instant) -> SystemTime {
+        self.wall + instant.saturating_duration_since(self.tokio)
+    }
+}
+
+/// `UNIX_EPOCH + secs`, for tests and replays that name a wall-clock time.
+pub fn unix(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}

@@ -1,0 +1,163 @@
+//! The manager's own judgements, broadcast as events, on the paused clock:
+//! a pool degrades after boots keep failing and recovers at the next Ready
+//! boot; a throttled cloud call's pause is reported when it is taken (and
+//! not when the deadline does not allow it).
+
+mod common;
+
+use common::*;
+use pool_manager::cloud::CloudError;
+use pool_manager::events::{BootOutcome, CloudService, Event, EventKind, DEGRADED_AFTER};
+use pool_manager::model::EmptyPoolPolicy;
+use pool_manager::ManagerError;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// The next event of `pool()` (or of no pool), within an hour of simulated time.
+async fn next_event(events: &mut broadcast::Receiver<Event>) -> Event {
+    tokio::time::timeout(Duration::from_secs(3600), events.recv())
+        .await
+        .expect("an event within an hour")
+        .expect("the manager is running and the test keeps up")
+}
+
+#[tokio::test(start_paused = true)]
+async fn boots_failing_degrade_the_pool_and_a_ready_boot_recovers_it() {
+    let sim = sim();
+    let manager = manager_on(&sim, temp_store());
+    let mut events = manager.events();
+    manager.start().await.unwrap();
+    sim.faults()
+        .error_next_boots(u64::from(DEGRADED_AFTER), "NoValidHost");
+    // One boot at a time, so the failures are consecutive by construction.
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+
+    let mut failures = 0;
+    loop {
+        let event = next_event(&mut events).await;
+        match event.kind {
+            EventKind::Boot { outcome, .. } => {
+                assert_eq!(outcome, BootOutcome::NoValidHost, "{event:?}");
+                failures += 1;
+                let health = manager.get_pool(&pool()).await.unwrap().health;
+                assert_eq!(health.consecutive_boot_failures, failures);
+                assert_eq!(health.degraded, failures >= DEGRADED_AFTER);
+            }
+            EventKind::Degraded {
+                cause,
+                consecutive_failures,
+            } => {
+                assert_eq!(event.pool, Some(pool()));
+                assert_eq!(cause, BootOutcome::NoValidHost);
+                assert_eq!(consecutive_failures, DEGRADED_AFTER);
+                assert_eq!(failures, DEGRADED_AFTER, "degraded right after the third");
+                break;
+            }
+            _ => {}
+        }
+    }
+
+    // The faults are used up: the next boot succeeds and the pool recovers.
+    loop {
+        let event = next_event(&mut events).await;
+        match event.kind {
+            EventKind::Boot { outcome, .. } => {
+                assert_eq!(outcome, BootOutcome::Ready, "{event:?}");
+                // The verdict follows the boot that earned it.
+                let verdict = next_event(&mut events).await;
+                assert_eq!(verdict.pool, Some(pool()));
+                assert_eq!(
+                    verdict.kind,
+                    EventKind::Recovered {
+                        after_failures: DEGRADED_AFTER
+                    }
+                );
+                break;
+            }
+            EventKind::Degraded { .. } => panic!("degraded twice in one episode"),
+            _ => {}
+        }
+    }
+    let health = manager.get_pool(&pool()).await.unwrap().health;
+    assert!(!health.degraded, "{health:?}");
+    assert_eq!(health.consecutive_boot_failures, 0);
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_call_reports_the_pause_it_takes() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 1).await;
+    let mut events = manager.events();
+    let retry_after = Duration::from_secs(5);
+    sim.faults().api_errors_next(
+        1,
+        CloudError::Throttled {
+            retry_after: Some(retry_after),
+            message: "Rate limit exceeded".into(),
+        },
+    );
+    // The warm path's first cloud calls create the volume and the port.
+    manager
+        .allocate(request("paused", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+
+    let mut pauses = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let EventKind::Throttled { service, pause } = event.kind {
+            assert_eq!(event.pool, None);
+            pauses.push((service, pause));
+        }
+    }
+    assert_eq!(
+        pauses.len(),
+        1,
+        "one throttled answer, one pause: {pauses:?}"
+    );
+    let (service, pause) = pauses[0];
+    assert!(
+        matches!(service, Some(CloudService::Volume | CloudService::Network)),
+        "{service:?}"
+    );
+    // The pause taken: Retry-After, stretched by the gate's jitter so that
+    // calls throttled together do not come back together.
+    let jitter = settings().gate.retry_after_jitter;
+    assert!(
+        pause >= retry_after && pause <= retry_after.mul_f64(1.0 + jitter),
+        "{pause:?} is not Retry-After {retry_after:?} with at most {jitter} jitter"
+    );
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_past_the_deadline_is_not_taken_nor_reported() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 1).await;
+    let mut events = manager.events();
+    // Far past the Allocate's 120 s timeout: the call gives up instead.
+    sim.faults().api_errors_next(
+        1,
+        CloudError::Throttled {
+            retry_after: Some(Duration::from_secs(3600)),
+            message: "Rate limit exceeded".into(),
+        },
+    );
+    let result = manager
+        .allocate(request("too-long", new_volume(), EmptyPoolPolicy::FailFast))
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(ManagerError::Cloud(CloudError::Throttled { .. }))
+        ),
+        "{result:?}"
+    );
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event.kind, EventKind::Throttled { .. }),
+            "a pause not taken was reported: {event:?}"
+        );
+    }
+    manager.shutdown().await.unwrap();
+}

@@ -1,0 +1,228 @@
+//! Quota headroom on the paused clock, against cloudsim's instance quota:
+//! refills stop at quota without piling up refused boots, a cold-boot
+//! purchase waits first in line and gets the room a release frees, and a
+//! cloud whose limits cannot be read still gets paced by quota refusals.
+
+mod common;
+
+use async_trait::async_trait;
+use cloudsim::SimCloud;
+use common::*;
+use pool_manager::cloud::{
+    BootHeadroom, Cloud, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
+    ServerSpec, Volume,
+};
+use pool_manager::events::{BootOutcome, EventKind};
+use pool_manager::model::{AllocationState, EmptyPoolPolicy, InstanceState};
+use pool_manager::sizing::PlanReason;
+use pool_manager::PoolManager;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+fn sim_with_quota(max_instances: usize) -> Arc<SimCloud> {
+    let mut config = cloudsim::SimConfig::deterministic();
+    config.quotas.max_instances = max_instances;
+    SimCloud::new(config)
+}
+
+/// Boot outcomes broadcast so far.
+fn quota_refusals(events: &mut broadcast::Receiver<pool_manager::events::Event>) -> usize {
+    let mut refused = 0;
+    while let Ok(event) = events.try_recv() {
+        if let EventKind::Boot {
+            outcome: BootOutcome::Quota,
+            ..
+        } = event.kind
+        {
+            refused += 1;
+        }
+    }
+    refused
+}
+
+#[tokio::test(start_paused = true)]
+async fn refills_stop_at_quota_and_a_cold_boot_purchase_gets_the_released_room() {
+    let sim = sim_with_quota(3);
+    let manager = manager_on(&sim, temp_store());
+    let mut events = manager.events();
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(5)).await.unwrap();
+    wait_ready(&manager, 3).await;
+
+    // Three purchases take the three warm instances: the quota is full of
+    // tenants' servers and the pool is empty.
+    for id in ["a", "b", "c"] {
+        let done = manager
+            .allocate(request(id, new_volume(), EmptyPoolPolicy::FailFast))
+            .await
+            .unwrap();
+        assert!(done.warm_hit);
+    }
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Booting), 0, "{status:?}");
+    assert_eq!(
+        status.sizing.last_plan.map(|p| p.reason),
+        Some(PlanReason::Quota)
+    );
+
+    // A purchase with cold-boot fallback waits in line instead of failing.
+    let cold = {
+        let manager = manager.clone();
+        let mut order = request("cold", new_volume(), EmptyPoolPolicy::ColdBoot);
+        order.timeout = Some(Duration::from_secs(30 * 60));
+        tokio::spawn(async move { manager.allocate(order).await })
+    };
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert!(!cold.is_finished(), "no room yet: the purchase waits");
+
+    // One tenant leaves: the freed room goes to the waiting purchase, not to
+    // a speculative refill.
+    manager.release("a", Some(true)).await.unwrap();
+    let allocation = tokio::time::timeout(Duration::from_secs(600), cold)
+        .await
+        .expect("the cold boot got through")
+        .unwrap()
+        .unwrap();
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    assert!(!allocation.warm_hit);
+
+    // Quota is full again; the pool stays empty, nothing was refused.
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 0, "{status:?}");
+    assert_eq!(status.sizing.gate.quota_refusals, 0, "{:?}", status.sizing);
+    assert_eq!(quota_refusals(&mut events), 0);
+    assert_eq!(sim.servers().len(), 3);
+    assert_consistent(&sim, &manager).await;
+
+    // Releasing two more lets the pool refill to the quota.
+    manager.release("b", Some(true)).await.unwrap();
+    manager.release("c", Some(true)).await.unwrap();
+    wait_ready(&manager, 2).await;
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 2, "{status:?}");
+    assert_eq!(quota_refusals(&mut events), 0);
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cold_boot_at_quota_fails_at_its_deadline_without_booting() {
+    let sim = sim_with_quota(1);
+    let manager = started(&sim, temp_store(), 1).await;
+    manager
+        .allocate(request("a", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    sim.reset_call_counts();
+    let mut order = request("late", new_volume(), EmptyPoolPolicy::ColdBoot);
+    order.timeout = Some(Duration::from_secs(60));
+    let err = manager.allocate(order).await.unwrap_err();
+    assert!(err.to_string().contains("quota"), "{err}");
+    assert_eq!(sim.call_counts().get("create_server"), None);
+    assert!(manager.get_allocation("late").await.is_err(), "rolled back");
+    assert_consistent(&sim, &manager).await;
+}
+
+/// cloudsim, except that its limits cannot be read.
+struct NoLimits(Arc<SimCloud>);
+
+#[async_trait]
+impl Cloud for NoLimits {
+    fn volume_zone_for(&self, server_az: &str) -> String {
+        self.0.volume_zone_for(server_az)
+    }
+    async fn boot_headroom(&self, _flavor: &str) -> CloudResult<BootHeadroom> {
+        Err(CloudError::Transient("GET /limits: 503".into()))
+    }
+    async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server> {
+        self.0.create_server(spec).await
+    }
+    async fn get_server(&self, id: &str) -> CloudResult<Server> {
+        self.0.get_server(id).await
+    }
+    async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
+        self.0.list_pool_servers().await
+    }
+    async fn delete_server(&self, id: &str) -> CloudResult<()> {
+        self.0.delete_server(id).await
+    }
+    async fn create_volume(&self, spec: &NewVolumeSpec) -> CloudResult<Volume> {
+        self.0.create_volume(spec).await
+    }
+    async fn get_volume(&self, id: &str) -> CloudResult<Volume> {
+        self.0.get_volume(id).await
+    }
+    async fn find_volumes_by_name(&self, name: &str) -> CloudResult<Vec<Volume>> {
+        self.0.find_volumes_by_name(name).await
+    }
+    async fn delete_volume(&self, id: &str) -> CloudResult<()> {
+        self.0.delete_volume(id).await
+    }
+    async fn attach_volume(&self, server: &str, volume: &str) -> CloudResult<()> {
+        self.0.attach_volume(server, volume).await
+    }
+    async fn detach_volume(&self, server: &str, volume: &str) -> CloudResult<()> {
+        self.0.detach_volume(server, volume).await
+    }
+    async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {
+        self.0.create_port(spec).await
+    }
+    async fn get_port(&self, id: &str) -> CloudResult<Port> {
+        self.0.get_port(id).await
+    }
+    async fn find_ports_by_name(&self, name: &str) -> CloudResult<Vec<Port>> {
+        self.0.find_ports_by_name(name).await
+    }
+    async fn delete_port(&self, id: &str) -> CloudResult<()> {
+        self.0.delete_port(id).await
+    }
+    async fn attach_port(&self, server: &str, port: &str) -> CloudResult<()> {
+        self.0.attach_port(server, port).await
+    }
+    async fn detach_port(&self, server: &str, port: &str) -> CloudResult<()> {
+        self.0.detach_port(server, port).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn unreadable_limits_fall_back_to_the_refusal_pause() {
+    let sim = sim_with_quota(3);
+    let manager = PoolManager::new(
+        temp_store(),
+        Arc::new(NoLimits(sim.clone())),
+        Arc::new(sim.probe()),
+        settings(),
+    );
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(5)).await.unwrap();
+    // Replenishment goes on without the limits.
+    wait_ready(&manager, 3).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert!(status.sizing.quota.failing.is_some(), "{:?}", status.sizing);
+
+    // At quota the refusals pause refills with a growing backoff (30 s,
+    // 60 s, 120 s, ...) instead of a create every replenish interval.
+    sim.reset_call_counts();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let creates = sim.call_counts().get("create_server").copied().unwrap_or(0);
+    assert!(
+        (1..=6).contains(&creates),
+        "{creates} create_server calls in 10 minutes at quota"
+    );
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert!(
+        status.sizing.gate.quota_refusals >= 1,
+        "{:?}",
+        status.sizing
+    );
+
+    // A purchase still gets a warm instance.
+    let allocation = manager
+        .allocate(request("q1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert!(allocation.warm_hit);
+}

@@ -1,0 +1,266 @@
+//! `warmpoold check-cloud`: is the configured OpenStack usable for the
+//! configured pools? Credentials, flavors, image(s), management networks and
+//! compute quota headroom, one line per check.
+//!
+//! The daemon runs the same checks before serving (see [`crate::start`]):
+//! anything but quota failing stops start-up, because a wrong password,
+//! flavor, image or network never heals by itself; a quota shortfall is
+//! logged and the pools fill as far as the quota lets them.
+
+use crate::config::{Config, OpenStackConfig};
+use pool_manager::cloud::{Cloud, CloudError};
+use pool_manager::openstack::OpenStackCloud;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// What a check is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckKind {
+    Config,
+    Auth,
+    Flavor,
+    Image,
+    Network,
+    Quota,
+}
+
+impl CheckKind {
+    fn label(self) -> &'static str {
+        match self {
+            CheckKind::Config => "cloud config",
+            CheckKind::Auth => "auth",
+            CheckKind::Flavor => "flavor",
+            CheckKind::Image => "image",
+            CheckKind::Network => "network",
+            CheckKind::Quota => "quota",
+        }
+    }
+}
+
+/// One printed line: `auth: ok (user pool in project service, Nova 2.101)`
+/// or `image: no image named 'mysql-8.0' is visible to ...`.
+#[derive(Clone, Debug)]
+pub struct Check {
+    pub kind: CheckKind,
+    pub ok: bool,
+    pub message: String,
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.ok {
+            write!(f, "{}: ok ({})", self.kind.label(), self.message)
+        } else {
+            write!(f, "{}: {}", self.kind.label(), self.message)
+        }
+    }
+}
+
+/// Every check run, in order.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+
+    /// Failures that make the cloud unusable (everything but quota).
+    pub fn blocking_failures(&self) -> Vec<&Check> {
+        self.checks
+            .iter()
+            .filter(|c| !c.ok && c.kind != CheckKind::Quota)
+            .collect()
+    }
+
+    fn ok(&mut self, kind: CheckKind, message: impl Into<String>) {
+        self.checks.push(Check {
+            kind,
+            ok: true,
+            message: message.into(),
+        });
+    }
+
+    fn fail(&mut self, kind: CheckKind, message: impl Into<String>) {
+        self.checks.push(Check {
+            kind,
+            ok: false,
+            message: message.into(),
+        });
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for check in &self.checks {
+            writeln!(f, "{check}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The message of a cloud error without its class prefix, and without a
+/// leading "auth: " the driver adds to login failures.
+fn reason(e: &CloudError) -> String {
+    let text = match e {
+        CloudError::Throttled { message, .. } => format!("throttled: {message}"),
+        CloudError::QuotaExceeded(m) | CloudError::Fatal(m) => m.clone(),
+        CloudError::Conflict(m) => m.clone(),
+        CloudError::NotFound(m) => m.clone(),
+        CloudError::Transient(m) => format!("cloud unreachable or failing: {m}"),
+    };
+    text.strip_prefix("auth: ")
+        .map(str::to_owned)
+        .unwrap_or(text)
+}
+
+/// Runs every check against the cloud `config` names. Returns the report,
+/// and the connected cloud when the login worked (the daemon keeps it).
+pub async fn check(config: &Config, os: &OpenStackConfig) -> (Report, Option<OpenStackCloud>) {
+    let mut report = Report::default();
+    let settings = match os.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            report.fail(CheckKind::Config, e.to_string());
+            return (report, None);
+        }
+    };
+    let cloud = match OpenStackCloud::connect(settings).await {
+        Ok(cloud) => {
+            report.ok(
+                CheckKind::Auth,
+                format!(
+                    "{}, Nova microversion {}",
+                    cloud.identity(),
+                    cloud.compute_microversion()
+                ),
+            );
+            cloud
+        }
+        Err(e) => {
+            report.fail(CheckKind::Auth, reason(&e));
+            return (report, None);
+        }
+    };
+
+    let mut flavors = BTreeMap::new();
+    let names: BTreeSet<&str> = config.pools.iter().map(|p| p.flavor.as_str()).collect();
+    for name in names {
+        match cloud.flavor(name).await {
+            Ok(f) => {
+                report.ok(
+                    CheckKind::Flavor,
+                    format!("{name}: {} vCPU, {} MiB RAM", f.vcpus, f.ram),
+                );
+                flavors.insert(name.to_owned(), f);
+            }
+            Err(e) => report.fail(CheckKind::Flavor, reason(&e)),
+        }
+    }
+
+    let images: BTreeSet<&str> = match &cloud.settings().image {
+        Some(image) => BTreeSet::from([image.as_str()]),
+        None => config.pools.iter().map(|p| p.image.as_str()).collect(),
+    };
+    for image in images {
+        match cloud.image_id(image).await {
+            Ok(id) if id == image => report.ok(CheckKind::Image, image),
+            Ok(id) => report.ok(CheckKind::Image, format!("{image} = {id}")),
+            Err(e) => report.fail(CheckKind::Image, reason(&e)),
+        }
+    }
+
+    for network in cloud.settings().management_networks() {
+        match cloud.network(network).await {
+            Ok(n) => report.ok(
+                CheckKind::Network,
+                format!("{} = {}", n.name.as_deref().unwrap_or(network), n.id),
+            ),
+            Err(e) => report.fail(CheckKind::Network, reason(&e)),
+        }
+    }
+
+    quota_check(config, &cloud, &flavors, &mut report).await;
+    (report, Some(cloud))
+}
+
+/// Whether the compute quota admits every pool's `min_ready` servers, net
+/// of the pool servers that already exist (they count as used).
+async fn quota_check(
+    config: &Config,
+    cloud: &OpenStackCloud,
+    flavors: &BTreeMap<String, pool_manager::openstack::nova::Flavor>,
+    report: &mut Report,
+) {
+    let limits = match cloud.limits().await {
+        Ok(l) => l,
+        Err(e) => return report.fail(CheckKind::Quota, reason(&e)),
+    };
+    let existing = match cloud.list_pool_servers().await {
+        Ok(servers) => servers,
+        Err(e) => return report.fail(CheckKind::Quota, reason(&e)),
+    };
+    // More servers of a flavor to boot, per flavor.
+    let mut more: BTreeMap<&str, u64> = BTreeMap::new();
+    for pool in &config.pools {
+        let key = pool.key().to_string();
+        let have = existing
+            .iter()
+            .filter(|s| s.metadata.get(pool_manager::cloud::META_POOL) == Some(&key))
+            .count() as u64;
+        let need = u64::from(pool.min_ready).saturating_sub(have);
+        if need > 0 && flavors.contains_key(&pool.flavor) {
+            *more.entry(pool.flavor.as_str()).or_default() += need;
+        }
+    }
+    let mut demand = [0u64; 3];
+    for (name, count) in &more {
+        let f = &flavors[*name];
+        demand[0] += count;
+        demand[1] += count * f.vcpus;
+        demand[2] += count * f.ram;
+    }
+    let short: Vec<String> = limits
+        .quotas()
+        .iter()
+        .zip(demand)
+        .filter(|(q, need)| q.max >= 0 && ((q.max - q.used).max(0) as u64) < *need)
+        .map(|(q, _)| {
+            let unit = if q.resource == "ram" { " MiB" } else { "" };
+            format!("{} {}{unit} of {}{unit} used", q.resource, q.used, q.max)
+        })
+        .collect();
+    let wanted = if more.is_empty() {
+        "no more servers".to_owned()
+    } else {
+        more.iter()
+            .map(|(f, n)| format!("{n} more {f}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let used = limits
+        .quotas()
+        .iter()
+        .map(|q| {
+            if q.max < 0 {
+                format!("{} {} used (unlimited)", q.resource, q.used)
+            } else {
+                format!("{} {} of {}", q.resource, q.used, q.max)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    if short.is_empty() {
+        report.ok(
+            CheckKind::Quota,
+            format!("{used}; pools need room for {wanted}"),
+        );
+    } else {
+        report.fail(
+            CheckKind::Quota,
+            format!("{}; pools need room for {wanted}", short.join(", ")),
+        );
+    }
+}

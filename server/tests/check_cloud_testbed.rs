@@ -1,0 +1,146 @@
+//! `warmpoold check-cloud` against deploy/testbed: the real binary, a config
+//! file as an operator writes it. It passes against the testbed as it is,
+//! and fails, naming the problem, with a wrong password, a missing image and
+//! an exhausted quota.
+//!
+//! Like e2e_testbed.rs, this FAILS (never skips) when the testbed is not up:
+//! run `sudo deploy/testbed/up.sh` or `bash scripts/test.sh`.
+
+mod testbed;
+
+use std::path::Path;
+use std::process::Command;
+
+use testbed::{
+    clouds_yaml, config_text, require_testbed, run_id, PoolDecl, E2E_CLOUD, E2E_NETWORK,
+    E2E_PASSWORD, NOQUOTA_CLOUD, NOQUOTA_NETWORK,
+};
+
+const POOLS: [PoolDecl; 2] = [
+    PoolDecl {
+        flavor: "db.small",
+        az: "az1",
+        min_ready: 1,
+        max_ready: 2,
+    },
+    PoolDecl {
+        flavor: "db.small",
+        az: "az2",
+        min_ready: 1,
+        max_ready: 2,
+    },
+];
+
+/// Runs `warmpoold check-cloud --config <dir>/warmpoold.toml` with `text`:
+/// exit code and stdout + stderr.
+fn check_cloud(dir: &Path, text: &str) -> (i32, String) {
+    let config = dir.join("warmpoold.toml");
+    std::fs::write(&config, text).expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+        .arg("check-cloud")
+        .arg("--config")
+        .arg(&config)
+        // Only the config names the cloud.
+        .env_remove("OS_CLOUD")
+        .env_remove("OS_CLIENT_CONFIG_FILE")
+        .output()
+        .expect("run warmpoold check-cloud");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// The report line about `kind` ("auth: ...", "image: ...").
+fn line<'a>(report: &'a str, kind: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| l.starts_with(&format!("{kind}: ")))
+        .unwrap_or_else(|| panic!("no `{kind}:` line in the report:\n{report}"))
+}
+
+#[tokio::test]
+async fn check_cloud_passes_against_the_testbed() {
+    require_testbed().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&dir.path().join("store"), E2E_CLOUD, E2E_NETWORK, &POOLS);
+    let (code, report) = check_cloud(dir.path(), &text);
+    assert_eq!(code, 0, "check-cloud failed against the testbed:\n{report}");
+    for kind in ["auth", "flavor", "image", "network", "quota"] {
+        assert!(
+            line(&report, kind).starts_with(&format!("{kind}: ok")),
+            "{kind} not ok:\n{report}"
+        );
+    }
+    assert!(line(&report, "auth").contains("warmpool-e2e"), "{report}");
+}
+
+#[tokio::test]
+async fn check_cloud_names_a_wrong_password() {
+    require_testbed().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The testbed's clouds.yaml with one wrong password.
+    let yaml = std::fs::read_to_string(clouds_yaml()).expect("read clouds.yaml");
+    let wrong = yaml.replace(
+        &format!("password: {E2E_PASSWORD}\n"),
+        "password: not-the-password\n",
+    );
+    assert_ne!(wrong, yaml, "clouds.yaml has no `password: {E2E_PASSWORD}`");
+    let wrong_yaml = dir.path().join("clouds.yaml");
+    std::fs::write(&wrong_yaml, wrong).unwrap();
+    let text = config_text(&dir.path().join("store"), E2E_CLOUD, E2E_NETWORK, &POOLS).replace(
+        &format!("clouds_yaml = {:?}", clouds_yaml().display().to_string()),
+        &format!("clouds_yaml = {:?}", wrong_yaml.display().to_string()),
+    );
+    assert!(text.contains(&wrong_yaml.display().to_string()), "{text}");
+    let (code, report) = check_cloud(dir.path(), &text);
+    assert_eq!(code, 1, "{report}");
+    let auth = line(&report, "auth").to_lowercase();
+    assert!(!auth.starts_with("auth: ok"), "{report}");
+    assert!(
+        ["password", "credential", "401", "unauthori", "authenticat"]
+            .iter()
+            .any(|w| auth.contains(w)),
+        "the auth line does not say the credentials were refused:\n{report}"
+    );
+}
+
+#[tokio::test]
+async fn check_cloud_names_a_missing_image() {
+    require_testbed().await;
+    let dir = tempfile::tempdir().unwrap();
+    let image = format!("no-such-image-{}", run_id());
+    let text = config_text(&dir.path().join("store"), E2E_CLOUD, E2E_NETWORK, &POOLS)
+        .replace("image = \"mysql-8.0\"", &format!("image = \"{image}\""));
+    assert!(text.contains(&image), "{text}");
+    let (code, report) = check_cloud(dir.path(), &text);
+    assert_eq!(code, 1, "{report}");
+    assert!(line(&report, "auth").starts_with("auth: ok"), "{report}");
+    let image_line = line(&report, "image");
+    assert!(!image_line.starts_with("image: ok"), "{report}");
+    assert!(image_line.contains(&image), "{report}");
+}
+
+#[tokio::test]
+async fn check_cloud_names_an_exhausted_quota() {
+    require_testbed().await;
+    let dir = tempfile::tempdir().unwrap();
+    // warmpool-noquota: compute quota 0 instances, 0 cores (bootstrap_warmpool.py).
+    let text = config_text(
+        &dir.path().join("store"),
+        NOQUOTA_CLOUD,
+        NOQUOTA_NETWORK,
+        &POOLS,
+    );
+    let (code, report) = check_cloud(dir.path(), &text);
+    assert_eq!(code, 1, "{report}");
+    assert!(line(&report, "auth").starts_with("auth: ok"), "{report}");
+    let quota = line(&report, "quota");
+    assert!(!quota.starts_with("quota: ok"), "{report}");
+    assert!(
+        quota.contains("db.small") && ["instances", "cores"].iter().any(|w| quota.contains(w)),
+        "the quota line does not name the flavor and the binding quota:\n{report}"
+    );
+}

@@ -1,0 +1,668 @@
+//! warmpoold end to end against a real OpenStack: deploy/testbed (Keystone,
+//! Nova with two fake-virt computes in az1/az2, Cinder, Neutron, Glance on
+//! 127.0.0.1), with `[cloud] kind = "openstack"` and the gRPC client.
+//!
+//! `scripts/test.sh` brings the testbed up before `cargo test`; without it
+//! this suite FAILS with a message saying how to start it (it never skips:
+//! an e2e suite that silently did nothing would prove nothing).
+//!
+//! One daemon, one test, steps in order: the reconciler deletes every
+//! warmpool server its store does not know, so two daemons in the testbed's
+//! `warmpool-e2e` project would delete each other's servers. After the pools
+//! fill, each step runs even if an earlier one failed, and the test fails at
+//! the end naming every failed step. Servers run no mysqld (fake virt
+//! driver): `probe_address_override` points every readiness probe at the
+//! testbed's MariaDB.
+
+mod support;
+mod testbed;
+
+use std::collections::BTreeMap;
+
+use futures::FutureExt;
+use pool_manager::cloud::{
+    Cloud, CloudError, NewVolumeSpec, ServerSpec, ServerStatus, VolumeStatus, META_INSTANCE,
+    META_POOL,
+};
+use pool_manager::model::PoolKey;
+use pool_manager::openstack::OpenStackCloud;
+use testbed::{
+    cloud_as, config_text, eventually, require_testbed, run_id, Daemon, PoolDecl, E2E_CLOUD,
+    E2E_NETWORK, IMAGE, PATIENCE, TENANT_CLOUD, TENANT_NETWORK, VOLUME_AZ,
+};
+use tonic::Code;
+use warmpool_client::{api, Client, ClientError};
+
+const SMALL: &str = "db.small";
+/// 64 vCPUs: more than the warmpool-e2e project's 40-core quota, so every
+/// boot of this flavor is refused for quota.
+const HUGE: &str = "db.huge";
+
+const POOLS: [PoolDecl; 3] = [
+    PoolDecl {
+        flavor: SMALL,
+        az: "az1",
+        min_ready: 2,
+        max_ready: 4,
+    },
+    PoolDecl {
+        flavor: SMALL,
+        az: "az2",
+        min_ready: 1,
+        max_ready: 2,
+    },
+    PoolDecl {
+        flavor: HUGE,
+        az: "az1",
+        min_ready: 1,
+        max_ready: 1,
+    },
+];
+
+/// The message names how to start the testbed, so a developer who runs
+/// `cargo test` without it knows what to do.
+#[tokio::test]
+async fn an_unreachable_testbed_fails_with_how_to_start_it() {
+    let keystone = testbed::closed_port().await.to_string();
+    let mariadb = testbed::closed_port().await.to_string();
+    let err = testbed::check_reachable(&[("Keystone", keystone.as_str())], &mariadb)
+        .await
+        .expect_err("nothing listens there");
+    assert!(err.contains("deploy/testbed/up.sh"), "{err}");
+    assert!(err.contains("scripts/test.sh"), "{err}");
+    assert!(err.contains(&format!("Keystone at {keystone}")), "{err}");
+}
+
+/// Everything a step needs.
+struct Ctx {
+    run: String,
+    client: Client,
+    e2e: OpenStackCloud,
+    tenant: OpenStackCloud,
+    tenant_net: String,
+    metrics_url: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warmpoold_against_the_openstack_testbed() {
+    require_testbed().await;
+    let e2e = cloud_as(E2E_CLOUD, E2E_NETWORK).await;
+    let tenant = cloud_as(TENANT_CLOUD, TENANT_NETWORK).await;
+    let tenant_net = e2e
+        .network(TENANT_NETWORK)
+        .await
+        .expect("tenant-net is shared to warmpool-e2e (bootstrap_warmpool.py)")
+        .id;
+
+    // Servers an earlier, interrupted run left would hold quota.
+    delete_all_pool_servers(&e2e).await;
+
+    let data = tempfile::tempdir().expect("temp dir");
+    let text = config_text(&data.path().join("store"), E2E_CLOUD, E2E_NETWORK, &POOLS);
+    let daemon = Daemon::start(&text).await;
+    let ctx = Ctx {
+        run: run_id(),
+        client: daemon.client.clone(),
+        e2e,
+        tenant,
+        tenant_net,
+        metrics_url: daemon.metrics_url(),
+    };
+
+    // Every later step needs full pools: this one fails the test at once.
+    pools_fill(&ctx).await;
+
+    // The other steps are independent: each runs even if an earlier one
+    // failed, and the test fails at the end listing every failed step.
+    let mut failed = Vec::new();
+    step(&mut failed, "quota is reported", quota_is_reported(&ctx)).await;
+    step(
+        &mut failed,
+        "a leaked server is deleted",
+        leaked_server_is_deleted(&ctx),
+    )
+    .await;
+    step(
+        &mut failed,
+        "allocate a new volume, retry, release",
+        allocate_new_volume(&ctx),
+    )
+    .await;
+    step(
+        &mut failed,
+        "allocate the tenant's volume, fence it, release",
+        allocate_tenant_volume(&ctx),
+    )
+    .await;
+    step(
+        &mut failed,
+        "a cold boot past the quota is refused",
+        cold_boot_past_quota(&ctx),
+    )
+    .await;
+    // Last: whatever happened above, the daemon still serves and refills.
+    step(&mut failed, "the daemon survived", survived(&ctx)).await;
+
+    daemon.shut_down().await;
+    // Leave the project empty for the next run and for the quota.
+    delete_all_pool_servers(&ctx.e2e).await;
+    assert!(
+        failed.is_empty(),
+        "failed steps (details above): {failed:?}"
+    );
+}
+
+/// Runs one step, turning its panic into an entry of `failed`.
+async fn step(
+    failed: &mut Vec<&'static str>,
+    name: &'static str,
+    body: impl std::future::Future<Output = ()>,
+) {
+    eprintln!("== step: {name}");
+    let started = std::time::Instant::now();
+    match std::panic::AssertUnwindSafe(body).catch_unwind().await {
+        Ok(()) => eprintln!("== step ok in {:.1?}: {name}", started.elapsed()),
+        Err(_) => {
+            eprintln!("== step FAILED after {:.1?}: {name}", started.elapsed());
+            failed.push(name);
+        }
+    }
+}
+
+/// Pools fill: every Ready instance is an ACTIVE server in its AZ carrying
+/// warmpool's metadata.
+async fn pools_fill(ctx: &Ctx) {
+    let az1 = wait_ready(&ctx.client, SMALL, "az1", 2).await;
+    wait_ready(&ctx.client, SMALL, "az2", 1).await;
+    assert_eq!(az1.consecutive_boot_failures, 0, "{az1:?}");
+    for (az, want) in [("az1", 2), ("az2", 1)] {
+        let instances = ctx
+            .client
+            .list_instances(SMALL, az)
+            .await
+            .expect("list instances");
+        let ready: Vec<_> = instances
+            .iter()
+            .filter(|i| i.state == api::InstanceState::Ready as i32)
+            .collect();
+        assert_eq!(ready.len(), want, "{az}: {instances:?}");
+        for instance in ready {
+            let server = ctx
+                .e2e
+                .get_server(&instance.server_id)
+                .await
+                .unwrap_or_else(|e| panic!("server {} of {instance:?}: {e}", instance.server_id));
+            assert_eq!(server.status, ServerStatus::Active, "{server:?}");
+            assert_eq!(server.availability_zone, az, "{server:?}");
+            assert_eq!(
+                server.metadata.get(META_POOL),
+                Some(&PoolKey::new(SMALL, az).to_string()),
+                "{server:?}"
+            );
+        }
+    }
+}
+
+/// No db.huge server fits the project's cores quota: the pool says so and
+/// stays empty.
+async fn quota_is_reported(ctx: &Ctx) {
+    let huge = eventually("db.huge@az1 to report the quota", PATIENCE, || async {
+        let pool = ctx
+            .client
+            .get_pool(HUGE, "az1")
+            .await
+            .map_err(|e| e.to_string())?;
+        let sizing = pool.sizing.clone().unwrap_or_default();
+        let reported = sizing.plan_reason == "quota"
+            || pool.last_error.to_lowercase().contains("quota")
+            || sizing.gate.is_some_and(|g| g.quota_refusals > 0);
+        if reported {
+            Ok(pool)
+        } else {
+            Err(format!(
+                "plan_reason {:?}, last_error {:?}, counts {:?}",
+                sizing.plan_reason, pool.last_error, pool.counts
+            ))
+        }
+    })
+    .await;
+    assert_eq!(huge.counts.unwrap_or_default().ready, 0, "{huge:?}");
+}
+
+/// A server with warmpool's tag and metadata that the store does not know
+/// (what a crash right after POST /servers leaves) is deleted by the
+/// reconciler; the pool's own servers are not.
+async fn leaked_server_is_deleted(ctx: &Ctx) {
+    let before = leaks_deleted(&ctx.metrics_url).await;
+    let instance = format!("leak-{}", ctx.run);
+    let pool = PoolKey::new(SMALL, "az1");
+    let leak = ctx
+        .e2e
+        .create_server(&ServerSpec {
+            name: instance.clone(),
+            pool: pool.clone(),
+            image: IMAGE.into(),
+            metadata: BTreeMap::from([
+                (META_POOL.to_owned(), pool.to_string()),
+                (META_INSTANCE.to_owned(), instance.clone()),
+            ]),
+        })
+        .await
+        .expect("create the leaked server");
+    wait_server_gone(&ctx.e2e, &leak.id).await;
+    let after = leaks_deleted(&ctx.metrics_url).await;
+    assert!(
+        after >= before + 1.0,
+        "warmpool_leaks_deleted_total went from {before} to {after}"
+    );
+    wait_ready(&ctx.client, SMALL, "az1", 2).await;
+}
+
+/// Allocate with a new volume and a port on the tenant's network; the
+/// retry gets the same answer; other parameters are ABORTED; Release
+/// deletes the server, the port and (asked to) the volume.
+async fn allocate_new_volume(ctx: &Ctx) {
+    let id = format!("e2e-{}-new", ctx.run);
+    let request = allocate_request(&id, SMALL, "az1", new_volume(1), &ctx.tenant_net);
+    let a = ctx
+        .client
+        .allocate(request.clone())
+        .await
+        .expect("allocate, new volume");
+    check_allocated(&a, &ctx.e2e, "az1").await;
+    assert!(a.warm_hit, "a full pool hands out a warm instance: {a:?}");
+
+    let again = ctx.client.allocate(request.clone()).await.expect("retry");
+    assert_eq!(
+        (
+            &again.server_id,
+            &again.volume_id,
+            &again.port_id,
+            &again.ip_address
+        ),
+        (&a.server_id, &a.volume_id, &a.port_id, &a.ip_address),
+        "a retry must return the same allocation"
+    );
+    let mut other = request.clone();
+    other.availability_zone = "az2".into();
+    let message = expect_code(ctx.client.allocate(other).await, Code::Aborted);
+    assert!(message.contains(&id), "{message}");
+
+    ctx.client
+        .release(&id, Some(true))
+        .await
+        .expect("release, delete volume");
+    wait_released(ctx, &id, &a).await;
+    eventually(
+        &format!("volume {} to be deleted", a.volume_id),
+        PATIENCE,
+        || async {
+            match ctx.e2e.get_volume(&a.volume_id).await {
+                Err(CloudError::NotFound(_)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    wait_ready(&ctx.client, SMALL, "az1", 2).await;
+}
+
+/// Allocate with a volume the tenant created (available, in its own
+/// project): attached, seen in use by the tenant, fenced from a second
+/// Allocate, and back to available after Release (kept: the default).
+async fn allocate_tenant_volume(ctx: &Ctx) {
+    let volume = ctx
+        .tenant
+        .create_volume(&NewVolumeSpec {
+            name: format!("e2e-{}-tenant-volume", ctx.run),
+            size_gib: 1,
+            volume_type: None,
+            availability_zone: VOLUME_AZ.into(),
+            project_id: String::new(),
+        })
+        .await
+        .expect("the tenant creates a volume");
+    let volume_id = volume.id.clone();
+    let result = std::panic::AssertUnwindSafe(allocate_tenant_volume_inner(ctx, &volume_id))
+        .catch_unwind()
+        .await;
+    // The tenant's volume goes whatever happened (detached first if needed).
+    let _ = ctx
+        .client
+        .release(format!("e2e-{}-existing", ctx.run), None)
+        .await;
+    let _ = eventually("the tenant's volume to be detached", PATIENCE, || async {
+        match ctx.tenant.get_volume(&volume_id).await {
+            Ok(v) if v.attached_to.is_empty() => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    ctx.tenant
+        .delete_volume(&volume_id)
+        .await
+        .expect("delete the tenant's volume");
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn allocate_tenant_volume_inner(ctx: &Ctx, volume_id: &str) {
+    eventually("the tenant's volume to be available", PATIENCE, || async {
+        let v = ctx
+            .tenant
+            .get_volume(volume_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        if v.status == VolumeStatus::Available {
+            Ok(())
+        } else {
+            Err(format!("{:?}", v.status))
+        }
+    })
+    .await;
+    let id = format!("e2e-{}-existing", ctx.run);
+    let b = ctx
+        .client
+        .allocate(allocate_request(
+            &id,
+            SMALL,
+            "az2",
+            existing_volume(volume_id),
+            &ctx.tenant_net,
+        ))
+        .await
+        .expect("allocate with the tenant's volume");
+    assert_eq!(b.volume_id, volume_id, "{b:?}");
+    check_allocated(&b, &ctx.e2e, "az2").await;
+    let seen = ctx
+        .tenant
+        .get_volume(volume_id)
+        .await
+        .expect("tenant reads its volume");
+    assert_eq!(seen.status, VolumeStatus::InUse, "{seen:?}");
+    assert_eq!(seen.attached_to, vec![b.server_id.clone()], "{seen:?}");
+
+    // Fencing: a volume in use is never attached again.
+    let message = expect_code(
+        ctx.client
+            .allocate(allocate_request(
+                &format!("e2e-{}-fenced", ctx.run),
+                SMALL,
+                "az2",
+                existing_volume(volume_id),
+                &ctx.tenant_net,
+            ))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(message.contains(volume_id), "{message}");
+
+    ctx.client
+        .release(&id, None)
+        .await
+        .expect("release, keep volume");
+    wait_released(ctx, &id, &b).await;
+    eventually(
+        "the tenant's volume to be available again",
+        PATIENCE,
+        || async {
+            let v = ctx
+                .tenant
+                .get_volume(volume_id)
+                .await
+                .map_err(|e| e.to_string())?;
+            if v.status == VolumeStatus::Available && v.attached_to.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{v:?}"))
+            }
+        },
+    )
+    .await;
+    wait_ready(&ctx.client, SMALL, "az2", 1).await;
+}
+
+/// A buyer asking for a cold boot of db.huge is refused with
+/// RESOURCE_EXHAUSTED naming the quota.
+async fn cold_boot_past_quota(ctx: &Ctx) {
+    let mut cold = allocate_request(
+        &format!("e2e-{}-huge", ctx.run),
+        HUGE,
+        "az1",
+        new_volume(1),
+        &ctx.tenant_net,
+    );
+    cold.empty_pool_policy = api::EmptyPoolPolicy::ColdBoot.into();
+    cold.timeout = Some(prost_types::Duration {
+        seconds: 30,
+        nanos: 0,
+    });
+    let message = expect_code(ctx.client.allocate(cold).await, Code::ResourceExhausted);
+    assert!(message.to_lowercase().contains("quota"), "{message}");
+}
+
+/// After all of the above (quota refusals all along): still serving, the
+/// small pools full, db.huge still empty and not degraded into a crash.
+async fn survived(ctx: &Ctx) {
+    let pools = ctx.client.list_pools().await.expect("list pools");
+    assert_eq!(pools.len(), 3, "{pools:?}");
+    wait_ready(&ctx.client, SMALL, "az1", 2).await;
+    wait_ready(&ctx.client, SMALL, "az2", 1).await;
+    let huge = ctx
+        .client
+        .get_pool(HUGE, "az1")
+        .await
+        .expect("db.huge pool");
+    assert_eq!(huge.counts.unwrap_or_default().ready, 0, "{huge:?}");
+}
+
+/// The allocation is released and its server and port are gone.
+async fn wait_released(ctx: &Ctx, id: &str, a: &api::Allocation) {
+    eventually(
+        &format!("allocation {id} to be released"),
+        PATIENCE,
+        || async {
+            let got = ctx
+                .client
+                .get_allocation(id)
+                .await
+                .map_err(|e| e.to_string())?;
+            if got.state == api::AllocationState::Released as i32 {
+                Ok(())
+            } else {
+                Err(format!("{:?}", got.state))
+            }
+        },
+    )
+    .await;
+    wait_server_gone(&ctx.e2e, &a.server_id).await;
+    eventually(
+        &format!("port {} to be deleted", a.port_id),
+        PATIENCE,
+        || async {
+            match ctx.e2e.get_port(&a.port_id).await {
+                Err(CloudError::NotFound(_)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+}
+
+fn new_volume(size_gib: u32) -> api::VolumeSpec {
+    api::VolumeSpec {
+        source: Some(api::volume_spec::Source::NewVolume(api::NewVolume {
+            size_gib,
+            volume_type: String::new(),
+        })),
+        delete_on_release: false,
+    }
+}
+
+fn existing_volume(id: &str) -> api::VolumeSpec {
+    api::VolumeSpec {
+        source: Some(api::volume_spec::Source::ExistingVolumeId(id.to_owned())),
+        delete_on_release: false,
+    }
+}
+
+fn allocate_request(
+    request_id: &str,
+    flavor: &str,
+    az: &str,
+    volume: api::VolumeSpec,
+    network_id: &str,
+) -> api::AllocateRequest {
+    api::AllocateRequest {
+        request_id: request_id.into(),
+        tenant_project_id: "tenant".into(),
+        flavor: flavor.into(),
+        availability_zone: az.into(),
+        volume: Some(volume),
+        network: Some(api::NetworkSpec {
+            network_id: network_id.into(),
+            subnet_id: String::new(),
+            fixed_ip: String::new(),
+        }),
+        labels: [("order".to_owned(), request_id.to_owned())].into(),
+        empty_pool_policy: api::EmptyPoolPolicy::FailFast.into(),
+        timeout: Some(prost_types::Duration {
+            seconds: 120,
+            nanos: 0,
+        }),
+    }
+}
+
+/// The allocation is complete, and the cloud agrees: the volume is in use by
+/// its server, the port is bound to it with an address on tenant-net.
+async fn check_allocated(a: &api::Allocation, cloud: &OpenStackCloud, az: &str) {
+    assert_eq!(a.state, api::AllocationState::Allocated as i32, "{a:?}");
+    assert_eq!(a.availability_zone, az, "{a:?}");
+    for (field, value) in [
+        ("server_id", &a.server_id),
+        ("volume_id", &a.volume_id),
+        ("port_id", &a.port_id),
+        ("ip_address", &a.ip_address),
+    ] {
+        assert!(!value.is_empty(), "{field} is empty: {a:?}");
+    }
+    // tenant-net is 10.20.0.0/24 (deploy/testbed/bootstrap.py).
+    assert!(a.ip_address.starts_with("10.20.0."), "{a:?}");
+    let t = a.timings.expect("timings are set");
+    for (step, d) in [
+        ("claim", t.claim),
+        ("volume", t.volume),
+        ("port", t.port),
+        ("verify", t.verify),
+        ("total", t.total),
+    ] {
+        assert!(d.is_some(), "timings.{step} unset: {t:?}");
+    }
+    let server = cloud
+        .get_server(&a.server_id)
+        .await
+        .expect("the allocated server");
+    assert_eq!(server.status, ServerStatus::Active, "{server:?}");
+    assert_eq!(server.availability_zone, az, "{server:?}");
+    assert!(server.attached_volumes.contains(&a.volume_id), "{server:?}");
+    assert!(server.attached_ports.contains(&a.port_id), "{server:?}");
+    let volume = cloud
+        .get_volume(&a.volume_id)
+        .await
+        .expect("the allocated volume");
+    assert_eq!(volume.status, VolumeStatus::InUse, "{volume:?}");
+    assert_eq!(volume.attached_to, vec![a.server_id.clone()], "{volume:?}");
+    let port = cloud
+        .get_port(&a.port_id)
+        .await
+        .expect("the allocated port");
+    assert_eq!(
+        port.device_id.as_deref(),
+        Some(a.server_id.as_str()),
+        "{port:?}"
+    );
+    assert_eq!(
+        port.ip_address.as_deref(),
+        Some(a.ip_address.as_str()),
+        "{port:?}"
+    );
+}
+
+async fn wait_ready(client: &Client, flavor: &str, az: &str, ready: u32) -> api::Pool {
+    eventually(
+        &format!("{flavor}@{az} to have {ready} ready"),
+        PATIENCE,
+        || async {
+            let pool = client
+                .get_pool(flavor, az)
+                .await
+                .map_err(|e| e.to_string())?;
+            let c = pool.counts.unwrap_or_default();
+            if c.ready == ready && c.booting == 0 && c.warming == 0 {
+                Ok(pool)
+            } else {
+                Err(format!("{c:?}, last_error {:?}", pool.last_error))
+            }
+        },
+    )
+    .await
+}
+
+async fn wait_server_gone(cloud: &OpenStackCloud, server_id: &str) {
+    eventually(
+        &format!("server {server_id} to be deleted"),
+        PATIENCE,
+        || async {
+            match cloud.get_server(server_id).await {
+                Err(CloudError::NotFound(_)) => Ok(()),
+                Ok(s) if s.status == ServerStatus::Deleted => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+}
+
+async fn delete_all_pool_servers(cloud: &OpenStackCloud) {
+    let servers = cloud.list_pool_servers().await.expect("list pool servers");
+    for server in &servers {
+        cloud
+            .delete_server(&server.id)
+            .await
+            .unwrap_or_else(|e| panic!("delete {}: {e}", server.id));
+    }
+    for server in &servers {
+        wait_server_gone(cloud, &server.id).await;
+    }
+}
+
+/// `warmpool_leaks_deleted_total` from the daemon's /metrics, summed over
+/// its pool labels; 0 before the first leak (no series yet).
+async fn leaks_deleted(metrics_url: &str) -> f64 {
+    let (status, _, body) = support::http_get(metrics_url).await;
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .filter(|l| {
+            l.strip_prefix("warmpool_leaks_deleted_total")
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("unreadable sample {l:?}"))
+        })
+        .sum()
+}
+
+#[track_caller]
+fn expect_code<T: std::fmt::Debug>(result: Result<T, ClientError>, code: Code) -> String {
+    match result {
+        Err(ClientError::Status { code: got, message }) => {
+            assert_eq!(got, code, "wrong code; message: {message}");
+            message
+        }
+        other => panic!("expected {code:?}, got {other:?}"),
+    }
+}
