@@ -121,6 +121,9 @@ pub(crate) struct Shared {
     pub health: Mutex<HealthBook>,
 }
 
+/// The shortest pause before retrying a throttled call, whatever the cloud said.
+const MIN_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 impl Shared {
     pub fn changed(&self) {
         self.generation.send_modify(|g| *g += 1);
@@ -223,11 +226,14 @@ impl Shared {
             match result {
                 Err(e) if e.is_retryable() => {
                     let throttled = matches!(e, CloudError::Throttled { .. });
+                    // A "Retry-After: 0" (Cinder sends it; a token bucket
+                    // at its boundary computes it) must not become a busy
+                    // loop: on tokio's paused clock, time would never move.
                     let pause = match &e {
                         CloudError::Throttled {
                             retry_after: Some(after),
                             ..
-                        } => *after,
+                        } => (*after).max(MIN_RETRY_PAUSE),
                         _ => backoff,
                     };
                     if Instant::now() + pause >= deadline {
