@@ -88,6 +88,12 @@ async fn boots_failing_degrade_the_pool_and_a_ready_boot_recovers_it() {
 async fn a_throttled_call_reports_the_pause_it_takes() {
     let sim = sim();
     let manager = started(&sim, temp_store(), 1).await;
+    // No refill boots: the one injected 429 must meet the Allocate's calls,
+    // not a replacement boot racing it.
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
     let mut events = manager.events();
     let retry_after = Duration::from_secs(5);
     sim.faults().api_errors_next(
@@ -134,6 +140,11 @@ async fn a_throttled_call_reports_the_pause_it_takes() {
 async fn a_pause_past_the_deadline_is_not_taken_nor_reported() {
     let sim = sim();
     let manager = started(&sim, temp_store(), 1).await;
+    // No refill boots to take the injected 429 instead of the Allocate.
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
     let mut events = manager.events();
     // Far past the Allocate's 120 s timeout: the call gives up instead.
     sim.faults().api_errors_next(
