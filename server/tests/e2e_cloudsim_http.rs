@@ -14,6 +14,8 @@
 
 mod support;
 
+use support::{existing_volume, expect_code, new_volume};
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -30,7 +32,7 @@ use pool_manager::openstack::OpenStackCloud;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tonic::Code;
-use warmpool_client::{api, Client, ClientError};
+use warmpool_client::{api, Client};
 use warmpool_server::config::{CloudConfig, Config};
 use warmpool_server::Running;
 
@@ -519,23 +521,6 @@ async fn wait_released(env: &Env, id: &str, a: &api::Allocation) {
     .await;
 }
 
-fn new_volume(size_gib: u32, delete_on_release: bool) -> api::VolumeSpec {
-    api::VolumeSpec {
-        source: Some(api::volume_spec::Source::NewVolume(api::NewVolume {
-            size_gib,
-            volume_type: String::new(),
-        })),
-        delete_on_release,
-    }
-}
-
-fn existing_volume(id: &str) -> api::VolumeSpec {
-    api::VolumeSpec {
-        source: Some(api::volume_spec::Source::ExistingVolumeId(id.to_owned())),
-        delete_on_release: false,
-    }
-}
-
 fn allocate_request(
     request_id: &str,
     flavor: &str,
@@ -710,15 +695,4 @@ async fn leaks_deleted(metrics_url: &str) -> f64 {
                 .unwrap_or_else(|| panic!("unreadable sample {l:?}"))
         })
         .sum()
-}
-
-#[track_caller]
-fn expect_code<T: std::fmt::Debug>(result: Result<T, ClientError>, code: Code) -> String {
-    match result {
-        Err(ClientError::Status { code: got, message }) => {
-            assert_eq!(got, code, "wrong code; message: {message}");
-            message
-        }
-        other => panic!("expected {code:?}, got {other:?}"),
-    }
 }

@@ -15,6 +15,8 @@
 //! testbed's MariaDB.
 
 mod support;
+
+use support::{existing_volume, expect_code, new_volume};
 mod testbed;
 
 use std::collections::BTreeMap;
@@ -31,7 +33,7 @@ use testbed::{
     E2E_NETWORK, IMAGE, PATIENCE, TENANT_CLOUD, TENANT_NETWORK, VOLUME_AZ,
 };
 use tonic::Code;
-use warmpool_client::{api, Client, ClientError};
+use warmpool_client::{api, Client};
 
 const SMALL: &str = "db.small";
 /// 64 vCPUs: more than the warmpool-e2e project's 40-core quota, so every
@@ -263,7 +265,7 @@ async fn leaked_server_is_deleted(ctx: &Ctx) {
 /// deletes the server, the port and (asked to) the volume.
 async fn allocate_new_volume(ctx: &Ctx) {
     let id = format!("e2e-{}-new", ctx.run);
-    let request = allocate_request(&id, SMALL, "az1", new_volume(1), &ctx.tenant_net);
+    let request = allocate_request(&id, SMALL, "az1", new_volume(1, false), &ctx.tenant_net);
     let a = ctx
         .client
         .allocate(request.clone())
@@ -430,7 +432,7 @@ async fn cold_boot_past_quota(ctx: &Ctx) {
         &format!("e2e-{}-huge", ctx.run),
         HUGE,
         "az1",
-        new_volume(1),
+        new_volume(1, false),
         &ctx.tenant_net,
     );
     cold.empty_pool_policy = api::EmptyPoolPolicy::ColdBoot.into();
@@ -488,23 +490,6 @@ async fn wait_released(ctx: &Ctx, id: &str, a: &api::Allocation) {
         },
     )
     .await;
-}
-
-fn new_volume(size_gib: u32) -> api::VolumeSpec {
-    api::VolumeSpec {
-        source: Some(api::volume_spec::Source::NewVolume(api::NewVolume {
-            size_gib,
-            volume_type: String::new(),
-        })),
-        delete_on_release: false,
-    }
-}
-
-fn existing_volume(id: &str) -> api::VolumeSpec {
-    api::VolumeSpec {
-        source: Some(api::volume_spec::Source::ExistingVolumeId(id.to_owned())),
-        delete_on_release: false,
-    }
 }
 
 fn allocate_request(
@@ -654,15 +639,4 @@ async fn leaks_deleted(metrics_url: &str) -> f64 {
                 .unwrap_or_else(|| panic!("unreadable sample {l:?}"))
         })
         .sum()
-}
-
-#[track_caller]
-fn expect_code<T: std::fmt::Debug>(result: Result<T, ClientError>, code: Code) -> String {
-    match result {
-        Err(ClientError::Status { code: got, message }) => {
-            assert_eq!(got, code, "wrong code; message: {message}");
-            message
-        }
-        other => panic!("expected {code:?}, got {other:?}"),
-    }
 }

@@ -16,7 +16,8 @@ use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use warmpool_client::Client;
+use tonic::Code;
+use warmpool_client::{api, Client, ClientError};
 use warmpool_server::config::Config;
 use warmpool_server::Running;
 
@@ -293,4 +294,36 @@ pub fn dashboard() -> serde_json::Value {
     let path = deploy_dir().join("grafana/warmpool.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).expect("the dashboard is valid JSON")
+}
+
+// ---- request builders and checks shared by the e2e suites -----------------
+
+/// A new volume of `size_gib`, deleted with the allocation if asked.
+pub fn new_volume(size_gib: u32, delete_on_release: bool) -> api::VolumeSpec {
+    api::VolumeSpec {
+        source: Some(api::volume_spec::Source::NewVolume(api::NewVolume {
+            size_gib,
+            volume_type: String::new(),
+        })),
+        delete_on_release,
+    }
+}
+
+pub fn existing_volume(id: &str) -> api::VolumeSpec {
+    api::VolumeSpec {
+        source: Some(api::volume_spec::Source::ExistingVolumeId(id.to_owned())),
+        delete_on_release: false,
+    }
+}
+
+/// The message of a gRPC error with the expected code; panics on anything else.
+#[track_caller]
+pub fn expect_code<T: std::fmt::Debug>(result: Result<T, ClientError>, code: Code) -> String {
+    match result {
+        Err(ClientError::Status { code: got, message }) => {
+            assert_eq!(got, code, "wrong code; message: {message}");
+            message
+        }
+        other => panic!("expected {code:?}, got {other:?}"),
+    }
 }
