@@ -25,13 +25,17 @@ impl AzConfig {
 
 /// How long a boot takes.
 ///
-/// Nova phase (request to ACTIVE) on one host: `t_alone + k * n`, where `n` is
-/// the number of other boots still in BUILD on that host when this one is
-/// placed. With 40 boots at once on one host this gives 25 s for the first and
-/// about 200 s for the last, as the OpenStack performance study measured: the
-/// serialized sections (libvirt locks, cgroup changes) make boots on one host
-/// effectively sequential. `n` is fixed at placement so the model stays a pure
-/// function of timestamps (deterministic, and cheap to evaluate lazily).
+/// Nova phase (request to ACTIVE) on one host: each boot passes once through
+/// the host's serialized section (libvirt locks, cgroup changes), which takes
+/// `k` and serves one boot at a time in arrival order, and spends the rest of
+/// `t_alone` in parallel with the others. A lone boot takes `t_alone`; the
+/// n-th of a batch placed on one host at once takes `t_alone + k * (n - 1)`
+/// (`T_alone + k * n_concurrent`), so 40 at once take 25 s for the first and
+/// about 200 s for the last, as the OpenStack performance study measured. A
+/// host's throughput is capped at one boot per `k`: "more concurrency past
+/// a point only adds latency" (calibration.md). The queue position is fixed
+/// at placement (a deleted boot does not give its turn back), so the model
+/// stays a pure function of timestamps.
 ///
 /// mysqld phase (ACTIVE to greeting): `mysqld_start`, so a lone unthrottled
 /// boot is ready after about 60 s. Under IOPS throttling the report measured
@@ -40,8 +44,9 @@ impl AzConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub struct BootModel {
     pub t_alone: Duration,
-    /// Extra Nova time per concurrent boot on the same host (4.5 s default
-    /// Nova, about 0.4 s on a tuned host).
+    /// The host's serialized section per boot: the extra Nova time each
+    /// concurrent boot on the same host adds (4.5 s default Nova, about
+    /// 0.4 s on a tuned host). Part of `t_alone`.
     pub k_per_concurrent: Duration,
     pub mysqld_start: Duration,
     pub throttled_nova_factor: f64,

@@ -204,6 +204,9 @@ impl PortRec {
 struct Host {
     name: String,
     az: String,
+    /// When the host's serialized section (see [`crate::BootModel`]) is
+    /// free for the next boot placed on it.
+    serial_free_at: Option<Instant>,
 }
 
 /// Injected faults; see [`crate::Faults`] for what each does.
@@ -353,6 +356,7 @@ impl Model {
                 (0..az.hosts).map(move |i| Host {
                     name: format!("{}-compute-{i}", az.name),
                     az: az.name.clone(),
+                    serial_free_at: None,
                 })
             })
             .collect();
@@ -674,20 +678,29 @@ impl Model {
             (None, Boot::Error { at, fault })
         } else {
             let host = self.least_loaded_host(az, now);
-            let concurrent = self
-                .servers
-                .values()
-                .filter(|s| s.host == Some(host) && s.building(now))
-                .count();
             let bm = self.cfg.boot.clone();
             let throttled = self.faults.iops_throttled;
-            let mut nova = bm.t_alone + bm.k_per_concurrent * concurrent as u32;
+            let nova_factor = if throttled {
+                bm.throttled_nova_factor
+            } else {
+                1.0
+            };
             let mut mysqld = bm.mysqld_start;
             if throttled {
-                nova = nova.mul_f64(bm.throttled_nova_factor);
                 mysqld = mysqld.mul_f64(bm.throttled_mysqld_factor);
             }
-            let active_at = now + self.latency(nova);
+            // The boot first queues for the host's serialized section, holds
+            // it for k, then spends the rest of t_alone in parallel with others.
+            let section = self.latency(bm.k_per_concurrent.mul_f64(nova_factor));
+            let parallel = self.latency(
+                bm.t_alone
+                    .saturating_sub(bm.k_per_concurrent)
+                    .mul_f64(nova_factor),
+            );
+            let section_start = self.hosts[host].serial_free_at.map_or(now, |t| t.max(now));
+            self.hosts[host].serial_free_at = Some(section_start + section);
+            let nova = section_start + section + parallel - now;
+            let active_at = now + nova;
             let mysqld_ready_at = if self.faults.mysqld_never_starts > 0 {
                 self.faults.mysqld_never_starts -= 1;
                 None

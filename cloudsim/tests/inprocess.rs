@@ -195,6 +195,55 @@ async fn concurrent_boots_on_one_host_take_t_alone_plus_k_n() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_host_serves_one_boot_per_k_and_more_concurrency_only_adds_latency() {
+    let cloud = SimCloud::new(one_host());
+    let t0 = Instant::now();
+    // One boot every k = 4.5 s: about 6 are in BUILD at a time, yet none
+    // waits, because the serialized section is free when each arrives.
+    for i in 0..20 {
+        at(t0, 4.5 * i as f64).await;
+        let placed = Instant::now();
+        let id = cloud
+            .create_server(&small(&format!("paced{i}")))
+            .await
+            .unwrap()
+            .id;
+        assert!(cloud.hosts()[0].building > 1 || i == 0);
+        assert_eq!(
+            cloud.server(&id).unwrap().active_at,
+            Some(placed + secs(25.0)),
+            "paced boot {i}"
+        );
+    }
+    // Twice that rate: the host still finishes one per 4.5 s, so each boot
+    // waits 2.25 s longer than the one before.
+    let t1 = t0 + secs(200.0);
+    at(t0, 200.0).await;
+    let mut actives = Vec::new();
+    for i in 0..20 {
+        at(t1, 2.25 * i as f64).await;
+        let id = cloud
+            .create_server(&small(&format!("fast{i}")))
+            .await
+            .unwrap()
+            .id;
+        actives.push(cloud.server(&id).unwrap().active_at.unwrap());
+    }
+    for (i, pair) in actives.windows(2).enumerate() {
+        assert_eq!(
+            pair[1] - pair[0],
+            secs(4.5),
+            "boot {} of the fast batch",
+            i + 1
+        );
+    }
+    assert_eq!(
+        actives[19] - (t1 + secs(2.25 * 19.0)),
+        secs(25.0 + 2.25 * 19.0)
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn boots_go_to_the_least_loaded_host_of_their_az() {
     let cloud = SimCloud::new(SimConfig::deterministic());
     let t0 = Instant::now();
