@@ -1,5 +1,5 @@
 //! Host contention: how fast can a pool be refilled when boots on one compute
-//! host slow each other down (`T_alone + k*n`, calibration.md)?
+//! host slow each other down (calibration.md: `T_alone + k*n`, a host's serialized section passes one boot per k)?
 //!
 //! One pool is filled from empty to `n` instances, once per fixed boot
 //! concurrency (no gate) and once with the adaptive AIMD window. Throughput

@@ -48,8 +48,8 @@ pub struct Scenario {
 }
 
 /// The simulated cloud every scenario starts from: calibration.md's timing
-/// model (a lone boot is 25 s to ACTIVE plus 35 s to mysqld; `k` = 4.5 s per
-/// concurrent boot on a host), 4 hosts in one AZ, 10 % jitter, and an API
+/// model (a lone boot is 25 s to ACTIVE plus 35 s to mysqld; each boot holds
+/// its host's serialized section for `k` = 4.5 s, one boot at a time), 4 hosts in one AZ, 10 % jitter, and an API
 /// rate limit of 50 calls/s (burst 200) that answers 429 with Retry-After.
 /// IOPS throttling, when switched on, makes a lone boot's lead time 5x
 /// (Nova x3, mysqld x6.43: 75 s + 225 s = 300 s), as the issue specifies.
@@ -208,8 +208,8 @@ pub fn throttle_onset(seed: u64) -> Scenario {
     s
 }
 
-/// Host contention: one compute host (every boot contends: `T_alone + k*n`,
-/// k = 4.5 s), steady 60/h plus a burst of 40 purchases in 4 minutes every
+/// Host contention: one compute host (every boot queues for its serialized
+/// section, k = 4.5 s: a batch of n ends at `T_alone + k*(n-1)`), steady 60/h plus a burst of 40 purchases in 4 minutes every
 /// 4 hours.
 pub fn host_contention(seed: u64) -> Scenario {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x484f_5354);

@@ -13,6 +13,7 @@ use pool_manager::model::{
     AllocationParams, EmptyPoolPolicy, InstanceState, NetworkRequest, PoolKey, PoolSpec, Target,
     VolumeRequest, VolumeSource,
 };
+use pool_manager::sizing::SizingSettings;
 use pool_manager::{AllocateRequest, ManagerSettings, PoolManager};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -83,8 +84,10 @@ impl Policy {
 /// servers are polled every 5 s, the reconciler runs hourly (it has nothing
 /// to repair here) and a pool may have up to 64 boots in flight. Static
 /// policies run without the throttle gate.
-pub fn settings(policy: &Policy, seed: u64) -> ManagerSettings {
+pub fn settings(policy: &Policy, options: &Options) -> ManagerSettings {
+    let seed = options.seed;
     ManagerSettings {
+        sizing: options.sizing.clone(),
         poll_interval: Duration::from_secs(5),
         replenish_interval: Duration::from_secs(30),
         reconcile_interval: Duration::from_secs(3600),
@@ -98,7 +101,31 @@ pub fn settings(policy: &Policy, seed: u64) -> ManagerSettings {
         } else {
             GateSettings::disabled()
         },
-        ..ManagerSettings::default()
+    }
+}
+
+/// What every replay of one benchmark run shares.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Seed of every random choice (arrivals, holding times, jitter).
+    pub seed: u64,
+    /// Sizing of `target = auto` pools (the library defaults unless a
+    /// sensitivity sweep overrides them).
+    pub sizing: SizingSettings,
+    /// The start of each replay that is not measured: purchases arriving
+    /// before it, and pool VM-hours, boots and API calls until it, count for
+    /// no policy. Demand still flows, so auto pools start the measured part
+    /// with the history a running service would have.
+    pub burn_in: Duration,
+}
+
+impl Options {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            sizing: SizingSettings::default(),
+            burn_in: Duration::ZERO,
+        }
     }
 }
 
@@ -172,20 +199,22 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(60);
 const WARM_UP: Duration = Duration::from_secs(30 * 60);
 
 /// Replays `scenario` under `policy`. Builds its own paused-clock runtime.
-pub fn run(scenario: &Scenario, policy: &Policy, seed: u64) -> RunResult {
+pub fn run(scenario: &Scenario, policy: &Policy, options: &Options) -> RunResult {
     let wall = std::time::Instant::now();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("a current-thread runtime");
-    let mut result = runtime.block_on(replay(scenario, policy, seed));
+    let mut result = runtime.block_on(replay(scenario, policy, options));
     result.wall = wall.elapsed();
     result
 }
 
 struct Purchase {
     pool: PoolKey,
+    /// Arrived after the burn-in.
+    measured: bool,
     outcome: Result<(bool, Duration), String>,
 }
 
@@ -223,7 +252,8 @@ fn holding_time(seed: u64, index: usize) -> Duration {
     Duration::from_secs_f64((-u.ln() * 1800.0).max(300.0))
 }
 
-async fn replay(scenario: &Scenario, policy: &Policy, seed: u64) -> RunResult {
+async fn replay(scenario: &Scenario, policy: &Policy, options: &Options) -> RunResult {
+    let seed = options.seed;
     let mut sim_config = scenario.sim.clone();
     sim_config.seed = seed;
     let sim = SimCloud::new(sim_config);
@@ -232,7 +262,7 @@ async fn replay(scenario: &Scenario, policy: &Policy, seed: u64) -> RunResult {
         Arc::new(MemStore::default()),
         cloud.clone(),
         Arc::new(sim.probe()),
-        settings(policy, seed),
+        settings(policy, options),
     );
     manager.start().await.expect("manager starts");
     for pool in &scenario.pools {
@@ -256,9 +286,23 @@ async fn replay(scenario: &Scenario, policy: &Policy, seed: u64) -> RunResult {
     }
 
     let t0 = Instant::now();
+    let measured_from = t0 + options.burn_in;
     sim.reset_call_counts();
-    let throttled_before = cloud.throttled();
-    let servers_before = cloud.servers_created();
+    // Cloud counters when the measured part starts: (API calls, 429s, boots).
+    let at_burn_in = Arc::new(Mutex::new((
+        0u64,
+        cloud.throttled(),
+        cloud.servers_created(),
+    )));
+    if !options.burn_in.is_zero() {
+        let (sim, cloud, at_burn_in) = (sim.clone(), cloud.clone(), at_burn_in.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measured_from).await;
+            let calls = sim.call_counts().values().sum();
+            *at_burn_in.lock().expect("counters") =
+                (calls, cloud.throttled(), cloud.servers_created());
+        });
+    }
 
     // Lead times of boots, from the events broadcast.
     let leads = Arc::new(Mutex::new(Vec::new()));
@@ -274,7 +318,9 @@ async fn replay(scenario: &Scenario, policy: &Policy, seed: u64) -> RunResult {
                             lead_time,
                         } = e.kind
                         {
-                            leads.lock().expect("leads").push(lead_time);
+                            if Instant::now() >= measured_from {
+                                leads.lock().expect("leads").push(lead_time);
+                            }
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -328,6 +374,7 @@ async fn replay(scenario: &Scenario, policy: &Policy, seed: u64) -> RunResult {
         let manager = manager.clone();
         let done = done_tx.clone();
         let pool = arrival.pool.clone();
+        let measured = arrival.at >= options.burn_in;
         let grow_on_miss = matches!(policy, Policy::ReplaceOnConsume(_));
         tokio::spawn(async move {
             let id = format!("p{index}");
@@ -348,6 +395,7 @@ async fn replay(scenario: &Scenario, policy: &Policy, seed: u64) -> RunResult {
             }
             let _ = done.send(Purchase {
                 pool,
+                measured,
                 outcome: outcome
                     .as_ref()
                     .map(|a| (a.warm_hit, ttr))
@@ -387,6 +435,9 @@ async fn replay(scenario: &Scenario, policy: &Policy, seed: u64) -> RunResult {
     while seen < scenario.arrivals.len() {
         let Some(p) = done_rx.recv().await else { break };
         seen += 1;
+        if !p.measured {
+            continue;
+        }
         result.purchases += 1;
         let pool = result.per_pool.entry(p.pool).or_default();
         pool.purchases += 1;
@@ -414,16 +465,64 @@ async fn replay(scenario: &Scenario, policy: &Policy, seed: u64) -> RunResult {
     sampler.abort();
 
     result.simulated = t0.elapsed();
-    let counts = sim.call_counts();
+    let (calls_before, throttled_before, servers_before) = *at_burn_in.lock().expect("counters");
     result.boots = cloud.servers_created() - servers_before;
-    result.api_calls = counts.values().sum();
+    result.api_calls = sim.call_counts().values().sum::<u64>() - calls_before;
     result.throttled = cloud.throttled() - throttled_before;
     result.leads = leads.lock().expect("leads").clone();
     let timeline = samples.lock().expect("samples").clone();
     let dt = SAMPLE_EVERY.as_secs_f64() / 3600.0;
-    result.idle_vm_hours = timeline.iter().map(|s| f64::from(s.ready) * dt).sum();
-    result.pool_vm_hours = timeline.iter().map(|s| f64::from(s.supply) * dt).sum();
+    let burn_in_hours = options.burn_in.as_secs_f64() / 3600.0;
+    let measured = || timeline.iter().filter(|s| s.hours >= burn_in_hours);
+    result.idle_vm_hours = measured().map(|s| f64::from(s.ready) * dt).sum();
+    result.pool_vm_hours = measured().map(|s| f64::from(s.supply) * dt).sum();
     result.timeline = timeline;
     let _ = manager.shutdown().await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demand::{base_cloud, small, Arrival};
+
+    fn hourly_scenario() -> Scenario {
+        Scenario {
+            name: "test".into(),
+            description: "6 purchases, 10 minutes apart".into(),
+            arrivals: (0..6)
+                .map(|i| Arrival {
+                    at: Duration::from_secs(600 * i),
+                    pool: small(),
+                })
+                .collect(),
+            duration: Duration::from_secs(3600),
+            pools: vec![small()],
+            sim: base_cloud(1),
+            events: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn burn_in_leaves_the_start_unmeasured_for_purchases_vm_hours_and_boots() {
+        let scenario = hourly_scenario();
+        let policy = Policy::Static(2);
+        let all = run(&scenario, &policy, &Options::new(1));
+        assert_eq!(all.purchases, 6);
+        assert_eq!(all.warm, 6);
+        assert_eq!(all.boots, 6, "one refill per purchase");
+
+        let mut options = Options::new(1);
+        options.burn_in = Duration::from_secs(30 * 60);
+        let later = run(&scenario, &policy, &options);
+        assert_eq!(later.purchases, 3, "arrivals at 30, 40 and 50 min");
+        assert_eq!(later.boots, 3);
+        assert!(
+            later.idle_vm_hours < all.idle_vm_hours * 0.6,
+            "{} vs {}",
+            later.idle_vm_hours,
+            all.idle_vm_hours
+        );
+        assert!(later.api_calls < all.api_calls);
+    }
 }
