@@ -115,6 +115,18 @@ pub struct PoolCreateArgs {
     /// Create the pool without replenishing it.
     #[arg(long)]
     pub paused: bool,
+    /// An operator window that raises min-ready while open, e.g.
+    /// "Mon-Fri 09:00-18:00 min 10" (UTC; append e.g. "UTC+02:00" for an offset).
+    /// Repeat for several.
+    #[arg(long = "window", value_name = "WINDOW")]
+    pub windows: Vec<String>,
+    /// Disk IOPS limit of the flavor: a slower lead-time prior before the
+    /// first boot is observed.
+    #[arg(long, value_name = "IOPS")]
+    pub iops_limit: Option<u32>,
+    /// IOPS limit of the volume type purchases attach.
+    #[arg(long, value_name = "IOPS")]
+    pub volume_iops_limit: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -143,6 +155,35 @@ pub struct PoolUpdateArgs {
     /// Stop (true) or resume (false) replenishing.
     #[arg(long)]
     pub paused: Option<bool>,
+    /// Replace the pool's operator windows with these (repeat for several),
+    /// e.g. "Mon-Fri 09:00-18:00 min 10".
+    #[arg(long = "window", value_name = "WINDOW", conflicts_with = "no_windows")]
+    pub windows: Vec<String>,
+    /// Remove every operator window.
+    #[arg(long)]
+    pub no_windows: bool,
+    /// Disk IOPS limit of the flavor, or "none".
+    #[arg(long, value_name = "IOPS|none", value_parser = parse_limit)]
+    pub iops_limit: Option<Limit>,
+    /// IOPS limit of the volume type, or "none".
+    #[arg(long, value_name = "IOPS|none", value_parser = parse_limit)]
+    pub volume_iops_limit: Option<Limit>,
+}
+
+/// An IOPS limit on the command line: a number, or "none" to remove it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit(pub Option<u32>);
+
+fn parse_limit(s: &str) -> Result<Limit, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(Limit(None));
+    }
+    match s.parse::<u32>() {
+        Ok(0) | Err(_) => Err(format!(
+            "{s:?} is not an IOPS limit: give a positive number or \"none\""
+        )),
+        Ok(n) => Ok(Limit(Some(n))),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -360,6 +401,9 @@ impl PoolCreateArgs {
             boot_timeout: Some(to_proto_duration(self.boot_timeout)?),
             max_age: Some(to_proto_duration(self.max_age)?),
             paused: self.paused,
+            windows: self.windows.clone(),
+            iops_limit: self.iops_limit,
+            volume_iops_limit: self.volume_iops_limit,
             // Fields added to the API later keep their defaults.
             ..Default::default()
         };
@@ -403,10 +447,23 @@ impl PoolUpdateArgs {
             spec.paused = v;
             mask.push("paused");
         }
+        if !self.windows.is_empty() || self.no_windows {
+            spec.windows = self.windows.clone();
+            mask.push("windows");
+        }
+        if let Some(Limit(v)) = self.iops_limit {
+            spec.iops_limit = v;
+            mask.push("iops_limit");
+        }
+        if let Some(Limit(v)) = self.volume_iops_limit {
+            spec.volume_iops_limit = v;
+            mask.push("volume_iops_limit");
+        }
         if mask.is_empty() {
             bail!(
                 "nothing to update: give at least one of --min-ready, --max-ready, --target, \
-                 --image, --boot-timeout, --max-age, --paused"
+                 --image, --boot-timeout, --max-age, --paused, --window, --no-windows, \
+                 --iops-limit, --volume-iops-limit"
             );
         }
         Ok((spec, mask.into_iter().map(String::from).collect()))
@@ -542,6 +599,71 @@ mod tests {
     fn update_without_flags_is_an_error() {
         let err = update_args(&[]).to_update().unwrap_err().to_string();
         assert!(err.starts_with("nothing to update"), "{err}");
+    }
+
+    #[test]
+    fn windows_and_iops_limits_on_create_and_update() {
+        let (spec, mask) = update_args(&[
+            "--window",
+            "Mon-Fri 09:00-18:00 min 10",
+            "--window",
+            "Sat 10:00-12:00 min 2",
+            "--iops-limit",
+            "none",
+            "--volume-iops-limit",
+            "300",
+        ])
+        .to_update()
+        .unwrap();
+        assert_eq!(mask, ["windows", "iops_limit", "volume_iops_limit"]);
+        assert_eq!(spec.windows.len(), 2);
+        assert_eq!(spec.iops_limit, None);
+        assert_eq!(spec.volume_iops_limit, Some(300));
+
+        let (spec, mask) = update_args(&["--no-windows"]).to_update().unwrap();
+        assert_eq!(mask, ["windows"]);
+        assert!(spec.windows.is_empty());
+
+        assert!(parse(&["pools", "update", "f", "a", "--iops-limit", "0"]).is_err());
+        assert!(parse(&[
+            "pools",
+            "update",
+            "f",
+            "a",
+            "--no-windows",
+            "--window",
+            "daily 00:00-24:00 min 1"
+        ])
+        .is_err());
+
+        let create = match parse(&[
+            "pools",
+            "create",
+            "f",
+            "a",
+            "--min-ready",
+            "1",
+            "--max-ready",
+            "3",
+            "--image",
+            "i",
+            "--window",
+            "daily 08:00-20:00 min 2",
+            "--iops-limit",
+            "500",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::Pools {
+                command: Some(PoolsCommand::Create(args)),
+            } => args,
+            other => panic!("parsed as {other:?}"),
+        };
+        let spec = create.to_spec().unwrap();
+        assert_eq!(spec.windows, ["daily 08:00-20:00 min 2"]);
+        assert_eq!(spec.iops_limit, Some(500));
+        assert_eq!(spec.volume_iops_limit, None);
     }
 
     #[test]

@@ -216,6 +216,9 @@ pub struct PoolSpecView<'a> {
     boot_timeout: Option<String>,
     max_age: Option<String>,
     paused: bool,
+    windows: &'a [String],
+    iops_limit: Option<u32>,
+    volume_iops_limit: Option<u32>,
 }
 
 impl<'a> From<&'a api::PoolSpec> for PoolSpecView<'a> {
@@ -229,6 +232,9 @@ impl<'a> From<&'a api::PoolSpec> for PoolSpecView<'a> {
             boot_timeout: s.boot_timeout.as_ref().map(duration_exact),
             max_age: s.max_age.as_ref().map(duration_exact),
             paused: s.paused,
+            windows: &s.windows,
+            iops_limit: s.iops_limit,
+            volume_iops_limit: s.volume_iops_limit,
         }
     }
 }
@@ -328,6 +334,7 @@ pub struct SizingView<'a> {
     plan_reason: &'a str,
     plan_boots: u32,
     boots_in_flight: u32,
+    window_min: Option<u32>,
 }
 
 impl<'a> From<&'a api::SizingStatus> for SizingView<'a> {
@@ -349,6 +356,7 @@ impl<'a> From<&'a api::SizingStatus> for SizingView<'a> {
             plan_reason: &s.plan_reason,
             plan_boots: s.plan_boots,
             boots_in_flight: s.boots_in_flight,
+            window_min: s.window_min,
         }
     }
 }

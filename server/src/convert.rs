@@ -10,6 +10,7 @@ use pool_manager::model::{
     Allocation, AllocationParams, AllocationState, EmptyPoolPolicy, Instance, InstanceState,
     NetworkRequest, PoolKey, PoolSpec, Target, VolumeRequest, VolumeSource,
 };
+use pool_manager::schedule::Window;
 use pool_manager::sizing::LeadSource;
 use pool_manager::{AllocateRequest, ManagerError, PoolStatus};
 use std::time::{Duration, SystemTime};
@@ -173,6 +174,9 @@ pub fn pool_spec_to_proto(spec: &PoolSpec) -> api::PoolSpec {
         max_age: spec.max_age.map(duration_to_proto),
         paused: spec.paused,
         target_mode: target_mode.into(),
+        windows: spec.windows.iter().map(ToString::to_string).collect(),
+        iops_limit: spec.iops_limit,
+        volume_iops_limit: spec.volume_iops_limit,
     }
 }
 
@@ -212,12 +216,29 @@ pub fn pool_spec_from_proto(spec: api::PoolSpec) -> Result<PoolSpec, Status> {
             .transpose()?
             .filter(|d| !d.is_zero()),
         paused: spec.paused,
-        // Not in warmpool.v1 yet: set in the config file only. UpdatePool
-        // never names them in its mask, so it keeps the stored ones.
-        windows: Vec::new(),
-        iops_limit: None,
-        volume_iops_limit: None,
+        windows: spec
+            .windows
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                w.parse::<Window>()
+                    .map_err(|e| invalid(&format!("spec.windows[{i}]"), &e.to_string()))
+            })
+            .collect::<Result<_, _>>()?,
+        iops_limit: positive("spec.iops_limit", spec.iops_limit)?,
+        volume_iops_limit: positive("spec.volume_iops_limit", spec.volume_iops_limit)?,
     })
+}
+
+/// An IOPS limit of 0 would mean "never boots"; unset means "not limited".
+fn positive(field: &str, value: Option<u32>) -> Result<Option<u32>, Status> {
+    match value {
+        Some(0) => Err(invalid(
+            field,
+            "0 IOPS is not a limit; leave the field unset for an unlimited disk",
+        )),
+        other => Ok(other),
+    }
 }
 
 /// Applies the fields named in `paths` from `from` to `spec`.
@@ -235,10 +256,13 @@ pub fn apply_mask(spec: &mut PoolSpec, from: &PoolSpec, paths: &[String]) -> Res
             "boot_timeout" => spec.boot_timeout = from.boot_timeout,
             "max_age" => spec.max_age = from.max_age,
             "paused" => spec.paused = from.paused,
+            "windows" => spec.windows = from.windows.clone(),
+            "iops_limit" => spec.iops_limit = from.iops_limit,
+            "volume_iops_limit" => spec.volume_iops_limit = from.volume_iops_limit,
             other => {
                 return Err(invalid(
                     "update_mask",
-                    &format!("unknown field {other:?}; use min_ready, max_ready, target (or target_mode), image, boot_timeout, max_age, paused"),
+                    &format!("unknown field {other:?}; use min_ready, max_ready, target (or target_mode), image, boot_timeout, max_age, paused, windows, iops_limit, volume_iops_limit"),
                 ))
             }
         }
@@ -304,6 +328,7 @@ fn sizing(status: &PoolStatus) -> api::SizingStatus {
         plan_boots,
         boots_in_flight: status.count(InstanceState::Booting)
             + status.count(InstanceState::Warming),
+        window_min: s.window_min,
     }
 }
 

@@ -1273,6 +1273,93 @@ async fn auto_pools_show_their_sizing_and_updates_keep_the_mode() {
 }
 
 #[tokio::test]
+async fn windows_and_iops_limits_are_set_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(config(dir.path(), vec![])).await;
+    let c = &d.client;
+    let spec = api::PoolSpec {
+        min_ready: 1,
+        max_ready: 5,
+        image: "mysql-8.0".into(),
+        target_mode: api::TargetMode::Auto.into(),
+        windows: vec!["daily 00:00-24:00 min 3".into()],
+        iops_limit: Some(500),
+        ..Default::default()
+    };
+    let created = c
+        .create_pool("db.large", "az1", spec.clone())
+        .await
+        .unwrap();
+    let got = created.spec.unwrap();
+    assert_eq!(got.windows, ["daily 00:00-24:00 min 3"]);
+    assert_eq!(got.iops_limit, Some(500));
+    assert_eq!(got.volume_iops_limit, None);
+    // The open window lifts the floor of the auto target.
+    let pool = wait_ready(c, "db.large", "az1", 3).await;
+    assert_eq!(pool.sizing.unwrap().window_min, Some(3));
+    assert!(pool.effective_target >= 3, "{}", pool.effective_target);
+
+    // A malformed window or a zero limit is refused, naming the field, and
+    // changes nothing.
+    for (bad, field) in [
+        (
+            api::PoolSpec {
+                windows: vec![
+                    "Mon-Fri 09:00-18:00 min 2".into(),
+                    "Mon-Fry 09:00-18:00 min 3".into(),
+                ],
+                ..Default::default()
+            },
+            "spec.windows[1]",
+        ),
+        (
+            api::PoolSpec {
+                iops_limit: Some(0),
+                ..Default::default()
+            },
+            "spec.iops_limit",
+        ),
+    ] {
+        let mask = if field.contains("windows") {
+            "windows"
+        } else {
+            "iops_limit"
+        };
+        let msg = expect_code(
+            c.update_pool("db.large", "az1", bad, [mask]).await,
+            Code::InvalidArgument,
+        );
+        assert!(msg.contains(field), "{msg}");
+    }
+    let unchanged = c.get_pool("db.large", "az1").await.unwrap().spec.unwrap();
+    assert_eq!(unchanged.windows, got.windows);
+    assert_eq!(unchanged.iops_limit, Some(500));
+
+    // The mask replaces the windows and clears a limit.
+    let updated = c
+        .update_pool(
+            "db.large",
+            "az1",
+            api::PoolSpec {
+                windows: vec!["Sat,Sun 10:00-12:00 min 2 UTC+02:00".into()],
+                ..Default::default()
+            },
+            ["windows", "iops_limit"],
+        )
+        .await
+        .unwrap();
+    let spec = updated.spec.unwrap();
+    assert_eq!(spec.windows.len(), 1, "{:?}", spec.windows);
+    assert!(
+        spec.windows[0].starts_with("Sat-Sun 10:00-12:00 min 2"),
+        "{:?}",
+        spec.windows
+    );
+    assert_eq!(spec.iops_limit, None);
+    assert_eq!(spec.target_mode, i32::from(api::TargetMode::Auto));
+}
+
+#[tokio::test]
 async fn health_reports_serving() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
