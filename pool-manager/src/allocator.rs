@@ -183,7 +183,8 @@ impl Record<'_> {
 }
 
 /// Marks a request id as being worked on for as long as it lives, also when
-/// the Allocate future is dropped.
+/// the Allocate future is dropped. Counted, because two calls with one id
+/// both hold one while they race to create the record.
 struct InFlight<'a> {
     shared: &'a Shared,
     request_id: String,
@@ -195,7 +196,9 @@ impl<'a> InFlight<'a> {
             .in_flight
             .lock()
             .expect("in-flight lock")
-            .insert(request_id.to_string());
+            .entry(request_id.to_string())
+            .and_modify(|n| *n += 1)
+            .or_insert(1);
         Self {
             shared,
             request_id: request_id.to_string(),
@@ -205,11 +208,13 @@ impl<'a> InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.shared
-            .in_flight
-            .lock()
-            .expect("in-flight lock")
-            .remove(&self.request_id);
+        let mut in_flight = self.shared.in_flight.lock().expect("in-flight lock");
+        if let Some(n) = in_flight.get_mut(&self.request_id) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(&self.request_id);
+            }
+        }
     }
 }
 
@@ -348,13 +353,15 @@ impl Shared {
             }
             self.fence_volume(params).await?;
             let allocation = Allocation::new(params.clone());
+            // In flight before the record exists: a reconcile pass must never
+            // see this Allocating record unclaimed and roll it back.
+            let in_flight = InFlight::enter(self, &params.request_id);
             if self.store.cas_allocation(None, Some(&allocation)).await? {
                 self.store.flush().await?;
-                break allocation;
+                break (allocation, in_flight);
             }
         };
-
-        let _in_flight = InFlight::enter(self, &params.request_id);
+        let (allocation, _in_flight) = allocation;
         let record = Record {
             shared: self,
             current: Mutex::new(allocation),

@@ -15,7 +15,7 @@ use crate::probe::Probe;
 use crate::sizing::{SizingBook, SizingSettings, SizingStatus};
 use crate::store::Store;
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -108,9 +108,10 @@ pub(crate) struct Shared {
     pub pool_lock: tokio::sync::Mutex<()>,
     /// Instances a boot task is driving now, so the reconciler never starts a second.
     pub driving: Mutex<HashSet<String>>,
-    /// Request ids an Allocate in this process is working on; the periodic
-    /// reconciler leaves their `Allocating` records alone.
-    pub in_flight: Mutex<HashSet<String>>,
+    /// Request ids an Allocate in this process is working on (with how many
+    /// calls hold each); the periodic reconciler leaves their `Allocating`
+    /// records alone.
+    pub in_flight: Mutex<HashMap<String, usize>>,
     pub tasks: Mutex<JoinSet<()>>,
     pub shutdown: watch::Sender<bool>,
     /// Demand and lead-time estimators per pool (see `crate::sizing`).
@@ -384,7 +385,7 @@ impl PoolManager {
                 events: broadcast::channel(1024).0,
                 pool_lock: tokio::sync::Mutex::new(()),
                 driving: Mutex::new(HashSet::new()),
-                in_flight: Mutex::new(HashSet::new()),
+                in_flight: Mutex::new(HashMap::new()),
                 tasks: Mutex::new(JoinSet::new()),
                 shutdown: watch::channel(false).0,
                 sizing: Mutex::new(SizingBook::default()),

@@ -203,6 +203,6 @@ impl Shared {
         self.in_flight
             .lock()
             .expect("in-flight lock")
-            .contains(request_id)
+            .contains_key(request_id)
     }
 }

@@ -1,0 +1,121 @@
+//! A reconcile pass that runs while an Allocate has just written its record
+//! (before the flush returns) must leave that allocation alone: it is in
+//! flight in this process, not interrupted.
+
+mod common;
+
+use async_trait::async_trait;
+use common::*;
+use pool_manager::model::{
+    Allocation, AllocationState, EmptyPoolPolicy, Instance, PoolKey, PoolRecord,
+};
+use pool_manager::store::{Store, StoreResult};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Forwards to a real store; the first flush after a new allocation record
+/// is written waits until the test lets it go.
+struct HoldFlushAfterNewAllocation {
+    inner: Arc<dyn Store>,
+    armed: AtomicBool,
+    holding: Notify,
+    release: Notify,
+}
+
+#[async_trait]
+impl Store for HoldFlushAfterNewAllocation {
+    async fn get_pool(&self, key: &PoolKey) -> StoreResult<Option<PoolRecord>> {
+        self.inner.get_pool(key).await
+    }
+    async fn list_pools(&self) -> StoreResult<Vec<PoolRecord>> {
+        self.inner.list_pools().await
+    }
+    async fn put_pool(&self, pool: &PoolRecord) -> StoreResult<()> {
+        self.inner.put_pool(pool).await
+    }
+    async fn delete_pool(&self, key: &PoolKey) -> StoreResult<()> {
+        self.inner.delete_pool(key).await
+    }
+    async fn get_instance(&self, id: &str) -> StoreResult<Option<Instance>> {
+        self.inner.get_instance(id).await
+    }
+    async fn list_instances(&self) -> StoreResult<Vec<Instance>> {
+        self.inner.list_instances().await
+    }
+    async fn cas_instance(
+        &self,
+        expected: Option<&Instance>,
+        new: Option<&Instance>,
+    ) -> StoreResult<bool> {
+        self.inner.cas_instance(expected, new).await
+    }
+    async fn get_allocation(&self, request_id: &str) -> StoreResult<Option<Allocation>> {
+        self.inner.get_allocation(request_id).await
+    }
+    async fn list_allocations(&self) -> StoreResult<Vec<Allocation>> {
+        self.inner.list_allocations().await
+    }
+    async fn cas_allocation(
+        &self,
+        expected: Option<&Allocation>,
+        new: Option<&Allocation>,
+    ) -> StoreResult<bool> {
+        let created = self.inner.cas_allocation(expected, new).await?;
+        if created && expected.is_none() {
+            self.armed.store(true, Ordering::SeqCst);
+        }
+        Ok(created)
+    }
+    async fn flush(&self) -> StoreResult<()> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.holding.notify_one();
+            self.release.notified().await;
+        }
+        self.inner.flush().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconcile_leaves_an_allocation_alone_between_its_record_and_its_flush() {
+    let sim = sim();
+    let store = Arc::new(HoldFlushAfterNewAllocation {
+        inner: temp_store(),
+        armed: AtomicBool::new(false),
+        holding: Notify::new(),
+        release: Notify::new(),
+    });
+    let manager = manager_on(&sim, store.clone());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    wait_ready(&manager, 1).await;
+
+    let buying = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            manager
+                .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
+                .await
+        })
+    };
+    store.holding.notified().await;
+    let stored = manager.get_allocation("order-1").await.unwrap();
+    assert_eq!(stored.state, AllocationState::Allocating);
+
+    manager.reconcile().await.unwrap();
+    assert!(
+        manager.get_allocation("order-1").await.is_ok(),
+        "the reconciler rolled back an allocation that was in flight"
+    );
+
+    store.release.notify_one();
+    let done = tokio::time::timeout(Duration::from_secs(300), buying)
+        .await
+        .expect("the purchase finishes")
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.state, AllocationState::Allocated);
+    assert!(done.warm_hit);
+    assert_consistent(&sim, &manager).await;
+}
