@@ -212,10 +212,14 @@ impl Shared {
     /// new boots must wait for one.
     async fn replenish_step(self: &Arc<Self>, pool: &PoolRecord) -> ManagerResult<Option<Hold>> {
         let instances = self.store.list_instances().await?;
+        let wall = self.sizing_book().wall_now(&self.settings.sizing);
+        let ages = Ages::new(&pool.spec, wall);
+        // Expired Ready instances are not supply: their replacements boot
+        // now, and they are retired once the replacements are Ready.
         let (mut supply, mut in_flight) = (0u32, 0u32);
         for i in instances
             .iter()
-            .filter(|i| i.pool == pool.key && i.counts_as_supply())
+            .filter(|i| i.pool == pool.key && i.counts_as_supply() && !ages.expired(i))
         {
             supply += 1;
             if i.state != InstanceState::Ready {
@@ -257,6 +261,8 @@ impl Shared {
             plan = sizing::decide(&inputs(admission));
         }
         self.sizing_book().set_plan(&pool.key, plan, settings);
+        self.retire(pool, &instances, &ages, plan.target, in_flight)
+            .await?;
         for _ in 0..plan.boots_now {
             let ticket = BootTicket::start(&self.gate, az, true);
             let instance = self.record_new_instance(pool, None).await?;
@@ -270,6 +276,72 @@ impl Shared {
         Ok(admission
             .hold
             .filter(|hold| held && hold.until() > Instant::now()))
+    }
+
+    /// Retires Ready instances the pool should no longer hold: those older
+    /// than `max_age` once the fresh supply meets the target with nothing
+    /// left in flight (their replacements are Ready, so the pool never dips
+    /// for it), and the oldest beyond `max_ready` (an operator lowered it).
+    /// Each is retired only if it is still Ready and unclaimed: a purchase
+    /// may take it meanwhile, and then it is the purchase's.
+    async fn retire(
+        &self,
+        pool: &PoolRecord,
+        instances: &[Instance],
+        ages: &Ages,
+        target: u32,
+        fresh_in_flight: u32,
+    ) -> ManagerResult<()> {
+        let mut ready: Vec<&Instance> = instances
+            .iter()
+            .filter(|i| {
+                i.pool == pool.key && i.state == InstanceState::Ready && i.request_id.is_none()
+            })
+            .collect();
+        ready.sort_by_key(|i| i.ready_at);
+        let fresh_supply = instances
+            .iter()
+            .filter(|i| i.pool == pool.key && i.counts_as_supply() && !ages.expired(i))
+            .count();
+        let all_supply = instances
+            .iter()
+            .filter(|i| i.pool == pool.key && i.counts_as_supply())
+            .count();
+        let replaced = fresh_in_flight == 0 && fresh_supply >= target as usize;
+        let mut over_cap = all_supply.saturating_sub(pool.spec.max_ready as usize);
+        let mut doomed: Vec<(&Instance, String)> = Vec::new();
+        for instance in ready {
+            if ages.expired(instance) && replaced {
+                over_cap = over_cap.saturating_sub(1);
+                doomed.push((instance, "older than the pool's max_age".into()));
+            } else if over_cap > 0 {
+                over_cap -= 1;
+                doomed.push((
+                    instance,
+                    format!("above the pool's max_ready of {}", pool.spec.max_ready),
+                ));
+            }
+        }
+        for (instance, reason) in doomed {
+            let retired = self
+                .update_instance(&instance.id, |current| {
+                    (current.state == InstanceState::Ready && current.request_id.is_none()).then(
+                        || {
+                            let mut next = current.clone();
+                            next.state = InstanceState::Deleting;
+                            next.last_error = Some(format!("retired: {reason}"));
+                            Some(next)
+                        },
+                    )
+                })
+                .await?;
+            if let Some(retired) = retired {
+                self.store.flush().await?;
+                tracing::info!(pool = %pool.key, instance = %retired.id, %reason, "retiring a Ready instance");
+                self.finish_delete(&retired).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Deletes the pool's unclaimed instances; true once none is left and the
@@ -490,10 +562,12 @@ impl Shared {
             }
             tokio::time::sleep(self.settings.poll_interval).await;
         }
+        // On the clock max_age is judged by (the wall clock tokio time moves).
+        let ready_at = self.sizing_book().wall_now(&self.settings.sizing);
         let ready = self
             .transition(&instance, InstanceState::Warming, |next| {
                 next.state = InstanceState::Ready;
-                next.ready_at = Some(SystemTime::now());
+                next.ready_at = Some(ready_at);
             })
             .await?;
         tracing::info!(pool = %ready.pool, instance = %ready.id, "instance ready");
@@ -591,5 +665,30 @@ impl LeadWatch {
 impl Drop for LeadWatch {
     fn drop(&mut self) {
         self.finish(None);
+    }
+}
+
+/// Which Ready instances of a pool are past its `max_age`.
+struct Ages {
+    max_age: Option<Duration>,
+    now: SystemTime,
+}
+
+impl Ages {
+    fn new(spec: &crate::model::PoolSpec, now: SystemTime) -> Self {
+        Self {
+            max_age: spec.max_age.filter(|d| !d.is_zero()),
+            now,
+        }
+    }
+
+    fn expired(&self, instance: &Instance) -> bool {
+        match (self.max_age, instance.state, instance.ready_at) {
+            (Some(max_age), InstanceState::Ready, Some(ready_at)) => self
+                .now
+                .duration_since(ready_at)
+                .is_ok_and(|age| age >= max_age),
+            _ => false,
+        }
     }
 }

@@ -1,0 +1,114 @@
+//! Retiring Ready instances on the paused clock: those above a lowered
+//! `max_ready`, and those older than `max_age` once their replacements are
+//! Ready, so a pool never dips below its target for it.
+
+mod common;
+
+use common::*;
+use pool_manager::model::{EmptyPoolPolicy, InstanceState, Target};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+async fn ready_ids(manager: &pool_manager::PoolManager) -> BTreeSet<String> {
+    manager
+        .list_instances(Some(&pool()))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.state == InstanceState::Ready)
+        .map(|i| i.id)
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn lowering_max_ready_retires_the_oldest_ready_instances() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 4).await;
+    let mut oldest_first = manager.list_instances(Some(&pool())).await.unwrap();
+    oldest_first.sort_by_key(|i| i.ready_at);
+    assert_eq!(sim.servers().len(), 4);
+
+    manager
+        .update_pool(&pool(), |s| {
+            s.min_ready = 1;
+            s.max_ready = 2;
+            s.target = Target::Fixed(1);
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+
+    let kept = ready_ids(&manager).await;
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    let (kept_at, gone_at): (Vec<_>, Vec<_>) =
+        oldest_first.iter().partition(|i| kept.contains(&i.id));
+    assert_eq!(kept_at.len(), 2, "only original instances are kept");
+    assert!(
+        gone_at.iter().map(|i| i.ready_at).max() <= kept_at.iter().map(|i| i.ready_at).min(),
+        "the oldest go"
+    );
+    assert_eq!(sim.servers().len(), 2, "their servers are deleted");
+    assert_consistent(&sim, &manager).await;
+
+    // Raising it again does not bring them back by itself: the target is 1.
+    manager
+        .update_pool(&pool(), |s| s.max_ready = 8)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(ready_ids(&manager).await, kept);
+}
+
+#[tokio::test(start_paused = true)]
+async fn instances_older_than_max_age_are_replaced_before_they_are_retired() {
+    let sim = sim();
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    let mut spec = spec(2);
+    spec.max_age = Some(Duration::from_secs(10 * 60));
+    manager.create_pool(pool(), spec).await.unwrap();
+    wait_ready(&manager, 2).await;
+    let first = ready_ids(&manager).await;
+    assert_eq!(first.len(), 2);
+
+    // Watch every simulated second for 14 minutes: the originals expire at
+    // 10 minutes, their replacements take about a minute to boot.
+    let mut fewest_ready = u32::MAX;
+    let mut most_servers = 0;
+    for _ in 0..14 * 60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let status = manager.get_pool(&pool()).await.unwrap();
+        fewest_ready = fewest_ready.min(status.count(InstanceState::Ready));
+        most_servers = most_servers.max(sim.servers().len());
+    }
+    let now = ready_ids(&manager).await;
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(now.is_disjoint(&first), "the originals are gone: {now:?}");
+    assert_eq!(fewest_ready, 2, "the pool never dipped below its target");
+    assert_eq!(most_servers, 4, "replacements first, then the retirements");
+    assert_eq!(sim.servers().len(), 2);
+    assert_consistent(&sim, &manager).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_purchase_still_gets_an_expired_instance_that_was_not_yet_replaced() {
+    let sim = sim();
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    let mut spec = spec(1);
+    spec.max_age = Some(Duration::from_secs(60));
+    manager.create_pool(pool(), spec).await.unwrap();
+    wait_ready(&manager, 1).await;
+    let original = ready_ids(&manager).await;
+    // Expired, its replacement booting: still a warm instance for a buyer.
+    tokio::time::sleep(Duration::from_secs(65)).await;
+    let done = manager
+        .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert!(done.warm_hit);
+    let taken = done.instance_id.clone().expect("an instance");
+    assert!(original.contains(&taken), "{done:?}");
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_consistent(&sim, &manager).await;
+}
