@@ -479,6 +479,30 @@ mod tests {
         Cli::try_parse_from(std::iter::once("warmpoolctl").chain(args.iter().copied()))
     }
 
+    /// The spec `pools create f a --min-ready 1 --max-ready 9 --image mysql`
+    /// plus `extra` sends.
+    fn create_spec(extra: &[&str]) -> api::PoolSpec {
+        let mut args = vec![
+            "pools",
+            "create",
+            "f",
+            "a",
+            "--min-ready",
+            "1",
+            "--max-ready",
+            "9",
+            "--image",
+            "mysql",
+        ];
+        args.extend_from_slice(extra);
+        match parse(&args).unwrap().command {
+            Command::Pools {
+                command: Some(PoolsCommand::Create(args)),
+            } => args.to_spec().unwrap(),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
     fn update_args(args: &[&str]) -> PoolUpdateArgs {
         let mut full = vec!["pools", "update", "m1.large", "az1"];
         full.extend_from_slice(args);
@@ -564,30 +588,9 @@ mod tests {
             .to_string();
         assert!(err.contains("invalid target \"lots\""), "{err}");
 
-        let create = |extra: &[&str]| {
-            let mut args = vec![
-                "pools",
-                "create",
-                "f",
-                "a",
-                "--min-ready",
-                "1",
-                "--max-ready",
-                "9",
-                "--image",
-                "mysql",
-            ];
-            args.extend_from_slice(extra);
-            match parse(&args).unwrap().command {
-                Command::Pools {
-                    command: Some(PoolsCommand::Create(args)),
-                } => args.to_spec().unwrap(),
-                other => panic!("parsed as {other:?}"),
-            }
-        };
-        let spec = create(&["--target", "auto"]);
+        let spec = create_spec(&["--target", "auto"]);
         assert_eq!(spec.target_mode, i32::from(api::TargetMode::Auto));
-        let spec = create(&[]);
+        let spec = create_spec(&[]);
         assert_eq!(
             (spec.target_mode, spec.target),
             (i32::from(api::TargetMode::Fixed), 0),
@@ -636,31 +639,7 @@ mod tests {
         ])
         .is_err());
 
-        let create = match parse(&[
-            "pools",
-            "create",
-            "f",
-            "a",
-            "--min-ready",
-            "1",
-            "--max-ready",
-            "3",
-            "--image",
-            "i",
-            "--window",
-            "daily 08:00-20:00 min 2",
-            "--iops-limit",
-            "500",
-        ])
-        .unwrap()
-        .command
-        {
-            Command::Pools {
-                command: Some(PoolsCommand::Create(args)),
-            } => args,
-            other => panic!("parsed as {other:?}"),
-        };
-        let spec = create.to_spec().unwrap();
+        let spec = create_spec(&["--window", "daily 08:00-20:00 min 2", "--iops-limit", "500"]);
         assert_eq!(spec.windows, ["daily 08:00-20:00 min 2"]);
         assert_eq!(spec.iops_limit, Some(500));
         assert_eq!(spec.volume_iops_limit, None);

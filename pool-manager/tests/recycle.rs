@@ -20,6 +20,22 @@ async fn ready_ids(manager: &pool_manager::PoolManager) -> BTreeSet<String> {
         .collect()
 }
 
+/// A started manager with one pool of `target` whose instances age out
+/// after `max_age`, all Ready.
+async fn started_with_max_age(
+    sim: &std::sync::Arc<cloudsim::SimCloud>,
+    target: u32,
+    max_age: Duration,
+) -> pool_manager::PoolManager {
+    let manager = manager_on(sim, temp_store());
+    manager.start().await.unwrap();
+    let mut spec = spec(target);
+    spec.max_age = Some(max_age);
+    manager.create_pool(pool(), spec).await.unwrap();
+    wait_ready(&manager, target).await;
+    manager
+}
+
 #[tokio::test(start_paused = true)]
 async fn lowering_max_ready_retires_the_oldest_ready_instances() {
     let sim = sim();
@@ -62,12 +78,7 @@ async fn lowering_max_ready_retires_the_oldest_ready_instances() {
 #[tokio::test(start_paused = true)]
 async fn instances_older_than_max_age_are_replaced_before_they_are_retired() {
     let sim = sim();
-    let manager = manager_on(&sim, temp_store());
-    manager.start().await.unwrap();
-    let mut spec = spec(2);
-    spec.max_age = Some(Duration::from_secs(10 * 60));
-    manager.create_pool(pool(), spec).await.unwrap();
-    wait_ready(&manager, 2).await;
+    let manager = started_with_max_age(&sim, 2, Duration::from_secs(10 * 60)).await;
     let first = ready_ids(&manager).await;
     assert_eq!(first.len(), 2);
 
@@ -93,12 +104,7 @@ async fn instances_older_than_max_age_are_replaced_before_they_are_retired() {
 #[tokio::test(start_paused = true)]
 async fn a_purchase_still_gets_an_expired_instance_that_was_not_yet_replaced() {
     let sim = sim();
-    let manager = manager_on(&sim, temp_store());
-    manager.start().await.unwrap();
-    let mut spec = spec(1);
-    spec.max_age = Some(Duration::from_secs(60));
-    manager.create_pool(pool(), spec).await.unwrap();
-    wait_ready(&manager, 1).await;
+    let manager = started_with_max_age(&sim, 1, Duration::from_secs(60)).await;
     let original = ready_ids(&manager).await;
     // Expired, its replacement booting: still a warm instance for a buyer.
     tokio::time::sleep(Duration::from_secs(65)).await;
