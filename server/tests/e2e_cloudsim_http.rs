@@ -14,7 +14,7 @@
 
 mod support;
 
-use support::{existing_volume, expect_code, new_volume};
+use support::{allocate_request, existing_volume, expect_code, new_volume};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -44,6 +44,8 @@ const IMAGE: &str = "mysql-8.0";
 /// How long one eventual condition may take: boots take well under a second
 /// at this time scale; generous for a loaded 2-core machine.
 const PATIENCE: Duration = Duration::from_secs(60);
+/// How long each purchase may take.
+const ALLOCATE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn sim_config() -> SimConfig {
     let mut config = SimConfig {
@@ -265,7 +267,14 @@ async fn pools_fill(env: &Env) {
 /// the server, the port and (asked to) the volume, and the pool refills.
 async fn allocate_new_volume(env: &Env) {
     let id = "order-new";
-    let request = allocate_request(id, SMALL, "az1", new_volume(1, true), &env.tenant_net);
+    let request = allocate_request(
+        id,
+        SMALL,
+        "az1",
+        new_volume(1, true),
+        &env.tenant_net,
+        ALLOCATE_TIMEOUT,
+    );
     let a = env
         .client
         .allocate(request.clone())
@@ -319,6 +328,7 @@ async fn allocate_existing_volume(env: &Env) {
             "az2",
             existing_volume(&volume_id),
             &env.tenant_net,
+            ALLOCATE_TIMEOUT,
         ))
         .await
         .expect("allocate with the tenant's volume");
@@ -335,6 +345,7 @@ async fn allocate_existing_volume(env: &Env) {
                 "az2",
                 existing_volume(&volume_id),
                 &env.tenant_net,
+                ALLOCATE_TIMEOUT,
             ))
             .await,
         Code::FailedPrecondition,
@@ -463,6 +474,7 @@ async fn cold_boot_past_quota(env: &Env) {
         "az1",
         new_volume(1, false),
         &env.tenant_net,
+        ALLOCATE_TIMEOUT,
     );
     cold.empty_pool_policy = api::EmptyPoolPolicy::ColdBoot.into();
     // Refused at the deadline (the daemon waits for room that never comes):
@@ -519,33 +531,6 @@ async fn wait_released(env: &Env, id: &str, a: &api::Allocation) {
         }
     })
     .await;
-}
-
-fn allocate_request(
-    request_id: &str,
-    flavor: &str,
-    az: &str,
-    volume: api::VolumeSpec,
-    network_id: &str,
-) -> api::AllocateRequest {
-    api::AllocateRequest {
-        request_id: request_id.into(),
-        tenant_project_id: "tenant".into(),
-        flavor: flavor.into(),
-        availability_zone: az.into(),
-        volume: Some(volume),
-        network: Some(api::NetworkSpec {
-            network_id: network_id.into(),
-            subnet_id: String::new(),
-            fixed_ip: String::new(),
-        }),
-        labels: [("order".to_owned(), request_id.to_owned())].into(),
-        empty_pool_policy: api::EmptyPoolPolicy::FailFast.into(),
-        timeout: Some(prost_types::Duration {
-            seconds: 60,
-            nanos: 0,
-        }),
-    }
 }
 
 fn sim_volume(env: &Env, id: &str) -> pool_manager::cloud::Volume {

@@ -16,7 +16,7 @@
 
 mod support;
 
-use support::{existing_volume, expect_code, new_volume};
+use support::{allocate_request, existing_volume, expect_code, new_volume};
 mod testbed;
 
 use std::collections::BTreeMap;
@@ -36,6 +36,8 @@ use tonic::Code;
 use warmpool_client::{api, Client};
 
 const SMALL: &str = "db.small";
+/// How long each purchase may take.
+const ALLOCATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// 64 vCPUs: more than the warmpool-e2e project's 40-core quota, so every
 /// boot of this flavor is refused for quota.
 const HUGE: &str = "db.huge";
@@ -265,7 +267,14 @@ async fn leaked_server_is_deleted(ctx: &Ctx) {
 /// deletes the server, the port and (asked to) the volume.
 async fn allocate_new_volume(ctx: &Ctx) {
     let id = format!("e2e-{}-new", ctx.run);
-    let request = allocate_request(&id, SMALL, "az1", new_volume(1, false), &ctx.tenant_net);
+    let request = allocate_request(
+        &id,
+        SMALL,
+        "az1",
+        new_volume(1, false),
+        &ctx.tenant_net,
+        ALLOCATE_TIMEOUT,
+    );
     let a = ctx
         .client
         .allocate(request.clone())
@@ -372,6 +381,7 @@ async fn allocate_tenant_volume_inner(ctx: &Ctx, volume_id: &str) {
             "az2",
             existing_volume(volume_id),
             &ctx.tenant_net,
+            ALLOCATE_TIMEOUT,
         ))
         .await
         .expect("allocate with the tenant's volume");
@@ -394,6 +404,7 @@ async fn allocate_tenant_volume_inner(ctx: &Ctx, volume_id: &str) {
                 "az2",
                 existing_volume(volume_id),
                 &ctx.tenant_net,
+                ALLOCATE_TIMEOUT,
             ))
             .await,
         Code::FailedPrecondition,
@@ -434,6 +445,7 @@ async fn cold_boot_past_quota(ctx: &Ctx) {
         "az1",
         new_volume(1, false),
         &ctx.tenant_net,
+        ALLOCATE_TIMEOUT,
     );
     cold.empty_pool_policy = api::EmptyPoolPolicy::ColdBoot.into();
     cold.timeout = Some(prost_types::Duration {
@@ -490,33 +502,6 @@ async fn wait_released(ctx: &Ctx, id: &str, a: &api::Allocation) {
         },
     )
     .await;
-}
-
-fn allocate_request(
-    request_id: &str,
-    flavor: &str,
-    az: &str,
-    volume: api::VolumeSpec,
-    network_id: &str,
-) -> api::AllocateRequest {
-    api::AllocateRequest {
-        request_id: request_id.into(),
-        tenant_project_id: "tenant".into(),
-        flavor: flavor.into(),
-        availability_zone: az.into(),
-        volume: Some(volume),
-        network: Some(api::NetworkSpec {
-            network_id: network_id.into(),
-            subnet_id: String::new(),
-            fixed_ip: String::new(),
-        }),
-        labels: [("order".to_owned(), request_id.to_owned())].into(),
-        empty_pool_policy: api::EmptyPoolPolicy::FailFast.into(),
-        timeout: Some(prost_types::Duration {
-            seconds: 120,
-            nanos: 0,
-        }),
-    }
 }
 
 /// The allocation is complete, and the cloud agrees: the volume is in use by

@@ -309,6 +309,35 @@ pub fn new_volume(size_gib: u32, delete_on_release: bool) -> api::VolumeSpec {
     }
 }
 
+/// A fail-fast purchase labelled with its order id, with a port on `network_id`.
+pub fn allocate_request(
+    request_id: &str,
+    flavor: &str,
+    az: &str,
+    volume: api::VolumeSpec,
+    network_id: &str,
+    timeout: Duration,
+) -> api::AllocateRequest {
+    api::AllocateRequest {
+        request_id: request_id.into(),
+        tenant_project_id: "tenant".into(),
+        flavor: flavor.into(),
+        availability_zone: az.into(),
+        volume: Some(volume),
+        network: Some(api::NetworkSpec {
+            network_id: network_id.into(),
+            subnet_id: String::new(),
+            fixed_ip: String::new(),
+        }),
+        labels: [("order".to_owned(), request_id.to_owned())].into(),
+        empty_pool_policy: api::EmptyPoolPolicy::FailFast.into(),
+        timeout: Some(prost_types::Duration {
+            seconds: i64::try_from(timeout.as_secs()).expect("a timeout in range"),
+            nanos: 0,
+        }),
+    }
+}
+
 pub fn existing_volume(id: &str) -> api::VolumeSpec {
     api::VolumeSpec {
         source: Some(api::volume_spec::Source::ExistingVolumeId(id.to_owned())),
