@@ -216,14 +216,18 @@ impl Shared {
         let ages = Ages::new(&pool.spec, wall);
         // Expired Ready instances are not supply: their replacements boot
         // now, and they are retired once the replacements are Ready.
-        let (mut supply, mut in_flight) = (0u32, 0u32);
+        let (mut supply, mut in_flight, mut expired) = (0u32, 0u32, 0u32);
         for i in instances
             .iter()
-            .filter(|i| i.pool == pool.key && i.counts_as_supply() && !ages.expired(i))
+            .filter(|i| i.pool == pool.key && i.counts_as_supply())
         {
-            supply += 1;
-            if i.state != InstanceState::Ready {
-                in_flight += 1;
+            if ages.expired(i) {
+                expired += 1;
+            } else {
+                supply += 1;
+                if i.state != InstanceState::Ready {
+                    in_flight += 1;
+                }
             }
         }
         let now = Instant::now();
@@ -261,7 +265,9 @@ impl Shared {
             plan = sizing::decide(&inputs(admission));
         }
         self.sizing_book().set_plan(&pool.key, plan, settings);
-        self.retire(pool, &instances, &ages, plan.target, in_flight)
+        let replaced = in_flight == 0 && supply >= plan.target;
+        let over_cap = (supply + expired).saturating_sub(pool.spec.max_ready);
+        self.retire(pool, &instances, &ages, replaced, over_cap)
             .await?;
         for _ in 0..plan.boots_now {
             let ticket = BootTicket::start(&self.gate, az, true);
@@ -279,9 +285,9 @@ impl Shared {
     }
 
     /// Retires Ready instances the pool should no longer hold: those older
-    /// than `max_age` once the fresh supply meets the target with nothing
-    /// left in flight (their replacements are Ready, so the pool never dips
-    /// for it), and the oldest beyond `max_ready` (an operator lowered it).
+    /// than `max_age` once `replaced` (the fresh supply meets the target with
+    /// nothing left in flight, so the pool never dips for it), and the
+    /// `over_cap` oldest beyond `max_ready` (an operator lowered it).
     /// Each is retired only if it is still Ready and unclaimed: a purchase
     /// may take it meanwhile, and then it is the purchase's.
     async fn retire(
@@ -289,8 +295,8 @@ impl Shared {
         pool: &PoolRecord,
         instances: &[Instance],
         ages: &Ages,
-        target: u32,
-        fresh_in_flight: u32,
+        replaced: bool,
+        mut over_cap: u32,
     ) -> ManagerResult<()> {
         let mut ready: Vec<&Instance> = instances
             .iter()
@@ -299,16 +305,6 @@ impl Shared {
             })
             .collect();
         ready.sort_by_key(|i| i.ready_at);
-        let fresh_supply = instances
-            .iter()
-            .filter(|i| i.pool == pool.key && i.counts_as_supply() && !ages.expired(i))
-            .count();
-        let all_supply = instances
-            .iter()
-            .filter(|i| i.pool == pool.key && i.counts_as_supply())
-            .count();
-        let replaced = fresh_in_flight == 0 && fresh_supply >= target as usize;
-        let mut over_cap = all_supply.saturating_sub(pool.spec.max_ready as usize);
         let mut doomed: Vec<(&Instance, String)> = Vec::new();
         for instance in ready {
             if ages.expired(instance) && replaced {
