@@ -8,18 +8,28 @@
 //!   retried after Retry-After by `Shared::retry`; the gate keeps the
 //!   replenisher from adding calls meanwhile.) The window halves once per
 //!   throttling episode.
-//! - **AIMD window.** Boots in flight per AZ are limited by a window that
-//!   grows while boots finish near the AZ's *baseline* lead time (slow start:
-//!   +1 per good boot until latency starts to rise, then +1/window) and
-//!   halves on latency inflation, at most once per round trip (only boots
-//!   started once the boots in flight fit the halved window can cause
-//!   another). "Near" and "inflated" are
-//!   judged on a smoothed ratio of lead time to baseline (an EWMA over the
-//!   last few boots), so one slow boot among jittery ones does not halve
+//! - **AIMD window.** Builds in flight per AZ (boot request until the
+//!   server is ACTIVE: the part compute hosts serialize; mysqld then starts
+//!   inside the guest) are limited by a window that grows while builds
+//!   finish near the AZ's *baseline* build time and shrinks multiplicatively
+//!   on latency inflation, at most once per round trip (only boots started
+//!   once the builds in flight fit the smaller window can cause another).
+//!   Growth: slow start (+1 per good build) until a build is slower than
+//!   `grow_below` x the baseline, then a conservative slow start (+1/4 per
+//!   build) for a few rounds of a window of builds each, which resumes slow
+//!   start if a round is faster than the builds before the slow one (that
+//!   one was jitter), else gives way to congestion avoidance (+1/window per
+//!   build), as RFC 9406 (HyStart++) does for TCP. The decrease halves the
+//!   window but never below the builds that ended within the last baseline
+//!   build time: by Little's law a smaller window would carry fewer builds
+//!   than the hosts just delivered, so it would lose throughput without
+//!   shortening any queue. "Near" and "inflated" are
+//!   judged on a smoothed ratio of build time to baseline (an EWMA over the
+//!   last few builds), so one slow build among jittery ones does not shrink
 //!   the window. The baseline is measured on
-//!   boots that started with few others in flight, so it tracks what an
-//!   uncontended boot costs *now*: if the whole cloud slows down (IOPS
-//!   throttling), lone boots slow down too and the baseline follows, while
+//!   builds that started with few others in flight, so it tracks what an
+//!   uncontended build costs *now*: if the whole cloud slows down (IOPS
+//!   throttling), lone builds slow down too and the baseline follows, while
 //!   contention from our own concurrency shows up as inflation. The window
 //!   grows only while it is being used (a pool booting one instance at a
 //!   time says nothing about twenty).
@@ -57,8 +67,13 @@ pub const DEFAULT_QUOTA_BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
 /// How often each flavor's quota headroom is polled: a GET of Nova's
 /// `/limits` is cheap, but one per boot would add a call to every boot.
 pub const DEFAULT_HEADROOM_INTERVAL: Duration = Duration::from_secs(30);
-/// Recent lead times kept per AZ to re-measure a stale baseline.
+/// Recent build times kept per AZ to re-measure a stale baseline.
 const RECENT: usize = 8;
+/// Consecutive slow builds that end slow start before the smoothed ratio does.
+/// Conservative slow start (RFC 9406): rounds before congestion avoidance,
+/// and how much slower than slow start the window grows meanwhile.
+const CSS_ROUNDS: u32 = 5;
+const CSS_GROWTH_DIVISOR: f64 = 4.0;
 
 /// How the gate behaves. Defaults suit a real cloud.
 #[derive(Clone, Debug, PartialEq)]
@@ -68,11 +83,11 @@ pub struct GateSettings {
     pub initial_window: u32,
     pub min_window: u32,
     pub max_window: u32,
-    /// A boot finishing within this factor of the baseline lets the window grow.
+    /// A build finishing within this factor of the baseline lets the window grow.
     pub grow_below: f64,
-    /// A boot slower than this factor of the baseline halves the window.
+    /// Builds slower than this factor of the baseline shrink the window.
     pub shrink_above: f64,
-    /// Boots that never had more than this many boots in flight in the AZ
+    /// Builds that never had more than this many builds in flight in the AZ
     /// alongside them (themselves included) measure the baseline.
     pub baseline_max_in_flight: u32,
     /// A baseline not re-measured for this long is replaced by the fastest
@@ -164,9 +179,8 @@ impl Admission {
 /// How a boot ended, as far as the gate cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BootSignal {
-    Ready {
-        lead: Duration,
-    },
+    /// The server became ACTIVE `build` after it was requested.
+    Built { build: Duration },
     /// Failed or taken over: no latency signal.
     NoSignal,
 }
@@ -179,7 +193,7 @@ pub struct TicketInfo {
     /// Counts against the window (replenisher boots); purchases do not.
     pub gated: bool,
     pub started_at: Instant,
-    /// Boots in flight in the AZ when this one started, itself included.
+    /// Builds in flight in the AZ when this one started, itself included.
     pub in_flight_at_start: u32,
     /// The window when it started, rounded down.
     pub window_at_start: u32,
@@ -190,12 +204,12 @@ pub struct TicketInfo {
 pub struct GateStatus {
     pub enabled: bool,
     pub window: f64,
-    /// Boots in flight in the AZ (purchases included).
+    /// Builds in flight in the AZ (purchases included).
     pub in_flight: u32,
     /// Of those, replenisher boots (the ones the window limits).
     pub gated_in_flight: u32,
     pub baseline: Option<Duration>,
-    /// Smoothed lead time / baseline of recent boots.
+    /// Smoothed build time / baseline of recent builds.
     pub latency_ratio: Option<f64>,
     pub hold: Option<Hold>,
     /// 429/413 responses seen.
@@ -232,13 +246,20 @@ struct AzState {
     peaks: BTreeMap<u64, u32>,
     baseline: Option<Duration>,
     baseline_at: Option<Instant>,
-    /// EWMA of lead time / baseline over recent boots.
+    /// EWMA of build time / baseline over recent builds.
     ratio: Option<f64>,
     /// The first boots seen; their median is the baseline until a boot
     /// with few others in flight measures it.
     first: Vec<Duration>,
     low_load_seen: bool,
     recent: VecDeque<Duration>,
+    /// When recent builds ended, newest last: how many the cloud delivered
+    /// in the last baseline build time.
+    delivered: VecDeque<Instant>,
+    /// The last few build time / baseline samples, unsmoothed.
+    samples: VecDeque<f64>,
+    /// Set while slow start is conservative (latency started to rise).
+    css: Option<Css>,
     paused_until: Option<Instant>,
     last_decrease: Option<Instant>,
     /// When the boots in flight first fitted the window again after the last
@@ -276,6 +297,17 @@ struct HeadroomEntry {
     failing: Option<String>,
     /// A refusal since the poll: the cached answer is stale, poll again.
     stale: bool,
+}
+
+/// Conservative slow start, after latency started to rise.
+#[derive(Clone, Copy, Debug)]
+struct Css {
+    /// The lowest latency ratio among the builds before it began.
+    baseline: f64,
+    rounds_left: u32,
+    /// Builds until the current round ends (a window's worth).
+    builds_left: u32,
+    round_min: f64,
 }
 
 /// The throttle gate of one manager: one state per AZ plus the quota state.
@@ -329,6 +361,9 @@ impl Gate {
             first: Vec::new(),
             low_load_seen: false,
             recent: VecDeque::new(),
+            delivered: VecDeque::new(),
+            samples: VecDeque::new(),
+            css: None,
             paused_until: None,
             last_decrease: None,
             settled_at: None,
@@ -517,7 +552,7 @@ impl Gate {
             state.gated = state.gated.saturating_sub(1);
         }
         settle(state, now);
-        let BootSignal::Ready { lead } = signal else {
+        let BootSignal::Built { build: lead } = signal else {
             return;
         };
         // A boot got through: quota is not refusing (any more).
@@ -597,6 +632,7 @@ fn observe_lead(
     while state.recent.len() > RECENT {
         state.recent.pop_front();
     }
+    state.delivered.push_back(now);
     let low_load = peak <= settings.baseline_max_in_flight.max(1);
     let rebase = |state: &mut AzState, new: Duration| {
         // The smoothed ratio is relative to the baseline: keep it meaning
@@ -640,13 +676,25 @@ fn observe_lead(
             }
         }
     }
-    let baseline = state.baseline.expect("set above").as_secs_f64().max(1e-3);
+    let baseline_dur = state.baseline.expect("set above");
+    let baseline = baseline_dur.as_secs_f64().max(1e-3);
+    while state
+        .delivered
+        .front()
+        .is_some_and(|at| now.saturating_duration_since(*at) > baseline_dur)
+    {
+        state.delivered.pop_front();
+    }
     let sample = lead.as_secs_f64() / baseline;
     let ratio = match state.ratio {
         Some(r) => r + RATIO_SMOOTHING * (sample - r),
         None => sample,
     };
     state.ratio = Some(ratio);
+    state.samples.push_back(sample);
+    while state.samples.len() > RECENT {
+        state.samples.pop_front();
+    }
     let min_window = f64::from(settings.min_window.max(1));
     let max_window = f64::from(settings.max_window.max(1));
     if ratio > settings.shrink_above && sample > settings.shrink_above {
@@ -656,32 +704,87 @@ fn observe_lead(
             (Some(_), None) => false,
         };
         if shows_current_window {
-            decrease(state, min_window, now);
+            // Never below what the cloud just delivered per round trip: a
+            // smaller window would carry fewer builds than the hosts finish,
+            // and only a window above it queues (Little's law).
+            let floor = delivered_in(state, baseline_dur, now) as f64;
+            decrease(state, min_window.max(floor), now);
         }
     } else if ratio > settings.shrink_above {
         // Recent boots were slow, this one was not: wait for more.
-    } else if ratio > settings.grow_below && state.window < state.ssthresh {
-        // Latency starts to rise: leave slow start before it overshoots
-        // (the signal lags one boot behind the window).
-        state.ssthresh = state.window;
-    } else if ratio <= settings.grow_below {
-        // Only a window in use is evidence that a larger one is fine.
-        let used = 2 * peak >= ticket.window_at_start;
-        if used {
-            state.window = if state.window < state.ssthresh {
-                state.window + 1.0
-            } else {
-                state.window + 1.0 / state.window
+    } else {
+        conservative_rounds(state, sample);
+        let slow_start = state.window < state.ssthresh;
+        let rising = ratio > settings.grow_below || sample > settings.grow_below;
+        if slow_start && state.css.is_none() && rising {
+            // Latency starts to rise: grow more slowly for a few rounds before
+            // settling (the signal lags one build behind the window, and one
+            // jittery build should not end slow start for good).
+            let round_min = state.samples.iter().copied().fold(f64::INFINITY, f64::min);
+            state.css = Some(Css {
+                baseline: round_min,
+                rounds_left: CSS_ROUNDS,
+                builds_left: state.window.ceil() as u32,
+                round_min: f64::INFINITY,
+            });
+        } else if ratio <= settings.grow_below {
+            // Only a window in use is evidence that a larger one is fine.
+            let used = 2 * peak >= ticket.window_at_start;
+            if used {
+                let step = if !slow_start {
+                    1.0 / state.window
+                } else if state.css.is_some() {
+                    1.0 / CSS_GROWTH_DIVISOR
+                } else {
+                    1.0
+                };
+                state.window = (state.window + step).min(max_window);
             }
-            .min(max_window);
         }
     }
 }
 
-/// Halves the window and waits for the boots in flight to fit it.
-fn decrease(state: &mut AzState, min_window: f64, now: Instant) {
-    state.window = (state.window / 2.0).max(min_window);
+/// Counts a build toward the conservative slow start's round; at the end of
+/// a round, a round faster than the one that ended slow start shows that
+/// exit was spurious (slow start resumes), and after `CSS_ROUNDS` rounds
+/// congestion avoidance begins (RFC 9406's HyStart++, with builds as rounds).
+fn conservative_rounds(state: &mut AzState, sample: f64) {
+    let window = state.window;
+    let Some(css) = state.css.as_mut() else {
+        return;
+    };
+    css.round_min = css.round_min.min(sample);
+    css.builds_left = css.builds_left.saturating_sub(1);
+    if css.builds_left > 0 {
+        return;
+    }
+    if css.round_min < css.baseline {
+        state.css = None;
+    } else if css.rounds_left <= 1 {
+        state.css = None;
+        state.ssthresh = window;
+    } else {
+        css.rounds_left -= 1;
+        css.builds_left = window.ceil() as u32;
+        css.round_min = f64::INFINITY;
+    }
+}
+
+/// Builds that ended within the last `span`.
+fn delivered_in(state: &AzState, span: Duration, now: Instant) -> usize {
+    state
+        .delivered
+        .iter()
+        .filter(|at| now.saturating_duration_since(**at) <= span)
+        .count()
+}
+
+/// Halves the window (not below `floor`, never up) and waits for the boots
+/// in flight to fit it.
+fn decrease(state: &mut AzState, floor: f64, now: Instant) {
+    state.window = (state.window / 2.0).max(floor).min(state.window);
     state.ssthresh = state.window;
+    state.css = None;
     state.last_decrease = Some(now);
     state.settled_at = None;
     state.decreases += 1;

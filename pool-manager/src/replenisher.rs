@@ -412,20 +412,20 @@ impl Shared {
         }
         let started = Instant::now();
         let mut watch = LeadWatch::start(self, &instance);
-        let result = self.boot_to_ready(&instance).await;
+        let mut ticket = Some(ticket);
+        let result = self.boot_to_ready(&instance, &mut ticket).await;
         let lead_time = started.elapsed();
         match &result {
-            Ok(_) => {
-                watch.finish(Some(lead_time));
-                ticket.finish(BootSignal::Ready { lead: lead_time });
-            }
+            Ok(_) => watch.finish(Some(lead_time)),
             Err(e) => {
                 if matches!(e, BootError::Cloud(CloudError::QuotaExceeded(_))) {
                     gate::lock(&self.gate).quota_exceeded(Instant::now());
                 }
                 watch.finish(None);
-                ticket.finish(BootSignal::NoSignal);
             }
+        }
+        if let Some(ticket) = ticket {
+            ticket.finish(BootSignal::NoSignal);
         }
         if let Some(outcome) = boot_outcome(&result) {
             self.emit(Some(&instance.pool), EventKind::Boot { outcome, lead_time });
@@ -464,13 +464,23 @@ impl Shared {
         result
     }
 
-    async fn boot_to_ready(&self, instance: &Instance) -> Result<Instance, BootError> {
+    /// Drives the instance to `Ready`. The gate's `ticket` is finished when
+    /// the server becomes ACTIVE: the gate limits builds, the part of a boot
+    /// that compute hosts serialize (mysqld then starts inside the guest).
+    async fn boot_to_ready(
+        &self,
+        instance: &Instance,
+        ticket: &mut Option<BootTicket>,
+    ) -> Result<Instance, BootError> {
         let az = instance.pool.availability_zone.as_str();
         let pool = self.pool(&instance.pool).await?;
         let deadline = Instant::now() + pool.spec.boot_timeout;
         let mut instance = instance.clone();
+        // Only a build this task requested measures the build time.
+        let mut requested = None;
 
         if instance.server_id.is_none() {
+            requested = Some(Instant::now());
             let spec = ServerSpec {
                 name: format!("warmpool-{}", instance.id),
                 pool: instance.pool.clone(),
@@ -513,7 +523,16 @@ impl Shared {
                     })
                     .await?;
                 match server.status {
-                    ServerStatus::Active => break server.mysql_addr,
+                    ServerStatus::Active => {
+                        if let Some(ticket) = ticket.take() {
+                            ticket.finish(requested.map_or(BootSignal::NoSignal, |at| {
+                                BootSignal::Built {
+                                    build: at.elapsed(),
+                                }
+                            }));
+                        }
+                        break server.mysql_addr;
+                    }
                     ServerStatus::Error => {
                         return Err(BootError::ServerError(
                             server.fault.unwrap_or_else(|| "no fault given".into()),

@@ -562,7 +562,7 @@ fn quota_refusal_pauses_speculative_boots_with_backoff() {
     let ticket = g.start("az1", false, t0 + secs(300));
     g.finish(
         &ticket,
-        BootSignal::Ready { lead: secs(60) },
+        BootSignal::Built { build: secs(60) },
         t0 + secs(360),
     );
     g.quota_exceeded(t0 + secs(400));
@@ -714,7 +714,7 @@ fn aimd_window_grows_near_baseline_and_halves_on_inflation() {
     });
     // A lone boot sets the baseline.
     let lone = g.start("az1", true, t0);
-    g.finish(&lone, BootSignal::Ready { lead: secs(60) }, t0 + secs(60));
+    g.finish(&lone, BootSignal::Built { build: secs(60) }, t0 + secs(60));
     assert_eq!(g.status("az1", t0).baseline, Some(secs(60)));
 
     // Slow start: a full window of good boots doubles it, round after round.
@@ -724,7 +724,7 @@ fn aimd_window_grows_near_baseline_and_halves_on_inflation() {
         let tickets = start_n(&mut g, room, t);
         t += secs(62);
         for ticket in &tickets {
-            g.finish(ticket, BootSignal::Ready { lead: secs(62) }, t);
+            g.finish(ticket, BootSignal::Built { build: secs(62) }, t);
         }
         assert_eq!(g.status("az1", t).window, expected);
     }
@@ -733,19 +733,19 @@ fn aimd_window_grows_near_baseline_and_halves_on_inflation() {
     let tickets = start_n(&mut g, 32, t);
     t += secs(120);
     for ticket in &tickets {
-        g.finish(ticket, BootSignal::Ready { lead: secs(120) }, t);
+        g.finish(ticket, BootSignal::Built { build: secs(120) }, t);
     }
     let s = g.status("az1", t);
     assert_eq!((s.window, s.decreases), (16.0, 1));
     // Boots started after the decrease may halve it again.
     let tickets = start_n(&mut g, 16, t);
     t += secs(100);
-    g.finish(&tickets[0], BootSignal::Ready { lead: secs(100) }, t);
+    g.finish(&tickets[0], BootSignal::Built { build: secs(100) }, t);
     assert_eq!(g.status("az1", t).window, 8.0);
     // Near baseline again: once the smoothed ratio has come down, additive
     // increase (+1/window per good boot, about +1 per window of boots).
     for ticket in &tickets[1..] {
-        g.finish(ticket, BootSignal::Ready { lead: secs(61) }, t);
+        g.finish(ticket, BootSignal::Built { build: secs(61) }, t);
     }
     let s = g.status("az1", t);
     assert!(s.window > 8.0 && s.window < 9.5, "{s:?}");
@@ -754,7 +754,7 @@ fn aimd_window_grows_near_baseline_and_halves_on_inflation() {
     let before = s.window;
     let tickets = start_n(&mut g, 8, t);
     for ticket in &tickets {
-        g.finish(ticket, BootSignal::Ready { lead: secs(61) }, t + secs(61));
+        g.finish(ticket, BootSignal::Built { build: secs(61) }, t + secs(61));
     }
     let w = g.status("az1", t).window;
     assert!(w - before > 0.8 && w - before < 1.0, "{before} -> {w}");
@@ -763,12 +763,12 @@ fn aimd_window_grows_near_baseline_and_halves_on_inflation() {
     let tickets = start_n(&mut g, 8, t);
     g.finish(
         &tickets[0],
-        BootSignal::Ready { lead: secs(100) },
+        BootSignal::Built { build: secs(100) },
         t + secs(100),
     );
     assert_eq!(g.status("az1", t).decreases, 2);
     for ticket in &tickets[1..] {
-        g.finish(ticket, BootSignal::Ready { lead: secs(61) }, t + secs(100));
+        g.finish(ticket, BootSignal::Built { build: secs(61) }, t + secs(100));
     }
 }
 
@@ -784,7 +784,7 @@ fn aimd_does_not_grow_an_unused_window_and_follows_a_slower_cloud() {
     for _ in 0..20 {
         let ticket = g.start("az1", true, t);
         t += secs(60);
-        g.finish(&ticket, BootSignal::Ready { lead: secs(60) }, t);
+        g.finish(&ticket, BootSignal::Built { build: secs(60) }, t);
     }
     assert_eq!(g.status("az1", t).window, 8.0);
 
@@ -793,7 +793,7 @@ fn aimd_does_not_grow_an_unused_window_and_follows_a_slower_cloud() {
     for _ in 0..6 {
         let ticket = g.start("az1", true, t);
         t += secs(300);
-        g.finish(&ticket, BootSignal::Ready { lead: secs(300) }, t);
+        g.finish(&ticket, BootSignal::Built { build: secs(300) }, t);
     }
     let s = g.status("az1", t);
     assert!(s.baseline.unwrap() > secs(280), "{s:?}");
@@ -802,9 +802,136 @@ fn aimd_does_not_grow_an_unused_window_and_follows_a_slower_cloud() {
     let tickets = start_n(&mut g, 4, t);
     t += secs(305);
     for ticket in &tickets {
-        g.finish(ticket, BootSignal::Ready { lead: secs(305) }, t);
+        g.finish(ticket, BootSignal::Built { build: secs(305) }, t);
     }
     assert!(g.status("az1", t).window >= s.window);
+}
+
+fn built(s: u64) -> BootSignal {
+    BootSignal::Built { build: secs(s) }
+}
+
+#[test]
+fn slow_start_turns_conservative_on_slower_builds_and_resumes_when_they_were_noise() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings {
+        initial_window: 8,
+        max_window: 64,
+        ..GateSettings::default()
+    });
+    let lone = g.start("az1", true, t0);
+    g.finish(&lone, built(25), t0 + secs(25));
+    let mut t = t0 + secs(25);
+
+    // Slow start: +1 per good build, until one build is slower than
+    // grow_below x the baseline (32 s / 25 s = 1.28): from then on a
+    // quarter of that, before the smoothed ratio has moved (RFC 9406's
+    // conservative slow start).
+    let tickets = start_n(&mut g, 8, t);
+    t += secs(25);
+    for ticket in &tickets[..7] {
+        g.finish(ticket, built(25), t);
+    }
+    g.finish(&tickets[7], built(32), t);
+    let s = g.status("az1", t);
+    assert_eq!(s.window, 15.0, "{s:?}");
+    assert!(s.latency_ratio.unwrap() < 1.2, "{s:?}");
+    let tickets = start_n(&mut g, 15, t);
+    t += secs(25);
+    for ticket in &tickets[..4] {
+        g.finish(ticket, built(25), t);
+    }
+    assert_eq!(g.status("az1", t).window, 16.0);
+
+    // A round (a window of builds) faster than the builds before the slow
+    // one: the exit was noise, slow start resumes (+1 per good build).
+    for ticket in &tickets[4..] {
+        g.finish(ticket, built(24), t);
+    }
+    let w = g.status("az1", t).window;
+    assert_eq!(w, 16.0 + 10.0 * 0.25 + 1.0);
+    let ticket = g.start("az1", true, t);
+    let _others = start_n(&mut g, 20, t);
+    g.finish(&ticket, built(25), t + secs(25));
+    assert_eq!(g.status("az1", t).window, w + 1.0);
+}
+
+#[test]
+fn slow_start_ends_after_conservative_rounds_that_stay_slower() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings {
+        initial_window: 4,
+        max_window: 64,
+        ..GateSettings::default()
+    });
+    let lone = g.start("az1", true, t0);
+    g.finish(&lone, built(25), t0 + secs(25));
+    let mut t = t0 + secs(25);
+    let tickets = start_n(&mut g, 4, t);
+    t += secs(32);
+    for ticket in &tickets {
+        g.finish(ticket, built(32), t);
+    }
+    // Conservative from the first slow build on; the builds stay within
+    // grow_below (27 s) and never faster than before: five rounds of +1/4
+    // per build, then congestion avoidance (+1/window per build).
+    let mut rounds = 0;
+    loop {
+        let before = g.status("az1", t).window;
+        let ticket = g.start("az1", true, t);
+        let _load = start_n(&mut g, before as u32, t);
+        t += secs(27);
+        g.finish(&ticket, built(27), t);
+        let after = g.status("az1", t).window;
+        if (after - before - 0.25).abs() > 1e-9 {
+            assert!(
+                (after - before - 1.0 / before).abs() < 1e-9,
+                "{before} -> {after}"
+            );
+            break;
+        }
+        rounds += 1;
+        assert!(rounds < 200, "never left conservative slow start");
+    }
+    assert!(
+        rounds >= 5 * 4,
+        "at least five rounds of a window each: {rounds}"
+    );
+}
+
+#[test]
+fn inflation_never_shrinks_the_window_below_what_the_cloud_just_delivered() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings {
+        initial_window: 40,
+        max_window: 40,
+        ..GateSettings::default()
+    });
+    let lone = g.start("az1", true, t0);
+    g.finish(&lone, built(25), t0 + secs(25));
+    let t = t0 + secs(25);
+    let tickets = start_n(&mut g, 40, t);
+    // 26 good builds, then the hosts' queue shows (40 s = 1.6x): the
+    // window halves, but 30 builds finished within the last baseline
+    // (25 s), and a window below that would carry fewer than the hosts
+    // just delivered.
+    for ticket in &tickets[..26] {
+        g.finish(ticket, built(26), t + secs(26));
+    }
+    for ticket in &tickets[26..30] {
+        g.finish(ticket, built(40), t + secs(40));
+    }
+    let s = g.status("az1", t + secs(40));
+    assert_eq!((s.window, s.decreases), (30.0, 1), "{s:?}");
+
+    // Later, with nothing delivered lately, inflation halves it.
+    let t = t + secs(200);
+    let tickets = start_n(&mut g, 30, t);
+    for ticket in &tickets[..6] {
+        g.finish(ticket, built(60), t + secs(60));
+    }
+    let s = g.status("az1", t + secs(60));
+    assert_eq!((s.window, s.decreases), (15.0, 2), "{s:?}");
 }
 
 // ---- through a manager on the paused clock ---------------------------------
@@ -884,6 +1011,33 @@ async fn retry_after_holds_new_boots() {
     );
     wait_ready(&manager, 4).await;
     assert!(started.elapsed() >= Duration::from_secs(120));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_gate_counts_builds_and_lets_go_of_a_boot_once_its_server_is_active() {
+    let sim = sim();
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(3)).await.unwrap();
+    // Nova takes 25 s, mysqld 35 s more: at 40 s the servers are ACTIVE
+    // and mysqld is starting in the guests, which the hosts do not serialize.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let building = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(building.count(InstanceState::Booting), 3);
+    assert_eq!(
+        building.sizing.gate.in_flight, 3,
+        "{:?}",
+        building.sizing.gate
+    );
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let warming = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(warming.count(InstanceState::Warming), 3);
+    let gate = &warming.sizing.gate;
+    assert_eq!((gate.in_flight, gate.gated_in_flight), (0, 0), "{gate:?}");
+    // The baseline is a build, not a boot to Ready.
+    let baseline = gate.baseline.expect("measured by the builds");
+    assert!(baseline >= secs(25) && baseline < secs(35), "{baseline:?}");
+    wait_ready(&manager, 3).await;
 }
 
 #[tokio::test(start_paused = true)]

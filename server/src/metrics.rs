@@ -446,12 +446,12 @@ impl Metrics {
         );
         registry.register(
             "pool_gate_window",
-            "Boots in flight the pool's availability zone admits now (the throttle gate's AIMD window)",
+            "Builds (boot request until ACTIVE) in flight the pool's availability zone admits now (the throttle gate's AIMD window)",
             m.pool_gate_window.clone(),
         );
         registry.register(
             "pool_gate_in_flight",
-            "Boots in flight in the pool's availability zone, purchases included",
+            "Builds (boot request until ACTIVE) in flight in the pool's availability zone, purchases included",
             m.pool_gate_in_flight.clone(),
         );
         registry.register(
