@@ -811,17 +811,23 @@ fn built(s: u64) -> BootSignal {
     BootSignal::Built { build: secs(s) }
 }
 
-#[test]
-fn slow_start_turns_conservative_on_slower_builds_and_resumes_when_they_were_noise() {
+/// A gate whose window starts at `initial` (at most `max`), after one lone
+/// 25 s build set its baseline; returns it and the time after that build.
+fn gate_after_a_lone_build(initial: u32, max: u32) -> (Gate, Instant) {
     let t0 = Instant::now();
     let mut g = gate(GateSettings {
-        initial_window: 8,
-        max_window: 64,
+        initial_window: initial,
+        max_window: max,
         ..GateSettings::default()
     });
     let lone = g.start("az1", true, t0);
     g.finish(&lone, built(25), t0 + secs(25));
-    let mut t = t0 + secs(25);
+    (g, t0 + secs(25))
+}
+
+#[test]
+fn slow_start_turns_conservative_on_slower_builds_and_resumes_when_they_were_noise() {
+    let (mut g, mut t) = gate_after_a_lone_build(8, 64);
 
     // Slow start: +1 per good build, until one build is slower than
     // grow_below x the baseline (32 s / 25 s = 1.28): from then on a
@@ -858,15 +864,7 @@ fn slow_start_turns_conservative_on_slower_builds_and_resumes_when_they_were_noi
 
 #[test]
 fn slow_start_ends_after_conservative_rounds_that_stay_slower() {
-    let t0 = Instant::now();
-    let mut g = gate(GateSettings {
-        initial_window: 4,
-        max_window: 64,
-        ..GateSettings::default()
-    });
-    let lone = g.start("az1", true, t0);
-    g.finish(&lone, built(25), t0 + secs(25));
-    let mut t = t0 + secs(25);
+    let (mut g, mut t) = gate_after_a_lone_build(4, 64);
     let tickets = start_n(&mut g, 4, t);
     t += secs(32);
     for ticket in &tickets {
@@ -901,15 +899,7 @@ fn slow_start_ends_after_conservative_rounds_that_stay_slower() {
 
 #[test]
 fn inflation_never_shrinks_the_window_below_what_the_cloud_just_delivered() {
-    let t0 = Instant::now();
-    let mut g = gate(GateSettings {
-        initial_window: 40,
-        max_window: 40,
-        ..GateSettings::default()
-    });
-    let lone = g.start("az1", true, t0);
-    g.finish(&lone, built(25), t0 + secs(25));
-    let t = t0 + secs(25);
+    let (mut g, t) = gate_after_a_lone_build(40, 40);
     let tickets = start_n(&mut g, 40, t);
     // 26 good builds, then the hosts' queue shows (40 s = 1.6x): the
     // window halves, but 30 builds finished within the last baseline
