@@ -619,10 +619,7 @@ impl Shared {
                     )))
                 }
                 Err(_) => {
-                    self.driving
-                        .lock()
-                        .expect("driving lock")
-                        .remove(&instance.id);
+                    self.release_driving(&instance.id);
                     self.discard_instance(&instance.id, "cold boot deadline")
                         .await?;
                     return Err(ManagerError::ResourceExhausted(format!(

@@ -194,6 +194,9 @@ impl Shared {
     }
 
     fn resume_boot(self: &Arc<Self>, instance: crate::model::Instance) {
+        if !self.claim_driving(&instance.id) {
+            return;
+        }
         let shared = self.clone();
         self.spawn(async move {
             let _ = shared.drive_boot(instance).await;

@@ -363,6 +363,10 @@ impl Shared {
     }
 
     /// Writes a new `Booting` instance; the record exists before the server.
+    /// The caller holds the instance's driving claim from before the record
+    /// is visible (so a reconcile pass cannot take a record whose boot task
+    /// has not started yet for one left by a crash) and hands it to
+    /// [`Self::drive_boot`], which lets go of it.
     pub(crate) async fn record_new_instance(
         &self,
         pool: &PoolRecord,
@@ -380,15 +384,37 @@ impl Shared {
             request_id: reserved_for,
             mysql_addr: None,
         };
-        self.store.cas_instance(None, Some(&instance)).await?;
-        self.store.flush().await?;
+        self.claim_driving(&instance.id);
+        let written = async {
+            self.store.cas_instance(None, Some(&instance)).await?;
+            self.store.flush().await
+        }
+        .await;
+        if let Err(e) = written {
+            self.release_driving(&instance.id);
+            return Err(e.into());
+        }
         self.changed();
         Ok(instance)
     }
 
+    /// Marks the instance as driven by a task of this process; false when
+    /// one already drives it.
+    pub(crate) fn claim_driving(&self, id: &str) -> bool {
+        self.driving
+            .lock()
+            .expect("driving lock")
+            .insert(id.to_string())
+    }
+
+    pub(crate) fn release_driving(&self, id: &str) {
+        self.driving.lock().expect("driving lock").remove(id);
+    }
+
     /// Drives one instance to `Ready`; on failure discards it and returns why.
-    /// The boot counts toward its AZ's load but is not held by the gate
-    /// (purchases and resumed boots).
+    /// The caller holds the instance's driving claim ([`Self::claim_driving`]);
+    /// it is let go of when the boot ends. The boot counts toward its AZ's
+    /// load but is not held by the gate (purchases and resumed boots).
     pub(crate) async fn drive_boot(
         self: &Arc<Self>,
         instance: Instance,
@@ -402,14 +428,6 @@ impl Shared {
         instance: Instance,
         ticket: BootTicket,
     ) -> Result<Instance, BootError> {
-        if !self
-            .driving
-            .lock()
-            .expect("driving lock")
-            .insert(instance.id.clone())
-        {
-            return Err(BootError::Superseded);
-        }
         let started = Instant::now();
         let mut watch = LeadWatch::start(self, &instance);
         let mut ticket = Some(ticket);

@@ -1,6 +1,6 @@
-//! A reconcile pass that runs while an Allocate has just written its record
-//! (before the flush returns) must leave that allocation alone: it is in
-//! flight in this process, not interrupted.
+//! A reconcile pass that runs while an Allocate or a refill has just written
+//! its record (before the flush returns) must leave that record alone: it is
+//! in flight in this process, not left behind by a crash.
 
 mod common;
 
@@ -15,17 +15,44 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Forwards to a real store; the first flush after a new allocation record
-/// is written waits until the test lets it go.
-struct HoldFlushAfterNewAllocation {
+/// Forwards to a real store; the first flush after the first new record of
+/// the kind `on` is written waits until the test lets it go.
+struct HoldFlushAfterNewRecord {
     inner: Arc<dyn Store>,
+    on: Record,
+    fired: AtomicBool,
     armed: AtomicBool,
     holding: Notify,
     release: Notify,
 }
 
+#[derive(PartialEq)]
+enum Record {
+    Allocation,
+    Instance,
+}
+
+impl HoldFlushAfterNewRecord {
+    fn new(on: Record) -> Arc<Self> {
+        Arc::new(Self {
+            inner: temp_store(),
+            on,
+            fired: AtomicBool::new(false),
+            armed: AtomicBool::new(false),
+            holding: Notify::new(),
+            release: Notify::new(),
+        })
+    }
+
+    fn created(&self, kind: Record) {
+        if kind == self.on && !self.fired.swap(true, Ordering::SeqCst) {
+            self.armed.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
 #[async_trait]
-impl Store for HoldFlushAfterNewAllocation {
+impl Store for HoldFlushAfterNewRecord {
     async fn get_pool(&self, key: &PoolKey) -> StoreResult<Option<PoolRecord>> {
         self.inner.get_pool(key).await
     }
@@ -49,7 +76,11 @@ impl Store for HoldFlushAfterNewAllocation {
         expected: Option<&Instance>,
         new: Option<&Instance>,
     ) -> StoreResult<bool> {
-        self.inner.cas_instance(expected, new).await
+        let created = self.inner.cas_instance(expected, new).await?;
+        if created && expected.is_none() {
+            self.created(Record::Instance);
+        }
+        Ok(created)
     }
     async fn get_allocation(&self, request_id: &str) -> StoreResult<Option<Allocation>> {
         self.inner.get_allocation(request_id).await
@@ -64,7 +95,7 @@ impl Store for HoldFlushAfterNewAllocation {
     ) -> StoreResult<bool> {
         let created = self.inner.cas_allocation(expected, new).await?;
         if created && expected.is_none() {
-            self.armed.store(true, Ordering::SeqCst);
+            self.created(Record::Allocation);
         }
         Ok(created)
     }
@@ -80,12 +111,7 @@ impl Store for HoldFlushAfterNewAllocation {
 #[tokio::test(start_paused = true)]
 async fn reconcile_leaves_an_allocation_alone_between_its_record_and_its_flush() {
     let sim = sim();
-    let store = Arc::new(HoldFlushAfterNewAllocation {
-        inner: temp_store(),
-        armed: AtomicBool::new(false),
-        holding: Notify::new(),
-        release: Notify::new(),
-    });
+    let store = HoldFlushAfterNewRecord::new(Record::Allocation);
     let manager = manager_on(&sim, store.clone());
     manager.start().await.unwrap();
     manager.create_pool(pool(), spec(1)).await.unwrap();
@@ -117,5 +143,35 @@ async fn reconcile_leaves_an_allocation_alone_between_its_record_and_its_flush()
         .unwrap();
     assert_eq!(done.state, AllocationState::Allocated);
     assert!(done.warm_hit);
+    assert_consistent(&sim, &manager).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconcile_leaves_a_new_instance_alone_before_its_boot_task_starts() {
+    let sim = sim();
+    let store = HoldFlushAfterNewRecord::new(Record::Instance);
+    let manager = manager_on(&sim, store.clone());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    // The refill's instance record is written, its flush held: no boot task
+    // drives it yet and no server exists, as after a crash before the create.
+    store.holding.notified().await;
+    let recorded = manager.list_instances(None).await.unwrap();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+
+    manager.reconcile().await.unwrap();
+    assert_eq!(
+        manager.list_instances(None).await.unwrap(),
+        recorded,
+        "the reconciler forgot an instance whose boot was about to start"
+    );
+
+    store.release.notify_one();
+    wait_ready(&manager, 1).await;
+    assert_eq!(
+        sim.call_counts().get("create_server").copied(),
+        Some(1),
+        "one boot, not one thrown away and another"
+    );
     assert_consistent(&sim, &manager).await;
 }
