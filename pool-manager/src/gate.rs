@@ -69,7 +69,6 @@ pub const DEFAULT_QUOTA_BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_HEADROOM_INTERVAL: Duration = Duration::from_secs(30);
 /// Recent build times kept per AZ to re-measure a stale baseline.
 const RECENT: usize = 8;
-/// Consecutive slow builds that end slow start before the smoothed ratio does.
 /// Conservative slow start (RFC 9406): rounds before congestion avoidance,
 /// and how much slower than slow start the window grows meanwhile.
 const CSS_ROUNDS: u32 = 5;
@@ -253,8 +252,8 @@ struct AzState {
     first: Vec<Duration>,
     low_load_seen: bool,
     recent: VecDeque<Duration>,
-    /// When recent builds ended, newest last: how many the cloud delivered
-    /// in the last baseline build time.
+    /// When the builds of the last baseline build time ended, oldest first:
+    /// how many the cloud delivered per round trip.
     delivered: VecDeque<Instant>,
     /// The last few build time / baseline samples, unsmoothed.
     samples: VecDeque<f64>,
@@ -552,7 +551,7 @@ impl Gate {
             state.gated = state.gated.saturating_sub(1);
         }
         settle(state, now);
-        let BootSignal::Built { build: lead } = signal else {
+        let BootSignal::Built { build } = signal else {
             return;
         };
         // A boot got through: quota is not refusing (any more).
@@ -561,7 +560,7 @@ impl Gate {
             return;
         }
         let state = self.az(&ticket.az);
-        observe_lead(state, &settings, ticket, peak, lead, now);
+        observe_build(state, &settings, ticket, peak, build, now);
     }
 
     /// The cloud answered 429/413 to a call made for a boot in `az`.
@@ -620,15 +619,15 @@ impl Gate {
     }
 }
 
-fn observe_lead(
+fn observe_build(
     state: &mut AzState,
     settings: &GateSettings,
     ticket: &TicketInfo,
     peak: u32,
-    lead: Duration,
+    build: Duration,
     now: Instant,
 ) {
-    state.recent.push_back(lead);
+    state.recent.push_back(build);
     while state.recent.len() > RECENT {
         state.recent.pop_front();
     }
@@ -636,7 +635,7 @@ fn observe_lead(
     let low_load = peak <= settings.baseline_max_in_flight.max(1);
     let rebase = |state: &mut AzState, new: Duration| {
         // The smoothed ratio is relative to the baseline: keep it meaning
-        // the same lead times.
+        // the same build times.
         if let (Some(old), Some(r)) = (state.baseline, state.ratio) {
             state.ratio = Some(r * old.as_secs_f64() / new.as_secs_f64().max(1e-3));
         }
@@ -644,16 +643,16 @@ fn observe_lead(
         state.baseline_at = Some(now);
     };
     if state.first.len() < RECENT {
-        state.first.push(lead);
+        state.first.push(build);
     }
     match state.baseline {
         Some(baseline) if low_load && state.low_load_seen => {
             // Smooth over jitter, but follow a changed cloud within a few boots.
-            rebase(state, baseline.mul_f64(0.5) + lead.mul_f64(0.5));
+            rebase(state, baseline.mul_f64(0.5) + build.mul_f64(0.5));
         }
         _ if low_load => {
             state.low_load_seen = true;
-            rebase(state, lead);
+            rebase(state, build);
         }
         _ if !state.low_load_seen => {
             // No uncontended boot seen yet: the median of the first boots
@@ -667,7 +666,7 @@ fn observe_lead(
             let stale = state
                 .baseline_at
                 .is_none_or(|at| now.saturating_duration_since(at) >= settings.baseline_ttl);
-            let fastest = state.recent.iter().min().copied().unwrap_or(lead);
+            let fastest = state.recent.iter().min().copied().unwrap_or(build);
             if stale
                 && state.recent.len() >= RECENT
                 && fastest.as_secs_f64() > baseline.as_secs_f64() * settings.shrink_above
@@ -685,7 +684,7 @@ fn observe_lead(
     {
         state.delivered.pop_front();
     }
-    let sample = lead.as_secs_f64() / baseline;
+    let sample = build.as_secs_f64() / baseline;
     let ratio = match state.ratio {
         Some(r) => r + RATIO_SMOOTHING * (sample - r),
         None => sample,
@@ -707,7 +706,7 @@ fn observe_lead(
             // Never below what the cloud just delivered per round trip: a
             // smaller window would carry fewer builds than the hosts finish,
             // and only a window above it queues (Little's law).
-            let floor = delivered_in(state, baseline_dur, now) as f64;
+            let floor = state.delivered.len() as f64;
             decrease(state, min_window.max(floor), now);
         }
     } else if ratio > settings.shrink_above {
@@ -768,15 +767,6 @@ fn conservative_rounds(state: &mut AzState, sample: f64) {
         css.builds_left = window.ceil() as u32;
         css.round_min = f64::INFINITY;
     }
-}
-
-/// Builds that ended within the last `span`.
-fn delivered_in(state: &AzState, span: Duration, now: Instant) -> usize {
-    state
-        .delivered
-        .iter()
-        .filter(|at| now.saturating_duration_since(**at) <= span)
-        .count()
 }
 
 /// Halves the window (not below `floor`, never up) and waits for the boots

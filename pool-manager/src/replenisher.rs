@@ -448,10 +448,7 @@ impl Shared {
         if let Some(outcome) = boot_outcome(&result) {
             self.emit(Some(&instance.pool), EventKind::Boot { outcome, lead_time });
         }
-        self.driving
-            .lock()
-            .expect("driving lock")
-            .remove(&instance.id);
+        self.release_driving(&instance.id);
         match result {
             Ok(ready) => Ok(ready),
             Err(BootError::Superseded) => Err(BootError::Superseded),
