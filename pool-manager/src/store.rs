@@ -14,7 +14,14 @@
 use crate::model::{Allocation, Instance, PoolKey, PoolRecord};
 use async_trait::async_trait;
 use serde::{de::DeserializeOwned, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long [`SledStore::open`] waits for a data dir's lock. sled releases
+/// its file lock only when its flusher thread exits, a moment after the last
+/// handle is dropped (spacejam/sled#1234), so a quick restart in the same
+/// process, or right after the previous process, can find it still held.
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -28,6 +35,11 @@ pub enum StoreError {
     },
     #[error("CAS must name a record: both expected and new are None")]
     NothingToSwap,
+    #[error(
+        "the store in {} is locked by another process (is another warmpoold using this data dir?); waited {waited:.1?}",
+        dir.display()
+    )]
+    Locked { dir: PathBuf, waited: Duration },
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -63,6 +75,15 @@ pub trait Store: Send + Sync + 'static {
     async fn flush(&self) -> StoreResult<()>;
 }
 
+const LOCK_POLL: Duration = Duration::from_millis(20);
+
+/// sled 0.34 reports a held lock as an `Other` I/O error whose text carries
+/// the `WouldBlock` (config.rs, `open_file`); the text is all there is to
+/// tell it from a real I/O failure.
+fn is_lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock on"))
+}
+
 /// sled-backed store: one tree per record kind, JSON values.
 #[derive(Clone)]
 pub struct SledStore {
@@ -73,9 +94,32 @@ pub struct SledStore {
 }
 
 impl SledStore {
+    /// Opens (or creates) the store in `dir`, waiting up to
+    /// [`DEFAULT_LOCK_WAIT`] for another handle to let go of it.
     pub fn open(dir: &Path) -> StoreResult<Self> {
-        let db = sled::Config::new().path(dir).open()?;
-        Self::from_db(db)
+        Self::open_waiting(dir, DEFAULT_LOCK_WAIT)
+    }
+
+    /// As [`SledStore::open`], waiting up to `lock_wait` for the lock.
+    /// Blocks the calling thread while it waits.
+    pub fn open_waiting(dir: &Path, lock_wait: Duration) -> StoreResult<Self> {
+        let started = std::time::Instant::now();
+        loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => return Self::from_db(db),
+                Err(e) if is_lock_held(&e) => {
+                    let waited = started.elapsed();
+                    if waited >= lock_wait {
+                        return Err(StoreError::Locked {
+                            dir: dir.to_owned(),
+                            waited,
+                        });
+                    }
+                    std::thread::sleep(LOCK_POLL.min(lock_wait - waited));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// A store in a temporary directory that vanishes on drop; for tests.

@@ -48,8 +48,13 @@ pub async fn start(
 
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    // On a blocking thread: opening waits for a lock a previous process (or
+    // a previous start in this one) may still hold.
+    let data_dir = config.data_dir.clone();
     let store: Arc<dyn Store> = Arc::new(
-        SledStore::open(&config.data_dir)
+        tokio::task::spawn_blocking(move || SledStore::open(&data_dir))
+            .await
+            .context("the store's opening thread panicked")?
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
     );
     let (cloud, probe, sim): (Arc<dyn pool_manager::cloud::Cloud>, Arc<dyn Probe>, _) =

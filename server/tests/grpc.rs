@@ -1567,6 +1567,7 @@ async fn config_pools_do_not_override_the_store() {
     assert!(second.is_err(), "two daemons opened one store");
     let err = format!("{:#}", second.err().unwrap());
     assert!(err.contains(&dir.path().display().to_string()), "{err}");
+    assert!(err.contains("locked by another process"), "{err}");
     d.shut_down().await;
 
     let d = Daemon::start(config(dir.path(), vec![pool("db.small", "az2", 1, 3)])).await;
