@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 use pool_manager::model::{Allocation, Instance, PoolKey, PoolRecord};
+use pool_manager::sizing::LearnedSizing;
 use pool_manager::store::{Store, StoreError, StoreResult};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -13,6 +14,7 @@ pub struct MemStore {
     pools: Mutex<BTreeMap<PoolKey, PoolRecord>>,
     instances: Mutex<BTreeMap<String, Instance>>,
     allocations: Mutex<BTreeMap<String, Allocation>>,
+    learned_sizing: Mutex<BTreeMap<PoolKey, LearnedSizing>>,
 }
 
 fn cas<T: Clone + PartialEq>(
@@ -55,7 +57,23 @@ impl Store for MemStore {
         Ok(())
     }
     async fn delete_pool(&self, key: &PoolKey) -> StoreResult<()> {
+        self.learned_sizing.lock().expect("store lock").remove(key);
         self.pools.lock().expect("store lock").remove(key);
+        Ok(())
+    }
+    async fn get_learned_sizing(&self, key: &PoolKey) -> StoreResult<Option<LearnedSizing>> {
+        Ok(self
+            .learned_sizing
+            .lock()
+            .expect("store lock")
+            .get(key)
+            .cloned())
+    }
+    async fn put_learned_sizing(&self, key: &PoolKey, learned: &LearnedSizing) -> StoreResult<()> {
+        self.learned_sizing
+            .lock()
+            .expect("store lock")
+            .insert(key.clone(), learned.clone());
         Ok(())
     }
     async fn get_instance(&self, id: &str) -> StoreResult<Option<Instance>> {

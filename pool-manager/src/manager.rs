@@ -416,13 +416,17 @@ impl PoolManager {
     }
 
     /// Stops background tasks (boots in flight are resumed by the next
-    /// start's reconcile) and flushes the store.
+    /// start's reconcile), saves what the estimators learned and flushes the
+    /// store.
     pub async fn shutdown(&self) -> ManagerResult<()> {
         self.shared.shutdown.send_replace(true);
         let mut tasks = std::mem::take(&mut *self.shared.tasks.lock().expect("task set lock"));
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         self.shared.driving.lock().expect("driving lock").clear();
+        for pool in self.shared.store.list_pools().await? {
+            self.shared.save_learned_sizing(&pool.key).await;
+        }
         self.shared.store.flush().await?;
         Ok(())
     }

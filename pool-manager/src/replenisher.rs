@@ -6,7 +6,9 @@
 //! deleted. The same task records the pool's allocations (from the events
 //! broadcast) into its demand estimator. A boot task drives one instance from
 //! `Booting` to `Ready`, or to `Deleting` and gone, and reports its lead time
-//! and any 429/quota answers to the estimators and the gate.
+//! and any 429/quota answers to the estimators and the gate. The replenisher
+//! also resumes its pool's estimators from the store when it starts and
+//! saves them every [`LEARNED_SIZING_SAVE_EVERY`].
 
 use crate::cloud::{CloudError, CloudResult, ServerSpec, ServerStatus, META_INSTANCE, META_POOL};
 use crate::error::{ManagerError, ManagerResult};
@@ -24,6 +26,10 @@ use tokio::time::Instant;
 
 /// The longest a replenisher waits after a change before it looks again.
 const STEP_DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// How often a pool's estimators are written to the store (and at shutdown):
+/// a crash forgets at most this much of what they learned.
+pub const LEARNED_SIZING_SAVE_EVERY: Duration = Duration::from_secs(60);
 
 /// Why a boot did not produce a Ready instance.
 #[derive(Debug, thiserror::Error)]
@@ -75,11 +81,17 @@ impl Shared {
     async fn replenish_loop(self: &Arc<Self>, key: &PoolKey) -> ManagerResult<()> {
         let mut generation = self.generation.subscribe();
         let mut events = self.events.subscribe();
+        self.restore_learned_sizing(key).await;
+        let mut next_save = Instant::now() + LEARNED_SIZING_SAVE_EVERY;
         loop {
             let Some(pool) = self.store.get_pool(key).await? else {
                 self.sizing_book().forget(key);
                 return Ok(());
             };
+            if Instant::now() >= next_save {
+                self.save_learned_sizing(key).await;
+                next_save = Instant::now() + LEARNED_SIZING_SAVE_EVERY;
+            }
             let mut wake = Instant::now() + self.settings.replenish_interval;
             if pool.draining {
                 if self.drain_step(&pool).await? {
@@ -113,6 +125,35 @@ impl Shared {
                         Err(RecvError::Closed) => return Ok(()),
                     },
                 }
+            }
+        }
+    }
+
+    /// Puts back what a previous manager learned about the pool. A store
+    /// that cannot say costs the pool its history, not its replenisher.
+    async fn restore_learned_sizing(&self, key: &PoolKey) {
+        match self.store.get_learned_sizing(key).await {
+            Ok(Some(learned)) => {
+                self.sizing_book()
+                    .restore(key, &learned, Instant::now(), &self.settings.sizing);
+                tracing::info!(pool = %key, boots = learned.leads.len(), "resumed sizing from the store");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(pool = %key, error = %e, "cannot read the pool's learned sizing; sizing it from scratch")
+            }
+        }
+    }
+
+    /// Writes what the pool's estimators learned (made durable by the next
+    /// flush). Failing costs a restart some history, so it is only logged.
+    pub(crate) async fn save_learned_sizing(&self, key: &PoolKey) {
+        let learned = self
+            .sizing_book()
+            .learned(key, Instant::now(), &self.settings.sizing);
+        if let Some(learned) = learned {
+            if let Err(e) = self.store.put_learned_sizing(key, &learned).await {
+                tracing::warn!(pool = %key, error = %e, "cannot save the pool's learned sizing");
             }
         }
     }

@@ -33,6 +33,9 @@
 //!   names them (calibration.md: boots are disk-bound and stretch 3-5x under
 //!   IOPS throttling), else it is the configured `prior_lead_time`.
 //!
+//! - [`LearnedSizing`]: what the estimators learned, as stored, so a restart
+//!   resumes from it instead of from nothing.
+//!
 //! Operator time windows ("Mon-Fri 09:00-18:00 min 10", [`crate::schedule`])
 //! raise `min_ready` while they are open; the caller passes the raised floor.
 //!
@@ -42,6 +45,7 @@
 use crate::gate::{Admission, GateStatus, HeadroomStatus, Hold};
 use crate::model::{PoolKey, Target};
 use crate::schedule::WallClock;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
@@ -133,6 +137,40 @@ pub struct LeadTimes {
 }
 
 impl LeadTimes {
+    /// Completed boots as stored: how long before `now` each finished.
+    fn learned(&self, now: Instant) -> Vec<LearnedLead> {
+        self.samples
+            .iter()
+            .map(|(at, lead)| LearnedLead {
+                finished_before: now.saturating_duration_since(*at),
+                lead: *lead,
+            })
+            .collect()
+    }
+
+    /// Boots stored `elapsed` ago, dated back from `now`; those that have
+    /// aged out of the window (or predate this process's clock) are dropped.
+    fn restore(
+        &mut self,
+        learned: &[LearnedLead],
+        elapsed: Duration,
+        now: Instant,
+        settings: &SizingSettings,
+    ) {
+        let mut dated: Vec<(Instant, Duration)> = learned
+            .iter()
+            .filter_map(|l| {
+                let age = l.finished_before.saturating_add(elapsed);
+                let at = now.checked_sub(age)?;
+                (age <= settings.lead_max_age).then_some((at, l.lead))
+            })
+            .collect();
+        dated.sort_by_key(|(at, _)| *at);
+        for (at, lead) in dated {
+            self.record(at, lead, settings);
+        }
+    }
+
     pub fn record(&mut self, now: Instant, lead: Duration, settings: &SizingSettings) {
         self.samples.push_back((now, lead));
         while self.samples.len() > settings.lead_samples.max(1) {
@@ -315,6 +353,17 @@ impl RateEwma {
         }
     }
 
+    /// The rate `saved` as stored `elapsed` ago, decayed to `now`.
+    fn restored(tau: Duration, saved: f64, elapsed: Duration, now: Instant) -> Self {
+        let mut ewma = Self::new(tau);
+        // Stored bytes are outside input: garbage reads as no demand.
+        if saved.is_finite() && saved > 0.0 {
+            ewma.rate = saved * (-elapsed.as_secs_f64() / ewma.tau).exp();
+            ewma.at = Some(now);
+        }
+        ewma
+    }
+
     /// Adds an event that happened at `at` (at or before `now`).
     fn add(&mut self, at: Instant, now: Instant) {
         let now = self.at.map_or(now, |last| now.max(last));
@@ -390,6 +439,30 @@ impl Demand {
             self.held_at = Some(now);
         }
         estimate
+    }
+
+    /// Puts back demand stored `elapsed` ago. Rates decay over the time in
+    /// between (purchases then found no warmpool, so they tell nothing), and
+    /// the held forecast counts that time toward its cooldown.
+    fn restore(
+        &mut self,
+        learned: &LearnedSizing,
+        elapsed: Duration,
+        now: Instant,
+        settings: &SizingSettings,
+    ) {
+        self.short = RateEwma::restored(settings.demand_short, learned.demand_short, elapsed, now);
+        self.long = RateEwma::restored(settings.demand_long, learned.demand_long, elapsed, now);
+        let held = learned.demand_held;
+        self.held = if held.is_finite() && held > 0.0 {
+            held
+        } else {
+            0.0
+        };
+        self.held_at = learned
+            .held_for
+            .and_then(|held_for| now.checked_sub(held_for.saturating_add(elapsed)));
+        self.total = learned.allocations;
     }
 
     /// The rates at `now` without updating anything (for status readers,
@@ -624,6 +697,36 @@ pub fn decide(inputs: &Inputs) -> BootPlan {
     plan(boots_now, reason)
 }
 
+// ---- what survives a restart ------------------------------------------------
+
+/// A pool's estimators as stored. Without them a restarted manager sizes
+/// every auto pool from nothing: no demand (the target falls to `min_ready`)
+/// and the prior lead time, until purchases and boots are seen again, which
+/// under throttling is exactly when a shallow pool hurts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LearnedSizing {
+    /// Wall-clock time of the snapshot; what is restored ages by the time since.
+    pub saved_at: SystemTime,
+    /// The demand EWMAs at `saved_at`, purchases per second.
+    pub demand_short: f64,
+    pub demand_long: f64,
+    /// The held forecast, and how long it had been held at `saved_at`
+    /// (`None`: not held).
+    pub demand_held: f64,
+    pub held_for: Option<Duration>,
+    pub allocations: u64,
+    /// Completed boots, oldest first.
+    pub leads: Vec<LearnedLead>,
+}
+
+/// One completed boot as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnedLead {
+    /// How long before the snapshot the boot reached Ready.
+    pub finished_before: Duration,
+    pub lead: Duration,
+}
+
 // ---- per-manager book -------------------------------------------------------
 
 /// Estimators of one pool.
@@ -765,6 +868,48 @@ impl SizingBook {
 
     pub fn forget(&mut self, key: &PoolKey) {
         self.pools.remove(key);
+    }
+
+    /// What the book learned about `key`, to store; `None` for a pool it
+    /// has not seen.
+    pub fn learned(
+        &mut self,
+        key: &PoolKey,
+        now: Instant,
+        settings: &SizingSettings,
+    ) -> Option<LearnedSizing> {
+        let saved_at = self.wall_now(settings);
+        let pool = self.pools.get(key)?;
+        let demand = &pool.demand;
+        Some(LearnedSizing {
+            saved_at,
+            demand_short: demand.short.rate_at(now),
+            demand_long: demand.long.rate_at(now),
+            demand_held: demand.held,
+            held_for: demand.held_at.map(|at| now.saturating_duration_since(at)),
+            allocations: demand.total,
+            leads: pool.lead.learned(now),
+        })
+    }
+
+    /// Resumes `key` from what a previous manager stored. Time between the
+    /// snapshot and now (read on this book's wall clock) ages it; a
+    /// snapshot from the future (a clock set back) counts as just taken.
+    pub fn restore(
+        &mut self,
+        key: &PoolKey,
+        learned: &LearnedSizing,
+        now: Instant,
+        settings: &SizingSettings,
+    ) {
+        let elapsed = self
+            .wall_now(settings)
+            .duration_since(learned.saved_at)
+            .unwrap_or_default();
+        let pool = self.pool(key, settings);
+        pool.demand.restore(learned, elapsed, now, settings);
+        pool.lead = LeadTimes::default();
+        pool.lead.restore(&learned.leads, elapsed, now, settings);
     }
 }
 

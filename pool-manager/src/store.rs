@@ -5,13 +5,17 @@
 //! - instances: every VM warmpool owns and its state, so a restart neither
 //!   leaks nor double-hands one;
 //! - allocations, keyed by `request_id`: the intent of an Allocate before any
-//!   cloud call, and its outcome, so retries get the same answer.
+//!   cloud call, and its outcome, so retries get the same answer;
+//! - learned sizing per pool (demand and lead-time estimators), so a restart
+//!   does not size auto pools from nothing. Saved now and then, not before
+//!   every side effect: losing the last minute of it loses no VM.
 //!
 //! Instances and allocations change only by compare-and-swap on the whole
 //! stored value: the claim of a Ready instance is one CAS, so two allocations
 //! can never get one VM, and a writer working on a stale copy loses.
 
 use crate::model::{Allocation, Instance, PoolKey, PoolRecord};
+use crate::sizing::LearnedSizing;
 use async_trait::async_trait;
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::{Path, PathBuf};
@@ -50,7 +54,11 @@ pub trait Store: Send + Sync + 'static {
     async fn get_pool(&self, key: &PoolKey) -> StoreResult<Option<PoolRecord>>;
     async fn list_pools(&self) -> StoreResult<Vec<PoolRecord>>;
     async fn put_pool(&self, pool: &PoolRecord) -> StoreResult<()>;
+    /// Deletes the pool and what was learned about it.
     async fn delete_pool(&self, key: &PoolKey) -> StoreResult<()>;
+
+    async fn get_learned_sizing(&self, key: &PoolKey) -> StoreResult<Option<LearnedSizing>>;
+    async fn put_learned_sizing(&self, key: &PoolKey, learned: &LearnedSizing) -> StoreResult<()>;
 
     async fn get_instance(&self, id: &str) -> StoreResult<Option<Instance>>;
     async fn list_instances(&self) -> StoreResult<Vec<Instance>>;
@@ -91,6 +99,7 @@ pub struct SledStore {
     pools: sled::Tree,
     instances: sled::Tree,
     allocations: sled::Tree,
+    learned_sizing: sled::Tree,
 }
 
 impl SledStore {
@@ -132,6 +141,7 @@ impl SledStore {
             pools: db.open_tree("pools")?,
             instances: db.open_tree("instances")?,
             allocations: db.open_tree("allocations")?,
+            learned_sizing: db.open_tree("learned_sizing")?,
             db,
         })
     }
@@ -192,7 +202,17 @@ impl Store for SledStore {
     }
 
     async fn delete_pool(&self, key: &PoolKey) -> StoreResult<()> {
+        self.learned_sizing.remove(pool_key(key))?;
         self.pools.remove(pool_key(key))?;
+        Ok(())
+    }
+
+    async fn get_learned_sizing(&self, key: &PoolKey) -> StoreResult<Option<LearnedSizing>> {
+        get(&self.learned_sizing, &pool_key(key))
+    }
+
+    async fn put_learned_sizing(&self, key: &PoolKey, learned: &LearnedSizing) -> StoreResult<()> {
+        self.learned_sizing.insert(pool_key(key), encode(learned))?;
         Ok(())
     }
 

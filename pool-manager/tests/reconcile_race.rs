@@ -9,6 +9,7 @@ use common::*;
 use pool_manager::model::{
     Allocation, AllocationState, EmptyPoolPolicy, Instance, PoolKey, PoolRecord,
 };
+use pool_manager::sizing::LearnedSizing;
 use pool_manager::store::{Store, StoreResult};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -64,6 +65,12 @@ impl Store for HoldFlushAfterNewRecord {
     }
     async fn delete_pool(&self, key: &PoolKey) -> StoreResult<()> {
         self.inner.delete_pool(key).await
+    }
+    async fn get_learned_sizing(&self, key: &PoolKey) -> StoreResult<Option<LearnedSizing>> {
+        self.inner.get_learned_sizing(key).await
+    }
+    async fn put_learned_sizing(&self, key: &PoolKey, learned: &LearnedSizing) -> StoreResult<()> {
+        self.inner.put_learned_sizing(key, learned).await
     }
     async fn get_instance(&self, id: &str) -> StoreResult<Option<Instance>> {
         self.inner.get_instance(id).await

@@ -10,7 +10,7 @@ use pool_manager::gate::{Admission, BootSignal, Gate, GateSettings, Hold, Ticket
 use pool_manager::model::{EmptyPoolPolicy, InstanceState, Target};
 use pool_manager::sizing::{
     auto_target, decide, z_for, Demand, DemandEstimate, Inputs, LeadEstimate, LeadSource,
-    LeadTimes, SizingSettings,
+    LeadTimes, LearnedLead, LearnedSizing, SizingBook, SizingSettings,
 };
 use std::fmt::Write;
 use std::time::Duration;
@@ -1071,6 +1071,45 @@ async fn auto_target_follows_demand_and_lead_time() {
     assert!(busy.effective_target >= 4, "{s:?}");
     assert!(s.demand_in_lead > 1.0, "{s:?}");
     assert_eq!(busy.effective_target, s.target);
+}
+
+/// Stored estimators are outside input: nonsense (negative or infinite
+/// rates, a snapshot from the future, leads older than the window) is read
+/// as no demand and no lead time, never a panic or a NaN.
+#[test]
+fn restored_estimators_ignore_nonsense() {
+    let now_wall = pool_manager::schedule::unix(1_800_000_000);
+    let settings = SizingSettings {
+        wall_clock_start: Some(now_wall),
+        ..SizingSettings::default()
+    };
+    let now = Instant::now() + secs(7200);
+    let key = pool();
+    let mut book = SizingBook::default();
+    let learned = LearnedSizing {
+        saved_at: now_wall + secs(3600),
+        demand_short: f64::INFINITY,
+        demand_long: -3.0,
+        demand_held: f64::NAN,
+        held_for: Some(Duration::MAX),
+        allocations: 7,
+        leads: vec![
+            LearnedLead {
+                finished_before: Duration::MAX,
+                lead: secs(60),
+            },
+            LearnedLead {
+                finished_before: secs(4000),
+                lead: secs(61),
+            },
+        ],
+    };
+    book.restore(&key, &learned, now, &settings);
+    let (demand, lead, _) = book.peek(&key, now, secs(90), &settings);
+    assert_eq!(demand, DemandEstimate::ZERO);
+    assert_eq!(lead.source, LeadSource::Prior, "{lead:?}");
+    let (demand, _) = book.estimates(&key, now + secs(1), secs(90), &settings);
+    assert_eq!(demand, DemandEstimate::ZERO);
 }
 
 // ---- operator windows -------------------------------------------------------

@@ -1,0 +1,162 @@
+//! What the sizing estimators learned survives a restart: an auto pool keeps
+//! its demand forecast and lead times instead of falling back to `min_ready`
+//! and the prior, and what is restored ages by the time the manager was down.
+
+mod common;
+
+use common::*;
+use pool_manager::model::{EmptyPoolPolicy, Target};
+use pool_manager::schedule::unix;
+use pool_manager::sizing::{LeadSource, SizingStatus};
+use pool_manager::store::Store;
+use pool_manager::PoolManager;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
+
+const START: u64 = 1_800_000_000;
+
+/// A manager whose wall clock reads `wall` now.
+fn manager_at(
+    sim: &Arc<cloudsim::SimCloud>,
+    store: Arc<dyn Store>,
+    wall: SystemTime,
+) -> PoolManager {
+    let mut settings = settings();
+    settings.sizing.wall_clock_start = Some(wall);
+    PoolManager::new(store, sim.clone(), Arc::new(sim.probe()), settings)
+}
+
+async fn sizing(manager: &PoolManager) -> (u32, SizingStatus) {
+    let status = manager.get_pool(&pool()).await.unwrap();
+    (status.effective_target, status.sizing)
+}
+
+/// An auto pool that has seen a purchase every 30 s for `purchases` x 30 s.
+/// Returns the manager, and its wall clock's reading at `Instant` zero.
+async fn busy_auto_pool(
+    sim: &Arc<cloudsim::SimCloud>,
+    store: Arc<dyn Store>,
+    purchases: usize,
+) -> (PoolManager, Instant) {
+    let anchored = Instant::now();
+    let manager = manager_at(sim, store, unix(START));
+    manager.start().await.unwrap();
+    let mut auto = spec(1);
+    auto.target = Target::Auto;
+    auto.max_ready = 50;
+    manager.create_pool(pool(), auto).await.unwrap();
+    wait_ready(&manager, 1).await;
+    for i in 0..purchases {
+        let id = format!("d{i}");
+        manager
+            .allocate(request(&id, new_volume(), EmptyPoolPolicy::ColdBoot))
+            .await
+            .unwrap();
+        manager.release(&id, Some(true)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    (manager, anchored)
+}
+
+/// Restarts on the same store after `down` of wall-clock time, and lets the
+/// replenisher take its first step.
+async fn restart_after(
+    manager: PoolManager,
+    anchored: Instant,
+    sim: &Arc<cloudsim::SimCloud>,
+    dir: &std::path::Path,
+    down: Duration,
+) -> PoolManager {
+    manager.shutdown().await.unwrap();
+    drop(manager);
+    let wall = unix(START) + anchored.elapsed() + down;
+    let manager = manager_at(sim, open_store(dir), wall);
+    manager.start().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    manager
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_keeps_the_demand_forecast_and_lead_times() {
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let (manager, anchored) = busy_auto_pool(&sim, open_store(dir.path()), 40).await;
+    let (target, before) = sizing(&manager).await;
+    assert!(before.lead.samples > 0, "{before:?}");
+    assert!(
+        target >= 3,
+        "a purchase every 30 s lifts the target: {before:?}"
+    );
+
+    let down = Duration::from_secs(120);
+    let manager = restart_after(manager, anchored, &sim, dir.path(), down).await;
+    let (target_after, after) = sizing(&manager).await;
+
+    assert_eq!(after.lead.source, LeadSource::Observed, "{after:?}");
+    assert_eq!(after.lead.samples, before.lead.samples, "{after:?}");
+    assert_eq!(after.lead.p90, before.lead.p90, "{after:?}");
+    // The long EWMA (1 h) decays by exp(-2 min / 1 h) over the outage, the
+    // short one (5 min) by exp(-2/5).
+    let long = before.demand.long * (-down.as_secs_f64() / 3600.0).exp();
+    assert!(
+        (after.demand.long / long - 1.0).abs() < 0.05,
+        "{before:?} {after:?}"
+    );
+    let short = before.demand.short * (-down.as_secs_f64() / 300.0).exp();
+    assert!(
+        (after.demand.short / short - 1.0).abs() < 0.05,
+        "{before:?} {after:?}"
+    );
+    // Within its cooldown the held forecast still holds.
+    assert_eq!(after.demand.forecast, before.demand.forecast, "{after:?}");
+    assert_eq!(target_after, target, "{after:?}");
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_long_outage_the_pool_starts_over() {
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let (manager, anchored) = busy_auto_pool(&sim, open_store(dir.path()), 40).await;
+    let down = Duration::from_secs(2 * 24 * 3600);
+    let manager = restart_after(manager, anchored, &sim, dir.path(), down).await;
+    let (target, after) = sizing(&manager).await;
+
+    // Lead times are older than the window (1 h), demand has decayed away.
+    assert_eq!(after.lead.source, LeadSource::Prior, "{after:?}");
+    assert!(after.demand.forecast < 1e-9, "{after:?}");
+    assert_eq!(target, 1, "back to min_ready: {after:?}");
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_running_manager_saves_what_it_learned_without_a_shutdown() {
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let (manager, _) = busy_auto_pool(&sim, store.clone(), 10).await;
+    let (_, status) = sizing(&manager).await;
+    // Saved at least once a minute; five minutes have passed.
+    let learned = store
+        .get_learned_sizing(&pool())
+        .await
+        .unwrap()
+        .expect("learned sizing saved while running");
+    assert_eq!(learned.allocations, 10);
+    assert!(!learned.leads.is_empty());
+    assert!(learned.leads.len() <= status.lead.samples.max(1) + 1);
+    assert!(learned.demand_long > 0.0);
+
+    // Deleting the pool deletes what was learned about it.
+    manager.delete_pool(&pool()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(600), async {
+        while manager.get_pool(&pool()).await.is_ok() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+    .await
+    .expect("the pool drains");
+    assert_eq!(store.get_learned_sizing(&pool()).await.unwrap(), None);
+    manager.shutdown().await.unwrap();
+}
