@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use pool_manager::model::{EmptyPoolPolicy, Target};
+use pool_manager::model::Target;
 use pool_manager::schedule::unix;
 use pool_manager::sizing::{LeadSource, SizingStatus};
 use pool_manager::store::Store;
@@ -47,15 +47,7 @@ async fn busy_auto_pool(
     auto.max_ready = 50;
     manager.create_pool(pool(), auto).await.unwrap();
     wait_ready(&manager, 1).await;
-    for i in 0..purchases {
-        let id = format!("d{i}");
-        manager
-            .allocate(request(&id, new_volume(), EmptyPoolPolicy::ColdBoot))
-            .await
-            .unwrap();
-        manager.release(&id, Some(true)).await.unwrap();
-        tokio::time::sleep(Duration::from_secs(30)).await;
-    }
+    purchases_every(&manager, purchases, Duration::from_secs(30)).await;
     (manager, anchored)
 }
 

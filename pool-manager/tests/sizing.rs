@@ -1045,15 +1045,7 @@ async fn auto_target_follows_demand_and_lead_time() {
 
     // A purchase every 30 s plus its own duration (released at once).
     let started = Instant::now();
-    for i in 0..120 {
-        let id = format!("d{i}");
-        manager
-            .allocate(request(&id, new_volume(), EmptyPoolPolicy::ColdBoot))
-            .await
-            .unwrap();
-        manager.release(&id, Some(true)).await.unwrap();
-        tokio::time::sleep(Duration::from_secs(30)).await;
-    }
+    purchases_every(&manager, 120, Duration::from_secs(30)).await;
     let busy = manager.get_pool(&pool()).await.unwrap();
     let s = &busy.sizing;
     assert!(s.auto);

@@ -113,6 +113,19 @@ pub fn request(id: &str, volume: VolumeSource, policy: EmptyPoolPolicy) -> Alloc
     }
 }
 
+/// `n` purchases (cold-booted on a miss), each released at once, `gap` apart.
+pub async fn purchases_every(manager: &PoolManager, n: usize, gap: Duration) {
+    for i in 0..n {
+        let id = format!("d{i}");
+        manager
+            .allocate(request(&id, new_volume(), EmptyPoolPolicy::ColdBoot))
+            .await
+            .unwrap();
+        manager.release(&id, Some(true)).await.unwrap();
+        tokio::time::sleep(gap).await;
+    }
+}
+
 pub fn new_volume() -> VolumeSource {
     VolumeSource::New {
         size_gib: 20,
