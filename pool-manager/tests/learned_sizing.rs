@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use pool_manager::model::Target;
 use pool_manager::schedule::unix;
 use pool_manager::sizing::{LeadSource, SizingStatus};
 use pool_manager::store::Store;
@@ -42,10 +41,7 @@ async fn busy_auto_pool(
     let anchored = Instant::now();
     let manager = manager_at(sim, store, unix(START));
     manager.start().await.unwrap();
-    let mut auto = spec(1);
-    auto.target = Target::Auto;
-    auto.max_ready = 50;
-    manager.create_pool(pool(), auto).await.unwrap();
+    manager.create_pool(pool(), auto_spec()).await.unwrap();
     wait_ready(&manager, 1).await;
     purchases_every(&manager, purchases, Duration::from_secs(30)).await;
     (manager, anchored)

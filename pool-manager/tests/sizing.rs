@@ -1035,10 +1035,7 @@ async fn auto_target_follows_demand_and_lead_time() {
     let sim = sim();
     let manager = manager_on(&sim, temp_store());
     manager.start().await.unwrap();
-    let mut auto = spec(1);
-    auto.target = Target::Auto;
-    auto.max_ready = 50;
-    manager.create_pool(pool(), auto).await.unwrap();
+    manager.create_pool(pool(), auto_spec()).await.unwrap();
     wait_ready(&manager, 1).await;
     let before = manager.get_pool(&pool()).await.unwrap();
     assert_eq!(before.effective_target, 1, "no demand yet: min_ready");

@@ -44,6 +44,15 @@ pub fn spec(target: u32) -> PoolSpec {
     }
 }
 
+/// `target = auto` between 1 and 50.
+pub fn auto_spec() -> PoolSpec {
+    PoolSpec {
+        target: pool_manager::model::Target::Auto,
+        max_ready: 50,
+        ..spec(1)
+    }
+}
+
 pub fn sim() -> Arc<SimCloud> {
     SimCloud::new(SimConfig {
         quotas: cloudsim::Quotas {
