@@ -878,7 +878,8 @@ impl SizingBook {
         now: Instant,
         settings: &SizingSettings,
     ) -> Option<LearnedSizing> {
-        let saved_at = self.wall_now(settings);
+        // A clock before 1970 cannot be stored (nor be right).
+        let saved_at = self.wall_now(settings).max(std::time::UNIX_EPOCH);
         let pool = self.pools.get(key)?;
         let demand = &pool.demand;
         Some(LearnedSizing {
