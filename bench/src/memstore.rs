@@ -76,6 +76,16 @@ impl Store for MemStore {
             .insert(key.clone(), learned.clone());
         Ok(())
     }
+    async fn list_untouched_instances(&self, pool: &PoolKey) -> StoreResult<Vec<Instance>> {
+        Ok(self
+            .instances
+            .lock()
+            .expect("store lock")
+            .values()
+            .filter(|i| &i.pool == pool && !i.state.is_tenant_touched())
+            .cloned()
+            .collect())
+    }
     async fn get_instance(&self, id: &str) -> StoreResult<Option<Instance>> {
         Ok(self.instances.lock().expect("store lock").get(id).cloned())
     }
@@ -95,6 +105,16 @@ impl Store for MemStore {
     ) -> StoreResult<bool> {
         let key = new.or(expected).map(|i| i.id.as_str());
         cas(&self.instances, key, expected, new)
+    }
+    async fn list_unfinished_allocations(&self) -> StoreResult<Vec<Allocation>> {
+        Ok(self
+            .allocations
+            .lock()
+            .expect("store lock")
+            .values()
+            .filter(|a| a.state.is_unfinished())
+            .cloned()
+            .collect())
     }
     async fn get_allocation(&self, request_id: &str) -> StoreResult<Option<Allocation>> {
         Ok(self
@@ -123,5 +143,93 @@ impl Store for MemStore {
     }
     async fn flush(&self) -> StoreResult<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pool_manager::model::{AllocationState, InstanceState};
+    use std::time::SystemTime;
+
+    const STATES: [InstanceState; 8] = [
+        InstanceState::Booting,
+        InstanceState::Warming,
+        InstanceState::Ready,
+        InstanceState::Claimed,
+        InstanceState::Allocated,
+        InstanceState::Releasing,
+        InstanceState::Failed,
+        InstanceState::Deleting,
+    ];
+
+    fn instance(id: usize, pool: &PoolKey, state: InstanceState) -> Instance {
+        Instance {
+            id: format!("i{id}"),
+            pool: pool.clone(),
+            server_id: None,
+            state,
+            created_at: SystemTime::UNIX_EPOCH,
+            ready_at: None,
+            attempts: 0,
+            last_error: None,
+            request_id: state.is_tenant_touched().then(|| format!("r{id}")),
+            mysql_addr: None,
+        }
+    }
+
+    /// The shortcuts answer what the trait's definitions say, from the same records.
+    #[tokio::test]
+    async fn shortcuts_agree_with_the_full_listings() {
+        let store = MemStore::default();
+        let pools = [
+            PoolKey::new("db.small", "az1"),
+            PoolKey::new("db.large", "az1"),
+        ];
+        let mut n = 0;
+        for pool in &pools {
+            for state in STATES {
+                n += 1;
+                store
+                    .cas_instance(None, Some(&instance(n, pool, state)))
+                    .await
+                    .unwrap();
+            }
+        }
+        let all = store.list_instances().await.unwrap();
+        for pool in &pools {
+            let mut expected: Vec<Instance> = all
+                .iter()
+                .filter(|i| &i.pool == pool && !i.state.is_tenant_touched())
+                .cloned()
+                .collect();
+            let mut got = store.list_untouched_instances(pool).await.unwrap();
+            expected.sort_by(|a, b| a.id.cmp(&b.id));
+            got.sort_by(|a, b| a.id.cmp(&b.id));
+            assert_eq!(got.len(), 5);
+            assert_eq!(got, expected);
+        }
+
+        let states = [
+            AllocationState::Allocating,
+            AllocationState::Allocated,
+            AllocationState::Releasing,
+            AllocationState::Released,
+        ];
+        for (i, state) in states.into_iter().enumerate() {
+            let mut allocation =
+                Allocation::new(crate::replay::request(format!("r{i}"), pools[0].clone()).params);
+            allocation.state = state;
+            store.cas_allocation(None, Some(&allocation)).await.unwrap();
+        }
+        let mut unfinished: Vec<String> = store
+            .list_unfinished_allocations()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.params.request_id)
+            .collect();
+        unfinished.sort();
+        assert_eq!(unfinished, ["r0", "r2"]);
     }
 }

@@ -218,7 +218,7 @@ struct Purchase {
     outcome: Result<(bool, Duration), String>,
 }
 
-fn request(id: String, pool: PoolKey) -> AllocateRequest {
+pub(crate) fn request(id: String, pool: PoolKey) -> AllocateRequest {
     AllocateRequest {
         params: AllocationParams {
             request_id: id.clone(),

@@ -554,12 +554,10 @@ impl Shared {
     async fn claim_ready(&self, params: &AllocationParams) -> ManagerResult<Option<Instance>> {
         let mut ready: Vec<Instance> = self
             .store
-            .list_instances()
+            .list_untouched_instances(&params.pool)
             .await?
             .into_iter()
-            .filter(|i| {
-                i.pool == params.pool && i.state == InstanceState::Ready && i.request_id.is_none()
-            })
+            .filter(|i| i.state == InstanceState::Ready && i.request_id.is_none())
             .collect();
         // Oldest first, so instances do not age out unused.
         ready.sort_by_key(|i| i.ready_at);

@@ -357,6 +357,13 @@ pub enum AllocationState {
     Released,
 }
 
+impl AllocationState {
+    /// An Allocate or Release is (or was, before a crash) working on it.
+    pub fn is_unfinished(self) -> bool {
+        matches!(self, Self::Allocating | Self::Releasing)
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepTimings {
     pub wait: Duration,

@@ -35,7 +35,7 @@ impl Shared {
 
     pub(crate) async fn reconcile_once(self: &Arc<Self>) -> ManagerResult<()> {
         // Allocations first: their rollbacks discard instances the later steps would see.
-        for allocation in self.store.list_allocations().await? {
+        for allocation in self.store.list_unfinished_allocations().await? {
             match allocation.state {
                 AllocationState::Allocating
                     if !self.is_in_flight(&allocation.params.request_id) =>
@@ -60,13 +60,6 @@ impl Shared {
         let by_instance: HashMap<&str, &Server> = servers
             .values()
             .filter_map(|s| s.metadata.get(META_INSTANCE).map(|id| (id.as_str(), s)))
-            .collect();
-        let allocations: HashMap<String, AllocationState> = self
-            .store
-            .list_allocations()
-            .await?
-            .into_iter()
-            .map(|a| (a.params.request_id.clone(), a.state))
             .collect();
 
         let instances = self.store.list_instances().await?;
@@ -131,7 +124,8 @@ impl Shared {
                 }
                 InstanceState::Claimed => {
                     let request = instance.request_id.as_deref().unwrap_or_default();
-                    match allocations.get(request) {
+                    let allocation = self.store.get_allocation(request).await?;
+                    match allocation.map(|a| a.state) {
                         Some(AllocationState::Allocated) => {
                             self.update_instance(&instance.id, |current| {
                                 (current.state == InstanceState::Claimed).then(|| {

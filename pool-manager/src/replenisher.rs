@@ -252,16 +252,13 @@ impl Shared {
     /// Starts the boots the decider asks for. Returns the gate's hold, if
     /// new boots must wait for one.
     async fn replenish_step(self: &Arc<Self>, pool: &PoolRecord) -> ManagerResult<Option<Hold>> {
-        let instances = self.store.list_instances().await?;
+        let instances = self.store.list_untouched_instances(&pool.key).await?;
         let wall = self.sizing_book().wall_now(&self.settings.sizing);
         let ages = Ages::new(&pool.spec, wall);
         // Expired Ready instances are not supply: their replacements boot
         // now, and they are retired once the replacements are Ready.
         let (mut supply, mut in_flight, mut expired) = (0u32, 0u32, 0u32);
-        for i in instances
-            .iter()
-            .filter(|i| i.pool == pool.key && i.counts_as_supply())
-        {
+        for i in instances.iter().filter(|i| i.counts_as_supply()) {
             if ages.expired(i) {
                 expired += 1;
             } else {
@@ -384,12 +381,11 @@ impl Shared {
     /// Deletes the pool's unclaimed instances; true once none is left and the
     /// pool record is gone.
     async fn drain_step(self: &Arc<Self>, pool: &PoolRecord) -> ManagerResult<bool> {
-        let instances = self.store.list_instances().await?;
         let mut left = 0;
-        for instance in instances.iter().filter(|i| i.pool == pool.key) {
+        for instance in self.store.list_untouched_instances(&pool.key).await? {
             if instance.counts_as_supply() {
                 self.discard_instance(&instance.id, "pool drained").await?;
-            } else if !instance.state.is_tenant_touched() {
+            } else {
                 left += 1;
             }
         }

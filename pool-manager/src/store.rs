@@ -62,6 +62,15 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_instance(&self, id: &str) -> StoreResult<Option<Instance>>;
     async fn list_instances(&self) -> StoreResult<Vec<Instance>>;
+    /// The instances of `pool` no tenant has touched (see
+    /// [`crate::model::InstanceState::is_tenant_touched`]): what replenishing
+    /// and claiming look at. Tenants' instances outnumber these many times
+    /// over, so a store that can skip them without reading them should.
+    async fn list_untouched_instances(&self, pool: &PoolKey) -> StoreResult<Vec<Instance>> {
+        let mut instances = self.list_instances().await?;
+        instances.retain(|i| &i.pool == pool && !i.state.is_tenant_touched());
+        Ok(instances)
+    }
     /// Replaces `expected` by `new` (`None` = absent) if the stored record
     /// still equals `expected`. Returns whether it did.
     async fn cas_instance(
@@ -72,6 +81,14 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_allocation(&self, request_id: &str) -> StoreResult<Option<Allocation>>;
     async fn list_allocations(&self) -> StoreResult<Vec<Allocation>>;
+    /// Allocations an Allocate or Release has not finished (`Allocating`,
+    /// `Releasing`): what the reconciler repairs. Finished ones accumulate
+    /// (idempotent answers), so a store that can skip them should.
+    async fn list_unfinished_allocations(&self) -> StoreResult<Vec<Allocation>> {
+        let mut allocations = self.list_allocations().await?;
+        allocations.retain(|a| a.state.is_unfinished());
+        Ok(allocations)
+    }
     /// As `cas_instance`, keyed by request id.
     async fn cas_allocation(
         &self,
