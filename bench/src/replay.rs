@@ -80,16 +80,17 @@ impl Policy {
     }
 }
 
-/// The manager's pacing in the benchmark: as a real deployment, except
-/// servers are polled every 5 s, the reconciler runs hourly (it has nothing
-/// to repair here) and a pool may have up to 64 boots in flight. Static
-/// policies run without the throttle gate.
+/// The manager's pacing in the benchmark: as a real deployment (servers
+/// polled every 2 s, each pool looked at every 5 s), except the reconciler
+/// runs hourly (it has nothing to repair here, and every minute it would
+/// double the time of the busiest replays) and a pool may have up to 64
+/// boots in flight. Static policies run without the throttle gate.
 pub fn settings(policy: &Policy, options: &Options) -> ManagerSettings {
     let seed = options.seed;
     ManagerSettings {
         sizing: options.sizing.clone(),
-        poll_interval: Duration::from_secs(5),
-        replenish_interval: Duration::from_secs(30),
+        poll_interval: ManagerSettings::default().poll_interval,
+        replenish_interval: ManagerSettings::default().replenish_interval,
         reconcile_interval: Duration::from_secs(3600),
         max_concurrent_boots: 64,
         retry_backoff: Duration::from_millis(500),
