@@ -424,8 +424,14 @@ impl PoolManager {
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         self.shared.driving.lock().expect("driving lock").clear();
-        for pool in self.shared.store.list_pools().await? {
-            self.shared.save_learned_sizing(&pool.key).await;
+        // Best effort: failing to save sizing must not keep the store unflushed.
+        match self.shared.store.list_pools().await {
+            Ok(pools) => {
+                for pool in pools {
+                    self.shared.save_learned_sizing(&pool.key).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list pools to save their learned sizing"),
         }
         self.shared.store.flush().await?;
         Ok(())
