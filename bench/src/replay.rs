@@ -144,6 +144,8 @@ pub struct Sample {
 pub struct PoolOutcome {
     pub purchases: u64,
     pub warm: u64,
+    /// Hours x Ready instances waiting in this pool.
+    pub idle_vm_hours: f64,
 }
 
 /// What one replay measured.
@@ -331,11 +333,14 @@ async fn replay(scenario: &Scenario, policy: &Policy, options: &Options) -> RunR
         });
     }
 
-    // The timeline, and VM-hours integrated per sample.
+    // The timeline, and VM-hours integrated per sample (per pool too).
     let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
+    let idle_by_pool = Arc::new(Mutex::new(BTreeMap::<PoolKey, f64>::new()));
     let sampler = {
         let manager = manager.clone();
         let samples = samples.clone();
+        let idle_by_pool = idle_by_pool.clone();
+        let dt = SAMPLE_EVERY.as_secs_f64() / 3600.0;
         tokio::spawn(async move {
             loop {
                 let instances = manager.list_instances(None).await.expect("instances");
@@ -344,10 +349,18 @@ async fn replay(scenario: &Scenario, policy: &Policy, options: &Options) -> RunR
                     hours: t0.elapsed().as_secs_f64() / 3600.0,
                     ..Sample::default()
                 };
+                let measured = Instant::now() >= measured_from;
                 for i in instances.iter().filter(|i| i.counts_as_supply()) {
                     s.supply += 1;
                     if i.state == InstanceState::Ready {
                         s.ready += 1;
+                        if measured {
+                            *idle_by_pool
+                                .lock()
+                                .expect("idle by pool")
+                                .entry(i.pool.clone())
+                                .or_default() += dt;
+                        }
                     }
                 }
                 s.target = pools.iter().map(|p| p.effective_target).sum();
@@ -477,6 +490,13 @@ async fn replay(scenario: &Scenario, policy: &Policy, options: &Options) -> RunR
     let measured = || timeline.iter().filter(|s| s.hours >= burn_in_hours);
     result.idle_vm_hours = measured().map(|s| f64::from(s.ready) * dt).sum();
     result.pool_vm_hours = measured().map(|s| f64::from(s.supply) * dt).sum();
+    for (pool, idle) in idle_by_pool.lock().expect("idle by pool").iter() {
+        result
+            .per_pool
+            .entry(pool.clone())
+            .or_default()
+            .idle_vm_hours = *idle;
+    }
     result.timeline = timeline;
     let _ = manager.shutdown().await;
     result
@@ -525,5 +545,15 @@ mod tests {
             all.idle_vm_hours
         );
         assert!(later.api_calls < all.api_calls);
+        // The pool's own idle VM-hours are the run's (one pool), burn-in or not.
+        for run in [&all, &later] {
+            let pool = &run.per_pool[&small()];
+            assert!(
+                (pool.idle_vm_hours - run.idle_vm_hours).abs() < 1e-9 && pool.idle_vm_hours > 0.0,
+                "{} vs {}",
+                pool.idle_vm_hours,
+                run.idle_vm_hours
+            );
+        }
     }
 }

@@ -54,6 +54,37 @@ pub fn results_table(results: &[RunResult]) -> String {
     out
 }
 
+/// One row per pool and run: where a multi-pool scenario's misses and idle
+/// VM-hours are.
+pub fn per_pool_table(runs: &[&RunResult]) -> String {
+    let mut out = String::from(
+        "| scenario | policy | pool | purchases | warm hits | misses | idle VM-h (ready) |\n\
+         |---|---|---|--:|--:|--:|--:|\n",
+    );
+    for r in runs {
+        for (pool, o) in &r.per_pool {
+            let hit = if o.purchases == 0 {
+                1.0
+            } else {
+                o.warm as f64 / o.purchases as f64
+            };
+            writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {:.1} |",
+                r.scenario,
+                r.policy.name(),
+                pool,
+                o.purchases,
+                percent(hit),
+                o.purchases - o.warm,
+                o.idle_vm_hours,
+            )
+            .expect("write to string");
+        }
+    }
+    out
+}
+
 /// Purchases per hour over time, in bins of `bin`.
 fn demand_series(scenario: &Scenario, bin: Duration, span: Duration) -> Vec<(f64, f64)> {
     let bins = (span.as_secs_f64() / bin.as_secs_f64()).ceil().max(1.0) as usize;

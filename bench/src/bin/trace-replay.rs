@@ -327,6 +327,29 @@ fn main() -> anyhow::Result<()> {
     md.push_str(&report::results_table(&ordered));
     let _ = writeln!(md);
 
+    // Per pool, for scenarios with several: auto, the smallest static pool
+    // reaching auto's hit rate (what the goal compares with), and the static
+    // pool sized per pool in hindsight.
+    let mut per_pool: Vec<&RunResult> = Vec::new();
+    for s in scenarios.iter().filter(|s| s.pools.len() > 1) {
+        let runs: Vec<&RunResult> = ordered.iter().filter(|r| r.scenario == s.name).collect();
+        if let Some(auto) = runs.iter().find(|r| r.policy == Policy::Auto) {
+            per_pool.push(auto);
+            if let Some((n, _)) = smallest_static_reaching(&runs, auto.hit_rate()) {
+                per_pool.extend(runs.iter().find(|r| r.policy == Policy::Static(n)));
+            }
+        }
+        per_pool.extend(
+            runs.iter()
+                .filter(|r| matches!(r.policy, Policy::StaticPerPool(_))),
+        );
+    }
+    if !per_pool.is_empty() {
+        let _ = writeln!(md, "Per pool, in the scenarios with several pools:\n");
+        md.push_str(&report::per_pool_table(&per_pool));
+        let _ = writeln!(md);
+    }
+
     for s in &scenarios {
         let runs: Vec<&RunResult> = ordered.iter().filter(|r| r.scenario == s.name).collect();
         let auto = runs.iter().find(|r| r.policy == Policy::Auto);
