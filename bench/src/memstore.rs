@@ -152,17 +152,6 @@ mod tests {
     use pool_manager::model::{AllocationState, InstanceState};
     use std::time::SystemTime;
 
-    const STATES: [InstanceState; 8] = [
-        InstanceState::Booting,
-        InstanceState::Warming,
-        InstanceState::Ready,
-        InstanceState::Claimed,
-        InstanceState::Allocated,
-        InstanceState::Releasing,
-        InstanceState::Failed,
-        InstanceState::Deleting,
-    ];
-
     fn instance(id: usize, pool: &PoolKey, state: InstanceState) -> Instance {
         Instance {
             id: format!("i{id}"),
@@ -188,7 +177,7 @@ mod tests {
         ];
         let mut n = 0;
         for pool in &pools {
-            for state in STATES {
+            for state in InstanceState::ALL {
                 n += 1;
                 store
                     .cas_instance(None, Some(&instance(n, pool, state)))

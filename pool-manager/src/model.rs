@@ -265,6 +265,18 @@ pub enum InstanceState {
 }
 
 impl InstanceState {
+    /// Every state, in the order of the state machine.
+    pub const ALL: [InstanceState; 8] = [
+        Self::Booting,
+        Self::Warming,
+        Self::Ready,
+        Self::Claimed,
+        Self::Allocated,
+        Self::Releasing,
+        Self::Failed,
+        Self::Deleting,
+    ];
+
     /// Counts toward the pool's target: will be (or is) available to claim.
     pub fn is_supply(self) -> bool {
         matches!(self, Self::Booting | Self::Warming | Self::Ready)

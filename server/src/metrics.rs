@@ -43,17 +43,6 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// not attribute to a service.
 const UNKNOWN_SERVICE: &str = "unknown";
 
-const ALL_STATES: [InstanceState; 8] = [
-    InstanceState::Booting,
-    InstanceState::Warming,
-    InstanceState::Ready,
-    InstanceState::Claimed,
-    InstanceState::Allocated,
-    InstanceState::Releasing,
-    InstanceState::Failed,
-    InstanceState::Deleting,
-];
-
 const ALLOCATION_OUTCOMES: [AllocationOutcome; 6] = [
     AllocationOutcome::Warm,
     AllocationOutcome::Cold,
@@ -670,7 +659,7 @@ impl Metrics {
         self.pool_gate_hold.clear();
         for status in pools {
             let pool = PoolLabels::of(Some(&status.record.key));
-            for state in ALL_STATES {
+            for state in InstanceState::ALL {
                 self.pool_instances
                     .get_or_create(&pool.with(state_name(state)).into())
                     .set(i64::from(status.count(state)));
