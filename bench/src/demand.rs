@@ -45,6 +45,46 @@ pub struct Scenario {
     pub pools: Vec<PoolKey>,
     pub sim: SimConfig,
     pub events: Vec<(Duration, CloudEvent)>,
+    /// The demand rate behind `arrivals`, where it is known bin by bin (a
+    /// trace); `bench::bound` models how well any sizing could do with it.
+    pub intensity: Option<Intensity>,
+}
+
+/// The demand rate a trace implies: its tenant batches per bin and pool,
+/// before thinning. A pool's purchases arrive at `batches / thin` per bin on
+/// average; the arrivals one seed keeps are one draw from that.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Intensity {
+    pub bin: Duration,
+    pub thin: u32,
+    /// Per bin (one per line of the trace, which has a line for every bin),
+    /// in time order: tenant batches per pool.
+    pub batches: Vec<BTreeMap<PoolKey, u32>>,
+}
+
+impl Intensity {
+    /// Pools with at least one batch, in order.
+    pub fn pools(&self) -> Vec<PoolKey> {
+        let mut pools: Vec<PoolKey> = self
+            .batches
+            .iter()
+            .flat_map(|bin| bin.keys().cloned())
+            .collect();
+        pools.sort();
+        pools.dedup();
+        pools
+    }
+
+    /// Mean purchases per second of `pool` in bin `index`.
+    pub fn rate(&self, index: usize, pool: &PoolKey) -> f64 {
+        let batches = self
+            .batches
+            .get(index)
+            .and_then(|bin| bin.get(pool))
+            .copied()
+            .unwrap_or(0);
+        f64::from(batches) / f64::from(self.thin.max(1)) / self.bin.as_secs_f64().max(1e-9)
+    }
 }
 
 /// The simulated cloud every scenario starts from: calibration.md's timing
@@ -135,6 +175,7 @@ fn single_pool(
         pools: vec![small()],
         sim: base_cloud(seed),
         events: Vec::new(),
+        intensity: None,
     }
 }
 
@@ -308,6 +349,7 @@ pub struct Trace {
     pub batches: u64,
     pub thin: u32,
     pub seed: u64,
+    pub intensity: Intensity,
 }
 
 pub fn parse_trace(
@@ -343,7 +385,9 @@ pub fn parse_trace(
         .unwrap_or(300.0);
     let mut arrivals = Vec::new();
     let mut batches = 0;
+    let mut per_bin = Vec::with_capacity(rows.len());
     for (t, tokens) in &rows {
+        let mut in_bin: BTreeMap<PoolKey, u32> = BTreeMap::new();
         for batch in tokens.split('|') {
             let Some(letter) = batch
                 .split(',')
@@ -356,14 +400,17 @@ pub fn parse_trace(
             // Draw both for every batch so the kept set does not depend on the map.
             let keep = rng.gen_range(0..thin) == 0;
             let offset = rng.gen_range(0.0..bin);
+            let vcpus = flavors.get(&letter).copied().unwrap_or(1);
+            let pool = PoolKey::new(db_flavor(vcpus), AZ);
             if keep {
-                let vcpus = flavors.get(&letter).copied().unwrap_or(1);
                 arrivals.push(Arrival {
                     at: Duration::from_secs_f64(t - first + offset),
-                    pool: PoolKey::new(db_flavor(vcpus), AZ),
+                    pool: pool.clone(),
                 });
             }
+            *in_bin.entry(pool).or_default() += 1;
         }
+        per_bin.push(in_bin);
     }
     if batches == 0 {
         return Err(TraceError::Empty);
@@ -375,6 +422,11 @@ pub fn parse_trace(
         batches,
         thin,
         seed,
+        intensity: Intensity {
+            bin: Duration::from_secs_f64(bin),
+            thin,
+            batches: per_bin,
+        },
     })
 }
 
@@ -417,6 +469,7 @@ pub fn trace_scenario(name: &str, trace: &Trace, seed: u64) -> Scenario {
         pools,
         sim: base_cloud(seed),
         events: Vec::new(),
+        intensity: Some(trace.intensity.clone()),
     }
 }
 
@@ -449,6 +502,19 @@ mod tests {
             .iter()
             .find(|a| a.pool.flavor == "db.medium" && a.at >= Duration::from_secs(300));
         assert!(k.is_some(), "the k batch is in the second bin");
+        // The intensity counts every batch of its bin, kept or not.
+        let large = PoolKey::new("db.large", AZ);
+        let medium = PoolKey::new("db.medium", AZ);
+        let thinned_pair = parse_trace(text, &map, 4, 1).unwrap().intensity;
+        assert_eq!(thinned_pair.bin, Duration::from_secs(300));
+        assert_eq!(thinned_pair.batches.len(), 2);
+        assert_eq!(thinned_pair.batches[0].get(&medium), Some(&1));
+        assert_eq!(thinned_pair.batches[1].get(&medium), Some(&1));
+        assert_eq!(thinned_pair.batches[1].get(&large), None);
+        assert!((thinned_pair.rate(0, &large) - 1.0 / 4.0 / 300.0).abs() < 1e-15);
+        assert_eq!(thinned_pair.rate(1, &large), 0.0);
+        assert_eq!(thinned_pair.rate(7, &large), 0.0);
+        assert_eq!(thinned_pair.pools().len(), 3);
         // Same seed, same result; thinning keeps a subset.
         assert_eq!(
             parse_trace(text, &map, 1, 1).unwrap().arrivals,

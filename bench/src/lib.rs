@@ -6,9 +6,12 @@
 //!   concurrency sweep; writes a markdown table and SVG plots.
 //! - `time-to-ready`: a warm purchase against a Trove-style cold create,
 //!   throttled and not.
+//! - `bound`: a model of how well any sizing could do on a trace, knowing
+//!   its demand rate, to read the replay's trace results against.
 //!
 //! Results and the exact commands: `docs/benchmarks.md`.
 
+pub mod bound;
 pub mod contention;
 pub mod counting;
 pub mod demand;

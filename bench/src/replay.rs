@@ -521,6 +521,7 @@ mod tests {
             pools: vec![small()],
             sim: base_cloud(1),
             events: Vec::new(),
+            intensity: None,
         }
     }
 

@@ -9,6 +9,7 @@
 //! ```
 
 use anyhow::Context;
+use bench::bound::{self, Knowledge, Modelled};
 use bench::contention::{self, Fill};
 use bench::demand::{self, Scenario};
 use bench::replay::{self, Policy, RunResult};
@@ -350,6 +351,17 @@ fn main() -> anyhow::Result<()> {
         let _ = writeln!(md);
     }
 
+    let models: Vec<TraceModel> = scenarios
+        .iter()
+        .filter_map(|s| {
+            let runs: Vec<&RunResult> = ordered.iter().filter(|r| r.scenario == s.name).collect();
+            trace_model(s, &runs)
+        })
+        .collect();
+    if !models.is_empty() {
+        md.push_str(&model_table(&models));
+    }
+
     for s in &scenarios {
         let runs: Vec<&RunResult> = ordered.iter().filter(|r| r.scenario == s.name).collect();
         let auto = runs.iter().find(|r| r.policy == Policy::Auto);
@@ -425,7 +437,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     md.push_str(&acceptance(
-        &args, &scenarios, &ordered, &fills, lone, &ttrs,
+        &args, &scenarios, &ordered, &models, &fills, lone, &ttrs,
     ));
     let path = args.out.join("results.md");
     std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
@@ -446,6 +458,7 @@ fn acceptance(
     args: &Args,
     scenarios: &[Scenario],
     results: &[RunResult],
+    models: &[TraceModel],
     fills: &[Fill],
     lone: Option<Duration>,
     ttrs: &[Measured],
@@ -510,6 +523,22 @@ fn acceptance(
                     report::percent(h.hit_rate()),
                     h.idle_vm_hours,
                     a.idle_vm_hours / h.idle_vm_hours.max(1e-9)
+                );
+            }
+            if let Some(model) = models.iter().find(|m| m.scenario == trace.name) {
+                let ratio = |k: Knowledge| {
+                    model
+                        .best
+                        .iter()
+                        .find(|(known, _)| *known == k)
+                        .map_or(f64::NAN, |(_, m)| model.ratio(m))
+                };
+                let _ = writeln!(
+                    md,
+                    "  In the model of what sizing could do (above): a sizer knowing each pool's mean rate over the hour around now needs {:.2}x for 99.5 %, one knowing the past hour's exactly {:.2}x, one knowing the rate of every bin {:.2}x.",
+                    ratio(Knowledge::HourAround),
+                    ratio(Knowledge::HourBefore),
+                    ratio(Knowledge::Bin)
                 );
             }
         }
@@ -625,5 +654,140 @@ fn acceptance(
             verdict(per_week < 60.0)
         );
     }
+    md
+}
+
+/// The model of `bench::bound` for one trace scenario, next to its replay.
+struct TraceModel {
+    scenario: String,
+    /// The mean lead time of auto's boots in the replay: the model's L.
+    lead: Duration,
+    bin: Duration,
+    /// The replay's smallest static size reaching the goal, and the static
+    /// sizes modelled (each with its replay).
+    reference: u32,
+    statics: Vec<(u32, Modelled, RunResult)>,
+    best: Vec<(Knowledge, Modelled)>,
+    auto: RunResult,
+}
+
+impl TraceModel {
+    /// Idle VM-hours as a multiple of the reference static pool's, in the model.
+    fn ratio(&self, m: &Modelled) -> f64 {
+        let reference = self
+            .statics
+            .iter()
+            .find(|(n, _, _)| *n == self.reference)
+            .map_or(f64::NAN, |(_, m, _)| m.idle_vm_hours);
+        m.idle_vm_hours / reference.max(1e-9)
+    }
+}
+
+fn trace_model(scenario: &Scenario, runs: &[&RunResult]) -> Option<TraceModel> {
+    let intensity = scenario.intensity.as_ref()?;
+    let auto = runs.iter().find(|r| r.policy == Policy::Auto)?;
+    let (reference, _) = smallest_static_reaching(runs, GOAL_HIT)?;
+    if auto.leads.is_empty() {
+        return None;
+    }
+    let lead = auto.leads.iter().sum::<Duration>() / auto.leads.len() as u32;
+    let statics = runs
+        .iter()
+        .filter_map(|r| match r.policy {
+            Policy::Static(n) if n + 1 >= reference && n <= reference + 1 => {
+                Some((n, bound::static_pools(intensity, lead, n), (*r).clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    let best = Knowledge::ALL
+        .iter()
+        .map(|k| (*k, bound::best_sizing(intensity, lead, *k, GOAL_HIT)))
+        .collect();
+    Some(TraceModel {
+        scenario: scenario.name.clone(),
+        lead,
+        bin: intensity.bin,
+        reference,
+        statics,
+        best,
+        auto: (*auto).clone(),
+    })
+}
+
+fn model_table(models: &[TraceModel]) -> String {
+    let mut md = String::from(
+        "How far sizing could go on the traces: a model, not a replay (`bench::bound`). \
+         A purchase finds a Ready instance iff fewer than S boots are outstanding, \
+         Poisson(rate x L) with L the mean lead time of auto's boots in the replay; \
+         evaluated bin by bin of the trace's rate before thinning, with S changed \
+         at once and for free at each bin. The best sizings meet 99.5 % over the \
+         trace with the least idle VM-h for what they know. Static rows show the \
+         model beside the replay. x static: idle VM-h as a multiple of the static \
+         pool the goal compares with (the smallest static size reaching 99.5 % in \
+         the replay), both in the model; for auto, both in the replay.\n\n",
+    );
+    let _ = writeln!(
+        md,
+        "| scenario | sizing | L | warm hits (model) | idle VM-h (model) | x static | replay: warm hits | replay: idle VM-h |\n|---|---|--:|--:|--:|--:|--:|--:|"
+    );
+    for m in models {
+        let row = |md: &mut String,
+                   name: &str,
+                   model: Option<&Modelled>,
+                   ratio: f64,
+                   replay: Option<&RunResult>| {
+            let (hit, idle) = model.map_or_else(Default::default, |x| {
+                (
+                    report::percent(x.hit_rate),
+                    format!("{:.1}", x.idle_vm_hours),
+                )
+            });
+            let (replay_hit, replay_idle) = replay.map_or_else(Default::default, |r| {
+                (
+                    report::percent(r.hit_rate()),
+                    format!("{:.1}", r.idle_vm_hours),
+                )
+            });
+            let _ = writeln!(
+                md,
+                "| {} | {name} | {} | {hit} | {idle} | {ratio:.2} | {replay_hit} | {replay_idle} |",
+                m.scenario,
+                report::duration(m.lead)
+            );
+        };
+        for (n, modelled, replay) in &m.statics {
+            row(
+                &mut md,
+                &format!("static {n}"),
+                Some(modelled),
+                m.ratio(modelled),
+                Some(replay),
+            );
+        }
+        for (knowledge, modelled) in &m.best {
+            row(
+                &mut md,
+                &knowledge.describe(m.bin),
+                Some(modelled),
+                m.ratio(modelled),
+                None,
+            );
+        }
+        let replay_reference = m
+            .statics
+            .iter()
+            .find(|(n, _, _)| *n == m.reference)
+            .map_or(f64::NAN, |(_, _, r)| r.idle_vm_hours);
+        let auto_ratio = m.auto.idle_vm_hours / replay_reference.max(1e-9);
+        row(
+            &mut md,
+            "warmpool auto (the replay)",
+            None,
+            auto_ratio,
+            Some(&m.auto),
+        );
+    }
+    md.push('\n');
     md
 }
