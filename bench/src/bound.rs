@@ -1,11 +1,12 @@
 //! How well could any sizing do on a trace? A model, not a replay.
 //!
 //! A pool that keeps `S` instances (ready + booting) and boots one
-//! replacement per purchase has, when a purchase arrives, X boots
-//! outstanding, X ~ Poisson(λ·L) for purchases at rate λ and a mean lead time
-//! L (an M/G/∞ queue: by Palm's theorem only the mean of L matters). The
-//! purchase finds a Ready instance iff X < S, and E[(S - X)+] instances wait
-//! Ready. This module evaluates that model bin by bin of a trace's
+//! replacement per purchase it serves is Erlang's loss system: each of the
+//! `S` instances is either Ready or being replaced, a replacement takes a
+//! lead time L, and a purchase that finds none Ready is served by a cold boot
+//! that does not touch the pool. With purchases at rate λ, a purchase misses
+//! with probability B(S, λ·L), Erlang's loss formula (which depends on L only
+//! through its mean), and S - λ·L·(1 - B) instances wait Ready on average. This module evaluates that model bin by bin of a trace's
 //! [`Intensity`], quasi-statically: a sizer may change `S` at the start of a
 //! bin, at once and for free in both directions (a 5-minute bin is several
 //! lead times long). That is kinder to a sizer than the replay, where a
@@ -87,10 +88,12 @@ pub struct Modelled {
     pub idle_vm_hours: f64,
 }
 
-/// For X ~ Poisson(m): `hit[s]` = P(X < s) and `idle[s]` = E[(s - X)+], for
-/// s = 0, 1, ... up to where more stock no longer changes anything.
+/// A pool of `s` instances at offered load `m` (purchase rate x mean lead
+/// time): `hit[s]` = 1 - B(s, m), `idle[s]` = s - m·(1 - B(s, m)), with
+/// B Erlang's loss formula, for s = 0, 1, ... until misses vanish.
 #[derive(Clone, Debug)]
 struct Stock {
+    m: f64,
     hit: Vec<f64>,
     idle: Vec<f64>,
 }
@@ -98,34 +101,24 @@ struct Stock {
 impl Stock {
     fn new(m: f64) -> Self {
         let m = if m.is_finite() && m > 0.0 { m } else { 0.0 };
-        // Far enough into the tail that P(X >= s) is below 1e-12.
-        let last = (m + 12.0 * m.sqrt() + 12.0).ceil() as usize;
-        let mut hit = vec![0.0];
-        let mut idle = vec![0.0];
-        let (mut cdf, mut ln_p) = (0.0, -m);
-        for k in 0..last {
-            // Log space: exp(-m) alone underflows for a large m.
-            if k > 0 {
-                ln_p += m.ln() - (k as f64).ln();
-            }
-            cdf = (cdf + ln_p.exp()).min(1.0);
-            // E[(s+1 - X)+] = E[(s - X)+] + P(X <= s).
-            idle.push(idle[k] + cdf);
-            hit.push(cdf);
-            if 1.0 - cdf < 1e-12 {
-                break;
-            }
+        let (mut hit, mut idle) = (vec![0.0], vec![0.0]);
+        // The stable recurrence B(s) = m·B(s-1) / (s + m·B(s-1)), B(0) = 1.
+        let mut blocked = 1.0;
+        let mut s = 0.0;
+        while blocked > 1e-12 {
+            s += 1.0;
+            blocked = m * blocked / (s + m * blocked);
+            hit.push(1.0 - blocked);
+            idle.push(s - m * (1.0 - blocked));
         }
-        Self { hit, idle }
+        Self { m, hit, idle }
     }
 
     fn at(&self, s: usize) -> (f64, f64) {
-        let last = self.hit.len() - 1;
-        if s <= last {
-            (self.hit[s], self.idle[s])
-        } else {
-            // Beyond the tail every purchase hits, and each extra instance waits.
-            (self.hit[last], self.idle[last] + (s - last) as f64)
+        match (self.hit.get(s), self.idle.get(s)) {
+            (Some(hit), Some(idle)) => (*hit, *idle),
+            // Past the tail every purchase hits and all but m instances wait.
+            _ => (1.0, s as f64 - self.m),
         }
     }
 }
@@ -187,13 +180,16 @@ pub fn static_pools(intensity: &Intensity, lead: Duration, size: u32) -> Modelle
 }
 
 /// The least idle VM-hours with which a sizer knowing `knowledge` reaches
-/// `goal` warm hits over the trace (see the module doc).
+/// `goal` warm hits over the trace (see the module doc), keeping at least
+/// `floor` instances in every pool (a pool's `min_ready`).
 pub fn best_sizing(
     intensity: &Intensity,
     lead: Duration,
     knowledge: Knowledge,
     goal: f64,
+    floor: u32,
 ) -> Modelled {
+    let floor = floor as usize;
     let cells = cells(intensity, lead, knowledge);
     // The cheapest stock for the cell at a price `mu` (VM-hours) per miss,
     // judged on the rate the sizer believes.
@@ -203,9 +199,9 @@ pub fn best_sizing(
                 let (hit, waiting) = cell.believed.at(s);
                 waiting * cell.hours + mu * cell.believed_purchases * (1.0 - hit)
             };
-            (0..cell.believed.hit.len())
+            (floor..cell.believed.hit.len().max(floor + 1))
                 .min_by(|a, b| cost(*a).total_cmp(&cost(*b)))
-                .unwrap_or(0)
+                .unwrap_or(floor)
         }
     };
     // The cheapest stock of every cell grows with the price of a miss, so
@@ -248,34 +244,33 @@ mod tests {
     }
 
     #[test]
-    fn poisson_stock_matches_the_closed_form() {
-        let e = std::f64::consts::E;
+    fn stock_is_erlangs_loss_system() {
+        // m = 1, s = 2: P(k busy) is proportional to 1, 1, 1/2, so a purchase
+        // finds both replacing with probability 0.2, and 0.8 are busy on average.
         let stock = Stock::new(1.0);
         let (hit, idle) = stock.at(2);
-        assert!((hit - 2.0 / e).abs() < 1e-12, "{hit}");
-        assert!((idle - 3.0 / e).abs() < 1e-12, "{idle}");
+        assert!((hit - 0.8).abs() < 1e-12, "{hit}");
+        assert!((idle - 1.2).abs() < 1e-12, "{idle}");
         assert_eq!(stock.at(0), (0.0, 0.0));
-        // Far in the tail: everything hits, every extra instance waits.
+        // Far in the tail: everything hits, all but m instances wait.
         let (hit, idle) = stock.at(100);
         assert!((hit - 1.0).abs() < 1e-12);
-        assert!((idle - (100.0 - 1.0)).abs() < 1e-9, "E[(s - X)+] = s - m");
-        // No demand: nothing outstanding.
+        assert!((idle - 99.0).abs() < 1e-9);
+        // No demand: nothing is replaced.
         assert_eq!(Stock::new(0.0).at(3), (1.0, 3.0));
-        // Huge or nonsense means do not break it.
-        let huge = Stock::new(1e6);
-        assert!(huge.at(10).0 < 1e-12);
         assert_eq!(Stock::new(f64::NAN).at(1), (1.0, 1.0));
+        // A huge load: a small pool misses almost everything.
+        assert!(Stock::new(1e5).at(10).0 < 1e-3);
     }
 
     #[test]
     fn static_pools_at_a_constant_rate() {
         // 5 batches per 5 min, 1 in 5 kept: 1 purchase per 5 min, m = 0.2.
         let flat = intensity(&[5; 12], 5);
-        let m: f64 = 0.2;
         let modelled = static_pools(&flat, LEAD, 1);
-        assert!((modelled.hit_rate - (-m).exp()).abs() < 1e-12);
-        // One instance waits whenever nothing is outstanding: P(X = 0), for an hour.
-        assert!((modelled.idle_vm_hours - (-m).exp()).abs() < 1e-9);
+        // One instance: free with probability 1 / (1 + m), for an hour.
+        assert!((modelled.hit_rate - 1.0 / 1.2).abs() < 1e-12);
+        assert!((modelled.idle_vm_hours - 1.0 / 1.2).abs() < 1e-9);
     }
 
     #[test]
@@ -299,20 +294,24 @@ mod tests {
             .map(|s| static_pools(&trace, LEAD, s))
             .find(|m| m.hit_rate >= goal)
             .expect("a static size reaches the goal");
-        let bound = best_sizing(&trace, LEAD, Knowledge::Bin, goal);
+        let bound = best_sizing(&trace, LEAD, Knowledge::Bin, goal, 0);
         assert!(bound.hit_rate >= goal, "{bound:?}");
         assert!(
             bound.idle_vm_hours < smallest_static.idle_vm_hours,
             "{bound:?} vs {smallest_static:?}"
         );
         for knowledge in [Knowledge::HourAround, Knowledge::HourBefore] {
-            let less = best_sizing(&trace, LEAD, knowledge, goal);
+            let less = best_sizing(&trace, LEAD, knowledge, goal, 0);
             assert!(less.hit_rate >= goal, "{knowledge:?}: {less:?}");
             assert!(
                 less.idle_vm_hours >= bound.idle_vm_hours,
                 "{knowledge:?} cannot beat the bound: {less:?} vs {bound:?}"
             );
         }
+        // A floor of one instance costs idle hours where a pool is quiet.
+        let floored = best_sizing(&trace, LEAD, Knowledge::Bin, goal, 1);
+        assert!(floored.hit_rate >= goal);
+        assert!(floored.idle_vm_hours > bound.idle_vm_hours);
     }
 
     #[test]

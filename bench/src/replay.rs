@@ -71,7 +71,7 @@ impl Policy {
             Self::Static(n) | Self::ReplaceOnConsume(n) => fixed(*n),
             Self::StaticPerPool(sizes) => fixed(sizes.get(pool).copied().unwrap_or(0)),
             Self::Auto => PoolSpec {
-                min_ready: 1,
+                min_ready: AUTO_MIN_READY,
                 max_ready: 500,
                 target: Target::Auto,
                 ..fixed(1)
@@ -79,6 +79,9 @@ impl Policy {
         }
     }
 }
+
+/// The floor of every auto pool in the benchmark.
+pub const AUTO_MIN_READY: u32 = 1;
 
 /// The manager's pacing in the benchmark: as a real deployment (servers
 /// polled every 2 s, each pool looked at every 5 s), except the reconciler

@@ -12,7 +12,7 @@ use anyhow::Context;
 use bench::bound::{self, Knowledge, Modelled};
 use bench::contention::{self, Fill};
 use bench::demand::{self, Scenario};
-use bench::replay::{self, Policy, RunResult};
+use bench::replay::{self, Policy, RunResult, AUTO_MIN_READY};
 use bench::report;
 use bench::ttr::{self, Measured, Path as TtrPath};
 use clap::Parser;
@@ -702,7 +702,12 @@ fn trace_model(scenario: &Scenario, runs: &[&RunResult]) -> Option<TraceModel> {
         .collect();
     let best = Knowledge::ALL
         .iter()
-        .map(|k| (*k, bound::best_sizing(intensity, lead, *k, GOAL_HIT)))
+        .map(|k| {
+            (
+                *k,
+                bound::best_sizing(intensity, lead, *k, GOAL_HIT, AUTO_MIN_READY),
+            )
+        })
         .collect();
     Some(TraceModel {
         scenario: scenario.name.clone(),
@@ -718,11 +723,12 @@ fn trace_model(scenario: &Scenario, runs: &[&RunResult]) -> Option<TraceModel> {
 fn model_table(models: &[TraceModel]) -> String {
     let mut md = String::from(
         "How far sizing could go on the traces: a model, not a replay (`bench::bound`). \
-         A purchase finds a Ready instance iff fewer than S boots are outstanding, \
-         Poisson(rate x L) with L the mean lead time of auto's boots in the replay; \
-         evaluated bin by bin of the trace's rate before thinning, with S changed \
+         A pool of S instances is Erlang's loss system: a purchase misses with \
+         probability B(S, rate x L), L the mean lead time of auto's boots in the \
+         replay; evaluated bin by bin of the trace's rate before thinning, with S changed \
          at once and for free at each bin. The best sizings meet 99.5 % over the \
-         trace with the least idle VM-h for what they know. Static rows show the \
+         trace with the least idle VM-h for what they know, keeping at least the \
+         auto pools' floor (1) in every pool. Static rows show the \
          model beside the replay. x static: idle VM-h as a multiple of the static \
          pool the goal compares with (the smallest static size reaching 99.5 % in \
          the replay), both in the model; for auto, both in the replay.\n\n",
