@@ -6,10 +6,11 @@
 //! lead time L, and a purchase that finds none Ready is served by a cold boot
 //! that does not touch the pool. With purchases at rate λ, a purchase misses
 //! with probability B(S, λ·L), Erlang's loss formula (which depends on L only
-//! through its mean), and S - λ·L·(1 - B) instances wait Ready on average. This module evaluates that model bin by bin of a trace's
-//! [`Intensity`], quasi-statically: a sizer may change `S` at the start of a
-//! bin, at once and for free in both directions (a 5-minute bin is several
-//! lead times long). That is kinder to a sizer than the replay, where a
+//! through its mean), and S - λ·L·(1 - B) instances wait Ready on average.
+//! This module evaluates that model bin by bin of a trace's [`Intensity`],
+//! quasi-statically: a sizer may change `S` at the start of a bin, at once
+//! and for free in both directions (a 5-minute bin is several lead times
+//! long). That is kinder to a sizer than the replay, where a
 //! higher `S` takes a lead time to boot and a surplus waits to be taken.
 //!
 //! It answers, for each kind of knowledge of the rate, the least idle
