@@ -14,6 +14,14 @@
 //! is deep exactly when boots are slow: under IOPS throttling L grows 3-5x
 //! and so does the target.
 //!
+//! `D + z·√D` is the normal approximation of the demand in a lead time. A
+//! pool that replaces what it hands out is Erlang's loss system, and below
+//! D ≈ 1 the approximation keeps less than the service level needs at a
+//! steady rate: D = 0.36 gives 2 instances, which a purchase finds Ready
+//! 95.5 % of the time (4 are needed for 99.5 %); D = 1 gives 4, 98.5 %.
+//! What makes up for it at such rates is the held forecast, which errs
+//! high (the benchmark's pools reach the level; docs/benchmarks.md).
+//!
 //! This module owns the estimators and one pure, synchronous decider:
 //!
 //! - [`LeadTimes`]: boot request -> Ready of recent boots (p50/p90 over the
