@@ -505,16 +505,17 @@ mod tests {
         // The intensity counts every batch of its bin, kept or not.
         let large = PoolKey::new("db.large", AZ);
         let medium = PoolKey::new("db.medium", AZ);
-        let thinned_pair = parse_trace(text, &map, 4, 1).unwrap().intensity;
-        assert_eq!(thinned_pair.bin, Duration::from_secs(300));
-        assert_eq!(thinned_pair.batches.len(), 2);
-        assert_eq!(thinned_pair.batches[0].get(&medium), Some(&1));
-        assert_eq!(thinned_pair.batches[1].get(&medium), Some(&1));
-        assert_eq!(thinned_pair.batches[1].get(&large), None);
-        assert!((thinned_pair.rate(0, &large) - 1.0 / 4.0 / 300.0).abs() < 1e-15);
-        assert_eq!(thinned_pair.rate(1, &large), 0.0);
-        assert_eq!(thinned_pair.rate(7, &large), 0.0);
-        assert_eq!(thinned_pair.pools().len(), 3);
+        // Kept 1 in 4: a batch is a quarter of a purchase on average.
+        let quarter = parse_trace(text, &map, 4, 1).unwrap().intensity;
+        assert_eq!(quarter.bin, Duration::from_secs(300));
+        assert_eq!(quarter.batches.len(), 2);
+        assert_eq!(quarter.batches[0].get(&medium), Some(&1));
+        assert_eq!(quarter.batches[1].get(&medium), Some(&1));
+        assert_eq!(quarter.batches[1].get(&large), None);
+        assert!((quarter.rate(0, &large) - 1.0 / 4.0 / 300.0).abs() < 1e-15);
+        assert_eq!(quarter.rate(1, &large), 0.0);
+        assert_eq!(quarter.rate(7, &large), 0.0);
+        assert_eq!(quarter.pools().len(), 3);
         // Same seed, same result; thinning keeps a subset.
         assert_eq!(
             parse_trace(text, &map, 1, 1).unwrap().arrivals,
