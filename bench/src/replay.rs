@@ -151,6 +151,15 @@ pub struct PoolOutcome {
     pub idle_vm_hours: f64,
 }
 
+impl PoolOutcome {
+    pub fn hit_rate(&self) -> f64 {
+        if self.purchases == 0 {
+            return 1.0;
+        }
+        self.warm as f64 / self.purchases as f64
+    }
+}
+
 /// What one replay measured.
 #[derive(Clone, Debug)]
 pub struct RunResult {

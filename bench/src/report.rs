@@ -63,11 +63,6 @@ pub fn per_pool_table(runs: &[&RunResult]) -> String {
     );
     for r in runs {
         for (pool, o) in &r.per_pool {
-            let hit = if o.purchases == 0 {
-                1.0
-            } else {
-                o.warm as f64 / o.purchases as f64
-            };
             writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {} | {:.1} |",
@@ -75,7 +70,7 @@ pub fn per_pool_table(runs: &[&RunResult]) -> String {
                 r.policy.name(),
                 pool,
                 o.purchases,
-                percent(hit),
+                percent(o.hit_rate()),
                 o.purchases - o.warm,
                 o.idle_vm_hours,
             )

@@ -243,13 +243,7 @@ fn main() -> anyhow::Result<()> {
                     .filter(|r| r.scenario == scenario.name)
                     .filter_map(|r| match r.policy {
                         Policy::Static(n) => {
-                            let o = r.per_pool.get(pool)?;
-                            let hit = if o.purchases == 0 {
-                                1.0
-                            } else {
-                                o.warm as f64 / o.purchases as f64
-                            };
-                            (hit >= GOAL_HIT).then_some(n)
+                            (r.per_pool.get(pool)?.hit_rate() >= GOAL_HIT).then_some(n)
                         }
                         _ => None,
                     })
