@@ -182,6 +182,11 @@ fn parallel<J: Sync, R: Send>(jobs: &[J], threads: usize, f: impl Fn(&J) -> R + 
         .collect()
 }
 
+/// The runs of one scenario, in the order given.
+fn scenario_runs<'a>(results: &'a [RunResult], scenario: &str) -> Vec<&'a RunResult> {
+    results.iter().filter(|r| r.scenario == scenario).collect()
+}
+
 fn smallest_static_reaching(runs: &[&RunResult], hit: f64) -> Option<(u32, RunResult)> {
     runs.iter()
         .filter_map(|r| match r.policy {
@@ -327,7 +332,7 @@ fn main() -> anyhow::Result<()> {
     // pool sized per pool in hindsight.
     let mut per_pool: Vec<&RunResult> = Vec::new();
     for s in scenarios.iter().filter(|s| s.pools.len() > 1) {
-        let runs: Vec<&RunResult> = ordered.iter().filter(|r| r.scenario == s.name).collect();
+        let runs = scenario_runs(&ordered, &s.name);
         if let Some(auto) = runs.iter().find(|r| r.policy == Policy::Auto) {
             per_pool.push(auto);
             if let Some((n, _)) = smallest_static_reaching(&runs, auto.hit_rate()) {
@@ -347,17 +352,14 @@ fn main() -> anyhow::Result<()> {
 
     let models: Vec<TraceModel> = scenarios
         .iter()
-        .filter_map(|s| {
-            let runs: Vec<&RunResult> = ordered.iter().filter(|r| r.scenario == s.name).collect();
-            trace_model(s, &runs)
-        })
+        .filter_map(|s| trace_model(s, &scenario_runs(&ordered, &s.name)))
         .collect();
     if !models.is_empty() {
         md.push_str(&model_table(&models));
     }
 
     for s in &scenarios {
-        let runs: Vec<&RunResult> = ordered.iter().filter(|r| r.scenario == s.name).collect();
+        let runs = scenario_runs(&ordered, &s.name);
         let auto = runs.iter().find(|r| r.policy == Policy::Auto);
         let reference = smallest_static_reaching(&runs, GOAL_HIT)
             .map(|(_, r)| r)
@@ -458,8 +460,7 @@ fn acceptance(
     ttrs: &[Measured],
 ) -> String {
     let mut md = String::from("## Acceptance goals\n\n");
-    let runs =
-        |name: &str| -> Vec<&RunResult> { results.iter().filter(|r| r.scenario == name).collect() };
+    let runs = |name: &str| scenario_runs(results, name);
     let auto = |name: &str| {
         results
             .iter()
@@ -666,13 +667,19 @@ struct TraceModel {
 }
 
 impl TraceModel {
+    /// The reference static pool: modelled, and its replay.
+    fn reference_static(&self) -> Option<(&Modelled, &RunResult)> {
+        self.statics
+            .iter()
+            .find(|(n, _, _)| *n == self.reference)
+            .map(|(_, modelled, replay)| (modelled, replay))
+    }
+
     /// Idle VM-hours as a multiple of the reference static pool's, in the model.
     fn ratio(&self, m: &Modelled) -> f64 {
         let reference = self
-            .statics
-            .iter()
-            .find(|(n, _, _)| *n == self.reference)
-            .map_or(f64::NAN, |(_, m, _)| m.idle_vm_hours);
+            .reference_static()
+            .map_or(f64::NAN, |(modelled, _)| modelled.idle_vm_hours);
         m.idle_vm_hours / reference.max(1e-9)
     }
 }
@@ -775,10 +782,8 @@ fn model_table(models: &[TraceModel]) -> String {
             );
         }
         let replay_reference = m
-            .statics
-            .iter()
-            .find(|(n, _, _)| *n == m.reference)
-            .map_or(f64::NAN, |(_, _, r)| r.idle_vm_hours);
+            .reference_static()
+            .map_or(f64::NAN, |(_, replay)| replay.idle_vm_hours);
         let auto_ratio = m.auto.idle_vm_hours / replay_reference.max(1e-9);
         row(
             &mut md,
