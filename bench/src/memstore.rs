@@ -82,7 +82,7 @@ impl Store for MemStore {
             .lock()
             .expect("store lock")
             .values()
-            .filter(|i| &i.pool == pool && !i.state.is_tenant_touched())
+            .filter(|i| i.is_untouched_in(pool))
             .cloned()
             .collect())
     }

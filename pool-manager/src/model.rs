@@ -311,6 +311,12 @@ impl Instance {
     pub fn counts_as_supply(&self) -> bool {
         self.state.is_supply() && self.request_id.is_none()
     }
+
+    /// Of `pool`, and no tenant has touched it: what
+    /// [`crate::store::Store::list_untouched_instances`] lists.
+    pub fn is_untouched_in(&self, pool: &PoolKey) -> bool {
+        &self.pool == pool && !self.state.is_tenant_touched()
+    }
 }
 
 /// Where the tenant's data volume comes from.

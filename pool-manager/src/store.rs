@@ -68,7 +68,7 @@ pub trait Store: Send + Sync + 'static {
     /// over, so a store that can skip them without reading them should.
     async fn list_untouched_instances(&self, pool: &PoolKey) -> StoreResult<Vec<Instance>> {
         let mut instances = self.list_instances().await?;
-        instances.retain(|i| &i.pool == pool && !i.state.is_tenant_touched());
+        instances.retain(|i| i.is_untouched_in(pool));
         Ok(instances)
     }
     /// Replaces `expected` by `new` (`None` = absent) if the stored record
