@@ -17,16 +17,24 @@
 //! VM-hours that reach a hit-rate goal over the whole trace: per bin and
 //! pool, the `S` minimising `idle VM-hours + μ · expected misses` with `μ`
 //! the smallest that meets the goal (a Lagrangian relaxation; with the true
-//! rate of every bin known that is the optimum of the model). The trace's
+//! rate of every bin known that is the optimum of the model, up to the
+//! integer steps of `S`; with a believed rate it prices believed misses, so
+//! another rule can land a hair lower). The trace's
 //! own bins are the finest rate it resolves, and partly the coin flips
 //! themselves (a bin without a batch of a pool gets no purchase of it), so
 //! that row is a bound no forecast reaches; the hour rows are what perfect
 //! forecasting of a smooth rate, or perfect reaction to it, would give.
 //!
+//! [`formula_sizing`] asks the same of warmpool's own target formula fed a
+//! rate without noise: whether the formula, or the estimate fed to it, is
+//! what stands between auto and the bound, and what the configured service
+//! level delivers when the estimate is exact.
+//!
 //! Static pools are evaluated the same way, so the ratios compare like with
 //! like and the model can be checked against the replay's static rows.
 
 use crate::demand::Intensity;
+use pool_manager::sizing::auto_target;
 use std::time::Duration;
 
 /// What a modelled sizer knows of each pool's purchase rate in a bin.
@@ -219,6 +227,65 @@ pub fn best_sizing(
     total(&cells, choose(high))
 }
 
+/// Auto's own target formula in every bin, fed the rate `knowledge` gives:
+/// [`auto_target`] of D = believed rate x `lead_p90` at `z`, at least
+/// `floor` (and at most what the model tabulates, where misses vanish).
+/// What warmpool's sizing would deliver if its demand estimate had no noise.
+pub fn formula_sizing(
+    intensity: &Intensity,
+    lead: Duration,
+    lead_p90: Duration,
+    knowledge: Knowledge,
+    z: f64,
+    floor: u32,
+) -> Modelled {
+    let cells = cells(intensity, lead, knowledge);
+    formula_total(&cells, intensity.bin, lead_p90, z, floor)
+}
+
+/// The least `z` (to within 0.001) with which [`formula_sizing`] reaches
+/// `goal`; `None` if even z = 20 does not.
+pub fn formula_z_for(
+    intensity: &Intensity,
+    lead: Duration,
+    lead_p90: Duration,
+    knowledge: Knowledge,
+    goal: f64,
+    floor: u32,
+) -> Option<f64> {
+    let cells = cells(intensity, lead, knowledge);
+    let reaches =
+        |z: f64| formula_total(&cells, intensity.bin, lead_p90, z, floor).hit_rate >= goal;
+    let (mut low, mut high) = (0.0_f64, 20.0_f64);
+    if !reaches(high) {
+        return None;
+    }
+    // The target grows with z, so the hit rate does too.
+    while high - low > 1e-3 {
+        let mid = (low + high) / 2.0;
+        if reaches(mid) {
+            high = mid;
+        } else {
+            low = mid;
+        }
+    }
+    Some(high)
+}
+
+fn formula_total(
+    cells: &[Cell],
+    bin: Duration,
+    lead_p90: Duration,
+    z: f64,
+    floor: u32,
+) -> Modelled {
+    let per_purchase_to_demand = lead_p90.as_secs_f64() / bin.as_secs_f64().max(1e-9);
+    total(cells, |cell| {
+        let demand_in_lead = cell.believed_purchases * per_purchase_to_demand;
+        auto_target(demand_in_lead, z).max(floor) as usize
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,6 +380,38 @@ mod tests {
         let floored = best_sizing(&trace, LEAD, Knowledge::Bin, goal, 1);
         assert!(floored.hit_rate >= goal);
         assert!(floored.idle_vm_hours > bound.idle_vm_hours);
+    }
+
+    #[test]
+    fn the_formula_fed_an_exact_rate_matches_the_sizing_doc() {
+        // 5 batches per 5 min, none thinned: 1 purchase a minute, and with a
+        // one-minute lead time D = 1; ceil(1 + 2.576) = 4 instances, which a
+        // purchase finds Ready 1 - B(4, 1) = 98.5 % of the time.
+        let flat = intensity(&[5; 12], 1);
+        let default_z = pool_manager::sizing::z_for(0.995);
+        let at_default = formula_sizing(&flat, LEAD, LEAD, Knowledge::Bin, default_z, 1);
+        let four = Stock::new(1.0).at(4);
+        assert!(
+            (at_default.hit_rate - four.0).abs() < 1e-12,
+            "{at_default:?}"
+        );
+        assert!((at_default.hit_rate - 0.9846).abs() < 1e-4);
+        assert!((at_default.idle_vm_hours - four.1).abs() < 1e-9);
+        // 99.5 % takes 5 instances (B(5, 1) = 0.3 %): ceil(1 + z) = 5 for any z > 3.
+        let z = formula_z_for(&flat, LEAD, LEAD, Knowledge::Bin, 0.995, 1).expect("reachable");
+        assert!(z > 3.0 && z <= 3.001, "{z}");
+        // D = 0.36 (9 batches per bin, 1 in 5 kept): 2 instances, 95.5 %.
+        let low = intensity(&[9; 12], 5);
+        let two = formula_sizing(&low, LEAD, LEAD, Knowledge::Bin, default_z, 1);
+        assert!((two.hit_rate - Stock::new(0.36).at(2).0).abs() < 1e-12);
+        assert!((two.hit_rate - 0.955).abs() < 1e-3, "{two:?}");
+        // A floor above the formula's answer wins; no z reaches more than certainty.
+        let floored = formula_sizing(&low, LEAD, LEAD, Knowledge::Bin, default_z, 3);
+        assert!((floored.hit_rate - Stock::new(0.36).at(3).0).abs() < 1e-12);
+        assert_eq!(
+            formula_z_for(&low, LEAD, LEAD, Knowledge::Bin, 1.01, 1),
+            None
+        );
     }
 
     #[test]

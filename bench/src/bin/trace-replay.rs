@@ -17,6 +17,7 @@ use bench::report;
 use bench::ttr::{self, Measured, Path as TtrPath};
 use clap::Parser;
 use pool_manager::model::PoolKey;
+use pool_manager::sizing;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -352,7 +353,13 @@ fn main() -> anyhow::Result<()> {
 
     let models: Vec<TraceModel> = scenarios
         .iter()
-        .filter_map(|s| trace_model(s, &scenario_runs(&ordered, &s.name)))
+        .filter_map(|s| {
+            trace_model(
+                s,
+                &scenario_runs(&ordered, &s.name),
+                options.sizing.service_level,
+            )
+        })
         .collect();
     if !models.is_empty() {
         md.push_str(&model_table(&models));
@@ -535,6 +542,27 @@ fn acceptance(
                     ratio(Knowledge::HourBefore),
                     ratio(Knowledge::Bin)
                 );
+                let (_, at_replay_z) = &model.formula_replay;
+                let _ = write!(
+                    md,
+                    "  Auto's own target formula fed each pool's exact past-hour rate reaches {} at the replay's service level ({}; {:.2}x)",
+                    report::percent(at_replay_z.hit_rate),
+                    report::percent(model.service_level),
+                    model.ratio(at_replay_z)
+                );
+                match &model.formula_goal {
+                    Some((z, m)) => {
+                        let _ = writeln!(
+                            md,
+                            "; it needs z = {z:.2} for 99.5 %, and then uses {:.2}x (the best sizing knowing the same: {:.2}x).",
+                            model.ratio(m),
+                            ratio(Knowledge::HourBefore)
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(md, "; no z reaches 99.5 %.");
+                    }
+                }
             }
         }
     }
@@ -663,6 +691,14 @@ struct TraceModel {
     reference: u32,
     statics: Vec<(u32, Modelled, RunResult)>,
     best: Vec<(Knowledge, Modelled)>,
+    /// p90 of auto's lead times in the replay, the formula's L.
+    lead_p90: Duration,
+    /// What auto's pools were sized for in the replay.
+    service_level: f64,
+    /// Auto's formula fed the exact past-hour rate: at the replay's z, and
+    /// at the least z that reaches the goal (if any does).
+    formula_replay: (f64, Modelled),
+    formula_goal: Option<(f64, Modelled)>,
     auto: RunResult,
 }
 
@@ -684,7 +720,8 @@ impl TraceModel {
     }
 }
 
-fn trace_model(scenario: &Scenario, runs: &[&RunResult]) -> Option<TraceModel> {
+/// `service_level`: what auto's pools were sized for in the replay.
+fn trace_model(scenario: &Scenario, runs: &[&RunResult], service_level: f64) -> Option<TraceModel> {
     let intensity = scenario.intensity.as_ref()?;
     let auto = runs.iter().find(|r| r.policy == Policy::Auto)?;
     let (reference, _) = smallest_static_reaching(runs, GOAL_HIT)?;
@@ -710,6 +747,28 @@ fn trace_model(scenario: &Scenario, runs: &[&RunResult]) -> Option<TraceModel> {
             )
         })
         .collect();
+    let lead_p90 = replay::quantile(&auto.leads, 0.9);
+    let formula = |z: f64| {
+        let modelled = bound::formula_sizing(
+            intensity,
+            lead,
+            lead_p90,
+            Knowledge::HourBefore,
+            z,
+            AUTO_MIN_READY,
+        );
+        (z, modelled)
+    };
+    let replay_z = sizing::z_for(service_level);
+    let formula_goal = bound::formula_z_for(
+        intensity,
+        lead,
+        lead_p90,
+        Knowledge::HourBefore,
+        GOAL_HIT,
+        AUTO_MIN_READY,
+    )
+    .map(formula);
     Some(TraceModel {
         scenario: scenario.name.clone(),
         lead,
@@ -717,6 +776,10 @@ fn trace_model(scenario: &Scenario, runs: &[&RunResult]) -> Option<TraceModel> {
         reference,
         statics,
         best,
+        lead_p90,
+        service_level,
+        formula_replay: formula(replay_z),
+        formula_goal,
         auto: (*auto).clone(),
     })
 }
@@ -729,7 +792,10 @@ fn model_table(models: &[TraceModel]) -> String {
          replay; evaluated bin by bin of the trace's rate before thinning, with S changed \
          at once and for free at each bin. The best sizings meet 99.5 % over the \
          trace with the least idle VM-h for what they know, keeping at least the \
-         auto pools' floor (1) in every pool. Static rows show the \
+         auto pools' floor (1) in every pool. The formula rows feed auto's own \
+         target, ceil(D + z x sqrt(D)) with D = rate x L p90 (L p90 of auto's boots \
+         in the replay), each pool's exact mean rate over the past hour: what \
+         auto would do without noise in its demand estimate. Static rows show the \
          model beside the replay. x static: idle VM-h as a multiple of the static \
          pool the goal compares with (the smallest static size reaching 99.5 % in \
          the replay), both in the model; for auto, both in the replay.\n\n",
@@ -776,6 +842,27 @@ fn model_table(models: &[TraceModel]) -> String {
             row(
                 &mut md,
                 &knowledge.describe(m.bin),
+                Some(modelled),
+                m.ratio(modelled),
+                None,
+            );
+        }
+        let (z, modelled) = &m.formula_replay;
+        row(
+            &mut md,
+            &format!(
+                "auto's target formula at its z = {z:.2} (service level {}), fed each pool's exact past-hour rate, L p90 = {}",
+                report::percent(m.service_level),
+                report::duration(m.lead_p90)
+            ),
+            Some(modelled),
+            m.ratio(modelled),
+            None,
+        );
+        if let Some((z, modelled)) = &m.formula_goal {
+            row(
+                &mut md,
+                &format!("... at z = {z:.2}, the least that reaches 99.5 %"),
                 Some(modelled),
                 m.ratio(modelled),
                 None,
