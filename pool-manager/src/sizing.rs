@@ -20,7 +20,10 @@
 //! steady rate: D = 0.36 gives 2 instances, which a purchase finds Ready
 //! 95.5 % of the time (4 are needed for 99.5 %); D = 1 gives 4, 98.5 %.
 //! What makes up for it at such rates is the held forecast, which errs
-//! high (the benchmark's pools reach the level; docs/benchmarks.md).
+//! high (the benchmark's pools reach the level). Fed the exact rate, the
+//! formula at z = 2.576 gives 97.4 % on the benchmark's Azure trace and
+//! needs z = 3.84 for 99.5 % (`bench::bound::formula_sizing`;
+//! docs/benchmarks.md).
 //!
 //! This module owns the estimators and one pure, synchronous decider:
 //!
