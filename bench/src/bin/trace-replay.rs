@@ -51,6 +51,11 @@ struct Args {
     /// Seed of every random choice (arrivals, thinning, holding times, jitter).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Replay the trace at the first --thin again with each of these seeds
+    /// (thinning, holding times and jitter drawn from it), warmpool auto and
+    /// the static pools only: how far one seed's trace result can be trusted.
+    #[arg(long, value_delimiter = ',')]
+    trace_seeds: Vec<u64>,
     /// Sizes of the static min-ready pools to compare.
     #[arg(
         long,
@@ -128,19 +133,8 @@ fn build_scenarios(args: &Args) -> anyhow::Result<Vec<Scenario>> {
     let mut out = Vec::new();
     for name in &args.scenarios {
         if name == "trace" {
-            let stem = args
-                .trace
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "trace".into());
             for thin in &args.thin {
-                let trace = demand::read_trace(&args.trace, *thin, args.seed)
-                    .with_context(|| format!("reading trace {}", args.trace.display()))?;
-                out.push(demand::trace_scenario(
-                    &format!("trace {stem} 1:{thin}"),
-                    &trace,
-                    args.seed,
-                ));
+                out.push(trace_scenario(args, *thin, args.seed, "")?);
             }
             continue;
         }
@@ -154,6 +148,156 @@ fn build_scenarios(args: &Args) -> anyhow::Result<Vec<Scenario>> {
         });
     }
     Ok(out)
+}
+
+/// The --trace file thinned 1 in `thin` with `seed`; `suffix` ends its name.
+fn trace_scenario(args: &Args, thin: u32, seed: u64, suffix: &str) -> anyhow::Result<Scenario> {
+    let stem = args
+        .trace
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "trace".into());
+    let trace = demand::read_trace(&args.trace, thin, seed)
+        .with_context(|| format!("reading trace {}", args.trace.display()))?;
+    Ok(demand::trace_scenario(
+        &format!("trace {stem} 1:{thin}{suffix}"),
+        &trace,
+        seed,
+    ))
+}
+
+/// The replays of `--trace-seeds`: the trace at the first `--thin`, once
+/// per seed, with warmpool auto and the static pools. Empty unless the run
+/// replays the trace with baselines.
+fn other_seeds(args: &Args, options: &replay::Options) -> anyhow::Result<Vec<SeedRuns>> {
+    let Some(&thin) = args.thin.first() else {
+        return Ok(Vec::new());
+    };
+    if !args.scenarios.iter().any(|s| s == "trace") || args.only_auto {
+        return Ok(Vec::new());
+    }
+    let mut seeded: Vec<(u64, Scenario)> = Vec::new();
+    for seed in args.trace_seeds.iter().filter(|s| **s != args.seed) {
+        seeded.push((
+            *seed,
+            trace_scenario(args, thin, *seed, &format!(" seed {seed}"))?,
+        ));
+    }
+    let mut policies: Vec<Policy> = args
+        .static_sizes
+        .iter()
+        .map(|n| Policy::Static(*n))
+        .collect();
+    policies.push(Policy::Auto);
+    let jobs: Vec<(usize, Policy)> = (0..seeded.len())
+        .flat_map(|i| policies.iter().map(move |p| (i, p.clone())))
+        .collect();
+    if !jobs.is_empty() {
+        eprintln!("{} replays of the trace with other seeds", jobs.len());
+    }
+    let results = parallel(&jobs, args.jobs, |(i, policy)| {
+        let (seed, scenario) = &seeded[*i];
+        let mut options = options.clone();
+        options.seed = *seed;
+        let r = replay::run(scenario, policy, &options);
+        eprintln!(
+            "  {:<29} {:<19} hits {:>8}  {:>6.1} s wall",
+            r.scenario,
+            r.policy.name(),
+            report::percent(r.hit_rate()),
+            r.wall.as_secs_f64()
+        );
+        r
+    });
+    Ok(seeded
+        .iter()
+        .map(|(seed, scenario)| SeedRuns {
+            seed: *seed,
+            runs: results
+                .iter()
+                .filter(|r| r.scenario == scenario.name)
+                .cloned()
+                .collect(),
+        })
+        .collect())
+}
+
+/// The trace at the primary scale replayed with another seed.
+struct SeedRuns {
+    seed: u64,
+    runs: Vec<RunResult>,
+}
+
+/// Warmpool auto against the trace goal in one replay of a trace.
+struct TraceVerdict<'a> {
+    auto: &'a RunResult,
+    /// The smallest static pool that reached auto's hit rate, if any did.
+    reference: Option<(u32, RunResult)>,
+}
+
+impl<'a> TraceVerdict<'a> {
+    fn of(runs: &[&'a RunResult]) -> Option<Self> {
+        let auto = *runs.iter().find(|r| r.policy == Policy::Auto)?;
+        Some(Self {
+            auto,
+            reference: smallest_static_reaching(runs, auto.hit_rate()),
+        })
+    }
+
+    /// Auto's idle VM-hours as a multiple of the reference's.
+    fn ratio(&self) -> Option<f64> {
+        let (_, reference) = self.reference.as_ref()?;
+        Some(self.auto.idle_vm_hours / reference.idle_vm_hours.max(1e-9))
+    }
+}
+
+/// ", by <by>" after a verdict that missed; nothing after one that was met.
+fn shortfall(met: bool, by: String) -> String {
+    if met {
+        String::new()
+    } else {
+        format!(", by {by}")
+    }
+}
+
+/// The primary trace's goal comparison for its own seed (`primary`, with
+/// `seed`) and for each of `others`.
+fn seeds_table(primary: Option<TraceVerdict>, seed: u64, others: &[SeedRuns]) -> String {
+    let mut md = String::from(
+        "The primary trace replayed with other seeds (`--trace-seeds`; the thinning, holding \
+         times and jitter are drawn from the seed; warmpool auto and the static pools only):\n\n\
+         | seed | purchases | auto: warm hits | auto: idle VM-h | smallest static reaching auto's rate | its warm hits | its idle VM-h | auto x it |\n\
+         |--:|--:|--:|--:|---|--:|--:|--:|\n",
+    );
+    let rows = primary
+        .map(|v| (seed, v))
+        .into_iter()
+        .chain(others.iter().filter_map(|o| {
+            let runs: Vec<&RunResult> = o.runs.iter().collect();
+            TraceVerdict::of(&runs).map(|v| (o.seed, v))
+        }));
+    for (seed, v) in rows {
+        let (name, hit, idle) = v.reference.as_ref().map_or_else(
+            || ("none tested".to_string(), String::new(), String::new()),
+            |(n, r)| {
+                (
+                    format!("static {n}"),
+                    report::percent(r.hit_rate()),
+                    format!("{:.1}", r.idle_vm_hours),
+                )
+            },
+        );
+        let _ = writeln!(
+            md,
+            "| {seed} | {} | {} | {:.1} | {name} | {hit} | {idle} | {} |",
+            v.auto.purchases,
+            report::percent(v.auto.hit_rate()),
+            v.auto.idle_vm_hours,
+            v.ratio().map_or_else(String::new, |r| format!("{r:.2}"))
+        );
+    }
+    md.push('\n');
+    md
 }
 
 /// Runs jobs on `jobs` threads; results in job order.
@@ -265,6 +409,7 @@ fn main() -> anyhow::Result<()> {
         });
         results.extend(more);
     }
+    let seed_runs = other_seeds(&args, &options)?;
     let replay_wall = started.elapsed();
 
     let fills: Vec<Fill> = if args.no_contention {
@@ -310,11 +455,23 @@ fn main() -> anyhow::Result<()> {
     let _ = writeln!(md, "## Trace replay\n");
     let _ = writeln!(
         md,
-        "Seed {}; {} replays in {:.0} s of wall time on {} threads. Idle VM-hours count Ready instances waiting in pools; pool VM-hours add those booting and warming.\n",
+        "Seed {}; {} replays in {:.0} s of wall time on {} threads{}. Idle VM-hours count Ready instances waiting in pools; pool VM-hours add those booting and warming.\n",
         args.seed,
-        results.len(),
+        results.len() + seed_runs.iter().map(|o| o.runs.len()).sum::<usize>(),
         replay_wall.as_secs_f64(),
-        args.jobs
+        args.jobs,
+        if seed_runs.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (with the trace's replays for seeds {})",
+                seed_runs
+                    .iter()
+                    .map(|o| o.seed.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
     );
     let _ = writeln!(md, "| scenario | demand |\n|---|---|");
     for s in &scenarios {
@@ -363,6 +520,18 @@ fn main() -> anyhow::Result<()> {
         .collect();
     if !models.is_empty() {
         md.push_str(&model_table(&models));
+    }
+    if !seed_runs.is_empty() {
+        let primary = scenarios
+            .iter()
+            .find(|s| s.name.starts_with("trace"))
+            .map(|s| scenario_runs(&ordered, &s.name))
+            .unwrap_or_default();
+        md.push_str(&seeds_table(
+            TraceVerdict::of(&primary),
+            args.seed,
+            &seed_runs,
+        ));
     }
 
     for s in &scenarios {
@@ -440,7 +609,16 @@ fn main() -> anyhow::Result<()> {
     }
 
     md.push_str(&acceptance(
-        &args, &scenarios, &ordered, &models, &fills, lone, &ttrs,
+        &args,
+        &Outcomes {
+            scenarios: &scenarios,
+            results: &ordered,
+            models: &models,
+            seed_runs: &seed_runs,
+            fills: &fills,
+            lone,
+            ttrs: &ttrs,
+        },
     ));
     let path = args.out.join("results.md");
     std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
@@ -457,15 +635,28 @@ fn verdict(met: bool) -> &'static str {
     }
 }
 
-fn acceptance(
-    args: &Args,
-    scenarios: &[Scenario],
-    results: &[RunResult],
-    models: &[TraceModel],
-    fills: &[Fill],
+/// What one run measured, as the acceptance check reads it.
+struct Outcomes<'a> {
+    scenarios: &'a [Scenario],
+    /// Replays in scenario order.
+    results: &'a [RunResult],
+    models: &'a [TraceModel],
+    seed_runs: &'a [SeedRuns],
+    fills: &'a [Fill],
     lone: Option<Duration>,
-    ttrs: &[Measured],
-) -> String {
+    ttrs: &'a [Measured],
+}
+
+fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
+    let &Outcomes {
+        scenarios,
+        results,
+        models,
+        seed_runs,
+        fills,
+        lone,
+        ttrs,
+    } = outcomes;
     let mut md = String::from("## Acceptance goals\n\n");
     let runs = |name: &str| scenario_runs(results, name);
     let auto = |name: &str| {
@@ -496,9 +687,12 @@ fn acceptance(
                 report::percent(hit),
                 verdict(hit >= GOAL_HIT)
             );
-            match smallest_static_reaching(&all, hit) {
-                Some((n, s)) => {
-                    let ratio = a.idle_vm_hours / s.idle_vm_hours.max(1e-9);
+            let judged = TraceVerdict::of(&all);
+            match judged
+                .as_ref()
+                .and_then(|v| Some((v.reference.as_ref()?, v.ratio()?)))
+            {
+                Some(((n, s), ratio)) => {
                     let _ = writeln!(
                         md,
                         "  The smallest static min-ready reaching the same hit rate is static {n} ({} hits, {:.1} idle VM-h); auto used {:.1} idle VM-h = {:.2}x (goal <= 0.60x): {}{}.",
@@ -507,12 +701,50 @@ fn acceptance(
                         a.idle_vm_hours,
                         ratio,
                         verdict(ratio <= 0.6),
-                        if ratio > 0.6 { format!(", by {:.2}x", ratio - 0.6) } else { String::new() }
+                        shortfall(ratio <= 0.6, format!("{:.2}x", ratio - 0.6))
                     );
                 }
                 None => {
                     let _ = writeln!(md, "  No static size tested reached auto's hit rate; the largest tested is the bound.");
                 }
+            }
+            if i == 0 && !seed_runs.is_empty() {
+                let _ = write!(md, "  With other seeds (same scale, table above):");
+                for o in seed_runs {
+                    let runs: Vec<&RunResult> = o.runs.iter().collect();
+                    let Some(v) = TraceVerdict::of(&runs) else {
+                        continue;
+                    };
+                    let hit = v.auto.hit_rate();
+                    let _ = write!(
+                        md,
+                        " seed {}: {} warm hits ({}{})",
+                        o.seed,
+                        report::percent(hit),
+                        verdict(hit >= GOAL_HIT),
+                        shortfall(
+                            hit >= GOAL_HIT,
+                            format!("{:.2} points", (GOAL_HIT - hit) * 100.0)
+                        )
+                    );
+                    match v.ratio() {
+                        Some(ratio) => {
+                            let _ = write!(
+                                md,
+                                ", {ratio:.2}x idle ({}{});",
+                                verdict(ratio <= 0.6),
+                                shortfall(ratio <= 0.6, format!("{:.2}x", ratio - 0.6))
+                            );
+                        }
+                        None => {
+                            let _ = write!(md, ", no static size tested reached its hit rate;");
+                        }
+                    }
+                }
+                if md.ends_with(';') {
+                    md.pop();
+                }
+                let _ = writeln!(md, ".");
             }
             if let Some(h) = all
                 .iter()
@@ -663,6 +895,7 @@ fn acceptance(
         |r: &RunResult| r.wall.as_secs_f64() * 7.0 * 86400.0 / r.simulated.as_secs_f64().max(1.0);
     if let Some(slowest) = results
         .iter()
+        .chain(seed_runs.iter().flat_map(|o| &o.runs))
         .max_by(|a, b| wall_per_week(a).total_cmp(&wall_per_week(b)))
     {
         let per_week = wall_per_week(slowest);
