@@ -709,42 +709,39 @@ fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
                 }
             }
             if i == 0 && !seed_runs.is_empty() {
-                let _ = write!(md, "  With other seeds (same scale, table above):");
-                for o in seed_runs {
-                    let runs: Vec<&RunResult> = o.runs.iter().collect();
-                    let Some(v) = TraceVerdict::of(&runs) else {
-                        continue;
-                    };
-                    let hit = v.auto.hit_rate();
-                    let _ = write!(
-                        md,
-                        " seed {}: {} warm hits ({}{})",
-                        o.seed,
-                        report::percent(hit),
-                        verdict(hit >= GOAL_HIT),
-                        shortfall(
-                            hit >= GOAL_HIT,
-                            format!("{:.2} points", (GOAL_HIT - hit) * 100.0)
-                        )
-                    );
-                    match v.ratio() {
-                        Some(ratio) => {
-                            let _ = write!(
-                                md,
-                                ", {ratio:.2}x idle ({}{});",
-                                verdict(ratio <= 0.6),
-                                shortfall(ratio <= 0.6, format!("{:.2}x", ratio - 0.6))
-                            );
-                        }
-                        None => {
-                            let _ = write!(md, ", no static size tested reached its hit rate;");
-                        }
-                    }
-                }
-                if md.ends_with(';') {
-                    md.pop();
-                }
-                let _ = writeln!(md, ".");
+                let per_seed: Vec<String> = seed_runs
+                    .iter()
+                    .filter_map(|o| {
+                        let runs: Vec<&RunResult> = o.runs.iter().collect();
+                        let v = TraceVerdict::of(&runs)?;
+                        let hit = v.auto.hit_rate();
+                        let idle = v.ratio().map_or_else(
+                            || "no static size tested reached its hit rate".to_string(),
+                            |ratio| {
+                                format!(
+                                    "{ratio:.2}x idle ({}{})",
+                                    verdict(ratio <= 0.6),
+                                    shortfall(ratio <= 0.6, format!("{:.2}x", ratio - 0.6))
+                                )
+                            },
+                        );
+                        Some(format!(
+                            "seed {}: {} warm hits ({}{}), {idle}",
+                            o.seed,
+                            report::percent(hit),
+                            verdict(hit >= GOAL_HIT),
+                            shortfall(
+                                hit >= GOAL_HIT,
+                                format!("{:.2} points", (GOAL_HIT - hit) * 100.0)
+                            )
+                        ))
+                    })
+                    .collect();
+                let _ = writeln!(
+                    md,
+                    "  With other seeds (same scale, table above): {}.",
+                    per_seed.join("; ")
+                );
             }
             if let Some(h) = all
                 .iter()
