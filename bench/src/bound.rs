@@ -215,16 +215,13 @@ pub fn best_sizing(
     };
     // The cheapest stock of every cell grows with the price of a miss, so
     // the hit rate does too: bisect the price on a log scale.
-    let (mut low, mut high) = (1e-6_f64, 1e9_f64);
-    for _ in 0..80 {
-        let mid = (low * high).sqrt();
-        if total(&cells, choose(mid)).hit_rate >= goal {
-            high = mid;
-        } else {
-            low = mid;
-        }
-    }
-    total(&cells, choose(high))
+    let price = least_reaching(
+        (1e-6, 1e9),
+        80,
+        |low, high| (low * high).sqrt(),
+        |mu| total(&cells, choose(mu)).hit_rate >= goal,
+    );
+    total(&cells, choose(price))
 }
 
 /// Auto's own target formula in every bin, fed the rate `knowledge` gives:
@@ -256,20 +253,38 @@ pub fn formula_z_for(
     let cells = cells(intensity, lead, knowledge);
     let reaches =
         |z: f64| formula_total(&cells, intensity.bin, lead_p90, z, floor).hit_rate >= goal;
-    let (mut low, mut high) = (0.0_f64, 20.0_f64);
-    if !reaches(high) {
+    const HIGHEST: f64 = 20.0;
+    if !reaches(HIGHEST) {
         return None;
     }
-    // The target grows with z, so the hit rate does too.
-    while high - low > 1e-3 {
-        let mid = (low + high) / 2.0;
+    // The target grows with z, so the hit rate does too; 15 halvings of
+    // 0..20 leave less than 0.001.
+    Some(least_reaching(
+        (0.0, HIGHEST),
+        15,
+        |low, high| (low + high) / 2.0,
+        reaches,
+    ))
+}
+
+/// Bisection of a monotone `reaches` over `(low, high)` for `iterations`
+/// steps, splitting at `midpoint`: the upper end, the least value found
+/// that reaches (or `high` if none tried does).
+fn least_reaching(
+    (mut low, mut high): (f64, f64),
+    iterations: u32,
+    midpoint: impl Fn(f64, f64) -> f64,
+    reaches: impl Fn(f64) -> bool,
+) -> f64 {
+    for _ in 0..iterations {
+        let mid = midpoint(low, high);
         if reaches(mid) {
             high = mid;
         } else {
             low = mid;
         }
     }
-    Some(high)
+    high
 }
 
 fn formula_total(
