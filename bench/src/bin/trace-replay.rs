@@ -26,6 +26,9 @@ use std::time::Duration;
 
 /// The hit rate the sizing is asked for and judged by.
 const GOAL_HIT: f64 = 0.995;
+/// On the trace, auto's idle VM-hours over the smallest static pool's that
+/// reaches auto's hit rate may be at most this.
+const GOAL_IDLE_RATIO: f64 = 0.6;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -200,13 +203,7 @@ fn other_seeds(args: &Args, options: &replay::Options) -> anyhow::Result<Vec<See
         let mut options = options.clone();
         options.seed = *seed;
         let r = replay::run(scenario, policy, &options);
-        eprintln!(
-            "  {:<29} {:<19} hits {:>8}  {:>6.1} s wall",
-            r.scenario,
-            r.policy.name(),
-            report::percent(r.hit_rate()),
-            r.wall.as_secs_f64()
-        );
+        print_progress(&r);
         r
     });
     Ok(seeded
@@ -226,6 +223,13 @@ fn other_seeds(args: &Args, options: &replay::Options) -> anyhow::Result<Vec<See
 struct SeedRuns {
     seed: u64,
     runs: Vec<RunResult>,
+}
+
+impl SeedRuns {
+    fn verdict(&self) -> Option<TraceVerdict<'_>> {
+        let runs: Vec<&RunResult> = self.runs.iter().collect();
+        TraceVerdict::of(&runs)
+    }
 }
 
 /// Warmpool auto against the trace goal in one replay of a trace.
@@ -251,6 +255,16 @@ impl<'a> TraceVerdict<'a> {
     }
 }
 
+/// The verdict on an idle ratio, with how far it missed.
+fn idle_verdict(ratio: f64) -> String {
+    let met = ratio <= GOAL_IDLE_RATIO;
+    format!(
+        "{}{}",
+        verdict(met),
+        shortfall(met, format!("{:.2}x", ratio - GOAL_IDLE_RATIO))
+    )
+}
+
 /// ", by <by>" after a verdict that missed; nothing after one that was met.
 fn shortfall(met: bool, by: String) -> String {
     if met {
@@ -269,13 +283,11 @@ fn seeds_table(primary: Option<TraceVerdict>, seed: u64, others: &[SeedRuns]) ->
          | seed | purchases | auto: warm hits | auto: idle VM-h | smallest static reaching auto's rate | its warm hits | its idle VM-h | auto x it |\n\
          |--:|--:|--:|--:|---|--:|--:|--:|\n",
     );
-    let rows = primary
-        .map(|v| (seed, v))
-        .into_iter()
-        .chain(others.iter().filter_map(|o| {
-            let runs: Vec<&RunResult> = o.runs.iter().collect();
-            TraceVerdict::of(&runs).map(|v| (o.seed, v))
-        }));
+    let rows = primary.map(|v| (seed, v)).into_iter().chain(
+        others
+            .iter()
+            .filter_map(|o| o.verdict().map(|v| (o.seed, v))),
+    );
     for (seed, v) in rows {
         let (name, hit, idle) = v.reference.as_ref().map_or_else(
             || ("none tested".to_string(), String::new(), String::new()),
@@ -298,6 +310,18 @@ fn seeds_table(primary: Option<TraceVerdict>, seed: u64, others: &[SeedRuns]) ->
     }
     md.push('\n');
     md
+}
+
+/// One line on stderr per finished replay.
+fn print_progress(r: &RunResult) {
+    eprintln!(
+        "  {:<22} {:<26} hits {:>8}  {:>6.1} s wall for {:.1} simulated days",
+        r.scenario,
+        r.policy.name(),
+        report::percent(r.hit_rate()),
+        r.wall.as_secs_f64(),
+        r.simulated.as_secs_f64() / 86400.0
+    );
 }
 
 /// Runs jobs on `jobs` threads; results in job order.
@@ -367,14 +391,7 @@ fn main() -> anyhow::Result<()> {
     let options = replay_options(&args);
     let mut results = parallel(&jobs, args.jobs, |(s, policy)| {
         let r = replay::run(&scenarios[*s], policy, &options);
-        eprintln!(
-            "  {:<22} {:<26} hits {:>8}  {:>6.1} s wall for {:.1} simulated days",
-            r.scenario,
-            r.policy.name(),
-            report::percent(r.hit_rate()),
-            r.wall.as_secs_f64(),
-            r.simulated.as_secs_f64() / 86400.0
-        );
+        print_progress(&r);
         r
     });
 
@@ -677,7 +694,8 @@ fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
         } else {
             " (sensitivity to the scale)"
         };
-        if let Some(a) = auto(&trace.name) {
+        if let Some(judged) = TraceVerdict::of(&all) {
+            let a = judged.auto;
             let hit = a.hit_rate();
             let _ = writeln!(
                 md,
@@ -687,21 +705,16 @@ fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
                 report::percent(hit),
                 verdict(hit >= GOAL_HIT)
             );
-            let judged = TraceVerdict::of(&all);
-            match judged
-                .as_ref()
-                .and_then(|v| Some((v.reference.as_ref()?, v.ratio()?)))
-            {
+            match judged.reference.as_ref().zip(judged.ratio()) {
                 Some(((n, s), ratio)) => {
                     let _ = writeln!(
                         md,
-                        "  The smallest static min-ready reaching the same hit rate is static {n} ({} hits, {:.1} idle VM-h); auto used {:.1} idle VM-h = {:.2}x (goal <= 0.60x): {}{}.",
+                        "  The smallest static min-ready reaching the same hit rate is static {n} ({} hits, {:.1} idle VM-h); auto used {:.1} idle VM-h = {:.2}x (goal <= {GOAL_IDLE_RATIO:.2}x): {}.",
                         report::percent(s.hit_rate()),
                         s.idle_vm_hours,
                         a.idle_vm_hours,
                         ratio,
-                        verdict(ratio <= 0.6),
-                        shortfall(ratio <= 0.6, format!("{:.2}x", ratio - 0.6))
+                        idle_verdict(ratio)
                     );
                 }
                 None => {
@@ -712,18 +725,11 @@ fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
                 let per_seed: Vec<String> = seed_runs
                     .iter()
                     .filter_map(|o| {
-                        let runs: Vec<&RunResult> = o.runs.iter().collect();
-                        let v = TraceVerdict::of(&runs)?;
+                        let v = o.verdict()?;
                         let hit = v.auto.hit_rate();
                         let idle = v.ratio().map_or_else(
                             || "no static size tested reached its hit rate".to_string(),
-                            |ratio| {
-                                format!(
-                                    "{ratio:.2}x idle ({}{})",
-                                    verdict(ratio <= 0.6),
-                                    shortfall(ratio <= 0.6, format!("{:.2}x", ratio - 0.6))
-                                )
-                            },
+                            |ratio| format!("{ratio:.2}x idle ({})", idle_verdict(ratio)),
                         );
                         Some(format!(
                             "seed {}: {} warm hits ({}{}), {idle}",
