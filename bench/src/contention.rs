@@ -73,6 +73,7 @@ pub fn fill(instances: u32, concurrency: Option<u32>, seed: u64) -> Fill {
                     ..GateSettings::default()
                 },
             },
+            instance_id_seed: Some(seed),
             ..ManagerSettings::default()
         };
         let manager = PoolManager::new(

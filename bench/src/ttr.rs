@@ -64,6 +64,7 @@ pub fn measure(
             ManagerSettings {
                 poll_interval: Duration::from_secs(2),
                 reconcile_interval: Duration::from_secs(3600),
+                instance_id_seed: Some(seed),
                 ..ManagerSettings::default()
             },
         );

@@ -322,7 +322,7 @@ impl Shared {
             _ => DEFAULT_ALLOCATE_TIMEOUT,
         });
         let deadline = started + timeout;
-        let mut generation = self.generation.subscribe();
+        let mut generation = self.changes.subscribe();
 
         let allocation = loop {
             if let Some(existing) = self.store.get_allocation(&params.request_id).await? {
@@ -518,7 +518,7 @@ impl Shared {
         policy: EmptyPoolPolicy,
         deadline: Instant,
     ) -> ManagerResult<(Instance, bool)> {
-        let mut generation = self.generation.subscribe();
+        let mut generation = self.changes.subscribe();
         loop {
             if let Some(instance) = self.claim_ready(params).await? {
                 return Ok((instance, true));

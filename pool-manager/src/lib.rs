@@ -5,6 +5,7 @@
 //! `server` crate maps its API onto [`PoolManager`]'s methods.
 
 mod allocator;
+pub mod changes;
 pub mod cloud;
 pub mod error;
 pub mod events;

@@ -3,6 +3,7 @@
 //! The allocator, replenisher and reconciler extend [`Shared`] in their own
 //! modules.
 
+use crate::changes::{ChangeCursor, Changes};
 use crate::cloud::{
     BootHeadroom, Cloud, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
     ServerSpec, Volume,
@@ -14,6 +15,8 @@ use crate::model::{Instance, InstanceState, PoolKey, PoolRecord, PoolSpec};
 use crate::probe::Probe;
 use crate::sizing::{SizingBook, SizingSettings, SizingStatus};
 use crate::store::Store;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -40,6 +43,12 @@ pub struct ManagerSettings {
     pub sizing: SizingSettings,
     /// The per-AZ throttle gate on replenishment boots.
     pub gate: GateSettings,
+    /// Seeds the random instance ids. `None` (the default) seeds from the
+    /// OS. A simulation sets it so that a replay repeats itself exactly; a
+    /// seeded manager restarted on the same store draws the same ids again,
+    /// which the store refuses (an instance is written only under a free
+    /// id), so a seed is for managers that are never restarted.
+    pub instance_id_seed: Option<u64>,
 }
 
 impl Default for ManagerSettings {
@@ -52,6 +61,7 @@ impl Default for ManagerSettings {
             retry_backoff: Duration::from_millis(500),
             sizing: SizingSettings::default(),
             gate: GateSettings::default(),
+            instance_id_seed: None,
         }
     }
 }
@@ -101,7 +111,7 @@ pub(crate) struct Shared {
     pub settings: ManagerSettings,
     /// Bumped on every change of an instance or pool; waiters and watchers
     /// re-read the store when it moves.
-    pub generation: watch::Sender<u64>,
+    pub changes: Arc<Changes>,
     /// What happened, for metrics and watchers.
     pub events: broadcast::Sender<Event>,
     /// Serializes read-modify-write of pool records (counters, spec).
@@ -118,6 +128,8 @@ pub(crate) struct Shared {
     pub sizing: Mutex<SizingBook>,
     /// The per-AZ throttle gate (see `crate::gate`).
     pub gate: Arc<Mutex<Gate>>,
+    /// Draws new instance ids (see `ManagerSettings::instance_id_seed`).
+    pub instance_ids: Mutex<StdRng>,
     /// Boot health per pool: the degraded / recovered verdicts.
     pub health: Mutex<HealthBook>,
 }
@@ -127,7 +139,7 @@ const MIN_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 impl Shared {
     pub fn changed(&self) {
-        self.generation.send_modify(|g| *g += 1);
+        self.changes.bump();
     }
 
     /// Logs (once, here) and broadcasts an event. A boot outcome may make a
@@ -381,7 +393,7 @@ impl PoolManager {
                 store,
                 cloud: Arc::new(ServiceNoting { inner: cloud }),
                 probe,
-                generation: watch::channel(0).0,
+                changes: Arc::default(),
                 events: broadcast::channel(1024).0,
                 pool_lock: tokio::sync::Mutex::new(()),
                 driving: Mutex::new(HashSet::new()),
@@ -391,6 +403,10 @@ impl PoolManager {
                 sizing: Mutex::new(SizingBook::default()),
                 gate: Arc::new(Mutex::new(Gate::new(settings.gate.clone()))),
                 health: Mutex::new(HealthBook::default()),
+                instance_ids: Mutex::new(match settings.instance_id_seed {
+                    Some(seed) => StdRng::seed_from_u64(seed),
+                    None => StdRng::from_entropy(),
+                }),
                 settings,
             }),
         }
@@ -444,8 +460,8 @@ impl PoolManager {
     }
 
     /// A receiver that changes whenever a pool or instance changes.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.shared.generation.subscribe()
+    pub fn subscribe(&self) -> ChangeCursor {
+        self.shared.changes.subscribe()
     }
 
     pub async fn list_pools(&self) -> ManagerResult<Vec<PoolStatus>> {

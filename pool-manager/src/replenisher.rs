@@ -17,6 +17,7 @@ use crate::gate::{self, BootSignal, BootTicket, Hold};
 use crate::manager::Shared;
 use crate::model::{Instance, InstanceState, PoolKey, PoolRecord};
 use crate::sizing::{self, BootPlan, Inputs, PlanReason, SizingBook, SizingStatus};
+use rand::Rng;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, MutexGuard};
@@ -79,7 +80,7 @@ impl Shared {
     }
 
     async fn replenish_loop(self: &Arc<Self>, key: &PoolKey) -> ManagerResult<()> {
-        let mut generation = self.generation.subscribe();
+        let mut generation = self.changes.subscribe();
         let mut events = self.events.subscribe();
         self.restore_learned_sizing(key).await;
         let mut next_save = Instant::now() + LEARNED_SIZING_SAVE_EVERY;
@@ -108,15 +109,11 @@ impl Shared {
             // Wait for a change, the timer or the end of a hold; record the
             // pool's allocations meanwhile.
             loop {
+                // Biased, in this order: what happened is recorded before
+                // the next step sizes the pool, and a random pick among
+                // ready branches would make replays differ from run to run.
                 tokio::select! {
-                    _ = tokio::time::sleep_until(wake) => break,
-                    _ = generation.changed() => {
-                        // One allocation or boot changes several records in a
-                        // row: coalesce them into one step.
-                        tokio::time::sleep(self.settings.poll_interval.min(STEP_DEBOUNCE)).await;
-                        generation.borrow_and_update();
-                        break;
-                    }
+                    biased;
                     event = events.recv() => match event {
                         Ok(event) => self.note_event(key, &event),
                         Err(RecvError::Lagged(missed)) => {
@@ -124,6 +121,14 @@ impl Shared {
                         }
                         Err(RecvError::Closed) => return Ok(()),
                     },
+                    _ = tokio::time::sleep_until(wake) => break,
+                    _ = generation.changed() => {
+                        // One allocation or boot changes several records in a
+                        // row: coalesce them into one step.
+                        tokio::time::sleep(self.settings.poll_interval.min(STEP_DEBOUNCE)).await;
+                        generation.mark_seen();
+                        break;
+                    }
                 }
             }
         }
@@ -410,7 +415,7 @@ impl Shared {
         reserved_for: Option<String>,
     ) -> ManagerResult<Instance> {
         let instance = Instance {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: self.new_instance_id(),
             pool: pool.key.clone(),
             server_id: None,
             state: InstanceState::Booting,
@@ -433,6 +438,18 @@ impl Shared {
         }
         self.changed();
         Ok(instance)
+    }
+
+    /// A random (version 4) UUID from the manager's id generator.
+    fn new_instance_id(&self) -> String {
+        let bytes = self
+            .instance_ids
+            .lock()
+            .expect("instance id generator lock")
+            .gen();
+        uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .to_string()
     }
 
     /// Marks the instance as driven by a task of this process; false when

@@ -1,6 +1,7 @@
 //! The warmpool.v1 gRPC service: decode, call `PoolManager`, encode.
 
 use crate::convert;
+use pool_manager::changes::ChangeCursor;
 use pool_manager::events::Event;
 use pool_manager::model::PoolKey;
 use pool_manager::PoolManager;
@@ -181,7 +182,7 @@ const WATCH_REFRESH: Duration = Duration::from_secs(1);
 /// One `WatchPools` stream.
 struct Watcher {
     manager: PoolManager,
-    changes: tokio::sync::watch::Receiver<u64>,
+    changes: ChangeCursor,
     events: broadcast::Receiver<Event>,
     /// The last pool message sent per pool: only changes go out, and a pool
     /// that disappears gets a last message with its last known state.
@@ -206,10 +207,7 @@ impl Watcher {
             loop {
                 tokio::select! {
                     _ = self.tx.closed() => return Err(Stop),
-                    changed = self.changes.changed() => {
-                        changed.map_err(|_| Stop)?;
-                        break;
-                    }
+                    () = self.changes.changed() => break,
                     event = self.events.recv() => match event {
                         Ok(event) => self.on_event(&event).await?,
                         Err(broadcast::error::RecvError::Lagged(missed)) => {
