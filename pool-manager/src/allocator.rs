@@ -322,7 +322,7 @@ impl Shared {
             _ => DEFAULT_ALLOCATE_TIMEOUT,
         });
         let deadline = started + timeout;
-        let mut generation = self.changes.subscribe();
+        let mut changes = self.changes.subscribe();
 
         let allocation = loop {
             if let Some(existing) = self.store.get_allocation(&params.request_id).await? {
@@ -336,7 +336,7 @@ impl Shared {
                     return Ok(existing);
                 }
                 // Another call with this id is in flight: wait for its answer.
-                if tokio::time::timeout_at(deadline, generation.changed())
+                if tokio::time::timeout_at(deadline, changes.changed())
                     .await
                     .is_err()
                 {
@@ -518,7 +518,7 @@ impl Shared {
         policy: EmptyPoolPolicy,
         deadline: Instant,
     ) -> ManagerResult<(Instance, bool)> {
-        let mut generation = self.changes.subscribe();
+        let mut changes = self.changes.subscribe();
         loop {
             if let Some(instance) = self.claim_ready(params).await? {
                 return Ok((instance, true));
@@ -536,7 +536,7 @@ impl Shared {
                 }
                 EmptyPoolPolicy::Wait => {
                     self.emit(Some(&params.pool), EventKind::Exhausted);
-                    if tokio::time::timeout_at(deadline, generation.changed())
+                    if tokio::time::timeout_at(deadline, changes.changed())
                         .await
                         .is_err()
                     {

@@ -80,7 +80,7 @@ impl Shared {
     }
 
     async fn replenish_loop(self: &Arc<Self>, key: &PoolKey) -> ManagerResult<()> {
-        let mut generation = self.changes.subscribe();
+        let mut changes = self.changes.subscribe();
         let mut events = self.events.subscribe();
         self.restore_learned_sizing(key).await;
         let mut next_save = Instant::now() + LEARNED_SIZING_SAVE_EVERY;
@@ -122,11 +122,11 @@ impl Shared {
                         Err(RecvError::Closed) => return Ok(()),
                     },
                     _ = tokio::time::sleep_until(wake) => break,
-                    _ = generation.changed() => {
+                    _ = changes.changed() => {
                         // One allocation or boot changes several records in a
                         // row: coalesce them into one step.
                         tokio::time::sleep(self.settings.poll_interval.min(STEP_DEBOUNCE)).await;
-                        generation.mark_seen();
+                        changes.mark_seen();
                         break;
                     }
                 }
