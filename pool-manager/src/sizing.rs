@@ -112,9 +112,49 @@ impl Default for SizingSettings {
     }
 }
 
+/// A sizing setting out of its range; the message starts with the
+/// setting's name (as the field, and `warmpoold`'s config key, is named).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSizing(String);
+
 impl SizingSettings {
     pub fn z(&self) -> f64 {
         z_for(self.service_level)
+    }
+
+    /// Refuses settings the estimators cannot work with (a service level
+    /// that maps to no finite z, a zero time constant or window, a short
+    /// EWMA slower than the long one), so whoever builds them can say which.
+    pub fn validate(&self) -> Result<(), InvalidSizing> {
+        let invalid = |m: String| Err(InvalidSizing(m));
+        if !(self.service_level >= 0.5 && self.service_level < 1.0) {
+            return invalid(format!(
+                "service_level must be at least 0.5 and below 1 (e.g. 0.995), got {}",
+                self.service_level
+            ));
+        }
+        if self.lead_samples == 0 {
+            return invalid("lead_samples must be at least 1".into());
+        }
+        for (name, d) in [
+            ("prior_lead_time", self.prior_lead_time),
+            ("lead_max_age", self.lead_max_age),
+            ("demand_short", self.demand_short),
+            ("demand_long", self.demand_long),
+        ] {
+            if d.is_zero() {
+                return invalid(format!("{name} must be positive"));
+            }
+        }
+        if self.demand_short > self.demand_long {
+            return invalid(format!(
+                "demand_short ({}) must not be longer than demand_long ({})",
+                humantime::format_duration(self.demand_short),
+                humantime::format_duration(self.demand_long)
+            ));
+        }
+        Ok(())
     }
 }
 

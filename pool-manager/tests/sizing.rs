@@ -1269,3 +1269,27 @@ async fn an_iops_limited_pool_starts_from_the_iops_prior() {
         (prior, LeadSource::Prior)
     );
 }
+
+#[test]
+fn sizing_settings_out_of_range_are_refused_by_name() {
+    assert_eq!(SizingSettings::default().validate(), Ok(()));
+    type Spoil = fn(&mut SizingSettings);
+    let cases: [(Spoil, &str); 7] = [
+        (|s| s.service_level = 1.0, "service_level"),
+        (|s| s.service_level = 0.3, "service_level"),
+        (|s| s.service_level = f64::NAN, "service_level"),
+        (|s| s.lead_samples = 0, "lead_samples"),
+        (|s| s.prior_lead_time = Duration::ZERO, "prior_lead_time"),
+        (|s| s.demand_long = Duration::ZERO, "demand_long"),
+        (
+            |s| s.demand_short = Duration::from_secs(7200),
+            "demand_short (2h)",
+        ),
+    ];
+    for (spoil, name) in cases {
+        let mut settings = SizingSettings::default();
+        spoil(&mut settings);
+        let err = settings.validate().expect_err(name).to_string();
+        assert!(err.starts_with(name), "{err}");
+    }
+}

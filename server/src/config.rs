@@ -207,20 +207,10 @@ impl ManagerConfig {
     /// The sizing and gate keys' own consistency; the error names the key.
     fn validate_sizing_and_gate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(format!("manager.{m}")));
-        if !(self.service_level >= 0.5 && self.service_level < 1.0) {
-            return invalid(format!(
-                "service_level must be at least 0.5 and below 1 (e.g. 0.995), got {}",
-                self.service_level
-            ));
-        }
-        if self.lead_samples == 0 {
-            return invalid("lead_samples must be at least 1".into());
+        if let Err(e) = self.settings().sizing.validate() {
+            return invalid(e.to_string());
         }
         for (name, d) in [
-            ("prior_lead_time", self.prior_lead_time),
-            ("lead_max_age", self.lead_max_age),
-            ("demand_short", self.demand_short),
-            ("demand_long", self.demand_long),
             ("retry_after_default", self.retry_after_default),
             ("quota_backoff", self.quota_backoff),
             ("quota_poll_interval", self.quota_poll_interval),
@@ -228,13 +218,6 @@ impl ManagerConfig {
             if d.is_zero() {
                 return invalid(format!("{name} must be positive"));
             }
-        }
-        if self.demand_short > self.demand_long {
-            return invalid(format!(
-                "demand_short ({}) must not be longer than demand_long ({})",
-                humantime::format_duration(self.demand_short),
-                humantime::format_duration(self.demand_long)
-            ));
         }
         if self.gate_min_window == 0 {
             return invalid("gate_min_window must be at least 1".into());

@@ -49,7 +49,8 @@ struct Args {
     /// Keep a seeded random 1 in N of the trace's tenant batches; several
     /// values replay the trace once per N (the first is the one the
     /// acceptance goals are checked on).
-    #[arg(long, value_delimiter = ',', default_value = "10")]
+    #[arg(long, value_delimiter = ',', default_value = "10",
+          value_parser = clap::value_parser!(u32).range(1..))]
     thin: Vec<u32>,
     /// Seed of every random choice (arrivals, thinning, holding times, jitter).
     #[arg(long, default_value_t = 1)]
@@ -80,16 +81,16 @@ struct Args {
     #[arg(long)]
     no_contention: bool,
     /// Instances filled per run of the concurrency sweep.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     fill: u32,
     /// Skip the time-to-ready benchmark.
     #[arg(long)]
     no_ttr: bool,
     /// Purchases per time-to-ready cell.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = at_least_one())]
     ttr_purchases: usize,
     /// Replays run in parallel (one paused-clock runtime per thread).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = at_least_one())]
     jobs: usize,
     /// The start of every replay that is measured for no policy (purchases,
     /// VM-hours, boots, API calls); demand still flows, so auto pools enter
@@ -113,7 +114,13 @@ struct Args {
     out: PathBuf,
 }
 
-fn replay_options(args: &Args) -> replay::Options {
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
+/// The replays' options; sizing flags out of range are refused here,
+/// before anything runs.
+fn replay_options(args: &Args) -> anyhow::Result<replay::Options> {
     let mut options = replay::Options::new(args.seed);
     options.burn_in = args.burn_in;
     let sizing = &mut options.sizing;
@@ -129,7 +136,10 @@ fn replay_options(args: &Args) -> replay::Options {
     if let Some(v) = args.cooldown {
         sizing.cooldown = v;
     }
-    options
+    sizing
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid sizing flag: {e}"))?;
+    Ok(options)
 }
 
 fn build_scenarios(args: &Args) -> anyhow::Result<Vec<Scenario>> {
@@ -367,6 +377,7 @@ fn smallest_static_reaching(runs: &[&RunResult], hit: f64) -> Option<(u32, RunRe
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let options = replay_options(&args)?;
     let scenarios = build_scenarios(&args)?;
     let mut policies: Vec<Policy> = args
         .static_sizes
@@ -388,7 +399,6 @@ fn main() -> anyhow::Result<()> {
         .collect();
     eprintln!("{} replays on {} threads", jobs.len(), args.jobs);
     let started = std::time::Instant::now();
-    let options = replay_options(&args);
     let mut results = parallel(&jobs, args.jobs, |(s, policy)| {
         let r = replay::run(&scenarios[*s], policy, &options);
         print_progress(&r);
@@ -1118,4 +1128,47 @@ fn model_table(models: &[TraceModel]) -> String {
     }
     md.push('\n');
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(flags: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("trace-replay").chain(flags.iter().copied()))
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        let args = parse(&[]).expect("defaults parse");
+        replay_options(&args).expect("defaults are in range");
+    }
+
+    #[test]
+    fn counts_of_zero_are_refused_by_name() {
+        for (flag, value) in [
+            ("--thin", "0"),
+            ("--thin", "10,0"),
+            ("--jobs", "0"),
+            ("--fill", "0"),
+            ("--ttr-purchases", "0"),
+        ] {
+            let err = parse(&[flag, value]).expect_err(flag).to_string();
+            assert!(err.contains(flag), "{flag} {value}: {err}");
+        }
+    }
+
+    #[test]
+    fn sizing_flags_out_of_range_are_refused_before_anything_runs() {
+        for (flags, names) in [
+            (&["--service-level", "1.5"][..], "service_level"),
+            (&["--service-level", "NaN"][..], "service_level"),
+            (&["--demand-short", "0s"][..], "demand_short"),
+            (&["--demand-short", "2h"][..], "demand_short (2h)"),
+        ] {
+            let args = parse(flags).expect("syntax is fine");
+            let err = replay_options(&args).expect_err("out of range").to_string();
+            assert!(err.contains(names), "{flags:?}: {err}");
+        }
+    }
 }
