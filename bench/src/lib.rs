@@ -19,3 +19,8 @@ pub mod memstore;
 pub mod replay;
 pub mod report;
 pub mod ttr;
+
+/// A command-line count that must be at least 1 (purchases, threads, ...).
+pub fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}

@@ -41,7 +41,7 @@ use tokio::time::Instant;
 #[command(about = "Time to ready of warm purchases against deploy/testbed")]
 struct Args {
     /// Purchases to measure.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = bench::at_least_one())]
     purchases: usize,
     /// clouds.yaml of the testbed.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/testbed/clouds.yaml"))]

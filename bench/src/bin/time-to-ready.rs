@@ -14,7 +14,7 @@ use clap::Parser;
 #[command(about = "Time to ready: warm purchase vs cold create, throttled and not")]
 struct Args {
     /// Purchases per cell.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = bench::at_least_one())]
     purchases: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,

@@ -87,10 +87,10 @@ struct Args {
     #[arg(long)]
     no_ttr: bool,
     /// Purchases per time-to-ready cell.
-    #[arg(long, default_value_t = 100, value_parser = at_least_one())]
+    #[arg(long, default_value_t = 100, value_parser = bench::at_least_one())]
     ttr_purchases: usize,
     /// Replays run in parallel (one paused-clock runtime per thread).
-    #[arg(long, default_value_t = 2, value_parser = at_least_one())]
+    #[arg(long, default_value_t = 2, value_parser = bench::at_least_one())]
     jobs: usize,
     /// The start of every replay that is measured for no policy (purchases,
     /// VM-hours, boots, API calls); demand still flows, so auto pools enter
@@ -112,10 +112,6 @@ struct Args {
     /// Directory for results.md and the SVG plots.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
-}
-
-fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 /// The replays' options; sizing flags out of range are refused here,
