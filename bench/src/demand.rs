@@ -361,28 +361,45 @@ pub fn parse_trace(
     let thin = thin.max(1);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut rows: Vec<(f64, &str)> = Vec::new();
+    // Bin width: the step between bins (300 s in the Azure files); every
+    // step must be the same, as the format has one line per bin.
+    let mut bin = None;
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        let (t, tokens) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
-        let t: f64 = t.parse().map_err(|_| TraceError::Syntax {
+        let syntax = |message: String| TraceError::Syntax {
             what: "trace",
             line: i + 1,
-            message: format!("bad bin time {t:?}"),
-        })?;
+            message,
+        };
+        let (t, tokens) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let t: f64 = t
+            .parse()
+            .ok()
+            .filter(|t: &f64| t.is_finite())
+            .ok_or_else(|| syntax(format!("bad bin time {t:?}")))?;
+        if let Some(&(previous, _)) = rows.last() {
+            let step = t - previous;
+            match bin {
+                None if step > 0.0 => bin = Some(step),
+                Some(width) if step == width => {}
+                _ => {
+                    return Err(syntax(format!(
+                        "bin time {t} follows {previous}: bins must advance by the same step{}",
+                        bin.map(|w| format!(" ({w} s, as the first two do)"))
+                            .unwrap_or_default()
+                    )))
+                }
+            }
+        }
         rows.push((t, tokens.trim()));
     }
     let Some(first) = rows.first().map(|r| r.0) else {
         return Err(TraceError::Empty);
     };
-    // Bin width: the step between bins (300 s in the Azure files).
-    let bin = rows
-        .windows(2)
-        .map(|w| w[1].0 - w[0].0)
-        .find(|d| *d > 0.0)
-        .unwrap_or(300.0);
+    let bin = bin.unwrap_or(300.0);
     let mut arrivals = Vec::new();
     let mut batches = 0;
     let mut per_bin = Vec::with_capacity(rows.len());
@@ -529,5 +546,32 @@ mod tests {
             "{}",
             thinned.arrivals.len()
         );
+    }
+
+    #[test]
+    fn malformed_bin_times_are_refused_with_their_line() {
+        let map = parse_flavor_map(AZURE_FLAVOR_MAP).unwrap();
+        for (text, line, says) in [
+            ("0 b,|\nfoo b,|\n", 2, "bad bin time \"foo\""),
+            ("0 b,|\nNaN b,|\n", 2, "bad bin time"),
+            ("inf b,|\n", 1, "bad bin time"),
+            ("300 b,|\n0 b,|\n", 2, "must advance"),
+            ("0 b,|\n0 b,|\n", 2, "must advance"),
+            (
+                "0 b,|\n300 b,|\n900 b,|\n",
+                3,
+                "(300 s, as the first two do)",
+            ),
+            ("0 b,|\n300 b,|\n1e15 b,|\n", 3, "must advance"),
+        ] {
+            let err = parse_trace(text, &map, 1, 1).expect_err(text).to_string();
+            assert!(
+                err.starts_with(&format!("trace line {line}: ")) && err.contains(says),
+                "{text:?}: {err}"
+            );
+        }
+        // A trace of one bin is fine: its width is the Azure files' 300 s.
+        let one = parse_trace("7 b,|\n", &map, 1, 1).unwrap();
+        assert_eq!(one.span, Duration::from_secs(300));
     }
 }
