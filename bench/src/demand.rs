@@ -121,7 +121,7 @@ pub fn small() -> PoolKey {
 }
 
 /// Poisson arrivals with a time-varying rate (per second), by thinning.
-fn poisson(
+pub(crate) fn poisson(
     rng: &mut StdRng,
     span: f64,
     max_rate: f64,
@@ -155,7 +155,7 @@ fn burst(rng: &mut StdRng, start: f64, span: f64, n: usize, pool: &PoolKey) -> V
         .collect()
 }
 
-fn sorted(mut arrivals: Vec<Arrival>) -> Vec<Arrival> {
+pub(crate) fn sorted(mut arrivals: Vec<Arrival>) -> Vec<Arrival> {
     arrivals.sort_by_key(|a| a.at);
     arrivals
 }

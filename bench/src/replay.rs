@@ -518,7 +518,7 @@ async fn replay(scenario: &Scenario, policy: &Policy, options: &Options) -> RunR
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demand::{base_cloud, small, Arrival};
+    use crate::demand::{base_cloud, poisson, small, sorted, Arrival};
 
     fn hourly_scenario() -> Scenario {
         Scenario {
@@ -541,32 +541,22 @@ mod tests {
     /// Three pools, each with Poisson purchases averaging one every 3 min,
     /// for 2 hours: pools often step at the same instant.
     fn three_pool_scenario() -> Scenario {
-        use rand::{Rng, SeedableRng};
+        use rand::SeedableRng;
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let pools: Vec<PoolKey> = ["db.small", "db.medium", "db.large"]
             .into_iter()
             .map(|flavor| PoolKey::new(flavor, crate::demand::AZ))
             .collect();
         let span = 2.0 * 3600.0;
-        let mut arrivals = Vec::new();
-        for pool in &pools {
-            let mut t = 0.0;
-            loop {
-                t += -rng.gen_range(f64::EPSILON..1.0f64).ln() * 180.0;
-                if t >= span {
-                    break;
-                }
-                arrivals.push(Arrival {
-                    at: Duration::from_secs_f64(t),
-                    pool: pool.clone(),
-                });
-            }
-        }
-        arrivals.sort_by_key(|a| a.at);
+        let rate = 1.0 / 180.0;
+        let arrivals = pools
+            .iter()
+            .flat_map(|pool| poisson(&mut rng, span, rate, |_| rate, pool))
+            .collect();
         Scenario {
             name: "test".into(),
             description: "3 pools, 20/h each, 2 h".into(),
-            arrivals,
+            arrivals: sorted(arrivals),
             duration: Duration::from_secs_f64(span),
             pools,
             sim: base_cloud(1),
