@@ -322,11 +322,8 @@ pub fn parse_flavor_map(text: &str) -> Result<FlavorMap, TraceError> {
             .next()
             .and_then(|v| v.trim().parse().ok())
             .ok_or_else(|| syntax("bad vCPU count"))?;
-        let letter = letter
-            .trim()
-            .chars()
-            .next()
-            .ok_or_else(|| syntax("no letter"))?;
+        let letter =
+            one_letter(letter.trim()).ok_or_else(|| syntax("the flavor must be one letter"))?;
         map.insert(letter, vcpus);
     }
     Ok(map)
@@ -360,7 +357,8 @@ pub fn parse_trace(
 ) -> Result<Trace, TraceError> {
     let thin = thin.max(1);
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut rows: Vec<(f64, &str)> = Vec::new();
+    // (bin time, tokens, line number)
+    let mut rows: Vec<(f64, &str, usize)> = Vec::new();
     // Bin width: the step between bins (300 s in the Azure files); every
     // step must be the same, as the format has one line per bin.
     let mut bin = None;
@@ -380,7 +378,7 @@ pub fn parse_trace(
             .ok()
             .filter(|t: &f64| t.is_finite())
             .ok_or_else(|| syntax(format!("bad bin time {t:?}")))?;
-        if let Some(&(previous, _)) = rows.last() {
+        if let Some(&(previous, _, _)) = rows.last() {
             let step = t - previous;
             match bin {
                 None if step > 0.0 => bin = Some(step),
@@ -394,7 +392,7 @@ pub fn parse_trace(
                 }
             }
         }
-        rows.push((t, tokens.trim()));
+        rows.push((t, tokens.trim(), i + 1));
     }
     let Some(first) = rows.first().map(|r| r.0) else {
         return Err(TraceError::Empty);
@@ -403,21 +401,24 @@ pub fn parse_trace(
     let mut arrivals = Vec::new();
     let mut batches = 0;
     let mut per_bin = Vec::with_capacity(rows.len());
-    for (t, tokens) in &rows {
+    for &(t, tokens, line) in &rows {
         let mut in_bin: BTreeMap<PoolKey, u32> = BTreeMap::new();
         for batch in tokens.split('|') {
-            let Some(letter) = batch
-                .split(',')
-                .map(str::trim)
-                .find_map(|tok| tok.chars().next())
-            else {
+            // Every VM of the batch must name a known flavor, though only
+            // the first picks the pool: a letter the map lacks would
+            // otherwise land in some pool unnoticed.
+            let mut vms = batch.split(',').map(str::trim).filter(|t| !t.is_empty());
+            let Some(first_vm) = vms.next() else {
                 continue;
             };
+            let vcpus = vm_vcpus(first_vm, flavors, line)?;
+            for vm in vms {
+                vm_vcpus(vm, flavors, line)?;
+            }
             batches += 1;
             // Draw both for every batch so the kept set does not depend on the map.
             let keep = rng.gen_range(0..thin) == 0;
             let offset = rng.gen_range(0.0..bin);
-            let vcpus = flavors.get(&letter).copied().unwrap_or(1);
             let pool = PoolKey::new(db_flavor(vcpus), AZ);
             if keep {
                 arrivals.push(Arrival {
@@ -432,7 +433,7 @@ pub fn parse_trace(
     if batches == 0 {
         return Err(TraceError::Empty);
     }
-    let last = rows.last().map(|r| r.0).unwrap_or(first);
+    let last = rows.last().map_or(first, |r| r.0);
     Ok(Trace {
         arrivals: sorted(arrivals),
         span: Duration::from_secs_f64(last - first + bin),
@@ -445,6 +446,25 @@ pub fn parse_trace(
             batches: per_bin,
         },
     })
+}
+
+fn one_letter(token: &str) -> Option<char> {
+    let mut chars = token.chars();
+    chars.next().filter(|_| chars.next().is_none())
+}
+
+/// The vCPUs of one VM token of a trace: a single letter of the map.
+fn vm_vcpus(vm: &str, flavors: &FlavorMap, line: usize) -> Result<u32, TraceError> {
+    one_letter(vm)
+        .and_then(|letter| flavors.get(&letter).copied())
+        .ok_or_else(|| TraceError::Syntax {
+            what: "trace",
+            line,
+            message: format!(
+                "VM {vm:?} is not a flavor letter of the flavor map ({})",
+                flavors.keys().collect::<String>()
+            ),
+        })
 }
 
 /// Reads a trace file (and the `flav_map.txt` beside it, if any).
@@ -549,7 +569,7 @@ mod tests {
     }
 
     #[test]
-    fn malformed_bin_times_are_refused_with_their_line() {
+    fn malformed_traces_are_refused_with_their_line() {
         let map = parse_flavor_map(AZURE_FLAVOR_MAP).unwrap();
         for (text, line, says) in [
             ("0 b,|\nfoo b,|\n", 2, "bad bin time \"foo\""),
@@ -570,6 +590,34 @@ mod tests {
                 "{text:?}: {err}"
             );
         }
+        // A VM the flavor map does not know, anywhere in a batch.
+        for (text, says) in [
+            ("0 b,|\n300 z,|\n", "VM \"z\" is not a flavor letter"),
+            ("0 b,b,|,g,Q,|\n", "VM \"Q\""),
+            ("0 bb,|\n", "VM \"bb\""),
+        ] {
+            let err = parse_trace(text, &map, 1, 1).expect_err(text).to_string();
+            let line = text.lines().count();
+            assert!(
+                err.starts_with(&format!("trace line {line}: ")) && err.contains(says),
+                "{text:?}: {err}"
+            );
+            assert!(err.contains("(abcdefghijklmnop)"), "{err}");
+        }
+        for (map_text, says) in [
+            ("2,4 gh\n", "one letter"),
+            ("x,4 g\n", "bad vCPU count"),
+            ("g\n", "expected"),
+        ] {
+            let err = parse_flavor_map(map_text).expect_err(map_text).to_string();
+            assert!(
+                err.starts_with("flavor map line 1: ") && err.contains(says),
+                "{map_text:?}: {err}"
+            );
+        }
+        // Spaces around tokens and empty batches are fine.
+        let spaced = parse_trace("0 b , g ,|, |,,|k\n", &map, 1, 1).unwrap();
+        assert_eq!(spaced.batches, 2);
         // A trace of one bin is fine: its width is the Azure files' 300 s.
         let one = parse_trace("7 b,|\n", &map, 1, 1).unwrap();
         assert_eq!(one.span, Duration::from_secs(300));
