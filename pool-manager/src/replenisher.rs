@@ -124,10 +124,12 @@ impl Shared {
                     _ = tokio::time::sleep_until(wake) => break,
                     _ = changes.changed() => {
                         // One allocation or boot changes several records in a
-                        // row: coalesce them into one step.
+                        // row: coalesce them into one step. Events that came
+                        // meanwhile are taken first (the loop goes round once
+                        // more, with the timer due now).
                         tokio::time::sleep(self.settings.poll_interval.min(STEP_DEBOUNCE)).await;
                         changes.mark_seen();
-                        break;
+                        wake = Instant::now();
                     }
                 }
             }

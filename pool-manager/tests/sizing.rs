@@ -12,7 +12,9 @@ use pool_manager::sizing::{
     auto_target, decide, z_for, Demand, DemandEstimate, Inputs, LeadEstimate, LeadSource,
     LeadTimes, LearnedLead, LearnedSizing, SizingBook, SizingSettings,
 };
+use pool_manager::{ManagerSettings, PoolManager};
 use std::fmt::Write;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -1060,6 +1062,79 @@ async fn auto_target_follows_demand_and_lead_time() {
     assert!(busy.effective_target >= 4, "{s:?}");
     assert!(s.demand_in_lead > 1.0, "{s:?}");
     assert_eq!(busy.effective_target, s.target);
+}
+
+/// The step that follows a purchase sizes the pool with it, even when the
+/// purchase's event arrives while the replenisher coalesces store changes
+/// (before, the event was recorded only after that step, and the pool
+/// waited for the next change or timer to grow).
+#[tokio::test(start_paused = true)]
+async fn a_purchase_during_the_debounce_counts_in_the_step_after_it() {
+    let sim = sim();
+    let manager = PoolManager::new(
+        temp_store(),
+        sim.clone(),
+        Arc::new(sim.probe()),
+        ManagerSettings {
+            // Only store changes trigger steps within this test's horizon.
+            replenish_interval: secs(600),
+            ..settings()
+        },
+    );
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), auto_spec()).await.unwrap();
+    wait_ready(&manager, 1).await;
+    let last_target = |status: &pool_manager::PoolStatus| status.sizing.last_plan.map(|p| p.target);
+
+    // Two warm purchases, the second timed.
+    manager
+        .allocate(request("o1", new_volume(), EmptyPoolPolicy::ColdBoot))
+        .await
+        .unwrap();
+    wait_ready(&manager, 2).await;
+    let started = Instant::now();
+    manager
+        .allocate(request("o2", new_volume(), EmptyPoolPolicy::ColdBoot))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let before = loop {
+        tokio::time::sleep(secs(1)).await;
+        let status = manager.get_pool(&pool()).await.unwrap();
+        if status.count(InstanceState::Ready) >= status.sizing.target {
+            break status;
+        }
+    };
+    assert_eq!(last_target(&before), Some(before.sizing.target));
+
+    // A third purchase, taking as long, finishes half a debounce (1 s
+    // here) after an operator's change, which the replenisher is
+    // coalescing then.
+    let change_before_the_end = took - Duration::from_millis(500);
+    let (bought, changed) = tokio::join!(
+        manager.allocate(request("o3", new_volume(), EmptyPoolPolicy::ColdBoot)),
+        async {
+            tokio::time::sleep(change_before_the_end).await;
+            manager.update_pool(&pool(), |s| s.max_ready = 40).await
+        }
+    );
+    bought.unwrap();
+    changed.unwrap();
+    // The debounce ends 0.5 s after the purchase; the step follows it.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let after = manager.get_pool(&pool()).await.unwrap();
+    assert!(
+        after.sizing.target > before.sizing.target,
+        "the purchase raises the target: {:?} -> {:?}",
+        before.sizing,
+        after.sizing
+    );
+    assert_eq!(
+        last_target(&after),
+        Some(after.sizing.target),
+        "the replenisher's last step: {:?}",
+        after.sizing
+    );
 }
 
 /// Stored estimators are outside input: nonsense (negative or infinite
