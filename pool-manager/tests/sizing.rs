@@ -12,7 +12,7 @@ use pool_manager::sizing::{
     auto_target, decide, z_for, Demand, DemandEstimate, Inputs, LeadEstimate, LeadSource,
     LeadTimes, LearnedLead, LearnedSizing, SizingBook, SizingSettings,
 };
-use pool_manager::{ManagerSettings, PoolManager};
+use pool_manager::{ManagerSettings, PoolManager, PoolStatus};
 use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Duration;
@@ -1084,7 +1084,7 @@ async fn a_purchase_during_the_debounce_counts_in_the_step_after_it() {
     manager.start().await.unwrap();
     manager.create_pool(pool(), auto_spec()).await.unwrap();
     wait_ready(&manager, 1).await;
-    let last_target = |status: &pool_manager::PoolStatus| status.sizing.last_plan.map(|p| p.target);
+    let last_target = |s: &PoolStatus| s.sizing.last_plan.map(|p| p.target);
 
     // Two warm purchases, the second timed.
     manager
