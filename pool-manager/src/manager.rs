@@ -459,7 +459,8 @@ impl PoolManager {
         self.shared.events.subscribe()
     }
 
-    /// A receiver that changes whenever a pool or instance changes.
+    /// A cursor on the changes of pools and instances; `changed()` returns
+    /// once one happens that the cursor has not seen.
     pub fn subscribe(&self) -> ChangeCursor {
         self.shared.changes.subscribe()
     }
