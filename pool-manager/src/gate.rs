@@ -46,7 +46,7 @@
 //!   boot succeeds.
 //!
 //! [`Gate`] is pure and synchronous (instants are passed in); the replenisher
-//! holds it behind a mutex and reports to it through [`BootTicket`]s.
+//! holds it behind a mutex and reports to it through `BootTicket`s.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
