@@ -13,12 +13,21 @@
 //! Instances and allocations change only by compare-and-swap on the whole
 //! stored value: the claim of a Ready instance is one CAS, so two allocations
 //! can never get one VM, and a writer working on a stale copy loses.
+//!
+//! The sled store keeps in memory which ids the hot listings return (each
+//! pool's untouched instances, the unfinished allocations): built by one
+//! scan when the store opens and changed under the same lock as each swap,
+//! so a claim or a replenisher step reads a pool's few untouched instances,
+//! not every tenant's database, and a reconcile pass reads the allocations
+//! in flight, not every order ever made.
 
 use crate::model::{Allocation, Instance, PoolKey, PoolRecord};
 use crate::sizing::LearnedSizing;
 use async_trait::async_trait;
 use serde::{de::DeserializeOwned, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// How long [`SledStore::open`] waits for a data dir's lock. sled releases
@@ -117,6 +126,46 @@ pub struct SledStore {
     instances: sled::Tree,
     allocations: sled::Tree,
     learned_sizing: sled::Tree,
+    hot: Arc<Mutex<HotIds>>,
+}
+
+/// The ids the narrow listings return. Derived from the trees (so never
+/// stored): every successful swap updates it while holding its lock, which
+/// the swap itself also runs under, so it never disagrees with the trees.
+#[derive(Debug, Default, PartialEq)]
+struct HotIds {
+    untouched: BTreeMap<PoolKey, BTreeSet<String>>,
+    unfinished: BTreeSet<String>,
+}
+
+impl HotIds {
+    fn swap_instance(&mut self, old: Option<&Instance>, new: Option<&Instance>) {
+        if let Some(old) = old {
+            if let Some(ids) = self.untouched.get_mut(&old.pool) {
+                ids.remove(&old.id);
+                if ids.is_empty() {
+                    self.untouched.remove(&old.pool);
+                }
+            }
+        }
+        if let Some(new) = new.filter(|i| !i.state.is_tenant_touched()) {
+            self.untouched
+                .entry(new.pool.clone())
+                .or_default()
+                .insert(new.id.clone());
+        }
+    }
+
+    fn swap_allocation(&mut self, request_id: &str, new: Option<&Allocation>) {
+        match new {
+            Some(a) if a.state.is_unfinished() => {
+                self.unfinished.insert(request_id.to_owned());
+            }
+            _ => {
+                self.unfinished.remove(request_id);
+            }
+        }
+    }
 }
 
 impl SledStore {
@@ -154,13 +203,55 @@ impl SledStore {
     }
 
     fn from_db(db: sled::Db) -> StoreResult<Self> {
-        Ok(Self {
+        let store = Self {
             pools: db.open_tree("pools")?,
             instances: db.open_tree("instances")?,
             allocations: db.open_tree("allocations")?,
             learned_sizing: db.open_tree("learned_sizing")?,
+            hot: Arc::default(),
             db,
-        })
+        };
+        *store.hot() = store.scan_hot_ids()?;
+        Ok(store)
+    }
+
+    /// The hot ids as the trees have them now: a scan of every record.
+    fn scan_hot_ids(&self) -> StoreResult<HotIds> {
+        let mut hot = HotIds::default();
+        for instance in list::<Instance>(&self.instances)? {
+            hot.swap_instance(None, Some(&instance));
+        }
+        for allocation in list::<Allocation>(&self.allocations)? {
+            hot.swap_allocation(&allocation.params.request_id, Some(&allocation));
+        }
+        Ok(hot)
+    }
+
+    /// A panic while the lock was held cannot have left the ids half
+    /// changed (each update is a few set operations after the swap), so a
+    /// poisoned lock is still good to use.
+    fn hot(&self) -> MutexGuard<'_, HotIds> {
+        self.hot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reads the records `ids` name that still pass `keep`: a record may
+    /// change between copying the ids and reading it.
+    fn read_listed<T: DeserializeOwned>(
+        tree: &sled::Tree,
+        ids: Vec<String>,
+        keep: impl Fn(&T) -> bool,
+    ) -> StoreResult<Vec<T>> {
+        let mut records = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(record) = get::<T>(tree, id.as_bytes())? {
+                if keep(&record) {
+                    records.push(record);
+                }
+            }
+        }
+        Ok(records)
     }
 }
 
@@ -241,6 +332,16 @@ impl Store for SledStore {
         list(&self.instances)
     }
 
+    async fn list_untouched_instances(&self, pool: &PoolKey) -> StoreResult<Vec<Instance>> {
+        let ids = self
+            .hot()
+            .untouched
+            .get(pool)
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default();
+        Self::read_listed(&self.instances, ids, |i: &Instance| i.is_untouched_in(pool))
+    }
+
     async fn cas_instance(
         &self,
         expected: Option<&Instance>,
@@ -251,7 +352,12 @@ impl Store for SledStore {
             .ok_or(StoreError::NothingToSwap)?
             .id
             .clone();
-        cas(&self.instances, id.as_bytes(), expected, new)
+        let mut hot = self.hot();
+        let swapped = cas(&self.instances, id.as_bytes(), expected, new)?;
+        if swapped {
+            hot.swap_instance(expected, new);
+        }
+        Ok(swapped)
     }
 
     async fn get_allocation(&self, request_id: &str) -> StoreResult<Option<Allocation>> {
@@ -260,6 +366,13 @@ impl Store for SledStore {
 
     async fn list_allocations(&self) -> StoreResult<Vec<Allocation>> {
         list(&self.allocations)
+    }
+
+    async fn list_unfinished_allocations(&self) -> StoreResult<Vec<Allocation>> {
+        let ids = self.hot().unfinished.iter().cloned().collect();
+        Self::read_listed(&self.allocations, ids, |a: &Allocation| {
+            a.state.is_unfinished()
+        })
     }
 
     async fn cas_allocation(
@@ -273,7 +386,12 @@ impl Store for SledStore {
             .params
             .request_id
             .clone();
-        cas(&self.allocations, id.as_bytes(), expected, new)
+        let mut hot = self.hot();
+        let swapped = cas(&self.allocations, id.as_bytes(), expected, new)?;
+        if swapped {
+            hot.swap_allocation(&id, new);
+        }
+        Ok(swapped)
     }
 
     async fn flush(&self) -> StoreResult<()> {
@@ -285,5 +403,92 @@ impl Store for SledStore {
             .await
             .map_err(|e| StoreError::Io(sled::Error::Io(std::io::Error::other(e))))??;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        AllocationParams, AllocationState, InstanceState, NetworkRequest, VolumeRequest,
+        VolumeSource,
+    };
+    use std::time::SystemTime;
+
+    fn instance(state: InstanceState) -> Instance {
+        Instance {
+            id: "i1".into(),
+            pool: PoolKey {
+                flavor: "db.small".into(),
+                availability_zone: "az1".into(),
+            },
+            server_id: None,
+            state,
+            created_at: SystemTime::UNIX_EPOCH,
+            ready_at: None,
+            attempts: 0,
+            last_error: None,
+            request_id: None,
+            mysql_addr: None,
+        }
+    }
+
+    fn allocation(state: AllocationState) -> Allocation {
+        let mut allocation = Allocation::new(AllocationParams {
+            request_id: "r1".into(),
+            tenant_project_id: "tenant-a".into(),
+            pool: instance(InstanceState::Ready).pool,
+            volume: VolumeRequest {
+                source: VolumeSource::Existing {
+                    volume_id: "v1".into(),
+                },
+                delete_on_release: false,
+            },
+            network: NetworkRequest {
+                network_id: "net".into(),
+                subnet_id: None,
+                fixed_ip: None,
+            },
+            labels: Default::default(),
+        });
+        allocation.state = state;
+        allocation
+    }
+
+    /// The listings re-check each record they read, so an id left behind
+    /// would not show in them; it would only make them slow again. Through
+    /// a whole life cycle the kept ids stay what a fresh scan finds.
+    #[tokio::test]
+    async fn kept_ids_match_a_fresh_scan_through_a_life_cycle() {
+        let store = SledStore::temporary().unwrap();
+        let mut current: Option<Instance> = None;
+        for state in InstanceState::ALL {
+            let next = instance(state);
+            assert!(store
+                .cas_instance(current.as_ref(), Some(&next))
+                .await
+                .unwrap());
+            assert_eq!(*store.hot(), store.scan_hot_ids().unwrap(), "at {state:?}");
+            current = Some(next);
+        }
+        assert!(store.cas_instance(current.as_ref(), None).await.unwrap());
+
+        let mut current: Option<Allocation> = None;
+        for state in [
+            AllocationState::Allocating,
+            AllocationState::Allocated,
+            AllocationState::Releasing,
+            AllocationState::Released,
+        ] {
+            let next = allocation(state);
+            assert!(store
+                .cas_allocation(current.as_ref(), Some(&next))
+                .await
+                .unwrap());
+            assert_eq!(*store.hot(), store.scan_hot_ids().unwrap(), "at {state:?}");
+            current = Some(next);
+        }
+        assert!(store.cas_allocation(current.as_ref(), None).await.unwrap());
+        assert_eq!(*store.hot(), HotIds::default());
     }
 }
