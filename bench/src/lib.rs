@@ -6,7 +6,7 @@
 //!   concurrency sweep; writes a markdown table and SVG plots.
 //! - `time-to-ready`: a warm purchase against a Trove-style cold create,
 //!   throttled and not.
-//! - `store-listing`: the sled store's hot listings (wall clock, real
+//! - `store-listing`: the sled store's hot paths (wall clock, real
 //!   sled) as tenants' databases and finished orders accumulate.
 //! - `bound`: a model of how well any sizing could do on a trace, knowing
 //!   its demand rate, to read the replay's trace results against.

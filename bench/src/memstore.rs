@@ -3,7 +3,7 @@
 //! seconds. (Durability is what the sled store's own tests are about.)
 
 use async_trait::async_trait;
-use pool_manager::model::{Allocation, Instance, PoolKey, PoolRecord};
+use pool_manager::model::{Allocation, Instance, InstanceState, PoolKey, PoolRecord};
 use pool_manager::sizing::LearnedSizing;
 use pool_manager::store::{Store, StoreError, StoreResult};
 use std::collections::BTreeMap;
@@ -85,6 +85,15 @@ impl Store for MemStore {
             .filter(|i| i.is_untouched_in(pool))
             .cloned()
             .collect())
+    }
+    async fn count_instances(&self, pool: &PoolKey) -> StoreResult<BTreeMap<InstanceState, u32>> {
+        let mut counts = BTreeMap::new();
+        for instance in self.instances.lock().expect("store lock").values() {
+            if &instance.pool == pool {
+                *counts.entry(instance.state).or_default() += 1;
+            }
+        }
+        Ok(counts)
     }
     async fn get_instance(&self, id: &str) -> StoreResult<Option<Instance>> {
         Ok(self.instances.lock().expect("store lock").get(id).cloned())

@@ -267,25 +267,23 @@ impl Shared {
     }
 
     pub async fn pool_status(&self, record: PoolRecord) -> ManagerResult<PoolStatus> {
-        let instances = self.store.list_instances().await?;
-        Ok(self.status_of(record, &instances))
-    }
-
-    pub(crate) fn status_of(&self, record: PoolRecord, instances: &[Instance]) -> PoolStatus {
-        let mut counts = BTreeMap::new();
-        for instance in instances.iter().filter(|i| i.pool == record.key) {
-            *counts.entry(state_name(instance.state)).or_insert(0) += 1;
-        }
+        let counts = self
+            .store
+            .count_instances(&record.key)
+            .await?
+            .into_iter()
+            .map(|(state, n)| (state_name(state), n))
+            .collect();
         let sizing = self.sizing_status(&record);
         let health = self.health_book().health(&record.key);
-        PoolStatus {
+        Ok(PoolStatus {
             effective_target: sizing.target,
             record,
             counts,
             sizing,
             service_level: self.settings.sizing.service_level,
             health,
-        }
+        })
     }
 }
 
@@ -466,12 +464,11 @@ impl PoolManager {
     }
 
     pub async fn list_pools(&self) -> ManagerResult<Vec<PoolStatus>> {
-        let instances = self.shared.store.list_instances().await?;
-        let pools = self.shared.store.list_pools().await?;
-        Ok(pools
-            .into_iter()
-            .map(|record| self.shared.status_of(record, &instances))
-            .collect())
+        let mut statuses = Vec::new();
+        for record in self.shared.store.list_pools().await? {
+            statuses.push(self.shared.pool_status(record).await?);
+        }
+        Ok(statuses)
     }
 
     pub async fn get_pool(&self, key: &PoolKey) -> ManagerResult<PoolStatus> {

@@ -15,13 +15,14 @@
 //! can never get one VM, and a writer working on a stale copy loses.
 //!
 //! The sled store keeps in memory which ids the hot listings return (each
-//! pool's untouched instances, the unfinished allocations): built by one
-//! scan when the store opens and changed under the same lock as each swap,
-//! so a claim or a replenisher step reads a pool's few untouched instances,
-//! not every tenant's database, and a reconcile pass reads the allocations
-//! in flight, not every order ever made.
+//! pool's untouched instances, the unfinished allocations) and each pool's
+//! instance counts: built by one scan when the store opens and changed
+//! under the same lock as each swap, so a claim or a replenisher step reads
+//! a pool's few untouched instances, not every tenant's database, a pool's
+//! status reads no instance at all, and a reconcile pass reads the
+//! allocations in flight, not every order ever made.
 
-use crate::model::{Allocation, Instance, PoolKey, PoolRecord};
+use crate::model::{Allocation, Instance, InstanceState, PoolKey, PoolRecord};
 use crate::sizing::LearnedSizing;
 use async_trait::async_trait;
 use serde::{de::DeserializeOwned, Serialize};
@@ -80,6 +81,18 @@ pub trait Store: Send + Sync + 'static {
         instances.retain(|i| i.is_untouched_in(pool));
         Ok(instances)
     }
+    /// How many instances of `pool` are in each state, tenants' included:
+    /// what a pool's status shows (states with none are left out). A store
+    /// that can count without reading every instance should.
+    async fn count_instances(&self, pool: &PoolKey) -> StoreResult<BTreeMap<InstanceState, u32>> {
+        let mut counts = BTreeMap::new();
+        for instance in self.list_instances().await? {
+            if &instance.pool == pool {
+                *counts.entry(instance.state).or_default() += 1;
+            }
+        }
+        Ok(counts)
+    }
     /// Replaces `expected` by `new` (`None` = absent) if the stored record
     /// still equals `expected`. Returns whether it did.
     async fn cas_instance(
@@ -126,19 +139,21 @@ pub struct SledStore {
     instances: sled::Tree,
     allocations: sled::Tree,
     learned_sizing: sled::Tree,
-    hot: Arc<Mutex<HotIds>>,
+    index: Arc<Mutex<HotIndex>>,
 }
 
-/// The ids the narrow listings return. Derived from the trees (so never
+/// What the hot paths ask of the store: the ids the narrow listings return
+/// and each pool's instance counts. Derived from the trees (so never
 /// stored): every successful swap updates it while holding its lock, which
 /// the swap itself also runs under, so it never disagrees with the trees.
 #[derive(Debug, Default, PartialEq)]
-struct HotIds {
+struct HotIndex {
     untouched: BTreeMap<PoolKey, BTreeSet<String>>,
     unfinished: BTreeSet<String>,
+    counts: BTreeMap<PoolKey, BTreeMap<InstanceState, u32>>,
 }
 
-impl HotIds {
+impl HotIndex {
     fn swap_instance(&mut self, old: Option<&Instance>, new: Option<&Instance>) {
         if let Some(old) = old {
             if let Some(ids) = self.untouched.get_mut(&old.pool) {
@@ -147,12 +162,31 @@ impl HotIds {
                     self.untouched.remove(&old.pool);
                 }
             }
+            if let Some(counts) = self.counts.get_mut(&old.pool) {
+                if let Some(n) = counts.get_mut(&old.state) {
+                    *n -= 1;
+                    if *n == 0 {
+                        counts.remove(&old.state);
+                    }
+                }
+                if counts.is_empty() {
+                    self.counts.remove(&old.pool);
+                }
+            }
         }
-        if let Some(new) = new.filter(|i| !i.state.is_tenant_touched()) {
-            self.untouched
+        if let Some(new) = new {
+            *self
+                .counts
                 .entry(new.pool.clone())
                 .or_default()
-                .insert(new.id.clone());
+                .entry(new.state)
+                .or_default() += 1;
+            if !new.state.is_tenant_touched() {
+                self.untouched
+                    .entry(new.pool.clone())
+                    .or_default()
+                    .insert(new.id.clone());
+            }
         }
     }
 
@@ -208,30 +242,30 @@ impl SledStore {
             instances: db.open_tree("instances")?,
             allocations: db.open_tree("allocations")?,
             learned_sizing: db.open_tree("learned_sizing")?,
-            hot: Arc::default(),
+            index: Arc::default(),
             db,
         };
-        *store.hot() = store.scan_hot_ids()?;
+        *store.index() = store.scan_hot_index()?;
         Ok(store)
     }
 
-    /// The hot ids as the trees have them now: a scan of every record.
-    fn scan_hot_ids(&self) -> StoreResult<HotIds> {
-        let mut hot = HotIds::default();
+    /// The hot index as the trees have it now: a scan of every record.
+    fn scan_hot_index(&self) -> StoreResult<HotIndex> {
+        let mut index = HotIndex::default();
         for instance in list::<Instance>(&self.instances)? {
-            hot.swap_instance(None, Some(&instance));
+            index.swap_instance(None, Some(&instance));
         }
         for allocation in list::<Allocation>(&self.allocations)? {
-            hot.swap_allocation(&allocation.params.request_id, Some(&allocation));
+            index.swap_allocation(&allocation.params.request_id, Some(&allocation));
         }
-        Ok(hot)
+        Ok(index)
     }
 
-    /// A panic while the lock was held cannot have left the ids half
-    /// changed (each update is a few set operations after the swap), so a
+    /// A panic while the lock was held cannot have left the index half
+    /// changed (each update is a few map operations after the swap), so a
     /// poisoned lock is still good to use.
-    fn hot(&self) -> MutexGuard<'_, HotIds> {
-        self.hot
+    fn index(&self) -> MutexGuard<'_, HotIndex> {
+        self.index
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -334,12 +368,16 @@ impl Store for SledStore {
 
     async fn list_untouched_instances(&self, pool: &PoolKey) -> StoreResult<Vec<Instance>> {
         let ids = self
-            .hot()
+            .index()
             .untouched
             .get(pool)
             .map(|ids| ids.iter().cloned().collect())
             .unwrap_or_default();
         Self::read_listed(&self.instances, ids, |i: &Instance| i.is_untouched_in(pool))
+    }
+
+    async fn count_instances(&self, pool: &PoolKey) -> StoreResult<BTreeMap<InstanceState, u32>> {
+        Ok(self.index().counts.get(pool).cloned().unwrap_or_default())
     }
 
     async fn cas_instance(
@@ -352,10 +390,10 @@ impl Store for SledStore {
             .ok_or(StoreError::NothingToSwap)?
             .id
             .clone();
-        let mut hot = self.hot();
+        let mut index = self.index();
         let swapped = cas(&self.instances, id.as_bytes(), expected, new)?;
         if swapped {
-            hot.swap_instance(expected, new);
+            index.swap_instance(expected, new);
         }
         Ok(swapped)
     }
@@ -369,7 +407,7 @@ impl Store for SledStore {
     }
 
     async fn list_unfinished_allocations(&self) -> StoreResult<Vec<Allocation>> {
-        let ids = self.hot().unfinished.iter().cloned().collect();
+        let ids = self.index().unfinished.iter().cloned().collect();
         Self::read_listed(&self.allocations, ids, |a: &Allocation| {
             a.state.is_unfinished()
         })
@@ -386,10 +424,10 @@ impl Store for SledStore {
             .params
             .request_id
             .clone();
-        let mut hot = self.hot();
+        let mut index = self.index();
         let swapped = cas(&self.allocations, id.as_bytes(), expected, new)?;
         if swapped {
-            hot.swap_allocation(&id, new);
+            index.swap_allocation(&id, new);
         }
         Ok(swapped)
     }
@@ -468,7 +506,11 @@ mod tests {
                 .cas_instance(current.as_ref(), Some(&next))
                 .await
                 .unwrap());
-            assert_eq!(*store.hot(), store.scan_hot_ids().unwrap(), "at {state:?}");
+            assert_eq!(
+                *store.index(),
+                store.scan_hot_index().unwrap(),
+                "at {state:?}"
+            );
             current = Some(next);
         }
         assert!(store.cas_instance(current.as_ref(), None).await.unwrap());
@@ -485,10 +527,14 @@ mod tests {
                 .cas_allocation(current.as_ref(), Some(&next))
                 .await
                 .unwrap());
-            assert_eq!(*store.hot(), store.scan_hot_ids().unwrap(), "at {state:?}");
+            assert_eq!(
+                *store.index(),
+                store.scan_hot_index().unwrap(),
+                "at {state:?}"
+            );
             current = Some(next);
         }
         assert!(store.cas_allocation(current.as_ref(), None).await.unwrap());
-        assert_eq!(*store.hot(), HotIds::default());
+        assert_eq!(*store.index(), HotIndex::default());
     }
 }

@@ -1,7 +1,8 @@
 //! The sled store's narrow listings (a pool's untouched instances, the
-//! unfinished allocations) answer from ids it keeps in memory; whatever
-//! sequence of swaps, failed swaps, deletions and reopenings happens, they
-//! must list exactly what filtering the full listings would.
+//! unfinished allocations) and a pool's instance counts answer from what it
+//! keeps in memory; whatever sequence of swaps, failed swaps, deletions and
+//! reopenings happens, they must give exactly what filtering the full
+//! listings would.
 
 use pool_manager::model::{
     Allocation, AllocationParams, AllocationState, Instance, InstanceState, NetworkRequest,
@@ -9,6 +10,7 @@ use pool_manager::model::{
 };
 use pool_manager::store::{SledStore, Store};
 use proptest::prelude::*;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -174,6 +176,16 @@ async fn assert_listings_agree(store: &SledStore, after: &Op) {
             listed, expected,
             "untouched instances of pool {n} after {after:?}"
         );
+
+        let mut expected = BTreeMap::new();
+        for instance in instances.iter().filter(|i| i.pool == pool(n)) {
+            *expected.entry(instance.state).or_insert(0) += 1;
+        }
+        let counted = store.count_instances(&pool(n)).await.unwrap();
+        assert_eq!(
+            counted, expected,
+            "instance counts of pool {n} after {after:?}"
+        );
     }
     let mut expected = store.list_allocations().await.unwrap();
     expected.retain(|a| a.state.is_unfinished());
@@ -187,7 +199,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
     #[test]
-    fn narrow_listings_equal_the_filtered_full_listings(ops in prop::collection::vec(op(), 1..60)) {
+    fn narrow_listings_and_counts_equal_the_filtered_full_listings(ops in prop::collection::vec(op(), 1..60)) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             let dir = tempfile::tempdir().unwrap();
@@ -243,6 +255,16 @@ async fn reopening_lists_what_earlier_handles_wrote() {
         .map(|a| a.params.request_id)
         .collect();
     assert_eq!(unfinished, ["r1", "r3"]);
+    let counts = store.count_instances(&pool(0)).await.unwrap();
+    assert_eq!(
+        counts,
+        BTreeMap::from([
+            (InstanceState::Booting, 1),
+            (InstanceState::Ready, 1),
+            (InstanceState::Allocated, 1),
+            (InstanceState::Deleting, 1),
+        ])
+    );
     assert!(store
         .list_untouched_instances(&pool(1))
         .await

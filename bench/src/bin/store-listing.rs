@@ -2,13 +2,15 @@
 //! tenants' databases and finished allocations accumulate.
 //!
 //! Every claim and every replenisher step lists one pool's untouched
-//! instances; every reconcile pass lists the unfinished allocations. The
-//! store holds many more records than those: one instance per live tenant
-//! database, one allocation per order ever made. This fills a sled store in
-//! a temporary directory with `live` tenant instances (and as many live
-//! allocations), four finished allocations per live one, a pool of 20 ready
-//! instances and 5 unfinished allocations, then times both listings and
-//! reopening the store.
+//! instances; every reconcile pass lists the unfinished allocations; every
+//! pool status (GetPool, WatchPools, a metrics scrape) counts a pool's
+//! instances. The store holds many more records than those: one instance
+//! per live tenant database, one allocation per order ever made. This fills
+//! a sled store in a temporary directory with `live` tenant instances (and
+//! as many live allocations), four finished allocations per live one, a
+//! pool of 20 ready instances and 5 unfinished allocations, then times those
+//! three, listing every instance (what a pool status read before the store
+//! kept counts), and reopening the store.
 //!
 //! ```text
 //! cargo run --release -p bench --bin store-listing -- --live 1000,10000,50000
@@ -132,6 +134,8 @@ async fn run(live: usize, calls: usize) -> anyhow::Result<()> {
 
     let mut untouched = Vec::with_capacity(calls);
     let mut unfinished = Vec::with_capacity(calls);
+    let mut counted = Vec::with_capacity(calls);
+    let mut full = Vec::with_capacity(calls);
     for _ in 0..calls {
         let started = Instant::now();
         let listed = store.list_untouched_instances(&pool(0)).await?;
@@ -150,6 +154,23 @@ async fn run(live: usize, calls: usize) -> anyhow::Result<()> {
             "listed {} unfinished",
             listed.len()
         );
+
+        let started = Instant::now();
+        let counts = store.count_instances(&pool(0)).await?;
+        counted.push(started.elapsed());
+        let ready = counts.get(&InstanceState::Ready).copied().unwrap_or(0);
+        ensure!(ready as usize == READY_IN_POOL, "counted {ready} ready");
+    }
+    for _ in 0..calls {
+        // What a pool's status read before the counts were kept.
+        let started = Instant::now();
+        let listed = store.list_instances().await?;
+        full.push(started.elapsed());
+        ensure!(
+            listed.len() == live + READY_IN_POOL,
+            "listed {} instances",
+            listed.len()
+        );
     }
     drop(store);
 
@@ -164,10 +185,12 @@ async fn run(live: usize, calls: usize) -> anyhow::Result<()> {
     );
 
     println!(
-        "| {live} | {} | {:.2?} | {:.2?} | {open:.2?} |",
+        "| {live} | {} | {:.2?} | {:.2?} | {:.2?} | {:.2?} | {open:.2?} |",
         live * (1 + FINISHED_PER_LIVE) + UNFINISHED,
         median(untouched),
         median(unfinished),
+        median(counted),
+        median(full),
     );
     Ok(())
 }
@@ -176,7 +199,7 @@ async fn run(live: usize, calls: usize) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     println!(
-        "| live tenant databases | allocations stored | a pool's untouched instances (p50) | unfinished allocations (p50) | reopen |\n|--:|--:|--:|--:|--:|"
+        "| live tenant databases | allocations stored | a pool's untouched instances (p50) | unfinished allocations (p50) | a pool's counts (p50) | every instance (p50) | reopen |\n|--:|--:|--:|--:|--:|--:|--:|"
     );
     for live in args.live {
         run(live, args.calls).await?;
