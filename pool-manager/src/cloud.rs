@@ -124,6 +124,12 @@ impl CloudError {
 
 pub type CloudResult<T> = Result<T, CloudError>;
 
+/// The longest a Retry-After is honoured for. A cloud asking for more (or
+/// sending a number too large to be meant) is asked again after this long:
+/// taken as sent, such a value would stop a zone's boots until a restart,
+/// or overflow the clock arithmetic of the pause.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 /// How many more servers of one flavor the project's compute quota admits,
 /// from Nova's `/limits` (instances, cores and RAM, whichever binds first).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -48,6 +48,7 @@
 //! [`Gate`] is pure and synchronous (instants are passed in); the replenisher
 //! holds it behind a mutex and reports to it through `BootTicket`s.
 
+use crate::cloud::MAX_RETRY_AFTER;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};
@@ -503,9 +504,16 @@ impl Gate {
 
     /// The pause before retrying a call the cloud answered 429/413:
     /// Retry-After (or the default) stretched by the seeded jitter.
+    /// Never more than twice [`MAX_RETRY_AFTER`], whatever the cloud sent.
     pub fn retry_pause(&mut self, retry_after: Option<Duration>) -> Duration {
-        let base = retry_after.unwrap_or(self.settings.default_retry_after);
-        let jitter = self.settings.retry_after_jitter.max(0.0);
+        let base = retry_after
+            .unwrap_or(self.settings.default_retry_after)
+            .min(MAX_RETRY_AFTER);
+        // NaN fails the guard (`clamp` would keep it and `gen_range` panic).
+        let jitter = match self.settings.retry_after_jitter {
+            j if j > 0.0 => j.min(1.0),
+            _ => 0.0,
+        };
         let factor = if jitter > 0.0 {
             1.0 + self.rng.gen_range(0.0..=jitter)
         } else {

@@ -6,7 +6,7 @@
 use crate::changes::{ChangeCursor, Changes};
 use crate::cloud::{
     BootHeadroom, Cloud, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
-    ServerSpec, Volume,
+    ServerSpec, Volume, MAX_RETRY_AFTER,
 };
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{CloudService, Event, EventKind, HealthBook, PoolHealth};
@@ -246,7 +246,7 @@ impl Shared {
                         CloudError::Throttled {
                             retry_after: Some(after),
                             ..
-                        } => (*after).max(MIN_RETRY_PAUSE),
+                        } => (*after).clamp(MIN_RETRY_PAUSE, MAX_RETRY_AFTER),
                         _ => backoff,
                     };
                     if Instant::now() + pause >= deadline {

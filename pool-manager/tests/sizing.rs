@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use pool_manager::cloud::CloudError;
+use pool_manager::cloud::{CloudError, MAX_RETRY_AFTER};
 use pool_manager::gate::{Admission, BootSignal, Gate, GateSettings, Hold, TicketInfo};
 use pool_manager::model::{EmptyPoolPolicy, InstanceState, Target};
 use pool_manager::sizing::{
@@ -513,6 +513,28 @@ fn retry_after_pauses_new_boots_in_that_az_with_jitter() {
     let mut off = gate(GateSettings::disabled());
     off.throttled("az1", Some(secs(10)), t0);
     assert_eq!(off.admission("az1", "db.small", t0), Admission::OPEN);
+}
+
+#[test]
+fn an_absurd_retry_after_pauses_for_at_most_the_cap() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings {
+        retry_after_jitter: f64::NAN,
+        default_retry_after: Duration::MAX,
+        ..GateSettings::default()
+    });
+    // u64::MAX seconds overflows Duration arithmetic and Instant addition;
+    // 4e9 s (136 years) would stop the zone's boots until a restart.
+    for sent in [Some(Duration::MAX), Some(secs(4_000_000_000)), None] {
+        assert!(g.retry_pause(sent) <= MAX_RETRY_AFTER, "{sent:?}");
+        g.throttled("az1", sent, t0);
+        let until = g.admission("az1", "db.small", t0).hold.unwrap().until();
+        assert!(until <= t0 + MAX_RETRY_AFTER, "{sent:?}");
+    }
+    assert_eq!(
+        g.admission("az1", "db.small", t0 + MAX_RETRY_AFTER).hold,
+        None
+    );
 }
 
 #[test]
