@@ -222,11 +222,30 @@ fn allocation_outcome(outcome: &ManagerResult<Allocation>) -> AllocationOutcome 
     match outcome {
         Ok(a) if a.warm_hit => AllocationOutcome::Warm,
         Ok(_) => AllocationOutcome::Cold,
-        Err(ManagerError::ResourceExhausted(_)) => AllocationOutcome::Exhausted,
-        Err(ManagerError::FailedPrecondition(_)) => AllocationOutcome::VolumeUnavailable,
-        Err(ManagerError::Cloud(_)) => AllocationOutcome::CloudError,
-        Err(_) => AllocationOutcome::Failed,
+        Err(e) => failure_outcome(e),
     }
+}
+
+fn failure_outcome(error: &ManagerError) -> AllocationOutcome {
+    match error {
+        ManagerError::ResourceExhausted(_) => AllocationOutcome::Exhausted,
+        ManagerError::FailedPrecondition(_) => AllocationOutcome::PreconditionFailed,
+        ManagerError::Cloud(_) => AllocationOutcome::CloudError,
+        _ => AllocationOutcome::Failed,
+    }
+}
+
+/// The cloud refused to create the tenant's volume or port for a reason
+/// asking again will not change (an unknown volume type or network, an
+/// address in use, a request it calls bad): the caller must change the
+/// request, so it must not read as the cloud being unavailable.
+fn creation_refused(what: &str, error: CloudError) -> AttemptError {
+    AttemptError::Request(match error {
+        CloudError::NotFound(m) | CloudError::Conflict(m) | CloudError::Fatal(m) => {
+            ManagerError::FailedPrecondition(format!("cannot create the tenant {what}: {m}"))
+        }
+        e => e.into(),
+    })
 }
 
 /// How a try with one instance failed.
@@ -351,7 +370,18 @@ impl Shared {
             if pool.draining {
                 return Err(ManagerError::PoolNotFound(params.pool.clone()));
             }
-            self.fence_volume(params).await?;
+            if let Err(e) = self.fence_volume(params).await {
+                // Counted like any failed Allocate (the pool is known, so
+                // its label is one the metrics already have).
+                self.emit(
+                    Some(&params.pool),
+                    EventKind::Allocation {
+                        outcome: failure_outcome(&e),
+                        latency: started.elapsed(),
+                    },
+                );
+                return Err(e);
+            }
             let allocation = Allocation::new(params.clone());
             // In flight before the record exists: a reconcile pass must never
             // see this Allocating record unclaimed and roll it back.
@@ -780,7 +810,7 @@ impl Shared {
                         self.cloud.create_volume(&spec)
                     })
                     .await
-                    .map_err(|e| AttemptError::Request(e.into()))?;
+                    .map_err(|e| creation_refused("volume", e))?;
                 record
                     .update(|a| {
                         a.volume_id = Some(volume.id.clone());
@@ -896,14 +926,7 @@ impl Shared {
                         self.cloud.create_port(&spec)
                     })
                     .await
-                    .map_err(|e| match e {
-                        CloudError::NotFound(m) | CloudError::Conflict(m) => {
-                            AttemptError::Request(ManagerError::FailedPrecondition(format!(
-                                "cannot create the tenant port: {m}"
-                            )))
-                        }
-                        e => AttemptError::Request(e.into()),
-                    })?;
+                    .map_err(|e| creation_refused("port", e))?;
                 record
                     .update(|a| a.port_id = Some(port.id.clone()))
                     .await

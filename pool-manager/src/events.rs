@@ -50,7 +50,9 @@ pub enum AllocationOutcome {
     Warm,
     Cold,
     Exhausted,
-    VolumeUnavailable,
+    /// FAILED_PRECONDITION: the tenant's volume is in use, missing or in
+    /// another zone, or the cloud refused to create its volume or port.
+    PreconditionFailed,
     CloudError,
     Failed,
 }

@@ -7,8 +7,10 @@ mod common;
 
 use common::*;
 use pool_manager::cloud::CloudError;
-use pool_manager::events::{BootOutcome, CloudService, Event, EventKind, DEGRADED_AFTER};
-use pool_manager::model::EmptyPoolPolicy;
+use pool_manager::events::{
+    AllocationOutcome, BootOutcome, CloudService, Event, EventKind, DEGRADED_AFTER,
+};
+use pool_manager::model::{EmptyPoolPolicy, VolumeSource};
 use pool_manager::ManagerError;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -170,5 +172,83 @@ async fn a_pause_past_the_deadline_is_not_taken_nor_reported() {
             "a pause not taken was reported: {event:?}"
         );
     }
+    manager.shutdown().await.unwrap();
+}
+
+/// The outcomes the Allocate calls of `events` reported, in order.
+fn allocation_outcomes(events: &mut broadcast::Receiver<Event>) -> Vec<AllocationOutcome> {
+    let mut outcomes = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let EventKind::Allocation { outcome, .. } = event.kind {
+            assert_eq!(event.pool, Some(pool()));
+            outcomes.push(outcome);
+        }
+    }
+    outcomes
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_volume_refused_before_anything_is_claimed_is_counted() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 1).await;
+    let mut events = manager.events();
+    let missing = VolumeSource::Existing {
+        volume_id: "no-such-volume".into(),
+    };
+    let result = manager
+        .allocate(request("missing", missing, EmptyPoolPolicy::FailFast))
+        .await;
+    assert!(
+        matches!(&result, Err(ManagerError::FailedPrecondition(m)) if m.contains("does not exist")),
+        "{result:?}"
+    );
+    assert_eq!(
+        allocation_outcomes(&mut events),
+        [AllocationOutcome::PreconditionFailed]
+    );
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_volume_or_port_the_cloud_refuses_to_create_is_the_callers_to_fix() {
+    let sim = sim();
+    // One Ready instance per attempt: a failed attempt discards its instance.
+    let manager = started(&sim, temp_store(), 2).await;
+    // No refill boots to take the injected errors instead of the Allocate.
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    let mut events = manager.events();
+    // Cinder's answer to an unknown volume type (404) and Neutron's to an
+    // address outside the subnet (400): asking again will not help, so the
+    // caller must not be told the cloud is unavailable.
+    for (i, refusal) in [
+        CloudError::NotFound("volume type no-such-type could not be found".into()),
+        CloudError::Fatal("invalid input for fixed_ips (HTTP 400)".into()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Both first calls of the warm path (volume and port creates) fail.
+        sim.faults().api_errors_next(2, refusal.clone());
+        let result = manager
+            .allocate(request(
+                &format!("refused-{i}"),
+                new_volume(),
+                EmptyPoolPolicy::FailFast,
+            ))
+            .await;
+        assert!(
+            matches!(&result, Err(ManagerError::FailedPrecondition(m)) if m.contains("cannot create the tenant")),
+            "{refusal:?}: {result:?}"
+        );
+    }
+    assert_eq!(
+        allocation_outcomes(&mut events),
+        [AllocationOutcome::PreconditionFailed; 2]
+    );
+    // Nothing of the refused purchases is left behind.
+    assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }

@@ -47,7 +47,7 @@ const ALLOCATION_OUTCOMES: [AllocationOutcome; 6] = [
     AllocationOutcome::Warm,
     AllocationOutcome::Cold,
     AllocationOutcome::Exhausted,
-    AllocationOutcome::VolumeUnavailable,
+    AllocationOutcome::PreconditionFailed,
     AllocationOutcome::CloudError,
     AllocationOutcome::Failed,
 ];
@@ -67,7 +67,7 @@ pub fn allocation_outcome_name(outcome: AllocationOutcome) -> &'static str {
         AllocationOutcome::Warm => "warm",
         AllocationOutcome::Cold => "cold",
         AllocationOutcome::Exhausted => "exhausted",
-        AllocationOutcome::VolumeUnavailable => "volume_unavailable",
+        AllocationOutcome::PreconditionFailed => "precondition_failed",
         AllocationOutcome::CloudError => "cloud_error",
         AllocationOutcome::Failed => "failed",
     }
@@ -450,7 +450,7 @@ impl Metrics {
         );
         registry.register(
             "allocations",
-            "Allocate calls by outcome: warm, cold, exhausted, volume_unavailable, cloud_error, failed",
+            "Allocate calls by outcome: warm, cold, exhausted, precondition_failed, cloud_error, failed",
             m.allocations.clone(),
         );
         registry.register_with_unit(
