@@ -168,10 +168,13 @@ impl Shared {
     }
 
     pub fn spawn(self: &Arc<Self>, task: impl Future<Output = ()> + Send + 'static) {
+        // Read under the lock `shutdown` sets the flag under: a task spawned
+        // as shutdown begins is refused, or lands in the set it aborts.
+        let mut tasks = self.tasks.lock().expect("task set lock");
         if *self.shutdown.borrow() {
             return;
         }
-        self.tasks.lock().expect("task set lock").spawn(task);
+        tasks.spawn(task);
     }
 
     /// Applies `change` to the stored instance until a compare-and-swap
@@ -433,8 +436,11 @@ impl PoolManager {
     /// start's reconcile), saves what the estimators learned and flushes the
     /// store.
     pub async fn shutdown(&self) -> ManagerResult<()> {
-        self.shared.shutdown.send_replace(true);
-        let mut tasks = std::mem::take(&mut *self.shared.tasks.lock().expect("task set lock"));
+        let mut tasks = {
+            let mut tasks = self.shared.tasks.lock().expect("task set lock");
+            self.shared.shutdown.send_replace(true);
+            std::mem::take(&mut *tasks)
+        };
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         self.shared.driving.lock().expect("driving lock").clear();

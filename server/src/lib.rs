@@ -29,22 +29,28 @@ pub struct Running {
     pub served: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-/// Binds and serves the metrics listener, opens the store, builds the cloud,
-/// reconciles, creates configured pools, binds the gRPC listener and serves
-/// until `shutdown` resolves; then stops taking calls, lets in-flight ones
-/// finish (up to the grace period), stops the background tasks, flushes the
-/// store and stops serving metrics.
+/// Binds both listeners, serves metrics, opens the store, builds the cloud,
+/// reconciles, creates configured pools and serves gRPC until `shutdown`
+/// resolves; then ends `WatchPools` streams, stops taking calls, lets
+/// in-flight ones finish (up to the grace period), stops the background
+/// tasks, flushes the store and stops serving metrics. A start-up that
+/// fails after the background tasks started stops them again, so the
+/// store's lock is free for the next try.
 pub async fn start(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
-    // Metrics first: a taken port fails start-up before anything boots, and
-    // the start-up reconcile is already observable.
+    // Listeners first: a taken port fails start-up before anything boots,
+    // and the start-up reconcile is already observable in the metrics.
     let metrics = Arc::new(metrics::Metrics::new());
     let metrics_listener = TcpListener::bind(config.metrics_listen)
         .await
         .with_context(|| format!("cannot listen on {} for metrics", config.metrics_listen))?;
     let metrics_addr = metrics_listener.local_addr()?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let grpc_addr = listener.local_addr()?;
 
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
@@ -135,21 +141,7 @@ pub async fn start(
         },
     )));
     tracing::info!(%metrics_addr, "warmpoold serving Prometheus metrics at http://{metrics_addr}/metrics");
-    manager.start().await.context("start-up reconcile failed")?;
-    for pool in &config.pools {
-        match manager.create_pool(pool.key(), pool.spec()).await {
-            Ok(_) => tracing::info!(pool = %pool.key(), "created pool from config"),
-            Err(ManagerError::PoolExists(key)) => {
-                tracing::info!(pool = %key, "pool exists in the store; keeping its stored settings")
-            }
-            Err(e) => return Err(e).context(format!("cannot create pool {}", pool.key())),
-        }
-    }
-
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let grpc_addr = listener.local_addr()?;
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     let (mut health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<WarmPoolServer<service::WarmPoolService>>()
@@ -164,7 +156,17 @@ pub async fn start(
         .add_service(reflection)
         .add_service(WarmPoolServer::new(service::WarmPoolService::new(
             manager.clone(),
+            stopping_rx,
         )));
+    if let Err(e) = start_pools(&manager, &config).await {
+        // The background tasks hold the store: stop them, or they keep
+        // booting and the next start finds the data dir locked.
+        if let Err(stop) = manager.shutdown().await {
+            tracing::warn!(error = %stop, "stopping after a failed start-up");
+        }
+        return Err(e);
+    }
+
     tracing::info!(%grpc_addr, data_dir = %config.data_dir.display(), "warmpoold serving gRPC");
 
     let grace = config.shutdown_grace;
@@ -180,6 +182,7 @@ pub async fn start(
             () = shutdown => {
                 tracing::info!("shutting down: no new calls; waiting for in-flight ones");
                 health.set_not_serving::<WarmPoolServer<service::WarmPoolService>>().await;
+                stopping_tx.send_replace(true);
                 let _ = stop_tx.send(());
                 if tokio::time::timeout(grace, &mut serve).await.is_err() {
                     tracing::warn!(?grace, "in-flight calls outlived the grace period; stopping anyway");
@@ -209,6 +212,21 @@ pub async fn start(
         cloud: sim,
         served,
     })
+}
+
+/// Reconciles and creates the configured pools a store does not have yet.
+async fn start_pools(manager: &PoolManager, config: &Config) -> anyhow::Result<()> {
+    manager.start().await.context("start-up reconcile failed")?;
+    for pool in &config.pools {
+        match manager.create_pool(pool.key(), pool.spec()).await {
+            Ok(_) => tracing::info!(pool = %pool.key(), "created pool from config"),
+            Err(ManagerError::PoolExists(key)) => {
+                tracing::info!(pool = %key, "pool exists in the store; keeping its stored settings")
+            }
+            Err(e) => return Err(e).context(format!("cannot create pool {}", pool.key())),
+        }
+    }
+    Ok(())
 }
 
 /// A task that is aborted when its handle is dropped, so an early return from

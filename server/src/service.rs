@@ -8,7 +8,7 @@ use pool_manager::PoolManager;
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use warmpool_proto::v1 as api;
@@ -16,11 +16,14 @@ use warmpool_proto::v1::warm_pool_server::WarmPool;
 
 pub struct WarmPoolService {
     manager: PoolManager,
+    stopping: watch::Receiver<bool>,
 }
 
 impl WarmPoolService {
-    pub fn new(manager: PoolManager) -> Self {
-        Self { manager }
+    /// `stopping` turns true when the daemon starts shutting down: streams
+    /// end then, since a graceful shutdown waits for every open one.
+    pub fn new(manager: PoolManager, stopping: watch::Receiver<bool>) -> Self {
+        Self { manager, stopping }
     }
 }
 
@@ -166,6 +169,7 @@ impl WarmPool for WarmPoolService {
             changes: self.manager.subscribe(),
             events: self.manager.events(),
             manager: self.manager.clone(),
+            stopping: self.stopping.clone(),
             sent: HashMap::new(),
             tx,
         };
@@ -184,6 +188,7 @@ struct Watcher {
     manager: PoolManager,
     changes: ChangeCursor,
     events: broadcast::Receiver<Event>,
+    stopping: watch::Receiver<bool>,
     /// The last pool message sent per pool: only changes go out, and a pool
     /// that disappears gets a last message with its last known state.
     sent: HashMap<PoolKey, api::Pool>,
@@ -207,6 +212,13 @@ impl Watcher {
             loop {
                 tokio::select! {
                     _ = self.tx.closed() => return Err(Stop),
+                    // A closed channel counts too: the daemon is gone.
+                    () = async { let _ = self.stopping.wait_for(|stopping| *stopping).await; } => {
+                        let _ = self.tx.send(Err(Status::unavailable(
+                            "warmpoold is shutting down; watch again once it is back",
+                        ))).await;
+                        return Err(Stop);
+                    }
                     () = self.changes.changed() => break,
                     event = self.events.recv() => match event {
                         Ok(event) => self.on_event(&event).await?,

@@ -47,14 +47,13 @@ pub struct Daemon {
     _data: tempfile::TempDir,
 }
 
-impl Daemon {
-    /// Starts warmpoold from a config file text, as an operator would write
-    /// it, so the test goes through the daemon's own config loader.
-    pub async fn start(pools: &[PoolDecl<'_>]) -> Daemon {
-        init_tracing();
-        let data = tempfile::tempdir().expect("temp dir");
-        let mut text = format!(
-            r#"
+/// The config file `Daemon::start` runs with, as an operator would write
+/// it: both listeners on 127.0.0.1:0 (tests run in parallel), a 5 s
+/// shutdown grace, short manager intervals, the embedded cloud at 1/100
+/// speed and `pools`.
+pub fn config_text(data_dir: &Path, pools: &[PoolDecl<'_>]) -> String {
+    let mut text = format!(
+        r#"
 listen = "127.0.0.1:0"
 metrics_listen = "127.0.0.1:0"
 data_dir = {data_dir:?}
@@ -72,11 +71,11 @@ kind = "embedded"
 time_scale = 0.01
 seed = 7
 "#,
-            data_dir = data.path().join("store").display().to_string(),
-        );
-        for (flavor, az, min_ready, max_ready) in pools {
-            text += &format!(
-                r#"
+        data_dir = data_dir.join("store").display().to_string(),
+    );
+    for (flavor, az, min_ready, max_ready) in pools {
+        text += &format!(
+            r#"
 [[pools]]
 flavor = "{flavor}"
 availability_zone = "{az}"
@@ -85,9 +84,24 @@ max_ready = {max_ready}
 image = "mysql-8.0"
 boot_timeout = "60s"
 "#
-            );
-        }
-        let config = Config::parse(&text).expect("the test config parses");
+        );
+    }
+    text
+}
+
+impl Daemon {
+    /// Starts warmpoold from [`config_text`] in a new temporary data dir, so
+    /// the test goes through the daemon's own config loader.
+    pub async fn start(pools: &[PoolDecl<'_>]) -> Daemon {
+        let data = tempfile::tempdir().expect("temp dir");
+        let text = config_text(data.path(), pools);
+        Self::start_text(&text, data).await
+    }
+
+    /// Starts warmpoold from a config file text whose data dir is in `data`.
+    pub async fn start_text(text: &str, data: tempfile::TempDir) -> Daemon {
+        init_tracing();
+        let config = Config::parse(text).expect("the test config parses");
         let (stop, stopped) = oneshot::channel::<()>();
         let running = warmpool_server::start(config, async move {
             // A dropped sender (test over, or panicked) stops the daemon too.

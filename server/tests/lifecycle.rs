@@ -1,0 +1,86 @@
+//! warmpoold's start and stop over real sockets: a start-up that fails
+//! leaves nothing running and nothing written, and an open `WatchPools`
+//! stream does not hold up a graceful shutdown.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use pool_manager::store::{SledStore, Store};
+use support::*;
+use tonic::Code;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn a_taken_grpc_port_fails_start_up_before_anything_is_written() {
+    init_tracing();
+    let data = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let text = config_text(data.path(), &[("db.small", "az1", 2, 4)]).replacen(
+        r#"listen = "127.0.0.1:0""#,
+        &format!(r#"listen = "{addr}""#),
+        1,
+    );
+    let config = warmpool_server::config::Config::parse(&text).unwrap();
+    let error = match warmpool_server::start(config, std::future::pending()).await {
+        Ok(_) => panic!("warmpoold started on a taken port {addr}"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains(&format!("cannot listen on {addr}")),
+        "{error}"
+    );
+
+    // The store is free for the next start (nothing holds its lock), and the
+    // configured pool was never created, so nothing booted for it.
+    let dir = data.path().join("store");
+    let store = tokio::task::spawn_blocking(move || SledStore::open(&dir))
+        .await
+        .unwrap()
+        .expect("the failed start-up let go of the store");
+    assert!(store.list_pools().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_open_watch_ends_at_shutdown_instead_of_holding_it_up() {
+    let data = tempfile::tempdir().unwrap();
+    // A grace period no test waits out: shutdown must not need it.
+    // (`shut_down` fails unless the daemon stops within 30 s.)
+    let text = config_text(data.path(), &[("db.small", "az1", 1, 2)]).replacen(
+        r#"shutdown_grace = "5s""#,
+        r#"shutdown_grace = "1h""#,
+        1,
+    );
+    let d = Daemon::start_text(&text, data).await;
+    let mut watch = d.client.watch_pools().await.unwrap();
+    tokio::time::timeout(PATIENCE, watch.next())
+        .await
+        .expect("a first pool status")
+        .expect("the stream is open")
+        .expect("no stream error");
+    let end = tokio::spawn(async move {
+        let mut last_error = None;
+        while let Some(item) = watch.next().await {
+            if let Err(e) = item {
+                last_error = Some(e);
+            }
+        }
+        last_error
+    });
+    d.shut_down().await;
+    let last_error = tokio::time::timeout(PATIENCE, end)
+        .await
+        .expect("the stream ended")
+        .unwrap()
+        .expect("the stream ended with a status saying why");
+    match last_error {
+        warmpool_client::ClientError::Status { code, message } => {
+            assert_eq!(code, Code::Unavailable, "{message}");
+            assert!(message.contains("shutting down"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
