@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// Which API answered: the same status means different things per service
 /// (Cinder's 413 is a quota or a rate limit, Neutron's 409 may be a quota).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Service {
     Compute,
     BlockStorage,
