@@ -9,8 +9,9 @@ use cloudsim::http::{HttpFace, HttpSettings, RunningFace, Service};
 use cloudsim::{Quotas, SimCloud, SimConfig};
 use pool_manager::cloud::{
     Cloud, CloudError, NewPortSpec, NewVolumeSpec, ServerSpec, ServerStatus, VolumeStatus,
-    META_INSTANCE, META_POOL,
+    MAX_RETRY_AFTER, META_INSTANCE, META_POOL,
 };
+use pool_manager::gate::{Gate, GateSettings};
 use pool_manager::model::PoolKey;
 use pool_manager::openstack::OpenStackCloud;
 use pool_manager::probe::{MysqlGreetingProbe, Probe};
@@ -703,6 +704,46 @@ async fn a_lost_volume_or_port_create_answer_is_adopted_not_duplicated() {
         .await
         .unwrap();
     assert_ne!(again.id, port.id);
+}
+
+/// `Retry-After: 18446744073709551615` (u64::MAX seconds) over HTTP is a
+/// throttle like any other: no panic in the face, the driver or the gate it
+/// feeds, whose pause stays within `MAX_RETRY_AFTER` (stretched by jitter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_retry_after_is_a_throttle_and_panics_nothing() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let faults = env.face.faults();
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    let mut gate = Gate::new(GateSettings::default());
+    for sent in [Duration::from_secs(u64::MAX), Duration::MAX] {
+        faults.throttle_next(Service::Compute, 1, sent);
+        let e = cloud.get_server(&server.id).await.unwrap_err();
+        let CloudError::Throttled { retry_after, .. } = e else {
+            panic!("{e:?}");
+        };
+        assert_eq!(retry_after, Some(Duration::from_secs(u64::MAX)));
+        // The gate's jitter stretches a pause by at most its own length.
+        let longest = MAX_RETRY_AFTER * 2;
+        assert!(gate.retry_pause(retry_after) <= longest);
+        let now = tokio::time::Instant::now();
+        gate.throttled("az1", retry_after, now);
+        let until = gate
+            .admission("az1", "db.small", now)
+            .hold
+            .expect("the zone is paused")
+            .until();
+        assert!(until <= now + longest);
+    }
+    // The face and the session are unharmed.
+    cloud.get_server(&server.id).await.unwrap();
+    cloud
+        .create_server(&spec("b", "db.small", "az1"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
