@@ -9,8 +9,9 @@ use cloudsim::http::{HttpFace, HttpSettings, RunningFace, Service};
 use cloudsim::{Quotas, SimCloud, SimConfig};
 use pool_manager::cloud::{
     Cloud, CloudError, NewPortSpec, NewVolumeSpec, ServerSpec, ServerStatus, VolumeStatus,
-    META_INSTANCE, META_POOL,
+    MAX_RETRY_AFTER, META_INSTANCE, META_POOL,
 };
+use pool_manager::gate::{Gate, GateSettings};
 use pool_manager::model::PoolKey;
 use pool_manager::openstack::OpenStackCloud;
 use pool_manager::probe::{MysqlGreetingProbe, Probe};
@@ -581,6 +582,168 @@ async fn http_faults_are_classified() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let e = cloud.get_server(&server.id).await.unwrap_err();
     assert!(matches!(e, CloudError::Transient(_)), "{addr}: {e:?}");
+}
+
+/// A volume or port create whose answer is lost took effect (the face's
+/// garbage knob applies the call, then truncates the answer): the retry
+/// adopts that volume or port instead of making a twin nothing would ever
+/// delete. With a fixed IP a twin cannot even be made (409), which would
+/// fail the tenant's allocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_volume_or_port_create_answer_is_adopted_not_duplicated() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let faults = env.face.faults();
+    let volumes_named = |name: &str| {
+        let mut ids: Vec<String> = env
+            .sim
+            .volumes()
+            .into_iter()
+            .filter(|v| v.name == name)
+            .map(|v| v.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    let ports_named = |name: &str| {
+        env.sim
+            .ports()
+            .into_iter()
+            .filter(|p| p.name == name)
+            .map(|p| p.id)
+            .collect::<Vec<_>>()
+    };
+    // A fresh session's first call to a service is version discovery: make
+    // it before the faults so they hit the creates.
+    cloud.find_volumes_by_name("x").await.unwrap();
+    let network = cloud.network("tenant-net").await.unwrap();
+
+    faults.garbage_next(Service::Volume, 1);
+    let e = cloud
+        .create_volume(&volume_spec("warmpool-o1", 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CloudError::Transient(_)), "{e:?}");
+    let volume = cloud
+        .create_volume(&volume_spec("warmpool-o1", 1))
+        .await
+        .unwrap();
+    assert_eq!(volumes_named("warmpool-o1"), [volume.id.as_str()]);
+    // Adopted while possibly still creating: it becomes available as the
+    // answered create's would.
+    volume_reaches(&cloud, &volume.id, VolumeStatus::Available).await;
+
+    let port_spec = |name: &str, fixed_ip: Option<&str>| NewPortSpec {
+        name: name.into(),
+        network_id: network.id.clone(),
+        subnet_id: None,
+        fixed_ip: fixed_ip.map(str::to_owned),
+        project_id: "tenant".into(),
+    };
+    let fixed = port_spec("warmpool-o1", Some("10.0.0.77"));
+    faults.garbage_next(Service::Network, 1);
+    let e = cloud.create_port(&fixed).await.unwrap_err();
+    assert!(matches!(e, CloudError::Transient(_)), "{e:?}");
+    let port = cloud.create_port(&fixed).await.unwrap();
+    assert_eq!(port.ip_address.as_deref(), Some("10.0.0.77"));
+    assert_eq!(ports_named("warmpool-o1"), [port.id.as_str()]);
+
+    // Twins left by earlier lost answers: one is kept, the others deleted
+    // (a volume Cinder will not delete while creating fails the call
+    // transiently until it can).
+    for _ in 0..2 {
+        let twin = cloud
+            .create_volume(&volume_spec("warmpool-o2", 1))
+            .await
+            .unwrap();
+        volume_reaches(&cloud, &twin.id, VolumeStatus::Available).await;
+        cloud
+            .create_port(&port_spec("warmpool-o2", None))
+            .await
+            .unwrap();
+    }
+    faults.garbage_next(Service::Volume, 1);
+    cloud
+        .create_volume(&volume_spec("warmpool-o2", 1))
+        .await
+        .unwrap_err();
+    let made = volumes_named("warmpool-o2");
+    assert_eq!(made.len(), 3, "{made:?}");
+    let mut kept = None;
+    for _ in 0..200 {
+        match cloud.create_volume(&volume_spec("warmpool-o2", 1)).await {
+            Ok(v) => {
+                kept = Some(v);
+                break;
+            }
+            Err(CloudError::Transient(m)) if m.contains("cannot be deleted yet") => {
+                tokio::time::sleep(Duration::from_millis(25)).await
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let kept = kept.expect("the twin volumes were never deleted");
+    assert!(made.contains(&kept.id), "{kept:?} not one of {made:?}");
+    assert_eq!(volumes_named("warmpool-o2"), [kept.id.as_str()]);
+    faults.garbage_next(Service::Network, 1);
+    cloud
+        .create_port(&port_spec("warmpool-o2", None))
+        .await
+        .unwrap_err();
+    assert_eq!(ports_named("warmpool-o2").len(), 3);
+    let port = cloud
+        .create_port(&port_spec("warmpool-o2", None))
+        .await
+        .unwrap();
+    assert_eq!(ports_named("warmpool-o2"), [port.id.as_str()]);
+
+    // Once an answer arrived, a create of that name makes a new object: it
+    // is the caller's to ask for one.
+    let again = cloud
+        .create_port(&port_spec("warmpool-o2", None))
+        .await
+        .unwrap();
+    assert_ne!(again.id, port.id);
+}
+
+/// `Retry-After: 18446744073709551615` (u64::MAX seconds) over HTTP is a
+/// throttle like any other: no panic in the face, the driver or the gate it
+/// feeds, whose pause stays within `MAX_RETRY_AFTER` (stretched by jitter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_retry_after_is_a_throttle_and_panics_nothing() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let faults = env.face.faults();
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    let mut gate = Gate::new(GateSettings::default());
+    for sent in [Duration::from_secs(u64::MAX), Duration::MAX] {
+        faults.throttle_next(Service::Compute, 1, sent);
+        let e = cloud.get_server(&server.id).await.unwrap_err();
+        let CloudError::Throttled { retry_after, .. } = e else {
+            panic!("{e:?}");
+        };
+        assert_eq!(retry_after, Some(Duration::from_secs(u64::MAX)));
+        // The gate's jitter stretches a pause by at most its own length.
+        let longest = MAX_RETRY_AFTER * 2;
+        assert!(gate.retry_pause(retry_after) <= longest);
+        let now = tokio::time::Instant::now();
+        gate.throttled("az1", retry_after, now);
+        let until = gate
+            .admission("az1", "db.small", now)
+            .hold
+            .expect("the zone is paused")
+            .until();
+        assert!(until <= now + longest);
+    }
+    // The face and the session are unharmed.
+    cloud.get_server(&server.id).await.unwrap();
+    cloud
+        .create_server(&spec("b", "db.small", "az1"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -149,11 +149,11 @@ pub fn webob_page(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-/// Whole seconds, rounded up.
+/// Whole seconds, rounded up (`Duration::MAX` saturates at u64::MAX).
 pub fn ceil_secs(d: Duration) -> u64 {
     let s = d.as_secs();
     if d.subsec_nanos() > 0 {
-        s + 1
+        s.saturating_add(1)
     } else {
         s
     }
@@ -274,5 +274,7 @@ mod tests {
         assert_eq!(ceil_secs(Duration::from_secs(2)), 2);
         assert_eq!(ceil_secs(Duration::from_millis(2001)), 3);
         assert_eq!(ceil_secs(Duration::ZERO), 0);
+        assert_eq!(ceil_secs(Duration::from_secs(u64::MAX)), u64::MAX);
+        assert_eq!(ceil_secs(Duration::MAX), u64::MAX);
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// Which API answered: the same status means different things per service
 /// (Cinder's 413 is a quota or a rate limit, Neutron's 409 may be a quota).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Service {
     Compute,
     BlockStorage,
@@ -83,21 +83,40 @@ pub fn parse_fault(body: &str) -> Fault {
         Some(key.clone())
     };
     let retry_after = inner.get("retryAfter").and_then(|r| match r {
-        serde_json::Value::String(s) => s.trim().parse::<u64>().ok(),
-        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => seconds(s),
+        serde_json::Value::Number(n) => match n.as_u64() {
+            Some(s) => Some(Duration::from_secs(s)),
+            // Fractions round up, so a client honouring them is never
+            // early; `as` saturates a number past u64.
+            None => n
+                .as_f64()
+                .filter(|f| *f >= 0.0)
+                .map(|f| Duration::from_secs(f.ceil() as u64)),
+        },
         _ => None,
     });
     Fault {
         name,
         message,
-        retry_after: retry_after.map(Duration::from_secs),
+        retry_after,
     }
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is not used by OpenStack
-/// services and is ignored).
+/// services and is ignored). The value is the cloud's, unbounded: how long
+/// to honour it is the caller's policy (`cloud::MAX_RETRY_AFTER`).
 pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
-    value?.trim().parse::<u64>().ok().map(Duration::from_secs)
+    seconds(value?)
+}
+
+/// Whole seconds. More than u64 holds saturates: a cloud asking for an
+/// absurdly long pause asks for a long one, not for none.
+fn seconds(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(Duration::from_secs(s.parse::<u64>().unwrap_or(u64::MAX)))
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -316,6 +335,45 @@ mod tests {
         assert_eq!(
             parse_retry_after(Some("Wed, 21 Oct 2026 07:28:00 GMT")),
             None
+        );
+    }
+
+    #[test]
+    fn absurd_retry_afters_saturate_without_panicking() {
+        let forever = Duration::from_secs(u64::MAX);
+        for header in [
+            "18446744073709551615",
+            "18446744073709551616",
+            "9".repeat(400).as_str(),
+        ] {
+            assert_eq!(parse_retry_after(Some(header)), Some(forever), "{header}");
+        }
+        for header in ["-1", "", " ", "1.5", "+3"] {
+            assert_eq!(parse_retry_after(Some(header)), None, "{header:?}");
+        }
+        let body = |value: &str| {
+            parse_fault(&format!(
+                r#"{{"overLimit": {{"code": 413, "message": "This request was rate-limited.", "retryAfter": {value}}}}}"#
+            ))
+            .retry_after
+        };
+        for value in [
+            r#""18446744073709551615""#,
+            r#""99999999999999999999999999""#,
+            "18446744073709551615",
+            "99999999999999999999999999",
+            "1e300",
+        ] {
+            assert_eq!(body(value), Some(forever), "{value}");
+        }
+        assert_eq!(body("2.5"), Some(Duration::from_secs(3)));
+        for value in ["-1", "-1e300", r#""-1""#, "null", "[]"] {
+            assert_eq!(body(value), None, "{value}");
+        }
+        let e = classify(Compute, "GET /x", 429, Some(&"9".repeat(40)), RATE_LIMITED);
+        assert!(
+            matches!(e, CloudError::Throttled { retry_after: Some(d), .. } if d == forever),
+            "{e:?}"
         );
     }
 

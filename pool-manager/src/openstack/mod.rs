@@ -14,6 +14,12 @@
 //! both are checked again client-side, since a Nova below 2.26 would ignore
 //! the tag filter too.
 //!
+//! A create answered unclearly (timeout, 5xx, unreadable body) may have
+//! taken effect, and its caller retries it: the next create of that server,
+//! volume or port name first looks it up by name and adopts what it finds
+//! (deleting twins), since a copy whose id warmpool never learned would
+//! otherwise outlive the allocation it was made for.
+//!
 //! This module reads no files: the daemon turns its config and clouds.yaml
 //! into [`OpenStackSettings`].
 
@@ -25,7 +31,7 @@ pub mod session;
 
 use crate::cloud::{
     BootHeadroom, Cloud, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
-    ServerSpec, ServerStatus, Volume, META_INSTANCE, META_POOL,
+    ServerSpec, ServerStatus, Volume, VolumeStatus, META_INSTANCE, META_POOL,
 };
 use async_trait::async_trait;
 use error::{classify, Service};
@@ -34,7 +40,7 @@ use nova::{AbsoluteLimits, AddressRule, Flavor};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use session::{Call, Connection, Reply};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -151,10 +157,11 @@ struct Inner {
     flavors: Mutex<HashMap<String, Flavor>>,
     images: Mutex<HashMap<String, String>>,
     networks: Mutex<HashMap<String, Named>>,
-    /// Server names whose create failed without a clear answer (timeout,
-    /// 5xx, unreadable body): Nova may have created them, so the next create
-    /// of the name looks first instead of booting a twin.
-    uncertain_creates: Mutex<std::collections::HashSet<String>>,
+    /// Servers, volumes and ports (by service and name) whose create failed
+    /// without a clear answer (timeout, 5xx, unreadable body): the cloud may
+    /// have created them, so the next create of the name looks first instead
+    /// of making a twin nothing would ever delete.
+    uncertain_creates: Mutex<HashSet<(Service, String)>>,
 }
 
 impl std::fmt::Debug for OpenStackCloud {
@@ -250,6 +257,31 @@ impl OpenStackCloud {
             Ok(_) | Err(CloudError::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Sends a create of the object named `name`. A retryable failure
+    /// leaves it uncertain whether the object exists (see
+    /// `uncertain_creates`); only a success settles it, since a clear
+    /// refusal of this create says nothing of an earlier one.
+    async fn create<T: DeserializeOwned>(&self, name: &str, call: Call) -> CloudResult<T> {
+        let service = call.service;
+        let result = self.fetch(call).await;
+        match &result {
+            Ok(_) => self.create_settled(service, name),
+            Err(e) if e.is_retryable() => {
+                lock(&self.inner.uncertain_creates).insert((service, name.to_owned()));
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    fn create_uncertain(&self, service: Service, name: &str) -> bool {
+        lock(&self.inner.uncertain_creates).contains(&(service, name.to_owned()))
+    }
+
+    fn create_settled(&self, service: Service, name: &str) {
+        lock(&self.inner.uncertain_creates).remove(&(service, name.to_owned()));
     }
 
     /// A flavor by name or id (cached; the list is re-read on a miss).
@@ -457,6 +489,65 @@ impl OpenStackCloud {
     }
 }
 
+impl OpenStackCloud {
+    /// The volume an uncertain create of `name` made, if Cinder has one. Its
+    /// status is whatever the lost answer would have led to: `creating` is
+    /// waited out by the caller, `error` fails the caller as it would have.
+    /// Twins (a lost create, then another create that failed unclearly too)
+    /// are deleted, since nothing else would; one that Cinder will not
+    /// delete yet (still `creating`) fails the call transiently, so the
+    /// caller's retry comes back to finish the job.
+    async fn adopt_volume(&self, name: &str) -> CloudResult<Option<Volume>> {
+        let mut found: Vec<Volume> = self
+            .find_volumes_by_name(name)
+            .await?
+            .into_iter()
+            .filter(|v| !matches!(&v.status, VolumeStatus::Other(s) if s.contains("deleting")))
+            .collect();
+        // A usable one over one in error; then by id, so that retries after
+        // a twin that could not be deleted yet choose alike.
+        found.sort_by(|a, b| {
+            (a.status == VolumeStatus::Error, &a.id).cmp(&(b.status == VolumeStatus::Error, &b.id))
+        });
+        let mut found = found.into_iter();
+        let Some(keep) = found.next() else {
+            return Ok(None);
+        };
+        for twin in found {
+            tracing::warn!(volume = %twin.id, kept = %keep.id, %name, "deleting a twin volume left by lost create answers");
+            self.delete_volume(&twin.id).await.map_err(|e| match e {
+                CloudError::Conflict(m) => CloudError::Transient(format!(
+                    "twin volume {} of {name} cannot be deleted yet: {m}",
+                    twin.id
+                )),
+                e => e,
+            })?;
+        }
+        Ok(Some(keep))
+    }
+
+    /// The port an uncertain create of `spec` made, if Neutron has one on
+    /// its network; twins are deleted (see `adopt_volume`).
+    async fn adopt_port(&self, spec: &NewPortSpec) -> CloudResult<Option<Port>> {
+        let mut found: Vec<Port> = self
+            .find_ports_by_name(&spec.name)
+            .await?
+            .into_iter()
+            .filter(|p| p.network_id == spec.network_id)
+            .collect();
+        found.sort_by(|a, b| (a.device_id.is_some(), &a.id).cmp(&(b.device_id.is_some(), &b.id)));
+        let mut found = found.into_iter();
+        let Some(keep) = found.next() else {
+            return Ok(None);
+        };
+        for twin in found {
+            tracing::warn!(port = %twin.id, kept = %keep.id, name = %spec.name, "deleting a twin port left by lost create answers");
+            self.delete_port(&twin.id).await?;
+        }
+        Ok(Some(keep))
+    }
+}
+
 fn regex_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -512,26 +603,16 @@ impl Cloud for OpenStackCloud {
             security_groups: &settings.security_groups,
             key_name: settings.key_name.as_deref(),
         });
-        if lock(&self.inner.uncertain_creates).contains(&name) {
+        if self.create_uncertain(Service::Compute, &name) {
             if let Some(existing) = self.find_created(&name, spec).await? {
-                lock(&self.inner.uncertain_creates).remove(&name);
+                self.create_settled(Service::Compute, &name);
                 tracing::info!(server = %existing.id, %name, "an earlier create of this server took effect; using it");
                 return Ok(existing);
             }
         }
-        let created: nova::ServerBody = match self
-            .fetch(self.nova(Method::POST, &["servers"]).json(body))
-            .await
-        {
-            Ok(created) => created,
-            Err(e) => {
-                if e.is_retryable() {
-                    lock(&self.inner.uncertain_creates).insert(name.clone());
-                }
-                return Err(e);
-            }
-        };
-        lock(&self.inner.uncertain_creates).remove(&name);
+        let created: nova::ServerBody = self
+            .create(&name, self.nova(Method::POST, &["servers"]).json(body))
+            .await?;
         let id = created.server.id;
         if !tags_at_create {
             // Untagged, the server would be invisible to the reconciler: a
@@ -621,10 +702,17 @@ impl Cloud for OpenStackCloud {
     }
 
     async fn create_volume(&self, spec: &NewVolumeSpec) -> CloudResult<Volume> {
+        if self.create_uncertain(Service::BlockStorage, &spec.name) {
+            if let Some(existing) = self.adopt_volume(&spec.name).await? {
+                self.create_settled(Service::BlockStorage, &spec.name);
+                tracing::info!(volume = %existing.id, name = %spec.name, "an earlier create of this volume took effect; using it");
+                return Ok(existing);
+            }
+        }
         let az = self.volume_az(&spec.availability_zone);
         let call = Call::new(Service::BlockStorage, Method::POST, ["volumes"])
             .json(cinder::create_body(spec, Some(&az)));
-        let body: cinder::VolumeBody = self.fetch(call).await?;
+        let body: cinder::VolumeBody = self.create(&spec.name, call).await?;
         Ok(self.volume_view(body.volume))
     }
 
@@ -699,9 +787,16 @@ impl Cloud for OpenStackCloud {
     }
 
     async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {
+        if self.create_uncertain(Service::Network, &spec.name) {
+            if let Some(existing) = self.adopt_port(spec).await? {
+                self.create_settled(Service::Network, &spec.name);
+                tracing::info!(port = %existing.id, name = %spec.name, "an earlier create of this port took effect; using it");
+                return Ok(existing);
+            }
+        }
         let call = Call::new(Service::Network, Method::POST, ["ports"])
             .json(neutron::create_port_body(spec));
-        let body: neutron::PortBody = self.fetch(call).await?;
+        let body: neutron::PortBody = self.create(&spec.name, call).await?;
         Ok(neutron::to_port(body.port))
     }
 
