@@ -124,8 +124,9 @@ impl CloudError {
 
 pub type CloudResult<T> = Result<T, CloudError>;
 
-/// The longest a Retry-After is honoured for. A cloud asking for more (or
-/// sending a number too large to be meant) is asked again after this long:
+/// The longest Retry-After honoured (the throttle gate's jitter may then
+/// stretch it up to twice that). A cloud asking for more (or sending a
+/// number too large to be meant) is asked again after this long:
 /// taken as sent, such a value would stop a zone's boots until a restart,
 /// or overflow the clock arithmetic of the pause.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);

@@ -540,12 +540,11 @@ async fn http_faults_are_classified() {
     // No answer within request_timeout.
     let impatient = env.driver_with("request_timeout = \"300ms\"").await;
     faults.slow(Service::Compute, Duration::from_secs(2));
-    let started = std::time::Instant::now();
+    // Unbounded, the call would get its answer after 2 s and succeed.
     let e = impatient.get_server(&server.id).await.unwrap_err();
-    assert!(matches!(e, CloudError::Transient(_)), "{e:?}");
     assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "the timeout did not bound the call"
+        matches!(&e, CloudError::Transient(m) if m.contains("no answer within 300ms")),
+        "{e:?}"
     );
     faults.slow(Service::Compute, Duration::ZERO);
     // 404.
