@@ -6,8 +6,12 @@
 //!
 //! | store says | cloud says | action |
 //! |---|---|---|
-//! | allocation `Allocating` | - | roll back (discard its instance, delete its port and created volume, drop the record) |
+//! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, delete its port and created volume, drop the record) |
 //! | allocation `Releasing` | - | finish the release |
+//!
+//! Allocations are listed once per pass but each is read again right
+//! before it is acted on: an Allocate may answer, or a Release finish,
+//! while the pass works on an earlier one.
 //! | instance `Claimed`, allocation `Allocated` | - | mark the instance `Allocated` |
 //! | instance `Booting`, no server id | server with its instance id | adopt the server |
 //! | instance `Booting`, no server id | none | drop the record |
@@ -35,16 +39,25 @@ impl Shared {
 
     pub(crate) async fn reconcile_once(self: &Arc<Self>) -> ManagerResult<()> {
         // Allocations first: their rollbacks discard instances the later steps would see.
-        for allocation in self.store.list_unfinished_allocations().await? {
-            match allocation.state {
-                AllocationState::Allocating
-                    if !self.is_in_flight(&allocation.params.request_id) =>
-                {
-                    tracing::warn!(request_id = %allocation.params.request_id, "rolling back interrupted allocation");
-                    self.roll_back(&allocation).await?;
+        // The listing only says which records to look at: finishing one
+        // release takes seconds, in which an Allocate listed as in flight
+        // may answer and a Release may finish, so each is read again
+        // right before acting on it.
+        for listed in self.store.list_unfinished_allocations().await? {
+            let request_id = listed.params.request_id.as_str();
+            match listed.state {
+                AllocationState::Allocating => {
+                    if let Some(allocation) = self.abandoned_allocation(request_id).await? {
+                        tracing::warn!(request_id, "rolling back interrupted allocation");
+                        self.roll_back(&allocation).await?;
+                    }
                 }
                 AllocationState::Releasing => {
-                    self.finish_release(allocation).await?;
+                    if let Some(allocation) = self.store.get_allocation(request_id).await? {
+                        if allocation.state == AllocationState::Releasing {
+                            self.finish_release(allocation).await?;
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -195,6 +208,25 @@ impl Shared {
         self.spawn(async move {
             let _ = shared.drive_boot(instance).await;
         });
+    }
+
+    /// The request's record, if it is `Allocating` and no Allocate in this
+    /// process works on it. An Allocate is in flight from before it writes
+    /// the record until the record has left `Allocating`, so a record read
+    /// between two looks that both find the request idle is no live
+    /// Allocate's: one would have had to start and answer in between. Looking
+    /// only after the read misses an Allocate that answered in between;
+    /// looking only before it, one that wrote its record in between.
+    async fn abandoned_allocation(
+        &self,
+        request_id: &str,
+    ) -> ManagerResult<Option<crate::model::Allocation>> {
+        if self.is_in_flight(request_id) {
+            return Ok(None);
+        }
+        let current = self.store.get_allocation(request_id).await?;
+        Ok(current
+            .filter(|a| a.state == AllocationState::Allocating && !self.is_in_flight(request_id)))
     }
 
     /// An Allocate in this process is working on the request right now.
