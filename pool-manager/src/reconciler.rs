@@ -152,8 +152,16 @@ impl Shared {
                         Some(AllocationState::Allocating) => {} // its Allocate is running now
                         _ => {
                             tracing::warn!(instance = %instance.id, request_id = request, "claimed instance without a live allocation; discarding");
-                            self.discard_instance(&instance.id, "claim without allocation")
-                                .await?;
+                            // Only as listed: the listing may be stale by now.
+                            self.discard_instance_if(
+                                &instance.id,
+                                "claim without allocation",
+                                |current| {
+                                    current.state == InstanceState::Claimed
+                                        && current.request_id == instance.request_id
+                                },
+                            )
+                            .await?;
                         }
                     }
                 }

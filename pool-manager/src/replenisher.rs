@@ -391,7 +391,9 @@ impl Shared {
         let mut left = 0;
         for instance in self.store.list_untouched_instances(&pool.key).await? {
             if instance.counts_as_supply() {
-                self.discard_instance(&instance.id, "pool drained").await?;
+                // Listed a moment ago: an Allocate may have claimed it since.
+                self.discard_instance_if(&instance.id, "pool drained", Instance::counts_as_supply)
+                    .await?;
             } else {
                 left += 1;
             }
@@ -681,9 +683,22 @@ impl Shared {
     /// Takes an instance out of service for good: `Deleting` is recorded
     /// first, then the server is deleted, then the record goes.
     pub(crate) async fn discard_instance(&self, id: &str, reason: &str) -> ManagerResult<()> {
+        self.discard_instance_if(id, reason, |_| true).await
+    }
+
+    /// As [`Self::discard_instance`], but only while `still` holds of the
+    /// stored record. A caller that judged the instance on an earlier read
+    /// (a drain, a rollback) must not take it from whoever moved it on
+    /// since, such as an Allocate that claimed it.
+    pub(crate) async fn discard_instance_if(
+        &self,
+        id: &str,
+        reason: &str,
+        still: impl Fn(&Instance) -> bool,
+    ) -> ManagerResult<()> {
         let deleting = self
             .update_instance(id, |current| {
-                (current.state != InstanceState::Deleting).then(|| {
+                (current.state != InstanceState::Deleting && still(current)).then(|| {
                     let mut next = current.clone();
                     next.state = InstanceState::Deleting;
                     next.last_error = Some(reason.to_string());
@@ -691,8 +706,13 @@ impl Shared {
                 })
             })
             .await?;
-        let Some(deleting) = deleting.or(self.store.get_instance(id).await?) else {
-            return Ok(());
+        let deleting = match deleting {
+            Some(deleting) => deleting,
+            None => match self.store.get_instance(id).await? {
+                // A delete begun before (maybe interrupted): finishing it is idempotent.
+                Some(current) if current.state == InstanceState::Deleting => current,
+                _ => return Ok(()),
+            },
         };
         self.store.flush().await?;
         self.finish_delete(&deleting).await

@@ -782,3 +782,61 @@ async fn allocations_get_through_a_rate_limited_cloud_without_losing_instances()
     assert_eq!(sim.servers().len(), 4);
     assert_consistent(&sim, &manager).await;
 }
+
+/// A drain lists the pool's Ready instances, then discards them one by one;
+/// an Allocate that started before the drain claims one in between. The
+/// drain must leave it to the Allocate, whose answer must name a live server.
+#[tokio::test(start_paused = true)]
+async fn a_drain_leaves_alone_an_instance_claimed_after_it_listed_the_pool() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 2).await;
+    let volume = sim.create_volume_for_test("tenant-a", "az1", 10);
+
+    // The Allocate is past the draining check, fencing its volume.
+    let fencing = cloud.hold_next("get_volume", At::Before);
+    let buying = {
+        let manager = manager.clone();
+        let order = request(
+            "order-d",
+            VolumeSource::Existing { volume_id: volume },
+            EmptyPoolPolicy::FailFast,
+        );
+        tokio::spawn(async move { manager.allocate(order).await })
+    };
+    fencing.reached().await;
+
+    // The drain has listed both Ready instances and deletes the first.
+    let first_delete = cloud.hold_next("delete_server", At::Before);
+    manager.delete_pool(&pool()).await.unwrap();
+    first_delete.reached().await;
+
+    // The Allocate claims the other one and verifies its attachments.
+    let verified = cloud.hold_next("get_server", At::After);
+    fencing.release();
+    verified.reached().await;
+
+    let mut changes = manager.subscribe();
+    first_delete.release();
+    while manager.get_pool(&pool()).await.is_ok() {
+        changes.changed().await;
+    }
+
+    verified.release();
+    let done = buying.await.unwrap().unwrap();
+    assert_eq!(done.state, AllocationState::Allocated);
+    let server = done.server_id.as_deref().unwrap();
+    assert!(
+        sim.servers().iter().any(|s| s.server.id == server),
+        "the Allocate answered with server {server}, which the drain deleted"
+    );
+    let instance = manager
+        .list_instances(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| Some(&i.id) == done.instance_id.as_ref())
+        .expect("the allocated instance is kept");
+    assert_eq!(instance.state, InstanceState::Allocated);
+    assert_consistent(&sim, &manager).await;
+}
