@@ -3,10 +3,12 @@
 //! An allocation is recorded (state `Allocating`) before any cloud call, keyed
 //! by its request id; then a Ready instance is claimed by compare-and-swap,
 //! the tenant's volume and port are attached concurrently, the result is
-//! verified and the allocation is marked `Allocated` and flushed: only then is
-//! it acknowledged. If a step fails, what was attached is undone, the instance
-//! is discarded (never returned to the pool) and the next Ready one is tried
-//! while the deadline allows. A failed Allocate leaves no record, so a retry
+//! verified, the instance is marked `Allocated` (failing the try if it is no
+//! longer claimed by this request) and then the allocation is marked
+//! `Allocated` and flushed: only then is it acknowledged, and nothing is
+//! rolled back after it. If a step fails, what was attached is undone, the
+//! instance is discarded (never returned to the pool) and the next Ready one
+//! is tried while the deadline allows. A failed Allocate leaves no record, so a retry
 //! with the same request id starts afresh.
 
 use crate::cloud::{CloudError, NewPortSpec, NewVolumeSpec, VolumeStatus};
@@ -463,8 +465,14 @@ impl Shared {
                 })
                 .await?;
             let claim = claimed_at.elapsed();
-            match self.attach_and_verify(record, &instance, deadline).await {
+            let attempt = match self.attach_and_verify(record, &instance, deadline).await {
+                Ok(()) => self.take_for_good(&instance, &params.request_id).await,
+                Err(failure) => Err(failure),
+            };
+            match attempt {
                 Ok(()) => {
+                    // The commit: nothing may fail after it, since a retry
+                    // or GetAllocation may read it back at once.
                     let done = record
                         .update(|a| {
                             a.state = AllocationState::Allocated;
@@ -472,14 +480,6 @@ impl Shared {
                             a.timings.total = started.elapsed();
                         })
                         .await?;
-                    self.update_instance(&instance.id, |current| {
-                        (current.state == InstanceState::Claimed).then(|| {
-                            let mut next = current.clone();
-                            next.state = InstanceState::Allocated;
-                            Some(next)
-                        })
-                    })
-                    .await?;
                     return Ok(done);
                 }
                 Err(failure) => {
@@ -508,6 +508,40 @@ impl Shared {
                     }
                 }
             }
+        }
+    }
+
+    /// Moves the instance this Allocate claimed on to `Allocated`, before
+    /// the allocation record says `Allocated`: once that record is written
+    /// the answer is given, so the instance must already be beyond anyone
+    /// else's reach (an instance still `Claimed` is discarded by a rollback,
+    /// which would leave an `Allocated` record naming a deleted server). If
+    /// the claim is no longer this Allocate's, the instance is lost to it.
+    async fn take_for_good(
+        &self,
+        instance: &Instance,
+        request_id: &str,
+    ) -> Result<(), AttemptError> {
+        let taken = self
+            .update_instance(&instance.id, |current| {
+                (current.state == InstanceState::Claimed
+                    && current.request_id.as_deref() == Some(request_id))
+                .then(|| {
+                    let mut next = current.clone();
+                    next.state = InstanceState::Allocated;
+                    Some(next)
+                })
+            })
+            .await
+            .map_err(AttemptError::Request)?;
+        match taken {
+            Some(_) => Ok(()),
+            None => Err(AttemptError::Instance(ManagerError::FailedPrecondition(
+                format!(
+                    "instance {} was taken out of service while being attached",
+                    instance.id
+                ),
+            ))),
         }
     }
 
@@ -966,21 +1000,34 @@ impl Shared {
     /// deletes the port and a volume warmpool created, then the record.
     /// Idempotent, so the reconciler can run it again after a crash.
     pub(crate) async fn roll_back(&self, allocation: &Allocation) -> ManagerResult<()> {
-        let request_id = &allocation.params.request_id;
+        let request_id = allocation.params.request_id.as_str();
+        // Only an allocation that never answered is undone: once its record
+        // says Allocated, a retry may have been told so, and its server,
+        // port and volume are the tenant's.
+        let Some(allocation) = self
+            .store
+            .get_allocation(request_id)
+            .await?
+            .filter(|a| a.state == AllocationState::Allocating)
+        else {
+            return Ok(());
+        };
         let deadline = Instant::now() + self.settings.poll_interval * 30;
         let name = allocation.resource_name();
         for instance in self.store.list_instances().await? {
-            if instance.request_id.as_deref() == Some(request_id.as_str())
-                && instance.state != InstanceState::Allocated
-            {
+            // Also an instance already Allocated: taken for good right
+            // before a commit that failed or a crash interrupted.
+            if instance.request_id.as_deref() == Some(request_id) {
                 if let (Some(server_id), Some(volume_id)) =
                     (&instance.server_id, &allocation.volume_id)
                 {
                     self.retry(deadline, || self.cloud.detach_volume(server_id, volume_id))
                         .await?;
                 }
-                self.discard_instance(&instance.id, "allocation rolled back")
-                    .await?;
+                self.discard_instance_if(&instance.id, "allocation rolled back", |current| {
+                    current.request_id.as_deref() == Some(request_id)
+                })
+                .await?;
             }
         }
         let mut ports = self

@@ -6,19 +6,19 @@
 //!
 //! | store says | cloud says | action |
 //! |---|---|---|
-//! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, delete its port and created volume, drop the record) |
+//! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, delete its port and created volume, drop the record) |
 //! | allocation `Releasing` | - | finish the release |
-//!
-//! Allocations are listed once per pass but each is read again right
-//! before it is acted on: an Allocate may answer, or a Release finish,
-//! while the pass works on an earlier one.
-//! | instance `Claimed`, allocation `Allocated` | - | mark the instance `Allocated` |
+//! | instance `Claimed`, allocation `Allocated` | - | mark the instance `Allocated` (left by versions that marked the allocation first) |
 //! | instance `Booting`, no server id | server with its instance id | adopt the server |
 //! | instance `Booting`, no server id | none | drop the record |
 //! | instance `Booting`/`Warming`/`Ready` | server gone | drop the record |
 //! | instance `Booting`/`Warming` | server exists | resume the boot task |
 //! | instance `Failed`/`Deleting` | - | delete the server, drop the record |
 //! | nothing | server with warmpool metadata | delete it (leak) |
+//!
+//! Allocations are listed once per pass but each is read again right
+//! before it is acted on: an Allocate may answer, or a Release finish,
+//! while the pass works on an earlier one.
 
 use crate::cloud::{Server, META_INSTANCE};
 use crate::error::ManagerResult;
