@@ -33,6 +33,15 @@ pub const DEFAULT_COLD_BOOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Longest request id accepted (billing order ids are far shorter).
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
+/// How far ahead a deadline is put whose duration overflows `Instant`.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// `from + after`, or a far future where that overflows: a huge timeout (in
+/// a request, a pool spec or the settings) means "no deadline", not a panic.
+pub(crate) fn deadline_after(from: Instant, after: Duration) -> Instant {
+    from.checked_add(after).unwrap_or_else(|| from + FAR_FUTURE)
+}
+
 /// An Allocate call: the allocation's parameters plus how to wait.
 #[derive(Clone, Debug)]
 pub struct AllocateRequest {
@@ -279,6 +288,14 @@ impl Drop for QuotaQueue<'_> {
 }
 
 impl Shared {
+    /// Until when a cleanup (detach, delete) retries its cloud calls.
+    pub(crate) fn cleanup_deadline(&self) -> Instant {
+        deadline_after(
+            Instant::now(),
+            self.settings.poll_interval.saturating_mul(30),
+        )
+    }
+
     /// Calls the cloud through [`Shared::retry`] (Retry-After honoured, never
     /// past `deadline`), stretching each Retry-After by the gate's seeded
     /// jitter so that allocations throttled together do not come back
@@ -323,7 +340,7 @@ impl Shared {
             EmptyPoolPolicy::ColdBoot => DEFAULT_COLD_BOOT_TIMEOUT,
             _ => DEFAULT_ALLOCATE_TIMEOUT,
         });
-        let deadline = started + timeout;
+        let deadline = deadline_after(started, timeout);
         let mut changes = self.changes.subscribe();
 
         let allocation = loop {
@@ -642,7 +659,10 @@ impl Shared {
                     refusals += 1;
                     tracing::info!(request_id = %params.request_id, %flavor, "cold boot refused for quota; waiting: {m}");
                     queue.get_or_insert_with(|| QuotaQueue::join(&self.gate));
-                    let pause = self.settings.poll_interval * 2u32.saturating_pow(refusals.min(5));
+                    let pause = self
+                        .settings
+                        .poll_interval
+                        .saturating_mul(2u32.saturating_pow(refusals.min(5)));
                     self.wait_for_quota(params, deadline, pause).await?;
                 }
                 Ok(Err(e)) => {
@@ -717,7 +737,7 @@ impl Shared {
         deadline: Instant,
         pause: Duration,
     ) -> ManagerResult<()> {
-        let until = Instant::now() + pause.max(Duration::from_millis(100));
+        let until = deadline_after(Instant::now(), pause.max(Duration::from_millis(100)));
         if until >= deadline {
             return Err(ManagerError::ResourceExhausted(format!(
                 "cloud quota for flavor {} is used up; no room for a cold boot before the deadline",
@@ -979,7 +999,7 @@ impl Shared {
         instance: &Instance,
     ) -> ManagerResult<()> {
         let allocation = record.get().await;
-        let deadline = Instant::now() + self.settings.poll_interval * 30;
+        let deadline = self.cleanup_deadline();
         if let (Some(server_id), Some(volume_id)) = (&instance.server_id, &allocation.volume_id) {
             self.retry(deadline, || self.cloud.detach_volume(server_id, volume_id))
                 .await?;
@@ -1012,7 +1032,7 @@ impl Shared {
         else {
             return Ok(());
         };
-        let deadline = Instant::now() + self.settings.poll_interval * 30;
+        let deadline = self.cleanup_deadline();
         let name = allocation.resource_name();
         for instance in self.store.list_instances().await? {
             // Also an instance already Allocated: taken for good right
@@ -1082,7 +1102,7 @@ impl Shared {
     /// Deletes the server, port and (if decided) volume of a `Releasing`
     /// allocation, then marks it `Released`. Idempotent.
     pub(crate) async fn finish_release(&self, allocation: Allocation) -> ManagerResult<Allocation> {
-        let deadline = Instant::now() + self.settings.poll_interval * 30;
+        let deadline = self.cleanup_deadline();
         if let Some(instance_id) = &allocation.instance_id {
             let releasing = self
                 .update_instance(instance_id, |current| {

@@ -10,6 +10,7 @@
 //! also resumes its pool's estimators from the store when it starts and
 //! saves them every [`LEARNED_SIZING_SAVE_EVERY`].
 
+use crate::allocator::deadline_after;
 use crate::cloud::{CloudError, CloudResult, ServerSpec, ServerStatus, META_INSTANCE, META_POOL};
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, BootOutcome, Event, EventKind};
@@ -93,7 +94,7 @@ impl Shared {
                 self.save_learned_sizing(key).await;
                 next_save = Instant::now() + LEARNED_SIZING_SAVE_EVERY;
             }
-            let mut wake = Instant::now() + self.settings.replenish_interval;
+            let mut wake = deadline_after(Instant::now(), self.settings.replenish_interval);
             if pool.draining {
                 if self.drain_step(&pool).await? {
                     tracing::info!(pool = %key, "pool drained and deleted");
@@ -547,7 +548,7 @@ impl Shared {
     ) -> Result<Instance, BootError> {
         let az = instance.pool.availability_zone.as_str();
         let pool = self.pool(&instance.pool).await?;
-        let deadline = Instant::now() + pool.spec.boot_timeout;
+        let deadline = deadline_after(Instant::now(), pool.spec.boot_timeout);
         let mut instance = instance.clone();
         // Only a build this task requested measures the build time.
         let mut requested = None;
@@ -721,7 +722,7 @@ impl Shared {
     /// Deletes the server of a `Deleting` (or `Releasing`) instance and its record.
     pub(crate) async fn finish_delete(&self, instance: &Instance) -> ManagerResult<()> {
         if let Some(server_id) = &instance.server_id {
-            let deadline = Instant::now() + self.settings.poll_interval * 30;
+            let deadline = self.cleanup_deadline();
             self.retry(deadline, || self.cloud.delete_server(server_id))
                 .await?;
         }
