@@ -3,10 +3,12 @@
 //! An allocation is recorded (state `Allocating`) before any cloud call, keyed
 //! by its request id; then a Ready instance is claimed by compare-and-swap,
 //! the tenant's volume and port are attached concurrently, the result is
-//! verified and the allocation is marked `Allocated` and flushed: only then is
-//! it acknowledged. If a step fails, what was attached is undone, the instance
-//! is discarded (never returned to the pool) and the next Ready one is tried
-//! while the deadline allows. A failed Allocate leaves no record, so a retry
+//! verified, the instance is marked `Allocated` (failing the try if it is no
+//! longer claimed by this request) and then the allocation is marked
+//! `Allocated` and flushed: only then is it acknowledged, and nothing is
+//! rolled back after it. If a step fails, what was attached is undone, the
+//! instance is discarded (never returned to the pool) and the next Ready one
+//! is tried while the deadline allows. A failed Allocate leaves no record, so a retry
 //! with the same request id starts afresh.
 
 use crate::cloud::{CloudError, NewPortSpec, NewVolumeSpec, VolumeStatus};
@@ -30,6 +32,15 @@ pub const DEFAULT_ALLOCATE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_COLD_BOOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Longest request id accepted (billing order ids are far shorter).
 pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// How far ahead a deadline is put whose duration overflows `Instant`.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// `from + after`, or a far future where that overflows: a huge timeout (in
+/// a request, a pool spec or the settings) means "no deadline", not a panic.
+pub(crate) fn deadline_after(from: Instant, after: Duration) -> Instant {
+    from.checked_add(after).unwrap_or_else(|| from + FAR_FUTURE)
+}
 
 /// An Allocate call: the allocation's parameters plus how to wait.
 #[derive(Clone, Debug)]
@@ -296,6 +307,14 @@ impl Drop for QuotaQueue<'_> {
 }
 
 impl Shared {
+    /// Until when a cleanup (detach, delete) retries its cloud calls.
+    pub(crate) fn cleanup_deadline(&self) -> Instant {
+        deadline_after(
+            Instant::now(),
+            self.settings.poll_interval.saturating_mul(30),
+        )
+    }
+
     /// Calls the cloud through [`Shared::retry`] (Retry-After honoured, never
     /// past `deadline`), stretching each Retry-After by the gate's seeded
     /// jitter so that allocations throttled together do not come back
@@ -340,7 +359,7 @@ impl Shared {
             EmptyPoolPolicy::ColdBoot => DEFAULT_COLD_BOOT_TIMEOUT,
             _ => DEFAULT_ALLOCATE_TIMEOUT,
         });
-        let deadline = started + timeout;
+        let deadline = deadline_after(started, timeout);
         let mut changes = self.changes.subscribe();
 
         let allocation = loop {
@@ -493,8 +512,14 @@ impl Shared {
                 })
                 .await?;
             let claim = claimed_at.elapsed();
-            match self.attach_and_verify(record, &instance, deadline).await {
+            let attempt = match self.attach_and_verify(record, &instance, deadline).await {
+                Ok(()) => self.take_for_good(&instance, &params.request_id).await,
+                Err(failure) => Err(failure),
+            };
+            match attempt {
                 Ok(()) => {
+                    // The commit: nothing may fail after it, since a retry
+                    // or GetAllocation may read it back at once.
                     let done = record
                         .update(|a| {
                             a.state = AllocationState::Allocated;
@@ -502,14 +527,6 @@ impl Shared {
                             a.timings.total = started.elapsed();
                         })
                         .await?;
-                    self.update_instance(&instance.id, |current| {
-                        (current.state == InstanceState::Claimed).then(|| {
-                            let mut next = current.clone();
-                            next.state = InstanceState::Allocated;
-                            Some(next)
-                        })
-                    })
-                    .await?;
                     return Ok(done);
                 }
                 Err(failure) => {
@@ -538,6 +555,40 @@ impl Shared {
                     }
                 }
             }
+        }
+    }
+
+    /// Moves the instance this Allocate claimed on to `Allocated`, before
+    /// the allocation record says `Allocated`: once that record is written
+    /// the answer is given, so the instance must already be beyond anyone
+    /// else's reach (an instance still `Claimed` is discarded by a rollback,
+    /// which would leave an `Allocated` record naming a deleted server). If
+    /// the claim is no longer this Allocate's, the instance is lost to it.
+    async fn take_for_good(
+        &self,
+        instance: &Instance,
+        request_id: &str,
+    ) -> Result<(), AttemptError> {
+        let taken = self
+            .update_instance(&instance.id, |current| {
+                (current.state == InstanceState::Claimed
+                    && current.request_id.as_deref() == Some(request_id))
+                .then(|| {
+                    let mut next = current.clone();
+                    next.state = InstanceState::Allocated;
+                    Some(next)
+                })
+            })
+            .await
+            .map_err(AttemptError::Request)?;
+        match taken {
+            Some(_) => Ok(()),
+            None => Err(AttemptError::Instance(ManagerError::FailedPrecondition(
+                format!(
+                    "instance {} was taken out of service while being attached",
+                    instance.id
+                ),
+            ))),
         }
     }
 
@@ -638,7 +689,10 @@ impl Shared {
                     refusals += 1;
                     tracing::info!(request_id = %params.request_id, %flavor, "cold boot refused for quota; waiting: {m}");
                     queue.get_or_insert_with(|| QuotaQueue::join(&self.gate));
-                    let pause = self.settings.poll_interval * 2u32.saturating_pow(refusals.min(5));
+                    let pause = self
+                        .settings
+                        .poll_interval
+                        .saturating_mul(2u32.saturating_pow(refusals.min(5)));
                     self.wait_for_quota(params, deadline, pause).await?;
                 }
                 Ok(Err(e)) => {
@@ -713,7 +767,7 @@ impl Shared {
         deadline: Instant,
         pause: Duration,
     ) -> ManagerResult<()> {
-        let until = Instant::now() + pause.max(Duration::from_millis(100));
+        let until = deadline_after(Instant::now(), pause.max(Duration::from_millis(100)));
         if until >= deadline {
             return Err(ManagerError::ResourceExhausted(format!(
                 "cloud quota for flavor {} is used up; no room for a cold boot before the deadline",
@@ -968,7 +1022,7 @@ impl Shared {
         instance: &Instance,
     ) -> ManagerResult<()> {
         let allocation = record.get().await;
-        let deadline = Instant::now() + self.settings.poll_interval * 30;
+        let deadline = self.cleanup_deadline();
         if let (Some(server_id), Some(volume_id)) = (&instance.server_id, &allocation.volume_id) {
             self.retry(deadline, || self.cloud.detach_volume(server_id, volume_id))
                 .await?;
@@ -989,21 +1043,34 @@ impl Shared {
     /// deletes the port and a volume warmpool created, then the record.
     /// Idempotent, so the reconciler can run it again after a crash.
     pub(crate) async fn roll_back(&self, allocation: &Allocation) -> ManagerResult<()> {
-        let request_id = &allocation.params.request_id;
-        let deadline = Instant::now() + self.settings.poll_interval * 30;
+        let request_id = allocation.params.request_id.as_str();
+        // Only an allocation that never answered is undone: once its record
+        // says Allocated, a retry may have been told so, and its server,
+        // port and volume are the tenant's.
+        let Some(allocation) = self
+            .store
+            .get_allocation(request_id)
+            .await?
+            .filter(|a| a.state == AllocationState::Allocating)
+        else {
+            return Ok(());
+        };
+        let deadline = self.cleanup_deadline();
         let name = allocation.resource_name();
         for instance in self.store.list_instances().await? {
-            if instance.request_id.as_deref() == Some(request_id.as_str())
-                && instance.state != InstanceState::Allocated
-            {
+            // Also an instance already Allocated: taken for good right
+            // before a commit that failed or a crash interrupted.
+            if instance.request_id.as_deref() == Some(request_id) {
                 if let (Some(server_id), Some(volume_id)) =
                     (&instance.server_id, &allocation.volume_id)
                 {
                     self.retry(deadline, || self.cloud.detach_volume(server_id, volume_id))
                         .await?;
                 }
-                self.discard_instance(&instance.id, "allocation rolled back")
-                    .await?;
+                self.discard_instance_if(&instance.id, "allocation rolled back", |current| {
+                    current.request_id.as_deref() == Some(request_id)
+                })
+                .await?;
             }
         }
         let mut ports = self
@@ -1058,7 +1125,7 @@ impl Shared {
     /// Deletes the server, port and (if decided) volume of a `Releasing`
     /// allocation, then marks it `Released`. Idempotent.
     pub(crate) async fn finish_release(&self, allocation: Allocation) -> ManagerResult<Allocation> {
-        let deadline = Instant::now() + self.settings.poll_interval * 30;
+        let deadline = self.cleanup_deadline();
         if let Some(instance_id) = &allocation.instance_id {
             let releasing = self
                 .update_instance(instance_id, |current| {

@@ -6,15 +6,19 @@
 //!
 //! | store says | cloud says | action |
 //! |---|---|---|
-//! | allocation `Allocating` | - | roll back (discard its instance, delete its port and created volume, drop the record) |
+//! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, delete its port and created volume, drop the record) |
 //! | allocation `Releasing` | - | finish the release |
-//! | instance `Claimed`, allocation `Allocated` | - | mark the instance `Allocated` |
+//! | instance `Claimed`, allocation `Allocated` | - | mark the instance `Allocated` (left by versions that marked the allocation first) |
 //! | instance `Booting`, no server id | server with its instance id | adopt the server |
 //! | instance `Booting`, no server id | none | drop the record |
 //! | instance `Booting`/`Warming`/`Ready` | server gone | drop the record |
 //! | instance `Booting`/`Warming` | server exists | resume the boot task |
 //! | instance `Failed`/`Deleting` | - | delete the server, drop the record |
 //! | nothing | server with warmpool metadata | delete it (leak) |
+//!
+//! Allocations are listed once per pass but each is read again right
+//! before it is acted on: an Allocate may answer, or a Release finish,
+//! while the pass works on an earlier one.
 
 use crate::cloud::{Server, META_INSTANCE};
 use crate::error::ManagerResult;
@@ -35,16 +39,25 @@ impl Shared {
 
     pub(crate) async fn reconcile_once(self: &Arc<Self>) -> ManagerResult<()> {
         // Allocations first: their rollbacks discard instances the later steps would see.
-        for allocation in self.store.list_unfinished_allocations().await? {
-            match allocation.state {
-                AllocationState::Allocating
-                    if !self.is_in_flight(&allocation.params.request_id) =>
-                {
-                    tracing::warn!(request_id = %allocation.params.request_id, "rolling back interrupted allocation");
-                    self.roll_back(&allocation).await?;
+        // The listing only says which records to look at: finishing one
+        // release takes seconds, in which an Allocate listed as in flight
+        // may answer and a Release may finish, so each is read again
+        // right before acting on it.
+        for listed in self.store.list_unfinished_allocations().await? {
+            let request_id = listed.params.request_id.as_str();
+            match listed.state {
+                AllocationState::Allocating => {
+                    if let Some(allocation) = self.abandoned_allocation(request_id).await? {
+                        tracing::warn!(request_id, "rolling back interrupted allocation");
+                        self.roll_back(&allocation).await?;
+                    }
                 }
                 AllocationState::Releasing => {
-                    self.finish_release(allocation).await?;
+                    if let Some(allocation) = self.store.get_allocation(request_id).await? {
+                        if allocation.state == AllocationState::Releasing {
+                            self.finish_release(allocation).await?;
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -139,8 +152,16 @@ impl Shared {
                         Some(AllocationState::Allocating) => {} // its Allocate is running now
                         _ => {
                             tracing::warn!(instance = %instance.id, request_id = request, "claimed instance without a live allocation; discarding");
-                            self.discard_instance(&instance.id, "claim without allocation")
-                                .await?;
+                            // Only as listed: the listing may be stale by now.
+                            self.discard_instance_if(
+                                &instance.id,
+                                "claim without allocation",
+                                |current| {
+                                    current.state == InstanceState::Claimed
+                                        && current.request_id == instance.request_id
+                                },
+                            )
+                            .await?;
                         }
                     }
                 }
@@ -195,6 +216,25 @@ impl Shared {
         self.spawn(async move {
             let _ = shared.drive_boot(instance).await;
         });
+    }
+
+    /// The request's record, if it is `Allocating` and no Allocate in this
+    /// process works on it. An Allocate is in flight from before it writes
+    /// the record until the record has left `Allocating`, so a record read
+    /// between two looks that both find the request idle is no live
+    /// Allocate's: one would have had to start and answer in between. Looking
+    /// only after the read misses an Allocate that answered in between;
+    /// looking only before it, one that wrote its record in between.
+    async fn abandoned_allocation(
+        &self,
+        request_id: &str,
+    ) -> ManagerResult<Option<crate::model::Allocation>> {
+        if self.is_in_flight(request_id) {
+            return Ok(None);
+        }
+        let current = self.store.get_allocation(request_id).await?;
+        Ok(current
+            .filter(|a| a.state == AllocationState::Allocating && !self.is_in_flight(request_id)))
     }
 
     /// An Allocate in this process is working on the request right now.

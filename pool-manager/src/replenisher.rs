@@ -10,6 +10,7 @@
 //! also resumes its pool's estimators from the store when it starts and
 //! saves them every [`LEARNED_SIZING_SAVE_EVERY`].
 
+use crate::allocator::deadline_after;
 use crate::cloud::{CloudError, CloudResult, ServerSpec, ServerStatus, META_INSTANCE, META_POOL};
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, BootOutcome, Event, EventKind};
@@ -93,7 +94,7 @@ impl Shared {
                 self.save_learned_sizing(key).await;
                 next_save = Instant::now() + LEARNED_SIZING_SAVE_EVERY;
             }
-            let mut wake = Instant::now() + self.settings.replenish_interval;
+            let mut wake = deadline_after(Instant::now(), self.settings.replenish_interval);
             if pool.draining {
                 if self.drain_step(&pool).await? {
                     tracing::info!(pool = %key, "pool drained and deleted");
@@ -391,7 +392,9 @@ impl Shared {
         let mut left = 0;
         for instance in self.store.list_untouched_instances(&pool.key).await? {
             if instance.counts_as_supply() {
-                self.discard_instance(&instance.id, "pool drained").await?;
+                // Listed a moment ago: an Allocate may have claimed it since.
+                self.discard_instance_if(&instance.id, "pool drained", Instance::counts_as_supply)
+                    .await?;
             } else {
                 left += 1;
             }
@@ -545,7 +548,7 @@ impl Shared {
     ) -> Result<Instance, BootError> {
         let az = instance.pool.availability_zone.as_str();
         let pool = self.pool(&instance.pool).await?;
-        let deadline = Instant::now() + pool.spec.boot_timeout;
+        let deadline = deadline_after(Instant::now(), pool.spec.boot_timeout);
         let mut instance = instance.clone();
         // Only a build this task requested measures the build time.
         let mut requested = None;
@@ -681,9 +684,22 @@ impl Shared {
     /// Takes an instance out of service for good: `Deleting` is recorded
     /// first, then the server is deleted, then the record goes.
     pub(crate) async fn discard_instance(&self, id: &str, reason: &str) -> ManagerResult<()> {
+        self.discard_instance_if(id, reason, |_| true).await
+    }
+
+    /// As [`Self::discard_instance`], but only while `still` holds of the
+    /// stored record. A caller that judged the instance on an earlier read
+    /// (a drain, a rollback) must not take it from whoever moved it on
+    /// since, such as an Allocate that claimed it.
+    pub(crate) async fn discard_instance_if(
+        &self,
+        id: &str,
+        reason: &str,
+        still: impl Fn(&Instance) -> bool,
+    ) -> ManagerResult<()> {
         let deleting = self
             .update_instance(id, |current| {
-                (current.state != InstanceState::Deleting).then(|| {
+                (current.state != InstanceState::Deleting && still(current)).then(|| {
                     let mut next = current.clone();
                     next.state = InstanceState::Deleting;
                     next.last_error = Some(reason.to_string());
@@ -691,8 +707,13 @@ impl Shared {
                 })
             })
             .await?;
-        let Some(deleting) = deleting.or(self.store.get_instance(id).await?) else {
-            return Ok(());
+        let deleting = match deleting {
+            Some(deleting) => deleting,
+            None => match self.store.get_instance(id).await? {
+                // A delete begun before (maybe interrupted): finishing it is idempotent.
+                Some(current) if current.state == InstanceState::Deleting => current,
+                _ => return Ok(()),
+            },
         };
         self.store.flush().await?;
         self.finish_delete(&deleting).await
@@ -701,7 +722,7 @@ impl Shared {
     /// Deletes the server of a `Deleting` (or `Releasing`) instance and its record.
     pub(crate) async fn finish_delete(&self, instance: &Instance) -> ManagerResult<()> {
         if let Some(server_id) = &instance.server_id {
-            let deadline = Instant::now() + self.settings.poll_interval * 30;
+            let deadline = self.cleanup_deadline();
             self.retry(deadline, || self.cloud.delete_server(server_id))
                 .await?;
         }

@@ -3,9 +3,15 @@
 mod common;
 
 use common::*;
-use pool_manager::model::{AllocationState, EmptyPoolPolicy, InstanceState, PoolKey, VolumeSource};
+use pool_manager::model::{
+    Allocation, AllocationState, EmptyPoolPolicy, Instance, InstanceState, PoolKey, PoolRecord,
+    VolumeSource,
+};
+use pool_manager::sizing::LearnedSizing;
+use pool_manager::store::{Store, StoreError, StoreResult};
 use pool_manager::ManagerError;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 #[tokio::test(start_paused = true)]
@@ -780,5 +786,219 @@ async fn allocations_get_through_a_rate_limited_cloud_without_losing_instances()
     assert_eq!(status.count(InstanceState::Allocated), 3);
     assert_eq!(status.count(InstanceState::Ready), 1);
     assert_eq!(sim.servers().len(), 4);
+    assert_consistent(&sim, &manager).await;
+}
+
+/// A drain lists the pool's Ready instances, then discards them one by one;
+/// an Allocate that started before the drain claims one in between. The
+/// drain must leave it to the Allocate, whose answer must name a live server.
+#[tokio::test(start_paused = true)]
+async fn a_drain_leaves_alone_an_instance_claimed_after_it_listed_the_pool() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 2).await;
+    let volume = sim.create_volume_for_test("tenant-a", "az1", 10);
+
+    // The Allocate is past the draining check, fencing its volume.
+    let fencing = cloud.hold_next("get_volume", At::Before);
+    let buying = {
+        let manager = manager.clone();
+        let order = request(
+            "order-d",
+            VolumeSource::Existing { volume_id: volume },
+            EmptyPoolPolicy::FailFast,
+        );
+        tokio::spawn(async move { manager.allocate(order).await })
+    };
+    fencing.reached().await;
+
+    // The drain has listed both Ready instances and deletes the first.
+    let first_delete = cloud.hold_next("delete_server", At::Before);
+    manager.delete_pool(&pool()).await.unwrap();
+    first_delete.reached().await;
+
+    // The Allocate claims the other one and verifies its attachments.
+    let verified = cloud.hold_next("get_server", At::After);
+    fencing.release();
+    verified.reached().await;
+
+    let mut changes = manager.subscribe();
+    first_delete.release();
+    while manager.get_pool(&pool()).await.is_ok() {
+        changes.changed().await;
+    }
+
+    verified.release();
+    let done = buying.await.unwrap().unwrap();
+    assert_eq!(done.state, AllocationState::Allocated);
+    let server = done.server_id.as_deref().unwrap();
+    assert!(
+        sim.servers().iter().any(|s| s.server.id == server),
+        "the Allocate answered with server {server}, which the drain deleted"
+    );
+    let instance = manager
+        .list_instances(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| Some(&i.id) == done.instance_id.as_ref())
+        .expect("the allocated instance is kept");
+    assert_eq!(instance.state, InstanceState::Allocated);
+    assert_consistent(&sim, &manager).await;
+}
+
+/// Someone takes the claimed instance out of service (here: the test,
+/// standing for any discard) after the Allocate verified its attachments.
+/// The Allocate must not answer with it: it tries the next instance.
+#[tokio::test(start_paused = true)]
+async fn an_allocate_never_answers_with_an_instance_taken_from_it_after_verification() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let store = temp_store();
+    let manager = started_paused(&cloud, store.clone(), 2).await;
+
+    let verified = cloud.hold_next("get_server", At::After);
+    let buying = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            manager
+                .allocate(request("order-t", new_volume(), EmptyPoolPolicy::FailFast))
+                .await
+        })
+    };
+    verified.reached().await;
+    let claimed = store
+        .list_instances()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.state == InstanceState::Claimed)
+        .expect("the Allocate claimed an instance");
+    let mut deleting = claimed.clone();
+    deleting.state = InstanceState::Deleting;
+    assert!(store
+        .cas_instance(Some(&claimed), Some(&deleting))
+        .await
+        .unwrap());
+    verified.release();
+
+    let done = buying.await.unwrap().unwrap();
+    assert_ne!(
+        done.instance_id.as_ref(),
+        Some(&claimed.id),
+        "the Allocate answered with an instance being deleted"
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
+/// Forwards to a real store; the first write of an instance (or, with
+/// `allocation`, of an allocation) as `Allocated` fails as a full disk would.
+struct FailFirstAllocated {
+    inner: std::sync::Arc<dyn Store>,
+    allocation: bool,
+    failed: AtomicBool,
+}
+
+impl FailFirstAllocated {
+    fn fail(&self, allocation: bool, allocated: bool) -> StoreResult<()> {
+        if allocation == self.allocation && allocated && !self.failed.swap(true, Ordering::SeqCst) {
+            return Err(StoreError::Io(sled::Error::Io(std::io::Error::other(
+                "no space left on device",
+            ))));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for FailFirstAllocated {
+    async fn get_pool(&self, key: &PoolKey) -> StoreResult<Option<PoolRecord>> {
+        self.inner.get_pool(key).await
+    }
+    async fn list_pools(&self) -> StoreResult<Vec<PoolRecord>> {
+        self.inner.list_pools().await
+    }
+    async fn put_pool(&self, pool: &PoolRecord) -> StoreResult<()> {
+        self.inner.put_pool(pool).await
+    }
+    async fn delete_pool(&self, key: &PoolKey) -> StoreResult<()> {
+        self.inner.delete_pool(key).await
+    }
+    async fn get_learned_sizing(&self, key: &PoolKey) -> StoreResult<Option<LearnedSizing>> {
+        self.inner.get_learned_sizing(key).await
+    }
+    async fn put_learned_sizing(&self, key: &PoolKey, learned: &LearnedSizing) -> StoreResult<()> {
+        self.inner.put_learned_sizing(key, learned).await
+    }
+    async fn get_instance(&self, id: &str) -> StoreResult<Option<Instance>> {
+        self.inner.get_instance(id).await
+    }
+    async fn list_instances(&self) -> StoreResult<Vec<Instance>> {
+        self.inner.list_instances().await
+    }
+    async fn cas_instance(
+        &self,
+        expected: Option<&Instance>,
+        new: Option<&Instance>,
+    ) -> StoreResult<bool> {
+        self.fail(
+            false,
+            new.is_some_and(|i| i.state == InstanceState::Allocated),
+        )?;
+        self.inner.cas_instance(expected, new).await
+    }
+    async fn get_allocation(&self, request_id: &str) -> StoreResult<Option<Allocation>> {
+        self.inner.get_allocation(request_id).await
+    }
+    async fn list_allocations(&self) -> StoreResult<Vec<Allocation>> {
+        self.inner.list_allocations().await
+    }
+    async fn cas_allocation(
+        &self,
+        expected: Option<&Allocation>,
+        new: Option<&Allocation>,
+    ) -> StoreResult<bool> {
+        self.fail(
+            true,
+            new.is_some_and(|a| a.state == AllocationState::Allocated),
+        )?;
+        self.inner.cas_allocation(expected, new).await
+    }
+    async fn flush(&self) -> StoreResult<()> {
+        self.inner.flush().await
+    }
+}
+
+/// A store error while the allocation is being finished (marking the
+/// instance, or the allocation itself): the answer and the stored record
+/// must agree. A failed Allocate leaves no record (so a retry starts
+/// afresh), never an Allocated one naming resources it deleted.
+#[tokio::test(start_paused = true)]
+async fn a_store_error_while_finishing_an_allocation_leaves_answer_and_record_agreeing() {
+    for allocation in [false, true] {
+        store_error_while_finishing(allocation).await;
+    }
+}
+
+async fn store_error_while_finishing(allocation: bool) {
+    let sim = sim();
+    let store = std::sync::Arc::new(FailFirstAllocated {
+        inner: temp_store(),
+        allocation,
+        failed: AtomicBool::new(false),
+    });
+    let manager = started_paused(&GatedCloud::new(&sim), store, 2).await;
+    let order = request("order-s", new_volume(), EmptyPoolPolicy::FailFast);
+
+    let err = manager.allocate(order.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("no space left"), "{err}");
+    assert!(
+        manager.get_allocation("order-s").await.is_err(),
+        "a failed Allocate left a record behind"
+    );
+    assert_consistent(&sim, &manager).await;
+
+    let retried = manager.allocate(order).await.unwrap();
+    assert_eq!(retried.state, AllocationState::Allocated);
     assert_consistent(&sim, &manager).await;
 }

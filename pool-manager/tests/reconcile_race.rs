@@ -182,3 +182,60 @@ async fn reconcile_leaves_a_new_instance_alone_before_its_boot_task_starts() {
     );
     assert_consistent(&sim, &manager).await;
 }
+
+/// A pass lists an allocation being released and one being allocated; while
+/// it finishes the release, the Allocate answers. The pass must see the
+/// allocation as it is when it reaches it (Allocated), not as listed.
+#[tokio::test(start_paused = true)]
+async fn reconcile_leaves_an_allocation_alone_that_finished_while_the_pass_ran() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let store = temp_store();
+    let manager = started_paused(&cloud, store.clone(), 2).await;
+
+    // order-a (listed first): a release interrupted after its record said so.
+    let a = manager
+        .allocate(request("order-a", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let mut releasing = a.clone();
+    releasing.state = AllocationState::Releasing;
+    releasing.delete_volume_on_release = Some(false);
+    assert!(store
+        .cas_allocation(Some(&a), Some(&releasing))
+        .await
+        .unwrap());
+
+    // order-b: an Allocate in flight, held at its port attach.
+    let b_attach = cloud.hold_next("attach_port", At::Before);
+    let buying = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            manager
+                .allocate(request("order-b", new_volume(), EmptyPoolPolicy::FailFast))
+                .await
+        })
+    };
+    b_attach.reached().await;
+
+    // The pass has listed both when it detaches order-a's volume.
+    let a_detach = cloud.hold_next("detach_volume", At::Before);
+    let pass = {
+        let manager = manager.clone();
+        tokio::spawn(async move { manager.reconcile().await })
+    };
+    a_detach.reached().await;
+
+    b_attach.release();
+    let b = buying.await.unwrap().unwrap();
+    assert_eq!(b.state, AllocationState::Allocated);
+
+    a_detach.release();
+    pass.await.unwrap().expect("the pass succeeds");
+    assert_eq!(manager.get_allocation("order-b").await.unwrap(), b);
+    assert_eq!(
+        manager.get_allocation("order-a").await.unwrap().state,
+        AllocationState::Released
+    );
+    assert_consistent(&sim, &manager).await;
+}

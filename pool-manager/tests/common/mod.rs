@@ -237,3 +237,166 @@ pub async fn assert_consistent(sim: &Arc<SimCloud>, manager: &PoolManager) {
         }
     }
 }
+
+/// Where a held cloud call waits: before it reaches cloudsim, or after
+/// cloudsim answered (the answer is handed back once released).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum At {
+    Before,
+    After,
+}
+
+/// One held call. `reached` returns once the call is waiting at the hold;
+/// the call goes on after `release`.
+#[derive(Default)]
+pub struct Hold {
+    arrived: tokio::sync::Notify,
+    go: tokio::sync::Notify,
+}
+
+impl Hold {
+    pub async fn reached(&self) {
+        self.arrived.notified().await
+    }
+
+    pub fn release(&self) {
+        self.go.notify_one()
+    }
+}
+
+/// cloudsim, except that a call the test armed with [`GatedCloud::hold_next`]
+/// waits until the test releases it: interleavings are set up with Notify,
+/// not with sleeps.
+pub struct GatedCloud {
+    pub sim: Arc<SimCloud>,
+    holds: std::sync::Mutex<Vec<(&'static str, At, Arc<Hold>)>>,
+}
+
+impl GatedCloud {
+    pub fn new(sim: &Arc<SimCloud>) -> Arc<Self> {
+        Arc::new(Self {
+            sim: sim.clone(),
+            holds: Default::default(),
+        })
+    }
+
+    /// The next call of `method` waits at `at`.
+    pub fn hold_next(&self, method: &'static str, at: At) -> Arc<Hold> {
+        let hold = Arc::new(Hold::default());
+        self.holds.lock().unwrap().push((method, at, hold.clone()));
+        hold
+    }
+
+    async fn gate(&self, method: &'static str, at: At) {
+        let hold = {
+            let mut holds = self.holds.lock().unwrap();
+            holds
+                .iter()
+                .position(|(m, a, _)| *m == method && *a == at)
+                .map(|i| holds.remove(i).2)
+        };
+        if let Some(hold) = hold {
+            hold.arrived.notify_one();
+            hold.go.notified().await;
+        }
+    }
+
+    async fn call<T>(&self, method: &'static str, call: impl std::future::Future<Output = T>) -> T {
+        self.gate(method, At::Before).await;
+        let answer = call.await;
+        self.gate(method, At::After).await;
+        answer
+    }
+}
+
+mod gated {
+    use super::GatedCloud;
+    use pool_manager::cloud::*;
+
+    #[async_trait::async_trait]
+    impl Cloud for GatedCloud {
+        async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server> {
+            self.call("create_server", self.sim.create_server(spec))
+                .await
+        }
+        async fn get_server(&self, id: &str) -> CloudResult<Server> {
+            self.call("get_server", self.sim.get_server(id)).await
+        }
+        async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
+            self.call("list_pool_servers", self.sim.list_pool_servers())
+                .await
+        }
+        async fn delete_server(&self, id: &str) -> CloudResult<()> {
+            self.call("delete_server", self.sim.delete_server(id)).await
+        }
+        async fn create_volume(&self, spec: &NewVolumeSpec) -> CloudResult<Volume> {
+            self.call("create_volume", self.sim.create_volume(spec))
+                .await
+        }
+        async fn get_volume(&self, id: &str) -> CloudResult<Volume> {
+            self.call("get_volume", self.sim.get_volume(id)).await
+        }
+        async fn find_volumes_by_name(&self, name: &str) -> CloudResult<Vec<Volume>> {
+            self.call("find_volumes_by_name", self.sim.find_volumes_by_name(name))
+                .await
+        }
+        async fn delete_volume(&self, id: &str) -> CloudResult<()> {
+            self.call("delete_volume", self.sim.delete_volume(id)).await
+        }
+        async fn attach_volume(&self, server: &str, volume: &str) -> CloudResult<()> {
+            self.call("attach_volume", self.sim.attach_volume(server, volume))
+                .await
+        }
+        async fn detach_volume(&self, server: &str, volume: &str) -> CloudResult<()> {
+            self.call("detach_volume", self.sim.detach_volume(server, volume))
+                .await
+        }
+        async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {
+            self.call("create_port", self.sim.create_port(spec)).await
+        }
+        async fn get_port(&self, id: &str) -> CloudResult<Port> {
+            self.call("get_port", self.sim.get_port(id)).await
+        }
+        async fn find_ports_by_name(&self, name: &str) -> CloudResult<Vec<Port>> {
+            self.call("find_ports_by_name", self.sim.find_ports_by_name(name))
+                .await
+        }
+        async fn delete_port(&self, id: &str) -> CloudResult<()> {
+            self.call("delete_port", self.sim.delete_port(id)).await
+        }
+        async fn attach_port(&self, server: &str, port: &str) -> CloudResult<()> {
+            self.call("attach_port", self.sim.attach_port(server, port))
+                .await
+        }
+        async fn detach_port(&self, server: &str, port: &str) -> CloudResult<()> {
+            self.call("detach_port", self.sim.detach_port(server, port))
+                .await
+        }
+        async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
+            self.call("boot_headroom", self.sim.boot_headroom(flavor))
+                .await
+        }
+        fn volume_zone_for(&self, server_az: &str) -> String {
+            self.sim.volume_zone_for(server_az)
+        }
+    }
+}
+
+/// A started manager over `cloud` (cloudsim behind a gate) with one paused
+/// pool of `n` Ready instances: nothing boots behind the test's back.
+pub async fn started_paused(cloud: &Arc<GatedCloud>, store: Arc<dyn Store>, n: u32) -> PoolManager {
+    let manager = PoolManager::new(
+        store,
+        cloud.clone(),
+        Arc::new(cloud.sim.probe()),
+        settings(),
+    );
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(n)).await.unwrap();
+    wait_ready(&manager, n).await;
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    manager
+}
