@@ -48,6 +48,7 @@
 //! [`Gate`] is pure and synchronous (instants are passed in); the replenisher
 //! holds it behind a mutex and reports to it through `BootTicket`s.
 
+use crate::allocator::deadline_after;
 use crate::cloud::MAX_RETRY_AFTER;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -417,7 +418,7 @@ impl Gate {
         match self.quota.headroom.get(flavor) {
             None => now,
             Some(e) if e.stale => now,
-            Some(e) => e.polled_at + self.settings.headroom_interval,
+            Some(e) => deadline_after(e.polled_at, self.settings.headroom_interval),
         }
     }
 

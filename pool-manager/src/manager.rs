@@ -252,7 +252,7 @@ impl Shared {
                         } => (*after).clamp(MIN_RETRY_PAUSE, MAX_RETRY_AFTER),
                         _ => backoff,
                     };
-                    if Instant::now() + pause >= deadline {
+                    if deadline.saturating_duration_since(Instant::now()) <= pause {
                         return Err(e);
                     }
                     tracing::debug!(error = %e, ?pause, "retrying cloud call");
@@ -262,7 +262,9 @@ impl Shared {
                     if throttled {
                         self.emit(None, EventKind::Throttled { service, pause });
                     }
-                    backoff = (backoff * 2).min(self.settings.retry_backoff * 32);
+                    backoff = backoff
+                        .saturating_mul(2)
+                        .min(self.settings.retry_backoff.saturating_mul(32));
                 }
                 other => return other,
             }

@@ -74,3 +74,51 @@ async fn a_huge_poll_interval_does_not_stop_a_rollback() {
     assert!(matches!(err, ManagerError::ResourceExhausted(_)), "{err}");
     assert!(manager.get_allocation("order-p").await.is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_huge_retry_backoff_gives_up_at_the_deadline() {
+    let sim = sim();
+    let manager = manager_with(
+        &sim,
+        ManagerSettings {
+            retry_backoff: Duration::MAX,
+            ..settings()
+        },
+    );
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    wait_ready(&manager, 1).await;
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    // A 5xx on the Allocate's first calls: the backoff before asking again
+    // is past the deadline, so the call gives up instead of waiting.
+    sim.faults().api_errors_next(
+        2,
+        pool_manager::cloud::CloudError::Transient("HTTP 503".into()),
+    );
+    let err = manager
+        .allocate(request("order-b", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("503"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_huge_headroom_interval_still_fills() {
+    let sim = sim();
+    let mut settings = settings();
+    settings.gate.headroom_interval = Duration::MAX;
+    let manager = manager_with(&sim, settings);
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    wait_ready(&manager, 1).await;
+    // The refill asks the gate again whether the flavor's headroom is due,
+    // an interval past the first poll.
+    manager
+        .allocate(request("order-q", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    wait_ready(&manager, 1).await;
+}
