@@ -15,6 +15,7 @@
 //! | instance `Booting`/`Warming` | server exists | resume the boot task |
 //! | instance `Failed`/`Deleting` | - | delete the server, drop the record |
 //! | nothing | server with warmpool metadata | delete it (leak) |
+//! | instance with another server recorded | server naming the instance | delete it (a twin of a retried create) |
 //!
 //! Allocations are listed once per pass but each is read again right
 //! before it is acted on: an Allocate may answer, or a Release finish,
@@ -76,9 +77,7 @@ impl Shared {
             .collect();
 
         let instances = self.store.list_instances().await?;
-        let mut known: HashSet<String> = HashSet::new();
         for instance in &instances {
-            known.insert(instance.id.clone());
             let driving = self
                 .driving
                 .lock()
@@ -178,12 +177,22 @@ impl Shared {
             .iter()
             .filter_map(|i| i.server_id.as_deref())
             .collect();
+        // A server naming an instance is that instance's only while the
+        // instance has none recorded (its create's answer is on the way, or
+        // adoption above takes it). Once it has one, another server naming
+        // it is a twin: a create retried after a lost answer that took
+        // effect late.
+        let awaiting_server: HashSet<&str> = instances
+            .iter()
+            .filter(|i| i.server_id.is_none())
+            .map(|i| i.id.as_str())
+            .collect();
         for server in servers.values() {
             let owned = known_servers.contains(server.id.as_str())
                 || server
                     .metadata
                     .get(META_INSTANCE)
-                    .is_some_and(|id| known.contains(id));
+                    .is_some_and(|id| awaiting_server.contains(id.as_str()));
             if !owned {
                 // The LeakDeleted event logs it once done; a failed delete
                 // fails the pass, which logs the error.

@@ -452,6 +452,34 @@ async fn boot_errors_are_replaced_and_leaks_are_deleted() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_twin_server_of_an_instance_is_deleted() {
+    use pool_manager::cloud::{Cloud, ServerSpec, META_INSTANCE, META_POOL};
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 1).await;
+    let instance = manager.list_instances(None).await.unwrap().remove(0);
+    let recorded = instance.server_id.clone().unwrap();
+    // What a create retried after its lost answer leaves when the first
+    // create completes late: a second server naming the same instance.
+    let twin = sim
+        .create_server(&ServerSpec {
+            name: format!("warmpool-{}", instance.id),
+            pool: pool(),
+            image: "mysql-8.0".into(),
+            metadata: [
+                (META_POOL.to_string(), pool().to_string()),
+                (META_INSTANCE.to_string(), instance.id.clone()),
+            ]
+            .into(),
+        })
+        .await
+        .unwrap();
+    manager.reconcile().await.unwrap();
+    let left: Vec<String> = sim.servers().into_iter().map(|s| s.server.id).collect();
+    assert_eq!(left, [recorded], "the twin {} survived", twin.id);
+    assert_consistent(&sim, &manager).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn pools_are_created_updated_and_drained() {
     let sim = sim();
     let manager = started(&sim, temp_store(), 2).await;
