@@ -898,6 +898,8 @@ mod tests {
             (pool("windows = [{ days = \"Mon\", from = \"9am\", to = \"18:00\", min = 3 }]"), "9am"),
             (pool("windows = [{ days = \"Mon\", from = \"09:00\", to = \"18:00\", min = 3, tz = \"CET\" }]"), "a window is"),
             (pool("windows = [\"daily 09:00-18:00 min 30\"]"), "above max_ready"),
+            (pool("windows = [\"daily 09:00-18:00 min 1 +1é1\"]"), "\"+1é1\" is not a UTC offset"),
+            (pool("windows = [{ from = \"09:00\", to = \"18:00\", min = 1, utc_offset = \"-€1\" }]"), "\"-€1\" is not a UTC offset"),
             (pool("iops_limit = 0"), "iops_limit"),
         ] {
             let err = Config::parse(&text).unwrap_err().to_string();

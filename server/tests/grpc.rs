@@ -1314,6 +1314,13 @@ async fn windows_and_iops_limits_are_set_through_the_api() {
         ),
         (
             api::PoolSpec {
+                windows: vec!["daily 09:00-18:00 min 1 +1é1".into()],
+                ..Default::default()
+            },
+            "spec.windows[0]",
+        ),
+        (
+            api::PoolSpec {
                 iops_limit: Some(0),
                 ..Default::default()
             },
@@ -1524,6 +1531,13 @@ fn broken_config_files_name_the_field() {
 
     let err = load("zero.toml", "[manager]\npoll_interval = \"0s\"\nreplenish_interval = \"1s\"\nreconcile_interval = \"1m\"\nmax_concurrent_boots = 2\n");
     assert!(err.contains("manager.poll_interval"), "{err}");
+
+    // A panic here once killed warmpoold at start: a byte offset inside 'é'.
+    let err = load(
+        "offset.toml",
+        "[[pools]]\nflavor = \"f\"\navailability_zone = \"a\"\nmin_ready = 1\nmax_ready = 2\nimage = \"i\"\nwindows = [\"daily 09:00-18:00 min 1 +1é1\"]\n",
+    );
+    assert!(err.contains("pools") && err.contains("+1é1"), "{err}");
 
     let err = load(
         "scale.toml",
