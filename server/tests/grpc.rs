@@ -525,6 +525,36 @@ async fn invalid_requests_name_the_field() {
                 nanos: 0,
             })
         }),
+        ("timeout", |r| {
+            r.timeout = Some(prost_types::Duration {
+                seconds: i64::MIN,
+                nanos: 0,
+            })
+        }),
+        ("timeout", |r| {
+            r.timeout = Some(prost_types::Duration {
+                seconds: 0,
+                nanos: -1,
+            })
+        }),
+        ("timeout", |r| {
+            r.timeout = Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 1_000_000_000,
+            })
+        }),
+        ("timeout", |r| {
+            r.timeout = Some(prost_types::Duration {
+                seconds: i64::MAX,
+                nanos: 999_999_999,
+            })
+        }),
+        ("timeout", |r| {
+            r.timeout = Some(prost_types::Duration {
+                seconds: 3601,
+                nanos: 0,
+            })
+        }),
     ];
     for (field, edit) in cases {
         let mut request = allocate_request("order-bad", "db.small", "az1");
@@ -794,6 +824,32 @@ async fn create_update_and_delete_pools() {
         Code::InvalidArgument,
     );
     assert!(msg.contains("image"), "{msg}");
+    let min = Some(prost_types::Duration {
+        seconds: i64::MIN,
+        nanos: 0,
+    });
+    for (field, bad) in [
+        (
+            "spec.boot_timeout",
+            api::PoolSpec {
+                boot_timeout: min,
+                ..spec.clone()
+            },
+        ),
+        (
+            "spec.max_age",
+            api::PoolSpec {
+                max_age: min,
+                ..spec.clone()
+            },
+        ),
+    ] {
+        let msg = expect_code(
+            c.create_pool("db.medium", "az1", bad).await,
+            Code::InvalidArgument,
+        );
+        assert!(msg.starts_with(&format!("invalid {field}:")), "{msg}");
+    }
     let msg = expect_code(
         c.create_pool("", "az1", spec.clone()).await,
         Code::InvalidArgument,
