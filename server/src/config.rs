@@ -901,6 +901,8 @@ mod tests {
             (pool("windows = [\"daily 09:00-18:00 min 1 +1é1\"]"), "\"+1é1\" is not a UTC offset"),
             (pool("windows = [{ from = \"09:00\", to = \"18:00\", min = 1, utc_offset = \"-€1\" }]"), "\"-€1\" is not a UTC offset"),
             (pool("iops_limit = 0"), "iops_limit"),
+            (pool("boot_timeout = \"300000000000y\""), "pool f@a: boot_timeout: boot_timeout must be at most 1day"),
+            (pool("max_age = \"2y\""), "pool f@a: max_age: max_age must be at most 1year"),
         ] {
             let err = Config::parse(&text).unwrap_err().to_string();
             assert!(err.contains(expect), "{text}: {err}");

@@ -850,6 +850,34 @@ async fn create_update_and_delete_pools() {
         );
         assert!(msg.starts_with(&format!("invalid {field}:")), "{msg}");
     }
+    // Accepted once, they overflowed every boot's deadline.
+    let max = Some(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 999_999_999,
+    });
+    for (field, bad) in [
+        (
+            "boot_timeout",
+            api::PoolSpec {
+                boot_timeout: max,
+                ..spec.clone()
+            },
+        ),
+        (
+            "max_age",
+            api::PoolSpec {
+                max_age: max,
+                ..spec.clone()
+            },
+        ),
+    ] {
+        let msg = expect_code(
+            c.create_pool("db.medium", "az1", bad).await,
+            Code::InvalidArgument,
+        );
+        assert!(msg.starts_with(&format!("invalid {field}:")), "{msg}");
+        assert!(msg.contains("at most"), "{msg}");
+    }
     let msg = expect_code(
         c.create_pool("", "az1", spec.clone()).await,
         Code::InvalidArgument,
@@ -929,6 +957,17 @@ async fn create_update_and_delete_pools() {
             },
         ),
         (vec!["image"], "image", api::PoolSpec::default()),
+        (
+            vec!["boot_timeout"],
+            "boot_timeout",
+            api::PoolSpec {
+                boot_timeout: Some(prost_types::Duration {
+                    seconds: 24 * 60 * 60 + 1,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+        ),
     ];
     for (mask, field, spec) in bad_updates {
         let msg = expect_code(
