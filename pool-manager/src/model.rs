@@ -45,6 +45,29 @@ impl PoolKey {
     }
 }
 
+impl PoolKey {
+    /// Both names are required, at most 255 characters and free of control
+    /// characters (the API's rule, so a config file cannot hold a pool the
+    /// API would refuse); the error names the field.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (field, value) in [
+            ("flavor", &self.flavor),
+            ("availability_zone", &self.availability_zone),
+        ] {
+            if value.trim().is_empty() {
+                return Err((field, format!("{field} is required")));
+            }
+            if value.len() > 255 || value.chars().any(char::is_control) {
+                return Err((
+                    field,
+                    format!("{field} must be at most 255 characters without control characters"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for PoolKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.flavor, self.availability_zone)

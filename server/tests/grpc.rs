@@ -1634,6 +1634,33 @@ fn broken_config_files_name_the_field() {
     );
     assert!(err.contains("pools") && err.contains("+1é1"), "{err}");
 
+    // Refused at load: once start reached it, the pools before it were
+    // already in the store.
+    let good = "[[pools]]\nflavor = \"db.small\"\navailability_zone = \"az1\"\nmin_ready = 1\nmax_ready = 2\nimage = \"i\"\n";
+    for (name, key, field) in [
+        (
+            "flavor.toml",
+            "flavor = \"\"\navailability_zone = \"az1\"",
+            "flavor",
+        ),
+        (
+            "az.toml",
+            "flavor = \"db.large\"\navailability_zone = \" \"",
+            "availability_zone",
+        ),
+        (
+            "control.toml",
+            "flavor = \"db\\nlarge\"\navailability_zone = \"az1\"",
+            "flavor",
+        ),
+    ] {
+        let err = load(
+            name,
+            &format!("{good}[[pools]]\n{key}\nmin_ready = 1\nmax_ready = 2\nimage = \"i\"\n"),
+        );
+        assert!(err.contains(&format!(": {field}: {field} ")), "{err}");
+    }
+
     let err = load(
         "scale.toml",
         "[cloud]\nkind = \"embedded\"\ntime_scale = -1.0\n",
