@@ -35,8 +35,9 @@ pub struct PoolBoard {
     pools: BTreeMap<(String, String), api::Pool>,
     /// The last few event lines, oldest first.
     recent: VecDeque<String>,
-    /// Event lines not yet drawn.
-    fresh: usize,
+    /// Event lines not yet drawn, all of them: a pipe prints each event once,
+    /// however many arrive between two frames (`recent` keeps only a few).
+    fresh: Vec<String>,
 }
 
 impl PoolBoard {
@@ -52,8 +53,9 @@ impl PoolBoard {
             }
         }
         for event in &status.events {
-            self.recent.push_back(event_line(event));
-            self.fresh += 1;
+            let line = event_line(event);
+            self.recent.push_back(line.clone());
+            self.fresh.push(line);
         }
         while self.recent.len() > RECENT_EVENTS {
             self.recent.pop_front();
@@ -64,16 +66,16 @@ impl PoolBoard {
     /// events that arrived since the last frame.
     pub fn render(&mut self, terminal: bool) -> String {
         let mut frame = watch_table(self.pools.values());
-        let shown = if terminal {
-            self.recent.len()
+        let fresh = std::mem::take(&mut self.fresh);
+        let lines = if terminal {
+            self.recent.iter().cloned().collect()
         } else {
-            self.fresh.min(self.recent.len())
+            fresh
         };
-        for line in self.recent.iter().skip(self.recent.len() - shown) {
-            frame.push_str(line);
+        for line in lines {
+            frame.push_str(&line);
             frame.push('\n');
         }
-        self.fresh = 0;
         frame
     }
 }
@@ -218,6 +220,40 @@ mod tests {
             frame.ends_with("event - m1.xlarge@az2 DELETED pool deleted\n"),
             "{frame}"
         );
+    }
+
+    #[test]
+    fn a_pipe_prints_every_event_however_many_arrive_between_frames() {
+        let pools = sample_pools();
+        let mut board = PoolBoard::default();
+        for n in 0..10 {
+            board.apply(api::PoolStatus {
+                pool: Some(pools[0].clone()),
+                events: vec![api::PoolEvent {
+                    kind: api::PoolEventKind::Exhausted.into(),
+                    message: format!("exhausted {n}"),
+                    flavor: "m1.large".into(),
+                    availability_zone: "az1".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        }
+        let frame = board.render(false);
+        let events: Vec<&str> = frame.lines().filter(|l| l.starts_with("event ")).collect();
+        let expected: Vec<String> = (0..10)
+            .map(|n| format!("event - m1.large@az1 EXHAUSTED exhausted {n}"))
+            .collect();
+        assert_eq!(events, expected, "{frame}");
+        assert!(!board.render(false).contains("event "), "printed twice");
+        // A terminal redraws only the most recent few.
+        let terminal = board.render(true);
+        assert_eq!(
+            terminal.lines().filter(|l| l.starts_with("event ")).count(),
+            RECENT_EVENTS,
+            "{terminal}"
+        );
+        assert!(terminal.contains("exhausted 9") && !terminal.contains("exhausted 1\n"));
     }
 
     #[test]

@@ -442,6 +442,21 @@ async fn errors_print_the_code_and_exit_non_zero() {
     .await
     .error("INVALID_ARGUMENT");
     assert!(msg.contains("max_ready"), "{msg}");
+    // Accepted once, it panicked every boot of the pool.
+    let msg = run(
+        ep,
+        &[
+            "pools",
+            "update",
+            "db.small",
+            "az1",
+            "--boot-timeout",
+            "100000000000y",
+        ],
+    )
+    .await
+    .error("INVALID_ARGUMENT");
+    assert!(msg.contains("boot_timeout must be at most 1day"), "{msg}");
 
     // Same request id, other parameters.
     wait_pools_at_target(ep, &["db.small@az1"]).await;

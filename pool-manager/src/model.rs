@@ -45,11 +45,43 @@ impl PoolKey {
     }
 }
 
+impl PoolKey {
+    /// Both names are required, at most 255 characters and free of control
+    /// characters (the API's rule, so a config file cannot hold a pool the
+    /// API would refuse); the error names the field.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (field, value) in [
+            ("flavor", &self.flavor),
+            ("availability_zone", &self.availability_zone),
+        ] {
+            if value.trim().is_empty() {
+                return Err((field, format!("{field} is required")));
+            }
+            if value.len() > 255 || value.chars().any(char::is_control) {
+                return Err((
+                    field,
+                    format!("{field} must be at most 255 characters without control characters"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for PoolKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.flavor, self.availability_zone)
     }
 }
+
+/// The longest `PoolSpec::boot_timeout`: a boot that has not answered in a
+/// day never will.
+pub const MAX_BOOT_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The longest `PoolSpec::max_age`: a year as humantime counts it ("1y",
+/// 365.25 days), so the limit prints as what an operator may write. Unset
+/// means "never".
+pub const MAX_MAX_AGE: Duration = Duration::from_secs(31_557_600);
 
 /// What an operator sets for a pool.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +149,23 @@ impl PoolSpec {
         }
         if self.boot_timeout.is_zero() {
             return Err(("boot_timeout", "boot_timeout must be positive".into()));
+        }
+        // Both become Instant deadlines or wall-clock ages: an absurd value
+        // overflows them, and nothing an operator means lies beyond these.
+        for (field, value, limit) in [
+            ("boot_timeout", Some(self.boot_timeout), MAX_BOOT_TIMEOUT),
+            ("max_age", self.max_age, MAX_MAX_AGE),
+        ] {
+            if let Some(value) = value.filter(|v| *v > limit) {
+                return Err((
+                    field,
+                    format!(
+                        "{field} must be at most {}, got {}",
+                        humantime::format_duration(limit),
+                        humantime::format_duration(value)
+                    ),
+                ));
+            }
         }
         if let Some(w) = self.windows.iter().find(|w| w.min > self.max_ready) {
             return Err((
@@ -438,4 +487,47 @@ impl Allocation {
 
 pub fn resource_name(request_id: &str) -> String {
     format!("warmpool-{request_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> PoolSpec {
+        PoolSpec {
+            min_ready: 1,
+            max_ready: 2,
+            target: Target::default(),
+            image: "mysql-8.0".into(),
+            boot_timeout: Duration::from_secs(15 * 60),
+            max_age: None,
+            paused: false,
+            windows: Vec::new(),
+            iops_limit: None,
+            volume_iops_limit: None,
+        }
+    }
+
+    #[test]
+    fn durations_beyond_their_limit_are_refused_by_name() {
+        let mut ok = spec();
+        ok.boot_timeout = MAX_BOOT_TIMEOUT;
+        ok.max_age = Some(MAX_MAX_AGE);
+        assert_eq!(ok.validate(), Ok(()));
+
+        let huge = Duration::from_secs(i64::MAX as u64);
+        let mut boot = spec();
+        boot.boot_timeout = huge;
+        let (field, message) = boot.validate().unwrap_err();
+        assert_eq!(field, "boot_timeout");
+        assert!(message.contains("at most 1day"), "{message}");
+        boot.boot_timeout = MAX_BOOT_TIMEOUT + Duration::from_nanos(1);
+        assert_eq!(boot.validate().unwrap_err().0, "boot_timeout");
+
+        let mut age = spec();
+        age.max_age = Some(huge);
+        let (field, message) = age.validate().unwrap_err();
+        assert_eq!(field, "max_age");
+        assert!(message.contains("at most 1year"), "{message}");
+    }
 }

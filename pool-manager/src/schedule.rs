@@ -197,6 +197,11 @@ impl FromStr for UtcOffset {
             b'-' => (-1i16, &rest[1..]),
             _ => return Err(err()),
         };
+        // Checked before splitting by byte position, which would panic inside
+        // a multi-byte character ("+1é1"), and so `parse` never sees a sign.
+        if !digits.bytes().all(|b| b.is_ascii_digit() || b == b':') {
+            return Err(err());
+        }
         let (h, m) = match digits.split_once(':') {
             Some((h, m)) => (h, m),
             None if digits.len() == 4 => digits.split_at(2),
@@ -439,4 +444,65 @@ impl WallClock {
 /// `UNIX_EPOCH + secs`, for tests and replays that name a wall-clock time.
 pub fn unix(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn offsets_with_anything_but_digits_are_refused() {
+        for bad in [
+            "+1é1", "+é", "-12é", "UTC+1é1", "+1:é", "++5", "+-5", "+0x1", "+1.5",
+        ] {
+            assert_eq!(
+                bad.parse::<UtcOffset>(),
+                Err(ScheduleError::Offset(bad.to_string())),
+                "{bad}"
+            );
+        }
+        let err = "daily 09:00-18:00 min 1 +1é1"
+            .parse::<Window>()
+            .unwrap_err();
+        assert!(err.to_string().contains("not a UTC offset"), "{err}");
+        assert_eq!("+0130".parse::<UtcOffset>().unwrap().minutes(), 90);
+        assert_eq!("-5".parse::<UtcOffset>().unwrap().minutes(), -300);
+    }
+
+    proptest! {
+        /// Windows come from the API, config files and the CLI: no string
+        /// may panic the parser.
+        #[test]
+        fn no_string_panics_the_window_parser(text in "\\PC{0,40}") {
+            let _ = text.parse::<Window>();
+            let _ = text.parse::<UtcOffset>();
+            let _ = text.parse::<TimeOfDay>();
+            let _ = text.parse::<Days>();
+        }
+
+        #[test]
+        fn no_offset_panics_a_window(
+            offset in "(UTC|utc)?[+-][0-9:é€]{0,4}|[+-]?[0-9:éß€a-z+-]{0,6}",
+        ) {
+            round_trips(&format!("daily 09:00-18:00 min 1 {offset}"))?;
+        }
+
+        #[test]
+        fn no_day_or_time_token_panics_a_window(
+            days in "daily|Mon-Fri|[A-Za-zé,-]{0,8}",
+            from in "[01][0-9]:[0-5][0-9]|[0-9:é€+-]{0,6}",
+            to in "[01][0-9]:[0-5][0-9]|[0-9:é€+-]{0,6}",
+        ) {
+            round_trips(&format!("{days} {from}-{to} min 1"))?;
+        }
+    }
+
+    /// What parses prints as something that parses to the same window.
+    fn round_trips(line: &str) -> Result<(), TestCaseError> {
+        if let Ok(window) = line.parse::<Window>() {
+            prop_assert_eq!(window.to_string().parse::<Window>(), Ok(window));
+        }
+        Ok(())
+    }
 }

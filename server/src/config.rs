@@ -20,6 +20,15 @@ pub const DEFAULT_DATA_DIR: &str = "warmpool-data";
 /// The embedded cloud runs 20x faster than a real one, so the demo fills in seconds.
 pub const DEFAULT_EMBEDDED_TIME_SCALE: f64 = 0.05;
 
+/// Upper bounds of the `[manager]` intervals and pauses.
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(60);
+pub const MAX_REPLENISH_INTERVAL: Duration = Duration::from_secs(60 * 60);
+pub const MAX_RECONCILE_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+pub const MAX_QUOTA_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
+pub const MAX_QUOTA_POLL_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// The embedded cloud at most this many times slower than a real one.
+pub const MAX_EMBEDDED_TIME_SCALE: f64 = 100.0;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -662,9 +671,14 @@ impl Config {
                     pool.key()
                 )));
             }
-            pool.spec().validate().map_err(|(field, message)| {
-                ConfigError::Invalid(format!("pool {}: {field}: {message}", pool.key()))
-            })?;
+            // Checked here, not when start creates the pools: by then the
+            // pools before a bad one are in the store.
+            pool.key()
+                .validate()
+                .and_then(|()| pool.spec().validate())
+                .map_err(|(field, message)| {
+                    ConfigError::Invalid(format!("pool {}: {field}: {message}", pool.key()))
+                })?;
         }
         if self.metrics_listen == self.listen && self.listen.port() != 0 {
             return Err(ConfigError::Invalid(format!(
@@ -693,12 +707,58 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("{name} must be positive")));
             }
         }
+        // The core adds these to Instants and multiplies them (poll_interval
+        // by 32): an absurd value overflows that arithmetic and panics a
+        // background task, and nothing an operator means lies beyond them.
+        let m = &self.manager;
+        for (name, value, limit) in [
+            ("manager.poll_interval", m.poll_interval, MAX_POLL_INTERVAL),
+            (
+                "manager.replenish_interval",
+                m.replenish_interval,
+                MAX_REPLENISH_INTERVAL,
+            ),
+            (
+                "manager.reconcile_interval",
+                m.reconcile_interval,
+                MAX_RECONCILE_INTERVAL,
+            ),
+            (
+                "manager.retry_after_default",
+                m.retry_after_default,
+                pool_manager::cloud::MAX_RETRY_AFTER,
+            ),
+            ("manager.quota_backoff", m.quota_backoff, MAX_QUOTA_BACKOFF),
+            (
+                "manager.quota_backoff_max",
+                m.quota_backoff_max,
+                MAX_QUOTA_BACKOFF,
+            ),
+            (
+                "manager.quota_poll_interval",
+                m.quota_poll_interval,
+                MAX_QUOTA_POLL_INTERVAL,
+            ),
+        ] {
+            if value > limit {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be at most {}, got {}",
+                    humantime::format_duration(limit),
+                    humantime::format_duration(value)
+                )));
+            }
+        }
         match &self.cloud {
             CloudConfig::Embedded { time_scale, .. } => {
-                if !(time_scale.is_finite() && *time_scale > 0.0) {
-                    return Err(ConfigError::Invalid(
-                        "cloud.time_scale must be a positive number".into(),
-                    ));
+                // cloudsim scales its latencies with Duration::mul_f64, which
+                // panics past Duration::MAX.
+                if !(time_scale.is_finite()
+                    && *time_scale > 0.0
+                    && *time_scale <= MAX_EMBEDDED_TIME_SCALE)
+                {
+                    return Err(ConfigError::Invalid(format!(
+                        "cloud.time_scale must be a positive number at most {MAX_EMBEDDED_TIME_SCALE} (1.0 is real-cloud speed), got {time_scale}"
+                    )));
                 }
             }
             CloudConfig::OpenStack(os) => {
@@ -898,7 +958,19 @@ mod tests {
             (pool("windows = [{ days = \"Mon\", from = \"9am\", to = \"18:00\", min = 3 }]"), "9am"),
             (pool("windows = [{ days = \"Mon\", from = \"09:00\", to = \"18:00\", min = 3, tz = \"CET\" }]"), "a window is"),
             (pool("windows = [\"daily 09:00-18:00 min 30\"]"), "above max_ready"),
+            (pool("windows = [\"daily 09:00-18:00 min 1 +1é1\"]"), "\"+1é1\" is not a UTC offset"),
+            (pool("windows = [{ from = \"09:00\", to = \"18:00\", min = 1, utc_offset = \"-€1\" }]"), "\"-€1\" is not a UTC offset"),
             (pool("iops_limit = 0"), "iops_limit"),
+            (pool("boot_timeout = \"300000000000y\""), "pool f@a: boot_timeout: boot_timeout must be at most 1day"),
+            (pool("max_age = \"2y\""), "pool f@a: max_age: max_age must be at most 1year"),
+            ("[manager]\npoll_interval = \"100000000000y\"".to_owned(), "manager.poll_interval must be at most 1m"),
+            ("[manager]\nreplenish_interval = \"2h\"".to_owned(), "manager.replenish_interval must be at most 1h"),
+            ("[manager]\nreconcile_interval = \"100000000000y\"".to_owned(), "manager.reconcile_interval must be at most 1day"),
+            ("[manager]\nretry_after_default = \"100000000000y\"".to_owned(), "manager.retry_after_default must be at most 1h"),
+            ("[manager]\nquota_backoff = \"100000000000y\"\nquota_backoff_max = \"100000000000y\"".to_owned(), "manager.quota_backoff must be at most 1day"),
+            ("[manager]\nquota_backoff_max = \"100000000000y\"".to_owned(), "manager.quota_backoff_max must be at most 1day"),
+            ("[manager]\nquota_poll_interval = \"100000000000y\"".to_owned(), "manager.quota_poll_interval must be at most 1h"),
+            ("[cloud]\nkind = \"embedded\"\ntime_scale = 1e300".to_owned(), "cloud.time_scale must be a positive number at most 100"),
         ] {
             let err = Config::parse(&text).unwrap_err().to_string();
             assert!(err.contains(expect), "{text}: {err}");

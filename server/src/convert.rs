@@ -49,8 +49,18 @@ fn optional(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
+/// Read by hand rather than with prost-types' `TryFrom`, which negates the
+/// seconds of a negative duration and so panics (debug builds) on
+/// `i64::MIN`. Each field's upper bound is checked where it is used.
 pub fn duration_from_proto(field: &str, d: &prost_types::Duration) -> Result<Duration, Status> {
-    Duration::try_from(*d).map_err(|_| invalid(field, "must be a non-negative duration"))
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(invalid(field, "must be a non-negative duration"));
+    }
+    let nanos = u32::try_from(d.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)
+        .ok_or_else(|| invalid(field, "nanos must be 0 to 999999999"))?;
+    Ok(Duration::new(d.seconds.unsigned_abs(), nanos))
 }
 
 pub fn duration_to_proto(d: Duration) -> prost_types::Duration {
@@ -104,6 +114,18 @@ pub fn allocate_request(req: api::AllocateRequest) -> Result<AllocateRequest, St
         .transpose()?;
     if timeout.is_some_and(|t| t.is_zero()) {
         return Err(invalid("timeout", "must be positive"));
+    }
+    // The deadline is an Instant: an absurd timeout would overflow it, and no
+    // caller waits longer than a cold boot takes.
+    if let Some(t) = timeout.filter(|t| *t > MAX_ALLOCATE_TIMEOUT) {
+        return Err(invalid(
+            "timeout",
+            &format!(
+                "{} is too long; at most {}",
+                humantime::format_duration(t),
+                humantime::format_duration(MAX_ALLOCATE_TIMEOUT)
+            ),
+        ));
     }
     Ok(AllocateRequest {
         params: AllocationParams {
@@ -179,6 +201,9 @@ pub fn pool_spec_to_proto(spec: &PoolSpec) -> api::PoolSpec {
         volume_iops_limit: spec.volume_iops_limit,
     }
 }
+
+/// The longest an Allocate may be asked to wait.
+pub const MAX_ALLOCATE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 /// Default boot timeout for pools created through the API without one.
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(15 * 60);

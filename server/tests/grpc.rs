@@ -525,6 +525,36 @@ async fn invalid_requests_name_the_field() {
                 nanos: 0,
             })
         }),
+        ("timeout", |r| {
+            r.timeout = Some(prost_types::Duration {
+                seconds: i64::MIN,
+                nanos: 0,
+            })
+        }),
+        ("timeout", |r| {
+            r.timeout = Some(prost_types::Duration {
+                seconds: 0,
+                nanos: -1,
+            })
+        }),
+        ("timeout", |r| {
+            r.timeout = Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 1_000_000_000,
+            })
+        }),
+        ("timeout", |r| {
+            r.timeout = Some(prost_types::Duration {
+                seconds: i64::MAX,
+                nanos: 999_999_999,
+            })
+        }),
+        ("timeout", |r| {
+            r.timeout = Some(prost_types::Duration {
+                seconds: 3601,
+                nanos: 0,
+            })
+        }),
     ];
     for (field, edit) in cases {
         let mut request = allocate_request("order-bad", "db.small", "az1");
@@ -794,6 +824,60 @@ async fn create_update_and_delete_pools() {
         Code::InvalidArgument,
     );
     assert!(msg.contains("image"), "{msg}");
+    let min = Some(prost_types::Duration {
+        seconds: i64::MIN,
+        nanos: 0,
+    });
+    for (field, bad) in [
+        (
+            "spec.boot_timeout",
+            api::PoolSpec {
+                boot_timeout: min,
+                ..spec.clone()
+            },
+        ),
+        (
+            "spec.max_age",
+            api::PoolSpec {
+                max_age: min,
+                ..spec.clone()
+            },
+        ),
+    ] {
+        let msg = expect_code(
+            c.create_pool("db.medium", "az1", bad).await,
+            Code::InvalidArgument,
+        );
+        assert!(msg.starts_with(&format!("invalid {field}:")), "{msg}");
+    }
+    // Accepted once, they overflowed every boot's deadline.
+    let max = Some(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 999_999_999,
+    });
+    for (field, bad) in [
+        (
+            "boot_timeout",
+            api::PoolSpec {
+                boot_timeout: max,
+                ..spec.clone()
+            },
+        ),
+        (
+            "max_age",
+            api::PoolSpec {
+                max_age: max,
+                ..spec.clone()
+            },
+        ),
+    ] {
+        let msg = expect_code(
+            c.create_pool("db.medium", "az1", bad).await,
+            Code::InvalidArgument,
+        );
+        assert!(msg.starts_with(&format!("invalid {field}:")), "{msg}");
+        assert!(msg.contains("at most"), "{msg}");
+    }
     let msg = expect_code(
         c.create_pool("", "az1", spec.clone()).await,
         Code::InvalidArgument,
@@ -873,6 +957,17 @@ async fn create_update_and_delete_pools() {
             },
         ),
         (vec!["image"], "image", api::PoolSpec::default()),
+        (
+            vec!["boot_timeout"],
+            "boot_timeout",
+            api::PoolSpec {
+                boot_timeout: Some(prost_types::Duration {
+                    seconds: 24 * 60 * 60 + 1,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+        ),
     ];
     for (mask, field, spec) in bad_updates {
         let msg = expect_code(
@@ -1314,6 +1409,13 @@ async fn windows_and_iops_limits_are_set_through_the_api() {
         ),
         (
             api::PoolSpec {
+                windows: vec!["daily 09:00-18:00 min 1 +1é1".into()],
+                ..Default::default()
+            },
+            "spec.windows[0]",
+        ),
+        (
+            api::PoolSpec {
                 iops_limit: Some(0),
                 ..Default::default()
             },
@@ -1524,6 +1626,40 @@ fn broken_config_files_name_the_field() {
 
     let err = load("zero.toml", "[manager]\npoll_interval = \"0s\"\nreplenish_interval = \"1s\"\nreconcile_interval = \"1m\"\nmax_concurrent_boots = 2\n");
     assert!(err.contains("manager.poll_interval"), "{err}");
+
+    // A panic here once killed warmpoold at start: a byte offset inside 'é'.
+    let err = load(
+        "offset.toml",
+        "[[pools]]\nflavor = \"f\"\navailability_zone = \"a\"\nmin_ready = 1\nmax_ready = 2\nimage = \"i\"\nwindows = [\"daily 09:00-18:00 min 1 +1é1\"]\n",
+    );
+    assert!(err.contains("pools") && err.contains("+1é1"), "{err}");
+
+    // Refused at load: once start reached it, the pools before it were
+    // already in the store.
+    let good = "[[pools]]\nflavor = \"db.small\"\navailability_zone = \"az1\"\nmin_ready = 1\nmax_ready = 2\nimage = \"i\"\n";
+    for (name, key, field) in [
+        (
+            "flavor.toml",
+            "flavor = \"\"\navailability_zone = \"az1\"",
+            "flavor",
+        ),
+        (
+            "az.toml",
+            "flavor = \"db.large\"\navailability_zone = \" \"",
+            "availability_zone",
+        ),
+        (
+            "control.toml",
+            "flavor = \"db\\nlarge\"\navailability_zone = \"az1\"",
+            "flavor",
+        ),
+    ] {
+        let err = load(
+            name,
+            &format!("{good}[[pools]]\n{key}\nmin_ready = 1\nmax_ready = 2\nimage = \"i\"\n"),
+        );
+        assert!(err.contains(&format!(": {field}: {field} ")), "{err}");
+    }
 
     let err = load(
         "scale.toml",
