@@ -106,7 +106,7 @@ pub struct PoolCreateArgs {
     /// Image the pool's servers boot from.
     #[arg(long)]
     pub image: String,
-    /// Give up on a server that is not Ready after this long.
+    /// Give up on a server that is not Ready after this long (at most 1 day).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10m")]
     pub boot_timeout: Duration,
     /// Recycle Ready instances older than this.
@@ -261,7 +261,7 @@ pub struct AllocateArgs {
     /// What to do when the pool has no Ready instance (server default: wait).
     #[arg(long, value_enum)]
     pub on_empty: Option<OnEmpty>,
-    /// Give up after this long (server default: 60s, 30m for cold-boot).
+    /// Give up after this long, at most 1h (server default: 60s, 30m for cold-boot).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
 }

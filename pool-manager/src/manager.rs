@@ -562,14 +562,8 @@ pub(crate) fn validate_pool_key(key: &PoolKey) -> ManagerResult<()> {
 }
 
 pub(crate) fn validate_name(field: &'static str, value: &str) -> ManagerResult<()> {
-    if value.trim().is_empty() {
-        return Err(ManagerError::invalid(field, "is required"));
+    match crate::model::name_problem(value) {
+        Some(problem) => Err(ManagerError::invalid(field, problem)),
+        None => Ok(()),
     }
-    if value.len() > 255 || value.chars().any(char::is_control) {
-        return Err(ManagerError::invalid(
-            field,
-            "must be at most 255 characters without control characters",
-        ));
-    }
-    Ok(())
 }

@@ -54,17 +54,23 @@ impl PoolKey {
             ("flavor", &self.flavor),
             ("availability_zone", &self.availability_zone),
         ] {
-            if value.trim().is_empty() {
-                return Err((field, format!("{field} is required")));
-            }
-            if value.len() > 255 || value.chars().any(char::is_control) {
-                return Err((
-                    field,
-                    format!("{field} must be at most 255 characters without control characters"),
-                ));
+            if let Some(problem) = name_problem(value) {
+                return Err((field, format!("{field} {problem}")));
             }
         }
         Ok(())
+    }
+}
+
+/// What keeps `value` from naming a cloud object (a flavor, a zone, a
+/// project, a volume, a network), if anything does.
+pub fn name_problem(value: &str) -> Option<&'static str> {
+    if value.trim().is_empty() {
+        Some("is required")
+    } else if value.len() > 255 || value.chars().any(char::is_control) {
+        Some("must be at most 255 characters without control characters")
+    } else {
+        None
     }
 }
 
