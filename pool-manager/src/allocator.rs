@@ -1,8 +1,9 @@
 //! Allocate and Release.
 //!
 //! An allocation is recorded (state `Allocating`) before any cloud call, keyed
-//! by its request id; then a Ready instance is claimed by compare-and-swap,
-//! the tenant's volume and port are attached concurrently, the result is
+//! by its request id; then the tenant's new volume and port are created (so
+//! a request the cloud refuses costs no warm instance), a Ready instance is
+//! claimed by compare-and-swap, volume and port are attached concurrently, the result is
 //! verified, the instance is marked `Allocated` (failing the try if it is no
 //! longer claimed by this request) and then the allocation is marked
 //! `Allocated` and flushed: only then is it acknowledged, and nothing is
@@ -18,7 +19,7 @@ use crate::gate::{self, Gate};
 use crate::manager::{validate_name, validate_pool_key, PoolManager, Shared};
 use crate::model::{
     Allocation, AllocationParams, AllocationState, EmptyPoolPolicy, Instance, InstanceState,
-    VolumeSource,
+    PoolKey, VolumeSource,
 };
 use crate::replenisher::BootError;
 use std::sync::Arc;
@@ -267,6 +268,14 @@ enum AttemptError {
     Request(ManagerError),
 }
 
+impl AttemptError {
+    fn into_error(self) -> ManagerError {
+        match self {
+            Self::Instance(e) | Self::Request(e) => e,
+        }
+    }
+}
+
 /// A failed attach: a 429 still there at the deadline says nothing about
 /// the instance (the request ran out of time); anything else is the
 /// instance's, and the next one may do better.
@@ -498,6 +507,11 @@ impl Shared {
         started: Instant,
     ) -> ManagerResult<Allocation> {
         let params = record.get().await.params;
+        // Fail fast before creating anything the answer would not use.
+        if policy == EmptyPoolPolicy::FailFast && !self.has_ready(&params.pool).await? {
+            return Err(self.no_ready_instance(&params.pool));
+        }
+        self.create_tenant_resources(record, deadline).await?;
         loop {
             let wait_started = Instant::now();
             let (instance, warm) = self.obtain_instance(&params, policy, deadline).await?;
@@ -605,13 +619,7 @@ impl Shared {
                 return Ok((instance, true));
             }
             match policy {
-                EmptyPoolPolicy::FailFast => {
-                    self.emit(Some(&params.pool), EventKind::Exhausted);
-                    return Err(ManagerError::ResourceExhausted(format!(
-                        "pool {} has no ready instance",
-                        params.pool
-                    )));
-                }
+                EmptyPoolPolicy::FailFast => return Err(self.no_ready_instance(&params.pool)),
                 EmptyPoolPolicy::ColdBoot => {
                     return self.cold_boot(params, deadline).await.map(|i| (i, false))
                 }
@@ -629,6 +637,75 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Counts a purchase that found the pool empty and says so.
+    fn no_ready_instance(&self, pool: &PoolKey) -> ManagerError {
+        self.emit(Some(pool), EventKind::Exhausted);
+        ManagerError::ResourceExhausted(format!("pool {pool} has no ready instance"))
+    }
+
+    /// Whether the pool has a Ready instance nobody has claimed (a hint: a
+    /// purchase may take it before this one does).
+    async fn has_ready(&self, pool: &PoolKey) -> ManagerResult<bool> {
+        Ok(self
+            .store
+            .list_untouched_instances(pool)
+            .await?
+            .iter()
+            .any(|i| i.state == InstanceState::Ready && i.request_id.is_none()))
+    }
+
+    /// Creates the tenant's new volume (until it is available) and its
+    /// port before any instance is claimed. A request the cloud refuses (an
+    /// unknown volume type or network, an address in use, a volume that
+    /// fails to build) then fails without taking a warm instance out of the
+    /// pool, so a caller retrying a bad request cannot drain it, and a cold
+    /// boot is not started for a purchase that cannot be fulfilled.
+    async fn create_tenant_resources(
+        &self,
+        record: &Record<'_>,
+        deadline: Instant,
+    ) -> ManagerResult<()> {
+        let started = Instant::now();
+        let (volume, port) = tokio::join!(
+            async {
+                let r = self.ready_new_volume(record, deadline).await;
+                (r, started.elapsed())
+            },
+            async {
+                let r = self.port_for(record, deadline).await;
+                (r, started.elapsed())
+            },
+        );
+        let (volume_took, port_took) = (volume.1, port.1);
+        volume.0.map_err(AttemptError::into_error)?;
+        port.0.map_err(AttemptError::into_error)?;
+        record
+            .update(|a| {
+                a.timings.volume = volume_took;
+                a.timings.port = port_took;
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Creates the volume of a `VolumeSource::New` request if it has none
+    /// yet, and waits until it is available.
+    async fn ready_new_volume(
+        &self,
+        record: &Record<'_>,
+        deadline: Instant,
+    ) -> Result<(), AttemptError> {
+        let params = record.get().await.params;
+        if !matches!(params.volume.source, VolumeSource::New { .. }) {
+            return Ok(());
+        }
+        let volume_id = self.volume_for(record, deadline).await?;
+        self.wait_volume(&volume_id, deadline, Phase::BeforeAttach, |status, _| {
+            *status == VolumeStatus::Available
+        })
+        .await
     }
 
     /// Claims one Ready instance of the pool by compare-and-swap.
@@ -823,8 +900,9 @@ impl Shared {
         let verify = verify_started.elapsed();
         record
             .update(|a| {
-                a.timings.volume = volume_took;
-                a.timings.port = port_took;
+                // After the creates (`create_tenant_resources`).
+                a.timings.volume += volume_took;
+                a.timings.port += port_took;
                 a.timings.verify = verify;
             })
             .await
@@ -832,12 +910,52 @@ impl Shared {
         Ok(())
     }
 
-    /// Creates the volume if asked, attaches it and waits until it is in use
-    /// by the server.
+    /// Attaches the allocation's volume and waits until it is in use by the
+    /// server.
     async fn attach_volume(
         &self,
         record: &Record<'_>,
         server_id: &str,
+        deadline: Instant,
+    ) -> Result<String, AttemptError> {
+        let volume_id = self.volume_for(record, deadline).await?;
+        // Wait for a new volume to become available; fence an existing one again
+        // (it may have been attached elsewhere since the request was checked).
+        self.wait_volume(&volume_id, deadline, Phase::BeforeAttach, |status, _| {
+            *status == VolumeStatus::Available
+        })
+        .await?;
+        // An attach is not retried on the same instance after a failure: a
+        // failure there is the instance's, and the next Ready one is the
+        // faster way forward. A 429 is no failure (the cloud did nothing):
+        // wait it out and ask again.
+        self.patiently(deadline, Repeat::ThrottledOnly, || {
+            self.cloud.attach_volume(server_id, &volume_id)
+        })
+        .await
+        .map_err(|e| match e {
+            CloudError::Conflict(m) => AttemptError::Request(ManagerError::FailedPrecondition(
+                format!("volume {volume_id} cannot be attached: {m}"),
+            )),
+            e => attempt_error(e),
+        })?;
+        self.wait_volume(
+            &volume_id,
+            deadline,
+            Phase::AfterAttach,
+            |status, attached| {
+                *status == VolumeStatus::InUse && attached.iter().any(|s| s == server_id)
+            },
+        )
+        .await?;
+        Ok(volume_id)
+    }
+
+    /// The allocation's volume: the one recorded, the tenant's existing one,
+    /// or a new one created (and recorded) now.
+    async fn volume_for(
+        &self,
+        record: &Record<'_>,
         deadline: Instant,
     ) -> Result<String, AttemptError> {
         let allocation = record.get().await;
@@ -881,35 +999,6 @@ impl Shared {
                 .await
                 .map_err(AttemptError::Request)?;
         }
-        // Wait for a new volume to become available; fence an existing one again
-        // (it may have been attached elsewhere since the request was checked).
-        self.wait_volume(&volume_id, deadline, Phase::BeforeAttach, |status, _| {
-            *status == VolumeStatus::Available
-        })
-        .await?;
-        // An attach is not retried on the same instance after a failure: a
-        // failure there is the instance's, and the next Ready one is the
-        // faster way forward. A 429 is no failure (the cloud did nothing):
-        // wait it out and ask again.
-        self.patiently(deadline, Repeat::ThrottledOnly, || {
-            self.cloud.attach_volume(server_id, &volume_id)
-        })
-        .await
-        .map_err(|e| match e {
-            CloudError::Conflict(m) => AttemptError::Request(ManagerError::FailedPrecondition(
-                format!("volume {volume_id} cannot be attached: {m}"),
-            )),
-            e => attempt_error(e),
-        })?;
-        self.wait_volume(
-            &volume_id,
-            deadline,
-            Phase::AfterAttach,
-            |status, attached| {
-                *status == VolumeStatus::InUse && attached.iter().any(|s| s == server_id)
-            },
-        )
-        .await?;
         Ok(volume_id)
     }
 
@@ -964,30 +1053,7 @@ impl Shared {
         server_id: &str,
         deadline: Instant,
     ) -> Result<String, AttemptError> {
-        let allocation = record.get().await;
-        let port_id = match &allocation.port_id {
-            Some(id) => id.clone(),
-            None => {
-                let spec = NewPortSpec {
-                    name: allocation.resource_name(),
-                    network_id: allocation.params.network.network_id.clone(),
-                    subnet_id: allocation.params.network.subnet_id.clone(),
-                    fixed_ip: allocation.params.network.fixed_ip.clone(),
-                    project_id: allocation.params.tenant_project_id.clone(),
-                };
-                let port = self
-                    .patiently(deadline, Repeat::Retryable, || {
-                        self.cloud.create_port(&spec)
-                    })
-                    .await
-                    .map_err(|e| creation_refused("port", e))?;
-                record
-                    .update(|a| a.port_id = Some(port.id.clone()))
-                    .await
-                    .map_err(AttemptError::Request)?;
-                port.id
-            }
-        };
+        let port_id = self.port_for(record, deadline).await?;
         self.patiently(deadline, Repeat::ThrottledOnly, || {
             self.cloud.attach_port(server_id, &port_id)
         })
@@ -1012,6 +1078,40 @@ impl Shared {
             }
             tokio::time::sleep(self.settings.poll_interval.min(Duration::from_millis(500))).await;
         }
+    }
+
+    /// The allocation's port: the one recorded, or a new one created (and
+    /// recorded) now; a failed try deletes its port, so the next creates one.
+    async fn port_for(
+        &self,
+        record: &Record<'_>,
+        deadline: Instant,
+    ) -> Result<String, AttemptError> {
+        let allocation = record.get().await;
+        let port_id = match &allocation.port_id {
+            Some(id) => id.clone(),
+            None => {
+                let spec = NewPortSpec {
+                    name: allocation.resource_name(),
+                    network_id: allocation.params.network.network_id.clone(),
+                    subnet_id: allocation.params.network.subnet_id.clone(),
+                    fixed_ip: allocation.params.network.fixed_ip.clone(),
+                    project_id: allocation.params.tenant_project_id.clone(),
+                };
+                let port = self
+                    .patiently(deadline, Repeat::Retryable, || {
+                        self.cloud.create_port(&spec)
+                    })
+                    .await
+                    .map_err(|e| creation_refused("port", e))?;
+                record
+                    .update(|a| a.port_id = Some(port.id.clone()))
+                    .await
+                    .map_err(AttemptError::Request)?;
+                port.id
+            }
+        };
+        Ok(port_id)
     }
 
     /// Detaches the volume and deletes the port from a server being discarded;

@@ -438,11 +438,16 @@ impl AllocationState {
     }
 }
 
+/// Where an Allocate spent its time.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepTimings {
+    /// Waiting for a Ready instance or a cold boot.
     pub wait: Duration,
     pub claim: Duration,
+    /// Creating a new volume (before the claim) and attaching it, over
+    /// every instance tried.
     pub volume: Duration,
+    /// Creating the port and attaching it, over every instance tried.
     pub port: Duration,
     pub verify: Duration,
     pub total: Duration,

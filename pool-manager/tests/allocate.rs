@@ -773,12 +773,12 @@ async fn a_retry_after_past_the_deadline_fails_the_request_without_sleeping_thro
         "{:?}",
         started.elapsed()
     );
-    // Rolled back; the claimed instance is gone (never back to the pool),
-    // the other one is still Ready.
+    // Rolled back. The volume and port creates were throttled before any
+    // instance was claimed, so both are still Ready.
     assert!(manager.get_allocation("order-late").await.is_err());
     tokio::time::sleep(Duration::from_secs(10)).await;
     let status = manager.get_pool(&pool()).await.unwrap();
-    assert_eq!(status.count(InstanceState::Ready), 1);
+    assert_eq!(status.count(InstanceState::Ready), 2);
     assert_consistent(&sim, &manager).await;
 }
 
@@ -1028,5 +1028,82 @@ async fn store_error_while_finishing(allocation: bool) {
 
     let retried = manager.allocate(order).await.unwrap();
     assert_eq!(retried.state, AllocationState::Allocated);
+    assert_consistent(&sim, &manager).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_address_in_use_costs_no_instance_and_boots_nothing() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 2).await;
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    let with_ip = |id: &str, policy| {
+        let mut order = request(id, new_volume(), policy);
+        order.params.network.subnet_id = Some("tenant-subnet".into());
+        order.params.network.fixed_ip = Some("10.0.0.50".into());
+        order
+    };
+    let first = manager
+        .allocate(with_ip("first", EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert_eq!(first.ip_address.as_deref(), Some("10.0.0.50"));
+    let servers_before = sim.call_counts().get("create_server").copied();
+
+    // The same address again: Neutron answers 409, which only the caller
+    // can fix. The port is created before any claim, so the pool keeps its
+    // Ready instance however often the caller retries, and a cold-boot
+    // purchase does not boot a server it could not hand out.
+    for (id, policy) in [
+        ("again-1", EmptyPoolPolicy::FailFast),
+        ("again-2", EmptyPoolPolicy::Wait),
+        ("again-cold", EmptyPoolPolicy::ColdBoot),
+    ] {
+        let err = manager.allocate(with_ip(id, policy)).await.unwrap_err();
+        assert!(
+            matches!(&err, ManagerError::FailedPrecondition(m) if m.contains("10.0.0.50")),
+            "{id}: {err:?}"
+        );
+        let status = manager.get_pool(&pool()).await.unwrap();
+        assert_eq!(
+            status.count(InstanceState::Ready),
+            1,
+            "{id}: {:?}",
+            status.counts
+        );
+    }
+    assert_eq!(
+        sim.call_counts().get("create_server").copied(),
+        servers_before
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fail_fast_purchase_of_an_empty_pool_creates_nothing() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 0).await;
+    let err = manager
+        .allocate(request(
+            "none-left",
+            new_volume(),
+            EmptyPoolPolicy::FailFast,
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ManagerError::ResourceExhausted(_)), "{err:?}");
+    // No volume or port was created (and deleted again) for an answer that
+    // never needed them.
+    let calls = sim.call_counts();
+    for method in [
+        "create_volume",
+        "create_port",
+        "delete_volume",
+        "delete_port",
+    ] {
+        assert_eq!(calls.get(method), None, "{method}: {calls:?}");
+    }
     assert_consistent(&sim, &manager).await;
 }

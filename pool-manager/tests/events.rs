@@ -10,7 +10,7 @@ use pool_manager::cloud::CloudError;
 use pool_manager::events::{
     AllocationOutcome, BootOutcome, CloudService, Event, EventKind, DEGRADED_AFTER,
 };
-use pool_manager::model::{EmptyPoolPolicy, VolumeSource};
+use pool_manager::model::{EmptyPoolPolicy, InstanceState, VolumeSource};
 use pool_manager::ManagerError;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -212,7 +212,6 @@ async fn a_volume_refused_before_anything_is_claimed_is_counted() {
 #[tokio::test(start_paused = true)]
 async fn a_volume_or_port_the_cloud_refuses_to_create_is_the_callers_to_fix() {
     let sim = sim();
-    // One Ready instance per attempt: a failed attempt discards its instance.
     let manager = started(&sim, temp_store(), 2).await;
     // No refill boots to take the injected errors instead of the Allocate.
     manager
@@ -248,6 +247,15 @@ async fn a_volume_or_port_the_cloud_refuses_to_create_is_the_callers_to_fix() {
         allocation_outcomes(&mut events),
         [AllocationOutcome::PreconditionFailed; 2]
     );
+    // The creates come before any claim: a caller retrying a bad request
+    // does not drain the pool, and the next purchase is served warm.
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 2, "{:?}", status.counts);
+    let served = manager
+        .allocate(request("good", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert!(served.warm_hit);
     // Nothing of the refused purchases is left behind.
     assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();

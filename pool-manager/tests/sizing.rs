@@ -1093,9 +1093,12 @@ async fn auto_target_follows_demand_and_lead_time() {
 #[tokio::test(start_paused = true)]
 async fn a_purchase_during_the_debounce_counts_in_the_step_after_it() {
     let sim = sim();
+    // The third purchase is held at two cloud calls, so the instant it
+    // ends is the test's to choose, not a sum of cloudsim latencies.
+    let cloud = GatedCloud::new(&sim);
     let manager = PoolManager::new(
         temp_store(),
-        sim.clone(),
+        cloud.clone(),
         Arc::new(sim.probe()),
         ManagerSettings {
             // Only store changes trigger steps within this test's horizon.
@@ -1107,41 +1110,54 @@ async fn a_purchase_during_the_debounce_counts_in_the_step_after_it() {
     manager.create_pool(pool(), auto_spec()).await.unwrap();
     wait_ready(&manager, 1).await;
     let last_target = |s: &PoolStatus| s.sizing.last_plan.map(|p| p.target);
-
-    // Two warm purchases, the second timed.
-    manager
-        .allocate(request("o1", new_volume(), EmptyPoolPolicy::ColdBoot))
-        .await
-        .unwrap();
-    wait_ready(&manager, 2).await;
-    let started = Instant::now();
-    manager
-        .allocate(request("o2", new_volume(), EmptyPoolPolicy::ColdBoot))
-        .await
-        .unwrap();
-    let took = started.elapsed();
-    let before = loop {
-        tokio::time::sleep(secs(1)).await;
-        let status = manager.get_pool(&pool()).await.unwrap();
-        if status.count(InstanceState::Ready) >= status.sizing.target {
-            break status;
+    let at_target = || async {
+        loop {
+            tokio::time::sleep(secs(1)).await;
+            let status = manager.get_pool(&pool()).await.unwrap();
+            if status.count(InstanceState::Ready) >= status.sizing.target
+                && status.count(InstanceState::Booting) == 0
+            {
+                return status;
+            }
         }
     };
-    assert_eq!(last_target(&before), Some(before.sizing.target));
 
-    // A third purchase, taking as long, finishes half a debounce (1 s
-    // here) after an operator's change, which the replenisher is
-    // coalescing then.
-    let change_before_the_end = took - Duration::from_millis(500);
-    let (bought, changed) = tokio::join!(
-        manager.allocate(request("o3", new_volume(), EmptyPoolPolicy::ColdBoot)),
-        async {
-            tokio::time::sleep(change_before_the_end).await;
-            manager.update_pool(&pool(), |s| s.max_ready = 40).await
+    // Two warm purchases.
+    for id in ["o1", "o2"] {
+        manager
+            .allocate(request(id, new_volume(), EmptyPoolPolicy::ColdBoot))
+            .await
+            .unwrap();
+        at_target().await;
+    }
+
+    // A third purchase: its instance is claimed and replaced, then it
+    // waits at its verification while nothing else happens.
+    let attach = cloud.hold_next("attach_volume", At::Before);
+    let purchase = tokio::spawn({
+        let manager = manager.clone();
+        async move {
+            manager
+                .allocate(request("o3", new_volume(), EmptyPoolPolicy::ColdBoot))
+                .await
         }
-    );
-    bought.unwrap();
-    changed.unwrap();
+    });
+    attach.reached().await;
+    let before = at_target().await;
+    assert_eq!(last_target(&before), Some(before.sizing.target));
+    let verify = cloud.hold_next("get_server", At::After);
+    attach.release();
+    verify.reached().await;
+
+    // An operator's change starts the replenisher's debounce (1 s here);
+    // the purchase ends half-way through it.
+    manager
+        .update_pool(&pool(), |s| s.max_ready = 40)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    verify.release();
+    purchase.await.unwrap().unwrap();
     // The debounce ends 0.5 s after the purchase; the step follows it.
     tokio::time::sleep(Duration::from_millis(900)).await;
     let after = manager.get_pool(&pool()).await.unwrap();
