@@ -512,6 +512,9 @@ impl Shared {
             return Err(self.no_ready_instance(&params.pool));
         }
         self.create_tenant_resources(record, deadline).await?;
+        // A new volume was just seen available; after a failed try it may
+        // still be detaching from the discarded instance.
+        let mut volume_available = matches!(params.volume.source, VolumeSource::New { .. });
         loop {
             let wait_started = Instant::now();
             let (instance, warm) = self.obtain_instance(&params, policy, deadline).await?;
@@ -526,7 +529,11 @@ impl Shared {
                 })
                 .await?;
             let claim = claimed_at.elapsed();
-            let attempt = match self.attach_and_verify(record, &instance, deadline).await {
+            let attempt = self
+                .attach_and_verify(record, &instance, deadline, volume_available)
+                .await;
+            volume_available = false;
+            let attempt = match attempt {
                 Ok(()) => self.take_for_good(&instance, &params.request_id).await,
                 Err(failure) => Err(failure),
             };
@@ -860,6 +867,7 @@ impl Shared {
         record: &Record<'_>,
         instance: &Instance,
         deadline: Instant,
+        volume_available: bool,
     ) -> Result<(), AttemptError> {
         let server_id = instance.server_id.as_deref().ok_or_else(|| {
             AttemptError::Instance(ManagerError::FailedPrecondition(
@@ -870,7 +878,9 @@ impl Shared {
         let port_started = Instant::now();
         let (volume, port) = tokio::join!(
             async {
-                let r = self.attach_volume(record, server_id, deadline).await;
+                let r = self
+                    .attach_volume(record, server_id, deadline, volume_available)
+                    .await;
                 (r, volume_started.elapsed())
             },
             async {
@@ -911,20 +921,25 @@ impl Shared {
     }
 
     /// Attaches the allocation's volume and waits until it is in use by the
-    /// server.
+    /// server. Unless the volume is `known_available` (warmpool's own, just
+    /// seen so), it is looked at first: an existing one is fenced again (it
+    /// may have been attached elsewhere since the request was checked), a
+    /// new one may still be detaching from an instance a failed try
+    /// discarded.
     async fn attach_volume(
         &self,
         record: &Record<'_>,
         server_id: &str,
         deadline: Instant,
+        known_available: bool,
     ) -> Result<String, AttemptError> {
         let volume_id = self.volume_for(record, deadline).await?;
-        // Wait for a new volume to become available; fence an existing one again
-        // (it may have been attached elsewhere since the request was checked).
-        self.wait_volume(&volume_id, deadline, Phase::BeforeAttach, |status, _| {
-            *status == VolumeStatus::Available
-        })
-        .await?;
+        if !known_available {
+            self.wait_volume(&volume_id, deadline, Phase::BeforeAttach, |status, _| {
+                *status == VolumeStatus::Available
+            })
+            .await?;
+        }
         // An attach is not retried on the same instance after a failure: a
         // failure there is the instance's, and the next Ready one is the
         // faster way forward. A 429 is no failure (the cloud did nothing):
