@@ -181,7 +181,7 @@ pub async fn start(
             result = &mut serve => result?,
             () = shutdown => {
                 tracing::info!("shutting down: no new calls; waiting for in-flight ones");
-                health.set_not_serving::<WarmPoolServer<service::WarmPoolService>>().await;
+                stop_health(&mut health).await;
                 stopping_tx.send_replace(true);
                 let _ = stop_tx.send(());
                 if tokio::time::timeout(grace, &mut serve).await.is_err() {
@@ -212,6 +212,22 @@ pub async fn start(
         cloud: sim,
         served,
     })
+}
+
+/// Says NOT_SERVING for the server as a whole ("") and for warmpool.v1,
+/// then ends every health Watch: tonic-health ends a Watch stream only when
+/// its status is cleared, and the graceful shutdown waits for every open
+/// stream, so one load balancer watching would hold it for the whole grace
+/// period. A watcher gets NOT_SERVING, then the end of its stream.
+async fn stop_health(health: &mut tonic_health::server::HealthReporter) {
+    use tonic::server::NamedService;
+    let warmpool = <WarmPoolServer<service::WarmPoolService> as NamedService>::NAME;
+    for service in ["", warmpool] {
+        health
+            .set_service_status(service, tonic_health::ServingStatus::NotServing)
+            .await;
+        health.clear_service_status(service).await;
+    }
 }
 
 /// Reconciles and creates the configured pools a store does not have yet.

@@ -1,6 +1,6 @@
 //! warmpoold's start and stop over real sockets: a start-up that fails
-//! leaves nothing running and nothing written, and an open `WatchPools`
-//! stream does not hold up a graceful shutdown.
+//! leaves nothing running and nothing written, and open `WatchPools` and
+//! health `Watch` streams do not hold up a graceful shutdown.
 
 mod support;
 
@@ -82,5 +82,71 @@ async fn an_open_watch_ends_at_shutdown_instead_of_holding_it_up() {
             assert!(message.contains("shutting down"), "{message}");
         }
         other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn health_watches_see_not_serving_and_end_at_shutdown() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let data = tempfile::tempdir().unwrap();
+    // As above: `shut_down` fails unless the daemon stops within 30 s.
+    let text = config_text(data.path(), &[("db.small", "az1", 1, 2)]).replacen(
+        r#"shutdown_grace = "5s""#,
+        r#"shutdown_grace = "1h""#,
+        1,
+    );
+    let d = Daemon::start_text(&text, data).await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", d.running.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut watchers = Vec::new();
+    // The server as a whole (what load balancers watch) and warmpool.v1.
+    for service in ["", "warmpool.v1.WarmPool"] {
+        let mut stream = HealthClient::new(channel.clone())
+            .watch(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = tokio::time::timeout(PATIENCE, stream.next())
+            .await
+            .expect("a first status")
+            .expect("the stream is open")
+            .expect("no stream error");
+        assert_eq!(
+            first.status,
+            i32::from(ServingStatus::Serving),
+            "{service:?}"
+        );
+        watchers.push((
+            service,
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while let Some(Ok(reply)) = stream.next().await {
+                    seen.push(reply.status);
+                }
+                seen
+            }),
+        ));
+    }
+    drop(channel);
+    d.shut_down().await;
+    for (service, watcher) in watchers {
+        let seen = tokio::time::timeout(PATIENCE, watcher)
+            .await
+            .expect("the watch ended")
+            .unwrap();
+        assert_eq!(
+            seen.last(),
+            Some(&i32::from(ServingStatus::NotServing)),
+            "{service:?}: {seen:?}"
+        );
     }
 }
