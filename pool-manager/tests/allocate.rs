@@ -4,11 +4,9 @@ mod common;
 
 use common::*;
 use pool_manager::model::{
-    Allocation, AllocationState, EmptyPoolPolicy, Instance, InstanceState, PoolKey, PoolRecord,
-    VolumeSource,
+    Allocation, AllocationState, EmptyPoolPolicy, Instance, InstanceState, PoolKey, VolumeSource,
 };
-use pool_manager::sizing::LearnedSizing;
-use pool_manager::store::{Store, StoreError, StoreResult};
+use pool_manager::store::{StoreError, StoreResult};
 use pool_manager::ManagerError;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -581,95 +579,26 @@ async fn events_report_boots_allocations_and_leaks() {
 /// cloudsim, except that the first call of each of `create_volume`,
 /// `create_port`, `attach_volume` and `attach_port` is answered 429 with
 /// `retry_after` (without reaching the cloud, as a real 429).
-struct ThrottleFirst {
-    sim: std::sync::Arc<cloudsim::SimCloud>,
+fn throttle_first(
+    sim: &std::sync::Arc<cloudsim::SimCloud>,
     retry_after: Duration,
-    seen: std::sync::Mutex<HashMap<&'static str, u32>>,
-}
-
-impl ThrottleFirst {
-    fn gate(&self, method: &'static str) -> pool_manager::cloud::CloudResult<()> {
-        let mut seen = self.seen.lock().unwrap();
-        let n = seen.entry(method).or_default();
-        *n += 1;
-        if *n == 1 {
-            return Err(pool_manager::cloud::CloudError::Throttled {
-                retry_after: Some(self.retry_after),
+) -> std::sync::Arc<GatedCloud> {
+    let seen = std::sync::Mutex::new(HashSet::new());
+    GatedCloud::with_fault(sim, move |method| {
+        let allocating = matches!(
+            method,
+            "create_volume" | "create_port" | "attach_volume" | "attach_port"
+        );
+        (allocating && seen.lock().unwrap().insert(method)).then(|| {
+            pool_manager::cloud::CloudError::Throttled {
+                retry_after: Some(retry_after),
                 message: format!("{method}: slow down"),
-            });
-        }
-        Ok(())
-    }
+            }
+        })
+    })
 }
 
-mod throttle_first {
-    use super::ThrottleFirst;
-    use pool_manager::cloud::*;
-
-    #[async_trait::async_trait]
-    impl Cloud for ThrottleFirst {
-        async fn create_volume(&self, spec: &NewVolumeSpec) -> CloudResult<Volume> {
-            self.gate("create_volume")?;
-            self.sim.create_volume(spec).await
-        }
-        async fn attach_volume(&self, server: &str, volume: &str) -> CloudResult<()> {
-            self.gate("attach_volume")?;
-            self.sim.attach_volume(server, volume).await
-        }
-        async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {
-            self.gate("create_port")?;
-            self.sim.create_port(spec).await
-        }
-        async fn attach_port(&self, server: &str, port: &str) -> CloudResult<()> {
-            self.gate("attach_port")?;
-            self.sim.attach_port(server, port).await
-        }
-        fn volume_zone_for(&self, server_az: &str) -> String {
-            self.sim.volume_zone_for(server_az)
-        }
-        async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
-            self.sim.boot_headroom(flavor).await
-        }
-        async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server> {
-            self.sim.create_server(spec).await
-        }
-        async fn get_server(&self, id: &str) -> CloudResult<Server> {
-            self.sim.get_server(id).await
-        }
-        async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
-            self.sim.list_pool_servers().await
-        }
-        async fn delete_server(&self, id: &str) -> CloudResult<()> {
-            self.sim.delete_server(id).await
-        }
-        async fn get_volume(&self, id: &str) -> CloudResult<Volume> {
-            self.sim.get_volume(id).await
-        }
-        async fn find_volumes_by_name(&self, name: &str) -> CloudResult<Vec<Volume>> {
-            self.sim.find_volumes_by_name(name).await
-        }
-        async fn delete_volume(&self, id: &str) -> CloudResult<()> {
-            self.sim.delete_volume(id).await
-        }
-        async fn detach_volume(&self, server: &str, volume: &str) -> CloudResult<()> {
-            self.sim.detach_volume(server, volume).await
-        }
-        async fn get_port(&self, id: &str) -> CloudResult<Port> {
-            self.sim.get_port(id).await
-        }
-        async fn find_ports_by_name(&self, name: &str) -> CloudResult<Vec<Port>> {
-            self.sim.find_ports_by_name(name).await
-        }
-        async fn delete_port(&self, id: &str) -> CloudResult<()> {
-            self.sim.delete_port(id).await
-        }
-        async fn detach_port(&self, server: &str, port: &str) -> CloudResult<()> {
-            self.sim.detach_port(server, port).await
-        }
-    }
-}
-
-/// A manager over `ThrottleFirst` with one paused pool of `n` Ready instances.
+/// A manager over `throttle_first` with one paused pool of `n` Ready instances.
 async fn throttled_at_first(
     retry_after: Duration,
     n: u32,
@@ -678,11 +607,7 @@ async fn throttled_at_first(
     pool_manager::PoolManager,
 ) {
     let sim = sim();
-    let cloud = std::sync::Arc::new(ThrottleFirst {
-        sim: sim.clone(),
-        retry_after,
-        seen: Default::default(),
-    });
+    let cloud = throttle_first(&sim, retry_after);
     let manager = pool_manager::PoolManager::new(
         temp_store(),
         cloud,
@@ -919,10 +844,9 @@ async fn an_allocate_never_answers_with_an_instance_taken_from_it_after_verifica
     assert_consistent(&sim, &manager).await;
 }
 
-/// Forwards to a real store; the first write of an instance (or, with
-/// `allocation`, of an allocation) as `Allocated` fails as a full disk would.
+/// The first write of an instance (or, with `allocation`, of an
+/// allocation) as `Allocated` fails as a full disk would.
 struct FailFirstAllocated {
-    inner: std::sync::Arc<dyn Store>,
     allocation: bool,
     failed: AtomicBool,
 }
@@ -939,61 +863,18 @@ impl FailFirstAllocated {
 }
 
 #[async_trait::async_trait]
-impl Store for FailFirstAllocated {
-    async fn get_pool(&self, key: &PoolKey) -> StoreResult<Option<PoolRecord>> {
-        self.inner.get_pool(key).await
-    }
-    async fn list_pools(&self) -> StoreResult<Vec<PoolRecord>> {
-        self.inner.list_pools().await
-    }
-    async fn put_pool(&self, pool: &PoolRecord) -> StoreResult<()> {
-        self.inner.put_pool(pool).await
-    }
-    async fn delete_pool(&self, key: &PoolKey) -> StoreResult<()> {
-        self.inner.delete_pool(key).await
-    }
-    async fn get_learned_sizing(&self, key: &PoolKey) -> StoreResult<Option<LearnedSizing>> {
-        self.inner.get_learned_sizing(key).await
-    }
-    async fn put_learned_sizing(&self, key: &PoolKey, learned: &LearnedSizing) -> StoreResult<()> {
-        self.inner.put_learned_sizing(key, learned).await
-    }
-    async fn get_instance(&self, id: &str) -> StoreResult<Option<Instance>> {
-        self.inner.get_instance(id).await
-    }
-    async fn list_instances(&self) -> StoreResult<Vec<Instance>> {
-        self.inner.list_instances().await
-    }
-    async fn cas_instance(
-        &self,
-        expected: Option<&Instance>,
-        new: Option<&Instance>,
-    ) -> StoreResult<bool> {
+impl StoreHooks for FailFirstAllocated {
+    fn before_instance_swap(&self, new: Option<&Instance>) -> StoreResult<()> {
         self.fail(
             false,
             new.is_some_and(|i| i.state == InstanceState::Allocated),
-        )?;
-        self.inner.cas_instance(expected, new).await
+        )
     }
-    async fn get_allocation(&self, request_id: &str) -> StoreResult<Option<Allocation>> {
-        self.inner.get_allocation(request_id).await
-    }
-    async fn list_allocations(&self) -> StoreResult<Vec<Allocation>> {
-        self.inner.list_allocations().await
-    }
-    async fn cas_allocation(
-        &self,
-        expected: Option<&Allocation>,
-        new: Option<&Allocation>,
-    ) -> StoreResult<bool> {
+    fn before_allocation_swap(&self, new: Option<&Allocation>) -> StoreResult<()> {
         self.fail(
             true,
             new.is_some_and(|a| a.state == AllocationState::Allocated),
-        )?;
-        self.inner.cas_allocation(expected, new).await
-    }
-    async fn flush(&self) -> StoreResult<()> {
-        self.inner.flush().await
+        )
     }
 }
 
@@ -1010,8 +891,7 @@ async fn a_store_error_while_finishing_an_allocation_leaves_answer_and_record_ag
 
 async fn store_error_while_finishing(allocation: bool) {
     let sim = sim();
-    let store = std::sync::Arc::new(FailFirstAllocated {
-        inner: temp_store(),
+    let store = HookedStore::new(FailFirstAllocated {
         allocation,
         failed: AtomicBool::new(false),
     });

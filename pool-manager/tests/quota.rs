@@ -5,13 +5,9 @@
 
 mod common;
 
-use async_trait::async_trait;
 use cloudsim::SimCloud;
 use common::*;
-use pool_manager::cloud::{
-    BootHeadroom, Cloud, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
-    ServerSpec, Volume,
-};
+use pool_manager::cloud::CloudError;
 use pool_manager::events::{BootOutcome, EventKind};
 use pool_manager::model::{AllocationState, EmptyPoolPolicy, InstanceState};
 use pool_manager::sizing::PlanReason;
@@ -127,64 +123,10 @@ async fn a_cold_boot_at_quota_fails_at_its_deadline_without_booting() {
 }
 
 /// cloudsim, except that its limits cannot be read.
-struct NoLimits(Arc<SimCloud>);
-
-#[async_trait]
-impl Cloud for NoLimits {
-    fn volume_zone_for(&self, server_az: &str) -> String {
-        self.0.volume_zone_for(server_az)
-    }
-    async fn boot_headroom(&self, _flavor: &str) -> CloudResult<BootHeadroom> {
-        Err(CloudError::Transient("GET /limits: 503".into()))
-    }
-    async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server> {
-        self.0.create_server(spec).await
-    }
-    async fn get_server(&self, id: &str) -> CloudResult<Server> {
-        self.0.get_server(id).await
-    }
-    async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
-        self.0.list_pool_servers().await
-    }
-    async fn delete_server(&self, id: &str) -> CloudResult<()> {
-        self.0.delete_server(id).await
-    }
-    async fn create_volume(&self, spec: &NewVolumeSpec) -> CloudResult<Volume> {
-        self.0.create_volume(spec).await
-    }
-    async fn get_volume(&self, id: &str) -> CloudResult<Volume> {
-        self.0.get_volume(id).await
-    }
-    async fn find_volumes_by_name(&self, name: &str) -> CloudResult<Vec<Volume>> {
-        self.0.find_volumes_by_name(name).await
-    }
-    async fn delete_volume(&self, id: &str) -> CloudResult<()> {
-        self.0.delete_volume(id).await
-    }
-    async fn attach_volume(&self, server: &str, volume: &str) -> CloudResult<()> {
-        self.0.attach_volume(server, volume).await
-    }
-    async fn detach_volume(&self, server: &str, volume: &str) -> CloudResult<()> {
-        self.0.detach_volume(server, volume).await
-    }
-    async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {
-        self.0.create_port(spec).await
-    }
-    async fn get_port(&self, id: &str) -> CloudResult<Port> {
-        self.0.get_port(id).await
-    }
-    async fn find_ports_by_name(&self, name: &str) -> CloudResult<Vec<Port>> {
-        self.0.find_ports_by_name(name).await
-    }
-    async fn delete_port(&self, id: &str) -> CloudResult<()> {
-        self.0.delete_port(id).await
-    }
-    async fn attach_port(&self, server: &str, port: &str) -> CloudResult<()> {
-        self.0.attach_port(server, port).await
-    }
-    async fn detach_port(&self, server: &str, port: &str) -> CloudResult<()> {
-        self.0.detach_port(server, port).await
-    }
+fn no_limits(sim: &Arc<SimCloud>) -> Arc<GatedCloud> {
+    GatedCloud::with_fault(sim, |method| {
+        (method == "boot_headroom").then(|| CloudError::Transient("GET /limits: 503".into()))
+    })
 }
 
 #[tokio::test(start_paused = true)]
@@ -192,7 +134,7 @@ async fn unreadable_limits_fall_back_to_the_refusal_pause() {
     let sim = sim_with_quota(3);
     let manager = PoolManager::new(
         temp_store(),
-        Arc::new(NoLimits(sim.clone())),
+        no_limits(&sim),
         Arc::new(sim.probe()),
         settings(),
     );

@@ -6,20 +6,15 @@ mod common;
 
 use async_trait::async_trait;
 use common::*;
-use pool_manager::model::{
-    Allocation, AllocationState, EmptyPoolPolicy, Instance, PoolKey, PoolRecord,
-};
-use pool_manager::sizing::LearnedSizing;
-use pool_manager::store::{Store, StoreResult};
+use pool_manager::model::{Allocation, AllocationState, EmptyPoolPolicy, Instance};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Forwards to a real store; the first flush after the first new record of
-/// the kind `on` is written waits until the test lets it go.
+/// The first flush after the first new record of the kind `on` is written
+/// waits until the test lets it go.
 struct HoldFlushAfterNewRecord {
-    inner: Arc<dyn Store>,
     on: Record,
     fired: AtomicBool,
     armed: AtomicBool,
@@ -34,9 +29,8 @@ enum Record {
 }
 
 impl HoldFlushAfterNewRecord {
-    fn new(on: Record) -> Arc<Self> {
-        Arc::new(Self {
-            inner: temp_store(),
+    fn new(on: Record) -> Arc<HookedStore<Self>> {
+        HookedStore::new(Self {
             on,
             fired: AtomicBool::new(false),
             armed: AtomicBool::new(false),
@@ -45,73 +39,26 @@ impl HoldFlushAfterNewRecord {
         })
     }
 
-    fn created(&self, kind: Record) {
-        if kind == self.on && !self.fired.swap(true, Ordering::SeqCst) {
+    fn swapped(&self, kind: Record, created: bool) {
+        if created && kind == self.on && !self.fired.swap(true, Ordering::SeqCst) {
             self.armed.store(true, Ordering::SeqCst);
         }
     }
 }
 
 #[async_trait]
-impl Store for HoldFlushAfterNewRecord {
-    async fn get_pool(&self, key: &PoolKey) -> StoreResult<Option<PoolRecord>> {
-        self.inner.get_pool(key).await
+impl StoreHooks for HoldFlushAfterNewRecord {
+    fn after_instance_swap(&self, expected: Option<&Instance>, swapped: bool) {
+        self.swapped(Record::Instance, swapped && expected.is_none());
     }
-    async fn list_pools(&self) -> StoreResult<Vec<PoolRecord>> {
-        self.inner.list_pools().await
+    fn after_allocation_swap(&self, expected: Option<&Allocation>, swapped: bool) {
+        self.swapped(Record::Allocation, swapped && expected.is_none());
     }
-    async fn put_pool(&self, pool: &PoolRecord) -> StoreResult<()> {
-        self.inner.put_pool(pool).await
-    }
-    async fn delete_pool(&self, key: &PoolKey) -> StoreResult<()> {
-        self.inner.delete_pool(key).await
-    }
-    async fn get_learned_sizing(&self, key: &PoolKey) -> StoreResult<Option<LearnedSizing>> {
-        self.inner.get_learned_sizing(key).await
-    }
-    async fn put_learned_sizing(&self, key: &PoolKey, learned: &LearnedSizing) -> StoreResult<()> {
-        self.inner.put_learned_sizing(key, learned).await
-    }
-    async fn get_instance(&self, id: &str) -> StoreResult<Option<Instance>> {
-        self.inner.get_instance(id).await
-    }
-    async fn list_instances(&self) -> StoreResult<Vec<Instance>> {
-        self.inner.list_instances().await
-    }
-    async fn cas_instance(
-        &self,
-        expected: Option<&Instance>,
-        new: Option<&Instance>,
-    ) -> StoreResult<bool> {
-        let created = self.inner.cas_instance(expected, new).await?;
-        if created && expected.is_none() {
-            self.created(Record::Instance);
-        }
-        Ok(created)
-    }
-    async fn get_allocation(&self, request_id: &str) -> StoreResult<Option<Allocation>> {
-        self.inner.get_allocation(request_id).await
-    }
-    async fn list_allocations(&self) -> StoreResult<Vec<Allocation>> {
-        self.inner.list_allocations().await
-    }
-    async fn cas_allocation(
-        &self,
-        expected: Option<&Allocation>,
-        new: Option<&Allocation>,
-    ) -> StoreResult<bool> {
-        let created = self.inner.cas_allocation(expected, new).await?;
-        if created && expected.is_none() {
-            self.created(Record::Allocation);
-        }
-        Ok(created)
-    }
-    async fn flush(&self) -> StoreResult<()> {
+    async fn before_flush(&self) {
         if self.armed.swap(false, Ordering::SeqCst) {
             self.holding.notify_one();
             self.release.notified().await;
         }
-        self.inner.flush().await
     }
 }
 
@@ -132,7 +79,7 @@ async fn reconcile_leaves_an_allocation_alone_between_its_record_and_its_flush()
                 .await
         })
     };
-    store.holding.notified().await;
+    store.hooks.holding.notified().await;
     let stored = manager.get_allocation("order-1").await.unwrap();
     assert_eq!(stored.state, AllocationState::Allocating);
 
@@ -142,7 +89,7 @@ async fn reconcile_leaves_an_allocation_alone_between_its_record_and_its_flush()
         "the reconciler rolled back an allocation that was in flight"
     );
 
-    store.release.notify_one();
+    store.hooks.release.notify_one();
     let done = tokio::time::timeout(Duration::from_secs(300), buying)
         .await
         .expect("the purchase finishes")
@@ -162,7 +109,7 @@ async fn reconcile_leaves_a_new_instance_alone_before_its_boot_task_starts() {
     manager.create_pool(pool(), spec(1)).await.unwrap();
     // The refill's instance record is written, its flush held: no boot task
     // drives it yet and no server exists, as after a crash before the create.
-    store.holding.notified().await;
+    store.hooks.holding.notified().await;
     let recorded = manager.list_instances(None).await.unwrap();
     assert_eq!(recorded.len(), 1, "{recorded:?}");
 
@@ -173,7 +120,7 @@ async fn reconcile_leaves_a_new_instance_alone_before_its_boot_task_starts() {
         "the reconciler forgot an instance whose boot was about to start"
     );
 
-    store.release.notify_one();
+    store.hooks.release.notify_one();
     wait_ready(&manager, 1).await;
     assert_eq!(
         sim.call_counts().get("create_server").copied(),

@@ -2,11 +2,14 @@
 #![allow(dead_code)]
 
 use cloudsim::{SimCloud, SimConfig};
+use pool_manager::cloud::{CloudError, CloudResult};
+use pool_manager::model::{Allocation, Instance, PoolRecord};
 use pool_manager::model::{
     AllocationParams, EmptyPoolPolicy, InstanceState, NetworkRequest, PoolKey, PoolSpec,
     VolumeRequest, VolumeSource,
 };
-use pool_manager::store::{SledStore, Store};
+use pool_manager::sizing::LearnedSizing;
+use pool_manager::store::{SledStore, Store, StoreResult};
 use pool_manager::{AllocateRequest, ManagerSettings, PoolManager};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -264,12 +267,19 @@ impl Hold {
     }
 }
 
+/// Answers a cloud call (named by its `Cloud` method) instead of cloudsim,
+/// or lets it through with `None`.
+pub type Fault = Box<dyn Fn(&'static str) -> Option<CloudError> + Send + Sync>;
+
 /// cloudsim, except that a call the test armed with [`GatedCloud::hold_next`]
-/// waits until the test releases it: interleavings are set up with Notify,
-/// not with sleeps.
+/// waits until the test releases it (interleavings are set up with Notify,
+/// not with sleeps), and that a test's [`Fault`] may answer a call in
+/// cloudsim's stead (it never reaches cloudsim, as a real 429 does not
+/// reach the service behind the rate limiter).
 pub struct GatedCloud {
     pub sim: Arc<SimCloud>,
     holds: std::sync::Mutex<Vec<(&'static str, At, Arc<Hold>)>>,
+    fault: Option<Fault>,
 }
 
 impl GatedCloud {
@@ -277,6 +287,19 @@ impl GatedCloud {
         Arc::new(Self {
             sim: sim.clone(),
             holds: Default::default(),
+            fault: None,
+        })
+    }
+
+    /// Asks `fault` before every call.
+    pub fn with_fault(
+        sim: &Arc<SimCloud>,
+        fault: impl Fn(&'static str) -> Option<CloudError> + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            sim: sim.clone(),
+            holds: Default::default(),
+            fault: Some(Box::new(fault)),
         })
     }
 
@@ -301,8 +324,15 @@ impl GatedCloud {
         }
     }
 
-    async fn call<T>(&self, method: &'static str, call: impl std::future::Future<Output = T>) -> T {
+    async fn call<T>(
+        &self,
+        method: &'static str,
+        call: impl std::future::Future<Output = CloudResult<T>>,
+    ) -> CloudResult<T> {
         self.gate(method, At::Before).await;
+        if let Some(error) = self.fault.as_ref().and_then(|fault| fault(method)) {
+            return Err(error);
+        }
         let answer = call.await;
         self.gate(method, At::After).await;
         answer
@@ -399,4 +429,108 @@ pub async fn started_paused(cloud: &Arc<GatedCloud>, store: Arc<dyn Store>, n: u
         .await
         .unwrap();
     manager
+}
+
+/// What a test's store does around a real store's writes. Every hook has a
+/// default that does nothing, so a test states only its own fault.
+#[async_trait::async_trait]
+pub trait StoreHooks: Send + Sync + 'static {
+    /// Before an instance swap reaches the store; an error is its answer.
+    fn before_instance_swap(&self, _new: Option<&Instance>) -> StoreResult<()> {
+        Ok(())
+    }
+    /// Before an allocation swap reaches the store; an error is its answer.
+    fn before_allocation_swap(&self, _new: Option<&Allocation>) -> StoreResult<()> {
+        Ok(())
+    }
+    /// After an instance swap, with whether it swapped.
+    fn after_instance_swap(&self, _expected: Option<&Instance>, _swapped: bool) {}
+    /// After an allocation swap, with whether it swapped.
+    fn after_allocation_swap(&self, _expected: Option<&Allocation>, _swapped: bool) {}
+    /// Before a flush reaches the store.
+    async fn before_flush(&self) {}
+}
+
+/// A real store with a test's [`StoreHooks`] around its writes; every call
+/// is forwarded, the listings a store may answer faster included.
+pub struct HookedStore<H> {
+    pub inner: Arc<dyn Store>,
+    pub hooks: H,
+}
+
+impl<H: StoreHooks> HookedStore<H> {
+    /// Over a temporary sled store.
+    pub fn new(hooks: H) -> Arc<Self> {
+        Arc::new(Self {
+            inner: temp_store(),
+            hooks,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl<H: StoreHooks> Store for HookedStore<H> {
+    async fn get_pool(&self, key: &PoolKey) -> StoreResult<Option<PoolRecord>> {
+        self.inner.get_pool(key).await
+    }
+    async fn list_pools(&self) -> StoreResult<Vec<PoolRecord>> {
+        self.inner.list_pools().await
+    }
+    async fn put_pool(&self, pool: &PoolRecord) -> StoreResult<()> {
+        self.inner.put_pool(pool).await
+    }
+    async fn delete_pool(&self, key: &PoolKey) -> StoreResult<()> {
+        self.inner.delete_pool(key).await
+    }
+    async fn get_learned_sizing(&self, key: &PoolKey) -> StoreResult<Option<LearnedSizing>> {
+        self.inner.get_learned_sizing(key).await
+    }
+    async fn put_learned_sizing(&self, key: &PoolKey, learned: &LearnedSizing) -> StoreResult<()> {
+        self.inner.put_learned_sizing(key, learned).await
+    }
+    async fn get_instance(&self, id: &str) -> StoreResult<Option<Instance>> {
+        self.inner.get_instance(id).await
+    }
+    async fn list_instances(&self) -> StoreResult<Vec<Instance>> {
+        self.inner.list_instances().await
+    }
+    async fn list_untouched_instances(&self, pool: &PoolKey) -> StoreResult<Vec<Instance>> {
+        self.inner.list_untouched_instances(pool).await
+    }
+    async fn count_instances(&self, pool: &PoolKey) -> StoreResult<BTreeMap<InstanceState, u32>> {
+        self.inner.count_instances(pool).await
+    }
+    async fn cas_instance(
+        &self,
+        expected: Option<&Instance>,
+        new: Option<&Instance>,
+    ) -> StoreResult<bool> {
+        self.hooks.before_instance_swap(new)?;
+        let swapped = self.inner.cas_instance(expected, new).await?;
+        self.hooks.after_instance_swap(expected, swapped);
+        Ok(swapped)
+    }
+    async fn get_allocation(&self, request_id: &str) -> StoreResult<Option<Allocation>> {
+        self.inner.get_allocation(request_id).await
+    }
+    async fn list_allocations(&self) -> StoreResult<Vec<Allocation>> {
+        self.inner.list_allocations().await
+    }
+    async fn list_unfinished_allocations(&self) -> StoreResult<Vec<Allocation>> {
+        self.inner.list_unfinished_allocations().await
+    }
+    async fn cas_allocation(
+        &self,
+        expected: Option<&Allocation>,
+        new: Option<&Allocation>,
+    ) -> StoreResult<bool> {
+        self.hooks.before_allocation_swap(new)?;
+        let swapped = self.inner.cas_allocation(expected, new).await?;
+        self.hooks.after_allocation_swap(expected, swapped);
+        Ok(swapped)
+    }
+    async fn flush(&self) -> StoreResult<()> {
+        self.hooks.before_flush().await;
+        self.inner.flush().await
+    }
 }
