@@ -914,11 +914,7 @@ async fn store_error_while_finishing(allocation: bool) {
 #[tokio::test(start_paused = true)]
 async fn an_address_in_use_costs_no_instance_and_boots_nothing() {
     let sim = sim();
-    let manager = started(&sim, temp_store(), 2).await;
-    manager
-        .update_pool(&pool(), |s| s.paused = true)
-        .await
-        .unwrap();
+    let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 2).await;
     let with_ip = |id: &str, policy| {
         let mut order = request(id, new_volume(), policy);
         order.params.network.subnet_id = Some("tenant-subnet".into());

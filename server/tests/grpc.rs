@@ -8,161 +8,26 @@
 
 use std::future::Future;
 use std::net::IpAddr;
-use std::path::Path;
 use std::time::Duration;
 
+mod support;
+
 use futures::StreamExt;
-use tokio::sync::oneshot;
-use tokio::time::Instant;
+use support::{expect_code, Daemon};
 use tonic::Code;
-use warmpool_client::{api, Client, ClientError};
+use warmpool_client::{api, Client};
 use warmpool_server::config::Config;
-use warmpool_server::Running;
 
 /// How long any eventual condition may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,sled=warn,h2=warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-/// A pool for the config file: flavor, availability zone, min_ready, max_ready.
-#[derive(Clone, Debug)]
-struct PoolDef(&'static str, &'static str, u32, u32);
-
-fn pool(flavor: &'static str, az: &'static str, min_ready: u32, max_ready: u32) -> PoolDef {
-    PoolDef(flavor, az, min_ready, max_ready)
-}
-
-/// A daemon config, written as the TOML an operator would write: on
-/// 127.0.0.1:0 (tests run in parallel, so every daemon gets its own ports),
-/// short manager intervals, and the embedded cloud at 1/100 speed with real
-/// MySQL-greeting listeners (a lone boot takes 60 s simulated: 0.6 s here).
-fn config(data_dir: &Path, pools: Vec<PoolDef>) -> Config {
-    let mut text = String::from(
-        r#"
-listen = "127.0.0.1:0"
-metrics_listen = "127.0.0.1:0"
-shutdown_grace = "5s"
-"#,
-    );
-    if pools.is_empty() {
-        text.push_str("pools = []\n");
-    }
-    text.push_str(
-        r#"
-[manager]
-poll_interval = "50ms"
-replenish_interval = "100ms"
-reconcile_interval = "1s"
-max_concurrent_boots = 4
-
-[cloud]
-kind = "embedded"
-time_scale = 0.01
-seed = 7
-"#,
-    );
-    for PoolDef(flavor, az, min_ready, max_ready) in pools {
-        text.push_str(&format!(
-            "\n[[pools]]\nflavor = {flavor:?}\navailability_zone = {az:?}\n\
-             min_ready = {min_ready}\nmax_ready = {max_ready}\n\
-             image = \"mysql-8.0\"\nboot_timeout = \"1m\"\n"
-        ));
-    }
-    let mut config = Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    config.data_dir = data_dir.to_owned();
-    config
-}
-
-/// A running warmpoold and a client connected to it.
-struct Daemon {
-    running: Running,
-    stop: oneshot::Sender<()>,
-    endpoint: String,
-    client: Client,
-}
-
-impl Daemon {
-    async fn start(config: Config) -> Daemon {
-        init_tracing();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let running = warmpool_server::start(config, async move {
-            // A dropped sender (test over, or panicked) stops the daemon too.
-            let _ = stopped.await;
-        })
-        .await
-        .expect("warmpoold starts");
-        assert!(running.grpc_addr.ip().is_loopback());
-        assert_ne!(running.grpc_addr.port(), 0);
-        let endpoint = format!("http://{}", running.grpc_addr);
-        let client = Client::connect(&endpoint).await.expect("client connects");
-        Daemon {
-            running,
-            stop,
-            endpoint,
-            client,
-        }
-    }
-
-    fn cloud(&self) -> &cloudsim::SimCloud {
-        self.running.cloud.as_deref().expect("embedded cloud")
-    }
-
-    /// Graceful shutdown: resolve the shutdown future and wait for the served
-    /// task, which flushes the store. Everything holding the store is dropped
-    /// before this returns, so the data dir can be opened again.
-    async fn shut_down(self) {
-        let Daemon {
-            running,
-            stop,
-            client,
-            ..
-        } = self;
-        drop(client);
-        stop.send(()).expect("daemon still running");
-        let Running {
-            served,
-            manager,
-            cloud,
-            grpc_addr,
-            ..
-        } = running;
-        drop(manager);
-        tokio::time::timeout(PATIENCE, served)
-            .await
-            .expect("shutdown within the grace period")
-            .expect("server task did not panic")
-            .expect("clean shutdown");
-        drop(cloud);
-        // Nothing listens any more.
-        assert!(tokio::net::TcpStream::connect(grpc_addr).await.is_err());
-    }
-}
-
-/// Polls `check` every 50 ms until it returns `Ok`, for up to [`PATIENCE`];
-/// on timeout panics with `what` and the last state `check` described.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+/// [`support::eventually`] with [`PATIENCE`].
+async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(state) if Instant::now() >= deadline => {
-                panic!("timed out after {PATIENCE:?} waiting for {what}; last seen: {state}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    support::eventually(what, PATIENCE, check).await
 }
 
 fn counts(pool: &api::Pool) -> api::PoolCounts {
@@ -211,17 +76,6 @@ fn allocate_request(request_id: &str, flavor: &str, az: &str) -> api::AllocateRe
             seconds: 30,
             nanos: 0,
         }),
-    }
-}
-
-#[track_caller]
-fn expect_code<T: std::fmt::Debug>(result: Result<T, ClientError>, code: Code) -> String {
-    match result {
-        Err(ClientError::Status { code: got, message }) => {
-            assert_eq!(got, code, "wrong code; message: {message}");
-            message
-        }
-        other => panic!("expected {code:?}, got {other:?}"),
     }
 }
 
@@ -280,13 +134,10 @@ fn assert_warm_hit(a: &api::Allocation, request_id: &str, flavor: &str, az: &str
 #[tokio::test]
 async fn pools_reach_their_targets() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(config(
+    let d = Daemon::start_in(
         dir.path(),
-        vec![
-            pool("db.small", "az1", 2, 4),
-            pool("db.medium", "az2", 1, 2),
-        ],
-    ))
+        &[("db.small", "az1", 2, 4), ("db.medium", "az2", 1, 2)],
+    )
     .await;
     let c = &d.client;
 
@@ -365,7 +216,7 @@ async fn pools_reach_their_targets() {
 #[tokio::test]
 async fn allocate_is_a_warm_hit_and_idempotent() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(config(dir.path(), vec![pool("db.small", "az1", 2, 4)])).await;
+    let d = Daemon::start_in(dir.path(), &[("db.small", "az1", 2, 4)]).await;
     let c = &d.client;
     wait_ready(c, "db.small", "az1", 2).await;
 
@@ -441,7 +292,7 @@ async fn allocate_is_a_warm_hit_and_idempotent() {
 #[tokio::test]
 async fn concurrent_allocates_with_one_request_id_get_one_allocation() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(config(dir.path(), vec![pool("db.small", "az2", 3, 3)])).await;
+    let d = Daemon::start_in(dir.path(), &[("db.small", "az2", 3, 3)]).await;
     let c = &d.client;
     wait_ready(c, "db.small", "az2", 3).await;
 
@@ -476,7 +327,7 @@ async fn concurrent_allocates_with_one_request_id_get_one_allocation() {
 #[tokio::test]
 async fn invalid_requests_name_the_field() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(config(dir.path(), vec![pool("db.small", "az1", 1, 1)])).await;
+    let d = Daemon::start_in(dir.path(), &[("db.small", "az1", 1, 1)]).await;
     let c = &d.client;
 
     type Edit = fn(&mut api::AllocateRequest);
@@ -579,13 +430,10 @@ async fn invalid_requests_name_the_field() {
 async fn unknown_and_empty_pools() {
     let dir = tempfile::tempdir().unwrap();
     // db.medium@az2 has no target: it stays empty.
-    let d = Daemon::start(config(
+    let d = Daemon::start_in(
         dir.path(),
-        vec![
-            pool("db.small", "az1", 1, 2),
-            pool("db.medium", "az2", 0, 2),
-        ],
-    ))
+        &[("db.small", "az1", 1, 2), ("db.medium", "az2", 0, 2)],
+    )
     .await;
     let c = &d.client;
 
@@ -625,7 +473,7 @@ async fn unknown_and_empty_pools() {
 #[tokio::test]
 async fn cold_boot_serves_an_empty_pool() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(config(dir.path(), vec![pool("db.medium", "az1", 0, 2)])).await;
+    let d = Daemon::start_in(dir.path(), &[("db.medium", "az1", 0, 2)]).await;
     let c = &d.client;
     let mut request = allocate_request("order-cold", "db.medium", "az1");
     request.empty_pool_policy = api::EmptyPoolPolicy::ColdBoot.into();
@@ -642,7 +490,7 @@ async fn cold_boot_serves_an_empty_pool() {
 #[tokio::test]
 async fn release_deletes_the_server_and_the_pool_refills() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(config(dir.path(), vec![pool("db.small", "az1", 2, 2)])).await;
+    let d = Daemon::start_in(dir.path(), &[("db.small", "az1", 2, 2)]).await;
     let c = &d.client;
     wait_ready(c, "db.small", "az1", 2).await;
 
@@ -761,7 +609,7 @@ async fn release_deletes_the_server_and_the_pool_refills() {
 #[tokio::test]
 async fn create_update_and_delete_pools() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(config(dir.path(), vec![pool("db.small", "az1", 1, 2)])).await;
+    let d = Daemon::start_in(dir.path(), &[("db.small", "az1", 1, 2)]).await;
     let c = &d.client;
 
     // Create: through the API, filled like a configured pool.
@@ -1082,10 +930,10 @@ async fn create_update_and_delete_pools() {
 #[tokio::test]
 async fn watch_pools_streams_changes() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(config(
+    let d = Daemon::start_in(
         dir.path(),
-        vec![pool("db.small", "az1", 1, 2), pool("db.small", "az2", 1, 1)],
-    ))
+        &[("db.small", "az1", 1, 2), ("db.small", "az2", 1, 1)],
+    )
     .await;
     let c = &d.client;
     wait_ready(c, "db.small", "az1", 1).await;
@@ -1158,7 +1006,7 @@ async fn watch_for_event(
 #[tokio::test]
 async fn watch_pools_delivers_pool_events() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(config(dir.path(), vec![pool("db.small", "az1", 1, 2)])).await;
+    let d = Daemon::start_in(dir.path(), &[("db.small", "az1", 1, 2)]).await;
     let c = &d.client;
     wait_ready(c, "db.small", "az1", 1).await;
     let mut watch = c.watch_pools().await.unwrap();
@@ -1258,7 +1106,7 @@ async fn watch_pools_delivers_pool_events() {
 #[tokio::test]
 async fn auto_pools_show_their_sizing_and_updates_keep_the_mode() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(config(dir.path(), vec![])).await;
+    let d = Daemon::start_in(dir.path(), &[]).await;
     let c = &d.client;
     let auto = api::PoolSpec {
         min_ready: 1,
@@ -1370,7 +1218,7 @@ async fn auto_pools_show_their_sizing_and_updates_keep_the_mode() {
 #[tokio::test]
 async fn windows_and_iops_limits_are_set_through_the_api() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(config(dir.path(), vec![])).await;
+    let d = Daemon::start_in(dir.path(), &[]).await;
     let c = &d.client;
     let spec = api::PoolSpec {
         min_ready: 1,
@@ -1468,8 +1316,8 @@ async fn health_reports_serving() {
     use tonic_health::pb::HealthCheckRequest;
 
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(config(dir.path(), vec![pool("db.small", "az1", 0, 1)])).await;
-    let channel = tonic::transport::Endpoint::from_shared(d.endpoint.clone())
+    let d = Daemon::start_in(dir.path(), &[("db.small", "az1", 0, 1)]).await;
+    let channel = tonic::transport::Endpoint::from_shared(d.endpoint())
         .unwrap()
         .connect()
         .await
@@ -1518,9 +1366,9 @@ async fn health_reports_serving() {
 async fn restart_keeps_allocations_and_pool_settings() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("store");
-    let pools = vec![pool("db.small", "az1", 1, 2)];
+    let pools = [("db.small", "az1", 1, 2)];
 
-    let d = Daemon::start(config(&data_dir, pools.clone())).await;
+    let d = Daemon::start_in(&data_dir, &pools).await;
     let c = &d.client;
     wait_ready(c, "db.small", "az1", 1).await;
     let request = allocate_request("order-r", "db.small", "az1");
@@ -1555,7 +1403,7 @@ async fn restart_keeps_allocations_and_pool_settings() {
     d.shut_down().await;
 
     // Same data dir, same config file.
-    let d = Daemon::start(config(&data_dir, pools)).await;
+    let d = Daemon::start_in(&data_dir, &pools).await;
     let c = &d.client;
     let pool = c.get_pool("db.small", "az1").await.unwrap();
     assert_eq!(
@@ -1694,9 +1542,9 @@ fn broken_config_files_name_the_field() {
 #[tokio::test]
 async fn config_pools_do_not_override_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(config(dir.path(), vec![pool("db.small", "az2", 0, 1)])).await;
+    let d = Daemon::start_in(dir.path(), &[("db.small", "az2", 0, 1)]).await;
     let second = warmpool_server::start(
-        config(dir.path(), vec![pool("db.small", "az2", 0, 1)]),
+        support::config(dir.path(), &[("db.small", "az2", 0, 1)]),
         std::future::pending(),
     )
     .await;
@@ -1706,7 +1554,7 @@ async fn config_pools_do_not_override_the_store() {
     assert!(err.contains("locked by another process"), "{err}");
     d.shut_down().await;
 
-    let d = Daemon::start(config(dir.path(), vec![pool("db.small", "az2", 1, 3)])).await;
+    let d = Daemon::start_in(dir.path(), &[("db.small", "az2", 1, 3)]).await;
     let pool = d.client.get_pool("db.small", "az2").await.unwrap();
     let spec = pool.spec.unwrap();
     assert_eq!((spec.min_ready, spec.max_ready), (0, 1));

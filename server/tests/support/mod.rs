@@ -1,4 +1,4 @@
-//! What the metrics and deploy-file tests share: a real warmpoold started
+//! What the gRPC, metrics and deploy-file tests share: a real warmpoold started
 //! in-process on 127.0.0.1:0 ports with the embedded cloud (real MySQL
 //! greeting listeners, 1/100 speed), a tiny HTTP client, and a reader of the
 //! metric names a `/metrics` body exposes.
@@ -44,13 +44,14 @@ pub struct Daemon {
     pub running: Running,
     pub client: Client,
     stop: oneshot::Sender<()>,
-    _data: tempfile::TempDir,
+    /// The data dir, when the daemon owns it.
+    _data: Option<tempfile::TempDir>,
 }
 
 /// The config file `Daemon::start` runs with, as an operator would write
 /// it: both listeners on 127.0.0.1:0 (tests run in parallel), a 5 s
 /// shutdown grace, short manager intervals, the embedded cloud at 1/100
-/// speed and `pools`.
+/// speed and `pools` (none: not even the demo's).
 pub fn config_text(data_dir: &Path, pools: &[PoolDecl<'_>]) -> String {
     let mut text = format!(
         r#"
@@ -58,6 +59,7 @@ listen = "127.0.0.1:0"
 metrics_listen = "127.0.0.1:0"
 data_dir = {data_dir:?}
 shutdown_grace = "5s"
+{no_pools}
 
 [manager]
 poll_interval = "50ms"
@@ -72,6 +74,7 @@ time_scale = 0.01
 seed = 7
 "#,
         data_dir = data_dir.join("store").display().to_string(),
+        no_pools = if pools.is_empty() { "pools = []" } else { "" },
     );
     for (flavor, az, min_ready, max_ready) in pools {
         text += &format!(
@@ -89,6 +92,12 @@ boot_timeout = "60s"
     text
 }
 
+/// [`config_text`], parsed by the daemon's own config loader.
+pub fn config(data_dir: &Path, pools: &[PoolDecl<'_>]) -> Config {
+    let text = config_text(data_dir, pools);
+    Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
 impl Daemon {
     /// Starts warmpoold from [`config_text`] in a new temporary data dir, so
     /// the test goes through the daemon's own config loader.
@@ -100,8 +109,18 @@ impl Daemon {
 
     /// Starts warmpoold from a config file text whose data dir is in `data`.
     pub async fn start_text(text: &str, data: tempfile::TempDir) -> Daemon {
-        init_tracing();
         let config = Config::parse(text).expect("the test config parses");
+        Self::run(config, Some(data)).await
+    }
+
+    /// Starts warmpoold from [`config_text`] with its store in `data_dir`,
+    /// which outlives the daemon (a restart may open it again).
+    pub async fn start_in(data_dir: &Path, pools: &[PoolDecl<'_>]) -> Daemon {
+        Self::run(config(data_dir, pools), None).await
+    }
+
+    async fn run(config: Config, data: Option<tempfile::TempDir>) -> Daemon {
+        init_tracing();
         let (stop, stopped) = oneshot::channel::<()>();
         let running = warmpool_server::start(config, async move {
             // A dropped sender (test over, or panicked) stops the daemon too.
@@ -121,6 +140,16 @@ impl Daemon {
             stop,
             _data: data,
         }
+    }
+
+    /// The gRPC endpoint, as a client dials it.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.running.grpc_addr)
+    }
+
+    /// The embedded cloud the daemon runs on.
+    pub fn cloud(&self) -> &cloudsim::SimCloud {
+        self.running.cloud.as_deref().expect("embedded cloud")
     }
 
     pub fn metrics_url(&self) -> String {
