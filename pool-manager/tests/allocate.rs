@@ -607,21 +607,8 @@ async fn throttled_at_first(
     pool_manager::PoolManager,
 ) {
     let sim = sim();
-    let cloud = throttle_first(&sim, retry_after);
-    let manager = pool_manager::PoolManager::new(
-        temp_store(),
-        cloud,
-        std::sync::Arc::new(sim.probe()),
-        settings(),
-    );
-    manager.start().await.unwrap();
-    manager.create_pool(pool(), spec(n)).await.unwrap();
-    wait_ready(&manager, n).await;
-    // Keep the replenisher from replacing what the allocation takes.
-    manager
-        .update_pool(&pool(), |s| s.paused = true)
-        .await
-        .unwrap();
+    // Paused: the replenisher does not replace what the allocation takes.
+    let manager = started_paused(&throttle_first(&sim, retry_after), temp_store(), n).await;
     (sim, manager)
 }
 
