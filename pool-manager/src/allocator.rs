@@ -709,7 +709,7 @@ impl Shared {
             return Ok(());
         }
         let volume_id = self.volume_for(record, deadline).await?;
-        self.wait_volume(&volume_id, deadline, Phase::BeforeAttach, |status, _| {
+        self.wait_volume(&volume_id, deadline, Phase::Created, |status, _| {
             *status == VolumeStatus::Available
         })
         .await
@@ -1043,6 +1043,16 @@ impl Shared {
                 _ => false,
             };
             if !pending {
+                // A volume warmpool just created that Cinder could not build
+                // (no backend with room, say) is the cloud's failure, not
+                // the caller's: asking again may succeed.
+                if phase == Phase::Created && volume.status == VolumeStatus::Error {
+                    return Err(AttemptError::Request(ManagerError::Cloud(
+                        CloudError::Transient(format!(
+                            "Cinder could not build the new volume {volume_id} (status error)"
+                        )),
+                    )));
+                }
                 return Err(AttemptError::Request(ManagerError::FailedPrecondition(
                     format!(
                     "volume {volume_id} is {:?}, not available; it is never attached while in use",
@@ -1287,6 +1297,8 @@ impl Shared {
 /// Where a volume wait stands relative to our attach call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// A volume warmpool has just created, before any claim.
+    Created,
     BeforeAttach,
     AfterAttach,
 }

@@ -970,3 +970,31 @@ async fn a_fail_fast_purchase_of_an_empty_pool_creates_nothing() {
     }
     assert_consistent(&sim, &manager).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_new_volume_cinder_cannot_build_fails_the_purchase_as_the_clouds_fault() {
+    let sim = sim();
+    let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 1).await;
+    sim.faults().error_next_volumes(1);
+    let err = manager
+        .allocate(request("no-room", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap_err();
+    // The cloud's failure (UNAVAILABLE at the edge), so asking again is
+    // right; before any claim, so the pool keeps its instance.
+    assert!(
+        matches!(&err, ManagerError::Cloud(e) if e.to_string().contains("could not build")),
+        "{err:?}"
+    );
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 1, "{:?}", status.counts);
+    // The broken volume is rolled back with the rest.
+    assert!(sim.volumes().is_empty(), "{:?}", sim.volumes());
+    assert_consistent(&sim, &manager).await;
+
+    let retried = manager
+        .allocate(request("no-room", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert!(retried.warm_hit);
+}
