@@ -105,6 +105,8 @@ pub fn settings(policy: &Policy, options: &Options) -> ManagerSettings {
         } else {
             GateSettings::disabled()
         },
+        // Replays never forget a released allocation (the default).
+        keep_released: None,
         instance_id_seed: Some(seed),
     }
 }

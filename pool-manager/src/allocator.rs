@@ -1283,6 +1283,7 @@ impl Shared {
         }
         let mut released = allocation.clone();
         released.state = AllocationState::Released;
+        released.released_at = Some(self.sizing_book().wall_now(&self.settings.sizing));
         self.store
             .cas_allocation(Some(&allocation), Some(&released))
             .await?;

@@ -24,5 +24,5 @@ pub use allocator::{
     AllocateRequest, DEFAULT_ALLOCATE_TIMEOUT, DEFAULT_COLD_BOOT_TIMEOUT, MAX_REQUEST_ID_LEN,
 };
 pub use error::{ManagerError, ManagerResult};
-pub use manager::{state_name, ManagerSettings, PoolManager, PoolStatus};
+pub use manager::{state_name, ManagerSettings, PoolManager, PoolStatus, FORGET_EVERY};
 pub use replenisher::BootError;

@@ -43,6 +43,11 @@ pub struct ManagerSettings {
     pub sizing: SizingSettings,
     /// The per-AZ throttle gate on replenishment boots.
     pub gate: GateSettings,
+    /// How long a released allocation is kept (`GetAllocation` finds it, an
+    /// `Allocate` with its request id answers with it). `None` (the default):
+    /// forever. Older ones are forgotten, checked every [`FORGET_EVERY`]; an
+    /// `Allocate` reusing a forgotten request id allocates anew.
+    pub keep_released: Option<Duration>,
     /// Seeds the random instance ids. `None` (the default) seeds from the
     /// OS. A simulation sets it so that a replay repeats itself exactly; a
     /// seeded manager restarted on the same store draws the same ids again,
@@ -61,6 +66,7 @@ impl Default for ManagerSettings {
             retry_backoff: Duration::from_millis(500),
             sizing: SizingSettings::default(),
             gate: GateSettings::default(),
+            keep_released: None,
             instance_id_seed: None,
         }
     }
@@ -133,6 +139,10 @@ pub(crate) struct Shared {
     /// Boot health per pool: the degraded / recovered verdicts.
     pub health: Mutex<HealthBook>,
 }
+
+/// How often released allocations past `ManagerSettings::keep_released` are
+/// looked for: a pass reads every allocation record.
+pub const FORGET_EVERY: Duration = Duration::from_secs(3600);
 
 /// The shortest pause before retrying a throttled call, whatever the cloud said.
 const MIN_RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -426,12 +436,23 @@ impl PoolManager {
         let shared = self.shared.clone();
         self.shared
             .spawn(async move { shared.reconcile_loop().await });
+        if self.shared.settings.keep_released.is_some() {
+            let shared = self.shared.clone();
+            self.shared.spawn(async move { shared.forget_loop().await });
+        }
         Ok(())
     }
 
     /// Runs one reconcile pass now.
     pub async fn reconcile(&self) -> ManagerResult<()> {
         self.shared.reconcile_once().await
+    }
+
+    /// Forgets the allocations released longer than
+    /// [`ManagerSettings::keep_released`] ago (none when it is `None`), now;
+    /// returns how many. The manager does this every [`FORGET_EVERY`].
+    pub async fn forget_released(&self) -> ManagerResult<usize> {
+        self.shared.forget_released().await
     }
 
     /// Stops background tasks (boots in flight are resumed by the next

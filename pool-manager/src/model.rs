@@ -469,6 +469,11 @@ pub struct Allocation {
     pub created_at: SystemTime,
     /// Decided at Release; `None` until then.
     pub delete_volume_on_release: Option<bool>,
+    /// When the release finished, on the manager's wall clock (see
+    /// `ManagerSettings::keep_released`). `None` before, and in records
+    /// stored before this field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<SystemTime>,
 }
 
 impl Allocation {
@@ -486,6 +491,7 @@ impl Allocation {
             timings: StepTimings::default(),
             created_at: SystemTime::now(),
             delete_volume_on_release: None,
+            released_at: None,
         }
     }
 

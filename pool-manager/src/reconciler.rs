@@ -29,6 +29,47 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 impl Shared {
+    pub(crate) async fn forget_loop(self: &Arc<Self>) {
+        loop {
+            tokio::time::sleep(crate::manager::FORGET_EVERY).await;
+            match self.forget_released().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    forgotten = n,
+                    "forgot allocations released longer than keep_released ago"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot forget old released allocations; the next pass retries")
+                }
+            }
+        }
+    }
+
+    /// Drops `Released` allocations older than `keep_released` (by their
+    /// release time, or their creation for records from before it was kept).
+    /// Only a record still so when read is dropped (compare-and-swap).
+    pub(crate) async fn forget_released(&self) -> ManagerResult<usize> {
+        let Some(keep) = self.settings.keep_released else {
+            return Ok(0);
+        };
+        let now = self.sizing_book().wall_now(&self.settings.sizing);
+        let mut forgotten = 0;
+        for allocation in self.store.list_allocations().await? {
+            if allocation.state != AllocationState::Released {
+                continue;
+            }
+            let released = allocation.released_at.unwrap_or(allocation.created_at);
+            let age = now.duration_since(released).unwrap_or_default();
+            if age > keep && self.store.cas_allocation(Some(&allocation), None).await? {
+                forgotten += 1;
+            }
+        }
+        if forgotten > 0 {
+            self.store.flush().await?;
+        }
+        Ok(forgotten)
+    }
+
     pub(crate) async fn reconcile_loop(self: &Arc<Self>) {
         loop {
             tokio::time::sleep(self.settings.reconcile_interval).await;

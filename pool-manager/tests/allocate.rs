@@ -998,3 +998,58 @@ async fn a_new_volume_cinder_cannot_build_fails_the_purchase_as_the_clouds_fault
         .unwrap();
     assert!(retried.warm_hit);
 }
+
+#[tokio::test(start_paused = true)]
+async fn released_allocations_are_forgotten_after_keep_released() {
+    let sim = sim();
+    let keep = Duration::from_secs(24 * 3600);
+    let manager = pool_manager::PoolManager::new(
+        temp_store(),
+        sim.clone(),
+        std::sync::Arc::new(sim.probe()),
+        pool_manager::ManagerSettings {
+            keep_released: Some(keep),
+            // Nothing to do for a day: keep the paused clock's steps few.
+            replenish_interval: Duration::from_secs(3600),
+            ..settings()
+        },
+    );
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(2)).await.unwrap();
+    wait_ready(&manager, 2).await;
+    let order = |id: &str| request(id, new_volume(), EmptyPoolPolicy::FailFast);
+    manager.allocate(order("done")).await.unwrap();
+    manager.release("done", Some(true)).await.unwrap();
+    manager.allocate(order("held")).await.unwrap();
+
+    // Within the period the released order is kept, and a retry of it is
+    // answered with it.
+    tokio::time::sleep(keep - Duration::from_secs(3600)).await;
+    let retried = manager.allocate(order("done")).await.unwrap();
+    assert_eq!(retried.state, AllocationState::Released);
+    assert_eq!(
+        manager.forget_released().await.unwrap(),
+        0,
+        "forgotten too early"
+    );
+
+    // Past it, the manager's own pass (every FORGET_EVERY) forgets it;
+    // an allocation still held is never forgotten, however old.
+    tokio::time::sleep(Duration::from_secs(3600) + pool_manager::FORGET_EVERY).await;
+    assert!(
+        matches!(
+            manager.get_allocation("done").await,
+            Err(ManagerError::AllocationNotFound(_))
+        ),
+        "{:?}",
+        manager.get_allocation("done").await
+    );
+    assert_eq!(
+        manager.get_allocation("held").await.unwrap().state,
+        AllocationState::Allocated
+    );
+    // The id is free again: a new order with it is allocated anew.
+    let again = manager.allocate(order("done")).await.unwrap();
+    assert_eq!(again.state, AllocationState::Allocated);
+    assert_consistent(&sim, &manager).await;
+}

@@ -28,6 +28,9 @@ pub const MAX_QUOTA_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
 pub const MAX_QUOTA_POLL_INTERVAL: Duration = Duration::from_secs(60 * 60);
 /// The embedded cloud at most this many times slower than a real one.
 pub const MAX_EMBEDDED_TIME_SCALE: f64 = 100.0;
+/// `manager.keep_released` at least: a billing system's retry of an order
+/// comes within minutes, and one after the record is forgotten allocates anew.
+pub const MIN_KEEP_RELEASED: Duration = Duration::from_secs(24 * 60 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -97,6 +100,11 @@ pub struct ManagerConfig {
     pub reconcile_interval: Duration,
     /// Boots in flight per pool, at most.
     pub max_concurrent_boots: u32,
+    /// Released allocations older than this are forgotten (GetAllocation
+    /// answers NOT_FOUND, an Allocate with the id allocates anew); unset:
+    /// kept forever.
+    #[serde(with = "humantime_serde")]
+    pub keep_released: Option<Duration>,
 
     // Sizing of `target = "auto"` pools.
     /// Probability that a purchase finds a warm instance (0.5 to below 1).
@@ -156,6 +164,7 @@ impl Default for ManagerConfig {
             replenish_interval: d.replenish_interval,
             reconcile_interval: d.reconcile_interval,
             max_concurrent_boots: d.max_concurrent_boots,
+            keep_released: d.keep_released,
             service_level: s.service_level,
             prior_lead_time: s.prior_lead_time,
             lead_samples: s.lead_samples,
@@ -185,6 +194,7 @@ impl ManagerConfig {
             replenish_interval: self.replenish_interval,
             reconcile_interval: self.reconcile_interval,
             max_concurrent_boots: self.max_concurrent_boots,
+            keep_released: self.keep_released,
             sizing: SizingSettings {
                 service_level: self.service_level,
                 prior_lead_time: self.prior_lead_time,
@@ -748,6 +758,15 @@ impl Config {
                 )));
             }
         }
+        if let Some(keep) = m.keep_released {
+            if keep < MIN_KEEP_RELEASED {
+                return Err(ConfigError::Invalid(format!(
+                    "manager.keep_released must be at least {} (a retried order whose record is forgotten is allocated again), got {}",
+                    humantime::format_duration(MIN_KEEP_RELEASED),
+                    humantime::format_duration(keep)
+                )));
+            }
+        }
         match &self.cloud {
             CloudConfig::Embedded { time_scale, .. } => {
                 // cloudsim scales its latencies with Duration::mul_f64, which
@@ -849,6 +868,7 @@ mod tests {
             replenish_interval = "2s"
             reconcile_interval = "1m"
             max_concurrent_boots = 8
+            keep_released = "90days"
             [cloud]
             kind = "embedded"
             time_scale = 1.0
@@ -865,6 +885,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.manager.poll_interval, Duration::from_millis(500));
+        assert_eq!(
+            config.manager.settings().keep_released,
+            Some(Duration::from_secs(90 * 86400))
+        );
+        assert_eq!(
+            Config::parse("").unwrap().manager.settings().keep_released,
+            None,
+            "kept forever unless set"
+        );
         assert_eq!(config.metrics_listen, "0.0.0.0:6001".parse().unwrap());
         assert_eq!(config.pools[0].spec().effective_target(), 2);
         assert_eq!(config.pools[0].max_age, Some(Duration::from_secs(86400)));
@@ -971,6 +1000,8 @@ mod tests {
             ("[manager]\nquota_backoff_max = \"100000000000y\"".to_owned(), "manager.quota_backoff_max must be at most 1day"),
             ("[manager]\nquota_poll_interval = \"100000000000y\"".to_owned(), "manager.quota_poll_interval must be at most 1h"),
             ("[cloud]\nkind = \"embedded\"\ntime_scale = 1e300".to_owned(), "cloud.time_scale must be a positive number at most 100"),
+            ("[manager]\nkeep_released = \"1h\"".to_owned(), "manager.keep_released must be at least 1day"),
+            ("[manager]\nkeep_released = \"forever\"".to_owned(), "keep_released"),
         ] {
             let err = Config::parse(&text).unwrap_err().to_string();
             assert!(err.contains(expect), "{text}: {err}");
