@@ -1,16 +1,18 @@
 //! Allocate and Release.
 //!
-//! An allocation is recorded (state `Allocating`) before any cloud call, keyed
-//! by its request id; then the tenant's new volume and port are created (so
-//! a request the cloud refuses costs no warm instance), a Ready instance is
-//! claimed by compare-and-swap, volume and port are attached concurrently, the result is
-//! verified, the instance is marked `Allocated` (failing the try if it is no
-//! longer claimed by this request) and then the allocation is marked
-//! `Allocated` and flushed: only then is it acknowledged, and nothing is
-//! rolled back after it. If a step fails, what was attached is undone, the
-//! instance is discarded (never returned to the pool) and the next Ready one
-//! is tried while the deadline allows. A failed Allocate leaves no record, so a retry
-//! with the same request id starts afresh.
+//! An allocation is recorded (state `Allocating`) before any cloud call,
+//! keyed by its request id; then the tenant's new volume and port are
+//! created (so a request the cloud refuses costs no warm instance), a Ready
+//! instance is claimed by compare-and-swap, volume and port are attached
+//! concurrently, the result is verified, the instance is marked `Allocated`
+//! (failing the try if it is no longer claimed by this request) and then the
+//! allocation is marked `Allocated` and flushed: only then is it
+//! acknowledged, and nothing is rolled back after it. If a step fails, what
+//! was attached is undone, the instance is discarded (never returned to the
+//! pool) and the next Ready one is tried while the deadline allows. A failed
+//! Allocate leaves no record, so a retry with the same request id starts
+//! afresh. Released allocations are kept (idempotent answers) until
+//! `ManagerSettings::keep_released`, if set.
 
 use crate::cloud::{CloudError, NewPortSpec, NewVolumeSpec, VolumeStatus};
 use crate::error::{ManagerError, ManagerResult};

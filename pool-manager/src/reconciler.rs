@@ -20,6 +20,10 @@
 //! Allocations are listed once per pass but each is read again right
 //! before it is acted on: an Allocate may answer, or a Release finish,
 //! while the pass works on an earlier one.
+//!
+//! Beside the passes, when `ManagerSettings::keep_released` is set, a loop
+//! of its own forgets released allocations older than that, hourly (a look
+//! at every allocation record is too much for every pass).
 
 use crate::cloud::{Server, META_INSTANCE};
 use crate::error::ManagerResult;
