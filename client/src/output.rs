@@ -420,6 +420,7 @@ pub struct AllocationView<'a> {
     ip_address: &'a str,
     timings: Option<TimingsView>,
     created_at: Option<String>,
+    released_at: Option<String>,
     labels: BTreeMap<&'a str, &'a str>,
 }
 
@@ -439,6 +440,7 @@ impl<'a> From<&'a api::Allocation> for AllocationView<'a> {
             ip_address: &a.ip_address,
             timings: a.timings.as_ref().map(Into::into),
             created_at: a.created_at.as_ref().map(|t| timestamp(t, true)),
+            released_at: a.released_at.as_ref().map(|t| timestamp(t, true)),
             labels: a
                 .labels
                 .iter()
@@ -635,6 +637,7 @@ pub(crate) mod tests {
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
+            released_at: None,
         }
     }
 
@@ -689,6 +692,7 @@ pub(crate) mod tests {
         assert_eq!(v["timings"]["volume"], "1s 250ms");
         assert_eq!(v["timings"]["wait"], Value::Null);
         assert_eq!(v["created_at"], "2025-11-24T16:00:00.123Z");
+        assert_eq!(v["released_at"], serde_json::Value::Null, "not released");
         assert_eq!(v["labels"], json!({"app": "billing", "tier": "gold"}));
         // Sorted labels make the text stable across runs (HashMap order is not).
         let text = serde_json::to_string(&v["labels"]).unwrap();

@@ -354,6 +354,9 @@ pub fn allocation_detail(a: &api::Allocation) -> String {
         ),
         ("labels", cell(&labels.join(", "))),
     ];
+    if let Some(t) = &a.released_at {
+        rows.insert(rows.len() - 1, ("released_at", timestamp(t, false)));
+    }
     if let Some(t) = &a.timings {
         // Step order, i.e. the order the server spends the time in.
         rows.push((
@@ -511,6 +514,17 @@ mod tests {
             text.contains(
                 "timings:    claim 3ms, volume 1s 250ms, port 400ms, verify 80ms, wait -, total 1s 733ms\n"
             ),
+            "{text}"
+        );
+        assert!(!text.contains("released_at"), "{text}");
+        let mut released = sample_allocation();
+        released.released_at = Some(prost_types::Timestamp {
+            seconds: 1_764_003_600,
+            nanos: 0,
+        });
+        let text = allocation_detail(&released);
+        assert!(
+            text.contains("released_at: 2025-11-24T17:00:00Z\nlabels:"),
             "{text}"
         );
     }

@@ -178,6 +178,7 @@ pub fn allocation(a: Allocation) -> api::Allocation {
         }),
         created_at: Some(timestamp(a.created_at)),
         labels: a.params.labels.into_iter().collect(),
+        released_at: a.released_at.map(timestamp),
     }
 }
 

@@ -528,9 +528,18 @@ async fn release_deletes_the_server_and_the_pool_refills() {
     assert_warm_hit(&b, "order-drop", "db.small", "az1");
     wait_ready(c, "db.small", "az1", 2).await;
 
+    assert_eq!(a.released_at, None);
     let released = c.release("order-keep", None).await.unwrap();
     assert_eq!(state(&released), api::AllocationState::Released);
     assert_eq!(released.server_id, a.server_id);
+    let (created, finished) = (
+        released.created_at.unwrap(),
+        released.released_at.expect("released_at is set at release"),
+    );
+    assert!(
+        (finished.seconds, finished.nanos) >= (created.seconds, created.nanos),
+        "{released:?}"
+    );
     // Idempotent: releasing again answers the same.
     assert_eq!(c.release("order-keep", None).await.unwrap(), released);
     assert_eq!(c.get_allocation("order-keep").await.unwrap(), released);
