@@ -44,17 +44,21 @@ async fn a_taken_grpc_port_fails_start_up_before_anything_is_written() {
     assert!(store.list_pools().await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn an_open_watch_ends_at_shutdown_instead_of_holding_it_up() {
+/// A daemon whose grace period no test waits out, so shutdown must not
+/// need it (`shut_down` fails unless the daemon stops within 30 s).
+async fn with_an_hour_of_grace() -> Daemon {
     let data = tempfile::tempdir().unwrap();
-    // A grace period no test waits out: shutdown must not need it.
-    // (`shut_down` fails unless the daemon stops within 30 s.)
     let text = config_text(data.path(), &[("db.small", "az1", 1, 2)]).replacen(
         r#"shutdown_grace = "5s""#,
         r#"shutdown_grace = "1h""#,
         1,
     );
-    let d = Daemon::start_text(&text, data).await;
+    Daemon::start_text(&text, data).await
+}
+
+#[tokio::test]
+async fn an_open_watch_ends_at_shutdown_instead_of_holding_it_up() {
+    let d = with_an_hour_of_grace().await;
     let mut watch = d.client.watch_pools().await.unwrap();
     tokio::time::timeout(PATIENCE, watch.next())
         .await
@@ -91,14 +95,7 @@ async fn health_watches_see_not_serving_and_end_at_shutdown() {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
 
-    let data = tempfile::tempdir().unwrap();
-    // As above: `shut_down` fails unless the daemon stops within 30 s.
-    let text = config_text(data.path(), &[("db.small", "az1", 1, 2)]).replacen(
-        r#"shutdown_grace = "5s""#,
-        r#"shutdown_grace = "1h""#,
-        1,
-    );
-    let d = Daemon::start_text(&text, data).await;
+    let d = with_an_hour_of_grace().await;
     let channel =
         tonic::transport::Endpoint::from_shared(format!("http://{}", d.running.grpc_addr))
             .unwrap()
