@@ -314,27 +314,29 @@ fn list<T: DeserializeOwned>(tree: &sled::Tree) -> StoreResult<Vec<T>> {
 }
 
 /// Swaps `key` from `expected` to `new` if the stored record *is*
-/// `expected`: compared as values, then swapped against the bytes read, so
-/// a change in between still fails the swap. Comparing encodings instead
-/// would never match a record whose stored bytes differ from what this
-/// version writes for the same value (a field added since with a serde
-/// default, another field order), and every update loop would spin on it.
+/// `expected`. The common case is one byte-wise swap. Only when the stored
+/// bytes differ are they decoded and compared as a value, and the swap is
+/// tried again against the bytes read (a change in between still fails it):
+/// a record stored in other bytes for the same value (one from before a
+/// field with a serde default was added, another field order) would
+/// otherwise never match, and every update loop would spin on it.
 fn cas<T: Serialize + DeserializeOwned + PartialEq>(
     tree: &sled::Tree,
     key: &[u8],
     expected: Option<&T>,
     new: Option<&T>,
 ) -> StoreResult<bool> {
-    let current = tree.get(key)?;
-    let matches = match (&current, expected) {
-        (None, None) => true,
+    let Err(mismatch) = tree.compare_and_swap(key, expected.map(encode), new.map(encode))? else {
+        return Ok(true);
+    };
+    let same_value = match (&mismatch.current, expected) {
         (Some(bytes), Some(expected)) => decode::<T>(key, bytes)? == *expected,
         _ => false,
     };
-    if !matches {
+    if !same_value {
         return Ok(false);
     }
-    let swapped = tree.compare_and_swap(key, current, new.map(encode))?;
+    let swapped = tree.compare_and_swap(key, mismatch.current, mismatch.proposed)?;
     Ok(swapped.is_ok())
 }
 
