@@ -510,7 +510,9 @@ impl Shared {
     ) -> ManagerResult<Allocation> {
         let params = record.get().await.params;
         // Fail fast before creating anything the answer would not use.
-        if policy == EmptyPoolPolicy::FailFast && !self.has_ready(&params.pool).await? {
+        if policy == EmptyPoolPolicy::FailFast
+            && self.unclaimed_ready(&params.pool).await?.is_empty()
+        {
             return Err(self.no_ready_instance(&params.pool));
         }
         self.create_tenant_resources(record, deadline).await?;
@@ -654,15 +656,19 @@ impl Shared {
         ManagerError::ResourceExhausted(format!("pool {pool} has no ready instance"))
     }
 
-    /// Whether the pool has a Ready instance nobody has claimed (a hint: a
-    /// purchase may take it before this one does).
-    async fn has_ready(&self, pool: &PoolKey) -> ManagerResult<bool> {
-        Ok(self
+    /// The pool's Ready instances nobody has claimed, oldest first (so
+    /// instances do not age out unused). A purchase may take one before
+    /// this one claims it.
+    async fn unclaimed_ready(&self, pool: &PoolKey) -> ManagerResult<Vec<Instance>> {
+        let mut ready: Vec<Instance> = self
             .store
             .list_untouched_instances(pool)
             .await?
-            .iter()
-            .any(|i| i.state == InstanceState::Ready && i.request_id.is_none()))
+            .into_iter()
+            .filter(|i| i.state == InstanceState::Ready && i.request_id.is_none())
+            .collect();
+        ready.sort_by_key(|i| i.ready_at);
+        Ok(ready)
     }
 
     /// Creates the tenant's new volume (until it is available) and its
@@ -719,16 +725,7 @@ impl Shared {
 
     /// Claims one Ready instance of the pool by compare-and-swap.
     async fn claim_ready(&self, params: &AllocationParams) -> ManagerResult<Option<Instance>> {
-        let mut ready: Vec<Instance> = self
-            .store
-            .list_untouched_instances(&params.pool)
-            .await?
-            .into_iter()
-            .filter(|i| i.state == InstanceState::Ready && i.request_id.is_none())
-            .collect();
-        // Oldest first, so instances do not age out unused.
-        ready.sort_by_key(|i| i.ready_at);
-        for instance in ready {
+        for instance in self.unclaimed_ready(&params.pool).await? {
             let mut claimed = instance.clone();
             claimed.state = InstanceState::Claimed;
             claimed.request_id = Some(params.request_id.clone());
