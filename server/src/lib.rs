@@ -19,6 +19,12 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use warmpool_proto::v1::warm_pool_server::WarmPoolServer;
 
+/// [`start`]'s error when `shutdown` resolved before serving began: nothing
+/// failed, the daemon was asked to stop (and did, with the store flushed).
+#[derive(Debug, thiserror::Error)]
+#[error("asked to shut down during start-up")]
+pub struct StoppedDuringStartUp;
+
 /// A started daemon: its bound addresses and the task serving it.
 pub struct Running {
     pub grpc_addr: SocketAddr,
@@ -35,11 +41,14 @@ pub struct Running {
 /// in-flight ones finish (up to the grace period), stops the background
 /// tasks, flushes the store and stops serving metrics. A start-up that
 /// fails after the background tasks started stops them again, so the
-/// store's lock is free for the next try.
+/// store's lock is free for the next try; so does one that `shutdown`
+/// interrupts while it checks the cloud or reconciles (the error is then
+/// [`StoppedDuringStartUp`]).
 pub async fn start(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
+    let mut shutdown = Box::pin(shutdown);
     // Listeners first: a taken port fails start-up before anything boots,
     // and the start-up reconcile is already observable in the metrics.
     let metrics = Arc::new(metrics::Metrics::new());
@@ -63,66 +72,12 @@ pub async fn start(
             .context("the store's opening thread panicked")?
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
     );
-    let (cloud, probe, sim): (Arc<dyn pool_manager::cloud::Cloud>, Arc<dyn Probe>, _) =
-        match &config.cloud {
-            CloudConfig::Embedded {
-                time_scale,
-                iops_throttled,
-                seed,
-            } => {
-                let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
-                    time_scale: *time_scale,
-                    iops_throttled: *iops_throttled,
-                    seed: *seed,
-                    ..cloudsim::SimConfig::default()
-                });
-                tracing::info!(
-                    time_scale,
-                    iops_throttled,
-                    "running on the embedded simulated cloud"
-                );
-                (
-                    sim.clone(),
-                    Arc::new(MysqlGreetingProbe::default()),
-                    Some(sim),
-                )
-            }
-            CloudConfig::OpenStack(os) => {
-                // The cloud is checked before anything boots: credentials,
-                // flavors, images or networks that are wrong never heal, so
-                // they stop start-up; a short quota only limits how far the
-                // pools fill, so it is a warning.
-                let (report, cloud) = check_cloud::check(&config, os).await;
-                for line in &report.checks {
-                    if line.ok {
-                        tracing::info!("cloud check: {line}");
-                    } else {
-                        tracing::warn!("cloud check: {line}");
-                    }
-                }
-                let blocking = report.blocking_failures();
-                let cloud = match cloud {
-                    Some(cloud) if blocking.is_empty() => cloud,
-                    _ => {
-                        let lines: Vec<String> = blocking.iter().map(|c| c.to_string()).collect();
-                        anyhow::bail!(
-                            "the OpenStack cloud is not usable (run `warmpoold check-cloud` for the full report): {}",
-                            lines.join("; ")
-                        );
-                    }
-                };
-                tracing::info!(
-                    identity = cloud.identity(),
-                    nova_microversion = %cloud.compute_microversion(),
-                    "running on OpenStack"
-                );
-                (
-                    Arc::new(cloud),
-                    Arc::new(MysqlGreetingProbe::default()),
-                    None,
-                )
-            }
-        };
+    // The cloud check can wait on an unreachable cloud up to its request
+    // timeout; a shutdown asked for meanwhile ends start-up here.
+    let (cloud, probe, sim) = tokio::select! {
+        built = build_cloud(&config) => built?,
+        () = &mut shutdown => return Err(StoppedDuringStartUp.into()),
+    };
     let cloud = Arc::new(metrics::MeteredCloud::new(cloud, metrics.clone()));
     let manager = PoolManager::new(store, cloud, probe, config.manager.settings());
     // Subscribed before start, so start-up boots and leaks are counted.
@@ -158,7 +113,14 @@ pub async fn start(
             manager.clone(),
             stopping_rx,
         )));
-    if let Err(e) = start_pools(&manager, &config).await {
+    // The start-up reconcile visits every instance in the store; a shutdown
+    // asked for meanwhile stops it where it is (as a crash there would,
+    // which the next start's reconcile resumes from).
+    let started = tokio::select! {
+        started = start_pools(&manager, &config) => started,
+        () = &mut shutdown => Err(StoppedDuringStartUp.into()),
+    };
+    if let Err(e) = started {
         // The background tasks hold the store: stop them, or they keep
         // booting and the next start finds the data dir locked.
         if let Err(stop) = manager.shutdown().await {
@@ -265,5 +227,76 @@ impl<T> AbortOnDrop<T> {
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// What [`build_cloud`] builds: the cloud, the readiness probe and, for the
+/// embedded cloud, the simulator itself.
+type BuiltCloud = (
+    Arc<dyn pool_manager::cloud::Cloud>,
+    Arc<dyn Probe>,
+    Option<Arc<cloudsim::SimCloud>>,
+);
+
+/// The configured cloud; an OpenStack cloud is checked first.
+async fn build_cloud(config: &Config) -> anyhow::Result<BuiltCloud> {
+    match &config.cloud {
+        CloudConfig::Embedded {
+            time_scale,
+            iops_throttled,
+            seed,
+        } => {
+            let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
+                time_scale: *time_scale,
+                iops_throttled: *iops_throttled,
+                seed: *seed,
+                ..cloudsim::SimConfig::default()
+            });
+            tracing::info!(
+                time_scale,
+                iops_throttled,
+                "running on the embedded simulated cloud"
+            );
+            Ok((
+                sim.clone(),
+                Arc::new(MysqlGreetingProbe::default()),
+                Some(sim),
+            ))
+        }
+        CloudConfig::OpenStack(os) => {
+            // The cloud is checked before anything boots: credentials,
+            // flavors, images or networks that are wrong never heal, so
+            // they stop start-up; a short quota only limits how far the
+            // pools fill, so it is a warning.
+            let (report, cloud) = check_cloud::check(config, os).await;
+            for line in &report.checks {
+                if line.ok {
+                    tracing::info!("cloud check: {line}");
+                } else {
+                    tracing::warn!("cloud check: {line}");
+                }
+            }
+            let blocking = report.blocking_failures();
+            let cloud = match cloud {
+                Some(cloud) if blocking.is_empty() => cloud,
+                _ => {
+                    let lines: Vec<String> = blocking.iter().map(|c| c.to_string()).collect();
+                    anyhow::bail!(
+                        "the OpenStack cloud is not usable (run `warmpoold check-cloud` for the full report): {}",
+                        lines.join("; ")
+                    );
+                }
+            };
+            tracing::info!(
+                identity = cloud.identity(),
+                nova_microversion = %cloud.compute_microversion(),
+                "running on OpenStack"
+            );
+            Ok((
+                Arc::new(cloud),
+                Arc::new(MysqlGreetingProbe::default()),
+                None,
+            ))
+        }
     }
 }

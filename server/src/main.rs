@@ -73,7 +73,14 @@ async fn main() -> anyhow::Result<()> {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
-    let running = warmpool_server::start(config, shutdown_signal()).await?;
+    let running = match warmpool_server::start(config, shutdown_signal()?).await {
+        Ok(running) => running,
+        Err(e) if e.is::<warmpool_server::StoppedDuringStartUp>() => {
+            tracing::info!("stopped during start-up, as asked");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     running.served.await.context("server task")??;
     Ok(())
 }
@@ -93,17 +100,26 @@ async fn check_cloud(config: &Config) -> i32 {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGINT or SIGTERM. The handlers are installed here, before
+/// start-up, so that a signal during the cloud check or the start-up
+/// reconcile stops warmpoold in order instead of killing it.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate =
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut interrupt =
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

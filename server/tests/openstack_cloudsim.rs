@@ -1019,6 +1019,108 @@ async fn warmpoold_check_cloud_prints_and_exits_by_the_result() {
     );
 }
 
+/// Waits (up to a minute) until `done` holds; panics naming `what` if it never does.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("waited a minute for {what}");
+}
+
+/// A shutdown asked for while the cloud check waits on a cloud that does not
+/// answer ends start-up at once, instead of after the request timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_during_the_cloud_check_ends_start_up() {
+    init_tracing();
+    let env = env().await;
+    env.sim.faults().hang_after_calls(0);
+    let config = env.config(r#"request_timeout = "1h""#, SMALL_POOL);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let starting = tokio::spawn(warmpool_server::start(config, async {
+        let _ = stopped.await;
+    }));
+    wait_until("the cloud check's first call", || env.sim.total_calls() > 0).await;
+    let _ = stop.send(());
+    let err = match tokio::time::timeout(Duration::from_secs(30), starting)
+        .await
+        .expect("start-up did not end within 30 s of the shutdown")
+        .unwrap()
+    {
+        Ok(_) => panic!("started serving although the cloud never answered"),
+        Err(e) => e,
+    };
+    assert!(err.is::<warmpool_server::StoppedDuringStartUp>(), "{err:#}");
+}
+
+/// SIGTERM while the start-up reconcile waits on the cloud stops warmpoold
+/// in order (exit code 0, the store flushed and its lock let go) instead of
+/// killing it; the configured pool, created only after the reconcile, is
+/// not, so nothing boots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_the_start_up_reconcile_stops_warmpoold_in_order() {
+    init_tracing();
+    let env = env().await;
+    let text = env.config_text(r#"request_timeout = "1h""#, SMALL_POOL);
+    // The daemon's cloud check makes the same calls as this one; the call
+    // after them is the reconcile's listing of the pool servers, and hangs.
+    let config = Config::parse(&text).unwrap();
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert!(report.passed(), "{report}");
+    let check_calls = env.sim.call_counts();
+    env.sim.reset_call_counts();
+    env.sim
+        .faults()
+        .hang_after_calls(check_calls.values().sum());
+
+    let path = env.dir.path().join("warmpoold.toml");
+    std::fs::write(&path, &text).unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+        .arg("--config")
+        .arg(&path)
+        .env_remove("OS_CLOUD")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let listed_by_check = check_calls.get("list_servers_detail").copied().unwrap_or(0);
+    wait_until("the start-up reconcile's listing", || {
+        env.sim
+            .call_counts()
+            .get("list_servers_detail")
+            .copied()
+            .unwrap_or(0)
+            > listed_by_check
+    })
+    .await;
+    let pid = child.id().expect("warmpoold is running").to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("warmpoold did not stop within 30 s of SIGTERM")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{:?}\n{stderr}", out.status);
+    assert!(stderr.contains("stopped during start-up"), "{stderr}");
+
+    let dir = env.dir.path().join("data");
+    let store = tokio::task::spawn_blocking(move || pool_manager::store::SledStore::open(&dir))
+        .await
+        .unwrap()
+        .expect("the stopped daemon let go of the store");
+    use pool_manager::store::Store;
+    assert!(store.list_pools().await.unwrap().is_empty());
+    assert!(env.sim.servers().is_empty());
+}
+
 /// The daemon checks the cloud before serving: an unusable one stops start-up
 /// with the problem named; a usable one fills its pools over HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
