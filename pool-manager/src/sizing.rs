@@ -71,6 +71,12 @@ pub const DEFAULT_LEAD_MAX_AGE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_DEMAND_SHORT: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_DEMAND_LONG: Duration = Duration::from_secs(3600);
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(15 * 60);
+/// The longest prior lead time (a pool's boot timeout is at most a day, too).
+pub const MAX_PRIOR_LEAD_TIME: Duration = Duration::from_secs(24 * 3600);
+/// The longest a completed boot, a demand EWMA's time constant, counts.
+pub const MAX_SIZING_MEMORY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The longest cooldown of a lower forecast.
+pub const MAX_COOLDOWN: Duration = Duration::from_secs(24 * 3600);
 /// With fewer completed boots than this, the prior still bounds p90 from below.
 const MIN_OBSERVED: usize = 3;
 
@@ -125,7 +131,9 @@ impl SizingSettings {
 
     /// Refuses settings the estimators cannot work with (a service level
     /// that maps to no finite z, a zero time constant or window, a short
-    /// EWMA slower than the long one), so whoever builds them can say which.
+    /// EWMA slower than the long one, durations beyond any sensible setting
+    /// that would overflow time arithmetic), so whoever builds them can say
+    /// which.
     pub fn validate(&self) -> Result<(), InvalidSizing> {
         let invalid = |m: String| Err(InvalidSizing(m));
         if !(self.service_level >= 0.5 && self.service_level < 1.0) {
@@ -145,6 +153,21 @@ impl SizingSettings {
         ] {
             if d.is_zero() {
                 return invalid(format!("{name} must be positive"));
+            }
+        }
+        for (name, d, max) in [
+            ("prior_lead_time", self.prior_lead_time, MAX_PRIOR_LEAD_TIME),
+            ("lead_max_age", self.lead_max_age, MAX_SIZING_MEMORY),
+            ("demand_short", self.demand_short, MAX_SIZING_MEMORY),
+            ("demand_long", self.demand_long, MAX_SIZING_MEMORY),
+            ("cooldown", self.cooldown, MAX_COOLDOWN),
+        ] {
+            if d > max {
+                return invalid(format!(
+                    "{name} must be at most {}, got {}",
+                    humantime::format_duration(max),
+                    humantime::format_duration(d)
+                ));
             }
         }
         if self.demand_short > self.demand_long {
@@ -353,9 +376,9 @@ pub fn lead_time_prior(
     let mysqld = data.map_or(1.0, |iops| stretch(CALIBRATED_MYSQLD_STRETCH, iops));
     let factor = NOVA_SHARE * nova + (1.0 - NOVA_SHARE) * mysqld;
     // A pathological limit (1 IOPS) must not overflow: a day is plenty.
-    unthrottled
-        .mul_f64(factor.clamp(1.0, 1e6))
-        .min(Duration::from_secs(24 * 3600).max(unthrottled))
+    let stretched = Duration::try_from_secs_f64(unthrottled.as_secs_f64() * factor.clamp(1.0, 1e6))
+        .unwrap_or(Duration::MAX);
+    stretched.min(MAX_PRIOR_LEAD_TIME.max(unthrottled))
 }
 
 /// The prior of a pool with this spec.

@@ -699,6 +699,10 @@ fn iops_limits_set_the_lead_time_prior() {
     let tight = lead_time_prior(base, Some(1_000), Some(1_000));
     assert!(tight > both * 4, "{tight:?}");
     assert!(lead_time_prior(base, Some(1), Some(1)) <= secs(24 * 3600));
+    // However long the prior (settings are bounded, the function is not),
+    // stretching it saturates instead of overflowing a Duration.
+    let huge = Duration::from_secs(u64::MAX / 4);
+    assert_eq!(lead_time_prior(huge, Some(1), Some(1)), huge);
 
     // Before any boot the estimate is that prior; boots observed replace it.
     let settings = SizingSettings::default();
@@ -1387,7 +1391,7 @@ async fn an_iops_limited_pool_starts_from_the_iops_prior() {
 fn sizing_settings_out_of_range_are_refused_by_name() {
     assert_eq!(SizingSettings::default().validate(), Ok(()));
     type Spoil = fn(&mut SizingSettings);
-    let cases: [(Spoil, &str); 7] = [
+    let cases: [(Spoil, &str); 12] = [
         (|s| s.service_level = 1.0, "service_level"),
         (|s| s.service_level = 0.3, "service_level"),
         (|s| s.service_level = f64::NAN, "service_level"),
@@ -1397,6 +1401,30 @@ fn sizing_settings_out_of_range_are_refused_by_name() {
         (
             |s| s.demand_short = Duration::from_secs(7200),
             "demand_short (2h)",
+        ),
+        // Upper bounds: far beyond any sensible setting, short of overflow.
+        (
+            |s| s.prior_lead_time = Duration::from_secs(u64::MAX / 4),
+            "prior_lead_time must be at most 1day",
+        ),
+        (
+            |s| s.lead_max_age = Duration::from_secs(8 * 86400),
+            "lead_max_age must be at most 7days",
+        ),
+        (
+            |s| {
+                s.demand_short = Duration::from_secs(8 * 86400);
+                s.demand_long = Duration::from_secs(8 * 86400);
+            },
+            "demand_short must be at most 7days",
+        ),
+        (
+            |s| s.demand_long = Duration::from_secs(8 * 86400),
+            "demand_long must be at most 7days",
+        ),
+        (
+            |s| s.cooldown = Duration::from_secs(2 * 86400),
+            "cooldown must be at most 1day",
         ),
     ];
     for (spoil, name) in cases {

@@ -1001,6 +1001,9 @@ mod tests {
             ("[manager]\nquota_poll_interval = \"100000000000y\"".to_owned(), "manager.quota_poll_interval must be at most 1h"),
             ("[cloud]\nkind = \"embedded\"\ntime_scale = 1e300".to_owned(), "cloud.time_scale must be a positive number at most 100"),
             ("[manager]\nkeep_released = \"1h\"".to_owned(), "manager.keep_released must be at least 1day"),
+            ("[manager]\nprior_lead_time = \"100000000y\"".to_owned(), "manager.prior_lead_time must be at most 1day"),
+            ("[manager]\ncooldown = \"100000000000y\"".to_owned(), "manager.cooldown must be at most 1day"),
+            ("[manager]\ndemand_long = \"30days\"".to_owned(), "manager.demand_long must be at most 7days"),
             ("[manager]\nkeep_released = \"forever\"".to_owned(), "keep_released"),
         ] {
             let err = Config::parse(&text).unwrap_err().to_string();
