@@ -400,7 +400,7 @@ impl Shared {
             if pool.draining {
                 return Err(ManagerError::PoolNotFound(params.pool.clone()));
             }
-            if let Err(e) = self.fence_volume(params).await {
+            if let Err(e) = self.fence_volume(params, deadline).await {
                 // Counted like any failed Allocate (the pool is known, so
                 // its label is one the metrics already have).
                 self.emit(
@@ -472,11 +472,18 @@ impl Shared {
     }
 
     /// A volume that is not `available` in the pool's AZ is never attached.
-    async fn fence_volume(&self, params: &AllocationParams) -> ManagerResult<()> {
+    async fn fence_volume(
+        &self,
+        params: &AllocationParams,
+        deadline: Instant,
+    ) -> ManagerResult<()> {
         let VolumeSource::Existing { volume_id } = &params.volume.source else {
             return Ok(());
         };
-        let volume = match self.cloud.get_volume(volume_id).await {
+        let volume = match self
+            .retry(deadline, || self.cloud.get_volume(volume_id))
+            .await
+        {
             Ok(volume) => volume,
             Err(CloudError::NotFound(_)) => {
                 return Err(ManagerError::FailedPrecondition(format!(

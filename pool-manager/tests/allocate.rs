@@ -362,6 +362,45 @@ async fn a_volume_in_use_is_never_attached() {
     assert!(!allocation.volume_created);
 }
 
+/// The check of the tenant's existing volume waits out a 429 and a 503 like
+/// every other call of the purchase, instead of failing it at once.
+#[tokio::test(start_paused = true)]
+async fn the_existing_volume_check_waits_out_throttling_and_transient_errors() {
+    let sim = sim();
+    let answered = std::sync::Mutex::new(0);
+    let cloud = GatedCloud::with_fault(&sim, move |method| {
+        if method != "get_volume" {
+            return None;
+        }
+        let mut answered = answered.lock().unwrap();
+        *answered += 1;
+        match *answered {
+            1 => Some(pool_manager::cloud::CloudError::Throttled {
+                retry_after: Some(Duration::from_secs(3)),
+                message: "get_volume: slow down".into(),
+            }),
+            2 => Some(pool_manager::cloud::CloudError::Transient(
+                "503 Service Unavailable".into(),
+            )),
+            _ => None,
+        }
+    });
+    let manager = started_paused(&cloud, temp_store(), 2).await;
+    let volume = sim.create_volume_for_test("tenant-a", "az1", 10);
+    let order = request(
+        "order-fence-429",
+        VolumeSource::Existing {
+            volume_id: volume.clone(),
+        },
+        EmptyPoolPolicy::FailFast,
+    );
+    let allocation = manager.allocate(order).await.unwrap();
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    assert!(allocation.warm_hit);
+    assert_eq!(allocation.volume_id, Some(volume));
+    assert_consistent(&sim, &manager).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn release_deletes_the_server_and_the_pool_refills() {
     let sim = sim();
