@@ -241,7 +241,8 @@ impl AbsoluteLimits {
             if quota.max < 0 {
                 continue;
             }
-            let free = (quota.max - quota.used).max(0) as u64;
+            // A negative use is garbage; it must not add to the room.
+            let free = quota.max.saturating_sub(quota.used.max(0)).max(0) as u64;
             let fits = free.checked_div(need).unwrap_or(u64::MAX);
             if !matches!(&best, Some((n, _)) if fits >= *n) {
                 let unit = if quota.resource == "ram" { " MiB" } else { "" };
@@ -423,6 +424,16 @@ mod tests {
             ..AbsoluteLimits::default()
         };
         assert_eq!(unlimited.headroom(&small), BootHeadroom::UNLIMITED);
+        // A garbled answer (a negative use, extreme numbers) reads as what
+        // the max alone allows, without overflowing.
+        let garbled = AbsoluteLimits {
+            max_total_instances: i64::MAX,
+            total_instances_used: i64::MIN,
+            max_total_cores: -1,
+            max_total_ram_size: -1,
+            ..AbsoluteLimits::default()
+        };
+        assert_eq!(garbled.headroom(&small).servers, Some(i64::MAX as u64));
     }
 
     #[test]
