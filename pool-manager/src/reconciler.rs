@@ -2,7 +2,8 @@
 //! the API serves mutations) and periodically. It finishes or rolls back what
 //! a crash interrupted, resumes boots, and deletes servers the store does not
 //! know. Every action is idempotent: a crash mid-reconcile is repaired by the
-//! next pass.
+//! next pass. A repair the cloud refuses fails that item alone (logged, and
+//! tried again by the next pass); the pass goes on to the others.
 //!
 //! | store says | cloud says | action |
 //! |---|---|---|
@@ -26,11 +27,27 @@
 //! at every allocation record is too much for every pass).
 
 use crate::cloud::{Server, META_INSTANCE};
-use crate::error::ManagerResult;
+use crate::error::{ManagerError, ManagerResult};
 use crate::manager::Shared;
 use crate::model::{AllocationState, InstanceState};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+
+/// What one item of a pass came to. A cloud that keeps refusing one
+/// repair (a locked server, a volume stuck detaching) fails that item only:
+/// it is logged and retried by the next pass, and the pass goes on, so one
+/// stuck item keeps neither the others nor a restart (whose start-up pass
+/// this is too) from being repaired. A failing store ends the pass.
+fn go_on<T>(result: ManagerResult<T>, doing: &str, what: &str) -> ManagerResult<Option<T>> {
+    match result {
+        Ok(done) => Ok(Some(done)),
+        Err(e @ ManagerError::Store(_)) => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "{doing} {what} failed; the next reconcile pass retries");
+            Ok(None)
+        }
+    }
+}
 
 impl Shared {
     pub(crate) async fn forget_loop(self: &Arc<Self>) {
@@ -95,13 +112,15 @@ impl Shared {
                 AllocationState::Allocating => {
                     if let Some(allocation) = self.abandoned_allocation(request_id).await? {
                         tracing::warn!(request_id, "rolling back interrupted allocation");
-                        self.roll_back(&allocation).await?;
+                        let rolled_back = self.roll_back(&allocation).await;
+                        go_on(rolled_back, "rolling back allocation", request_id)?;
                     }
                 }
                 AllocationState::Releasing => {
                     if let Some(allocation) = self.store.get_allocation(request_id).await? {
                         if allocation.state == AllocationState::Releasing {
-                            self.finish_release(allocation).await?;
+                            let released = self.finish_release(allocation).await.map(drop);
+                            go_on(released, "finishing the release of", request_id)?;
                         }
                     }
                 }
@@ -197,21 +216,25 @@ impl Shared {
                         _ => {
                             tracing::warn!(instance = %instance.id, request_id = request, "claimed instance without a live allocation; discarding");
                             // Only as listed: the listing may be stale by now.
-                            self.discard_instance_if(
-                                &instance.id,
-                                "claim without allocation",
-                                |current| {
-                                    current.state == InstanceState::Claimed
-                                        && current.request_id == instance.request_id
-                                },
-                            )
-                            .await?;
+                            let discarded = self
+                                .discard_instance_if(
+                                    &instance.id,
+                                    "claim without allocation",
+                                    |current| {
+                                        current.state == InstanceState::Claimed
+                                            && current.request_id == instance.request_id
+                                    },
+                                )
+                                .await
+                                .map(drop);
+                            go_on(discarded, "discarding instance", &instance.id)?;
                         }
                     }
                 }
                 InstanceState::Failed | InstanceState::Deleting => {
                     if !driving {
-                        self.finish_delete(instance).await?;
+                        let deleted = self.finish_delete(instance).await;
+                        go_on(deleted, "deleting instance", &instance.id)?;
                     }
                 }
                 InstanceState::Ready | InstanceState::Allocated | InstanceState::Releasing => {}
@@ -239,10 +262,18 @@ impl Shared {
                     .get(META_INSTANCE)
                     .is_some_and(|id| awaiting_server.contains(id.as_str()));
             if !owned {
-                // The LeakDeleted event logs it once done; a failed delete
-                // fails the pass, which logs the error.
+                // The LeakDeleted event logs it once done.
                 tracing::debug!(server = %server.id, name = %server.name, "deleting leaked server");
-                self.cloud.delete_server(&server.id).await?;
+                let deleted = self.cloud.delete_server(&server.id).await;
+                if go_on(
+                    deleted.map_err(Into::into),
+                    "deleting leaked server",
+                    &server.id,
+                )?
+                .is_none()
+                {
+                    continue;
+                }
                 let pool = self
                     .store
                     .list_pools()

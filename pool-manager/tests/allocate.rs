@@ -488,6 +488,64 @@ async fn boot_errors_are_replaced_and_leaks_are_deleted() {
     assert_eq!(sim.servers().len(), 2);
 }
 
+/// A release the cloud keeps refusing (a locked port) fails only itself:
+/// the reconcile pass still deletes a leak, a restart still starts, and
+/// the release finishes once the cloud lets it.
+#[tokio::test(start_paused = true)]
+async fn a_release_the_cloud_keeps_refusing_stops_neither_reconcile_nor_restart() {
+    use std::sync::Arc;
+    let sim = sim();
+    let refusing = Arc::new(AtomicBool::new(false));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let refusing = refusing.clone();
+        move |method| {
+            (method == "delete_port" && refusing.load(Ordering::SeqCst))
+                .then(|| pool_manager::cloud::CloudError::Fatal("port is locked".into()))
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let manager = started_paused(&cloud, open_store(dir.path()), 2).await;
+    manager
+        .allocate(request(
+            "order-stuck",
+            new_volume(),
+            EmptyPoolPolicy::FailFast,
+        ))
+        .await
+        .unwrap();
+    refusing.store(true, Ordering::SeqCst);
+    assert!(manager.release("order-stuck", None).await.is_err());
+
+    let leak = sim.inject_leak(&pool());
+    manager.reconcile().await.unwrap();
+    assert!(
+        !sim.servers().iter().any(|s| s.server.id == leak),
+        "a stuck release kept the pass from deleting a leaked server"
+    );
+
+    manager.shutdown().await.unwrap();
+    drop(manager);
+    let manager = pool_manager::PoolManager::new(
+        open_store(dir.path()),
+        cloud.clone(),
+        Arc::new(sim.probe()),
+        settings(),
+    );
+    manager.start().await.unwrap();
+    assert_eq!(
+        manager.get_allocation("order-stuck").await.unwrap().state,
+        AllocationState::Releasing
+    );
+
+    refusing.store(false, Ordering::SeqCst);
+    manager.reconcile().await.unwrap();
+    assert_eq!(
+        manager.get_allocation("order-stuck").await.unwrap().state,
+        AllocationState::Released
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_twin_server_of_an_instance_is_deleted() {
     use pool_manager::cloud::{Cloud, ServerSpec, META_INSTANCE, META_POOL};
