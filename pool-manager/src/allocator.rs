@@ -90,7 +90,19 @@ impl PoolManager {
                     "allocation {request_id} is still in progress; release it once Allocate has answered"
                 )))
             }
-            AllocationState::Allocated | AllocationState::Releasing => {}
+            AllocationState::Allocated => {}
+            AllocationState::Releasing => {
+                // Decided when the release began; its volume may be gone.
+                if let (Some(asked), Some(decided)) =
+                    (delete_volume, allocation.delete_volume_on_release)
+                {
+                    if asked != decided {
+                        return Err(ManagerError::Aborted(format!(
+                            "allocation {request_id} is already being released with delete_volume={decided}; a release cannot change that"
+                        )));
+                    }
+                }
+            }
         }
         let mut releasing = allocation.clone();
         releasing.state = AllocationState::Releasing;

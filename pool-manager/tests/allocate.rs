@@ -546,6 +546,56 @@ async fn a_release_the_cloud_keeps_refusing_stops_neither_reconcile_nor_restart(
     assert_consistent(&sim, &manager).await;
 }
 
+/// A release under way keeps the volume decision it began with: a second
+/// Release asking for the other one is refused and changes nothing.
+#[tokio::test(start_paused = true)]
+async fn a_release_under_way_keeps_its_volume_decision() {
+    use std::sync::Arc;
+    let sim = sim();
+    let refusing = Arc::new(AtomicBool::new(true));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let refusing = refusing.clone();
+        move |method| {
+            (method == "delete_port" && refusing.load(Ordering::SeqCst))
+                .then(|| pool_manager::cloud::CloudError::Fatal("port is locked".into()))
+        }
+    });
+    let manager = started_paused(&cloud, temp_store(), 2).await;
+    let allocation = manager
+        .allocate(request(
+            "order-keep",
+            new_volume(),
+            EmptyPoolPolicy::FailFast,
+        ))
+        .await
+        .unwrap();
+    let volume = allocation.volume_id.clone().unwrap();
+    // Stops half-way, Releasing, with the volume to be deleted.
+    assert!(manager.release("order-keep", Some(true)).await.is_err());
+    let releasing = manager.get_allocation("order-keep").await.unwrap();
+    assert_eq!(releasing.state, AllocationState::Releasing);
+    assert_eq!(releasing.delete_volume_on_release, Some(true));
+
+    let err = manager
+        .release("order-keep", Some(false))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ManagerError::Aborted(_)), "{err}");
+    assert!(err.to_string().contains("delete_volume=true"), "{err}");
+    assert_eq!(
+        manager.get_allocation("order-keep").await.unwrap(),
+        releasing
+    );
+
+    // The same decision, or none, finishes it.
+    refusing.store(false, Ordering::SeqCst);
+    let released = manager.release("order-keep", None).await.unwrap();
+    assert_eq!(released.state, AllocationState::Released);
+    assert_eq!(released.delete_volume_on_release, Some(true));
+    assert!(!sim.volumes().iter().any(|v| v.id == volume));
+    assert_consistent(&sim, &manager).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_twin_server_of_an_instance_is_deleted() {
     use pool_manager::cloud::{Cloud, ServerSpec, META_INSTANCE, META_POOL};
