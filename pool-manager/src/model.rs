@@ -474,10 +474,23 @@ pub struct Allocation {
     /// stored before this field existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_at: Option<SystemTime>,
+    /// Tells this use of the request id from an earlier one that
+    /// `keep_released` forgot (whose tenant may still keep its volume):
+    /// the volume and port of each are named apart, so a rollback or a
+    /// lost create's lookup by name never takes the other's. `None` in
+    /// records stored before it existed; their names are the request id's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<String>,
 }
 
 impl Allocation {
     pub fn new(params: AllocationParams) -> Self {
+        let created_at = SystemTime::now();
+        // Uses of one id are at least `keep_released` (a day) apart.
+        let attempt = created_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
         Self {
             params,
             state: AllocationState::Allocating,
@@ -489,21 +502,22 @@ impl Allocation {
             port_id: None,
             ip_address: None,
             timings: StepTimings::default(),
-            created_at: SystemTime::now(),
+            created_at,
             delete_volume_on_release: None,
             released_at: None,
+            attempt: Some(format!("{attempt:x}")),
         }
     }
 
     /// The name given to the volume and port warmpool creates for this
     /// request, so a crash between create and record can still find them.
     pub fn resource_name(&self) -> String {
-        resource_name(&self.params.request_id)
+        let request_id = &self.params.request_id;
+        match &self.attempt {
+            Some(attempt) => format!("warmpool-{request_id}-{attempt}"),
+            None => format!("warmpool-{request_id}"),
+        }
     }
-}
-
-pub fn resource_name(request_id: &str) -> String {
-    format!("warmpool-{request_id}")
 }
 
 #[cfg(test)]
@@ -523,6 +537,38 @@ mod tests {
             iops_limit: None,
             volume_iops_limit: None,
         }
+    }
+
+    #[test]
+    fn resources_are_named_per_use_of_a_request_id_and_old_records_keep_their_names() {
+        let params = AllocationParams {
+            request_id: "order-7".into(),
+            tenant_project_id: "tenant-a".into(),
+            pool: PoolKey::new("db.small", "az1"),
+            volume: VolumeRequest {
+                source: VolumeSource::New {
+                    size_gib: 10,
+                    volume_type: None,
+                },
+                delete_on_release: false,
+            },
+            network: NetworkRequest {
+                network_id: "net".into(),
+                subnet_id: None,
+                fixed_ip: None,
+            },
+            labels: BTreeMap::new(),
+        };
+        let new = Allocation::new(params);
+        let name = new.resource_name();
+        assert!(name.starts_with("warmpool-order-7-"), "{name}");
+        // A record stored before `attempt` existed reads, and names its
+        // resources as they were created: by the request id alone.
+        let mut stored = serde_json::to_value(&new).unwrap();
+        stored.as_object_mut().unwrap().remove("attempt");
+        let old: Allocation = serde_json::from_value(stored).unwrap();
+        assert_eq!(old.attempt, None);
+        assert_eq!(old.resource_name(), "warmpool-order-7");
     }
 
     #[test]

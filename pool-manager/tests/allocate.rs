@@ -1146,6 +1146,60 @@ async fn a_new_volume_cinder_cannot_build_fails_the_purchase_as_the_clouds_fault
     assert!(retried.warm_hit);
 }
 
+/// An order id used again once `keep_released` forgot its first use names
+/// its volume and port apart from the first's: a failed second use, rolled
+/// back by name, leaves the first order's kept volume alone.
+#[tokio::test(start_paused = true)]
+async fn a_forgotten_order_id_used_again_leaves_the_first_orders_volume_alone() {
+    let sim = sim();
+    let refusing = std::sync::Arc::new(AtomicBool::new(false));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let refusing = refusing.clone();
+        move |method| {
+            (method == "attach_volume" && refusing.load(Ordering::SeqCst))
+                .then(|| pool_manager::cloud::CloudError::Fatal("attach refused".into()))
+        }
+    });
+    let manager = pool_manager::PoolManager::new(
+        temp_store(),
+        cloud.clone(),
+        std::sync::Arc::new(sim.probe()),
+        pool_manager::ManagerSettings {
+            keep_released: Some(Duration::from_secs(24 * 3600)),
+            replenish_interval: Duration::from_secs(3600),
+            ..settings()
+        },
+    );
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    wait_ready(&manager, 1).await;
+    let first = manager
+        .allocate(request("reused", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let kept = first.volume_id.clone().unwrap();
+    // The tenant keeps the volume past the release.
+    manager.release("reused", Some(false)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(26 * 3600)).await;
+    assert!(
+        manager.get_allocation("reused").await.is_err(),
+        "not forgotten"
+    );
+
+    // The id comes again; this time the purchase fails after its volume
+    // was created (the attach is refused) and is rolled back.
+    wait_ready(&manager, 1).await;
+    refusing.store(true, Ordering::SeqCst);
+    let mut again = request("reused", new_volume(), EmptyPoolPolicy::FailFast);
+    again.timeout = Some(Duration::from_secs(60));
+    assert!(manager.allocate(again).await.is_err());
+    assert!(manager.get_allocation("reused").await.is_err());
+    assert!(
+        sim.volumes().iter().any(|v| v.id == kept),
+        "the rollback deleted the first order's kept volume"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn released_allocations_are_forgotten_after_keep_released() {
     let sim = sim();

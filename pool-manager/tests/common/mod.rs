@@ -149,7 +149,7 @@ pub fn new_volume() -> VolumeSource {
 /// allocations, no server the store does not know, no allocation without its
 /// instance, nothing of a rolled-back allocation left in the cloud.
 pub async fn assert_consistent(sim: &Arc<SimCloud>, manager: &PoolManager) {
-    use pool_manager::model::{resource_name, AllocationState};
+    use pool_manager::model::AllocationState;
     use std::collections::{HashMap, HashSet};
 
     let instances = manager.list_instances(None).await.unwrap();
@@ -188,7 +188,7 @@ pub async fn assert_consistent(sim: &Arc<SimCloud>, manager: &PoolManager) {
     }
     for allocation in manager.list_allocations().await.unwrap() {
         let request = allocation.params.request_id.as_str();
-        let name = resource_name(request);
+        let name = allocation.resource_name();
         match allocation.state {
             AllocationState::Allocated => {
                 let instance = holder
@@ -226,7 +226,7 @@ pub async fn assert_consistent(sim: &Arc<SimCloud>, manager: &PoolManager) {
         .await
         .unwrap()
         .into_iter()
-        .map(|a| resource_name(&a.params.request_id))
+        .map(|a| a.resource_name())
         .collect();
     for port in sim.ports() {
         assert!(allocations.contains(&port.name), "orphan port {port:?}");
