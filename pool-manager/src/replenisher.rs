@@ -517,7 +517,18 @@ impl Shared {
                 let _ = self
                     .update_pool(&instance.pool, |p| p.last_error = Some(message.clone()))
                     .await;
-                if let Err(discard) = self.discard_instance(&instance.id, &message).await {
+                // Only while it is still this boot's: a task resumed from a
+                // stale listing may drive an instance a purchase has taken.
+                let still_booting = |current: &Instance| {
+                    matches!(
+                        current.state,
+                        InstanceState::Booting | InstanceState::Warming
+                    )
+                };
+                if let Err(discard) = self
+                    .discard_instance_if(&instance.id, &message, still_booting)
+                    .await
+                {
                     tracing::warn!(instance = %instance.id, error = %discard, "discard failed; reconciler will retry");
                 }
                 Err(e)

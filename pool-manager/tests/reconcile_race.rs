@@ -1,6 +1,8 @@
 //! A reconcile pass that runs while an Allocate or a refill has just written
 //! its record (before the flush returns) must leave that record alone: it is
-//! in flight in this process, not left behind by a crash.
+//! in flight in this process, not left behind by a crash. Nor may what a
+//! pass does from its listing, stale by the time it acts, take an instance
+//! a purchase has taken meanwhile.
 
 mod common;
 
@@ -183,6 +185,107 @@ async fn reconcile_leaves_an_allocation_alone_that_finished_while_the_pass_ran()
     assert_eq!(
         manager.get_allocation("order-a").await.unwrap().state,
         AllocationState::Released
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
+/// The real probe, until `failing` is set.
+struct FlakyProbe {
+    sim: cloudsim::SimProbe,
+    failing: AtomicBool,
+}
+
+#[async_trait]
+impl pool_manager::probe::Probe for FlakyProbe {
+    async fn probe(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> Result<String, pool_manager::probe::ProbeError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return self.sim.probe("127.0.0.1:9".parse().unwrap()).await;
+        }
+        self.sim.probe(addr).await
+    }
+}
+
+/// A pass lists an instance as Warming; while it works on an earlier
+/// instance, that one becomes Ready and a purchase takes it. The boot the
+/// pass then resumes from its stale copy fails (the tenant's mysqld does not
+/// answer the probe), and must not discard the tenant's instance.
+#[tokio::test(start_paused = true)]
+async fn a_boot_resumed_from_a_stale_listing_never_discards_a_purchased_instance() {
+    use pool_manager::model::InstanceState;
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let store = temp_store();
+    let probe = Arc::new(FlakyProbe {
+        sim: sim.probe(),
+        failing: AtomicBool::new(false),
+    });
+    let manager =
+        pool_manager::PoolManager::new(store.clone(), cloud.clone(), probe.clone(), settings());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(2)).await.unwrap();
+    wait_ready(&manager, 2).await;
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    let mut ready = manager.list_instances(Some(&pool())).await.unwrap();
+    ready.sort_by(|a, b| a.id.cmp(&b.id));
+    let (first, second) = (ready[0].clone(), ready[1].clone());
+
+    // As the pass will list them: the first being deleted (the pass stalls
+    // on its server's delete), the second still Warming.
+    let mut deleting = first.clone();
+    deleting.state = InstanceState::Deleting;
+    assert!(store
+        .cas_instance(Some(&first), Some(&deleting))
+        .await
+        .unwrap());
+    let mut warming = second.clone();
+    warming.state = InstanceState::Warming;
+    assert!(store
+        .cas_instance(Some(&second), Some(&warming))
+        .await
+        .unwrap());
+    let stalled = cloud.hold_next("delete_server", At::Before);
+    let pass = {
+        let manager = manager.clone();
+        tokio::spawn(async move { manager.reconcile().await })
+    };
+    stalled.reached().await;
+
+    // Meanwhile the second becomes Ready and is bought.
+    assert!(store
+        .cas_instance(Some(&warming), Some(&second))
+        .await
+        .unwrap());
+    let bought = manager
+        .allocate(request("order-s", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert_eq!(bought.instance_id.as_deref(), Some(second.id.as_str()));
+
+    // The tenant's mysqld stops answering; the pass goes on.
+    probe.failing.store(true, Ordering::SeqCst);
+    stalled.release();
+    pass.await.unwrap().unwrap();
+    // Past the pool's boot timeout, however the resumed boot ended.
+    tokio::time::sleep(spec(2).boot_timeout + Duration::from_secs(60)).await;
+
+    let held = manager
+        .list_instances(Some(&pool()))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.id == second.id)
+        .expect("the purchased instance is still stored");
+    assert_eq!(held.state, InstanceState::Allocated);
+    assert!(sim.server(second.server_id.as_deref().unwrap()).is_some());
+    assert_eq!(
+        manager.get_allocation("order-s").await.unwrap().state,
+        AllocationState::Allocated
     );
     assert_consistent(&sim, &manager).await;
 }
