@@ -104,9 +104,9 @@ pub enum CloudError {
     #[error("cloud quota exceeded: {0}")]
     QuotaExceeded(String),
     /// The object is in a state that forbids the call (in use, task state).
-    #[error("conflict: {0}")]
+    #[error("the cloud refused the call in the object's current state: {0}")]
     Conflict(String),
-    #[error("not found: {0}")]
+    #[error("cloud object not found: {0}")]
     NotFound(String),
     /// 5xx, timeouts, connection errors: worth retrying.
     #[error("transient cloud error: {0}")]

@@ -27,8 +27,9 @@ pub enum ManagerError {
     /// The request id was used before with other parameters.
     #[error("{0}")]
     Aborted(String),
-    /// The cloud failed or throttled past the deadline.
-    #[error("cloud unavailable: {0}")]
+    /// The cloud refused, failed or throttled past the deadline; its
+    /// message says which.
+    #[error("{0}")]
     Cloud(#[from] CloudError),
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -468,3 +468,40 @@ pub fn instance(i: Instance) -> api::Instance {
         request_id: i.request_id.unwrap_or_default(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pool_manager::cloud::CloudError;
+
+    /// A cloud error's message says what the cloud did, whatever code it
+    /// maps to: a quota or a conflict is not "unavailable".
+    #[test]
+    fn cloud_errors_say_what_the_cloud_did() {
+        for (error, code, says) in [
+            (
+                CloudError::QuotaExceeded("instances: 10 of 10 used".into()),
+                Code::ResourceExhausted,
+                "cloud quota exceeded: instances: 10 of 10 used",
+            ),
+            (
+                CloudError::Conflict("volume is in use".into()),
+                Code::FailedPrecondition,
+                "the cloud refused the call in the object's current state: volume is in use",
+            ),
+            (
+                CloudError::Transient("503 Service Unavailable".into()),
+                Code::Unavailable,
+                "transient cloud error: 503 Service Unavailable",
+            ),
+            (
+                CloudError::NotFound("server abc".into()),
+                Code::Unavailable,
+                "cloud object not found: server abc",
+            ),
+        ] {
+            let status = status(ManagerError::Cloud(error));
+            assert_eq!((status.code(), status.message()), (code, says));
+        }
+    }
+}
