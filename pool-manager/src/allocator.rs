@@ -410,7 +410,10 @@ impl Shared {
             }
             let pool = self.pool(&params.pool).await?;
             if pool.draining {
-                return Err(ManagerError::PoolNotFound(params.pool.clone()));
+                return Err(ManagerError::FailedPrecondition(format!(
+                    "pool {} is being deleted",
+                    params.pool
+                )));
             }
             if let Err(e) = self.fence_volume(params, deadline).await {
                 // Counted like any failed Allocate (the pool is known, so

@@ -879,6 +879,33 @@ async fn allocations_get_through_a_rate_limited_cloud_without_losing_instances()
 /// A drain lists the pool's Ready instances, then discards them one by one;
 /// an Allocate that started before the drain claims one in between. The
 /// drain must leave it to the Allocate, whose answer must name a live server.
+/// A purchase from a pool being deleted is refused as such (the pool still
+/// shows, draining), not as an unknown pool.
+#[tokio::test(start_paused = true)]
+async fn a_purchase_from_a_draining_pool_is_told_it_is_being_deleted() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let draining = cloud.hold_next("delete_server", At::Before);
+    manager.delete_pool(&pool()).await.unwrap();
+    draining.reached().await;
+    let err = manager
+        .allocate(request(
+            "order-late",
+            new_volume(),
+            EmptyPoolPolicy::FailFast,
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ManagerError::FailedPrecondition(_)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("is being deleted"), "{err}");
+    assert!(manager.get_allocation("order-late").await.is_err());
+    draining.release();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_drain_leaves_alone_an_instance_claimed_after_it_listed_the_pool() {
     let sim = sim();
