@@ -791,6 +791,14 @@ impl Config {
                         )));
                     }
                 }
+                // Nova's rules for a server tag (compute API 2.26+); the
+                // reconciler's `?tags=` filter reads a comma as a list.
+                let tag = &os.server_tag;
+                if tag.chars().count() > 60 || tag.contains(['/', ',']) {
+                    return Err(ConfigError::Invalid(format!(
+                        "cloud.server_tag must be at most 60 characters without '/' or ',' (Nova's rule for tags), got {tag:?}"
+                    )));
+                }
                 if os.mysql_port == 0 {
                     return Err(ConfigError::Invalid(
                         "cloud.mysql_port must not be 0".into(),
@@ -1110,5 +1118,21 @@ mod tests {
         };
         let err = os.settings().unwrap_err().to_string();
         assert!(err.contains("nothing.yaml"), "{err}");
+
+        // A tag Nova would refuse on every boot is refused at load.
+        let long = "t".repeat(61);
+        for tag in ["warm,pool", "warm/pool", long.as_str()] {
+            let bad = text.replace(r#"server_tag = "wp""#, &format!("server_tag = {tag:?}"));
+            let err = Config::parse(&bad).unwrap_err().to_string();
+            assert!(
+                err.contains("cloud.server_tag must be at most 60"),
+                "{tag}: {err}"
+            );
+        }
+        let longest = text.replace(
+            r#"server_tag = "wp""#,
+            &format!("server_tag = {:?}", "é".repeat(60)),
+        );
+        assert!(Config::parse(&longest).is_ok());
     }
 }
