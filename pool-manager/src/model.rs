@@ -259,18 +259,41 @@ impl Serialize for Target {
     }
 }
 
+/// Reads what [`Target`]'s `FromStr` reads, a number (null: 0) too; an
+/// error says what a target may be, whatever was given.
 impl<'de> Deserialize<'de> for Target {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Repr {
-            Number(Option<u32>),
-            Word(String),
+        use serde::de::{Error, Unexpected, Visitor};
+        struct TargetVisitor;
+        impl<'de> Visitor<'de> for TargetVisitor {
+            type Value = Target;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"auto\", a number from 0 to 4294967295, or \"fixed N\"")
+            }
+            fn visit_u64<E: Error>(self, n: u64) -> Result<Target, E> {
+                u32::try_from(n)
+                    .map(Target::Fixed)
+                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(n), &self))
+            }
+            fn visit_i64<E: Error>(self, n: i64) -> Result<Target, E> {
+                let n =
+                    u64::try_from(n).map_err(|_| E::invalid_value(Unexpected::Signed(n), &self))?;
+                self.visit_u64(n)
+            }
+            fn visit_str<E: Error>(self, s: &str) -> Result<Target, E> {
+                s.parse().map_err(E::custom)
+            }
+            fn visit_unit<E: Error>(self) -> Result<Target, E> {
+                Ok(Target::Fixed(0))
+            }
+            fn visit_none<E: Error>(self) -> Result<Target, E> {
+                Ok(Target::Fixed(0))
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Target, D::Error> {
+                d.deserialize_any(self)
+            }
         }
-        match Repr::deserialize(deserializer)? {
-            Repr::Number(n) => Ok(Self::Fixed(n.unwrap_or(0))),
-            Repr::Word(w) => w.parse().map_err(serde::de::Error::custom),
-        }
+        deserializer.deserialize_any(TargetVisitor)
     }
 }
 
