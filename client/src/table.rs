@@ -63,12 +63,32 @@ impl Table {
 
 /// Cells must stay on one line and never be empty (see the module docs).
 fn cell(s: &str) -> String {
-    let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let s = one_line(s);
     if s.is_empty() {
         "-".to_owned()
     } else {
         s
     }
+}
+
+/// `s` on one line, as a terminal shows it: runs of whitespace become one
+/// space, and other control characters (an escape sequence in a cloud's
+/// fault message) are shown escaped instead of reaching the terminal.
+pub fn one_line(s: &str) -> String {
+    let mut line = String::with_capacity(s.len());
+    for word in s.split_whitespace() {
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        for c in word.chars() {
+            if c.is_control() {
+                line.extend(c.escape_default());
+            } else {
+                line.push(c);
+            }
+        }
+    }
+    line
 }
 
 fn counts(pool: &api::Pool) -> api::PoolCounts {
@@ -379,6 +399,16 @@ pub fn allocation_detail(a: &api::Allocation) -> String {
 mod tests {
     use super::*;
     use crate::output::tests::{sample_allocation, sample_pools};
+
+    #[test]
+    fn cells_keep_control_characters_away_from_the_terminal() {
+        assert_eq!(
+            cell("boot timed out\n\tafter 10m "),
+            "boot timed out after 10m"
+        );
+        assert_eq!(cell("\u{1b}[2Jgone\u{7}"), "\\u{1b}[2Jgone\\u{7}");
+        assert_eq!(cell(" \n "), "-");
+    }
 
     #[test]
     fn table_aligns_columns_and_trims() {

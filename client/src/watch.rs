@@ -91,7 +91,7 @@ fn event_line(e: &api::PoolEvent) -> String {
     } else {
         pool_name(&e.flavor, &e.availability_zone)
     };
-    let message = e.message.split_whitespace().collect::<Vec<_>>().join(" ");
+    let message = crate::table::one_line(&e.message);
     format!("event {at} {pool} {} {message}", pool_event_kind(e.kind))
 }
 
