@@ -509,7 +509,8 @@ pub struct Allocation {
 impl Allocation {
     pub fn new(params: AllocationParams) -> Self {
         let created_at = SystemTime::now();
-        // Uses of one id are at least `keep_released` (a day) apart.
+        // Tells it from a forgotten use of the id, which began at least
+        // `keep_released` (a day) earlier.
         let attempt = created_at
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()

@@ -119,7 +119,7 @@ impl Shared {
                 AllocationState::Releasing => {
                     if let Some(allocation) = self.store.get_allocation(request_id).await? {
                         if allocation.state == AllocationState::Releasing {
-                            let released = self.finish_release(allocation).await.map(drop);
+                            let released = self.finish_release(allocation).await;
                             go_on(released, "finishing the release of", request_id)?;
                         }
                     }
@@ -225,8 +225,7 @@ impl Shared {
                                             && current.request_id == instance.request_id
                                     },
                                 )
-                                .await
-                                .map(drop);
+                                .await;
                             go_on(discarded, "discarding instance", &instance.id)?;
                         }
                     }
