@@ -879,6 +879,54 @@ async fn allocations_get_through_a_rate_limited_cloud_without_losing_instances()
 /// A drain lists the pool's Ready instances, then discards them one by one;
 /// an Allocate that started before the drain claims one in between. The
 /// drain must leave it to the Allocate, whose answer must name a live server.
+/// A second call with the request id of an Allocate in flight waits for its
+/// answer, and gets it when it comes, also when the pool was deleted in the
+/// meantime (so no change of the pool's purchase count wakes it).
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_call_gets_the_answer_of_the_allocate_in_flight() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let attaching = cloud.hold_next("attach_port", At::Before);
+    let first = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            manager
+                .allocate(request(
+                    "order-dup",
+                    new_volume(),
+                    EmptyPoolPolicy::FailFast,
+                ))
+                .await
+        })
+    };
+    attaching.reached().await;
+    let second = {
+        let manager = manager.clone();
+        let mut order = request("order-dup", new_volume(), EmptyPoolPolicy::FailFast);
+        order.timeout = Some(Duration::from_secs(600));
+        tokio::spawn(async move { manager.allocate(order).await })
+    };
+    // The pool goes while its only instance is being handed out.
+    manager.delete_pool(&pool()).await.unwrap();
+    for _ in 0..600 {
+        if manager.get_pool(&pool()).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(manager.get_pool(&pool()).await.is_err(), "the pool stayed");
+
+    attaching.release();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.state, AllocationState::Allocated);
+    let second = second
+        .await
+        .unwrap()
+        .expect("the duplicate call gets the answer");
+    assert_eq!(second, first);
+}
+
 /// A purchase from a pool being deleted is refused as such (the pool still
 /// shows, draining), not as an unknown pool.
 #[tokio::test(start_paused = true)]
