@@ -265,11 +265,9 @@ impl Shared {
         let ages = Ages::new(&pool.spec, wall);
         // Expired Ready instances are not supply: their replacements boot
         // now, and they are retired once the replacements are Ready.
-        let (mut supply, mut in_flight, mut expired) = (0u32, 0u32, 0u32);
+        let (mut supply, mut in_flight) = (0u32, 0u32);
         for i in instances.iter().filter(|i| i.counts_as_supply()) {
-            if ages.expired(i) {
-                expired += 1;
-            } else {
+            if !ages.expired(i) {
                 supply += 1;
                 if i.state != InstanceState::Ready {
                     in_flight += 1;
@@ -312,7 +310,9 @@ impl Shared {
         }
         self.sizing_book().set_plan(&pool.key, plan, settings);
         let replaced = in_flight == 0 && supply >= plan.target;
-        let over_cap = (supply + expired).saturating_sub(pool.spec.max_ready);
+        // Expired instances are not supply (above): their replacements
+        // booting beside them do not put the pool over max_ready.
+        let over_cap = supply.saturating_sub(pool.spec.max_ready);
         self.retire(pool, &instances, &ages, replaced, over_cap)
             .await?;
         for _ in 0..plan.boots_now {
@@ -333,7 +333,8 @@ impl Shared {
     /// Retires Ready instances the pool should no longer hold: those older
     /// than `max_age` once `replaced` (the fresh supply meets the target with
     /// nothing left in flight, so the pool never dips for it), and the
-    /// `over_cap` oldest beyond `max_ready` (an operator lowered it).
+    /// `over_cap` oldest fresh ones beyond `max_ready` (an operator lowered
+    /// it).
     /// Each is retired only if it is still Ready and unclaimed: a purchase
     /// may take it meanwhile, and then it is the purchase's.
     async fn retire(
@@ -353,10 +354,10 @@ impl Shared {
         ready.sort_by_key(|i| i.ready_at);
         let mut doomed: Vec<(&Instance, String)> = Vec::new();
         for instance in ready {
-            if ages.expired(instance) && replaced {
-                over_cap = over_cap.saturating_sub(1);
+            let expired = ages.expired(instance);
+            if expired && replaced {
                 doomed.push((instance, "older than the pool's max_age".into()));
-            } else if over_cap > 0 {
+            } else if !expired && over_cap > 0 {
                 over_cap -= 1;
                 doomed.push((
                     instance,

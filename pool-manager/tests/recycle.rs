@@ -21,16 +21,18 @@ async fn ready_ids(manager: &pool_manager::PoolManager) -> BTreeSet<String> {
 }
 
 /// A started manager with one pool of `target` whose instances age out
-/// after `max_age`, all Ready.
+/// after `max_age`, all Ready; `max_ready` when given, else `spec`'s.
 async fn started_with_max_age(
     sim: &std::sync::Arc<cloudsim::SimCloud>,
     target: u32,
     max_age: Duration,
+    max_ready: Option<u32>,
 ) -> pool_manager::PoolManager {
     let manager = manager_on(sim, temp_store());
     manager.start().await.unwrap();
     let mut spec = spec(target);
     spec.max_age = Some(max_age);
+    spec.max_ready = max_ready.unwrap_or(spec.max_ready);
     manager.create_pool(pool(), spec).await.unwrap();
     wait_ready(&manager, target).await;
     manager
@@ -75,10 +77,18 @@ async fn lowering_max_ready_retires_the_oldest_ready_instances() {
     assert_eq!(ready_ids(&manager).await, kept);
 }
 
+/// Also when the target is `max_ready` itself: the replacements booting
+/// next to the expired instances are not a reason to retire those early.
 #[tokio::test(start_paused = true)]
 async fn instances_older_than_max_age_are_replaced_before_they_are_retired() {
+    for max_ready in [None, Some(2)] {
+        replaced_before_retired(max_ready).await;
+    }
+}
+
+async fn replaced_before_retired(max_ready: Option<u32>) {
     let sim = sim();
-    let manager = started_with_max_age(&sim, 2, Duration::from_secs(10 * 60)).await;
+    let manager = started_with_max_age(&sim, 2, Duration::from_secs(10 * 60), max_ready).await;
     let first = ready_ids(&manager).await;
     assert_eq!(first.len(), 2);
 
@@ -95,7 +105,10 @@ async fn instances_older_than_max_age_are_replaced_before_they_are_retired() {
     let now = ready_ids(&manager).await;
     assert_eq!(now.len(), 2, "{now:?}");
     assert!(now.is_disjoint(&first), "the originals are gone: {now:?}");
-    assert_eq!(fewest_ready, 2, "the pool never dipped below its target");
+    assert_eq!(
+        fewest_ready, 2,
+        "max_ready {max_ready:?}: the pool never dipped below its target"
+    );
     assert_eq!(most_servers, 4, "replacements first, then the retirements");
     assert_eq!(sim.servers().len(), 2);
     assert_consistent(&sim, &manager).await;
@@ -104,7 +117,7 @@ async fn instances_older_than_max_age_are_replaced_before_they_are_retired() {
 #[tokio::test(start_paused = true)]
 async fn a_purchase_still_gets_an_expired_instance_that_was_not_yet_replaced() {
     let sim = sim();
-    let manager = started_with_max_age(&sim, 1, Duration::from_secs(60)).await;
+    let manager = started_with_max_age(&sim, 1, Duration::from_secs(60), None).await;
     let original = ready_ids(&manager).await;
     // Expired, its replacement booting: still a warm instance for a buyer.
     tokio::time::sleep(Duration::from_secs(65)).await;
