@@ -3,7 +3,9 @@
 //! [`crate::sizing`] how many boots to start (given the target, the demand
 //! and lead-time estimates, and what the AZ's throttle gate in
 //! [`crate::gate`] allows), starts them, and drains the pool when it is
-//! deleted. The same task records the pool's allocations (from the events
+//! deleted; a step the cloud or the store fails is tried again after the
+//! interval, so the task outlives it. The same task records the pool's
+//! allocations (from the events
 //! broadcast) into its demand estimator. A boot task drives one instance from
 //! `Booting` to `Ready`, or to `Deleting` and gone, and reports its lead time
 //! and any 429/quota answers to the estimators and the gate. The replenisher
@@ -95,16 +97,29 @@ impl Shared {
                 next_save = Instant::now() + LEARNED_SIZING_SAVE_EVERY;
             }
             let mut wake = deadline_after(Instant::now(), self.settings.replenish_interval);
+            // A step the cloud or the store fails (a retirement's delete
+            // refused, a flush failing) is tried again after the interval:
+            // the pool keeps its replenisher.
             if pool.draining {
-                if self.drain_step(&pool).await? {
-                    tracing::info!(pool = %key, "pool drained and deleted");
-                    self.sizing_book().forget(key);
-                    return Ok(());
+                match self.drain_step(&pool).await {
+                    Ok(true) => {
+                        tracing::info!(pool = %key, "pool drained and deleted");
+                        self.sizing_book().forget(key);
+                        return Ok(());
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(pool = %key, error = %e, "drain step failed; trying again")
+                    }
                 }
             } else if !pool.spec.paused {
-                if let Some(hold) = self.replenish_step(&pool).await? {
+                match self.replenish_step(&pool).await {
                     // Come back as soon as the gate opens again.
-                    wake = wake.min(hold.until());
+                    Ok(Some(hold)) => wake = wake.min(hold.until()),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(pool = %key, error = %e, "replenish step failed; trying again")
+                    }
                 }
             }
             // Wait for a change, the timer or the end of a hold; record the

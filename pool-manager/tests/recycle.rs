@@ -131,3 +131,57 @@ async fn a_purchase_still_gets_an_expired_instance_that_was_not_yet_replaced() {
     tokio::time::sleep(Duration::from_secs(120)).await;
     assert_consistent(&sim, &manager).await;
 }
+
+/// A retirement the cloud refuses (the server's delete fails) fails that
+/// step, not the pool's replenisher: the next steps retire the rest of what
+/// is above the lowered max_ready, the reconciler deletes the refused
+/// servers once the cloud lets it, and the pool still refills.
+#[tokio::test(start_paused = true)]
+async fn a_refused_retirement_does_not_stop_the_replenisher() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let sim = sim();
+    let refusing = Arc::new(AtomicBool::new(false));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let refusing = refusing.clone();
+        move |method| {
+            (method == "delete_server" && refusing.load(Ordering::SeqCst))
+                .then(|| pool_manager::cloud::CloudError::Fatal("server is locked".into()))
+        }
+    });
+    let manager = pool_manager::PoolManager::new(
+        temp_store(),
+        cloud.clone(),
+        Arc::new(sim.probe()),
+        settings(),
+    );
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(4)).await.unwrap();
+    wait_ready(&manager, 4).await;
+
+    refusing.store(true, Ordering::SeqCst);
+    manager
+        .update_pool(&pool(), |s| {
+            s.min_ready = 1;
+            s.max_ready = 2;
+            s.target = Target::Fixed(1);
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(ready_ids(&manager).await.len(), 2);
+    assert_eq!(sim.servers().len(), 4, "the deletes were refused");
+
+    refusing.store(false, Ordering::SeqCst);
+    manager.reconcile().await.unwrap();
+    assert_eq!(sim.servers().len(), 2);
+    assert_consistent(&sim, &manager).await;
+
+    for order in ["order-1", "order-2"] {
+        manager
+            .allocate(request(order, new_volume(), EmptyPoolPolicy::FailFast))
+            .await
+            .unwrap();
+    }
+    wait_ready(&manager, 1).await;
+}
