@@ -126,9 +126,15 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
+/// Nova and Cinder quota refusals: most say "quota"; Nova's LimitExceeded
+/// family says "Maximum number of ports exceeded", Cinder's per-volume size
+/// limit "... larger than maximum allowed limit 100G".
 fn mentions_quota(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    m.contains("quota") || m.contains("limitexceeded")
+    m.contains("quota")
+        || m.contains("limitexceeded")
+        || (m.contains("maximum number of") && m.contains("exceed"))
+        || m.contains("maximum allowed limit")
 }
 
 /// Classifies a non-2xx answer. `what` names the call for the message
@@ -290,10 +296,31 @@ mod tests {
             r#"{"forbidden": {"code": 403, "message": "Policy doesn't allow os_compute_api:servers:create:forced_host to be performed."}}"#,
         );
         assert!(matches!(e, CloudError::Fatal(_)), "{e:?}");
+        // Quotas Nova names without the word: a boot whose port Neutron's
+        // quota refuses (PortLimitExceeded), and its other LimitExceeded
+        // messages.
+        for message in [
+            "Maximum number of ports exceeded",
+            "Maximum number of key pairs exceeded",
+        ] {
+            let body = format!(r#"{{"forbidden": {{"code": 403, "message": "{message}"}}}}"#);
+            let e = classify(Compute, "POST /servers", 403, None, &body);
+            assert!(matches!(e, CloudError::QuotaExceeded(_)), "{e:?}");
+        }
     }
 
     #[test]
     fn cinder_413_is_quota_or_throttle_by_its_message() {
+        // The per-volume size limit (VolumeSizeExceedsLimit) is a quota,
+        // not a rate limit to wait out.
+        let e = classify(
+            BlockStorage,
+            "POST /volumes",
+            413,
+            Some("0"),
+            r#"{"overLimit": {"code": 413, "message": "Requested volume size 500G is larger than maximum allowed limit 100G.", "retryAfter": "0"}}"#,
+        );
+        assert!(matches!(e, CloudError::QuotaExceeded(_)), "{e:?}");
         let e = classify(
             BlockStorage,
             "POST /volumes",
