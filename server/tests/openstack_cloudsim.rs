@@ -798,6 +798,28 @@ async fn a_revoked_token_is_replaced_by_a_fresh_login() {
     }
 }
 
+/// A re-login Keystone rate-limits is throttling, to be waited out like any
+/// 429, not "an unusable cloud configuration".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_re_login_is_throttling() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    env.face.faults().revoke_all_tokens();
+    env.face
+        .faults()
+        .throttle_next(Service::Identity, 1, Duration::from_secs(2));
+    let err = cloud.get_server(&server.id).await.unwrap_err();
+    assert!(matches!(err, CloudError::Throttled { .. }), "{err:?}");
+    cloud
+        .get_server(&server.id)
+        .await
+        .expect("the next call logs in");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_keep_working_past_token_expiry() {
     let env = env_with(

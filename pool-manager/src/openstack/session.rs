@@ -7,7 +7,7 @@
 //! [`Connection`] keeps the `CloudConfig`, builds a fresh `Session` (a new
 //! login) on a 401 and sends the call once more.
 
-use super::error::{classify_osauth, Service};
+use super::error::{classify_osauth, osauth_status, Service};
 use crate::cloud::{CloudError, CloudResult};
 use osauth::services::{BLOCK_STORAGE, COMPUTE, IMAGE, NETWORK};
 use osauth::{CloudConfig, Session};
@@ -324,6 +324,11 @@ async fn login(config: &CloudConfig, timeout: Duration, identity: &str) -> Cloud
         ))),
         Ok(Ok(session)) => Ok(session),
         Ok(Err(e)) => Err(match e.kind() {
+            // osauth files a rate-limited (413/429) or failing (5xx) token
+            // request under InvalidInput too; the status tells them apart.
+            _ if matches!(osauth_status(&e), Some(413 | 429 | 500..)) => {
+                classify_osauth("auth", &e)
+            }
             osauth::ErrorKind::AuthenticationFailed => CloudError::Fatal(format!(
                 "auth: Keystone rejected the {} for {identity} (401)",
                 if identity.starts_with("application credential") {
