@@ -259,6 +259,26 @@ async fn old_novas_get_tags_afterwards_or_are_refused() {
     let listed = cloud.list_pool_servers().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, created.id);
+    // A create whose answer was lost never reached its tag: the retry that
+    // adopts the server tags it, or the reconciler would never see it.
+    env.face.faults().garbage_next(Service::Compute, 1);
+    assert!(cloud
+        .create_server(&spec("i2", "db.small", "az1"))
+        .await
+        .is_err());
+    let adopted = cloud
+        .create_server(&spec("i2", "db.small", "az1"))
+        .await
+        .unwrap();
+    let listed: Vec<String> = cloud
+        .list_pool_servers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed.contains(&adopted.id), "{listed:?}");
 
     let env = env_with(
         sim_config(),

@@ -276,6 +276,15 @@ impl OpenStackCloud {
         result
     }
 
+    /// Puts the pool tag on a server (Nova below 2.52 cannot take it with
+    /// the create). Idempotent.
+    async fn tag_server(&self, id: &str) -> CloudResult<()> {
+        let tag = &self.inner.settings.server_tag;
+        self.request(self.nova(Method::PUT, &["servers", id, "tags", tag]))
+            .await
+            .map(drop)
+    }
+
     fn create_uncertain(&self, service: Service, name: &str) -> bool {
         lock(&self.inner.uncertain_creates).contains(&(service, name.to_owned()))
     }
@@ -605,6 +614,10 @@ impl Cloud for OpenStackCloud {
         });
         if self.create_uncertain(Service::Compute, &name) {
             if let Some(existing) = self.find_created(&name, spec).await? {
+                if !tags_at_create {
+                    // The lost create may not have got as far as its tag.
+                    self.tag_server(&existing.id).await?;
+                }
                 self.create_settled(Service::Compute, &name);
                 tracing::info!(server = %existing.id, %name, "an earlier create of this server took effect; using it");
                 return Ok(existing);
@@ -617,10 +630,7 @@ impl Cloud for OpenStackCloud {
         if !tags_at_create {
             // Untagged, the server would be invisible to the reconciler: a
             // failed tag deletes it rather than leak it.
-            let tag = self
-                .request(self.nova(Method::PUT, &["servers", &id, "tags", &settings.server_tag]))
-                .await;
-            if let Err(e) = tag {
+            if let Err(e) = self.tag_server(&id).await {
                 let _ = self.delete_server(&id).await;
                 return Err(e);
             }
