@@ -809,7 +809,13 @@ pub(crate) struct BootTicket {
 
 impl BootTicket {
     pub fn start(gate: &Arc<Mutex<Gate>>, az: &str, gated: bool) -> Self {
-        let info = lock(gate).start(az, gated, Instant::now());
+        Self::start_locked(gate, &mut lock(gate), az, gated)
+    }
+
+    /// As [`Self::start`], with `gate` already locked as `locked`: a caller
+    /// that read the admission under the same lock reserves what it read.
+    pub fn start_locked(gate: &Arc<Mutex<Gate>>, locked: &mut Gate, az: &str, gated: bool) -> Self {
+        let info = locked.start(az, gated, Instant::now());
         Self {
             gate: gate.clone(),
             info: Some(info),

@@ -310,28 +310,40 @@ impl Shared {
             pool_boot_cap: self.settings.max_concurrent_boots,
             gate,
         };
-        let mut admission = gate::lock(&self.gate).admission(az, &pool.key.flavor, now);
-        let mut plan: BootPlan = sizing::decide(&inputs(admission));
+        // The target does not depend on the gate; the boots do, below.
+        let target = {
+            let admission = gate::lock(&self.gate).admission(az, &pool.key.flavor, now);
+            sizing::decide(&inputs(admission)).target
+        };
         // Quota headroom matters only to a pool that wants to boot: poll it
         // then (at most every headroom_interval per flavor), not at rest.
-        if plan.target > supply
+        if target > supply
             && self.settings.gate.enabled
             && gate::lock(&self.gate).headroom_due(&pool.key.flavor, now)
         {
             self.refresh_headroom(&pool.key).await;
-            let now = Instant::now();
-            admission = gate::lock(&self.gate).admission(az, &pool.key.flavor, now);
-            plan = sizing::decide(&inputs(admission));
         }
-        self.sizing_book().set_plan(&pool.key, plan, settings);
-        let replaced = in_flight == 0 && supply >= plan.target;
+        let replaced = in_flight == 0 && supply >= target;
         // Expired instances are not supply (above): their replacements
         // booting beside them do not put the pool over max_ready.
         let over_cap = supply.saturating_sub(pool.spec.max_ready);
         self.retire(pool, &instances, &ages, replaced, over_cap)
             .await?;
-        for _ in 0..plan.boots_now {
-            let ticket = BootTicket::start(&self.gate, az, true);
+        // The plan and its boots' tickets under one lock: the room and the
+        // headroom this pool takes are gone at once for the AZ's other
+        // pools. A ticket not handed to a boot (a failed record) ends when
+        // dropped.
+        let (admission, plan, tickets) = {
+            let mut gate = gate::lock(&self.gate);
+            let admission = gate.admission(az, &pool.key.flavor, Instant::now());
+            let plan: BootPlan = sizing::decide(&inputs(admission));
+            let tickets: Vec<BootTicket> = (0..plan.boots_now)
+                .map(|_| BootTicket::start_locked(&self.gate, &mut gate, az, true))
+                .collect();
+            (admission, plan, tickets)
+        };
+        self.sizing_book().set_plan(&pool.key, plan, settings);
+        for ticket in tickets {
             let instance = self.record_new_instance(pool, None).await?;
             let shared = self.clone();
             self.spawn(async move {

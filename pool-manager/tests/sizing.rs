@@ -1434,3 +1434,37 @@ fn sizing_settings_out_of_range_are_refused_by_name() {
         assert!(err.starts_with(name), "{err}");
     }
 }
+
+/// Two pools of one AZ filling at once share its window: the replenisher
+/// boots one pool reserves are gone for the other at once, so together
+/// they never have more gated builds in flight than the window allows.
+#[tokio::test(start_paused = true)]
+async fn pools_filling_at_once_share_their_zones_window() {
+    let sim = sim();
+    let manager = PoolManager::new(
+        temp_store(),
+        sim.clone(),
+        Arc::new(sim.probe()),
+        ManagerSettings {
+            gate: GateSettings {
+                initial_window: 4,
+                max_window: 64,
+                ..ManagerSettings::default().gate
+            },
+            ..settings()
+        },
+    );
+    manager.start().await.unwrap();
+    let medium = pool_manager::model::PoolKey::new("db.medium", "az1");
+    manager.create_pool(pool(), spec(12)).await.unwrap();
+    manager.create_pool(medium.clone(), spec(12)).await.unwrap();
+    let mut worst = 0i64;
+    for _ in 0..1200 {
+        let gate = manager.get_pool(&pool()).await.unwrap().sizing.gate;
+        assert_eq!(gate.decreases, 0, "the window only grew: {gate:?}");
+        worst = worst.max(i64::from(gate.gated_in_flight) - gate.window.floor() as i64);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(worst <= 0, "{worst} gated builds beyond the window");
+    wait_ready(&manager, 12).await;
+}
