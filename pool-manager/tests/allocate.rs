@@ -495,14 +495,12 @@ async fn boot_errors_are_replaced_and_leaks_are_deleted() {
 async fn a_release_the_cloud_keeps_refusing_stops_neither_reconcile_nor_restart() {
     use std::sync::Arc;
     let sim = sim();
-    let refusing = Arc::new(AtomicBool::new(false));
-    let cloud = GatedCloud::with_fault(&sim, {
-        let refusing = refusing.clone();
-        move |method| {
-            (method == "delete_port" && refusing.load(Ordering::SeqCst))
-                .then(|| pool_manager::cloud::CloudError::Fatal("port is locked".into()))
-        }
-    });
+    let (cloud, refusing) = GatedCloud::refusing(
+        &sim,
+        "delete_port",
+        pool_manager::cloud::CloudError::Fatal("port is locked".into()),
+        false,
+    );
     let dir = tempfile::tempdir().unwrap();
     let manager = started_paused(&cloud, open_store(dir.path()), 2).await;
     manager
@@ -550,16 +548,13 @@ async fn a_release_the_cloud_keeps_refusing_stops_neither_reconcile_nor_restart(
 /// Release asking for the other one is refused and changes nothing.
 #[tokio::test(start_paused = true)]
 async fn a_release_under_way_keeps_its_volume_decision() {
-    use std::sync::Arc;
     let sim = sim();
-    let refusing = Arc::new(AtomicBool::new(true));
-    let cloud = GatedCloud::with_fault(&sim, {
-        let refusing = refusing.clone();
-        move |method| {
-            (method == "delete_port" && refusing.load(Ordering::SeqCst))
-                .then(|| pool_manager::cloud::CloudError::Fatal("port is locked".into()))
-        }
-    });
+    let (cloud, refusing) = GatedCloud::refusing(
+        &sim,
+        "delete_port",
+        pool_manager::cloud::CloudError::Fatal("port is locked".into()),
+        true,
+    );
     let manager = started_paused(&cloud, temp_store(), 2).await;
     let allocation = manager
         .allocate(request(
@@ -1227,14 +1222,12 @@ async fn a_new_volume_cinder_cannot_build_fails_the_purchase_as_the_clouds_fault
 #[tokio::test(start_paused = true)]
 async fn a_forgotten_order_id_used_again_leaves_the_first_orders_volume_alone() {
     let sim = sim();
-    let refusing = std::sync::Arc::new(AtomicBool::new(false));
-    let cloud = GatedCloud::with_fault(&sim, {
-        let refusing = refusing.clone();
-        move |method| {
-            (method == "attach_volume" && refusing.load(Ordering::SeqCst))
-                .then(|| pool_manager::cloud::CloudError::Fatal("attach refused".into()))
-        }
-    });
+    let (cloud, refusing) = GatedCloud::refusing(
+        &sim,
+        "attach_volume",
+        pool_manager::cloud::CloudError::Fatal("attach refused".into()),
+        false,
+    );
     let manager = pool_manager::PoolManager::new(
         temp_store(),
         cloud.clone(),

@@ -138,17 +138,15 @@ async fn a_purchase_still_gets_an_expired_instance_that_was_not_yet_replaced() {
 /// servers once the cloud lets it, and the pool still refills.
 #[tokio::test(start_paused = true)]
 async fn a_refused_retirement_does_not_stop_the_replenisher() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
     use std::sync::Arc;
     let sim = sim();
-    let refusing = Arc::new(AtomicBool::new(false));
-    let cloud = GatedCloud::with_fault(&sim, {
-        let refusing = refusing.clone();
-        move |method| {
-            (method == "delete_server" && refusing.load(Ordering::SeqCst))
-                .then(|| pool_manager::cloud::CloudError::Fatal("server is locked".into()))
-        }
-    });
+    let (cloud, refusing) = GatedCloud::refusing(
+        &sim,
+        "delete_server",
+        pool_manager::cloud::CloudError::Fatal("server is locked".into()),
+        false,
+    );
     let manager = pool_manager::PoolManager::new(
         temp_store(),
         cloud.clone(),

@@ -303,6 +303,23 @@ impl GatedCloud {
         })
     }
 
+    /// Refuses every call of `method` with `error` while the returned switch
+    /// is on (it starts as `on`), the cloud's answer to a locked object.
+    pub fn refusing(
+        sim: &Arc<SimCloud>,
+        method: &'static str,
+        error: CloudError,
+        on: bool,
+    ) -> (Arc<Self>, Arc<std::sync::atomic::AtomicBool>) {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let switch = Arc::new(AtomicBool::new(on));
+        let cloud = Self::with_fault(sim, {
+            let switch = switch.clone();
+            move |called| (called == method && switch.load(Ordering::SeqCst)).then(|| error.clone())
+        });
+        (cloud, switch)
+    }
+
     /// The next call of `method` waits at `at`.
     pub fn hold_next(&self, method: &'static str, at: At) -> Arc<Hold> {
         let hold = Arc::new(Hold::default());
