@@ -254,11 +254,19 @@ async fn leaked_server_is_deleted(ctx: &Ctx) {
         .await
         .expect("create the leaked server");
     wait_server_gone(&ctx.e2e, &leak.id).await;
-    let after = leaks_deleted(&ctx.metrics_url).await;
-    assert!(
-        after >= before + 1.0,
-        "warmpool_leaks_deleted_total went from {before} to {after}"
-    );
+    // The counter follows the delete through the event stream, a moment
+    // after the server is gone.
+    eventually("the leak to be counted", PATIENCE, || async {
+        let after = leaks_deleted(&ctx.metrics_url).await;
+        if after >= before + 1.0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "warmpool_leaks_deleted_total went from {before} to {after}"
+            ))
+        }
+    })
+    .await;
     wait_ready(&ctx.client, SMALL, "az1", 2).await;
 }
 
