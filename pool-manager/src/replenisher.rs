@@ -13,6 +13,7 @@
 //! saves them every [`LEARNED_SIZING_SAVE_EVERY`].
 
 use crate::allocator::deadline_after;
+use crate::changes::ChangeCursor;
 use crate::cloud::{CloudError, CloudResult, ServerSpec, ServerStatus, META_INSTANCE, META_POOL};
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, BootOutcome, Event, EventKind};
@@ -25,7 +26,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, SystemTime};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::Instant;
 
 /// The longest a replenisher waits after a change before it looks again.
@@ -76,21 +77,30 @@ impl Shared {
     pub(crate) fn start_replenisher(self: &Arc<Self>, pool: PoolKey) {
         let shared = self.clone();
         self.spawn(async move {
-            if let Err(e) = shared.replenish_loop(&pool).await {
-                tracing::error!(%pool, error = %e, "replenisher stopped");
-            }
+            shared.replenish_loop(&pool).await;
         });
     }
 
-    async fn replenish_loop(self: &Arc<Self>, key: &PoolKey) -> ManagerResult<()> {
+    /// Runs until the pool is gone (deleted, or drained) or the manager
+    /// stops. Nothing else ends it: a step the cloud or the store fails,
+    /// and a failed read of the pool itself, are tried again after the
+    /// interval.
+    async fn replenish_loop(self: &Arc<Self>, key: &PoolKey) {
         let mut changes = self.changes.subscribe();
         let mut events = self.events.subscribe();
         self.restore_learned_sizing(key).await;
         let mut next_save = Instant::now() + LEARNED_SIZING_SAVE_EVERY;
         loop {
-            let Some(pool) = self.store.get_pool(key).await? else {
-                self.sizing_book().forget(key);
-                return Ok(());
+            let pool = match self.store.get_pool(key).await {
+                Ok(Some(pool)) => Some(pool),
+                Ok(None) => {
+                    self.sizing_book().forget(key);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(pool = %key, error = %e, "cannot read the pool; trying again");
+                    None
+                }
             };
             if Instant::now() >= next_save {
                 self.save_learned_sizing(key).await;
@@ -100,53 +110,82 @@ impl Shared {
             // A step the cloud or the store fails (a retirement's delete
             // refused, a flush failing) is tried again after the interval:
             // the pool keeps its replenisher.
-            if pool.draining {
-                match self.drain_step(&pool).await {
-                    Ok(true) => {
-                        tracing::info!(pool = %key, "pool drained and deleted");
-                        self.sizing_book().forget(key);
-                        return Ok(());
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::warn!(pool = %key, error = %e, "drain step failed; trying again")
-                    }
-                }
-            } else if !pool.spec.paused {
-                match self.replenish_step(&pool).await {
-                    // Come back as soon as the gate opens again.
-                    Ok(Some(hold)) => wake = wake.min(hold.until()),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(pool = %key, error = %e, "replenish step failed; trying again")
-                    }
+            if let Some(pool) = pool {
+                if self.step(&pool, &mut wake).await {
+                    return;
                 }
             }
-            // Wait for a change, the timer or the end of a hold; record the
-            // pool's allocations meanwhile.
-            loop {
-                // Biased, in this order: what happened is recorded before
-                // the next step sizes the pool, and a random pick among
-                // ready branches would make replays differ from run to run.
-                tokio::select! {
-                    biased;
-                    event = events.recv() => match event {
-                        Ok(event) => self.note_event(key, &event),
-                        Err(RecvError::Lagged(missed)) => {
-                            tracing::warn!(pool = %key, missed, "sizing missed events; demand is underestimated for a while");
-                        }
-                        Err(RecvError::Closed) => return Ok(()),
-                    },
-                    _ = tokio::time::sleep_until(wake) => break,
-                    _ = changes.changed() => {
-                        // One allocation or boot changes several records in a
-                        // row: coalesce them into one step. Events that came
-                        // meanwhile are taken first (the loop goes round once
-                        // more, with the timer due now).
-                        tokio::time::sleep(self.settings.poll_interval.min(STEP_DEBOUNCE)).await;
-                        changes.mark_seen();
-                        wake = Instant::now();
+            if !self
+                .wait_for_next_step(key, wake, &mut changes, &mut events)
+                .await
+            {
+                return;
+            }
+        }
+    }
+
+    /// One drain or replenish step of `pool`; a step that fails is logged
+    /// (the next one tries again). Whether the pool is gone (drained and
+    /// deleted); `wake` moves up to the end of a gate hold.
+    async fn step(self: &Arc<Self>, pool: &PoolRecord, wake: &mut Instant) -> bool {
+        let key = &pool.key;
+        if pool.draining {
+            match self.drain_step(pool).await {
+                Ok(true) => {
+                    tracing::info!(pool = %key, "pool drained and deleted");
+                    self.sizing_book().forget(key);
+                    return true;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(pool = %key, error = %e, "drain step failed; trying again")
+                }
+            }
+        } else if !pool.spec.paused {
+            match self.replenish_step(pool).await {
+                // Come back as soon as the gate opens again.
+                Ok(Some(hold)) => *wake = (*wake).min(hold.until()),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(pool = %key, error = %e, "replenish step failed; trying again")
+                }
+            }
+        }
+        false
+    }
+
+    /// Waits for a change, the timer or the end of a hold, recording the
+    /// pool's allocations meanwhile; `false` when the manager's event
+    /// stream is gone (it is stopping).
+    async fn wait_for_next_step(
+        &self,
+        key: &PoolKey,
+        mut wake: Instant,
+        changes: &mut ChangeCursor,
+        events: &mut broadcast::Receiver<Event>,
+    ) -> bool {
+        loop {
+            // Biased, in this order: what happened is recorded before
+            // the next step sizes the pool, and a random pick among
+            // ready branches would make replays differ from run to run.
+            tokio::select! {
+                biased;
+                event = events.recv() => match event {
+                    Ok(event) => self.note_event(key, &event),
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::warn!(pool = %key, missed, "sizing missed events; demand is underestimated for a while");
                     }
+                    Err(RecvError::Closed) => return false,
+                },
+                _ = tokio::time::sleep_until(wake) => return true,
+                _ = changes.changed() => {
+                    // One allocation or boot changes several records in a
+                    // row: coalesce them into one step. Events that came
+                    // meanwhile are taken first (the loop goes round once
+                    // more, with the timer due now).
+                    tokio::time::sleep(self.settings.poll_interval.min(STEP_DEBOUNCE)).await;
+                    changes.mark_seen();
+                    wake = Instant::now();
                 }
             }
         }

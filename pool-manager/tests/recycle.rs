@@ -183,3 +183,46 @@ async fn a_refused_retirement_does_not_stop_the_replenisher() {
     }
     wait_ready(&manager, 1).await;
 }
+
+/// Reads of pools fail while `failing` is set, as a store with an I/O error.
+struct FailingPoolReads {
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl StoreHooks for FailingPoolReads {
+    fn before_get_pool(&self) -> pool_manager::store::StoreResult<()> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(pool_manager::store::StoreError::Io(sled::Error::Io(
+                std::io::Error::other("input/output error"),
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A replenisher whose read of its pool fails waits and reads again: the
+/// pool refills once the store answers (it used to stop for good).
+#[tokio::test(start_paused = true)]
+async fn a_failed_pool_read_does_not_stop_the_replenisher() {
+    use std::sync::atomic::Ordering;
+    let sim = sim();
+    let store = HookedStore::new(FailingPoolReads {
+        failing: false.into(),
+    });
+    let manager = manager_on(&sim, store.clone());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(2)).await.unwrap();
+    wait_ready(&manager, 2).await;
+
+    store.hooks.failing.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    store.hooks.failing.store(false, Ordering::SeqCst);
+
+    for order in ["order-1", "order-2"] {
+        manager
+            .allocate(request(order, new_volume(), EmptyPoolPolicy::FailFast))
+            .await
+            .unwrap();
+    }
+    wait_ready(&manager, 2).await;
+}

@@ -452,6 +452,10 @@ pub async fn started_paused(cloud: &Arc<GatedCloud>, store: Arc<dyn Store>, n: u
 /// default that does nothing, so a test states only its own fault.
 #[async_trait::async_trait]
 pub trait StoreHooks: Send + Sync + 'static {
+    /// Before a pool is read; an error is its answer.
+    fn before_get_pool(&self) -> StoreResult<()> {
+        Ok(())
+    }
     /// Before an instance swap reaches the store; an error is its answer.
     fn before_instance_swap(&self, _new: Option<&Instance>) -> StoreResult<()> {
         Ok(())
@@ -488,6 +492,7 @@ impl<H: StoreHooks> HookedStore<H> {
 #[async_trait::async_trait]
 impl<H: StoreHooks> Store for HookedStore<H> {
     async fn get_pool(&self, key: &PoolKey) -> StoreResult<Option<PoolRecord>> {
+        self.hooks.before_get_pool()?;
         self.inner.get_pool(key).await
     }
     async fn list_pools(&self) -> StoreResult<Vec<PoolRecord>> {
