@@ -840,6 +840,32 @@ async fn a_rate_limited_re_login_is_throttling() {
         .expect("the next call logs in");
 }
 
+/// A re-login answered 404 (a proxy in front of Keystone routing it
+/// nowhere) says nothing about the server being deleted: the delete fails
+/// and the server stays, instead of "already gone", which would let the
+/// caller forget a server that still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_login_answered_404_is_not_a_deleted_server() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    env.face.faults().revoke_all_tokens();
+    env.face.faults().not_found_next(Service::Identity, 1);
+    let err = cloud.delete_server(&server.id).await.unwrap_err();
+    assert!(
+        !matches!(err, CloudError::NotFound(_)),
+        "a failed login read as a missing server: {err:?}"
+    );
+    assert!(err.to_string().contains("auth"), "{err}");
+    cloud
+        .get_server(&server.id)
+        .await
+        .expect("the server was not deleted");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_keep_working_past_token_expiry() {
     let env = env_with(

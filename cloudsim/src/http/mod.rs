@@ -233,6 +233,7 @@ struct ServiceFaults {
     throttle: u32,
     throttle_retry_after: Duration,
     server_errors: u32,
+    not_found: u32,
     garbage: u32,
     slow: Duration,
 }
@@ -361,6 +362,12 @@ impl HttpFaults {
     /// proxy's error page); no effect.
     pub fn server_error_next(&self, service: Service, n: u32) {
         self.with(service, |f| f.server_errors = n);
+    }
+
+    /// The next `n` requests to `service` get a 404 with an HTML body (a
+    /// proxy that routes them nowhere); no effect.
+    pub fn not_found_next(&self, service: Service, n: u32) {
+        self.with(service, |f| f.not_found = n);
     }
 
     /// The next `n` requests to `service` take effect, then answer 200 with
@@ -597,6 +604,7 @@ fn with_faults(router: Router, state: &Arc<FaceState>, service: Service) -> Rout
         ))
 }
 
+const PROXY_404: &str = "<html><head><title>404 Not Found</title></head><body>\n<h1>Not Found</h1>\nThe requested URL was not found on this server.\n</body></html>\n";
 const PROXY_500: &str = "<html><head><title>500 Internal Server Error</title></head><body>\n<h1>Internal Server Error</h1>\nThe server encountered an internal error or misconfiguration and was unable to complete your request.\n</body></html>\n";
 
 /// The HTTP fault knobs, and the request id every OpenStack service sends.
@@ -605,22 +613,29 @@ async fn fault_layer(
     request: Request,
     next: Next,
 ) -> Response {
-    let (slow, throttle, server_error, garbage) = {
+    let (slow, throttle, proxy_error, garbage) = {
         let mut faults = lock(&state.faults);
         let f = faults.entry(service).or_default();
         let throttle = (f.throttle > 0).then(|| {
             f.throttle -= 1;
             f.throttle_retry_after
         });
-        let server_error = throttle.is_none() && f.server_errors > 0;
-        if server_error {
+        let proxy_error = if throttle.is_some() {
+            None
+        } else if f.server_errors > 0 {
             f.server_errors -= 1;
-        }
-        let garbage = throttle.is_none() && !server_error && f.garbage > 0;
+            Some((StatusCode::INTERNAL_SERVER_ERROR, PROXY_500))
+        } else if f.not_found > 0 {
+            f.not_found -= 1;
+            Some((StatusCode::NOT_FOUND, PROXY_404))
+        } else {
+            None
+        };
+        let garbage = throttle.is_none() && proxy_error.is_none() && f.garbage > 0;
         if garbage {
             f.garbage -= 1;
         }
-        (f.slow, throttle, server_error, garbage)
+        (f.slow, throttle, proxy_error, garbage)
     };
     if !slow.is_zero() {
         tokio::time::sleep(slow).await;
@@ -634,13 +649,8 @@ async fn fault_layer(
             },
         )
         .into_response()
-    } else if server_error {
-        (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/html")],
-            PROXY_500,
-        )
-            .into_response()
+    } else if let Some((status, page)) = proxy_error {
+        (status, [(header::CONTENT_TYPE, "text/html")], page).into_response()
     } else {
         let mut stopping = state.stopping.subscribe();
         let resp = tokio::select! {

@@ -211,9 +211,11 @@ pub fn classify_osauth(what: &str, e: &osauth::Error) -> CloudError {
         K::AuthenticationFailed => CloudError::Fatal(format!(
             "{what}: Keystone rejected warmpool's credentials (401): {e}"
         )),
-        K::AccessDenied => CloudError::Fatal(message),
-        K::ResourceNotFound => CloudError::NotFound(message),
-        K::Conflict => CloudError::Conflict(message),
+        // What osauth itself fails on is the token request, the catalog or
+        // version discovery, never the resource a call names: a 404 there
+        // must not read as "that server is gone" (a delete would count it
+        // done), nor a 409 as the resource's conflict.
+        K::AccessDenied | K::ResourceNotFound | K::Conflict => CloudError::Fatal(message),
         K::EndpointNotFound
         | K::InvalidConfig
         | K::IncompatibleApiVersion
@@ -485,6 +487,12 @@ mod tests {
             .with_status(reqwest::StatusCode::BAD_REQUEST);
         assert!(matches!(
             classify_osauth("GET /", &bad),
+            CloudError::Fatal(_)
+        ));
+        let e = osauth::Error::new(osauth::ErrorKind::ResourceNotFound, "no such version")
+            .with_status(reqwest::StatusCode::NOT_FOUND);
+        assert!(matches!(
+            classify_osauth("compute version discovery", &e),
             CloudError::Fatal(_)
         ));
         let e = osauth::Error::new(osauth::ErrorKind::EndpointNotFound, "no block-storage");
