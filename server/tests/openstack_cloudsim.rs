@@ -779,6 +779,59 @@ async fn a_no_valid_host_boot_is_an_error_server_with_its_fault() {
     assert_eq!(server.mysql_addr, None);
 }
 
+/// A cloud that pages its listings (Nova's `osapi_max_limit`, Neutron's
+/// `pagination_max_limit`) still shows the reconciler every pool server
+/// with every port attached to it: the driver follows the next links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paged_listings_are_followed_to_the_end() {
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            page_limit: Some(2),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let cloud = env.driver().await;
+    let network = cloud.network("tenant-net").await.unwrap();
+    let mut ports_of = std::collections::BTreeMap::new();
+    for name in ["a", "b", "c"] {
+        let server = cloud
+            .create_server(&spec(name, "db.small", "az1"))
+            .await
+            .unwrap();
+        settled(&cloud, &server.id).await;
+        let port = cloud
+            .create_port(&NewPortSpec {
+                name: format!("warmpool-{name}"),
+                network_id: network.id.clone(),
+                subnet_id: None,
+                fixed_ip: None,
+                project_id: "tenant".into(),
+            })
+            .await
+            .unwrap();
+        cloud.attach_port(&server.id, &port.id).await.unwrap();
+        ports_of.insert(server.id, vec![port.id]);
+    }
+    for _ in 0..100 {
+        let listed = cloud.list_pool_servers().await.unwrap();
+        let seen: std::collections::BTreeMap<_, _> = listed
+            .into_iter()
+            .map(|s| (s.id, s.attached_ports))
+            .collect();
+        assert_eq!(
+            seen.keys().collect::<Vec<_>>(),
+            ports_of.keys().collect::<Vec<_>>()
+        );
+        if seen == ports_of {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the listing never showed every server's port: {ports_of:?}");
+}
+
 /// A revoked token (Keystone restarted with new keys, an operator revoked
 /// it) is still "alive" for osauth, which never retries a 401: only the
 /// driver's own re-login recovers.

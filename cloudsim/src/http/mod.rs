@@ -187,6 +187,10 @@ pub struct HttpSettings {
     /// How long [`RunningFace::shutdown`] waits for in-flight requests before
     /// aborting them (a request hung by `Faults::hang_after_calls` never ends).
     pub shutdown_grace: Duration,
+    /// The most items a server or port listing answers at once, as Nova's
+    /// `osapi_max_limit` and Neutron's `pagination_max_limit` cap it; a full
+    /// page links the next. `None`: unlimited (Neutron's default).
+    pub page_limit: Option<usize>,
 }
 
 impl Default for HttpSettings {
@@ -213,6 +217,7 @@ impl Default for HttpSettings {
             address_prefix: [127, 77],
             public_host: None,
             shutdown_grace: Duration::from_secs(5),
+            page_limit: None,
         }
     }
 }
@@ -795,6 +800,64 @@ pub(crate) fn parse_version(s: &str) -> Option<(u16, u16)> {
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
+/// One page of a listing as Nova and Neutron page it: the `items` (in
+/// listing order) after the one whose `id` is the query's `marker`, at most
+/// the query's `limit` capped by `page_limit`. A full page links the next
+/// (`rel: next`, the same query with this page's last id as the marker).
+/// An unknown marker or a limit that is not a number is the message of a 400.
+pub(crate) fn page(
+    items: Vec<serde_json::Value>,
+    q: &[(String, String)],
+    page_limit: Option<usize>,
+    url: &str,
+) -> Result<(Vec<serde_json::Value>, Option<serde_json::Value>), String> {
+    let value = |key: &str| q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let asked = match value("limit") {
+        None => None,
+        Some(l) => Some(
+            l.parse::<usize>()
+                .map_err(|_| format!("limit must be a non-negative integer, got {l:?}"))?,
+        ),
+    };
+    let limit = match (asked.filter(|l| *l > 0), page_limit) {
+        (Some(a), Some(max)) => Some(a.min(max)),
+        (a, max) => a.or(max),
+    };
+    let start = match value("marker") {
+        None => 0,
+        Some(marker) => {
+            items
+                .iter()
+                .position(|i| i["id"] == marker)
+                .ok_or_else(|| format!("marker [{marker}] not found"))?
+                + 1
+        }
+    };
+    let rest = items.into_iter().skip(start);
+    let Some(limit) = limit else {
+        return Ok((rest.collect(), None));
+    };
+    let page: Vec<serde_json::Value> = rest.take(limit).collect();
+    let next = (page.len() == limit).then(|| {
+        let last = page.last().map(|i| i["id"].clone()).unwrap_or_default();
+        let mut query: Vec<(String, String)> = q
+            .iter()
+            .filter(|(k, _)| k != "marker" && k != "limit")
+            .cloned()
+            .collect();
+        query.push(("limit".into(), limit.to_string()));
+        query.push((
+            "marker".into(),
+            last.as_str().unwrap_or_default().to_owned(),
+        ));
+        let encoded = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(query)
+            .finish();
+        serde_json::json!([{"rel": "next", "href": format!("{url}?{encoded}")}])
+    });
+    Ok((page, next))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -808,6 +871,49 @@ mod tests {
         assert_eq!(iso_micros(t, true), "2026-11-25T09:46:40.000042Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(iso_seconds(leap), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn listings_page_after_the_marker_and_link_a_full_page() {
+        let items: Vec<serde_json::Value> = ["a", "b", "c"]
+            .iter()
+            .map(|id| serde_json::json!({ "id": id }))
+            .collect();
+        let q = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let ids = |page: &[serde_json::Value]| -> Vec<String> {
+            page.iter()
+                .map(|i| i["id"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let (all, next) = page(items.clone(), &[], None, "http://x/ports").unwrap();
+        assert_eq!(
+            (ids(&all), next),
+            (vec!["a".into(), "b".into(), "c".into()], None)
+        );
+
+        let (first, next) = page(
+            items.clone(),
+            &q(&[("name", "p q")]),
+            Some(2),
+            "http://x/ports",
+        )
+        .unwrap();
+        assert_eq!(ids(&first), ["a", "b"]);
+        let next = next.expect("a full page links the next");
+        assert_eq!(next[0]["rel"], "next");
+        assert_eq!(next[0]["href"], "http://x/ports?name=p+q&limit=2&marker=b");
+
+        let (last, next) = page(items.clone(), &q(&[("marker", "b")]), Some(2), "u").unwrap();
+        assert_eq!((ids(&last), next), (vec!["c".into()], None));
+        let (one, _) = page(items.clone(), &q(&[("limit", "1")]), Some(2), "u").unwrap();
+        assert_eq!(ids(&one), ["a"]);
+        assert!(page(items.clone(), &q(&[("marker", "zz")]), None, "u").is_err());
+        assert!(page(items, &q(&[("limit", "-1")]), None, "u").is_err());
     }
 
     #[test]

@@ -397,7 +397,13 @@ async fn list_ports(State(state): State<Arc<FaceState>>, q: Q) -> Result<Json<Va
         .map(|d| port_json(&state, d))
         .filter(|p| matches(p, &q))
         .collect();
-    Ok(Json(json!({"ports": list})))
+    let url = format!("{}/v2.0/ports", state.url(N));
+    let (list, next) = super::page(list, &q, state.settings.page_limit, &url)
+        .map_err(|m| ApiError::new(N, StatusCode::BAD_REQUEST, m))?;
+    Ok(Json(match next {
+        Some(links) => json!({"ports": list, "ports_links": links}),
+        None => json!({"ports": list}),
+    }))
 }
 
 /// `PUT /ports/{id}`: the name can change. Binding belongs to Nova

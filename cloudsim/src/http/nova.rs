@@ -726,7 +726,23 @@ async fn list_servers(
             })
         })
         .collect();
-    Ok(Json(json!({"servers": servers})))
+    paged(&state, servers, &q, "servers")
+}
+
+/// A page of servers, linked to the next as Nova links it.
+fn paged(
+    state: &FaceState,
+    servers: Vec<Value>,
+    q: &[(String, String)],
+    path: &str,
+) -> Result<Json<Value>, ApiError> {
+    let url = format!("{}/{path}", state.url(super::Service::Compute));
+    let (servers, next) = super::page(servers, q, state.settings.page_limit, &url)
+        .map_err(|m| ApiError::new(C, StatusCode::BAD_REQUEST, m))?;
+    Ok(Json(match next {
+        Some(links) => json!({"servers": servers, "servers_links": links}),
+        None => json!({"servers": servers}),
+    }))
 }
 
 async fn list_servers_detail(
@@ -745,7 +761,7 @@ async fn list_servers_detail(
         .iter()
         .map(|d| server_json(&state, &model, d, mv))
         .collect();
-    Ok(Json(json!({"servers": servers})))
+    paged(&state, servers, &q, "servers/detail")
 }
 
 async fn delete_server(

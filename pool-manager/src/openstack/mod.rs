@@ -59,6 +59,17 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// and `PUT /servers/{id}/tags/{tag}`); 2.52: tags in `POST /servers`;
 /// 2.101: volume attach answers 202 with no body (handled: the body is never
 /// read, completion is the Cinder volume's status).
+/// The most pages a listing follows: a cloud whose next links never end
+/// (a marker it ignores) gets an error, not an endless loop.
+const MAX_PAGES: usize = 1000;
+
+/// The error for a listing still linking a next page after [`MAX_PAGES`].
+fn endless_listing(what: &str) -> CloudError {
+    CloudError::Fatal(format!(
+        "{what}: still a next page after {MAX_PAGES} pages (the cloud ignores the marker?)"
+    ))
+}
+
 const NOVA_VERSIONS: [(u16, u16); 4] = [(2, 26), (2, 52), (2, 79), (2, 101)];
 
 /// Everything the driver needs, as plain values: the daemon fills it from
@@ -441,17 +452,32 @@ impl OpenStackCloud {
         &self,
         device_id: Option<&str>,
     ) -> CloudResult<HashMap<String, Vec<String>>> {
-        let mut call = Call::new(Service::Network, Method::GET, ["ports"])
-            .query("fields", "id")
-            .query("fields", "device_id");
-        if let Some(d) = device_id {
-            call = call.query("device_id", d);
-        }
-        let body: neutron::PortsBody = self.fetch(call).await?;
         let mut by_device: HashMap<String, Vec<String>> = HashMap::new();
-        for p in body.ports {
-            if let Some(d) = p.device_id.filter(|d| !d.is_empty()) {
-                by_device.entry(d).or_default().push(p.id);
+        let mut marker: Option<String> = None;
+        // Neutron pages at pagination_max_limit when one is set; follow `next`.
+        for page_number in 0.. {
+            if page_number == MAX_PAGES {
+                return Err(endless_listing("GET /v2.0/ports"));
+            }
+            let mut call = Call::new(Service::Network, Method::GET, ["ports"])
+                .query("fields", "id")
+                .query("fields", "device_id");
+            if let Some(d) = device_id {
+                call = call.query("device_id", d);
+            }
+            if let Some(m) = &marker {
+                call = call.query("marker", m.as_str());
+            }
+            let page: neutron::PortsBody = self.fetch(call).await?;
+            let has_next = nova::has_next(page.ports_links.as_deref());
+            marker = page.ports.last().map(|p| p.id.clone());
+            for p in page.ports {
+                if let Some(d) = p.device_id.filter(|d| !d.is_empty()) {
+                    by_device.entry(d).or_default().push(p.id);
+                }
+            }
+            if !has_next || marker.is_none() {
+                break;
             }
         }
         Ok(by_device)
@@ -670,7 +696,10 @@ impl Cloud for OpenStackCloud {
         let mut found = Vec::new();
         let mut marker: Option<String> = None;
         // Nova pages at osapi_max_limit (1000 by default); follow `next`.
-        for _ in 0..1000 {
+        for page_number in 0.. {
+            if page_number == MAX_PAGES {
+                return Err(endless_listing("GET /servers/detail"));
+            }
             let mut call = self
                 .nova(Method::GET, &["servers", "detail"])
                 .query("tags", tag.as_str());
@@ -678,10 +707,7 @@ impl Cloud for OpenStackCloud {
                 call = call.query("marker", m.as_str());
             }
             let page: nova::ServersBody = self.fetch(call).await?;
-            let has_next = page
-                .servers_links
-                .as_ref()
-                .is_some_and(|links| links.iter().any(|l| l.rel == "next"));
+            let has_next = nova::has_next(page.servers_links.as_deref());
             marker = page.servers.last().map(|s| s.id.clone());
             found.extend(page.servers);
             if !has_next || marker.is_none() {

@@ -12,6 +12,8 @@ pub struct PortBody {
 #[derive(Debug, Deserialize)]
 pub struct PortsBody {
     pub ports: Vec<NeutronPort>,
+    #[serde(default)]
+    pub ports_links: Option<Vec<super::nova::Link>>,
 }
 
 #[derive(Debug, Deserialize)]

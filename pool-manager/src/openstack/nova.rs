@@ -22,10 +22,17 @@ pub struct ServersBody {
     pub servers_links: Option<Vec<Link>>,
 }
 
+/// A listing's page link, as Nova (`servers_links`) and Neutron
+/// (`ports_links`) give it.
 #[derive(Debug, Deserialize)]
 pub struct Link {
     #[serde(default)]
     pub rel: String,
+}
+
+/// Whether a listing's links say there is a next page.
+pub fn has_next(links: Option<&[Link]>) -> bool {
+    links.is_some_and(|links| links.iter().any(|l| l.rel == "next"))
 }
 
 #[derive(Debug, Deserialize)]
