@@ -574,7 +574,21 @@ impl Shared {
         if let Some(outcome) = boot_outcome(&result) {
             self.emit(Some(&instance.pool), EventKind::Boot { outcome, lead_time });
         }
+        // A failed boot still drives its instance until it is discarded: a
+        // reconcile pass in between would resume it (the boot failing again,
+        // reported twice).
+        let result = self.finish_failed_boot(&instance, result).await;
         self.release_driving(&instance.id);
+        result
+    }
+
+    /// Records why a boot failed and discards its instance; other results
+    /// pass through.
+    async fn finish_failed_boot(
+        &self,
+        instance: &Instance,
+        result: Result<Instance, BootError>,
+    ) -> Result<Instance, BootError> {
         match result {
             Ok(ready) => Ok(ready),
             Err(BootError::Superseded) => Err(BootError::Superseded),

@@ -289,3 +289,57 @@ async fn a_boot_resumed_from_a_stale_listing_never_discards_a_purchased_instance
     );
     assert_consistent(&sim, &manager).await;
 }
+
+/// The first write of the pool's `last_error` waits until the test lets it go.
+struct HoldFirstPoolError {
+    fired: AtomicBool,
+    holding: Notify,
+    release: Notify,
+}
+
+#[async_trait]
+impl StoreHooks for HoldFirstPoolError {
+    async fn before_put_pool(&self, pool: &pool_manager::model::PoolRecord) {
+        if pool.last_error.is_some() && !self.fired.swap(true, Ordering::SeqCst) {
+            self.holding.notify_one();
+            self.release.notified().await;
+        }
+    }
+}
+
+/// A boot that failed still drives its instance until it has discarded it:
+/// a reconcile pass in between must not resume it (a second failed boot of
+/// the same instance, reported twice, its cloud work done again).
+#[tokio::test(start_paused = true)]
+async fn reconcile_does_not_resume_a_failed_boot_before_its_discard() {
+    use pool_manager::events::{BootOutcome, EventKind};
+    let sim = sim();
+    sim.faults()
+        .error_next_boots(1, "NoValidHost: No valid host was found.");
+    let store = HookedStore::new(HoldFirstPoolError {
+        fired: AtomicBool::new(false),
+        holding: Notify::new(),
+        release: Notify::new(),
+    });
+    let manager = manager_on(&sim, store.clone());
+    let mut events = manager.events();
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    // The boot failed and is recording why; its instance is not discarded yet.
+    store.hooks.holding.notified().await;
+
+    manager.reconcile().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let mut failed_boots = 0;
+    while let Ok(event) = events.try_recv() {
+        if let EventKind::Boot { outcome, .. } = event.kind {
+            assert_eq!(outcome, BootOutcome::NoValidHost);
+            failed_boots += 1;
+        }
+    }
+    assert_eq!(failed_boots, 1, "the failed boot was resumed");
+
+    store.hooks.release.notify_one();
+    wait_ready(&manager, 1).await;
+    assert_consistent(&sim, &manager).await;
+}

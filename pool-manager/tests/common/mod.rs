@@ -470,6 +470,8 @@ pub trait StoreHooks: Send + Sync + 'static {
     fn after_allocation_swap(&self, _expected: Option<&Allocation>, _swapped: bool) {}
     /// Before a flush reaches the store.
     async fn before_flush(&self) {}
+    /// Before a pool record is written.
+    async fn before_put_pool(&self, _pool: &PoolRecord) {}
 }
 
 /// A real store with a test's [`StoreHooks`] around its writes; every call
@@ -499,6 +501,7 @@ impl<H: StoreHooks> Store for HookedStore<H> {
         self.inner.list_pools().await
     }
     async fn put_pool(&self, pool: &PoolRecord) -> StoreResult<()> {
+        self.hooks.before_put_pool(pool).await;
         self.inner.put_pool(pool).await
     }
     async fn delete_pool(&self, key: &PoolKey) -> StoreResult<()> {
