@@ -535,7 +535,8 @@ impl Shared {
         if policy == EmptyPoolPolicy::FailFast
             && self.unclaimed_ready(&params.pool).await?.is_empty()
         {
-            return Err(self.no_ready_instance(&params.pool));
+            self.emit(Some(&params.pool), EventKind::Exhausted);
+            return Err(no_ready_instance(&params.pool));
         }
         self.create_tenant_resources(record, deadline).await?;
         // A new volume was just seen available; after a failed try it may
@@ -647,17 +648,22 @@ impl Shared {
         deadline: Instant,
     ) -> ManagerResult<(Instance, bool)> {
         let mut changes = self.changes.subscribe();
+        let mut counted = false;
         loop {
             if let Some(instance) = self.claim_ready(params).await? {
                 return Ok((instance, true));
             }
+            // One count per call that found the pool empty: a waiting call
+            // wakes on every write of any pool.
+            if !std::mem::replace(&mut counted, true) {
+                self.emit(Some(&params.pool), EventKind::Exhausted);
+            }
             match policy {
-                EmptyPoolPolicy::FailFast => return Err(self.no_ready_instance(&params.pool)),
+                EmptyPoolPolicy::FailFast => return Err(no_ready_instance(&params.pool)),
                 EmptyPoolPolicy::ColdBoot => {
                     return self.cold_boot(params, deadline).await.map(|i| (i, false))
                 }
                 EmptyPoolPolicy::Wait => {
-                    self.emit(Some(&params.pool), EventKind::Exhausted);
                     if tokio::time::timeout_at(deadline, changes.changed())
                         .await
                         .is_err()
@@ -670,12 +676,6 @@ impl Shared {
                 }
             }
         }
-    }
-
-    /// Counts a purchase that found the pool empty and says so.
-    fn no_ready_instance(&self, pool: &PoolKey) -> ManagerError {
-        self.emit(Some(pool), EventKind::Exhausted);
-        ManagerError::ResourceExhausted(format!("pool {pool} has no ready instance"))
     }
 
     /// The pool's Ready instances nobody has claimed, oldest first (so
@@ -1323,4 +1323,9 @@ enum Phase {
     Created,
     BeforeAttach,
     AfterAttach,
+}
+
+/// The answer to a fail-fast purchase that found the pool empty.
+fn no_ready_instance(pool: &PoolKey) -> ManagerError {
+    ManagerError::ResourceExhausted(format!("pool {pool} has no ready instance"))
 }

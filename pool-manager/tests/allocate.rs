@@ -151,6 +151,44 @@ async fn failed_port_attach_rolls_back_and_uses_the_next_instance() {
     );
 }
 
+/// An Allocate that finds its pool empty is counted once, whatever the
+/// policy: a waiting one is not counted again each time some other write
+/// wakes it, and a cold-booted one is counted too.
+#[tokio::test(start_paused = true)]
+async fn an_allocate_finding_the_pool_empty_is_counted_once() {
+    use pool_manager::events::EventKind;
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 0).await;
+    let mut events = manager.events();
+    let exhausted = |events: &mut tokio::sync::broadcast::Receiver<pool_manager::events::Event>| {
+        let mut n = 0;
+        while let Ok(event) = events.try_recv() {
+            if matches!(event.kind, EventKind::Exhausted) {
+                assert_eq!(event.pool, Some(pool()));
+                n += 1;
+            }
+        }
+        n
+    };
+
+    // Another pool fills meanwhile: its writes wake the waiting Allocate.
+    manager
+        .create_pool(PoolKey::new("db.large", "az1"), spec(3))
+        .await
+        .unwrap();
+    let mut waiting = request("w", new_volume(), EmptyPoolPolicy::Wait);
+    waiting.timeout = Some(Duration::from_secs(90));
+    let err = manager.allocate(waiting).await.unwrap_err();
+    assert!(matches!(err, ManagerError::ResourceExhausted(_)), "{err}");
+    assert_eq!(exhausted(&mut events), 1);
+
+    manager
+        .allocate(request("c", new_volume(), EmptyPoolPolicy::ColdBoot))
+        .await
+        .unwrap();
+    assert_eq!(exhausted(&mut events), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn empty_pool_honours_fail_fast_wait_and_cold_boot() {
     let sim = sim();
