@@ -57,8 +57,19 @@ pub struct AllocateRequest {
 impl PoolManager {
     /// Hands out a warm instance with the tenant's volume and port attached.
     /// Idempotent on `request_id`.
+    ///
+    /// The purchase runs as a task of the manager, so a caller that stops
+    /// waiting (a gRPC client's deadline drops the handler) does not leave
+    /// it half done for the reconciler: it finishes, and a retry with the
+    /// same request id gets its answer.
     pub async fn allocate(&self, request: AllocateRequest) -> ManagerResult<Allocation> {
-        self.shared.allocate(request).await
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let shared = self.shared.clone();
+        self.shared.spawn(async move {
+            let _ = answer.send(shared.allocate(request).await);
+        });
+        // Unanswered only when the manager stops (it aborts its tasks).
+        answered.await.unwrap_or(Err(ManagerError::ShuttingDown))
     }
 
     /// Every allocation in the store, any state.

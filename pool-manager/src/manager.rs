@@ -184,6 +184,15 @@ impl Shared {
         if *self.shutdown.borrow() {
             return;
         }
+        // A finished task stays in the set until joined: reap them here, or
+        // every boot and purchase ever made would be kept until shutdown.
+        while let Some(finished) = tasks.try_join_next() {
+            if let Err(e) = finished {
+                if e.is_panic() {
+                    tracing::error!(error = %e, "a background task panicked");
+                }
+            }
+        }
         tasks.spawn(task);
     }
 

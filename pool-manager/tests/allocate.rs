@@ -912,6 +912,31 @@ async fn allocations_get_through_a_rate_limited_cloud_without_losing_instances()
 /// A drain lists the pool's Ready instances, then discards them one by one;
 /// an Allocate that started before the drain claims one in between. The
 /// drain must leave it to the Allocate, whose answer must name a live server.
+/// A caller that gives up on an Allocate (a gRPC client's deadline drops
+/// the call) does not stop it: the purchase finishes, and the caller's
+/// retry with the same request id gets its answer at once, instead of
+/// waiting for the reconciler to roll a half-done purchase back.
+#[tokio::test(start_paused = true)]
+async fn an_allocate_its_caller_gave_up_on_still_finishes() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let attaching = cloud.hold_next("attach_port", At::Before);
+    let order = || {
+        let mut order = request("order-gone", new_volume(), EmptyPoolPolicy::FailFast);
+        order.timeout = Some(Duration::from_secs(10));
+        order
+    };
+    let gave_up = tokio::time::timeout(Duration::from_secs(1), manager.allocate(order())).await;
+    assert!(gave_up.is_err(), "the held Allocate answered");
+
+    attaching.release();
+    let retried = manager.allocate(order()).await.expect("the retry's answer");
+    assert_eq!(retried.state, AllocationState::Allocated);
+    assert!(retried.warm_hit);
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A second call with the request id of an Allocate in flight waits for its
 /// answer, and gets it when it comes, also when the pool was deleted in the
 /// meantime (so no change of the pool's purchase count wakes it).
