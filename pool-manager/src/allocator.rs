@@ -850,13 +850,17 @@ impl Shared {
     /// a failing poll says "not known to be full".
     async fn quota_full(&self, pool: &crate::model::PoolKey) -> bool {
         let now = Instant::now();
-        let (left, fresh) = {
+        let (left, fresh, boots_at_send) = {
             let gate = gate::lock(&self.gate);
             let status = gate.headroom_status(&pool.flavor);
             let fresh = status
                 .polled_at
                 .is_some_and(|at| now.saturating_duration_since(at) < self.settings.poll_interval);
-            (gate.headroom_left(&pool.flavor), fresh)
+            (
+                gate.headroom_left(&pool.flavor),
+                fresh,
+                gate.boots_started(),
+            )
         };
         if left != Some(0) || fresh {
             return left == Some(0);
@@ -864,7 +868,13 @@ impl Shared {
         match self.cloud.boot_headroom(&pool.flavor).await {
             Ok(h) => {
                 let mut gate = gate::lock(&self.gate);
-                gate.headroom_polled(&pool.flavor, h.servers, h.limited_by, Instant::now());
+                gate.headroom_polled(
+                    &pool.flavor,
+                    boots_at_send,
+                    h.servers,
+                    h.limited_by,
+                    Instant::now(),
+                );
                 gate.headroom_left(&pool.flavor) == Some(0)
             }
             Err(e) => {

@@ -49,7 +49,7 @@
 //! holds it behind a mutex and reports to it through `BootTicket`s.
 
 use crate::allocator::deadline_after;
-use crate::cloud::MAX_RETRY_AFTER;
+use crate::cloud::{MAX_RETRY_AFTER, MIN_RETRY_PAUSE};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};
@@ -422,15 +422,25 @@ impl Gate {
         }
     }
 
-    /// The cloud's limits for `flavor`, polled at `now`.
+    /// Boots started so far (every AZ, purchases included): read before a
+    /// headroom poll is sent, for [`Self::headroom_polled`].
+    pub fn boots_started(&self) -> u64 {
+        self.quota.boots_started
+    }
+
+    /// The cloud's limits for `flavor`, polled at `now` by a request sent
+    /// when [`Self::boots_started`] read `boots_at_send`. Boots started
+    /// since the request was sent are taken from the answer's headroom:
+    /// the cloud may not have counted them.
     pub fn headroom_polled(
         &mut self,
         flavor: &str,
+        boots_at_send: u64,
         servers: Option<u64>,
         limited_by: Option<String>,
         now: Instant,
     ) {
-        let boots = self.quota.boots_started;
+        let boots = boots_at_send.min(self.quota.boots_started);
         self.quota.headroom.insert(
             flavor.to_string(),
             HeadroomEntry {
@@ -505,11 +515,12 @@ impl Gate {
 
     /// The pause before retrying a call the cloud answered 429/413:
     /// Retry-After (or the default) stretched by the seeded jitter.
-    /// Never more than twice [`MAX_RETRY_AFTER`], whatever the cloud sent.
+    /// At least [`MIN_RETRY_PAUSE`] and never more than twice
+    /// [`MAX_RETRY_AFTER`], whatever the cloud sent.
     pub fn retry_pause(&mut self, retry_after: Option<Duration>) -> Duration {
         let base = retry_after
             .unwrap_or(self.settings.default_retry_after)
-            .min(MAX_RETRY_AFTER);
+            .clamp(MIN_RETRY_PAUSE, MAX_RETRY_AFTER);
         // NaN fails the guard (`clamp` would keep it and `gen_range` panic).
         let jitter = match self.settings.retry_after_jitter {
             j if j > 0.0 => j.min(1.0),
@@ -599,13 +610,16 @@ impl Gate {
         for entry in q.headroom.values_mut() {
             entry.stale = true;
         }
-        let until = now + q.backoff;
-        q.paused_until = Some(q.paused_until.map_or(until, |u| u.max(until)));
-        q.backoff = (q.backoff * 2).min(
-            self.settings
-                .quota_backoff_max
-                .max(self.settings.quota_backoff),
-        );
+        // Boots refused together (started before the pause) are one
+        // episode: the pause begins and its backoff doubles once.
+        if q.paused_until.is_none_or(|u| u <= now) {
+            q.paused_until = Some(now + q.backoff);
+            q.backoff = (q.backoff * 2).min(
+                self.settings
+                    .quota_backoff_max
+                    .max(self.settings.quota_backoff),
+            );
+        }
     }
 
     pub fn status(&mut self, az: &str, now: Instant) -> GateStatus {

@@ -6,7 +6,7 @@
 use crate::changes::{ChangeCursor, Changes};
 use crate::cloud::{
     BootHeadroom, Cloud, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
-    ServerSpec, Volume, MAX_RETRY_AFTER,
+    ServerSpec, Volume, MAX_RETRY_AFTER, MIN_RETRY_PAUSE,
 };
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{CloudService, Event, EventKind, HealthBook, PoolHealth};
@@ -143,9 +143,6 @@ pub(crate) struct Shared {
 /// How often released allocations past `ManagerSettings::keep_released` are
 /// looked for: a pass reads every allocation record.
 pub const FORGET_EVERY: Duration = Duration::from_secs(3600);
-
-/// The shortest pause before retrying a throttled call, whatever the cloud said.
-const MIN_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 impl Shared {
     pub fn changed(&self) {

@@ -290,16 +290,20 @@ impl Shared {
     /// works) and is tried again after the interval; a 429 is the gate's.
     pub(crate) async fn refresh_headroom(&self, pool: &PoolKey) {
         let flavor = &pool.flavor;
-        if !gate::lock(&self.gate).headroom_due(flavor, Instant::now()) {
-            return;
-        }
+        let boots_at_send = {
+            let gate = gate::lock(&self.gate);
+            if !gate.headroom_due(flavor, Instant::now()) {
+                return;
+            }
+            gate.boots_started()
+        };
         let result = self.cloud.boot_headroom(flavor).await;
         let now = Instant::now();
         let mut gate = gate::lock(&self.gate);
         match result {
             Ok(h) => {
                 tracing::debug!(%flavor, servers = ?h.servers, limited_by = ?h.limited_by, "quota headroom");
-                gate.headroom_polled(flavor, h.servers, h.limited_by, now);
+                gate.headroom_polled(flavor, boots_at_send, h.servers, h.limited_by, now);
             }
             Err(e) => {
                 if let CloudError::Throttled { retry_after, .. } = &e {

@@ -537,6 +537,58 @@ fn an_absurd_retry_after_pauses_for_at_most_the_cap() {
     );
 }
 
+/// Boots started together and refused together are one refusal: the pause
+/// doubles once per episode, as throttling's window halves once per
+/// episode, not once per boot (4 refusals at once paused for 4 backoffs).
+#[test]
+fn refusals_during_a_quota_pause_do_not_lengthen_it() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings {
+        quota_backoff: secs(30),
+        quota_backoff_max: secs(900),
+        ..GateSettings::default()
+    });
+    for _ in 0..4 {
+        g.quota_exceeded(t0);
+    }
+    g.quota_exceeded(t0 + secs(10));
+    assert_eq!(
+        g.admission("az1", "db.small", t0 + secs(11)).hold,
+        Some(Hold::Quota {
+            until: t0 + secs(30)
+        })
+    );
+    // The next episode pauses twice as long, once.
+    g.quota_exceeded(t0 + secs(30));
+    g.quota_exceeded(t0 + secs(31));
+    assert_eq!(
+        g.admission("az1", "db.small", t0 + secs(32)).hold,
+        Some(Hold::Quota {
+            until: t0 + secs(90)
+        })
+    );
+    assert_eq!(
+        g.status("az1", t0).quota_refusals,
+        7,
+        "every refusal counts"
+    );
+}
+
+/// "Retry-After: 0" answered to several boots' calls at once is one
+/// throttling episode: the window halves once, not once per 429.
+#[test]
+fn simultaneous_429s_with_retry_after_zero_halve_the_window_once() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings::default());
+    let before = g.status("az1", t0).window;
+    for _ in 0..8 {
+        g.throttled("az1", Some(Duration::ZERO), t0);
+    }
+    let s = g.status("az1", t0);
+    assert_eq!((s.window, s.decreases), (before / 2.0, 1), "{s:?}");
+    assert!(s.hold.is_some(), "a pause, however short, holds new boots");
+}
+
 #[test]
 fn quota_refusal_pauses_speculative_boots_with_backoff() {
     let t0 = Instant::now();
@@ -600,6 +652,22 @@ fn quota_refusal_pauses_speculative_boots_with_backoff() {
     assert_eq!(g.status("az1", t0).quota_refusals, 5);
 }
 
+/// Boots started while a headroom poll was on its way may be missing from
+/// the cloud's answer: they are taken from the headroom it gives.
+#[test]
+fn boots_started_during_a_headroom_poll_use_up_its_answer() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings::default());
+    let sent = g.boots_started();
+    g.start("az1", false, t0);
+    g.start("az2", true, t0);
+    g.headroom_polled("db.small", sent, Some(5), None, t0 + secs(1));
+    assert_eq!(
+        g.admission("az1", "db.small", t0 + secs(1)).headroom,
+        Some(3)
+    );
+}
+
 #[test]
 fn quota_headroom_caps_speculative_boots_and_purchases_go_first() {
     let t0 = Instant::now();
@@ -613,6 +681,7 @@ fn quota_headroom_caps_speculative_boots_and_purchases_go_first() {
 
     g.headroom_polled(
         "db.small",
+        g.boots_started(),
         Some(3),
         Some("instances: 7 of 10 used".into()),
         t0,
@@ -640,7 +709,7 @@ fn quota_headroom_caps_speculative_boots_and_purchases_go_first() {
     assert_eq!(g.admission("az1", "db.small", t0).headroom, Some(1));
 
     // Unlimited quota: no cap.
-    g.headroom_polled("db.large", None, None, t0);
+    g.headroom_polled("db.large", g.boots_started(), None, None, t0);
     assert_eq!(g.admission("az1", "db.large", t0).headroom, None);
 
     // A refusal makes the cached answer stale: poll again at once.
@@ -662,7 +731,7 @@ fn quota_headroom_caps_speculative_boots_and_purchases_go_first() {
     // A disabled gate neither polls nor caps.
     let mut off = gate(GateSettings::disabled());
     assert!(!off.headroom_due("db.small", t0));
-    off.headroom_polled("db.small", Some(0), None, t0);
+    off.headroom_polled("db.small", off.boots_started(), Some(0), None, t0);
     assert_eq!(off.admission("az1", "db.small", t0), Admission::OPEN);
 }
 
