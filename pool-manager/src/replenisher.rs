@@ -332,6 +332,7 @@ impl Shared {
                 }
             }
         }
+        let fresh_ready = supply - in_flight;
         let now = Instant::now();
         let az = &pool.key.availability_zone;
         let settings = &self.settings.sizing;
@@ -368,8 +369,10 @@ impl Shared {
         }
         let replaced = in_flight == 0 && supply >= target;
         // Expired instances are not supply (above): their replacements
-        // booting beside them do not put the pool over max_ready.
-        let over_cap = supply.saturating_sub(pool.spec.max_ready);
+        // booting beside them do not put the pool over max_ready. Boots in
+        // flight above it are retired once Ready: retiring Ready instances
+        // for them would leave the pool short for a lead time.
+        let over_cap = fresh_ready.saturating_sub(pool.spec.max_ready);
         self.retire(pool, &instances, &ages, replaced, over_cap)
             .await?;
         // The plan and its boots' tickets under one lock: the room and the

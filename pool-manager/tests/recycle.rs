@@ -226,3 +226,42 @@ async fn a_failed_pool_read_does_not_stop_the_replenisher() {
     }
     wait_ready(&manager, 2).await;
 }
+
+/// Lowering max_ready while boots are in flight keeps the Ready instances
+/// until the boots are Ready too: retiring Ready ones for boots that will
+/// not be Ready for a lead time left the pool short meanwhile.
+#[tokio::test(start_paused = true)]
+async fn lowering_max_ready_during_boots_keeps_the_ready_instances_until_they_finish() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 6).await;
+    manager
+        .update_pool(&pool(), |s| s.target = Target::Fixed(10))
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if sim.servers().len() == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sim.servers().len(), 10, "four boots under way");
+
+    manager
+        .update_pool(&pool(), |s| {
+            s.max_ready = 6;
+            s.target = Target::Fixed(6);
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        ready_ids(&manager).await.len(),
+        6,
+        "Ready ones were retired"
+    );
+
+    tokio::time::sleep(Duration::from_secs(180)).await;
+    assert_eq!(ready_ids(&manager).await.len(), 6);
+    assert_eq!(sim.servers().len(), 6, "the surplus was retired once Ready");
+    assert_consistent(&sim, &manager).await;
+}
