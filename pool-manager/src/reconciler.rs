@@ -298,7 +298,7 @@ impl Shared {
         }
         let shared = self.clone();
         self.spawn(async move {
-            let _ = shared.drive_boot(instance).await;
+            let _ = shared.drive_resumed_boot(instance).await;
         });
     }
 

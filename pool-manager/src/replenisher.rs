@@ -393,7 +393,9 @@ impl Shared {
             let instance = self.record_new_instance(pool, None).await?;
             let shared = self.clone();
             self.spawn(async move {
-                let _ = shared.drive_boot_with(instance, ticket).await;
+                let _ = shared
+                    .drive_boot_with(instance, ticket, Timed::FromNow)
+                    .await;
             });
         }
         // Come back when the hold ends only if it is what keeps boots back.
@@ -553,27 +555,43 @@ impl Shared {
         instance: Instance,
     ) -> Result<Instance, BootError> {
         let ticket = BootTicket::start(&self.gate, &instance.pool.availability_zone, false);
-        self.drive_boot_with(instance, ticket).await
+        self.drive_boot_with(instance, ticket, Timed::FromNow).await
+    }
+
+    /// [`Self::drive_boot`] for a boot an earlier manager began (the
+    /// reconciler resumes it): when it was requested is not known here, so
+    /// its lead time is not measured.
+    pub(crate) async fn drive_resumed_boot(
+        self: &Arc<Self>,
+        instance: Instance,
+    ) -> Result<Instance, BootError> {
+        let ticket = BootTicket::start(&self.gate, &instance.pool.availability_zone, false);
+        self.drive_boot_with(instance, ticket, Timed::Not).await
     }
 
     async fn drive_boot_with(
         self: &Arc<Self>,
         instance: Instance,
         ticket: BootTicket,
+        timed: Timed,
     ) -> Result<Instance, BootError> {
         let started = Instant::now();
-        let mut watch = LeadWatch::start(self, &instance);
+        let mut watch = (timed == Timed::FromNow).then(|| LeadWatch::start(self, &instance));
         let mut ticket = Some(ticket);
-        let result = self.boot_to_ready(&instance, &mut ticket).await;
+        let mut result = self.boot_to_ready(&instance, &mut ticket).await;
+        // A server deleted under the boot because its record was taken (a
+        // drain) is no failed boot.
+        if matches!(&result, Err(e) if !matches!(e, BootError::Superseded))
+            && self.taken_from_boot(&instance.id).await
+        {
+            result = Err(BootError::Superseded);
+        }
         let lead_time = started.elapsed();
-        match &result {
-            Ok(_) => watch.finish(Some(lead_time)),
-            Err(e) => {
-                if matches!(e, BootError::Cloud(CloudError::QuotaExceeded(_))) {
-                    gate::lock(&self.gate).quota_exceeded(Instant::now());
-                }
-                watch.finish(None);
-            }
+        if matches!(result, Err(BootError::Cloud(CloudError::QuotaExceeded(_)))) {
+            gate::lock(&self.gate).quota_exceeded(Instant::now());
+        }
+        if let Some(watch) = &mut watch {
+            watch.finish(result.is_ok().then_some(lead_time));
         }
         if let Some(ticket) = ticket {
             ticket.finish(BootSignal::NoSignal);
@@ -587,6 +605,17 @@ impl Shared {
         let result = self.finish_failed_boot(&instance, result).await;
         self.release_driving(&instance.id);
         result
+    }
+
+    /// Whether the instance's record is no longer its boot's to move on:
+    /// gone or being deleted (a drain, a retirement). A store that cannot
+    /// say leaves it to the boot.
+    async fn taken_from_boot(&self, id: &str) -> bool {
+        match self.store.get_instance(id).await {
+            Ok(None) => true,
+            Ok(Some(current)) => current.state == InstanceState::Deleting,
+            Err(_) => false,
+        }
     }
 
     /// Records why a boot failed and discards its instance; other results
@@ -743,6 +772,10 @@ impl Shared {
                 }
                 Err(e) => last_probe_error = e.to_string(),
             }
+            // A drain may delete the server under the probes.
+            if self.taken_from_boot(&instance.id).await {
+                return Err(BootError::Superseded);
+            }
             if Instant::now() >= deadline {
                 return Err(BootError::Timeout(format!(
                     "mysqld never answered: {last_probe_error}"
@@ -828,6 +861,15 @@ impl Shared {
         self.update_instance(&instance.id, |_| Some(None)).await?;
         Ok(())
     }
+}
+
+/// Whether a boot task measures its boot's lead time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timed {
+    /// The boot starts with the task.
+    FromNow,
+    /// Resumed: it started before the task, when is not known.
+    Not,
 }
 
 /// Tells the pool's lead-time estimator that a boot is in flight, and that

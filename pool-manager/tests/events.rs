@@ -260,3 +260,52 @@ async fn a_volume_or_port_the_cloud_refuses_to_create_is_the_callers_to_fix() {
     assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
+
+/// Deleting a pool while its instances boot and warm is not a run of
+/// failed boots: the drain deletes their servers under the boot tasks,
+/// which stand down (no failure reported, no degraded pool, no boot timing
+/// out after probing a deleted server for its whole boot timeout).
+#[tokio::test(start_paused = true)]
+async fn draining_a_pool_with_boots_under_way_reports_no_failed_boots() {
+    // 10 s in, the servers build; 45 s in, they are ACTIVE and mysqld
+    // (which never starts here) does not answer yet.
+    for (after, state) in [(10, InstanceState::Booting), (45, InstanceState::Warming)] {
+        drain_while(Duration::from_secs(after), state).await;
+    }
+}
+
+async fn drain_while(after: Duration, state: InstanceState) {
+    let sim = sim();
+    let manager = manager_on(&sim, temp_store());
+    let mut events = manager.events();
+    manager.start().await.unwrap();
+    sim.faults().mysqld_never_starts_next(4);
+    manager.create_pool(pool(), spec(4)).await.unwrap();
+    tokio::time::sleep(after).await;
+    let states: Vec<InstanceState> = manager
+        .list_instances(Some(&pool()))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.state)
+        .collect();
+    assert_eq!(states, vec![state; 4]);
+
+    manager.delete_pool(&pool()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(20 * 60)).await;
+    assert!(manager.get_pool(&pool()).await.is_err(), "the pool is gone");
+    assert!(sim.servers().is_empty());
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(
+                event.kind,
+                EventKind::Degraded { .. }
+                    | EventKind::Boot {
+                        outcome: BootOutcome::Failed | BootOutcome::Timeout,
+                        ..
+                    }
+            ),
+            "{event:?}"
+        );
+    }
+}

@@ -152,3 +152,36 @@ async fn a_running_manager_saves_what_it_learned_without_a_shutdown() {
     assert_eq!(store.get_learned_sizing(&pool()).await.unwrap(), None);
     manager.shutdown().await.unwrap();
 }
+
+/// A boot the previous manager began and the next one resumes says nothing
+/// about lead time: it was timed from its resumption (a server ACTIVE
+/// meanwhile is "Ready in seconds"), so it does not feed the estimator.
+#[tokio::test(start_paused = true)]
+async fn a_resumed_boot_is_no_lead_time_sample() {
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let anchored = Instant::now();
+    let manager = manager_at(&sim, open_store(dir.path()), unix(START));
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    for _ in 0..100 {
+        if !sim.servers().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sim.servers().len(), 1, "the boot is under way");
+
+    // Down while the server boots; it is ACTIVE with mysqld up by the restart.
+    manager.shutdown().await.unwrap();
+    drop(manager);
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    let wall = unix(START) + anchored.elapsed();
+    let manager = manager_at(&sim, open_store(dir.path()), wall);
+    manager.start().await.unwrap();
+    wait_ready(&manager, 1).await;
+
+    let (_, sizing) = sizing(&manager).await;
+    assert_eq!(sizing.lead.samples, 0, "{:?}", sizing.lead);
+    assert_eq!(sizing.lead.source, LeadSource::Prior);
+}
