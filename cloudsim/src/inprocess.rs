@@ -104,8 +104,7 @@ impl Cloud for SimCloud {
         let now = Instant::now();
         self.inner
             .lock_at(now)
-            .detach_volume(server_id, volume_id, now);
-        Ok(())
+            .detach_volume(server_id, volume_id, now)
     }
 
     async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {
@@ -146,7 +145,6 @@ impl Cloud for SimCloud {
     async fn detach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()> {
         self.gate("detach_port").await?;
         let now = Instant::now();
-        self.inner.lock_at(now).detach_port(server_id, port_id, now);
-        Ok(())
+        self.inner.lock_at(now).detach_port(server_id, port_id, now)
     }
 }

@@ -1285,13 +1285,21 @@ impl Model {
         Ok(())
     }
 
-    pub fn detach_volume(&mut self, server_id: &str, volume_id: &str, now: Instant) {
+    /// Nova refuses it (409) while the server is not ACTIVE: a server in
+    /// ERROR (its host failed) keeps its volumes until it is deleted.
+    pub fn detach_volume(
+        &mut self,
+        server_id: &str,
+        volume_id: &str,
+        now: Instant,
+    ) -> CloudResult<()> {
         let Some(vol) = self.volumes.get(volume_id) else {
-            return;
+            return Ok(());
         };
         if vol.attached_server(now) != Some(server_id) {
-            return;
+            return Ok(());
         }
+        self.detachable(server_id, "detach_volume", now)?;
         let done = now + self.latency(self.cfg.latencies.volume_detach);
         let vol = self.volumes.get_mut(volume_id).expect("checked above");
         vol.state.start(
@@ -1308,6 +1316,7 @@ impl Model {
         if let Some(s) = self.servers.get_mut(server_id) {
             s.volumes.remove(volume_id);
         }
+        Ok(())
     }
 
     // ---- ports --------------------------------------------------------------
@@ -1455,19 +1464,55 @@ impl Model {
         Ok(done)
     }
 
-    pub fn detach_port(&mut self, server_id: &str, port_id: &str, now: Instant) {
+    /// Refused (409) while the server is not ACTIVE, as Nova's
+    /// `detach_interface` is.
+    pub fn detach_port(&mut self, server_id: &str, port_id: &str, now: Instant) -> CloudResult<()> {
         let Some(port) = self.ports.get(port_id) else {
-            return;
+            return Ok(());
         };
         if port.target() != Some(server_id) {
-            return;
+            return Ok(());
         }
+        self.detachable(server_id, "detach_interface", now)?;
         let done = now + self.latency(self.cfg.latencies.port_detach);
         let port = self.ports.get_mut(port_id).expect("checked above");
         let shown = port.binding.at(now).clone();
         port.binding.start(shown, done, None);
         if let Some(s) = self.servers.get_mut(server_id) {
             s.ports.remove(port_id);
+        }
+        Ok(())
+    }
+}
+
+impl Model {
+    /// Whether Nova lets `action` detach something from the server now: a
+    /// gone server has nothing attached, a live one must be ACTIVE.
+    fn detachable(&self, server_id: &str, action: &str, now: Instant) -> CloudResult<()> {
+        match self.servers.get(server_id) {
+            Some(s) if s.gone_at.is_none() => match s.status(now) {
+                ServerStatus::Active => Ok(()),
+                status => Err(CloudError::Conflict(format!(
+                    "Cannot '{action}' instance {server_id} while it is in vm_state {}",
+                    vm_state(status)
+                ))),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// The server's host failed: it is in ERROR from now on, with `fault`.
+    pub fn fail_server(&mut self, server_id: &str, fault: &str, now: Instant) -> bool {
+        match self.servers.get_mut(server_id) {
+            Some(s) if s.gone_at.is_none() => {
+                s.boot = Boot::Error {
+                    at: now,
+                    fault: fault.to_owned(),
+                };
+                s.listener = None;
+                true
+            }
+            _ => false,
         }
     }
 }

@@ -166,6 +166,15 @@ impl SimCloud {
         self.lock().attach_volume_elsewhere(volume_id)
     }
 
+    /// The server's host fails: the server is in ERROR (with `fault`) from
+    /// now on and Nova refuses to detach anything from it; deleting it
+    /// still frees its volumes and ports. Not an API call. False when there
+    /// is no such live server.
+    pub fn fail_server(&self, server_id: &str, fault: &str) -> bool {
+        let now = Instant::now();
+        self.inner.lock_at(now).fail_server(server_id, fault, now)
+    }
+
     /// Creates an ACTIVE, mysqld-ready server carrying warmpool metadata for
     /// `pool` (`META_POOL` = `pool.to_string()`, a random `META_INSTANCE`)
     /// that no store knows: a leak for the reconciler. Not an API call.

@@ -14,7 +14,7 @@
 //! afresh. Released allocations are kept (idempotent answers) until
 //! `ManagerSettings::keep_released`, if set.
 
-use crate::cloud::{CloudError, NewPortSpec, NewVolumeSpec, VolumeStatus};
+use crate::cloud::{CloudError, CloudResult, NewPortSpec, NewVolumeSpec, VolumeStatus};
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, EventKind};
 use crate::gate::{self, Gate};
@@ -24,6 +24,7 @@ use crate::model::{
     PoolKey, VolumeSource,
 };
 use crate::replenisher::BootError;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -1191,13 +1192,17 @@ impl Shared {
         let allocation = record.get().await;
         let deadline = self.cleanup_deadline();
         if let (Some(server_id), Some(volume_id)) = (&instance.server_id, &allocation.volume_id) {
-            self.retry(deadline, || self.cloud.detach_volume(server_id, volume_id))
-                .await?;
+            self.detach_before_delete(deadline, server_id, || {
+                self.cloud.detach_volume(server_id, volume_id)
+            })
+            .await?;
         }
         if let Some(port_id) = &allocation.port_id {
             if let Some(server_id) = &instance.server_id {
-                self.retry(deadline, || self.cloud.detach_port(server_id, port_id))
-                    .await?;
+                self.detach_before_delete(deadline, server_id, || {
+                    self.cloud.detach_port(server_id, port_id)
+                })
+                .await?;
             }
             self.retry(deadline, || self.cloud.delete_port(port_id))
                 .await?;
@@ -1231,8 +1236,10 @@ impl Shared {
                 if let (Some(server_id), Some(volume_id)) =
                     (&instance.server_id, &allocation.volume_id)
                 {
-                    self.retry(deadline, || self.cloud.detach_volume(server_id, volume_id))
-                        .await?;
+                    self.detach_before_delete(deadline, server_id, || {
+                        self.cloud.detach_volume(server_id, volume_id)
+                    })
+                    .await?;
                 }
                 self.discard_instance_if(&instance.id, "allocation rolled back", |current| {
                     current.request_id.as_deref() == Some(request_id)
@@ -1264,6 +1271,30 @@ impl Shared {
         self.store.flush().await?;
         self.changed();
         Ok(())
+    }
+
+    /// Detaches a volume or port from a server that is deleted next. A
+    /// detach Nova refuses (409: a server in ERROR, its host failed, or
+    /// one busy with another task) is left to that deletion, which lets go
+    /// of everything attached; insisting would keep the release or the
+    /// rollback from ever finishing.
+    async fn detach_before_delete<F, Fut>(
+        &self,
+        deadline: Instant,
+        server_id: &str,
+        detach: F,
+    ) -> ManagerResult<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = CloudResult<()>>,
+    {
+        match self.retry(deadline, detach).await {
+            Err(CloudError::Conflict(refused)) => {
+                tracing::warn!(server = %server_id, reason = %refused, "detach refused; deleting the server detaches it");
+                Ok(())
+            }
+            other => Ok(other?),
+        }
     }
 
     /// Deletes a volume once Cinder has let go of it: a detach (or the
@@ -1307,8 +1338,10 @@ impl Shared {
             if let (Some(server_id), Some(volume_id)) =
                 (&allocation.server_id, &allocation.volume_id)
             {
-                self.retry(deadline, || self.cloud.detach_volume(server_id, volume_id))
-                    .await?;
+                self.detach_before_delete(deadline, server_id, || {
+                    self.cloud.detach_volume(server_id, volume_id)
+                })
+                .await?;
             }
             if let Some(instance) = releasing.or(self.store.get_instance(instance_id).await?) {
                 self.finish_delete(&instance).await?;

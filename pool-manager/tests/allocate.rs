@@ -476,6 +476,33 @@ async fn release_deletes_the_server_and_the_pool_refills() {
     assert_eq!(sim.volumes().len(), 1, "only order-r's kept volume remains");
 }
 
+/// A tenant's server whose host failed (ERROR) cannot have its volume or
+/// port detached; its release deletes it anyway, which frees both, instead
+/// of failing at the detach for good.
+#[tokio::test(start_paused = true)]
+async fn release_of_a_server_in_error_deletes_it_and_frees_the_volume() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 1).await;
+    let allocation = manager
+        .allocate(request("order-e", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let server = allocation.server_id.clone().unwrap();
+    assert!(sim.fail_server(&server, "host compute-2 is down"));
+
+    let released = manager.release("order-e", None).await.unwrap();
+    assert_eq!(released.state, AllocationState::Released);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        !sim.servers().iter().any(|s| s.server.id == server),
+        "the server in ERROR still exists"
+    );
+    assert!(sim.ports().is_empty());
+    let volume = sim.volumes().pop().expect("the tenant's volume is kept");
+    assert!(volume.attached_to.is_empty(), "{volume:?}");
+    assert_consistent(&sim, &manager).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_vm_whose_mysqld_never_answers_stays_out_of_the_pool() {
     let sim = sim();

@@ -1048,7 +1048,9 @@ async fn detach_volume(
     if model.volume_server(&volume_id, now).as_deref() != Some(id.as_str()) {
         return Err(not_attached(&id, &volume_id));
     }
-    model.detach_volume(&id, &volume_id, now);
+    model
+        .detach_volume(&id, &volume_id, now)
+        .map_err(|e| ApiError::from_cloud(C, e))?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -1189,7 +1191,9 @@ async fn detach_interface(
             format!("Port id {port_id} could not be found."),
         ));
     }
-    model.detach_port(&id, &port_id, now);
+    model
+        .detach_port(&id, &port_id, now)
+        .map_err(|e| ApiError::from_cloud(C, e))?;
     Ok(StatusCode::ACCEPTED)
 }
 
