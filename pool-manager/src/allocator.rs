@@ -78,13 +78,19 @@ impl PoolManager {
         Ok(self.shared.store.list_allocations().await?)
     }
 
+    /// The allocation as stored, once what was read is on disk: a commit
+    /// read while its flush is under way must not be reported before a
+    /// crash could still undo it.
     pub async fn get_allocation(&self, request_id: &str) -> ManagerResult<Allocation> {
         validate_request_id(request_id)?;
-        self.shared
+        let allocation = self
+            .shared
             .store
             .get_allocation(request_id)
             .await?
-            .ok_or_else(|| ManagerError::AllocationNotFound(request_id.to_string()))
+            .ok_or_else(|| ManagerError::AllocationNotFound(request_id.to_string()))?;
+        self.shared.store.flush().await?;
+        Ok(allocation)
     }
 
     /// Deletes the allocated server and port; deletes the volume if
@@ -212,6 +218,8 @@ impl Record<'_> {
         }
         self.shared.store.flush().await?;
         *current = next.clone();
+        // A duplicate call waits on the record (the commit, above all).
+        self.shared.changed();
         Ok(next)
     }
 
@@ -406,6 +414,8 @@ impl Shared {
                     )));
                 }
                 if existing.state != AllocationState::Allocating {
+                    // Its commit may still be on its way to disk.
+                    self.store.flush().await?;
                     return Ok(existing);
                 }
                 // Another call with this id is in flight: wait for its answer.

@@ -1412,3 +1412,75 @@ async fn released_allocations_are_forgotten_after_keep_released() {
     assert_eq!(again.state, AllocationState::Allocated);
     assert_consistent(&sim, &manager).await;
 }
+
+/// Holds the first flush after an allocation's commit (its CAS to
+/// Allocated) until the test lets it go, and notes whether any flush began
+/// after the commit since.
+#[derive(Default)]
+struct HoldCommitFlush {
+    committed: AtomicBool,
+    held: AtomicBool,
+    flushed_after_commit: AtomicBool,
+    holding: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl StoreHooks for HoldCommitFlush {
+    fn before_allocation_swap(&self, new: Option<&Allocation>) -> StoreResult<()> {
+        if new.is_some_and(|a| a.state == AllocationState::Allocated) {
+            self.committed.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+    async fn before_flush(&self) {
+        if !self.committed.load(Ordering::SeqCst) {
+            return;
+        }
+        if !self.held.swap(true, Ordering::SeqCst) {
+            self.holding.notify_one();
+            self.release.notified().await;
+        }
+        self.flushed_after_commit.store(true, Ordering::SeqCst);
+    }
+}
+
+/// An allocation is reported Allocated only once that is on disk: a reader
+/// (GetAllocation, a retried Allocate) that reads the commit while its
+/// flush is still under way flushes first, or a crash right after the
+/// answer would roll back what billing was told is allocated.
+#[tokio::test(start_paused = true)]
+async fn allocated_is_answered_only_once_flushed() {
+    let sim = sim();
+    let store = HookedStore::new(HoldCommitFlush::default());
+    let manager = manager_on(&sim, store.clone());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    wait_ready(&manager, 1).await;
+    let order = request("order-f", new_volume(), EmptyPoolPolicy::FailFast);
+    let buying = {
+        let manager = manager.clone();
+        let order = order.clone();
+        tokio::spawn(async move { manager.allocate(order).await })
+    };
+    store.hooks.holding.notified().await;
+
+    let retried = manager.allocate(order).await.unwrap();
+    assert_eq!(retried.state, AllocationState::Allocated);
+    assert!(
+        store
+            .hooks
+            .flushed_after_commit
+            .swap(false, Ordering::SeqCst),
+        "a retried Allocate answered Allocated before it was flushed"
+    );
+    let read = manager.get_allocation("order-f").await.unwrap();
+    assert_eq!(read, retried);
+    assert!(
+        store.hooks.flushed_after_commit.load(Ordering::SeqCst),
+        "GetAllocation answered Allocated before it was flushed"
+    );
+
+    store.hooks.release.notify_one();
+    assert_eq!(buying.await.unwrap().unwrap(), read);
+}
