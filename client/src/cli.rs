@@ -106,12 +106,14 @@ pub struct PoolCreateArgs {
     /// Image the pool's servers boot from.
     #[arg(long)]
     pub image: String,
-    /// Give up on a server that is not Ready after this long (at most 1 day).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10m")]
-    pub boot_timeout: Duration,
-    /// Recycle Ready instances older than this.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "24h")]
-    pub max_age: Duration,
+    /// Give up on a server that is not Ready after this long (at most 1 day;
+    /// the server's default: 15m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub boot_timeout: Option<Duration>,
+    /// Recycle Ready instances older than this ("never", the default, keeps
+    /// them).
+    #[arg(long, value_name = "DURATION|never", value_parser = parse_max_age)]
+    pub max_age: Option<Duration>,
     /// Create the pool without replenishing it.
     #[arg(long)]
     pub paused: bool,
@@ -149,8 +151,8 @@ pub struct PoolUpdateArgs {
     /// Give up on a server that is not Ready after this long.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub boot_timeout: Option<Duration>,
-    /// Recycle Ready instances older than this.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Recycle Ready instances older than this; "never" stops recycling.
+    #[arg(long, value_name = "DURATION|never", value_parser = parse_max_age)]
     pub max_age: Option<Duration>,
     /// Stop (true) or resume (false) replenishing.
     #[arg(long)]
@@ -326,6 +328,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 90s, 10m, 1h 30m"))
 }
 
+/// A `--max-age`: a duration, or "never" (sent as 0, which the server reads
+/// as no maximum age).
+pub fn parse_max_age(s: &str) -> Result<Duration, String> {
+    if s.trim().eq_ignore_ascii_case("never") {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s).map_err(|e| format!("{e}, or never"))
+}
+
 /// Parses one `--label key=value`. The value may contain '=', the key may not
 /// be empty.
 pub fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -398,8 +409,8 @@ impl PoolCreateArgs {
             min_ready: self.min_ready,
             max_ready: self.max_ready,
             image: self.image.clone(),
-            boot_timeout: Some(to_proto_duration(self.boot_timeout)?),
-            max_age: Some(to_proto_duration(self.max_age)?),
+            boot_timeout: self.boot_timeout.map(to_proto_duration).transpose()?,
+            max_age: self.max_age.map(to_proto_duration).transpose()?,
             paused: self.paused,
             windows: self.windows.clone(),
             iops_limit: self.iops_limit,
@@ -512,6 +523,28 @@ mod tests {
             } => args,
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    /// A pool created without --boot-timeout or --max-age gets the
+    /// server's defaults (15m, never), as one created by the API or the
+    /// config file does.
+    #[test]
+    fn create_leaves_unset_durations_to_the_server() {
+        let spec = create_spec(&[]);
+        assert_eq!((spec.boot_timeout, spec.max_age), (None, None));
+        let spec = create_spec(&["--max-age", "never", "--boot-timeout", "20m"]);
+        assert_eq!(
+            spec.max_age,
+            Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 0
+            })
+        );
+        assert_eq!(spec.boot_timeout.map(|d| d.seconds), Some(1200));
+        let (spec, mask) = update_args(&["--max-age", "never"]).to_update().unwrap();
+        assert_eq!(mask, ["max_age"]);
+        assert_eq!(spec.max_age.map(|d| d.seconds), Some(0));
+        assert!(parse_max_age("forever").unwrap_err().contains("never"));
     }
 
     #[test]

@@ -169,14 +169,21 @@ pub fn duration_exact(d: &prost_types::Duration) -> String {
 /// not all read as "0s".
 pub fn duration_short(d: &prost_types::Duration) -> String {
     let mut d = *d;
-    if d.seconds != 0 || d.nanos.abs() >= 1_000_000 {
+    if d.seconds != 0 || d.nanos.unsigned_abs() >= 1_000_000 {
         d.nanos -= d.nanos % 1_000_000;
     }
     duration_exact(&d)
 }
 
+/// The time a timestamp names, if RFC 3339 can show it: humantime's
+/// formatters panic before 1970 and fail after year 9999 (a server with a
+/// wrong clock could send either).
 fn system_time(ts: &prost_types::Timestamp) -> Option<SystemTime> {
-    SystemTime::try_from(*ts).ok()
+    const YEAR_10000: u64 = 253_402_300_800;
+    SystemTime::try_from(*ts).ok().filter(|t| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .is_ok_and(|since| since.as_secs() < YEAR_10000)
+    })
 }
 
 /// A timestamp as RFC 3339 with milliseconds (JSON), or with seconds (tables).
@@ -545,6 +552,27 @@ pub fn to_json(view: impl Serialize) -> Value {
 
 #[cfg(test)]
 pub(crate) mod tests {
+
+    /// Timestamps and durations a server sends are shown whatever they are:
+    /// before 1970, after year 9999, nanos at their extreme.
+    #[test]
+    fn out_of_range_times_are_shown_raw_not_panicked_on() {
+        for seconds in [-1, i64::MIN, 253_402_300_800, i64::MAX] {
+            let ts = prost_types::Timestamp { seconds, nanos: 0 };
+            for millis in [true, false] {
+                assert_eq!(timestamp(&ts, millis), format!("{seconds}s0ns"));
+            }
+        }
+        let ts = prost_types::Timestamp {
+            seconds: 253_402_300_799,
+            nanos: 0,
+        };
+        assert_eq!(timestamp(&ts, false), "9999-12-31T23:59:59Z");
+        for nanos in [i32::MIN, i32::MAX] {
+            let d = prost_types::Duration { seconds: 0, nanos };
+            assert!(!duration_short(&d).is_empty());
+        }
+    }
     use super::*;
 
     pub(crate) fn d(seconds: i64, nanos: i32) -> Option<prost_types::Duration> {
