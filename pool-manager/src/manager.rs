@@ -517,8 +517,14 @@ impl PoolManager {
             .map_err(|(field, message)| ManagerError::invalid(field, message))?;
         {
             let _guard = self.shared.pool_lock.lock().await;
-            if self.shared.store.get_pool(&key).await?.is_some() {
-                return Err(ManagerError::PoolExists(key));
+            match self.shared.store.get_pool(&key).await? {
+                Some(existing) if existing.draining => {
+                    return Err(ManagerError::FailedPrecondition(format!(
+                        "pool {key} is being deleted; create it again once it is gone"
+                    )))
+                }
+                Some(_) => return Err(ManagerError::PoolExists(key)),
+                None => {}
             }
             self.shared
                 .store

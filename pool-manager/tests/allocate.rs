@@ -726,6 +726,12 @@ async fn pools_are_created_updated_and_drained() {
         .await
         .unwrap();
     manager.delete_pool(&pool()).await.unwrap();
+    // Created again while it drains: not "already exists", but when it may be.
+    let err = manager.create_pool(pool(), spec(1)).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m) if m.contains("is being deleted") && m.contains("once it is gone")),
+        "{err:?}"
+    );
     for _ in 0..600 {
         if manager.get_pool(&pool()).await.is_err() {
             break;
