@@ -638,6 +638,22 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The config with warmpoold's command-line overrides applied, checked
+    /// again as a whole (a `--listen` on the metrics address is as wrong as
+    /// the same two keys in the file).
+    pub fn overridden(
+        mut self,
+        listen: Option<SocketAddr>,
+        metrics_listen: Option<SocketAddr>,
+        data_dir: Option<PathBuf>,
+    ) -> Result<Self, ConfigError> {
+        self.listen = listen.unwrap_or(self.listen);
+        self.metrics_listen = metrics_listen.unwrap_or(self.metrics_listen);
+        self.data_dir = data_dir.unwrap_or(self.data_dir);
+        self.validate()?;
+        Ok(self)
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -853,6 +869,28 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_line_overrides_are_checked_like_the_file() {
+        let config = Config::parse("").unwrap();
+        let metrics = config.metrics_listen;
+        let err = config
+            .clone()
+            .overridden(Some(metrics), None, None)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("give metrics its own address"),
+            "{err}"
+        );
+        let moved: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let config = config
+            .overridden(Some(moved), None, Some("/tmp/x".into()))
+            .unwrap();
+        assert_eq!(
+            (config.listen, config.data_dir),
+            (moved, PathBuf::from("/tmp/x"))
+        );
+    }
 
     #[test]
     fn empty_config_runs_the_embedded_demo() {

@@ -60,19 +60,11 @@ async fn main() -> anyhow::Result<()> {
         };
         std::process::exit(check_cloud(&config).await);
     }
-    let mut config = match &args.config {
+    let config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
-    };
-    if let Some(listen) = args.listen {
-        config.listen = listen;
     }
-    if let Some(metrics_listen) = args.metrics_listen {
-        config.metrics_listen = metrics_listen;
-    }
-    if let Some(dir) = args.data_dir {
-        config.data_dir = dir;
-    }
+    .overridden(args.listen, args.metrics_listen, args.data_dir)?;
     let running = match warmpool_server::start(config, shutdown_signal()?).await {
         Ok(running) => running,
         Err(e) if e.is::<warmpool_server::StoppedDuringStartUp>() => {
