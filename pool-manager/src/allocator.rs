@@ -997,16 +997,33 @@ impl Shared {
         // failure there is the instance's, and the next Ready one is the
         // faster way forward. A 429 is no failure (the cloud did nothing):
         // wait it out and ask again.
-        self.patiently(deadline, Repeat::ThrottledOnly, || {
-            self.cloud.attach_volume(server_id, &volume_id)
-        })
-        .await
-        .map_err(|e| match e {
-            CloudError::Conflict(m) => AttemptError::Request(ManagerError::FailedPrecondition(
-                format!("volume {volume_id} cannot be attached: {m}"),
-            )),
-            e => attempt_error(e),
-        })?;
+        let attached = self
+            .patiently(deadline, Repeat::ThrottledOnly, || {
+                self.cloud.attach_volume(server_id, &volume_id)
+            })
+            .await;
+        match attached {
+            Ok(()) => {}
+            // A 409 is the volume's (in use, another zone) unless the
+            // server cannot take an attach (Nova refuses one to a server in
+            // ERROR): then the next instance may.
+            Err(CloudError::Conflict(m)) => {
+                let server_usable = self
+                    .cloud
+                    .get_server(server_id)
+                    .await
+                    .map_or(true, |s| s.status == crate::cloud::ServerStatus::Active);
+                let refused = ManagerError::FailedPrecondition(format!(
+                    "volume {volume_id} cannot be attached: {m}"
+                ));
+                return Err(if server_usable {
+                    AttemptError::Request(refused)
+                } else {
+                    AttemptError::Instance(refused)
+                });
+            }
+            Err(e) => return Err(attempt_error(e)),
+        }
         self.wait_volume(
             &volume_id,
             deadline,

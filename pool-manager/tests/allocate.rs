@@ -503,6 +503,29 @@ async fn release_of_a_server_in_error_deletes_it_and_frees_the_volume() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A Ready instance whose host failed (its server in ERROR) refuses the
+/// attach (Nova's 409 on the instance's state): that is the instance's
+/// fault, not the volume's, so the purchase discards it and takes the next.
+#[tokio::test(start_paused = true)]
+async fn an_instance_that_cannot_take_the_attach_is_skipped() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 1).await;
+    let broken = sim.servers().pop().unwrap().server.id;
+    assert!(sim.fail_server(&broken, "host compute-1 is down"));
+
+    let mut order = request("order-s", new_volume(), EmptyPoolPolicy::Wait);
+    order.timeout = Some(Duration::from_secs(600));
+    let allocation = manager.allocate(order).await.expect("the next instance");
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    assert_ne!(allocation.server_id.as_deref(), Some(broken.as_str()));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        !sim.servers().iter().any(|s| s.server.id == broken),
+        "the broken server was discarded"
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_vm_whose_mysqld_never_answers_stays_out_of_the_pool() {
     let sim = sim();
