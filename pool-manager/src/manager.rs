@@ -122,6 +122,11 @@ pub(crate) struct Shared {
     pub events: broadcast::Sender<Event>,
     /// Serializes read-modify-write of pool records (counters, spec).
     pub pool_lock: tokio::sync::Mutex<()>,
+    /// One reconcile pass at a time (the periodic one, start-up's, one
+    /// asked for): two passes rolling back one interrupted allocation could
+    /// interleave with a retry of its order, the later pass deleting what
+    /// the retry had just made.
+    pub reconcile_lock: tokio::sync::Mutex<()>,
     /// Instances a boot task is driving now, so the reconciler never starts a second.
     pub driving: Mutex<HashSet<String>>,
     /// Request ids an Allocate in this process is working on (with how many
@@ -415,6 +420,7 @@ impl PoolManager {
                 changes: Arc::default(),
                 events: broadcast::channel(1024).0,
                 pool_lock: tokio::sync::Mutex::new(()),
+                reconcile_lock: tokio::sync::Mutex::new(()),
                 driving: Mutex::new(HashSet::new()),
                 in_flight: Mutex::new(HashMap::new()),
                 tasks: Mutex::new(JoinSet::new()),

@@ -101,6 +101,7 @@ impl Shared {
     }
 
     pub(crate) async fn reconcile_once(self: &Arc<Self>) -> ManagerResult<()> {
+        let _one_pass = self.reconcile_lock.lock().await;
         // Allocations first: their rollbacks discard instances the later steps would see.
         // The listing only says which records to look at: finishing one
         // release takes seconds, in which an Allocate listed as in flight
