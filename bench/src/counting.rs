@@ -75,6 +75,15 @@ impl Cloud for CountingCloud {
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         self.count(self.sim.boot_headroom(flavor).await)
     }
+    /// Not counted: the simulator answers it from its configuration, as a
+    /// driver's cached flavor and image lookups do (no API call).
+    async fn check_boot_spec(
+        &self,
+        pool: &pool_manager::model::PoolKey,
+        image: &str,
+    ) -> CloudResult<()> {
+        self.sim.check_boot_spec(pool, image).await
+    }
     async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
         self.count(self.sim.list_pool_servers().await)
     }

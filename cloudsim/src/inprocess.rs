@@ -12,6 +12,7 @@ use pool_manager::cloud::{
     BootHeadroom, Cloud, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
     ServerSpec, Volume,
 };
+use pool_manager::model::PoolKey;
 use tokio::time::Instant;
 
 #[async_trait]
@@ -46,6 +47,12 @@ impl Cloud for SimCloud {
         self.gate("boot_headroom").await?;
         let now = Instant::now();
         self.inner.lock_at(now).boot_headroom(flavor)
+    }
+
+    /// A look at the configuration, as a driver's cached lookups are: not
+    /// an API call (no rate limit, no fault, not counted).
+    async fn check_boot_spec(&self, pool: &PoolKey, image: &str) -> CloudResult<()> {
+        self.lock().check_boot_spec(pool, image)
     }
 
     async fn get_server(&self, server_id: &str) -> CloudResult<Server> {

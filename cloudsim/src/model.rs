@@ -555,6 +555,29 @@ impl Model {
 
     // ---- servers ------------------------------------------------------------
 
+    /// Whether servers of `pool`'s flavor, in its zone, can boot from
+    /// `image`, by the configuration (Nova's and Glance's 404 wording).
+    pub fn check_boot_spec(&self, pool: &PoolKey, image: &str) -> CloudResult<()> {
+        if self.cfg.flavor_spec(&pool.flavor).is_none() {
+            return Err(CloudError::NotFound(format!(
+                "Flavor {} could not be found.",
+                pool.flavor
+            )));
+        }
+        if !self.cfg.images.iter().any(|i| i == image) {
+            return Err(CloudError::NotFound(format!(
+                "Image {image} could not be found."
+            )));
+        }
+        if !self.az_known(&pool.availability_zone) {
+            return Err(CloudError::NotFound(format!(
+                "Availability zone {} could not be found.",
+                pool.availability_zone
+            )));
+        }
+        Ok(())
+    }
+
     /// Headroom is the tightest of instances left and, when those quotas are
     /// set, cores and RAM left divided by the flavor's size.
     pub fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {

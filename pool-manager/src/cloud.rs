@@ -186,6 +186,12 @@ pub trait Cloud: Send + Sync + 'static {
     /// Quota headroom for booting servers of `flavor` (Nova `/limits`).
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom>;
 
+    /// Whether `pool`'s servers can boot from `image`: `NotFound` naming
+    /// the flavor or image the cloud does not know. A pool is checked when
+    /// it is created or its image changes, so a typo is refused at once
+    /// instead of failing every boot. Lookups may be cached.
+    async fn check_boot_spec(&self, pool: &PoolKey, image: &str) -> CloudResult<()>;
+
     /// The volume availability zone that serves servers in `server_az`.
     /// Nova and Cinder zones often differ (a single Cinder zone `nova` for
     /// every compute zone is common); the volume fence compares against this.

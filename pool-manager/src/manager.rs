@@ -396,6 +396,13 @@ impl Cloud for ServiceNoting {
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         Self::noted(CloudService::Compute, self.inner.boot_headroom(flavor)).await
     }
+    async fn check_boot_spec(&self, pool: &PoolKey, image: &str) -> CloudResult<()> {
+        Self::noted(
+            CloudService::Compute,
+            self.inner.check_boot_spec(pool, image),
+        )
+        .await
+    }
 }
 
 /// The core's handle. Cheap to clone.
@@ -521,6 +528,7 @@ impl PoolManager {
         validate_pool_key(&key)?;
         spec.validate()
             .map_err(|(field, message)| ManagerError::invalid(field, message))?;
+        self.check_boot_spec(&key, &spec.image).await?;
         {
             let _guard = self.shared.pool_lock.lock().await;
             match self.shared.store.get_pool(&key).await? {
@@ -545,12 +553,36 @@ impl PoolManager {
         self.get_pool(&key).await
     }
 
-    /// Replaces the spec after `change`; refuses an inconsistent result.
+    /// Whether the cloud can boot `key`'s servers from `image` (a flavor or
+    /// image it does not know is the caller's to fix).
+    async fn check_boot_spec(&self, key: &PoolKey, image: &str) -> ManagerResult<()> {
+        match self.shared.cloud.check_boot_spec(key, image).await {
+            Ok(()) => Ok(()),
+            Err(CloudError::NotFound(unknown)) => Err(ManagerError::FailedPrecondition(format!(
+                "pool {key} cannot boot: {unknown}"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Replaces the spec after `change`; refuses an inconsistent result, or
+    /// an image the cloud does not know.
     pub async fn update_pool(
         &self,
         key: &PoolKey,
-        change: impl FnOnce(&mut PoolSpec),
+        change: impl Fn(&mut PoolSpec),
     ) -> ManagerResult<PoolStatus> {
+        // A new image is checked before the pool lock is taken: it may take a
+        // cloud call, and the replenishers wait on that lock.
+        let current = self.shared.pool(key).await?.spec;
+        let mut changed = current.clone();
+        change(&mut changed);
+        changed
+            .validate()
+            .map_err(|(field, message)| ManagerError::invalid(field, message))?;
+        if changed.image != current.image {
+            self.check_boot_spec(key, &changed.image).await?;
+        }
         let record = {
             let _guard = self.shared.pool_lock.lock().await;
             let mut record = self.shared.pool(key).await?;

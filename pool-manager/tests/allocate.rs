@@ -715,6 +715,40 @@ async fn pools_are_created_updated_and_drained() {
         manager.create_pool(pool(), spec(1)).await.unwrap_err(),
         ManagerError::PoolExists(_)
     ));
+    // A flavor or image the cloud does not know is refused at once, and
+    // nothing is created or changed.
+    let unknown_flavor = PoolKey::new("db.huge", "az1");
+    let err = manager
+        .create_pool(unknown_flavor.clone(), spec(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m) if m.contains("db.huge")),
+        "{err:?}"
+    );
+    assert!(manager.get_pool(&unknown_flavor).await.is_err());
+    let mut typo = spec(1);
+    typo.image = "msyql-8.0".into();
+    let err = manager
+        .create_pool(PoolKey::new("db.large", "az1"), typo)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m) if m.contains("msyql-8.0")),
+        "{err:?}"
+    );
+    let err = manager
+        .update_pool(&pool(), |s| s.image = "msyql-8.0".into())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ManagerError::FailedPrecondition(_)),
+        "{err:?}"
+    );
+    assert_eq!(
+        manager.get_pool(&pool()).await.unwrap().record.spec.image,
+        "mysql-8.0"
+    );
     let err = manager
         .update_pool(&pool(), |s| s.max_ready = 0)
         .await

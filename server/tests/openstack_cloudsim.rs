@@ -779,6 +779,31 @@ async fn a_no_valid_host_boot_is_an_error_server_with_its_fault() {
     assert_eq!(server.mysql_addr, None);
 }
 
+/// The driver tells a pool's unknown flavor or image from a usable one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boot_specs_are_checked_against_flavors_and_images() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let small = PoolKey::new("db.small", "az1");
+    cloud.check_boot_spec(&small, "mysql-8.0").await.unwrap();
+    let err = cloud
+        .check_boot_spec(&PoolKey::new("db.huge", "az1"), "mysql-8.0")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CloudError::NotFound(m) if m.contains("db.huge")),
+        "{err:?}"
+    );
+    let err = cloud
+        .check_boot_spec(&small, "msyql-8.0")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CloudError::NotFound(m) if m.contains("msyql-8.0")),
+        "{err:?}"
+    );
+}
+
 /// A cloud that pages its listings (Nova's `osapi_max_limit`, Neutron's
 /// `pagination_max_limit`) still shows the reconciler every pool server
 /// with every port attached to it: the driver follows the next links.

@@ -164,6 +164,9 @@ impl Cloud for Timed {
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         self.time(self.inner.boot_headroom(flavor)).await
     }
+    async fn check_boot_spec(&self, pool: &PoolKey, image: &str) -> CloudResult<()> {
+        self.time(self.inner.check_boot_spec(pool, image)).await
+    }
     fn volume_zone_for(&self, server_az: &str) -> String {
         self.inner.volume_zone_for(server_az)
     }

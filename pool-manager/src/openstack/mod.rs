@@ -887,4 +887,10 @@ impl Cloud for OpenStackCloud {
         let flavor = self.flavor(flavor).await?;
         Ok(self.limits().await?.headroom(&flavor))
     }
+
+    async fn check_boot_spec(&self, pool: &crate::model::PoolKey, image: &str) -> CloudResult<()> {
+        self.flavor(&pool.flavor).await?;
+        self.image_id(image).await?;
+        Ok(())
+    }
 }

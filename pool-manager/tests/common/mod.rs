@@ -423,6 +423,14 @@ mod gated {
             self.call("boot_headroom", self.sim.boot_headroom(flavor))
                 .await
         }
+        async fn check_boot_spec(
+            &self,
+            pool: &pool_manager::model::PoolKey,
+            image: &str,
+        ) -> CloudResult<()> {
+            self.call("check_boot_spec", self.sim.check_boot_spec(pool, image))
+                .await
+        }
         fn volume_zone_for(&self, server_az: &str) -> String {
             self.sim.volume_zone_for(server_az)
         }

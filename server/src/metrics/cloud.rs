@@ -106,6 +106,14 @@ impl Cloud for MeteredCloud {
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         self.timed(COMPUTE, self.inner.boot_headroom(flavor)).await
     }
+    async fn check_boot_spec(
+        &self,
+        pool: &pool_manager::model::PoolKey,
+        image: &str,
+    ) -> CloudResult<()> {
+        self.timed(COMPUTE, self.inner.check_boot_spec(pool, image))
+            .await
+    }
     async fn detach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()> {
         self.timed(COMPUTE, self.inner.detach_port(server_id, port_id))
             .await
