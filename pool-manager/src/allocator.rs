@@ -23,7 +23,7 @@ use crate::model::{
     Allocation, AllocationParams, AllocationState, EmptyPoolPolicy, Instance, InstanceState,
     PoolKey, VolumeSource,
 };
-use crate::replenisher::BootError;
+use crate::replenisher::{BootError, Timed};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -807,7 +807,11 @@ impl Shared {
             let instance = self
                 .record_new_instance(&pool, Some(params.request_id.clone()))
                 .await?;
-            let ready = tokio::time::timeout_at(deadline, self.drive_boot(instance.clone())).await;
+            let ready = tokio::time::timeout_at(
+                deadline,
+                self.drive_boot(instance.clone(), Timed::FromNow),
+            )
+            .await;
             match ready {
                 Ok(Ok(ready)) => break ready,
                 Ok(Err(BootError::Cloud(CloudError::QuotaExceeded(m)))) => {

@@ -30,6 +30,7 @@ use crate::cloud::{Server, META_INSTANCE};
 use crate::error::{ManagerError, ManagerResult};
 use crate::manager::Shared;
 use crate::model::{AllocationState, InstanceState};
+use crate::replenisher::Timed;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -299,7 +300,7 @@ impl Shared {
         }
         let shared = self.clone();
         self.spawn(async move {
-            let _ = shared.drive_resumed_boot(instance).await;
+            let _ = shared.drive_boot(instance, Timed::Not).await;
         });
     }
 

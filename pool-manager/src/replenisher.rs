@@ -553,20 +553,10 @@ impl Shared {
     pub(crate) async fn drive_boot(
         self: &Arc<Self>,
         instance: Instance,
+        timed: Timed,
     ) -> Result<Instance, BootError> {
         let ticket = BootTicket::start(&self.gate, &instance.pool.availability_zone, false);
-        self.drive_boot_with(instance, ticket, Timed::FromNow).await
-    }
-
-    /// [`Self::drive_boot`] for a boot an earlier manager began (the
-    /// reconciler resumes it): when it was requested is not known here, so
-    /// its lead time is not measured.
-    pub(crate) async fn drive_resumed_boot(
-        self: &Arc<Self>,
-        instance: Instance,
-    ) -> Result<Instance, BootError> {
-        let ticket = BootTicket::start(&self.gate, &instance.pool.availability_zone, false);
-        self.drive_boot_with(instance, ticket, Timed::Not).await
+        self.drive_boot_with(instance, ticket, timed).await
     }
 
     async fn drive_boot_with(
@@ -865,10 +855,11 @@ impl Shared {
 
 /// Whether a boot task measures its boot's lead time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Timed {
+pub(crate) enum Timed {
     /// The boot starts with the task.
     FromNow,
-    /// Resumed: it started before the task, when is not known.
+    /// Resumed (the reconciler found it left by an earlier manager): it
+    /// started before the task, when is not known.
     Not,
 }
 
