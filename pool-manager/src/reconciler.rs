@@ -14,6 +14,7 @@
 //! | instance `Booting`, no server id | none | drop the record |
 //! | instance `Booting`/`Warming`/`Ready` | server gone | drop the record |
 //! | instance `Booting`/`Warming` | server exists | resume the boot task |
+//! | instance `Ready`, unclaimed | server in ERROR (its host failed) | discard it (the pool refills) |
 //! | instance `Failed`/`Deleting` | - | delete the server, drop the record |
 //! | nothing | server with warmpool metadata | delete it (leak) |
 //! | instance with another server recorded | server naming the instance | delete it (a twin of a retried create) |
@@ -237,6 +238,24 @@ impl Shared {
                         let deleted = self.finish_delete(instance).await;
                         go_on(deleted, "deleting instance", &instance.id)?;
                     }
+                }
+                // Its host failed: replace it now rather than when a
+                // purchase finds it. Only while it is still unclaimed.
+                InstanceState::Ready
+                    if instance.request_id.is_none()
+                        && instance
+                            .server_id
+                            .as_ref()
+                            .and_then(|id| servers.get(id))
+                            .is_some_and(|s| s.status == crate::cloud::ServerStatus::Error) =>
+                {
+                    tracing::warn!(instance = %instance.id, server = ?instance.server_id, "Ready instance's server is in ERROR; replacing it");
+                    let discarded = self
+                        .discard_instance_if(&instance.id, "server in ERROR", |current| {
+                            current.state == InstanceState::Ready && current.request_id.is_none()
+                        })
+                        .await;
+                    go_on(discarded, "discarding instance", &instance.id)?;
                 }
                 InstanceState::Ready | InstanceState::Allocated | InstanceState::Releasing => {}
             }

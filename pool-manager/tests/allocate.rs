@@ -503,6 +503,31 @@ async fn release_of_a_server_in_error_deletes_it_and_frees_the_volume() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A reconcile pass retires a Ready instance whose server went into ERROR
+/// (its host failed) and the pool refills, so no purchase has to find it.
+#[tokio::test(start_paused = true)]
+async fn reconcile_replaces_a_ready_instance_whose_server_failed() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 2).await;
+    let broken = sim.servers().pop().unwrap().server.id;
+    assert!(sim.fail_server(&broken, "host compute-1 is down"));
+
+    manager.reconcile().await.unwrap();
+    assert!(
+        !manager
+            .list_instances(Some(&pool()))
+            .await
+            .unwrap()
+            .iter()
+            .any(|i| i.server_id.as_deref() == Some(broken.as_str())),
+        "the instance of the failed server is still listed"
+    );
+    wait_ready(&manager, 2).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!sim.servers().iter().any(|s| s.server.id == broken));
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A Ready instance whose host failed (its server in ERROR) refuses the
 /// attach (Nova's 409 on the instance's state): that is the instance's
 /// fault, not the volume's, so the purchase discards it and takes the next.
