@@ -1524,6 +1524,24 @@ impl Model {
         }
     }
 
+    /// mysqld on a live server stops (crashed, killed by the OOM killer):
+    /// the server stays ACTIVE, its mysqld answers no more.
+    pub fn stop_mysqld(&mut self, server_id: &str) -> bool {
+        match self.servers.get_mut(server_id) {
+            Some(s) if s.gone_at.is_none() => {
+                if let Boot::Active {
+                    mysqld_ready_at, ..
+                } = &mut s.boot
+                {
+                    *mysqld_ready_at = None;
+                }
+                s.listener = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The server's host failed: it is in ERROR from now on, with `fault`.
     pub fn fail_server(&mut self, server_id: &str, fault: &str, now: Instant) -> bool {
         match self.servers.get_mut(server_id) {

@@ -175,6 +175,12 @@ impl SimCloud {
         self.inner.lock_at(now).fail_server(server_id, fault, now)
     }
 
+    /// mysqld on the server stops answering (it crashed); the server stays
+    /// ACTIVE. Not an API call. False when there is no such live server.
+    pub fn stop_mysqld(&self, server_id: &str) -> bool {
+        self.inner.lock_at(Instant::now()).stop_mysqld(server_id)
+    }
+
     /// Creates an ACTIVE, mysqld-ready server carrying warmpool metadata for
     /// `pool` (`META_POOL` = `pool.to_string()`, a random `META_INSTANCE`)
     /// that no store knows: a leak for the reconciler. Not an API call.

@@ -3,7 +3,8 @@
 //! An allocation is recorded (state `Allocating`) before any cloud call,
 //! keyed by its request id; then the tenant's new volume and port are
 //! created (so a request the cloud refuses costs no warm instance), a Ready
-//! instance is claimed by compare-and-swap, volume and port are attached
+//! instance is claimed by compare-and-swap, its mysqld is probed once
+//! more (it may have died since it went Ready), volume and port are attached
 //! concurrently, the result is verified, the instance is marked `Allocated`
 //! (failing the try if it is no longer claimed by this request) and then the
 //! allocation is marked `Allocated` and flushed: only then is it
@@ -577,10 +578,19 @@ impl Shared {
                     a.timings.wait += waited;
                 })
                 .await?;
+            // A cold-booted instance was probed a moment ago by its boot.
+            let answers = match warm {
+                true => self.mysqld_answers(&instance).await,
+                false => Ok(()),
+            };
             let claim = claimed_at.elapsed();
-            let attempt = self
-                .attach_and_verify(record, &instance, deadline, volume_available)
-                .await;
+            let attempt = match answers {
+                Ok(()) => {
+                    self.attach_and_verify(record, &instance, deadline, volume_available)
+                        .await
+                }
+                Err(failure) => Err(failure),
+            };
             volume_available = false;
             let attempt = match attempt {
                 Ok(()) => self.take_for_good(&instance, &params.request_id).await,
@@ -605,7 +615,7 @@ impl Shared {
                         AttemptError::Instance(e) => (e, true),
                         AttemptError::Request(e) => (e, false),
                     };
-                    tracing::warn!(instance = %instance.id, error = %error, "discarding instance after failed attach");
+                    tracing::warn!(instance = %instance.id, error = %error, "discarding instance after a failed try");
                     self.discard_instance(&instance.id, &error.to_string())
                         .await?;
                     record
@@ -625,6 +635,26 @@ impl Shared {
                     }
                 }
             }
+        }
+    }
+
+    /// Whether the claimed instance's mysqld still answers. It did when the
+    /// instance went Ready, but may have died since (crashed, OOM-killed)
+    /// while its server stayed ACTIVE; one probe before anything is
+    /// attached keeps a silent database from being handed out.
+    async fn mysqld_answers(&self, instance: &Instance) -> Result<(), AttemptError> {
+        let silent = |reason: String| {
+            AttemptError::Instance(ManagerError::FailedPrecondition(format!(
+                "mysqld of instance {} does not answer: {reason}",
+                instance.id
+            )))
+        };
+        let addr = instance
+            .mysql_addr
+            .ok_or_else(|| silent("no address recorded".into()))?;
+        match self.probe.probe(addr).await {
+            Ok(_version) => Ok(()),
+            Err(e) => Err(silent(e.to_string())),
         }
     }
 

@@ -551,6 +551,34 @@ async fn an_instance_that_cannot_take_the_attach_is_skipped() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// mysqld on a Ready instance died after it went Ready (its server is
+/// still ACTIVE): a purchase probes the instance it claims, discards the
+/// silent one and hands out the next, instead of a database that does not
+/// answer.
+#[tokio::test(start_paused = true)]
+async fn a_purchase_skips_a_ready_instance_whose_mysqld_died() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 2).await;
+    let silent = sim.servers().pop().unwrap().server.id;
+    assert!(sim.stop_mysqld(&silent));
+
+    // Two purchases: whichever order the pool hands its two instances out
+    // in, one of them claims the silent one.
+    for order in ["order-m1", "order-m2"] {
+        let mut order = request(order, new_volume(), EmptyPoolPolicy::Wait);
+        order.timeout = Some(Duration::from_secs(600));
+        let allocation = manager.allocate(order).await.expect("a live instance");
+        assert_eq!(allocation.state, AllocationState::Allocated);
+        assert_ne!(allocation.server_id.as_deref(), Some(silent.as_str()));
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        !sim.servers().iter().any(|s| s.server.id == silent),
+        "the silent server was not discarded"
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_vm_whose_mysqld_never_answers_stays_out_of_the_pool() {
     let sim = sim();
