@@ -127,6 +127,9 @@ pub(crate) struct Shared {
     /// interleave with a retry of its order, the later pass deleting what
     /// the retry had just made.
     pub reconcile_lock: tokio::sync::Mutex<()>,
+    /// Ready instances whose mysqld did not answer the last reconcile
+    /// pass's probe; silent on the next pass too, they are replaced.
+    pub silent_ready: Mutex<HashSet<String>>,
     /// Instances a boot task is driving now, so the reconciler never starts a second.
     pub driving: Mutex<HashSet<String>>,
     /// Request ids an Allocate in this process is working on (with how many
@@ -428,6 +431,7 @@ impl PoolManager {
                 events: broadcast::channel(1024).0,
                 pool_lock: tokio::sync::Mutex::new(()),
                 reconcile_lock: tokio::sync::Mutex::new(()),
+                silent_ready: Mutex::default(),
                 driving: Mutex::new(HashSet::new()),
                 in_flight: Mutex::new(HashMap::new()),
                 tasks: Mutex::new(JoinSet::new()),

@@ -15,6 +15,7 @@
 //! | instance `Booting`/`Warming`/`Ready` | server gone | drop the record |
 //! | instance `Booting`/`Warming` | server exists | resume the boot task |
 //! | instance `Ready`, unclaimed | server in ERROR (its host failed) | discard it (the pool refills) |
+//! | instance `Ready`, unclaimed | server ACTIVE, mysqld silent on this pass's probe and the last's | discard it (the pool refills) |
 //! | instance `Failed`/`Deleting` | - | delete the server, drop the record |
 //! | nothing | server with warmpool metadata | delete it (leak) |
 //! | instance with another server recorded | server naming the instance | delete it (a twin of a retried create) |
@@ -30,10 +31,16 @@
 use crate::cloud::{Server, META_INSTANCE};
 use crate::error::{ManagerError, ManagerResult};
 use crate::manager::Shared;
+use crate::model::Instance;
 use crate::model::{AllocationState, InstanceState};
 use crate::replenisher::Timed;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+
+/// How many Ready instances a reconcile pass probes at once: a pass over
+/// a large pool whose mysqlds all time out takes the probe timeout times
+/// the pool's size over this, not times its size.
+const PROBES_AT_ONCE: usize = 32;
 
 /// What one item of a pass came to. A cloud that keeps refusing one
 /// repair (a locked server, a volume stuck detaching) fails that item only:
@@ -144,6 +151,7 @@ impl Shared {
             .collect();
 
         let instances = self.store.list_instances().await?;
+        let mut to_probe = Vec::new();
         for instance in &instances {
             let driving = self
                 .driving
@@ -257,9 +265,15 @@ impl Shared {
                         .await;
                     go_on(discarded, "discarding instance", &instance.id)?;
                 }
-                InstanceState::Ready | InstanceState::Allocated | InstanceState::Releasing => {}
+                InstanceState::Ready => {
+                    if instance.request_id.is_none() {
+                        to_probe.push(instance);
+                    }
+                }
+                InstanceState::Allocated | InstanceState::Releasing => {}
             }
         }
+        self.recheck_ready(to_probe).await?;
 
         let known_servers: HashSet<&str> = instances
             .iter()
@@ -311,6 +325,52 @@ impl Shared {
         }
         self.store.flush().await?;
         Ok(())
+    }
+
+    /// Probes unclaimed Ready instances (their servers exist and are not in
+    /// ERROR), a bounded number at once: mysqld may have died since an
+    /// instance went Ready. One silent on this pass and the last is
+    /// discarded, so the pool refills and its depth counts only databases
+    /// that answer; one silent pass is let be (mysqld restarting, a lost
+    /// packet). A purchase probes what it claims anyway.
+    async fn recheck_ready(&self, ready: Vec<&Instance>) -> ManagerResult<()> {
+        let mut silent_now = Vec::new();
+        for some in ready.chunks(PROBES_AT_ONCE) {
+            let answers = futures::future::join_all(some.iter().map(|i| self.silence_of(i))).await;
+            silent_now.extend(
+                some.iter()
+                    .zip(answers)
+                    .filter_map(|(instance, silence)| Some((*instance, silence?))),
+            );
+        }
+        let silent_before = std::mem::replace(
+            &mut *self.silent_ready.lock().expect("silent-ready lock"),
+            silent_now.iter().map(|(i, _)| i.id.clone()).collect(),
+        );
+        for (instance, reason) in silent_now {
+            if !silent_before.contains(&instance.id) {
+                tracing::info!(instance = %instance.id, %reason, "Ready instance's mysqld did not answer; replaced if still silent on the next pass");
+                continue;
+            }
+            tracing::warn!(instance = %instance.id, %reason, "Ready instance's mysqld silent on two passes; replacing it");
+            let discarded = self
+                .discard_instance_if(
+                    &instance.id,
+                    &format!("mysqld stopped answering: {reason}"),
+                    |current| current.state == InstanceState::Ready && current.request_id.is_none(),
+                )
+                .await;
+            go_on(discarded, "discarding instance", &instance.id)?;
+        }
+        Ok(())
+    }
+
+    /// Why the instance's mysqld does not answer, if it does not.
+    async fn silence_of(&self, instance: &Instance) -> Option<String> {
+        match instance.mysql_addr {
+            Some(addr) => self.probe.probe(addr).await.err().map(|e| e.to_string()),
+            None => Some("no address recorded".into()),
+        }
     }
 
     fn resume_boot(self: &Arc<Self>, instance: crate::model::Instance) {

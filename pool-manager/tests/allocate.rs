@@ -528,6 +528,35 @@ async fn reconcile_replaces_a_ready_instance_whose_server_failed() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A reconcile pass probes the pool's Ready instances: one whose mysqld
+/// died after it went Ready is replaced once it has been silent on two
+/// passes in a row (one silent pass may be mysqld restarting), so the pool's
+/// depth counts only databases that answer.
+#[tokio::test(start_paused = true)]
+async fn reconcile_replaces_a_ready_instance_whose_mysqld_died() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 2).await;
+    let silent = sim.servers().pop().unwrap().server.id;
+    assert!(sim.stop_mysqld(&silent));
+    let listed = || async {
+        manager
+            .list_instances(Some(&pool()))
+            .await
+            .unwrap()
+            .iter()
+            .any(|i| i.server_id.as_deref() == Some(silent.as_str()))
+    };
+
+    manager.reconcile().await.unwrap();
+    assert!(listed().await, "discarded after one silent pass");
+    manager.reconcile().await.unwrap();
+    assert!(!listed().await, "still in the pool after two silent passes");
+    wait_ready(&manager, 2).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!sim.servers().iter().any(|s| s.server.id == silent));
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A Ready instance whose host failed (its server in ERROR) refuses the
 /// attach (Nova's 409 on the instance's state): that is the instance's
 /// fault, not the volume's, so the purchase discards it and takes the next.
