@@ -105,7 +105,7 @@ impl PoolManager {
         match allocation.state {
             AllocationState::Released => return Ok(allocation),
             AllocationState::Allocating => {
-                return Err(ManagerError::FailedPrecondition(format!(
+                return Err(ManagerError::TryAgain(format!(
                     "allocation {request_id} is still in progress; release it once Allocate has answered"
                 )))
             }
@@ -136,7 +136,7 @@ impl PoolManager {
             .cas_allocation(Some(&allocation), Some(&releasing))
             .await?
         {
-            return Err(ManagerError::FailedPrecondition(format!(
+            return Err(ManagerError::TryAgain(format!(
                 "allocation {request_id} changed during release; retry"
             )));
         }
@@ -424,7 +424,7 @@ impl Shared {
                     .await
                     .is_err()
                 {
-                    return Err(ManagerError::FailedPrecondition(format!(
+                    return Err(ManagerError::TryAgain(format!(
                         "allocation {} is still in progress; retry later",
                         params.request_id
                     )));

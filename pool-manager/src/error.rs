@@ -18,12 +18,16 @@ pub enum ManagerError {
     #[error("no allocation with request_id {0:?}")]
     AllocationNotFound(String),
     /// The request is valid but the world is not in a state to serve it
-    /// (volume in use, allocation still in progress).
+    /// (volume in use, pool being deleted) until someone changes it.
     #[error("{0}")]
     FailedPrecondition(String),
     /// No warm instance by the deadline, or the cloud's quota is spent.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// Another call on the same allocation is under way or changed it just
+    /// now: the same call again, a little later, will do.
+    #[error("{0}")]
+    TryAgain(String),
     /// The request id was used before with other parameters.
     #[error("{0}")]
     Aborted(String),

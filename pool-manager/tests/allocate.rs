@@ -528,6 +528,42 @@ async fn reconcile_replaces_a_ready_instance_whose_server_failed() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A second Allocate of an order whose first is still running waits for
+/// its answer until its own deadline, then says to try again (UNAVAILABLE
+/// over gRPC, which clients retry), not FAILED_PRECONDITION (which they
+/// take as "do not retry"); so does a Release of it meanwhile.
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_allocate_that_outwaits_its_deadline_says_try_again() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 1).await;
+    sim.faults().slow_calls(Duration::from_secs(60));
+    let first = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            manager
+                .allocate(request("order-d", new_volume(), EmptyPoolPolicy::FailFast))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut again = request("order-d", new_volume(), EmptyPoolPolicy::FailFast);
+    again.timeout = Some(Duration::from_secs(5));
+    let err = manager.allocate(again).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::TryAgain(m) if m.contains("still in progress")),
+        "{err:?}"
+    );
+    // Its release, too, is for later.
+    let err = manager.release("order-d", None).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::TryAgain(m) if m.contains("still in progress")),
+        "{err:?}"
+    );
+    sim.faults().slow_calls(Duration::ZERO);
+    let allocation = first.await.unwrap().expect("the first call's answer");
+    assert_eq!(allocation.state, AllocationState::Allocated);
+}
+
 /// A reconcile pass probes the pool's Ready instances: one whose mysqld
 /// died after it went Ready is replaced once it has been silent on two
 /// passes in a row (one silent pass may be mysqld restarting), so the pool's

@@ -28,6 +28,8 @@ pub fn status(error: ManagerError) -> Status {
         ManagerError::FailedPrecondition(_) => Code::FailedPrecondition,
         ManagerError::ResourceExhausted(_) => Code::ResourceExhausted,
         ManagerError::Aborted(_) => Code::Aborted,
+        // What gRPC clients retry with backoff (ABORTED means a reused order id here).
+        ManagerError::TryAgain(_) => Code::Unavailable,
         // Quota is a resource the operator must raise; the rest is the cloud failing us.
         ManagerError::Cloud(CloudError::QuotaExceeded(_)) => Code::ResourceExhausted,
         ManagerError::Cloud(CloudError::Conflict(_)) => Code::FailedPrecondition,
@@ -503,5 +505,17 @@ mod tests {
             let status = status(ManagerError::Cloud(error));
             assert_eq!((status.code(), status.message()), (code, says));
         }
+    }
+
+    /// A call that another on the same order holds up is UNAVAILABLE, which
+    /// gRPC clients retry; ABORTED here means an order id reused with other
+    /// parameters, which a retry does not mend.
+    #[test]
+    fn a_call_held_up_by_another_is_retryable() {
+        let status = status(ManagerError::TryAgain(
+            "allocation o-1 is still in progress; retry later".into(),
+        ));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().contains("retry later"));
     }
 }
