@@ -10,8 +10,9 @@
 //! The strings are parsed here (`FromStr`), so the config file, the store and
 //! a CLI read them alike; reading TOML stays in the server.
 //!
-//! [`WallClock`] is where "now" comes from: a wall-clock anchor plus tokio's
-//! elapsed time, so tests on the paused clock decide what time it is.
+//! [`WallClock`] is where "now" comes from: the system clock, or for tests
+//! and replays on the paused clock a wall-clock anchor plus tokio's elapsed
+//! time, so they decide what time it is.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -415,29 +416,34 @@ pub fn scheduled_min(windows: &[Window], at: SystemTime) -> Option<u32> {
         .max()
 }
 
-/// Wall-clock time read as an anchor plus tokio's elapsed time: on the
-/// paused clock, simulated time moves the wall clock too.
+/// Where wall-clock time comes from.
 #[derive(Clone, Copy, Debug)]
-pub struct WallClock {
-    wall: SystemTime,
-    tokio: Instant,
+pub enum WallClock {
+    /// The system clock, read at each use: a clock that chrony steps after
+    /// start is followed.
+    System,
+    /// An anchor plus tokio's elapsed time: on the paused clock of tests and
+    /// replays, simulated time moves the wall clock too.
+    Simulated { wall: SystemTime, tokio: Instant },
 }
 
 impl WallClock {
-    /// Anchored now, at `start` (or the system clock's time).
+    /// The system clock, or a simulated one that reads `start` now.
     pub fn new(start: Option<SystemTime>) -> Self {
-        Self {
-            wall: start.unwrap_or_else(SystemTime::now),
-            tokio: Instant::now(),
+        match start {
+            None => Self::System,
+            Some(wall) => Self::Simulated {
+                wall,
+                tokio: Instant::now(),
+            },
         }
     }
 
     pub fn now(&self) -> SystemTime {
-        self.at(Instant::now())
-    }
-
-    pub fn at(&self, instant: Instant) -> SystemTime {
-        self.wall + instant.saturating_duration_since(self.tokio)
+        match self {
+            Self::System => SystemTime::now(),
+            Self::Simulated { wall, tokio } => *wall + tokio.elapsed(),
+        }
     }
 }
 
@@ -450,6 +456,26 @@ pub fn unix(secs: u64) -> SystemTime {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Without a start given, the wall clock is the system's, read at each
+    /// use: monotonic time that runs apart from it (here tokio's paused
+    /// clock moved an hour; in production, chrony stepping the clock after
+    /// start) does not carry operator windows and ages along.
+    #[tokio::test(start_paused = true)]
+    async fn the_system_wall_clock_is_read_not_extrapolated() {
+        let clock = WallClock::new(None);
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        let drift = clock
+            .now()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        assert!(drift < Duration::from_secs(60), "{drift:?} ahead");
+
+        let start = unix(1_700_000_000);
+        let simulated = WallClock::new(Some(start));
+        tokio::time::advance(Duration::from_secs(90)).await;
+        assert_eq!(simulated.now(), start + Duration::from_secs(90));
+    }
 
     #[test]
     fn offsets_with_anything_but_digits_are_refused() {

@@ -97,9 +97,10 @@ pub struct SizingSettings {
     pub demand_long: Duration,
     /// A lower forecast takes effect only after this long without a new high.
     pub cooldown: Duration,
-    /// The wall-clock time operator windows are read on, at the manager's
-    /// first use of it; later readings add tokio time. `None`: the system
-    /// clock. Tests and replays on the paused clock set it.
+    /// The wall-clock time operator windows, ages and release times are
+    /// read on, at the manager's first use of it; later readings add tokio
+    /// time. `None`: the system clock, read at each use. Tests and replays
+    /// on the paused clock set it.
     pub wall_clock_start: Option<SystemTime>,
 }
 
@@ -847,8 +848,8 @@ pub struct SizingBook {
 }
 
 impl SizingBook {
-    /// The wall-clock time now, on the manager's [`WallClock`] (anchored at
-    /// first use, at `settings.wall_clock_start` or the system clock).
+    /// The wall-clock time now, on the manager's [`WallClock`] (the system
+    /// clock, or simulated from `settings.wall_clock_start` at first use).
     pub fn wall_now(&mut self, settings: &SizingSettings) -> SystemTime {
         self.clock
             .get_or_insert_with(|| WallClock::new(settings.wall_clock_start))

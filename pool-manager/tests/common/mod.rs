@@ -24,6 +24,11 @@ pub fn settings() -> ManagerSettings {
         reconcile_interval: Duration::from_secs(24 * 3600),
         max_concurrent_boots: 16,
         retry_backoff: Duration::from_millis(200),
+        // Ages and release times follow the paused clock.
+        sizing: pool_manager::sizing::SizingSettings {
+            wall_clock_start: Some(std::time::SystemTime::now()),
+            ..Default::default()
+        },
         ..ManagerSettings::default()
     }
 }
