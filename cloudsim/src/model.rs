@@ -134,6 +134,8 @@ struct VolumeRec {
     created_at: Instant,
     state: Timed<VolState>,
     gone_at: Option<Instant>,
+    /// Snapshots of it (the tenant's): Cinder refuses to delete it meanwhile.
+    snapshots: u32,
 }
 
 impl VolumeRec {
@@ -1145,6 +1147,7 @@ impl Model {
                 created_at: now,
                 state,
                 gone_at: None,
+                snapshots: 0,
             },
         );
         id
@@ -1182,6 +1185,18 @@ impl Model {
             server: Some(other.clone()),
         });
         Ok(other)
+    }
+
+    /// Sets how many snapshots the volume has; false when there is no
+    /// such volume.
+    pub fn set_volume_snapshots(&mut self, volume_id: &str, snapshots: u32) -> bool {
+        match self.volumes.get_mut(volume_id) {
+            Some(vol) if vol.gone_at.is_none() => {
+                vol.snapshots = snapshots;
+                true
+            }
+            _ => false,
+        }
     }
 
     pub fn volume_project(&self, volume_id: &str) -> Option<String> {
@@ -1230,6 +1245,12 @@ impl Model {
         let st = vol.state.at(now);
         let deletable = matches!(st.status, VolumeStatus::Available | VolumeStatus::Error)
             && !vol.state.pending(now);
+        if vol.snapshots > 0 {
+            // Cinder's one message for every state it refuses a delete in.
+            return Err(CloudError::Conflict(
+                "Invalid volume: Volume status must be available or error or error_restoring or error_extending or error_managing and must not be migrating, attached, belong to a group, have snapshots, awaiting a transfer, or be disassociated from snapshots after volume transfer.".into(),
+            ));
+        }
         if !deletable {
             return Err(CloudError::Conflict(format!(
                 "Invalid volume: Volume {id} status must be available or error, but current status is: {}",

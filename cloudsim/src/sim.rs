@@ -166,6 +166,15 @@ impl SimCloud {
         self.lock().attach_volume_elsewhere(volume_id)
     }
 
+    /// The tenant takes `n` snapshots of the volume (0: deletes them);
+    /// while it has any, Cinder refuses to delete it. Not an API call.
+    /// False when there is no such volume.
+    pub fn set_volume_snapshots(&self, volume_id: &str, n: u32) -> bool {
+        self.inner
+            .lock_at(Instant::now())
+            .set_volume_snapshots(volume_id, n)
+    }
+
     /// The server's host fails: the server is in ERROR (with `fault`) from
     /// now on and Nova refuses to detach anything from it; deleting it
     /// still frees its volumes and ports. Not an API call. False when there

@@ -1368,6 +1368,11 @@ impl Shared {
         loop {
             match self.cloud.delete_volume(volume_id).await {
                 Ok(()) => return Ok(()),
+                Err(CloudError::Conflict(refused)) if self.detached(volume_id).await => {
+                    return Err(ManagerError::FailedPrecondition(format!(
+                        "volume {volume_id} cannot be deleted: {refused} Delete its snapshots (or finish its transfer) and release again"
+                    )));
+                }
                 Err(
                     CloudError::Conflict(_)
                     | CloudError::Transient(_)
@@ -1379,6 +1384,17 @@ impl Shared {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Whether the volume is `available` with nothing attached. Cinder gives
+    /// one message for every state it refuses a delete in; a volume still
+    /// detaching is worth waiting for, a detached one it refuses has
+    /// snapshots or a transfer pending, which waiting does not mend.
+    async fn detached(&self, volume_id: &str) -> bool {
+        matches!(
+            self.cloud.get_volume(volume_id).await,
+            Ok(v) if v.status == VolumeStatus::Available && v.attached_to.is_empty()
+        )
     }
 
     /// Deletes the server, port and (if decided) volume of a `Releasing`

@@ -476,6 +476,53 @@ async fn release_deletes_the_server_and_the_pool_refills() {
     assert_eq!(sim.volumes().len(), 1, "only order-r's kept volume remains");
 }
 
+/// A volume Cinder will not delete for a reason waiting does not mend (the
+/// tenant has snapshots of it) fails its release at once with a message
+/// saying what to do, instead of asking Cinder again and again until the
+/// cleanup deadline; the server and port are gone, and once the snapshots
+/// are, releasing again finishes.
+#[tokio::test(start_paused = true)]
+async fn a_volume_with_snapshots_fails_its_release_at_once_and_says_why() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 1).await;
+    let allocation = manager
+        .allocate(request("order-v", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let volume = allocation.volume_id.clone().unwrap();
+    assert!(sim.set_volume_snapshots(&volume, 2));
+
+    sim.reset_call_counts();
+    let err = manager.release("order-v", Some(true)).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m)
+            if m.contains(&volume) && m.contains("snapshots") && m.contains("release again")),
+        "{err:?}"
+    );
+    // Asked while the volume detached from the deleted server (refused
+    // too, every 500 ms), then once more: not until the cleanup deadline
+    // (30 polls), which took over a hundred.
+    let deletes = sim.call_counts().get("delete_volume").copied().unwrap_or(0);
+    assert!(deletes < 10, "Cinder's refusal was asked {deletes} times");
+    assert_eq!(
+        manager.get_allocation("order-v").await.unwrap().state,
+        AllocationState::Releasing
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!sim
+        .servers()
+        .iter()
+        .any(|s| Some(&s.server.id) == allocation.server_id.as_ref()));
+    assert!(sim.ports().is_empty());
+
+    assert!(sim.set_volume_snapshots(&volume, 0));
+    let released = manager.release("order-v", Some(true)).await.unwrap();
+    assert_eq!(released.state, AllocationState::Released);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(sim.volumes().is_empty());
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A tenant's server whose host failed (ERROR) cannot have its volume or
 /// port detached; its release deletes it anyway, which frees both, instead
 /// of failing at the detach for good.
