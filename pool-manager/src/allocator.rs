@@ -1359,42 +1359,50 @@ impl Shared {
     }
 
     /// Deletes a volume once Cinder has let go of it: a detach (or the
-    /// deletion of the server it was on) finishes asynchronously.
+    /// deletion of the server it was on) finishes asynchronously. Cinder
+    /// gives one message for every state it refuses a delete in: a volume
+    /// still detaching is waited for (looking at it, not asking again); a
+    /// detached one it still refuses has snapshots or a transfer pending,
+    /// which waiting does not mend.
     async fn delete_volume_when_free(
         &self,
         volume_id: &str,
         deadline: Instant,
     ) -> ManagerResult<()> {
+        let pause = self.settings.poll_interval.min(Duration::from_millis(500));
+        let mut seen_detached = false;
         loop {
-            match self.cloud.delete_volume(volume_id).await {
+            let refused = match self.cloud.delete_volume(volume_id).await {
                 Ok(()) => return Ok(()),
-                Err(CloudError::Conflict(refused)) if self.detached(volume_id).await => {
-                    return Err(ManagerError::FailedPrecondition(format!(
-                        "volume {volume_id} cannot be deleted: {refused} Delete its snapshots (or finish its transfer) and release again"
-                    )));
-                }
-                Err(
-                    CloudError::Conflict(_)
-                    | CloudError::Transient(_)
-                    | CloudError::Throttled { .. },
-                ) if Instant::now() < deadline => {
-                    tokio::time::sleep(self.settings.poll_interval.min(Duration::from_millis(500)))
-                        .await
+                Err(CloudError::Conflict(refused)) => refused,
+                Err(CloudError::Transient(_) | CloudError::Throttled { .. })
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    continue;
                 }
                 Err(e) => return Err(e.into()),
+            };
+            if seen_detached {
+                return Err(ManagerError::FailedPrecondition(format!(
+                    "volume {volume_id} cannot be deleted: {refused} Delete its snapshots (or finish its transfer) and release again"
+                )));
+            }
+            loop {
+                if Instant::now() >= deadline {
+                    return Err(CloudError::Conflict(refused).into());
+                }
+                tokio::time::sleep(pause).await;
+                match self.cloud.get_volume(volume_id).await {
+                    Ok(v) if v.status == VolumeStatus::Available && v.attached_to.is_empty() => {
+                        seen_detached = true;
+                        break;
+                    }
+                    Err(CloudError::NotFound(_)) => return Ok(()),
+                    _ => {}
+                }
             }
         }
-    }
-
-    /// Whether the volume is `available` with nothing attached. Cinder gives
-    /// one message for every state it refuses a delete in; a volume still
-    /// detaching is worth waiting for, a detached one it refuses has
-    /// snapshots or a transfer pending, which waiting does not mend.
-    async fn detached(&self, volume_id: &str) -> bool {
-        matches!(
-            self.cloud.get_volume(volume_id).await,
-            Ok(v) if v.status == VolumeStatus::Available && v.attached_to.is_empty()
-        )
     }
 
     /// Deletes the server, port and (if decided) volume of a `Releasing`
