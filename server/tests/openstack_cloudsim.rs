@@ -804,6 +804,38 @@ async fn boot_specs_are_checked_against_flavors_and_images() {
     );
 }
 
+/// An operator rotates the pool's image (uploads a new one under the same
+/// name, deletes the old): the driver's cached id is refused by Nova, and
+/// the boot looks the name up again and goes ahead with the new image
+/// instead of every boot failing until a restart. The cloud check sees the
+/// new image too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_image_is_looked_up_again() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let first = cloud
+        .create_server(&spec("r1", "db.small", "az1"))
+        .await
+        .unwrap();
+    env.face.faults().replace_image("mysql-8.0");
+
+    let second = cloud
+        .create_server(&spec("r2", "db.small", "az1"))
+        .await
+        .expect("a boot from the new image");
+    assert_eq!(
+        settled(&cloud, &second.id).await.status,
+        ServerStatus::Active
+    );
+    cloud
+        .check_boot_spec(&PoolKey::new("db.small", "az1"), "mysql-8.0")
+        .await
+        .unwrap();
+    for id in [first.id, second.id] {
+        cloud.delete_server(&id).await.unwrap();
+    }
+}
+
 /// A cloud that pages its listings (Nova's `osapi_max_limit`, Neutron's
 /// `pagination_max_limit`) still shows the reconciler every pool server
 /// with every port attached to it: the driver follows the next links.

@@ -2,7 +2,7 @@
 //! model) with stable UUIDs, listed with `?name=` or shown by id, so a driver
 //! can resolve an image name to the UUID Nova requires.
 
-use super::{iso_seconds, require_token, stable_uuid, ApiError, FaceState, Service};
+use super::{iso_seconds, require_token, ApiError, FaceState, Service};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -42,7 +42,7 @@ async fn root(State(state): State<Arc<FaceState>>) -> Response {
 }
 
 fn image_json(state: &FaceState, name: &str) -> Value {
-    let id = stable_uuid("image", name);
+    let id = state.image_id(name);
     let created = iso_seconds(state.wall(state.epoch.0));
     json!({
         "id": id,
@@ -83,7 +83,7 @@ async fn list_images(
         .filter(|name| {
             q.iter().all(|(k, v)| match k.as_str() {
                 "name" => *name == v,
-                "id" => stable_uuid("image", name) == *v,
+                "id" => state.image_id(name) == *v,
                 _ => true,
             })
         })
@@ -101,7 +101,7 @@ async fn show_image(
         .config()
         .images
         .iter()
-        .find(|name| stable_uuid("image", name) == id)
+        .find(|name| state.image_id(name) == id)
         .map(|name| Json(image_json(&state, name)))
         .ok_or_else(|| ApiError::not_found(G, format!("No image found with ID {id}")))
 }

@@ -256,6 +256,9 @@ pub(crate) struct FaceState {
     /// Wall-clock time of `epoch.0`, to print tokio instants as dates.
     epoch: (Instant, SystemTime),
     next_address: AtomicU32,
+    /// Images replaced under their name (`HttpFaults::replace_image`): how
+    /// many times, which gives the current one a new id.
+    image_revisions: Mutex<HashMap<String, u32>>,
     /// Set at shutdown: requests still in a handler (e.g. hung by
     /// `Faults::hang_after_calls`) are answered 503 so connections close.
     stopping: tokio::sync::watch::Sender<bool>,
@@ -267,6 +270,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl FaceState {
+    /// The id of the image of this name now.
+    pub fn image_id(&self, name: &str) -> String {
+        match lock(&self.image_revisions).get(name) {
+            None | Some(0) => stable_uuid("image", name),
+            Some(revision) => stable_uuid("image", &format!("{name}#{revision}")),
+        }
+    }
+
     pub fn url(&self, service: Service) -> String {
         format!("{}{}", self.base_url, service.prefix())
     }
@@ -385,6 +396,15 @@ impl HttpFaults {
     /// `Duration::ZERO` turns it off.
     pub fn slow(&self, service: Service, delay: Duration) {
         self.with(service, |f| f.slow = delay);
+    }
+
+    /// The operator uploads a new image under `name` and deletes the old
+    /// one (an image rotation): the name stays, its id changes, and the old
+    /// id is unknown to Glance and Nova from now on.
+    pub fn replace_image(&self, name: &str) {
+        *lock(&self.state.image_revisions)
+            .entry(name.to_owned())
+            .or_default() += 1;
     }
 
     /// Revokes every token issued so far: they all get 401 from now on.
@@ -540,6 +560,7 @@ impl HttpFace {
             // A random start keeps concurrent faces (other test processes)
             // from racing for the same addresses.
             next_address: AtomicU32::new(rand::random::<u16>().into()),
+            image_revisions: Mutex::default(),
             stopping: tokio::sync::watch::channel(false).0,
         });
         let app = router(state.clone());

@@ -210,10 +210,6 @@ fn valid_tag(tag: &str) -> bool {
     (1..=60).contains(&tag.chars().count()) && !tag.contains('/') && !tag.contains(',')
 }
 
-fn image_id(name: &str) -> String {
-    stable_uuid("image", name)
-}
-
 fn link(state: &FaceState, path: &str) -> Value {
     json!([
         {"rel": "self", "href": format!("{}/v2.1/{path}", state.url(C))},
@@ -328,7 +324,7 @@ fn server_json(state: &FaceState, model: &Model, d: &ServerDetail, mv: Mv) -> Va
         "user_id": state.settings.users.first().map(|u| state.user_id(&u.name)).unwrap_or_default(),
         "metadata": s.metadata,
         "hostId": if d.host.is_some() { stable_uuid("host", d.host.as_deref().unwrap_or_default()).replace('-', "") } else { String::new() },
-        "image": {"id": image_id(&d.image), "links": [{"rel": "bookmark", "href": format!("{}/images/{}", state.url(C), image_id(&d.image))}]},
+        "image": {"id": state.image_id(&d.image), "links": [{"rel": "bookmark", "href": format!("{}/images/{}", state.url(C), state.image_id(&d.image))}]},
         "flavor": flavor_json,
         "created": iso_seconds(created),
         "updated": iso_seconds(updated),
@@ -472,7 +468,7 @@ async fn create_server(
     let image = cfg
         .images
         .iter()
-        .find(|i| image_id(i) == image_ref)
+        .find(|i| state.image_id(i) == image_ref)
         .cloned()
         .ok_or_else(|| ApiError::bad_request(C, "Can not find requested image"))?;
     let networks = match server.get("networks") {

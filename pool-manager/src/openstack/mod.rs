@@ -63,6 +63,37 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// (a marker it ignores) gets an error, not an endless loop.
 const MAX_PAGES: usize = 1000;
 
+/// How long a lookup of a name (flavor, image, network) is trusted: an
+/// operator may replace any of them under the same name (an image rotation).
+/// A boot the cloud refuses looks its names up again at once.
+const NAME_TTL: Duration = Duration::from_secs(600);
+
+/// Names (or ids) resolved with the cloud, each trusted for [`NAME_TTL`].
+struct NameCache<T>(Mutex<HashMap<String, (T, tokio::time::Instant)>>);
+
+impl<T> Default for NameCache<T> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
+}
+
+impl<T: Clone> NameCache<T> {
+    fn get(&self, key: &str) -> Option<T> {
+        lock(&self.0)
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < NAME_TTL)
+            .map(|(value, _)| value.clone())
+    }
+
+    fn insert(&self, key: String, value: T) {
+        lock(&self.0).insert(key, (value, tokio::time::Instant::now()));
+    }
+
+    fn forget(&self, key: &str) {
+        lock(&self.0).remove(key);
+    }
+}
+
 /// The error for a listing still linking a next page after [`MAX_PAGES`].
 fn endless_listing(what: &str) -> CloudError {
     CloudError::Fatal(format!(
@@ -165,9 +196,9 @@ struct Inner {
     conn: Arc<Connection>,
     settings: OpenStackSettings,
     nova_version: (u16, u16),
-    flavors: Mutex<HashMap<String, Flavor>>,
-    images: Mutex<HashMap<String, String>>,
-    networks: Mutex<HashMap<String, Named>>,
+    flavors: NameCache<Flavor>,
+    images: NameCache<String>,
+    networks: NameCache<Named>,
     /// Servers, volumes and ports (by service and name) whose create failed
     /// without a clear answer (timeout, 5xx, unreadable body): the cloud may
     /// have created them, so the next create of the name looks first instead
@@ -184,13 +215,22 @@ impl std::fmt::Debug for OpenStackCloud {
     }
 }
 
+/// The cloud's ids of what a server is booted with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct BootIds {
+    flavor: String,
+    image: String,
+    network: String,
+}
+
 fn unreadable(what: &str, e: impl std::fmt::Display) -> CloudError {
     CloudError::Transient(format!("{what}: unreadable answer: {e}"))
 }
 
 impl OpenStackCloud {
     /// Logs in and negotiates Nova's microversion. Names (image, networks,
-    /// flavors) are resolved on first use and cached.
+    /// flavors) are resolved on first use and cached for [`NAME_TTL`]; a
+    /// boot the cloud refuses looks them up again.
     pub async fn connect(settings: OpenStackSettings) -> CloudResult<Self> {
         let conn = Connection::connect(settings.auth.clone(), settings.request_timeout).await?;
         let nova_version = conn
@@ -212,9 +252,9 @@ impl OpenStackCloud {
                 conn,
                 settings,
                 nova_version,
-                flavors: Mutex::default(),
-                images: Mutex::default(),
-                networks: Mutex::default(),
+                flavors: NameCache::default(),
+                images: NameCache::default(),
+                networks: NameCache::default(),
                 uncertain_creates: Mutex::default(),
             }),
         })
@@ -287,6 +327,48 @@ impl OpenStackCloud {
         result
     }
 
+    /// The image a pool's servers boot from: the configured override, or
+    /// the pool's.
+    fn image_name<'a>(&'a self, spec: &'a ServerSpec) -> &'a str {
+        self.inner.settings.image.as_deref().unwrap_or(&spec.image)
+    }
+
+    /// The ids a boot of `spec` is sent with; a name the cloud does not know
+    /// is `Fatal` (no boot of the pool can succeed).
+    async fn boot_ids(&self, spec: &ServerSpec) -> CloudResult<BootIds> {
+        let unknown_is_fatal = |e| match e {
+            CloudError::NotFound(m) => CloudError::Fatal(m),
+            e => e,
+        };
+        let az = spec.pool.availability_zone.as_str();
+        let flavor = self
+            .flavor(&spec.pool.flavor)
+            .await
+            .map_err(unknown_is_fatal)?;
+        let image = self
+            .image_id(self.image_name(spec))
+            .await
+            .map_err(unknown_is_fatal)?;
+        let network = self
+            .network(self.inner.settings.management_network_for(az))
+            .await
+            .map_err(unknown_is_fatal)?;
+        Ok(BootIds {
+            flavor: flavor.id,
+            image,
+            network: network.id,
+        })
+    }
+
+    fn forget_boot_names(&self, spec: &ServerSpec) {
+        let az = spec.pool.availability_zone.as_str();
+        self.inner.flavors.forget(&spec.pool.flavor);
+        self.inner.images.forget(self.image_name(spec));
+        self.inner
+            .networks
+            .forget(self.inner.settings.management_network_for(az));
+    }
+
     /// Puts the pool tag on a server (Nova below 2.52 cannot take it with
     /// the create). Idempotent.
     async fn tag_server(&self, id: &str) -> CloudResult<()> {
@@ -306,18 +388,18 @@ impl OpenStackCloud {
 
     /// A flavor by name or id (cached; the list is re-read on a miss).
     pub async fn flavor(&self, name_or_id: &str) -> CloudResult<Flavor> {
-        if let Some(f) = lock(&self.inner.flavors).get(name_or_id) {
-            return Ok(f.clone());
+        if let Some(f) = self.inner.flavors.get(name_or_id) {
+            return Ok(f);
         }
         let body: nova::FlavorsBody = self
             .fetch(self.nova(Method::GET, &["flavors", "detail"]))
             .await?;
-        let mut cache = lock(&self.inner.flavors);
+        let cache = &self.inner.flavors;
         for f in body.flavors {
             cache.insert(f.id.clone(), f.clone());
             cache.insert(f.name.clone(), f);
         }
-        cache.get(name_or_id).cloned().ok_or_else(|| {
+        cache.get(name_or_id).ok_or_else(|| {
             CloudError::NotFound(format!(
                 "no flavor named '{name_or_id}' is visible to {}",
                 self.identity()
@@ -327,8 +409,8 @@ impl OpenStackCloud {
 
     /// The UUID of an image given by name or id (Glance; cached).
     pub async fn image_id(&self, name_or_id: &str) -> CloudResult<String> {
-        if let Some(id) = lock(&self.inner.images).get(name_or_id) {
-            return Ok(id.clone());
+        if let Some(id) = self.inner.images.get(name_or_id) {
+            return Ok(id);
         }
         let image = self
             .resolve(Service::Image, &["images"], "images", name_or_id, "image")
@@ -341,14 +423,14 @@ impl OpenStackCloud {
             )));
         }
         let id = image.id;
-        lock(&self.inner.images).insert(name_or_id.to_owned(), id.clone());
+        self.inner.images.insert(name_or_id.to_owned(), id.clone());
         Ok(id)
     }
 
     /// A Neutron network given by name or id (cached).
     pub async fn network(&self, name_or_id: &str) -> CloudResult<Named> {
-        if let Some(n) = lock(&self.inner.networks).get(name_or_id) {
-            return Ok(n.clone());
+        if let Some(n) = self.inner.networks.get(name_or_id) {
+            return Ok(n);
         }
         let network = self
             .resolve(
@@ -359,7 +441,9 @@ impl OpenStackCloud {
                 "network",
             )
             .await?;
-        lock(&self.inner.networks).insert(name_or_id.to_owned(), network.clone());
+        self.inner
+            .networks
+            .insert(name_or_id.to_owned(), network.clone());
         Ok(network)
     }
 
@@ -603,22 +687,7 @@ impl Cloud for OpenStackCloud {
     async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server> {
         let settings = &self.inner.settings;
         let az = spec.pool.availability_zone.as_str();
-        let flavor = self.flavor(&spec.pool.flavor).await.map_err(|e| match e {
-            CloudError::NotFound(m) => CloudError::Fatal(m),
-            e => e,
-        })?;
-        let image = settings.image.as_deref().unwrap_or(&spec.image);
-        let image_id = self.image_id(image).await.map_err(|e| match e {
-            CloudError::NotFound(m) => CloudError::Fatal(m),
-            e => e,
-        })?;
-        let network = self
-            .network(settings.management_network_for(az))
-            .await
-            .map_err(|e| match e {
-                CloudError::NotFound(m) => CloudError::Fatal(m),
-                e => e,
-            })?;
+        let ids = self.boot_ids(spec).await?;
         let instance = spec
             .metadata
             .get(META_INSTANCE)
@@ -627,17 +696,19 @@ impl Cloud for OpenStackCloud {
         let name = format!("{}{instance}", settings.server_name_prefix);
         let tags = [settings.server_tag.clone()];
         let tags_at_create = self.inner.nova_version >= (2, 52);
-        let body = nova::create_body(&nova::CreateServer {
-            name: &name,
-            flavor_id: &flavor.id,
-            image_id: &image_id,
-            network_id: &network.id,
-            availability_zone: az,
-            metadata: &spec.metadata,
-            tags: if tags_at_create { &tags } else { &[] },
-            security_groups: &settings.security_groups,
-            key_name: settings.key_name.as_deref(),
-        });
+        let body = |ids: &BootIds| {
+            nova::create_body(&nova::CreateServer {
+                name: &name,
+                flavor_id: &ids.flavor,
+                image_id: &ids.image,
+                network_id: &ids.network,
+                availability_zone: az,
+                metadata: &spec.metadata,
+                tags: if tags_at_create { &tags } else { &[] },
+                security_groups: &settings.security_groups,
+                key_name: settings.key_name.as_deref(),
+            })
+        };
         if self.create_uncertain(Service::Compute, &name) {
             if let Some(existing) = self.find_created(&name, spec).await? {
                 if !tags_at_create {
@@ -649,9 +720,22 @@ impl Cloud for OpenStackCloud {
                 return Ok(existing);
             }
         }
-        let created: nova::ServerBody = self
-            .create(&name, self.nova(Method::POST, &["servers"]).json(body))
-            .await?;
+        let post = |ids: &BootIds| self.nova(Method::POST, &["servers"]).json(body(ids));
+        let created: nova::ServerBody = match self.create(&name, post(&ids)).await {
+            // A flavor or image replaced under its name (an image rotation)
+            // leaves an id the cloud no longer knows: look the names up
+            // again, and boot once more if they now name something else.
+            Err(CloudError::Fatal(refused)) => {
+                self.forget_boot_names(spec);
+                let fresh = self.boot_ids(spec).await?;
+                if fresh == ids {
+                    return Err(CloudError::Fatal(refused));
+                }
+                tracing::info!(flavor = %spec.pool.flavor, image = %self.image_name(spec), "the flavor or image changed under its name; booting with the new one");
+                self.create(&name, post(&fresh)).await?
+            }
+            other => other?,
+        };
         let id = created.server.id;
         if !tags_at_create {
             // Untagged, the server would be invisible to the reconciler: a
@@ -889,6 +973,10 @@ impl Cloud for OpenStackCloud {
     }
 
     async fn check_boot_spec(&self, pool: &crate::model::PoolKey, image: &str) -> CloudResult<()> {
+        // What the cloud says now, not what was cached.
+        let image = self.inner.settings.image.as_deref().unwrap_or(image);
+        self.inner.flavors.forget(&pool.flavor);
+        self.inner.images.forget(image);
         self.flavor(&pool.flavor).await?;
         self.image_id(image).await?;
         Ok(())
