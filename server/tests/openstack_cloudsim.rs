@@ -836,6 +836,23 @@ async fn a_rotated_image_is_looked_up_again() {
     }
 }
 
+/// An image given by id whose custom properties include one named
+/// `image` (Glance shows them beside its own fields) is read as the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_with_a_property_named_image_is_read_by_id() {
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            image_properties: BTreeMap::from([("image".into(), "mysql".into())]),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let cloud = env.driver().await;
+    let id = cloud.image_id("mysql-8.0").await.unwrap();
+    assert_eq!(cloud.image_id(&id).await.unwrap(), id);
+}
+
 /// A cloud that pages its listings (Nova's `osapi_max_limit`, Neutron's
 /// `pagination_max_limit`) still shows the reconciler every pool server
 /// with every port attached to it: the driver follows the next links.

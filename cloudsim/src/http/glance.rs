@@ -44,7 +44,7 @@ async fn root(State(state): State<Arc<FaceState>>) -> Response {
 fn image_json(state: &FaceState, name: &str) -> Value {
     let id = state.image_id(name);
     let created = iso_seconds(state.wall(state.epoch.0));
-    json!({
+    let mut image = json!({
         "id": id,
         "name": name,
         "status": "active",
@@ -67,7 +67,11 @@ fn image_json(state: &FaceState, name: &str) -> Value {
         "self": format!("/v2/images/{id}"),
         "file": format!("/v2/images/{id}/file"),
         "schema": "/v2/schemas/image",
-    })
+    });
+    for (key, value) in &state.settings.image_properties {
+        image[key] = json!(value);
+    }
+    image
 }
 
 async fn list_images(

@@ -67,7 +67,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 pub use errors::ApiError;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -191,6 +191,9 @@ pub struct HttpSettings {
     /// `osapi_max_limit` and Neutron's `pagination_max_limit` cap it; a full
     /// page links the next. `None`: unlimited (Neutron's default).
     pub page_limit: Option<usize>,
+    /// Custom properties every image carries; Glance shows them at the top
+    /// level of the image, beside its own fields.
+    pub image_properties: BTreeMap<String, String>,
 }
 
 impl Default for HttpSettings {
@@ -218,6 +221,7 @@ impl Default for HttpSettings {
             public_host: None,
             shutdown_grace: Duration::from_secs(5),
             page_limit: None,
+            image_properties: BTreeMap::new(),
         }
     }
 }

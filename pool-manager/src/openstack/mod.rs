@@ -463,8 +463,13 @@ impl OpenStackCloud {
             let call = Call::new(service, Method::GET, path.iter().copied());
             match self.fetch::<serde_json::Value>(call).await {
                 Ok(body) => {
-                    // Glance answers the bare image, Neutron wraps it.
-                    let item = body.get(kind).cloned().unwrap_or(body);
+                    // Glance answers the bare image (its custom properties
+                    // beside its fields, so one may be named "image"),
+                    // Neutron wraps it.
+                    let item = match service {
+                        Service::Image => body,
+                        _ => body.get(kind).cloned().unwrap_or(body),
+                    };
                     return serde_json::from_value(item)
                         .map_err(|e| unreadable(&format!("GET {kind} {name_or_id}"), e));
                 }
