@@ -565,9 +565,13 @@ impl Shared {
         // A new volume was just seen available; after a failed try it may
         // still be detaching from the discarded instance.
         let mut volume_available = matches!(params.volume.source, VolumeSource::New { .. });
+        // One count per call that found the pool empty, also over tries.
+        let mut counted_empty = false;
         loop {
             let wait_started = Instant::now();
-            let (instance, warm) = self.obtain_instance(&params, policy, deadline).await?;
+            let (instance, warm) = self
+                .obtain_instance(&params, policy, deadline, &mut counted_empty)
+                .await?;
             let waited = wait_started.elapsed();
             let claimed_at = Instant::now();
             record
@@ -698,16 +702,16 @@ impl Shared {
         params: &AllocationParams,
         policy: EmptyPoolPolicy,
         deadline: Instant,
+        counted_empty: &mut bool,
     ) -> ManagerResult<(Instance, bool)> {
         let mut changes = self.changes.subscribe();
-        let mut counted = false;
         loop {
             if let Some(instance) = self.claim_ready(params).await? {
                 return Ok((instance, true));
             }
             // One count per call that found the pool empty: a waiting call
             // wakes on every write of any pool.
-            if !std::mem::replace(&mut counted, true) {
+            if !std::mem::replace(counted_empty, true) {
                 self.emit(Some(&params.pool), EventKind::Exhausted);
             }
             match policy {

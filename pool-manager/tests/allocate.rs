@@ -1191,6 +1191,61 @@ async fn an_allocate_its_caller_gave_up_on_still_finishes() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// An Allocate that finds the pool empty, then gets an instance that fails
+/// (its host fails during the attach), then finds the pool empty again is
+/// still one call that found it empty: counted once.
+#[tokio::test(start_paused = true)]
+async fn an_allocate_finding_the_pool_empty_twice_is_counted_once() {
+    use pool_manager::events::EventKind;
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let pause = |paused: bool| {
+        let manager = manager.clone();
+        async move {
+            manager
+                .update_pool(&pool(), |s| s.paused = paused)
+                .await
+                .unwrap();
+        }
+    };
+    manager
+        .allocate(request("order-a", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let mut events = manager.events();
+    let attaching = cloud.hold_next("attach_port", At::Before);
+    let waiting = {
+        let manager = manager.clone();
+        let mut order = request("order-b", new_volume(), EmptyPoolPolicy::Wait);
+        order.timeout = Some(Duration::from_secs(900));
+        tokio::spawn(async move { manager.allocate(order).await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pause(false).await;
+    attaching.reached().await;
+    pause(true).await;
+    let claimed = manager
+        .list_instances(Some(&pool()))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.request_id.as_deref() == Some("order-b"))
+        .unwrap();
+    assert!(sim.fail_server(claimed.server_id.as_deref().unwrap(), "host down"));
+    attaching.release();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    pause(false).await;
+    let allocation = waiting.await.unwrap().expect("the next instance");
+    assert_ne!(allocation.instance_id, Some(claimed.id));
+
+    let mut exhausted = 0;
+    while let Ok(event) = events.try_recv() {
+        exhausted += usize::from(matches!(event.kind, EventKind::Exhausted));
+    }
+    assert_eq!(exhausted, 1);
+}
+
 /// A second call with the request id of an Allocate in flight waits for its
 /// answer, and gets it when it comes, also when the pool was deleted in the
 /// meantime (so no change of the pool's purchase count wakes it).
