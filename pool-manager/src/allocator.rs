@@ -1448,9 +1448,22 @@ impl Shared {
         let mut released = allocation.clone();
         released.state = AllocationState::Released;
         released.released_at = Some(self.sizing_book().wall_now(&self.settings.sizing));
-        self.store
+        let request_id = &allocation.params.request_id;
+        if !self
+            .store
             .cas_allocation(Some(&allocation), Some(&released))
-            .await?;
+            .await?
+        {
+            // Another release of it (billing's retry, a reconcile pass) did
+            // the same deletes and recorded it first: one release.
+            self.store.flush().await?;
+            return match self.store.get_allocation(request_id).await? {
+                Some(stored) if stored.state == AllocationState::Released => Ok(stored),
+                _ => Err(ManagerError::TryAgain(format!(
+                    "allocation {request_id} changed during release; retry"
+                ))),
+            };
+        }
         self.store.flush().await?;
         self.changed();
         tracing::info!(request_id = %released.params.request_id, "released");

@@ -1246,6 +1246,43 @@ async fn an_allocate_finding_the_pool_empty_twice_is_counted_once() {
     assert_eq!(exhausted, 1);
 }
 
+/// Two Releases of one allocation at once (billing's retry, or a reconcile
+/// pass finishing it) both do the idempotent deletes, but only the one
+/// that records `Released` reports it: one release counted, and both
+/// answer the stored record.
+#[tokio::test(start_paused = true)]
+async fn two_releases_at_once_are_one_release() {
+    use pool_manager::events::EventKind;
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    manager
+        .allocate(request("order-r", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let mut events = manager.events();
+    let deleting = cloud.hold_next("delete_port", At::Before);
+    let first = {
+        let manager = manager.clone();
+        tokio::spawn(async move { manager.release("order-r", None).await })
+    };
+    deleting.reached().await;
+    let second = manager.release("order-r", None).await.unwrap();
+    deleting.release();
+    let first = first.await.unwrap().unwrap();
+
+    let stored = manager.get_allocation("order-r").await.unwrap();
+    assert_eq!(stored.state, AllocationState::Released);
+    assert_eq!(first, stored);
+    assert_eq!(second, stored);
+    let mut released = 0;
+    while let Ok(event) = events.try_recv() {
+        released += usize::from(matches!(event.kind, EventKind::Released));
+    }
+    assert_eq!(released, 1);
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A second call with the request id of an Allocate in flight waits for its
 /// answer, and gets it when it comes, also when the pool was deleted in the
 /// meantime (so no change of the pool's purchase count wakes it).
