@@ -91,7 +91,7 @@ pub fn fill(instances: u32, concurrency: Option<u32>, seed: u64) -> Fill {
                 while let Ok(e) = events.recv().await {
                     if let EventKind::Boot {
                         outcome: BootOutcome::Ready,
-                        lead_time,
+                        lead_time: Some(lead_time),
                     } = e.kind
                     {
                         leads.lock().expect("leads").push(lead_time);

@@ -333,7 +333,7 @@ async fn replay(scenario: &Scenario, policy: &Policy, options: &Options) -> RunR
                     Ok(e) => {
                         if let EventKind::Boot {
                             outcome: BootOutcome::Ready,
-                            lead_time,
+                            lead_time: Some(lead_time),
                         } = e.kind
                         {
                             if Instant::now() >= measured_from {

@@ -92,7 +92,9 @@ pub enum EventKind {
     /// A boot finished; `lead_time` is boot request to Ready (or to failure).
     Boot {
         outcome: BootOutcome,
-        lead_time: Duration,
+        /// From the boot request to its outcome; `None` for a boot resumed
+        /// after a restart, whose start this process did not see.
+        lead_time: Option<Duration>,
     },
     /// An Allocate finished (not emitted for idempotent replays).
     Allocation {

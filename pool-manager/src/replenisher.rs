@@ -587,6 +587,7 @@ impl Shared {
             ticket.finish(BootSignal::NoSignal);
         }
         if let Some(outcome) = boot_outcome(&result) {
+            let lead_time = (timed == Timed::FromNow).then_some(lead_time);
             self.emit(Some(&instance.pool), EventKind::Boot { outcome, lead_time });
         }
         // A failed boot still drives its instance until it is discarded: a

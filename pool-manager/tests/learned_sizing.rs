@@ -178,10 +178,23 @@ async fn a_resumed_boot_is_no_lead_time_sample() {
     tokio::time::sleep(Duration::from_secs(300)).await;
     let wall = unix(START) + anchored.elapsed();
     let manager = manager_at(&sim, open_store(dir.path()), wall);
+    let mut events = manager.events();
     manager.start().await.unwrap();
     wait_ready(&manager, 1).await;
 
     let (_, sizing) = sizing(&manager).await;
     assert_eq!(sizing.lead.samples, 0, "{:?}", sizing.lead);
     assert_eq!(sizing.lead.source, LeadSource::Prior);
+    // Nor does it report one (the lead-time histogram).
+    let mut boots = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let pool_manager::events::EventKind::Boot { outcome, lead_time } = event.kind {
+            boots.push((outcome, lead_time));
+        }
+    }
+    assert_eq!(
+        boots,
+        [(pool_manager::events::BootOutcome::Ready, None)],
+        "{boots:?}"
+    );
 }

@@ -543,7 +543,7 @@ impl Metrics {
                 self.boots
                     .get_or_create(&pool.with(boot_outcome_name(*outcome)).into())
                     .inc();
-                if *outcome == BootOutcome::Ready {
+                if let (BootOutcome::Ready, Some(lead_time)) = (outcome, lead_time) {
                     self.boot_lead_time
                         .get_or_create(&pool)
                         .observe(lead_time.as_secs_f64());
@@ -844,7 +844,12 @@ mod tests {
         m.record(&event(EventKind::Exhausted));
         m.record(&event(EventKind::Boot {
             outcome: BootOutcome::Ready,
-            lead_time: Duration::from_secs(3),
+            lead_time: Some(Duration::from_secs(3)),
+        }));
+        // Resumed after a restart: a boot, but no lead time.
+        m.record(&event(EventKind::Boot {
+            outcome: BootOutcome::Ready,
+            lead_time: None,
         }));
         m.record(&Event {
             pool: None,
@@ -891,7 +896,7 @@ mod tests {
                 &body,
                 &format!("warmpool_boots_total{{{pool},result=\"ready\"}}")
             ),
-            1.0
+            2.0
         );
         assert_eq!(
             sample(
@@ -901,6 +906,15 @@ mod tests {
             1.0,
             "3 s falls in the 5 s bucket"
         );
+        assert_eq!(
+            sample(
+                &body,
+                &format!("warmpool_boot_lead_time_seconds_count{{{pool}}}")
+            ),
+            1.0,
+            "the resumed boot is no lead-time sample"
+        );
+
         assert_eq!(
             sample(
                 &body,
