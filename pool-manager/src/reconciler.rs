@@ -17,7 +17,8 @@
 //! | instance `Ready`, unclaimed | server in ERROR (its host failed) | discard it (the pool refills) |
 //! | instance `Ready`, unclaimed | server ACTIVE, mysqld silent on this pass's probe and the last's | discard it (the pool refills) |
 //! | instance `Failed`/`Deleting` | - | delete the server, drop the record |
-//! | nothing | server with warmpool metadata | delete it (leak) |
+//! | nothing | server with warmpool metadata, no volume attached | delete it (leak) |
+//! | nothing | server with warmpool metadata and a volume attached | leave it, log an error (a tenant's, its record lost) |
 //! | instance with another server recorded | server naming the instance | delete it (a twin of a retried create) |
 //!
 //! Allocations are listed once per pass but each is read again right
@@ -295,6 +296,14 @@ impl Shared {
                     .metadata
                     .get(META_INSTANCE)
                     .is_some_and(|id| awaiting_server.contains(id.as_str()));
+            if !owned && !server.attached_volumes.is_empty() {
+                // Only a purchase attaches a volume to a pool server, and a
+                // purchase is recorded before it: the store has lost its
+                // record (wiped, restored from an old copy). A tenant's
+                // database is never deleted as a leak.
+                tracing::error!(server = %server.id, name = %server.name, volumes = ?server.attached_volumes, "a pool server the store does not know has volumes attached: a tenant's database whose record was lost? Left alone; delete it by hand if it is no one's");
+                continue;
+            }
             if !owned {
                 // The LeakDeleted event logs it once done.
                 tracing::debug!(server = %server.id, name = %server.name, "deleting leaked server");

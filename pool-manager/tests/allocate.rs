@@ -1283,6 +1283,30 @@ async fn two_releases_at_once_are_one_release() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A store lost or swapped for an empty one (an operator wiping the data
+/// directory to get past a store that will not open) must not cost tenants
+/// their databases: the reconciler deletes pool servers the store does not
+/// know, but not one with a volume attached, which only a purchase gives a
+/// pool server. It is left alone (and logged).
+#[tokio::test(start_paused = true)]
+async fn a_server_with_a_tenant_volume_is_never_deleted_as_a_leak() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 2).await;
+    let allocation = manager
+        .allocate(request("order-t", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let tenant = allocation.server_id.unwrap();
+    manager.shutdown().await.unwrap();
+    drop(manager);
+
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let servers: Vec<String> = sim.servers().into_iter().map(|s| s.server.id).collect();
+    assert_eq!(servers, [tenant], "only the warm servers are leaks");
+}
+
 /// A second call with the request id of an Allocate in flight waits for its
 /// answer, and gets it when it comes, also when the pool was deleted in the
 /// meantime (so no change of the pool's purchase count wakes it).
