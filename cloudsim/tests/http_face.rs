@@ -983,7 +983,19 @@ async fn tag_filter_is_honoured_from_2_26_and_ignored_below() {
     let env = start().await;
     let a = env.boot("tagged", "2.52", &["pool-a"]).await;
     let b = env.boot("untagged", "2.52", &[]).await;
-    // A tag added afterwards (2.26+): 201 new, 204 existing; 404 below 2.26.
+    // A tag added afterwards (2.26+): 409 while the server builds (Nova
+    // tags only one no longer building), then 201 new, 204 existing; 404
+    // below 2.26.
+    env.call(
+        Method::PUT,
+        Service::Compute,
+        &format!("/v2.1/servers/{b}/tags/pool-b"),
+        Some("2.26"),
+        None,
+    )
+    .await
+    .expect(409);
+    env.wait_server(&b, "ACTIVE").await;
     let r = env
         .call(
             Method::PUT,

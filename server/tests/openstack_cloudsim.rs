@@ -238,20 +238,23 @@ async fn servers_boot_tagged_list_by_tag_greet_and_delete() {
     ));
 }
 
-/// Below Nova 2.52 tags cannot be sent with the create: the driver tags the
-/// server right after; below 2.26 (no tags at all) it refuses to run.
+/// The pool tag goes with the create, from Nova 2.52 (Pike) on. Below it
+/// a tag can only be put on a server no longer building (Nova answers 409
+/// meanwhile), so every boot would be untagged while it builds, invisible
+/// to the reconciler: the driver refuses such a Nova at connect, naming
+/// what it needs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn old_novas_get_tags_afterwards_or_are_refused() {
+async fn novas_older_than_2_52_are_refused_at_connect() {
     let env = env_with(
         sim_config(),
         HttpSettings {
-            nova_max_version: (2, 40),
+            nova_max_version: (2, 52),
             ..HttpSettings::default()
         },
     )
     .await;
     let cloud = env.driver().await;
-    assert_eq!(cloud.compute_microversion(), "2.26");
+    assert_eq!(cloud.compute_microversion(), "2.52");
     let created = cloud
         .create_server(&spec("i1", "db.small", "az1"))
         .await
@@ -259,57 +262,25 @@ async fn old_novas_get_tags_afterwards_or_are_refused() {
     let listed = cloud.list_pool_servers().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, created.id);
-    // A create whose answer was lost never reached its tag: the retry that
-    // adopts the server tags it, or the reconciler would never see it.
-    env.face.faults().garbage_next(Service::Compute, 1);
-    assert!(cloud
-        .create_server(&spec("i2", "db.small", "az1"))
-        .await
-        .is_err());
-    let adopted = cloud
-        .create_server(&spec("i2", "db.small", "az1"))
-        .await
-        .unwrap();
-    let listed: Vec<String> = cloud
-        .list_pool_servers()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
-    assert_eq!(listed.len(), 2, "{listed:?}");
-    assert!(listed.contains(&adopted.id), "{listed:?}");
 
-    let env = env_with(
-        sim_config(),
-        HttpSettings {
-            nova_max_version: (2, 20),
-            ..HttpSettings::default()
-        },
-    )
-    .await;
-    let config = env.config("", SMALL_POOL);
-    let e = OpenStackCloud::connect(openstack(&config).settings().unwrap())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&e, CloudError::Fatal(m) if m.contains("2.26")),
-        "{e:?}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_probe_override_replaces_every_servers_address() {
-    let env = env().await;
-    let cloud = env
-        .driver_with("probe_address_override = \"127.0.0.1:13306\"")
+    for old in [(2, 51), (2, 40), (2, 20)] {
+        let env = env_with(
+            sim_config(),
+            HttpSettings {
+                nova_max_version: old,
+                ..HttpSettings::default()
+            },
+        )
         .await;
-    let created = cloud
-        .create_server(&spec("i1", "db.small", "az1"))
-        .await
-        .unwrap();
-    let server = settled(&cloud, &created.id).await;
-    assert_eq!(server.mysql_addr, Some("127.0.0.1:13306".parse().unwrap()));
+        let config = env.config("", SMALL_POOL);
+        let e = OpenStackCloud::connect(openstack(&config).settings().unwrap())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, CloudError::Fatal(m) if m.contains("2.52")),
+            "{old:?}: {e:?}"
+        );
+    }
 }
 
 /// Volume and port attach/detach, idempotent detaches and deletes, and the

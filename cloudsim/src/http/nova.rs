@@ -853,8 +853,23 @@ async fn put_tag(
         .map_err(|e| ApiError::from_cloud(C, e))?;
     let now = Instant::now();
     let mut model = state.sim.inner.lock_at(now);
-    if model.server_detail(&id, now).is_none() {
+    let Some(detail) = model.server_detail(&id, now) else {
         return Err(instance_not_found(&id));
+    };
+    // Nova tags only a server in vm_state active, paused, suspended or
+    // stopped (`_check_instance_in_valid_state`): not one still building.
+    if detail.server.status != ServerStatus::Active {
+        return Err(ApiError::conflict(
+            C,
+            format!(
+                "Cannot 'update tag' instance {id} while it is in vm_state {}",
+                match detail.server.status {
+                    ServerStatus::Build => "building",
+                    ServerStatus::Error => "error",
+                    _ => "deleted",
+                }
+            ),
+        ));
     }
     let added = model
         .add_server_tag(&id, &tag)

@@ -11,8 +11,9 @@
 //!
 //! Pool servers carry a tag (found with `GET /servers/detail?tags=`, because
 //! Nova ignores metadata filters from non-admins) and warmpool's metadata;
-//! both are checked again client-side, since a Nova below 2.26 would ignore
-//! the tag filter too.
+//! both are checked again client-side, since a Nova that ignores the tag
+//! filter would list every server. The tag goes with the create (Nova 2.52
+//! or later; an older Nova is refused at connect).
 //!
 //! A create answered unclearly (timeout, 5xx, unreadable body) may have
 //! taken effect, and its caller retries it: the next create of that server,
@@ -55,10 +56,6 @@ pub const DEFAULT_MYSQL_PORT: u16 = 3306;
 /// A cloud call (including a login) that takes longer failed transiently.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Nova microversions warmpool can speak, lowest first. 2.26: tags (filter
-/// and `PUT /servers/{id}/tags/{tag}`); 2.52: tags in `POST /servers`;
-/// 2.101: volume attach answers 202 with no body (handled: the body is never
-/// read, completion is the Cinder volume's status).
 /// The most pages a listing follows: a cloud whose next links never end
 /// (a marker it ignores) gets an error, not an endless loop.
 const MAX_PAGES: usize = 1000;
@@ -101,7 +98,13 @@ fn endless_listing(what: &str) -> CloudError {
     ))
 }
 
-const NOVA_VERSIONS: [(u16, u16); 4] = [(2, 26), (2, 52), (2, 79), (2, 101)];
+/// Nova microversions warmpool can speak, lowest first. 2.52 (Pike): the
+/// pool tag goes with `POST /servers` (2.26 has tags, but Nova tags only a
+/// server no longer building, and a pool server untagged while it builds
+/// is one the reconciler cannot find); 2.101: volume attach answers 202
+/// with no body (handled: the body is never read, completion is the Cinder
+/// volume's status).
+const NOVA_VERSIONS: [(u16, u16); 3] = [(2, 52), (2, 79), (2, 101)];
 
 /// Everything the driver needs, as plain values: the daemon fills it from
 /// its config file and clouds.yaml (or `OS_*` variables).
@@ -238,7 +241,7 @@ impl OpenStackCloud {
             .await?
             .ok_or_else(|| {
                 CloudError::Fatal(
-                    "Nova does not support microversion 2.26 (server tags), which warmpool needs"
+                    "Nova does not support microversion 2.52 (tags given when a server is created; Nova of Pike or later), which warmpool needs"
                         .into(),
                 )
             })?;
@@ -367,15 +370,6 @@ impl OpenStackCloud {
         self.inner
             .networks
             .forget(self.inner.settings.management_network_for(az));
-    }
-
-    /// Puts the pool tag on a server (Nova below 2.52 cannot take it with
-    /// the create). Idempotent.
-    async fn tag_server(&self, id: &str) -> CloudResult<()> {
-        let tag = &self.inner.settings.server_tag;
-        self.request(self.nova(Method::PUT, &["servers", id, "tags", tag]))
-            .await
-            .map(drop)
     }
 
     fn create_uncertain(&self, service: Service, name: &str) -> bool {
@@ -700,7 +694,6 @@ impl Cloud for OpenStackCloud {
             .unwrap_or_else(|| spec.name.clone());
         let name = format!("{}{instance}", settings.server_name_prefix);
         let tags = [settings.server_tag.clone()];
-        let tags_at_create = self.inner.nova_version >= (2, 52);
         let body = |ids: &BootIds| {
             nova::create_body(&nova::CreateServer {
                 name: &name,
@@ -709,17 +702,13 @@ impl Cloud for OpenStackCloud {
                 network_id: &ids.network,
                 availability_zone: az,
                 metadata: &spec.metadata,
-                tags: if tags_at_create { &tags } else { &[] },
+                tags: &tags,
                 security_groups: &settings.security_groups,
                 key_name: settings.key_name.as_deref(),
             })
         };
         if self.create_uncertain(Service::Compute, &name) {
             if let Some(existing) = self.find_created(&name, spec).await? {
-                if !tags_at_create {
-                    // The lost create may not have got as far as its tag.
-                    self.tag_server(&existing.id).await?;
-                }
                 self.create_settled(Service::Compute, &name);
                 tracing::info!(server = %existing.id, %name, "an earlier create of this server took effect; using it");
                 return Ok(existing);
@@ -742,14 +731,6 @@ impl Cloud for OpenStackCloud {
             other => other?,
         };
         let id = created.server.id;
-        if !tags_at_create {
-            // Untagged, the server would be invisible to the reconciler: a
-            // failed tag deletes it rather than leak it.
-            if let Err(e) = self.tag_server(&id).await {
-                let _ = self.delete_server(&id).await;
-                return Err(e);
-            }
-        }
         Ok(Server {
             id,
             name,
