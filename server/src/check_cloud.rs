@@ -21,6 +21,8 @@ pub enum CheckKind {
     Flavor,
     Image,
     Network,
+    /// Cinder reachable, and a zone of it for each pool AZ's volumes.
+    Volume,
     Quota,
 }
 
@@ -32,6 +34,7 @@ impl CheckKind {
             CheckKind::Flavor => "flavor",
             CheckKind::Image => "image",
             CheckKind::Network => "network",
+            CheckKind::Volume => "volumes",
             CheckKind::Quota => "quota",
         }
     }
@@ -182,8 +185,44 @@ pub async fn check(config: &Config, os: &OpenStackConfig) -> (Report, Option<Ope
         }
     }
 
+    volume_check(config, &cloud, &mut report).await;
     quota_check(config, &cloud, &flavors, &mut report).await;
     (report, Some(cloud))
+}
+
+/// Whether Cinder answers, and has the zone each pool AZ's new volumes are
+/// created in: every purchase with a new volume needs both, and a Cinder
+/// whose zones are not named like Nova's (a single "nova") is common.
+async fn volume_check(config: &Config, cloud: &OpenStackCloud, report: &mut Report) {
+    let zones = match cloud.volume_zones().await {
+        Ok(zones) => zones,
+        Err(e) => return report.fail(CheckKind::Volume, format!("Cinder: {}", reason(&e))),
+    };
+    let pool_azs: BTreeSet<&str> = config
+        .pools
+        .iter()
+        .map(|p| p.availability_zone.as_str())
+        .collect();
+    let mut missing = false;
+    for az in pool_azs {
+        let zone = cloud.volume_az(az);
+        if !zones.contains(&zone) {
+            missing = true;
+            report.fail(
+                CheckKind::Volume,
+                format!(
+                    "volumes of pools in {az} are created in Cinder zone '{zone}', which Cinder does not have (its zones: {}); set volume_availability_zone for {az}",
+                    zones.join(", ")
+                ),
+            );
+        }
+    }
+    if !missing {
+        report.ok(
+            CheckKind::Volume,
+            format!("Cinder zones: {}", zones.join(", ")),
+        );
+    }
 }
 
 /// Whether the compute quota admits every pool's `min_ready` servers, net

@@ -1035,6 +1035,7 @@ async fn check_cloud_passes_on_a_usable_cloud() {
         "flavor: ok (db.small: 1 vCPU, 1024 MiB RAM)",
         "image: ok (mysql-8.0 = ",
         "network: ok (mgmt-net = ",
+        "volumes: ok (Cinder zones: az1, az2)",
         "quota: ok (",
         "pools need room for 2 more db.small",
     ] {
@@ -1055,7 +1056,7 @@ async fn check_cloud_names_each_problem() {
         HttpSettings::default(),
     )
     .await;
-    // Missing image, missing flavor, missing network, short quota at once.
+    // Missing image, flavor, network and Cinder zone, short quota at once.
     let pools = r#"
 [[pools]]
 flavor = "db.small"
@@ -1071,7 +1072,8 @@ max_ready = 1
 image = "mysql-8.0"
 "#;
     let config = env.config(
-        "[cloud.availability_zones.az2]\nmanagement_network = \"no-such-net\"",
+        "[cloud.availability_zones.az2]\nmanagement_network = \"no-such-net\"\n\
+         [cloud.availability_zones.az1]\nvolume_availability_zone = \"nova\"",
         pools,
     );
     let (report, _) = check_cloud::check(&config, openstack(&config)).await;
@@ -1094,6 +1096,12 @@ image = "mysql-8.0"
         "{report}"
     );
     assert!(network.contains("network: ok (mgmt-net"), "{report}");
+    let volumes = line(&report, CheckKind::Volume).join("\n");
+    assert_eq!(
+        volumes,
+        "volumes: volumes of pools in az1 are created in Cinder zone 'nova', which Cinder does not have (its zones: az1, az2); set volume_availability_zone for az1",
+        "{report}"
+    );
     let quota = line(&report, CheckKind::Quota).join("\n");
     assert_eq!(
         quota, "quota: instances 0 of 2 used; pools need room for 3 more db.small",
@@ -1173,7 +1181,7 @@ async fn warmpoold_check_cloud_prints_and_exits_by_the_result() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    assert_eq!(stdout.lines().count(), 5, "{stdout}");
+    assert_eq!(stdout.lines().count(), 6, "{stdout}");
     assert!(stdout.lines().all(|l| l.contains(": ok (")), "{stdout}");
 
     let bad = run(env.config_text("", &SMALL_POOL.replace("mysql-8.0", "mysql-9.9"))).await;

@@ -1,6 +1,6 @@
 //! Cinder v3 under `/volume`: version discovery, microversions
 //! (`OpenStack-API-Version: volume 3.x`, echoed), volumes (create, show,
-//! list with `?name=`, delete) and `/limits`. Routes answer both with and
+//! list with `?name=`, delete), `/limits` and `/os-availability-zone`. Routes answer both with and
 //! without the project id in the path: the catalog has it, but osauth uses
 //! the version document's `self` link, which has none.
 
@@ -34,6 +34,7 @@ pub(super) fn routes(state: Arc<FaceState>) -> Router {
                 get(show_volume).delete(delete_volume),
             )
             .route("/limits", get(limits))
+            .route("/os-availability-zone", get(availability_zones))
             .layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 microversion,
@@ -494,6 +495,28 @@ async fn delete_volume(
         e => ApiError::from_cloud(V, e),
     })?;
     Ok(StatusCode::ACCEPTED)
+}
+
+/// Cinder's zones: the cloud's availability zones (cloudsim names them
+/// like Nova's).
+async fn availability_zones(
+    State(state): State<Arc<FaceState>>,
+    Path(p): Params,
+) -> Result<Json<Value>, ApiError> {
+    check_project(&state, &p)?;
+    state
+        .sim
+        .gate("volume_zones")
+        .await
+        .map_err(|e| ApiError::from_cloud(V, e))?;
+    let zones: Vec<Value> = state
+        .sim
+        .config()
+        .availability_zones
+        .iter()
+        .map(|az| json!({"zoneName": az.name, "zoneState": {"available": true}}))
+        .collect();
+    Ok(Json(json!({ "availabilityZoneInfo": zones })))
 }
 
 async fn limits(

@@ -28,6 +28,27 @@ pub struct CinderVolume {
     pub attachments: Option<Vec<Attachment>>,
 }
 
+/// `GET /os-availability-zone`.
+#[derive(Debug, Deserialize)]
+pub struct ZonesBody {
+    #[serde(rename = "availabilityZoneInfo", default)]
+    pub availability_zone_info: Vec<Zone>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Zone {
+    #[serde(rename = "zoneName")]
+    pub zone_name: String,
+    #[serde(rename = "zoneState", default)]
+    pub zone_state: ZoneState,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ZoneState {
+    #[serde(default)]
+    pub available: bool,
+}
+
 #[derive(Debug, Deserialize)]
 pub struct Attachment {
     #[serde(default)]

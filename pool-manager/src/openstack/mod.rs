@@ -566,8 +566,25 @@ impl OpenStackCloud {
         Ok(by_device)
     }
 
+    /// Cinder's availability zones that take volumes now.
+    pub async fn volume_zones(&self) -> CloudResult<Vec<String>> {
+        let body: cinder::ZonesBody = self
+            .fetch(Call::new(
+                Service::BlockStorage,
+                Method::GET,
+                ["os-availability-zone"],
+            ))
+            .await?;
+        Ok(body
+            .availability_zone_info
+            .into_iter()
+            .filter(|z| z.zone_state.available)
+            .map(|z| z.zone_name)
+            .collect())
+    }
+
     /// Cinder AZ for a new volume of pool AZ `az`.
-    fn volume_az(&self, az: &str) -> String {
+    pub fn volume_az(&self, az: &str) -> String {
         self.inner
             .settings
             .availability_zones
