@@ -283,6 +283,20 @@ async fn novas_older_than_2_52_are_refused_at_connect() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_override_replaces_every_servers_address() {
+    let env = env().await;
+    let cloud = env
+        .driver_with("probe_address_override = \"127.0.0.1:13306\"")
+        .await;
+    let created = cloud
+        .create_server(&spec("i1", "db.small", "az1"))
+        .await
+        .unwrap();
+    let server = settled(&cloud, &created.id).await;
+    assert_eq!(server.mysql_addr, Some("127.0.0.1:13306".parse().unwrap()));
+}
+
 /// Volume and port attach/detach, idempotent detaches and deletes, and the
 /// conflicts of attaching what is in use; at Nova 2.101+ (attach answers 202
 /// with no body) and at 2.79 (200 with a body).
