@@ -32,8 +32,7 @@
 use crate::cloud::{Server, META_INSTANCE};
 use crate::error::{ManagerError, ManagerResult};
 use crate::manager::Shared;
-use crate::model::Instance;
-use crate::model::{AllocationState, InstanceState};
+use crate::model::{AllocationState, Instance, InstanceState};
 use crate::replenisher::Timed;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -382,7 +381,7 @@ impl Shared {
         }
     }
 
-    fn resume_boot(self: &Arc<Self>, instance: crate::model::Instance) {
+    fn resume_boot(self: &Arc<Self>, instance: Instance) {
         if !self.claim_driving(&instance.id) {
             return;
         }
