@@ -11,13 +11,15 @@
 //!
 //! The pool manager runs in-process (no gRPC) on the testbed's
 //! `warmpool-bench` project, with the OpenStack driver wrapped so every cloud
-//! call made by the Allocate call itself is timed (a task-local marks the
-//! Allocate's future; the replenisher's refill boots, which run in other
-//! tasks, are not counted). Purchases are sequential; after each, the
-//! allocation is released and the pool refills before the next one.
+//! call made while an Allocate runs is timed. The pool is paused for the
+//! purchase, so those are the purchase's own calls (an Allocate runs as a
+//! task of the manager, so no task-local could tell them from the refill
+//! boots'). Purchases are sequential; after each, the allocation is
+//! released, the pool unpaused, and it refills before the next one.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -81,15 +83,11 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-tokio::task_local! {
-    /// Set while an Allocate call's own future runs.
-    static IN_ALLOCATE: ();
-}
-
-/// The OpenStack driver, with the time of every call made inside an
-/// Allocate recorded as an interval.
+/// The OpenStack driver, with the time of every call made while recording
+/// (an Allocate runs) kept as an interval.
 struct Timed {
     inner: OpenStackCloud,
+    recording: AtomicBool,
     calls: Mutex<Vec<(Instant, Instant)>>,
 }
 
@@ -97,7 +95,7 @@ impl Timed {
     async fn time<T>(&self, call: impl std::future::Future<Output = T>) -> T {
         let start = Instant::now();
         let out = call.await;
-        if IN_ALLOCATE.try_with(|_| ()).is_ok() {
+        if self.recording.load(Ordering::SeqCst) {
             self.calls
                 .lock()
                 .expect("not poisoned")
@@ -106,7 +104,14 @@ impl Timed {
         out
     }
 
+    fn record(&self) {
+        self.calls.lock().expect("not poisoned").clear();
+        self.recording.store(true, Ordering::SeqCst);
+    }
+
+    /// The calls since [`Self::record`]; stops recording.
     fn take(&self) -> Vec<(Instant, Instant)> {
+        self.recording.store(false, Ordering::SeqCst);
         std::mem::take(&mut *self.calls.lock().expect("not poisoned"))
     }
 }
@@ -240,6 +245,7 @@ async fn main() -> anyhow::Result<()> {
         .id;
     let cloud = Arc::new(Timed {
         inner: os,
+        recording: AtomicBool::new(false),
         calls: Mutex::default(),
     });
     // Servers a previous run left behind.
@@ -293,7 +299,12 @@ async fn main() -> anyhow::Result<()> {
     let mut samples = Vec::new();
     for i in 0..args.purchases {
         wait_full(&manager, &key, depth).await?;
-        cloud.take();
+        // No refill boots among the purchase's calls.
+        manager
+            .update_pool(&key, |s| s.paused = true)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        cloud.record();
         let id = format!("ttr-{run}-{i}");
         let request = AllocateRequest {
             params: AllocationParams {
@@ -317,8 +328,8 @@ async fn main() -> anyhow::Result<()> {
             empty_pool: EmptyPoolPolicy::FailFast,
             timeout: Some(Duration::from_secs(120)),
         };
-        let allocation = IN_ALLOCATE
-            .scope((), manager.allocate(request))
+        let allocation = manager
+            .allocate(request)
             .await
             .map_err(|e| anyhow!("purchase {i}: {e}"))?;
         let calls = cloud.take();
@@ -339,6 +350,10 @@ async fn main() -> anyhow::Result<()> {
             .release(&id, Some(true))
             .await
             .map_err(|e| anyhow!("release {id}: {e}"))?;
+        manager
+            .update_pool(&key, |s| s.paused = false)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
     }
     manager.shutdown().await.map_err(|e| anyhow!("{e}"))?;
     for s in cloud
