@@ -548,7 +548,14 @@ impl PoolManager {
                 .store
                 .put_pool(&PoolRecord::new(key.clone(), spec))
                 .await?;
-            self.shared.store.flush().await?;
+            if let Err(e) = self.shared.store.flush().await {
+                // Not on disk: take it back, so that the answer (an error)
+                // and the pools listed agree, and a retry creates it.
+                if let Err(undo) = self.shared.store.delete_pool(&key).await {
+                    tracing::warn!(pool = %key, error = %undo, "cannot take back a pool whose record was not flushed");
+                }
+                return Err(e.into());
+            }
             // A pool of the same name deleted earlier left its verdict behind.
             self.shared.health_book().forget(&key);
         }

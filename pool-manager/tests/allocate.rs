@@ -1515,6 +1515,49 @@ impl StoreHooks for FailFirstAllocated {
     }
 }
 
+/// Every flush fails while `failing` is set, as on a disk gone bad.
+#[derive(Default)]
+struct FailFlush {
+    failing: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl StoreHooks for FailFlush {
+    async fn before_flush(&self) -> StoreResult<()> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Io(sled::Error::Io(std::io::Error::other(
+                "input/output error",
+            ))));
+        }
+        Ok(())
+    }
+}
+
+/// A CreatePool whose record cannot be flushed answers the store's error
+/// and leaves no pool behind, so a retry creates it; it left a pool that
+/// was listed, answered ALREADY_EXISTS to the retry, and never filled (its
+/// replenisher was not started) until a restart.
+#[tokio::test(start_paused = true)]
+async fn a_create_pool_that_cannot_be_flushed_leaves_no_pool() {
+    let sim = sim();
+    let store = HookedStore::new(FailFlush::default());
+    let manager = manager_on(&sim, store.clone());
+    manager.start().await.unwrap();
+    store.hooks.failing.store(true, Ordering::SeqCst);
+    let err = manager.create_pool(pool(), spec(2)).await.unwrap_err();
+    assert!(matches!(err, ManagerError::Store(_)), "{err:?}");
+    store.hooks.failing.store(false, Ordering::SeqCst);
+    assert!(
+        matches!(
+            manager.get_pool(&pool()).await,
+            Err(ManagerError::PoolNotFound(_))
+        ),
+        "the pool of the failed create is there"
+    );
+    manager.create_pool(pool(), spec(2)).await.unwrap();
+    wait_ready(&manager, 2).await;
+}
+
 /// A store error while the allocation is being finished (marking the
 /// instance, or the allocation itself): the answer and the stored record
 /// must agree. A failed Allocate leaves no record (so a retry starts
@@ -1776,15 +1819,16 @@ impl StoreHooks for HoldCommitFlush {
         }
         Ok(())
     }
-    async fn before_flush(&self) {
+    async fn before_flush(&self) -> StoreResult<()> {
         if !self.committed.load(Ordering::SeqCst) {
-            return;
+            return Ok(());
         }
         if !self.held.swap(true, Ordering::SeqCst) {
             self.holding.notify_one();
             self.release.notified().await;
         }
         self.flushed_after_commit.store(true, Ordering::SeqCst);
+        Ok(())
     }
 }
 

@@ -9,6 +9,7 @@ mod common;
 use async_trait::async_trait;
 use common::*;
 use pool_manager::model::{Allocation, AllocationState, EmptyPoolPolicy, Instance};
+use pool_manager::store::StoreResult;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,11 +57,12 @@ impl StoreHooks for HoldFlushAfterNewRecord {
     fn after_allocation_swap(&self, expected: Option<&Allocation>, swapped: bool) {
         self.swapped(Record::Allocation, swapped && expected.is_none());
     }
-    async fn before_flush(&self) {
+    async fn before_flush(&self) -> StoreResult<()> {
         if self.armed.swap(false, Ordering::SeqCst) {
             self.holding.notify_one();
             self.release.notified().await;
         }
+        Ok(())
     }
 }
 

@@ -481,8 +481,10 @@ pub trait StoreHooks: Send + Sync + 'static {
     fn after_instance_swap(&self, _expected: Option<&Instance>, _swapped: bool) {}
     /// After an allocation swap, with whether it swapped.
     fn after_allocation_swap(&self, _expected: Option<&Allocation>, _swapped: bool) {}
-    /// Before a flush reaches the store.
-    async fn before_flush(&self) {}
+    /// Before a flush reaches the store; an error is its answer.
+    async fn before_flush(&self) -> StoreResult<()> {
+        Ok(())
+    }
     /// Before a pool record is written.
     async fn before_put_pool(&self, _pool: &PoolRecord) {}
 }
@@ -568,7 +570,7 @@ impl<H: StoreHooks> Store for HookedStore<H> {
         Ok(swapped)
     }
     async fn flush(&self) -> StoreResult<()> {
-        self.hooks.before_flush().await;
+        self.hooks.before_flush().await?;
         self.inner.flush().await
     }
 }
