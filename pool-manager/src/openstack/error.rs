@@ -102,11 +102,19 @@ pub fn parse_fault(body: &str) -> Fault {
     }
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is not used by OpenStack
-/// services and is ignored). The value is the cloud's, unbounded: how long
-/// to honour it is the caller's policy (`cloud::MAX_RETRY_AFTER`).
+/// `Retry-After` in seconds, as OpenStack services send it, or as an HTTP
+/// date, as a proxy or rate limiter in front of them may (the time until
+/// then; none for a date past). The value is the cloud's, unbounded: how
+/// long to honour it is the caller's policy (`cloud::MAX_RETRY_AFTER`).
 pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
-    seconds(value?)
+    let value = value?;
+    seconds(value).or_else(|| {
+        let at = httpdate::parse_http_date(value.trim()).ok()?;
+        Some(
+            at.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default(),
+        )
+    })
 }
 
 /// Whole seconds. More than u64 holds saturates: a cloud asking for an
@@ -184,6 +192,12 @@ pub fn classify(
         {
             CloudError::Conflict(message)
         }
+        // Unavailable, and saying until when (maintenance, an overloaded
+        // proxy): waited out as asked, as a 429 is.
+        503 if parse_retry_after(retry_after_header).is_some() => CloudError::Throttled {
+            retry_after: parse_retry_after(retry_after_header),
+            message,
+        },
         s if s >= 500 => CloudError::Transient(message),
         _ => CloudError::Fatal(message),
     }
@@ -243,6 +257,42 @@ pub fn osauth_status(e: &osauth::Error) -> Option<u16> {
 mod tests {
     use super::*;
     use Service::*;
+
+    /// A proxy or rate limiter in front of the APIs may send Retry-After as
+    /// an HTTP date (RFC 9110 allows both forms): it is the time until
+    /// then, none for a date past.
+    #[test]
+    fn retry_after_as_a_date_is_the_time_until_it() {
+        let in_30s =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
+        let wait = parse_retry_after(Some(&in_30s)).expect("a date is a Retry-After");
+        assert!(
+            (Duration::from_secs(28)..=Duration::from_secs(30)).contains(&wait),
+            "{wait:?}"
+        );
+        assert_eq!(
+            parse_retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT")),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after(Some("next tuesday")), None);
+    }
+
+    /// A 503 that says when to come back (maintenance, an overloaded
+    /// proxy) is waited out as asked, as a 429 is; without it, it is a
+    /// transient failure retried on the caller's backoff.
+    #[test]
+    fn a_503_with_retry_after_is_waited_out() {
+        match classify(Compute, "GET /servers", 503, Some("120"), "") {
+            CloudError::Throttled { retry_after, .. } => {
+                assert_eq!(retry_after, Some(Duration::from_secs(120)))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            classify(Compute, "GET /servers", 503, None, ""),
+            CloudError::Transient(_)
+        ));
+    }
 
     // Bodies verbatim from the testbed's smoke output and openstack-notes.md.
     const ALREADY_ATTACHED: &str = r#"{"badRequest": {"code": 400, "message": "Invalid volume: volume 6d164150-4c0f-447a-896d-a825918714cd is already attached to instances: a4d9add2-ef0a-4928-b1b8-6525fdb81913"}}"#;
@@ -360,10 +410,6 @@ mod tests {
                 }
             ),
             "{e:?}"
-        );
-        assert_eq!(
-            parse_retry_after(Some("Wed, 21 Oct 2026 07:28:00 GMT")),
-            None
         );
     }
 
