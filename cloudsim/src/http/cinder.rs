@@ -175,6 +175,22 @@ async fn microversion(
 }
 
 /// A request naming another project than the token's is refused.
+/// The start of a project-scoped call: the project in the path (if any)
+/// is ours, and the call passes the simulated cloud's gate (its faults,
+/// rate limit and call count) as `call`.
+async fn admit(
+    state: &FaceState,
+    p: &HashMap<String, String>,
+    call: &'static str,
+) -> Result<(), ApiError> {
+    check_project(state, p)?;
+    state
+        .sim
+        .gate(call)
+        .await
+        .map_err(|e| ApiError::from_cloud(V, e))
+}
+
 fn check_project(state: &FaceState, p: &HashMap<String, String>) -> Result<(), ApiError> {
     match p.get("project_id") {
         Some(id) if *id != state.project_id => {
@@ -395,13 +411,8 @@ async fn show_volume(
     Extension(mv): Extension<Mv>,
     Path(p): Params,
 ) -> Result<Json<Value>, ApiError> {
-    check_project(&state, &p)?;
+    admit(&state, &p, "get_volume").await?;
     let id = p.get("volume_id").cloned().unwrap_or_default();
-    state
-        .sim
-        .gate("get_volume")
-        .await
-        .map_err(|e| ApiError::from_cloud(V, e))?;
     let now = Instant::now();
     let model = state.sim.inner.lock_at(now);
     let d = model
@@ -436,12 +447,7 @@ async fn list_volumes(
     Path(p): Params,
     q: Q,
 ) -> Result<Json<Value>, ApiError> {
-    check_project(&state, &p)?;
-    state
-        .sim
-        .gate("find_volumes_by_name")
-        .await
-        .map_err(|e| ApiError::from_cloud(V, e))?;
+    admit(&state, &p, "find_volumes_by_name").await?;
     let model = state.sim.inner.lock_at(Instant::now());
     let list: Vec<Value> = filtered(&model, q)
         .iter()
@@ -456,12 +462,7 @@ async fn list_volumes_detail(
     Path(p): Params,
     q: Q,
 ) -> Result<Json<Value>, ApiError> {
-    check_project(&state, &p)?;
-    state
-        .sim
-        .gate("find_volumes_by_name")
-        .await
-        .map_err(|e| ApiError::from_cloud(V, e))?;
+    admit(&state, &p, "find_volumes_by_name").await?;
     let model = state.sim.inner.lock_at(Instant::now());
     let list: Vec<Value> = filtered(&model, q)
         .iter()
@@ -478,13 +479,8 @@ async fn delete_volume(
     State(state): State<Arc<FaceState>>,
     Path(p): Params,
 ) -> Result<StatusCode, ApiError> {
-    check_project(&state, &p)?;
+    admit(&state, &p, "delete_volume").await?;
     let id = p.get("volume_id").cloned().unwrap_or_default();
-    state
-        .sim
-        .gate("delete_volume")
-        .await
-        .map_err(|e| ApiError::from_cloud(V, e))?;
     let now = Instant::now();
     let mut model = state.sim.inner.lock_at(now);
     if model.volume_detail(&id, now).is_none() {
@@ -503,12 +499,7 @@ async fn availability_zones(
     State(state): State<Arc<FaceState>>,
     Path(p): Params,
 ) -> Result<Json<Value>, ApiError> {
-    check_project(&state, &p)?;
-    state
-        .sim
-        .gate("volume_zones")
-        .await
-        .map_err(|e| ApiError::from_cloud(V, e))?;
+    admit(&state, &p, "volume_zones").await?;
     let zones: Vec<Value> = state
         .sim
         .config()
@@ -523,12 +514,7 @@ async fn limits(
     State(state): State<Arc<FaceState>>,
     Path(p): Params,
 ) -> Result<Json<Value>, ApiError> {
-    check_project(&state, &p)?;
-    state
-        .sim
-        .gate("volume_limits")
-        .await
-        .map_err(|e| ApiError::from_cloud(V, e))?;
+    admit(&state, &p, "volume_limits").await?;
     let model = state.sim.inner.lock_at(Instant::now());
     let (volumes, gigabytes) = model.volume_usage();
     Ok(Json(json!({"limits": {"rate": [], "absolute": {
