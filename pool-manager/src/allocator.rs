@@ -642,23 +642,18 @@ impl Shared {
         }
     }
 
-    /// Whether the claimed instance's mysqld still answers. It did when the
-    /// instance went Ready, but may have died since (crashed, OOM-killed)
-    /// while its server stayed ACTIVE; one probe before anything is
-    /// attached keeps a silent database from being handed out.
+    /// Whether the claimed instance's mysqld still answers: one probe
+    /// before anything is attached keeps a silent database from being
+    /// handed out.
     async fn mysqld_answers(&self, instance: &Instance) -> Result<(), AttemptError> {
-        let silent = |reason: String| {
-            AttemptError::Instance(ManagerError::FailedPrecondition(format!(
-                "mysqld of instance {} does not answer: {reason}",
-                instance.id
-            )))
-        };
-        let addr = instance
-            .mysql_addr
-            .ok_or_else(|| silent("no address recorded".into()))?;
-        match self.probe.probe(addr).await {
-            Ok(_version) => Ok(()),
-            Err(e) => Err(silent(e.to_string())),
+        match self.silence_of(instance).await {
+            None => Ok(()),
+            Some(reason) => Err(AttemptError::Instance(ManagerError::FailedPrecondition(
+                format!(
+                    "mysqld of instance {} does not answer: {reason}",
+                    instance.id
+                ),
+            ))),
         }
     }
 

@@ -153,6 +153,17 @@ pub(crate) struct Shared {
 pub const FORGET_EVERY: Duration = Duration::from_secs(3600);
 
 impl Shared {
+    /// Why a Ready instance's mysqld does not answer, if it does not: it
+    /// did when the instance went Ready, but may have died since (crashed,
+    /// OOM-killed) while its server stayed ACTIVE. Asked by a purchase of
+    /// what it claims and by the reconciler of what waits in the pools.
+    pub(crate) async fn silence_of(&self, instance: &Instance) -> Option<String> {
+        match instance.mysql_addr {
+            Some(addr) => self.probe.probe(addr).await.err().map(|e| e.to_string()),
+            None => Some("no address recorded".into()),
+        }
+    }
+
     pub fn changed(&self) {
         self.changes.bump();
     }

@@ -373,14 +373,6 @@ impl Shared {
         Ok(())
     }
 
-    /// Why the instance's mysqld does not answer, if it does not.
-    async fn silence_of(&self, instance: &Instance) -> Option<String> {
-        match instance.mysql_addr {
-            Some(addr) => self.probe.probe(addr).await.err().map(|e| e.to_string()),
-            None => Some("no address recorded".into()),
-        }
-    }
-
     fn resume_boot(self: &Arc<Self>, instance: Instance) {
         if !self.claim_driving(&instance.id) {
             return;

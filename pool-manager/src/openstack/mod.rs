@@ -332,8 +332,8 @@ impl OpenStackCloud {
 
     /// The image a pool's servers boot from: the configured override, or
     /// the pool's.
-    fn image_name<'a>(&'a self, spec: &'a ServerSpec) -> &'a str {
-        self.inner.settings.image.as_deref().unwrap_or(&spec.image)
+    fn image_name<'a>(&'a self, pool_image: &'a str) -> &'a str {
+        self.inner.settings.image.as_deref().unwrap_or(pool_image)
     }
 
     /// The ids a boot of `spec` is sent with; a name the cloud does not know
@@ -349,7 +349,7 @@ impl OpenStackCloud {
             .await
             .map_err(unknown_is_fatal)?;
         let image = self
-            .image_id(self.image_name(spec))
+            .image_id(self.image_name(&spec.image))
             .await
             .map_err(unknown_is_fatal)?;
         let network = self
@@ -366,7 +366,7 @@ impl OpenStackCloud {
     fn forget_boot_names(&self, spec: &ServerSpec) {
         let az = spec.pool.availability_zone.as_str();
         self.inner.flavors.forget(&spec.pool.flavor);
-        self.inner.images.forget(self.image_name(spec));
+        self.inner.images.forget(self.image_name(&spec.image));
         self.inner
             .networks
             .forget(self.inner.settings.management_network_for(az));
@@ -742,7 +742,7 @@ impl Cloud for OpenStackCloud {
                 if fresh == ids {
                     return Err(CloudError::Fatal(refused));
                 }
-                tracing::info!(flavor = %spec.pool.flavor, image = %self.image_name(spec), "the flavor or image changed under its name; booting with the new one");
+                tracing::info!(flavor = %spec.pool.flavor, image = %self.image_name(&spec.image), "the flavor or image changed under its name; booting with the new one");
                 self.create(&name, post(&fresh)).await?
             }
             other => other?,
@@ -977,7 +977,7 @@ impl Cloud for OpenStackCloud {
 
     async fn check_boot_spec(&self, pool: &crate::model::PoolKey, image: &str) -> CloudResult<()> {
         // What the cloud says now, not what was cached.
-        let image = self.inner.settings.image.as_deref().unwrap_or(image);
+        let image = self.image_name(image);
         self.inner.flavors.forget(&pool.flavor);
         self.inner.images.forget(image);
         self.flavor(&pool.flavor).await?;
