@@ -169,11 +169,17 @@ impl Shared {
     }
 
     /// Logs (once, here) and broadcasts an event. A boot outcome may make a
-    /// verdict on the pool's health, broadcast right after it.
+    /// verdict on the pool's health, broadcast right after it. A purchase is
+    /// counted in its pool's demand here, not by a subscriber: one that
+    /// falls behind the broadcast loses events, and sizing must not.
     pub fn emit(&self, pool: Option<&PoolKey>, kind: EventKind) {
         let verdict = match (&kind, pool) {
             (EventKind::Boot { outcome, .. }, Some(key)) => {
                 self.health_book().note_boot(key, *outcome)
+            }
+            (EventKind::Allocation { outcome, latency }, Some(key)) => {
+                self.note_demand(key, *outcome, *latency);
+                None
             }
             _ => None,
         };
@@ -465,6 +471,9 @@ impl PoolManager {
     pub async fn start(&self) -> ManagerResult<()> {
         self.shared.reconcile_once().await?;
         for pool in self.shared.store.list_pools().await? {
+            // Before any purchase can be counted: restoring replaces what
+            // the pool's estimators hold.
+            self.shared.restore_learned_sizing(&pool.key).await;
             self.shared.start_replenisher(pool.key);
         }
         let shared = self.shared.clone();

@@ -4,9 +4,8 @@
 //! and lead-time estimates, and what the AZ's throttle gate in
 //! [`crate::gate`] allows), starts them, and drains the pool when it is
 //! deleted; a step the cloud or the store fails is tried again after the
-//! interval, so the task outlives it. The same task records the pool's
-//! allocations (from the events
-//! broadcast) into its demand estimator. A boot task drives one instance from
+//! interval, so the task outlives it. Purchases reach the demand estimator
+//! as they are reported ([`Shared::emit`]). A boot task drives one instance from
 //! `Booting` to `Ready`, or to `Deleting` and gone, and reports its lead time
 //! and any 429/quota answers to the estimators and the gate. The replenisher
 //! also resumes its pool's estimators from the store when it starts and
@@ -16,7 +15,7 @@ use crate::allocator::deadline_after;
 use crate::changes::ChangeCursor;
 use crate::cloud::{CloudError, CloudResult, ServerSpec, ServerStatus, META_INSTANCE, META_POOL};
 use crate::error::{ManagerError, ManagerResult};
-use crate::events::{AllocationOutcome, BootOutcome, Event, EventKind};
+use crate::events::{AllocationOutcome, BootOutcome, EventKind};
 use crate::gate::{self, BootSignal, BootTicket, Hold};
 use crate::manager::Shared;
 use crate::model::{Instance, InstanceState, PoolKey, PoolRecord};
@@ -26,7 +25,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, SystemTime};
-use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::Instant;
 
 /// The longest a replenisher waits after a change before it looks again.
@@ -87,8 +85,6 @@ impl Shared {
     /// interval.
     async fn replenish_loop(self: &Arc<Self>, key: &PoolKey) {
         let mut changes = self.changes.subscribe();
-        let mut events = self.events.subscribe();
-        self.restore_learned_sizing(key).await;
         let mut next_save = Instant::now() + LEARNED_SIZING_SAVE_EVERY;
         loop {
             let pool = match self.store.get_pool(key).await {
@@ -115,12 +111,7 @@ impl Shared {
                     return;
                 }
             }
-            if !self
-                .wait_for_next_step(key, wake, &mut changes, &mut events)
-                .await
-            {
-                return;
-            }
+            self.wait_for_next_step(wake, &mut changes).await;
         }
     }
 
@@ -154,35 +145,14 @@ impl Shared {
         false
     }
 
-    /// Waits for a change, the timer or the end of a hold, recording the
-    /// pool's allocations meanwhile; `false` when the manager's event
-    /// stream is gone (it is stopping).
-    async fn wait_for_next_step(
-        &self,
-        key: &PoolKey,
-        mut wake: Instant,
-        changes: &mut ChangeCursor,
-        events: &mut broadcast::Receiver<Event>,
-    ) -> bool {
+    /// Waits for a change, the timer or the end of a hold.
+    async fn wait_for_next_step(&self, mut wake: Instant, changes: &mut ChangeCursor) {
         loop {
-            // Biased, in this order: what happened is recorded before
-            // the next step sizes the pool, and a random pick among
-            // ready branches would make replays differ from run to run.
             tokio::select! {
-                biased;
-                event = events.recv() => match event {
-                    Ok(event) => self.note_event(key, &event),
-                    Err(RecvError::Lagged(missed)) => {
-                        tracing::warn!(pool = %key, missed, "sizing missed events; demand is underestimated for a while");
-                    }
-                    Err(RecvError::Closed) => return false,
-                },
-                _ = tokio::time::sleep_until(wake) => return true,
+                _ = tokio::time::sleep_until(wake) => return,
                 _ = changes.changed() => {
                     // One allocation or boot changes several records in a
-                    // row: coalesce them into one step. Events that came
-                    // meanwhile are taken first (the loop goes round once
-                    // more, with the timer due now).
+                    // row: coalesce them into one step.
                     tokio::time::sleep(self.settings.poll_interval.min(STEP_DEBOUNCE)).await;
                     changes.mark_seen();
                     wake = Instant::now();
@@ -193,7 +163,7 @@ impl Shared {
 
     /// Puts back what a previous manager learned about the pool. A store
     /// that cannot say costs the pool its history, not its replenisher.
-    async fn restore_learned_sizing(&self, key: &PoolKey) {
+    pub(crate) async fn restore_learned_sizing(&self, key: &PoolKey) {
         match self.store.get_learned_sizing(key).await {
             Ok(Some(learned)) => {
                 self.sizing_book()
@@ -226,20 +196,15 @@ impl Shared {
 
     /// Feeds the pool's demand estimator: every Allocate that wanted an
     /// instance counts, dated back to when it started.
-    fn note_event(&self, key: &PoolKey, event: &Event) {
-        if event.pool.as_ref() != Some(key) {
-            return;
-        }
-        if let EventKind::Allocation { outcome, latency } = &event.kind {
-            if matches!(
-                outcome,
-                AllocationOutcome::Warm | AllocationOutcome::Cold | AllocationOutcome::Exhausted
-            ) {
-                let now = Instant::now();
-                let at = now.checked_sub(*latency).unwrap_or(now);
-                self.sizing_book()
-                    .record_allocation(key, at, now, &self.settings.sizing);
-            }
+    pub(crate) fn note_demand(&self, key: &PoolKey, outcome: AllocationOutcome, latency: Duration) {
+        if matches!(
+            outcome,
+            AllocationOutcome::Warm | AllocationOutcome::Cold | AllocationOutcome::Exhausted
+        ) {
+            let now = Instant::now();
+            let at = now.checked_sub(latency).unwrap_or(now);
+            self.sizing_book()
+                .record_allocation(key, at, now, &self.settings.sizing);
         }
     }
 

@@ -1537,3 +1537,54 @@ async fn pools_filling_at_once_share_their_zones_window() {
     assert!(worst <= 0, "{worst} gated builds beyond the window");
     wait_ready(&manager, 12).await;
 }
+
+/// A pool's purchases count toward its demand however busy the rest of the
+/// manager is: while the pool's replenisher waits on a slow cloud call,
+/// more than a broadcast buffer's worth of other pools' events go by, and
+/// none of its own purchases is lost from the estimate.
+#[tokio::test(start_paused = true)]
+async fn purchases_count_while_the_replenisher_waits_on_the_cloud() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let store = temp_store();
+    let manager = PoolManager::new(
+        store.clone(),
+        cloud.clone(),
+        Arc::new(sim.probe()),
+        settings(),
+    );
+    manager.start().await.unwrap();
+    // The auto pool's first step wants a boot and asks for quota headroom
+    // first: that call waits here.
+    let headroom = cloud.hold_next("boot_headroom", At::Before);
+    manager.create_pool(pool(), auto_spec()).await.unwrap();
+    headroom.reached().await;
+
+    let busy = pool_manager::model::PoolKey::new("db.large", "az1");
+    let mut empty = spec(0);
+    empty.paused = true;
+    manager.create_pool(busy.clone(), empty).await.unwrap();
+    let fail_fast = |id: String, pool: &pool_manager::model::PoolKey| {
+        let mut r = request(&id, new_volume(), EmptyPoolPolicy::FailFast);
+        r.params.pool = pool.clone();
+        r
+    };
+    for i in 0..3 {
+        let refused = manager
+            .allocate(fail_fast(format!("mine-{i}"), &pool()))
+            .await;
+        assert!(refused.is_err(), "the auto pool is empty: {refused:?}");
+    }
+    for i in 0..1500 {
+        let refused = manager
+            .allocate(fail_fast(format!("other-{i}"), &busy))
+            .await;
+        assert!(refused.is_err(), "{refused:?}");
+    }
+    headroom.release();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    manager.shutdown().await.unwrap();
+
+    let learned = store.get_learned_sizing(&pool()).await.unwrap().unwrap();
+    assert_eq!(learned.allocations, 3, "{learned:?}");
+}
