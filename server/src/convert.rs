@@ -446,6 +446,20 @@ pub fn pool_deleted_event(key: &PoolKey, at: SystemTime) -> api::PoolEvent {
     }
 }
 
+/// The event telling a `WatchPools` reader that it fell behind and lost
+/// `missed` events.
+pub fn events_missed_event(missed: u64, at: SystemTime) -> api::PoolEvent {
+    api::PoolEvent {
+        kind: api::PoolEventKind::EventsMissed.into(),
+        message: format!(
+            "this stream fell behind: {missed} events were not delivered; \
+             the pool states that follow are current"
+        ),
+        at: Some(timestamp(at)),
+        ..Default::default()
+    }
+}
+
 pub fn instance(i: Instance) -> api::Instance {
     let state = match i.state {
         InstanceState::Booting => api::InstanceState::Booting,

@@ -223,8 +223,11 @@ impl Watcher {
                     event = self.events.recv() => match event {
                         Ok(event) => self.on_event(&event).await?,
                         Err(broadcast::error::RecvError::Lagged(missed)) => {
-                            // The pool states are re-read below; the events are lost.
+                            // The pool states are re-read below; the events
+                            // are lost, and the reader is told so.
                             tracing::debug!(missed, "a WatchPools stream fell behind the events");
+                            let event = convert::events_missed_event(missed, SystemTime::now());
+                            self.send(status_message(None, vec![event])).await?;
                             break;
                         }
                         Err(broadcast::error::RecvError::Closed) => return Err(Stop),

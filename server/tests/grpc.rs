@@ -1569,3 +1569,44 @@ async fn config_pools_do_not_override_the_store() {
     assert_eq!((spec.min_ready, spec.max_ready), (0, 1));
     d.shut_down().await;
 }
+
+/// A `WatchPools` reader that falls behind is told that events were lost,
+/// and how many, instead of silently missing them; the stream goes on.
+#[tokio::test]
+async fn a_watcher_that_falls_behind_is_told_what_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(dir.path(), &[("db.small", "az1", 0, 1)]).await;
+    // A tiny HTTP/2 window: the daemon can send little before this reader
+    // must take it, so not reading holds the stream up at once.
+    let channel = tonic::transport::Endpoint::from_shared(d.endpoint())
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap();
+    let slow = Client::from_channel(channel);
+    let mut watch = slow.watch_pools().await.unwrap();
+    next_status(&mut watch).await;
+
+    // Each refused purchase is two events (the purchase, the pool found
+    // empty): far more than the daemon keeps for a reader that is behind.
+    for i in 0..1000 {
+        let mut request = allocate_request(&format!("order-{i}"), "db.small", "az1");
+        request.empty_pool_policy = api::EmptyPoolPolicy::FailFast.into();
+        expect_code(d.client.allocate(request).await, Code::ResourceExhausted);
+    }
+    let (status, event) = watch_for_event(&mut watch, api::PoolEventKind::EventsMissed, None).await;
+    assert!(status.pool.is_none() && !status.deleted, "{status:?}");
+    assert!(event.flavor.is_empty(), "not one pool's: {event:?}");
+    let missed: u64 = event
+        .message
+        .split_whitespace()
+        .find_map(|word| word.parse().ok())
+        .unwrap_or_else(|| panic!("says how many: {event:?}"));
+    assert!(missed > 0, "{event:?}");
+    // The stream goes on with the pools' current state.
+    let next = next_status(&mut watch).await;
+    assert!(next.pool.is_some(), "{next:?}");
+    d.shut_down().await;
+}
