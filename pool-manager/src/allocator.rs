@@ -395,6 +395,67 @@ impl Shared {
         .and_then(|inner| inner)
     }
 
+    /// Sends a create, and again after 429s, 5xx and timeouts (as
+    /// [`Shared::patiently`]). The second value says whether an answer was
+    /// lost on the way (a 5xx or timeout, after which the create may have
+    /// been done all the same): then a twin may exist.
+    async fn create_doubting<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        mut create: F,
+    ) -> (Result<T, CloudError>, bool)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, CloudError>>,
+    {
+        let in_doubt = std::sync::atomic::AtomicBool::new(false);
+        let created = self
+            .patiently(deadline, Repeat::Retryable, || {
+                let attempt = create();
+                let in_doubt = &in_doubt;
+                async move {
+                    let answer = attempt.await;
+                    if matches!(answer, Err(CloudError::Transient(_))) {
+                        in_doubt.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    answer
+                }
+            })
+            .await;
+        (created, in_doubt.into_inner())
+    }
+
+    /// Deletes the twins a create sent again after a lost answer may have
+    /// left (see [`Allocation::creates_in_doubt`]): the volumes warmpool
+    /// created and ports named as the allocation's that it does not use.
+    async fn delete_twins(&self, allocation: &Allocation, deadline: Instant) -> ManagerResult<()> {
+        let name = allocation.resource_name();
+        let ports = self
+            .retry(deadline, || self.cloud.find_ports_by_name(&name))
+            .await?;
+        for port in ports
+            .iter()
+            .filter(|p| Some(&p.id) != allocation.port_id.as_ref())
+        {
+            tracing::info!(request_id = %allocation.params.request_id, port = %port.id, "deleting the twin of a port create whose answer was lost");
+            self.retry(deadline, || self.cloud.delete_port(&port.id))
+                .await?;
+        }
+        if matches!(allocation.params.volume.source, VolumeSource::New { .. }) {
+            let volumes = self
+                .retry(deadline, || self.cloud.find_volumes_by_name(&name))
+                .await?;
+            for volume in volumes
+                .iter()
+                .filter(|v| Some(&v.id) != allocation.volume_id.as_ref())
+            {
+                tracing::info!(request_id = %allocation.params.request_id, volume = %volume.id, "deleting the twin of a volume create whose answer was lost");
+                self.delete_volume_when_free(&volume.id, deadline).await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn allocate(self: &Arc<Self>, request: AllocateRequest) -> ManagerResult<Allocation> {
         let params = &request.params;
         validate(params)?;
@@ -494,6 +555,18 @@ impl Shared {
                     })
                     .await;
                 tracing::info!(request_id = %done.params.request_id, server = ?done.server_id, warm, total = ?done.timings.total, "allocated");
+                if done.creates_in_doubt {
+                    // Not on the purchase's time; the release looks again
+                    // for a twin that lands later still.
+                    let shared = self.clone();
+                    let allocation = done.clone();
+                    self.spawn(async move {
+                        let deadline = shared.cleanup_deadline();
+                        if let Err(e) = shared.delete_twins(&allocation, deadline).await {
+                            tracing::warn!(request_id = %allocation.params.request_id, error = %e, "cannot delete the twins of a lost create yet; the release tries again");
+                        }
+                    });
+                }
                 Ok(done)
             }
             Err(e) => {
@@ -1095,16 +1168,15 @@ impl Shared {
                     availability_zone: params.pool.availability_zone.clone(),
                     project_id: params.tenant_project_id.clone(),
                 };
-                let volume = self
-                    .patiently(deadline, Repeat::Retryable, || {
-                        self.cloud.create_volume(&spec)
-                    })
-                    .await
-                    .map_err(|e| creation_refused("volume", e))?;
+                let (volume, in_doubt) = self
+                    .create_doubting(deadline, || self.cloud.create_volume(&spec))
+                    .await;
+                let volume = volume.map_err(|e| creation_refused("volume", e))?;
                 record
                     .update(|a| {
                         a.volume_id = Some(volume.id.clone());
                         a.volume_created = true;
+                        a.creates_in_doubt |= in_doubt;
                     })
                     .await
                     .map_err(AttemptError::Request)?;
@@ -1226,14 +1298,15 @@ impl Shared {
                     fixed_ip: allocation.params.network.fixed_ip.clone(),
                     project_id: allocation.params.tenant_project_id.clone(),
                 };
-                let port = self
-                    .patiently(deadline, Repeat::Retryable, || {
-                        self.cloud.create_port(&spec)
-                    })
-                    .await
-                    .map_err(|e| creation_refused("port", e))?;
+                let (port, in_doubt) = self
+                    .create_doubting(deadline, || self.cloud.create_port(&spec))
+                    .await;
+                let port = port.map_err(|e| creation_refused("port", e))?;
                 record
-                    .update(|a| a.port_id = Some(port.id.clone()))
+                    .update(|a| {
+                        a.port_id = Some(port.id.clone());
+                        a.creates_in_doubt |= in_doubt;
+                    })
                     .await
                     .map_err(AttemptError::Request)?;
                 port.id
@@ -1439,6 +1512,9 @@ impl Shared {
             if let Some(volume_id) = &allocation.volume_id {
                 self.delete_volume_when_free(volume_id, deadline).await?;
             }
+        }
+        if allocation.creates_in_doubt {
+            self.delete_twins(&allocation, deadline).await?;
         }
         let mut released = allocation.clone();
         released.state = AllocationState::Released;

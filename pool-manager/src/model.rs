@@ -504,6 +504,12 @@ pub struct Allocation {
     /// records stored before it existed; their names are the request id's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<String>,
+    /// A volume or port create was sent again after an answer that did not
+    /// say whether it was done (a 5xx, a timeout): a twin named as this
+    /// allocation's may exist. Looked for, and deleted, after the commit
+    /// and at release.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub creates_in_doubt: bool,
 }
 
 impl Allocation {
@@ -530,6 +536,7 @@ impl Allocation {
             delete_volume_on_release: None,
             released_at: None,
             attempt: Some(format!("{attempt:x}")),
+            creates_in_doubt: false,
         }
     }
 

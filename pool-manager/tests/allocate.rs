@@ -1871,3 +1871,78 @@ async fn allocated_is_answered_only_once_flushed() {
     store.hooks.release.notify_one();
     assert_eq!(buying.await.unwrap().unwrap(), read);
 }
+
+/// A volume or port create whose answer was lost is sent again, and the
+/// first one landed too: its twin is named as the purchase's own, and is
+/// deleted once the purchase has what it uses; a twin that lands later
+/// still is deleted by the release. None outlives the allocation.
+#[tokio::test(start_paused = true)]
+async fn twins_of_a_create_whose_answer_was_lost_are_deleted() {
+    use pool_manager::cloud::{Cloud, NewVolumeSpec};
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 2).await;
+    let named = |name: &str| {
+        let volumes: Vec<String> = sim
+            .volumes()
+            .into_iter()
+            .filter(|v| v.name == name)
+            .map(|v| v.id)
+            .collect();
+        let ports: Vec<String> = sim
+            .ports()
+            .into_iter()
+            .filter(|p| p.name == name)
+            .map(|p| p.id)
+            .collect();
+        (volumes, ports)
+    };
+
+    cloud.lose_next_answer("create_volume");
+    cloud.lose_next_answer("create_port");
+    let a = manager
+        .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert_eq!(a.state, AllocationState::Allocated);
+    let name = a.resource_name();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let (volumes, ports) = named(&name);
+    assert_eq!(
+        volumes,
+        vec![a.volume_id.clone().unwrap()],
+        "volume twin left"
+    );
+    assert_eq!(ports, vec![a.port_id.clone().unwrap()], "port twin left");
+
+    // A twin landing after that (the lost create was still on its way).
+    let late = sim
+        .create_volume(&NewVolumeSpec {
+            name: name.clone(),
+            size_gib: 20,
+            volume_type: None,
+            availability_zone: "az1".into(),
+            project_id: "tenant-a".into(),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // The tenant keeps its volume; the twin goes.
+    manager.release("o-1", Some(false)).await.unwrap();
+    let (volumes, ports) = named(&name);
+    assert_eq!(volumes, vec![a.volume_id.clone().unwrap()], "{late:?} left");
+    assert!(ports.is_empty(), "{ports:?}");
+    assert_consistent(&sim, &manager).await;
+
+    // Without a lost answer, nothing is looked for: no extra call.
+    sim.reset_call_counts();
+    let b = manager
+        .allocate(request("o-2", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    manager.release("o-2", Some(true)).await.unwrap();
+    let calls = sim.call_counts();
+    assert_eq!(calls.get("find_volumes_by_name"), None, "{calls:?}");
+    assert_eq!(calls.get("find_ports_by_name"), None, "{calls:?}");
+    assert!(named(&b.resource_name()).0.is_empty());
+}

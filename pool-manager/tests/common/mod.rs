@@ -284,6 +284,7 @@ pub type Fault = Box<dyn Fn(&'static str) -> Option<CloudError> + Send + Sync>;
 pub struct GatedCloud {
     pub sim: Arc<SimCloud>,
     holds: std::sync::Mutex<Vec<(&'static str, At, Arc<Hold>)>>,
+    lost_answers: std::sync::Mutex<Vec<&'static str>>,
     fault: Option<Fault>,
 }
 
@@ -292,6 +293,7 @@ impl GatedCloud {
         Arc::new(Self {
             sim: sim.clone(),
             holds: Default::default(),
+            lost_answers: Default::default(),
             fault: None,
         })
     }
@@ -304,6 +306,7 @@ impl GatedCloud {
         Arc::new(Self {
             sim: sim.clone(),
             holds: Default::default(),
+            lost_answers: Default::default(),
             fault: Some(Box::new(fault)),
         })
     }
@@ -332,6 +335,13 @@ impl GatedCloud {
         hold
     }
 
+    /// The next call of `method` reaches cloudsim, which does it, but its
+    /// answer is lost on the way back (a timeout, a proxy's 502): the
+    /// caller sees a transient error.
+    pub fn lose_next_answer(&self, method: &'static str) {
+        self.lost_answers.lock().unwrap().push(method);
+    }
+
     async fn gate(&self, method: &'static str, at: At) {
         let hold = {
             let mut holds = self.holds.lock().unwrap();
@@ -357,6 +367,18 @@ impl GatedCloud {
         }
         let answer = call.await;
         self.gate(method, At::After).await;
+        let lost = {
+            let mut lost = self.lost_answers.lock().unwrap();
+            lost.iter()
+                .position(|m| *m == method)
+                .map(|i| lost.remove(i))
+                .is_some()
+        };
+        if lost {
+            return Err(CloudError::Transient(format!(
+                "{method}: the answer was lost (timed out)"
+            )));
+        }
         answer
     }
 }
