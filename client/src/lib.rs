@@ -271,22 +271,30 @@ impl Client {
     }
 
     /// Lists instances of one pool, or of every pool when `flavor` and
-    /// `availability_zone` are both empty.
+    /// `availability_zone` are both empty: every page of them.
     pub async fn list_instances(
         &self,
         flavor: impl Into<String>,
         availability_zone: impl Into<String>,
     ) -> Result<Vec<api::Instance>, ClientError> {
-        let request = api::ListInstancesRequest {
+        let mut request = api::ListInstancesRequest {
             flavor: flavor.into(),
             availability_zone: availability_zone.into(),
+            ..Default::default()
         };
-        Ok(self
-            .raw()
-            .list_instances(request)
-            .await?
-            .into_inner()
-            .instances)
+        let mut instances = Vec::new();
+        loop {
+            let page = self
+                .raw()
+                .list_instances(request.clone())
+                .await?
+                .into_inner();
+            instances.extend(page.instances);
+            if page.next_page_token.is_empty() {
+                return Ok(instances);
+            }
+            request.page_token = page.next_page_token;
+        }
     }
 
     /// Subscribes to pool status: one item per pool at once, then one per

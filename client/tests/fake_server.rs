@@ -145,15 +145,22 @@ impl api::warm_pool_server::WarmPool for Fake {
         &self,
         request: Request<api::ListInstancesRequest>,
     ) -> Result<Response<api::ListInstancesResponse>, Status> {
+        // Two pages of one instance each.
         let r = request.into_inner();
+        let (id, next_page_token) = match r.page_token.as_str() {
+            "" => ("inst-1", "after-inst-1"),
+            "after-inst-1" => ("inst-2", ""),
+            other => return Err(Status::invalid_argument(format!("page_token {other}"))),
+        };
         Ok(Response::new(api::ListInstancesResponse {
             instances: vec![api::Instance {
-                id: "inst-1".into(),
+                id: id.into(),
                 flavor: r.flavor,
                 availability_zone: r.availability_zone,
                 state: api::InstanceState::Ready.into(),
                 ..Default::default()
             }],
+            next_page_token: next_page_token.into(),
         }))
     }
 
@@ -235,6 +242,11 @@ async fn library_calls_round_trip() {
 
     let drained = client.delete_pool("m1", "az1").await.unwrap();
     assert!(drained.draining);
+
+    // Every page, in order.
+    let instances = client.list_instances("m1", "az1").await.unwrap();
+    let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, ["inst-1", "inst-2"]);
 
     let released = client.release("r1", Some(false)).await.unwrap();
     assert_eq!(released.labels["delete_volume"], "Some(false)");

@@ -646,14 +646,16 @@ impl PoolManager {
         self.shared.pool_status(record).await
     }
 
-    /// Instances of one pool, or of all pools when `pool` is `None`.
+    /// Instances of one pool, or of all pools when `pool` is `None`, ordered
+    /// by pool, age and id (the order `ListInstances` pages through).
     pub async fn list_instances(&self, pool: Option<&PoolKey>) -> ManagerResult<Vec<Instance>> {
         if let Some(key) = pool {
             self.shared.pool(key).await?;
         }
         let mut instances = self.shared.store.list_instances().await?;
         instances.retain(|i| pool.is_none_or(|key| &i.pool == key));
-        instances.sort_by(|a, b| (&a.pool, a.created_at).cmp(&(&b.pool, b.created_at)));
+        instances
+            .sort_by(|a, b| (&a.pool, a.created_at, &a.id).cmp(&(&b.pool, b.created_at, &b.id)));
         Ok(instances)
     }
 }

@@ -460,6 +460,82 @@ pub fn events_missed_event(missed: u64, at: SystemTime) -> api::PoolEvent {
     }
 }
 
+/// `ListInstances` answers at most this many instances at once.
+pub const MAX_INSTANCES_PAGE: usize = 1000;
+
+/// Where a `ListInstances` page ended: the place of its last instance in
+/// the order `PoolManager::list_instances` gives. The token is this, as
+/// JSON, in hex: opaque to clients, and safe in any transport.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PageEnd {
+    pool: PoolKey,
+    created_at: SystemTime,
+    id: String,
+}
+
+impl PageEnd {
+    fn of(i: &Instance) -> Self {
+        Self {
+            pool: i.pool.clone(),
+            created_at: i.created_at,
+            id: i.id.clone(),
+        }
+    }
+
+    fn is_before(&self, i: &Instance) -> bool {
+        (&self.pool, self.created_at, &self.id) < (&i.pool, i.created_at, &i.id)
+    }
+
+    fn token(&self) -> String {
+        let json = serde_json::to_vec(self).expect("a page end serializes");
+        json.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn from_token(token: &str) -> Option<Self> {
+        let bytes = (0..token.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+/// One page of `instances` (in the manager's order) as `ListInstances`
+/// answers it.
+pub fn instances_page(
+    instances: Vec<Instance>,
+    page_size: i32,
+    page_token: &str,
+) -> Result<api::ListInstancesResponse, Status> {
+    let size = match usize::try_from(page_size) {
+        Ok(0) => MAX_INSTANCES_PAGE,
+        Ok(n) => n.min(MAX_INSTANCES_PAGE),
+        Err(_) => return Err(invalid("page_size", "must not be negative")),
+    };
+    let after = match page_token {
+        "" => None,
+        token => Some(PageEnd::from_token(token).ok_or_else(|| {
+            invalid(
+                "page_token",
+                "not one this server gave out; leave it empty to start from the first instance",
+            )
+        })?),
+    };
+    let mut rest = instances
+        .into_iter()
+        .filter(|i| after.as_ref().is_none_or(|end| end.is_before(i)))
+        .peekable();
+    let page: Vec<Instance> = rest.by_ref().take(size).collect();
+    let next_page_token = match (rest.peek(), page.last()) {
+        (Some(_), Some(last)) => PageEnd::of(last).token(),
+        _ => String::new(),
+    };
+    Ok(api::ListInstancesResponse {
+        instances: page.into_iter().map(instance).collect(),
+        next_page_token,
+    })
+}
+
 pub fn instance(i: Instance) -> api::Instance {
     let state = match i.state {
         InstanceState::Booting => api::InstanceState::Booting,

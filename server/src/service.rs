@@ -150,9 +150,8 @@ impl WarmPool for WarmPoolService {
             .list_instances(key.as_ref())
             .await
             .map_err(convert::status)?;
-        Ok(Response::new(api::ListInstancesResponse {
-            instances: instances.into_iter().map(convert::instance).collect(),
-        }))
+        let page = convert::instances_page(instances, request.page_size, &request.page_token)?;
+        Ok(Response::new(page))
     }
 
     type WatchPoolsStream =

@@ -1610,3 +1610,59 @@ async fn a_watcher_that_falls_behind_is_told_what_it_missed() {
     assert!(next.pool.is_some(), "{next:?}");
     d.shut_down().await;
 }
+
+/// ListInstances answers in pages: each at most `page_size` long, every
+/// instance once across them, in the one order; a token it did not give
+/// out and a negative size are refused.
+#[tokio::test]
+async fn list_instances_pages_through_every_instance_once() {
+    let d = Daemon::start(&[("db.small", "az1", 3, 3), ("db.medium", "az1", 2, 2)]).await;
+    let c = &d.client;
+    wait_ready(c, "db.small", "az1", 3).await;
+    wait_ready(c, "db.medium", "az1", 2).await;
+    let everything = c.list_instances("", "").await.unwrap();
+    assert_eq!(everything.len(), 5, "{everything:?}");
+
+    let mut raw = c.raw();
+    let mut request = api::ListInstancesRequest {
+        page_size: 2,
+        ..Default::default()
+    };
+    let mut pages = Vec::new();
+    let mut paged = Vec::new();
+    loop {
+        let page = raw
+            .list_instances(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        pages.push(page.instances.len());
+        paged.extend(page.instances.into_iter().map(|i| i.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        request.page_token = page.next_page_token;
+    }
+    let whole: Vec<String> = everything.into_iter().map(|i| i.id).collect();
+    assert_eq!(paged, whole, "every instance once, in the one order");
+    assert_eq!(pages, [2, 2, 1]);
+
+    let bad = raw
+        .list_instances(api::ListInstancesRequest {
+            page_token: "not-a-token".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("page_token"), "{bad:?}");
+    let bad = raw
+        .list_instances(api::ListInstancesRequest {
+            page_size: -1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    d.shut_down().await;
+}
