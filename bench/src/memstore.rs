@@ -150,6 +150,15 @@ impl Store for MemStore {
         let key = new.or(expected).map(|a| a.params.request_id.as_str());
         cas(&self.allocations, key, expected, new)
     }
+    /// Nothing is ever set aside: every record here was written by this
+    /// process.
+    async fn is_set_aside(
+        &self,
+        _kind: pool_manager::store::RecordKind,
+        _key: &str,
+    ) -> StoreResult<bool> {
+        Ok(false)
+    }
     async fn flush(&self) -> StoreResult<()> {
         Ok(())
     }

@@ -25,6 +25,7 @@ use crate::model::{
     PoolKey, VolumeSource,
 };
 use crate::replenisher::{BootError, Timed};
+use crate::store::RecordKind;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,12 +85,10 @@ impl PoolManager {
     /// crash could still undo it.
     pub async fn get_allocation(&self, request_id: &str) -> ManagerResult<Allocation> {
         validate_request_id(request_id)?;
-        let allocation = self
-            .shared
-            .store
-            .get_allocation(request_id)
-            .await?
-            .ok_or_else(|| ManagerError::AllocationNotFound(request_id.to_string()))?;
+        let Some(allocation) = self.shared.store.get_allocation(request_id).await? else {
+            self.shared.refuse_if_set_aside(request_id).await?;
+            return Err(ManagerError::AllocationNotFound(request_id.to_string()));
+        };
         self.shared.store.flush().await?;
         Ok(allocation)
     }
@@ -456,6 +455,24 @@ impl Shared {
         Ok(())
     }
 
+    /// An order whose record an operator set aside as unreadable keeps its
+    /// id: buying it again could hand the tenant a second database, and
+    /// "not found" would tell billing the order never was.
+    pub(crate) async fn refuse_if_set_aside(&self, request_id: &str) -> ManagerResult<()> {
+        if self
+            .store
+            .is_set_aside(RecordKind::Allocation, request_id)
+            .await?
+        {
+            return Err(ManagerError::FailedPrecondition(format!(
+                "the record of allocation {request_id} was set aside as unreadable by this \
+                 warmpoold version (`warmpoold store check` lists it); the order cannot be \
+                 allocated, read or released until the version that wrote it runs again"
+            )));
+        }
+        Ok(())
+    }
+
     async fn allocate(self: &Arc<Self>, request: AllocateRequest) -> ManagerResult<Allocation> {
         let params = &request.params;
         validate(params)?;
@@ -492,6 +509,7 @@ impl Shared {
                 }
                 continue;
             }
+            self.refuse_if_set_aside(&params.request_id).await?;
             let pool = self.pool(&params.pool).await?;
             if pool.draining {
                 return Err(ManagerError::FailedPrecondition(format!(

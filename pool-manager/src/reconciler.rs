@@ -19,6 +19,7 @@
 //! | instance `Failed`/`Deleting` | - | delete the server, drop the record |
 //! | nothing | server with warmpool metadata, no volume attached | delete it (leak) |
 //! | nothing | server with warmpool metadata and a volume attached | leave it, log an error (a tenant's, its record lost) |
+//! | instance record set aside as unreadable | server naming the instance | leave it, log a warning |
 //! | instance with another server recorded | server naming the instance | delete it (a twin of a retried create) |
 //!
 //! Allocations are listed once per pass but each is read again right
@@ -34,6 +35,7 @@ use crate::error::{ManagerError, ManagerResult};
 use crate::manager::Shared;
 use crate::model::{AllocationState, Instance, InstanceState};
 use crate::replenisher::Timed;
+use crate::store::RecordKind;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -304,6 +306,13 @@ impl Shared {
                 continue;
             }
             if !owned {
+                let instance = server.metadata.get(META_INSTANCE);
+                if let Some(id) = instance {
+                    if self.store.is_set_aside(RecordKind::Instance, id).await? {
+                        tracing::warn!(server = %server.id, instance = %id, "the server of an instance whose record was set aside as unreadable; left alone");
+                        continue;
+                    }
+                }
                 // The LeakDeleted event logs it once done.
                 tracing::debug!(server = %server.id, name = %server.name, "deleting leaked server");
                 let deleted = self.cloud.delete_server(&server.id).await;

@@ -41,8 +41,13 @@ pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(5);
 pub enum StoreError {
     #[error("store I/O failed: {0}")]
     Io(#[from] sled::Error),
-    #[error("store record {key} is corrupt: {source}")]
-    Corrupt {
+    #[error(
+        "store record {tree}/{key} cannot be read ({source}); a newer warmpoold may have written \
+         it: run that version, or stop warmpoold and run `warmpoold store check` to list such \
+         records and `warmpoold store set-aside {tree} {key}` to move this one aside"
+    )]
+    Unreadable {
+        tree: String,
         key: String,
         #[source]
         source: serde_json::Error,
@@ -118,8 +123,180 @@ pub trait Store: Send + Sync + 'static {
         new: Option<&Allocation>,
     ) -> StoreResult<bool>;
 
+    /// Whether an operator set the record of `kind` under `key` (an
+    /// instance id, a request id) aside as unreadable ([`StoreRepair`]).
+    /// Its id stays taken: a set-aside order is not bought again, a
+    /// set-aside instance's server is not deleted as a leak.
+    async fn is_set_aside(&self, kind: RecordKind, key: &str) -> StoreResult<bool>;
+
     /// Makes every write so far durable. Concurrent callers share one fsync.
     async fn flush(&self) -> StoreResult<()>;
+}
+
+/// The kinds of record the store keeps, each in a tree of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RecordKind {
+    Pool,
+    Instance,
+    Allocation,
+    LearnedSizing,
+}
+
+impl RecordKind {
+    pub const ALL: [RecordKind; 4] = [
+        RecordKind::Pool,
+        RecordKind::Instance,
+        RecordKind::Allocation,
+        RecordKind::LearnedSizing,
+    ];
+
+    /// The sled tree its records live in; also its name for operators.
+    pub fn tree(self) -> &'static str {
+        match self {
+            RecordKind::Pool => "pools",
+            RecordKind::Instance => "instances",
+            RecordKind::Allocation => "allocations",
+            RecordKind::LearnedSizing => "learned_sizing",
+        }
+    }
+
+    pub fn from_tree(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.tree() == name)
+    }
+
+    /// Why `bytes` do not decode as a record of this kind; `None` if they do.
+    fn problem(self, tree: &sled::Tree, key: &[u8], bytes: &[u8]) -> Option<StoreError> {
+        match self {
+            RecordKind::Pool => decode::<PoolRecord>(tree, key, bytes).err(),
+            RecordKind::Instance => decode::<Instance>(tree, key, bytes).err(),
+            RecordKind::Allocation => decode::<Allocation>(tree, key, bytes).err(),
+            RecordKind::LearnedSizing => decode::<LearnedSizing>(tree, key, bytes).err(),
+        }
+    }
+}
+
+/// The tree of records set aside, keyed `tree/key` (the key as stored).
+const SET_ASIDE_TREE: &str = "set_aside";
+
+fn set_aside_key(kind: RecordKind, key: &[u8]) -> Vec<u8> {
+    let mut out = format!("{}/", kind.tree()).into_bytes();
+    out.extend_from_slice(key);
+    out
+}
+
+/// A record the store holds that this version cannot read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnreadableRecord {
+    pub kind: RecordKind,
+    /// As [`StoreRepair::set_aside`] takes it.
+    pub key: String,
+    pub error: String,
+}
+
+/// What [`StoreRepair::set_aside`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetAside {
+    Moved,
+    NoSuchRecord,
+    /// The record reads fine: hiding it would lose it, so it stays.
+    Readable,
+}
+
+/// The operator's tools for a store warmpoold cannot open because of a
+/// record it cannot read (one a newer version wrote, a damaged disk): list
+/// such records, and move one aside. A record set aside keeps its bytes (in
+/// the `set_aside` tree, for a later version or a person to read) and its
+/// id stays taken ([`Store::is_set_aside`]). For a stopped warmpoold's store.
+pub struct StoreRepair {
+    db: sled::Db,
+}
+
+impl StoreRepair {
+    /// Opens the store in `dir` (which must exist), waiting up to
+    /// `lock_wait` for another handle to let go of it.
+    pub fn open(dir: &Path, lock_wait: Duration) -> StoreResult<Self> {
+        if !dir.is_dir() {
+            return Err(StoreError::Io(sled::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no store in {}", dir.display()),
+            ))));
+        }
+        Ok(Self {
+            db: open_sled(dir, lock_wait)?,
+        })
+    }
+
+    /// Every record no type of this version decodes, tree by tree.
+    pub fn unreadable(&self) -> StoreResult<Vec<UnreadableRecord>> {
+        let mut found = Vec::new();
+        for kind in RecordKind::ALL {
+            let tree = self.db.open_tree(kind.tree())?;
+            for entry in tree.iter() {
+                let (key, bytes) = entry?;
+                if let Some(problem) = kind.problem(&tree, &key, &bytes) {
+                    let error = match problem {
+                        StoreError::Unreadable { source, .. } => source.to_string(),
+                        other => other.to_string(),
+                    };
+                    found.push(UnreadableRecord {
+                        kind,
+                        key: shown_key(&key),
+                        error,
+                    });
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// The records set aside so far, as `(kind, key)`.
+    pub fn set_aside_records(&self) -> StoreResult<Vec<(RecordKind, String)>> {
+        let aside = self.db.open_tree(SET_ASIDE_TREE)?;
+        let mut records = Vec::new();
+        for entry in aside.iter() {
+            let (key, _) = entry?;
+            let shown = shown_key(&key);
+            if let Some((tree, key)) = shown.split_once('/') {
+                if let Some(kind) = RecordKind::from_tree(tree) {
+                    records.push((kind, key.to_owned()));
+                }
+            }
+        }
+        Ok(records)
+    }
+
+    /// Moves the unreadable record `key` (as [`StoreRepair::unreadable`]
+    /// shows it) of `kind` aside, in one transaction, made durable.
+    pub fn set_aside(&self, kind: RecordKind, key: &str) -> StoreResult<SetAside> {
+        let tree = self.db.open_tree(kind.tree())?;
+        let mut stored = None;
+        for entry in tree.iter() {
+            let (k, bytes) = entry?;
+            if shown_key(&k) == key {
+                stored = Some((k, bytes));
+                break;
+            }
+        }
+        let Some((stored, bytes)) = stored else {
+            return Ok(SetAside::NoSuchRecord);
+        };
+        if kind.problem(&tree, &stored, &bytes).is_none() {
+            return Ok(SetAside::Readable);
+        }
+        let aside = self.db.open_tree(SET_ASIDE_TREE)?;
+        let moved: sled::transaction::TransactionResult<(), std::convert::Infallible> =
+            sled::Transactional::transaction(&(&tree, &aside), |(tree, aside)| {
+                aside.insert(set_aside_key(kind, &stored), bytes.clone())?;
+                tree.remove(&stored)?;
+                Ok(())
+            });
+        moved.map_err(|e| match e {
+            sled::transaction::TransactionError::Storage(e) => StoreError::Io(e),
+            sled::transaction::TransactionError::Abort(never) => match never {},
+        })?;
+        self.db.flush()?;
+        Ok(SetAside::Moved)
+    }
 }
 
 const LOCK_POLL: Duration = Duration::from_millis(20);
@@ -139,6 +316,7 @@ pub struct SledStore {
     instances: sled::Tree,
     allocations: sled::Tree,
     learned_sizing: sled::Tree,
+    set_aside: sled::Tree,
     index: Arc<Mutex<HotIndex>>,
 }
 
@@ -212,23 +390,7 @@ impl SledStore {
     /// As [`SledStore::open`], waiting up to `lock_wait` for the lock.
     /// Blocks the calling thread while it waits.
     pub fn open_waiting(dir: &Path, lock_wait: Duration) -> StoreResult<Self> {
-        let started = std::time::Instant::now();
-        loop {
-            match sled::Config::new().path(dir).open() {
-                Ok(db) => return Self::from_db(db),
-                Err(e) if is_lock_held(&e) => {
-                    let waited = started.elapsed();
-                    if waited >= lock_wait {
-                        return Err(StoreError::Locked {
-                            dir: dir.to_owned(),
-                            waited,
-                        });
-                    }
-                    std::thread::sleep(LOCK_POLL.min(lock_wait - waited));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        Self::from_db(open_sled(dir, lock_wait)?)
     }
 
     /// A store in a temporary directory that vanishes on drop; for tests.
@@ -242,6 +404,7 @@ impl SledStore {
             instances: db.open_tree("instances")?,
             allocations: db.open_tree("allocations")?,
             learned_sizing: db.open_tree("learned_sizing")?,
+            set_aside: db.open_tree(SET_ASIDE_TREE)?,
             index: Arc::default(),
             db,
         };
@@ -289,26 +452,55 @@ impl SledStore {
     }
 }
 
+/// Opens sled's database in `dir`, waiting up to `lock_wait` for its lock.
+/// Blocks the calling thread while it waits.
+fn open_sled(dir: &Path, lock_wait: Duration) -> StoreResult<sled::Db> {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Ok(db) => return Ok(db),
+            Err(e) if is_lock_held(&e) => {
+                let waited = started.elapsed();
+                if waited >= lock_wait {
+                    return Err(StoreError::Locked {
+                        dir: dir.to_owned(),
+                        waited,
+                    });
+                }
+                std::thread::sleep(LOCK_POLL.min(lock_wait - waited));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("model types serialize infallibly")
 }
 
-fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> StoreResult<T> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
+fn decode<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8], bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Unreadable {
+        tree: String::from_utf8_lossy(&tree.name()).into_owned(),
+        key: shown_key(key),
         source,
     })
 }
 
+/// A key as an operator reads and types it: a pool's `flavor\0az` shows as
+/// `flavor@az`, like everywhere else.
+fn shown_key(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).replace('\0', "@")
+}
+
 fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> StoreResult<Option<T>> {
-    tree.get(key)?.map(|v| decode(key, &v)).transpose()
+    tree.get(key)?.map(|v| decode(tree, key, &v)).transpose()
 }
 
 fn list<T: DeserializeOwned>(tree: &sled::Tree) -> StoreResult<Vec<T>> {
     tree.iter()
         .map(|entry| {
             let (k, v) = entry?;
-            decode(&k, &v)
+            decode(tree, &k, &v)
         })
         .collect()
 }
@@ -330,7 +522,7 @@ fn cas<T: Serialize + DeserializeOwned + PartialEq>(
         return Ok(true);
     };
     let same_value = match (&mismatch.current, expected) {
-        (Some(bytes), Some(expected)) => decode::<T>(key, bytes)? == *expected,
+        (Some(bytes), Some(expected)) => decode::<T>(tree, key, bytes)? == *expected,
         _ => false,
     };
     if !same_value {
@@ -447,6 +639,12 @@ impl Store for SledStore {
             index.swap_allocation(&id, new);
         }
         Ok(swapped)
+    }
+
+    async fn is_set_aside(&self, kind: RecordKind, key: &str) -> StoreResult<bool> {
+        Ok(self
+            .set_aside
+            .contains_key(set_aside_key(kind, key.as_bytes()))?)
     }
 
     async fn flush(&self) -> StoreResult<()> {

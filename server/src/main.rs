@@ -36,6 +36,29 @@ enum Command {
         #[arg(long, env = "WARMPOOL_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Mend a store warmpoold cannot open because of a record it cannot
+    /// read (one a newer version wrote, a damaged disk). Stop warmpoold
+    /// first. The store is the config's data_dir, or --data-dir.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum StoreCommand {
+    /// List every record this version cannot read, and those set aside;
+    /// exits 1 if any cannot be read.
+    Check,
+    /// Move one unreadable record aside: its bytes are kept (in the store's
+    /// set_aside tree) and its id stays taken (an order set aside cannot be
+    /// bought again; a server of an instance set aside is not deleted), and
+    /// warmpoold starts without it.
+    SetAside {
+        /// The record's kind, as `store check` shows it.
+        #[arg(value_parser = ["pools", "instances", "allocations", "learned_sizing"])]
+        kind: String,
+        /// The record's key, as `store check` shows it.
+        key: String,
+    },
 }
 
 #[tokio::main]
@@ -43,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // check-cloud prints its own report; only errors are logged beside it.
     let default_filter = match args.command {
-        Some(Command::CheckCloud { .. }) => "error",
+        Some(Command::CheckCloud { .. } | Command::Store(_)) => "error",
         None => "info,sled=warn,h2=warn,tower=warn",
     };
     tracing_subscriber::fmt()
@@ -65,6 +88,9 @@ async fn main() -> anyhow::Result<()> {
         None => Config::default(),
     }
     .overridden(args.listen, args.metrics_listen, args.data_dir)?;
+    if let Some(Command::Store(command)) = &args.command {
+        std::process::exit(store_command(command, &config.data_dir)?);
+    }
     let running = match warmpool_server::start(config, shutdown_signal()?).await {
         Ok(running) => running,
         Err(e) if e.is::<warmpool_server::StoppedDuringStartUp>() => {
@@ -89,6 +115,60 @@ async fn check_cloud(config: &Config) -> i32 {
         0
     } else {
         1
+    }
+}
+
+/// Runs a `store` subcommand; the exit code.
+fn store_command(command: &StoreCommand, data_dir: &std::path::Path) -> anyhow::Result<i32> {
+    use pool_manager::store::{RecordKind, SetAside, StoreRepair};
+    let repair = StoreRepair::open(data_dir, std::time::Duration::from_secs(1))
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    match command {
+        StoreCommand::Check => {
+            let unreadable = repair.unreadable()?;
+            for record in &unreadable {
+                println!(
+                    "unreadable {} {}: {}",
+                    record.kind.tree(),
+                    record.key,
+                    record.error
+                );
+            }
+            for (kind, key) in repair.set_aside_records()? {
+                println!("set aside {} {key}", kind.tree());
+            }
+            if unreadable.is_empty() {
+                println!("every record in {} can be read", data_dir.display());
+                Ok(0)
+            } else {
+                println!(
+                    "{} record(s) cannot be read: run the warmpoold version that wrote them, or \
+                     `warmpoold store set-aside KIND KEY` for each",
+                    unreadable.len()
+                );
+                Ok(1)
+            }
+        }
+        StoreCommand::SetAside { kind, key } => {
+            let kind = RecordKind::from_tree(kind).context("unknown record kind")?;
+            match repair.set_aside(kind, key)? {
+                SetAside::Moved => {
+                    println!("set aside {} {key}", kind.tree());
+                    Ok(0)
+                }
+                SetAside::NoSuchRecord => {
+                    eprintln!("no {} record {key} in {}", kind.tree(), data_dir.display());
+                    Ok(1)
+                }
+                SetAside::Readable => {
+                    eprintln!(
+                        "{} {key} can be read; only unreadable records are set aside",
+                        kind.tree()
+                    );
+                    Ok(1)
+                }
+            }
+        }
     }
 }
 

@@ -147,3 +147,93 @@ async fn health_watches_see_not_serving_and_end_at_shutdown() {
         );
     }
 }
+
+/// Order 1 of db.small@az1, waiting for an instance if none is Ready yet.
+fn order_one() -> warmpool_client::api::AllocateRequest {
+    let mut request = allocate_request(
+        "order-1",
+        "db.small",
+        "az1",
+        new_volume(20, false),
+        "net-tenant-a",
+        Duration::from_secs(30),
+    );
+    request.empty_pool_policy = warmpool_client::api::EmptyPoolPolicy::Wait.into();
+    request
+}
+
+/// A store record warmpoold cannot read stops it from starting, naming the
+/// record; `warmpoold store check` lists it, `warmpoold store set-aside`
+/// moves it aside, and warmpoold then starts and keeps the order's id taken.
+#[tokio::test]
+async fn an_unreadable_record_is_set_aside_with_the_store_commands() {
+    let data = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(data.path(), &[("db.small", "az1", 1, 2)]).await;
+    let sold = d.client.allocate(order_one()).await.unwrap();
+    assert!(!sold.server_id.is_empty());
+    d.shut_down().await;
+
+    // A newer warmpoold wrote the order in a shape this one cannot read.
+    let store_dir = data.path().join("store");
+    let db = (0..500)
+        .find_map(|_| match sled::open(&store_dir) {
+            Ok(db) => Some(db),
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(10));
+                None
+            }
+        })
+        .expect("the store is free");
+    db.open_tree("allocations")
+        .unwrap()
+        .insert("order-1", br#"{"state":"Hibernating"}"#.to_vec())
+        .unwrap();
+    db.flush().unwrap();
+    drop(db);
+
+    let config = config(data.path(), &[("db.small", "az1", 1, 2)]);
+    let refused = match warmpool_server::start(config, std::future::pending()).await {
+        Ok(_) => panic!("warmpoold started on a store it cannot read"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        refused.contains("warmpoold store set-aside allocations order-1"),
+        "{refused}"
+    );
+
+    let store = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+            .arg("--data-dir")
+            .arg(&store_dir)
+            .arg("store")
+            .args(args)
+            .env_remove("WARMPOOL_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let check = store(&["check"]);
+    let out = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert_eq!(check.status.code(), Some(1), "{out}");
+    assert!(out.contains("unreadable allocations order-1: "), "{out}");
+
+    let readable = store(&["set-aside", "pools", "db.small@az1"]);
+    assert_eq!(readable.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&readable.stderr).contains("can be read"),
+        "{readable:?}"
+    );
+    let moved = store(&["set-aside", "allocations", "order-1"]);
+    assert!(moved.status.success(), "{moved:?}");
+    let check = store(&["check"]);
+    let out = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert!(check.status.success(), "{out}");
+    assert!(out.contains("set aside allocations order-1"), "{out}");
+
+    let d = Daemon::start_in(data.path(), &[("db.small", "az1", 1, 2)]).await;
+    let msg = expect_code(
+        d.client.allocate(order_one()).await,
+        Code::FailedPrecondition,
+    );
+    assert!(msg.contains("set aside"), "{msg}");
+    d.shut_down().await;
+}

@@ -591,6 +591,14 @@ impl<H: StoreHooks> Store for HookedStore<H> {
         self.hooks.after_allocation_swap(expected, swapped);
         Ok(swapped)
     }
+    async fn is_set_aside(
+        &self,
+        kind: pool_manager::store::RecordKind,
+        key: &str,
+    ) -> StoreResult<bool> {
+        self.inner.is_set_aside(kind, key).await
+    }
+
     async fn flush(&self) -> StoreResult<()> {
         self.hooks.before_flush().await?;
         self.inner.flush().await
