@@ -1346,3 +1346,45 @@ async fn the_daemon_refuses_an_unusable_cloud_and_fills_pools_on_a_usable_one() 
     let _ = stop.send(());
     running.served.await.unwrap().unwrap();
 }
+
+/// A cloud whose catalog has Cinder only as `volumev3` (many deployments
+/// of the last decade register no `block-storage`): volumes work and the
+/// cloud check passes; a catalog with no Cinder at all is named as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cinder_registered_only_as_volumev3_is_found() {
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            cinder_catalog_types: vec!["volumev3"],
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let cloud = env.driver().await;
+    let volume = cloud
+        .create_volume(&volume_spec("warmpool-v3", 1))
+        .await
+        .unwrap();
+    assert_eq!(cloud.get_volume(&volume.id).await.unwrap().id, volume.id);
+    let config = env.config("", SMALL_POOL);
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert!(report.passed(), "{report}");
+
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            cinder_catalog_types: Vec::new(),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let cloud = env.driver().await;
+    let e = cloud
+        .create_volume(&volume_spec("warmpool-none", 1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Fatal(m) if m.contains("block-storage") && m.contains("volumev3")),
+        "{e:?}"
+    );
+}

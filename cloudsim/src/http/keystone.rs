@@ -150,13 +150,18 @@ fn token_body(state: &FaceState, rec: &TokenRec) -> Value {
     json!({"token": token})
 }
 
-/// The catalog. Cinder is registered twice, as `volumev3` (what clients of
-/// the last decade look up) and `block-storage` (what the `openstack` crate
-/// looks up), both with the project id in the URL like a real deployment.
+/// The catalog. Cinder is registered as each of
+/// `HttpSettings::cinder_catalog_types`: by default twice, as `volumev3`
+/// (what clients of the last decade look up) and `block-storage` (what
+/// osauth looks up), with the project id in the URL like a real deployment.
 fn catalog(state: &FaceState) -> Value {
     let s = &state.settings;
     let volume = format!("{}/v3/{}", state.url(Service::Volume), state.project_id);
-    let entries = [
+    let cinder = s
+        .cinder_catalog_types
+        .iter()
+        .map(|kind| (*kind, "cinder", volume.clone()));
+    let entries: Vec<(&str, &str, String)> = [
         (
             "identity",
             "keystone",
@@ -167,11 +172,12 @@ fn catalog(state: &FaceState) -> Value {
             "nova",
             format!("{}/v2.1", state.url(Service::Compute)),
         ),
-        ("volumev3", "cinderv3", volume.clone()),
-        ("block-storage", "cinder", volume),
         ("network", "neutron", state.url(Service::Network)),
         ("image", "glance", state.url(Service::Image)),
-    ];
+    ]
+    .into_iter()
+    .chain(cinder)
+    .collect();
     Value::Array(
         entries
             .iter()

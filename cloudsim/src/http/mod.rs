@@ -194,6 +194,9 @@ pub struct HttpSettings {
     /// Custom properties every image carries; Glance shows them at the top
     /// level of the image, beside its own fields.
     pub image_properties: BTreeMap<String, String>,
+    /// The catalog types Cinder is registered under: both by default;
+    /// deployments of the last decade often have only `volumev3`.
+    pub cinder_catalog_types: Vec<&'static str>,
 }
 
 impl Default for HttpSettings {
@@ -222,6 +225,7 @@ impl Default for HttpSettings {
             shutdown_grace: Duration::from_secs(5),
             page_limit: None,
             image_properties: BTreeMap::new(),
+            cinder_catalog_types: vec!["volumev3", "block-storage"],
         }
     }
 }

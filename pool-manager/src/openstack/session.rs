@@ -12,7 +12,7 @@ use crate::cloud::{CloudError, CloudResult};
 use osauth::services::{BLOCK_STORAGE, COMPUTE, IMAGE, NETWORK};
 use osauth::{CloudConfig, Session};
 use reqwest::Method;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,6 +80,22 @@ impl Reply {
     }
 }
 
+/// Cinder under the catalog type deployments of the last decade register
+/// it as (Kolla Ansible and Red Hat OpenStack still did in 2025); osauth's
+/// `BLOCK_STORAGE` looks for `block-storage` only.
+#[derive(Clone, Copy, Debug)]
+struct VolumeV3;
+
+impl osauth::services::ServiceType for VolumeV3 {
+    fn catalog_type(&self) -> &'static str {
+        "volumev3"
+    }
+
+    fn major_version_supported(&self, version: osauth::ApiVersion) -> bool {
+        version.0 == 3
+    }
+}
+
 /// The session holder: the current `Session`, the config to rebuild it
 /// from, and a generation so concurrent 401s cause a single re-login.
 pub struct Connection {
@@ -90,6 +106,8 @@ pub struct Connection {
     generation: AtomicU64,
     /// Who warmpool logs in as, for messages ("user pool in project service").
     identity: String,
+    /// The catalog has Cinder as `volumev3` and not as `block-storage`.
+    cinder_as_volumev3: AtomicBool,
 }
 
 impl Connection {
@@ -104,6 +122,7 @@ impl Connection {
             relogin: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
             identity,
+            cinder_as_volumev3: AtomicBool::new(false),
         }))
     }
 
@@ -168,6 +187,34 @@ impl Connection {
         self.send_once(&session, call).await
     }
 
+    /// Sends `call` to Cinder under `block-storage`, or else (and from
+    /// then on) under `volumev3`.
+    async fn send_to_cinder(
+        &self,
+        session: &Session,
+        call: &Call,
+        request_id: &str,
+    ) -> Result<reqwest::Response, osauth::Error> {
+        let missing = |e: &osauth::Error| e.kind() == osauth::ErrorKind::EndpointNotFound;
+        if !self.cinder_as_volumev3.load(Ordering::Relaxed) {
+            match send_via(session, BLOCK_STORAGE, call, request_id, self.timeout).await {
+                Err(e) if missing(&e) => {}
+                sent => return sent,
+            }
+        }
+        match send_via(session, VolumeV3, call, request_id, self.timeout).await {
+            Err(e) if missing(&e) => Err(osauth::Error::new(
+                osauth::ErrorKind::EndpointNotFound,
+                "the service catalog has Cinder neither as block-storage nor as volumev3 \
+                 (set block_storage_endpoint_override in clouds.yaml if it is elsewhere)",
+            )),
+            sent => {
+                self.cinder_as_volumev3.store(true, Ordering::Relaxed);
+                sent
+            }
+        }
+    }
+
     async fn send_once(&self, session: &Session, call: &Call) -> CloudResult<Reply> {
         let what = call.describe();
         let request_id = format!("req-{}", uuid::Uuid::new_v4());
@@ -177,9 +224,7 @@ impl Connection {
                 Service::Compute => {
                     send_via(session, COMPUTE, call, &request_id, self.timeout).await
                 }
-                Service::BlockStorage => {
-                    send_via(session, BLOCK_STORAGE, call, &request_id, self.timeout).await
-                }
+                Service::BlockStorage => self.send_to_cinder(session, call, &request_id).await,
                 Service::Network => {
                     send_via(session, NETWORK, call, &request_id, self.timeout).await
                 }
