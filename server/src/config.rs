@@ -69,6 +69,14 @@ pub struct Config {
     /// How long shutdown waits for in-flight RPCs before stopping anyway.
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// How often the gRPC server pings each client connection (HTTP/2
+    /// PING): a client gone without closing (a partition, a VM killed)
+    /// otherwise keeps its connection and its `WatchPools` stream forever.
+    #[serde(default = "default_keepalive_interval", with = "humantime_serde")]
+    pub grpc_keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
+    pub grpc_keepalive_timeout: Duration,
 }
 
 fn default_listen() -> SocketAddr {
@@ -83,6 +91,16 @@ fn default_data_dir() -> PathBuf {
 fn default_grace() -> Duration {
     Duration::from_secs(30)
 }
+fn default_keepalive_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+
+/// Longest keepalive interval or timeout: beyond it a dead client is kept
+/// for longer than anyone means.
+const MAX_KEEPALIVE: Duration = Duration::from_secs(3600);
 
 /// `[manager]`: every key optional; defaults from `ManagerSettings`,
 /// `pool_manager::sizing` and `pool_manager::gate`.
@@ -728,6 +746,8 @@ impl Config {
                 "manager.reconcile_interval",
                 self.manager.reconcile_interval,
             ),
+            ("grpc_keepalive_interval", self.grpc_keepalive_interval),
+            ("grpc_keepalive_timeout", self.grpc_keepalive_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Invalid(format!("{name} must be positive")));
@@ -755,6 +775,16 @@ impl Config {
                 pool_manager::cloud::MAX_RETRY_AFTER,
             ),
             ("manager.quota_backoff", m.quota_backoff, MAX_QUOTA_BACKOFF),
+            (
+                "grpc_keepalive_interval",
+                self.grpc_keepalive_interval,
+                MAX_KEEPALIVE,
+            ),
+            (
+                "grpc_keepalive_timeout",
+                self.grpc_keepalive_timeout,
+                MAX_KEEPALIVE,
+            ),
             (
                 "manager.quota_backoff_max",
                 m.quota_backoff_max,
@@ -1055,6 +1085,8 @@ mod tests {
             ("[manager]\ncooldown = \"100000000000y\"".to_owned(), "manager.cooldown must be at most 1day"),
             ("[manager]\ndemand_long = \"30days\"".to_owned(), "manager.demand_long must be at most 7days"),
             ("[manager]\nkeep_released = \"forever\"".to_owned(), "keep_released"),
+            ("grpc_keepalive_interval = \"0s\"".to_owned(), "grpc_keepalive_interval must be positive"),
+            ("grpc_keepalive_timeout = \"2h\"".to_owned(), "grpc_keepalive_timeout must be at most 1h"),
         ] {
             let err = Config::parse(&text).unwrap_err().to_string();
             assert!(err.contains(expect), "{text}: {err}");

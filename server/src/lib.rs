@@ -107,6 +107,8 @@ pub async fn start(
         .build_v1()
         .context("reflection service")?;
     let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(config.grpc_keepalive_interval))
+        .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(WarmPoolServer::new(service::WarmPoolService::new(

@@ -237,3 +237,79 @@ async fn an_unreadable_record_is_set_aside_with_the_store_commands() {
     assert!(msg.contains("set aside"), "{msg}");
     d.shut_down().await;
 }
+
+/// A client that vanishes without closing its connection (a partition, a
+/// VM killed) is found by the daemon's keepalive pings, and its connection
+/// and `WatchPools` stream are closed; without them they stay open forever.
+#[tokio::test]
+async fn a_client_gone_without_closing_is_dropped_by_keepalive() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let data = tempfile::tempdir().unwrap();
+    let text = config_text(data.path(), &[("db.small", "az1", 1, 2)]).replacen(
+        "shutdown_grace = \"5s\"",
+        "shutdown_grace = \"5s\"\ngrpc_keepalive_interval = \"300ms\"\ngrpc_keepalive_timeout = \"300ms\"",
+        1,
+    );
+    let d = Daemon::start_text(&text, data).await;
+
+    // A proxy between client and daemon that can go silent both ways while
+    // keeping both sockets open, as a partition does.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = proxy.local_addr().unwrap();
+    let daemon_addr = d.running.grpc_addr;
+    let silent = Arc::new(AtomicBool::new(false));
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    let pump = {
+        let silent = silent.clone();
+        tokio::spawn(async move {
+            let (client, _) = proxy.accept().await.unwrap();
+            let daemon = tokio::net::TcpStream::connect(daemon_addr).await.unwrap();
+            let (mut client_rx, mut client_tx) = client.into_split();
+            let (mut daemon_rx, mut daemon_tx) = daemon.into_split();
+            let up = {
+                let silent = silent.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = client_rx.read(&mut buf).await {
+                        if !silent.load(Ordering::SeqCst) {
+                            let _ = daemon_tx.write_all(&buf[..n]).await;
+                        }
+                    }
+                    daemon_tx
+                })
+            };
+            let mut buf = vec![0u8; 16 * 1024];
+            // Until the daemon closes its side.
+            while let Ok(n @ 1..) = daemon_rx.read(&mut buf).await {
+                if !silent.load(Ordering::SeqCst) {
+                    let _ = client_tx.write_all(&buf[..n]).await;
+                }
+            }
+            let _ = closed_tx.send(());
+            up.abort();
+            client_tx
+        })
+    };
+
+    let client = warmpool_client::Client::connect(&format!("http://{proxy_addr}"))
+        .await
+        .unwrap();
+    let mut watch = client.watch_pools().await.unwrap();
+    tokio::time::timeout(PATIENCE, watch.next())
+        .await
+        .expect("a first pool status")
+        .expect("the stream is open")
+        .expect("no error");
+
+    silent.store(true, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(15), closed_rx)
+        .await
+        .expect("the daemon closes the connection of a client that stopped answering")
+        .unwrap();
+    drop(pump);
+    drop(watch);
+    d.shut_down().await;
+}
