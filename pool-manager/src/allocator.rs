@@ -1380,10 +1380,12 @@ impl Shared {
         };
         let deadline = self.cleanup_deadline();
         let name = allocation.resource_name();
+        let mut instance_found = false;
         for instance in self.store.list_instances().await? {
             // Also an instance already Allocated: taken for good right
             // before a commit that failed or a crash interrupted.
             if instance.request_id.as_deref() == Some(request_id) {
+                instance_found = true;
                 if let (Some(server_id), Some(volume_id)) =
                     (&instance.server_id, &allocation.volume_id)
                 {
@@ -1397,6 +1399,9 @@ impl Shared {
                 })
                 .await?;
             }
+        }
+        if !instance_found {
+            self.delete_unrecorded_server(&allocation, deadline).await?;
         }
         let mut ports = self
             .retry(deadline, || self.cloud.find_ports_by_name(&name))
@@ -1495,6 +1500,30 @@ impl Shared {
         }
     }
 
+    /// Deletes the server `allocation` recorded when no instance record
+    /// names it any more (a deletion a crash cut short, or a record set
+    /// aside as unreadable), its volume detached first. The reconciler
+    /// leaves the server of a set-aside instance alone, so this is the one
+    /// place it goes.
+    async fn delete_unrecorded_server(
+        &self,
+        allocation: &Allocation,
+        deadline: Instant,
+    ) -> ManagerResult<()> {
+        let Some(server_id) = &allocation.server_id else {
+            return Ok(());
+        };
+        if let Some(volume_id) = &allocation.volume_id {
+            self.detach_before_delete(deadline, server_id, || {
+                self.cloud.detach_volume(server_id, volume_id)
+            })
+            .await?;
+        }
+        self.retry(deadline, || self.cloud.delete_server(server_id))
+            .await?;
+        Ok(())
+    }
+
     /// Deletes the server, port and (if decided) volume of a `Releasing`
     /// allocation, then marks it `Released`. Idempotent.
     pub(crate) async fn finish_release(&self, allocation: Allocation) -> ManagerResult<Allocation> {
@@ -1518,8 +1547,11 @@ impl Shared {
                 })
                 .await?;
             }
-            if let Some(instance) = releasing.or(self.store.get_instance(instance_id).await?) {
-                self.finish_delete(&instance).await?;
+            match releasing.or(self.store.get_instance(instance_id).await?) {
+                Some(instance) => self.finish_delete(&instance).await?,
+                // Deleted by a release a crash cut short, or its record set
+                // aside as unreadable: nothing else deletes the server.
+                None => self.delete_unrecorded_server(&allocation, deadline).await?,
             }
         }
         if let Some(port_id) = &allocation.port_id {

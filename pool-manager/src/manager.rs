@@ -576,8 +576,11 @@ impl PoolManager {
                 }
                 return Err(e.into());
             }
-            // A pool of the same name deleted earlier left its verdict behind.
+            // A pool of the same name deleted earlier left its verdict
+            // behind, and purchases that finished after its drain their
+            // demand.
             self.shared.health_book().forget(&key);
+            self.shared.sizing_book().forget(&key);
         }
         self.shared.changed();
         self.shared.start_replenisher(key.clone());

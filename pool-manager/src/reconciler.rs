@@ -19,7 +19,8 @@
 //! | instance `Failed`/`Deleting` | - | delete the server, drop the record |
 //! | nothing | server with warmpool metadata, no volume attached | delete it (leak) |
 //! | nothing | server with warmpool metadata and a volume attached | leave it, log an error (a tenant's, its record lost) |
-//! | instance record set aside as unreadable | server naming the instance | leave it, log a warning |
+//! | instance record set aside as unreadable | server naming the instance | leave it, log a warning (a release of its allocation deletes it by the allocation's server id) |
+//! | instance `Claimed`, its allocation's record set aside as unreadable | - | leave it, log a warning |
 //! | instance with another server recorded | server naming the instance | delete it (a twin of a retried create) |
 //!
 //! Allocations are listed once per pass but each is read again right
@@ -226,6 +227,15 @@ impl Shared {
                             .await?;
                         }
                         Some(AllocationState::Allocating) => {} // its Allocate is running now
+                        // Its allocation's record was set aside as
+                        // unreadable: it may be the tenant's already.
+                        None if self
+                            .store
+                            .is_set_aside(RecordKind::Allocation, request)
+                            .await? =>
+                        {
+                            tracing::warn!(instance = %instance.id, request_id = request, "claimed instance of an allocation set aside as unreadable; left alone");
+                        }
                         _ => {
                             tracing::warn!(instance = %instance.id, request_id = request, "claimed instance without a live allocation; discarding");
                             // Only as listed: the listing may be stale by now.

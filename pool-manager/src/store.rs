@@ -44,7 +44,7 @@ pub enum StoreError {
     #[error(
         "store record {tree}/{key} cannot be read ({source}); a newer warmpoold may have written \
          it: run that version, or stop warmpoold and run `warmpoold store check` to list such \
-         records and `warmpoold store set-aside {tree} {key}` to move this one aside"
+         records and `warmpoold store set-aside {tree} '{key}'` to move this one aside"
     )]
     Unreadable {
         tree: String,
@@ -200,6 +200,9 @@ pub enum SetAside {
     NoSuchRecord,
     /// The record reads fine: hiding it would lose it, so it stays.
     Readable,
+    /// Two records show as this key (pool names may hold `@`): neither is
+    /// moved.
+    Ambiguous,
 }
 
 /// The operator's tools for a store warmpoold cannot open because of a
@@ -269,15 +272,17 @@ impl StoreRepair {
     /// shows it) of `kind` aside, in one transaction, made durable.
     pub fn set_aside(&self, kind: RecordKind, key: &str) -> StoreResult<SetAside> {
         let tree = self.db.open_tree(kind.tree())?;
-        let mut stored = None;
+        let mut matches = Vec::new();
         for entry in tree.iter() {
             let (k, bytes) = entry?;
             if shown_key(&k) == key {
-                stored = Some((k, bytes));
-                break;
+                matches.push((k, bytes));
             }
         }
-        let Some((stored, bytes)) = stored else {
+        if matches.len() > 1 {
+            return Ok(SetAside::Ambiguous);
+        }
+        let Some((stored, bytes)) = matches.pop() else {
             return Ok(SetAside::NoSuchRecord);
         };
         if kind.problem(&tree, &stored, &bytes).is_none() {

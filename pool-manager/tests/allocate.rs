@@ -1900,12 +1900,17 @@ async fn twins_of_a_create_whose_answer_was_lost_are_deleted() {
 
     cloud.lose_next_answer("create_volume");
     cloud.lose_next_answer("create_port");
+    sim.reset_call_counts();
     let a = manager
         .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
         .await
         .unwrap();
     assert_eq!(a.state, AllocationState::Allocated);
     let name = a.resource_name();
+    // Each create was done twice: a twin of each exists.
+    let calls = sim.call_counts();
+    assert_eq!(calls.get("create_volume"), Some(&2), "{calls:?}");
+    assert_eq!(calls.get("create_port"), Some(&2), "{calls:?}");
     tokio::time::sleep(Duration::from_secs(60)).await;
     let (volumes, ports) = named(&name);
     assert_eq!(

@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use pool_manager::cloud::ServerStatus;
 use pool_manager::model::{EmptyPoolPolicy, InstanceState};
 use pool_manager::store::{
     RecordKind, SetAside, SledStore, StoreError, StoreRepair, DEFAULT_LOCK_WAIT,
@@ -13,6 +14,12 @@ use pool_manager::store::{
 use pool_manager::ManagerError;
 use std::path::Path;
 use std::time::Duration;
+
+/// Whether cloudsim has the server and it is not being deleted.
+fn alive(sim: &cloudsim::SimCloud, server_id: &str) -> bool {
+    sim.server(server_id)
+        .is_some_and(|s| s.server.status != ServerStatus::Deleted)
+}
 
 /// Overwrites one record the way a newer version might have written it.
 fn write_unreadable(dir: &Path, tree: &str, key: &str) {
@@ -49,6 +56,24 @@ async fn an_unreadable_record_is_named_and_can_be_set_aside() {
         .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
         .await
         .unwrap();
+    // A second pool, so o-3 has an instance of its own to be sold.
+    manager
+        .update_pool(&pool(), |s| {
+            s.paused = false;
+            s.min_ready = 3;
+            s.max_ready = 3;
+        })
+        .await
+        .unwrap();
+    wait_ready(&manager, 2).await;
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    let kept = manager
+        .allocate(request("o-3", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
     let ready = manager
         .list_instances(Some(&pool()))
         .await
@@ -60,6 +85,9 @@ async fn an_unreadable_record_is_named_and_can_be_set_aside() {
     drop(manager);
     write_unreadable(dir.path(), "allocations", "o-1");
     write_unreadable(dir.path(), "instances", &ready.id);
+    // o-3's own record reads, its instance's does not.
+    let kept_instance = kept.instance_id.clone().unwrap();
+    write_unreadable(dir.path(), "instances", &kept_instance);
 
     // The store does not open, and says which record and what to do.
     let refused = SledStore::open(dir.path()).err().expect("refused");
@@ -70,7 +98,9 @@ async fn an_unreadable_record_is_named_and_can_be_set_aside() {
     );
     assert!(message.contains("warmpoold store check"), "{message}");
     assert!(
-        message.contains(&format!("set-aside instances {}", ready.id)),
+        [&ready.id, kept.instance_id.as_ref().unwrap()]
+            .iter()
+            .any(|id| message.contains(&format!("warmpoold store set-aside instances '{id}'"))),
         "{message}"
     );
 
@@ -84,13 +114,13 @@ async fn an_unreadable_record_is_named_and_can_be_set_aside() {
             .into_iter()
             .map(|r| (r.kind, r.key))
             .collect();
-        assert_eq!(
-            found,
-            [
-                (RecordKind::Instance, ready.id.clone()),
-                (RecordKind::Allocation, "o-1".to_owned()),
-            ]
-        );
+        let mut expected = vec![
+            (RecordKind::Instance, ready.id.clone()),
+            (RecordKind::Instance, kept_instance.clone()),
+            (RecordKind::Allocation, "o-1".to_owned()),
+        ];
+        expected[..2].sort();
+        assert_eq!(found, expected);
         assert_eq!(
             repair.set_aside(RecordKind::Pool, "db.small@az1").unwrap(),
             SetAside::Readable
@@ -105,6 +135,8 @@ async fn an_unreadable_record_is_named_and_can_be_set_aside() {
         assert!(repair.unreadable().unwrap().is_empty());
         let mut aside = repair.set_aside_records().unwrap();
         aside.sort();
+        let mut found = found;
+        found.sort();
         assert_eq!(aside, found);
     }
 
@@ -116,8 +148,12 @@ async fn an_unreadable_record_is_named_and_can_be_set_aside() {
     let manager = manager_on(&sim, std::sync::Arc::new(store));
     manager.start().await.unwrap();
     manager.reconcile().await.unwrap();
+    // Past cloudsim's deletion time: a server being deleted is gone by now.
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let server = ready.server_id.clone().unwrap();
-    assert!(sim.server(&server).is_some(), "server {server} deleted");
+    assert!(alive(&sim, &server), "server {server} deleted");
+    let kept_server = kept.server_id.clone().unwrap();
+    assert!(alive(&sim, &kept_server), "o-3's database deleted");
     for refused in [
         manager
             .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
@@ -134,6 +170,72 @@ async fn an_unreadable_record_is_named_and_can_be_set_aside() {
         }
     }
     // The tenant's database of that order is untouched.
-    assert!(sim.server(sold.server_id.as_ref().unwrap()).is_some());
+    assert!(alive(&sim, sold.server_id.as_ref().unwrap()));
+
+    // Releasing o-3 deletes its server, though no instance record names it
+    // any more (the reconciler leaves such a server alone).
+    manager.release("o-3", Some(true)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        !alive(&sim, &kept_server),
+        "o-3's server outlived its release"
+    );
+    manager.shutdown().await.unwrap();
+}
+
+/// An instance claimed by an order whose record was set aside is left
+/// alone: the version that wrote the order may have handed it out already.
+#[tokio::test(start_paused = true)]
+async fn an_instance_claimed_by_a_set_aside_order_is_left_alone() {
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let manager = started(&sim, store.clone(), 1).await;
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    let ready = manager.list_instances(None).await.unwrap().remove(0);
+    // As a newer version left it: claimed for o-9, whose record it wrote
+    // in a shape this version cannot read.
+    let mut claimed = ready.clone();
+    claimed.state = InstanceState::Claimed;
+    claimed.request_id = Some("o-9".into());
+    assert!(store
+        .cas_instance(Some(&ready), Some(&claimed))
+        .await
+        .unwrap());
+    store.flush().await.unwrap();
+    manager.shutdown().await.unwrap();
+    drop((manager, store));
+    write_unreadable(dir.path(), "allocations", "o-9");
+    let repair = (0..500)
+        .find_map(|_| StoreRepair::open(dir.path(), DEFAULT_LOCK_WAIT).ok())
+        .unwrap();
+    assert_eq!(
+        repair.set_aside(RecordKind::Allocation, "o-9").unwrap(),
+        SetAside::Moved
+    );
+    drop(repair);
+
+    let store = (0..500)
+        .find_map(|_| SledStore::open(dir.path()).ok())
+        .expect("the store opens");
+    let manager = manager_on(&sim, std::sync::Arc::new(store));
+    manager.start().await.unwrap();
+    manager.reconcile().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let server = ready.server_id.clone().unwrap();
+    assert!(
+        alive(&sim, &server),
+        "the claimed instance's server was deleted"
+    );
+    let instances = manager.list_instances(None).await.unwrap();
+    assert!(
+        instances
+            .iter()
+            .any(|i| i.id == ready.id && i.state == InstanceState::Claimed),
+        "{instances:?}"
+    );
     manager.shutdown().await.unwrap();
 }

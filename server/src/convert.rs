@@ -452,7 +452,7 @@ pub fn events_missed_event(missed: u64, at: SystemTime) -> api::PoolEvent {
     api::PoolEvent {
         kind: api::PoolEventKind::EventsMissed.into(),
         message: format!(
-            "this stream fell behind: {missed} events were not delivered; \
+            "this stream fell behind: up to {missed} events were not delivered; \
              the pool states that follow are current"
         ),
         at: Some(timestamp(at)),

@@ -160,6 +160,13 @@ fn store_command(command: &StoreCommand, data_dir: &std::path::Path) -> anyhow::
                     eprintln!("no {} record {key} in {}", kind.tree(), data_dir.display());
                     Ok(1)
                 }
+                SetAside::Ambiguous => {
+                    eprintln!(
+                        "more than one {} record shows as {key}; none was set aside",
+                        kind.tree()
+                    );
+                    Ok(1)
+                }
                 SetAside::Readable => {
                     eprintln!(
                         "{} {key} can be read; only unreadable records are set aside",

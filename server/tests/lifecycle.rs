@@ -197,7 +197,7 @@ async fn an_unreadable_record_is_set_aside_with_the_store_commands() {
         Err(e) => format!("{e:#}"),
     };
     assert!(
-        refused.contains("warmpoold store set-aside allocations order-1"),
+        refused.contains("warmpoold store set-aside allocations 'order-1'"),
         "{refused}"
     );
 
