@@ -1400,8 +1400,14 @@ impl Shared {
                 .await?;
             }
         }
-        if !instance_found {
-            self.delete_unrecorded_server(&allocation, deadline).await?;
+        if let (false, Some(instance_id)) = (instance_found, &allocation.instance_id) {
+            if self
+                .store
+                .is_set_aside(RecordKind::Instance, instance_id)
+                .await?
+            {
+                self.delete_unrecorded_server(&allocation, deadline).await?;
+            }
         }
         let mut ports = self
             .retry(deadline, || self.cloud.find_ports_by_name(&name))
@@ -1500,11 +1506,10 @@ impl Shared {
         }
     }
 
-    /// Deletes the server `allocation` recorded when no instance record
-    /// names it any more (a deletion a crash cut short, or a record set
-    /// aside as unreadable), its volume detached first. The reconciler
-    /// leaves the server of a set-aside instance alone, so this is the one
-    /// place it goes.
+    /// Deletes the server `allocation` recorded when its instance's record
+    /// was set aside as unreadable, its volume detached first. The
+    /// reconciler leaves the server of a set-aside instance alone, so this
+    /// is the one place it goes.
     async fn delete_unrecorded_server(
         &self,
         allocation: &Allocation,
@@ -1549,9 +1554,16 @@ impl Shared {
             }
             match releasing.or(self.store.get_instance(instance_id).await?) {
                 Some(instance) => self.finish_delete(&instance).await?,
-                // Deleted by a release a crash cut short, or its record set
-                // aside as unreadable: nothing else deletes the server.
-                None => self.delete_unrecorded_server(&allocation, deadline).await?,
+                // Its record set aside as unreadable: nothing else deletes
+                // the server. (Without one, another release deleted it.)
+                None if self
+                    .store
+                    .is_set_aside(RecordKind::Instance, instance_id)
+                    .await? =>
+                {
+                    self.delete_unrecorded_server(&allocation, deadline).await?
+                }
+                None => {}
             }
         }
         if let Some(port_id) = &allocation.port_id {
