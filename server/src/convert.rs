@@ -33,6 +33,10 @@ pub fn status(error: ManagerError) -> Status {
         // Quota is a resource the operator must raise; the rest is the cloud failing us.
         ManagerError::Cloud(CloudError::QuotaExceeded(_)) => Code::ResourceExhausted,
         ManagerError::Cloud(CloudError::Conflict(_)) => Code::FailedPrecondition,
+        // Refused for a reason asking again does not change (warmpool's
+        // credentials, a request the cloud calls bad or forbidden, two
+        // images of one name): someone must mend it first.
+        ManagerError::Cloud(CloudError::Fatal(_)) => Code::FailedPrecondition,
         ManagerError::Cloud(_) => Code::Unavailable,
         ManagerError::Store(_) => Code::Internal,
         ManagerError::ShuttingDown => Code::Unavailable,
@@ -590,6 +594,11 @@ mod tests {
                 CloudError::NotFound("server abc".into()),
                 Code::Unavailable,
                 "cloud object not found: server abc",
+            ),
+            (
+                CloudError::Fatal("2 images are named 'mysql'; give its id instead".into()),
+                Code::FailedPrecondition,
+                "cloud error: 2 images are named 'mysql'; give its id instead",
             ),
         ] {
             let status = status(ManagerError::Cloud(error));
