@@ -166,8 +166,16 @@ fn validate(params: &AllocationParams) -> ManagerResult<()> {
     validate_name("tenant_project_id", &params.tenant_project_id)?;
     validate_pool_key(&params.pool)?;
     match &params.volume.source {
+        // Cinder's ids are UUIDs. Anything else would be put in a URL path
+        // as is: "..", "detail" or "summary" name other resources there.
         VolumeSource::Existing { volume_id } => {
-            validate_name("volume.existing_volume_id", volume_id)?
+            let is_uuid = volume_id.len() == 36 && uuid::Uuid::parse_str(volume_id).is_ok();
+            if !is_uuid {
+                return Err(ManagerError::invalid(
+                    "volume.existing_volume_id",
+                    "must be a Cinder volume id (a UUID, 8-4-4-4-12 hex digits)",
+                ));
+            }
         }
         VolumeSource::New { size_gib, .. } => {
             if *size_gib == 0 {

@@ -193,7 +193,7 @@ async fn a_volume_refused_before_anything_is_claimed_is_counted() {
     let manager = started(&sim, temp_store(), 1).await;
     let mut events = manager.events();
     let missing = VolumeSource::Existing {
-        volume_id: "no-such-volume".into(),
+        volume_id: "00000000-0000-4000-8000-00000000d0e5".into(),
     };
     let result = manager
         .allocate(request("missing", missing, EmptyPoolPolicy::FailFast))

@@ -351,6 +351,14 @@ async fn invalid_requests_name_the_field() {
             r.volume.as_mut().unwrap().source =
                 Some(api::volume_spec::Source::ExistingVolumeId(String::new()))
         }),
+        ("volume.existing_volume_id", |r| {
+            r.volume.as_mut().unwrap().source =
+                Some(api::volume_spec::Source::ExistingVolumeId("..".into()))
+        }),
+        ("volume.existing_volume_id", |r| {
+            r.volume.as_mut().unwrap().source =
+                Some(api::volume_spec::Source::ExistingVolumeId("detail".into()))
+        }),
         ("network", |r| r.network = None),
         ("network.network_id", |r| {
             r.network.as_mut().unwrap().network_id.clear()
@@ -515,7 +523,7 @@ async fn release_deletes_the_server_and_the_pool_refills() {
     let mut missing = allocate_request("order-missing", "db.small", "az1");
     missing.volume = Some(api::VolumeSpec {
         source: Some(api::volume_spec::Source::ExistingVolumeId(
-            "vol-nope".into(),
+            "00000000-0000-4000-8000-00000000d0e5".into(),
         )),
         delete_on_release: false,
     });
