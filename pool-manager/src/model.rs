@@ -153,6 +153,9 @@ impl PoolSpec {
         if self.image.trim().is_empty() {
             return Err(("image", "image must name the image to boot".into()));
         }
+        if let Some(problem) = name_problem(&self.image) {
+            return Err(("image", format!("image {problem}")));
+        }
         if self.boot_timeout.is_zero() {
             return Err(("boot_timeout", "boot_timeout must be positive".into()));
         }

@@ -44,11 +44,29 @@ pub fn status(error: ManagerError) -> Status {
     if code == Code::Internal {
         tracing::error!(error = %message, "internal error");
     }
-    Status::new(code, message)
+    Status::new(code, bounded(message))
+}
+
+/// The longest status message sent, in bytes. Messages echo what the caller
+/// sent (a window, a mask path, an address); one of many kilobytes would
+/// not fit the header a client accepts (hyper: 16 KiB), and the caller
+/// would get a protocol error in place of the answer.
+pub const MAX_STATUS_MESSAGE: usize = 1024;
+
+fn bounded(mut message: String) -> String {
+    if message.len() > MAX_STATUS_MESSAGE {
+        let mut cut = MAX_STATUS_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str(" [cut]");
+    }
+    message
 }
 
 fn invalid(field: &str, message: &str) -> Status {
-    Status::invalid_argument(format!("invalid {field}: {message}"))
+    Status::invalid_argument(bounded(format!("invalid {field}: {message}")))
 }
 
 fn optional(s: &str) -> Option<String> {
@@ -78,13 +96,10 @@ fn timestamp(t: SystemTime) -> prost_types::Timestamp {
 }
 
 pub fn pool_key(flavor: &str, availability_zone: &str) -> Result<PoolKey, Status> {
-    if flavor.is_empty() {
-        return Err(invalid("flavor", "is required"));
-    }
-    if availability_zone.is_empty() {
-        return Err(invalid("availability_zone", "is required"));
-    }
-    Ok(PoolKey::new(flavor, availability_zone))
+    let key = PoolKey::new(flavor, availability_zone);
+    key.validate()
+        .map_err(|(field, message)| invalid(field, &message))?;
+    Ok(key)
 }
 
 pub fn allocate_request(req: api::AllocateRequest) -> Result<AllocateRequest, Status> {

@@ -1674,3 +1674,52 @@ async fn list_instances_pages_through_every_instance_once() {
     assert_eq!(bad.code(), Code::InvalidArgument);
     d.shut_down().await;
 }
+
+/// Input of any size is answered with a status the client can read: long
+/// names are refused by their length, and a message echoing a long value
+/// is cut short of what fits a client's header limit.
+#[tokio::test]
+async fn huge_input_gets_a_readable_refusal() {
+    let d = Daemon::start(&[("db.small", "az1", 0, 1)]).await;
+    let c = &d.client;
+    let huge = "x".repeat(20_000);
+    let msg = expect_code(c.get_pool(&huge, "az1").await, Code::InvalidArgument);
+    assert!(msg.contains("flavor") && msg.len() < 2_000, "{}", msg.len());
+
+    let msg = expect_code(
+        c.create_pool(
+            "db.small",
+            "az2",
+            api::PoolSpec {
+                min_ready: 0,
+                max_ready: 1,
+                image: "mysql-8.0".into(),
+                windows: vec![format!("Mon-Fri 09:00-18:00 min 2 {huge}")],
+                ..Default::default()
+            },
+        )
+        .await,
+        Code::InvalidArgument,
+    );
+    assert!(msg.contains("spec.windows[0]"), "{msg:.200}");
+    assert!(msg.len() <= 1_100, "{}", msg.len());
+
+    let msg = expect_code(
+        c.create_pool(
+            "db.small",
+            "az2",
+            api::PoolSpec {
+                min_ready: 0,
+                max_ready: 1,
+                image: huge.clone(),
+                ..Default::default()
+            },
+        )
+        .await,
+        Code::InvalidArgument,
+    );
+    assert!(msg.contains("image"), "{msg:.200}");
+    // Nothing was created.
+    expect_code(c.get_pool("db.small", "az2").await, Code::NotFound);
+    d.shut_down().await;
+}
