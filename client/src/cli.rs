@@ -93,17 +93,18 @@ pub struct PoolKey {
 pub struct PoolCreateArgs {
     #[command(flatten)]
     pub key: PoolKey,
-    /// Fewest Ready instances to keep.
+    /// Fewest unclaimed instances to keep, Ready or on their way.
     #[arg(long)]
     pub min_ready: u32,
-    /// Most Ready instances to keep.
+    /// Most unclaimed instances to keep, Ready or on their way.
     #[arg(long)]
     pub max_ready: u32,
     /// Target depth: "auto" (sized from demand and boot lead time) or a
     /// fixed number; 0 means min-ready.
     #[arg(long, value_name = "auto|N", value_parser = parse_target, default_value = "0")]
     pub target: TargetArg,
-    /// Image the pool's servers boot from.
+    /// Image the pool's servers boot from (warmpoold's `cloud.image`, when
+    /// set, boots every pool instead).
     #[arg(long)]
     pub image: String,
     /// Give up on a server that is not Ready after this long (at most 1 day;
@@ -135,17 +136,18 @@ pub struct PoolCreateArgs {
 pub struct PoolUpdateArgs {
     #[command(flatten)]
     pub key: PoolKey,
-    /// Fewest Ready instances to keep.
+    /// Fewest unclaimed instances to keep, Ready or on their way.
     #[arg(long)]
     pub min_ready: Option<u32>,
-    /// Most Ready instances to keep.
+    /// Most unclaimed instances to keep, Ready or on their way.
     #[arg(long)]
     pub max_ready: Option<u32>,
     /// Target depth: "auto" (sized from demand and boot lead time) or a
     /// fixed number; 0 means min-ready.
     #[arg(long, value_name = "auto|N", value_parser = parse_target)]
     pub target: Option<TargetArg>,
-    /// Image for servers booted from now on.
+    /// Image for servers booted from now on (warmpoold's `cloud.image`, when
+    /// set, boots every pool instead).
     #[arg(long)]
     pub image: Option<String>,
     /// Give up on a server that is not Ready after this long.

@@ -49,6 +49,9 @@ pub enum ClientError {
     /// The server answered OK but left out a field the API promises.
     #[error("malformed response: missing {0}")]
     MissingField(&'static str),
+    /// The server answered OK with something the API rules out.
+    #[error("malformed response: {0}")]
+    Malformed(String),
 }
 
 impl ClientError {
@@ -292,6 +295,12 @@ impl Client {
             instances.extend(page.instances);
             if page.next_page_token.is_empty() {
                 return Ok(instances);
+            }
+            // A token that does not move on would be asked for forever.
+            if page.next_page_token == request.page_token {
+                return Err(ClientError::Malformed(
+                    "ListInstances answered the page token it was given as the next one".into(),
+                ));
             }
             request.page_token = page.next_page_token;
         }

@@ -67,7 +67,7 @@ pub fn pool_event_kind(value: i32) -> String {
 /// A duration as one short token for table cells ("450ms", "2.5s",
 /// "1m30s", "2h5m"): cells must not contain spaces.
 pub fn duration_compact(d: &prost_types::Duration) -> String {
-    let Ok(d) = Duration::try_from(*d) else {
+    let Some(d) = std_duration(d) else {
         return "-".to_owned();
     };
     let secs = d.as_secs();
@@ -83,11 +83,25 @@ pub fn duration_compact(d: &prost_types::Duration) -> String {
     }
 }
 
+/// A protobuf duration as std's; `None` if negative. By hand: prost-types'
+/// `TryFrom` negates a negative duration's seconds, which overflows (a
+/// panic in debug builds) on `i64::MIN`, a value any server may send.
+fn std_duration(d: &prost_types::Duration) -> Option<Duration> {
+    let seconds = u64::try_from(d.seconds).ok()?;
+    let nanos = u32::try_from(d.nanos).ok()?;
+    // Duration::new carries whole seconds out of `nanos`, and panics if
+    // that overflows.
+    seconds.checked_add(u64::from(nanos / 1_000_000_000))?;
+    Some(Duration::new(seconds, nanos))
+}
+
 /// Warm hits among all Allocate outcomes counted for the pool; `None`
-/// before any.
+/// before any. Summed as floats: counters near u64::MAX must not overflow.
 pub fn hit_rate(pool: &api::Pool) -> Option<f64> {
-    let total = pool.allocations_warm + pool.allocations_cold + pool.allocations_failed;
-    (total > 0).then(|| pool.allocations_warm as f64 / total as f64)
+    let total = pool.allocations_warm as f64
+        + pool.allocations_cold as f64
+        + pool.allocations_failed as f64;
+    (total > 0.0).then(|| pool.allocations_warm as f64 / total)
 }
 
 /// Whether the pool sizes itself (an older server that sends no mode and no
@@ -155,9 +169,9 @@ pub fn health_cell(pool: &api::Pool) -> String {
 /// A protobuf duration as humantime, exactly ("1s 234ms 567us").
 /// Negative durations are invalid on this API but are still shown honestly.
 pub fn duration_exact(d: &prost_types::Duration) -> String {
-    match Duration::try_from(*d) {
-        Ok(d) => humantime::format_duration(d).to_string(),
-        Err(_) => {
+    match std_duration(d) {
+        Some(d) => humantime::format_duration(d).to_string(),
+        None => {
             let abs = Duration::new(d.seconds.unsigned_abs(), d.nanos.unsigned_abs());
             format!("-{}", humantime::format_duration(abs))
         }
@@ -572,6 +586,17 @@ pub(crate) mod tests {
             let d = prost_types::Duration { seconds: 0, nanos };
             assert!(!duration_short(&d).is_empty());
         }
+        for (seconds, nanos) in [(i64::MIN, 0), (i64::MIN, i32::MIN), (i64::MAX, i32::MAX)] {
+            let d = prost_types::Duration { seconds, nanos };
+            assert!(!duration_short(&d).is_empty());
+            assert!(!duration_compact(&d).is_empty());
+        }
+        let pool = api::Pool {
+            allocations_warm: u64::MAX,
+            allocations_cold: u64::MAX,
+            ..Default::default()
+        };
+        assert_eq!(hit_rate(&pool), Some(0.5));
     }
     use super::*;
 

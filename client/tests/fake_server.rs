@@ -147,10 +147,12 @@ impl api::warm_pool_server::WarmPool for Fake {
     ) -> Result<Response<api::ListInstancesResponse>, Status> {
         // Two pages of one instance each.
         let r = request.into_inner();
-        let (id, next_page_token) = match r.page_token.as_str() {
-            "" => ("inst-1", "after-inst-1"),
-            "after-inst-1" => ("inst-2", ""),
-            other => return Err(Status::invalid_argument(format!("page_token {other}"))),
+        let (id, next_page_token) = match (r.flavor.as_str(), r.page_token.as_str()) {
+            // A broken server: the same token again, forever.
+            ("stuck", _) => ("inst-9", "stuck"),
+            (_, "") => ("inst-1", "after-inst-1"),
+            (_, "after-inst-1") => ("inst-2", ""),
+            (_, other) => return Err(Status::invalid_argument(format!("page_token {other}"))),
         };
         Ok(Response::new(api::ListInstancesResponse {
             instances: vec![api::Instance {
@@ -247,6 +249,11 @@ async fn library_calls_round_trip() {
     let instances = client.list_instances("m1", "az1").await.unwrap();
     let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
     assert_eq!(ids, ["inst-1", "inst-2"]);
+    let stuck = client.list_instances("stuck", "az1").await.unwrap_err();
+    assert!(
+        matches!(&stuck, ClientError::Malformed(m) if m.contains("page token")),
+        "{stuck:?}"
+    );
 
     let released = client.release("r1", Some(false)).await.unwrap();
     assert_eq!(released.labels["delete_volume"], "Some(false)");
