@@ -1,6 +1,7 @@
 //! `warmpoold check-cloud`: is the configured OpenStack usable for the
-//! configured pools? Credentials, flavors, image(s), management networks and
-//! compute quota headroom, one line per check.
+//! configured pools? Credentials, flavors, image(s), management networks,
+//! Nova's and Cinder's availability zones and compute quota headroom, one
+//! line per check.
 //!
 //! The daemon runs the same checks before serving (see [`crate::start`]):
 //! anything but quota failing stops start-up, because a wrong password,
@@ -21,6 +22,8 @@ pub enum CheckKind {
     Flavor,
     Image,
     Network,
+    /// Each pool's AZ is one of Nova's.
+    Zone,
     /// Cinder reachable, and a zone of it for each pool AZ's volumes.
     Volume,
     Quota,
@@ -34,6 +37,7 @@ impl CheckKind {
             CheckKind::Flavor => "flavor",
             CheckKind::Image => "image",
             CheckKind::Network => "network",
+            CheckKind::Zone => "zones",
             CheckKind::Volume => "volumes",
             CheckKind::Quota => "quota",
         }
@@ -185,9 +189,32 @@ pub async fn check(config: &Config, os: &OpenStackConfig) -> (Report, Option<Ope
         }
     }
 
+    zone_check(config, &cloud, &mut report).await;
     volume_check(config, &cloud, &mut report).await;
     quota_check(config, &cloud, &flavors, &mut report).await;
     (report, Some(cloud))
+}
+
+/// Whether each pool's availability zone is one Nova boots servers in.
+async fn zone_check(config: &Config, cloud: &OpenStackCloud, report: &mut Report) {
+    let pool_azs: BTreeSet<&str> = config
+        .pools
+        .iter()
+        .map(|p| p.availability_zone.as_str())
+        .collect();
+    let mut failed = false;
+    for az in pool_azs {
+        if let Err(e) = cloud.check_compute_zone(az).await {
+            failed = true;
+            report.fail(CheckKind::Zone, reason(&e));
+        }
+    }
+    if !failed {
+        match cloud.compute_zones().await {
+            Ok(zones) => report.ok(CheckKind::Zone, format!("Nova zones: {}", zones.join(", "))),
+            Err(e) => report.fail(CheckKind::Zone, reason(&e)),
+        }
+    }
 }
 
 /// Whether Cinder answers, and has the zone each pool AZ's new volumes are

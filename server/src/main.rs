@@ -29,8 +29,9 @@ struct Args {
 #[derive(clap::Subcommand, Debug)]
 enum Command {
     /// Check that the configured OpenStack is usable: credentials, the pools'
-    /// flavors, the image(s), the management networks and quota headroom for
-    /// the pools' min_ready. One line per check; exits 1 if any fails.
+    /// flavors, the image(s), the management networks, the pools' zones in
+    /// Nova and Cinder, and quota headroom for the pools' min_ready. One line
+    /// per check; exits 1 if any fails.
     CheckCloud {
         /// TOML config file (the daemon's).
         #[arg(long, env = "WARMPOOL_CONFIG")]

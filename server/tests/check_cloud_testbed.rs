@@ -68,7 +68,9 @@ async fn check_cloud_passes_against_the_testbed() {
     let text = config_text(&dir.path().join("store"), E2E_CLOUD, E2E_NETWORK, &POOLS);
     let (code, report) = check_cloud(dir.path(), &text);
     assert_eq!(code, 0, "check-cloud failed against the testbed:\n{report}");
-    for kind in ["auth", "flavor", "image", "network", "volumes", "quota"] {
+    for kind in [
+        "auth", "flavor", "image", "network", "zones", "volumes", "quota",
+    ] {
         assert!(
             line(&report, kind).starts_with(&format!("{kind}: ok")),
             "{kind} not ok:\n{report}"

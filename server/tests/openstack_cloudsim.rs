@@ -1049,6 +1049,7 @@ async fn check_cloud_passes_on_a_usable_cloud() {
         "flavor: ok (db.small: 1 vCPU, 1024 MiB RAM)",
         "image: ok (mysql-8.0 = ",
         "network: ok (mgmt-net = ",
+        "zones: ok (Nova zones: az1, az2)",
         "volumes: ok (Cinder zones: az1, az2)",
         "quota: ok (",
         "pools need room for 2 more db.small",
@@ -1195,7 +1196,7 @@ async fn warmpoold_check_cloud_prints_and_exits_by_the_result() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    assert_eq!(stdout.lines().count(), 6, "{stdout}");
+    assert_eq!(stdout.lines().count(), 7, "{stdout}");
     assert!(stdout.lines().all(|l| l.contains(": ok (")), "{stdout}");
 
     let bad = run(env.config_text("", &SMALL_POOL.replace("mysql-8.0", "mysql-9.9"))).await;
@@ -1386,5 +1387,44 @@ async fn cinder_registered_only_as_volumev3_is_found() {
     assert!(
         matches!(&e, CloudError::Fatal(m) if m.contains("block-storage") && m.contains("volumev3")),
         "{e:?}"
+    );
+}
+
+/// A pool in an availability zone Nova does not have is refused before
+/// anything boots: by the cloud check at start-up and by the boot-spec
+/// check CreatePool runs (every boot there would be refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_in_a_zone_nova_lacks_is_refused() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    cloud
+        .check_boot_spec(&PoolKey::new("db.small", "az1"), "mysql-8.0")
+        .await
+        .unwrap();
+    let e = cloud
+        .check_boot_spec(&PoolKey::new("db.small", "az-typo"), "mysql-8.0")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::NotFound(m) if m.contains("'az-typo'") && m.contains("az1, az2")),
+        "{e:?}"
+    );
+
+    let pools = r#"
+[[pools]]
+flavor = "db.small"
+availability_zone = "az-typo"
+min_ready = 1
+max_ready = 1
+image = "mysql-8.0"
+"#;
+    let config = env.config("", pools);
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert!(!report.passed(), "{report}");
+    let zones = line(&report, CheckKind::Zone).join("\n");
+    assert_eq!(
+        zones,
+        "zones: Nova has no availability zone 'az-typo' that takes servers (its zones: az1, az2)",
+        "{report}"
     );
 }

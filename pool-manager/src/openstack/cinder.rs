@@ -28,7 +28,7 @@ pub struct CinderVolume {
     pub attachments: Option<Vec<Attachment>>,
 }
 
-/// `GET /os-availability-zone`.
+/// `GET /os-availability-zone` (Cinder's, and Nova's, which has the same shape).
 #[derive(Debug, Deserialize)]
 pub struct ZonesBody {
     #[serde(rename = "availabilityZoneInfo", default)]

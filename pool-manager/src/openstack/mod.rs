@@ -568,12 +568,19 @@ impl OpenStackCloud {
 
     /// Cinder's availability zones that take volumes now.
     pub async fn volume_zones(&self) -> CloudResult<Vec<String>> {
+        self.zones(Service::BlockStorage).await
+    }
+
+    /// Nova's availability zones that take servers now.
+    pub async fn compute_zones(&self) -> CloudResult<Vec<String>> {
+        self.zones(Service::Compute).await
+    }
+
+    /// A service's `GET /os-availability-zone` (Nova and Cinder answer
+    /// alike): the zones marked available.
+    async fn zones(&self, service: Service) -> CloudResult<Vec<String>> {
         let body: cinder::ZonesBody = self
-            .fetch(Call::new(
-                Service::BlockStorage,
-                Method::GET,
-                ["os-availability-zone"],
-            ))
+            .fetch(Call::new(service, Method::GET, ["os-availability-zone"]))
             .await?;
         Ok(body
             .availability_zone_info
@@ -581,6 +588,23 @@ impl OpenStackCloud {
             .filter(|z| z.zone_state.available)
             .map(|z| z.zone_name)
             .collect())
+    }
+
+    /// `NotFound` naming Nova's zones unless `az` is one that takes
+    /// servers: a pool in another boots nothing but refusals.
+    pub async fn check_compute_zone(&self, az: &str) -> CloudResult<()> {
+        let zones = self.compute_zones().await?;
+        if zones.iter().any(|z| z == az) {
+            return Ok(());
+        }
+        Err(CloudError::NotFound(format!(
+            "Nova has no availability zone '{az}' that takes servers (its zones: {})",
+            if zones.is_empty() {
+                "none".to_owned()
+            } else {
+                zones.join(", ")
+            }
+        )))
     }
 
     /// Cinder AZ for a new volume of pool AZ `az`.
@@ -982,6 +1006,6 @@ impl Cloud for OpenStackCloud {
         self.inner.images.forget(image);
         self.flavor(&pool.flavor).await?;
         self.image_id(image).await?;
-        Ok(())
+        self.check_compute_zone(&pool.availability_zone).await
     }
 }
