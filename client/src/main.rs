@@ -36,12 +36,14 @@ async fn main() -> ExitCode {
 
 /// One line for the user. A ClientError already reads as "CODE: message" or
 /// "cannot connect to <endpoint>: <cause>"; anything else gets its whole
-/// context chain.
+/// context chain. A server's message may quote a cloud's fault text:
+/// control characters in it are shown escaped, not sent to the terminal.
 fn describe(err: &anyhow::Error) -> String {
-    match err.downcast_ref::<ClientError>() {
+    let text = match err.downcast_ref::<ClientError>() {
         Some(client_err) => client_err.to_string(),
         None => format!("{err:#}"),
-    }
+    };
+    table::one_line(&text)
 }
 
 /// What a command prints: the same answer in either format.

@@ -211,7 +211,8 @@ pub fn timestamp(ts: &prost_types::Timestamp, millis: bool) -> String {
 
 /// The name operators use for a pool.
 pub fn pool_name(flavor: &str, availability_zone: &str) -> String {
-    format!("{flavor}@{availability_zone}")
+    // Names come from the server: no control character reaches the terminal.
+    crate::table::one_line(&format!("{flavor}@{availability_zone}"))
 }
 
 /// One word for what the pool manager does with a pool.
@@ -597,6 +598,9 @@ pub(crate) mod tests {
             ..Default::default()
         };
         assert_eq!(hit_rate(&pool), Some(0.5));
+        // A name with an escape sequence is shown escaped.
+        let name = pool_name("m1\u{1b}[2J", "az\n1");
+        assert!(!name.chars().any(char::is_control), "{name:?}");
     }
     use super::*;
 
