@@ -161,6 +161,37 @@ pub(crate) fn validate_request_id(request_id: &str) -> ManagerResult<()> {
     Ok(())
 }
 
+/// Most labels an allocation carries, and their longest keys and values:
+/// they are stored with the allocation for as long as it is kept.
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_KEY_LEN: usize = 128;
+pub const MAX_LABEL_VALUE_LEN: usize = 1024;
+
+fn validate_labels(labels: &std::collections::BTreeMap<String, String>) -> ManagerResult<()> {
+    if labels.len() > MAX_LABELS {
+        return Err(ManagerError::invalid(
+            "labels",
+            format!("at most {MAX_LABELS} labels, got {}", labels.len()),
+        ));
+    }
+    for (key, value) in labels {
+        if key.is_empty()
+            || key.len() > MAX_LABEL_KEY_LEN
+            || value.len() > MAX_LABEL_VALUE_LEN
+            || key.chars().chain(value.chars()).any(char::is_control)
+        {
+            return Err(ManagerError::invalid(
+                "labels",
+                format!(
+                    "keys must be 1-{MAX_LABEL_KEY_LEN} bytes and values at most \
+                     {MAX_LABEL_VALUE_LEN}, without control characters"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate(params: &AllocationParams) -> ManagerResult<()> {
     validate_request_id(&params.request_id)?;
     validate_name("tenant_project_id", &params.tenant_project_id)?;
@@ -187,6 +218,7 @@ fn validate(params: &AllocationParams) -> ManagerResult<()> {
         }
     }
     validate_name("network.network_id", &params.network.network_id)?;
+    validate_labels(&params.labels)?;
     if params.network.fixed_ip.is_some() && params.network.subnet_id.is_none() {
         return Err(ManagerError::invalid(
             "network.fixed_ip",

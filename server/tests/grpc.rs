@@ -359,6 +359,18 @@ async fn invalid_requests_name_the_field() {
             r.volume.as_mut().unwrap().source =
                 Some(api::volume_spec::Source::ExistingVolumeId("detail".into()))
         }),
+        ("labels", |r| {
+            r.labels = (0..65).map(|i| (format!("k{i}"), String::new())).collect()
+        }),
+        ("labels", |r| {
+            r.labels.insert(String::new(), "v".into());
+        }),
+        ("labels", |r| {
+            r.labels.insert("note".into(), "x".repeat(1025));
+        }),
+        ("labels", |r| {
+            r.labels.insert("note".into(), "a\u{1b}[2J".into());
+        }),
         ("network", |r| r.network = None),
         ("network.network_id", |r| {
             r.network.as_mut().unwrap().network_id.clear()
