@@ -827,10 +827,21 @@ impl Config {
                 }
             }
             CloudConfig::OpenStack(os) => {
+                // Nova refuses an empty key pair or security group name on
+                // every boot; server names need their prefix.
+                let optional = os
+                    .key_name
+                    .iter()
+                    .map(|v| ("key_name", v))
+                    .chain(os.security_groups.iter().map(|v| ("security_groups", v)));
                 for (key, value) in [
                     ("management_network", &os.management_network),
                     ("server_tag", &os.server_tag),
-                ] {
+                    ("server_name_prefix", &os.server_name_prefix),
+                ]
+                .into_iter()
+                .chain(optional)
+                {
                     if value.trim().is_empty() {
                         return Err(ConfigError::Invalid(format!(
                             "cloud.{key} must not be empty"
@@ -1192,6 +1203,20 @@ mod tests {
         };
         let err = os.settings().unwrap_err().to_string();
         assert!(err.contains("nothing.yaml"), "{err}");
+
+        // Empty names Nova would refuse on every boot are refused at load.
+        for (from, to) in [
+            (r#"key_name = "ops""#, r#"key_name = """#),
+            (
+                r#"security_groups = ["mysql"]"#,
+                r#"security_groups = ["mysql", " "]"#,
+            ),
+        ] {
+            let bad = text.replace(from, to);
+            assert_ne!(bad, text);
+            let err = Config::parse(&bad).unwrap_err().to_string();
+            assert!(err.contains("must not be empty"), "{to}: {err}");
+        }
 
         // A tag Nova would refuse on every boot is refused at load.
         let long = "t".repeat(61);
