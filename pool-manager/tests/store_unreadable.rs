@@ -21,6 +21,20 @@ fn alive(sim: &cloudsim::SimCloud, server_id: &str) -> bool {
         .is_some_and(|s| s.server.status != ServerStatus::Deleted)
 }
 
+/// A manager started on the store in `dir` after a reconcile pass, once
+/// cloudsim has finished any deletion the pass began (a server being
+/// deleted is gone after 10 s).
+async fn restarted(
+    sim: &std::sync::Arc<cloudsim::SimCloud>,
+    dir: &Path,
+) -> pool_manager::PoolManager {
+    let manager = manager_on(sim, open_store(dir));
+    manager.start().await.unwrap();
+    manager.reconcile().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    manager
+}
+
 /// Overwrites one record the way a newer version might have written it.
 fn write_unreadable(dir: &Path, tree: &str, key: &str) {
     // sled lets go of its lock a moment after the last handle is dropped.
@@ -142,14 +156,7 @@ async fn an_unreadable_record_is_named_and_can_be_set_aside() {
 
     // warmpool starts. The set-aside instance's server is not deleted as
     // a leak, and the set-aside order cannot be bought, read or released.
-    let store = (0..500)
-        .find_map(|_| SledStore::open(dir.path()).ok())
-        .expect("the store opens");
-    let manager = manager_on(&sim, std::sync::Arc::new(store));
-    manager.start().await.unwrap();
-    manager.reconcile().await.unwrap();
-    // Past cloudsim's deletion time: a server being deleted is gone by now.
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    let manager = restarted(&sim, dir.path()).await;
     let server = ready.server_id.clone().unwrap();
     assert!(alive(&sim, &server), "server {server} deleted");
     let kept_server = kept.server_id.clone().unwrap();
@@ -218,13 +225,7 @@ async fn an_instance_claimed_by_a_set_aside_order_is_left_alone() {
     );
     drop(repair);
 
-    let store = (0..500)
-        .find_map(|_| SledStore::open(dir.path()).ok())
-        .expect("the store opens");
-    let manager = manager_on(&sim, std::sync::Arc::new(store));
-    manager.start().await.unwrap();
-    manager.reconcile().await.unwrap();
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    let manager = restarted(&sim, dir.path()).await;
     let server = ready.server_id.clone().unwrap();
     assert!(
         alive(&sim, &server),

@@ -10,7 +10,7 @@
 
 use crate::config::{Config, OpenStackConfig};
 use pool_manager::cloud::{Cloud, CloudError};
-use pool_manager::openstack::OpenStackCloud;
+use pool_manager::openstack::{missing_compute_zone, OpenStackCloud};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -195,25 +195,30 @@ pub async fn check(config: &Config, os: &OpenStackConfig) -> (Report, Option<Ope
     (report, Some(cloud))
 }
 
-/// Whether each pool's availability zone is one Nova boots servers in.
-async fn zone_check(config: &Config, cloud: &OpenStackCloud, report: &mut Report) {
-    let pool_azs: BTreeSet<&str> = config
+/// The availability zones of the configured pools.
+fn pool_azs(config: &Config) -> BTreeSet<&str> {
+    config
         .pools
         .iter()
         .map(|p| p.availability_zone.as_str())
+        .collect()
+}
+
+/// Whether each pool's availability zone is one Nova boots servers in.
+async fn zone_check(config: &Config, cloud: &OpenStackCloud, report: &mut Report) {
+    let zones = match cloud.compute_zones().await {
+        Ok(zones) => zones,
+        Err(e) => return report.fail(CheckKind::Zone, format!("Nova: {}", reason(&e))),
+    };
+    let missing: Vec<String> = pool_azs(config)
+        .into_iter()
+        .filter_map(|az| missing_compute_zone(az, &zones))
         .collect();
-    let mut failed = false;
-    for az in pool_azs {
-        if let Err(e) = cloud.check_compute_zone(az).await {
-            failed = true;
-            report.fail(CheckKind::Zone, reason(&e));
-        }
+    if missing.is_empty() {
+        report.ok(CheckKind::Zone, format!("Nova zones: {}", zones.join(", ")));
     }
-    if !failed {
-        match cloud.compute_zones().await {
-            Ok(zones) => report.ok(CheckKind::Zone, format!("Nova zones: {}", zones.join(", "))),
-            Err(e) => report.fail(CheckKind::Zone, reason(&e)),
-        }
+    for problem in missing {
+        report.fail(CheckKind::Zone, problem);
     }
 }
 
@@ -225,13 +230,8 @@ async fn volume_check(config: &Config, cloud: &OpenStackCloud, report: &mut Repo
         Ok(zones) => zones,
         Err(e) => return report.fail(CheckKind::Volume, format!("Cinder: {}", reason(&e))),
     };
-    let pool_azs: BTreeSet<&str> = config
-        .pools
-        .iter()
-        .map(|p| p.availability_zone.as_str())
-        .collect();
     let mut missing = false;
-    for az in pool_azs {
+    for az in pool_azs(config) {
         let zone = cloud.volume_az(az);
         if !zones.contains(&zone) {
             missing = true;

@@ -593,18 +593,10 @@ impl OpenStackCloud {
     /// `NotFound` naming Nova's zones unless `az` is one that takes
     /// servers: a pool in another boots nothing but refusals.
     pub async fn check_compute_zone(&self, az: &str) -> CloudResult<()> {
-        let zones = self.compute_zones().await?;
-        if zones.iter().any(|z| z == az) {
-            return Ok(());
+        match missing_compute_zone(az, &self.compute_zones().await?) {
+            None => Ok(()),
+            Some(problem) => Err(CloudError::NotFound(problem)),
         }
-        Err(CloudError::NotFound(format!(
-            "Nova has no availability zone '{az}' that takes servers (its zones: {})",
-            if zones.is_empty() {
-                "none".to_owned()
-            } else {
-                zones.join(", ")
-            }
-        )))
     }
 
     /// Cinder AZ for a new volume of pool AZ `az`.
@@ -705,6 +697,21 @@ impl OpenStackCloud {
         }
         Ok(Some(keep))
     }
+}
+
+/// What is wrong when `az` is not among Nova's `zones`; `None` if it is.
+pub fn missing_compute_zone(az: &str, zones: &[String]) -> Option<String> {
+    if zones.iter().any(|z| z == az) {
+        return None;
+    }
+    let known = if zones.is_empty() {
+        "none".to_owned()
+    } else {
+        zones.join(", ")
+    };
+    Some(format!(
+        "Nova has no availability zone '{az}' that takes servers (its zones: {known})"
+    ))
 }
 
 fn regex_escape(s: &str) -> String {
