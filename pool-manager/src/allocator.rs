@@ -1441,13 +1441,8 @@ impl Shared {
             }
         }
         if let (false, Some(instance_id)) = (instance_found, &allocation.instance_id) {
-            if self
-                .store
-                .is_set_aside(RecordKind::Instance, instance_id)
-                .await?
-            {
-                self.delete_unrecorded_server(&allocation, deadline).await?;
-            }
+            self.delete_server_if_set_aside(&allocation, instance_id, deadline)
+                .await?;
         }
         let mut ports = self
             .retry(deadline, || self.cloud.find_ports_by_name(&name))
@@ -1546,18 +1541,27 @@ impl Shared {
         }
     }
 
-    /// Deletes the server `allocation` recorded when its instance's record
-    /// was set aside as unreadable, its volume detached first. The
-    /// reconciler leaves the server of a set-aside instance alone, so this
-    /// is the one place it goes.
-    async fn delete_unrecorded_server(
+    /// For an allocation whose instance `instance_id` has no record: if an
+    /// operator set that record aside as unreadable, deletes the server the
+    /// allocation recorded, its volume detached first (the reconciler
+    /// leaves such a server alone, so this is the one place it goes).
+    /// Otherwise another release or rollback deleted it with its record.
+    async fn delete_server_if_set_aside(
         &self,
         allocation: &Allocation,
+        instance_id: &str,
         deadline: Instant,
     ) -> ManagerResult<()> {
         let Some(server_id) = &allocation.server_id else {
             return Ok(());
         };
+        if !self
+            .store
+            .is_set_aside(RecordKind::Instance, instance_id)
+            .await?
+        {
+            return Ok(());
+        }
         if let Some(volume_id) = &allocation.volume_id {
             self.detach_before_delete(deadline, server_id, || {
                 self.cloud.detach_volume(server_id, volume_id)
@@ -1594,16 +1598,10 @@ impl Shared {
             }
             match releasing.or(self.store.get_instance(instance_id).await?) {
                 Some(instance) => self.finish_delete(&instance).await?,
-                // Its record set aside as unreadable: nothing else deletes
-                // the server. (Without one, another release deleted it.)
-                None if self
-                    .store
-                    .is_set_aside(RecordKind::Instance, instance_id)
-                    .await? =>
-                {
-                    self.delete_unrecorded_server(&allocation, deadline).await?
+                None => {
+                    self.delete_server_if_set_aside(&allocation, instance_id, deadline)
+                        .await?
                 }
-                None => {}
             }
         }
         if let Some(port_id) = &allocation.port_id {
