@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
+use pool_manager::store::RecordKind;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use warmpool_server::config::{CloudConfig, Config};
@@ -55,8 +56,8 @@ enum StoreCommand {
     /// warmpoold starts without it.
     SetAside {
         /// The record's kind, as `store check` shows it.
-        #[arg(value_parser = ["pools", "instances", "allocations", "learned_sizing"])]
-        kind: String,
+        #[arg(value_parser = record_kind_parser())]
+        kind: RecordKind,
         /// The record's key, as `store check` shows it.
         key: String,
     },
@@ -119,9 +120,17 @@ async fn check_cloud(config: &Config) -> i32 {
     }
 }
 
+/// The record kinds `store set-aside` takes, named as `store check` shows
+/// them (the store's tree names).
+fn record_kind_parser() -> impl clap::builder::TypedValueParser<Value = RecordKind> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(RecordKind::ALL.map(RecordKind::tree))
+        .try_map(|name| RecordKind::from_tree(&name).ok_or("unknown record kind"))
+}
+
 /// Runs a `store` subcommand; the exit code.
 fn store_command(command: &StoreCommand, data_dir: &std::path::Path) -> anyhow::Result<i32> {
-    use pool_manager::store::{RecordKind, SetAside, StoreRepair};
+    use pool_manager::store::{SetAside, StoreRepair};
     let repair = StoreRepair::open(data_dir, std::time::Duration::from_secs(1))
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
     match command {
@@ -151,7 +160,7 @@ fn store_command(command: &StoreCommand, data_dir: &std::path::Path) -> anyhow::
             }
         }
         StoreCommand::SetAside { kind, key } => {
-            let kind = RecordKind::from_tree(kind).context("unknown record kind")?;
+            let kind = *kind;
             match repair.set_aside(kind, key)? {
                 SetAside::Moved => {
                     println!("set aside {} {key}", kind.tree());
