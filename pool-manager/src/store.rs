@@ -405,10 +405,10 @@ impl SledStore {
 
     fn from_db(db: sled::Db) -> StoreResult<Self> {
         let store = Self {
-            pools: db.open_tree("pools")?,
-            instances: db.open_tree("instances")?,
-            allocations: db.open_tree("allocations")?,
-            learned_sizing: db.open_tree("learned_sizing")?,
+            pools: db.open_tree(RecordKind::Pool.tree())?,
+            instances: db.open_tree(RecordKind::Instance.tree())?,
+            allocations: db.open_tree(RecordKind::Allocation.tree())?,
+            learned_sizing: db.open_tree(RecordKind::LearnedSizing.tree())?,
             set_aside: db.open_tree(SET_ASIDE_TREE)?,
             index: Arc::default(),
             db,
