@@ -495,6 +495,20 @@ impl Shared {
         Ok(())
     }
 
+    /// The look for twins after the commit ([`Allocation::twins_unswept`]),
+    /// then its record, so that the reconciler stops looking. A release
+    /// begun meanwhile looks for twins itself.
+    pub(crate) async fn sweep_twins(&self, allocation: &Allocation) -> ManagerResult<()> {
+        self.delete_twins(allocation, self.cleanup_deadline())
+            .await?;
+        let mut swept = allocation.clone();
+        swept.twins_swept = true;
+        self.store
+            .cas_allocation(Some(allocation), Some(&swept))
+            .await?;
+        Ok(())
+    }
+
     /// An order whose record an operator set aside as unreadable keeps its
     /// id: buying it again could hand the tenant a second database, and
     /// "not found" would tell billing the order never was.
@@ -613,15 +627,14 @@ impl Shared {
                     })
                     .await;
                 tracing::info!(request_id = %done.params.request_id, server = ?done.server_id, warm, total = ?done.timings.total, "allocated");
-                if done.creates_in_doubt {
+                if done.twins_unswept() {
                     // Not on the purchase's time; the release looks again
                     // for a twin that lands later still.
                     let shared = self.clone();
                     let allocation = done.clone();
                     self.spawn(async move {
-                        let deadline = shared.cleanup_deadline();
-                        if let Err(e) = shared.delete_twins(&allocation, deadline).await {
-                            tracing::warn!(request_id = %allocation.params.request_id, error = %e, "cannot delete the twins of a lost create yet; the release tries again");
+                        if let Err(e) = shared.sweep_twins(&allocation).await {
+                            tracing::warn!(request_id = %allocation.params.request_id, error = %e, "cannot delete the twins of a lost create yet; the next reconcile pass tries again");
                         }
                     });
                 }

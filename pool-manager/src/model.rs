@@ -513,6 +513,12 @@ pub struct Allocation {
     /// and at release.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub creates_in_doubt: bool,
+    /// The look for twins after the commit was done. Until it is, the
+    /// allocation stays on the reconciler's list: a crash right after the
+    /// commit, or a cloud refusing the look, would otherwise leave a twin
+    /// (a port holding a tenant's IP) until the release.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub twins_swept: bool,
 }
 
 impl Allocation {
@@ -540,7 +546,20 @@ impl Allocation {
             released_at: None,
             attempt: Some(format!("{attempt:x}")),
             creates_in_doubt: false,
+            twins_swept: false,
         }
+    }
+
+    /// Work is left on it for the reconciler: an Allocate or Release is
+    /// (or was, before a crash) working on it, or its twins are still to
+    /// be looked for.
+    pub fn is_unfinished(&self) -> bool {
+        self.state.is_unfinished() || self.twins_unswept()
+    }
+
+    /// Allocated after a create in doubt, and not yet looked for twins.
+    pub fn twins_unswept(&self) -> bool {
+        self.state == AllocationState::Allocated && self.creates_in_doubt && !self.twins_swept
     }
 
     /// The name given to the volume and port warmpool creates for this

@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, delete its port and created volume, drop the record) |
 //! | allocation `Releasing` | - | finish the release |
+//! | allocation `Allocated` after a create in doubt, twins not looked for yet | volumes, ports named as its own | delete those it does not use |
 //! | instance `Claimed`, allocation `Allocated` | - | mark the instance `Allocated` (left by versions that marked the allocation first) |
 //! | instance `Booting`, no server id | server with its instance id | adopt the server |
 //! | instance `Booting`, no server id | none | drop the record |
@@ -127,6 +128,14 @@ impl Shared {
                         tracing::warn!(request_id, "rolling back interrupted allocation");
                         let rolled_back = self.roll_back(&allocation).await;
                         go_on(rolled_back, "rolling back allocation", request_id)?;
+                    }
+                }
+                AllocationState::Allocated => {
+                    if let Some(allocation) = self.store.get_allocation(request_id).await? {
+                        if allocation.twins_unswept() {
+                            let swept = self.sweep_twins(&allocation).await;
+                            go_on(swept, "deleting the twins of", request_id)?;
+                        }
                     }
                 }
                 AllocationState::Releasing => {
