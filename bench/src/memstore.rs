@@ -3,7 +3,7 @@
 //! seconds. (Durability is what the sled store's own tests are about.)
 
 use async_trait::async_trait;
-use pool_manager::model::{Allocation, Instance, InstanceState, PoolKey, PoolRecord};
+use pool_manager::model::{Allocation, Instance, InstanceState, PoolKey, PoolRecord, TwinWatch};
 use pool_manager::sizing::LearnedSizing;
 use pool_manager::store::{Store, StoreError, StoreResult};
 use std::collections::BTreeMap;
@@ -15,6 +15,7 @@ pub struct MemStore {
     instances: Mutex<BTreeMap<String, Instance>>,
     allocations: Mutex<BTreeMap<String, Allocation>>,
     learned_sizing: Mutex<BTreeMap<PoolKey, LearnedSizing>>,
+    twin_watches: Mutex<BTreeMap<String, TwinWatch>>,
 }
 
 fn cas<T: Clone + PartialEq>(
@@ -37,6 +38,26 @@ fn cas<T: Clone + PartialEq>(
 
 #[async_trait]
 impl Store for MemStore {
+    async fn put_twin_watch(&self, watch: &TwinWatch) -> StoreResult<()> {
+        self.twin_watches
+            .lock()
+            .expect("store lock")
+            .insert(watch.name.clone(), watch.clone());
+        Ok(())
+    }
+    async fn list_twin_watches(&self) -> StoreResult<Vec<TwinWatch>> {
+        Ok(self
+            .twin_watches
+            .lock()
+            .expect("store lock")
+            .values()
+            .cloned()
+            .collect())
+    }
+    async fn delete_twin_watch(&self, name: &str) -> StoreResult<()> {
+        self.twin_watches.lock().expect("store lock").remove(name);
+        Ok(())
+    }
     async fn get_pool(&self, key: &PoolKey) -> StoreResult<Option<PoolRecord>> {
         Ok(self.pools.lock().expect("store lock").get(key).cloned())
     }

@@ -22,7 +22,7 @@ use crate::gate::{self, Gate};
 use crate::manager::{validate_name, validate_pool_key, PoolManager, Shared};
 use crate::model::{
     Allocation, AllocationParams, AllocationState, EmptyPoolPolicy, Instance, InstanceState,
-    PoolKey, VolumeSource,
+    PoolKey, TwinWatch, VolumeSource, TWIN_WATCH,
 };
 use crate::replenisher::{BootError, Timed};
 use crate::store::RecordKind;
@@ -1475,6 +1475,18 @@ impl Shared {
         }
         if let Some(stored) = self.store.get_allocation(request_id).await? {
             if stored.state == AllocationState::Allocating {
+                if stored.creates_in_doubt {
+                    // Written before the record goes: a crash in between
+                    // rolls back again and writes it again.
+                    let now = self.sizing_book().wall_now(&self.settings.sizing);
+                    let watch = TwinWatch {
+                        name: stored.resource_name(),
+                        request_id: request_id.to_owned(),
+                        volumes: matches!(stored.params.volume.source, VolumeSource::New { .. }),
+                        until: now + TWIN_WATCH,
+                    };
+                    self.store.put_twin_watch(&watch).await?;
+                }
                 self.store.cas_allocation(Some(&stored), None).await?;
             }
         }
@@ -1513,7 +1525,7 @@ impl Shared {
     /// still detaching is waited for (looking at it, not asking again); a
     /// detached one it still refuses has snapshots or a transfer pending,
     /// which waiting does not mend.
-    async fn delete_volume_when_free(
+    pub(crate) async fn delete_volume_when_free(
         &self,
         volume_id: &str,
         deadline: Instant,

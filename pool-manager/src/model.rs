@@ -521,6 +521,27 @@ pub struct Allocation {
     pub twins_swept: bool,
 }
 
+/// The name of a rolled-back allocation's volume and port, after a create
+/// of it lost its answer: that create may still land once the rollback has
+/// looked, so the reconciler looks again on every pass until `until`. The
+/// name is never used again (a new attempt of the order is named apart), so
+/// whatever carries it is a twin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TwinWatch {
+    /// [`Allocation::resource_name`] of the rolled-back attempt.
+    pub name: String,
+    pub request_id: String,
+    /// warmpool created volumes of this name (a new volume was asked for);
+    /// otherwise only ports are looked for.
+    pub volumes: bool,
+    /// On the manager's wall clock.
+    pub until: SystemTime,
+}
+
+/// How long a [`TwinWatch`] lasts: far longer than a create takes to land
+/// after its answer was lost on the way.
+pub const TWIN_WATCH: Duration = Duration::from_secs(15 * 60);
+
 impl Allocation {
     pub fn new(params: AllocationParams) -> Self {
         let created_at = SystemTime::now();

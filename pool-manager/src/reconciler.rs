@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, delete its port and created volume, drop the record) |
 //! | allocation `Releasing` | - | finish the release |
+//! | a name watched after a rollback (`TwinWatch`: a create of it was in doubt) | volumes, ports of that name | delete them; end the watch once it is over |
 //! | allocation `Allocated` after a create in doubt, twins not looked for yet | volumes, ports named as its own | delete those it does not use |
 //! | instance `Claimed`, allocation `Allocated` | - | mark the instance `Allocated` (left by versions that marked the allocation first) |
 //! | instance `Booting`, no server id | server with its instance id | adopt the server |
@@ -35,11 +36,12 @@
 use crate::cloud::{Server, META_INSTANCE};
 use crate::error::{ManagerError, ManagerResult};
 use crate::manager::Shared;
-use crate::model::{AllocationState, Instance, InstanceState};
+use crate::model::{AllocationState, Instance, InstanceState, TwinWatch};
 use crate::replenisher::Timed;
 use crate::store::RecordKind;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// How many Ready instances a reconcile pass probes at once: a pass over
 /// a large pool whose mysqlds all time out takes the probe timeout times
@@ -148,6 +150,12 @@ impl Shared {
                 }
                 _ => {}
             }
+        }
+
+        let now = self.sizing_book().wall_now(&self.settings.sizing);
+        for watch in self.store.list_twin_watches().await? {
+            let watched = self.watch_for_twins(&watch, now).await;
+            go_on(watched, "looking for the twins of", &watch.name)?;
         }
 
         let servers: HashMap<String, Server> = self
@@ -428,6 +436,33 @@ impl Shared {
         let current = self.store.get_allocation(request_id).await?;
         Ok(current
             .filter(|a| a.state == AllocationState::Allocating && !self.is_in_flight(request_id)))
+    }
+
+    /// Deletes whatever carries a watched name (nothing may: the name is
+    /// never used again), and ends the watch once it is over.
+    async fn watch_for_twins(&self, watch: &TwinWatch, now: SystemTime) -> ManagerResult<()> {
+        let deadline = self.cleanup_deadline();
+        let ports = self
+            .retry(deadline, || self.cloud.find_ports_by_name(&watch.name))
+            .await?;
+        for port in &ports {
+            tracing::warn!(request_id = %watch.request_id, port = %port.id, "deleting a port a lost create made after its allocation was rolled back");
+            self.retry(deadline, || self.cloud.delete_port(&port.id))
+                .await?;
+        }
+        if watch.volumes {
+            let volumes = self
+                .retry(deadline, || self.cloud.find_volumes_by_name(&watch.name))
+                .await?;
+            for volume in &volumes {
+                tracing::warn!(request_id = %watch.request_id, volume = %volume.id, "deleting a volume a lost create made after its allocation was rolled back");
+                self.delete_volume_when_free(&volume.id, deadline).await?;
+            }
+        }
+        if now >= watch.until {
+            self.store.delete_twin_watch(&watch.name).await?;
+        }
+        Ok(())
     }
 
     /// An Allocate in this process is working on the request right now.

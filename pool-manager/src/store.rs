@@ -22,7 +22,7 @@
 //! status reads no instance at all, and a reconcile pass reads the
 //! allocations in flight, not every order ever made.
 
-use crate::model::{Allocation, Instance, InstanceState, PoolKey, PoolRecord};
+use crate::model::{Allocation, Instance, InstanceState, PoolKey, PoolRecord, TwinWatch};
 use crate::sizing::LearnedSizing;
 use async_trait::async_trait;
 use serde::{de::DeserializeOwned, Serialize};
@@ -106,6 +106,11 @@ pub trait Store: Send + Sync + 'static {
         new: Option<&Instance>,
     ) -> StoreResult<bool>;
 
+    /// Adds or replaces the watch of its name.
+    async fn put_twin_watch(&self, watch: &TwinWatch) -> StoreResult<()>;
+    async fn list_twin_watches(&self) -> StoreResult<Vec<TwinWatch>>;
+    async fn delete_twin_watch(&self, name: &str) -> StoreResult<()>;
+
     async fn get_allocation(&self, request_id: &str) -> StoreResult<Option<Allocation>>;
     async fn list_allocations(&self) -> StoreResult<Vec<Allocation>>;
     /// Allocations with work left ([`Allocation::is_unfinished`]: an
@@ -141,14 +146,16 @@ pub enum RecordKind {
     Instance,
     Allocation,
     LearnedSizing,
+    TwinWatch,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 4] = [
+    pub const ALL: [RecordKind; 5] = [
         RecordKind::Pool,
         RecordKind::Instance,
         RecordKind::Allocation,
         RecordKind::LearnedSizing,
+        RecordKind::TwinWatch,
     ];
 
     /// The sled tree its records live in; also its name for operators.
@@ -158,6 +165,7 @@ impl RecordKind {
             RecordKind::Instance => "instances",
             RecordKind::Allocation => "allocations",
             RecordKind::LearnedSizing => "learned_sizing",
+            RecordKind::TwinWatch => "twin_watches",
         }
     }
 
@@ -172,6 +180,7 @@ impl RecordKind {
             RecordKind::Instance => decode::<Instance>(tree, key, bytes).err(),
             RecordKind::Allocation => decode::<Allocation>(tree, key, bytes).err(),
             RecordKind::LearnedSizing => decode::<LearnedSizing>(tree, key, bytes).err(),
+            RecordKind::TwinWatch => decode::<TwinWatch>(tree, key, bytes).err(),
         }
     }
 }
@@ -322,6 +331,7 @@ pub struct SledStore {
     instances: sled::Tree,
     allocations: sled::Tree,
     learned_sizing: sled::Tree,
+    twin_watches: sled::Tree,
     set_aside: sled::Tree,
     index: Arc<Mutex<HotIndex>>,
 }
@@ -410,6 +420,7 @@ impl SledStore {
             instances: db.open_tree(RecordKind::Instance.tree())?,
             allocations: db.open_tree(RecordKind::Allocation.tree())?,
             learned_sizing: db.open_tree(RecordKind::LearnedSizing.tree())?,
+            twin_watches: db.open_tree(RecordKind::TwinWatch.tree())?,
             set_aside: db.open_tree(SET_ASIDE_TREE)?,
             index: Arc::default(),
             db,
@@ -575,6 +586,21 @@ impl Store for SledStore {
 
     async fn get_instance(&self, id: &str) -> StoreResult<Option<Instance>> {
         get(&self.instances, id.as_bytes())
+    }
+
+    async fn put_twin_watch(&self, watch: &TwinWatch) -> StoreResult<()> {
+        self.twin_watches
+            .insert(watch.name.as_bytes(), encode(watch))?;
+        Ok(())
+    }
+
+    async fn list_twin_watches(&self) -> StoreResult<Vec<TwinWatch>> {
+        list(&self.twin_watches)
+    }
+
+    async fn delete_twin_watch(&self, name: &str) -> StoreResult<()> {
+        self.twin_watches.remove(name.as_bytes())?;
+        Ok(())
     }
 
     async fn list_instances(&self) -> StoreResult<Vec<Instance>> {
@@ -755,6 +781,36 @@ mod tests {
         }
         assert!(store.cas_allocation(current.as_ref(), None).await.unwrap());
         assert_eq!(*store.index(), HotIndex::default());
+    }
+
+    /// Watches survive a reopen (a restart keeps watching) and go one by one.
+    #[tokio::test]
+    async fn twin_watches_are_kept_across_a_reopen_until_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = |name: &str| TwinWatch {
+            name: name.into(),
+            request_id: "r1".into(),
+            volumes: true,
+            until: SystemTime::UNIX_EPOCH + Duration::from_secs(900),
+        };
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.put_twin_watch(&watch("warmpool-r1-a")).await.unwrap();
+            store.put_twin_watch(&watch("warmpool-r2-b")).await.unwrap();
+            // The same name again replaces its watch.
+            store.put_twin_watch(&watch("warmpool-r1-a")).await.unwrap();
+            store.flush().await.unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.list_twin_watches().await.unwrap(),
+            vec![watch("warmpool-r1-a"), watch("warmpool-r2-b")]
+        );
+        store.delete_twin_watch("warmpool-r1-a").await.unwrap();
+        assert_eq!(
+            store.list_twin_watches().await.unwrap(),
+            vec![watch("warmpool-r2-b")]
+        );
     }
 
     /// A record stored in other bytes than this version writes for the

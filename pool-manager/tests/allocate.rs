@@ -1938,6 +1938,110 @@ async fn twins_of_a_create_whose_answer_was_lost_are_deleted() {
     assert!(named(&b.resource_name()).0.is_empty());
 }
 
+/// A purchase that fails after a create lost its answer is rolled back,
+/// and a twin of that create landing after the rollback (the lost request
+/// was still on its way) is deleted by the reconciler too, which watches
+/// the rolled-back attempt's name for a while (a store record, so a restart
+/// keeps watching). A retry of the order is named apart and keeps what it
+/// uses.
+#[tokio::test(start_paused = true)]
+async fn a_twin_landing_after_a_rollback_is_deleted() {
+    let sim = sim();
+    let (cloud, refusing) = GatedCloud::refusing(
+        &sim,
+        "attach_volume",
+        pool_manager::cloud::CloudError::Fatal("attach refused".into()),
+        true,
+    );
+    let store = temp_store();
+    let manager = started_paused(&cloud, store.clone(), 2).await;
+    let watched = || async {
+        let watches = store.list_twin_watches().await.unwrap();
+        watches.into_iter().map(|w| w.name).collect::<Vec<_>>()
+    };
+
+    cloud.lose_next_answer("create_volume");
+    cloud.lose_next_answer("create_port");
+    let mut order = request("o-1", new_volume(), EmptyPoolPolicy::FailFast);
+    order.timeout = Some(Duration::from_secs(60));
+    assert!(manager.allocate(order.clone()).await.is_err());
+    assert!(
+        manager.get_allocation("o-1").await.is_err(),
+        "not rolled back"
+    );
+    let [name] = &watched().await[..] else {
+        panic!("the rolled-back attempt's name is not watched")
+    };
+    assert!(name.starts_with("warmpool-o-1-"), "{name}");
+    assert_eq!(named_volumes_and_ports(&sim, name), (vec![], vec![]));
+
+    land_late_twins(&sim, name).await;
+    manager.reconcile().await.unwrap();
+    assert_eq!(
+        named_volumes_and_ports(&sim, name),
+        (vec![], vec![]),
+        "a twin landing after the rollback was left"
+    );
+    assert_consistent(&sim, &manager).await;
+
+    // The order comes again and succeeds under a name of its own; a twin
+    // of the failed attempt landing after that goes, the purchase's own
+    // volume and port stay.
+    refusing.store(false, Ordering::SeqCst);
+    manager
+        .update_pool(&pool(), |s| s.paused = false)
+        .await
+        .unwrap();
+    wait_ready(&manager, 2).await;
+    let retried = manager.allocate(order).await.unwrap();
+    assert_ne!(&retried.resource_name(), name);
+    land_late_twins(&sim, name).await;
+    manager.reconcile().await.unwrap();
+    assert_eq!(named_volumes_and_ports(&sim, name), (vec![], vec![]));
+    assert_eq!(
+        manager.get_allocation("o-1").await.unwrap(),
+        retried,
+        "the retry's allocation changed"
+    );
+    assert_consistent(&sim, &manager).await;
+
+    // The watch ends once no twin can land any more.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    manager.reconcile().await.unwrap();
+    assert!(watched().await.is_empty(), "the watch never ended");
+
+    // Without a lost answer, a rollback watches nothing.
+    refusing.store(true, Ordering::SeqCst);
+    let mut plain = request("o-2", new_volume(), EmptyPoolPolicy::FailFast);
+    plain.timeout = Some(Duration::from_secs(60));
+    assert!(manager.allocate(plain).await.is_err());
+    assert!(watched().await.is_empty());
+}
+
+/// A volume and a port named `name`, as a lost create that was still on
+/// its way leaves them.
+async fn land_late_twins(sim: &cloudsim::SimCloud, name: &str) {
+    use pool_manager::cloud::{Cloud, NewPortSpec, NewVolumeSpec};
+    sim.create_volume(&NewVolumeSpec {
+        name: name.to_owned(),
+        size_gib: 20,
+        volume_type: None,
+        availability_zone: "az1".into(),
+        project_id: "tenant-a".into(),
+    })
+    .await
+    .unwrap();
+    sim.create_port(&NewPortSpec {
+        name: name.to_owned(),
+        network_id: "net-tenant".into(),
+        subnet_id: None,
+        fixed_ip: None,
+        project_id: "tenant-a".into(),
+    })
+    .await
+    .unwrap();
+}
+
 /// The ids of the volumes and of the ports named `name` in cloudsim.
 fn named_volumes_and_ports(sim: &cloudsim::SimCloud, name: &str) -> (Vec<String>, Vec<String>) {
     let volumes = sim

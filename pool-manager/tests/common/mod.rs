@@ -572,6 +572,15 @@ impl<H: StoreHooks> Store for HookedStore<H> {
         self.hooks.after_instance_swap(expected, swapped);
         Ok(swapped)
     }
+    async fn put_twin_watch(&self, watch: &pool_manager::model::TwinWatch) -> StoreResult<()> {
+        self.inner.put_twin_watch(watch).await
+    }
+    async fn list_twin_watches(&self) -> StoreResult<Vec<pool_manager::model::TwinWatch>> {
+        self.inner.list_twin_watches().await
+    }
+    async fn delete_twin_watch(&self, name: &str) -> StoreResult<()> {
+        self.inner.delete_twin_watch(name).await
+    }
     async fn get_allocation(&self, request_id: &str) -> StoreResult<Option<Allocation>> {
         self.inner.get_allocation(request_id).await
     }
