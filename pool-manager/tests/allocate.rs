@@ -1558,6 +1558,71 @@ async fn a_create_pool_that_cannot_be_flushed_leaves_no_pool() {
     wait_ready(&manager, 2).await;
 }
 
+/// The flush after a pool record is deleted fails once.
+#[derive(Default)]
+struct FailFlushAfterDeletingAPool {
+    armed: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl StoreHooks for FailFlushAfterDeletingAPool {
+    fn after_delete_pool(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+    async fn before_flush(&self) -> StoreResult<()> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::Io(sled::Error::Io(std::io::Error::other(
+                "input/output error",
+            ))));
+        }
+        Ok(())
+    }
+}
+
+/// A drain whose last flush fails has deleted the pool all the same: its
+/// replenisher ends. It went on looping, and took a pool created again
+/// under the same key for its own: two replenishers, each booting the
+/// whole deficit.
+#[tokio::test(start_paused = true)]
+async fn a_drain_whose_last_flush_fails_leaves_no_second_replenisher() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let store = HookedStore::new(FailFlushAfterDeletingAPool::default());
+    let manager = pool_manager::PoolManager::new(
+        store.clone(),
+        cloud.clone(),
+        std::sync::Arc::new(sim.probe()),
+        settings(),
+    );
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(0)).await.unwrap();
+    manager.delete_pool(&pool()).await.unwrap();
+    let mut changes = manager.subscribe();
+    while manager.get_pool(&pool()).await.is_ok() {
+        changes.changed().await;
+    }
+    assert!(!store.hooks.armed.load(Ordering::SeqCst), "no flush failed");
+
+    // Every replenisher of the pool stops at its quota look, after it
+    // counted the pool's supply.
+    let looks = [
+        cloud.hold_next("boot_headroom", At::Before),
+        cloud.hold_next("boot_headroom", At::Before),
+    ];
+    sim.reset_call_counts();
+    manager.create_pool(pool(), spec(2)).await.unwrap();
+    looks[0].reached().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for look in &looks {
+        look.release();
+    }
+    wait_ready(&manager, 2).await;
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    let calls = sim.call_counts();
+    assert_eq!(calls.get("create_server"), Some(&2), "{calls:?}");
+    assert_eq!(manager.list_instances(None).await.unwrap().len(), 2);
+}
+
 /// A store error while the allocation is being finished (marking the
 /// instance, or the allocation itself): the answer and the stored record
 /// must agree. A failed Allocate leaves no record (so a retry starts

@@ -509,6 +509,8 @@ pub trait StoreHooks: Send + Sync + 'static {
     }
     /// Before a pool record is written.
     async fn before_put_pool(&self, _pool: &PoolRecord) {}
+    /// After a pool record was deleted.
+    fn after_delete_pool(&self) {}
 }
 
 /// A real store with a test's [`StoreHooks`] around its writes; every call
@@ -542,7 +544,9 @@ impl<H: StoreHooks> Store for HookedStore<H> {
         self.inner.put_pool(pool).await
     }
     async fn delete_pool(&self, key: &PoolKey) -> StoreResult<()> {
-        self.inner.delete_pool(key).await
+        self.inner.delete_pool(key).await?;
+        self.hooks.after_delete_pool();
+        Ok(())
     }
     async fn get_learned_sizing(&self, key: &PoolKey) -> StoreResult<Option<LearnedSizing>> {
         self.inner.get_learned_sizing(key).await
