@@ -613,8 +613,8 @@ impl Gate {
         // Boots refused together (started before the pause) are one
         // episode: the pause begins and its backoff doubles once.
         if q.paused_until.is_none_or(|u| u <= now) {
-            q.paused_until = Some(now + q.backoff);
-            q.backoff = (q.backoff * 2).min(
+            q.paused_until = Some(deadline_after(now, q.backoff));
+            q.backoff = q.backoff.saturating_mul(2).min(
                 self.settings
                     .quota_backoff_max
                     .max(self.settings.quota_backoff),

@@ -574,6 +574,27 @@ fn refusals_during_a_quota_pause_do_not_lengthen_it() {
     );
 }
 
+/// A quota backoff too long for the clock (a setting the core takes as
+/// given) pauses without end, and refusals after it panic nothing: the
+/// sum and the doubling overflowed, killing the boot task mid-boot.
+#[test]
+fn a_huge_quota_backoff_pauses_without_overflowing() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings {
+        quota_backoff: Duration::MAX,
+        quota_backoff_max: Duration::MAX,
+        ..GateSettings::default()
+    });
+    g.quota_exceeded(t0);
+    let hold = g.admission("az1", "db.small", t0 + secs(3600)).hold;
+    assert!(matches!(hold, Some(Hold::Quota { .. })), "{hold:?}");
+    g.quota_exceeded(t0 + secs(3600));
+    assert!(g
+        .admission("az1", "db.small", t0 + secs(7200))
+        .hold
+        .is_some());
+}
+
 /// "Retry-After: 0" answered to several boots' calls at once is one
 /// throttling episode: the window halves once, not once per 429.
 #[test]
