@@ -149,6 +149,8 @@ impl Shared {
     async fn wait_for_next_step(&self, mut wake: Instant, changes: &mut ChangeCursor) {
         loop {
             tokio::select! {
+                // Not a random pick when both are ready: replays repeat.
+                biased;
                 _ = tokio::time::sleep_until(wake) => return,
                 _ = changes.changed() => {
                     // One allocation or boot changes several records in a
