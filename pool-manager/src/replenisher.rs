@@ -468,7 +468,7 @@ impl Shared {
         pool: &PoolRecord,
         reserved_for: Option<String>,
     ) -> ManagerResult<Instance> {
-        let instance = Instance {
+        let mut instance = Instance {
             id: self.new_instance_id(),
             pool: pool.key.clone(),
             server_id: None,
@@ -480,15 +480,34 @@ impl Shared {
             request_id: reserved_for,
             mysql_addr: None,
         };
-        self.claim_driving(&instance.id);
-        let written = async {
-            self.store.cas_instance(None, Some(&instance)).await?;
-            self.store.flush().await
-        }
-        .await;
-        if let Err(e) = written {
-            self.release_driving(&instance.id);
-            return Err(e.into());
+        loop {
+            // A claim already held is a taken id, driven by another task:
+            // its claim is not ours to let go of.
+            if !self.claim_driving(&instance.id) {
+                instance.id = self.new_instance_id();
+                continue;
+            }
+            let written = async {
+                let free = self.store.cas_instance(None, Some(&instance)).await?;
+                if free {
+                    self.store.flush().await?;
+                }
+                Ok::<_, crate::store::StoreError>(free)
+            }
+            .await;
+            match written {
+                Ok(true) => break,
+                // The id is taken (a seeded generator restarted on its
+                // store draws its ids again): that record is not ours.
+                Ok(false) => {
+                    self.release_driving(&instance.id);
+                    instance.id = self.new_instance_id();
+                }
+                Err(e) => {
+                    self.release_driving(&instance.id);
+                    return Err(e.into());
+                }
+            }
         }
         self.changed();
         Ok(instance)

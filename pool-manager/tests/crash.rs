@@ -87,3 +87,59 @@ async fn a_crash_at_any_step_of_an_allocation_is_repaired_by_reconcile() {
         "only {crash_points} crash points exercised"
     );
 }
+
+/// A manager with seeded instance ids, restarted on the same store, draws
+/// ids the store already holds. The store refuses such a write and a fresh
+/// id is drawn: the replenisher drove the tenant's instance it had taken
+/// for its new one, booting a second server over its record.
+#[tokio::test(start_paused = true)]
+async fn a_restarted_seeded_manager_never_boots_over_a_taken_instance_id() {
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let seeded = || {
+        pool_manager::PoolManager::new(
+            open_store(dir.path()),
+            sim.clone(),
+            std::sync::Arc::new(sim.probe()),
+            pool_manager::ManagerSettings {
+                instance_id_seed: Some(7),
+                ..settings()
+            },
+        )
+    };
+    let manager = seeded();
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    wait_ready(&manager, 1).await;
+    let sold = manager
+        .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    wait_ready(&manager, 1).await;
+    manager.shutdown().await.unwrap();
+    drop(manager);
+
+    let manager = seeded();
+    manager.start().await.unwrap();
+    sim.reset_call_counts();
+    manager
+        .allocate(request("order-2", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    wait_ready(&manager, 1).await;
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let calls = sim.call_counts();
+    assert_eq!(calls.get("create_server"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("delete_server"), None, "{calls:?}");
+    assert_eq!(manager.get_allocation("order-1").await.unwrap(), sold);
+    let instances = manager.list_instances(None).await.unwrap();
+    let ids: std::collections::HashSet<_> = instances.iter().map(|i| &i.id).collect();
+    assert_eq!(ids.len(), 3, "{instances:#?}");
+    let tenants = instances
+        .iter()
+        .find(|i| Some(&i.id) == sold.instance_id.as_ref())
+        .unwrap();
+    assert_eq!(tenants.server_id, sold.server_id, "its server was replaced");
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
