@@ -142,7 +142,7 @@ impl Store for MemStore {
             .lock()
             .expect("store lock")
             .values()
-            .filter(|a| a.is_unfinished())
+            .filter(|a| a.state.is_unfinished())
             .cloned()
             .collect())
     }

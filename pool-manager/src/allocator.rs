@@ -464,6 +464,43 @@ impl Shared {
         (created, in_doubt.into_inner())
     }
 
+    /// Records that a create lost an answer, whether or not it then
+    /// succeeded: one that failed in the end may still have been done.
+    async fn note_create_in_doubt(
+        &self,
+        record: &Record<'_>,
+        in_doubt: bool,
+    ) -> Result<(), AttemptError> {
+        if in_doubt && !record.get().await.creates_in_doubt {
+            record
+                .update(|a| a.creates_in_doubt = true)
+                .await
+                .map_err(AttemptError::Request)?;
+        }
+        Ok(())
+    }
+
+    /// The watch of `allocation`'s name from now: keeping its own port and
+    /// volume when `committed`, nothing after a rollback.
+    pub(crate) fn twin_watch(&self, allocation: &Allocation, committed: bool) -> TwinWatch {
+        let now = self.sizing_book().wall_now(&self.settings.sizing);
+        let keep = match committed {
+            true => [&allocation.port_id, &allocation.volume_id]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
+            false => Vec::new(),
+        };
+        TwinWatch {
+            name: allocation.resource_name(),
+            request_id: allocation.params.request_id.clone(),
+            volumes: matches!(allocation.params.volume.source, VolumeSource::New { .. }),
+            keep,
+            until: now.checked_add(TWIN_WATCH).unwrap_or(now),
+        }
+    }
+
     /// Deletes the twins a create sent again after a lost answer may have
     /// left (see [`Allocation::creates_in_doubt`]): the volumes warmpool
     /// created and ports named as the allocation's that it does not use.
@@ -492,20 +529,6 @@ impl Shared {
                 self.delete_volume_when_free(&volume.id, deadline).await?;
             }
         }
-        Ok(())
-    }
-
-    /// The look for twins after the commit ([`Allocation::twins_unswept`]),
-    /// then its record, so that the reconciler stops looking. A release
-    /// begun meanwhile looks for twins itself.
-    pub(crate) async fn sweep_twins(&self, allocation: &Allocation) -> ManagerResult<()> {
-        self.delete_twins(allocation, self.cleanup_deadline())
-            .await?;
-        let mut swept = allocation.clone();
-        swept.twins_swept = true;
-        self.store
-            .cas_allocation(Some(allocation), Some(&swept))
-            .await?;
         Ok(())
     }
 
@@ -627,14 +650,15 @@ impl Shared {
                     })
                     .await;
                 tracing::info!(request_id = %done.params.request_id, server = ?done.server_id, warm, total = ?done.timings.total, "allocated");
-                if done.twins_unswept() {
-                    // Not on the purchase's time; the release looks again
-                    // for a twin that lands later still.
+                if done.creates_in_doubt {
+                    // A first look at once, not on the purchase's time; the
+                    // reconciler looks again while the watch lasts, and the
+                    // release once more.
                     let shared = self.clone();
-                    let allocation = done.clone();
+                    let watch = self.twin_watch(&done, true);
                     self.spawn(async move {
-                        if let Err(e) = shared.sweep_twins(&allocation).await {
-                            tracing::warn!(request_id = %allocation.params.request_id, error = %e, "cannot delete the twins of a lost create yet; the next reconcile pass tries again");
+                        if let Err(e) = shared.watch_for_twins(&watch).await {
+                            tracing::warn!(request_id = %watch.request_id, error = %e, "cannot delete the twins of a lost create yet; the reconciler tries again");
                         }
                     });
                 }
@@ -645,7 +669,7 @@ impl Shared {
                 let _ = self
                     .update_pool(&params.pool, |p| p.allocations_failed += 1)
                     .await;
-                if let Err(rollback) = self.roll_back(&allocation).await {
+                if let Err(rollback) = self.roll_back(&allocation, false).await {
                     tracing::error!(request_id = %params.request_id, error = %rollback, "rollback incomplete; reconciler will finish it");
                 }
                 Err(e)
@@ -746,6 +770,13 @@ impl Shared {
             };
             match attempt {
                 Ok(()) => {
+                    let current = record.get().await;
+                    if current.creates_in_doubt {
+                        // Stored before the commit, so that no crash can
+                        // leave a committed allocation's twins unwatched.
+                        let watch = self.twin_watch(&current, true);
+                        self.store.put_twin_watch(&watch).await?;
+                    }
                     // The commit: nothing may fail after it, since a retry
                     // or GetAllocation may read it back at once.
                     let done = record
@@ -1242,12 +1273,12 @@ impl Shared {
                 let (volume, in_doubt) = self
                     .create_doubting(deadline, || self.cloud.create_volume(&spec))
                     .await;
+                self.note_create_in_doubt(record, in_doubt).await?;
                 let volume = volume.map_err(|e| creation_refused("volume", e))?;
                 record
                     .update(|a| {
                         a.volume_id = Some(volume.id.clone());
                         a.volume_created = true;
-                        a.creates_in_doubt |= in_doubt;
                     })
                     .await
                     .map_err(AttemptError::Request)?;
@@ -1372,12 +1403,10 @@ impl Shared {
                 let (port, in_doubt) = self
                     .create_doubting(deadline, || self.cloud.create_port(&spec))
                     .await;
+                self.note_create_in_doubt(record, in_doubt).await?;
                 let port = port.map_err(|e| creation_refused("port", e))?;
                 record
-                    .update(|a| {
-                        a.port_id = Some(port.id.clone());
-                        a.creates_in_doubt |= in_doubt;
-                    })
+                    .update(|a| a.port_id = Some(port.id.clone()))
                     .await
                     .map_err(AttemptError::Request)?;
                 port.id
@@ -1418,7 +1447,13 @@ impl Shared {
     /// Undoes a failed or interrupted allocation: discards its instances,
     /// deletes the port and a volume warmpool created, then the record.
     /// Idempotent, so the reconciler can run it again after a crash.
-    pub(crate) async fn roll_back(&self, allocation: &Allocation) -> ManagerResult<()> {
+    /// `after_crash`: no Allocate of this process was working on it, so a
+    /// create may have been on its way when the process that sent it died.
+    pub(crate) async fn roll_back(
+        &self,
+        allocation: &Allocation,
+        after_crash: bool,
+    ) -> ManagerResult<()> {
         let request_id = allocation.params.request_id.as_str();
         // Only an allocation that never answered is undone: once its record
         // says Allocated, a retry may have been told so, and its server,
@@ -1475,16 +1510,14 @@ impl Shared {
         }
         if let Some(stored) = self.store.get_allocation(request_id).await? {
             if stored.state == AllocationState::Allocating {
-                if stored.creates_in_doubt {
+                let unrecorded_create = after_crash
+                    && (stored.port_id.is_none()
+                        || (stored.volume_id.is_none()
+                            && matches!(stored.params.volume.source, VolumeSource::New { .. })));
+                if stored.creates_in_doubt || unrecorded_create {
                     // Written before the record goes: a crash in between
                     // rolls back again and writes it again.
-                    let now = self.sizing_book().wall_now(&self.settings.sizing);
-                    let watch = TwinWatch {
-                        name: stored.resource_name(),
-                        request_id: request_id.to_owned(),
-                        volumes: matches!(stored.params.volume.source, VolumeSource::New { .. }),
-                        until: now + TWIN_WATCH,
-                    };
+                    let watch = self.twin_watch(&stored, false);
                     self.store.put_twin_watch(&watch).await?;
                 }
                 self.store.cas_allocation(Some(&stored), None).await?;

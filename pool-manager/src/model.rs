@@ -507,33 +507,32 @@ pub struct Allocation {
     /// records stored before it existed; their names are the request id's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<String>,
-    /// A volume or port create was sent again after an answer that did not
-    /// say whether it was done (a 5xx, a timeout): a twin named as this
-    /// allocation's may exist. Looked for, and deleted, after the commit
-    /// and at release.
+    /// A volume or port create got an answer that did not say whether it
+    /// was done (a 5xx, a timeout): a twin named as this allocation's may
+    /// exist, or land later. Its name is watched for a while after the
+    /// commit or the rollback ([`TwinWatch`]), and looked for at release.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub creates_in_doubt: bool,
-    /// The look for twins after the commit was done. Until it is, the
-    /// allocation stays on the reconciler's list: a crash right after the
-    /// commit, or a cloud refusing the look, would otherwise leave a twin
-    /// (a port holding a tenant's IP) until the release.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub twins_swept: bool,
 }
 
-/// The name of a rolled-back allocation's volume and port, after a create
-/// of it lost its answer: that create may still land once the rollback has
-/// looked, so the reconciler looks again on every pass until `until`. The
-/// name is never used again (a new attempt of the order is named apart), so
-/// whatever carries it is a twin.
+/// The name of an allocation's volume and port, watched after a create of
+/// it may have been done without warmpool learning its id (its answer was
+/// lost, or a crash came first): that create may land after any one look,
+/// so the reconciler looks on every pass until `until`, and deletes what
+/// carries the name but `keep`. Written before the commit (keeping what
+/// the allocation uses) or the rollback (keeping nothing: a new attempt of
+/// the order is named apart, so the name is never used again).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TwinWatch {
-    /// [`Allocation::resource_name`] of the rolled-back attempt.
+    /// [`Allocation::resource_name`] of the attempt.
     pub name: String,
     pub request_id: String,
     /// warmpool created volumes of this name (a new volume was asked for);
     /// otherwise only ports are looked for.
     pub volumes: bool,
+    /// Ids of the committed allocation's own port and volume.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep: Vec<String>,
     /// On the manager's wall clock.
     pub until: SystemTime,
 }
@@ -567,20 +566,7 @@ impl Allocation {
             released_at: None,
             attempt: Some(format!("{attempt:x}")),
             creates_in_doubt: false,
-            twins_swept: false,
         }
-    }
-
-    /// Work is left on it for the reconciler: an Allocate or Release is
-    /// (or was, before a crash) working on it, or its twins are still to
-    /// be looked for.
-    pub fn is_unfinished(&self) -> bool {
-        self.state.is_unfinished() || self.twins_unswept()
-    }
-
-    /// Allocated after a create in doubt, and not yet looked for twins.
-    pub fn twins_unswept(&self) -> bool {
-        self.state == AllocationState::Allocated && self.creates_in_doubt && !self.twins_swept
     }
 
     /// The name given to the volume and port warmpool creates for this

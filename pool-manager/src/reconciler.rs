@@ -7,10 +7,9 @@
 //!
 //! | store says | cloud says | action |
 //! |---|---|---|
-//! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, delete its port and created volume, drop the record) |
+//! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, delete its port and created volume, watch its name if a create may have been on its way, drop the record) |
 //! | allocation `Releasing` | - | finish the release |
-//! | a name watched after a rollback (`TwinWatch`: a create of it was in doubt) | volumes, ports of that name | delete them; end the watch once it is over |
-//! | allocation `Allocated` after a create in doubt, twins not looked for yet | volumes, ports named as its own | delete those it does not use |
+//! | a name watched (`TwinWatch`: a create of it may have been done unrecorded) | volumes, ports of that name | delete them but the committed allocation's own; end the watch once it is over |
 //! | instance `Claimed`, allocation `Allocated` | - | mark the instance `Allocated` (left by versions that marked the allocation first) |
 //! | instance `Booting`, no server id | server with its instance id | adopt the server |
 //! | instance `Booting`, no server id | none | drop the record |
@@ -41,7 +40,6 @@ use crate::replenisher::Timed;
 use crate::store::RecordKind;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 /// How many Ready instances a reconcile pass probes at once: a pass over
 /// a large pool whose mysqlds all time out takes the probe timeout times
@@ -128,16 +126,8 @@ impl Shared {
                 AllocationState::Allocating => {
                     if let Some(allocation) = self.abandoned_allocation(request_id).await? {
                         tracing::warn!(request_id, "rolling back interrupted allocation");
-                        let rolled_back = self.roll_back(&allocation).await;
+                        let rolled_back = self.roll_back(&allocation, true).await;
                         go_on(rolled_back, "rolling back allocation", request_id)?;
-                    }
-                }
-                AllocationState::Allocated => {
-                    if let Some(allocation) = self.store.get_allocation(request_id).await? {
-                        if allocation.twins_unswept() {
-                            let swept = self.sweep_twins(&allocation).await;
-                            go_on(swept, "deleting the twins of", request_id)?;
-                        }
                     }
                 }
                 AllocationState::Releasing => {
@@ -152,9 +142,8 @@ impl Shared {
             }
         }
 
-        let now = self.sizing_book().wall_now(&self.settings.sizing);
         for watch in self.store.list_twin_watches().await? {
-            let watched = self.watch_for_twins(&watch, now).await;
+            let watched = self.watch_for_twins(&watch).await;
             go_on(watched, "looking for the twins of", &watch.name)?;
         }
 
@@ -438,15 +427,17 @@ impl Shared {
             .filter(|a| a.state == AllocationState::Allocating && !self.is_in_flight(request_id)))
     }
 
-    /// Deletes whatever carries a watched name (nothing may: the name is
-    /// never used again), and ends the watch once it is over.
-    async fn watch_for_twins(&self, watch: &TwinWatch, now: SystemTime) -> ManagerResult<()> {
+    /// Deletes whatever carries a watched name but what the watch keeps,
+    /// and ends the watch once it is over (after that last look).
+    pub(crate) async fn watch_for_twins(&self, watch: &TwinWatch) -> ManagerResult<()> {
+        let now = self.sizing_book().wall_now(&self.settings.sizing);
         let deadline = self.cleanup_deadline();
+        let twin = |id: &String| !watch.keep.contains(id);
         let ports = self
             .retry(deadline, || self.cloud.find_ports_by_name(&watch.name))
             .await?;
-        for port in &ports {
-            tracing::warn!(request_id = %watch.request_id, port = %port.id, "deleting a port a lost create made after its allocation was rolled back");
+        for port in ports.iter().filter(|p| twin(&p.id)) {
+            tracing::warn!(request_id = %watch.request_id, port = %port.id, "deleting the twin of a port create whose answer was lost");
             self.retry(deadline, || self.cloud.delete_port(&port.id))
                 .await?;
         }
@@ -454,8 +445,8 @@ impl Shared {
             let volumes = self
                 .retry(deadline, || self.cloud.find_volumes_by_name(&watch.name))
                 .await?;
-            for volume in &volumes {
-                tracing::warn!(request_id = %watch.request_id, volume = %volume.id, "deleting a volume a lost create made after its allocation was rolled back");
+            for volume in volumes.iter().filter(|v| twin(&v.id)) {
+                tracing::warn!(request_id = %watch.request_id, volume = %volume.id, "deleting the twin of a volume create whose answer was lost");
                 self.delete_volume_when_free(&volume.id, deadline).await?;
             }
         }

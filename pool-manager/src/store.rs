@@ -113,13 +113,12 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_allocation(&self, request_id: &str) -> StoreResult<Option<Allocation>>;
     async fn list_allocations(&self) -> StoreResult<Vec<Allocation>>;
-    /// Allocations with work left ([`Allocation::is_unfinished`]: an
-    /// Allocate or Release not finished, twins not yet looked for): what
-    /// the reconciler repairs. Finished ones accumulate
+    /// Allocations an Allocate or Release has not finished (`Allocating`,
+    /// `Releasing`): what the reconciler repairs. Finished ones accumulate
     /// (idempotent answers), so a store that can skip them should.
     async fn list_unfinished_allocations(&self) -> StoreResult<Vec<Allocation>> {
         let mut allocations = self.list_allocations().await?;
-        allocations.retain(|a| a.is_unfinished());
+        allocations.retain(|a| a.state.is_unfinished());
         Ok(allocations)
     }
     /// As `cas_instance`, keyed by request id.
@@ -386,7 +385,7 @@ impl HotIndex {
 
     fn swap_allocation(&mut self, request_id: &str, new: Option<&Allocation>) {
         match new {
-            Some(a) if a.is_unfinished() => {
+            Some(a) if a.state.is_unfinished() => {
                 self.unfinished.insert(request_id.to_owned());
             }
             _ => {
@@ -649,7 +648,9 @@ impl Store for SledStore {
 
     async fn list_unfinished_allocations(&self) -> StoreResult<Vec<Allocation>> {
         let ids = self.index().unfinished.iter().cloned().collect();
-        Self::read_listed(&self.allocations, ids, |a: &Allocation| a.is_unfinished())
+        Self::read_listed(&self.allocations, ids, |a: &Allocation| {
+            a.state.is_unfinished()
+        })
     }
 
     async fn cas_allocation(
@@ -791,6 +792,7 @@ mod tests {
             name: name.into(),
             request_id: "r1".into(),
             volumes: true,
+            keep: vec!["port-1".into()],
             until: SystemTime::UNIX_EPOCH + Duration::from_secs(900),
         };
         {

@@ -2083,6 +2083,80 @@ async fn a_twin_landing_after_a_rollback_is_deleted() {
     assert!(watched().await.is_empty());
 }
 
+/// A create that lost its answer and then failed outright may still have
+/// been done: its rollback watches the name too.
+#[tokio::test(start_paused = true)]
+async fn a_create_refused_after_a_lost_answer_is_watched_for_after_the_rollback() {
+    let sim = sim();
+    let port_creates = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let port_creates = port_creates.clone();
+        move |called| {
+            (called == "create_port" && port_creates.fetch_add(1, Ordering::SeqCst) == 1)
+                .then(|| pool_manager::cloud::CloudError::Fatal("network is full".into()))
+        }
+    });
+    let store = temp_store();
+    let manager = started_paused(&cloud, store.clone(), 2).await;
+    cloud.lose_next_answer("create_port");
+    let err = manager
+        .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("network is full"), "{err}");
+    let watches = store.list_twin_watches().await.unwrap();
+    let [watch] = &watches[..] else {
+        panic!("the rolled-back attempt's name is not watched: {watches:?}")
+    };
+    assert!(watch.name.starts_with("warmpool-o-1-"), "{watch:?}");
+    land_late_twins(&sim, &watch.name).await;
+    manager.reconcile().await.unwrap();
+    assert_eq!(named_volumes_and_ports(&sim, &watch.name), (vec![], vec![]));
+    assert_consistent(&sim, &manager).await;
+}
+
+/// A create on its way when the process died may land after the restart's
+/// rollback looked: the rollback of an Allocate no process finished watches
+/// the name when a create's answer is not on record.
+#[tokio::test(start_paused = true)]
+async fn a_create_in_flight_at_a_crash_is_watched_for_after_the_rollback() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let dir = tempfile::tempdir().unwrap();
+    let manager = started_paused(&cloud, open_store(dir.path()), 2).await;
+    let creating = cloud.hold_next("create_port", At::Before);
+    let buying = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            manager
+                .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
+                .await
+        })
+    };
+    creating.reached().await;
+    manager.shutdown().await.unwrap();
+    let _ = buying.await;
+    drop(manager);
+
+    let store = open_store(dir.path());
+    let manager = manager_on(&sim, store.clone());
+    manager.start().await.unwrap();
+    assert!(
+        manager.get_allocation("o-1").await.is_err(),
+        "not rolled back"
+    );
+    let watches = store.list_twin_watches().await.unwrap();
+    let [watch] = &watches[..] else {
+        panic!("the rolled-back attempt's name is not watched: {watches:?}")
+    };
+    // The port create lands now.
+    land_late_twins(&sim, &watch.name).await;
+    manager.reconcile().await.unwrap();
+    assert_eq!(named_volumes_and_ports(&sim, &watch.name), (vec![], vec![]));
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
+
 /// A volume and a port named `name`, as a lost create that was still on
 /// its way leaves them.
 async fn land_late_twins(sim: &cloudsim::SimCloud, name: &str) {
@@ -2124,10 +2198,12 @@ fn named_volumes_and_ports(sim: &cloudsim::SimCloud, name: &str) -> (Vec<String>
     (volumes, ports)
 }
 
-/// The look for twins after a commit is on record until it is done: a
-/// crash right after the commit (or a cloud refusing the look) leaves the
-/// twins to the reconciler's next pass, the restart's, not to a release
-/// that may be months away, while a twin port keeps a tenant's IP.
+/// The name of a committed allocation whose create lost an answer is
+/// watched from before the commit: a crash right after the commit (or a
+/// cloud refusing the first look) leaves the twins to the reconciler's
+/// passes, the restart's first, and a twin landing after a look is found by
+/// a later one, not by a release that may be months away while a twin port
+/// keeps a tenant's IP. The purchase's own port and volume are kept.
 #[tokio::test(start_paused = true)]
 async fn twins_of_a_lost_create_are_deleted_after_a_crash_right_after_the_commit() {
     let sim = sim();
@@ -2165,12 +2241,27 @@ async fn twins_of_a_lost_create_are_deleted_after_a_crash_right_after_the_commit
         "the purchase keeps what it uses"
     );
 
-    // Done once: later passes do not look again.
+    // A twin landing after that look is found by a later pass.
+    land_late_twins(&sim, &a.resource_name()).await;
+    manager.reconcile().await.unwrap();
+    assert_eq!(
+        named_volumes_and_ports(&sim, &a.resource_name()),
+        (
+            vec![a.volume_id.clone().unwrap()],
+            vec![a.port_id.clone().unwrap()]
+        )
+    );
+    assert_consistent(&sim, &manager).await;
+
+    // Once the watch is over, a last pass looks, later ones no longer do.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    manager.reconcile().await.unwrap();
     sim.reset_call_counts();
     manager.reconcile().await.unwrap();
     let calls = sim.call_counts();
     assert_eq!(calls.get("find_ports_by_name"), None, "{calls:?}");
     assert_eq!(calls.get("find_volumes_by_name"), None, "{calls:?}");
+    assert_eq!(manager.get_allocation("o-1").await.unwrap(), stored);
     assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }

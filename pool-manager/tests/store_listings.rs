@@ -33,8 +33,6 @@ enum Op {
     PutAllocation {
         id: u8,
         state: u8,
-        /// 0: no create in doubt; 1: in doubt, twins not looked for; 2: looked for.
-        twins: u8,
     },
     DeleteAllocation {
         id: u8,
@@ -51,7 +49,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0u8..8, 0u8..2, 0u8..8).prop_map(|(id, pool, state)| Op::PutInstance { id, pool, state }),
         2 => (0u8..8).prop_map(|id| Op::DeleteInstance { id }),
         2 => (0u8..8, 0u8..8).prop_map(|(id, state)| Op::StaleInstance { id, state }),
-        4 => (0u8..8, 0u8..4, 0u8..3).prop_map(|(id, state, twins)| Op::PutAllocation { id, state, twins }),
+        4 => (0u8..8, 0u8..4).prop_map(|(id, state)| Op::PutAllocation { id, state }),
         2 => (0u8..8).prop_map(|id| Op::DeleteAllocation { id }),
         2 => (0u8..8, 0u8..4).prop_map(|(id, state)| Op::StaleAllocation { id, state }),
         1 => Just(Op::Reopen),
@@ -138,11 +136,9 @@ async fn apply(store: &SledStore, op: &Op) {
             let swapped = store.cas_instance(Some(&stale), Some(&new)).await.unwrap();
             assert!(!swapped, "a stale copy won against {current:?}");
         }
-        Op::PutAllocation { id, state, twins } => {
+        Op::PutAllocation { id, state } => {
             let current = store.get_allocation(&format!("r{id}")).await.unwrap();
-            let mut new = allocation(id, state);
-            new.creates_in_doubt = twins > 0;
-            new.twins_swept = twins > 1;
+            let new = allocation(id, state);
             assert!(store
                 .cas_allocation(current.as_ref(), Some(&new))
                 .await
@@ -192,7 +188,7 @@ async fn assert_listings_agree(store: &SledStore, after: &Op) {
         );
     }
     let mut expected = store.list_allocations().await.unwrap();
-    expected.retain(|a| a.is_unfinished());
+    expected.retain(|a| a.state.is_unfinished());
     let listed = store.list_unfinished_allocations().await.unwrap();
     assert_eq!(listed, expected, "unfinished allocations after {after:?}");
 }
