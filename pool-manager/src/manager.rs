@@ -572,7 +572,10 @@ impl PoolManager {
                 // Not on disk: take it back, so that the answer (an error)
                 // and the pools listed agree, and a retry creates it.
                 if let Err(undo) = self.shared.store.delete_pool(&key).await {
-                    tracing::warn!(pool = %key, error = %undo, "cannot take back a pool whose record was not flushed");
+                    // Listed, and answering ALREADY_EXISTS: it is served
+                    // like any pool, or it would never fill.
+                    tracing::warn!(pool = %key, error = %undo, "cannot take back a pool whose record was not flushed; serving it");
+                    self.shared.start_replenisher(key.clone());
                 }
                 return Err(e.into());
             }

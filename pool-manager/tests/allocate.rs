@@ -1623,6 +1623,54 @@ async fn a_drain_whose_last_flush_fails_leaves_no_second_replenisher() {
     assert_eq!(manager.list_instances(None).await.unwrap().len(), 2);
 }
 
+/// Flushes and pool deletions fail while `failing` is set.
+#[derive(Default)]
+struct FailFlushAndPoolDelete {
+    failing: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl StoreHooks for FailFlushAndPoolDelete {
+    fn before_delete_pool(&self) -> StoreResult<()> {
+        self.fail()
+    }
+    async fn before_flush(&self) -> StoreResult<()> {
+        self.fail()
+    }
+}
+
+impl FailFlushAndPoolDelete {
+    fn fail(&self) -> StoreResult<()> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Io(sled::Error::Io(std::io::Error::other(
+                "input/output error",
+            ))));
+        }
+        Ok(())
+    }
+}
+
+/// A CreatePool whose record can be neither flushed nor taken back
+/// answers the store's error, and the pool it leaves in the store is
+/// served like any other: it was listed, answered ALREADY_EXISTS, and
+/// never filled (no replenisher) until a restart.
+#[tokio::test(start_paused = true)]
+async fn a_create_pool_that_cannot_be_taken_back_is_served() {
+    let sim = sim();
+    let store = HookedStore::new(FailFlushAndPoolDelete::default());
+    let manager = manager_on(&sim, store.clone());
+    manager.start().await.unwrap();
+    store.hooks.failing.store(true, Ordering::SeqCst);
+    let err = manager.create_pool(pool(), spec(2)).await.unwrap_err();
+    assert!(matches!(err, ManagerError::Store(_)), "{err:?}");
+    store.hooks.failing.store(false, Ordering::SeqCst);
+    assert!(
+        manager.get_pool(&pool()).await.is_ok(),
+        "taken back after all"
+    );
+    wait_ready(&manager, 2).await;
+}
+
 /// A store error while the allocation is being finished (marking the
 /// instance, or the allocation itself): the answer and the stored record
 /// must agree. A failed Allocate leaves no record (so a retry starts

@@ -509,6 +509,10 @@ pub trait StoreHooks: Send + Sync + 'static {
     }
     /// Before a pool record is written.
     async fn before_put_pool(&self, _pool: &PoolRecord) {}
+    /// Before a pool record is deleted; an error is its answer.
+    fn before_delete_pool(&self) -> StoreResult<()> {
+        Ok(())
+    }
     /// After a pool record was deleted.
     fn after_delete_pool(&self) {}
 }
@@ -544,6 +548,7 @@ impl<H: StoreHooks> Store for HookedStore<H> {
         self.inner.put_pool(pool).await
     }
     async fn delete_pool(&self, key: &PoolKey) -> StoreResult<()> {
+        self.hooks.before_delete_pool()?;
         self.inner.delete_pool(key).await?;
         self.hooks.after_delete_pool();
         Ok(())
