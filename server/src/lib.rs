@@ -198,6 +198,18 @@ async fn stop_health(health: &mut tonic_health::server::HealthReporter) {
 async fn start_pools(manager: &PoolManager, config: &Config) -> anyhow::Result<()> {
     manager.start().await.context("start-up reconcile failed")?;
     for pool in &config.pools {
+        // A stored pool keeps its settings, and one an operator deleted
+        // drains on: CreatePool would refuse it ("being deleted") and stop
+        // the start-up, and with it the drain.
+        match manager.get_pool(&pool.key()).await {
+            Ok(stored) => {
+                let draining = stored.record.draining;
+                tracing::info!(pool = %pool.key(), draining, "pool exists in the store; keeping its stored settings");
+                continue;
+            }
+            Err(ManagerError::PoolNotFound(_)) => {}
+            Err(e) => return Err(e).context(format!("cannot read pool {}", pool.key())),
+        }
         match manager.create_pool(pool.key(), pool.spec()).await {
             Ok(_) => tracing::info!(pool = %pool.key(), "created pool from config"),
             Err(ManagerError::PoolExists(key)) => {

@@ -313,3 +313,38 @@ async fn a_client_gone_without_closing_is_dropped_by_keepalive() {
     drop(watch);
     d.shut_down().await;
 }
+
+/// A pool the config declares and an operator deleted is still draining
+/// when warmpoold restarts: the start-up goes on, and the drain finishes.
+/// CreatePool's "being deleted" answer made the start-up fail, so the
+/// daemon crash-looped, each failed start stopping the drain again.
+#[tokio::test]
+async fn a_restart_during_the_drain_of_a_configured_pool_starts() {
+    let data = tempfile::tempdir().unwrap();
+    let pools = [("db.small", "az1", 1, 2)];
+    let d = Daemon::start_in(data.path(), &pools).await;
+    d.shut_down().await;
+
+    // The operator's DeletePool was under way when the daemon stopped.
+    let store_dir = data.path().join("store");
+    let store = tokio::task::spawn_blocking(move || SledStore::open(&store_dir))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut pool = store.list_pools().await.unwrap().remove(0);
+    pool.draining = true;
+    store.put_pool(&pool).await.unwrap();
+    store.flush().await.unwrap();
+    drop(store);
+
+    let d = Daemon::start_in(data.path(), &pools).await;
+    eventually("the drain deletes the pool", PATIENCE, || async {
+        let pools = d.client.list_pools().await.unwrap();
+        match pools.is_empty() {
+            true => Ok(()),
+            false => Err(format!("{pools:?}")),
+        }
+    })
+    .await;
+    d.shut_down().await;
+}
