@@ -351,11 +351,15 @@ impl AttemptError {
 }
 
 /// A failed attach: a 429 still there at the deadline says nothing about
-/// the instance (the request ran out of time); anything else is the
-/// instance's, and the next one may do better.
+/// the instance (the request ran out of time), and a refusal as a bad
+/// request (a volume of another zone under Nova's `cross_az_attach =
+/// False`, a policy's 403) would be the same on every instance; anything
+/// else is the instance's, and the next one may do better.
 fn attempt_error(e: CloudError) -> AttemptError {
     match e {
-        e @ CloudError::Throttled { .. } => AttemptError::Request(e.into()),
+        e @ (CloudError::Throttled { .. } | CloudError::Fatal(_)) => {
+            AttemptError::Request(e.into())
+        }
         e => AttemptError::Instance(e.into()),
     }
 }

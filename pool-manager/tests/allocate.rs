@@ -2205,6 +2205,32 @@ async fn a_create_in_flight_at_a_crash_is_watched_for_after_the_rollback() {
     manager.shutdown().await.unwrap();
 }
 
+/// An attach the cloud refuses as a bad request (Nova's 400 for a volume
+/// of another zone under `cross_az_attach = False`, a policy's 403) would
+/// be refused on any instance: the purchase fails at once, costing one
+/// warm instance, where each try took the next until the pool was empty.
+#[tokio::test(start_paused = true)]
+async fn an_attach_refused_as_a_bad_request_costs_one_instance_not_the_pool() {
+    let sim = sim();
+    let (cloud, _refusing) = GatedCloud::refusing(
+        &sim,
+        "attach_volume",
+        pool_manager::cloud::CloudError::Fatal(
+            "Invalid volume: Instance and volume not in same availability_zone".into(),
+        ),
+        true,
+    );
+    let manager = started_paused(&cloud, temp_store(), 3).await;
+    let err = manager
+        .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("same availability_zone"), "{err}");
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 2, "{status:?}");
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A volume and a port named `name`, as a lost create that was still on
 /// its way leaves them.
 async fn land_late_twins(sim: &cloudsim::SimCloud, name: &str) {
