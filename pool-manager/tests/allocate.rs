@@ -583,14 +583,10 @@ async fn a_duplicate_allocate_that_outwaits_its_deadline_says_try_again() {
     let sim = sim();
     let manager = started(&sim, temp_store(), 1).await;
     sim.faults().slow_calls(Duration::from_secs(60));
-    let first = {
-        let manager = manager.clone();
-        tokio::spawn(async move {
-            manager
-                .allocate(request("order-d", new_volume(), EmptyPoolPolicy::FailFast))
-                .await
-        })
-    };
+    let first = spawn_allocate(
+        &manager,
+        request("order-d", new_volume(), EmptyPoolPolicy::FailFast),
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut again = request("order-d", new_volume(), EmptyPoolPolicy::FailFast);
     again.timeout = Some(Duration::from_secs(5));
@@ -1316,18 +1312,10 @@ async fn a_duplicate_call_gets_the_answer_of_the_allocate_in_flight() {
     let cloud = GatedCloud::new(&sim);
     let manager = started_paused(&cloud, temp_store(), 1).await;
     let attaching = cloud.hold_next("attach_port", At::Before);
-    let first = {
-        let manager = manager.clone();
-        tokio::spawn(async move {
-            manager
-                .allocate(request(
-                    "order-dup",
-                    new_volume(),
-                    EmptyPoolPolicy::FailFast,
-                ))
-                .await
-        })
-    };
+    let first = spawn_allocate(
+        &manager,
+        request("order-dup", new_volume(), EmptyPoolPolicy::FailFast),
+    );
     attaching.reached().await;
     let second = {
         let manager = manager.clone();
@@ -1448,14 +1436,10 @@ async fn an_allocate_never_answers_with_an_instance_taken_from_it_after_verifica
     let manager = started_paused(&cloud, store.clone(), 2).await;
 
     let verified = cloud.hold_next("get_server", At::After);
-    let buying = {
-        let manager = manager.clone();
-        tokio::spawn(async move {
-            manager
-                .allocate(request("order-t", new_volume(), EmptyPoolPolicy::FailFast))
-                .await
-        })
-    };
+    let buying = spawn_allocate(
+        &manager,
+        request("order-t", new_volume(), EmptyPoolPolicy::FailFast),
+    );
     verified.reached().await;
     let claimed = store
         .list_instances()
@@ -1515,47 +1499,68 @@ impl StoreHooks for FailFirstAllocated {
     }
 }
 
-/// Every flush fails while `failing` is set, as on a disk gone bad.
+/// What a disk gone bad answers.
+fn disk_error() -> StoreError {
+    StoreError::Io(sled::Error::Io(std::io::Error::other("input/output error")))
+}
+
+/// Every flush fails while `failing` is set, as on a disk gone bad, and
+/// every pool deletion while `deletes_failing` is.
 #[derive(Default)]
 struct FailFlush {
     failing: AtomicBool,
+    deletes_failing: AtomicBool,
 }
 
 #[async_trait::async_trait]
 impl StoreHooks for FailFlush {
-    async fn before_flush(&self) -> StoreResult<()> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(StoreError::Io(sled::Error::Io(std::io::Error::other(
-                "input/output error",
-            ))));
+    fn before_delete_pool(&self) -> StoreResult<()> {
+        match self.deletes_failing.load(Ordering::SeqCst) {
+            true => Err(disk_error()),
+            false => Ok(()),
         }
-        Ok(())
+    }
+    async fn before_flush(&self) -> StoreResult<()> {
+        match self.failing.load(Ordering::SeqCst) {
+            true => Err(disk_error()),
+            false => Ok(()),
+        }
     }
 }
 
 /// A CreatePool whose record cannot be flushed answers the store's error
 /// and leaves no pool behind, so a retry creates it; it left a pool that
 /// was listed, answered ALREADY_EXISTS to the retry, and never filled (its
-/// replenisher was not started) until a restart.
+/// replenisher was not started) until a restart. A record that cannot be
+/// taken back either stays, and its pool is served like any other.
 #[tokio::test(start_paused = true)]
-async fn a_create_pool_that_cannot_be_flushed_leaves_no_pool() {
-    let sim = sim();
-    let store = HookedStore::new(FailFlush::default());
-    let manager = manager_on(&sim, store.clone());
-    manager.start().await.unwrap();
-    store.hooks.failing.store(true, Ordering::SeqCst);
-    let err = manager.create_pool(pool(), spec(2)).await.unwrap_err();
-    assert!(matches!(err, ManagerError::Store(_)), "{err:?}");
-    store.hooks.failing.store(false, Ordering::SeqCst);
-    assert!(
-        matches!(
-            manager.get_pool(&pool()).await,
-            Err(ManagerError::PoolNotFound(_))
-        ),
-        "the pool of the failed create is there"
-    );
-    manager.create_pool(pool(), spec(2)).await.unwrap();
-    wait_ready(&manager, 2).await;
+async fn a_create_pool_that_cannot_be_flushed_leaves_no_pool_or_a_served_one() {
+    for undo_fails in [false, true] {
+        let sim = sim();
+        let store = HookedStore::new(FailFlush::default());
+        let manager = manager_on(&sim, store.clone());
+        manager.start().await.unwrap();
+        store.hooks.failing.store(true, Ordering::SeqCst);
+        store
+            .hooks
+            .deletes_failing
+            .store(undo_fails, Ordering::SeqCst);
+        let err = manager.create_pool(pool(), spec(2)).await.unwrap_err();
+        assert!(matches!(err, ManagerError::Store(_)), "{err:?}");
+        store.hooks.failing.store(false, Ordering::SeqCst);
+        store.hooks.deletes_failing.store(false, Ordering::SeqCst);
+        let listed = manager.get_pool(&pool()).await;
+        if undo_fails {
+            assert!(listed.is_ok(), "taken back after all");
+        } else {
+            assert!(
+                matches!(listed, Err(ManagerError::PoolNotFound(_))),
+                "the pool of the failed create is there"
+            );
+            manager.create_pool(pool(), spec(2)).await.unwrap();
+        }
+        wait_ready(&manager, 2).await;
+    }
 }
 
 /// The flush after a pool record is deleted fails once.
@@ -1570,12 +1575,10 @@ impl StoreHooks for FailFlushAfterDeletingAPool {
         self.armed.store(true, Ordering::SeqCst);
     }
     async fn before_flush(&self) -> StoreResult<()> {
-        if self.armed.swap(false, Ordering::SeqCst) {
-            return Err(StoreError::Io(sled::Error::Io(std::io::Error::other(
-                "input/output error",
-            ))));
+        match self.armed.swap(false, Ordering::SeqCst) {
+            true => Err(disk_error()),
+            false => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -1621,54 +1624,6 @@ async fn a_drain_whose_last_flush_fails_leaves_no_second_replenisher() {
     let calls = sim.call_counts();
     assert_eq!(calls.get("create_server"), Some(&2), "{calls:?}");
     assert_eq!(manager.list_instances(None).await.unwrap().len(), 2);
-}
-
-/// Flushes and pool deletions fail while `failing` is set.
-#[derive(Default)]
-struct FailFlushAndPoolDelete {
-    failing: AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl StoreHooks for FailFlushAndPoolDelete {
-    fn before_delete_pool(&self) -> StoreResult<()> {
-        self.fail()
-    }
-    async fn before_flush(&self) -> StoreResult<()> {
-        self.fail()
-    }
-}
-
-impl FailFlushAndPoolDelete {
-    fn fail(&self) -> StoreResult<()> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(StoreError::Io(sled::Error::Io(std::io::Error::other(
-                "input/output error",
-            ))));
-        }
-        Ok(())
-    }
-}
-
-/// A CreatePool whose record can be neither flushed nor taken back
-/// answers the store's error, and the pool it leaves in the store is
-/// served like any other: it was listed, answered ALREADY_EXISTS, and
-/// never filled (no replenisher) until a restart.
-#[tokio::test(start_paused = true)]
-async fn a_create_pool_that_cannot_be_taken_back_is_served() {
-    let sim = sim();
-    let store = HookedStore::new(FailFlushAndPoolDelete::default());
-    let manager = manager_on(&sim, store.clone());
-    manager.start().await.unwrap();
-    store.hooks.failing.store(true, Ordering::SeqCst);
-    let err = manager.create_pool(pool(), spec(2)).await.unwrap_err();
-    assert!(matches!(err, ManagerError::Store(_)), "{err:?}");
-    store.hooks.failing.store(false, Ordering::SeqCst);
-    assert!(
-        manager.get_pool(&pool()).await.is_ok(),
-        "taken back after all"
-    );
-    wait_ready(&manager, 2).await;
 }
 
 /// A store error while the allocation is being finished (marking the
@@ -2173,14 +2128,10 @@ async fn a_create_in_flight_at_a_crash_is_watched_for_after_the_rollback() {
     let dir = tempfile::tempdir().unwrap();
     let manager = started_paused(&cloud, open_store(dir.path()), 2).await;
     let creating = cloud.hold_next("create_port", At::Before);
-    let buying = {
-        let manager = manager.clone();
-        tokio::spawn(async move {
-            manager
-                .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
-                .await
-        })
-    };
+    let buying = spawn_allocate(
+        &manager,
+        request("o-1", new_volume(), EmptyPoolPolicy::FailFast),
+    );
     creating.reached().await;
     manager.shutdown().await.unwrap();
     let _ = buying.await;

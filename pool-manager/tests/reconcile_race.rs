@@ -75,14 +75,10 @@ async fn reconcile_leaves_an_allocation_alone_between_its_record_and_its_flush()
     manager.create_pool(pool(), spec(1)).await.unwrap();
     wait_ready(&manager, 1).await;
 
-    let buying = {
-        let manager = manager.clone();
-        tokio::spawn(async move {
-            manager
-                .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
-                .await
-        })
-    };
+    let buying = spawn_allocate(
+        &manager,
+        request("order-1", new_volume(), EmptyPoolPolicy::FailFast),
+    );
     store.hooks.holding.notified().await;
     let stored = manager.get_allocation("order-1").await.unwrap();
     assert_eq!(stored.state, AllocationState::Allocating);
@@ -159,14 +155,10 @@ async fn reconcile_leaves_an_allocation_alone_that_finished_while_the_pass_ran()
 
     // order-b: an Allocate in flight, held at its port attach.
     let b_attach = cloud.hold_next("attach_port", At::Before);
-    let buying = {
-        let manager = manager.clone();
-        tokio::spawn(async move {
-            manager
-                .allocate(request("order-b", new_volume(), EmptyPoolPolicy::FailFast))
-                .await
-        })
-    };
+    let buying = spawn_allocate(
+        &manager,
+        request("order-b", new_volume(), EmptyPoolPolicy::FailFast),
+    );
     b_attach.reached().await;
 
     // The pass has listed both when it detaches order-a's volume.

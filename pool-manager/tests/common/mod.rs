@@ -143,6 +143,15 @@ pub async fn purchases_every(manager: &PoolManager, n: usize, gap: Duration) {
     }
 }
 
+/// An Allocate running on its own task, for tests that step in meanwhile.
+pub fn spawn_allocate(
+    manager: &PoolManager,
+    order: AllocateRequest,
+) -> tokio::task::JoinHandle<pool_manager::ManagerResult<Allocation>> {
+    let manager = manager.clone();
+    tokio::spawn(async move { manager.allocate(order).await })
+}
+
 pub fn new_volume() -> VolumeSource {
     VolumeSource::New {
         size_gib: 20,
