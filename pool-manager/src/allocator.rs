@@ -313,9 +313,17 @@ fn allocation_outcome(outcome: &ManagerResult<Allocation>) -> AllocationOutcome 
 }
 
 fn failure_outcome(error: &ManagerError) -> AllocationOutcome {
+    // By the answer the caller gets (the server's status mapping): a
+    // quota refusal is RESOURCE_EXHAUSTED, a refusal asking again does not
+    // change FAILED_PRECONDITION; cloud_error stays for an unavailable cloud.
     match error {
-        ManagerError::ResourceExhausted(_) => AllocationOutcome::Exhausted,
-        ManagerError::FailedPrecondition(_) => AllocationOutcome::PreconditionFailed,
+        ManagerError::ResourceExhausted(_) | ManagerError::Cloud(CloudError::QuotaExceeded(_)) => {
+            AllocationOutcome::Exhausted
+        }
+        ManagerError::FailedPrecondition(_)
+        | ManagerError::Cloud(CloudError::Conflict(_) | CloudError::Fatal(_)) => {
+            AllocationOutcome::PreconditionFailed
+        }
         ManagerError::Cloud(_) => AllocationOutcome::CloudError,
         _ => AllocationOutcome::Failed,
     }

@@ -51,8 +51,10 @@ pub enum AllocationOutcome {
     Cold,
     Exhausted,
     /// FAILED_PRECONDITION: the tenant's volume is in use, missing or in
-    /// another zone, or the cloud refused to create its volume or port.
+    /// another zone, or the cloud refused to create its volume or port, or
+    /// refused a call as one asking again does not change.
     PreconditionFailed,
+    /// UNAVAILABLE: the cloud did not answer, or kept failing or throttling.
     CloudError,
     Failed,
 }

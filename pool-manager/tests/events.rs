@@ -309,3 +309,31 @@ async fn drain_while(after: Duration, state: InstanceState) {
         );
     }
 }
+
+/// An Allocate the cloud refused is counted by what its caller is told: a
+/// refusal as a bad request (FAILED_PRECONDITION) as precondition_failed,
+/// not as cloud_error, which reads as the cloud being unavailable.
+#[tokio::test(start_paused = true)]
+async fn a_purchase_refused_as_a_bad_request_is_counted_as_a_failed_precondition() {
+    let sim = sim();
+    let (cloud, _refusing) = GatedCloud::refusing(
+        &sim,
+        "attach_volume",
+        CloudError::Fatal("Invalid volume: not in the same availability_zone".into()),
+        true,
+    );
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let mut events = manager.events();
+    let result = manager
+        .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await;
+    assert!(
+        matches!(&result, Err(ManagerError::Cloud(CloudError::Fatal(_)))),
+        "{result:?}"
+    );
+    assert_eq!(
+        allocation_outcomes(&mut events),
+        [AllocationOutcome::PreconditionFailed]
+    );
+    manager.shutdown().await.unwrap();
+}
