@@ -513,31 +513,29 @@ impl Shared {
         }
     }
 
-    /// Deletes the twins a create sent again after a lost answer may have
-    /// left (see [`Allocation::creates_in_doubt`]): the volumes warmpool
-    /// created and ports named as the allocation's that it does not use.
-    async fn delete_twins(&self, allocation: &Allocation, deadline: Instant) -> ManagerResult<()> {
-        let name = allocation.resource_name();
+    /// Deletes the twins a create whose answer was lost may have left (see
+    /// [`Allocation::creates_in_doubt`]): the ports, and the volumes when
+    /// warmpool created them, that carry the watched name but are not kept.
+    pub(crate) async fn delete_twins(
+        &self,
+        watch: &TwinWatch,
+        deadline: Instant,
+    ) -> ManagerResult<()> {
+        let twin = |id: &String| !watch.keep.contains(id);
         let ports = self
-            .retry(deadline, || self.cloud.find_ports_by_name(&name))
+            .retry(deadline, || self.cloud.find_ports_by_name(&watch.name))
             .await?;
-        for port in ports
-            .iter()
-            .filter(|p| Some(&p.id) != allocation.port_id.as_ref())
-        {
-            tracing::info!(request_id = %allocation.params.request_id, port = %port.id, "deleting the twin of a port create whose answer was lost");
+        for port in ports.iter().filter(|p| twin(&p.id)) {
+            tracing::info!(request_id = %watch.request_id, port = %port.id, "deleting the twin of a port create whose answer was lost");
             self.retry(deadline, || self.cloud.delete_port(&port.id))
                 .await?;
         }
-        if matches!(allocation.params.volume.source, VolumeSource::New { .. }) {
+        if watch.volumes {
             let volumes = self
-                .retry(deadline, || self.cloud.find_volumes_by_name(&name))
+                .retry(deadline, || self.cloud.find_volumes_by_name(&watch.name))
                 .await?;
-            for volume in volumes
-                .iter()
-                .filter(|v| Some(&v.id) != allocation.volume_id.as_ref())
-            {
-                tracing::info!(request_id = %allocation.params.request_id, volume = %volume.id, "deleting the twin of a volume create whose answer was lost");
+            for volume in volumes.iter().filter(|v| twin(&v.id)) {
+                tracing::info!(request_id = %watch.request_id, volume = %volume.id, "deleting the twin of a volume create whose answer was lost");
                 self.delete_volume_when_free(&volume.id, deadline).await?;
             }
         }
@@ -669,7 +667,8 @@ impl Shared {
                     let shared = self.clone();
                     let watch = self.twin_watch(&done, true);
                     self.spawn(async move {
-                        if let Err(e) = shared.watch_for_twins(&watch).await {
+                        let deadline = shared.cleanup_deadline();
+                        if let Err(e) = shared.delete_twins(&watch, deadline).await {
                             tracing::warn!(request_id = %watch.request_id, error = %e, "cannot delete the twins of a lost create yet; the reconciler tries again");
                         }
                     });
@@ -1479,7 +1478,6 @@ impl Shared {
             return Ok(());
         };
         let deadline = self.cleanup_deadline();
-        let name = allocation.resource_name();
         let mut instance_found = false;
         for instance in self.store.list_instances().await? {
             // Also an instance already Allocated: taken for good right
@@ -1504,22 +1502,17 @@ impl Shared {
             self.delete_server_if_set_aside(&allocation, instance_id, deadline)
                 .await?;
         }
-        let mut ports = self
-            .retry(deadline, || self.cloud.find_ports_by_name(&name))
+        if let Some(port_id) = &allocation.port_id {
+            self.retry(deadline, || self.cloud.delete_port(port_id))
+                .await?;
+        }
+        if let (true, Some(volume_id)) = (allocation.volume_created, &allocation.volume_id) {
+            self.delete_volume_when_free(volume_id, deadline).await?;
+        }
+        // And what a create whose id never reached the record left: nothing
+        // named as the attempt is kept.
+        self.delete_twins(&self.twin_watch(&allocation, false), deadline)
             .await?;
-        ports.retain(|p| Some(&p.id) != allocation.port_id.as_ref());
-        for port in allocation.port_id.iter().chain(ports.iter().map(|p| &p.id)) {
-            self.retry(deadline, || self.cloud.delete_port(port))
-                .await?;
-        }
-        if matches!(allocation.params.volume.source, VolumeSource::New { .. }) {
-            let volumes = self
-                .retry(deadline, || self.cloud.find_volumes_by_name(&name))
-                .await?;
-            for volume in volumes {
-                self.delete_volume_when_free(&volume.id, deadline).await?;
-            }
-        }
         if let Some(stored) = self.store.get_allocation(request_id).await? {
             if stored.state == AllocationState::Allocating {
                 let unrecorded_create = after_crash
@@ -1684,7 +1677,8 @@ impl Shared {
             }
         }
         if allocation.creates_in_doubt {
-            self.delete_twins(&allocation, deadline).await?;
+            self.delete_twins(&self.twin_watch(&allocation, true), deadline)
+                .await?;
         }
         let mut released = allocation.clone();
         released.state = AllocationState::Released;

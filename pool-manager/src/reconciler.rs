@@ -429,27 +429,9 @@ impl Shared {
 
     /// Deletes whatever carries a watched name but what the watch keeps,
     /// and ends the watch once it is over (after that last look).
-    pub(crate) async fn watch_for_twins(&self, watch: &TwinWatch) -> ManagerResult<()> {
+    async fn watch_for_twins(&self, watch: &TwinWatch) -> ManagerResult<()> {
         let now = self.sizing_book().wall_now(&self.settings.sizing);
-        let deadline = self.cleanup_deadline();
-        let twin = |id: &String| !watch.keep.contains(id);
-        let ports = self
-            .retry(deadline, || self.cloud.find_ports_by_name(&watch.name))
-            .await?;
-        for port in ports.iter().filter(|p| twin(&p.id)) {
-            tracing::warn!(request_id = %watch.request_id, port = %port.id, "deleting the twin of a port create whose answer was lost");
-            self.retry(deadline, || self.cloud.delete_port(&port.id))
-                .await?;
-        }
-        if watch.volumes {
-            let volumes = self
-                .retry(deadline, || self.cloud.find_volumes_by_name(&watch.name))
-                .await?;
-            for volume in volumes.iter().filter(|v| twin(&v.id)) {
-                tracing::warn!(request_id = %watch.request_id, volume = %volume.id, "deleting the twin of a volume create whose answer was lost");
-                self.delete_volume_when_free(&volume.id, deadline).await?;
-            }
-        }
+        self.delete_twins(watch, self.cleanup_deadline()).await?;
         if now >= watch.until {
             self.store.delete_twin_watch(&watch.name).await?;
         }
