@@ -28,6 +28,9 @@ use tokio::time::Instant;
 struct Timed<T> {
     current: T,
     next: Option<(Instant, T)>,
+    /// A step after `next`: a volume attaching to a server being deleted is
+    /// in use once the attach is done, and available once the server is gone.
+    then: Option<(Instant, T)>,
 }
 
 impl<T: Clone> Timed<T> {
@@ -35,24 +38,42 @@ impl<T: Clone> Timed<T> {
         Self {
             current: value,
             next: None,
+            then: None,
         }
     }
 
     fn at(&self, now: Instant) -> &T {
-        match &self.next {
-            Some((t, v)) if now >= *t => v,
+        match (&self.next, &self.then) {
+            (_, Some((t, v))) if now >= *t => v,
+            (Some((t, v)), _) if now >= *t => v,
             _ => &self.current,
         }
     }
 
+    /// When the last step starts, if it has not yet.
+    fn pending_until(&self, now: Instant) -> Option<Instant> {
+        [&self.next, &self.then]
+            .into_iter()
+            .flatten()
+            .map(|(t, _)| *t)
+            .filter(|t| now < *t)
+            .max()
+    }
+
     fn pending(&self, now: Instant) -> bool {
-        matches!(&self.next, Some((t, _)) if now < *t)
+        self.pending_until(now).is_some()
     }
 
     /// Starts a transition: `during` now, `after` from `done_at` on.
     fn start(&mut self, during: T, done_at: Instant, after: T) {
         self.current = during;
         self.next = Some((done_at, after));
+        self.then = None;
+    }
+
+    /// Adds a step after the pending transition: `value` from `at` on.
+    fn and_then(&mut self, at: Instant, value: T) {
+        self.then = Some((at, value));
     }
 }
 
@@ -211,6 +232,10 @@ struct Host {
     serial_free_at: Option<Instant>,
 }
 
+/// Nova's 400 for a detach while the volume is still attaching (Cinder's
+/// begin_detaching wants it `in-use`).
+pub(crate) const DETACH_WHILE_ATTACHING: &str = "Invalid volume: Unable to detach volume. Volume status must be 'in-use' and attach_status must be 'attached' to detach.";
+
 /// Injected faults; see [`crate::Faults`] for what each does.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct FaultState {
@@ -218,6 +243,7 @@ pub(crate) struct FaultState {
     pub error_boots: u64,
     pub error_boot_fault: String,
     pub fail_volume_attach: u64,
+    pub volume_attach_fails_on_host: u64,
     pub error_volumes: u64,
     pub fail_port_attach: u64,
     pub api_errors: u64,
@@ -1034,8 +1060,11 @@ impl Model {
             .collect()
     }
 
-    /// Starts tearing a server down. Its mysqld stops at once; attached
-    /// volumes return to `available` and ports are unbound when it is gone.
+    /// Starts tearing a server down. Its mysqld stops at once. As in Nova,
+    /// whose delete waits on the instance lock for an attach in progress,
+    /// a volume still attaching finishes its attach first; attached volumes
+    /// stay `in-use` until the server is gone (Cinder's attachment is
+    /// deleted last), then are `available`. Ports are unbound when it is gone.
     pub fn delete_server(&mut self, id: &str, now: Instant) {
         let Some(s) = self.servers.get(id) else {
             return;
@@ -1043,26 +1072,40 @@ impl Model {
         if s.gone_at.is_some() {
             return;
         }
-        let gone_at = now + self.latency(self.cfg.latencies.delete);
+        let attach_done = s
+            .volumes
+            .iter()
+            .filter_map(|vid| self.volumes.get(vid))
+            .filter(|v| v.attached_server(now) == Some(id))
+            .filter_map(|v| v.state.pending_until(now))
+            .max()
+            .unwrap_or(now);
+        let gone_at = attach_done + self.latency(self.cfg.latencies.delete);
         let s = self.servers.get_mut(id).expect("checked above");
         s.gone_at = Some(gone_at);
         s.listener = None;
         let seq = s.seq;
         let volumes = std::mem::take(&mut s.volumes);
         let ports = std::mem::take(&mut s.ports);
+        let released = VolState {
+            status: VolumeStatus::Available,
+            server: None,
+        };
         for vid in volumes {
             if let Some(vol) = self.volumes.get_mut(&vid) {
-                if vol.attached_server(now) == Some(id) {
+                if vol.attached_server(now) != Some(id) {
+                    continue;
+                }
+                if vol.state.pending(now) {
+                    vol.state.and_then(gone_at, released.clone());
+                } else {
                     vol.state.start(
                         VolState {
-                            status: VolumeStatus::Detaching,
+                            status: VolumeStatus::InUse,
                             server: Some(id.to_string()),
                         },
                         gone_at,
-                        VolState {
-                            status: VolumeStatus::Available,
-                            server: None,
-                        },
+                        released.clone(),
                     );
                 }
             }
@@ -1309,6 +1352,12 @@ impl Model {
             )));
         }
         let done = now + self.latency(self.cfg.latencies.volume_attach);
+        // An injected failure on the compute host: Nova accepted the attach,
+        // then rolled it back, and Cinder shows the volume `available` again.
+        let fails_on_host = self.faults.volume_attach_fails_on_host > 0;
+        if fails_on_host {
+            self.faults.volume_attach_fails_on_host -= 1;
+        }
         let vol = self.volumes.get_mut(volume_id).expect("checked above");
         vol.state.start(
             VolState {
@@ -1317,8 +1366,11 @@ impl Model {
             },
             done,
             VolState {
-                status: VolumeStatus::InUse,
-                server: Some(server_id.to_string()),
+                status: match fails_on_host {
+                    true => VolumeStatus::Available,
+                    false => VolumeStatus::InUse,
+                },
+                server: (!fails_on_host).then(|| server_id.to_string()),
             },
         );
         self.servers
@@ -1344,6 +1396,10 @@ impl Model {
             return Ok(());
         }
         self.detachable(server_id, "detach_volume", now)?;
+        if vol.state.at(now).status == VolumeStatus::Attaching {
+            // Cinder's begin_detaching refuses it; Nova passes the 400 on.
+            return Err(CloudError::Conflict(DETACH_WHILE_ATTACHING.into()));
+        }
         let done = now + self.latency(self.cfg.latencies.volume_detach);
         let vol = self.volumes.get_mut(volume_id).expect("checked above");
         vol.state.start(

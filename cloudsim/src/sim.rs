@@ -261,6 +261,13 @@ impl Faults {
         self.with(|f| f.fail_volume_attach = n);
     }
 
+    /// The next `n` accepted `attach_volume` calls fail on the compute
+    /// host: the volume is `attaching` for the attach latency, then
+    /// `available` again, attached to nothing.
+    pub fn fail_next_volume_attach_on_host(&self, n: u64) {
+        self.with(|f| f.volume_attach_fails_on_host = n);
+    }
+
     /// The next `n` volumes created go `creating` -> `error` instead of
     /// `available` (the create call itself succeeds).
     pub fn error_next_volumes(&self, n: u64) {

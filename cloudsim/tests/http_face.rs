@@ -1886,6 +1886,42 @@ async fn attaching_to_a_building_server_is_409() {
     assert_eq!(env.server(&sid, "2.79").await["status"], "BUILD");
 }
 
+/// Nova's answer to a detach while the volume is still attaching: Cinder's
+/// begin_detaching wants it `in-use`, and Nova passes its 400 on.
+#[tokio::test]
+async fn detaching_a_volume_still_attaching_is_400() {
+    let mut cfg = config();
+    // 20 s attaching: long past the end of this test.
+    cfg.latencies.volume_attach = Duration::from_secs(10_000);
+    let env = start_with(cfg, HttpSettings::default()).await;
+    let sid = env.active_server("a").await;
+    let vol = env.available_volume("v").await;
+    env.post(
+        Service::Compute,
+        &format!("/v2.1/servers/{sid}/os-volume_attachments"),
+        Some("2.101"),
+        json!({"volumeAttachment": {"volumeId": vol}}),
+    )
+    .await
+    .expect(202);
+    let r = env
+        .delete(
+            Service::Compute,
+            &format!("/v2.1/servers/{sid}/os-volume_attachments/{vol}"),
+            None,
+        )
+        .await
+        .expect(400);
+    assert_eq!(
+        r.json(),
+        json!({"badRequest": {"code": 400, "message": "Invalid volume: Unable to detach volume. Volume status must be 'in-use' and attach_status must be 'attached' to detach."}})
+    );
+    assert_eq!(
+        env.volume(&vol).await.json()["volume"]["status"],
+        "attaching"
+    );
+}
+
 #[tokio::test]
 async fn the_demo_binary_serves_and_prints_a_clouds_yaml() {
     use tokio::io::AsyncBufReadExt;

@@ -595,10 +595,10 @@ async fn deletes_are_idempotent_and_server_delete_releases_attachments() {
     );
     assert!(cloud.servers().is_empty(), "being deleted is not live");
     assert!(cloud.list_pool_servers().await.unwrap().is_empty());
-    assert_eq!(
-        cloud.get_volume(&vol).await.unwrap().status,
-        VolumeStatus::Detaching
-    );
+    // Cinder's attachment goes last: in use until the server is gone.
+    let v = cloud.get_volume(&vol).await.unwrap();
+    assert_eq!(v.status, VolumeStatus::InUse);
+    assert_eq!(v.attached_to, vec![server.clone()]);
     at(t0, 2.0).await;
     assert!(matches!(
         cloud.get_server(&server).await,
@@ -969,4 +969,73 @@ async fn listener_never_opens_when_mysqld_never_starts() {
         .await
         .unwrap_err();
     assert!(matches!(err, ProbeError::Connect { .. }), "{err:?}");
+}
+
+/// Nova refuses to detach a volume still attaching (Cinder wants it
+/// `in-use`), and a delete waits for an attach in progress (the instance
+/// lock): the volume is attaching, in use, and available once the server
+/// is gone.
+#[tokio::test(start_paused = true)]
+async fn a_volume_still_attaching_is_not_detached_and_outlasts_a_delete_in_use() {
+    let cloud = SimCloud::new(SimConfig::deterministic());
+    let server = active_server(&cloud, "a", "az1").await;
+    let vol = cloud.create_volume_for_test("tenant", "az1", 10);
+    let t0 = Instant::now();
+    cloud.attach_volume(&server, &vol).await.unwrap();
+    let refused = cloud.detach_volume(&server, &vol).await.unwrap_err();
+    assert!(
+        matches!(&refused, CloudError::Conflict(m) if m.contains("must be 'in-use'")),
+        "{refused:?}"
+    );
+    cloud.delete_server(&server).await.unwrap();
+    assert_eq!(
+        cloud.get_volume(&vol).await.unwrap().status,
+        VolumeStatus::Attaching
+    );
+    // The attach takes 2 s, then the delete 2 s more.
+    at(t0, 3.0).await;
+    let v = cloud.get_volume(&vol).await.unwrap();
+    assert_eq!(v.status, VolumeStatus::InUse);
+    assert_eq!(v.attached_to, vec![server.clone()]);
+    at(t0, 4.0).await;
+    let v = cloud.get_volume(&vol).await.unwrap();
+    assert_eq!(v.status, VolumeStatus::Available);
+    assert!(v.attached_to.is_empty());
+    assert!(matches!(
+        cloud.get_server(&server).await,
+        Err(CloudError::NotFound(_))
+    ));
+}
+
+/// An attach failing on the compute host: accepted, `attaching` for the
+/// attach latency, then `available` again and attached to nothing.
+#[tokio::test(start_paused = true)]
+async fn an_attach_failing_on_the_host_leaves_the_volume_available() {
+    let cloud = SimCloud::new(SimConfig::deterministic());
+    let server = active_server(&cloud, "a", "az1").await;
+    let vol = cloud.create_volume_for_test("tenant", "az1", 10);
+    cloud.faults().fail_next_volume_attach_on_host(1);
+    let t0 = Instant::now();
+    cloud.attach_volume(&server, &vol).await.unwrap();
+    assert_eq!(
+        cloud.get_volume(&vol).await.unwrap().status,
+        VolumeStatus::Attaching
+    );
+    at(t0, 2.0).await;
+    let v = cloud.get_volume(&vol).await.unwrap();
+    assert_eq!(v.status, VolumeStatus::Available);
+    assert!(v.attached_to.is_empty());
+    assert!(cloud
+        .get_server(&server)
+        .await
+        .unwrap()
+        .attached_volumes
+        .is_empty());
+    // The next attach is a normal one.
+    cloud.attach_volume(&server, &vol).await.unwrap();
+    at(t0, 4.0).await;
+    assert_eq!(
+        cloud.get_volume(&vol).await.unwrap().status,
+        VolumeStatus::InUse
+    );
 }

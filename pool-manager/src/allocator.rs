@@ -744,6 +744,9 @@ impl Shared {
         // A new volume was just seen available; after a failed try it may
         // still be detaching from the discarded instance.
         let mut volume_available = matches!(params.volume.source, VolumeSource::New { .. });
+        // Servers of failed tries: each lets go of the volume when its
+        // deletion completes, if a detach did not.
+        let mut discarded_servers = Vec::new();
         // One count per call that found the pool empty, also over tries.
         let mut counted_empty = false;
         loop {
@@ -769,7 +772,11 @@ impl Shared {
             let claim = claimed_at.elapsed();
             let attempt = match answers {
                 Ok(()) => {
-                    self.attach_and_verify(record, &instance, deadline, volume_available)
+                    let volume = VolumeBefore {
+                        known_available: volume_available,
+                        discarded_servers: &discarded_servers,
+                    };
+                    self.attach_and_verify(record, &instance, deadline, volume)
                         .await
                 }
                 Err(failure) => Err(failure),
@@ -808,6 +815,7 @@ impl Shared {
                     tracing::warn!(instance = %instance.id, error = %error, "discarding instance after a failed try");
                     self.discard_instance(&instance.id, &error.to_string())
                         .await?;
+                    discarded_servers.extend(instance.server_id.clone());
                     record
                         .update(|a| {
                             a.instance_id = None;
@@ -1139,7 +1147,7 @@ impl Shared {
         record: &Record<'_>,
         instance: &Instance,
         deadline: Instant,
-        volume_available: bool,
+        volume: VolumeBefore<'_>,
     ) -> Result<(), AttemptError> {
         let server_id = instance.server_id.as_deref().ok_or_else(|| {
             AttemptError::Instance(ManagerError::FailedPrecondition(
@@ -1151,7 +1159,7 @@ impl Shared {
         let (volume, port) = tokio::join!(
             async {
                 let r = self
-                    .attach_volume(record, server_id, deadline, volume_available)
+                    .attach_volume(record, server_id, deadline, volume)
                     .await;
                 (r, volume_started.elapsed())
             },
@@ -1193,21 +1201,23 @@ impl Shared {
     }
 
     /// Attaches the allocation's volume and waits until it is in use by the
-    /// server. Unless the volume is `known_available` (warmpool's own, just
-    /// seen so), it is looked at first: an existing one is fenced again (it
-    /// may have been attached elsewhere since the request was checked), a
-    /// new one may still be detaching from an instance a failed try
-    /// discarded.
+    /// server. Unless the volume is known to be available (warmpool's own,
+    /// just seen so), it is looked at first: an existing one is fenced again
+    /// (it may have been attached elsewhere since the request was checked),
+    /// and either may still be held by an instance a failed try discarded.
     async fn attach_volume(
         &self,
         record: &Record<'_>,
         server_id: &str,
         deadline: Instant,
-        known_available: bool,
+        before: VolumeBefore<'_>,
     ) -> Result<String, AttemptError> {
         let volume_id = self.volume_for(record, deadline).await?;
-        if !known_available {
-            self.wait_volume(&volume_id, deadline, Phase::BeforeAttach, |status, _| {
+        if !before.known_available {
+            let phase = Phase::BeforeAttach {
+                discarded_servers: before.discarded_servers,
+            };
+            self.wait_volume(&volume_id, deadline, phase, |status, _| {
                 *status == VolumeStatus::Available
             })
             .await?;
@@ -1309,14 +1319,18 @@ impl Shared {
     /// (creating, attaching, detaching); any other state fails the request.
     /// After an accepted attach, `available` is transitional too: from Nova
     /// microversion 2.101 the attach answers 202 before Cinder has even
-    /// reserved the volume.
+    /// reserved the volume. But `available` after `attaching` is the attach
+    /// undone: it failed on the compute host, and the instance is to blame.
+    /// Before an attach, a volume in use only by servers of failed tries is
+    /// let go when their deletion completes.
     async fn wait_volume(
         &self,
         volume_id: &str,
         deadline: Instant,
-        phase: Phase,
+        phase: Phase<'_>,
         done: impl Fn(&VolumeStatus, &[String]) -> bool,
     ) -> Result<(), AttemptError> {
+        let mut seen_attaching = false;
         loop {
             let volume = self
                 .retry(deadline, || self.cloud.get_volume(volume_id))
@@ -1325,9 +1339,33 @@ impl Shared {
             if done(&volume.status, &volume.attached_to) {
                 return Ok(());
             }
-            let pending = match volume.status {
-                VolumeStatus::Creating | VolumeStatus::Attaching | VolumeStatus::Detaching => true,
-                VolumeStatus::Available => phase == Phase::AfterAttach,
+            if phase == Phase::AfterAttach {
+                match volume.status {
+                    VolumeStatus::Attaching => seen_attaching = true,
+                    VolumeStatus::Available if seen_attaching => {
+                        return Err(AttemptError::Instance(ManagerError::Cloud(
+                            CloudError::Transient(format!(
+                                "the attach of volume {volume_id} failed on the instance's host: the volume is available again"
+                            )),
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+            let pending = match (&volume.status, phase) {
+                (VolumeStatus::Creating | VolumeStatus::Attaching | VolumeStatus::Detaching, _) => {
+                    true
+                }
+                (VolumeStatus::Available, Phase::AfterAttach) => true,
+                (
+                    VolumeStatus::InUse,
+                    Phase::BeforeAttach {
+                        discarded_servers: discarded,
+                    },
+                ) => {
+                    !volume.attached_to.is_empty()
+                        && volume.attached_to.iter().all(|s| discarded.contains(s))
+                }
                 _ => false,
             };
             if !pending {
@@ -1709,11 +1747,25 @@ impl Shared {
 
 /// Where a volume wait stands relative to our attach call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
+enum Phase<'a> {
     /// A volume warmpool has just created, before any claim.
     Created,
-    BeforeAttach,
+    BeforeAttach {
+        /// Servers earlier tries of this purchase discarded.
+        discarded_servers: &'a [String],
+    },
     AfterAttach,
+}
+
+/// What a try knows of the purchase's volume before it attaches it.
+#[derive(Clone, Copy)]
+struct VolumeBefore<'a> {
+    /// Warmpool's own new volume, just seen `available`: no look needed.
+    known_available: bool,
+    /// Servers earlier tries discarded; their deletion lets go of the
+    /// volume (a detach Nova refused, or an attach carried out after its
+    /// answer was lost, leaves it in use by them until then).
+    discarded_servers: &'a [String],
 }
 
 /// The answer to a fail-fast purchase that found the pool empty.

@@ -2290,3 +2290,103 @@ async fn twins_of_a_lost_create_are_deleted_after_a_crash_right_after_the_commit
     assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
+
+/// An attach whose answer was lost may have been carried out: the volume
+/// goes on attaching to the instance the failed try discards. The next
+/// instance gets the volume once that instance has let go of it; the
+/// purchase does not fail on a volume warmpool itself left in use.
+#[tokio::test(start_paused = true)]
+async fn an_attach_carried_out_after_its_answer_was_lost_does_not_fail_the_purchase() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 4).await;
+    let existing = VolumeSource::Existing {
+        volume_id: sim.create_volume_for_test("tenant-a", "az1", 10),
+    };
+    for volume in [new_volume(), existing] {
+        cloud.lose_next_answer("attach_volume");
+        let id = format!("o-{}", manager.list_allocations().await.unwrap().len());
+        let a = manager
+            .allocate(request(&id, volume, EmptyPoolPolicy::FailFast))
+            .await
+            .unwrap();
+        assert_eq!(a.state, AllocationState::Allocated);
+        let server = sim.server(a.server_id.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            server.server.attached_volumes,
+            vec![a.volume_id.clone().unwrap()]
+        );
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    assert_consistent(&sim, &manager).await;
+}
+
+/// An attach Nova accepts and then rolls back on the compute host leaves
+/// the volume `available` again: the try fails on that instance, and the
+/// purchase goes on with the next one instead of waiting for an attach
+/// that will never come.
+#[tokio::test(start_paused = true)]
+async fn an_attach_failing_on_the_host_moves_on_to_the_next_instance() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 2).await;
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    sim.faults().fail_next_volume_attach_on_host(1);
+    let a = manager
+        .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert_eq!(a.state, AllocationState::Allocated);
+    let server = sim.server(a.server_id.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        server.server.attached_volumes,
+        vec![a.volume_id.clone().unwrap()]
+    );
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(
+        status.count(InstanceState::Ready),
+        0,
+        "one instance was discarded"
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_consistent(&sim, &manager).await;
+}
+
+/// An instance whose host fails after the volume is attached cannot have
+/// it detached (Nova's 409 on a server in ERROR): its deletion lets go of
+/// the volume, and until then the volume is in use by that discarded
+/// server. The next instance waits for it instead of failing the purchase.
+#[tokio::test(start_paused = true)]
+async fn a_volume_held_by_a_failed_instance_goes_to_the_next_one() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 2).await;
+    let port_attach = cloud.hold_next("attach_port", At::Before);
+    let buying = spawn_allocate(
+        &manager,
+        request("o-1", new_volume(), EmptyPoolPolicy::FailFast),
+    );
+    port_attach.reached().await;
+    let first = manager
+        .get_allocation("o-1")
+        .await
+        .unwrap()
+        .server_id
+        .unwrap();
+    // The volume attach goes on beside the held port attach.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let volume = sim.volumes().pop().unwrap();
+    assert_eq!(volume.attached_to, vec![first.clone()]);
+    assert!(sim.fail_server(&first, "host compute-1 is down"));
+    port_attach.release();
+
+    let a = buying.await.unwrap().unwrap();
+    assert_eq!(a.state, AllocationState::Allocated);
+    assert_ne!(a.server_id.as_deref(), Some(first.as_str()));
+    let server = sim.server(a.server_id.as_deref().unwrap()).unwrap();
+    assert_eq!(server.server.attached_volumes, vec![volume.id]);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_consistent(&sim, &manager).await;
+}

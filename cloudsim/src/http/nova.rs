@@ -1061,7 +1061,12 @@ async fn detach_volume(
     }
     model
         .detach_volume(&id, &volume_id, now)
-        .map_err(|e| ApiError::from_cloud(C, e))?;
+        .map_err(|e| match e {
+            CloudError::Conflict(m) if m == crate::model::DETACH_WHILE_ATTACHING => {
+                ApiError::bad_request(C, m)
+            }
+            e => ApiError::from_cloud(C, e),
+        })?;
     Ok(StatusCode::ACCEPTED)
 }
 
