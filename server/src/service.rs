@@ -161,18 +161,8 @@ impl WarmPool for WarmPoolService {
         &self,
         _: Request<api::WatchPoolsRequest>,
     ) -> Reply<Self::WatchPoolsStream> {
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        // Subscribed before the first listing, so nothing that happens after
-        // the first messages is missed.
-        let watcher = Watcher {
-            changes: self.manager.subscribe(),
-            events: self.manager.events(),
-            manager: self.manager.clone(),
-            stopping: self.stopping.clone(),
-            sent: HashMap::new(),
-            tx,
-        };
-        tokio::spawn(watcher.run());
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+        Watcher::spawn(&self.manager, self.stopping.clone(), tx);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -181,6 +171,9 @@ impl WarmPool for WarmPoolService {
 /// changed: the computed target, lead time and throttle gate move without
 /// writing anything.
 const WATCH_REFRESH: Duration = Duration::from_secs(1);
+
+/// Messages a `WatchPools` stream holds for a slow reader.
+const WATCH_BUFFER: usize = 64;
 
 /// One `WatchPools` stream.
 struct Watcher {
@@ -198,8 +191,24 @@ struct Watcher {
 struct Stop;
 
 impl Watcher {
-    async fn run(mut self) {
-        let _ = self.serve().await;
+    fn spawn(
+        manager: &PoolManager,
+        stopping: watch::Receiver<bool>,
+        tx: mpsc::Sender<Result<api::PoolStatus, Status>>,
+    ) -> tokio::task::JoinHandle<()> {
+        // Subscribed before the first listing, so nothing that happens after
+        // the first messages is missed.
+        let mut watcher = Watcher {
+            changes: manager.subscribe(),
+            events: manager.events(),
+            manager: manager.clone(),
+            stopping,
+            sent: HashMap::new(),
+            tx,
+        };
+        tokio::spawn(async move {
+            let _ = watcher.serve().await;
+        })
     }
 
     async fn serve(&mut self) -> Result<(), Stop> {
@@ -211,11 +220,11 @@ impl Watcher {
             loop {
                 tokio::select! {
                     _ = self.tx.closed() => return Err(Stop),
-                    // A closed channel counts too: the daemon is gone.
-                    () = async { let _ = self.stopping.wait_for(|stopping| *stopping).await; } => {
-                        let _ = self.tx.send(Err(Status::unavailable(
+                    () = stopping(&self.stopping) => {
+                        // A reader that stopped reading is not waited for.
+                        let _ = self.tx.try_send(Err(Status::unavailable(
                             "warmpoold is shutting down; watch again once it is back",
-                        ))).await;
+                        )));
                         return Err(Stop);
                     }
                     () = self.changes.changed() => break,
@@ -238,7 +247,17 @@ impl Watcher {
     }
 
     async fn send(&self, status: api::PoolStatus) -> Result<(), Stop> {
-        self.tx.send(Ok(status)).await.map_err(|_| Stop)
+        self.send_item(Ok(status)).await
+    }
+
+    /// Waits for room in the stream, but not past the start of a shutdown:
+    /// a reader that stopped reading would otherwise hold the daemon up
+    /// for its whole grace period.
+    async fn send_item(&self, item: Result<api::PoolStatus, Status>) -> Result<(), Stop> {
+        tokio::select! {
+            sent = self.tx.send(item) => sent.map_err(|_| Stop),
+            () = stopping(&self.stopping) => Err(Stop),
+        }
     }
 
     /// Sends every pool that changed since it was last sent, and a last
@@ -247,7 +266,7 @@ impl Watcher {
         let pools = match self.manager.list_pools().await {
             Ok(pools) => pools,
             Err(e) => {
-                let _ = self.tx.send(Err(convert::status(e))).await;
+                let _ = self.send_item(Err(convert::status(e))).await;
                 return Err(Stop);
             }
         };
@@ -303,6 +322,12 @@ impl Watcher {
     }
 }
 
+/// Resolves once the daemon is shutting down; a closed channel counts too:
+/// the daemon is gone.
+async fn stopping(stopping: &watch::Receiver<bool>) {
+    let _ = stopping.clone().wait_for(|stopping| *stopping).await;
+}
+
 fn status_message(pool: Option<api::Pool>, events: Vec<api::PoolEvent>) -> api::PoolStatus {
     api::PoolStatus {
         pool,
@@ -330,4 +355,55 @@ fn same_for_watchers(a: &api::Pool, b: &api::Pool) -> bool {
         pool
     }
     steady(a) == steady(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pool_manager::model::PoolSpec;
+    use std::sync::Arc;
+
+    /// A `WatchPools` reader that stopped reading (its stream full) does
+    /// not keep the watch's task alive once shutdown starts, which would
+    /// hold the daemon's graceful shutdown for its whole grace period.
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_whose_reader_stopped_reading_ends_at_shutdown() {
+        let sim = cloudsim::SimCloud::new(cloudsim::SimConfig::deterministic());
+        let manager = PoolManager::new(
+            Arc::new(pool_manager::store::SledStore::temporary().unwrap()),
+            sim.clone(),
+            Arc::new(sim.probe()),
+            pool_manager::ManagerSettings::default(),
+        );
+        manager.start().await.unwrap();
+        for az in ["az1", "az2"] {
+            let spec = PoolSpec {
+                min_ready: 0,
+                max_ready: 1,
+                target: Default::default(),
+                image: "mysql-8.0".into(),
+                boot_timeout: Duration::from_secs(600),
+                max_age: None,
+                paused: true,
+                windows: Vec::new(),
+                iops_limit: None,
+                volume_iops_limit: None,
+            };
+            manager
+                .create_pool(PoolKey::new("db.small", az), spec)
+                .await
+                .unwrap();
+        }
+        let (stop, stopping) = watch::channel(false);
+        // Room for one message: the second pool's waits for a reader.
+        let (tx, _unread) = mpsc::channel(1);
+        let watcher = Watcher::spawn(&manager, stopping, tx);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!watcher.is_finished(), "the watch ended before shutdown");
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(60), watcher)
+            .await
+            .expect("the watch ended at shutdown")
+            .unwrap();
+    }
 }
