@@ -105,6 +105,9 @@ struct ServerRec {
     addr: SocketAddr,
     /// Set by delete: the server is being torn down and is gone from then.
     gone_at: Option<Instant>,
+    /// Set by a soft delete (Nova's `reclaim_instance_interval`): when the
+    /// server is reclaimed, that is deleted for good.
+    reclaim_at: Option<Instant>,
     /// Volumes and ports whose attach to this server was accepted and not yet
     /// undone; views filter them by the object's state at `now`.
     volumes: BTreeSet<String>,
@@ -119,7 +122,7 @@ struct ServerRec {
 
 impl ServerRec {
     fn status(&self, now: Instant) -> ServerStatus {
-        if self.gone_at.is_some() {
+        if self.gone_at.is_some() || self.reclaim_at.is_some() {
             return ServerStatus::Deleted;
         }
         match &self.boot {
@@ -295,6 +298,8 @@ pub(crate) struct ServerDetail {
     /// vm state with task state `deleting` until the server is gone).
     pub boot_status: ServerStatus,
     pub deleting: bool,
+    /// Soft-deleted (Nova's SOFT_DELETED), not yet reclaimed.
+    pub soft_deleted: bool,
     pub flavor: String,
     pub image: String,
     pub tags: BTreeSet<String>,
@@ -356,6 +361,8 @@ pub(crate) struct Model {
     addr_index: HashMap<SocketAddr, String>,
     /// Deleted objects and when they vanish; popped lazily.
     gone_queue: BinaryHeap<Reverse<(Instant, u64, Kind, String)>>,
+    /// Soft-deleted servers and when they are reclaimed; popped lazily.
+    reclaim_queue: BinaryHeap<Reverse<(Instant, String)>>,
     /// (network, ip) pairs in use.
     used_ips: HashSet<(String, String)>,
     next_ip: u32,
@@ -403,6 +410,7 @@ impl Model {
             ports: HashMap::new(),
             addr_index: HashMap::new(),
             gone_queue: BinaryHeap::new(),
+            reclaim_queue: BinaryHeap::new(),
             used_ips: HashSet::new(),
             next_ip: 0,
             next_synthetic: 0,
@@ -438,6 +446,19 @@ impl Model {
 
     /// Forgets objects whose deletion completed by `now`.
     pub fn expire(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.reclaim_queue.peek() {
+            if *at > now {
+                break;
+            }
+            let Reverse((at, id)) = self.reclaim_queue.pop().expect("peeked");
+            if self
+                .servers
+                .get(&id)
+                .is_some_and(|s| s.reclaim_at == Some(at))
+            {
+                self.delete_server(&id, at);
+            }
+        }
         while let Some(Reverse((at, _, _, _))) = self.gone_queue.peek() {
             if *at > now {
                 break;
@@ -808,6 +829,7 @@ impl Model {
                 boot,
                 addr,
                 gone_at: None,
+                reclaim_at: None,
                 volumes: BTreeSet::new(),
                 ports: BTreeSet::new(),
                 listener: None,
@@ -935,6 +957,7 @@ impl Model {
             server: self.server_view(s, now),
             boot_status,
             deleting: s.gone_at.is_some(),
+            soft_deleted: s.reclaim_at.is_some(),
             flavor: s.flavor.clone(),
             image: s.image.clone(),
             tags: s.tags.clone(),
@@ -1599,6 +1622,48 @@ impl Model {
             },
             _ => Ok(()),
         }
+    }
+
+    /// Nova's delete with `reclaim_instance_interval` set, for a server that
+    /// was ever ACTIVE: the server is only marked SOFT_DELETED. It stays
+    /// listed, keeps its quota, volumes and ports, its guest is powered off
+    /// (mysqld stops), and it is deleted for good after `reclaim_after` or by
+    /// a forceDelete. A soft-deleted server stays so when deleted again.
+    pub fn soft_delete_server(&mut self, id: &str, now: Instant, reclaim_after: Duration) {
+        let Some(s) = self.servers.get_mut(id) else {
+            return;
+        };
+        if s.gone_at.is_some() || s.reclaim_at.is_some() {
+            return;
+        }
+        let at = now + reclaim_after;
+        s.reclaim_at = Some(at);
+        s.listener = None;
+        if let Boot::Active {
+            mysqld_ready_at, ..
+        } = &mut s.boot
+        {
+            *mysqld_ready_at = None;
+        }
+        self.reclaim_queue.push(Reverse((at, id.to_string())));
+    }
+
+    /// Nova's forceDelete action: deletes a SOFT_DELETED server for good.
+    /// Nova before 2023 refused it for a server in any other state (409),
+    /// and so does the simulator.
+    pub fn force_delete_server(&mut self, id: &str, now: Instant) -> CloudResult<()> {
+        let s = self
+            .servers
+            .get(id)
+            .ok_or_else(|| CloudError::NotFound(format!("server {id}")))?;
+        if s.gone_at.is_some() || s.reclaim_at.is_none() {
+            return Err(CloudError::Conflict(format!(
+                "Cannot 'forceDelete' instance {id} while it is in vm_state {}",
+                vm_state(s.status(now))
+            )));
+        }
+        self.delete_server(id, now);
+        Ok(())
     }
 
     /// mysqld on a live server stops (crashed, killed by the OOM killer):

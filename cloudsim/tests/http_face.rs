@@ -1922,6 +1922,92 @@ async fn detaching_a_volume_still_attaching_is_400() {
     );
 }
 
+/// Nova with `reclaim_instance_interval` set: a delete soft-deletes a
+/// server that was ever ACTIVE. It stays listed as SOFT_DELETED and counted
+/// in the quota, deleting it again changes nothing, and a forceDelete (only
+/// of a SOFT_DELETED server) or the reclaim deletes it for good.
+#[tokio::test]
+async fn a_soft_delete_cloud_keeps_servers_until_forced_or_reclaimed() {
+    let settings = HttpSettings {
+        reclaim_instance_interval: Duration::from_secs(1),
+        ..HttpSettings::default()
+    };
+    let env = start_with(config(), settings).await;
+    let a = env.active_server("a").await;
+    let b = env.active_server("b").await;
+    let force = |id: String| {
+        let env = &env;
+        async move {
+            env.post(
+                Service::Compute,
+                &format!("/v2.1/servers/{id}/action"),
+                None,
+                json!({"forceDelete": null}),
+            )
+            .await
+        }
+    };
+    let r = force(a.clone()).await.expect(409);
+    assert!(r.json()["conflictingRequest"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("vm_state active"));
+    for id in [&a, &b] {
+        env.delete(Service::Compute, &format!("/v2.1/servers/{id}"), None)
+            .await
+            .expect(204);
+    }
+    env.delete(Service::Compute, &format!("/v2.1/servers/{a}"), None)
+        .await
+        .expect(204);
+    let s = env.server(&a, "2.79").await;
+    assert_eq!(s["status"], "SOFT_DELETED");
+    assert_eq!(s["OS-EXT-STS:vm_state"], "soft-delete");
+    let listed = env
+        .get(Service::Compute, "/v2.1/servers/detail", Some("2.79"))
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(listed["servers"].as_array().unwrap().len(), 2);
+    let limits = env
+        .get(Service::Compute, "/v2.1/limits", Some("2.79"))
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(limits["limits"]["absolute"]["totalInstancesUsed"], 2);
+
+    force(a.clone()).await.expect(202);
+    // a is being deleted for good now; b waits for its reclaim.
+    let s = env.server(&a, "2.79").await;
+    assert_eq!(s["OS-EXT-STS:task_state"], "deleting");
+    let s = env.server(&b, "2.79").await;
+    assert_eq!(s["status"], "SOFT_DELETED");
+    assert_eq!(s["OS-EXT-STS:task_state"], Value::Null);
+    let r = env
+        .post(
+            Service::Compute,
+            &format!("/v2.1/servers/{a}/action"),
+            None,
+            json!({"reboot": {"type": "SOFT"}}),
+        )
+        .await
+        .expect(400);
+    assert!(r.json()["badRequest"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("reboot"));
+    // a goes as a delete does; b when its reclaim comes.
+    for id in [&a, &b] {
+        wait_until(|| async {
+            let r = env
+                .get(Service::Compute, &format!("/v2.1/servers/{id}"), None)
+                .await;
+            (r.status == 404).then_some(())
+        })
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn the_demo_binary_serves_and_prints_a_clouds_yaml() {
     use tokio::io::AsyncBufReadExt;

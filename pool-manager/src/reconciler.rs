@@ -13,11 +13,12 @@
 //! | instance `Claimed`, allocation `Allocated` | - | mark the instance `Allocated` (left by versions that marked the allocation first) |
 //! | instance `Booting`, no server id | server with its instance id | adopt the server |
 //! | instance `Booting`, no server id | none | drop the record |
-//! | instance `Booting`/`Warming`/`Ready` | server gone | drop the record |
+//! | instance `Booting`/`Warming`/`Ready` | server gone (or SOFT_DELETED) | drop the record |
 //! | instance `Booting`/`Warming` | server exists | resume the boot task |
 //! | instance `Ready`, unclaimed | server in ERROR (its host failed) | discard it (the pool refills) |
 //! | instance `Ready`, unclaimed | server ACTIVE, mysqld silent on this pass's probe and the last's | discard it (the pool refills) |
 //! | instance `Failed`/`Deleting` | - | delete the server, drop the record |
+//! | nothing | server with warmpool metadata, SOFT_DELETED (a cloud with `reclaim_instance_interval`) | delete it for good (the driver's forceDelete), no leak event |
 //! | nothing | server with warmpool metadata, no volume attached | delete it (leak) |
 //! | nothing | server with warmpool metadata and a volume attached | leave it, log an error (a tenant's, its record lost) |
 //! | instance record set aside as unreadable | server naming the instance | leave it, log a warning (a release of its allocation deletes it by the allocation's server id) |
@@ -32,7 +33,7 @@
 //! of its own forgets released allocations older than that, hourly (a look
 //! at every allocation record is too much for every pass).
 
-use crate::cloud::{Server, META_INSTANCE};
+use crate::cloud::{Server, ServerStatus, META_INSTANCE};
 use crate::error::{ManagerError, ManagerResult};
 use crate::manager::Shared;
 use crate::model::{AllocationState, Instance, InstanceState, TwinWatch};
@@ -167,10 +168,12 @@ impl Shared {
                 .lock()
                 .expect("driving lock")
                 .contains(&instance.id);
+            // A soft-deleted server (SOFT_DELETED) is as good as gone.
             let server_exists = instance
                 .server_id
                 .as_ref()
-                .is_some_and(|id| servers.contains_key(id));
+                .and_then(|id| servers.get(id))
+                .is_some_and(|s| s.status != ServerStatus::Deleted);
             match instance.state {
                 InstanceState::Booting if instance.server_id.is_none() => {
                     if driving {
@@ -273,7 +276,7 @@ impl Shared {
                             .server_id
                             .as_ref()
                             .and_then(|id| servers.get(id))
-                            .is_some_and(|s| s.status == crate::cloud::ServerStatus::Error) =>
+                            .is_some_and(|s| s.status == ServerStatus::Error) =>
                 {
                     tracing::warn!(instance = %instance.id, server = ?instance.server_id, "Ready instance's server is in ERROR; replacing it");
                     let discarded = self
@@ -313,6 +316,20 @@ impl Shared {
                     .metadata
                     .get(META_INSTANCE)
                     .is_some_and(|id| awaiting_server.contains(id.as_str()));
+            if !owned && server.status == ServerStatus::Deleted {
+                // Soft-deleted (a cloud with Nova's reclaim_instance_interval
+                // set), by warmpool or by hand: it keeps its quota until the
+                // reclaim, so the delete is finished now. No leak: it was
+                // deleted once already.
+                tracing::debug!(server = %server.id, name = %server.name, "finishing the delete of a soft-deleted server");
+                let deleted = self.cloud.delete_server(&server.id).await;
+                go_on(
+                    deleted.map_err(Into::into),
+                    "deleting soft-deleted server",
+                    &server.id,
+                )?;
+                continue;
+            }
             if !owned && !server.attached_volumes.is_empty() {
                 // Only a purchase attaches a volume to a pool server, and a
                 // purchase is recorded before it: the store has lost its

@@ -1428,3 +1428,48 @@ image = "mysql-8.0"
         "{report}"
     );
 }
+
+/// On a cloud that only soft-deletes (Nova's `reclaim_instance_interval`),
+/// what warmpool deletes stays SOFT_DELETED, holding its quota, until the
+/// reclaim: the reconciler finishes those deletes (forceDelete), and later
+/// deletes are forced at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_a_soft_delete_cloud_keeps_are_deleted_for_good() {
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            reclaim_instance_interval: Duration::from_secs(3600),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let config = Config::parse(&env.config_text("", SMALL_POOL).replace(
+        r#"reconcile_interval = "1m""#,
+        r#"reconcile_interval = "300ms""#,
+    ))
+    .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = warmpool_server::start(config, async {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    let key = PoolKey::new("db.small", "az1");
+    for _ in 0..600 {
+        let status = running.manager.get_pool(&key).await.unwrap();
+        if status.count(pool_manager::model::InstanceState::Ready) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = running.manager.get_pool(&key).await.unwrap();
+    assert_eq!(status.count(pool_manager::model::InstanceState::Ready), 2);
+    running.manager.delete_pool(&key).await.unwrap();
+    let sim = env.sim.clone();
+    wait_until("the soft-deleted servers to go for good", || {
+        sim.servers().is_empty()
+    })
+    .await;
+    let _ = stop.send(());
+    running.served.await.unwrap().unwrap();
+}

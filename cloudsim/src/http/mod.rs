@@ -197,6 +197,11 @@ pub struct HttpSettings {
     /// The catalog types Cinder is registered under: both by default;
     /// deployments of the last decade often have only `volumev3`.
     pub cinder_catalog_types: Vec<&'static str>,
+    /// Nova's `reclaim_instance_interval`, in tokio time: above zero, a
+    /// delete of a server that was ever ACTIVE only soft-deletes it
+    /// (SOFT_DELETED, still listed and counted in the quota) until then or
+    /// until a `forceDelete`. Zero (Nova's default): deletes are for good.
+    pub reclaim_instance_interval: Duration,
 }
 
 impl Default for HttpSettings {
@@ -226,6 +231,7 @@ impl Default for HttpSettings {
             page_limit: None,
             image_properties: BTreeMap::new(),
             cinder_catalog_types: vec!["volumev3", "block-storage"],
+            reclaim_instance_interval: Duration::ZERO,
         }
     }
 }

@@ -48,6 +48,7 @@ pub(super) fn routes(state: Arc<FaceState>) -> Router {
         .route("/servers", get(list_servers).post(create_server))
         .route("/servers/detail", get(list_servers_detail))
         .route("/servers/:id", get(show_server).delete(delete_server))
+        .route("/servers/:id/action", axum::routing::post(server_action))
         .route("/servers/:id/metadata", get(server_metadata))
         .route("/servers/:id/tags", get(list_tags))
         .route("/servers/:id/tags/:tag", get(check_tag).put(put_tag))
@@ -247,6 +248,14 @@ fn status_name(s: ServerStatus) -> &'static str {
     }
 }
 
+/// The status Nova shows: the boot's, or SOFT_DELETED.
+fn shown_status(d: &ServerDetail) -> &'static str {
+    match d.soft_deleted {
+        true => "SOFT_DELETED",
+        false => status_name(d.boot_status),
+    }
+}
+
 /// `/dev/vdb`, `/dev/vdc`, ... by position among the server's mappings.
 pub(crate) fn device_name(d: &ServerDetail, volume_id: &str) -> String {
     let i = d
@@ -302,6 +311,7 @@ fn server_json(state: &FaceState, model: &Model, d: &ServerDetail, mv: Mv) -> Va
         (None, _) => json!({}),
     };
     let (vm_state, power_state) = match d.boot_status {
+        _ if d.soft_deleted => ("soft-delete", 4),
         ServerStatus::Active => ("active", 1),
         ServerStatus::Error => ("error", 0),
         _ => ("building", 0),
@@ -319,7 +329,7 @@ fn server_json(state: &FaceState, model: &Model, d: &ServerDetail, mv: Mv) -> Va
     let mut v = json!({
         "id": s.id,
         "name": s.name,
-        "status": status_name(d.boot_status),
+        "status": shown_status(d),
         "tenant_id": state.project_id,
         "user_id": state.settings.users.first().map(|u| state.user_id(&u.name)).unwrap_or_default(),
         "metadata": s.metadata,
@@ -688,7 +698,7 @@ fn filtered(model: &Model, q: &[(String, String)], mv: Mv) -> Vec<ServerDetail> 
         .filter(|d| {
             q.iter().all(|(k, v)| match k.as_str() {
                 "name" => d.server.name.contains(v.as_str()),
-                "status" => status_name(d.boot_status).eq_ignore_ascii_case(v),
+                "status" => shown_status(d).eq_ignore_ascii_case(v),
                 "tags" if mv.at_least(2, 26) => split(v).iter().all(|t| d.tags.contains(t)),
                 "tags-any" if mv.at_least(2, 26) => split(v).iter().any(|t| d.tags.contains(t)),
                 "not-tags" if mv.at_least(2, 26) => !split(v).iter().all(|t| d.tags.contains(t)),
@@ -771,11 +781,53 @@ async fn delete_server(
         .map_err(|e| ApiError::from_cloud(C, e))?;
     let now = Instant::now();
     let mut model = state.sim.inner.lock_at(now);
-    if model.server_detail(&id, now).is_none() {
+    let Some(d) = model.server_detail(&id, now) else {
+        return Err(instance_not_found(&id));
+    };
+    let reclaim = state.settings.reclaim_instance_interval;
+    // Nova soft-deletes only a server that was ever ACTIVE.
+    let launched = d.active_at.is_some_and(|t| now >= t);
+    if !reclaim.is_zero() && launched {
+        model.soft_delete_server(&id, now, reclaim);
+    } else {
+        model.delete_server(&id, now);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /servers/{id}/action`: `forceDelete` (202), which deletes a
+/// SOFT_DELETED server for good; no other action is simulated.
+async fn server_action(
+    State(state): State<Arc<FaceState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let body: Value = serde_json::from_slice(&body).map_err(|_| ApiError::malformed_body(C))?;
+    let action = body
+        .as_object()
+        .and_then(|o| o.keys().next())
+        .cloned()
+        .unwrap_or_default();
+    if action != "forceDelete" {
+        return Err(ApiError::bad_request(
+            C,
+            format!("There is no such action: {action}"),
+        ));
+    }
+    state
+        .sim
+        .gate("force_delete_server")
+        .await
+        .map_err(|e| ApiError::from_cloud(C, e))?;
+    let now = Instant::now();
+    let mut model = state.sim.inner.lock_at(now);
+    if model.server_detail(&id, now).is_none_or_deleting() {
         return Err(instance_not_found(&id));
     }
-    model.delete_server(&id, now);
-    Ok(StatusCode::NO_CONTENT)
+    model
+        .force_delete_server(&id, now)
+        .map_err(|e| ApiError::from_cloud(C, e))?;
+    Ok(StatusCode::ACCEPTED)
 }
 
 async fn server_metadata(

@@ -207,6 +207,11 @@ struct Inner {
     /// have created them, so the next create of the name looks first instead
     /// of making a twin nothing would ever delete.
     uncertain_creates: Mutex<HashSet<(Service, String)>>,
+    /// Pool servers last seen SOFT_DELETED: a cloud with Nova's
+    /// `reclaim_instance_interval` set only soft-deletes, and deleting such
+    /// a server again does nothing, while it keeps its quota and volumes
+    /// until the reclaim. `delete_server` force-deletes these.
+    soft_deleted: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for OpenStackCloud {
@@ -259,6 +264,7 @@ impl OpenStackCloud {
                 images: NameCache::default(),
                 networks: NameCache::default(),
                 uncertain_creates: Mutex::default(),
+                soft_deleted: Mutex::default(),
             }),
         })
     }
@@ -522,6 +528,14 @@ impl OpenStackCloud {
     }
 
     async fn view(&self, server: nova::NovaServer) -> CloudResult<Server> {
+        {
+            let mut soft_deleted = lock(&self.inner.soft_deleted);
+            if server.status.as_deref() == Some("SOFT_DELETED") {
+                soft_deleted.insert(server.id.clone());
+            } else {
+                soft_deleted.remove(&server.id);
+            }
+        }
         let az = Self::pool_az(&server);
         let network = self
             .network(self.inner.settings.management_network_for(&az))
@@ -833,6 +847,9 @@ impl Cloud for OpenStackCloud {
             }
         }
         let mut ports = self.ports_by_device(None).await?;
+        // Only what this listing shows soft-deleted stays marked: a server
+        // the cloud has reclaimed since is gone.
+        lock(&self.inner.soft_deleted).retain(|id| found.iter().any(|s| &s.id == id));
         let mut servers = Vec::new();
         for s in found {
             let tagged = s.tags.as_ref().is_some_and(|t| t.contains(tag));
@@ -851,6 +868,16 @@ impl Cloud for OpenStackCloud {
     }
 
     async fn delete_server(&self, server_id: &str) -> CloudResult<()> {
+        if lock(&self.inner.soft_deleted).contains(server_id) {
+            // Nova before 2023 force-deletes only a SOFT_DELETED server, so
+            // this is sent only for one seen so.
+            let force = self
+                .nova(Method::POST, &["servers", server_id, "action"])
+                .json(serde_json::json!({ "forceDelete": null }));
+            self.request_idempotent(force).await?;
+            lock(&self.inner.soft_deleted).remove(server_id);
+            return Ok(());
+        }
         self.request_idempotent(self.nova(Method::DELETE, &["servers", server_id]))
             .await
     }
