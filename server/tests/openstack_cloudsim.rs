@@ -1431,8 +1431,7 @@ image = "mysql-8.0"
 
 /// On a cloud that only soft-deletes (Nova's `reclaim_instance_interval`),
 /// what warmpool deletes stays SOFT_DELETED, holding its quota, until the
-/// reclaim: the reconciler finishes those deletes (forceDelete), and later
-/// deletes are forced at once.
+/// reclaim: the reconciler's next pass finishes those deletes (forceDelete).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_a_soft_delete_cloud_keeps_are_deleted_for_good() {
     let env = env_with(
