@@ -6,10 +6,15 @@
 //! The daemon runs the same checks before serving (see [`crate::start`]):
 //! anything but quota failing stops start-up, because a wrong password,
 //! flavor, image or network never heals by itself; a quota shortfall is
-//! logged and the pools fill as far as the quota lets them.
+//! logged and the pools fill as far as the quota lets them. It checks the
+//! pools it will serve: a pool its store has, with the stored settings
+//! (changed through the API, say to a new image), and a configured pool the
+//! store does not have yet. The command, which cannot open a store a
+//! running daemon holds, checks the configured pools.
 
-use crate::config::{Config, OpenStackConfig};
+use crate::config::{Config, OpenStackConfig, PoolConfig};
 use pool_manager::cloud::{Cloud, CloudError};
+use pool_manager::model::{PoolKey, PoolSpec};
 use pool_manager::openstack::{missing_compute_zone, OpenStackCloud};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -123,9 +128,44 @@ fn reason(e: &CloudError) -> String {
         .unwrap_or(text)
 }
 
-/// Runs every check against the cloud `config` names. Returns the report,
-/// and the connected cloud when the login worked (the daemon keeps it).
+/// A pool as the checks see it: where it boots, what, and how many at least.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckedPool {
+    pub key: PoolKey,
+    pub image: String,
+    pub min_ready: u32,
+}
+
+impl CheckedPool {
+    pub fn new(key: PoolKey, spec: &PoolSpec) -> Self {
+        Self {
+            key,
+            image: spec.image.clone(),
+            min_ready: spec.min_ready,
+        }
+    }
+}
+
+impl From<&PoolConfig> for CheckedPool {
+    fn from(pool: &PoolConfig) -> Self {
+        Self::new(pool.key(), &pool.spec())
+    }
+}
+
+/// Runs every check against the cloud `config` names, for the configured
+/// pools. Returns the report, and the connected cloud when the login worked.
 pub async fn check(config: &Config, os: &OpenStackConfig) -> (Report, Option<OpenStackCloud>) {
+    let pools: Vec<CheckedPool> = config.pools.iter().map(CheckedPool::from).collect();
+    check_pools(os, &pools).await
+}
+
+/// Runs every check against the cloud `os` names, for `pools`. Returns the
+/// report, and the connected cloud when the login worked (the daemon keeps
+/// it).
+pub async fn check_pools(
+    os: &OpenStackConfig,
+    pools: &[CheckedPool],
+) -> (Report, Option<OpenStackCloud>) {
     let mut report = Report::default();
     let settings = match os.settings() {
         Ok(s) => s,
@@ -153,7 +193,7 @@ pub async fn check(config: &Config, os: &OpenStackConfig) -> (Report, Option<Ope
     };
 
     let mut flavors = BTreeMap::new();
-    let names: BTreeSet<&str> = config.pools.iter().map(|p| p.flavor.as_str()).collect();
+    let names: BTreeSet<&str> = pools.iter().map(|p| p.key.flavor.as_str()).collect();
     for name in names {
         match cloud.flavor(name).await {
             Ok(f) => {
@@ -169,7 +209,7 @@ pub async fn check(config: &Config, os: &OpenStackConfig) -> (Report, Option<Ope
 
     let images: BTreeSet<&str> = match &cloud.settings().image {
         Some(image) => BTreeSet::from([image.as_str()]),
-        None => config.pools.iter().map(|p| p.image.as_str()).collect(),
+        None => pools.iter().map(|p| p.image.as_str()).collect(),
     };
     for image in images {
         match cloud.image_id(image).await {
@@ -189,28 +229,27 @@ pub async fn check(config: &Config, os: &OpenStackConfig) -> (Report, Option<Ope
         }
     }
 
-    zone_check(config, &cloud, &mut report).await;
-    volume_check(config, &cloud, &mut report).await;
-    quota_check(config, &cloud, &flavors, &mut report).await;
+    zone_check(pools, &cloud, &mut report).await;
+    volume_check(pools, &cloud, &mut report).await;
+    quota_check(pools, &cloud, &flavors, &mut report).await;
     (report, Some(cloud))
 }
 
-/// The availability zones of the configured pools.
-fn pool_azs(config: &Config) -> BTreeSet<&str> {
-    config
-        .pools
+/// The availability zones of the pools.
+fn pool_azs(pools: &[CheckedPool]) -> BTreeSet<&str> {
+    pools
         .iter()
-        .map(|p| p.availability_zone.as_str())
+        .map(|p| p.key.availability_zone.as_str())
         .collect()
 }
 
 /// Whether each pool's availability zone is one Nova boots servers in.
-async fn zone_check(config: &Config, cloud: &OpenStackCloud, report: &mut Report) {
+async fn zone_check(pools: &[CheckedPool], cloud: &OpenStackCloud, report: &mut Report) {
     let zones = match cloud.compute_zones().await {
         Ok(zones) => zones,
         Err(e) => return report.fail(CheckKind::Zone, format!("Nova: {}", reason(&e))),
     };
-    let missing: Vec<String> = pool_azs(config)
+    let missing: Vec<String> = pool_azs(pools)
         .into_iter()
         .filter_map(|az| missing_compute_zone(az, &zones))
         .collect();
@@ -225,13 +264,13 @@ async fn zone_check(config: &Config, cloud: &OpenStackCloud, report: &mut Report
 /// Whether Cinder answers, and has the zone each pool AZ's new volumes are
 /// created in: every purchase with a new volume needs both, and a Cinder
 /// whose zones are not named like Nova's (a single "nova") is common.
-async fn volume_check(config: &Config, cloud: &OpenStackCloud, report: &mut Report) {
+async fn volume_check(pools: &[CheckedPool], cloud: &OpenStackCloud, report: &mut Report) {
     let zones = match cloud.volume_zones().await {
         Ok(zones) => zones,
         Err(e) => return report.fail(CheckKind::Volume, format!("Cinder: {}", reason(&e))),
     };
     let mut missing = false;
-    for az in pool_azs(config) {
+    for az in pool_azs(pools) {
         let zone = cloud.volume_az(az);
         if !zones.contains(&zone) {
             missing = true;
@@ -255,7 +294,7 @@ async fn volume_check(config: &Config, cloud: &OpenStackCloud, report: &mut Repo
 /// Whether the compute quota admits every pool's `min_ready` servers, net
 /// of the pool servers that already exist (they count as used).
 async fn quota_check(
-    config: &Config,
+    pools: &[CheckedPool],
     cloud: &OpenStackCloud,
     flavors: &BTreeMap<String, pool_manager::openstack::nova::Flavor>,
     report: &mut Report,
@@ -270,15 +309,15 @@ async fn quota_check(
     };
     // More servers of a flavor to boot, per flavor.
     let mut more: BTreeMap<&str, u64> = BTreeMap::new();
-    for pool in &config.pools {
-        let key = pool.key().to_string();
+    for pool in pools {
+        let key = pool.key.to_string();
         let have = existing
             .iter()
             .filter(|s| s.metadata.get(pool_manager::cloud::META_POOL) == Some(&key))
             .count() as u64;
         let need = u64::from(pool.min_ready).saturating_sub(have);
-        if need > 0 && flavors.contains_key(&pool.flavor) {
-            *more.entry(pool.flavor.as_str()).or_default() += need;
+        if need > 0 && flavors.contains_key(&pool.key.flavor) {
+            *more.entry(pool.key.flavor.as_str()).or_default() += need;
         }
     }
     let mut demand = [0u64; 3];

@@ -74,8 +74,9 @@ pub async fn start(
     );
     // The cloud check can wait on an unreachable cloud up to its request
     // timeout; a shutdown asked for meanwhile ends start-up here.
+    let pools = served_pools(store.as_ref(), &config).await?;
     let (cloud, probe, sim) = tokio::select! {
-        built = build_cloud(&config) => built?,
+        built = build_cloud(&config, &pools) => built?,
         () = &mut shutdown => return Err(StoppedDuringStartUp.into()),
     };
     let cloud = Arc::new(metrics::MeteredCloud::new(cloud, metrics.clone()));
@@ -252,8 +253,35 @@ type BuiltCloud = (
     Option<Arc<cloudsim::SimCloud>>,
 );
 
-/// The configured cloud; an OpenStack cloud is checked first.
-async fn build_cloud(config: &Config) -> anyhow::Result<BuiltCloud> {
+/// The pools the daemon will serve, as the cloud check sees them: each one
+/// the store has and is not deleting, with its stored settings, and each
+/// configured one the store does not have yet.
+async fn served_pools(
+    store: &dyn Store,
+    config: &Config,
+) -> anyhow::Result<Vec<check_cloud::CheckedPool>> {
+    let stored = store
+        .list_pools()
+        .await
+        .context("cannot read the pools in the store")?;
+    let mut pools: Vec<check_cloud::CheckedPool> = stored
+        .iter()
+        .filter(|p| !p.draining)
+        .map(|p| check_cloud::CheckedPool::new(p.key.clone(), &p.spec))
+        .collect();
+    for pool in &config.pools {
+        if !stored.iter().any(|p| p.key == pool.key()) {
+            pools.push(pool.into());
+        }
+    }
+    Ok(pools)
+}
+
+/// The configured cloud; an OpenStack cloud is checked first, for `pools`.
+async fn build_cloud(
+    config: &Config,
+    pools: &[check_cloud::CheckedPool],
+) -> anyhow::Result<BuiltCloud> {
     match &config.cloud {
         CloudConfig::Embedded {
             time_scale,
@@ -282,7 +310,7 @@ async fn build_cloud(config: &Config) -> anyhow::Result<BuiltCloud> {
             // flavors, images or networks that are wrong never heal, so
             // they stop start-up; a short quota only limits how far the
             // pools fill, so it is a warning.
-            let (report, cloud) = check_cloud::check(config, os).await;
+            let (report, cloud) = check_cloud::check_pools(os, pools).await;
             for line in &report.checks {
                 if line.ok {
                     tracing::info!("cloud check: {line}");

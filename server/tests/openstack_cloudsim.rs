@@ -1472,3 +1472,68 @@ async fn servers_a_soft_delete_cloud_keeps_are_deleted_for_good() {
     let _ = stop.send(());
     running.served.await.unwrap().unwrap();
 }
+
+/// The start-up cloud check checks the pools the daemon will serve: a pool
+/// the store has is checked with its stored settings (an image changed
+/// through the API), not the config's, which it no longer uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_checks_a_stored_pool_by_its_stored_image() {
+    let env = env().await;
+    let key = PoolKey::new("db.small", "az1");
+    let start = |image: &str| {
+        let config = env.config("", &SMALL_POOL.replace("mysql-8.0", image));
+        async move {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let running = warmpool_server::start(config, async {
+                let _ = stopped.await;
+            })
+            .await?;
+            Ok::<_, anyhow::Error>((running, stop))
+        }
+    };
+    let (running, stop) = start("mysql-8.0").await.unwrap();
+    stop_daemon(running, stop).await;
+
+    // The config now names an image the cloud lacks; the stored pool's is fine.
+    let (running, stop) = start("mysql-9.9")
+        .await
+        .expect("the stored image is checked");
+    assert_eq!(
+        running
+            .manager
+            .get_pool(&key)
+            .await
+            .unwrap()
+            .record
+            .spec
+            .image,
+        "mysql-8.0"
+    );
+    stop_daemon(running, stop).await;
+    // The stored pool's image becomes one the cloud lacks, as when the image
+    // a pool was changed to is deleted from Glance later (through the API
+    // the change itself is refused: the image is checked).
+    {
+        use pool_manager::store::{SledStore, Store};
+        let store = SledStore::open(&env.dir.path().join("data")).unwrap();
+        let mut pool = store.get_pool(&key).await.unwrap().unwrap();
+        pool.spec.image = "mysql-9.9".into();
+        store.put_pool(&pool).await.unwrap();
+        store.flush().await.unwrap();
+    }
+    let err = match start("mysql-8.0").await {
+        Ok(_) => panic!("started with a pool whose image the cloud lacks"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("no image named 'mysql-9.9'"), "{err}");
+}
+
+/// Stops a daemon `start` returned and lets go of its store.
+async fn stop_daemon(running: warmpool_server::Running, stop: tokio::sync::oneshot::Sender<()>) {
+    let _ = stop.send(());
+    let warmpool_server::Running {
+        served, manager, ..
+    } = running;
+    served.await.unwrap().unwrap();
+    drop(manager);
+}
