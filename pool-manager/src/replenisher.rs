@@ -665,7 +665,6 @@ impl Shared {
         let mut requested = None;
 
         if instance.server_id.is_none() {
-            requested = Some(Instant::now());
             let spec = ServerSpec {
                 name: format!("warmpool-{}", instance.id),
                 pool: instance.pool.clone(),
@@ -675,11 +674,16 @@ impl Shared {
                     (META_INSTANCE.to_string(), instance.id.clone()),
                 ]),
             };
+            // From the create the cloud took: a 429's pause before it is no
+            // build time, and would read to the gate as build inflation.
+            let mut sent = Instant::now();
             let server = self
                 .retry(deadline, || {
+                    sent = Instant::now();
                     self.watch_throttle(az, self.cloud.create_server(&spec))
                 })
                 .await?;
+            requested = Some(sent);
             let recorded = self
                 .update_instance(&instance.id, |current| {
                     (current.state == InstanceState::Booting).then(|| {

@@ -1609,3 +1609,35 @@ async fn purchases_count_while_the_replenisher_waits_on_the_cloud() {
     let learned = store.get_learned_sizing(&pool()).await.unwrap().unwrap();
     assert_eq!(learned.allocations, 3, "{learned:?}");
 }
+
+/// A boot whose create was answered 429 measures its build from the create
+/// the cloud took: the Retry-After pause before it is no build time, and
+/// counted in it would read to the gate as build inflation (on top of the
+/// halving the 429 itself causes).
+#[tokio::test(start_paused = true)]
+async fn a_429_before_the_create_is_no_build_time_to_the_gate() {
+    let sim = sim();
+    let retry_after = Duration::from_secs(600);
+    let throttled_once = std::sync::atomic::AtomicBool::new(false);
+    let cloud = GatedCloud::with_fault(&sim, move |method| {
+        (method == "create_server"
+            && !throttled_once.swap(true, std::sync::atomic::Ordering::SeqCst))
+        .then(|| CloudError::Throttled {
+            retry_after: Some(retry_after),
+            message: "Rate limit exceeded".into(),
+        })
+    });
+    let manager = PoolManager::new(
+        temp_store(),
+        cloud.clone(),
+        Arc::new(sim.probe()),
+        settings(),
+    );
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    wait_ready(&manager, 1).await;
+    let gate = manager.get_pool(&pool()).await.unwrap().sizing.gate;
+    assert_eq!(gate.throttled, 1, "{gate:?}");
+    let build = gate.baseline.expect("the build was observed");
+    assert!(build < retry_after, "{build:?} counts the 429's pause");
+}
