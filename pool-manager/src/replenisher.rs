@@ -290,9 +290,11 @@ impl Shared {
         let ages = Ages::new(&pool.spec, wall);
         // Expired Ready instances are not supply: their replacements boot
         // now, and they are retired once the replacements are Ready.
-        let (mut supply, mut in_flight) = (0u32, 0u32);
+        let (mut supply, mut in_flight, mut expired) = (0u32, 0u32, 0u32);
         for i in instances.iter().filter(|i| i.counts_as_supply()) {
-            if !ages.expired(i) {
+            if ages.expired(i) {
+                expired += 1;
+            } else {
                 supply += 1;
                 if i.state != InstanceState::Ready {
                     in_flight += 1;
@@ -338,10 +340,17 @@ impl Shared {
         // Expired instances are not supply (above): their replacements
         // booting beside them do not put the pool over max_ready. Boots in
         // flight above it are retired once Ready: retiring Ready instances
-        // for them would leave the pool short for a lead time.
-        let over_cap = fresh_ready.saturating_sub(pool.spec.max_ready);
-        self.retire(pool, &instances, &ages, replaced, over_cap)
-            .await?;
+        // for them would leave the pool short for a lead time. But Ready
+        // ones are never more than max_ready, expired ones going first:
+        // with a max_age shorter than a refill, the pool is never all
+        // replaced at once, and expired instances kept until then would
+        // pile up a server a boot.
+        let over_cap = Retirements {
+            replaced,
+            fresh: fresh_ready.saturating_sub(pool.spec.max_ready),
+            expired: (fresh_ready + expired).saturating_sub(pool.spec.max_ready),
+        };
+        self.retire(pool, &instances, &ages, over_cap).await?;
         // The plan and its boots' tickets under one lock: the room and the
         // headroom this pool takes are gone at once for the AZ's other
         // pools. A ticket not handed to a boot (a failed record) ends when
@@ -372,21 +381,22 @@ impl Shared {
             .filter(|hold| held && hold.until() > Instant::now()))
     }
 
-    /// Retires Ready instances the pool should no longer hold: those older
-    /// than `max_age` once `replaced` (the fresh supply meets the target with
-    /// nothing left in flight, so the pool never dips for it), and the
-    /// `over_cap` oldest fresh ones beyond `max_ready` (an operator lowered
-    /// it).
-    /// Each is retired only if it is still Ready and unclaimed: a purchase
-    /// may take it meanwhile, and then it is the purchase's.
+    /// Retires Ready instances the pool should no longer hold (see
+    /// [`Retirements`]), oldest first. Each is retired only if it is still
+    /// Ready and unclaimed: a purchase may take it meanwhile, and then it is
+    /// the purchase's.
     async fn retire(
         &self,
         pool: &PoolRecord,
         instances: &[Instance],
         ages: &Ages,
-        replaced: bool,
-        mut over_cap: u32,
+        due: Retirements,
     ) -> ManagerResult<()> {
+        let Retirements {
+            replaced,
+            fresh: mut over_cap,
+            expired: mut expired_over_cap,
+        } = due;
         let mut ready: Vec<&Instance> = instances
             .iter()
             .filter(|i| {
@@ -397,7 +407,8 @@ impl Shared {
         let mut doomed: Vec<(&Instance, String)> = Vec::new();
         for instance in ready {
             let expired = ages.expired(instance);
-            if expired && replaced {
+            if expired && (replaced || expired_over_cap > 0) {
+                expired_over_cap = expired_over_cap.saturating_sub(1);
                 doomed.push((instance, "older than the pool's max_age".into()));
             } else if !expired && over_cap > 0 {
                 over_cap -= 1;
@@ -905,6 +916,19 @@ impl Drop for LeadWatch {
 }
 
 /// Which Ready instances of a pool are past its `max_age`.
+/// The Ready instances a replenish step retires.
+#[derive(Clone, Copy, Debug)]
+struct Retirements {
+    /// Every expired one: the fresh supply meets the target with nothing
+    /// left in flight, so the pool never dips for it.
+    replaced: bool,
+    /// The oldest fresh ones beyond `max_ready` (an operator lowered it).
+    fresh: u32,
+    /// The oldest expired ones beyond `max_ready`, fresh and expired
+    /// counted together.
+    expired: u32,
+}
+
 struct Ages {
     max_age: Option<Duration>,
     now: SystemTime,

@@ -265,3 +265,43 @@ async fn lowering_max_ready_during_boots_keeps_the_ready_instances_until_they_fi
     assert_eq!(sim.servers().len(), 6, "the surplus was retired once Ready");
     assert_consistent(&sim, &manager).await;
 }
+
+/// A `max_age` shorter than the pool takes to fill (one boot at a time
+/// here): the replacements never all stand fresh at once, so waiting for
+/// that before retiring expired instances kept them all, and the pool grew
+/// by a server every boot. Ready instances beyond `max_ready` go, expired
+/// ones first: the pool stays within it.
+#[tokio::test(start_paused = true)]
+async fn a_max_age_shorter_than_a_refill_keeps_the_pool_within_max_ready() {
+    let sim = sim();
+    let manager = pool_manager::PoolManager::new(
+        temp_store(),
+        sim.clone(),
+        std::sync::Arc::new(sim.probe()),
+        pool_manager::ManagerSettings {
+            max_concurrent_boots: 1,
+            ..settings()
+        },
+    );
+    manager.start().await.unwrap();
+    let mut spec = spec(2);
+    spec.max_ready = 3;
+    spec.max_age = Some(Duration::from_secs(30));
+    manager.create_pool(pool(), spec).await.unwrap();
+
+    let (mut most_ready, mut most_servers) = (0, 0);
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let status = manager.get_pool(&pool()).await.unwrap();
+        most_ready = most_ready.max(status.count(InstanceState::Ready));
+        most_servers = most_servers.max(sim.servers().len());
+    }
+    assert!(most_ready <= 3, "{most_ready} Ready, max_ready 3");
+    // max_ready, and the one boot in flight.
+    assert!(most_servers <= 4, "{most_servers} servers");
+    assert!(
+        sim.call_counts().get("create_server") > Some(&10),
+        "expired instances are still replaced"
+    );
+    assert_consistent(&sim, &manager).await;
+}
