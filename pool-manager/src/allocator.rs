@@ -36,6 +36,12 @@ use tokio::time::Instant;
 pub const DEFAULT_ALLOCATE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default time an Allocate may take when it cold-boots.
 pub const DEFAULT_COLD_BOOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// How long the attach of a claimed instance may take at least, also past
+/// the purchase's timeout: a tenant-touched instance never goes back to the
+/// pool, so a purchase giving up mid-attach would cost the pool one
+/// instance per try, and a caller retrying with too short a timeout would
+/// empty it.
+pub const CLAIMED_ATTACH_GRACE: Duration = Duration::from_secs(5 * 60);
 /// Longest request id accepted (billing order ids are far shorter).
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -756,6 +762,7 @@ impl Shared {
                 .await?;
             let waited = wait_started.elapsed();
             let claimed_at = Instant::now();
+            let attach_deadline = deadline.max(deadline_after(claimed_at, CLAIMED_ATTACH_GRACE));
             record
                 .update(|a| {
                     a.instance_id = Some(instance.id.clone());
@@ -776,7 +783,7 @@ impl Shared {
                         known_available: volume_available,
                         discarded_servers: &discarded_servers,
                     };
-                    self.attach_and_verify(record, &instance, deadline, volume)
+                    self.attach_and_verify(record, &instance, attach_deadline, volume)
                         .await
                 }
                 Err(failure) => Err(failure),

@@ -2390,3 +2390,33 @@ async fn a_volume_held_by_a_failed_instance_goes_to_the_next_one() {
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_consistent(&sim, &manager).await;
 }
+
+/// A purchase whose timeout passes while its claimed instance is being
+/// attached finishes the attach: a tenant-touched instance never goes back
+/// to the pool, so giving up then would cost the pool an instance on every
+/// retry of a purchase with a short timeout.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_passing_during_the_attach_does_not_cost_the_instance() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 2).await;
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    let existing = VolumeSource::Existing {
+        volume_id: sim.create_volume_for_test("tenant-a", "az1", 10),
+    };
+    let mut order = request("o-short", existing, EmptyPoolPolicy::FailFast);
+    // The attach alone takes 2 s.
+    order.timeout = Some(Duration::from_millis(500));
+    let a = manager.allocate(order).await.unwrap();
+    assert_eq!(a.state, AllocationState::Allocated);
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(
+        status.count(InstanceState::Ready),
+        1,
+        "one instance taken, none lost"
+    );
+    assert_eq!(status.count(InstanceState::Deleting), 0);
+    assert_consistent(&sim, &manager).await;
+}
