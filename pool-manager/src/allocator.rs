@@ -107,6 +107,20 @@ impl PoolManager {
         delete_volume: Option<bool>,
     ) -> ManagerResult<Allocation> {
         let allocation = self.get_allocation(request_id).await?;
+        // Decided when the release began; its volume may be gone, or kept
+        // and billed by the tenant: a release asking for the other is
+        // refused, not answered as if done.
+        if let (Some(asked), Some(decided)) = (delete_volume, allocation.delete_volume_on_release) {
+            if asked != decided {
+                let being = match allocation.state {
+                    AllocationState::Released => "was",
+                    _ => "is already being",
+                };
+                return Err(ManagerError::Aborted(format!(
+                    "allocation {request_id} {being} released with delete_volume={decided}; a release cannot change that"
+                )));
+            }
+        }
         match allocation.state {
             AllocationState::Released => return Ok(allocation),
             AllocationState::Allocating => {
@@ -114,19 +128,7 @@ impl PoolManager {
                     "allocation {request_id} is still in progress; release it once Allocate has answered"
                 )))
             }
-            AllocationState::Allocated => {}
-            AllocationState::Releasing => {
-                // Decided when the release began; its volume may be gone.
-                if let (Some(asked), Some(decided)) =
-                    (delete_volume, allocation.delete_volume_on_release)
-                {
-                    if asked != decided {
-                        return Err(ManagerError::Aborted(format!(
-                            "allocation {request_id} is already being released with delete_volume={decided}; a release cannot change that"
-                        )));
-                    }
-                }
-            }
+            AllocationState::Allocated | AllocationState::Releasing => {}
         }
         let mut releasing = allocation.clone();
         releasing.state = AllocationState::Releasing;
@@ -145,7 +147,14 @@ impl PoolManager {
                 "allocation {request_id} changed during release; retry"
             )));
         }
-        self.shared.store.flush().await?;
+        // Written, though perhaps not on disk: the release goes on (the
+        // reconciler finishes it), so the answer is to call again, not a
+        // failure.
+        if let Err(e) = self.shared.store.flush().await {
+            return Err(ManagerError::TryAgain(format!(
+                "the release of allocation {request_id} is recorded, but the store could not confirm it on disk ({e}); call again"
+            )));
+        }
         self.shared.finish_release(releasing).await
     }
 }
@@ -643,6 +652,22 @@ impl Shared {
             span,
         )
         .await;
+        // A commit whose flush failed was written all the same: the record
+        // says Allocated and the tenant's volume and port are attached. It
+        // is no failure to roll back, and no failure to answer either: the
+        // answer waits for the disk, as the same call again does (it
+        // flushes before it answers).
+        let (outcome, unconfirmed) = match outcome {
+            Err(e @ ManagerError::Store(_)) => {
+                match self.store.get_allocation(&params.request_id).await {
+                    Ok(Some(stored)) if stored.state == AllocationState::Allocated => {
+                        (Ok(stored), Some(e))
+                    }
+                    _ => (Err(e), None),
+                }
+            }
+            outcome => (outcome, None),
+        };
         let allocation = record.get().await;
         let latency = started.elapsed();
         self.emit(
@@ -678,6 +703,12 @@ impl Shared {
                             tracing::warn!(request_id = %watch.request_id, error = %e, "cannot delete the twins of a lost create yet; the reconciler tries again");
                         }
                     });
+                }
+                if let Some(e) = unconfirmed {
+                    return Err(ManagerError::TryAgain(format!(
+                        "allocation {} is recorded, but the store could not confirm it on disk ({e}); call again with the same request id",
+                        done.params.request_id
+                    )));
                 }
                 Ok(done)
             }

@@ -836,6 +836,22 @@ async fn a_release_under_way_keeps_its_volume_decision() {
     assert_eq!(released.state, AllocationState::Released);
     assert_eq!(released.delete_volume_on_release, Some(true));
     assert!(!sim.volumes().iter().any(|v| v.id == volume));
+
+    // Once released too: asking for the other is refused, not answered as
+    // done (the billing would take a kept volume for deleted, or the reverse).
+    let err = manager
+        .release("order-keep", Some(false))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ManagerError::Aborted(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("was released with delete_volume=true"),
+        "{err}"
+    );
+    for same in [Some(true), None] {
+        assert_eq!(manager.release("order-keep", same).await.unwrap(), released);
+    }
     assert_consistent(&sim, &manager).await;
 }
 
@@ -2418,5 +2434,105 @@ async fn a_timeout_passing_during_the_attach_does_not_cost_the_instance() {
         "one instance taken, none lost"
     );
     assert_eq!(status.count(InstanceState::Deleting), 0);
+    assert_consistent(&sim, &manager).await;
+}
+
+/// Fails the one flush that follows the commit (the swap to `Allocated`).
+#[derive(Default)]
+struct FailFlushAfterTheCommit {
+    armed: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl StoreHooks for FailFlushAfterTheCommit {
+    fn before_allocation_swap(&self, new: Option<&Allocation>) -> StoreResult<()> {
+        if new.is_some_and(|a| a.state == AllocationState::Allocated) {
+            self.armed.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+    async fn before_flush(&self) -> StoreResult<()> {
+        match self.armed.swap(false, Ordering::SeqCst) {
+            true => Err(disk_error()),
+            false => Ok(()),
+        }
+    }
+}
+
+/// A commit whose flush fails has been written all the same: the record
+/// says Allocated, and the tenant's volume and port are on the instance.
+/// The answer was the store's INTERNAL error, a failure the caller may
+/// take as final, which the record contradicts; now it is UNAVAILABLE
+/// (call again), and the same call again gets the allocation.
+#[tokio::test(start_paused = true)]
+async fn a_commit_whose_flush_fails_says_call_again_and_the_call_gets_it() {
+    let sim = sim();
+    let store = HookedStore::new(FailFlushAfterTheCommit::default());
+    let manager = started(&sim, store.clone(), 1).await;
+    let order = request("o-flush", new_volume(), EmptyPoolPolicy::FailFast);
+    let err = manager.allocate(order.clone()).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::TryAgain(m) if m.contains("call again")),
+        "{err:?}"
+    );
+    let again = manager.allocate(order).await.unwrap();
+    assert_eq!(again.state, AllocationState::Allocated);
+    let server = sim.server(again.server_id.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        server.server.attached_volumes,
+        vec![again.volume_id.clone().unwrap()]
+    );
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.record.allocations_failed, 0);
+    assert_eq!(status.record.allocations_warm, 1);
+    assert_consistent(&sim, &manager).await;
+}
+
+/// Fails the one flush that follows the first swap to `Releasing`.
+#[derive(Default)]
+struct FailFlushAfterReleasing {
+    armed: AtomicBool,
+    fired: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl StoreHooks for FailFlushAfterReleasing {
+    fn before_allocation_swap(&self, new: Option<&Allocation>) -> StoreResult<()> {
+        if new.is_some_and(|a| a.state == AllocationState::Releasing)
+            && !self.fired.swap(true, Ordering::SeqCst)
+        {
+            self.armed.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+    async fn before_flush(&self) -> StoreResult<()> {
+        match self.armed.swap(false, Ordering::SeqCst) {
+            true => Err(disk_error()),
+            false => Ok(()),
+        }
+    }
+}
+
+/// A release whose record cannot be confirmed on disk goes on all the same
+/// (the reconciler finishes it): the answer says to call again, and the
+/// call again finishes it; it was the store's INTERNAL error.
+#[tokio::test(start_paused = true)]
+async fn a_release_whose_flush_fails_says_call_again_and_the_call_finishes_it() {
+    let sim = sim();
+    let store = HookedStore::new(FailFlushAfterReleasing::default());
+    let manager = started(&sim, store.clone(), 1).await;
+    let a = manager
+        .allocate(request("o-rel", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let err = manager.release("o-rel", Some(true)).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::TryAgain(m) if m.contains("call again")),
+        "{err:?}"
+    );
+    let released = manager.release("o-rel", Some(true)).await.unwrap();
+    assert_eq!(released.state, AllocationState::Released);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(sim.server(a.server_id.as_deref().unwrap()).is_none());
     assert_consistent(&sim, &manager).await;
 }

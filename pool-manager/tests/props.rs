@@ -54,6 +54,8 @@ proptest! {
             let mut manager = started(&sim, open_store(dir.path()), 2).await;
             // What each acknowledged order was answered with.
             let mut answered: std::collections::HashMap<String, (u8, pool_manager::model::Allocation)> = Default::default();
+            // The delete_volume each order's first answered release asked for.
+            let mut released_with: std::collections::HashMap<String, bool> = Default::default();
             for op in ops {
                 match op {
                     Op::Allocate { order, tenant, policy } => {
@@ -84,7 +86,15 @@ proptest! {
                     Op::Release { order, delete_volume } => {
                         let id = format!("order-{order}");
                         match manager.release(&id, Some(delete_volume)).await {
-                            Ok(released) => assert!(answered.contains_key(&id), "{released:?}"),
+                            Ok(released) => {
+                                assert!(answered.contains_key(&id), "{released:?}");
+                                let first = *released_with.entry(id).or_insert(delete_volume);
+                                assert_eq!(first, delete_volume, "a release cannot change delete_volume");
+                            }
+                            // A release done asked for the other volume decision.
+                            Err(pool_manager::ManagerError::Aborted(_)) => {
+                                assert_eq!(released_with.get(&id), Some(&!delete_volume));
+                            }
                             Err(pool_manager::ManagerError::AllocationNotFound(_)) => assert!(!answered.contains_key(&id)),
                             Err(e) => panic!("unexpected release error: {e}"),
                         }
