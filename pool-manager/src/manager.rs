@@ -552,18 +552,13 @@ impl PoolManager {
         validate_pool_key(&key)?;
         spec.validate()
             .map_err(|(field, message)| ManagerError::invalid(field, message))?;
+        // A pool that exists is the answer before the cloud is asked about
+        // the spec (checked again under the lock: a create may race).
+        self.refuse_existing(&key).await?;
         self.check_boot_spec(&key, &spec.image).await?;
         {
             let _guard = self.shared.pool_lock.lock().await;
-            match self.shared.store.get_pool(&key).await? {
-                Some(existing) if existing.draining => {
-                    return Err(ManagerError::FailedPrecondition(format!(
-                        "pool {key} is being deleted; create it again once it is gone"
-                    )))
-                }
-                Some(_) => return Err(ManagerError::PoolExists(key)),
-                None => {}
-            }
+            self.refuse_existing(&key).await?;
             self.shared
                 .store
                 .put_pool(&PoolRecord::new(key.clone(), spec))
@@ -588,6 +583,18 @@ impl PoolManager {
         self.shared.changed();
         self.shared.start_replenisher(key.clone());
         self.get_pool(&key).await
+    }
+
+    /// ALREADY_EXISTS for a pool the store has, FAILED_PRECONDITION for one
+    /// still being deleted.
+    async fn refuse_existing(&self, key: &PoolKey) -> ManagerResult<()> {
+        match self.shared.store.get_pool(key).await? {
+            Some(existing) if existing.draining => Err(ManagerError::FailedPrecondition(format!(
+                "pool {key} is being deleted; create it again once it is gone"
+            ))),
+            Some(_) => Err(ManagerError::PoolExists(key.clone())),
+            None => Ok(()),
+        }
     }
 
     /// Whether the cloud can boot `key`'s servers from `image` (a flavor or
@@ -634,7 +641,7 @@ impl PoolManager {
                 .validate()
                 .map_err(|(field, message)| ManagerError::invalid(field, message))?;
             self.shared.store.put_pool(&record).await?;
-            self.shared.store.flush().await?;
+            unconfirmed_change(self.shared.store.flush().await, key, "change")?;
             record
         };
         self.shared.changed();
@@ -647,7 +654,7 @@ impl PoolManager {
     /// pool record goes once they are gone. Allocations are not touched.
     pub async fn delete_pool(&self, key: &PoolKey) -> ManagerResult<PoolStatus> {
         let record = self.shared.update_pool(key, |p| p.draining = true).await?;
-        self.shared.store.flush().await?;
+        unconfirmed_change(self.shared.store.flush().await, key, "deletion")?;
         tracing::info!(pool = %key, "pool draining");
         self.shared.pool_status(record).await
     }
@@ -664,6 +671,21 @@ impl PoolManager {
             .sort_by(|a, b| (&a.pool, a.created_at, &a.id).cmp(&(&b.pool, b.created_at, &b.id)));
         Ok(instances)
     }
+}
+
+/// A pool change written but not confirmed on disk is in effect all the
+/// same (the replenisher reads the store): the answer is to call again,
+/// which writes and flushes it again, not a failure.
+fn unconfirmed_change(
+    flushed: crate::store::StoreResult<()>,
+    key: &PoolKey,
+    what: &str,
+) -> ManagerResult<()> {
+    flushed.map_err(|e| {
+        ManagerError::TryAgain(format!(
+            "the {what} of pool {key} is recorded, but the store could not confirm it on disk ({e}); call again"
+        ))
+    })
 }
 
 pub(crate) fn validate_pool_key(key: &PoolKey) -> ManagerResult<()> {

@@ -2536,3 +2536,44 @@ async fn a_release_whose_flush_fails_says_call_again_and_the_call_finishes_it() 
     assert!(sim.server(a.server_id.as_deref().unwrap()).is_none());
     assert_consistent(&sim, &manager).await;
 }
+
+/// CreatePool of a pool that exists answers ALREADY_EXISTS whatever its
+/// spec, before the cloud is asked about it: an image the cloud lacks made
+/// it FAILED_PRECONDITION, and a cloud outage UNAVAILABLE.
+#[tokio::test(start_paused = true)]
+async fn creating_an_existing_pool_is_already_exists_before_the_spec_is_checked() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 1).await;
+    let mut other = spec(1);
+    other.image = "no-such-image".into();
+    let err = manager.create_pool(pool(), other).await.unwrap_err();
+    assert!(matches!(err, ManagerError::PoolExists(_)), "{err:?}");
+}
+
+/// UpdatePool and DeletePool whose record cannot be confirmed on disk are
+/// in effect all the same (the replenisher reads the store): they answer
+/// call again, not INTERNAL, and the same call again confirms them.
+#[tokio::test(start_paused = true)]
+async fn pool_changes_whose_flush_fails_say_call_again() {
+    let sim = sim();
+    let store = HookedStore::new(FailFlush::default());
+    let manager = started(&sim, store.clone(), 1).await;
+    store.hooks.failing.store(true, Ordering::SeqCst);
+    let err = manager
+        .update_pool(&pool(), |s| s.max_ready = 7)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::TryAgain(m) if m.contains("change of pool") && m.contains("call again")),
+        "{err:?}"
+    );
+    let err = manager.delete_pool(&pool()).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::TryAgain(m) if m.contains("deletion of pool")),
+        "{err:?}"
+    );
+    store.hooks.failing.store(false, Ordering::SeqCst);
+    let status = manager.delete_pool(&pool()).await.unwrap();
+    assert!(status.record.draining);
+    assert_eq!(status.record.spec.max_ready, 7);
+}
