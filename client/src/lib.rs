@@ -26,13 +26,37 @@ pub use warmpool_proto::v1 as api;
 
 use api::warm_pool_client::WarmPoolClient;
 
-/// How long [`Client::connect`] waits for the TCP/HTTP2 handshake. Without a
-/// bound, an unroutable address would hang the caller for the OS default.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How a [`Client`] connects and notices a daemon gone silent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// How long the TCP/HTTP2 handshake may take. Without a bound, an
+    /// unroutable address would hang the caller for the OS default.
+    pub connect_timeout: Duration,
+    /// How often an HTTP/2 ping goes out while the connection is open,
+    /// idle or not, and how long its answer may take before the connection
+    /// is closed and every call on it fails. Without it, a daemon whose host
+    /// vanished (powered off, packets dropped: no TCP reset) would leave a
+    /// `watch` showing its last frame as live, and a call hanging, forever.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(20),
+        }
+    }
+}
 
 /// Everything a [`Client`] call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The endpoint is one this client cannot use.
+    #[error("cannot use endpoint {endpoint}: {reason}")]
+    Endpoint { endpoint: String, reason: String },
     /// The endpoint could not be parsed or reached.
     #[error("cannot connect to {endpoint}: {reason}")]
     Connect {
@@ -145,10 +169,29 @@ impl Client {
     /// Connects to `endpoint` ("host:port" or "http://host:port") and fails
     /// at once if nothing answers, rather than on the first call.
     pub async fn connect(endpoint: &str) -> Result<Client, ClientError> {
+        Self::connect_with(endpoint, ConnectOptions::default()).await
+    }
+
+    /// [`Client::connect`] with other timeouts.
+    pub async fn connect_with(
+        endpoint: &str,
+        options: ConnectOptions,
+    ) -> Result<Client, ClientError> {
         let uri = normalize_endpoint(endpoint);
+        if uri.starts_with("https://") {
+            // Built without TLS: it would speak plaintext HTTP/2 to a TLS
+            // port, and the answer would read as the daemon's.
+            return Err(ClientError::Endpoint {
+                endpoint: uri,
+                reason: "this client speaks plaintext gRPC only (warmpoold serves no TLS); use http:// or host:port".into(),
+            });
+        }
         let channel = Endpoint::from_shared(uri.clone())
             .map_err(|e| connect_error(&uri, e))?
-            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_timeout(options.connect_timeout)
+            .http2_keep_alive_interval(options.keepalive_interval)
+            .keep_alive_timeout(options.keepalive_timeout)
+            .keep_alive_while_idle(true)
             .connect()
             .await
             .map_err(|e| connect_error(&uri, e))?;

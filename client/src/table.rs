@@ -241,8 +241,9 @@ pub fn pool_detail(pool: &api::Pool) -> String {
         ("pool", pool_name(&pool.flavor, &pool.availability_zone)),
         ("status", pool_status(pool).to_owned()),
         ("image", cell(&spec.image)),
-        ("min_ready", spec.min_ready.to_string()),
+        ("min_ready", min_ready_detail(pool, &spec)),
         ("max_ready", spec.max_ready.to_string()),
+        ("windows", list_or_dash(&spec.windows)),
         ("target", target_setting(pool, &spec)),
         ("effective_target", pool.effective_target.to_string()),
         ("lead_time", lead_time_detail(pool)),
@@ -253,6 +254,8 @@ pub fn pool_detail(pool: &api::Pool) -> String {
         ("health", health_cell(pool)),
         ("boot_timeout", opt_duration(&spec.boot_timeout)),
         ("max_age", opt_duration(&spec.max_age)),
+        ("iops_limit", opt_number(spec.iops_limit)),
+        ("volume_iops_limit", opt_number(spec.volume_iops_limit)),
         (
             "instances",
             format!(
@@ -277,6 +280,27 @@ pub fn pool_detail(pool: &api::Pool) -> String {
         ),
         ("last_error", cell(&pool.last_error)),
     ])
+}
+
+/// The configured min_ready, and the min an open window raises it to.
+fn min_ready_detail(pool: &api::Pool, spec: &api::PoolSpec) -> String {
+    match pool.sizing.as_ref().and_then(|s| s.window_min) {
+        Some(min) if min > spec.min_ready => {
+            format!("{} ({min} now: a window is open)", spec.min_ready)
+        }
+        _ => spec.min_ready.to_string(),
+    }
+}
+
+fn list_or_dash(items: &[String]) -> String {
+    match items.is_empty() {
+        true => "-".to_owned(),
+        false => items.join("; "),
+    }
+}
+
+fn opt_number(n: Option<u32>) -> String {
+    n.map_or_else(|| "-".to_owned(), |n| n.to_string())
 }
 
 /// The target setting in the words `--target` takes.
@@ -348,6 +372,16 @@ fn plan_detail(pool: &api::Pool) -> String {
     }
 }
 
+/// Whether a warm instance served the purchase; not known before an
+/// instance is claimed (the server leaves the flag false until then).
+fn warm_hit(a: &api::Allocation) -> &'static str {
+    match (a.warm_hit, !a.instance_id.is_empty()) {
+        (true, _) => "yes",
+        (false, true) => "no (cold boot)",
+        (false, false) => "-",
+    }
+}
+
 /// `allocate`, `get`, `release`.
 pub fn allocation_detail(a: &api::Allocation) -> String {
     let mut labels: Vec<_> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -357,10 +391,7 @@ pub fn allocation_detail(a: &api::Allocation) -> String {
         ("tenant", cell(&a.tenant_project_id)),
         ("pool", pool_name(&a.flavor, &a.availability_zone)),
         ("state", allocation_state(a.state)),
-        (
-            "warm_hit",
-            if a.warm_hit { "yes" } else { "no (cold boot)" }.to_owned(),
-        ),
+        ("warm_hit", warm_hit(a).to_owned()),
         ("instance", cell(&a.instance_id)),
         ("server", cell(&a.server_id)),
         ("volume", cell(&a.volume_id)),
@@ -562,13 +593,54 @@ mod tests {
     #[test]
     fn pool_detail_shows_spec_and_counts() {
         let text = pool_detail(&sample_pools()[0]);
-        assert!(text.contains("boot_timeout:     10m\n"), "{text}");
-        assert!(text.contains("max_age:          1day\n"), "{text}");
+        assert!(text.contains("boot_timeout:      10m\n"), "{text}");
+        assert!(text.contains("max_age:           1day\n"), "{text}");
         assert!(text.contains("ready 2, warming 0, booting 1"), "{text}");
-        assert!(text.contains("target:           min_ready\n"), "{text}");
+        assert!(text.contains("target:            min_ready\n"), "{text}");
+        assert!(text.contains("windows:           -\n"), "{text}");
+        assert!(text.contains("iops_limit:        -\n"), "{text}");
         assert!(
-            text.contains("allocations:      warm 12, cold 1, failed 0\n"),
+            text.contains("allocations:       warm 12, cold 1, failed 0\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn pool_detail_shows_windows_iops_limits_and_an_open_window() {
+        let mut pool = sample_pools()[0].clone();
+        let spec = pool.spec.as_mut().unwrap();
+        spec.windows = vec![
+            "Mon-Fri 09:00-18:00 min 10".into(),
+            "Sat 10:00-12:00 min 4".into(),
+        ];
+        spec.iops_limit = Some(500);
+        spec.volume_iops_limit = Some(3000);
+        let min_ready = spec.min_ready;
+        pool.sizing.get_or_insert_with(Default::default).window_min = Some(10);
+        let text = pool_detail(&pool);
+        assert!(
+            text.contains("windows:           Mon-Fri 09:00-18:00 min 10; Sat 10:00-12:00 min 4\n"),
+            "{text}"
+        );
+        assert!(text.contains("iops_limit:        500\n"), "{text}");
+        assert!(text.contains("volume_iops_limit: 3000\n"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "min_ready:         {min_ready} (10 now: a window is open)\n"
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_allocation_not_yet_served_is_neither_warm_nor_cold() {
+        let mut a = sample_allocation();
+        a.warm_hit = false;
+        a.instance_id = String::new();
+        a.state = api::AllocationState::Allocating as i32;
+        let text = allocation_detail(&a);
+        assert!(text.contains("warm_hit:   -\n"), "{text}");
+        a.instance_id = "i-1".into();
+        assert!(allocation_detail(&a).contains("warm_hit:   no (cold boot)\n"));
     }
 }

@@ -442,3 +442,86 @@ async fn cli_watch_json_prints_one_object_per_update() {
     assert_eq!(ready, [r#""m1"=2"#, r#""m2"=0"#, r#""m1"=3"#]);
     child.kill().await.unwrap();
 }
+
+/// A TCP proxy to `upstream` that can be frozen: from then on it passes
+/// nothing on, either way, and closes nothing, as a host that vanished
+/// (powered off, its packets dropped) does.
+async fn freezable_proxy(
+    upstream: SocketAddr,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let frozen = std::sync::Arc::new(AtomicBool::new(false));
+    let pass = |mut from: tokio::net::tcp::OwnedReadHalf,
+                mut to: tokio::net::tcp::OwnedWriteHalf,
+                frozen: std::sync::Arc<AtomicBool>| async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if frozen.load(Ordering::SeqCst) {
+                // Held forever, with both halves open.
+                futures::future::pending::<()>().await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let switch = frozen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::spawn(pass(client_read, server_write, switch.clone()));
+            tokio::spawn(pass(server_read, client_write, switch.clone()));
+        }
+    });
+    (addr, frozen)
+}
+
+/// A daemon gone silent without closing the connection (its host powered
+/// off) ends a watch once a ping goes unanswered, instead of leaving its
+/// last frame on screen as if live.
+#[tokio::test]
+async fn a_watch_ends_once_the_daemon_goes_silent() {
+    let (proxy, frozen) = freezable_proxy(start_fake().await).await;
+    let options = warmpool_client::ConnectOptions {
+        keepalive_interval: Duration::from_millis(200),
+        keepalive_timeout: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let client = Client::connect_with(&proxy.to_string(), options)
+        .await
+        .unwrap();
+    let mut stream = client.watch_pools().await.unwrap();
+    stream.next().await.unwrap().unwrap();
+    frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    // A bound for a hang, not a timing: the ping fails within a second.
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(item) = stream.next().await {
+            if item.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the watch outlived the silent daemon");
+    // The next call fails too, rather than hanging.
+    let call = tokio::time::timeout(Duration::from_secs(60), client.list_pools()).await;
+    assert!(matches!(call, Ok(Err(_))), "{call:?}");
+}
+
+#[tokio::test]
+async fn an_https_endpoint_is_refused_with_the_reason() {
+    let err = Client::connect("https://127.0.0.1:1").await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Endpoint { reason, .. } if reason.contains("plaintext")),
+        "{err:?}"
+    );
+}
