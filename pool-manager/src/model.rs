@@ -80,6 +80,10 @@ impl fmt::Display for PoolKey {
     }
 }
 
+/// The shortest `PoolSpec::boot_timeout`: a boot (Nova's build, then
+/// mysqld's start) takes longer, and each boot timed out before it is done
+/// would be deleted and booted again, forever.
+pub const MIN_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest `PoolSpec::boot_timeout`: a boot that has not answered in a
 /// day never will.
 pub const MAX_BOOT_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
@@ -156,8 +160,15 @@ impl PoolSpec {
         if let Some(problem) = name_problem(&self.image) {
             return Err(("image", format!("image {problem}")));
         }
-        if self.boot_timeout.is_zero() {
-            return Err(("boot_timeout", "boot_timeout must be positive".into()));
+        if self.boot_timeout < MIN_BOOT_TIMEOUT {
+            return Err((
+                "boot_timeout",
+                format!(
+                    "boot_timeout must be at least {}, got {}: a boot takes longer, and one timed out sooner is booted again forever",
+                    humantime::format_duration(MIN_BOOT_TIMEOUT),
+                    humantime::format_duration(self.boot_timeout)
+                ),
+            ));
         }
         // Both become Instant deadlines or wall-clock ages: an absurd value
         // overflows them, and nothing an operator means lies beyond these.
@@ -646,6 +657,13 @@ mod tests {
         assert!(message.contains("at most 1day"), "{message}");
         boot.boot_timeout = MAX_BOOT_TIMEOUT + Duration::from_nanos(1);
         assert_eq!(boot.validate().unwrap_err().0, "boot_timeout");
+        // Below a boot's own length, every boot timed out and booted again.
+        boot.boot_timeout = MIN_BOOT_TIMEOUT - Duration::from_nanos(1);
+        let (field, message) = boot.validate().unwrap_err();
+        assert_eq!(field, "boot_timeout");
+        assert!(message.contains("at least 1m"), "{message}");
+        boot.boot_timeout = MIN_BOOT_TIMEOUT;
+        assert_eq!(boot.validate(), Ok(()));
 
         let mut age = spec();
         age.max_age = Some(huge);

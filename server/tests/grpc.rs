@@ -845,6 +845,18 @@ async fn create_update_and_delete_pools() {
                 ..Default::default()
             },
         ),
+        // Shorter than a boot: every boot timed out and booted again.
+        (
+            vec!["boot_timeout"],
+            "boot_timeout must be at least 1m",
+            api::PoolSpec {
+                boot_timeout: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 1_000_000,
+                }),
+                ..Default::default()
+            },
+        ),
     ];
     for (mask, field, spec) in bad_updates {
         let msg = expect_code(
