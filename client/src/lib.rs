@@ -329,6 +329,7 @@ impl Client {
             ..Default::default()
         };
         let mut instances = Vec::new();
+        let mut tokens_seen = std::collections::HashSet::new();
         loop {
             let page = self
                 .raw()
@@ -339,10 +340,11 @@ impl Client {
             if page.next_page_token.is_empty() {
                 return Ok(instances);
             }
-            // A token that does not move on would be asked for forever.
-            if page.next_page_token == request.page_token {
+            // A token that comes round again would be asked for forever.
+            if !tokens_seen.insert(page.next_page_token.clone()) {
                 return Err(ClientError::Malformed(
-                    "ListInstances answered the page token it was given as the next one".into(),
+                    "ListInstances answered a page token it had given before as the next one"
+                        .into(),
                 ));
             }
             request.page_token = page.next_page_token;

@@ -16,7 +16,7 @@ use std::io::{IsTerminal, Write};
 
 use anyhow::bail;
 use futures::{FutureExt, StreamExt};
-use warmpool_client::{api, Client};
+use warmpool_client::{api, Client, ClientError};
 
 use crate::cli::OutputFormat;
 use crate::output::{pool_event_kind, pool_name, timestamp, to_json, PoolStatusView};
@@ -24,6 +24,10 @@ use crate::table::watch_table;
 
 /// Moves the cursor home after clearing the screen.
 const CLEAR_SCREEN: &str = "\x1b[2J\x1b[H";
+
+/// How long `watch` waits for a first message before it shows an empty
+/// table.
+const EMPTY_VIEW_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Events a terminal frame keeps under the table.
 const RECENT_EVENTS: usize = 8;
@@ -107,18 +111,43 @@ pub fn write_frame(out: &mut impl Write, frame: &str, terminal: bool) -> std::io
 }
 
 pub async fn run(client: &Client, format: OutputFormat) -> anyhow::Result<()> {
-    let mut stream = client.watch_pools().await?;
+    let stream = client.watch_pools().await?;
     let stdout = std::io::stdout();
     let terminal = stdout.is_terminal();
-    let mut board = PoolBoard::default();
+    show(stream, &mut stdout.lock(), terminal, format).await
+}
 
-    while let Some(item) = stream.next().await {
+/// Shows `stream` on `out` until it ends or fails (either ends the view
+/// with an error: a live view has no natural end).
+async fn show(
+    mut stream: impl futures::Stream<Item = Result<api::PoolStatus, ClientError>> + Unpin,
+    out: &mut impl Write,
+    terminal: bool,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    let mut board = PoolBoard::default();
+    let mut waiting_for_first = format == OutputFormat::Table;
+    loop {
+        let next = if std::mem::take(&mut waiting_for_first) {
+            // A daemon with pools sends them at once; one with none sends
+            // nothing until one changes: show the empty table then, rather
+            // than a blank screen.
+            match tokio::time::timeout(EMPTY_VIEW_AFTER, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    write_frame(out, &board.render(terminal), terminal)?;
+                    stream.next().await
+                }
+            }
+        } else {
+            stream.next().await
+        };
+        let Some(item) = next else { break };
         let status = item?;
         match format {
             OutputFormat::Json => {
                 // One object per update, as it arrives: a log, not a view.
                 let line = serde_json::to_string(&to_json(PoolStatusView::from(&status)))?;
-                let mut out = stdout.lock();
                 writeln!(out, "{line}")?;
                 out.flush()?;
             }
@@ -127,14 +156,25 @@ pub async fn run(client: &Client, format: OutputFormat) -> anyhow::Result<()> {
                 // Fold in updates that have already arrived (notably the
                 // one-per-pool burst at start) so we draw one frame for them
                 // instead of a partial table per message.
+                let mut failed = None;
                 while let Some(Some(item)) = stream.next().now_or_never() {
-                    board.apply(item?);
+                    match item {
+                        Ok(status) => board.apply(status),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
                 }
-                write_frame(&mut stdout.lock(), &board.render(terminal), terminal)?;
+                // What arrived before an error (a pool's last message at
+                // shutdown) is drawn before the error ends the view.
+                write_frame(out, &board.render(terminal), terminal)?;
+                if let Some(e) = failed {
+                    return Err(e.into());
+                }
             }
         }
     }
-    // A live view has no natural end: the server went away or shut down.
     bail!("the server closed the watch stream")
 }
 
@@ -269,5 +309,50 @@ mod tests {
         let mut out = Vec::new();
         write_frame(&mut out, "H\nrow1\n", true).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "\x1b[2J\x1b[HH\nrow1\n");
+    }
+
+    /// What arrived before an error is drawn before the error ends the view.
+    #[tokio::test]
+    async fn the_last_updates_before_an_error_are_drawn() {
+        let mut pools = sample_pools();
+        let first = status(pools[0].clone());
+        pools[0].counts.as_mut().unwrap().ready = 7;
+        let last = status(pools[0].clone());
+        let items: Vec<Result<api::PoolStatus, ClientError>> = vec![
+            Ok(first),
+            Ok(last),
+            Err(ClientError::Malformed("the server went away".into())),
+        ];
+        let mut out = Vec::new();
+        let err = show(
+            futures::stream::iter(items),
+            &mut out,
+            false,
+            OutputFormat::Table,
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("went away"), "{err}");
+        let text = String::from_utf8(out).unwrap();
+        let frames: Vec<&str> = text.split("\n\n").filter(|f| !f.is_empty()).collect();
+        assert_eq!(frames.len(), 1, "{text}");
+        let row = frames[0].lines().nth(1).unwrap();
+        assert_eq!(row.split_whitespace().nth(1), Some("7"), "{text}");
+    }
+
+    /// A daemon without pools sends nothing: the empty table shows.
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_without_pools_shows_the_empty_table() {
+        let later = futures::stream::once(async {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            Err(ClientError::Malformed("the server went away".into()))
+        });
+        let mut out = Vec::new();
+        show(Box::pin(later), &mut out, false, OutputFormat::Table)
+            .await
+            .unwrap_err();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("POOL "), "{text}");
+        assert_eq!(text.trim_end().lines().count(), 1, "{text}");
     }
 }

@@ -150,6 +150,9 @@ impl api::warm_pool_server::WarmPool for Fake {
         let (id, next_page_token) = match (r.flavor.as_str(), r.page_token.as_str()) {
             // A broken server: the same token again, forever.
             ("stuck", _) => ("inst-9", "stuck"),
+            // Or two tokens in turn.
+            ("circling", "" | "b") => ("inst-8", "a"),
+            ("circling", "a") => ("inst-9", "b"),
             (_, "") => ("inst-1", "after-inst-1"),
             (_, "after-inst-1") => ("inst-2", ""),
             (_, other) => return Err(Status::invalid_argument(format!("page_token {other}"))),
@@ -249,11 +252,13 @@ async fn library_calls_round_trip() {
     let instances = client.list_instances("m1", "az1").await.unwrap();
     let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
     assert_eq!(ids, ["inst-1", "inst-2"]);
-    let stuck = client.list_instances("stuck", "az1").await.unwrap_err();
-    assert!(
-        matches!(&stuck, ClientError::Malformed(m) if m.contains("page token")),
-        "{stuck:?}"
-    );
+    for broken in ["stuck", "circling"] {
+        let err = client.list_instances(broken, "az1").await.unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Malformed(m) if m.contains("page token")),
+            "{broken}: {err:?}"
+        );
+    }
 
     let released = client.release("r1", Some(false)).await.unwrap();
     assert_eq!(released.labels["delete_volume"], "Some(false)");
