@@ -483,21 +483,25 @@ pub fn events_missed_event(missed: u64, at: SystemTime) -> api::PoolEvent {
 pub const MAX_INSTANCES_PAGE: usize = 1000;
 
 /// Where a `ListInstances` page ended: the place of its last instance in
-/// the order `PoolManager::list_instances` gives. The token is this, as
-/// JSON, in hex: opaque to clients, and safe in any transport.
+/// the order `PoolManager::list_instances` gives, and the pool the listing
+/// was of (none: every pool). The token is this, as JSON, in hex: opaque
+/// to clients, and safe in any transport.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PageEnd {
     pool: PoolKey,
     created_at: SystemTime,
     id: String,
+    #[serde(default)]
+    listing: Option<PoolKey>,
 }
 
 impl PageEnd {
-    fn of(i: &Instance) -> Self {
+    fn of(i: &Instance, listing: Option<&PoolKey>) -> Self {
         Self {
             pool: i.pool.clone(),
             created_at: i.created_at,
             id: i.id.clone(),
+            listing: listing.cloned(),
         }
     }
 
@@ -519,10 +523,11 @@ impl PageEnd {
     }
 }
 
-/// One page of `instances` (in the manager's order) as `ListInstances`
-/// answers it.
+/// One page of `instances` (in the manager's order, of the pool `listing`
+/// or of every pool) as `ListInstances` answers it.
 pub fn instances_page(
     instances: Vec<Instance>,
+    listing: Option<&PoolKey>,
     page_size: i32,
     page_token: &str,
 ) -> Result<api::ListInstancesResponse, Status> {
@@ -540,13 +545,27 @@ pub fn instances_page(
             )
         })?),
     };
+    // A token continues the listing that gave it out: under another pool
+    // filter it would skip instances, or all of them.
+    if let Some(end) = after.as_ref().filter(|end| end.listing.as_ref() != listing) {
+        let of =
+            |key: Option<&PoolKey>| key.map_or("every pool".to_owned(), |k| format!("pool {k}"));
+        return Err(invalid(
+            "page_token",
+            &format!(
+                "it continues a listing of {}, not of {}; leave it empty to start this one",
+                of(end.listing.as_ref()),
+                of(listing)
+            ),
+        ));
+    }
     let mut rest = instances
         .into_iter()
         .filter(|i| after.as_ref().is_none_or(|end| end.is_before(i)))
         .peekable();
     let page: Vec<Instance> = rest.by_ref().take(size).collect();
     let next_page_token = match (rest.peek(), page.last()) {
-        (Some(_), Some(last)) => PageEnd::of(last).token(),
+        (Some(_), Some(last)) => PageEnd::of(last, listing).token(),
         _ => String::new(),
     };
     Ok(api::ListInstancesResponse {

@@ -150,7 +150,12 @@ impl WarmPool for WarmPoolService {
             .list_instances(key.as_ref())
             .await
             .map_err(convert::status)?;
-        let page = convert::instances_page(instances, request.page_size, &request.page_token)?;
+        let page = convert::instances_page(
+            instances,
+            key.as_ref(),
+            request.page_size,
+            &request.page_token,
+        )?;
         Ok(Response::new(page))
     }
 

@@ -1688,6 +1688,36 @@ async fn list_instances_pages_through_every_instance_once() {
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert!(bad.message().contains("page_token"), "{bad:?}");
+    // A token of one pool's listing, under another pool's filter, would
+    // have answered an empty last page (or one skipping instances).
+    let small = raw
+        .list_instances(api::ListInstancesRequest {
+            flavor: "db.small".into(),
+            availability_zone: "az1".into(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!small.next_page_token.is_empty());
+    for (flavor, az) in [("db.medium", "az1"), ("", "")] {
+        let bad = raw
+            .list_instances(api::ListInstancesRequest {
+                flavor: flavor.into(),
+                availability_zone: az.into(),
+                page_token: small.next_page_token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code(), Code::InvalidArgument);
+        assert!(
+            bad.message()
+                .contains("continues a listing of pool db.small@az1"),
+            "{bad:?}"
+        );
+    }
     let bad = raw
         .list_instances(api::ListInstancesRequest {
             page_size: -1,
