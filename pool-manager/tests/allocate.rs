@@ -2344,11 +2344,7 @@ async fn an_attach_carried_out_after_its_answer_was_lost_does_not_fail_the_purch
 #[tokio::test(start_paused = true)]
 async fn an_attach_failing_on_the_host_moves_on_to_the_next_instance() {
     let sim = sim();
-    let manager = started(&sim, temp_store(), 2).await;
-    manager
-        .update_pool(&pool(), |s| s.paused = true)
-        .await
-        .unwrap();
+    let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 2).await;
     sim.faults().fail_next_volume_attach_on_host(1);
     let a = manager
         .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
@@ -2414,11 +2410,7 @@ async fn a_volume_held_by_a_failed_instance_goes_to_the_next_one() {
 #[tokio::test(start_paused = true)]
 async fn a_timeout_passing_during_the_attach_does_not_cost_the_instance() {
     let sim = sim();
-    let manager = started(&sim, temp_store(), 2).await;
-    manager
-        .update_pool(&pool(), |s| s.paused = true)
-        .await
-        .unwrap();
+    let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 2).await;
     let existing = VolumeSource::Existing {
         volume_id: sim.create_volume_for_test("tenant-a", "az1", 10),
     };
@@ -2437,16 +2429,28 @@ async fn a_timeout_passing_during_the_attach_does_not_cost_the_instance() {
     assert_consistent(&sim, &manager).await;
 }
 
-/// Fails the one flush that follows the commit (the swap to `Allocated`).
-#[derive(Default)]
-struct FailFlushAfterTheCommit {
+/// Fails the one flush that follows the first swap of an allocation to
+/// `state` (the commit: `Allocated`; a release: `Releasing`).
+struct FailFlushAfterSwapTo {
+    state: AllocationState,
     armed: AtomicBool,
+    fired: AtomicBool,
+}
+
+impl FailFlushAfterSwapTo {
+    fn new(state: AllocationState) -> Self {
+        Self {
+            state,
+            armed: AtomicBool::new(false),
+            fired: AtomicBool::new(false),
+        }
+    }
 }
 
 #[async_trait::async_trait]
-impl StoreHooks for FailFlushAfterTheCommit {
+impl StoreHooks for FailFlushAfterSwapTo {
     fn before_allocation_swap(&self, new: Option<&Allocation>) -> StoreResult<()> {
-        if new.is_some_and(|a| a.state == AllocationState::Allocated) {
+        if new.is_some_and(|a| a.state == self.state) && !self.fired.swap(true, Ordering::SeqCst) {
             self.armed.store(true, Ordering::SeqCst);
         }
         Ok(())
@@ -2467,7 +2471,7 @@ impl StoreHooks for FailFlushAfterTheCommit {
 #[tokio::test(start_paused = true)]
 async fn a_commit_whose_flush_fails_says_call_again_and_the_call_gets_it() {
     let sim = sim();
-    let store = HookedStore::new(FailFlushAfterTheCommit::default());
+    let store = HookedStore::new(FailFlushAfterSwapTo::new(AllocationState::Allocated));
     let manager = started(&sim, store.clone(), 1).await;
     let order = request("o-flush", new_volume(), EmptyPoolPolicy::FailFast);
     let err = manager.allocate(order.clone()).await.unwrap_err();
@@ -2488,38 +2492,13 @@ async fn a_commit_whose_flush_fails_says_call_again_and_the_call_gets_it() {
     assert_consistent(&sim, &manager).await;
 }
 
-/// Fails the one flush that follows the first swap to `Releasing`.
-#[derive(Default)]
-struct FailFlushAfterReleasing {
-    armed: AtomicBool,
-    fired: AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl StoreHooks for FailFlushAfterReleasing {
-    fn before_allocation_swap(&self, new: Option<&Allocation>) -> StoreResult<()> {
-        if new.is_some_and(|a| a.state == AllocationState::Releasing)
-            && !self.fired.swap(true, Ordering::SeqCst)
-        {
-            self.armed.store(true, Ordering::SeqCst);
-        }
-        Ok(())
-    }
-    async fn before_flush(&self) -> StoreResult<()> {
-        match self.armed.swap(false, Ordering::SeqCst) {
-            true => Err(disk_error()),
-            false => Ok(()),
-        }
-    }
-}
-
 /// A release whose record cannot be confirmed on disk goes on all the same
 /// (the reconciler finishes it): the answer says to call again, and the
 /// call again finishes it; it was the store's INTERNAL error.
 #[tokio::test(start_paused = true)]
 async fn a_release_whose_flush_fails_says_call_again_and_the_call_finishes_it() {
     let sim = sim();
-    let store = HookedStore::new(FailFlushAfterReleasing::default());
+    let store = HookedStore::new(FailFlushAfterSwapTo::new(AllocationState::Releasing));
     let manager = started(&sim, store.clone(), 1).await;
     let a = manager
         .allocate(request("o-rel", new_volume(), EmptyPoolPolicy::FailFast))
