@@ -498,14 +498,21 @@ impl Shared {
                 instance.id = self.new_instance_id();
                 continue;
             }
-            let written = async {
-                let free = self.store.cas_instance(None, Some(&instance)).await?;
-                if free {
-                    self.store.flush().await?;
-                }
-                Ok::<_, crate::store::StoreError>(free)
-            }
-            .await;
+            let written = match self.store.cas_instance(None, Some(&instance)).await {
+                Ok(true) => match self.store.flush().await {
+                    Ok(()) => Ok(true),
+                    Err(e) => {
+                        // Not on disk: taken back, or it would stand as
+                        // supply with no boot behind it until a reconcile
+                        // pass drops it.
+                        if let Err(undo) = self.store.cas_instance(Some(&instance), None).await {
+                            tracing::warn!(instance = %instance.id, error = %undo, "cannot take back a new instance whose record was not flushed; the reconciler drops it");
+                        }
+                        Err(e)
+                    }
+                },
+                other => other,
+            };
             match written {
                 Ok(true) => break,
                 // The id is taken (a seeded generator restarted on its

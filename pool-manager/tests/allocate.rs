@@ -2429,29 +2429,50 @@ async fn a_timeout_passing_during_the_attach_does_not_cost_the_instance() {
     assert_consistent(&sim, &manager).await;
 }
 
-/// Fails the one flush that follows the first swap of an allocation to
-/// `state` (the commit: `Allocated`; a release: `Releasing`).
-struct FailFlushAfterSwapTo {
-    state: AllocationState,
+/// What [`FailFlushAfter`] fails the flush after, the first time.
+#[derive(Clone, Copy, PartialEq)]
+enum FlushTrigger {
+    /// A swap of an allocation to this state (the commit: `Allocated`; a
+    /// release: `Releasing`).
+    AllocationTo(AllocationState),
+    /// A new instance's record.
+    NewInstance,
+}
+
+/// Fails the one flush that follows the first write its trigger names.
+struct FailFlushAfter {
+    trigger: FlushTrigger,
     armed: AtomicBool,
     fired: AtomicBool,
 }
 
-impl FailFlushAfterSwapTo {
-    fn new(state: AllocationState) -> Self {
+impl FailFlushAfter {
+    fn new(trigger: FlushTrigger) -> Self {
         Self {
-            state,
+            trigger,
             armed: AtomicBool::new(false),
             fired: AtomicBool::new(false),
+        }
+    }
+
+    fn saw(&self, trigger: FlushTrigger) {
+        if trigger == self.trigger && !self.fired.swap(true, Ordering::SeqCst) {
+            self.armed.store(true, Ordering::SeqCst);
         }
     }
 }
 
 #[async_trait::async_trait]
-impl StoreHooks for FailFlushAfterSwapTo {
+impl StoreHooks for FailFlushAfter {
     fn before_allocation_swap(&self, new: Option<&Allocation>) -> StoreResult<()> {
-        if new.is_some_and(|a| a.state == self.state) && !self.fired.swap(true, Ordering::SeqCst) {
-            self.armed.store(true, Ordering::SeqCst);
+        if let Some(a) = new {
+            self.saw(FlushTrigger::AllocationTo(a.state));
+        }
+        Ok(())
+    }
+    fn before_instance_swap(&self, new: Option<&Instance>) -> StoreResult<()> {
+        if new.is_some_and(|i| i.state == InstanceState::Booting && i.server_id.is_none()) {
+            self.saw(FlushTrigger::NewInstance);
         }
         Ok(())
     }
@@ -2471,7 +2492,9 @@ impl StoreHooks for FailFlushAfterSwapTo {
 #[tokio::test(start_paused = true)]
 async fn a_commit_whose_flush_fails_says_call_again_and_the_call_gets_it() {
     let sim = sim();
-    let store = HookedStore::new(FailFlushAfterSwapTo::new(AllocationState::Allocated));
+    let store = HookedStore::new(FailFlushAfter::new(FlushTrigger::AllocationTo(
+        AllocationState::Allocated,
+    )));
     let manager = started(&sim, store.clone(), 1).await;
     let order = request("o-flush", new_volume(), EmptyPoolPolicy::FailFast);
     let err = manager.allocate(order.clone()).await.unwrap_err();
@@ -2498,7 +2521,9 @@ async fn a_commit_whose_flush_fails_says_call_again_and_the_call_gets_it() {
 #[tokio::test(start_paused = true)]
 async fn a_release_whose_flush_fails_says_call_again_and_the_call_finishes_it() {
     let sim = sim();
-    let store = HookedStore::new(FailFlushAfterSwapTo::new(AllocationState::Releasing));
+    let store = HookedStore::new(FailFlushAfter::new(FlushTrigger::AllocationTo(
+        AllocationState::Releasing,
+    )));
     let manager = started(&sim, store.clone(), 1).await;
     let a = manager
         .allocate(request("o-rel", new_volume(), EmptyPoolPolicy::FailFast))
@@ -2555,4 +2580,28 @@ async fn pool_changes_whose_flush_fails_say_call_again() {
     let status = manager.delete_pool(&pool()).await.unwrap();
     assert!(status.record.draining);
     assert_eq!(status.record.spec.max_ready, 7);
+}
+
+/// A new instance whose record cannot be flushed is taken back: it stood
+/// as supply with no boot behind it, and the pool stayed one short until a
+/// reconcile pass dropped it.
+#[tokio::test(start_paused = true)]
+async fn a_new_instance_whose_flush_fails_does_not_stand_as_supply() {
+    let sim = sim();
+    let store = HookedStore::new(FailFlushAfter::new(FlushTrigger::NewInstance));
+    let manager = manager_on(&sim, store.clone());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(2)).await.unwrap();
+    // No reconcile pass runs (the tests' interval is a day).
+    tokio::time::sleep(Duration::from_secs(10 * 60)).await;
+    assert!(store.hooks.fired.load(Ordering::SeqCst));
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 2, "{:?}", status.counts);
+    assert_eq!(
+        status.count(InstanceState::Booting),
+        0,
+        "{:?}",
+        status.counts
+    );
+    assert_consistent(&sim, &manager).await;
 }
