@@ -67,7 +67,7 @@ impl PoolKey {
 pub fn name_problem(value: &str) -> Option<&'static str> {
     if value.trim().is_empty() {
         Some("is required")
-    } else if value.len() > 255 || value.chars().any(char::is_control) {
+    } else if value.chars().count() > 255 || value.chars().any(char::is_control) {
         Some("must be at most 255 characters without control characters")
     } else {
         None
@@ -640,6 +640,15 @@ mod tests {
         let old: Allocation = serde_json::from_value(stored).unwrap();
         assert_eq!(old.attempt, None);
         assert_eq!(old.resource_name(), "warmpool-order-7");
+    }
+
+    /// Nova's and Cinder's names are up to 255 characters, not bytes.
+    #[test]
+    fn names_are_measured_in_characters() {
+        assert_eq!(name_problem(&"é".repeat(255)), None);
+        assert!(name_problem(&"é".repeat(256)).is_some());
+        assert!(name_problem("db\nsmall").is_some());
+        assert!(name_problem("  ").is_some());
     }
 
     #[test]
