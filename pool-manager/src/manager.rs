@@ -140,6 +140,9 @@ pub(crate) struct Shared {
     pub shutdown: watch::Sender<bool>,
     /// Demand and lead-time estimators per pool (see `crate::sizing`).
     pub sizing: Mutex<SizingBook>,
+    /// Pools whose stored learned sizing this version cannot read (a newer
+    /// version wrote it): kept for that version, never saved over.
+    pub sizing_unreadable: Mutex<std::collections::HashSet<PoolKey>>,
     /// The per-AZ throttle gate (see `crate::gate`).
     pub gate: Arc<Mutex<Gate>>,
     /// Draws new instance ids (see `ManagerSettings::instance_id_seed`).
@@ -454,6 +457,7 @@ impl PoolManager {
                 tasks: Mutex::new(JoinSet::new()),
                 shutdown: watch::channel(false).0,
                 sizing: Mutex::new(SizingBook::default()),
+                sizing_unreadable: Mutex::default(),
                 gate: Arc::new(Mutex::new(Gate::new(settings.gate.clone()))),
                 health: Mutex::new(HealthBook::default()),
                 instance_ids: Mutex::new(match settings.instance_id_seed {

@@ -173,6 +173,13 @@ impl Shared {
                 tracing::info!(pool = %key, boots = learned.leads.len(), "resumed sizing from the store");
             }
             Ok(None) => {}
+            Err(e @ crate::store::StoreError::Unreadable { .. }) => {
+                tracing::warn!(pool = %key, error = %e, "the pool's learned sizing is one this version cannot read (`warmpoold store check` lists it); sizing it from scratch, and keeping the record for the version that wrote it");
+                self.sizing_unreadable
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key.clone());
+            }
             Err(e) => {
                 tracing::warn!(pool = %key, error = %e, "cannot read the pool's learned sizing; sizing it from scratch")
             }
@@ -182,6 +189,14 @@ impl Shared {
     /// Writes what the pool's estimators learned (made durable by the next
     /// flush). Failing costs a restart some history, so it is only logged.
     pub(crate) async fn save_learned_sizing(&self, key: &PoolKey) {
+        if self
+            .sizing_unreadable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(key)
+        {
+            return;
+        }
         let learned = self
             .sizing_book()
             .learned(key, Instant::now(), &self.settings.sizing);

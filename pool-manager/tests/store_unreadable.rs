@@ -240,3 +240,38 @@ async fn an_instance_claimed_by_a_set_aside_order_is_left_alone() {
     );
     manager.shutdown().await.unwrap();
 }
+
+/// A learned-sizing record this version cannot read (a newer version's)
+/// does not stop it: the pool is sized from scratch, and the record is
+/// kept for the version that wrote it, not saved over a minute later, so
+/// `store check` still lists it.
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_learned_sizing_record_is_not_saved_over() {
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let manager = started(&sim, open_store(dir.path()), 1).await;
+    manager.shutdown().await.unwrap();
+    drop(manager);
+    write_unreadable(
+        dir.path(),
+        RecordKind::LearnedSizing.tree(),
+        "db.small\0az1",
+    );
+
+    let manager = restarted(&sim, dir.path()).await;
+    // Purchases and the boots replacing them: something to learn and save.
+    for order in ["o-1", "o-2"] {
+        manager
+            .allocate(request(order, new_volume(), EmptyPoolPolicy::Wait))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3 * 60)).await;
+    }
+    manager.shutdown().await.unwrap();
+    drop(manager);
+
+    let repair = StoreRepair::open(dir.path(), DEFAULT_LOCK_WAIT).unwrap();
+    let unreadable = repair.unreadable().unwrap();
+    assert_eq!(unreadable.len(), 1, "{unreadable:?}");
+    assert_eq!(unreadable[0].kind, RecordKind::LearnedSizing);
+}
