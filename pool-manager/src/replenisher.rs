@@ -360,12 +360,12 @@ impl Shared {
         // with a max_age shorter than a refill, the pool is never all
         // replaced at once, and expired instances kept until then would
         // pile up a server a boot.
-        let over_cap = Retirements {
+        let due = Retirements {
             replaced,
             fresh: fresh_ready.saturating_sub(pool.spec.max_ready),
             expired: (fresh_ready + expired).saturating_sub(pool.spec.max_ready),
         };
-        self.retire(pool, &instances, &ages, over_cap).await?;
+        self.retire(pool, &instances, &ages, due).await?;
         // The plan and its boots' tickets under one lock: the room and the
         // headroom this pool takes are gone at once for the AZ's other
         // pools. A ticket not handed to a boot (a failed record) ends when
