@@ -814,20 +814,33 @@ async fn server_action(
             format!("There is no such action: {action}"),
         ));
     }
-    state
-        .sim
-        .gate("force_delete_server")
-        .await
-        .map_err(|e| ApiError::from_cloud(C, e))?;
-    let now = Instant::now();
-    let mut model = state.sim.inner.lock_at(now);
-    if model.server_detail(&id, now).is_none_or_deleting() {
-        return Err(instance_not_found(&id));
-    }
+    let (mut model, now) = live_server(&state, "force_delete_server", &id).await?;
     model
         .force_delete_server(&id, now)
         .map_err(|e| ApiError::from_cloud(C, e))?;
     Ok(StatusCode::ACCEPTED)
+}
+
+/// Lets `method` through the API gate, then locks the model with server
+/// `id` live (neither gone nor being deleted, else Nova's 404): the start
+/// of every call on a server's attachments and actions. The guard is held
+/// across no await.
+async fn live_server<'a>(
+    state: &'a FaceState,
+    method: &'static str,
+    id: &str,
+) -> Result<(std::sync::MutexGuard<'a, Model>, Instant), ApiError> {
+    state
+        .sim
+        .gate(method)
+        .await
+        .map_err(|e| ApiError::from_cloud(C, e))?;
+    let now = Instant::now();
+    let model = state.sim.inner.lock_at(now);
+    if model.server_detail(id, now).is_none_or_deleting() {
+        return Err(instance_not_found(id));
+    }
+    Ok((model, now))
 }
 
 async fn server_metadata(
@@ -987,16 +1000,7 @@ async fn attach_volume(
             )
         })?
         .to_string();
-    state
-        .sim
-        .gate("attach_volume")
-        .await
-        .map_err(|e| ApiError::from_cloud(C, e))?;
-    let now = Instant::now();
-    let mut model = state.sim.inner.lock_at(now);
-    if model.server_detail(&id, now).is_none_or_deleting() {
-        return Err(instance_not_found(&id));
-    }
+    let (mut model, now) = live_server(&state, "attach_volume", &id).await?;
     if model.get_volume(&volume_id, now).is_err() {
         return Err(ApiError::not_found(
             C,
@@ -1092,16 +1096,7 @@ async fn detach_volume(
     State(state): State<Arc<FaceState>>,
     Path((id, volume_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    state
-        .sim
-        .gate("detach_volume")
-        .await
-        .map_err(|e| ApiError::from_cloud(C, e))?;
-    let now = Instant::now();
-    let mut model = state.sim.inner.lock_at(now);
-    if model.server_detail(&id, now).is_none_or_deleting() {
-        return Err(instance_not_found(&id));
-    }
+    let (mut model, now) = live_server(&state, "detach_volume", &id).await?;
     if model.get_volume(&volume_id, now).is_err() {
         return Err(ApiError::not_found(
             C,
@@ -1161,17 +1156,8 @@ async fn attach_interface(
             "cloudsim simulates attaching an existing 'port_id' only",
         ));
     };
-    state
-        .sim
-        .gate("attach_port")
-        .await
-        .map_err(|e| ApiError::from_cloud(C, e))?;
     let done = {
-        let now = Instant::now();
-        let mut model = state.sim.inner.lock_at(now);
-        if model.server_detail(&id, now).is_none_or_deleting() {
-            return Err(instance_not_found(&id));
-        }
+        let (mut model, now) = live_server(&state, "attach_port", &id).await?;
         if model.get_port(&port_id, now).is_err() {
             return Err(ApiError::not_found(
                 C,
@@ -1240,16 +1226,7 @@ async fn detach_interface(
     State(state): State<Arc<FaceState>>,
     Path((id, port_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    state
-        .sim
-        .gate("detach_port")
-        .await
-        .map_err(|e| ApiError::from_cloud(C, e))?;
-    let now = Instant::now();
-    let mut model = state.sim.inner.lock_at(now);
-    if model.server_detail(&id, now).is_none_or_deleting() {
-        return Err(instance_not_found(&id));
-    }
+    let (mut model, now) = live_server(&state, "detach_port", &id).await?;
     let bound_here = model
         .port_detail(&port_id, now)
         .is_some_and(|p| p.target.as_deref() == Some(id.as_str()));
