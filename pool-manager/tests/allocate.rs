@@ -2307,6 +2307,16 @@ async fn twins_of_a_lost_create_are_deleted_after_a_crash_right_after_the_commit
     manager.shutdown().await.unwrap();
 }
 
+/// The allocation's server has the allocation's volume attached, and no
+/// other.
+fn assert_its_volume_is_attached(sim: &cloudsim::SimCloud, a: &Allocation) {
+    let server = sim.server(a.server_id.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        server.server.attached_volumes,
+        vec![a.volume_id.clone().unwrap()]
+    );
+}
+
 /// An attach whose answer was lost may have been carried out: the volume
 /// goes on attaching to the instance the failed try discards. The next
 /// instance gets the volume once that instance has let go of it; the
@@ -2327,11 +2337,7 @@ async fn an_attach_carried_out_after_its_answer_was_lost_does_not_fail_the_purch
             .await
             .unwrap();
         assert_eq!(a.state, AllocationState::Allocated);
-        let server = sim.server(a.server_id.as_deref().unwrap()).unwrap();
-        assert_eq!(
-            server.server.attached_volumes,
-            vec![a.volume_id.clone().unwrap()]
-        );
+        assert_its_volume_is_attached(&sim, &a);
         tokio::time::sleep(Duration::from_secs(60)).await;
     }
     assert_consistent(&sim, &manager).await;
@@ -2351,11 +2357,7 @@ async fn an_attach_failing_on_the_host_moves_on_to_the_next_instance() {
         .await
         .unwrap();
     assert_eq!(a.state, AllocationState::Allocated);
-    let server = sim.server(a.server_id.as_deref().unwrap()).unwrap();
-    assert_eq!(
-        server.server.attached_volumes,
-        vec![a.volume_id.clone().unwrap()]
-    );
+    assert_its_volume_is_attached(&sim, &a);
     let status = manager.get_pool(&pool()).await.unwrap();
     assert_eq!(
         status.count(InstanceState::Ready),
@@ -2504,11 +2506,7 @@ async fn a_commit_whose_flush_fails_says_call_again_and_the_call_gets_it() {
     );
     let again = manager.allocate(order).await.unwrap();
     assert_eq!(again.state, AllocationState::Allocated);
-    let server = sim.server(again.server_id.as_deref().unwrap()).unwrap();
-    assert_eq!(
-        server.server.attached_volumes,
-        vec![again.volume_id.clone().unwrap()]
-    );
+    assert_its_volume_is_attached(&sim, &again);
     let status = manager.get_pool(&pool()).await.unwrap();
     assert_eq!(status.record.allocations_failed, 0);
     assert_eq!(status.record.allocations_warm, 1);
