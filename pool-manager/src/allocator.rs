@@ -151,9 +151,10 @@ impl PoolManager {
         // reconciler finishes it), so the answer is to call again, not a
         // failure.
         if let Err(e) = self.shared.store.flush().await {
-            return Err(ManagerError::TryAgain(format!(
-                "the release of allocation {request_id} is recorded, but the store could not confirm it on disk ({e}); call again"
-            )));
+            return Err(ManagerError::unconfirmed(
+                format!("the release of allocation {request_id}"),
+                e,
+            ));
         }
         self.shared.finish_release(releasing).await
     }
@@ -705,10 +706,10 @@ impl Shared {
                     });
                 }
                 if let Some(e) = unconfirmed {
-                    return Err(ManagerError::TryAgain(format!(
-                        "allocation {} is recorded, but the store could not confirm it on disk ({e}); call again with the same request id",
-                        done.params.request_id
-                    )));
+                    return Err(ManagerError::unconfirmed(
+                        format!("allocation {}", done.params.request_id),
+                        e,
+                    ));
                 }
                 Ok(done)
             }

@@ -48,6 +48,16 @@ impl ManagerError {
             message: message.into(),
         }
     }
+
+    /// `what` was written to the store, but the flush that would confirm
+    /// it on disk failed with `e`. It is in effect all the same, so the
+    /// answer is to call again (which flushes before it answers), not a
+    /// failure.
+    pub(crate) fn unconfirmed(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Self {
+        Self::TryAgain(format!(
+            "{what} is recorded, but the store could not confirm it on disk ({e}); call again with the same request"
+        ))
+    }
 }
 
 pub type ManagerResult<T> = Result<T, ManagerError>;

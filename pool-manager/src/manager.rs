@@ -685,11 +685,7 @@ fn unconfirmed_change(
     key: &PoolKey,
     what: &str,
 ) -> ManagerResult<()> {
-    flushed.map_err(|e| {
-        ManagerError::TryAgain(format!(
-            "the {what} of pool {key} is recorded, but the store could not confirm it on disk ({e}); call again"
-        ))
-    })
+    flushed.map_err(|e| ManagerError::unconfirmed(format!("the {what} of pool {key}"), e))
 }
 
 pub(crate) fn validate_pool_key(key: &PoolKey) -> ManagerResult<()> {
