@@ -1,15 +1,101 @@
-//! A crash between any two steps of an allocation — simulated by freezing the
-//! cloud at the N-th call, dropping the whole process state and reopening the
-//! store — followed by the start-up reconcile loses nothing and leaks nothing.
+//! A crash between any two steps of an allocation or a release — simulated
+//! by freezing the cloud at the N-th call, dropping the whole process state
+//! and reopening the store, with every write or only the flushed ones —
+//! followed by the start-up reconcile loses nothing and leaks nothing.
 
 mod common;
 
+use cloudsim::SimCloud;
 use common::*;
 use pool_manager::model::{AllocationState, EmptyPoolPolicy};
+use pool_manager::store::Store;
+use pool_manager::PoolManager;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-#[tokio::test(start_paused = true)]
-async fn a_crash_at_any_step_of_an_allocation_is_repaired_by_reconcile() {
+/// What a crashed process's store still holds when it starts again.
+#[derive(Clone, Copy, Debug)]
+enum Survives {
+    /// Every write: the store wrote back all it had before the end.
+    EveryWrite,
+    /// Only the writes a flush covered (see [`CrashImage`]).
+    FlushedWrites,
+}
+
+/// One run of the process, on the store of `dir` as `survives` leaves it.
+struct Process {
+    manager: PoolManager,
+    image: Option<Arc<HookedStore<CrashImage>>>,
+}
+
+impl Process {
+    /// The first run: a pool of `target` Ready instances, paused so that the
+    /// N-th cloud call from here on is the test's.
+    async fn first(sim: &Arc<SimCloud>, dir: &Path, survives: Survives, target: u32) -> Self {
+        let (store, image): (Arc<dyn Store>, _) = match survives {
+            Survives::EveryWrite => (open_store(dir), None),
+            Survives::FlushedWrites => {
+                let image = HookedStore::new(CrashImage::default());
+                (image.clone(), Some(image))
+            }
+        };
+        let manager = started(sim, store, target).await;
+        manager
+            .update_pool(&pool(), |s| s.paused = true)
+            .await
+            .unwrap();
+        Self { manager, image }
+    }
+
+    /// The process dies; it starts again (reconciling) on what survived.
+    async fn crash_and_restart(self, sim: &Arc<SimCloud>, dir: &Path) -> PoolManager {
+        if let Some(image) = &self.image {
+            image.hooks.crash();
+        }
+        // Stops the dead process's tasks; what it writes now is lost with
+        // a crash image, and flushed without one (every write survives).
+        self.manager.shutdown().await.unwrap();
+        drop(self.manager);
+        sim.faults().clear_hang();
+        let store = match &self.image {
+            Some(image) => image.hooks.reopen(dir).await,
+            None => open_store(dir),
+        };
+        let manager = manager_on(sim, store);
+        manager.start().await.unwrap();
+        manager
+    }
+}
+
+/// Runs `call` until the cloud hangs after `crash_after` calls; its answer if
+/// it gave one before the crash.
+async fn until_the_cloud_hangs<T: Send + 'static>(
+    sim: &Arc<SimCloud>,
+    crash_after: u64,
+    call: impl std::future::Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    let calls = || sim.call_counts().values().sum::<u64>();
+    let hung_at = calls() + crash_after + 1;
+    sim.faults().hang_after_calls(crash_after);
+    let call = tokio::spawn(call);
+    // The process dies as its call hangs, or 100 s on.
+    for _ in 0..100_000 {
+        if call.is_finished() || calls() >= hung_at {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    if call.is_finished() {
+        Some(call.await.unwrap())
+    } else {
+        call.abort();
+        let _ = call.await;
+        None
+    }
+}
+
+async fn crash_at_every_step_of_an_allocation(survives: Survives) {
     let mut crash_points = 0;
     for crash_after in 0u64.. {
         assert!(
@@ -18,41 +104,18 @@ async fn a_crash_at_any_step_of_an_allocation_is_repaired_by_reconcile() {
         );
         let sim = sim();
         let dir = tempfile::tempdir().unwrap();
-        let manager = started(&sim, open_store(dir.path()), 2).await;
-        // Keep the replenisher quiet so the N-th call is the allocation's.
-        manager
-            .update_pool(&pool(), |s| s.paused = true)
-            .await
-            .unwrap();
+        let process = Process::first(&sim, dir.path(), survives, 2).await;
         let order = request("order-crash", new_volume(), EmptyPoolPolicy::Wait);
-
-        sim.faults().hang_after_calls(crash_after);
-        let call = {
-            let manager = manager.clone();
+        let acknowledged = until_the_cloud_hangs(&sim, crash_after, {
+            let manager = process.manager.clone();
             let order = order.clone();
-            tokio::spawn(async move { manager.allocate(order).await })
-        };
-        tokio::time::sleep(Duration::from_secs(100)).await;
-        let acknowledged = if call.is_finished() {
-            Some(
-                call.await
-                    .unwrap()
-                    .expect("allocation without a crash succeeds"),
-            )
-        } else {
-            call.abort();
-            let _ = call.await;
-            None
-        };
+            async move { manager.allocate(order).await }
+        })
+        .await
+        .map(|answer| answer.expect("allocation without a crash succeeds"));
 
-        // The process dies: everything in memory goes, the store is reopened.
-        manager.shutdown().await.unwrap();
-        drop(manager);
-        sim.faults().clear_hang();
-        let manager = manager_on(&sim, open_store(dir.path()));
-        manager.start().await.unwrap();
+        let manager = process.crash_and_restart(&sim, dir.path()).await;
         assert_consistent(&sim, &manager).await;
-
         match &acknowledged {
             Some(done) => {
                 let stored = manager.get_allocation("order-crash").await.unwrap();
@@ -86,6 +149,148 @@ async fn a_crash_at_any_step_of_an_allocation_is_repaired_by_reconcile() {
         crash_points >= 8,
         "only {crash_points} crash points exercised"
     );
+}
+
+/// A crash between any two steps of an allocation — simulated by freezing the
+/// cloud at the N-th call, dropping the whole process state and reopening the
+/// store — followed by the start-up reconcile loses nothing and leaks nothing.
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_any_step_of_an_allocation_is_repaired_by_reconcile() {
+    crash_at_every_step_of_an_allocation(Survives::EveryWrite).await;
+}
+
+/// The same, when the crash also loses every write no flush covered: each
+/// step the cloud sees was made durable before it was taken.
+#[tokio::test(start_paused = true)]
+async fn a_crash_losing_unflushed_writes_at_any_step_of_an_allocation_is_repaired() {
+    crash_at_every_step_of_an_allocation(Survives::FlushedWrites).await;
+}
+
+async fn crash_at_every_step_of_a_release(survives: Survives) {
+    let mut crash_points = 0;
+    for crash_after in 0u64.. {
+        assert!(
+            crash_after < 100,
+            "a release should need far fewer cloud calls"
+        );
+        let sim = sim();
+        let dir = tempfile::tempdir().unwrap();
+        let process = Process::first(&sim, dir.path(), survives, 2).await;
+        let sold = process
+            .manager
+            .allocate(request(
+                "order-crash",
+                new_volume(),
+                EmptyPoolPolicy::FailFast,
+            ))
+            .await
+            .unwrap();
+        let acknowledged = until_the_cloud_hangs(&sim, crash_after, {
+            let manager = process.manager.clone();
+            async move { manager.release("order-crash", Some(true)).await }
+        })
+        .await
+        .map(|answer| answer.expect("a release without a crash succeeds"));
+
+        let manager = process.crash_and_restart(&sim, dir.path()).await;
+        let after_restart = manager.get_allocation("order-crash").await.unwrap();
+        if let Some(done) = &acknowledged {
+            assert_eq!(&after_restart, done, "an acknowledged release was lost");
+        } else if after_restart.state == AllocationState::Allocated {
+            assert_eq!(after_restart, sold, "crash after {crash_after} calls");
+        }
+        assert_consistent(&sim, &manager).await;
+
+        // The billing system retries the release and it is done once.
+        let retried = manager.release("order-crash", Some(true)).await.unwrap();
+        assert_eq!(retried.state, AllocationState::Released);
+        if let Some(done) = &acknowledged {
+            assert_eq!(&retried, done);
+        }
+        let volume = sold.volume_id.as_deref().unwrap();
+        assert!(
+            sim.volumes().iter().all(|v| v.id != volume),
+            "crash after {crash_after} calls: the released volume was kept"
+        );
+        assert_consistent(&sim, &manager).await;
+        manager.shutdown().await.unwrap();
+
+        if acknowledged.is_some() {
+            break;
+        }
+        crash_points += 1;
+    }
+    assert!(
+        crash_points >= 4,
+        "only {crash_points} crash points exercised"
+    );
+}
+
+/// A crash between any two steps of a release, the store keeping every
+/// write or only the flushed ones: the release is finished or can be asked
+/// again, and nothing of it stays in the cloud.
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_any_step_of_a_release_is_repaired_by_reconcile() {
+    crash_at_every_step_of_a_release(Survives::EveryWrite).await;
+    crash_at_every_step_of_a_release(Survives::FlushedWrites).await;
+}
+
+async fn crash_at_every_step_of_a_refill(survives: Survives) {
+    let mut crash_points = 0;
+    for crash_after in 0u64.. {
+        assert!(
+            crash_after < 100,
+            "a refill should need far fewer cloud calls"
+        );
+        let sim = sim();
+        let dir = tempfile::tempdir().unwrap();
+        let process = Process::first(&sim, dir.path(), survives, 1).await;
+        let refilled = until_the_cloud_hangs(&sim, crash_after, {
+            let manager = process.manager.clone();
+            async move {
+                manager
+                    .update_pool(&pool(), |s| {
+                        s.paused = false;
+                        s.min_ready = 3;
+                    })
+                    .await
+                    .unwrap();
+                wait_ready(&manager, 3).await;
+            }
+        })
+        .await
+        .is_some();
+
+        let manager = process.crash_and_restart(&sim, dir.path()).await;
+        assert_consistent(&sim, &manager).await;
+        wait_ready(&manager, 3).await;
+        assert_consistent(&sim, &manager).await;
+        let instances = manager.list_instances(None).await.unwrap();
+        assert_eq!(
+            sim.servers().len(),
+            instances.len(),
+            "crash after {crash_after} calls: {instances:#?}"
+        );
+        manager.shutdown().await.unwrap();
+
+        if refilled {
+            break;
+        }
+        crash_points += 1;
+    }
+    assert!(
+        crash_points >= 4,
+        "only {crash_points} crash points exercised"
+    );
+}
+
+/// A crash between any two steps of booting instances into a pool, the
+/// store keeping every write or only the flushed ones: the restarted
+/// manager fills the pool with no server left unknown to it.
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_any_step_of_a_refill_is_repaired_by_reconcile() {
+    crash_at_every_step_of_a_refill(Survives::EveryWrite).await;
+    crash_at_every_step_of_a_refill(Survives::FlushedWrites).await;
 }
 
 /// A manager with seeded instance ids, restarted on the same store, draws

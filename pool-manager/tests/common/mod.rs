@@ -524,6 +524,114 @@ pub trait StoreHooks: Send + Sync + 'static {
     }
     /// After a pool record was deleted.
     fn after_delete_pool(&self) {}
+    /// After a write took effect, with what it wrote.
+    fn written(&self, _write: Write) {}
+}
+
+/// One write a store took, as [`StoreHooks::written`] hears of it.
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant, reason = "a test's short log of writes")]
+pub enum Write {
+    Pool(PoolRecord),
+    PoolDeleted(PoolKey),
+    LearnedSizing(PoolKey, LearnedSizing),
+    /// The instance of this id is now `new` (`None`: gone).
+    Instance(String, Option<Instance>),
+    /// The allocation of this request id is now `new` (`None`: gone).
+    Allocation(String, Option<Allocation>),
+    TwinWatch(pool_manager::model::TwinWatch),
+    TwinWatchDeleted(String),
+}
+
+impl Write {
+    /// Does it again on `store`, whatever `store` holds there now.
+    pub async fn replay(&self, store: &dyn Store) -> StoreResult<()> {
+        match self {
+            Write::Pool(pool) => store.put_pool(pool).await,
+            Write::PoolDeleted(key) => store.delete_pool(key).await,
+            Write::LearnedSizing(key, learned) => store.put_learned_sizing(key, learned).await,
+            Write::Instance(id, new) => {
+                let current = store.get_instance(id).await?;
+                if current.is_none() && new.is_none() {
+                    return Ok(());
+                }
+                assert!(store.cas_instance(current.as_ref(), new.as_ref()).await?);
+                Ok(())
+            }
+            Write::Allocation(id, new) => {
+                let current = store.get_allocation(id).await?;
+                if current.is_none() && new.is_none() {
+                    return Ok(());
+                }
+                assert!(store.cas_allocation(current.as_ref(), new.as_ref()).await?);
+                Ok(())
+            }
+            Write::TwinWatch(watch) => store.put_twin_watch(watch).await,
+            Write::TwinWatchDeleted(name) => store.delete_twin_watch(name).await,
+        }
+    }
+}
+
+/// What a process that dies at an unlucky moment leaves on disk: the writes
+/// a flush had begun to make durable, and none after them. (A store keeps a
+/// prefix of its writes; the ones no flush covered may all be lost.) Used
+/// as the hooks of a [`HookedStore`]; [`CrashImage::crash`] is the moment
+/// the process dies.
+#[derive(Default)]
+pub struct CrashImage {
+    state: std::sync::Mutex<CrashImageState>,
+}
+
+#[derive(Default)]
+struct CrashImageState {
+    durable: Vec<Write>,
+    unflushed: Vec<Write>,
+    crashed: bool,
+}
+
+impl CrashImage {
+    /// The process dies now: nothing written or flushed from here on
+    /// reaches the image.
+    pub fn crash(&self) {
+        self.state.lock().unwrap().crashed = true;
+    }
+
+    /// A store in `dir` holding what survived the crash, as the restarted
+    /// process opens it.
+    pub async fn reopen(&self, dir: &Path) -> Arc<dyn Store> {
+        let durable = {
+            let state = self.state.lock().unwrap();
+            assert!(state.crashed, "the process has not crashed yet");
+            state.durable.clone()
+        };
+        {
+            let store = SledStore::open(dir).unwrap();
+            for write in &durable {
+                write.replay(&store).await.unwrap();
+            }
+            store.flush().await.unwrap();
+        }
+        open_store(dir)
+    }
+}
+
+#[async_trait::async_trait]
+impl StoreHooks for CrashImage {
+    fn written(&self, write: Write) {
+        let mut state = self.state.lock().unwrap();
+        if !state.crashed {
+            state.unflushed.push(write);
+        }
+    }
+
+    async fn before_flush(&self) -> StoreResult<()> {
+        let mut state = self.state.lock().unwrap();
+        if !state.crashed {
+            let flushed = std::mem::take(&mut state.unflushed);
+            state.durable.extend(flushed);
+        }
+        Ok(())
+    }
 }
 
 /// A real store with a test's [`StoreHooks`] around its writes; every call
@@ -554,11 +662,14 @@ impl<H: StoreHooks> Store for HookedStore<H> {
     }
     async fn put_pool(&self, pool: &PoolRecord) -> StoreResult<()> {
         self.hooks.before_put_pool(pool).await;
-        self.inner.put_pool(pool).await
+        self.inner.put_pool(pool).await?;
+        self.hooks.written(Write::Pool(pool.clone()));
+        Ok(())
     }
     async fn delete_pool(&self, key: &PoolKey) -> StoreResult<()> {
         self.hooks.before_delete_pool()?;
         self.inner.delete_pool(key).await?;
+        self.hooks.written(Write::PoolDeleted(key.clone()));
         self.hooks.after_delete_pool();
         Ok(())
     }
@@ -566,7 +677,10 @@ impl<H: StoreHooks> Store for HookedStore<H> {
         self.inner.get_learned_sizing(key).await
     }
     async fn put_learned_sizing(&self, key: &PoolKey, learned: &LearnedSizing) -> StoreResult<()> {
-        self.inner.put_learned_sizing(key, learned).await
+        self.inner.put_learned_sizing(key, learned).await?;
+        self.hooks
+            .written(Write::LearnedSizing(key.clone(), learned.clone()));
+        Ok(())
     }
     async fn get_instance(&self, id: &str) -> StoreResult<Option<Instance>> {
         self.inner.get_instance(id).await
@@ -587,17 +701,25 @@ impl<H: StoreHooks> Store for HookedStore<H> {
     ) -> StoreResult<bool> {
         self.hooks.before_instance_swap(new)?;
         let swapped = self.inner.cas_instance(expected, new).await?;
+        if swapped {
+            let id = new.or(expected).map(|i| i.id.clone()).unwrap_or_default();
+            self.hooks.written(Write::Instance(id, new.cloned()));
+        }
         self.hooks.after_instance_swap(expected, swapped);
         Ok(swapped)
     }
     async fn put_twin_watch(&self, watch: &pool_manager::model::TwinWatch) -> StoreResult<()> {
-        self.inner.put_twin_watch(watch).await
+        self.inner.put_twin_watch(watch).await?;
+        self.hooks.written(Write::TwinWatch(watch.clone()));
+        Ok(())
     }
     async fn list_twin_watches(&self) -> StoreResult<Vec<pool_manager::model::TwinWatch>> {
         self.inner.list_twin_watches().await
     }
     async fn delete_twin_watch(&self, name: &str) -> StoreResult<()> {
-        self.inner.delete_twin_watch(name).await
+        self.inner.delete_twin_watch(name).await?;
+        self.hooks.written(Write::TwinWatchDeleted(name.into()));
+        Ok(())
     }
     async fn get_allocation(&self, request_id: &str) -> StoreResult<Option<Allocation>> {
         self.inner.get_allocation(request_id).await
@@ -615,6 +737,13 @@ impl<H: StoreHooks> Store for HookedStore<H> {
     ) -> StoreResult<bool> {
         self.hooks.before_allocation_swap(new)?;
         let swapped = self.inner.cas_allocation(expected, new).await?;
+        if swapped {
+            let id = new
+                .or(expected)
+                .map(|a| a.params.request_id.clone())
+                .unwrap_or_default();
+            self.hooks.written(Write::Allocation(id, new.cloned()));
+        }
         self.hooks.after_allocation_swap(expected, swapped);
         Ok(swapped)
     }
