@@ -26,6 +26,20 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 
+    /// A file holding the bearer token to present, for a daemon with
+    /// `[[api_tokens]]` (kept out of the process list and shell history).
+    #[arg(
+        long,
+        global = true,
+        env = "WARMPOOL_TOKEN_FILE",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<std::path::PathBuf>,
+
+    /// The bearer token itself; prefer --token-file.
+    #[arg(long, global = true, env = "WARMPOOL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }

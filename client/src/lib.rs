@@ -20,6 +20,8 @@
 use std::time::Duration;
 
 use futures::stream::{BoxStream, StreamExt};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 pub use warmpool_proto::v1 as api;
@@ -76,6 +78,9 @@ pub enum ClientError {
     /// The server answered OK with something the API rules out.
     #[error("malformed response: {0}")]
     Malformed(String),
+    /// The bearer token cannot go in an HTTP header.
+    #[error("unusable bearer token: {0}")]
+    Token(String),
 }
 
 impl ClientError {
@@ -155,6 +160,58 @@ fn connect_error(endpoint: &str, source: tonic::transport::Error) -> ClientError
 /// The stream returned by [`Client::watch_pools`].
 pub type PoolStatusStream = BoxStream<'static, Result<api::PoolStatus, ClientError>>;
 
+/// The `authorization: Bearer <token>` header every call of a [`Client`]
+/// carries, if it has a token. Its `Debug` does not show the token.
+#[derive(Clone, Default)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl BearerToken {
+    /// `token` as a header value; surrounding whitespace (a token file's
+    /// newline) is not part of it.
+    pub fn new(token: &str) -> Result<Self, ClientError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(ClientError::Token("it is empty".into()));
+        }
+        // A bearer token is printable ASCII without spaces (RFC 6750).
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ClientError::Token(
+                "a bearer token is printable ASCII without spaces".into(),
+            ));
+        }
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::Token("it cannot go in an HTTP header".into()))?;
+        Ok(Self(Some(value)))
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(_) => f.write_str("BearerToken(<redacted>)"),
+            None => f.write_str("BearerToken(None)"),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The generated tonic stub a [`Client`] calls through.
+pub type Stub = WarmPoolClient<InterceptedService<Channel, BearerToken>>;
+
 /// A connection to one warmpool daemon.
 ///
 /// Cloning is cheap and clones share the underlying HTTP/2 connection, so a
@@ -162,7 +219,8 @@ pub type PoolStatusStream = BoxStream<'static, Result<api::PoolStatus, ClientErr
 /// reason: each call works on its own clone of the tonic stub.
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: WarmPoolClient<Channel>,
+    channel: Channel,
+    token: BearerToken,
 }
 
 impl Client {
@@ -202,14 +260,26 @@ impl Client {
     /// with TLS or custom timeouts configured by the caller).
     pub fn from_channel(channel: Channel) -> Client {
         Client {
-            inner: WarmPoolClient::new(channel),
+            channel,
+            token: BearerToken::default(),
         }
     }
 
+    /// Every call from now on (of this client and its clones made later)
+    /// presents `token`, for a daemon configured with `[[api_tokens]]`.
+    pub fn with_token(self, token: &str) -> Result<Client, ClientError> {
+        Ok(self.authorized(BearerToken::new(token)?))
+    }
+
+    /// [`Client::with_token`] with a token already checked.
+    pub fn authorized(self, token: BearerToken) -> Client {
+        Client { token, ..self }
+    }
+
     /// The generated tonic stub, for anything this wrapper does not cover
-    /// (per-call metadata, compression).
-    pub fn raw(&self) -> WarmPoolClient<Channel> {
-        self.inner.clone()
+    /// (per-call metadata, compression). It presents this client's token.
+    pub fn raw(&self) -> Stub {
+        WarmPoolClient::with_interceptor(self.channel.clone(), self.token.clone())
     }
 
     /// Hands out a warm instance. Idempotent on `request.request_id`.
@@ -381,6 +451,31 @@ mod tests {
     fn endpoint_with_scheme_is_kept() {
         assert_eq!(normalize_endpoint("http://h:1"), "http://h:1");
         assert_eq!(normalize_endpoint("https://h:1"), "https://h:1");
+    }
+
+    #[test]
+    fn a_bearer_token_is_trimmed_checked_and_never_printed() {
+        use tonic::service::Interceptor;
+        let mut token = BearerToken::new("s3cret\n").unwrap();
+        assert_eq!(format!("{token:?}"), "BearerToken(<redacted>)");
+        let sent = token.call(tonic::Request::new(())).unwrap();
+        assert_eq!(
+            sent.metadata().get("authorization").unwrap(),
+            "Bearer s3cret"
+        );
+        for (bad, says) in [
+            ("", "it is empty"),
+            ("to\nken", "printable ASCII"),
+            ("tök", "printable ASCII"),
+            ("a b", "without spaces"),
+        ] {
+            let err = BearerToken::new(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
+        let none = BearerToken::default()
+            .call(tonic::Request::new(()))
+            .unwrap();
+        assert!(none.metadata().get("authorization").is_none());
     }
 
     #[test]

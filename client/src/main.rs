@@ -13,6 +13,7 @@ mod watch;
 use std::io::Write;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use serde_json::Value;
 use warmpool_client::{api, Client, ClientError};
@@ -61,7 +62,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return completions(shell);
     }
 
-    let client = Client::connect(&cli.endpoint).await?;
+    let token = match (&cli.token_file, cli.token) {
+        (Some(path), _) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the token file {}", path.display()))?,
+        ),
+        (None, token) => token,
+    };
+    // Read before connecting: a bad token file is reported as such even
+    // when the server is down.
+    let token = token
+        .map(|token| warmpool_client::BearerToken::new(&token))
+        .transpose()?;
+    let mut client = Client::connect(&cli.endpoint).await?;
+    if let Some(token) = token {
+        client = client.authorized(token);
+    }
     let rendered = match prepared {
         Prepared::ListPools => {
             let pools = client.list_pools().await?;

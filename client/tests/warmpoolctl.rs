@@ -78,8 +78,12 @@ struct Daemon {
 
 async fn start_daemon(pools: Vec<PoolDef>) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
+    start_daemon_with(config(dir.path(), pools), dir).await
+}
+
+async fn start_daemon_with(config: Config, dir: tempfile::TempDir) -> Daemon {
     let (stop, stopped) = oneshot::channel::<()>();
-    let running = warmpool_server::start(config(dir.path(), pools), async move {
+    let running = warmpool_server::start(config, async move {
         let _ = stopped.await;
     })
     .await
@@ -95,6 +99,8 @@ async fn start_daemon(pools: Vec<PoolDef>) -> Daemon {
 fn ctl(endpoint: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_warmpoolctl"));
     cmd.env_remove("WARMPOOL_ENDPOINT")
+        .env_remove("WARMPOOL_TOKEN")
+        .env_remove("WARMPOOL_TOKEN_FILE")
         .arg("--endpoint")
         .arg(endpoint)
         .stdin(Stdio::null())
@@ -468,6 +474,81 @@ async fn errors_print_the_code_and_exit_non_zero() {
     args[at] = "net-b";
     let msg = run(ep, &args).await.error("ABORTED");
     assert!(msg.contains("order-z"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_token_comes_from_a_file_or_the_environment() {
+    use warmpool_server::access::{token_sha256, Role};
+    use warmpool_server::config::ApiToken;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), vec![pool("db.small", "az1", 0, 2)]);
+    config.api_tokens = vec![ApiToken {
+        name: "grafana".into(),
+        role: Role::Reader,
+        sha256: token_sha256("s3cret-read"),
+    }];
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-read\n").unwrap();
+    let d = start_daemon_with(config, dir).await;
+    let token_file = token_file.to_str().unwrap();
+
+    let msg = run(&d.endpoint, &["pools"]).await.error("UNAUTHENTICATED");
+    assert!(msg.contains("--token-file FILE or WARMPOOL_TOKEN"), "{msg}");
+    let listed = run(&d.endpoint, &["--token-file", token_file, "pools"])
+        .await
+        .success();
+    assert!(listed.contains("db.small"), "{listed}");
+    let out = tokio::time::timeout(
+        PATIENCE,
+        ctl(&d.endpoint)
+            .env("WARMPOOL_TOKEN", "s3cret-read")
+            .args(["pools", "get", "db.small", "az1"])
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let msg = run(
+        &d.endpoint,
+        &[
+            "--token",
+            "s3cret-read",
+            "pools",
+            "delete",
+            "db.small",
+            "az1",
+        ],
+    )
+    .await
+    .error("PERMISSION_DENIED");
+    assert_eq!(
+        msg,
+        "token 'grafana' has role reader; DeletePool needs role operator"
+    );
+    let msg = run(&d.endpoint, &["--token", "wrong", "pools"])
+        .await
+        .error("UNAUTHENTICATED");
+    assert!(msg.contains("not one of this daemon's api_tokens"), "{msg}");
+
+    // A token that cannot be read or sent is refused before connecting.
+    let missing = run("127.0.0.1:1", &["--token-file", "/no/such/token", "pools"]).await;
+    assert!(!missing.ok);
+    assert!(
+        missing
+            .stderr
+            .starts_with("error: cannot read the token file /no/such/token: "),
+        "{}",
+        missing.stderr
+    );
+    let empty = run("127.0.0.1:1", &["--token", " ", "pools"]).await;
+    assert_eq!(empty.stderr, "error: unusable bearer token: it is empty\n");
 }
 
 #[tokio::test]

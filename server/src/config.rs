@@ -3,6 +3,7 @@
 //! Durations are humantime strings ("30s", "15m"). Unknown fields are errors,
 //! so a typo never silently falls back to a default.
 
+use crate::access::{Access, Caller, Role};
 use pool_manager::gate::GateSettings;
 use pool_manager::model::{PoolKey, PoolSpec, Target};
 use pool_manager::schedule::Window;
@@ -77,6 +78,22 @@ pub struct Config {
     /// How long a ping may go unanswered before the connection is closed.
     #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
     pub grpc_keepalive_timeout: Duration,
+    /// The bearer tokens callers must present (see [`crate::access`]).
+    /// None: the API is open to anyone who reaches `listen`.
+    #[serde(default)]
+    pub api_tokens: Vec<ApiToken>,
+}
+
+/// `[[api_tokens]]`: one bearer token the API accepts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    /// Who holds it; logs name the caller by it.
+    pub name: String,
+    pub role: Role,
+    /// The token's SHA-256 in hex (`printf %s "$TOKEN" | sha256sum`): the
+    /// file need not hold the token itself.
+    pub sha256: String,
 }
 
 fn default_listen() -> SocketAddr {
@@ -706,7 +723,49 @@ impl Config {
         Ok(config)
     }
 
+    /// Who may call what, from `api_tokens`.
+    pub fn access(&self) -> Access {
+        Access::with_tokens(self.api_tokens.iter().map(|token| {
+            (
+                token.sha256.to_ascii_lowercase(),
+                Caller {
+                    name: token.name.clone(),
+                    role: token.role,
+                },
+            )
+        }))
+    }
+
+    fn validate_api_tokens(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(format!("api_tokens: {m}")));
+        let mut names = std::collections::HashSet::new();
+        let mut digests = std::collections::HashMap::new();
+        for token in &self.api_tokens {
+            if token.name.trim().is_empty() {
+                return invalid("a token has an empty name".into());
+            }
+            if !names.insert(token.name.as_str()) {
+                return invalid(format!("the name '{}' is used twice", token.name));
+            }
+            if token.sha256.len() != 64 || !token.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return invalid(format!(
+                    "token '{}': sha256 must be 64 hex digits, the SHA-256 of the token \
+                     (printf %s \"$TOKEN\" | sha256sum), not the token itself",
+                    token.name
+                ));
+            }
+            if let Some(other) = digests.insert(token.sha256.to_ascii_lowercase(), &token.name) {
+                return invalid(format!(
+                    "tokens '{other}' and '{}' are the same token",
+                    token.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_api_tokens()?;
         let mut seen = std::collections::HashSet::new();
         for pool in &self.pools {
             if !seen.insert(pool.key()) {
@@ -931,6 +990,68 @@ mod tests {
             (config.listen, config.data_dir),
             (moved, PathBuf::from("/tmp/x"))
         );
+    }
+
+    #[test]
+    fn api_tokens_are_configured_by_digest_with_a_role() {
+        use crate::access::token_sha256;
+        let config = Config::parse(&format!(
+            r#"
+            [[api_tokens]]
+            name = "billing"
+            role = "billing"
+            sha256 = "{}"
+            [[api_tokens]]
+            name = "ops"
+            role = "operator"
+            sha256 = "{}"
+            "#,
+            token_sha256("buy").to_uppercase(),
+            token_sha256("run"),
+        ))
+        .unwrap();
+        let access = config.access();
+        assert!(!access.is_open());
+        let call = |token: &str| {
+            let mut request = tonic::Request::new(());
+            let value = format!("Bearer {token}").parse().unwrap();
+            request.metadata_mut().insert("authorization", value);
+            access
+                .check(&request, crate::access::Method::CreatePool)
+                .map(|caller| caller.unwrap().name.clone())
+                .map_err(|refused| refused.code())
+        };
+        assert_eq!(call("run"), Ok("ops".into()));
+        assert_eq!(call("buy"), Err(tonic::Code::PermissionDenied));
+        assert!(Config::parse("").unwrap().access().is_open());
+
+        let token = |name: &str, role: &str, sha256: &str| {
+            format!("[[api_tokens]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{sha256}\"\n")
+        };
+        let digest = token_sha256("x");
+        for (text, says) in [
+            (token("b", "admin", &digest), "unknown variant `admin`"),
+            (
+                token("b", "billing", "x"),
+                "token 'b': sha256 must be 64 hex digits",
+            ),
+            (
+                token("b", "billing", &"g".repeat(64)),
+                "sha256 must be 64 hex digits",
+            ),
+            (token(" ", "billing", &digest), "a token has an empty name"),
+            (
+                token("b", "billing", &digest) + &token("b", "reader", &token_sha256("y")),
+                "the name 'b' is used twice",
+            ),
+            (
+                token("b", "billing", &digest) + &token("c", "reader", &digest.to_uppercase()),
+                "tokens 'b' and 'c' are the same token",
+            ),
+        ] {
+            let err = Config::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(says), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! warmpoold: configuration, the gRPC server (warmpool.v1, health,
 //! reflection) and the order of start-up and shutdown.
 
+pub mod access;
 pub mod check_cloud;
 pub mod config;
 pub mod convert;
@@ -97,6 +98,10 @@ pub async fn start(
         },
     )));
     tracing::info!(%metrics_addr, "warmpoold serving Prometheus metrics at http://{metrics_addr}/metrics");
+    let access = config.access();
+    if access.is_open() && !grpc_addr.ip().is_loopback() {
+        tracing::warn!(%grpc_addr, "the gRPC API is open to anyone who reaches {grpc_addr}: configure [[api_tokens]]");
+    }
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     let (mut health, health_service) = tonic_health::server::health_reporter();
     health
@@ -114,6 +119,7 @@ pub async fn start(
         .add_service(reflection)
         .add_service(WarmPoolServer::new(service::WarmPoolService::new(
             manager.clone(),
+            access,
             stopping_rx,
         )));
     // The start-up reconcile visits every instance in the store; a shutdown

@@ -1,5 +1,7 @@
-//! The warmpool.v1 gRPC service: decode, call `PoolManager`, encode.
+//! The warmpool.v1 gRPC service: check the caller, decode, call
+//! `PoolManager`, encode.
 
+use crate::access::{Access, Method};
 use crate::convert;
 use pool_manager::changes::ChangeCursor;
 use pool_manager::events::Event;
@@ -16,14 +18,19 @@ use warmpool_proto::v1::warm_pool_server::WarmPool;
 
 pub struct WarmPoolService {
     manager: PoolManager,
+    access: Access,
     stopping: watch::Receiver<bool>,
 }
 
 impl WarmPoolService {
     /// `stopping` turns true when the daemon starts shutting down: streams
     /// end then, since a graceful shutdown waits for every open one.
-    pub fn new(manager: PoolManager, stopping: watch::Receiver<bool>) -> Self {
-        Self { manager, stopping }
+    pub fn new(manager: PoolManager, access: Access, stopping: watch::Receiver<bool>) -> Self {
+        Self {
+            manager,
+            access,
+            stopping,
+        }
     }
 }
 
@@ -35,6 +42,7 @@ impl WarmPool for WarmPoolService {
         &self,
         request: Request<api::AllocateRequest>,
     ) -> Reply<api::AllocateResponse> {
+        self.access.check(&request, Method::Allocate)?;
         let request = convert::allocate_request(request.into_inner())?;
         let allocation = self
             .manager
@@ -50,6 +58,7 @@ impl WarmPool for WarmPoolService {
         &self,
         request: Request<api::GetAllocationRequest>,
     ) -> Reply<api::Allocation> {
+        self.access.check(&request, Method::GetAllocation)?;
         let allocation = self
             .manager
             .get_allocation(&request.into_inner().request_id)
@@ -59,6 +68,7 @@ impl WarmPool for WarmPoolService {
     }
 
     async fn release(&self, request: Request<api::ReleaseRequest>) -> Reply<api::Allocation> {
+        self.access.check(&request, Method::Release)?;
         let request = request.into_inner();
         let allocation = self
             .manager
@@ -68,7 +78,11 @@ impl WarmPool for WarmPoolService {
         Ok(Response::new(convert::allocation(allocation)))
     }
 
-    async fn list_pools(&self, _: Request<api::ListPoolsRequest>) -> Reply<api::ListPoolsResponse> {
+    async fn list_pools(
+        &self,
+        request: Request<api::ListPoolsRequest>,
+    ) -> Reply<api::ListPoolsResponse> {
+        self.access.check(&request, Method::ListPools)?;
         let pools = self.manager.list_pools().await.map_err(convert::status)?;
         Ok(Response::new(api::ListPoolsResponse {
             pools: pools.into_iter().map(convert::pool).collect(),
@@ -76,6 +90,7 @@ impl WarmPool for WarmPoolService {
     }
 
     async fn get_pool(&self, request: Request<api::GetPoolRequest>) -> Reply<api::Pool> {
+        self.access.check(&request, Method::GetPool)?;
         let request = request.into_inner();
         let key = convert::pool_key(&request.flavor, &request.availability_zone)?;
         let pool = self.manager.get_pool(&key).await.map_err(convert::status)?;
@@ -83,6 +98,7 @@ impl WarmPool for WarmPoolService {
     }
 
     async fn create_pool(&self, request: Request<api::CreatePoolRequest>) -> Reply<api::Pool> {
+        self.access.check(&request, Method::CreatePool)?;
         let request = request.into_inner();
         let key = convert::pool_key(&request.flavor, &request.availability_zone)?;
         let spec = request
@@ -98,6 +114,7 @@ impl WarmPool for WarmPoolService {
     }
 
     async fn update_pool(&self, request: Request<api::UpdatePoolRequest>) -> Reply<api::Pool> {
+        self.access.check(&request, Method::UpdatePool)?;
         let request = request.into_inner();
         let key = convert::pool_key(&request.flavor, &request.availability_zone)?;
         let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
@@ -118,6 +135,7 @@ impl WarmPool for WarmPoolService {
         &self,
         request: Request<api::DeletePoolRequest>,
     ) -> Reply<api::DeletePoolResponse> {
+        self.access.check(&request, Method::DeletePool)?;
         let request = request.into_inner();
         let key = convert::pool_key(&request.flavor, &request.availability_zone)?;
         let pool = self
@@ -134,6 +152,7 @@ impl WarmPool for WarmPoolService {
         &self,
         request: Request<api::ListInstancesRequest>,
     ) -> Reply<api::ListInstancesResponse> {
+        self.access.check(&request, Method::ListInstances)?;
         let request = request.into_inner();
         let key = match (
             request.flavor.is_empty(),
@@ -164,8 +183,9 @@ impl WarmPool for WarmPoolService {
 
     async fn watch_pools(
         &self,
-        _: Request<api::WatchPoolsRequest>,
+        request: Request<api::WatchPoolsRequest>,
     ) -> Reply<Self::WatchPoolsStream> {
+        self.access.check(&request, Method::WatchPools)?;
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
         Watcher::spawn(&self.manager, self.stopping.clone(), tx);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -1777,3 +1777,170 @@ async fn huge_input_gets_a_readable_refusal() {
     expect_code(c.get_pool("db.small", "az2").await, Code::NotFound);
     d.shut_down().await;
 }
+
+/// Each warmpool.v1 method called once through `client` with an empty
+/// request, by name: what it answered, or OK.
+async fn every_method(client: &Client) -> Vec<(&'static str, Code)> {
+    let code = |result: Result<(), tonic::Status>| result.map_or_else(|s| s.code(), |()| Code::Ok);
+    let mut raw = client.raw();
+    vec![
+        (
+            "Allocate",
+            code(
+                raw.allocate(api::AllocateRequest::default())
+                    .await
+                    .map(drop),
+            ),
+        ),
+        (
+            "GetAllocation",
+            code(
+                raw.get_allocation(api::GetAllocationRequest::default())
+                    .await
+                    .map(drop),
+            ),
+        ),
+        (
+            "Release",
+            code(raw.release(api::ReleaseRequest::default()).await.map(drop)),
+        ),
+        (
+            "ListPools",
+            code(raw.list_pools(api::ListPoolsRequest {}).await.map(drop)),
+        ),
+        (
+            "GetPool",
+            code(raw.get_pool(api::GetPoolRequest::default()).await.map(drop)),
+        ),
+        (
+            "CreatePool",
+            code(
+                raw.create_pool(api::CreatePoolRequest::default())
+                    .await
+                    .map(drop),
+            ),
+        ),
+        (
+            "UpdatePool",
+            code(
+                raw.update_pool(api::UpdatePoolRequest::default())
+                    .await
+                    .map(drop),
+            ),
+        ),
+        (
+            "DeletePool",
+            code(
+                raw.delete_pool(api::DeletePoolRequest::default())
+                    .await
+                    .map(drop),
+            ),
+        ),
+        (
+            "ListInstances",
+            code(
+                raw.list_instances(api::ListInstancesRequest::default())
+                    .await
+                    .map(drop),
+            ),
+        ),
+        (
+            "WatchPools",
+            code(raw.watch_pools(api::WatchPoolsRequest {}).await.map(drop)),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn api_tokens_let_each_role_call_its_methods_only() {
+    use warmpool_server::access::token_sha256;
+
+    let data = tempfile::tempdir().unwrap();
+    let mut text = support::config_text(data.path(), &[("db.small", "az1", 1, 2)]);
+    for (name, role, token) in [
+        ("grafana", "reader", "read-token"),
+        ("billing", "billing", "buy-token"),
+        ("ops", "operator", "run-token"),
+    ] {
+        text += &format!(
+            "\n[[api_tokens]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n",
+            token_sha256(token)
+        );
+    }
+    let d = Daemon::start_text(&text, data).await;
+    let anonymous = d.client.clone();
+    let as_role = |token: &str| d.client.clone().with_token(token).unwrap();
+
+    // Without a token, or with one the daemon does not know, every method
+    // is refused before it looks at the request.
+    for client in [&anonymous, &as_role("guessed")] {
+        for (method, code) in every_method(client).await {
+            assert_eq!(code, Code::Unauthenticated, "{method}");
+        }
+    }
+    let msg = support::expect_code(anonymous.list_pools().await, Code::Unauthenticated);
+    assert!(msg.contains("authorization: Bearer <token>"), "{msg}");
+
+    // Each role gets past the check (to the request's own validation) for
+    // its methods, and PERMISSION_DENIED for the others.
+    let reads = ["ListPools", "GetPool", "ListInstances", "WatchPools"];
+    let buys = ["Allocate", "GetAllocation", "Release"];
+    let pool_changes = ["CreatePool", "UpdatePool", "DeletePool"];
+    for (token, may) in [
+        ("read-token", reads.to_vec()),
+        ("buy-token", [&reads[..], &buys[..]].concat()),
+        (
+            "run-token",
+            [&reads[..], &buys[..], &pool_changes[..]].concat(),
+        ),
+    ] {
+        for (method, code) in every_method(&as_role(token)).await {
+            if may.contains(&method) {
+                assert!(
+                    !matches!(code, Code::Unauthenticated | Code::PermissionDenied),
+                    "{token} {method}: {code:?}"
+                );
+            } else {
+                assert_eq!(code, Code::PermissionDenied, "{token} {method}");
+            }
+        }
+    }
+    let reader = as_role("read-token");
+    let msg = support::expect_code(
+        reader.delete_pool("db.small", "az1").await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(
+        msg,
+        "token 'grafana' has role reader; DeletePool needs role operator"
+    );
+    assert_eq!(
+        reader.get_pool("db.small", "az1").await.unwrap().flavor,
+        "db.small"
+    );
+
+    // The billing system buys; the refused calls changed nothing.
+    let billing = as_role("buy-token");
+    wait_ready(&billing, "db.small", "az1", 1).await;
+    let sold = billing
+        .allocate(allocate_request("order-1", "db.small", "az1"))
+        .await
+        .unwrap();
+    assert_eq!(sold.request_id, "order-1");
+    let ops = as_role("run-token");
+    assert_eq!(ops.list_pools().await.unwrap().len(), 1);
+
+    // Health stays open to load balancers.
+    let channel = tonic::transport::Endpoint::from_shared(d.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await;
+    assert!(health.is_ok(), "{health:?}");
+    d.shut_down().await;
+}

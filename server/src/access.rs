@@ -1,0 +1,271 @@
+//! Who may call which warmpool.v1 method: the bearer tokens of the config's
+//! `[[api_tokens]]`, each with a role. With none configured the API is open
+//! to anyone who reaches it (the embedded demo, a loopback-only daemon).
+//!
+//! Roles nest: a billing token may also read, an operator token may do
+//! everything. Health and reflection stay open: load balancers probe
+//! health without credentials, and reflection shows only the schema.
+
+// tonic::Status is large by design and a check runs once per call.
+#![allow(clippy::result_large_err)]
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use tonic::{Request, Status};
+
+/// What a token may do, least first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Pools, instances and the pool watch: dashboards, `warmpoolctl` status.
+    Reader,
+    /// Also Allocate, GetAllocation and Release: the billing system.
+    Billing,
+    /// Also CreatePool, UpdatePool and DeletePool: operators.
+    Operator,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Reader => "reader",
+            Role::Billing => "billing",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+/// The methods of warmpool.v1, each with the role it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Allocate,
+    GetAllocation,
+    Release,
+    ListPools,
+    GetPool,
+    CreatePool,
+    UpdatePool,
+    DeletePool,
+    ListInstances,
+    WatchPools,
+}
+
+impl Method {
+    pub const ALL: [Method; 10] = [
+        Method::Allocate,
+        Method::GetAllocation,
+        Method::Release,
+        Method::ListPools,
+        Method::GetPool,
+        Method::CreatePool,
+        Method::UpdatePool,
+        Method::DeletePool,
+        Method::ListInstances,
+        Method::WatchPools,
+    ];
+
+    pub fn needs(self) -> Role {
+        match self {
+            Method::ListPools | Method::GetPool | Method::ListInstances | Method::WatchPools => {
+                Role::Reader
+            }
+            // An allocation names the tenant's project, volume and port.
+            Method::Allocate | Method::GetAllocation | Method::Release => Role::Billing,
+            Method::CreatePool | Method::UpdatePool | Method::DeletePool => Role::Operator,
+        }
+    }
+}
+
+/// A token the daemon accepts, as the config names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// Who holds it, for logs ("billing", "grafana").
+    pub name: String,
+    pub role: Role,
+}
+
+/// The lowercase hex SHA-256 of `token`: what `[[api_tokens]]` stores, so
+/// that the config file does not hold the tokens themselves.
+pub fn token_sha256(token: &str) -> String {
+    format!("{:x}", Sha256::digest(token.as_bytes()))
+}
+
+/// The daemon's tokens. Looked up by the SHA-256 of the token presented:
+/// comparing digests tells a timing attacker nothing about a token.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    by_sha256: HashMap<String, Caller>,
+}
+
+impl Access {
+    /// Every caller may call every method.
+    pub fn open() -> Self {
+        Self::default()
+    }
+
+    /// Accepts the tokens whose lowercase hex SHA-256 digests are given.
+    pub fn with_tokens(tokens: impl IntoIterator<Item = (String, Caller)>) -> Self {
+        Self {
+            by_sha256: tokens.into_iter().collect(),
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.by_sha256.is_empty()
+    }
+
+    /// Whether `request` may call `method`: who it is (`None` when the API
+    /// is open), or UNAUTHENTICATED / PERMISSION_DENIED saying what to do.
+    pub fn check<T>(
+        &self,
+        request: &Request<T>,
+        method: Method,
+    ) -> Result<Option<&Caller>, Status> {
+        if self.is_open() {
+            return Ok(None);
+        }
+        let Some(header) = request.metadata().get("authorization") else {
+            return Err(Status::unauthenticated(format!(
+                "{method:?} needs a bearer token: send the header 'authorization: Bearer <token>' \
+                 (warmpoolctl: --token-file FILE or WARMPOOL_TOKEN)"
+            )));
+        };
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "the authorization header is not 'Bearer <token>'".to_string(),
+                )
+            })?;
+        let Some(caller) = self.by_sha256.get(&token_sha256(token)) else {
+            tracing::warn!(method = ?method, "call with a bearer token this daemon does not know");
+            return Err(Status::unauthenticated(
+                "the bearer token is not one of this daemon's api_tokens (revoked, or for another daemon?)",
+            ));
+        };
+        if caller.role < method.needs() {
+            tracing::warn!(method = ?method, caller = %caller.name, role = caller.role.name(), "call refused");
+            return Err(Status::permission_denied(format!(
+                "token '{}' has role {}; {method:?} needs role {}",
+                caller.name,
+                caller.role.name(),
+                method.needs().name()
+            )));
+        }
+        Ok(Some(caller))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access() -> Access {
+        Access::with_tokens([
+            (
+                token_sha256("read-secret"),
+                Caller {
+                    name: "grafana".into(),
+                    role: Role::Reader,
+                },
+            ),
+            (
+                token_sha256("buy-secret"),
+                Caller {
+                    name: "billing".into(),
+                    role: Role::Billing,
+                },
+            ),
+        ])
+    }
+
+    fn request(authorization: Option<&str>) -> Request<()> {
+        let mut request = Request::new(());
+        if let Some(value) = authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.parse().unwrap());
+        }
+        request
+    }
+
+    #[test]
+    fn the_digest_is_sha256_in_lowercase_hex() {
+        // printf %s abc | sha256sum
+        assert_eq!(
+            token_sha256("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn an_open_api_lets_everyone_call_everything() {
+        for method in Method::ALL {
+            assert_eq!(Access::open().check(&request(None), method).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn roles_nest_reader_billing_operator() {
+        assert!(Role::Reader < Role::Billing && Role::Billing < Role::Operator);
+        let access = access();
+        let reader = request(Some("Bearer read-secret"));
+        let billing = request(Some("Bearer buy-secret"));
+        for method in Method::ALL {
+            let allowed =
+                |r: &Request<()>| access.check(r, method).map(|c| c.unwrap().name.clone());
+            let caller = |r: &Request<()>| allowed(r).ok();
+            match method.needs() {
+                Role::Reader => {
+                    assert_eq!(caller(&reader).as_deref(), Some("grafana"), "{method:?}");
+                    assert_eq!(caller(&billing).as_deref(), Some("billing"), "{method:?}");
+                }
+                Role::Billing => {
+                    let refused = allowed(&reader).unwrap_err();
+                    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+                    assert_eq!(
+                        refused.message(),
+                        format!("token 'grafana' has role reader; {method:?} needs role billing")
+                    );
+                    assert_eq!(caller(&billing).as_deref(), Some("billing"), "{method:?}");
+                }
+                Role::Operator => {
+                    for r in [&reader, &billing] {
+                        let refused = allowed(r).unwrap_err();
+                        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{method:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_malformed_or_unknown_token_is_unauthenticated() {
+        let access = access();
+        for (header, says) in [
+            (None, "needs a bearer token"),
+            (Some("read-secret"), "is not 'Bearer <token>'"),
+            (Some("Basic cmVhZC1zZWNyZXQ="), "is not 'Bearer <token>'"),
+            (Some("Bearer "), "is not 'Bearer <token>'"),
+            (
+                Some("Bearer read-secreT"),
+                "not one of this daemon's api_tokens",
+            ),
+        ] {
+            let refused = access
+                .check(&request(header), Method::ListPools)
+                .unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{header:?}");
+            assert!(
+                refused.message().contains(says),
+                "{header:?}: {}",
+                refused.message()
+            );
+        }
+    }
+}
