@@ -13,7 +13,8 @@ use warmpool_client::api;
 #[derive(Debug, Parser)]
 #[command(name = "warmpoolctl", version)]
 pub struct Cli {
-    /// The warmpool daemon, "host:port" or "http://host:port".
+    /// The warmpool daemon, "host:port", "http://host:port" or, for one
+    /// serving TLS, "https://host:port".
     #[arg(
         long,
         global = true,
@@ -39,6 +40,19 @@ pub struct Cli {
     /// The bearer token itself; prefer --token-file.
     #[arg(long, global = true, env = "WARMPOOL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// PEM CA certificates an https:// daemon's certificate must chain to
+    /// (default: the system's trusted roots).
+    #[arg(long, global = true, env = "WARMPOOL_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+
+    /// PEM client certificate, for a daemon that requires one (with --key-file).
+    #[arg(long, global = true, env = "WARMPOOL_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<std::path::PathBuf>,
+
+    /// PEM private key of --cert-file.
+    #[arg(long, global = true, env = "WARMPOOL_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<std::path::PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,

@@ -22,14 +22,31 @@ use std::time::Duration;
 use futures::stream::{BoxStream, StreamExt};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 pub use warmpool_proto::v1 as api;
 
 use api::warm_pool_client::WarmPoolClient;
 
+/// TLS for an `https://` endpoint (a daemon with `[tls]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM CA certificates the daemon's certificate must chain to; `None`:
+    /// the system's trusted roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM certificate chain and private key to present, for a daemon
+    /// that requires client certificates (`tls.client_ca_file`).
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsOptions {
+    fn is_set(&self) -> bool {
+        self.ca_pem.is_some() || self.identity_pem.is_some()
+    }
+}
+
 /// How a [`Client`] connects and notices a daemon gone silent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectOptions {
     /// How long the TCP/HTTP2 handshake may take. Without a bound, an
     /// unroutable address would hang the caller for the OS default.
@@ -41,6 +58,8 @@ pub struct ConnectOptions {
     /// `watch` showing its last frame as live, and a call hanging, forever.
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// Used with an `https://` endpoint.
+    pub tls: TlsOptions,
 }
 
 impl Default for ConnectOptions {
@@ -49,6 +68,7 @@ impl Default for ConnectOptions {
             connect_timeout: Duration::from_secs(5),
             keepalive_interval: Duration::from_secs(20),
             keepalive_timeout: Duration::from_secs(20),
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -95,9 +115,22 @@ impl ClientError {
 
 impl From<tonic::Status> for ClientError {
     fn from(status: tonic::Status) -> Self {
+        // A status made on this side of a failed connection says only
+        // "transport error"; what failed is at the end of its sources.
+        let message = match std::error::Error::source(&status) {
+            Some(source) => {
+                let cause = root_cause(source);
+                if cause == status.message() {
+                    cause
+                } else {
+                    format!("{}: {cause}", status.message())
+                }
+            }
+            None => status.message().to_owned(),
+        };
         ClientError::Status {
             code: status.code(),
-            message: status.message().to_owned(),
+            message,
         }
     }
 }
@@ -236,16 +269,29 @@ impl Client {
         options: ConnectOptions,
     ) -> Result<Client, ClientError> {
         let uri = normalize_endpoint(endpoint);
+        let mut endpoint =
+            Endpoint::from_shared(uri.clone()).map_err(|e| connect_error(&uri, e))?;
         if uri.starts_with("https://") {
-            // Built without TLS: it would speak plaintext HTTP/2 to a TLS
-            // port, and the answer would read as the daemon's.
+            let mut tls = ClientTlsConfig::new();
+            tls = match &options.tls.ca_pem {
+                Some(ca) => tls.ca_certificate(Certificate::from_pem(ca)),
+                None => tls.with_native_roots(),
+            };
+            if let Some((cert, key)) = &options.tls.identity_pem {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| connect_error(&uri, e))?;
+        } else if options.tls.is_set() {
+            // Certificates given for a plaintext endpoint: the caller
+            // meant TLS, and would otherwise talk without it.
             return Err(ClientError::Endpoint {
                 endpoint: uri,
-                reason: "this client speaks plaintext gRPC only (warmpoold serves no TLS); use http:// or host:port".into(),
+                reason: "TLS certificates are given, so the endpoint must be https://".into(),
             });
         }
-        let channel = Endpoint::from_shared(uri.clone())
-            .map_err(|e| connect_error(&uri, e))?
+        let channel = endpoint
             .connect_timeout(options.connect_timeout)
             .http2_keep_alive_interval(options.keepalive_interval)
             .keep_alive_timeout(options.keepalive_timeout)

@@ -74,7 +74,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let token = token
         .map(|token| warmpool_client::BearerToken::new(&token))
         .transpose()?;
-    let mut client = Client::connect(&cli.endpoint).await?;
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
+    };
+    let tls = warmpool_client::TlsOptions {
+        ca_pem: cli
+            .ca_file
+            .as_deref()
+            .map(|path| read("CA file", path))
+            .transpose()?,
+        identity_pem: match (&cli.cert_file, &cli.key_file) {
+            (Some(cert), Some(key)) => {
+                Some((read("certificate file", cert)?, read("key file", key)?))
+            }
+            _ => None,
+        },
+    };
+    let options = warmpool_client::ConnectOptions {
+        tls,
+        ..Default::default()
+    };
+    let mut client = Client::connect_with(&cli.endpoint, options).await?;
     if let Some(token) = token {
         client = client.authorized(token);
     }

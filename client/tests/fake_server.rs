@@ -523,10 +523,19 @@ async fn a_watch_ends_once_the_daemon_goes_silent() {
 }
 
 #[tokio::test]
-async fn an_https_endpoint_is_refused_with_the_reason() {
-    let err = Client::connect("https://127.0.0.1:1").await.unwrap_err();
+async fn certificates_for_a_plaintext_endpoint_are_refused() {
+    let options = warmpool_client::ConnectOptions {
+        tls: warmpool_client::TlsOptions {
+            ca_pem: Some(b"-----BEGIN CERTIFICATE-----".to_vec()),
+            identity_pem: None,
+        },
+        ..Default::default()
+    };
+    let err = Client::connect_with("127.0.0.1:1", options)
+        .await
+        .unwrap_err();
     assert!(
-        matches!(&err, ClientError::Endpoint { reason, .. } if reason.contains("plaintext")),
+        matches!(&err, ClientError::Endpoint { reason, .. } if reason.contains("must be https://")),
         "{err:?}"
     );
 }

@@ -16,6 +16,9 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use warmpool_server::config::Config;
 
+#[path = "../../server/tests/support/pki.rs"]
+mod pki;
+
 /// How long any eventual condition may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -101,6 +104,9 @@ fn ctl(endpoint: &str) -> Command {
     cmd.env_remove("WARMPOOL_ENDPOINT")
         .env_remove("WARMPOOL_TOKEN")
         .env_remove("WARMPOOL_TOKEN_FILE")
+        .env_remove("WARMPOOL_CA_FILE")
+        .env_remove("WARMPOOL_CERT_FILE")
+        .env_remove("WARMPOOL_KEY_FILE")
         .arg("--endpoint")
         .arg(endpoint)
         .stdin(Stdio::null())
@@ -549,6 +555,62 @@ async fn a_token_comes_from_a_file_or_the_environment() {
     );
     let empty = run("127.0.0.1:1", &["--token", " ", "pools"]).await;
     assert_eq!(empty.stderr, "error: unusable bearer token: it is empty\n");
+}
+
+#[tokio::test]
+async fn an_https_daemon_is_reached_with_its_ca_and_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki::Pki::new(dir.path(), "ca");
+    let server = ca.issue("server", &["127.0.0.1"]);
+    let ops = ca.issue("ops", &["ops"]);
+    let mut config = config(dir.path(), vec![pool("db.small", "az1", 0, 2)]);
+    config.tls = Some(warmpool_server::config::TlsConfig {
+        cert_file: server.cert_file.clone(),
+        key_file: server.key_file.clone(),
+        client_ca_file: Some(ca.ca_file("ca")),
+    });
+    let ca_file = ca.ca_file("ca");
+    let (ca_file, cert_file, key_file) = (
+        ca_file.to_str().unwrap(),
+        ops.cert_file.to_str().unwrap(),
+        ops.key_file.to_str().unwrap(),
+    );
+    let d = start_daemon_with(config, dir).await;
+    let https = format!("https://{}", d.endpoint);
+
+    let listed = run(
+        &https,
+        &[
+            "--ca-file",
+            ca_file,
+            "--cert-file",
+            cert_file,
+            "--key-file",
+            key_file,
+            "pools",
+        ],
+    )
+    .await
+    .success();
+    assert!(listed.contains("db.small"), "{listed}");
+    // Without its client certificate, or trusting only the system's roots,
+    // the handshake fails and warmpoolctl says so in one line.
+    for args in [
+        &["--ca-file", ca_file, "pools"][..],
+        &["--cert-file", cert_file, "--key-file", key_file, "pools"][..],
+    ] {
+        let refused = run(&https, args).await;
+        assert!(!refused.ok, "{args:?}: {}", refused.stdout);
+        assert!(refused.stderr.starts_with("error: "), "{}", refused.stderr);
+        assert_eq!(refused.stderr.lines().count(), 1, "{}", refused.stderr);
+    }
+    // Certificates for a plaintext endpoint: refused before connecting.
+    let plain = run(&d.endpoint, &["--ca-file", ca_file, "pools"]).await;
+    assert!(
+        plain.stderr.contains("the endpoint must be https://"),
+        "{}",
+        plain.stderr
+    );
 }
 
 #[tokio::test]

@@ -82,6 +82,23 @@ pub struct Config {
     /// None: the API is open to anyone who reaches `listen`.
     #[serde(default)]
     pub api_tokens: Vec<ApiToken>,
+    /// Serve gRPC over TLS; plaintext HTTP/2 when absent.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[tls]`: the gRPC listener's certificate, read at start.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the server's own certificate first.
+    pub cert_file: PathBuf,
+    /// PEM private key of that certificate (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA certificates: when set, every client must present a
+    /// certificate one of them signed (mutual TLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// `[[api_tokens]]`: one bearer token the API accepts.

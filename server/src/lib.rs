@@ -7,6 +7,7 @@ pub mod config;
 pub mod convert;
 pub mod metrics;
 pub mod service;
+pub mod tls;
 
 use anyhow::Context;
 use config::{CloudConfig, Config};
@@ -50,6 +51,13 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
     let mut shutdown = Box::pin(shutdown);
+    // TLS first: a wrong certificate path fails start-up before anything else.
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        server = server
+            .tls_config(tls::server_tls(tls)?)
+            .context("tls: the certificate and key do not make a TLS identity")?;
+    }
     // Listeners first: a taken port fails start-up before anything boots,
     // and the start-up reconcile is already observable in the metrics.
     let metrics = Arc::new(metrics::Metrics::new());
@@ -112,7 +120,7 @@ pub async fn start(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("reflection service")?;
-    let router = tonic::transport::Server::builder()
+    let router = server
         .http2_keepalive_interval(Some(config.grpc_keepalive_interval))
         .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout))
         .add_service(health_service)
@@ -138,7 +146,7 @@ pub async fn start(
         return Err(e);
     }
 
-    tracing::info!(%grpc_addr, data_dir = %config.data_dir.display(), "warmpoold serving gRPC");
+    tracing::info!(%grpc_addr, tls = config.tls.is_some(), data_dir = %config.data_dir.display(), "warmpoold serving gRPC");
 
     let grace = config.shutdown_grace;
     let served_manager = manager.clone();

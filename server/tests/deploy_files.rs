@@ -90,6 +90,7 @@ fn the_example_config_documents_every_option() {
         ),
         ("[[pools]]", "[[pools]]\n".to_owned()),
         ("[[api_tokens]]", "[[api_tokens]]\n".to_owned()),
+        ("[tls]", "[tls]\n".to_owned()),
     ];
     let mut checked = 0;
     for (table, prefix) in tables {

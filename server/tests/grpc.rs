@@ -1944,3 +1944,143 @@ async fn api_tokens_let_each_role_call_its_methods_only() {
     assert!(health.is_ok(), "{health:?}");
     d.shut_down().await;
 }
+
+/// A daemon from `text` (its data dir in `data`), started without
+/// [`Daemon`]'s plaintext client; stops when the sender is dropped.
+async fn start_bare(
+    text: &str,
+) -> anyhow::Result<(warmpool_server::Running, tokio::sync::oneshot::Sender<()>)> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = warmpool_server::start(Config::parse(text)?, async move {
+        let _ = stopped.await;
+    })
+    .await?;
+    Ok((running, stop))
+}
+
+/// Stops a daemon [`start_bare`] started and lets go of its store.
+async fn stop_bare(running: warmpool_server::Running, stop: tokio::sync::oneshot::Sender<()>) {
+    let warmpool_server::Running {
+        served, manager, ..
+    } = running;
+    drop(manager);
+    drop(stop);
+    served.await.unwrap().unwrap();
+}
+
+fn tls_options(
+    ca: Option<Vec<u8>>,
+    identity: Option<&support::pki::Issued>,
+) -> warmpool_client::ConnectOptions {
+    warmpool_client::ConnectOptions {
+        tls: warmpool_client::TlsOptions {
+            ca_pem: ca,
+            identity_pem: identity.map(|issued| {
+                (
+                    std::fs::read(&issued.cert_file).unwrap(),
+                    std::fs::read(&issued.key_file).unwrap(),
+                )
+            }),
+        },
+        ..Default::default()
+    }
+}
+
+/// Connects and lists pools: the whole TLS handshake and one call.
+async fn list_pools_over(
+    endpoint: &str,
+    options: warmpool_client::ConnectOptions,
+) -> Result<usize, String> {
+    let client = Client::connect_with(endpoint, options)
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .list_pools()
+        .await
+        .map(|pools| pools.len())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn tls_serves_clients_that_trust_the_daemon_and_mutual_tls_checks_them() {
+    use support::pki::Pki;
+    support::init_tracing();
+    let data = tempfile::tempdir().unwrap();
+    let pki = Pki::new(data.path(), "ca");
+    let stranger = Pki::new(data.path(), "stranger-ca");
+    let server = pki.issue("server", &["127.0.0.1", "localhost"]);
+    let plain = support::config_text(data.path(), &[("db.small", "az1", 0, 1)]);
+    let tls = |client_ca: Option<&std::path::Path>| {
+        let mut text = plain.clone()
+            + &format!(
+                "\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+                server.cert_file, server.key_file
+            );
+        if let Some(ca) = client_ca {
+            text += &format!("client_ca_file = {ca:?}\n");
+        }
+        text
+    };
+
+    let (running, stop) = start_bare(&tls(None)).await.unwrap();
+    let port = running.grpc_addr.port();
+    let https = format!("https://127.0.0.1:{port}");
+    assert_eq!(
+        list_pools_over(&https, tls_options(Some(pki.ca_pem()), None)).await,
+        Ok(1)
+    );
+    let by_name = format!("https://localhost:{port}");
+    assert_eq!(
+        list_pools_over(&by_name, tls_options(Some(pki.ca_pem()), None)).await,
+        Ok(1)
+    );
+    // A client that does not trust the daemon's CA, or speaks plaintext,
+    // gets nothing.
+    let untrusted = list_pools_over(&https, tls_options(Some(stranger.ca_pem()), None)).await;
+    assert!(untrusted.is_err(), "{untrusted:?}");
+    let plaintext = list_pools_over(&format!("127.0.0.1:{port}"), Default::default()).await;
+    assert!(plaintext.is_err(), "{plaintext:?}");
+    stop_bare(running, stop).await;
+
+    // Mutual TLS: only clients with a certificate from the client CA.
+    let clients = Pki::new(data.path(), "clients-ca");
+    let ops = clients.issue("ops", &["ops"]);
+    let impostor = stranger.issue("impostor", &["ops"]);
+    let (running, stop) = start_bare(&tls(Some(&clients.ca_file("clients-ca"))))
+        .await
+        .unwrap();
+    let https = format!("https://127.0.0.1:{}", running.grpc_addr.port());
+    assert_eq!(
+        list_pools_over(&https, tls_options(Some(pki.ca_pem()), Some(&ops))).await,
+        Ok(1)
+    );
+    for refused in [None, Some(&impostor)] {
+        let answer = list_pools_over(&https, tls_options(Some(pki.ca_pem()), refused)).await;
+        assert!(answer.is_err(), "{answer:?}");
+    }
+    stop_bare(running, stop).await;
+
+    // A [tls] section naming a missing file or a file of the wrong kind
+    // stops start-up, naming it.
+    let missing = data.path().join("missing.crt");
+    for (cert, key, says) in [
+        (&missing, &server.key_file, "cannot read tls.cert_file"),
+        (
+            &server.key_file,
+            &server.key_file,
+            "holds no PEM certificate",
+        ),
+        (
+            &server.cert_file,
+            &server.cert_file,
+            "holds no PEM private key",
+        ),
+    ] {
+        let text = plain.clone() + &format!("\n[tls]\ncert_file = {cert:?}\nkey_file = {key:?}\n");
+        let err = format!(
+            "{:#}",
+            start_bare(&text).await.err().expect("start-up fails")
+        );
+        assert!(err.contains(says), "{err}");
+    }
+}

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod pki;
+
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
