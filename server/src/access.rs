@@ -157,6 +157,12 @@ impl Access {
                 method.needs().name()
             )));
         }
+        // Who changed a pool is worth keeping; who read or bought, less so.
+        if method.needs() == Role::Operator {
+            tracing::info!(method = ?method, caller = %caller.name, "authorized");
+        } else {
+            tracing::debug!(method = ?method, caller = %caller.name, "authorized");
+        }
         Ok(Some(caller))
     }
 }
