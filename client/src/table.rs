@@ -128,7 +128,7 @@ pub fn pools_table(pools: &[api::Pool]) -> String {
             c.warming.to_string(),
             c.booting.to_string(),
             target_cell(pool),
-            spec.min_ready.to_string(),
+            min_cell(pool, &spec),
             spec.max_ready.to_string(),
             lead_cell(pool),
             c.allocated.to_string(),
@@ -280,6 +280,15 @@ pub fn pool_detail(pool: &api::Pool) -> String {
         ),
         ("last_error", cell(&pool.last_error)),
     ])
+}
+
+/// min_ready as a table cell: the min an open window raises it to, marked
+/// "win:", else the configured one.
+fn min_cell(pool: &api::Pool, spec: &api::PoolSpec) -> String {
+    match pool.sizing.as_ref().and_then(|s| s.window_min) {
+        Some(min) if min > spec.min_ready => format!("win:{min}"),
+        _ => spec.min_ready.to_string(),
+    }
 }
 
 /// The configured min_ready, and the min an open window raises it to.
@@ -498,6 +507,23 @@ mod tests {
         );
         // The multi-line error is folded onto its row.
         assert!(lines[2].starts_with("m1.xlarge@az2"), "{text}");
+
+        // An open window raising min_ready shows as what the pool is kept at.
+        let mut pools = sample_pools();
+        pools[0]
+            .sizing
+            .get_or_insert_with(Default::default)
+            .window_min = Some(9);
+        let text = pools_table(&pools);
+        let row: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(row[5], "win:9", "{text}");
+        pools[0].sizing.as_mut().unwrap().window_min = Some(1);
+        let text = pools_table(&pools);
+        let row: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(
+            row[5], "2",
+            "a window below min_ready changes nothing: {text}"
+        );
         let row: Vec<&str> = lines[2].split_whitespace().collect();
         assert_eq!(
             row[9..],
