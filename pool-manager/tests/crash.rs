@@ -1,6 +1,7 @@
-//! A crash between any two steps of an allocation or a release — simulated
-//! by freezing the cloud at the N-th call, dropping the whole process state
-//! and reopening the store, with every write or only the flushed ones —
+//! A crash between any two steps of an allocation, a release or a refill —
+//! simulated by freezing the cloud at the N-th call, dropping the whole
+//! process state and reopening the store, with every write, only the
+//! flushed ones, or those and a prefix of the others —
 //! followed by the start-up reconcile loses nothing and leaks nothing.
 
 mod common;
@@ -21,6 +22,9 @@ enum Survives {
     EveryWrite,
     /// Only the writes a flush covered (see [`CrashImage`]).
     FlushedWrites,
+    /// Those and the first half (rounded up) of the others: a crash between
+    /// two writes of one step.
+    FlushedAndHalfTheRest,
 }
 
 /// One run of the process, on the store of `dir` as `survives` leaves it.
@@ -35,7 +39,7 @@ impl Process {
     async fn first(sim: &Arc<SimCloud>, dir: &Path, survives: Survives, target: u32) -> Self {
         let (store, image): (Arc<dyn Store>, _) = match survives {
             Survives::EveryWrite => (open_store(dir), None),
-            Survives::FlushedWrites => {
+            Survives::FlushedWrites | Survives::FlushedAndHalfTheRest => {
                 let image = HookedStore::new(CrashImage::default());
                 (image.clone(), Some(image))
             }
@@ -49,7 +53,12 @@ impl Process {
     }
 
     /// The process dies; it starts again (reconciling) on what survived.
-    async fn crash_and_restart(self, sim: &Arc<SimCloud>, dir: &Path) -> PoolManager {
+    async fn crash_and_restart(
+        self,
+        sim: &Arc<SimCloud>,
+        dir: &Path,
+        survives: Survives,
+    ) -> PoolManager {
         if let Some(image) = &self.image {
             image.hooks.crash();
         }
@@ -59,7 +68,13 @@ impl Process {
         drop(self.manager);
         sim.faults().clear_hang();
         let store = match &self.image {
-            Some(image) => image.hooks.reopen(dir).await,
+            Some(image) => {
+                let kept = match survives {
+                    Survives::FlushedAndHalfTheRest => |unflushed: usize| unflushed.div_ceil(2),
+                    _ => |_| 0,
+                };
+                image.hooks.reopen(dir, kept).await
+            }
             None => open_store(dir),
         };
         let manager = manager_on(sim, store);
@@ -114,7 +129,7 @@ async fn crash_at_every_step_of_an_allocation(survives: Survives) {
         .await
         .map(|answer| answer.expect("allocation without a crash succeeds"));
 
-        let manager = process.crash_and_restart(&sim, dir.path()).await;
+        let manager = process.crash_and_restart(&sim, dir.path(), survives).await;
         assert_consistent(&sim, &manager).await;
         match &acknowledged {
             Some(done) => {
@@ -159,11 +174,13 @@ async fn a_crash_at_any_step_of_an_allocation_is_repaired_by_reconcile() {
     crash_at_every_step_of_an_allocation(Survives::EveryWrite).await;
 }
 
-/// The same, when the crash also loses every write no flush covered: each
-/// step the cloud sees was made durable before it was taken.
+/// The same, when the crash also loses every write no flush covered, or
+/// the later half of them: each step the cloud sees was made durable
+/// before it was taken.
 #[tokio::test(start_paused = true)]
 async fn a_crash_losing_unflushed_writes_at_any_step_of_an_allocation_is_repaired() {
     crash_at_every_step_of_an_allocation(Survives::FlushedWrites).await;
+    crash_at_every_step_of_an_allocation(Survives::FlushedAndHalfTheRest).await;
 }
 
 async fn crash_at_every_step_of_a_release(survives: Survives) {
@@ -192,7 +209,7 @@ async fn crash_at_every_step_of_a_release(survives: Survives) {
         .await
         .map(|answer| answer.expect("a release without a crash succeeds"));
 
-        let manager = process.crash_and_restart(&sim, dir.path()).await;
+        let manager = process.crash_and_restart(&sim, dir.path(), survives).await;
         let after_restart = manager.get_allocation("order-crash").await.unwrap();
         if let Some(done) = &acknowledged {
             assert_eq!(&after_restart, done, "an acknowledged release was lost");
@@ -227,12 +244,13 @@ async fn crash_at_every_step_of_a_release(survives: Survives) {
 }
 
 /// A crash between any two steps of a release, the store keeping every
-/// write or only the flushed ones: the release is finished or can be asked
+/// write, only the flushed ones, or some of the others: the release is finished or can be asked
 /// again, and nothing of it stays in the cloud.
 #[tokio::test(start_paused = true)]
 async fn a_crash_at_any_step_of_a_release_is_repaired_by_reconcile() {
     crash_at_every_step_of_a_release(Survives::EveryWrite).await;
     crash_at_every_step_of_a_release(Survives::FlushedWrites).await;
+    crash_at_every_step_of_a_release(Survives::FlushedAndHalfTheRest).await;
 }
 
 async fn crash_at_every_step_of_a_refill(survives: Survives) {
@@ -261,7 +279,7 @@ async fn crash_at_every_step_of_a_refill(survives: Survives) {
         .await
         .is_some();
 
-        let manager = process.crash_and_restart(&sim, dir.path()).await;
+        let manager = process.crash_and_restart(&sim, dir.path(), survives).await;
         assert_consistent(&sim, &manager).await;
         wait_ready(&manager, 3).await;
         assert_consistent(&sim, &manager).await;
@@ -285,12 +303,14 @@ async fn crash_at_every_step_of_a_refill(survives: Survives) {
 }
 
 /// A crash between any two steps of booting instances into a pool, the
-/// store keeping every write or only the flushed ones: the restarted
+/// store keeping every write, only the flushed ones, or some of the others:
+/// the restarted
 /// manager fills the pool with no server left unknown to it.
 #[tokio::test(start_paused = true)]
 async fn a_crash_at_any_step_of_a_refill_is_repaired_by_reconcile() {
     crash_at_every_step_of_a_refill(Survives::EveryWrite).await;
     crash_at_every_step_of_a_refill(Survives::FlushedWrites).await;
+    crash_at_every_step_of_a_refill(Survives::FlushedAndHalfTheRest).await;
 }
 
 /// A manager with seeded instance ids, restarted on the same store, draws

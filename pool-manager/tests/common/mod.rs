@@ -573,10 +573,10 @@ impl Write {
 }
 
 /// What a process that dies at an unlucky moment leaves on disk: the writes
-/// a flush had begun to make durable, and none after them. (A store keeps a
-/// prefix of its writes; the ones no flush covered may all be lost.) Used
-/// as the hooks of a [`HookedStore`]; [`CrashImage::crash`] is the moment
-/// the process dies.
+/// a flush had begun to make durable, and of the ones after them a prefix
+/// (a store keeps a prefix of its writes; the ones no flush covered may be
+/// lost, all or some). Used as the hooks of a [`HookedStore`];
+/// [`CrashImage::crash`] is the moment the process dies.
 #[derive(Default)]
 pub struct CrashImage {
     state: std::sync::Mutex<CrashImageState>,
@@ -597,12 +597,16 @@ impl CrashImage {
     }
 
     /// A store in `dir` holding what survived the crash, as the restarted
-    /// process opens it.
-    pub async fn reopen(&self, dir: &Path) -> Arc<dyn Store> {
+    /// process opens it: the flushed writes and the first
+    /// `kept(unflushed writes)` of the others.
+    pub async fn reopen(&self, dir: &Path, kept: impl Fn(usize) -> usize) -> Arc<dyn Store> {
         let durable = {
             let state = self.state.lock().unwrap();
             assert!(state.crashed, "the process has not crashed yet");
-            state.durable.clone()
+            let kept = kept(state.unflushed.len()).min(state.unflushed.len());
+            let mut durable = state.durable.clone();
+            durable.extend_from_slice(&state.unflushed[..kept]);
+            durable
         };
         {
             let store = SledStore::open(dir).unwrap();
