@@ -134,8 +134,10 @@ impl Access {
         let token = header
             .to_str()
             .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|value| value.split_once(' '))
+            // The scheme's case does not matter (RFC 9110, section 11.1).
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|token| !token.is_empty())
             .ok_or_else(|| {
                 Status::unauthenticated(
@@ -220,7 +222,7 @@ mod tests {
     fn roles_nest_reader_billing_operator() {
         assert!(Role::Reader < Role::Billing && Role::Billing < Role::Operator);
         let access = access();
-        let reader = request(Some("Bearer read-secret"));
+        let reader = request(Some("bearer read-secret"));
         let billing = request(Some("Bearer buy-secret"));
         for method in Method::ALL {
             let allowed =
