@@ -65,6 +65,22 @@ impl Method {
         Method::WatchPools,
     ];
 
+    /// The method's name in warmpool.v1 ("CreatePool").
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Allocate => "Allocate",
+            Method::GetAllocation => "GetAllocation",
+            Method::Release => "Release",
+            Method::ListPools => "ListPools",
+            Method::GetPool => "GetPool",
+            Method::CreatePool => "CreatePool",
+            Method::UpdatePool => "UpdatePool",
+            Method::DeletePool => "DeletePool",
+            Method::ListInstances => "ListInstances",
+            Method::WatchPools => "WatchPools",
+        }
+    }
+
     pub fn needs(self) -> Role {
         match self {
             Method::ListPools | Method::GetPool | Method::ListInstances | Method::WatchPools => {
@@ -127,8 +143,9 @@ impl Access {
         }
         let Some(header) = request.metadata().get("authorization") else {
             return Err(Status::unauthenticated(format!(
-                "{method:?} needs a bearer token: send the header 'authorization: Bearer <token>' \
-                 (warmpoolctl: --token-file FILE or WARMPOOL_TOKEN)"
+                "{} needs a bearer token: send the header 'authorization: Bearer <token>' \
+                 (warmpoolctl: --token-file FILE or WARMPOOL_TOKEN)",
+                method.name()
             )));
         };
         let token = header
@@ -145,25 +162,29 @@ impl Access {
                 )
             })?;
         let Some(caller) = self.by_sha256.get(&token_sha256(token)) else {
-            tracing::warn!(method = ?method, "call with a bearer token this daemon does not know");
+            tracing::warn!(
+                method = method.name(),
+                "call with a bearer token this daemon does not know"
+            );
             return Err(Status::unauthenticated(
                 "the bearer token is not one of this daemon's api_tokens (revoked, or for another daemon?)",
             ));
         };
         if caller.role < method.needs() {
-            tracing::warn!(method = ?method, caller = %caller.name, role = caller.role.name(), "call refused");
+            tracing::warn!(method = method.name(), caller = %caller.name, role = caller.role.name(), "call refused");
             return Err(Status::permission_denied(format!(
-                "token '{}' has role {}; {method:?} needs role {}",
+                "token '{}' has role {}; {} needs role {}",
                 caller.name,
                 caller.role.name(),
+                method.name(),
                 method.needs().name()
             )));
         }
         // Who changed a pool is worth keeping; who read or bought, less so.
         if method.needs() == Role::Operator {
-            tracing::info!(method = ?method, caller = %caller.name, "authorized");
+            tracing::info!(method = method.name(), caller = %caller.name, "authorized");
         } else {
-            tracing::debug!(method = ?method, caller = %caller.name, "authorized");
+            tracing::debug!(method = method.name(), caller = %caller.name, "authorized");
         }
         Ok(Some(caller))
     }
@@ -238,7 +259,10 @@ mod tests {
                     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
                     assert_eq!(
                         refused.message(),
-                        format!("token 'grafana' has role reader; {method:?} needs role billing")
+                        format!(
+                            "token 'grafana' has role reader; {} needs role billing",
+                            method.name()
+                        )
                     );
                     assert_eq!(caller(&billing).as_deref(), Some("billing"), "{method:?}");
                 }

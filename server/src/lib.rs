@@ -98,7 +98,7 @@ pub async fn start(
     }));
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_server = AbortOnDrop(tokio::spawn(metrics::serve(
-        metrics,
+        metrics.clone(),
         manager.clone(),
         metrics_listener,
         async {
@@ -128,6 +128,7 @@ pub async fn start(
         .add_service(WarmPoolServer::new(service::WarmPoolService::new(
             manager.clone(),
             access,
+            metrics.clone(),
             stopping_rx,
         )));
     // The start-up reconcile visits every instance in the store; a shutdown

@@ -186,6 +186,13 @@ struct ServiceLabels {
     service: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    method: &'static str,
+    /// unauthenticated or permission_denied.
+    reason: &'static str,
+}
+
 impl From<PoolAnd<&'static str>> for StateLabels {
     fn from(l: PoolAnd<&'static str>) -> Self {
         Self {
@@ -312,6 +319,7 @@ pub struct Metrics {
     cloud_throttled: Family<ServiceLabels, Counter>,
     retry_pauses: Family<ServiceLabels, Counter>,
     retry_pause_seconds: Family<ServiceLabels, Counter<f64, AtomicU64>>,
+    api_calls_refused: Family<RefusedLabels, Counter>,
     /// One scrape at a time refreshes the gauges and encodes, so a scrape
     /// never sees another's half-refreshed gauges.
     scrape: tokio::sync::Mutex<()>,
@@ -360,6 +368,7 @@ impl Metrics {
             cloud_throttled: Family::default(),
             retry_pauses: Family::default(),
             retry_pause_seconds: Family::default(),
+            api_calls_refused: Family::default(),
             scrape: tokio::sync::Mutex::new(()),
         };
         registry.register(
@@ -523,6 +532,11 @@ impl Metrics {
             Unit::Seconds,
             m.retry_pause_seconds.clone(),
         );
+        registry.register(
+            "api_calls_refused",
+            "warmpool.v1 calls refused for their bearer token (api_tokens), by method and reason: unauthenticated (none, or unknown), permission_denied (its role may not)",
+            m.api_calls_refused.clone(),
+        );
         // Throttling is rare: create its series at zero, so they are there
         // (and `rate()` sees the first one) before it happens.
         for service in cloud::SERVICES {
@@ -536,6 +550,21 @@ impl Metrics {
     }
 
     /// Updates the event-driven metrics. The manager has logged the event.
+    /// Counts a warmpool.v1 call refused with `refusal` (UNAUTHENTICATED or
+    /// PERMISSION_DENIED).
+    pub fn api_call_refused(&self, method: crate::access::Method, refusal: tonic::Code) {
+        let reason = match refusal {
+            tonic::Code::PermissionDenied => "permission_denied",
+            _ => "unauthenticated",
+        };
+        self.api_calls_refused
+            .get_or_create(&RefusedLabels {
+                method: method.name(),
+                reason,
+            })
+            .inc();
+    }
+
     pub fn record(&self, event: &Event) {
         let pool = PoolLabels::of(event.pool.as_ref());
         match &event.kind {

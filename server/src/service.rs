@@ -3,12 +3,14 @@
 
 use crate::access::{Access, Method};
 use crate::convert;
+use crate::metrics::Metrics;
 use pool_manager::changes::ChangeCursor;
 use pool_manager::events::Event;
 use pool_manager::model::PoolKey;
 use pool_manager::PoolManager;
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,17 +21,37 @@ use warmpool_proto::v1::warm_pool_server::WarmPool;
 pub struct WarmPoolService {
     manager: PoolManager,
     access: Access,
+    metrics: Arc<Metrics>,
     stopping: watch::Receiver<bool>,
 }
 
 impl WarmPoolService {
     /// `stopping` turns true when the daemon starts shutting down: streams
     /// end then, since a graceful shutdown waits for every open one.
-    pub fn new(manager: PoolManager, access: Access, stopping: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        manager: PoolManager,
+        access: Access,
+        metrics: Arc<Metrics>,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             manager,
             access,
+            metrics,
             stopping,
+        }
+    }
+
+    /// Whether the caller may call `method`; a refusal is counted.
+    // tonic::Status is large by design and this runs once per call.
+    #[allow(clippy::result_large_err)]
+    fn authorize<T>(&self, request: &Request<T>, method: Method) -> Result<(), Status> {
+        match self.access.check(request, method) {
+            Ok(_) => Ok(()),
+            Err(refused) => {
+                self.metrics.api_call_refused(method, refused.code());
+                Err(refused)
+            }
         }
     }
 }
@@ -42,7 +64,7 @@ impl WarmPool for WarmPoolService {
         &self,
         request: Request<api::AllocateRequest>,
     ) -> Reply<api::AllocateResponse> {
-        self.access.check(&request, Method::Allocate)?;
+        self.authorize(&request, Method::Allocate)?;
         let request = convert::allocate_request(request.into_inner())?;
         let allocation = self
             .manager
@@ -58,7 +80,7 @@ impl WarmPool for WarmPoolService {
         &self,
         request: Request<api::GetAllocationRequest>,
     ) -> Reply<api::Allocation> {
-        self.access.check(&request, Method::GetAllocation)?;
+        self.authorize(&request, Method::GetAllocation)?;
         let allocation = self
             .manager
             .get_allocation(&request.into_inner().request_id)
@@ -68,7 +90,7 @@ impl WarmPool for WarmPoolService {
     }
 
     async fn release(&self, request: Request<api::ReleaseRequest>) -> Reply<api::Allocation> {
-        self.access.check(&request, Method::Release)?;
+        self.authorize(&request, Method::Release)?;
         let request = request.into_inner();
         let allocation = self
             .manager
@@ -82,7 +104,7 @@ impl WarmPool for WarmPoolService {
         &self,
         request: Request<api::ListPoolsRequest>,
     ) -> Reply<api::ListPoolsResponse> {
-        self.access.check(&request, Method::ListPools)?;
+        self.authorize(&request, Method::ListPools)?;
         let pools = self.manager.list_pools().await.map_err(convert::status)?;
         Ok(Response::new(api::ListPoolsResponse {
             pools: pools.into_iter().map(convert::pool).collect(),
@@ -90,7 +112,7 @@ impl WarmPool for WarmPoolService {
     }
 
     async fn get_pool(&self, request: Request<api::GetPoolRequest>) -> Reply<api::Pool> {
-        self.access.check(&request, Method::GetPool)?;
+        self.authorize(&request, Method::GetPool)?;
         let request = request.into_inner();
         let key = convert::pool_key(&request.flavor, &request.availability_zone)?;
         let pool = self.manager.get_pool(&key).await.map_err(convert::status)?;
@@ -98,7 +120,7 @@ impl WarmPool for WarmPoolService {
     }
 
     async fn create_pool(&self, request: Request<api::CreatePoolRequest>) -> Reply<api::Pool> {
-        self.access.check(&request, Method::CreatePool)?;
+        self.authorize(&request, Method::CreatePool)?;
         let request = request.into_inner();
         let key = convert::pool_key(&request.flavor, &request.availability_zone)?;
         let spec = request
@@ -114,7 +136,7 @@ impl WarmPool for WarmPoolService {
     }
 
     async fn update_pool(&self, request: Request<api::UpdatePoolRequest>) -> Reply<api::Pool> {
-        self.access.check(&request, Method::UpdatePool)?;
+        self.authorize(&request, Method::UpdatePool)?;
         let request = request.into_inner();
         let key = convert::pool_key(&request.flavor, &request.availability_zone)?;
         let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
@@ -135,7 +157,7 @@ impl WarmPool for WarmPoolService {
         &self,
         request: Request<api::DeletePoolRequest>,
     ) -> Reply<api::DeletePoolResponse> {
-        self.access.check(&request, Method::DeletePool)?;
+        self.authorize(&request, Method::DeletePool)?;
         let request = request.into_inner();
         let key = convert::pool_key(&request.flavor, &request.availability_zone)?;
         let pool = self
@@ -152,7 +174,7 @@ impl WarmPool for WarmPoolService {
         &self,
         request: Request<api::ListInstancesRequest>,
     ) -> Reply<api::ListInstancesResponse> {
-        self.access.check(&request, Method::ListInstances)?;
+        self.authorize(&request, Method::ListInstances)?;
         let request = request.into_inner();
         let key = match (
             request.flavor.is_empty(),
@@ -185,7 +207,7 @@ impl WarmPool for WarmPoolService {
         &self,
         request: Request<api::WatchPoolsRequest>,
     ) -> Reply<Self::WatchPoolsStream> {
-        self.access.check(&request, Method::WatchPools)?;
+        self.authorize(&request, Method::WatchPools)?;
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
         Watcher::spawn(&self.manager, self.stopping.clone(), tx);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -1930,6 +1930,24 @@ async fn api_tokens_let_each_role_call_its_methods_only() {
     let ops = as_role("run-token");
     assert_eq!(ops.list_pools().await.unwrap().len(), 1);
 
+    // Refusals are counted by method and reason: ten methods twice
+    // unauthenticated, then the reader's six and the billing token's three
+    // refused methods, and the reader's DeletePool once more.
+    let metrics = d.scrape().await;
+    let refused = |method: &str, reason: &str| {
+        let series =
+            format!("warmpool_api_calls_refused_total{{method=\"{method}\",reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .map_or(0.0, |value| value.parse::<f64>().unwrap())
+    };
+    assert_eq!(refused("Allocate", "unauthenticated"), 2.0, "{metrics}");
+    assert_eq!(refused("ListPools", "unauthenticated"), 3.0, "{metrics}");
+    assert_eq!(refused("DeletePool", "permission_denied"), 3.0, "{metrics}");
+    assert_eq!(refused("Allocate", "permission_denied"), 1.0, "{metrics}");
+    assert_eq!(refused("GetPool", "permission_denied"), 0.0, "{metrics}");
+
     // Health stays open to load balancers.
     let channel = tonic::transport::Endpoint::from_shared(d.endpoint())
         .unwrap()
