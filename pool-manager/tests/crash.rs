@@ -110,13 +110,33 @@ async fn until_the_cloud_hangs<T: Send + 'static>(
     }
 }
 
-async fn crash_at_every_step_of_an_allocation(survives: Survives) {
+/// Runs `scenario` with the cloud hanging after 0, 1, 2, ... calls, until a
+/// run finishes before its crash (`scenario` answers whether it did); at
+/// least `at_least` runs crash first.
+async fn at_every_crash_point<Run: std::future::Future<Output = bool>>(
+    what: &str,
+    at_least: u32,
+    mut scenario: impl FnMut(u64) -> Run,
+) {
     let mut crash_points = 0;
     for crash_after in 0u64.. {
         assert!(
             crash_after < 100,
-            "an allocation should need far fewer cloud calls"
+            "{what} should need far fewer cloud calls"
         );
+        if scenario(crash_after).await {
+            break;
+        }
+        crash_points += 1;
+    }
+    assert!(
+        crash_points >= at_least,
+        "{what}: only {crash_points} crash points exercised"
+    );
+}
+
+async fn crash_at_every_step_of_an_allocation(survives: Survives) {
+    at_every_crash_point("an allocation", 8, |crash_after| async move {
         let sim = sim();
         let dir = tempfile::tempdir().unwrap();
         let process = Process::first(&sim, dir.path(), survives, 2).await;
@@ -154,16 +174,9 @@ async fn crash_at_every_step_of_an_allocation(survives: Survives) {
         }
         assert_consistent(&sim, &manager).await;
         manager.shutdown().await.unwrap();
-
-        if acknowledged.is_some() {
-            break;
-        }
-        crash_points += 1;
-    }
-    assert!(
-        crash_points >= 8,
-        "only {crash_points} crash points exercised"
-    );
+        acknowledged.is_some()
+    })
+    .await;
 }
 
 /// A crash between any two steps of an allocation — simulated by freezing the
@@ -184,12 +197,7 @@ async fn a_crash_losing_unflushed_writes_at_any_step_of_an_allocation_is_repaire
 }
 
 async fn crash_at_every_step_of_a_release(survives: Survives) {
-    let mut crash_points = 0;
-    for crash_after in 0u64.. {
-        assert!(
-            crash_after < 100,
-            "a release should need far fewer cloud calls"
-        );
+    at_every_crash_point("a release", 4, |crash_after| async move {
         let sim = sim();
         let dir = tempfile::tempdir().unwrap();
         let process = Process::first(&sim, dir.path(), survives, 2).await;
@@ -231,21 +239,14 @@ async fn crash_at_every_step_of_a_release(survives: Survives) {
         );
         assert_consistent(&sim, &manager).await;
         manager.shutdown().await.unwrap();
-
-        if acknowledged.is_some() {
-            break;
-        }
-        crash_points += 1;
-    }
-    assert!(
-        crash_points >= 4,
-        "only {crash_points} crash points exercised"
-    );
+        acknowledged.is_some()
+    })
+    .await;
 }
 
 /// A crash between any two steps of a release, the store keeping every
-/// write, only the flushed ones, or some of the others: the release is finished or can be asked
-/// again, and nothing of it stays in the cloud.
+/// write, only the flushed ones, or some of the others: the release is
+/// finished or can be asked again, and nothing of it stays in the cloud.
 #[tokio::test(start_paused = true)]
 async fn a_crash_at_any_step_of_a_release_is_repaired_by_reconcile() {
     crash_at_every_step_of_a_release(Survives::EveryWrite).await;
@@ -254,12 +255,7 @@ async fn a_crash_at_any_step_of_a_release_is_repaired_by_reconcile() {
 }
 
 async fn crash_at_every_step_of_a_refill(survives: Survives) {
-    let mut crash_points = 0;
-    for crash_after in 0u64.. {
-        assert!(
-            crash_after < 100,
-            "a refill should need far fewer cloud calls"
-        );
+    at_every_crash_point("a refill", 4, |crash_after| async move {
         let sim = sim();
         let dir = tempfile::tempdir().unwrap();
         let process = Process::first(&sim, dir.path(), survives, 1).await;
@@ -290,16 +286,9 @@ async fn crash_at_every_step_of_a_refill(survives: Survives) {
             "crash after {crash_after} calls: {instances:#?}"
         );
         manager.shutdown().await.unwrap();
-
-        if refilled {
-            break;
-        }
-        crash_points += 1;
-    }
-    assert!(
-        crash_points >= 4,
-        "only {crash_points} crash points exercised"
-    );
+        refilled
+    })
+    .await;
 }
 
 /// A crash between any two steps of booting instances into a pool, the
