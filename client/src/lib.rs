@@ -28,8 +28,9 @@ pub use warmpool_proto::v1 as api;
 
 use api::warm_pool_client::WarmPoolClient;
 
-/// TLS for an `https://` endpoint (a daemon with `[tls]`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// TLS for an `https://` endpoint (a daemon with `[tls]`). Its `Debug`
+/// shows what is set, not the private key.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct TlsOptions {
     /// PEM CA certificates the daemon's certificate must chain to; `None`:
     /// the system's trusted roots.
@@ -42,6 +43,18 @@ pub struct TlsOptions {
 impl TlsOptions {
     fn is_set(&self) -> bool {
         self.ca_pem.is_some() || self.identity_pem.is_some()
+    }
+}
+
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field("ca_pem", &self.ca_pem.as_ref().map(|pem| pem.len()))
+            .field(
+                "identity_pem",
+                &self.identity_pem.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
     }
 }
 
@@ -497,6 +510,32 @@ mod tests {
     fn endpoint_with_scheme_is_kept() {
         assert_eq!(normalize_endpoint("http://h:1"), "http://h:1");
         assert_eq!(normalize_endpoint("https://h:1"), "https://h:1");
+    }
+
+    #[test]
+    fn tls_options_never_print_the_private_key() {
+        let options = TlsOptions {
+            ca_pem: Some(b"ca".to_vec()),
+            identity_pem: Some((b"cert".to_vec(), b"SECRET KEY".to_vec())),
+        };
+        let shown = format!(
+            "{:?}",
+            ConnectOptions {
+                tls: options,
+                ..Default::default()
+            }
+        );
+        // Neither as text nor as the bytes a derived Debug would list.
+        let key_bytes = format!("{:?}", b"SECRET KEY");
+        let key_bytes = key_bytes.trim_matches(['[', ']']);
+        assert!(
+            !shown.contains("SECRET") && !shown.contains(key_bytes),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("identity_pem: Some(\"<redacted>\")"),
+            "{shown}"
+        );
     }
 
     #[test]
