@@ -740,6 +740,16 @@ impl Config {
         Ok(config)
     }
 
+    /// Whether anyone who reaches `listen` may call every method: no
+    /// tokens, and no client certificates asked for.
+    pub fn api_is_open(&self) -> bool {
+        self.api_tokens.is_empty()
+            && self
+                .tls
+                .as_ref()
+                .is_none_or(|tls| tls.client_ca_file.is_none())
+    }
+
     /// Who may call what, from `api_tokens`.
     pub fn access(&self) -> Access {
         Access::with_tokens(self.api_tokens.iter().map(|token| {
@@ -1041,6 +1051,16 @@ mod tests {
         assert_eq!(call("run"), Ok("ops".into()));
         assert_eq!(call("buy"), Err(tonic::Code::PermissionDenied));
         assert!(Config::parse("").unwrap().access().is_open());
+        assert!(!config.api_is_open());
+        assert!(Config::parse("").unwrap().api_is_open());
+        let tls = |client_ca: &str| {
+            Config::parse(&format!(
+                "[tls]\ncert_file = \"c\"\nkey_file = \"k\"\n{client_ca}"
+            ))
+            .unwrap()
+        };
+        assert!(tls("").api_is_open(), "TLS alone lets anyone in");
+        assert!(!tls("client_ca_file = \"ca\"\n").api_is_open());
 
         let token = |name: &str, role: &str, sha256: &str| {
             format!("[[api_tokens]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{sha256}\"\n")

@@ -51,7 +51,7 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
     let mut shutdown = Box::pin(shutdown);
-    // TLS first: a wrong certificate path fails start-up before anything else.
+    // The TLS files before anything: a wrong path fails start-up at once.
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {
         server = server
@@ -106,9 +106,8 @@ pub async fn start(
         },
     )));
     tracing::info!(%metrics_addr, "warmpoold serving Prometheus metrics at http://{metrics_addr}/metrics");
-    let access = config.access();
-    if access.is_open() && !grpc_addr.ip().is_loopback() {
-        tracing::warn!(%grpc_addr, "the gRPC API is open to anyone who reaches {grpc_addr}: configure [[api_tokens]]");
+    if config.api_is_open() && !grpc_addr.ip().is_loopback() {
+        tracing::warn!(%grpc_addr, "the gRPC API is open to anyone who reaches {grpc_addr}: configure [[api_tokens]] or client certificates ([tls] client_ca_file)");
     }
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     let (mut health, health_service) = tonic_health::server::health_reporter();
@@ -127,7 +126,7 @@ pub async fn start(
         .add_service(reflection)
         .add_service(WarmPoolServer::new(service::WarmPoolService::new(
             manager.clone(),
-            access,
+            config.access(),
             metrics.clone(),
             stopping_rx,
         )));
