@@ -135,12 +135,25 @@ async fn at_every_crash_point<Run: std::future::Future<Output = bool>>(
     );
 }
 
-async fn crash_at_every_step_of_an_allocation(survives: Survives) {
+/// How the crashed purchase is served.
+#[derive(Clone, Copy, Debug)]
+enum Purchase {
+    /// From a pool of two Ready instances.
+    Warm,
+    /// By a cold boot: the pool is empty.
+    Cold,
+}
+
+async fn crash_at_every_step_of_an_allocation(survives: Survives, purchase: Purchase) {
     at_every_crash_point("an allocation", 8, |crash_after| async move {
         let sim = sim();
         let dir = tempfile::tempdir().unwrap();
-        let process = Process::first(&sim, dir.path(), survives, 2).await;
-        let order = request("order-crash", new_volume(), EmptyPoolPolicy::Wait);
+        let (ready, policy) = match purchase {
+            Purchase::Warm => (2, EmptyPoolPolicy::Wait),
+            Purchase::Cold => (0, EmptyPoolPolicy::ColdBoot),
+        };
+        let process = Process::first(&sim, dir.path(), survives, ready).await;
+        let order = request("order-crash", new_volume(), policy);
         let acknowledged = until_the_cloud_hangs(&sim, crash_after, {
             let manager = process.manager.clone();
             let order = order.clone();
@@ -184,7 +197,7 @@ async fn crash_at_every_step_of_an_allocation(survives: Survives) {
 /// store — followed by the start-up reconcile loses nothing and leaks nothing.
 #[tokio::test(start_paused = true)]
 async fn a_crash_at_any_step_of_an_allocation_is_repaired_by_reconcile() {
-    crash_at_every_step_of_an_allocation(Survives::EveryWrite).await;
+    crash_at_every_step_of_an_allocation(Survives::EveryWrite, Purchase::Warm).await;
 }
 
 /// The same, when the crash also loses every write no flush covered, or
@@ -192,8 +205,20 @@ async fn a_crash_at_any_step_of_an_allocation_is_repaired_by_reconcile() {
 /// before it was taken.
 #[tokio::test(start_paused = true)]
 async fn a_crash_losing_unflushed_writes_at_any_step_of_an_allocation_is_repaired() {
-    crash_at_every_step_of_an_allocation(Survives::FlushedWrites).await;
-    crash_at_every_step_of_an_allocation(Survives::FlushedAndHalfTheRest).await;
+    crash_at_every_step_of_an_allocation(Survives::FlushedWrites, Purchase::Warm).await;
+    crash_at_every_step_of_an_allocation(Survives::FlushedAndHalfTheRest, Purchase::Warm).await;
+}
+
+/// The same for a purchase from an empty pool, served by a cold boot.
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_any_step_of_a_cold_boot_purchase_is_repaired() {
+    for survives in [
+        Survives::EveryWrite,
+        Survives::FlushedWrites,
+        Survives::FlushedAndHalfTheRest,
+    ] {
+        crash_at_every_step_of_an_allocation(survives, Purchase::Cold).await;
+    }
 }
 
 async fn crash_at_every_step_of_a_release(survives: Survives) {
