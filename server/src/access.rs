@@ -12,6 +12,7 @@
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use tonic::{Request, Status};
 
 /// What a token may do, least first.
@@ -190,6 +191,31 @@ impl Access {
     }
 }
 
+/// The daemon's [`Access`], replaced whole when the config is read again
+/// (SIGHUP): a call is checked against the tokens of the moment it came.
+#[derive(Clone, Debug, Default)]
+pub struct AccessHandle(Arc<RwLock<Arc<Access>>>);
+
+impl AccessHandle {
+    pub fn new(access: Access) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(access))))
+    }
+
+    pub fn current(&self) -> Arc<Access> {
+        // A writer only swaps an Arc: a poisoned lock still holds a whole one.
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn replace(&self, access: Access) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(access);
+    }
+
+    /// How many tokens the API accepts now (0: it is open).
+    pub fn token_count(&self) -> usize {
+        self.current().by_sha256.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +256,20 @@ mod tests {
             token_sha256("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn a_replaced_access_checks_the_next_call() {
+        let handle = AccessHandle::new(Access::open());
+        let call = request(Some("Bearer buy-secret"));
+        assert!(handle.current().check(&call, Method::Allocate).is_ok());
+        handle.replace(access());
+        assert_eq!(handle.token_count(), 2);
+        assert!(handle.current().check(&call, Method::Allocate).is_ok());
+        assert!(handle.current().check(&call, Method::DeletePool).is_err());
+        handle.replace(Access::with_tokens([]));
+        assert_eq!(handle.token_count(), 0);
+        assert!(handle.current().check(&call, Method::DeletePool).is_ok());
     }
 
     #[test]

@@ -34,7 +34,22 @@ pub struct Running {
     pub metrics_addr: SocketAddr,
     pub manager: PoolManager,
     pub cloud: Option<Arc<cloudsim::SimCloud>>,
+    /// The API tokens in force; [`reload_access`] replaces them.
+    pub access: access::AccessHandle,
     pub served: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Takes the `[[api_tokens]]` of `config` (a config file read again) for
+/// every call from now on. The rest of `config` is not applied: listeners,
+/// TLS, the store and the pools need a restart.
+pub fn reload_access(access: &access::AccessHandle, config: &Config) {
+    access.replace(config.access());
+    let tokens = access.token_count();
+    if config.api_is_open() {
+        tracing::warn!("reloaded api_tokens: none, the API is open");
+    } else {
+        tracing::info!(tokens, "reloaded api_tokens");
+    }
 }
 
 /// Binds both listeners, serves metrics, opens the store, builds the cloud,
@@ -106,6 +121,7 @@ pub async fn start(
         },
     )));
     tracing::info!(%metrics_addr, "warmpoold serving Prometheus metrics at http://{metrics_addr}/metrics");
+    let access = access::AccessHandle::new(config.access());
     if config.api_is_open() && !grpc_addr.ip().is_loopback() {
         tracing::warn!(%grpc_addr, "the gRPC API is open to anyone who reaches {grpc_addr}: configure [[api_tokens]] or client certificates ([tls] client_ca_file)");
     }
@@ -126,7 +142,7 @@ pub async fn start(
         .add_service(reflection)
         .add_service(WarmPoolServer::new(service::WarmPoolService::new(
             manager.clone(),
-            config.access(),
+            access.clone(),
             metrics.clone(),
             stopping_rx,
         )));
@@ -189,6 +205,7 @@ pub async fn start(
         metrics_addr,
         manager,
         cloud: sim,
+        access,
         served,
     })
 }

@@ -93,6 +93,11 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::Store(command)) = &args.command {
         std::process::exit(store_command(command, &config.data_dir)?);
     }
+    // Installed before start: a SIGHUP's default action would end the
+    // process; one that comes during start-up is taken once it is up.
+    #[cfg(unix)]
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     let running = match warmpool_server::start(config, shutdown_signal()?).await {
         Ok(running) => running,
         Err(e) if e.is::<warmpool_server::StoppedDuringStartUp>() => {
@@ -101,8 +106,35 @@ async fn main() -> anyhow::Result<()> {
         }
         Err(e) => return Err(e),
     };
+    #[cfg(unix)]
+    reload_on_sighup(hangups, args.config.clone(), running.access.clone());
     running.served.await.context("server task")??;
     Ok(())
+}
+
+/// On SIGHUP, reads the config file again and takes its `[[api_tokens]]`;
+/// a file that does not load changes nothing (the error is logged). The
+/// task lives as long as the process.
+#[cfg(unix)]
+fn reload_on_sighup(
+    mut hangups: tokio::signal::unix::Signal,
+    path: Option<PathBuf>,
+    access: warmpool_server::access::AccessHandle,
+) {
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let Some(path) = &path else {
+                tracing::warn!("SIGHUP: no config file to read again (started without --config)");
+                continue;
+            };
+            match Config::load(path) {
+                Ok(config) => warmpool_server::reload_access(&access, &config),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: the config file does not load; api_tokens unchanged")
+                }
+            }
+        }
+    });
 }
 
 /// Prints the report; the exit code is 0 when every check passed.

@@ -1,7 +1,7 @@
 //! The warmpool.v1 gRPC service: check the caller, decode, call
 //! `PoolManager`, encode.
 
-use crate::access::{Access, Method};
+use crate::access::{AccessHandle, Method};
 use crate::convert;
 use crate::metrics::Metrics;
 use pool_manager::changes::ChangeCursor;
@@ -20,7 +20,7 @@ use warmpool_proto::v1::warm_pool_server::WarmPool;
 
 pub struct WarmPoolService {
     manager: PoolManager,
-    access: Access,
+    access: AccessHandle,
     metrics: Arc<Metrics>,
     stopping: watch::Receiver<bool>,
 }
@@ -30,7 +30,7 @@ impl WarmPoolService {
     /// end then, since a graceful shutdown waits for every open one.
     pub fn new(
         manager: PoolManager,
-        access: Access,
+        access: AccessHandle,
         metrics: Arc<Metrics>,
         stopping: watch::Receiver<bool>,
     ) -> Self {
@@ -46,7 +46,7 @@ impl WarmPoolService {
     // tonic::Status is large by design and this runs once per call.
     #[allow(clippy::result_large_err)]
     fn authorize<T>(&self, request: &Request<T>, method: Method) -> Result<(), Status> {
-        match self.access.check(request, method) {
+        match self.access.current().check(request, method) {
             Ok(_) => Ok(()),
             Err(refused) => {
                 self.metrics.api_call_refused(method, refused.code());

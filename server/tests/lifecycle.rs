@@ -348,3 +348,95 @@ async fn a_restart_during_the_drain_of_a_configured_pool_starts() {
     .await;
     d.shut_down().await;
 }
+
+/// The next line of warmpoold's log containing `needle`, without colour.
+async fn log_line(
+    log: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    needle: &str,
+) -> String {
+    let found = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!("warmpoold's log ended before {needle:?}");
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no {needle:?} in warmpoold's log"))
+}
+
+/// `systemctl reload` (SIGHUP) makes the warmpoold binary read its config
+/// file again and take the new `[[api_tokens]]`; a file that does not load
+/// changes nothing.
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_reads_the_api_tokens_again() {
+    use tokio::io::AsyncBufReadExt;
+    use warmpool_server::access::token_sha256;
+
+    let data = tempfile::tempdir().unwrap();
+    let config_file = data.path().join("warmpoold.toml");
+    let base = config_text(data.path(), &[("db.small", "az1", 0, 1)]);
+    let with_token = |token: &str| {
+        format!(
+            "{base}\n[[api_tokens]]\nname = \"dash\"\nrole = \"reader\"\nsha256 = \"{}\"\n",
+            token_sha256(token)
+        )
+    };
+    std::fs::write(&config_file, with_token("old-token")).unwrap();
+    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+        .arg("--config")
+        .arg(&config_file)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("WARMPOOL_CONFIG")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut log = tokio::io::BufReader::new(daemon.stderr.take().unwrap()).lines();
+    let serving = log_line(&mut log, "warmpoold serving gRPC").await;
+    let addr = serving
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("grpc_addr="))
+        .unwrap_or_else(|| panic!("no address in {serving:?}"));
+    let client = warmpool_client::Client::connect(addr).await.unwrap();
+    let pools = |token: &str| {
+        let client = client.clone().with_token(token).unwrap();
+        async move { client.list_pools().await.map(|p| p.len()) }
+    };
+    assert_eq!(pools("old-token").await.unwrap(), 1);
+    expect_code(pools("new-token").await, Code::Unauthenticated);
+
+    let hangup = || {
+        let pid = daemon.id().unwrap().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    std::fs::write(&config_file, with_token("new-token")).unwrap();
+    hangup();
+    log_line(&mut log, "reloaded api_tokens").await;
+    assert_eq!(pools("new-token").await.unwrap(), 1);
+    expect_code(pools("old-token").await, Code::Unauthenticated);
+
+    std::fs::write(
+        &config_file,
+        base.clone()
+            + "\n[[api_tokens]]\nname = \"dash\"\nrole = \"reader\"\nsha256 = \"new-token\"\n",
+    )
+    .unwrap();
+    hangup();
+    let refused = log_line(&mut log, "api_tokens unchanged").await;
+    assert!(
+        refused.contains("sha256 must be 64 hex digits"),
+        "{refused}"
+    );
+    assert_eq!(pools("new-token").await.unwrap(), 1);
+
+    daemon.start_kill().unwrap();
+    daemon.wait().await.unwrap();
+}
