@@ -191,6 +191,11 @@ impl Access {
     }
 }
 
+/// [`AccessHandle::reload`]'s refusal.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the file has no [[api_tokens]] and a reload does not open the API (restart warmpoold to run without tokens); api_tokens unchanged")]
+pub struct WouldOpenTheApi;
+
 /// The daemon's [`Access`], replaced whole when the config is read again
 /// (SIGHUP): a call is checked against the tokens of the moment it came.
 #[derive(Clone, Debug, Default)]
@@ -208,6 +213,20 @@ impl AccessHandle {
 
     pub fn replace(&self, access: Access) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(access);
+    }
+
+    /// Takes `access` (a config file's tokens, read again) for the calls
+    /// that follow; answers how many tokens are in force. Refuses to go
+    /// from tokens to none: a file emptied by mistake, or half written when
+    /// the signal came, would open the API to anyone who reaches it. Running
+    /// without tokens takes a restart.
+    pub fn reload(&self, access: Access) -> Result<usize, WouldOpenTheApi> {
+        if access.is_open() && !self.current().is_open() {
+            return Err(WouldOpenTheApi);
+        }
+        let tokens = access.by_sha256.len();
+        self.replace(access);
+        Ok(tokens)
     }
 
     /// How many tokens the API accepts now (0: it is open).
@@ -270,6 +289,25 @@ mod tests {
         handle.replace(Access::with_tokens([]));
         assert_eq!(handle.token_count(), 0);
         assert!(handle.current().check(&call, Method::DeletePool).is_ok());
+    }
+
+    #[test]
+    fn a_reload_may_close_the_api_and_change_tokens_but_not_open_it() {
+        let handle = AccessHandle::new(Access::open());
+        assert_eq!(handle.reload(Access::open()), Ok(0));
+        assert_eq!(handle.reload(access()), Ok(2));
+        assert_eq!(handle.reload(Access::open()), Err(WouldOpenTheApi));
+        assert_eq!(handle.token_count(), 2, "a refused reload changes nothing");
+        let fewer = Access::with_tokens([(
+            token_sha256("buy-secret"),
+            Caller {
+                name: "billing".into(),
+                role: Role::Billing,
+            },
+        )]);
+        assert_eq!(handle.reload(fewer), Ok(1));
+        let call = request(Some("Bearer read-secret"));
+        assert!(handle.current().check(&call, Method::ListPools).is_err());
     }
 
     #[test]

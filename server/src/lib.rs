@@ -34,22 +34,10 @@ pub struct Running {
     pub metrics_addr: SocketAddr,
     pub manager: PoolManager,
     pub cloud: Option<Arc<cloudsim::SimCloud>>,
-    /// The API tokens in force; [`reload_access`] replaces them.
+    /// The API tokens in force; a SIGHUP reloads them
+    /// ([`access::AccessHandle::reload`]).
     pub access: access::AccessHandle,
     pub served: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-/// Takes the `[[api_tokens]]` of `config` (a config file read again) for
-/// every call from now on. The rest of `config` is not applied: listeners,
-/// TLS, the store and the pools need a restart.
-pub fn reload_access(access: &access::AccessHandle, config: &Config) {
-    access.replace(config.access());
-    let tokens = access.token_count();
-    if config.api_is_open() {
-        tracing::warn!("reloaded api_tokens: none, the API is open");
-    } else {
-        tracing::info!(tokens, "reloaded api_tokens");
-    }
 }
 
 /// Binds both listeners, serves metrics, opens the store, builds the cloud,

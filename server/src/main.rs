@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use warmpool_server::config::{CloudConfig, Config};
 
 /// Keeps pools of warm MySQL VMs and hands them out over gRPC.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(name = "warmpoold", version)]
 struct Args {
     /// TOML config file; without one, warmpoold runs the embedded demo cloud.
@@ -27,7 +27,7 @@ struct Args {
     command: Option<Command>,
 }
 
-#[derive(clap::Subcommand, Debug)]
+#[derive(clap::Subcommand, Debug, Clone)]
 enum Command {
     /// Check that the configured OpenStack is usable: credentials, the pools'
     /// flavors, the image(s), the management networks, the pools' zones in
@@ -45,7 +45,7 @@ enum Command {
     Store(StoreCommand),
 }
 
-#[derive(clap::Subcommand, Debug)]
+#[derive(clap::Subcommand, Debug, Clone)]
 enum StoreCommand {
     /// List every record this version cannot read, and those set aside;
     /// exits 1 if any cannot be read.
@@ -89,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     }
-    .overridden(args.listen, args.metrics_listen, args.data_dir)?;
+    .overridden(args.listen, args.metrics_listen, args.data_dir.clone())?;
     if let Some(Command::Store(command)) = &args.command {
         std::process::exit(store_command(command, &config.data_dir)?);
     }
@@ -107,31 +107,36 @@ async fn main() -> anyhow::Result<()> {
         Err(e) => return Err(e),
     };
     #[cfg(unix)]
-    reload_on_sighup(hangups, args.config.clone(), running.access.clone());
+    reload_on_sighup(hangups, args.clone(), running.access.clone());
     running.served.await.context("server task")??;
     Ok(())
 }
 
-/// On SIGHUP, reads the config file again and takes its `[[api_tokens]]`;
-/// a file that does not load changes nothing (the error is logged). The
-/// task lives as long as the process.
+/// On SIGHUP, reads the config file again (with the command line's
+/// overrides, as at start) and takes its `[[api_tokens]]`; a file that does
+/// not load, or that would open the API, changes nothing (the error is
+/// logged). The task lives as long as the process.
 #[cfg(unix)]
 fn reload_on_sighup(
     mut hangups: tokio::signal::unix::Signal,
-    path: Option<PathBuf>,
+    args: Args,
     access: warmpool_server::access::AccessHandle,
 ) {
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            let Some(path) = &path else {
+            let Some(path) = &args.config else {
                 tracing::warn!("SIGHUP: no config file to read again (started without --config)");
                 continue;
             };
-            match Config::load(path) {
-                Ok(config) => warmpool_server::reload_access(&access, &config),
-                Err(e) => {
-                    tracing::error!(error = %e, "SIGHUP: the config file does not load; api_tokens unchanged")
-                }
+            let reloaded = Config::load(path)
+                .and_then(|config| {
+                    config.overridden(args.listen, args.metrics_listen, args.data_dir.clone())
+                })
+                .map_err(anyhow::Error::from)
+                .and_then(|config| Ok(access.reload(config.access())?));
+            match reloaded {
+                Ok(tokens) => tracing::info!(tokens, "SIGHUP: reloaded api_tokens"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: api_tokens unchanged"),
             }
         }
     });

@@ -388,6 +388,7 @@ async fn sighup_reads_the_api_tokens_again() {
     let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
         .arg("--config")
         .arg(&config_file)
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .env_remove("WARMPOOL_CONFIG")
@@ -434,6 +435,18 @@ async fn sighup_reads_the_api_tokens_again() {
     assert!(
         refused.contains("sha256 must be 64 hex digits"),
         "{refused}"
+    );
+    assert_eq!(pools("new-token").await.unwrap(), 1);
+
+    // A file without tokens (emptied by mistake, half written) does not
+    // open the API.
+    std::fs::write(&config_file, &base).unwrap();
+    hangup();
+    let refused = log_line(&mut log, "api_tokens unchanged").await;
+    assert!(refused.contains("does not open the API"), "{refused}");
+    expect_code(
+        client.list_pools().await.map(|p| p.len()),
+        Code::Unauthenticated,
     );
     assert_eq!(pools("new-token").await.unwrap(), 1);
 
