@@ -208,8 +208,11 @@ impl WarmPool for WarmPoolService {
         request: Request<api::WatchPoolsRequest>,
     ) -> Reply<Self::WatchPoolsStream> {
         self.authorize(&request, Method::WatchPools)?;
+        // A watch lasts: it is checked again as it goes, so that a token
+        // a reload revoked stops receiving.
+        let still_allowed = recheck(self.access.clone(), &request, Method::WatchPools);
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
-        Watcher::spawn(&self.manager, self.stopping.clone(), tx);
+        Watcher::spawn(&self.manager, self.stopping.clone(), still_allowed, tx);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -228,11 +231,33 @@ struct Watcher {
     changes: ChangeCursor,
     events: broadcast::Receiver<Event>,
     stopping: watch::Receiver<bool>,
+    /// Whether the caller's token still allows the watch.
+    still_allowed: StillAllowed,
     /// The last pool message sent per pool: only changes go out, and a pool
     /// that disappears gets a last message with its last known state.
     sent: HashMap<PoolKey, api::Pool>,
     tx: mpsc::Sender<Result<api::PoolStatus, Status>>,
 }
+
+/// Checks the caller of `request` for `method` against the tokens in force
+/// each time it is called.
+// tonic::Status is large by design and this runs once a second.
+#[allow(clippy::result_large_err)]
+fn recheck<T>(access: AccessHandle, request: &Request<T>, method: Method) -> StillAllowed {
+    let authorization = request.metadata().get("authorization").cloned();
+    Box::new(move || {
+        let mut again = Request::new(());
+        if let Some(value) = &authorization {
+            again.metadata_mut().insert("authorization", value.clone());
+        }
+        access.current().check(&again, method).map(drop)
+    })
+}
+
+/// Checks a watch's caller again; the refusal ends the watch.
+// tonic::Status is large by design and this runs once a second.
+#[allow(clippy::result_large_err)]
+type StillAllowed = Box<dyn Fn() -> Result<(), Status> + Send + Sync>;
 
 /// The watcher went away, or the manager did: stop.
 struct Stop;
@@ -241,6 +266,7 @@ impl Watcher {
     fn spawn(
         manager: &PoolManager,
         stopping: watch::Receiver<bool>,
+        still_allowed: StillAllowed,
         tx: mpsc::Sender<Result<api::PoolStatus, Status>>,
     ) -> tokio::task::JoinHandle<()> {
         // Subscribed before the first listing, so nothing that happens after
@@ -250,6 +276,7 @@ impl Watcher {
             events: manager.events(),
             manager: manager.clone(),
             stopping,
+            still_allowed,
             sent: HashMap::new(),
             tx,
         };
@@ -260,6 +287,10 @@ impl Watcher {
 
     async fn serve(&mut self) -> Result<(), Stop> {
         loop {
+            if let Err(refused) = (self.still_allowed)() {
+                let _ = self.send_item(Err(refused)).await;
+                return Err(Stop);
+            }
             self.refresh().await?;
             let next_refresh = tokio::time::Instant::now() + WATCH_REFRESH;
             // Events may come in bursts: handle them all before re-listing,
@@ -444,7 +475,12 @@ mod tests {
         let (stop, stopping) = watch::channel(false);
         // Room for one message: the second pool's waits for a reader.
         let (tx, _unread) = mpsc::channel(1);
-        let watcher = Watcher::spawn(&manager, stopping, tx);
+        let open = recheck(
+            AccessHandle::default(),
+            &Request::new(()),
+            Method::WatchPools,
+        );
+        let watcher = Watcher::spawn(&manager, stopping, open, tx);
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(!watcher.is_finished(), "the watch ended before shutdown");
         stop.send(true).unwrap();

@@ -1948,6 +1948,34 @@ async fn api_tokens_let_each_role_call_its_methods_only() {
     assert_eq!(refused("Allocate", "permission_denied"), 1.0, "{metrics}");
     assert_eq!(refused("GetPool", "permission_denied"), 0.0, "{metrics}");
 
+    // A watch outlives no reload that revokes its token: it ends with
+    // UNAUTHENTICATED, while the calls of a token kept go on.
+    let mut watch = reader.watch_pools().await.unwrap();
+    next_status(&mut watch).await;
+    use warmpool_server::access::{Access, Caller, Role};
+    let only_ops = Access::with_tokens([(
+        token_sha256("run-token"),
+        Caller {
+            name: "ops".into(),
+            role: Role::Operator,
+        },
+    )]);
+    assert_eq!(d.running.access.reload(only_ops), Ok(1));
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match watch.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return e,
+                None => panic!("the watch ended without saying why"),
+            }
+        }
+    })
+    .await
+    .expect("the revoked token's watch ends");
+    assert_eq!(ended.code(), Some(Code::Unauthenticated), "{ended}");
+    expect_code(reader.list_pools().await, Code::Unauthenticated);
+    assert_eq!(ops.list_pools().await.unwrap().len(), 1);
+
     // Health stays open to load balancers.
     let channel = tonic::transport::Endpoint::from_shared(d.endpoint())
         .unwrap()
