@@ -511,8 +511,56 @@ impl PoolUpdateArgs {
     }
 }
 
+/// Refuses to send a bearer token in plaintext by default: an endpoint
+/// without a scheme means plaintext HTTP/2, which is fine on loopback but
+/// elsewhere is more likely a forgotten `https://` (the token would go out
+/// in the first request, before a TLS daemon could refuse it). An explicit
+/// `http://` says plaintext is meant.
+pub fn check_token_transport(endpoint: &str, has_token: bool) -> anyhow::Result<()> {
+    let endpoint = endpoint.trim();
+    if !has_token || endpoint.contains("://") {
+        return Ok(());
+    }
+    let uri: tonic::codegen::http::Uri = format!("http://{endpoint}")
+        .parse()
+        .with_context(|| format!("endpoint {endpoint} is not host:port"))?;
+    let host = uri.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        bail!(
+            "not sending a bearer token to {endpoint} in plaintext: write https://{endpoint} \
+             for a daemon with TLS, or http://{endpoint} to send it unencrypted on purpose"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_token_goes_in_plaintext_only_to_loopback_or_when_asked() {
+        for ok in [
+            ("db-pool:50051", false),
+            ("127.0.0.1:50051", true),
+            ("localhost:50051", true),
+            ("[::1]:50051", true),
+            ("http://db-pool:50051", true),
+            ("https://db-pool:50051", true),
+        ] {
+            assert!(check_token_transport(ok.0, ok.1).is_ok(), "{ok:?}");
+        }
+        for refused in ["db-pool:50051", "10.0.0.7:50051", "[fd00::7]:50051"] {
+            let err = check_token_transport(refused, true)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("https://{refused}")), "{err}");
+        }
+    }
     use super::*;
     use clap::CommandFactory;
 

@@ -74,6 +74,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let token = token
         .map(|token| warmpool_client::BearerToken::new(&token))
         .transpose()?;
+    cli::check_token_transport(&cli.endpoint, token.is_some())?;
     let read = |what: &str, path: &std::path::Path| {
         std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
     };

@@ -110,6 +110,9 @@ pub async fn start(
     )));
     tracing::info!(%metrics_addr, "warmpoold serving Prometheus metrics at http://{metrics_addr}/metrics");
     let access = access::AccessHandle::new(config.access());
+    if !config.api_tokens.is_empty() && config.tls.is_none() && !grpc_addr.ip().is_loopback() {
+        tracing::warn!(%grpc_addr, "bearer tokens reach {grpc_addr} in plaintext: configure [tls], or keep the network private");
+    }
     if config.api_is_open() && !grpc_addr.ip().is_loopback() {
         tracing::warn!(%grpc_addr, "the gRPC API is open to anyone who reaches {grpc_addr}: configure [[api_tokens]] or client certificates ([tls] client_ca_file)");
     }
