@@ -178,10 +178,10 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 /// tonic only understands the latter.
 pub fn normalize_endpoint(endpoint: &str) -> String {
     let endpoint = endpoint.trim();
-    if endpoint.contains("://") {
-        endpoint.to_owned()
-    } else {
-        format!("http://{endpoint}")
+    match endpoint.split_once("://") {
+        // A scheme is case-insensitive; TLS is chosen by comparing it.
+        Some((scheme, rest)) => format!("{}://{rest}", scheme.to_ascii_lowercase()),
+        None => format!("http://{endpoint}"),
     }
 }
 
@@ -510,6 +510,7 @@ mod tests {
     fn endpoint_with_scheme_is_kept() {
         assert_eq!(normalize_endpoint("http://h:1"), "http://h:1");
         assert_eq!(normalize_endpoint("https://h:1"), "https://h:1");
+        assert_eq!(normalize_endpoint("HTTPS://H:1"), "https://H:1");
     }
 
     #[test]

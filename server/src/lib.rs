@@ -59,7 +59,13 @@ pub async fn start(
     if let Some(tls) = &config.tls {
         server = server
             .tls_config(tls::server_tls(tls)?)
-            .context("tls: the certificate and key do not make a TLS identity")?;
+            .with_context(|| {
+                format!(
+                    "tls: cert_file {} and key_file {} do not make a TLS identity (a key of another certificate?)",
+                    tls.cert_file.display(),
+                    tls.key_file.display()
+                )
+            })?;
     }
     // Listeners first: a taken port fails start-up before anything boots,
     // and the start-up reconcile is already observable in the metrics.

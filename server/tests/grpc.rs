@@ -2121,6 +2121,11 @@ async fn tls_serves_clients_that_trust_the_daemon_and_mutual_tls_checks_them() {
             &server.cert_file,
             "holds no PEM private key",
         ),
+        (
+            &server.cert_file,
+            &ops.key_file,
+            "do not make a TLS identity",
+        ),
     ] {
         let text = plain.clone() + &format!("\n[tls]\ncert_file = {cert:?}\nkey_file = {key:?}\n");
         let err = format!(
