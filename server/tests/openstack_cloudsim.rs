@@ -1537,3 +1537,54 @@ async fn stop_daemon(running: warmpool_server::Running, stop: tokio::sync::onesh
     served.await.unwrap().unwrap();
     drop(manager);
 }
+
+/// A 404 whose body is not an OpenStack error (a proxy or load balancer in
+/// front of Neutron or Cinder, a backend missing mid-upgrade) says nothing
+/// about the port or volume: deleting it fails, to be tried again, instead
+/// of "already gone", which would let warmpool forget what still exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_404_on_delete_is_not_a_deleted_port_or_volume() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let network = cloud.network("tenant-net").await.unwrap();
+    let port = cloud
+        .create_port(&NewPortSpec {
+            name: "warmpool-o1".into(),
+            network_id: network.id.clone(),
+            subnet_id: None,
+            fixed_ip: None,
+            project_id: "tenant".into(),
+        })
+        .await
+        .unwrap();
+    let volume = cloud
+        .create_volume(&volume_spec("warmpool-o1", 1))
+        .await
+        .unwrap();
+
+    env.face.faults().not_found_next(Service::Network, 1);
+    let err = cloud.delete_port(&port.id).await.unwrap_err();
+    assert!(matches!(err, CloudError::Transient(_)), "{err:?}");
+    cloud
+        .get_port(&port.id)
+        .await
+        .expect("the port still exists");
+    env.face.faults().not_found_next(Service::Volume, 1);
+    let err = cloud.get_volume(&volume.id).await.unwrap_err();
+    assert!(matches!(err, CloudError::Transient(_)), "{err:?}");
+    env.face.faults().not_found_next(Service::Volume, 1);
+    let err = cloud.delete_volume(&volume.id).await.unwrap_err();
+    assert!(matches!(err, CloudError::Transient(_)), "{err:?}");
+    cloud
+        .get_volume(&volume.id)
+        .await
+        .expect("the volume still exists");
+
+    // The services' own 404s still mean gone.
+    cloud.delete_port(&port.id).await.unwrap();
+    cloud.delete_port(&port.id).await.unwrap();
+    assert!(matches!(
+        cloud.get_port(&port.id).await,
+        Err(CloudError::NotFound(_))
+    ));
+}

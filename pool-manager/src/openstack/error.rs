@@ -145,6 +145,13 @@ fn mentions_quota(message: &str) -> bool {
         || m.contains("maximum allowed limit")
 }
 
+fn is_json_object(body: &str) -> bool {
+    matches!(
+        serde_json::from_str::<serde_json::Value>(body),
+        Ok(serde_json::Value::Object(_))
+    )
+}
+
 /// Classifies a non-2xx answer. `what` names the call for the message
 /// ("POST /servers"). A 401 reaching this point came after a re-auth, so it
 /// is about the credentials, not an expired token.
@@ -169,6 +176,14 @@ pub fn classify(
         )),
         // Nova reports quota as 403 `forbidden` "Quota exceeded for cores: ...".
         403 if mentions_quota(&fault.message) => CloudError::QuotaExceeded(message),
+        // Nova, Cinder and Neutron say "not found" in a JSON fault. A 404
+        // page without one comes from something in front of them (a proxy
+        // routing nowhere, a backend missing mid-upgrade) and says nothing
+        // about the object: read as "gone", a delete would forget a port or
+        // volume that still exists. Glance's own 404s are HTML pages.
+        404 if service != Service::Image && !is_json_object(body) => CloudError::Transient(
+            format!("{message}, not from the service (no OpenStack error in the answer: a proxy or gateway?)"),
+        ),
         404 => CloudError::NotFound(message),
         409 if service == Service::Network && name == "OverQuota" => {
             CloudError::QuotaExceeded(message)
