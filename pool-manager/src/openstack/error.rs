@@ -191,8 +191,10 @@ pub fn classify(
         409 if mentions_quota(&fault.message) => CloudError::QuotaExceeded(message),
         409 => CloudError::Conflict(message),
         // Cinder's quota answer is a 413 `overLimit` with retryAfter "0"; only
-        // the message tells it from a rate limit. Older Nova did the same.
-        413 | 429 if mentions_quota(&fault.message) => CloudError::QuotaExceeded(message),
+        // the message tells it from a rate limit. Older Nova did the same. A
+        // 429 is a rate limit however a gateway words it ("Quota limit
+        // exceeded").
+        413 if mentions_quota(&fault.message) => CloudError::QuotaExceeded(message),
         413 | 429 => CloudError::Throttled {
             retry_after: parse_retry_after(retry_after_header).or(fault.retry_after),
             message,
@@ -209,10 +211,17 @@ pub fn classify(
         }
         // Unavailable, and saying until when (maintenance, an overloaded
         // proxy): waited out as asked, as a 429 is.
-        503 if parse_retry_after(retry_after_header).is_some() => CloudError::Throttled {
-            retry_after: parse_retry_after(retry_after_header),
-            message,
-        },
+        // A zero wait (or a date gone by) names none: the caller's growing
+        // backoff applies instead.
+        503 if parse_retry_after(retry_after_header).is_some_and(|d| !d.is_zero()) => {
+            CloudError::Throttled {
+                retry_after: parse_retry_after(retry_after_header),
+                message,
+            }
+        }
+        // Nova's notImplemented (a feature this cloud's driver lacks), an
+        // HTTP version refused: asking again changes nothing.
+        501 | 505 => CloudError::Fatal(message),
         s if s >= 500 => CloudError::Transient(message),
         _ => CloudError::Fatal(message),
     }
@@ -295,6 +304,46 @@ mod tests {
     /// A 503 that says when to come back (maintenance, an overloaded
     /// proxy) is waited out as asked, as a 429 is; without it, it is a
     /// transient failure retried on the caller's backoff.
+    /// A gateway's rate limit may word itself "quota" ("Quota limit
+    /// exceeded"), with a Retry-After: a 429 is a throttle whatever its
+    /// text (quota refusals come as 403 or 413).
+    #[test]
+    fn a_429_is_a_throttle_whatever_its_text() {
+        let e = classify(
+            Compute,
+            "GET /servers",
+            429,
+            Some("2"),
+            "Quota limit exceeded",
+        );
+        assert!(
+            matches!(e, CloudError::Throttled { retry_after: Some(d), .. } if d == Duration::from_secs(2)),
+            "{e:?}"
+        );
+    }
+
+    /// 501 (Nova's notImplemented: a feature this cloud's driver lacks) and
+    /// 505 do not change by asking again.
+    #[test]
+    fn not_implemented_is_fatal() {
+        let body = r#"{"notImplemented": {"code": 501, "message": "Network driver does not support this function."}}"#;
+        for status in [501, 505] {
+            let e = classify(Compute, "POST /servers/x/os-interface", status, None, body);
+            assert!(matches!(e, CloudError::Fatal(_)), "{status}: {e:?}");
+        }
+    }
+
+    /// A 503 with `Retry-After: 0` (or a date gone by) names no wait: it is
+    /// a transient failure on the caller's growing backoff, not a throttle
+    /// answered again ten times a second.
+    #[test]
+    fn a_503_with_a_zero_retry_after_is_transient() {
+        for value in ["0", "Thu, 01 Jan 1970 00:00:00 GMT"] {
+            let e = classify(Compute, "GET /servers", 503, Some(value), "");
+            assert!(matches!(e, CloudError::Transient(_)), "{value}: {e:?}");
+        }
+    }
+
     #[test]
     fn a_503_with_retry_after_is_waited_out() {
         match classify(Compute, "GET /servers", 503, Some("120"), "") {
