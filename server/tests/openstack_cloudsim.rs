@@ -1588,3 +1588,29 @@ async fn a_proxy_404_on_delete_is_not_a_deleted_port_or_volume() {
         Err(CloudError::NotFound(_))
     ));
 }
+
+/// A cloud that ignores the listing marker (every page the first) is caught
+/// at the first page that comes round again, not after a thousand requests
+/// piling up copies of the same page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_ignoring_the_marker_fails_the_listing_at_once() {
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            page_limit: Some(2),
+            ignore_marker: true,
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let cloud = env.driver().await;
+    for name in ["a", "b", "c"] {
+        cloud
+            .create_server(&spec(name, "db.small", "az1"))
+            .await
+            .unwrap();
+    }
+    let err = cloud.list_pool_servers().await.unwrap_err();
+    assert!(matches!(err, CloudError::Fatal(_)), "{err:?}");
+    assert!(err.to_string().contains("page came round again"), "{err}");
+}

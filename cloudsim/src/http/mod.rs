@@ -191,6 +191,9 @@ pub struct HttpSettings {
     /// `osapi_max_limit` and Neutron's `pagination_max_limit` cap it; a full
     /// page links the next. `None`: unlimited (Neutron's default).
     pub page_limit: Option<usize>,
+    /// A broken cloud (or a proxy dropping query strings) that ignores the
+    /// `marker` of a paged listing: every page is the first.
+    pub ignore_marker: bool,
     /// Custom properties every image carries; Glance shows them at the top
     /// level of the image, beside its own fields.
     pub image_properties: BTreeMap<String, String>,
@@ -229,6 +232,7 @@ impl Default for HttpSettings {
             public_host: None,
             shutdown_grace: Duration::from_secs(5),
             page_limit: None,
+            ignore_marker: false,
             image_properties: BTreeMap::new(),
             cinder_catalog_types: vec!["volumev3", "block-storage"],
             reclaim_instance_interval: Duration::ZERO,
@@ -843,10 +847,16 @@ pub(crate) fn parse_version(s: &str) -> Option<(u16, u16)> {
 pub(crate) fn page(
     items: Vec<serde_json::Value>,
     q: &[(String, String)],
-    page_limit: Option<usize>,
+    settings: &HttpSettings,
     url: &str,
 ) -> Result<(Vec<serde_json::Value>, Option<serde_json::Value>), String> {
-    let value = |key: &str| q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let page_limit = settings.page_limit;
+    let value = |key: &str| {
+        q.iter()
+            .filter(|(k, _)| !(settings.ignore_marker && k == "marker"))
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
     let asked = match value("limit") {
         None => None,
         Some(l) => Some(
@@ -920,12 +930,17 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect()
         };
+        let limited = |page_limit: Option<usize>| HttpSettings {
+            page_limit,
+            ..HttpSettings::default()
+        };
+        let (none, two) = (limited(None), limited(Some(2)));
         let ids = |page: &[serde_json::Value]| -> Vec<String> {
             page.iter()
                 .map(|i| i["id"].as_str().unwrap().to_owned())
                 .collect()
         };
-        let (all, next) = page(items.clone(), &[], None, "http://x/ports").unwrap();
+        let (all, next) = page(items.clone(), &[], &none, "http://x/ports").unwrap();
         assert_eq!(
             (ids(&all), next),
             (vec!["a".into(), "b".into(), "c".into()], None)
@@ -934,7 +949,7 @@ mod tests {
         let (first, next) = page(
             items.clone(),
             &q(&[("name", "p q")]),
-            Some(2),
+            &two,
             "http://x/ports",
         )
         .unwrap();
@@ -943,12 +958,18 @@ mod tests {
         assert_eq!(next[0]["rel"], "next");
         assert_eq!(next[0]["href"], "http://x/ports?name=p+q&limit=2&marker=b");
 
-        let (last, next) = page(items.clone(), &q(&[("marker", "b")]), Some(2), "u").unwrap();
+        let (last, next) = page(items.clone(), &q(&[("marker", "b")]), &two, "u").unwrap();
         assert_eq!((ids(&last), next), (vec!["c".into()], None));
-        let (one, _) = page(items.clone(), &q(&[("limit", "1")]), Some(2), "u").unwrap();
+        let (one, _) = page(items.clone(), &q(&[("limit", "1")]), &two, "u").unwrap();
         assert_eq!(ids(&one), ["a"]);
-        assert!(page(items.clone(), &q(&[("marker", "zz")]), None, "u").is_err());
-        assert!(page(items, &q(&[("limit", "-1")]), None, "u").is_err());
+        assert!(page(items.clone(), &q(&[("marker", "zz")]), &none, "u").is_err());
+        assert!(page(items.clone(), &q(&[("limit", "-1")]), &none, "u").is_err());
+        let broken = HttpSettings {
+            ignore_marker: true,
+            ..limited(Some(2))
+        };
+        let (again, _) = page(items, &q(&[("marker", "b")]), &broken, "u").unwrap();
+        assert_eq!(ids(&again), ["a", "b"], "a cloud ignoring the marker");
     }
 
     #[test]

@@ -398,7 +398,7 @@ async fn list_ports(State(state): State<Arc<FaceState>>, q: Q) -> Result<Json<Va
         .filter(|p| matches(p, &q))
         .collect();
     let url = format!("{}/v2.0/ports", state.url(N));
-    let (list, next) = super::page(list, &q, state.settings.page_limit, &url)
+    let (list, next) = super::page(list, &q, &state.settings, &url)
         .map_err(|m| ApiError::new(N, StatusCode::BAD_REQUEST, m))?;
     Ok(Json(match next {
         Some(links) => json!({"ports": list, "ports_links": links}),

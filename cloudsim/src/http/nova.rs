@@ -743,7 +743,7 @@ fn paged(
     path: &str,
 ) -> Result<Json<Value>, ApiError> {
     let url = format!("{}/{path}", state.url(super::Service::Compute));
-    let (servers, next) = super::page(servers, q, state.settings.page_limit, &url)
+    let (servers, next) = super::page(servers, q, &state.settings, &url)
         .map_err(|m| ApiError::new(C, StatusCode::BAD_REQUEST, m))?;
     Ok(Json(match next {
         Some(links) => json!({"servers": servers, "servers_links": links}),

@@ -98,6 +98,26 @@ fn endless_listing(what: &str) -> CloudError {
     ))
 }
 
+/// The markers a paged listing has followed. A cloud that ignores the
+/// marker (a proxy dropping the query string) answers a page it gave
+/// before: the listing fails there, rather than after [`MAX_PAGES`]
+/// requests piling up copies of one page.
+#[derive(Default)]
+struct Markers(std::collections::HashSet<String>);
+
+impl Markers {
+    /// `next`, the marker of the page after the one just read, unless the
+    /// listing has been there before.
+    fn follow(&mut self, what: &str, next: Option<String>) -> CloudResult<Option<String>> {
+        match next {
+            Some(marker) if !self.0.insert(marker.clone()) => Err(CloudError::Fatal(format!(
+                "{what}: a page came round again (marker {marker}): the cloud ignores the marker"
+            ))),
+            next => Ok(next),
+        }
+    }
+}
+
 /// Nova microversions warmpool can speak, lowest first. 2.52 (Pike): the
 /// pool tag goes with `POST /servers` (2.26 has tags, but Nova tags only a
 /// server no longer building, and a pool server untagged while it builds
@@ -551,6 +571,7 @@ impl OpenStackCloud {
     ) -> CloudResult<HashMap<String, Vec<String>>> {
         let mut by_device: HashMap<String, Vec<String>> = HashMap::new();
         let mut marker: Option<String> = None;
+        let mut followed = Markers::default();
         // Neutron pages at pagination_max_limit when one is set; follow `next`.
         for page_number in 0.. {
             if page_number == MAX_PAGES {
@@ -567,7 +588,8 @@ impl OpenStackCloud {
             }
             let page: neutron::PortsBody = self.fetch(call).await?;
             let has_next = nova::has_next(page.ports_links.as_deref());
-            marker = page.ports.last().map(|p| p.id.clone());
+            let last = page.ports.last().map(|p| p.id.clone());
+            marker = followed.follow("GET /v2.0/ports", last)?;
             for p in page.ports {
                 if let Some(d) = p.device_id.filter(|d| !d.is_empty()) {
                     by_device.entry(d).or_default().push(p.id);
@@ -827,6 +849,7 @@ impl Cloud for OpenStackCloud {
         let tag = &self.inner.settings.server_tag;
         let mut found = Vec::new();
         let mut marker: Option<String> = None;
+        let mut followed = Markers::default();
         // Nova pages at osapi_max_limit (1000 by default); follow `next`.
         for page_number in 0.. {
             if page_number == MAX_PAGES {
@@ -840,7 +863,8 @@ impl Cloud for OpenStackCloud {
             }
             let page: nova::ServersBody = self.fetch(call).await?;
             let has_next = nova::has_next(page.servers_links.as_deref());
-            marker = page.servers.last().map(|s| s.id.clone());
+            let last = page.servers.last().map(|s| s.id.clone());
+            marker = followed.follow("GET /servers/detail", last)?;
             found.extend(page.servers);
             if !has_next || marker.is_none() {
                 break;
