@@ -1614,3 +1614,32 @@ async fn a_cloud_ignoring_the_marker_fails_the_listing_at_once() {
     assert!(matches!(err, CloudError::Fatal(_)), "{err:?}");
     assert!(err.to_string().contains("page came round again"), "{err}");
 }
+
+/// A password changed in Keystone (warmpool's clouds.yaml not yet) makes
+/// every call fail; they must not each try the old password again, or a
+/// Keystone with lockout_failure_attempts locks the service user out, and
+/// keeps it locked after the operator mends clouds.yaml.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_login_is_not_tried_again_by_every_call() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    env.face.faults().change_password("pool", "rotated");
+    env.face.faults().revoke_all_tokens();
+    let before = env.face.faults().password_logins();
+    let calls = (0..20).map(|_| cloud.get_server(&server.id));
+    for answer in futures::future::join_all(calls).await {
+        let err = answer.unwrap_err();
+        assert!(matches!(err, CloudError::Fatal(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("cloud error: auth: Keystone rejected the password"),
+            "{err}"
+        );
+    }
+    let tried = env.face.faults().password_logins() - before;
+    assert!(tried <= 2, "{tried} password logins for 20 calls");
+}

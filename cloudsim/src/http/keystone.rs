@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 const S: Service = Service::Identity;
@@ -57,6 +58,14 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
 }
 
+fn lock_changed(state: &FaceState) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    // A few map operations: recover from poison.
+    state
+        .changed_passwords
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
 /// `POST /v3/auth/tokens`: password auth, optionally scoped to the project
 /// (by name and domain, or by id). Anything wrong with the credentials is
 /// Keystone's 401; a body that is not an auth request is its 400.
@@ -93,7 +102,16 @@ async fn issue(State(state): State<Arc<FaceState>>, body: Bytes) -> Result<Respo
         let by_id = user.get("id").and_then(Value::as_str) == Some(state.user_id(&u.name).as_str());
         by_name || by_id
     });
-    let Some(known) = known.filter(|u| u.password == password) else {
+    state
+        .password_logins
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let current_password = |name: &str, configured: &str| {
+        lock_changed(&state)
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| configured.to_owned())
+    };
+    let Some(known) = known.filter(|u| current_password(&u.name, &u.password) == password) else {
         return Err(unauthorized(&state));
     };
     let scope = req.get("auth").and_then(|a| a.get("scope"));

@@ -280,6 +280,10 @@ pub(crate) struct FaceState {
     /// Set at shutdown: requests still in a handler (e.g. hung by
     /// `Faults::hang_after_calls`) are answered 503 so connections close.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Passwords changed since start (`HttpFaults::change_password`), by user.
+    pub(crate) changed_passwords: Mutex<HashMap<String, String>>,
+    /// Password logins asked for, granted or not.
+    pub(crate) password_logins: AtomicU32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -428,6 +432,17 @@ impl HttpFaults {
     /// Revokes every token issued so far: they all get 401 from now on.
     pub fn revoke_all_tokens(&self) {
         lock(&self.state.tokens).clear();
+    }
+
+    /// `user`'s password is `password` from now on (an operator rotated it
+    /// in Keystone); logins with the old one get 401.
+    pub fn change_password(&self, user: &str, password: &str) {
+        lock(&self.state.changed_passwords).insert(user.to_owned(), password.to_owned());
+    }
+
+    /// How many password logins Keystone was asked for, granted or not.
+    pub fn password_logins(&self) -> u32 {
+        self.state.password_logins.load(Ordering::SeqCst)
     }
 
     /// Clears every HTTP fault (tokens stay as they are).
@@ -580,6 +595,8 @@ impl HttpFace {
             next_address: AtomicU32::new(rand::random::<u16>().into()),
             image_revisions: Mutex::default(),
             stopping: tokio::sync::watch::channel(false).0,
+            changed_passwords: Mutex::new(HashMap::new()),
+            password_logins: AtomicU32::new(0),
         });
         let app = router(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();

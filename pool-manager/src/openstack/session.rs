@@ -96,13 +96,20 @@ impl osauth::services::ServiceType for VolumeV3 {
     }
 }
 
+/// How long a failed re-login is answered from memory before the password
+/// is tried again.
+pub const RELOGIN_PAUSE: Duration = Duration::from_secs(30);
+
 /// The session holder: the current `Session`, the config to rebuild it
 /// from, and a generation so concurrent 401s cause a single re-login.
 pub struct Connection {
     config: CloudConfig,
     timeout: Duration,
     current: Mutex<(u64, Session)>,
-    relogin: tokio::sync::Mutex<()>,
+    /// Held while logging in again; holds the last re-login Keystone
+    /// refused (when, and its error), answered to the callers that come
+    /// before [`RELOGIN_PAUSE`] has passed.
+    relogin: tokio::sync::Mutex<Option<(tokio::time::Instant, CloudError)>>,
     generation: AtomicU64,
     /// Who warmpool logs in as, for messages ("user pool in project service").
     identity: String,
@@ -114,12 +121,14 @@ impl Connection {
     /// Logs in (one token request), bounded by `timeout`.
     pub async fn connect(config: CloudConfig, timeout: Duration) -> CloudResult<Arc<Self>> {
         let identity = identity_of(&config);
-        let session = login(&config, timeout, &identity).await?;
+        let session = login(&config, timeout, &identity)
+            .await
+            .map_err(|failed| failed.error)?;
         Ok(Arc::new(Self {
             config,
             timeout,
             current: Mutex::new((0, session)),
-            relogin: tokio::sync::Mutex::new(()),
+            relogin: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
             identity,
             cinder_as_volumev3: AtomicBool::new(false),
@@ -139,15 +148,39 @@ impl Connection {
     /// Replaces the session by a fresh login unless another caller already
     /// did since `seen_generation`.
     async fn relogin(&self, seen_generation: u64) -> CloudResult<()> {
-        let _one_at_a_time = self.relogin.lock().await;
+        let mut last_failure = self.relogin.lock().await;
         if self.generation.load(Ordering::SeqCst) != seen_generation {
             return Ok(());
         }
+        // Every call failing with 401 must not try the password again: a
+        // Keystone with lockout_failure_attempts would lock the user out.
+        if let Some((at, error)) = last_failure.as_ref() {
+            if at.elapsed() < RELOGIN_PAUSE {
+                return Err(error.clone());
+            }
+        }
         tracing::info!(identity = %self.identity, "the cloud answered 401; logging in again");
-        let session = login(&self.config, self.timeout, &self.identity).await?;
-        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = (generation, session);
-        Ok(())
+        match login(&self.config, self.timeout, &self.identity).await {
+            Ok(session) => {
+                *last_failure = None;
+                let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+                *self.current.lock().unwrap_or_else(|p| p.into_inner()) = (generation, session);
+                Ok(())
+            }
+            // Keystone refused the credentials: the next callers hear it
+            // from memory. A login that failed otherwise (throttled, a
+            // proxy's page, a timeout) is tried again.
+            Err(LoginFailure {
+                error: CloudError::Fatal(message),
+                credentials_rejected: true,
+            }) => {
+                let error =
+                    CloudError::Fatal(format!("{message} (not tried again for {RELOGIN_PAUSE:?})"));
+                *last_failure = Some((tokio::time::Instant::now(), error.clone()));
+                Err(error)
+            }
+            Err(failed) => Err(failed.error),
+        }
     }
 
     /// The highest Nova microversion among `candidates` (`None`: none is
@@ -362,13 +395,35 @@ fn identity_of(config: &CloudConfig) -> String {
     }
 }
 
-async fn login(config: &CloudConfig, timeout: Duration, identity: &str) -> CloudResult<Session> {
-    match tokio::time::timeout(timeout, config.clone().create_session()).await {
-        Err(_) => Err(CloudError::Transient(format!(
-            "auth: Keystone did not answer within {timeout:?}"
-        ))),
-        Ok(Ok(session)) => Ok(session),
-        Ok(Err(e)) => Err(match e.kind() {
+/// Why a login failed, and whether Keystone refused the credentials (as
+/// opposed to not answering, throttling, or something in front of it).
+struct LoginFailure {
+    error: CloudError,
+    credentials_rejected: bool,
+}
+
+async fn login(
+    config: &CloudConfig,
+    timeout: Duration,
+    identity: &str,
+) -> Result<Session, LoginFailure> {
+    let e = match tokio::time::timeout(timeout, config.clone().create_session()).await {
+        Err(_) => {
+            return Err(LoginFailure {
+                error: CloudError::Transient(format!(
+                    "auth: Keystone did not answer within {timeout:?}"
+                )),
+                credentials_rejected: false,
+            })
+        }
+        Ok(Ok(session)) => return Ok(session),
+        Ok(Err(e)) => e,
+    };
+    let credentials_rejected = e.kind() == osauth::ErrorKind::AuthenticationFailed
+        && !matches!(osauth_status(&e), Some(413 | 429 | 500..));
+    Err(LoginFailure {
+        credentials_rejected,
+        error: match e.kind() {
             // osauth files a rate-limited (413/429) or failing (5xx) token
             // request under InvalidInput too; the status tells them apart.
             _ if matches!(osauth_status(&e), Some(413 | 429 | 500..)) => {
@@ -386,6 +441,6 @@ async fn login(config: &CloudConfig, timeout: Duration, identity: &str) -> Cloud
                 CloudError::Fatal(format!("auth: unusable cloud configuration: {e}"))
             }
             _ => classify_osauth("auth", &e),
-        }),
-    }
+        },
+    })
 }
