@@ -1643,3 +1643,27 @@ async fn a_failed_login_is_not_tried_again_by_every_call() {
     let tried = env.face.faults().password_logins() - before;
     assert!(tried <= 2, "{tried} password logins for 20 calls");
 }
+
+/// An endpoint that streams an answer without end is cut off at
+/// `MAX_ANSWER_BYTES` as a transient failure, instead of being held in
+/// memory for the whole request timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_answer_is_cut_off() {
+    use pool_manager::openstack::session::MAX_ANSWER_BYTES;
+    let env = env().await;
+    let cloud = env.driver().await;
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    env.face
+        .faults()
+        .oversized_next(Service::Compute, 1, MAX_ANSWER_BYTES + 1);
+    let err = cloud.get_server(&server.id).await.unwrap_err();
+    assert!(matches!(err, CloudError::Transient(_)), "{err:?}");
+    assert!(err.to_string().contains("longer than 64 MiB"), "{err}");
+    cloud
+        .get_server(&server.id)
+        .await
+        .expect("the next answer is read");
+}

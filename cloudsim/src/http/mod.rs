@@ -258,6 +258,8 @@ struct ServiceFaults {
     server_errors: u32,
     not_found: u32,
     garbage: u32,
+    /// Requests left to answer with an endless body, and its size.
+    oversized: (u32, usize),
     slow: Duration,
 }
 
@@ -412,6 +414,12 @@ impl HttpFaults {
     /// the first half of their JSON body (a truncated, unparsable answer).
     pub fn garbage_next(&self, service: Service, n: u32) {
         self.with(service, |f| f.garbage = n);
+    }
+
+    /// The next `n` requests to `service` get a 200 whose body is `bytes`
+    /// of padding (a misbehaving endpoint streaming without end); no effect.
+    pub fn oversized_next(&self, service: Service, n: u32, bytes: usize) {
+        self.with(service, |f| f.oversized = (n, bytes));
     }
 
     /// Every request to `service` first waits this long (tokio time);
@@ -674,7 +682,7 @@ async fn fault_layer(
     request: Request,
     next: Next,
 ) -> Response {
-    let (slow, throttle, proxy_error, garbage) = {
+    let (slow, throttle, proxy_error, oversized, garbage) = {
         let mut faults = lock(&state.faults);
         let f = faults.entry(service).or_default();
         let throttle = (f.throttle > 0).then(|| {
@@ -692,11 +700,16 @@ async fn fault_layer(
         } else {
             None
         };
+        let oversized =
+            (throttle.is_none() && proxy_error.is_none() && f.oversized.0 > 0).then(|| {
+                f.oversized.0 -= 1;
+                f.oversized.1
+            });
         let garbage = throttle.is_none() && proxy_error.is_none() && f.garbage > 0;
         if garbage {
             f.garbage -= 1;
         }
-        (f.slow, throttle, proxy_error, garbage)
+        (f.slow, throttle, proxy_error, oversized, garbage)
     };
     if !slow.is_zero() {
         tokio::time::sleep(slow).await;
@@ -712,6 +725,8 @@ async fn fault_layer(
         .into_response()
     } else if let Some((status, page)) = proxy_error {
         (status, [(header::CONTENT_TYPE, "text/html")], page).into_response()
+    } else if let Some(bytes) = oversized {
+        (StatusCode::OK, vec![b' '; bytes]).into_response()
     } else {
         let mut stopping = state.stopping.subscribe();
         let resp = tokio::select! {

@@ -96,6 +96,31 @@ impl osauth::services::ServiceType for VolumeV3 {
     }
 }
 
+/// The most of an answer warmpool reads: far above a page of a thousand
+/// servers' details, and a bound on what an endpoint streaming without end
+/// for the whole request timeout can make it hold.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// The body of `response`, up to [`MAX_ANSWER_BYTES`]; a longer one is a
+/// transient failure.
+async fn read_body(mut response: reqwest::Response, what: &str) -> CloudResult<String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| CloudError::Transient(format!("{what}: reading the answer: {e}")))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(CloudError::Transient(format!(
+                "{what}: the answer is longer than {} MiB",
+                MAX_ANSWER_BYTES >> 20
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
 /// How long a failed re-login is answered from memory before the password
 /// is tried again.
 pub const RELOGIN_PAUSE: Duration = Duration::from_secs(30);
@@ -290,10 +315,7 @@ impl Connection {
             let retry_after = header("retry-after");
             let cloud_id =
                 header("x-openstack-request-id").or_else(|| header("x-compute-request-id"));
-            let body = response
-                .text()
-                .await
-                .map_err(|e| CloudError::Transient(format!("{what}: reading the answer: {e}")))?;
+            let body = read_body(response, &what).await?;
             Ok::<_, CloudError>((
                 Reply {
                     status,
