@@ -301,9 +301,6 @@ mod tests {
         assert_eq!(parse_retry_after(Some("next tuesday")), None);
     }
 
-    /// A 503 that says when to come back (maintenance, an overloaded
-    /// proxy) is waited out as asked, as a 429 is; without it, it is a
-    /// transient failure retried on the caller's backoff.
     /// A gateway's rate limit may word itself "quota" ("Quota limit
     /// exceeded"), with a Retry-After: a 429 is a throttle whatever its
     /// text (quota refusals come as 403 or 413).
@@ -344,6 +341,9 @@ mod tests {
         }
     }
 
+    /// A 503 that says when to come back (maintenance, an overloaded
+    /// proxy) is waited out as asked, as a 429 is; without it, it is a
+    /// transient failure retried on the caller's backoff.
     #[test]
     fn a_503_with_retry_after_is_waited_out() {
         match classify(Compute, "GET /servers", 503, Some("120"), "") {
