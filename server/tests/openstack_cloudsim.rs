@@ -171,6 +171,17 @@ async fn volume_reaches(cloud: &OpenStackCloud, id: &str, status: VolumeStatus) 
     panic!("volume {id} never reached {status:?}");
 }
 
+/// A port of the tenant project on `network_id`, its address Neutron's choice.
+fn port_spec(name: &str, network_id: &str) -> NewPortSpec {
+    NewPortSpec {
+        name: name.into(),
+        network_id: network_id.into(),
+        subnet_id: None,
+        fixed_ip: None,
+        project_id: "tenant".into(),
+    }
+}
+
 fn volume_spec(name: &str, size_gib: u32) -> NewVolumeSpec {
     NewVolumeSpec {
         name: name.into(),
@@ -358,13 +369,7 @@ async fn volumes_and_ports_attach_and_detach_at_both_attach_microversions() {
 
         let network = cloud.network("tenant-net").await.unwrap();
         let port = cloud
-            .create_port(&NewPortSpec {
-                name: "warmpool-o1".into(),
-                network_id: network.id.clone(),
-                subnet_id: None,
-                fixed_ip: None,
-                project_id: "tenant".into(),
-            })
+            .create_port(&port_spec("warmpool-o1", &network.id))
             .await
             .unwrap();
         cloud.attach_port(&a.id, &port.id).await.unwrap();
@@ -454,13 +459,7 @@ async fn quotas_of_each_service_are_quota_exceeded() {
     assert!(matches!(e, CloudError::QuotaExceeded(_)), "{e:?}");
     // Neutron 409 OverQuota (the management port holds one of the two).
     let network = cloud.network("tenant-net").await.unwrap();
-    let port = |name: &str| NewPortSpec {
-        name: name.into(),
-        network_id: network.id.clone(),
-        subnet_id: None,
-        fixed_ip: None,
-        project_id: "tenant".into(),
-    };
+    let port = |name: &str| port_spec(name, &network.id);
     let mut last = Ok(());
     for i in 0..3 {
         last = cloud.create_port(&port(&format!("p{i}"))).await.map(drop);
@@ -635,14 +634,11 @@ async fn a_lost_volume_or_port_create_answer_is_adopted_not_duplicated() {
     // answered create's would.
     volume_reaches(&cloud, &volume.id, VolumeStatus::Available).await;
 
-    let port_spec = |name: &str, fixed_ip: Option<&str>| NewPortSpec {
-        name: name.into(),
-        network_id: network.id.clone(),
-        subnet_id: None,
+    let port_at = |name: &str, fixed_ip: Option<&str>| NewPortSpec {
         fixed_ip: fixed_ip.map(str::to_owned),
-        project_id: "tenant".into(),
+        ..port_spec(name, &network.id)
     };
-    let fixed = port_spec("warmpool-o1", Some("10.0.0.77"));
+    let fixed = port_at("warmpool-o1", Some("10.0.0.77"));
     faults.garbage_next(Service::Network, 1);
     let e = cloud.create_port(&fixed).await.unwrap_err();
     assert!(matches!(e, CloudError::Transient(_)), "{e:?}");
@@ -660,7 +656,7 @@ async fn a_lost_volume_or_port_create_answer_is_adopted_not_duplicated() {
             .unwrap();
         volume_reaches(&cloud, &twin.id, VolumeStatus::Available).await;
         cloud
-            .create_port(&port_spec("warmpool-o2", None))
+            .create_port(&port_at("warmpool-o2", None))
             .await
             .unwrap();
     }
@@ -689,12 +685,12 @@ async fn a_lost_volume_or_port_create_answer_is_adopted_not_duplicated() {
     assert_eq!(volumes_named("warmpool-o2"), [kept.id.as_str()]);
     faults.garbage_next(Service::Network, 1);
     cloud
-        .create_port(&port_spec("warmpool-o2", None))
+        .create_port(&port_at("warmpool-o2", None))
         .await
         .unwrap_err();
     assert_eq!(ports_named("warmpool-o2").len(), 3);
     let port = cloud
-        .create_port(&port_spec("warmpool-o2", None))
+        .create_port(&port_at("warmpool-o2", None))
         .await
         .unwrap();
     assert_eq!(ports_named("warmpool-o2"), [port.id.as_str()]);
@@ -702,7 +698,7 @@ async fn a_lost_volume_or_port_create_answer_is_adopted_not_duplicated() {
     // Once an answer arrived, a create of that name makes a new object: it
     // is the caller's to ask for one.
     let again = cloud
-        .create_port(&port_spec("warmpool-o2", None))
+        .create_port(&port_at("warmpool-o2", None))
         .await
         .unwrap();
     assert_ne!(again.id, port.id);
@@ -861,13 +857,7 @@ async fn paged_listings_are_followed_to_the_end() {
             .unwrap();
         settled(&cloud, &server.id).await;
         let port = cloud
-            .create_port(&NewPortSpec {
-                name: format!("warmpool-{name}"),
-                network_id: network.id.clone(),
-                subnet_id: None,
-                fixed_ip: None,
-                project_id: "tenant".into(),
-            })
+            .create_port(&port_spec(&format!("warmpool-{name}"), &network.id))
             .await
             .unwrap();
         cloud.attach_port(&server.id, &port.id).await.unwrap();
@@ -1548,13 +1538,7 @@ async fn a_proxy_404_on_delete_is_not_a_deleted_port_or_volume() {
     let cloud = env.driver().await;
     let network = cloud.network("tenant-net").await.unwrap();
     let port = cloud
-        .create_port(&NewPortSpec {
-            name: "warmpool-o1".into(),
-            network_id: network.id.clone(),
-            subnet_id: None,
-            fixed_ip: None,
-            project_id: "tenant".into(),
-        })
+        .create_port(&port_spec("warmpool-o1", &network.id))
         .await
         .unwrap();
     let volume = cloud
