@@ -39,6 +39,9 @@ pub struct Fault {
     pub message: String,
     /// Nova/Cinder `retryAfter` in the body (a string of seconds).
     pub retry_after: Option<Duration>,
+    /// The body is a JSON object, as every Nova, Cinder and Neutron error
+    /// is; a proxy's page is not.
+    pub from_service: bool,
 }
 
 /// Reads a fault body of any of the shapes OpenStack services send:
@@ -47,14 +50,15 @@ pub struct Fault {
 /// `{"error": {"code", "title", "message"}}` (Keystone middleware's 401) or
 /// plain text. Never fails: an unreadable body becomes the message.
 pub fn parse_fault(body: &str) -> Fault {
-    let text = || Fault {
+    let text = |from_service| Fault {
         name: None,
         message: truncate(body.trim(), 300),
         retry_after: None,
+        from_service,
     };
     let Ok(serde_json::Value::Object(root)) = serde_json::from_str::<serde_json::Value>(body)
     else {
-        return text();
+        return text(false);
     };
     // Neutron's flat form `{"type":..,"message":..}` and any other object
     // with a top-level message.
@@ -63,10 +67,11 @@ pub fn parse_fault(body: &str) -> Fault {
             name: root.get("type").and_then(|t| t.as_str()).map(str::to_owned),
             message: message.to_owned(),
             retry_after: None,
+            from_service: true,
         };
     }
     let Some((key, inner)) = root.iter().find(|(_, v)| v.is_object()) else {
-        return text();
+        return text(true);
     };
     let message = inner
         .get("message")
@@ -99,6 +104,7 @@ pub fn parse_fault(body: &str) -> Fault {
         name,
         message,
         retry_after,
+        from_service: true,
     }
 }
 
@@ -145,13 +151,6 @@ fn mentions_quota(message: &str) -> bool {
         || m.contains("maximum allowed limit")
 }
 
-fn is_json_object(body: &str) -> bool {
-    matches!(
-        serde_json::from_str::<serde_json::Value>(body),
-        Ok(serde_json::Value::Object(_))
-    )
-}
-
 /// Classifies a non-2xx answer. `what` names the call for the message
 /// ("POST /servers"). A 401 reaching this point came after a re-auth, so it
 /// is about the credentials, not an expired token.
@@ -181,7 +180,7 @@ pub fn classify(
         // routing nowhere, a backend missing mid-upgrade) and says nothing
         // about the object: read as "gone", a delete would forget a port or
         // volume that still exists. Glance's own 404s are HTML pages.
-        404 if service != Service::Image && !is_json_object(body) => CloudError::Transient(
+        404 if service != Service::Image && !fault.from_service => CloudError::Transient(
             format!("{message}, not from the service (no OpenStack error in the answer: a proxy or gateway?)"),
         ),
         404 => CloudError::NotFound(message),
