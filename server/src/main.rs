@@ -85,11 +85,7 @@ async fn main() -> anyhow::Result<()> {
         };
         std::process::exit(check_cloud(&config).await);
     }
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    }
-    .overridden(args.listen, args.metrics_listen, args.data_dir.clone())?;
+    let config = daemon_config(&args)?;
     if let Some(Command::Store(command)) = &args.command {
         std::process::exit(store_command(command, &config.data_dir)?);
     }
@@ -112,6 +108,16 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The daemon's config: the file (or the embedded demo's defaults) with
+/// the command line's overrides; read at start and again on SIGHUP.
+fn daemon_config(args: &Args) -> Result<Config, warmpool_server::config::ConfigError> {
+    match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    }
+    .overridden(args.listen, args.metrics_listen, args.data_dir.clone())
+}
+
 /// On SIGHUP, reads the config file again (with the command line's
 /// overrides, as at start) and takes its `[[api_tokens]]`; a file that does
 /// not load, or that would open the API, changes nothing (the error is
@@ -124,14 +130,11 @@ fn reload_on_sighup(
 ) {
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            let Some(path) = &args.config else {
+            if args.config.is_none() {
                 tracing::warn!("SIGHUP: no config file to read again (started without --config)");
                 continue;
-            };
-            let reloaded = Config::load(path)
-                .and_then(|config| {
-                    config.overridden(args.listen, args.metrics_listen, args.data_dir.clone())
-                })
+            }
+            let reloaded = daemon_config(&args)
                 .map_err(anyhow::Error::from)
                 .and_then(|config| Ok(access.reload(config.access())?));
             match reloaded {
