@@ -1579,25 +1579,6 @@ async fn a_create_pool_that_cannot_be_flushed_leaves_no_pool_or_a_served_one() {
     }
 }
 
-/// The flush after a pool record is deleted fails once.
-#[derive(Default)]
-struct FailFlushAfterDeletingAPool {
-    armed: AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl StoreHooks for FailFlushAfterDeletingAPool {
-    fn after_delete_pool(&self) {
-        self.armed.store(true, Ordering::SeqCst);
-    }
-    async fn before_flush(&self) -> StoreResult<()> {
-        match self.armed.swap(false, Ordering::SeqCst) {
-            true => Err(disk_error()),
-            false => Ok(()),
-        }
-    }
-}
-
 /// A drain whose last flush fails has deleted the pool all the same: its
 /// replenisher ends. It went on looping, and took a pool created again
 /// under the same key for its own: two replenishers, each booting the
@@ -1606,7 +1587,7 @@ impl StoreHooks for FailFlushAfterDeletingAPool {
 async fn a_drain_whose_last_flush_fails_leaves_no_second_replenisher() {
     let sim = sim();
     let cloud = GatedCloud::new(&sim);
-    let store = HookedStore::new(FailFlushAfterDeletingAPool::default());
+    let store = HookedStore::new(FailFlushAfter::new(FlushTrigger::PoolDeleted));
     let manager = pool_manager::PoolManager::new(
         store.clone(),
         cloud.clone(),
@@ -1620,6 +1601,10 @@ async fn a_drain_whose_last_flush_fails_leaves_no_second_replenisher() {
     while manager.get_pool(&pool()).await.is_ok() {
         changes.changed().await;
     }
+    assert!(
+        store.hooks.fired.load(Ordering::SeqCst),
+        "the pool was not deleted"
+    );
     assert!(!store.hooks.armed.load(Ordering::SeqCst), "no flush failed");
 
     // Every replenisher of the pool stops at its quota look, after it
@@ -2439,6 +2424,8 @@ enum FlushTrigger {
     AllocationTo(AllocationState),
     /// A new instance's record.
     NewInstance,
+    /// A pool record's deletion (a drain's end).
+    PoolDeleted,
 }
 
 /// Fails the one flush that follows the first write its trigger names.
@@ -2477,6 +2464,11 @@ impl StoreHooks for FailFlushAfter {
             self.saw(FlushTrigger::NewInstance);
         }
         Ok(())
+    }
+    fn written(&self, write: Write) {
+        if matches!(write, Write::PoolDeleted(_)) {
+            self.saw(FlushTrigger::PoolDeleted);
+        }
     }
     async fn before_flush(&self) -> StoreResult<()> {
         match self.armed.swap(false, Ordering::SeqCst) {

@@ -522,8 +522,6 @@ pub trait StoreHooks: Send + Sync + 'static {
     fn before_delete_pool(&self) -> StoreResult<()> {
         Ok(())
     }
-    /// After a pool record was deleted.
-    fn after_delete_pool(&self) {}
     /// After a write took effect, with what it wrote.
     fn written(&self, _write: Write) {}
 }
@@ -674,7 +672,6 @@ impl<H: StoreHooks> Store for HookedStore<H> {
         self.hooks.before_delete_pool()?;
         self.inner.delete_pool(key).await?;
         self.hooks.written(Write::PoolDeleted(key.clone()));
-        self.hooks.after_delete_pool();
         Ok(())
     }
     async fn get_learned_sizing(&self, key: &PoolKey) -> StoreResult<Option<LearnedSizing>> {
