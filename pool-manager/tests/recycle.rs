@@ -139,7 +139,6 @@ async fn a_purchase_still_gets_an_expired_instance_that_was_not_yet_replaced() {
 #[tokio::test(start_paused = true)]
 async fn a_refused_retirement_does_not_stop_the_replenisher() {
     use std::sync::atomic::Ordering;
-    use std::sync::Arc;
     let sim = sim();
     let (cloud, refusing) = GatedCloud::refusing(
         &sim,
@@ -147,15 +146,7 @@ async fn a_refused_retirement_does_not_stop_the_replenisher() {
         pool_manager::cloud::CloudError::Fatal("server is locked".into()),
         false,
     );
-    let manager = pool_manager::PoolManager::new(
-        temp_store(),
-        cloud.clone(),
-        Arc::new(sim.probe()),
-        settings(),
-    );
-    manager.start().await.unwrap();
-    manager.create_pool(pool(), spec(4)).await.unwrap();
-    wait_ready(&manager, 4).await;
+    let manager = started_over(&cloud, temp_store(), 4).await;
 
     refusing.store(true, Ordering::SeqCst);
     manager

@@ -1627,15 +1627,7 @@ async fn a_429_before_the_create_is_no_build_time_to_the_gate() {
             message: "Rate limit exceeded".into(),
         })
     });
-    let manager = PoolManager::new(
-        temp_store(),
-        cloud.clone(),
-        Arc::new(sim.probe()),
-        settings(),
-    );
-    manager.start().await.unwrap();
-    manager.create_pool(pool(), spec(1)).await.unwrap();
-    wait_ready(&manager, 1).await;
+    let manager = started_over(&cloud, temp_store(), 1).await;
     let gate = manager.get_pool(&pool()).await.unwrap().sizing.gate;
     assert_eq!(gate.throttled, 1, "{gate:?}");
     let build = gate.baseline.expect("the build was observed");

@@ -473,9 +473,9 @@ mod gated {
     }
 }
 
-/// A started manager over `cloud` (cloudsim behind a gate) with one paused
-/// pool of `n` Ready instances: nothing boots behind the test's back.
-pub async fn started_paused(cloud: &Arc<GatedCloud>, store: Arc<dyn Store>, n: u32) -> PoolManager {
+/// A started manager over `cloud` (cloudsim behind a gate) with one pool
+/// of `n` Ready instances.
+pub async fn started_over(cloud: &Arc<GatedCloud>, store: Arc<dyn Store>, n: u32) -> PoolManager {
     let manager = PoolManager::new(
         store,
         cloud.clone(),
@@ -485,6 +485,13 @@ pub async fn started_paused(cloud: &Arc<GatedCloud>, store: Arc<dyn Store>, n: u
     manager.start().await.unwrap();
     manager.create_pool(pool(), spec(n)).await.unwrap();
     wait_ready(&manager, n).await;
+    manager
+}
+
+/// [`started_over`], the pool then paused: nothing boots behind the
+/// test's back.
+pub async fn started_paused(cloud: &Arc<GatedCloud>, store: Arc<dyn Store>, n: u32) -> PoolManager {
+    let manager = started_over(cloud, store, n).await;
     manager
         .update_pool(&pool(), |s| s.paused = true)
         .await
