@@ -203,6 +203,7 @@ mod tests {
             last_error: None,
             request_id: state.is_tenant_touched().then(|| format!("r{id}")),
             mysql_addr: None,
+            image: None,
         }
     }
 

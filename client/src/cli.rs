@@ -174,8 +174,9 @@ pub struct PoolUpdateArgs {
     /// fixed number; 0 means min-ready.
     #[arg(long, value_name = "auto|N", value_parser = parse_target)]
     pub target: Option<TargetArg>,
-    /// Image for servers booted from now on (warmpoold's `cloud.image`, when
-    /// set, boots every pool instead).
+    /// Image for servers booted from now on; Ready instances of the old one
+    /// are replaced, each retired once a new one is Ready (warmpoold's
+    /// `cloud.image`, when set, boots every pool instead).
     #[arg(long)]
     pub image: Option<String>,
     /// Give up on a server that is not Ready after this long.

@@ -484,6 +484,7 @@ pub struct InstanceView<'a> {
     attempts: u32,
     last_error: &'a str,
     request_id: &'a str,
+    image: &'a str,
 }
 
 impl<'a> From<&'a api::Instance> for InstanceView<'a> {
@@ -499,6 +500,7 @@ impl<'a> From<&'a api::Instance> for InstanceView<'a> {
             attempts: i.attempts,
             last_error: &i.last_error,
             request_id: &i.request_id,
+            image: &i.image,
         }
     }
 }

@@ -293,7 +293,7 @@ async fn pools_allocate_get_release() {
     assert_eq!(rows.len(), 2, "{instances}");
     assert!(
         rows.iter()
-            .all(|r| r["STATE"] == "READY" && r["SERVER"] != "-"),
+            .all(|r| r["STATE"] == "READY" && r["SERVER"] != "-" && r["IMAGE"] == "mysql-8.0"),
         "{instances}"
     );
 

@@ -397,6 +397,12 @@ pub struct Instance {
     pub request_id: Option<String>,
     /// Where mysqld listens on the management network, once known.
     pub mysql_addr: Option<SocketAddr>,
+    /// The pool's `image` when the instance was recorded, which its server
+    /// boots from: a pool whose image changed replaces its Ready instances
+    /// of the old one. `None` in records stored before instances kept it,
+    /// which are judged by age alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 impl Instance {
@@ -592,10 +598,10 @@ impl Allocation {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn spec() -> PoolSpec {
+    pub(crate) fn spec() -> PoolSpec {
         PoolSpec {
             min_ready: 1,
             max_ready: 2,
@@ -640,6 +646,29 @@ mod tests {
         let old: Allocation = serde_json::from_value(stored).unwrap();
         assert_eq!(old.attempt, None);
         assert_eq!(old.resource_name(), "warmpool-order-7");
+    }
+
+    /// A record stored before instances kept their image reads as one
+    /// whose image is unknown, and one that has it writes it.
+    #[test]
+    fn instance_records_without_an_image_still_read() {
+        let stored = serde_json::json!({
+            "id": "i1",
+            "pool": {"flavor": "db.small", "availability_zone": "az1"},
+            "server_id": "s1",
+            "state": "Ready",
+            "created_at": {"secs_since_epoch": 1, "nanos_since_epoch": 0},
+            "ready_at": {"secs_since_epoch": 2, "nanos_since_epoch": 0},
+            "attempts": 1,
+            "last_error": null,
+            "request_id": null,
+            "mysql_addr": null
+        });
+        let mut old: Instance = serde_json::from_value(stored).unwrap();
+        assert_eq!(old.image, None);
+        old.image = Some("mysql-8.4".into());
+        let written = serde_json::to_value(&old).unwrap();
+        assert_eq!(written["image"], "mysql-8.4");
     }
 
     /// Nova's and Cinder's names are up to 255 characters, not bytes.

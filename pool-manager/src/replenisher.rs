@@ -2,8 +2,9 @@
 //! supply (booting + warming + ready), asks the pure decider in
 //! [`crate::sizing`] how many boots to start (given the target, the demand
 //! and lead-time estimates, and what the AZ's throttle gate in
-//! [`crate::gate`] allows), starts them, and drains the pool when it is
-//! deleted; a step the cloud or the store fails is tried again after the
+//! [`crate::gate`] allows), starts them, retires the Ready instances the
+//! pool no longer wants (past `max_age`, of an old image, above
+//! `max_ready`), and drains the pool when it is deleted; a step the cloud or the store fails is tried again after the
 //! interval, so the task outlives it. Purchases reach the demand estimator
 //! as they are reported ([`Shared::emit`]). A boot task drives one instance from
 //! `Booting` to `Ready`, or to `Deleting` and gone, and reports its lead time
@@ -302,13 +303,14 @@ impl Shared {
     async fn replenish_step(self: &Arc<Self>, pool: &PoolRecord) -> ManagerResult<Option<Hold>> {
         let instances = self.store.list_untouched_instances(&pool.key).await?;
         let wall = self.sizing_book().wall_now(&self.settings.sizing);
-        let ages = Ages::new(&pool.spec, wall);
-        // Expired Ready instances are not supply: their replacements boot
-        // now, and they are retired once the replacements are Ready.
-        let (mut supply, mut in_flight, mut expired) = (0u32, 0u32, 0u32);
+        let renewal = Renewal::new(&pool.spec, wall);
+        // Outdated Ready instances (past max_age, or of an old image) are
+        // not supply: their replacements boot now, and they are retired
+        // once the replacements are Ready.
+        let (mut supply, mut in_flight, mut outdated) = (0u32, 0u32, 0u32);
         for i in instances.iter().filter(|i| i.counts_as_supply()) {
-            if ages.expired(i) {
-                expired += 1;
+            if renewal.due(i).is_some() {
+                outdated += 1;
             } else {
                 supply += 1;
                 if i.state != InstanceState::Ready {
@@ -352,20 +354,20 @@ impl Shared {
             self.refresh_headroom(&pool.key).await;
         }
         let replaced = in_flight == 0 && supply >= target;
-        // Expired instances are not supply (above): their replacements
+        // Outdated instances are not supply (above): their replacements
         // booting beside them do not put the pool over max_ready. Boots in
         // flight above it are retired once Ready: retiring Ready instances
         // for them would leave the pool short for a lead time. But Ready
-        // ones are never more than max_ready, expired ones going first:
+        // ones are never more than max_ready, outdated ones going first:
         // with a max_age shorter than a refill, the pool is never all
-        // replaced at once, and expired instances kept until then would
+        // replaced at once, and outdated instances kept until then would
         // pile up a server a boot.
         let due = Retirements {
             replaced,
             fresh: fresh_ready.saturating_sub(pool.spec.max_ready),
-            expired: (fresh_ready + expired).saturating_sub(pool.spec.max_ready),
+            outdated: (fresh_ready + outdated).saturating_sub(pool.spec.max_ready),
         };
-        self.retire(pool, &instances, &ages, due).await?;
+        self.retire(pool, &instances, &renewal, due).await?;
         // The plan and its boots' tickets under one lock: the room and the
         // headroom this pool takes are gone at once for the AZ's other
         // pools. A ticket not handed to a boot (a failed record) ends when
@@ -404,13 +406,13 @@ impl Shared {
         &self,
         pool: &PoolRecord,
         instances: &[Instance],
-        ages: &Ages,
+        renewal: &Renewal<'_>,
         due: Retirements,
     ) -> ManagerResult<()> {
         let Retirements {
             replaced,
             fresh: mut over_cap,
-            expired: mut expired_over_cap,
+            outdated: mut outdated_over_cap,
         } = due;
         let mut ready: Vec<&Instance> = instances
             .iter()
@@ -421,11 +423,11 @@ impl Shared {
         ready.sort_by_key(|i| i.ready_at);
         let mut doomed: Vec<(&Instance, String)> = Vec::new();
         for instance in ready {
-            let expired = ages.expired(instance);
-            if expired && (replaced || expired_over_cap > 0) {
-                expired_over_cap = expired_over_cap.saturating_sub(1);
-                doomed.push((instance, "older than the pool's max_age".into()));
-            } else if !expired && over_cap > 0 {
+            let due = renewal.due(instance);
+            if let Some(why) = due.filter(|_| replaced || outdated_over_cap > 0) {
+                outdated_over_cap = outdated_over_cap.saturating_sub(1);
+                doomed.push((instance, renewal.reason(instance, why)));
+            } else if due.is_none() && over_cap > 0 {
                 over_cap -= 1;
                 doomed.push((
                     instance,
@@ -505,6 +507,7 @@ impl Shared {
             last_error: None,
             request_id: reserved_for,
             mysql_addr: None,
+            image: Some(pool.spec.image.clone()),
         };
         loop {
             // A claim already held is a taken id, driven by another task:
@@ -701,7 +704,12 @@ impl Shared {
             let spec = ServerSpec {
                 name: format!("warmpool-{}", instance.id),
                 pool: instance.pool.clone(),
-                image: pool.spec.image.clone(),
+                // The record's image, not the pool's now: the record must
+                // say what the server runs for an image change to find it.
+                image: instance
+                    .image
+                    .clone()
+                    .unwrap_or_else(|| pool.spec.image.clone()),
                 metadata: BTreeMap::from([
                     (META_POOL.to_string(), instance.pool.to_string()),
                     (META_INSTANCE.to_string(), instance.id.clone()),
@@ -937,40 +945,121 @@ impl Drop for LeadWatch {
     }
 }
 
-/// Which Ready instances of a pool are past its `max_age`.
 /// The Ready instances a replenish step retires.
 #[derive(Clone, Copy, Debug)]
 struct Retirements {
-    /// Every expired one: the fresh supply meets the target with nothing
+    /// Every outdated one: the fresh supply meets the target with nothing
     /// left in flight, so the pool never dips for it.
     replaced: bool,
     /// The oldest fresh ones beyond `max_ready` (an operator lowered it).
     fresh: u32,
-    /// The oldest expired ones beyond `max_ready`, fresh and expired
+    /// The oldest outdated ones beyond `max_ready`, fresh and outdated
     /// counted together.
-    expired: u32,
+    outdated: u32,
 }
 
-struct Ages {
+/// Why a Ready instance is due for replacement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outdated {
+    /// Ready for the pool's `max_age` or longer.
+    Aged,
+    /// Booted from an image the pool no longer names: a new image (a
+    /// patched MySQL) reaches new tenants without waiting for `max_age`.
+    OldImage,
+}
+
+/// Judges a pool's Ready instances against its spec: which are outdated.
+struct Renewal<'a> {
     max_age: Option<Duration>,
+    image: &'a str,
     now: SystemTime,
 }
 
-impl Ages {
-    fn new(spec: &crate::model::PoolSpec, now: SystemTime) -> Self {
+impl<'a> Renewal<'a> {
+    fn new(spec: &'a crate::model::PoolSpec, now: SystemTime) -> Self {
         Self {
             max_age: spec.max_age.filter(|d| !d.is_zero()),
+            image: &spec.image,
             now,
         }
     }
 
-    fn expired(&self, instance: &Instance) -> bool {
-        match (self.max_age, instance.state, instance.ready_at) {
-            (Some(max_age), InstanceState::Ready, Some(ready_at)) => self
-                .now
-                .duration_since(ready_at)
-                .is_ok_and(|age| age >= max_age),
-            _ => false,
+    /// Why `instance` should be replaced, if it is Ready and should be.
+    /// Instances recorded before they kept their image are judged by age.
+    fn due(&self, instance: &Instance) -> Option<Outdated> {
+        if instance.state != InstanceState::Ready {
+            return None;
         }
+        if instance.image.as_deref().is_some_and(|i| i != self.image) {
+            return Some(Outdated::OldImage);
+        }
+        let (max_age, ready_at) = (self.max_age?, instance.ready_at?);
+        let age = self.now.duration_since(ready_at).ok()?;
+        (age >= max_age).then_some(Outdated::Aged)
+    }
+
+    /// The reason a retirement logs and leaves in `last_error`.
+    fn reason(&self, instance: &Instance, why: Outdated) -> String {
+        match why {
+            Outdated::Aged => "older than the pool's max_age".into(),
+            Outdated::OldImage => format!(
+                "booted from image {}; the pool now boots {}",
+                instance.image.as_deref().unwrap_or("?"),
+                self.image
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready(image: Option<&str>, ready_for: Duration, now: SystemTime) -> Instance {
+        Instance {
+            id: "i1".into(),
+            pool: PoolKey::new("db.small", "az1"),
+            server_id: Some("s1".into()),
+            state: InstanceState::Ready,
+            created_at: now - ready_for,
+            ready_at: Some(now - ready_for),
+            attempts: 1,
+            last_error: None,
+            request_id: None,
+            mysql_addr: None,
+            image: image.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn ready_instances_are_outdated_by_age_or_by_image() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut spec = crate::model::tests::spec();
+        spec.image = "mysql-8.4".into();
+        spec.max_age = Some(Duration::from_secs(3600));
+        let renewal = Renewal::new(&spec, now);
+        let minute = Duration::from_secs(60);
+
+        assert_eq!(renewal.due(&ready(Some("mysql-8.4"), minute, now)), None);
+        let old = ready(Some("mysql-8.0"), minute, now);
+        assert_eq!(renewal.due(&old), Some(Outdated::OldImage));
+        assert_eq!(
+            renewal.reason(&old, Outdated::OldImage),
+            "booted from image mysql-8.0; the pool now boots mysql-8.4"
+        );
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            renewal.due(&ready(Some("mysql-8.4"), hour, now)),
+            Some(Outdated::Aged)
+        );
+        // Recorded before instances kept their image: judged by age alone,
+        // so an upgrade does not replace every pool at once.
+        assert_eq!(renewal.due(&ready(None, minute, now)), None);
+        assert_eq!(renewal.due(&ready(None, hour, now)), Some(Outdated::Aged));
+        // Only Ready instances are judged; a boot of the old image is
+        // judged once it is Ready.
+        let mut booting = old.clone();
+        booting.state = InstanceState::Warming;
+        assert_eq!(renewal.due(&booting), None);
     }
 }

@@ -714,6 +714,7 @@ mod tests {
             last_error: None,
             request_id: None,
             mysql_addr: None,
+            image: None,
         }
     }
 

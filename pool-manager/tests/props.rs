@@ -134,6 +134,7 @@ proptest! {
                     last_error: None,
                     request_id: None,
                     mysql_addr: None,
+                    image: None,
                 };
                 assert!(store.cas_instance(None, Some(&instance)).await.unwrap());
                 ids.push(instance.id);

@@ -132,6 +132,48 @@ async fn a_purchase_still_gets_an_expired_instance_that_was_not_yet_replaced() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A new image (a patched MySQL) reaches the pool without waiting for a
+/// `max_age` (there is none here): the Ready instances of the old image are
+/// replaced, and retired only once their replacements are Ready, so the
+/// pool never dips below its target; the new servers boot the new image.
+#[tokio::test(start_paused = true)]
+async fn changing_the_image_replaces_the_ready_instances_before_retiring_them() {
+    let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
+        images: vec!["mysql-8.0".into(), "mysql-8.4".into()],
+        ..sim().config()
+    });
+    let manager = started(&sim, temp_store(), 2).await;
+    let first = ready_ids(&manager).await;
+    assert!(sim.servers().iter().all(|s| s.image == "mysql-8.0"));
+
+    manager
+        .update_pool(&pool(), |s| s.image = "mysql-8.4".into())
+        .await
+        .unwrap();
+    let (mut fewest_ready, mut most_servers) = (u32::MAX, 0);
+    for _ in 0..4 * 60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let status = manager.get_pool(&pool()).await.unwrap();
+        fewest_ready = fewest_ready.min(status.count(InstanceState::Ready));
+        most_servers = most_servers.max(sim.servers().len());
+    }
+    let now = ready_ids(&manager).await;
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(now.is_disjoint(&first), "the old image's are gone: {now:?}");
+    assert_eq!(fewest_ready, 2, "the pool never dipped below its target");
+    assert_eq!(most_servers, 4, "replacements first, then the retirements");
+    let servers = sim.servers();
+    assert_eq!(servers.len(), 2);
+    assert!(
+        servers.iter().all(|s| s.image == "mysql-8.4"),
+        "{servers:?}"
+    );
+    for instance in manager.list_instances(Some(&pool())).await.unwrap() {
+        assert_eq!(instance.image.as_deref(), Some("mysql-8.4"), "{instance:?}");
+    }
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A retirement the cloud refuses (the server's delete fails) fails that
 /// step, not the pool's replenisher: the next steps retire the rest of what
 /// is above the lowered max_ready, the reconciler deletes the refused

@@ -82,6 +82,7 @@ fn instance(id: u8, pool_n: u8, state: u8) -> Instance {
         last_error: None,
         request_id: None,
         mysql_addr: None,
+        image: None,
     }
 }
 

@@ -596,6 +596,7 @@ pub fn instance(i: Instance) -> api::Instance {
         attempts: i.attempts,
         last_error: i.last_error.unwrap_or_default(),
         request_id: i.request_id.unwrap_or_default(),
+        image: i.image.unwrap_or_default(),
     }
 }
 

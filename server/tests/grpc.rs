@@ -178,6 +178,7 @@ async fn pools_reach_their_targets() {
         assert!(!i.server_id.is_empty() && !i.id.is_empty(), "{i:?}");
         assert!(i.ready_at.is_some() && i.created_at.is_some(), "{i:?}");
         assert!(i.request_id.is_empty(), "{i:?}");
+        assert_eq!(i.image, "mysql-8.0", "the image it was booted from: {i:?}");
     }
     let small_only = c.list_instances("db.small", "az1").await.unwrap();
     assert_eq!(small_only.len(), 2);

@@ -59,6 +59,7 @@ fn instance(id: String, pool: PoolKey, state: InstanceState) -> Instance {
         last_error: None,
         request_id: None,
         mysql_addr: Some("10.0.0.7:3306".parse().expect("literal address")),
+        image: Some("mysql-8.0".into()),
     }
 }
 
