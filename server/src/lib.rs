@@ -37,6 +37,9 @@ pub struct Running {
     /// The API tokens in force; a SIGHUP reloads them
     /// ([`access::AccessHandle::reload`]).
     pub access: access::AccessHandle,
+    /// The listener's TLS settings when `[tls]` is configured; a SIGHUP
+    /// reads its files again ([`tls::TlsHandle::reload`]).
+    pub tls: Option<tls::TlsHandle>,
     pub served: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
@@ -55,18 +58,7 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let mut shutdown = Box::pin(shutdown);
     // The TLS files before anything: a wrong path fails start-up at once.
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
-        server = server
-            .tls_config(tls::server_tls(tls)?)
-            .with_context(|| {
-                format!(
-                    "tls: cert_file {} and key_file {} do not make a TLS identity (a key of another certificate?)",
-                    tls.cert_file.display(),
-                    tls.key_file.display()
-                )
-            })?;
-    }
+    let tls = config.tls.as_ref().map(tls::TlsHandle::load).transpose()?;
     // Listeners first: a taken port fails start-up before anything boots,
     // and the start-up reconcile is already observable in the metrics.
     let metrics = Arc::new(metrics::Metrics::new());
@@ -132,7 +124,7 @@ pub async fn start(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("reflection service")?;
-    let router = server
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(config.grpc_keepalive_interval))
         .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout))
         .add_service(health_service)
@@ -163,11 +155,26 @@ pub async fn start(
 
     let grace = config.shutdown_grace;
     let served_manager = manager.clone();
+    let tls_listener = tls.clone();
     let served = tokio::spawn(async move {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        let stopped = async {
             let _ = stop_rx.await;
-        });
+        };
+        let serve = async move {
+            match tls_listener {
+                Some(tls) => {
+                    router
+                        .serve_with_incoming_shutdown(tls::incoming(listener, tls), stopped)
+                        .await
+                }
+                None => {
+                    router
+                        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped)
+                        .await
+                }
+            }
+        };
         tokio::pin!(serve);
         tokio::select! {
             result = &mut serve => result?,
@@ -203,6 +210,7 @@ pub async fn start(
         manager,
         cloud: sim,
         access,
+        tls,
         served,
     })
 }

@@ -103,7 +103,12 @@ async fn main() -> anyhow::Result<()> {
         Err(e) => return Err(e),
     };
     #[cfg(unix)]
-    reload_on_sighup(hangups, args.clone(), running.access.clone());
+    reload_on_sighup(
+        hangups,
+        args.clone(),
+        running.access.clone(),
+        running.tls.clone(),
+    );
     running.served.await.context("server task")??;
     Ok(())
 }
@@ -119,14 +124,17 @@ fn daemon_config(args: &Args) -> Result<Config, warmpool_server::config::ConfigE
 }
 
 /// On SIGHUP, reads the config file again (with the command line's
-/// overrides, as at start) and takes its `[[api_tokens]]`; a file that does
-/// not load, or that would open the API, changes nothing (the error is
-/// logged). The task lives as long as the process.
+/// overrides, as at start), takes its `[[api_tokens]]` and, when warmpoold
+/// serves TLS, reads the `[tls]` files again. A file that does not load
+/// changes nothing; tokens that would open the API, or TLS files that do
+/// not load, leave that part as it was (each error is logged). The task
+/// lives as long as the process.
 #[cfg(unix)]
 fn reload_on_sighup(
     mut hangups: tokio::signal::unix::Signal,
     args: Args,
     access: warmpool_server::access::AccessHandle,
+    tls: Option<warmpool_server::tls::TlsHandle>,
 ) {
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
@@ -134,12 +142,25 @@ fn reload_on_sighup(
                 tracing::warn!("SIGHUP: no config file to read again (started without --config)");
                 continue;
             }
-            let reloaded = daemon_config(&args)
-                .map_err(anyhow::Error::from)
-                .and_then(|config| Ok(access.reload(config.access())?));
-            match reloaded {
+            let config = match daemon_config(&args) {
+                Ok(config) => config,
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: the config file does not load; api_tokens and TLS unchanged");
+                    continue;
+                }
+            };
+            match access.reload(config.access()) {
                 Ok(tokens) => tracing::info!(tokens, "SIGHUP: reloaded api_tokens"),
                 Err(e) => tracing::error!(error = %e, "SIGHUP: api_tokens unchanged"),
+            }
+            match (&tls, &config.tls) {
+                (Some(serving), Some(files)) => match serving.reload(files) {
+                    Ok(()) => tracing::info!(cert_file = %files.cert_file.display(), "SIGHUP: reloaded the TLS certificate; new connections use it"),
+                    Err(e) => tracing::error!(error = format!("{e:#}"), "SIGHUP: TLS unchanged"),
+                },
+                (Some(_), None) => tracing::error!("SIGHUP: TLS unchanged: the file has no [tls] section; serving plaintext takes a restart"),
+                (None, Some(_)) => tracing::warn!("SIGHUP: the file has a [tls] section; serving TLS takes a restart"),
+                (None, None) => {}
             }
         }
     });

@@ -1,50 +1,162 @@
 //! gRPC over TLS: the `[tls]` section's PEM files, read and checked at
 //! start so that a wrong path or a file of the wrong kind stops start-up
-//! with its name rather than failing every handshake later.
+//! with its name rather than failing every handshake later; read again on
+//! SIGHUP ([`TlsHandle::reload`]) so that a renewed certificate is served
+//! without a restart. warmpoold accepts the TLS connections itself
+//! ([`incoming`]) rather than through tonic's `tls_config`, whose settings
+//! are fixed for the server's life.
 
 use crate::config::TlsConfig;
 use anyhow::Context;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
 
-/// The listener's TLS settings from `[tls]`.
-pub fn server_tls(tls: &TlsConfig) -> anyhow::Result<ServerTlsConfig> {
-    let cert = certificates("tls.cert_file", &tls.cert_file)?;
-    let key = read("tls.key_file", &tls.key_file)?;
-    PrivateKeyDer::from_pem_slice(&key).map_err(|e| {
-        anyhow::anyhow!(
-            "tls.key_file {} holds no PEM private key: {e}",
+/// A client that has not finished its handshake by then is dropped: an
+/// open socket that never speaks must not hold a task forever.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TLS settings new connections are accepted with. Connections already
+/// open keep the settings they were accepted with.
+#[derive(Clone)]
+pub struct TlsHandle {
+    current: Arc<RwLock<Arc<ServerConfig>>>,
+}
+
+impl std::fmt::Debug for TlsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsHandle").finish_non_exhaustive()
+    }
+}
+
+impl TlsHandle {
+    /// Reads and checks `[tls]`'s files; the error names the file at fault.
+    pub fn load(tls: &TlsConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            current: Arc::new(RwLock::new(server_config(tls)?)),
+        })
+    }
+
+    /// Reads `[tls]`'s files again (a renewed certificate, a new client
+    /// CA): connections accepted from now on use them. Files that do not
+    /// load change nothing; the error says why.
+    pub fn reload(&self, tls: &TlsConfig) -> anyhow::Result<()> {
+        let config = server_config(tls)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = config;
+        Ok(())
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        let config = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        TlsAcceptor::from(Arc::clone(&config))
+    }
+}
+
+/// The connections of `listener` whose TLS handshake completes, each with
+/// the settings in force when it was accepted. Handshakes run side by side
+/// (a slow client holds up no other); one that fails or takes longer than
+/// [`HANDSHAKE_TIMEOUT`] is logged and dropped. Accepting ends when the
+/// stream is dropped.
+pub fn incoming(
+    listener: TcpListener,
+    tls: TlsHandle,
+) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+    let (accepted, stream) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (socket, peer) = tokio::select! {
+                () = accepted.closed() => return,
+                next = listener.accept() => match next {
+                    Ok(connection) => connection,
+                    Err(e) => {
+                        // Out of file descriptors, say: the listener is
+                        // fine, and a pause lets connections close.
+                        tracing::warn!(error = %e, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = socket.set_nodelay(true);
+            let acceptor = tls.acceptor();
+            let accepted = accepted.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = accepted.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(stream)
+}
+
+/// The listener's TLS settings from `[tls]`: HTTP/2 only, and a client
+/// certificate from `client_ca_file` when it is set.
+fn server_config(tls: &TlsConfig) -> anyhow::Result<Arc<ServerConfig>> {
+    let chain = certificates("tls.cert_file", &tls.cert_file)?;
+    let key =
+        PrivateKeyDer::from_pem_slice(&read("tls.key_file", &tls.key_file)?).map_err(|e| {
+            anyhow::anyhow!(
+                "tls.key_file {} holds no PEM private key: {e}",
+                tls.key_file.display()
+            )
+        })?;
+    let builder = ServerConfig::builder();
+    let builder = match &tls.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for ca in certificates("tls.client_ca_file", path)? {
+                roots
+                    .add(ca)
+                    .with_context(|| format!("tls.client_ca_file {}", path.display()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .with_context(|| format!("tls.client_ca_file {}", path.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key).with_context(|| {
+        format!(
+            "tls: cert_file {} and key_file {} do not make a TLS identity (a key of another certificate?)",
+            tls.cert_file.display(),
             tls.key_file.display()
         )
     })?;
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-    if let Some(path) = &tls.client_ca_file {
-        let ca = certificates("tls.client_ca_file", path)?;
-        config = config.client_ca_root(Certificate::from_pem(ca));
-    }
-    Ok(config)
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 fn read(key: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {key} {}", path.display()))
 }
 
-/// The file's bytes, if it holds PEM certificates and nothing unreadable.
-/// rustls, reading it later, would skip what is not PEM and report only
-/// that there is no certificate, without saying which file.
-fn certificates(key: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+/// The file's certificates, if it holds PEM certificates and nothing
+/// unreadable. rustls would skip what is not PEM and report only that
+/// there is no certificate, without saying which file.
+fn certificates(key: &str, path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let bytes = read(key, path)?;
-    let count = CertificateDer::pem_slice_iter(&bytes)
+    let certificates = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("{key} {}: {e}", path.display()))?
-        .len();
-    if count == 0 {
+        .map_err(|e| anyhow::anyhow!("{key} {}: {e}", path.display()))?;
+    if certificates.is_empty() {
         anyhow::bail!(
             "{key} {} holds no PEM certificate ('-----BEGIN CERTIFICATE-----')",
             path.display()
         );
     }
-    Ok(bytes)
+    Ok(certificates)
 }

@@ -2136,3 +2136,89 @@ async fn tls_serves_clients_that_trust_the_daemon_and_mutual_tls_checks_them() {
         assert!(err.contains(says), "{err}");
     }
 }
+
+/// A renewed certificate (and a new client CA) is served without a restart:
+/// a reload reads the `[tls]` files again, connections accepted after it
+/// use them and those already open keep working; files that do not load
+/// change nothing.
+#[tokio::test]
+async fn tls_files_are_read_again_on_reload() {
+    use support::pki::Pki;
+    use warmpool_server::config::TlsConfig;
+    support::init_tracing();
+    let data = tempfile::tempdir().unwrap();
+    let old_ca = Pki::new(data.path(), "old-ca");
+    let server = old_ca.issue("server", &["127.0.0.1"]);
+    let plain = support::config_text(data.path(), &[("db.small", "az1", 0, 1)]);
+    let text = plain
+        + &format!(
+            "\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            server.cert_file, server.key_file
+        );
+    let (running, stop) = start_bare(&text).await.unwrap();
+    let https = format!("https://127.0.0.1:{}", running.grpc_addr.port());
+    let tls = running.tls.clone().expect("serving TLS");
+    // A client that connects and never says hello holds up no other.
+    let _silent = tokio::net::TcpStream::connect(running.grpc_addr)
+        .await
+        .unwrap();
+    let opened_before = Client::connect_with(&https, tls_options(Some(old_ca.ca_pem()), None))
+        .await
+        .unwrap();
+    assert_eq!(opened_before.list_pools().await.unwrap().len(), 1);
+
+    // The renewal lands on the same paths, from another CA here so that a
+    // client can tell which certificate it was served.
+    let new_ca = Pki::new(data.path(), "new-ca");
+    assert_eq!(
+        new_ca.issue("server", &["127.0.0.1"]).cert_file,
+        server.cert_file
+    );
+    let trusting = |ca: &Pki| list_pools_over(&https, tls_options(Some(ca.ca_pem()), None));
+    assert!(trusting(&new_ca).await.is_err(), "served before the reload");
+    let files = TlsConfig {
+        cert_file: server.cert_file.clone(),
+        key_file: server.key_file.clone(),
+        client_ca_file: None,
+    };
+    tls.reload(&files).unwrap();
+    assert_eq!(trusting(&new_ca).await, Ok(1));
+    assert!(
+        trusting(&old_ca).await.is_err(),
+        "the old certificate is gone"
+    );
+    assert_eq!(opened_before.list_pools().await.unwrap().len(), 1);
+
+    // A client CA added by a reload: only clients with its certificates.
+    let clients = Pki::new(data.path(), "clients-ca");
+    let ops = clients.issue("ops", &["ops"]);
+    let mutual = TlsConfig {
+        client_ca_file: Some(clients.ca_file("clients-ca")),
+        ..files.clone()
+    };
+    tls.reload(&mutual).unwrap();
+    assert!(trusting(&new_ca).await.is_err(), "no client certificate");
+    assert_eq!(
+        list_pools_over(&https, tls_options(Some(new_ca.ca_pem()), Some(&ops))).await,
+        Ok(1)
+    );
+
+    // A half-written renewal, or a key of another certificate: refused,
+    // naming the file, and the settings in force stay.
+    std::fs::write(&server.cert_file, "-----BEGIN CERT").unwrap();
+    let err = format!("{:#}", tls.reload(&files).unwrap_err());
+    assert!(err.contains("tls.cert_file"), "{err}");
+    new_ca.issue("server", &["127.0.0.1"]);
+    let mismatched = TlsConfig {
+        key_file: ops.key_file.clone(),
+        ..files.clone()
+    };
+    let err = format!("{:#}", tls.reload(&mismatched).unwrap_err());
+    assert!(err.contains("do not make a TLS identity"), "{err}");
+    assert_eq!(
+        list_pools_over(&https, tls_options(Some(new_ca.ca_pem()), Some(&ops))).await,
+        Ok(1),
+        "the mutual TLS settings are still in force"
+    );
+    stop_bare(running, stop).await;
+}

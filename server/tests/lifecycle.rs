@@ -350,10 +350,7 @@ async fn a_restart_during_the_drain_of_a_configured_pool_starts() {
 }
 
 /// The next line of warmpoold's log containing `needle`, without colour.
-async fn log_line(
-    log: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
-    needle: &str,
-) -> String {
+async fn log_line(log: &mut DaemonLog, needle: &str) -> String {
     let found = tokio::time::timeout(PATIENCE, async {
         while let Some(line) = log.next_line().await.unwrap() {
             if line.contains(needle) {
@@ -366,28 +363,18 @@ async fn log_line(
     found.unwrap_or_else(|_| panic!("no {needle:?} in warmpoold's log"))
 }
 
-/// `systemctl reload` (SIGHUP) makes the warmpoold binary read its config
-/// file again and take the new `[[api_tokens]]`; a file that does not load
-/// changes nothing.
-#[cfg(unix)]
-#[tokio::test]
-async fn sighup_reads_the_api_tokens_again() {
-    use tokio::io::AsyncBufReadExt;
-    use warmpool_server::access::token_sha256;
+type DaemonLog = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>;
 
-    let data = tempfile::tempdir().unwrap();
-    let config_file = data.path().join("warmpoold.toml");
-    let base = config_text(data.path(), &[("db.small", "az1", 0, 1)]);
-    let with_token = |token: &str| {
-        format!(
-            "{base}\n[[api_tokens]]\nname = \"dash\"\nrole = \"reader\"\nsha256 = \"{}\"\n",
-            token_sha256(token)
-        )
-    };
-    std::fs::write(&config_file, with_token("old-token")).unwrap();
+/// The warmpoold binary started on `config_file` (any free ports), once it
+/// serves gRPC: the process, its log from there on and the gRPC address.
+#[cfg(unix)]
+async fn serving_daemon(
+    config_file: &std::path::Path,
+) -> (tokio::process::Child, DaemonLog, String) {
+    use tokio::io::AsyncBufReadExt;
     let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
         .arg("--config")
-        .arg(&config_file)
+        .arg(config_file)
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
@@ -401,8 +388,42 @@ async fn sighup_reads_the_api_tokens_again() {
     let addr = serving
         .split_whitespace()
         .find_map(|field| field.strip_prefix("grpc_addr="))
-        .unwrap_or_else(|| panic!("no address in {serving:?}"));
-    let client = warmpool_client::Client::connect(addr).await.unwrap();
+        .unwrap_or_else(|| panic!("no address in {serving:?}"))
+        .to_owned();
+    (daemon, log, addr)
+}
+
+/// `systemctl reload`: SIGHUP to the daemon.
+#[cfg(unix)]
+fn hang_up(daemon: &tokio::process::Child) {
+    let pid = daemon.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// `systemctl reload` (SIGHUP) makes the warmpoold binary read its config
+/// file again and take the new `[[api_tokens]]`; a file that does not load
+/// changes nothing.
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_reads_the_api_tokens_again() {
+    use warmpool_server::access::token_sha256;
+
+    let data = tempfile::tempdir().unwrap();
+    let config_file = data.path().join("warmpoold.toml");
+    let base = config_text(data.path(), &[("db.small", "az1", 0, 1)]);
+    let with_token = |token: &str| {
+        format!(
+            "{base}\n[[api_tokens]]\nname = \"dash\"\nrole = \"reader\"\nsha256 = \"{}\"\n",
+            token_sha256(token)
+        )
+    };
+    std::fs::write(&config_file, with_token("old-token")).unwrap();
+    let (mut daemon, mut log, addr) = serving_daemon(&config_file).await;
+    let client = warmpool_client::Client::connect(&addr).await.unwrap();
     let pools = |token: &str| {
         let client = client.clone().with_token(token).unwrap();
         async move { client.list_pools().await.map(|p| p.len()) }
@@ -410,14 +431,7 @@ async fn sighup_reads_the_api_tokens_again() {
     assert_eq!(pools("old-token").await.unwrap(), 1);
     expect_code(pools("new-token").await, Code::Unauthenticated);
 
-    let hangup = || {
-        let pid = daemon.id().unwrap().to_string();
-        let sent = std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-    };
+    let hangup = || hang_up(&daemon);
     std::fs::write(&config_file, with_token("new-token")).unwrap();
     hangup();
     log_line(&mut log, "reloaded api_tokens").await;
@@ -431,7 +445,7 @@ async fn sighup_reads_the_api_tokens_again() {
     )
     .unwrap();
     hangup();
-    let refused = log_line(&mut log, "api_tokens unchanged").await;
+    let refused = log_line(&mut log, "api_tokens and TLS unchanged").await;
     assert!(
         refused.contains("sha256 must be 64 hex digits"),
         "{refused}"
@@ -452,4 +466,54 @@ async fn sighup_reads_the_api_tokens_again() {
 
     daemon.start_kill().unwrap();
     daemon.wait().await.unwrap();
+}
+
+/// SIGHUP also reads the `[tls]` files again: a certificate renewed on disk
+/// is served to the connections that follow, without a restart.
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_reads_the_tls_files_again() {
+    use support::pki::Pki;
+    let data = tempfile::tempdir().unwrap();
+    let old_ca = Pki::new(data.path(), "old-ca");
+    let server = old_ca.issue("server", &["127.0.0.1"]);
+    let config_file = data.path().join("warmpoold.toml");
+    let text = config_text(data.path(), &[("db.small", "az1", 0, 1)])
+        + &format!(
+            "\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            server.cert_file, server.key_file
+        );
+    std::fs::write(&config_file, text).unwrap();
+    let (daemon, mut log, addr) = serving_daemon(&config_file).await;
+    let https = format!("https://{addr}");
+    let pools = |ca: &Pki| {
+        let options = warmpool_client::ConnectOptions {
+            tls: warmpool_client::TlsOptions {
+                ca_pem: Some(ca.ca_pem()),
+                identity_pem: None,
+            },
+            ..Default::default()
+        };
+        let https = https.clone();
+        async move {
+            let client = warmpool_client::Client::connect_with(&https, options).await?;
+            client.list_pools().await.map(|p| p.len())
+        }
+    };
+    assert_eq!(pools(&old_ca).await.unwrap(), 1);
+
+    let new_ca = Pki::new(data.path(), "new-ca");
+    new_ca.issue("server", &["127.0.0.1"]);
+    hang_up(&daemon);
+    log_line(&mut log, "reloaded the TLS certificate").await;
+    assert_eq!(pools(&new_ca).await.unwrap(), 1);
+    assert!(pools(&old_ca).await.is_err(), "the old certificate is gone");
+
+    // A renewal half written when the signal came: the certificate in
+    // force stays, and the log says which file is at fault.
+    std::fs::write(&server.key_file, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    hang_up(&daemon);
+    let refused = log_line(&mut log, "TLS unchanged").await;
+    assert!(refused.contains("tls.key_file"), "{refused}");
+    assert_eq!(pools(&new_ca).await.unwrap(), 1);
 }
