@@ -72,6 +72,9 @@ impl Cloud for CountingCloud {
     fn volume_zone_for(&self, server_az: &str) -> String {
         self.sim.volume_zone_for(server_az)
     }
+    fn boot_image(&self, pool_image: &str) -> String {
+        self.sim.boot_image(pool_image)
+    }
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         self.count(self.sim.boot_headroom(flavor).await)
     }

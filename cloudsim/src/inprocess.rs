@@ -43,6 +43,10 @@ impl Cloud for SimCloud {
         server_az.to_owned()
     }
 
+    fn boot_image(&self, pool_image: &str) -> String {
+        pool_image.to_owned()
+    }
+
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         self.gate("boot_headroom").await?;
         let now = Instant::now();

@@ -962,10 +962,17 @@ impl Shared {
         }
     }
 
-    /// The pool's Ready instances nobody has claimed, oldest first (so
+    /// The pool's Ready instances nobody has claimed: those of the pool's
+    /// image first (an image change is a new MySQL for the next tenant, not
+    /// after the old image's instances are used up), then oldest first (so
     /// instances do not age out unused). A purchase may take one before
     /// this one claims it.
     async fn unclaimed_ready(&self, pool: &PoolKey) -> ManagerResult<Vec<Instance>> {
+        let image = self
+            .store
+            .get_pool(pool)
+            .await?
+            .map(|record| self.cloud.boot_image(&record.spec.image));
         let mut ready: Vec<Instance> = self
             .store
             .list_untouched_instances(pool)
@@ -973,7 +980,8 @@ impl Shared {
             .into_iter()
             .filter(|i| i.state == InstanceState::Ready && i.request_id.is_none())
             .collect();
-        ready.sort_by_key(|i| i.ready_at);
+        let old_image = |i: &Instance| i.image.is_some() && image.is_some() && i.image != image;
+        ready.sort_by_key(|i| (old_image(i), i.ready_at));
         Ok(ready)
     }
 

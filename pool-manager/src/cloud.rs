@@ -198,4 +198,11 @@ pub trait Cloud: Send + Sync + 'static {
     /// No default on purpose: a wrapper that forgot to forward it would
     /// silently fence every volume of such a cloud out.
     fn volume_zone_for(&self, server_az: &str) -> String;
+
+    /// The image a server of a pool whose spec names `pool_image` boots
+    /// from: `pool_image`, unless the cloud boots one image for every pool
+    /// (the OpenStack driver's `image` override). Instances record it, so a
+    /// pool replaces what no longer matches. No default, for the reason
+    /// above: a wrapper that forgot it would record what is not booted.
+    fn boot_image(&self, pool_image: &str) -> String;
 }

@@ -416,6 +416,9 @@ impl Cloud for ServiceNoting {
     fn volume_zone_for(&self, server_az: &str) -> String {
         self.inner.volume_zone_for(server_az)
     }
+    fn boot_image(&self, pool_image: &str) -> String {
+        self.inner.boot_image(pool_image)
+    }
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         Self::noted(CloudService::Compute, self.inner.boot_headroom(flavor)).await
     }

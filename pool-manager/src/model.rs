@@ -397,10 +397,12 @@ pub struct Instance {
     pub request_id: Option<String>,
     /// Where mysqld listens on the management network, once known.
     pub mysql_addr: Option<SocketAddr>,
-    /// The pool's `image` when the instance was recorded, which its server
-    /// boots from: a pool whose image changed replaces its Ready instances
-    /// of the old one. `None` in records stored before instances kept it,
-    /// which are judged by age alone.
+    /// The image its server boots from, as the cloud named it when the
+    /// instance was recorded ([`crate::cloud::Cloud::boot_image`]: the
+    /// pool's, or the one image a cloud boots for every pool): a pool whose
+    /// image changed replaces its Ready instances of the old one. `None` in
+    /// records stored before instances kept it, until the pool's replenisher
+    /// takes them to be of the pool's image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
 }

@@ -302,8 +302,10 @@ impl Shared {
     /// new boots must wait for one.
     async fn replenish_step(self: &Arc<Self>, pool: &PoolRecord) -> ManagerResult<Option<Hold>> {
         let instances = self.store.list_untouched_instances(&pool.key).await?;
+        let image = self.cloud.boot_image(&pool.spec.image);
+        self.stamp_unknown_images(&instances, &image).await?;
         let wall = self.sizing_book().wall_now(&self.settings.sizing);
-        let renewal = Renewal::new(&pool.spec, wall);
+        let renewal = Renewal::new(&pool.spec, &image, wall);
         // Outdated Ready instances (past max_age, or of an old image) are
         // not supply: their replacements boot now, and they are retired
         // once the replacements are Ready.
@@ -396,6 +398,24 @@ impl Shared {
         Ok(admission
             .hold
             .filter(|hold| held && hold.until() > Instant::now()))
+    }
+
+    /// Names `image` in the records written before instances kept their
+    /// image (an upgrade): taken to be of the pool's image now, so the
+    /// upgrade replaces nothing, and an image change after it finds them.
+    /// Each record is written once; a write lost to a crash is redone.
+    async fn stamp_unknown_images(&self, instances: &[Instance], image: &str) -> ManagerResult<()> {
+        for instance in instances.iter().filter(|i| i.image.is_none()) {
+            self.update_instance(&instance.id, |current| {
+                current.image.is_none().then(|| {
+                    let mut next = current.clone();
+                    next.image = Some(image.to_owned());
+                    Some(next)
+                })
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Retires Ready instances the pool should no longer hold (see
@@ -507,7 +527,7 @@ impl Shared {
             last_error: None,
             request_id: reserved_for,
             mysql_addr: None,
-            image: Some(pool.spec.image.clone()),
+            image: Some(self.cloud.boot_image(&pool.spec.image)),
         };
         loop {
             // A claim already held is a taken id, driven by another task:
@@ -971,21 +991,23 @@ enum Outdated {
 /// Judges a pool's Ready instances against its spec: which are outdated.
 struct Renewal<'a> {
     max_age: Option<Duration>,
+    /// What the pool's servers boot from now ([`crate::cloud::Cloud::boot_image`]).
     image: &'a str,
     now: SystemTime,
 }
 
 impl<'a> Renewal<'a> {
-    fn new(spec: &'a crate::model::PoolSpec, now: SystemTime) -> Self {
+    fn new(spec: &crate::model::PoolSpec, image: &'a str, now: SystemTime) -> Self {
         Self {
             max_age: spec.max_age.filter(|d| !d.is_zero()),
-            image: &spec.image,
+            image,
             now,
         }
     }
 
     /// Why `instance` should be replaced, if it is Ready and should be.
-    /// Instances recorded before they kept their image are judged by age.
+    /// An instance whose image is unknown (recorded before instances kept
+    /// it, not yet stamped) is judged by age.
     fn due(&self, instance: &Instance) -> Option<Outdated> {
         if instance.state != InstanceState::Ready {
             return None;
@@ -1035,9 +1057,8 @@ mod tests {
     fn ready_instances_are_outdated_by_age_or_by_image() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let mut spec = crate::model::tests::spec();
-        spec.image = "mysql-8.4".into();
         spec.max_age = Some(Duration::from_secs(3600));
-        let renewal = Renewal::new(&spec, now);
+        let renewal = Renewal::new(&spec, "mysql-8.4", now);
         let minute = Duration::from_secs(60);
 
         assert_eq!(renewal.due(&ready(Some("mysql-8.4"), minute, now)), None);
@@ -1052,8 +1073,8 @@ mod tests {
             renewal.due(&ready(Some("mysql-8.4"), hour, now)),
             Some(Outdated::Aged)
         );
-        // Recorded before instances kept their image: judged by age alone,
-        // so an upgrade does not replace every pool at once.
+        // Unknown (recorded before instances kept their image): judged by
+        // age alone until stamped, so an upgrade does not replace every pool.
         assert_eq!(renewal.due(&ready(None, minute, now)), None);
         assert_eq!(renewal.due(&ready(None, hour, now)), Some(Outdated::Aged));
         // Only Ready instances are judged; a boot of the old image is

@@ -92,16 +92,9 @@ async fn replaced_before_retired(max_ready: Option<u32>) {
     let first = ready_ids(&manager).await;
     assert_eq!(first.len(), 2);
 
-    // Watch every simulated second for 14 minutes: the originals expire at
-    // 10 minutes, their replacements take about a minute to boot.
-    let mut fewest_ready = u32::MAX;
-    let mut most_servers = 0;
-    for _ in 0..14 * 60 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let status = manager.get_pool(&pool()).await.unwrap();
-        fewest_ready = fewest_ready.min(status.count(InstanceState::Ready));
-        most_servers = most_servers.max(sim.servers().len());
-    }
+    // The originals expire at 10 minutes, their replacements take about a
+    // minute to boot.
+    let (fewest_ready, most_servers) = watch_pool(&manager, &sim, 14 * 60).await;
     let now = ready_ids(&manager).await;
     assert_eq!(now.len(), 2, "{now:?}");
     assert!(now.is_disjoint(&first), "the originals are gone: {now:?}");
@@ -132,16 +125,40 @@ async fn a_purchase_still_gets_an_expired_instance_that_was_not_yet_replaced() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// cloudsim with a second image, and two the tests boot every pool from.
+fn sim_with_images() -> std::sync::Arc<cloudsim::SimCloud> {
+    cloudsim::SimCloud::new(cloudsim::SimConfig {
+        images: ["mysql-8.0", "mysql-8.4", "golden", "golden-2"]
+            .map(String::from)
+            .to_vec(),
+        ..sim().config()
+    })
+}
+
+/// The pool's fewest Ready instances and the cloud's most servers, looked
+/// at every simulated second for `seconds`.
+async fn watch_pool(
+    manager: &pool_manager::PoolManager,
+    sim: &cloudsim::SimCloud,
+    seconds: u32,
+) -> (u32, usize) {
+    let (mut fewest_ready, mut most_servers) = (u32::MAX, 0);
+    for _ in 0..seconds {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let status = manager.get_pool(&pool()).await.unwrap();
+        fewest_ready = fewest_ready.min(status.count(InstanceState::Ready));
+        most_servers = most_servers.max(sim.servers().len());
+    }
+    (fewest_ready, most_servers)
+}
+
 /// A new image (a patched MySQL) reaches the pool without waiting for a
 /// `max_age` (there is none here): the Ready instances of the old image are
 /// replaced, and retired only once their replacements are Ready, so the
 /// pool never dips below its target; the new servers boot the new image.
 #[tokio::test(start_paused = true)]
 async fn changing_the_image_replaces_the_ready_instances_before_retiring_them() {
-    let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
-        images: vec!["mysql-8.0".into(), "mysql-8.4".into()],
-        ..sim().config()
-    });
+    let sim = sim_with_images();
     let manager = started(&sim, temp_store(), 2).await;
     let first = ready_ids(&manager).await;
     assert!(sim.servers().iter().all(|s| s.image == "mysql-8.0"));
@@ -150,13 +167,7 @@ async fn changing_the_image_replaces_the_ready_instances_before_retiring_them() 
         .update_pool(&pool(), |s| s.image = "mysql-8.4".into())
         .await
         .unwrap();
-    let (mut fewest_ready, mut most_servers) = (u32::MAX, 0);
-    for _ in 0..4 * 60 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let status = manager.get_pool(&pool()).await.unwrap();
-        fewest_ready = fewest_ready.min(status.count(InstanceState::Ready));
-        most_servers = most_servers.max(sim.servers().len());
-    }
+    let (fewest_ready, most_servers) = watch_pool(&manager, &sim, 4 * 60).await;
     let now = ready_ids(&manager).await;
     assert_eq!(now.len(), 2, "{now:?}");
     assert!(now.is_disjoint(&first), "the old image's are gone: {now:?}");
@@ -172,6 +183,144 @@ async fn changing_the_image_replaces_the_ready_instances_before_retiring_them() 
         assert_eq!(instance.image.as_deref(), Some("mysql-8.4"), "{instance:?}");
     }
     assert_consistent(&sim, &manager).await;
+}
+
+/// What is compared is the image the cloud boots: with one image for every
+/// pool (the OpenStack driver's `image` override), a pool's own image
+/// boots nothing, and changing it replaces nothing; a new override (a
+/// restart with another one) replaces every pool's Ready instances.
+#[tokio::test(start_paused = true)]
+async fn the_image_compared_is_the_one_the_cloud_boots() {
+    let sim = sim_with_images();
+    let cloud = GatedCloud::new(&sim);
+    cloud.boot_every_pool_from(Some("golden"));
+    let manager = started_over(&cloud, temp_store(), 2).await;
+    let first = ready_ids(&manager).await;
+    assert!(sim.servers().iter().all(|s| s.image == "golden"));
+
+    manager
+        .update_pool(&pool(), |s| s.image = "mysql-8.4".into())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4 * 60)).await;
+    assert_eq!(ready_ids(&manager).await, first, "nothing replaced");
+    assert_eq!(sim.servers().len(), 2);
+
+    cloud.boot_every_pool_from(Some("golden-2"));
+    let (fewest_ready, _) = watch_pool(&manager, &sim, 4 * 60).await;
+    let now = ready_ids(&manager).await;
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(now.is_disjoint(&first), "{now:?}");
+    assert_eq!(fewest_ready, 2);
+    let servers = sim.servers();
+    assert!(servers.iter().all(|s| s.image == "golden-2"), "{servers:?}");
+    for instance in manager.list_instances(Some(&pool())).await.unwrap() {
+        assert_eq!(instance.image.as_deref(), Some("golden-2"), "{instance:?}");
+    }
+}
+
+/// While an image change is under way, a purchase gets an instance of the
+/// new image when one is Ready, not the oldest of the old image's: the
+/// change is there for the next tenant.
+#[tokio::test(start_paused = true)]
+async fn a_purchase_during_an_image_change_gets_the_new_image_first() {
+    let sim = sim_with_images();
+    let manager = pool_manager::PoolManager::new(
+        temp_store(),
+        sim.clone(),
+        std::sync::Arc::new(sim.probe()),
+        pool_manager::ManagerSettings {
+            max_concurrent_boots: 1,
+            ..settings()
+        },
+    );
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(3)).await.unwrap();
+    wait_ready(&manager, 3).await;
+    manager
+        .update_pool(&pool(), |s| s.image = "mysql-8.4".into())
+        .await
+        .unwrap();
+
+    // One replacement at a time: the first is Ready beside old ones.
+    let images_ready = || async {
+        let mut images: Vec<Option<String>> = manager
+            .list_instances(Some(&pool()))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.state == InstanceState::Ready)
+            .map(|i| i.image)
+            .collect();
+        images.sort();
+        images
+    };
+    let mut ready = Vec::new();
+    for _ in 0..600 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        ready = images_ready().await;
+        if ready.contains(&Some("mysql-8.4".into())) {
+            break;
+        }
+    }
+    assert!(
+        ready.contains(&Some("mysql-8.0".into())) && ready.contains(&Some("mysql-8.4".into())),
+        "{ready:?}"
+    );
+    let done = manager
+        .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert!(done.warm_hit);
+    let taken = done.instance_id.clone().expect("an instance");
+    let instance = manager
+        .list_instances(Some(&pool()))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.id == taken)
+        .expect("listed");
+    assert_eq!(instance.image.as_deref(), Some("mysql-8.4"), "{ready:?}");
+}
+
+/// Instances recorded before warmpool kept their image (an upgrade) are
+/// taken to be of the pool's image: the upgrade replaces nothing, and an
+/// image change after it replaces them.
+#[tokio::test(start_paused = true)]
+async fn instances_recorded_without_their_image_are_renewed_by_a_later_change() {
+    let sim = sim_with_images();
+    let store = temp_store();
+    let manager = started(&sim, store.clone(), 2).await;
+    let first = ready_ids(&manager).await;
+    for instance in manager.list_instances(Some(&pool())).await.unwrap() {
+        let legacy = pool_manager::model::Instance {
+            image: None,
+            ..instance.clone()
+        };
+        assert!(store
+            .cas_instance(Some(&instance), Some(&legacy))
+            .await
+            .unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        ready_ids(&manager).await,
+        first,
+        "the upgrade replaced nothing"
+    );
+    for instance in manager.list_instances(Some(&pool())).await.unwrap() {
+        assert_eq!(instance.image.as_deref(), Some("mysql-8.0"), "{instance:?}");
+    }
+
+    manager
+        .update_pool(&pool(), |s| s.image = "mysql-8.4".into())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4 * 60)).await;
+    let now = ready_ids(&manager).await;
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(now.is_disjoint(&first), "{now:?}");
+    assert!(sim.servers().iter().all(|s| s.image == "mysql-8.4"));
 }
 
 /// A retirement the cloud refuses (the server's delete fails) fails that

@@ -175,6 +175,9 @@ impl Cloud for Timed {
     fn volume_zone_for(&self, server_az: &str) -> String {
         self.inner.volume_zone_for(server_az)
     }
+    fn boot_image(&self, pool_image: &str) -> String {
+        self.inner.boot_image(pool_image)
+    }
 }
 
 /// Length of the union of `intervals` (calls in flight in parallel count once).

@@ -1052,6 +1052,10 @@ impl Cloud for OpenStackCloud {
         self.volume_az(server_az)
     }
 
+    fn boot_image(&self, pool_image: &str) -> String {
+        self.image_name(pool_image).to_owned()
+    }
+
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         let flavor = self.flavor(flavor).await?;
         Ok(self.limits().await?.headroom(&flavor))

@@ -295,6 +295,8 @@ pub struct GatedCloud {
     holds: std::sync::Mutex<Vec<(&'static str, At, Arc<Hold>)>>,
     lost_answers: std::sync::Mutex<Vec<&'static str>>,
     fault: Option<Fault>,
+    /// One image for every pool, as the OpenStack driver's `image` override.
+    image_override: std::sync::Mutex<Option<String>>,
 }
 
 impl GatedCloud {
@@ -304,6 +306,7 @@ impl GatedCloud {
             holds: Default::default(),
             lost_answers: Default::default(),
             fault: None,
+            image_override: Default::default(),
         })
     }
 
@@ -317,6 +320,7 @@ impl GatedCloud {
             holds: Default::default(),
             lost_answers: Default::default(),
             fault: Some(Box::new(fault)),
+            image_override: Default::default(),
         })
     }
 
@@ -335,6 +339,12 @@ impl GatedCloud {
             move |called| (called == method && switch.load(Ordering::SeqCst)).then(|| error.clone())
         });
         (cloud, switch)
+    }
+
+    /// Boots every pool's servers from `image` (`None`: each pool's own),
+    /// as the OpenStack driver does with its `image` override.
+    pub fn boot_every_pool_from(&self, image: Option<&str>) {
+        *self.image_override.lock().unwrap() = image.map(Into::into);
     }
 
     /// The next call of `method` waits at `at`.
@@ -399,7 +409,11 @@ mod gated {
     #[async_trait::async_trait]
     impl Cloud for GatedCloud {
         async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server> {
-            self.call("create_server", self.sim.create_server(spec))
+            let spec = ServerSpec {
+                image: self.boot_image(&spec.image),
+                ..spec.clone()
+            };
+            self.call("create_server", self.sim.create_server(&spec))
                 .await
         }
         async fn get_server(&self, id: &str) -> CloudResult<Server> {
@@ -469,6 +483,10 @@ mod gated {
         }
         fn volume_zone_for(&self, server_az: &str) -> String {
             self.sim.volume_zone_for(server_az)
+        }
+        fn boot_image(&self, pool_image: &str) -> String {
+            let image = self.image_override.lock().unwrap().clone();
+            image.unwrap_or_else(|| self.sim.boot_image(pool_image))
         }
     }
 }

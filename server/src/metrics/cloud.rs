@@ -103,6 +103,9 @@ impl Cloud for MeteredCloud {
     fn volume_zone_for(&self, server_az: &str) -> String {
         self.inner.volume_zone_for(server_az)
     }
+    fn boot_image(&self, pool_image: &str) -> String {
+        self.inner.boot_image(pool_image)
+    }
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         self.timed(COMPUTE, self.inner.boot_headroom(flavor)).await
     }
