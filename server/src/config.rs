@@ -87,7 +87,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
 }
 
-/// `[tls]`: the gRPC listener's certificate, read at start.
+/// `[tls]`: the gRPC listener's certificate, read at start and again on
+/// SIGHUP (`crate::tls::TlsHandle::reload`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {

@@ -161,12 +161,16 @@ pub async fn start(
         let stopped = async {
             let _ = stop_rx.await;
         };
+        // No handshakes for connections the server would not serve.
+        let mut stopping = stopping_tx.subscribe();
         let serve = async move {
             match tls_listener {
                 Some(tls) => {
-                    router
-                        .serve_with_incoming_shutdown(tls::incoming(listener, tls), stopped)
-                        .await
+                    let stop_accepting = async move {
+                        let _ = stopping.wait_for(|stopping| *stopping).await;
+                    };
+                    let incoming = tls::incoming(listener, tls, stop_accepting);
+                    router.serve_with_incoming_shutdown(incoming, stopped).await
                 }
                 None => {
                     router

@@ -24,12 +24,27 @@ use tokio_stream::wrappers::ReceiverStream;
 /// open socket that never speaks must not hold a task forever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Handshakes under way at once; further connections wait in the kernel's
+/// backlog until one ends.
+const MAX_HANDSHAKES: usize = 256;
+
 /// The TLS settings new connections are accepted with. Connections already
 /// open keep the settings they were accepted with.
 #[derive(Clone)]
 pub struct TlsHandle {
-    current: Arc<RwLock<Arc<ServerConfig>>>,
+    current: Arc<RwLock<Listening>>,
 }
+
+struct Listening {
+    config: Arc<ServerConfig>,
+    /// Clients must present a certificate (`client_ca_file`).
+    mutual: bool,
+}
+
+/// [`TlsHandle::reload`]'s refusal to drop mutual TLS.
+#[derive(Debug, thiserror::Error)]
+#[error("the file's [tls] has no client_ca_file while mutual TLS is in force, and a reload does not let clients in without a certificate (restart warmpoold for that); TLS unchanged")]
+pub struct WouldDropClientCertificates;
 
 impl std::fmt::Debug for TlsHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -41,46 +56,73 @@ impl TlsHandle {
     /// Reads and checks `[tls]`'s files; the error names the file at fault.
     pub fn load(tls: &TlsConfig) -> anyhow::Result<Self> {
         Ok(Self {
-            current: Arc::new(RwLock::new(server_config(tls)?)),
+            current: Arc::new(RwLock::new(Listening {
+                config: server_config(tls)?,
+                mutual: tls.client_ca_file.is_some(),
+            })),
         })
     }
 
     /// Reads `[tls]`'s files again (a renewed certificate, a new client
     /// CA): connections accepted from now on use them. Files that do not
-    /// load change nothing; the error says why.
+    /// load change nothing; the error says why. Refuses to drop
+    /// `client_ca_file` while it is in force: a file edited without it, or
+    /// half written, would let anyone in where client certificates may be
+    /// the API's only access control ([`WouldDropClientCertificates`]).
     pub fn reload(&self, tls: &TlsConfig) -> anyhow::Result<()> {
+        let mutual = tls.client_ca_file.is_some();
+        if !mutual && self.current().mutual {
+            return Err(WouldDropClientCertificates.into());
+        }
         let config = server_config(tls)?;
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = config;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) =
+            Listening { config, mutual };
         Ok(())
     }
 
+    fn current(&self) -> std::sync::RwLockReadGuard<'_, Listening> {
+        self.current.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn acceptor(&self) -> TlsAcceptor {
-        let config = self.current.read().unwrap_or_else(PoisonError::into_inner);
-        TlsAcceptor::from(Arc::clone(&config))
+        TlsAcceptor::from(Arc::clone(&self.current().config))
     }
 }
 
 /// The connections of `listener` whose TLS handshake completes, each with
 /// the settings in force when it was accepted. Handshakes run side by side
-/// (a slow client holds up no other); one that fails or takes longer than
-/// [`HANDSHAKE_TIMEOUT`] is logged and dropped. Accepting ends when the
-/// stream is dropped.
+/// (a slow client holds up no other), at most [`MAX_HANDSHAKES`] at once;
+/// one that fails or takes longer than [`HANDSHAKE_TIMEOUT`] is logged and
+/// dropped. Accepting ends, and the listening socket closes, when `stop`
+/// resolves (a graceful shutdown: no new connections while the open ones
+/// finish) or the stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     tls: TlsHandle,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
     let (accepted, stream) = tokio::sync::mpsc::channel(64);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
+        tokio::pin!(stop);
         loop {
-            let (socket, peer) = tokio::select! {
+            let next = async {
+                let permit = Arc::clone(&handshakes).acquire_owned().await;
+                (permit, listener.accept().await)
+            };
+            let (permit, (socket, peer)) = tokio::select! {
+                () = &mut stop => return,
                 () = accepted.closed() => return,
-                next = listener.accept() => match next {
-                    Ok(connection) => connection,
-                    Err(e) => {
-                        // Out of file descriptors, say: the listener is
-                        // fine, and a pause lets connections close.
-                        tracing::warn!(error = %e, "cannot accept a connection");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                (permit, next) = next => match (permit, next) {
+                    (Ok(permit), Ok(connection)) => (permit, connection),
+                    (Err(_closed), _) => return,
+                    (_, Err(e)) => {
+                        if !is_the_clients_doing(&e) {
+                            // Out of file descriptors, say: the listener is
+                            // fine, and a pause lets connections close.
+                            tracing::warn!(error = %e, "cannot accept a connection");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                         continue;
                     }
                 },
@@ -89,7 +131,10 @@ pub fn incoming(
             let acceptor = tls.acceptor();
             let accepted = accepted.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                let handshake =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await;
+                drop(permit);
+                match handshake {
                     Ok(Ok(stream)) => {
                         let _ = accepted.send(Ok(stream)).await;
                     }
@@ -100,6 +145,13 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(stream)
+}
+
+/// An accept error that is one client's (it gave up before it was
+/// accepted), not the listener's.
+fn is_the_clients_doing(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted)
 }
 
 /// The listener's TLS settings from `[tls]`: HTTP/2 only, and a client

@@ -2203,22 +2203,39 @@ async fn tls_files_are_read_again_on_reload() {
         Ok(1)
     );
 
-    // A half-written renewal, or a key of another certificate: refused,
-    // naming the file, and the settings in force stay.
+    // A half-written renewal, a key of another certificate, or a file
+    // without the client CA (which may be the API's only access control):
+    // refused, saying why, and the settings in force stay.
     std::fs::write(&server.cert_file, "-----BEGIN CERT").unwrap();
-    let err = format!("{:#}", tls.reload(&files).unwrap_err());
+    let err = format!("{:#}", tls.reload(&mutual).unwrap_err());
     assert!(err.contains("tls.cert_file"), "{err}");
     new_ca.issue("server", &["127.0.0.1"]);
     let mismatched = TlsConfig {
         key_file: ops.key_file.clone(),
-        ..files.clone()
+        ..mutual.clone()
     };
     let err = format!("{:#}", tls.reload(&mismatched).unwrap_err());
     assert!(err.contains("do not make a TLS identity"), "{err}");
+    let err = format!("{:#}", tls.reload(&files).unwrap_err());
+    assert!(err.contains("no client_ca_file"), "{err}");
+    assert!(
+        trusting(&new_ca).await.is_err(),
+        "still no client certificate"
+    );
     assert_eq!(
         list_pools_over(&https, tls_options(Some(new_ca.ca_pem()), Some(&ops))).await,
         Ok(1),
         "the mutual TLS settings are still in force"
     );
+
+    // Stopped, the daemon takes no more connections.
+    let addr = running.grpc_addr;
     stop_bare(running, stop).await;
+    support::eventually("the listener to close", Duration::from_secs(10), || async {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(_) => Err("a connection was taken".to_string()),
+            Err(_) => Ok(()),
+        }
+    })
+    .await;
 }
