@@ -5,6 +5,7 @@ pub mod access;
 pub mod check_cloud;
 pub mod config;
 pub mod convert;
+pub mod listener;
 pub mod metrics;
 pub mod service;
 pub mod tls;
@@ -18,7 +19,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use warmpool_proto::v1::warm_pool_server::WarmPoolServer;
 
 /// [`start`]'s error when `shutdown` resolved before serving began: nothing
@@ -161,27 +161,34 @@ pub async fn start(
         let stopped = async {
             let _ = stop_rx.await;
         };
-        // No handshakes for connections the server would not serve.
+        // Shutting down, the listener closes at once: no new connections
+        // (nor handshakes) while in-flight calls finish.
         let mut stopping = stopping_tx.subscribe();
+        let stop_accepting = async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        };
         let serve = async move {
             match tls_listener {
                 Some(tls) => {
-                    let stop_accepting = async move {
-                        let _ = stopping.wait_for(|stopping| *stopping).await;
-                    };
                     let incoming = tls::incoming(listener, tls, stop_accepting);
                     router.serve_with_incoming_shutdown(incoming, stopped).await
                 }
                 None => {
-                    router
-                        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped)
-                        .await
+                    let incoming = listener::incoming(listener, stop_accepting, |socket, _| {
+                        std::future::ready(Some(socket))
+                    });
+                    router.serve_with_incoming_shutdown(incoming, stopped).await
                 }
             }
         };
         tokio::pin!(serve);
-        tokio::select! {
-            result = &mut serve => result?,
+        // Serving ends by itself only on a failure: the store is still
+        // flushed, and the exit is one a supervisor restarts.
+        let failed = tokio::select! {
+            result = &mut serve => Some(match result {
+                Ok(()) => anyhow::anyhow!("the gRPC server stopped serving unasked"),
+                Err(e) => anyhow::Error::new(e).context("the gRPC server failed"),
+            }),
             () = shutdown => {
                 tracing::info!("shutting down: no new calls; waiting for in-flight ones");
                 stop_health(&mut health).await;
@@ -190,8 +197,9 @@ pub async fn start(
                 if tokio::time::timeout(grace, &mut serve).await.is_err() {
                     tracing::warn!(?grace, "in-flight calls outlived the grace period; stopping anyway");
                 }
+                None
             }
-        }
+        };
         served_manager
             .shutdown()
             .await
@@ -206,7 +214,7 @@ pub async fn start(
         }
         drop(event_task);
         tracing::info!("stopped");
-        Ok(())
+        failed.map_or(Ok(()), Err)
     });
     Ok(Running {
         grpc_addr,

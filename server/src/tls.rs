@@ -2,9 +2,9 @@
 //! start so that a wrong path or a file of the wrong kind stops start-up
 //! with its name rather than failing every handshake later; read again on
 //! SIGHUP ([`TlsHandle::reload`]) so that a renewed certificate is served
-//! without a restart. warmpoold accepts the TLS connections itself
-//! ([`incoming`]) rather than through tonic's `tls_config`, whose settings
-//! are fixed for the server's life.
+//! without a restart. warmpoold runs the handshakes itself ([`incoming`])
+//! rather than through tonic's `tls_config`, whose settings are fixed for
+//! the server's life.
 
 use crate::config::TlsConfig;
 use anyhow::Context;
@@ -23,10 +23,6 @@ use tokio_stream::wrappers::ReceiverStream;
 /// A client that has not finished its handshake by then is dropped: an
 /// open socket that never speaks must not hold a task forever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Handshakes under way at once; further connections wait in the kernel's
-/// backlog until one ends.
-const MAX_HANDSHAKES: usize = 256;
 
 /// The TLS settings new connections are accepted with. Connections already
 /// open keep the settings they were accepted with.
@@ -90,68 +86,30 @@ impl TlsHandle {
 }
 
 /// The connections of `listener` whose TLS handshake completes, each with
-/// the settings in force when it was accepted. Handshakes run side by side
-/// (a slow client holds up no other), at most [`MAX_HANDSHAKES`] at once;
-/// one that fails or takes longer than [`HANDSHAKE_TIMEOUT`] is logged and
-/// dropped. Accepting ends, and the listening socket closes, when `stop`
-/// resolves (a graceful shutdown: no new connections while the open ones
-/// finish) or the stream is dropped.
+/// the settings in force when it was accepted ([`crate::listener`]: side by
+/// side, until `stop`). A handshake that fails or takes longer than
+/// [`HANDSHAKE_TIMEOUT`] is logged and dropped.
 pub fn incoming(
     listener: TcpListener,
     tls: TlsHandle,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
-    let (accepted, stream) = tokio::sync::mpsc::channel(64);
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
-    tokio::spawn(async move {
-        tokio::pin!(stop);
-        loop {
-            let next = async {
-                let permit = Arc::clone(&handshakes).acquire_owned().await;
-                (permit, listener.accept().await)
-            };
-            let (permit, (socket, peer)) = tokio::select! {
-                () = &mut stop => return,
-                () = accepted.closed() => return,
-                (permit, next) = next => match (permit, next) {
-                    (Ok(permit), Ok(connection)) => (permit, connection),
-                    (Err(_closed), _) => return,
-                    (_, Err(e)) => {
-                        if !is_the_clients_doing(&e) {
-                            // Out of file descriptors, say: the listener is
-                            // fine, and a pause lets connections close.
-                            tracing::warn!(error = %e, "cannot accept a connection");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                        continue;
-                    }
-                },
-            };
-            let _ = socket.set_nodelay(true);
-            let acceptor = tls.acceptor();
-            let accepted = accepted.clone();
-            tokio::spawn(async move {
-                let handshake =
-                    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await;
-                drop(permit);
-                match handshake {
-                    Ok(Ok(stream)) => {
-                        let _ = accepted.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    crate::listener::incoming(listener, stop, move |socket, peer| {
+        let handshake = tls.acceptor().accept(socket);
+        async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Ok(stream)) => Some(stream),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    None
                 }
-            });
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    None
+                }
+            }
         }
-    });
-    ReceiverStream::new(stream)
-}
-
-/// An accept error that is one client's (it gave up before it was
-/// accepted), not the listener's.
-fn is_the_clients_doing(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted)
+    })
 }
 
 /// The listener's TLS settings from `[tls]`: HTTP/2 only, and a client

@@ -371,8 +371,22 @@ type DaemonLog = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStde
 async fn serving_daemon(
     config_file: &std::path::Path,
 ) -> (tokio::process::Child, DaemonLog, String) {
+    serving_daemon_with(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold")),
+        config_file,
+    )
+    .await
+}
+
+/// [`serving_daemon`], started by `command` (warmpoold, or a shell that
+/// execs it).
+#[cfg(unix)]
+async fn serving_daemon_with(
+    mut command: tokio::process::Command,
+    config_file: &std::path::Path,
+) -> (tokio::process::Child, DaemonLog, String) {
     use tokio::io::AsyncBufReadExt;
-    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+    let mut daemon = command
         .arg("--config")
         .arg(config_file)
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
@@ -516,4 +530,51 @@ async fn sighup_reads_the_tls_files_again() {
     let refused = log_line(&mut log, "TLS unchanged").await;
     assert!(refused.contains("tls.key_file"), "{refused}");
     assert_eq!(pools(&new_ca).await.unwrap(), 1);
+}
+
+/// Out of file descriptors under a burst of connections, warmpoold keeps
+/// its gRPC listener, and serves again once connections close. (tonic's
+/// own accept loop ended at the first EMFILE, and warmpoold then stopped
+/// as if asked to, with exit code 0, which a supervisor does not restart.)
+#[cfg(unix)]
+#[tokio::test]
+async fn running_out_of_file_descriptors_does_not_stop_the_listener() {
+    let data = tempfile::tempdir().unwrap();
+    let config_file = data.path().join("warmpoold.toml");
+    std::fs::write(
+        &config_file,
+        config_text(data.path(), &[("db.small", "az1", 0, 1)]),
+    )
+    .unwrap();
+    let mut limited = tokio::process::Command::new("sh");
+    limited.args([
+        "-c",
+        "ulimit -n 128 && exec \"$0\" \"$@\"",
+        env!("CARGO_BIN_EXE_warmpoold"),
+    ]);
+    let (mut daemon, mut log, addr) = serving_daemon_with(limited, &config_file).await;
+
+    // More connections than the daemon has descriptors left (and fewer
+    // than it has left plus the listen backlog, 128).
+    let mut burst = Vec::new();
+    for _ in 0..200 {
+        burst.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    log_line(&mut log, "cannot accept a connection").await;
+    drop(burst);
+
+    let pools = support::eventually("warmpoold to serve again", PATIENCE, || async {
+        let client = warmpool_client::Client::connect(&addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        client.list_pools().await.map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(pools.len(), 1);
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "warmpoold is still running"
+    );
+    daemon.start_kill().unwrap();
+    daemon.wait().await.unwrap();
 }

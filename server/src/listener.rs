@@ -1,0 +1,85 @@
+//! The gRPC listener's accept loop. warmpoold runs its own rather than
+//! tonic's: tonic's ends at the first accept error that is not one client's
+//! (EMFILE, when file descriptors run out under a burst of connections), and
+//! the server then stops as if it had been asked to, exit code 0, which a
+//! supervisor (`Restart=on-failure`) does not restart. Here such an error is
+//! logged and accepting resumes after a pause. Each connection is then
+//! established (for TLS, its handshake: [`crate::tls`]) beside the others.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Connections being established at once; further ones wait in the
+/// kernel's backlog until one is done.
+const MAX_ESTABLISHING: usize = 256;
+
+/// How long accepting pauses after an error of the listener's own (as
+/// axum's and hyper's examples do): connections close meanwhile, and the
+/// log gets a line a second, not a flood.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// The connections of `listener` that `establish` makes something of
+/// (`None`: dropped; it logs why). Accepting ends, and the listening socket
+/// closes, when `stop` resolves (a graceful shutdown: no new connections
+/// while the open ones finish) or the stream is dropped.
+pub fn incoming<IO, Establish, Established>(
+    listener: TcpListener,
+    stop: impl Future<Output = ()> + Send + 'static,
+    establish: Establish,
+) -> ReceiverStream<std::io::Result<IO>>
+where
+    IO: Send + 'static,
+    Establish: Fn(TcpStream, SocketAddr) -> Established + Send + 'static,
+    Established: Future<Output = Option<IO>> + Send + 'static,
+{
+    let (accepted, stream) = tokio::sync::mpsc::channel(64);
+    let establishing = Arc::new(tokio::sync::Semaphore::new(MAX_ESTABLISHING));
+    tokio::spawn(async move {
+        tokio::pin!(stop);
+        loop {
+            let next = async {
+                let permit = Arc::clone(&establishing).acquire_owned().await;
+                (permit, listener.accept().await)
+            };
+            let (permit, (socket, peer)) = tokio::select! {
+                () = &mut stop => return,
+                () = accepted.closed() => return,
+                (permit, next) = next => match (permit, next) {
+                    (Ok(permit), Ok(connection)) => (permit, connection),
+                    (Err(_closed), _) => return,
+                    (_, Err(e)) => {
+                        if !is_the_clients_doing(&e) {
+                            // The listener is fine; a pause lets
+                            // connections close and free descriptors.
+                            tracing::warn!(error = %e, "cannot accept a connection; trying again");
+                            tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        }
+                        continue;
+                    }
+                },
+            };
+            let _ = socket.set_nodelay(true);
+            let connection = establish(socket, peer);
+            let accepted = accepted.clone();
+            tokio::spawn(async move {
+                let connection = connection.await;
+                drop(permit);
+                if let Some(connection) = connection {
+                    let _ = accepted.send(Ok(connection)).await;
+                }
+            });
+        }
+    });
+    ReceiverStream::new(stream)
+}
+
+/// An accept error that is one client's (it gave up before it was
+/// accepted), not the listener's.
+fn is_the_clients_doing(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted)
+}
