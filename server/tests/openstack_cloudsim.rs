@@ -920,6 +920,32 @@ async fn a_revoked_token_is_replaced_by_a_fresh_login() {
     }
 }
 
+/// A service that refuses even the token Keystone just issued (it has not
+/// seen it yet: replication lag) is a passing fault, not a wrong password:
+/// the call fails transient, saying so, one login was made for it, and the
+/// next call goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_token_the_service_refuses_is_transient() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    let logins = env.face.faults().password_logins();
+    env.face.faults().refuse_tokens_next(Service::Compute, 2);
+    let err = cloud.get_server(&server.id).await.unwrap_err();
+    assert!(
+        matches!(&err, CloudError::Transient(m) if m.contains("refused a token Keystone had just issued")),
+        "{err:?}"
+    );
+    assert_eq!(env.face.faults().password_logins(), logins + 1);
+    cloud
+        .get_server(&server.id)
+        .await
+        .expect("the service takes the token now");
+}
+
 /// A re-login Keystone rate-limits is throttling, to be waited out like any
 /// 429, not "an unusable cloud configuration".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -257,6 +257,7 @@ struct ServiceFaults {
     throttle_retry_after: Duration,
     server_errors: u32,
     not_found: u32,
+    unauthorized: u32,
     garbage: u32,
     /// Requests left to answer with an endless body, and its size.
     oversized: (u32, usize),
@@ -402,6 +403,14 @@ impl HttpFaults {
     /// proxy's error page); no effect.
     pub fn server_error_next(&self, service: Service, n: u32) {
         self.with(service, |f| f.server_errors = n);
+    }
+
+    /// The next `n` requests to `service` get keystonemiddleware's 401
+    /// whatever their token, a fresh one included (a service that cannot
+    /// validate tokens Keystone just issued: replication lag, a broken
+    /// `keystone_authtoken`); no effect.
+    pub fn refuse_tokens_next(&self, service: Service, n: u32) {
+        self.with(service, |f| f.unauthorized = n);
     }
 
     /// The next `n` requests to `service` get a 404 with an HTML body (a
@@ -682,7 +691,7 @@ async fn fault_layer(
     request: Request,
     next: Next,
 ) -> Response {
-    let (slow, throttle, proxy_error, oversized, garbage) = {
+    let (slow, throttle, proxy_error, unauthorized, oversized, garbage) = {
         let mut faults = lock(&state.faults);
         let f = faults.entry(service).or_default();
         let throttle = (f.throttle > 0).then(|| {
@@ -700,16 +709,28 @@ async fn fault_layer(
         } else {
             None
         };
+        let unauthorized = throttle.is_none() && proxy_error.is_none() && f.unauthorized > 0;
+        if unauthorized {
+            f.unauthorized -= 1;
+        }
         let oversized =
-            (throttle.is_none() && proxy_error.is_none() && f.oversized.0 > 0).then(|| {
-                f.oversized.0 -= 1;
-                f.oversized.1
-            });
-        let garbage = throttle.is_none() && proxy_error.is_none() && f.garbage > 0;
+            (throttle.is_none() && proxy_error.is_none() && !unauthorized && f.oversized.0 > 0)
+                .then(|| {
+                    f.oversized.0 -= 1;
+                    f.oversized.1
+                });
+        let garbage = throttle.is_none() && proxy_error.is_none() && !unauthorized && f.garbage > 0;
         if garbage {
             f.garbage -= 1;
         }
-        (f.slow, throttle, proxy_error, oversized, garbage)
+        (
+            f.slow,
+            throttle,
+            proxy_error,
+            unauthorized,
+            oversized,
+            garbage,
+        )
     };
     if !slow.is_zero() {
         tokio::time::sleep(slow).await;
@@ -725,6 +746,13 @@ async fn fault_layer(
         .into_response()
     } else if let Some((status, page)) = proxy_error {
         (status, [(header::CONTENT_TYPE, "text/html")], page).into_response()
+    } else if unauthorized {
+        ApiError::new(
+            service,
+            StatusCode::UNAUTHORIZED,
+            "The request you have made requires authentication.",
+        )
+        .into_response()
     } else if let Some(bytes) = oversized {
         (StatusCode::OK, vec![b' '; bytes]).into_response()
     } else {
