@@ -203,6 +203,12 @@ pub struct SimConfig {
     /// Seed for jitter and for ids: the same seed and the same call sequence
     /// give the same ids and timings.
     pub seed: u64,
+    /// Mixed into every id (servers, volumes, ports): clouds of one seed
+    /// with other salts never hand out the same id. The embedded cloud of
+    /// warmpoold draws one each start, since it forgets its servers when
+    /// the process ends while the store remembers their ids. 0: ids follow
+    /// the seed alone.
+    pub id_salt: u64,
     /// Open a real TCP listener per server that greets like mysqld once ready.
     /// Off: `mysql_addr` is synthetic and only [`crate::SimProbe`] can probe it.
     pub listeners: bool,
@@ -232,6 +238,7 @@ impl Default for SimConfig {
             time_scale: 1.0,
             jitter: 0.1,
             seed: 1,
+            id_salt: 0,
             listeners: true,
             mysql_version: "8.0.36-cloudsim".into(),
             rate_limit: None,

@@ -432,9 +432,14 @@ impl Model {
         base.mul_f64((factor * self.cfg.time_scale).max(0.0))
     }
 
-    /// Ids come from the seeded generator so that runs are reproducible.
+    /// Ids come from the seeded generator so that runs are reproducible,
+    /// salted (`SimConfig::id_salt`).
     fn new_id(&mut self) -> String {
-        uuid::Builder::from_random_bytes(self.rng.gen())
+        let mut bytes: [u8; 16] = self.rng.gen();
+        for (byte, salt) in bytes.iter_mut().zip(self.cfg.id_salt.to_le_bytes()) {
+            *byte ^= salt;
+        }
+        uuid::Builder::from_random_bytes(bytes)
             .into_uuid()
             .to_string()
     }

@@ -340,6 +340,12 @@ async fn build_cloud(
                 time_scale: *time_scale,
                 iops_throttled: *iops_throttled,
                 seed: *seed,
+                // It forgets its servers when warmpoold stops, the store does
+                // not: ids of a later start must not repeat them, or an old
+                // allocation's release would delete a new instance's server.
+                id_salt: rand::random(),
+                // A second image to try an image change on.
+                images: vec!["mysql-8.0".into(), "mysql-8.4".into()],
                 ..cloudsim::SimConfig::default()
             });
             tracing::info!(

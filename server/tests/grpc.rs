@@ -1465,6 +1465,30 @@ async fn restart_keeps_allocations_and_pool_settings() {
     // The pools fill again (the embedded cloud starts empty every time).
     wait_ready(c, "db.small", "az1", 2).await;
     wait_ready(c, "db.medium", "az2", 1).await;
+    // With servers of ids the first run never handed out: the old
+    // allocation's release deletes its own server id, never a new
+    // instance's (the embedded cloud's ids once repeated at each start).
+    let pool_servers: Vec<String> = c
+        .list_instances("", "")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.request_id.is_empty())
+        .map(|i| i.server_id)
+        .collect();
+    assert_eq!(pool_servers.len(), 3, "{pool_servers:?}");
+    assert!(
+        !pool_servers.contains(&before.server_id),
+        "{} again: {pool_servers:?}",
+        before.server_id
+    );
+    c.release("order-r", None).await.unwrap();
+    for server in &pool_servers {
+        let alive = d.cloud().server(server).is_some_and(|s| {
+            s.server.status != pool_manager::cloud::ServerStatus::Deleted
+        });
+        assert!(alive, "{server} was deleted");
+    }
     let after = c
         .allocate(allocate_request("order-r2", "db.small", "az1"))
         .await
