@@ -187,7 +187,8 @@ impl SizingSettings {
 /// Where a lead-time estimate comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LeadSource {
-    /// No boot observed yet: the configured prior.
+    /// The prior (configured, or from the pool's IOPS limits): no boot
+    /// observed yet, or too few to outweigh a prior above them.
     Prior,
     /// Completed boots.
     Observed,
@@ -290,16 +291,20 @@ impl LeadTimes {
                 vec![prior],
             )
         } else {
-            let mut p90 = percentile(&recent, 0.9);
-            if recent.len() < MIN_OBSERVED {
-                p90 = p90.max(prior);
-            }
+            let observed = percentile(&recent, 0.9);
+            // Too few boots to outweigh the prior: it bounds p90 from
+            // below, and is then what p90 says.
+            let held = recent.len() < MIN_OBSERVED && prior > observed;
             (
                 LeadEstimate {
                     p50: percentile(&recent, 0.5),
-                    p90,
+                    p90: if held { prior } else { observed },
                     samples: recent.len(),
-                    source: LeadSource::Observed,
+                    source: if held {
+                        LeadSource::Prior
+                    } else {
+                        LeadSource::Observed
+                    },
                 },
                 recent,
             )

@@ -347,10 +347,19 @@ fn lead_time_prior_percentiles_expiry_and_in_flight() {
         (secs(90), secs(90), LeadSource::Prior)
     );
 
-    // One fast boot: the prior still bounds p90 until a few are seen.
+    // One fast boot: the prior still bounds p90 until a few are seen, and
+    // is then what p90 says (not "observed": no boot took 90 s).
     lead.record(t0, secs(60), &settings);
     let e = lead.estimate(t0, &[], &settings);
-    assert_eq!((e.p50, e.p90, e.samples), (secs(60), secs(90), 1));
+    assert_eq!(
+        (e.p50, e.p90, e.samples, e.source),
+        (secs(60), secs(90), 1, LeadSource::Prior)
+    );
+    // One slow boot: it is above the prior, and p90 is observed.
+    let mut slow = LeadTimes::default();
+    slow.record(t0, secs(120), &settings);
+    let e = slow.estimate(t0, &[], &settings);
+    assert_eq!((e.p90, e.source), (secs(120), LeadSource::Observed));
 
     // 60, 61, ..., 69: nearest-rank p50 = 64, p90 = 68.
     for i in 1..10 {
