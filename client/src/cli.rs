@@ -118,6 +118,8 @@ pub struct PoolKey {
 }
 
 #[derive(Debug, Args)]
+// "-1" is a value to refuse by its range, not an unknown flag.
+#[command(allow_negative_numbers = true)]
 pub struct PoolCreateArgs {
     #[command(flatten)]
     pub key: PoolKey,
@@ -139,8 +141,8 @@ pub struct PoolCreateArgs {
     /// the server's default: 15m).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub boot_timeout: Option<Duration>,
-    /// Recycle Ready instances older than this ("never", the default, keeps
-    /// them).
+    /// Recycle Ready instances older than this ("never" or 0, the default,
+    /// keeps them).
     #[arg(long, value_name = "DURATION|never", value_parser = parse_max_age)]
     pub max_age: Option<Duration>,
     /// Create the pool without replenishing it.
@@ -161,6 +163,8 @@ pub struct PoolCreateArgs {
 }
 
 #[derive(Debug, Args)]
+// "-1" is a value to refuse by its range, not an unknown flag.
+#[command(allow_negative_numbers = true)]
 pub struct PoolUpdateArgs {
     #[command(flatten)]
     pub key: PoolKey,
@@ -182,7 +186,8 @@ pub struct PoolUpdateArgs {
     /// Give up on a server that is not Ready after this long.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub boot_timeout: Option<Duration>,
-    /// Recycle Ready instances older than this; "never" stops recycling.
+    /// Recycle Ready instances older than this; "never" (or 0) stops
+    /// recycling.
     #[arg(long, value_name = "DURATION|never", value_parser = parse_max_age)]
     pub max_age: Option<Duration>,
     /// Stop (true) or resume (false) replenishing.
@@ -250,6 +255,10 @@ impl From<OnEmpty> for api::EmptyPoolPolicy {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    allow_negative_numbers = true,
+    group(clap::ArgGroup::new("volume").required(true).args(["volume_id", "volume_size"]))
+)]
 pub struct AllocateArgs {
     /// Idempotency key, e.g. the billing order id.
     #[arg(long)]
@@ -263,12 +272,8 @@ pub struct AllocateArgs {
     /// Availability zone of the pool to take the instance from.
     #[arg(long)]
     pub az: String,
-    /// Attach this existing Cinder volume.
-    #[arg(
-        long,
-        required_unless_present = "volume_size",
-        conflicts_with = "volume_size"
-    )]
+    /// Attach this existing Cinder volume (or --volume-size: a new one).
+    #[arg(long)]
     pub volume_id: Option<String>,
     /// Create a new volume of this many GiB.
     #[arg(long, value_name = "GIB")]

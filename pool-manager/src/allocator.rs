@@ -590,9 +590,12 @@ impl Shared {
         let allocation = loop {
             if let Some(existing) = self.store.get_allocation(&params.request_id).await? {
                 if existing.params != *params {
+                    let differ = existing.params.differences(params);
                     return Err(ManagerError::Aborted(format!(
-                        "request_id {} was already used with other parameters",
-                        params.request_id
+                        "request_id {} was already used with other parameters ({} {}): a new order needs a new request id",
+                        params.request_id,
+                        differ.join(", "),
+                        if differ.len() == 1 { "differs" } else { "differ" }
                     )));
                 }
                 if existing.state != AllocationState::Allocating {

@@ -37,7 +37,7 @@ pub enum ManagerError {
     Cloud(#[from] CloudError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("warmpool is shutting down")]
+    #[error("warmpool is shutting down; call again once it is back (an Allocate with the same request id)")]
     ShuttingDown,
 }
 

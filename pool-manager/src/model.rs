@@ -149,7 +149,7 @@ impl PoolSpec {
             return Err((
                 "max_ready",
                 format!(
-                    "max_ready ({}) is below min_ready ({})",
+                    "max_ready ({}) is below min_ready ({}): change both together",
                     self.max_ready, self.min_ready
                 ),
             ));
@@ -464,6 +464,31 @@ pub struct AllocationParams {
     pub volume: VolumeRequest,
     pub network: NetworkRequest,
     pub labels: BTreeMap<String, String>,
+}
+
+impl AllocationParams {
+    /// The request fields in which `other` differs from these, by their
+    /// API names (an ABORTED answer says which).
+    pub fn differences(&self, other: &AllocationParams) -> Vec<&'static str> {
+        [
+            ("request_id", self.request_id != other.request_id),
+            (
+                "tenant_project_id",
+                self.tenant_project_id != other.tenant_project_id,
+            ),
+            ("flavor", self.pool.flavor != other.pool.flavor),
+            (
+                "availability_zone",
+                self.pool.availability_zone != other.pool.availability_zone,
+            ),
+            ("volume", self.volume != other.volume),
+            ("network", self.network != other.network),
+            ("labels", self.labels != other.labels),
+        ]
+        .into_iter()
+        .filter_map(|(field, differs)| differs.then_some(field))
+        .collect()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -83,6 +83,18 @@ async fn same_request_id_returns_same_allocation_and_other_params_abort() {
     other.params.tenant_project_id = "tenant-b".into();
     let err = manager.allocate(other.clone()).await.unwrap_err();
     assert!(matches!(err, ManagerError::Aborted(_)), "{err}");
+    assert!(
+        err.to_string().contains("(tenant_project_id differs)"),
+        "{err}"
+    );
+    let mut two = other.clone();
+    two.params.labels.insert("plan".into(), "gold".into());
+    let err = manager.allocate(two).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("(tenant_project_id, labels differ)"),
+        "{err}"
+    );
 
     // After a restart on the same store the answer is the same.
     manager.shutdown().await.unwrap();
