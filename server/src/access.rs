@@ -12,8 +12,50 @@
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 use tonic::{Request, Status};
+
+/// Calls with unknown tokens are logged at most once per this interval,
+/// with how many came since: a client retrying with a revoked token, or
+/// guessing, must not flood the log (`warmpool_api_calls_refused_total`
+/// counts every one).
+const UNKNOWN_TOKEN_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Admits a log line at most once per interval.
+#[derive(Debug)]
+struct LogEvery {
+    interval: Duration,
+    /// When the last line was admitted, and how many were held back since.
+    state: Mutex<Option<(Instant, u64)>>,
+}
+
+impl LogEvery {
+    const fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            state: Mutex::new(None),
+        }
+    }
+
+    /// `Some(held back since the last line)` when a line may be logged now.
+    fn admit(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match &mut *state {
+            Some((last, held)) if now.saturating_duration_since(*last) < self.interval => {
+                *held += 1;
+                None
+            }
+            _ => {
+                let held = state.map_or(0, |(_, held)| held);
+                *state = Some((now, 0));
+                Some(held)
+            }
+        }
+    }
+}
+
+static UNKNOWN_TOKEN_LOG: LogEvery = LogEvery::new(UNKNOWN_TOKEN_LOG_INTERVAL);
 
 /// What a token may do, least first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -163,10 +205,13 @@ impl Access {
                 )
             })?;
         let Some(caller) = self.by_sha256.get(&token_sha256(token)) else {
-            tracing::warn!(
-                method = method.name(),
-                "call with a bearer token this daemon does not know"
-            );
+            if let Some(held_back) = UNKNOWN_TOKEN_LOG.admit(Instant::now()) {
+                tracing::warn!(
+                    method = method.name(),
+                    held_back,
+                    "call with a bearer token this daemon does not know (held_back: such calls not logged in the {UNKNOWN_TOKEN_LOG_INTERVAL:?} before)"
+                );
+            }
             return Err(Status::unauthenticated(
                 "the bearer token is not one of this daemon's api_tokens (revoked, or for another daemon?)",
             ));
@@ -233,6 +278,18 @@ impl AccessHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_lines_are_admitted_once_per_interval_with_what_was_held_back() {
+        let every = LogEvery::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(every.admit(at(0)), Some(0));
+        assert_eq!(every.admit(at(1)), None);
+        assert_eq!(every.admit(at(9)), None);
+        assert_eq!(every.admit(at(10)), Some(2));
+        assert_eq!(every.admit(at(25)), Some(0));
+    }
 
     fn access() -> Access {
         Access::with_tokens([
