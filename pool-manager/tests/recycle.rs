@@ -125,6 +125,24 @@ async fn a_purchase_still_gets_an_expired_instance_that_was_not_yet_replaced() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A started manager with no pool yet, booting one instance of a pool at
+/// a time.
+async fn started_one_boot_at_a_time(
+    sim: &std::sync::Arc<cloudsim::SimCloud>,
+) -> pool_manager::PoolManager {
+    let manager = pool_manager::PoolManager::new(
+        temp_store(),
+        sim.clone(),
+        std::sync::Arc::new(sim.probe()),
+        pool_manager::ManagerSettings {
+            max_concurrent_boots: 1,
+            ..settings()
+        },
+    );
+    manager.start().await.unwrap();
+    manager
+}
+
 /// cloudsim with a second image, and two the tests boot every pool from.
 fn sim_with_images() -> std::sync::Arc<cloudsim::SimCloud> {
     cloudsim::SimCloud::new(cloudsim::SimConfig {
@@ -225,16 +243,7 @@ async fn the_image_compared_is_the_one_the_cloud_boots() {
 #[tokio::test(start_paused = true)]
 async fn a_purchase_during_an_image_change_gets_the_new_image_first() {
     let sim = sim_with_images();
-    let manager = pool_manager::PoolManager::new(
-        temp_store(),
-        sim.clone(),
-        std::sync::Arc::new(sim.probe()),
-        pool_manager::ManagerSettings {
-            max_concurrent_boots: 1,
-            ..settings()
-        },
-    );
-    manager.start().await.unwrap();
+    let manager = started_one_boot_at_a_time(&sim).await;
     manager.create_pool(pool(), spec(3)).await.unwrap();
     wait_ready(&manager, 3).await;
     manager
@@ -456,16 +465,7 @@ async fn lowering_max_ready_during_boots_keeps_the_ready_instances_until_they_fi
 #[tokio::test(start_paused = true)]
 async fn a_max_age_shorter_than_a_refill_keeps_the_pool_within_max_ready() {
     let sim = sim();
-    let manager = pool_manager::PoolManager::new(
-        temp_store(),
-        sim.clone(),
-        std::sync::Arc::new(sim.probe()),
-        pool_manager::ManagerSettings {
-            max_concurrent_boots: 1,
-            ..settings()
-        },
-    );
-    manager.start().await.unwrap();
+    let manager = started_one_boot_at_a_time(&sim).await;
     let mut spec = spec(2);
     spec.max_ready = 3;
     spec.max_age = Some(Duration::from_secs(30));
