@@ -4,8 +4,9 @@
 //! and lead-time estimates, and what the AZ's throttle gate in
 //! [`crate::gate`] allows), starts them, retires the Ready instances the
 //! pool no longer wants (past `max_age`, of an old image, above
-//! `max_ready`), and drains the pool when it is deleted; a step the cloud or the store fails is tried again after the
-//! interval, so the task outlives it. Purchases reach the demand estimator
+//! `max_ready`), and drains the pool when it is deleted; a step the cloud
+//! or the store fails is tried again after the interval, so the task
+//! outlives it. Purchases reach the demand estimator
 //! as they are reported ([`Shared::emit`]). A boot task drives one instance from
 //! `Booting` to `Ready`, or to `Deleting` and gone, and reports its lead time
 //! and any 429/quota answers to the estimators and the gate. The replenisher
