@@ -920,12 +920,13 @@ async fn a_revoked_token_is_replaced_by_a_fresh_login() {
     }
 }
 
-/// A service that refuses even the token Keystone just issued (it has not
-/// seen it yet: replication lag) is a passing fault, not a wrong password:
-/// the call fails transient, saying so, one login was made for it, and the
-/// next call goes through.
+/// A service that refuses even the token Keystone just issued is not a
+/// wrong password: the call fails saying so (Fatal, the request's fault, so
+/// that no retry logs in again and no purchase discards instances for it),
+/// one login was made for it, and once the service takes tokens the next
+/// call goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fresh_token_the_service_refuses_is_transient() {
+async fn a_fresh_token_the_service_refuses_is_named_as_such() {
     let env = env().await;
     let cloud = env.driver().await;
     let server = cloud
@@ -936,7 +937,7 @@ async fn a_fresh_token_the_service_refuses_is_transient() {
     env.face.faults().refuse_tokens_next(Service::Compute, 2);
     let err = cloud.get_server(&server.id).await.unwrap_err();
     assert!(
-        matches!(&err, CloudError::Transient(m) if m.contains("refused a token Keystone had just issued")),
+        matches!(&err, CloudError::Fatal(m) if m.contains("refused a token Keystone had just issued")),
         "{err:?}"
     );
     assert_eq!(env.face.faults().password_logins(), logins + 1);

@@ -154,9 +154,11 @@ fn mentions_quota(message: &str) -> bool {
 /// Classifies a non-2xx answer. `what` names the call for the message
 /// ("POST /servers"). A 401 reaching this point came after a re-auth:
 /// Keystone took the credentials and issued a token, and the service
-/// refused that token (it has not seen it yet, replication lag, or cannot
-/// validate tokens at all), so it is transient, not the credentials'
-/// fault; a refused login is reported before this, as such.
+/// refused that token (it cannot validate it: its keystone_authtoken, the
+/// credentials' access rules, Keystone replication). Fatal, the request's
+/// fault: as transient, an Allocate would discard one warm instance after
+/// another for it, and every retry would log in again. A login Keystone
+/// refused is reported before this, as such.
 pub fn classify(
     service: Service,
     what: &str,
@@ -173,8 +175,8 @@ pub fn classify(
     };
     let lower = fault.message.to_ascii_lowercase();
     match status {
-        401 => CloudError::Transient(format!(
-            "{what}: the service refused a token Keystone had just issued (HTTP 401): Keystone replication lag, or the service's keystone_authtoken settings"
+        401 => CloudError::Fatal(format!(
+            "{what}: the service refused a token Keystone had just issued (HTTP 401): check the service's keystone_authtoken settings, the credentials' access rules, or Keystone's replication"
         )),
         // Nova reports quota as 403 `forbidden` "Quota exceeded for cores: ...".
         403 if mentions_quota(&fault.message) => CloudError::QuotaExceeded(message),
@@ -572,7 +574,7 @@ mod tests {
     fn a_401_after_reauth_is_the_services_not_the_credentials() {
         let e = classify(Compute, "GET /servers/x", 401, None, UNAUTHORIZED);
         assert!(
-            matches!(&e, CloudError::Transient(m) if m.contains("refused a token Keystone had just issued")),
+            matches!(&e, CloudError::Fatal(m) if m.contains("refused a token Keystone had just issued")),
             "{e:?}"
         );
     }
