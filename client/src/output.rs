@@ -123,7 +123,7 @@ pub fn target_cell(pool: &api::Pool) -> String {
 }
 
 /// The lead-time p90 the target is sized for, as a table cell; "~"
-/// marks the configured prior (no boot measured yet).
+/// marks the prior (no boot measured yet, or too few to outweigh it).
 pub fn lead_cell(pool: &api::Pool) -> String {
     let Some(sizing) = &pool.sizing else {
         return "-".to_owned();

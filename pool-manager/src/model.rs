@@ -470,20 +470,32 @@ impl AllocationParams {
     /// The request fields in which `other` differs from these, by their
     /// API names (an ABORTED answer says which).
     pub fn differences(&self, other: &AllocationParams) -> Vec<&'static str> {
+        // Every field by name: a field added later cannot be forgotten here.
+        let AllocationParams {
+            request_id,
+            tenant_project_id,
+            pool: PoolKey {
+                flavor,
+                availability_zone,
+            },
+            volume,
+            network,
+            labels,
+        } = self;
         [
-            ("request_id", self.request_id != other.request_id),
+            ("request_id", *request_id != other.request_id),
             (
                 "tenant_project_id",
-                self.tenant_project_id != other.tenant_project_id,
+                *tenant_project_id != other.tenant_project_id,
             ),
-            ("flavor", self.pool.flavor != other.pool.flavor),
+            ("flavor", *flavor != other.pool.flavor),
             (
                 "availability_zone",
-                self.pool.availability_zone != other.pool.availability_zone,
+                *availability_zone != other.pool.availability_zone,
             ),
-            ("volume", self.volume != other.volume),
-            ("network", self.network != other.network),
-            ("labels", self.labels != other.labels),
+            ("volume", *volume != other.volume),
+            ("network", *network != other.network),
+            ("labels", *labels != other.labels),
         ]
         .into_iter()
         .filter_map(|(field, differs)| differs.then_some(field))

@@ -71,7 +71,8 @@ async fn a_restart_keeps_the_demand_forecast_and_lead_times() {
     let dir = tempfile::tempdir().unwrap();
     let (manager, anchored) = busy_auto_pool(&sim, open_store(dir.path()), 40).await;
     let (target, before) = sizing(&manager).await;
-    assert!(before.lead.samples > 0, "{before:?}");
+    // Enough boots for p90 to be observed, not held at the prior.
+    assert!(before.lead.samples >= 3, "{before:?}");
     assert!(
         target >= 3,
         "a purchase every 30 s lifts the target: {before:?}"

@@ -209,7 +209,7 @@ impl Access {
                 tracing::warn!(
                     method = method.name(),
                     held_back,
-                    "call with a bearer token this daemon does not know (held_back: such calls not logged in the {UNKNOWN_TOKEN_LOG_INTERVAL:?} before)"
+                    "call with a bearer token this daemon does not know (held_back: such calls not logged since the last such line; one line per {UNKNOWN_TOKEN_LOG_INTERVAL:?} at most)"
                 );
             }
             return Err(Status::unauthenticated(

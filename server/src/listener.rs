@@ -46,6 +46,8 @@ where
                 (permit, listener.accept().await)
             };
             let (permit, (socket, peer)) = tokio::select! {
+                // Stopping first: a shutdown closes the port at once.
+                biased;
                 () = &mut stop => return,
                 () = accepted.closed() => return,
                 (permit, next) = next => match (permit, next) {
@@ -56,7 +58,10 @@ where
                             // The listener is fine; a pause lets
                             // connections close and free descriptors.
                             tracing::warn!(error = %e, "cannot accept a connection; trying again");
-                            tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                            tokio::select! {
+                                () = &mut stop => return,
+                                () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                            }
                         }
                         continue;
                     }

@@ -428,7 +428,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "pool_lead_time_estimate",
-            "Boot lead time the target is sized for, by quantile (0.5, 0.9): recent boots, or the configured prior before any",
+            "Boot lead time the target is sized for, by quantile (0.5, 0.9): recent boots, or the prior before any (p90: before 3)",
             Unit::Seconds,
             m.pool_lead_time.clone(),
         );

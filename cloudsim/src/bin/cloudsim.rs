@@ -51,6 +51,9 @@ async fn main() -> anyhow::Result<()> {
         time_scale: args.time_scale,
         iops_throttled: args.iops_throttled,
         seed: args.seed,
+        // It forgets everything when it stops; a warmpoold store does not:
+        // ids of a later run must not repeat the earlier run's.
+        id_salt: rand::random(),
         ..SimConfig::default()
     });
     let settings = HttpSettings {
