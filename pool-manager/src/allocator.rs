@@ -965,17 +965,10 @@ impl Shared {
         }
     }
 
-    /// The pool's Ready instances nobody has claimed: those of the pool's
-    /// image first (an image change is a new MySQL for the next tenant, not
-    /// after the old image's instances are used up), then oldest first (so
+    /// The pool's Ready instances nobody has claimed, oldest first (so
     /// instances do not age out unused). A purchase may take one before
     /// this one claims it.
     async fn unclaimed_ready(&self, pool: &PoolKey) -> ManagerResult<Vec<Instance>> {
-        let image = self
-            .store
-            .get_pool(pool)
-            .await?
-            .map(|record| self.cloud.boot_image(&record.spec.image));
         let mut ready: Vec<Instance> = self
             .store
             .list_untouched_instances(pool)
@@ -983,8 +976,7 @@ impl Shared {
             .into_iter()
             .filter(|i| i.state == InstanceState::Ready && i.request_id.is_none())
             .collect();
-        let old_image = |i: &Instance| i.image.is_some() && image.is_some() && i.image != image;
-        ready.sort_by_key(|i| (old_image(i), i.ready_at));
+        ready.sort_by_key(|i| i.ready_at);
         Ok(ready)
     }
 
@@ -1040,9 +1032,18 @@ impl Shared {
         .await
     }
 
-    /// Claims one Ready instance of the pool by compare-and-swap.
+    /// Claims one Ready instance of the pool by compare-and-swap: of the
+    /// image the pool boots now first (an image change is a new MySQL for
+    /// the next tenant, not once the old image's are used up), then oldest
+    /// first.
     async fn claim_ready(&self, params: &AllocationParams) -> ManagerResult<Option<Instance>> {
-        for instance in self.unclaimed_ready(&params.pool).await? {
+        let mut ready = self.unclaimed_ready(&params.pool).await?;
+        if let Some(pool) = self.store.get_pool(&params.pool).await? {
+            let image = self.cloud.boot_image(&pool.spec.image);
+            // Stable: oldest first within each image.
+            ready.sort_by_key(|i| i.is_of_other_image(&image));
+        }
+        for instance in ready {
             let mut claimed = instance.clone();
             claimed.state = InstanceState::Claimed;
             claimed.request_id = Some(params.request_id.clone());

@@ -413,6 +413,13 @@ impl Instance {
         self.state.is_supply() && self.request_id.is_none()
     }
 
+    /// Booted from an image other than `image` (the one its pool boots
+    /// now). Not an instance whose image is unknown (recorded before
+    /// instances kept it).
+    pub fn is_of_other_image(&self, image: &str) -> bool {
+        self.image.as_deref().is_some_and(|own| own != image)
+    }
+
     /// Of `pool`, and no tenant has touched it: what
     /// [`crate::store::Store::list_untouched_instances`] lists.
     pub fn is_untouched_in(&self, pool: &PoolKey) -> bool {

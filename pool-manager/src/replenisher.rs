@@ -1013,7 +1013,7 @@ impl<'a> Renewal<'a> {
         if instance.state != InstanceState::Ready {
             return None;
         }
-        if instance.image.as_deref().is_some_and(|i| i != self.image) {
+        if instance.is_of_other_image(self.image) {
             return Some(Outdated::OldImage);
         }
         let (max_age, ready_at) = (self.max_age?, instance.ready_at?);
