@@ -170,6 +170,20 @@ async fn watch_pool(
     (fewest_ready, most_servers)
 }
 
+/// Every server of the cloud boots `image`, and every instance of the pool
+/// records it.
+async fn assert_all_of_image(
+    manager: &pool_manager::PoolManager,
+    sim: &cloudsim::SimCloud,
+    image: &str,
+) {
+    let servers = sim.servers();
+    assert!(servers.iter().all(|s| s.image == image), "{servers:?}");
+    for instance in manager.list_instances(Some(&pool())).await.unwrap() {
+        assert_eq!(instance.image.as_deref(), Some(image), "{instance:?}");
+    }
+}
+
 /// A new image (a patched MySQL) reaches the pool without waiting for a
 /// `max_age` (there is none here): the Ready instances of the old image are
 /// replaced, and retired only once their replacements are Ready, so the
@@ -191,15 +205,8 @@ async fn changing_the_image_replaces_the_ready_instances_before_retiring_them() 
     assert!(now.is_disjoint(&first), "the old image's are gone: {now:?}");
     assert_eq!(fewest_ready, 2, "the pool never dipped below its target");
     assert_eq!(most_servers, 4, "replacements first, then the retirements");
-    let servers = sim.servers();
-    assert_eq!(servers.len(), 2);
-    assert!(
-        servers.iter().all(|s| s.image == "mysql-8.4"),
-        "{servers:?}"
-    );
-    for instance in manager.list_instances(Some(&pool())).await.unwrap() {
-        assert_eq!(instance.image.as_deref(), Some("mysql-8.4"), "{instance:?}");
-    }
+    assert_eq!(sim.servers().len(), 2);
+    assert_all_of_image(&manager, &sim, "mysql-8.4").await;
     assert_consistent(&sim, &manager).await;
 }
 
@@ -230,11 +237,7 @@ async fn the_image_compared_is_the_one_the_cloud_boots() {
     assert_eq!(now.len(), 2, "{now:?}");
     assert!(now.is_disjoint(&first), "{now:?}");
     assert_eq!(fewest_ready, 2);
-    let servers = sim.servers();
-    assert!(servers.iter().all(|s| s.image == "golden-2"), "{servers:?}");
-    for instance in manager.list_instances(Some(&pool())).await.unwrap() {
-        assert_eq!(instance.image.as_deref(), Some("golden-2"), "{instance:?}");
-    }
+    assert_all_of_image(&manager, &sim, "golden-2").await;
 }
 
 /// While an image change is under way, a purchase gets an instance of the
@@ -317,9 +320,7 @@ async fn instances_recorded_without_their_image_are_renewed_by_a_later_change() 
         first,
         "the upgrade replaced nothing"
     );
-    for instance in manager.list_instances(Some(&pool())).await.unwrap() {
-        assert_eq!(instance.image.as_deref(), Some("mysql-8.0"), "{instance:?}");
-    }
+    assert_all_of_image(&manager, &sim, "mysql-8.0").await;
 
     manager
         .update_pool(&pool(), |s| s.image = "mysql-8.4".into())
@@ -329,7 +330,7 @@ async fn instances_recorded_without_their_image_are_renewed_by_a_later_change() 
     let now = ready_ids(&manager).await;
     assert_eq!(now.len(), 2, "{now:?}");
     assert!(now.is_disjoint(&first), "{now:?}");
-    assert!(sim.servers().iter().all(|s| s.image == "mysql-8.4"));
+    assert_all_of_image(&manager, &sim, "mysql-8.4").await;
 }
 
 /// A retirement the cloud refuses (the server's delete fails) fails that
