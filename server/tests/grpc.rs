@@ -13,7 +13,7 @@ use std::time::Duration;
 mod support;
 
 use futures::StreamExt;
-use support::{expect_code, Daemon};
+use support::{expect_code, list_pools_over, tls_options, Daemon};
 use tonic::Code;
 use warmpool_client::{api, Client};
 use warmpool_server::config::Config;
@@ -2045,39 +2045,6 @@ async fn stop_bare(running: warmpool_server::Running, stop: tokio::sync::oneshot
     drop(manager);
     drop(stop);
     served.await.unwrap().unwrap();
-}
-
-fn tls_options(
-    ca: Option<Vec<u8>>,
-    identity: Option<&support::pki::Issued>,
-) -> warmpool_client::ConnectOptions {
-    warmpool_client::ConnectOptions {
-        tls: warmpool_client::TlsOptions {
-            ca_pem: ca,
-            identity_pem: identity.map(|issued| {
-                (
-                    std::fs::read(&issued.cert_file).unwrap(),
-                    std::fs::read(&issued.key_file).unwrap(),
-                )
-            }),
-        },
-        ..Default::default()
-    }
-}
-
-/// Connects and lists pools: the whole TLS handshake and one call.
-async fn list_pools_over(
-    endpoint: &str,
-    options: warmpool_client::ConnectOptions,
-) -> Result<usize, String> {
-    let client = Client::connect_with(endpoint, options)
-        .await
-        .map_err(|e| e.to_string())?;
-    client
-        .list_pools()
-        .await
-        .map(|pools| pools.len())
-        .map_err(|e| e.to_string())
 }
 
 #[tokio::test]

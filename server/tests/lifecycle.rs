@@ -500,20 +500,8 @@ async fn sighup_reads_the_tls_files_again() {
     std::fs::write(&config_file, text).unwrap();
     let (daemon, mut log, addr) = serving_daemon(&config_file).await;
     let https = format!("https://{addr}");
-    let pools = |ca: &Pki| {
-        let options = warmpool_client::ConnectOptions {
-            tls: warmpool_client::TlsOptions {
-                ca_pem: Some(ca.ca_pem()),
-                identity_pem: None,
-            },
-            ..Default::default()
-        };
-        let https = https.clone();
-        async move {
-            let client = warmpool_client::Client::connect_with(&https, options).await?;
-            client.list_pools().await.map(|p| p.len())
-        }
-    };
+    let pools =
+        |ca: &Pki| support::list_pools_over(&https, support::tls_options(Some(ca.ca_pem()), None));
     assert_eq!(pools(&old_ca).await.unwrap(), 1);
 
     let new_ca = Pki::new(data.path(), "new-ca");

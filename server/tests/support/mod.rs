@@ -401,3 +401,38 @@ pub fn expect_code<T: std::fmt::Debug>(result: Result<T, ClientError>, code: Cod
         other => panic!("expected {code:?}, got {other:?}"),
     }
 }
+
+/// Options dialing with `ca` as the trusted root and `identity` as the
+/// client certificate.
+pub fn tls_options(
+    ca: Option<Vec<u8>>,
+    identity: Option<&pki::Issued>,
+) -> warmpool_client::ConnectOptions {
+    warmpool_client::ConnectOptions {
+        tls: warmpool_client::TlsOptions {
+            ca_pem: ca,
+            identity_pem: identity.map(|issued| {
+                (
+                    std::fs::read(&issued.cert_file).unwrap(),
+                    std::fs::read(&issued.key_file).unwrap(),
+                )
+            }),
+        },
+        ..Default::default()
+    }
+}
+
+/// Connects and lists pools: the whole TLS handshake and one call.
+pub async fn list_pools_over(
+    endpoint: &str,
+    options: warmpool_client::ConnectOptions,
+) -> Result<usize, String> {
+    let client = Client::connect_with(endpoint, options)
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .list_pools()
+        .await
+        .map(|pools| pools.len())
+        .map_err(|e| e.to_string())
+}
