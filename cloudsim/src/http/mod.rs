@@ -713,13 +713,13 @@ async fn fault_layer(
         if unauthorized {
             f.unauthorized -= 1;
         }
-        let oversized =
-            (throttle.is_none() && proxy_error.is_none() && !unauthorized && f.oversized.0 > 0)
-                .then(|| {
-                    f.oversized.0 -= 1;
-                    f.oversized.1
-                });
-        let garbage = throttle.is_none() && proxy_error.is_none() && !unauthorized && f.garbage > 0;
+        // A request answered in the service's stead takes no other fault.
+        let answered = throttle.is_some() || proxy_error.is_some() || unauthorized;
+        let oversized = (!answered && f.oversized.0 > 0).then(|| {
+            f.oversized.0 -= 1;
+            f.oversized.1
+        });
+        let garbage = !answered && f.garbage > 0;
         if garbage {
             f.garbage -= 1;
         }
