@@ -8,7 +8,7 @@
 use cloudsim::http::{HttpFace, HttpSettings, RunningFace, Service};
 use cloudsim::{Quotas, SimCloud, SimConfig};
 use pool_manager::cloud::{
-    Cloud, CloudError, NewPortSpec, NewVolumeSpec, ServerSpec, ServerStatus, VolumeStatus,
+    Cloud, CloudError, NewPortSpec, NewVolumeSpec, Server, ServerSpec, ServerStatus, VolumeStatus,
     MAX_RETRY_AFTER, META_INSTANCE, META_POOL,
 };
 use pool_manager::gate::{Gate, GateSettings};
@@ -134,6 +134,18 @@ fn openstack(config: &Config) -> &OpenStackConfig {
         CloudConfig::OpenStack(os) => os,
         other => panic!("not an openstack config: {other:?}"),
     }
+}
+
+/// The default env, a driver on it, and a db.small server in az1 booted
+/// through it.
+async fn env_with_a_server() -> (Env, OpenStackCloud, Server) {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    (env, cloud, server)
 }
 
 fn spec(instance: &str, flavor: &str, az: &str) -> ServerSpec {
@@ -886,12 +898,7 @@ async fn paged_listings_are_followed_to_the_end() {
 /// driver's own re-login recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_is_replaced_by_a_fresh_login() {
-    let env = env().await;
-    let cloud = env.driver().await;
-    let server = cloud
-        .create_server(&spec("a", "db.small", "az1"))
-        .await
-        .unwrap();
+    let (env, cloud, server) = env_with_a_server().await;
     cloud.find_volumes_by_name("x").await.unwrap();
     cloud.find_ports_by_name("x").await.unwrap();
     env.face.faults().revoke_all_tokens();
@@ -927,12 +934,7 @@ async fn a_revoked_token_is_replaced_by_a_fresh_login() {
 /// call goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_token_the_service_refuses_is_named_as_such() {
-    let env = env().await;
-    let cloud = env.driver().await;
-    let server = cloud
-        .create_server(&spec("a", "db.small", "az1"))
-        .await
-        .unwrap();
+    let (env, cloud, server) = env_with_a_server().await;
     let logins = env.face.faults().password_logins();
     env.face.faults().refuse_tokens_next(Service::Compute, 2);
     let err = cloud.get_server(&server.id).await.unwrap_err();
@@ -951,12 +953,7 @@ async fn a_fresh_token_the_service_refuses_is_named_as_such() {
 /// 429, not "an unusable cloud configuration".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_re_login_is_throttling() {
-    let env = env().await;
-    let cloud = env.driver().await;
-    let server = cloud
-        .create_server(&spec("a", "db.small", "az1"))
-        .await
-        .unwrap();
+    let (env, cloud, server) = env_with_a_server().await;
     env.face.faults().revoke_all_tokens();
     env.face
         .faults()
@@ -975,12 +972,7 @@ async fn a_rate_limited_re_login_is_throttling() {
 /// caller forget a server that still runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_re_login_answered_404_is_not_a_deleted_server() {
-    let env = env().await;
-    let cloud = env.driver().await;
-    let server = cloud
-        .create_server(&spec("a", "db.small", "az1"))
-        .await
-        .unwrap();
+    let (env, cloud, server) = env_with_a_server().await;
     env.face.faults().revoke_all_tokens();
     env.face.faults().not_found_next(Service::Identity, 1);
     let err = cloud.delete_server(&server.id).await.unwrap_err();
@@ -1632,12 +1624,7 @@ async fn a_cloud_ignoring_the_marker_fails_the_listing_at_once() {
 /// keeps it locked after the operator mends clouds.yaml.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_login_is_not_tried_again_by_every_call() {
-    let env = env().await;
-    let cloud = env.driver().await;
-    let server = cloud
-        .create_server(&spec("a", "db.small", "az1"))
-        .await
-        .unwrap();
+    let (env, cloud, server) = env_with_a_server().await;
     env.face.faults().change_password("pool", "rotated");
     env.face.faults().revoke_all_tokens();
     let before = env.face.faults().password_logins();
@@ -1661,12 +1648,7 @@ async fn a_failed_login_is_not_tried_again_by_every_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_answer_is_cut_off() {
     use pool_manager::openstack::session::MAX_ANSWER_BYTES;
-    let env = env().await;
-    let cloud = env.driver().await;
-    let server = cloud
-        .create_server(&spec("a", "db.small", "az1"))
-        .await
-        .unwrap();
+    let (env, cloud, server) = env_with_a_server().await;
     env.face
         .faults()
         .oversized_next(Service::Compute, 1, MAX_ANSWER_BYTES + 1);
