@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use warmpool_client::api;
 
 /// Operate warmpool: pools of pre-booted MySQL VMs.
@@ -29,12 +29,9 @@ pub struct Cli {
 
     /// A file holding the bearer token to present, for a daemon with
     /// `[[api_tokens]]` (kept out of the process list and shell history).
-    #[arg(
-        long,
-        global = true,
-        env = "WARMPOOL_TOKEN_FILE",
-        conflicts_with = "token"
-    )]
+    /// A flag beats the environment: --token-file wins over WARMPOOL_TOKEN,
+    /// --token over WARMPOOL_TOKEN_FILE; with both variables set, the file.
+    #[arg(long, global = true, env = "WARMPOOL_TOKEN_FILE")]
     pub token_file: Option<std::path::PathBuf>,
 
     /// The bearer token itself; prefer --token-file.
@@ -515,6 +512,36 @@ impl PoolUpdateArgs {
         }
         Ok((spec, mask.into_iter().map(String::from).collect()))
     }
+}
+
+/// Where the bearer token comes from.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    None,
+    File(std::path::PathBuf),
+    Literal(String),
+}
+
+/// Picks the token between `--token-file` and `--token`. A flag given on
+/// the command line beats one from the environment, so one command can use
+/// another token than the shell exports; both flags on the command line are
+/// a usage error; both from the environment, the file (the safer of the two).
+pub fn token_source(cli: &Cli, matches: &clap::ArgMatches) -> Result<TokenSource, clap::Error> {
+    use clap::parser::ValueSource;
+    let typed = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    let (file, literal) = (cli.token_file.clone(), cli.token.clone());
+    Ok(match (file, literal) {
+        (Some(_), Some(_)) if typed("token_file") && typed("token") => {
+            return Err(Cli::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--token-file and --token both give the token; use one",
+            ))
+        }
+        (Some(_), Some(literal)) if typed("token") => TokenSource::Literal(literal),
+        (Some(path), _) => TokenSource::File(path),
+        (None, Some(literal)) => TokenSource::Literal(literal),
+        (None, None) => TokenSource::None,
+    })
 }
 
 /// Refuses to send a bearer token in plaintext by default: an endpoint

@@ -14,7 +14,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{CommandFactory, Parser};
+use clap::{CommandFactory, FromArgMatches};
 use serde_json::Value;
 use warmpool_client::{api, Client, ClientError};
 
@@ -25,8 +25,10 @@ use output::{to_json, AllocationView, PoolView};
 // and is all it needs.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli).await {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let token = cli::token_source(&cli, &matches).unwrap_or_else(|e| e.exit());
+    match run(cli, token).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {}", describe(&err));
@@ -53,7 +55,7 @@ struct Rendered {
     json: Value,
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, token: cli::TokenSource) -> anyhow::Result<()> {
     // Check arguments that clap cannot before connecting, so a typo is
     // reported as such even when the server is down.
     let command = cli.command;
@@ -62,12 +64,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return completions(shell);
     }
 
-    let token = match (&cli.token_file, cli.token) {
-        (Some(path), _) => Some(
-            std::fs::read_to_string(path)
+    let token = match token {
+        cli::TokenSource::File(path) => Some(
+            std::fs::read_to_string(&path)
                 .with_context(|| format!("cannot read the token file {}", path.display()))?,
         ),
-        (None, token) => token,
+        cli::TokenSource::Literal(token) => Some(token),
+        cli::TokenSource::None => None,
     };
     // Read before connecting: a bad token file is reported as such even
     // when the server is down.

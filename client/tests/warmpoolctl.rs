@@ -521,6 +521,60 @@ async fn a_token_comes_from_a_file_or_the_environment() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // A flag beats the environment; with both variables set, the file wins.
+    for (env, args) in [
+        (("WARMPOOL_TOKEN", "wrong"), ["--token-file", token_file]),
+        (
+            ("WARMPOOL_TOKEN_FILE", "/no/such/token"),
+            ["--token", "s3cret-read"],
+        ),
+    ] {
+        let out = tokio::time::timeout(
+            PATIENCE,
+            ctl(&d.endpoint)
+                .env(env.0, env.1)
+                .args(args)
+                .arg("pools")
+                .output(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{env:?} {args:?}: {stderr}");
+    }
+    let out = tokio::time::timeout(
+        PATIENCE,
+        ctl(&d.endpoint)
+            .env("WARMPOOL_TOKEN", "wrong")
+            .env("WARMPOOL_TOKEN_FILE", token_file)
+            .arg("pools")
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "both variables set: {stderr}");
+    let both = run(
+        &d.endpoint,
+        &[
+            "--token-file",
+            token_file,
+            "--token",
+            "s3cret-read",
+            "pools",
+        ],
+    )
+    .await;
+    assert!(!both.ok);
+    assert!(
+        both.stderr
+            .contains("--token-file and --token both give the token; use one"),
+        "{}",
+        both.stderr
+    );
+
     let msg = run(
         &d.endpoint,
         &[
