@@ -13,7 +13,7 @@
 //! running daemon holds, checks the configured pools.
 
 use crate::config::{Config, OpenStackConfig, PoolConfig};
-use pool_manager::cloud::{Cloud, CloudError};
+use pool_manager::cloud::{Cloud, CloudError, ServerStatus};
 use pool_manager::model::{PoolKey, PoolSpec};
 use pool_manager::openstack::{missing_compute_zone, OpenStackCloud};
 use std::collections::{BTreeMap, BTreeSet};
@@ -292,7 +292,8 @@ async fn volume_check(pools: &[CheckedPool], cloud: &OpenStackCloud, report: &mu
 }
 
 /// Whether the compute quota admits every pool's `min_ready` servers, net
-/// of the pool servers that already exist (they count as used).
+/// of the pool's servers that could still be handed out (every server
+/// counts as used).
 async fn quota_check(
     pools: &[CheckedPool],
     cloud: &OpenStackCloud,
@@ -311,9 +312,14 @@ async fn quota_check(
     let mut more: BTreeMap<&str, u64> = BTreeMap::new();
     for pool in pools {
         let key = pool.key.to_string();
+        // Supply is what could still be handed out: a server a purchase
+        // holds keeps its pool's tag but has the tenant's volume, and an
+        // ERROR server is deleted, not sold; both use quota all the same.
         let have = existing
             .iter()
             .filter(|s| s.metadata.get(pool_manager::cloud::META_POOL) == Some(&key))
+            .filter(|s| s.attached_volumes.is_empty())
+            .filter(|s| !matches!(s.status, ServerStatus::Error | ServerStatus::Deleted))
             .count() as u64;
         let need = u64::from(pool.min_ready).saturating_sub(have);
         if need > 0 && flavors.contains_key(&pool.key.flavor) {

@@ -1181,6 +1181,53 @@ async fn check_cloud_quota_counts_pool_servers_that_exist() {
     );
 }
 
+/// Servers tenants hold keep their pool's tag but are no supply: they use
+/// quota and do not count toward `min_ready`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_cloud_quota_does_not_count_sold_servers_as_supply() {
+    let env = env_with(
+        SimConfig {
+            quotas: Quotas {
+                max_instances: 3,
+                ..Quotas::default()
+            },
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
+    let config = env.config(
+        "",
+        SMALL_POOL
+            .replace("min_ready = 2", "min_ready = 3")
+            .as_str(),
+    );
+    let cloud = OpenStackCloud::connect(openstack(&config).settings().unwrap())
+        .await
+        .unwrap();
+    // Three of the pool's servers, all sold: the pool has no supply and
+    // no room for any.
+    for name in ["a", "b", "c"] {
+        let server = cloud
+            .create_server(&spec(name, "db.small", "az1"))
+            .await
+            .unwrap();
+        settled(&cloud, &server.id).await;
+        let volume = cloud
+            .create_volume(&volume_spec(&format!("warmpool-{name}"), 1))
+            .await
+            .unwrap();
+        volume_reaches(&cloud, &volume.id, VolumeStatus::Available).await;
+        cloud.attach_volume(&server.id, &volume.id).await.unwrap();
+        volume_reaches(&cloud, &volume.id, VolumeStatus::InUse).await;
+    }
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert_eq!(
+        line(&report, CheckKind::Quota),
+        ["quota: instances 3 of 3 used; pools need room for 3 more db.small"]
+    );
+}
+
 /// The binary: one line per check on stdout, exit code 1 on a failure, 0 when all pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warmpoold_check_cloud_prints_and_exits_by_the_result() {
