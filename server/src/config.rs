@@ -45,6 +45,25 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config: {0}")]
     Invalid(String),
+    #[error("config file {path}: {message}")]
+    InvalidFile { path: PathBuf, message: String },
+}
+
+impl ConfigError {
+    /// The error as one of the file at `path`.
+    pub fn in_file(self, path: &Path) -> Self {
+        match self {
+            ConfigError::Invalid(message) => ConfigError::InvalidFile {
+                path: path.to_owned(),
+                message,
+            },
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -707,22 +726,32 @@ impl Config {
         Ok(self)
     }
 
+    /// The file, checked as a whole; an error names the file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let config = Self::read(path)?;
+        config.validate().map_err(|e| e.in_file(path))?;
+        Ok(config)
+    }
+
+    /// The file as written, not yet checked as a whole: for warmpoold,
+    /// whose command-line flags override keys of the file before the check
+    /// ([`Config::overridden`]), so a flag can mend what it replaces.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_owned(),
-                message,
-            },
-            other => other,
-        })
+        Self::parse_unchecked(&text).map_err(|e| e.in_file(path))
     }
 
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
+        let config = Self::parse_unchecked(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn parse_unchecked(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| {
             // toml's message for a bad value says what is wrong ("expected a
             // duration") but not where; name the key and the line.
             let (key, line) = match e.span() {
@@ -736,9 +765,7 @@ impl Config {
                 path: PathBuf::from("<config>"),
                 message: key.map(|k| format!("{k}: ")).unwrap_or_default() + e.message() + &line,
             }
-        })?;
-        config.validate()?;
-        Ok(config)
+        })
     }
 
     /// Whether anyone who reaches `listen` may call every method: no
@@ -1018,6 +1045,28 @@ mod tests {
             (config.listen, config.data_dir),
             (moved, PathBuf::from("/tmp/x"))
         );
+    }
+
+    #[test]
+    fn a_flag_can_mend_the_key_of_the_file_it_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warmpoold.toml");
+        let metrics = default_metrics_listen();
+        std::fs::write(&path, format!("listen = \"{metrics}\"\n")).unwrap();
+        // The file alone is wrong, and its error names the file.
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("config file {}: ", path.display())),
+            "{err}"
+        );
+        assert!(err.contains("give metrics its own address"), "{err}");
+        // A --metrics-listen elsewhere mends it.
+        let elsewhere: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let config = Config::read(&path)
+            .unwrap()
+            .overridden(None, Some(elsewhere), None)
+            .unwrap();
+        assert_eq!((config.listen, config.metrics_listen), (metrics, elsewhere));
     }
 
     #[test]

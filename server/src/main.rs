@@ -117,10 +117,13 @@ async fn main() -> anyhow::Result<()> {
 /// the command line's overrides; read at start and again on SIGHUP.
 fn daemon_config(args: &Args) -> Result<Config, warmpool_server::config::ConfigError> {
     match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
+        Some(path) => Config::read(path)?
+            .overridden(args.listen, args.metrics_listen, args.data_dir.clone())
+            .map_err(|e| e.in_file(path)),
+        None => {
+            Config::default().overridden(args.listen, args.metrics_listen, args.data_dir.clone())
+        }
     }
-    .overridden(args.listen, args.metrics_listen, args.data_dir.clone())
 }
 
 /// On SIGHUP, reads the config file again (with the command line's
