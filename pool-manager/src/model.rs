@@ -187,6 +187,17 @@ impl PoolSpec {
                 ));
             }
         }
+        if let Target::Fixed(n) = self.target {
+            if n > self.max_ready {
+                return Err((
+                    "target",
+                    format!(
+                        "target {n} is above max_ready ({}): the pool would never hold it; change both together",
+                        self.max_ready
+                    ),
+                ));
+            }
+        }
         if let Some(w) = self.windows.iter().find(|w| w.min > self.max_ready) {
             return Err((
                 "windows",

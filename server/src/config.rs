@@ -1285,6 +1285,7 @@ mod tests {
             (pool("windows = [\"daily 09:00-18:00 min 1 +1é1\"]"), "\"+1é1\" is not a UTC offset"),
             (pool("windows = [{ from = \"09:00\", to = \"18:00\", min = 1, utc_offset = \"-€1\" }]"), "\"-€1\" is not a UTC offset"),
             (pool("iops_limit = 0"), "iops_limit"),
+            (pool("target = 50"), "pool f@a: target: target 50 is above max_ready (9)"),
             (pool("target = -1"), "invalid value: integer `-1`, expected \"auto\", a number from 0 to 4294967295, or \"fixed N\""),
             (pool("target = 2.5"), "expected \"auto\", a number"),
             (pool("target = 5000000000"), "invalid value: integer `5000000000`"),

@@ -702,6 +702,22 @@ async fn create_update_and_delete_pools() {
         Code::InvalidArgument,
     );
     assert!(msg.contains("image"), "{msg}");
+    let msg = expect_code(
+        c.create_pool(
+            "db.medium",
+            "az1",
+            api::PoolSpec {
+                target: 4,
+                ..spec.clone()
+            },
+        )
+        .await,
+        Code::InvalidArgument,
+    );
+    assert!(
+        msg.starts_with("invalid target: target 4 is above max_ready (3)"),
+        "{msg}"
+    );
     let min = Some(prost_types::Duration {
         seconds: i64::MIN,
         nanos: 0,
