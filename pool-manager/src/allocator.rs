@@ -72,13 +72,9 @@ impl PoolManager {
     /// it half done for the reconciler: it finishes, and a retry with the
     /// same request id gets its answer.
     pub async fn allocate(&self, request: AllocateRequest) -> ManagerResult<Allocation> {
-        let (answer, answered) = tokio::sync::oneshot::channel();
         let shared = self.shared.clone();
-        self.shared.spawn(async move {
-            let _ = answer.send(shared.allocate(request).await);
-        });
-        // Unanswered only when the manager stops (it aborts its tasks).
-        answered.await.unwrap_or(Err(ManagerError::ShuttingDown))
+        self.detached(async move { shared.allocate(request).await })
+            .await
     }
 
     /// Every allocation in the store, any state.

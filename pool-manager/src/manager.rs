@@ -555,7 +555,31 @@ impl PoolManager {
         self.shared.pool_status(record).await
     }
 
+    /// Runs `work` as a task of the manager and waits for its answer, so a
+    /// caller that stops waiting (a gRPC client's deadline drops the
+    /// handler) does not leave it half done: a pool written but never
+    /// served, a purchase for the reconciler to undo.
+    pub(crate) async fn detached<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = ManagerResult<T>> + Send + 'static,
+    ) -> ManagerResult<T> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.shared.spawn(async move {
+            let _ = answer.send(work.await);
+        });
+        // Unanswered only when the manager stops (it aborts its tasks).
+        answered.await.unwrap_or(Err(ManagerError::ShuttingDown))
+    }
+
+    /// Creates the pool and starts serving it; runs to its end even if the
+    /// caller stops waiting.
     pub async fn create_pool(&self, key: PoolKey, spec: PoolSpec) -> ManagerResult<PoolStatus> {
+        let manager = self.clone();
+        self.detached(async move { manager.create_pool_now(key, spec).await })
+            .await
+    }
+
+    async fn create_pool_now(&self, key: PoolKey, spec: PoolSpec) -> ManagerResult<PoolStatus> {
         validate_pool_key(&key)?;
         spec.validate()
             .map_err(|(field, message)| ManagerError::invalid(field, message))?;

@@ -1591,6 +1591,52 @@ async fn a_create_pool_that_cannot_be_flushed_leaves_no_pool_or_a_served_one() {
     }
 }
 
+/// Holds the next flush, once armed, until let go.
+#[derive(Default)]
+struct HoldFlush {
+    armed: AtomicBool,
+    reached: tokio::sync::Notify,
+    go: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl StoreHooks for HoldFlush {
+    async fn before_flush(&self) -> StoreResult<()> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.go.notified().await;
+        }
+        Ok(())
+    }
+}
+
+/// A CreatePool whose caller goes away while the record is being flushed
+/// (a gRPC client's deadline drops the handler) still ends with a served
+/// pool. It used to leave a pool written, answering ALREADY_EXISTS, with
+/// no replenisher: it never filled until a restart.
+#[tokio::test(start_paused = true)]
+async fn a_create_pool_whose_caller_leaves_during_its_flush_still_fills() {
+    let sim = sim();
+    let store = HookedStore::new(HoldFlush::default());
+    let manager = manager_on(&sim, store.clone());
+    manager.start().await.unwrap();
+    store.hooks.armed.store(true, Ordering::SeqCst);
+    let call = {
+        let manager = manager.clone();
+        tokio::spawn(async move { manager.create_pool(pool(), spec(2)).await })
+    };
+    store.hooks.reached.notified().await;
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    store.hooks.go.notify_one();
+    let again = manager.create_pool(pool(), spec(2)).await;
+    assert!(
+        matches!(again, Err(ManagerError::PoolExists(_))),
+        "{again:?}"
+    );
+    wait_ready(&manager, 2).await;
+}
+
 /// A drain whose last flush fails has deleted the pool all the same: its
 /// replenisher ends. It went on looping, and took a pool created again
 /// under the same key for its own: two replenishers, each booting the
