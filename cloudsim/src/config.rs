@@ -216,6 +216,9 @@ pub struct SimConfig {
     pub mysql_version: String,
     /// API rate limit; `None` (default) never throttles unless injected.
     pub rate_limit: Option<RateLimit>,
+    /// Networks with no subnet: a port created on one gets no address
+    /// (Neutron creates it with no fixed IP, and binding gives it none).
+    pub networks_without_subnet: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -242,6 +245,7 @@ impl Default for SimConfig {
             listeners: true,
             mysql_version: "8.0.36-cloudsim".into(),
             rate_limit: None,
+            networks_without_subnet: Vec::new(),
         }
     }
 }

@@ -200,7 +200,8 @@ struct PortRec {
     id: String,
     name: String,
     network_id: String,
-    ip: String,
+    /// None on a network without a subnet.
+    ip: Option<String>,
     created_at: Instant,
     /// The server the port is bound to (`device_id`).
     binding: Timed<Option<String>>,
@@ -213,7 +214,8 @@ impl PortRec {
             name: self.name.clone(),
             network_id: self.network_id.clone(),
             device_id: self.binding.at(now).clone(),
-            ip_address: Some(self.ip.clone()),
+            ip_address: self.ip.clone(),
+            address_deferred: false,
         }
     }
 
@@ -1456,7 +1458,16 @@ impl Model {
                 "Quota exceeded for resources: ['port'].".to_string(),
             ));
         }
+        let subnetless = self.cfg.networks_without_subnet.contains(&spec.network_id);
         let ip = match &spec.fixed_ip {
+            // Neutron's wording when the network has no subnet to take it from.
+            Some(_) if subnetless => {
+                return Err(CloudError::Fatal(format!(
+                    "Invalid input for operation: Failed to create port on network {}, because fixed_ips included invalid subnet.",
+                    spec.network_id
+                )))
+            }
+            None if subnetless => None,
             Some(ip) => {
                 if self
                     .used_ips
@@ -1467,11 +1478,13 @@ impl Model {
                         spec.network_id
                     )));
                 }
-                ip.clone()
+                Some(ip.clone())
             }
-            None => self.allocate_ip(&spec.network_id),
+            None => Some(self.allocate_ip(&spec.network_id)),
         };
-        self.used_ips.insert((spec.network_id.clone(), ip.clone()));
+        if let Some(ip) = &ip {
+            self.used_ips.insert((spec.network_id.clone(), ip.clone()));
+        }
         let id = self.new_id();
         let seq = self.next_seq();
         let port = PortRec {
@@ -1548,7 +1561,9 @@ impl Model {
             if let Some(server) = port.target().and_then(|s| self.servers.get_mut(s)) {
                 server.ports.remove(id);
             }
-            self.used_ips.remove(&(port.network_id, port.ip));
+            if let Some(ip) = port.ip {
+                self.used_ips.remove(&(port.network_id, ip));
+            }
         }
     }
 

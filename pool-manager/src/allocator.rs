@@ -1505,6 +1505,17 @@ impl Shared {
                     .update(|a| a.port_id = Some(port.id.clone()))
                     .await
                     .map_err(AttemptError::Request)?;
+                // Binding would not give it one either: refused now, or
+                // every try would claim an instance and wait out its
+                // attach for an address that never comes.
+                if port.ip_address.is_none() && !port.address_deferred {
+                    return Err(AttemptError::Request(ManagerError::FailedPrecondition(
+                        format!(
+                            "the port created on network {} got no IP address: the network has no subnet, or none with a free address",
+                            spec.network_id
+                        ),
+                    )));
+                }
                 port.id
             }
         };

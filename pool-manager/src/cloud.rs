@@ -90,6 +90,11 @@ pub struct Port {
     pub network_id: String,
     pub device_id: Option<String>,
     pub ip_address: Option<String>,
+    /// Neutron gives the port its address once it is bound to a server
+    /// (a routed network's `ip_allocation: deferred`). Otherwise a port
+    /// created without an address never gets one (a network with no
+    /// subnet, or none with a free address).
+    pub address_deferred: bool,
 }
 
 /// A cloud error, classified by what the caller should do about it.

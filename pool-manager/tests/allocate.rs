@@ -1764,6 +1764,47 @@ async fn an_address_in_use_costs_no_instance_and_boots_nothing() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A tenant network with no subnet: Neutron creates the port with no
+/// address, and binding gives it none. Each try used to claim a warm
+/// instance, wait out the 5-minute attach grace for the address, and
+/// discard the instance: a caller retrying drained the pool.
+#[tokio::test(start_paused = true)]
+async fn a_port_without_an_address_costs_no_instance_and_no_wait() {
+    let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
+        networks_without_subnet: vec!["subnetless-net".into()],
+        ..sim().config()
+    });
+    let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 2).await;
+    for (id, policy) in [
+        ("subnetless-1", EmptyPoolPolicy::Wait),
+        ("subnetless-2", EmptyPoolPolicy::ColdBoot),
+    ] {
+        let mut order = request(id, new_volume(), policy);
+        order.params.network.network_id = "subnetless-net".into();
+        let asked = tokio::time::Instant::now();
+        let err = manager.allocate(order).await.unwrap_err();
+        assert!(
+            matches!(&err, ManagerError::FailedPrecondition(m)
+                if m.contains("network subnetless-net got no IP address")),
+            "{id}: {err:?}"
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(30),
+            "{id}: {:?}",
+            asked.elapsed()
+        );
+        let status = manager.get_pool(&pool()).await.unwrap();
+        assert_eq!(
+            status.count(InstanceState::Ready),
+            2,
+            "{id}: {:?}",
+            status.counts
+        );
+    }
+    assert!(sim.ports().is_empty(), "{:?}", sim.ports());
+    assert_consistent(&sim, &manager).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_fail_fast_purchase_of_an_empty_pool_creates_nothing() {
     let sim = sim();

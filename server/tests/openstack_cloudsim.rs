@@ -1181,6 +1181,36 @@ async fn check_cloud_quota_counts_pool_servers_that_exist() {
     );
 }
 
+/// A network with no subnet: Neutron creates the port with no address and
+/// says none is coming (not `ip_allocation: deferred`), which the
+/// allocator refuses before it claims an instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_on_a_network_without_a_subnet_has_no_address_coming() {
+    let tenant_net = HttpSettings::default()
+        .networks
+        .into_iter()
+        .find(|n| n.name == "tenant-net")
+        .unwrap();
+    let env = env_with(
+        SimConfig {
+            networks_without_subnet: vec![tenant_net.id.clone()],
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
+    let cloud = env.driver().await;
+    let network = cloud.network("tenant-net").await.unwrap();
+    let created = cloud
+        .create_port(&port_spec("warmpool-o1", &network.id))
+        .await
+        .unwrap();
+    let read = cloud.get_port(&created.id).await.unwrap();
+    for port in [created, read] {
+        assert_eq!((port.ip_address, port.address_deferred), (None, false));
+    }
+}
+
 /// Servers tenants hold keep their pool's tag but are no supply: they use
 /// quota and do not count toward `min_ready`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -91,13 +91,24 @@ fn matches(obj: &Value, q: &[(String, String)]) -> bool {
     })
 }
 
+/// A network the cloud was configured without a subnet for
+/// (`SimConfig::networks_without_subnet`) lists none, and its ports get no address.
+fn has_subnet(state: &FaceState, n: &NetworkSpec) -> bool {
+    !state.sim.config().networks_without_subnet.contains(&n.id)
+}
+
 fn network_json(state: &FaceState, n: &NetworkSpec) -> Value {
     let created = iso_seconds(state.wall(state_epoch(state)));
+    let subnets: Vec<&str> = if has_subnet(state, n) {
+        vec![&n.subnet_id]
+    } else {
+        Vec::new()
+    };
     json!({
         "id": n.id,
         "name": n.name,
         "status": "ACTIVE",
-        "subnets": [n.subnet_id],
+        "subnets": subnets,
         "admin_state_up": true,
         "shared": n.shared,
         "tenant_id": state.project_id,
@@ -185,6 +196,7 @@ async fn list_subnets(State(state): State<Arc<FaceState>>, q: Q) -> Json<Value> 
         .settings
         .networks
         .iter()
+        .filter(|n| has_subnet(&state, n))
         .map(|n| subnet_json(&state, n))
         .filter(|n| matches(n, &q))
         .collect();
@@ -199,7 +211,7 @@ async fn show_subnet(
         .settings
         .networks
         .iter()
-        .find(|n| n.subnet_id == id)
+        .find(|n| n.subnet_id == id && has_subnet(&state, n))
         .ok_or_else(|| {
             ApiError::not_found(N, format!("Subnet {id} could not be found."))
                 .typed("SubnetNotFound")
@@ -251,6 +263,7 @@ fn port_json(state: &FaceState, d: &PortDetail) -> Value {
         "device_id": p.device_id.clone().unwrap_or_default(),
         "device_owner": az.map(|az| format!("compute:{az}")).unwrap_or_default(),
         "fixed_ips": p.ip_address.iter().map(|ip| json!({"subnet_id": subnet, "ip_address": ip})).collect::<Vec<_>>(),
+        "ip_allocation": if p.ip_address.is_some() { "immediate" } else { "none" },
         "allowed_address_pairs": [],
         "extra_dhcp_opts": [],
         "security_groups": [stable_uuid("security-group", "default")],

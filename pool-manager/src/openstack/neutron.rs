@@ -27,6 +27,9 @@ pub struct NeutronPort {
     pub device_id: Option<String>,
     #[serde(default)]
     pub fixed_ips: Option<Vec<FixedIp>>,
+    /// `immediate`, `deferred` or `none` (the ip_allocation extension).
+    #[serde(default)]
+    pub ip_allocation: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -48,6 +51,7 @@ pub fn to_port(p: NeutronPort) -> Port {
             .unwrap_or_default()
             .into_iter()
             .find_map(|ip| ip.ip_address),
+        address_deferred: p.ip_allocation.as_deref() == Some("deferred"),
         id: p.id,
     }
 }
@@ -127,6 +131,25 @@ mod tests {
                 .unwrap();
         let p = to_port(body.port);
         assert_eq!((p.device_id, p.ip_address), (None, None));
+        assert!(
+            !p.address_deferred,
+            "no ip_allocation: the address is not coming"
+        );
+    }
+
+    #[test]
+    fn only_a_deferred_port_gets_its_address_later() {
+        for (allocation, deferred) in [("deferred", true), ("immediate", false), ("none", false)] {
+            let body: PortBody = serde_json::from_str(&format!(
+                r#"{{"port": {{"id": "p", "fixed_ips": [], "ip_allocation": "{allocation}"}}}}"#
+            ))
+            .unwrap();
+            assert_eq!(
+                to_port(body.port).address_deferred,
+                deferred,
+                "{allocation}"
+            );
+        }
     }
 
     #[test]
