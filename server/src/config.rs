@@ -84,7 +84,9 @@ pub struct Config {
     pub cloud: CloudConfig,
     /// Pools created at start when the store does not have them yet. A pool
     /// already in the store keeps its stored settings (the API may have changed them).
-    #[serde(default = "demo_pools")]
+    /// Without a `pools` key: the demo's pools on the embedded cloud, none
+    /// on a real one (see [`Config::parse`]).
+    #[serde(default)]
     pub pools: Vec<PoolConfig>,
     /// How long shutdown waits for in-flight RPCs before stopping anyway.
     #[serde(default = "default_grace", with = "humantime_serde")]
@@ -751,7 +753,7 @@ impl Config {
     }
 
     fn parse_unchecked(text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
             // toml's message for a bad value says what is wrong ("expected a
             // duration") but not where; name the key and the line.
             let (key, line) = match e.span() {
@@ -765,7 +767,17 @@ impl Config {
                 path: PathBuf::from("<config>"),
                 message: key.map(|k| format!("{k}: ")).unwrap_or_default() + e.message() + &line,
             }
-        })
+        })?;
+        // The demo's pools are for the embedded cloud only: on a real one
+        // they would boot servers nobody declared, and again after every
+        // restart once deleted. (Valid TOML: it parsed just above.)
+        let declares_pools = text
+            .parse::<toml::Table>()
+            .is_ok_and(|table| table.contains_key("pools"));
+        if !declares_pools && matches!(config.cloud, CloudConfig::Embedded { .. }) {
+            config.pools = demo_pools();
+        }
+        Ok(config)
     }
 
     /// Whether anyone who reaches `listen` may call every method: no
@@ -1148,6 +1160,22 @@ mod tests {
         assert_eq!(config.metrics_listen, default_metrics_listen());
         assert!(matches!(config.cloud, CloudConfig::Embedded { .. }));
         assert_eq!(config.pools.len(), 3);
+    }
+
+    #[test]
+    fn the_demo_pools_are_the_embedded_clouds_only() {
+        let openstack = "[cloud]\nkind = \"openstack\"\nmanagement_network = \"n\"\n";
+        for (text, pools) in [
+            ("[cloud]\nkind = \"embedded\"\n".to_owned(), 3),
+            ("pools = []\n".to_owned(), 0),
+            (openstack.to_owned(), 0),
+            (
+                format!("{openstack}[[pools]]\nflavor = \"f\"\navailability_zone = \"a\"\nmin_ready = 1\nmax_ready = 2\nimage = \"i\"\n"),
+                1,
+            ),
+        ] {
+            assert_eq!(Config::parse(&text).unwrap().pools.len(), pools, "{text}");
+        }
     }
 
     #[test]
