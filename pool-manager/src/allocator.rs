@@ -947,12 +947,30 @@ impl Shared {
                     return self.cold_boot(params, deadline).await.map(|i| (i, false))
                 }
                 EmptyPoolPolicy::Wait => {
-                    if tokio::time::timeout_at(deadline, changes.changed())
-                        .await
-                        .is_err()
-                    {
+                    let mut stopping = self.stop_waiting.subscribe();
+                    let woke = tokio::select! {
+                        biased;
+                        _ = stopping.wait_for(|stop| *stop) => return Err(ManagerError::ShuttingDown),
+                        woke = tokio::time::timeout_at(deadline, changes.changed()) => woke,
+                    };
+                    let pool = match self.store.get_pool(&params.pool).await? {
+                        Some(pool) if !pool.draining => pool,
+                        gone => {
+                            return Err(ManagerError::FailedPrecondition(format!(
+                                "pool {} {} deleted",
+                                params.pool,
+                                if gone.is_some() { "is being" } else { "was" }
+                            )))
+                        }
+                    };
+                    if woke.is_err() {
+                        let paused = if pool.spec.paused {
+                            " (the pool is paused: it boots nothing until it is unpaused)"
+                        } else {
+                            ""
+                        };
                         return Err(ManagerError::ResourceExhausted(format!(
-                            "pool {} had no ready instance before the deadline",
+                            "pool {} had no ready instance before the deadline{paused}",
                             params.pool
                         )));
                     }

@@ -138,6 +138,9 @@ pub(crate) struct Shared {
     pub in_flight: Mutex<HashMap<String, usize>>,
     pub tasks: Mutex<JoinSet<()>>,
     pub shutdown: watch::Sender<bool>,
+    /// Set by [`PoolManager::stop_waiting`]: purchases waiting for a Ready
+    /// instance give up.
+    pub stop_waiting: watch::Sender<bool>,
     /// Demand and lead-time estimators per pool (see `crate::sizing`).
     pub sizing: Mutex<SizingBook>,
     /// Pools whose stored learned sizing this version cannot read (a newer
@@ -459,6 +462,7 @@ impl PoolManager {
                 in_flight: Mutex::new(HashMap::new()),
                 tasks: Mutex::new(JoinSet::new()),
                 shutdown: watch::channel(false).0,
+                stop_waiting: watch::channel(false).0,
                 sizing: Mutex::new(SizingBook::default()),
                 sizing_unreadable: Mutex::default(),
                 gate: Arc::new(Mutex::new(Gate::new(settings.gate.clone()))),
@@ -503,6 +507,16 @@ impl PoolManager {
     /// returns how many. The manager does this every [`FORGET_EVERY`].
     pub async fn forget_released(&self) -> ManagerResult<usize> {
         self.shared.forget_released().await
+    }
+
+    /// The first step of a graceful stop: purchases waiting for a Ready
+    /// instance (`EmptyPoolPolicy::Wait`) give up with
+    /// [`ManagerError::ShuttingDown`] and undo what they created, and later
+    /// ones do not wait, so that none holds the stop for its whole timeout
+    /// with nothing claimed. Purchases already holding an instance, or
+    /// cold-booting one, go on.
+    pub fn stop_waiting(&self) {
+        self.shared.stop_waiting.send_replace(true);
     }
 
     /// Stops background tasks (boots in flight are resumed by the next

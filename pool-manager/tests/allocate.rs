@@ -1805,6 +1805,75 @@ async fn a_port_without_an_address_costs_no_instance_and_no_wait() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A purchase waiting on an empty pool learns at once that the pool is
+/// being deleted (it used to wait out its timeout and be told the pool had
+/// no instance, which a caller retries); one waiting on a paused pool is
+/// told at its deadline that the pool is paused.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_purchase_is_told_the_pool_is_deleted_or_paused() {
+    let sim = sim();
+    let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 0).await;
+    let mut order = request("waits-paused", new_volume(), EmptyPoolPolicy::Wait);
+    order.timeout = Some(Duration::from_secs(60));
+    let err = manager.allocate(order).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::ResourceExhausted(m) if m.ends_with("(the pool is paused: it boots nothing until it is unpaused)")),
+        "{err:?}"
+    );
+
+    let mut order = request("waits-deleted", new_volume(), EmptyPoolPolicy::Wait);
+    order.timeout = Some(Duration::from_secs(3600));
+    let waiting = spawn_allocate(&manager, order);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!waiting.is_finished());
+    let asked = tokio::time::Instant::now();
+    manager.delete_pool(&pool()).await.unwrap();
+    let err = waiting.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m) if m == "pool db.small@az1 was deleted"),
+        "{err:?}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        asked.elapsed()
+    );
+    // What the purchase created for the tenant went with it.
+    assert!(sim.ports().is_empty(), "{:?}", sim.ports());
+}
+
+/// `stop_waiting` (a graceful stop begins): a purchase waiting on an empty
+/// pool gives up with ShuttingDown and undoes what it created; one that
+/// came later does not wait; a purchase that can be served still is.
+#[tokio::test(start_paused = true)]
+async fn a_stop_ends_the_waits_of_purchases_that_hold_nothing() {
+    let sim = sim();
+    let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 0).await;
+    let mut order = request("waits", new_volume(), EmptyPoolPolicy::Wait);
+    order.timeout = Some(Duration::from_secs(3600));
+    let waiting = spawn_allocate(&manager, order.clone());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!waiting.is_finished());
+    manager.stop_waiting();
+    let err = waiting.await.unwrap().unwrap_err();
+    assert!(matches!(err, ManagerError::ShuttingDown), "{err:?}");
+    assert!(sim.ports().is_empty(), "{:?}", sim.ports());
+    order.params.request_id = "came-later".into();
+    let err = manager.allocate(order.clone()).await.unwrap_err();
+    assert!(matches!(err, ManagerError::ShuttingDown), "{err:?}");
+
+    manager
+        .update_pool(&pool(), |s| {
+            s.paused = false;
+            s.min_ready = 1;
+        })
+        .await
+        .unwrap();
+    wait_ready(&manager, 1).await;
+    order.params.request_id = "served".into();
+    manager.allocate(order).await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_fail_fast_purchase_of_an_empty_pool_creates_nothing() {
     let sim = sim();

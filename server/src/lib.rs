@@ -56,6 +56,18 @@ pub async fn start(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
+    start_stoppable(config, shutdown, std::future::pending()).await
+}
+
+/// [`start`], and once shutting down, `stop_now` resolving cuts the grace
+/// period short (an operator's second SIGTERM or Ctrl-C): in-flight calls
+/// are dropped, their work stopped where it is (an Allocate's record is
+/// rolled back by the next start's reconcile), and the store is flushed.
+pub async fn start_stoppable(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    stop_now: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Running> {
     let mut shutdown = Box::pin(shutdown);
     // The TLS files before anything: a wrong path fails start-up at once.
     let tls = config.tls.as_ref().map(tls::TlsHandle::load).transpose()?;
@@ -193,9 +205,16 @@ pub async fn start(
                 tracing::info!("shutting down: no new calls; waiting for in-flight ones");
                 stop_health(&mut health).await;
                 stopping_tx.send_replace(true);
+                // Purchases that hold nothing yet would otherwise wait for an
+                // instance up to their timeout, and hold the stop as long.
+                served_manager.stop_waiting();
                 let _ = stop_tx.send(());
-                if tokio::time::timeout(grace, &mut serve).await.is_err() {
-                    tracing::warn!(?grace, "in-flight calls outlived the grace period; stopping anyway");
+                tokio::select! {
+                    biased;
+                    () = stop_now => tracing::warn!("asked again to stop: not waiting for in-flight calls"),
+                    served = tokio::time::timeout(grace, &mut serve) => if served.is_err() {
+                        tracing::warn!(?grace, "in-flight calls outlived the grace period; stopping anyway");
+                    },
                 }
                 None
             }

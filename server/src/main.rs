@@ -94,7 +94,8 @@ async fn main() -> anyhow::Result<()> {
     #[cfg(unix)]
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
-    let running = match warmpool_server::start(config, shutdown_signal()?).await {
+    let (shutdown, stop_now) = shutdown_signals()?;
+    let running = match warmpool_server::start_stoppable(config, shutdown, stop_now).await {
         Ok(running) => running,
         Err(e) if e.is::<warmpool_server::StoppedDuringStartUp>() => {
             tracing::info!("stopped during start-up, as asked");
@@ -253,10 +254,15 @@ fn store_command(command: &StoreCommand, data_dir: &std::path::Path) -> anyhow::
     }
 }
 
-/// Resolves on SIGINT or SIGTERM. The handlers are installed here, before
-/// start-up, so that a signal during the cloud check or the start-up
-/// reconcile stops warmpoold in order instead of killing it.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+/// The first SIGINT or SIGTERM (a graceful stop) and the second (stop
+/// now, without waiting out the grace period). The handlers are installed
+/// here, before start-up, so that a signal during the cloud check or the
+/// start-up reconcile stops warmpoold in order instead of killing it.
+fn shutdown_signals() -> anyhow::Result<(
+    impl std::future::Future<Output = ()>,
+    impl std::future::Future<Output = ()>,
+)> {
+    let (count_tx, count) = tokio::sync::watch::channel(0u32);
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -264,15 +270,27 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut interrupt =
             signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        Ok(async move {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = interrupt.recv() => {}
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+                count_tx.send_modify(|n| *n += 1);
             }
-        })
+        });
     }
     #[cfg(not(unix))]
-    Ok(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
+    tokio::spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            count_tx.send_modify(|n| *n += 1);
+        }
+    });
+    let signalled = |times: u32| {
+        let mut count = count.clone();
+        async move {
+            let _ = count.wait_for(|n| *n >= times).await;
+        }
+    };
+    Ok((signalled(1), signalled(2)))
 }

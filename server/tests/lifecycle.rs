@@ -89,6 +89,69 @@ async fn an_open_watch_ends_at_shutdown_instead_of_holding_it_up() {
     }
 }
 
+/// A purchase waiting on an empty pool holds nothing: shutdown answers it
+/// UNAVAILABLE at once instead of waiting out the grace period for it.
+#[tokio::test]
+async fn a_purchase_waiting_on_an_empty_pool_does_not_hold_up_shutdown() {
+    let d = with_an_hour_of_grace().await;
+    d.client
+        .update_pool(
+            "db.small",
+            "az1",
+            warmpool_client::api::PoolSpec {
+                paused: true,
+                ..Default::default()
+            },
+            ["paused"],
+        )
+        .await
+        .unwrap();
+    // No boot is left to finish, and whatever was Ready is taken: the next
+    // purchase waits.
+    eventually("the paused pool's boots to end", PATIENCE, || async {
+        let pool = d.client.get_pool("db.small", "az1").await.unwrap();
+        let counts = pool.counts.unwrap_or_default();
+        if counts.booting + counts.warming == 0 {
+            Ok(())
+        } else {
+            Err(format!("{counts:?}"))
+        }
+    })
+    .await;
+    let mut taken = 0;
+    loop {
+        let mut order = order_one();
+        order.request_id = format!("order-{taken}");
+        order.empty_pool_policy = warmpool_client::api::EmptyPoolPolicy::FailFast.into();
+        match d.client.allocate(order).await {
+            Ok(_) => taken += 1,
+            Err(warmpool_client::ClientError::Status {
+                code: Code::ResourceExhausted,
+                ..
+            }) => break,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let mut order = order_one();
+    order.request_id = "waits".into();
+    order.timeout = Some(prost_types::Duration {
+        seconds: 3600,
+        nanos: 0,
+    });
+    let client = d.client.clone();
+    let waiting = tokio::spawn(async move { client.allocate(order).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished());
+    d.shut_down().await;
+    match waiting.await.unwrap() {
+        Err(warmpool_client::ClientError::Status { code, message }) => {
+            assert_eq!(code, Code::Unavailable, "{message}");
+            assert!(message.contains("shutting down"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn health_watches_see_not_serving_and_end_at_shutdown() {
     use tonic_health::pb::health_check_response::ServingStatus;
@@ -416,6 +479,60 @@ fn hang_up(daemon: &tokio::process::Child) {
         .status()
         .unwrap();
     assert!(sent.success());
+}
+
+/// A second SIGTERM (or Ctrl-C) while warmpoold waits for in-flight calls
+/// stops it now, store flushed, instead of after the grace period.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_second_signal_stops_without_waiting_out_the_grace_period() {
+    let data = tempfile::tempdir().unwrap();
+    let config_file = data.path().join("warmpoold.toml");
+    // Real-cloud latencies: a cold boot takes a minute, under an hour of grace.
+    let text = config_text(data.path(), &[("db.small", "az1", 0, 1)])
+        .replacen(r#"shutdown_grace = "5s""#, r#"shutdown_grace = "1h""#, 1)
+        .replacen("time_scale = 0.01", "time_scale = 1.0", 1);
+    std::fs::write(&config_file, text).unwrap();
+    let (mut daemon, mut log, addr) = serving_daemon(&config_file).await;
+    let client = warmpool_client::Client::connect(&addr).await.unwrap();
+    let mut order = order_one();
+    order.empty_pool_policy = warmpool_client::api::EmptyPoolPolicy::ColdBoot.into();
+    order.timeout = Some(prost_types::Duration {
+        seconds: 3600,
+        nanos: 0,
+    });
+    let cold = {
+        let client = client.clone();
+        tokio::spawn(async move { client.allocate(order).await })
+    };
+    eventually("the purchase's cold boot", PATIENCE, || async {
+        let instances = client.list_instances("db.small", "az1").await.unwrap();
+        match instances.len() {
+            1 => Ok(()),
+            n => Err(format!("{n} instances")),
+        }
+    })
+    .await;
+
+    let terminate = || {
+        let pid = daemon.id().unwrap().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    terminate();
+    log_line(&mut log, "waiting for in-flight ones").await;
+    assert!(!cold.is_finished());
+    terminate();
+    log_line(&mut log, "asked again to stop").await;
+    let status = tokio::time::timeout(PATIENCE, daemon.wait())
+        .await
+        .expect("warmpoold stopped without waiting out the grace period")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let _ = cold.await;
 }
 
 /// `systemctl reload` (SIGHUP) makes the warmpoold binary read its config
