@@ -88,6 +88,10 @@ pub const MIN_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// day never will.
 pub const MAX_BOOT_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// The shortest `PoolSpec::max_age`: a boot takes a minute or more, so an
+/// instance expiring sooner is replaced about as fast as it is booted, and
+/// a pool keeps booting for nothing (a "1s" meant as "1d").
+pub const MIN_MAX_AGE: Duration = Duration::from_secs(10 * 60);
 /// The longest `PoolSpec::max_age`: a year as humantime counts it ("1y",
 /// 365.25 days), so the limit prints as what an operator may write. Unset
 /// means "never".
@@ -167,6 +171,16 @@ impl PoolSpec {
                     "boot_timeout must be at least {}, got {}: a boot takes longer, and one timed out sooner is booted again forever",
                     humantime::format_duration(MIN_BOOT_TIMEOUT),
                     humantime::format_duration(self.boot_timeout)
+                ),
+            ));
+        }
+        if let Some(max_age) = self.max_age.filter(|age| *age < MIN_MAX_AGE) {
+            return Err((
+                "max_age",
+                format!(
+                    "max_age must be at least {}, got {}: instances would be replaced about as fast as they boot",
+                    humantime::format_duration(MIN_MAX_AGE),
+                    humantime::format_duration(max_age)
                 ),
             ));
         }
@@ -765,5 +779,12 @@ pub(crate) mod tests {
         let (field, message) = age.validate().unwrap_err();
         assert_eq!(field, "max_age");
         assert!(message.contains("at most 1year"), "{message}");
+        // "1s" meant as "1d": every instance replaced as soon as it is up.
+        age.max_age = Some(Duration::from_secs(1));
+        let (field, message) = age.validate().unwrap_err();
+        assert_eq!(field, "max_age");
+        assert!(message.contains("at least 10m, got 1s"), "{message}");
+        age.max_age = Some(MIN_MAX_AGE);
+        assert_eq!(age.validate(), Ok(()));
     }
 }

@@ -110,10 +110,10 @@ async fn replaced_before_retired(max_ready: Option<u32>) {
 #[tokio::test(start_paused = true)]
 async fn a_purchase_still_gets_an_expired_instance_that_was_not_yet_replaced() {
     let sim = sim();
-    let manager = started_with_max_age(&sim, 1, Duration::from_secs(60), None).await;
+    let manager = started_with_max_age(&sim, 1, Duration::from_secs(600), None).await;
     let original = ready_ids(&manager).await;
     // Expired, its replacement booting: still a warm instance for a buyer.
-    tokio::time::sleep(Duration::from_secs(65)).await;
+    tokio::time::sleep(Duration::from_secs(605)).await;
     let done = manager
         .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
         .await
@@ -465,16 +465,21 @@ async fn lowering_max_ready_during_boots_keeps_the_ready_instances_until_they_fi
 /// ones first: the pool stays within it.
 #[tokio::test(start_paused = true)]
 async fn a_max_age_shorter_than_a_refill_keeps_the_pool_within_max_ready() {
-    let sim = sim();
+    // Boots of 10 minutes, one at a time: a refill of 2 takes 20.
+    let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
+        time_scale: 10.0,
+        ..sim().config()
+    });
     let manager = started_one_boot_at_a_time(&sim).await;
     let mut spec = spec(2);
     spec.max_ready = 3;
-    spec.max_age = Some(Duration::from_secs(30));
+    spec.max_age = Some(pool_manager::model::MIN_MAX_AGE);
+    spec.boot_timeout = Duration::from_secs(3600);
     manager.create_pool(pool(), spec).await.unwrap();
 
     let (mut most_ready, mut most_servers) = (0, 0);
     for _ in 0..60 {
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_secs(600)).await;
         let status = manager.get_pool(&pool()).await.unwrap();
         most_ready = most_ready.max(status.count(InstanceState::Ready));
         most_servers = most_servers.max(sim.servers().len());

@@ -1320,6 +1320,7 @@ mod tests {
             (pool("target = \"most\""), "target must be \"auto\", a number, or \"fixed N\"; got \"most\""),
             (pool("boot_timeout = \"300000000000y\""), "pool f@a: boot_timeout: boot_timeout must be at most 1day"),
             (pool("max_age = \"2y\""), "pool f@a: max_age: max_age must be at most 1year"),
+            (pool("max_age = \"1s\""), "pool f@a: max_age: max_age must be at least 10m, got 1s"),
             ("[manager]\npoll_interval = \"100000000000y\"".to_owned(), "manager.poll_interval must be at most 1m"),
             ("[manager]\nreplenish_interval = \"2h\"".to_owned(), "manager.replenish_interval must be at most 1h"),
             ("[manager]\nreconcile_interval = \"100000000000y\"".to_owned(), "manager.reconcile_interval must be at most 1day"),
