@@ -71,8 +71,13 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::CheckCloud { .. } | Command::Store(_)) => "error",
         None => "info,sled=warn,h2=warn,tower=warn",
     };
+    // Colour only for a person at a terminal: journald, `kubectl logs` and
+    // log files would keep the escape codes.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| default_filter.into()),

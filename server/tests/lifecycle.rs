@@ -481,6 +481,32 @@ fn hang_up(daemon: &tokio::process::Child) {
     assert!(sent.success());
 }
 
+/// warmpoold's log is plain text when it goes to a pipe or a file
+/// (journald, `kubectl logs`), with no colour codes, NO_COLOR or not.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_log_has_no_colour_codes_when_it_is_not_a_terminal() {
+    use tokio::io::AsyncBufReadExt;
+    let data = tempfile::tempdir().unwrap();
+    let config_file = data.path().join("warmpoold.toml");
+    std::fs::write(&config_file, config_text(data.path(), &[])).unwrap();
+    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+        .arg("--config")
+        .arg(&config_file)
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut log = tokio::io::BufReader::new(daemon.stderr.take().unwrap()).lines();
+    let serving = log_line(&mut log, "warmpoold serving gRPC").await;
+    assert!(!serving.contains('\x1b'), "{serving:?}");
+    assert!(serving.contains(" INFO "), "{serving:?}");
+    daemon.start_kill().unwrap();
+    daemon.wait().await.unwrap();
+}
+
 /// A second SIGTERM (or Ctrl-C) while warmpoold waits for in-flight calls
 /// stops it now, store flushed, instead of after the grace period.
 #[cfg(unix)]
