@@ -220,16 +220,25 @@ fn validate(params: &AllocationParams) -> ManagerResult<()> {
                 ));
             }
         }
-        VolumeSource::New { size_gib, .. } => {
+        VolumeSource::New {
+            size_gib,
+            volume_type,
+        } => {
             if *size_gib == 0 {
                 return Err(ManagerError::invalid(
                     "volume.new_volume.size_gib",
                     "must be > 0",
                 ));
             }
+            if let Some(volume_type) = volume_type {
+                validate_name("volume.new_volume.volume_type", volume_type)?;
+            }
         }
     }
     validate_name("network.network_id", &params.network.network_id)?;
+    if let Some(subnet_id) = &params.network.subnet_id {
+        validate_name("network.subnet_id", subnet_id)?;
+    }
     validate_labels(&params.labels)?;
     if params.network.fixed_ip.is_some() && params.network.subnet_id.is_none() {
         return Err(ManagerError::invalid(

@@ -379,6 +379,19 @@ async fn invalid_requests_name_the_field() {
         ("network.fixed_ip", |r| {
             r.network.as_mut().unwrap().fixed_ip = "10.0.0.9".into()
         }),
+        ("network.subnet_id", |r| {
+            r.network.as_mut().unwrap().subnet_id = "x".repeat(256)
+        }),
+        ("network.subnet_id", |r| {
+            r.network.as_mut().unwrap().subnet_id = "a\u{1b}[2J".into()
+        }),
+        ("volume.new_volume.volume_type", |r| {
+            r.volume.as_mut().unwrap().source =
+                Some(api::volume_spec::Source::NewVolume(api::NewVolume {
+                    size_gib: 1,
+                    volume_type: "x".repeat(256),
+                }))
+        }),
         ("network.fixed_ip", |r| {
             let n = r.network.as_mut().unwrap();
             n.subnet_id = "subnet-1".into();
