@@ -333,6 +333,21 @@ fn allocation_outcome(outcome: &ManagerResult<Allocation>) -> AllocationOutcome 
     }
 }
 
+impl Shared {
+    /// Counts an Allocate refused before its order was recorded, like any
+    /// failed one, in `pool`: a pool the store has, so its label is one the
+    /// metrics already have.
+    fn emit_refusal(&self, pool: &PoolKey, refused: &ManagerError, started: Instant) {
+        self.emit(
+            Some(pool),
+            EventKind::Allocation {
+                outcome: failure_outcome(refused),
+                latency: started.elapsed(),
+            },
+        );
+    }
+}
+
 fn failure_outcome(error: &ManagerError) -> AllocationOutcome {
     // By the answer the caller gets (the server's status mapping): a
     // quota refusal is RESOURCE_EXHAUSTED, a refusal asking again does not
@@ -596,12 +611,16 @@ impl Shared {
             if let Some(existing) = self.store.get_allocation(&params.request_id).await? {
                 if existing.params != *params {
                     let differ = existing.params.differences(params);
-                    return Err(ManagerError::Aborted(format!(
+                    let refused = ManagerError::Aborted(format!(
                         "request_id {} was already used with other parameters ({} {}): a new order needs a new request id",
                         params.request_id,
                         differ.join(", "),
                         if differ.len() == 1 { "differs" } else { "differ" }
-                    )));
+                    ));
+                    // Counted in the order's own pool: the request's may
+                    // be one the metrics have no label for.
+                    self.emit_refusal(&existing.params.pool, &refused, started);
+                    return Err(refused);
                 }
                 if existing.state != AllocationState::Allocating {
                     // Its commit may still be on its way to disk.
@@ -623,21 +642,15 @@ impl Shared {
             self.refuse_if_set_aside(&params.request_id).await?;
             let pool = self.pool(&params.pool).await?;
             if pool.draining {
-                return Err(ManagerError::FailedPrecondition(format!(
+                let refused = ManagerError::FailedPrecondition(format!(
                     "pool {} is being deleted",
                     params.pool
-                )));
+                ));
+                self.emit_refusal(&params.pool, &refused, started);
+                return Err(refused);
             }
             if let Err(e) = self.fence_volume(params, deadline).await {
-                // Counted like any failed Allocate (the pool is known, so
-                // its label is one the metrics already have).
-                self.emit(
-                    Some(&params.pool),
-                    EventKind::Allocation {
-                        outcome: failure_outcome(&e),
-                        latency: started.elapsed(),
-                    },
-                );
+                self.emit_refusal(&params.pool, &e, started);
                 return Err(e);
             }
             let allocation = Allocation::new(params.clone());

@@ -209,6 +209,57 @@ async fn a_volume_refused_before_anything_is_claimed_is_counted() {
     manager.shutdown().await.unwrap();
 }
 
+/// Refusals before an order is recorded count as Allocate calls too: an
+/// order id reused with other parameters (ABORTED: failed, in the order's
+/// own pool) and a purchase from a pool being deleted (FAILED_PRECONDITION).
+#[tokio::test(start_paused = true)]
+async fn a_reused_order_id_and_a_deleted_pool_are_counted() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 1).await;
+    let order = request("order-1", new_volume(), EmptyPoolPolicy::FailFast);
+    manager.allocate(order.clone()).await.unwrap();
+    let mut events = manager.events();
+    let mut other = order.clone();
+    other.params.tenant_project_id = "tenant-b".into();
+    let result = manager.allocate(other).await;
+    assert!(
+        matches!(result, Err(ManagerError::Aborted(_))),
+        "{result:?}"
+    );
+    let event = next_event(&mut events).await;
+    assert_eq!(event.pool.as_ref(), Some(&pool()));
+    assert!(
+        matches!(
+            event.kind,
+            EventKind::Allocation {
+                outcome: AllocationOutcome::Failed,
+                ..
+            }
+        ),
+        "{event:?}"
+    );
+
+    // A boot under way keeps the deleted pool draining for a while.
+    manager
+        .update_pool(&pool(), |s| s.min_ready = 2)
+        .await
+        .unwrap();
+    manager.delete_pool(&pool()).await.unwrap();
+    let mut events = manager.events();
+    let result = manager
+        .allocate(request("order-2", new_volume(), EmptyPoolPolicy::FailFast))
+        .await;
+    assert!(
+        matches!(&result, Err(ManagerError::FailedPrecondition(m)) if m.contains("being deleted")),
+        "{result:?}"
+    );
+    assert_eq!(
+        allocation_outcomes(&mut events),
+        [AllocationOutcome::PreconditionFailed]
+    );
+    manager.shutdown().await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_volume_or_port_the_cloud_refuses_to_create_is_the_callers_to_fix() {
     let sim = sim();
