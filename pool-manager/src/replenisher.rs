@@ -367,6 +367,7 @@ impl Shared {
         // pile up a server a boot.
         let due = Retirements {
             replaced,
+            target,
             fresh: fresh_ready.saturating_sub(pool.spec.max_ready),
             outdated: (fresh_ready + outdated).saturating_sub(pool.spec.max_ready),
         };
@@ -432,6 +433,7 @@ impl Shared {
     ) -> ManagerResult<()> {
         let Retirements {
             replaced,
+            target,
             fresh: mut over_cap,
             outdated: mut outdated_over_cap,
         } = due;
@@ -442,21 +444,31 @@ impl Shared {
             })
             .collect();
         ready.sort_by_key(|i| i.ready_at);
-        let mut doomed: Vec<(&Instance, String)> = Vec::new();
+        // Each with whether it goes only because it has been replaced (not
+        // for max_ready).
+        let mut doomed: Vec<(&Instance, String, bool)> = Vec::new();
         for instance in ready {
             let due = renewal.due(instance);
             if let Some(why) = due.filter(|_| replaced || outdated_over_cap > 0) {
+                let for_cap = outdated_over_cap > 0;
                 outdated_over_cap = outdated_over_cap.saturating_sub(1);
-                doomed.push((instance, renewal.reason(instance, why)));
+                doomed.push((instance, renewal.reason(instance, why), !for_cap));
             } else if due.is_none() && over_cap > 0 {
                 over_cap -= 1;
                 doomed.push((
                     instance,
                     format!("above the pool's max_ready of {}", pool.spec.max_ready),
+                    false,
                 ));
             }
         }
-        for (instance, reason) in doomed {
+        for (instance, reason, as_replaced) in doomed {
+            // Each retirement waits for the cloud's delete: purchases may
+            // have taken the fresh instances since the step's listing, and
+            // an outdated one still serves until its replacement stands.
+            if as_replaced && self.fresh_ready(pool, renewal).await? < target {
+                continue;
+            }
             let retired = self
                 .update_instance(&instance.id, |current| {
                     (current.state == InstanceState::Ready && current.request_id.is_none()).then(
@@ -476,6 +488,16 @@ impl Shared {
             }
         }
         Ok(())
+    }
+
+    /// The pool's Ready instances that are unclaimed and not due for
+    /// replacement, now.
+    async fn fresh_ready(&self, pool: &PoolRecord, renewal: &Renewal<'_>) -> ManagerResult<u32> {
+        let instances = self.store.list_untouched_instances(&pool.key).await?;
+        let fresh = instances.iter().filter(|i| {
+            i.state == InstanceState::Ready && i.request_id.is_none() && renewal.due(i).is_none()
+        });
+        Ok(fresh.count() as u32)
     }
 
     /// Deletes the pool's unclaimed instances; true once none is left and the
@@ -972,6 +994,9 @@ struct Retirements {
     /// Every outdated one: the fresh supply meets the target with nothing
     /// left in flight, so the pool never dips for it.
     replaced: bool,
+    /// The target `replaced` was judged against, judged again before each
+    /// such retirement: purchases may take fresh instances meanwhile.
+    target: u32,
     /// The oldest fresh ones beyond `max_ready` (an operator lowered it).
     fresh: u32,
     /// The oldest outdated ones beyond `max_ready`, fresh and outdated

@@ -210,6 +210,45 @@ async fn changing_the_image_replaces_the_ready_instances_before_retiring_them() 
     assert_consistent(&sim, &manager).await;
 }
 
+/// Renewal never empties a pool: an outdated instance is retired only
+/// while the fresh supply meets the target. Each retirement waits for the
+/// cloud's delete; purchases taking the fresh instances meanwhile used to
+/// leave the step retiring the next outdated one all the same, on the
+/// listing it started from, and the pool with nothing Ready.
+#[tokio::test(start_paused = true)]
+async fn renewal_keeps_an_outdated_instance_that_purchases_now_need() {
+    let sim = sim_with_images();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_over(&cloud, temp_store(), 2).await;
+    let held = cloud.hold_next("delete_server", At::Before);
+    manager
+        .update_pool(&pool(), |s| s.image = "mysql-8.4".into())
+        .await
+        .unwrap();
+    // Both replacements are Ready: the first old-image instance is being
+    // deleted when two purchases take the fresh ones.
+    held.reached().await;
+    for id in ["p1", "p2"] {
+        let taken = manager
+            .allocate(request(id, new_volume(), EmptyPoolPolicy::FailFast))
+            .await
+            .unwrap();
+        assert!(taken.warm_hit);
+    }
+    held.release();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let ready = manager
+        .get_pool(&pool())
+        .await
+        .unwrap()
+        .count(InstanceState::Ready);
+    assert_eq!(ready, 1, "the other old-image instance still serves");
+    // Once replaced again, it goes.
+    tokio::time::sleep(Duration::from_secs(4 * 60)).await;
+    assert_all_of_image(&manager, &sim, "mysql-8.4").await;
+    assert_consistent(&sim, &manager).await;
+}
+
 /// What is compared is the image the cloud boots: with one image for every
 /// pool (the OpenStack driver's `image` override), a pool's own image
 /// boots nothing, and changing it replaces nothing; a new override (a
