@@ -514,6 +514,32 @@ impl PoolUpdateArgs {
     }
 }
 
+/// What to try when a connection failed the way a TLS mismatch fails: the
+/// errors themselves (an HTTP/2 frame "of invalid size", a TLS alert) do not
+/// say which side of the connection to fix.
+pub fn tls_hint(error: &str, endpoint: &str, has_certificate: bool) -> Option<&'static str> {
+    let https = endpoint.trim().starts_with("https://");
+    if !https && error.contains("frame with invalid size") {
+        return Some(
+            "the daemon may serve TLS: dial https://HOST:PORT (with --ca-file for its CA)",
+        );
+    }
+    // The alert when it arrives before the client's first write; a broken
+    // pipe when the client was writing as the daemon closed.
+    if https
+        && !has_certificate
+        && (error.contains("CertificateRequired") || error.contains("broken pipe"))
+    {
+        return Some("the daemon may require a client certificate: --cert-file and --key-file");
+    }
+    if https && error.contains("UnknownIssuer") {
+        return Some(
+            "the daemon's certificate does not chain to a CA this client trusts: --ca-file CA.pem",
+        );
+    }
+    None
+}
+
 /// Where the bearer token comes from.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TokenSource {

@@ -28,10 +28,15 @@ async fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let token = cli::token_source(&cli, &matches).unwrap_or_else(|e| e.exit());
+    let (endpoint, has_certificate) = (cli.endpoint.clone(), cli.cert_file.is_some());
     match run(cli, token).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {}", describe(&err));
+            let described = describe(&err);
+            eprintln!("error: {described}");
+            if let Some(hint) = cli::tls_hint(&described, &endpoint, has_certificate) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::FAILURE
         }
     }

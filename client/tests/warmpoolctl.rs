@@ -647,16 +647,32 @@ async fn an_https_daemon_is_reached_with_its_ca_and_a_client_certificate() {
     .await
     .success();
     assert!(listed.contains("db.small"), "{listed}");
-    // Without its client certificate, or trusting only the system's roots,
-    // the handshake fails and warmpoolctl says so in one line.
-    for args in [
-        &["--ca-file", ca_file, "pools"][..],
-        &["--cert-file", cert_file, "--key-file", key_file, "pools"][..],
+    // Without its client certificate, trusting only the system's roots, or
+    // in plaintext, the handshake fails: warmpoolctl says so in one line,
+    // and what to try in a second.
+    for (endpoint, args, hint) in [
+        (
+            &https,
+            &["--ca-file", ca_file, "pools"][..],
+            "--cert-file and --key-file",
+        ),
+        (
+            &https,
+            &["--cert-file", cert_file, "--key-file", key_file, "pools"][..],
+            "--ca-file CA.pem",
+        ),
+        (&d.endpoint, &["pools"][..], "dial https://HOST:PORT"),
     ] {
-        let refused = run(&https, args).await;
+        let refused = run(endpoint, args).await;
         assert!(!refused.ok, "{args:?}: {}", refused.stdout);
-        assert!(refused.stderr.starts_with("error: "), "{}", refused.stderr);
-        assert_eq!(refused.stderr.lines().count(), 1, "{}", refused.stderr);
+        let lines: Vec<&str> = refused.stderr.lines().collect();
+        assert_eq!(lines.len(), 2, "{args:?}: {}", refused.stderr);
+        assert!(lines[0].starts_with("error: "), "{}", refused.stderr);
+        assert!(
+            lines[1].starts_with("hint: ") && lines[1].contains(hint),
+            "{args:?}: {}",
+            refused.stderr
+        );
     }
     // Certificates for a plaintext endpoint: refused before connecting.
     let plain = run(&d.endpoint, &["--ca-file", ca_file, "pools"]).await;
