@@ -119,8 +119,9 @@ fn server_config(tls: &TlsConfig) -> anyhow::Result<Arc<ServerConfig>> {
     let key =
         PrivateKeyDer::from_pem_slice(&read("tls.key_file", &tls.key_file)?).map_err(|e| {
             anyhow::anyhow!(
-                "tls.key_file {} holds no PEM private key: {e}",
-                tls.key_file.display()
+                "tls.key_file {} holds no PEM private key: {}",
+                tls.key_file.display(),
+                pem_problem(&e)
             )
         })?;
     let builder = ServerConfig::builder();
@@ -150,6 +151,23 @@ fn server_config(tls: &TlsConfig) -> anyhow::Result<Arc<ServerConfig>> {
     Ok(Arc::new(config))
 }
 
+/// The PEM parser's error in words: its own message shows the markers as
+/// byte arrays ("missing section end marker: [67, 69, 82, ...]").
+fn pem_problem(error: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_owned();
+    match error {
+        Error::MissingSectionEnd { end_marker } => format!(
+            "a PEM block is cut short: no '-----END {}-----' line (a file half written?)",
+            text(end_marker)
+        ),
+        Error::IllegalSectionStart { line } => {
+            format!("a malformed PEM line: '{}'", text(line))
+        }
+        other => other.to_string(),
+    }
+}
+
 fn read(key: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {key} {}", path.display()))
 }
@@ -161,7 +179,7 @@ fn certificates(key: &str, path: &Path) -> anyhow::Result<Vec<CertificateDer<'st
     let bytes = read(key, path)?;
     let certificates = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("{key} {}: {e}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("{key} {}: {}", path.display(), pem_problem(&e)))?;
     if certificates.is_empty() {
         anyhow::bail!(
             "{key} {} holds no PEM certificate ('-----BEGIN CERTIFICATE-----')",
@@ -169,4 +187,25 @@ fn certificates(key: &str, path: &Path) -> anyhow::Result<Vec<CertificateDer<'st
         );
     }
     Ok(certificates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pem_file_cut_short_is_named_in_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cut.crt");
+        std::fs::write(&path, "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n").unwrap();
+        let err = certificates("tls.cert_file", &path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with(
+                "cut.crt: a PEM block is cut short: no '-----END CERTIFICATE-----' line (a file half written?)"
+            ),
+            "{err}"
+        );
+    }
 }
