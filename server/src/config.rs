@@ -758,7 +758,12 @@ impl Config {
             // duration") but not where; name the key and the line.
             let (key, line) = match e.span() {
                 Some(span) => {
-                    let line = text[..span.start].matches('\n').count() + 1;
+                    // A table read whole ([cloud]) spans from its header; its
+                    // message names the key ("... in `seed`"): point at that.
+                    let at = inner_key(e.message())
+                        .and_then(|inner| line_of_key(text, span.start, inner))
+                        .unwrap_or(span.start);
+                    let line = text[..at].matches('\n').count() + 1;
                     (key_at(text, span.start), format!(" (line {line})"))
                 }
                 None => (None, String::new()),
@@ -1001,6 +1006,31 @@ impl Config {
 /// The dotted key ("manager.poll_interval") of the `key = value` line, or
 /// the table header, that holds byte `offset` of `text`; `None` when the
 /// line is neither (e.g. inside an inline table).
+/// The key a table's own check names at the end of its message: "... in `seed`".
+fn inner_key(message: &str) -> Option<&str> {
+    let (_, key) = message.trim_end().strip_suffix('`')?.rsplit_once(" in `")?;
+    Some(key)
+}
+
+/// Where the line assigning `key` starts, at `table_start` or after it,
+/// before the next table header.
+fn line_of_key(text: &str, table_start: usize, key: &str) -> Option<usize> {
+    let mut offset = table_start;
+    for (n, line) in text[table_start..].split_inclusive('\n').enumerate() {
+        let trimmed = line.trim_start();
+        if n > 0 && trimmed.starts_with('[') {
+            return None;
+        }
+        if let Some(rest) = trimmed.strip_prefix(key) {
+            if rest.trim_start().starts_with('=') {
+                return Some(offset);
+            }
+        }
+        offset += line.len();
+    }
+    None
+}
+
 fn key_at(text: &str, offset: usize) -> Option<String> {
     let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
     let header = |line: &str| {
@@ -1367,6 +1397,13 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("request_timeout"), "{err}");
+        // The line of the key, not of the [cloud] header.
+        assert!(err.ends_with("in `request_timeout` (line 4)"), "{err}");
+        let err =
+            Config::parse("listen = \"127.0.0.1:1\"\n[cloud]\nkind = \"embedded\"\nseed = -1\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.ends_with("in `seed` (line 4)"), "{err}");
         let err = Config::parse(
             "[cloud]\nkind = \"openstack\"\nmanagement_network = \"n\"\ncloud_name = \"x\"",
         )

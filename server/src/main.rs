@@ -63,8 +63,20 @@ enum StoreCommand {
     },
 }
 
+/// An error ends warmpoold with one line, its causes after colons: not
+/// anyhow's report, which adds a stack trace wherever RUST_BACKTRACE is set.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     // check-cloud prints its own report; only errors are logged beside it.
     let default_filter = match args.command {

@@ -481,6 +481,36 @@ fn hang_up(daemon: &tokio::process::Child) {
     assert!(sent.success());
 }
 
+/// A config file that does not load ends warmpoold with one line naming
+/// the file, the key and its line, and no stack trace even where
+/// RUST_BACKTRACE is set.
+#[tokio::test]
+async fn a_broken_config_file_is_one_line_naming_the_key() {
+    let data = tempfile::tempdir().unwrap();
+    let config_file = data.path().join("warmpoold.toml");
+    std::fs::write(
+        &config_file,
+        "listen = \"127.0.0.1:0\"\n\n[cloud]\nkind = \"embedded\"\nseed = -1\n",
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+        .arg("--config")
+        .arg(&config_file)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr,
+        format!(
+            "Error: config file {}: cloud: invalid value: integer `-1`, expected u64 in `seed` (line 5)\n",
+            config_file.display()
+        )
+    );
+}
+
 /// warmpoold's log is plain text when it goes to a pipe or a file
 /// (journald, `kubectl logs`), with no colour codes, NO_COLOR or not.
 #[cfg(unix)]
