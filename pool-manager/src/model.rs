@@ -633,11 +633,15 @@ impl Allocation {
     pub fn new(params: AllocationParams) -> Self {
         let created_at = SystemTime::now();
         // Tells it from a forgotten use of the id, which began at least
-        // `keep_released` (a day) earlier.
-        let attempt = created_at
+        // `keep_released` (a day) earlier, and from a rolled-back attempt
+        // of this order, whose name a twin watch may still delete: in the
+        // same millisecond, or after the clock stepped back, only the
+        // random part does.
+        let millis = created_at
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis();
+        let attempt = format!("{millis:x}{:08x}", rand::random::<u32>());
         Self {
             params,
             state: AllocationState::Allocating,
@@ -652,7 +656,7 @@ impl Allocation {
             created_at,
             delete_volume_on_release: None,
             released_at: None,
-            attempt: Some(format!("{attempt:x}")),
+            attempt: Some(attempt),
             creates_in_doubt: false,
         }
     }
@@ -707,9 +711,12 @@ pub(crate) mod tests {
             },
             labels: BTreeMap::new(),
         };
-        let new = Allocation::new(params);
+        let new = Allocation::new(params.clone());
         let name = new.resource_name();
         assert!(name.starts_with("warmpool-order-7-"), "{name}");
+        // A retry made at once is named apart from the attempt before it.
+        let retry = Allocation::new(params);
+        assert_ne!(retry.resource_name(), name);
         // A record stored before `attempt` existed reads, and names its
         // resources as they were created: by the request id alone.
         let mut stored = serde_json::to_value(&new).unwrap();
