@@ -658,7 +658,15 @@ impl Shared {
             // see this Allocating record unclaimed and roll it back.
             let in_flight = InFlight::enter(self, &params.request_id);
             if self.store.cas_allocation(None, Some(&allocation)).await? {
-                self.store.flush().await?;
+                if let Err(e) = self.store.flush().await {
+                    // Nothing was done on its strength: take it back, so a
+                    // retry starts afresh now rather than finding an order
+                    // in progress until the reconciler rolls it back.
+                    if let Err(undo) = self.store.cas_allocation(Some(&allocation), None).await {
+                        tracing::warn!(request_id = %params.request_id, error = %undo, "cannot take back an order whose record was not flushed; the reconciler will");
+                    }
+                    return Err(e.into());
+                }
                 break (allocation, in_flight);
             }
         };

@@ -2596,6 +2596,35 @@ enum FlushTrigger {
     PoolDeleted,
 }
 
+/// An order whose new record cannot be flushed fails having done nothing,
+/// and takes its record back: the same call again goes ahead at once. The
+/// record used to stay, and a retry was told the order was in progress
+/// until the reconciler rolled it back.
+#[tokio::test(start_paused = true)]
+async fn an_order_whose_record_cannot_be_flushed_can_be_retried_at_once() {
+    let sim = sim();
+    let store = HookedStore::new(FailFlushAfter::new(FlushTrigger::AllocationTo(
+        AllocationState::Allocating,
+    )));
+    let manager = manager_on(&sim, store.clone());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    wait_ready(&manager, 1).await;
+    let order = request("order-1", new_volume(), EmptyPoolPolicy::FailFast);
+    let err = manager.allocate(order.clone()).await.unwrap_err();
+    assert!(matches!(err, ManagerError::Store(_)), "{err:?}");
+    assert!(sim.ports().is_empty(), "nothing was created for it");
+    let asked = tokio::time::Instant::now();
+    let done = manager.allocate(order).await.unwrap();
+    assert!(done.warm_hit);
+    assert!(
+        asked.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
 /// Fails the one flush that follows the first write its trigger names.
 struct FailFlushAfter {
     trigger: FlushTrigger,
