@@ -246,8 +246,10 @@ mod tests {
             AllocationState::Released,
         ];
         for (i, state) in states.into_iter().enumerate() {
-            let mut allocation =
-                Allocation::new(crate::replay::request(format!("r{i}"), pools[0].clone()).params);
+            let mut allocation = Allocation::new(
+                crate::replay::request(format!("r{i}"), pools[0].clone()).params,
+                0,
+            );
             allocation.state = state;
             store.cas_allocation(None, Some(&allocation)).await.unwrap();
         }

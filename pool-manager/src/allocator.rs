@@ -653,7 +653,8 @@ impl Shared {
                 self.emit_refusal(&params.pool, &e, started);
                 return Err(e);
             }
-            let allocation = Allocation::new(params.clone());
+            let salt = rand::Rng::gen(&mut *self.attempt_salts.lock().expect("attempt salt lock"));
+            let allocation = Allocation::new(params.clone(), salt);
             // In flight before the record exists: a reconcile pass must never
             // see this Allocating record unclaimed and roll it back.
             let in_flight = InFlight::enter(self, &params.request_id);

@@ -150,6 +150,9 @@ pub(crate) struct Shared {
     pub gate: Arc<Mutex<Gate>>,
     /// Draws new instance ids (see `ManagerSettings::instance_id_seed`).
     pub instance_ids: Mutex<StdRng>,
+    /// Draws the random part of allocation attempts' names
+    /// ([`Allocation::new`]), seeded beside the instance ids.
+    pub attempt_salts: Mutex<StdRng>,
     /// Boot health per pool: the degraded / recovered verdicts.
     pub health: Mutex<HealthBook>,
 }
@@ -469,6 +472,10 @@ impl PoolManager {
                 health: Mutex::new(HealthBook::default()),
                 instance_ids: Mutex::new(match settings.instance_id_seed {
                     Some(seed) => StdRng::seed_from_u64(seed),
+                    None => StdRng::from_entropy(),
+                }),
+                attempt_salts: Mutex::new(match settings.instance_id_seed {
+                    Some(seed) => StdRng::seed_from_u64(seed.wrapping_add(1)),
                     None => StdRng::from_entropy(),
                 }),
                 settings,

@@ -630,7 +630,9 @@ pub struct TwinWatch {
 pub const TWIN_WATCH: Duration = Duration::from_secs(15 * 60);
 
 impl Allocation {
-    pub fn new(params: AllocationParams) -> Self {
+    /// A new order's record; `salt` is the random part of its attempt's
+    /// name (see below).
+    pub fn new(params: AllocationParams, salt: u32) -> Self {
         let created_at = SystemTime::now();
         // Tells it from a forgotten use of the id, which began at least
         // `keep_released` (a day) earlier, and from a rolled-back attempt
@@ -641,7 +643,7 @@ impl Allocation {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis();
-        let attempt = format!("{millis:x}{:08x}", rand::random::<u32>());
+        let attempt = format!("{millis:x}{salt:08x}");
         Self {
             params,
             state: AllocationState::Allocating,
@@ -711,11 +713,11 @@ pub(crate) mod tests {
             },
             labels: BTreeMap::new(),
         };
-        let new = Allocation::new(params.clone());
+        let new = Allocation::new(params.clone(), 1);
         let name = new.resource_name();
         assert!(name.starts_with("warmpool-order-7-"), "{name}");
         // A retry made at once is named apart from the attempt before it.
-        let retry = Allocation::new(params);
+        let retry = Allocation::new(params, 2);
         assert_ne!(retry.resource_name(), name);
         // A record stored before `attempt` existed reads, and names its
         // resources as they were created: by the request id alone.

@@ -719,23 +719,26 @@ mod tests {
     }
 
     fn allocation(state: AllocationState) -> Allocation {
-        let mut allocation = Allocation::new(AllocationParams {
-            request_id: "r1".into(),
-            tenant_project_id: "tenant-a".into(),
-            pool: instance(InstanceState::Ready).pool,
-            volume: VolumeRequest {
-                source: VolumeSource::Existing {
-                    volume_id: "v1".into(),
+        let mut allocation = Allocation::new(
+            AllocationParams {
+                request_id: "r1".into(),
+                tenant_project_id: "tenant-a".into(),
+                pool: instance(InstanceState::Ready).pool,
+                volume: VolumeRequest {
+                    source: VolumeSource::Existing {
+                        volume_id: "v1".into(),
+                    },
+                    delete_on_release: false,
                 },
-                delete_on_release: false,
+                network: NetworkRequest {
+                    network_id: "net".into(),
+                    subnet_id: None,
+                    fixed_ip: None,
+                },
+                labels: Default::default(),
             },
-            network: NetworkRequest {
-                network_id: "net".into(),
-                subnet_id: None,
-                fixed_ip: None,
-            },
-            labels: Default::default(),
-        });
+            0,
+        );
         allocation.state = state;
         allocation
     }

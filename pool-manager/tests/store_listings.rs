@@ -87,24 +87,27 @@ fn instance(id: u8, pool_n: u8, state: u8) -> Instance {
 }
 
 fn allocation(id: u8, state: u8) -> Allocation {
-    let mut allocation = Allocation::new(AllocationParams {
-        request_id: format!("r{id}"),
-        tenant_project_id: "tenant-a".into(),
-        pool: pool(0),
-        volume: VolumeRequest {
-            source: VolumeSource::New {
-                size_gib: 1,
-                volume_type: None,
+    let mut allocation = Allocation::new(
+        AllocationParams {
+            request_id: format!("r{id}"),
+            tenant_project_id: "tenant-a".into(),
+            pool: pool(0),
+            volume: VolumeRequest {
+                source: VolumeSource::New {
+                    size_gib: 1,
+                    volume_type: None,
+                },
+                delete_on_release: false,
             },
-            delete_on_release: false,
+            network: NetworkRequest {
+                network_id: "net".into(),
+                subnet_id: None,
+                fixed_ip: None,
+            },
+            labels: Default::default(),
         },
-        network: NetworkRequest {
-            network_id: "net".into(),
-            subnet_id: None,
-            fixed_ip: None,
-        },
-        labels: Default::default(),
-    });
+        0,
+    );
     allocation.state = ALLOCATION_STATES[usize::from(state)];
     allocation.created_at = SystemTime::UNIX_EPOCH;
     allocation

@@ -64,24 +64,27 @@ fn instance(id: String, pool: PoolKey, state: InstanceState) -> Instance {
 }
 
 fn allocation(request_id: String, state: AllocationState) -> Allocation {
-    let mut allocation = Allocation::new(AllocationParams {
-        request_id,
-        tenant_project_id: "tenant-0001".into(),
-        pool: pool(0),
-        volume: VolumeRequest {
-            source: VolumeSource::New {
-                size_gib: 20,
-                volume_type: None,
+    let mut allocation = Allocation::new(
+        AllocationParams {
+            request_id,
+            tenant_project_id: "tenant-0001".into(),
+            pool: pool(0),
+            volume: VolumeRequest {
+                source: VolumeSource::New {
+                    size_gib: 20,
+                    volume_type: None,
+                },
+                delete_on_release: true,
             },
-            delete_on_release: true,
+            network: NetworkRequest {
+                network_id: "net-0001".into(),
+                subnet_id: None,
+                fixed_ip: None,
+            },
+            labels: [("order".to_string(), "bench".to_string())].into(),
         },
-        network: NetworkRequest {
-            network_id: "net-0001".into(),
-            subnet_id: None,
-            fixed_ip: None,
-        },
-        labels: [("order".to_string(), "bench".to_string())].into(),
-    });
+        0,
+    );
     allocation.state = state;
     allocation.instance_id = Some(uuid_like());
     allocation.volume_id = Some(uuid_like());
