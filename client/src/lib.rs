@@ -44,6 +44,37 @@ impl TlsOptions {
     fn is_set(&self) -> bool {
         self.ca_pem.is_some() || self.identity_pem.is_some()
     }
+
+    /// Whether each file holds the PEM it is for: given another file (a key
+    /// as the CA), the TLS library would take it and the handshake fail as
+    /// if the daemon's certificate were wrong.
+    fn check(&self) -> Result<(), String> {
+        let holds = |pem: &[u8], what: &str| {
+            String::from_utf8_lossy(pem).contains(&format!("-----BEGIN {what}"))
+        };
+        if self
+            .ca_pem
+            .as_deref()
+            .is_some_and(|ca| !holds(ca, "CERTIFICATE-----"))
+        {
+            return Err(
+                "the CA file holds no PEM certificate ('-----BEGIN CERTIFICATE-----')".into(),
+            );
+        }
+        if let Some((cert, key)) = &self.identity_pem {
+            if !holds(cert, "CERTIFICATE-----") {
+                return Err(
+                    "the certificate file holds no PEM certificate ('-----BEGIN CERTIFICATE-----')"
+                        .into(),
+                );
+            }
+            // PKCS#8 ("PRIVATE KEY"), PKCS#1 ("RSA PRIVATE KEY"), SEC1 ("EC PRIVATE KEY").
+            if !String::from_utf8_lossy(key).contains("PRIVATE KEY-----") {
+                return Err("the key file holds no PEM private key".into());
+            }
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for TlsOptions {
@@ -282,9 +313,22 @@ impl Client {
         options: ConnectOptions,
     ) -> Result<Client, ClientError> {
         let uri = normalize_endpoint(endpoint);
+        if !(uri.starts_with("http://") || uri.starts_with("https://")) {
+            return Err(ClientError::Endpoint {
+                endpoint: uri,
+                reason: "the scheme must be http:// or https://".into(),
+            });
+        }
         let mut endpoint =
             Endpoint::from_shared(uri.clone()).map_err(|e| connect_error(&uri, e))?;
         if uri.starts_with("https://") {
+            options
+                .tls
+                .check()
+                .map_err(|reason| ClientError::Endpoint {
+                    endpoint: uri.clone(),
+                    reason,
+                })?;
             let mut tls = ClientTlsConfig::new();
             tls = match &options.tls.ca_pem {
                 Some(ca) => tls.ca_certificate(Certificate::from_pem(ca)),
@@ -511,6 +555,57 @@ mod tests {
         assert_eq!(normalize_endpoint("http://h:1"), "http://h:1");
         assert_eq!(normalize_endpoint("https://h:1"), "https://h:1");
         assert_eq!(normalize_endpoint("HTTPS://H:1"), "https://H:1");
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_or_tls_file_that_cannot_be_meant_is_refused_before_connecting() {
+        let refused = |endpoint: &str, tls: TlsOptions| {
+            let endpoint = endpoint.to_owned();
+            async move {
+                match Client::connect_with(
+                    &endpoint,
+                    ConnectOptions {
+                        tls,
+                        ..Default::default()
+                    },
+                )
+                .await
+                {
+                    Err(ClientError::Endpoint { reason, .. }) => reason,
+                    other => panic!("{endpoint}: {:?}", other.map(|_| ())),
+                }
+            }
+        };
+        let reason = refused("ftp://127.0.0.1:1", TlsOptions::default()).await;
+        assert!(reason.contains("http:// or https://"), "{reason}");
+        let cert = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".to_vec();
+        let key = b"-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n".to_vec();
+        for (tls, expect) in [
+            (
+                TlsOptions {
+                    ca_pem: Some(key.clone()),
+                    identity_pem: None,
+                },
+                "the CA file holds no PEM certificate",
+            ),
+            (
+                TlsOptions {
+                    ca_pem: None,
+                    identity_pem: Some((key.clone(), key.clone())),
+                },
+                "the certificate file holds no PEM certificate",
+            ),
+            (
+                TlsOptions {
+                    ca_pem: None,
+                    identity_pem: Some((cert.clone(), cert.clone())),
+                },
+                "the key file holds no PEM private key",
+            ),
+        ] {
+            let reason = refused("https://127.0.0.1:1", tls).await;
+            assert!(reason.starts_with(expect), "{reason}");
+        }
     }
 
     #[test]
