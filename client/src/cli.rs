@@ -514,22 +514,46 @@ impl PoolUpdateArgs {
     }
 }
 
-/// What to try when a connection failed the way a TLS mismatch fails: the
-/// errors themselves (an HTTP/2 frame "of invalid size", a TLS alert) do not
-/// say which side of the connection to fix.
-pub fn tls_hint(error: &str, endpoint: &str, has_certificate: bool) -> Option<&'static str> {
-    let https = endpoint.trim().starts_with("https://");
-    if !https && error.contains("frame with invalid size") {
+/// A second line for an error whose own text does not say what to change:
+/// a request field the server names by its API name (the flag that sets
+/// it), or a connection that failed the way a TLS mismatch fails (an HTTP/2
+/// frame "of invalid size", a TLS alert).
+pub fn hint(error: &str, endpoint: &str, has_certificate: bool) -> Option<String> {
+    if let Some(field) = error
+        .strip_prefix("INVALID_ARGUMENT: invalid ")
+        .and_then(|rest| rest.split(':').next())
+    {
+        let flag = match field {
+            "request_id" => "--request-id",
+            "tenant_project_id" => "--tenant",
+            "volume.existing_volume_id" => "--volume-id",
+            "volume.new_volume.size_gib" => "--volume-size",
+            "volume.new_volume.volume_type" => "--volume-type",
+            "network.network_id" => "--network",
+            "network.subnet_id" => "--subnet",
+            "network.fixed_ip" => "--fixed-ip",
+            "labels" => "--label",
+            _ => return None,
+        };
+        return Some(format!("{field} is what {flag} sets"));
+    }
+    tls_hint(error, endpoint, has_certificate).map(String::from)
+}
+
+fn tls_hint(error: &str, endpoint: &str, has_certificate: bool) -> Option<&'static str> {
+    let https = endpoint.trim().to_ascii_lowercase().starts_with("https://");
+    // The alert when it arrives before the client's first write; a broken
+    // pipe, a reset or a closed connection when the client was writing or
+    // reading as the daemon closed: which one is a race.
+    let cut_off = ["broken pipe", "connection closed", "reset by peer"];
+    let cut_off = || cut_off.iter().any(|sign| error.contains(sign));
+    // A TLS daemon answers HTTP/2 with a TLS alert, read as a frame header.
+    if !https && (error.contains("frame with invalid size") || cut_off()) {
         return Some(
             "the daemon may serve TLS: dial https://HOST:PORT (with --ca-file for its CA)",
         );
     }
-    // The alert when it arrives before the client's first write; a broken
-    // pipe when the client was writing as the daemon closed.
-    if https
-        && !has_certificate
-        && (error.contains("CertificateRequired") || error.contains("broken pipe"))
-    {
+    if https && !has_certificate && (error.contains("CertificateRequired") || cut_off()) {
         return Some("the daemon may require a client certificate: --cert-file and --key-file");
     }
     if https && error.contains("UnknownIssuer") {

@@ -34,7 +34,7 @@ async fn main() -> ExitCode {
         Err(err) => {
             let described = describe(&err);
             eprintln!("error: {described}");
-            if let Some(hint) = cli::tls_hint(&described, &endpoint, has_certificate) {
+            if let Some(hint) = cli::hint(&described, &endpoint, has_certificate) {
                 eprintln!("hint: {hint}");
             }
             ExitCode::FAILURE

@@ -138,12 +138,27 @@ impl Run {
     /// The one-line error a failed command prints, which must start `error: CODE: `.
     #[track_caller]
     fn error(self, code: &str) -> String {
+        let (message, hint) = self.error_and_hint(code);
+        assert_eq!(hint, None);
+        message
+    }
+
+    /// [`Run::error`], and the `hint: ` line that may follow it.
+    #[track_caller]
+    fn error_and_hint(self, code: &str) -> (String, Option<String>) {
         assert!(!self.ok, "expected failure, got: {}", self.stdout);
         assert_eq!(self.stdout, "", "stdout on failure");
         let prefix = format!("error: {code}: ");
-        assert!(self.stderr.starts_with(&prefix), "{:?}", self.stderr);
-        assert_eq!(self.stderr.lines().count(), 1, "{:?}", self.stderr);
-        self.stderr.trim_end()[prefix.len()..].to_owned()
+        let mut lines = self.stderr.lines();
+        let message = lines.next().unwrap_or_default();
+        assert!(message.starts_with(&prefix), "{:?}", self.stderr);
+        let hint = lines.next().map(|hint| {
+            hint.strip_prefix("hint: ")
+                .unwrap_or_else(|| panic!("{:?}", self.stderr))
+                .to_owned()
+        });
+        assert_eq!(lines.next(), None, "{:?}", self.stderr);
+        (message[prefix.len()..].to_owned(), hint)
     }
 }
 
@@ -396,15 +411,24 @@ async fn errors_print_the_code_and_exit_non_zero() {
         .error("NOT_FOUND");
     assert!(msg.contains("db.large@az1"), "{msg}");
 
-    let msg = run(ep, &allocate_args("bad id", "db.small", "az1"))
+    // The server names the API's field; the hint, the flag that sets it.
+    let (msg, hint) = run(ep, &allocate_args("bad id", "db.small", "az1"))
         .await
-        .error("INVALID_ARGUMENT");
+        .error_and_hint("INVALID_ARGUMENT");
     assert!(msg.starts_with("invalid request_id:"), "{msg}");
+    assert_eq!(
+        hint.as_deref(),
+        Some("request_id is what --request-id sets")
+    );
     let mut args = allocate_args("order-y", "db.small", "az1");
     let at = args.iter().position(|a| *a == "10").unwrap();
     args[at] = "0";
-    let msg = run(ep, &args).await.error("INVALID_ARGUMENT");
+    let (msg, hint) = run(ep, &args).await.error_and_hint("INVALID_ARGUMENT");
     assert!(msg.contains("size_gib"), "{msg}");
+    assert_eq!(
+        hint.as_deref(),
+        Some("volume.new_volume.size_gib is what --volume-size sets")
+    );
 
     let msg = run(ep, &allocate_args("order-ff", "db.medium", "az1"))
         .await
