@@ -153,7 +153,7 @@ impl PoolSpec {
             return Err((
                 "max_ready",
                 format!(
-                    "max_ready ({}) is below min_ready ({}): change both together",
+                    "max_ready ({}) is below min_ready ({}): it must be at least min_ready",
                     self.max_ready, self.min_ready
                 ),
             ));
@@ -206,7 +206,7 @@ impl PoolSpec {
                 return Err((
                     "target",
                     format!(
-                        "target {n} is above max_ready ({}): the pool would never hold it; change both together",
+                        "target {n} is above max_ready ({}): the pool would never hold it",
                         self.max_ready
                     ),
                 ));
