@@ -83,6 +83,12 @@ pub async fn start_stoppable(
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let grpc_addr = listener.local_addr()?;
 
+    if config.data_dir.exists() && !config.data_dir.is_dir() {
+        anyhow::bail!(
+            "data dir {} is not a directory (data_dir, --data-dir)",
+            config.data_dir.display()
+        );
+    }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     // On a blocking thread: opening waits for a lock a previous process (or

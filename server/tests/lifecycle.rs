@@ -44,6 +44,25 @@ async fn a_taken_grpc_port_fails_start_up_before_anything_is_written() {
     assert!(store.list_pools().await.unwrap().is_empty());
 }
 
+/// A data dir that is a file is named as such, not as a directory that
+/// "exists".
+#[tokio::test]
+async fn a_data_dir_that_is_a_file_is_named_as_one() {
+    let data = tempfile::tempdir().unwrap();
+    let text = config_text(data.path(), &[]);
+    let mut config = warmpool_server::config::Config::parse(&text).unwrap();
+    config.data_dir = data.path().join("a-file");
+    std::fs::write(&config.data_dir, "").unwrap();
+    let error = match warmpool_server::start(config, std::future::pending()).await {
+        Ok(_) => panic!("warmpoold started on a file as its data dir"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.ends_with("a-file is not a directory (data_dir, --data-dir)"),
+        "{error}"
+    );
+}
+
 /// A daemon whose grace period no test waits out, so shutdown must not
 /// need it (`shut_down` fails unless the daemon stops within 30 s).
 async fn with_an_hour_of_grace() -> Daemon {
