@@ -693,6 +693,9 @@ impl PoolManager {
                 .validate()
                 .map_err(|(field, message)| ManagerError::invalid(field, message))?;
             self.shared.store.put_pool(&record).await?;
+            // The answer shows no plan rather than the old settings' one
+            // ("at target" for a target just raised) until the next step.
+            self.shared.sizing_book().drop_plan(key);
             unconfirmed_change(self.shared.store.flush().await, key, "change")?;
             record
         };

@@ -946,6 +946,14 @@ impl SizingBook {
         self.pool(key, settings).last_plan = Some(plan);
     }
 
+    /// Drops the pool's last plan: it was made for settings that changed,
+    /// and the next step makes the new one.
+    pub fn drop_plan(&mut self, key: &PoolKey) {
+        if let Some(pool) = self.pools.get_mut(key) {
+            pool.last_plan = None;
+        }
+    }
+
     pub fn forget(&mut self, key: &PoolKey) {
         self.pools.remove(key);
     }
