@@ -706,8 +706,9 @@ fn demo_pools() -> Vec<PoolConfig> {
 }
 
 impl Default for Config {
+    /// What warmpoold runs with no config file: the embedded demo.
     fn default() -> Self {
-        toml::from_str("").expect("the empty config is valid")
+        Self::parse("").expect("the empty config is valid")
     }
 }
 
@@ -1003,9 +1004,6 @@ impl Config {
     }
 }
 
-/// The dotted key ("manager.poll_interval") of the `key = value` line, or
-/// the table header, that holds byte `offset` of `text`; `None` when the
-/// line is neither (e.g. inside an inline table).
 /// The key a table's own check names at the end of its message: "... in `seed`".
 fn inner_key(message: &str) -> Option<&str> {
     let (_, key) = message.trim_end().strip_suffix('`')?.rsplit_once(" in `")?;
@@ -1031,6 +1029,9 @@ fn line_of_key(text: &str, table_start: usize, key: &str) -> Option<usize> {
     None
 }
 
+/// The dotted key ("manager.poll_interval") of the `key = value` line, or
+/// the table header, that holds byte `offset` of `text`; `None` when the
+/// line is neither (e.g. inside an inline table).
 fn key_at(text: &str, offset: usize) -> Option<String> {
     let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
     let header = |line: &str| {
@@ -1185,6 +1186,8 @@ mod tests {
 
     #[test]
     fn empty_config_runs_the_embedded_demo() {
+        // warmpoold with no config file runs Config::default().
+        assert_eq!(Config::default().pools.len(), 3);
         let config = Config::parse("").unwrap();
         assert_eq!(config.listen, default_listen());
         assert_eq!(config.metrics_listen, default_metrics_listen());
