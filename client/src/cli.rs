@@ -515,13 +515,19 @@ impl PoolUpdateArgs {
 }
 
 /// A second line for an error whose own text does not say what to change:
-/// a request field the server names by its API name (the flag that sets
+/// an Allocate field the server names by its API name (the flag that sets
 /// it), or a connection that failed the way a TLS mismatch fails (an HTTP/2
 /// frame "of invalid size", a TLS alert).
-pub fn hint(error: &str, endpoint: &str, has_certificate: bool) -> Option<String> {
+pub fn hint(
+    error: &str,
+    endpoint: &str,
+    has_certificate: bool,
+    allocating: bool,
+) -> Option<String> {
     if let Some(field) = error
         .strip_prefix("INVALID_ARGUMENT: invalid ")
         .and_then(|rest| rest.split(':').next())
+        .filter(|_| allocating)
     {
         let flag = match field {
             "request_id" => "--request-id",
@@ -550,11 +556,11 @@ fn tls_hint(error: &str, endpoint: &str, has_certificate: bool) -> Option<&'stat
     // A TLS daemon answers HTTP/2 with a TLS alert, read as a frame header.
     if !https && (error.contains("frame with invalid size") || cut_off()) {
         return Some(
-            "the daemon may serve TLS: dial https://HOST:PORT (with --ca-file for its CA)",
+            "if the daemon serves TLS, dial https://HOST:PORT (with --ca-file for its CA)",
         );
     }
     if https && !has_certificate && (error.contains("CertificateRequired") || cut_off()) {
-        return Some("the daemon may require a client certificate: --cert-file and --key-file");
+        return Some("if the daemon requires client certificates, give --cert-file and --key-file");
     }
     if https && error.contains("UnknownIssuer") {
         return Some(

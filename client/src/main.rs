@@ -29,12 +29,13 @@ async fn main() -> ExitCode {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let token = cli::token_source(&cli, &matches).unwrap_or_else(|e| e.exit());
     let (endpoint, has_certificate) = (cli.endpoint.clone(), cli.cert_file.is_some());
+    let allocating = matches!(cli.command, Command::Allocate(_));
     match run(cli, token).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             let described = describe(&err);
             eprintln!("error: {described}");
-            if let Some(hint) = cli::hint(&described, &endpoint, has_certificate) {
+            if let Some(hint) = cli::hint(&described, &endpoint, has_certificate, allocating) {
                 eprintln!("hint: {hint}");
             }
             ExitCode::FAILURE

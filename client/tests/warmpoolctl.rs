@@ -420,6 +420,13 @@ async fn errors_print_the_code_and_exit_non_zero() {
         hint.as_deref(),
         Some("request_id is what --request-id sets")
     );
+    // `get` and `release` take it as an argument: no flag to name.
+    for command in ["get", "release"] {
+        let msg = run(ep, &[command, "bad id"])
+            .await
+            .error("INVALID_ARGUMENT");
+        assert!(msg.starts_with("invalid request_id:"), "{msg}");
+    }
     let mut args = allocate_args("order-y", "db.small", "az1");
     let at = args.iter().position(|a| *a == "10").unwrap();
     args[at] = "0";
