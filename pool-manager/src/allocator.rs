@@ -663,8 +663,12 @@ impl Shared {
                     // Nothing was done on its strength: take it back, so a
                     // retry starts afresh now rather than finding an order
                     // in progress until the reconciler rolls it back.
-                    if let Err(undo) = self.store.cas_allocation(Some(&allocation), None).await {
-                        tracing::warn!(request_id = %params.request_id, error = %undo, "cannot take back an order whose record was not flushed; the reconciler will");
+                    match self.store.cas_allocation(Some(&allocation), None).await {
+                        // A call with the same id waiting on it goes ahead.
+                        Ok(_) => self.changed(),
+                        Err(undo) => {
+                            tracing::warn!(request_id = %params.request_id, error = %undo, "cannot take back an order whose record was not flushed; the reconciler will")
+                        }
                     }
                     return Err(e.into());
                 }

@@ -1591,10 +1591,11 @@ async fn a_create_pool_that_cannot_be_flushed_leaves_no_pool_or_a_served_one() {
     }
 }
 
-/// Holds the next flush, once armed, until let go.
+/// Holds the next flush, once armed, until let go; then fails it if `fail`.
 #[derive(Default)]
 struct HoldFlush {
     armed: AtomicBool,
+    fail: AtomicBool,
     reached: tokio::sync::Notify,
     go: tokio::sync::Notify,
 }
@@ -1605,6 +1606,9 @@ impl StoreHooks for HoldFlush {
         if self.armed.swap(false, Ordering::SeqCst) {
             self.reached.notify_one();
             self.go.notified().await;
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(disk_error());
+            }
         }
         Ok(())
     }
@@ -2623,6 +2627,38 @@ async fn an_order_whose_record_cannot_be_flushed_can_be_retried_at_once() {
         asked.elapsed()
     );
     assert_consistent(&sim, &manager).await;
+}
+
+/// A call with the same order id, waiting on an order whose record is then
+/// taken back (its flush failed), goes ahead at once: it was left waiting
+/// for some unrelated change or its own deadline.
+#[tokio::test(start_paused = true)]
+async fn a_call_waiting_on_an_order_taken_back_goes_ahead_at_once() {
+    let sim = sim();
+    let store = HookedStore::new(HoldFlush::default());
+    let manager = manager_on(&sim, store.clone());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    wait_ready(&manager, 1).await;
+    store.hooks.fail.store(true, Ordering::SeqCst);
+    store.hooks.armed.store(true, Ordering::SeqCst);
+    let order = request("order-1", new_volume(), EmptyPoolPolicy::FailFast);
+    let first = spawn_allocate(&manager, order.clone());
+    store.hooks.reached.notified().await;
+    let second = spawn_allocate(&manager, order);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!second.is_finished(), "it waits on the first");
+    let released = tokio::time::Instant::now();
+    store.hooks.go.notify_one();
+    let err = first.await.unwrap().unwrap_err();
+    assert!(matches!(err, ManagerError::Store(_)), "{err:?}");
+    let done = second.await.unwrap().unwrap();
+    assert!(done.warm_hit);
+    assert!(
+        released.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        released.elapsed()
+    );
 }
 
 /// Fails the one flush that follows the first write its trigger names.
