@@ -489,6 +489,9 @@ impl PoolManager {
     pub async fn start(&self) -> ManagerResult<()> {
         self.shared.reconcile_once().await?;
         for pool in self.shared.store.list_pools().await? {
+            if let Err((field, message)) = pool.spec.validate() {
+                tracing::warn!(pool = %pool.key, field, "{message}: the stored settings break a rule newer than them; change {field} to mend it");
+            }
             // Before any purchase can be counted: restoring replaces what
             // the pool's estimators hold.
             self.shared.restore_learned_sizing(&pool.key).await;
@@ -673,9 +676,7 @@ impl PoolManager {
         let current = self.shared.pool(key).await?.spec;
         let mut changed = current.clone();
         change(&mut changed);
-        changed
-            .validate()
-            .map_err(|(field, message)| ManagerError::invalid(field, message))?;
+        check_change(key, &current, &changed)?;
         if changed.image != current.image {
             self.check_boot_spec(key, &changed.image).await?;
         }
@@ -687,11 +688,9 @@ impl PoolManager {
                     "pool {key} is being deleted"
                 )));
             }
+            let stored = record.spec.clone();
             change(&mut record.spec);
-            record
-                .spec
-                .validate()
-                .map_err(|(field, message)| ManagerError::invalid(field, message))?;
+            check_change(key, &stored, &record.spec)?;
             self.shared.store.put_pool(&record).await?;
             // The answer shows no plan rather than the old settings' one
             // ("at target" for a target just raised) until the next step.
@@ -725,6 +724,22 @@ impl PoolManager {
         instances
             .sort_by(|a, b| (&a.pool, a.created_at, &a.id).cmp(&(&b.pool, b.created_at, &b.id)));
         Ok(instances)
+    }
+}
+
+/// Refuses a changed spec that breaks a rule, unless the stored spec broke
+/// it the same way already (a pool stored before the rule existed, e.g. a
+/// `max_age` under its floor): then a change of something else (pausing the
+/// pool, a new image) goes through, and the old value is logged.
+fn check_change(key: &PoolKey, stored: &PoolSpec, changed: &PoolSpec) -> ManagerResult<()> {
+    match changed.validate() {
+        Ok(()) => Ok(()),
+        Err(broken) if stored.validate().as_ref() == Err(&broken) => {
+            let (field, message) = broken;
+            tracing::warn!(pool = %key, field, "{message}: kept from the stored settings; change {field} to mend it");
+            Ok(())
+        }
+        Err((field, message)) => Err(ManagerError::invalid(field, message)),
     }
 }
 

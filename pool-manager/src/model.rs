@@ -206,7 +206,7 @@ impl PoolSpec {
                 return Err((
                     "target",
                     format!(
-                        "target {n} is above max_ready ({}): the pool would never hold it",
+                        "target {n} is above max_ready ({}): the pool would never hold it (lower the target or raise max_ready)",
                         self.max_ready
                     ),
                 ));

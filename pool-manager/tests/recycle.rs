@@ -532,3 +532,45 @@ async fn a_max_age_shorter_than_a_refill_keeps_the_pool_within_max_ready() {
     );
     assert_consistent(&sim, &manager).await;
 }
+
+/// A pool stored before a rule existed (a `max_age` under the floor) is
+/// still served, and a change of something else goes through; a change of
+/// the offending value must mend it.
+#[tokio::test(start_paused = true)]
+async fn a_pool_stored_before_a_rule_can_still_be_changed() {
+    let sim = sim();
+    let store = temp_store();
+    let mut old = spec(1);
+    old.max_age = Some(Duration::from_secs(1));
+    assert!(old.validate().is_err(), "the rule is newer than the record");
+    store
+        .put_pool(&pool_manager::model::PoolRecord::new(pool(), old))
+        .await
+        .unwrap();
+    let manager = manager_on(&sim, store);
+    manager.start().await.unwrap();
+    let paused = manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    assert!(paused.record.spec.paused);
+    let err = manager
+        .update_pool(&pool(), |s| s.max_age = Some(Duration::from_secs(2)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            pool_manager::ManagerError::InvalidArgument {
+                field: "max_age",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let mended = manager
+        .update_pool(&pool(), |s| s.max_age = Some(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    assert_eq!(mended.record.spec.max_age, Some(Duration::from_secs(3600)));
+}

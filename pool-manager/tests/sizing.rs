@@ -1645,13 +1645,19 @@ async fn a_429_before_the_create_is_no_build_time_to_the_gate() {
 
 /// A settings change answers with no plan until the next step makes one
 /// for the new settings: the old plan ("at target, 0 new boots" for a
-/// target just raised) contradicted the answer's own target.
+/// target just raised) contradicted the answer's own target. A paused pool
+/// takes no step, so its answers show that plainly.
 #[tokio::test(start_paused = true)]
 async fn a_settings_change_shows_no_plan_until_the_next_step_makes_one() {
     let sim = sim();
     let manager = started(&sim, temp_store(), 2).await;
     let status = manager.get_pool(&pool()).await.unwrap();
     assert_eq!(status.sizing.last_plan.map(|p| p.target), Some(2));
+    let paused = manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    assert_eq!(paused.sizing.last_plan, None);
     let changed = manager
         .update_pool(&pool(), |s| {
             s.min_ready = 4;
@@ -1661,6 +1667,10 @@ async fn a_settings_change_shows_no_plan_until_the_next_step_makes_one() {
         .unwrap();
     assert_eq!(changed.sizing.target, 4);
     assert_eq!(changed.sizing.last_plan, None);
+    manager
+        .update_pool(&pool(), |s| s.paused = false)
+        .await
+        .unwrap();
     tokio::time::sleep(secs(10)).await;
     let status = manager.get_pool(&pool()).await.unwrap();
     assert_eq!(status.sizing.last_plan.map(|p| p.target), Some(4));
