@@ -1143,12 +1143,13 @@ image = "mysql-8.0"
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn check_cloud_quota_counts_pool_servers_that_exist() {
+/// A cloud whose project may run `max_instances` servers, a config of one
+/// pool of min_ready 3 on it, and the driver.
+async fn pool_of_three_under_quota(max_instances: usize) -> (Env, Config, OpenStackCloud) {
     let env = env_with(
         SimConfig {
             quotas: Quotas {
-                max_instances: 2,
+                max_instances,
                 ..Quotas::default()
             },
             ..sim_config()
@@ -1165,6 +1166,12 @@ async fn check_cloud_quota_counts_pool_servers_that_exist() {
     let cloud = OpenStackCloud::connect(openstack(&config).settings().unwrap())
         .await
         .unwrap();
+    (env, config, cloud)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_cloud_quota_counts_pool_servers_that_exist() {
+    let (_env, config, cloud) = pool_of_three_under_quota(2).await;
     // Two of the pool's three already run: one more is needed, none fits.
     cloud
         .create_server(&spec("a", "db.small", "az1"))
@@ -1215,26 +1222,7 @@ async fn a_port_on_a_network_without_a_subnet_has_no_address_coming() {
 /// quota and do not count toward `min_ready`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_cloud_quota_does_not_count_sold_servers_as_supply() {
-    let env = env_with(
-        SimConfig {
-            quotas: Quotas {
-                max_instances: 3,
-                ..Quotas::default()
-            },
-            ..sim_config()
-        },
-        HttpSettings::default(),
-    )
-    .await;
-    let config = env.config(
-        "",
-        SMALL_POOL
-            .replace("min_ready = 2", "min_ready = 3")
-            .as_str(),
-    );
-    let cloud = OpenStackCloud::connect(openstack(&config).settings().unwrap())
-        .await
-        .unwrap();
+    let (_env, config, cloud) = pool_of_three_under_quota(3).await;
     // Three of the pool's servers, all sold: the pool has no supply and
     // no room for any.
     for name in ["a", "b", "c"] {
