@@ -473,7 +473,6 @@ async fn serving_daemon_with(
         .arg(config_file)
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
         .env_remove("WARMPOOL_CONFIG")
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -492,9 +491,15 @@ async fn serving_daemon_with(
 /// `systemctl reload`: SIGHUP to the daemon.
 #[cfg(unix)]
 fn hang_up(daemon: &tokio::process::Child) {
+    send_signal(daemon, "-HUP");
+}
+
+/// `kill <signal>` of the daemon.
+#[cfg(unix)]
+fn send_signal(daemon: &tokio::process::Child, signal: &str) {
     let pid = daemon.id().unwrap().to_string();
     let sent = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
+        .args([signal, &pid])
         .status()
         .unwrap();
     assert!(sent.success());
@@ -531,27 +536,21 @@ async fn a_broken_config_file_is_one_line_naming_the_key() {
 }
 
 /// warmpoold's log is plain text when it goes to a pipe or a file
-/// (journald, `kubectl logs`), with no colour codes, NO_COLOR or not.
+/// (journald, `kubectl logs`), with no colour codes, NO_COLOR or not
+/// ([`serving_daemon`] leaves NO_COLOR as the test runner has it).
 #[cfg(unix)]
 #[tokio::test]
 async fn the_log_has_no_colour_codes_when_it_is_not_a_terminal() {
-    use tokio::io::AsyncBufReadExt;
     let data = tempfile::tempdir().unwrap();
     let config_file = data.path().join("warmpoold.toml");
     std::fs::write(&config_file, config_text(data.path(), &[])).unwrap();
-    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
-        .arg("--config")
-        .arg(&config_file)
-        .env("RUST_LOG", "info")
-        .env_remove("NO_COLOR")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut log = tokio::io::BufReader::new(daemon.stderr.take().unwrap()).lines();
-    let serving = log_line(&mut log, "warmpoold serving gRPC").await;
-    assert!(!serving.contains('\x1b'), "{serving:?}");
-    assert!(serving.contains(" INFO "), "{serving:?}");
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"));
+    command.env_remove("NO_COLOR");
+    let (mut daemon, mut log, _) = serving_daemon_with(command, &config_file).await;
+    send_signal(&daemon, "-HUP");
+    let line = log_line(&mut log, "SIGHUP").await;
+    assert!(!line.contains('\x1b'), "{line:?}");
+    assert!(line.contains(" INFO "), "{line:?}");
     daemon.start_kill().unwrap();
     daemon.wait().await.unwrap();
 }
@@ -589,14 +588,7 @@ async fn a_second_signal_stops_without_waiting_out_the_grace_period() {
     })
     .await;
 
-    let terminate = || {
-        let pid = daemon.id().unwrap().to_string();
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-    };
+    let terminate = || send_signal(&daemon, "-TERM");
     terminate();
     log_line(&mut log, "waiting for in-flight ones").await;
     assert!(!cold.is_finished());
