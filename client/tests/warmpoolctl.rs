@@ -163,7 +163,14 @@ impl Run {
 }
 
 async fn run(endpoint: &str, args: &[&str]) -> Run {
-    let out = tokio::time::timeout(PATIENCE, ctl(endpoint).args(args).output())
+    run_with_env(endpoint, &[], args).await
+}
+
+/// [`run`] with these environment variables set.
+async fn run_with_env(endpoint: &str, env: &[(&str, &str)], args: &[&str]) -> Run {
+    let mut command = ctl(endpoint);
+    command.envs(env.iter().copied());
+    let out = tokio::time::timeout(PATIENCE, command.args(args).output())
         .await
         .unwrap_or_else(|_| panic!("warmpoolctl {args:?} hung"))
         .unwrap();
@@ -536,57 +543,34 @@ async fn a_token_comes_from_a_file_or_the_environment() {
         .await
         .success();
     assert!(listed.contains("db.small"), "{listed}");
-    let out = tokio::time::timeout(
-        PATIENCE,
-        ctl(&d.endpoint)
-            .env("WARMPOOL_TOKEN", "s3cret-read")
-            .args(["pools", "get", "db.small", "az1"])
-            .output(),
+    run_with_env(
+        &d.endpoint,
+        &[("WARMPOOL_TOKEN", "s3cret-read")],
+        &["pools", "get", "db.small", "az1"],
     )
     .await
-    .unwrap()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    .success();
 
     // A flag beats the environment; with both variables set, the file wins.
     for (env, args) in [
-        (("WARMPOOL_TOKEN", "wrong"), ["--token-file", token_file]),
         (
-            ("WARMPOOL_TOKEN_FILE", "/no/such/token"),
-            ["--token", "s3cret-read"],
+            &[("WARMPOOL_TOKEN", "wrong")][..],
+            &["--token-file", token_file, "pools"][..],
+        ),
+        (
+            &[("WARMPOOL_TOKEN_FILE", "/no/such/token")],
+            &["--token", "s3cret-read", "pools"],
+        ),
+        (
+            &[
+                ("WARMPOOL_TOKEN", "wrong"),
+                ("WARMPOOL_TOKEN_FILE", token_file),
+            ],
+            &["pools"],
         ),
     ] {
-        let out = tokio::time::timeout(
-            PATIENCE,
-            ctl(&d.endpoint)
-                .env(env.0, env.1)
-                .args(args)
-                .arg("pools")
-                .output(),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{env:?} {args:?}: {stderr}");
+        run_with_env(&d.endpoint, env, args).await.success();
     }
-    let out = tokio::time::timeout(
-        PATIENCE,
-        ctl(&d.endpoint)
-            .env("WARMPOOL_TOKEN", "wrong")
-            .env("WARMPOOL_TOKEN_FILE", token_file)
-            .arg("pools")
-            .output(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "both variables set: {stderr}");
     let both = run(
         &d.endpoint,
         &[
