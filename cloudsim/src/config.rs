@@ -219,6 +219,12 @@ pub struct SimConfig {
     /// Networks with no subnet: a port created on one gets no address
     /// (Neutron creates it with no fixed IP, and binding gives it none).
     pub networks_without_subnet: Vec<String>,
+    /// Neutron's default policy as a project member meets it: a port a
+    /// server is bound to (`device_owner` `compute:*`) may be deleted only
+    /// by an admin or a service, so deleting it is refused (403) until Nova
+    /// has unbound it, which follows a detach or the server's deletion
+    /// asynchronously. Off: any port may be deleted (as an admin may).
+    pub member_port_policy: bool,
 }
 
 impl Default for SimConfig {
@@ -246,6 +252,7 @@ impl Default for SimConfig {
             mysql_version: "8.0.36-cloudsim".into(),
             rate_limit: None,
             networks_without_subnet: Vec::new(),
+            member_port_policy: false,
         }
     }
 }

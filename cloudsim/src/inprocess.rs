@@ -140,7 +140,13 @@ impl Cloud for SimCloud {
 
     async fn delete_port(&self, port_id: &str) -> CloudResult<()> {
         self.gate("delete_port").await?;
-        self.lock().delete_port(port_id);
+        let now = Instant::now();
+        let mut model = self.inner.lock_at(now);
+        // The driver's reading of Neutron's 403.
+        if let Some(refused) = model.port_delete_refusal(port_id, now) {
+            return Err(CloudError::Fatal(refused));
+        }
+        model.delete_port(port_id);
         Ok(())
     }
 

@@ -1555,6 +1555,15 @@ impl Model {
         Ok(())
     }
 
+    /// Neutron's refusal of a member's delete of a port a server is bound
+    /// to (see [`crate::SimConfig::member_port_policy`]), if it applies now.
+    pub fn port_delete_refusal(&self, id: &str, now: Instant) -> Option<String> {
+        let port = self.ports.get(id)?;
+        (self.cfg.member_port_policy && port.binding.at(now).is_some()).then(|| {
+            "(rule:delete_port and (not rule:compute_device)) is disallowed by policy".to_string()
+        })
+    }
+
     /// Neutron deletes a bound port too (the server loses the interface).
     pub fn delete_port(&mut self, id: &str) {
         if let Some(port) = self.ports.remove(id) {

@@ -563,8 +563,7 @@ impl Shared {
             .await?;
         for port in ports.iter().filter(|p| twin(&p.id)) {
             tracing::info!(request_id = %watch.request_id, port = %port.id, "deleting the twin of a port create whose answer was lost");
-            self.retry(deadline, || self.cloud.delete_port(&port.id))
-                .await?;
+            self.delete_port_when_free(&port.id, deadline).await?;
         }
         if watch.volumes {
             let volumes = self
@@ -1597,8 +1596,7 @@ impl Shared {
                 })
                 .await?;
             }
-            self.retry(deadline, || self.cloud.delete_port(port_id))
-                .await?;
+            self.delete_port_when_free(port_id, deadline).await?;
             record.update(|a| a.port_id = None).await?;
         }
         Ok(())
@@ -1652,8 +1650,7 @@ impl Shared {
                 .await?;
         }
         if let Some(port_id) = &allocation.port_id {
-            self.retry(deadline, || self.cloud.delete_port(port_id))
-                .await?;
+            self.delete_port_when_free(port_id, deadline).await?;
         }
         if let (true, Some(volume_id)) = (allocation.volume_created, &allocation.volume_id) {
             self.delete_volume_when_free(volume_id, deadline).await?;
@@ -1703,6 +1700,50 @@ impl Shared {
                 Ok(())
             }
             other => Ok(other?),
+        }
+    }
+
+    /// Deletes a port once Nova has let go of it. Deleting its server (or
+    /// detaching it) unbinds it asynchronously, and until then Neutron's
+    /// default policy lets only an admin or a service delete a port a
+    /// server owns: a project member is refused ("rule:delete_port ... is
+    /// disallowed by policy", 403), which failed every first release of a
+    /// member-only pool user. A refusal while the port is bound is waited
+    /// out (looking at the port, not asking again); one for an unbound
+    /// port stands.
+    pub(crate) async fn delete_port_when_free(
+        &self,
+        port_id: &str,
+        deadline: Instant,
+    ) -> ManagerResult<()> {
+        let pause = self.settings.poll_interval.min(Duration::from_millis(500));
+        let mut seen_unbound = false;
+        loop {
+            let refused = match self
+                .retry(deadline, || self.cloud.delete_port(port_id))
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e @ (CloudError::Fatal(_) | CloudError::Conflict(_))) => e,
+                Err(e) => return Err(e.into()),
+            };
+            if seen_unbound {
+                return Err(refused.into());
+            }
+            loop {
+                match self.cloud.get_port(port_id).await {
+                    Err(CloudError::NotFound(_)) => return Ok(()),
+                    Ok(port) if port.device_id.is_none() => {
+                        seen_unbound = true;
+                        break;
+                    }
+                    _ => {}
+                }
+                if Instant::now() >= deadline {
+                    return Err(refused.into());
+                }
+                tokio::time::sleep(pause).await;
+            }
         }
     }
 
@@ -1817,8 +1858,7 @@ impl Shared {
             }
         }
         if let Some(port_id) = &allocation.port_id {
-            self.retry(deadline, || self.cloud.delete_port(port_id))
-                .await?;
+            self.delete_port_when_free(port_id, deadline).await?;
         }
         if allocation.delete_volume_on_release == Some(true) {
             if let Some(volume_id) = &allocation.volume_id {

@@ -488,6 +488,47 @@ async fn release_deletes_the_server_and_the_pool_refills() {
     assert_eq!(sim.volumes().len(), 1, "only order-r's kept volume remains");
 }
 
+/// A pool user with a member role only (Neutron's default policy): a port
+/// a server is bound to may not be deleted until Nova unbinds it, which
+/// follows the server's deletion or a detach asynchronously. Release and
+/// the undoing of a failed try wait for it: every first release used to
+/// fail FAILED_PRECONDITION ("disallowed by policy"), stuck in RELEASING.
+#[tokio::test(start_paused = true)]
+async fn a_member_only_user_releases_and_rolls_back_at_the_first_try() {
+    let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
+        member_port_policy: true,
+        ..sim().config()
+    });
+    let refuse_attach = std::sync::Arc::new(AtomicBool::new(false));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let refuse_attach = refuse_attach.clone();
+        move |method| {
+            (method == "attach_volume" && refuse_attach.swap(false, Ordering::SeqCst))
+                .then(|| pool_manager::cloud::CloudError::Fatal("attach refused".into()))
+        }
+    });
+    let manager = started_over(&cloud, temp_store(), 2).await;
+    manager
+        .allocate(request("order-m", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let released = manager.release("order-m", None).await.unwrap();
+    assert_eq!(released.state, AllocationState::Released);
+    assert!(sim.ports().is_empty(), "{:?}", sim.ports());
+
+    // A purchase whose volume attach is refused beside its port's: the
+    // purchase fails for that refusal, and its port goes once free.
+    wait_ready(&manager, 2).await;
+    refuse_attach.store(true, Ordering::SeqCst);
+    let err = manager
+        .allocate(request("order-n", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("attach refused"), "{err}");
+    assert!(sim.ports().is_empty(), "{:?}", sim.ports());
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A volume Cinder will not delete for a reason waiting does not mend (the
 /// tenant has snapshots of it) fails its release at once with a message
 /// saying what to do, instead of asking Cinder again and again until the

@@ -1188,6 +1188,46 @@ async fn check_cloud_quota_counts_pool_servers_that_exist() {
     );
 }
 
+/// Neutron's default policy for a project member: a port a server is bound
+/// to may not be deleted (403, "disallowed by policy"), which the driver
+/// reads as a refusal asking again does not change; once unbound, it may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_may_not_delete_a_bound_port() {
+    let env = env_with(
+        SimConfig {
+            member_port_policy: true,
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
+    let cloud = env.driver().await;
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    settled(&cloud, &server.id).await;
+    let network = cloud.network("tenant-net").await.unwrap();
+    let port = cloud
+        .create_port(&port_spec("warmpool-o1", &network.id))
+        .await
+        .unwrap();
+    cloud.attach_port(&server.id, &port.id).await.unwrap();
+    let e = cloud.delete_port(&port.id).await.unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Fatal(m) if m.contains("disallowed by policy")),
+        "{e:?}"
+    );
+    cloud.detach_port(&server.id, &port.id).await.unwrap();
+    for _ in 0..200 {
+        if cloud.get_port(&port.id).await.unwrap().device_id.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    cloud.delete_port(&port.id).await.unwrap();
+}
+
 /// A network with no subnet: Neutron creates the port with no address and
 /// says none is coming (not `ip_allocation: deferred`), which the
 /// allocator refuses before it claims an instance.

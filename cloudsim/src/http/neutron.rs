@@ -519,6 +519,9 @@ async fn delete_port(
     if model.port_detail(&id, now).is_none() {
         return Err(port_not_found(&id));
     }
+    if let Some(refused) = model.port_delete_refusal(&id, now) {
+        return Err(ApiError::new(N, StatusCode::FORBIDDEN, refused).typed("PolicyNotAuthorized"));
+    }
     model.delete_port(&id);
     Ok(StatusCode::NO_CONTENT)
 }
