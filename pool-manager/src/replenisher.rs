@@ -385,7 +385,18 @@ impl Shared {
                 .collect();
             (admission, plan, tickets)
         };
-        self.sizing_book().set_plan(&pool.key, plan, settings);
+        let previous = self.sizing_book().set_plan(&pool.key, plan, settings);
+        let was_quota = previous.is_some_and(|p| p.reason == PlanReason::Quota);
+        match (was_quota, plan.reason == PlanReason::Quota) {
+            (false, true) => tracing::warn!(
+                pool = %pool.key,
+                target = plan.target,
+                supply,
+                "the project's quota leaves no room: the pool boots nothing until it does (purchases still cold-boot when it frees up)"
+            ),
+            (true, false) => tracing::info!(pool = %pool.key, "quota room again: the pool boots"),
+            _ => {}
+        }
         for ticket in tickets {
             let instance = self.record_new_instance(pool, None).await?;
             let shared = self.clone();

@@ -942,8 +942,14 @@ impl SizingBook {
         }
     }
 
-    pub fn set_plan(&mut self, key: &PoolKey, plan: BootPlan, settings: &SizingSettings) {
-        self.pool(key, settings).last_plan = Some(plan);
+    /// Keeps the pool's plan; returns the one it replaces.
+    pub fn set_plan(
+        &mut self,
+        key: &PoolKey,
+        plan: BootPlan,
+        settings: &SizingSettings,
+    ) -> Option<BootPlan> {
+        self.pool(key, settings).last_plan.replace(plan)
     }
 
     /// Drops the pool's last plan: it was made for settings that changed,

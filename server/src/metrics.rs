@@ -22,6 +22,7 @@ use pool_manager::cloud::CloudError;
 use pool_manager::events::{AllocationOutcome, BootOutcome, CloudService, Event, EventKind};
 use pool_manager::gate::Hold;
 use pool_manager::model::{InstanceState, PoolKey};
+use pool_manager::sizing::PlanReason;
 use pool_manager::{state_name, ManagerResult, PoolManager};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -739,7 +740,14 @@ impl Metrics {
             let hold = sizing.gate.hold;
             for (reason, held) in [
                 ("throttled", matches!(hold, Some(Hold::Throttled { .. }))),
-                ("quota", matches!(hold, Some(Hold::Quota { .. }))),
+                // A pause after a refusal, or headroom read as none.
+                (
+                    "quota",
+                    matches!(hold, Some(Hold::Quota { .. }))
+                        || sizing
+                            .last_plan
+                            .is_some_and(|p| p.reason == PlanReason::Quota),
+                ),
             ] {
                 self.pool_gate_hold
                     .get_or_create(&pool.with(reason).into())
@@ -857,6 +865,55 @@ mod tests {
             .unwrap_or_else(|| panic!("no sample {name_and_labels} in\n{body}"))
             .parse()
             .unwrap()
+    }
+
+    /// A pool its project's quota leaves no room for shows in the quota
+    /// hold gauge (not only a pause after a refusal: the headroom poll
+    /// keeps refusals from happening at all).
+    #[tokio::test(start_paused = true)]
+    async fn a_pool_quota_leaves_no_room_for_is_held_for_quota() {
+        use pool_manager::model::PoolSpec;
+        use std::sync::Arc;
+        let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
+            quotas: cloudsim::Quotas {
+                max_instances: 2,
+                ..Default::default()
+            },
+            ..cloudsim::SimConfig::deterministic()
+        });
+        let manager = PoolManager::new(
+            Arc::new(pool_manager::store::SledStore::temporary().unwrap()),
+            sim.clone(),
+            Arc::new(sim.probe()),
+            pool_manager::ManagerSettings::default(),
+        );
+        manager.start().await.unwrap();
+        let key = PoolKey::new("db.small", "az1");
+        let spec = PoolSpec {
+            min_ready: 4,
+            max_ready: 4,
+            target: Default::default(),
+            image: "mysql-8.0".into(),
+            boot_timeout: Duration::from_secs(600),
+            max_age: None,
+            paused: false,
+            windows: Vec::new(),
+            iops_limit: None,
+            volume_iops_limit: None,
+        };
+        manager.create_pool(key, spec).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        let m = Metrics::new();
+        let body = m.render(&manager).await.unwrap();
+        let held = |reason: &str| {
+            sample(
+                &body,
+                &format!("warmpool_pool_gate_hold{{flavor=\"db.small\",availability_zone=\"az1\",reason=\"{reason}\"}}"),
+            )
+        };
+        assert_eq!(held("quota"), 1.0, "{body}");
+        assert_eq!(held("throttled"), 0.0);
+        manager.shutdown().await.unwrap();
     }
 
     #[test]
