@@ -775,7 +775,7 @@ impl Shared {
             Ok(volume) => volume,
             Err(CloudError::NotFound(_)) => {
                 return Err(ManagerError::FailedPrecondition(format!(
-                    "volume {volume_id} does not exist"
+                    "volume {volume_id} does not exist, or warmpool's cloud user cannot see it (another project's volume needs an admin role)"
                 )))
             }
             Err(e) => return Err(e.into()),
