@@ -219,19 +219,23 @@ pub async fn check_pools(
         }
     }
 
+    let mut networks_found = true;
     for network in cloud.settings().management_networks() {
         match cloud.network(network).await {
             Ok(n) => report.ok(
                 CheckKind::Network,
                 format!("{} = {}", n.name.as_deref().unwrap_or(network), n.id),
             ),
-            Err(e) => report.fail(CheckKind::Network, reason(&e)),
+            Err(e) => {
+                networks_found = false;
+                report.fail(CheckKind::Network, reason(&e))
+            }
         }
     }
 
     zone_check(pools, &cloud, &mut report).await;
     volume_check(pools, &cloud, &mut report).await;
-    quota_check(pools, &cloud, &flavors, &mut report).await;
+    quota_check(pools, &cloud, &flavors, networks_found, &mut report).await;
     (report, Some(cloud))
 }
 
@@ -298,6 +302,7 @@ async fn quota_check(
     pools: &[CheckedPool],
     cloud: &OpenStackCloud,
     flavors: &BTreeMap<String, pool_manager::openstack::nova::Flavor>,
+    networks_found: bool,
     report: &mut Report,
 ) {
     let limits = match cloud.limits().await {
@@ -306,6 +311,14 @@ async fn quota_check(
     };
     let existing = match cloud.list_pool_servers().await {
         Ok(servers) => servers,
+        // Listing the pools' servers reads their management networks: the
+        // network check's error again would read as a second problem.
+        Err(_) if !networks_found => {
+            return report.fail(
+                CheckKind::Quota,
+                "not checked: listing the pool servers needs the management network above",
+            )
+        }
         Err(e) => return report.fail(CheckKind::Quota, reason(&e)),
     };
     // More servers of a flavor to boot, per flavor.

@@ -1258,6 +1258,34 @@ async fn a_port_on_a_network_without_a_subnet_has_no_address_coming() {
     }
 }
 
+/// A management network that is not there fails the network check once:
+/// listing the pool servers (the quota check) needs it too, and said the
+/// same again as a quota problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_management_network_is_not_reported_again_as_quota() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    let config = env.config(
+        "[cloud.availability_zones.az1]\nmanagement_network = \"no-such-net\"",
+        SMALL_POOL,
+    );
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    let network = line(&report, CheckKind::Network).join("\n");
+    assert!(
+        network.contains("no network named 'no-such-net'"),
+        "{report}"
+    );
+    assert_eq!(
+        line(&report, CheckKind::Quota),
+        ["quota: not checked: listing the pool servers needs the management network above"],
+        "{report}"
+    );
+}
+
 /// Servers tenants hold keep their pool's tag but are no supply: they use
 /// quota and do not count toward `min_ready`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
