@@ -281,7 +281,8 @@ pub struct AllocateArgs {
     /// Delete the volume when the allocation is released.
     #[arg(long)]
     pub delete_volume_on_release: bool,
-    /// Tenant network to attach.
+    /// Tenant network to attach: its Neutron id (the embedded demo cloud
+    /// takes any name).
     #[arg(long)]
     pub network: String,
     /// Subnet of --network for the port.
