@@ -1300,12 +1300,16 @@ impl Model {
             .collect()
     }
 
+    /// Cinder's `?name=` listing, which shows a volume being deleted
+    /// (`deleting`) until it is gone.
     pub fn find_volumes_by_name(&self, name: &str, now: Instant) -> Vec<Volume> {
-        self.sorted_volumes()
-            .into_iter()
-            .filter(|v| v.name == name)
-            .map(|v| v.view(now))
-            .collect()
+        let mut found: Vec<&VolumeRec> = self
+            .volumes
+            .values()
+            .filter(|v| v.name == name && v.gone_at.is_none_or(|gone| gone > now))
+            .collect();
+        found.sort_by_key(|v| v.seq);
+        found.into_iter().map(|v| v.view(now)).collect()
     }
 
     pub fn delete_volume(&mut self, id: &str, now: Instant) -> CloudResult<()> {
