@@ -571,8 +571,10 @@ impl Shared {
                 .await?;
             // One already being deleted (the rollback's own, just now) is
             // on its way: Cinder refuses to delete it again.
-            let deleting = |v: &&crate::cloud::Volume| matches!(&v.status, VolumeStatus::Other(s) if s.contains("deleting"));
-            for volume in volumes.iter().filter(|v| twin(&v.id) && !deleting(v)) {
+            for volume in volumes
+                .iter()
+                .filter(|v| twin(&v.id) && !v.is_being_deleted())
+            {
                 tracing::info!(request_id = %watch.request_id, volume = %volume.id, "deleting the twin of a volume create whose answer was lost");
                 self.delete_volume_when_free(&volume.id, deadline).await?;
             }

@@ -43,6 +43,14 @@ pub struct Server {
     pub attached_ports: Vec<String>,
 }
 
+impl Server {
+    /// A tenant's volume is attached: only a purchase attaches one to a
+    /// pool server, so the server is a tenant's database, not pool supply.
+    pub fn holds_a_tenant_volume(&self) -> bool {
+        !self.attached_volumes.is_empty()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VolumeStatus {
     Creating,
@@ -63,6 +71,14 @@ pub struct Volume {
     pub size_gib: u32,
     /// Server ids the volume is attached to.
     pub attached_to: Vec<String>,
+}
+
+impl Volume {
+    /// Cinder is deleting it (`deleting`, `error_deleting`): it is on its
+    /// way out, and Cinder refuses another delete.
+    pub fn is_being_deleted(&self) -> bool {
+        matches!(&self.status, VolumeStatus::Other(s) if s.contains("deleting"))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -470,14 +470,10 @@ impl PoolManager {
                 sizing_unreadable: Mutex::default(),
                 gate: Arc::new(Mutex::new(Gate::new(settings.gate.clone()))),
                 health: Mutex::new(HealthBook::default()),
-                instance_ids: Mutex::new(match settings.instance_id_seed {
-                    Some(seed) => StdRng::seed_from_u64(seed),
-                    None => StdRng::from_entropy(),
-                }),
-                attempt_salts: Mutex::new(match settings.instance_id_seed {
-                    Some(seed) => StdRng::seed_from_u64(seed.wrapping_add(1)),
-                    None => StdRng::from_entropy(),
-                }),
+                instance_ids: Mutex::new(seeded(settings.instance_id_seed)),
+                attempt_salts: Mutex::new(seeded(
+                    settings.instance_id_seed.map(|seed| seed.wrapping_add(1)),
+                )),
                 settings,
             }),
         }
@@ -724,6 +720,14 @@ impl PoolManager {
         instances
             .sort_by(|a, b| (&a.pool, a.created_at, &a.id).cmp(&(&b.pool, b.created_at, &b.id)));
         Ok(instances)
+    }
+}
+
+/// A generator from `seed`, or from the OS when there is none.
+fn seeded(seed: Option<u64>) -> StdRng {
+    match seed {
+        Some(seed) => StdRng::seed_from_u64(seed),
+        None => StdRng::from_entropy(),
     }
 }
 

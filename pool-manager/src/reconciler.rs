@@ -330,7 +330,7 @@ impl Shared {
                 )?;
                 continue;
             }
-            if !owned && !server.attached_volumes.is_empty() {
+            if !owned && server.holds_a_tenant_volume() {
                 // Only a purchase attaches a volume to a pool server, and a
                 // purchase is recorded before it: the store has lost its
                 // record (wiped, restored from an old copy). A tenant's

@@ -689,7 +689,7 @@ impl OpenStackCloud {
             .find_volumes_by_name(name)
             .await?
             .into_iter()
-            .filter(|v| !matches!(&v.status, VolumeStatus::Other(s) if s.contains("deleting")))
+            .filter(|v| !v.is_being_deleted())
             .collect();
         // A usable one over one in error; then by id, so that retries after
         // a twin that could not be deleted yet choose alike.
