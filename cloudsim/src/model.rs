@@ -121,8 +121,20 @@ struct ServerRec {
 }
 
 impl ServerRec {
+    /// The model's own reading: a server whose delete was accepted is
+    /// done with, whatever Nova would still show of it.
     fn status(&self, now: Instant) -> ServerStatus {
-        if self.gone_at.is_some() || self.reclaim_at.is_some() {
+        if self.gone_at.is_some() {
+            return ServerStatus::Deleted;
+        }
+        self.shown_status(now)
+    }
+
+    /// The status Nova shows: a server being deleted keeps the one it had
+    /// (its task_state says `deleting`) until it is gone; a soft-deleted
+    /// one is SOFT_DELETED.
+    fn shown_status(&self, now: Instant) -> ServerStatus {
+        if self.reclaim_at.is_some() {
             return ServerStatus::Deleted;
         }
         match &self.boot {
@@ -496,7 +508,7 @@ impl Model {
     }
 
     fn server_view(&self, s: &ServerRec, now: Instant) -> Server {
-        let status = s.status(now);
+        let status = s.shown_status(now);
         let attached_volumes = s
             .volumes
             .iter()
@@ -532,6 +544,7 @@ impl Model {
             },
             attached_volumes,
             attached_ports,
+            deleting: s.gone_at.is_some(),
         }
     }
 
@@ -918,8 +931,16 @@ impl Model {
         v
     }
 
+    /// Every server Nova lists: those being deleted too, until they are
+    /// gone. Oldest first.
+    fn listed_servers(&self) -> Vec<&ServerRec> {
+        let mut v: Vec<_> = self.servers.values().collect();
+        v.sort_by_key(|s| s.seq);
+        v
+    }
+
     pub fn list_pool_servers(&self, now: Instant) -> Vec<Server> {
-        self.sorted_servers()
+        self.listed_servers()
             .into_iter()
             .filter(|s| s.metadata.contains_key(META_POOL))
             .map(|s| self.server_view(s, now))
@@ -986,9 +1007,9 @@ impl Model {
         self.servers.get(id).map(|s| self.server_detail_of(s, now))
     }
 
-    /// Every server not being deleted, oldest first.
+    /// Every server Nova lists (those being deleted too), oldest first.
     pub fn server_details(&self, now: Instant) -> Vec<ServerDetail> {
-        self.sorted_servers()
+        self.listed_servers()
             .into_iter()
             .map(|s| self.server_detail_of(s, now))
             .collect()

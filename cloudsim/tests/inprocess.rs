@@ -589,12 +589,15 @@ async fn deletes_are_idempotent_and_server_delete_releases_attachments() {
     cloud.delete_server(&server).await.unwrap();
     cloud.delete_server(&server).await.unwrap();
     cloud.delete_server("never-existed").await.unwrap();
-    assert_eq!(
-        cloud.get_server(&server).await.unwrap().status,
-        ServerStatus::Deleted
-    );
+    // As Nova shows it until the host is done: the status it had, and
+    // task_state `deleting`; listed too.
+    let going = cloud.get_server(&server).await.unwrap();
+    assert_eq!(going.status, ServerStatus::Active);
+    assert!(going.deleting && going.is_going() && !going.is_usable());
     assert!(cloud.servers().is_empty(), "being deleted is not live");
-    assert!(cloud.list_pool_servers().await.unwrap().is_empty());
+    let listed = cloud.list_pool_servers().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].id == server && listed[0].deleting);
     // Cinder's attachment goes last: in use until the server is gone.
     let v = cloud.get_volume(&vol).await.unwrap();
     assert_eq!(v.status, VolumeStatus::InUse);
@@ -604,6 +607,7 @@ async fn deletes_are_idempotent_and_server_delete_releases_attachments() {
         cloud.get_server(&server).await,
         Err(CloudError::NotFound(_))
     ));
+    assert!(cloud.list_pool_servers().await.unwrap().is_empty());
     cloud.delete_server(&server).await.unwrap();
     // The volume and port survive, released.
     let v = cloud.get_volume(&vol).await.unwrap();

@@ -15,7 +15,9 @@
 //! afresh. Released allocations are kept (idempotent answers) until
 //! `ManagerSettings::keep_released`, if set.
 
-use crate::cloud::{CloudError, CloudResult, NewPortSpec, NewVolumeSpec, VolumeStatus};
+use crate::cloud::{
+    CloudError, CloudResult, NewPortSpec, NewVolumeSpec, VolumeStatus, META_INSTANCE,
+};
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, EventKind};
 use crate::gate::{self, Gate};
@@ -1280,14 +1282,17 @@ impl Shared {
             .retry(deadline, || self.cloud.get_server(server_id))
             .await
             .map_err(|e| AttemptError::Instance(e.into()))?;
-        if server.status != crate::cloud::ServerStatus::Active
+        if !server.is_usable()
             || !server.attached_volumes.contains(&volume_id)
             || !server.attached_ports.contains(&port_id)
         {
             return Err(AttemptError::Instance(ManagerError::FailedPrecondition(
                 format!(
-                    "server {server_id} failed verification: status {:?}, volumes {:?}, ports {:?}",
-                    server.status, server.attached_volumes, server.attached_ports
+                    "server {server_id} failed verification: status {:?}{}, volumes {:?}, ports {:?}",
+                    server.status,
+                    if server.deleting { " (being deleted)" } else { "" },
+                    server.attached_volumes,
+                    server.attached_ports
                 ),
             )));
         }
@@ -1345,7 +1350,7 @@ impl Shared {
                     .cloud
                     .get_server(server_id)
                     .await
-                    .map_or(true, |s| s.status == crate::cloud::ServerStatus::Active);
+                    .map_or(true, |s| s.is_usable());
                 let refused = ManagerError::FailedPrecondition(format!(
                     "volume {volume_id} cannot be attached: {m}"
                 ));
@@ -1636,6 +1641,15 @@ impl Shared {
             // before a commit that failed or a crash interrupted.
             if instance.request_id.as_deref() == Some(request_id) {
                 instance_found = true;
+                let instance = match (after_crash, &instance.server_id, instance.state) {
+                    // A cold boot's: its create may have been answered
+                    // after the last flush. Deleting its server here keeps
+                    // the pass from taking it for a leak.
+                    (true, None, InstanceState::Booting) => {
+                        self.adopt_unrecorded_server(instance, deadline).await?
+                    }
+                    _ => instance,
+                };
                 if let (Some(server_id), Some(volume_id)) =
                     (&instance.server_id, &allocation.volume_id)
                 {
@@ -1682,6 +1696,29 @@ impl Shared {
         self.store.flush().await?;
         self.changed();
         Ok(())
+    }
+
+    /// The instance with its server recorded, if the cloud holds a server
+    /// carrying its id (see [`Shared::adopt_server`]).
+    async fn adopt_unrecorded_server(
+        &self,
+        instance: Instance,
+        deadline: Instant,
+    ) -> ManagerResult<Instance> {
+        let servers = self
+            .retry(deadline, || self.cloud.list_pool_servers())
+            .await?;
+        let carrying_its_id = servers
+            .iter()
+            .find(|s| s.metadata.get(META_INSTANCE) == Some(&instance.id));
+        let Some(server) = carrying_its_id else {
+            return Ok(instance);
+        };
+        tracing::info!(instance = %instance.id, server = %server.id, "the server of a rolled-back boot was created before the crash; deleting it");
+        Ok(self
+            .adopt_server(&instance.id, &server.id)
+            .await?
+            .unwrap_or(instance))
     }
 
     /// Detaches a volume or port from a server that is deleted next. A

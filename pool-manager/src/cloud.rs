@@ -41,9 +41,24 @@ pub struct Server {
     pub fault: Option<String>,
     pub attached_volumes: Vec<String>,
     pub attached_ports: Vec<String>,
+    /// Nova accepted a delete and is tearing the server down (task_state
+    /// `deleting`). Nova still shows and lists it, with the status it had,
+    /// until the compute host is done: seconds, or minutes on a busy one.
+    pub deleting: bool,
 }
 
 impl Server {
+    /// Deleted, soft-deleted or being deleted: nothing to boot, probe,
+    /// attach to or hand out any more.
+    pub fn is_going(&self) -> bool {
+        self.deleting || self.status == ServerStatus::Deleted
+    }
+
+    /// ACTIVE and not being deleted: a server a purchase can use.
+    pub fn is_usable(&self) -> bool {
+        self.status == ServerStatus::Active && !self.deleting
+    }
+
     /// A tenant's volume is attached: only a purchase attaches one to a
     /// pool server, so the server is a tenant's database, not pool supply.
     pub fn holds_a_tenant_volume(&self) -> bool {

@@ -7,7 +7,7 @@
 //!
 //! | store says | cloud says | action |
 //! |---|---|---|
-//! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, delete its port and created volume, watch its name if a create may have been on its way, drop the record) |
+//! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, or a cold boot's `Booting` one, whose server is looked up by its instance id if its create's answer was not flushed; delete its port and created volume, watch its name if a create may have been on its way, drop the record) |
 //! | allocation `Releasing` | - | finish the release |
 //! | a name watched (`TwinWatch`: a create of it may have been done unrecorded) | volumes, ports of that name | delete them but the committed allocation's own; end the watch once it is over |
 //! | instance `Claimed`, allocation `Allocated` | - | mark the instance `Allocated` (left by versions that marked the allocation first) |
@@ -18,6 +18,7 @@
 //! | instance `Ready`, unclaimed | server in ERROR (its host failed) | discard it (the pool refills) |
 //! | instance `Ready`, unclaimed | server ACTIVE, mysqld silent on this pass's probe and the last's | discard it (the pool refills) |
 //! | instance `Failed`/`Deleting` | - | delete the server, drop the record |
+//! | nothing | server with warmpool metadata, being deleted (task_state `deleting`: Nova lists it until the host is done) | leave it: a delete sent before its record was dropped, not a leak |
 //! | nothing | server with warmpool metadata, SOFT_DELETED (a cloud with `reclaim_instance_interval`) | delete it for good (the driver's forceDelete), no leak event |
 //! | nothing | server with warmpool metadata, no volume attached | delete it (leak) |
 //! | nothing | server with warmpool metadata and a volume attached | leave it, log an error (a tenant's, its record lost) |
@@ -168,12 +169,13 @@ impl Shared {
                 .lock()
                 .expect("driving lock")
                 .contains(&instance.id);
-            // A soft-deleted server (SOFT_DELETED) is as good as gone.
+            // A soft-deleted server (SOFT_DELETED), or one being deleted,
+            // is as good as gone.
             let server_exists = instance
                 .server_id
                 .as_ref()
                 .and_then(|id| servers.get(id))
-                .is_some_and(|s| s.status != ServerStatus::Deleted);
+                .is_some_and(|s| !s.is_going());
             match instance.state {
                 InstanceState::Booting if instance.server_id.is_none() => {
                     if driving {
@@ -181,17 +183,9 @@ impl Shared {
                     }
                     match by_instance.get(instance.id.as_str()) {
                         Some(server) => {
-                            let server_id = server.id.clone();
-                            tracing::info!(instance = %instance.id, server = %server_id, "adopting server created before a crash");
-                            if let Some(adopted) = self
-                                .update_instance(&instance.id, |current| {
-                                    (current.server_id.is_none()).then(|| {
-                                        let mut next = current.clone();
-                                        next.server_id = Some(server_id.clone());
-                                        Some(next)
-                                    })
-                                })
-                                .await?
+                            tracing::info!(instance = %instance.id, server = %server.id, "adopting server created before a crash");
+                            if let Some(adopted) =
+                                self.adopt_server(&instance.id, &server.id).await?
                             {
                                 self.resume_boot(adopted);
                             }
@@ -316,6 +310,15 @@ impl Shared {
                     .metadata
                     .get(META_INSTANCE)
                     .is_some_and(|id| awaiting_server.contains(id.as_str()));
+            if !owned && server.deleting {
+                // Nova lists a server until its delete is done: most often
+                // one warmpool deleted a moment ago and then forgot (a
+                // discard, this pass's rollback). Not a leak; if Nova's
+                // delete fails, the server leaves `deleting` and a later
+                // pass deletes it.
+                tracing::debug!(server = %server.id, name = %server.name, "a pool server the store does not know is being deleted");
+                continue;
+            }
             if !owned && server.status == ServerStatus::Deleted {
                 // Soft-deleted (a cloud with Nova's reclaim_instance_interval
                 // set), by warmpool or by hand: it keeps its quota until the
@@ -375,6 +378,24 @@ impl Shared {
         }
         self.store.flush().await?;
         Ok(())
+    }
+
+    /// Records `server_id` as the server of an instance that has none
+    /// recorded: a create Nova answered whose id a crash kept from the
+    /// record. `None` if the record has one by now (or is gone).
+    pub(crate) async fn adopt_server(
+        &self,
+        instance_id: &str,
+        server_id: &str,
+    ) -> ManagerResult<Option<Instance>> {
+        self.update_instance(instance_id, |current| {
+            current.server_id.is_none().then(|| {
+                let mut next = current.clone();
+                next.server_id = Some(server_id.to_owned());
+                Some(next)
+            })
+        })
+        .await
     }
 
     /// Probes unclaimed Ready instances (their servers exist and are not in

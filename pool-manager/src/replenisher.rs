@@ -806,6 +806,9 @@ impl Shared {
                         self.watch_throttle(az, self.cloud.get_server(&server_id))
                     })
                     .await?;
+                if server.deleting {
+                    return Err(BootError::ServerError("server is being deleted".into()));
+                }
                 match server.status {
                     ServerStatus::Active => {
                         if let Some(ticket) = ticket.take() {

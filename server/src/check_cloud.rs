@@ -327,12 +327,12 @@ async fn quota_check(
         let key = pool.key.to_string();
         // Supply is what could still be handed out: a server a purchase
         // holds keeps its pool's tag, and an ERROR server is deleted, not
-        // sold; both use quota all the same.
+        // sold (as is one being deleted); all use quota all the same.
         let have = existing
             .iter()
             .filter(|s| s.metadata.get(pool_manager::cloud::META_POOL) == Some(&key))
             .filter(|s| !s.holds_a_tenant_volume())
-            .filter(|s| !matches!(s.status, ServerStatus::Error | ServerStatus::Deleted))
+            .filter(|s| s.status != ServerStatus::Error && !s.is_going())
             .count() as u64;
         let need = u64::from(pool.min_ready).saturating_sub(have);
         if need > 0 && flavors.contains_key(&pool.key.flavor) {

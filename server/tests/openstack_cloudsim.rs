@@ -248,6 +248,14 @@ async fn servers_boot_tagged_list_by_tag_greet_and_delete() {
     assert!(other_tag.list_pool_servers().await.unwrap().is_empty());
 
     cloud.delete_server(&created.id).await.unwrap();
+    // Nova shows and lists it, task_state `deleting`, until the host is done.
+    let going = cloud.get_server(&created.id).await.unwrap();
+    assert!(going.deleting && !going.is_usable(), "{going:?}");
+    let listed = cloud.list_pool_servers().await.unwrap();
+    assert!(
+        listed.iter().any(|s| s.id == created.id && s.deleting),
+        "{listed:?}"
+    );
     cloud.delete_server(&created.id).await.unwrap();
     cloud
         .delete_server("00000000-0000-0000-0000-000000000000")

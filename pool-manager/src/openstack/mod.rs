@@ -825,6 +825,7 @@ impl Cloud for OpenStackCloud {
             fault: None,
             attached_volumes: Vec::new(),
             attached_ports: Vec::new(),
+            deleting: false,
         })
     }
 

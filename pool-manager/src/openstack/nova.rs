@@ -54,6 +54,8 @@ pub struct NovaServer {
     pub fault: Option<NovaFault>,
     #[serde(rename = "os-extended-volumes:volumes_attached", default)]
     pub volumes_attached: Option<Vec<IdOnly>>,
+    #[serde(rename = "OS-EXT-STS:task_state", default)]
+    pub task_state: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,6 +161,7 @@ pub fn to_server(s: NovaServer, rule: &AddressRule<'_>) -> Server {
             .map(|v| v.id)
             .collect(),
         attached_ports: Vec::new(),
+        deleting: s.task_state.as_deref() == Some("deleting"),
         id: s.id,
     }
 }
@@ -350,6 +353,22 @@ mod tests {
             vec!["6d164150-4c0f-447a-896d-a825918714cd"]
         );
         assert_eq!(s.fault, None);
+    }
+
+    #[test]
+    fn a_server_nova_is_deleting_is_going() {
+        let deleting = ACTIVE.replace(
+            r#""OS-EXT-STS:task_state": null"#,
+            r#""OS-EXT-STS:task_state": "deleting""#,
+        );
+        let body: ServerBody = serde_json::from_str(&deleting).unwrap();
+        let s = to_server(body.server, &rule(None));
+        assert_eq!(s.status, ServerStatus::Active);
+        assert!(s.deleting && s.is_going() && !s.is_usable());
+
+        let body: ServerBody = serde_json::from_str(ACTIVE).unwrap();
+        let s = to_server(body.server, &rule(None));
+        assert!(!s.deleting && !s.is_going() && s.is_usable());
     }
 
     #[test]
