@@ -499,14 +499,7 @@ async fn a_member_only_user_releases_and_rolls_back_at_the_first_try() {
         member_port_policy: true,
         ..sim().config()
     });
-    let refuse_attach = std::sync::Arc::new(AtomicBool::new(false));
-    let cloud = GatedCloud::with_fault(&sim, {
-        let refuse_attach = refuse_attach.clone();
-        move |method| {
-            (method == "attach_volume" && refuse_attach.swap(false, Ordering::SeqCst))
-                .then(|| pool_manager::cloud::CloudError::Fatal("attach refused".into()))
-        }
-    });
+    let (cloud, refuse_attach) = refusing_one_attach(&sim);
     let manager = started_over(&cloud, temp_store(), 2).await;
     manager
         .allocate(request("order-m", new_volume(), EmptyPoolPolicy::FailFast))
@@ -529,20 +522,29 @@ async fn a_member_only_user_releases_and_rolls_back_at_the_first_try() {
     assert_consistent(&sim, &manager).await;
 }
 
-/// A rollback deletes the purchase's new volume once: the look for twins
-/// of a lost create that follows found it `deleting` and deleted it again
-/// (Cinder answers that 400, logged as a twin of a lost create).
-#[tokio::test(start_paused = true)]
-async fn a_rollback_deletes_its_new_volume_once() {
-    let sim = sim();
+/// A cloud that refuses the next volume attach ("attach refused") once
+/// the returned flag is set.
+fn refusing_one_attach(
+    sim: &std::sync::Arc<cloudsim::SimCloud>,
+) -> (std::sync::Arc<GatedCloud>, std::sync::Arc<AtomicBool>) {
     let refuse_attach = std::sync::Arc::new(AtomicBool::new(false));
-    let cloud = GatedCloud::with_fault(&sim, {
+    let cloud = GatedCloud::with_fault(sim, {
         let refuse_attach = refuse_attach.clone();
         move |method| {
             (method == "attach_volume" && refuse_attach.swap(false, Ordering::SeqCst))
                 .then(|| pool_manager::cloud::CloudError::Fatal("attach refused".into()))
         }
     });
+    (cloud, refuse_attach)
+}
+
+/// A rollback deletes the purchase's new volume once: the look for twins
+/// of a lost create that follows found it `deleting` and deleted it again
+/// (Cinder answers that 400, logged as a twin of a lost create).
+#[tokio::test(start_paused = true)]
+async fn a_rollback_deletes_its_new_volume_once() {
+    let sim = sim();
+    let (cloud, refuse_attach) = refusing_one_attach(&sim);
     let manager = started_over(&cloud, temp_store(), 2).await;
     refuse_attach.store(true, Ordering::SeqCst);
     let deletes = || sim.call_counts().get("delete_volume").copied().unwrap_or(0);
