@@ -97,6 +97,12 @@ pub const MIN_MAX_AGE: Duration = Duration::from_secs(10 * 60);
 /// means "never".
 pub const MAX_MAX_AGE: Duration = Duration::from_secs(31_557_600);
 
+/// The most windows a pool may have. A pool record is sent whole in every
+/// GetPool, ListPools page and WatchPools update; thousands of windows would
+/// make it larger than a gRPC message may be, and every listing would fail
+/// for every client. A week's schedule needs a handful.
+pub const MAX_WINDOWS: usize = 64;
+
 /// What an operator sets for a pool.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolSpec {
@@ -211,6 +217,12 @@ impl PoolSpec {
                     ),
                 ));
             }
+        }
+        if self.windows.len() > MAX_WINDOWS {
+            return Err((
+                "windows",
+                format!("at most {MAX_WINDOWS} windows, got {}", self.windows.len()),
+            ));
         }
         if let Some(w) = self.windows.iter().find(|w| w.min > self.max_ready) {
             return Err((
@@ -758,6 +770,19 @@ pub(crate) mod tests {
         assert!(name_problem(&"é".repeat(256)).is_some());
         assert!(name_problem("db\nsmall").is_some());
         assert!(name_problem("  ").is_some());
+    }
+
+    #[test]
+    fn windows_are_capped() {
+        let window: Window = "Mon-Fri 09:00-18:00 min 1".parse().unwrap();
+        let mut ok = spec();
+        ok.windows = vec![window; MAX_WINDOWS];
+        assert_eq!(ok.validate(), Ok(()));
+        let mut many = ok.clone();
+        many.windows.push(window);
+        let (field, message) = many.validate().unwrap_err();
+        assert_eq!(field, "windows");
+        assert_eq!(message, "at most 64 windows, got 65");
     }
 
     #[test]

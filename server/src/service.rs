@@ -140,7 +140,18 @@ impl WarmPool for WarmPoolService {
         let request = request.into_inner();
         let key = convert::pool_key(&request.flavor, &request.availability_zone)?;
         let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
-        let from = convert::pool_spec_from_proto(request.spec.unwrap_or_default())?;
+        // Without a spec every masked field would read as zero (max_ready 0
+        // retires every ready instance): the values must be sent.
+        let spec = match request.spec {
+            Some(spec) => spec,
+            None if paths.is_empty() => api::PoolSpec::default(),
+            None => {
+                return Err(Status::invalid_argument(
+                    "invalid spec: is required with an update_mask; the masked fields take their new values from it",
+                ))
+            }
+        };
+        let from = convert::pool_spec_from_proto(spec)?;
         // Check the mask before touching anything, so a bad mask changes nothing.
         convert::apply_mask(&mut from.clone(), &from, &paths)?;
         let pool = self

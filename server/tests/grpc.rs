@@ -915,6 +915,42 @@ async fn create_update_and_delete_pools() {
         "{}",
         status.message()
     );
+    // A mask with no spec would read every named field as zero: max_ready 0
+    // retires every ready instance. The fields come from the spec, so it is required.
+    let status = raw
+        .update_pool(api::UpdatePoolRequest {
+            flavor: "db.small".into(),
+            availability_zone: "az1".into(),
+            spec: None,
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["min_ready".into(), "max_ready".into()],
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("spec") && status.message().contains("required"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        c.get_pool("db.small", "az1").await.unwrap().spec,
+        unchanged,
+        "an update without a spec changed the pool"
+    );
+    // Windows are capped: a pool too large to list would break every listing.
+    let too_many_windows = api::PoolSpec {
+        windows: vec!["Mon 09:00-18:00 min 1".to_string(); 65],
+        ..Default::default()
+    };
+    let msg = expect_code(
+        c.update_pool("db.small", "az1", too_many_windows, ["windows"])
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(msg.contains("at most 64 windows, got 65"), "{msg}");
+    assert_eq!(c.get_pool("db.small", "az1").await.unwrap().spec, unchanged);
     expect_code(
         c.update_pool("db.huge", "az1", api::PoolSpec::default(), ["paused"])
             .await,
