@@ -182,6 +182,9 @@ impl Admission {
 pub enum BootSignal {
     /// The server became ACTIVE `build` after it was requested.
     Built { build: Duration },
+    /// The cloud refused the create (a 400, a deleted image, quota, a 429
+    /// to the end): no server, so no quota held and no latency signal.
+    Refused,
     /// Failed or taken over: no latency signal.
     NoSignal,
 }
@@ -294,6 +297,9 @@ struct HeadroomEntry {
     polled_at: Instant,
     /// `boots_started` at the last successful poll.
     boots_at_poll: u64,
+    /// Boots started since the poll whose create the cloud refused: they
+    /// hold no quota, so they give back the headroom they took.
+    refused_since_poll: u64,
     /// Why the last poll failed, if it did.
     failing: Option<String>,
     /// A refusal since the poll: the cached answer is stale, poll again.
@@ -448,6 +454,7 @@ impl Gate {
                 limited_by,
                 polled_at: now,
                 boots_at_poll: boots,
+                refused_since_poll: 0,
                 failing: None,
                 stale: false,
             },
@@ -467,6 +474,7 @@ impl Gate {
                 limited_by: None,
                 polled_at: now,
                 boots_at_poll: 0,
+                refused_since_poll: 0,
                 failing: None,
                 stale: false,
             });
@@ -481,7 +489,9 @@ impl Gate {
     pub fn headroom_left(&self, flavor: &str) -> Option<u64> {
         let entry = self.quota.headroom.get(flavor)?;
         let servers = entry.servers??;
-        Some(servers.saturating_sub(self.quota.boots_started - entry.boots_at_poll))
+        let holding = (self.quota.boots_started - entry.boots_at_poll)
+            .saturating_sub(entry.refused_since_poll);
+        Some(servers.saturating_sub(holding))
     }
 
     pub fn headroom_status(&self, flavor: &str) -> HeadroomStatus {
@@ -571,6 +581,15 @@ impl Gate {
             state.gated = state.gated.saturating_sub(1);
         }
         settle(state, now);
+        if signal == BootSignal::Refused {
+            // Ticket ids count `boots_started`: a boot the poll's answer
+            // did not hold was taken from it, and is given back.
+            for entry in self.quota.headroom.values_mut() {
+                if ticket.id > entry.boots_at_poll {
+                    entry.refused_since_poll += 1;
+                }
+            }
+        }
         let BootSignal::Built { build } = signal else {
             return;
         };

@@ -772,12 +772,25 @@ impl Shared {
             // From the create the cloud took: a 429's pause before it is no
             // build time, and would read to the gate as build inflation.
             let mut sent = Instant::now();
-            let server = self
+            let created = self
                 .retry(deadline, || {
                     sent = Instant::now();
                     self.watch_throttle(az, self.cloud.create_server(&spec))
                 })
-                .await?;
+                .await;
+            let server = match created {
+                Ok(server) => server,
+                Err(e) => {
+                    // A transient error may hide a server the cloud made;
+                    // any other answer is a refusal that holds no quota.
+                    if !matches!(e, CloudError::Transient(_)) {
+                        if let Some(ticket) = ticket.take() {
+                            ticket.finish(BootSignal::Refused);
+                        }
+                    }
+                    return Err(e.into());
+                }
+            };
             requested = Some(sent);
             let recorded = self
                 .update_instance(&instance.id, |current| {

@@ -168,3 +168,53 @@ async fn unreadable_limits_fall_back_to_the_refusal_pause() {
         .unwrap();
     assert!(allocation.warm_hit);
 }
+
+/// Boots the cloud refuses to create (here every create, as for an image
+/// deleted from Glance) make no servers and hold no quota: they do not use
+/// up the headroom, so the pool is not held back as if the quota were full.
+#[tokio::test(start_paused = true)]
+async fn boots_the_cloud_refused_to_create_leave_the_headroom_alone() {
+    let sim = sim_with_quota(4);
+    let (cloud, refusing) = GatedCloud::refusing(
+        &sim,
+        "create_server",
+        CloudError::Fatal("Image mysql-8.0 could not be found".into()),
+        true,
+    );
+    let manager = PoolManager::new(temp_store(), cloud, Arc::new(sim.probe()), settings());
+    let mut events = manager.events();
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(2)).await.unwrap();
+    // Well within one headroom poll interval: many refused boots.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let mut refused = 0;
+    while let Ok(event) = events.try_recv() {
+        if let EventKind::Boot {
+            outcome: BootOutcome::Failed,
+            ..
+        } = event.kind
+        {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused > 4,
+        "only {refused} refused boots: not enough to use up the quota"
+    );
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.sizing.quota.polled, Some(4), "{:?}", status.sizing);
+    assert_eq!(status.sizing.quota.left, Some(4), "{:?}", status.sizing);
+    assert_ne!(
+        status.sizing.last_plan.map(|p| p.reason),
+        Some(PlanReason::Quota),
+        "{:?}",
+        status.sizing
+    );
+    assert!(sim.servers().is_empty());
+
+    // The image is back: the pool fills.
+    refusing.store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_ready(&manager, 2).await;
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}

@@ -698,6 +698,40 @@ fn boots_started_during_a_headroom_poll_use_up_its_answer() {
     );
 }
 
+/// A boot whose create the cloud refused (a deleted image, a 400) holds no
+/// quota: it gives back the headroom it took. One started before the poll
+/// was sent was never taken from the answer, so it gives nothing back.
+#[test]
+fn a_boot_the_cloud_refused_to_create_gives_its_headroom_back() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings::default());
+    let before_poll = g.start("az1", true, t0);
+    g.headroom_polled("db.small", g.boots_started(), Some(5), None, t0);
+    let refused: Vec<_> = (0..3).map(|_| g.start("az1", true, t0)).collect();
+    let built = g.start("az2", false, t0);
+    assert_eq!(g.admission("az1", "db.small", t0).headroom, Some(1));
+    for ticket in &refused {
+        g.finish(ticket, BootSignal::Refused, t0 + secs(1));
+    }
+    assert_eq!(
+        g.admission("az1", "db.small", t0 + secs(1)).headroom,
+        Some(4)
+    );
+    // A boot that got a server holds it until the next poll counts it.
+    g.finish(&built, BootSignal::Built { build: secs(60) }, t0 + secs(60));
+    g.finish(&before_poll, BootSignal::Refused, t0 + secs(60));
+    assert_eq!(
+        g.admission("az1", "db.small", t0 + secs(60)).headroom,
+        Some(4)
+    );
+    // Finishing twice gives back once.
+    g.finish(&refused[0], BootSignal::Refused, t0 + secs(61));
+    assert_eq!(
+        g.admission("az1", "db.small", t0 + secs(61)).headroom,
+        Some(4)
+    );
+}
+
 #[test]
 fn quota_headroom_caps_speculative_boots_and_purchases_go_first() {
     let t0 = Instant::now();
