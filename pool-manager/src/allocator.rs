@@ -819,6 +819,14 @@ impl Shared {
             return Err(no_ready_instance(&params.pool));
         }
         self.create_tenant_resources(record, deadline).await?;
+        // The timeout bounds the purchase up to the claim: a volume seen
+        // available only after it is too late, however soon after.
+        if Instant::now() >= deadline {
+            return Err(ManagerError::ResourceExhausted(format!(
+                "the purchase's timeout ({}) passed while its volume and port were made; no instance was claimed (a new volume takes seconds: ask again with a longer timeout)",
+                humantime::format_duration(deadline.saturating_duration_since(started))
+            )));
+        }
         // A new volume was just seen available; after a failed try it may
         // still be detaching from the discarded instance.
         let mut volume_available = matches!(params.volume.source, VolumeSource::New { .. });

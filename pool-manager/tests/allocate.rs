@@ -2004,6 +2004,34 @@ async fn a_new_volume_cinder_cannot_build_fails_the_purchase_as_the_clouds_fault
     assert!(retried.warm_hit);
 }
 
+/// The timeout bounds a purchase up to the claim: a volume seen available
+/// only after it (here the create call alone outlasts it) fails the purchase
+/// before an instance is taken, and what it made is rolled back.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_passing_while_the_volume_is_made_fails_before_the_claim() {
+    let mut config = cloudsim::SimConfig::deterministic();
+    config.latencies.volume_create = Duration::ZERO;
+    let sim = cloudsim::SimCloud::new(config);
+    let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 1).await;
+    sim.faults().slow_calls(Duration::from_millis(300));
+    let mut order = request("o-200ms", new_volume(), EmptyPoolPolicy::FailFast);
+    order.timeout = Some(Duration::from_millis(200));
+    let err = manager.allocate(order).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::ResourceExhausted(m) if m.contains("200ms")),
+        "{err:?}"
+    );
+    sim.faults().slow_calls(Duration::ZERO);
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 1, "{:?}", status.counts);
+    assert!(sim.volumes().is_empty(), "{:?}", sim.volumes());
+    assert!(
+        manager.get_allocation("o-200ms").await.is_err(),
+        "rolled back"
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
 /// An order id used again once `keep_released` forgot its first use names
 /// its volume and port apart from the first's: a failed second use, rolled
 /// back by name, leaves the first order's kept volume alone.
@@ -2645,8 +2673,8 @@ async fn a_timeout_passing_during_the_attach_does_not_cost_the_instance() {
         volume_id: sim.create_volume_for_test("tenant-a", "az1", 10),
     };
     let mut order = request("o-short", existing, EmptyPoolPolicy::FailFast);
-    // The attach alone takes 2 s.
-    order.timeout = Some(Duration::from_millis(500));
+    // The port takes 0.5 s, the attach alone 2 s.
+    order.timeout = Some(Duration::from_secs(1));
     let a = manager.allocate(order).await.unwrap();
     assert_eq!(a.state, AllocationState::Allocated);
     let status = manager.get_pool(&pool()).await.unwrap();
