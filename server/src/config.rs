@@ -839,6 +839,18 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_api_tokens()?;
+        // An empty path would put the store in the working directory.
+        if self
+            .data_dir
+            .as_os_str()
+            .to_string_lossy()
+            .trim()
+            .is_empty()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "data_dir is empty; name the store's directory (default {DEFAULT_DATA_DIR})"
+            )));
+        }
         let mut seen = std::collections::HashSet::new();
         for pool in &self.pools {
             if !seen.insert(pool.key()) {
@@ -1193,6 +1205,18 @@ mod tests {
         assert_eq!(config.metrics_listen, default_metrics_listen());
         assert!(matches!(config.cloud, CloudConfig::Embedded { .. }));
         assert_eq!(config.pools.len(), 3);
+    }
+
+    #[test]
+    fn an_empty_data_dir_is_refused() {
+        // sled would open the store in the working directory: `/` under systemd.
+        for text in ["data_dir = \"\"\n", "data_dir = \"  \"\n"] {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(
+                err.contains("data_dir") && err.contains("empty"),
+                "{text}: {err}"
+            );
+        }
     }
 
     #[test]
