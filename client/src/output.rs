@@ -357,6 +357,9 @@ pub struct SizingView<'a> {
     plan_boots: u32,
     boots_in_flight: u32,
     window_min: Option<u32>,
+    quota_headroom: Option<u64>,
+    quota_limited_by: &'a str,
+    beyond_quota: bool,
 }
 
 impl<'a> From<&'a api::SizingStatus> for SizingView<'a> {
@@ -379,6 +382,9 @@ impl<'a> From<&'a api::SizingStatus> for SizingView<'a> {
             plan_boots: s.plan_boots,
             boots_in_flight: s.boots_in_flight,
             window_min: s.window_min,
+            quota_headroom: s.quota_headroom,
+            quota_limited_by: &s.quota_limited_by,
+            beyond_quota: s.beyond_quota,
         }
     }
 }

@@ -253,6 +253,7 @@ pub fn pool_detail(pool: &api::Pool) -> String {
         ("service_level", service_level_detail(pool)),
         ("throttle", throttle_detail(pool)),
         ("plan", plan_detail(pool)),
+        ("quota", quota_detail(pool)),
         ("health", health_cell(pool)),
         ("boot_timeout", opt_duration(&spec.boot_timeout)),
         ("max_age", opt_duration(&spec.max_age)),
@@ -371,6 +372,27 @@ fn throttle_detail(pool: &api::Pool) -> String {
         g.in_flight,
         g.gated_in_flight
     )
+}
+
+/// "3 more servers (instances: 7 of 10 used)"; "none ever: ..." when one
+/// server needs more than the whole quota; "-" unlimited or not read.
+fn quota_detail(pool: &api::Pool) -> String {
+    let Some(s) = &pool.sizing else {
+        return "-".to_owned();
+    };
+    let binding = if s.quota_limited_by.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", s.quota_limited_by)
+    };
+    match s.quota_headroom {
+        _ if s.beyond_quota => {
+            format!("no server of the flavor ever fits{binding}: raise the quota")
+        }
+        Some(1) => format!("1 more server{binding}"),
+        Some(n) => format!("{n} more servers{binding}"),
+        None => "-".to_owned(),
+    }
 }
 
 fn plan_detail(pool: &api::Pool) -> String {
@@ -629,6 +651,29 @@ mod tests {
         assert!(text.contains("iops_limit:        -\n"), "{text}");
         assert!(
             text.contains("allocations:       warm 12, cold 1, failed 0\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn pool_detail_shows_the_quota_room_and_a_flavor_beyond_it() {
+        let mut pool = sample_pools()[0].clone();
+        assert!(pool_detail(&pool).contains("quota:             -\n"));
+        let sizing = pool.sizing.get_or_insert_with(Default::default);
+        sizing.quota_headroom = Some(3);
+        sizing.quota_limited_by = "instances: 7 of 10 used".into();
+        let text = pool_detail(&pool);
+        assert!(
+            text.contains("quota:             3 more servers (instances: 7 of 10 used)\n"),
+            "{text}"
+        );
+        let sizing = pool.sizing.as_mut().unwrap();
+        sizing.quota_headroom = Some(0);
+        sizing.quota_limited_by = "cores: one db.huge server needs 64, the quota is 20".into();
+        sizing.beyond_quota = true;
+        let text = pool_detail(&pool);
+        assert!(
+            text.contains("quota:             no server of the flavor ever fits (cores: one db.huge server needs 64, the quota is 20): raise the quota\n"),
             "{text}"
         );
     }

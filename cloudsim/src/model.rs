@@ -670,6 +670,12 @@ impl Model {
         ];
         for (what, limit, used, each) in per_server {
             if let Some(limit) = limit {
+                if each > limit {
+                    let unit = if what == "ram" { " MiB" } else { "" };
+                    return Ok(BootHeadroom::beyond_quota(format!(
+                        "{what}: one {flavor} server needs {each}{unit}, the quota is {limit}{unit}"
+                    )));
+                }
                 let left = limit.saturating_sub(used) / each.max(1);
                 if left < servers {
                     servers = left;
@@ -677,10 +683,7 @@ impl Model {
                 }
             }
         }
-        Ok(BootHeadroom {
-            servers: Some(servers),
-            limited_by: Some(limited_by),
-        })
+        Ok(BootHeadroom::room(servers, limited_by))
     }
 
     /// Instances, vCPUs and RAM held by servers; servers being deleted count

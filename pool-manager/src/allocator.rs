@@ -47,6 +47,28 @@ pub const CLAIMED_ATTACH_GRACE: Duration = Duration::from_secs(5 * 60);
 /// Longest request id accepted (billing order ids are far shorter).
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
+/// What the quota leaves a cold boot, by the gate's last look at it.
+enum QuotaRoom {
+    /// Room, or not known to be full.
+    Room,
+    /// Full now: a release or a deletion makes room.
+    Full,
+    /// One server needs more than the quota allows in all (the quota named).
+    Beyond(String),
+}
+
+impl QuotaRoom {
+    fn of(status: &crate::gate::HeadroomStatus, left: Option<u64>) -> Self {
+        if status.beyond_quota {
+            QuotaRoom::Beyond(status.limited_by.clone().unwrap_or_default())
+        } else if left == Some(0) {
+            QuotaRoom::Full
+        } else {
+            QuotaRoom::Room
+        }
+    }
+}
+
 /// How far ahead a deadline is put whose duration overflows `Instant`.
 const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
@@ -1135,11 +1157,22 @@ impl Shared {
         let ready = loop {
             // At quota a boot would only be refused: wait in line (ahead of
             // speculative refills) until the cloud's limits show room.
-            if self.settings.gate.enabled && self.quota_full(&params.pool).await {
-                queue.get_or_insert_with(|| QuotaQueue::join(&self.gate));
-                self.wait_for_quota(params, deadline, self.settings.poll_interval)
-                    .await?;
-                continue;
+            if self.settings.gate.enabled {
+                match self.quota_room(&params.pool).await {
+                    QuotaRoom::Room => {}
+                    QuotaRoom::Full => {
+                        queue.get_or_insert_with(|| QuotaQueue::join(&self.gate));
+                        self.wait_for_quota(params, deadline, self.settings.poll_interval)
+                            .await?;
+                        continue;
+                    }
+                    // No release makes room: waiting would only use up the timeout.
+                    QuotaRoom::Beyond(why) => {
+                        return Err(ManagerError::FailedPrecondition(format!(
+                            "no {flavor} server fits the project's quota ({why}); raise the quota or buy a smaller flavor"
+                        )))
+                    }
+                }
             }
             let instance = self
                 .record_new_instance(&pool, Some(params.request_id.clone()))
@@ -1196,43 +1229,40 @@ impl Shared {
         Ok(claimed)
     }
 
-    /// Whether the flavor's quota is known to be used up. The cached
-    /// headroom is re-polled when it says "full" and is older than the poll
-    /// interval, so a waiting purchase sees freed quota within one interval;
-    /// a failing poll says "not known to be full".
-    async fn quota_full(&self, pool: &crate::model::PoolKey) -> bool {
+    /// Whether the flavor's quota has room for a cold boot. The headroom is
+    /// polled when never polled yet, and re-polled when it says "full" and
+    /// is older than the poll interval, so a waiting purchase sees freed
+    /// quota within one interval; a failing poll says "not known to be full".
+    async fn quota_room(&self, pool: &crate::model::PoolKey) -> QuotaRoom {
         let now = Instant::now();
-        let (left, fresh, boots_at_send) = {
+        let (status, left, boots_at_send) = {
             let gate = gate::lock(&self.gate);
-            let status = gate.headroom_status(&pool.flavor);
-            let fresh = status
-                .polled_at
-                .is_some_and(|at| now.saturating_duration_since(at) < self.settings.poll_interval);
             (
+                gate.headroom_status(&pool.flavor),
                 gate.headroom_left(&pool.flavor),
-                fresh,
                 gate.boots_started(),
             )
         };
-        if left != Some(0) || fresh {
-            return left == Some(0);
+        let fresh = status
+            .polled_at
+            .is_some_and(|at| now.saturating_duration_since(at) < self.settings.poll_interval);
+        let poll = status.polled_at.is_none() || (left == Some(0) && !fresh);
+        if !poll {
+            return QuotaRoom::of(&status, left);
         }
         match self.cloud.boot_headroom(&pool.flavor).await {
             Ok(h) => {
                 let mut gate = gate::lock(&self.gate);
-                gate.headroom_polled(
-                    &pool.flavor,
-                    boots_at_send,
-                    h.servers,
-                    h.limited_by,
-                    Instant::now(),
-                );
-                gate.headroom_left(&pool.flavor) == Some(0)
+                gate.headroom_polled(&pool.flavor, boots_at_send, h, Instant::now());
+                QuotaRoom::of(
+                    &gate.headroom_status(&pool.flavor),
+                    gate.headroom_left(&pool.flavor),
+                )
             }
             Err(e) => {
                 tracing::warn!(flavor = %pool.flavor, error = %e, "cannot read quota headroom");
                 gate::lock(&self.gate).headroom_failed(&pool.flavor, e.to_string(), Instant::now());
-                false
+                QuotaRoom::Room
             }
         }
     }

@@ -181,13 +181,35 @@ pub struct BootHeadroom {
     pub servers: Option<u64>,
     /// The quota that binds, e.g. "cores: 18 of 20 used", for logs and events.
     pub limited_by: Option<String>,
+    /// One server of the flavor needs more than a quota allows in all: no
+    /// server of it boots until the quota is raised, whatever is released.
+    pub beyond_quota: bool,
 }
 
 impl BootHeadroom {
     pub const UNLIMITED: BootHeadroom = BootHeadroom {
         servers: None,
         limited_by: None,
+        beyond_quota: false,
     };
+
+    /// Room for `servers` more, `limited_by` the quota that binds.
+    pub fn room(servers: u64, limited_by: String) -> Self {
+        Self {
+            servers: Some(servers),
+            limited_by: Some(limited_by),
+            beyond_quota: false,
+        }
+    }
+
+    /// No room ever: `why` names the quota one server exceeds.
+    pub fn beyond_quota(why: String) -> Self {
+        Self {
+            servers: Some(0),
+            limited_by: Some(why),
+            beyond_quota: true,
+        }
+    }
 }
 
 /// What warmpool needs of the cloud. Calls return once the cloud accepted the

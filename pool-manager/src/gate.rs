@@ -49,7 +49,7 @@
 //! holds it behind a mutex and reports to it through `BootTicket`s.
 
 use crate::allocator::deadline_after;
-use crate::cloud::{MAX_RETRY_AFTER, MIN_RETRY_PAUSE};
+use crate::cloud::{BootHeadroom, MAX_RETRY_AFTER, MIN_RETRY_PAUSE};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};
@@ -232,6 +232,8 @@ pub struct HeadroomStatus {
     /// What is left now for speculative boots.
     pub left: Option<u64>,
     pub limited_by: Option<String>,
+    /// One server of the flavor needs more than the quota allows in all.
+    pub beyond_quota: bool,
     pub polled_at: Option<Instant>,
     /// The last poll failed: headroom is unknown, nothing is capped.
     pub failing: Option<String>,
@@ -293,6 +295,7 @@ struct HeadroomEntry {
     /// whole entry field when no poll has succeeded yet.
     servers: Option<Option<u64>>,
     limited_by: Option<String>,
+    beyond_quota: bool,
     /// When the last poll (successful or not) was made.
     polled_at: Instant,
     /// `boots_started` at the last successful poll.
@@ -442,16 +445,16 @@ impl Gate {
         &mut self,
         flavor: &str,
         boots_at_send: u64,
-        servers: Option<u64>,
-        limited_by: Option<String>,
+        headroom: BootHeadroom,
         now: Instant,
     ) {
         let boots = boots_at_send.min(self.quota.boots_started);
         self.quota.headroom.insert(
             flavor.to_string(),
             HeadroomEntry {
-                servers: Some(servers),
-                limited_by,
+                servers: Some(headroom.servers),
+                limited_by: headroom.limited_by,
+                beyond_quota: headroom.beyond_quota,
                 polled_at: now,
                 boots_at_poll: boots,
                 refused_since_poll: 0,
@@ -472,6 +475,7 @@ impl Gate {
             .or_insert_with(|| HeadroomEntry {
                 servers: None,
                 limited_by: None,
+                beyond_quota: false,
                 polled_at: now,
                 boots_at_poll: 0,
                 refused_since_poll: 0,
@@ -479,6 +483,7 @@ impl Gate {
                 stale: false,
             });
         entry.servers = None;
+        entry.beyond_quota = false;
         entry.polled_at = now;
         entry.failing = Some(error);
         entry.stale = false;
@@ -500,6 +505,7 @@ impl Gate {
                 polled: None,
                 left: None,
                 limited_by: None,
+                beyond_quota: false,
                 polled_at: None,
                 failing: None,
             },
@@ -507,6 +513,7 @@ impl Gate {
                 polled: e.servers.flatten(),
                 left: self.headroom_left(flavor),
                 limited_by: e.limited_by.clone(),
+                beyond_quota: e.beyond_quota,
                 polled_at: Some(e.polled_at),
                 failing: e.failing.clone(),
             },

@@ -287,7 +287,10 @@ impl Shared {
         match result {
             Ok(h) => {
                 tracing::debug!(%flavor, servers = ?h.servers, limited_by = ?h.limited_by, "quota headroom");
-                gate.headroom_polled(flavor, boots_at_send, h.servers, h.limited_by, now);
+                if h.beyond_quota && !gate.headroom_status(flavor).beyond_quota {
+                    tracing::warn!(%flavor, limited_by = ?h.limited_by, "one server of the flavor needs more than the project's whole quota: its pools boot nothing and cold boots are refused until the quota is raised");
+                }
+                gate.headroom_polled(flavor, boots_at_send, h, now);
             }
             Err(e) => {
                 if let CloudError::Throttled { retry_after, .. } = &e {

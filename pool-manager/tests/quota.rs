@@ -218,3 +218,48 @@ async fn boots_the_cloud_refused_to_create_leave_the_headroom_alone() {
     assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
+
+/// A flavor one server of which needs more than the project's whole quota
+/// (64 vCPUs against 20 cores): the pool says so and boots nothing, and a
+/// cold boot is refused at once as a precondition (waiting for a release
+/// would only use up its timeout).
+#[tokio::test(start_paused = true)]
+async fn a_flavor_beyond_the_quota_is_reported_and_its_cold_boots_refused_at_once() {
+    let mut config = cloudsim::SimConfig::deterministic();
+    config.flavors.push("db.huge".into());
+    config
+        .flavor_sizes
+        .push(cloudsim::FlavorSize::new("db.huge", 64, 1024, 10));
+    config.max_cores = Some(20);
+    let sim = SimCloud::new(config);
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    let huge = pool_manager::model::PoolKey::new("db.huge", "az1");
+    manager.create_pool(huge.clone(), spec(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+
+    let status = manager.get_pool(&huge).await.unwrap();
+    assert!(status.sizing.quota.beyond_quota, "{:?}", status.sizing);
+    assert_eq!(
+        status.sizing.quota.limited_by.as_deref(),
+        Some("cores: one db.huge server needs 64, the quota is 20")
+    );
+    assert_eq!(
+        status.sizing.last_plan.map(|p| p.reason),
+        Some(PlanReason::Quota)
+    );
+    assert_eq!(sim.call_counts().get("create_server"), None);
+
+    let mut order = request("huge", new_volume(), EmptyPoolPolicy::ColdBoot);
+    order.params.pool = huge.clone();
+    let err = manager.allocate(order).await.unwrap_err();
+    assert!(
+        matches!(&err, pool_manager::ManagerError::FailedPrecondition(m)
+            if m.contains("cores: one db.huge server needs 64, the quota is 20")),
+        "{err:?}"
+    );
+    assert_eq!(sim.call_counts().get("create_server"), None);
+    assert!(manager.get_allocation("huge").await.is_err(), "rolled back");
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}

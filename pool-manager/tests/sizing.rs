@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use pool_manager::cloud::{CloudError, MAX_RETRY_AFTER};
+use pool_manager::cloud::{BootHeadroom, CloudError, MAX_RETRY_AFTER};
 use pool_manager::gate::{Admission, BootSignal, Gate, GateSettings, Hold, TicketInfo};
 use pool_manager::model::{EmptyPoolPolicy, InstanceState, Target};
 use pool_manager::sizing::{
@@ -682,6 +682,11 @@ fn quota_refusal_pauses_speculative_boots_with_backoff() {
     assert_eq!(g.status("az1", t0).quota_refusals, 5);
 }
 
+/// Room for `servers` more, the instances quota binding.
+fn room(servers: u64) -> BootHeadroom {
+    BootHeadroom::room(servers, "instances".into())
+}
+
 /// Boots started while a headroom poll was on its way may be missing from
 /// the cloud's answer: they are taken from the headroom it gives.
 #[test]
@@ -691,7 +696,7 @@ fn boots_started_during_a_headroom_poll_use_up_its_answer() {
     let sent = g.boots_started();
     g.start("az1", false, t0);
     g.start("az2", true, t0);
-    g.headroom_polled("db.small", sent, Some(5), None, t0 + secs(1));
+    g.headroom_polled("db.small", sent, room(5), t0 + secs(1));
     assert_eq!(
         g.admission("az1", "db.small", t0 + secs(1)).headroom,
         Some(3)
@@ -706,7 +711,7 @@ fn a_boot_the_cloud_refused_to_create_gives_its_headroom_back() {
     let t0 = Instant::now();
     let mut g = gate(GateSettings::default());
     let before_poll = g.start("az1", true, t0);
-    g.headroom_polled("db.small", g.boots_started(), Some(5), None, t0);
+    g.headroom_polled("db.small", g.boots_started(), room(5), t0);
     let refused: Vec<_> = (0..3).map(|_| g.start("az1", true, t0)).collect();
     let built = g.start("az2", false, t0);
     assert_eq!(g.admission("az1", "db.small", t0).headroom, Some(1));
@@ -746,8 +751,7 @@ fn quota_headroom_caps_speculative_boots_and_purchases_go_first() {
     g.headroom_polled(
         "db.small",
         g.boots_started(),
-        Some(3),
-        Some("instances: 7 of 10 used".into()),
+        BootHeadroom::room(3, "instances: 7 of 10 used".into()),
         t0,
     );
     assert!(!g.headroom_due("db.small", t0 + secs(29)));
@@ -773,7 +777,7 @@ fn quota_headroom_caps_speculative_boots_and_purchases_go_first() {
     assert_eq!(g.admission("az1", "db.small", t0).headroom, Some(1));
 
     // Unlimited quota: no cap.
-    g.headroom_polled("db.large", g.boots_started(), None, None, t0);
+    g.headroom_polled("db.large", g.boots_started(), BootHeadroom::UNLIMITED, t0);
     assert_eq!(g.admission("az1", "db.large", t0).headroom, None);
 
     // A refusal makes the cached answer stale: poll again at once.
@@ -795,7 +799,7 @@ fn quota_headroom_caps_speculative_boots_and_purchases_go_first() {
     // A disabled gate neither polls nor caps.
     let mut off = gate(GateSettings::disabled());
     assert!(!off.headroom_due("db.small", t0));
-    off.headroom_polled("db.small", off.boots_started(), Some(0), None, t0);
+    off.headroom_polled("db.small", off.boots_started(), room(0), t0);
     assert_eq!(off.admission("az1", "db.small", t0), Admission::OPEN);
 }
 

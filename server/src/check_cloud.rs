@@ -346,16 +346,27 @@ async fn quota_check(
         demand[1] += count * f.vcpus;
         demand[2] += count * f.ram;
     }
-    let short: Vec<String> = limits
-        .quotas()
+    // A flavor no server of which fits the whole quota never boots,
+    // whatever is released: named first, as the quota to raise.
+    let beyond = pools
         .iter()
-        .zip(demand)
-        .filter(|(q, need)| q.max >= 0 && ((q.max - q.used).max(0) as u64) < *need)
-        .map(|(q, _)| {
-            let unit = if q.resource == "ram" { " MiB" } else { "" };
-            format!("{} {}{unit} of {}{unit} used", q.resource, q.used, q.max)
-        })
-        .collect();
+        .filter_map(|pool| flavors.get(&pool.key.flavor))
+        .map(|flavor| limits.headroom(flavor))
+        .filter(|headroom| headroom.beyond_quota)
+        .filter_map(|headroom| headroom.limited_by)
+        .collect::<std::collections::BTreeSet<_>>();
+    let mut short: Vec<String> = beyond.into_iter().collect();
+    short.extend(
+        limits
+            .quotas()
+            .iter()
+            .zip(demand)
+            .filter(|(q, need)| q.max >= 0 && ((q.max - q.used).max(0) as u64) < *need)
+            .map(|(q, _)| {
+                let unit = if q.resource == "ram" { " MiB" } else { "" };
+                format!("{} {}{unit} of {}{unit} used", q.resource, q.used, q.max)
+            }),
+    );
     let wanted = if more.is_empty() {
         "no more servers".to_owned()
     } else {

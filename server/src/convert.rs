@@ -376,6 +376,9 @@ fn sizing(status: &PoolStatus) -> api::SizingStatus {
         boots_in_flight: status.count(InstanceState::Booting)
             + status.count(InstanceState::Warming),
         window_min: s.window_min,
+        quota_headroom: s.quota.left,
+        quota_limited_by: s.quota.limited_by.clone().unwrap_or_default(),
+        beyond_quota: s.quota.beyond_quota,
     }
 }
 

@@ -126,6 +126,27 @@ async fn check_cloud_names_a_missing_image() {
 }
 
 #[tokio::test]
+async fn check_cloud_names_a_flavor_beyond_the_quota() {
+    require_testbed().await;
+    let dir = tempfile::tempdir().unwrap();
+    // db.huge: 64 vCPUs; the project's cores quota is 20.
+    let pools = [PoolDecl {
+        flavor: "db.huge",
+        az: "az1",
+        min_ready: 0,
+        max_ready: 1,
+    }];
+    let text = config_text(&dir.path().join("store"), E2E_CLOUD, E2E_NETWORK, &pools);
+    let (code, report) = check_cloud(dir.path(), &text);
+    assert_eq!(code, 1, "{report}");
+    let quota = line(&report, "quota");
+    assert!(
+        quota.contains("cores: one db.huge server needs 64, the quota is 20"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
 async fn check_cloud_names_an_exhausted_quota() {
     require_testbed().await;
     let dir = tempfile::tempdir().unwrap();

@@ -445,19 +445,22 @@ async fn quota_is_reported(env: &Env) {
             .await
             .map_err(|e| e.to_string())?;
         let sizing = pool.sizing.clone().unwrap_or_default();
-        let reported = sizing.plan_reason == "quota"
-            || pool.last_error.to_lowercase().contains("quota")
-            || sizing.gate.is_some_and(|g| g.quota_refusals > 0);
-        if reported {
+        // Read from the cloud's limits: 64 vCPUs against 20 cores.
+        if sizing.beyond_quota && sizing.plan_reason == "quota" {
             Ok(pool)
         } else {
             Err(format!(
-                "plan_reason {:?}, last_error {:?}, counts {:?}",
-                sizing.plan_reason, pool.last_error, pool.counts
+                "beyond_quota {}, quota_limited_by {:?}, plan_reason {:?}, counts {:?}",
+                sizing.beyond_quota, sizing.quota_limited_by, sizing.plan_reason, pool.counts
             ))
         }
     })
     .await;
+    let sizing = huge.sizing.clone().unwrap_or_default();
+    assert!(
+        sizing.quota_limited_by.contains("cores") && sizing.quota_limited_by.contains("64"),
+        "{sizing:?}"
+    );
     assert_eq!(huge.counts.unwrap_or_default().ready, 0, "{huge:?}");
     assert!(
         !env.sim.servers().iter().any(|s| s.flavor == HUGE),
@@ -465,8 +468,8 @@ async fn quota_is_reported(env: &Env) {
     );
 }
 
-/// A buyer asking for a cold boot of db.huge is refused with
-/// RESOURCE_EXHAUSTED naming the quota.
+/// A buyer asking for a cold boot of db.huge is refused at once with
+/// FAILED_PRECONDITION naming the quota: no release would make room.
 async fn cold_boot_past_quota(env: &Env) {
     let mut cold = allocate_request(
         "order-huge",
@@ -477,13 +480,7 @@ async fn cold_boot_past_quota(env: &Env) {
         ALLOCATE_TIMEOUT,
     );
     cold.empty_pool_policy = api::EmptyPoolPolicy::ColdBoot.into();
-    // Refused at the deadline (the daemon waits for room that never comes):
-    // a short one keeps the test fast.
-    cold.timeout = Some(prost_types::Duration {
-        seconds: 3,
-        nanos: 0,
-    });
-    let message = expect_code(env.client.allocate(cold).await, Code::ResourceExhausted);
+    let message = expect_code(env.client.allocate(cold).await, Code::FailedPrecondition);
     assert!(message.to_lowercase().contains("quota"), "{message}");
 }
 

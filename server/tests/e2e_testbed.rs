@@ -217,15 +217,13 @@ async fn quota_is_reported(ctx: &Ctx) {
             .await
             .map_err(|e| e.to_string())?;
         let sizing = pool.sizing.clone().unwrap_or_default();
-        let reported = sizing.plan_reason == "quota"
-            || pool.last_error.to_lowercase().contains("quota")
-            || sizing.gate.is_some_and(|g| g.quota_refusals > 0);
-        if reported {
+        // Read from the cloud's limits: 64 vCPUs against 20 cores.
+        if sizing.beyond_quota && sizing.plan_reason == "quota" {
             Ok(pool)
         } else {
             Err(format!(
-                "plan_reason {:?}, last_error {:?}, counts {:?}",
-                sizing.plan_reason, pool.last_error, pool.counts
+                "beyond_quota {}, quota_limited_by {:?}, plan_reason {:?}, counts {:?}",
+                sizing.beyond_quota, sizing.quota_limited_by, sizing.plan_reason, pool.counts
             ))
         }
     })
@@ -444,8 +442,8 @@ async fn allocate_tenant_volume_inner(ctx: &Ctx, volume_id: &str) {
     wait_ready(&ctx.client, SMALL, "az2", 1).await;
 }
 
-/// A buyer asking for a cold boot of db.huge is refused with
-/// RESOURCE_EXHAUSTED naming the quota.
+/// A buyer asking for a cold boot of db.huge is refused at once with
+/// FAILED_PRECONDITION naming the quota: no release would make room.
 async fn cold_boot_past_quota(ctx: &Ctx) {
     let mut cold = allocate_request(
         &format!("e2e-{}-huge", ctx.run),
@@ -460,7 +458,7 @@ async fn cold_boot_past_quota(ctx: &Ctx) {
         seconds: 30,
         nanos: 0,
     });
-    let message = expect_code(ctx.client.allocate(cold).await, Code::ResourceExhausted);
+    let message = expect_code(ctx.client.allocate(cold).await, Code::FailedPrecondition);
     assert!(message.to_lowercase().contains("quota"), "{message}");
 }
 

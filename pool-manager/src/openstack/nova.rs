@@ -251,6 +251,13 @@ impl AbsoluteLimits {
             if quota.max < 0 {
                 continue;
             }
+            if need > quota.max as u64 {
+                let unit = if quota.resource == "ram" { " MiB" } else { "" };
+                return BootHeadroom::beyond_quota(format!(
+                    "{}: one {} server needs {need}{unit}, the quota is {}{unit}",
+                    quota.resource, flavor.name, quota.max
+                ));
+            }
             // A negative use is garbage; it must not add to the room.
             let free = quota.max.saturating_sub(quota.used.max(0)).max(0) as u64;
             let fits = free.checked_div(need).unwrap_or(u64::MAX);
@@ -267,10 +274,7 @@ impl AbsoluteLimits {
         }
         match best {
             None => BootHeadroom::UNLIMITED,
-            Some((servers, limited_by)) => BootHeadroom {
-                servers: Some(servers),
-                limited_by: Some(limited_by),
-            },
+            Some((servers, limited_by)) => BootHeadroom::room(servers, limited_by),
         }
     }
 }
@@ -430,19 +434,29 @@ mod tests {
         let a = &limits.limits.absolute;
         assert_eq!(
             a.headroom(&small),
-            BootHeadroom {
-                servers: Some(8),
-                limited_by: Some("instances: 2 of 10 used".into())
-            }
+            BootHeadroom::room(8, "instances: 2 of 10 used".into())
         );
         assert_eq!(
             a.headroom(&large),
-            BootHeadroom {
-                servers: Some(4),
-                limited_by: Some("cores: 2 of 20 used".into())
-            }
+            BootHeadroom::room(4, "cores: 2 of 20 used".into())
         );
-        assert_eq!(a.headroom(&huge).servers, Some(0));
+        // One server needs more than the whole quota: no use waiting for room.
+        assert_eq!(
+            a.headroom(&huge),
+            BootHeadroom::beyond_quota(
+                "cores: one db.huge server needs 64, the quota is 20".into()
+            )
+        );
+        // A flavor that fits an empty project but not the room left now is
+        // only full.
+        let full = AbsoluteLimits {
+            total_cores_used: 18,
+            ..a.clone()
+        };
+        assert_eq!(
+            full.headroom(&large),
+            BootHeadroom::room(0, "cores: 18 of 20 used".into())
+        );
         let unlimited = AbsoluteLimits {
             max_total_instances: -1,
             max_total_cores: -1,
