@@ -24,7 +24,7 @@ use crate::gate::{self, Gate};
 use crate::manager::{validate_name, validate_pool_key, PoolManager, Shared};
 use crate::model::{
     Allocation, AllocationParams, AllocationState, EmptyPoolPolicy, Instance, InstanceState,
-    PoolKey, TwinWatch, VolumeSource, TWIN_WATCH,
+    PoolKey, PoolRecord, TwinWatch, VolumeSource, TWIN_WATCH,
 };
 use crate::replenisher::{BootError, Timed};
 use crate::store::RecordKind;
@@ -838,7 +838,7 @@ impl Shared {
             && self.unclaimed_ready(&params.pool).await?.is_empty()
         {
             self.emit(Some(&params.pool), EventKind::Exhausted);
-            return Err(no_ready_instance(&params.pool));
+            return Err(self.no_ready_instance(&params.pool).await);
         }
         self.create_tenant_resources(record, deadline).await?;
         // The timeout bounds the purchase up to the claim: a volume seen
@@ -1013,7 +1013,9 @@ impl Shared {
                 self.emit(Some(&params.pool), EventKind::Exhausted);
             }
             match policy {
-                EmptyPoolPolicy::FailFast => return Err(no_ready_instance(&params.pool)),
+                EmptyPoolPolicy::FailFast => {
+                    return Err(self.no_ready_instance(&params.pool).await)
+                }
                 EmptyPoolPolicy::ColdBoot => {
                     return self.cold_boot(params, deadline).await.map(|i| (i, false))
                 }
@@ -1035,19 +1037,24 @@ impl Shared {
                         }
                     };
                     if woke.is_err() {
-                        let paused = if pool.spec.paused {
-                            " (the pool is paused: it boots nothing until it is unpaused)"
-                        } else {
-                            ""
-                        };
                         return Err(ManagerError::ResourceExhausted(format!(
-                            "pool {} had no ready instance before the deadline{paused}",
-                            params.pool
+                            "pool {} had no ready instance before the deadline{}",
+                            params.pool,
+                            paused_hint(&pool)
                         )));
                     }
                 }
             }
         }
+    }
+
+    /// RESOURCE_EXHAUSTED for a fail-fast purchase of an empty pool.
+    async fn no_ready_instance(&self, pool: &PoolKey) -> ManagerError {
+        let hint = match self.store.get_pool(pool).await {
+            Ok(Some(record)) => paused_hint(&record),
+            _ => "",
+        };
+        ManagerError::ResourceExhausted(format!("pool {pool} has no ready instance{hint}"))
     }
 
     /// The pool's Ready instances nobody has claimed, oldest first (so
@@ -2000,6 +2007,11 @@ struct VolumeBefore<'a> {
 }
 
 /// The answer to a fail-fast purchase that found the pool empty.
-fn no_ready_instance(pool: &PoolKey) -> ManagerError {
-    ManagerError::ResourceExhausted(format!("pool {pool} has no ready instance"))
+/// Why an empty pool stays empty, when it is the operator's doing.
+fn paused_hint(pool: &PoolRecord) -> &'static str {
+    if pool.spec.paused {
+        " (the pool is paused: it boots nothing until it is unpaused)"
+    } else {
+        ""
+    }
 }

@@ -30,7 +30,7 @@ pub enum ScheduleError {
     Days(String),
     #[error("{0:?} is not a time of day (HH:MM, 00:00 to 24:00)")]
     Time(String),
-    #[error("{0:?} is not a UTC offset (UTC, UTC+02:00, -05:30)")]
+    #[error("{0:?} is not a UTC offset (UTC, UTC+02:00, -05:30; from -14:00 to +14:00)")]
     Offset(String),
     #[error("window {0:?}: {1}")]
     Window(String, String),
@@ -318,8 +318,14 @@ impl FromStr for Window {
         let mut tokens = s.split_whitespace();
         while let Some(token) = tokens.next() {
             if token.eq_ignore_ascii_case("min") {
-                let n = tokens.next().ok_or_else(|| bad("min needs a number"))?;
-                min = Some(n.parse::<u32>().map_err(|_| bad("min needs a number"))?);
+                let needs = || {
+                    bad(&format!(
+                        "min needs a whole number of instances, 0 to {}",
+                        u32::MAX
+                    ))
+                };
+                let n = tokens.next().ok_or_else(needs)?;
+                min = Some(n.parse::<u32>().map_err(|_| needs())?);
             } else if token.starts_with(|c: char| c.is_ascii_digit()) {
                 let (from, to) = token
                     .split_once('-')
@@ -478,6 +484,18 @@ mod tests {
     }
 
     #[test]
+    fn a_min_too_large_says_what_a_min_may_be() {
+        let err = "daily 09:00-18:00 min 99999999999"
+            .parse::<Window>()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("min needs a whole number of instances, 0 to 4294967295"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn offsets_with_anything_but_digits_are_refused() {
         for bad in [
             "+1é1", "+é", "-12é", "UTC+1é1", "+1:é", "++5", "+-5", "+0x1", "+1.5",
@@ -492,6 +510,9 @@ mod tests {
             .parse::<Window>()
             .unwrap_err();
         assert!(err.to_string().contains("not a UTC offset"), "{err}");
+        // Out of range: the message says the range.
+        let err = "+15:00".parse::<UtcOffset>().unwrap_err();
+        assert!(err.to_string().contains("from -14:00 to +14:00"), "{err}");
         assert_eq!("+0130".parse::<UtcOffset>().unwrap().minutes(), 90);
         assert_eq!("-5".parse::<UtcOffset>().unwrap().minutes(), -300);
     }

@@ -1895,6 +1895,19 @@ async fn a_waiting_purchase_is_told_the_pool_is_deleted_or_paused() {
         matches!(&err, ManagerError::ResourceExhausted(m) if m.ends_with("(the pool is paused: it boots nothing until it is unpaused)")),
         "{err:?}"
     );
+    // A fail-fast purchase is told as much.
+    let err = manager
+        .allocate(request(
+            "fails-paused",
+            new_volume(),
+            EmptyPoolPolicy::FailFast,
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::ResourceExhausted(m) if m == "pool db.small@az1 has no ready instance (the pool is paused: it boots nothing until it is unpaused)"),
+        "{err:?}"
+    );
 
     let mut order = request("waits-deleted", new_volume(), EmptyPoolPolicy::Wait);
     order.timeout = Some(Duration::from_secs(3600));
