@@ -159,7 +159,7 @@ impl PoolSpec {
             return Err((
                 "max_ready",
                 format!(
-                    "max_ready ({}) is below min_ready ({}): it must be at least min_ready",
+                    "max_ready ({}) is below min_ready ({}): raise max_ready or lower min_ready",
                     self.max_ready, self.min_ready
                 ),
             ));
@@ -770,6 +770,18 @@ pub(crate) mod tests {
         assert!(name_problem(&"é".repeat(256)).is_some());
         assert!(name_problem("db\nsmall").is_some());
         assert!(name_problem("  ").is_some());
+    }
+
+    #[test]
+    fn a_min_ready_above_max_ready_names_both_ways_out() {
+        let mut spec = spec();
+        spec.min_ready = 100;
+        let (field, message) = spec.validate().unwrap_err();
+        assert_eq!(field, "max_ready");
+        assert_eq!(
+            message,
+            "max_ready (2) is below min_ready (100): raise max_ready or lower min_ready"
+        );
     }
 
     #[test]
