@@ -35,11 +35,12 @@ pub const MIN_KEEP_RELEASED: Duration = Duration::from_secs(24 * 60 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    // The OS error is in the message, not a `source`: a chain printed
+    // whole ("{:#}") would say it twice.
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -582,9 +583,9 @@ pub fn clouds_yaml_entry(
     path: &Path,
     name: &str,
 ) -> Result<pool_manager::openstack::CloudConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let root: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.to_owned(),
@@ -740,9 +741,9 @@ impl Config {
     /// whose command-line flags override keys of the file before the check
     /// ([`Config::overridden`]), so a flag can mend what it replaces.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Self::parse_unchecked(&text).map_err(|e| e.in_file(path))
     }
@@ -839,17 +840,25 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_api_tokens()?;
-        // An empty path would put the store in the working directory.
-        if self
-            .data_dir
-            .as_os_str()
-            .to_string_lossy()
-            .trim()
-            .is_empty()
-        {
-            return Err(ConfigError::Invalid(format!(
-                "data_dir is empty; name the store's directory (default {DEFAULT_DATA_DIR})"
-            )));
+        // An empty path would put the store in the working directory, or
+        // fail at start with a message that names no file.
+        let tls = self.tls.as_ref();
+        let store = format!("the store's directory (default {DEFAULT_DATA_DIR})");
+        for (field, path, what) in [
+            ("data_dir", Some(&self.data_dir), store.as_str()),
+            ("tls.cert_file", tls.map(|t| &t.cert_file), "a PEM file"),
+            ("tls.key_file", tls.map(|t| &t.key_file), "a PEM file"),
+            (
+                "tls.client_ca_file",
+                tls.and_then(|t| t.client_ca_file.as_ref()),
+                "a PEM file",
+            ),
+        ] {
+            if path.is_some_and(|p| p.as_os_str().to_string_lossy().trim().is_empty()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{field} is empty; name {what}"
+                )));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for pool in &self.pools {
@@ -1208,15 +1217,43 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_data_dir_is_refused() {
+    fn empty_paths_are_refused_by_name() {
         // sled would open the store in the working directory: `/` under systemd.
         for text in ["data_dir = \"\"\n", "data_dir = \"  \"\n"] {
             let err = Config::parse(text).unwrap_err().to_string();
+            assert!(err.contains("data_dir is empty"), "{text}: {err}");
+        }
+        for (text, field) in [
+            (
+                "[tls]\ncert_file = \"\"\nkey_file = \"k\"\n",
+                "tls.cert_file",
+            ),
+            (
+                "[tls]\ncert_file = \"c\"\nkey_file = \"\"\n",
+                "tls.key_file",
+            ),
+            (
+                "[tls]\ncert_file = \"c\"\nkey_file = \"k\"\nclient_ca_file = \"\"\n",
+                "tls.client_ca_file",
+            ),
+        ] {
+            let err = Config::parse(text).unwrap_err().to_string();
             assert!(
-                err.contains("data_dir") && err.contains("empty"),
+                err.contains(&format!("{field} is empty; name a PEM file")),
                 "{text}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn an_unreadable_file_names_its_os_error_once() {
+        let err = Config::load(Path::new("/nonexistent/warmpool.toml")).unwrap_err();
+        let text = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(text.matches("os error 2").count(), 1, "{text}");
+        assert!(
+            text.starts_with("cannot read config file /nonexistent/warmpool.toml: "),
+            "{text}"
+        );
     }
 
     #[test]
