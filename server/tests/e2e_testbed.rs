@@ -217,7 +217,7 @@ async fn quota_is_reported(ctx: &Ctx) {
             .await
             .map_err(|e| e.to_string())?;
         let sizing = pool.sizing.clone().unwrap_or_default();
-        // Read from the cloud's limits: 64 vCPUs against 20 cores.
+        // Read from the cloud's limits: 64 vCPUs, more than the cores quota.
         if sizing.beyond_quota && sizing.plan_reason == "quota" {
             Ok(pool)
         } else {
