@@ -374,23 +374,22 @@ fn throttle_detail(pool: &api::Pool) -> String {
     )
 }
 
-/// "3 more servers (instances: 7 of 10 used)"; "none ever: ..." when one
-/// server needs more than the whole quota; "-" unlimited or not read.
+/// "3 more servers (instances: 7 of 10 used at the last poll)": the poll
+/// less the boots started since; "no server of the flavor ever fits ..."
+/// when one needs more than the whole quota; "-" unlimited or not read.
 fn quota_detail(pool: &api::Pool) -> String {
     let Some(s) = &pool.sizing else {
         return "-".to_owned();
     };
-    let binding = if s.quota_limited_by.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", s.quota_limited_by)
-    };
+    let binding = &s.quota_limited_by;
     match s.quota_headroom {
         _ if s.beyond_quota => {
-            format!("no server of the flavor ever fits{binding}: raise the quota")
+            format!("no server of the flavor ever fits ({binding}): raise the quota")
         }
-        Some(1) => format!("1 more server{binding}"),
-        Some(n) => format!("{n} more servers{binding}"),
+        Some(n) => {
+            let servers = if n == 1 { "server" } else { "servers" };
+            format!("{n} more {servers} ({binding} at the last poll)")
+        }
         None => "-".to_owned(),
     }
 }
@@ -664,7 +663,9 @@ mod tests {
         sizing.quota_limited_by = "instances: 7 of 10 used".into();
         let text = pool_detail(&pool);
         assert!(
-            text.contains("quota:             3 more servers (instances: 7 of 10 used)\n"),
+            text.contains(
+                "quota:             3 more servers (instances: 7 of 10 used at the last poll)\n"
+            ),
             "{text}"
         );
         let sizing = pool.sizing.as_mut().unwrap();
