@@ -659,6 +659,9 @@ async fn a_lost_volume_or_port_create_answer_is_adopted_not_duplicated() {
         ..port_spec(name, &network.id)
     };
     let fixed = port_at("warmpool-o1", Some("10.0.0.77"));
+    // A port create first looks up the management network (cached): the
+    // garbage is for the create itself.
+    cloud.network("mgmt-net").await.unwrap();
     faults.garbage_next(Service::Network, 1);
     let e = cloud.create_port(&fixed).await.unwrap_err();
     assert!(matches!(e, CloudError::Transient(_)), "{e:?}");
@@ -1800,4 +1803,39 @@ async fn an_endless_answer_is_cut_off() {
         .get_server(&server.id)
         .await
         .expect("the next answer is read");
+}
+
+/// A tenant's port never goes on warmpool's management network (the one
+/// every pool server sits on): an Allocate naming it, by mistake or not,
+/// is refused before anything is created, and says which network it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_port_on_the_management_network_is_refused() {
+    let mut settings = HttpSettings::default();
+    settings.networks.push(cloudsim::http::NetworkSpec::new(
+        "mgmt-az2",
+        "10.1.0.0/16",
+        "10.1.0.1",
+        false,
+    ));
+    let env = env_with(sim_config(), settings).await;
+    let cloud = env
+        .driver_with("[cloud.availability_zones.az2]\nmanagement_network = \"mgmt-az2\"\n")
+        .await;
+    for name in ["mgmt-net", "mgmt-az2"] {
+        let network = cloud.network(name).await.unwrap();
+        let e = cloud
+            .create_port(&port_spec("warmpool-o1", &network.id))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, CloudError::Fatal(m) if m.contains(&network.id) && m.contains(name) && m.contains("management network")),
+            "{e:?}"
+        );
+    }
+    assert!(env.sim.ports().is_empty(), "{:?}", env.sim.ports());
+    let tenant = cloud.network("tenant-net").await.unwrap();
+    cloud
+        .create_port(&port_spec("warmpool-o1", &tenant.id))
+        .await
+        .unwrap();
 }

@@ -389,6 +389,27 @@ impl OpenStackCloud {
         })
     }
 
+    /// A tenant's port on the network every pool server sits on would put
+    /// the tenant's database beside every other tenant's warm instances.
+    /// A management network the cloud does not have (its pools' boots fail
+    /// for it) is not one the port can be on; any other failed look fails
+    /// the create, to be asked again.
+    async fn refuse_management_network(&self, network_id: &str) -> CloudResult<()> {
+        for name in self.inner.settings.management_networks() {
+            let network = match self.network(name).await {
+                Ok(network) => network,
+                Err(CloudError::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            if network.id == network_id {
+                return Err(CloudError::Fatal(format!(
+                    "network {network_id} is warmpool's management network {name:?}, which every pool server is on; a tenant's port goes on the tenant's own network"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn forget_boot_names(&self, spec: &ServerSpec) {
         let az = spec.pool.availability_zone.as_str();
         self.inner.flavors.forget(&spec.pool.flavor);
@@ -993,6 +1014,7 @@ impl Cloud for OpenStackCloud {
     }
 
     async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {
+        self.refuse_management_network(&spec.network_id).await?;
         if self.create_uncertain(Service::Network, &spec.name) {
             if let Some(existing) = self.adopt_port(spec).await? {
                 self.create_settled(Service::Network, &spec.name);
