@@ -810,10 +810,7 @@ impl Shared {
             Err(e) => return Err(e.into()),
         };
         if volume.status != VolumeStatus::Available {
-            return Err(ManagerError::FailedPrecondition(format!(
-                "volume {volume_id} is {:?}, not available; it is never attached while in use",
-                volume.status
-            )));
+            return Err(not_attachable(volume_id, &volume.status));
         }
         let zone = self.cloud.volume_zone_for(&params.pool.availability_zone);
         if volume.availability_zone != zone {
@@ -1533,11 +1530,9 @@ impl Shared {
                         )),
                     )));
                 }
-                return Err(AttemptError::Request(ManagerError::FailedPrecondition(
-                    format!(
-                    "volume {volume_id} is {:?}, not available; it is never attached while in use",
-                    volume.status
-                ),
+                return Err(AttemptError::Request(not_attachable(
+                    volume_id,
+                    &volume.status,
                 )));
             }
             if Instant::now() >= deadline {
@@ -2007,6 +2002,26 @@ struct VolumeBefore<'a> {
 }
 
 /// The answer to a fail-fast purchase that found the pool empty.
+/// FAILED_PRECONDITION for a tenant's volume that is not `available`,
+/// saying what its status means for the caller.
+fn not_attachable(volume_id: &str, status: &VolumeStatus) -> ManagerError {
+    let why = match status {
+        VolumeStatus::InUse | VolumeStatus::Attaching => {
+            "attached to a server; a volume is never attached while in use (detach it first)"
+                .to_owned()
+        }
+        VolumeStatus::Error => {
+            "in error: Cinder failed it, and it cannot be attached (restore it or use another)"
+                .to_owned()
+        }
+        VolumeStatus::Creating => "still being created; ask again once it is available".to_owned(),
+        VolumeStatus::Detaching => "being detached; ask again once it is available".to_owned(),
+        VolumeStatus::Available => "available".to_owned(),
+        VolumeStatus::Other(other) => format!("{other}, not available"),
+    };
+    ManagerError::FailedPrecondition(format!("volume {volume_id} is {why}"))
+}
+
 /// Why an empty pool stays empty, when it is the operator's doing.
 fn paused_hint(pool: &PoolRecord) -> &'static str {
     if pool.spec.paused {

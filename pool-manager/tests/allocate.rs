@@ -372,7 +372,10 @@ async fn a_volume_in_use_is_never_attached() {
         EmptyPoolPolicy::FailFast,
     );
     let err = manager.allocate(req).await.unwrap_err();
-    assert!(matches!(err, ManagerError::FailedPrecondition(_)), "{err}");
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m) if m == &format!("volume {volume} is attached to a server; a volume is never attached while in use (detach it first)")),
+        "{err}"
+    );
     let after = sim.volumes().into_iter().find(|v| v.id == volume).unwrap();
     assert_eq!(after.attached_to, vec![holder]);
     assert!(manager.get_allocation("order-iu").await.is_err());
@@ -410,6 +413,44 @@ async fn a_volume_in_use_is_never_attached() {
     let allocation = manager.allocate(req).await.unwrap();
     assert_eq!(allocation.volume_id, Some(free));
     assert!(!allocation.volume_created);
+}
+
+/// A tenant's volume Cinder failed is refused as failed, not as in use.
+#[tokio::test(start_paused = true)]
+async fn a_volume_in_error_is_refused_for_what_it_is() {
+    use pool_manager::cloud::{Cloud, NewVolumeSpec, VolumeStatus};
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 1).await;
+    sim.faults().error_next_volumes(1);
+    let broken = sim
+        .create_volume(&NewVolumeSpec {
+            name: "tenant-volume".into(),
+            size_gib: 10,
+            volume_type: None,
+            availability_zone: "az1".into(),
+            project_id: "tenant-a".into(),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        sim.get_volume(&broken.id).await.unwrap().status,
+        VolumeStatus::Error
+    );
+    let req = request(
+        "order-err",
+        VolumeSource::Existing {
+            volume_id: broken.id.clone(),
+        },
+        EmptyPoolPolicy::FailFast,
+    );
+    let err = manager.allocate(req).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m) if m == &format!("volume {} is in error: Cinder failed it, and it cannot be attached (restore it or use another)", broken.id)),
+        "{err}"
+    );
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 1);
 }
 
 /// The check of the tenant's existing volume waits out a 429 and a 503 like
