@@ -105,6 +105,8 @@ pub fn base_cloud(seed: u64) -> SimConfig {
             max_instances: 5000,
             max_volumes: 5000,
             max_ports: 5000,
+            // 20 GiB each: the volume count binds first, as it did before.
+            max_gigabytes: 5000 * 20,
         },
         rate_limit: Some(RateLimit {
             per_second: 50.0,

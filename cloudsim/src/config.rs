@@ -113,6 +113,8 @@ pub struct Quotas {
     pub max_instances: usize,
     pub max_volumes: usize,
     pub max_ports: usize,
+    /// Cinder's `gigabytes`: the sizes of all volumes together.
+    pub max_gigabytes: u64,
 }
 
 impl Default for Quotas {
@@ -121,6 +123,8 @@ impl Default for Quotas {
             max_instances: 200,
             max_volumes: 1000,
             max_ports: 1000,
+            // Cinder's default.
+            max_gigabytes: 1000,
         }
     }
 }
@@ -189,6 +193,9 @@ pub struct SimConfig {
     pub max_ram_mb: Option<u64>,
     /// Images the cloud knows; anything else is `CloudError::Fatal`.
     pub images: Vec<String>,
+    /// Cinder volume types; a volume of any other is refused (404, as
+    /// Cinder does). Unset means Cinder's default type.
+    pub volume_types: Vec<String>,
     pub boot: BootModel,
     pub latencies: Latencies,
     pub quotas: Quotas,
@@ -240,6 +247,7 @@ impl Default for SimConfig {
             max_cores: None,
             max_ram_mb: None,
             images: vec!["mysql-8.0".into()],
+            volume_types: vec!["__DEFAULT__".into()],
             boot: BootModel::default(),
             latencies: Latencies::default(),
             quotas: Quotas::default(),

@@ -1193,6 +1193,25 @@ impl Model {
                 spec.availability_zone
             )));
         }
+        if let Some(t) = spec
+            .volume_type
+            .as_ref()
+            .filter(|t| !self.cfg.volume_types.contains(t))
+        {
+            // Cinder's 404 (VolumeTypeNotFoundByName).
+            return Err(CloudError::NotFound(format!(
+                "Volume type with name {t} could not be found."
+            )));
+        }
+        let (_, consumed) = self.volume_usage();
+        let max_gb = self.cfg.quotas.max_gigabytes;
+        if consumed + u64::from(spec.size_gib) > max_gb {
+            // Cinder's 413 (VolumeSizeExceedsAvailableQuota).
+            return Err(CloudError::QuotaExceeded(format!(
+                "VolumeSizeExceedsAvailableQuota: Requested volume or snapshot exceeds allowed gigabytes quota. Requested {}G, quota is {max_gb}G and {consumed}G has been consumed.",
+                spec.size_gib
+            )));
+        }
         if self.volumes.len() >= self.cfg.quotas.max_volumes {
             // Cinder's wording (its 413 body carries exactly this message).
             return Err(CloudError::QuotaExceeded(format!(

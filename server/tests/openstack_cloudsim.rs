@@ -446,6 +446,7 @@ async fn quotas_of_each_service_are_quota_exceeded() {
                 max_instances: 1,
                 max_volumes: 1,
                 max_ports: 2,
+                ..Quotas::default()
             },
             max_cores: Some(4),
             ..sim_config()
@@ -1838,4 +1839,59 @@ async fn a_tenant_port_on_the_management_network_is_refused() {
         .create_port(&port_spec("warmpool-o1", &tenant.id))
         .await
         .unwrap();
+}
+
+/// What Cinder and Neutron refuse of a tenant's volume and port, as they
+/// word it, reaches warmpool classified: an unknown volume type (404), more
+/// gigabytes than the quota (413), a subnet of another network and an
+/// address outside the network's subnet (400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_volume_and_port_requests_are_refused_as_the_cloud_refuses_them() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let typed = NewVolumeSpec {
+        volume_type: Some("ssd-gold".into()),
+        ..volume_spec("warmpool-o1", 1)
+    };
+    let e = cloud.create_volume(&typed).await.unwrap_err();
+    assert!(
+        matches!(&e, CloudError::NotFound(m) if m.contains("Volume type with name ssd-gold could not be found")),
+        "{e:?}"
+    );
+    let e = cloud
+        .create_volume(&volume_spec("warmpool-o2", 4096))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::QuotaExceeded(m) if m.contains("Requested 4096G, quota is 1000G")),
+        "{e:?}"
+    );
+    assert!(env.sim.volumes().is_empty(), "{:?}", env.sim.volumes());
+
+    let network = cloud.network("tenant-net").await.unwrap();
+    let other_subnet = NewPortSpec {
+        subnet_id: Some("00000000-0000-4000-8000-0000000005b7".into()),
+        ..port_spec("warmpool-o1", &network.id)
+    };
+    let e = cloud.create_port(&other_subnet).await.unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Fatal(m) if m.contains("invalid subnet 00000000-0000-4000-8000-0000000005b7")),
+        "{e:?}"
+    );
+    // tenant-net is 10.0.0.0/16.
+    let outside = NewPortSpec {
+        fixed_ip: Some("192.168.7.7".into()),
+        ..port_spec("warmpool-o1", &network.id)
+    };
+    let e = cloud.create_port(&outside).await.unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Fatal(m) if m.contains("IP address 192.168.7.7 is not a valid IP for the specified subnet")),
+        "{e:?}"
+    );
+    assert!(env.sim.ports().is_empty(), "{:?}", env.sim.ports());
+    let inside = NewPortSpec {
+        fixed_ip: Some("10.0.9.9".into()),
+        ..port_spec("warmpool-o1", &network.id)
+    };
+    cloud.create_port(&inside).await.unwrap();
 }

@@ -520,7 +520,7 @@ async fn limits(
     Ok(Json(json!({"limits": {"rate": [], "absolute": {
         "totalSnapshotsUsed": 0,
         "maxTotalBackups": 10,
-        "maxTotalVolumeGigabytes": -1,
+        "maxTotalVolumeGigabytes": model.cfg.quotas.max_gigabytes,
         "maxTotalSnapshots": 10,
         "maxTotalBackupGigabytes": 1000,
         "totalBackupGigabytesUsed": 0,

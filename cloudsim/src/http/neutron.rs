@@ -303,9 +303,9 @@ async fn create_port(
             )
         })?
         .to_string();
-    if !state.settings.networks.iter().any(|n| n.id == network_id) {
+    let Some(network) = state.settings.networks.iter().find(|n| n.id == network_id) else {
         return Err(network_not_found(&network_id));
-    }
+    };
     let name = match port.get("name") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
@@ -336,6 +336,29 @@ async fn create_port(
         .and_then(|f| f.get("subnet_id"))
         .and_then(Value::as_str)
         .map(str::to_string);
+    // Neutron's 400s for a subnet of another network and an address outside
+    // the network's subnet.
+    if let Some(subnet) = subnet_id.as_deref().filter(|s| *s != network.subnet_id) {
+        return Err(ApiError::bad_request(
+            N,
+            format!("Invalid input for operation: Failed to create port on network {network_id}, because fixed_ips included invalid subnet {subnet}."),
+        ));
+    }
+    if let Some(ip) = fixed_ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok())
+    {
+        let inside = network
+            .cidr
+            .parse::<ipnet::Ipv4Net>()
+            .is_ok_and(|net| net.contains(&ip));
+        if !inside {
+            return Err(ApiError::bad_request(
+                N,
+                format!("Invalid input for operation: IP address {ip} is not a valid IP for the specified subnet."),
+            ));
+        }
+    }
     state
         .sim
         .gate("create_port")

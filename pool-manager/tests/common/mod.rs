@@ -67,6 +67,7 @@ pub fn sim() -> Arc<SimCloud> {
             max_instances: 1000,
             max_volumes: 1000,
             max_ports: 1000,
+            max_gigabytes: 1000 * 1000,
         },
         ..SimConfig::deterministic()
     })
