@@ -281,7 +281,7 @@ pub fn pool_detail(pool: &api::Pool) -> String {
                 pool.allocations_warm, pool.allocations_cold, pool.allocations_failed
             ),
         ),
-        ("last_error", cell(&pool.last_error)),
+        ("last_error", last_error_detail(pool)),
     ])
 }
 
@@ -372,6 +372,17 @@ fn throttle_detail(pool: &api::Pool) -> String {
         g.in_flight,
         g.gated_in_flight
     )
+}
+
+/// The pool's last error and when it happened, so an old one reads as
+/// history.
+fn last_error_detail(pool: &api::Pool) -> String {
+    match &pool.last_error_at {
+        Some(at) if !pool.last_error.is_empty() => {
+            format!("{} (at {})", cell(&pool.last_error), timestamp(at, false))
+        }
+        _ => cell(&pool.last_error),
+    }
 }
 
 /// "3 more servers (instances: 7 of 10 used at the last poll)": the poll
@@ -650,6 +661,24 @@ mod tests {
         assert!(text.contains("iops_limit:        -\n"), "{text}");
         assert!(
             text.contains("allocations:       warm 12, cold 1, failed 0\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn pool_detail_says_when_the_last_error_happened() {
+        let mut pool = sample_pools()[0].clone();
+        pool.last_error = "boot failed: NoValidHost".into();
+        assert!(pool_detail(&pool).contains("last_error:        boot failed: NoValidHost\n"));
+        pool.last_error_at = Some(prost_types::Timestamp {
+            seconds: 1_764_003_600,
+            nanos: 0,
+        });
+        let text = pool_detail(&pool);
+        assert!(
+            text.contains(
+                "last_error:        boot failed: NoValidHost (at 2025-11-24T17:00:00Z)\n"
+            ),
             "{text}"
         );
     }

@@ -365,6 +365,10 @@ pub struct PoolRecord {
     pub allocations_cold: u64,
     pub allocations_failed: u64,
     pub last_error: Option<String>,
+    /// When `last_error` happened; records written before it was kept
+    /// have none.
+    #[serde(default)]
+    pub last_error_at: Option<SystemTime>,
 }
 
 impl PoolRecord {
@@ -377,6 +381,7 @@ impl PoolRecord {
             allocations_cold: 0,
             allocations_failed: 0,
             last_error: None,
+            last_error_at: None,
         }
     }
 }
@@ -738,6 +743,19 @@ pub(crate) mod tests {
         let old: Allocation = serde_json::from_value(stored).unwrap();
         assert_eq!(old.attempt, None);
         assert_eq!(old.resource_name(), "warmpool-order-7");
+    }
+
+    /// A pool record stored before errors kept their time reads as one
+    /// whose error has none.
+    #[test]
+    fn pool_records_without_an_error_time_still_read() {
+        let mut stored =
+            serde_json::to_value(PoolRecord::new(PoolKey::new("db.small", "az1"), spec())).unwrap();
+        stored["last_error"] = "boot failed".into();
+        stored.as_object_mut().unwrap().remove("last_error_at");
+        let old: PoolRecord = serde_json::from_value(stored).unwrap();
+        assert_eq!(old.last_error.as_deref(), Some("boot failed"));
+        assert_eq!(old.last_error_at, None);
     }
 
     /// A record stored before instances kept their image reads as one

@@ -707,8 +707,12 @@ impl Shared {
             Err(e) => {
                 tracing::warn!(pool = %instance.pool, instance = %instance.id, error = %e, "boot failed");
                 let message = e.to_string();
+                let at = self.sizing_book().wall_now(&self.settings.sizing);
                 let _ = self
-                    .update_pool(&instance.pool, |p| p.last_error = Some(message.clone()))
+                    .update_pool(&instance.pool, |p| {
+                        p.last_error = Some(message.clone());
+                        p.last_error_at = Some(at);
+                    })
                     .await;
                 // Only while it is still this boot's: a task resumed from a
                 // stale listing may drive an instance a purchase has taken.

@@ -847,9 +847,13 @@ async fn a_vm_whose_mysqld_never_answers_stays_out_of_the_pool() {
 async fn boot_errors_are_replaced_and_leaks_are_deleted() {
     let sim = sim();
     sim.faults().error_next_boots(1, "NoValidHost");
+    let before = std::time::SystemTime::now();
     let manager = started(&sim, temp_store(), 2).await;
     let status = manager.get_pool(&pool()).await.unwrap();
     assert!(status.record.last_error.unwrap().contains("NoValidHost"));
+    // When it happened, so that an old error reads as history.
+    let at = status.record.last_error_at.expect("the error's time");
+    assert!(at >= before, "{at:?} before {before:?}");
 
     let leak = sim.inject_leak(&pool());
     manager.reconcile().await.unwrap();

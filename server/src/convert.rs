@@ -340,6 +340,7 @@ pub fn pool(status: PoolStatus) -> api::Pool {
         allocations_cold: r.allocations_cold,
         allocations_failed: r.allocations_failed,
         last_error: r.last_error.clone().unwrap_or_default(),
+        last_error_at: r.last_error_at.map(timestamp),
         sizing: Some(sizing(&status)),
         consecutive_boot_failures: status.health.consecutive_boot_failures,
         degraded: status.health.degraded,
