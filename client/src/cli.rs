@@ -544,31 +544,36 @@ pub fn hint(
         };
         return Some(format!("{field} is what {flag} sets"));
     }
-    tls_hint(error, endpoint, has_certificate).map(String::from)
+    tls_hint(error, endpoint, has_certificate)
 }
 
-fn tls_hint(error: &str, endpoint: &str, has_certificate: bool) -> Option<&'static str> {
-    let https = endpoint.trim().to_ascii_lowercase().starts_with("https://");
+fn tls_hint(error: &str, endpoint: &str, has_certificate: bool) -> Option<String> {
+    let endpoint = endpoint.trim();
+    let https = endpoint.to_ascii_lowercase().starts_with("https://");
     // The alert when it arrives before the client's first write; a broken
     // pipe, a reset or a closed connection when the client was writing or
     // reading as the daemon closed: which one is a race.
     let cut_off = ["broken pipe", "connection closed", "reset by peer"];
     let cut_off = || cut_off.iter().any(|sign| error.contains(sign));
-    // A TLS daemon answers HTTP/2 with a TLS alert, read as a frame header.
-    if !https && (error.contains("frame with invalid size") || cut_off()) {
-        return Some(
-            "if the daemon serves TLS, dial https://HOST:PORT (with --ca-file for its CA)",
-        );
-    }
-    if https && !has_certificate && (error.contains("CertificateRequired") || cut_off()) {
-        return Some("if the daemon requires client certificates, give --cert-file and --key-file");
-    }
-    if https && error.contains("UnknownIssuer") {
-        return Some(
-            "the daemon's certificate does not chain to a CA this client trusts: --ca-file CA.pem",
-        );
-    }
-    None
+    let hint = if !https && (error.contains("frame with invalid size") || cut_off()) {
+        // A TLS daemon answers HTTP/2 with a TLS alert, read as a frame header.
+        "if the daemon serves TLS, dial https://HOST:PORT (with --ca-file for its CA)".to_owned()
+    } else if https && error.contains("InvalidContentType") {
+        // A plaintext daemon answers the ClientHello with an HTTP/2 frame,
+        // which rustls reads as a record of no type it knows.
+        let host_port = &endpoint["https://".len()..];
+        format!(
+            "the daemon does not answer in TLS: if it serves plaintext, dial http://{host_port}"
+        )
+    } else if https && !has_certificate && (error.contains("CertificateRequired") || cut_off()) {
+        "if the daemon requires client certificates, give --cert-file and --key-file".to_owned()
+    } else if https && error.contains("UnknownIssuer") {
+        "the daemon's certificate does not chain to a CA this client trusts: --ca-file CA.pem"
+            .to_owned()
+    } else {
+        return None;
+    };
+    Some(hint)
 }
 
 /// Where the bearer token comes from.

@@ -397,6 +397,25 @@ async fn pools_allocate_get_release() {
     }
 }
 
+/// https:// to a daemon that serves plaintext: the TLS handshake reads the
+/// daemon's HTTP/2 frame as a record of an unknown type; the hint says why.
+#[tokio::test]
+async fn https_to_a_plaintext_daemon_hints_at_http() {
+    let d = start_daemon(vec![pool("db.small", "az1", 0, 1)]).await;
+    let refused = run(&format!("https://{}", d.endpoint), &["pools"]).await;
+    assert!(!refused.ok, "{}", refused.stdout);
+    let lines: Vec<&str> = refused.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", refused.stderr);
+    assert!(lines[0].starts_with("error: "), "{}", refused.stderr);
+    assert_eq!(
+        lines[1],
+        format!(
+            "hint: the daemon does not answer in TLS: if it serves plaintext, dial http://{}",
+            d.endpoint
+        ),
+    );
+}
+
 #[tokio::test]
 async fn errors_print_the_code_and_exit_non_zero() {
     let d = start_daemon(vec![
