@@ -244,9 +244,10 @@ pub struct BearerToken(Option<MetadataValue<Ascii>>);
 
 impl BearerToken {
     /// `token` as a header value; surrounding whitespace (a token file's
-    /// newline) is not part of it.
+    /// newline) and a byte order mark (a file saved by Windows Notepad) are
+    /// not part of it.
     pub fn new(token: &str) -> Result<Self, ClientError> {
-        let token = token.trim();
+        let token = token.trim().trim_start_matches('\u{feff}').trim();
         if token.is_empty() {
             return Err(ClientError::Token("it is empty".into()));
         }
@@ -644,8 +645,19 @@ mod tests {
             sent.metadata().get("authorization").unwrap(),
             "Bearer s3cret"
         );
+        let bom = BearerToken::new("\u{feff}s3cret\r\n").unwrap();
+        assert_eq!(
+            bom.clone()
+                .call(tonic::Request::new(()))
+                .unwrap()
+                .metadata()
+                .get("authorization")
+                .unwrap(),
+            "Bearer s3cret"
+        );
         for (bad, says) in [
             ("", "it is empty"),
+            ("\u{feff}", "it is empty"),
             ("to\nken", "printable ASCII"),
             ("tök", "printable ASCII"),
             ("a b", "without spaces"),
