@@ -22,19 +22,23 @@ fn sim_with_quota(max_instances: usize) -> Arc<SimCloud> {
     SimCloud::new(config)
 }
 
-/// Boot outcomes broadcast so far.
-fn quota_refusals(events: &mut broadcast::Receiver<pool_manager::events::Event>) -> usize {
-    let mut refused = 0;
+/// Boots broadcast as ended with `outcome` since the last look.
+fn boots_ended(
+    events: &mut broadcast::Receiver<pool_manager::events::Event>,
+    outcome: BootOutcome,
+) -> usize {
+    let mut ended = 0;
     while let Ok(event) = events.try_recv() {
-        if let EventKind::Boot {
-            outcome: BootOutcome::Quota,
-            ..
-        } = event.kind
-        {
-            refused += 1;
+        if matches!(event.kind, EventKind::Boot { outcome: o, .. } if o == outcome) {
+            ended += 1;
         }
     }
-    refused
+    ended
+}
+
+/// Boots the cloud refused for quota since the last look.
+fn quota_refusals(events: &mut broadcast::Receiver<pool_manager::events::Event>) -> usize {
+    boots_ended(events, BootOutcome::Quota)
 }
 
 #[tokio::test(start_paused = true)]
@@ -187,16 +191,7 @@ async fn boots_the_cloud_refused_to_create_leave_the_headroom_alone() {
     manager.create_pool(pool(), spec(2)).await.unwrap();
     // Well within one headroom poll interval: many refused boots.
     tokio::time::sleep(Duration::from_secs(20)).await;
-    let mut refused = 0;
-    while let Ok(event) = events.try_recv() {
-        if let EventKind::Boot {
-            outcome: BootOutcome::Failed,
-            ..
-        } = event.kind
-        {
-            refused += 1;
-        }
-    }
+    let refused = boots_ended(&mut events, BootOutcome::Failed);
     assert!(
         refused > 4,
         "only {refused} refused boots: not enough to use up the quota"
