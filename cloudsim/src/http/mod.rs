@@ -259,6 +259,8 @@ struct ServiceFaults {
     not_found: u32,
     unauthorized: u32,
     garbage: u32,
+    /// Paged listing requests left whose marker's item is gone.
+    vanishing_markers: u32,
     /// Requests left to answer with an endless body, and its size.
     oversized: (u32, usize),
     slow: Duration,
@@ -423,6 +425,13 @@ impl HttpFaults {
     /// the first half of their JSON body (a truncated, unparsable answer).
     pub fn garbage_next(&self, service: Service, n: u32) {
         self.with(service, |f| f.garbage = n);
+    }
+
+    /// The next `n` listing requests to `service` that carry a page marker
+    /// find the marker's item deleted (as when it goes between two pages):
+    /// the service answers as it does for an unknown marker.
+    pub fn delete_next_markers(&self, service: Service, n: u32) {
+        self.with(service, |f| f.vanishing_markers = n);
     }
 
     /// The next `n` requests to `service` get a 200 whose body is `bytes`
@@ -688,12 +697,18 @@ const PROXY_500: &str = "<html><head><title>500 Internal Server Error</title></h
 /// The HTTP fault knobs, and the request id every OpenStack service sends.
 async fn fault_layer(
     State((state, service)): State<(Arc<FaceState>, Service)>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let (slow, throttle, proxy_error, unauthorized, oversized, garbage) = {
         let mut faults = lock(&state.faults);
         let f = faults.entry(service).or_default();
+        if f.vanishing_markers > 0 {
+            if let Some(uri) = without_marker_item(request.uri()) {
+                f.vanishing_markers -= 1;
+                *request.uri_mut() = uri;
+            }
+        }
         let throttle = (f.throttle > 0).then(|| {
             f.throttle -= 1;
             f.throttle_retry_after
@@ -781,6 +796,27 @@ async fn fault_layer(
         }
     }
     resp
+}
+
+/// `uri` with its page marker replaced by an id no item has; `None` when it
+/// carries no marker.
+fn without_marker_item(uri: &axum::http::Uri) -> Option<axum::http::Uri> {
+    let query = uri.query()?;
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    if !pairs.iter().any(|(k, _)| k == "marker") {
+        return None;
+    }
+    let gone = uuid::Uuid::new_v4().to_string();
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.as_str(), if k == "marker" { gone.as_str() } else { v })),
+        )
+        .finish();
+    format!("{}?{query}", uri.path()).parse().ok()
 }
 
 /// 200 with the first half of the real body (at least a dangling `{"`).
@@ -899,17 +935,28 @@ pub(crate) fn parse_version(s: &str) -> Option<(u16, u16)> {
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
+/// Why a listing's page cannot be given.
+#[derive(Debug)]
+pub(crate) enum PageError {
+    /// The `limit` is not a number: a 400 everywhere.
+    BadLimit(String),
+    /// No item has the marker's id (it was deleted): Nova answers 400
+    /// "marker [id] not found", Neutron 404 as for the item itself.
+    UnknownMarker(String),
+}
+
 /// One page of a listing as Nova and Neutron page it: the `items` (in
 /// listing order) after the one whose `id` is the query's `marker`, at most
 /// the query's `limit` capped by `page_limit`. A full page links the next
 /// (`rel: next`, the same query with this page's last id as the marker).
-/// An unknown marker or a limit that is not a number is the message of a 400.
+/// An unknown marker or a limit that is not a number is an error, which
+/// each service answers its own way.
 pub(crate) fn page(
     items: Vec<serde_json::Value>,
     q: &[(String, String)],
     settings: &HttpSettings,
     url: &str,
-) -> Result<(Vec<serde_json::Value>, Option<serde_json::Value>), String> {
+) -> Result<(Vec<serde_json::Value>, Option<serde_json::Value>), PageError> {
     let page_limit = settings.page_limit;
     let value = |key: &str| {
         q.iter()
@@ -919,10 +966,9 @@ pub(crate) fn page(
     };
     let asked = match value("limit") {
         None => None,
-        Some(l) => Some(
-            l.parse::<usize>()
-                .map_err(|_| format!("limit must be a non-negative integer, got {l:?}"))?,
-        ),
+        Some(l) => Some(l.parse::<usize>().map_err(|_| {
+            PageError::BadLimit(format!("limit must be a non-negative integer, got {l:?}"))
+        })?),
     };
     let limit = match (asked.filter(|l| *l > 0), page_limit) {
         (Some(a), Some(max)) => Some(a.min(max)),
@@ -934,7 +980,7 @@ pub(crate) fn page(
             items
                 .iter()
                 .position(|i| i["id"] == marker)
-                .ok_or_else(|| format!("marker [{marker}] not found"))?
+                .ok_or_else(|| PageError::UnknownMarker(marker.to_owned()))?
                 + 1
         }
     };

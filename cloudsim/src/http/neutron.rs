@@ -434,8 +434,11 @@ async fn list_ports(State(state): State<Arc<FaceState>>, q: Q) -> Result<Json<Va
         .filter(|p| matches(p, &q))
         .collect();
     let url = format!("{}/v2.0/ports", state.url(N));
-    let (list, next) = super::page(list, &q, &state.settings, &url)
-        .map_err(|m| ApiError::new(N, StatusCode::BAD_REQUEST, m))?;
+    let (list, next) = super::page(list, &q, &state.settings, &url).map_err(|e| match e {
+        super::PageError::BadLimit(m) => ApiError::new(N, StatusCode::BAD_REQUEST, m),
+        // Neutron looks the marker up as a port (measured on the testbed).
+        super::PageError::UnknownMarker(id) => port_not_found(&id),
+    })?;
     Ok(Json(match next {
         Some(links) => json!({"ports": list, "ports_links": links}),
         None => json!({"ports": list}),

@@ -743,8 +743,13 @@ fn paged(
     path: &str,
 ) -> Result<Json<Value>, ApiError> {
     let url = format!("{}/{path}", state.url(super::Service::Compute));
-    let (servers, next) = super::page(servers, q, &state.settings, &url)
-        .map_err(|m| ApiError::new(C, StatusCode::BAD_REQUEST, m))?;
+    let (servers, next) = super::page(servers, q, &state.settings, &url).map_err(|e| {
+        let message = match e {
+            super::PageError::BadLimit(m) => m,
+            super::PageError::UnknownMarker(id) => format!("marker [{id}] not found"),
+        };
+        ApiError::new(C, StatusCode::BAD_REQUEST, message)
+    })?;
     Ok(Json(match next {
         Some(links) => json!({"servers": servers, "servers_links": links}),
         None => json!({"servers": servers}),

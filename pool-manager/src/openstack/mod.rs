@@ -91,6 +91,19 @@ impl<T: Clone> NameCache<T> {
     }
 }
 
+/// How many times a listing starts again after its page marker vanished.
+const MAX_LISTING_RESTARTS: u32 = 3;
+
+/// Whether a page request failed because its marker's item is gone:
+/// Neutron's 404 for the item, Nova's 400 "marker [id] not found".
+fn marker_vanished(error: &CloudError) -> bool {
+    match error {
+        CloudError::NotFound(_) => true,
+        CloudError::Fatal(m) => m.contains("marker") && m.contains("not found"),
+        _ => false,
+    }
+}
+
 /// The error for a listing still linking a next page after [`MAX_PAGES`].
 fn endless_listing(what: &str) -> CloudError {
     CloudError::Fatal(format!(
@@ -585,39 +598,81 @@ impl OpenStackCloud {
         Ok(nova::to_server(server, &self.address_rule(&name)))
     }
 
+    /// Every item of a paged listing, following `next` from the first page:
+    /// `call_for(marker)` asks for the page after `marker`, `page_of` reads
+    /// a page's items and whether a next one is linked. The item a marker
+    /// names may be deleted between two pages (Neutron then answers 404,
+    /// Nova 400 once the row is archived): the listing starts again from
+    /// the first page, a few times at most.
+    async fn list_all<B: DeserializeOwned, T>(
+        &self,
+        what: &str,
+        call_for: impl Fn(Option<&str>) -> Call,
+        page_of: impl Fn(B) -> (Vec<T>, bool),
+        id_of: impl Fn(&T) -> String,
+    ) -> CloudResult<Vec<T>> {
+        let mut restarts = 0;
+        'listing: loop {
+            let mut found = Vec::new();
+            let mut marker: Option<String> = None;
+            let mut followed = Markers::default();
+            for _ in 0..MAX_PAGES {
+                let body: B = match self.fetch(call_for(marker.as_deref())).await {
+                    Ok(body) => body,
+                    Err(e)
+                        if marker.is_some()
+                            && marker_vanished(&e)
+                            && restarts < MAX_LISTING_RESTARTS =>
+                    {
+                        restarts += 1;
+                        tracing::debug!(what, error = %e, "a page marker's item was deleted; listing again from the first page");
+                        continue 'listing;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let (items, has_next) = page_of(body);
+                marker = followed.follow(what, items.last().map(&id_of))?;
+                found.extend(items);
+                if !has_next || marker.is_none() {
+                    return Ok(found);
+                }
+            }
+            return Err(endless_listing(what));
+        }
+    }
+
     /// Ports bound to servers, by server id, from one Neutron list.
     async fn ports_by_device(
         &self,
         device_id: Option<&str>,
     ) -> CloudResult<HashMap<String, Vec<String>>> {
+        // Neutron pages at pagination_max_limit when one is set.
+        let ports = self
+            .list_all(
+                "GET /v2.0/ports",
+                |marker| {
+                    let mut call = Call::new(Service::Network, Method::GET, ["ports"])
+                        .query("fields", "id")
+                        .query("fields", "device_id");
+                    if let Some(d) = device_id {
+                        call = call.query("device_id", d);
+                    }
+                    match marker {
+                        Some(m) => call.query("marker", m),
+                        None => call,
+                    }
+                },
+                |page: neutron::PortsBody| {
+                    let has_next = nova::has_next(page.ports_links.as_deref());
+                    (page.ports, has_next)
+                },
+                |p| p.id.clone(),
+            )
+            .await?;
         let mut by_device: HashMap<String, Vec<String>> = HashMap::new();
-        let mut marker: Option<String> = None;
-        let mut followed = Markers::default();
-        // Neutron pages at pagination_max_limit when one is set; follow `next`.
-        for page_number in 0.. {
-            if page_number == MAX_PAGES {
-                return Err(endless_listing("GET /v2.0/ports"));
-            }
-            let mut call = Call::new(Service::Network, Method::GET, ["ports"])
-                .query("fields", "id")
-                .query("fields", "device_id");
-            if let Some(d) = device_id {
-                call = call.query("device_id", d);
-            }
-            if let Some(m) = &marker {
-                call = call.query("marker", m.as_str());
-            }
-            let page: neutron::PortsBody = self.fetch(call).await?;
-            let has_next = nova::has_next(page.ports_links.as_deref());
-            let last = page.ports.last().map(|p| p.id.clone());
-            marker = followed.follow("GET /v2.0/ports", last)?;
-            for p in page.ports {
-                if let Some(d) = p.device_id.filter(|d| !d.is_empty()) {
-                    by_device.entry(d).or_default().push(p.id);
-                }
-            }
-            if !has_next || marker.is_none() {
-                break;
+        for p in ports {
+            if let Some(d) = p.device_id.filter(|d| !d.is_empty()) {
+                by_device.entry(d).or_default().push(p.id);
             }
         }
         Ok(by_device)
@@ -869,29 +924,26 @@ impl Cloud for OpenStackCloud {
 
     async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
         let tag = &self.inner.settings.server_tag;
-        let mut found = Vec::new();
-        let mut marker: Option<String> = None;
-        let mut followed = Markers::default();
-        // Nova pages at osapi_max_limit (1000 by default); follow `next`.
-        for page_number in 0.. {
-            if page_number == MAX_PAGES {
-                return Err(endless_listing("GET /servers/detail"));
-            }
-            let mut call = self
-                .nova(Method::GET, &["servers", "detail"])
-                .query("tags", tag.as_str());
-            if let Some(m) = &marker {
-                call = call.query("marker", m.as_str());
-            }
-            let page: nova::ServersBody = self.fetch(call).await?;
-            let has_next = nova::has_next(page.servers_links.as_deref());
-            let last = page.servers.last().map(|s| s.id.clone());
-            marker = followed.follow("GET /servers/detail", last)?;
-            found.extend(page.servers);
-            if !has_next || marker.is_none() {
-                break;
-            }
-        }
+        // Nova pages at osapi_max_limit (1000 by default).
+        let found = self
+            .list_all(
+                "GET /servers/detail",
+                |marker| {
+                    let call = self
+                        .nova(Method::GET, &["servers", "detail"])
+                        .query("tags", tag.as_str());
+                    match marker {
+                        Some(m) => call.query("marker", m),
+                        None => call,
+                    }
+                },
+                |page: nova::ServersBody| {
+                    let has_next = nova::has_next(page.servers_links.as_deref());
+                    (page.servers, has_next)
+                },
+                |s| s.id.clone(),
+            )
+            .await?;
         let mut ports = self.ports_by_device(None).await?;
         // Only what this listing shows soft-deleted stays marked: a server
         // the cloud has reclaimed since is gone.
