@@ -71,10 +71,10 @@ impl ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// gRPC listen address.
-    #[serde(default = "default_listen")]
+    #[serde(default = "default_listen", deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     /// Prometheus metrics listen address (`/metrics`, plain HTTP).
-    #[serde(default = "default_metrics_listen")]
+    #[serde(default = "default_metrics_listen", deserialize_with = "socket_addr")]
     pub metrics_listen: SocketAddr,
     /// Directory of the sled store; created if missing.
     #[serde(default = "default_data_dir")]
@@ -139,6 +139,17 @@ pub struct ApiToken {
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN.parse().expect("valid default")
 }
+/// An `IP:port` whose error names the value (serde's says only
+/// "invalid socket address syntax").
+fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.trim().parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an IP:port (e.g. 127.0.0.1:50051 or [::]:50051; a host name is not resolved)"
+        ))
+    })
+}
+
 fn default_metrics_listen() -> SocketAddr {
     DEFAULT_METRICS_LISTEN.parse().expect("valid default")
 }
@@ -1214,6 +1225,25 @@ mod tests {
         assert_eq!(config.metrics_listen, default_metrics_listen());
         assert!(matches!(config.cloud, CloudConfig::Embedded { .. }));
         assert_eq!(config.pools.len(), 3);
+    }
+
+    #[test]
+    fn a_listen_address_that_is_not_one_is_named() {
+        for (text, value) in [
+            ("listen = \"nope\"\n", "\"nope\""),
+            (
+                "metrics_listen = \"localhost:9464\"\n",
+                "\"localhost:9464\"",
+            ),
+        ] {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("{value} is not an IP:port")),
+                "{text}: {err}"
+            );
+        }
+        let spaced = Config::parse("listen = \" 127.0.0.1:7000 \"\n").unwrap();
+        assert_eq!(spaced.listen, "127.0.0.1:7000".parse().unwrap());
     }
 
     #[test]
