@@ -305,6 +305,8 @@ pub struct Metrics {
     pool_gate_window: Family<PoolLabels, FloatGauge>,
     pool_gate_in_flight: Family<PoolLabels, Gauge>,
     pool_gate_hold: Family<ReasonLabels, Gauge>,
+    pool_quota_headroom: Family<PoolLabels, Gauge>,
+    pool_beyond_quota: Family<PoolLabels, Gauge>,
     allocations: Family<OutcomeLabels, Counter>,
     allocate_duration: HistogramFamily<PathLabels>,
     boots: Family<ResultLabels, Counter>,
@@ -354,6 +356,8 @@ impl Metrics {
             pool_gate_window: Family::default(),
             pool_gate_in_flight: Family::default(),
             pool_gate_hold: Family::default(),
+            pool_quota_headroom: Family::default(),
+            pool_beyond_quota: Family::default(),
             allocations: Family::default(),
             allocate_duration: Family::new_with_constructor(allocate_histogram),
             boots: Family::default(),
@@ -457,6 +461,16 @@ impl Metrics {
             "pool_gate_hold",
             "1 while new boots of the pool's availability zone wait, by reason: throttled (429/413 Retry-After) or quota",
             m.pool_gate_hold.clone(),
+        );
+        registry.register(
+            "pool_quota_headroom",
+            "Servers of the pool's flavor the project's compute quota leaves for refills: the last poll of the cloud's limits less the boots started since (absent while unlimited or not read)",
+            m.pool_quota_headroom.clone(),
+        );
+        registry.register(
+            "pool_beyond_quota",
+            "1 when one server of the pool's flavor needs more than the project's whole quota: nothing of it boots until the quota is raised",
+            m.pool_beyond_quota.clone(),
         );
         registry.register(
             "allocations",
@@ -673,6 +687,8 @@ impl Metrics {
             &self.pool_target_auto,
             &self.pool_lead_time_samples,
             &self.pool_gate_in_flight,
+            &self.pool_quota_headroom,
+            &self.pool_beyond_quota,
         ] {
             family.clear();
         }
@@ -712,8 +728,17 @@ impl Metrics {
                     u32::try_from(status.sizing.lead.samples).unwrap_or(u32::MAX),
                 ),
                 (&self.pool_gate_in_flight, status.sizing.gate.in_flight),
+                (
+                    &self.pool_beyond_quota,
+                    u32::from(status.sizing.quota.beyond_quota),
+                ),
             ] {
                 family.get_or_create(&pool).set(i64::from(value));
+            }
+            if let Some(left) = status.sizing.quota.left {
+                self.pool_quota_headroom
+                    .get_or_create(&pool)
+                    .set(i64::try_from(left).unwrap_or(i64::MAX));
             }
             let sizing = &status.sizing;
             for (family, value) in [
@@ -874,13 +899,20 @@ mod tests {
     async fn a_pool_quota_leaves_no_room_for_is_held_for_quota() {
         use pool_manager::model::PoolSpec;
         use std::sync::Arc;
-        let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
+        let mut config = cloudsim::SimConfig {
             quotas: cloudsim::Quotas {
                 max_instances: 2,
                 ..Default::default()
             },
+            max_cores: Some(20),
             ..cloudsim::SimConfig::deterministic()
-        });
+        };
+        // One server of it needs more cores than the whole quota.
+        config.flavors.push("db.huge".into());
+        config
+            .flavor_sizes
+            .push(cloudsim::FlavorSize::new("db.huge", 64, 1024, 10));
+        let sim = cloudsim::SimCloud::new(config);
         let manager = PoolManager::new(
             Arc::new(pool_manager::store::SledStore::temporary().unwrap()),
             sim.clone(),
@@ -901,7 +933,16 @@ mod tests {
             iops_limit: None,
             volume_iops_limit: None,
         };
-        manager.create_pool(key, spec).await.unwrap();
+        manager.create_pool(key, spec.clone()).await.unwrap();
+        let huge = PoolSpec {
+            min_ready: 1,
+            max_ready: 1,
+            ..spec
+        };
+        manager
+            .create_pool(PoolKey::new("db.huge", "az1"), huge)
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_secs(300)).await;
         let m = Metrics::new();
         let body = m.render(&manager).await.unwrap();
@@ -913,6 +954,23 @@ mod tests {
         };
         assert_eq!(held("quota"), 1.0, "{body}");
         assert_eq!(held("throttled"), 0.0);
+        let of_pool = |name: &str, flavor: &str| {
+            sample(
+                &body,
+                &format!("{name}{{flavor=\"{flavor}\",availability_zone=\"az1\"}}"),
+            )
+        };
+        assert_eq!(
+            of_pool("warmpool_pool_quota_headroom", "db.small"),
+            0.0,
+            "{body}"
+        );
+        assert_eq!(of_pool("warmpool_pool_beyond_quota", "db.small"), 0.0);
+        assert_eq!(
+            of_pool("warmpool_pool_beyond_quota", "db.huge"),
+            1.0,
+            "{body}"
+        );
         manager.shutdown().await.unwrap();
     }
 
