@@ -2001,7 +2001,6 @@ struct VolumeBefore<'a> {
     discarded_servers: &'a [String],
 }
 
-/// The answer to a fail-fast purchase that found the pool empty.
 /// FAILED_PRECONDITION for a tenant's volume that is not `available`,
 /// saying what its status means for the caller.
 fn not_attachable(volume_id: &str, status: &VolumeStatus) -> ManagerError {
