@@ -124,6 +124,11 @@ impl Method {
         }
     }
 
+    /// The method of this name ("CreatePool"), if warmpool.v1 has one.
+    pub fn from_name(name: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.name() == name)
+    }
+
     pub fn needs(self) -> Role {
         match self {
             Method::ListPools | Method::GetPool | Method::ListInstances | Method::WatchPools => {

@@ -147,12 +147,15 @@ pub async fn start_stoppable(
         .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(WarmPoolServer::new(service::WarmPoolService::new(
-            manager.clone(),
+        .add_service(service::Checked::new(
+            WarmPoolServer::new(service::WarmPoolService::new(
+                manager.clone(),
+                access.clone(),
+                stopping_rx,
+            )),
             access.clone(),
             metrics.clone(),
-            stopping_rx,
-        )));
+        ));
     // The start-up reconcile visits every instance in the store; a shutdown
     // asked for meanwhile stops it where it is (as a crash there would,
     // which the next start's reconcile resumes from).

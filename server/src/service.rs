@@ -1,58 +1,112 @@
-//! The warmpool.v1 gRPC service: check the caller, decode, call
-//! `PoolManager`, encode.
+//! The warmpool.v1 gRPC service: check the caller ([`Checked`], before the
+//! message is decoded), decode, call `PoolManager`, encode.
 
 use crate::access::{AccessHandle, Method};
 use crate::convert;
 use crate::metrics::Metrics;
+use futures::future::Either;
 use pool_manager::changes::ChangeCursor;
 use pool_manager::events::Event;
 use pool_manager::model::PoolKey;
 use pool_manager::PoolManager;
 use std::collections::{HashMap, HashSet};
+use std::future::{ready, Ready};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::body::BoxBody;
+use tonic::codegen::{http, Service};
+use tonic::metadata::MetadataMap;
+use tonic::server::NamedService;
+use tonic::{Extensions, Request, Response, Status};
 use warmpool_proto::v1 as api;
 use warmpool_proto::v1::warm_pool_server::WarmPool;
 
 pub struct WarmPoolService {
     manager: PoolManager,
     access: AccessHandle,
-    metrics: Arc<Metrics>,
     stopping: watch::Receiver<bool>,
 }
 
 impl WarmPoolService {
     /// `stopping` turns true when the daemon starts shutting down: streams
     /// end then, since a graceful shutdown waits for every open one.
+    /// The caller was checked before (serve it behind [`Checked`]);
+    /// `access` checks a watch's caller again as it goes.
     pub fn new(
         manager: PoolManager,
         access: AccessHandle,
-        metrics: Arc<Metrics>,
         stopping: watch::Receiver<bool>,
     ) -> Self {
         Self {
             manager,
             access,
-            metrics,
             stopping,
         }
     }
+}
 
-    /// Whether the caller may call `method`; a refusal is counted.
-    // tonic::Status is large by design and this runs once per call.
-    #[allow(clippy::result_large_err)]
-    fn authorize<T>(&self, request: &Request<T>, method: Method) -> Result<(), Status> {
-        match self.access.current().check(request, method) {
-            Ok(_) => Ok(()),
-            Err(refused) => {
+/// A gRPC service behind the access check: each call of a warmpool.v1
+/// method is checked from its path and headers before its message is read,
+/// so a caller without a valid token learns nothing from how what it sent
+/// decodes, and no handler can forget the check. Refusals are counted.
+#[derive(Clone)]
+pub struct Checked<S> {
+    inner: S,
+    access: AccessHandle,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> Checked<S> {
+    pub fn new(inner: S, access: AccessHandle, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner,
+            access,
+            metrics,
+        }
+    }
+}
+
+impl<S: NamedService> NamedService for Checked<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<http::Request<B>> for Checked<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<BoxBody>>,
+{
+    type Response = http::Response<BoxBody>;
+    type Error = S::Error;
+    type Future = Either<S::Future, Ready<Result<Self::Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // "/warmpool.v1.WarmPool/Allocate"; a method this daemon does not
+        // have goes on to the service's UNIMPLEMENTED.
+        let method = request
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .and_then(Method::from_name);
+        if let Some(method) = method {
+            let caller = Request::from_parts(
+                MetadataMap::from_headers(request.headers().clone()),
+                Extensions::default(),
+                (),
+            );
+            if let Err(refused) = self.access.current().check(&caller, method) {
                 self.metrics.api_call_refused(method, refused.code());
-                Err(refused)
+                return Either::Right(ready(Ok(refused.into_http())));
             }
         }
+        Either::Left(self.inner.call(request))
     }
 }
 
@@ -64,7 +118,6 @@ impl WarmPool for WarmPoolService {
         &self,
         request: Request<api::AllocateRequest>,
     ) -> Reply<api::AllocateResponse> {
-        self.authorize(&request, Method::Allocate)?;
         let request = convert::allocate_request(request.into_inner())?;
         let allocation = self
             .manager
@@ -80,7 +133,6 @@ impl WarmPool for WarmPoolService {
         &self,
         request: Request<api::GetAllocationRequest>,
     ) -> Reply<api::Allocation> {
-        self.authorize(&request, Method::GetAllocation)?;
         let allocation = self
             .manager
             .get_allocation(&request.into_inner().request_id)
@@ -90,7 +142,6 @@ impl WarmPool for WarmPoolService {
     }
 
     async fn release(&self, request: Request<api::ReleaseRequest>) -> Reply<api::Allocation> {
-        self.authorize(&request, Method::Release)?;
         let request = request.into_inner();
         let allocation = self
             .manager
@@ -102,9 +153,8 @@ impl WarmPool for WarmPoolService {
 
     async fn list_pools(
         &self,
-        request: Request<api::ListPoolsRequest>,
+        _request: Request<api::ListPoolsRequest>,
     ) -> Reply<api::ListPoolsResponse> {
-        self.authorize(&request, Method::ListPools)?;
         let pools = self.manager.list_pools().await.map_err(convert::status)?;
         Ok(Response::new(api::ListPoolsResponse {
             pools: pools.into_iter().map(convert::pool).collect(),
@@ -112,7 +162,6 @@ impl WarmPool for WarmPoolService {
     }
 
     async fn get_pool(&self, request: Request<api::GetPoolRequest>) -> Reply<api::Pool> {
-        self.authorize(&request, Method::GetPool)?;
         let request = request.into_inner();
         let key = convert::pool_key(&request.flavor, &request.availability_zone)?;
         let pool = self.manager.get_pool(&key).await.map_err(convert::status)?;
@@ -120,7 +169,6 @@ impl WarmPool for WarmPoolService {
     }
 
     async fn create_pool(&self, request: Request<api::CreatePoolRequest>) -> Reply<api::Pool> {
-        self.authorize(&request, Method::CreatePool)?;
         let request = request.into_inner();
         let key = convert::pool_key(&request.flavor, &request.availability_zone)?;
         let spec = request
@@ -136,7 +184,6 @@ impl WarmPool for WarmPoolService {
     }
 
     async fn update_pool(&self, request: Request<api::UpdatePoolRequest>) -> Reply<api::Pool> {
-        self.authorize(&request, Method::UpdatePool)?;
         let request = request.into_inner();
         let key = convert::pool_key(&request.flavor, &request.availability_zone)?;
         let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
@@ -168,7 +215,6 @@ impl WarmPool for WarmPoolService {
         &self,
         request: Request<api::DeletePoolRequest>,
     ) -> Reply<api::DeletePoolResponse> {
-        self.authorize(&request, Method::DeletePool)?;
         let request = request.into_inner();
         let key = convert::pool_key(&request.flavor, &request.availability_zone)?;
         let pool = self
@@ -185,7 +231,6 @@ impl WarmPool for WarmPoolService {
         &self,
         request: Request<api::ListInstancesRequest>,
     ) -> Reply<api::ListInstancesResponse> {
-        self.authorize(&request, Method::ListInstances)?;
         let request = request.into_inner();
         let key = match (
             request.flavor.is_empty(),
@@ -218,7 +263,6 @@ impl WarmPool for WarmPoolService {
         &self,
         request: Request<api::WatchPoolsRequest>,
     ) -> Reply<Self::WatchPoolsStream> {
-        self.authorize(&request, Method::WatchPools)?;
         // A watch lasts: it is checked again as it goes, so that a token
         // a reload revoked stops receiving.
         let still_allowed = recheck(self.access.clone(), &request, Method::WatchPools);

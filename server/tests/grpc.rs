@@ -2089,6 +2089,78 @@ async fn api_tokens_let_each_role_call_its_methods_only() {
     d.shut_down().await;
 }
 
+/// A call is checked before its message is read: a caller without a valid
+/// token learns nothing from how the daemon decodes what it sent (it got
+/// the decode error). A caller with one gets the decode error, INTERNAL as
+/// gRPC's status code table has it for a request that does not parse.
+#[tokio::test]
+async fn a_call_is_checked_before_its_message_is_read() {
+    use warmpool_server::access::token_sha256;
+    let data = tempfile::tempdir().unwrap();
+    let mut text = support::config_text(data.path(), &[("db.small", "az1", 0, 1)]);
+    text += &format!(
+        "\n[[api_tokens]]\nname = \"billing\"\nrole = \"billing\"\nsha256 = \"{}\"\n",
+        token_sha256("buy-token")
+    );
+    let d = Daemon::start_text(&text, data).await;
+    let channel = tonic::transport::Endpoint::from_shared(d.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // A Duration's varint where AllocateRequest has its request_id string:
+    // a message that does not decode as an AllocateRequest.
+    let garbled = |token: Option<&str>| {
+        let mut request = tonic::Request::new(prost_types::Duration {
+            seconds: 7,
+            nanos: 0,
+        });
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        async move {
+            grpc.ready().await.unwrap();
+            grpc.unary::<_, prost_types::Duration, _>(
+                request,
+                "/warmpool.v1.WarmPool/Allocate".parse().unwrap(),
+                tonic::codec::ProstCodec::default(),
+            )
+            .await
+            .unwrap_err()
+        }
+    };
+    let anonymous = garbled(None).await;
+    assert_eq!(anonymous.code(), Code::Unauthenticated, "{anonymous:?}");
+    assert!(
+        anonymous
+            .message()
+            .contains("Allocate needs a bearer token"),
+        "{anonymous:?}"
+    );
+    let guessed = garbled(Some("guessed")).await;
+    assert_eq!(guessed.code(), Code::Unauthenticated, "{guessed:?}");
+    let billing = garbled(Some("buy-token")).await;
+    assert_eq!(billing.code(), Code::Internal, "{billing:?}");
+    assert!(
+        billing
+            .message()
+            .contains("failed to decode Protobuf message"),
+        "{billing:?}"
+    );
+    // Refused calls are counted once each.
+    let metrics = d.scrape().await;
+    assert!(
+        metrics.contains(
+            "warmpool_api_calls_refused_total{method=\"Allocate\",reason=\"unauthenticated\"} 2\n"
+        ),
+        "{metrics}"
+    );
+    d.shut_down().await;
+}
+
 /// A daemon from `text` (its data dir in `data`), started without
 /// [`Daemon`]'s plaintext client; stops when the sender is dropped.
 async fn start_bare(
