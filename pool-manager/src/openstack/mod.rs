@@ -599,15 +599,16 @@ impl OpenStackCloud {
     }
 
     /// Every item of a paged listing, following `next` from the first page:
-    /// `call_for(marker)` asks for the page after `marker`, `page_of` reads
-    /// a page's items and whether a next one is linked. The item a marker
+    /// `listing()` asks for the first page (a marker is added for the
+    /// others), `page_of` reads a page's items and whether a next one is
+    /// linked. The item a marker
     /// names may be deleted between two pages (Neutron then answers 404,
     /// Nova 400 once the row is archived): the listing starts again from
     /// the first page, a few times at most.
     async fn list_all<B: DeserializeOwned, T>(
         &self,
         what: &str,
-        call_for: impl Fn(Option<&str>) -> Call,
+        listing: impl Fn() -> Call,
         page_of: impl Fn(B) -> (Vec<T>, bool),
         id_of: impl Fn(&T) -> String,
     ) -> CloudResult<Vec<T>> {
@@ -617,7 +618,11 @@ impl OpenStackCloud {
             let mut marker: Option<String> = None;
             let mut followed = Markers::default();
             for _ in 0..MAX_PAGES {
-                let body: B = match self.fetch(call_for(marker.as_deref())).await {
+                let mut call = listing();
+                if let Some(m) = &marker {
+                    call = call.query("marker", m.as_str());
+                }
+                let body: B = match self.fetch(call).await {
                     Ok(body) => body,
                     Err(e)
                         if marker.is_some()
@@ -650,15 +655,12 @@ impl OpenStackCloud {
         let ports = self
             .list_all(
                 "GET /v2.0/ports",
-                |marker| {
-                    let mut call = Call::new(Service::Network, Method::GET, ["ports"])
+                || {
+                    let call = Call::new(Service::Network, Method::GET, ["ports"])
                         .query("fields", "id")
                         .query("fields", "device_id");
-                    if let Some(d) = device_id {
-                        call = call.query("device_id", d);
-                    }
-                    match marker {
-                        Some(m) => call.query("marker", m),
+                    match device_id {
+                        Some(d) => call.query("device_id", d),
                         None => call,
                     }
                 },
@@ -928,14 +930,9 @@ impl Cloud for OpenStackCloud {
         let found = self
             .list_all(
                 "GET /servers/detail",
-                |marker| {
-                    let call = self
-                        .nova(Method::GET, &["servers", "detail"])
-                        .query("tags", tag.as_str());
-                    match marker {
-                        Some(m) => call.query("marker", m),
-                        None => call,
-                    }
+                || {
+                    self.nova(Method::GET, &["servers", "detail"])
+                        .query("tags", tag.as_str())
                 },
                 |page: nova::ServersBody| {
                     let has_next = nova::has_next(page.servers_links.as_deref());
