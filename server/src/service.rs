@@ -87,24 +87,28 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        // "/warmpool.v1.WarmPool/Allocate"; a method this daemon does not
-        // have goes on to the service's UNIMPLEMENTED.
-        let method = request
-            .uri()
-            .path()
-            .rsplit('/')
-            .next()
-            .and_then(Method::from_name);
-        if let Some(method) = method {
-            let caller = Request::from_parts(
-                MetadataMap::from_headers(request.headers().clone()),
-                Extensions::default(),
-                (),
-            );
-            if let Err(refused) = self.access.current().check(&caller, method) {
-                self.metrics.api_call_refused(method, refused.code());
-                return Either::Right(ready(Ok(refused.into_http())));
-            }
+        // "/warmpool.v1.WarmPool/Allocate": the router sends only this
+        // service's paths here.
+        let name = request.uri().path().rsplit('/').next().unwrap_or_default();
+        let Some(method) = Method::from_name(name) else {
+            // The generated service's UNIMPLEMENTED says nothing; a client
+            // newer than the daemon is the likely caller. Reflection shows
+            // the methods to anyone, so this needs no token either.
+            let known: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
+            let unknown = Status::unimplemented(format!(
+                "warmpool.v1.WarmPool has no method {name:?} in this daemon (a client newer than it?); its methods: {}",
+                known.join(", ")
+            ));
+            return Either::Right(ready(Ok(unknown.into_http())));
+        };
+        let caller = Request::from_parts(
+            MetadataMap::from_headers(request.headers().clone()),
+            Extensions::default(),
+            (),
+        );
+        if let Err(refused) = self.access.current().check(&caller, method) {
+            self.metrics.api_call_refused(method, refused.code());
+            return Either::Right(ready(Ok(refused.into_http())));
         }
         Either::Left(self.inner.call(request))
     }

@@ -2150,6 +2150,24 @@ async fn a_call_is_checked_before_its_message_is_read() {
             .contains("failed to decode Protobuf message"),
         "{billing:?}"
     );
+    // A method the daemon does not have (a newer client) says so, by name.
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let unknown = grpc
+        .unary::<_, prost_types::Duration, _>(
+            tonic::Request::new(prost_types::Duration::default()),
+            "/warmpool.v1.WarmPool/Frobnicate".parse().unwrap(),
+            tonic::codec::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::Unimplemented, "{unknown:?}");
+    assert!(
+        unknown
+            .message()
+            .starts_with("warmpool.v1.WarmPool has no method \"Frobnicate\" in this daemon"),
+        "{unknown:?}"
+    );
     // Refused calls are counted once each.
     let metrics = d.scrape().await;
     assert!(
