@@ -363,7 +363,7 @@ async fn quota_check(
             .zip(demand)
             .filter(|(q, need)| q.max >= 0 && ((q.max - q.used).max(0) as u64) < *need)
             .map(|(q, _)| {
-                let unit = if q.resource == "ram" { " MiB" } else { "" };
+                let unit = q.unit();
                 format!("{} {}{unit} of {}{unit} used", q.resource, q.used, q.max)
             }),
     );

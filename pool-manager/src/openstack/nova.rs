@@ -222,6 +222,17 @@ pub struct QuotaUse {
     pub max: i64,
 }
 
+impl QuotaUse {
+    /// What its numbers count in, for messages: " MiB" for RAM.
+    pub fn unit(&self) -> &'static str {
+        if self.resource == "ram" {
+            " MiB"
+        } else {
+            ""
+        }
+    }
+}
+
 impl AbsoluteLimits {
     pub fn quotas(&self) -> [QuotaUse; 3] {
         [
@@ -251,8 +262,8 @@ impl AbsoluteLimits {
             if quota.max < 0 {
                 continue;
             }
+            let unit = quota.unit();
             if need > quota.max as u64 {
-                let unit = if quota.resource == "ram" { " MiB" } else { "" };
                 return BootHeadroom::beyond_quota(format!(
                     "{}: one {} server needs {need}{unit}, the quota is {}{unit}",
                     quota.resource, flavor.name, quota.max
@@ -262,7 +273,6 @@ impl AbsoluteLimits {
             let free = quota.max.saturating_sub(quota.used.max(0)).max(0) as u64;
             let fits = free.checked_div(need).unwrap_or(u64::MAX);
             if !matches!(&best, Some((n, _)) if fits >= *n) {
-                let unit = if quota.resource == "ram" { " MiB" } else { "" };
                 best = Some((
                     fits,
                     format!(
