@@ -2120,17 +2120,7 @@ async fn a_call_is_checked_before_its_message_is_read() {
                 .metadata_mut()
                 .insert("authorization", format!("Bearer {token}").parse().unwrap());
         }
-        let mut grpc = tonic::client::Grpc::new(channel.clone());
-        async move {
-            grpc.ready().await.unwrap();
-            grpc.unary::<_, prost_types::Duration, _>(
-                request,
-                "/warmpool.v1.WarmPool/Allocate".parse().unwrap(),
-                tonic::codec::ProstCodec::default(),
-            )
-            .await
-            .unwrap_err()
-        }
+        refused_raw(&channel, "/warmpool.v1.WarmPool/Allocate", request)
     };
     let anonymous = garbled(None).await;
     assert_eq!(anonymous.code(), Code::Unauthenticated, "{anonymous:?}");
@@ -2151,16 +2141,12 @@ async fn a_call_is_checked_before_its_message_is_read() {
         "{billing:?}"
     );
     // A method the daemon does not have (a newer client) says so, by name.
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready().await.unwrap();
-    let unknown = grpc
-        .unary::<_, prost_types::Duration, _>(
-            tonic::Request::new(prost_types::Duration::default()),
-            "/warmpool.v1.WarmPool/Frobnicate".parse().unwrap(),
-            tonic::codec::ProstCodec::default(),
-        )
-        .await
-        .unwrap_err();
+    let unknown = refused_raw(
+        &channel,
+        "/warmpool.v1.WarmPool/Frobnicate",
+        tonic::Request::new(prost_types::Duration::default()),
+    )
+    .await;
     assert_eq!(unknown.code(), Code::Unimplemented, "{unknown:?}");
     assert!(
         unknown
@@ -2177,6 +2163,24 @@ async fn a_call_is_checked_before_its_message_is_read() {
         "{metrics}"
     );
     d.shut_down().await;
+}
+
+/// The status a call of `path` with `request` (any message, sent as is) is
+/// refused with.
+async fn refused_raw(
+    channel: &tonic::transport::Channel,
+    path: &'static str,
+    request: tonic::Request<prost_types::Duration>,
+) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    grpc.unary::<_, prost_types::Duration, _>(
+        request,
+        path.parse().unwrap(),
+        tonic::codec::ProstCodec::default(),
+    )
+    .await
+    .unwrap_err()
 }
 
 /// A daemon from `text` (its data dir in `data`), started without
