@@ -648,18 +648,23 @@ impl Model {
     }
 
     /// Headroom is the tightest of instances left and, when those quotas are
-    /// set, cores and RAM left divided by the flavor's size.
+    /// set, cores and RAM left divided by the flavor's size. A flavor one
+    /// server of which needs more than a quota in all (an instances quota of
+    /// 0 included) is beyond it, as the driver reads Nova's `/limits`.
     pub fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         let Some(size) = self.cfg.flavor_spec(flavor) else {
             return Err(CloudError::NotFound(format!(
                 "Flavor {flavor} could not be found."
             )));
         };
-        let max = self.cfg.quotas.max_instances;
         let usage = self.compute_usage();
-        let mut servers = max.saturating_sub(usage.instances) as u64;
-        let mut limited_by = format!("instances: {} of {max} used", usage.instances);
-        let per_server = [
+        let quotas = [
+            (
+                "instances",
+                Some(self.cfg.quotas.max_instances as u64),
+                usage.instances as u64,
+                1,
+            ),
             (
                 "cores",
                 self.cfg.max_cores,
@@ -668,10 +673,11 @@ impl Model {
             ),
             ("ram", self.cfg.max_ram_mb, usage.ram_mb, size.ram_mb),
         ];
-        for (what, limit, used, each) in per_server {
+        let (mut servers, mut limited_by) = (u64::MAX, String::new());
+        for (what, limit, used, each) in quotas {
             if let Some(limit) = limit {
+                let unit = if what == "ram" { " MiB" } else { "" };
                 if each > limit {
-                    let unit = if what == "ram" { " MiB" } else { "" };
                     return Ok(BootHeadroom::beyond_quota(format!(
                         "{what}: one {flavor} server needs {each}{unit}, the quota is {limit}{unit}"
                     )));

@@ -389,6 +389,33 @@ async fn quotas_are_enforced_at_create() {
     ));
 }
 
+/// The headroom a flavor's quota leaves, as the driver reads Nova's
+/// `/limits`: room while the project has some, `beyond_quota` when one
+/// server needs more than a quota allows in all (an instances quota of 0
+/// too, as Nova's answer reads).
+#[tokio::test(start_paused = true)]
+async fn boot_headroom_names_the_binding_quota_and_a_flavor_beyond_it() {
+    let mut cfg = SimConfig::deterministic();
+    cfg.quotas.max_instances = 3;
+    cfg.max_cores = Some(20);
+    let cloud = SimCloud::new(cfg.clone());
+    cloud.create_server(&small("a")).await.unwrap();
+    let h = cloud.boot_headroom("db.small").await.unwrap();
+    assert_eq!(h.servers, Some(2), "{h:?}");
+    assert_eq!(h.limited_by.as_deref(), Some("instances: 1 of 3 used"));
+    assert!(!h.beyond_quota);
+
+    cfg.quotas.max_instances = 0;
+    let cloud = SimCloud::new(cfg);
+    let h = cloud.boot_headroom("db.small").await.unwrap();
+    assert!(h.beyond_quota, "{h:?}");
+    assert_eq!(h.servers, Some(0));
+    assert_eq!(
+        h.limited_by.as_deref(),
+        Some("instances: one db.small server needs 1, the quota is 0")
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn volume_lifecycle_and_attach_fencing() {
     let cloud = SimCloud::new(SimConfig::deterministic());
