@@ -11,8 +11,8 @@
 use crate::config::SimConfig;
 use crate::mysql::ListenerGuard;
 use pool_manager::cloud::{
-    BootHeadroom, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec,
-    ServerStatus, Volume, VolumeStatus, META_INSTANCE, META_POOL,
+    BootHeadroom, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, QuotaLeft, Server,
+    ServerSpec, ServerStatus, Volume, VolumeStatus, META_INSTANCE, META_POOL,
 };
 use pool_manager::model::PoolKey;
 use rand::rngs::StdRng;
@@ -674,6 +674,7 @@ impl Model {
             ("ram", self.cfg.max_ram_mb, usage.ram_mb, size.ram_mb),
         ];
         let (mut servers, mut limited_by) = (u64::MAX, String::new());
+        let mut left_of = Vec::new();
         for (what, limit, used, each) in quotas {
             if let Some(limit) = limit {
                 let unit = if what == "ram" { " MiB" } else { "" };
@@ -682,6 +683,7 @@ impl Model {
                         "{what}: one {flavor} server needs {each}{unit}, the quota is {limit}{unit}"
                     )));
                 }
+                left_of.push(QuotaLeft::new(what, limit.saturating_sub(used), each));
                 let left = limit.saturating_sub(used) / each.max(1);
                 if left < servers {
                     servers = left;
@@ -689,7 +691,7 @@ impl Model {
                 }
             }
         }
-        Ok(BootHeadroom::room(servers, limited_by))
+        Ok(BootHeadroom::room(servers, limited_by).with_quotas(left_of))
     }
 
     /// Instances, vCPUs and RAM held by servers; servers being deleted count

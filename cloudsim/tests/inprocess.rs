@@ -3,8 +3,8 @@
 
 use cloudsim::{AzConfig, RateLimit, SimCloud, SimConfig};
 use pool_manager::cloud::{
-    Cloud, CloudError, NewPortSpec, NewVolumeSpec, ServerSpec, ServerStatus, VolumeStatus,
-    META_POOL,
+    Cloud, CloudError, NewPortSpec, NewVolumeSpec, QuotaLeft, ServerSpec, ServerStatus,
+    VolumeStatus, META_POOL,
 };
 use pool_manager::model::PoolKey;
 use pool_manager::probe::{MysqlGreetingProbe, Probe, ProbeError};
@@ -404,6 +404,13 @@ async fn boot_headroom_names_the_binding_quota_and_a_flavor_beyond_it() {
     assert_eq!(h.servers, Some(2), "{h:?}");
     assert_eq!(h.limited_by.as_deref(), Some("instances: 1 of 3 used"));
     assert!(!h.beyond_quota);
+    assert_eq!(
+        h.quotas,
+        [
+            QuotaLeft::new("instances", 2, 1),
+            QuotaLeft::new("cores", 19, 1)
+        ]
+    );
 
     cfg.quotas.max_instances = 0;
     let cloud = SimCloud::new(cfg);

@@ -184,6 +184,32 @@ pub struct BootHeadroom {
     /// One server of the flavor needs more than a quota allows in all: no
     /// server of it boots until the quota is raised, whatever is released.
     pub beyond_quota: bool,
+    /// Each limited compute quota: what is left of it and what one server
+    /// of the flavor takes. Quota is the project's, so a boot of another
+    /// flavor takes that flavor's share of it (the throttle gate counts
+    /// boots between polls so). Empty when only `servers` is known: each
+    /// boot of any flavor is then counted as one server of this one.
+    pub quotas: Vec<QuotaLeft>,
+}
+
+/// One limited compute quota at a headroom poll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaLeft {
+    /// "instances", "cores" or "ram" (MiB).
+    pub resource: &'static str,
+    pub left: u64,
+    /// What one server of the polled flavor takes of it.
+    pub per_server: u64,
+}
+
+impl QuotaLeft {
+    pub fn new(resource: &'static str, left: u64, per_server: u64) -> Self {
+        Self {
+            resource,
+            left,
+            per_server,
+        }
+    }
 }
 
 impl BootHeadroom {
@@ -191,6 +217,7 @@ impl BootHeadroom {
         servers: None,
         limited_by: None,
         beyond_quota: false,
+        quotas: Vec::new(),
     };
 
     /// Room for `servers` more, `limited_by` the quota that binds.
@@ -199,6 +226,7 @@ impl BootHeadroom {
             servers: Some(servers),
             limited_by: Some(limited_by),
             beyond_quota: false,
+            quotas: Vec::new(),
         }
     }
 
@@ -208,7 +236,14 @@ impl BootHeadroom {
             servers: Some(0),
             limited_by: Some(why),
             beyond_quota: true,
+            quotas: Vec::new(),
         }
+    }
+
+    /// With what is left of each limited quota (see [`Self::quotas`]).
+    pub fn with_quotas(mut self, quotas: Vec<QuotaLeft>) -> Self {
+        self.quotas = quotas;
+        self
     }
 }
 

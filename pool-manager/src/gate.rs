@@ -37,7 +37,11 @@
 //!   `Cloud::boot_headroom`) are polled per flavor every `headroom_interval`
 //!   by the replenisher, not per boot, and cached. Boots started since a poll
 //!   (any pool, purchases included: quota is per project) are subtracted
-//!   from the cached headroom, and so are purchases waiting for quota: they
+//!   from the cached headroom, each as what one server of its own flavor
+//!   takes of each quota (a 4-vCPU boot takes four 1-vCPU servers' worth of
+//!   cores, as that flavor's own poll says; a boot of a flavor never polled
+//!   counts as one server of the flavor asked about), and so are purchases
+//!   waiting for quota: they
 //!   are first in line, speculative refills get what is left. At zero,
 //!   speculative refills stop until the next poll. When the limits call
 //!   fails, nothing is capped and the refusal-driven pause below still
@@ -49,7 +53,7 @@
 //! holds it behind a mutex and reports to it through `BootTicket`s.
 
 use crate::allocator::deadline_after;
-use crate::cloud::{BootHeadroom, MAX_RETRY_AFTER, MIN_RETRY_PAUSE};
+use crate::cloud::{BootHeadroom, QuotaLeft, MAX_RETRY_AFTER, MIN_RETRY_PAUSE};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};
@@ -194,6 +198,7 @@ pub enum BootSignal {
 pub struct TicketInfo {
     pub id: u64,
     pub az: String,
+    pub flavor: String,
     /// Counts against the window (replenisher boots); purchases do not.
     pub gated: bool,
     pub started_at: Instant,
@@ -284,7 +289,7 @@ struct QuotaState {
     /// Per flavor: the last poll of the cloud's limits.
     headroom: BTreeMap<String, HeadroomEntry>,
     /// Boots started, ever (every AZ and pool, purchases included).
-    boots_started: u64,
+    boots_started: BootCount,
     /// Purchases waiting for quota to free up: first in line.
     purchases_waiting: u32,
 }
@@ -298,15 +303,40 @@ struct HeadroomEntry {
     beyond_quota: bool,
     /// When the last poll (successful or not) was made.
     polled_at: Instant,
-    /// `boots_started` at the last successful poll.
-    boots_at_poll: u64,
-    /// Boots started since the poll whose create the cloud refused: they
-    /// hold no quota, so they give back the headroom they took.
-    refused_since_poll: u64,
+    /// What is left of each limited quota at the last successful poll, and
+    /// what one server of the flavor takes of it; empty: only `servers` is
+    /// known.
+    quotas: Vec<QuotaLeft>,
+    /// `boots_started` when the last successful poll was sent.
+    boots_at_poll: BootCount,
+    /// Per flavor, boots started since the poll whose create the cloud
+    /// refused: they hold no quota, so they give back what they took.
+    refused_since_poll: BTreeMap<String, u64>,
     /// Why the last poll failed, if it did.
     failing: Option<String>,
     /// A refusal since the poll: the cached answer is stale, poll again.
     stale: bool,
+}
+
+/// Boots started, in all and per flavor, as [`Gate::boots_started`] reads
+/// them when a headroom poll is sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BootCount {
+    /// Ticket ids count it: a ticket with a higher id started after.
+    total: u64,
+    by_flavor: BTreeMap<String, u64>,
+}
+
+impl BootCount {
+    /// Boots of `flavor` started since `earlier` was read.
+    fn since(&self, earlier: &BootCount, flavor: &str) -> u64 {
+        let at = earlier.by_flavor.get(flavor).copied().unwrap_or(0);
+        self.by_flavor
+            .get(flavor)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(at)
+    }
 }
 
 /// Conservative slow start, after latency started to rise.
@@ -327,7 +357,6 @@ pub struct Gate {
     azs: BTreeMap<String, AzState>,
     quota: QuotaState,
     rng: StdRng,
-    next_ticket: u64,
 }
 
 impl Gate {
@@ -339,11 +368,10 @@ impl Gate {
                 backoff: settings.quota_backoff,
                 refusals: 0,
                 headroom: BTreeMap::new(),
-                boots_started: 0,
+                boots_started: BootCount::default(),
                 purchases_waiting: 0,
             },
             azs: BTreeMap::new(),
-            next_ticket: 0,
             settings,
         }
     }
@@ -433,8 +461,8 @@ impl Gate {
 
     /// Boots started so far (every AZ, purchases included): read before a
     /// headroom poll is sent, for [`Self::headroom_polled`].
-    pub fn boots_started(&self) -> u64 {
-        self.quota.boots_started
+    pub fn boots_started(&self) -> BootCount {
+        self.quota.boots_started.clone()
     }
 
     /// The cloud's limits for `flavor`, polled at `now` by a request sent
@@ -444,20 +472,20 @@ impl Gate {
     pub fn headroom_polled(
         &mut self,
         flavor: &str,
-        boots_at_send: u64,
+        boots_at_send: BootCount,
         headroom: BootHeadroom,
         now: Instant,
     ) {
-        let boots = boots_at_send.min(self.quota.boots_started);
         self.quota.headroom.insert(
             flavor.to_string(),
             HeadroomEntry {
                 servers: Some(headroom.servers),
                 limited_by: headroom.limited_by,
                 beyond_quota: headroom.beyond_quota,
+                quotas: headroom.quotas,
                 polled_at: now,
-                boots_at_poll: boots,
-                refused_since_poll: 0,
+                boots_at_poll: boots_at_send,
+                refused_since_poll: BTreeMap::new(),
                 failing: None,
                 stale: false,
             },
@@ -476,9 +504,10 @@ impl Gate {
                 servers: None,
                 limited_by: None,
                 beyond_quota: false,
+                quotas: Vec::new(),
                 polled_at: now,
-                boots_at_poll: 0,
-                refused_since_poll: 0,
+                boots_at_poll: BootCount::default(),
+                refused_since_poll: BTreeMap::new(),
                 failing: None,
                 stale: false,
             });
@@ -489,14 +518,52 @@ impl Gate {
         entry.stale = false;
     }
 
-    /// Servers of `flavor` the quota admits now by the last poll, minus the
-    /// boots started since; `None` when unknown or unlimited.
+    /// Servers of `flavor` the quota admits now by the last poll, minus what
+    /// the boots started since hold; `None` when unknown or unlimited.
     pub fn headroom_left(&self, flavor: &str) -> Option<u64> {
         let entry = self.quota.headroom.get(flavor)?;
         let servers = entry.servers??;
-        let holding = (self.quota.boots_started - entry.boots_at_poll)
-            .saturating_sub(entry.refused_since_poll);
-        Some(servers.saturating_sub(holding))
+        let started = &self.quota.boots_started;
+        // Per flavor booted since the poll: the boots that may hold quota.
+        let holding: Vec<(&str, u64)> = started
+            .by_flavor
+            .keys()
+            .map(|booted| {
+                let refused = entry.refused_since_poll.get(booted).copied();
+                let n = started.since(&entry.boots_at_poll, booted);
+                (booted.as_str(), n.saturating_sub(refused.unwrap_or(0)))
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        if entry.quotas.is_empty() {
+            let servers_held = holding.iter().fold(0, |sum, (_, n)| sum + n);
+            return Some(servers.saturating_sub(servers_held));
+        }
+        entry
+            .quotas
+            .iter()
+            .map(|quota| {
+                let taken = holding.iter().fold(0u64, |sum, (booted, n)| {
+                    let each = self.per_server(booted, flavor, quota);
+                    sum.saturating_add(n.saturating_mul(each))
+                });
+                let left = quota.left.saturating_sub(taken);
+                left.checked_div(quota.per_server).unwrap_or(u64::MAX)
+            })
+            .min()
+    }
+
+    /// What one server of `booted` takes of `quota`, polled for `polled`:
+    /// by `booted`'s own last poll, else as much as one of `polled`.
+    fn per_server(&self, booted: &str, polled: &str, quota: &QuotaLeft) -> u64 {
+        if booted == polled {
+            return quota.per_server;
+        }
+        self.quota
+            .headroom
+            .get(booted)
+            .and_then(|e| e.quotas.iter().find(|q| q.resource == quota.resource))
+            .map_or(quota.per_server, |q| q.per_server)
     }
 
     pub fn headroom_status(&self, flavor: &str) -> HeadroomStatus {
@@ -551,11 +618,15 @@ impl Gate {
         base.mul_f64(factor)
     }
 
-    /// A boot starts in `az`; `gated` when the replenisher starts it.
-    pub fn start(&mut self, az: &str, gated: bool, now: Instant) -> TicketInfo {
-        self.next_ticket += 1;
-        self.quota.boots_started += 1;
-        let id = self.next_ticket;
+    /// A boot of `flavor` starts in `az`; `gated` when the replenisher
+    /// starts it.
+    pub fn start(&mut self, az: &str, flavor: &str, gated: bool, now: Instant) -> TicketInfo {
+        let started = &mut self.quota.boots_started;
+        started.total += 1;
+        *started.by_flavor.entry(flavor.to_string()).or_default() += 1;
+        // Ticket ids count boots started: a poll sent at `total` = n counts
+        // the tickets up to id n.
+        let id = started.total;
         let state = self.az(az);
         state.in_flight += 1;
         if gated {
@@ -569,6 +640,7 @@ impl Gate {
         TicketInfo {
             id,
             az: az.to_string(),
+            flavor: flavor.to_string(),
             gated,
             started_at: now,
             in_flight_at_start: state.in_flight,
@@ -592,8 +664,11 @@ impl Gate {
             // Ticket ids count `boots_started`: a boot the poll's answer
             // did not hold was taken from it, and is given back.
             for entry in self.quota.headroom.values_mut() {
-                if ticket.id > entry.boots_at_poll {
-                    entry.refused_since_poll += 1;
+                if ticket.id > entry.boots_at_poll.total {
+                    *entry
+                        .refused_since_poll
+                        .entry(ticket.flavor.clone())
+                        .or_default() += 1;
                 }
             }
         }
@@ -848,14 +923,20 @@ pub(crate) struct BootTicket {
 }
 
 impl BootTicket {
-    pub fn start(gate: &Arc<Mutex<Gate>>, az: &str, gated: bool) -> Self {
-        Self::start_locked(gate, &mut lock(gate), az, gated)
+    pub fn start(gate: &Arc<Mutex<Gate>>, az: &str, flavor: &str, gated: bool) -> Self {
+        Self::start_locked(gate, &mut lock(gate), az, flavor, gated)
     }
 
     /// As [`Self::start`], with `gate` already locked as `locked`: a caller
     /// that read the admission under the same lock reserves what it read.
-    pub fn start_locked(gate: &Arc<Mutex<Gate>>, locked: &mut Gate, az: &str, gated: bool) -> Self {
-        let info = locked.start(az, gated, Instant::now());
+    pub fn start_locked(
+        gate: &Arc<Mutex<Gate>>,
+        locked: &mut Gate,
+        az: &str,
+        flavor: &str,
+        gated: bool,
+    ) -> Self {
+        let info = locked.start(az, flavor, gated, Instant::now());
         Self {
             gate: gate.clone(),
             info: Some(info),

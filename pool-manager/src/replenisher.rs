@@ -384,7 +384,9 @@ impl Shared {
             let admission = gate.admission(az, &pool.key.flavor, Instant::now());
             let plan: BootPlan = sizing::decide(&inputs(admission));
             let tickets: Vec<BootTicket> = (0..plan.boots_now)
-                .map(|_| BootTicket::start_locked(&self.gate, &mut gate, az, true))
+                .map(|_| {
+                    BootTicket::start_locked(&self.gate, &mut gate, az, &pool.key.flavor, true)
+                })
                 .collect();
             (admission, plan, tickets)
         };
@@ -640,7 +642,8 @@ impl Shared {
         instance: Instance,
         timed: Timed,
     ) -> Result<Instance, BootError> {
-        let ticket = BootTicket::start(&self.gate, &instance.pool.availability_zone, false);
+        let pool = &instance.pool;
+        let ticket = BootTicket::start(&self.gate, &pool.availability_zone, &pool.flavor, false);
         self.drive_boot_with(instance, ticket, timed).await
     }
 

@@ -258,3 +258,60 @@ async fn a_flavor_beyond_the_quota_is_reported_and_its_cold_boots_refused_at_onc
     assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
+
+/// Quota is the project's and binds on cores here (12): boots of a 4-vCPU
+/// flavor started since a 1-vCPU pool's last headroom poll take four of
+/// its servers' worth each. Counted as one server each, the small pool
+/// would boot into a full quota and be refused.
+#[tokio::test(start_paused = true)]
+async fn boots_of_a_larger_flavor_take_their_cores_from_a_smaller_flavors_headroom() {
+    let mut config = cloudsim::SimConfig::deterministic();
+    config.max_cores = Some(12);
+    let sim = SimCloud::new(config);
+    let mut settings = settings();
+    // Each pool's first poll is its only one: what the gate counts since
+    // then decides.
+    settings.gate.headroom_interval = Duration::from_secs(3600);
+    let manager = PoolManager::new(temp_store(), sim.clone(), Arc::new(sim.probe()), settings);
+    let mut events = manager.events();
+    manager.start().await.unwrap();
+    let small = pool_manager::model::PoolKey::new("db.small", "az2");
+    let large = pool_manager::model::PoolKey::new("db.large", "az1");
+    let ready = |key: pool_manager::model::PoolKey, n: u32| {
+        let manager = manager.clone();
+        async move {
+            for _ in 0..600 {
+                let status = manager.get_pool(&key).await.unwrap();
+                if status.count(InstanceState::Ready) >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            panic!("{key} never had {n} Ready");
+        }
+    };
+    manager.create_pool(small.clone(), spec(4)).await.unwrap();
+    ready(small.clone(), 4).await;
+    manager.create_pool(large.clone(), spec(2)).await.unwrap();
+    ready(large.clone(), 2).await;
+    // 4 + 2 x 4 cores: the quota is full.
+    manager
+        .update_pool(&small, |s| {
+            s.min_ready = 8;
+            s.max_ready = 8;
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+
+    let status = manager.get_pool(&small).await.unwrap();
+    assert_eq!(status.sizing.quota.left, Some(0), "{:?}", status.sizing);
+    assert_eq!(
+        status.sizing.last_plan.map(|p| p.reason),
+        Some(PlanReason::Quota)
+    );
+    assert_eq!(status.sizing.gate.quota_refusals, 0, "{:?}", status.sizing);
+    assert_eq!(quota_refusals(&mut events), 0);
+    assert_eq!(sim.servers().len(), 6);
+    manager.shutdown().await.unwrap();
+}

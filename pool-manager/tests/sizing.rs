@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use pool_manager::cloud::{BootHeadroom, CloudError, MAX_RETRY_AFTER};
+use pool_manager::cloud::{BootHeadroom, CloudError, QuotaLeft, MAX_RETRY_AFTER};
 use pool_manager::gate::{Admission, BootSignal, Gate, GateSettings, Hold, TicketInfo};
 use pool_manager::model::{EmptyPoolPolicy, InstanceState, Target};
 use pool_manager::sizing::{
@@ -665,7 +665,7 @@ fn quota_refusal_pauses_speculative_boots_with_backoff() {
     );
     // A purchase's boot is not held (it only counts), and once a boot gets
     // through the backoff starts over.
-    let ticket = g.start("az1", false, t0 + secs(300));
+    let ticket = g.start("az1", "db.small", false, t0 + secs(300));
     g.finish(
         &ticket,
         BootSignal::Built { build: secs(60) },
@@ -694,8 +694,8 @@ fn boots_started_during_a_headroom_poll_use_up_its_answer() {
     let t0 = Instant::now();
     let mut g = gate(GateSettings::default());
     let sent = g.boots_started();
-    g.start("az1", false, t0);
-    g.start("az2", true, t0);
+    g.start("az1", "db.small", false, t0);
+    g.start("az2", "db.small", true, t0);
     g.headroom_polled("db.small", sent, room(5), t0 + secs(1));
     assert_eq!(
         g.admission("az1", "db.small", t0 + secs(1)).headroom,
@@ -710,10 +710,12 @@ fn boots_started_during_a_headroom_poll_use_up_its_answer() {
 fn a_boot_the_cloud_refused_to_create_gives_its_headroom_back() {
     let t0 = Instant::now();
     let mut g = gate(GateSettings::default());
-    let before_poll = g.start("az1", true, t0);
+    let before_poll = g.start("az1", "db.small", true, t0);
     g.headroom_polled("db.small", g.boots_started(), room(5), t0);
-    let refused: Vec<_> = (0..3).map(|_| g.start("az1", true, t0)).collect();
-    let built = g.start("az2", false, t0);
+    let refused: Vec<_> = (0..3)
+        .map(|_| g.start("az1", "db.small", true, t0))
+        .collect();
+    let built = g.start("az2", "db.small", false, t0);
     assert_eq!(g.admission("az1", "db.small", t0).headroom, Some(1));
     for ticket in &refused {
         g.finish(ticket, BootSignal::Refused, t0 + secs(1));
@@ -735,6 +737,58 @@ fn a_boot_the_cloud_refused_to_create_gives_its_headroom_back() {
         g.admission("az1", "db.small", t0 + secs(61)).headroom,
         Some(4)
     );
+}
+
+/// Quota is the project's and counts cores and RAM, not servers: a boot
+/// takes what one server of its own flavor takes from every flavor's
+/// headroom. With 20 cores and 10 instances free, a 4-vCPU boot leaves room
+/// for 4 fewer 1-vCPU servers (it counted as one), and a 1-vCPU boot a
+/// quarter of a 4-vCPU one.
+#[test]
+fn a_boot_takes_its_own_flavors_share_of_every_flavors_headroom() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings::default());
+    let poll = |g: &mut Gate| {
+        for (flavor, vcpus, servers) in [("db.small", 1, 10), ("db.large", 4, 5)] {
+            let free = vec![
+                QuotaLeft::new("instances", 10, 1),
+                QuotaLeft::new("cores", 20, vcpus),
+            ];
+            let headroom = BootHeadroom::room(servers, "cores: 0 of 20 used".into());
+            g.headroom_polled(flavor, g.boots_started(), headroom.with_quotas(free), t0);
+        }
+    };
+    poll(&mut g);
+    let left = |g: &mut Gate, flavor| g.admission("az1", flavor, t0).headroom;
+
+    let large_boots: Vec<_> = (0..2)
+        .map(|_| g.start("az1", "db.large", true, t0))
+        .collect();
+    // 8 cores and 2 instances held: 12 cores, 8 instances left.
+    assert_eq!(left(&mut g, "db.small"), Some(8));
+    assert_eq!(left(&mut g, "db.large"), Some(3));
+    for _ in 0..3 {
+        g.start("az2", "db.large", false, t0);
+    }
+    assert_eq!(left(&mut g, "db.small"), Some(0), "every core is held");
+    assert_eq!(left(&mut g, "db.large"), Some(0));
+
+    // A refused create gives back its own flavor's share.
+    g.finish(&large_boots[0], BootSignal::Refused, t0 + secs(1));
+    assert_eq!(left(&mut g, "db.small"), Some(4));
+    assert_eq!(left(&mut g, "db.large"), Some(1));
+    for _ in 0..3 {
+        g.start("az1", "db.small", true, t0);
+    }
+    assert_eq!(left(&mut g, "db.small"), Some(1));
+    assert_eq!(left(&mut g, "db.large"), Some(0), "1 core left");
+
+    // A flavor never polled: its boot counts as one server of the flavor
+    // asked about (what it takes is not known).
+    poll(&mut g);
+    g.start("az1", "db.unpolled", false, t0);
+    assert_eq!(left(&mut g, "db.small"), Some(9));
+    assert_eq!(left(&mut g, "db.large"), Some(4));
 }
 
 #[test]
@@ -759,8 +813,8 @@ fn quota_headroom_caps_speculative_boots_and_purchases_go_first() {
     assert_eq!(g.admission("az1", "db.small", t0).headroom, Some(3));
     // Boots started since the poll use it up, purchases and other AZs included
     // (quota is per project).
-    g.start("az2", false, t0);
-    g.start("az1", true, t0);
+    g.start("az2", "db.small", false, t0);
+    g.start("az1", "db.small", true, t0);
     assert_eq!(g.admission("az1", "db.small", t0).headroom, Some(1));
     // A purchase waiting for quota is first in line.
     g.purchase_waiting(true);
@@ -866,7 +920,9 @@ fn iops_limits_set_the_lead_time_prior() {
 
 /// Starts `n` gated boots at `at`.
 fn start_n(g: &mut Gate, n: u32, at: Instant) -> Vec<TicketInfo> {
-    (0..n).map(|_| g.start("az1", true, at)).collect()
+    (0..n)
+        .map(|_| g.start("az1", "db.small", true, at))
+        .collect()
 }
 
 #[test]
@@ -878,7 +934,7 @@ fn aimd_window_grows_near_baseline_and_halves_on_inflation() {
         ..GateSettings::default()
     });
     // A lone boot sets the baseline.
-    let lone = g.start("az1", true, t0);
+    let lone = g.start("az1", "db.small", true, t0);
     g.finish(&lone, BootSignal::Built { build: secs(60) }, t0 + secs(60));
     assert_eq!(g.status("az1", t0).baseline, Some(secs(60)));
 
@@ -947,7 +1003,7 @@ fn aimd_does_not_grow_an_unused_window_and_follows_a_slower_cloud() {
     // One boot at a time: fast, but no evidence that 9 at once would be.
     let mut t = t0;
     for _ in 0..20 {
-        let ticket = g.start("az1", true, t);
+        let ticket = g.start("az1", "db.small", true, t);
         t += secs(60);
         g.finish(&ticket, BootSignal::Built { build: secs(60) }, t);
     }
@@ -956,7 +1012,7 @@ fn aimd_does_not_grow_an_unused_window_and_follows_a_slower_cloud() {
     // The whole cloud slows down 5x (IOPS throttling). Lone boots show it,
     // the baseline follows, and the window stops shrinking.
     for _ in 0..6 {
-        let ticket = g.start("az1", true, t);
+        let ticket = g.start("az1", "db.small", true, t);
         t += secs(300);
         g.finish(&ticket, BootSignal::Built { build: secs(300) }, t);
     }
@@ -985,7 +1041,7 @@ fn gate_after_a_lone_build(initial: u32, max: u32) -> (Gate, Instant) {
         max_window: max,
         ..GateSettings::default()
     });
-    let lone = g.start("az1", true, t0);
+    let lone = g.start("az1", "db.small", true, t0);
     g.finish(&lone, built(25), t0 + secs(25));
     (g, t0 + secs(25))
 }
@@ -1021,7 +1077,7 @@ fn slow_start_turns_conservative_on_slower_builds_and_resumes_when_they_were_noi
     }
     let w = g.status("az1", t).window;
     assert_eq!(w, 16.0 + 10.0 * 0.25 + 1.0);
-    let ticket = g.start("az1", true, t);
+    let ticket = g.start("az1", "db.small", true, t);
     let _others = start_n(&mut g, 20, t);
     g.finish(&ticket, built(25), t + secs(25));
     assert_eq!(g.status("az1", t).window, w + 1.0);
@@ -1041,7 +1097,7 @@ fn slow_start_ends_after_conservative_rounds_that_stay_slower() {
     let mut rounds = 0;
     loop {
         let before = g.status("az1", t).window;
-        let ticket = g.start("az1", true, t);
+        let ticket = g.start("az1", "db.small", true, t);
         let _load = start_n(&mut g, before as u32, t);
         t += secs(27);
         g.finish(&ticket, built(27), t);

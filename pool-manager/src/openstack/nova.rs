@@ -5,7 +5,7 @@
 //! no tags, and their closed status enums fail a whole object on a status
 //! string they do not know.
 
-use crate::cloud::{BootHeadroom, Server, ServerStatus};
+use crate::cloud::{BootHeadroom, QuotaLeft, Server, ServerStatus};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -258,6 +258,7 @@ impl AbsoluteLimits {
     pub fn headroom(&self, flavor: &Flavor) -> BootHeadroom {
         let per_server = [1, flavor.vcpus, flavor.ram];
         let mut best: Option<(u64, String)> = None;
+        let mut quotas = Vec::new();
         for (quota, need) in self.quotas().iter().zip(per_server) {
             if quota.max < 0 {
                 continue;
@@ -272,6 +273,7 @@ impl AbsoluteLimits {
             // A negative use is garbage; it must not add to the room.
             let free = quota.max.saturating_sub(quota.used.max(0)).max(0) as u64;
             let fits = free.checked_div(need).unwrap_or(u64::MAX);
+            quotas.push(QuotaLeft::new(quota.resource, free, need));
             if !matches!(&best, Some((n, _)) if fits >= *n) {
                 best = Some((
                     fits,
@@ -284,7 +286,9 @@ impl AbsoluteLimits {
         }
         match best {
             None => BootHeadroom::UNLIMITED,
-            Some((servers, limited_by)) => BootHeadroom::room(servers, limited_by),
+            Some((servers, limited_by)) => {
+                BootHeadroom::room(servers, limited_by).with_quotas(quotas)
+            }
         }
     }
 }
@@ -442,13 +446,22 @@ mod tests {
             ram: 1024,
         };
         let a = &limits.limits.absolute;
+        // What is left of each quota and one server's share of it: the
+        // gate takes a boot of one flavor from the others' headroom by it.
+        let left = |cores, ram| {
+            vec![
+                QuotaLeft::new("instances", 8, 1),
+                QuotaLeft::new("cores", 18, cores),
+                QuotaLeft::new("ram", 100352, ram),
+            ]
+        };
         assert_eq!(
             a.headroom(&small),
-            BootHeadroom::room(8, "instances: 2 of 10 used".into())
+            BootHeadroom::room(8, "instances: 2 of 10 used".into()).with_quotas(left(1, 1024))
         );
         assert_eq!(
             a.headroom(&large),
-            BootHeadroom::room(4, "cores: 2 of 20 used".into())
+            BootHeadroom::room(4, "cores: 2 of 20 used".into()).with_quotas(left(4, 8192))
         );
         // One server needs more than the whole quota: no use waiting for room.
         assert_eq!(
@@ -463,9 +476,10 @@ mod tests {
             total_cores_used: 18,
             ..a.clone()
         };
+        let room = full.headroom(&large);
         assert_eq!(
-            full.headroom(&large),
-            BootHeadroom::room(0, "cores: 18 of 20 used".into())
+            (room.servers, room.limited_by.as_deref()),
+            (Some(0), Some("cores: 18 of 20 used"))
         );
         let unlimited = AbsoluteLimits {
             max_total_instances: -1,
