@@ -228,10 +228,21 @@ fn validate_labels(labels: &std::collections::BTreeMap<String, String>) -> Manag
     Ok(())
 }
 
+/// An order's identity: its id, tenant and pool, checked in the API's field
+/// order. A front end that checks the volume and network it must convert
+/// checks these first, so the first wrong field is the one named.
+pub fn validate_order(
+    request_id: &str,
+    tenant_project_id: &str,
+    pool: &PoolKey,
+) -> ManagerResult<()> {
+    validate_request_id(request_id)?;
+    validate_name("tenant_project_id", tenant_project_id)?;
+    validate_pool_key(pool)
+}
+
 fn validate(params: &AllocationParams) -> ManagerResult<()> {
-    validate_request_id(&params.request_id)?;
-    validate_name("tenant_project_id", &params.tenant_project_id)?;
-    validate_pool_key(&params.pool)?;
+    validate_order(&params.request_id, &params.tenant_project_id, &params.pool)?;
     match &params.volume.source {
         // Cinder's ids are UUIDs. Anything else would be put in a URL path
         // as is: "..", "detail" or "summary" name other resources there.

@@ -21,7 +21,8 @@ pub mod sizing;
 pub mod store;
 
 pub use allocator::{
-    AllocateRequest, DEFAULT_ALLOCATE_TIMEOUT, DEFAULT_COLD_BOOT_TIMEOUT, MAX_REQUEST_ID_LEN,
+    validate_order, AllocateRequest, DEFAULT_ALLOCATE_TIMEOUT, DEFAULT_COLD_BOOT_TIMEOUT,
+    MAX_REQUEST_ID_LEN,
 };
 pub use error::{ManagerError, ManagerResult};
 pub use manager::{state_name, ManagerSettings, PoolManager, PoolStatus, FORGET_EVERY};

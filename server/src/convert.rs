@@ -103,6 +103,8 @@ pub fn pool_key(flavor: &str, availability_zone: &str) -> Result<PoolKey, Status
 }
 
 pub fn allocate_request(req: api::AllocateRequest) -> Result<AllocateRequest, Status> {
+    let pool = PoolKey::new(req.flavor, req.availability_zone);
+    pool_manager::validate_order(&req.request_id, &req.tenant_project_id, &pool).map_err(status)?;
     let volume = req.volume.ok_or_else(|| invalid("volume", "is required"))?;
     let source = match volume.source {
         Some(api::volume_spec::Source::ExistingVolumeId(id)) => {
@@ -152,7 +154,7 @@ pub fn allocate_request(req: api::AllocateRequest) -> Result<AllocateRequest, St
         params: AllocationParams {
             request_id: req.request_id,
             tenant_project_id: req.tenant_project_id,
-            pool: PoolKey::new(req.flavor, req.availability_zone),
+            pool,
             volume: VolumeRequest {
                 source,
                 delete_on_release: volume.delete_on_release,

@@ -454,6 +454,32 @@ async fn invalid_requests_name_the_field() {
     // A refused request leaves nothing behind.
     expect_code(c.get_allocation("order-bad").await, Code::NotFound);
 
+    // Several fields wrong: the first in the message's order is named, so
+    // a caller fixing one at a time goes through them in order.
+    let firsts: Vec<(&str, Edit)> = vec![
+        ("request_id", |r| *r = api::AllocateRequest::default()),
+        ("tenant_project_id", |r| {
+            *r = api::AllocateRequest {
+                request_id: "order-bad".into(),
+                ..Default::default()
+            }
+        }),
+        ("flavor", |r| {
+            r.flavor.clear();
+            r.volume = None;
+            r.network = None;
+        }),
+    ];
+    for (field, edit) in firsts {
+        let mut request = allocate_request("order-bad", "db.small", "az1");
+        edit(&mut request);
+        let msg = expect_code(c.allocate(request).await, Code::InvalidArgument);
+        assert!(
+            msg.starts_with(&format!("invalid {field}:")),
+            "{field}: {msg}"
+        );
+    }
+
     let msg = expect_code(c.get_allocation("").await, Code::InvalidArgument);
     assert!(msg.contains("request_id"), "{msg}");
     let msg = expect_code(c.release("", None).await, Code::InvalidArgument);
