@@ -14,7 +14,8 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
-use tonic::{Request, Status};
+use tonic::metadata::MetadataMap;
+use tonic::Status;
 
 /// Calls with unknown tokens are logged at most once per this interval,
 /// with how many came since: a client retrying with a revoked token, or
@@ -179,17 +180,14 @@ impl Access {
         self.by_sha256.is_empty()
     }
 
-    /// Whether `request` may call `method`: who it is (`None` when the API
-    /// is open), or UNAUTHENTICATED / PERMISSION_DENIED saying what to do.
-    pub fn check<T>(
-        &self,
-        request: &Request<T>,
-        method: Method,
-    ) -> Result<Option<&Caller>, Status> {
+    /// Whether the caller whose call carries `metadata` may call `method`:
+    /// who it is (`None` when the API is open), or UNAUTHENTICATED /
+    /// PERMISSION_DENIED saying what to do.
+    pub fn check(&self, metadata: &MetadataMap, method: Method) -> Result<Option<&Caller>, Status> {
         if self.is_open() {
             return Ok(None);
         }
-        let Some(header) = request.metadata().get("authorization") else {
+        let Some(header) = metadata.get("authorization") else {
             return Err(Status::unauthenticated(format!(
                 "{} needs a bearer token: send the header 'authorization: Bearer <token>' \
                  (warmpoolctl: --token-file FILE or WARMPOOL_TOKEN)",
@@ -315,14 +313,12 @@ mod tests {
         ])
     }
 
-    fn request(authorization: Option<&str>) -> Request<()> {
-        let mut request = Request::new(());
+    fn request(authorization: Option<&str>) -> MetadataMap {
+        let mut metadata = MetadataMap::new();
         if let Some(value) = authorization {
-            request
-                .metadata_mut()
-                .insert("authorization", value.parse().unwrap());
+            metadata.insert("authorization", value.parse().unwrap());
         }
-        request
+        metadata
     }
 
     #[test]
@@ -386,8 +382,8 @@ mod tests {
         let billing = request(Some("Bearer buy-secret"));
         for method in Method::ALL {
             let allowed =
-                |r: &Request<()>| access.check(r, method).map(|c| c.unwrap().name.clone());
-            let caller = |r: &Request<()>| allowed(r).ok();
+                |r: &MetadataMap| access.check(r, method).map(|c| c.unwrap().name.clone());
+            let caller = |r: &MetadataMap| allowed(r).ok();
             match method.needs() {
                 Role::Reader => {
                     assert_eq!(caller(&reader).as_deref(), Some("grafana"), "{method:?}");

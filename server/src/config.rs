@@ -1165,11 +1165,11 @@ mod tests {
         let access = config.access();
         assert!(!access.is_open());
         let call = |token: &str| {
-            let mut request = tonic::Request::new(());
+            let mut metadata = tonic::metadata::MetadataMap::new();
             let value = format!("Bearer {token}").parse().unwrap();
-            request.metadata_mut().insert("authorization", value);
+            metadata.insert("authorization", value);
             access
-                .check(&request, crate::access::Method::CreatePool)
+                .check(&metadata, crate::access::Method::CreatePool)
                 .map(|caller| caller.unwrap().name.clone())
                 .map_err(|refused| refused.code())
         };

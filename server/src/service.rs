@@ -21,7 +21,7 @@ use tonic::body::BoxBody;
 use tonic::codegen::{http, Service};
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
-use tonic::{Extensions, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use warmpool_proto::v1 as api;
 use warmpool_proto::v1::warm_pool_server::WarmPool;
 
@@ -101,11 +101,7 @@ where
             ));
             return Either::Right(ready(Ok(unknown.into_http())));
         };
-        let caller = Request::from_parts(
-            MetadataMap::from_headers(request.headers().clone()),
-            Extensions::default(),
-            (),
-        );
+        let caller = MetadataMap::from_headers(request.headers().clone());
         if let Err(refused) = self.access.current().check(&caller, method) {
             self.metrics.api_call_refused(method, refused.code());
             return Either::Right(ready(Ok(refused.into_http())));
@@ -303,14 +299,12 @@ struct Watcher {
 // tonic::Status is large by design and this runs once a second.
 #[allow(clippy::result_large_err)]
 fn recheck<T>(access: AccessHandle, request: &Request<T>, method: Method) -> StillAllowed {
-    let authorization = request.metadata().get("authorization").cloned();
-    Box::new(move || {
-        let mut again = Request::new(());
-        if let Some(value) = &authorization {
-            again.metadata_mut().insert("authorization", value.clone());
-        }
-        access.current().check(&again, method).map(drop)
-    })
+    // Only the credentials: the rest of the call's metadata is not kept.
+    let mut caller = MetadataMap::new();
+    if let Some(value) = request.metadata().get("authorization") {
+        caller.insert("authorization", value.clone());
+    }
+    Box::new(move || access.current().check(&caller, method).map(drop))
 }
 
 /// Checks a watch's caller again; the refusal ends the watch.
