@@ -457,18 +457,19 @@ enum Repeat {
 /// future is dropped.
 struct QuotaQueue<'a> {
     gate: &'a std::sync::Mutex<Gate>,
+    flavor: &'a str,
 }
 
 impl<'a> QuotaQueue<'a> {
-    fn join(gate: &'a std::sync::Mutex<Gate>) -> Self {
-        gate::lock(gate).purchase_waiting(true);
-        Self { gate }
+    fn join(gate: &'a std::sync::Mutex<Gate>, flavor: &'a str) -> Self {
+        gate::lock(gate).purchase_waiting(flavor, true);
+        Self { gate, flavor }
     }
 }
 
 impl Drop for QuotaQueue<'_> {
     fn drop(&mut self) {
-        gate::lock(self.gate).purchase_waiting(false);
+        gate::lock(self.gate).purchase_waiting(self.flavor, false);
     }
 }
 
@@ -1176,7 +1177,7 @@ impl Shared {
                 match self.quota_room(&params.pool).await {
                     QuotaRoom::Room => {}
                     QuotaRoom::Full => {
-                        queue.get_or_insert_with(|| QuotaQueue::join(&self.gate));
+                        queue.get_or_insert_with(|| QuotaQueue::join(&self.gate, &params.pool.flavor));
                         self.wait_for_quota(params, deadline, self.settings.poll_interval)
                             .await?;
                         continue;
@@ -1204,7 +1205,7 @@ impl Shared {
                     // wait in line, backing off so refusals do not pile up.
                     refusals += 1;
                     tracing::info!(request_id = %params.request_id, %flavor, "cold boot refused for quota; waiting: {m}");
-                    queue.get_or_insert_with(|| QuotaQueue::join(&self.gate));
+                    queue.get_or_insert_with(|| QuotaQueue::join(&self.gate, &params.pool.flavor));
                     let pause = self
                         .settings
                         .poll_interval

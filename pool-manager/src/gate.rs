@@ -41,8 +41,8 @@
 //!   takes of each quota (a 4-vCPU boot takes four 1-vCPU servers' worth of
 //!   cores, as that flavor's own poll says; a boot of a flavor never polled
 //!   counts as one server of the flavor asked about), and so are purchases
-//!   waiting for quota: they
-//!   are first in line, speculative refills get what is left. At zero,
+//!   waiting for quota, each as one server of its flavor: they are first
+//!   in line, speculative refills get what is left. At zero,
 //!   speculative refills stop until the next poll. When the limits call
 //!   fails, nothing is capped and the refusal-driven pause below still
 //!   applies: a `QuotaExceeded` stops speculative refills in every AZ for a
@@ -290,8 +290,8 @@ struct QuotaState {
     headroom: BTreeMap<String, HeadroomEntry>,
     /// Boots started, ever (every AZ and pool, purchases included).
     boots_started: BootCount,
-    /// Purchases waiting for quota to free up: first in line.
-    purchases_waiting: u32,
+    /// Per flavor, purchases waiting for quota to free up: first in line.
+    purchases_waiting: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -369,7 +369,7 @@ impl Gate {
                 refusals: 0,
                 headroom: BTreeMap::new(),
                 boots_started: BootCount::default(),
-                purchases_waiting: 0,
+                purchases_waiting: BTreeMap::new(),
             },
             azs: BTreeMap::new(),
             settings,
@@ -426,9 +426,7 @@ impl Gate {
         if !self.settings.enabled {
             return Admission::OPEN;
         }
-        let headroom = self
-            .headroom_left(flavor)
-            .map(|left| left.saturating_sub(u64::from(self.quota.purchases_waiting)));
+        let headroom = self.headroom_after(flavor, &self.quota.purchases_waiting);
         let mut hold = self.hold(az, now);
         if hold.is_none() && headroom == Some(0) {
             // Nothing to boot until the next poll can show freed quota.
@@ -521,6 +519,12 @@ impl Gate {
     /// Servers of `flavor` the quota admits now by the last poll, minus what
     /// the boots started since hold; `None` when unknown or unlimited.
     pub fn headroom_left(&self, flavor: &str) -> Option<u64> {
+        self.headroom_after(flavor, &BTreeMap::new())
+    }
+
+    /// As [`Self::headroom_left`], with `reserved` servers per flavor (of
+    /// purchases waiting) also taken.
+    fn headroom_after(&self, flavor: &str, reserved: &BTreeMap<String, u64>) -> Option<u64> {
         let entry = self.quota.headroom.get(flavor)?;
         let servers = entry.servers??;
         let started = &self.quota.boots_started;
@@ -533,10 +537,13 @@ impl Gate {
                 let n = started.since(&entry.boots_at_poll, booted);
                 (booted.as_str(), n.saturating_sub(refused.unwrap_or(0)))
             })
+            .chain(reserved.iter().map(|(f, n)| (f.as_str(), *n)))
             .filter(|(_, n)| *n > 0)
             .collect();
         if entry.quotas.is_empty() {
-            let servers_held = holding.iter().fold(0, |sum, (_, n)| sum + n);
+            let servers_held = holding
+                .iter()
+                .fold(0u64, |sum, (_, n)| sum.saturating_add(*n));
             return Some(servers.saturating_sub(servers_held));
         }
         entry
@@ -587,13 +594,18 @@ impl Gate {
         }
     }
 
-    /// A purchase waits for quota (`true`) or stops waiting (`false`).
-    /// While any waits, speculative refills leave it the headroom.
-    pub fn purchase_waiting(&mut self, waiting: bool) {
+    /// A purchase of `flavor` waits for quota (`true`) or stops waiting
+    /// (`false`). While it waits, speculative refills of every flavor leave
+    /// it what one server of its flavor takes.
+    pub fn purchase_waiting(&mut self, flavor: &str, waiting: bool) {
+        let queue = &mut self.quota.purchases_waiting;
         if waiting {
-            self.quota.purchases_waiting += 1;
-        } else {
-            self.quota.purchases_waiting = self.quota.purchases_waiting.saturating_sub(1);
+            *queue.entry(flavor.to_string()).or_default() += 1;
+        } else if let Some(n) = queue.get_mut(flavor) {
+            *n -= 1;
+            if *n == 0 {
+                queue.remove(flavor);
+            }
         }
     }
 

@@ -791,6 +791,38 @@ fn a_boot_takes_its_own_flavors_share_of_every_flavors_headroom() {
     assert_eq!(left(&mut g, "db.large"), Some(4));
 }
 
+/// A purchase waiting for quota is first in line for what one server of
+/// its own flavor takes: speculative refills of every flavor leave it that.
+#[test]
+fn a_waiting_purchase_reserves_its_own_flavors_share() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings::default());
+    for (flavor, vcpus) in [("db.small", 1), ("db.large", 4)] {
+        let free = vec![
+            QuotaLeft::new("instances", 100, 1),
+            QuotaLeft::new("cores", 20, vcpus),
+        ];
+        let headroom = BootHeadroom::room(20 / vcpus, "cores: 0 of 20 used".into());
+        g.headroom_polled(flavor, g.boots_started(), headroom.with_quotas(free), t0);
+    }
+    let left = |g: &mut Gate, flavor| g.admission("az1", flavor, t0).headroom;
+    g.purchase_waiting("db.large", true);
+    assert_eq!(left(&mut g, "db.small"), Some(16), "4 cores kept for it");
+    assert_eq!(left(&mut g, "db.large"), Some(4));
+    for _ in 0..3 {
+        g.start("az1", "db.small", true, t0);
+    }
+    assert_eq!(left(&mut g, "db.small"), Some(13));
+    assert_eq!(left(&mut g, "db.large"), Some(3));
+    // It stops waiting (its cold boot starts, or it gives up).
+    g.purchase_waiting("db.large", false);
+    assert_eq!(left(&mut g, "db.small"), Some(17));
+    assert_eq!(left(&mut g, "db.large"), Some(4));
+    // Leaving a line it is not in changes nothing.
+    g.purchase_waiting("db.large", false);
+    assert_eq!(left(&mut g, "db.small"), Some(17));
+}
+
 #[test]
 fn quota_headroom_caps_speculative_boots_and_purchases_go_first() {
     let t0 = Instant::now();
@@ -817,7 +849,7 @@ fn quota_headroom_caps_speculative_boots_and_purchases_go_first() {
     g.start("az1", "db.small", true, t0);
     assert_eq!(g.admission("az1", "db.small", t0).headroom, Some(1));
     // A purchase waiting for quota is first in line.
-    g.purchase_waiting(true);
+    g.purchase_waiting("db.small", true);
     let a = g.admission("az1", "db.small", t0 + secs(1));
     assert_eq!(a.headroom, Some(0));
     assert_eq!(
@@ -827,7 +859,7 @@ fn quota_headroom_caps_speculative_boots_and_purchases_go_first() {
         }),
         "no headroom: held until the next poll"
     );
-    g.purchase_waiting(false);
+    g.purchase_waiting("db.small", false);
     assert_eq!(g.admission("az1", "db.small", t0).headroom, Some(1));
 
     // Unlimited quota: no cap.
