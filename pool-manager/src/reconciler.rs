@@ -13,7 +13,7 @@
 //! | instance `Claimed`, allocation `Allocated` | - | mark the instance `Allocated` (left by versions that marked the allocation first) |
 //! | instance `Booting`, no server id | server with its instance id | adopt the server |
 //! | instance `Booting`, no server id | none | drop the record |
-//! | instance `Booting`/`Warming`/`Ready` | server gone (or SOFT_DELETED) | drop the record |
+//! | instance `Booting`/`Warming`/`Ready` | server gone (or SOFT_DELETED); one missing from the listing is asked for by id first (the listing is older than the instances read after it) | drop the record |
 //! | instance `Booting`/`Warming` | server exists | resume the boot task |
 //! | instance `Ready`, unclaimed | server in ERROR (its host failed) | discard it (the pool refills) |
 //! | instance `Ready`, unclaimed | server ACTIVE, mysqld silent on this pass's probe and the last's | discard it (the pool refills) |
@@ -34,7 +34,7 @@
 //! of its own forgets released allocations older than that, hourly (a look
 //! at every allocation record is too much for every pass).
 
-use crate::cloud::{Server, ServerStatus, META_INSTANCE};
+use crate::cloud::{CloudError, Server, ServerStatus, META_INSTANCE};
 use crate::error::{ManagerError, ManagerResult};
 use crate::manager::Shared;
 use crate::model::{AllocationState, Instance, InstanceState, TwinWatch};
@@ -171,11 +171,21 @@ impl Shared {
                 .contains(&instance.id);
             // A soft-deleted server (SOFT_DELETED), or one being deleted,
             // is as good as gone.
-            let server_exists = instance
+            let mut server_exists = instance
                 .server_id
                 .as_ref()
                 .and_then(|id| servers.get(id))
                 .is_some_and(|s| !s.is_going());
+            let unlisted = instance
+                .server_id
+                .as_ref()
+                .filter(|id| !servers.contains_key(id.as_str()));
+            if let Some(id) = unlisted.filter(|_| instance.state.is_supply() && !driving) {
+                match self.exists_after_all(id).await {
+                    Some(exists) => server_exists = exists,
+                    None => continue,
+                }
+            }
             match instance.state {
                 InstanceState::Booting if instance.server_id.is_none() => {
                     if driving {
@@ -378,6 +388,21 @@ impl Shared {
         }
         self.store.flush().await?;
         Ok(())
+    }
+
+    /// Whether a server missing from this pass's listing exists after all:
+    /// the listing is taken before the instances are read, so a boot may
+    /// have created its server and gone Ready in between. `None`: the cloud
+    /// could not say; the instance is left to the next pass.
+    async fn exists_after_all(&self, server_id: &str) -> Option<bool> {
+        match self.cloud.get_server(server_id).await {
+            Ok(server) => Some(!server.is_going()),
+            Err(CloudError::NotFound(_)) => Some(false),
+            Err(e) => {
+                tracing::warn!(server = server_id, error = %e, "cannot tell whether a server missing from the listing is gone; the next reconcile pass looks again");
+                None
+            }
+        }
     }
 
     /// Records `server_id` as the server of an instance that has none

@@ -8,7 +8,7 @@ mod common;
 
 use async_trait::async_trait;
 use common::*;
-use pool_manager::model::{Allocation, AllocationState, EmptyPoolPolicy, Instance};
+use pool_manager::model::{Allocation, AllocationState, EmptyPoolPolicy, Instance, InstanceState};
 use pool_manager::store::StoreResult;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -335,5 +335,44 @@ async fn reconcile_does_not_resume_a_failed_boot_before_its_discard() {
 
     store.hooks.release.notify_one();
     wait_ready(&manager, 1).await;
+    assert_consistent(&sim, &manager).await;
+}
+
+/// A pass lists the cloud's servers before the store's instances: a boot
+/// that creates its server after the listing and is Ready before the
+/// instances are read is missing from the listing only because the listing
+/// is older. Its instance is kept (the cloud is asked), and no later pass
+/// deletes its server as a leak.
+#[tokio::test(start_paused = true)]
+async fn a_server_created_after_the_passs_listing_is_not_taken_for_gone() {
+    use pool_manager::events::EventKind;
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_over(&cloud, temp_store(), 1).await;
+    let mut events = manager.events();
+    let listing = cloud.hold_next("list_pool_servers", At::After);
+    let pass = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.reconcile().await }
+    });
+    listing.reached().await;
+    manager
+        .update_pool(&pool(), |s| s.min_ready = 2)
+        .await
+        .unwrap();
+    wait_ready(&manager, 2).await;
+    listing.release();
+    pass.await.unwrap().unwrap();
+
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 2, "{status:?}");
+    manager.reconcile().await.unwrap();
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event.kind, EventKind::LeakDeleted { .. }),
+            "{event:?}"
+        );
+    }
+    assert_eq!(sim.servers().len(), 2);
     assert_consistent(&sim, &manager).await;
 }
