@@ -149,9 +149,10 @@ impl Shared {
             go_on(watched, "looking for the twins of", &watch.name)?;
         }
 
+        // Retried like the pass's other calls: at start-up a 503 or a 429
+        // here would otherwise stop the daemon.
         let servers: HashMap<String, Server> = self
-            .cloud
-            .list_pool_servers()
+            .retry(self.cleanup_deadline(), || self.cloud.list_pool_servers())
             .await?
             .into_iter()
             .map(|s| (s.id.clone(), s))

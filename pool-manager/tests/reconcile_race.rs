@@ -376,3 +376,23 @@ async fn a_server_created_after_the_passs_listing_is_not_taken_for_gone() {
     assert_eq!(sim.servers().len(), 2);
     assert_consistent(&sim, &manager).await;
 }
+
+/// The pass's listing of the cloud's servers is retried like its other
+/// calls: one 503 or 429 at start-up, where the pass runs before anything
+/// is served, used to fail the start and stop warmpoold.
+#[tokio::test(start_paused = true)]
+async fn a_transient_error_listing_servers_is_retried_not_fatal_to_the_start() {
+    use pool_manager::cloud::CloudError;
+    let sim = sim();
+    let failures = std::sync::atomic::AtomicU32::new(0);
+    let cloud = GatedCloud::with_fault(&sim, move |method| {
+        (method == "list_pool_servers" && failures.fetch_add(1, Ordering::SeqCst) < 2).then(|| {
+            CloudError::Throttled {
+                retry_after: Some(Duration::from_secs(1)),
+                message: "Rate limit exceeded".into(),
+            }
+        })
+    });
+    let manager = started_over(&cloud, temp_store(), 1).await;
+    assert_consistent(&sim, &manager).await;
+}
