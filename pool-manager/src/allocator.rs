@@ -925,7 +925,7 @@ impl Shared {
                     return Ok(done);
                 }
                 Err(failure) => {
-                    self.undo_attachments(record, &instance).await?;
+                    self.detach_attachments(record, &instance).await?;
                     let (error, retry) = match failure {
                         AttemptError::Instance(e) => (e, true),
                         AttemptError::Request(e) => (e, false),
@@ -933,6 +933,10 @@ impl Shared {
                     tracing::warn!(instance = %instance.id, error = %error, "discarding instance after a failed try");
                     self.discard_instance(&instance.id, &error.to_string())
                         .await?;
+                    // After the discard: a port Nova would not detach is
+                    // bound until its server is deleted, and a member-only
+                    // user may not delete it before.
+                    self.delete_port_of_try(record).await?;
                     discarded_servers.extend(instance.server_id.clone());
                     record
                         .update(|a| {
@@ -1636,29 +1640,40 @@ impl Shared {
         Ok(port_id)
     }
 
-    /// Detaches the volume and deletes the port from a server being discarded;
-    /// a created volume stays recorded for the next try.
-    async fn undo_attachments(
+    /// Detaches the volume and the port from a server being discarded; a
+    /// created volume stays recorded for the next try. A detach Nova
+    /// refuses is left to the server's deletion.
+    async fn detach_attachments(
         &self,
         record: &Record<'_>,
         instance: &Instance,
     ) -> ManagerResult<()> {
+        let Some(server_id) = &instance.server_id else {
+            return Ok(());
+        };
         let allocation = record.get().await;
         let deadline = self.cleanup_deadline();
-        if let (Some(server_id), Some(volume_id)) = (&instance.server_id, &allocation.volume_id) {
+        if let Some(volume_id) = &allocation.volume_id {
             self.detach_before_delete(deadline, server_id, || {
                 self.cloud.detach_volume(server_id, volume_id)
             })
             .await?;
         }
         if let Some(port_id) = &allocation.port_id {
-            if let Some(server_id) = &instance.server_id {
-                self.detach_before_delete(deadline, server_id, || {
-                    self.cloud.detach_port(server_id, port_id)
-                })
+            self.detach_before_delete(deadline, server_id, || {
+                self.cloud.detach_port(server_id, port_id)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the port of a failed try, once its server let go of it; the
+    /// next try makes another.
+    async fn delete_port_of_try(&self, record: &Record<'_>) -> ManagerResult<()> {
+        if let Some(port_id) = &record.get().await.port_id {
+            self.delete_port_when_free(port_id, self.cleanup_deadline())
                 .await?;
-            }
-            self.delete_port_when_free(port_id, deadline).await?;
             record.update(|a| a.port_id = None).await?;
         }
         Ok(())

@@ -563,6 +563,38 @@ async fn a_member_only_user_releases_and_rolls_back_at_the_first_try() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A member-only user again, and a failed try whose port Nova will not
+/// detach (a server in ERROR answers 409): the port stays bound until the
+/// server's deletion, so it is deleted after the discard, and the purchase
+/// goes on to the next instance. Deleted before it, the port's delete
+/// waited out the cleanup deadline for an unbind that never came, and the
+/// purchase failed "disallowed by policy" with Ready instances left.
+#[tokio::test(start_paused = true)]
+async fn a_port_nova_will_not_detach_is_deleted_after_its_server_and_the_next_instance_tried() {
+    let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
+        member_port_policy: true,
+        ..sim().config()
+    });
+    let cloud = GatedCloud::with_fault(&sim, |method| {
+        (method == "detach_port").then(|| {
+            pool_manager::cloud::CloudError::Conflict(
+                "Cannot 'detach_interface' instance while it is in vm_state error".into(),
+            )
+        })
+    });
+    let manager = started_over(&cloud, temp_store(), 2).await;
+    sim.faults().fail_next_volume_attach(1);
+    let allocation = manager
+        .allocate(request("order-e", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    assert!(allocation.warm_hit);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(sim.ports().len(), 1, "{:?}", sim.ports());
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A cloud that refuses the next volume attach ("attach refused") once
 /// the returned flag is set.
 fn refusing_one_attach(
