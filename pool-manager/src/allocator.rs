@@ -115,7 +115,11 @@ impl PoolManager {
             self.shared.refuse_if_set_aside(request_id).await?;
             return Err(ManagerError::AllocationNotFound(request_id.to_string()));
         };
-        self.shared.store.flush().await?;
+        self.shared
+            .store
+            .flush()
+            .await
+            .map_err(|e| ManagerError::unconfirmed(format_args!("allocation {request_id}"), e))?;
         Ok(allocation)
     }
 
@@ -664,7 +668,10 @@ impl Shared {
                 }
                 if existing.state != AllocationState::Allocating {
                     // Its commit may still be on its way to disk.
-                    self.store.flush().await?;
+                    self.store.flush().await.map_err(|e| {
+                        let what = format_args!("allocation {}", params.request_id);
+                        ManagerError::unconfirmed(what, e)
+                    })?;
                     return Ok(existing);
                 }
                 // Another call with this id is in flight: wait for its answer.
@@ -710,7 +717,8 @@ impl Shared {
                             tracing::warn!(request_id = %params.request_id, error = %undo, "cannot take back an order whose record was not flushed; the reconciler will")
                         }
                     }
-                    return Err(e.into());
+                    let what = format_args!("order {}", params.request_id);
+                    return Err(ManagerError::not_recorded(what, e));
                 }
                 break (allocation, in_flight);
             }

@@ -58,6 +58,15 @@ impl ManagerError {
             "{what} is recorded, but the store could not confirm it on disk ({e}); call again with the same request"
         ))
     }
+
+    /// `what` was taken back after the flush that would have confirmed it
+    /// failed with `e`: nothing was done on its strength, and the same call
+    /// again makes it.
+    pub(crate) fn not_recorded(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Self {
+        Self::TryAgain(format!(
+            "the store could not record {what} on disk ({e}); nothing was done: call again with the same request"
+        ))
+    }
 }
 
 pub type ManagerResult<T> = Result<T, ManagerError>;

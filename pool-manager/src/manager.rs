@@ -622,8 +622,9 @@ impl PoolManager {
                     // like any pool, or it would never fill.
                     tracing::warn!(pool = %key, error = %undo, "cannot take back a pool whose record was not flushed; serving it");
                     self.shared.start_replenisher(key.clone());
+                    return Err(ManagerError::unconfirmed(format_args!("pool {key}"), e));
                 }
-                return Err(e.into());
+                return Err(ManagerError::not_recorded(format_args!("pool {key}"), e));
             }
             // A pool of the same name deleted earlier left its verdict
             // behind, and purchases that finished after its drain their

@@ -1704,8 +1704,8 @@ impl StoreHooks for FailFlush {
     }
 }
 
-/// A CreatePool whose record cannot be flushed answers the store's error
-/// and leaves no pool behind, so a retry creates it; it left a pool that
+/// A CreatePool whose record cannot be flushed says call again and leaves
+/// no pool behind, so a retry creates it; it left a pool that
 /// was listed, answered ALREADY_EXISTS to the retry, and never filled (its
 /// replenisher was not started) until a restart. A record that cannot be
 /// taken back either stays, and its pool is served like any other.
@@ -1722,7 +1722,15 @@ async fn a_create_pool_that_cannot_be_flushed_leaves_no_pool_or_a_served_one() {
             .deletes_failing
             .store(undo_fails, Ordering::SeqCst);
         let err = manager.create_pool(pool(), spec(2)).await.unwrap_err();
-        assert!(matches!(err, ManagerError::Store(_)), "{err:?}");
+        let said = if undo_fails {
+            "is recorded"
+        } else {
+            "nothing was done"
+        };
+        assert!(
+            matches!(&err, ManagerError::TryAgain(m) if m.contains(said)),
+            "{err:?}"
+        );
         store.hooks.failing.store(false, Ordering::SeqCst);
         store.hooks.deletes_failing.store(false, Ordering::SeqCst);
         let listed = manager.get_pool(&pool()).await;
@@ -2805,7 +2813,10 @@ async fn an_order_whose_record_cannot_be_flushed_can_be_retried_at_once() {
     wait_ready(&manager, 1).await;
     let order = request("order-1", new_volume(), EmptyPoolPolicy::FailFast);
     let err = manager.allocate(order.clone()).await.unwrap_err();
-    assert!(matches!(err, ManagerError::Store(_)), "{err:?}");
+    assert!(
+        matches!(&err, ManagerError::TryAgain(m) if m.contains("nothing was done")),
+        "{err:?}"
+    );
     assert!(sim.ports().is_empty(), "nothing was created for it");
     let asked = tokio::time::Instant::now();
     let done = manager.allocate(order).await.unwrap();
@@ -2840,7 +2851,7 @@ async fn a_call_waiting_on_an_order_taken_back_goes_ahead_at_once() {
     let released = tokio::time::Instant::now();
     store.hooks.go.notify_one();
     let err = first.await.unwrap().unwrap_err();
-    assert!(matches!(err, ManagerError::Store(_)), "{err:?}");
+    assert!(matches!(err, ManagerError::TryAgain(_)), "{err:?}");
     let done = second.await.unwrap().unwrap();
     assert!(done.warm_hit);
     assert!(
@@ -2992,6 +3003,56 @@ async fn pool_changes_whose_flush_fails_say_call_again() {
     let status = manager.delete_pool(&pool()).await.unwrap();
     assert!(status.record.draining);
     assert_eq!(status.record.spec.max_ready, 7);
+}
+
+/// Every answer that waits for a flush says call again when the flush
+/// fails, as the README promises, not the store's INTERNAL error a caller
+/// may take as final: a read of an allocation (whose record may not be on
+/// disk yet), a repeated Allocate of a finished order, a Release, a new
+/// order or a new pool (both taken back, so the call again makes them).
+#[tokio::test(start_paused = true)]
+async fn answers_waiting_for_a_failed_flush_say_call_again() {
+    let sim = sim();
+    let store = HookedStore::new(FailFlush::default());
+    let manager = started(&sim, store.clone(), 2).await;
+    let order = request("o-done", new_volume(), EmptyPoolPolicy::FailFast);
+    manager.allocate(order.clone()).await.unwrap();
+    store.hooks.failing.store(true, Ordering::SeqCst);
+
+    let call_again = |what: &str, err: ManagerError| {
+        assert!(
+            matches!(&err, ManagerError::TryAgain(m) if m.contains("call again")),
+            "{what}: {err:?}"
+        );
+    };
+    call_again("get", manager.get_allocation("o-done").await.unwrap_err());
+    call_again("allocate again", manager.allocate(order).await.unwrap_err());
+    call_again(
+        "release",
+        manager.release("o-done", Some(true)).await.unwrap_err(),
+    );
+    let new_order = request("o-new", new_volume(), EmptyPoolPolicy::FailFast);
+    call_again(
+        "new order",
+        manager.allocate(new_order.clone()).await.unwrap_err(),
+    );
+    let other = pool_manager::model::PoolKey::new("db.large", "az1");
+    call_again(
+        "new pool",
+        manager
+            .create_pool(other.clone(), spec(0))
+            .await
+            .unwrap_err(),
+    );
+
+    store.hooks.failing.store(false, Ordering::SeqCst);
+    assert_eq!(
+        manager.allocate(new_order).await.unwrap().state,
+        AllocationState::Allocated
+    );
+    manager.create_pool(other, spec(0)).await.unwrap();
+    manager.release("o-done", Some(true)).await.unwrap();
+    assert_consistent(&sim, &manager).await;
 }
 
 /// A new instance whose record cannot be flushed is taken back: it stood
