@@ -95,8 +95,14 @@ where
             // newer than the daemon is the likely caller. Reflection shows
             // the methods to anyone, so this needs no token either.
             let known: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
+            // Echoed cut short: a name of kilobytes would make an answer
+            // too large for the header a client accepts.
+            let mut shown: String = name.chars().take(64).collect();
+            if shown.len() < name.len() {
+                shown.push_str("...");
+            }
             let unknown = Status::unimplemented(format!(
-                "warmpool.v1.WarmPool has no method {name:?} in this daemon (a client newer than it?); its methods: {}",
+                "warmpool.v1.WarmPool has no method {shown:?} in this daemon (a client newer than it?); its methods: {}",
                 known.join(", ")
             ));
             return Either::Right(ready(Ok(unknown.into_http())));

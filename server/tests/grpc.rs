@@ -2180,6 +2180,22 @@ async fn a_call_is_checked_before_its_message_is_read() {
             .starts_with("warmpool.v1.WarmPool has no method \"Frobnicate\" in this daemon"),
         "{unknown:?}"
     );
+    // A name of many kilobytes is not echoed whole: the answer would not
+    // fit the header a client accepts.
+    let long: &'static str =
+        Box::leak(format!("/warmpool.v1.WarmPool/{}", "X".repeat(15_000)).into_boxed_str());
+    let unknown = refused_raw(
+        &channel,
+        long,
+        tonic::Request::new(prost_types::Duration::default()),
+    )
+    .await;
+    assert_eq!(unknown.code(), Code::Unimplemented, "{unknown:?}");
+    assert!(
+        unknown.message().len() <= 1030,
+        "{}",
+        unknown.message().len()
+    );
     // Refused calls are counted once each.
     let metrics = d.scrape().await;
     assert!(
