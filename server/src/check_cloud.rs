@@ -361,7 +361,7 @@ async fn quota_check(
             .quotas()
             .iter()
             .zip(demand)
-            .filter(|(q, need)| q.max >= 0 && ((q.max - q.used).max(0) as u64) < *need)
+            .filter(|(q, need)| q.max >= 0 && q.free() < *need)
             .map(|(q, _)| {
                 let unit = q.unit();
                 format!("{} {}{unit} of {}{unit} used", q.resource, q.used, q.max)

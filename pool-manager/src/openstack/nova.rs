@@ -223,6 +223,12 @@ pub struct QuotaUse {
 }
 
 impl QuotaUse {
+    /// What is left of it; 0 when unlimited is not what is meant (check
+    /// `max` first). A negative use is garbage: it must not add to the room.
+    pub fn free(&self) -> u64 {
+        self.max.saturating_sub(self.used.max(0)).max(0) as u64
+    }
+
     /// What its numbers count in, for messages: " MiB" for RAM.
     pub fn unit(&self) -> &'static str {
         if self.resource == "ram" {
@@ -270,8 +276,7 @@ impl AbsoluteLimits {
                     quota.resource, flavor.name, quota.max
                 ));
             }
-            // A negative use is garbage; it must not add to the room.
-            let free = quota.max.saturating_sub(quota.used.max(0)).max(0) as u64;
+            let free = quota.free();
             let fits = free.checked_div(need).unwrap_or(u64::MAX);
             quotas.push(QuotaLeft::new(quota.resource, free, need));
             if !matches!(&best, Some((n, _)) if fits >= *n) {
@@ -498,6 +503,15 @@ mod tests {
             ..AbsoluteLimits::default()
         };
         assert_eq!(garbled.headroom(&small).servers, Some(i64::MAX as u64));
+        let cores = |used, max| QuotaUse {
+            resource: "cores",
+            used,
+            max,
+        };
+        assert_eq!(cores(-5, 20).free(), 20);
+        assert_eq!(cores(i64::MIN, 20).free(), 20);
+        assert_eq!(cores(25, 20).free(), 0);
+        assert_eq!(cores(i64::MAX, i64::MIN).free(), 0);
     }
 
     #[test]
