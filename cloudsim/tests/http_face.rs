@@ -1613,6 +1613,21 @@ async fn http_fault_knobs() {
         .await
         .expect(200);
 
+    // An API gateway's own 404: JSON, but no OpenStack fault.
+    f.gateway_not_found_next(Service::Network, 1);
+    let r = env
+        .get(Service::Network, "/v2.0/ports", None)
+        .await
+        .expect(404);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        r.json(),
+        json!({"message": "no Route matched with those values"})
+    );
+    env.get(Service::Network, "/v2.0/ports", None)
+        .await
+        .expect(200);
+
     // Garbage: the call takes effect, the answer is cut.
     f.garbage_next(Service::Volume, 1);
     let r = env

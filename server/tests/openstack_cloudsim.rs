@@ -1737,6 +1737,42 @@ async fn a_proxy_404_on_delete_is_not_a_deleted_port_or_volume() {
     ));
 }
 
+/// An API gateway in front of Neutron or Cinder (Kong, APISIX) answers a
+/// route it cannot serve with a 404 in its own JSON, not an OpenStack
+/// fault: like a proxy's page, it says nothing about the port or volume,
+/// so the delete fails, to be tried again, and both are still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateways_json_404_on_delete_is_not_a_deleted_port_or_volume() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let network = cloud.network("tenant-net").await.unwrap();
+    let port = cloud
+        .create_port(&port_spec("warmpool-o1", &network.id))
+        .await
+        .unwrap();
+    let volume = cloud
+        .create_volume(&volume_spec("warmpool-o1", 1))
+        .await
+        .unwrap();
+
+    env.face
+        .faults()
+        .gateway_not_found_next(Service::Network, 1);
+    let err = cloud.delete_port(&port.id).await.unwrap_err();
+    assert!(matches!(err, CloudError::Transient(_)), "{err:?}");
+    env.face.faults().gateway_not_found_next(Service::Volume, 1);
+    let err = cloud.delete_volume(&volume.id).await.unwrap_err();
+    assert!(matches!(err, CloudError::Transient(_)), "{err:?}");
+    cloud
+        .get_port(&port.id)
+        .await
+        .expect("the port still exists");
+    cloud
+        .get_volume(&volume.id)
+        .await
+        .expect("the volume still exists");
+}
+
 /// A cloud that ignores the listing marker (every page the first) is caught
 /// at the first page that comes round again, not after a thousand requests
 /// piling up copies of the same page.

@@ -257,6 +257,7 @@ struct ServiceFaults {
     throttle_retry_after: Duration,
     server_errors: u32,
     not_found: u32,
+    gateway_not_found: u32,
     unauthorized: u32,
     garbage: u32,
     /// Paged listing requests left whose marker's item is gone.
@@ -419,6 +420,13 @@ impl HttpFaults {
     /// proxy that routes them nowhere); no effect.
     pub fn not_found_next(&self, service: Service, n: u32) {
         self.with(service, |f| f.not_found = n);
+    }
+
+    /// The next `n` requests to `service` get a 404 with an API gateway's
+    /// own JSON body (Kong's "no Route matched"), not an OpenStack fault;
+    /// no effect.
+    pub fn gateway_not_found_next(&self, service: Service, n: u32) {
+        self.with(service, |f| f.gateway_not_found = n);
     }
 
     /// The next `n` requests to `service` take effect, then answer 200 with
@@ -692,6 +700,8 @@ fn with_faults(router: Router, state: &Arc<FaceState>, service: Service) -> Rout
 }
 
 const PROXY_404: &str = "<html><head><title>404 Not Found</title></head><body>\n<h1>Not Found</h1>\nThe requested URL was not found on this server.\n</body></html>\n";
+/// Kong's answer for a route it does not have.
+const GATEWAY_404: &str = r#"{"message":"no Route matched with those values"}"#;
 const PROXY_500: &str = "<html><head><title>500 Internal Server Error</title></head><body>\n<h1>Internal Server Error</h1>\nThe server encountered an internal error or misconfiguration and was unable to complete your request.\n</body></html>\n";
 
 /// The HTTP fault knobs, and the request id every OpenStack service sends.
@@ -717,10 +727,13 @@ async fn fault_layer(
             None
         } else if f.server_errors > 0 {
             f.server_errors -= 1;
-            Some((StatusCode::INTERNAL_SERVER_ERROR, PROXY_500))
+            Some((StatusCode::INTERNAL_SERVER_ERROR, "text/html", PROXY_500))
         } else if f.not_found > 0 {
             f.not_found -= 1;
-            Some((StatusCode::NOT_FOUND, PROXY_404))
+            Some((StatusCode::NOT_FOUND, "text/html", PROXY_404))
+        } else if f.gateway_not_found > 0 {
+            f.gateway_not_found -= 1;
+            Some((StatusCode::NOT_FOUND, "application/json", GATEWAY_404))
         } else {
             None
         };
@@ -759,8 +772,8 @@ async fn fault_layer(
             },
         )
         .into_response()
-    } else if let Some((status, page)) = proxy_error {
-        (status, [(header::CONTENT_TYPE, "text/html")], page).into_response()
+    } else if let Some((status, content_type, page)) = proxy_error {
+        (status, [(header::CONTENT_TYPE, content_type)], page).into_response()
     } else if unauthorized {
         ApiError::new(
             service,

@@ -39,46 +39,40 @@ pub struct Fault {
     pub message: String,
     /// Nova/Cinder `retryAfter` in the body (a string of seconds).
     pub retry_after: Option<Duration>,
-    /// The body is a JSON object, as every Nova, Cinder and Neutron error
-    /// is; a proxy's page is not.
+    /// The body is an OpenStack fault (one key wrapping an object with a
+    /// `message`), as every Nova, Cinder, Neutron and Keystone error is; a
+    /// proxy's page or an API gateway's own JSON is not.
     pub from_service: bool,
 }
 
 /// Reads a fault body of any of the shapes OpenStack services send:
 /// `{"<fault>": {"code", "message", "retryAfter"?}}` (Nova, Cinder),
 /// `{"NeutronError": {"type", "message", "detail"}}` (Neutron),
-/// `{"error": {"code", "title", "message"}}` (Keystone middleware's 401) or
-/// plain text. Never fails: an unreadable body becomes the message.
+/// `{"error": {"code", "title", "message"}}` (Keystone middleware's 401).
+/// Never fails: any other body (a proxy's page, a gateway's own JSON such
+/// as Kong's `{"message": ..}`) is no fault, its text the message.
 pub fn parse_fault(body: &str) -> Fault {
-    let text = |from_service| Fault {
+    let not_a_fault = || Fault {
         name: None,
         message: truncate(body.trim(), 300),
         retry_after: None,
-        from_service,
+        from_service: false,
     };
     let Ok(serde_json::Value::Object(root)) = serde_json::from_str::<serde_json::Value>(body)
     else {
-        return text(false);
+        return not_a_fault();
     };
-    // Neutron's flat form `{"type":..,"message":..}` and any other object
-    // with a top-level message.
-    if let Some(message) = root.get("message").and_then(|m| m.as_str()) {
-        return Fault {
-            name: root.get("type").and_then(|t| t.as_str()).map(str::to_owned),
-            message: message.to_owned(),
-            retry_after: None,
-            from_service: true,
-        };
-    }
-    let Some((key, inner)) = root.iter().find(|(_, v)| v.is_object()) else {
-        return text(true);
+    // Gateways in front of the APIs answer in JSON too (Kong `{"message"}`,
+    // APISIX `{"error_msg"}`, `{}`): only the services' own wrapping tells
+    // a 404 about the object from one about the route.
+    let mut entries = root.iter();
+    let (Some((key, inner)), None) = (entries.next(), entries.next()) else {
+        return not_a_fault();
     };
-    let message = inner
-        .get("message")
-        .or_else(|| inner.get("title"))
-        .and_then(|m| m.as_str())
-        .unwrap_or_default()
-        .to_owned();
+    let Some(message) = inner.get("message").and_then(|m| m.as_str()) else {
+        return not_a_fault();
+    };
+    let message = message.to_owned();
     let name = if key == "NeutronError" {
         inner
             .get("type")
@@ -180,11 +174,12 @@ pub fn classify(
         )),
         // Nova reports quota as 403 `forbidden` "Quota exceeded for cores: ...".
         403 if mentions_quota(&fault.message) => CloudError::QuotaExceeded(message),
-        // Nova, Cinder and Neutron say "not found" in a JSON fault. A 404
-        // page without one comes from something in front of them (a proxy
-        // routing nowhere, a backend missing mid-upgrade) and says nothing
-        // about the object: read as "gone", a delete would forget a port or
-        // volume that still exists. Glance's own 404s are HTML pages.
+        // Nova, Cinder and Neutron say "not found" in their own fault. A
+        // 404 without one comes from something in front of them (a proxy's
+        // page, a gateway's JSON for a route it lacks, a backend missing
+        // mid-upgrade) and says nothing about the object: read as "gone", a
+        // delete would forget a port or volume that still exists. Glance's
+        // own 404s are HTML pages.
         404 if service != Service::Image && !fault.from_service => CloudError::Transient(
             format!("{message}, not from the service (no OpenStack error in the answer: a proxy or gateway?)"),
         ),
@@ -371,6 +366,7 @@ mod tests {
     const UNKNOWN_AZ: &str = r#"{"badRequest": {"code": 400, "message": "The requested availability zone is not available"}}"#;
     const SERVER_MISSING: &str = r#"{"itemNotFound": {"code": 404, "message": "Instance 00000000-0000-0000-0000-000000000000 could not be found."}}"#;
     const PORT_MISSING: &str = r#"{"NeutronError": {"type": "PortNotFound", "message": "Port 00000000-0000-0000-0000-000000000000 could not be found.", "detail": ""}}"#;
+    const VOLUME_MISSING: &str = r#"{"itemNotFound": {"code": 404, "message": "Volume 00000000-0000-0000-0000-000000000000 could not be found."}}"#;
     const NOT_ATTACHED: &str = r#"{"itemNotFound": {"code": 404, "message": "Instance c5709905-63fc-4919-9c32-336f88e20d56 is not attached to volume 6d164150-4c0f-447a-896d-a825918714cd"}}"#;
     const DELETE_IN_USE: &str = r#"{"badRequest": {"code": 400, "message": "Invalid volume: Volume status must be available or error or error_restoring or error_extending or error_managing and must not be migrating, attached, belong to a group, have snapshots, awaiting a transfer, or be disassociated from snapshots after volume transfer."}}"#;
     const NEUTRON_OVER_QUOTA: &str = r#"{"NeutronError": {"type": "OverQuota", "message": "Quota exceeded for resources: ['port'].", "detail": ""}}"#;
@@ -396,6 +392,24 @@ mod tests {
         assert_eq!(parse_fault("").message, "");
         assert_eq!(parse_fault("[1,2]").name, None);
         assert_eq!(parse_fault(r#"{"a": 1}"#).name, None);
+        for body in [
+            ALREADY_ATTACHED,
+            PORT_IN_USE,
+            CORES_QUOTA,
+            INSTANCES_QUOTA,
+            GIGABYTES_QUOTA,
+            UNKNOWN_AZ,
+            SERVER_MISSING,
+            PORT_MISSING,
+            NOT_ATTACHED,
+            DELETE_IN_USE,
+            NEUTRON_OVER_QUOTA,
+            RATE_LIMITED,
+            TASK_STATE,
+            UNAUTHORIZED,
+        ] {
+            assert!(parse_fault(body).from_service, "{body}");
+        }
     }
 
     #[test]
@@ -544,10 +558,55 @@ mod tests {
 
     #[test]
     fn missing_objects_are_not_found() {
-        for body in [SERVER_MISSING, PORT_MISSING, NOT_ATTACHED] {
-            let e = classify(Compute, "GET /x", 404, None, body);
+        for (service, body) in [
+            (Compute, SERVER_MISSING),
+            (Compute, NOT_ATTACHED),
+            (BlockStorage, VOLUME_MISSING),
+            (Network, PORT_MISSING),
+        ] {
+            let e = classify(service, "GET /x", 404, None, body);
             assert!(matches!(e, CloudError::NotFound(_)), "{e:?}");
         }
+    }
+
+    /// An API gateway in front of Nova, Cinder or Neutron answers a route it
+    /// cannot serve with its own JSON (Kong, APISIX, an empty object): that
+    /// says nothing about the server, volume or port, which a delete would
+    /// otherwise count as gone while it still exists.
+    #[test]
+    fn a_gateways_own_json_404_is_not_the_services() {
+        for body in [
+            r#"{"message":"no Route matched with those values"}"#,
+            r#"{"error_msg":"404 Route Not Found"}"#,
+            "{}",
+            r#"{"message": "Not Found", "type": "PortNotFound"}"#,
+            r#"{"error": "not found"}"#,
+            r#"{"itemNotFound": {"code": 404}}"#,
+            r#"{"itemNotFound": {"code": 404, "message": "gone"}, "status": 404}"#,
+        ] {
+            assert!(!parse_fault(body).from_service, "{body}");
+            for service in [Compute, BlockStorage, Network] {
+                let e = classify(service, "DELETE /x", 404, None, body);
+                assert!(
+                    matches!(&e, CloudError::Transient(m) if m.contains("not from the service")),
+                    "{service:?} {body}: {e:?}"
+                );
+            }
+        }
+        // What the gateway said is kept for the operator.
+        let e = classify(
+            Network,
+            "DELETE /v2.0/ports/p",
+            404,
+            None,
+            r#"{"message":"no Route matched with those values"}"#,
+        );
+        assert!(e.to_string().contains("no Route matched"), "{e}");
+        // Glance's own 404s are pages: still the image's absence.
+        assert!(matches!(
+            classify(Image, "GET /v2/images/x", 404, None, "{}"),
+            CloudError::NotFound(_)
+        ));
     }
 
     #[test]
