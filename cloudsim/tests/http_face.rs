@@ -1074,6 +1074,40 @@ async fn tag_filter_is_honoured_from_2_26_and_ignored_below() {
     let _ = a;
 }
 
+/// Images only Glance has (an upload queued or failed, a deactivated old
+/// image) are listed by name after the model's and shown by id, each in
+/// its status.
+#[tokio::test]
+async fn glance_shows_uploaded_images_in_their_status() {
+    let env = start().await;
+    let queued = env.face.faults().upload_image("mysql-8.0", "queued");
+    let list = env
+        .get(Service::Image, "/v2/images?name=mysql-8.0", None)
+        .await
+        .expect(200)
+        .json();
+    let shown: Vec<(&str, &str)> = list["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["id"].as_str().unwrap(), i["status"].as_str().unwrap()))
+        .collect();
+    let active = env.image_id().await;
+    assert_eq!(
+        shown,
+        [(active.as_str(), "active"), (queued.as_str(), "queued")]
+    );
+    let image = env
+        .get(Service::Image, &format!("/v2/images/{queued}"), None)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(
+        (&image["name"], &image["status"]),
+        (&json!("mysql-8.0"), &json!("queued"))
+    );
+}
+
 // ---- error cases -----------------------------------------------------------
 
 #[tokio::test]

@@ -841,6 +841,46 @@ async fn a_rotated_image_is_looked_up_again() {
     }
 }
 
+/// Other images of the pool's image name that are not active (an upload
+/// queued, saving or killed, an old image deactivated) do not make the
+/// name ambiguous: boots go on from the one active image. Two active
+/// images of a name still are ambiguous, and an image given by id, or a
+/// name with no active image, that is not active is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_active_images_count_for_a_name() {
+    let env = env().await;
+    for status in ["queued", "saving", "killed", "deactivated"] {
+        env.face.faults().upload_image("mysql-8.0", status);
+    }
+    let cloud = env.driver().await;
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .expect("a boot from the active image");
+    assert_eq!(
+        settled(&cloud, &server.id).await.status,
+        ServerStatus::Active
+    );
+    let pool = PoolKey::new("db.small", "az1");
+    cloud.check_boot_spec(&pool, "mysql-8.0").await.unwrap();
+
+    let queued = env.face.faults().upload_image("mysql-8.1", "queued");
+    for image in [queued.as_str(), "mysql-8.1"] {
+        let e = cloud.image_id(image).await.unwrap_err();
+        assert!(
+            matches!(&e, CloudError::Fatal(m) if m.contains(&queued) && m.contains("is queued, not active")),
+            "{image}: {e:?}"
+        );
+    }
+
+    env.face.faults().upload_image("mysql-8.0", "active");
+    let e = cloud.check_boot_spec(&pool, "mysql-8.0").await.unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Fatal(m) if m.contains("2 images are named 'mysql-8.0'")),
+        "{e:?}"
+    );
+}
+
 /// An image given by id whose custom properties include one named
 /// `image` (Glance shows them beside its own fields) is read as the image.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

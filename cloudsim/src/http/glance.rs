@@ -1,6 +1,7 @@
 //! Glance v2 under `/image`, read-only: the model's images (by name in the
 //! model) with stable UUIDs, listed with `?name=` or shown by id, so a driver
-//! can resolve an image name to the UUID Nova requires.
+//! can resolve an image name to the UUID Nova requires; after them, images
+//! only Glance has (`HttpFaults::upload_image`), in any status.
 
 use super::{iso_seconds, require_token, ApiError, FaceState, Service};
 use axum::extract::{Path, Query, State};
@@ -41,13 +42,12 @@ async fn root(State(state): State<Arc<FaceState>>) -> Response {
         .into_response()
 }
 
-fn image_json(state: &FaceState, name: &str) -> Value {
-    let id = state.image_id(name);
+fn image_json(state: &FaceState, id: &str, name: &str, status: &str) -> Value {
     let created = iso_seconds(state.wall(state.epoch.0));
     let mut image = json!({
         "id": id,
         "name": name,
-        "status": "active",
+        "status": status,
         "visibility": "public",
         "protected": false,
         "os_hidden": false,
@@ -74,24 +74,36 @@ fn image_json(state: &FaceState, name: &str) -> Value {
     image
 }
 
+/// Every image Glance shows: (id, name, status).
+fn images(state: &FaceState) -> Vec<(String, String, String)> {
+    let model = state
+        .sim
+        .config()
+        .images
+        .into_iter()
+        .map(|name| (state.image_id(&name), name, "active".to_owned()));
+    let uploaded = state
+        .uploaded_images()
+        .into_iter()
+        .map(|i| (i.id, i.name, i.status));
+    model.chain(uploaded).collect()
+}
+
 async fn list_images(
     State(state): State<Arc<FaceState>>,
     q: Option<Query<Vec<(String, String)>>>,
 ) -> Json<Value> {
     let q = q.map(|Query(v)| v).unwrap_or_default();
-    let list: Vec<Value> = state
-        .sim
-        .config()
-        .images
+    let list: Vec<Value> = images(&state)
         .iter()
-        .filter(|name| {
+        .filter(|(id, name, _)| {
             q.iter().all(|(k, v)| match k.as_str() {
-                "name" => *name == v,
-                "id" => state.image_id(name) == *v,
+                "name" => name == v,
+                "id" => id == v,
                 _ => true,
             })
         })
-        .map(|name| image_json(&state, name))
+        .map(|(id, name, status)| image_json(&state, id, name, status))
         .collect();
     Json(json!({"images": list, "schema": "/v2/schemas/images", "first": "/v2/images"}))
 }
@@ -100,12 +112,9 @@ async fn show_image(
     State(state): State<Arc<FaceState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    state
-        .sim
-        .config()
-        .images
+    images(&state)
         .iter()
-        .find(|name| state.image_id(name) == id)
-        .map(|name| Json(image_json(&state, name)))
+        .find(|(image, _, _)| *image == id)
+        .map(|(id, name, status)| Json(image_json(&state, id, name, status)))
         .ok_or_else(|| ApiError::not_found(G, format!("No image found with ID {id}")))
 }

@@ -283,6 +283,8 @@ pub(crate) struct FaceState {
     /// Images replaced under their name (`HttpFaults::replace_image`): how
     /// many times, which gives the current one a new id.
     image_revisions: Mutex<HashMap<String, u32>>,
+    /// Images Glance shows beside the model's (`HttpFaults::upload_image`).
+    uploaded_images: Mutex<Vec<UploadedImage>>,
     /// Set at shutdown: requests still in a handler (e.g. hung by
     /// `Faults::hang_after_calls`) are answered 503 so connections close.
     stopping: tokio::sync::watch::Sender<bool>,
@@ -290,6 +292,14 @@ pub(crate) struct FaceState {
     pub(crate) changed_passwords: Mutex<HashMap<String, String>>,
     /// Password logins asked for, granted or not.
     pub(crate) password_logins: AtomicU32,
+}
+
+/// An image only Glance knows: Nova cannot boot it.
+#[derive(Clone, Debug)]
+pub(crate) struct UploadedImage {
+    pub id: String,
+    pub name: String,
+    pub status: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -304,6 +314,10 @@ impl FaceState {
             None | Some(0) => stable_uuid("image", name),
             Some(revision) => stable_uuid("image", &format!("{name}#{revision}")),
         }
+    }
+
+    pub fn uploaded_images(&self) -> Vec<UploadedImage> {
+        lock(&self.uploaded_images).clone()
     }
 
     pub fn url(&self, service: Service) -> String {
@@ -461,6 +475,20 @@ impl HttpFaults {
         *lock(&self.state.image_revisions)
             .entry(name.to_owned())
             .or_default() += 1;
+    }
+
+    /// Another image named `name` appears in Glance, in `status` (an upload
+    /// `queued`, `saving` or `killed`, an old image `deactivated`), beside
+    /// the model's images; Nova cannot boot it. Its id.
+    pub fn upload_image(&self, name: &str, status: &str) -> String {
+        let mut uploaded = lock(&self.state.uploaded_images);
+        let id = stable_uuid("uploaded-image", &format!("{name}#{}", uploaded.len()));
+        uploaded.push(UploadedImage {
+            id: id.clone(),
+            name: name.to_owned(),
+            status: status.to_owned(),
+        });
+        id
     }
 
     /// Revokes every token issued so far: they all get 401 from now on.
@@ -628,6 +656,7 @@ impl HttpFace {
             // from racing for the same addresses.
             next_address: AtomicU32::new(rand::random::<u16>().into()),
             image_revisions: Mutex::default(),
+            uploaded_images: Mutex::default(),
             stopping: tokio::sync::watch::channel(false).0,
             changed_passwords: Mutex::new(HashMap::new()),
             password_logins: AtomicU32::new(0),

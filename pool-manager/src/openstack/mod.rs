@@ -466,8 +466,18 @@ impl OpenStackCloud {
         if let Some(id) = self.inner.images.get(name_or_id) {
             return Ok(id);
         }
+        // Beside the image in use, a name may have failed or unfinished
+        // uploads and deactivated old images: they make no ambiguity.
+        let active = |i: &Named| i.status.as_deref().is_none_or(|s| s == "active");
         let image = self
-            .resolve(Service::Image, &["images"], "images", name_or_id, "image")
+            .resolve(
+                Service::Image,
+                &["images"],
+                "images",
+                name_or_id,
+                "image",
+                active,
+            )
             .await?;
         // A queued or deactivated image fails every boot.
         if let Some(status) = image.status.as_deref().filter(|s| *s != "active") {
@@ -493,6 +503,7 @@ impl OpenStackCloud {
                 "networks",
                 name_or_id,
                 "network",
+                |_| true,
             )
             .await?;
         self.inner
@@ -502,7 +513,9 @@ impl OpenStackCloud {
     }
 
     /// Looks `name_or_id` up by id (when it looks like one), then by name;
-    /// exactly one match is required.
+    /// exactly one match of the name that `counts` is required. With none
+    /// counting, one that does not is returned, for the caller to say why
+    /// it cannot be used.
     async fn resolve(
         &self,
         service: Service,
@@ -510,6 +523,7 @@ impl OpenStackCloud {
         key: &str,
         name_or_id: &str,
         kind: &str,
+        counts: impl Fn(&Named) -> bool,
     ) -> CloudResult<Named> {
         if looks_like_id(name_or_id) {
             let mut path: Vec<&str> = collection.to_vec();
@@ -538,16 +552,18 @@ impl OpenStackCloud {
         let items: Vec<Named> = serde_json::from_value(body.get(key).cloned().unwrap_or_default())
             .map_err(|e| unreadable(&what, e))?;
         // The name filter is exact on Glance and Neutron; checked anyway.
-        let mut matching: Vec<Named> = items
+        let (mut counted, others): (Vec<Named>, Vec<Named>) = items
             .into_iter()
             .filter(|n| n.name.as_deref() == Some(name_or_id))
-            .collect();
-        match matching.len() {
-            0 => Err(CloudError::NotFound(format!(
-                "no {kind} named '{name_or_id}' is visible to {}",
-                self.identity()
-            ))),
-            1 => Ok(matching.remove(0)),
+            .partition(|n| counts(n));
+        match counted.len() {
+            0 => others.into_iter().next().ok_or_else(|| {
+                CloudError::NotFound(format!(
+                    "no {kind} named '{name_or_id}' is visible to {}",
+                    self.identity()
+                ))
+            }),
+            1 => Ok(counted.remove(0)),
             n => Err(CloudError::Fatal(format!(
                 "{n} {kind}s are named '{name_or_id}'; give its id instead"
             ))),
