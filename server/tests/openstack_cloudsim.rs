@@ -898,6 +898,36 @@ async fn an_image_with_a_property_named_image_is_read_by_id() {
     assert_eq!(cloud.image_id(&id).await.unwrap(), id);
 }
 
+/// Nova pages flavors too (`[api] max_limit`): a pool's flavor past the
+/// first page of `GET /flavors/detail` is found, and boots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flavor_past_the_first_page_is_found() {
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            page_limit: Some(2),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let cloud = env.driver().await;
+    // db.small and db.medium fill the first page.
+    let large = cloud.flavor("db.large").await.expect("db.large, on page 2");
+    assert_eq!(large.name, "db.large");
+    cloud
+        .check_boot_spec(&PoolKey::new("db.large", "az1"), "mysql-8.0")
+        .await
+        .unwrap();
+    let server = cloud
+        .create_server(&spec("l", "db.large", "az1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        settled(&cloud, &server.id).await.status,
+        ServerStatus::Active
+    );
+}
+
 /// A cloud that pages its listings (Nova's `osapi_max_limit`, Neutron's
 /// `pagination_max_limit`) still shows the reconciler every pool server
 /// with every port attached to it: the driver follows the next links.
@@ -1821,14 +1851,15 @@ async fn a_cloud_ignoring_the_marker_fails_the_listing_at_once() {
     let env = env_with(
         sim_config(),
         HttpSettings {
-            page_limit: Some(2),
+            // The three flavors fit on one page, five servers do not.
+            page_limit: Some(4),
             ignore_marker: true,
             ..HttpSettings::default()
         },
     )
     .await;
     let cloud = env.driver().await;
-    for name in ["a", "b", "c"] {
+    for name in ["a", "b", "c", "d", "e"] {
         cloud
             .create_server(&spec(name, "db.small", "az1"))
             .await

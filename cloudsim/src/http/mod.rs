@@ -187,9 +187,9 @@ pub struct HttpSettings {
     /// How long [`RunningFace::shutdown`] waits for in-flight requests before
     /// aborting them (a request hung by `Faults::hang_after_calls` never ends).
     pub shutdown_grace: Duration,
-    /// The most items a server or port listing answers at once, as Nova's
-    /// `osapi_max_limit` and Neutron's `pagination_max_limit` cap it; a full
-    /// page links the next. `None`: unlimited (Neutron's default).
+    /// The most items a server, flavor or port listing answers at once, as
+    /// Nova's `[api] max_limit` and Neutron's `pagination_max_limit` cap it;
+    /// a full page links the next. `None`: unlimited (Neutron's default).
     pub page_limit: Option<usize>,
     /// A broken cloud (or a proxy dropping query strings) that ignores the
     /// `marker` of a paged listing: every page is the first.

@@ -732,28 +732,32 @@ async fn list_servers(
             })
         })
         .collect();
-    paged(&state, servers, &q, "servers")
+    paged(&state, servers, &q, "servers", "servers")
 }
 
-/// A page of servers, linked to the next as Nova links it.
+/// A page of a listing (`collection`: servers, flavors), linked to the
+/// next as Nova links it (`<collection>_links`).
 fn paged(
     state: &FaceState,
-    servers: Vec<Value>,
+    items: Vec<Value>,
     q: &[(String, String)],
     path: &str,
+    collection: &str,
 ) -> Result<Json<Value>, ApiError> {
     let url = format!("{}/{path}", state.url(super::Service::Compute));
-    let (servers, next) = super::page(servers, q, &state.settings, &url).map_err(|e| {
+    let (items, next) = super::page(items, q, &state.settings, &url).map_err(|e| {
         let message = match e {
             super::PageError::BadLimit(m) => m,
             super::PageError::UnknownMarker(id) => format!("marker [{id}] not found"),
         };
         ApiError::new(C, StatusCode::BAD_REQUEST, message)
     })?;
-    Ok(Json(match next {
-        Some(links) => json!({"servers": servers, "servers_links": links}),
-        None => json!({"servers": servers}),
-    }))
+    let mut body = serde_json::Map::new();
+    body.insert(collection.to_owned(), Value::Array(items));
+    if let Some(links) = next {
+        body.insert(format!("{collection}_links"), links);
+    }
+    Ok(Json(Value::Object(body)))
 }
 
 async fn list_servers_detail(
@@ -772,7 +776,7 @@ async fn list_servers_detail(
         .iter()
         .map(|d| server_json(&state, &model, d, mv))
         .collect();
-    paged(&state, servers, &q, "servers/detail")
+    paged(&state, servers, &q, "servers/detail", "servers")
 }
 
 async fn delete_server(
@@ -1279,6 +1283,7 @@ fn flavor_json(state: &FaceState, f: &crate::config::FlavorSpec, mv: Mv, detail:
 async fn list_flavors(
     State(state): State<Arc<FaceState>>,
     Extension(mv): Extension<Mv>,
+    q: Q,
 ) -> Result<Json<Value>, ApiError> {
     state
         .sim
@@ -1292,12 +1297,13 @@ async fn list_flavors(
         .iter()
         .map(|f| flavor_json(&state, f, mv, false))
         .collect();
-    Ok(Json(json!({"flavors": list})))
+    paged(&state, list, &query_pairs(q), "flavors", "flavors")
 }
 
 async fn list_flavors_detail(
     State(state): State<Arc<FaceState>>,
     Extension(mv): Extension<Mv>,
+    q: Q,
 ) -> Result<Json<Value>, ApiError> {
     state
         .sim
@@ -1311,7 +1317,7 @@ async fn list_flavors_detail(
         .iter()
         .map(|f| flavor_json(&state, f, mv, true))
         .collect();
-    Ok(Json(json!({"flavors": list})))
+    paged(&state, list, &query_pairs(q), "flavors/detail", "flavors")
 }
 
 async fn show_flavor(

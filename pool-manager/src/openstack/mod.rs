@@ -445,11 +445,20 @@ impl OpenStackCloud {
         if let Some(f) = self.inner.flavors.get(name_or_id) {
             return Ok(f);
         }
-        let body: nova::FlavorsBody = self
-            .fetch(self.nova(Method::GET, &["flavors", "detail"]))
+        // Nova pages flavors at [api] max_limit, as it pages servers.
+        let flavors = self
+            .list_all(
+                "GET /flavors/detail",
+                || self.nova(Method::GET, &["flavors", "detail"]),
+                |page: nova::FlavorsBody| {
+                    let has_next = nova::has_next(page.flavors_links.as_deref());
+                    (page.flavors, has_next)
+                },
+                |f| f.id.clone(),
+            )
             .await?;
         let cache = &self.inner.flavors;
-        for f in body.flavors {
+        for f in flavors {
             cache.insert(f.id.clone(), f.clone());
             cache.insert(f.name.clone(), f);
         }

@@ -22,8 +22,8 @@ pub struct ServersBody {
     pub servers_links: Option<Vec<Link>>,
 }
 
-/// A listing's page link, as Nova (`servers_links`) and Neutron
-/// (`ports_links`) give it.
+/// A listing's page link, as Nova (`servers_links`, `flavors_links`) and
+/// Neutron (`ports_links`) give it.
 #[derive(Debug, Deserialize)]
 pub struct Link {
     #[serde(default)]
@@ -169,6 +169,8 @@ pub fn to_server(s: NovaServer, rule: &AddressRule<'_>) -> Server {
 #[derive(Debug, Deserialize)]
 pub struct FlavorsBody {
     pub flavors: Vec<Flavor>,
+    #[serde(default)]
+    pub flavors_links: Option<Vec<Link>>,
 }
 
 /// A Nova flavor: what `/limits` headroom is computed with.
