@@ -1108,6 +1108,25 @@ async fn glance_shows_uploaded_images_in_their_status() {
     );
 }
 
+/// Neutron takes a network id in upper case as the network it names (its
+/// database compares ids without case).
+#[tokio::test]
+async fn a_port_on_a_network_id_in_upper_case_is_on_that_network() {
+    let env = start().await;
+    let net = env.network_id("tenant-net").await;
+    let r = env
+        .post(
+            Service::Network,
+            "/v2.0/ports",
+            None,
+            json!({"port": {"network_id": net.to_uppercase(), "name": "upper"}}),
+        )
+        .await
+        .expect(201)
+        .json();
+    assert_eq!(r["port"]["network_id"], net.as_str());
+}
+
 // ---- error cases -----------------------------------------------------------
 
 #[tokio::test]

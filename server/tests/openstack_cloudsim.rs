@@ -1931,14 +1931,17 @@ async fn a_tenant_port_on_the_management_network_is_refused() {
         .await;
     for name in ["mgmt-net", "mgmt-az2"] {
         let network = cloud.network(name).await.unwrap();
-        let e = cloud
-            .create_port(&port_spec("warmpool-o1", &network.id))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&e, CloudError::Fatal(m) if m.contains(&network.id) && m.contains(name) && m.contains("management network")),
-            "{e:?}"
-        );
+        // Neutron takes a network id in upper case as the same network.
+        for id in [network.id.clone(), network.id.to_uppercase()] {
+            let e = cloud
+                .create_port(&port_spec("warmpool-o1", &id))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&e, CloudError::Fatal(m) if m.contains(&id) && m.contains(name) && m.contains("management network")),
+                "{e:?}"
+            );
+        }
     }
     assert!(env.sim.ports().is_empty(), "{:?}", env.sim.ports());
     let tenant = cloud.network("tenant-net").await.unwrap();

@@ -303,9 +303,17 @@ async fn create_port(
             )
         })?
         .to_string();
-    let Some(network) = state.settings.networks.iter().find(|n| n.id == network_id) else {
+    // Neutron's database compares ids without case (MySQL's collation), so
+    // an id in upper case names the same network.
+    let Some(network) = state
+        .settings
+        .networks
+        .iter()
+        .find(|n| n.id.eq_ignore_ascii_case(&network_id))
+    else {
         return Err(network_not_found(&network_id));
     };
+    let network_id = network.id.clone();
     let name = match port.get("name") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),

@@ -414,7 +414,8 @@ impl OpenStackCloud {
                 Err(CloudError::NotFound(_)) => continue,
                 Err(e) => return Err(e),
             };
-            if network.id == network_id {
+            // Neutron takes an id in any case as the network it names.
+            if network.id.eq_ignore_ascii_case(network_id) {
                 return Err(CloudError::Fatal(format!(
                     "network {network_id} is warmpool's management network {name:?}, which every pool server is on; a tenant's port goes on the tenant's own network"
                 )));
