@@ -669,6 +669,16 @@ async fn a_lost_volume_or_port_create_answer_is_adopted_not_duplicated() {
     let port = cloud.create_port(&fixed).await.unwrap();
     assert_eq!(port.ip_address.as_deref(), Some("10.0.0.77"));
     assert_eq!(ports_named("warmpool-o1"), [port.id.as_str()]);
+    // A network named by its id in upper case (Neutron takes either case
+    // and answers the canonical id): the lost create's port is still its.
+    let upper = NewPortSpec {
+        network_id: network.id.to_uppercase(),
+        ..port_spec("warmpool-o3", &network.id)
+    };
+    faults.garbage_next(Service::Network, 1);
+    cloud.create_port(&upper).await.unwrap_err();
+    let port = cloud.create_port(&upper).await.unwrap();
+    assert_eq!(ports_named("warmpool-o3"), [port.id.as_str()]);
 
     // Twins left by earlier lost answers: one is kept, the others deleted
     // (a volume Cinder will not delete while creating fails the call

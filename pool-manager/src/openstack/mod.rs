@@ -824,7 +824,9 @@ impl OpenStackCloud {
             .find_ports_by_name(&spec.name)
             .await?
             .into_iter()
-            .filter(|p| p.network_id == spec.network_id)
+            // Neutron takes a network id in either case and answers the
+            // canonical one.
+            .filter(|p| p.network_id.eq_ignore_ascii_case(&spec.network_id))
             .collect();
         found.sort_by(|a, b| (a.device_id.is_some(), &a.id).cmp(&(b.device_id.is_some(), &b.id)));
         let mut found = found.into_iter();
