@@ -460,29 +460,38 @@ impl Shared {
             })
             .collect();
         ready.sort_by_key(|i| i.ready_at);
-        // Each with whether it goes only because it has been replaced (not
-        // for max_ready).
-        let mut doomed: Vec<(&Instance, String, bool)> = Vec::new();
+        let mut doomed: Vec<(&Instance, String, Retirement)> = Vec::new();
         for instance in ready {
             let due = renewal.due(instance);
             if let Some(why) = due.filter(|_| replaced || outdated_over_cap > 0) {
-                let for_cap = outdated_over_cap > 0;
+                let cause = match outdated_over_cap > 0 {
+                    true => Retirement::OutdatedOverCap,
+                    false => Retirement::Replaced,
+                };
                 outdated_over_cap = outdated_over_cap.saturating_sub(1);
-                doomed.push((instance, renewal.reason(instance, why), !for_cap));
+                doomed.push((instance, renewal.reason(instance, why), cause));
             } else if due.is_none() && over_cap > 0 {
                 over_cap -= 1;
                 doomed.push((
                     instance,
                     format!("above the pool's max_ready of {}", pool.spec.max_ready),
-                    false,
+                    Retirement::FreshOverCap,
                 ));
             }
         }
-        for (instance, reason, as_replaced) in doomed {
+        let max_ready = pool.spec.max_ready;
+        for (instance, reason, cause) in doomed {
             // Each retirement waits for the cloud's delete: purchases may
             // have taken the fresh instances since the step's listing, and
-            // an outdated one still serves until its replacement stands.
-            if as_replaced && self.fresh_ready(pool, renewal).await? < target {
+            // an outdated one still serves until its replacement stands, so
+            // each is judged again on what is Ready now.
+            let (fresh, outdated) = self.ready_now(pool, renewal).await?;
+            let still_due = match cause {
+                Retirement::Replaced => fresh >= target,
+                Retirement::OutdatedOverCap => fresh + outdated > max_ready,
+                Retirement::FreshOverCap => fresh > max_ready,
+            };
+            if !still_due {
                 continue;
             }
             let retired = self
@@ -506,14 +515,25 @@ impl Shared {
         Ok(())
     }
 
-    /// The pool's Ready instances that are unclaimed and not due for
-    /// replacement, now.
-    async fn fresh_ready(&self, pool: &PoolRecord, renewal: &Renewal<'_>) -> ManagerResult<u32> {
+    /// The pool's unclaimed Ready instances now: those not due for
+    /// replacement, and those due.
+    async fn ready_now(
+        &self,
+        pool: &PoolRecord,
+        renewal: &Renewal<'_>,
+    ) -> ManagerResult<(u32, u32)> {
         let instances = self.store.list_untouched_instances(&pool.key).await?;
-        let fresh = instances.iter().filter(|i| {
-            i.state == InstanceState::Ready && i.request_id.is_none() && renewal.due(i).is_none()
-        });
-        Ok(fresh.count() as u32)
+        let (mut fresh, mut outdated) = (0, 0);
+        for i in instances
+            .iter()
+            .filter(|i| i.state == InstanceState::Ready && i.request_id.is_none())
+        {
+            match renewal.due(i) {
+                None => fresh += 1,
+                Some(_) => outdated += 1,
+            }
+        }
+        Ok((fresh, outdated))
     }
 
     /// Deletes the pool's unclaimed instances; true once none is left and the
@@ -969,6 +989,17 @@ impl Shared {
         self.update_instance(&instance.id, |_| Some(None)).await?;
         Ok(())
     }
+}
+
+/// Why a Ready instance is retired, judged again when its turn comes.
+#[derive(Clone, Copy)]
+enum Retirement {
+    /// Outdated, and the fresh supply meets the target without it.
+    Replaced,
+    /// Outdated, and the pool's Ready instances are above max_ready.
+    OutdatedOverCap,
+    /// Fresh, and the fresh ones alone are above max_ready.
+    FreshOverCap,
 }
 
 /// Whether a boot task measures its boot's lead time.

@@ -249,6 +249,47 @@ async fn renewal_keeps_an_outdated_instance_that_purchases_now_need() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// The same with max_ready at the target: the old-image instances are
+/// also over the cap once their replacements stand, and a retirement for
+/// the cap is judged again when its turn comes, as one for renewal is.
+/// Judged on the step's listing alone, purchases taking the fresh ones
+/// left the step retiring the last old-image instance, under no cap any
+/// more, and the pool with nothing Ready.
+#[tokio::test(start_paused = true)]
+async fn a_retirement_for_max_ready_is_judged_again_when_its_turn_comes() {
+    let sim = sim_with_images();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_over(&cloud, temp_store(), 2).await;
+    manager
+        .update_pool(&pool(), |s| s.max_ready = 2)
+        .await
+        .unwrap();
+    let held = cloud.hold_next("delete_server", At::Before);
+    manager
+        .update_pool(&pool(), |s| s.image = "mysql-8.4".into())
+        .await
+        .unwrap();
+    held.reached().await;
+    for id in ["p1", "p2"] {
+        let taken = manager
+            .allocate(request(id, new_volume(), EmptyPoolPolicy::FailFast))
+            .await
+            .unwrap();
+        assert!(taken.warm_hit);
+    }
+    held.release();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let ready = manager
+        .get_pool(&pool())
+        .await
+        .unwrap()
+        .count(InstanceState::Ready);
+    assert_eq!(ready, 1, "the other old-image instance still serves");
+    tokio::time::sleep(Duration::from_secs(4 * 60)).await;
+    assert_all_of_image(&manager, &sim, "mysql-8.4").await;
+    assert_consistent(&sim, &manager).await;
+}
+
 /// What is compared is the image the cloud boots: with one image for every
 /// pool (the OpenStack driver's `image` override), a pool's own image
 /// boots nothing, and changing it replaces nothing; a new override (a
