@@ -628,9 +628,15 @@ impl PoolManager {
             }
             // A pool of the same name deleted earlier left its verdict
             // behind, and purchases that finished after its drain their
-            // demand.
+            // demand; its drain deleted a sizing record this version could
+            // not read, so the new pool's is saved.
             self.shared.health_book().forget(&key);
             self.shared.sizing_book().forget(&key);
+            self.shared
+                .sizing_unreadable
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
         }
         self.shared.changed();
         self.shared.start_replenisher(key.clone());

@@ -275,3 +275,41 @@ async fn an_unreadable_learned_sizing_record_is_not_saved_over() {
     assert_eq!(unreadable.len(), 1, "{unreadable:?}");
     assert_eq!(unreadable[0].kind, RecordKind::LearnedSizing);
 }
+
+/// The pool whose learned sizing could not be read is deleted (its drain
+/// deletes that record too) and created again: the new pool's sizing is
+/// saved as any pool's. It was never saved for the rest of the process.
+#[tokio::test(start_paused = true)]
+async fn a_pool_created_again_after_an_unreadable_sizing_record_saves_its_own() {
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let manager = started(&sim, store, 1).await;
+    manager.shutdown().await.unwrap();
+    drop(manager);
+    write_unreadable(
+        dir.path(),
+        RecordKind::LearnedSizing.tree(),
+        "db.small\0az1",
+    );
+    let store = open_store(dir.path());
+    let manager = manager_on(&sim, store.clone());
+    manager.start().await.unwrap();
+
+    manager.delete_pool(&pool()).await.unwrap();
+    for _ in 0..600 {
+        if manager.get_pool(&pool()).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    wait_ready(&manager, 1).await;
+    manager
+        .allocate(request("o-again", new_volume(), EmptyPoolPolicy::Wait))
+        .await
+        .unwrap();
+    manager.shutdown().await.unwrap();
+    let learned = store.get_learned_sizing(&pool()).await.unwrap();
+    assert_eq!(learned.map(|l| l.allocations), Some(1));
+}
