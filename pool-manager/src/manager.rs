@@ -741,17 +741,21 @@ fn seeded(seed: Option<u64>) -> StdRng {
 /// Refuses a changed spec that breaks a rule, unless the stored spec broke
 /// it the same way already (a pool stored before the rule existed, e.g. a
 /// `max_age` under its floor): then a change of something else (pausing the
-/// pool, a new image) goes through, and the old value is logged.
+/// pool, a new image) goes through, and the old value is logged. Every rule
+/// is judged: one kept from the stored settings hides no other.
 fn check_change(key: &PoolKey, stored: &PoolSpec, changed: &PoolSpec) -> ManagerResult<()> {
-    match changed.validate() {
-        Ok(()) => Ok(()),
-        Err(broken) if stored.validate().as_ref() == Err(&broken) => {
-            let (field, message) = broken;
-            tracing::warn!(pool = %key, field, "{message}: kept from the stored settings; change {field} to mend it");
-            Ok(())
-        }
-        Err((field, message)) => Err(ManagerError::invalid(field, message)),
+    let kept = stored.problems();
+    let (old, new): (Vec<_>, Vec<_>) = changed
+        .problems()
+        .into_iter()
+        .partition(|problem| kept.contains(problem));
+    if let Some((field, message)) = new.into_iter().next() {
+        return Err(ManagerError::invalid(field, message));
     }
+    for (field, message) in old {
+        tracing::warn!(pool = %key, field, "{message}: kept from the stored settings; change {field} to mend it");
+    }
+    Ok(())
 }
 
 /// A pool change written but not confirmed on disk is in effect all the

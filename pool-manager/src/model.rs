@@ -153,10 +153,21 @@ impl PoolSpec {
         self.target == Target::Auto
     }
 
-    /// Checks the spec's own consistency; the error names the field.
+    /// Checks the spec's own consistency; the error names the field (the
+    /// first of [`Self::problems`]).
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        match self.problems().into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
+    }
+
+    /// Every rule the spec breaks, each naming its field, in the order
+    /// [`Self::validate`] reports them.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
         if self.max_ready < self.min_ready {
-            return Err((
+            problems.push((
                 "max_ready",
                 format!(
                     "max_ready ({}) is below min_ready ({}): raise max_ready or lower min_ready",
@@ -165,13 +176,12 @@ impl PoolSpec {
             ));
         }
         if self.image.trim().is_empty() {
-            return Err(("image", "image must name the image to boot".into()));
-        }
-        if let Some(problem) = name_problem(&self.image) {
-            return Err(("image", format!("image {problem}")));
+            problems.push(("image", "image must name the image to boot".into()));
+        } else if let Some(problem) = name_problem(&self.image) {
+            problems.push(("image", format!("image {problem}")));
         }
         if self.boot_timeout < MIN_BOOT_TIMEOUT {
-            return Err((
+            problems.push((
                 "boot_timeout",
                 format!(
                     "boot_timeout must be at least {}, got {}: a boot takes longer, and one timed out sooner is booted again forever",
@@ -181,7 +191,7 @@ impl PoolSpec {
             ));
         }
         if let Some(max_age) = self.max_age.filter(|age| *age < MIN_MAX_AGE) {
-            return Err((
+            problems.push((
                 "max_age",
                 format!(
                     "max_age must be at least {}, got {}: instances would be replaced about as fast as they boot",
@@ -197,7 +207,7 @@ impl PoolSpec {
             ("max_age", self.max_age, MAX_MAX_AGE),
         ] {
             if let Some(value) = value.filter(|v| *v > limit) {
-                return Err((
+                problems.push((
                     field,
                     format!(
                         "{field} must be at most {}, got {}",
@@ -209,7 +219,7 @@ impl PoolSpec {
         }
         if let Target::Fixed(n) = self.target {
             if n > self.max_ready {
-                return Err((
+                problems.push((
                     "target",
                     format!(
                         "target {n} is above max_ready ({}): the pool would never hold it (lower the target or raise max_ready)",
@@ -219,13 +229,13 @@ impl PoolSpec {
             }
         }
         if self.windows.len() > MAX_WINDOWS {
-            return Err((
+            problems.push((
                 "windows",
                 format!("at most {MAX_WINDOWS} windows, got {}", self.windows.len()),
             ));
         }
         if let Some(w) = self.windows.iter().find(|w| w.min > self.max_ready) {
-            return Err((
+            problems.push((
                 "windows",
                 format!(
                     "window \"{w}\" asks for min {} above max_ready ({})",
@@ -238,13 +248,13 @@ impl PoolSpec {
             ("volume_iops_limit", self.volume_iops_limit),
         ] {
             if limit == Some(0) {
-                return Err((
+                problems.push((
                     field,
                     format!("{field} must be positive (omit it for none)"),
                 ));
             }
         }
-        Ok(())
+        problems
     }
 
     /// `min_ready`, raised by the windows open at `at`.

@@ -595,6 +595,23 @@ async fn a_pool_stored_before_a_rule_can_still_be_changed() {
         .await
         .unwrap();
     assert!(paused.record.spec.paused);
+    // The rule the stored settings break hides no other.
+    let err = manager
+        .update_pool(&pool(), |s| {
+            s.target = pool_manager::model::Target::Fixed(s.max_ready + 100)
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            pool_manager::ManagerError::InvalidArgument {
+                field: "target",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let err = manager
         .update_pool(&pool(), |s| s.max_age = Some(Duration::from_secs(2)))
         .await
