@@ -121,7 +121,8 @@ pub struct PoolSpec {
     pub boot_timeout: Duration,
     /// Ready instances older than this are replaced (`None`: never).
     pub max_age: Option<Duration>,
-    /// A paused pool boots nothing but still hands out what it has.
+    /// A paused pool boots nothing but still hands out what it has, and
+    /// retires Ready instances above `max_ready`.
     pub paused: bool,
     /// Operator windows raising `min_ready` while open
     /// ("Mon-Fri 09:00-18:00 min 10"). Absent in records stored before they

@@ -134,7 +134,12 @@ impl Shared {
                     tracing::warn!(pool = %key, error = %e, "drain step failed; trying again")
                 }
             }
-        } else if !pool.spec.paused {
+        } else if pool.spec.paused {
+            // Boots nothing, but keeps to max_ready.
+            if let Err(e) = self.paused_step(pool).await {
+                tracing::warn!(pool = %key, error = %e, "paused pool's step failed; trying again")
+            }
+        } else {
             match self.replenish_step(pool).await {
                 // Come back as soon as the gate opens again.
                 Ok(Some(hold)) => *wake = (*wake).min(hold.until()),
@@ -145,6 +150,17 @@ impl Shared {
             }
         }
         false
+    }
+
+    /// A paused pool's step: retires Ready instances above max_ready.
+    async fn paused_step(&self, pool: &PoolRecord) -> ManagerResult<()> {
+        let instances = self.store.list_untouched_instances(&pool.key).await?;
+        let image = self.cloud.boot_image(&pool.spec.image);
+        let wall = self.sizing_book().wall_now(&self.settings.sizing);
+        let renewal = Renewal::new(&pool.spec, &image, wall);
+        let census = Census::of(&instances, &renewal);
+        let due = Retirements::over_cap(&census, pool.spec.max_ready, false, 0);
+        self.retire(pool, &instances, &renewal, due).await
     }
 
     /// Waits for a change, the timer or the end of a hold.
@@ -313,18 +329,10 @@ impl Shared {
         // Outdated Ready instances (past max_age, or of an old image) are
         // not supply: their replacements boot now, and they are retired
         // once the replacements are Ready.
-        let (mut supply, mut in_flight, mut outdated) = (0u32, 0u32, 0u32);
-        for i in instances.iter().filter(|i| i.counts_as_supply()) {
-            if renewal.due(i).is_some() {
-                outdated += 1;
-            } else {
-                supply += 1;
-                if i.state != InstanceState::Ready {
-                    in_flight += 1;
-                }
-            }
-        }
-        let fresh_ready = supply - in_flight;
+        let census = Census::of(&instances, &renewal);
+        let Census {
+            supply, in_flight, ..
+        } = census;
         let now = Instant::now();
         let az = &pool.key.availability_zone;
         let settings = &self.settings.sizing;
@@ -368,12 +376,7 @@ impl Shared {
         // with a max_age shorter than a refill, the pool is never all
         // replaced at once, and outdated instances kept until then would
         // pile up a server a boot.
-        let due = Retirements {
-            replaced,
-            target,
-            fresh: fresh_ready.saturating_sub(pool.spec.max_ready),
-            outdated: (fresh_ready + outdated).saturating_sub(pool.spec.max_ready),
-        };
+        let due = Retirements::over_cap(&census, pool.spec.max_ready, replaced, target);
         self.retire(pool, &instances, &renewal, due).await?;
         // The plan and its boots' tickets under one lock: the room and the
         // headroom this pool takes are gone at once for the AZ's other
@@ -1070,6 +1073,55 @@ struct Retirements {
     /// The oldest outdated ones beyond `max_ready`, fresh and outdated
     /// counted together.
     outdated: u32,
+}
+
+/// A pool's untouched instances, counted for a step.
+#[derive(Clone, Copy, Debug)]
+struct Census {
+    /// Booting, warming and fresh Ready instances.
+    supply: u32,
+    /// Of those, the ones not Ready yet.
+    in_flight: u32,
+    /// Ready instances due for replacement (not supply).
+    outdated: u32,
+}
+
+impl Census {
+    fn of(instances: &[Instance], renewal: &Renewal<'_>) -> Self {
+        let mut census = Census {
+            supply: 0,
+            in_flight: 0,
+            outdated: 0,
+        };
+        for i in instances.iter().filter(|i| i.counts_as_supply()) {
+            if renewal.due(i).is_some() {
+                census.outdated += 1;
+            } else {
+                census.supply += 1;
+                if i.state != InstanceState::Ready {
+                    census.in_flight += 1;
+                }
+            }
+        }
+        census
+    }
+
+    fn fresh_ready(&self) -> u32 {
+        self.supply - self.in_flight
+    }
+}
+
+impl Retirements {
+    /// What goes for `max_ready`, and for renewal if `replaced`.
+    fn over_cap(census: &Census, max_ready: u32, replaced: bool, target: u32) -> Self {
+        let fresh_ready = census.fresh_ready();
+        Retirements {
+            replaced,
+            target,
+            fresh: fresh_ready.saturating_sub(max_ready),
+            outdated: (fresh_ready + census.outdated).saturating_sub(max_ready),
+        }
+    }
 }
 
 /// Why a Ready instance is due for replacement.

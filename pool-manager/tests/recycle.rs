@@ -77,6 +77,28 @@ async fn lowering_max_ready_retires_the_oldest_ready_instances() {
     assert_eq!(ready_ids(&manager).await, kept);
 }
 
+/// A paused pool boots nothing, but it still keeps to max_ready: lowering
+/// it retires the oldest Ready instances there too (they stayed, idle, until
+/// the pool was resumed).
+#[tokio::test(start_paused = true)]
+async fn a_paused_pool_still_retires_above_max_ready() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 4).await;
+    manager
+        .update_pool(&pool(), |s| {
+            s.paused = true;
+            s.min_ready = 1;
+            s.max_ready = 2;
+            s.target = Target::Fixed(1);
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(ready_ids(&manager).await.len(), 2);
+    assert_eq!(sim.servers().len(), 2, "their servers are deleted");
+    assert_consistent(&sim, &manager).await;
+}
+
 /// Also when the target is `max_ready` itself: the replacements booting
 /// next to the expired instances are not a reason to retire those early.
 #[tokio::test(start_paused = true)]
