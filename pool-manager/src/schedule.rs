@@ -149,7 +149,9 @@ impl FromStr for TimeOfDay {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || ScheduleError::Time(s.to_string());
         let (h, m) = s.trim().split_once(':').ok_or_else(err)?;
-        if h.is_empty() || h.len() > 2 || m.len() != 2 {
+        // Digits only: `parse` alone would take "+5" as 5.
+        let digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+        if h.is_empty() || h.len() > 2 || m.len() != 2 || !digits(h) || !digits(m) {
             return Err(err());
         }
         let h: u16 = h.parse().map_err(|_| err())?;
@@ -210,7 +212,7 @@ impl FromStr for UtcOffset {
         };
         let h: i16 = h.parse().map_err(|_| err())?;
         let m: i16 = m.parse().map_err(|_| err())?;
-        if !(0..=14).contains(&h) || !(0..60).contains(&m) {
+        if !(0..=14).contains(&h) || !(0..60).contains(&m) || h * 60 + m > 14 * 60 {
             return Err(err());
         }
         Ok(Self(sign * (h * 60 + m)))
@@ -513,6 +515,15 @@ mod tests {
         // Out of range: the message says the range.
         let err = "+15:00".parse::<UtcOffset>().unwrap_err();
         assert!(err.to_string().contains("from -14:00 to +14:00"), "{err}");
+        assert!("+14:59".parse::<UtcOffset>().is_err());
+        assert!("-14:01".parse::<UtcOffset>().is_err());
+        assert!("+999:00".parse::<UtcOffset>().is_err());
+        assert_eq!("-14:00".parse::<UtcOffset>().unwrap().minutes(), -840);
+        // A time of day is digits only: parse() alone takes a sign.
+        for bad in ["09:+5", "+9:05", "-0:30", "9:5 "] {
+            assert!(bad.parse::<TimeOfDay>().is_err(), "{bad}");
+        }
+        assert_eq!("9:05".parse::<TimeOfDay>().unwrap().minutes(), 545);
         assert_eq!("+0130".parse::<UtcOffset>().unwrap().minutes(), 90);
         assert_eq!("-5".parse::<UtcOffset>().unwrap().minutes(), -300);
     }
