@@ -4,17 +4,22 @@
 //! the server then stops as if it had been asked to, exit code 0, which a
 //! supervisor (`Restart=on-failure`) does not restart. Here such an error is
 //! logged and accepting resumes after a pause. Each connection is then
-//! established (for TLS, its handshake: [`crate::tls`]) beside the others.
+//! established (for TLS, its handshake: [`crate::tls`]) beside the others,
+//! at most [`MAX_ESTABLISHING`] at once: one more drops the oldest.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// Connections being established at once; further ones wait in the
-/// kernel's backlog until one is done.
+/// Connections being established at once. One more takes the slot of the
+/// oldest (which is dropped): sockets opened and left silent (a scanner, an
+/// attacker) would otherwise hold every slot for the handshake timeout and
+/// keep clients waiting in the kernel's backlog.
 const MAX_ESTABLISHING: usize = 256;
 
 /// How long accepting pauses after an error of the listener's own (as
@@ -37,23 +42,20 @@ where
     Established: Future<Output = Option<IO>> + Send + 'static,
 {
     let (accepted, stream) = tokio::sync::mpsc::channel(64);
-    let establishing = Arc::new(tokio::sync::Semaphore::new(MAX_ESTABLISHING));
+    // Connections being established, oldest first: (number, its task).
+    let establishing: Arc<Mutex<VecDeque<(u64, AbortHandle)>>> = Arc::default();
+    let mut numbered = 0u64;
     tokio::spawn(async move {
         tokio::pin!(stop);
         loop {
-            let next = async {
-                let permit = Arc::clone(&establishing).acquire_owned().await;
-                (permit, listener.accept().await)
-            };
-            let (permit, (socket, peer)) = tokio::select! {
+            let (socket, peer) = tokio::select! {
                 // Stopping first: a shutdown closes the port at once.
                 biased;
                 () = &mut stop => return,
                 () = accepted.closed() => return,
-                (permit, next) = next => match (permit, next) {
-                    (Ok(permit), Ok(connection)) => (permit, connection),
-                    (Err(_closed), _) => return,
-                    (_, Err(e)) => {
+                next = listener.accept() => match next {
+                    Ok(connection) => connection,
+                    Err(e) => {
                         if !is_the_clients_doing(&e) {
                             // The listener is fine; a pause lets
                             // connections close and free descriptors.
@@ -70,16 +72,33 @@ where
             let _ = socket.set_nodelay(true);
             let connection = establish(socket, peer);
             let accepted = accepted.clone();
-            tokio::spawn(async move {
+            numbered += 1;
+            let number = numbered;
+            let slots = Arc::clone(&establishing);
+            // Locked across the spawn: the task leaves the queue only after
+            // it is in it.
+            let mut queue = lock(&establishing);
+            if queue.len() >= MAX_ESTABLISHING {
+                if let Some((_, oldest)) = queue.pop_front() {
+                    tracing::debug!(%peer, "{MAX_ESTABLISHING} connections being established: dropping the oldest");
+                    oldest.abort();
+                }
+            }
+            let task = tokio::spawn(async move {
                 let connection = connection.await;
-                drop(permit);
+                lock(&slots).retain(|(n, _)| *n != number);
                 if let Some(connection) = connection {
                     let _ = accepted.send(Ok(connection)).await;
                 }
             });
+            queue.push_back((number, task.abort_handle()));
         }
     });
     ReceiverStream::new(stream)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// An accept error that is one client's (it gave up before it was

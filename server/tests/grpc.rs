@@ -2248,6 +2248,44 @@ async fn stop_bare(running: warmpool_server::Running, stop: tokio::sync::oneshot
     served.await.unwrap().unwrap();
 }
 
+/// Connections that never start their TLS handshake (a scanner, an
+/// attacker holding sockets open) do not keep others out: with every
+/// handshake slot taken by them, a new connection takes the oldest one's
+/// slot, and a client gets its answer. They used to fill the slots for the
+/// handshake timeout, again and again, while clients waited in the backlog.
+#[tokio::test]
+async fn idle_connections_holding_every_handshake_slot_do_not_lock_clients_out() {
+    use support::pki::Pki;
+    support::init_tracing();
+    let data = tempfile::tempdir().unwrap();
+    let pki = Pki::new(data.path(), "ca");
+    let server = pki.issue("server", &["127.0.0.1"]);
+    let text = support::config_text(data.path(), &[("db.small", "az1", 0, 1)])
+        + &format!(
+            "\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            server.cert_file, server.key_file
+        );
+    let (running, stop) = start_bare(&text).await.unwrap();
+    let addr = running.grpc_addr;
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // Well under the daemon's 10 s handshake timeout: an answer within it
+    // is one the idle sockets did not hold up.
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        list_pools_over(
+            &format!("https://127.0.0.1:{}", addr.port()),
+            tls_options(Some(pki.ca_pem()), None),
+        ),
+    )
+    .await;
+    assert_eq!(answer.ok(), Some(Ok(1)));
+    drop(idle);
+    stop_bare(running, stop).await;
+}
+
 #[tokio::test]
 async fn tls_serves_clients_that_trust_the_daemon_and_mutual_tls_checks_them() {
     use support::pki::Pki;
