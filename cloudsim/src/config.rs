@@ -1,6 +1,9 @@
 //! `SimConfig`: the shape of the simulated cloud (zones, hosts, flavors,
 //! images, quotas) and its timing model. The defaults reproduce the field
-//! reports in `docs/calibration.md` (shared copy: `/work/shared/calibration.md`).
+//! reports in `docs/calibration.md` (shared copy: `/work/shared/calibration.md`)
+//! but one: a lone boot is ready after about 60 s where the report's Trove
+//! cold create takes 90 s (`mysqld_start` is 35 s, not the 65 s the guest
+//! agent and mysqld took there; docs/benchmarks.md, Limitations).
 //!
 //! Every duration here is *simulated* time; [`SimConfig::time_scale`] turns it
 //! into tokio time, so a demo can run 20x faster with `time_scale = 0.05`.
