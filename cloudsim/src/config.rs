@@ -1,6 +1,6 @@
 //! `SimConfig`: the shape of the simulated cloud (zones, hosts, flavors,
 //! images, quotas) and its timing model. The defaults reproduce the field
-//! reports in `docs/calibration.md` (shared copy: `/work/shared/calibration.md`)
+//! reports in calibration.md (`../shared/calibration.md` beside the repository)
 //! but one: a lone boot is ready after about 60 s where the report's Trove
 //! cold create takes 90 s (`mysqld_start` is 35 s, not the 65 s the guest
 //! agent and mysqld took there; docs/benchmarks.md, Limitations).
