@@ -26,7 +26,11 @@ pub struct Fill {
     pub concurrency: Option<u32>,
     pub instances: u32,
     pub fill_time: Duration,
+    /// Boot request to mysqld answering, per instance.
     pub leads: Vec<Duration>,
+    /// Boot request to ACTIVE, per instance: the part the hosts serialize,
+    /// which contention stretches (mysqld's start is not contended here).
+    pub builds: Vec<Duration>,
     pub throttled: u64,
 }
 
@@ -44,6 +48,10 @@ impl Fill {
 
     pub fn lead_p(&self, q: f64) -> Duration {
         quantile(&self.leads, q)
+    }
+
+    pub fn build_p(&self, q: f64) -> Duration {
+        quantile(&self.builds, q)
     }
 }
 
@@ -126,6 +134,11 @@ pub fn fill(instances: u32, concurrency: Option<u32>, seed: u64) -> Fill {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         let fill_time = started.elapsed();
+        let builds = sim
+            .servers()
+            .iter()
+            .filter_map(|s| s.active_at.map(|at| at.duration_since(s.created_at)))
+            .collect();
         let _ = manager.shutdown().await;
         let leads = leads.lock().expect("leads").clone();
         Fill {
@@ -133,6 +146,7 @@ pub fn fill(instances: u32, concurrency: Option<u32>, seed: u64) -> Fill {
             instances,
             fill_time,
             leads,
+            builds,
             throttled: cloud.throttled(),
         }
     })
@@ -141,4 +155,9 @@ pub fn fill(instances: u32, concurrency: Option<u32>, seed: u64) -> Fill {
 /// The lead time of one boot on an idle cloud.
 pub fn lone_boot(seed: u64) -> Duration {
     fill(1, Some(1), seed).fill_time
+}
+
+/// The build (request to ACTIVE) of one boot on an idle cloud.
+pub fn lone_build(seed: u64) -> Duration {
+    fill(1, Some(1), seed).build_p(0.5)
 }
