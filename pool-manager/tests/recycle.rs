@@ -236,12 +236,27 @@ async fn changing_the_image_replaces_the_ready_instances_before_retiring_them() 
 /// while the fresh supply meets the target. Each retirement waits for the
 /// cloud's delete; purchases taking the fresh instances meanwhile used to
 /// leave the step retiring the next outdated one all the same, on the
-/// listing it started from, and the pool with nothing Ready.
+/// listing it started from, and the pool with nothing Ready. Also with
+/// max_ready at the target, where the old-image instances are over the cap
+/// as well once their replacements stand: a retirement for the cap is
+/// judged again when its turn comes too.
 #[tokio::test(start_paused = true)]
 async fn renewal_keeps_an_outdated_instance_that_purchases_now_need() {
+    for max_ready in [None, Some(2)] {
+        purchases_during_renewal(max_ready).await;
+    }
+}
+
+async fn purchases_during_renewal(max_ready: Option<u32>) {
     let sim = sim_with_images();
     let cloud = GatedCloud::new(&sim);
     let manager = started_over(&cloud, temp_store(), 2).await;
+    if let Some(max_ready) = max_ready {
+        manager
+            .update_pool(&pool(), |s| s.max_ready = max_ready)
+            .await
+            .unwrap();
+    }
     let held = cloud.hold_next("delete_server", At::Before);
     manager
         .update_pool(&pool(), |s| s.image = "mysql-8.4".into())
@@ -264,49 +279,11 @@ async fn renewal_keeps_an_outdated_instance_that_purchases_now_need() {
         .await
         .unwrap()
         .count(InstanceState::Ready);
-    assert_eq!(ready, 1, "the other old-image instance still serves");
+    assert_eq!(
+        ready, 1,
+        "max_ready {max_ready:?}: the other old-image instance still serves"
+    );
     // Once replaced again, it goes.
-    tokio::time::sleep(Duration::from_secs(4 * 60)).await;
-    assert_all_of_image(&manager, &sim, "mysql-8.4").await;
-    assert_consistent(&sim, &manager).await;
-}
-
-/// The same with max_ready at the target: the old-image instances are
-/// also over the cap once their replacements stand, and a retirement for
-/// the cap is judged again when its turn comes, as one for renewal is.
-/// Judged on the step's listing alone, purchases taking the fresh ones
-/// left the step retiring the last old-image instance, under no cap any
-/// more, and the pool with nothing Ready.
-#[tokio::test(start_paused = true)]
-async fn a_retirement_for_max_ready_is_judged_again_when_its_turn_comes() {
-    let sim = sim_with_images();
-    let cloud = GatedCloud::new(&sim);
-    let manager = started_over(&cloud, temp_store(), 2).await;
-    manager
-        .update_pool(&pool(), |s| s.max_ready = 2)
-        .await
-        .unwrap();
-    let held = cloud.hold_next("delete_server", At::Before);
-    manager
-        .update_pool(&pool(), |s| s.image = "mysql-8.4".into())
-        .await
-        .unwrap();
-    held.reached().await;
-    for id in ["p1", "p2"] {
-        let taken = manager
-            .allocate(request(id, new_volume(), EmptyPoolPolicy::FailFast))
-            .await
-            .unwrap();
-        assert!(taken.warm_hit);
-    }
-    held.release();
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    let ready = manager
-        .get_pool(&pool())
-        .await
-        .unwrap()
-        .count(InstanceState::Ready);
-    assert_eq!(ready, 1, "the other old-image instance still serves");
     tokio::time::sleep(Duration::from_secs(4 * 60)).await;
     assert_all_of_image(&manager, &sim, "mysql-8.4").await;
     assert_consistent(&sim, &manager).await;
