@@ -241,15 +241,11 @@ async fn an_instance_claimed_by_a_set_aside_order_is_left_alone() {
     manager.shutdown().await.unwrap();
 }
 
-/// A learned-sizing record this version cannot read (a newer version's)
-/// does not stop it: the pool is sized from scratch, and the record is
-/// kept for the version that wrote it, not saved over a minute later, so
-/// `store check` still lists it.
-#[tokio::test(start_paused = true)]
-async fn an_unreadable_learned_sizing_record_is_not_saved_over() {
-    let sim = sim();
+/// A store in a new directory whose pool's learned-sizing record this
+/// version cannot read (a newer version's).
+async fn with_unreadable_sizing(sim: &std::sync::Arc<cloudsim::SimCloud>) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let manager = started(&sim, open_store(dir.path()), 1).await;
+    let manager = started(sim, open_store(dir.path()), 1).await;
     manager.shutdown().await.unwrap();
     drop(manager);
     write_unreadable(
@@ -257,7 +253,17 @@ async fn an_unreadable_learned_sizing_record_is_not_saved_over() {
         RecordKind::LearnedSizing.tree(),
         "db.small\0az1",
     );
+    dir
+}
 
+/// A learned-sizing record this version cannot read (a newer version's)
+/// does not stop it: the pool is sized from scratch, and the record is
+/// kept for the version that wrote it, not saved over a minute later, so
+/// `store check` still lists it.
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_learned_sizing_record_is_not_saved_over() {
+    let sim = sim();
+    let dir = with_unreadable_sizing(&sim).await;
     let manager = restarted(&sim, dir.path()).await;
     // Purchases and the boots replacing them: something to learn and save.
     for order in ["o-1", "o-2"] {
@@ -282,16 +288,7 @@ async fn an_unreadable_learned_sizing_record_is_not_saved_over() {
 #[tokio::test(start_paused = true)]
 async fn a_pool_created_again_after_an_unreadable_sizing_record_saves_its_own() {
     let sim = sim();
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path());
-    let manager = started(&sim, store, 1).await;
-    manager.shutdown().await.unwrap();
-    drop(manager);
-    write_unreadable(
-        dir.path(),
-        RecordKind::LearnedSizing.tree(),
-        "db.small\0az1",
-    );
+    let dir = with_unreadable_sizing(&sim).await;
     let store = open_store(dir.path());
     let manager = manager_on(&sim, store.clone());
     manager.start().await.unwrap();
