@@ -939,8 +939,18 @@ impl Shared {
                         AttemptError::Request(e) => (e, false),
                     };
                     tracing::warn!(instance = %instance.id, error = %error, "discarding instance after a failed try");
-                    self.discard_instance(&instance.id, &error.to_string())
-                        .await?;
+                    match self
+                        .discard_instance(&instance.id, &error.to_string())
+                        .await
+                    {
+                        Ok(()) => {}
+                        Err(e @ ManagerError::Store(_)) => return Err(e),
+                        // Its record says Deleting (flushed before the
+                        // delete was asked for): the reconciler finishes it.
+                        Err(e) => {
+                            tracing::warn!(instance = %instance.id, error = %e, "cannot delete the failed try's server now; the reconciler will")
+                        }
+                    }
                     // After the discard: a port Nova would not detach is
                     // bound until its server is deleted, and a member-only
                     // user may not delete it before.

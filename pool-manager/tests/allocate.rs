@@ -595,6 +595,40 @@ async fn a_port_nova_will_not_detach_is_deleted_after_its_server_and_the_next_in
     assert_consistent(&sim, &manager).await;
 }
 
+/// A failed try whose server Nova will not delete now (a locked server, a
+/// delete refused 409): its record says Deleting, so the reconciler
+/// finishes the delete later, and the purchase goes on to the next
+/// instance. It used to fail with Ready instances left.
+#[tokio::test(start_paused = true)]
+async fn a_failed_trys_server_delete_refused_is_left_to_the_reconciler() {
+    let sim = sim();
+    let refuse = std::sync::Arc::new(AtomicBool::new(false));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let refuse = refuse.clone();
+        move |method| {
+            (method == "delete_server" && refuse.load(Ordering::SeqCst)).then(|| {
+                pool_manager::cloud::CloudError::Conflict(
+                    "Instance is locked and cannot be deleted".into(),
+                )
+            })
+        }
+    });
+    let manager = started_over(&cloud, temp_store(), 2).await;
+    refuse.store(true, Ordering::SeqCst);
+    sim.faults().fail_next_volume_attach(1);
+    let allocation = manager
+        .allocate(request("order-l", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    assert!(allocation.warm_hit);
+
+    refuse.store(false, Ordering::SeqCst);
+    manager.reconcile().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A cloud that refuses the next volume attach ("attach refused") once
 /// the returned flag is set.
 fn refusing_one_attach(
