@@ -488,7 +488,9 @@ impl Shared {
             // have taken the fresh instances since the step's listing, and
             // an outdated one still serves until its replacement stands, so
             // each is judged again on what is Ready now.
-            let (fresh, outdated) = self.ready_now(pool, renewal).await?;
+            let now = self.store.list_untouched_instances(&pool.key).await?;
+            let census = Census::of(&now, renewal);
+            let (fresh, outdated) = (census.fresh_ready(), census.outdated);
             let still_due = match cause {
                 Retirement::Replaced => fresh >= target,
                 Retirement::OutdatedOverCap => fresh + outdated > max_ready,
@@ -516,27 +518,6 @@ impl Shared {
             }
         }
         Ok(())
-    }
-
-    /// The pool's unclaimed Ready instances now: those not due for
-    /// replacement, and those due.
-    async fn ready_now(
-        &self,
-        pool: &PoolRecord,
-        renewal: &Renewal<'_>,
-    ) -> ManagerResult<(u32, u32)> {
-        let instances = self.store.list_untouched_instances(&pool.key).await?;
-        let (mut fresh, mut outdated) = (0, 0);
-        for i in instances
-            .iter()
-            .filter(|i| i.state == InstanceState::Ready && i.request_id.is_none())
-        {
-            match renewal.due(i) {
-                None => fresh += 1,
-                Some(_) => outdated += 1,
-            }
-        }
-        Ok((fresh, outdated))
     }
 
     /// Deletes the pool's unclaimed instances; true once none is left and the

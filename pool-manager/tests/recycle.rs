@@ -38,8 +38,16 @@ async fn started_with_max_age(
     manager
 }
 
+/// Also in a paused pool: it boots nothing, but it keeps to max_ready (its
+/// instances stayed, idle, until it was resumed).
 #[tokio::test(start_paused = true)]
 async fn lowering_max_ready_retires_the_oldest_ready_instances() {
+    for paused in [false, true] {
+        lowering_max_ready_retires(paused).await;
+    }
+}
+
+async fn lowering_max_ready_retires(paused: bool) {
     let sim = sim();
     let manager = started(&sim, temp_store(), 4).await;
     let mut oldest_first = manager.list_instances(Some(&pool())).await.unwrap();
@@ -48,6 +56,7 @@ async fn lowering_max_ready_retires_the_oldest_ready_instances() {
 
     manager
         .update_pool(&pool(), |s| {
+            s.paused = paused;
             s.min_ready = 1;
             s.max_ready = 2;
             s.target = Target::Fixed(1);
@@ -57,7 +66,7 @@ async fn lowering_max_ready_retires_the_oldest_ready_instances() {
     tokio::time::sleep(Duration::from_secs(30)).await;
 
     let kept = ready_ids(&manager).await;
-    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert_eq!(kept.len(), 2, "paused {paused}: {kept:?}");
     let (kept_at, gone_at): (Vec<_>, Vec<_>) =
         oldest_first.iter().partition(|i| kept.contains(&i.id));
     assert_eq!(kept_at.len(), 2, "only original instances are kept");
@@ -75,28 +84,6 @@ async fn lowering_max_ready_retires_the_oldest_ready_instances() {
         .unwrap();
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(ready_ids(&manager).await, kept);
-}
-
-/// A paused pool boots nothing, but it still keeps to max_ready: lowering
-/// it retires the oldest Ready instances there too (they stayed, idle, until
-/// the pool was resumed).
-#[tokio::test(start_paused = true)]
-async fn a_paused_pool_still_retires_above_max_ready() {
-    let sim = sim();
-    let manager = started(&sim, temp_store(), 4).await;
-    manager
-        .update_pool(&pool(), |s| {
-            s.paused = true;
-            s.min_ready = 1;
-            s.max_ready = 2;
-            s.target = Target::Fixed(1);
-        })
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    assert_eq!(ready_ids(&manager).await.len(), 2);
-    assert_eq!(sim.servers().len(), 2, "their servers are deleted");
-    assert_consistent(&sim, &manager).await;
 }
 
 /// Also when the target is `max_ready` itself: the replacements booting
