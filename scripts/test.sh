@@ -31,6 +31,7 @@
 #   WARMPOOL_TEST_MARIADB_ADDR  host:port of the MariaDB (default 127.0.0.1:3306)
 #   MARIADB_START_TIMEOUT       seconds to wait for MariaDB to answer (default 60)
 #   TESTBED_UP_TIMEOUT          seconds to wait for deploy/testbed/up.sh (default 1200)
+#   CARGO_INCREMENTAL           default 0 here (one full build; its caches cost 4 GB)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -355,6 +356,11 @@ ensure_mariadb() {
 if selected testbed; then
     start_testbed
 fi
+
+# One build of everything, so incremental compilation's caches (4 GB of
+# target/debug/incremental for this workspace) buy nothing but disk; set
+# CARGO_INCREMENTAL=1 to keep them between runs.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 # While the testbed comes up: the cargo steps, and the test build, which is
 # most of `cargo test`'s time. On 2 cores this overlaps the testbed's pip
