@@ -33,7 +33,7 @@ fn pool(flavor: &'static str, az: &'static str, min_ready: u32, max_ready: u32) 
 /// A daemon config, written as the TOML an operator would write: on
 /// 127.0.0.1:0 (tests run in parallel, so every daemon gets its own ports),
 /// short manager intervals, and the embedded cloud at 1/100 speed with real
-/// MySQL-greeting listeners (a lone boot takes 60 s simulated: 0.6 s here).
+/// MySQL-greeting listeners (a lone boot takes 90 s simulated: 0.9 s here).
 fn config(data_dir: &Path, pools: Vec<PoolDef>) -> Config {
     let mut text = String::from(
         r#"

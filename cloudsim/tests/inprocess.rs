@@ -93,7 +93,7 @@ fn handles_are_send_sync_and_coerce_to_dyn_cloud() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn lone_boot_is_active_at_t_alone_and_mysqld_ready_at_60s() {
+async fn lone_boot_is_active_at_t_alone_and_mysqld_ready_at_90s() {
     let cloud = SimCloud::new(SimConfig::deterministic());
     let probe = cloud.probe();
     let t0 = Instant::now();
@@ -116,14 +116,14 @@ async fn lone_boot_is_active_at_t_alone_and_mysqld_ready_at_60s() {
         Err(ProbeError::Connect { .. })
     ));
 
-    at(t0, 59.9).await;
+    at(t0, 89.9).await;
     assert!(probe.probe(addr).await.is_err());
-    at(t0, 60.0).await;
+    at(t0, 90.0).await;
     assert_eq!(probe.probe(addr).await.unwrap(), "8.0.36-cloudsim");
     let sim = cloud.server(&s.id).unwrap();
     assert!(sim.mysqld_ready);
     assert_eq!(sim.active_at, Some(t0 + secs(25.0)));
-    assert_eq!(sim.mysqld_ready_at, Some(t0 + secs(60.0)));
+    assert_eq!(sim.mysqld_ready_at, Some(t0 + secs(90.0)));
     assert_eq!(sim.host.as_deref(), Some("az1-compute-0"));
 }
 
@@ -146,7 +146,7 @@ async fn jitter_stays_within_ten_percent() {
         let nova = (s.active_at.unwrap() - t0).as_secs_f64();
         assert!((22.5..=27.5).contains(&nova), "nova phase {nova}");
         let ready = (s.mysqld_ready_at.unwrap() - t0).as_secs_f64();
-        assert!((54.0..=66.0).contains(&ready), "ready at {ready}");
+        assert!((81.0..=99.0).contains(&ready), "ready at {ready}");
     }
 }
 
@@ -296,10 +296,10 @@ async fn iops_throttling_stretches_both_phases() {
     let slow = cloud.create_server(&small("slow")).await.unwrap().id;
     let fast = cloud.server(&fast).unwrap();
     let slow = cloud.server(&slow).unwrap();
-    assert_eq!(fast.mysqld_ready_at, Some(t0 + secs(60.0)));
-    // Nova x2.5, mysqld x4: 62.5 s + 140 s.
+    assert_eq!(fast.mysqld_ready_at, Some(t0 + secs(90.0)));
+    // Nova x2.5, mysqld x4: 62.5 s + 260 s.
     assert_eq!(slow.active_at, Some(t0 + secs(62.5)));
-    assert_eq!(slow.mysqld_ready_at, Some(t0 + secs(202.5)));
+    assert_eq!(slow.mysqld_ready_at, Some(t0 + secs(322.5)));
 
     let throttled = SimCloud::new(SimConfig {
         iops_throttled: true,
@@ -309,7 +309,7 @@ async fn iops_throttling_stretches_both_phases() {
     let id = throttled.create_server(&small("x")).await.unwrap().id;
     assert_eq!(
         throttled.server(&id).unwrap().mysqld_ready_at,
-        Some(t1 + secs(202.5))
+        Some(t1 + secs(322.5))
     );
 }
 
@@ -323,7 +323,7 @@ async fn time_scale_multiplies_latencies() {
     let id = cloud.create_server(&small("a")).await.unwrap().id;
     let s = cloud.server(&id).unwrap();
     assert_eq!(s.active_at, Some(t0 + secs(1.25)));
-    assert_eq!(s.mysqld_ready_at, Some(t0 + secs(3.0)));
+    assert_eq!(s.mysqld_ready_at, Some(t0 + secs(4.5)));
     assert_eq!(cloud.scaled(secs(20.0)), secs(1.0));
 }
 

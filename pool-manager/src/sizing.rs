@@ -337,8 +337,8 @@ impl LeadTimes {
 //
 // with the disk-bound share `p` chosen so that the throttled cloud's IOPS
 // give the middle of each measured range (x2.5, x4). An unthrottled lead time
-// splits 25 s : 35 s between the phases (a lone boot to ACTIVE, then mysqld;
-// the simulator's calibrated defaults).
+// splits 25 s : 65 s between the phases (a lone boot to ACTIVE, then the
+// guest agent and mysqld: calibration.md's 90 s cold create).
 
 /// Guest IOPS of the unthrottled cloud in calibration.md (465 MB/s / 8 KiB).
 pub const REFERENCE_IOPS: f64 = 56_800.0;
@@ -348,8 +348,8 @@ pub const CALIBRATED_THROTTLED_IOPS: f64 = 6_400.0;
 pub const CALIBRATED_NOVA_STRETCH: f64 = 2.5;
 /// Stretch of mysqld's start at [`CALIBRATED_THROTTLED_IOPS`] (x3..x5).
 pub const CALIBRATED_MYSQLD_STRETCH: f64 = 4.0;
-/// Share of an unthrottled lead time spent before ACTIVE (25 s of 60 s).
-pub const NOVA_SHARE: f64 = 25.0 / 60.0;
+/// Share of an unthrottled lead time spent before ACTIVE (25 s of 90 s).
+pub const NOVA_SHARE: f64 = 25.0 / 90.0;
 
 /// How much longer a phase with disk-bound stretch `calibrated` (at the
 /// calibrated throttled IOPS) takes at `iops`.

@@ -892,24 +892,24 @@ fn quota_headroom_caps_speculative_boots_and_purchases_go_first() {
 #[test]
 fn iops_limits_set_the_lead_time_prior() {
     use pool_manager::sizing::{lead_time_prior, CALIBRATED_THROTTLED_IOPS};
-    let base = secs(60);
+    let base = secs(90);
     // No limit: the configured prior.
     assert_eq!(lead_time_prior(base, None, None), base);
     // Limits at or above the unthrottled cloud's IOPS change nothing.
     assert_eq!(lead_time_prior(base, Some(100_000), Some(60_000)), base);
     // Both limited at the calibrated production level: Nova x2.5 (25 s ->
-    // 62.5 s) and mysqld x4 (35 s -> 140 s), about the 3-5x of calibration.md.
+    // 62.5 s) and mysqld x4 (65 s -> 260 s), about the 3-5x of calibration.md.
     let iops = CALIBRATED_THROTTLED_IOPS as u32;
     let both = lead_time_prior(base, Some(iops), Some(iops));
     assert!(
-        (both.as_secs_f64() - 202.5).abs() < 0.5,
-        "{both:?} should be 62.5 s + 140 s"
+        (both.as_secs_f64() - 322.5).abs() < 0.5,
+        "{both:?} should be 62.5 s + 260 s"
     );
     // The volume type alone stretches only mysqld's start; the flavor alone
     // stretches both phases (mysqld reads through the flavor's limit too).
     let volume_only = lead_time_prior(base, None, Some(iops));
     assert!(
-        (volume_only.as_secs_f64() - 165.0).abs() < 0.5,
+        (volume_only.as_secs_f64() - 285.0).abs() < 0.5,
         "{volume_only:?}"
     );
     assert_eq!(lead_time_prior(base, Some(iops), None), both);
@@ -1351,14 +1351,16 @@ async fn a_purchase_during_the_debounce_counts_in_the_step_after_it() {
         }
     };
 
-    // Two warm purchases.
+    // Two warm purchases at once: the held forecast is their rate, which a
+    // third purchase within about 3 minutes (a boot's 90 s and then some)
+    // exceeds.
     for id in ["o1", "o2"] {
         manager
             .allocate(request(id, new_volume(), EmptyPoolPolicy::ColdBoot))
             .await
             .unwrap();
-        at_target().await;
     }
+    at_target().await;
 
     // A third purchase: its instance is claimed and replaced, then it
     // waits at its verification while nothing else happens.
@@ -1390,15 +1392,16 @@ async fn a_purchase_during_the_debounce_counts_in_the_step_after_it() {
     // The debounce ends 0.5 s after the purchase; the step follows it.
     tokio::time::sleep(Duration::from_millis(900)).await;
     let after = manager.get_pool(&pool()).await.unwrap();
+    let last_demand = |s: &PoolStatus| s.sizing.last_plan.map(|p| p.demand_in_lead);
     assert!(
-        after.sizing.target > before.sizing.target,
-        "the purchase raises the target: {:?} -> {:?}",
+        after.sizing.demand_in_lead > before.sizing.demand_in_lead,
+        "the purchase raises the demand the pool is sized for: {:?} -> {:?}",
         before.sizing,
         after.sizing
     );
     assert_eq!(
-        last_target(&after),
-        Some(after.sizing.target),
+        (last_demand(&after), last_target(&after)),
+        (Some(after.sizing.demand_in_lead), Some(after.sizing.target)),
         "the replenisher's last step: {:?}",
         after.sizing
     );

@@ -69,7 +69,7 @@ replenish_interval = "100ms"
 reconcile_interval = "1s"
 max_concurrent_boots = 4
 
-# A lone boot takes 60 s simulated: 0.6 s here.
+# A lone boot takes 90 s simulated: 0.9 s here.
 [cloud]
 kind = "embedded"
 time_scale = 0.01
