@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{broadcast, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::body::BoxBody;
 use tonic::codegen::{http, Service};
 use tonic::metadata::MetadataMap;
@@ -274,8 +273,37 @@ impl WarmPool for WarmPoolService {
         let still_allowed = recheck(self.access.clone(), &request, Method::WatchPools);
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
         Watcher::spawn(&self.manager, self.stopping.clone(), still_allowed, tx);
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(watch_stream(rx, self.stopping.clone())))
     }
+}
+
+/// What a `WatchPools` caller reads: the watcher's messages until the
+/// daemon starts shutting down, then UNAVAILABLE, so the client watches
+/// again once it is back. The status is made here, on the reading side,
+/// not sent by the watcher: a reader that is behind has no room left in
+/// the buffer for it, and what is still in the buffer then is stale.
+fn watch_stream(
+    rx: mpsc::Receiver<Result<api::PoolStatus, Status>>,
+    stopping_rx: watch::Receiver<bool>,
+) -> <WarmPoolService as WarmPool>::WatchPoolsStream {
+    Box::pin(futures::stream::unfold(
+        Some((rx, stopping_rx)),
+        |open| async move {
+            let (mut rx, stopping_rx) = open?;
+            tokio::select! {
+                // Shutdown first: the backlog of a reader that is behind is
+                // dropped rather than read out ahead of the status.
+                biased;
+                () = stopping(&stopping_rx) => Some((
+                    Err(Status::unavailable(
+                        "warmpoold is shutting down; watch again once it is back",
+                    )),
+                    None,
+                )),
+                item = rx.recv() => item.map(|item| (item, Some((rx, stopping_rx)))),
+            }
+        },
+    ))
 }
 
 /// How often a watch re-reads the pools even when nothing in the store
@@ -357,13 +385,8 @@ impl Watcher {
             loop {
                 tokio::select! {
                     _ = self.tx.closed() => return Err(Stop),
-                    () = stopping(&self.stopping) => {
-                        // A reader that stopped reading is not waited for.
-                        let _ = self.tx.try_send(Err(Status::unavailable(
-                            "warmpoold is shutting down; watch again once it is back",
-                        )));
-                        return Err(Stop);
-                    }
+                    // The stream itself ends with UNAVAILABLE (`watch_stream`).
+                    () = stopping(&self.stopping) => return Err(Stop),
                     () = self.changes.changed() => break,
                     event = self.events.recv() => match event {
                         Ok(event) => self.on_event(&event).await?,
@@ -497,6 +520,7 @@ fn same_for_watchers(a: &api::Pool, b: &api::Pool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
     use pool_manager::model::PoolSpec;
     use std::sync::Arc;
 
@@ -547,5 +571,68 @@ mod tests {
             .await
             .expect("the watch ended at shutdown")
             .unwrap();
+    }
+
+    /// A watch whose reader is behind at shutdown (its buffer full) still
+    /// ends with UNAVAILABLE, so its client knows to watch again, rather
+    /// than with the end of a stream that looks complete.
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_whose_buffer_is_full_at_shutdown_ends_unavailable() {
+        let sim = cloudsim::SimCloud::new(cloudsim::SimConfig::deterministic());
+        let manager = PoolManager::new(
+            Arc::new(pool_manager::store::SledStore::temporary().unwrap()),
+            sim.clone(),
+            Arc::new(sim.probe()),
+            pool_manager::ManagerSettings::default(),
+        );
+        manager.start().await.unwrap();
+        for az in ["az1", "az2"] {
+            let spec = PoolSpec {
+                min_ready: 0,
+                max_ready: 1,
+                target: Default::default(),
+                image: "mysql-8.0".into(),
+                boot_timeout: Duration::from_secs(600),
+                max_age: None,
+                paused: true,
+                windows: Vec::new(),
+                iops_limit: None,
+                volume_iops_limit: None,
+            };
+            manager
+                .create_pool(PoolKey::new("db.small", az), spec)
+                .await
+                .unwrap();
+        }
+        let (stop, stopping) = watch::channel(false);
+        // Room for one message: the first pool's fills it and the second
+        // pool's waits.
+        let (tx, rx) = mpsc::channel(1);
+        let open = recheck(
+            AccessHandle::default(),
+            &Request::new(()),
+            Method::WatchPools,
+        );
+        let watcher = Watcher::spawn(&manager, stopping.clone(), open, tx);
+        let stream = watch_stream(rx, stopping);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!watcher.is_finished(), "the watch ended before shutdown");
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(60), watcher)
+            .await
+            .expect("the watch ended at shutdown")
+            .unwrap();
+        let items: Vec<_> = tokio::time::timeout(Duration::from_secs(60), stream.collect())
+            .await
+            .expect("the stream ended");
+        match items.last() {
+            Some(Err(status)) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                assert!(status.message().contains("shutting down"), "{status:?}");
+            }
+            other => panic!("the stream's last item: {other:?} (of {})", items.len()),
+        }
+        // The backlog is stale once the daemon stops: not sent.
+        assert_eq!(items.len(), 1, "{items:?}");
     }
 }
