@@ -223,7 +223,8 @@ fn parse_limit(s: &str) -> Result<Limit, String> {
 
 #[derive(Debug, Args)]
 pub struct InstancesArgs {
-    /// Only this flavor's pool (needs --az).
+    /// Only this flavor's pool (needs --az). A deleted pool's instances
+    /// still allocated are listed too; a pool with none lists nothing.
     #[arg(long, requires = "az")]
     pub flavor: Option<String>,
     /// Only this availability zone's pool (needs --flavor).

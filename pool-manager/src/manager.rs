@@ -718,10 +718,13 @@ impl PoolManager {
 
     /// Instances of one pool, or of all pools when `pool` is `None`, ordered
     /// by pool, age and id (the order `ListInstances` pages through).
+    ///
+    /// A pool's instances are listed whether or not its record still
+    /// exists: a deleted pool's record goes once it is drained, while its
+    /// tenants' instances stay until released. So a pool never known, or
+    /// gone with nothing left, lists nothing rather than NotFound (which
+    /// would also fail a listing's later pages once its last instance went).
     pub async fn list_instances(&self, pool: Option<&PoolKey>) -> ManagerResult<Vec<Instance>> {
-        if let Some(key) = pool {
-            self.shared.pool(key).await?;
-        }
         let mut instances = self.shared.store.list_instances().await?;
         instances.retain(|i| pool.is_none_or(|key| &i.pool == key));
         instances
