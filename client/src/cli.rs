@@ -298,7 +298,9 @@ pub struct AllocateArgs {
     /// What to do when the pool has no Ready instance (server default: wait).
     #[arg(long, value_enum)]
     pub on_empty: Option<OnEmpty>,
-    /// Give up after this long, at most 1h (server default: 60s, 30m for cold-boot).
+    /// Bounds the purchase up to the claim of an instance, at most 1h (server
+    /// default: 60s, 30m for cold-boot); a claimed instance's attach may still
+    /// run up to 5 min past it.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
 }
