@@ -446,6 +446,7 @@ pub struct AllocationView<'a> {
     instance_id: &'a str,
     server_id: &'a str,
     volume_id: &'a str,
+    delete_volume_on_release: bool,
     port_id: &'a str,
     ip_address: &'a str,
     timings: Option<TimingsView>,
@@ -466,6 +467,7 @@ impl<'a> From<&'a api::Allocation> for AllocationView<'a> {
             instance_id: &a.instance_id,
             server_id: &a.server_id,
             volume_id: &a.volume_id,
+            delete_volume_on_release: a.delete_volume_on_release,
             port_id: &a.port_id,
             ip_address: &a.ip_address,
             timings: a.timings.as_ref().map(Into::into),
@@ -705,6 +707,7 @@ pub(crate) mod tests {
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
             released_at: None,
+            delete_volume_on_release: true,
         }
     }
 
@@ -760,6 +763,7 @@ pub(crate) mod tests {
         assert_eq!(v["timings"]["wait"], Value::Null);
         assert_eq!(v["created_at"], "2025-11-24T16:00:00.123Z");
         assert_eq!(v["released_at"], serde_json::Value::Null, "not released");
+        assert_eq!(v["delete_volume_on_release"], true);
         assert_eq!(v["labels"], json!({"app": "billing", "tier": "gold"}));
         // Sorted labels make the text stable across runs (HashMap order is not).
         let text = serde_json::to_string(&v["labels"]).unwrap();

@@ -425,6 +425,22 @@ fn warm_hit(a: &api::Allocation) -> &'static str {
     }
 }
 
+/// The tenant's volume and what a release does (or did) to it, so that an
+/// operator sees before releasing whether the data goes with it.
+fn volume_cell(a: &api::Allocation) -> String {
+    if a.volume_id.is_empty() {
+        return "-".to_owned();
+    }
+    let released = a.state == api::AllocationState::Released as i32;
+    let fate = match (a.delete_volume_on_release, released) {
+        (true, false) => "deleted on release",
+        (false, false) => "kept on release",
+        (true, true) => "deleted",
+        (false, true) => "kept",
+    };
+    format!("{} ({fate})", cell(&a.volume_id))
+}
+
 /// `allocate`, `get`, `release`.
 pub fn allocation_detail(a: &api::Allocation) -> String {
     let mut labels: Vec<_> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -437,7 +453,7 @@ pub fn allocation_detail(a: &api::Allocation) -> String {
         ("warm_hit", warm_hit(a).to_owned()),
         ("instance", cell(&a.instance_id)),
         ("server", cell(&a.server_id)),
-        ("volume", cell(&a.volume_id)),
+        ("volume", volume_cell(a)),
         ("port", cell(&a.port_id)),
         ("ip_address", cell(&a.ip_address)),
         (
@@ -638,16 +654,23 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("released_at"), "{text}");
+        assert!(
+            text.contains("volume:     vol-1 (deleted on release)\n"),
+            "{text}"
+        );
         let mut released = sample_allocation();
         released.released_at = Some(prost_types::Timestamp {
             seconds: 1_764_003_600,
             nanos: 0,
         });
+        released.state = api::AllocationState::Released as i32;
+        released.delete_volume_on_release = false;
         let text = allocation_detail(&released);
         assert!(
             text.contains("released_at: 2025-11-24T17:00:00Z\nlabels:"),
             "{text}"
         );
+        assert!(text.contains(" vol-1 (kept)\n"), "{text}");
     }
 
     #[test]

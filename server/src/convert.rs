@@ -202,6 +202,10 @@ pub fn allocation(a: Allocation) -> api::Allocation {
         created_at: Some(timestamp(a.created_at)),
         labels: a.params.labels.into_iter().collect(),
         released_at: a.released_at.map(timestamp),
+        // The release's decision once made; until then the Allocate's.
+        delete_volume_on_release: a
+            .delete_volume_on_release
+            .unwrap_or(a.params.volume.delete_on_release),
     }
 }
 

@@ -588,6 +588,15 @@ async fn release_deletes_the_server_and_the_pool_refills() {
     let b = c.allocate(request).await.unwrap();
     assert_warm_hit(&b, "order-drop", "db.small", "az1");
     wait_ready(c, "db.small", "az1", 2).await;
+    // What a plain release will do to each tenant's volume, before it is asked.
+    assert!(!a.delete_volume_on_release, "{a:?}");
+    assert!(b.delete_volume_on_release, "{b:?}");
+    assert!(
+        c.get_allocation("order-drop")
+            .await
+            .unwrap()
+            .delete_volume_on_release
+    );
 
     assert_eq!(a.released_at, None);
     let released = c.release("order-keep", None).await.unwrap();
@@ -616,6 +625,13 @@ async fn release_deletes_the_server_and_the_pool_refills() {
 
     let released = c.release("order-drop", None).await.unwrap();
     assert_eq!(state(&released), api::AllocationState::Released);
+    assert!(released.delete_volume_on_release, "{released:?}");
+    // A release's own choice beats the Allocate's, and is what it answers.
+    let mut request = allocate_request("order-override", "db.small", "az1");
+    request.volume.as_mut().unwrap().delete_on_release = true;
+    c.allocate(request).await.unwrap();
+    let overridden = c.release("order-override", Some(false)).await.unwrap();
+    assert!(!overridden.delete_volume_on_release, "{overridden:?}");
 
     let cloud = d.cloud();
     eventually(
