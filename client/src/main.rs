@@ -35,7 +35,9 @@ async fn main() -> ExitCode {
         Err(err) => {
             let described = describe(&err);
             eprintln!("error: {described}");
-            if let Some(hint) = cli::hint(&described, &endpoint, has_certificate, allocating) {
+            let answered = err.downcast_ref::<watch::BrokeAfterAnswers>().is_some();
+            let hint = cli::hint(&described, &endpoint, has_certificate, allocating);
+            if let Some(hint) = hint.filter(|_| !answered) {
                 eprintln!("hint: {hint}");
             }
             ExitCode::FAILURE

@@ -110,6 +110,13 @@ pub fn write_frame(out: &mut impl Write, frame: &str, terminal: bool) -> std::io
     out.flush()
 }
 
+/// The watch broke after the daemon had answered it. The connection worked,
+/// so whatever cut it (the daemon stopping, a proxy, the network) was not its
+/// setup: a hint about TLS settings would send the user the wrong way.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BrokeAfterAnswers(pub ClientError);
+
 pub async fn run(client: &Client, format: OutputFormat) -> anyhow::Result<()> {
     let stream = client.watch_pools().await?;
     let stdout = std::io::stdout();
@@ -127,6 +134,14 @@ async fn show(
 ) -> anyhow::Result<()> {
     let mut board = PoolBoard::default();
     let mut waiting_for_first = format == OutputFormat::Table;
+    let mut answered = false;
+    let failure = |e: ClientError, answered: bool| -> anyhow::Error {
+        if answered {
+            BrokeAfterAnswers(e).into()
+        } else {
+            e.into()
+        }
+    };
     loop {
         let next = if std::mem::take(&mut waiting_for_first) {
             // A daemon with pools sends them at once; one with none sends
@@ -143,7 +158,8 @@ async fn show(
             stream.next().await
         };
         let Some(item) = next else { break };
-        let status = item?;
+        let status = item.map_err(|e| failure(e, answered))?;
+        answered = true;
         match format {
             OutputFormat::Json => {
                 // One object per update, as it arrives: a log, not a view.
@@ -170,7 +186,7 @@ async fn show(
                 // shutdown) is drawn before the error ends the view.
                 write_frame(out, &board.render(terminal), terminal)?;
                 if let Some(e) = failed {
-                    return Err(e.into());
+                    return Err(failure(e, true));
                 }
             }
         }
@@ -333,6 +349,7 @@ mod tests {
         .await
         .unwrap_err();
         assert!(err.to_string().contains("went away"), "{err}");
+        assert!(err.downcast_ref::<BrokeAfterAnswers>().is_some(), "{err:?}");
         let text = String::from_utf8(out).unwrap();
         let frames: Vec<&str> = text.split("\n\n").filter(|f| !f.is_empty()).collect();
         assert_eq!(frames.len(), 1, "{text}");
@@ -348,9 +365,11 @@ mod tests {
             Err(ClientError::Malformed("the server went away".into()))
         });
         let mut out = Vec::new();
-        show(Box::pin(later), &mut out, false, OutputFormat::Table)
+        let err = show(Box::pin(later), &mut out, false, OutputFormat::Table)
             .await
             .unwrap_err();
+        // Nothing was answered: the failure may be the connection's setup.
+        assert!(err.downcast_ref::<BrokeAfterAnswers>().is_none(), "{err:?}");
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("POOL "), "{text}");
         assert_eq!(text.trim_end().lines().count(), 1, "{text}");
