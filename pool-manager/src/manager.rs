@@ -716,6 +716,17 @@ impl PoolManager {
         self.shared.pool_status(record).await
     }
 
+    /// How many instances each pool has in each state, for every pool some
+    /// instance names, whether or not its record still exists (as
+    /// [`PoolManager::list_instances`]: a deleted pool's tenants' instances
+    /// outlive it). Pools with no instance, and states with none, are left
+    /// out. Answered from the store's counts, not by reading the instances.
+    pub async fn instance_counts(
+        &self,
+    ) -> ManagerResult<BTreeMap<PoolKey, BTreeMap<InstanceState, u32>>> {
+        Ok(self.shared.store.count_instances_by_pool().await?)
+    }
+
     /// Instances of one pool, or of all pools when `pool` is `None`, ordered
     /// by pool, age and id (the order `ListInstances` pages through).
     ///

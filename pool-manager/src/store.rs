@@ -98,6 +98,23 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok(counts)
     }
+    /// [`Store::count_instances`] of every pool some instance names, pool
+    /// record or not: a deleted pool's record goes once it is drained, while
+    /// its tenants' instances stay until released, and they still count
+    /// (warmpoold's metrics). Pools with no instance are left out.
+    async fn count_instances_by_pool(
+        &self,
+    ) -> StoreResult<BTreeMap<PoolKey, BTreeMap<InstanceState, u32>>> {
+        let mut counts: BTreeMap<PoolKey, BTreeMap<InstanceState, u32>> = BTreeMap::new();
+        for instance in self.list_instances().await? {
+            *counts
+                .entry(instance.pool)
+                .or_default()
+                .entry(instance.state)
+                .or_default() += 1;
+        }
+        Ok(counts)
+    }
     /// Replaces `expected` by `new` (`None` = absent) if the stored record
     /// still equals `expected`. Returns whether it did.
     async fn cas_instance(
@@ -618,6 +635,12 @@ impl Store for SledStore {
 
     async fn count_instances(&self, pool: &PoolKey) -> StoreResult<BTreeMap<InstanceState, u32>> {
         Ok(self.index().counts.get(pool).cloned().unwrap_or_default())
+    }
+
+    async fn count_instances_by_pool(
+        &self,
+    ) -> StoreResult<BTreeMap<PoolKey, BTreeMap<InstanceState, u32>>> {
+        Ok(self.index().counts.clone())
     }
 
     async fn cas_instance(

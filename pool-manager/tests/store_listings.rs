@@ -1,8 +1,8 @@
 //! The sled store's narrow listings (a pool's untouched instances, the
-//! unfinished allocations) and a pool's instance counts answer from what it
-//! keeps in memory; whatever sequence of swaps, failed swaps, deletions and
-//! reopenings happens, they must give exactly what filtering the full
-//! listings would.
+//! unfinished allocations) and its instance counts (of a pool, of every
+//! pool) answer from what it keeps in memory; whatever sequence of swaps,
+//! failed swaps, deletions and reopenings happens, they must give exactly
+//! what filtering the full listings would.
 
 use pool_manager::model::{
     Allocation, AllocationParams, AllocationState, Instance, InstanceState, NetworkRequest,
@@ -191,6 +191,19 @@ async fn assert_listings_agree(store: &SledStore, after: &Op) {
             "instance counts of pool {n} after {after:?}"
         );
     }
+    let mut expected: BTreeMap<PoolKey, BTreeMap<InstanceState, u32>> = BTreeMap::new();
+    for instance in &instances {
+        *expected
+            .entry(instance.pool.clone())
+            .or_default()
+            .entry(instance.state)
+            .or_insert(0) += 1;
+    }
+    let counted = store.count_instances_by_pool().await.unwrap();
+    assert_eq!(
+        counted, expected,
+        "instance counts of every pool after {after:?}"
+    );
     let mut expected = store.list_allocations().await.unwrap();
     expected.retain(|a| a.state.is_unfinished());
     let listed = store.list_unfinished_allocations().await.unwrap();

@@ -3,7 +3,9 @@
 //!
 //! - pool gauges (instances by state, the target and its inputs, the throttle
 //!   gate, boot health) are read from [`PoolManager::list_pools`] at scrape
-//!   time, so they are never stale;
+//!   time, so they are never stale; instances by state from
+//!   [`PoolManager::instance_counts`], which also counts a deleted pool's
+//!   instances tenants still hold;
 //! - counters and histograms of allocations, boots, leaks, exhaustion, health
 //!   verdicts and Retry-After pauses are driven by the manager's event
 //!   broadcast ([`PoolManager::events`]). The manager logs the events and
@@ -12,7 +14,8 @@
 //!   [`MeteredCloud`], a wrapper around the daemon's [`Cloud`].
 //!
 //! Every label is bounded: pool labels (flavor, availability zone) by the
-//! number of pools, the others by fixed enumerations.
+//! number of pools (and of deleted pools with instances left), the others
+//! by fixed enumerations.
 
 mod cloud;
 
@@ -378,7 +381,7 @@ impl Metrics {
         };
         registry.register(
             "pool_instances",
-            "Instances of a pool by state (booting, warming, ready, claimed, allocated, releasing, failed, deleting)",
+            "Instances of a pool by state (booting, warming, ready, claimed, allocated, releasing, failed, deleting); a deleted pool's until its last instance is gone",
             m.pool_instances.clone(),
         );
         registry.register(
@@ -676,6 +679,16 @@ impl Metrics {
     /// every pool's counters at zero so the first increment shows in `rate()`.
     async fn refresh(&self, manager: &PoolManager) -> ManagerResult<()> {
         let pools = manager.list_pools().await?;
+        // A deleted pool's record goes once it is drained, while its tenants'
+        // instances stay until released: they are counted until then, or
+        // `sum by (state)` would lose VMs that still exist and cost money.
+        // A pool that exists shows every state even with no instance.
+        let mut instance_counts = manager.instance_counts().await?;
+        for status in &pools {
+            instance_counts
+                .entry(status.record.key.clone())
+                .or_default();
+        }
         for family in [
             &self.pool_effective_target,
             &self.pool_min_ready,
@@ -703,13 +716,18 @@ impl Metrics {
         self.pool_demand.clear();
         self.pool_lead_time.clear();
         self.pool_gate_hold.clear();
-        for status in pools {
-            let pool = PoolLabels::of(Some(&status.record.key));
+        for (key, counts) in &instance_counts {
+            let pool = PoolLabels::of(Some(key));
             for state in InstanceState::ALL {
                 self.pool_instances
                     .get_or_create(&pool.with(state_name(state)).into())
-                    .set(i64::from(status.count(state)));
+                    .set(i64::from(counts.get(&state).copied().unwrap_or(0)));
             }
+        }
+        // The other gauges describe a pool's settings and sizing: a deleted
+        // pool has none.
+        for status in pools {
+            let pool = PoolLabels::of(Some(&status.record.key));
             let spec = &status.record.spec;
             for (family, value) in [
                 (&self.pool_effective_target, status.effective_target),

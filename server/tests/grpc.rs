@@ -1077,9 +1077,41 @@ async fn create_update_and_delete_pools() {
     assert_eq!(listed[0].server_id, from_large.server_id);
     assert!(d.cloud().server(&from_large.server_id).is_some());
     assert_eq!(c.get_allocation("order-large").await.unwrap(), from_large);
-    // And it can still be released.
+    // The metrics count it too (a dashboard's `sum by (state)` of tenants'
+    // VMs), while the gauges of the pool's settings and sizing are gone
+    // with it.
+    let large = r#"flavor="db.large",availability_zone="az2""#;
+    let metrics = d.scrape().await;
+    assert!(
+        metrics.contains(&format!(
+            "warmpool_pool_instances{{{large},state=\"allocated\"}} 1\n"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "warmpool_pool_instances{{{large},state=\"ready\"}} 0\n"
+        )),
+        "{metrics}"
+    );
+    let settings: Vec<_> = metrics
+        .lines()
+        .filter(|l| {
+            l.contains(large)
+                && l.starts_with("warmpool_pool_")
+                && !l.starts_with("warmpool_pool_instances{")
+                && !l.contains("_total")
+        })
+        .collect();
+    assert!(settings.is_empty(), "{settings:?}");
+    // And it can still be released; then nothing of the pool is left to count.
     let released = c.release("order-large", None).await.unwrap();
     assert_eq!(state(&released), api::AllocationState::Released);
+    let metrics = d.scrape().await;
+    assert!(
+        !metrics.contains(&format!("warmpool_pool_instances{{{large},")),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

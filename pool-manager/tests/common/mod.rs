@@ -721,6 +721,11 @@ impl<H: StoreHooks> Store for HookedStore<H> {
     async fn count_instances(&self, pool: &PoolKey) -> StoreResult<BTreeMap<InstanceState, u32>> {
         self.inner.count_instances(pool).await
     }
+    async fn count_instances_by_pool(
+        &self,
+    ) -> StoreResult<BTreeMap<PoolKey, BTreeMap<InstanceState, u32>>> {
+        self.inner.count_instances_by_pool().await
+    }
     async fn cas_instance(
         &self,
         expected: Option<&Instance>,
