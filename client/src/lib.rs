@@ -455,7 +455,7 @@ impl Client {
 
     /// Changes the fields of the pool's spec named in `update_mask`
     /// (`PoolSpec` field names such as "min_ready"); other fields of `spec`
-    /// are ignored by the server.
+    /// are not read by the server, whatever they hold.
     pub async fn update_pool<S: Into<String>>(
         &self,
         flavor: impl Into<String>,

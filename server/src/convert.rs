@@ -294,33 +294,117 @@ fn positive(field: &str, value: Option<u32>) -> Result<Option<u32>, Status> {
     }
 }
 
-/// Applies the fields named in `paths` from `from` to `spec`.
-pub fn apply_mask(spec: &mut PoolSpec, from: &PoolSpec, paths: &[String]) -> Result<(), Status> {
-    if paths.is_empty() {
-        return Err(invalid("update_mask", "name at least one PoolSpec field"));
+/// The fields of a pool's spec an UpdatePool mask names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SpecField {
+    MinReady,
+    MaxReady,
+    // One setting on the wire as two fields: the mode and the number.
+    Target,
+    Image,
+    BootTimeout,
+    MaxAge,
+    Paused,
+    Windows,
+    IopsLimit,
+    VolumeIopsLimit,
+}
+
+impl SpecField {
+    fn from_path(path: &str) -> Option<Self> {
+        Some(match path.strip_prefix("spec.").unwrap_or(path) {
+            "min_ready" => Self::MinReady,
+            "max_ready" => Self::MaxReady,
+            "target" | "target_mode" => Self::Target,
+            "image" => Self::Image,
+            "boot_timeout" => Self::BootTimeout,
+            "max_age" => Self::MaxAge,
+            "paused" => Self::Paused,
+            "windows" => Self::Windows,
+            "iops_limit" => Self::IopsLimit,
+            "volume_iops_limit" => Self::VolumeIopsLimit,
+            _ => return None,
+        })
     }
-    for path in paths {
-        match path.strip_prefix("spec.").unwrap_or(path) {
-            "min_ready" => spec.min_ready = from.min_ready,
-            "max_ready" => spec.max_ready = from.max_ready,
-            // One setting on the wire as two fields: the mode and the number.
-            "target" | "target_mode" => spec.target = from.target,
-            "image" => spec.image = from.image.clone(),
-            "boot_timeout" => spec.boot_timeout = from.boot_timeout,
-            "max_age" => spec.max_age = from.max_age,
-            "paused" => spec.paused = from.paused,
-            "windows" => spec.windows = from.windows.clone(),
-            "iops_limit" => spec.iops_limit = from.iops_limit,
-            "volume_iops_limit" => spec.volume_iops_limit = from.volume_iops_limit,
-            other => {
-                return Err(invalid(
-                    "update_mask",
-                    &format!("unknown field {other:?}; use min_ready, max_ready, target (or target_mode), image, boot_timeout, max_age, paused, windows, iops_limit, volume_iops_limit"),
-                ))
+
+    fn copy_proto(self, from: &api::PoolSpec, to: &mut api::PoolSpec) {
+        match self {
+            Self::MinReady => to.min_ready = from.min_ready,
+            Self::MaxReady => to.max_ready = from.max_ready,
+            Self::Target => {
+                to.target = from.target;
+                to.target_mode = from.target_mode;
             }
+            Self::Image => to.image.clone_from(&from.image),
+            Self::BootTimeout => to.boot_timeout = from.boot_timeout,
+            Self::MaxAge => to.max_age = from.max_age,
+            Self::Paused => to.paused = from.paused,
+            Self::Windows => to.windows.clone_from(&from.windows),
+            Self::IopsLimit => to.iops_limit = from.iops_limit,
+            Self::VolumeIopsLimit => to.volume_iops_limit = from.volume_iops_limit,
         }
     }
-    Ok(())
+
+    fn apply(self, spec: &mut PoolSpec, from: &PoolSpec) {
+        match self {
+            Self::MinReady => spec.min_ready = from.min_ready,
+            Self::MaxReady => spec.max_ready = from.max_ready,
+            Self::Target => spec.target = from.target,
+            Self::Image => spec.image.clone_from(&from.image),
+            Self::BootTimeout => spec.boot_timeout = from.boot_timeout,
+            Self::MaxAge => spec.max_age = from.max_age,
+            Self::Paused => spec.paused = from.paused,
+            Self::Windows => spec.windows.clone_from(&from.windows),
+            Self::IopsLimit => spec.iops_limit = from.iops_limit,
+            Self::VolumeIopsLimit => spec.volume_iops_limit = from.volume_iops_limit,
+        }
+    }
+}
+
+/// An UpdatePool's change: the masked fields, read and checked.
+#[derive(Clone, Debug)]
+pub struct SpecUpdate {
+    fields: Vec<SpecField>,
+    from: PoolSpec,
+}
+
+impl SpecUpdate {
+    /// Reads the fields of `spec` that `paths` name. The others are not
+    /// read at all: a caller may send a partly filled or stale spec, and
+    /// must not be refused over a field it did not ask to change.
+    pub fn from_proto(spec: &api::PoolSpec, paths: &[String]) -> Result<Self, Status> {
+        if paths.is_empty() {
+            return Err(invalid("update_mask", "name at least one PoolSpec field"));
+        }
+        let fields = paths
+            .iter()
+            .map(|path| {
+                SpecField::from_path(path).ok_or_else(|| {
+                    invalid(
+                        "update_mask",
+                        &format!("unknown field {path:?}; use min_ready, max_ready, target (or target_mode), image, boot_timeout, max_age, paused, windows, iops_limit, volume_iops_limit"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // The fields left at their defaults read without fault, and are
+        // not applied.
+        let mut masked = api::PoolSpec::default();
+        for field in &fields {
+            field.copy_proto(spec, &mut masked);
+        }
+        Ok(Self {
+            fields,
+            from: pool_spec_from_proto(masked)?,
+        })
+    }
+
+    /// Sets the masked fields of `spec`; leaves the others as they are.
+    pub fn apply(&self, spec: &mut PoolSpec) {
+        for field in &self.fields {
+            field.apply(spec, &self.from);
+        }
+    }
 }
 
 pub fn pool(status: PoolStatus) -> api::Pool {
@@ -661,5 +745,28 @@ mod tests {
         ));
         assert_eq!(status.code(), Code::Unavailable);
         assert!(status.message().contains("retry later"));
+    }
+
+    /// A path named twice, or the target by both its names, sets the field
+    /// to the value sent.
+    #[test]
+    fn a_mask_path_given_twice_still_sets_the_value_sent() {
+        let sent = api::PoolSpec {
+            windows: vec!["Sat 10:00-12:00 min 2".into()],
+            target: 3,
+            target_mode: api::TargetMode::Fixed.into(),
+            ..Default::default()
+        };
+        let paths = ["windows", "spec.windows", "target", "target_mode"].map(String::from);
+        let update = SpecUpdate::from_proto(&sent, &paths).unwrap();
+        let mut spec = pool_spec_from_proto(api::PoolSpec {
+            image: "mysql-8.0".into(),
+            target_mode: api::TargetMode::Auto.into(),
+            ..Default::default()
+        })
+        .unwrap();
+        update.apply(&mut spec);
+        assert_eq!(spec.windows.len(), 1, "{:?}", spec.windows);
+        assert!(matches!(spec.target, Target::Fixed(3)), "{:?}", spec.target);
     }
 }

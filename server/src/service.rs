@@ -203,14 +203,10 @@ impl WarmPool for WarmPoolService {
                 ))
             }
         };
-        let from = convert::pool_spec_from_proto(spec)?;
-        // Check the mask before touching anything, so a bad mask changes nothing.
-        convert::apply_mask(&mut from.clone(), &from, &paths)?;
+        let update = convert::SpecUpdate::from_proto(&spec, &paths)?;
         let pool = self
             .manager
-            .update_pool(&key, |spec| {
-                convert::apply_mask(spec, &from, &paths).expect("mask checked above")
-            })
+            .update_pool(&key, |spec| update.apply(spec))
             .await
             .map_err(convert::status)?;
         Ok(Response::new(convert::pool(pool)))

@@ -1503,6 +1503,121 @@ async fn windows_and_iops_limits_are_set_through_the_api() {
     assert_eq!(spec.target_mode, i32::from(api::TargetMode::Auto));
 }
 
+/// The junk a partly filled or stale spec may carry in every field a
+/// parse could refuse.
+fn junk_spec(min_ready: u32) -> api::PoolSpec {
+    api::PoolSpec {
+        min_ready,
+        max_ready: 0,
+        image: String::new(),
+        target_mode: 9,
+        boot_timeout: Some(prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        }),
+        max_age: Some(prost_types::Duration {
+            seconds: 0,
+            nanos: -1,
+        }),
+        windows: vec!["junk".into()],
+        iops_limit: Some(0),
+        volume_iops_limit: Some(0),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn update_pool_reads_only_the_masked_fields_of_the_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(dir.path(), &[]).await;
+    let c = &d.client;
+    let created = c
+        .create_pool(
+            "db.large",
+            "az1",
+            api::PoolSpec {
+                min_ready: 1,
+                max_ready: 4,
+                image: "mysql-8.0".into(),
+                target_mode: api::TargetMode::Auto.into(),
+                windows: vec!["Sat 10:00-12:00 min 2".into()],
+                iops_limit: Some(500),
+                volume_iops_limit: Some(300),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+
+    // Whatever the fields outside the mask hold, only min_ready is read.
+    let updated = c
+        .update_pool("db.large", "az1", junk_spec(2), ["min_ready"])
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    let expected = api::PoolSpec {
+        min_ready: 2,
+        ..created.clone()
+    };
+    assert_eq!(updated, expected);
+    assert_eq!(
+        c.get_pool("db.large", "az1").await.unwrap().spec.unwrap(),
+        expected
+    );
+
+    // The same junk in a masked field is refused, naming that field, and
+    // changes nothing, not even the valid fields masked beside it.
+    for (mask, field) in [
+        ("windows", "spec.windows[0]"),
+        ("iops_limit", "spec.iops_limit"),
+        ("volume_iops_limit", "spec.volume_iops_limit"),
+        ("target_mode", "spec.target_mode"),
+        ("target", "spec.target_mode"),
+        ("boot_timeout", "spec.boot_timeout"),
+        ("max_age", "spec.max_age"),
+        ("image", "image"),
+    ] {
+        let msg = expect_code(
+            c.update_pool("db.large", "az1", junk_spec(3), ["min_ready", mask])
+                .await,
+            Code::InvalidArgument,
+        );
+        assert!(msg.contains(field), "mask {mask:?}: {msg}");
+        assert_eq!(
+            c.get_pool("db.large", "az1").await.unwrap().spec.unwrap(),
+            expected,
+            "mask {mask:?} changed the pool"
+        );
+    }
+    // max_ready 0 is read and judged with the stored min_ready.
+    let msg = expect_code(
+        c.update_pool("db.large", "az1", junk_spec(2), ["max_ready"])
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(
+        msg.contains("max_ready (0) is below min_ready (2)"),
+        "{msg}"
+    );
+    // The mask itself is still checked: an unknown path is refused.
+    let msg = expect_code(
+        c.update_pool("db.large", "az1", junk_spec(3), ["min_ready", "colour"])
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(
+        msg.contains("update_mask") && msg.contains("colour"),
+        "{msg}"
+    );
+    assert_eq!(
+        c.get_pool("db.large", "az1").await.unwrap().spec.unwrap(),
+        expected
+    );
+}
+
 #[tokio::test]
 async fn health_reports_serving() {
     use tonic_health::pb::health_check_response::ServingStatus;
