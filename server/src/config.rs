@@ -89,7 +89,9 @@ pub struct Config {
     /// on a real one (see [`Config::parse`]).
     #[serde(default)]
     pub pools: Vec<PoolConfig>,
-    /// How long shutdown waits for in-flight RPCs before stopping anyway.
+    /// How long shutdown waits for in-flight unary RPCs before stopping
+    /// anyway. Streams are not waited for: their end is sent at once, and
+    /// a client that does not take it is cut off ([`crate::shutdown`]).
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// How often the gRPC server pings each client connection (HTTP/2

@@ -8,10 +8,12 @@ pub mod convert;
 pub mod listener;
 pub mod metrics;
 pub mod service;
+pub mod shutdown;
 pub mod tls;
 
 use anyhow::Context;
 use config::{CloudConfig, Config};
+use futures::StreamExt;
 use pool_manager::probe::{MysqlGreetingProbe, Probe};
 use pool_manager::store::{SledStore, Store};
 use pool_manager::{ManagerError, PoolManager};
@@ -46,7 +48,8 @@ pub struct Running {
 /// Binds both listeners, serves metrics, opens the store, builds the cloud,
 /// reconciles, creates configured pools and serves gRPC until `shutdown`
 /// resolves; then ends `WatchPools` streams, stops taking calls, lets
-/// in-flight ones finish (up to the grace period), stops the background
+/// in-flight unary ones finish (up to the grace period), cuts the streams
+/// whose end their clients have not taken ([`shutdown`]), stops the background
 /// tasks, flushes the store and stops serving metrics. A start-up that
 /// fails after the background tasks started stops them again, so the
 /// store's lock is free for the next try; so does one that `shutdown`
@@ -142,19 +145,32 @@ pub async fn start_stoppable(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("reflection service")?;
+    let calls = shutdown::Calls::new();
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(config.grpc_keepalive_interval))
         .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(service::Checked::new(
-            WarmPoolServer::new(service::WarmPoolService::new(
-                manager.clone(),
+        .add_service(shutdown::Counted::new(
+            health_service,
+            calls.clone(),
+            &["Watch"],
+        ))
+        .add_service(shutdown::Counted::new(
+            reflection,
+            calls.clone(),
+            &["ServerReflectionInfo"],
+        ))
+        .add_service(shutdown::Counted::new(
+            service::Checked::new(
+                WarmPoolServer::new(service::WarmPoolService::new(
+                    manager.clone(),
+                    access.clone(),
+                    stopping_rx,
+                )),
                 access.clone(),
-                stopping_rx,
-            )),
-            access.clone(),
-            metrics.clone(),
+                metrics.clone(),
+            ),
+            calls.clone(),
+            &["WatchPools"],
         ));
     // The start-up reconcile visits every instance in the store; a shutdown
     // asked for meanwhile stops it where it is (as a crash there would,
@@ -188,17 +204,23 @@ pub async fn start_stoppable(
         let stop_accepting = async move {
             let _ = stopping.wait_for(|stopping| *stopping).await;
         };
-        let serve = async move {
-            match tls_listener {
-                Some(tls) => {
-                    let incoming = tls::incoming(listener, tls, stop_accepting);
-                    router.serve_with_incoming_shutdown(incoming, stopped).await
-                }
-                None => {
-                    let incoming = listener::incoming(listener, stop_accepting, |socket, _| {
-                        std::future::ready(Some(socket))
-                    });
-                    router.serve_with_incoming_shutdown(incoming, stopped).await
+        let cut = shutdown::Cut::new();
+        let serve = {
+            let cut = &cut;
+            async move {
+                match tls_listener {
+                    Some(tls) => {
+                        let incoming = tls::incoming(listener, tls, stop_accepting)
+                            .map(|io| io.map(|io| cut.connection(io)));
+                        router.serve_with_incoming_shutdown(incoming, stopped).await
+                    }
+                    None => {
+                        let incoming = listener::incoming(listener, stop_accepting, |socket, _| {
+                            std::future::ready(Some(socket))
+                        })
+                        .map(|io| io.map(|io| cut.connection(io)));
+                        router.serve_with_incoming_shutdown(incoming, stopped).await
+                    }
                 }
             }
         };
@@ -211,19 +233,66 @@ pub async fn start_stoppable(
                 Err(e) => anyhow::Error::new(e).context("the gRPC server failed"),
             }),
             () = shutdown => {
-                tracing::info!("shutting down: no new calls; waiting for in-flight ones");
+                let at_stop = calls.in_flight();
+                tracing::info!(
+                    unary_calls = at_stop.unary,
+                    streams = at_stop.streams,
+                    "shutting down: no new calls; waiting for in-flight ones: {}; ending {}",
+                    shutdown::count(at_stop.unary, "unary call"),
+                    shutdown::count(at_stop.streams, "stream"),
+                );
                 stop_health(&mut health).await;
                 stopping_tx.send_replace(true);
                 // Purchases that hold nothing yet would otherwise wait for an
                 // instance up to their timeout, and hold the stop as long.
                 served_manager.stop_waiting();
                 let _ = stop_tx.send(());
-                tokio::select! {
+                // The grace period is the unary calls': a stream whose end
+                // its client does not read would hold it all (`shutdown`).
+                let served = tokio::select! {
                     biased;
-                    () = stop_now => tracing::warn!("asked again to stop: not waiting for in-flight calls"),
-                    served = tokio::time::timeout(grace, &mut serve) => if served.is_err() {
-                        tracing::warn!(?grace, "in-flight calls outlived the grace period; stopping anyway");
+                    () = stop_now => {
+                        tracing::warn!(
+                            unary_calls = calls.in_flight().unary,
+                            "asked again to stop: not waiting for in-flight calls"
+                        );
+                        false
+                    }
+                    waited = tokio::time::timeout(grace, async {
+                        tokio::select! {
+                            _ = &mut serve => true,
+                            () = calls.unary_done(shutdown::STREAM_END_DRAIN) => false,
+                        }
+                    }) => match waited {
+                        Ok(served) => served,
+                        Err(_) => {
+                            tracing::warn!(
+                                ?grace,
+                                unary_calls = calls.in_flight().unary,
+                                "in-flight calls outlived the grace period; stopping anyway"
+                            );
+                            false
+                        }
                     },
+                };
+                if !served {
+                    let left = calls.in_flight();
+                    if left.unary == 0 {
+                        tracing::info!(
+                            streams = left.streams,
+                            "the unary calls in flight are done; cutting {} whose end the client has not taken",
+                            shutdown::count(left.streams, "stream"),
+                        );
+                    } else {
+                        tracing::warn!(
+                            unary_calls = left.unary,
+                            streams = left.streams,
+                            "cutting {} and {}",
+                            shutdown::count(left.unary, "unary call"),
+                            shutdown::count(left.streams, "stream"),
+                        );
+                    }
+                    cut.cut_and_wait(&mut serve).await;
                 }
                 None
             }
@@ -257,9 +326,10 @@ pub async fn start_stoppable(
 
 /// Says NOT_SERVING for the server as a whole ("") and for warmpool.v1,
 /// then ends every health Watch: tonic-health ends a Watch stream only when
-/// its status is cleared, and the graceful shutdown waits for every open
-/// stream, so one load balancer watching would hold it for the whole grace
-/// period. A watcher gets NOT_SERVING, then the end of its stream.
+/// its status is cleared, and a stream still open when the unary calls are
+/// done is cut ([`shutdown`]), which a load balancer watching reads as a
+/// broken connection, not as the daemon stopping. A watcher gets
+/// NOT_SERVING, then the end of its stream.
 async fn stop_health(health: &mut tonic_health::server::HealthReporter) {
     use tonic::server::NamedService;
     let warmpool = <WarmPoolServer<service::WarmPoolService> as NamedService>::NAME;

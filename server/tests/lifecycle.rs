@@ -230,6 +230,119 @@ async fn health_watches_see_not_serving_and_end_at_shutdown() {
     }
 }
 
+/// A client of `d` whose HTTP/2 windows are tiny: the daemon can send it
+/// little before it must read, so a stream it stops reading is held up at
+/// once, the end of the stream included.
+async fn a_client_that_reads_little(endpoint: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Changes db.small@`az` `times` times (paused on, off, ...): each change
+/// is a message to every `WatchPools` reader.
+async fn toggle_paused(client: &warmpool_client::Client, az: &str, times: usize) {
+    for i in 0..times {
+        client
+            .update_pool(
+                "db.small",
+                az,
+                warmpool_client::api::PoolSpec {
+                    paused: i % 2 == 0,
+                    ..Default::default()
+                },
+                ["paused"],
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// A dashboard that stopped reading its `WatchPools` stream with the
+/// stream's window full: the end of the stream cannot reach it, and
+/// shutdown used to wait for it for the whole grace period. It now stops
+/// once no unary call is in flight.
+#[tokio::test]
+async fn a_watch_whose_client_stopped_reading_does_not_hold_up_shutdown() {
+    let d = with_an_hour_of_grace().await;
+    let stalled =
+        warmpool_client::Client::from_channel(a_client_that_reads_little(&d.endpoint()).await);
+    let mut watch = stalled.watch_pools().await.unwrap();
+    tokio::time::timeout(PATIENCE, watch.next())
+        .await
+        .expect("a first pool status")
+        .expect("the stream is open")
+        .expect("no stream error");
+    // Far more than 1 KiB of pool messages, none of them read.
+    toggle_paused(&d.client, "az1", 20).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Fails unless the daemon stops within 30 s, well before the hour.
+    d.shut_down().await;
+    drop(watch);
+}
+
+/// A purchase in flight when shutdown begins is still answered, though a
+/// `WatchPools` reader that stopped reading is cut without waiting out the
+/// grace period.
+#[tokio::test]
+async fn a_purchase_in_flight_is_answered_while_a_stalled_watch_is_cut() {
+    let data = tempfile::tempdir().unwrap();
+    // A cold boot takes seconds (90 s simulated at 1/20 speed): the
+    // purchase is still under way when shutdown begins.
+    let text = config_text(
+        data.path(),
+        &[("db.small", "az1", 0, 1), ("db.small", "az2", 0, 1)],
+    )
+    .replacen(r#"shutdown_grace = "5s""#, r#"shutdown_grace = "1h""#, 1)
+    .replacen("time_scale = 0.01", "time_scale = 0.05", 1);
+    let d = Daemon::start_text(&text, data).await;
+    let stalled =
+        warmpool_client::Client::from_channel(a_client_that_reads_little(&d.endpoint()).await);
+    let mut watch = stalled.watch_pools().await.unwrap();
+    tokio::time::timeout(PATIENCE, watch.next())
+        .await
+        .expect("a first pool status")
+        .expect("the stream is open")
+        .expect("no stream error");
+
+    let mut order = order_one();
+    order.empty_pool_policy = warmpool_client::api::EmptyPoolPolicy::ColdBoot.into();
+    order.timeout = Some(prost_types::Duration {
+        seconds: 3600,
+        nanos: 0,
+    });
+    let cold = {
+        let client = d.client.clone();
+        tokio::spawn(async move { client.allocate(order).await })
+    };
+    eventually("the purchase's cold boot", PATIENCE, || async {
+        let instances = d.client.list_instances("db.small", "az1").await.unwrap();
+        match instances.len() {
+            1 => Ok(()),
+            n => Err(format!("{n} instances")),
+        }
+    })
+    .await;
+    // The other pool: the purchase's own goes on as it is.
+    toggle_paused(&d.client, "az2", 20).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!cold.is_finished(), "the purchase ended before shutdown");
+
+    // Fails unless the daemon stops within 30 s, well before the hour.
+    d.shut_down().await;
+    let sold = tokio::time::timeout(PATIENCE, cold)
+        .await
+        .expect("the purchase was answered")
+        .unwrap()
+        .expect("the purchase succeeded");
+    assert!(!sold.server_id.is_empty(), "{sold:?}");
+    drop(watch);
+}
+
 /// Order 1 of db.small@az1, waiting for an instance if none is Ready yet.
 fn order_one() -> warmpool_client::api::AllocateRequest {
     let mut request = allocate_request(
@@ -590,7 +703,8 @@ async fn a_second_signal_stops_without_waiting_out_the_grace_period() {
 
     let terminate = || send_signal(&daemon, "-TERM");
     terminate();
-    log_line(&mut log, "waiting for in-flight ones").await;
+    let waiting = log_line(&mut log, "waiting for in-flight ones").await;
+    assert!(waiting.contains("1 unary call;"), "{waiting}");
     assert!(!cold.is_finished());
     terminate();
     log_line(&mut log, "asked again to stop").await;
@@ -600,6 +714,51 @@ async fn a_second_signal_stops_without_waiting_out_the_grace_period() {
         .unwrap();
     assert!(status.success(), "{status:?}");
     let _ = cold.await;
+}
+
+/// The log says what shutdown waited for and what it cut: a `WatchPools`
+/// reader that stopped reading is one stream cut, and the daemon exits 0
+/// long before its hour of grace.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_log_names_the_streams_shutdown_cut() {
+    let data = tempfile::tempdir().unwrap();
+    let config_file = data.path().join("warmpoold.toml");
+    let text = config_text(data.path(), &[("db.small", "az1", 0, 1)]).replacen(
+        r#"shutdown_grace = "5s""#,
+        r#"shutdown_grace = "1h""#,
+        1,
+    );
+    std::fs::write(&config_file, text).unwrap();
+    let (mut daemon, mut log, addr) = serving_daemon(&config_file).await;
+    let stalled = warmpool_client::Client::from_channel(
+        a_client_that_reads_little(&format!("http://{addr}")).await,
+    );
+    let mut watch = stalled.watch_pools().await.unwrap();
+    tokio::time::timeout(PATIENCE, watch.next())
+        .await
+        .expect("a first pool status")
+        .expect("the stream is open")
+        .expect("no stream error");
+    let client = warmpool_client::Client::connect(&addr).await.unwrap();
+    toggle_paused(&client, "az1", 20).await;
+    drop(client);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    send_signal(&daemon, "-TERM");
+    let waiting = log_line(&mut log, "waiting for in-flight ones").await;
+    assert!(
+        waiting.contains("0 unary calls; ending 1 stream"),
+        "{waiting}"
+    );
+    let cut = log_line(&mut log, "cutting").await;
+    assert!(cut.contains("cutting 1 stream whose end"), "{cut}");
+    let status = tokio::time::timeout(PATIENCE, daemon.wait())
+        .await
+        .expect("warmpoold stopped well before its hour of grace")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    drop(watch);
 }
 
 /// `systemctl reload` (SIGHUP) makes the warmpoold binary read its config
