@@ -520,11 +520,8 @@ mod tests {
     use pool_manager::model::PoolSpec;
     use std::sync::Arc;
 
-    /// A `WatchPools` reader that stopped reading (its stream full) does
-    /// not keep the watch's task alive once shutdown starts, which would
-    /// hold the daemon's graceful shutdown for its whole grace period.
-    #[tokio::test(start_paused = true)]
-    async fn a_watch_whose_reader_stopped_reading_ends_at_shutdown() {
+    /// A started manager with two paused pools: a watch's first two messages.
+    async fn two_paused_pools() -> PoolManager {
         let sim = cloudsim::SimCloud::new(cloudsim::SimConfig::deterministic());
         let manager = PoolManager::new(
             Arc::new(pool_manager::store::SledStore::temporary().unwrap()),
@@ -551,6 +548,15 @@ mod tests {
                 .await
                 .unwrap();
         }
+        manager
+    }
+
+    /// A `WatchPools` reader that stopped reading (its stream full) does
+    /// not keep the watch's task alive once shutdown starts, which would
+    /// hold the daemon's graceful shutdown for its whole grace period.
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_whose_reader_stopped_reading_ends_at_shutdown() {
+        let manager = two_paused_pools().await;
         let (stop, stopping) = watch::channel(false);
         // Room for one message: the second pool's waits for a reader.
         let (tx, _unread) = mpsc::channel(1);
@@ -574,32 +580,7 @@ mod tests {
     /// than with the end of a stream that looks complete.
     #[tokio::test(start_paused = true)]
     async fn a_watch_whose_buffer_is_full_at_shutdown_ends_unavailable() {
-        let sim = cloudsim::SimCloud::new(cloudsim::SimConfig::deterministic());
-        let manager = PoolManager::new(
-            Arc::new(pool_manager::store::SledStore::temporary().unwrap()),
-            sim.clone(),
-            Arc::new(sim.probe()),
-            pool_manager::ManagerSettings::default(),
-        );
-        manager.start().await.unwrap();
-        for az in ["az1", "az2"] {
-            let spec = PoolSpec {
-                min_ready: 0,
-                max_ready: 1,
-                target: Default::default(),
-                image: "mysql-8.0".into(),
-                boot_timeout: Duration::from_secs(600),
-                max_age: None,
-                paused: true,
-                windows: Vec::new(),
-                iops_limit: None,
-                volume_iops_limit: None,
-            };
-            manager
-                .create_pool(PoolKey::new("db.small", az), spec)
-                .await
-                .unwrap();
-        }
+        let manager = two_paused_pools().await;
         let (stop, stopping) = watch::channel(false);
         // Room for one message: the first pool's fills it and the second
         // pool's waits.
