@@ -243,6 +243,19 @@ async fn a_client_that_reads_little(endpoint: &str) -> tonic::transport::Channel
         .unwrap()
 }
 
+/// A `WatchPools` stream of such a client, of which one message was read
+/// and no more will be.
+async fn a_watch_read_once(endpoint: &str) -> warmpool_client::PoolStatusStream {
+    let stalled = warmpool_client::Client::from_channel(a_client_that_reads_little(endpoint).await);
+    let mut watch = stalled.watch_pools().await.unwrap();
+    tokio::time::timeout(PATIENCE, watch.next())
+        .await
+        .expect("a first pool status")
+        .expect("the stream is open")
+        .expect("no stream error");
+    watch
+}
+
 /// Changes db.small@`az` `times` times (paused on, off, ...): each change
 /// is a message to every `WatchPools` reader.
 async fn toggle_paused(client: &warmpool_client::Client, az: &str, times: usize) {
@@ -269,14 +282,7 @@ async fn toggle_paused(client: &warmpool_client::Client, az: &str, times: usize)
 #[tokio::test]
 async fn a_watch_whose_client_stopped_reading_does_not_hold_up_shutdown() {
     let d = with_an_hour_of_grace().await;
-    let stalled =
-        warmpool_client::Client::from_channel(a_client_that_reads_little(&d.endpoint()).await);
-    let mut watch = stalled.watch_pools().await.unwrap();
-    tokio::time::timeout(PATIENCE, watch.next())
-        .await
-        .expect("a first pool status")
-        .expect("the stream is open")
-        .expect("no stream error");
+    let watch = a_watch_read_once(&d.endpoint()).await;
     // Far more than 1 KiB of pool messages, none of them read.
     toggle_paused(&d.client, "az1", 20).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -300,14 +306,7 @@ async fn a_purchase_in_flight_is_answered_while_a_stalled_watch_is_cut() {
     .replacen(r#"shutdown_grace = "5s""#, r#"shutdown_grace = "1h""#, 1)
     .replacen("time_scale = 0.01", "time_scale = 0.05", 1);
     let d = Daemon::start_text(&text, data).await;
-    let stalled =
-        warmpool_client::Client::from_channel(a_client_that_reads_little(&d.endpoint()).await);
-    let mut watch = stalled.watch_pools().await.unwrap();
-    tokio::time::timeout(PATIENCE, watch.next())
-        .await
-        .expect("a first pool status")
-        .expect("the stream is open")
-        .expect("no stream error");
+    let watch = a_watch_read_once(&d.endpoint()).await;
 
     let mut order = order_one();
     order.empty_pool_policy = warmpool_client::api::EmptyPoolPolicy::ColdBoot.into();
@@ -731,15 +730,7 @@ async fn the_log_names_the_streams_shutdown_cut() {
     );
     std::fs::write(&config_file, text).unwrap();
     let (mut daemon, mut log, addr) = serving_daemon(&config_file).await;
-    let stalled = warmpool_client::Client::from_channel(
-        a_client_that_reads_little(&format!("http://{addr}")).await,
-    );
-    let mut watch = stalled.watch_pools().await.unwrap();
-    tokio::time::timeout(PATIENCE, watch.next())
-        .await
-        .expect("a first pool status")
-        .expect("the stream is open")
-        .expect("no stream error");
+    let watch = a_watch_read_once(&format!("http://{addr}")).await;
     let client = warmpool_client::Client::connect(&addr).await.unwrap();
     toggle_paused(&client, "az1", 20).await;
     drop(client);
