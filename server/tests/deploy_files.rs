@@ -1,7 +1,9 @@
 //! The files in deploy/ checked against the daemon itself: every TOML there
 //! loads with warmpoold's own config loader, the example documents every
 //! option the loader knows, and the Grafana dashboard and the Prometheus
-//! rules name only metrics a running warmpoold exposes on /metrics.
+//! rules name only metrics a running warmpoold exposes on /metrics; the
+//! systemd unit and the example config agree on how a dynamic user gets the
+//! cloud's credentials.
 
 mod support;
 
@@ -213,4 +215,76 @@ async fn dashboard_and_alert_rules_name_only_metrics_the_daemon_exposes() {
         );
     }
     daemon.shut_down().await;
+}
+
+/// The lines of a systemd unit setting `key`, shown commented out or not:
+/// the value of each, with whether it is in force.
+fn unit_settings<'a>(unit: &'a str, key: &str) -> Vec<(&'a str, bool)> {
+    unit.lines()
+        .filter_map(|line| {
+            let shown = line.trim_start_matches(['#', ' ']);
+            let value = shown.strip_prefix(key)?.strip_prefix('=')?;
+            Some((value.trim(), !line.trim_start().starts_with('#')))
+        })
+        .collect()
+}
+
+/// The values an example config shows for `key` (set or commented out).
+fn shown_values(config: &str, key: &str) -> Vec<String> {
+    config
+        .lines()
+        .filter_map(|line| {
+            let shown = line.trim_start_matches(['#', ' ']);
+            let rest = shown.strip_prefix(key)?.trim_start().strip_prefix('=')?;
+            Some(rest.trim().trim_matches('"').to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn a_dynamic_user_unit_shows_how_it_gets_the_cloud_credentials() {
+    let unit_path = deploy_dir().join("warmpoold.service");
+    let unit = read(&unit_path);
+    let unit_name = unit_path.file_name().unwrap().to_string_lossy();
+    let dynamic = unit_settings(&unit, "DynamicUser")
+        .iter()
+        .any(|&(value, in_force)| in_force && value == "yes");
+    assert!(
+        dynamic,
+        "the unit no longer runs as a dynamic user: revisit this test"
+    );
+    // A dynamic user reads no file only root may read (an operator's
+    // clouds.yaml), and ProtectHome hides ~/.config/openstack: the cloud's
+    // credentials come in as a systemd credential, which the example config
+    // reads where systemd puts it.
+    let credentials: Vec<(String, String)> = unit_settings(&unit, "LoadCredential")
+        .iter()
+        .filter_map(|(value, _)| value.split_once(':'))
+        .map(|(id, source)| (id.to_owned(), source.to_owned()))
+        .collect();
+    let example = read(&deploy_dir().join("warmpoold.example.toml"));
+    let shown = shown_values(&example, "clouds_yaml");
+    assert!(!shown.is_empty(), "the example shows no clouds_yaml");
+    for path in &shown {
+        let id = path
+            .strip_prefix(&format!("/run/credentials/{unit_name}/"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the example's clouds_yaml = {path:?} is no credential of {unit_name} \
+                     (a dynamic user cannot read a clouds.yaml only root may read): \
+                     show /run/credentials/{unit_name}/<id> with LoadCredential=<id>:<file> \
+                     in the unit"
+                )
+            });
+        let (_, source) = credentials
+            .iter()
+            .find(|(cred, _)| cred == id)
+            .unwrap_or_else(|| {
+                panic!("{unit_name} loads no credential {id:?} (it loads {credentials:?})")
+            });
+        assert!(
+            source.ends_with("clouds.yaml"),
+            "credential {id} comes from {source}"
+        );
+    }
 }
