@@ -3,7 +3,8 @@
 //! option the loader knows, and the Grafana dashboard and the Prometheus
 //! rules name only metrics a running warmpoold exposes on /metrics; the
 //! systemd unit and the example config agree on how a dynamic user gets the
-//! cloud's credentials.
+//! cloud's credentials; and a dashboard panel in seconds plots nothing else
+//! without giving it its own unit.
 
 mod support;
 
@@ -287,4 +288,60 @@ fn a_dynamic_user_unit_shows_how_it_gets_the_cloud_credentials() {
             "credential {id} comes from {source}"
         );
     }
+}
+
+/// Every panel of a Grafana dashboard, those inside rows included.
+fn dashboard_panels(panels: &serde_json::Value) -> Vec<&serde_json::Value> {
+    let mut found = Vec::new();
+    for panel in panels.as_array().into_iter().flatten() {
+        found.push(panel);
+        found.extend(dashboard_panels(&panel["panels"]));
+    }
+    found
+}
+
+/// Whether every metric `expr` names is measured in seconds: a gauge or a
+/// histogram's buckets or sum in seconds (not a `_seconds_count`, nor a
+/// `_seconds_total`, whose rate is seconds per second).
+fn measures_seconds(expr: &str) -> bool {
+    let names = warmpool_identifiers(expr);
+    !names.is_empty()
+        && names.iter().all(|name| {
+            ["_seconds", "_seconds_bucket", "_seconds_sum"]
+                .iter()
+                .any(|suffix| name.ends_with(suffix))
+        })
+}
+
+#[test]
+fn panels_in_seconds_plot_only_seconds_or_give_the_rest_its_own_unit() {
+    let dashboard = support::dashboard();
+    let mut checked = 0;
+    for panel in dashboard_panels(&dashboard["panels"]) {
+        if panel["fieldConfig"]["defaults"]["unit"] != "s" {
+            continue;
+        }
+        let title = panel["title"].as_str().unwrap_or("?");
+        let overrides = panel["fieldConfig"]["overrides"].as_array();
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            let ref_id = &target["refId"];
+            // Another unit for this query's series, set by its refId.
+            let own_unit =
+                overrides.into_iter().flatten().any(|o| {
+                    o["matcher"]["id"] == "byFrameRefID"
+                        && o["matcher"]["options"] == *ref_id
+                        && o["properties"].as_array().into_iter().flatten().any(|p| {
+                            p["id"] == "unit" && p["value"].as_str().is_some_and(|u| u != "s")
+                        })
+                });
+            assert!(
+                measures_seconds(expr) || own_unit,
+                "panel {title:?} shows seconds, but query {ref_id} plots something else \
+                 without an override (byFrameRefID {ref_id}) giving it its unit: {expr}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "only {checked} queries in panels of seconds");
 }
