@@ -37,6 +37,15 @@ use std::time::Duration;
 /// process, or right after the previous process, can find it still held.
 pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(5);
 
+/// The bytes of sled's page cache [`SledStore::open`] gives a store unless
+/// told otherwise. sled's own default is 1 GiB, which it lowers only to a
+/// cgroup v1 memory limit (not v2's, nor a container's under it), so a
+/// daemon in a 512 MiB container would grow until killed. warmpool's
+/// records are small JSON documents and the hot listings are answered from
+/// the in-memory index, so a store of many thousand instances is served
+/// from a cache of tens of MiB.
+pub const DEFAULT_CACHE_CAPACITY: u64 = 64 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store I/O failed: {0}")]
@@ -251,7 +260,7 @@ impl StoreRepair {
             ))));
         }
         Ok(Self {
-            db: open_sled(dir, lock_wait)?,
+            db: open_sled(dir, lock_wait, DEFAULT_CACHE_CAPACITY)?,
         })
     }
 
@@ -414,15 +423,23 @@ impl HotIndex {
 
 impl SledStore {
     /// Opens (or creates) the store in `dir`, waiting up to
-    /// [`DEFAULT_LOCK_WAIT`] for another handle to let go of it.
+    /// [`DEFAULT_LOCK_WAIT`] for another handle to let go of it, with a
+    /// page cache of [`DEFAULT_CACHE_CAPACITY`] bytes.
     pub fn open(dir: &Path) -> StoreResult<Self> {
-        Self::open_waiting(dir, DEFAULT_LOCK_WAIT)
+        Self::open_with(dir, DEFAULT_LOCK_WAIT, DEFAULT_CACHE_CAPACITY)
     }
 
     /// As [`SledStore::open`], waiting up to `lock_wait` for the lock.
     /// Blocks the calling thread while it waits.
     pub fn open_waiting(dir: &Path, lock_wait: Duration) -> StoreResult<Self> {
-        Self::from_db(open_sled(dir, lock_wait)?)
+        Self::open_with(dir, lock_wait, DEFAULT_CACHE_CAPACITY)
+    }
+
+    /// As [`SledStore::open_waiting`], with sled's page cache held to
+    /// `cache_capacity` bytes (sled counts it loosely: the process's
+    /// resident memory runs somewhat above it).
+    pub fn open_with(dir: &Path, lock_wait: Duration, cache_capacity: u64) -> StoreResult<Self> {
+        Self::from_db(open_sled(dir, lock_wait, cache_capacity)?)
     }
 
     /// A store in a temporary directory that vanishes on drop; for tests.
@@ -485,12 +502,18 @@ impl SledStore {
     }
 }
 
+/// sled's configuration of a store in `dir` with a page cache of
+/// `cache_capacity` bytes.
+fn sled_config(dir: &Path, cache_capacity: u64) -> sled::Config {
+    sled::Config::new().path(dir).cache_capacity(cache_capacity)
+}
+
 /// Opens sled's database in `dir`, waiting up to `lock_wait` for its lock.
 /// Blocks the calling thread while it waits.
-fn open_sled(dir: &Path, lock_wait: Duration) -> StoreResult<sled::Db> {
+fn open_sled(dir: &Path, lock_wait: Duration, cache_capacity: u64) -> StoreResult<sled::Db> {
     let started = std::time::Instant::now();
     loop {
-        match sled::Config::new().path(dir).open() {
+        match sled_config(dir, cache_capacity).open() {
             Ok(db) => return Ok(db),
             Err(e) if is_lock_held(&e) => {
                 let waited = started.elapsed();
@@ -764,6 +787,17 @@ mod tests {
         );
         allocation.state = state;
         allocation
+    }
+
+    /// sled's own default cache is 1 GiB; the store asks for what it is told.
+    #[test]
+    fn the_page_cache_is_what_the_store_is_opened_with() {
+        let dir = std::path::Path::new("unused");
+        assert_eq!(sled::Config::new().cache_capacity, 1 << 30);
+        assert_eq!(DEFAULT_CACHE_CAPACITY, 64 << 20);
+        for capacity in [DEFAULT_CACHE_CAPACITY, 1 << 20, 3 << 30] {
+            assert_eq!(sled_config(dir, capacity).cache_capacity, capacity);
+        }
     }
 
     /// The listings re-check each record they read, so an id left behind

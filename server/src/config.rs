@@ -21,6 +21,13 @@ pub const DEFAULT_DATA_DIR: &str = "warmpool-data";
 /// The embedded cloud runs 20x faster than a real one, so the demo fills in seconds.
 pub const DEFAULT_EMBEDDED_TIME_SCALE: f64 = 0.05;
 
+/// `store_cache_capacity` at least: below it sled rereads its pages from
+/// disk on every listing.
+pub const MIN_STORE_CACHE_CAPACITY: u64 = 1 << 20;
+/// `store_cache_capacity` at most: far beyond any store warmpool writes,
+/// so a larger value is a typo (bytes meant as KiB, a unit left out).
+pub const MAX_STORE_CACHE_CAPACITY: u64 = 64 << 30;
+
 /// Upper bounds of the `[manager]` intervals and pauses.
 pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(60);
 pub const MAX_REPLENISH_INTERVAL: Duration = Duration::from_secs(60 * 60);
@@ -79,6 +86,13 @@ pub struct Config {
     /// Directory of the sled store; created if missing.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Bytes of the store's page cache (sled's; its own default, 1 GiB, is
+    /// lowered only to a cgroup v1 limit): bytes or "64MiB" in the file.
+    #[serde(
+        default = "default_store_cache_capacity",
+        deserialize_with = "byte_size"
+    )]
+    pub store_cache_capacity: u64,
     #[serde(default)]
     pub manager: ManagerConfig,
     #[serde(default)]
@@ -158,6 +172,62 @@ fn default_metrics_listen() -> SocketAddr {
 fn default_data_dir() -> PathBuf {
     PathBuf::from(DEFAULT_DATA_DIR)
 }
+fn default_store_cache_capacity() -> u64 {
+    pool_manager::store::DEFAULT_CACHE_CAPACITY
+}
+
+/// A size in bytes: an integer, or a string of one with an optional unit
+/// (B, KiB, MiB, GiB). Decimal units (MB) are refused rather than guessed.
+fn byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct Size;
+    impl serde::de::Visitor<'_> for Size {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a size: bytes (67108864) or a string with KiB, MiB or GiB (\"64MiB\")")
+        }
+        fn visit_u64<E: serde::de::Error>(self, bytes: u64) -> Result<u64, E> {
+            Ok(bytes)
+        }
+        fn visit_i64<E: serde::de::Error>(self, bytes: i64) -> Result<u64, E> {
+            u64::try_from(bytes).map_err(|_| E::custom(not_a_size(&bytes.to_string())))
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<u64, E> {
+            parse_byte_size(text).ok_or_else(|| E::custom(not_a_size(&format!("{text:?}"))))
+        }
+    }
+    d.deserialize_any(Size)
+}
+
+fn not_a_size(value: &str) -> String {
+    format!("{value} is not a size: bytes (67108864) or a string with KiB, MiB or GiB (\"64MiB\")")
+}
+
+fn parse_byte_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let number: u64 = text[..digits].parse().ok()?;
+    let factor: u64 = match text[digits..].trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+/// A size for messages: "64 MiB", "1536 KiB", "100 bytes".
+fn show_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} bytes"),
+    }
+}
+
 fn default_grace() -> Duration {
     Duration::from_secs(30)
 }
@@ -873,6 +943,20 @@ impl Config {
                 )));
             }
         }
+        if !(MIN_STORE_CACHE_CAPACITY..=MAX_STORE_CACHE_CAPACITY)
+            .contains(&self.store_cache_capacity)
+        {
+            let bound = if self.store_cache_capacity < MIN_STORE_CACHE_CAPACITY {
+                format!("at least {}", show_size(MIN_STORE_CACHE_CAPACITY))
+            } else {
+                format!("at most {}", show_size(MAX_STORE_CACHE_CAPACITY))
+            };
+            return Err(ConfigError::Invalid(format!(
+                "store_cache_capacity is {}; it must be {bound} (default {})",
+                show_size(self.store_cache_capacity),
+                show_size(pool_manager::store::DEFAULT_CACHE_CAPACITY)
+            )));
+        }
         let mut seen = std::collections::HashSet::new();
         for pool in &self.pools {
             if !seen.insert(pool.key()) {
@@ -1274,6 +1358,41 @@ mod tests {
                 err.contains(&format!("{field} is empty; name a PEM file")),
                 "{text}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn the_stores_cache_capacity_is_bytes_or_a_size_and_bounded() {
+        const MIB: u64 = 1 << 20;
+        // sled's own default is 1 GiB, which it lowers only to a cgroup v1
+        // limit: a container with a 512Mi limit would be killed.
+        assert_eq!(Config::default().store_cache_capacity, 64 * MIB);
+        for (text, bytes) in [
+            ("store_cache_capacity = 33554432\n", 32 * MIB),
+            ("store_cache_capacity = \"32MiB\"\n", 32 * MIB),
+            ("store_cache_capacity = \" 1 GiB \"\n", 1024 * MIB),
+            ("store_cache_capacity = \"1536KiB\"\n", 3 * MIB / 2),
+            ("store_cache_capacity = \"1048576\"\n", MIB),
+        ] {
+            let config = Config::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(config.store_cache_capacity, bytes, "{text}");
+        }
+        for (text, says) in [
+            ("store_cache_capacity = 0\n", "at least 1 MiB"),
+            ("store_cache_capacity = \"0MiB\"\n", "at least 1 MiB"),
+            ("store_cache_capacity = 1000\n", "at least 1 MiB"),
+            ("store_cache_capacity = \"65GiB\"\n", "at most 64 GiB"),
+            ("store_cache_capacity = -1\n", "a size"),
+            ("store_cache_capacity = \"64MB\"\n", "a size"),
+            ("store_cache_capacity = \"lots\"\n", "a size"),
+            (
+                "store_cache_capacity = \"99999999999999999999GiB\"\n",
+                "a size",
+            ),
+        ] {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(err.contains("store_cache_capacity"), "{text}: {err}");
+            assert!(err.contains(says), "{text}: {err}");
         }
     }
 

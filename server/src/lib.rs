@@ -97,11 +97,18 @@ pub async fn start_stoppable(
     // On a blocking thread: opening waits for a lock a previous process (or
     // a previous start in this one) may still hold.
     let data_dir = config.data_dir.clone();
+    let cache_capacity = config.store_cache_capacity;
     let store: Arc<dyn Store> = Arc::new(
-        tokio::task::spawn_blocking(move || SledStore::open(&data_dir))
-            .await
-            .context("the store's opening thread panicked")?
-            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
+        tokio::task::spawn_blocking(move || {
+            SledStore::open_with(
+                &data_dir,
+                pool_manager::store::DEFAULT_LOCK_WAIT,
+                cache_capacity,
+            )
+        })
+        .await
+        .context("the store's opening thread panicked")?
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
     );
     // The cloud check can wait on an unreachable cloud up to its request
     // timeout; a shutdown asked for meanwhile ends start-up here.

@@ -4,7 +4,8 @@
 //! rules name only metrics a running warmpoold exposes on /metrics; the
 //! systemd unit and the example config agree on how a dynamic user gets the
 //! cloud's credentials; and a dashboard panel in seconds plots nothing else
-//! without giving it its own unit.
+//! without giving it its own unit; the Kubernetes config's store cache fits
+//! well under the pod's memory limit.
 
 mod support;
 
@@ -344,4 +345,67 @@ fn panels_in_seconds_plot_only_seconds_or_give_the_rest_its_own_unit() {
         }
     }
     assert!(checked >= 4, "only {checked} queries in panels of seconds");
+}
+
+/// The Kubernetes Deployment's warmpoold container.
+fn k8s_container() -> serde_yaml::Value {
+    let path = deploy_dir().join("kubernetes/deployment.yaml");
+    let deployment: serde_yaml::Value =
+        serde_yaml::from_str(&read(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let containers = deployment["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .expect("the Deployment's containers");
+    containers
+        .iter()
+        .find(|c| c["name"] == "warmpoold")
+        .expect("a warmpoold container")
+        .clone()
+}
+
+/// A Kubernetes memory quantity ("512Mi", "1Gi", "500M", "1048576") in bytes.
+fn k8s_bytes(quantity: &str) -> u64 {
+    let units: [(&str, u64); 8] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    let (number, factor) = units
+        .iter()
+        .find_map(|&(unit, factor)| quantity.strip_suffix(unit).map(|n| (n, factor)))
+        .unwrap_or((quantity, 1));
+    number
+        .parse::<u64>()
+        .unwrap_or_else(|e| panic!("memory quantity {quantity:?}: {e}"))
+        * factor
+}
+
+#[test]
+fn the_k8s_stores_cache_fits_well_under_the_pods_memory_limit() {
+    let container = k8s_container();
+    let limit = container["resources"]["limits"]["memory"]
+        .as_str()
+        .expect("the warmpoold container has a memory limit");
+    let limit = k8s_bytes(limit);
+    let path = deploy_dir().join("kubernetes/warmpoold.toml");
+    // Set in the file, not left to a default a later version may change.
+    let table: toml::Table = read(&path).parse().expect("valid TOML");
+    assert!(
+        table.contains_key("store_cache_capacity"),
+        "{} sets no store_cache_capacity under the pod's {limit}-byte memory limit",
+        path.display()
+    );
+    let capacity = Config::load(&path)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .store_cache_capacity;
+    // sled's cache is counted loosely (its resident size runs above it), and
+    // the daemon needs memory of its own: at most half the limit.
+    assert!(
+        capacity <= limit / 2,
+        "store_cache_capacity {capacity} bytes is more than half the pod's memory limit ({limit} bytes)"
+    );
 }
