@@ -5,7 +5,8 @@
 //! systemd unit and the example config agree on how a dynamic user gets the
 //! cloud's credentials; and a dashboard panel in seconds plots nothing else
 //! without giving it its own unit; the Kubernetes config's store cache fits
-//! well under the pod's memory limit.
+//! well under the pod's memory limit; systemd and Kubernetes wait out the
+//! shutdown grace and the final flush before killing warmpoold.
 
 mod support;
 
@@ -407,5 +408,59 @@ fn the_k8s_stores_cache_fits_well_under_the_pods_memory_limit() {
     assert!(
         capacity <= limit / 2,
         "store_cache_capacity {capacity} bytes is more than half the pod's memory limit ({limit} bytes)"
+    );
+}
+
+/// What a supervisor must leave warmpoold after `shutdown_grace` to flush
+/// the store and save the pools' learned sizing before it kills it.
+const FLUSH_MARGIN: Duration = Duration::from_secs(10);
+
+/// A systemd time span ("60", "90s", "1min 30s"): bare numbers are seconds.
+fn systemd_span(value: &str) -> Duration {
+    match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            humantime::parse_duration(value).unwrap_or_else(|e| panic!("time span {value:?}: {e}"))
+        }
+    }
+}
+
+#[test]
+fn supervisors_wait_out_the_shutdown_grace_and_the_final_flush() {
+    // systemd: the unit runs the example config (its install lines copy it
+    // to /etc/warmpool/warmpoold.toml).
+    let unit = read(&deploy_dir().join("warmpoold.service"));
+    assert!(
+        unit.contains("deploy/warmpoold.example.toml /etc/warmpool/warmpoold.toml")
+            && unit.contains("--config /etc/warmpool/warmpoold.toml"),
+        "the unit no longer runs the example config: revisit this test"
+    );
+    let stop: Vec<Duration> = unit_settings(&unit, "TimeoutStopSec")
+        .iter()
+        .filter(|(_, in_force)| *in_force)
+        .map(|(value, _)| systemd_span(value))
+        .collect();
+    let [stop] = stop[..] else {
+        panic!("the unit sets TimeoutStopSec {stop:?}, not once: systemd's default (90s) is not warmpool's to rely on");
+    };
+    let example = Config::load(&deploy_dir().join("warmpoold.example.toml")).unwrap();
+    assert!(
+        stop >= example.shutdown_grace + FLUSH_MARGIN,
+        "TimeoutStopSec={stop:?} leaves no {FLUSH_MARGIN:?} after the example's shutdown_grace ({:?}) to flush the store",
+        example.shutdown_grace
+    );
+
+    // Kubernetes: the pod's grace against the ConfigMap's config.
+    let path = deploy_dir().join("kubernetes/deployment.yaml");
+    let deployment: serde_yaml::Value = serde_yaml::from_str(&read(&path)).unwrap();
+    let grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .map(Duration::from_secs)
+        .expect("the Deployment sets terminationGracePeriodSeconds (Kubernetes' default is 30s)");
+    let k8s = Config::load(&deploy_dir().join("kubernetes/warmpoold.toml")).unwrap();
+    assert!(
+        grace >= k8s.shutdown_grace + FLUSH_MARGIN,
+        "terminationGracePeriodSeconds {grace:?} leaves no {FLUSH_MARGIN:?} after the config's shutdown_grace ({:?}) to flush the store",
+        k8s.shutdown_grace
     );
 }
