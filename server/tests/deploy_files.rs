@@ -348,14 +348,35 @@ fn panels_in_seconds_plot_only_seconds_or_give_the_rest_its_own_unit() {
     assert!(checked >= 4, "only {checked} queries in panels of seconds");
 }
 
-/// The Kubernetes Deployment's warmpoold container.
+/// The Kubernetes workload running warmpoold.
+fn k8s_workload() -> serde_yaml::Value {
+    let path = deploy_dir().join("kubernetes/statefulset.yaml");
+    serde_yaml::from_str(&read(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Two warmpoolds on one project would each take the other's servers for
+/// leaks and delete them. A Deployment's ReplicaSet replaces a pod on an
+/// unreachable node at once, held back only by the volume's attachment
+/// (force-detached after about 6 minutes; not at all on some storage); a
+/// StatefulSet makes no replacement until the old pod is known gone.
+#[test]
+fn kubernetes_runs_at_most_one_warmpoold() {
+    let workload = k8s_workload();
+    assert_eq!(workload["kind"], "StatefulSet", "{workload:?}");
+    assert_eq!(workload["spec"]["replicas"], 1, "{workload:?}");
+    let kustomization = read(&deploy_dir().join("kubernetes/kustomization.yaml"));
+    assert!(
+        kustomization.contains("- statefulset.yaml"),
+        "{kustomization}"
+    );
+}
+
+/// The Kubernetes workload's warmpoold container.
 fn k8s_container() -> serde_yaml::Value {
-    let path = deploy_dir().join("kubernetes/deployment.yaml");
-    let deployment: serde_yaml::Value =
-        serde_yaml::from_str(&read(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let containers = deployment["spec"]["template"]["spec"]["containers"]
+    let workload = k8s_workload();
+    let containers = workload["spec"]["template"]["spec"]["containers"]
         .as_sequence()
-        .expect("the Deployment's containers");
+        .expect("the workload's containers");
     containers
         .iter()
         .find(|c| c["name"] == "warmpoold")
@@ -451,12 +472,10 @@ fn supervisors_wait_out_the_shutdown_grace_and_the_final_flush() {
     );
 
     // Kubernetes: the pod's grace against the ConfigMap's config.
-    let path = deploy_dir().join("kubernetes/deployment.yaml");
-    let deployment: serde_yaml::Value = serde_yaml::from_str(&read(&path)).unwrap();
-    let grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    let grace = k8s_workload()["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         .as_u64()
         .map(Duration::from_secs)
-        .expect("the Deployment sets terminationGracePeriodSeconds (Kubernetes' default is 30s)");
+        .expect("the workload sets terminationGracePeriodSeconds (Kubernetes' default is 30s)");
     let k8s = Config::load(&deploy_dir().join("kubernetes/warmpoold.toml")).unwrap();
     assert!(
         grace >= k8s.shutdown_grace + FLUSH_MARGIN,
