@@ -171,7 +171,10 @@ impl Env {
             .await
             .expect(200)
             .json();
-        r["images"][0]["id"].as_str().unwrap().to_string()
+        let active = r["images"].as_array().unwrap().iter();
+        let active: Vec<&Value> = active.filter(|i| i["status"] == "active").collect();
+        assert_eq!(active.len(), 1, "{r}");
+        active[0]["id"].as_str().unwrap().to_string()
     }
 
     async fn network_id(&self, name: &str) -> String {
@@ -1075,8 +1078,8 @@ async fn tag_filter_is_honoured_from_2_26_and_ignored_below() {
 }
 
 /// Images only Glance has (an upload queued or failed, a deactivated old
-/// image) are listed by name after the model's and shown by id, each in
-/// its status.
+/// image) are listed by name, newer than the model's, and shown by id,
+/// each in its status.
 #[tokio::test]
 async fn glance_shows_uploaded_images_in_their_status() {
     let env = start().await;
@@ -1095,7 +1098,7 @@ async fn glance_shows_uploaded_images_in_their_status() {
     let active = env.image_id().await;
     assert_eq!(
         shown,
-        [(active.as_str(), "active"), (queued.as_str(), "queued")]
+        [(queued.as_str(), "queued"), (active.as_str(), "active")]
     );
     let image = env
         .get(Service::Image, &format!("/v2/images/{queued}"), None)
@@ -1106,6 +1109,83 @@ async fn glance_shows_uploaded_images_in_their_status() {
         (&image["name"], &image["status"]),
         (&json!("mysql-8.0"), &json!("queued"))
     );
+}
+
+/// Glance pages its image list as Glance does: newest first, 25 images
+/// unless the query asks for another `limit` (at most 1000), and a `next`
+/// (the request's own query with the page's last id as `marker`) while a
+/// page is full. A marker naming no image is a 400.
+#[tokio::test]
+async fn glance_pages_images_newest_first() {
+    let env = start().await;
+    let active = env.image_id().await;
+    let uploaded: Vec<String> = (0..30)
+        .map(|_| env.face.faults().upload_image("mysql-8.0", "killed"))
+        .collect();
+    let ids = |page: &Value| -> Vec<String> {
+        page["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // The newest upload first, the model's image (the oldest) last.
+    let mut newest_first: Vec<String> = uploaded.iter().rev().cloned().collect();
+    newest_first.push(active.clone());
+
+    let first = env
+        .get(Service::Image, "/v2/images?name=mysql-8.0", None)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(ids(&first), newest_first[..25]);
+    assert_eq!(first["first"], "/v2/images?name=mysql-8.0");
+    let next = first["next"].as_str().expect("a full page links the next");
+    assert_eq!(
+        next,
+        format!("/v2/images?name=mysql-8.0&marker={}", newest_first[24])
+    );
+    let second = env.get(Service::Image, next, None).await.expect(200).json();
+    assert_eq!(ids(&second), newest_first[25..]);
+    assert!(second.get("next").is_none(), "{second}");
+
+    let ten = env
+        .get(Service::Image, "/v2/images?name=mysql-8.0&limit=10", None)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(ids(&ten), newest_first[..10]);
+    assert_eq!(
+        ten["next"],
+        format!(
+            "/v2/images?name=mysql-8.0&limit=10&marker={}",
+            newest_first[9]
+        )
+    );
+    let all = env
+        .get(Service::Image, "/v2/images?name=mysql-8.0&limit=5000", None)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(ids(&all), newest_first, "api_limit_max is 1000");
+    assert!(all.get("next").is_none(), "{all}");
+
+    let gone = "00000000-0000-0000-0000-000000000000";
+    let r = env
+        .get(Service::Image, &format!("/v2/images?marker={gone}"), None)
+        .await
+        .expect(400);
+    assert!(
+        r.text.contains(&format!("No image found with ID {gone}")),
+        "{}",
+        r.text
+    );
+    for limit in ["-1", "ten"] {
+        env.get(Service::Image, &format!("/v2/images?limit={limit}"), None)
+            .await
+            .expect(400);
+    }
 }
 
 /// Neutron takes a network id in upper case as the network it names (its

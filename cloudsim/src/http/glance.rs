@@ -1,7 +1,10 @@
 //! Glance v2 under `/image`, read-only: the model's images (by name in the
 //! model) with stable UUIDs, listed with `?name=` or shown by id, so a driver
 //! can resolve an image name to the UUID Nova requires; after them, images
-//! only Glance has (`HttpFaults::upload_image`), in any status.
+//! only Glance has (`HttpFaults::upload_image`), in any status. The list
+//! pages as Glance's does: newest first, `limit_param_default` (25) images
+//! at a time unless `limit` asks for others (at most `api_limit_max`,
+//! 1000), after the `marker`'s image, with a `next` while a page is full.
 
 use super::{iso_seconds, require_token, ApiError, FaceState, Service};
 use axum::extract::{Path, Query, State};
@@ -11,6 +14,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::sync::Arc;
+use tokio::time::Instant;
 
 const G: Service = Service::Image;
 
@@ -42,8 +46,27 @@ async fn root(State(state): State<Arc<FaceState>>) -> Response {
         .into_response()
 }
 
-fn image_json(state: &FaceState, id: &str, name: &str, status: &str) -> Value {
-    let created = iso_seconds(state.wall(state.epoch.0));
+/// Glance's `limit_param_default`: a list without `limit` gives this many.
+const LIMIT_DEFAULT: usize = 25;
+/// Glance's `api_limit_max`: a larger `limit` gives this many.
+const LIMIT_MAX: usize = 1000;
+
+/// An image as Glance shows it.
+struct Image {
+    id: String,
+    name: String,
+    status: String,
+    created: Instant,
+}
+
+fn image_json(state: &FaceState, image: &Image) -> Value {
+    let Image {
+        id,
+        name,
+        status,
+        created,
+    } = image;
+    let created = iso_seconds(state.wall(*created));
     let mut image = json!({
         "id": id,
         "name": name,
@@ -74,38 +97,80 @@ fn image_json(state: &FaceState, id: &str, name: &str, status: &str) -> Value {
     image
 }
 
-/// Every image Glance shows: (id, name, status).
-fn images(state: &FaceState) -> Vec<(String, String, String)> {
-    let model = state
-        .sim
-        .config()
-        .images
-        .into_iter()
-        .map(|name| (state.image_id(&name), name, "active".to_owned()));
-    let uploaded = state
-        .uploaded_images()
-        .into_iter()
-        .map(|i| (i.id, i.name, i.status));
+/// Every image Glance shows, oldest first: the model's (there from the
+/// start), then each upload, each later than the one before.
+fn images(state: &FaceState) -> Vec<Image> {
+    let model = state.sim.config().images.into_iter().map(|name| Image {
+        id: state.image_id(&name),
+        name,
+        status: "active".to_owned(),
+        created: state.epoch.0,
+    });
+    let uploaded = state.uploaded_images().into_iter().map(|i| Image {
+        id: i.id,
+        name: i.name,
+        status: i.status,
+        created: i.created,
+    });
     model.chain(uploaded).collect()
 }
 
 async fn list_images(
     State(state): State<Arc<FaceState>>,
     q: Option<Query<Vec<(String, String)>>>,
-) -> Json<Value> {
+) -> Result<Json<Value>, ApiError> {
     let q = q.map(|Query(v)| v).unwrap_or_default();
+    // Glance sorts by created_at, newest first, unless asked otherwise.
     let list: Vec<Value> = images(&state)
         .iter()
-        .filter(|(id, name, _)| {
+        .rev()
+        .filter(|image| {
             q.iter().all(|(k, v)| match k.as_str() {
-                "name" => name == v,
-                "id" => id == v,
+                "name" => image.name == *v,
+                "id" => image.id == *v,
                 _ => true,
             })
         })
-        .map(|(id, name, status)| image_json(&state, id, name, status))
+        .map(|image| image_json(&state, image))
         .collect();
-    Json(json!({"images": list, "schema": "/v2/schemas/images", "first": "/v2/images"}))
+    let ignore_marker = state.settings.ignore_marker;
+    let (list, next_marker) = super::cut_page(
+        list,
+        &q,
+        ignore_marker,
+        Some(LIMIT_DEFAULT),
+        Some(LIMIT_MAX),
+    )
+    .map_err(|e| match e {
+        super::PageError::BadLimit(m) => ApiError::bad_request(G, m),
+        // Glance looks the marker up as an image, and answers its absence
+        // with a 400 in the image's own words.
+        super::PageError::UnknownMarker(id) => {
+            ApiError::bad_request(G, format!("No image found with ID {id}"))
+        }
+    })?;
+    // `first` is the request without its marker, `next` the request with
+    // the page's last image as the marker, as Glance's serializer builds them.
+    let link = |marker: Option<&str>| {
+        let mut query: Vec<(&str, &str)> = q
+            .iter()
+            .filter(|(k, _)| k != "marker")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        query.extend(marker.map(|m| ("marker", m)));
+        if query.is_empty() {
+            return "/v2/images".to_owned();
+        }
+        let encoded = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(query)
+            .finish();
+        format!("/v2/images?{encoded}")
+    };
+    let mut body = json!({"images": list, "schema": "/v2/schemas/images", "first": link(None)});
+    if let Some(marker) = next_marker {
+        body["next"] = json!(link(Some(&marker)));
+    }
+    Ok(Json(body))
 }
 
 async fn show_image(
@@ -114,7 +179,7 @@ async fn show_image(
 ) -> Result<Json<Value>, ApiError> {
     images(&state)
         .iter()
-        .find(|(image, _, _)| *image == id)
-        .map(|(id, name, status)| Json(image_json(&state, id, name, status)))
+        .find(|image| image.id == id)
+        .map(|image| Json(image_json(&state, image)))
         .ok_or_else(|| ApiError::not_found(G, format!("No image found with ID {id}")))
 }

@@ -190,6 +190,7 @@ pub struct HttpSettings {
     /// The most items a server, flavor or port listing answers at once, as
     /// Nova's `[api] max_limit` and Neutron's `pagination_max_limit` cap it;
     /// a full page links the next. `None`: unlimited (Neutron's default).
+    /// Glance pages images by its own defaults whatever this says.
     pub page_limit: Option<usize>,
     /// A broken cloud (or a proxy dropping query strings) that ignores the
     /// `marker` of a paged listing: every page is the first.
@@ -300,6 +301,7 @@ pub(crate) struct UploadedImage {
     pub id: String,
     pub name: String,
     pub status: String,
+    pub created: Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -487,6 +489,7 @@ impl HttpFaults {
             id: id.clone(),
             name: name.to_owned(),
             status: status.to_owned(),
+            created: Instant::now(),
         });
         id
     }
@@ -983,26 +986,26 @@ pub(crate) enum PageError {
     /// The `limit` is not a number: a 400 everywhere.
     BadLimit(String),
     /// No item has the marker's id (it was deleted): Nova answers 400
-    /// "marker [id] not found", Neutron 404 as for the item itself.
+    /// "marker [id] not found", Neutron 404 as for the item itself, Glance
+    /// 400 "No image found with ID [id]".
     UnknownMarker(String),
 }
 
-/// One page of a listing as Nova and Neutron page it: the `items` (in
-/// listing order) after the one whose `id` is the query's `marker`, at most
-/// the query's `limit` capped by `page_limit`. A full page links the next
-/// (`rel: next`, the same query with this page's last id as the marker).
-/// An unknown marker or a limit that is not a number is an error, which
-/// each service answers its own way.
-pub(crate) fn page(
+/// The items (in listing order) after the one whose `id` is the query's
+/// `marker`, at most the query's `limit` (none or 0: `default`) capped by
+/// `max`; `None` bounds nothing. With the marker of the page after when
+/// this one is full. An unknown marker or a limit that is not a number is
+/// an error, which each service answers its own way.
+pub(crate) fn cut_page(
     items: Vec<serde_json::Value>,
     q: &[(String, String)],
-    settings: &HttpSettings,
-    url: &str,
-) -> Result<(Vec<serde_json::Value>, Option<serde_json::Value>), PageError> {
-    let page_limit = settings.page_limit;
+    ignore_marker: bool,
+    default: Option<usize>,
+    max: Option<usize>,
+) -> Result<(Vec<serde_json::Value>, Option<String>), PageError> {
     let value = |key: &str| {
         q.iter()
-            .filter(|(k, _)| !(settings.ignore_marker && k == "marker"))
+            .filter(|(k, _)| !(ignore_marker && k == "marker"))
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     };
@@ -1012,7 +1015,7 @@ pub(crate) fn page(
             PageError::BadLimit(format!("limit must be a non-negative integer, got {l:?}"))
         })?),
     };
-    let limit = match (asked.filter(|l| *l > 0), page_limit) {
+    let limit = match (asked.filter(|l| *l > 0).or(default), max) {
         (Some(a), Some(max)) => Some(a.min(max)),
         (a, max) => a.or(max),
     };
@@ -1033,16 +1036,30 @@ pub(crate) fn page(
     let page: Vec<serde_json::Value> = rest.take(limit).collect();
     let next = (page.len() == limit).then(|| {
         let last = page.last().map(|i| i["id"].clone()).unwrap_or_default();
+        last.as_str().unwrap_or_default().to_owned()
+    });
+    Ok((page, next))
+}
+
+/// One page of a listing as Nova and Neutron page it ([`cut_page`] at
+/// `page_limit`). A full page links the next (`rel: next`, the same query
+/// with the page's limit and its last id as the marker).
+pub(crate) fn page(
+    items: Vec<serde_json::Value>,
+    q: &[(String, String)],
+    settings: &HttpSettings,
+    url: &str,
+) -> Result<(Vec<serde_json::Value>, Option<serde_json::Value>), PageError> {
+    let page_limit = settings.page_limit;
+    let (page, next_marker) = cut_page(items, q, settings.ignore_marker, None, page_limit)?;
+    let next = next_marker.map(|marker| {
         let mut query: Vec<(String, String)> = q
             .iter()
             .filter(|(k, _)| k != "marker" && k != "limit")
             .cloned()
             .collect();
-        query.push(("limit".into(), limit.to_string()));
-        query.push((
-            "marker".into(),
-            last.as_str().unwrap_or_default().to_owned(),
-        ));
+        query.push(("limit".into(), page.len().to_string()));
+        query.push(("marker".into(), marker));
         let encoded = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(query)
             .finish();
