@@ -1188,6 +1188,58 @@ async fn glance_pages_images_newest_first() {
     }
 }
 
+/// Neutron pages networks as it pages ports when `pagination_max_limit`
+/// is set: a full page links the next in `networks_links`, after the
+/// marker's network; a marker naming no network is that network's 404.
+#[tokio::test]
+async fn neutron_pages_networks_at_its_limit() {
+    let env = start_with(
+        config(),
+        HttpSettings {
+            page_limit: Some(1),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let mut seen = Vec::new();
+    let mut path = "/v2.0/networks".to_owned();
+    for _ in 0..3 {
+        let page = env
+            .get(Service::Network, &path, None)
+            .await
+            .expect(200)
+            .json();
+        let networks = page["networks"].as_array().unwrap();
+        assert!(networks.len() <= 1, "{page}");
+        seen.extend(
+            networks
+                .iter()
+                .map(|n| n["name"].as_str().unwrap().to_owned()),
+        );
+        let Some(next) = page["networks_links"]
+            .as_array()
+            .and_then(|links| links.iter().find(|l| l["rel"] == "next"))
+        else {
+            break;
+        };
+        let href = next["href"].as_str().unwrap();
+        path = href[href.find("/v2.0/").unwrap()..].to_owned();
+    }
+    assert_eq!(seen, ["mgmt-net", "tenant-net"]);
+
+    let gone = "00000000-0000-0000-0000-000000000000";
+    let r = env
+        .get(
+            Service::Network,
+            &format!("/v2.0/networks?marker={gone}"),
+            None,
+        )
+        .await
+        .expect(404)
+        .json();
+    assert_eq!(r["NeutronError"]["type"], "NetworkNotFound", "{r}");
+}
+
 /// Neutron takes a network id in upper case as the network it names (its
 /// database compares ids without case).
 #[tokio::test]

@@ -187,7 +187,7 @@ pub struct HttpSettings {
     /// How long [`RunningFace::shutdown`] waits for in-flight requests before
     /// aborting them (a request hung by `Faults::hang_after_calls` never ends).
     pub shutdown_grace: Duration,
-    /// The most items a server, flavor or port listing answers at once, as
+    /// The most items a server, flavor, network or port listing answers at once, as
     /// Nova's `[api] max_limit` and Neutron's `pagination_max_limit` cap it;
     /// a full page links the next. `None`: unlimited (Neutron's default).
     /// Glance pages images by its own defaults whatever this says.

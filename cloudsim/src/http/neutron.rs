@@ -161,7 +161,7 @@ fn subnet_json(state: &FaceState, n: &NetworkSpec) -> Value {
     })
 }
 
-async fn list_networks(State(state): State<Arc<FaceState>>, q: Q) -> Json<Value> {
+async fn list_networks(State(state): State<Arc<FaceState>>, q: Q) -> Result<Json<Value>, ApiError> {
     let q = query(q);
     let list: Vec<Value> = state
         .settings
@@ -170,7 +170,16 @@ async fn list_networks(State(state): State<Arc<FaceState>>, q: Q) -> Json<Value>
         .map(|n| network_json(&state, n))
         .filter(|n| matches(n, &q))
         .collect();
-    Json(json!({"networks": list}))
+    let url = format!("{}/v2.0/networks", state.url(N));
+    let (list, next) = super::page(list, &q, &state.settings, &url).map_err(|e| match e {
+        super::PageError::BadLimit(m) => ApiError::new(N, StatusCode::BAD_REQUEST, m),
+        // Neutron looks the marker up as the listed resource, as for ports.
+        super::PageError::UnknownMarker(id) => network_not_found(&id),
+    })?;
+    Ok(Json(match next {
+        Some(links) => json!({"networks": list, "networks_links": links}),
+        None => json!({"networks": list}),
+    }))
 }
 
 async fn show_network(
