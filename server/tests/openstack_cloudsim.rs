@@ -938,6 +938,89 @@ async fn a_flavor_past_the_first_page_is_found() {
     );
 }
 
+/// Glance pages images at 25, newest first: thirty failed or deactivated
+/// images uploaded under the pool's image name since the active one put it
+/// on the second page of `GET /v2/images?name=`. The name still resolves to
+/// the active image, and a second active image there still makes it
+/// ambiguous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_image_past_glances_first_page_is_found() {
+    let env = env().await;
+    let active = env.driver().await.image_id("mysql-8.0").await.unwrap();
+    for i in 0..30 {
+        let status = ["killed", "queued", "deactivated"][i % 3];
+        env.face.faults().upload_image("mysql-8.0", status);
+    }
+    let cloud = env.driver().await;
+    assert_eq!(
+        cloud
+            .image_id("mysql-8.0")
+            .await
+            .expect("the active image, on page 2"),
+        active
+    );
+    let pool = PoolKey::new("db.small", "az1");
+    cloud.check_boot_spec(&pool, "mysql-8.0").await.unwrap();
+
+    // Another active image of the name, older than the thirty uploads: it
+    // is on page 2 too, and a fresh look sees both.
+    let env = crate::env().await;
+    env.face.faults().upload_image("mysql-8.0", "active");
+    for _ in 0..30 {
+        env.face.faults().upload_image("mysql-8.0", "killed");
+    }
+    let e = env.driver().await.image_id("mysql-8.0").await.unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Fatal(m) if m.contains("2 images are named 'mysql-8.0'")),
+        "{e:?}"
+    );
+}
+
+/// The image a Glance page marker names may be deleted before the next
+/// page is asked for (an operator cleaning up failed uploads): Glance
+/// answers 400 "No image found with ID", and the lookup starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_glance_page_marker_deleted_between_pages_starts_the_lookup_again() {
+    let env = env().await;
+    let active = env.driver().await.image_id("mysql-8.0").await.unwrap();
+    for _ in 0..30 {
+        env.face.faults().upload_image("mysql-8.0", "killed");
+    }
+    env.face.faults().delete_next_markers(Service::Image, 1);
+    let cloud = env.driver().await;
+    assert_eq!(cloud.image_id("mysql-8.0").await.unwrap(), active);
+    env.face.faults().clear();
+}
+
+/// Neutron pages networks when `pagination_max_limit` is set: a second
+/// network of a name, on a later page, makes the name ambiguous rather
+/// than the first page's network being taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_name_is_looked_up_on_every_page() {
+    let mut settings = HttpSettings {
+        page_limit: Some(1),
+        ..HttpSettings::default()
+    };
+    let twin = cloudsim::http::NetworkSpec {
+        id: "5b2f1c1e-0000-4000-8000-00000000aa01".into(),
+        subnet_id: "5b2f1c1e-0000-4000-8000-00000000aa02".into(),
+        ..cloudsim::http::NetworkSpec::new("tenant-net", "10.9.0.0/16", "10.9.0.1", true)
+    };
+    settings.networks.push(twin);
+    let env = env_with(sim_config(), settings).await;
+    let cloud = env.driver().await;
+    let mgmt = cloud
+        .network("mgmt-net")
+        .await
+        .expect("a name with one network, its page full");
+    assert_eq!(mgmt.name.as_deref(), Some("mgmt-net"));
+    let e = cloud.network("tenant-net").await.unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Fatal(m) if m.contains("2 networks are named 'tenant-net'")),
+        "{e:?}"
+    );
+}
+
 /// A cloud that pages its listings (Nova's `osapi_max_limit`, Neutron's
 /// `pagination_max_limit`) still shows the reconciler every pool server
 /// with every port attached to it: the driver follows the next links.

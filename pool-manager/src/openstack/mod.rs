@@ -95,11 +95,15 @@ impl<T: Clone> NameCache<T> {
 const MAX_LISTING_RESTARTS: u32 = 3;
 
 /// Whether a page request failed because its marker's item is gone:
-/// Neutron's 404 for the item, Nova's 400 "marker [id] not found".
+/// Neutron's 404 for the item, Nova's 400 "marker [id] not found",
+/// Glance's 400 "No image found with ID [id]" (its page for the image).
 fn marker_vanished(error: &CloudError) -> bool {
     match error {
         CloudError::NotFound(_) => true,
-        CloudError::Fatal(m) => m.contains("marker") && m.contains("not found"),
+        CloudError::Fatal(m) => {
+            (m.contains("marker") && m.contains("not found"))
+                || m.contains("No image found with ID")
+        }
         _ => false,
     }
 }
@@ -479,11 +483,16 @@ impl OpenStackCloud {
         // Beside the image in use, a name may have failed or unfinished
         // uploads and deactivated old images: they make no ambiguity.
         let active = |i: &Named| i.status.as_deref().is_none_or(|s| s == "active");
+        // Glance pages at limit_param_default (25), newest first: failed
+        // uploads since the active image can push it past the first page.
         let image = self
             .resolve(
                 Service::Image,
                 &["images"],
-                "images",
+                |page: neutron::ImagesBody| {
+                    let has_next = page.next.as_deref().is_some_and(|n| !n.is_empty());
+                    (page.images, has_next)
+                },
                 name_or_id,
                 "image",
                 active,
@@ -506,11 +515,15 @@ impl OpenStackCloud {
         if let Some(n) = self.inner.networks.get(name_or_id) {
             return Ok(n);
         }
+        // Neutron pages at pagination_max_limit when one is set.
         let network = self
             .resolve(
                 Service::Network,
                 &["networks"],
-                "networks",
+                |page: neutron::NetworksBody| {
+                    let has_next = nova::has_next(page.networks_links.as_deref());
+                    (page.networks, has_next)
+                },
                 name_or_id,
                 "network",
                 |_| true,
@@ -522,15 +535,16 @@ impl OpenStackCloud {
         Ok(network)
     }
 
-    /// Looks `name_or_id` up by id (when it looks like one), then by name;
-    /// exactly one match of the name that `counts` is required. With none
-    /// counting, one that does not is returned, for the caller to say why
-    /// it cannot be used.
-    async fn resolve(
+    /// Looks `name_or_id` up by id (when it looks like one), then by name
+    /// over every page of the listing (`page_of` reads a page's items and
+    /// whether a next one is linked); exactly one match of the name that
+    /// `counts` is required. With none counting, one that does not is
+    /// returned, for the caller to say why it cannot be used.
+    async fn resolve<B: DeserializeOwned>(
         &self,
         service: Service,
         collection: &[&str],
-        key: &str,
+        page_of: impl Fn(B) -> (Vec<Named>, bool),
         name_or_id: &str,
         kind: &str,
         counts: impl Fn(&Named) -> bool,
@@ -555,12 +569,13 @@ impl OpenStackCloud {
                 Err(e) => return Err(e),
             }
         }
-        let call =
-            Call::new(service, Method::GET, collection.iter().copied()).query("name", name_or_id);
-        let what = call.describe();
-        let body: serde_json::Value = self.fetch(call).await?;
-        let items: Vec<Named> = serde_json::from_value(body.get(key).cloned().unwrap_or_default())
-            .map_err(|e| unreadable(&what, e))?;
+        let listing = || {
+            Call::new(service, Method::GET, collection.iter().copied()).query("name", name_or_id)
+        };
+        let what = listing().describe();
+        let items = self
+            .list_all(&what, listing, page_of, |n: &Named| n.id.clone())
+            .await?;
         // The name filter is exact on Glance and Neutron; checked anyway.
         let (mut counted, others): (Vec<Named>, Vec<Named>) = items
             .into_iter()

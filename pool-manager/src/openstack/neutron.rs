@@ -83,9 +83,13 @@ pub struct Named {
     pub status: Option<String>,
 }
 
+/// A page of `GET /v2.0/networks`; Neutron links the next as it does for
+/// ports.
 #[derive(Debug, Deserialize)]
 pub struct NetworksBody {
     pub networks: Vec<Named>,
+    #[serde(default)]
+    pub networks_links: Option<Vec<super::nova::Link>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,9 +97,13 @@ pub struct NetworkBody {
     pub network: Named,
 }
 
+/// A page of `GET /v2/images`; Glance links the next with a bare `next`
+/// (a path carrying the page's last id as `marker`), absent on the last.
 #[derive(Debug, Deserialize)]
 pub struct ImagesBody {
     pub images: Vec<Named>,
+    #[serde(default)]
+    pub next: Option<String>,
 }
 
 /// Whether `s` looks like an OpenStack UUID (36 chars, dashes), in which
