@@ -1259,6 +1259,28 @@ async fn a_port_on_a_network_id_in_upper_case_is_on_that_network() {
     assert_eq!(r["port"]["network_id"], net.as_str());
 }
 
+/// Neutron shows a network asked for by its id in upper case (the id in
+/// the path is compared by the database, without case), under the id it
+/// stores.
+#[tokio::test]
+async fn a_network_shown_by_its_id_in_upper_case_is_that_network() {
+    let env = start().await;
+    let net = env.network_id("tenant-net").await;
+    let r = env
+        .get(
+            Service::Network,
+            &format!("/v2.0/networks/{}", net.to_uppercase()),
+            None,
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(
+        (&r["network"]["id"], &r["network"]["name"]),
+        (&json!(net), &json!("tenant-net"))
+    );
+}
+
 // ---- error cases -----------------------------------------------------------
 
 #[tokio::test]

@@ -1021,6 +1021,20 @@ async fn a_network_name_is_looked_up_on_every_page() {
     );
 }
 
+/// A network given by its id in upper case (an operator's config, a
+/// tenant's request) is the network Neutron shows for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_given_by_its_id_in_upper_case_resolves() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let tenant = cloud.network("tenant-net").await.unwrap();
+    let upper = cloud
+        .network(&tenant.id.to_uppercase())
+        .await
+        .expect("the network, by id");
+    assert_eq!(upper, tenant);
+}
+
 /// A cloud that pages its listings (Nova's `osapi_max_limit`, Neutron's
 /// `pagination_max_limit`) still shows the reconciler every pool server
 /// with every port attached to it: the driver follows the next links.

@@ -186,11 +186,13 @@ async fn show_network(
     State(state): State<Arc<FaceState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    // The database compares the path's id without case, as for a port's
+    // network_id; the network answers under its stored id.
     let n = state
         .settings
         .networks
         .iter()
-        .find(|n| n.id == id)
+        .find(|n| n.id.eq_ignore_ascii_case(&id))
         .ok_or_else(|| network_not_found(&id))?;
     Ok(Json(json!({"network": network_json(&state, n)})))
 }
