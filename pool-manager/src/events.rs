@@ -221,10 +221,40 @@ impl Event {
 pub struct PoolHealth {
     /// Boots that failed in a row since the pool's last Ready boot.
     pub consecutive_boot_failures: u32,
-    /// At least [`DEGRADED_AFTER`] failures in a row, until a boot succeeds.
+    /// At least [`DEGRADED_AFTER`] failures in a row, or a failed cloud
+    /// check of the pool at start-up, until a boot succeeds.
     pub degraded: bool,
     /// How the last failed boot ended.
     pub last_failure: Option<BootOutcome>,
+    /// When the last boot failed, or the pool's start-up check: the
+    /// replenisher's pause before its next boot counts from here.
+    pub last_failure_at: Option<tokio::time::Instant>,
+}
+
+impl PoolHealth {
+    /// Until when the pool's own boots wait, and how many may then run at
+    /// once, after failures: `None` when the pool boots freely. A pool
+    /// whose boots keep failing (a flavor retired, an AZ closed) would
+    /// otherwise send a create at every change its last failure made; it
+    /// boots one at a time instead, each after a pause that starts at
+    /// `base` and doubles with each failure in a row, up to `max`.
+    /// Refusals for quota or rate are the throttle gate's to pace, not
+    /// paused twice.
+    pub fn boot_backoff(&self, base: Duration, max: Duration) -> Option<tokio::time::Instant> {
+        if !self.degraded && self.consecutive_boot_failures == 0 {
+            return None;
+        }
+        if matches!(
+            self.last_failure,
+            Some(BootOutcome::Quota | BootOutcome::RateLimited)
+        ) {
+            return None;
+        }
+        let doublings = self.consecutive_boot_failures.saturating_sub(1).min(16);
+        let pause = base.saturating_mul(1 << doublings).min(max.max(base));
+        let since = self.last_failure_at?;
+        Some(crate::allocator::deadline_after(since, pause))
+    }
 }
 
 /// Boot health of every pool; fed every boot outcome, it says when a pool
@@ -235,9 +265,14 @@ pub struct HealthBook {
 }
 
 impl HealthBook {
-    /// Records a boot outcome; returns the verdict event if the pool just
-    /// became degraded or recovered.
-    pub fn note_boot(&mut self, pool: &PoolKey, outcome: BootOutcome) -> Option<EventKind> {
+    /// Records a boot outcome, ended at `now`; returns the verdict event if
+    /// the pool just became degraded or recovered.
+    pub fn note_boot(
+        &mut self,
+        pool: &PoolKey,
+        outcome: BootOutcome,
+        now: tokio::time::Instant,
+    ) -> Option<EventKind> {
         let health = self.pools.entry(pool.clone()).or_default();
         if outcome == BootOutcome::Ready {
             let after_failures = health.consecutive_boot_failures;
@@ -247,6 +282,7 @@ impl HealthBook {
         }
         health.consecutive_boot_failures = health.consecutive_boot_failures.saturating_add(1);
         health.last_failure = Some(outcome);
+        health.last_failure_at = Some(now);
         if !health.degraded && health.consecutive_boot_failures >= DEGRADED_AFTER {
             health.degraded = true;
             return Some(EventKind::Degraded {
@@ -255,6 +291,15 @@ impl HealthBook {
             });
         }
         None
+    }
+
+    /// Marks a pool degraded without a boot: its cloud check failed at
+    /// start-up (its flavor, image or zone gone), so its boots would fail.
+    /// The next Ready boot recovers it, as after failed boots.
+    pub fn note_check_failed(&mut self, pool: &PoolKey, now: tokio::time::Instant) {
+        let health = self.pools.entry(pool.clone()).or_default();
+        health.degraded = true;
+        health.last_failure_at = Some(now);
     }
 
     pub fn health(&self, pool: &PoolKey) -> PoolHealth {
@@ -271,33 +316,37 @@ impl HealthBook {
 mod tests {
     use super::*;
 
+    fn now() -> tokio::time::Instant {
+        tokio::time::Instant::now()
+    }
+
     #[test]
     fn degraded_once_per_episode_then_recovered() {
         let pool = PoolKey::new("f", "a");
         let mut book = HealthBook::default();
-        assert_eq!(book.note_boot(&pool, BootOutcome::Timeout), None);
-        assert_eq!(book.note_boot(&pool, BootOutcome::Quota), None);
+        assert_eq!(book.note_boot(&pool, BootOutcome::Timeout, now()), None);
+        assert_eq!(book.note_boot(&pool, BootOutcome::Quota, now()), None);
         assert_eq!(
-            book.note_boot(&pool, BootOutcome::NoValidHost),
+            book.note_boot(&pool, BootOutcome::NoValidHost, now()),
             Some(EventKind::Degraded {
                 cause: BootOutcome::NoValidHost,
                 consecutive_failures: DEGRADED_AFTER
             })
         );
         // Still failing: no second verdict.
-        assert_eq!(book.note_boot(&pool, BootOutcome::NoValidHost), None);
+        assert_eq!(book.note_boot(&pool, BootOutcome::NoValidHost, now()), None);
         let health = book.health(&pool);
         assert!(health.degraded);
         assert_eq!(health.consecutive_boot_failures, DEGRADED_AFTER + 1);
         assert_eq!(
-            book.note_boot(&pool, BootOutcome::Ready),
+            book.note_boot(&pool, BootOutcome::Ready, now()),
             Some(EventKind::Recovered {
                 after_failures: DEGRADED_AFTER + 1
             })
         );
         assert_eq!(book.health(&pool), PoolHealth::default());
         // A Ready boot of a healthy pool is no news.
-        assert_eq!(book.note_boot(&pool, BootOutcome::Ready), None);
+        assert_eq!(book.note_boot(&pool, BootOutcome::Ready, now()), None);
     }
 
     #[test]
@@ -305,11 +354,11 @@ mod tests {
         let pool = PoolKey::new("f", "a");
         let mut book = HealthBook::default();
         for _ in 0..DEGRADED_AFTER - 1 {
-            assert_eq!(book.note_boot(&pool, BootOutcome::Failed), None);
+            assert_eq!(book.note_boot(&pool, BootOutcome::Failed, now()), None);
         }
-        assert_eq!(book.note_boot(&pool, BootOutcome::Ready), None);
+        assert_eq!(book.note_boot(&pool, BootOutcome::Ready, now()), None);
         for _ in 0..DEGRADED_AFTER - 1 {
-            assert_eq!(book.note_boot(&pool, BootOutcome::Failed), None);
+            assert_eq!(book.note_boot(&pool, BootOutcome::Failed, now()), None);
         }
         assert!(!book.health(&pool).degraded);
     }

@@ -184,7 +184,7 @@ impl Shared {
     pub fn emit(&self, pool: Option<&PoolKey>, kind: EventKind) {
         let verdict = match (&kind, pool) {
             (EventKind::Boot { outcome, .. }, Some(key)) => {
-                self.health_book().note_boot(key, *outcome)
+                self.health_book().note_boot(key, *outcome, Instant::now())
             }
             (EventKind::Allocation { outcome, latency }, Some(key)) => {
                 self.note_demand(key, *outcome, *latency);

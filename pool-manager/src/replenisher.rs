@@ -32,6 +32,11 @@ use tokio::time::Instant;
 /// The longest a replenisher waits after a change before it looks again.
 const STEP_DEBOUNCE: Duration = Duration::from_secs(1);
 
+/// The longest pause between boots of a pool whose boots keep failing
+/// ([`crate::events::PoolHealth::boot_backoff`]): how late a fixed cloud
+/// is noticed.
+pub const BOOT_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
 /// How often a pool's estimators are written to the store (and at shutdown):
 /// a crash forgets at most this much of what they learned.
 pub const LEARNED_SIZING_SAVE_EVERY: Duration = Duration::from_secs(60);
@@ -342,6 +347,16 @@ impl Shared {
             let (demand, lead) = book.estimates(&pool.key, now, prior, settings);
             (demand, lead, book.wall_now(settings))
         };
+        // After failed boots, one at a time once the pause is over.
+        let backoff = self
+            .health_book()
+            .health(&pool.key)
+            .boot_backoff(self.settings.replenish_interval, BOOT_BACKOFF_MAX);
+        let pool_boot_cap = match backoff {
+            None => self.settings.max_concurrent_boots,
+            Some(until) if until > now => 0,
+            Some(_) => self.settings.max_concurrent_boots.min(1),
+        };
         let inputs = |gate| Inputs {
             min_ready: pool.spec.min_ready_at(wall),
             max_ready: pool.spec.max_ready,
@@ -351,7 +366,7 @@ impl Shared {
             demand,
             lead,
             z: settings.z(),
-            pool_boot_cap: self.settings.max_concurrent_boots,
+            pool_boot_cap,
             gate,
         };
         // The target does not depend on the gate; the boots do, below.

@@ -388,3 +388,52 @@ async fn a_purchase_refused_as_a_bad_request_is_counted_as_a_failed_precondition
     );
     manager.shutdown().await.unwrap();
 }
+
+/// A pool whose boots the cloud keeps refusing (its flavor retired) does
+/// not send the cloud a create every poll: once its boots fail, it boots
+/// one at a time, each after a pause that doubles with the failures in a
+/// row (up to `BOOT_BACKOFF_MAX`); the first boot the cloud takes again
+/// fills it.
+#[tokio::test(start_paused = true)]
+async fn a_pool_whose_boots_keep_failing_backs_off_and_recovers() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let sim = sim();
+    let creates = Arc::new(AtomicU64::new(0));
+    let refusing = Arc::new(AtomicBool::new(true));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let (creates, refusing) = (creates.clone(), refusing.clone());
+        move |method| {
+            if method != "create_server" {
+                return None;
+            }
+            creates.fetch_add(1, Ordering::SeqCst);
+            refusing
+                .load(Ordering::SeqCst)
+                .then(|| CloudError::Fatal("Flavor db.small could not be found".into()))
+        }
+    });
+    let manager = pool_manager::PoolManager::new(
+        temp_store(),
+        cloud.clone(),
+        Arc::new(sim.probe()),
+        settings(),
+    );
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(4)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(30 * 60)).await;
+    let sent = creates.load(Ordering::SeqCst);
+    let health = manager.get_pool(&pool()).await.unwrap().health;
+    assert!(health.degraded, "{health:?}");
+    // Without a pause, every failure's change woke the replenisher for
+    // another round of boots: thousands in half an hour.
+    assert!(
+        (5..=20).contains(&sent),
+        "{sent} creates in 30 min of refusals"
+    );
+
+    refusing.store(false, Ordering::SeqCst);
+    wait_ready(&manager, 4).await;
+    assert!(!manager.get_pool(&pool()).await.unwrap().health.degraded);
+    manager.shutdown().await.unwrap();
+}

@@ -188,8 +188,10 @@ async fn boots_the_cloud_refused_to_create_leave_the_headroom_alone() {
     let manager = PoolManager::new(temp_store(), cloud, Arc::new(sim.probe()), settings());
     let mut events = manager.events();
     manager.start().await.unwrap();
-    manager.create_pool(pool(), spec(2)).await.unwrap();
-    // Well within one headroom poll interval: many refused boots.
+    // As many boots at once as the quota has room for, then one more
+    // after the pause the failures earn, well within one headroom poll
+    // interval: more refused boots than the room.
+    manager.create_pool(pool(), spec(4)).await.unwrap();
     tokio::time::sleep(Duration::from_secs(20)).await;
     let refused = boots_ended(&mut events, BootOutcome::Failed);
     assert!(
@@ -209,7 +211,7 @@ async fn boots_the_cloud_refused_to_create_leave_the_headroom_alone() {
 
     // The image is back: the pool fills.
     refusing.store(false, std::sync::atomic::Ordering::SeqCst);
-    wait_ready(&manager, 2).await;
+    wait_ready(&manager, 4).await;
     assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
