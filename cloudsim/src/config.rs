@@ -236,6 +236,14 @@ pub struct SimConfig {
     /// has unbound it, which follows a detach or the server's deletion
     /// asynchronously. Off: any port may be deleted (as an admin may).
     pub member_port_policy: bool,
+    /// Flavors an admin deleted: not listed nor bootable, though servers
+    /// booted of them keep running (and using quota). Set at runtime with
+    /// [`crate::SimCloud::retire_flavor`].
+    pub retired_flavors: Vec<String>,
+    /// Nova zones an admin disabled (their hosts down for patching): listed
+    /// as not available, and boots in them refused. Cinder's zones stay.
+    /// Set at runtime with [`crate::SimCloud::close_zone`].
+    pub closed_zones: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -265,6 +273,8 @@ impl Default for SimConfig {
             rate_limit: None,
             networks_without_subnet: Vec::new(),
             member_port_policy: false,
+            retired_flavors: Vec::new(),
+            closed_zones: Vec::new(),
         }
     }
 }
@@ -280,19 +290,36 @@ impl SimConfig {
         }
     }
 
-    /// Every flavor with its id and size, in `flavors` order.
+    /// Every flavor with its id and size, in `flavors` order; a retired
+    /// one is left out (the others keep their ids).
     pub fn flavor_specs(&self) -> Vec<FlavorSpec> {
         self.flavors
             .iter()
             .enumerate()
+            .filter(|(_, name)| !self.retired_flavors.contains(name))
             .map(|(i, name)| self.spec_of(i, name))
             .collect()
     }
 
-    /// The flavor named `name`, if the cloud knows it.
+    /// The flavor named `name`, if the cloud knows it and it is not retired.
     pub fn flavor_spec(&self, name: &str) -> Option<FlavorSpec> {
+        if self.retired_flavors.iter().any(|f| f == name) {
+            return None;
+        }
+        self.flavor_spec_even_retired(name)
+    }
+
+    /// The flavor named `name`, retired or not: what servers booted of it
+    /// still are.
+    pub fn flavor_spec_even_retired(&self, name: &str) -> Option<FlavorSpec> {
         let i = self.flavors.iter().position(|f| f == name)?;
         Some(self.spec_of(i, name))
+    }
+
+    /// Whether Nova boots servers in `az`: a zone it has, not closed.
+    pub fn zone_takes_servers(&self, az: &str) -> bool {
+        self.availability_zones.iter().any(|a| a.name == az)
+            && !self.closed_zones.iter().any(|z| z == az)
     }
 
     fn spec_of(&self, index: usize, name: &str) -> FlavorSpec {

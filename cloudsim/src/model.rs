@@ -638,7 +638,7 @@ impl Model {
                 "Image {image} could not be found."
             )));
         }
-        if !self.az_known(&pool.availability_zone) {
+        if !self.cfg.zone_takes_servers(&pool.availability_zone) {
             return Err(CloudError::NotFound(format!(
                 "Availability zone {} could not be found.",
                 pool.availability_zone
@@ -700,7 +700,7 @@ impl Model {
         let mut usage = ComputeUsage::default();
         for s in self.servers.values() {
             usage.instances += 1;
-            if let Some(f) = self.cfg.flavor_spec(&s.flavor) {
+            if let Some(f) = self.cfg.flavor_spec_even_retired(&s.flavor) {
                 usage.cores += u64::from(f.vcpus);
                 usage.ram_mb += f.ram_mb;
             }
@@ -740,7 +740,7 @@ impl Model {
                 spec.image
             )));
         }
-        if !self.az_known(az) {
+        if !self.cfg.zone_takes_servers(az) {
             return Err(CloudError::Fatal(format!(
                 "The requested availability zone is not available: {az}"
             )));

@@ -119,6 +119,18 @@ impl SimCloud {
         self.lock().calls.clear();
     }
 
+    /// An admin deletes flavor `name`: it is no longer listed and boots of
+    /// it are refused; its servers keep running.
+    pub fn retire_flavor(&self, name: &str) {
+        self.lock().cfg.retired_flavors.push(name.to_owned());
+    }
+
+    /// An admin disables Nova zone `az` (its hosts patched): listed as not
+    /// available, boots in it refused; its servers keep running.
+    pub fn close_zone(&self, az: &str) {
+        self.lock().cfg.closed_zones.push(az.to_owned());
+    }
+
     /// Servers not being deleted, oldest first, with simulator-only details.
     pub fn servers(&self) -> Vec<SimServer> {
         let now = Instant::now();

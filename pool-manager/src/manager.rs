@@ -570,6 +570,29 @@ impl PoolManager {
         Ok(statuses)
     }
 
+    /// Marks a stored pool its cloud check found unusable (its flavor,
+    /// image or zone gone since it was created): degraded, with `problem`
+    /// as its last error, so operators see it in GetPool, the metrics and
+    /// `warmpoolctl`, instead of warmpoold refusing to start for every
+    /// other pool. The mark goes at the pool's next Ready boot, as after
+    /// failed boots; meanwhile its boots are paced as failed boots are.
+    pub async fn mark_unusable(&self, key: &PoolKey, problem: &str) -> ManagerResult<()> {
+        let at = self
+            .shared
+            .sizing_book()
+            .wall_now(&self.shared.settings.sizing);
+        self.shared
+            .update_pool(key, |p| {
+                p.last_error = Some(problem.to_owned());
+                p.last_error_at = Some(at);
+            })
+            .await?;
+        self.shared
+            .health_book()
+            .note_check_failed(key, Instant::now());
+        Ok(())
+    }
+
     pub async fn get_pool(&self, key: &PoolKey) -> ManagerResult<PoolStatus> {
         let record = self.shared.pool(key).await?;
         self.shared.pool_status(record).await

@@ -3,14 +3,21 @@
 //! Nova's and Cinder's availability zones and compute quota headroom, one
 //! line per check.
 //!
-//! The daemon runs the same checks before serving (see [`crate::start`]):
-//! anything but quota failing stops start-up, because a wrong password,
-//! flavor, image or network never heals by itself; a quota shortfall is
-//! logged and the pools fill as far as the quota lets them. It checks the
-//! pools it will serve: a pool its store has, with the stored settings
-//! (changed through the API, say to a new image), and a configured pool the
-//! store does not have yet. The command, which cannot open a store a
-//! running daemon holds, checks the configured pools.
+//! The daemon runs the same checks before serving (see [`crate::start`]),
+//! for the pools it will serve: each pool its store has, with the stored
+//! settings (changed through the API, say to a new image), and each
+//! configured pool the store does not have yet. A failure every pool
+//! shares (credentials, a service, the management network, the one image
+//! of every pool) stops start-up: it never heals by itself and no pool
+//! could work. So does one of a configured pool the store does not have
+//! yet: the config file is the operator's input, fixed before it is used.
+//! A failure of stored pools only (a flavor retired, a zone closed for
+//! patching since the pool was created) does not: every other pool and
+//! tenant would lose the service, and deleting the pool takes a running
+//! daemon. That pool is marked degraded instead ([`Report::stale_pools`]).
+//! A quota shortfall is logged and the pools fill as far as the quota
+//! lets them. The command checks the same pools, reading the store when
+//! no running daemon holds it ([`check`]).
 
 use crate::config::{Config, OpenStackConfig, PoolConfig};
 use pool_manager::cloud::{Cloud, CloudError, ServerStatus};
@@ -32,6 +39,9 @@ pub enum CheckKind {
     /// Cinder reachable, and a zone of it for each pool AZ's volumes.
     Volume,
     Quota,
+    /// Which pools were checked: the store's, or the config's alone when it
+    /// cannot be read. Informs; never fails the report.
+    Store,
 }
 
 impl CheckKind {
@@ -45,25 +55,115 @@ impl CheckKind {
             CheckKind::Zone => "zones",
             CheckKind::Volume => "volumes",
             CheckKind::Quota => "quota",
+            CheckKind::Store => "store",
         }
     }
 }
 
+/// The pools a failed check concerns, when not every pool.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Pools the store has: a failure of these alone does not stop
+    /// start-up.
+    pub stored: Vec<PoolKey>,
+    /// Pools only the config file declares (start-up would create them).
+    pub configured: Vec<PoolKey>,
+}
+
+impl Scope {
+    fn of<'a>(pools: impl IntoIterator<Item = &'a CheckedPool>) -> Self {
+        let mut scope = Scope::default();
+        for pool in pools {
+            let list = if pool.stored {
+                &mut scope.stored
+            } else {
+                &mut scope.configured
+            };
+            if !list.contains(&pool.key) {
+                list.push(pool.key.clone());
+            }
+        }
+        scope
+    }
+}
+
+fn keys(pools: &[PoolKey]) -> String {
+    pools
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What an operator does about a stored pool the cloud no longer serves.
+pub fn stale_pool_remedy(key: &PoolKey) -> String {
+    format!(
+        "fix the cloud (its next good boot clears the mark), or delete the pool: `warmpoolctl pools delete {} {}`",
+        key.flavor, key.availability_zone
+    )
+}
+
 /// One printed line: `auth: ok (user pool in project service, Nova 2.101)`
-/// or `image: no image named 'mysql-8.0' is visible to ...`.
+/// or `image: no image named 'mysql-8.0' is visible to ...`; a failure of
+/// some pools only names them and what start-up does about them.
 #[derive(Clone, Debug)]
 pub struct Check {
     pub kind: CheckKind,
     pub ok: bool,
     pub message: String,
+    /// The pools a failure concerns; `None`: every pool.
+    pub scope: Option<Scope>,
+}
+
+impl Check {
+    /// Whether this failure stops warmpoold's start-up: quota and store
+    /// lines never do; a failure does unless it concerns only pools the
+    /// store has.
+    pub fn stops_start_up(&self) -> bool {
+        if self.ok || matches!(self.kind, CheckKind::Quota | CheckKind::Store) {
+            return false;
+        }
+        self.scope.as_ref().is_none_or(|s| !s.configured.is_empty())
+    }
+
+    /// The line as start-up's refusal gives it: a configured pool's
+    /// failure says it is the config file's.
+    pub fn refusal_line(&self) -> String {
+        match self.scope.as_ref().filter(|s| !s.configured.is_empty()) {
+            Some(scope) => format!(
+                "{} [{} declared in the config file and not in the store yet: fix the config file or the cloud; nothing was created]",
+                self.problem(),
+                keys(&scope.configured)
+            ),
+            None => self.to_string(),
+        }
+    }
+
+    /// The line without what start-up does about it.
+    pub fn problem(&self) -> String {
+        format!("{}: {}", self.kind.label(), self.message)
+    }
 }
 
 impl fmt::Display for Check {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.ok {
-            write!(f, "{}: ok ({})", self.kind.label(), self.message)
-        } else {
-            write!(f, "{}: {}", self.kind.label(), self.message)
+            return write!(f, "{}: ok ({})", self.kind.label(), self.message);
+        }
+        write!(f, "{}", self.problem())?;
+        // Only a failure that does not stop start-up says what start-up
+        // does instead; one that stops it is the report's plain line.
+        match &self.scope {
+            Some(scope) if self.kind != CheckKind::Quota && !self.stops_start_up() => {
+                let remedies: Vec<String> = scope.stored.iter().map(stale_pool_remedy).collect();
+                write!(
+                    f,
+                    " [stored pool {}: warmpoold starts, serves the other pools and shows it degraded; {}]",
+                    keys(&scope.stored),
+                    remedies.join("; ")
+                )
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -75,16 +175,31 @@ pub struct Report {
 }
 
 impl Report {
+    /// Whether every check passed (the store line only informs).
     pub fn passed(&self) -> bool {
-        self.checks.iter().all(|c| c.ok)
-    }
-
-    /// Failures that make the cloud unusable (everything but quota).
-    pub fn blocking_failures(&self) -> Vec<&Check> {
         self.checks
             .iter()
-            .filter(|c| !c.ok && c.kind != CheckKind::Quota)
-            .collect()
+            .all(|c| c.ok || c.kind == CheckKind::Store)
+    }
+
+    /// Failures that stop start-up ([`Check::stops_start_up`]).
+    pub fn start_up_refusals(&self) -> Vec<&Check> {
+        self.checks.iter().filter(|c| c.stops_start_up()).collect()
+    }
+
+    /// The stored pools failures of their own leave unusable, each with
+    /// its problems: start-up goes on and marks them degraded.
+    pub fn stale_pools(&self) -> BTreeMap<PoolKey, Vec<String>> {
+        let mut stale: BTreeMap<PoolKey, Vec<String>> = BTreeMap::new();
+        for check in &self.checks {
+            if check.ok || check.stops_start_up() || check.kind == CheckKind::Quota {
+                continue;
+            }
+            for key in check.scope.iter().flat_map(|s| &s.stored) {
+                stale.entry(key.clone()).or_default().push(check.problem());
+            }
+        }
+        stale
     }
 
     fn ok(&mut self, kind: CheckKind, message: impl Into<String>) {
@@ -92,6 +207,7 @@ impl Report {
             kind,
             ok: true,
             message: message.into(),
+            scope: None,
         });
     }
 
@@ -100,6 +216,22 @@ impl Report {
             kind,
             ok: false,
             message: message.into(),
+            scope: None,
+        });
+    }
+
+    /// A failure of `pools` only.
+    fn fail_pools<'a>(
+        &mut self,
+        kind: CheckKind,
+        message: impl Into<String>,
+        pools: impl IntoIterator<Item = &'a CheckedPool>,
+    ) {
+        self.checks.push(Check {
+            kind,
+            ok: false,
+            message: message.into(),
+            scope: Some(Scope::of(pools)),
         });
     }
 }
@@ -128,20 +260,42 @@ fn reason(e: &CloudError) -> String {
         .unwrap_or(text)
 }
 
-/// A pool as the checks see it: where it boots, what, and how many at least.
+/// Whether a failed lookup says something about the resource looked up (it
+/// is missing, or ambiguous), and so about the pools naming it: a cloud
+/// that did not answer or throttled says nothing of one pool, and is every
+/// pool's problem (start-up stops, as for any unreachable service).
+fn about_the_resource(e: &CloudError) -> bool {
+    !matches!(e, CloudError::Transient(_) | CloudError::Throttled { .. })
+}
+
+/// A pool as the checks see it: where it boots, what, and how many at
+/// least, and whether the store has it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckedPool {
     pub key: PoolKey,
     pub image: String,
     pub min_ready: u32,
+    /// The store has it (with these settings); else only the config file
+    /// declares it.
+    pub stored: bool,
 }
 
 impl CheckedPool {
+    /// A pool the config file declares and the store does not have.
     pub fn new(key: PoolKey, spec: &PoolSpec) -> Self {
         Self {
             key,
             image: spec.image.clone(),
             min_ready: spec.min_ready,
+            stored: false,
+        }
+    }
+
+    /// A pool the store has, with its stored settings.
+    pub fn stored(key: PoolKey, spec: &PoolSpec) -> Self {
+        Self {
+            stored: true,
+            ..Self::new(key, spec)
         }
     }
 }
@@ -203,10 +357,18 @@ pub async fn check_pools(
                 );
                 flavors.insert(name.to_owned(), f);
             }
-            Err(e) => report.fail(CheckKind::Flavor, reason(&e)),
+            Err(e) if !about_the_resource(&e) => report.fail(CheckKind::Flavor, reason(&e)),
+            Err(e) => report.fail_pools(
+                CheckKind::Flavor,
+                reason(&e),
+                pools.iter().filter(|p| p.key.flavor == name),
+            ),
         }
     }
 
+    // The driver's one image for every pool is the config's, and every
+    // pool's: its failure is no single pool's.
+    let one_image = cloud.settings().image.is_some();
     let images: BTreeSet<&str> = match &cloud.settings().image {
         Some(image) => BTreeSet::from([image.as_str()]),
         None => pools.iter().map(|p| p.image.as_str()).collect(),
@@ -215,7 +377,14 @@ pub async fn check_pools(
         match cloud.image_id(image).await {
             Ok(id) if id == image => report.ok(CheckKind::Image, image),
             Ok(id) => report.ok(CheckKind::Image, format!("{image} = {id}")),
-            Err(e) => report.fail(CheckKind::Image, reason(&e)),
+            Err(e) if one_image || !about_the_resource(&e) => {
+                report.fail(CheckKind::Image, reason(&e))
+            }
+            Err(e) => report.fail_pools(
+                CheckKind::Image,
+                reason(&e),
+                pools.iter().filter(|p| p.image == image),
+            ),
         }
     }
 
@@ -239,6 +408,11 @@ pub async fn check_pools(
     (report, Some(cloud))
 }
 
+/// The pools in availability zone `az`.
+fn pools_in<'a>(pools: &'a [CheckedPool], az: &'a str) -> impl Iterator<Item = &'a CheckedPool> {
+    pools.iter().filter(move |p| p.key.availability_zone == az)
+}
+
 /// The availability zones of the pools.
 fn pool_azs(pools: &[CheckedPool]) -> BTreeSet<&str> {
     pools
@@ -253,15 +427,15 @@ async fn zone_check(pools: &[CheckedPool], cloud: &OpenStackCloud, report: &mut 
         Ok(zones) => zones,
         Err(e) => return report.fail(CheckKind::Zone, format!("Nova: {}", reason(&e))),
     };
-    let missing: Vec<String> = pool_azs(pools)
+    let missing: Vec<(&str, String)> = pool_azs(pools)
         .into_iter()
-        .filter_map(|az| missing_compute_zone(az, &zones))
+        .filter_map(|az| missing_compute_zone(az, &zones).map(|problem| (az, problem)))
         .collect();
     if missing.is_empty() {
         report.ok(CheckKind::Zone, format!("Nova zones: {}", zones.join(", ")));
     }
-    for problem in missing {
-        report.fail(CheckKind::Zone, problem);
+    for (az, problem) in missing {
+        report.fail_pools(CheckKind::Zone, problem, pools_in(pools, az));
     }
 }
 
@@ -278,12 +452,13 @@ async fn volume_check(pools: &[CheckedPool], cloud: &OpenStackCloud, report: &mu
         let zone = cloud.volume_az(az);
         if !zones.contains(&zone) {
             missing = true;
-            report.fail(
+            report.fail_pools(
                 CheckKind::Volume,
                 format!(
                     "volumes of pools in {az} are created in Cinder zone '{zone}', which Cinder does not have (its zones: {}); set volume_availability_zone for {az}",
                     zones.join(", ")
                 ),
+                pools_in(pools, az),
             );
         }
     }
@@ -397,5 +572,75 @@ async fn quota_check(
             CheckKind::Quota,
             format!("{}; pools need room for {wanted}", short.join(", ")),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(flavor: &str, stored: bool) -> CheckedPool {
+        CheckedPool {
+            key: PoolKey::new(flavor, "az1"),
+            image: "mysql-8.0".into(),
+            min_ready: 1,
+            stored,
+        }
+    }
+
+    /// A stored pool's own failure marks it; a configured pool's, or one
+    /// every pool shares, stops start-up.
+    #[test]
+    fn failures_stop_start_up_by_whose_they_are() {
+        let mut report = Report::default();
+        report.fail_pools(
+            CheckKind::Flavor,
+            "no flavor named 'db.old'",
+            [&pool("db.old", true)],
+        );
+        assert!(report.start_up_refusals().is_empty());
+        assert_eq!(
+            report.stale_pools()[&PoolKey::new("db.old", "az1")],
+            ["flavor: no flavor named 'db.old'"]
+        );
+        assert!(report.checks[0]
+            .to_string()
+            .ends_with("[stored pool db.old@az1: warmpoold starts, serves the other pools and shows it degraded; fix the cloud (its next good boot clears the mark), or delete the pool: `warmpoolctl pools delete db.old az1`]"));
+
+        report.fail_pools(
+            CheckKind::Flavor,
+            "no flavor named 'db.new'",
+            [&pool("db.new", false), &pool("db.new", true)],
+        );
+        report.fail(CheckKind::Network, "no network named 'mgmt'");
+        report.fail(CheckKind::Quota, "instances 2 of 2 used");
+        let refusals: Vec<String> = report
+            .start_up_refusals()
+            .iter()
+            .map(|c| c.refusal_line())
+            .collect();
+        assert_eq!(
+            refusals,
+            [
+                "flavor: no flavor named 'db.new' [db.new@az1 declared in the config file and not in the store yet: fix the config file or the cloud; nothing was created]",
+                "network: no network named 'mgmt'",
+            ]
+        );
+    }
+
+    /// A lookup the cloud did not answer is no pool's own failure.
+    #[test]
+    fn an_unanswered_lookup_is_every_pools_problem() {
+        assert!(!about_the_resource(&CloudError::Transient("503".into())));
+        assert!(!about_the_resource(&CloudError::Throttled {
+            message: "429".into(),
+            retry_after: None,
+        }));
+        assert!(about_the_resource(&CloudError::NotFound(
+            "no flavor named 'db.old'".into()
+        )));
+        assert!(about_the_resource(&CloudError::Fatal(
+            "2 images named 'mysql-8.0'".into()
+        )));
     }
 }

@@ -113,12 +113,26 @@ pub async fn start_stoppable(
     // The cloud check can wait on an unreachable cloud up to its request
     // timeout; a shutdown asked for meanwhile ends start-up here.
     let pools = served_pools(store.as_ref(), &config).await?;
-    let (cloud, probe, sim) = tokio::select! {
+    let (cloud, probe, sim, stale) = tokio::select! {
         built = build_cloud(&config, &pools) => built?,
         () = &mut shutdown => return Err(StoppedDuringStartUp.into()),
     };
     let cloud = Arc::new(metrics::MeteredCloud::new(cloud, metrics.clone()));
     let manager = PoolManager::new(store, cloud, probe, config.manager.settings());
+    // Before the replenishers start: a stale pool's first boots are already
+    // paced as failed boots are.
+    for (key, problems) in &stale {
+        let problem = format!(
+            "start-up cloud check: {}; {}",
+            problems.join("; "),
+            check_cloud::stale_pool_remedy(key)
+        );
+        tracing::warn!(pool = %key, "stored pool cannot boot: {problem}");
+        manager
+            .mark_unusable(key, &problem)
+            .await
+            .with_context(|| format!("cannot mark pool {key} unusable in the store"))?;
+    }
     // Subscribed before start, so start-up boots and leaks are counted.
     let events = manager.events();
     let event_task = AbortOnDrop(tokio::spawn({
@@ -398,12 +412,14 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// What [`build_cloud`] builds: the cloud, the readiness probe and, for the
-/// embedded cloud, the simulator itself.
+/// What [`build_cloud`] builds: the cloud, the readiness probe, for the
+/// embedded cloud the simulator itself, and the stored pools the cloud
+/// check found unusable, each with its problems.
 type BuiltCloud = (
     Arc<dyn pool_manager::cloud::Cloud>,
     Arc<dyn Probe>,
     Option<Arc<cloudsim::SimCloud>>,
+    std::collections::BTreeMap<pool_manager::model::PoolKey, Vec<String>>,
 );
 
 /// The pools the daemon will serve, as the cloud check sees them: each one
@@ -420,7 +436,7 @@ async fn served_pools(
     let mut pools: Vec<check_cloud::CheckedPool> = stored
         .iter()
         .filter(|p| !p.draining)
-        .map(|p| check_cloud::CheckedPool::new(p.key.clone(), &p.spec))
+        .map(|p| check_cloud::CheckedPool::stored(p.key.clone(), &p.spec))
         .collect();
     for pool in &config.pools {
         if !stored.iter().any(|p| p.key == pool.key()) {
@@ -462,13 +478,17 @@ async fn build_cloud(
                 sim.clone(),
                 Arc::new(MysqlGreetingProbe::default()),
                 Some(sim),
+                Default::default(),
             ))
         }
         CloudConfig::OpenStack(os) => {
             // The cloud is checked before anything boots: credentials,
-            // flavors, images or networks that are wrong never heal, so
-            // they stop start-up; a short quota only limits how far the
-            // pools fill, so it is a warning.
+            // networks, or a configured pool's flavor, image or zone that
+            // are wrong never heal, so they stop start-up. A stored pool's
+            // own failure does not (the cloud changed under it): every
+            // other pool would go down with it, and deleting it takes a
+            // running daemon; it is marked instead. A short quota only
+            // limits how far the pools fill, so it is a warning.
             let (report, cloud) = check_cloud::check_pools(os, pools).await;
             for line in &report.checks {
                 if line.ok {
@@ -477,11 +497,11 @@ async fn build_cloud(
                     tracing::warn!("cloud check: {line}");
                 }
             }
-            let blocking = report.blocking_failures();
+            let refusals = report.start_up_refusals();
             let cloud = match cloud {
-                Some(cloud) if blocking.is_empty() => cloud,
+                Some(cloud) if refusals.is_empty() => cloud,
                 _ => {
-                    let lines: Vec<String> = blocking.iter().map(|c| c.to_string()).collect();
+                    let lines: Vec<String> = refusals.iter().map(|c| c.refusal_line()).collect();
                     anyhow::bail!(
                         "the OpenStack cloud is not usable (run `warmpoold check-cloud` for the full report): {}",
                         lines.join("; ")
@@ -497,6 +517,7 @@ async fn build_cloud(
                 Arc::new(cloud),
                 Arc::new(MysqlGreetingProbe::default()),
                 None,
+                report.stale_pools(),
             ))
         }
     }

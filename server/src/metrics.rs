@@ -416,7 +416,7 @@ impl Metrics {
         );
         registry.register(
             "pool_degraded",
-            "1 while the pool is degraded (3 or more boots failed in a row, until one succeeds)",
+            "1 while the pool is degraded (3 or more boots failed in a row, or its start-up cloud check failed; until a boot succeeds)",
             m.pool_degraded.clone(),
         );
         registry.register(

@@ -5,6 +5,8 @@
 //! refusing an unusable cloud. The config goes through the daemon's own
 //! loader and clouds.yaml reader, as in production.
 
+mod support;
+
 use cloudsim::http::{HttpFace, HttpSettings, RunningFace, Service};
 use cloudsim::{Quotas, SimCloud, SimConfig};
 use pool_manager::cloud::{
@@ -1806,7 +1808,8 @@ async fn servers_a_soft_delete_cloud_keeps_are_deleted_for_good() {
 
 /// The start-up cloud check checks the pools the daemon will serve: a pool
 /// the store has is checked with its stored settings (an image changed
-/// through the API), not the config's, which it no longer uses.
+/// through the API), not the config's, which it no longer uses; a stored
+/// pool failing it is marked, not a reason to stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_up_checks_a_stored_pool_by_its_stored_image() {
     let env = env().await;
@@ -1852,11 +1855,16 @@ async fn start_up_checks_a_stored_pool_by_its_stored_image() {
         store.put_pool(&pool).await.unwrap();
         store.flush().await.unwrap();
     }
-    let err = match start("mysql-8.0").await {
-        Ok(_) => panic!("started with a pool whose image the cloud lacks"),
-        Err(e) => format!("{e:#}"),
-    };
-    assert!(err.contains("no image named 'mysql-9.9'"), "{err}");
+    // It is checked by that image: warmpoold starts, and says the pool's
+    // boots cannot work.
+    let (running, stop) = start("mysql-8.0")
+        .await
+        .expect("a stored pool's stale image does not stop start-up");
+    let status = running.manager.get_pool(&key).await.unwrap();
+    assert!(status.health.degraded, "{:?}", status.health);
+    let error = status.record.last_error.unwrap_or_default();
+    assert!(error.contains("no image named 'mysql-9.9'"), "{error}");
+    stop_daemon(running, stop).await;
 }
 
 /// Stops a daemon `start` returned and lets go of its store.
@@ -2136,4 +2144,147 @@ async fn a_page_marker_deleted_between_pages_starts_the_listing_again() {
         "{e:?}"
     );
     env.face.faults().clear();
+}
+
+/// Starts warmpoold on `config`; the handle and its stop switch.
+async fn start_daemon(
+    config: Config,
+) -> anyhow::Result<(warmpool_server::Running, tokio::sync::oneshot::Sender<()>)> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = warmpool_server::start(config, async {
+        let _ = stopped.await;
+    })
+    .await?;
+    Ok((running, stop))
+}
+
+/// A pool of one, as an operator creates one through the API.
+fn api_pool_spec() -> warmpool_proto::v1::PoolSpec {
+    warmpool_proto::v1::PoolSpec {
+        min_ready: 1,
+        max_ready: 2,
+        image: "mysql-8.0".into(),
+        ..Default::default()
+    }
+}
+
+/// Pools created through the API whose flavor the cloud team later
+/// retires, or whose zone it closes for patching, do not stop the next
+/// start: warmpoold serves the other pools (a purchase works), and each
+/// stale pool reads degraded, its last error naming the cause and the way
+/// out, in GetPool and in the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_pool_the_cloud_no_longer_serves_does_not_stop_start_up() {
+    use warmpool_client::Client;
+    let env = env().await;
+    let small = PoolKey::new("db.small", "az1");
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
+    let client = Client::connect(&format!("http://{}", running.grpc_addr))
+        .await
+        .unwrap();
+    client
+        .create_pool("db.medium", "az1", api_pool_spec())
+        .await
+        .unwrap();
+    client
+        .create_pool("db.large", "az2", api_pool_spec())
+        .await
+        .unwrap();
+    let manager = running.manager.clone();
+    for _ in 0..600 {
+        let status = manager.get_pool(&small).await.unwrap();
+        if status.count(pool_manager::model::InstanceState::Ready) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(manager);
+    drop(client);
+    stop_daemon(running, stop).await;
+
+    env.sim.retire_flavor("db.medium");
+    env.sim.close_zone("az2");
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL))
+        .await
+        .expect("a stale stored pool stopped start-up");
+    let client = Client::connect(&format!("http://{}", running.grpc_addr))
+        .await
+        .unwrap();
+    let medium = client.get_pool("db.medium", "az1").await.unwrap();
+    assert!(medium.degraded, "{medium:?}");
+    assert!(
+        medium.last_error.contains("no flavor named 'db.medium'")
+            && medium
+                .last_error
+                .contains("warmpoolctl pools delete db.medium az1"),
+        "{}",
+        medium.last_error
+    );
+    let large = client.get_pool("db.large", "az2").await.unwrap();
+    assert!(large.degraded, "{large:?}");
+    assert!(
+        large.last_error.contains("'az2'")
+            && large
+                .last_error
+                .contains("warmpoolctl pools delete db.large az2"),
+        "{}",
+        large.last_error
+    );
+    assert!(!client.get_pool("db.small", "az1").await.unwrap().degraded);
+
+    let network = env.driver().await.network("tenant-net").await.unwrap();
+    let allocation = client
+        .allocate(support::allocate_request(
+            "order-1",
+            "db.small",
+            "az1",
+            support::new_volume(1, true),
+            &network.id,
+            Duration::from_secs(60),
+        ))
+        .await
+        .expect("the pools the cloud still serves sell");
+    assert!(!allocation.server_id.is_empty(), "{allocation:?}");
+
+    let (_, _, metrics) =
+        support::http_get(&format!("http://{}/metrics", running.metrics_addr)).await;
+    for (flavor, az) in [("db.medium", "az1"), ("db.large", "az2")] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("warmpool_pool_degraded{")
+                    && l.contains(&format!("flavor=\"{flavor}\""))
+                    && l.contains(&format!("availability_zone=\"{az}\""))
+                    && l.ends_with(" 1")),
+            "{flavor}@{az} not degraded in:\n{metrics}"
+        );
+    }
+    drop(client);
+    stop_daemon(running, stop).await;
+}
+
+/// A pool the config file declares and the store does not have yet is the
+/// operator's input: a flavor the cloud lacks still stops start-up, saying
+/// it is the config's pool, and nothing is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_pool_new_to_the_store_with_a_bad_flavor_stops_start_up() {
+    let env = env().await;
+    let pools = format!("{SMALL_POOL}{}", SMALL_POOL.replace("db.small", "db.gone"));
+    let err = match start_daemon(env.config("", &pools)).await {
+        Ok(_) => panic!("started with a configured pool whose flavor the cloud lacks"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("no flavor named 'db.gone'"), "{err}");
+    assert!(
+        err.contains("db.gone@az1") && err.contains("config file"),
+        "{err}"
+    );
+    let dir = env.dir.path().join("data");
+    let store = tokio::task::spawn_blocking(move || pool_manager::store::SledStore::open(&dir))
+        .await
+        .unwrap()
+        .unwrap();
+    use pool_manager::store::Store;
+    assert!(store.list_pools().await.unwrap().is_empty());
+    assert!(env.sim.servers().is_empty());
 }

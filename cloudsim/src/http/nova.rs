@@ -301,7 +301,7 @@ fn server_json(state: &FaceState, model: &Model, d: &ServerDetail, mv: Mv) -> Va
             }
         }
     }
-    let flavor = model.cfg.flavor_spec(&d.flavor);
+    let flavor = model.cfg.flavor_spec_even_retired(&d.flavor);
     let flavor_json = match (&flavor, mv.at_least(2, 47)) {
         (Some(f), true) => json!({
             "vcpus": f.vcpus, "ram": f.ram_mb, "disk": f.disk_gb,
@@ -528,7 +528,7 @@ async fn create_server(
         }
     };
     let az = match str_field(server, "availability_zone")? {
-        Some(az) if !cfg.availability_zones.iter().any(|a| a.name == az) => {
+        Some(az) if !cfg.zone_takes_servers(az) => {
             return Err(ApiError::bad_request(
                 C,
                 "The requested availability zone is not available",
@@ -1388,12 +1388,14 @@ async fn limits(
 }
 
 async fn availability_zones(State(state): State<Arc<FaceState>>) -> Json<Value> {
-    let zones: Vec<Value> = state
-        .sim
-        .config()
+    let cfg = state.sim.config();
+    let zones: Vec<Value> = cfg
         .availability_zones
         .iter()
-        .map(|a| json!({"zoneName": a.name, "zoneState": {"available": true}, "hosts": null}))
+        .map(|a| {
+            let available = cfg.zone_takes_servers(&a.name);
+            json!({"zoneName": a.name, "zoneState": {"available": available}, "hosts": null})
+        })
         .collect();
     Json(json!({"availabilityZoneInfo": zones}))
 }
