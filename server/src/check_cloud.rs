@@ -17,11 +17,12 @@
 //! daemon. That pool is marked degraded instead ([`Report::stale_pools`]).
 //! A quota shortfall is logged and the pools fill as far as the quota
 //! lets them. The command checks the same pools, reading the store when
-//! no running daemon holds it ([`check`]).
+//! no running daemon holds it ([`check`]): a pool created through the API
+//! whose flavor was retired since is reported, not "all ok".
 
 use crate::config::{Config, OpenStackConfig, PoolConfig};
 use pool_manager::cloud::{Cloud, CloudError, ServerStatus};
-use pool_manager::model::{PoolKey, PoolSpec};
+use pool_manager::model::{PoolKey, PoolRecord, PoolSpec};
 use pool_manager::openstack::{missing_compute_zone, OpenStackCloud};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -306,11 +307,111 @@ impl From<&PoolConfig> for CheckedPool {
     }
 }
 
-/// Runs every check against the cloud `config` names, for the configured
-/// pools. Returns the report, and the connected cloud when the login worked.
+/// The pools warmpoold serves, as the checks see them: each one the store
+/// has and is not deleting, with its stored settings, and each configured
+/// one the store does not have yet (a stored pool keeps its settings).
+pub fn pools_to_check(stored: &[PoolRecord], config: &Config) -> Vec<CheckedPool> {
+    let mut pools: Vec<CheckedPool> = stored
+        .iter()
+        .filter(|p| !p.draining)
+        .map(|p| CheckedPool::stored(p.key.clone(), &p.spec))
+        .collect();
+    for pool in &config.pools {
+        if !stored.iter().any(|p| p.key == pool.key()) {
+            pools.push(pool.into());
+        }
+    }
+    pools
+}
+
+/// How long the command waits for the store's lock: a daemon stopping lets
+/// go of it at once, a running one never does.
+const STORE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The pools in the store at `dir`, and the report's line about them:
+/// none when there is no store yet or it has no pool. A store that cannot
+/// be read (a running daemon holds it) gives no pools and a line saying so.
+async fn stored_pools(dir: &std::path::Path) -> (Vec<PoolRecord>, Option<Check>) {
+    use pool_manager::store::{SledStore, Store, StoreError};
+    // Not created here: a config whose daemon never ran has no store.
+    if !dir.is_dir() {
+        return (Vec::new(), None);
+    }
+    let line = |ok: bool, message: String| Check {
+        kind: CheckKind::Store,
+        ok,
+        message,
+        scope: None,
+    };
+    let shown = dir.display();
+    let opening = dir.to_owned();
+    let opened =
+        tokio::task::spawn_blocking(move || SledStore::open_waiting(&opening, STORE_LOCK_WAIT))
+            .await;
+    let read = match opened {
+        Ok(Ok(store)) => store.list_pools().await,
+        Ok(Err(e)) => Err(e),
+        Err(e) => {
+            let message =
+                format!("{shown}: opening it failed ({e}); only the configured pools were checked");
+            return (Vec::new(), Some(line(false, message)));
+        }
+    };
+    match read {
+        Ok(pools) if pools.is_empty() => (Vec::new(), None),
+        Ok(pools) => {
+            let (deleting, checked): (Vec<&PoolRecord>, Vec<&PoolRecord>) =
+                pools.iter().partition(|p| p.draining);
+            let names = |list: &[&PoolRecord]| {
+                list.iter()
+                    .map(|p| p.key.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let mut message = format!(
+                "{shown}: stored pools checked with their stored settings: {}",
+                if checked.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names(&checked)
+                }
+            );
+            if !deleting.is_empty() {
+                message.push_str(&format!(
+                    "; being deleted, not checked: {}",
+                    names(&deleting)
+                ));
+            }
+            (pools, Some(line(true, message)))
+        }
+        Err(StoreError::Locked { .. }) => {
+            let message = format!(
+                "{shown} is held by a running warmpoold, so only the configured pools were checked; the daemon checked its stored pools when it started (a failing one shows degraded in `warmpoolctl pools list`)"
+            );
+            (Vec::new(), Some(line(false, message)))
+        }
+        Err(e) => {
+            let message = format!(
+                "{shown}: cannot read its pools ({e}); only the configured pools were checked"
+            );
+            (Vec::new(), Some(line(false, message)))
+        }
+    }
+}
+
+/// Runs every check against the cloud `os` names, for the pools warmpoold
+/// would serve: the store's (at `config.data_dir`, unless a running daemon
+/// holds it) and the configured ones the store lacks. A line about the
+/// store comes first when it has pools or cannot be read. Returns the
+/// report, and the connected cloud when the login worked.
 pub async fn check(config: &Config, os: &OpenStackConfig) -> (Report, Option<OpenStackCloud>) {
-    let pools: Vec<CheckedPool> = config.pools.iter().map(CheckedPool::from).collect();
-    check_pools(os, &pools).await
+    let (stored, store_line) = stored_pools(&config.data_dir).await;
+    let pools = pools_to_check(&stored, config);
+    let (mut report, cloud) = check_pools(os, &pools).await;
+    if let Some(line) = store_line {
+        report.checks.insert(0, line);
+    }
+    (report, cloud)
 }
 
 /// Runs every check against the cloud `os` names, for `pools`. Returns the

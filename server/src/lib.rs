@@ -433,17 +433,7 @@ async fn served_pools(
         .list_pools()
         .await
         .context("cannot read the pools in the store")?;
-    let mut pools: Vec<check_cloud::CheckedPool> = stored
-        .iter()
-        .filter(|p| !p.draining)
-        .map(|p| check_cloud::CheckedPool::stored(p.key.clone(), &p.spec))
-        .collect();
-    for pool in &config.pools {
-        if !stored.iter().any(|p| p.key == pool.key()) {
-            pools.push(pool.into());
-        }
-    }
-    Ok(pools)
+    Ok(check_cloud::pools_to_check(&stored, config))
 }
 
 /// The configured cloud; an OpenStack cloud is checked first, for `pools`.

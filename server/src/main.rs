@@ -31,8 +31,10 @@ struct Args {
 enum Command {
     /// Check that the configured OpenStack is usable: credentials, the pools'
     /// flavors, the image(s), the management networks, the pools' zones in
-    /// Nova and Cinder, and quota headroom for the pools' min_ready. One line
-    /// per check; exits 1 if any fails.
+    /// Nova and Cinder, and quota headroom for the pools' min_ready. The
+    /// pools are those start-up checks: the store's (data_dir), unless a
+    /// running warmpoold holds it, and the configured ones it lacks. One
+    /// line per check; exits 1 if any fails.
     CheckCloud {
         /// TOML config file (the daemon's).
         #[arg(long, env = "WARMPOOL_CONFIG")]

@@ -2288,3 +2288,73 @@ async fn a_configured_pool_new_to_the_store_with_a_bad_flavor_stops_start_up() {
     assert!(store.list_pools().await.unwrap().is_empty());
     assert!(env.sim.servers().is_empty());
 }
+
+/// `warmpoold check-cloud` checks the pools start-up checks: those the
+/// store has too, so a pool created through the API whose flavor was
+/// retired since is reported (and what start-up does about it), not "all
+/// ok". While a daemon holds the store, it says so and checks the
+/// configured pools, its exit status theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_cloud_checks_the_pools_the_store_has() {
+    let env = env().await;
+    let path = env.dir.path().join("warmpoold.toml");
+    std::fs::write(&path, env.config_text("", SMALL_POOL)).unwrap();
+    let check_cloud = || async {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+            .args(["check-cloud", "--config"])
+            .arg(&path)
+            .env_remove("OS_CLOUD")
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), format!("{stdout}{stderr}"))
+    };
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
+    let client = warmpool_client::Client::connect(&format!("http://{}", running.grpc_addr))
+        .await
+        .unwrap();
+    client
+        .create_pool("db.medium", "az1", api_pool_spec())
+        .await
+        .unwrap();
+    env.sim.retire_flavor("db.medium");
+
+    let (code, report) = check_cloud().await;
+    assert_eq!(code, Some(0), "{report}");
+    let data = env.dir.path().join("data").display().to_string();
+    assert!(
+        report.lines().any(|l| l.starts_with("store: ")
+            && l.contains(&data)
+            && l.contains("running warmpoold")
+            && l.contains("configured pools")),
+        "{report}"
+    );
+    assert!(!report.contains("db.medium"), "{report}");
+
+    drop(client);
+    stop_daemon(running, stop).await;
+    let (code, report) = check_cloud().await;
+    assert_eq!(code, Some(1), "{report}");
+    let flavor = report
+        .lines()
+        .find(|l| l.starts_with("flavor: no flavor named 'db.medium'"))
+        .unwrap_or_else(|| panic!("no failed db.medium flavor line:\n{report}"));
+    assert!(
+        flavor.contains("db.medium@az1")
+            && flavor.contains("warmpoold starts")
+            && flavor.contains("`warmpoolctl pools delete db.medium az1`"),
+        "{report}"
+    );
+    assert!(
+        report.contains("flavor: ok (db.small: 1 vCPU, 1024 MiB RAM)"),
+        "{report}"
+    );
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("store: ok (") && l.contains("db.medium@az1")),
+        "{report}"
+    );
+}
