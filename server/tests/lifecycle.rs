@@ -243,6 +243,22 @@ async fn a_client_that_reads_little(endpoint: &str) -> tonic::transport::Channel
         .unwrap()
 }
 
+/// `order_one` bought with a cold boot (its pool is empty) and an hour to
+/// do it, under way in a task.
+fn a_cold_purchase(
+    client: &warmpool_client::Client,
+) -> tokio::task::JoinHandle<Result<warmpool_client::api::Allocation, warmpool_client::ClientError>>
+{
+    let mut order = order_one();
+    order.empty_pool_policy = warmpool_client::api::EmptyPoolPolicy::ColdBoot.into();
+    order.timeout = Some(prost_types::Duration {
+        seconds: 3600,
+        nanos: 0,
+    });
+    let client = client.clone();
+    tokio::spawn(async move { client.allocate(order).await })
+}
+
 /// A `WatchPools` stream of such a client, of which one message was read
 /// and no more will be.
 async fn a_watch_read_once(endpoint: &str) -> warmpool_client::PoolStatusStream {
@@ -308,16 +324,7 @@ async fn a_purchase_in_flight_is_answered_while_a_stalled_watch_is_cut() {
     let d = Daemon::start_text(&text, data).await;
     let watch = a_watch_read_once(&d.endpoint()).await;
 
-    let mut order = order_one();
-    order.empty_pool_policy = warmpool_client::api::EmptyPoolPolicy::ColdBoot.into();
-    order.timeout = Some(prost_types::Duration {
-        seconds: 3600,
-        nanos: 0,
-    });
-    let cold = {
-        let client = d.client.clone();
-        tokio::spawn(async move { client.allocate(order).await })
-    };
+    let cold = a_cold_purchase(&d.client);
     eventually("the purchase's cold boot", PATIENCE, || async {
         let instances = d.client.list_instances("db.small", "az1").await.unwrap();
         match instances.len() {
@@ -674,23 +681,14 @@ async fn the_log_has_no_colour_codes_when_it_is_not_a_terminal() {
 async fn a_second_signal_stops_without_waiting_out_the_grace_period() {
     let data = tempfile::tempdir().unwrap();
     let config_file = data.path().join("warmpoold.toml");
-    // Real-cloud latencies: a cold boot takes a minute, under an hour of grace.
+    // Real-cloud latencies: a cold boot takes 90 s, under an hour of grace.
     let text = config_text(data.path(), &[("db.small", "az1", 0, 1)])
         .replacen(r#"shutdown_grace = "5s""#, r#"shutdown_grace = "1h""#, 1)
         .replacen("time_scale = 0.01", "time_scale = 1.0", 1);
     std::fs::write(&config_file, text).unwrap();
     let (mut daemon, mut log, addr) = serving_daemon(&config_file).await;
     let client = warmpool_client::Client::connect(&addr).await.unwrap();
-    let mut order = order_one();
-    order.empty_pool_policy = warmpool_client::api::EmptyPoolPolicy::ColdBoot.into();
-    order.timeout = Some(prost_types::Duration {
-        seconds: 3600,
-        nanos: 0,
-    });
-    let cold = {
-        let client = client.clone();
-        tokio::spawn(async move { client.allocate(order).await })
-    };
+    let cold = a_cold_purchase(&client);
     eventually("the purchase's cold boot", PATIENCE, || async {
         let instances = client.list_instances("db.small", "az1").await.unwrap();
         match instances.len() {
