@@ -344,7 +344,13 @@ async fn pools_allocate_get_release() {
     args.extend(["--output", "json"]);
     let j = run(ep, &args).await.json();
     assert_eq!(j["server_id"], a["server"].as_str(), "{j}");
-    assert_eq!(j["volume_id"], a["volume"].as_str(), "{j}");
+    // The table says what a release does to the volume; JSON has a field.
+    assert_eq!(
+        format!("{} (kept on release)", j["volume_id"].as_str().unwrap()),
+        a["volume"],
+        "{j}"
+    );
+    assert_eq!(j["delete_volume_on_release"], false, "{j}");
     assert_eq!(j["port_id"], a["port"].as_str(), "{j}");
     assert_eq!(j["ip_address"], a["ip_address"].as_str(), "{j}");
     assert_eq!(j["state"], "ALLOCATED", "{j}");
