@@ -130,13 +130,13 @@ impl Check {
     /// The line as start-up's refusal gives it: a configured pool's
     /// failure says it is the config file's.
     pub fn refusal_line(&self) -> String {
-        match self.scope.as_ref().filter(|s| !s.configured.is_empty()) {
-            Some(scope) => format!(
+        match self.scope.as_ref() {
+            Some(scope) if !scope.configured.is_empty() => format!(
                 "{} [{} declared in the config file and not in the store yet: fix the config file or the cloud; nothing was created]",
                 self.problem(),
                 keys(&scope.configured)
             ),
-            None => self.to_string(),
+            _ => self.to_string(),
         }
     }
 
@@ -266,7 +266,16 @@ fn reason(e: &CloudError) -> String {
 /// that did not answer or throttled says nothing of one pool, and is every
 /// pool's problem (start-up stops, as for any unreachable service).
 fn about_the_resource(e: &CloudError) -> bool {
-    !matches!(e, CloudError::Transient(_) | CloudError::Throttled { .. })
+    match e {
+        CloudError::NotFound(_) => true,
+        // The lookup's own verdicts (several named so, not active) say
+        // something of the resource. A refusal the service answered (a
+        // token it did not accept, a policy, a 4xx) carries its HTTP status
+        // (the driver's `classify`) and is every pool's: a Glance that
+        // refuses warmpool's token says so for each pool's image.
+        CloudError::Fatal(message) => !message.contains("HTTP "),
+        _ => false,
+    }
 }
 
 /// A pool as the checks see it: where it boots, what, and how many at
@@ -333,8 +342,11 @@ const STORE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// be read (a running daemon holds it) gives no pools and a line saying so.
 async fn stored_pools(dir: &std::path::Path) -> (Vec<PoolRecord>, Option<Check>) {
     use pool_manager::store::{SledStore, Store, StoreError};
-    // Not created here: a config whose daemon never ran has no store.
-    if !dir.is_dir() {
+    // Not created here: a config whose daemon never ran has no store, and
+    // an empty data_dir (made by hand, a fresh volume) must stay empty (a
+    // store created by root here could be unreadable to the daemon's user).
+    // sled keeps its settings in `conf` from its first open on.
+    if !dir.join("conf").is_file() {
         return (Vec::new(), None);
     }
     let line = |ok: bool, message: String| Check {
@@ -553,13 +565,17 @@ async fn volume_check(pools: &[CheckedPool], cloud: &OpenStackCloud, report: &mu
         let zone = cloud.volume_az(az);
         if !zones.contains(&zone) {
             missing = true;
-            report.fail_pools(
+            // Every pool's failure, stored or not: the zone is the config
+            // file's (volume_availability_zone, or the AZ's own name), and
+            // boots never touch Cinder, so a stored pool marked for it
+            // would look healthy after its next boot while every purchase
+            // with a new volume failed.
+            report.fail(
                 CheckKind::Volume,
                 format!(
                     "volumes of pools in {az} are created in Cinder zone '{zone}', which Cinder does not have (its zones: {}); set volume_availability_zone for {az}",
                     zones.join(", ")
                 ),
-                pools_in(pools, az),
             );
         }
     }
@@ -687,6 +703,35 @@ mod tests {
             min_ready: 1,
             stored,
         }
+    }
+
+    /// check-cloud reads a store that exists and creates none, not even in
+    /// an empty data_dir.
+    #[tokio::test]
+    async fn an_empty_data_dir_stays_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pools, line) = stored_pools(dir.path()).await;
+        assert!(pools.is_empty() && line.is_none());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// What a lookup's failure says of the pools naming the resource.
+    #[test]
+    fn a_service_refusing_the_lookup_is_every_pools_failure() {
+        let token = CloudError::Fatal("GET /v2/images?name=x: the service refused a token Keystone had just issued (HTTP 401): check ...".into());
+        let policy = CloudError::Fatal("GET /v2/images?name=x: Not authorized (HTTP 403)".into());
+        assert!(!about_the_resource(&token));
+        assert!(!about_the_resource(&policy));
+        assert!(!about_the_resource(&CloudError::Transient("503".into())));
+        assert!(about_the_resource(&CloudError::NotFound(
+            "no image named 'x'".into()
+        )));
+        assert!(about_the_resource(&CloudError::Fatal(
+            "2 images are named 'x'; give its id instead".into()
+        )));
+        assert!(about_the_resource(&CloudError::Fatal(
+            "image 'x' (1234) is deactivated, not active".into()
+        )));
     }
 
     /// A stored pool's own failure marks it; a configured pool's, or one

@@ -2190,10 +2190,24 @@ async fn a_stored_pool_the_cloud_no_longer_serves_does_not_stop_start_up() {
         .create_pool("db.large", "az2", api_pool_spec())
         .await
         .unwrap();
+    // Every pool filled and no boot in flight: a boot the old cloud took
+    // that became Ready after the restart would be a good boot of the
+    // stale pool, and clear its mark.
     let manager = running.manager.clone();
+    let pools = [
+        (small.clone(), 2),
+        (PoolKey::new("db.medium", "az1"), 1),
+        (PoolKey::new("db.large", "az2"), 1),
+    ];
     for _ in 0..600 {
-        let status = manager.get_pool(&small).await.unwrap();
-        if status.count(pool_manager::model::InstanceState::Ready) >= 2 {
+        let mut settled = true;
+        for (key, ready) in &pools {
+            let status = manager.get_pool(key).await.unwrap();
+            settled &= status.count(pool_manager::model::InstanceState::Ready) >= *ready
+                && status.count(pool_manager::model::InstanceState::Booting) == 0
+                && status.count(pool_manager::model::InstanceState::Warming) == 0;
+        }
+        if settled {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
