@@ -229,6 +229,10 @@ pub struct PoolHealth {
     /// When the last boot failed, or the pool's start-up check: the
     /// replenisher's pause before its next boot counts from here.
     pub last_failure_at: Option<tokio::time::Instant>,
+    /// Failures in a row that each came from a boot started after the
+    /// failure before it: boots in flight together that fail together (a
+    /// short outage) are one step of the pause, not one each.
+    pub backoff_steps: u32,
 }
 
 impl PoolHealth {
@@ -250,7 +254,7 @@ impl PoolHealth {
         ) {
             return None;
         }
-        let doublings = self.consecutive_boot_failures.saturating_sub(1).min(16);
+        let doublings = self.backoff_steps.saturating_sub(1).min(16);
         let pause = base.saturating_mul(1 << doublings).min(max.max(base));
         let since = self.last_failure_at?;
         Some(crate::allocator::deadline_after(since, pause))
@@ -265,12 +269,14 @@ pub struct HealthBook {
 }
 
 impl HealthBook {
-    /// Records a boot outcome, ended at `now`; returns the verdict event if
-    /// the pool just became degraded or recovered.
+    /// Records a boot outcome, ended at `now`, of a boot requested at
+    /// `started` (`None`: before this process started); returns the verdict
+    /// event if the pool just became degraded or recovered.
     pub fn note_boot(
         &mut self,
         pool: &PoolKey,
         outcome: BootOutcome,
+        started: Option<tokio::time::Instant>,
         now: tokio::time::Instant,
     ) -> Option<EventKind> {
         let health = self.pools.entry(pool.clone()).or_default();
@@ -281,6 +287,14 @@ impl HealthBook {
             return was_degraded.then_some(EventKind::Recovered { after_failures });
         }
         health.consecutive_boot_failures = health.consecutive_boot_failures.saturating_add(1);
+        let after_the_last = match (health.last_failure_at, started) {
+            (None, _) => true,
+            (Some(last), Some(started)) => started >= last,
+            (Some(_), None) => false,
+        };
+        if after_the_last {
+            health.backoff_steps = health.backoff_steps.saturating_add(1);
+        }
         health.last_failure = Some(outcome);
         health.last_failure_at = Some(now);
         if !health.degraded && health.consecutive_boot_failures >= DEGRADED_AFTER {
@@ -324,29 +338,61 @@ mod tests {
     fn degraded_once_per_episode_then_recovered() {
         let pool = PoolKey::new("f", "a");
         let mut book = HealthBook::default();
-        assert_eq!(book.note_boot(&pool, BootOutcome::Timeout, now()), None);
-        assert_eq!(book.note_boot(&pool, BootOutcome::Quota, now()), None);
         assert_eq!(
-            book.note_boot(&pool, BootOutcome::NoValidHost, now()),
+            book.note_boot(&pool, BootOutcome::Timeout, None, now()),
+            None
+        );
+        assert_eq!(book.note_boot(&pool, BootOutcome::Quota, None, now()), None);
+        assert_eq!(
+            book.note_boot(&pool, BootOutcome::NoValidHost, None, now()),
             Some(EventKind::Degraded {
                 cause: BootOutcome::NoValidHost,
                 consecutive_failures: DEGRADED_AFTER
             })
         );
         // Still failing: no second verdict.
-        assert_eq!(book.note_boot(&pool, BootOutcome::NoValidHost, now()), None);
+        assert_eq!(
+            book.note_boot(&pool, BootOutcome::NoValidHost, None, now()),
+            None
+        );
         let health = book.health(&pool);
         assert!(health.degraded);
         assert_eq!(health.consecutive_boot_failures, DEGRADED_AFTER + 1);
         assert_eq!(
-            book.note_boot(&pool, BootOutcome::Ready, now()),
+            book.note_boot(&pool, BootOutcome::Ready, None, now()),
             Some(EventKind::Recovered {
                 after_failures: DEGRADED_AFTER + 1
             })
         );
         assert_eq!(book.health(&pool), PoolHealth::default());
         // A Ready boot of a healthy pool is no news.
-        assert_eq!(book.note_boot(&pool, BootOutcome::Ready, now()), None);
+        assert_eq!(book.note_boot(&pool, BootOutcome::Ready, None, now()), None);
+    }
+
+    /// Boots in flight together that fail together are one step of the
+    /// pool's pause, not one each: it doubles only for a boot started
+    /// after the failure before it.
+    #[test]
+    fn boots_failing_together_pause_the_pool_once() {
+        let pool = PoolKey::new("f", "a");
+        let mut book = HealthBook::default();
+        let (base, max) = (Duration::from_secs(5), Duration::from_secs(300));
+        let started = now();
+        let failed = started + Duration::from_secs(30);
+        for _ in 0..8 {
+            book.note_boot(&pool, BootOutcome::Failed, Some(started), failed);
+        }
+        let health = book.health(&pool);
+        assert_eq!(health.consecutive_boot_failures, 8);
+        assert_eq!(health.boot_backoff(base, max), Some(failed + base));
+        // The boot started after that pause fails too: twice the pause.
+        let next = failed + base;
+        let failed_again = next + Duration::from_secs(30);
+        book.note_boot(&pool, BootOutcome::Failed, Some(next), failed_again);
+        assert_eq!(
+            book.health(&pool).boot_backoff(base, max),
+            Some(failed_again + base * 2)
+        );
     }
 
     #[test]
@@ -354,11 +400,17 @@ mod tests {
         let pool = PoolKey::new("f", "a");
         let mut book = HealthBook::default();
         for _ in 0..DEGRADED_AFTER - 1 {
-            assert_eq!(book.note_boot(&pool, BootOutcome::Failed, now()), None);
+            assert_eq!(
+                book.note_boot(&pool, BootOutcome::Failed, None, now()),
+                None
+            );
         }
-        assert_eq!(book.note_boot(&pool, BootOutcome::Ready, now()), None);
+        assert_eq!(book.note_boot(&pool, BootOutcome::Ready, None, now()), None);
         for _ in 0..DEGRADED_AFTER - 1 {
-            assert_eq!(book.note_boot(&pool, BootOutcome::Failed, now()), None);
+            assert_eq!(
+                book.note_boot(&pool, BootOutcome::Failed, None, now()),
+                None
+            );
         }
         assert!(!book.health(&pool).degraded);
     }

@@ -183,8 +183,10 @@ impl Shared {
     /// falls behind the broadcast loses events, and sizing must not.
     pub fn emit(&self, pool: Option<&PoolKey>, kind: EventKind) {
         let verdict = match (&kind, pool) {
-            (EventKind::Boot { outcome, .. }, Some(key)) => {
-                self.health_book().note_boot(key, *outcome, Instant::now())
+            (EventKind::Boot { outcome, lead_time }, Some(key)) => {
+                let now = Instant::now();
+                let started = lead_time.and_then(|lead| now.checked_sub(lead));
+                self.health_book().note_boot(key, *outcome, started, now)
             }
             (EventKind::Allocation { outcome, latency }, Some(key)) => {
                 self.note_demand(key, *outcome, *latency);
