@@ -224,7 +224,8 @@ fn parse_limit(s: &str) -> Result<Limit, String> {
 #[derive(Debug, Args)]
 pub struct InstancesArgs {
     /// Only this flavor's pool (needs --az). A deleted pool's instances
-    /// still allocated are listed too; a pool with none lists nothing.
+    /// still allocated are listed too; a pool neither known nor named by
+    /// any instance is an error (NOT_FOUND).
     #[arg(long, requires = "az")]
     pub flavor: Option<String>,
     /// Only this availability zone's pool (needs --flavor).

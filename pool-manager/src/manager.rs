@@ -758,8 +758,9 @@ impl PoolManager {
     /// A pool's instances are listed whether or not its record still
     /// exists: a deleted pool's record goes once it is drained, while its
     /// tenants' instances stay until released. So a pool never known, or
-    /// gone with nothing left, lists nothing rather than NotFound (which
-    /// would also fail a listing's later pages once its last instance went).
+    /// gone with nothing left, lists nothing here (a NotFound would fail a
+    /// listing's later pages once its last instance went); `ListInstances`
+    /// answers NOT_FOUND for a first page of a pool neither known nor named.
     pub async fn list_instances(&self, pool: Option<&PoolKey>) -> ManagerResult<Vec<Instance>> {
         let mut instances = self.shared.store.list_instances().await?;
         instances.retain(|i| pool.is_none_or(|key| &i.pool == key));

@@ -8,7 +8,7 @@ use futures::future::Either;
 use pool_manager::changes::ChangeCursor;
 use pool_manager::events::Event;
 use pool_manager::model::PoolKey;
-use pool_manager::PoolManager;
+use pool_manager::{ManagerError, PoolManager};
 use std::collections::{HashMap, HashSet};
 use std::future::{ready, Ready};
 use std::pin::Pin;
@@ -248,6 +248,19 @@ impl WarmPool for WarmPoolService {
             .list_instances(key.as_ref())
             .await
             .map_err(convert::status)?;
+        // A deleted pool's instances are listed while tenants hold them; a
+        // pool neither known nor named by any instance is likelier a typo
+        // than an empty pool. Only a first page says so: a later one may
+        // find the last instance gone since.
+        if let Some(key) = key.as_ref().filter(|_| instances.is_empty()) {
+            if request.page_token.is_empty() {
+                if let Err(ManagerError::PoolNotFound(_)) = self.manager.get_pool(key).await {
+                    return Err(Status::not_found(format!(
+                        "no pool {key}, and no instance names it (check --flavor and --az; ListPools lists the pools)"
+                    )));
+                }
+            }
+        }
         let page = convert::instances_page(
             instances,
             key.as_ref(),
