@@ -564,33 +564,11 @@ mod tests {
         manager
     }
 
-    /// A `WatchPools` reader that stopped reading (its stream full) does
-    /// not keep the watch's task alive once shutdown starts, which would
-    /// hold the daemon's graceful shutdown for its whole grace period.
-    #[tokio::test(start_paused = true)]
-    async fn a_watch_whose_reader_stopped_reading_ends_at_shutdown() {
-        let manager = two_paused_pools().await;
-        let (stop, stopping) = watch::channel(false);
-        // Room for one message: the second pool's waits for a reader.
-        let (tx, _unread) = mpsc::channel(1);
-        let open = recheck(
-            AccessHandle::default(),
-            &Request::new(()),
-            Method::WatchPools,
-        );
-        let watcher = Watcher::spawn(&manager, stopping, open, tx);
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        assert!(!watcher.is_finished(), "the watch ended before shutdown");
-        stop.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(60), watcher)
-            .await
-            .expect("the watch ended at shutdown")
-            .unwrap();
-    }
-
-    /// A watch whose reader is behind at shutdown (its buffer full) still
-    /// ends with UNAVAILABLE, so its client knows to watch again, rather
-    /// than with the end of a stream that looks complete.
+    /// A watch whose reader stopped reading (its buffer full) does not
+    /// keep the watch's task alive once shutdown starts, which would hold
+    /// the daemon's graceful shutdown for its whole grace period; and its
+    /// stream still ends with UNAVAILABLE, so its client knows to watch
+    /// again, rather than with the end of a stream that looks complete.
     #[tokio::test(start_paused = true)]
     async fn a_watch_whose_buffer_is_full_at_shutdown_ends_unavailable() {
         let manager = two_paused_pools().await;
