@@ -99,13 +99,8 @@ pub trait Store: Send + Sync + 'static {
     /// what a pool's status shows (states with none are left out). A store
     /// that can count without reading every instance should.
     async fn count_instances(&self, pool: &PoolKey) -> StoreResult<BTreeMap<InstanceState, u32>> {
-        let mut counts = BTreeMap::new();
-        for instance in self.list_instances().await? {
-            if &instance.pool == pool {
-                *counts.entry(instance.state).or_default() += 1;
-            }
-        }
-        Ok(counts)
+        let mut counts = self.count_instances_by_pool().await?;
+        Ok(counts.remove(pool).unwrap_or_default())
     }
     /// [`Store::count_instances`] of every pool some instance names, pool
     /// record or not: a deleted pool's record goes once it is drained, while
