@@ -4,7 +4,7 @@
 //! and lead-time estimates, and what the AZ's throttle gate in
 //! [`crate::gate`] allows), starts them, retires the Ready instances the
 //! pool no longer wants (past `max_age`, of an old image, above
-//! `max_ready`), and drains the pool when it is deleted; a step the cloud
+//! `max_ready`, a surplus above the target that lasted a cooldown), and drains the pool when it is deleted; a step the cloud
 //! or the store fails is tried again after the interval, so the task
 //! outlives it. Purchases reach the demand estimator
 //! as they are reported ([`Shared::emit`]). A boot task drives one instance from
@@ -164,6 +164,11 @@ impl Shared {
         let wall = self.sizing_book().wall_now(&self.settings.sizing);
         let renewal = Renewal::new(&pool.spec, &image, wall);
         let census = Census::of(&instances, &renewal);
+        // A resumed pool waits a whole cooldown before it retires a surplus.
+        let settings = &self.settings.sizing;
+        let now = Instant::now();
+        self.sizing_book()
+            .surplus_outlasted(&pool.key, false, now, settings);
         let due = Retirements::over_cap(&census, pool.spec.max_ready, false, 0);
         self.retire(pool, &instances, &renewal, due).await
     }
@@ -391,7 +396,17 @@ impl Shared {
         // with a max_age shorter than a refill, the pool is never all
         // replaced at once, and outdated instances kept until then would
         // pile up a server a boot.
-        let due = Retirements::over_cap(&census, pool.spec.max_ready, replaced, target);
+        let keep = sizing::surplus_kept(target, demand.forecast, settings.cooldown);
+        let surplus_outlasted = self.sizing_book().surplus_outlasted(
+            &pool.key,
+            census.fresh_ready() > keep,
+            now,
+            settings,
+        );
+        let mut due = Retirements::over_cap(&census, pool.spec.max_ready, replaced, target);
+        if surplus_outlasted {
+            due = due.down_to(keep, &census);
+        }
         self.retire(pool, &instances, &renewal, due).await?;
         // The plan and its boots' tickets under one lock: the room and the
         // headroom this pool takes are gone at once for the AZ's other
@@ -470,6 +485,7 @@ impl Shared {
             target,
             fresh: mut over_cap,
             outdated: mut outdated_over_cap,
+            mut above_target,
         } = due;
         let mut ready: Vec<&Instance> = instances
             .iter()
@@ -495,6 +511,16 @@ impl Shared {
                     format!("above the pool's max_ready of {}", pool.spec.max_ready),
                     Retirement::FreshOverCap,
                 ));
+            } else if due.is_none() && above_target > 0 {
+                above_target -= 1;
+                doomed.push((
+                    instance,
+                    format!(
+                        "above the pool's target of {target} for {}",
+                        humantime::format_duration(self.settings.sizing.cooldown)
+                    ),
+                    Retirement::AboveTarget,
+                ));
             }
         }
         let max_ready = pool.spec.max_ready;
@@ -510,6 +536,7 @@ impl Shared {
                 Retirement::Replaced => fresh >= target,
                 Retirement::OutdatedOverCap => fresh + outdated > max_ready,
                 Retirement::FreshOverCap => fresh > max_ready,
+                Retirement::AboveTarget => fresh > target,
             };
             if !still_due {
                 continue;
@@ -999,6 +1026,8 @@ enum Retirement {
     OutdatedOverCap,
     /// Fresh, and the fresh ones alone are above max_ready.
     FreshOverCap,
+    /// Fresh, and the fresh ones have been above the target for a cooldown.
+    AboveTarget,
 }
 
 /// Whether a boot task measures its boot's lead time.
@@ -1069,6 +1098,8 @@ struct Retirements {
     /// The oldest outdated ones beyond `max_ready`, fresh and outdated
     /// counted together.
     outdated: u32,
+    /// The oldest fresh ones beyond `target`, after those beyond `max_ready`.
+    above_target: u32,
 }
 
 /// A pool's untouched instances, counted for a step.
@@ -1116,6 +1147,15 @@ impl Retirements {
             target,
             fresh: fresh_ready.saturating_sub(max_ready),
             outdated: (fresh_ready + census.outdated).saturating_sub(max_ready),
+            above_target: 0,
+        }
+    }
+
+    /// Also the fresh Ready ones above `keep` (a surplus that lasted).
+    fn down_to(self, keep: u32, census: &Census) -> Self {
+        Retirements {
+            above_target: (census.fresh_ready() - self.fresh).saturating_sub(keep),
+            ..self
         }
     }
 }

@@ -44,6 +44,9 @@
 //!   names them (calibration.md: boots are disk-bound and stretch 3-5x under
 //!   IOPS throttling), else it is the configured `prior_lead_time`.
 //!
+//! - [`surplus_kept`]: how many fresh Ready instances a pool keeps once it
+//!   has held more than its target for a cooldown.
+//!
 //! - [`LearnedSizing`]: what the estimators learned, as stored, so a restart
 //!   resumes from it instead of from nothing.
 //!
@@ -95,7 +98,9 @@ pub struct SizingSettings {
     pub demand_short: Duration,
     /// Time constant of the long demand EWMA (the level).
     pub demand_long: Duration,
-    /// A lower forecast takes effect only after this long without a new high.
+    /// A lower forecast takes effect only after this long without a new
+    /// high; a surplus of Ready instances above the target goes only after
+    /// it lasted this long ([`surplus_kept`]).
     pub cooldown: Duration,
     /// The wall-clock time operator windows, ages and release times are
     /// read on, at the manager's first use of it; later readings add tokio
@@ -653,6 +658,21 @@ pub fn target_for(
     raw.max(min_ready).min(max_ready)
 }
 
+/// The fresh Ready instances a pool keeps when it has held more than
+/// `target` for a whole cooldown: the target, and what purchases at the
+/// `forecast` rate (per second) are expected to take within the cooldown.
+/// An instance purchases will take soon is already paid for; retiring it
+/// would cost a boot and, at low demand, a miss.
+pub fn surplus_kept(target: u32, forecast: f64, cooldown: Duration) -> u32 {
+    let expected = (forecast.max(0.0) * cooldown.as_secs_f64()).ceil();
+    let keep = f64::from(target) + if expected.is_nan() { 0.0 } else { expected };
+    if keep >= f64::from(u32::MAX) {
+        u32::MAX
+    } else {
+        keep as u32
+    }
+}
+
 /// Everything [`decide`] looks at; plain values so golden tests can spell them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Inputs {
@@ -817,6 +837,9 @@ pub struct PoolSizing {
     /// Boots in flight: instance id -> started at.
     in_flight: BTreeMap<String, Instant>,
     pub last_plan: Option<BootPlan>,
+    /// Since when every step found more fresh Ready instances than the
+    /// target; `None` while the pool is at or below it.
+    surplus_since: Option<Instant>,
 }
 
 impl PoolSizing {
@@ -840,6 +863,7 @@ impl PoolSizing {
             lead: LeadTimes::default(),
             in_flight: BTreeMap::new(),
             last_plan: None,
+            surplus_since: None,
         }
     }
 }
@@ -943,6 +967,26 @@ impl SizingBook {
     }
 
     /// Keeps the pool's plan; returns the one it replaces.
+    /// Notes whether `key` holds more fresh Ready instances than its target
+    /// now; whether it has at every step for a whole `cooldown`, so that
+    /// its surplus goes. The same wait as a falling demand forecast: a
+    /// target that dips and comes back within it costs no server.
+    pub fn surplus_outlasted(
+        &mut self,
+        key: &PoolKey,
+        surplus: bool,
+        now: Instant,
+        settings: &SizingSettings,
+    ) -> bool {
+        let pool = self.pool(key, settings);
+        if !surplus {
+            pool.surplus_since = None;
+            return false;
+        }
+        let since = *pool.surplus_since.get_or_insert(now);
+        now.saturating_duration_since(since) >= settings.cooldown
+    }
+
     pub fn set_plan(
         &mut self,
         key: &PoolKey,

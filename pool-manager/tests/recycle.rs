@@ -618,3 +618,55 @@ async fn a_pool_stored_before_a_rule_can_still_be_changed() {
         .unwrap();
     assert_eq!(mended.record.spec.max_age, Some(Duration::from_secs(3600)));
 }
+
+/// A pool whose Ready instances stay above its target for a whole
+/// cooldown retires the surplus, oldest first: a lowered target or a
+/// closed operator window does not keep idle servers until `max_age`.
+/// Within the cooldown nothing goes (the target may come back up), and a
+/// step at or below the target starts the wait again. (Instances that
+/// purchases are expected to take within a cooldown stay: see
+/// `sizing::surplus_kept`; here there are no purchases.)
+#[tokio::test(start_paused = true)]
+async fn ready_instances_above_the_target_for_a_cooldown_are_retired() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 4).await;
+    let cooldown = settings().sizing.cooldown;
+    let mut oldest_first = manager.list_instances(Some(&pool())).await.unwrap();
+    oldest_first.sort_by_key(|i| i.ready_at);
+    set_target(&manager, 2).await;
+    tokio::time::sleep(cooldown - Duration::from_secs(30)).await;
+    assert_eq!(
+        ready_ids(&manager).await.len(),
+        4,
+        "kept within the cooldown"
+    );
+    // Back at 4 for a step, then 1: the wait starts over.
+    set_target(&manager, 4).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    set_target(&manager, 1).await;
+    tokio::time::sleep(cooldown - Duration::from_secs(30)).await;
+    assert_eq!(ready_ids(&manager).await.len(), 4, "kept: a new wait");
+
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let kept = ready_ids(&manager).await;
+    assert_eq!(kept.len(), 1, "the surplus above 1 went: {kept:?}");
+    let newest = oldest_first.iter().filter_map(|i| i.ready_at).max();
+    let stayed: Vec<_> = oldest_first
+        .iter()
+        .filter(|i| kept.contains(&i.id))
+        .collect();
+    assert_eq!(stayed.len(), 1, "an original stays: none was booted for it");
+    assert_eq!(stayed[0].ready_at, newest, "the oldest go");
+    assert_eq!(sim.servers().len(), 1, "their servers are deleted");
+    assert_consistent(&sim, &manager).await;
+}
+
+async fn set_target(manager: &pool_manager::PoolManager, target: u32) {
+    manager
+        .update_pool(&pool(), |s| {
+            s.min_ready = 1;
+            s.target = Target::Fixed(target);
+        })
+        .await
+        .unwrap();
+}

@@ -9,8 +9,8 @@ use pool_manager::cloud::{BootHeadroom, CloudError, QuotaLeft, MAX_RETRY_AFTER};
 use pool_manager::gate::{Admission, BootSignal, Gate, GateSettings, Hold, TicketInfo};
 use pool_manager::model::{EmptyPoolPolicy, InstanceState, Target};
 use pool_manager::sizing::{
-    auto_target, decide, z_for, Demand, DemandEstimate, Inputs, LeadEstimate, LeadSource,
-    LeadTimes, LearnedLead, LearnedSizing, SizingBook, SizingSettings,
+    auto_target, decide, surplus_kept, z_for, Demand, DemandEstimate, Inputs, LeadEstimate,
+    LeadSource, LeadTimes, LearnedLead, LearnedSizing, SizingBook, SizingSettings,
 };
 use pool_manager::{ManagerSettings, PoolManager, PoolStatus};
 use std::fmt::Write;
@@ -329,6 +329,25 @@ fn target_formula() {
     assert_eq!(auto_target(4.0, 2.0), 8);
     assert_eq!(auto_target(100.0, 2.576), 126);
     assert_eq!(auto_target(f64::NAN, 2.0), 0);
+}
+
+/// A surplus that lasted goes down to the target plus what purchases are
+/// expected to take within the cooldown.
+#[test]
+fn surplus_kept_is_the_target_and_a_cooldowns_purchases() {
+    let cooldown = Duration::from_secs(15 * 60);
+    assert_eq!(surplus_kept(3, 0.0, cooldown), 3, "no demand: the target");
+    assert_eq!(surplus_kept(3, per_minute(1.0), cooldown), 18);
+    assert_eq!(
+        surplus_kept(1, per_minute(0.07), cooldown),
+        3,
+        "1.05 rounds up"
+    );
+    assert_eq!(surplus_kept(2, per_minute(1.0), Duration::ZERO), 2);
+    assert_eq!(surplus_kept(2, f64::NAN, cooldown), 2);
+    assert_eq!(surplus_kept(2, -1.0, cooldown), 2);
+    assert_eq!(surplus_kept(u32::MAX, 1.0, cooldown), u32::MAX);
+    assert_eq!(surplus_kept(0, f64::INFINITY, cooldown), u32::MAX);
 }
 
 #[test]
