@@ -376,10 +376,17 @@ impl Shared {
     /// Counts an Allocate refused before its order was recorded, like any
     /// failed one, in `pool`: a pool the store has, so its label is one the
     /// metrics already have.
-    fn emit_refusal(&self, pool: &PoolKey, refused: &ManagerError, started: Instant) {
+    fn emit_refusal(
+        &self,
+        pool: &PoolKey,
+        request_id: &str,
+        refused: &ManagerError,
+        started: Instant,
+    ) {
         self.emit(
             Some(pool),
             EventKind::Allocation {
+                request_id: request_id.to_string(),
                 outcome: failure_outcome(refused),
                 latency: started.elapsed(),
             },
@@ -663,7 +670,7 @@ impl Shared {
                     ));
                     // Counted in the order's own pool: the request's may
                     // be one the metrics have no label for.
-                    self.emit_refusal(&existing.params.pool, &refused, started);
+                    self.emit_refusal(&existing.params.pool, &params.request_id, &refused, started);
                     return Err(refused);
                 }
                 if existing.state != AllocationState::Allocating {
@@ -693,11 +700,11 @@ impl Shared {
                     "pool {} is being deleted",
                     params.pool
                 ));
-                self.emit_refusal(&params.pool, &refused, started);
+                self.emit_refusal(&params.pool, &params.request_id, &refused, started);
                 return Err(refused);
             }
             if let Err(e) = self.fence_volume(params, deadline).await {
-                self.emit_refusal(&params.pool, &e, started);
+                self.emit_refusal(&params.pool, &params.request_id, &e, started);
                 return Err(e);
             }
             let salt = rand::Rng::gen(&mut *self.attempt_salts.lock().expect("attempt salt lock"));
@@ -756,6 +763,7 @@ impl Shared {
         self.emit(
             Some(&params.pool),
             EventKind::Allocation {
+                request_id: params.request_id.clone(),
                 outcome: allocation_outcome(&outcome),
                 latency,
             },

@@ -100,6 +100,8 @@ pub enum EventKind {
     },
     /// An Allocate finished (not emitted for idempotent replays).
     Allocation {
+        /// The order's request id: a retried order is one purchase.
+        request_id: String,
         outcome: AllocationOutcome,
         latency: Duration,
     },

@@ -188,8 +188,15 @@ impl Shared {
                 let started = lead_time.and_then(|lead| now.checked_sub(lead));
                 self.health_book().note_boot(key, *outcome, started, now)
             }
-            (EventKind::Allocation { outcome, latency }, Some(key)) => {
-                self.note_demand(key, *outcome, *latency);
+            (
+                EventKind::Allocation {
+                    request_id,
+                    outcome,
+                    latency,
+                },
+                Some(key),
+            ) => {
+                self.note_demand(key, request_id, *outcome, *latency);
                 None
             }
             _ => None,

@@ -239,9 +239,16 @@ impl Shared {
         self.sizing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Feeds the pool's demand estimator: every Allocate that wanted an
-    /// instance counts, dated back to when it started.
-    pub(crate) fn note_demand(&self, key: &PoolKey, outcome: AllocationOutcome, latency: Duration) {
+    /// Feeds the pool's demand estimator: every order that wanted an
+    /// instance counts, once however often it is retried, dated back to
+    /// when its Allocate started.
+    pub(crate) fn note_demand(
+        &self,
+        key: &PoolKey,
+        request_id: &str,
+        outcome: AllocationOutcome,
+        latency: Duration,
+    ) {
         if matches!(
             outcome,
             AllocationOutcome::Warm | AllocationOutcome::Cold | AllocationOutcome::Exhausted
@@ -249,7 +256,7 @@ impl Shared {
             let now = Instant::now();
             let at = now.checked_sub(latency).unwrap_or(now);
             self.sizing_book()
-                .record_allocation(key, at, now, &self.settings.sizing);
+                .record_allocation(key, request_id, at, now, &self.settings.sizing);
         }
     }
 

@@ -840,6 +840,9 @@ pub struct PoolSizing {
     /// Since when every step found more fresh Ready instances than the
     /// target; `None` while the pool is at or below it.
     surplus_since: Option<Instant>,
+    /// Orders counted in `demand` within `demand_long`: request id ->
+    /// when.
+    orders_counted: BTreeMap<String, Instant>,
 }
 
 impl PoolSizing {
@@ -864,6 +867,7 @@ impl PoolSizing {
             in_flight: BTreeMap::new(),
             last_plan: None,
             surplus_since: None,
+            orders_counted: BTreeMap::new(),
         }
     }
 }
@@ -891,14 +895,29 @@ impl SizingBook {
             .or_insert_with(|| PoolSizing::new(settings))
     }
 
+    /// One purchase of order `request_id`. An order already counted
+    /// within `demand_long` (a billing system retrying it after
+    /// RESOURCE_EXHAUSTED, say) is not counted again: one order is one
+    /// purchase, however often it is asked for.
     pub fn record_allocation(
         &mut self,
         key: &PoolKey,
+        request_id: &str,
         at: Instant,
         now: Instant,
         settings: &SizingSettings,
     ) {
-        self.pool(key, settings).demand.record(at, now);
+        let pool = self.pool(key, settings);
+        let remembered = settings.demand_long;
+        pool.orders_counted
+            .retain(|_, counted| now.saturating_duration_since(*counted) < remembered);
+        if pool
+            .orders_counted
+            .insert(request_id.to_string(), now)
+            .is_none()
+        {
+            pool.demand.record(at, now);
+        }
     }
 
     pub fn boot_started(

@@ -1823,3 +1823,48 @@ async fn a_settings_change_shows_no_plan_until_the_next_step_makes_one() {
     let status = manager.get_pool(&pool()).await.unwrap();
     assert_eq!(status.sizing.last_plan.map(|p| p.target), Some(4));
 }
+
+/// A billing system retrying one order after RESOURCE_EXHAUSTED is one
+/// purchase to the demand estimate, not one per try: ten tries of an
+/// order lifted the forecast tenfold.
+#[tokio::test(start_paused = true)]
+async fn a_retried_order_counts_once_in_the_demand() {
+    let sim = sim();
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    // Paused: nothing boots, so every try finds the pool empty.
+    let mut spec = auto_spec();
+    spec.paused = true;
+    manager.create_pool(pool(), spec).await.unwrap();
+    let try_order = |id: &'static str| {
+        let manager = manager.clone();
+        async move {
+            let refused = manager
+                .allocate(request(id, new_volume(), EmptyPoolPolicy::FailFast))
+                .await
+                .expect_err("the pool is empty");
+            assert!(
+                matches!(refused, pool_manager::ManagerError::ResourceExhausted(_)),
+                "{refused:?}"
+            );
+        }
+    };
+    let orders_per_hour = |s: &PoolStatus| s.sizing.demand.long * 3600.0;
+
+    for _ in 0..10 {
+        try_order("order-1").await;
+    }
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert!(
+        (orders_per_hour(&status) - 1.0).abs() < 0.01,
+        "{:?}",
+        status.sizing.demand
+    );
+    try_order("order-2").await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert!(
+        (orders_per_hour(&status) - 2.0).abs() < 0.02,
+        "another order counts: {:?}",
+        status.sizing.demand
+    );
+}

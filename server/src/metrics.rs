@@ -596,7 +596,9 @@ impl Metrics {
                         .observe(lead_time.as_secs_f64());
                 }
             }
-            EventKind::Allocation { outcome, latency } => {
+            EventKind::Allocation {
+                outcome, latency, ..
+            } => {
                 let outcome_name = allocation_outcome_name(*outcome);
                 self.allocations
                     .get_or_create(&pool.with(outcome_name).into())
@@ -996,10 +998,12 @@ mod tests {
     fn events_move_the_counters_and_histograms() {
         let m = Metrics::new();
         m.record(&event(EventKind::Allocation {
+            request_id: "order-1".into(),
             outcome: AllocationOutcome::Warm,
             latency: Duration::from_millis(20),
         }));
         m.record(&event(EventKind::Allocation {
+            request_id: "order-1".into(),
             outcome: AllocationOutcome::Exhausted,
             latency: Duration::from_millis(1),
         }));
