@@ -20,7 +20,7 @@ use crate::cloud::{
 };
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, EventKind};
-use crate::gate::{self, Gate};
+use crate::gate::{self, BootTicket, Gate};
 use crate::manager::{validate_name, validate_pool_key, PoolManager, Shared};
 use crate::model::{
     Allocation, AllocationParams, AllocationState, EmptyPoolPolicy, Instance, InstanceState,
@@ -475,6 +475,13 @@ impl<'a> QuotaQueue<'a> {
     fn join(gate: &'a std::sync::Mutex<Gate>, flavor: &'a str) -> Self {
         gate::lock(gate).purchase_waiting(flavor, true);
         Self { gate, flavor }
+    }
+
+    /// Leaves the line with the gate already locked as `locked`.
+    fn leave_locked(self, locked: &mut Gate) {
+        locked.purchase_waiting(self.flavor, false);
+        // Dropped, it would leave again, locking the gate it is given locked.
+        std::mem::forget(self);
     }
 }
 
@@ -1223,9 +1230,20 @@ impl Shared {
             let instance = self
                 .record_new_instance(&pool, Some(params.request_id.clone()))
                 .await?;
+            // The boot's ticket holds the purchase's room from now on: its
+            // place in line goes under the same lock, or refills would find
+            // that room taken twice until the instance is Ready.
+            let ticket = {
+                let mut locked = gate::lock(&self.gate);
+                if let Some(place) = queue.take() {
+                    place.leave_locked(&mut locked);
+                }
+                let az = &params.pool.availability_zone;
+                BootTicket::start_locked(&self.gate, &mut locked, az, flavor, false)
+            };
             let ready = tokio::time::timeout_at(
                 deadline,
-                self.drive_boot(instance.clone(), Timed::FromNow),
+                self.drive_boot_with(instance.clone(), ticket, Timed::FromNow),
             )
             .await;
             match ready {
@@ -1258,7 +1276,6 @@ impl Shared {
                 }
             }
         };
-        drop(queue);
         let claimed = self
             .update_instance(&ready.id, |current| {
                 (current.state == InstanceState::Ready).then(|| {

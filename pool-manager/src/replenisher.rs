@@ -700,7 +700,8 @@ impl Shared {
         self.drive_boot_with(instance, ticket, timed).await
     }
 
-    async fn drive_boot_with(
+    /// As [`Self::drive_boot`], its gate `ticket` started by the caller.
+    pub(crate) async fn drive_boot_with(
         self: &Arc<Self>,
         instance: Instance,
         ticket: BootTicket,

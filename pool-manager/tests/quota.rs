@@ -317,3 +317,73 @@ async fn boots_of_a_larger_flavor_take_their_cores_from_a_smaller_flavors_headro
     assert_eq!(sim.servers().len(), 6);
     manager.shutdown().await.unwrap();
 }
+
+/// A purchase that waited for quota leaves the line when its cold boot
+/// starts: from then on the boot itself holds its room. Counted both as a
+/// boot and as waiting, it kept a second server's room from the refills
+/// for its whole cold boot: with two servers freed, the refills got none.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_purchase_leaves_the_line_when_its_cold_boot_starts() {
+    let sim = sim_with_quota(3);
+    let cloud = GatedCloud::new(&sim);
+    let manager = PoolManager::new(
+        temp_store(),
+        cloud.clone(),
+        Arc::new(sim.probe()),
+        settings(),
+    );
+    let mut events = manager.events();
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(5)).await.unwrap();
+    wait_ready(&manager, 3).await;
+    for id in ["a", "b", "c"] {
+        manager
+            .allocate(request(id, new_volume(), EmptyPoolPolicy::FailFast))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let cold = {
+        let manager = manager.clone();
+        let mut order = request("cold", new_volume(), EmptyPoolPolicy::ColdBoot);
+        order.timeout = Some(Duration::from_secs(30 * 60));
+        tokio::spawn(async move { manager.allocate(order).await })
+    };
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!cold.is_finished(), "no room yet: the purchase waits");
+
+    // Two servers are freed before the purchase's next look at the quota,
+    // which finds room for both. Nothing boots at quota: the next server
+    // looked at is the purchase's.
+    let looking = cloud.hold_next("boot_headroom", At::Before);
+    let booting = cloud.hold_next("get_server", At::Before);
+    looking.reached().await;
+    sim.reset_call_counts();
+    manager.release("b", Some(true)).await.unwrap();
+    manager.release("c", Some(true)).await.unwrap();
+    looking.release();
+    booting.reached().await;
+    // The purchase takes one freed server, a refill the other.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(
+        sim.call_counts().get("create_server"),
+        Some(&2),
+        "{:?}",
+        status.sizing
+    );
+    assert_eq!(status.sizing.quota.left, Some(0), "{:?}", status.sizing);
+
+    booting.release();
+    let allocation = tokio::time::timeout(Duration::from_secs(600), cold)
+        .await
+        .expect("the cold boot got through")
+        .unwrap()
+        .unwrap();
+    assert!(!allocation.warm_hit);
+    wait_ready(&manager, 1).await;
+    assert_eq!(quota_refusals(&mut events), 0);
+    assert_eq!(sim.servers().len(), 3);
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
