@@ -410,15 +410,23 @@ impl Gate {
         })
     }
 
-    fn hold(&self, az: &str, now: Instant) -> Option<Hold> {
+    fn hold(&self, az: &str, flavor: &str, now: Instant) -> Option<Hold> {
         if let Some(until) = self.quota.paused_until.filter(|u| *u > now) {
             return Some(Hold::Quota { until });
         }
-        self.azs
+        let throttled = self
+            .azs
             .get(az)
             .and_then(|s| s.paused_until)
             .filter(|u| *u > now)
-            .map(|until| Hold::Throttled { until })
+            .map(|until| Hold::Throttled { until });
+        if throttled.is_none() && self.refill_headroom(flavor) == Some(0) {
+            // Nothing to boot until the next poll can show freed quota.
+            return Some(Hold::Quota {
+                until: self.headroom_due_at(flavor, now),
+            });
+        }
+        throttled
     }
 
     /// What the AZ allows now for speculative boots of `flavor`.
@@ -426,14 +434,8 @@ impl Gate {
         if !self.settings.enabled {
             return Admission::OPEN;
         }
-        let headroom = self.headroom_after(flavor, &self.quota.purchases_waiting);
-        let mut hold = self.hold(az, now);
-        if hold.is_none() && headroom == Some(0) {
-            // Nothing to boot until the next poll can show freed quota.
-            hold = Some(Hold::Quota {
-                until: self.headroom_due_at(flavor, now),
-            });
-        }
+        let headroom = self.refill_headroom(flavor);
+        let hold = self.hold(az, flavor, now);
         let state = self.az(az);
         let room = (state.window.floor() as u32).saturating_sub(state.gated);
         Admission {
@@ -522,6 +524,12 @@ impl Gate {
         self.headroom_after(flavor, &BTreeMap::new())
     }
 
+    /// As [`Self::headroom_left`], less what purchases waiting for quota
+    /// are kept: what speculative boots may take.
+    fn refill_headroom(&self, flavor: &str) -> Option<u64> {
+        self.headroom_after(flavor, &self.quota.purchases_waiting)
+    }
+
     /// As [`Self::headroom_left`], with `reserved` servers per flavor (of
     /// purchases waiting) also taken.
     fn headroom_after(&self, flavor: &str, reserved: &BTreeMap<String, u64>) -> Option<u64> {
@@ -585,7 +593,7 @@ impl Gate {
             },
             Some(e) => HeadroomStatus {
                 polled: e.servers.flatten(),
-                left: self.headroom_left(flavor),
+                left: self.refill_headroom(flavor),
                 limited_by: e.limited_by.clone(),
                 beyond_quota: e.beyond_quota,
                 polled_at: Some(e.polled_at),
@@ -735,9 +743,15 @@ impl Gate {
         }
     }
 
-    pub fn status(&mut self, az: &str, now: Instant) -> GateStatus {
+    /// The AZ's gate as a pool of `flavor` there sees it: held as its
+    /// admission is.
+    pub fn status(&mut self, az: &str, flavor: &str, now: Instant) -> GateStatus {
         let enabled = self.settings.enabled;
-        let hold = if enabled { self.hold(az, now) } else { None };
+        let hold = if enabled {
+            self.hold(az, flavor, now)
+        } else {
+            None
+        };
         let refusals = self.quota.refusals;
         let state = self.az(az);
         GateStatus {

@@ -284,7 +284,7 @@ impl Shared {
         let (gate, quota) = {
             let mut gate = gate::lock(&self.gate);
             (
-                gate.status(&record.key.availability_zone, now),
+                gate.status(&record.key.availability_zone, &record.key.flavor, now),
                 gate.headroom_status(&record.key.flavor),
             )
         };

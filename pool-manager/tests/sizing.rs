@@ -6,7 +6,9 @@ mod common;
 
 use common::*;
 use pool_manager::cloud::{BootHeadroom, CloudError, QuotaLeft, MAX_RETRY_AFTER};
-use pool_manager::gate::{Admission, BootSignal, Gate, GateSettings, Hold, TicketInfo};
+use pool_manager::gate::{
+    Admission, BootSignal, Gate, GateSettings, Hold, TicketInfo, DEFAULT_HEADROOM_INTERVAL,
+};
 use pool_manager::model::{EmptyPoolPolicy, InstanceState, Target};
 use pool_manager::sizing::{
     auto_target, decide, surplus_kept, z_for, Demand, DemandEstimate, Inputs, LeadEstimate,
@@ -524,7 +526,7 @@ fn retry_after_pauses_new_boots_in_that_az_with_jitter() {
         .unwrap()
         .until();
     assert!(until >= t0 + secs(35) && until <= t0 + secs(36));
-    assert_eq!(g.status("az1", t0).throttled, 3);
+    assert_eq!(g.status("az1", "db.small", t0).throttled, 3);
 
     // The jitter is seeded: the same seed gives the same pause.
     let pause = |seed| {
@@ -596,7 +598,7 @@ fn refusals_during_a_quota_pause_do_not_lengthen_it() {
         })
     );
     assert_eq!(
-        g.status("az1", t0).quota_refusals,
+        g.status("az1", "db.small", t0).quota_refusals,
         7,
         "every refusal counts"
     );
@@ -629,11 +631,11 @@ fn a_huge_quota_backoff_pauses_without_overflowing() {
 fn simultaneous_429s_with_retry_after_zero_halve_the_window_once() {
     let t0 = Instant::now();
     let mut g = gate(GateSettings::default());
-    let before = g.status("az1", t0).window;
+    let before = g.status("az1", "db.small", t0).window;
     for _ in 0..8 {
         g.throttled("az1", Some(Duration::ZERO), t0);
     }
-    let s = g.status("az1", t0);
+    let s = g.status("az1", "db.small", t0);
     assert_eq!((s.window, s.decreases), (before / 2.0, 1), "{s:?}");
     assert!(s.hold.is_some(), "a pause, however short, holds new boots");
 }
@@ -698,7 +700,7 @@ fn quota_refusal_pauses_speculative_boots_with_backoff() {
             .until(),
         t0 + secs(430)
     );
-    assert_eq!(g.status("az1", t0).quota_refusals, 5);
+    assert_eq!(g.status("az1", "db.small", t0).quota_refusals, 5);
 }
 
 /// Room for `servers` more, the instances quota binding.
@@ -908,6 +910,35 @@ fn quota_headroom_caps_speculative_boots_and_purchases_go_first() {
     assert_eq!(off.admission("az1", "db.small", t0), Admission::OPEN);
 }
 
+/// GetPool shows what the decider is given: a quota whose headroom a
+/// waiting purchase takes holds the pool's refills, and nothing is left
+/// for them.
+#[test]
+fn the_status_shows_the_hold_of_a_headroom_a_waiting_purchase_takes() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings::default());
+    g.headroom_polled("db.small", g.boots_started(), room(1), t0);
+    g.purchase_waiting("db.small", true);
+    let admitted = g.admission("az1", "db.small", t0);
+    assert_eq!(
+        admitted.hold,
+        Some(Hold::Quota {
+            until: t0 + DEFAULT_HEADROOM_INTERVAL
+        })
+    );
+    assert_eq!(g.status("az1", "db.small", t0).hold, admitted.hold);
+    let quota = g.headroom_status("db.small");
+    assert_eq!((quota.polled, quota.left), (Some(1), Some(0)));
+
+    // Its cold boot starts: the boot holds the room instead.
+    g.purchase_waiting("db.small", false);
+    g.start("az1", "db.small", false, t0);
+    assert_eq!(g.status("az1", "db.small", t0).hold, admitted.hold);
+    assert_eq!(g.headroom_status("db.small").left, Some(0));
+    // A pool of another flavor is not held by this one's headroom.
+    assert_eq!(g.status("az1", "db.large", t0).hold, None);
+}
+
 #[test]
 fn iops_limits_set_the_lead_time_prior() {
     use pool_manager::sizing::{lead_time_prior, CALIBRATED_THROTTLED_IOPS};
@@ -987,7 +1018,7 @@ fn aimd_window_grows_near_baseline_and_halves_on_inflation() {
     // A lone boot sets the baseline.
     let lone = g.start("az1", "db.small", true, t0);
     g.finish(&lone, BootSignal::Built { build: secs(60) }, t0 + secs(60));
-    assert_eq!(g.status("az1", t0).baseline, Some(secs(60)));
+    assert_eq!(g.status("az1", "db.small", t0).baseline, Some(secs(60)));
 
     // Slow start: a full window of good boots doubles it, round after round.
     let mut t = t0 + secs(60);
@@ -998,7 +1029,7 @@ fn aimd_window_grows_near_baseline_and_halves_on_inflation() {
         for ticket in &tickets {
             g.finish(ticket, BootSignal::Built { build: secs(62) }, t);
         }
-        assert_eq!(g.status("az1", t).window, expected);
+        assert_eq!(g.status("az1", "db.small", t).window, expected);
     }
 
     // Inflated boots (contention): halve once per round trip, not per boot.
@@ -1007,19 +1038,19 @@ fn aimd_window_grows_near_baseline_and_halves_on_inflation() {
     for ticket in &tickets {
         g.finish(ticket, BootSignal::Built { build: secs(120) }, t);
     }
-    let s = g.status("az1", t);
+    let s = g.status("az1", "db.small", t);
     assert_eq!((s.window, s.decreases), (16.0, 1));
     // Boots started after the decrease may halve it again.
     let tickets = start_n(&mut g, 16, t);
     t += secs(100);
     g.finish(&tickets[0], BootSignal::Built { build: secs(100) }, t);
-    assert_eq!(g.status("az1", t).window, 8.0);
+    assert_eq!(g.status("az1", "db.small", t).window, 8.0);
     // Near baseline again: once the smoothed ratio has come down, additive
     // increase (+1/window per good boot, about +1 per window of boots).
     for ticket in &tickets[1..] {
         g.finish(ticket, BootSignal::Built { build: secs(61) }, t);
     }
-    let s = g.status("az1", t);
+    let s = g.status("az1", "db.small", t);
     assert!(s.window > 8.0 && s.window < 9.5, "{s:?}");
     assert!(s.latency_ratio.unwrap() < 1.2, "{s:?}");
     assert_eq!(s.gated_in_flight, 0);
@@ -1028,7 +1059,7 @@ fn aimd_window_grows_near_baseline_and_halves_on_inflation() {
     for ticket in &tickets {
         g.finish(ticket, BootSignal::Built { build: secs(61) }, t + secs(61));
     }
-    let w = g.status("az1", t).window;
+    let w = g.status("az1", "db.small", t).window;
     assert!(w - before > 0.8 && w - before < 1.0, "{before} -> {w}");
 
     // One slow boot among good ones does not halve the window.
@@ -1038,7 +1069,7 @@ fn aimd_window_grows_near_baseline_and_halves_on_inflation() {
         BootSignal::Built { build: secs(100) },
         t + secs(100),
     );
-    assert_eq!(g.status("az1", t).decreases, 2);
+    assert_eq!(g.status("az1", "db.small", t).decreases, 2);
     for ticket in &tickets[1..] {
         g.finish(ticket, BootSignal::Built { build: secs(61) }, t + secs(100));
     }
@@ -1058,7 +1089,7 @@ fn aimd_does_not_grow_an_unused_window_and_follows_a_slower_cloud() {
         t += secs(60);
         g.finish(&ticket, BootSignal::Built { build: secs(60) }, t);
     }
-    assert_eq!(g.status("az1", t).window, 8.0);
+    assert_eq!(g.status("az1", "db.small", t).window, 8.0);
 
     // The whole cloud slows down 5x (IOPS throttling). Lone boots show it,
     // the baseline follows, and the window stops shrinking.
@@ -1067,7 +1098,7 @@ fn aimd_does_not_grow_an_unused_window_and_follows_a_slower_cloud() {
         t += secs(300);
         g.finish(&ticket, BootSignal::Built { build: secs(300) }, t);
     }
-    let s = g.status("az1", t);
+    let s = g.status("az1", "db.small", t);
     assert!(s.baseline.unwrap() > secs(280), "{s:?}");
     assert!(s.window >= 4.0, "at most one halving: {s:?}");
     // Four at once at the new speed are fine again.
@@ -1076,7 +1107,7 @@ fn aimd_does_not_grow_an_unused_window_and_follows_a_slower_cloud() {
     for ticket in &tickets {
         g.finish(ticket, BootSignal::Built { build: secs(305) }, t);
     }
-    assert!(g.status("az1", t).window >= s.window);
+    assert!(g.status("az1", "db.small", t).window >= s.window);
 }
 
 fn built(s: u64) -> BootSignal {
@@ -1111,7 +1142,7 @@ fn slow_start_turns_conservative_on_slower_builds_and_resumes_when_they_were_noi
         g.finish(ticket, built(25), t);
     }
     g.finish(&tickets[7], built(32), t);
-    let s = g.status("az1", t);
+    let s = g.status("az1", "db.small", t);
     assert_eq!(s.window, 15.0, "{s:?}");
     assert!(s.latency_ratio.unwrap() < 1.2, "{s:?}");
     let tickets = start_n(&mut g, 15, t);
@@ -1119,19 +1150,19 @@ fn slow_start_turns_conservative_on_slower_builds_and_resumes_when_they_were_noi
     for ticket in &tickets[..4] {
         g.finish(ticket, built(25), t);
     }
-    assert_eq!(g.status("az1", t).window, 16.0);
+    assert_eq!(g.status("az1", "db.small", t).window, 16.0);
 
     // A round (a window of builds) faster than the builds before the slow
     // one: the exit was noise, slow start resumes (+1 per good build).
     for ticket in &tickets[4..] {
         g.finish(ticket, built(24), t);
     }
-    let w = g.status("az1", t).window;
+    let w = g.status("az1", "db.small", t).window;
     assert_eq!(w, 16.0 + 10.0 * 0.25 + 1.0);
     let ticket = g.start("az1", "db.small", true, t);
     let _others = start_n(&mut g, 20, t);
     g.finish(&ticket, built(25), t + secs(25));
-    assert_eq!(g.status("az1", t).window, w + 1.0);
+    assert_eq!(g.status("az1", "db.small", t).window, w + 1.0);
 }
 
 #[test]
@@ -1147,12 +1178,12 @@ fn slow_start_ends_after_conservative_rounds_that_stay_slower() {
     // per build, then congestion avoidance (+1/window per build).
     let mut rounds = 0;
     loop {
-        let before = g.status("az1", t).window;
+        let before = g.status("az1", "db.small", t).window;
         let ticket = g.start("az1", "db.small", true, t);
         let _load = start_n(&mut g, before as u32, t);
         t += secs(27);
         g.finish(&ticket, built(27), t);
-        let after = g.status("az1", t).window;
+        let after = g.status("az1", "db.small", t).window;
         if (after - before - 0.25).abs() > 1e-9 {
             assert!(
                 (after - before - 1.0 / before).abs() < 1e-9,
@@ -1183,7 +1214,7 @@ fn inflation_never_shrinks_the_window_below_what_the_cloud_just_delivered() {
     for ticket in &tickets[26..30] {
         g.finish(ticket, built(40), t + secs(40));
     }
-    let s = g.status("az1", t + secs(40));
+    let s = g.status("az1", "db.small", t + secs(40));
     assert_eq!((s.window, s.decreases), (30.0, 1), "{s:?}");
 
     // Later, with nothing delivered lately, inflation halves it.
@@ -1192,7 +1223,7 @@ fn inflation_never_shrinks_the_window_below_what_the_cloud_just_delivered() {
     for ticket in &tickets[..6] {
         g.finish(ticket, built(60), t + secs(60));
     }
-    let s = g.status("az1", t + secs(60));
+    let s = g.status("az1", "db.small", t + secs(60));
     assert_eq!((s.window, s.decreases), (15.0, 2), "{s:?}");
 }
 
