@@ -260,7 +260,7 @@ struct AzState {
     /// EWMA of build time / baseline over recent builds.
     ratio: Option<f64>,
     /// The first boots seen; their median is the baseline until a boot
-    /// with few others in flight measures it.
+    /// with few others in flight measures it or it goes stale.
     first: Vec<Duration>,
     low_load_seen: bool,
     recent: VecDeque<Duration>,
@@ -792,7 +792,8 @@ fn observe_build(
         state.baseline = Some(new);
         state.baseline_at = Some(now);
     };
-    if state.first.len() < RECENT {
+    let among_first = state.first.len() < RECENT;
+    if among_first {
         state.first.push(build);
     }
     match state.baseline {
@@ -804,9 +805,11 @@ fn observe_build(
             state.low_load_seen = true;
             rebase(state, build);
         }
-        _ if !state.low_load_seen => {
+        _ if !state.low_load_seen && among_first => {
             // No uncontended boot seen yet: the median of the first boots
-            // (robust to one lucky or unlucky boot).
+            // (robust to one lucky or unlucky boot). Only while they come
+            // in: re-taken at every later build, the median would never be
+            // stale, and an AZ that is never quiet would keep it for good.
             let mut first = state.first.clone();
             first.sort_unstable();
             rebase(state, first[(first.len() - 1) / 2]);

@@ -1110,6 +1110,37 @@ fn aimd_does_not_grow_an_unused_window_and_follows_a_slower_cloud() {
     assert!(g.status("az1", "db.small", t).window >= s.window);
 }
 
+/// An AZ never quiet enough for an uncontended build follows a cloud that
+/// slowed down for good once its baseline is stale, as a quiet AZ does.
+#[test]
+fn a_busy_az_follows_a_slower_cloud_once_its_baseline_is_stale() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings::default());
+    // Three builds in flight at all times: none measures the baseline alone.
+    let mut t = t0;
+    let round = |g: &mut Gate, t: &mut Instant, build: u64| {
+        let tickets = start_n(g, 3, *t);
+        *t += secs(build);
+        for ticket in &tickets {
+            g.finish(ticket, built(build), *t);
+        }
+    };
+    for _ in 0..3 {
+        round(&mut g, &mut t, 60);
+    }
+    assert_eq!(g.status("az1", t).baseline, Some(secs(60)));
+
+    // The cloud becomes 3x slower for good.
+    let slow_since = t;
+    while t < slow_since + secs(40 * 60) {
+        round(&mut g, &mut t, 180);
+    }
+    let s = g.status("az1", t);
+    assert!(s.baseline.unwrap() > secs(150), "{s:?}");
+    assert!(s.latency_ratio.unwrap() < 1.2, "{s:?}");
+    assert!(s.window > 4.0, "the window grows again: {s:?}");
+}
+
 fn built(s: u64) -> BootSignal {
     BootSignal::Built { build: secs(s) }
 }
