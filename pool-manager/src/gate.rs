@@ -189,7 +189,8 @@ pub enum BootSignal {
     /// The cloud refused the create (a 400, a deleted image, quota, a 429
     /// to the end): no server, so no quota held and no latency signal.
     Refused,
-    /// Failed or taken over: no latency signal.
+    /// Failed, taken over, or seen ACTIVE only after a retry's pause: no
+    /// latency signal.
     NoSignal,
 }
 

@@ -1853,6 +1853,28 @@ async fn a_429_before_the_create_is_no_build_time_to_the_gate() {
     assert!(build < retry_after, "{build:?} counts the 429's pause");
 }
 
+/// A status poll answered 429 leaves the build's end somewhere in the
+/// Retry-After pause: the server became ACTIVE after 25 s, but was seen so
+/// only after 60 s, which would read to the gate as a build of 60 s.
+#[tokio::test(start_paused = true)]
+async fn a_429_on_a_status_poll_is_no_build_time_to_the_gate() {
+    let sim = sim();
+    let throttled_once = std::sync::atomic::AtomicBool::new(false);
+    let cloud = GatedCloud::with_fault(&sim, move |method| {
+        (method == "get_server" && !throttled_once.swap(true, std::sync::atomic::Ordering::SeqCst))
+            .then(|| CloudError::Throttled {
+                retry_after: Some(secs(60)),
+                message: "Rate limit exceeded".into(),
+            })
+    });
+    // Two builds at once: both measure the baseline.
+    let manager = started_over(&cloud, temp_store(), 2).await;
+    let gate = manager.get_pool(&pool()).await.unwrap().sizing.gate;
+    assert_eq!(gate.throttled, 1, "{gate:?}");
+    let baseline = gate.baseline.expect("the other build was observed");
+    assert!(baseline < secs(30), "{baseline:?} counts the 429's pause");
+}
+
 /// A settings change answers with no plan until the next step makes one
 /// for the new settings: the old plan ("at target, 0 new boots" for a
 /// target just raised) contradicted the answer's own target. A paused pool
