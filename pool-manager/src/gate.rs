@@ -859,9 +859,13 @@ fn observe_build(
         if shows_current_window {
             // Never below what the cloud just delivered per round trip: a
             // smaller window would carry fewer builds than the hosts finish,
-            // and only a window above it queues (Little's law).
-            let floor = state.delivered.len() as f64;
-            decrease(state, min_window.max(floor), now);
+            // and only a window above it queues (Little's law). A window
+            // already at the floor is not what queues the builds, so it is
+            // no decrease: not counted, and slow start goes on.
+            let floor = min_window.max(state.delivered.len() as f64);
+            if floor < state.window {
+                decrease(state, floor, now);
+            }
         }
     } else if ratio > settings.shrink_above {
         // Recent boots were slow, this one was not: wait for more.

@@ -1258,6 +1258,34 @@ fn inflation_never_shrinks_the_window_below_what_the_cloud_just_delivered() {
     assert_eq!((s.window, s.decreases), (15.0, 2), "{s:?}");
 }
 
+/// Inflation while the hosts deliver a whole window per baseline leaves the
+/// window as it is, and that is no decrease.
+#[test]
+fn a_decrease_the_delivered_floor_cancels_is_not_counted() {
+    let (mut g, t) = gate_after_a_lone_build(1, 64);
+    assert_eq!(g.status("az1", t).window, 2.0);
+    // Purchases (not gated) slow the builds down: 4 finish within the
+    // baseline, more than the window of 2.
+    let purchases: Vec<_> = (0..4)
+        .map(|_| g.start("az1", "db.small", false, t))
+        .collect();
+    for ticket in &purchases {
+        g.finish(ticket, built(50), t + secs(50));
+    }
+    let s = g.status("az1", t + secs(50));
+    assert!(s.latency_ratio.unwrap() > 1.4, "{s:?}");
+    assert_eq!((s.window, s.decreases), (2.0, 0), "{s:?}");
+
+    // Later, with nothing delivered lately, inflation halves it (a
+    // purchase alongside: three in flight do not measure the baseline).
+    let t = t + secs(200);
+    let tickets = start_n(&mut g, 2, t);
+    let _purchase = g.start("az1", "db.small", false, t);
+    g.finish(&tickets[0], built(60), t + secs(60));
+    let s = g.status("az1", t + secs(60));
+    assert_eq!((s.window, s.decreases), (1.0, 1), "{s:?}");
+}
+
 // ---- through a manager on the paused clock ---------------------------------
 
 fn sim_with(f: impl FnOnce(&mut cloudsim::SimConfig)) -> std::sync::Arc<cloudsim::SimCloud> {
