@@ -450,8 +450,13 @@ fn main() -> anyhow::Result<()> {
             contention::fill(args.fill, *c, args.seed)
         })
     };
-    let lone = (!args.no_contention).then(|| contention::lone_boot(args.seed));
-    let lone_build = (!args.no_contention).then(|| contention::lone_build(args.seed));
+    let (lone, lone_build) = match args.no_contention {
+        true => (None, None),
+        false => {
+            let (boot, build) = contention::lone(args.seed);
+            (Some(boot), Some(build))
+        }
+    };
 
     let ttrs: Vec<Measured> = if args.no_ttr {
         Vec::new()
@@ -582,10 +587,11 @@ fn main() -> anyhow::Result<()> {
         let lone_build = lone_build.unwrap_or_default();
         let _ = writeln!(
             md,
-            "## Host contention: refilling {} instances from empty\n\nOne AZ of 4 hosts; each boot passes once through its host's serialized section (k = 4.5 s, one boot at a time, so a batch of n on one host ends at `T_alone + k*(n-1)`); no API rate limit. A lone boot takes {} (from the pool's creation until it is Ready); its build (request to ACTIVE, the part contention stretches) {}.\n",
+            "## Host contention: refilling {} instances from empty\n\nOne AZ of 4 hosts; each boot passes once through its host's serialized section (k = 4.5 s, one boot at a time, so a batch of n on one host ends at `T_alone + k*(n-1)`); no API rate limit. A lone boot takes {} from its request until it is Ready, its build (request to ACTIVE, the part contention stretches) {} (medians of {} boots made one at a time).\n",
             args.fill,
             report::duration(lone),
-            report::duration(lone_build)
+            report::duration(lone_build),
+            contention::LONE_BOOTS
         );
         let _ = writeln!(md, "| concurrency | fill time | instances/min | boot p50 | boot p99 | p99 / lone boot | build p99 | build p99 / lone build |\n|---|--:|--:|--:|--:|--:|--:|--:|");
         for f in &fills {
