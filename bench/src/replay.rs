@@ -7,7 +7,7 @@ use crate::counting::CountingCloud;
 use crate::demand::{CloudEvent, Scenario};
 use crate::memstore::MemStore;
 use cloudsim::SimCloud;
-use pool_manager::events::{BootOutcome, EventKind};
+use pool_manager::events::{BootOutcome, Event, EventKind};
 use pool_manager::gate::GateSettings;
 use pool_manager::model::{
     AllocationParams, EmptyPoolPolicy, InstanceState, NetworkRequest, PoolKey, PoolSpec, Target,
@@ -31,7 +31,8 @@ pub enum Policy {
     /// Static, with a size per pool (a static sizing chosen in hindsight).
     StaticPerPool(BTreeMap<PoolKey, u32>),
     /// Starts with `n` per pool and boots exactly one instance for every
-    /// purchase, warm or cold (a cold purchase grows the pool by one).
+    /// purchase, warm or cold (a purchase that finds the pool empty grows it
+    /// by one, at that moment).
     ReplaceOnConsume(u32),
     /// warmpool: `target = auto` and the throttle gate.
     Auto,
@@ -396,6 +397,41 @@ async fn replay(scenario: &Scenario, policy: &Policy, options: &Options) -> RunR
         });
     }
 
+    // Replace-on-consume grows a pool by one at each miss, when the
+    // purchase finds it empty (its `Exhausted` event), as an operator's
+    // rule reacting to a miss would; not when the purchase's cold boot has
+    // answered, a lead time later.
+    if matches!(policy, Policy::ReplaceOnConsume(_)) {
+        let mut events = manager.events();
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(Event {
+                        pool: Some(pool),
+                        kind: EventKind::Exhausted,
+                        ..
+                    }) => {
+                        let _ = manager
+                            .update_pool(&pool, |s| {
+                                if let Target::Fixed(n) = s.target {
+                                    s.target = Target::Fixed(n + 1);
+                                    s.min_ready = n + 1;
+                                    s.max_ready = s.max_ready.max(n + 1);
+                                }
+                            })
+                            .await;
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        eprintln!("replace-on-consume fell behind the events: {missed} missed, some misses did not grow a pool");
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+
     // The purchases.
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Purchase>();
     for (index, arrival) in scenario.arrivals.iter().enumerate() {
@@ -404,24 +440,11 @@ async fn replay(scenario: &Scenario, policy: &Policy, options: &Options) -> RunR
         let done = done_tx.clone();
         let pool = arrival.pool.clone();
         let measured = arrival.at >= options.burn_in;
-        let grow_on_miss = matches!(policy, Policy::ReplaceOnConsume(_));
         tokio::spawn(async move {
             let id = format!("p{index}");
             let started = Instant::now();
             let outcome = manager.allocate(request(id.clone(), pool.clone())).await;
             let ttr = started.elapsed();
-            let warm = outcome.as_ref().map(|a| a.warm_hit).unwrap_or(false);
-            if grow_on_miss && !warm {
-                let _ = manager
-                    .update_pool(&pool, |s| {
-                        if let Target::Fixed(n) = s.target {
-                            s.target = Target::Fixed(n + 1);
-                            s.min_ready = n + 1;
-                            s.max_ready = s.max_ready.max(n + 1);
-                        }
-                    })
-                    .await;
-            }
             let _ = done.send(Purchase {
                 pool,
                 measured,
