@@ -2,7 +2,8 @@
 //! host slow each other down (calibration.md: `T_alone + k*n`, a host's serialized section passes one boot per k)?
 //!
 //! One pool is filled from empty to `n` instances, once per fixed boot
-//! concurrency (no gate) and once with the adaptive AIMD window. Throughput
+//! concurrency (no gate), once per fixed window of builds (the gate's
+//! window held at one size) and once with the adaptive AIMD window. Throughput
 //! is instances per minute until the last is Ready; boot p99 is compared with
 //! a lone boot's lead time. The cloud is `base_cloud` without the API rate
 //! limit, so only host contention limits the boots.
@@ -20,10 +21,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// What limits a fill's boots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// At most this many boots in flight (request to Ready), no gate: a
+    /// static pool's refill, Nodepool's or an AWS warm pool's.
+    Boots(u32),
+    /// At most this many builds in flight (request to ACTIVE), the gate's
+    /// window held fixed: what the adaptive window counts, at one size.
+    Builds(u32),
+    /// The gate's adaptive (AIMD) window.
+    Adaptive,
+}
+
 #[derive(Clone, Debug)]
 pub struct Fill {
-    /// `None`: the adaptive window.
-    pub concurrency: Option<u32>,
+    pub limit: Limit,
     pub instances: u32,
     pub fill_time: Duration,
     /// Boot request to mysqld answering, per instance.
@@ -36,9 +49,10 @@ pub struct Fill {
 
 impl Fill {
     pub fn label(&self) -> String {
-        match self.concurrency {
-            Some(c) => format!("fixed {c}"),
-            None => "adaptive (AIMD)".into(),
+        match self.limit {
+            Limit::Boots(n) => format!("fixed {n} boots"),
+            Limit::Builds(n) => format!("fixed window of {n} builds"),
+            Limit::Adaptive => "adaptive (AIMD) window of builds".into(),
         }
     }
 
@@ -55,9 +69,8 @@ impl Fill {
     }
 }
 
-/// Fills a pool of `instances` with at most `concurrency` boots in flight
-/// (`None`: the throttle gate's adaptive window).
-pub fn fill(instances: u32, concurrency: Option<u32>, seed: u64) -> Fill {
+/// Fills a pool of `instances`, its boots limited by `limit`.
+pub fn fill(instances: u32, limit: Limit, seed: u64) -> Fill {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -72,11 +85,21 @@ pub fn fill(instances: u32, concurrency: Option<u32>, seed: u64) -> Fill {
             poll_interval: Duration::from_secs(2),
             replenish_interval: Duration::from_secs(30),
             reconcile_interval: Duration::from_secs(3600),
-            max_concurrent_boots: concurrency.unwrap_or(instances),
+            max_concurrent_boots: match limit {
+                Limit::Boots(n) => n,
+                Limit::Builds(_) | Limit::Adaptive => instances,
+            },
             retry_backoff: Duration::from_millis(500),
-            gate: match concurrency {
-                Some(_) => GateSettings::disabled(),
-                None => GateSettings {
+            gate: match limit {
+                Limit::Boots(_) => GateSettings::disabled(),
+                Limit::Builds(n) => GateSettings {
+                    seed,
+                    initial_window: n,
+                    min_window: n,
+                    max_window: n,
+                    ..GateSettings::default()
+                },
+                Limit::Adaptive => GateSettings {
                     seed,
                     ..GateSettings::default()
                 },
@@ -142,7 +165,7 @@ pub fn fill(instances: u32, concurrency: Option<u32>, seed: u64) -> Fill {
         let _ = manager.shutdown().await;
         let leads = leads.lock().expect("leads").clone();
         Fill {
-            concurrency,
+            limit,
             instances,
             fill_time,
             leads,
@@ -161,6 +184,6 @@ pub const LONE_BOOTS: u32 = 21;
 /// fills' boots are) and of the build (request to ACTIVE). One boot's
 /// draw would carry its own jitter (10 % on each phase) into every ratio.
 pub fn lone(seed: u64) -> (Duration, Duration) {
-    let alone = fill(LONE_BOOTS, Some(1), seed);
+    let alone = fill(LONE_BOOTS, Limit::Boots(1), seed);
     (alone.lead_p(0.5), alone.build_p(0.5))
 }

@@ -10,7 +10,7 @@
 
 use anyhow::Context;
 use bench::bound::{self, Knowledge, Modelled};
-use bench::contention::{self, Fill};
+use bench::contention::{self, Fill, Limit};
 use bench::demand::{self, Scenario};
 use bench::replay::{self, Policy, RunResult, AUTO_MIN_READY};
 use bench::report;
@@ -439,15 +439,19 @@ fn main() -> anyhow::Result<()> {
         Vec::new()
     } else {
         eprintln!("concurrency sweep: filling {} instances", args.fill);
-        let mut configs: Vec<Option<u32>> = [1, 2, 4, 8, 16, 32, 64, 128]
-            .into_iter()
-            .filter(|c| *c < args.fill)
-            .map(Some)
+        let sizes = || {
+            [1, 2, 4, 8, 16, 32, 64, 128]
+                .into_iter()
+                .filter(|c| *c < args.fill)
+                .chain([args.fill])
+        };
+        let configs: Vec<Limit> = sizes()
+            .map(Limit::Boots)
+            .chain(sizes().filter(|n| *n >= 4).map(Limit::Builds))
+            .chain([Limit::Adaptive])
             .collect();
-        configs.push(Some(args.fill));
-        configs.push(None);
-        parallel(&configs, args.jobs, |c| {
-            contention::fill(args.fill, *c, args.seed)
+        parallel(&configs, args.jobs, |limit| {
+            contention::fill(args.fill, *limit, args.seed)
         })
     };
     let (lone, lone_build) = match args.no_contention {
@@ -846,8 +850,12 @@ fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
         }
     }
 
-    if let (Some(adaptive), Some(lone)) = (fills.iter().find(|f| f.concurrency.is_none()), lone) {
-        let fixed: Vec<&Fill> = fills.iter().filter(|f| f.concurrency.is_some()).collect();
+    if let (Some(adaptive), Some(lone)) = (fills.iter().find(|f| f.limit == Limit::Adaptive), lone)
+    {
+        let fixed: Vec<&Fill> = fills
+            .iter()
+            .filter(|f| f.limit != Limit::Adaptive)
+            .collect();
         if let Some(best) = fixed
             .iter()
             .max_by(|a, b| a.per_minute().total_cmp(&b.per_minute()))
@@ -876,6 +884,19 @@ fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
                     if build_p99 <= 1.5 { "within" } else { "over" },
                     if build_p99 > 1.5 { format!(", by {:.2}x", build_p99 - 1.5) } else { String::new() }
                 );
+                if let Some(bounded) = fixed
+                    .iter()
+                    .filter(|f| f.build_p(0.99).as_secs_f64() <= 1.5 * lone_build.as_secs_f64())
+                    .max_by(|a, b| a.per_minute().total_cmp(&b.per_minute()))
+                {
+                    let _ = writeln!(
+                        md,
+                        "  Among fixed limits that keep build p99 <= 1.5x a lone build, the best is {} at {:.1}/min; the adaptive window reached {:.2}x of that.",
+                        bounded.label(),
+                        bounded.per_minute(),
+                        adaptive.per_minute() / bounded.per_minute()
+                    );
+                }
             }
             if let Some(bounded) = fixed
                 .iter()
