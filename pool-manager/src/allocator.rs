@@ -1949,8 +1949,9 @@ impl Shared {
     /// For an allocation whose instance `instance_id` has no record: if an
     /// operator set that record aside as unreadable, deletes the server the
     /// allocation recorded, its volume detached first (the reconciler
-    /// leaves such a server alone, so this is the one place it goes).
-    /// Otherwise another release or rollback deleted it with its record.
+    /// leaves such a server alone, so this is the one place it goes, and
+    /// it is gone before the allocation is). Otherwise another release or
+    /// rollback deleted it before its record.
     async fn delete_server_if_set_aside(
         &self,
         allocation: &Allocation,
@@ -1973,9 +1974,7 @@ impl Shared {
             })
             .await?;
         }
-        self.retry(deadline, || self.cloud.delete_server(server_id))
-            .await?;
-        Ok(())
+        self.delete_server_until_gone(server_id, deadline).await
     }
 
     /// Deletes the server, port and (if decided) volume of a `Releasing`

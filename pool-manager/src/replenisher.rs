@@ -1020,15 +1020,57 @@ impl Shared {
         self.finish_delete(&deleting).await
     }
 
-    /// Deletes the server of a `Deleting` (or `Releasing`) instance and its record.
+    /// Deletes the server of a `Deleting` (or `Releasing`) instance and its
+    /// record. The record of a server a purchase had goes only once the
+    /// server is gone: it may hold the tenant's volume (a detach Nova
+    /// refused), and the reconciler never deletes a server it does not
+    /// know that holds one, so a delete the compute host failed after Nova
+    /// accepted it would leave the server up, holding the volume, for good.
+    /// A pool server's delete that fails so is the leak sweep's.
     pub(crate) async fn finish_delete(&self, instance: &Instance) -> ManagerResult<()> {
         if let Some(server_id) = &instance.server_id {
             let deadline = self.cleanup_deadline();
-            self.retry(deadline, || self.cloud.delete_server(server_id))
-                .await?;
+            if instance.request_id.is_some() {
+                self.delete_server_until_gone(server_id, deadline).await?;
+            } else {
+                self.retry(deadline, || self.cloud.delete_server(server_id))
+                    .await?;
+            }
         }
         self.update_instance(&instance.id, |_| Some(None)).await?;
         Ok(())
+    }
+
+    /// Deletes a server and waits until it is gone, or soft-deleted (the
+    /// reconciler finishes that delete, volume or not). Nova shows a delete
+    /// it accepted as `deleting` until the compute host is done; a server
+    /// that is not, and is still there, had its delete fail on the host,
+    /// and is sent it again.
+    pub(crate) async fn delete_server_until_gone(
+        &self,
+        server_id: &str,
+        deadline: Instant,
+    ) -> ManagerResult<()> {
+        let pause = self.settings.poll_interval.min(Duration::from_millis(500));
+        loop {
+            self.retry(deadline, || self.cloud.delete_server(server_id))
+                .await?;
+            loop {
+                if Instant::now() >= deadline {
+                    return Err(CloudError::Transient(format!(
+                        "server {server_id} is still there after its delete"
+                    ))
+                    .into());
+                }
+                tokio::time::sleep(pause).await;
+                match self.cloud.get_server(server_id).await {
+                    Err(CloudError::NotFound(_)) => return Ok(()),
+                    Ok(server) if server.status == ServerStatus::Deleted => return Ok(()),
+                    Ok(server) if !server.deleting => break,
+                    _ => {}
+                }
+            }
+        }
     }
 }
 

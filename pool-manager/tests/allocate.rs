@@ -739,6 +739,40 @@ async fn release_of_a_server_in_error_deletes_it_and_frees_the_volume() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A delete Nova accepts may still fail on the compute host, which puts
+/// the server back in ERROR as it was: for a release whose detach Nova
+/// refused, with the tenant's volume attached. The reconciler never
+/// deletes a server it does not know that holds a volume, so the instance
+/// is forgotten only once its server is gone: the release sends the
+/// delete again, and the volume is free for the tenant's next purchase.
+#[tokio::test(start_paused = true)]
+async fn release_whose_delete_the_host_failed_deletes_the_server_again() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let allocation = manager
+        .allocate(request("order-h", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let server = allocation.server_id.clone().unwrap();
+    assert!(sim.fail_server(&server, "host compute-2 is down"));
+    cloud.undo_next_delete();
+
+    let released = manager.release("order-h", None).await.unwrap();
+    assert_eq!(released.state, AllocationState::Released);
+    for _ in 0..3 {
+        manager.reconcile().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    assert!(
+        !sim.servers().iter().any(|s| s.server.id == server),
+        "the server whose delete failed still exists"
+    );
+    let volume = sim.volumes().pop().expect("the tenant's volume is kept");
+    assert!(volume.attached_to.is_empty(), "{volume:?}");
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A reconcile pass retires a Ready instance whose server went into ERROR
 /// (its host failed) and the pool refills, so no purchase has to find it.
 #[tokio::test(start_paused = true)]
@@ -2762,6 +2796,21 @@ async fn an_attach_failing_on_the_host_moves_on_to_the_next_instance() {
 /// server. The next instance waits for it instead of failing the purchase.
 #[tokio::test(start_paused = true)]
 async fn a_volume_held_by_a_failed_instance_goes_to_the_next_one() {
+    volume_held_by_a_failed_instance(false).await;
+}
+
+/// As above, but the compute host fails the failed instance's delete after
+/// Nova accepted it, leaving the server in ERROR with the volume: the
+/// discard sends the delete again, so the volume still goes to the next
+/// instance and no server is left holding it.
+#[tokio::test(start_paused = true)]
+async fn a_volume_held_by_a_failed_instance_whose_delete_failed_goes_to_the_next_one() {
+    volume_held_by_a_failed_instance(true).await;
+}
+
+/// A purchase whose first instance fails with the volume attached;
+/// `undo_delete`: that instance's first delete fails on the host.
+async fn volume_held_by_a_failed_instance(undo_delete: bool) {
     let sim = sim();
     let cloud = GatedCloud::new(&sim);
     let manager = started_paused(&cloud, temp_store(), 2).await;
@@ -2782,6 +2831,9 @@ async fn a_volume_held_by_a_failed_instance_goes_to_the_next_one() {
     let volume = sim.volumes().pop().unwrap();
     assert_eq!(volume.attached_to, vec![first.clone()]);
     assert!(sim.fail_server(&first, "host compute-1 is down"));
+    if undo_delete {
+        cloud.undo_next_delete();
+    }
     port_attach.release();
 
     let a = buying.await.unwrap().unwrap();

@@ -295,6 +295,7 @@ pub struct GatedCloud {
     pub sim: Arc<SimCloud>,
     holds: std::sync::Mutex<Vec<(&'static str, At, Arc<Hold>)>>,
     lost_answers: std::sync::Mutex<Vec<&'static str>>,
+    undone_deletes: std::sync::atomic::AtomicU32,
     fault: Option<Fault>,
     /// One image for every pool, as the OpenStack driver's `image` override.
     image_override: std::sync::Mutex<Option<String>>,
@@ -306,6 +307,7 @@ impl GatedCloud {
             sim: sim.clone(),
             holds: Default::default(),
             lost_answers: Default::default(),
+            undone_deletes: Default::default(),
             fault: None,
             image_override: Default::default(),
         })
@@ -320,6 +322,7 @@ impl GatedCloud {
             sim: sim.clone(),
             holds: Default::default(),
             lost_answers: Default::default(),
+            undone_deletes: Default::default(),
             fault: Some(Box::new(fault)),
             image_override: Default::default(),
         })
@@ -360,6 +363,15 @@ impl GatedCloud {
     /// caller sees a transient error.
     pub fn lose_next_answer(&self, method: &'static str) {
         self.lost_answers.lock().unwrap().push(method);
+    }
+
+    /// The next `delete_server` is answered as accepted but never reaches
+    /// cloudsim: Nova took the delete and the compute host then failed it,
+    /// which leaves the server as it was (no longer `deleting`, its volumes
+    /// attached).
+    pub fn undo_next_delete(&self) {
+        self.undone_deletes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     async fn gate(&self, method: &'static str, at: At) {
@@ -425,6 +437,15 @@ mod gated {
                 .await
         }
         async fn delete_server(&self, id: &str) -> CloudResult<()> {
+            use std::sync::atomic::Ordering;
+            let undo = |n: u32| n.checked_sub(1);
+            if self
+                .undone_deletes
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, undo)
+                .is_ok()
+            {
+                return Ok(());
+            }
             self.call("delete_server", self.sim.delete_server(id)).await
         }
         async fn create_volume(&self, spec: &NewVolumeSpec) -> CloudResult<Volume> {
