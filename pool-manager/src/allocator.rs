@@ -1981,10 +1981,15 @@ impl Shared {
     /// allocation, then marks it `Released`. Idempotent.
     pub(crate) async fn finish_release(&self, allocation: Allocation) -> ManagerResult<Allocation> {
         let deadline = self.cleanup_deadline();
+        let request_id = &allocation.params.request_id;
         if let Some(instance_id) = &allocation.instance_id {
+            // Only while the record is still this purchase's: once it is
+            // dropped, a seeded manager restarted on its store may draw
+            // the id again for another instance, maybe another tenant's.
+            let its_own = |i: &Instance| i.request_id.as_ref() == Some(request_id);
             let releasing = self
                 .update_instance(instance_id, |current| {
-                    (current.state != InstanceState::Releasing).then(|| {
+                    (its_own(current) && current.state != InstanceState::Releasing).then(|| {
                         let mut next = current.clone();
                         next.state = InstanceState::Releasing;
                         Some(next)
@@ -2000,7 +2005,8 @@ impl Shared {
                 })
                 .await?;
             }
-            match releasing.or(self.store.get_instance(instance_id).await?) {
+            let current = self.store.get_instance(instance_id).await?;
+            match releasing.or(current.filter(its_own)) {
                 Some(instance) => self.finish_delete(&instance).await?,
                 None => {
                     self.delete_server_if_set_aside(&allocation, instance_id, deadline)
@@ -2023,7 +2029,6 @@ impl Shared {
         let mut released = allocation.clone();
         released.state = AllocationState::Released;
         released.released_at = Some(self.sizing_book().wall_now(&self.settings.sizing));
-        let request_id = &allocation.params.request_id;
         if !self
             .store
             .cas_allocation(Some(&allocation), Some(&released))

@@ -394,3 +394,74 @@ async fn a_restarted_seeded_manager_never_boots_over_a_taken_instance_id() {
     assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
+
+/// A seeded manager restarted on its store draws again the id of an
+/// instance whose record a release dropped. A release still unfinished
+/// then (its port refused) must not take the instance that now carries the
+/// id, another tenant's, for its own: it deleted that tenant's server.
+#[tokio::test(start_paused = true)]
+async fn an_unfinished_release_leaves_alone_an_instance_that_drew_its_id_again() {
+    use pool_manager::cloud::CloudError;
+    use std::sync::atomic::Ordering;
+
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let (cloud, refusing) = GatedCloud::refusing(
+        &sim,
+        "delete_port",
+        CloudError::Conflict("the port is locked".into()),
+        false,
+    );
+    let seeded = || {
+        PoolManager::new(
+            open_store(dir.path()),
+            cloud.clone(),
+            Arc::new(sim.probe()),
+            pool_manager::ManagerSettings {
+                instance_id_seed: Some(7),
+                ..settings()
+            },
+        )
+    };
+    let manager = seeded();
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    wait_ready(&manager, 1).await;
+    // No refill draws an id after the one sold.
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    let first = manager
+        .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    refusing.store(true, Ordering::SeqCst);
+    manager.release("order-1", None).await.unwrap_err();
+    manager.shutdown().await.unwrap();
+    drop(manager);
+
+    let manager = seeded();
+    manager.start().await.unwrap();
+    manager
+        .update_pool(&pool(), |s| s.paused = false)
+        .await
+        .unwrap();
+    wait_ready(&manager, 1).await;
+    let second = manager
+        .allocate(request("order-2", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert_eq!(second.instance_id, first.instance_id, "the id drawn again");
+    refusing.store(false, Ordering::SeqCst);
+    manager.reconcile().await.unwrap();
+    assert_eq!(
+        manager.get_allocation("order-1").await.unwrap().state,
+        AllocationState::Released
+    );
+    let server = sim.server(second.server_id.as_deref().unwrap());
+    assert!(server.is_some(), "the second tenant's server was deleted");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
