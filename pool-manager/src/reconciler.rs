@@ -10,7 +10,8 @@
 //! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, or a cold boot's `Booting` one, whose server is looked up by its instance id if its create's answer was not flushed; delete its port and created volume, watch its name if a create may have been on its way, drop the record) |
 //! | allocation `Releasing` | - | finish the release |
 //! | a name watched (`TwinWatch`: a create of it may have been done unrecorded) | volumes, ports of that name | delete them but the committed allocation's own; end the watch once it is over |
-//! | instance `Claimed`, allocation `Allocated` | - | mark the instance `Allocated` (left by versions that marked the allocation first) |
+//! | instance `Claimed`, allocation `Allocated` naming it | - | mark the instance `Allocated` (left by versions that marked the allocation first) |
+//! | instance `Claimed`, allocation `Allocated` naming another, or none live | - | discard it (a claim left over) |
 //! | instance `Booting`, no server id | server with its instance id | adopt the server |
 //! | instance `Booting`, no server id | none | drop the record |
 //! | instance `Booting`/`Warming`/`Ready` | server gone (or SOFT_DELETED); one missing from the listing is asked for by id first (the listing is older than the instances read after it) | drop the record |
@@ -229,8 +230,14 @@ impl Shared {
                 InstanceState::Claimed => {
                     let request = instance.request_id.as_deref().unwrap_or_default();
                     let allocation = self.store.get_allocation(request).await?;
+                    // Only the instance its allocation names is the
+                    // purchase's: another claimed for it is a claim left
+                    // over, no one's, and is discarded below.
+                    let names_it = allocation
+                        .as_ref()
+                        .is_some_and(|a| a.instance_id.as_ref() == Some(&instance.id));
                     match allocation.map(|a| a.state) {
-                        Some(AllocationState::Allocated) => {
+                        Some(AllocationState::Allocated) if names_it => {
                             self.update_instance(&instance.id, |current| {
                                 (current.state == InstanceState::Claimed).then(|| {
                                     let mut next = current.clone();

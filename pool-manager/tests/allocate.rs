@@ -798,6 +798,47 @@ async fn reconcile_replaces_a_ready_instance_whose_server_failed() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A reconcile pass marks a claimed instance Allocated only when its
+/// purchase's allocation names it. One claimed for a purchase that holds
+/// another instance (no path leaves one; the test writes it, as a stale
+/// record or an id drawn again would) is a claim left over: it is
+/// discarded, not handed to the purchase as a second instance.
+#[tokio::test(start_paused = true)]
+async fn reconcile_marks_allocated_only_the_instance_its_allocation_names() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let store = temp_store();
+    let manager = started_paused(&cloud, store.clone(), 2).await;
+    let allocation = manager
+        .allocate(request("order-c", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let other = store
+        .list_instances()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.state == InstanceState::Ready)
+        .unwrap();
+    let mut claimed = other.clone();
+    claimed.state = InstanceState::Claimed;
+    claimed.request_id = Some("order-c".into());
+    assert!(store
+        .cas_instance(Some(&other), Some(&claimed))
+        .await
+        .unwrap());
+
+    manager.reconcile().await.unwrap();
+    let instances = manager.list_instances(None).await.unwrap();
+    assert!(
+        !instances.iter().any(|i| i.id == other.id),
+        "the stray claim is still there: {instances:#?}"
+    );
+    assert_eq!(manager.get_allocation("order-c").await.unwrap(), allocation);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A second Allocate of an order whose first is still running waits for
 /// its answer until its own deadline, then says to try again (UNAVAILABLE
 /// over gRPC, which clients retry), not FAILED_PRECONDITION (which they
