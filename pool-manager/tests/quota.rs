@@ -356,11 +356,12 @@ async fn a_waiting_purchase_leaves_the_line_when_its_cold_boot_starts() {
     // which finds room for both. Nothing boots at quota: the next server
     // looked at is the purchase's.
     let looking = cloud.hold_next("boot_headroom", At::Before);
-    let booting = cloud.hold_next("get_server", At::Before);
     looking.reached().await;
     sim.reset_call_counts();
     manager.release("b", Some(true)).await.unwrap();
     manager.release("c", Some(true)).await.unwrap();
+    // Held once the releases have seen their servers gone.
+    let booting = cloud.hold_next("get_server", At::Before);
     looking.release();
     booting.reached().await;
     // The purchase takes one freed server, a refill the other.

@@ -1128,14 +1128,14 @@ fn a_busy_az_follows_a_slower_cloud_once_its_baseline_is_stale() {
     for _ in 0..3 {
         round(&mut g, &mut t, 60);
     }
-    assert_eq!(g.status("az1", t).baseline, Some(secs(60)));
+    assert_eq!(g.status("az1", "db.small", t).baseline, Some(secs(60)));
 
     // The cloud becomes 3x slower for good.
     let slow_since = t;
     while t < slow_since + secs(40 * 60) {
         round(&mut g, &mut t, 180);
     }
-    let s = g.status("az1", t);
+    let s = g.status("az1", "db.small", t);
     assert!(s.baseline.unwrap() > secs(150), "{s:?}");
     assert!(s.latency_ratio.unwrap() < 1.2, "{s:?}");
     assert!(s.window > 4.0, "the window grows again: {s:?}");
@@ -1263,7 +1263,7 @@ fn inflation_never_shrinks_the_window_below_what_the_cloud_just_delivered() {
 #[test]
 fn a_decrease_the_delivered_floor_cancels_is_not_counted() {
     let (mut g, t) = gate_after_a_lone_build(1, 64);
-    assert_eq!(g.status("az1", t).window, 2.0);
+    assert_eq!(g.status("az1", "db.small", t).window, 2.0);
     // Purchases (not gated) slow the builds down: 4 finish within the
     // baseline, more than the window of 2.
     let purchases: Vec<_> = (0..4)
@@ -1272,7 +1272,7 @@ fn a_decrease_the_delivered_floor_cancels_is_not_counted() {
     for ticket in &purchases {
         g.finish(ticket, built(50), t + secs(50));
     }
-    let s = g.status("az1", t + secs(50));
+    let s = g.status("az1", "db.small", t + secs(50));
     assert!(s.latency_ratio.unwrap() > 1.4, "{s:?}");
     assert_eq!((s.window, s.decreases), (2.0, 0), "{s:?}");
 
@@ -1282,7 +1282,7 @@ fn a_decrease_the_delivered_floor_cancels_is_not_counted() {
     let tickets = start_n(&mut g, 2, t);
     let _purchase = g.start("az1", "db.small", false, t);
     g.finish(&tickets[0], built(60), t + secs(60));
-    let s = g.status("az1", t + secs(60));
+    let s = g.status("az1", "db.small", t + secs(60));
     assert_eq!((s.window, s.decreases), (1.0, 1), "{s:?}");
 }
 
