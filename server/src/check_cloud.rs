@@ -16,9 +16,10 @@
 //! tenant would lose the service, and deleting the pool takes a running
 //! daemon. That pool is marked degraded instead ([`Report::stale_pools`]).
 //! A quota shortfall is logged and the pools fill as far as the quota
-//! lets them. The command checks the same pools, reading the store when
-//! no running daemon holds it ([`check`]): a pool created through the API
-//! whose flavor was retired since is reported, not "all ok".
+//! lets them; a zone override no pool is in is logged too. The command
+//! checks the same pools, reading the store when no running daemon holds
+//! it ([`check`]): a pool created through the API whose flavor was
+//! retired since is reported, not "all ok".
 
 use crate::config::{Config, OpenStackConfig, PoolConfig};
 use pool_manager::cloud::{Cloud, CloudError, ServerStatus};
@@ -40,6 +41,9 @@ pub enum CheckKind {
     /// Cinder reachable, and a zone of it for each pool AZ's volumes.
     Volume,
     Quota,
+    /// A `[cloud.availability_zones.<az>]` of a zone no pool is in (a
+    /// misspelt zone?). Warns; never fails the report.
+    ZoneOverride,
     /// Which pools were checked: the store's, or the config's alone when it
     /// cannot be read. Informs; never fails the report.
     Store,
@@ -56,6 +60,7 @@ impl CheckKind {
             CheckKind::Zone => "zones",
             CheckKind::Volume => "volumes",
             CheckKind::Quota => "quota",
+            CheckKind::ZoneOverride => "zone overrides",
             CheckKind::Store => "store",
         }
     }
@@ -117,11 +122,16 @@ pub struct Check {
 }
 
 impl Check {
-    /// Whether this failure stops warmpoold's start-up: quota and store
-    /// lines never do; a failure does unless it concerns only pools the
-    /// store has.
+    /// Whether this failure stops warmpoold's start-up: quota, zone
+    /// override and store lines never do; a failure does unless it
+    /// concerns only pools the store has.
     pub fn stops_start_up(&self) -> bool {
-        if self.ok || matches!(self.kind, CheckKind::Quota | CheckKind::Store) {
+        if self.ok
+            || matches!(
+                self.kind,
+                CheckKind::Quota | CheckKind::ZoneOverride | CheckKind::Store
+            )
+        {
             return false;
         }
         self.scope.as_ref().is_none_or(|s| !s.configured.is_empty())
@@ -176,11 +186,12 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether every check passed (the store line only informs).
+    /// Whether every check passed (the store and zone override lines only
+    /// inform).
     pub fn passed(&self) -> bool {
         self.checks
             .iter()
-            .all(|c| c.ok || c.kind == CheckKind::Store)
+            .all(|c| c.ok || matches!(c.kind, CheckKind::Store | CheckKind::ZoneOverride))
     }
 
     /// Failures that stop start-up ([`Check::stops_start_up`]).
@@ -516,6 +527,7 @@ pub async fn check_pools(
     }
 
     zone_check(pools, &cloud, &mut report).await;
+    zone_override_check(os, pools, &mut report);
     volume_check(pools, &cloud, &mut report).await;
     quota_check(pools, &cloud, &flavors, networks_found, &mut report).await;
     (report, Some(cloud))
@@ -549,6 +561,27 @@ async fn zone_check(pools: &[CheckedPool], cloud: &OpenStackCloud, report: &mut 
     }
     for (az, problem) in missing {
         report.fail_pools(CheckKind::Zone, problem, pools_in(pools, az));
+    }
+}
+
+/// Warns of each `[cloud.availability_zones.<az>]` no pool is in.
+fn zone_override_check(os: &OpenStackConfig, pools: &[CheckedPool], report: &mut Report) {
+    let azs = pool_azs(pools);
+    let zones = if azs.is_empty() {
+        "no pools yet".to_owned()
+    } else {
+        format!(
+            "the pools' zones: {}",
+            azs.iter().copied().collect::<Vec<_>>().join(", ")
+        )
+    };
+    for az in os.unused_az_overrides(azs.iter().copied()) {
+        report.fail(
+            CheckKind::ZoneOverride,
+            format!(
+                "cloud.availability_zones.{az} applies to no pool, none is in {az} ({zones}); if the zone is misspelt, its pools use the defaults (cloud.management_network, a Cinder zone of their zone's name)"
+            ),
+        );
     }
 }
 
@@ -771,6 +804,24 @@ mod tests {
                 "flavor: no flavor named 'db.new' [db.new@az1 declared in the config file and not in the store yet: fix the config file or the cloud; nothing was created]",
                 "network: no network named 'mgmt'",
             ]
+        );
+    }
+
+    /// An override of a zone no pool is in is a warning: a pool created
+    /// through the API later may be in it.
+    #[test]
+    fn an_unused_zone_override_only_warns() {
+        let mut report = Report::default();
+        report.fail(
+            CheckKind::ZoneOverride,
+            "cloud.availability_zones.az-1 applies to no pool",
+        );
+        assert!(report.passed());
+        assert!(report.start_up_refusals().is_empty());
+        assert!(report.stale_pools().is_empty());
+        assert_eq!(
+            report.to_string(),
+            "zone overrides: cloud.availability_zones.az-1 applies to no pool\n"
         );
     }
 

@@ -605,6 +605,22 @@ impl OpenStackConfig {
         Ok(settings)
     }
 
+    /// The `[cloud.availability_zones.<az>]` sections of no zone in
+    /// `pool_azs`. Such a section is no error (a pool created through the
+    /// API later may be in its zone), but it is likely a misspelt zone,
+    /// whose pools boot on the defaults instead.
+    pub fn unused_az_overrides<'a>(
+        &self,
+        pool_azs: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<&str> {
+        let used: std::collections::BTreeSet<&str> = pool_azs.into_iter().collect();
+        self.availability_zones
+            .keys()
+            .map(String::as_str)
+            .filter(|az| !used.contains(az))
+            .collect()
+    }
+
     /// The clouds.yaml entry named by `cloud` (or `OS_CLOUD`), else the
     /// `OS_*` variables. clouds.yaml is read here rather than by osauth,
     /// which ignores `OS_CLIENT_CONFIG_FILE`.
@@ -1096,6 +1112,29 @@ impl Config {
                         return Err(ConfigError::Invalid(format!(
                             "cloud.{key} must not be empty"
                         )));
+                    }
+                }
+                // An empty override would not fall back to the default: the
+                // driver would look up a network, or create volumes in a
+                // Cinder zone, named "".
+                for (az, o) in &os.availability_zones {
+                    for (key, value, default) in [
+                        (
+                            "management_network",
+                            &o.management_network,
+                            "cloud.management_network",
+                        ),
+                        (
+                            "volume_availability_zone",
+                            &o.volume_availability_zone,
+                            "the pool's zone",
+                        ),
+                    ] {
+                        if value.as_ref().is_some_and(|v| v.trim().is_empty()) {
+                            return Err(ConfigError::Invalid(format!(
+                                "cloud.availability_zones.{az}.{key} must not be empty; leave it out for {default}"
+                            )));
+                        }
                     }
                 }
                 // Nova's rules for a server tag (compute API 2.26+); the
@@ -1629,6 +1668,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("openstak"), "{err}");
+    }
+
+    /// An override's keys are refused empty as the top-level ones are, and
+    /// an override of a zone no pool is in is found: a misspelt zone's
+    /// pools boot on the default management network and Cinder zone.
+    #[test]
+    fn availability_zone_overrides_are_checked() {
+        let base = "[cloud]\nkind = \"openstack\"\nmanagement_network = \"mgmt\"\n";
+        for (key, default) in [
+            ("management_network", "cloud.management_network"),
+            ("volume_availability_zone", "the pool's zone"),
+        ] {
+            for value in ["", " "] {
+                let text = format!("{base}[cloud.availability_zones.az1]\n{key} = {value:?}\n");
+                let err = Config::parse(&text).unwrap_err().to_string();
+                assert_eq!(
+                    err,
+                    format!("config: cloud.availability_zones.az1.{key} must not be empty; leave it out for {default}")
+                );
+            }
+        }
+
+        let text = format!(
+            "{base}[cloud.availability_zones.az-1]\nmanagement_network = \"mgmt-1\"\n\
+             [cloud.availability_zones.az2]\nvolume_availability_zone = \"nova\"\n"
+        );
+        let CloudConfig::OpenStack(os) = Config::parse(&text).unwrap().cloud else {
+            unreachable!()
+        };
+        assert_eq!(os.unused_az_overrides(["az1", "az2"]), ["az-1"]);
+        assert!(os.unused_az_overrides(["az-1", "az2"]).is_empty());
+        assert_eq!(
+            os.unused_az_overrides([]),
+            ["az-1", "az2"],
+            "with no pools yet, no override is used"
+        );
     }
 
     #[test]

@@ -1322,6 +1322,12 @@ image = "mysql-8.0"
         quota, "quota: instances 0 of 2 used; pools need room for 3 more db.small",
         "{report}"
     );
+    // Both pools are in az1: az2's section applies to no server.
+    assert_eq!(
+        line(&report, CheckKind::ZoneOverride),
+        ["zone overrides: cloud.availability_zones.az2 applies to no pool, none is in az2 (the pools' zones: az1); if the zone is misspelt, its pools use the defaults (cloud.management_network, a Cinder zone of their zone's name)"],
+        "{report}"
+    );
 
     // A wrong password stops at auth, with the user named.
     let text = std::fs::read_to_string(&env.clouds_yaml).unwrap();
