@@ -71,6 +71,11 @@ pub enum Command {
     /// List instances, of one pool or of all.
     Instances(InstancesArgs),
     /// Allocate a warm instance for a tenant.
+    ///
+    /// The same --request-id again answers the same allocation. One already
+    /// released (or being released) is printed with a warning on stderr and
+    /// exit status 1: it has no server to use; a new purchase needs a new
+    /// --request-id.
     Allocate(AllocateArgs),
     /// Show an allocation.
     Get {

@@ -3,7 +3,8 @@
 //! Parses flags (`cli`), makes one call through `warmpool_client::Client`,
 //! and prints the answer as a table (`table`) or JSON (`output`); `watch`
 //! streams. Errors go to stderr as `error: <CODE>: <message>` with a
-//! non-zero exit status.
+//! non-zero exit status. An Allocate answered with an order released (or
+//! being released) prints that answer, warns on stderr and exits non-zero.
 
 mod cli;
 mod output;
@@ -33,6 +34,10 @@ async fn main() -> ExitCode {
     match run(cli, token).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            if let Some(released) = err.downcast_ref::<AlreadyReleased>() {
+                eprintln!("warning: {released}");
+                return ExitCode::FAILURE;
+            }
             let described = describe(&err);
             eprintln!("error: {described}");
             let answered = err.downcast_ref::<watch::BrokeAfterAnswers>().is_some();
@@ -55,6 +60,17 @@ fn describe(err: &anyhow::Error) -> String {
         None => format!("{err:#}"),
     };
     table::one_line(&text)
+}
+
+/// Allocate answered the order's released allocation (its id was used
+/// before), or one being released: the answer is no server to use, and a
+/// script going on (`warmpoolctl allocate ... && provision`) would
+/// provision one that is gone.
+#[derive(Debug, thiserror::Error)]
+#[error("order {request_id} {state}. A new purchase needs a new --request-id")]
+struct AlreadyReleased {
+    request_id: String,
+    state: &'static str,
 }
 
 /// What a command prints: the same answer in either format.
@@ -110,6 +126,7 @@ async fn run(cli: Cli, token: cli::TokenSource) -> anyhow::Result<()> {
     if let Some(token) = token {
         client = client.authorized(token);
     }
+    let mut released = None;
     let rendered = match prepared {
         Prepared::ListPools => {
             let pools = client.list_pools().await?;
@@ -135,7 +152,21 @@ async fn run(cli: Cli, token: cli::TokenSource) -> anyhow::Result<()> {
                 json: output::instances_json(&instances),
             }
         }
-        Prepared::Allocate(request) => allocation(client.allocate(request).await?),
+        Prepared::Allocate(request) => {
+            let answer = client.allocate(request).await?;
+            let state = match answer.state() {
+                api::AllocationState::Released => Some("was already released; its server is gone"),
+                api::AllocationState::Releasing => {
+                    Some("is being released; its server is being deleted")
+                }
+                _ => None,
+            };
+            released = state.map(|state| AlreadyReleased {
+                request_id: answer.request_id.clone(),
+                state,
+            });
+            allocation(answer)
+        }
         Prepared::Get(request_id) => allocation(client.get_allocation(request_id).await?),
         Prepared::Release(request_id, delete_volume) => {
             allocation(client.release(request_id, delete_volume).await?)
@@ -153,7 +184,10 @@ async fn run(cli: Cli, token: cli::TokenSource) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(text.as_bytes())?;
     stdout.flush()?;
-    Ok(())
+    match released {
+        Some(released) => Err(released.into()),
+        None => Ok(()),
+    }
 }
 
 /// Writes the completion script for `shell` to stdout; needs no server.

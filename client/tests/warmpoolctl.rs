@@ -403,6 +403,35 @@ async fn pools_allocate_get_release() {
     }
 }
 
+/// An order id already released answers its released allocation, which is
+/// no server to provision: `warmpoolctl allocate ... && provision` must stop.
+#[tokio::test]
+async fn allocating_a_released_order_again_warns_and_fails() {
+    let d = start_daemon(vec![pool("db.small", "az1", 1, 2)]).await;
+    let ep = d.endpoint.as_str();
+    wait_pools_at_target(ep, &["db.small@az1"]).await;
+    let args = allocate_args("order-9", "db.small", "az1");
+    let bought = fields(&run(ep, &args).await.success());
+    assert_eq!(bought["state"], "ALLOCATED");
+    run(ep, &["release", "order-9"]).await.success();
+
+    let again = run(ep, &args).await;
+    assert!(!again.ok, "exit 0 for a released order: {again:?}");
+    // The answer is still shown, as the server gave it.
+    let shown = fields(&again.stdout);
+    assert_eq!(shown["state"], "RELEASED", "{again:?}");
+    assert_eq!(shown["server"], bought["server"], "{again:?}");
+    assert_eq!(
+        again.stderr,
+        "warning: order order-9 was already released; its server is gone. A new purchase needs a new --request-id\n"
+    );
+    let json = run(ep, &[&args[..], &["--output", "json"]].concat()).await;
+    assert!(!json.ok, "{json:?}");
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["state"], "RELEASED", "{json:?}");
+    assert_eq!(json.stderr, again.stderr);
+}
+
 /// https:// to a daemon that serves plaintext: the TLS handshake reads the
 /// daemon's HTTP/2 frame as a record of an unknown type; the hint says why.
 #[tokio::test]
