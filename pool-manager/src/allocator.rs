@@ -21,7 +21,9 @@ use crate::cloud::{
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, EventKind};
 use crate::gate::{self, BootTicket, Gate};
-use crate::manager::{validate_name, validate_pool_key, PoolManager, Shared};
+use crate::manager::{
+    validate_name, validate_optional_name, validate_pool_key, PoolManager, Shared,
+};
 use crate::model::{
     Allocation, AllocationParams, AllocationState, EmptyPoolPolicy, Instance, InstanceState,
     PoolKey, PoolRecord, TwinWatch, VolumeSource, TWIN_WATCH,
@@ -270,13 +272,13 @@ fn validate(params: &AllocationParams) -> ManagerResult<()> {
                 ));
             }
             if let Some(volume_type) = volume_type {
-                validate_name("volume.new_volume.volume_type", volume_type)?;
+                validate_optional_name("volume.new_volume.volume_type", volume_type)?;
             }
         }
     }
     validate_name("network.network_id", &params.network.network_id)?;
     if let Some(subnet_id) = &params.network.subnet_id {
-        validate_name("network.subnet_id", subnet_id)?;
+        validate_optional_name("network.subnet_id", subnet_id)?;
     }
     validate_labels(&params.labels)?;
     if params.network.fixed_ip.is_some() && params.network.subnet_id.is_none() {

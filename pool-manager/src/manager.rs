@@ -827,3 +827,16 @@ pub(crate) fn validate_name(field: &'static str, value: &str) -> ManagerResult<(
         None => Ok(()),
     }
 }
+
+/// An optional name that was given: blank is refused as blank, since
+/// "is required" would send the caller to fill in a field it may leave
+/// empty; anything else as [`validate_name`] judges it.
+pub(crate) fn validate_optional_name(field: &'static str, value: &str) -> ManagerResult<()> {
+    if value.trim().is_empty() {
+        return Err(ManagerError::invalid(
+            field,
+            "must not be blank; leave it empty for none",
+        ));
+    }
+    validate_name(field, value)
+}

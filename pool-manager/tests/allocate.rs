@@ -341,6 +341,41 @@ async fn unknown_pool_and_malformed_requests_are_refused_without_change() {
             other => panic!("{field}: expected InvalidArgument, got {other}"),
         }
     }
+    // An optional field given blank is refused as blank: "is required"
+    // would send the caller to fill in a field it may leave out.
+    type Blank = Box<dyn Fn(&mut pool_manager::AllocateRequest)>;
+    let blanks: Vec<(&str, Blank)> = vec![
+        (
+            "network.subnet_id",
+            Box::new(|r| r.params.network.subnet_id = Some(" ".into())),
+        ),
+        (
+            "volume.new_volume.volume_type",
+            Box::new(|r| {
+                r.params.volume.source = VolumeSource::New {
+                    size_gib: 1,
+                    volume_type: Some("\t".into()),
+                }
+            }),
+        ),
+    ];
+    for (field, blank_it) in blanks {
+        let mut req = request("bad", new_volume(), EmptyPoolPolicy::FailFast);
+        blank_it(&mut req);
+        match manager.allocate(req).await.unwrap_err() {
+            ManagerError::InvalidArgument {
+                field: named,
+                message,
+            } => {
+                assert_eq!(named, field);
+                assert!(
+                    message.contains("blank") && message.contains("leave it"),
+                    "{field}: {message}"
+                );
+            }
+            other => panic!("{field}: expected InvalidArgument, got {other}"),
+        }
+    }
     assert_eq!(
         sim.total_calls(),
         calls_before,
