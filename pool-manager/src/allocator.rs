@@ -426,6 +426,24 @@ fn creation_refused(what: &str, error: CloudError) -> AttemptError {
     })
 }
 
+/// What a failed cold boot answers. Only a shortage (no host for it, not
+/// Ready within its timeout) is RESOURCE_EXHAUSTED: billing retries that,
+/// and a boot the cloud refuses as asked (a flavor or image it no longer
+/// knows) would be refused again on every retry, each creating and rolling
+/// back a volume and a port.
+fn cold_boot_failed(pool: &PoolKey, error: BootError) -> ManagerError {
+    match error {
+        BootError::Cloud(
+            CloudError::NotFound(m) | CloudError::Conflict(m) | CloudError::Fatal(m),
+        ) => ManagerError::FailedPrecondition(format!("pool {pool} cannot boot: {m}")),
+        BootError::Cloud(e) => e.into(),
+        BootError::Manager(e) => *e,
+        e @ (BootError::ServerError(_) | BootError::Timeout(_) | BootError::Superseded) => {
+            ManagerError::ResourceExhausted(format!("cold boot failed: {e}"))
+        }
+    }
+}
+
 /// How a try with one instance failed.
 enum AttemptError {
     /// The instance is bad (attach or verify failed): discard it, try the next.
@@ -1262,11 +1280,7 @@ impl Shared {
                         .saturating_mul(2u32.saturating_pow(refusals.min(5)));
                     self.wait_for_quota(params, deadline, pause).await?;
                 }
-                Ok(Err(e)) => {
-                    return Err(ManagerError::ResourceExhausted(format!(
-                        "cold boot failed: {e}"
-                    )))
-                }
+                Ok(Err(e)) => return Err(cold_boot_failed(&params.pool, e)),
                 Err(_) => {
                     self.release_driving(&instance.id);
                     self.discard_instance(&instance.id, "cold boot deadline")

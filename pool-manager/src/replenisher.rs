@@ -879,12 +879,20 @@ impl Shared {
         if instance.state == InstanceState::Booting {
             let mysql_addr = loop {
                 let mut attempts = 0;
-                let server = self
+                let server = match self
                     .retry(deadline, || {
                         attempts += 1;
                         self.watch_throttle(az, self.cloud.get_server(&server_id))
                     })
-                    .await?;
+                    .await
+                {
+                    // The server the cloud made is gone: no refusal of the
+                    // boot as asked, which a cold boot answers as such.
+                    Err(CloudError::NotFound(_)) => {
+                        return Err(BootError::ServerError("server was deleted".into()))
+                    }
+                    other => other?,
+                };
                 if server.deleting {
                     return Err(BootError::ServerError("server is being deleted".into()));
                 }

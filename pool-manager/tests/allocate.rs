@@ -3240,3 +3240,90 @@ async fn a_new_instance_whose_flush_fails_does_not_stand_as_supply() {
     );
     assert_consistent(&sim, &manager).await;
 }
+
+/// A cold boot the cloud refuses as asked (the pool's flavor retired since)
+/// is FAILED_PRECONDITION, and one the cloud keeps failing (5xx until the
+/// boot's timeout) is the cloud's error, UNAVAILABLE: both answered
+/// RESOURCE_EXHAUSTED, which billing retries as a capacity shortage, each
+/// retry creating and rolling back a volume and a port. A boot the cloud
+/// found no host for stays RESOURCE_EXHAUSTED.
+#[tokio::test(start_paused = true)]
+async fn a_failed_cold_boot_answers_what_failed_it() {
+    use pool_manager::cloud::CloudError;
+    // The in-process cloud refuses a retired flavor as Nova does (400); the
+    // OpenStack driver finds no flavor of its name first (a 404).
+    let err = cold_boot_on(&GatedCloud::new(&sim()), |sim| {
+        sim.retire_flavor("db.small")
+    })
+    .await;
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m) if m.contains("db.small")),
+        "{err:?}"
+    );
+    let refused = |e: CloudError| GatedCloud::refusing(&sim(), "create_server", e, true).0;
+    let unknown = CloudError::NotFound("no flavor named 'db.small' is visible to pool".into());
+    let err = cold_boot_on(&refused(unknown), |_| {}).await;
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m) if m.contains("db.small")),
+        "{err:?}"
+    );
+    let outage = CloudError::Transient("503 Service Unavailable".into());
+    let err = cold_boot_on(&refused(outage), |_| {}).await;
+    assert!(
+        matches!(&err, ManagerError::Cloud(CloudError::Transient(_))),
+        "{err:?}"
+    );
+    let err = cold_boot_on(&GatedCloud::new(&sim()), |sim| {
+        sim.faults().error_next_boots(1, "NoValidHost")
+    })
+    .await;
+    assert!(
+        matches!(&err, ManagerError::ResourceExhausted(m) if m.contains("NoValidHost")),
+        "{err:?}"
+    );
+}
+
+/// How a cold boot of an empty pool on `cloud` fails once `then` changed
+/// the cloud; it must leave nothing behind.
+async fn cold_boot_on(
+    cloud: &std::sync::Arc<GatedCloud>,
+    then: impl FnOnce(&cloudsim::SimCloud),
+) -> ManagerError {
+    let manager = started_over(cloud, temp_store(), 0).await;
+    then(&cloud.sim);
+    let mut order = request("cold", new_volume(), EmptyPoolPolicy::ColdBoot);
+    // Past the pool's boot timeout: the boot gives up first.
+    order.timeout = Some(Duration::from_secs(30 * 60));
+    let err = manager.allocate(order).await.unwrap_err();
+    assert_consistent(&cloud.sim, &manager).await;
+    err
+}
+
+/// A cold boot whose server vanishes under it (deleted behind warmpool's
+/// back) was not refused as asked: it stays RESOURCE_EXHAUSTED, as the
+/// next try boots another server.
+#[tokio::test(start_paused = true)]
+async fn a_cold_boot_whose_server_vanishes_is_no_refusal() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_over(&cloud, temp_store(), 0).await;
+    let polled = cloud.hold_next("get_server", At::Before);
+    let mut order = request("cold", new_volume(), EmptyPoolPolicy::ColdBoot);
+    order.timeout = Some(Duration::from_secs(30 * 60));
+    let buyer = spawn_allocate(&manager, order);
+    polled.reached().await;
+    let server = sim.servers()[0].server.id.clone();
+    pool_manager::cloud::Cloud::delete_server(&*sim, &server)
+        .await
+        .unwrap();
+    while sim.server(&server).is_some() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    polled.release();
+    let err = buyer.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::ResourceExhausted(m) if m.contains("deleted")),
+        "{err:?}"
+    );
+    assert_consistent(&sim, &manager).await;
+}

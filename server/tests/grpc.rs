@@ -551,6 +551,24 @@ async fn cold_boot_serves_an_empty_pool() {
     assert_eq!(counts(&pool).allocated, 1);
 }
 
+/// A cold boot of a flavor the cloud has retired since is
+/// FAILED_PRECONDITION: billing must change the order. It was
+/// RESOURCE_EXHAUSTED, which billing retries, each retry creating and
+/// rolling back a volume and a port.
+#[tokio::test]
+async fn a_cold_boot_of_a_retired_flavor_is_failed_precondition() {
+    let d = Daemon::start(&[("db.medium", "az1", 0, 2)]).await;
+    let c = &d.client;
+    d.cloud().retire_flavor("db.medium");
+    let mut request = allocate_request("order-cold", "db.medium", "az1");
+    request.empty_pool_policy = api::EmptyPoolPolicy::ColdBoot.into();
+    let msg = expect_code(c.allocate(request).await, Code::FailedPrecondition);
+    assert!(msg.contains("db.medium"), "{msg}");
+    expect_code(c.get_allocation("order-cold").await, Code::NotFound);
+    assert!(d.cloud().volumes().is_empty(), "{:?}", d.cloud().volumes());
+    assert!(d.cloud().ports().is_empty(), "{:?}", d.cloud().ports());
+}
+
 #[tokio::test]
 async fn release_deletes_the_server_and_the_pool_refills() {
     let dir = tempfile::tempdir().unwrap();
