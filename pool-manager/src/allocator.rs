@@ -1998,6 +1998,13 @@ impl Shared {
     pub(crate) async fn finish_release(&self, allocation: Allocation) -> ManagerResult<Allocation> {
         let deadline = self.cleanup_deadline();
         let request_id = &allocation.params.request_id;
+        // The release is on disk (Releasing) before it gets here and goes
+        // on (the reconciler finishes it): a flush failing on the way is no
+        // failure of it, and the same call again finishes it.
+        let unconfirmed = |e| {
+            let what = format_args!("the release of allocation {request_id}");
+            ManagerError::unconfirmed(what, e)
+        };
         if let Some(instance_id) = &allocation.instance_id {
             // Only while the record is still this purchase's: once it is
             // dropped, a seeded manager restarted on its store may draw
@@ -2012,7 +2019,7 @@ impl Shared {
                     })
                 })
                 .await?;
-            self.store.flush().await?;
+            self.store.flush().await.map_err(unconfirmed)?;
             if let (Some(server_id), Some(volume_id)) =
                 (&allocation.server_id, &allocation.volume_id)
             {
@@ -2052,7 +2059,7 @@ impl Shared {
         {
             // Another release of it (billing's retry, a reconcile pass) did
             // the same deletes and recorded it first: one release.
-            self.store.flush().await?;
+            self.store.flush().await.map_err(unconfirmed)?;
             return match self.store.get_allocation(request_id).await? {
                 Some(stored) if stored.state == AllocationState::Released => Ok(stored),
                 _ => Err(ManagerError::TryAgain(format!(
@@ -2060,10 +2067,13 @@ impl Shared {
                 ))),
             };
         }
-        self.store.flush().await?;
+        // Released unconfirmed is released all the same: counted now, as
+        // the call again only reads it back.
+        let flushed = self.store.flush().await;
         self.changed();
         tracing::info!(request_id = %released.params.request_id, "released");
         self.emit(Some(&released.params.pool), EventKind::Released);
+        flushed.map_err(unconfirmed)?;
         Ok(released)
     }
 }

@@ -2955,6 +2955,8 @@ enum FlushTrigger {
     AllocationTo(AllocationState),
     /// A new instance's record.
     NewInstance,
+    /// A swap of an instance to this state.
+    InstanceTo(InstanceState),
     /// A pool record's deletion (a drain's end).
     PoolDeleted,
 }
@@ -3058,6 +3060,9 @@ impl StoreHooks for FailFlushAfter {
         if new.is_some_and(|i| i.state == InstanceState::Booting && i.server_id.is_none()) {
             self.saw(FlushTrigger::NewInstance);
         }
+        if let Some(i) = new {
+            self.saw(FlushTrigger::InstanceTo(i.state));
+        }
         Ok(())
     }
     fn written(&self, write: Write) {
@@ -3124,6 +3129,37 @@ async fn a_release_whose_flush_fails_says_call_again_and_the_call_finishes_it() 
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(sim.server(a.server_id.as_deref().unwrap()).is_none());
     assert_consistent(&sim, &manager).await;
+}
+
+/// A release whose later flushes fail (once its instance is marked
+/// Releasing, once its record says Released) is recorded all the same: the
+/// answer says to call again, and the call again answers it released. It
+/// was the store's INTERNAL error, which billing may take as final.
+#[tokio::test(start_paused = true)]
+async fn a_release_whose_later_flush_fails_says_call_again_and_the_call_gets_it() {
+    for trigger in [
+        FlushTrigger::InstanceTo(InstanceState::Releasing),
+        FlushTrigger::AllocationTo(AllocationState::Released),
+    ] {
+        let sim = sim();
+        let store = HookedStore::new(FailFlushAfter::new(trigger));
+        let manager = started_paused(&GatedCloud::new(&sim), store.clone(), 1).await;
+        let a = manager
+            .allocate(request("o-rel", new_volume(), EmptyPoolPolicy::FailFast))
+            .await
+            .unwrap();
+        let err = manager.release("o-rel", Some(true)).await.unwrap_err();
+        assert!(store.hooks.fired.load(Ordering::SeqCst));
+        assert!(
+            matches!(&err, ManagerError::TryAgain(m) if m.contains("call again")),
+            "{err:?}"
+        );
+        let released = manager.release("o-rel", Some(true)).await.unwrap();
+        assert_eq!(released.state, AllocationState::Released);
+        assert!(sim.server(a.server_id.as_deref().unwrap()).is_none());
+        assert!(sim.volumes().is_empty() && sim.ports().is_empty());
+        assert_consistent(&sim, &manager).await;
+    }
 }
 
 /// CreatePool of a pool that exists answers ALREADY_EXISTS whatever its
