@@ -268,6 +268,8 @@ pub(crate) struct FaultState {
     /// `Some(n)`: n more calls pass, then every call hangs.
     pub hang_after: Option<u64>,
     pub slow: Duration,
+    /// How long a deleted server's ports stay bound after it is gone.
+    pub slow_port_unbind: Duration,
     pub iops_throttled: bool,
 }
 
@@ -1176,7 +1178,8 @@ impl Model {
             if let Some(port) = self.ports.get_mut(&pid) {
                 if port.target() == Some(id) {
                     let shown = port.binding.at(now).clone();
-                    port.binding.start(shown, gone_at, None);
+                    let unbound_at = gone_at + self.faults.slow_port_unbind;
+                    port.binding.start(shown, unbound_at, None);
                 }
             }
         }

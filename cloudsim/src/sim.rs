@@ -316,6 +316,13 @@ impl Faults {
         self.with(|f| f.slow = delay);
     }
 
+    /// The ports of servers deleted from now on stay bound this long after
+    /// the server is gone (Neutron's agent behind), in tokio time (not
+    /// scaled). `Duration::ZERO` turns it off.
+    pub fn slow_port_unbind(&self, delay: Duration) {
+        self.with(|f| f.slow_port_unbind = delay);
+    }
+
     /// IOPS throttling for boots placed from now on (Nova phase x2.5, mysqld x4).
     pub fn set_iops_throttled(&self, throttled: bool) {
         self.with(|f| f.iops_throttled = throttled);

@@ -1908,7 +1908,12 @@ impl Shared {
                     _ => {}
                 }
                 if Instant::now() >= deadline {
-                    return Err(refused.into());
+                    // Only slow: Nova unbinds it in the end, and the same
+                    // call again (or the reconciler) deletes it then.
+                    return Err(CloudError::Transient(format!(
+                        "port {port_id} is still bound to a server, and Neutron refuses its delete until it is not: {refused}"
+                    ))
+                    .into());
                 }
                 tokio::time::sleep(pause).await;
             }
@@ -1947,7 +1952,13 @@ impl Shared {
             }
             loop {
                 if Instant::now() >= deadline {
-                    return Err(CloudError::Conflict(refused).into());
+                    // Still detaching, which Cinder finishes in the end:
+                    // only a detached volume it refuses is the tenant's to
+                    // mend.
+                    return Err(CloudError::Transient(format!(
+                        "volume {volume_id} is not detached yet, and Cinder refuses its delete until it is: {refused}"
+                    ))
+                    .into());
                 }
                 tokio::time::sleep(pause).await;
                 match self.cloud.get_volume(volume_id).await {

@@ -3363,3 +3363,52 @@ async fn a_cold_boot_whose_server_vanishes_is_no_refusal() {
     );
     assert_consistent(&sim, &manager).await;
 }
+
+/// A release whose volume Cinder is still detaching, or whose port Neutron
+/// still has bound, when it stops waiting says call again (UNAVAILABLE): it
+/// was FAILED_PRECONDITION ("refused the call in the object's current
+/// state"), which billing takes as its request to change, though the cloud
+/// catches up and the release again (or the reconciler) finishes it.
+#[tokio::test(start_paused = true)]
+async fn a_release_the_cloud_is_slow_to_let_go_of_says_call_again() {
+    let slow = Duration::from_secs(120);
+    let config = sim().config();
+    let detaching = cloudsim::SimCloud::new(cloudsim::SimConfig {
+        latencies: cloudsim::Latencies {
+            volume_detach: slow,
+            ..config.latencies.clone()
+        },
+        ..config.clone()
+    });
+    let bound = cloudsim::SimCloud::new(cloudsim::SimConfig {
+        member_port_policy: true,
+        ..config
+    });
+    bound.faults().slow_port_unbind(slow);
+    for sim in [detaching, bound] {
+        let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 1).await;
+        let a = manager
+            .allocate(request("o-slow", new_volume(), EmptyPoolPolicy::FailFast))
+            .await
+            .unwrap();
+        let held = match sim.config().member_port_policy {
+            true => a.port_id.clone().unwrap(),
+            false => a.volume_id.clone().unwrap(),
+        };
+        let err = manager.release("o-slow", Some(true)).await.unwrap_err();
+        assert!(
+            matches!(&err, ManagerError::Cloud(pool_manager::cloud::CloudError::Transient(m))
+                if m.contains(&held)),
+            "{err:?}"
+        );
+        let releasing = manager.get_allocation("o-slow").await.unwrap();
+        assert_eq!(releasing.state, AllocationState::Releasing);
+        tokio::time::sleep(slow).await;
+        let released = manager.release("o-slow", Some(true)).await.unwrap();
+        assert_eq!(released.state, AllocationState::Released);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(sim.volumes().is_empty(), "{:?}", sim.volumes());
+        assert!(sim.ports().is_empty(), "{:?}", sim.ports());
+        assert_consistent(&sim, &manager).await;
+    }
+}
