@@ -50,6 +50,7 @@ pub struct Fill {
 impl Fill {
     pub fn label(&self) -> String {
         match self.limit {
+            Limit::Boots(1) => "fixed 1 boot".into(),
             Limit::Boots(n) => format!("fixed {n} boots"),
             Limit::Builds(n) => format!("fixed window of {n} builds"),
             Limit::Adaptive => "adaptive (AIMD) window of builds".into(),

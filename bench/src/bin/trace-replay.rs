@@ -597,7 +597,7 @@ fn main() -> anyhow::Result<()> {
             report::duration(lone_build),
             contention::LONE_BOOTS
         );
-        let _ = writeln!(md, "| concurrency | fill time | instances/min | boot p50 | boot p99 | p99 / lone boot | build p99 | build p99 / lone build |\n|---|--:|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(md, "| limit | fill time | instances/min | boot p50 | boot p99 | p99 / lone boot | build p99 | build p99 / lone build |\n|---|--:|--:|--:|--:|--:|--:|--:|");
         for f in &fills {
             let _ = writeln!(
                 md,
@@ -864,7 +864,7 @@ fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
             let p99 = adaptive.lead_p(0.99).as_secs_f64() / lone.as_secs_f64();
             let _ = writeln!(
                 md,
-                "- **Host contention**: the adaptive window refilled at {:.1}/min, {:.2}x the best fixed concurrency in hindsight ({}, {:.1}/min; goal >= 0.9x): {}{}; its boot p99 was {:.2}x a lone boot (goal <= 1.5x): {}{}.",
+                "- **Host contention**: the adaptive window refilled at {:.1}/min, {:.2}x the best fixed limit in hindsight ({}, {:.1}/min; goal >= 0.9x): {}{}; its boot p99 was {:.2}x a lone boot (goal <= 1.5x): {}{}.",
                 adaptive.per_minute(),
                 ratio,
                 best.label(),
@@ -905,7 +905,7 @@ fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
             {
                 let _ = writeln!(
                     md,
-                    "  Among fixed concurrencies that keep boot p99 <= 1.5x a lone boot, the best is {} at {:.1}/min; the adaptive window reached {:.2}x of that.",
+                    "  Among fixed limits that keep boot p99 <= 1.5x a lone boot, the best is {} at {:.1}/min; the adaptive window reached {:.2}x of that.",
                     bounded.label(),
                     bounded.per_minute(),
                     adaptive.per_minute() / bounded.per_minute()
