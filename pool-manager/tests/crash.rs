@@ -339,6 +339,24 @@ async fn a_crash_at_any_step_of_a_refill_is_repaired_by_reconcile() {
     crash_at_every_step_of_a_refill(Survives::FlushedAndHalfTheRest).await;
 }
 
+/// A manager on the store in `dir` that draws instance ids from one seed,
+/// the same ones again after each restart.
+fn seeded_manager(
+    dir: &Path,
+    cloud: Arc<dyn pool_manager::cloud::Cloud>,
+    sim: &SimCloud,
+) -> PoolManager {
+    PoolManager::new(
+        open_store(dir),
+        cloud,
+        Arc::new(sim.probe()),
+        pool_manager::ManagerSettings {
+            instance_id_seed: Some(7),
+            ..settings()
+        },
+    )
+}
+
 /// A manager with seeded instance ids, restarted on the same store, draws
 /// ids the store already holds. The store refuses such a write and a fresh
 /// id is drawn: the replenisher drove the tenant's instance it had taken
@@ -347,17 +365,7 @@ async fn a_crash_at_any_step_of_a_refill_is_repaired_by_reconcile() {
 async fn a_restarted_seeded_manager_never_boots_over_a_taken_instance_id() {
     let sim = sim();
     let dir = tempfile::tempdir().unwrap();
-    let seeded = || {
-        pool_manager::PoolManager::new(
-            open_store(dir.path()),
-            sim.clone(),
-            std::sync::Arc::new(sim.probe()),
-            pool_manager::ManagerSettings {
-                instance_id_seed: Some(7),
-                ..settings()
-            },
-        )
-    };
+    let seeded = || seeded_manager(dir.path(), sim.clone(), &sim);
     let manager = seeded();
     manager.start().await.unwrap();
     manager.create_pool(pool(), spec(1)).await.unwrap();
@@ -412,17 +420,7 @@ async fn an_unfinished_release_leaves_alone_an_instance_that_drew_its_id_again()
         CloudError::Conflict("the port is locked".into()),
         false,
     );
-    let seeded = || {
-        PoolManager::new(
-            open_store(dir.path()),
-            cloud.clone(),
-            Arc::new(sim.probe()),
-            pool_manager::ManagerSettings {
-                instance_id_seed: Some(7),
-                ..settings()
-            },
-        )
-    };
+    let seeded = || seeded_manager(dir.path(), cloud.clone(), &sim);
     let manager = seeded();
     manager.start().await.unwrap();
     manager.create_pool(pool(), spec(1)).await.unwrap();

@@ -261,6 +261,32 @@ impl<'a> TraceVerdict<'a> {
     }
 }
 
+/// The line naming the fastest fixed limit whose `p99` stays within 1.5x
+/// of a lone `what` (boot or build) taking `lone`, against the adaptive
+/// window; none if no fixed limit does.
+fn best_within_bound(
+    md: &mut String,
+    fixed: &[&Fill],
+    adaptive: &Fill,
+    what: &str,
+    lone: Duration,
+    p99: impl Fn(&Fill) -> Duration,
+) {
+    if let Some(bounded) = fixed
+        .iter()
+        .filter(|f| p99(f).as_secs_f64() <= 1.5 * lone.as_secs_f64())
+        .max_by(|a, b| a.per_minute().total_cmp(&b.per_minute()))
+    {
+        let _ = writeln!(
+            md,
+            "  Among fixed limits that keep {what} p99 <= 1.5x a lone {what}, the best is {} at {:.1}/min; the adaptive window reached {:.2}x of that.",
+            bounded.label(),
+            bounded.per_minute(),
+            adaptive.per_minute() / bounded.per_minute()
+        );
+    }
+}
+
 /// The verdict on an idle ratio, with how far it missed.
 fn idle_verdict(ratio: f64) -> String {
     let met = ratio <= GOAL_IDLE_RATIO;
@@ -884,33 +910,11 @@ fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
                     if build_p99 <= 1.5 { "within" } else { "over" },
                     if build_p99 > 1.5 { format!(", by {:.2}x", build_p99 - 1.5) } else { String::new() }
                 );
-                if let Some(bounded) = fixed
-                    .iter()
-                    .filter(|f| f.build_p(0.99).as_secs_f64() <= 1.5 * lone_build.as_secs_f64())
-                    .max_by(|a, b| a.per_minute().total_cmp(&b.per_minute()))
-                {
-                    let _ = writeln!(
-                        md,
-                        "  Among fixed limits that keep build p99 <= 1.5x a lone build, the best is {} at {:.1}/min; the adaptive window reached {:.2}x of that.",
-                        bounded.label(),
-                        bounded.per_minute(),
-                        adaptive.per_minute() / bounded.per_minute()
-                    );
-                }
+                best_within_bound(&mut md, &fixed, adaptive, "build", lone_build, |f| {
+                    f.build_p(0.99)
+                });
             }
-            if let Some(bounded) = fixed
-                .iter()
-                .filter(|f| f.lead_p(0.99).as_secs_f64() <= 1.5 * lone.as_secs_f64())
-                .max_by(|a, b| a.per_minute().total_cmp(&b.per_minute()))
-            {
-                let _ = writeln!(
-                    md,
-                    "  Among fixed limits that keep boot p99 <= 1.5x a lone boot, the best is {} at {:.1}/min; the adaptive window reached {:.2}x of that.",
-                    bounded.label(),
-                    bounded.per_minute(),
-                    adaptive.per_minute() / bounded.per_minute()
-                );
-            }
+            best_within_bound(&mut md, &fixed, adaptive, "boot", lone, |f| f.lead_p(0.99));
         }
     }
 
