@@ -16,7 +16,7 @@
 //! `ManagerSettings::keep_released`, if set.
 
 use crate::cloud::{
-    CloudError, CloudResult, NewPortSpec, NewVolumeSpec, VolumeStatus, META_INSTANCE,
+    CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Volume, VolumeStatus, META_INSTANCE,
 };
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, EventKind};
@@ -865,6 +865,9 @@ impl Shared {
             Err(e) => return Err(e.into()),
         };
         if volume.status != VolumeStatus::Available {
+            if let Some(passing) = self.passing_unavailability(&volume).await {
+                return Err(passing);
+            }
             return Err(not_attachable(volume_id, &volume.status));
         }
         let zone = self.cloud.volume_zone_for(&params.pool.availability_zone);
@@ -875,6 +878,39 @@ impl Shared {
             )));
         }
         Ok(())
+    }
+
+    /// A volume that cannot be attached only for now: Cinder still creating
+    /// or detaching it, or every server it is attached to being deleted (a
+    /// failed try of this very order's, say). The caller is to ask again,
+    /// not to change the request: billing may drop an order refused as
+    /// its own to mend. A server warmpool cannot see (another project's)
+    /// says nothing, and the volume stays the caller's to detach.
+    async fn passing_unavailability(&self, volume: &Volume) -> Option<ManagerError> {
+        let id = &volume.id;
+        match volume.status {
+            VolumeStatus::Creating | VolumeStatus::Detaching => {
+                return Some(ManagerError::TryAgain(format!(
+                    "volume {id} is {}; ask again once it is available",
+                    match volume.status {
+                        VolumeStatus::Creating => "still being created",
+                        _ => "being detached",
+                    }
+                )))
+            }
+            VolumeStatus::InUse | VolumeStatus::Attaching if !volume.attached_to.is_empty() => {}
+            _ => return None,
+        }
+        for server in &volume.attached_to {
+            match self.cloud.get_server(server).await {
+                Ok(s) if s.is_going() => {}
+                _ => return None,
+            }
+        }
+        Some(ManagerError::TryAgain(format!(
+            "volume {id} is still attached to server {}, which is being deleted; ask again once it is gone",
+            volume.attached_to.join(", ")
+        )))
     }
 
     async fn fulfil(

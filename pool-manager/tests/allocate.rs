@@ -391,6 +391,70 @@ async fn unknown_pool_and_malformed_requests_are_refused_without_change() {
     );
 }
 
+/// A volume that is not attachable only for a moment (still attached to a
+/// server being deleted, as after a failed try of the same order; still
+/// being created or detached) is a call to ask again (UNAVAILABLE), not
+/// the caller's to change (FAILED_PRECONDITION): billing may take the
+/// latter as final and drop a valid order. Asked again once the server is
+/// gone, the purchase gets the volume.
+#[tokio::test(start_paused = true)]
+async fn a_volume_held_by_a_server_being_deleted_is_asked_again() {
+    use pool_manager::cloud::{Cloud, ServerSpec};
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 2).await;
+    let volume = sim.create_volume_for_test("tenant-a", "az1", 10);
+    let holder = sim
+        .create_server(&ServerSpec {
+            name: "tenant-a-db".into(),
+            pool: pool(),
+            image: "mysql-8.0".into(),
+            metadata: Default::default(),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    sim.attach_volume(&holder.id, &volume).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    sim.delete_server(&holder.id).await.unwrap();
+
+    let order = || {
+        let volume = VolumeSource::Existing {
+            volume_id: volume.clone(),
+        };
+        request("order-held", volume, EmptyPoolPolicy::FailFast)
+    };
+    let err = manager.allocate(order()).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::TryAgain(m) if m.contains(&holder.id) && m.contains("ask again")),
+        "{err}"
+    );
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let allocation = manager.allocate(order()).await.unwrap();
+    assert_eq!(allocation.state, AllocationState::Allocated);
+
+    // A volume Cinder is still creating: the same.
+    let creating = sim
+        .create_volume(&pool_manager::cloud::NewVolumeSpec {
+            name: "tenant-a-data".into(),
+            size_gib: 10,
+            volume_type: None,
+            availability_zone: "az1".into(),
+            project_id: "tenant-a".into(),
+        })
+        .await
+        .unwrap();
+    let volume = VolumeSource::Existing {
+        volume_id: creating.id.clone(),
+    };
+    let early = request("order-early", volume, EmptyPoolPolicy::FailFast);
+    let err = manager.allocate(early).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::TryAgain(m) if m.contains("still being created")),
+        "{err}"
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_volume_in_use_is_never_attached() {
     let sim = sim();
