@@ -218,6 +218,10 @@ pub fn classify(
                 message,
             }
         }
+        // A proxy's request timeout (haproxy's `timeout http-request`):
+        // the call may have gone through behind it, as after a 504, so it
+        // is asked again (and a create is left uncertain), not refused.
+        408 => CloudError::Transient(message),
         // Nova's notImplemented (a feature this cloud's driver lacks), an
         // HTTP version refused: asking again changes nothing.
         501 | 505 => CloudError::Fatal(message),
@@ -298,6 +302,22 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after(Some("next tuesday")), None);
+    }
+
+    /// A proxy in front of the APIs that times a request out answers 408:
+    /// the call may have been carried out behind it, so it is asked again
+    /// like a 504, not refused for good.
+    #[test]
+    fn a_proxys_request_timeout_is_transient() {
+        let e = classify(
+            Compute,
+            "POST /servers",
+            408,
+            None,
+            "<html><body><h1>408 Request Time-out</h1></body></html>",
+        );
+        assert!(e.is_retryable(), "{e:?}");
+        assert!(e.to_string().contains("HTTP 408"), "{e}");
     }
 
     /// A gateway's rate limit may word itself "quota" ("Quota limit
