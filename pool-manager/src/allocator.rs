@@ -888,16 +888,12 @@ impl Shared {
     /// says nothing, and the volume stays the caller's to detach.
     async fn passing_unavailability(&self, volume: &Volume) -> Option<ManagerError> {
         let id = &volume.id;
+        if let Some(doing) = passing_volume_state(&volume.status) {
+            return Some(ManagerError::TryAgain(format!(
+                "volume {id} is {doing}; ask again once it is available"
+            )));
+        }
         match volume.status {
-            VolumeStatus::Creating | VolumeStatus::Detaching => {
-                return Some(ManagerError::TryAgain(format!(
-                    "volume {id} is {}; ask again once it is available",
-                    match volume.status {
-                        VolumeStatus::Creating => "still being created",
-                        _ => "being detached",
-                    }
-                )))
-            }
             VolumeStatus::InUse | VolumeStatus::Attaching if !volume.attached_to.is_empty() => {}
             _ => return None,
         }
@@ -2150,6 +2146,27 @@ struct VolumeBefore<'a> {
 
 /// FAILED_PRECONDITION for a tenant's volume that is not `available`,
 /// saying what its status means for the caller.
+/// What Cinder is doing to a volume in a state that ends by itself (in the
+/// state the volume had before: available, or in-use), as a message says
+/// it; `None` for a state that lasts (in-use, error, awaiting a transfer
+/// its owner must accept or cancel) or that is no obstacle (available).
+fn passing_volume_state(status: &VolumeStatus) -> Option<&'static str> {
+    Some(match status {
+        VolumeStatus::Creating => "still being created",
+        VolumeStatus::Detaching => "being detached",
+        VolumeStatus::Other(s) => match s.as_str() {
+            "maintenance" => "in maintenance (being migrated)",
+            "backing-up" => "being backed up",
+            "restoring-backup" => "being restored from a backup",
+            "uploading" => "being uploaded to an image",
+            "retyping" => "being retyped",
+            "extending" => "being extended",
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
 fn not_attachable(volume_id: &str, status: &VolumeStatus) -> ManagerError {
     let why = match status {
         VolumeStatus::InUse | VolumeStatus::Attaching => {
@@ -2174,5 +2191,42 @@ fn paused_hint(pool: &PoolRecord) -> &'static str {
         " (the pool is paused: it boots nothing until it is unpaused)"
     } else {
         ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A volume Cinder is backing up, extending, migrating... is back in
+    /// its state when done: a purchase asks again (UNAVAILABLE) rather than
+    /// being refused as the caller's to mend. A transfer waits for its
+    /// owner, and in-use or error stay.
+    #[test]
+    fn volume_states_that_end_by_themselves() {
+        let other = |s: &str| VolumeStatus::Other(s.to_owned());
+        for passing in [
+            VolumeStatus::Creating,
+            VolumeStatus::Detaching,
+            other("backing-up"),
+            other("maintenance"),
+            other("restoring-backup"),
+            other("uploading"),
+            other("retyping"),
+            other("extending"),
+        ] {
+            assert!(passing_volume_state(&passing).is_some(), "{passing:?}");
+        }
+        for lasting in [
+            VolumeStatus::Available,
+            VolumeStatus::InUse,
+            VolumeStatus::Attaching,
+            VolumeStatus::Error,
+            other("awaiting-transfer"),
+            other("error_extending"),
+            other("some-new-state"),
+        ] {
+            assert!(passing_volume_state(&lasting).is_none(), "{lasting:?}");
+        }
     }
 }
