@@ -493,6 +493,7 @@ impl Shared {
             fresh: mut over_cap,
             outdated: mut outdated_over_cap,
             mut above_target,
+            keep,
         } = due;
         let mut ready: Vec<&Instance> = instances
             .iter()
@@ -523,7 +524,7 @@ impl Shared {
                 doomed.push((
                     instance,
                     format!(
-                        "above the pool's target of {target} for {}",
+                        "above the pool's target of {target} for {} (keeping {keep}: the target and what purchases are expected to take meanwhile)",
                         humantime::format_duration(self.settings.sizing.cooldown)
                     ),
                     Retirement::AboveTarget,
@@ -543,7 +544,7 @@ impl Shared {
                 Retirement::Replaced => fresh >= target,
                 Retirement::OutdatedOverCap => fresh + outdated > max_ready,
                 Retirement::FreshOverCap => fresh > max_ready,
-                Retirement::AboveTarget => fresh > target,
+                Retirement::AboveTarget => fresh > keep,
             };
             if !still_due {
                 continue;
@@ -1163,8 +1164,11 @@ struct Retirements {
     /// The oldest outdated ones beyond `max_ready`, fresh and outdated
     /// counted together.
     outdated: u32,
-    /// The oldest fresh ones beyond `target`, after those beyond `max_ready`.
+    /// The oldest fresh ones beyond `keep`, after those beyond `max_ready`.
     above_target: u32,
+    /// The fresh ones a lasting surplus leaves ([`sizing::surplus_kept`]),
+    /// judged again before each such retirement.
+    keep: u32,
 }
 
 /// A pool's untouched instances, counted for a step.
@@ -1213,6 +1217,7 @@ impl Retirements {
             fresh: fresh_ready.saturating_sub(max_ready),
             outdated: (fresh_ready + census.outdated).saturating_sub(max_ready),
             above_target: 0,
+            keep: target,
         }
     }
 
@@ -1220,6 +1225,7 @@ impl Retirements {
     fn down_to(self, keep: u32, census: &Census) -> Self {
         Retirements {
             above_target: (census.fresh_ready() - self.fresh).saturating_sub(keep),
+            keep,
             ..self
         }
     }
