@@ -838,7 +838,7 @@ pub struct PoolSizing {
     in_flight: BTreeMap<String, Instant>,
     pub last_plan: Option<BootPlan>,
     /// Since when every step found more fresh Ready instances than the
-    /// target; `None` while the pool is at or below it.
+    /// pool keeps ([`surplus_kept`]); `None` while it holds no more.
     surplus_since: Option<Instant>,
     /// Orders counted in `demand` within `demand_long`: request id ->
     /// when.
@@ -986,9 +986,9 @@ impl SizingBook {
     }
 
     /// Keeps the pool's plan; returns the one it replaces.
-    /// Notes whether `key` holds more fresh Ready instances than its target
-    /// now; whether it has at every step for a whole `cooldown`, so that
-    /// its surplus goes. The same wait as a falling demand forecast: a
+    /// Notes whether `key` holds more fresh Ready instances than it keeps
+    /// ([`surplus_kept`]) now; whether it has at every step for a whole
+    /// `cooldown`, so that its surplus goes. The same wait as a falling demand forecast: a
     /// target that dips and comes back within it costs no server.
     pub fn surplus_outlasted(
         &mut self,
