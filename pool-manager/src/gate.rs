@@ -411,7 +411,15 @@ impl Gate {
         })
     }
 
-    fn hold(&self, az: &str, flavor: &str, now: Instant) -> Option<Hold> {
+    /// The hold on speculative boots of `flavor` in `az`, given the
+    /// flavor's [`Self::refill_headroom`].
+    fn hold(
+        &self,
+        az: &str,
+        flavor: &str,
+        refill_headroom: Option<u64>,
+        now: Instant,
+    ) -> Option<Hold> {
         if let Some(until) = self.quota.paused_until.filter(|u| *u > now) {
             return Some(Hold::Quota { until });
         }
@@ -421,7 +429,7 @@ impl Gate {
             .and_then(|s| s.paused_until)
             .filter(|u| *u > now)
             .map(|until| Hold::Throttled { until });
-        if throttled.is_none() && self.refill_headroom(flavor) == Some(0) {
+        if throttled.is_none() && refill_headroom == Some(0) {
             // Nothing to boot until the next poll can show freed quota.
             return Some(Hold::Quota {
                 until: self.headroom_due_at(flavor, now),
@@ -436,7 +444,7 @@ impl Gate {
             return Admission::OPEN;
         }
         let headroom = self.refill_headroom(flavor);
-        let hold = self.hold(az, flavor, now);
+        let hold = self.hold(az, flavor, headroom, now);
         let state = self.az(az);
         let room = (state.window.floor() as u32).saturating_sub(state.gated);
         Admission {
@@ -749,7 +757,7 @@ impl Gate {
     pub fn status(&mut self, az: &str, flavor: &str, now: Instant) -> GateStatus {
         let enabled = self.settings.enabled;
         let hold = if enabled {
-            self.hold(az, flavor, now)
+            self.hold(az, flavor, self.refill_headroom(flavor), now)
         } else {
             None
         };
