@@ -841,8 +841,12 @@ pub struct PoolSizing {
     /// pool keeps ([`surplus_kept`]); `None` while it holds no more.
     surplus_since: Option<Instant>,
     /// Orders counted in `demand` within `demand_long`: request id ->
-    /// when.
+    /// when last asked for.
     orders_counted: BTreeMap<String, Instant>,
+    /// The same askings in the order they came, so that those older than
+    /// `demand_long` are forgotten from the front, not by a scan of every
+    /// order at each purchase.
+    orders_asked: VecDeque<(Instant, String)>,
 }
 
 impl PoolSizing {
@@ -868,6 +872,7 @@ impl PoolSizing {
             last_plan: None,
             surplus_since: None,
             orders_counted: BTreeMap::new(),
+            orders_asked: VecDeque::new(),
         }
     }
 }
@@ -908,9 +913,18 @@ impl SizingBook {
         settings: &SizingSettings,
     ) {
         let pool = self.pool(key, settings);
-        let remembered = settings.demand_long;
-        pool.orders_counted
-            .retain(|_, counted| now.saturating_duration_since(*counted) < remembered);
+        while let Some((asked, _)) = pool.orders_asked.front() {
+            if now.saturating_duration_since(*asked) < settings.demand_long {
+                break;
+            }
+            if let Some((asked, order)) = pool.orders_asked.pop_front() {
+                // Asked again since: that later asking keeps it.
+                if pool.orders_counted.get(&order) == Some(&asked) {
+                    pool.orders_counted.remove(&order);
+                }
+            }
+        }
+        pool.orders_asked.push_back((now, request_id.to_string()));
         if pool
             .orders_counted
             .insert(request_id.to_string(), now)
