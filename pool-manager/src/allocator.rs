@@ -1293,14 +1293,23 @@ impl Shared {
                 let az = &params.pool.availability_zone;
                 BootTicket::start_locked(&self.gate, &mut locked, az, flavor, false)
             };
-            let ready = tokio::time::timeout_at(
-                deadline,
-                self.drive_boot_with(instance.clone(), ticket, Timed::FromNow),
-            )
-            .await;
+            // The boot runs as a task of its own, which the purchase only
+            // waits on: dropped at the deadline, it could be dropped in the
+            // middle of its create, leaving a server no record names (the
+            // next reconcile pass would delete it as a leak), and a boot
+            // most of the way done would be wasted.
+            let boot = self.boot_in_background(instance.clone(), ticket);
+            let ready = tokio::time::timeout_at(deadline, boot).await;
             match ready {
-                Ok(Ok(ready)) => break ready,
-                Ok(Err(BootError::Cloud(CloudError::QuotaExceeded(m)))) => {
+                Ok(Ok(Ok(ready))) => break ready,
+                // The task was aborted, or never started: the manager stops.
+                // Nothing drives the instance; the purchase's rollback
+                // discards it, or the next start's reconcile does.
+                Ok(Err(_)) => {
+                    self.release_driving(&instance.id);
+                    return Err(ManagerError::ShuttingDown);
+                }
+                Ok(Ok(Err(BootError::Cloud(CloudError::QuotaExceeded(m))))) => {
                     // Someone took the room (or the limits are unknown):
                     // wait in line, backing off so refusals do not pile up.
                     refusals += 1;
@@ -1312,21 +1321,24 @@ impl Shared {
                         .saturating_mul(2u32.saturating_pow(refusals.min(5)));
                     self.wait_for_quota(params, deadline, pause).await?;
                 }
-                Ok(Err(e)) => return Err(cold_boot_failed(&params.pool, e)),
+                Ok(Ok(Err(e))) => return Err(cold_boot_failed(&params.pool, e)),
                 Err(_) => {
-                    self.release_driving(&instance.id);
-                    self.discard_instance(&instance.id, "cold boot deadline")
+                    self.hand_over_to_pool(&instance.id, &params.request_id)
                         .await?;
                     return Err(ManagerError::ResourceExhausted(format!(
-                        "cold boot in pool {} did not finish before the deadline",
+                        "cold boot in pool {} did not finish before the deadline; it will join the pool when ready",
                         params.pool
                     )));
                 }
             }
         };
+        // Still reserved for this order: the reservation is given up only
+        // by the handover above, after which this purchase has answered.
         let claimed = self
             .update_instance(&ready.id, |current| {
-                (current.state == InstanceState::Ready).then(|| {
+                (current.state == InstanceState::Ready
+                    && current.request_id.as_deref() == Some(params.request_id.as_str()))
+                .then(|| {
                     let mut next = current.clone();
                     next.state = InstanceState::Claimed;
                     Some(next)
@@ -1338,6 +1350,54 @@ impl Shared {
             })?;
         self.store.flush().await?;
         Ok(claimed)
+    }
+
+    /// Drives a purchase's cold boot on a task of the manager (tracked, so
+    /// stopped at shutdown, as the replenisher's boots are: the next
+    /// start's reconcile resumes it) and answers how it ended. The boot
+    /// owns the driving claim and the gate's `ticket`, not the purchase.
+    /// The answer is an error only when the task was aborted or, the
+    /// manager stopping, never started (the ticket then ends, dropped).
+    fn boot_in_background(
+        self: &Arc<Self>,
+        instance: Instance,
+        ticket: BootTicket,
+    ) -> tokio::sync::oneshot::Receiver<Result<Instance, BootError>> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let shared = self.clone();
+        self.spawn(async move {
+            let ready = shared
+                .drive_boot_with(instance, ticket, Timed::FromNow)
+                .await;
+            // A purchase past its deadline no longer listens.
+            let _ = answer.send(ready);
+        });
+        answered
+    }
+
+    /// Gives a cold boot its purchase no longer waits for to the pool: its
+    /// reservation for `request_id` is cleared (and flushed) while it is
+    /// still booting or Ready, so it counts as the pool's supply, the next
+    /// purchase claims it once Ready, and the purchase's rollback, which
+    /// discards what is reserved for its order, leaves it to its boot. A
+    /// boot that fails from here on is discarded by its task as any failed
+    /// boot is; one already failed is left to that.
+    async fn hand_over_to_pool(&self, id: &str, request_id: &str) -> ManagerResult<()> {
+        let handed = self
+            .update_instance(id, |current| {
+                (current.request_id.as_deref() == Some(request_id) && current.state.is_supply())
+                    .then(|| {
+                        let mut next = current.clone();
+                        next.request_id = None;
+                        Some(next)
+                    })
+            })
+            .await?;
+        if handed.is_some() {
+            self.store.flush().await?;
+            tracing::info!(%request_id, instance = %id, "cold boot missed its purchase's deadline; it joins the pool when ready");
+        }
+        Ok(())
     }
 
     /// Whether the flavor's quota has room for a cold boot. The headroom is

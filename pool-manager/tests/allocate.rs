@@ -3476,3 +3476,124 @@ async fn a_release_the_cloud_is_slow_to_let_go_of_says_call_again() {
         assert_consistent(&sim, &manager).await;
     }
 }
+
+/// A cold boot that misses its purchase's deadline while its create's
+/// answer is still on the way goes on in the background: the server the
+/// cloud made is recorded when the answer comes (not dropped with the
+/// purchase, and so never taken for a leak), boots to Ready, and joins the
+/// pool as ordinary supply, which the next purchase gets warm.
+#[tokio::test(start_paused = true)]
+async fn a_cold_boot_past_its_deadline_mid_create_joins_the_pool() {
+    use pool_manager::events::EventKind;
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_over(&cloud, temp_store(), 0).await;
+    let mut events = manager.events();
+    let answered = cloud.hold_next("create_server", At::After);
+    let mut order = request("late", new_volume(), EmptyPoolPolicy::ColdBoot);
+    order.timeout = Some(Duration::from_secs(30));
+    let buyer = spawn_allocate(&manager, order);
+    answered.reached().await;
+    let err = buyer.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::ResourceExhausted(m)
+            if m.contains("did not finish before the deadline") && m.contains("join the pool")),
+        "{err:?}"
+    );
+    assert!(manager.get_allocation("late").await.is_err(), "rolled back");
+    // The boot is the pool's now, its create still unanswered: a reconcile
+    // pass meanwhile leaves the server the cloud made alone.
+    let instances = manager.list_instances(Some(&pool())).await.unwrap();
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    assert_eq!(instances[0].state, InstanceState::Booting);
+    assert_eq!(instances[0].request_id, None, "no longer the purchase's");
+    manager.reconcile().await.unwrap();
+    assert_eq!(sim.servers().len(), 1);
+    answered.release();
+
+    wait_ready(&manager, 1).await;
+    let ready = manager.list_instances(Some(&pool())).await.unwrap();
+    assert_eq!(ready.len(), 1, "{ready:?}");
+    assert_eq!(ready[0].id, instances[0].id);
+    assert_eq!(ready[0].request_id, None);
+    let supply = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(supply.count(InstanceState::Ready), 1, "{supply:?}");
+    manager.reconcile().await.unwrap();
+
+    let next = manager
+        .allocate(request("next", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert!(next.warm_hit);
+    assert_eq!(next.instance_id.as_ref(), Some(&ready[0].id));
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event.kind, EventKind::LeakDeleted { .. }),
+            "the late cold boot's server was taken for a leak: {event:?}"
+        );
+    }
+    assert_consistent(&sim, &manager).await;
+}
+
+/// A cold boot whose server is still building when the purchase's deadline
+/// passes is not deleted: it becomes Ready in the background, counts as the
+/// pool's supply (the pool boots nothing more for it), and a retry of the
+/// same order, now a new order since the first was rolled back, gets it
+/// warm.
+#[tokio::test(start_paused = true)]
+async fn a_cold_boot_past_its_deadline_is_kept_for_the_retry() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 0).await;
+    let mut order = request("late", new_volume(), EmptyPoolPolicy::ColdBoot);
+    // A lone boot takes 90 s.
+    order.timeout = Some(Duration::from_secs(45));
+    let err = manager.allocate(order.clone()).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::ResourceExhausted(_)),
+        "{err:?}"
+    );
+    let servers = sim.servers();
+    assert_eq!(servers.len(), 1, "the boot's server is kept");
+    let booting = manager.list_instances(Some(&pool())).await.unwrap();
+    assert_eq!(booting.len(), 1, "{booting:?}");
+    assert_eq!(booting[0].request_id, None);
+    assert!(booting[0].counts_as_supply());
+
+    wait_ready(&manager, 1).await;
+    // The pool counted it as its supply all along: nothing else booted.
+    assert_eq!(sim.servers().len(), 1);
+    let retried = manager.allocate(order).await.unwrap();
+    assert!(retried.warm_hit, "{retried:?}");
+    assert_eq!(retried.server_id.as_ref(), Some(&servers[0].server.id));
+    assert_eq!(retried.instance_id.as_ref(), Some(&booting[0].id));
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.record.allocations_warm, 1);
+    assert_eq!(status.record.allocations_failed, 1);
+    assert_consistent(&sim, &manager).await;
+}
+
+/// A cold boot that fails after its purchase's deadline passed is cleaned
+/// up as any failed boot is: its server deleted, its record gone.
+#[tokio::test(start_paused = true)]
+async fn a_cold_boot_failing_after_its_deadline_is_cleaned_up() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 0).await;
+    // mysqld never answers: the boot fails at the pool's boot timeout.
+    manager
+        .update_pool(&pool(), |s| s.boot_timeout = Duration::from_secs(300))
+        .await
+        .unwrap();
+    sim.faults().mysqld_never_starts_next(1);
+    let mut order = request("late", new_volume(), EmptyPoolPolicy::ColdBoot);
+    order.timeout = Some(Duration::from_secs(45));
+    let err = manager.allocate(order).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::ResourceExhausted(_)),
+        "{err:?}"
+    );
+    assert_eq!(sim.servers().len(), 1, "still booting");
+    tokio::time::sleep(Duration::from_secs(400)).await;
+    assert!(sim.servers().is_empty(), "{:?}", sim.servers());
+    assert!(manager.list_instances(None).await.unwrap().is_empty());
+    assert_consistent(&sim, &manager).await;
+}

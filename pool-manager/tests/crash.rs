@@ -463,3 +463,56 @@ async fn an_unfinished_release_leaves_alone_an_instance_that_drew_its_id_again()
     assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
+
+/// A cold boot that missed its purchase's deadline is the pool's, booting
+/// on in the background. A crash then, its server booting or its create's
+/// answer still on the way, leaves it to the restart: the record was handed
+/// to the pool before the purchase answered, so the restart resumes the
+/// boot (adopting the server a create made unrecorded) instead of rolling
+/// it back or deleting its server as a leak, and a purchase then gets it
+/// warm.
+#[tokio::test(start_paused = true)]
+async fn a_crash_during_a_cold_boot_past_its_deadline_leaves_it_to_the_pool() {
+    for survives in [
+        Survives::EveryWrite,
+        Survives::FlushedWrites,
+        Survives::FlushedAndHalfTheRest,
+    ] {
+        for mid_create in [false, true] {
+            let sim = sim();
+            let cloud = GatedCloud::new(&sim);
+            let dir = tempfile::tempdir().unwrap();
+            let (store, image): (Arc<dyn Store>, _) = match survives {
+                Survives::EveryWrite => (open_store(dir.path()), None),
+                _ => {
+                    let image = HookedStore::new(CrashImage::default());
+                    (image.clone(), Some(image))
+                }
+            };
+            let manager = started_paused(&cloud, store, 0).await;
+            let answered = mid_create.then(|| cloud.hold_next("create_server", At::After));
+            let mut order = request("late", new_volume(), EmptyPoolPolicy::ColdBoot);
+            // A lone boot takes 90 s.
+            order.timeout = Some(Duration::from_secs(45));
+            let err = manager.allocate(order.clone()).await.unwrap_err();
+            assert!(
+                matches!(&err, pool_manager::ManagerError::ResourceExhausted(_)),
+                "{err:?}"
+            );
+            let process = Process { manager, image };
+            let manager = process.crash_and_restart(&sim, dir.path(), survives).await;
+            drop(answered);
+            let what = format!("{survives:?}, mid_create {mid_create}");
+            assert!(manager.get_allocation("late").await.is_err(), "{what}");
+            wait_ready(&manager, 1).await;
+            let servers = sim.servers();
+            assert_eq!(servers.len(), 1, "{what}: {servers:?}");
+            order.empty_pool = EmptyPoolPolicy::FailFast;
+            let retried = manager.allocate(order).await.unwrap();
+            assert!(retried.warm_hit, "{what}");
+            assert_eq!(retried.server_id.as_ref(), Some(&servers[0].server.id));
+            assert_consistent(&sim, &manager).await;
+            manager.shutdown().await.unwrap();
+        }
+    }
+}
