@@ -1712,10 +1712,12 @@ impl Model {
     }
 
     /// Nova's delete with `reclaim_instance_interval` set, for a server that
-    /// was ever ACTIVE: the server is only marked SOFT_DELETED. It stays
-    /// listed, keeps its quota, volumes and ports, its guest is powered off
-    /// (mysqld stops), and it is deleted for good after `reclaim_after` or by
-    /// a forceDelete. A soft-deleted server stays so when deleted again.
+    /// was ever ACTIVE: the server is only marked SOFT_DELETED. Nova's
+    /// listing no longer shows it (the HTTP face leaves it out; it is still
+    /// read by id), it keeps its quota, volumes and ports, its guest is
+    /// powered off (mysqld stops), and it is deleted for good after
+    /// `reclaim_after` or by a forceDelete, unless restored. A soft-deleted
+    /// server stays so when deleted again.
     pub fn soft_delete_server(&mut self, id: &str, now: Instant, reclaim_after: Duration) {
         let Some(s) = self.servers.get_mut(id) else {
             return;
@@ -1750,6 +1752,25 @@ impl Model {
             )));
         }
         self.delete_server(id, now);
+        Ok(())
+    }
+
+    /// Nova's restore action: a SOFT_DELETED server is ACTIVE again and
+    /// waits for no reclaim. Refused (409) for a server in any other state.
+    /// The simulator powers no guest on again: its mysqld stays stopped.
+    pub fn restore_server(&mut self, id: &str, now: Instant) -> CloudResult<()> {
+        let s = self
+            .servers
+            .get_mut(id)
+            .ok_or_else(|| CloudError::NotFound(format!("server {id}")))?;
+        if s.gone_at.is_some() || s.reclaim_at.is_none() {
+            return Err(CloudError::Conflict(format!(
+                "Cannot 'restore' instance {id} while it is in vm_state {}",
+                vm_state(s.status(now))
+            )));
+        }
+        // Its entry in the reclaim queue no longer matches, and is skipped.
+        s.reclaim_at = None;
         Ok(())
     }
 

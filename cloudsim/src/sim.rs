@@ -196,6 +196,17 @@ impl SimCloud {
         self.inner.lock_at(now).fail_server(server_id, fault, now)
     }
 
+    /// Nova's restore of a SOFT_DELETED server, as an operator would send
+    /// it: ACTIVE again, its mysqld stopped. Not an API call of the face's
+    /// client. False when the server is not soft-deleted.
+    pub fn restore_server(&self, server_id: &str) -> bool {
+        let now = Instant::now();
+        self.inner
+            .lock_at(now)
+            .restore_server(server_id, now)
+            .is_ok()
+    }
+
     /// mysqld on the server stops answering (it crashed); the server stays
     /// ACTIVE. Not an API call. False when there is no such live server.
     pub fn stop_mysqld(&self, server_id: &str) -> bool {

@@ -2145,13 +2145,15 @@ async fn detaching_a_volume_still_attaching_is_400() {
 }
 
 /// Nova with `reclaim_instance_interval` set: a delete soft-deletes a
-/// server that was ever ACTIVE. It stays listed as SOFT_DELETED and counted
-/// in the quota, deleting it again changes nothing, and a forceDelete (only
-/// of a SOFT_DELETED server) or the reclaim deletes it for good.
+/// server that was ever ACTIVE. It is SOFT_DELETED by id but left out of
+/// the (non-admin) listing, counted in the quota, deleting it again changes
+/// nothing, a restore brings it back, and a forceDelete (only of a
+/// SOFT_DELETED server) or the reclaim deletes it for good.
 #[tokio::test]
 async fn a_soft_delete_cloud_keeps_servers_until_forced_or_reclaimed() {
     let settings = HttpSettings {
-        reclaim_instance_interval: Duration::from_secs(1),
+        // Long enough for the steps before b's restore on a loaded machine.
+        reclaim_instance_interval: Duration::from_secs(3),
         ..HttpSettings::default()
     };
     let env = start_with(config(), settings).await;
@@ -2185,12 +2187,29 @@ async fn a_soft_delete_cloud_keeps_servers_until_forced_or_reclaimed() {
     let s = env.server(&a, "2.79").await;
     assert_eq!(s["status"], "SOFT_DELETED");
     assert_eq!(s["OS-EXT-STS:vm_state"], "soft-delete");
-    let listed = env
-        .get(Service::Compute, "/v2.1/servers/detail", Some("2.79"))
-        .await
-        .expect(200)
-        .json();
-    assert_eq!(listed["servers"].as_array().unwrap().len(), 2);
+    let listed = |path: &'static str| {
+        let env = &env;
+        async move {
+            let body = env
+                .get(Service::Compute, path, Some("2.79"))
+                .await
+                .expect(200)
+                .json();
+            body["servers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    for path in [
+        "/v2.1/servers/detail",
+        "/v2.1/servers",
+        "/v2.1/servers/detail?status=SOFT_DELETED",
+    ] {
+        assert_eq!(listed(path).await, Vec::<String>::new(), "{path}");
+    }
     let limits = env
         .get(Service::Compute, "/v2.1/limits", Some("2.79"))
         .await
@@ -2218,6 +2237,28 @@ async fn a_soft_delete_cloud_keeps_servers_until_forced_or_reclaimed() {
         .as_str()
         .unwrap()
         .contains("reboot"));
+    // A restore brings b back, listed; a forceDelete of it is refused
+    // then, and deleting it soft-deletes it again.
+    env.post(
+        Service::Compute,
+        &format!("/v2.1/servers/{b}/action"),
+        None,
+        json!({"restore": null}),
+    )
+    .await
+    .expect(202);
+    let s = env.server(&b, "2.79").await;
+    assert_eq!(s["status"], "ACTIVE");
+    assert_eq!(listed("/v2.1/servers/detail").await, vec![b.clone()]);
+    let r = force(b.clone()).await.expect(409);
+    assert!(r.json()["conflictingRequest"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("vm_state active"));
+    env.delete(Service::Compute, &format!("/v2.1/servers/{b}"), None)
+        .await
+        .expect(204);
+    assert_eq!(env.server(&b, "2.79").await["status"], "SOFT_DELETED");
     // a goes as a delete does; b when its reclaim comes.
     for id in [&a, &b] {
         wait_until(|| async {

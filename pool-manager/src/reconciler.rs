@@ -20,7 +20,7 @@
 //! | instance `Ready`, unclaimed | server ACTIVE, mysqld silent on this pass's probe and the last's | discard it (the pool refills) |
 //! | instance `Failed`/`Deleting` | - | delete the server, drop the record |
 //! | nothing | server with warmpool metadata, being deleted (task_state `deleting`: Nova lists it until the host is done) | leave it: a delete sent before its record was dropped, not a leak |
-//! | nothing | server with warmpool metadata, SOFT_DELETED (a cloud with `reclaim_instance_interval`) | delete it for good (the driver's forceDelete), no leak event |
+//! | nothing | server with warmpool metadata, SOFT_DELETED (a cloud with `reclaim_instance_interval`; Nova does not list these, the OpenStack driver's listing adds those it deleted) | delete it for good (the driver's forceDelete), no leak event |
 //! | nothing | server with warmpool metadata, no volume attached | delete it (leak) |
 //! | nothing | server with warmpool metadata and a volume attached | leave it, log an error (a tenant's, its record lost) |
 //! | instance record set aside as unreadable | server naming the instance | leave it, log a warning (a release of its allocation deletes it by the allocation's server id) |

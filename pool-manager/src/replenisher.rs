@@ -1050,11 +1050,13 @@ impl Shared {
         Ok(())
     }
 
-    /// Deletes a server and waits until it is gone, or soft-deleted (the
-    /// reconciler finishes that delete, volume or not). Nova shows a delete
-    /// it accepted as `deleting` until the compute host is done; a server
+    /// Deletes a server and waits until it is gone. Nova shows a delete it
+    /// accepted as `deleting` until the compute host is done; a server
     /// that is not, and is still there, had its delete fail on the host,
-    /// and is sent it again.
+    /// and is sent it again. So is a SOFT_DELETED one (a cloud with
+    /// `reclaim_instance_interval`): it holds the tenant's volume and port
+    /// until the reclaim, and the driver makes the second delete of a
+    /// server it saw soft-deleted a forceDelete.
     pub(crate) async fn delete_server_until_gone(
         &self,
         server_id: &str,
@@ -1074,7 +1076,6 @@ impl Shared {
                 tokio::time::sleep(pause).await;
                 match self.cloud.get_server(server_id).await {
                     Err(CloudError::NotFound(_)) => return Ok(()),
-                    Ok(server) if server.status == ServerStatus::Deleted => return Ok(()),
                     Ok(server) if !server.deleting => break,
                     _ => {}
                 }

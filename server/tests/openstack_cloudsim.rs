@@ -1768,19 +1768,26 @@ image = "mysql-8.0"
     );
 }
 
-/// On a cloud that only soft-deletes (Nova's `reclaim_instance_interval`),
-/// what warmpool deletes stays SOFT_DELETED, holding its quota, until the
-/// reclaim: the reconciler's next pass finishes those deletes (forceDelete).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn servers_a_soft_delete_cloud_keeps_are_deleted_for_good() {
-    let env = env_with(
+/// A cloud that only soft-deletes (Nova's `reclaim_instance_interval`),
+/// reclaiming after an hour.
+async fn soft_delete_env() -> Env {
+    env_with(
         sim_config(),
         HttpSettings {
             reclaim_instance_interval: Duration::from_secs(3600),
             ..HttpSettings::default()
         },
     )
-    .await;
+    .await
+}
+
+/// On a cloud that only soft-deletes (Nova's `reclaim_instance_interval`),
+/// what warmpool deletes stays SOFT_DELETED, holding its quota, until the
+/// reclaim, and Nova's listing no longer shows it: the reconciler's next
+/// pass still finishes those deletes (forceDelete).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_a_soft_delete_cloud_keeps_are_deleted_for_good() {
+    let env = soft_delete_env().await;
     let config = Config::parse(&env.config_text("", SMALL_POOL).replace(
         r#"reconcile_interval = "1m""#,
         r#"reconcile_interval = "300ms""#,
@@ -1810,6 +1817,166 @@ async fn servers_a_soft_delete_cloud_keeps_are_deleted_for_good() {
     .await;
     let _ = stop.send(());
     running.served.await.unwrap().unwrap();
+}
+
+/// An ACTIVE db.small server with a tenant's volume attached, on `cloud`.
+async fn a_server_holding_a_volume(cloud: &OpenStackCloud) -> (String, String) {
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        settled(cloud, &server.id).await.status,
+        ServerStatus::Active
+    );
+    let volume = cloud
+        .create_volume(&volume_spec("warmpool-o1", 1))
+        .await
+        .unwrap();
+    volume_reaches(cloud, &volume.id, VolumeStatus::Available).await;
+    cloud.attach_volume(&server.id, &volume.id).await.unwrap();
+    volume_reaches(cloud, &volume.id, VolumeStatus::InUse).await;
+    (server.id, volume.id)
+}
+
+/// Until `get_server` answers 404.
+async fn server_gone(cloud: &OpenStackCloud, id: &str) {
+    for _ in 0..200 {
+        match cloud.get_server(id).await {
+            Err(CloudError::NotFound(_)) => return,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+            Err(e) => panic!("server {id}: {e}"),
+        }
+    }
+    let left = cloud.get_server(id).await.unwrap();
+    panic!("server {id} is still there: {left:?}");
+}
+
+/// A server the driver saw SOFT_DELETED is force-deleted by the next
+/// delete, though a listing came between: Nova's listing leaves
+/// soft-deleted servers out, which says nothing of them. It goes for good
+/// at once, letting go of the tenant's volume, not after the reclaim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_seen_soft_deleted_is_force_deleted_though_a_listing_hides_it() {
+    let env = soft_delete_env().await;
+    let cloud = env.driver().await;
+    let (server, volume) = a_server_holding_a_volume(&cloud).await;
+    cloud.delete_server(&server).await.unwrap();
+    let seen = cloud.get_server(&server).await.unwrap();
+    assert!(
+        seen.status == ServerStatus::Deleted && !seen.deleting,
+        "{seen:?}"
+    );
+    cloud.list_pool_servers().await.unwrap();
+    cloud.delete_server(&server).await.unwrap();
+    server_gone(&cloud, &server).await;
+    volume_reaches(&cloud, &volume, VolumeStatus::Available).await;
+}
+
+/// A pool server warmpool deleted and the cloud only soft-deleted is still
+/// in the driver's listing, SOFT_DELETED (`Deleted`), though Nova's listing
+/// hides it: the reconciler finishes its delete from there. Once gone for
+/// good, it is listed no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_warmpool_deleted_and_the_cloud_soft_deleted_stays_listed() {
+    let env = soft_delete_env().await;
+    let cloud = env.driver().await;
+    let (server, volume) = a_server_holding_a_volume(&cloud).await;
+    cloud.delete_server(&server).await.unwrap();
+    let listed = cloud.list_pool_servers().await.unwrap();
+    let shown = listed
+        .iter()
+        .find(|s| s.id == server)
+        .expect("the soft-deleted server is listed");
+    assert!(
+        shown.status == ServerStatus::Deleted && !shown.deleting,
+        "{shown:?}"
+    );
+    // As the reconciler finishes it.
+    cloud.delete_server(&server).await.unwrap();
+    server_gone(&cloud, &server).await;
+    volume_reaches(&cloud, &volume, VolumeStatus::Available).await;
+    let listed = cloud.list_pool_servers().await.unwrap();
+    assert!(listed.iter().all(|s| s.id != server), "{listed:?}");
+}
+
+/// A server seen SOFT_DELETED, then restored by hand: its delete is a
+/// plain one again (a forceDelete is refused for a server not
+/// SOFT_DELETED), not a failure until something reads the server again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_server_is_deleted_again_not_refused() {
+    let env = soft_delete_env().await;
+    let cloud = env.driver().await;
+    let (server, _) = a_server_holding_a_volume(&cloud).await;
+    cloud.delete_server(&server).await.unwrap();
+    assert_eq!(
+        cloud.get_server(&server).await.unwrap().status,
+        ServerStatus::Deleted
+    );
+    assert!(env.sim.restore_server(&server));
+    cloud.delete_server(&server).await.unwrap();
+    let seen = cloud.get_server(&server).await.unwrap();
+    assert!(
+        seen.status == ServerStatus::Deleted && !seen.deleting,
+        "{seen:?}"
+    );
+}
+
+/// A release on a soft-delete cloud answers once the server is gone for
+/// good, as on any cloud: a SOFT_DELETED server still holds the tenant's
+/// port (and a volume whose detach was refused) until the reclaim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_on_a_soft_delete_cloud_deletes_the_server_for_good() {
+    use pool_manager::model::{
+        AllocationParams, EmptyPoolPolicy, NetworkRequest, VolumeRequest, VolumeSource,
+    };
+    let env = soft_delete_env().await;
+    let tenant_net = env.driver().await.network("tenant-net").await.unwrap().id;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = warmpool_server::start(env.config("", SMALL_POOL), async {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    let key = PoolKey::new("db.small", "az1");
+    let allocated = running
+        .manager
+        .allocate(pool_manager::AllocateRequest {
+            params: AllocationParams {
+                request_id: "o1".into(),
+                tenant_project_id: "tenant".into(),
+                pool: key,
+                volume: VolumeRequest {
+                    source: VolumeSource::New {
+                        size_gib: 1,
+                        volume_type: None,
+                    },
+                    delete_on_release: false,
+                },
+                network: NetworkRequest {
+                    network_id: tenant_net,
+                    subnet_id: None,
+                    fixed_ip: None,
+                },
+                labels: BTreeMap::new(),
+            },
+            empty_pool: EmptyPoolPolicy::Wait,
+            timeout: Some(Duration::from_secs(60)),
+        })
+        .await
+        .unwrap();
+    let server = allocated.server_id.clone().unwrap();
+    let volume = allocated.volume_id.clone().unwrap();
+    running.manager.release("o1", Some(false)).await.unwrap();
+    assert!(
+        env.sim.server(&server).is_none(),
+        "{:?}",
+        env.sim.server(&server)
+    );
+    let left = env.sim.volumes();
+    let left = left.iter().find(|v| v.id == volume).unwrap();
+    assert_eq!(left.status, VolumeStatus::Available, "{left:?}");
+    stop_daemon(running, stop).await;
 }
 
 /// The start-up cloud check checks the pools the daemon will serve: a pool

@@ -203,8 +203,10 @@ pub struct HttpSettings {
     pub cinder_catalog_types: Vec<&'static str>,
     /// Nova's `reclaim_instance_interval`, in tokio time: above zero, a
     /// delete of a server that was ever ACTIVE only soft-deletes it
-    /// (SOFT_DELETED, still listed and counted in the quota) until then or
-    /// until a `forceDelete`. Zero (Nova's default): deletes are for good.
+    /// (SOFT_DELETED, counted in the quota, shown by id but left out of
+    /// server listings as Nova leaves it out of a non-admin's) until then,
+    /// a `forceDelete` or a `restore`. Zero (Nova's default): deletes are
+    /// for good.
     pub reclaim_instance_interval: Duration,
 }
 

@@ -695,6 +695,10 @@ fn filtered(model: &Model, q: &[(String, String)], mv: Mv) -> Vec<ServerDetail> 
     let mut list: Vec<ServerDetail> = model
         .server_details(now)
         .into_iter()
+        // Nova's listing asks its database for servers not deleted, and a
+        // SOFT_DELETED one counts as deleted there: a non-admin never sees
+        // it listed, whatever the filters, only by its id.
+        .filter(|d| !d.soft_deleted)
         .filter(|d| {
             q.iter().all(|(k, v)| match k.as_str() {
                 "name" => d.server.name.contains(v.as_str()),
@@ -805,7 +809,8 @@ async fn delete_server(
 }
 
 /// `POST /servers/{id}/action`: `forceDelete` (202), which deletes a
-/// SOFT_DELETED server for good; no other action is simulated.
+/// SOFT_DELETED server for good, and `restore` (202), which brings one
+/// back; no other action is simulated.
 async fn server_action(
     State(state): State<Arc<FaceState>>,
     Path(id): Path<String>,
@@ -817,16 +822,22 @@ async fn server_action(
         .and_then(|o| o.keys().next())
         .cloned()
         .unwrap_or_default();
-    if action != "forceDelete" {
-        return Err(ApiError::bad_request(
-            C,
-            format!("There is no such action: {action}"),
-        ));
+    let method = match action.as_str() {
+        "forceDelete" => "force_delete_server",
+        "restore" => "restore_server",
+        _ => {
+            return Err(ApiError::bad_request(
+                C,
+                format!("There is no such action: {action}"),
+            ))
+        }
+    };
+    let (mut model, now) = live_server(&state, method, &id).await?;
+    match action.as_str() {
+        "forceDelete" => model.force_delete_server(&id, now),
+        _ => model.restore_server(&id, now),
     }
-    let (mut model, now) = live_server(&state, "force_delete_server", &id).await?;
-    model
-        .force_delete_server(&id, now)
-        .map_err(|e| ApiError::from_cloud(C, e))?;
+    .map_err(|e| ApiError::from_cloud(C, e))?;
     Ok(StatusCode::ACCEPTED)
 }
 

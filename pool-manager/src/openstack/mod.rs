@@ -65,6 +65,9 @@ const MAX_PAGES: usize = 1000;
 /// A boot the cloud refuses looks its names up again at once.
 const NAME_TTL: Duration = Duration::from_secs(600);
 
+/// How many deleted servers a listing leaves out are read by id at once.
+const UNLISTED_LOOKUPS_AT_ONCE: usize = 16;
+
 /// Names (or ids) resolved with the cloud, each trusted for [`NAME_TTL`].
 struct NameCache<T>(Mutex<HashMap<String, (T, tokio::time::Instant)>>);
 
@@ -246,9 +249,19 @@ struct Inner {
     uncertain_creates: Mutex<HashSet<(Service, String)>>,
     /// Pool servers last seen SOFT_DELETED: a cloud with Nova's
     /// `reclaim_instance_interval` set only soft-deletes, and deleting such
-    /// a server again does nothing, while it keeps its quota and volumes
-    /// until the reclaim. `delete_server` force-deletes these.
+    /// a server again does nothing, while it keeps its quota, volumes and
+    /// ports until the reclaim. `delete_server` force-deletes these. A mark
+    /// follows what the cloud last said of the server (by id, in a listing,
+    /// a 404, a forceDelete refused as the server is not SOFT_DELETED); a
+    /// listing leaving a server out says nothing of it, since Nova leaves
+    /// SOFT_DELETED servers out of a non-admin's listing.
     soft_deleted: Mutex<HashSet<String>>,
+    /// Servers this process sent a delete, until the cloud answers 404 for
+    /// them. The listing looks these up by id when it leaves them out: a
+    /// server the cloud only soft-deleted is never listed again, and
+    /// without this no one would see it to force-delete it. After a
+    /// restart, servers soft-deleted before it wait for Nova's reclaim.
+    deletes_sent: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for OpenStackCloud {
@@ -302,6 +315,7 @@ impl OpenStackCloud {
                 networks: NameCache::default(),
                 uncertain_creates: Mutex::default(),
                 soft_deleted: Mutex::default(),
+                deletes_sent: Mutex::default(),
             }),
         })
     }
@@ -639,6 +653,44 @@ impl OpenStackCloud {
         Ok(nova::to_server(server, &self.address_rule(&name)))
     }
 
+    /// The cloud says the server is gone: nothing is left to force-delete
+    /// or to look for.
+    fn forget_server(&self, server_id: &str) {
+        lock(&self.inner.soft_deleted).remove(server_id);
+        lock(&self.inner.deletes_sent).remove(server_id);
+    }
+
+    /// The servers this process sent a delete that `listed` leaves out and
+    /// the cloud still has, read by id: SOFT_DELETED ones (which Nova never
+    /// lists to a non-admin) are what the listing's reader must see to
+    /// finish their delete. One that cannot be read now is looked up again
+    /// by the next listing.
+    async fn unlisted_deletes(&self, listed: &[nova::NovaServer]) -> Vec<nova::NovaServer> {
+        let unlisted: Vec<String> = lock(&self.inner.deletes_sent)
+            .iter()
+            .filter(|id| !listed.iter().any(|s| &s.id == *id))
+            .cloned()
+            .collect();
+        let mut still_there = Vec::new();
+        for some in unlisted.chunks(UNLISTED_LOOKUPS_AT_ONCE) {
+            let answers = futures::future::join_all(some.iter().map(|id| async move {
+                let call = self.nova(Method::GET, &["servers", id.as_str()]);
+                (id, self.fetch::<nova::ServerBody>(call).await)
+            }))
+            .await;
+            for (id, answer) in answers {
+                match answer {
+                    Ok(body) => still_there.push(body.server),
+                    Err(CloudError::NotFound(_)) => self.forget_server(id),
+                    Err(e) => {
+                        tracing::debug!(server = %id, error = %e, "cannot read a deleted server the listing leaves out; looking again next time");
+                    }
+                }
+            }
+        }
+        still_there
+    }
+
     /// Every item of a paged listing, following `next` from the first page:
     /// `listing()` asks for the first page (a marker is added for the
     /// others), `page_of` reads a page's items and whether a next one is
@@ -951,9 +1003,16 @@ impl Cloud for OpenStackCloud {
     }
 
     async fn get_server(&self, server_id: &str) -> CloudResult<Server> {
-        let body: nova::ServerBody = self
+        let body: nova::ServerBody = match self
             .fetch(self.nova(Method::GET, &["servers", server_id]))
-            .await?;
+            .await
+        {
+            Err(e @ CloudError::NotFound(_)) => {
+                self.forget_server(server_id);
+                return Err(e);
+            }
+            other => other?,
+        };
         let mut server = self.view(body.server).await?;
         // Ports matter once the server runs (the allocator verifies them);
         // polling a booting server skips the extra call.
@@ -970,7 +1029,7 @@ impl Cloud for OpenStackCloud {
     async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
         let tag = &self.inner.settings.server_tag;
         // Nova pages at osapi_max_limit (1000 by default).
-        let found = self
+        let mut found = self
             .list_all(
                 "GET /servers/detail",
                 || {
@@ -984,10 +1043,11 @@ impl Cloud for OpenStackCloud {
                 |s| s.id.clone(),
             )
             .await?;
+        // Nova leaves SOFT_DELETED servers out: those warmpool deleted
+        // still need their forceDelete, and only the listing's reader (the
+        // reconciler) is left to send it.
+        found.extend(self.unlisted_deletes(&found).await);
         let mut ports = self.ports_by_device(None).await?;
-        // Only what this listing shows soft-deleted stays marked: a server
-        // the cloud has reclaimed since is gone.
-        lock(&self.inner.soft_deleted).retain(|id| found.iter().any(|s| &s.id == id));
         let mut servers = Vec::new();
         for s in found {
             let tagged = s.tags.as_ref().is_some_and(|t| t.contains(tag));
@@ -1006,15 +1066,27 @@ impl Cloud for OpenStackCloud {
     }
 
     async fn delete_server(&self, server_id: &str) -> CloudResult<()> {
+        lock(&self.inner.deletes_sent).insert(server_id.to_owned());
         if lock(&self.inner.soft_deleted).contains(server_id) {
             // Nova before 2023 force-deletes only a SOFT_DELETED server, so
             // this is sent only for one seen so.
             let force = self
                 .nova(Method::POST, &["servers", server_id, "action"])
                 .json(serde_json::json!({ "forceDelete": null }));
-            self.request_idempotent(force).await?;
-            lock(&self.inner.soft_deleted).remove(server_id);
-            return Ok(());
+            match self.request_idempotent(force).await {
+                Ok(()) => {
+                    lock(&self.inner.soft_deleted).remove(server_id);
+                    return Ok(());
+                }
+                // No longer SOFT_DELETED (restored since it was seen so, or
+                // a forceDelete already under way): the mark was stale, and
+                // the plain delete below is what such a server takes.
+                Err(CloudError::Conflict(refused)) => {
+                    tracing::debug!(server = server_id, reason = %refused, "forceDelete refused; deleting the server as one not soft-deleted");
+                    lock(&self.inner.soft_deleted).remove(server_id);
+                }
+                Err(e) => return Err(e),
+            }
         }
         self.request_idempotent(self.nova(Method::DELETE, &["servers", server_id]))
             .await
