@@ -108,6 +108,10 @@ struct ServerRec {
     /// Set by a soft delete (Nova's `reclaim_instance_interval`): when the
     /// server is reclaimed, that is deleted for good.
     reclaim_at: Option<Instant>,
+    /// Nova's task_state for a task other than a delete (`migrating`,
+    /// `image_snapshot`), set by a test: Nova refuses attaches and detaches
+    /// meanwhile.
+    task_state: Option<String>,
     /// Volumes and ports whose attach to this server was accepted and not yet
     /// undone; views filter them by the object's state at `now`.
     volumes: BTreeSet<String>,
@@ -151,6 +155,17 @@ impl ServerRec {
 
     fn building(&self, now: Instant) -> bool {
         self.status(now) == ServerStatus::Build
+    }
+
+    /// Nova's 409 for `action` while the server is busy with a task.
+    fn busy_refusal(&self, action: &str) -> CloudResult<()> {
+        match &self.task_state {
+            Some(task) if self.gone_at.is_none() => Err(CloudError::Conflict(format!(
+                "Cannot '{action}' instance {} while it is in task_state {task}",
+                self.id
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -547,6 +562,7 @@ impl Model {
             attached_volumes,
             attached_ports,
             deleting: s.gone_at.is_some(),
+            busy: s.task_state.clone().filter(|_| s.gone_at.is_none()),
         }
     }
 
@@ -863,6 +879,7 @@ impl Model {
                 addr,
                 gone_at: None,
                 reclaim_at: None,
+                task_state: None,
                 volumes: BTreeSet::new(),
                 ports: BTreeSet::new(),
                 listener: None,
@@ -1425,6 +1442,7 @@ impl Model {
                 vm_state(server_status)
             )));
         }
+        self.live_server(server_id)?.busy_refusal("attach_volume")?;
         // Fencing: only an `available` volume with nothing pending may be attached.
         let st = vol.state.at(now);
         if st.status != VolumeStatus::Available || vol.state.pending(now) {
@@ -1647,7 +1665,9 @@ impl Model {
                 "injected: port attach failed (HTTP 500)".into(),
             ));
         }
-        let status = self.live_server(server_id)?.status(now);
+        let server = self.live_server(server_id)?;
+        let status = server.status(now);
+        server.busy_refusal("attach_interface")?;
         let port = self
             .ports
             .get(port_id)
@@ -1697,11 +1717,12 @@ impl Model {
 
 impl Model {
     /// Whether Nova lets `action` detach something from the server now: a
-    /// gone server has nothing attached, a live one must be ACTIVE.
+    /// gone server has nothing attached, a live one must be ACTIVE and not
+    /// busy with a task.
     fn detachable(&self, server_id: &str, action: &str, now: Instant) -> CloudResult<()> {
         match self.servers.get(server_id) {
             Some(s) if s.gone_at.is_none() => match s.status(now) {
-                ServerStatus::Active => Ok(()),
+                ServerStatus::Active => s.busy_refusal(action),
                 status => Err(CloudError::Conflict(format!(
                     "Cannot '{action}' instance {server_id} while it is in vm_state {}",
                     vm_state(status)
@@ -1786,6 +1807,17 @@ impl Model {
                     *mysqld_ready_at = None;
                 }
                 s.listener = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Nova starts (`Some`) or ends (`None`) a task on a live server.
+    pub fn set_server_task_state(&mut self, server_id: &str, task_state: Option<&str>) -> bool {
+        match self.servers.get_mut(server_id) {
+            Some(s) if s.gone_at.is_none() => {
+                s.task_state = task_state.map(str::to_owned);
                 true
             }
             _ => false,

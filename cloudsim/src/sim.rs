@@ -207,6 +207,18 @@ impl SimCloud {
             .is_ok()
     }
 
+    /// Nova starts a task on the server (`Some`: an operator's snapshot,
+    /// `image_snapshot`; a live migration, `migrating`) or ends it (`None`).
+    /// The server stays ACTIVE here (Nova shows most tasks so; a live
+    /// migration as MIGRATING) and its mysqld answers, but Nova refuses
+    /// attaches and detaches (409) meanwhile. Not an API call. False when
+    /// there is no such live server.
+    pub fn set_server_task_state(&self, server_id: &str, task_state: Option<&str>) -> bool {
+        self.inner
+            .lock_at(Instant::now())
+            .set_server_task_state(server_id, task_state)
+    }
+
     /// mysqld on the server stops answering (it crashed); the server stays
     /// ACTIVE. Not an API call. False when there is no such live server.
     pub fn stop_mysqld(&self, server_id: &str) -> bool {

@@ -1552,14 +1552,15 @@ impl Shared {
         match attached {
             Ok(()) => {}
             // A 409 is the volume's (in use, another zone) unless the
-            // server cannot take an attach (Nova refuses one to a server in
-            // ERROR): then the next instance may.
+            // server cannot take an attach now: Nova refuses one to a
+            // server in ERROR, and to one busy with a task (a snapshot, a
+            // migration: any task_state). Then the next instance may.
             Err(CloudError::Conflict(m)) => {
                 let server_usable = self
                     .cloud
                     .get_server(server_id)
                     .await
-                    .map_or(true, |s| s.is_usable());
+                    .map_or(true, |s| s.takes_an_attach_now());
                 let refused = ManagerError::FailedPrecondition(format!(
                     "volume {volume_id} cannot be attached: {m}"
                 ));

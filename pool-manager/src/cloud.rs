@@ -42,9 +42,17 @@ pub struct Server {
     pub attached_volumes: Vec<String>,
     pub attached_ports: Vec<String>,
     /// Nova accepted a delete and is tearing the server down (task_state
-    /// `deleting`). Nova still shows and lists it, with the status it had,
-    /// until the compute host is done: seconds, or minutes on a busy one.
+    /// `deleting`, or `soft-deleting` on a cloud with
+    /// `reclaim_instance_interval`). Nova still shows and lists it, with the
+    /// status it had, until the compute host is done: seconds, or minutes on
+    /// a busy one.
     pub deleting: bool,
+    /// Nova is doing something else to the server right now: its task_state
+    /// (`image_snapshot`, `powering-off`, `migrating`...) when not a delete.
+    /// Busy is not broken: the task ends by itself and the server is still
+    /// good supply, so nothing retires it for that. But Nova refuses an
+    /// attach or a detach (409) until the task is done.
+    pub busy: Option<String>,
 }
 
 impl Server {
@@ -57,6 +65,11 @@ impl Server {
     /// ACTIVE and not being deleted: a server a purchase can use.
     pub fn is_usable(&self) -> bool {
         self.status == ServerStatus::Active && !self.deleting
+    }
+
+    /// Usable and not busy with another task: Nova takes an attach now.
+    pub fn takes_an_attach_now(&self) -> bool {
+        self.is_usable() && self.busy.is_none()
     }
 
     /// A tenant's volume is attached: only a purchase attaches one to a

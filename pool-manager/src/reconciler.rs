@@ -17,9 +17,10 @@
 //! | instance `Booting`/`Warming`/`Ready` | server gone (or SOFT_DELETED); one missing from the listing is asked for by id first (the listing is older than the instances read after it) | drop the record |
 //! | instance `Booting`/`Warming` | server exists | resume the boot task |
 //! | instance `Ready`, unclaimed | server in ERROR (its host failed) | discard it (the pool refills) |
+//! | instance `Ready` | server busy with a task (a task_state other than a delete: a snapshot, a migration) | nothing for that: busy is not broken, the task ends by itself |
 //! | instance `Ready`, unclaimed | server ACTIVE, mysqld silent on this pass's probe and the last's | discard it (the pool refills) |
 //! | instance `Failed`/`Deleting` | - | delete the server, drop the record |
-//! | nothing | server with warmpool metadata, being deleted (task_state `deleting`: Nova lists it until the host is done) | leave it: a delete sent before its record was dropped, not a leak |
+//! | nothing | server with warmpool metadata, being deleted (task_state `deleting`, or `soft-deleting`: Nova lists it until the host is done) | leave it: a delete sent before its record was dropped, not a leak |
 //! | nothing | server with warmpool metadata, SOFT_DELETED (a cloud with `reclaim_instance_interval`; Nova does not list these, the OpenStack driver's listing adds those it deleted) | delete it for good (the driver's forceDelete), no leak event |
 //! | nothing | server with warmpool metadata, no volume attached | delete it (leak) |
 //! | nothing | server with warmpool metadata and a volume attached | leave it, log an error (a tenant's, its record lost) |

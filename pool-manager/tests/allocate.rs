@@ -1022,6 +1022,55 @@ async fn an_instance_that_cannot_take_the_attach_is_skipped() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// Nova refuses an attach (409) to a server busy with a task, though it
+/// shows it ACTIVE (an operator's snapshot, `image_snapshot`): the refusal
+/// is the instance's, not the tenant's volume's, so the purchase takes the
+/// next instance instead of failing as FAILED_PRECONDITION.
+#[tokio::test(start_paused = true)]
+async fn an_instance_busy_with_a_task_is_skipped_by_a_purchase() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 1).await;
+    let busy = sim.servers().pop().unwrap().server.id;
+    assert!(sim.set_server_task_state(&busy, Some("image_snapshot")));
+
+    let mut order = request("order-b", new_volume(), EmptyPoolPolicy::Wait);
+    order.timeout = Some(Duration::from_secs(600));
+    let allocation = manager.allocate(order).await.expect("the next instance");
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    assert_ne!(allocation.server_id.as_deref(), Some(busy.as_str()));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        !sim.servers().iter().any(|s| s.server.id == busy),
+        "the instance of the failed try was discarded, not left to leak"
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
+/// Busy is not broken: a reconcile pass keeps a Ready instance whose
+/// server Nova is busy with (a live migration), and a purchase after the
+/// task ended gets it.
+#[tokio::test(start_paused = true)]
+async fn reconcile_keeps_a_ready_instance_whose_server_is_busy() {
+    let sim = sim();
+    let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 1).await;
+    let busy = sim.servers().pop().unwrap().server.id;
+    assert!(sim.set_server_task_state(&busy, Some("migrating")));
+
+    manager.reconcile().await.unwrap();
+    manager.reconcile().await.unwrap();
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 1, "{status:?}");
+    assert!(sim.servers().iter().any(|s| s.server.id == busy));
+
+    assert!(sim.set_server_task_state(&busy, None));
+    let a = manager
+        .allocate(request("order-m", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert_eq!(a.server_id.as_deref(), Some(busy.as_str()));
+    assert_consistent(&sim, &manager).await;
+}
+
 /// mysqld on a Ready instance died after it went Ready (its server is
 /// still ACTIVE): a purchase probes the instance it claims, discards the
 /// silent one and hands out the next, instead of a database that does not

@@ -440,6 +440,39 @@ async fn volumes_and_ports_attach_and_detach_at_both_attach_microversions() {
     }
 }
 
+/// A server Nova is busy with (an operator's snapshot) reads as busy, not
+/// going, through Nova's task_state, and Nova's refusal of an attach to it
+/// is a Conflict: what the allocator needs to try the next instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_busy_with_a_task_is_busy_and_refuses_an_attach() {
+    let (env, cloud, server) = env_with_a_server().await;
+    settled(&cloud, &server.id).await;
+    assert!(env
+        .sim
+        .set_server_task_state(&server.id, Some("image_snapshot")));
+    let busy = cloud.get_server(&server.id).await.unwrap();
+    assert_eq!(busy.busy.as_deref(), Some("image_snapshot"));
+    assert!(busy.is_usable() && !busy.is_going() && !busy.takes_an_attach_now());
+
+    let volume = cloud
+        .create_volume(&volume_spec("warmpool-busy", 1))
+        .await
+        .unwrap();
+    volume_reaches(&cloud, &volume.id, VolumeStatus::Available).await;
+    let e = cloud
+        .attach_volume(&server.id, &volume.id)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Conflict(m) if m.contains("task_state")),
+        "{e:?}"
+    );
+
+    assert!(env.sim.set_server_task_state(&server.id, None));
+    let idle = cloud.get_server(&server.id).await.unwrap();
+    assert!(idle.busy.is_none() && idle.takes_an_attach_now());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quotas_of_each_service_are_quota_exceeded() {
     let env = env_with(

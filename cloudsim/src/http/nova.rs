@@ -318,6 +318,8 @@ fn server_json(state: &FaceState, model: &Model, d: &ServerDetail, mv: Mv) -> Va
     };
     let task_state = if d.deleting {
         json!("deleting")
+    } else if let Some(task) = &s.busy {
+        json!(task)
     } else if d.boot_status == ServerStatus::Build {
         json!("spawning")
     } else {

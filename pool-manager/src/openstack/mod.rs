@@ -999,6 +999,7 @@ impl Cloud for OpenStackCloud {
             attached_volumes: Vec::new(),
             attached_ports: Vec::new(),
             deleting: false,
+            busy: None,
         })
     }
 

@@ -134,6 +134,10 @@ fn fault_text(fault: &NovaFault) -> Option<String> {
 /// warmpool's view of a Nova server. `attached_ports` is filled by the caller
 /// (Nova's server body does not list ports).
 pub fn to_server(s: NovaServer, rule: &AddressRule<'_>) -> Server {
+    let task_state = s.task_state.clone().filter(|t| !t.is_empty());
+    // A soft delete (a cloud with reclaim_instance_interval) is a delete
+    // too: the server ends SOFT_DELETED, never back in service.
+    let deleting = matches!(task_state.as_deref(), Some("deleting" | "soft-deleting"));
     let status = server_status(s.status.as_deref().unwrap_or_default());
     let mysql_addr = match rule.probe_override {
         Some(addr) => Some(addr),
@@ -161,7 +165,8 @@ pub fn to_server(s: NovaServer, rule: &AddressRule<'_>) -> Server {
             .map(|v| v.id)
             .collect(),
         attached_ports: Vec::new(),
-        deleting: s.task_state.as_deref() == Some("deleting"),
+        deleting,
+        busy: task_state.filter(|_| !deleting),
         id: s.id,
     }
 }
@@ -394,6 +399,38 @@ mod tests {
         let body: ServerBody = serde_json::from_str(ACTIVE).unwrap();
         let s = to_server(body.server, &rule(None));
         assert!(!s.deleting && !s.is_going() && s.is_usable());
+        assert!(s.takes_an_attach_now());
+    }
+
+    /// A soft delete (Nova's `reclaim_instance_interval`) shows ACTIVE with
+    /// task_state `soft-deleting` until the server is SOFT_DELETED: going,
+    /// not supply.
+    #[test]
+    fn a_server_nova_is_soft_deleting_is_going() {
+        let soft = ACTIVE.replace(
+            r#""OS-EXT-STS:task_state": null"#,
+            r#""OS-EXT-STS:task_state": "soft-deleting""#,
+        );
+        let body: ServerBody = serde_json::from_str(&soft).unwrap();
+        let s = to_server(body.server, &rule(None));
+        assert!(s.deleting && s.is_going() && !s.is_usable(), "{s:?}");
+        assert_eq!(s.busy, None);
+    }
+
+    /// Nova shows most tasks (a snapshot, a power-off) as ACTIVE with a
+    /// task_state, and refuses an attach meanwhile: busy, but neither
+    /// going nor unusable (the task ends by itself).
+    #[test]
+    fn a_server_busy_with_a_task_takes_no_attach_but_is_not_going() {
+        let busy = ACTIVE.replace(
+            r#""OS-EXT-STS:task_state": null"#,
+            r#""OS-EXT-STS:task_state": "image_snapshot""#,
+        );
+        let body: ServerBody = serde_json::from_str(&busy).unwrap();
+        let s = to_server(body.server, &rule(None));
+        assert_eq!(s.busy.as_deref(), Some("image_snapshot"));
+        assert!(!s.deleting && !s.is_going() && s.is_usable());
+        assert!(!s.takes_an_attach_now());
     }
 
     #[test]
