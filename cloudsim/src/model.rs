@@ -212,11 +212,14 @@ impl VolumeRec {
         }
     }
 
-    /// The server this volume is attached or attaching to, as of `now`.
+    /// The server this volume is attached or attaching to, as of `now`
+    /// (also one whose attach failed in Cinder, `error_attaching`, while
+    /// Nova keeps the mapping: deleting the server lets go of it).
     fn attached_server(&self, now: Instant) -> Option<&str> {
         let state = self.state.at(now);
-        match state.status {
+        match &state.status {
             VolumeStatus::Attaching | VolumeStatus::InUse => state.server.as_deref(),
+            VolumeStatus::Other(s) if s == ERROR_ATTACHING => state.server.as_deref(),
             _ => None,
         }
     }
@@ -264,8 +267,11 @@ struct Host {
     serial_free_at: Option<Instant>,
 }
 
-/// Nova's 400 for a detach while the volume is still attaching (Cinder's
-/// begin_detaching wants it `in-use`).
+/// Cinder's status for a volume whose attach failed in Cinder.
+const ERROR_ATTACHING: &str = "error_attaching";
+
+/// Nova's 400 for a detach while the volume is still attaching, or after
+/// its attach failed (Cinder's begin_detaching wants it `in-use`).
 pub(crate) const DETACH_WHILE_ATTACHING: &str = "Invalid volume: Unable to detach volume. Volume status must be 'in-use' and attach_status must be 'attached' to detach.";
 
 /// Injected faults; see [`crate::Faults`] for what each does.
@@ -276,6 +282,10 @@ pub(crate) struct FaultState {
     pub error_boot_fault: String,
     pub fail_volume_attach: u64,
     pub volume_attach_fails_on_host: u64,
+    pub volume_attach_errors: u64,
+    /// Whether Nova keeps the mapping of such an attach (its server's
+    /// deletion then lets go of the volume).
+    pub volume_attach_error_kept_by_nova: bool,
     pub error_volumes: u64,
     pub fail_port_attach: u64,
     pub api_errors: u64,
@@ -1180,14 +1190,9 @@ impl Model {
                 if vol.state.pending(now) {
                     vol.state.and_then(gone_at, released.clone());
                 } else {
-                    vol.state.start(
-                        VolState {
-                            status: VolumeStatus::InUse,
-                            server: Some(id.to_string()),
-                        },
-                        gone_at,
-                        released.clone(),
-                    );
+                    // As it is (in-use, or error_attaching) until then.
+                    let shown = vol.state.at(now).clone();
+                    vol.state.start(shown, gone_at, released.clone());
                 }
             }
         }
@@ -1464,6 +1469,30 @@ impl Model {
         if fails_on_host {
             self.faults.volume_attach_fails_on_host -= 1;
         }
+        // An injected failure in Cinder: the volume ends `error_attaching`.
+        let errs = !fails_on_host && self.faults.volume_attach_errors > 0;
+        if errs {
+            self.faults.volume_attach_errors -= 1;
+        }
+        let after = if fails_on_host {
+            VolState {
+                status: VolumeStatus::Available,
+                server: None,
+            }
+        } else if errs {
+            VolState {
+                status: VolumeStatus::Other(ERROR_ATTACHING.into()),
+                server: self
+                    .faults
+                    .volume_attach_error_kept_by_nova
+                    .then(|| server_id.to_string()),
+            }
+        } else {
+            VolState {
+                status: VolumeStatus::InUse,
+                server: Some(server_id.to_string()),
+            }
+        };
         let vol = self.volumes.get_mut(volume_id).expect("checked above");
         vol.state.start(
             VolState {
@@ -1471,13 +1500,7 @@ impl Model {
                 server: Some(server_id.to_string()),
             },
             done,
-            VolState {
-                status: match fails_on_host {
-                    true => VolumeStatus::Available,
-                    false => VolumeStatus::InUse,
-                },
-                server: (!fails_on_host).then(|| server_id.to_string()),
-            },
+            after,
         );
         self.servers
             .get_mut(server_id)
@@ -1502,7 +1525,8 @@ impl Model {
             return Ok(());
         }
         self.detachable(server_id, "detach_volume", now)?;
-        if vol.state.at(now).status == VolumeStatus::Attaching {
+        if vol.state.at(now).status != VolumeStatus::InUse {
+            // Still attaching, or its attach failed (error_attaching):
             // Cinder's begin_detaching refuses it; Nova passes the 400 on.
             return Err(CloudError::Conflict(DETACH_WHILE_ATTACHING.into()));
         }

@@ -303,6 +303,19 @@ impl Faults {
         self.with(|f| f.volume_attach_fails_on_host = n);
     }
 
+    /// The next `n` accepted `attach_volume` calls fail in Cinder (its
+    /// backend cannot export the volume, say): the volume is `attaching` for
+    /// the attach latency, then `error_attaching`, attached to nothing.
+    /// `kept_by_nova`: Nova keeps the attach's mapping, so deleting the
+    /// server lets go of the volume (Cinder has it `available` again);
+    /// otherwise it stays `error_attaching` (until an admin resets it).
+    pub fn error_next_volume_attach(&self, n: u64, kept_by_nova: bool) {
+        self.with(|f| {
+            f.volume_attach_errors = n;
+            f.volume_attach_error_kept_by_nova = kept_by_nova;
+        });
+    }
+
     /// The next `n` volumes created go `creating` -> `error` instead of
     /// `available` (the create call itself succeeds).
     pub fn error_next_volumes(&self, n: u64) {

@@ -1639,9 +1639,11 @@ impl Shared {
     /// After an accepted attach, `available` is transitional too: from Nova
     /// microversion 2.101 the attach answers 202 before Cinder has even
     /// reserved the volume. But `available` after `attaching` is the attach
-    /// undone: it failed on the compute host, and the instance is to blame.
-    /// Before an attach, a volume in use only by servers of failed tries is
-    /// let go when their deletion completes.
+    /// undone: it failed on the compute host, and the instance is to blame;
+    /// so is `error_attaching` (the volume was `available` before: the
+    /// failed attach is this one). Before an attach, a volume in use only by
+    /// servers of failed tries is let go when their deletion completes, and
+    /// so is one a failed try left `error_attaching`.
     async fn wait_volume(
         &self,
         volume_id: &str,
@@ -1668,6 +1670,13 @@ impl Shared {
                             )),
                         )));
                     }
+                    ref status if status.is_error_attaching() => {
+                        return Err(AttemptError::Instance(ManagerError::Cloud(
+                            CloudError::Transient(format!(
+                                "the attach of volume {volume_id} to the instance failed in Cinder: the volume is error_attaching"
+                            )),
+                        )));
+                    }
                     _ => {}
                 }
             }
@@ -1684,6 +1693,27 @@ impl Shared {
                 ) => {
                     !volume.attached_to.is_empty()
                         && volume.attached_to.iter().all(|s| discarded.contains(s))
+                }
+                // The volume was available when this purchase began (fenced,
+                // or created by it), so a failed try's attach left it so.
+                // Cinder lists no attachment of it, but the deletion of the
+                // try's server deletes the attachment and makes it available:
+                // waited for while such a server is there. Once all are gone
+                // it stays so until an admin resets it (not_attachable says).
+                (
+                    status,
+                    Phase::BeforeAttach {
+                        discarded_servers: discarded,
+                    },
+                ) if status.is_error_attaching() && !discarded.is_empty() => {
+                    self.any_server_left(discarded).await
+                        // Looked at again once they are gone: Cinder may
+                        // have let go of it since the look above.
+                        || self
+                            .cloud
+                            .get_volume(volume_id)
+                            .await
+                            .map_or(true, |v| !v.status.is_error_attaching())
                 }
                 _ => false,
             };
@@ -1713,6 +1743,20 @@ impl Shared {
             }
             tokio::time::sleep(self.settings.poll_interval.min(Duration::from_millis(500))).await;
         }
+    }
+
+    /// Whether any of `servers` is still there (being deleted or not); a
+    /// server the cloud cannot tell about counts as there.
+    async fn any_server_left(&self, servers: &[String]) -> bool {
+        for server in servers {
+            if !matches!(
+                self.cloud.get_server(server).await,
+                Err(CloudError::NotFound(_))
+            ) {
+                return true;
+            }
+        }
+        false
     }
 
     async fn attach_port(
@@ -2241,6 +2285,9 @@ fn not_attachable(volume_id: &str, status: &VolumeStatus) -> ManagerError {
         VolumeStatus::Creating => "still being created; ask again once it is available".to_owned(),
         VolumeStatus::Detaching => "being detached; ask again once it is available".to_owned(),
         VolumeStatus::Available => "available".to_owned(),
+        status if status.is_error_attaching() => {
+            "error_attaching: an attach of it failed in Cinder, and Cinder keeps it so until an admin resets its state (openstack volume set --state available)".to_owned()
+        }
         VolumeStatus::Other(other) => format!("{other}, not available"),
     };
     ManagerError::FailedPrecondition(format!("volume {volume_id} is {why}"))

@@ -90,6 +90,15 @@ pub enum VolumeStatus {
     Other(String),
 }
 
+impl VolumeStatus {
+    /// Cinder's `error_attaching`: an attach of the volume failed in
+    /// Cinder. It stays so until Nova deletes the attachment (deleting the
+    /// server does) or an admin resets its state.
+    pub fn is_error_attaching(&self) -> bool {
+        matches!(self, Self::Other(s) if s == "error_attaching")
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Volume {
     pub id: String,

@@ -2979,6 +2979,74 @@ async fn an_attach_failing_on_the_host_moves_on_to_the_next_instance() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// An attach that ends with the volume `error_attaching` failed in Cinder
+/// on the way to that instance's host; the tenant's volume did nothing
+/// wrong. The purchase discards the instance, whose deletion lets go of the
+/// volume, and attaches it to the next one, a new volume or an existing
+/// one alike.
+#[tokio::test(start_paused = true)]
+async fn an_attach_ending_in_error_attaching_moves_on_to_the_next_instance() {
+    let sim = sim();
+    let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 4).await;
+    let existing = VolumeSource::Existing {
+        volume_id: sim.create_volume_for_test("tenant-a", "az1", 10),
+    };
+    for (i, volume) in [new_volume(), existing].into_iter().enumerate() {
+        sim.faults().error_next_volume_attach(1, true);
+        let a = manager
+            .allocate(request(
+                &format!("o-{i}"),
+                volume,
+                EmptyPoolPolicy::FailFast,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(a.state, AllocationState::Allocated);
+        assert_its_volume_is_attached(&sim, &a);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(
+        status.count(InstanceState::Ready),
+        0,
+        "each purchase discarded one instance"
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
+/// A volume Cinder keeps `error_attaching` once the failed try's server is
+/// gone is not waited for until the deadline: the purchase fails saying
+/// what the volume needs (an admin's reset of its state).
+#[tokio::test(start_paused = true)]
+async fn a_volume_left_error_attaching_fails_the_purchase_saying_why() {
+    let sim = sim();
+    let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 2).await;
+    let volume_id = sim.create_volume_for_test("tenant-a", "az1", 10);
+    sim.faults().error_next_volume_attach(1, false);
+    let existing = VolumeSource::Existing {
+        volume_id: volume_id.clone(),
+    };
+    let mut order = request("o-stuck", existing, EmptyPoolPolicy::FailFast);
+    order.timeout = Some(Duration::from_secs(3600));
+    let e = manager.allocate(order).await.unwrap_err();
+    match &e {
+        ManagerError::FailedPrecondition(m) => {
+            assert!(
+                m.contains(&volume_id) && m.contains("error_attaching"),
+                "{m}"
+            );
+            assert!(m.contains("reset"), "{m}");
+        }
+        e => panic!("{e:?}"),
+    }
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(
+        sim.servers().is_empty(),
+        "the failed tries' servers are deleted"
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
 /// An instance whose host fails after the volume is attached cannot have
 /// it detached (Nova's 409 on a server in ERROR): its deletion lets go of
 /// the volume, and until then the volume is in use by that discarded
