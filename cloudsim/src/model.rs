@@ -282,6 +282,7 @@ pub(crate) struct FaultState {
     pub error_boot_fault: String,
     pub fail_volume_attach: u64,
     pub volume_attach_fails_on_host: u64,
+    pub volume_attach_fails_at_once: u64,
     pub volume_attach_errors: u64,
     /// Whether Nova keeps the mapping of such an attach (its server's
     /// deletion then lets go of the volume).
@@ -1461,6 +1462,12 @@ impl Model {
                 "Invalid volume: instance {server_id} in {server_az} and volume {volume_id} in {} are not in the same availability zone",
                 vol.az
             )));
+        }
+        // An injected failure on the compute host so quick that the attach
+        // is undone by the time Nova answers: nothing shows it ever began.
+        if self.faults.volume_attach_fails_at_once > 0 {
+            self.faults.volume_attach_fails_at_once -= 1;
+            return Ok(());
         }
         let done = now + self.latency(self.cfg.latencies.volume_attach);
         // An injected failure on the compute host: Nova accepted the attach,

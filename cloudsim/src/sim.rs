@@ -316,6 +316,14 @@ impl Faults {
         });
     }
 
+    /// The next `n` accepted `attach_volume` calls fail on the compute
+    /// host at once: the volume is `available` again (never seen
+    /// `attaching`) and the server lists no attachment of it by the time
+    /// the call answers.
+    pub fn fail_next_volume_attach_on_host_at_once(&self, n: u64) {
+        self.with(|f| f.volume_attach_fails_at_once = n);
+    }
+
     /// The next `n` volumes created go `creating` -> `error` instead of
     /// `available` (the create call itself succeeds).
     pub fn error_next_volumes(&self, n: u64) {

@@ -46,6 +46,14 @@ pub const DEFAULT_COLD_BOOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// instance per try, and a caller retrying with too short a timeout would
 /// empty it.
 pub const CLAIMED_ATTACH_GRACE: Duration = Duration::from_secs(5 * 60);
+
+/// How long after Nova accepted an attach a volume still `available`,
+/// never seen `attaching`, with no attachment on the server either, is
+/// taken for an attach the host failed at once. Not at the first look:
+/// from microversion 2.101 Nova answers before the attach reaches Cinder,
+/// and a busy compute host may take a few seconds to start it.
+const UNSEEN_ATTACH_GRACE: Duration = Duration::from_secs(5);
+
 /// Longest request id accepted (billing order ids are far shorter).
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -1575,7 +1583,7 @@ impl Shared {
         self.wait_volume(
             &volume_id,
             deadline,
-            Phase::AfterAttach,
+            Phase::AfterAttach { server_id },
             |status, attached| {
                 *status == VolumeStatus::InUse && attached.iter().any(|s| s == server_id)
             },
@@ -1641,7 +1649,10 @@ impl Shared {
     /// reserved the volume. But `available` after `attaching` is the attach
     /// undone: it failed on the compute host, and the instance is to blame;
     /// so is `error_attaching` (the volume was `available` before: the
-    /// failed attach is this one). Before an attach, a volume in use only by
+    /// failed attach is this one). An attach the host fails before the first
+    /// look leaves `attaching` unseen: `available` still after
+    /// [`UNSEEN_ATTACH_GRACE`], with no attachment on the server either, is
+    /// that failure. Before an attach, a volume in use only by
     /// servers of failed tries is let go when their deletion completes, and
     /// so is one a failed try left `error_attaching`.
     async fn wait_volume(
@@ -1652,7 +1663,10 @@ impl Shared {
         done: impl Fn(&VolumeStatus, &[String]) -> bool,
     ) -> Result<(), AttemptError> {
         let mut seen_attaching = false;
+        let started = Instant::now();
+        let mut looks = 0u32;
         loop {
+            looks += 1;
             let volume = self
                 .retry(deadline, || self.cloud.get_volume(volume_id))
                 .await
@@ -1660,13 +1674,26 @@ impl Shared {
             if done(&volume.status, &volume.attached_to) {
                 return Ok(());
             }
-            if phase == Phase::AfterAttach {
+            if let Phase::AfterAttach { server_id } = phase {
                 match volume.status {
                     VolumeStatus::Attaching => seen_attaching = true,
                     VolumeStatus::Available if seen_attaching => {
                         return Err(AttemptError::Instance(ManagerError::Cloud(
                             CloudError::Transient(format!(
                                 "the attach of volume {volume_id} failed on the instance's host: the volume is available again"
+                            )),
+                        )));
+                    }
+                    VolumeStatus::Available
+                        if looks > 1
+                            && started.elapsed() >= UNSEEN_ATTACH_GRACE
+                            && volume.attached_to.is_empty()
+                            && !self.server_lists_volume(server_id, volume_id).await =>
+                    {
+                        return Err(AttemptError::Instance(ManagerError::Cloud(
+                            CloudError::Transient(format!(
+                                "the attach of volume {volume_id} failed on the instance's host before it was seen attaching: {} after Nova accepted it, the volume is available and server {server_id} lists no attachment of it",
+                                humantime::format_duration(UNSEEN_ATTACH_GRACE)
                             )),
                         )));
                     }
@@ -1684,7 +1711,7 @@ impl Shared {
                 (VolumeStatus::Creating | VolumeStatus::Attaching | VolumeStatus::Detaching, _) => {
                     true
                 }
-                (VolumeStatus::Available, Phase::AfterAttach) => true,
+                (VolumeStatus::Available, Phase::AfterAttach { .. }) => true,
                 (
                     VolumeStatus::InUse,
                     Phase::BeforeAttach {
@@ -1743,6 +1770,16 @@ impl Shared {
             }
             tokio::time::sleep(self.settings.poll_interval.min(Duration::from_millis(500))).await;
         }
+    }
+
+    /// Whether Nova lists an attachment of the volume on the server (an
+    /// attach under way, or done); a server it cannot tell about counts as
+    /// listing it.
+    async fn server_lists_volume(&self, server_id: &str, volume_id: &str) -> bool {
+        self.cloud
+            .get_server(server_id)
+            .await
+            .map_or(true, |s| s.attached_volumes.iter().any(|v| v == volume_id))
     }
 
     /// Whether any of `servers` is still there (being deleted or not); a
@@ -2235,7 +2272,10 @@ enum Phase<'a> {
         /// Servers earlier tries of this purchase discarded.
         discarded_servers: &'a [String],
     },
-    AfterAttach,
+    AfterAttach {
+        /// The server the attach was asked for.
+        server_id: &'a str,
+    },
 }
 
 /// What a try knows of the purchase's volume before it attaches it.

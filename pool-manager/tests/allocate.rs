@@ -2979,6 +2979,33 @@ async fn an_attach_failing_on_the_host_moves_on_to_the_next_instance() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// An attach the host fails before the first look at the volume leaves it
+/// `available` without its ever being seen `attaching`. Once the server
+/// lists no attachment of it either, the try fails on that instance and the
+/// purchase goes on with the next one, instead of waiting out its deadline
+/// for an attach that will never come.
+#[tokio::test(start_paused = true)]
+async fn an_attach_failing_on_the_host_at_once_moves_on_to_the_next_instance() {
+    let sim = sim();
+    let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 2).await;
+    sim.faults().fail_next_volume_attach_on_host_at_once(1);
+    let a = manager
+        .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert_eq!(a.state, AllocationState::Allocated);
+    assert_its_volume_is_attached(&sim, &a);
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(
+        status.count(InstanceState::Ready),
+        0,
+        "one instance was discarded"
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(sim.servers().len(), 1, "the failed try's server is deleted");
+    assert_consistent(&sim, &manager).await;
+}
+
 /// An attach that ends with the volume `error_attaching` failed in Cinder
 /// on the way to that instance's host; the tenant's volume did nothing
 /// wrong. The purchase discards the instance, whose deletion lets go of the
