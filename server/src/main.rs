@@ -20,7 +20,8 @@ struct Args {
     /// Prometheus metrics listen address (overrides the file).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
-    /// Store directory (overrides the file).
+    /// Store directory (overrides the file; `check-cloud` and `store` take
+    /// it too).
     #[arg(long)]
     data_dir: Option<PathBuf>,
     #[command(subcommand)]
@@ -32,7 +33,8 @@ enum Command {
     /// Check that the configured OpenStack is usable: credentials, the pools'
     /// flavors, the image(s), the management networks, the pools' zones in
     /// Nova and Cinder, and quota headroom for the pools' min_ready. The
-    /// pools are those start-up checks: the store's (data_dir), unless a
+    /// pools are those start-up checks: the store's (data_dir, or
+    /// --data-dir before the subcommand), unless a
     /// running warmpoold holds it, and the configured ones it lacks. One
     /// line per check; exits 1 if any fails.
     CheckCloud {
@@ -98,10 +100,10 @@ async fn run() -> anyhow::Result<()> {
         )
         .init();
     if let Some(Command::CheckCloud { config }) = &args.command {
-        let config = match config.as_ref().or(args.config.as_ref()) {
-            Some(path) => Config::load(path)?,
-            None => Config::default(),
-        };
+        // With the daemon's overrides: `--data-dir` names the store whose
+        // pools are checked, as it names the one the daemon serves.
+        let file = config.as_deref().or(args.config.as_deref());
+        let config = config_with_overrides(&args, file)?;
         std::process::exit(check_cloud(&config).await);
     }
     let config = daemon_config(&args)?;
@@ -136,13 +138,22 @@ async fn run() -> anyhow::Result<()> {
 /// The daemon's config: the file (or the embedded demo's defaults) with
 /// the command line's overrides; read at start and again on SIGHUP.
 fn daemon_config(args: &Args) -> Result<Config, warmpool_server::config::ConfigError> {
-    match &args.config {
-        Some(path) => Config::read(path)?
-            .overridden(args.listen, args.metrics_listen, args.data_dir.clone())
-            .map_err(|e| e.in_file(path)),
-        None => {
-            Config::default().overridden(args.listen, args.metrics_listen, args.data_dir.clone())
-        }
+    config_with_overrides(args, args.config.as_deref())
+}
+
+/// The config in `file` (or the embedded demo's defaults) with the command
+/// line's overrides (`--listen`, `--metrics-listen`, `--data-dir`), checked
+/// as a whole: what a daemon started with the same file and flags runs
+/// with. The daemon's and `check-cloud`'s one way to their config.
+fn config_with_overrides(
+    args: &Args,
+    file: Option<&std::path::Path>,
+) -> Result<Config, warmpool_server::config::ConfigError> {
+    let overridden =
+        |config: Config| config.overridden(args.listen, args.metrics_listen, args.data_dir.clone());
+    match file {
+        Some(path) => overridden(Config::read(path)?).map_err(|e| e.in_file(path)),
+        None => overridden(Config::default()),
     }
 }
 

@@ -2578,3 +2578,63 @@ async fn check_cloud_checks_the_pools_the_store_has() {
         "{report}"
     );
 }
+
+/// `warmpoold --data-dir DIR check-cloud` checks the store in DIR, as the
+/// daemon started with the same flags serves it: a config without
+/// `data_dir` checked ./warmpool-data instead, found no store there,
+/// skipped the stored pools and passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_cloud_checks_the_store_data_dir_names() {
+    let env = env().await;
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
+    let client = warmpool_client::Client::connect(&format!("http://{}", running.grpc_addr))
+        .await
+        .unwrap();
+    client
+        .create_pool("db.medium", "az1", api_pool_spec())
+        .await
+        .unwrap();
+    drop(client);
+    stop_daemon(running, stop).await;
+    env.sim.retire_flavor("db.medium");
+
+    // The file names no data_dir: the flag alone says where the store is.
+    let data = env.dir.path().join("data");
+    let text = env
+        .config_text("", SMALL_POOL)
+        .replace(&format!("data_dir = \"{}\"\n", data.display()), "");
+    assert!(!text.contains("data_dir"), "{text}");
+    let path = env.dir.path().join("warmpoold.toml");
+    std::fs::write(&path, text).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["check-cloud", "--config"])
+        .arg(&path)
+        .current_dir(elsewhere.path())
+        .env_remove("OS_CLOUD")
+        .output()
+        .await
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("flavor: no flavor named 'db.medium'")),
+        "{report}"
+    );
+    assert!(
+        report.lines().any(|l| l.starts_with("store: ok (")
+            && l.contains(&data.display().to_string())
+            && l.contains("db.medium@az1")),
+        "{report}"
+    );
+    // Nothing was looked for, nor made, where the flag does not point.
+    assert!(!elsewhere.path().join("warmpool-data").exists());
+}
