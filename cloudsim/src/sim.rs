@@ -131,6 +131,11 @@ impl SimCloud {
         self.lock().cfg.closed_zones.push(az.to_owned());
     }
 
+    /// The admin enables Nova zone `az` again ([`SimCloud::close_zone`]).
+    pub fn reopen_zone(&self, az: &str) {
+        self.lock().cfg.closed_zones.retain(|z| z != az);
+    }
+
     /// Servers not being deleted, oldest first, with simulator-only details.
     pub fn servers(&self) -> Vec<SimServer> {
         let now = Instant::now();

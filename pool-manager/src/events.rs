@@ -6,8 +6,10 @@
 //! Judgements about a pool are made here, once, and broadcast as events of
 //! their own, so that every subscriber (the metrics task, each `WatchPools`
 //! stream) sees the same verdict instead of recomputing it: a pool is
-//! [`EventKind::Degraded`] after [`DEGRADED_AFTER`] boots failed in a row and
-//! [`EventKind::Recovered`] at its next Ready boot (see [`HealthBook`]).
+//! [`EventKind::Degraded`] after [`DEGRADED_AFTER`] boots failed in a row, or
+//! when its start-up cloud check failed, and [`EventKind::Recovered`] at its
+//! next Ready boot (see [`HealthBook`]): every recovery ends an episode that
+//! began with a `Degraded` event.
 //! `Shared::emit` logs each operator-relevant event exactly once
 //! ([`Event::log`]); subscribers do not log them again.
 
@@ -40,6 +42,27 @@ impl BootOutcome {
             Self::NoValidHost => "no_valid_host",
             Self::Timeout => "timeout",
             Self::Failed => "failed",
+        }
+    }
+}
+
+/// Why a pool became degraded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DegradedCause {
+    /// Its boots kept failing; the last one ended so.
+    Boots(BootOutcome),
+    /// Its cloud check at start-up failed (its flavor, image or zone gone
+    /// since it was created), so its boots would fail: `problem` says how.
+    CloudCheck { problem: String },
+}
+
+impl DegradedCause {
+    /// A short stable name: the last failed boot's outcome, or
+    /// `cloud_check`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Boots(outcome) => outcome.as_str(),
+            Self::CloudCheck { .. } => "cloud_check",
         }
     }
 }
@@ -115,10 +138,12 @@ pub enum EventKind {
     },
     Released,
     /// The pool's boots keep failing: `consecutive_failures` in a row
-    /// (at least [`DEGRADED_AFTER`]), the last one with outcome `cause`.
-    /// Emitted once per episode, right after the boot that crossed the line.
+    /// (at least [`DEGRADED_AFTER`]), the last one with outcome `cause`;
+    /// or its start-up cloud check failed (`consecutive_failures` 0).
+    /// Emitted once per episode, right after the boot that crossed the
+    /// line, or as start-up marks the pool.
     Degraded {
-        cause: BootOutcome,
+        cause: DegradedCause,
         consecutive_failures: u32,
     },
     /// A boot of a degraded pool reached Ready after `after_failures` failures.
@@ -166,12 +191,17 @@ impl EventKind {
                 format!("deleted leaked cloud server {server_id} (the store did not know it)")
             }
             Self::Degraded {
-                cause,
+                cause: DegradedCause::Boots(outcome),
                 consecutive_failures,
             } => format!(
                 "pool degraded: {consecutive_failures} boots failed in a row (last: {})",
-                cause.as_str()
+                outcome.as_str()
             ),
+            Self::Degraded {
+                cause: DegradedCause::CloudCheck { problem },
+                ..
+            } => format!("pool degraded: its servers cannot boot: {problem}"),
+            Self::Recovered { after_failures: 0 } => "pool recovered: a boot succeeded".to_owned(),
             Self::Recovered { after_failures } => {
                 format!("pool recovered: a boot succeeded after {after_failures} failures")
             }
@@ -302,7 +332,7 @@ impl HealthBook {
         if !health.degraded && health.consecutive_boot_failures >= DEGRADED_AFTER {
             health.degraded = true;
             return Some(EventKind::Degraded {
-                cause: outcome,
+                cause: DegradedCause::Boots(outcome),
                 consecutive_failures: health.consecutive_boot_failures,
             });
         }
@@ -311,11 +341,27 @@ impl HealthBook {
 
     /// Marks a pool degraded without a boot: its cloud check failed at
     /// start-up (its flavor, image or zone gone), so its boots would fail.
-    /// The next Ready boot recovers it, as after failed boots.
-    pub fn note_check_failed(&mut self, pool: &PoolKey, now: tokio::time::Instant) {
+    /// The next Ready boot recovers it, as after failed boots. Returns the
+    /// verdict event, as [`HealthBook::note_boot`] does: `None` when the
+    /// pool was degraded already (one event per episode).
+    pub fn note_check_failed(
+        &mut self,
+        pool: &PoolKey,
+        problem: &str,
+        now: tokio::time::Instant,
+    ) -> Option<EventKind> {
         let health = self.pools.entry(pool.clone()).or_default();
-        health.degraded = true;
         health.last_failure_at = Some(now);
+        if health.degraded {
+            return None;
+        }
+        health.degraded = true;
+        Some(EventKind::Degraded {
+            cause: DegradedCause::CloudCheck {
+                problem: problem.to_owned(),
+            },
+            consecutive_failures: health.consecutive_boot_failures,
+        })
     }
 
     pub fn health(&self, pool: &PoolKey) -> PoolHealth {
@@ -348,7 +394,7 @@ mod tests {
         assert_eq!(
             book.note_boot(&pool, BootOutcome::NoValidHost, None, now()),
             Some(EventKind::Degraded {
-                cause: BootOutcome::NoValidHost,
+                cause: DegradedCause::Boots(BootOutcome::NoValidHost),
                 consecutive_failures: DEGRADED_AFTER
             })
         );

@@ -583,8 +583,10 @@ impl PoolManager {
     /// image or zone gone since it was created): degraded, with `problem`
     /// as its last error, so operators see it in GetPool, the metrics and
     /// `warmpoolctl`, instead of warmpoold refusing to start for every
-    /// other pool. The mark goes at the pool's next Ready boot, as after
-    /// failed boots; meanwhile its boots are paced as failed boots are.
+    /// other pool. The mark is an episode as failed boots make one: a
+    /// [`EventKind::Degraded`] event (logged once, counted by the metrics)
+    /// that the pool's next Ready boot ends with `Recovered`; meanwhile its
+    /// boots are paced as failed boots are.
     pub async fn mark_unusable(&self, key: &PoolKey, problem: &str) -> ManagerResult<()> {
         let at = self
             .shared
@@ -596,9 +598,13 @@ impl PoolManager {
                 p.last_error_at = Some(at);
             })
             .await?;
-        self.shared
+        let verdict = self
+            .shared
             .health_book()
-            .note_check_failed(key, Instant::now());
+            .note_check_failed(key, problem, Instant::now());
+        if let Some(kind) = verdict {
+            self.shared.emit(Some(key), kind);
+        }
         Ok(())
     }
 

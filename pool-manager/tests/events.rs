@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use pool_manager::cloud::CloudError;
 use pool_manager::events::{
-    AllocationOutcome, BootOutcome, CloudService, Event, EventKind, DEGRADED_AFTER,
+    AllocationOutcome, BootOutcome, CloudService, DegradedCause, Event, EventKind, DEGRADED_AFTER,
 };
 use pool_manager::model::{EmptyPoolPolicy, InstanceState, VolumeSource};
 use pool_manager::ManagerError;
@@ -50,7 +50,7 @@ async fn boots_failing_degrade_the_pool_and_a_ready_boot_recovers_it() {
                 consecutive_failures,
             } => {
                 assert_eq!(event.pool, Some(pool()));
-                assert_eq!(cause, BootOutcome::NoValidHost);
+                assert_eq!(cause, DegradedCause::Boots(BootOutcome::NoValidHost));
                 assert_eq!(consecutive_failures, DEGRADED_AFTER);
                 assert_eq!(failures, DEGRADED_AFTER, "degraded right after the third");
                 break;
@@ -83,6 +83,57 @@ async fn boots_failing_degrade_the_pool_and_a_ready_boot_recovers_it() {
     let health = manager.get_pool(&pool()).await.unwrap().health;
     assert!(!health.degraded, "{health:?}");
     assert_eq!(health.consecutive_boot_failures, 0);
+    manager.shutdown().await.unwrap();
+}
+
+/// A pool its start-up cloud check found unusable is degraded by an event,
+/// as one whose boots keep failing is, so that the `Recovered` its next
+/// Ready boot brings ends an episode every subscriber saw begin. Marking
+/// it again in the same episode says nothing new.
+#[tokio::test(start_paused = true)]
+async fn a_pool_marked_unusable_is_degraded_by_an_event_its_recovery_ends() {
+    let sim = sim();
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(0)).await.unwrap();
+    let mut events = manager.events();
+    manager
+        .mark_unusable(&pool(), "start-up cloud check: no flavor")
+        .await
+        .unwrap();
+    let event = next_event(&mut events).await;
+    assert_eq!(event.pool, Some(pool()));
+    assert_eq!(
+        event.kind,
+        EventKind::Degraded {
+            cause: DegradedCause::CloudCheck {
+                problem: "start-up cloud check: no flavor".into()
+            },
+            consecutive_failures: 0,
+        }
+    );
+    assert_eq!(
+        event.kind.describe().unwrap(),
+        "pool degraded: its servers cannot boot: start-up cloud check: no flavor"
+    );
+    manager.mark_unusable(&pool(), "again").await.unwrap();
+    assert!(manager.get_pool(&pool()).await.unwrap().health.degraded);
+
+    manager
+        .update_pool(&pool(), |spec| *spec = common::spec(1))
+        .await
+        .unwrap();
+    loop {
+        match next_event(&mut events).await.kind {
+            EventKind::Degraded { .. } => panic!("degraded twice in one episode"),
+            EventKind::Recovered { after_failures } => {
+                assert_eq!(after_failures, 0);
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(!manager.get_pool(&pool()).await.unwrap().health.degraded);
     manager.shutdown().await.unwrap();
 }
 

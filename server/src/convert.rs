@@ -533,7 +533,7 @@ pub fn pool_event(event: &Event, at: SystemTime) -> Option<api::PoolEvent> {
         EventKind::SettingsChanged => api::PoolEventKind::SettingsChanged,
         EventKind::LeakDeleted { .. } => api::PoolEventKind::LeakDeleted,
         EventKind::Degraded { cause, .. } => {
-            out.cause = cause.as_str().to_string();
+            out.cause = cause.as_str().to_owned();
             api::PoolEventKind::Degraded
         }
         EventKind::Recovered { .. } => api::PoolEventKind::Recovered,

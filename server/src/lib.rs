@@ -119,26 +119,27 @@ pub async fn start_stoppable(
     };
     let cloud = Arc::new(metrics::MeteredCloud::new(cloud, metrics.clone()));
     let manager = PoolManager::new(store, cloud, probe, config.manager.settings());
+    // Subscribed before anything happens, so the stale pools' degraded
+    // episodes, start-up boots and leaks are counted.
+    let events = manager.events();
+    let event_task = AbortOnDrop(tokio::spawn({
+        let metrics = metrics.clone();
+        async move { metrics.run_events(events).await }
+    }));
     // Before the replenishers start: a stale pool's first boots are already
-    // paced as failed boots are.
+    // paced as failed boots are. Each mark is a DEGRADED event, logged
+    // (a warning naming the pool and the problem) and counted.
     for (key, problems) in &stale {
         let problem = format!(
             "start-up cloud check: {}; {}",
             problems.join("; "),
             check_cloud::stale_pool_remedy(key)
         );
-        tracing::warn!(pool = %key, "stored pool cannot boot: {problem}");
         manager
             .mark_unusable(key, &problem)
             .await
             .with_context(|| format!("cannot mark pool {key} unusable in the store"))?;
     }
-    // Subscribed before start, so start-up boots and leaks are counted.
-    let events = manager.events();
-    let event_task = AbortOnDrop(tokio::spawn({
-        let metrics = metrics.clone();
-        async move { metrics.run_events(events).await }
-    }));
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_server = AbortOnDrop(tokio::spawn(metrics::serve(
         metrics.clone(),

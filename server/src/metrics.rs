@@ -1098,7 +1098,7 @@ mod tests {
     fn verdicts_and_pauses_taken_are_counted() {
         let m = Metrics::new();
         m.record(&event(EventKind::Degraded {
-            cause: BootOutcome::NoValidHost,
+            cause: pool_manager::events::DegradedCause::Boots(BootOutcome::NoValidHost),
             consecutive_failures: 3,
         }));
         m.record(&event(EventKind::Recovered { after_failures: 3 }));

@@ -2638,3 +2638,117 @@ async fn check_cloud_checks_the_store_data_dir_names() {
     // Nothing was looked for, nor made, where the flag does not point.
     assert!(!elsewhere.path().join("warmpool-data").exists());
 }
+
+/// A stored pool its start-up cloud check finds unusable is degraded as a
+/// pool whose boots keep failing is: a DEGRADED event, counted in
+/// `warmpool_pool_degraded_episodes_total`, so that its recovery (the zone
+/// open again, a boot Ready) pairs with it. The start-up mark used to be
+/// silent while its recovery was counted: more recoveries than episodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_pool_degraded_at_start_up_counts_an_episode_its_recovery_ends() {
+    use warmpool_client::Client;
+    let env = env().await;
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
+    let client = Client::connect(&format!("http://{}", running.grpc_addr))
+        .await
+        .unwrap();
+    client
+        .create_pool("db.large", "az2", api_pool_spec())
+        .await
+        .unwrap();
+    let large = PoolKey::new("db.large", "az2");
+    let manager = running.manager.clone();
+    wait_until_async("db.large@az2 filled, no boot in flight", || {
+        let manager = manager.clone();
+        let large = large.clone();
+        async move {
+            let status = manager.get_pool(&large).await.unwrap();
+            status.count(pool_manager::model::InstanceState::Ready) >= 1
+                && status.count(pool_manager::model::InstanceState::Booting) == 0
+                && status.count(pool_manager::model::InstanceState::Warming) == 0
+        }
+    })
+    .await;
+    drop(manager);
+    drop(client);
+    stop_daemon(running, stop).await;
+
+    env.sim.close_zone("az2");
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
+    let client = Client::connect(&format!("http://{}", running.grpc_addr))
+        .await
+        .unwrap();
+    assert!(client.get_pool("db.large", "az2").await.unwrap().degraded);
+    let metrics_url = format!("http://{}/metrics", running.metrics_addr);
+    let counter = |metrics: &str, name: &str| -> Option<String> {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!("{name}{{"))
+                    && l.contains("flavor=\"db.large\"")
+                    && l.contains("availability_zone=\"az2\"")
+            })
+            .and_then(|l| l.rsplit(' ').next().map(str::to_owned))
+    };
+    let (_, _, metrics) = support::http_get(&metrics_url).await;
+    assert_eq!(
+        counter(&metrics, "warmpool_pool_degraded_episodes_total").as_deref(),
+        Some("1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        counter(&metrics, "warmpool_pool_recoveries_total").as_deref(),
+        Some("0"),
+        "{metrics}"
+    );
+
+    // The zone opens again; one more instance wanted makes a boot, whose
+    // Ready ends the episode.
+    env.sim.reopen_zone("az2");
+    client
+        .update_pool(
+            "db.large",
+            "az2",
+            warmpool_proto::v1::PoolSpec {
+                min_ready: 2,
+                max_ready: 2,
+                ..Default::default()
+            },
+            ["min_ready", "max_ready"],
+        )
+        .await
+        .unwrap();
+    wait_until_async("db.large@az2 recovered", || {
+        let client = client.clone();
+        async move { !client.get_pool("db.large", "az2").await.unwrap().degraded }
+    })
+    .await;
+    let (_, _, metrics) = support::http_get(&metrics_url).await;
+    assert_eq!(
+        counter(&metrics, "warmpool_pool_recoveries_total").as_deref(),
+        Some("1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        counter(&metrics, "warmpool_pool_degraded_episodes_total").as_deref(),
+        Some("1"),
+        "{metrics}"
+    );
+    drop(client);
+    stop_daemon(running, stop).await;
+}
+
+/// Waits (up to a minute) until `done` answers true; panics naming `what`
+/// if it never does.
+async fn wait_until_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut done: impl FnMut() -> F,
+) {
+    for _ in 0..600 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("waited a minute for {what}");
+}
