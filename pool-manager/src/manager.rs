@@ -616,7 +616,8 @@ impl PoolManager {
     /// Runs `work` as a task of the manager and waits for its answer, so a
     /// caller that stops waiting (a gRPC client's deadline drops the
     /// handler) does not leave it half done: a pool written but never
-    /// served, a purchase for the reconciler to undo.
+    /// served, a settings change or deletion stored but never announced
+    /// nor logged, a purchase for the reconciler to undo.
     pub(crate) async fn detached<T: Send + 'static>(
         &self,
         work: impl Future<Output = ManagerResult<T>> + Send + 'static,
@@ -706,8 +707,21 @@ impl PoolManager {
     }
 
     /// Replaces the spec after `change`; refuses an inconsistent result, or
-    /// an image the cloud does not know.
+    /// an image the cloud does not know. Runs to its end even if the caller
+    /// stops waiting: a change stored is announced (`SettingsChanged`), the
+    /// replenishers woken, and logged.
     pub async fn update_pool(
+        &self,
+        key: &PoolKey,
+        change: impl Fn(&mut PoolSpec) + Send + Sync + 'static,
+    ) -> ManagerResult<PoolStatus> {
+        let manager = self.clone();
+        let key = key.clone();
+        self.detached(async move { manager.update_pool_now(&key, change).await })
+            .await
+    }
+
+    async fn update_pool_now(
         &self,
         key: &PoolKey,
         change: impl Fn(&mut PoolSpec),
@@ -747,7 +761,16 @@ impl PoolManager {
 
     /// Starts draining: no more boots; unclaimed instances are deleted; the
     /// pool record goes once they are gone. Allocations are not touched.
+    /// Runs to its end even if the caller stops waiting (its log line
+    /// included).
     pub async fn delete_pool(&self, key: &PoolKey) -> ManagerResult<PoolStatus> {
+        let manager = self.clone();
+        let key = key.clone();
+        self.detached(async move { manager.delete_pool_now(&key).await })
+            .await
+    }
+
+    async fn delete_pool_now(&self, key: &PoolKey) -> ManagerResult<PoolStatus> {
         let record = self.shared.update_pool(key, |p| p.draining = true).await?;
         unconfirmed_change(self.shared.store.flush().await, key, "deletion")?;
         tracing::info!(pool = %key, "pool draining");

@@ -55,7 +55,7 @@ async fn lowering_max_ready_retires(paused: bool) {
     assert_eq!(sim.servers().len(), 4);
 
     manager
-        .update_pool(&pool(), |s| {
+        .update_pool(&pool(), move |s| {
             s.paused = paused;
             s.min_ready = 1;
             s.max_ready = 2;
@@ -240,7 +240,7 @@ async fn purchases_during_renewal(max_ready: Option<u32>) {
     let manager = started_over(&cloud, temp_store(), 2).await;
     if let Some(max_ready) = max_ready {
         manager
-            .update_pool(&pool(), |s| s.max_ready = max_ready)
+            .update_pool(&pool(), move |s| s.max_ready = max_ready)
             .await
             .unwrap();
     }
@@ -663,7 +663,7 @@ async fn ready_instances_above_the_target_for_a_cooldown_are_retired() {
 
 async fn set_target(manager: &pool_manager::PoolManager, target: u32) {
     manager
-        .update_pool(&pool(), |s| {
+        .update_pool(&pool(), move |s| {
             s.min_ready = 1;
             s.target = Target::Fixed(target);
         })

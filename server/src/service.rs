@@ -206,7 +206,7 @@ impl WarmPool for WarmPoolService {
         let update = convert::SpecUpdate::from_proto(&spec, &paths)?;
         let pool = self
             .manager
-            .update_pool(&key, |spec| update.apply(spec))
+            .update_pool(&key, move |spec| update.apply(spec))
             .await
             .map_err(convert::status)?;
         Ok(Response::new(convert::pool(pool)))
