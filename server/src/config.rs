@@ -36,6 +36,18 @@ pub const MAX_QUOTA_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
 pub const MAX_QUOTA_POLL_INTERVAL: Duration = Duration::from_secs(60 * 60);
 /// The embedded cloud at most this many times slower than a real one.
 pub const MAX_EMBEDDED_TIME_SCALE: f64 = 100.0;
+/// `shutdown_grace` at least: less cuts every call in flight at the first
+/// SIGTERM.
+pub const MIN_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// `shutdown_grace` at most: the shortest stop timeout deploy/ ships (45 s:
+/// the StatefulSet's terminationGracePeriodSeconds, the Containerfile's
+/// `--stop-timeout`; the systemd unit waits 60 s) less
+/// [`SHUTDOWN_FLUSH_MARGIN`], so no grace the file can set has a shipped
+/// supervisor kill warmpoold before its final flush.
+pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(35);
+/// What a supervisor must leave warmpoold after `shutdown_grace` to flush
+/// the store and save the pools' learned sizing.
+pub const SHUTDOWN_FLUSH_MARGIN: Duration = Duration::from_secs(10);
 /// `manager.keep_released` at least: a billing system's retry of an order
 /// comes within minutes, and one after the record is forgotten allocates anew.
 pub const MIN_KEEP_RELEASED: Duration = Duration::from_secs(24 * 60 * 60);
@@ -104,8 +116,9 @@ pub struct Config {
     #[serde(default)]
     pub pools: Vec<PoolConfig>,
     /// How long shutdown waits for in-flight unary RPCs before stopping
-    /// anyway. Streams are not waited for: their end is sent at once, and
-    /// a client that does not take it is cut off ([`crate::shutdown`]).
+    /// anyway, between [`MIN_SHUTDOWN_GRACE`] and [`MAX_SHUTDOWN_GRACE`].
+    /// Streams are not waited for: their end is sent at once, and a client
+    /// that does not take it is cut off ([`crate::shutdown`]).
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// How often the gRPC server pings each client connection (HTTP/2
@@ -1070,6 +1083,16 @@ impl Config {
                 )));
             }
         }
+        if !(MIN_SHUTDOWN_GRACE..=MAX_SHUTDOWN_GRACE).contains(&self.shutdown_grace) {
+            return Err(ConfigError::Invalid(format!(
+                "shutdown_grace must be between {} and {} (a supervisor waits it out and {} more for the final flush; deploy/'s shortest stop timeout is {}), got {}",
+                humantime::format_duration(MIN_SHUTDOWN_GRACE),
+                humantime::format_duration(MAX_SHUTDOWN_GRACE),
+                humantime::format_duration(SHUTDOWN_FLUSH_MARGIN),
+                humantime::format_duration(MAX_SHUTDOWN_GRACE + SHUTDOWN_FLUSH_MARGIN),
+                humantime::format_duration(self.shutdown_grace)
+            )));
+        }
         if let Some(keep) = m.keep_released {
             if keep < MIN_KEEP_RELEASED {
                 return Err(ConfigError::Invalid(format!(
@@ -1623,6 +1646,41 @@ mod tests {
         ] {
             let err = Config::parse(&text).unwrap_err().to_string();
             assert!(err.contains(expect), "{text}: {err}");
+        }
+    }
+
+    /// A grace of nothing cuts every call in flight at the first SIGTERM;
+    /// one longer than the shipped supervisors wait (less the final
+    /// flush's margin) has the flush killed.
+    #[test]
+    fn the_shutdown_grace_is_bounded_by_the_shipped_stop_timeouts() {
+        for (grace, ok) in [
+            ("0s", false),
+            ("500ms", false),
+            ("1s", true),
+            ("30s", true),
+            ("35s", true),
+            ("36s", false),
+            ("10m", false),
+        ] {
+            match Config::parse(&format!("shutdown_grace = \"{grace}\"")) {
+                Ok(config) => {
+                    assert!(ok, "{grace} was taken");
+                    assert_eq!(
+                        config.shutdown_grace,
+                        humantime::parse_duration(grace).unwrap()
+                    );
+                }
+                Err(e) => {
+                    assert!(!ok, "{grace}: {e}");
+                    let e = e.to_string();
+                    assert!(
+                        e.contains("shutdown_grace must be between 1s and 35s")
+                            && e.ends_with(&format!("got {grace}")),
+                        "{e}"
+                    );
+                }
+            }
         }
     }
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use support::{deploy_dir, eventually, exposed_names, families, warmpool_identifiers, Daemon};
-use warmpool_server::config::Config;
+use warmpool_server::config::{Config, MAX_SHUTDOWN_GRACE, SHUTDOWN_FLUSH_MARGIN};
 
 /// Files under `dir` (recursively) whose name ends with `suffix`.
 fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
@@ -432,10 +432,6 @@ fn the_k8s_stores_cache_fits_well_under_the_pods_memory_limit() {
     );
 }
 
-/// What a supervisor must leave warmpoold after `shutdown_grace` to flush
-/// the store and save the pools' learned sizing before it kills it.
-const FLUSH_MARGIN: Duration = Duration::from_secs(10);
-
 /// A systemd time span ("60", "90s", "1min 30s"): bare numbers are seconds.
 fn systemd_span(value: &str) -> Duration {
     match value.parse::<u64>() {
@@ -446,8 +442,15 @@ fn systemd_span(value: &str) -> Duration {
     }
 }
 
+/// Every stop timeout deploy/ ships waits out the longest `shutdown_grace`
+/// the config takes and the final flush after it, so no config the daemon
+/// accepts has a shipped supervisor kill it before the store is flushed;
+/// and the shortest of them is what `MAX_SHUTDOWN_GRACE` was chosen for
+/// (its error names it).
 #[test]
 fn supervisors_wait_out_the_shutdown_grace_and_the_final_flush() {
+    let needed = MAX_SHUTDOWN_GRACE + SHUTDOWN_FLUSH_MARGIN;
+    let mut timeouts: Vec<(&str, Duration)> = Vec::new();
     // systemd: the unit runs the example config (its install lines copy it
     // to /etc/warmpool/warmpoold.toml).
     let unit = read(&deploy_dir().join("warmpoold.service"));
@@ -464,22 +467,49 @@ fn supervisors_wait_out_the_shutdown_grace_and_the_final_flush() {
     let [stop] = stop[..] else {
         panic!("the unit sets TimeoutStopSec {stop:?}, not once: systemd's default (90s) is not warmpool's to rely on");
     };
-    let example = Config::load(&deploy_dir().join("warmpoold.example.toml")).unwrap();
-    assert!(
-        stop >= example.shutdown_grace + FLUSH_MARGIN,
-        "TimeoutStopSec={stop:?} leaves no {FLUSH_MARGIN:?} after the example's shutdown_grace ({:?}) to flush the store",
-        example.shutdown_grace
-    );
+    timeouts.push(("warmpoold.service TimeoutStopSec", stop));
+    Config::load(&deploy_dir().join("warmpoold.example.toml")).unwrap();
 
     // Kubernetes: the pod's grace against the ConfigMap's config.
     let grace = k8s_workload()["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         .as_u64()
         .map(Duration::from_secs)
         .expect("the workload sets terminationGracePeriodSeconds (Kubernetes' default is 30s)");
-    let k8s = Config::load(&deploy_dir().join("kubernetes/warmpoold.toml")).unwrap();
+    timeouts.push(("kubernetes terminationGracePeriodSeconds", grace));
+    Config::load(&deploy_dir().join("kubernetes/warmpoold.toml")).unwrap();
+
+    // podman/docker: the Containerfile's run line.
+    let containerfile = read(&deploy_dir().join("Containerfile"));
+    let runs: Vec<Duration> = containerfile
+        .lines()
+        .filter_map(|l| l.split("--stop-timeout ").nth(1))
+        .map(|rest| {
+            let seconds = rest.split_whitespace().next().unwrap_or_default();
+            Duration::from_secs(
+                seconds
+                    .parse()
+                    .unwrap_or_else(|e| panic!("Containerfile: --stop-timeout {seconds:?}: {e}")),
+            )
+        })
+        .collect();
     assert!(
-        grace >= k8s.shutdown_grace + FLUSH_MARGIN,
-        "terminationGracePeriodSeconds {grace:?} leaves no {FLUSH_MARGIN:?} after the config's shutdown_grace ({:?}) to flush the store",
-        k8s.shutdown_grace
+        !runs.is_empty(),
+        "the Containerfile's run line has no --stop-timeout (podman's and docker's default is 10s)"
+    );
+    timeouts.extend(
+        runs.into_iter()
+            .map(|t| ("Containerfile --stop-timeout", t)),
+    );
+
+    for (what, timeout) in &timeouts {
+        assert!(
+            *timeout >= needed,
+            "{what} {timeout:?} does not wait out the longest shutdown_grace ({MAX_SHUTDOWN_GRACE:?}) and {SHUTDOWN_FLUSH_MARGIN:?} for the final flush"
+        );
+    }
+    let shortest = timeouts.iter().map(|(_, t)| *t).min().unwrap();
+    assert_eq!(
+        shortest, needed,
+        "deploy/'s shortest stop timeout is {shortest:?}: MAX_SHUTDOWN_GRACE (and the docs and error naming it) follow it"
     );
 }

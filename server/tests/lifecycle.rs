@@ -63,13 +63,14 @@ async fn a_data_dir_that_is_a_file_is_named_as_one() {
     );
 }
 
-/// A daemon whose grace period no test waits out, so shutdown must not
-/// need it (`shut_down` fails unless the daemon stops within 30 s).
-async fn with_an_hour_of_grace() -> Daemon {
+/// A daemon whose grace period (the longest the config takes, 35 s) no
+/// test waits out, so shutdown must not need it (`shut_down` fails unless
+/// the daemon stops within 30 s).
+async fn with_the_longest_grace() -> Daemon {
     let data = tempfile::tempdir().unwrap();
     let text = config_text(data.path(), &[("db.small", "az1", 1, 2)]).replacen(
         r#"shutdown_grace = "5s""#,
-        r#"shutdown_grace = "1h""#,
+        r#"shutdown_grace = "35s""#,
         1,
     );
     Daemon::start_text(&text, data).await
@@ -77,7 +78,7 @@ async fn with_an_hour_of_grace() -> Daemon {
 
 #[tokio::test]
 async fn an_open_watch_ends_at_shutdown_instead_of_holding_it_up() {
-    let d = with_an_hour_of_grace().await;
+    let d = with_the_longest_grace().await;
     let mut watch = d.client.watch_pools().await.unwrap();
     tokio::time::timeout(PATIENCE, watch.next())
         .await
@@ -112,7 +113,7 @@ async fn an_open_watch_ends_at_shutdown_instead_of_holding_it_up() {
 /// UNAVAILABLE at once instead of waiting out the grace period for it.
 #[tokio::test]
 async fn a_purchase_waiting_on_an_empty_pool_does_not_hold_up_shutdown() {
-    let d = with_an_hour_of_grace().await;
+    let d = with_the_longest_grace().await;
     d.client
         .update_pool(
             "db.small",
@@ -177,7 +178,7 @@ async fn health_watches_see_not_serving_and_end_at_shutdown() {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
 
-    let d = with_an_hour_of_grace().await;
+    let d = with_the_longest_grace().await;
     let channel =
         tonic::transport::Endpoint::from_shared(format!("http://{}", d.running.grpc_addr))
             .unwrap()
@@ -297,12 +298,12 @@ async fn toggle_paused(client: &warmpool_client::Client, az: &str, times: usize)
 /// once no unary call is in flight.
 #[tokio::test]
 async fn a_watch_whose_client_stopped_reading_does_not_hold_up_shutdown() {
-    let d = with_an_hour_of_grace().await;
+    let d = with_the_longest_grace().await;
     let watch = a_watch_read_once(&d.endpoint()).await;
     // Far more than 1 KiB of pool messages, none of them read.
     toggle_paused(&d.client, "az1", 20).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    // Fails unless the daemon stops within 30 s, well before the hour.
+    // Fails unless the daemon stops within 30 s, before the grace ends.
     d.shut_down().await;
     drop(watch);
 }
@@ -319,7 +320,7 @@ async fn a_purchase_in_flight_is_answered_while_a_stalled_watch_is_cut() {
         data.path(),
         &[("db.small", "az1", 0, 1), ("db.small", "az2", 0, 1)],
     )
-    .replacen(r#"shutdown_grace = "5s""#, r#"shutdown_grace = "1h""#, 1)
+    .replacen(r#"shutdown_grace = "5s""#, r#"shutdown_grace = "35s""#, 1)
     .replacen("time_scale = 0.01", "time_scale = 0.05", 1);
     let d = Daemon::start_text(&text, data).await;
     let watch = a_watch_read_once(&d.endpoint()).await;
@@ -338,7 +339,7 @@ async fn a_purchase_in_flight_is_answered_while_a_stalled_watch_is_cut() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!cold.is_finished(), "the purchase ended before shutdown");
 
-    // Fails unless the daemon stops within 30 s, well before the hour.
+    // Fails unless the daemon stops within 30 s, before the grace ends.
     d.shut_down().await;
     let sold = tokio::time::timeout(PATIENCE, cold)
         .await
@@ -681,9 +682,9 @@ async fn the_log_has_no_colour_codes_when_it_is_not_a_terminal() {
 async fn a_second_signal_stops_without_waiting_out_the_grace_period() {
     let data = tempfile::tempdir().unwrap();
     let config_file = data.path().join("warmpoold.toml");
-    // Real-cloud latencies: a cold boot takes 90 s, under an hour of grace.
+    // Real-cloud latencies: a cold boot takes 90 s, longer than the grace.
     let text = config_text(data.path(), &[("db.small", "az1", 0, 1)])
-        .replacen(r#"shutdown_grace = "5s""#, r#"shutdown_grace = "1h""#, 1)
+        .replacen(r#"shutdown_grace = "5s""#, r#"shutdown_grace = "35s""#, 1)
         .replacen("time_scale = 0.01", "time_scale = 1.0", 1);
     std::fs::write(&config_file, text).unwrap();
     let (mut daemon, mut log, addr) = serving_daemon(&config_file).await;
@@ -715,7 +716,7 @@ async fn a_second_signal_stops_without_waiting_out_the_grace_period() {
 
 /// The log says what shutdown waited for and what it cut: a `WatchPools`
 /// reader that stopped reading is one stream cut, and the daemon exits 0
-/// long before its hour of grace.
+/// before its grace period (the longest, 35 s) ends.
 #[cfg(unix)]
 #[tokio::test]
 async fn the_log_names_the_streams_shutdown_cut() {
@@ -723,7 +724,7 @@ async fn the_log_names_the_streams_shutdown_cut() {
     let config_file = data.path().join("warmpoold.toml");
     let text = config_text(data.path(), &[("db.small", "az1", 0, 1)]).replacen(
         r#"shutdown_grace = "5s""#,
-        r#"shutdown_grace = "1h""#,
+        r#"shutdown_grace = "35s""#,
         1,
     );
     std::fs::write(&config_file, text).unwrap();
@@ -744,7 +745,7 @@ async fn the_log_names_the_streams_shutdown_cut() {
     assert!(cut.contains("cutting 1 stream whose end"), "{cut}");
     let status = tokio::time::timeout(PATIENCE, daemon.wait())
         .await
-        .expect("warmpoold stopped well before its hour of grace")
+        .expect("warmpoold stopped before its grace period ended")
         .unwrap();
     assert!(status.success(), "{status:?}");
     drop(watch);
