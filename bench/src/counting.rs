@@ -79,13 +79,13 @@ impl Cloud for CountingCloud {
         self.count(self.sim.boot_headroom(flavor).await)
     }
     /// Not counted: the simulator answers it from its configuration, as a
-    /// driver's cached flavor and image lookups do (no API call).
-    async fn check_boot_spec(
-        &self,
-        pool: &pool_manager::model::PoolKey,
-        image: &str,
-    ) -> CloudResult<()> {
-        self.sim.check_boot_spec(pool, image).await
+    /// driver's cached flavor lookups do (no API call).
+    async fn check_boot_placement(&self, pool: &pool_manager::model::PoolKey) -> CloudResult<()> {
+        self.sim.check_boot_placement(pool).await
+    }
+    /// Not counted, as [`Cloud::check_boot_placement`].
+    async fn check_boot_image(&self, image: &str) -> CloudResult<()> {
+        self.sim.check_boot_image(image).await
     }
     async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
         self.count(self.sim.list_pool_servers().await)

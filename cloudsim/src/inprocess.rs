@@ -55,8 +55,13 @@ impl Cloud for SimCloud {
 
     /// A look at the configuration, as a driver's cached lookups are: not
     /// an API call (no rate limit, no fault, not counted).
-    async fn check_boot_spec(&self, pool: &PoolKey, image: &str) -> CloudResult<()> {
-        self.lock().check_boot_spec(pool, image)
+    async fn check_boot_placement(&self, pool: &PoolKey) -> CloudResult<()> {
+        self.lock().check_boot_placement(pool)
+    }
+
+    /// A look at the configuration, as [`Cloud::check_boot_placement`].
+    async fn check_boot_image(&self, image: &str) -> CloudResult<()> {
+        self.lock().check_boot_image(image)
     }
 
     async fn get_server(&self, server_id: &str) -> CloudResult<Server> {

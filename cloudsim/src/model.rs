@@ -653,24 +653,30 @@ impl Model {
 
     // ---- servers ------------------------------------------------------------
 
-    /// Whether servers of `pool`'s flavor, in its zone, can boot from
-    /// `image`, by the configuration (Nova's and Glance's 404 wording).
-    pub fn check_boot_spec(&self, pool: &PoolKey, image: &str) -> CloudResult<()> {
+    /// Whether servers of `pool`'s flavor can boot in its zone, by the
+    /// configuration (Nova's 404 wording).
+    pub fn check_boot_placement(&self, pool: &PoolKey) -> CloudResult<()> {
         if self.cfg.flavor_spec(&pool.flavor).is_none() {
             return Err(CloudError::NotFound(format!(
                 "Flavor {} could not be found.",
                 pool.flavor
             )));
         }
-        if !self.cfg.images.iter().any(|i| i == image) {
-            return Err(CloudError::NotFound(format!(
-                "Image {image} could not be found."
-            )));
-        }
         if !self.cfg.zone_takes_servers(&pool.availability_zone) {
             return Err(CloudError::NotFound(format!(
                 "Availability zone {} could not be found.",
                 pool.availability_zone
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether servers can boot from `image`, by the configuration
+    /// (Glance's 404 wording).
+    pub fn check_boot_image(&self, image: &str) -> CloudResult<()> {
+        if !self.cfg.images.iter().any(|i| i == image) {
+            return Err(CloudError::NotFound(format!(
+                "Image {image} could not be found."
             )));
         }
         Ok(())

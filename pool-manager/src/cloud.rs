@@ -302,10 +302,24 @@ pub trait Cloud: Send + Sync + 'static {
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom>;
 
     /// Whether `pool`'s servers can boot from `image`: `NotFound` naming
-    /// the flavor or image the cloud does not know. A pool is checked when
-    /// it is created or its image changes, so a typo is refused at once
-    /// instead of failing every boot. Lookups may be cached.
-    async fn check_boot_spec(&self, pool: &PoolKey, image: &str) -> CloudResult<()>;
+    /// the flavor, zone or image the cloud does not know. A pool is checked
+    /// when it is created or its image changes, so a typo is refused at
+    /// once instead of failing every boot. Two calls, one per service
+    /// asked, so that a wrapper (the daemon's metrics) sees each: a wrapper
+    /// forwards those, and leaves this one be.
+    async fn check_boot_spec(&self, pool: &PoolKey, image: &str) -> CloudResult<()> {
+        self.check_boot_placement(pool).await?;
+        self.check_boot_image(image).await
+    }
+
+    /// Whether the compute service knows `pool`'s flavor and boots servers
+    /// in its zone (Nova): `NotFound` naming the one it does not. Lookups
+    /// may be cached.
+    async fn check_boot_placement(&self, pool: &PoolKey) -> CloudResult<()>;
+
+    /// Whether the image service has `image` to boot from (Glance):
+    /// `NotFound` naming it. Lookups may be cached.
+    async fn check_boot_image(&self, image: &str) -> CloudResult<()>;
 
     /// The volume availability zone that serves servers in `server_az`.
     /// Nova and Cinder zones often differ (a single Cinder zone `nova` for

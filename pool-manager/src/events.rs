@@ -91,10 +91,12 @@ pub enum CloudService {
     Volume,
     /// Neutron: ports.
     Network,
+    /// Glance: images.
+    Image,
 }
 
 impl CloudService {
-    pub const ALL: [CloudService; 3] = [Self::Compute, Self::Volume, Self::Network];
+    pub const ALL: [CloudService; 4] = [Self::Compute, Self::Volume, Self::Network, Self::Image];
 
     /// The `service` label value.
     pub fn as_str(self) -> &'static str {
@@ -102,6 +104,7 @@ impl CloudService {
             Self::Compute => "compute",
             Self::Volume => "volume",
             Self::Network => "network",
+            Self::Image => "image",
         }
     }
 }

@@ -437,12 +437,11 @@ impl Cloud for ServiceNoting {
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         Self::noted(CloudService::Compute, self.inner.boot_headroom(flavor)).await
     }
-    async fn check_boot_spec(&self, pool: &PoolKey, image: &str) -> CloudResult<()> {
-        Self::noted(
-            CloudService::Compute,
-            self.inner.check_boot_spec(pool, image),
-        )
-        .await
+    async fn check_boot_placement(&self, pool: &PoolKey) -> CloudResult<()> {
+        Self::noted(CloudService::Compute, self.inner.check_boot_placement(pool)).await
+    }
+    async fn check_boot_image(&self, image: &str) -> CloudResult<()> {
+        Self::noted(CloudService::Image, self.inner.check_boot_image(image)).await
     }
 }
 

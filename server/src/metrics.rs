@@ -530,7 +530,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "cloud_request_duration",
-            "Latency of cloud API calls by service (compute, volume, network) and status (ok or the error class)",
+            "Latency of cloud API calls by service (compute, volume, network, image) and status (ok or the error class)",
             Unit::Seconds,
             m.cloud_request_duration.clone(),
         );
@@ -1186,6 +1186,40 @@ mod tests {
             ),
             1.0
         );
+    }
+
+    /// A pool's boot spec is checked with Nova (its flavor and zone) and
+    /// Glance (its image): each part is timed under its own service, the
+    /// Glance lookup as `image`, not the whole as one compute call. The
+    /// `image` series are there from the start, as the others are.
+    #[tokio::test]
+    async fn a_boot_spec_check_times_the_image_lookup_under_image() {
+        use pool_manager::cloud::Cloud;
+        let m = std::sync::Arc::new(Metrics::new());
+        let body = m.encode();
+        assert_eq!(
+            sample(&body, r#"warmpool_cloud_throttled_total{service="image"}"#),
+            0.0
+        );
+        let sim = cloudsim::SimCloud::new(cloudsim::SimConfig::default());
+        let cloud = MeteredCloud::new(sim, m.clone());
+        cloud
+            .check_boot_spec(&PoolKey::new("db.small", "az1"), "mysql-8.0")
+            .await
+            .unwrap();
+        let body = m.encode();
+        for service in ["compute", "image"] {
+            assert_eq!(
+                sample(
+                    &body,
+                    &format!(
+                        "warmpool_cloud_request_duration_seconds_count{{service=\"{service}\",status=\"ok\"}}"
+                    )
+                ),
+                1.0,
+                "{service}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -169,8 +169,11 @@ impl Cloud for Timed {
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         self.time(self.inner.boot_headroom(flavor)).await
     }
-    async fn check_boot_spec(&self, pool: &PoolKey, image: &str) -> CloudResult<()> {
-        self.time(self.inner.check_boot_spec(pool, image)).await
+    async fn check_boot_placement(&self, pool: &PoolKey) -> CloudResult<()> {
+        self.time(self.inner.check_boot_placement(pool)).await
+    }
+    async fn check_boot_image(&self, image: &str) -> CloudResult<()> {
+        self.time(self.inner.check_boot_image(image)).await
     }
     fn volume_zone_for(&self, server_az: &str) -> String {
         self.inner.volume_zone_for(server_az)

@@ -495,12 +495,15 @@ mod gated {
             self.call("boot_headroom", self.sim.boot_headroom(flavor))
                 .await
         }
-        async fn check_boot_spec(
+        async fn check_boot_placement(
             &self,
             pool: &pool_manager::model::PoolKey,
-            image: &str,
         ) -> CloudResult<()> {
-            self.call("check_boot_spec", self.sim.check_boot_spec(pool, image))
+            self.call("check_boot_placement", self.sim.check_boot_placement(pool))
+                .await
+        }
+        async fn check_boot_image(&self, image: &str) -> CloudResult<()> {
+            self.call("check_boot_image", self.sim.check_boot_image(image))
                 .await
         }
         fn volume_zone_for(&self, server_az: &str) -> String {

@@ -17,8 +17,10 @@ const COMPUTE: &str = "compute";
 const VOLUME: &str = "volume";
 /// Neutron: ports.
 const NETWORK: &str = "network";
+/// Glance: images.
+const IMAGE: &str = "image";
 /// The `service` label values.
-pub(super) const SERVICES: [&str; 3] = [COMPUTE, VOLUME, NETWORK];
+pub(super) const SERVICES: [&str; 4] = [COMPUTE, VOLUME, NETWORK, IMAGE];
 
 /// Wraps a [`Cloud`], recording each call in [`Metrics`].
 pub struct MeteredCloud {
@@ -109,13 +111,12 @@ impl Cloud for MeteredCloud {
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         self.timed(COMPUTE, self.inner.boot_headroom(flavor)).await
     }
-    async fn check_boot_spec(
-        &self,
-        pool: &pool_manager::model::PoolKey,
-        image: &str,
-    ) -> CloudResult<()> {
-        self.timed(COMPUTE, self.inner.check_boot_spec(pool, image))
+    async fn check_boot_placement(&self, pool: &pool_manager::model::PoolKey) -> CloudResult<()> {
+        self.timed(COMPUTE, self.inner.check_boot_placement(pool))
             .await
+    }
+    async fn check_boot_image(&self, image: &str) -> CloudResult<()> {
+        self.timed(IMAGE, self.inner.check_boot_image(image)).await
     }
     async fn detach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()> {
         self.timed(COMPUTE, self.inner.detach_port(server_id, port_id))
