@@ -1331,10 +1331,19 @@ impl Shared {
                 }
                 Ok(Ok(Err(e))) => return Err(cold_boot_failed(&params.pool, e)),
                 Err(_) => {
-                    self.hand_over_to_pool(&instance.id, &params.request_id)
-                        .await?;
+                    // Not handed over, it stays the order's, and the
+                    // purchase's rollback discards it as a drain does a
+                    // boot in flight: its task, finding its record taken,
+                    // deletes the server its create makes and ends.
+                    let fate = match self
+                        .hand_over_to_pool(&instance.id, &params.request_id)
+                        .await?
+                    {
+                        true => "it will join the pool when ready",
+                        false => "the pool has no room for it under max_ready, so it is discarded",
+                    };
                     return Err(ManagerError::ResourceExhausted(format!(
-                        "cold boot in pool {} did not finish before the deadline; it will join the pool when ready",
+                        "cold boot in pool {} did not finish before the deadline; {fate}",
                         params.pool
                     )));
                 }
@@ -1383,14 +1392,32 @@ impl Shared {
         answered
     }
 
-    /// Gives a cold boot its purchase no longer waits for to the pool: its
-    /// reservation for `request_id` is cleared (and flushed) while it is
-    /// still booting or Ready, so it counts as the pool's supply, the next
-    /// purchase claims it once Ready, and the purchase's rollback, which
-    /// discards what is reserved for its order, leaves it to its boot. A
-    /// boot that fails from here on is discarded by its task as any failed
-    /// boot is; one already failed is left to that.
-    async fn hand_over_to_pool(&self, id: &str, request_id: &str) -> ManagerResult<()> {
+    /// Gives a cold boot its purchase no longer waits for to the pool, if
+    /// the pool has room for it: its reservation for `request_id` is
+    /// cleared (and flushed) while it is still booting or Ready, so it
+    /// counts as the pool's supply, the next purchase claims it once
+    /// Ready, and the purchase's rollback, which discards what is reserved
+    /// for its order, leaves it to its boot. A boot that fails from here on
+    /// is discarded by its task as any failed boot is; one already failed
+    /// is left to that. Whether it was handed over.
+    ///
+    /// Only while the pool's supply, boots in flight included, is below
+    /// max_ready (and the pool is not being deleted): a client retrying a
+    /// timed-out order starts a boot on every retry while the one handed
+    /// over is still booting, and each handed over would take the pool
+    /// above max_ready (with max_ready 0, every one would be retired as
+    /// soon as it is Ready). Counted and handed over under the pool lock,
+    /// which a change of max_ready takes too: two handovers counting at
+    /// once would both find room for one.
+    async fn hand_over_to_pool(&self, id: &str, request_id: &str) -> ManagerResult<bool> {
+        let _guard = self.pool_lock.lock().await;
+        let Some(instance) = self.store.get_instance(id).await? else {
+            return Ok(false);
+        };
+        let pool = self.pool(&instance.pool).await?;
+        if pool.draining || self.supply_of(&pool).await? >= pool.spec.max_ready {
+            return Ok(false);
+        }
         let handed = self
             .update_instance(id, |current| {
                 (current.request_id.as_deref() == Some(request_id) && current.state.is_supply())
@@ -1405,7 +1432,7 @@ impl Shared {
             self.store.flush().await?;
             tracing::info!(%request_id, instance = %id, "cold boot missed its purchase's deadline; it joins the pool when ready");
         }
-        Ok(())
+        Ok(handed.is_some())
     }
 
     /// Whether the flavor's quota has room for a cold boot. The headroom is

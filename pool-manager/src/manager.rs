@@ -120,7 +120,9 @@ pub(crate) struct Shared {
     pub changes: Arc<Changes>,
     /// What happened, for metrics and watchers.
     pub events: broadcast::Sender<Event>,
-    /// Serializes read-modify-write of pool records (counters, spec).
+    /// Serializes read-modify-write of pool records (counters, spec), and
+    /// the handovers of late cold boots to their pools, each judged
+    /// against the pool's max_ready.
     pub pool_lock: tokio::sync::Mutex<()>,
     /// One reconcile pass at a time (the periodic one, start-up's, one
     /// asked for): two passes rolling back one interrupted allocation could

@@ -458,6 +458,16 @@ impl Shared {
             .filter(|hold| held && hold.until() > Instant::now()))
     }
 
+    /// The pool's supply now, counted as a replenish step counts it:
+    /// unreserved instances booting, warming or Ready, and not outdated.
+    pub(crate) async fn supply_of(&self, pool: &PoolRecord) -> ManagerResult<u32> {
+        let instances = self.store.list_untouched_instances(&pool.key).await?;
+        let image = self.cloud.boot_image(&pool.spec.image);
+        let wall = self.sizing_book().wall_now(&self.settings.sizing);
+        let renewal = Renewal::new(&pool.spec, &image, wall);
+        Ok(Census::of(&instances, &renewal).supply)
+    }
+
     /// Names `image` in the records written before instances kept their
     /// image (an upgrade): taken to be of the pool's image now, so the
     /// upgrade replaces nothing, and an image change after it finds them.

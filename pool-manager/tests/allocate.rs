@@ -3867,3 +3867,160 @@ async fn a_cold_boot_failing_after_its_deadline_is_cleaned_up() {
     assert!(manager.list_instances(None).await.unwrap().is_empty());
     assert_consistent(&sim, &manager).await;
 }
+
+/// A cold boot past its deadline joins the pool only while the pool has
+/// room for it under max_ready. A client retrying a timed-out ColdBoot
+/// order starts a new boot on every retry (a retry only finds Ready
+/// instances) while the first one, handed over, is still booting: with
+/// every one handed over, a pool of max_ready 1 held three. The ones that
+/// find no room are undone with their purchase, their servers deleted.
+#[tokio::test(start_paused = true)]
+async fn cold_boots_past_their_deadline_join_the_pool_only_below_max_ready() {
+    use std::sync::atomic::AtomicU32;
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 0).await;
+    manager
+        .update_pool(&pool(), |s| s.max_ready = 1)
+        .await
+        .unwrap();
+    // The most supply (booting, warming, Ready, unreserved) seen at once.
+    let most = Arc::new(AtomicU32::new(0));
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = tokio::spawn({
+        let (manager, most, watching) = (manager.clone(), most.clone(), watching.clone());
+        async move {
+            while watching.load(Ordering::SeqCst) {
+                let instances = manager.list_instances(Some(&pool())).await.unwrap();
+                let supply = instances.iter().filter(|i| i.counts_as_supply()).count();
+                most.fetch_max(supply as u32, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
+    let mut order = request("late", new_volume(), EmptyPoolPolicy::ColdBoot);
+    // A lone boot takes 90 s.
+    order.timeout = Some(Duration::from_secs(30));
+    let first = manager.allocate(order.clone()).await;
+    let mut retries = Vec::new();
+    for _ in 0..3 {
+        retries.push(manager.allocate(order.clone()).await);
+    }
+    // Every boot done or undone.
+    tokio::time::sleep(Duration::from_secs(400)).await;
+    watching.store(false, Ordering::SeqCst);
+    watcher.await.unwrap();
+    assert_eq!(most.load(Ordering::SeqCst), 1, "supply above max_ready");
+    let first = first.unwrap_err();
+    assert!(
+        matches!(&first, ManagerError::ResourceExhausted(m) if m.contains("join the pool")),
+        "{first:?}"
+    );
+    for (retry, answer) in retries.iter().enumerate() {
+        match answer {
+            // The first boot, Ready by now.
+            Ok(allocation) => assert!(allocation.warm_hit, "retry {retry}: {allocation:?}"),
+            // Not the pool's: undone with the purchase.
+            Err(e) => assert!(
+                matches!(e, ManagerError::ResourceExhausted(m)
+                    if m.contains("did not finish before the deadline") && !m.contains("join the pool")),
+                "retry {retry}: {e:?}"
+            ),
+        }
+    }
+    // The first boot (in the pool, or the allocation that took it): the
+    // others' servers are gone.
+    let instances = manager.list_instances(Some(&pool())).await.unwrap();
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    assert_eq!(sim.servers().len(), 1, "{:?}", sim.servers());
+    manager.reconcile().await.unwrap();
+    assert_consistent(&sim, &manager).await;
+}
+
+/// Two cold boots missing their deadlines at once, with room for one under
+/// max_ready: one joins the pool, the other is undone with its purchase.
+/// Each handover counts the supply before it adds to it, so two counting
+/// at once would both have found room (the store lets other tasks run
+/// after each listing, as a store that waits on its disk would).
+#[tokio::test(start_paused = true)]
+async fn concurrent_late_cold_boots_take_the_pools_last_room_once() {
+    struct YieldAfterListing;
+    #[async_trait::async_trait]
+    impl StoreHooks for YieldAfterListing {
+        async fn after_list_untouched(&self) {
+            tokio::task::yield_now().await;
+        }
+    }
+    let sim = sim();
+    let manager = started(&sim, HookedStore::new(YieldAfterListing), 0).await;
+    manager
+        .update_pool(&pool(), |s| s.max_ready = 1)
+        .await
+        .unwrap();
+    let buyers: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|id| {
+            let mut order = request(id, new_volume(), EmptyPoolPolicy::ColdBoot);
+            order.timeout = Some(Duration::from_secs(30));
+            spawn_allocate(&manager, order)
+        })
+        .collect();
+    let mut joined = 0;
+    for buyer in buyers {
+        let err = buyer.await.unwrap().unwrap_err();
+        assert!(
+            matches!(&err, ManagerError::ResourceExhausted(_)),
+            "{err:?}"
+        );
+        joined += usize::from(err.to_string().contains("join the pool"));
+    }
+    assert_eq!(joined, 1);
+    let instances = manager.list_instances(Some(&pool())).await.unwrap();
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    assert!(instances[0].counts_as_supply());
+    wait_ready(&manager, 1).await;
+    assert_eq!(sim.servers().len(), 1, "{:?}", sim.servers());
+    assert_consistent(&sim, &manager).await;
+}
+
+/// A cold boot that misses its deadline in the middle of its create, in a
+/// pool with no room for it (max_ready 0, which the pool allows), is undone
+/// with its purchase as a drain undoes a boot in flight: its record goes at
+/// once, and its task, still running, deletes the server when the create's
+/// answer comes. No server is left, and none is taken for a leak.
+#[tokio::test(start_paused = true)]
+async fn a_late_cold_boot_the_pool_has_no_room_for_is_undone_mid_create() {
+    use pool_manager::events::EventKind;
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_over(&cloud, temp_store(), 0).await;
+    manager
+        .update_pool(&pool(), |s| s.max_ready = 0)
+        .await
+        .unwrap();
+    let mut events = manager.events();
+    let answered = cloud.hold_next("create_server", At::After);
+    let mut order = request("late", new_volume(), EmptyPoolPolicy::ColdBoot);
+    order.timeout = Some(Duration::from_secs(30));
+    let buyer = spawn_allocate(&manager, order);
+    answered.reached().await;
+    let err = buyer.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::ResourceExhausted(m)
+            if m.contains("did not finish before the deadline") && m.contains("discarded")),
+        "{err:?}"
+    );
+    assert!(manager.get_allocation("late").await.is_err(), "rolled back");
+    assert!(manager.list_instances(None).await.unwrap().is_empty());
+    assert_eq!(sim.servers().len(), 1, "made, its answer on the way");
+    answered.release();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(sim.servers().is_empty(), "{:?}", sim.servers());
+    manager.reconcile().await.unwrap();
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event.kind, EventKind::LeakDeleted { .. }),
+            "the undone boot's server was taken for a leak: {event:?}"
+        );
+    }
+    assert_consistent(&sim, &manager).await;
+}

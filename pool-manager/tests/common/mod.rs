@@ -574,6 +574,8 @@ pub trait StoreHooks: Send + Sync + 'static {
     }
     /// After a write took effect, with what it wrote.
     fn written(&self, _write: Write) {}
+    /// After a pool's untouched instances were listed, before the answer.
+    async fn after_list_untouched(&self) {}
 }
 
 /// One write a store took, as [`StoreHooks::written`] hears of it.
@@ -740,7 +742,9 @@ impl<H: StoreHooks> Store for HookedStore<H> {
         self.inner.list_instances().await
     }
     async fn list_untouched_instances(&self, pool: &PoolKey) -> StoreResult<Vec<Instance>> {
-        self.inner.list_untouched_instances(pool).await
+        let listed = self.inner.list_untouched_instances(pool).await;
+        self.hooks.after_list_untouched().await;
+        listed
     }
     async fn count_instances(&self, pool: &PoolKey) -> StoreResult<BTreeMap<InstanceState, u32>> {
         self.inner.count_instances(pool).await
