@@ -452,6 +452,35 @@ fn cold_boot_failed(pool: &PoolKey, error: BootError) -> ManagerError {
     }
 }
 
+/// The answer a cold boot's task owes its purchase. Dropped unsent, the
+/// task ended without one (it panicked, was aborted, or never started),
+/// and so did [`Shared::drive_boot_with`], which lets go of the boot's
+/// driving claim when the boot ends: it is let go of here, before the
+/// purchase hears, or no reconcile pass would ever take the instance over
+/// (resume it once handed to the pool, discard what a rollback left).
+struct BootAnswer {
+    shared: Arc<Shared>,
+    instance: String,
+    answer: Option<tokio::sync::oneshot::Sender<Result<Instance, BootError>>>,
+}
+
+impl BootAnswer {
+    fn send(mut self, ready: Result<Instance, BootError>) {
+        if let Some(answer) = self.answer.take() {
+            // A purchase past its deadline no longer listens.
+            let _ = answer.send(ready);
+        }
+    }
+}
+
+impl Drop for BootAnswer {
+    fn drop(&mut self) {
+        if self.answer.is_some() {
+            self.shared.release_driving(&self.instance);
+        }
+    }
+}
+
 /// How a try with one instance failed.
 enum AttemptError {
     /// The instance is bad (attach or verify failed): discard it, try the next.
@@ -1310,12 +1339,20 @@ impl Shared {
             let ready = tokio::time::timeout_at(deadline, boot).await;
             match ready {
                 Ok(Ok(Ok(ready))) => break ready,
-                // The task was aborted, or never started: the manager stops.
-                // Nothing drives the instance; the purchase's rollback
-                // discards it, or the next start's reconcile does.
+                // The task ended without an answer, its driving claim let
+                // go of (`BootAnswer`): the purchase's rollback discards
+                // the instance, or a reconcile pass does. Aborted or never
+                // started, the manager stops; otherwise the boot panicked,
+                // and a client told "shutting down" would wait for a
+                // restart that is not coming.
                 Ok(Err(_)) => {
-                    self.release_driving(&instance.id);
-                    return Err(ManagerError::ShuttingDown);
+                    if *self.shutdown.borrow() {
+                        return Err(ManagerError::ShuttingDown);
+                    }
+                    return Err(ManagerError::Internal(format!(
+                        "the task of the cold boot in pool {} ended without an answer; the boot is undone",
+                        params.pool
+                    )));
                 }
                 Ok(Ok(Err(BootError::Cloud(CloudError::QuotaExceeded(m))))) => {
                     // Someone took the room (or the limits are unknown):
@@ -1373,21 +1410,26 @@ impl Shared {
     /// stopped at shutdown, as the replenisher's boots are: the next
     /// start's reconcile resumes it) and answers how it ended. The boot
     /// owns the driving claim and the gate's `ticket`, not the purchase.
-    /// The answer is an error only when the task was aborted or, the
-    /// manager stopping, never started (the ticket then ends, dropped).
+    /// The answer is an error only when the task ended without one:
+    /// aborted, or, the manager stopping, never started (the ticket then
+    /// ends, dropped), or panicked; the driving claim is let go of first.
     fn boot_in_background(
         self: &Arc<Self>,
         instance: Instance,
         ticket: BootTicket,
     ) -> tokio::sync::oneshot::Receiver<Result<Instance, BootError>> {
         let (answer, answered) = tokio::sync::oneshot::channel();
+        let answer = BootAnswer {
+            shared: self.clone(),
+            instance: instance.id.clone(),
+            answer: Some(answer),
+        };
         let shared = self.clone();
         self.spawn(async move {
             let ready = shared
                 .drive_boot_with(instance, ticket, Timed::FromNow)
                 .await;
-            // A purchase past its deadline no longer listens.
-            let _ = answer.send(ready);
+            answer.send(ready);
         });
         answered
     }

@@ -39,6 +39,10 @@ pub enum ManagerError {
     Store(#[from] StoreError),
     #[error("warmpool is shutting down; call again once it is back (an Allocate with the same request id)")]
     ShuttingDown,
+    /// A bug in warmpool (a task that panicked): the call failed, and
+    /// what it made is undone.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ManagerError {

@@ -4024,3 +4024,91 @@ async fn a_late_cold_boot_the_pool_has_no_room_for_is_undone_mid_create() {
     }
     assert_consistent(&sim, &manager).await;
 }
+
+/// The sim's probe, but its next call panics while `panics` is set (a bug
+/// in a boot task).
+struct PanickingProbe {
+    sim: cloudsim::SimProbe,
+    panics: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl pool_manager::probe::Probe for PanickingProbe {
+    async fn probe(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> Result<String, pool_manager::probe::ProbeError> {
+        if self.panics.swap(false, Ordering::SeqCst) {
+            panic!("a bug in the boot");
+        }
+        self.sim.probe(addr).await
+    }
+}
+
+/// A manager of one empty pool whose probe panics once when armed.
+async fn started_with_panicking_probe(
+    sim: &Arc<cloudsim::SimCloud>,
+) -> (pool_manager::PoolManager, Arc<PanickingProbe>) {
+    let probe = Arc::new(PanickingProbe {
+        sim: sim.probe(),
+        panics: AtomicBool::new(false),
+    });
+    let manager =
+        pool_manager::PoolManager::new(temp_store(), sim.clone(), probe.clone(), settings());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(0)).await.unwrap();
+    (manager, probe)
+}
+
+/// A cold boot whose task panics leaves its purchase without an answer
+/// from it. The manager is not stopping, so that is no UNAVAILABLE
+/// "shutting down" (a client would wait for a restart that never comes)
+/// but an internal error; the boot is undone with the purchase, and the
+/// order bought again gets a new one.
+#[tokio::test(start_paused = true)]
+async fn a_cold_boot_whose_task_panics_is_an_internal_error_not_a_shutdown() {
+    let sim = sim();
+    let (manager, probe) = started_with_panicking_probe(&sim).await;
+    probe.panics.store(true, Ordering::SeqCst);
+    let order = request("panics", new_volume(), EmptyPoolPolicy::ColdBoot);
+    let err = manager.allocate(order.clone()).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::Internal(m) if m.contains("ended without an answer")),
+        "{err:?}"
+    );
+    assert!(
+        manager.get_allocation("panics").await.is_err(),
+        "rolled back"
+    );
+    assert!(manager.list_instances(None).await.unwrap().is_empty());
+    assert!(sim.servers().is_empty(), "{:?}", sim.servers());
+    let bought = manager.allocate(order).await.unwrap();
+    assert!(!bought.warm_hit);
+    assert_consistent(&sim, &manager).await;
+}
+
+/// A cold boot handed to the pool, its purchase gone, whose task then
+/// panics: nothing drives it any more, and it must not stay claimed as
+/// driven, or no reconcile pass would ever resume it and it would stay
+/// Warming, counted as the pool's supply, for good.
+#[tokio::test(start_paused = true)]
+async fn a_handed_over_cold_boot_whose_task_panics_is_resumed() {
+    let sim = sim();
+    let (manager, probe) = started_with_panicking_probe(&sim).await;
+    let mut order = request("late", new_volume(), EmptyPoolPolicy::ColdBoot);
+    // A lone boot takes 90 s.
+    order.timeout = Some(Duration::from_secs(30));
+    let err = manager.allocate(order).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::ResourceExhausted(m) if m.contains("join the pool")),
+        "{err:?}"
+    );
+    probe.panics.store(true, Ordering::SeqCst);
+    while probe.panics.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    manager.reconcile().await.unwrap();
+    wait_ready(&manager, 1).await;
+    assert_eq!(sim.servers().len(), 1, "{:?}", sim.servers());
+    assert_consistent(&sim, &manager).await;
+}

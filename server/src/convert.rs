@@ -38,7 +38,7 @@ pub fn status(error: ManagerError) -> Status {
         // images of one name): someone must mend it first.
         ManagerError::Cloud(CloudError::Fatal(_)) => Code::FailedPrecondition,
         ManagerError::Cloud(_) => Code::Unavailable,
-        ManagerError::Store(_) => Code::Internal,
+        ManagerError::Store(_) | ManagerError::Internal(_) => Code::Internal,
         ManagerError::ShuttingDown => Code::Unavailable,
     };
     if code == Code::Internal {
