@@ -1355,6 +1355,26 @@ impl Model {
         }
     }
 
+    /// An admin resets a volume Cinder keeps `error_attaching` (`openstack
+    /// volume set --state available`): it is `available`, attached to
+    /// nothing. False when there is no such volume, or it is not so.
+    pub fn reset_error_attaching(&mut self, volume_id: &str, now: Instant) -> bool {
+        match self.volumes.get_mut(volume_id) {
+            Some(vol)
+                if vol.gone_at.is_none()
+                    && !vol.state.pending(now)
+                    && vol.state.at(now).status == VolumeStatus::Other(ERROR_ATTACHING.into()) =>
+            {
+                vol.state = Timed::settled(VolState {
+                    status: VolumeStatus::Available,
+                    server: None,
+                });
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn volume_project(&self, volume_id: &str) -> Option<String> {
         self.volumes.get(volume_id).map(|v| v.project_id.clone())
     }

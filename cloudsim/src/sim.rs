@@ -192,6 +192,16 @@ impl SimCloud {
             .set_volume_snapshots(volume_id, n)
     }
 
+    /// An admin resets a volume Cinder keeps `error_attaching` to
+    /// `available` (`openstack volume set --state available`). Not an API
+    /// call. False when there is no such volume, or it is not so.
+    pub fn reset_error_attaching(&self, volume_id: &str) -> bool {
+        let now = Instant::now();
+        self.inner
+            .lock_at(now)
+            .reset_error_attaching(volume_id, now)
+    }
+
     /// The server's host fails: the server is in ERROR (with `fault`) from
     /// now on and Nova refuses to detach anything from it; deleting it
     /// still frees its volumes and ports. Not an API call. False when there

@@ -1611,6 +1611,7 @@ impl Shared {
         if !before.known_available {
             let phase = Phase::BeforeAttach {
                 discarded_servers: before.discarded_servers,
+                created: record.get().await.volume_created,
             };
             self.wait_volume(&volume_id, deadline, phase, |status, _| {
                 *status == VolumeStatus::Available
@@ -1785,6 +1786,7 @@ impl Shared {
                     VolumeStatus::InUse,
                     Phase::BeforeAttach {
                         discarded_servers: discarded,
+                        ..
                     },
                 ) => {
                     !volume.attached_to.is_empty()
@@ -1800,6 +1802,7 @@ impl Shared {
                     status,
                     Phase::BeforeAttach {
                         discarded_servers: discarded,
+                        ..
                     },
                 ) if status.is_error_attaching() && !discarded.is_empty() => {
                     self.any_server_left(discarded).await
@@ -1822,6 +1825,13 @@ impl Shared {
                         CloudError::Transient(format!(
                             "Cinder could not build the new volume {volume_id} (status error)"
                         )),
+                    )));
+                }
+                if let Phase::BeforeAttach { created, .. } = phase {
+                    return Err(AttemptError::Request(not_attachable_after_a_try(
+                        volume_id,
+                        &volume.status,
+                        created,
                     )));
                 }
                 return Err(AttemptError::Request(not_attachable(
@@ -1982,7 +1992,8 @@ impl Shared {
     }
 
     /// Undoes a failed or interrupted allocation: discards its instances,
-    /// deletes the port and a volume warmpool created, then the record.
+    /// deletes the port and a volume warmpool created (one Cinder keeps
+    /// `error_attaching` is left to a twin watch), then the record.
     /// Idempotent, so the reconciler can run it again after a crash.
     /// `after_crash`: no Allocate of this process was working on it, so a
     /// create may have been on its way when the process that sent it died.
@@ -2040,20 +2051,37 @@ impl Shared {
         if let Some(port_id) = &allocation.port_id {
             self.delete_port_when_free(port_id, deadline).await?;
         }
+        // A volume warmpool created that a failed attach left
+        // error_attaching cannot be deleted until an admin resets it: it
+        // must not hold the order (Allocating, its retries UNAVAILABLE)
+        // until then. It is left to the twin watch written below, which
+        // deletes everything named as the attempt and lasts until it has.
+        let mut stuck_volume = None;
         if let (true, Some(volume_id)) = (allocation.volume_created, &allocation.volume_id) {
-            self.delete_volume_when_free(volume_id, deadline).await?;
+            if let Err(e) = self.delete_volume_when_free(volume_id, deadline).await {
+                let stuck = matches!(
+                    self.cloud.get_volume(volume_id).await,
+                    Ok(v) if v.status.is_error_attaching()
+                );
+                if !stuck {
+                    return Err(e);
+                }
+                tracing::error!(request_id, volume = %volume_id, error = %e, "the rolled-back purchase's new volume is stuck error_attaching; the reconciler deletes it once an admin resets its state");
+                stuck_volume = Some(volume_id.clone());
+            }
         }
         // And what a create whose id never reached the record left: nothing
-        // named as the attempt is kept.
-        self.delete_twins(&self.twin_watch(&allocation, false), deadline)
-            .await?;
+        // named as the attempt is kept (but a stuck volume, for now).
+        let mut look = self.twin_watch(&allocation, false);
+        look.keep.extend(stuck_volume.clone());
+        self.delete_twins(&look, deadline).await?;
         if let Some(stored) = self.store.get_allocation(request_id).await? {
             if stored.state == AllocationState::Allocating {
                 let unrecorded_create = after_crash
                     && (stored.port_id.is_none()
                         || (stored.volume_id.is_none()
                             && matches!(stored.params.volume.source, VolumeSource::New { .. })));
-                if stored.creates_in_doubt || unrecorded_create {
+                if stored.creates_in_doubt || unrecorded_create || stuck_volume.is_some() {
                     // Written before the record goes: a crash in between
                     // rolls back again and writes it again.
                     let watch = self.twin_watch(&stored, false);
@@ -2168,7 +2196,8 @@ impl Shared {
     /// gives one message for every state it refuses a delete in: a volume
     /// still detaching is waited for (looking at it, not asking again); a
     /// detached one it still refuses has snapshots or a transfer pending,
-    /// which waiting does not mend.
+    /// which waiting does not mend; nor does it mend one Cinder keeps
+    /// `error_attaching`, refused at once.
     pub(crate) async fn delete_volume_when_free(
         &self,
         volume_id: &str,
@@ -2208,6 +2237,16 @@ impl Shared {
                     Ok(v) if v.status == VolumeStatus::Available && v.attached_to.is_empty() => {
                         seen_detached = true;
                         break;
+                    }
+                    // Every caller has deleted the servers that could hold
+                    // it first (a deletion lets go of one Nova kept), so
+                    // Cinder keeps it so until an admin resets it: waiting
+                    // out the deadline would only hold up the caller (a
+                    // rollback, a reconcile pass) each time. It asks again.
+                    Ok(v) if v.status.is_error_attaching() => {
+                        return Err(ManagerError::FailedPrecondition(format!(
+                            "volume {volume_id} is error_attaching (an attach of it failed in Cinder), and Cinder refuses its delete until an admin resets its state (openstack volume set --state available {volume_id}): {refused}"
+                        )));
                     }
                     Err(CloudError::NotFound(_)) => return Ok(()),
                     _ => {}
@@ -2340,6 +2379,8 @@ enum Phase<'a> {
     BeforeAttach {
         /// Servers earlier tries of this purchase discarded.
         discarded_servers: &'a [String],
+        /// warmpool created the volume for this purchase.
+        created: bool,
     },
     AfterAttach {
         /// The server the attach was asked for.
@@ -2400,6 +2441,25 @@ fn not_attachable(volume_id: &str, status: &VolumeStatus) -> ManagerError {
         VolumeStatus::Other(other) => format!("{other}, not available"),
     };
     ManagerError::FailedPrecondition(format!("volume {volume_id} is {why}"))
+}
+
+/// As [`not_attachable`], for the volume a failed try of the purchase
+/// attached. A new volume warmpool made (`created`) that the try left
+/// error_attaching is no admin's reset for the caller to ask for: it is
+/// UNAVAILABLE, as a new volume Cinder could not build is. The rollback
+/// leaves it to the reconciler (Cinder refuses its delete until the
+/// reset), and the same request again makes a new volume.
+fn not_attachable_after_a_try(
+    volume_id: &str,
+    status: &VolumeStatus,
+    created: bool,
+) -> ManagerError {
+    if created && status.is_error_attaching() {
+        return ManagerError::Cloud(CloudError::Transient(format!(
+            "the purchase's new volume {volume_id} is error_attaching: an attach of it failed in Cinder, which keeps it so until an admin resets its state; the purchase is rolled back (the volume is deleted once it can be) and the same request again makes a new volume"
+        )));
+    }
+    not_attachable(volume_id, status)
 }
 
 /// Why an empty pool stays empty, when it is the operator's doing.

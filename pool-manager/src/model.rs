@@ -637,7 +637,10 @@ pub struct Allocation {
 /// so the reconciler looks on every pass until `until`, and deletes what
 /// carries the name but `keep`. Written before the commit (keeping what
 /// the allocation uses) or the rollback (keeping nothing: a new attempt of
-/// the order is named apart, so the name is never used again).
+/// the order is named apart, so the name is never used again). A rollback
+/// also writes one for its own new volume when Cinder refuses to delete it
+/// (`error_attaching`, until an admin resets it): a watch lasts past
+/// `until` until a pass has deleted everything it names.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TwinWatch {
     /// [`Allocation::resource_name`] of the attempt.

@@ -7,9 +7,9 @@
 //!
 //! | store says | cloud says | action |
 //! |---|---|---|
-//! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, or a cold boot's `Booting` one, whose server is looked up by its instance id if its create's answer was not flushed; delete its port and created volume, watch its name if a create may have been on its way, drop the record) |
+//! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, or a cold boot's `Booting` one, whose server is looked up by its instance id if its create's answer was not flushed; delete its port and created volume, watch its name if a create may have been on its way or Cinder refuses that volume's delete as `error_attaching`, drop the record) |
 //! | allocation `Releasing` | - | finish the release |
-//! | a name watched (`TwinWatch`: a create of it may have been done unrecorded) | volumes, ports of that name | delete them but the committed allocation's own; end the watch once it is over |
+//! | a name watched (`TwinWatch`: a create of it may have been done unrecorded, or a rollback left its new volume `error_attaching`) | volumes, ports of that name | delete them but the committed allocation's own; end the watch once it is over and they are deleted (a volume Cinder keeps `error_attaching` fails the item at once, each pass, until an admin resets it) |
 //! | instance `Claimed`, allocation `Allocated` naming it | - | mark the instance `Allocated` (left by versions that marked the allocation first) |
 //! | instance `Claimed`, allocation `Allocated` naming another, or none live | - | discard it (a claim left over) |
 //! | instance `Booting`, no server id | server with its instance id | adopt the server |
@@ -500,7 +500,9 @@ impl Shared {
     }
 
     /// Deletes whatever carries a watched name but what the watch keeps,
-    /// and ends the watch once it is over (after that last look).
+    /// and ends the watch once it is over (after that last look). A look
+    /// that fails keeps the watch, past its end too: it may hold the only
+    /// record of a volume a rollback could not delete (`error_attaching`).
     async fn watch_for_twins(&self, watch: &TwinWatch) -> ManagerResult<()> {
         let now = self.sizing_book().wall_now(&self.settings.sizing);
         self.delete_twins(watch, self.cleanup_deadline()).await?;

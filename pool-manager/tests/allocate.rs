@@ -3200,6 +3200,74 @@ async fn a_volume_left_error_attaching_fails_the_purchase_saying_why() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A new volume (warmpool's, created for the order) Cinder keeps
+/// `error_attaching` once the failed try's server is gone cannot be
+/// deleted either (Cinder refuses it until an admin resets its state).
+/// That must not hold the order hostage: the purchase is rolled back and
+/// answered at once, UNAVAILABLE (asking again makes a new volume), and the
+/// same order again is bought on a fresh volume. The stuck volume is not
+/// forgotten: the reconciler deletes it once an admin resets it, however
+/// long that takes.
+#[tokio::test(start_paused = true)]
+async fn a_new_volume_left_error_attaching_is_left_for_later_and_the_order_goes_through_again() {
+    use pool_manager::cloud::{CloudError, VolumeStatus};
+    let sim = sim();
+    let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 3).await;
+    sim.faults().error_next_volume_attach(1, false);
+    let mut order = request("o-stuck", new_volume(), EmptyPoolPolicy::FailFast);
+    order.timeout = Some(Duration::from_secs(3600));
+    let asked = tokio::time::Instant::now();
+    let e = manager.allocate(order.clone()).await.unwrap_err();
+    let stuck = sim
+        .volumes()
+        .into_iter()
+        .find(|v| v.status == VolumeStatus::Other("error_attaching".into()))
+        .expect("the purchase's volume is left error_attaching")
+        .id;
+    match &e {
+        ManagerError::Cloud(CloudError::Transient(m)) => {
+            assert!(m.contains(&stuck) && m.contains("error_attaching"), "{m}");
+            assert!(m.contains("new volume"), "{m}");
+        }
+        e => panic!("{e:?}"),
+    }
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "answered at once, not after waiting out the cleanup deadline: {:?}",
+        asked.elapsed()
+    );
+    manager.reconcile().await.unwrap();
+    manager.reconcile().await.unwrap();
+    assert!(
+        matches!(
+            manager.get_allocation("o-stuck").await,
+            Err(ManagerError::AllocationNotFound(_))
+        ),
+        "the order is rolled back"
+    );
+    let asked = tokio::time::Instant::now();
+    order.timeout = Some(Duration::from_secs(120));
+    let again = manager.allocate(order).await.unwrap();
+    assert!(asked.elapsed() < Duration::from_secs(60));
+    assert_eq!(again.state, AllocationState::Allocated);
+    assert_ne!(again.volume_id.as_deref(), Some(stuck.as_str()));
+    assert_its_volume_is_attached(&sim, &again);
+    // Long past any twin watch's end, and still not forgotten.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    manager.reconcile().await.unwrap();
+    assert!(
+        sim.volumes().iter().any(|v| v.id == stuck),
+        "Cinder refuses its delete until an admin resets it"
+    );
+    assert!(sim.reset_error_attaching(&stuck));
+    manager.reconcile().await.unwrap();
+    assert!(
+        sim.volumes().iter().all(|v| v.id != stuck),
+        "deleted once it can be"
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
 /// An instance whose host fails after the volume is attached cannot have
 /// it detached (Nova's 409 on a server in ERROR): its deletion lets go of
 /// the volume, and until then the volume is in use by that discarded
