@@ -1075,6 +1075,29 @@ impl Shared {
                             params.pool
                         )));
                     }
+                    // Looked at before the next claim: a volume the failed
+                    // attach left error_attaching for good would fail the
+                    // next try only once it had claimed another warm
+                    // instance, which is then discarded too (touched by
+                    // the purchase). A look that fails says nothing: the
+                    // next try looks again.
+                    let current = record.get().await;
+                    if let Some(volume_id) = &current.volume_id {
+                        let stuck = match self.cloud.get_volume(volume_id).await {
+                            Ok(v) if v.status.is_error_attaching() => self
+                                .error_attaching_for_good(volume_id, &discarded_servers)
+                                .await
+                                .then_some(v.status),
+                            _ => None,
+                        };
+                        if let Some(status) = stuck {
+                            return Err(not_attachable_after_a_try(
+                                volume_id,
+                                &status,
+                                current.volume_created,
+                            ));
+                        }
+                    }
                 }
             }
         }
@@ -1805,14 +1828,7 @@ impl Shared {
                         ..
                     },
                 ) if status.is_error_attaching() && !discarded.is_empty() => {
-                    self.any_server_left(discarded).await
-                        // Looked at again once they are gone: Cinder may
-                        // have let go of it since the look above.
-                        || self
-                            .cloud
-                            .get_volume(volume_id)
-                            .await
-                            .map_or(true, |v| !v.status.is_error_attaching())
+                    !self.error_attaching_for_good(volume_id, discarded).await
                 }
                 _ => false,
             };
@@ -1859,6 +1875,21 @@ impl Shared {
             .get_server(server_id)
             .await
             .map_or(true, |s| s.attached_volumes.iter().any(|v| v == volume_id))
+    }
+
+    /// Whether a volume a failed try of the purchase left `error_attaching`
+    /// stays so: none of the tries' `discarded` servers is left, whose
+    /// deletion would let go of it, and it is so still when looked at
+    /// after them (Cinder may have let go of it since an earlier look).
+    /// Then only an admin's reset of its state ends it.
+    async fn error_attaching_for_good(&self, volume_id: &str, discarded: &[String]) -> bool {
+        !discarded.is_empty()
+            && !self.any_server_left(discarded).await
+            && self
+                .cloud
+                .get_volume(volume_id)
+                .await
+                .is_ok_and(|v| v.status.is_error_attaching())
     }
 
     /// Whether any of `servers` is still there (being deleted or not); a
