@@ -14,7 +14,7 @@
 //! | instance `Claimed`, allocation `Allocated` naming another, or none live | - | discard it (a claim left over) |
 //! | instance `Booting`, no server id | server with its instance id | adopt the server |
 //! | instance `Booting`, no server id | none | drop the record |
-//! | instance `Booting`/`Warming`/`Ready` | server gone (or SOFT_DELETED); one missing from the listing is asked for by id first (the listing is older than the instances read after it) | drop the record |
+//! | instance `Booting`/`Warming`/`Ready` | server gone (or SOFT_DELETED); one missing from the listing is asked for by id first (the listing is older than the instances read after it, and Nova lists no SOFT_DELETED server) | drop the record; a SOFT_DELETED server (deleted by hand on a cloud with `reclaim_instance_interval`) is deleted for good (the driver's forceDelete), as no later pass would see it |
 //! | instance `Booting`/`Warming` | server exists | resume the boot task |
 //! | instance `Ready`, unclaimed | server in ERROR (its host failed) | discard it (the pool refills) |
 //! | instance `Ready` | server busy with a task (a task_state other than a delete: a snapshot, a migration) | nothing for that: busy is not broken, the task ends by itself |
@@ -172,23 +172,24 @@ impl Shared {
                 .lock()
                 .expect("driving lock")
                 .contains(&instance.id);
-            // A soft-deleted server (SOFT_DELETED), or one being deleted,
-            // is as good as gone.
-            let mut server_exists = instance
+            let mut server = instance
                 .server_id
                 .as_ref()
                 .and_then(|id| servers.get(id))
-                .is_some_and(|s| !s.is_going());
+                .cloned();
             let unlisted = instance
                 .server_id
                 .as_ref()
                 .filter(|id| !servers.contains_key(id.as_str()));
             if let Some(id) = unlisted.filter(|_| instance.state.is_supply() && !driving) {
-                match self.exists_after_all(id).await {
-                    Some(exists) => server_exists = exists,
+                match self.server_after_all(id).await {
+                    Some(found) => server = found,
                     None => continue,
                 }
             }
+            // A soft-deleted server (SOFT_DELETED), or one being deleted,
+            // is as good as gone.
+            let server_exists = server.as_ref().is_some_and(|s| !s.is_going());
             match instance.state {
                 InstanceState::Booting if instance.server_id.is_none() => {
                     if driving {
@@ -222,6 +223,16 @@ impl Shared {
                         (*current == *instance).then_some(None)
                     })
                     .await?;
+                    // Deleted by someone else (an operator) on a cloud that
+                    // only soft-deletes: it holds quota and ports until the
+                    // reclaim, and Nova lists it no more, so once its record
+                    // is gone nothing would see it again. It was deleted
+                    // once already: the driver's forceDelete finishes it.
+                    let soft_deleted =
+                        server.filter(|s| s.status == ServerStatus::Deleted && !s.deleting);
+                    if let Some(soft_deleted) = soft_deleted {
+                        self.finish_soft_delete(&soft_deleted.id).await?;
+                    }
                 }
                 InstanceState::Booting | InstanceState::Warming => {
                     if !driving {
@@ -343,13 +354,7 @@ impl Shared {
                 // set), by warmpool or by hand: it keeps its quota until the
                 // reclaim, so the delete is finished now. No leak: it was
                 // deleted once already.
-                tracing::debug!(server = %server.id, name = %server.name, "finishing the delete of a soft-deleted server");
-                let deleted = self.cloud.delete_server(&server.id).await;
-                go_on(
-                    deleted.map_err(Into::into),
-                    "deleting soft-deleted server",
-                    &server.id,
-                )?;
+                self.finish_soft_delete(&server.id).await?;
                 continue;
             }
             if !owned && server.holds_a_tenant_volume() {
@@ -399,19 +404,38 @@ impl Shared {
         Ok(())
     }
 
-    /// Whether a server missing from this pass's listing exists after all:
-    /// the listing is taken before the instances are read, so a boot may
-    /// have created its server and gone Ready in between. `None`: the cloud
-    /// could not say; the instance is left to the next pass.
-    async fn exists_after_all(&self, server_id: &str) -> Option<bool> {
+    /// A server missing from this pass's listing, read by id: the listing
+    /// is taken before the instances are read, so a boot may have created
+    /// its server and gone Ready in between, and Nova lists no SOFT_DELETED
+    /// server. `Some(None)`: gone; `None`: the cloud could not say, and the
+    /// instance is left to the next pass.
+    async fn server_after_all(&self, server_id: &str) -> Option<Option<Server>> {
         match self.cloud.get_server(server_id).await {
-            Ok(server) => Some(!server.is_going()),
-            Err(CloudError::NotFound(_)) => Some(false),
+            Ok(server) => Some(Some(server)),
+            Err(CloudError::NotFound(_)) => Some(None),
             Err(e) => {
                 tracing::warn!(server = server_id, error = %e, "cannot tell whether a server missing from the listing is gone; the next reconcile pass looks again");
                 None
             }
         }
+    }
+
+    /// Deletes for good a SOFT_DELETED server no record keeps: the
+    /// OpenStack driver sends it a forceDelete, and until the cloud says it
+    /// is gone, reads it by id at each listing, though Nova lists it no
+    /// more. A failure is logged and left to the next pass.
+    async fn finish_soft_delete(&self, server_id: &str) -> ManagerResult<()> {
+        tracing::debug!(
+            server = server_id,
+            "finishing the delete of a soft-deleted server"
+        );
+        let deleted = self.cloud.delete_server(server_id).await;
+        go_on(
+            deleted.map_err(Into::into),
+            "deleting soft-deleted server",
+            server_id,
+        )?;
+        Ok(())
     }
 
     /// Records `server_id` as the server of an instance that has none

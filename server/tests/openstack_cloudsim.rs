@@ -2012,6 +2012,67 @@ async fn a_release_on_a_soft_delete_cloud_deletes_the_server_for_good() {
     stop_daemon(running, stop).await;
 }
 
+/// The daemon on `env`'s cloud with a reconcile pass every 300 ms.
+async fn start_reconciling_often(
+    env: &Env,
+) -> (warmpool_server::Running, tokio::sync::oneshot::Sender<()>) {
+    let config = Config::parse(&env.config_text("", SMALL_POOL).replace(
+        r#"reconcile_interval = "1m""#,
+        r#"reconcile_interval = "300ms""#,
+    ))
+    .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = warmpool_server::start(config, async {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    (running, stop)
+}
+
+/// A Ready pool server someone else deleted (an operator, by hand) on a
+/// cloud that only soft-deletes is SOFT_DELETED, which Nova's listing
+/// hides: the reconciler drops its instance and deletes the server for
+/// good (forceDelete), instead of leaving it, with its quota and ports,
+/// to the reclaim an hour later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_server_soft_deleted_by_hand_is_deleted_for_good() {
+    use pool_manager::model::InstanceState;
+    let env = soft_delete_env().await;
+    let (running, stop) = start_reconciling_often(&env).await;
+    let key = PoolKey::new("db.small", "az1");
+    let manager = running.manager.clone();
+    wait_until_async("two Ready instances", || {
+        let (manager, key) = (manager.clone(), key.clone());
+        async move {
+            manager
+                .get_pool(&key)
+                .await
+                .unwrap()
+                .count(InstanceState::Ready)
+                == 2
+        }
+    })
+    .await;
+    let instances = running.manager.list_instances(Some(&key)).await.unwrap();
+    let server = instances
+        .iter()
+        .find(|i| i.state == InstanceState::Ready)
+        .and_then(|i| i.server_id.clone())
+        .unwrap();
+    // The operator's delete, through a client of its own.
+    env.driver().await.delete_server(&server).await.unwrap();
+    assert_eq!(
+        env.sim.server(&server).map(|s| s.server.status),
+        Some(ServerStatus::Deleted)
+    );
+    wait_until("the soft-deleted server to go for good", || {
+        env.sim.server(&server).is_none()
+    })
+    .await;
+    stop_daemon(running, stop).await;
+}
+
 /// The start-up cloud check checks the pools the daemon will serve: a pool
 /// the store has is checked with its stored settings (an image changed
 /// through the API), not the config's, which it no longer uses; a stored
