@@ -2271,6 +2271,47 @@ async fn a_soft_delete_cloud_keeps_servers_until_forced_or_reclaimed() {
     }
 }
 
+/// A cloud whose policy makes `forceDelete` admin-only
+/// (`os_compute_api:os-deferred-delete:force`): the project's forceDelete
+/// of a SOFT_DELETED server answers Nova's 403 policy fault and the server
+/// stays SOFT_DELETED; once the policy lets the project again, it goes.
+#[tokio::test]
+async fn a_force_delete_the_policy_refuses_is_403_and_changes_nothing() {
+    let settings = HttpSettings {
+        reclaim_instance_interval: Duration::from_secs(3600),
+        ..HttpSettings::default()
+    };
+    let env = start_with(config(), settings).await;
+    let a = env.active_server("a").await;
+    env.delete(Service::Compute, &format!("/v2.1/servers/{a}"), None)
+        .await
+        .expect(204);
+    let action = format!("/v2.1/servers/{a}/action");
+    let force = || {
+        env.post(
+            Service::Compute,
+            &action,
+            None,
+            json!({"forceDelete": null}),
+        )
+    };
+    env.face.faults().refuse_force_delete(true);
+    let r = force().await.expect(403);
+    assert!(r.json()["forbidden"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("os_compute_api:os-deferred-delete:force"));
+    let s = env.server(&a, "2.79").await;
+    assert_eq!(s["status"], "SOFT_DELETED");
+    assert_eq!(s["OS-EXT-STS:task_state"], Value::Null);
+    env.face.faults().clear();
+    force().await.expect(202);
+    assert_eq!(
+        env.server(&a, "2.79").await["OS-EXT-STS:task_state"],
+        "deleting"
+    );
+}
+
 #[tokio::test]
 async fn the_demo_binary_serves_and_prints_a_clouds_yaml() {
     use tokio::io::AsyncBufReadExt;

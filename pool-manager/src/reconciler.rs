@@ -21,7 +21,7 @@
 //! | instance `Ready`, unclaimed | server ACTIVE, mysqld silent on this pass's probe and the last's | discard it (the pool refills) |
 //! | instance `Failed`/`Deleting` | - | delete the server, drop the record |
 //! | nothing | server with warmpool metadata, being deleted (task_state `deleting`, or `soft-deleting`: Nova lists it until the host is done) | leave it: a delete sent before its record was dropped, not a leak |
-//! | nothing | server with warmpool metadata, SOFT_DELETED (a cloud with `reclaim_instance_interval`; Nova does not list these, the OpenStack driver's listing adds those it deleted) | delete it for good (the driver's forceDelete), no leak event |
+//! | nothing | server with warmpool metadata, SOFT_DELETED (a cloud with `reclaim_instance_interval`; Nova does not list these, the OpenStack driver's listing adds those it deleted) | delete it for good (the driver's forceDelete), no leak event; where the cloud's policy refuses the forceDelete (403), leave it to Nova's reclaim, logging a warning (the driver forgets it) |
 //! | nothing | server with warmpool metadata, no volume attached | delete it (leak) |
 //! | nothing | server with warmpool metadata and a volume attached | leave it, log an error (a tenant's, its record lost) |
 //! | instance record set aside as unreadable | server naming the instance | leave it, log a warning (a release of its allocation deletes it by the allocation's server id) |
@@ -423,18 +423,26 @@ impl Shared {
     /// Deletes for good a SOFT_DELETED server no record keeps: the
     /// OpenStack driver sends it a forceDelete, and until the cloud says it
     /// is gone, reads it by id at each listing, though Nova lists it no
-    /// more. A failure is logged and left to the next pass.
+    /// more. A failure is logged and left to the next pass; a forceDelete
+    /// the cloud refuses for good (a policy letting only an admin do it)
+    /// leaves the server to Nova's reclaim, and the driver forgets it.
     async fn finish_soft_delete(&self, server_id: &str) -> ManagerResult<()> {
         tracing::debug!(
             server = server_id,
             "finishing the delete of a soft-deleted server"
         );
-        let deleted = self.cloud.delete_server(server_id).await;
-        go_on(
-            deleted.map_err(Into::into),
-            "deleting soft-deleted server",
-            server_id,
-        )?;
+        match self.cloud.delete_server(server_id).await {
+            Err(CloudError::Fatal(refused)) => {
+                tracing::warn!(server = server_id, reason = %refused, "soft-deleted server left to Nova's reclaim");
+            }
+            deleted => {
+                go_on(
+                    deleted.map_err(Into::into),
+                    "deleting soft-deleted server",
+                    server_id,
+                )?;
+            }
+        }
         Ok(())
     }
 

@@ -15,7 +15,9 @@
 
 use crate::allocator::deadline_after;
 use crate::changes::ChangeCursor;
-use crate::cloud::{CloudError, CloudResult, ServerSpec, ServerStatus, META_INSTANCE, META_POOL};
+use crate::cloud::{
+    CloudError, CloudResult, Server, ServerSpec, ServerStatus, META_INSTANCE, META_POOL,
+};
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, BootOutcome, EventKind};
 use crate::gate::{self, BootSignal, BootTicket, Hold};
@@ -1065,17 +1067,52 @@ impl Shared {
     /// that is not, and is still there, had its delete fail on the host,
     /// and is sent it again. So is a SOFT_DELETED one (a cloud with
     /// `reclaim_instance_interval`): it holds the tenant's volume and port
-    /// until the reclaim, and the driver makes the second delete of a
-    /// server it saw soft-deleted a forceDelete.
+    /// until the reclaim, and the driver makes the delete of a server it
+    /// saw soft-deleted a forceDelete. The server is looked at first, so
+    /// that one already SOFT_DELETED (a release asked again) gets that
+    /// forceDelete and no plain delete, which Nova may take as another
+    /// soft delete, putting the reclaim off.
+    ///
+    /// Where the cloud refuses the forceDelete for good (a policy letting
+    /// only an admin force-delete), the server stays SOFT_DELETED until
+    /// Nova reclaims it whatever warmpool does, holding its quota and port:
+    /// that is as deleted as it gets, and done, with a warning. Not while
+    /// a volume is still attached to it (its detach was refused, or the
+    /// server was deleted by hand before a release could detach it): that
+    /// is the tenant's, which a release hands back (kept, to attach
+    /// elsewhere, or deleted), and Nova lets go of it only at the reclaim.
+    /// That fails FAILED_PRECONDITION, saying how to end it sooner; asked
+    /// again (the reconciler does at each pass), it is done once the
+    /// volume or the server is gone.
     pub(crate) async fn delete_server_until_gone(
         &self,
         server_id: &str,
         deadline: Instant,
     ) -> ManagerResult<()> {
         let pause = self.settings.poll_interval.min(Duration::from_millis(500));
+        // The server as last seen, if SOFT_DELETED with nothing under way.
+        let soft = |server: Server| {
+            (server.status == ServerStatus::Deleted && !server.deleting).then_some(server)
+        };
+        let mut soft_deleted = match self.cloud.get_server(server_id).await {
+            Err(CloudError::NotFound(_)) => return Ok(()),
+            Ok(server) => soft(server),
+            // The delete below tells.
+            Err(_) => None,
+        };
         loop {
-            self.retry(deadline, || self.cloud.delete_server(server_id))
-                .await?;
+            match self
+                .retry(deadline, || self.cloud.delete_server(server_id))
+                .await
+            {
+                Ok(()) => {}
+                Err(CloudError::Fatal(refused)) => match &soft_deleted {
+                    // The server seen SOFT_DELETED: its forceDelete.
+                    Some(server) => return left_soft_deleted(server, &refused),
+                    None => return Err(CloudError::Fatal(refused).into()),
+                },
+                Err(e) => return Err(e.into()),
+            }
             loop {
                 if Instant::now() >= deadline {
                     return Err(CloudError::Transient(format!(
@@ -1086,12 +1123,29 @@ impl Shared {
                 tokio::time::sleep(pause).await;
                 match self.cloud.get_server(server_id).await {
                     Err(CloudError::NotFound(_)) => return Ok(()),
-                    Ok(server) if !server.deleting => break,
+                    Ok(server) if !server.deleting => {
+                        soft_deleted = soft(server);
+                        break;
+                    }
                     _ => {}
                 }
             }
         }
     }
+}
+
+/// The end of a delete the cloud takes no further than SOFT_DELETED, its
+/// forceDelete `refused` (see [`Shared::delete_server_until_gone`]).
+fn left_soft_deleted(server: &Server, refused: &str) -> ManagerResult<()> {
+    if server.holds_a_tenant_volume() {
+        return Err(ManagerError::FailedPrecondition(format!(
+            "volume {} is still attached to server {}, which Nova lets go of only when it reclaims the server: {refused}. An admin's forceDelete of the server frees it too; then call again (the reconciler also retries at each pass)",
+            server.attached_volumes.join(", "),
+            server.id
+        )));
+    }
+    tracing::warn!(server = %server.id, reason = %refused, "server left SOFT_DELETED: it holds its quota and ports until Nova reclaims it");
+    Ok(())
 }
 
 /// Why a Ready instance is retired, judged again when its turn comes.

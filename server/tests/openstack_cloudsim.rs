@@ -2030,6 +2030,46 @@ async fn start_reconciling_often(
     (running, stop)
 }
 
+/// Order `request_id` from db.small in az1, a new 1 GiB volume kept on
+/// release, on the tenant network.
+async fn order(env: &Env, request_id: &str) -> pool_manager::AllocateRequest {
+    use pool_manager::model::{
+        AllocationParams, EmptyPoolPolicy, NetworkRequest, VolumeRequest, VolumeSource,
+    };
+    let tenant_net = env.driver().await.network("tenant-net").await.unwrap().id;
+    pool_manager::AllocateRequest {
+        params: AllocationParams {
+            request_id: request_id.into(),
+            tenant_project_id: "tenant".into(),
+            pool: PoolKey::new("db.small", "az1"),
+            volume: VolumeRequest {
+                source: VolumeSource::New {
+                    size_gib: 1,
+                    volume_type: None,
+                },
+                delete_on_release: false,
+            },
+            network: NetworkRequest {
+                network_id: tenant_net,
+                subnet_id: None,
+                fixed_ip: None,
+            },
+            labels: BTreeMap::new(),
+        },
+        empty_pool: EmptyPoolPolicy::Wait,
+        timeout: Some(Duration::from_secs(60)),
+    }
+}
+
+/// How many forceDeletes the cloud was sent.
+fn force_deletes(env: &Env) -> u64 {
+    env.sim
+        .call_counts()
+        .get("force_delete_server")
+        .copied()
+        .unwrap_or(0)
+}
+
 /// A Ready pool server someone else deleted (an operator, by hand) on a
 /// cloud that only soft-deletes is SOFT_DELETED, which Nova's listing
 /// hides: the reconciler drops its instance and deletes the server for
@@ -2070,6 +2110,106 @@ async fn a_pool_server_soft_deleted_by_hand_is_deleted_for_good() {
         env.sim.server(&server).is_none()
     })
     .await;
+    stop_daemon(running, stop).await;
+}
+
+/// On a soft-delete cloud whose policy refuses the project forceDelete
+/// (`os_compute_api:os-deferred-delete:force` admin-only), a release
+/// completes once its server is SOFT_DELETED with the tenant's volume
+/// detached: the server keeps its quota until Nova's reclaim, which
+/// nothing warmpool may do hastens. The refused forceDelete is not sent
+/// again for the next release, nor by the reconciler's passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_completes_where_the_policy_refuses_force_delete() {
+    let env = soft_delete_env().await;
+    env.face.faults().refuse_force_delete(true);
+    let (running, stop) = start_reconciling_often(&env).await;
+    let mut servers = Vec::new();
+    for request_id in ["o1", "o2"] {
+        let allocated = running
+            .manager
+            .allocate(order(&env, request_id).await)
+            .await
+            .unwrap();
+        let server = allocated.server_id.clone().unwrap();
+        let volume = allocated.volume_id.clone().unwrap();
+        let released = running
+            .manager
+            .release(request_id, Some(false))
+            .await
+            .unwrap();
+        assert_eq!(
+            released.state,
+            pool_manager::model::AllocationState::Released
+        );
+        // Left to the reclaim, the tenant's volume detached from it.
+        assert_eq!(
+            env.sim.server(&server).map(|s| s.server.status),
+            Some(ServerStatus::Deleted)
+        );
+        let left = env.sim.volumes();
+        let left = left.iter().find(|v| v.id == volume).unwrap();
+        assert_eq!(left.status, VolumeStatus::Available, "{left:?}");
+        servers.push(server);
+    }
+    assert_eq!(force_deletes(&env), 1);
+    // Passes of the reconciler send it no more either.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(force_deletes(&env), 1);
+    for server in &servers {
+        assert!(env.sim.server(server).is_some());
+    }
+    stop_daemon(running, stop).await;
+}
+
+/// A release whose server is SOFT_DELETED with the tenant's volume still
+/// attached (deleted by hand before the release could detach it), on a
+/// cloud whose policy refuses the project forceDelete: the volume stays
+/// attached until Nova's reclaim, so the release does not claim to be
+/// done. It fails FAILED_PRECONDITION, naming the server, the volume and
+/// the policy to change, and stays under way; asked again, it does not
+/// send the refused forceDelete again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_whose_volume_a_soft_deleted_server_keeps_fails_precondition() {
+    let env = soft_delete_env().await;
+    env.face.faults().refuse_force_delete(true);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = warmpool_server::start(env.config("", SMALL_POOL), async {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    let allocated = running
+        .manager
+        .allocate(order(&env, "o1").await)
+        .await
+        .unwrap();
+    let server = allocated.server_id.clone().unwrap();
+    let volume = allocated.volume_id.clone().unwrap();
+    env.driver().await.delete_server(&server).await.unwrap();
+    for _ in 0..2 {
+        let e = running
+            .manager
+            .release("o1", Some(false))
+            .await
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            matches!(e, pool_manager::ManagerError::FailedPrecondition(_))
+                && text.contains(&server)
+                && text.contains(&volume)
+                && text.contains("os-deferred-delete:force"),
+            "{e:?}"
+        );
+        assert_eq!(
+            running.manager.get_allocation("o1").await.unwrap().state,
+            pool_manager::model::AllocationState::Releasing
+        );
+        let left = env.sim.volumes();
+        let left = left.iter().find(|v| v.id == volume).unwrap();
+        assert_eq!(left.status, VolumeStatus::InUse, "{left:?}");
+    }
+    assert_eq!(force_deletes(&env), 1);
     stop_daemon(running, stop).await;
 }
 

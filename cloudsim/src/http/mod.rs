@@ -69,7 +69,7 @@ use axum::Router;
 pub use errors::ApiError;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
@@ -295,6 +295,9 @@ pub(crate) struct FaceState {
     pub(crate) changed_passwords: Mutex<HashMap<String, String>>,
     /// Password logins asked for, granted or not.
     pub(crate) password_logins: AtomicU32,
+    /// Nova's policy refuses the project `forceDelete`
+    /// (`HttpFaults::refuse_force_delete`).
+    pub(crate) force_delete_refused: AtomicBool,
 }
 
 /// An image only Glance knows: Nova cannot boot it.
@@ -512,9 +515,22 @@ impl HttpFaults {
         self.state.password_logins.load(Ordering::SeqCst)
     }
 
-    /// Clears every HTTP fault (tokens stay as they are).
+    /// Nova's `os_compute_api:os-deferred-delete:force` policy made
+    /// admin-only (`refused` true) or the project's again (false): while
+    /// refused, every `forceDelete` of a server the project can see answers
+    /// Nova's 403 policy fault and does nothing (a SOFT_DELETED server
+    /// stays so until the reclaim). Not cleared by a count: a policy lasts.
+    pub fn refuse_force_delete(&self, refused: bool) {
+        self.state
+            .force_delete_refused
+            .store(refused, Ordering::SeqCst);
+    }
+
+    /// Clears every HTTP fault (tokens stay as they are), a refused
+    /// `forceDelete` too.
     pub fn clear(&self) {
         lock(&self.state.faults).clear();
+        self.refuse_force_delete(false);
     }
 }
 
@@ -665,6 +681,7 @@ impl HttpFace {
             stopping: tokio::sync::watch::channel(false).0,
             changed_passwords: Mutex::new(HashMap::new()),
             password_logins: AtomicU32::new(0),
+            force_delete_refused: AtomicBool::new(false),
         });
         let app = router(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();

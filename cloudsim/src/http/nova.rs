@@ -26,6 +26,7 @@ use pool_manager::cloud::{CloudError, ServerSpec, ServerStatus};
 use pool_manager::model::PoolKey;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -811,8 +812,9 @@ async fn delete_server(
 }
 
 /// `POST /servers/{id}/action`: `forceDelete` (202), which deletes a
-/// SOFT_DELETED server for good, and `restore` (202), which brings one
-/// back; no other action is simulated.
+/// SOFT_DELETED server for good (403 while `HttpFaults::refuse_force_delete`
+/// says the policy refuses it), and `restore` (202), which brings one back;
+/// no other action is simulated.
 async fn server_action(
     State(state): State<Arc<FaceState>>,
     Path(id): Path<String>,
@@ -835,6 +837,14 @@ async fn server_action(
         }
     };
     let (mut model, now) = live_server(&state, method, &id).await?;
+    // Nova checks the action's policy once it has found the server.
+    if action == "forceDelete" && state.force_delete_refused.load(Ordering::SeqCst) {
+        return Err(ApiError::new(
+            C,
+            StatusCode::FORBIDDEN,
+            "Policy doesn't allow os_compute_api:os-deferred-delete:force to be performed.",
+        ));
+    }
     match action.as_str() {
         "forceDelete" => model.force_delete_server(&id, now),
         _ => model.restore_server(&id, now),

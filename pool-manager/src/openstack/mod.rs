@@ -68,6 +68,13 @@ const NAME_TTL: Duration = Duration::from_secs(600);
 /// How many deleted servers a listing leaves out are read by id at once.
 const UNLISTED_LOOKUPS_AT_ONCE: usize = 16;
 
+/// How long after the cloud refused a forceDelete for good (its policy
+/// lets only an admin force-delete) none is sent: a policy answers every
+/// server alike, and asking at each delete, release retry or reconcile
+/// pass would only collect the same 403. Then one is tried again, in case
+/// the policy was changed.
+const FORCE_DELETE_ASKED_AGAIN_AFTER: Duration = Duration::from_secs(600);
+
 /// Names (or ids) resolved with the cloud, each trusted for [`NAME_TTL`].
 struct NameCache<T>(Mutex<HashMap<String, (T, tokio::time::Instant)>>);
 
@@ -250,7 +257,8 @@ struct Inner {
     /// Pool servers last seen SOFT_DELETED: a cloud with Nova's
     /// `reclaim_instance_interval` set only soft-deletes, and deleting such
     /// a server again does nothing, while it keeps its quota, volumes and
-    /// ports until the reclaim. `delete_server` force-deletes these. A mark
+    /// ports until the reclaim. `delete_server` force-deletes these (and
+    /// forgets one whose forceDelete the cloud refuses for good). A mark
     /// follows what the cloud last said of the server (by id, in a listing,
     /// a 404, a forceDelete refused as the server is not SOFT_DELETED); a
     /// listing leaving a server out says nothing of it, since Nova leaves
@@ -262,6 +270,10 @@ struct Inner {
     /// without this no one would see it to force-delete it. After a
     /// restart, servers soft-deleted before it wait for Nova's reclaim.
     deletes_sent: Mutex<HashSet<String>>,
+    /// The cloud's last refusal for good of a forceDelete (Nova's policy
+    /// `os_compute_api:os-deferred-delete:force` admin-only), and when:
+    /// see [`FORCE_DELETE_ASKED_AGAIN_AFTER`].
+    force_delete_refused: Mutex<Option<(tokio::time::Instant, String)>>,
 }
 
 impl std::fmt::Debug for OpenStackCloud {
@@ -316,6 +328,7 @@ impl OpenStackCloud {
                 uncertain_creates: Mutex::default(),
                 soft_deleted: Mutex::default(),
                 deletes_sent: Mutex::default(),
+                force_delete_refused: Mutex::default(),
             }),
         })
     }
@@ -658,6 +671,31 @@ impl OpenStackCloud {
     fn forget_server(&self, server_id: &str) {
         lock(&self.inner.soft_deleted).remove(server_id);
         lock(&self.inner.deletes_sent).remove(server_id);
+    }
+
+    /// Why no forceDelete is sent now: the cloud refused one for good less
+    /// than [`FORCE_DELETE_ASKED_AGAIN_AFTER`] ago, if it did.
+    fn force_delete_refused_lately(&self) -> Option<String> {
+        let refused = lock(&self.inner.force_delete_refused);
+        let (at, refused) = refused.as_ref()?;
+        (at.elapsed() < FORCE_DELETE_ASKED_AGAIN_AFTER).then(|| {
+            format!(
+                "the cloud refused warmpool's forceDelete {} s ago ({refused}), and is asked again {} min after a refusal",
+                at.elapsed().as_secs(),
+                FORCE_DELETE_ASKED_AGAIN_AFTER.as_secs() / 60
+            )
+        })
+    }
+
+    /// The answer to a delete of a SOFT_DELETED server the cloud will not
+    /// force-delete, `why`. Nothing warmpool may do ends it before Nova's
+    /// reclaim, so the server is forgotten (no longer read by id at each
+    /// listing, which the reconciler would take for a delete to finish).
+    fn left_to_reclaim(&self, server_id: &str, why: &str) -> CloudError {
+        self.forget_server(server_id);
+        CloudError::Fatal(format!(
+            "server {server_id} stays SOFT_DELETED, keeping its quota, ports and volumes until Nova reclaims it (reclaim_instance_interval): {why}. Let warmpool's user force-delete (Nova's policy os_compute_api:os-deferred-delete:force)"
+        ))
     }
 
     /// The servers this process sent a delete that `listed` leaves out and
@@ -1069,6 +1107,9 @@ impl Cloud for OpenStackCloud {
     async fn delete_server(&self, server_id: &str) -> CloudResult<()> {
         lock(&self.inner.deletes_sent).insert(server_id.to_owned());
         if lock(&self.inner.soft_deleted).contains(server_id) {
+            if let Some(why) = self.force_delete_refused_lately() {
+                return Err(self.left_to_reclaim(server_id, &why));
+            }
             // Nova before 2023 force-deletes only a SOFT_DELETED server, so
             // this is sent only for one seen so.
             let force = self
@@ -1077,7 +1118,19 @@ impl Cloud for OpenStackCloud {
             match self.request_idempotent(force).await {
                 Ok(()) => {
                     lock(&self.inner.soft_deleted).remove(server_id);
+                    *lock(&self.inner.force_delete_refused) = None;
                     return Ok(());
+                }
+                // Refused for good: a 403 where the policy lets only an
+                // admin force-delete. A plain delete would do nothing (Nova
+                // may even take it as another soft delete and put the
+                // reclaim off), so the server is left to the reclaim.
+                Err(CloudError::Fatal(refused)) => {
+                    tracing::warn!(server = server_id, reason = %refused, "the cloud refuses warmpool's forceDelete: servers it soft-deletes keep their quota, ports and volumes until Nova reclaims them; let warmpool's user force-delete (Nova's policy os_compute_api:os-deferred-delete:force)");
+                    *lock(&self.inner.force_delete_refused) =
+                        Some((tokio::time::Instant::now(), refused.clone()));
+                    let why = format!("the cloud refuses its forceDelete ({refused})");
+                    return Err(self.left_to_reclaim(server_id, &why));
                 }
                 // No longer SOFT_DELETED (restored since it was seen so, or
                 // a forceDelete already under way): the mark was stale, and
