@@ -28,7 +28,7 @@ use crate::model::{
     Allocation, AllocationParams, AllocationState, EmptyPoolPolicy, Instance, InstanceState,
     PoolKey, PoolRecord, TwinWatch, VolumeSource, TWIN_WATCH,
 };
-use crate::replenisher::{BootError, Timed};
+use crate::replenisher::{BootError, DrivingClaim, Timed};
 use crate::store::RecordKind;
 use std::future::Future;
 use std::sync::Arc;
@@ -448,35 +448,6 @@ fn cold_boot_failed(pool: &PoolKey, error: BootError) -> ManagerError {
         BootError::Manager(e) => *e,
         e @ (BootError::ServerError(_) | BootError::Timeout(_) | BootError::Superseded) => {
             ManagerError::ResourceExhausted(format!("cold boot failed: {e}"))
-        }
-    }
-}
-
-/// The answer a cold boot's task owes its purchase. Dropped unsent, the
-/// task ended without one (it panicked, was aborted, or never started),
-/// and so did [`Shared::drive_boot_with`], which lets go of the boot's
-/// driving claim when the boot ends: it is let go of here, before the
-/// purchase hears, or no reconcile pass would ever take the instance over
-/// (resume it once handed to the pool, discard what a rollback left).
-struct BootAnswer {
-    shared: Arc<Shared>,
-    instance: String,
-    answer: Option<tokio::sync::oneshot::Sender<Result<Instance, BootError>>>,
-}
-
-impl BootAnswer {
-    fn send(mut self, ready: Result<Instance, BootError>) {
-        if let Some(answer) = self.answer.take() {
-            // A purchase past its deadline no longer listens.
-            let _ = answer.send(ready);
-        }
-    }
-}
-
-impl Drop for BootAnswer {
-    fn drop(&mut self) {
-        if self.answer.is_some() {
-            self.shared.release_driving(&self.instance);
         }
     }
 }
@@ -1339,7 +1310,7 @@ impl Shared {
                     }
                 }
             }
-            let instance = self
+            let (instance, claim) = self
                 .record_new_instance(&pool, Some(params.request_id.clone()))
                 .await?;
             // The boot's ticket holds the purchase's room from now on: its
@@ -1358,12 +1329,12 @@ impl Shared {
             // middle of its create, leaving a server no record names (the
             // next reconcile pass would delete it as a leak), and a boot
             // most of the way done would be wasted.
-            let boot = self.boot_in_background(instance.clone(), ticket);
+            let boot = self.boot_in_background(instance.clone(), claim, ticket);
             let ready = tokio::time::timeout_at(deadline, boot).await;
             match ready {
                 Ok(Ok(Ok(ready))) => break ready,
                 // The task ended without an answer, its driving claim let
-                // go of (`BootAnswer`): the purchase's rollback discards
+                // go of (`DrivingClaim`): the purchase's rollback discards
                 // the instance, or a reconcile pass does. Aborted or never
                 // started, the manager stops; otherwise the boot panicked,
                 // and a client told "shutting down" would wait for a
@@ -1432,27 +1403,25 @@ impl Shared {
     /// Drives a purchase's cold boot on a task of the manager (tracked, so
     /// stopped at shutdown, as the replenisher's boots are: the next
     /// start's reconcile resumes it) and answers how it ended. The boot
-    /// owns the driving claim and the gate's `ticket`, not the purchase.
-    /// The answer is an error only when the task ended without one:
-    /// aborted, or, the manager stopping, never started (the ticket then
-    /// ends, dropped), or panicked; the driving claim is let go of first.
+    /// owns the driving `claim` and the gate's `ticket`, not the purchase.
+    /// The answer is an error (its sender dropped) only when the task ended
+    /// without one: aborted, or, the manager stopping, never started (the
+    /// ticket then ends, dropped), or panicked; the claim is let go of all
+    /// the same, dropped with the task.
     fn boot_in_background(
         self: &Arc<Self>,
         instance: Instance,
+        claim: DrivingClaim,
         ticket: BootTicket,
     ) -> tokio::sync::oneshot::Receiver<Result<Instance, BootError>> {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let answer = BootAnswer {
-            shared: self.clone(),
-            instance: instance.id.clone(),
-            answer: Some(answer),
-        };
         let shared = self.clone();
         self.spawn(async move {
             let ready = shared
-                .drive_boot_with(instance, ticket, Timed::FromNow)
+                .drive_boot_with(instance, claim, ticket, Timed::FromNow)
                 .await;
-            answer.send(ready);
+            // A purchase past its deadline no longer listens.
+            let _ = answer.send(ready);
         });
         answered
     }

@@ -132,7 +132,8 @@ pub(crate) struct Shared {
     /// Ready instances whose mysqld did not answer the last reconcile
     /// pass's probe; silent on the next pass too, they are replaced.
     pub silent_ready: Mutex<HashSet<String>>,
-    /// Instances a boot task is driving now, so the reconciler never starts a second.
+    /// Instances a boot task is driving now, so the reconciler never starts a
+    /// second; each held by a `DrivingClaim` (replenisher.rs).
     pub driving: Mutex<HashSet<String>>,
     /// Request ids an Allocate in this process is working on (with how many
     /// calls hold each); the periodic reconciler leaves their `Allocating`

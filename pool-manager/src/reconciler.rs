@@ -40,7 +40,7 @@ use crate::cloud::{CloudError, Server, ServerStatus, META_INSTANCE};
 use crate::error::{ManagerError, ManagerResult};
 use crate::manager::Shared;
 use crate::model::{AllocationState, Instance, InstanceState, TwinWatch};
-use crate::replenisher::Timed;
+use crate::replenisher::{DrivingClaim, Timed};
 use crate::store::RecordKind;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -503,12 +503,12 @@ impl Shared {
     }
 
     fn resume_boot(self: &Arc<Self>, instance: Instance) {
-        if !self.claim_driving(&instance.id) {
+        let Some(claim) = DrivingClaim::take(self, &instance.id) else {
             return;
-        }
+        };
         let shared = self.clone();
         self.spawn(async move {
-            let _ = shared.drive_boot(instance, Timed::Not).await;
+            let _ = shared.drive_boot(instance, claim, Timed::Not).await;
         });
     }
 

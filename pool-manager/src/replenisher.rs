@@ -445,11 +445,11 @@ impl Shared {
             _ => {}
         }
         for ticket in tickets {
-            let instance = self.record_new_instance(pool, None).await?;
+            let (instance, claim) = self.record_new_instance(pool, None).await?;
             let shared = self.clone();
             self.spawn(async move {
                 let _ = shared
-                    .drive_boot_with(instance, ticket, Timed::FromNow)
+                    .drive_boot_with(instance, claim, ticket, Timed::FromNow)
                     .await;
             });
         }
@@ -612,15 +612,15 @@ impl Shared {
     }
 
     /// Writes a new `Booting` instance; the record exists before the server.
-    /// The caller holds the instance's driving claim from before the record
-    /// is visible (so a reconcile pass cannot take a record whose boot task
-    /// has not started yet for one left by a crash) and hands it to
-    /// [`Self::drive_boot`], which lets go of it.
+    /// Its driving claim is taken before the record is visible (so a
+    /// reconcile pass cannot take a record whose boot task has not started
+    /// yet for one left by a crash) and comes with it, for the caller to
+    /// hand to [`Self::drive_boot_with`].
     pub(crate) async fn record_new_instance(
-        &self,
+        self: &Arc<Self>,
         pool: &PoolRecord,
         reserved_for: Option<String>,
-    ) -> ManagerResult<Instance> {
+    ) -> ManagerResult<(Instance, DrivingClaim)> {
         let mut instance = Instance {
             id: self.new_instance_id(),
             pool: pool.key.clone(),
@@ -634,13 +634,12 @@ impl Shared {
             mysql_addr: None,
             image: Some(self.cloud.boot_image(&pool.spec.image)),
         };
-        loop {
-            // A claim already held is a taken id, driven by another task:
-            // its claim is not ours to let go of.
-            if !self.claim_driving(&instance.id) {
+        let claim = loop {
+            // A claim already held is a taken id, driven by another task.
+            let Some(claim) = DrivingClaim::take(self, &instance.id) else {
                 instance.id = self.new_instance_id();
                 continue;
-            }
+            };
             let written = match self.store.cas_instance(None, Some(&instance)).await {
                 Ok(true) => match self.store.flush().await {
                     Ok(()) => Ok(true),
@@ -656,22 +655,17 @@ impl Shared {
                 },
                 other => other,
             };
+            // Not written, the claim is let go of as it is dropped.
             match written {
-                Ok(true) => break,
+                Ok(true) => break claim,
                 // The id is taken (a seeded generator restarted on its
                 // store draws its ids again): that record is not ours.
-                Ok(false) => {
-                    self.release_driving(&instance.id);
-                    instance.id = self.new_instance_id();
-                }
-                Err(e) => {
-                    self.release_driving(&instance.id);
-                    return Err(e.into());
-                }
+                Ok(false) => instance.id = self.new_instance_id(),
+                Err(e) => return Err(e.into()),
             }
-        }
+        };
         self.changed();
-        Ok(instance)
+        Ok((instance, claim))
     }
 
     /// A random (version 4) UUID from the manager's id generator.
@@ -686,37 +680,26 @@ impl Shared {
             .to_string()
     }
 
-    /// Marks the instance as driven by a task of this process; false when
-    /// one already drives it.
-    pub(crate) fn claim_driving(&self, id: &str) -> bool {
-        self.driving
-            .lock()
-            .expect("driving lock")
-            .insert(id.to_string())
-    }
-
-    pub(crate) fn release_driving(&self, id: &str) {
-        self.driving.lock().expect("driving lock").remove(id);
-    }
-
     /// Drives one instance to `Ready`; on failure discards it and returns why.
-    /// The caller holds the instance's driving claim ([`Self::claim_driving`]);
-    /// it is let go of when the boot ends. The boot counts toward its AZ's
-    /// load but is not held by the gate (purchases and resumed boots).
+    /// `claim` is the instance's driving claim, let go of when the boot ends
+    /// (or its task does, a panic too). The boot counts toward its AZ's load
+    /// but is not held by the gate (purchases and resumed boots).
     pub(crate) async fn drive_boot(
         self: &Arc<Self>,
         instance: Instance,
+        claim: DrivingClaim,
         timed: Timed,
     ) -> Result<Instance, BootError> {
         let pool = &instance.pool;
         let ticket = BootTicket::start(&self.gate, &pool.availability_zone, &pool.flavor, false);
-        self.drive_boot_with(instance, ticket, timed).await
+        self.drive_boot_with(instance, claim, ticket, timed).await
     }
 
     /// As [`Self::drive_boot`], its gate `ticket` started by the caller.
     pub(crate) async fn drive_boot_with(
         self: &Arc<Self>,
         instance: Instance,
+        claim: DrivingClaim,
         ticket: BootTicket,
         timed: Timed,
     ) -> Result<Instance, BootError> {
@@ -749,7 +732,7 @@ impl Shared {
         // reconcile pass in between would resume it (the boot failing again,
         // reported twice).
         let result = self.finish_failed_boot(&instance, result).await;
-        self.release_driving(&instance.id);
+        drop(claim);
         result
     }
 
@@ -1159,6 +1142,42 @@ enum Retirement {
     FreshOverCap,
     /// Fresh, and the fresh ones have been above the target for a cooldown.
     AboveTarget,
+}
+
+/// An instance's driving claim: held by the one task of this process that
+/// drives its boot, so that the reconciler starts no second driver for it.
+/// It is let go of when dropped, so however the task ends (it returns,
+/// panics, is aborted at shutdown, or is never started) the next reconcile
+/// pass takes the instance over; a claim left held would keep it Booting
+/// or Warming, counted as supply, until a restart.
+pub(crate) struct DrivingClaim {
+    shared: Arc<Shared>,
+    id: String,
+}
+
+impl DrivingClaim {
+    /// Claims the instance; `None` when a task already drives it.
+    pub(crate) fn take(shared: &Arc<Shared>, id: &str) -> Option<Self> {
+        let claimed = shared
+            .driving
+            .lock()
+            .expect("driving lock")
+            .insert(id.to_owned());
+        claimed.then(|| Self {
+            shared: shared.clone(),
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl Drop for DrivingClaim {
+    fn drop(&mut self) {
+        self.shared
+            .driving
+            .lock()
+            .expect("driving lock")
+            .remove(&self.id);
+    }
 }
 
 /// Whether a boot task measures its boot's lead time.

@@ -4191,3 +4191,67 @@ async fn a_handed_over_cold_boot_whose_task_panics_is_resumed() {
     assert_eq!(sim.servers().len(), 1, "{:?}", sim.servers());
     assert_consistent(&sim, &manager).await;
 }
+
+/// A replenisher's boot whose task panics lets go of its driving claim as
+/// a cold boot's does: the next reconcile pass resumes the instance, which
+/// would otherwise stay Warming, counted as the pool's supply (so never
+/// replaced), until a restart.
+#[tokio::test(start_paused = true)]
+async fn a_refill_boot_whose_task_panics_is_resumed() {
+    let sim = sim();
+    let (manager, probe) = started_with_panicking_probe(&sim).await;
+    probe.panics.store(true, Ordering::SeqCst);
+    manager
+        .update_pool(&pool(), |s| s.min_ready = 1)
+        .await
+        .unwrap();
+    while probe.panics.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    manager.reconcile().await.unwrap();
+    wait_ready(&manager, 1).await;
+    assert_eq!(sim.servers().len(), 1, "{:?}", sim.servers());
+    assert_consistent(&sim, &manager).await;
+}
+
+/// A boot the reconciler resumed (here after a restart) whose task panics
+/// lets go of its driving claim too: the next pass resumes it again.
+#[tokio::test(start_paused = true)]
+async fn a_resumed_boot_whose_task_panics_is_resumed_again() {
+    let sim = sim();
+    let store = temp_store();
+    let (manager, probe) = {
+        let probe = Arc::new(PanickingProbe {
+            sim: sim.probe(),
+            panics: AtomicBool::new(false),
+        });
+        let manager =
+            pool_manager::PoolManager::new(store.clone(), sim.clone(), probe.clone(), settings());
+        manager.start().await.unwrap();
+        (manager, probe)
+    };
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    // A lone boot takes 90 s: stopped part-way, it is left for the next
+    // start to resume.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    manager.shutdown().await.unwrap();
+    drop(manager);
+    let booting = store.list_instances().await.unwrap();
+    assert!(
+        booting.len() == 1
+            && booting[0].state.is_supply()
+            && booting[0].state != InstanceState::Ready,
+        "{booting:?}"
+    );
+    probe.panics.store(true, Ordering::SeqCst);
+    let manager =
+        pool_manager::PoolManager::new(store.clone(), sim.clone(), probe.clone(), settings());
+    manager.start().await.unwrap();
+    while probe.panics.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    manager.reconcile().await.unwrap();
+    wait_ready(&manager, 1).await;
+    assert_eq!(sim.servers().len(), 1, "{:?}", sim.servers());
+    assert_consistent(&sim, &manager).await;
+}
