@@ -413,9 +413,9 @@ fn failure_outcome(error: &ManagerError) -> AllocationOutcome {
             AllocationOutcome::Exhausted
         }
         ManagerError::FailedPrecondition(_)
-        | ManagerError::Cloud(CloudError::Conflict(_) | CloudError::Fatal(_)) => {
-            AllocationOutcome::PreconditionFailed
-        }
+        | ManagerError::Cloud(
+            CloudError::Conflict(_) | CloudError::Fatal(_) | CloudError::LeftToReclaim(_),
+        ) => AllocationOutcome::PreconditionFailed,
         ManagerError::Cloud(_) => AllocationOutcome::CloudError,
         _ => AllocationOutcome::Failed,
     }

@@ -172,6 +172,14 @@ pub enum CloudError {
     /// The request can never succeed as sent (bad image, auth, 400).
     #[error("cloud error: {0}")]
     Fatal(String),
+    /// A delete of a SOFT_DELETED server the cloud takes no further: its
+    /// policy refuses warmpool's forceDelete (Nova's 403), so the server
+    /// stays until Nova's reclaim whatever warmpool does. Apart from
+    /// `Fatal` because callers end the delete there, which they must not
+    /// for any other failure (an auth problem passes, and the server would
+    /// hold its quota and ports until the reclaim for nothing).
+    #[error("cloud error: {0}")]
+    LeftToReclaim(String),
 }
 
 impl CloudError {
@@ -277,7 +285,8 @@ pub trait Cloud: Send + Sync + 'static {
     async fn get_server(&self, server_id: &str) -> CloudResult<Server>;
     /// Every server that carries warmpool's pool metadata.
     async fn list_pool_servers(&self) -> CloudResult<Vec<Server>>;
-    /// Idempotent: deleting a missing server is Ok.
+    /// Idempotent: deleting a missing server is Ok. `LeftToReclaim` for
+    /// a SOFT_DELETED server the cloud will not delete for good.
     async fn delete_server(&self, server_id: &str) -> CloudResult<()>;
 
     async fn create_volume(&self, spec: &NewVolumeSpec) -> CloudResult<Volume>;

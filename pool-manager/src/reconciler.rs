@@ -432,7 +432,7 @@ impl Shared {
             "finishing the delete of a soft-deleted server"
         );
         match self.cloud.delete_server(server_id).await {
-            Err(CloudError::Fatal(refused)) => {
+            Err(CloudError::LeftToReclaim(refused)) => {
                 tracing::warn!(server = server_id, reason = %refused, "soft-deleted server left to Nova's reclaim");
             }
             deleted => {

@@ -1089,10 +1089,12 @@ impl Shared {
                 .await
             {
                 Ok(()) => {}
-                Err(CloudError::Fatal(refused)) => match &soft_deleted {
+                // The driver's word that the cloud takes the server no
+                // further; any other failure leaves the delete unfinished.
+                Err(CloudError::LeftToReclaim(refused)) => match &soft_deleted {
                     // The server seen SOFT_DELETED: its forceDelete.
                     Some(server) => return left_soft_deleted(server, &refused),
-                    None => return Err(CloudError::Fatal(refused).into()),
+                    None => return Err(CloudError::LeftToReclaim(refused).into()),
                 },
                 Err(e) => return Err(e.into()),
             }

@@ -91,7 +91,8 @@ pub fn cloud_status_name(error: Option<&CloudError>) -> &'static str {
         Some(CloudError::Conflict(_)) => "conflict",
         Some(CloudError::NotFound(_)) => "not_found",
         Some(CloudError::Transient(_)) => "transient",
-        Some(CloudError::Fatal(_)) => "fatal",
+        // A refusal for good too, counted as before it had its own class.
+        Some(CloudError::Fatal(_) | CloudError::LeftToReclaim(_)) => "fatal",
     }
 }
 

@@ -2213,6 +2213,89 @@ async fn a_release_whose_volume_a_soft_deleted_server_keeps_fails_precondition()
     stop_daemon(running, stop).await;
 }
 
+/// A forceDelete that fails otherwise than by Nova's policy (a 401 after
+/// the re-login, a 400) is no refusal: the server is not left to the
+/// reclaim, and the next delete sends the forceDelete again, which ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_force_delete_failing_otherwise_than_by_policy_is_sent_again() {
+    let env = soft_delete_env().await;
+    let cloud = env.driver().await;
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    settled(&cloud, &server.id).await;
+    cloud.delete_server(&server.id).await.unwrap();
+    assert_eq!(
+        cloud.get_server(&server.id).await.unwrap().status,
+        ServerStatus::Deleted
+    );
+    // The 401 twice: the driver logs in again and sends it once more.
+    for (times, status) in [(2, 401), (1, 400)] {
+        env.face.faults().fail_force_delete_next(times, status);
+        let e = cloud.delete_server(&server.id).await.unwrap_err();
+        assert!(
+            matches!(&e, CloudError::Fatal(m) if m.contains(&format!("HTTP {status}"))),
+            "{status}: {e:?}"
+        );
+        assert_eq!(
+            env.sim.server(&server.id).map(|s| s.server.status),
+            Some(ServerStatus::Deleted)
+        );
+    }
+    cloud.delete_server(&server.id).await.unwrap();
+    server_gone(&cloud, &server.id).await;
+    assert_eq!(force_deletes(&env), 4);
+}
+
+/// A release whose forceDelete fails for a passing reason (the service
+/// refusing a fresh token) is not done while its server is SOFT_DELETED,
+/// holding the tenant's port and quota: it fails and stays under way, and
+/// asked again, it force-deletes the server and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_whose_force_delete_fails_once_completes_only_when_it_is_sent_again() {
+    let env = soft_delete_env().await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = warmpool_server::start(env.config("", SMALL_POOL), async {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    let allocated = running
+        .manager
+        .allocate(order(&env, "o1").await)
+        .await
+        .unwrap();
+    let server = allocated.server_id.clone().unwrap();
+    // A 401, and another after the re-login.
+    env.face.faults().fail_force_delete_next(2, 401);
+    let e = running
+        .manager
+        .release("o1", Some(false))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("HTTP 401"), "{e:?}");
+    assert_eq!(
+        running.manager.get_allocation("o1").await.unwrap().state,
+        pool_manager::model::AllocationState::Releasing
+    );
+    assert_eq!(
+        env.sim.server(&server).map(|s| s.server.status),
+        Some(ServerStatus::Deleted)
+    );
+    let released = running.manager.release("o1", Some(false)).await.unwrap();
+    assert_eq!(
+        released.state,
+        pool_manager::model::AllocationState::Released
+    );
+    assert!(
+        env.sim.server(&server).is_none(),
+        "{:?}",
+        env.sim.server(&server)
+    );
+    stop_daemon(running, stop).await;
+}
+
 /// The start-up cloud check checks the pools the daemon will serve: a pool
 /// the store has is checked with its stored settings (an image changed
 /// through the API), not the config's, which it no longer uses; a stored

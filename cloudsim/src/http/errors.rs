@@ -126,6 +126,10 @@ impl ApiError {
                 Self::new(service, StatusCode::INTERNAL_SERVER_ERROR, message)
             }
             CloudError::Fatal(message) => Self::bad_request(service, message),
+            // Nova's answer to a forceDelete its policy refuses.
+            CloudError::LeftToReclaim(message) => {
+                Self::new(service, StatusCode::FORBIDDEN, message)
+            }
         }
     }
 }

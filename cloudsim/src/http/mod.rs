@@ -298,6 +298,9 @@ pub(crate) struct FaceState {
     /// Nova's policy refuses the project `forceDelete`
     /// (`HttpFaults::refuse_force_delete`).
     pub(crate) force_delete_refused: AtomicBool,
+    /// What the next `forceDelete`s answer instead of taking effect
+    /// (`HttpFaults::fail_force_delete_next`), first first.
+    pub(crate) force_delete_failures: Mutex<std::collections::VecDeque<u16>>,
 }
 
 /// An image only Glance knows: Nova cannot boot it.
@@ -526,11 +529,23 @@ impl HttpFaults {
             .store(refused, Ordering::SeqCst);
     }
 
-    /// Clears every HTTP fault (tokens stay as they are), a refused
-    /// `forceDelete` too.
+    /// The next `n` `forceDelete`s of a server the project can see answer
+    /// `status` and do nothing: 401 as keystonemiddleware words it (a
+    /// token the service cannot validate; the driver logs in again and
+    /// sends the call once more, so it takes two), any other in Nova's
+    /// fault shape (400 `badRequest`). Unlike `refuse_force_delete`, not
+    /// the policy: a passing failure.
+    pub fn fail_force_delete_next(&self, n: u32, status: u16) {
+        let mut failures = lock(&self.state.force_delete_failures);
+        failures.extend(std::iter::repeat_n(status, n as usize));
+    }
+
+    /// Clears every HTTP fault (tokens stay as they are), a refused or
+    /// failing `forceDelete` too.
     pub fn clear(&self) {
         lock(&self.state.faults).clear();
         self.refuse_force_delete(false);
+        lock(&self.state.force_delete_failures).clear();
     }
 }
 
@@ -682,6 +697,7 @@ impl HttpFace {
             changed_passwords: Mutex::new(HashMap::new()),
             password_logins: AtomicU32::new(0),
             force_delete_refused: AtomicBool::new(false),
+            force_delete_failures: Mutex::default(),
         });
         let app = router(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();

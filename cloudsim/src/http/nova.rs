@@ -10,7 +10,7 @@
 //! volume is Nova's 400 "Invalid volume: ... already attached ...").
 
 use super::{
-    iso_micros, iso_seconds, mac_for, parse_body, parse_version, require_token, stable_uuid,
+    iso_micros, iso_seconds, lock, mac_for, parse_body, parse_version, require_token, stable_uuid,
     ApiError, FaceState, Service,
 };
 use crate::model::{Model, ServerDetail, ServerExtras};
@@ -837,6 +837,21 @@ async fn server_action(
         }
     };
     let (mut model, now) = live_server(&state, method, &id).await?;
+    // A passing failure (HttpFaults::fail_force_delete_next).
+    if action == "forceDelete" {
+        if let Some(status) = lock(&state.force_delete_failures).pop_front() {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            return Err(if status == StatusCode::UNAUTHORIZED {
+                ApiError::unauthorized(C, &format!("{}/v3", state.url(Service::Identity)))
+            } else {
+                ApiError::new(
+                    C,
+                    status,
+                    "forceDelete failed (HttpFaults::fail_force_delete_next)",
+                )
+            });
+        }
+    }
     // Nova checks the action's policy once it has found the server.
     if action == "forceDelete" && state.force_delete_refused.load(Ordering::SeqCst) {
         return Err(ApiError::new(

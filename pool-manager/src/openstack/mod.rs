@@ -293,6 +293,21 @@ struct BootIds {
     network: String,
 }
 
+/// `reply` to `call`, a non-2xx one as its classified error.
+fn checked(call: &Call, reply: Reply) -> CloudResult<Reply> {
+    if reply.is_success() {
+        Ok(reply)
+    } else {
+        Err(classify(
+            call.service,
+            &call.describe(),
+            reply.status,
+            reply.retry_after.as_deref(),
+            &reply.body,
+        ))
+    }
+}
+
 fn unreadable(what: &str, e: impl std::fmt::Display) -> CloudError {
     CloudError::Transient(format!("{what}: unreadable answer: {e}"))
 }
@@ -356,17 +371,7 @@ impl OpenStackCloud {
     /// Sends `call`; a non-2xx answer becomes its classified error.
     async fn request(&self, call: Call) -> CloudResult<Reply> {
         let reply = self.inner.conn.send(&call).await?;
-        if reply.is_success() {
-            Ok(reply)
-        } else {
-            Err(classify(
-                call.service,
-                &call.describe(),
-                reply.status,
-                reply.retry_after.as_deref(),
-                &reply.body,
-            ))
-        }
+        checked(&call, reply)
     }
 
     async fn fetch<T: DeserializeOwned>(&self, call: Call) -> CloudResult<T> {
@@ -693,7 +698,7 @@ impl OpenStackCloud {
     /// listing, which the reconciler would take for a delete to finish).
     fn left_to_reclaim(&self, server_id: &str, why: &str) -> CloudError {
         self.forget_server(server_id);
-        CloudError::Fatal(format!(
+        CloudError::LeftToReclaim(format!(
             "server {server_id} stays SOFT_DELETED, keeping its quota, ports and volumes until Nova reclaims it (reclaim_instance_interval): {why}. Let warmpool's user force-delete (Nova's policy os_compute_api:os-deferred-delete:force)"
         ))
     }
@@ -1115,17 +1120,26 @@ impl Cloud for OpenStackCloud {
             let force = self
                 .nova(Method::POST, &["servers", server_id, "action"])
                 .json(serde_json::json!({ "forceDelete": null }));
-            match self.request_idempotent(force).await {
-                Ok(()) => {
+            // The status is kept: only it tells the policy's refusal from
+            // the other Fatal answers (below).
+            let reply = self.inner.conn.send(&force).await?;
+            let status = reply.status;
+            match checked(&force, reply) {
+                Ok(_) | Err(CloudError::NotFound(_)) => {
                     lock(&self.inner.soft_deleted).remove(server_id);
                     *lock(&self.inner.force_delete_refused) = None;
                     return Ok(());
                 }
-                // Refused for good: a 403 where the policy lets only an
-                // admin force-delete. A plain delete would do nothing (Nova
-                // may even take it as another soft delete and put the
-                // reclaim off), so the server is left to the reclaim.
-                Err(CloudError::Fatal(refused)) => {
+                // Refused for good: Nova's 403 where the policy lets only
+                // an admin force-delete. A plain delete would do nothing
+                // (Nova may even take it as another soft delete and put the
+                // reclaim off), so the server is left to the reclaim. Not
+                // any other Fatal (a 401 after the re-login, a 400; the
+                // login's failures come from `send`): those pass, and taken
+                // as the policy they would leave every server deleted in
+                // the next 10 minutes to the reclaim, holding its quota and
+                // ports. They fail this delete, asked again later.
+                Err(CloudError::Fatal(refused)) if status == 403 => {
                     tracing::warn!(server = server_id, reason = %refused, "the cloud refuses warmpool's forceDelete: servers it soft-deletes keep their quota, ports and volumes until Nova reclaims them; let warmpool's user force-delete (Nova's policy os_compute_api:os-deferred-delete:force)");
                     *lock(&self.inner.force_delete_refused) =
                         Some((tokio::time::Instant::now(), refused.clone()));
