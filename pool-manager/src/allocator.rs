@@ -434,6 +434,40 @@ fn creation_refused(what: &str, error: CloudError) -> AttemptError {
     })
 }
 
+/// What became of a cold boot its purchase's deadline passed
+/// ([`Shared::hand_over_to_pool`]): the purchase's answer says which, as
+/// each asks something else of the client (a retry finds it warm, the pool
+/// is going, the boot failed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Handover {
+    /// The pool's now: it joins the pool when Ready.
+    Handed,
+    /// The pool is draining (being deleted).
+    PoolDeleted,
+    /// The pool's supply is at max_ready already.
+    NoRoom,
+    /// Its boot has failed already (its task discards it).
+    BootFailed,
+    /// Undone by something else meanwhile: its record gone, being
+    /// deleted, or no longer this purchase's.
+    Undone,
+}
+
+impl Handover {
+    /// The end of the purchase's answer: what happens to the boot.
+    fn fate(self) -> &'static str {
+        match self {
+            Handover::Handed => "it will join the pool when ready",
+            Handover::PoolDeleted => "the pool is being deleted, so it is discarded",
+            Handover::NoRoom => "the pool has no room for it under max_ready, so it is discarded",
+            Handover::BootFailed => "its boot has failed meanwhile, so it is discarded",
+            Handover::Undone => {
+                "it was undone meanwhile (its record gone or being deleted), so it is discarded"
+            }
+        }
+    }
+}
+
 /// What a failed cold boot answers. Only a shortage (no host for it, not
 /// Ready within its timeout) is RESOURCE_EXHAUSTED: billing retries that,
 /// and a boot the cloud refuses as asked (a flavor or image it no longer
@@ -1366,16 +1400,13 @@ impl Shared {
                     // purchase's rollback discards it as a drain does a
                     // boot in flight: its task, finding its record taken,
                     // deletes the server its create makes and ends.
-                    let fate = match self
+                    let handover = self
                         .hand_over_to_pool(&instance.id, &params.request_id)
-                        .await?
-                    {
-                        true => "it will join the pool when ready",
-                        false => "the pool has no room for it under max_ready, so it is discarded",
-                    };
+                        .await?;
                     return Err(ManagerError::ResourceExhausted(format!(
-                        "cold boot in pool {} did not finish before the deadline; {fate}",
-                        params.pool
+                        "cold boot in pool {} did not finish before the deadline; {}",
+                        params.pool,
+                        handover.fate()
                     )));
                 }
             }
@@ -1433,7 +1464,7 @@ impl Shared {
     /// Ready, and the purchase's rollback, which discards what is reserved
     /// for its order, leaves it to its boot. A boot that fails from here on
     /// is discarded by its task as any failed boot is; one already failed
-    /// is left to that. Whether it was handed over.
+    /// is left to that. Whether it was handed over, or why not.
     ///
     /// Only while the pool's supply, boots in flight included, is below
     /// max_ready (and the pool is not being deleted): a client retrying a
@@ -1443,17 +1474,28 @@ impl Shared {
     /// soon as it is Ready). Counted and handed over under the pool lock,
     /// which a change of max_ready takes too: two handovers counting at
     /// once would both find room for one.
-    async fn hand_over_to_pool(&self, id: &str, request_id: &str) -> ManagerResult<bool> {
+    async fn hand_over_to_pool(&self, id: &str, request_id: &str) -> ManagerResult<Handover> {
         let _guard = self.pool_lock.lock().await;
         let Some(instance) = self.store.get_instance(id).await? else {
-            return Ok(false);
+            return Ok(Handover::Undone);
         };
-        let pool = self.pool(&instance.pool).await?;
-        if pool.draining || self.supply_of(&pool).await? >= pool.spec.max_ready {
-            return Ok(false);
+        // Looked at first: a failed boot is discarded whatever the pool.
+        if instance.state == InstanceState::Failed {
+            return Ok(Handover::BootFailed);
         }
+        let pool = self.pool(&instance.pool).await?;
+        if pool.draining {
+            return Ok(Handover::PoolDeleted);
+        }
+        if self.supply_of(&pool).await? >= pool.spec.max_ready {
+            return Ok(Handover::NoRoom);
+        }
+        // The state the record was last seen in, to tell why it was not
+        // handed over.
+        let mut seen = None;
         let handed = self
             .update_instance(id, |current| {
+                seen = Some(current.state);
                 (current.request_id.as_deref() == Some(request_id) && current.state.is_supply())
                     .then(|| {
                         let mut next = current.clone();
@@ -1462,11 +1504,15 @@ impl Shared {
                     })
             })
             .await?;
-        if handed.is_some() {
-            self.store.flush().await?;
-            tracing::info!(%request_id, instance = %id, "cold boot missed its purchase's deadline; it joins the pool when ready");
+        if handed.is_none() {
+            return Ok(match seen {
+                Some(InstanceState::Failed) => Handover::BootFailed,
+                _ => Handover::Undone,
+            });
         }
-        Ok(handed.is_some())
+        self.store.flush().await?;
+        tracing::info!(%request_id, instance = %id, "cold boot missed its purchase's deadline; it joins the pool when ready");
+        Ok(Handover::Handed)
     }
 
     /// Whether the flavor's quota has room for a cold boot. The headroom is

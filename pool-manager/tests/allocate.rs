@@ -4104,6 +4104,33 @@ async fn a_late_cold_boot_the_pool_has_no_room_for_is_undone_mid_create() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A cold boot that misses its deadline in a pool deleted while it ran is
+/// undone with its purchase, and the answer says so: the pool being
+/// deleted, not a max_ready it has room under.
+#[tokio::test(start_paused = true)]
+async fn a_late_cold_boot_in_a_pool_being_deleted_says_so() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_over(&cloud, temp_store(), 0).await;
+    let answered = cloud.hold_next("create_server", At::After);
+    let mut order = request("late", new_volume(), EmptyPoolPolicy::ColdBoot);
+    order.timeout = Some(Duration::from_secs(30));
+    let buyer = spawn_allocate(&manager, order);
+    answered.reached().await;
+    manager.delete_pool(&pool()).await.unwrap();
+    let err = buyer.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::ResourceExhausted(m)
+            if m.contains("did not finish before the deadline")
+                && m.contains("being deleted")
+                && !m.contains("max_ready")),
+        "{err:?}"
+    );
+    answered.release();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(sim.servers().is_empty(), "{:?}", sim.servers());
+}
+
 /// The sim's probe, but its next call panics while `panics` is set (a bug
 /// in a boot task).
 struct PanickingProbe {
