@@ -161,11 +161,8 @@ impl Shared {
 
     /// A paused pool's step: retires Ready instances above max_ready.
     async fn paused_step(&self, pool: &PoolRecord) -> ManagerResult<()> {
-        let instances = self.store.list_untouched_instances(&pool.key).await?;
         let image = self.cloud.boot_image(&pool.spec.image);
-        let wall = self.sizing_book().wall_now(&self.settings.sizing);
-        let renewal = Renewal::new(&pool.spec, &image, wall);
-        let census = Census::of(&instances, &renewal);
+        let (instances, renewal, census) = self.census_of(pool, &image).await?;
         // A resumed pool waits a whole cooldown before it retires a surplus.
         let settings = &self.settings.sizing;
         let now = Instant::now();
@@ -340,15 +337,12 @@ impl Shared {
     /// Starts the boots the decider asks for. Returns the gate's hold, if
     /// new boots must wait for one.
     async fn replenish_step(self: &Arc<Self>, pool: &PoolRecord) -> ManagerResult<Option<Hold>> {
-        let instances = self.store.list_untouched_instances(&pool.key).await?;
         let image = self.cloud.boot_image(&pool.spec.image);
-        self.stamp_unknown_images(&instances, &image).await?;
-        let wall = self.sizing_book().wall_now(&self.settings.sizing);
-        let renewal = Renewal::new(&pool.spec, &image, wall);
         // Outdated Ready instances (past max_age, or of an old image) are
         // not supply: their replacements boot now, and they are retired
         // once the replacements are Ready.
-        let census = Census::of(&instances, &renewal);
+        let (instances, renewal, census) = self.census_of(pool, &image).await?;
+        self.stamp_unknown_images(&instances, &image).await?;
         let Census {
             supply, in_flight, ..
         } = census;
@@ -463,11 +457,22 @@ impl Shared {
     /// The pool's supply now, counted as a replenish step counts it:
     /// unreserved instances booting, warming or Ready, and not outdated.
     pub(crate) async fn supply_of(&self, pool: &PoolRecord) -> ManagerResult<u32> {
-        let instances = self.store.list_untouched_instances(&pool.key).await?;
         let image = self.cloud.boot_image(&pool.spec.image);
+        Ok(self.census_of(pool, &image).await?.2.supply)
+    }
+
+    /// The pool's instances, which of them are due for renewal (servers of
+    /// `image` are current), and how a step counts them.
+    async fn census_of<'a>(
+        &self,
+        pool: &PoolRecord,
+        image: &'a str,
+    ) -> ManagerResult<(Vec<Instance>, Renewal<'a>, Census)> {
+        let instances = self.store.list_untouched_instances(&pool.key).await?;
         let wall = self.sizing_book().wall_now(&self.settings.sizing);
-        let renewal = Renewal::new(&pool.spec, &image, wall);
-        Ok(Census::of(&instances, &renewal).supply)
+        let renewal = Renewal::new(&pool.spec, image, wall);
+        let census = Census::of(&instances, &renewal);
+        Ok((instances, renewal, census))
     }
 
     /// Names `image` in the records written before instances kept their
