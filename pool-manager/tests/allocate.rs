@@ -1010,17 +1010,7 @@ async fn an_instance_that_cannot_take_the_attach_is_skipped() {
     let broken = sim.servers().pop().unwrap().server.id;
     assert!(sim.fail_server(&broken, "host compute-1 is down"));
 
-    let mut order = request("order-s", new_volume(), EmptyPoolPolicy::Wait);
-    order.timeout = Some(Duration::from_secs(600));
-    let allocation = manager.allocate(order).await.expect("the next instance");
-    assert_eq!(allocation.state, AllocationState::Allocated);
-    assert_ne!(allocation.server_id.as_deref(), Some(broken.as_str()));
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    assert!(
-        !sim.servers().iter().any(|s| s.server.id == broken),
-        "the broken server was discarded"
-    );
-    assert_consistent(&sim, &manager).await;
+    buys_another_and_discards(&sim, &manager, "order-s", &broken).await;
 }
 
 /// Nova refuses an attach (409) to a server busy with a task, though it
@@ -1034,17 +1024,29 @@ async fn an_instance_busy_with_a_task_is_skipped_by_a_purchase() {
     let busy = sim.servers().pop().unwrap().server.id;
     assert!(sim.set_server_task_state(&busy, Some("image_snapshot")));
 
-    let mut order = request("order-b", new_volume(), EmptyPoolPolicy::Wait);
+    buys_another_and_discards(&sim, &manager, "order-b", &busy).await;
+}
+
+/// A purchase of `request_id` gets an instance other than the one on
+/// `refusing` (whose server refuses the attach), and that server is
+/// discarded, not left to leak.
+async fn buys_another_and_discards(
+    sim: &Arc<cloudsim::SimCloud>,
+    manager: &pool_manager::PoolManager,
+    request_id: &str,
+    refusing: &str,
+) {
+    let mut order = request(request_id, new_volume(), EmptyPoolPolicy::Wait);
     order.timeout = Some(Duration::from_secs(600));
     let allocation = manager.allocate(order).await.expect("the next instance");
     assert_eq!(allocation.state, AllocationState::Allocated);
-    assert_ne!(allocation.server_id.as_deref(), Some(busy.as_str()));
+    assert_ne!(allocation.server_id.as_deref(), Some(refusing));
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert!(
-        !sim.servers().iter().any(|s| s.server.id == busy),
+        !sim.servers().iter().any(|s| s.server.id == refusing),
         "the instance of the failed try was discarded, not left to leak"
     );
-    assert_consistent(&sim, &manager).await;
+    assert_consistent(sim, manager).await;
 }
 
 /// Busy is not broken: a reconcile pass keeps a Ready instance whose

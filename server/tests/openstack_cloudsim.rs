@@ -1960,42 +1960,16 @@ async fn a_restored_server_is_deleted_again_not_refused() {
 /// port (and a volume whose detach was refused) until the reclaim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_on_a_soft_delete_cloud_deletes_the_server_for_good() {
-    use pool_manager::model::{
-        AllocationParams, EmptyPoolPolicy, NetworkRequest, VolumeRequest, VolumeSource,
-    };
     let env = soft_delete_env().await;
-    let tenant_net = env.driver().await.network("tenant-net").await.unwrap().id;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = warmpool_server::start(env.config("", SMALL_POOL), async {
         let _ = stopped.await;
     })
     .await
     .unwrap();
-    let key = PoolKey::new("db.small", "az1");
     let allocated = running
         .manager
-        .allocate(pool_manager::AllocateRequest {
-            params: AllocationParams {
-                request_id: "o1".into(),
-                tenant_project_id: "tenant".into(),
-                pool: key,
-                volume: VolumeRequest {
-                    source: VolumeSource::New {
-                        size_gib: 1,
-                        volume_type: None,
-                    },
-                    delete_on_release: false,
-                },
-                network: NetworkRequest {
-                    network_id: tenant_net,
-                    subnet_id: None,
-                    fixed_ip: None,
-                },
-                labels: BTreeMap::new(),
-            },
-            empty_pool: EmptyPoolPolicy::Wait,
-            timeout: Some(Duration::from_secs(60)),
-        })
+        .allocate(order(&env, "o1").await)
         .await
         .unwrap();
     let server = allocated.server_id.clone().unwrap();
