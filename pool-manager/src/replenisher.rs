@@ -1056,10 +1056,12 @@ impl Shared {
     /// and is sent it again. So is a SOFT_DELETED one (a cloud with
     /// `reclaim_instance_interval`): it holds the tenant's volume and port
     /// until the reclaim, and the driver makes the delete of a server it
-    /// saw soft-deleted a forceDelete. The server is looked at first, so
-    /// that one already SOFT_DELETED (a release asked again) gets that
-    /// forceDelete and no plain delete, which Nova may take as another
-    /// soft delete, putting the reclaim off.
+    /// saw soft-deleted a forceDelete. The server is not looked at first:
+    /// that would cost every delete on every cloud a call, to spare a
+    /// server already SOFT_DELETED that this process has not seen so (a
+    /// release asked again after a restart) one plain delete, which Nova
+    /// may take as another soft delete (putting the reclaim off) and which
+    /// the forceDelete that follows makes moot.
     ///
     /// Where the cloud refuses the forceDelete for good (a policy letting
     /// only an admin force-delete), the server stays SOFT_DELETED until
@@ -1082,12 +1084,7 @@ impl Shared {
         let soft = |server: Server| {
             (server.status == ServerStatus::Deleted && !server.deleting).then_some(server)
         };
-        let mut soft_deleted = match self.cloud.get_server(server_id).await {
-            Err(CloudError::NotFound(_)) => return Ok(()),
-            Ok(server) => soft(server),
-            // The delete below tells.
-            Err(_) => None,
-        };
+        let mut soft_deleted = None;
         loop {
             match self
                 .retry(deadline, || self.cloud.delete_server(server_id))
@@ -1096,11 +1093,22 @@ impl Shared {
                 Ok(()) => {}
                 // The driver's word that the cloud takes the server no
                 // further; any other failure leaves the delete unfinished.
-                Err(CloudError::LeftToReclaim(refused)) => match &soft_deleted {
-                    // The server seen SOFT_DELETED: its forceDelete.
-                    Some(server) => return left_soft_deleted(server, &refused),
-                    None => return Err(CloudError::LeftToReclaim(refused).into()),
-                },
+                Err(CloudError::LeftToReclaim(refused)) => {
+                    // Whether it holds a volume: as seen SOFT_DELETED by
+                    // the wait below, else (the driver saw it so) looked at.
+                    let seen = match soft_deleted {
+                        Some(server) => Some(server),
+                        None => match self.cloud.get_server(server_id).await {
+                            Err(CloudError::NotFound(_)) => return Ok(()),
+                            Ok(server) => soft(server),
+                            Err(_) => None,
+                        },
+                    };
+                    return match seen {
+                        Some(server) => left_soft_deleted(&server, &refused),
+                        None => Err(CloudError::LeftToReclaim(refused).into()),
+                    };
+                }
                 Err(e) => return Err(e.into()),
             }
             loop {
