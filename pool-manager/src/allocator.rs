@@ -1472,8 +1472,9 @@ impl Shared {
     /// over is still booting, and each handed over would take the pool
     /// above max_ready (with max_ready 0, every one would be retired as
     /// soon as it is Ready). Counted and handed over under the pool lock,
-    /// which a change of max_ready takes too: two handovers counting at
-    /// once would both find room for one.
+    /// which a change of max_ready takes too, and a refill step for its
+    /// last count and its boots: two handovers counting at once would both
+    /// find room for one, and so would a handover and a refill.
     async fn hand_over_to_pool(&self, id: &str, request_id: &str) -> ManagerResult<Handover> {
         let _guard = self.pool_lock.lock().await;
         let Some(instance) = self.store.get_instance(id).await? else {

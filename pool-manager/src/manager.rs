@@ -121,8 +121,10 @@ pub(crate) struct Shared {
     /// What happened, for metrics and watchers.
     pub events: broadcast::Sender<Event>,
     /// Serializes read-modify-write of pool records (counters, spec), and
-    /// the handovers of late cold boots to their pools, each judged
-    /// against the pool's max_ready.
+    /// what adds to a pool's supply judged on a count of it: the handovers
+    /// of late cold boots (against max_ready) and a refill step's boots
+    /// (against its target). Held over store calls only, never a cloud
+    /// call.
     pub pool_lock: tokio::sync::Mutex<()>,
     /// One reconcile pass at a time (the periodic one, start-up's, one
     /// asked for): two passes rolling back one interrupted allocation could

@@ -438,14 +438,26 @@ impl Shared {
             (true, false) => tracing::info!(pool = %pool.key, "quota room again: the pool boots"),
             _ => {}
         }
-        for ticket in tickets {
-            let (instance, claim) = self.record_new_instance(pool, None).await?;
-            let shared = self.clone();
-            self.spawn(async move {
-                let _ = shared
-                    .drive_boot_with(instance, claim, ticket, Timed::FromNow)
-                    .await;
-            });
+        if !tickets.is_empty() {
+            // Counted again, and the boots recorded, under the pool lock a
+            // late cold boot's handover takes: one handed over since the
+            // count above judged its room on that same count, and the whole
+            // deficit booted beside it would take the pool over max_ready.
+            // Only the store is called under the lock (the boots' cloud
+            // calls run on their own tasks), so other pools' steps and
+            // handovers wait on no cloud. A ticket left over ends, dropped.
+            let _guard = self.pool_lock.lock().await;
+            let supply = self.census_of(pool, &image).await?.2.supply;
+            let room = plan.target.saturating_sub(supply) as usize;
+            for ticket in tickets.into_iter().take(room) {
+                let (instance, claim) = self.record_new_instance(pool, None).await?;
+                let shared = self.clone();
+                self.spawn(async move {
+                    let _ = shared
+                        .drive_boot_with(instance, claim, ticket, Timed::FromNow)
+                        .await;
+                });
+            }
         }
         // Come back when the hold ends only if it is what keeps boots back.
         let held = matches!(plan.reason, PlanReason::Throttled | PlanReason::Quota);

@@ -4063,6 +4063,84 @@ async fn concurrent_late_cold_boots_take_the_pools_last_room_once() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A late cold boot handed to the pool while a refill step of that pool is
+/// between its count of the supply and its boots: the handover saw no
+/// supply and joined; the step, deciding on its count from before the
+/// handover, booted the pool's whole target beside it, and a pool of
+/// max_ready 1 held two servers until the extra one was Ready and retired.
+/// The step counts again, under the lock the handovers take, before it
+/// records its boots.
+#[tokio::test(start_paused = true)]
+async fn a_handover_during_a_refill_step_leaves_the_pool_within_max_ready() {
+    use std::sync::atomic::AtomicU32;
+    /// Holds the first listing of a pool's instances made once armed.
+    #[derive(Default)]
+    struct HoldNextListing {
+        armed: AtomicBool,
+        arrived: tokio::sync::Notify,
+        go: tokio::sync::Notify,
+    }
+    struct Hooks(Arc<HoldNextListing>);
+    #[async_trait::async_trait]
+    impl StoreHooks for Hooks {
+        async fn after_list_untouched(&self) {
+            if self.0.armed.swap(false, Ordering::SeqCst) {
+                self.0.arrived.notify_one();
+                self.0.go.notified().await;
+            }
+        }
+    }
+    let sim = sim();
+    let listing = Arc::new(HoldNextListing::default());
+    let manager = started(&sim, HookedStore::new(Hooks(listing.clone())), 0).await;
+    manager
+        .update_pool(&pool(), |s| s.max_ready = 1)
+        .await
+        .unwrap();
+    // The most supply (booting, warming, Ready, unreserved) seen at once.
+    let most = Arc::new(AtomicU32::new(0));
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = tokio::spawn({
+        let (manager, most, watching) = (manager.clone(), most.clone(), watching.clone());
+        async move {
+            while watching.load(Ordering::SeqCst) {
+                let instances = manager.list_instances(Some(&pool())).await.unwrap();
+                let supply = instances.iter().filter(|i| i.counts_as_supply()).count();
+                most.fetch_max(supply as u32, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
+    let mut order = request("late", new_volume(), EmptyPoolPolicy::ColdBoot);
+    // A lone boot takes 90 s.
+    order.timeout = Some(Duration::from_secs(30));
+    let buyer = spawn_allocate(&manager, order);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    // The step this change starts counts no supply (the cold boot is still
+    // the purchase's) and is held right after its count.
+    manager
+        .update_pool(&pool(), |s| s.min_ready = 1)
+        .await
+        .unwrap();
+    listing.armed.store(true, Ordering::SeqCst);
+    listing.arrived.notified().await;
+    let err = buyer.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::ResourceExhausted(m) if m.contains("join the pool")),
+        "{err:?}"
+    );
+    listing.go.notify_one();
+    // Every boot Ready, and any extra one retired.
+    tokio::time::sleep(Duration::from_secs(400)).await;
+    watching.store(false, Ordering::SeqCst);
+    watcher.await.unwrap();
+    assert_eq!(most.load(Ordering::SeqCst), 1, "supply above max_ready");
+    let ready = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(ready.count(InstanceState::Ready), 1, "{ready:?}");
+    assert_eq!(sim.servers().len(), 1, "{:?}", sim.servers());
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A cold boot that misses its deadline in the middle of its create, in a
 /// pool with no room for it (max_ready 0, which the pool allows), is undone
 /// with its purchase as a drain undoes a boot in flight: its record goes at
