@@ -347,11 +347,14 @@ pub async fn start_stoppable(
 }
 
 /// Says NOT_SERVING for the server as a whole ("") and for warmpool.v1,
-/// then ends every health Watch: tonic-health ends a Watch stream only when
+/// and ends every health Watch: tonic-health ends a Watch stream only when
 /// its status is cleared, and a stream still open when the unary calls are
 /// done is cut ([`shutdown`]), which a load balancer watching reads as a
 /// broken connection, not as the daemon stopping. A watcher gets
-/// NOT_SERVING, then the end of its stream.
+/// NOT_SERVING, then the end of its stream. A cleared status answers a
+/// Check NOT_FOUND ("service not registered"), so NOT_SERVING is set again
+/// for the Checks that still reach the daemon while in-flight calls finish
+/// (those sent before their client read the connection's GOAWAY).
 async fn stop_health(health: &mut tonic_health::server::HealthReporter) {
     use tonic::server::NamedService;
     let warmpool = <WarmPoolServer<service::WarmPoolService> as NamedService>::NAME;
@@ -360,6 +363,10 @@ async fn stop_health(health: &mut tonic_health::server::HealthReporter) {
             .set_service_status(service, tonic_health::ServingStatus::NotServing)
             .await;
         health.clear_service_status(service).await;
+        // A new channel: the watches of the cleared one have ended.
+        health
+            .set_service_status(service, tonic_health::ServingStatus::NotServing)
+            .await;
     }
 }
 

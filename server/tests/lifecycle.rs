@@ -231,6 +231,202 @@ async fn health_watches_see_not_serving_and_end_at_shutdown() {
     }
 }
 
+/// Health says NOT_SERVING for as long as in-flight unary calls finish: a
+/// Check that reaches warmpoold then is answered NOT_SERVING, where it was
+/// answered NOT_FOUND ("service not registered": tonic-health's statuses
+/// were cleared, which is what ends its watches), while health watches
+/// still end at once.
+///
+/// Shutdown sends every connection a GOAWAY at once, after which a client
+/// opens no stream on it, and the port takes no new connection: only a
+/// Check sent before its client read the GOAWAY reaches warmpoold. The
+/// relay holds the GOAWAY back to send one; the purchase in flight keeps
+/// the connection from being cut meanwhile.
+#[tokio::test]
+async fn a_health_check_during_shutdown_is_answered_not_serving() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let d = with_the_longest_grace().await;
+    eventually("a Ready instance", PATIENCE, || async {
+        let pool = d.client.get_pool("db.small", "az1").await.unwrap();
+        match pool.counts.unwrap_or_default().ready {
+            0 => Err("none yet".to_owned()),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    // A purchase whose cloud calls never answer: a unary call in flight
+    // until its client gives up.
+    let cloud = d.running.cloud.clone().expect("embedded cloud");
+    cloud.faults().hang_after_calls(0);
+    let mut order = order_one();
+    order.timeout = Some(prost_types::Duration {
+        seconds: 3600,
+        nanos: 0,
+    });
+    let client = d.client.clone();
+    let purchase = tokio::spawn(async move { client.allocate(order).await });
+    eventually("the purchase's volume create", PATIENCE, || async {
+        match cloud.call_counts().get("create_volume") {
+            Some(_) => Ok(()),
+            None => Err("not yet".to_owned()),
+        }
+    })
+    .await;
+
+    let relay = Relay::to(d.running.grpc_addr).await;
+    let relayed = tonic::transport::Endpoint::from_shared(format!("http://{}", relay.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let check = |service: &'static str| {
+        let mut health = HealthClient::new(relayed.clone());
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .map(|reply| reply.into_inner().status)
+        }
+    };
+    let services = ["", "warmpool.v1.WarmPool"];
+    for service in services {
+        assert_eq!(
+            check(service).await.unwrap(),
+            i32::from(ServingStatus::Serving),
+            "{service:?}"
+        );
+    }
+    let direct = tonic::transport::Endpoint::from_shared(d.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(direct)
+        .watch(HealthCheckRequest { service: "".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next_status = async || {
+        tokio::time::timeout(PATIENCE, watch.next())
+            .await
+            .expect("the watch answered")
+            .map(|reply| reply.expect("no stream error").status)
+    };
+    assert_eq!(next_status().await, Some(i32::from(ServingStatus::Serving)));
+
+    relay.hold();
+    let stopped = tokio::spawn(d.shut_down());
+    // Shutdown has begun: the relayed connection's GOAWAY is on its way.
+    assert_eq!(
+        next_status().await,
+        Some(i32::from(ServingStatus::NotServing))
+    );
+    assert_eq!(next_status().await, None, "the watch ended");
+    let mut checks = Vec::new();
+    for service in services {
+        let sent = relay.sent();
+        checks.push((service, tokio::spawn(check(service))));
+        relay.wait_sent_beyond(sent).await;
+    }
+    relay.release();
+    for (service, check) in checks {
+        let answer = tokio::time::timeout(PATIENCE, check)
+            .await
+            .expect("the Check was answered")
+            .unwrap();
+        match answer {
+            Ok(status) => assert_eq!(status, i32::from(ServingStatus::NotServing), "{service:?}"),
+            Err(status) => panic!("{service:?}: {status:?}"),
+        }
+    }
+
+    purchase.abort();
+    tokio::time::timeout(PATIENCE, stopped)
+        .await
+        .expect("shutdown once the purchase was given up")
+        .unwrap();
+}
+
+/// A TCP relay of one connection to `upstream` that can hold back what
+/// upstream sends while passing on what the client sends, and counts the
+/// latter.
+struct Relay {
+    addr: std::net::SocketAddr,
+    hold: tokio::sync::watch::Sender<bool>,
+    sent: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Relay {
+    async fn to(upstream: std::net::SocketAddr) -> Relay {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (hold, mut held) = tokio::sync::watch::channel(false);
+        let (sent_tx, sent) = tokio::sync::watch::channel(0u64);
+        tokio::spawn(async move {
+            let (client, _) = listener.accept().await.unwrap();
+            let server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            tokio::spawn(async move {
+                let mut buf = vec![0; 16 * 1024];
+                while let Ok(n @ 1..) = client_read.read(&mut buf).await {
+                    if server_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    sent_tx.send_modify(|sent| *sent += n as u64);
+                }
+            });
+            let mut buf = vec![0; 16 * 1024];
+            loop {
+                if held.wait_for(|held| !*held).await.is_err() {
+                    break;
+                }
+                // Biased: once held, nothing more is read from upstream.
+                let n = tokio::select! {
+                    biased;
+                    _ = held.wait_for(|held| *held) => continue,
+                    read = server_read.read(&mut buf) => match read {
+                        Ok(n @ 1..) => n,
+                        _ => break,
+                    },
+                };
+                if client_write.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Relay { addr, hold, sent }
+    }
+
+    /// What upstream sends from now on waits in the relay.
+    fn hold(&self) {
+        self.hold.send_replace(true);
+    }
+
+    fn release(&self) {
+        self.hold.send_replace(false);
+    }
+
+    /// Bytes the client has sent upstream so far.
+    fn sent(&self) -> u64 {
+        *self.sent.borrow()
+    }
+
+    async fn wait_sent_beyond(&self, sent: u64) {
+        let mut now = self.sent.clone();
+        tokio::time::timeout(PATIENCE, now.wait_for(|now| *now > sent))
+            .await
+            .expect("the client sent its request")
+            .unwrap();
+    }
+}
+
 /// A client of `d` whose HTTP/2 windows are tiny: the daemon can send it
 /// little before it must read, so a stream it stops reading is held up at
 /// once, the end of the stream included.
