@@ -661,6 +661,7 @@ impl Shared {
             request_id: allocation.params.request_id.clone(),
             volumes: matches!(allocation.params.volume.source, VolumeSource::New { .. }),
             keep,
+            stuck_volume: None,
             until: now.checked_add(TWIN_WATCH).unwrap_or(now),
         }
     }
@@ -891,8 +892,13 @@ impl Shared {
         params: &AllocationParams,
         deadline: Instant,
     ) -> ManagerResult<()> {
-        let VolumeSource::Existing { volume_id } = &params.volume.source else {
-            return Ok(());
+        let volume_id = match &params.volume.source {
+            VolumeSource::Existing { volume_id } => volume_id,
+            VolumeSource::New { .. } => {
+                return self
+                    .refuse_if_volume_stuck(&params.request_id, deadline)
+                    .await
+            }
         };
         let volume = match self
             .retry(deadline, || self.cloud.get_volume(volume_id))
@@ -918,6 +924,39 @@ impl Shared {
                 "volume {volume_id} is in volume availability zone {}, but pool {} attaches volumes from zone {zone}",
                 volume.availability_zone, params.pool
             )));
+        }
+        Ok(())
+    }
+
+    /// No new volume is made for an order while one a rolled-back try of it
+    /// made is stuck `error_attaching`: a Cinder backend that leaves every
+    /// attach so would otherwise cost the tenant's volume quota one stuck
+    /// volume per retry. Cinder is asked, not only the watch, so the order
+    /// goes through as soon as an admin has reset or deleted the volume,
+    /// before a reconcile pass has deleted it or ended the watch.
+    async fn refuse_if_volume_stuck(
+        &self,
+        request_id: &str,
+        deadline: Instant,
+    ) -> ManagerResult<()> {
+        let watches = self.store.list_twin_watches().await?;
+        let stuck = watches
+            .iter()
+            .filter(|w| w.request_id == request_id)
+            .filter_map(|w| w.stuck_volume.as_deref());
+        for volume_id in stuck {
+            match self
+                .retry(deadline, || self.cloud.get_volume(volume_id))
+                .await
+            {
+                Ok(v) if v.status.is_error_attaching() => {
+                    return Err(ManagerError::Cloud(CloudError::Transient(format!(
+                        "volume {volume_id}, made for an earlier try of order {request_id}, is still error_attaching: an attach of it failed in Cinder, which refuses its delete until a cloud admin resets its state (openstack volume set --state available {volume_id}; warmpool then deletes it) or force-deletes it; until then the order is refused, so that retries do not pile up stuck volumes"
+                    ))))
+                }
+                Ok(_) | Err(CloudError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }
@@ -2113,7 +2152,7 @@ impl Shared {
                 if !stuck {
                     return Err(e);
                 }
-                tracing::error!(request_id, volume = %volume_id, error = %e, "the rolled-back purchase's new volume is stuck error_attaching; the reconciler deletes it once an admin resets its state");
+                tracing::debug!(request_id, volume = %volume_id, error = %e, "Cinder refuses the delete of the rolled-back purchase's new volume");
                 stuck_volume = Some(volume_id.clone());
             }
         }
@@ -2131,7 +2170,8 @@ impl Shared {
                 if stored.creates_in_doubt || unrecorded_create || stuck_volume.is_some() {
                     // Written before the record goes: a crash in between
                     // rolls back again and writes it again.
-                    let watch = self.twin_watch(&stored, false);
+                    let mut watch = self.twin_watch(&stored, false);
+                    watch.stuck_volume = stuck_volume.clone();
                     self.store.put_twin_watch(&watch).await?;
                 }
                 self.store.cas_allocation(Some(&stored), None).await?;
@@ -2139,6 +2179,15 @@ impl Shared {
         }
         self.store.flush().await?;
         self.changed();
+        if let Some(volume_id) = stuck_volume {
+            self.emit(
+                Some(&allocation.params.pool),
+                EventKind::VolumeStuck {
+                    request_id: request_id.to_owned(),
+                    volume_id,
+                },
+            );
+        }
         Ok(())
     }
 
@@ -2495,7 +2544,8 @@ fn not_attachable(volume_id: &str, status: &VolumeStatus) -> ManagerError {
 /// error_attaching is no admin's reset for the caller to ask for: it is
 /// UNAVAILABLE, as a new volume Cinder could not build is. The rollback
 /// leaves it to the reconciler (Cinder refuses its delete until the
-/// reset), and the same request again makes a new volume.
+/// reset), and the same request is refused until then rather than making
+/// a new volume Cinder may leave so too.
 fn not_attachable_after_a_try(
     volume_id: &str,
     status: &VolumeStatus,
@@ -2503,7 +2553,7 @@ fn not_attachable_after_a_try(
 ) -> ManagerError {
     if created && status.is_error_attaching() {
         return ManagerError::Cloud(CloudError::Transient(format!(
-            "the purchase's new volume {volume_id} is error_attaching: an attach of it failed in Cinder, which keeps it so until an admin resets its state; the purchase is rolled back (the volume is deleted once it can be) and the same request again makes a new volume"
+            "the purchase's new volume {volume_id} is error_attaching: an attach of it failed in Cinder, which refuses its delete until a cloud admin resets its state (openstack volume set --state available {volume_id}; warmpool then deletes it) or force-deletes it; the purchase is rolled back, and the same order is refused until then, so that retries do not pile up stuck volumes"
         )));
     }
     not_attachable(volume_id, status)

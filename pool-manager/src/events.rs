@@ -164,6 +164,15 @@ pub enum EventKind {
         service: Option<CloudService>,
         pause: Duration,
     },
+    /// A rolled-back purchase left the new volume it made for the order
+    /// `error_attaching`, which Cinder refuses to delete until a cloud
+    /// admin resets it: it holds the tenant's volume quota, and the order
+    /// is refused until then. Emitted once, by the rollback; the reconciler
+    /// deletes the volume once Cinder allows.
+    VolumeStuck {
+        request_id: String,
+        volume_id: String,
+    },
 }
 
 impl EventKind {
@@ -179,6 +188,7 @@ impl EventKind {
             Self::Degraded { .. } => "degraded",
             Self::Recovered { .. } => "recovered",
             Self::Throttled { .. } => "throttled",
+            Self::VolumeStuck { .. } => "volume_stuck",
         }
     }
 
@@ -213,6 +223,15 @@ impl EventKind {
                 service.map_or("cloud", CloudService::as_str),
                 pause.as_secs_f64()
             ),
+            Self::VolumeStuck {
+                request_id,
+                volume_id,
+            } => format!(
+                "volume {volume_id}, made for order {request_id}, is stuck error_attaching: \
+                 Cinder refuses its delete until a cloud admin resets its state \
+                 (openstack volume set --state available {volume_id}; warmpool then deletes it) \
+                 or force-deletes it; the order is refused until then"
+            ),
         })
     }
 }
@@ -244,6 +263,7 @@ impl Event {
             EventKind::Exhausted | EventKind::LeakDeleted { .. } | EventKind::Degraded { .. } => {
                 tracing::warn!(%pool, event, "{message}")
             }
+            EventKind::VolumeStuck { .. } => tracing::error!(%pool, event, "{message}"),
             EventKind::Recovered { .. } => tracing::info!(%pool, event, "{message}"),
             // Pauses are routine under load; the metrics count them.
             _ => tracing::debug!(%pool, event, "{message}"),

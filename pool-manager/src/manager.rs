@@ -792,6 +792,14 @@ impl PoolManager {
         Ok(self.shared.store.count_instances_by_pool().await?)
     }
 
+    /// The new volumes rolled-back purchases left `error_attaching` that
+    /// are not deleted yet (Cinder refuses until a cloud admin resets
+    /// them): each holds the tenant's volume quota, and refuses its order.
+    pub async fn stuck_volumes(&self) -> ManagerResult<Vec<String>> {
+        let watches = self.shared.store.list_twin_watches().await?;
+        Ok(watches.into_iter().filter_map(|w| w.stuck_volume).collect())
+    }
+
     /// Instances of one pool, or of all pools when `pool` is `None`, ordered
     /// by pool, age and id (the order `ListInstances` pages through).
     ///

@@ -652,6 +652,11 @@ pub struct TwinWatch {
     /// Ids of the committed allocation's own port and volume.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keep: Vec<String>,
+    /// The rolled-back attempt's new volume Cinder kept `error_attaching`,
+    /// until a pass has deleted it: the order makes no other new volume
+    /// meanwhile, and the metrics count it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stuck_volume: Option<String>,
     /// On the manager's wall clock.
     pub until: SystemTime,
 }

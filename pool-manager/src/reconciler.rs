@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, or a cold boot's `Booting` one, whose server is looked up by its instance id if its create's answer was not flushed; delete its port and created volume, watch its name if a create may have been on its way or Cinder refuses that volume's delete as `error_attaching`, drop the record) |
 //! | allocation `Releasing` | - | finish the release |
-//! | a name watched (`TwinWatch`: a create of it may have been done unrecorded, or a rollback left its new volume `error_attaching`) | volumes, ports of that name | delete them but the committed allocation's own; end the watch once it is over and they are deleted (a volume Cinder keeps `error_attaching` fails the item at once, each pass, until an admin resets it) |
+//! | a name watched (`TwinWatch`: a create of it may have been done unrecorded, or a rollback left its new volume `error_attaching`) | volumes, ports of that name | delete them but the committed allocation's own; end the watch once it is over and they are deleted (a volume Cinder keeps `error_attaching` fails the item at once, each pass, until an admin resets it; the watch names it as stuck until it is deleted) |
 //! | instance `Claimed`, allocation `Allocated` naming it | - | mark the instance `Allocated` (left by versions that marked the allocation first) |
 //! | instance `Claimed`, allocation `Allocated` naming another, or none live | - | discard it (a claim left over) |
 //! | instance `Booting`, no server id | server with its instance id | adopt the server |
@@ -540,6 +540,13 @@ impl Shared {
         self.delete_twins(watch, self.cleanup_deadline()).await?;
         if now >= watch.until {
             self.store.delete_twin_watch(&watch.name).await?;
+        } else if watch.stuck_volume.is_some() {
+            // Its delete went through: no longer stuck, nor counted so.
+            let deleted = TwinWatch {
+                stuck_volume: None,
+                ..watch.clone()
+            };
+            self.store.put_twin_watch(&deleted).await?;
         }
         Ok(())
     }

@@ -849,6 +849,7 @@ mod tests {
             request_id: "r1".into(),
             volumes: true,
             keep: vec!["port-1".into()],
+            stuck_volume: Some("volume-1".into()),
             until: SystemTime::UNIX_EPOCH + Duration::from_secs(900),
         };
         {

@@ -3211,10 +3211,9 @@ async fn a_volume_left_error_attaching_fails_the_purchase_saying_why() {
 /// `error_attaching` once the failed try's server is gone cannot be
 /// deleted either (Cinder refuses it until an admin resets its state).
 /// That must not hold the order hostage: the purchase is rolled back and
-/// answered at once, UNAVAILABLE (asking again makes a new volume), and the
-/// same order again is bought on a fresh volume. The stuck volume is not
-/// forgotten: the reconciler deletes it once an admin resets it, however
-/// long that takes.
+/// answered at once, UNAVAILABLE. The stuck volume is not forgotten: the
+/// reconciler deletes it once an admin resets it, however long that takes,
+/// and the same order again is then bought on a fresh volume.
 #[tokio::test(start_paused = true)]
 async fn a_new_volume_left_error_attaching_is_left_for_later_and_the_order_goes_through_again() {
     use pool_manager::cloud::{CloudError, VolumeStatus};
@@ -3258,13 +3257,6 @@ async fn a_new_volume_left_error_attaching_is_left_for_later_and_the_order_goes_
         ),
         "the order is rolled back"
     );
-    let asked = tokio::time::Instant::now();
-    order.timeout = Some(Duration::from_secs(120));
-    let again = manager.allocate(order).await.unwrap();
-    assert!(asked.elapsed() < Duration::from_secs(60));
-    assert_eq!(again.state, AllocationState::Allocated);
-    assert_ne!(again.volume_id.as_deref(), Some(stuck.as_str()));
-    assert_its_volume_is_attached(&sim, &again);
     // Long past any twin watch's end, and still not forgotten.
     tokio::time::sleep(Duration::from_secs(3600)).await;
     manager.reconcile().await.unwrap();
@@ -3277,6 +3269,75 @@ async fn a_new_volume_left_error_attaching_is_left_for_later_and_the_order_goes_
     assert!(
         sim.volumes().iter().all(|v| v.id != stuck),
         "deleted once it can be"
+    );
+    let asked = tokio::time::Instant::now();
+    order.timeout = Some(Duration::from_secs(120));
+    let again = manager.allocate(order).await.unwrap();
+    assert!(asked.elapsed() < Duration::from_secs(60));
+    assert_eq!(again.state, AllocationState::Allocated);
+    assert_ne!(again.volume_id.as_deref(), Some(stuck.as_str()));
+    assert_its_volume_is_attached(&sim, &again);
+    assert_consistent(&sim, &manager).await;
+}
+
+/// A Cinder backend that leaves every new volume `error_attaching` would
+/// cost the tenant's volume quota one stuck volume per retry of the order,
+/// and billing may retry every few seconds. While the order's own new
+/// volume is stuck, a retry makes no other: it is answered UNAVAILABLE at
+/// once, naming the volume and what it needs, and claims no instance.
+/// Once an admin has reset the volume, the same order goes through on a
+/// fresh one, without waiting for a reconcile pass, which then deletes
+/// the reset one.
+#[tokio::test(start_paused = true)]
+async fn a_retry_makes_no_second_volume_while_the_first_is_stuck_error_attaching() {
+    use pool_manager::cloud::{CloudError, VolumeStatus};
+    let sim = sim();
+    let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 3).await;
+    sim.faults().error_next_volume_attach(100, false);
+    let mut order = request("o-stuck", new_volume(), EmptyPoolPolicy::FailFast);
+    order.timeout = Some(Duration::from_secs(3600));
+    manager.allocate(order.clone()).await.unwrap_err();
+    let volumes = sim.volumes().len();
+    let stuck = sim
+        .volumes()
+        .into_iter()
+        .find(|v| v.status == VolumeStatus::Other("error_attaching".into()))
+        .expect("the purchase's volume is left error_attaching")
+        .id;
+    for _ in 0..5 {
+        let asked = tokio::time::Instant::now();
+        match manager.allocate(order.clone()).await.unwrap_err() {
+            ManagerError::Cloud(CloudError::Transient(m)) => {
+                assert!(m.contains(&stuck) && m.contains("error_attaching"), "{m}");
+                assert!(m.contains("reset"), "what it takes: {m}");
+            }
+            e => panic!("{e:?}"),
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(20),
+            "answered at once"
+        );
+        manager.reconcile().await.unwrap();
+    }
+    assert_eq!(sim.volumes().len(), volumes, "no volume made for a retry");
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(
+        status.count(InstanceState::Ready),
+        2,
+        "no instance claimed for a retry"
+    );
+
+    sim.faults().error_next_volume_attach(0, false);
+    assert!(sim.reset_error_attaching(&stuck));
+    order.timeout = Some(Duration::from_secs(120));
+    let again = manager.allocate(order).await.unwrap();
+    assert_eq!(again.state, AllocationState::Allocated);
+    assert_ne!(again.volume_id.as_deref(), Some(stuck.as_str()));
+    assert_its_volume_is_attached(&sim, &again);
+    manager.reconcile().await.unwrap();
+    assert!(
+        sim.volumes().iter().all(|v| v.id != stuck),
+        "the reset volume is deleted"
     );
     assert_consistent(&sim, &manager).await;
 }

@@ -488,3 +488,54 @@ async fn a_pool_whose_boots_keep_failing_backs_off_and_recovers() {
     assert!(!manager.get_pool(&pool()).await.unwrap().health.degraded);
     manager.shutdown().await.unwrap();
 }
+
+/// A new volume a rolled-back purchase left stuck `error_attaching` is
+/// announced once, naming it, its order and what it needs, and listed as
+/// stuck (the metrics' gauge) however many passes find it so, until the
+/// reconciler has deleted it after an admin's reset.
+#[tokio::test(start_paused = true)]
+async fn a_new_volume_left_stuck_error_attaching_is_announced_and_listed_until_deleted() {
+    use pool_manager::cloud::VolumeStatus;
+    let sim = sim();
+    let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 2).await;
+    let mut events = manager.events();
+    sim.faults().error_next_volume_attach(1, false);
+    let mut order = request("o-stuck", new_volume(), EmptyPoolPolicy::FailFast);
+    order.timeout = Some(Duration::from_secs(3600));
+    manager.allocate(order).await.unwrap_err();
+    let stuck = sim
+        .volumes()
+        .into_iter()
+        .find(|v| v.status == VolumeStatus::Other("error_attaching".into()))
+        .expect("the purchase's volume is left error_attaching")
+        .id;
+    for _ in 0..3 {
+        manager.reconcile().await.unwrap();
+        assert_eq!(manager.stuck_volumes().await.unwrap(), vec![stuck.clone()]);
+    }
+    let mut announced = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if matches!(event.kind, EventKind::VolumeStuck { .. }) {
+            announced.push(event);
+        }
+    }
+    let expected = EventKind::VolumeStuck {
+        request_id: "o-stuck".into(),
+        volume_id: stuck.clone(),
+    };
+    assert_eq!(
+        announced,
+        vec![Event {
+            pool: Some(pool()),
+            kind: expected.clone()
+        }],
+        "once, by the rollback, not at every pass"
+    );
+    let said = expected.describe().expect("announced to operators");
+    assert!(said.contains(&stuck) && said.contains("reset"), "{said}");
+
+    assert!(sim.reset_error_attaching(&stuck));
+    manager.reconcile().await.unwrap();
+    assert!(sim.volumes().iter().all(|v| v.id != stuck));
+    assert_eq!(manager.stuck_volumes().await.unwrap(), Vec::<String>::new());
+}

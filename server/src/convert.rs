@@ -544,6 +544,7 @@ pub fn pool_event(event: &Event, at: SystemTime) -> Option<api::PoolEvent> {
             out.pause = Some(duration_to_proto(*pause));
             api::PoolEventKind::Throttled
         }
+        EventKind::VolumeStuck { .. } => api::PoolEventKind::VolumeStuck,
     };
     out.kind = kind.into();
     Some(out)

@@ -327,6 +327,7 @@ pub struct Metrics {
     retry_pauses: Family<ServiceLabels, Counter>,
     retry_pause_seconds: Family<ServiceLabels, Counter<f64, AtomicU64>>,
     api_calls_refused: Family<RefusedLabels, Counter>,
+    volumes_stuck: Gauge,
     /// One scrape at a time refreshes the gauges and encodes, so a scrape
     /// never sees another's half-refreshed gauges.
     scrape: tokio::sync::Mutex<()>,
@@ -378,6 +379,7 @@ impl Metrics {
             retry_pauses: Family::default(),
             retry_pause_seconds: Family::default(),
             api_calls_refused: Family::default(),
+            volumes_stuck: Gauge::default(),
             scrape: tokio::sync::Mutex::new(()),
         };
         registry.register(
@@ -556,6 +558,11 @@ impl Metrics {
             "warmpool.v1 calls refused for their bearer token (api_tokens), by method and reason: unauthenticated (none, or unknown), permission_denied (its role may not)",
             m.api_calls_refused.clone(),
         );
+        registry.register(
+            "volumes_stuck_error_attaching",
+            "New volumes rolled-back purchases left error_attaching, not deleted yet: Cinder refuses until a cloud admin resets them (openstack volume set --state available ID), each holds the tenant's volume quota, and its order is refused until then",
+            m.volumes_stuck.clone(),
+        );
         // Throttling is rare: create its series at zero, so they are there
         // (and `rate()` sees the first one) before it happens.
         for service in cloud::SERVICES {
@@ -637,6 +644,9 @@ impl Metrics {
                     .get_or_create(&labels)
                     .inc_by(pause.as_secs_f64());
             }
+            // Counted from the store at each scrape, which a restart or a
+            // lagging receiver does not lose.
+            EventKind::VolumeStuck { .. } => {}
         }
     }
 
@@ -687,6 +697,9 @@ impl Metrics {
         // `sum by (state)` would lose VMs that still exist and cost money.
         // A pool that exists shows every state even with no instance.
         let mut instance_counts = manager.instance_counts().await?;
+        let stuck = manager.stuck_volumes().await?.len();
+        self.volumes_stuck
+            .set(i64::try_from(stuck).unwrap_or(i64::MAX));
         for status in &pools {
             instance_counts
                 .entry(status.record.key.clone())
@@ -992,6 +1005,80 @@ mod tests {
             1.0,
             "{body}"
         );
+        manager.shutdown().await.unwrap();
+    }
+
+    /// A new volume a rolled-back purchase left stuck `error_attaching`
+    /// holds the tenant's volume quota and refuses its order until a cloud
+    /// admin resets it: it is counted from the store at each scrape (so
+    /// after a restart too) until the reconciler has deleted it.
+    #[tokio::test(start_paused = true)]
+    async fn a_volume_stuck_error_attaching_is_counted_until_deleted() {
+        use pool_manager::model::{
+            AllocationParams, EmptyPoolPolicy, NetworkRequest, PoolSpec, VolumeRequest,
+            VolumeSource,
+        };
+        use pool_manager::AllocateRequest;
+        use std::sync::Arc;
+        let sim = cloudsim::SimCloud::new(cloudsim::SimConfig::deterministic());
+        let manager = PoolManager::new(
+            Arc::new(pool_manager::store::SledStore::temporary().unwrap()),
+            sim.clone(),
+            Arc::new(sim.probe()),
+            pool_manager::ManagerSettings::default(),
+        );
+        manager.start().await.unwrap();
+        let key = PoolKey::new("db.small", "az1");
+        let spec = PoolSpec {
+            min_ready: 1,
+            max_ready: 1,
+            target: Default::default(),
+            image: "mysql-8.0".into(),
+            boot_timeout: Duration::from_secs(600),
+            max_age: None,
+            paused: false,
+            windows: Vec::new(),
+            iops_limit: None,
+            volume_iops_limit: None,
+        };
+        manager.create_pool(key.clone(), spec).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        let m = Metrics::new();
+        let stuck = |body: &str| sample(body, "warmpool_volumes_stuck_error_attaching");
+        assert_eq!(stuck(&m.render(&manager).await.unwrap()), 0.0);
+
+        sim.faults().error_next_volume_attach(1, false);
+        let order = AllocateRequest {
+            params: AllocationParams {
+                request_id: "o-stuck".into(),
+                tenant_project_id: "tenant-a".into(),
+                pool: key,
+                volume: VolumeRequest {
+                    source: VolumeSource::New {
+                        size_gib: 20,
+                        volume_type: None,
+                    },
+                    delete_on_release: false,
+                },
+                network: NetworkRequest {
+                    network_id: "tenant-net".into(),
+                    subnet_id: None,
+                    fixed_ip: None,
+                },
+                labels: Default::default(),
+            },
+            empty_pool: EmptyPoolPolicy::FailFast,
+            timeout: Some(Duration::from_secs(3600)),
+        };
+        manager.allocate(order).await.unwrap_err();
+        manager.reconcile().await.unwrap();
+        let body = m.render(&manager).await.unwrap();
+        assert_eq!(stuck(&body), 1.0, "{body}");
+
+        let volume = manager.stuck_volumes().await.unwrap().remove(0);
+        assert!(sim.reset_error_attaching(&volume));
+        manager.reconcile().await.unwrap();
+        assert_eq!(stuck(&m.render(&manager).await.unwrap()), 0.0);
         manager.shutdown().await.unwrap();
     }
 
