@@ -16,7 +16,7 @@
 use crate::model::PoolKey;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Boots failing in a row after which a pool is degraded.
 pub const DEGRADED_AFTER: u32 = 3;
@@ -242,6 +242,9 @@ pub struct Event {
     /// throttled call).
     pub pool: Option<PoolKey>,
     pub kind: EventKind,
+    /// When it happened, on the manager's wall clock (the one
+    /// `last_error_at` is read on): a subscriber may handle it much later.
+    pub at: SystemTime,
 }
 
 impl Event {

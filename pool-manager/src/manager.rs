@@ -187,6 +187,7 @@ impl Shared {
     /// counted in its pool's demand here, not by a subscriber: one that
     /// falls behind the broadcast loses events, and sizing must not.
     pub fn emit(&self, pool: Option<&PoolKey>, kind: EventKind) {
+        let at = self.sizing_book().wall_now(&self.settings.sizing);
         let verdict = match (&kind, pool) {
             (EventKind::Boot { outcome, lead_time }, Some(key)) => {
                 let now = Instant::now();
@@ -210,6 +211,7 @@ impl Shared {
             let event = Event {
                 pool: pool.cloned(),
                 kind,
+                at,
             };
             event.log();
             // No subscriber is fine: events are for observers only.

@@ -512,11 +512,11 @@ fn gate(g: &GateStatus) -> api::ThrottleGate {
 
 /// A manager event as `WatchPools` shows it; `None` for routine events
 /// (boots, allocations, releases), which show as changed counts instead.
-pub fn pool_event(event: &Event, at: SystemTime) -> Option<api::PoolEvent> {
+pub fn pool_event(event: &Event) -> Option<api::PoolEvent> {
     let message = event.kind.describe()?;
     let mut out = api::PoolEvent {
         message,
-        at: Some(timestamp(at)),
+        at: Some(timestamp(event.at)),
         flavor: event
             .pool
             .as_ref()

@@ -914,6 +914,7 @@ mod tests {
         Event {
             pool: Some(PoolKey::new("db.small", "az1")),
             kind,
+            at: std::time::SystemTime::UNIX_EPOCH,
         }
     }
 
@@ -1110,6 +1111,7 @@ mod tests {
             kind: EventKind::LeakDeleted {
                 server_id: "srv-1".into(),
             },
+            at: std::time::SystemTime::UNIX_EPOCH,
         });
         let body = m.encode();
         let pool = r#"flavor="db.small",availability_zone="az1""#;
@@ -1201,6 +1203,7 @@ mod tests {
                     service,
                     pause: Duration::from_millis(1500),
                 },
+                at: std::time::SystemTime::UNIX_EPOCH,
             });
         }
         let body = m.encode();

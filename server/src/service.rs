@@ -472,7 +472,7 @@ impl Watcher {
 
     /// Sends an event worth showing, with its pool's current state.
     async fn on_event(&mut self, event: &Event) -> Result<(), Stop> {
-        let Some(shown) = convert::pool_event(event, SystemTime::now()) else {
+        let Some(shown) = convert::pool_event(event) else {
             return Ok(());
         };
         let pool = match &event.pool {
@@ -533,14 +533,17 @@ mod tests {
     use pool_manager::model::PoolSpec;
     use std::sync::Arc;
 
-    /// A started manager with two paused pools: a watch's first two messages.
+    /// A started manager with two paused pools: a watch's first two
+    /// messages. Its wall clock runs on the paused tokio clock.
     async fn two_paused_pools() -> PoolManager {
         let sim = cloudsim::SimCloud::new(cloudsim::SimConfig::deterministic());
+        let mut settings = pool_manager::ManagerSettings::default();
+        settings.sizing.wall_clock_start = Some(pool_manager::schedule::unix(1_700_000_000));
         let manager = PoolManager::new(
             Arc::new(pool_manager::store::SledStore::temporary().unwrap()),
             sim.clone(),
             Arc::new(sim.probe()),
-            pool_manager::ManagerSettings::default(),
+            settings,
         );
         manager.start().await.unwrap();
         for az in ["az1", "az2"] {
@@ -602,5 +605,52 @@ mod tests {
         }
         // The backlog is stale once the daemon stops: not sent.
         assert_eq!(items.len(), 1, "{items:?}");
+    }
+
+    /// An event reaches a reader that is behind when the reader catches
+    /// up, but says when it happened: a DEGRADED of 10:00 read at 10:04
+    /// reads 10:00, the time the pool's `last_error_at` records too.
+    #[tokio::test(start_paused = true)]
+    async fn an_event_read_late_carries_when_it_happened() {
+        let manager = two_paused_pools().await;
+        let (_stop, stopping) = watch::channel(false);
+        // Room for one message: the first pool's fills it and the second
+        // pool's waits, so the watcher is not reading events.
+        let (tx, rx) = mpsc::channel(1);
+        let open = recheck(
+            AccessHandle::default(),
+            &Request::new(()),
+            Method::WatchPools,
+        );
+        let _watcher = Watcher::spawn(&manager, stopping.clone(), open, tx);
+        let mut stream = watch_stream(rx, stopping);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let key = PoolKey::new("db.small", "az1");
+        manager
+            .mark_unusable(&key, "flavor db.small is gone")
+            .await
+            .unwrap();
+        let happened = manager.get_pool(&key).await.unwrap().record.last_error_at;
+        assert!(happened.is_some());
+        tokio::time::sleep(Duration::from_secs(240)).await;
+        let degraded = loop {
+            let item = tokio::time::timeout(Duration::from_secs(60), stream.next())
+                .await
+                .expect("a message within a minute")
+                .expect("the stream goes on")
+                .expect("no error");
+            if let Some(event) = item
+                .events
+                .into_iter()
+                .find(|e| e.kind() == api::PoolEventKind::Degraded)
+            {
+                break event;
+            }
+        };
+        assert_eq!(
+            degraded.at.map(|at| SystemTime::try_from(at).unwrap()),
+            happened,
+            "{degraded:?}"
+        );
     }
 }
