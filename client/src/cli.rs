@@ -561,9 +561,11 @@ fn tls_hint(error: &str, endpoint: &str, has_certificate: bool) -> Option<String
     let https = endpoint.to_ascii_lowercase().starts_with("https://");
     // The alert when it arrives before the client's first write; a broken
     // pipe, a reset or a closed connection when the client was writing or
-    // reading as the daemon closed: which one is a race.
+    // reading as the daemon closed: which one is a race. The OS writes
+    // "Broken pipe", h2 "a broken pipe".
+    let lowercase = error.to_ascii_lowercase();
     let cut_off = ["broken pipe", "connection closed", "reset by peer"];
-    let cut_off = || cut_off.iter().any(|sign| error.contains(sign));
+    let cut_off = || cut_off.iter().any(|sign| lowercase.contains(sign));
     let hint = if !https && (error.contains("frame with invalid size") || cut_off()) {
         // A TLS daemon answers HTTP/2 with a TLS alert, read as a frame header.
         "if the daemon serves TLS, dial https://HOST:PORT (with --ca-file for its CA)".to_owned()
@@ -645,6 +647,23 @@ pub fn check_token_transport(endpoint: &str, has_token: bool) -> anyhow::Result<
 
 #[cfg(test)]
 mod tests {
+
+    /// A daemon that cut the connection off hints at TLS, whether the OS
+    /// ("Broken pipe (os error 32)") or h2 ("a broken pipe") words it.
+    #[test]
+    fn a_connection_cut_off_hints_at_tls_however_it_is_capitalised() {
+        for cut in [
+            "cannot connect to http://h:1: Broken pipe (os error 32)",
+            "cannot connect to http://h:1: Connection reset by peer (os error 104)",
+            "UNKNOWN: transport error: stream closed because of a broken pipe",
+            "CANCELLED: operation was canceled: Connection closed",
+        ] {
+            let plaintext = tls_hint(cut, "h:1", false).unwrap_or_default();
+            assert!(plaintext.contains("dial https://"), "{cut}: {plaintext}");
+            let https = tls_hint(cut, "https://h:1", false).unwrap_or_default();
+            assert!(https.contains("--cert-file"), "{cut}: {https}");
+        }
+    }
 
     #[test]
     fn a_token_goes_in_plaintext_only_to_loopback_or_when_asked() {

@@ -41,8 +41,12 @@ async fn main() -> ExitCode {
             let described = describe(&err);
             eprintln!("error: {described}");
             let answered = err.downcast_ref::<watch::BrokeAfterAnswers>().is_some();
+            // Only a failed call to the daemon can be a TLS mismatch: a
+            // closed stdout (`warmpoolctl watch | head`) fails with the same
+            // "Broken pipe" as a connection the daemon cut off.
+            let from_daemon = err.downcast_ref::<ClientError>().is_some();
             let hint = cli::hint(&described, &endpoint, has_certificate, allocating);
-            if let Some(hint) = hint.filter(|_| !answered) {
+            if let Some(hint) = hint.filter(|_| from_daemon && !answered) {
                 eprintln!("hint: {hint}");
             }
             ExitCode::FAILURE

@@ -51,3 +51,25 @@ fn an_unknown_shell_is_a_usage_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("tcsh"), "{stderr}");
 }
+
+/// `warmpoolctl ... | head` that `head` left: writing fails with "Broken
+/// pipe", which is the shell's doing, not a TLS mismatch with a daemon, and
+/// gets no hint saying it is.
+#[test]
+fn a_closed_stdout_is_an_error_without_a_tls_hint() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    // Closed before the first write: that write fails, whatever the timing.
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_warmpoolctl"))
+        .args(["--endpoint", "http://127.0.0.1:1", "completions", "bash"])
+        .stdout(writer)
+        .output()
+        .expect("warmpoolctl runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.to_ascii_lowercase().contains("broken pipe"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hint:"), "{stderr}");
+}
