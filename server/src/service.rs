@@ -281,24 +281,28 @@ impl WarmPool for WarmPoolService {
         // a reload revoked stops receiving.
         let still_allowed = recheck(self.access.clone(), &request, Method::WatchPools);
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
-        Watcher::spawn(&self.manager, self.stopping.clone(), still_allowed, tx);
-        Ok(Response::new(watch_stream(rx, self.stopping.clone())))
+        let stopping = self.stopping.clone();
+        Watcher::spawn(&self.manager, stopping.clone(), still_allowed.clone(), tx);
+        Ok(Response::new(watch_stream(rx, stopping, still_allowed)))
     }
 }
 
 /// What a `WatchPools` caller reads: the watcher's messages until the
 /// daemon starts shutting down, then UNAVAILABLE, so the client watches
-/// again once it is back. The status is made here, on the reading side,
-/// not sent by the watcher: a reader that is behind has no room left in
-/// the buffer for it, and what is still in the buffer then is stale.
+/// again once it is back; or until a reload removed the caller's token,
+/// then UNAUTHENTICATED. These statuses are made here, on the reading
+/// side, not sent by the watcher: a reader that is behind has no room left
+/// in the buffer for them, and what is still in the buffer then is stale
+/// or no longer the caller's to read.
 fn watch_stream(
     rx: mpsc::Receiver<Result<api::PoolStatus, Status>>,
     stopping_rx: watch::Receiver<bool>,
+    still_allowed: StillAllowed,
 ) -> <WarmPoolService as WarmPool>::WatchPoolsStream {
     Box::pin(futures::stream::unfold(
-        Some((rx, stopping_rx)),
+        Some((rx, stopping_rx, still_allowed)),
         |open| async move {
-            let (mut rx, stopping_rx) = open?;
+            let (mut rx, stopping_rx, still_allowed) = open?;
             tokio::select! {
                 // Shutdown first: the backlog of a reader that is behind is
                 // dropped rather than read out ahead of the status.
@@ -309,7 +313,12 @@ fn watch_stream(
                     )),
                     None,
                 )),
-                item = rx.recv() => item.map(|item| (item, Some((rx, stopping_rx)))),
+                // Checked at each message, and at the end the watcher
+                // makes when it finds the token gone.
+                item = rx.recv() => match still_allowed() {
+                    Err(refused) => Some((Err(refused), None)),
+                    Ok(()) => item.map(|item| (item, Some((rx, stopping_rx, still_allowed)))),
+                },
             }
         },
     ))
@@ -339,7 +348,8 @@ struct Watcher {
 
 /// Checks the caller of `request` for `method` against the tokens in force
 /// each time it is called.
-// tonic::Status is large by design and this runs once a second.
+// tonic::Status is large by design and this runs once a second and
+// once per message read.
 #[allow(clippy::result_large_err)]
 fn recheck<T>(access: AccessHandle, request: &Request<T>, method: Method) -> StillAllowed {
     // Only the credentials: the rest of the call's metadata is not kept.
@@ -347,13 +357,15 @@ fn recheck<T>(access: AccessHandle, request: &Request<T>, method: Method) -> Sti
     if let Some(value) = request.metadata().get("authorization") {
         caller.insert("authorization", value.clone());
     }
-    Box::new(move || access.current().check(&caller, method).map(drop))
+    Arc::new(move || access.current().check(&caller, method).map(drop))
 }
 
-/// Checks a watch's caller again; the refusal ends the watch.
-// tonic::Status is large by design and this runs once a second.
+/// Checks a watch's caller again; the refusal ends the watch. Shared by
+/// the watcher and the stream its reader reads.
+// tonic::Status is large by design and this runs once a second and
+// once per message read.
 #[allow(clippy::result_large_err)]
-type StillAllowed = Box<dyn Fn() -> Result<(), Status> + Send + Sync>;
+type StillAllowed = Arc<dyn Fn() -> Result<(), Status> + Send + Sync>;
 
 /// The watcher went away, or the manager did: stop.
 struct Stop;
@@ -419,13 +431,25 @@ impl Watcher {
         self.send_item(Ok(status)).await
     }
 
-    /// Waits for room in the stream, but not past the start of a shutdown:
-    /// a reader that stopped reading would otherwise hold the daemon up
-    /// for its whole grace period.
+    /// Waits for room in the stream, but not past the start of a shutdown
+    /// (a reader that stopped reading would otherwise hold the daemon up
+    /// for its whole grace period), nor past the removal of the caller's
+    /// token (`watch_stream` tells the reader, whenever it reads again).
     async fn send_item(&self, item: Result<api::PoolStatus, Status>) -> Result<(), Stop> {
-        tokio::select! {
-            sent = self.tx.send(item) => sent.map_err(|_| Stop),
-            () = stopping(&self.stopping) => Err(Stop),
+        let send = self.tx.send(item);
+        tokio::pin!(send);
+        let start = tokio::time::Instant::now() + WATCH_REFRESH;
+        let mut recheck = tokio::time::interval_at(start, WATCH_REFRESH);
+        loop {
+            tokio::select! {
+                sent = &mut send => return sent.map_err(|_| Stop),
+                () = stopping(&self.stopping) => return Err(Stop),
+                _ = recheck.tick() => {
+                    if (self.still_allowed)().is_err() {
+                        return Err(Stop);
+                    }
+                }
+            }
         }
     }
 
@@ -584,8 +608,8 @@ mod tests {
             &Request::new(()),
             Method::WatchPools,
         );
-        let watcher = Watcher::spawn(&manager, stopping.clone(), open, tx);
-        let stream = watch_stream(rx, stopping);
+        let watcher = Watcher::spawn(&manager, stopping.clone(), open.clone(), tx);
+        let stream = watch_stream(rx, stopping, open);
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(!watcher.is_finished(), "the watch ended before shutdown");
         stop.send(true).unwrap();
@@ -622,8 +646,8 @@ mod tests {
             &Request::new(()),
             Method::WatchPools,
         );
-        let _watcher = Watcher::spawn(&manager, stopping.clone(), open, tx);
-        let mut stream = watch_stream(rx, stopping);
+        let _watcher = Watcher::spawn(&manager, stopping.clone(), open.clone(), tx);
+        let mut stream = watch_stream(rx, stopping, open);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let key = PoolKey::new("db.small", "az1");
         manager
@@ -652,5 +676,49 @@ mod tests {
             happened,
             "{degraded:?}"
         );
+    }
+
+    /// A reader that is behind when a reload revokes its token gets
+    /// UNAUTHENTICATED as its next message, not its backlog first; and the
+    /// watch's task ends within a second, though the reader never reads.
+    #[tokio::test(start_paused = true)]
+    async fn a_revoked_watch_ends_though_its_reader_is_behind() {
+        use crate::access::{token_sha256, Access, Caller, Role};
+        let token = |token: &str, name: &str, role| {
+            let caller = Caller {
+                name: name.into(),
+                role,
+            };
+            Access::with_tokens([(token_sha256(token), caller)])
+        };
+        let manager = two_paused_pools().await;
+        let (_stop, stopping) = watch::channel(false);
+        let access = AccessHandle::new(token("dash-token", "dash", Role::Reader));
+        let mut request = Request::new(());
+        request
+            .metadata_mut()
+            .insert("authorization", "Bearer dash-token".parse().unwrap());
+        // Room for one message: the first pool's fills it and the second
+        // pool's waits.
+        let (tx, rx) = mpsc::channel(1);
+        let allowed = recheck(access.clone(), &request, Method::WatchPools);
+        let watcher = Watcher::spawn(&manager, stopping.clone(), allowed.clone(), tx);
+        let stream = watch_stream(rx, stopping, allowed);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!watcher.is_finished(), "the watch ended before the reload");
+        access
+            .reload(token("ops-token", "ops", Role::Operator))
+            .unwrap();
+        tokio::time::timeout(WATCH_REFRESH * 2, watcher)
+            .await
+            .expect("the watch's task ends within a second of the reload")
+            .unwrap();
+        let items: Vec<_> = tokio::time::timeout(Duration::from_secs(60), stream.collect())
+            .await
+            .expect("the stream ended");
+        match items.as_slice() {
+            [Err(status)] => assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}"),
+            other => panic!("the stream after the reload: {other:?}"),
+        }
     }
 }
