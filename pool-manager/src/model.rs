@@ -21,6 +21,14 @@
 //! ```
 //!
 //! `Gone` instances are removed from the store.
+//!
+//! Every stored type (and each one nested in it) refuses fields it does
+//! not know (`deny_unknown_fields`): such a field is a newer version's, and
+//! a record read without it would be written back without it by the next
+//! compare-and-swap (a rolled-back `attempt` renames an order's volume and
+//! port, a lost `creates_in_doubt` leaves its twins). The store reports the
+//! record as unreadable instead. So a field is never simply removed: one
+//! older versions stored stays accepted as [`Retired`].
 
 use crate::schedule::Window;
 use serde::{Deserialize, Serialize};
@@ -29,8 +37,21 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+/// A field older versions stored and this one no longer keeps: read
+/// whatever its value (so their records still open), never written, and
+/// equal to any other, so records compare as if it were not there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retired;
+
+impl<'de> Deserialize<'de> for Retired {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(deserializer).map(|_| Retired)
+    }
+}
+
 /// A pool is identified by the flavor and availability zone it serves.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PoolKey {
     pub flavor: String,
     pub availability_zone: String,
@@ -105,6 +126,7 @@ pub const MAX_WINDOWS: usize = 64;
 
 /// What an operator sets for a pool.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PoolSpec {
     /// Never fewer than this many instances ready, warming or booting.
     pub min_ready: u32,
@@ -366,6 +388,7 @@ pub struct ParseTargetError(pub String);
 
 /// A pool as stored: the spec plus lifetime counters.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PoolRecord {
     pub key: PoolKey,
     pub spec: PoolSpec,
@@ -435,6 +458,7 @@ impl InstanceState {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Instance {
     /// warmpool's id, also written into the server's metadata.
     pub id: String,
@@ -482,6 +506,7 @@ impl Instance {
 
 /// Where the tenant's data volume comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum VolumeSource {
     Existing {
         volume_id: String,
@@ -493,12 +518,14 @@ pub enum VolumeSource {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VolumeRequest {
     pub source: VolumeSource,
     pub delete_on_release: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NetworkRequest {
     pub network_id: String,
     pub subnet_id: Option<String>,
@@ -517,6 +544,7 @@ pub enum EmptyPoolPolicy {
 /// on an empty pool are properties of the call, not of the allocation, so a
 /// retry may change them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AllocationParams {
     pub request_id: String,
     pub tenant_project_id: String,
@@ -582,6 +610,7 @@ impl AllocationState {
 
 /// Where an Allocate spent its time.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StepTimings {
     /// Waiting for a Ready instance or a cold boot.
     pub wait: Duration,
@@ -596,6 +625,7 @@ pub struct StepTimings {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Allocation {
     pub params: AllocationParams,
     pub state: AllocationState,
@@ -629,6 +659,11 @@ pub struct Allocation {
     /// commit or the rollback ([`TwinWatch`]), and looked for at release.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub creates_in_doubt: bool,
+    /// `twins_swept`, stored (when true) by the versions that recorded the
+    /// one look for twins after a commit (2e51ef0, until 2c00f18 replaced
+    /// it by the commit's [`TwinWatch`]).
+    #[serde(default, skip_serializing)]
+    twins_swept: Retired,
 }
 
 /// The name of an allocation's volume and port, watched after a create of
@@ -642,6 +677,7 @@ pub struct Allocation {
 /// (`error_attaching`, until an admin resets it): a watch lasts past
 /// `until` until a pass has deleted everything it names.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TwinWatch {
     /// [`Allocation::resource_name`] of the attempt.
     pub name: String,
@@ -696,6 +732,7 @@ impl Allocation {
             released_at: None,
             attempt: Some(attempt),
             creates_in_doubt: false,
+            twins_swept: Retired,
         }
     }
 

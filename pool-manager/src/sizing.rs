@@ -804,6 +804,7 @@ pub fn decide(inputs: &Inputs) -> BootPlan {
 /// and the prior lead time, until purchases and boots are seen again, which
 /// under throttling is exactly when a shallow pool hurts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LearnedSizing {
     /// Wall-clock time of the snapshot; what is restored ages by the time since.
     pub saved_at: SystemTime,
@@ -821,6 +822,7 @@ pub struct LearnedSizing {
 
 /// One completed boot as stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LearnedLead {
     /// How long before the snapshot the boot reached Ready.
     pub finished_before: Duration,

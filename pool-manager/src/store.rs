@@ -562,7 +562,9 @@ fn list<T: DeserializeOwned>(tree: &sled::Tree) -> StoreResult<Vec<T>> {
 /// tried again against the bytes read (a change in between still fails it):
 /// a record stored in other bytes for the same value (one from before a
 /// field with a serde default was added, another field order) would
-/// otherwise never match, and every update loop would spin on it.
+/// otherwise never match, and every update loop would spin on it. A
+/// record holding a field this version does not know does not decode
+/// (`Unreadable`), so it is never replaced by this version's shorter copy.
 fn cas<T: Serialize + DeserializeOwned + PartialEq>(
     tree: &sled::Tree,
     key: &[u8],
@@ -738,6 +740,7 @@ mod tests {
         AllocationParams, AllocationState, InstanceState, NetworkRequest, VolumeRequest,
         VolumeSource,
     };
+    use serde_json::{json, Value};
     use std::time::SystemTime;
 
     fn instance(state: InstanceState) -> Instance {
@@ -906,6 +909,303 @@ mod tests {
         assert_eq!(
             store.get_instance("i1").await.unwrap().as_ref(),
             Some(&claimed)
+        );
+    }
+
+    fn ready_instance() -> Instance {
+        Instance {
+            id: "i1".into(),
+            pool: PoolKey::new("db.small", "az1"),
+            server_id: Some("s1".into()),
+            state: InstanceState::Ready,
+            created_at: SystemTime::UNIX_EPOCH,
+            ready_at: None,
+            attempts: 0,
+            last_error: None,
+            request_id: None,
+            mysql_addr: None,
+            image: Some("mysql-8.4".into()),
+        }
+    }
+
+    fn allocation_in_doubt() -> Allocation {
+        let mut allocation = Allocation::new(
+            AllocationParams {
+                request_id: "r1".into(),
+                tenant_project_id: "tenant-a".into(),
+                pool: PoolKey::new("db.small", "az1"),
+                volume: VolumeRequest {
+                    source: VolumeSource::New {
+                        size_gib: 10,
+                        volume_type: None,
+                    },
+                    delete_on_release: false,
+                },
+                network: NetworkRequest {
+                    network_id: "net".into(),
+                    subnet_id: None,
+                    fixed_ip: None,
+                },
+                labels: Default::default(),
+            },
+            7,
+        );
+        allocation.state = crate::model::AllocationState::Allocated;
+        allocation.creates_in_doubt = true;
+        allocation
+    }
+
+    /// `record` encoded with `key: true` added to the object at `path`
+    /// (field names, or indices of arrays).
+    fn with_extra(record: &impl Serialize, path: &[&str], key: &str) -> Vec<u8> {
+        let mut value = serde_json::to_value(record).unwrap();
+        let mut at = &mut value;
+        for step in path {
+            at = match step.parse::<usize>() {
+                Ok(index) => &mut at[index],
+                Err(_) => &mut at[*step],
+            };
+        }
+        at.as_object_mut()
+            .expect("an object")
+            .insert(key.into(), Value::Bool(true));
+        serde_json::to_vec(&value).unwrap()
+    }
+
+    fn assert_unreadable<T: std::fmt::Debug>(result: StoreResult<T>, tree: &str, key: &str) {
+        match result {
+            Err(e @ StoreError::Unreadable { .. }) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains(&format!("store record {tree}/{key} cannot be read")),
+                    "{message}"
+                );
+                assert!(message.contains("from_the_future"), "{message}");
+                assert!(message.contains("a newer warmpoold"), "{message}");
+            }
+            other => panic!("{tree}/{key}: expected Unreadable, got {other:?}"),
+        }
+    }
+
+    /// The store the open makes of `store`'s database now: the scan a
+    /// restart runs.
+    fn reopened(store: &SledStore) -> StoreResult<SledStore> {
+        SledStore::from_db(store.db.clone())
+    }
+
+    /// A newer warmpoold's record, with a field this version does not
+    /// know, at the top or nested, stops the open (instances and
+    /// allocations are read there) and every other read, naming it:
+    /// read, it would be written back without that field by the next swap.
+    #[tokio::test]
+    async fn a_record_with_a_field_this_version_does_not_know_is_unreadable() {
+        for path in [&[][..], &["pool"][..]] {
+            let store = SledStore::temporary().unwrap();
+            store
+                .instances
+                .insert("i1", with_extra(&ready_instance(), path, "from_the_future"))
+                .unwrap();
+            assert_unreadable(reopened(&store).map(drop), "instances", "i1");
+            assert_unreadable(store.get_instance("i1").await, "instances", "i1");
+            assert_unreadable(store.list_instances().await, "instances", "i1");
+        }
+        for path in [
+            &[][..],
+            &["params"][..],
+            &["params", "pool"][..],
+            &["params", "volume"][..],
+            &["params", "volume", "source", "New"][..],
+            &["params", "network"][..],
+            &["timings"][..],
+        ] {
+            let store = SledStore::temporary().unwrap();
+            store
+                .allocations
+                .insert(
+                    "r1",
+                    with_extra(&allocation_in_doubt(), path, "from_the_future"),
+                )
+                .unwrap();
+            assert_unreadable(reopened(&store).map(drop), "allocations", "r1");
+            assert_unreadable(store.get_allocation("r1").await, "allocations", "r1");
+        }
+
+        let store = SledStore::temporary().unwrap();
+        let pool = PoolRecord::new(
+            PoolKey::new("db.small", "az1"),
+            crate::model::PoolSpec {
+                min_ready: 1,
+                max_ready: 2,
+                target: Default::default(),
+                image: "mysql-8.4".into(),
+                boot_timeout: Duration::from_secs(600),
+                max_age: None,
+                paused: false,
+                windows: vec!["Mon-Fri 09:00-18:00 min 2".parse().unwrap()],
+                iops_limit: None,
+                volume_iops_limit: None,
+            },
+        );
+        for path in [&[][..], &["key"][..], &["spec"][..]] {
+            store
+                .pools
+                .insert(
+                    pool_key(&pool.key),
+                    with_extra(&pool, path, "from_the_future"),
+                )
+                .unwrap();
+            assert_unreadable(store.list_pools().await, "pools", "db.small@az1");
+            assert_unreadable(store.get_pool(&pool.key).await, "pools", "db.small@az1");
+        }
+
+        let watch = TwinWatch {
+            name: "warmpool-r1-7".into(),
+            request_id: "r1".into(),
+            volumes: true,
+            keep: vec![],
+            stuck_volume: None,
+            until: SystemTime::UNIX_EPOCH,
+        };
+        store
+            .twin_watches
+            .insert("warmpool-r1-7", with_extra(&watch, &[], "from_the_future"))
+            .unwrap();
+        assert_unreadable(
+            store.list_twin_watches().await,
+            "twin_watches",
+            "warmpool-r1-7",
+        );
+
+        let learned = LearnedSizing {
+            saved_at: SystemTime::UNIX_EPOCH,
+            demand_short: 0.1,
+            demand_long: 0.1,
+            demand_held: 0.0,
+            held_for: None,
+            allocations: 3,
+            leads: vec![crate::sizing::LearnedLead {
+                finished_before: Duration::from_secs(1),
+                lead: Duration::from_secs(90),
+            }],
+        };
+        for path in [&[][..], &["leads", "0"][..]] {
+            store
+                .learned_sizing
+                .insert(
+                    pool_key(&pool.key),
+                    with_extra(&learned, path, "from_the_future"),
+                )
+                .unwrap();
+            assert_unreadable(
+                store.get_learned_sizing(&pool.key).await,
+                "learned_sizing",
+                "db.small@az1",
+            );
+        }
+    }
+
+    /// The swap that would strip a newer version's field (its record read
+    /// as this version's, found equal, and replaced by this version's
+    /// encoding) fails instead, and leaves the record as it was.
+    #[tokio::test]
+    async fn a_swap_never_writes_back_a_record_without_the_fields_it_did_not_know() {
+        let store = SledStore::temporary().unwrap();
+        let stored = allocation_in_doubt();
+        let newer = with_extra(&stored, &[], "from_the_future");
+        store.allocations.insert("r1", newer.clone()).unwrap();
+        let mut released = stored.clone();
+        released.state = crate::model::AllocationState::Releasing;
+        assert_unreadable(
+            store.cas_allocation(Some(&stored), Some(&released)).await,
+            "allocations",
+            "r1",
+        );
+        assert_eq!(
+            store.allocations.get("r1").unwrap().as_deref(),
+            Some(&newer[..])
+        );
+    }
+
+    /// Records written before the defaulted fields existed still open and
+    /// read as before; so does an allocation from the versions that kept
+    /// `twins_swept` (since removed), which a swap then writes without it.
+    #[tokio::test]
+    async fn records_of_older_versions_still_open() {
+        let store = SledStore::temporary().unwrap();
+        let mut old_instance = serde_json::to_value(ready_instance()).unwrap();
+        old_instance.as_object_mut().unwrap().remove("image");
+        store
+            .instances
+            .insert("i1", serde_json::to_vec(&old_instance).unwrap())
+            .unwrap();
+
+        let mut old_allocation = serde_json::to_value(allocation_in_doubt()).unwrap();
+        let object = old_allocation.as_object_mut().unwrap();
+        for newer in ["attempt", "creates_in_doubt", "released_at"] {
+            object.remove(newer);
+        }
+        object.insert("twins_swept".into(), json!(true));
+        store
+            .allocations
+            .insert("r1", serde_json::to_vec(&old_allocation).unwrap())
+            .unwrap();
+
+        let old_pool = json!({
+            "key": {"flavor": "db.small", "availability_zone": "az1"},
+            "spec": {
+                "min_ready": 1, "max_ready": 2, "target": null, "image": "mysql-8.4",
+                "boot_timeout": {"secs": 600, "nanos": 0}, "max_age": null, "paused": false
+            },
+            "draining": false, "allocations_warm": 0, "allocations_cold": 0,
+            "allocations_failed": 0, "last_error": null
+        });
+        store
+            .pools
+            .insert(
+                pool_key(&PoolKey::new("db.small", "az1")),
+                serde_json::to_vec(&old_pool).unwrap(),
+            )
+            .unwrap();
+        let old_watch = json!({
+            "name": "warmpool-r1", "request_id": "r1", "volumes": true,
+            "until": {"secs_since_epoch": 900, "nanos_since_epoch": 0}
+        });
+        store
+            .twin_watches
+            .insert("warmpool-r1", serde_json::to_vec(&old_watch).unwrap())
+            .unwrap();
+
+        let store = reopened(&store).unwrap();
+        let mut expected_instance = ready_instance();
+        expected_instance.image = None;
+        assert_eq!(
+            store.list_instances().await.unwrap(),
+            vec![expected_instance]
+        );
+        let read = store.get_allocation("r1").await.unwrap().unwrap();
+        assert_eq!(read.attempt, None);
+        assert!(!read.creates_in_doubt);
+        assert_eq!(read.resource_name(), "warmpool-r1");
+        let pools = store.list_pools().await.unwrap();
+        assert_eq!(pools.len(), 1);
+        assert_eq!(pools[0].spec.target, Default::default());
+        assert!(pools[0].spec.windows.is_empty());
+        let watches = store.list_twin_watches().await.unwrap();
+        assert_eq!(watches.len(), 1);
+        assert!(watches[0].keep.is_empty() && watches[0].stuck_volume.is_none());
+
+        let mut released = read.clone();
+        released.state = crate::model::AllocationState::Releasing;
+        assert!(store
+            .cas_allocation(Some(&read), Some(&released))
+            .await
+            .unwrap());
+        let written: Value =
+            serde_json::from_slice(&store.allocations.get("r1").unwrap().unwrap()).unwrap();
+        assert_eq!(written.get("twins_swept"), None, "{written}");
+        assert_eq!(
+            store.get_allocation("r1").await.unwrap().as_ref(),
+            Some(&released)
         );
     }
 }
