@@ -326,10 +326,16 @@ impl Record<'_> {
                 next.params.request_id
             )));
         }
-        self.shared.store.flush().await?;
+        // The store holds `next` whether or not the flush succeeds: a copy
+        // left behind would make this record's next swap fail as if
+        // someone else had changed it, turning a disk fault into
+        // FAILED_PRECONDITION and cutting the failed try's cleanup short.
         *current = next.clone();
-        // A duplicate call waits on the record (the commit, above all).
+        let flushed = self.shared.store.flush().await;
+        // A duplicate call waits on the record (the commit, above all),
+        // also one whose flush failed: it flushes before it answers.
         self.shared.changed();
+        flushed?;
         Ok(next)
     }
 

@@ -3435,6 +3435,8 @@ enum FlushTrigger {
     InstanceTo(InstanceState),
     /// A pool record's deletion (a drain's end).
     PoolDeleted,
+    /// The allocation swap recording its port's address (mid-attach).
+    AddressRecorded,
 }
 
 /// An order whose new record cannot be flushed fails having done nothing,
@@ -3529,6 +3531,9 @@ impl StoreHooks for FailFlushAfter {
     fn before_allocation_swap(&self, new: Option<&Allocation>) -> StoreResult<()> {
         if let Some(a) = new {
             self.saw(FlushTrigger::AllocationTo(a.state));
+            if a.ip_address.is_some() {
+                self.saw(FlushTrigger::AddressRecorded);
+            }
         }
         Ok(())
     }
@@ -3578,6 +3583,38 @@ async fn a_commit_whose_flush_fails_says_call_again_and_the_call_gets_it() {
     let status = manager.get_pool(&pool()).await.unwrap();
     assert_eq!(status.record.allocations_failed, 0);
     assert_eq!(status.record.allocations_warm, 1);
+    assert_consistent(&sim, &manager).await;
+}
+
+/// A purchase whose flush fails mid-attach (right after its port's address
+/// was recorded) fails as a store failure and is rolled back. The record
+/// the purchase kept in memory was not moved on when that flush failed, so
+/// its next swap (the failed try's port let go of) expected a record the
+/// store no longer held: the answer was FAILED_PRECONDITION, "changed by
+/// someone else", which billing does not retry, for a one-off disk fault.
+#[tokio::test(start_paused = true)]
+async fn a_flush_failing_mid_attach_is_a_store_failure_not_someone_elses_change() {
+    let sim = sim();
+    let store = HookedStore::new(FailFlushAfter::new(FlushTrigger::AddressRecorded));
+    let manager = started(&sim, store.clone(), 2).await;
+    let order = request("o-mid", new_volume(), EmptyPoolPolicy::FailFast);
+    let err = manager.allocate(order.clone()).await.unwrap_err();
+    assert!(store.hooks.fired.load(Ordering::SeqCst));
+    assert!(matches!(&err, ManagerError::Store(_)), "{err:?}");
+    assert!(
+        matches!(
+            manager.get_allocation("o-mid").await,
+            Err(ManagerError::AllocationNotFound(_))
+        ),
+        "the failed purchase was rolled back"
+    );
+    assert!(sim.ports().is_empty(), "{:?}", sim.ports());
+    assert!(sim.volumes().is_empty(), "{:?}", sim.volumes());
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.record.allocations_failed, 1);
+    // The order rolled back: the same call again buys afresh.
+    let done = manager.allocate(order).await.unwrap();
+    assert_eq!(done.state, AllocationState::Allocated);
     assert_consistent(&sim, &manager).await;
 }
 
