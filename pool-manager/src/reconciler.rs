@@ -22,8 +22,8 @@
 //! | instance `Failed`/`Deleting` | - | delete the server, drop the record |
 //! | nothing | server with warmpool metadata, being deleted (task_state `deleting`, or `soft-deleting`: Nova lists it until the host is done) | leave it: a delete sent before its record was dropped, not a leak |
 //! | nothing | server with warmpool metadata, SOFT_DELETED (a cloud with `reclaim_instance_interval`; Nova does not list these, the OpenStack driver's listing adds those it deleted) | delete it for good (the driver's forceDelete), no leak event; where the cloud's policy refuses the forceDelete (403), leave it to Nova's reclaim, logging a warning (the driver forgets it) |
-//! | nothing | server with warmpool metadata, no volume attached | delete it (leak) |
-//! | nothing | server with warmpool metadata and a volume attached | leave it, log an error (a tenant's, its record lost) |
+//! | nothing | server with warmpool metadata, no volume attached (read again by id first: the listing is older than the instances read after it, and a server deleted in between, its record then dropped, is listed ACTIVE; gone or going now, it is left) | delete it (leak) |
+//! | nothing | server with warmpool metadata and a volume attached (read again by id first, as above) | leave it, log an error (a tenant's, its record lost) |
 //! | instance record set aside as unreadable | server naming the instance | leave it, log a warning (a release of its allocation deletes it by the allocation's server id) |
 //! | instance `Claimed`, its allocation's record set aside as unreadable | - | leave it, log a warning |
 //! | instance with another server recorded | server naming the instance | delete it (a twin of a retried create) |
@@ -334,30 +334,28 @@ impl Shared {
             .filter(|i| i.server_id.is_none())
             .map(|i| i.id.as_str())
             .collect();
-        for server in servers.values() {
-            let owned = known_servers.contains(server.id.as_str())
-                || server
+        for listed in servers.values() {
+            let owned = known_servers.contains(listed.id.as_str())
+                || listed
                     .metadata
                     .get(META_INSTANCE)
                     .is_some_and(|id| awaiting_server.contains(id.as_str()));
-            if !owned && server.deleting {
-                // Nova lists a server until its delete is done: most often
-                // one warmpool deleted a moment ago and then forgot (a
-                // discard, this pass's rollback). Not a leak; if Nova's
-                // delete fails, the server leaves `deleting` and a later
-                // pass deletes it.
-                tracing::debug!(server = %server.id, name = %server.name, "a pool server the store does not know is being deleted");
+            if owned || self.leave_going(listed).await? {
                 continue;
             }
-            if !owned && server.status == ServerStatus::Deleted {
-                // Soft-deleted (a cloud with Nova's reclaim_instance_interval
-                // set), by warmpool or by hand: it keeps its quota until the
-                // reclaim, so the delete is finished now. No leak: it was
-                // deleted once already.
-                self.finish_soft_delete(&server.id).await?;
+            // Judged on the server as it is now, not as listed: the listing
+            // is older than the instances read after it, and a server
+            // deleted in between (a retirement, a drain, a release), its
+            // record then dropped, is listed as it was, ACTIVE and maybe
+            // holding the tenant's volume, with no record naming it. Only
+            // the servers about to be called leaks (rare) are read again.
+            let Some(Some(server)) = self.server_after_all(&listed.id).await else {
+                continue;
+            };
+            if self.leave_going(&server).await? {
                 continue;
             }
-            if !owned && server.holds_a_tenant_volume() {
+            if server.holds_a_tenant_volume() {
                 // Only a purchase attaches a volume to a pool server, and a
                 // purchase is recorded before it: the store has lost its
                 // record (wiped, restored from an old copy). A tenant's
@@ -365,59 +363,81 @@ impl Shared {
                 tracing::error!(server = %server.id, name = %server.name, volumes = ?server.attached_volumes, "a pool server the store does not know has volumes attached: a tenant's database whose record was lost? Left alone; delete it by hand if it is no one's");
                 continue;
             }
-            if !owned {
-                let instance = server.metadata.get(META_INSTANCE);
-                if let Some(id) = instance {
-                    if self.store.is_set_aside(RecordKind::Instance, id).await? {
-                        tracing::warn!(server = %server.id, instance = %id, "the server of an instance whose record was set aside as unreadable; left alone");
-                        continue;
-                    }
-                }
-                // The LeakDeleted event logs it once done.
-                tracing::debug!(server = %server.id, name = %server.name, "deleting leaked server");
-                let deleted = self.cloud.delete_server(&server.id).await;
-                if go_on(
-                    deleted.map_err(Into::into),
-                    "deleting leaked server",
-                    &server.id,
-                )?
-                .is_none()
-                {
+            let instance = server.metadata.get(META_INSTANCE);
+            if let Some(id) = instance {
+                if self.store.is_set_aside(RecordKind::Instance, id).await? {
+                    tracing::warn!(server = %server.id, instance = %id, "the server of an instance whose record was set aside as unreadable; left alone");
                     continue;
                 }
-                let pool = self
-                    .store
-                    .list_pools()
-                    .await?
-                    .into_iter()
-                    .map(|p| p.key)
-                    .find(|k| server.metadata.get(crate::cloud::META_POOL) == Some(&k.to_string()));
-                self.emit(
-                    pool.as_ref(),
-                    crate::events::EventKind::LeakDeleted {
-                        server_id: server.id.clone(),
-                    },
-                );
             }
+            // The LeakDeleted event logs it once done.
+            tracing::debug!(server = %server.id, name = %server.name, "deleting leaked server");
+            let deleted = self.cloud.delete_server(&server.id).await;
+            if go_on(
+                deleted.map_err(Into::into),
+                "deleting leaked server",
+                &server.id,
+            )?
+            .is_none()
+            {
+                continue;
+            }
+            let pool = self
+                .store
+                .list_pools()
+                .await?
+                .into_iter()
+                .map(|p| p.key)
+                .find(|k| server.metadata.get(crate::cloud::META_POOL) == Some(&k.to_string()));
+            self.emit(
+                pool.as_ref(),
+                crate::events::EventKind::LeakDeleted {
+                    server_id: server.id.clone(),
+                },
+            );
         }
         self.store.flush().await?;
         Ok(())
     }
 
-    /// A server missing from this pass's listing, read by id: the listing
-    /// is taken before the instances are read, so a boot may have created
-    /// its server and gone Ready in between, and Nova lists no SOFT_DELETED
-    /// server. `Some(None)`: gone; `None`: the cloud could not say, and the
-    /// instance is left to the next pass.
+    /// A server read by id, the pass's listing being older than the
+    /// instances read after it: one missing from it may have been created
+    /// by a boot gone Ready in between (and Nova lists no SOFT_DELETED
+    /// server), and one no record names may have been deleted in between.
+    /// `Some(None)`: gone; `None`: the cloud could not say, and the server
+    /// is left to the next pass.
     async fn server_after_all(&self, server_id: &str) -> Option<Option<Server>> {
         match self.cloud.get_server(server_id).await {
             Ok(server) => Some(Some(server)),
             Err(CloudError::NotFound(_)) => Some(None),
             Err(e) => {
-                tracing::warn!(server = server_id, error = %e, "cannot tell whether a server missing from the listing is gone; the next reconcile pass looks again");
+                tracing::warn!(server = server_id, error = %e, "cannot tell whether a pool server is still there; the next reconcile pass looks again");
                 None
             }
         }
+    }
+
+    /// Whether a pool server no record names is on its way out, so that it
+    /// is no leak: being deleted, or SOFT_DELETED (whose delete is finished
+    /// here).
+    async fn leave_going(&self, server: &Server) -> ManagerResult<bool> {
+        if server.deleting {
+            // Nova lists a server until its delete is done: most often one
+            // warmpool deleted a moment ago and then forgot (a discard, a
+            // retirement, this pass's rollback). If Nova's delete fails,
+            // the server leaves `deleting` and a later pass deletes it.
+            tracing::debug!(server = %server.id, name = %server.name, "a pool server the store does not know is being deleted");
+            return Ok(true);
+        }
+        if server.status == ServerStatus::Deleted {
+            // Soft-deleted (a cloud with Nova's reclaim_instance_interval
+            // set), by warmpool or by hand: it keeps its quota until the
+            // reclaim, so the delete is finished now. No leak: it was
+            // deleted once already.
+            self.finish_soft_delete(&server.id).await?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// Deletes for good a SOFT_DELETED server no record keeps: the

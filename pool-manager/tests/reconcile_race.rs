@@ -396,3 +396,59 @@ async fn a_transient_error_listing_servers_is_retried_not_fatal_to_the_start() {
     let manager = started_over(&cloud, temp_store(), 1).await;
     assert_consistent(&sim, &manager).await;
 }
+
+/// A pass lists the cloud's servers before the store's instances: a server
+/// a retirement deletes in between, its record then dropped, is in the
+/// listing as it was (ACTIVE, not being deleted) with no record naming it.
+/// It was taken for a leak: sent a second delete and reported as
+/// `LeakDeleted`, which feeds the leak-rate alert. It is looked at again
+/// before it is called a leak, and found going.
+#[tokio::test(start_paused = true)]
+async fn a_server_retired_after_the_passs_listing_is_not_taken_for_a_leak() {
+    use pool_manager::events::EventKind;
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 2).await;
+    let mut events = manager.events();
+    let listing = cloud.hold_next("list_pool_servers", At::After);
+    let pass = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.reconcile().await }
+    });
+    listing.reached().await;
+    assert_eq!(sim.call_counts().get("delete_server"), None);
+    manager
+        .update_pool(&pool(), |s| {
+            s.min_ready = 1;
+            s.max_ready = 1;
+        })
+        .await
+        .unwrap();
+    for _ in 0..600 {
+        if manager.list_instances(Some(&pool())).await.unwrap().len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        manager.list_instances(Some(&pool())).await.unwrap().len(),
+        1,
+        "one instance retired"
+    );
+    assert_eq!(sim.call_counts().get("delete_server").copied(), Some(1));
+    listing.release();
+    pass.await.unwrap().unwrap();
+
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event.kind, EventKind::LeakDeleted { .. }),
+            "{event:?}"
+        );
+    }
+    assert_eq!(
+        sim.call_counts().get("delete_server").copied(),
+        Some(1),
+        "the retired server was sent a second delete"
+    );
+    assert_consistent(&sim, &manager).await;
+}
