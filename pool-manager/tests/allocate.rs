@@ -9,7 +9,7 @@ use pool_manager::model::{
 use pool_manager::store::{StoreError, StoreResult};
 use pool_manager::ManagerError;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -4047,6 +4047,43 @@ async fn a_cold_boot_failing_after_its_deadline_is_cleaned_up() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// The most supply (booting, warming, Ready, unreserved) `pool()` has at
+/// once, looked at every 500 ms until [`MostSupply::stop`].
+struct MostSupply {
+    most: Arc<AtomicU32>,
+    watching: Arc<AtomicBool>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl MostSupply {
+    fn watch(manager: &pool_manager::PoolManager) -> Self {
+        let most = Arc::new(AtomicU32::new(0));
+        let watching = Arc::new(AtomicBool::new(true));
+        let watcher = tokio::spawn({
+            let (manager, most, watching) = (manager.clone(), most.clone(), watching.clone());
+            async move {
+                while watching.load(Ordering::SeqCst) {
+                    let instances = manager.list_instances(Some(&pool())).await.unwrap();
+                    let supply = instances.iter().filter(|i| i.counts_as_supply()).count();
+                    most.fetch_max(supply as u32, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        });
+        Self {
+            most,
+            watching,
+            watcher,
+        }
+    }
+
+    async fn stop(self) -> u32 {
+        self.watching.store(false, Ordering::SeqCst);
+        self.watcher.await.unwrap();
+        self.most.load(Ordering::SeqCst)
+    }
+}
+
 /// A cold boot past its deadline joins the pool only while the pool has
 /// room for it under max_ready. A client retrying a timed-out ColdBoot
 /// order starts a new boot on every retry (a retry only finds Ready
@@ -4055,27 +4092,13 @@ async fn a_cold_boot_failing_after_its_deadline_is_cleaned_up() {
 /// find no room are undone with their purchase, their servers deleted.
 #[tokio::test(start_paused = true)]
 async fn cold_boots_past_their_deadline_join_the_pool_only_below_max_ready() {
-    use std::sync::atomic::AtomicU32;
     let sim = sim();
     let manager = started(&sim, temp_store(), 0).await;
     manager
         .update_pool(&pool(), |s| s.max_ready = 1)
         .await
         .unwrap();
-    // The most supply (booting, warming, Ready, unreserved) seen at once.
-    let most = Arc::new(AtomicU32::new(0));
-    let watching = Arc::new(AtomicBool::new(true));
-    let watcher = tokio::spawn({
-        let (manager, most, watching) = (manager.clone(), most.clone(), watching.clone());
-        async move {
-            while watching.load(Ordering::SeqCst) {
-                let instances = manager.list_instances(Some(&pool())).await.unwrap();
-                let supply = instances.iter().filter(|i| i.counts_as_supply()).count();
-                most.fetch_max(supply as u32, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    });
+    let supply = MostSupply::watch(&manager);
     let mut order = request("late", new_volume(), EmptyPoolPolicy::ColdBoot);
     // A lone boot takes 90 s.
     order.timeout = Some(Duration::from_secs(30));
@@ -4086,9 +4109,7 @@ async fn cold_boots_past_their_deadline_join_the_pool_only_below_max_ready() {
     }
     // Every boot done or undone.
     tokio::time::sleep(Duration::from_secs(400)).await;
-    watching.store(false, Ordering::SeqCst);
-    watcher.await.unwrap();
-    assert_eq!(most.load(Ordering::SeqCst), 1, "supply above max_ready");
+    assert_eq!(supply.stop().await, 1, "supply above max_ready");
     let first = first.unwrap_err();
     assert!(
         matches!(&first, ManagerError::ResourceExhausted(m) if m.contains("join the pool")),
@@ -4170,7 +4191,6 @@ async fn concurrent_late_cold_boots_take_the_pools_last_room_once() {
 /// records its boots.
 #[tokio::test(start_paused = true)]
 async fn a_handover_during_a_refill_step_leaves_the_pool_within_max_ready() {
-    use std::sync::atomic::AtomicU32;
     /// Holds the first listing of a pool's instances made once armed.
     #[derive(Default)]
     struct HoldNextListing {
@@ -4195,20 +4215,7 @@ async fn a_handover_during_a_refill_step_leaves_the_pool_within_max_ready() {
         .update_pool(&pool(), |s| s.max_ready = 1)
         .await
         .unwrap();
-    // The most supply (booting, warming, Ready, unreserved) seen at once.
-    let most = Arc::new(AtomicU32::new(0));
-    let watching = Arc::new(AtomicBool::new(true));
-    let watcher = tokio::spawn({
-        let (manager, most, watching) = (manager.clone(), most.clone(), watching.clone());
-        async move {
-            while watching.load(Ordering::SeqCst) {
-                let instances = manager.list_instances(Some(&pool())).await.unwrap();
-                let supply = instances.iter().filter(|i| i.counts_as_supply()).count();
-                most.fetch_max(supply as u32, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    });
+    let supply = MostSupply::watch(&manager);
     let mut order = request("late", new_volume(), EmptyPoolPolicy::ColdBoot);
     // A lone boot takes 90 s.
     order.timeout = Some(Duration::from_secs(30));
@@ -4230,9 +4237,7 @@ async fn a_handover_during_a_refill_step_leaves_the_pool_within_max_ready() {
     listing.go.notify_one();
     // Every boot Ready, and any extra one retired.
     tokio::time::sleep(Duration::from_secs(400)).await;
-    watching.store(false, Ordering::SeqCst);
-    watcher.await.unwrap();
-    assert_eq!(most.load(Ordering::SeqCst), 1, "supply above max_ready");
+    assert_eq!(supply.stop().await, 1, "supply above max_ready");
     let ready = manager.get_pool(&pool()).await.unwrap();
     assert_eq!(ready.count(InstanceState::Ready), 1, "{ready:?}");
     assert_eq!(sim.servers().len(), 1, "{:?}", sim.servers());

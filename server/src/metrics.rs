@@ -927,13 +927,51 @@ mod tests {
             .unwrap()
     }
 
+    /// A started manager on `config`'s cloud with a db.small pool in az1
+    /// of `ready` instances (min and max), its spec, and its key.
+    async fn started_with_pool(
+        config: cloudsim::SimConfig,
+        ready: u32,
+    ) -> (
+        std::sync::Arc<cloudsim::SimCloud>,
+        PoolManager,
+        PoolKey,
+        pool_manager::model::PoolSpec,
+    ) {
+        let sim = cloudsim::SimCloud::new(config);
+        let manager = PoolManager::new(
+            std::sync::Arc::new(pool_manager::store::SledStore::temporary().unwrap()),
+            sim.clone(),
+            std::sync::Arc::new(sim.probe()),
+            pool_manager::ManagerSettings::default(),
+        );
+        manager.start().await.unwrap();
+        let key = PoolKey::new("db.small", "az1");
+        let spec = pool_manager::model::PoolSpec {
+            min_ready: ready,
+            max_ready: ready,
+            target: Default::default(),
+            image: "mysql-8.0".into(),
+            boot_timeout: Duration::from_secs(600),
+            max_age: None,
+            paused: false,
+            windows: Vec::new(),
+            iops_limit: None,
+            volume_iops_limit: None,
+        };
+        manager
+            .create_pool(key.clone(), spec.clone())
+            .await
+            .unwrap();
+        (sim, manager, key, spec)
+    }
+
     /// A pool its project's quota leaves no room for shows in the quota
     /// hold gauge (not only a pause after a refusal: the headroom poll
     /// keeps refusals from happening at all).
     #[tokio::test(start_paused = true)]
     async fn a_pool_quota_leaves_no_room_for_is_held_for_quota() {
         use pool_manager::model::PoolSpec;
-        use std::sync::Arc;
         let mut config = cloudsim::SimConfig {
             quotas: cloudsim::Quotas {
                 max_instances: 2,
@@ -947,28 +985,7 @@ mod tests {
         config
             .flavor_sizes
             .push(cloudsim::FlavorSize::new("db.huge", 64, 1024, 10));
-        let sim = cloudsim::SimCloud::new(config);
-        let manager = PoolManager::new(
-            Arc::new(pool_manager::store::SledStore::temporary().unwrap()),
-            sim.clone(),
-            Arc::new(sim.probe()),
-            pool_manager::ManagerSettings::default(),
-        );
-        manager.start().await.unwrap();
-        let key = PoolKey::new("db.small", "az1");
-        let spec = PoolSpec {
-            min_ready: 4,
-            max_ready: 4,
-            target: Default::default(),
-            image: "mysql-8.0".into(),
-            boot_timeout: Duration::from_secs(600),
-            max_age: None,
-            paused: false,
-            windows: Vec::new(),
-            iops_limit: None,
-            volume_iops_limit: None,
-        };
-        manager.create_pool(key, spec.clone()).await.unwrap();
+        let (_sim, manager, _, spec) = started_with_pool(config, 4).await;
         let huge = PoolSpec {
             min_ready: 1,
             max_ready: 1,
@@ -1016,33 +1033,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_volume_stuck_error_attaching_is_counted_until_deleted() {
         use pool_manager::model::{
-            AllocationParams, EmptyPoolPolicy, NetworkRequest, PoolSpec, VolumeRequest,
-            VolumeSource,
+            AllocationParams, EmptyPoolPolicy, NetworkRequest, VolumeRequest, VolumeSource,
         };
         use pool_manager::AllocateRequest;
-        use std::sync::Arc;
-        let sim = cloudsim::SimCloud::new(cloudsim::SimConfig::deterministic());
-        let manager = PoolManager::new(
-            Arc::new(pool_manager::store::SledStore::temporary().unwrap()),
-            sim.clone(),
-            Arc::new(sim.probe()),
-            pool_manager::ManagerSettings::default(),
-        );
-        manager.start().await.unwrap();
-        let key = PoolKey::new("db.small", "az1");
-        let spec = PoolSpec {
-            min_ready: 1,
-            max_ready: 1,
-            target: Default::default(),
-            image: "mysql-8.0".into(),
-            boot_timeout: Duration::from_secs(600),
-            max_age: None,
-            paused: false,
-            windows: Vec::new(),
-            iops_limit: None,
-            volume_iops_limit: None,
-        };
-        manager.create_pool(key.clone(), spec).await.unwrap();
+        let (sim, manager, key, _) =
+            started_with_pool(cloudsim::SimConfig::deterministic(), 1).await;
         tokio::time::sleep(Duration::from_secs(300)).await;
         let m = Metrics::new();
         let stuck = |body: &str| sample(body, "warmpool_volumes_stuck_error_attaching");
