@@ -3216,7 +3216,7 @@ async fn a_volume_left_error_attaching_fails_the_purchase_saying_why() {
 /// and the same order again is then bought on a fresh volume.
 #[tokio::test(start_paused = true)]
 async fn a_new_volume_left_error_attaching_is_left_for_later_and_the_order_goes_through_again() {
-    use pool_manager::cloud::{CloudError, VolumeStatus};
+    use pool_manager::cloud::CloudError;
     let sim = sim();
     let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 3).await;
     sim.faults().error_next_volume_attach(1, false);
@@ -3224,12 +3224,7 @@ async fn a_new_volume_left_error_attaching_is_left_for_later_and_the_order_goes_
     order.timeout = Some(Duration::from_secs(3600));
     let asked = tokio::time::Instant::now();
     let e = manager.allocate(order.clone()).await.unwrap_err();
-    let stuck = sim
-        .volumes()
-        .into_iter()
-        .find(|v| v.status == VolumeStatus::Other("error_attaching".into()))
-        .expect("the purchase's volume is left error_attaching")
-        .id;
+    let stuck = the_error_attaching_volume(&sim);
     match &e {
         ManagerError::Cloud(CloudError::Transient(m)) => {
             assert!(m.contains(&stuck) && m.contains("error_attaching"), "{m}");
@@ -3290,7 +3285,7 @@ async fn a_new_volume_left_error_attaching_is_left_for_later_and_the_order_goes_
 /// the reset one.
 #[tokio::test(start_paused = true)]
 async fn a_retry_makes_no_second_volume_while_the_first_is_stuck_error_attaching() {
-    use pool_manager::cloud::{CloudError, VolumeStatus};
+    use pool_manager::cloud::CloudError;
     let sim = sim();
     let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 3).await;
     sim.faults().error_next_volume_attach(100, false);
@@ -3298,12 +3293,7 @@ async fn a_retry_makes_no_second_volume_while_the_first_is_stuck_error_attaching
     order.timeout = Some(Duration::from_secs(3600));
     manager.allocate(order.clone()).await.unwrap_err();
     let volumes = sim.volumes().len();
-    let stuck = sim
-        .volumes()
-        .into_iter()
-        .find(|v| v.status == VolumeStatus::Other("error_attaching".into()))
-        .expect("the purchase's volume is left error_attaching")
-        .id;
+    let stuck = the_error_attaching_volume(&sim);
     for _ in 0..5 {
         let asked = tokio::time::Instant::now();
         match manager.allocate(order.clone()).await.unwrap_err() {

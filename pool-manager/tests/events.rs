@@ -495,7 +495,6 @@ async fn a_pool_whose_boots_keep_failing_backs_off_and_recovers() {
 /// reconciler has deleted it after an admin's reset.
 #[tokio::test(start_paused = true)]
 async fn a_new_volume_left_stuck_error_attaching_is_announced_and_listed_until_deleted() {
-    use pool_manager::cloud::VolumeStatus;
     let sim = sim();
     let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 2).await;
     let mut events = manager.events();
@@ -503,12 +502,7 @@ async fn a_new_volume_left_stuck_error_attaching_is_announced_and_listed_until_d
     let mut order = request("o-stuck", new_volume(), EmptyPoolPolicy::FailFast);
     order.timeout = Some(Duration::from_secs(3600));
     manager.allocate(order).await.unwrap_err();
-    let stuck = sim
-        .volumes()
-        .into_iter()
-        .find(|v| v.status == VolumeStatus::Other("error_attaching".into()))
-        .expect("the purchase's volume is left error_attaching")
-        .id;
+    let stuck = the_error_attaching_volume(&sim);
     for _ in 0..3 {
         manager.reconcile().await.unwrap();
         assert_eq!(manager.stuck_volumes().await.unwrap(), vec![stuck.clone()]);

@@ -61,6 +61,16 @@ pub fn auto_spec() -> PoolSpec {
     }
 }
 
+/// The id of the one volume `sim` has `error_attaching` (a failed
+/// purchase's, left so).
+pub fn the_error_attaching_volume(sim: &SimCloud) -> String {
+    sim.volumes()
+        .into_iter()
+        .find(|v| v.status == pool_manager::cloud::VolumeStatus::Other("error_attaching".into()))
+        .expect("the purchase's volume is left error_attaching")
+        .id
+}
+
 pub fn sim() -> Arc<SimCloud> {
     SimCloud::new(SimConfig {
         quotas: cloudsim::Quotas {
