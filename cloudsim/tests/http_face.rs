@@ -56,6 +56,15 @@ impl Resp {
     }
 }
 
+/// A cloud that only soft-deletes, reclaiming after `reclaim`.
+async fn soft_deleting_cloud(reclaim: Duration) -> Env {
+    let settings = HttpSettings {
+        reclaim_instance_interval: reclaim,
+        ..HttpSettings::default()
+    };
+    start_with(config(), settings).await
+}
+
 async fn start_with(config: SimConfig, settings: HttpSettings) -> Env {
     let sim = SimCloud::new(config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -2151,13 +2160,9 @@ async fn detaching_a_volume_still_attaching_is_400() {
 /// SOFT_DELETED server) or the reclaim deletes it for good.
 #[tokio::test]
 async fn a_soft_delete_cloud_keeps_servers_until_forced_or_reclaimed() {
-    let settings = HttpSettings {
-        // Never reached here: the steps below must see b SOFT_DELETED
-        // however loaded the machine (the reclaim has its own test).
-        reclaim_instance_interval: Duration::from_secs(3600),
-        ..HttpSettings::default()
-    };
-    let env = start_with(config(), settings).await;
+    // Never reached here: the steps below must see b SOFT_DELETED
+    // however loaded the machine (the reclaim has its own test).
+    let env = soft_deleting_cloud(Duration::from_secs(3600)).await;
     let a = env.active_server("a").await;
     let b = env.active_server("b").await;
     let force = |id: String| {
@@ -2275,11 +2280,7 @@ async fn a_soft_delete_cloud_keeps_servers_until_forced_or_reclaimed() {
 /// comes.
 #[tokio::test]
 async fn a_soft_deleted_server_goes_when_its_reclaim_comes() {
-    let settings = HttpSettings {
-        reclaim_instance_interval: Duration::from_secs(1),
-        ..HttpSettings::default()
-    };
-    let env = start_with(config(), settings).await;
+    let env = soft_deleting_cloud(Duration::from_secs(1)).await;
     let a = env.active_server("a").await;
     env.delete(Service::Compute, &format!("/v2.1/servers/{a}"), None)
         .await
@@ -2299,11 +2300,7 @@ async fn a_soft_deleted_server_goes_when_its_reclaim_comes() {
 /// stays SOFT_DELETED; once the policy lets the project again, it goes.
 #[tokio::test]
 async fn a_force_delete_the_policy_refuses_is_403_and_changes_nothing() {
-    let settings = HttpSettings {
-        reclaim_instance_interval: Duration::from_secs(3600),
-        ..HttpSettings::default()
-    };
-    let env = start_with(config(), settings).await;
+    let env = soft_deleting_cloud(Duration::from_secs(3600)).await;
     let a = env.active_server("a").await;
     env.delete(Service::Compute, &format!("/v2.1/servers/{a}"), None)
         .await

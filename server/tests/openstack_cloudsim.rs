@@ -1821,17 +1821,7 @@ async fn soft_delete_env() -> Env {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_a_soft_delete_cloud_keeps_are_deleted_for_good() {
     let env = soft_delete_env().await;
-    let config = Config::parse(&env.config_text("", SMALL_POOL).replace(
-        r#"reconcile_interval = "1m""#,
-        r#"reconcile_interval = "300ms""#,
-    ))
-    .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = warmpool_server::start(config, async {
-        let _ = stopped.await;
-    })
-    .await
-    .unwrap();
+    let (running, stop) = start_reconciling_often(&env).await;
     let key = PoolKey::new("db.small", "az1");
     for _ in 0..600 {
         let status = running.manager.get_pool(&key).await.unwrap();
@@ -1961,12 +1951,7 @@ async fn a_restored_server_is_deleted_again_not_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_on_a_soft_delete_cloud_deletes_the_server_for_good() {
     let env = soft_delete_env().await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = warmpool_server::start(env.config("", SMALL_POOL), async {
-        let _ = stopped.await;
-    })
-    .await
-    .unwrap();
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
     let allocated = running
         .manager
         .allocate(order(&env, "o1").await)
@@ -1995,13 +1980,7 @@ async fn start_reconciling_often(
         r#"reconcile_interval = "300ms""#,
     ))
     .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = warmpool_server::start(config, async {
-        let _ = stopped.await;
-    })
-    .await
-    .unwrap();
-    (running, stop)
+    start_daemon(config).await.unwrap()
 }
 
 /// Order `request_id` from db.small in az1, a new 1 GiB volume kept on
@@ -2147,12 +2126,7 @@ async fn a_release_completes_where_the_policy_refuses_force_delete() {
 async fn a_release_whose_volume_a_soft_deleted_server_keeps_fails_precondition() {
     let env = soft_delete_env().await;
     env.face.faults().refuse_force_delete(true);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = warmpool_server::start(env.config("", SMALL_POOL), async {
-        let _ = stopped.await;
-    })
-    .await
-    .unwrap();
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
     let allocated = running
         .manager
         .allocate(order(&env, "o1").await)
@@ -2229,12 +2203,7 @@ async fn a_force_delete_failing_otherwise_than_by_policy_is_sent_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_whose_force_delete_fails_once_completes_only_when_it_is_sent_again() {
     let env = soft_delete_env().await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = warmpool_server::start(env.config("", SMALL_POOL), async {
-        let _ = stopped.await;
-    })
-    .await
-    .unwrap();
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
     let allocated = running
         .manager
         .allocate(order(&env, "o1").await)

@@ -385,14 +385,19 @@ mod tests {
         assert_eq!(s.fault, None);
     }
 
+    /// The ACTIVE server, Nova busy with `task_state` on it.
+    fn active_in_task(task_state: &str) -> Server {
+        let json = ACTIVE.replace(
+            r#""OS-EXT-STS:task_state": null"#,
+            &format!(r#""OS-EXT-STS:task_state": "{task_state}""#),
+        );
+        let body: ServerBody = serde_json::from_str(&json).unwrap();
+        to_server(body.server, &rule(None))
+    }
+
     #[test]
     fn a_server_nova_is_deleting_is_going() {
-        let deleting = ACTIVE.replace(
-            r#""OS-EXT-STS:task_state": null"#,
-            r#""OS-EXT-STS:task_state": "deleting""#,
-        );
-        let body: ServerBody = serde_json::from_str(&deleting).unwrap();
-        let s = to_server(body.server, &rule(None));
+        let s = active_in_task("deleting");
         assert_eq!(s.status, ServerStatus::Active);
         assert!(s.deleting && s.is_going() && !s.is_usable());
 
@@ -407,12 +412,7 @@ mod tests {
     /// not supply.
     #[test]
     fn a_server_nova_is_soft_deleting_is_going() {
-        let soft = ACTIVE.replace(
-            r#""OS-EXT-STS:task_state": null"#,
-            r#""OS-EXT-STS:task_state": "soft-deleting""#,
-        );
-        let body: ServerBody = serde_json::from_str(&soft).unwrap();
-        let s = to_server(body.server, &rule(None));
+        let s = active_in_task("soft-deleting");
         assert!(s.deleting && s.is_going() && !s.is_usable(), "{s:?}");
         assert_eq!(s.busy, None);
     }
@@ -422,12 +422,7 @@ mod tests {
     /// going nor unusable (the task ends by itself).
     #[test]
     fn a_server_busy_with_a_task_takes_no_attach_but_is_not_going() {
-        let busy = ACTIVE.replace(
-            r#""OS-EXT-STS:task_state": null"#,
-            r#""OS-EXT-STS:task_state": "image_snapshot""#,
-        );
-        let body: ServerBody = serde_json::from_str(&busy).unwrap();
-        let s = to_server(body.server, &rule(None));
+        let s = active_in_task("image_snapshot");
         assert_eq!(s.busy.as_deref(), Some("image_snapshot"));
         assert!(!s.deleting && !s.is_going() && s.is_usable());
         assert!(!s.takes_an_attach_now());
