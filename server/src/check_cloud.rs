@@ -20,6 +20,9 @@
 //! checks the same pools, reading the store when no running daemon holds
 //! it ([`check`]): a pool created through the API whose flavor was
 //! retired since is reported, not "all ok".
+//!
+//! The embedded cloud's start-up check is [`check_boot_specs`], judged
+//! the same way.
 
 use crate::config::{Config, OpenStackConfig, PoolConfig};
 use pool_manager::cloud::{Cloud, CloudError, ServerStatus};
@@ -47,6 +50,9 @@ pub enum CheckKind {
     /// Which pools were checked: the store's, or the config's alone when it
     /// cannot be read. Informs; never fails the report.
     Store,
+    /// A pool's flavor, zone and image, asked of a cloud as one
+    /// ([`check_boot_specs`]).
+    Pool,
 }
 
 impl CheckKind {
@@ -62,6 +68,7 @@ impl CheckKind {
             CheckKind::Quota => "quota",
             CheckKind::ZoneOverride => "zone overrides",
             CheckKind::Store => "store",
+            CheckKind::Pool => "pool",
         }
     }
 }
@@ -197,6 +204,17 @@ impl Report {
     /// Failures that stop start-up ([`Check::stops_start_up`]).
     pub fn start_up_refusals(&self) -> Vec<&Check> {
         self.checks.iter().filter(|c| c.stops_start_up()).collect()
+    }
+
+    /// The failures that stop start-up as its refusal gives them, one
+    /// line each ([`Check::refusal_line`]); `None` when start-up goes on.
+    pub fn refusal(&self) -> Option<String> {
+        let lines: Vec<String> = self
+            .start_up_refusals()
+            .iter()
+            .map(|c| c.refusal_line())
+            .collect();
+        (!lines.is_empty()).then(|| lines.join("; "))
     }
 
     /// The stored pools failures of their own leave unusable, each with
@@ -533,6 +551,27 @@ pub async fn check_pools(
     volume_check(pools, &cloud, &mut report).await;
     quota_check(pools, &cloud, &flavors, networks_found, &mut report).await;
     (report, Some(cloud))
+}
+
+/// The start-up check of a cloud that is not OpenStack (the embedded
+/// simulator): each pool's flavor, zone and image, by the check a pool
+/// created through the API gets ([`Cloud::check_boot_spec`]). Its
+/// failures are judged as [`check_pools`]' are: a configured pool's stops
+/// start-up before any pool is created, a stored pool's marks it.
+pub async fn check_boot_specs(cloud: &dyn Cloud, pools: &[CheckedPool]) -> Report {
+    let mut report = Report::default();
+    for pool in pools {
+        match cloud.check_boot_spec(&pool.key, &pool.image).await {
+            Ok(()) => report.ok(CheckKind::Pool, format!("{}: {}", pool.key, pool.image)),
+            Err(e) if !about_the_resource(&e) => report.fail(CheckKind::Pool, reason(&e)),
+            Err(e) => report.fail_pools(
+                CheckKind::Pool,
+                format!("{}: {}", pool.key, reason(&e)),
+                [pool],
+            ),
+        }
+    }
+    report
 }
 
 /// The pools in availability zone `az`.

@@ -444,7 +444,18 @@ async fn served_pools(
     Ok(check_cloud::pools_to_check(&stored, config))
 }
 
-/// The configured cloud; an OpenStack cloud is checked first, for `pools`.
+/// Logs each line of a start-up cloud check.
+fn log_cloud_check(report: &check_cloud::Report) {
+    for line in &report.checks {
+        if line.ok {
+            tracing::info!("cloud check: {line}");
+        } else {
+            tracing::warn!("cloud check: {line}");
+        }
+    }
+}
+
+/// The configured cloud, checked first for `pools`.
 async fn build_cloud(
     config: &Config,
     pools: &[check_cloud::CheckedPool],
@@ -467,6 +478,14 @@ async fn build_cloud(
                 images: vec!["mysql-8.0".into(), "mysql-8.4".into()],
                 ..cloudsim::SimConfig::default()
             });
+            // Checked as OpenStack's pools are, and for the same reason:
+            // creating the pools one by one would store (and boot) those
+            // before a bad one.
+            let report = check_cloud::check_boot_specs(sim.as_ref(), pools).await;
+            log_cloud_check(&report);
+            if let Some(refusal) = report.refusal() {
+                anyhow::bail!("the embedded simulated cloud cannot serve every pool: {refusal}");
+            }
             tracing::info!(
                 time_scale,
                 iops_throttled,
@@ -476,7 +495,7 @@ async fn build_cloud(
                 sim.clone(),
                 Arc::new(MysqlGreetingProbe::default()),
                 Some(sim),
-                Default::default(),
+                report.stale_pools(),
             ))
         }
         CloudConfig::OpenStack(os) => {
@@ -488,23 +507,13 @@ async fn build_cloud(
             // running daemon; it is marked instead. A short quota only
             // limits how far the pools fill, so it is a warning.
             let (report, cloud) = check_cloud::check_pools(os, pools).await;
-            for line in &report.checks {
-                if line.ok {
-                    tracing::info!("cloud check: {line}");
-                } else {
-                    tracing::warn!("cloud check: {line}");
-                }
-            }
-            let refusals = report.start_up_refusals();
-            let cloud = match cloud {
-                Some(cloud) if refusals.is_empty() => cloud,
-                _ => {
-                    let lines: Vec<String> = refusals.iter().map(|c| c.refusal_line()).collect();
-                    anyhow::bail!(
-                        "the OpenStack cloud is not usable (run `warmpoold check-cloud` for the full report): {}",
-                        lines.join("; ")
-                    );
-                }
+            log_cloud_check(&report);
+            let cloud = match (cloud, report.refusal()) {
+                (Some(cloud), None) => cloud,
+                (_, refusal) => anyhow::bail!(
+                    "the OpenStack cloud is not usable (run `warmpoold check-cloud` for the full report): {}",
+                    refusal.unwrap_or_default()
+                ),
             };
             tracing::info!(
                 identity = cloud.identity(),

@@ -44,6 +44,36 @@ async fn a_taken_grpc_port_fails_start_up_before_anything_is_written() {
     assert!(store.list_pools().await.unwrap().is_empty());
 }
 
+/// On the embedded cloud too, every configured pool is checked before any
+/// is created: a zone it does not have in the second pool leaves the first
+/// neither stored nor booting, so a fixed config file creates it anew.
+#[tokio::test]
+async fn an_embedded_pool_the_cloud_refuses_fails_start_up_before_anything_is_written() {
+    init_tracing();
+    let data = tempfile::tempdir().unwrap();
+    let config = config(
+        data.path(),
+        &[("db.small", "az1", 1, 2), ("db.small", "az9", 1, 2)],
+    );
+    let error = match warmpool_server::start(config, std::future::pending()).await {
+        Ok(_) => panic!("warmpoold started with a pool in az9, a zone the cloud does not have"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("db.small@az9"), "{error}");
+    assert!(
+        error.contains("Availability zone az9 could not be found"),
+        "{error}"
+    );
+
+    let dir = data.path().join("store");
+    let store = tokio::task::spawn_blocking(move || SledStore::open(&dir))
+        .await
+        .unwrap()
+        .expect("the failed start-up let go of the store");
+    assert!(store.list_pools().await.unwrap().is_empty());
+    assert!(store.list_instances().await.unwrap().is_empty());
+}
+
 /// A data dir that is a file is named as such, not as a directory that
 /// "exists".
 #[tokio::test]
