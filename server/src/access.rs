@@ -239,10 +239,16 @@ impl Access {
     }
 }
 
-/// [`AccessHandle::reload`]'s refusal.
+/// [`AccessHandle::prepare`]'s refusal.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the file has no [[api_tokens]] and a reload does not open the API (restart warmpoold to run without tokens); api_tokens unchanged")]
+#[error("the file has no [[api_tokens]] and a reload does not open the API (restart warmpoold to run without tokens)")]
 pub struct WouldOpenTheApi;
+
+/// Tokens [`AccessHandle::prepare`] took as a reload; in force once
+/// [`AccessHandle::apply`]'d.
+#[derive(Debug)]
+#[must_use = "the tokens are not in force until applied"]
+pub struct PreparedAccess(Access);
 
 /// The daemon's [`Access`], replaced whole when the config is read again
 /// (SIGHUP): a call is checked against the tokens of the moment it came.
@@ -263,18 +269,30 @@ impl AccessHandle {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(access);
     }
 
-    /// Takes `access` (a config file's tokens, read again) for the calls
-    /// that follow; answers how many tokens are in force. Refuses to go
-    /// from tokens to none: a file emptied by mistake, or half written when
-    /// the signal came, would open the API to anyone who reaches it. Running
-    /// without tokens takes a restart.
-    pub fn reload(&self, access: Access) -> Result<usize, WouldOpenTheApi> {
+    /// Checks `access` (a config file's tokens, read again) as a reload,
+    /// changing nothing: [`AccessHandle::apply`] puts it in force, so that
+    /// a reload can check its other parts first. Refuses to go from tokens
+    /// to none: a file emptied by mistake, or half written when the signal
+    /// came, would open the API to anyone who reaches it. Running without
+    /// tokens takes a restart.
+    pub fn prepare(&self, access: Access) -> Result<PreparedAccess, WouldOpenTheApi> {
         if access.is_open() && !self.current().is_open() {
             return Err(WouldOpenTheApi);
         }
-        let tokens = access.by_sha256.len();
-        self.replace(access);
-        Ok(tokens)
+        Ok(PreparedAccess(access))
+    }
+
+    /// Puts tokens [`AccessHandle::prepare`] took in force for the calls
+    /// that follow; answers how many there are.
+    pub fn apply(&self, prepared: PreparedAccess) -> usize {
+        let tokens = prepared.0.by_sha256.len();
+        self.replace(prepared.0);
+        tokens
+    }
+
+    /// [`AccessHandle::prepare`], then [`AccessHandle::apply`].
+    pub fn reload(&self, access: Access) -> Result<usize, WouldOpenTheApi> {
+        Ok(self.apply(self.prepare(access)?))
     }
 }
 

@@ -139,7 +139,7 @@ pub struct Config {
 }
 
 /// `[tls]`: the gRPC listener's certificate, read at start and again on
-/// SIGHUP (`crate::tls::TlsHandle::reload`).
+/// SIGHUP (`crate::tls::TlsHandle::prepare`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {

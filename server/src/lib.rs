@@ -37,10 +37,10 @@ pub struct Running {
     pub manager: PoolManager,
     pub cloud: Option<Arc<cloudsim::SimCloud>>,
     /// The API tokens in force; a SIGHUP reloads them
-    /// ([`access::AccessHandle::reload`]).
+    /// ([`access::AccessHandle::prepare`]).
     pub access: access::AccessHandle,
     /// The listener's TLS settings when `[tls]` is configured; a SIGHUP
-    /// reads its files again ([`tls::TlsHandle::reload`]).
+    /// reads its files again ([`tls::TlsHandle::prepare`]).
     pub tls: Option<tls::TlsHandle>,
     pub served: tokio::task::JoinHandle<anyhow::Result<()>>,
 }

@@ -159,9 +159,8 @@ fn config_with_overrides(
 
 /// On SIGHUP, reads the config file again (with the command line's
 /// overrides, as at start), takes its `[[api_tokens]]` and, when warmpoold
-/// serves TLS, reads the `[tls]` files again. A file that does not load
-/// changes nothing; tokens that would open the API, or TLS files that do
-/// not load, leave that part as it was (each error is logged). The task
+/// serves TLS, reads the `[tls]` files again ([`reload`]). A reload is all
+/// or nothing: one refused changes nothing, and the log says why. The task
 /// lives as long as the process.
 #[cfg(unix)]
 fn reload_on_sighup(
@@ -176,28 +175,47 @@ fn reload_on_sighup(
                 tracing::warn!("SIGHUP: no config file to read again (started without --config)");
                 continue;
             }
-            let config = match daemon_config(&args) {
-                Ok(config) => config,
-                Err(e) => {
-                    tracing::error!(error = %e, "SIGHUP: the config file does not load; api_tokens and TLS unchanged");
-                    continue;
-                }
-            };
-            match access.reload(config.access()) {
-                Ok(tokens) => tracing::info!(tokens, "SIGHUP: reloaded api_tokens"),
-                Err(e) => tracing::error!(error = %e, "SIGHUP: api_tokens unchanged"),
-            }
-            match (&tls, &config.tls) {
-                (Some(serving), Some(files)) => match serving.reload(files) {
-                    Ok(()) => tracing::info!(cert_file = %files.cert_file.display(), "SIGHUP: reloaded the TLS certificate; new connections use it"),
-                    Err(e) => tracing::error!(error = format!("{e:#}"), "SIGHUP: TLS unchanged"),
-                },
-                (Some(_), None) => tracing::error!("SIGHUP: TLS unchanged: the file has no [tls] section; serving plaintext takes a restart"),
-                (None, Some(_)) => tracing::warn!("SIGHUP: the file has a [tls] section; serving TLS takes a restart"),
-                (None, None) => {}
+            if let Err(e) = reload(&args, &access, tls.as_ref()) {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "SIGHUP: reload refused; api_tokens and TLS unchanged"
+                );
             }
         }
     });
+}
+
+/// Reads the config file again and checks every part a reload takes (a
+/// file that loads, tokens that do not open the API, TLS files that load
+/// and keep client certificates asked for) before putting any in force: a
+/// file half written when the signal came must not revoke tokens because
+/// its TLS part is refused, nor renew a certificate because its tokens are.
+#[cfg(unix)]
+fn reload(
+    args: &Args,
+    access: &warmpool_server::access::AccessHandle,
+    tls: Option<&warmpool_server::tls::TlsHandle>,
+) -> anyhow::Result<()> {
+    let config = daemon_config(args)?;
+    let tokens = access.prepare(config.access())?;
+    let certificate = match (tls, &config.tls) {
+        (Some(serving), Some(files)) => Some((serving, serving.prepare(files)?, files)),
+        (Some(_), None) => {
+            anyhow::bail!("the file has no [tls] section, and serving plaintext takes a restart")
+        }
+        (None, Some(_)) => {
+            tracing::warn!("SIGHUP: the file has a [tls] section; serving TLS takes a restart");
+            None
+        }
+        (None, None) => None,
+    };
+    let tokens = access.apply(tokens);
+    tracing::info!(tokens, "SIGHUP: reloaded api_tokens");
+    if let Some((serving, prepared, files)) = certificate {
+        serving.apply(prepared);
+        tracing::info!(cert_file = %files.cert_file.display(), "SIGHUP: reloaded the TLS certificate; new connections use it");
+    }
+    Ok(())
 }
 
 /// Prints the report; the exit code is 0 when every check passed.

@@ -1,7 +1,7 @@
 //! gRPC over TLS: the `[tls]` section's PEM files, read and checked at
 //! start so that a wrong path or a file of the wrong kind stops start-up
 //! with its name rather than failing every handshake later; read again on
-//! SIGHUP ([`TlsHandle::reload`]) so that a renewed certificate is served
+//! SIGHUP ([`TlsHandle::prepare`]) so that a renewed certificate is served
 //! without a restart. warmpoold runs the handshakes itself ([`incoming`])
 //! rather than through tonic's `tls_config`, whose settings are fixed for
 //! the server's life.
@@ -37,10 +37,21 @@ struct Listening {
     mutual: bool,
 }
 
-/// [`TlsHandle::reload`]'s refusal to drop mutual TLS.
+/// [`TlsHandle::prepare`]'s refusal to drop mutual TLS.
 #[derive(Debug, thiserror::Error)]
-#[error("the file's [tls] has no client_ca_file while mutual TLS is in force, and a reload does not let clients in without a certificate (restart warmpoold for that); TLS unchanged")]
+#[error("the file's [tls] has no client_ca_file while mutual TLS is in force, and a reload does not let clients in without a certificate (restart warmpoold for that)")]
 pub struct WouldDropClientCertificates;
+
+/// TLS settings [`TlsHandle::prepare`] read and checked; in force once
+/// [`TlsHandle::apply`]'d.
+#[must_use = "the settings are not in force until applied"]
+pub struct PreparedTls(Listening);
+
+impl std::fmt::Debug for PreparedTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedTls").finish_non_exhaustive()
+    }
+}
 
 impl std::fmt::Debug for TlsHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -59,20 +70,31 @@ impl TlsHandle {
         })
     }
 
-    /// Reads `[tls]`'s files again (a renewed certificate, a new client
-    /// CA): connections accepted from now on use them. Files that do not
-    /// load change nothing; the error says why. Refuses to drop
+    /// Reads and checks `[tls]`'s files again (a renewed certificate, a
+    /// new client CA), changing nothing: [`TlsHandle::apply`] puts them in
+    /// force, so that a reload can check its other parts first. Files that
+    /// do not load are refused; the error says why. Refuses to drop
     /// `client_ca_file` while it is in force: a file edited without it, or
     /// half written, would let anyone in where client certificates may be
     /// the API's only access control ([`WouldDropClientCertificates`]).
-    pub fn reload(&self, tls: &TlsConfig) -> anyhow::Result<()> {
+    pub fn prepare(&self, tls: &TlsConfig) -> anyhow::Result<PreparedTls> {
         let mutual = tls.client_ca_file.is_some();
         if !mutual && self.current().mutual {
             return Err(WouldDropClientCertificates.into());
         }
         let config = server_config(tls)?;
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) =
-            Listening { config, mutual };
+        Ok(PreparedTls(Listening { config, mutual }))
+    }
+
+    /// Puts settings [`TlsHandle::prepare`] read in force: connections
+    /// accepted from now on use them.
+    pub fn apply(&self, prepared: PreparedTls) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = prepared.0;
+    }
+
+    /// [`TlsHandle::prepare`], then [`TlsHandle::apply`].
+    pub fn reload(&self, tls: &TlsConfig) -> anyhow::Result<()> {
+        self.apply(self.prepare(tls)?);
         Ok(())
     }
 

@@ -1029,7 +1029,7 @@ async fn sighup_reads_the_api_tokens_again() {
     // open the API.
     std::fs::write(&config_file, &base).unwrap();
     hangup();
-    let refused = log_line(&mut log, "api_tokens unchanged").await;
+    let refused = log_line(&mut log, "api_tokens and TLS unchanged").await;
     assert!(refused.contains("does not open the API"), "{refused}");
     expect_code(
         client.list_pools().await.map(|p| p.len()),
@@ -1077,6 +1077,98 @@ async fn sighup_reads_the_tls_files_again() {
     let refused = log_line(&mut log, "TLS unchanged").await;
     assert!(refused.contains("tls.key_file"), "{refused}");
     assert_eq!(pools(&new_ca).await.unwrap(), 1);
+}
+
+/// A reload is all or nothing: a file whose TLS part is refused does not
+/// put its tokens in force, and one whose tokens are refused does not put
+/// the renewed certificate in force. (An editor's half-written save with
+/// only one of the tokens, and a key cut short, revoked the other token.)
+#[cfg(unix)]
+#[tokio::test]
+async fn a_reload_refused_in_part_changes_nothing() {
+    use support::pki::Pki;
+    use warmpool_server::access::token_sha256;
+    let data = tempfile::tempdir().unwrap();
+    let old_ca = Pki::new(data.path(), "old-ca");
+    let server = old_ca.issue("server", &["127.0.0.1"]);
+    let config_file = data.path().join("warmpoold.toml");
+    let plaintext = config_text(data.path(), &[("db.small", "az1", 0, 1)]);
+    let base = plaintext.clone()
+        + &format!(
+            "\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            server.cert_file, server.key_file
+        );
+    let token = |token: &str| {
+        format!(
+            "\n[[api_tokens]]\nname = \"dash\"\nrole = \"reader\"\nsha256 = \"{}\"\n",
+            token_sha256(token)
+        )
+    };
+    let with_token = |t: &str| base.clone() + &token(t);
+    std::fs::write(&config_file, with_token("old")).unwrap();
+    let (daemon, mut log, addr) = serving_daemon(&config_file).await;
+    let https = format!("https://{addr}");
+    let pools = |ca: &Pki, token: &str| {
+        let connecting = warmpool_client::Client::connect_with(
+            &https,
+            support::tls_options(Some(ca.ca_pem()), None),
+        );
+        let token = token.to_owned();
+        async move { connecting.await?.with_token(&token)?.list_pools().await }
+    };
+    assert_eq!(pools(&old_ca, "old").await.unwrap().len(), 1);
+
+    // New tokens, and a key cut short: the TLS part is refused, so the
+    // tokens are too.
+    std::fs::write(&config_file, with_token("new")).unwrap();
+    std::fs::write(&server.key_file, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    hang_up(&daemon);
+    let refused = log_line(&mut log, "TLS unchanged").await;
+    assert!(refused.contains("tls.key_file"), "{refused}");
+    assert_eq!(
+        pools(&old_ca, "old").await.unwrap().len(),
+        1,
+        "the tokens in force stay"
+    );
+    expect_code(pools(&old_ca, "new").await, Code::Unauthenticated);
+    assert!(
+        refused.contains("api_tokens and TLS unchanged"),
+        "{refused}"
+    );
+
+    // A renewed certificate, and a file without tokens: the tokens are
+    // refused, so the certificate is too.
+    let new_ca = Pki::new(data.path(), "new-ca");
+    new_ca.issue("server", &["127.0.0.1"]);
+    std::fs::write(&config_file, &base).unwrap();
+    hang_up(&daemon);
+    let refused = log_line(&mut log, "unchanged").await;
+    assert!(refused.contains("does not open the API"), "{refused}");
+    assert_eq!(
+        pools(&old_ca, "old").await.unwrap().len(),
+        1,
+        "the certificate in force stays"
+    );
+    assert!(pools(&new_ca, "old").await.is_err(), "not yet served");
+    assert!(
+        refused.contains("api_tokens and TLS unchanged"),
+        "{refused}"
+    );
+
+    // New tokens in a file without [tls] (half written): serving
+    // plaintext takes a restart, so the tokens are refused too.
+    std::fs::write(&config_file, plaintext + &token("new")).unwrap();
+    hang_up(&daemon);
+    let refused = log_line(&mut log, "unchanged").await;
+    assert!(refused.contains("no [tls] section"), "{refused}");
+    expect_code(pools(&old_ca, "new").await, Code::Unauthenticated);
+
+    // Both parts fit: both are taken.
+    std::fs::write(&config_file, with_token("new")).unwrap();
+    hang_up(&daemon);
+    log_line(&mut log, "reloaded the TLS certificate").await;
+    assert_eq!(pools(&new_ca, "new").await.unwrap().len(), 1);
+    expect_code(pools(&new_ca, "old").await, Code::Unauthenticated);
 }
 
 /// Out of file descriptors under a burst of connections, warmpoold keeps
