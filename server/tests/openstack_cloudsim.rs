@@ -1027,6 +1027,47 @@ async fn a_glance_page_marker_deleted_between_pages_starts_the_lookup_again() {
     env.face.faults().clear();
 }
 
+/// Glance answers its listing (`GET /v2/images?name=`) 200 with whatever
+/// matches, nothing included: a 404 there is a proxy's or a gateway's, as
+/// one without the service's fault is from Nova, Cinder or Neutron, and
+/// says nothing of the pool's image. Read as "no such image" it refused
+/// the pool (CreatePool, UpdatePool) and failed its boots for good; it is
+/// asked again instead. A name Glance has no image of is still not found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_to_glances_listing_is_no_missing_image() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    // Glance's version discovery is done: the 404 meets the listing.
+    cloud.check_boot_image("mysql-8.0").await.unwrap();
+    env.face.faults().not_found_next(Service::Image, 1);
+    let e = cloud.check_boot_image("mysql-8.0").await.unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Transient(m) if m.contains("HTTP 404")),
+        "{e:?}"
+    );
+    // The failed look cached nothing: the boot looks the name up itself.
+    env.face.faults().not_found_next(Service::Image, 1);
+    let e = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, CloudError::Transient(_)), "{e:?}");
+
+    cloud.check_boot_image("mysql-8.0").await.unwrap();
+    let e = cloud.check_boot_image("mysql-9.9").await.unwrap_err();
+    assert!(
+        matches!(&e, CloudError::NotFound(m) if m.contains("no image named 'mysql-9.9'")),
+        "{e:?}"
+    );
+    let mut unknown = spec("b", "db.small", "az1");
+    unknown.image = "mysql-9.9".into();
+    let e = cloud.create_server(&unknown).await.unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Fatal(m) if m.contains("no image named 'mysql-9.9'")),
+        "{e:?}"
+    );
+}
+
 /// Neutron pages networks when `pagination_max_limit` is set: a second
 /// network of a name, on a later page, makes the name ambiguous rather
 /// than the first page's network being taken.

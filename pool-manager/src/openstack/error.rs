@@ -6,6 +6,7 @@
 //! a real Nova/Cinder/Neutron (`shared/openstack-notes.md`, the testbed's
 //! smoke output); the unit tests below replay those bodies.
 
+use super::session::{Call, Reply};
 use crate::cloud::CloudError;
 use std::time::Duration;
 
@@ -179,7 +180,7 @@ pub fn classify(
         // page, a gateway's JSON for a route it lacks, a backend missing
         // mid-upgrade) and says nothing about the object: read as "gone", a
         // delete would forget a port or volume that still exists. Glance's
-        // own 404s are HTML pages.
+        // own 404s are HTML pages: only the request tells (`classify_reply`).
         404 if service != Service::Image && !fault.from_service => CloudError::Transient(
             format!("{message}, not from the service (no OpenStack error in the answer: a proxy or gateway?)"),
         ),
@@ -227,6 +228,34 @@ pub fn classify(
         501 | 505 => CloudError::Fatal(message),
         s if s >= 500 => CloudError::Transient(message),
         _ => CloudError::Fatal(message),
+    }
+}
+
+/// Classifies a non-2xx `reply` to `call`: [`classify`], and what only the
+/// request tells. Glance's own 404s are pages, as a proxy's are, so the
+/// body cannot tell them apart; but Glance answers 404 only for an image
+/// it lacks (`GET /v2/images/{id}`), while its listing (`GET
+/// /v2/images?name=`) is answered 200 with whatever matches, nothing
+/// included. A 404 to the listing comes from something in front of Glance
+/// and says nothing of the image: as "no such image" it would refuse the
+/// pool and fail its boots for good.
+pub fn classify_reply(call: &Call, reply: &Reply) -> CloudError {
+    let what = call.describe();
+    let error = classify(
+        call.service,
+        &what,
+        reply.status,
+        reply.retry_after.as_deref(),
+        &reply.body,
+    );
+    let names_an_image = call.path.len() > 1;
+    match error {
+        CloudError::NotFound(message) if call.service == Service::Image && !names_an_image => {
+            CloudError::Transient(format!(
+                "{message}, not from Glance (it answers a listing 404 never: a proxy or gateway?)"
+            ))
+        }
+        error => error,
     }
 }
 
@@ -627,6 +656,25 @@ mod tests {
             classify(Image, "GET /v2/images/x", 404, None, "{}"),
             CloudError::NotFound(_)
         ));
+    }
+
+    /// Glance answers 404 for an image it lacks, never for its listing:
+    /// a 404 page there is a proxy's.
+    #[test]
+    fn a_404_to_glances_listing_is_not_glances() {
+        let page = Reply {
+            status: 404,
+            retry_after: None,
+            body: "<html><body><h1>404 Not Found</h1></body></html>".into(),
+        };
+        let get = |path: &[&str]| Call::new(Image, reqwest::Method::GET, path.iter().copied());
+        let e = classify_reply(&get(&["images"]).query("name", "mysql"), &page);
+        assert!(
+            matches!(&e, CloudError::Transient(m) if m.contains("not from Glance")),
+            "{e:?}"
+        );
+        let e = classify_reply(&get(&["images", "x"]), &page);
+        assert!(matches!(e, CloudError::NotFound(_)), "{e:?}");
     }
 
     #[test]

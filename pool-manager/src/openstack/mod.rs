@@ -35,7 +35,7 @@ use crate::cloud::{
     ServerSpec, ServerStatus, Volume, VolumeStatus, META_INSTANCE, META_POOL,
 };
 use async_trait::async_trait;
-use error::{classify, Service};
+use error::{classify_reply, Service};
 use neutron::{looks_like_id, Named};
 use nova::{AbsoluteLimits, AddressRule, Flavor};
 use reqwest::Method;
@@ -298,13 +298,7 @@ fn checked(call: &Call, reply: Reply) -> CloudResult<Reply> {
     if reply.is_success() {
         Ok(reply)
     } else {
-        Err(classify(
-            call.service,
-            &call.describe(),
-            reply.status,
-            reply.retry_after.as_deref(),
-            &reply.body,
-        ))
+        Err(classify_reply(call, &reply))
     }
 }
 
