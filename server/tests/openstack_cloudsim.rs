@@ -1536,10 +1536,15 @@ async fn a_port_on_a_network_without_a_subnet_has_no_address_coming() {
 async fn a_missing_management_network_is_not_reported_again_as_quota() {
     let env = env().await;
     let cloud = env.driver().await;
-    cloud
+    let created = cloud
         .create_server(&spec("a", "db.small", "az1"))
         .await
         .unwrap();
+    // ACTIVE: its address, which the listing reads, is on that network.
+    assert_eq!(
+        settled(&cloud, &created.id).await.status,
+        ServerStatus::Active
+    );
     let config = env.config(
         "[cloud.availability_zones.az1]\nmanagement_network = \"no-such-net\"",
         SMALL_POOL,
@@ -1555,6 +1560,59 @@ async fn a_missing_management_network_is_not_reported_again_as_quota() {
         ["quota: not checked: listing the pool servers needs the management network above"],
         "{report}"
     );
+}
+
+/// A server read looks its zone's management network up (by name, cached
+/// ten minutes) for the address Nova keys by the network's name. A lookup
+/// that fails (the network renamed or its share withdrawn: no network of
+/// the name; a second network given the name) says nothing of the server:
+/// read as the server's own NotFound, the replenisher took a booting server
+/// for deleted and the allocator discarded one Ready instance after
+/// another. It is transient, naming the network and the setting, and the
+/// listing fails as a whole rather than leaving servers out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_management_network_that_cannot_be_resolved_is_no_missing_server() {
+    let mut settings = HttpSettings::default();
+    settings.networks.push(cloudsim::http::NetworkSpec {
+        id: "5b2f1c1e-0000-4000-8000-00000000aa01".into(),
+        subnet_id: "5b2f1c1e-0000-4000-8000-00000000aa02".into(),
+        ..cloudsim::http::NetworkSpec::new("tenant-net", "10.9.0.0/16", "10.9.0.1", true)
+    });
+    let env = env_with(sim_config(), settings).await;
+    let cloud = env.driver().await;
+    let created = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        settled(&cloud, &created.id).await.status,
+        ServerStatus::Active
+    );
+
+    for (network, cause) in [
+        ("no-such-net", "no network named 'no-such-net'"),
+        ("tenant-net", "2 networks are named 'tenant-net'"),
+    ] {
+        let lost = env
+            .driver_with(&format!(
+                "[cloud.availability_zones.az1]\nmanagement_network = \"{network}\""
+            ))
+            .await;
+        let e = lost.get_server(&created.id).await.unwrap_err();
+        assert!(
+            matches!(&e, CloudError::Transient(m)
+                if m.contains(cause) && m.contains("availability_zones.az1.management_network")),
+            "{network}: {e:?}"
+        );
+        let e = lost.list_pool_servers().await.unwrap_err();
+        assert!(
+            matches!(&e, CloudError::Transient(m) if m.contains(cause)),
+            "{network}: {e:?}"
+        );
+    }
+    // The server is there all along.
+    let listed = cloud.list_pool_servers().await.unwrap();
+    assert!(listed.iter().any(|s| s.id == created.id), "{listed:?}");
 }
 
 /// Servers tenants hold keep their pool's tag but are no supply: they use

@@ -648,6 +648,9 @@ impl OpenStackCloud {
             .unwrap_or_default()
     }
 
+    /// warmpool's view of `server`. Its management address is read only
+    /// where one is given (an ACTIVE server, no probe override), which
+    /// takes the name of its zone's management network.
     async fn view(&self, server: nova::NovaServer) -> CloudResult<Server> {
         {
             let mut soft_deleted = lock(&self.inner.soft_deleted);
@@ -657,12 +660,46 @@ impl OpenStackCloud {
                 soft_deleted.remove(&server.id);
             }
         }
-        let az = Self::pool_az(&server);
-        let network = self
-            .network(self.inner.settings.management_network_for(&az))
-            .await?;
-        let name = network.name.clone().unwrap_or_default();
+        let addressed = self.inner.settings.probe_address_override.is_none()
+            && nova::server_status(server.status.as_deref().unwrap_or_default())
+                == ServerStatus::Active;
+        let name = if addressed {
+            self.management_network_name(&server).await?
+        } else {
+            String::new()
+        };
         Ok(nova::to_server(server, &self.address_rule(&name)))
+    }
+
+    /// The name of `server`'s management network, which Nova keys its
+    /// addresses by. A lookup that fails (the network renamed or its share
+    /// withdrawn, a second one given the name, Neutron down) says nothing
+    /// of the server: as the server's NotFound, its reader would take it
+    /// for deleted (a boot discarded, a Ready instance thrown away, a
+    /// delete counted done), as Fatal, for broken. It is transient: the
+    /// reader asks again and keeps the server meanwhile, and the message
+    /// names the setting to mend.
+    async fn management_network_name(&self, server: &nova::NovaServer) -> CloudResult<String> {
+        let az = Self::pool_az(server);
+        let settings = &self.inner.settings;
+        let network = settings.management_network_for(&az);
+        match self.network(network).await {
+            Ok(found) => Ok(found.name.unwrap_or_default()),
+            Err(e @ CloudError::Throttled { .. }) => Err(e),
+            Err(e) => {
+                let setting = match settings.availability_zones.get(&az) {
+                    Some(AzSettings {
+                        management_network: Some(_),
+                        ..
+                    }) => format!("availability_zones.{az}.management_network"),
+                    _ => "management_network".to_owned(),
+                };
+                Err(CloudError::Transient(format!(
+                    "server {} was read, but not its address: the management network '{network}' of its zone {az} (setting {setting}) cannot be looked up: {e}",
+                    server.id
+                )))
+            }
+        }
     }
 
     /// The cloud says the server is gone: nothing is left to force-delete
