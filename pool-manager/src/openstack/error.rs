@@ -252,7 +252,7 @@ pub fn classify_reply(call: &Call, reply: &Reply) -> CloudError {
     match error {
         CloudError::NotFound(message) if call.service == Service::Image && !names_an_image => {
             CloudError::Transient(format!(
-                "{message}, not from Glance (it answers a listing 404 never: a proxy or gateway?)"
+                "{message}, not from Glance (which never answers its image listing 404): a proxy or gateway?"
             ))
         }
         error => error,
