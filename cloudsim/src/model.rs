@@ -270,6 +270,9 @@ struct Host {
 /// Cinder's status for a volume whose attach failed in Cinder.
 const ERROR_ATTACHING: &str = "error_attaching";
 
+/// Cinder's status for a volume whose delete failed in its backend.
+const ERROR_DELETING: &str = "error_deleting";
+
 /// Nova's 400 for a detach while the volume is still attaching, or after
 /// its attach failed (Cinder's begin_detaching wants it `in-use`).
 pub(crate) const DETACH_WHILE_ATTACHING: &str = "Invalid volume: Unable to detach volume. Volume status must be 'in-use' and attach_status must be 'attached' to detach.";
@@ -288,6 +291,7 @@ pub(crate) struct FaultState {
     /// deletion then lets go of the volume).
     pub volume_attach_error_kept_by_nova: bool,
     pub error_volumes: u64,
+    pub volume_delete_errors: u64,
     pub fail_port_attach: u64,
     pub api_errors: u64,
     pub api_error: Option<CloudError>,
@@ -1359,11 +1363,20 @@ impl Model {
     /// volume set --state available`): it is `available`, attached to
     /// nothing. False when there is no such volume, or it is not so.
     pub fn reset_error_attaching(&mut self, volume_id: &str, now: Instant) -> bool {
+        self.reset_volume_state(volume_id, ERROR_ATTACHING, now)
+    }
+
+    /// The same for a volume Cinder keeps `error_deleting`.
+    pub fn reset_error_deleting(&mut self, volume_id: &str, now: Instant) -> bool {
+        self.reset_volume_state(volume_id, ERROR_DELETING, now)
+    }
+
+    fn reset_volume_state(&mut self, volume_id: &str, stuck: &str, now: Instant) -> bool {
         match self.volumes.get_mut(volume_id) {
             Some(vol)
                 if vol.gone_at.is_none()
                     && !vol.state.pending(now)
-                    && vol.state.at(now).status == VolumeStatus::Other(ERROR_ATTACHING.into()) =>
+                    && vol.state.at(now).status == VolumeStatus::Other(stuck.into()) =>
             {
                 vol.state = Timed::settled(VolState {
                     status: VolumeStatus::Available,
@@ -1439,6 +1452,17 @@ impl Model {
         }
         let gone_at = now + self.latency(self.cfg.latencies.delete);
         let vol = self.volumes.get_mut(id).expect("checked above");
+        // An injected failure in Cinder's backend: accepted, then kept.
+        if self.faults.volume_delete_errors > 0 {
+            self.faults.volume_delete_errors -= 1;
+            let status = |s: &str| VolState {
+                status: VolumeStatus::Other(s.into()),
+                server: None,
+            };
+            vol.state
+                .start(status("deleting"), gone_at, status(ERROR_DELETING));
+            return Ok(());
+        }
         vol.gone_at = Some(gone_at);
         let seq = vol.seq;
         self.gone_queue

@@ -202,6 +202,14 @@ impl SimCloud {
             .reset_error_attaching(volume_id, now)
     }
 
+    /// An admin resets a volume Cinder keeps `error_deleting` to
+    /// `available` (`openstack volume set --state available`). Not an API
+    /// call. False when there is no such volume, or it is not so.
+    pub fn reset_error_deleting(&self, volume_id: &str) -> bool {
+        let now = Instant::now();
+        self.inner.lock_at(now).reset_error_deleting(volume_id, now)
+    }
+
     /// The server's host fails: the server is in ERROR (with `fault`) from
     /// now on and Nova refuses to detach anything from it; deleting it
     /// still frees its volumes and ports. Not an API call. False when there
@@ -343,6 +351,14 @@ impl Faults {
     /// `available` (the create call itself succeeds).
     pub fn error_next_volumes(&self, n: u64) {
         self.with(|f| f.error_volumes = n);
+    }
+
+    /// The next `n` accepted `delete_volume` calls fail in Cinder's
+    /// backend: the volume is `deleting` for the delete latency, then
+    /// `error_deleting`, and Cinder refuses its delete until an admin
+    /// resets its state.
+    pub fn error_next_volume_deletes(&self, n: u64) {
+        self.with(|f| f.volume_delete_errors = n);
     }
 
     /// The next `n` `attach_port` calls return `CloudError::Transient`.

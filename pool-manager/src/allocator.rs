@@ -25,8 +25,8 @@ use crate::manager::{
     validate_name, validate_optional_name, validate_pool_key, PoolManager, Shared,
 };
 use crate::model::{
-    Allocation, AllocationParams, AllocationState, EmptyPoolPolicy, Instance, InstanceState,
-    PoolKey, PoolRecord, TwinWatch, VolumeSource, TWIN_WATCH,
+    Allocation, AllocationParams, AllocationState, DeletedVolume, EmptyPoolPolicy, Instance,
+    InstanceState, PoolKey, PoolRecord, TwinWatch, VolumeSource, TWIN_WATCH,
 };
 use crate::replenisher::{BootError, DrivingClaim, Timed};
 use crate::store::RecordKind;
@@ -668,6 +668,7 @@ impl Shared {
             volumes: matches!(allocation.params.volume.source, VolumeSource::New { .. }),
             keep,
             stuck_volume: None,
+            deleted_volume: None,
             until: now.checked_add(TWIN_WATCH).unwrap_or(now),
         }
     }
@@ -2149,6 +2150,7 @@ impl Shared {
         // until then. It is left to the twin watch written below, which
         // deletes everything named as the attempt and lasts until it has.
         let mut stuck_volume = None;
+        let mut deleted_volume = None;
         if let (true, Some(volume_id)) = (allocation.volume_created, &allocation.volume_id) {
             if let Err(e) = self.delete_volume_when_free(volume_id, deadline).await {
                 let stuck = matches!(
@@ -2160,6 +2162,8 @@ impl Shared {
                 }
                 tracing::debug!(request_id, volume = %volume_id, error = %e, "Cinder refuses the delete of the rolled-back purchase's new volume");
                 stuck_volume = Some(volume_id.clone());
+            } else {
+                deleted_volume = Some(volume_id);
             }
         }
         // And what a create whose id never reached the record left: nothing
@@ -2173,11 +2177,15 @@ impl Shared {
                     && (stored.port_id.is_none()
                         || (stored.volume_id.is_none()
                             && matches!(stored.params.volume.source, VolumeSource::New { .. })));
-                if stored.creates_in_doubt || unrecorded_create || stuck_volume.is_some() {
+                let twins = stored.creates_in_doubt || unrecorded_create || stuck_volume.is_some();
+                if twins || deleted_volume.is_some() {
                     // Written before the record goes: a crash in between
                     // rolls back again and writes it again.
                     let mut watch = self.twin_watch(&stored, false);
                     watch.stuck_volume = stuck_volume.clone();
+                    if let Some(volume_id) = deleted_volume {
+                        self.watch_deleted_volume(&mut watch, &stored, volume_id, twins);
+                    }
                     self.store.put_twin_watch(&watch).await?;
                 }
                 self.store.cas_allocation(Some(&stored), None).await?;
@@ -2191,6 +2199,7 @@ impl Shared {
                 EventKind::VolumeStuck {
                     request_id: request_id.to_owned(),
                     volume_id,
+                    status: "error_attaching".into(),
                 },
             );
         }
@@ -2290,6 +2299,28 @@ impl Shared {
                 }
                 tokio::time::sleep(pause).await;
             }
+        }
+    }
+
+    /// Has `watch` look at `volume_id`, whose delete Cinder accepted for
+    /// `allocation`, until it is gone: accepted is not done, as Cinder's
+    /// backend may fail the delete (`error_deleting`) when nothing names
+    /// the volume any more. Watched rather than waited for, which can take
+    /// minutes (a backend zeroing a large volume). Without `twins` to watch
+    /// for, the watch ends as soon as the volume is gone.
+    fn watch_deleted_volume(
+        &self,
+        watch: &mut TwinWatch,
+        allocation: &Allocation,
+        volume_id: &str,
+        twins: bool,
+    ) {
+        watch.deleted_volume = Some(DeletedVolume {
+            id: volume_id.to_owned(),
+            pool: allocation.params.pool.clone(),
+        });
+        if !twins {
+            watch.until = self.sizing_book().wall_now(&self.settings.sizing);
         }
     }
 
@@ -2438,6 +2469,13 @@ impl Shared {
         if allocation.delete_volume_on_release == Some(true) {
             if let Some(volume_id) = &allocation.volume_id {
                 self.delete_volume_when_free(volume_id, deadline).await?;
+                // Written before the record stops naming the volume
+                // (Released); it replaces the commit's watch of the name,
+                // whose port and volume are going.
+                let mut watch = self.twin_watch(&allocation, false);
+                let twins = allocation.creates_in_doubt;
+                self.watch_deleted_volume(&mut watch, &allocation, volume_id, twins);
+                self.store.put_twin_watch(&watch).await?;
             }
         }
         if allocation.creates_in_doubt {

@@ -97,6 +97,12 @@ impl VolumeStatus {
     pub fn is_error_attaching(&self) -> bool {
         matches!(self, Self::Other(s) if s == "error_attaching")
     }
+
+    /// Cinder's `error_deleting`: its backend failed a delete Cinder had
+    /// accepted. It stays so until an admin resets its state.
+    pub fn is_error_deleting(&self) -> bool {
+        matches!(self, Self::Other(s) if s == "error_deleting")
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -164,14 +164,18 @@ pub enum EventKind {
         service: Option<CloudService>,
         pause: Duration,
     },
-    /// A rolled-back purchase left the new volume it made for the order
-    /// `error_attaching`, which Cinder refuses to delete until a cloud
-    /// admin resets it: it holds the tenant's volume quota, and the order
-    /// is refused until then. Emitted once, by the rollback; the reconciler
-    /// deletes the volume once Cinder allows.
+    /// A volume warmpool was to delete for an order is stuck in a state
+    /// Cinder refuses its delete in until a cloud admin resets it: the new
+    /// volume a rolled-back purchase made left `error_attaching` (the order
+    /// is refused until then), or a volume whose delete Cinder's backend
+    /// failed (`error_deleting`; a rollback's, or a release's). It holds
+    /// the tenant's volume quota. Emitted once, by the rollback or the
+    /// release; the reconciler deletes the volume once Cinder allows.
     VolumeStuck {
         request_id: String,
         volume_id: String,
+        /// Cinder's status of it.
+        status: String,
     },
 }
 
@@ -226,11 +230,16 @@ impl EventKind {
             Self::VolumeStuck {
                 request_id,
                 volume_id,
+                status,
             } => format!(
-                "volume {volume_id}, made for order {request_id}, is stuck error_attaching: \
-                 Cinder refuses its delete until a cloud admin resets its state \
+                "volume {volume_id} of order {request_id}, which warmpool was to delete, is \
+                 stuck {status}: Cinder refuses its delete until a cloud admin resets its state \
                  (openstack volume set --state available {volume_id}; warmpool then deletes it) \
-                 or force-deletes it; the order is refused until then"
+                 or force-deletes it{}",
+                match status.as_str() {
+                    "error_attaching" => "; the order is refused until then",
+                    _ => "",
+                }
             ),
         })
     }

@@ -794,9 +794,12 @@ impl PoolManager {
         Ok(self.shared.store.count_instances_by_pool().await?)
     }
 
-    /// The new volumes rolled-back purchases left `error_attaching` that
-    /// are not deleted yet (Cinder refuses until a cloud admin resets
-    /// them): each holds the tenant's volume quota, and refuses its order.
+    /// The volumes warmpool was to delete that are not gone yet because
+    /// Cinder refuses their delete until a cloud admin resets them: new
+    /// volumes rolled-back purchases left `error_attaching` (each refuses
+    /// its order), and volumes of rolled-back or released orders whose
+    /// delete Cinder's backend failed (`error_deleting`). Each holds the
+    /// tenant's volume quota.
     pub async fn stuck_volumes(&self) -> ManagerResult<Vec<String>> {
         let watches = self.shared.store.list_twin_watches().await?;
         Ok(watches.into_iter().filter_map(|w| w.stuck_volume).collect())

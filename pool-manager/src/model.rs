@@ -674,8 +674,10 @@ pub struct Allocation {
 /// the allocation uses) or the rollback (keeping nothing: a new attempt of
 /// the order is named apart, so the name is never used again). A rollback
 /// also writes one for its own new volume when Cinder refuses to delete it
-/// (`error_attaching`, until an admin resets it): a watch lasts past
-/// `until` until a pass has deleted everything it names.
+/// (`error_attaching`, until an admin resets it), and a rollback or a
+/// release for a volume whose delete Cinder accepted: a watch lasts past
+/// `until` until a pass has deleted everything it names, and seen that
+/// volume gone.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TwinWatch {
@@ -693,8 +695,23 @@ pub struct TwinWatch {
     /// meanwhile, and the metrics count it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stuck_volume: Option<String>,
+    /// A volume whose delete Cinder accepted for an order that then stopped
+    /// naming it (a rollback, a release): Cinder's backend may still fail
+    /// the delete (`error_deleting`, then also `stuck_volume`), so passes
+    /// look at it until Cinder answers 404, past `until` too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_volume: Option<DeletedVolume>,
     /// On the manager's wall clock.
     pub until: SystemTime,
+}
+
+/// See [`TwinWatch::deleted_volume`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeletedVolume {
+    pub id: String,
+    /// The order's, for the announcement of a failed delete.
+    pub pool: PoolKey,
 }
 
 /// How long a [`TwinWatch`] lasts: far longer than a create takes to land

@@ -36,8 +36,9 @@
 //! of its own forgets released allocations older than that, hourly (a look
 //! at every allocation record is too much for every pass).
 
-use crate::cloud::{CloudError, Server, ServerStatus, META_INSTANCE};
+use crate::cloud::{CloudError, Server, ServerStatus, VolumeStatus, META_INSTANCE};
 use crate::error::{ManagerError, ManagerResult};
+use crate::events::EventKind;
 use crate::manager::Shared;
 use crate::model::{AllocationState, Instance, InstanceState, TwinWatch};
 use crate::replenisher::{DrivingClaim, Timed};
@@ -552,21 +553,60 @@ impl Shared {
     }
 
     /// Deletes whatever carries a watched name but what the watch keeps,
-    /// and ends the watch once it is over (after that last look). A look
-    /// that fails keeps the watch, past its end too: it may hold the only
-    /// record of a volume a rollback could not delete (`error_attaching`).
+    /// and ends the watch once it is over (after that last look) and its
+    /// deleted volume is gone. A look that fails keeps the watch, past its
+    /// end too: it may hold the only record of a volume a rollback could
+    /// not delete (`error_attaching`), or whose delete Cinder's backend
+    /// failed (`error_deleting`).
     async fn watch_for_twins(&self, watch: &TwinWatch) -> ManagerResult<()> {
         let now = self.sizing_book().wall_now(&self.settings.sizing);
         self.delete_twins(watch, self.cleanup_deadline()).await?;
-        if now >= watch.until {
-            self.store.delete_twin_watch(&watch.name).await?;
-        } else if watch.stuck_volume.is_some() {
+        let mut next = watch.clone();
+        let deleted = watch.deleted_volume.as_ref();
+        if watch.stuck_volume.as_ref() != deleted.map(|d| &d.id) {
             // Its delete went through: no longer stuck, nor counted so.
-            let deleted = TwinWatch {
-                stuck_volume: None,
-                ..watch.clone()
-            };
-            self.store.put_twin_watch(&deleted).await?;
+            next.stuck_volume = None;
+        }
+        let mut stuck = None;
+        if let Some(deleted) = deleted {
+            match self.cloud.get_volume(&deleted.id).await {
+                Err(CloudError::NotFound(_)) => {
+                    next.deleted_volume = None;
+                    next.stuck_volume = None;
+                }
+                Err(e) => return Err(e.into()),
+                Ok(v) if v.status.is_error_deleting() => {
+                    if watch.stuck_volume.as_ref() != Some(&deleted.id) {
+                        stuck = Some(deleted);
+                    }
+                    next.stuck_volume = Some(deleted.id.clone());
+                }
+                Ok(v) => {
+                    // An admin reset it: delete it again. Or still being
+                    // deleted, which may take minutes: look again next pass.
+                    if v.status == VolumeStatus::Available && v.attached_to.is_empty() {
+                        let deadline = self.cleanup_deadline();
+                        self.delete_volume_when_free(&deleted.id, deadline).await?;
+                    }
+                    next.stuck_volume = None;
+                }
+            }
+        }
+        if now >= watch.until && next.deleted_volume.is_none() {
+            self.store.delete_twin_watch(&watch.name).await?;
+        } else if next != *watch {
+            self.store.put_twin_watch(&next).await?;
+        }
+        // Once: announced after the mark that says it was is written.
+        if let Some(deleted) = stuck {
+            self.emit(
+                Some(&deleted.pool),
+                EventKind::VolumeStuck {
+                    request_id: watch.request_id.clone(),
+                    volume_id: deleted.id.clone(),
+                    status: "error_deleting".into(),
+                },
+            );
         }
         Ok(())
     }

@@ -853,6 +853,7 @@ mod tests {
             volumes: true,
             keep: vec!["port-1".into()],
             stuck_volume: Some("volume-1".into()),
+            deleted_volume: None,
             until: SystemTime::UNIX_EPOCH + Duration::from_secs(900),
         };
         {
@@ -1064,6 +1065,7 @@ mod tests {
             volumes: true,
             keep: vec![],
             stuck_volume: None,
+            deleted_volume: None,
             until: SystemTime::UNIX_EPOCH,
         };
         store

@@ -2833,11 +2833,14 @@ async fn a_twin_landing_after_a_rollback_is_deleted() {
     manager.reconcile().await.unwrap();
     assert!(watched().await.is_empty(), "the watch never ended");
 
-    // Without a lost answer, a rollback watches nothing.
+    // Without a lost answer, a rollback watches only the volume it
+    // deleted, until a pass sees it gone (Cinder could fail the delete).
     refusing.store(true, Ordering::SeqCst);
     let mut plain = request("o-2", new_volume(), EmptyPoolPolicy::FailFast);
     plain.timeout = Some(Duration::from_secs(60));
     assert!(manager.allocate(plain).await.is_err());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    manager.reconcile().await.unwrap();
     assert!(watched().await.is_empty());
 }
 

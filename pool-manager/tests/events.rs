@@ -7,10 +7,11 @@ mod common;
 
 use common::*;
 use pool_manager::cloud::CloudError;
+use pool_manager::cloud::VolumeStatus;
 use pool_manager::events::{
     AllocationOutcome, BootOutcome, CloudService, DegradedCause, Event, EventKind, DEGRADED_AFTER,
 };
-use pool_manager::model::{EmptyPoolPolicy, InstanceState, VolumeSource};
+use pool_manager::model::{AllocationState, EmptyPoolPolicy, InstanceState, PoolKey, VolumeSource};
 use pool_manager::ManagerError;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -516,6 +517,7 @@ async fn a_new_volume_left_stuck_error_attaching_is_announced_and_listed_until_d
     let expected = EventKind::VolumeStuck {
         request_id: "o-stuck".into(),
         volume_id: stuck.clone(),
+        status: "error_attaching".into(),
     };
     let announced: Vec<_> = announced.into_iter().map(|e| (e.pool, e.kind)).collect();
     assert_eq!(
@@ -530,4 +532,134 @@ async fn a_new_volume_left_stuck_error_attaching_is_announced_and_listed_until_d
     manager.reconcile().await.unwrap();
     assert!(sim.volumes().iter().all(|v| v.id != stuck));
     assert_eq!(manager.stuck_volumes().await.unwrap(), Vec::<String>::new());
+}
+
+/// The VolumeStuck events announced so far.
+fn stuck_announced(events: &mut broadcast::Receiver<Event>) -> Vec<(Option<PoolKey>, EventKind)> {
+    let mut announced = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if matches!(event.kind, EventKind::VolumeStuck { .. }) {
+            announced.push((event.pool, event.kind));
+        }
+    }
+    announced
+}
+
+/// Longer than the sim's delete latency: a volume being deleted is gone,
+/// or Cinder's backend has failed its delete, by then.
+const DELETE_DONE: Duration = Duration::from_secs(10);
+
+/// A volume whose delete Cinder accepted and then failed (`error_deleting`)
+/// is announced once and listed as stuck on every pass, until an admin's
+/// reset lets the reconciler delete it; then it is gone and no longer
+/// listed. The order's call answered while Cinder was still deleting it.
+async fn stays_named_until_deleted(
+    sim: &cloudsim::SimCloud,
+    manager: &pool_manager::PoolManager,
+    events: &mut broadcast::Receiver<Event>,
+    request_id: &str,
+    volume: &str,
+) {
+    let status = |id: &str| {
+        sim.volumes()
+            .into_iter()
+            .find(|v| v.id == id)
+            .map(|v| v.status)
+    };
+    assert_eq!(
+        status(volume),
+        Some(VolumeStatus::Other("deleting".into())),
+        "answered without waiting for the delete"
+    );
+    manager.reconcile().await.unwrap();
+    assert_eq!(manager.stuck_volumes().await.unwrap(), Vec::<String>::new());
+    tokio::time::sleep(DELETE_DONE).await;
+    for _ in 0..3 {
+        manager.reconcile().await.unwrap();
+        assert_eq!(
+            manager.stuck_volumes().await.unwrap(),
+            vec![volume.to_owned()]
+        );
+        assert_eq!(
+            status(volume),
+            Some(VolumeStatus::Other("error_deleting".into()))
+        );
+    }
+    let announced = stuck_announced(events);
+    assert_eq!(announced.len(), 1, "once, not at every pass: {announced:?}");
+    let (pool_of, kind) = &announced[0];
+    assert_eq!(pool_of, &Some(pool()));
+    assert_eq!(
+        kind,
+        &EventKind::VolumeStuck {
+            request_id: request_id.into(),
+            volume_id: volume.into(),
+            status: "error_deleting".into(),
+        }
+    );
+    let said = kind.describe().expect("announced to operators");
+    assert!(
+        said.contains("error_deleting") && said.contains("reset"),
+        "{said}"
+    );
+
+    assert!(sim.reset_error_deleting(volume));
+    manager.reconcile().await.unwrap();
+    assert_eq!(manager.stuck_volumes().await.unwrap(), Vec::<String>::new());
+    tokio::time::sleep(DELETE_DONE).await;
+    manager.reconcile().await.unwrap();
+    assert_eq!(status(volume), None, "deleted once Cinder allows it");
+    assert!(stuck_announced(events).is_empty());
+}
+
+/// A rolled-back purchase's new volume whose delete Cinder accepted, then
+/// failed: its record used to go at the accepted answer, leaving a volume
+/// on the tenant's quota that nothing named.
+#[tokio::test(start_paused = true)]
+async fn a_rolled_back_volume_cinder_fails_to_delete_stays_named_until_deleted() {
+    let sim = sim();
+    let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 1).await;
+    let mut events = manager.events();
+    // The one instance's attach fails and no other is there: rolled back.
+    sim.faults().fail_next_volume_attach(1);
+    sim.faults().error_next_volume_deletes(1);
+    manager
+        .allocate(request("o-del", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap_err();
+    let volume = sim
+        .volumes()
+        .pop()
+        .expect("the purchase's volume is kept")
+        .id;
+    stays_named_until_deleted(&sim, &manager, &mut events, "o-del", &volume).await;
+    manager.shutdown().await.unwrap();
+}
+
+/// The same for a volume a release deletes: warmpool's own and a tenant's.
+/// The release answers Released as soon as Cinder accepts the delete (its
+/// server and port are gone, the volume is left to the reconciler, named).
+#[tokio::test(start_paused = true)]
+async fn a_released_volume_cinder_fails_to_delete_stays_named_until_deleted() {
+    for existing in [false, true] {
+        let sim = sim();
+        let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 1).await;
+        let mut events = manager.events();
+        let source = match existing {
+            false => new_volume(),
+            true => VolumeSource::Existing {
+                volume_id: sim.create_volume_for_test("tenant-a", "az1", 10),
+            },
+        };
+        let allocation = manager
+            .allocate(request("o-rel", source, EmptyPoolPolicy::FailFast))
+            .await
+            .unwrap();
+        let volume = allocation.volume_id.unwrap();
+        sim.faults().error_next_volume_deletes(1);
+        let released = manager.release("o-rel", Some(true)).await.unwrap();
+        assert_eq!(released.state, AllocationState::Released);
+        stays_named_until_deleted(&sim, &manager, &mut events, "o-rel", &volume).await;
+        manager.shutdown().await.unwrap();
+    }
 }
