@@ -2318,6 +2318,7 @@ impl Shared {
         watch.deleted_volume = Some(DeletedVolume {
             id: volume_id.to_owned(),
             pool: allocation.params.pool.clone(),
+            only: !twins,
         });
         if !twins {
             watch.until = self.sizing_book().wall_now(&self.settings.sizing);

@@ -712,6 +712,12 @@ pub struct DeletedVolume {
     pub id: String,
     /// The order's, for the announcement of a failed delete.
     pub pool: PoolKey,
+    /// The watch is for this volume only (no create of the order lost its
+    /// answer): passes look at it by id and list nothing by the order's
+    /// name, which would cost every release with a volume deleted two
+    /// listings.
+    #[serde(default)]
+    pub only: bool,
 }
 
 /// How long a [`TwinWatch`] lasts: far longer than a create takes to land

@@ -560,7 +560,9 @@ impl Shared {
     /// failed (`error_deleting`).
     async fn watch_for_twins(&self, watch: &TwinWatch) -> ManagerResult<()> {
         let now = self.sizing_book().wall_now(&self.settings.sizing);
-        self.delete_twins(watch, self.cleanup_deadline()).await?;
+        if !watch.deleted_volume.as_ref().is_some_and(|d| d.only) {
+            self.delete_twins(watch, self.cleanup_deadline()).await?;
+        }
         let mut next = watch.clone();
         let deleted = watch.deleted_volume.as_ref();
         if watch.stuck_volume.as_ref() != deleted.map(|d| &d.id) {
