@@ -3,7 +3,9 @@
 //! seconds. (Durability is what the sled store's own tests are about.)
 
 use async_trait::async_trait;
-use pool_manager::model::{Allocation, Instance, InstanceState, PoolKey, PoolRecord, TwinWatch};
+use pool_manager::model::{
+    resource_names_of, Allocation, Instance, InstanceState, PoolKey, PoolRecord, TwinWatch,
+};
 use pool_manager::sizing::LearnedSizing;
 use pool_manager::store::{Store, StoreError, StoreResult};
 use std::collections::BTreeMap;
@@ -51,6 +53,19 @@ impl Store for MemStore {
             .lock()
             .expect("store lock")
             .values()
+            .cloned()
+            .collect())
+    }
+    async fn list_twin_watches_of(&self, request_id: &str) -> StoreResult<Vec<TwinWatch>> {
+        let prefix = resource_names_of(request_id);
+        Ok(self
+            .twin_watches
+            .lock()
+            .expect("store lock")
+            .range(prefix.clone()..)
+            .take_while(|(name, _)| name.starts_with(&prefix))
+            .map(|(_, watch)| watch)
+            .filter(|watch| watch.request_id == request_id)
             .cloned()
             .collect())
     }
@@ -262,5 +277,41 @@ mod tests {
             .collect();
         unfinished.sort();
         assert_eq!(unfinished, ["r0", "r2"]);
+
+        // An order's watches, apart from those of orders whose ids start
+        // with its id (their names start alike).
+        let watched = [
+            ("r1", "warmpool-r1"),
+            ("r1", "warmpool-r1-a"),
+            ("r10", "warmpool-r10-a"),
+            ("r1-x", "warmpool-r1-x"),
+            ("r1-x", "warmpool-r1-x-b"),
+            ("r", "warmpool-r-1"),
+        ];
+        for (request_id, name) in watched {
+            let watch = TwinWatch {
+                name: name.into(),
+                request_id: request_id.into(),
+                volumes: true,
+                keep: vec![],
+                stuck_volume: None,
+                deleted_volume: None,
+                until: SystemTime::UNIX_EPOCH,
+            };
+            store.put_twin_watch(&watch).await.unwrap();
+        }
+        let all = store.list_twin_watches().await.unwrap();
+        for request_id in ["r1", "r10", "r1-x", "r", "r2"] {
+            let expected: Vec<TwinWatch> = all
+                .iter()
+                .filter(|w| w.request_id == request_id)
+                .cloned()
+                .collect();
+            assert_eq!(
+                store.list_twin_watches_of(request_id).await.unwrap(),
+                expected,
+                "{request_id}"
+            );
+        }
     }
 }

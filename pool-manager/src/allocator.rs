@@ -946,11 +946,8 @@ impl Shared {
         request_id: &str,
         deadline: Instant,
     ) -> ManagerResult<()> {
-        let watches = self.store.list_twin_watches().await?;
-        let stuck = watches
-            .iter()
-            .filter(|w| w.request_id == request_id)
-            .filter_map(|w| w.stuck_volume.as_deref());
+        let watches = self.store.list_twin_watches_of(request_id).await?;
+        let stuck = watches.iter().filter_map(|w| w.stuck_volume.as_deref());
         for volume_id in stuck {
             match self
                 .retry(deadline, || self.cloud.get_volume(volume_id))

@@ -762,12 +762,19 @@ impl Allocation {
     /// The name given to the volume and port warmpool creates for this
     /// request, so a crash between create and record can still find them.
     pub fn resource_name(&self) -> String {
-        let request_id = &self.params.request_id;
+        let names = resource_names_of(&self.params.request_id);
         match &self.attempt {
-            Some(attempt) => format!("warmpool-{request_id}-{attempt}"),
-            None => format!("warmpool-{request_id}"),
+            Some(attempt) => format!("{names}-{attempt}"),
+            None => names,
         }
     }
+}
+
+/// How every [`Allocation::resource_name`] of the order `request_id`
+/// starts, and so the name of every [`TwinWatch`] of it; so do the names of
+/// other orders whose ids start with `request_id`.
+pub fn resource_names_of(request_id: &str) -> String {
+    format!("warmpool-{request_id}")
 }
 
 #[cfg(test)]

@@ -571,7 +571,16 @@ impl Shared {
         }
         let mut stuck = None;
         if let Some(deleted) = deleted {
-            match self.cloud.get_volume(&deleted.id).await {
+            // Retried like the pass's other calls: a pass looks at the
+            // volume of every release since the last pass, often more
+            // than the cloud's burst of calls. A 429 left to the next pass
+            // kept the watch, and the watches piled up.
+            let looked = self
+                .retry(self.cleanup_deadline(), || {
+                    self.cloud.get_volume(&deleted.id)
+                })
+                .await;
+            match looked {
                 Err(CloudError::NotFound(_)) => {
                     next.deleted_volume = None;
                     next.stuck_volume = None;

@@ -22,7 +22,9 @@
 //! status reads no instance at all, and a reconcile pass reads the
 //! allocations in flight, not every order ever made.
 
-use crate::model::{Allocation, Instance, InstanceState, PoolKey, PoolRecord, TwinWatch};
+use crate::model::{
+    resource_names_of, Allocation, Instance, InstanceState, PoolKey, PoolRecord, TwinWatch,
+};
 use crate::sizing::LearnedSizing;
 use async_trait::async_trait;
 use serde::{de::DeserializeOwned, Serialize};
@@ -130,6 +132,13 @@ pub trait Store: Send + Sync + 'static {
     /// Adds or replaces the watch of its name.
     async fn put_twin_watch(&self, watch: &TwinWatch) -> StoreResult<()>;
     async fn list_twin_watches(&self) -> StoreResult<Vec<TwinWatch>>;
+    /// The watches of the order `request_id` (of any attempt of it): what
+    /// a purchase of a new volume reads. Every release that deletes a
+    /// volume leaves a watch until the next reconcile pass, so a store
+    /// reads the order's alone, by the prefix of their names
+    /// ([`resource_names_of`]), which orders whose ids start with
+    /// `request_id` share.
+    async fn list_twin_watches_of(&self, request_id: &str) -> StoreResult<Vec<TwinWatch>>;
     async fn delete_twin_watch(&self, name: &str) -> StoreResult<()>;
 
     async fn get_allocation(&self, request_id: &str) -> StoreResult<Option<Allocation>>;
@@ -634,6 +643,19 @@ impl Store for SledStore {
         list(&self.twin_watches)
     }
 
+    async fn list_twin_watches_of(&self, request_id: &str) -> StoreResult<Vec<TwinWatch>> {
+        let mut watches = Vec::new();
+        let prefix = resource_names_of(request_id);
+        for entry in self.twin_watches.scan_prefix(prefix.as_bytes()) {
+            let (k, v) = entry?;
+            let watch: TwinWatch = decode(&self.twin_watches, &k, &v)?;
+            if watch.request_id == request_id {
+                watches.push(watch);
+            }
+        }
+        Ok(watches)
+    }
+
     async fn delete_twin_watch(&self, name: &str) -> StoreResult<()> {
         self.twin_watches.remove(name.as_bytes())?;
         Ok(())
@@ -874,6 +896,70 @@ mod tests {
             store.list_twin_watches().await.unwrap(),
             vec![watch("warmpool-r2-b")]
         );
+    }
+
+    /// An order's watches are read by their names' prefix, which other
+    /// orders' names share when one id starts with another (`r1`, `r10`,
+    /// `r1-x`): those are not the order's.
+    #[tokio::test]
+    async fn an_orders_twin_watches_are_read_apart_from_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = |request_id: &str, attempt: Option<&str>| TwinWatch {
+            name: match attempt {
+                Some(attempt) => format!("warmpool-{request_id}-{attempt}"),
+                None => format!("warmpool-{request_id}"),
+            },
+            request_id: request_id.into(),
+            volumes: true,
+            keep: vec![],
+            stuck_volume: None,
+            deleted_volume: None,
+            until: SystemTime::UNIX_EPOCH,
+        };
+        let r1 = [
+            watch("r1", None),
+            watch("r1", Some("a")),
+            watch("r1", Some("b")),
+        ];
+        let others = [
+            watch("r10", Some("a")),
+            watch("r1-x", Some("c")),
+            watch("r1-x", None),
+            watch("r", Some("1")),
+            watch("r2", Some("a")),
+        ];
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            for w in r1.iter().chain(&others) {
+                store.put_twin_watch(w).await.unwrap();
+            }
+            store.flush().await.unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let of = |request_id: &'static str| {
+            let store = &store;
+            async move {
+                let mut names: Vec<String> = store
+                    .list_twin_watches_of(request_id)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|w| w.name)
+                    .collect();
+                names.sort();
+                names
+            }
+        };
+        assert_eq!(
+            of("r1").await,
+            ["warmpool-r1", "warmpool-r1-a", "warmpool-r1-b"]
+        );
+        assert_eq!(of("r1-x").await, ["warmpool-r1-x", "warmpool-r1-x-c"]);
+        assert_eq!(of("r10").await, ["warmpool-r10-a"]);
+        assert_eq!(of("r").await, ["warmpool-r-1"]);
+        assert_eq!(of("r3").await, Vec::<String>::new());
+        store.delete_twin_watch("warmpool-r1-a").await.unwrap();
+        assert_eq!(of("r1").await, ["warmpool-r1", "warmpool-r1-b"]);
     }
 
     /// A record stored in other bytes than this version writes for the

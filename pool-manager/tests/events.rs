@@ -663,3 +663,49 @@ async fn a_released_volume_cinder_fails_to_delete_stays_named_until_deleted() {
         manager.shutdown().await.unwrap();
     }
 }
+
+/// A pass's look at a deleted volume waits out a 429 as the pass's other
+/// calls do. Left to the next pass, each throttled look kept its watch:
+/// with more releases an hour than the cloud's burst of calls, the
+/// watches piled up, every pass looked at them all again, and every
+/// purchase of a new volume read them all.
+#[tokio::test(start_paused = true)]
+async fn a_pass_looks_at_a_deleted_volume_through_a_429() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let sim = sim();
+    let throttled = std::sync::Arc::new(AtomicU32::new(0));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let throttled = throttled.clone();
+        move |method| {
+            let armed = method == "get_volume"
+                && throttled
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+            armed.then(|| CloudError::Throttled {
+                retry_after: Some(Duration::from_secs(1)),
+                message: "Rate limit exceeded".into(),
+            })
+        }
+    });
+    let store = temp_store();
+    let manager = started_paused(&cloud, store.clone(), 1).await;
+    let volume = manager
+        .allocate(request("o-429", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap()
+        .volume_id
+        .unwrap();
+    manager.release("o-429", Some(true)).await.unwrap();
+    tokio::time::sleep(DELETE_DONE).await;
+    assert!(sim.volumes().iter().all(|v| v.id != volume));
+
+    throttled.store(1, Ordering::SeqCst);
+    manager.reconcile().await.unwrap();
+    assert_eq!(throttled.load(Ordering::SeqCst), 0, "the pass never looked");
+    assert_eq!(
+        store.list_twin_watches().await.unwrap(),
+        vec![],
+        "the watch of a volume gone outlived the pass"
+    );
+    manager.shutdown().await.unwrap();
+}

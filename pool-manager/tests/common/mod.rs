@@ -786,6 +786,12 @@ impl<H: StoreHooks> Store for HookedStore<H> {
     async fn list_twin_watches(&self) -> StoreResult<Vec<pool_manager::model::TwinWatch>> {
         self.inner.list_twin_watches().await
     }
+    async fn list_twin_watches_of(
+        &self,
+        request_id: &str,
+    ) -> StoreResult<Vec<pool_manager::model::TwinWatch>> {
+        self.inner.list_twin_watches_of(request_id).await
+    }
     async fn delete_twin_watch(&self, name: &str) -> StoreResult<()> {
         self.inner.delete_twin_watch(name).await?;
         self.hooks.written(Write::TwinWatchDeleted(name.into()));
