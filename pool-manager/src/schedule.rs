@@ -317,6 +317,14 @@ impl FromStr for Window {
         let mut times = None;
         let mut min = None;
         let mut offset = None;
+        // A part given twice is refused, not overwritten: "Sat Sun ..." or
+        // two time ranges would otherwise keep the last alone, a window
+        // narrower than the operator wrote.
+        let once = |part: &str| {
+            bad(&format!(
+                "{part} given twice; write one window per line (days may be listed: Sat,Sun)"
+            ))
+        };
         let mut tokens = s.split_whitespace();
         while let Some(token) = tokens.next() {
             if token.eq_ignore_ascii_case("min") {
@@ -327,19 +335,26 @@ impl FromStr for Window {
                     ))
                 };
                 let n = tokens.next().ok_or_else(needs)?;
-                min = Some(n.parse::<u32>().map_err(|_| needs())?);
+                let n = n.parse::<u32>().map_err(|_| needs())?;
+                if min.replace(n).is_some() {
+                    return Err(once("min"));
+                }
             } else if token.starts_with(|c: char| c.is_ascii_digit()) {
                 let (from, to) = token
                     .split_once('-')
                     .ok_or_else(|| bad("times are written 09:00-18:00"))?;
-                times = Some((from.parse()?, to.parse()?));
+                if times.replace((from.parse()?, to.parse()?)).is_some() {
+                    return Err(once("the times"));
+                }
             } else if token.to_ascii_uppercase().starts_with("UTC")
                 || token.starts_with(['+', '-'])
                 || token == "Z"
             {
-                offset = Some(token.parse()?);
-            } else {
-                days = Some(token.parse()?);
+                if offset.replace(token.parse()?).is_some() {
+                    return Err(once("the UTC offset"));
+                }
+            } else if days.replace(token.parse()?).is_some() {
+                return Err(once("the days"));
             }
         }
         let (from, to) = times.ok_or_else(|| bad("missing the times (09:00-18:00)"))?;

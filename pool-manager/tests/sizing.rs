@@ -1634,6 +1634,17 @@ fn operator_windows_parse_and_open_on_their_days_and_hours() {
         ("Mon 09:00-18:00", "min"),
         ("Mon 09:00-09:00 min 1", "empty"),
         ("Mon 09:00-18:00 min 1 UTC+99", "offset"),
+        // A part given twice would keep the last alone: a narrower window.
+        ("Sat Sun 10:00-16:00 min 5", "the days given twice"),
+        (
+            "Mon-Fri 09:00-12:00 13:00-18:00 min 10",
+            "the times given twice",
+        ),
+        ("Mon 09:00-18:00 min 5 min 10", "min given twice"),
+        (
+            "Mon 09:00-18:00 min 5 UTC+1 +02:00",
+            "the UTC offset given twice",
+        ),
     ] {
         let err: ScheduleError = bad.parse::<Window>().unwrap_err();
         assert!(err.to_string().contains(expect), "{bad}: {err}");
