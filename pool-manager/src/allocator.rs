@@ -135,7 +135,19 @@ impl PoolManager {
 
     /// Deletes the allocated server and port; deletes the volume if
     /// `delete_volume` (or, when `None`, the allocation's own setting) says so.
+    /// Runs to its end even if the caller stops waiting.
     pub async fn release(
+        &self,
+        request_id: &str,
+        delete_volume: Option<bool>,
+    ) -> ManagerResult<Allocation> {
+        let manager = self.clone();
+        let request_id = request_id.to_owned();
+        self.detached(async move { manager.release_now(&request_id, delete_volume).await })
+            .await
+    }
+
+    async fn release_now(
         &self,
         request_id: &str,
         delete_volume: Option<bool>,

@@ -1623,6 +1623,44 @@ async fn an_allocate_its_caller_gave_up_on_still_finishes() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A caller that gives up on a Release (a gRPC client's deadline drops the
+/// call while the server is being deleted) does not stop it: the release
+/// finishes and is announced now, not at the next reconcile pass.
+#[tokio::test(start_paused = true)]
+async fn a_release_its_caller_gave_up_on_still_finishes() {
+    use pool_manager::events::EventKind;
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    manager
+        .allocate(request(
+            "order-gone",
+            new_volume(),
+            EmptyPoolPolicy::FailFast,
+        ))
+        .await
+        .unwrap();
+    let mut events = manager.events();
+    let deleting = cloud.hold_next("delete_server", At::Before);
+    let gave_up = tokio::time::timeout(
+        Duration::from_secs(1),
+        manager.release("order-gone", Some(true)),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the held Release answered");
+
+    deleting.release();
+    // Far less than the tests' reconcile interval (a day).
+    tokio::time::timeout(Duration::from_secs(600), async {
+        while events.recv().await.unwrap().kind != EventKind::Released {}
+    })
+    .await
+    .expect("the release was never announced");
+    let released = manager.get_allocation("order-gone").await.unwrap();
+    assert_eq!(released.state, AllocationState::Released);
+    assert_consistent(&sim, &manager).await;
+}
+
 /// An Allocate that finds the pool empty, then gets an instance that fails
 /// (its host fails during the attach), then finds the pool empty again is
 /// still one call that found it empty: counted once.
