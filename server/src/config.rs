@@ -539,7 +539,8 @@ pub struct OpenStackConfig {
     /// Nova keypair injected into pool servers.
     #[serde(default)]
     pub key_name: Option<String>,
-    /// Server names are this prefix plus the instance id.
+    /// Server names are this prefix plus the instance id (a UUID): at most
+    /// 219 characters, for Nova's 255.
     #[serde(default = "default_server_name_prefix")]
     pub server_name_prefix: String,
     /// Tag on every pool server; the reconciler lists servers by it.
@@ -1159,6 +1160,15 @@ impl Config {
                             )));
                         }
                     }
+                }
+                // Nova refuses a longer server name on every boot.
+                let prefix = os.server_name_prefix.chars().count();
+                let most = pool_manager::openstack::MAX_SERVER_NAME_PREFIX_CHARS;
+                if prefix > most {
+                    return Err(ConfigError::Invalid(format!(
+                        "cloud.server_name_prefix is {prefix} characters long; at most {most} fit (a server's name is the prefix and its 36-character instance id, and Nova takes names of at most {} characters)",
+                        pool_manager::openstack::MAX_SERVER_NAME_CHARS
+                    )));
                 }
                 // Nova's rules for a server tag (compute API 2.26+); the
                 // reconciler's `?tags=` filter reads a comma as a list.
@@ -1856,5 +1866,31 @@ mod tests {
             &format!("server_tag = {:?}", "é".repeat(60)),
         );
         assert!(Config::parse(&longest).is_ok());
+    }
+
+    /// Server names are the prefix and a 36-character instance id, and
+    /// Nova refuses a name past 255 characters on every boot: a prefix that
+    /// leaves no room for the id is refused at load, by name.
+    #[test]
+    fn a_server_name_prefix_nova_names_cannot_hold_is_refused() {
+        let text = |prefix: &str| {
+            format!(
+                r#"
+                [cloud]
+                kind = "openstack"
+                management_network = "service-net"
+                server_name_prefix = {prefix:?}
+                "#
+            )
+        };
+        let err = Config::parse(&text(&"p".repeat(220)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cloud.server_name_prefix is 220 characters long; at most 219 fit"),
+            "{err}"
+        );
+        // Characters, not bytes, as Nova counts them.
+        assert!(Config::parse(&text(&"é".repeat(219))).is_ok());
     }
 }

@@ -52,6 +52,11 @@ pub use osauth::CloudConfig;
 pub const DEFAULT_SERVER_TAG: &str = "warmpool";
 /// Server names are this plus the instance id.
 pub const DEFAULT_SERVER_NAME_PREFIX: &str = "warmpool-";
+/// The longest server name Nova takes, in characters.
+pub const MAX_SERVER_NAME_CHARS: usize = 255;
+/// The longest server name prefix: a server's name is the prefix and its
+/// instance id, a UUID (36 characters).
+pub const MAX_SERVER_NAME_PREFIX_CHARS: usize = MAX_SERVER_NAME_CHARS - 36;
 pub const DEFAULT_MYSQL_PORT: u16 = 3306;
 /// A cloud call (including a login) that takes longer failed transiently.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
