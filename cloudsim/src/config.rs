@@ -166,6 +166,34 @@ pub struct FlavorSpec {
     pub disk_gb: u64,
 }
 
+/// A Neutron security group the HTTP face serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecurityGroupConfig {
+    pub name: String,
+    /// The project owning it: `None`, the one project the face's users log
+    /// in to; `Some(name)`, another project, whose groups a listing shows
+    /// beside the project's own as Neutron shows them to an admin.
+    pub other_project: Option<String>,
+}
+
+impl SecurityGroupConfig {
+    /// A group of the project warmpool logs in to.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            other_project: None,
+        }
+    }
+
+    /// A group of another project, `project` (by name).
+    pub fn of_project(name: impl Into<String>, project: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            other_project: Some(project.into()),
+        }
+    }
+}
+
 /// A token bucket over all API calls, in simulated time; calls over the rate
 /// get `CloudError::Throttled` with the (scaled) time until the next token.
 #[derive(Clone, Debug, PartialEq)]
@@ -244,6 +272,13 @@ pub struct SimConfig {
     /// as not available, and boots in them refused. Cinder's zones stay.
     /// Set at runtime with [`crate::SimCloud::close_zone`].
     pub closed_zones: Vec<String>,
+    /// Nova key pairs of the HTTP face's users (Nova keeps key pairs per
+    /// user; the face's users share these), as `GET /os-keypairs/{name}`
+    /// finds them. A boot's `key_name` is not checked against them.
+    pub key_pairs: Vec<String>,
+    /// Neutron's security groups (a name may repeat, as Neutron allows).
+    /// A boot's `security_groups` are not checked against them.
+    pub security_groups: Vec<SecurityGroupConfig>,
 }
 
 impl Default for SimConfig {
@@ -275,6 +310,9 @@ impl Default for SimConfig {
             member_port_policy: false,
             retired_flavors: Vec::new(),
             closed_zones: Vec::new(),
+            key_pairs: Vec::new(),
+            // Neutron gives every project one.
+            security_groups: vec![SecurityGroupConfig::new("default")],
         }
     }
 }

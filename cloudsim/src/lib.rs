@@ -36,8 +36,8 @@ mod probe;
 mod sim;
 
 pub use config::{
-    AzConfig, BootModel, FlavorSize, FlavorSpec, Latencies, Quotas, RateLimit, SimConfig,
-    DEFAULT_FLAVOR_SIZE,
+    AzConfig, BootModel, FlavorSize, FlavorSpec, Latencies, Quotas, RateLimit, SecurityGroupConfig,
+    SimConfig, DEFAULT_FLAVOR_SIZE,
 };
 pub use model::{HostLoad, SimServer};
 pub use mysql::greeting_packet;

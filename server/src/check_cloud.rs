@@ -1,7 +1,7 @@
 //! `warmpoold check-cloud`: is the configured OpenStack usable for the
 //! configured pools? Credentials, flavors, image(s), management networks,
-//! Nova's and Cinder's availability zones and compute quota headroom, one
-//! line per check.
+//! the key pair and security groups pool servers get, Nova's and Cinder's
+//! availability zones and compute quota headroom, one line per check.
 //!
 //! The daemon runs the same checks before serving (see [`crate::start`]),
 //! for the pools it will serve: each pool its store has, with the stored
@@ -39,6 +39,10 @@ pub enum CheckKind {
     Flavor,
     Image,
     Network,
+    /// `key_name` is a key pair of the user warmpool logs in as.
+    KeyPair,
+    /// Each of `security_groups` is one group of warmpool's project.
+    SecurityGroup,
     /// Each pool's AZ is one of Nova's.
     Zone,
     /// Cinder reachable, and a zone of it for each pool AZ's volumes.
@@ -63,6 +67,8 @@ impl CheckKind {
             CheckKind::Flavor => "flavor",
             CheckKind::Image => "image",
             CheckKind::Network => "network",
+            CheckKind::KeyPair => "key pair",
+            CheckKind::SecurityGroup => "security group",
             CheckKind::Zone => "zones",
             CheckKind::Volume => "volumes",
             CheckKind::Quota => "quota",
@@ -546,6 +552,8 @@ pub async fn check_pools(
         }
     }
 
+    key_pair_check(&cloud, &mut report).await;
+    security_group_check(&cloud, &mut report).await;
     zone_check(pools, &cloud, &mut report).await;
     zone_override_check(os, pools, &mut report);
     volume_check(pools, &cloud, &mut report).await;
@@ -585,6 +593,40 @@ fn pool_azs(pools: &[CheckedPool]) -> BTreeSet<&str> {
         .iter()
         .map(|p| p.key.availability_zone.as_str())
         .collect()
+}
+
+/// Whether `key_name` is a key pair of the user warmpool logs in as: Nova
+/// refuses every boot naming another ("Invalid key_name provided"). Every
+/// pool's failure: the setting is the config file's.
+async fn key_pair_check(cloud: &OpenStackCloud, report: &mut Report) {
+    let Some(name) = cloud.settings().key_name.as_deref() else {
+        return;
+    };
+    match cloud.key_pair(name).await {
+        Ok(_) => report.ok(CheckKind::KeyPair, name),
+        Err(e) => report.fail(
+            CheckKind::KeyPair,
+            format!("cloud.key_name {name:?}: {}", reason(&e)),
+        ),
+    }
+}
+
+/// Whether each of `security_groups` names exactly one group of warmpool's
+/// project: Nova refuses every boot naming one it does not find there, or
+/// finds twice. Every pool's failure, as for the key pair.
+async fn security_group_check(cloud: &OpenStackCloud, report: &mut Report) {
+    for group in &cloud.settings().security_groups {
+        match cloud.security_group(group).await {
+            Ok(g) => report.ok(
+                CheckKind::SecurityGroup,
+                format!("{} = {}", g.name.as_deref().unwrap_or(group), g.id),
+            ),
+            Err(e) => report.fail(
+                CheckKind::SecurityGroup,
+                format!("cloud.security_groups {group:?}: {}", reason(&e)),
+            ),
+        }
+    }
 }
 
 /// Whether each pool's availability zone is one Nova boots servers in.

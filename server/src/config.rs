@@ -533,10 +533,12 @@ pub struct OpenStackConfig {
     /// Image (name or id) every pool boots, overriding the pools' `image`.
     #[serde(default)]
     pub image: Option<String>,
-    /// Security groups (names) of pool servers; empty: the project's default.
+    /// Security groups (names or ids, of warmpool's project) of pool
+    /// servers; empty: the project's default.
     #[serde(default)]
     pub security_groups: Vec<String>,
-    /// Nova keypair injected into pool servers.
+    /// Nova keypair injected into pool servers (one of the user warmpool
+    /// logs in as).
     #[serde(default)]
     pub key_name: Option<String>,
     /// Server names are this prefix plus the instance id (a UUID): at most

@@ -1,7 +1,7 @@
 //! `warmpoold check-cloud` against deploy/testbed: the real binary, a config
 //! file as an operator writes it. It passes against the testbed as it is,
-//! and fails, naming the problem, with a wrong password, a missing image and
-//! an exhausted quota.
+//! and fails, naming the problem, with a wrong password, a missing image,
+//! an exhausted quota, a key pair and a security group the cloud lacks.
 //!
 //! Like e2e_testbed.rs, this FAILS (never skips) when the testbed is not up:
 //! run `sudo deploy/testbed/up.sh` or `bash scripts/test.sh`.
@@ -165,5 +165,63 @@ async fn check_cloud_names_an_exhausted_quota() {
     assert!(
         quota.contains("db.small") && ["instances", "cores"].iter().any(|w| quota.contains(w)),
         "the quota line does not name the flavor and the binding quota:\n{report}"
+    );
+}
+
+/// `text` with `setting` added to its `[cloud]` section.
+fn with_cloud_setting(text: &str, setting: &str) -> String {
+    let anchor = "request_timeout = \"60s\"\n";
+    assert!(text.contains(anchor), "no `{anchor}` in:\n{text}");
+    text.replacen(anchor, &format!("{anchor}{setting}\n"), 1)
+}
+
+#[tokio::test]
+async fn check_cloud_names_a_missing_key_pair() {
+    require_testbed().await;
+    let dir = tempfile::tempdir().unwrap();
+    // bootstrap_warmpool.py creates no key pair for warmpool-e2e's user.
+    let key = format!("no-such-key-{}", run_id());
+    let text = with_cloud_setting(
+        &config_text(&dir.path().join("store"), E2E_CLOUD, E2E_NETWORK, &POOLS),
+        &format!("key_name = \"{key}\""),
+    );
+    let (code, report) = check_cloud(dir.path(), &text);
+    assert_eq!(code, 1, "{report}");
+    assert!(line(&report, "auth").starts_with("auth: ok"), "{report}");
+    assert_eq!(
+        line(&report, "key pair"),
+        format!("key pair: cloud.key_name \"{key}\": user warmpool-e2e in project warmpool-e2e has no key pair of that name (Nova keeps key pairs per user: create or import it as the user warmpool authenticates as)"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn check_cloud_finds_the_projects_default_security_group_and_names_a_missing_one() {
+    require_testbed().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Every project has one `default` group; warmpool-e2e's user is an
+    // admin, so Neutron lists every project's beside it.
+    let text = with_cloud_setting(
+        &config_text(&dir.path().join("store"), E2E_CLOUD, E2E_NETWORK, &POOLS),
+        "security_groups = [\"default\"]",
+    );
+    let (code, report) = check_cloud(dir.path(), &text);
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        line(&report, "security group").starts_with("security group: ok (default = "),
+        "{report}"
+    );
+
+    let group = format!("no-such-group-{}", run_id());
+    let text = with_cloud_setting(
+        &config_text(&dir.path().join("store"), E2E_CLOUD, E2E_NETWORK, &POOLS),
+        &format!("security_groups = [\"{group}\"]"),
+    );
+    let (code, report) = check_cloud(dir.path(), &text);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(
+        line(&report, "security group"),
+        format!("security group: cloud.security_groups \"{group}\": no security group named '{group}' is visible to user warmpool-e2e in project warmpool-e2e"),
+        "{report}"
     );
 }

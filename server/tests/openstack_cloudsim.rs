@@ -8,7 +8,7 @@
 mod support;
 
 use cloudsim::http::{HttpFace, HttpSettings, RunningFace, Service};
-use cloudsim::{Quotas, SimCloud, SimConfig};
+use cloudsim::{Quotas, SecurityGroupConfig, SimCloud, SimConfig};
 use pool_manager::cloud::{
     Cloud, CloudError, NewPortSpec, NewVolumeSpec, Server, ServerSpec, ServerStatus, VolumeStatus,
     MAX_RETRY_AFTER, META_INSTANCE, META_POOL,
@@ -1897,6 +1897,142 @@ image = "mysql-8.0"
         zones,
         "zones: Nova has no availability zone 'az-typo' that takes servers (its zones: az1, az2)",
         "{report}"
+    );
+}
+
+/// The report's lines that start with `label` ("key pair", "security group").
+fn lines_of(report: &check_cloud::Report, label: &str) -> Vec<String> {
+    let prefix = format!("{label}: ");
+    report
+        .to_string()
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A `key_name` the user warmpool logs in as has no key pair of (Nova keeps
+/// them per user, and refuses every boot naming another "Invalid key_name
+/// provided") fails the check, naming the setting, and so stops start-up
+/// before anything is created; a key pair the user has passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_cloud_names_a_key_pair_the_user_lacks() {
+    let env = env_with(
+        SimConfig {
+            key_pairs: vec!["ops".into()],
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
+    let config = env.config(r#"key_name = "no-such-key""#, SMALL_POOL);
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert!(!report.passed(), "{report}");
+    assert_eq!(
+        lines_of(&report, "key pair"),
+        ["key pair: cloud.key_name \"no-such-key\": user pool in project service has no key pair of that name (Nova keeps key pairs per user: create or import it as the user warmpool authenticates as)"],
+        "{report}"
+    );
+    let err = match warmpool_server::start(config, std::future::pending()).await {
+        Ok(_) => panic!("started with a key pair Nova lacks"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("cloud.key_name \"no-such-key\""), "{err}");
+    assert!(env.sim.servers().is_empty());
+
+    let config = env.config(r#"key_name = "ops""#, SMALL_POOL);
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert!(report.passed(), "{report}");
+    assert_eq!(lines_of(&report, "key pair"), ["key pair: ok (ops)"]);
+
+    // A Nova failing says nothing of the key pair.
+    let cloud = env.driver().await;
+    env.face.faults().server_error_next(Service::Compute, 1);
+    let e = cloud.key_pair("ops").await.unwrap_err();
+    assert!(matches!(e, CloudError::Transient(_)), "{e:?}");
+    assert_eq!(cloud.key_pair("ops").await.unwrap().name, "ops");
+}
+
+/// Nova gives a server the groups of `security_groups` it finds, by name
+/// or id, among its project's groups only, and refuses a boot naming any
+/// other: each must be exactly one group of warmpool's project. One that is
+/// missing, one only another project has (an admin's listing shows every
+/// project's groups), one named twice fail the check, naming the setting;
+/// `default`, which every project has, passes by name and by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_cloud_names_security_groups_warmpools_project_lacks() {
+    let env = env_with(
+        SimConfig {
+            security_groups: vec![
+                SecurityGroupConfig::new("default"),
+                SecurityGroupConfig::of_project("default", "tenant"),
+                SecurityGroupConfig::of_project("mysql", "tenant"),
+                SecurityGroupConfig::new("web"),
+                SecurityGroupConfig::new("web"),
+            ],
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
+    let config = env.config(
+        r#"security_groups = ["default", "nope", "mysql", "web"]"#,
+        SMALL_POOL,
+    );
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert!(!report.passed(), "{report}");
+    let lines = lines_of(&report, "security group");
+    assert_eq!(lines.len(), 4, "{report}");
+    let default_id = lines[0]
+        .strip_prefix("security group: ok (default = ")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{report}"))
+        .to_owned();
+    assert_eq!(
+        lines[1],
+        "security group: cloud.security_groups \"nope\": no security group named 'nope' is visible to user pool in project service",
+        "{report}"
+    );
+    assert!(
+        lines[2].starts_with("security group: cloud.security_groups \"mysql\": security group 'mysql' (")
+            && lines[2].contains(") belongs to project ")
+            && lines[2].ends_with(", not to warmpool's (user pool in project service): Nova gives a server only groups of its own project"),
+        "{report}"
+    );
+    assert_eq!(
+        lines[3],
+        "security group: cloud.security_groups \"web\": 2 security groups are named 'web'; give its id instead",
+        "{report}"
+    );
+    assert!(
+        report
+            .refusal()
+            .is_some_and(|r| r.contains("cloud.security_groups \"nope\"")),
+        "{report}"
+    );
+
+    let config = env.config(
+        &format!(r#"security_groups = ["{default_id}"]"#),
+        SMALL_POOL,
+    );
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert!(report.passed(), "{report}");
+    assert_eq!(
+        lines_of(&report, "security group"),
+        [format!("security group: ok (default = {default_id})")]
+    );
+
+    // Neither a Keystone failing to say which project is warmpool's nor a
+    // Neutron failing says anything of the group; each is asked again.
+    let cloud = env.driver().await;
+    for service in [Service::Identity, Service::Network] {
+        env.face.faults().server_error_next(service, 1);
+        let e = cloud.security_group("default").await.unwrap_err();
+        assert!(matches!(e, CloudError::Transient(_)), "{service:?}: {e:?}");
+    }
+    assert_eq!(
+        cloud.security_group("default").await.unwrap().id,
+        default_id
     );
 }
 

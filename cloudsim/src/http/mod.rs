@@ -38,8 +38,8 @@
 //! `list_servers`, `list_servers_detail`, `tag_server`, `list_flavors`,
 //! `get_flavor`, `list_volume_attachments`, `list_interfaces`,
 //! `volume_limits`, `update_port`. Keystone, version documents, networks,
-//! subnets, security groups, quotas and images do not pass the gate (they
-//! have no model state); [`HttpFaults`] covers them.
+//! subnets, security groups, key pairs, quotas and images do not pass the
+//! gate (they have no model state); [`HttpFaults`] covers them.
 //!
 //! Readiness: every server created through Nova here gets its own loopback
 //! address `127.77.x.y` (all of 127/8 is loopback on Linux) and its mysqld

@@ -1,11 +1,11 @@
 //! Neutron v2.0 under `/network`: version discovery, the configured networks
-//! and their subnets, the `default` security group, ports (create, show,
-//! list with `?name=`/`?device_id=`/`?network_id=`, delete) and the
-//! project's quota details. Errors are `{"NeutronError": {...}}`.
+//! and their subnets, security groups (`SimConfig::security_groups`), ports
+//! (create, show, list with `?name=`/`?device_id=`/`?network_id=`, delete)
+//! and the project's quota details. Errors are `{"NeutronError": {...}}`.
 
 use super::{
-    iso_seconds, mac_for, parse_body, require_token, stable_uuid, ApiError, FaceState, NetworkSpec,
-    Service,
+    iso_seconds, mac_for, parse_body, require_token, stable_hex, stable_uuid, ApiError, FaceState,
+    NetworkSpec, Service,
 };
 use crate::model::PortDetail;
 use axum::body::Bytes;
@@ -30,6 +30,7 @@ pub(super) fn routes(state: Arc<FaceState>) -> Router {
         .route("/subnets", get(list_subnets))
         .route("/subnets/:id", get(show_subnet))
         .route("/security-groups", get(list_security_groups))
+        .route("/security-groups/:id", get(show_security_group))
         .route("/ports", get(list_ports).post(create_port))
         .route(
             "/ports/:id",
@@ -230,19 +231,83 @@ async fn show_subnet(
     Ok(Json(json!({"subnet": subnet_json(&state, n)})))
 }
 
-async fn list_security_groups(State(state): State<Arc<FaceState>>) -> Json<Value> {
-    Json(json!({"security_groups": [{
-        "id": stable_uuid("security-group", "default"),
-        "name": "default",
-        "description": "Default security group",
-        "tenant_id": state.project_id,
-        "project_id": state.project_id,
-        "security_group_rules": [],
-        "stateful": true,
-        "shared": false,
-        "tags": [],
-        "revision_number": 1,
-    }]}))
+/// The security groups (`SimConfig::security_groups`). A project's first
+/// group of a name has an id of its name alone (the `default` group's is the
+/// one every port lists), a repeat one of its place in the list too.
+fn security_groups(state: &FaceState) -> Vec<Value> {
+    let groups = state.sim.config().security_groups;
+    groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let project_id = match &g.other_project {
+                None => state.project_id.clone(),
+                Some(other) => stable_hex("project", other),
+            };
+            let repeated = groups[..i]
+                .iter()
+                .any(|e| e.name == g.name && e.other_project == g.other_project);
+            let id = match (&g.other_project, repeated) {
+                (None, false) => stable_uuid("security-group", &g.name),
+                _ => stable_uuid("security-group", &format!("{project_id}/{}/{i}", g.name)),
+            };
+            json!({
+                "id": id,
+                "name": g.name,
+                "description": if g.name == "default" { "Default security group" } else { "" },
+                "tenant_id": project_id,
+                "project_id": project_id,
+                "security_group_rules": [],
+                "stateful": true,
+                "shared": false,
+                "tags": [],
+                "revision_number": 1,
+            })
+        })
+        .collect()
+}
+
+/// `GET /security-groups`, with Neutron's filters (`?name=`,
+/// `?project_id=`) and pages.
+async fn list_security_groups(
+    State(state): State<Arc<FaceState>>,
+    q: Q,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q);
+    let list: Vec<Value> = security_groups(&state)
+        .into_iter()
+        .filter(|g| matches(g, &q))
+        .collect();
+    let url = format!("{}/v2.0/security-groups", state.url(N));
+    let (list, next) = super::page(list, &q, &state.settings, &url).map_err(|e| match e {
+        super::PageError::BadLimit(m) => ApiError::new(N, StatusCode::BAD_REQUEST, m),
+        super::PageError::UnknownMarker(id) => security_group_not_found(&id),
+    })?;
+    Ok(Json(match next {
+        Some(links) => json!({"security_groups": list, "security_groups_links": links}),
+        None => json!({"security_groups": list}),
+    }))
+}
+
+/// `GET /security-groups/{id}`.
+async fn show_security_group(
+    State(state): State<Arc<FaceState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let group = security_groups(&state)
+        .into_iter()
+        .find(|g| {
+            g["id"]
+                .as_str()
+                .is_some_and(|g| g.eq_ignore_ascii_case(&id))
+        })
+        .ok_or_else(|| security_group_not_found(&id))?;
+    Ok(Json(json!({ "security_group": group })))
+}
+
+fn security_group_not_found(id: &str) -> ApiError {
+    ApiError::not_found(N, format!("Security group {id} does not exist"))
+        .typed("SecurityGroupNotFound")
 }
 
 fn port_json(state: &FaceState, d: &PortDetail) -> Value {

@@ -2,7 +2,7 @@
 //! (`X-OpenStack-Nova-API-Version` and `OpenStack-API-Version: compute X`,
 //! 2.1 to `HttpSettings::nova_max_version`), servers (create, show, list
 //! with `?name=` and, from 2.26, `?tags=`, delete, tags), flavors, `/limits`,
-//! volume attachments (200 with a body below 2.101, 202 with none from 2.101)
+//! key pairs (show), volume attachments (200 with a body below 2.101, 202 with none from 2.101)
 //! and interface attachments (synchronous, as in real Nova).
 //!
 //! Where real Nova's answer to a case differs from the generic mapping in
@@ -10,8 +10,8 @@
 //! volume is Nova's 400 "Invalid volume: ... already attached ...").
 
 use super::{
-    iso_micros, iso_seconds, lock, mac_for, parse_body, parse_version, require_token, stable_uuid,
-    ApiError, FaceState, Service,
+    iso_micros, iso_seconds, lock, mac_for, parse_body, parse_version, require_token, stable_hex,
+    stable_uuid, ApiError, FaceState, Service,
 };
 use crate::model::{Model, ServerDetail, ServerExtras};
 use crate::mysql;
@@ -74,6 +74,7 @@ pub(super) fn routes(state: Arc<FaceState>) -> Router {
         .route("/flavors/:id", get(show_flavor))
         .route("/limits", get(limits))
         .route("/os-availability-zone", get(availability_zones))
+        .route("/os-keypairs/:name", get(show_keypair))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             microversion,
@@ -1376,6 +1377,47 @@ async fn show_flavor(
         .find(|f| f.id == id)
         .ok_or_else(|| ApiError::not_found(C, format!("Flavor {id} could not be found.")))?;
     Ok(Json(json!({"flavor": flavor_json(&state, &f, mv, true)})))
+}
+
+/// `GET /os-keypairs/{name}`: a key pair of the caller's user
+/// (`SimConfig::key_pairs`; every user of the face has the same).
+async fn show_keypair(
+    State(state): State<Arc<FaceState>>,
+    Extension(mv): Extension<Mv>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let user_id = state
+        .settings
+        .users
+        .first()
+        .map(|u| state.user_id(&u.name))
+        .unwrap_or_default();
+    let index = state
+        .sim
+        .config()
+        .key_pairs
+        .iter()
+        .position(|k| *k == name)
+        .ok_or_else(|| {
+            ApiError::not_found(C, format!("Keypair {name} not found for user {user_id}"))
+        })?;
+    let hex = stable_hex("keypair", &name);
+    let fingerprint: Vec<&str> = (0..16).map(|i| &hex[2 * i..2 * i + 2]).collect();
+    let mut keypair = json!({
+        "id": index + 1,
+        "name": name,
+        "user_id": user_id,
+        "public_key": format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA{hex} {name}"),
+        "fingerprint": fingerprint.join(":"),
+        "created_at": iso_micros(state.wall(state.epoch.0), false),
+        "updated_at": null,
+        "deleted": false,
+        "deleted_at": null,
+    });
+    if mv.at_least(2, 2) {
+        keypair["type"] = json!("ssh");
+    }
+    Ok(Json(json!({ "keypair": keypair })))
 }
 
 fn limit(v: Option<u64>) -> Value {

@@ -170,9 +170,10 @@ pub struct OpenStackSettings {
     /// Network (name or id) every server gets its first port on; its fixed
     /// address is where mysqld is probed.
     pub management_network: String,
-    /// Security groups (names) of pool servers; empty: Nova's default.
+    /// Security groups (names or ids, of warmpool's project) of pool
+    /// servers; empty: Nova's default.
     pub security_groups: Vec<String>,
-    /// Nova keypair for pool servers.
+    /// Nova keypair for pool servers (one of the user warmpool logs in as).
     pub key_name: Option<String>,
     /// Server name = prefix + instance id.
     pub server_name_prefix: String,
@@ -566,6 +567,51 @@ impl OpenStackCloud {
         Ok(network)
     }
 
+    /// The key pair `name` of the user warmpool logs in as: Nova keeps key
+    /// pairs per user, and refuses a boot naming one its user lacks.
+    pub async fn key_pair(&self, name: &str) -> CloudResult<nova::Keypair> {
+        let call = self.nova(Method::GET, &["os-keypairs", name]);
+        match self.fetch::<nova::KeypairBody>(call).await {
+            Ok(body) => Ok(body.keypair),
+            Err(CloudError::NotFound(_)) => Err(CloudError::NotFound(format!(
+                "{} has no key pair of that name (Nova keeps key pairs per user: create or import it as the user warmpool authenticates as)",
+                self.identity()
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The security group `name_or_id` names among those of warmpool's
+    /// project, as Nova looks up a boot's groups (only there: an admin's
+    /// listing shows every project's). Not cached: only the cloud check
+    /// asks.
+    pub async fn security_group(&self, name_or_id: &str) -> CloudResult<Named> {
+        let project = self.inner.conn.project_id().await?;
+        let ours = |g: &Named| g.project_id.as_deref() == Some(project.as_str());
+        let group = self
+            .resolve(
+                Service::Network,
+                &["security-groups"],
+                |page: neutron::SecurityGroupsBody| {
+                    let has_next = nova::has_next(page.security_groups_links.as_deref());
+                    (page.security_groups, has_next)
+                },
+                name_or_id,
+                "security group",
+                ours,
+            )
+            .await?;
+        if !ours(&group) {
+            return Err(CloudError::NotFound(format!(
+                "security group '{name_or_id}' ({}) belongs to project {}, not to warmpool's ({}): Nova gives a server only groups of its own project",
+                group.id,
+                group.project_id.as_deref().unwrap_or("unknown"),
+                self.identity()
+            )));
+        }
+        Ok(group)
+    }
+
     /// Looks `name_or_id` up by id (when it looks like one), then by name
     /// over every page of the listing (`page_of` reads a page's items and
     /// whether a next one is linked); exactly one match of the name that
@@ -588,10 +634,10 @@ impl OpenStackCloud {
                 Ok(body) => {
                     // Glance answers the bare image (its custom properties
                     // beside its fields, so one may be named "image"),
-                    // Neutron wraps it.
+                    // Neutron wraps it under its kind ("security_group").
                     let item = match service {
                         Service::Image => body,
-                        _ => body.get(kind).cloned().unwrap_or(body),
+                        _ => body.get(kind.replace(' ', "_")).cloned().unwrap_or(body),
                     };
                     return serde_json::from_value(item)
                         .map_err(|e| unreadable(&format!("GET {kind} {name_or_id}"), e));

@@ -1,5 +1,5 @@
 //! Neutron's and Glance's JSON as warmpool reads it: ports, networks,
-//! images.
+//! security groups, images.
 
 use crate::cloud::{NewPortSpec, Port};
 use serde::Deserialize;
@@ -73,7 +73,7 @@ pub fn create_port_body(spec: &NewPortSpec) -> serde_json::Value {
     serde_json::json!({ "port": port })
 }
 
-/// A network or an image: what a name resolves to.
+/// A network, an image or a security group: what a name resolves to.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 pub struct Named {
     pub id: String,
@@ -81,6 +81,9 @@ pub struct Named {
     pub name: Option<String>,
     #[serde(default)]
     pub status: Option<String>,
+    /// Neutron's owner of the object (Glance calls it `owner`, unread).
+    #[serde(default)]
+    pub project_id: Option<String>,
 }
 
 /// A page of `GET /v2.0/networks`; Neutron links the next as it does for
@@ -95,6 +98,14 @@ pub struct NetworksBody {
 #[derive(Debug, Deserialize)]
 pub struct NetworkBody {
     pub network: Named,
+}
+
+/// A page of `GET /v2.0/security-groups`.
+#[derive(Debug, Deserialize)]
+pub struct SecurityGroupsBody {
+    pub security_groups: Vec<Named>,
+    #[serde(default)]
+    pub security_groups_links: Option<Vec<super::nova::Link>>,
 }
 
 /// A page of `GET /v2/images`; Glance links the next with a bare `next`

@@ -305,6 +305,18 @@ impl AbsoluteLimits {
     }
 }
 
+/// `GET /os-keypairs/{name}`.
+#[derive(Debug, Deserialize)]
+pub struct KeypairBody {
+    pub keypair: Keypair,
+}
+
+/// A key pair of the user warmpool logs in as.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Keypair {
+    pub name: String,
+}
+
 /// Everything `POST /servers` gets.
 #[derive(Clone, Debug)]
 pub struct CreateServer<'a> {

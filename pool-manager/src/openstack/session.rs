@@ -7,7 +7,7 @@
 //! [`Connection`] keeps the `CloudConfig`, builds a fresh `Session` (a new
 //! login) on a 401 and sends the call once more.
 
-use super::error::{classify_osauth, osauth_status, Service};
+use super::error::{classify, classify_osauth, osauth_status, Service};
 use crate::cloud::{CloudError, CloudResult};
 use osauth::services::{BLOCK_STORAGE, COMPUTE, IMAGE, NETWORK};
 use osauth::{CloudConfig, Session};
@@ -140,6 +140,8 @@ pub struct Connection {
     identity: String,
     /// The catalog has Cinder as `volumev3` and not as `block-storage`.
     cinder_as_volumev3: AtomicBool,
+    /// The id of the project warmpool's token is scoped to, once asked.
+    project_id: tokio::sync::OnceCell<String>,
 }
 
 impl Connection {
@@ -157,12 +159,102 @@ impl Connection {
             generation: AtomicU64::new(0),
             identity,
             cinder_as_volumev3: AtomicBool::new(false),
+            project_id: tokio::sync::OnceCell::new(),
         }))
     }
 
     /// "user pool in project service", from the config.
     pub fn identity(&self) -> &str {
         &self.identity
+    }
+
+    /// The id of the project warmpool works in, as Keystone tells of
+    /// warmpool's own token (`GET /v3/auth/tokens`, which a user may ask of
+    /// its own token): clouds.yaml may name the project by name only, and
+    /// what an admin lists holds every project's objects. Asked once.
+    pub async fn project_id(&self) -> CloudResult<String> {
+        self.project_id
+            .get_or_try_init(|| self.ask_project_id())
+            .await
+            .cloned()
+    }
+
+    /// Not a [`Call`]: Keystone is no service osauth sends calls to, and
+    /// the token asked about is the one osauth puts on the request.
+    async fn ask_project_id(&self) -> CloudResult<String> {
+        let what = "GET /v3/auth/tokens";
+        let url = token_url(&self.config).ok_or_else(|| {
+            CloudError::Fatal(format!(
+                "{what}: clouds.yaml has no usable auth_url to ask Keystone about warmpool's token"
+            ))
+        })?;
+        let (_, session) = self.session();
+        let client = session.client().inner().clone();
+        let request_id = format!("req-{}", uuid::Uuid::new_v4());
+        let asked = async {
+            let request = client
+                .get(url)
+                .header("X-OpenStack-Request-ID", request_id.as_str());
+            let mut request = session
+                .auth_type()
+                .authenticate(&client, request)
+                .await
+                .map_err(|e| classify_osauth(what, &e))?
+                .build()
+                .map_err(|e| CloudError::Fatal(format!("{what}: {e}")))?;
+            let token = request
+                .headers()
+                .get("x-auth-token")
+                .cloned()
+                .ok_or_else(|| {
+                    CloudError::Fatal(format!(
+                        "{what}: the configured auth_type gives warmpool no token"
+                    ))
+                })?;
+            request.headers_mut().insert("x-subject-token", token);
+            let response = client
+                .execute(request)
+                .await
+                .map_err(|e| CloudError::Transient(format!("{what}: {e}")))?;
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = read_body(response, what).await?;
+            Ok::<_, CloudError>(Reply {
+                status,
+                retry_after,
+                body,
+            })
+        };
+        let reply = tokio::time::timeout(self.timeout, asked)
+            .await
+            .map_err(|_| {
+                CloudError::Transient(format!("{what}: no answer within {:?}", self.timeout))
+            })??;
+        tracing::debug!(call = what, status = reply.status, %request_id, "cloud call");
+        if !reply.is_success() {
+            // Keystone's faults are one key wrapping a message, as Nova's.
+            return Err(classify(
+                Service::Compute,
+                what,
+                reply.status,
+                reply.retry_after.as_deref(),
+                &reply.body,
+            ));
+        }
+        let body: serde_json::Value = serde_json::from_str(&reply.body)
+            .map_err(|e| CloudError::Transient(format!("{what}: unreadable answer: {e}")))?;
+        body["token"]["project"]["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                CloudError::Fatal(format!(
+                    "{what}: warmpool's token is scoped to no project (give project_name or project_id in clouds.yaml)"
+                ))
+            })
     }
 
     fn session(&self) -> (u64, Session) {
@@ -417,6 +509,20 @@ fn identity_of(config: &CloudConfig) -> String {
     }
 }
 
+/// Keystone's `/v3/auth/tokens` under the config's `auth_url`, as osauth
+/// makes it for the login (with or without `/v3` at its end).
+fn token_url(config: &CloudConfig) -> Option<reqwest::Url> {
+    let value = serde_yaml::to_value(config).ok()?;
+    let mut url = reqwest::Url::parse(value["auth"]["auth_url"].as_str()?).ok()?;
+    url.path_segments_mut().ok()?.pop_if_empty().push("");
+    let path = if url.path().ends_with("/v3/") {
+        "auth/tokens"
+    } else {
+        "v3/auth/tokens"
+    };
+    url.join(path).ok()
+}
+
 /// Why a login failed, and whether Keystone refused the credentials (as
 /// opposed to not answering, throttling, or something in front of it).
 struct LoginFailure {
@@ -465,4 +571,31 @@ async fn login(
             _ => classify_osauth("auth", &e),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The token URL is where the login went, whether auth_url ends in
+    /// `/v3` or not.
+    #[test]
+    fn the_token_url_is_the_logins() {
+        let url = |auth_url: &str| {
+            let config: CloudConfig = serde_yaml::from_str(&format!(
+                "auth:\n  auth_url: {auth_url}\n  username: pool\n  password: poolpass\n  project_name: service\n  user_domain_name: Default\n  project_domain_name: Default\n"
+            ))
+            .unwrap();
+            token_url(&config).map(|u| u.to_string())
+        };
+        for (auth_url, tokens) in [
+            ("http://k:5000/v3", "http://k:5000/v3/auth/tokens"),
+            ("http://k:5000/v3/", "http://k:5000/v3/auth/tokens"),
+            ("http://k:5000", "http://k:5000/v3/auth/tokens"),
+            ("https://k/identity/v3", "https://k/identity/v3/auth/tokens"),
+            ("https://k/identity", "https://k/identity/v3/auth/tokens"),
+        ] {
+            assert_eq!(url(auth_url).as_deref(), Some(tokens), "{auth_url}");
+        }
+    }
 }
