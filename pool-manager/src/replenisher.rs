@@ -22,7 +22,7 @@ use crate::error::{ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, BootOutcome, EventKind};
 use crate::gate::{self, BootSignal, BootTicket, Hold};
 use crate::manager::Shared;
-use crate::model::{Instance, InstanceState, PoolKey, PoolRecord};
+use crate::model::{Instance, InstanceState, PoolKey, PoolRecord, PoolSpec};
 use crate::sizing::{self, BootPlan, Inputs, PlanReason, SizingBook, SizingStatus};
 use rand::Rng;
 use std::collections::BTreeMap;
@@ -365,12 +365,12 @@ impl Shared {
             Some(until) if until > now => 0,
             Some(_) => self.settings.max_concurrent_boots.min(1),
         };
-        let inputs = |gate| Inputs {
-            min_ready: pool.spec.min_ready_at(wall),
-            max_ready: pool.spec.max_ready,
-            target: pool.spec.target,
-            supply,
-            in_flight,
+        let inputs = |spec: &PoolSpec, census: &Census, gate| Inputs {
+            min_ready: spec.min_ready_at(wall),
+            max_ready: spec.max_ready,
+            target: spec.target,
+            supply: census.supply,
+            in_flight: census.in_flight,
             demand,
             lead,
             z: settings.z(),
@@ -380,7 +380,7 @@ impl Shared {
         // The target does not depend on the gate; the boots do, below.
         let target = {
             let admission = gate::lock(&self.gate).admission(az, &pool.key.flavor, now);
-            sizing::decide(&inputs(admission)).target
+            sizing::decide(&inputs(&pool.spec, &census, admission)).target
         };
         // Quota headroom matters only to a pool that wants to boot: poll it
         // then (at most every headroom_interval per flavor), not at rest.
@@ -415,10 +415,10 @@ impl Shared {
         // headroom this pool takes are gone at once for the AZ's other
         // pools. A ticket not handed to a boot (a failed record) ends when
         // dropped.
-        let (admission, plan, tickets) = {
+        let (admission, mut plan, tickets) = {
             let mut gate = gate::lock(&self.gate);
             let admission = gate.admission(az, &pool.key.flavor, Instant::now());
-            let plan: BootPlan = sizing::decide(&inputs(admission));
+            let plan: BootPlan = sizing::decide(&inputs(&pool.spec, &census, admission));
             let tickets: Vec<BootTicket> = (0..plan.boots_now)
                 .map(|_| {
                     BootTicket::start_locked(&self.gate, &mut gate, az, &pool.key.flavor, true)
@@ -426,6 +426,34 @@ impl Shared {
                 .collect();
             (admission, plan, tickets)
         };
+        if !tickets.is_empty() {
+            // Decided again, and the boots recorded, under the pool lock
+            // that a late cold boot's handover and every change of the pool
+            // take, on the pool and its supply read again: since the count
+            // above, the step may have waited on the cloud (the quota look,
+            // retirements' deletes) and on the lock, while a handover joined
+            // the pool or an operator paused, deleted or changed it. Only
+            // the store is called under the lock (the boots' cloud calls run
+            // on their own tasks), so other pools' steps and handovers wait
+            // on no cloud. A ticket left over ends, dropped.
+            let _guard = self.pool_lock.lock().await;
+            let Some((pool, census)) = self.recount(&pool.key).await? else {
+                return Ok(None);
+            };
+            if pool.draining || pool.spec.paused {
+                return Ok(None);
+            }
+            plan = sizing::decide(&inputs(&pool.spec, &census, admission));
+            for ticket in tickets.into_iter().take(plan.boots_now as usize) {
+                let (instance, claim) = self.record_new_instance(&pool, None).await?;
+                let shared = self.clone();
+                self.spawn(async move {
+                    let _ = shared
+                        .drive_boot_with(instance, claim, ticket, Timed::FromNow)
+                        .await;
+                });
+            }
+        }
         let previous = self.sizing_book().set_plan(&pool.key, plan, settings);
         let was_quota = previous.is_some_and(|p| p.reason == PlanReason::Quota);
         match (was_quota, plan.reason == PlanReason::Quota) {
@@ -437,27 +465,6 @@ impl Shared {
             ),
             (true, false) => tracing::info!(pool = %pool.key, "quota room again: the pool boots"),
             _ => {}
-        }
-        if !tickets.is_empty() {
-            // Counted again, and the boots recorded, under the pool lock a
-            // late cold boot's handover takes: one handed over since the
-            // count above judged its room on that same count, and the whole
-            // deficit booted beside it would take the pool over max_ready.
-            // Only the store is called under the lock (the boots' cloud
-            // calls run on their own tasks), so other pools' steps and
-            // handovers wait on no cloud. A ticket left over ends, dropped.
-            let _guard = self.pool_lock.lock().await;
-            let supply = self.census_of(pool, &image).await?.2.supply;
-            let room = plan.target.saturating_sub(supply) as usize;
-            for ticket in tickets.into_iter().take(room) {
-                let (instance, claim) = self.record_new_instance(pool, None).await?;
-                let shared = self.clone();
-                self.spawn(async move {
-                    let _ = shared
-                        .drive_boot_with(instance, claim, ticket, Timed::FromNow)
-                        .await;
-                });
-            }
         }
         // Come back when the hold ends only if it is what keeps boots back.
         let held = matches!(plan.reason, PlanReason::Throttled | PlanReason::Quota);
@@ -471,6 +478,19 @@ impl Shared {
     pub(crate) async fn supply_of(&self, pool: &PoolRecord) -> ManagerResult<u32> {
         let image = self.cloud.boot_image(&pool.spec.image);
         Ok(self.census_of(pool, &image).await?.2.supply)
+    }
+
+    /// The pool as stored now and its census, for a step that has waited
+    /// (on the cloud, on the pool lock) since it read them: an operator may
+    /// have paused, deleted or changed the pool meanwhile. `None` once the
+    /// pool is gone.
+    async fn recount(&self, key: &PoolKey) -> ManagerResult<Option<(PoolRecord, Census)>> {
+        let Some(pool) = self.store.get_pool(key).await? else {
+            return Ok(None);
+        };
+        let image = self.cloud.boot_image(&pool.spec.image);
+        let census = self.census_of(&pool, &image).await?.2;
+        Ok(Some((pool, census)))
     }
 
     /// The pool's instances, which of them are due for renewal (servers of
@@ -531,53 +551,54 @@ impl Shared {
             })
             .collect();
         ready.sort_by_key(|i| i.ready_at);
-        let mut doomed: Vec<(&Instance, String, Retirement)> = Vec::new();
+        let mut doomed: Vec<(&Instance, Retirement)> = Vec::new();
         for instance in ready {
             let due = renewal.due(instance);
             if let Some(why) = due.filter(|_| replaced || outdated_over_cap > 0) {
                 let cause = match outdated_over_cap > 0 {
-                    true => Retirement::OutdatedOverCap,
-                    false => Retirement::Replaced,
+                    true => Retirement::OutdatedOverCap(why),
+                    false => Retirement::Replaced(why),
                 };
                 outdated_over_cap = outdated_over_cap.saturating_sub(1);
-                doomed.push((instance, renewal.reason(instance, why), cause));
+                doomed.push((instance, cause));
             } else if due.is_none() && over_cap > 0 {
                 over_cap -= 1;
-                doomed.push((
-                    instance,
-                    format!("above the pool's max_ready of {}", pool.spec.max_ready),
-                    Retirement::FreshOverCap,
-                ));
+                doomed.push((instance, Retirement::FreshOverCap));
             } else if due.is_none() && above_target > 0 {
                 above_target -= 1;
-                doomed.push((
-                    instance,
-                    format!(
-                        "above the pool's target of {target} for {} (keeping {keep}: the target and what purchases are expected to take meanwhile)",
-                        humantime::format_duration(self.settings.sizing.cooldown)
-                    ),
-                    Retirement::AboveTarget,
-                ));
+                doomed.push((instance, Retirement::AboveTarget));
             }
         }
-        let max_ready = pool.spec.max_ready;
-        for (instance, reason, cause) in doomed {
+        for (instance, cause) in doomed {
             // Each retirement waits for the cloud's delete: purchases may
-            // have taken the fresh instances since the step's listing, and
-            // an outdated one still serves until its replacement stands, so
-            // each is judged again on what is Ready now.
-            let now = self.store.list_untouched_instances(&pool.key).await?;
-            let census = Census::of(&now, renewal);
+            // have taken the fresh instances since the step's listing, an
+            // outdated one still serves until its replacement stands, and
+            // the operator may have changed max_ready, so each is judged
+            // again on what is Ready now, by the pool as it is now.
+            let Some((current, census)) = self.recount(&pool.key).await? else {
+                return Ok(());
+            };
+            let max_ready = current.spec.max_ready;
             let (fresh, outdated) = (census.fresh_ready(), census.outdated);
             let still_due = match cause {
-                Retirement::Replaced => fresh >= target,
-                Retirement::OutdatedOverCap => fresh + outdated > max_ready,
+                Retirement::Replaced(_) => fresh >= target,
+                Retirement::OutdatedOverCap(_) => fresh + outdated > max_ready,
                 Retirement::FreshOverCap => fresh > max_ready,
                 Retirement::AboveTarget => fresh > keep,
             };
             if !still_due {
                 continue;
             }
+            let reason = match cause {
+                Retirement::Replaced(why) | Retirement::OutdatedOverCap(why) => {
+                    renewal.reason(instance, why)
+                }
+                Retirement::FreshOverCap => format!("above the pool's max_ready of {max_ready}"),
+                Retirement::AboveTarget => format!(
+                    "above the pool's target of {target} for {} (keeping {keep}: the target and what purchases are expected to take meanwhile)",
+                    humantime::format_duration(self.settings.sizing.cooldown)
+                ),
+            };
             let retired = self
                 .update_instance(&instance.id, |current| {
                     (current.state == InstanceState::Ready && current.request_id.is_none()).then(
@@ -1162,9 +1183,9 @@ fn left_soft_deleted(server: &Server, refused: &str) -> ManagerResult<()> {
 #[derive(Clone, Copy)]
 enum Retirement {
     /// Outdated, and the fresh supply meets the target without it.
-    Replaced,
+    Replaced(Outdated),
     /// Outdated, and the pool's Ready instances are above max_ready.
-    OutdatedOverCap,
+    OutdatedOverCap(Outdated),
     /// Fresh, and the fresh ones alone are above max_ready.
     FreshOverCap,
     /// Fresh, and the fresh ones have been above the target for a cooldown.

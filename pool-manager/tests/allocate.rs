@@ -4275,6 +4275,107 @@ async fn a_handover_during_a_refill_step_leaves_the_pool_within_max_ready() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// What an operator changes while a refill step waits on the cloud.
+#[derive(Clone, Copy, Debug)]
+enum ChangeMidStep {
+    Pause,
+    LowerMaxReady,
+    Delete,
+    NewImage,
+}
+
+/// A refill step records its boots by the pool as it is then, read again
+/// under the pool lock, not as it was when the step began: an UpdatePool
+/// or DeletePool answered OK while the step waited on its quota look (a
+/// cloud call) is obeyed by the boots that follow it. The step used to
+/// boot its whole deficit all the same: in a paused pool, beyond a lowered
+/// max_ready, in a deleted pool (servers the drain then deleted), and from
+/// the image the pool no longer named.
+#[tokio::test(start_paused = true)]
+async fn a_refill_step_boots_by_the_pool_as_it_is_when_it_records_the_boots() {
+    for change in [
+        ChangeMidStep::Pause,
+        ChangeMidStep::LowerMaxReady,
+        ChangeMidStep::Delete,
+        ChangeMidStep::NewImage,
+    ] {
+        refill_after_a_change_mid_step(change).await;
+    }
+}
+
+async fn refill_after_a_change_mid_step(change: ChangeMidStep) {
+    let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
+        images: vec!["mysql-8.0".into(), "mysql-8.4".into()],
+        ..sim().config()
+    });
+    let cloud = GatedCloud::new(&sim);
+    let manager = pool_manager::PoolManager::new(
+        temp_store(),
+        cloud.clone(),
+        Arc::new(sim.probe()),
+        settings(),
+    );
+    manager.start().await.unwrap();
+    // The new pool's first step wants three boots and looks at the quota
+    // headroom first: it waits there.
+    let headroom = cloud.hold_next("boot_headroom", At::Before);
+    manager.create_pool(pool(), spec(3)).await.unwrap();
+    headroom.reached().await;
+    let supply = MostSupply::watch(&manager);
+    match change {
+        ChangeMidStep::Pause => {
+            manager
+                .update_pool(&pool(), |s| s.paused = true)
+                .await
+                .unwrap();
+        }
+        ChangeMidStep::LowerMaxReady => {
+            manager
+                .update_pool(&pool(), |s| {
+                    s.min_ready = 1;
+                    s.max_ready = 1;
+                })
+                .await
+                .unwrap();
+        }
+        ChangeMidStep::Delete => {
+            manager.delete_pool(&pool()).await.unwrap();
+        }
+        ChangeMidStep::NewImage => {
+            manager
+                .update_pool(&pool(), |s| s.image = "mysql-8.4".into())
+                .await
+                .unwrap();
+        }
+    }
+    headroom.release();
+    tokio::time::sleep(Duration::from_secs(400)).await;
+    let most = supply.stop().await;
+    let creates = sim.call_counts().get("create_server").copied().unwrap_or(0);
+    let images: Vec<String> = sim.servers().into_iter().map(|s| s.image).collect();
+    match change {
+        ChangeMidStep::Pause => {
+            assert_eq!(creates, 0, "{change:?}: a paused pool booted");
+            assert_eq!(most, 0, "{change:?}");
+        }
+        ChangeMidStep::LowerMaxReady => {
+            assert!(most <= 1, "{change:?}: supply {most} above max_ready 1");
+            assert_eq!(creates, 1, "{change:?}");
+        }
+        ChangeMidStep::Delete => {
+            assert_eq!(creates, 0, "{change:?}: a deleted pool booted");
+            assert!(manager.get_pool(&pool()).await.is_err(), "drained");
+        }
+        ChangeMidStep::NewImage => {
+            // Booted from the new image at once: none to replace.
+            assert_eq!(creates, 3, "{change:?}: {images:?}");
+            assert_eq!(images, ["mysql-8.4"; 3], "{change:?}");
+        }
+    }
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
+
 /// A cold boot that misses its deadline in the middle of its create, in a
 /// pool with no room for it (max_ready 0, which the pool allows), is undone
 /// with its purchase as a drain undoes a boot in flight: its record goes at

@@ -86,6 +86,45 @@ async fn lowering_max_ready_retires(paused: bool) {
     assert_eq!(ready_ids(&manager).await, kept);
 }
 
+/// Each retirement over max_ready is judged by the max_ready in force when
+/// its turn comes: raised again while the step waited on an earlier
+/// retirement's delete (a cloud call), the rest stay. The step used to
+/// retire them by the max_ready it began with, leaving one of three.
+#[tokio::test(start_paused = true)]
+async fn raising_max_ready_again_mid_retirement_keeps_the_rest() {
+    for paused in [false, true] {
+        raising_max_ready_mid_retirement(paused).await;
+    }
+}
+
+async fn raising_max_ready_mid_retirement(paused: bool) {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_over(&cloud, temp_store(), 4).await;
+    let deleting = cloud.hold_next("delete_server", At::Before);
+    manager
+        .update_pool(&pool(), move |s| {
+            s.paused = paused;
+            s.min_ready = 1;
+            s.max_ready = 1;
+            s.target = Target::Fixed(1);
+        })
+        .await
+        .unwrap();
+    deleting.reached().await;
+    manager
+        .update_pool(&pool(), |s| s.max_ready = 4)
+        .await
+        .unwrap();
+    deleting.release();
+    // Well within a cooldown: the surplus above the target stays too.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let kept = ready_ids(&manager).await;
+    assert_eq!(kept.len(), 3, "paused {paused}: {kept:?}");
+    assert_eq!(sim.servers().len(), 3, "paused {paused}");
+    assert_consistent(&sim, &manager).await;
+}
+
 /// Also when the target is `max_ready` itself: the replacements booting
 /// next to the expired instances are not a reason to retire those early.
 #[tokio::test(start_paused = true)]
