@@ -15,6 +15,7 @@
 //! afresh. Released allocations are kept (idempotent answers) until
 //! `ManagerSettings::keep_released`, if set.
 
+use crate::changes::ChangeCursor;
 use crate::cloud::{
     CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Volume, VolumeStatus, META_INSTANCE,
 };
@@ -1238,23 +1239,10 @@ impl Shared {
                     return self.cold_boot(params, deadline).await.map(|i| (i, false))
                 }
                 EmptyPoolPolicy::Wait => {
-                    let mut stopping = self.stop_waiting.subscribe();
-                    let woke = tokio::select! {
-                        biased;
-                        _ = stopping.wait_for(|stop| *stop) => return Err(ManagerError::ShuttingDown),
-                        woke = tokio::time::timeout_at(deadline, changes.changed()) => woke,
-                    };
-                    let pool = match self.store.get_pool(&params.pool).await? {
-                        Some(pool) if !pool.draining => pool,
-                        gone => {
-                            return Err(ManagerError::FailedPrecondition(format!(
-                                "pool {} {} deleted",
-                                params.pool,
-                                if gone.is_some() { "is being" } else { "was" }
-                            )))
-                        }
-                    };
-                    if woke.is_err() {
+                    let (pool, woke) = self
+                        .wait_on_pool(&mut changes, &params.pool, deadline)
+                        .await?;
+                    if !woke {
                         return Err(ManagerError::ResourceExhausted(format!(
                             "pool {} had no ready instance before the deadline{}",
                             params.pool,
@@ -1263,6 +1251,36 @@ impl Shared {
                     }
                 }
             }
+        }
+    }
+
+    /// Waits, for a purchase that holds nothing yet, until the next change
+    /// of the store or `until` (whether a change came), then reads its pool
+    /// again. A stop ([`PoolManager::stop_waiting`]) ends the wait at once
+    /// with `ShuttingDown`, a pool being deleted with its refusal.
+    async fn wait_on_pool(
+        &self,
+        changes: &mut ChangeCursor,
+        pool: &PoolKey,
+        until: Instant,
+    ) -> ManagerResult<(PoolRecord, bool)> {
+        let mut stopping = self.stop_waiting.subscribe();
+        let woke = tokio::select! {
+            biased;
+            _ = stopping.wait_for(|stop| *stop) => return Err(ManagerError::ShuttingDown),
+            woke = tokio::time::timeout_at(until, changes.changed()) => woke.is_ok(),
+        };
+        Ok((self.pool_open_to_purchases(pool).await?, woke))
+    }
+
+    /// The pool, or FAILED_PRECONDITION if it is being deleted or gone.
+    async fn pool_open_to_purchases(&self, key: &PoolKey) -> ManagerResult<PoolRecord> {
+        match self.store.get_pool(key).await? {
+            Some(pool) if !pool.draining => Ok(pool),
+            gone => Err(ManagerError::FailedPrecondition(format!(
+                "pool {key} {} deleted",
+                if gone.is_some() { "is being" } else { "was" }
+            ))),
         }
     }
 
@@ -1375,7 +1393,6 @@ impl Shared {
         params: &AllocationParams,
         deadline: Instant,
     ) -> ManagerResult<Instance> {
-        let pool = self.pool(&params.pool).await?;
         let flavor = &params.pool.flavor;
         let mut queue = None;
         let mut refusals = 0u32;
@@ -1399,9 +1416,16 @@ impl Shared {
                     }
                 }
             }
-            let (instance, claim) = self
-                .record_new_instance(&pool, Some(params.request_id.clone()))
-                .await?;
+            // The pool read now that the room is granted: it may have been
+            // deleted, or deleted and created anew with another spec, while
+            // the purchase waited. Under the pool lock a deletion takes,
+            // as a refill records its boots, so none comes in between.
+            let (instance, claim) = {
+                let _guard = self.pool_lock.lock().await;
+                let pool = self.pool_open_to_purchases(&params.pool).await?;
+                self.record_new_instance(&pool, Some(params.request_id.clone()))
+                    .await?
+            };
             // The boot's ticket holds the purchase's room from now on: its
             // place in line goes under the same lock, or refills would find
             // that room taken twice until the instance is Ready.
@@ -1610,7 +1634,10 @@ impl Shared {
     }
 
     /// Sleeps `pause` before the next look at the quota, failing when the
-    /// deadline would pass first.
+    /// deadline would pass first, and at once as a purchase waiting for a
+    /// Ready instance does (`wait_on_pool`): the manager stopping, the
+    /// pool being deleted (whose drain frees quota this purchase would
+    /// otherwise take for a server in it).
     async fn wait_for_quota(
         &self,
         params: &AllocationParams,
@@ -1624,8 +1651,16 @@ impl Shared {
                 params.pool.flavor
             )));
         }
-        tokio::time::sleep_until(until).await;
-        Ok(())
+        let mut changes = self.changes.subscribe();
+        // Looked at once the cursor is taken: a deletion before would wake
+        // nothing.
+        self.pool_open_to_purchases(&params.pool).await?;
+        loop {
+            let (_, woke) = self.wait_on_pool(&mut changes, &params.pool, until).await?;
+            if !woke {
+                return Ok(());
+            }
+        }
     }
 
     async fn attach_and_verify(

@@ -1,6 +1,7 @@
 //! Quota headroom on the paused clock, against cloudsim's instance quota:
 //! refills stop at quota without piling up refused boots, a cold-boot
-//! purchase waits first in line and gets the room a release frees, and a
+//! purchase waits first in line and gets the room a release frees (and
+//! stops waiting when its pool is deleted or the manager stops), and a
 //! cloud whose limits cannot be read still gets paced by quota refusals.
 
 mod common;
@@ -8,13 +9,14 @@ mod common;
 use cloudsim::SimCloud;
 use common::*;
 use pool_manager::cloud::CloudError;
-use pool_manager::events::{BootOutcome, EventKind};
-use pool_manager::model::{AllocationState, EmptyPoolPolicy, InstanceState};
+use pool_manager::events::{BootOutcome, Event, EventKind};
+use pool_manager::model::{Allocation, AllocationState, EmptyPoolPolicy, InstanceState};
 use pool_manager::sizing::PlanReason;
-use pool_manager::PoolManager;
+use pool_manager::{ManagerError, ManagerResult, PoolManager};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
 
 fn sim_with_quota(max_instances: usize) -> Arc<SimCloud> {
     let mut config = cloudsim::SimConfig::deterministic();
@@ -23,10 +25,7 @@ fn sim_with_quota(max_instances: usize) -> Arc<SimCloud> {
 }
 
 /// Boots broadcast as ended with `outcome` since the last look.
-fn boots_ended(
-    events: &mut broadcast::Receiver<pool_manager::events::Event>,
-    outcome: BootOutcome,
-) -> usize {
+fn boots_ended(events: &mut broadcast::Receiver<Event>, outcome: BootOutcome) -> usize {
     let mut ended = 0;
     while let Ok(event) = events.try_recv() {
         if matches!(event.kind, EventKind::Boot { outcome: o, .. } if o == outcome) {
@@ -37,21 +36,30 @@ fn boots_ended(
 }
 
 /// Boots the cloud refused for quota since the last look.
-fn quota_refusals(events: &mut broadcast::Receiver<pool_manager::events::Event>) -> usize {
+fn quota_refusals(events: &mut broadcast::Receiver<Event>) -> usize {
     boots_ended(events, BootOutcome::Quota)
 }
 
-#[tokio::test(start_paused = true)]
-async fn refills_stop_at_quota_and_a_cold_boot_purchase_gets_the_released_room() {
+/// What `at_quota_with_a_cold_order_waiting` leaves: the cloud, the
+/// manager, its events since start, and the waiting purchase.
+struct ColdOrderWaiting {
+    sim: Arc<SimCloud>,
+    manager: PoolManager,
+    events: broadcast::Receiver<Event>,
+    cold: JoinHandle<ManagerResult<Allocation>>,
+}
+
+/// Three tenants' servers ("a", "b", "c") fill the quota of three and the
+/// pool is empty; a purchase with cold-boot fallback ("cold", 30 min
+/// timeout) waits in line for room instead of failing.
+async fn at_quota_with_a_cold_order_waiting() -> ColdOrderWaiting {
     let sim = sim_with_quota(3);
     let manager = manager_on(&sim, temp_store());
-    let mut events = manager.events();
+    let events = manager.events();
     manager.start().await.unwrap();
     manager.create_pool(pool(), spec(5)).await.unwrap();
     wait_ready(&manager, 3).await;
 
-    // Three purchases take the three warm instances: the quota is full of
-    // tenants' servers and the pool is empty.
     for id in ["a", "b", "c"] {
         let done = manager
             .allocate(request(id, new_volume(), EmptyPoolPolicy::FailFast))
@@ -67,15 +75,27 @@ async fn refills_stop_at_quota_and_a_cold_boot_purchase_gets_the_released_room()
         Some(PlanReason::Quota)
     );
 
-    // A purchase with cold-boot fallback waits in line instead of failing.
-    let cold = {
-        let manager = manager.clone();
-        let mut order = request("cold", new_volume(), EmptyPoolPolicy::ColdBoot);
-        order.timeout = Some(Duration::from_secs(30 * 60));
-        tokio::spawn(async move { manager.allocate(order).await })
-    };
+    let mut order = request("cold", new_volume(), EmptyPoolPolicy::ColdBoot);
+    order.timeout = Some(Duration::from_secs(30 * 60));
+    let cold = spawn_allocate(&manager, order);
     tokio::time::sleep(Duration::from_secs(300)).await;
     assert!(!cold.is_finished(), "no room yet: the purchase waits");
+    ColdOrderWaiting {
+        sim,
+        manager,
+        events,
+        cold,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn refills_stop_at_quota_and_a_cold_boot_purchase_gets_the_released_room() {
+    let ColdOrderWaiting {
+        sim,
+        manager,
+        mut events,
+        cold,
+    } = at_quota_with_a_cold_order_waiting().await;
 
     // One tenant leaves: the freed room goes to the waiting purchase, not to
     // a speculative refill.
@@ -105,6 +125,49 @@ async fn refills_stop_at_quota_and_a_cold_boot_purchase_gets_the_released_room()
     let status = manager.get_pool(&pool()).await.unwrap();
     assert_eq!(status.count(InstanceState::Ready), 2, "{status:?}");
     assert_eq!(quota_refusals(&mut events), 0);
+    manager.shutdown().await.unwrap();
+}
+
+/// A purchase waiting in line for quota is told at once that its pool is
+/// being deleted, as a purchase waiting for a Ready instance is: the room
+/// the release frees is not taken for a server in the deleted pool.
+#[tokio::test(start_paused = true)]
+async fn a_cold_boot_purchase_waiting_for_quota_is_told_the_pool_is_deleted() {
+    let ColdOrderWaiting {
+        sim, manager, cold, ..
+    } = at_quota_with_a_cold_order_waiting().await;
+    sim.reset_call_counts();
+    manager.delete_pool(&pool()).await.unwrap();
+    manager.release("a", Some(true)).await.unwrap();
+    let err = cold.await.unwrap().unwrap_err();
+    // Which it reads depends on whether the empty pool's drain is done
+    // when the purchase wakes: both say the pool is deleted.
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m) if m == "pool db.small@az1 is being deleted" || m == "pool db.small@az1 was deleted"),
+        "{err:?}"
+    );
+    assert_eq!(sim.call_counts().get("create_server"), None);
+    assert!(manager.get_allocation("cold").await.is_err(), "rolled back");
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(sim.servers().len(), 2);
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
+
+/// `stop_waiting` (a graceful stop begins) ends a purchase's wait for
+/// quota as it ends a wait for a Ready instance: it holds nothing, and
+/// would hold the stop until its timeout.
+#[tokio::test(start_paused = true)]
+async fn a_stop_ends_a_cold_boot_purchases_wait_for_quota() {
+    let ColdOrderWaiting {
+        sim, manager, cold, ..
+    } = at_quota_with_a_cold_order_waiting().await;
+    sim.reset_call_counts();
+    manager.stop_waiting();
+    let err = cold.await.unwrap().unwrap_err();
+    assert!(matches!(err, ManagerError::ShuttingDown), "{err:?}");
+    assert_eq!(sim.call_counts().get("create_server"), None);
+    assert!(manager.get_allocation("cold").await.is_err(), "rolled back");
     manager.shutdown().await.unwrap();
 }
 
