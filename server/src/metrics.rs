@@ -274,13 +274,21 @@ fn allocate_histogram() -> Histogram {
     ])
 }
 
+/// The embedded cloud's scaled boots at the low end, IOPS-throttled
+/// real-cloud boots (12+ minutes) and slower at the top. The top finite
+/// bound is the longest boot timeout (`MAX_BOOT_TIMEOUT`, a day):
+/// histogram_quantile answers a quantile in +Inf with the top finite
+/// bound, which would cap a slow cloud's p90 and keep
+/// WarmpoolBootLeadTimeHigh (p90 above twice its weekly p90) from firing.
+/// Above 30 minutes each bound at most doubles the last, so a doubling of
+/// the p90 still shows; that costs 7 more series per pool.
+const LEAD_TIME_BUCKETS: [f64; 25] = [
+    0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 90.0, 120.0, 180.0, 240.0, 300.0, 420.0, 600.0,
+    900.0, 1200.0, 1800.0, 2700.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0, 86400.0,
+];
+
 fn lead_time_histogram() -> Histogram {
-    // The embedded cloud's scaled boots at the low end, IOPS-throttled
-    // real-cloud boots (12+ minutes) at the top.
-    Histogram::new([
-        0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 90.0, 120.0, 180.0, 240.0, 300.0, 420.0, 600.0,
-        900.0, 1200.0, 1800.0,
-    ])
+    Histogram::new(LEAD_TIME_BUCKETS)
 }
 
 fn cloud_histogram() -> Histogram {
@@ -568,10 +576,17 @@ impl Metrics {
         for service in cloud::SERVICES {
             touch(&m.cloud_throttled, &ServiceLabels { service });
         }
-        for service in CloudService::ALL.map(CloudService::as_str) {
+        for service in CloudService::ALL
+            .map(CloudService::as_str)
+            .into_iter()
+            .chain([UNKNOWN_SERVICE])
+        {
             touch(&m.retry_pauses, &ServiceLabels { service });
             touch(&m.retry_pause_seconds, &ServiceLabels { service });
         }
+        // Pools' series are created as the pools are seen; leaks of no pool
+        // the store knows (a store lost) have none to be created with.
+        touch(&m.leaks_deleted, &PoolLabels::of(None));
         Metrics { registry, ..m }
     }
 
@@ -1235,6 +1250,36 @@ mod tests {
             0.0
         );
         assert!(body.contains("# HELP warmpool_retry_pause_seconds Time warmpool paused"));
+    }
+
+    /// histogram_quantile answers a quantile that falls in +Inf with the
+    /// top finite bound: were that below the longest boot timeout, the
+    /// lead-time p90 of a slow cloud would stop there, and
+    /// WarmpoolBootLeadTimeHigh could not fire.
+    #[test]
+    fn the_lead_time_buckets_reach_the_longest_boot_timeout() {
+        let top = LEAD_TIME_BUCKETS[LEAD_TIME_BUCKETS.len() - 1];
+        assert!(
+            top >= pool_manager::model::MAX_BOOT_TIMEOUT.as_secs_f64(),
+            "top finite lead-time bucket {top} s"
+        );
+        assert!(LEAD_TIME_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    /// The series of events with no pool or no service are there at zero
+    /// from the start, as the known ones are: `increase()` over a series
+    /// born at its first event misses that event, and a store that was lost
+    /// (the leaks WarmpoolLeakRateHigh is for) knows no pool.
+    #[test]
+    fn the_series_of_unknown_pools_and_services_start_at_zero() {
+        let body = Metrics::new().encode();
+        for name_and_labels in [
+            r#"warmpool_leaks_deleted_total{flavor="",availability_zone=""}"#,
+            r#"warmpool_retry_pauses_total{service="unknown"}"#,
+            r#"warmpool_retry_pause_seconds_total{service="unknown"}"#,
+        ] {
+            assert_eq!(sample(&body, name_and_labels), 0.0, "{name_and_labels}");
+        }
     }
 
     #[test]

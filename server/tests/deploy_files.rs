@@ -1,7 +1,8 @@
 //! The files in deploy/ checked against the daemon itself: every TOML there
 //! loads with warmpoold's own config loader, the example documents every
 //! option the loader knows, and the Grafana dashboard and the Prometheus
-//! rules name only metrics a running warmpoold exposes on /metrics; the
+//! rules name only metrics a running warmpoold exposes on /metrics (their
+//! promtool tests only its histograms' bucket bounds); the
 //! systemd unit and the example config agree on how a dynamic user gets the
 //! cloud's credentials; and a dashboard panel in seconds plots nothing else
 //! without giving it its own unit; the Kubernetes config's store cache fits
@@ -201,6 +202,22 @@ async fn dashboard_and_alert_rules_name_only_metrics_the_daemon_exposes() {
         unknown.is_empty(),
         "the dashboard or rules name metrics warmpoold does not expose: {unknown:?}\nexposed: {exposed:#?}"
     );
+    // The rules' unit tests feed histograms the bucket bounds warmpoold
+    // has: a quantile computed from bounds it lacks says nothing of what
+    // the alert does on real scrapes.
+    let bounds = bucket_bounds(&body);
+    for path in rules
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with("_test.yml"))
+    {
+        let fed = bucket_bounds(&read(path));
+        let foreign: Vec<_> = fed.difference(&bounds).collect();
+        assert!(
+            foreign.is_empty(),
+            "{} feeds buckets warmpoold does not expose: {foreign:?}\nexposed: {bounds:#?}",
+            path.display()
+        );
+    }
     // The issue's must-haves are all referenced somewhere.
     for needed in [
         "warmpool_pool_instances",
@@ -218,6 +235,30 @@ async fn dashboard_and_alert_rules_name_only_metrics_the_daemon_exposes() {
         );
     }
     daemon.shut_down().await;
+}
+
+/// The (series name, `le`) of every histogram bucket sample or input series
+/// in `text` (a /metrics body, or a promtool test's input series).
+fn bucket_bounds(text: &str) -> BTreeSet<(String, String)> {
+    let mut found = BTreeSet::new();
+    for line in text.lines() {
+        let Some(at) = line.find("_bucket{") else {
+            continue;
+        };
+        let start = line[..at]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .map_or(0, |i| i + 1);
+        let name = &line[start..at + "_bucket".len()];
+        let labels = &line[at + "_bucket{".len()..];
+        let labels = labels.split_once('}').map_or(labels, |(l, _)| l);
+        let le = labels
+            .split(',')
+            .find_map(|label| label.trim().strip_prefix("le=\""))
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("a bucket without le: {line}"));
+        found.insert((name.to_owned(), le.to_owned()));
+    }
+    found
 }
 
 /// The lines of a systemd unit setting `key`, shown commented out or not:

@@ -661,7 +661,7 @@ where
 }
 
 /// `warmpool_leaks_deleted_total` from the daemon's /metrics, summed over
-/// its pool labels; 0 before the first leak (no series yet).
+/// its pool labels; 0 before the first leak.
 async fn leaks_deleted(metrics_url: &str) -> f64 {
     let (status, _, body) = support::http_get(metrics_url).await;
     assert_eq!(status, 200, "{body}");
