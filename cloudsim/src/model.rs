@@ -187,6 +187,14 @@ struct VolumeRec {
     gone_at: Option<Instant>,
     /// Snapshots of it (the tenant's): Cinder refuses to delete it meanwhile.
     snapshots: u32,
+    /// Its volume type's name.
+    volume_type: String,
+    /// Of a multiattach type: an attach is taken while it is attached
+    /// elsewhere too.
+    multiattach: bool,
+    /// Servers outside warmpool's view it is attached to besides the one
+    /// `state` names (a multiattach volume's; set by tests).
+    also_attached: Vec<String>,
 }
 
 impl VolumeRec {
@@ -194,14 +202,17 @@ impl VolumeRec {
         let state = self.state.at(now);
         let status = if self.gone_at.is_some() {
             VolumeStatus::Other("deleting".into())
+        } else if state.status == VolumeStatus::Available && !self.also_attached.is_empty() {
+            VolumeStatus::InUse
         } else {
             state.status.clone()
         };
         // Cinder lists an attachment once it is made, until the detach completes.
-        let attached_to = match (&state.status, &state.server) {
+        let mut attached_to = match (&state.status, &state.server) {
             (VolumeStatus::InUse | VolumeStatus::Detaching, Some(s)) => vec![s.clone()],
             _ => Vec::new(),
         };
+        attached_to.extend(self.also_attached.iter().cloned());
         Volume {
             id: self.id.clone(),
             name: self.name.clone(),
@@ -209,6 +220,8 @@ impl VolumeRec {
             availability_zone: self.az.clone(),
             size_gib: self.size_gib,
             attached_to,
+            volume_type: Some(self.volume_type.clone()),
+            multiattach: self.multiattach,
         }
     }
 
@@ -266,6 +279,9 @@ struct Host {
     /// free for the next boot placed on it.
     serial_free_at: Option<Instant>,
 }
+
+/// Cinder's default volume type, of a volume created naming none.
+pub(crate) const DEFAULT_VOLUME_TYPE: &str = "__DEFAULT__";
 
 /// Cinder's status for a volume whose attach failed in Cinder.
 const ERROR_ATTACHING: &str = "error_attaching";
@@ -1308,6 +1324,12 @@ impl Model {
                 state,
                 gone_at: None,
                 snapshots: 0,
+                volume_type: spec
+                    .volume_type
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_VOLUME_TYPE.into()),
+                multiattach: false,
+                also_attached: Vec::new(),
             },
         );
         id
@@ -1315,11 +1337,34 @@ impl Model {
 
     /// A tenant's existing volume, already `available` (no API call).
     pub fn create_volume_for_test(&mut self, project: &str, az: &str, size_gib: u32) -> String {
+        self.insert_volume_for_test(project, az, size_gib, None)
+    }
+
+    /// The same, of `volume_type`, a multiattach type.
+    pub fn create_multiattach_volume_for_test(
+        &mut self,
+        project: &str,
+        az: &str,
+        size_gib: u32,
+        volume_type: &str,
+    ) -> String {
+        let id = self.insert_volume_for_test(project, az, size_gib, Some(volume_type));
+        self.volumes.get_mut(&id).expect("just made").multiattach = true;
+        id
+    }
+
+    fn insert_volume_for_test(
+        &mut self,
+        project: &str,
+        az: &str,
+        size_gib: u32,
+        volume_type: Option<&str>,
+    ) -> String {
         let n = self.seq + 1;
         let spec = NewVolumeSpec {
             name: format!("tenant-volume-{n}"),
             size_gib,
-            volume_type: None,
+            volume_type: volume_type.map(Into::into),
             availability_zone: az.to_string(),
             project_id: project.to_string(),
         };
@@ -1344,6 +1389,27 @@ impl Model {
             status: VolumeStatus::InUse,
             server: Some(other.clone()),
         });
+        Ok(other)
+    }
+
+    /// An admin retypes the volume to `volume_type`, a multiattach type,
+    /// and a server outside warmpool's view attaches it, beside whatever
+    /// it is attached or attaching to. Returns that server's id, which
+    /// `detach_volume` accepts.
+    pub fn attach_volume_elsewhere_too(
+        &mut self,
+        volume_id: &str,
+        volume_type: &str,
+    ) -> CloudResult<String> {
+        let other = format!("tenant-server-{}", self.new_id());
+        let vol = self
+            .volumes
+            .get_mut(volume_id)
+            .filter(|v| v.gone_at.is_none())
+            .ok_or_else(|| CloudError::NotFound(format!("volume {volume_id}")))?;
+        vol.volume_type = volume_type.into();
+        vol.multiattach = true;
+        vol.also_attached.push(other.clone());
         Ok(other)
     }
 
@@ -1437,7 +1503,8 @@ impl Model {
         }
         let st = vol.state.at(now);
         let deletable = matches!(st.status, VolumeStatus::Available | VolumeStatus::Error)
-            && !vol.state.pending(now);
+            && !vol.state.pending(now)
+            && vol.also_attached.is_empty();
         if vol.snapshots > 0 {
             // Cinder's one message for every state it refuses a delete in.
             return Err(CloudError::Conflict(
@@ -1447,7 +1514,7 @@ impl Model {
         if !deletable {
             return Err(CloudError::Conflict(format!(
                 "Invalid volume: Volume {id} status must be available or error, but current status is: {}",
-                status_name(&st.status)
+                status_name(&vol.view(now).status)
             )));
         }
         let gone_at = now + self.latency(self.cfg.latencies.delete);
@@ -1499,7 +1566,9 @@ impl Model {
             )));
         }
         self.live_server(server_id)?.busy_refusal("attach_volume")?;
-        // Fencing: only an `available` volume with nothing pending may be attached.
+        // Fencing: only an `available` volume with nothing pending may be
+        // attached (a multiattach one may be attached elsewhere too:
+        // `also_attached`).
         let st = vol.state.at(now);
         if st.status != VolumeStatus::Available || vol.state.pending(now) {
             return Err(CloudError::Conflict(format!(
@@ -1575,6 +1644,12 @@ impl Model {
         volume_id: &str,
         now: Instant,
     ) -> CloudResult<()> {
+        if let Some(vol) = self.volumes.get_mut(volume_id) {
+            if vol.also_attached.iter().any(|s| s == server_id) {
+                vol.also_attached.retain(|s| s != server_id);
+                return Ok(());
+            }
+        }
         let Some(vol) = self.volumes.get(volume_id) else {
             return Ok(());
         };

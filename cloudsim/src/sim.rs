@@ -177,10 +177,36 @@ impl SimCloud {
         self.lock().create_volume_for_test(project, az, size_gib)
     }
 
+    /// A tenant's existing volume of `volume_type`, a multiattach type,
+    /// already `available`. Not an API call. Returns its id.
+    pub fn create_multiattach_volume_for_test(
+        &self,
+        project: &str,
+        az: &str,
+        size_gib: u32,
+        volume_type: &str,
+    ) -> String {
+        self.lock()
+            .create_multiattach_volume_for_test(project, az, size_gib, volume_type)
+    }
+
     /// Makes a volume `in-use` by a server warmpool does not know (another
     /// tenant VM). Returns that server's id, which `detach_volume` accepts.
     pub fn attach_volume_elsewhere(&self, volume_id: &str) -> CloudResult<String> {
         self.lock().attach_volume_elsewhere(volume_id)
+    }
+
+    /// An admin retypes the volume to `volume_type`, a multiattach type,
+    /// and a server warmpool does not know attaches it, beside any server
+    /// it is attached or attaching to. Not an API call. Returns that
+    /// server's id, which `detach_volume` accepts.
+    pub fn attach_volume_elsewhere_too(
+        &self,
+        volume_id: &str,
+        volume_type: &str,
+    ) -> CloudResult<String> {
+        self.lock()
+            .attach_volume_elsewhere_too(volume_id, volume_type)
     }
 
     /// The tenant takes `n` snapshots of the volume (0: deletes them);

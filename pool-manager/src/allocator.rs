@@ -906,7 +906,10 @@ impl Shared {
         }
     }
 
-    /// A volume that is not `available` in the pool's AZ is never attached.
+    /// A volume that is not `available` in the pool's AZ is never attached,
+    /// nor a multiattach one: Cinder's reservation keeps a second attach
+    /// of a single-attach volume out (two orders naming it both found it
+    /// `available`), not of a multiattach one.
     async fn fence_volume(
         &self,
         params: &AllocationParams,
@@ -932,6 +935,13 @@ impl Shared {
             }
             Err(e) => return Err(e.into()),
         };
+        // Before its state: no detach or wait makes it attachable.
+        if volume.multiattach {
+            let kind = volume.volume_type.as_deref().unwrap_or("unknown");
+            return Err(ManagerError::FailedPrecondition(format!(
+                "volume {volume_id} is multiattach (type {kind}); warmpool attaches a database's volume to one server only: two servers writing one MySQL data directory corrupt it, and Cinder keeps a second server off only a single-attach volume; retype it to a single-attach volume type (openstack volume set --type <type> --retype-policy on-demand {volume_id})"
+            )));
+        }
         if volume.status != VolumeStatus::Available {
             if let Some(passing) = self.passing_unavailability(&volume).await {
                 return Err(passing);
@@ -1783,9 +1793,7 @@ impl Shared {
             &volume_id,
             deadline,
             Phase::AfterAttach { server_id },
-            |status, attached| {
-                *status == VolumeStatus::InUse && attached.iter().any(|s| s == server_id)
-            },
+            |status, attached| *status == VolumeStatus::InUse && attached == [server_id],
         )
         .await?;
         Ok(volume_id)
@@ -1875,6 +1883,25 @@ impl Shared {
             }
             if let Phase::AfterAttach { server_id } = phase {
                 match volume.status {
+                    // Attached to the instance and to another server too
+                    // (`done` wants it on the instance alone): a volume
+                    // retyped multiattach since the fence. The request's,
+                    // not the instance's: the next one would meet it too.
+                    VolumeStatus::InUse if volume.attached_to.iter().any(|s| s == server_id) => {
+                        let others: Vec<&str> = volume
+                            .attached_to
+                            .iter()
+                            .filter(|s| *s != server_id)
+                            .map(String::as_str)
+                            .collect();
+                        return Err(AttemptError::Request(ManagerError::FailedPrecondition(
+                            format!(
+                                "volume {volume_id} is attached to server {} as well as to the purchase's: it is multiattach now (type {}), and warmpool attaches a database's volume to one server only; the purchase is rolled back (the volume detached from its server only); detach it from the other server and retype it to a single-attach volume type",
+                                others.join(", "),
+                                volume.volume_type.as_deref().unwrap_or("unknown")
+                            ),
+                        )));
+                    }
                     VolumeStatus::Attaching => seen_attaching = true,
                     VolumeStatus::Available if seen_attaching => {
                         return Err(AttemptError::Instance(ManagerError::Cloud(

@@ -114,6 +114,12 @@ pub struct Volume {
     pub size_gib: u32,
     /// Server ids the volume is attached to.
     pub attached_to: Vec<String>,
+    /// Cinder's volume type, by name (`None`: Cinder did not say).
+    pub volume_type: Option<String>,
+    /// Of a multiattach volume type: Cinder lets it be attached to more
+    /// than one server at once, so its own reservation no longer keeps a
+    /// second attach out.
+    pub multiattach: bool,
 }
 
 impl Volume {

@@ -553,6 +553,100 @@ async fn a_volume_in_error_is_refused_for_what_it_is() {
     assert_eq!(status.count(InstanceState::Ready), 1);
 }
 
+/// A multiattach volume is refused before anything is done, however
+/// `available` it is: Cinder lets such a volume be attached to two servers
+/// at once, so two orders naming it could both pass the fence and both
+/// attach it (two mysqlds writing one data directory), where Cinder itself
+/// refuses a single-attach volume's second attach.
+#[tokio::test(start_paused = true)]
+async fn a_multiattach_volume_is_refused_and_never_attached() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 2).await;
+    let volume = sim.create_multiattach_volume_for_test("tenant-a", "az1", 10, "shared-ssd");
+    let order = |id: &str| {
+        let existing = VolumeSource::Existing {
+            volume_id: volume.clone(),
+        };
+        request(id, existing, EmptyPoolPolicy::FailFast)
+    };
+    // Two orders at once, as in the race the fence is to stop.
+    let (first, second) = tokio::join!(
+        manager.allocate(order("order-ma-1")),
+        manager.allocate(order("order-ma-2"))
+    );
+    for (id, answer) in [("order-ma-1", first), ("order-ma-2", second)] {
+        let err = answer.unwrap_err();
+        assert!(
+            matches!(&err, ManagerError::FailedPrecondition(m) if m.starts_with(&format!("volume {volume} is multiattach (type shared-ssd)")) && m.contains("retype")),
+            "{err}"
+        );
+        assert!(manager.get_allocation(id).await.is_err());
+    }
+    let after = sim.volumes().into_iter().find(|v| v.id == volume).unwrap();
+    assert_eq!(after.status, pool_manager::cloud::VolumeStatus::Available);
+    assert!(after.attached_to.is_empty());
+    assert_eq!(
+        manager
+            .get_pool(&pool())
+            .await
+            .unwrap()
+            .count(InstanceState::Ready),
+        2
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
+/// Defence in depth: a volume attached to another server besides the
+/// purchase's once its attach is done (retyped to a multiattach type after
+/// the fence, and attached by someone else meanwhile) fails the purchase,
+/// which is rolled back: the volume is detached from the purchase's server
+/// only, and the tenant's volume is left where it was, never deleted.
+#[tokio::test(start_paused = true)]
+async fn a_volume_attached_to_another_server_too_fails_the_purchase() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 2).await;
+    let volume = sim.create_volume_for_test("tenant-a", "az1", 10);
+    let attach = cloud.hold_next("attach_volume", At::Before);
+    let existing = VolumeSource::Existing {
+        volume_id: volume.clone(),
+    };
+    let buying = spawn_allocate(
+        &manager,
+        request("order-shared", existing, EmptyPoolPolicy::FailFast),
+    );
+    attach.reached().await;
+    let ours = manager
+        .get_allocation("order-shared")
+        .await
+        .unwrap()
+        .server_id
+        .unwrap();
+    let other = sim
+        .attach_volume_elsewhere_too(&volume, "shared-ssd")
+        .unwrap();
+    attach.release();
+
+    let err = buying.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m) if m.contains(&volume) && m.contains(&other) && m.contains("one server only")),
+        "{err}"
+    );
+    assert!(manager.get_allocation("order-shared").await.is_err());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let after = sim
+        .volumes()
+        .into_iter()
+        .find(|v| v.id == volume)
+        .expect("the tenant's volume is never deleted");
+    assert_eq!(after.attached_to, vec![other]);
+    assert!(
+        sim.server(&ours).is_none(),
+        "the touched instance is discarded"
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
 /// The check of the tenant's existing volume waits out a 429 and a 503 like
 /// every other call of the purchase, instead of failing it at once.
 #[tokio::test(start_paused = true)]

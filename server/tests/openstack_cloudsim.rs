@@ -440,6 +440,24 @@ async fn volumes_and_ports_attach_and_detach_at_both_attach_microversions() {
     }
 }
 
+/// Cinder's multiattach flag and volume type are read: the allocator's
+/// fence refuses a multiattach volume by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volumes_multiattach_flag_and_type_are_read() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let shared = env
+        .sim
+        .create_multiattach_volume_for_test("tenant", "az1", 1, "multiattach");
+    let v = cloud.get_volume(&shared).await.unwrap();
+    assert!(v.multiattach);
+    assert_eq!(v.volume_type.as_deref(), Some("multiattach"));
+    let single = env.sim.create_volume_for_test("tenant", "az1", 1);
+    let v = cloud.get_volume(&single).await.unwrap();
+    assert!(!v.multiattach);
+    assert_eq!(v.volume_type.as_deref(), Some("__DEFAULT__"));
+}
+
 /// A server Nova is busy with (an operator's snapshot) reads as busy, not
 /// going, through Nova's task_state, and Nova's refusal of an attach to it
 /// is a Conflict: what the allocator needs to try the next instance.

@@ -252,6 +252,10 @@ fn volume_json(
     let now = Instant::now();
     let v = &d.volume;
     let created = iso_micros(state.wall(d.created_at), false);
+    let volume_type = v
+        .volume_type
+        .as_deref()
+        .unwrap_or(crate::model::DEFAULT_VOLUME_TYPE);
     let attachments: Vec<Value> = v
         .attached_to
         .iter()
@@ -284,14 +288,14 @@ fn volume_json(
         "bootable": "false",
         "encrypted": false,
         "description": null,
-        "volume_type": "__DEFAULT__",
+        "volume_type": volume_type,
         "snapshot_id": null,
         "source_volid": null,
         "metadata": {},
         "links": links(state, view, &v.id),
         "user_id": state.settings.users.first().map(|u| state.user_id(&u.name)).unwrap_or_default(),
         "os-vol-tenant-attr:tenant_id": d.project_id,
-        "multiattach": false,
+        "multiattach": v.multiattach,
         "replication_status": null,
         "consistencygroup_id": null,
     });
@@ -307,7 +311,7 @@ fn volume_json(
         (
             (3, 63),
             "volume_type_id",
-            json!(super::stable_uuid("volume-type", "__DEFAULT__")),
+            json!(super::stable_uuid("volume-type", volume_type)),
         ),
         ((3, 65), "consumes_quota", json!(true)),
     ];

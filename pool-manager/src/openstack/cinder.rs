@@ -26,6 +26,10 @@ pub struct CinderVolume {
     pub size: Option<u32>,
     #[serde(default)]
     pub attachments: Option<Vec<Attachment>>,
+    #[serde(default)]
+    pub volume_type: Option<String>,
+    #[serde(default)]
+    pub multiattach: Option<bool>,
 }
 
 /// `GET /os-availability-zone` (Cinder's, and Nova's, which has the same shape).
@@ -81,6 +85,8 @@ pub fn to_volume(v: CinderVolume) -> Volume {
             .into_iter()
             .filter_map(|a| a.server_id)
             .collect(),
+        volume_type: v.volume_type,
+        multiattach: v.multiattach.unwrap_or_default(),
         id: v.id,
     }
 }
@@ -114,6 +120,33 @@ mod tests {
         assert_eq!(v.status, VolumeStatus::InUse);
         assert_eq!(v.attached_to, vec!["a4d9add2-ef0a-4928-b1b8-6525fdb81913"]);
         assert_eq!((v.size_gib, v.availability_zone.as_str()), (1, "nova"));
+        assert!(!v.multiattach);
+    }
+
+    /// A volume of a multiattach type attached to two servers, as Cinder
+    /// 3.x shows it: the allocator refuses such a volume, which Cinder
+    /// would let a second order attach.
+    #[test]
+    fn a_multiattach_volume_says_so_with_its_type_and_every_server() {
+        let body: VolumeBody = serde_json::from_str(
+            r#"{"volume": {"id": "8b1ab9b2-5f2e-4c4d-9b9e-7c3a0e4f5d61", "name": "tenant-db", "status": "in-use",
+                "availability_zone": "nova", "size": 20, "bootable": "false", "encrypted": false,
+                "volume_type": "multiattach", "multiattach": true, "replication_status": null,
+                "attachments": [
+                    {"id": "8b1ab9b2", "attachment_id": "a1", "volume_id": "8b1ab9b2", "server_id": "a4d9add2-ef0a-4928-b1b8-6525fdb81913", "host_name": "compute-1", "device": "/dev/vdb", "attached_at": "2024-05-02T10:00:00.000000"},
+                    {"id": "8b1ab9b2", "attachment_id": "a2", "volume_id": "8b1ab9b2", "server_id": "f3b2c1d0-1111-4e2a-9c3b-0a1b2c3d4e5f", "host_name": "compute-2", "device": "/dev/vdb", "attached_at": "2024-05-02T10:00:01.000000"}]}}"#,
+        )
+        .unwrap();
+        let v = to_volume(body.volume);
+        assert!(v.multiattach);
+        assert_eq!(v.volume_type.as_deref(), Some("multiattach"));
+        assert_eq!(
+            v.attached_to,
+            vec![
+                "a4d9add2-ef0a-4928-b1b8-6525fdb81913",
+                "f3b2c1d0-1111-4e2a-9c3b-0a1b2c3d4e5f"
+            ]
+        );
     }
 
     #[test]
