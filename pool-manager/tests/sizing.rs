@@ -177,6 +177,34 @@ fn decider_golden() {
             },
         ),
         (
+            "below min_ready, window full",
+            Inputs {
+                min_ready: 3,
+                demand: DemandEstimate::ZERO,
+                gate: Admission {
+                    room: 0,
+                    hold: None,
+                    headroom: None,
+                },
+                ..base()
+            },
+        ),
+        (
+            "below min_ready, own boot in flight",
+            Inputs {
+                min_ready: 3,
+                demand: DemandEstimate::ZERO,
+                supply: 1,
+                in_flight: 1,
+                gate: Admission {
+                    room: 0,
+                    hold: None,
+                    headroom: None,
+                },
+                ..base()
+            },
+        ),
+        (
             "429: paused",
             Inputs {
                 gate: Admission {
@@ -304,6 +332,8 @@ fixed 0 = min_ready                    D= 1.00 target= 2 boots= 2 deficit
 pool boot cap                          D= 1.00 target= 4 boots= 1 pool_cap
 window full, no sustained demand       D= 1.00 target= 4 boots= 1 window
 window below what demand needs         D= 5.00 target=11 boots= 4 window
+below min_ready, window full           D= 0.00 target= 3 boots= 1 window
+below min_ready, own boot in flight    D= 0.00 target= 3 boots= 0 window
 429: paused                            D= 1.00 target= 4 boots= 0 throttled
 quota: paused                          D= 1.00 target= 4 boots= 0 quota
 quota headroom 2 of a deficit of 4     D= 1.00 target= 4 boots= 2 headroom
@@ -1814,7 +1844,9 @@ fn sizing_settings_out_of_range_are_refused_by_name() {
 
 /// Two pools of one AZ filling at once share its window: the replenisher
 /// boots one pool reserves are gone for the other at once, so together
-/// they never have more gated builds in flight than the window allows.
+/// they never have more gated builds in flight than the window allows,
+/// but for the one boot of its own a pool below its floor may always have
+/// (`sizing::decide`): at most one per pool, two here.
 #[tokio::test(start_paused = true)]
 async fn pools_filling_at_once_share_their_zones_window() {
     let sim = sim();
@@ -1842,8 +1874,87 @@ async fn pools_filling_at_once_share_their_zones_window() {
         worst = worst.max(i64::from(gate.gated_in_flight) - gate.window.floor() as i64);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(worst <= 0, "{worst} gated builds beyond the window");
+    assert!(worst <= 2, "{worst} gated builds beyond the window");
     wait_ready(&manager, 12).await;
+}
+
+/// A pool whose sustained demand keeps more builds in flight than its
+/// zone's window holds the whole window: every other pool there saw no
+/// room. A pool just made, below its min_ready and with no demand of its
+/// own, booted nothing for as long as the busy pool's purchases lasted.
+#[tokio::test(start_paused = true)]
+async fn a_pool_below_its_floor_boots_while_another_keeps_the_window_full() {
+    let sim = sim();
+    let base = settings();
+    let manager = PoolManager::new(
+        temp_store(),
+        sim.clone(),
+        Arc::new(sim.probe()),
+        ManagerSettings {
+            gate: GateSettings {
+                initial_window: 2,
+                max_window: 2,
+                ..base.gate.clone()
+            },
+            // The busy pool's long-run rate is learned within minutes.
+            sizing: SizingSettings {
+                demand_short: secs(30),
+                demand_long: secs(60),
+                ..base.sizing.clone()
+            },
+            ..base
+        },
+    );
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), auto_spec()).await.unwrap();
+    wait_ready(&manager, 1).await;
+    // A purchase every 2 s, each released at once.
+    let purchases = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            for i in 0.. {
+                let manager = manager.clone();
+                tokio::spawn(async move {
+                    let id = format!("busy-{i}");
+                    let order = request(&id, new_volume(), EmptyPoolPolicy::ColdBoot);
+                    if manager.allocate(order).await.is_ok() {
+                        let _ = manager.release(&id, Some(true)).await;
+                    }
+                });
+                tokio::time::sleep(secs(2)).await;
+            }
+        })
+    };
+    tokio::time::sleep(secs(180)).await;
+    let busy = manager.get_pool(&pool()).await.unwrap().sizing;
+    let sustain = busy.demand.long * busy.lead.p50.as_secs_f64();
+    assert!(
+        sustain > 4.0,
+        "the busy pool's demand outgrows the window: {busy:?}"
+    );
+
+    let idle = pool_manager::model::PoolKey::new("db.medium", "az1");
+    manager.create_pool(idle.clone(), spec(3)).await.unwrap();
+    let mut ready = 0;
+    for _ in 0..300 {
+        tokio::time::sleep(secs(1)).await;
+        ready = manager
+            .get_pool(&idle)
+            .await
+            .unwrap()
+            .count(InstanceState::Ready);
+        if ready > 0 {
+            break;
+        }
+    }
+    let status = manager.get_pool(&idle).await.unwrap();
+    assert!(
+        ready > 0,
+        "nothing Ready in 5 min: {:?} {:?}",
+        status.sizing.last_plan,
+        status.sizing.gate
+    );
+    purchases.abort();
 }
 
 /// A pool's purchases count toward its demand however busy the rest of the
