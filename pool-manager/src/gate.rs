@@ -7,11 +7,7 @@
 //!   `[1, 1 + jitter]` so pools do not return in lockstep. (Single calls are
 //!   retried after Retry-After by `Shared::retry`; the gate keeps the
 //!   replenisher from adding calls meanwhile.) The window halves once per
-//!   throttling episode, and, as for latency below, at most once per round
-//!   trip: a 429 halves it again only once a boot started at the smaller
-//!   window has ended. A `Retry-After: 0` (Cinder sends it) ends a pause
-//!   within 120 ms, and 429s to the status polls of the builds already in
-//!   flight would otherwise each halve it, to its floor within a second.
+//!   throttling episode.
 //! - **AIMD window.** Builds in flight per AZ (boot request until the
 //!   server is ACTIVE: the part compute hosts serialize; mysqld then starts
 //!   inside the guest) are limited by a window that grows while builds
@@ -285,9 +281,6 @@ struct AzState {
     /// decrease: only boots started from then on show the smaller window's
     /// latency and may cause another decrease.
     settled_at: Option<Instant>,
-    /// A boot that shows the current window has ended since the last
-    /// decrease: its round trip is over, and a 429 may decrease it again.
-    round_trip_ended: bool,
     throttled: u64,
     decreases: u64,
 }
@@ -416,7 +409,6 @@ impl Gate {
             paused_until: None,
             last_decrease: None,
             settled_at: None,
-            round_trip_ended: false,
             throttled: 0,
             decreases: 0,
         })
@@ -700,9 +692,6 @@ impl Gate {
             state.gated = state.gated.saturating_sub(1);
         }
         settle(state, now);
-        if shows_current_window(state, ticket.started_at) {
-            state.round_trip_ended = true;
-        }
         if signal == BootSignal::Refused {
             // Ticket ids count `boots_started`: a boot the poll's answer
             // did not hold was taken from it, and is given back.
@@ -738,9 +727,7 @@ impl Gate {
         state.throttled += 1;
         let episode_start = state.paused_until.is_none_or(|u| u <= now);
         state.paused_until = Some(state.paused_until.map_or(until, |u| u.max(until)));
-        // A 429 says nothing of the smaller window until a boot at it ended.
-        let round_trip_over = state.last_decrease.is_none() || state.round_trip_ended;
-        if episode_start && round_trip_over {
+        if episode_start {
             decrease(state, min_window, now);
         }
     }
@@ -875,7 +862,12 @@ fn observe_build(
     let min_window = f64::from(settings.min_window.max(1));
     let max_window = f64::from(settings.max_window.max(1));
     if ratio > settings.shrink_above && sample > settings.shrink_above {
-        if shows_current_window(state, ticket.started_at) {
+        let shows_current_window = match (state.last_decrease, state.settled_at) {
+            (None, _) => true,
+            (Some(_), Some(settled)) => ticket.started_at >= settled,
+            (Some(_), None) => false,
+        };
+        if shows_current_window {
             // Never below what the cloud just delivered per round trip: a
             // smaller window would carry fewer builds than the hosts finish,
             // and only a window above it queues (Little's law). A window
@@ -946,16 +938,6 @@ fn conservative_rounds(state: &mut AzState, sample: f64) {
     }
 }
 
-/// Whether a boot started at `started_at` ran at the window as it is: no
-/// decrease yet, or it started once the boots in flight fitted the last one.
-fn shows_current_window(state: &AzState, started_at: Instant) -> bool {
-    match (state.last_decrease, state.settled_at) {
-        (None, _) => true,
-        (Some(_), Some(settled)) => started_at >= settled,
-        (Some(_), None) => false,
-    }
-}
-
 /// Halves the window (not below `floor`, never up) and waits for the boots
 /// in flight to fit it.
 fn decrease(state: &mut AzState, floor: f64, now: Instant) {
@@ -964,7 +946,6 @@ fn decrease(state: &mut AzState, floor: f64, now: Instant) {
     state.css = None;
     state.last_decrease = Some(now);
     state.settled_at = None;
-    state.round_trip_ended = false;
     state.decreases += 1;
     settle(state, now);
 }

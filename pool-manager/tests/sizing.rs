@@ -670,35 +670,6 @@ fn simultaneous_429s_with_retry_after_zero_halve_the_window_once() {
     assert!(s.hold.is_some(), "a pause, however short, holds new boots");
 }
 
-/// "Retry-After: 0" pauses for 100-120 ms, so 429s spread over a second
-/// (status polls of builds already in flight) each began an episode and
-/// each halved the window: 64 -> 4 in 450 ms, ssthresh with it. As for
-/// latency, one decrease per round trip: a 429 halves the window again
-/// only once a boot started at the smaller window has ended.
-#[test]
-fn spread_429s_with_retry_after_zero_halve_the_window_once_per_round_trip() {
-    let t0 = Instant::now();
-    let mut g = gate(GateSettings {
-        initial_window: 64,
-        max_window: 64,
-        ..GateSettings::default()
-    });
-    let ms = Duration::from_millis;
-    for at in [0, 150, 300, 450] {
-        g.throttled("az1", Some(Duration::ZERO), t0 + ms(at));
-    }
-    let s = g.status("az1", "db.small", t0 + ms(450));
-    assert_eq!((s.window, s.decreases, s.throttled), (32.0, 1, 4), "{s:?}");
-
-    // A boot started at the smaller window ended: the round trip is over,
-    // and the next 429 may halve the window again.
-    let ticket = g.start("az1", "db.small", true, t0 + ms(500));
-    g.finish(&ticket, BootSignal::NoSignal, t0 + secs(60));
-    g.throttled("az1", Some(Duration::ZERO), t0 + secs(61));
-    let s = g.status("az1", "db.small", t0 + secs(61));
-    assert_eq!((s.window, s.decreases), (16.0, 2), "{s:?}");
-}
-
 #[test]
 fn quota_refusal_pauses_speculative_boots_with_backoff() {
     let t0 = Instant::now();
