@@ -292,10 +292,12 @@ mod tests {
             let watch = TwinWatch {
                 name: name.into(),
                 request_id: request_id.into(),
+                pool: None,
                 volumes: true,
                 keep: vec![],
                 stuck_volume: None,
-                deleted_volume: None,
+                deleted_volumes: vec![],
+                deleted_only: false,
                 until: SystemTime::UNIX_EPOCH,
             };
             store.put_twin_watch(&watch).await.unwrap();

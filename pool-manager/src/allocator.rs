@@ -26,8 +26,8 @@ use crate::manager::{
     validate_name, validate_optional_name, validate_pool_key, PoolManager, Shared,
 };
 use crate::model::{
-    Allocation, AllocationParams, AllocationState, DeletedVolume, EmptyPoolPolicy, Instance,
-    InstanceState, PoolKey, PoolRecord, TwinWatch, VolumeSource, TWIN_WATCH,
+    Allocation, AllocationParams, AllocationState, EmptyPoolPolicy, Instance, InstanceState,
+    PoolKey, PoolRecord, TwinWatch, VolumeSource, TWIN_WATCH,
 };
 use crate::replenisher::{BootError, DrivingClaim, Timed};
 use crate::store::RecordKind;
@@ -678,22 +678,47 @@ impl Shared {
         TwinWatch {
             name: allocation.resource_name(),
             request_id: allocation.params.request_id.clone(),
+            pool: Some(allocation.params.pool.clone()),
             volumes: matches!(allocation.params.volume.source, VolumeSource::New { .. }),
             keep,
             stuck_volume: None,
-            deleted_volume: None,
+            deleted_volumes: Vec::new(),
+            deleted_only: false,
             until: now.checked_add(TWIN_WATCH).unwrap_or(now),
         }
+    }
+
+    /// Stores `watch` in place of the watch of its name as stored now,
+    /// following up what that one does ([`TwinWatch::absorb`]): a pass
+    /// may have named volumes it deleted in it, or marked one stuck.
+    pub(crate) async fn write_twin_watch(&self, mut watch: TwinWatch) -> ManagerResult<()> {
+        let stored = self
+            .store
+            .list_twin_watches_of(&watch.request_id)
+            .await?
+            .into_iter()
+            .find(|w| w.name == watch.name);
+        if let Some(stored) = &stored {
+            watch.absorb(stored);
+            if *stored == watch {
+                return Ok(());
+            }
+        }
+        self.store.put_twin_watch(&watch).await?;
+        Ok(())
     }
 
     /// Deletes the twins a create whose answer was lost may have left (see
     /// [`Allocation::creates_in_doubt`]): the ports, and the volumes when
     /// warmpool created them, that carry the watched name but are not kept.
+    /// Returns the volumes among them whose delete Cinder accepted, now or
+    /// earlier (`deleting`, `error_deleting`): accepted is not done, and
+    /// each is for a watch to follow up ([`TwinWatch::deleted_volumes`]).
     pub(crate) async fn delete_twins(
         &self,
         watch: &TwinWatch,
         deadline: Instant,
-    ) -> ManagerResult<()> {
+    ) -> ManagerResult<Vec<String>> {
         let twin = |id: &String| !watch.keep.contains(id);
         let ports = self
             .retry(deadline, || self.cloud.find_ports_by_name(&watch.name))
@@ -702,21 +727,24 @@ impl Shared {
             tracing::info!(request_id = %watch.request_id, port = %port.id, "deleting the twin of a port create whose answer was lost");
             self.delete_port_when_free(&port.id, deadline).await?;
         }
+        let mut going = Vec::new();
         if watch.volumes {
             let volumes = self
                 .retry(deadline, || self.cloud.find_volumes_by_name(&watch.name))
                 .await?;
-            // One already being deleted (the rollback's own, just now) is
-            // on its way: Cinder refuses to delete it again.
-            for volume in volumes
-                .iter()
-                .filter(|v| twin(&v.id) && !v.is_being_deleted())
-            {
-                tracing::info!(request_id = %watch.request_id, volume = %volume.id, "deleting the twin of a volume create whose answer was lost");
-                self.delete_volume_when_free(&volume.id, deadline).await?;
+            for volume in volumes.iter().filter(|v| twin(&v.id)) {
+                // One already being deleted (the rollback's own, just now;
+                // one a pass deleted, which Cinder's backend may have
+                // failed to) is on its way: Cinder refuses to delete it
+                // again.
+                if !volume.is_being_deleted() {
+                    tracing::info!(request_id = %watch.request_id, volume = %volume.id, "deleting the twin of a volume create whose answer was lost");
+                    self.delete_volume_when_free(&volume.id, deadline).await?;
+                }
+                going.push(volume.id.clone());
             }
         }
-        Ok(())
+        Ok(going)
     }
 
     /// An order whose record an operator set aside as unreadable keeps its
@@ -880,6 +908,8 @@ impl Shared {
                     let watch = self.twin_watch(&done, true);
                     self.spawn(async move {
                         let deadline = shared.cleanup_deadline();
+                        // A volume deleted is followed up by the watch of
+                        // the name, whose passes find it by the name too.
                         if let Err(e) = shared.delete_twins(&watch, deadline).await {
                             tracing::warn!(request_id = %watch.request_id, error = %e, "cannot delete the twins of a lost create yet; the reconciler tries again");
                         }
@@ -2241,7 +2271,7 @@ impl Shared {
         // named as the attempt is kept (but a stuck volume, for now).
         let mut look = self.twin_watch(&allocation, false);
         look.keep.extend(stuck_volume.clone());
-        self.delete_twins(&look, deadline).await?;
+        let going = self.delete_twins(&look, deadline).await?;
         if let Some(stored) = self.store.get_allocation(request_id).await? {
             if stored.state == AllocationState::Allocating {
                 let unrecorded_create = after_crash
@@ -2249,15 +2279,18 @@ impl Shared {
                         || (stored.volume_id.is_none()
                             && matches!(stored.params.volume.source, VolumeSource::New { .. })));
                 let twins = stored.creates_in_doubt || unrecorded_create || stuck_volume.is_some();
-                if twins || deleted_volume.is_some() {
+                if twins || deleted_volume.is_some() || !going.is_empty() {
                     // Written before the record goes: a crash in between
                     // rolls back again and writes it again.
                     let mut watch = self.twin_watch(&stored, false);
                     watch.stuck_volume = stuck_volume.clone();
                     if let Some(volume_id) = deleted_volume {
-                        self.watch_deleted_volume(&mut watch, &stored, volume_id, twins);
+                        self.watch_deleted_volume(&mut watch, volume_id, twins);
                     }
-                    self.store.put_twin_watch(&watch).await?;
+                    for volume_id in &going {
+                        watch.note_deleted(volume_id);
+                    }
+                    self.write_twin_watch(watch).await?;
                 }
                 self.store.cas_allocation(Some(&stored), None).await?;
             }
@@ -2379,19 +2412,10 @@ impl Shared {
     /// the volume any more. Watched rather than waited for, which can take
     /// minutes (a backend zeroing a large volume). Without `twins` to watch
     /// for, the watch ends as soon as the volume is gone.
-    fn watch_deleted_volume(
-        &self,
-        watch: &mut TwinWatch,
-        allocation: &Allocation,
-        volume_id: &str,
-        twins: bool,
-    ) {
-        watch.deleted_volume = Some(DeletedVolume {
-            id: volume_id.to_owned(),
-            pool: allocation.params.pool.clone(),
-            only: !twins,
-        });
+    fn watch_deleted_volume(&self, watch: &mut TwinWatch, volume_id: &str, twins: bool) {
+        watch.note_deleted(volume_id);
         if !twins {
+            watch.deleted_only = true;
             watch.until = self.sizing_book().wall_now(&self.settings.sizing);
         }
     }
@@ -2546,13 +2570,23 @@ impl Shared {
                 // whose port and volume are going.
                 let mut watch = self.twin_watch(&allocation, false);
                 let twins = allocation.creates_in_doubt;
-                self.watch_deleted_volume(&mut watch, &allocation, volume_id, twins);
-                self.store.put_twin_watch(&watch).await?;
+                self.watch_deleted_volume(&mut watch, volume_id, twins);
+                self.write_twin_watch(watch).await?;
             }
         }
         if allocation.creates_in_doubt {
-            self.delete_twins(&self.twin_watch(&allocation, true), deadline)
-                .await?;
+            let look = self.twin_watch(&allocation, true);
+            let going = self.delete_twins(&look, deadline).await?;
+            if !going.is_empty() {
+                // Followed up by the watch of the name, which keeps the
+                // volume when the tenant does.
+                let kept = allocation.delete_volume_on_release != Some(true);
+                let mut watch = self.twin_watch(&allocation, kept);
+                for volume_id in &going {
+                    watch.note_deleted(volume_id);
+                }
+                self.write_twin_watch(watch).await?;
+            }
         }
         let mut released = allocation.clone();
         released.state = AllocationState::Released;

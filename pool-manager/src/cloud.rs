@@ -98,6 +98,12 @@ impl VolumeStatus {
         matches!(self, Self::Other(s) if s == "error_attaching")
     }
 
+    /// Cinder's `deleting`: its backend is deleting it (one zeroing a
+    /// large volume takes minutes).
+    pub fn is_deleting(&self) -> bool {
+        matches!(self, Self::Other(s) if s == "deleting")
+    }
+
     /// Cinder's `error_deleting`: its backend failed a delete Cinder had
     /// accepted. It stays so until an admin resets its state.
     pub fn is_error_deleting(&self) -> bool {
@@ -123,10 +129,12 @@ pub struct Volume {
 }
 
 impl Volume {
-    /// Cinder is deleting it (`deleting`, `error_deleting`): it is on its
-    /// way out, and Cinder refuses another delete.
+    /// Cinder accepted a delete of it: it is `deleting`, or its backend
+    /// failed the delete (`error_deleting`, until an admin resets it).
+    /// Cinder refuses another delete either way, and a volume left
+    /// `error_deleting` is no less a leak for that.
     pub fn is_being_deleted(&self) -> bool {
-        matches!(&self.status, VolumeStatus::Other(s) if s.contains("deleting"))
+        self.status.is_deleting() || self.status.is_error_deleting()
     }
 }
 

@@ -11,7 +11,7 @@ use crate::cloud::{
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{CloudService, Event, EventKind, HealthBook, PoolHealth};
 use crate::gate::{Gate, GateSettings};
-use crate::model::{Instance, InstanceState, PoolKey, PoolRecord, PoolSpec};
+use crate::model::{Instance, InstanceState, PoolKey, PoolRecord, PoolSpec, TwinWatch};
 use crate::probe::Probe;
 use crate::sizing::{SizingBook, SizingSettings, SizingStatus};
 use crate::store::Store;
@@ -802,7 +802,11 @@ impl PoolManager {
     /// tenant's volume quota.
     pub async fn stuck_volumes(&self) -> ManagerResult<Vec<String>> {
         let watches = self.shared.store.list_twin_watches().await?;
-        Ok(watches.into_iter().filter_map(|w| w.stuck_volume).collect())
+        Ok(watches
+            .iter()
+            .flat_map(TwinWatch::stuck_volumes)
+            .map(str::to_owned)
+            .collect())
     }
 
     /// Instances of one pool, or of all pools when `pool` is `None`, ordered

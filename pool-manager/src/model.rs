@@ -675,15 +675,23 @@ pub struct Allocation {
 /// the order is named apart, so the name is never used again). A rollback
 /// also writes one for its own new volume when Cinder refuses to delete it
 /// (`error_attaching`, until an admin resets it), and a rollback or a
-/// release for a volume whose delete Cinder accepted: a watch lasts past
-/// `until` until a pass has deleted everything it names, and seen that
-/// volume gone.
+/// release for a volume whose delete Cinder accepted. Every volume of the
+/// name a delete was accepted for is named too (`deleted_volumes`): a watch
+/// lasts past `until` until a pass has deleted everything it names, and
+/// seen each of those volumes gone.
+///
+/// Read as stored by this version or an older one (`StoredTwinWatch`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "StoredTwinWatch")]
 pub struct TwinWatch {
     /// [`Allocation::resource_name`] of the attempt.
     pub name: String,
     pub request_id: String,
+    /// The order's pool, for the announcement of a volume stuck. `None` in
+    /// watches stored before it was kept (but for those that named a
+    /// deleted volume, which kept it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolKey>,
     /// warmpool created volumes of this name (a new volume was asked for);
     /// otherwise only ports are looked for.
     pub volumes: bool,
@@ -695,29 +703,148 @@ pub struct TwinWatch {
     /// meanwhile, and the metrics count it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stuck_volume: Option<String>,
-    /// A volume whose delete Cinder accepted for an order that then stopped
-    /// naming it (a rollback, a release): Cinder's backend may still fail
-    /// the delete (`error_deleting`, then also `stuck_volume`), so passes
-    /// look at it until Cinder answers 404, past `until` too.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deleted_volume: Option<DeletedVolume>,
+    /// Volumes whose delete Cinder accepted and that nothing else names: a
+    /// rollback's or a release's (maybe the tenant's), and those a look
+    /// by the name deleted or found being deleted. Cinder's backend may
+    /// still fail a delete (`error_deleting`), so passes look at each until
+    /// Cinder answers 404, past `until` too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deleted_volumes: Vec<DeletedVolume>,
+    /// The watch is for its deleted volumes only (no create of the order
+    /// lost its answer): passes look at them by id and list nothing by the
+    /// order's name, which would cost every release with a volume deleted
+    /// two listings.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted_only: bool,
     /// On the manager's wall clock.
     pub until: SystemTime,
 }
 
-/// See [`TwinWatch::deleted_volume`].
+/// See [`TwinWatch::deleted_volumes`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeletedVolume {
     pub id: String,
-    /// The order's, for the announcement of a failed delete.
-    pub pool: PoolKey,
-    /// The watch is for this volume only (no create of the order lost its
-    /// answer): passes look at it by id and list nothing by the order's
-    /// name, which would cost every release with a volume deleted two
-    /// listings.
+    /// Cinder's backend failed the delete (`error_deleting`): counted as
+    /// stuck until an admin resets it, and announced once, by the pass
+    /// that marked it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stuck: bool,
+}
+
+impl TwinWatch {
+    /// Passes list what carries the name (and delete it but `keep`); a
+    /// watch of deleted volumes alone has them looked at by id only.
+    pub fn lists_by_name(&self) -> bool {
+        !self.deleted_only || self.stuck_volume.is_some()
+    }
+
+    /// Names `volume_id` among the deleted volumes, once.
+    pub fn note_deleted(&mut self, volume_id: &str) {
+        if !self.deleted_volumes.iter().any(|d| d.id == volume_id) {
+            self.deleted_volumes.push(DeletedVolume {
+                id: volume_id.to_owned(),
+                stuck: false,
+            });
+        }
+    }
+
+    /// The volumes it names that Cinder refuses to delete until an admin
+    /// resets them: `error_attaching` or `error_deleting`.
+    pub fn stuck_volumes(&self) -> impl Iterator<Item = &str> {
+        let deleted = self.deleted_volumes.iter().filter(|d| d.stuck);
+        self.stuck_volume
+            .as_deref()
+            .into_iter()
+            .chain(deleted.map(|d| d.id.as_str()))
+    }
+
+    /// Makes this watch, about to be written in place of `stored` (the
+    /// watch of its name as stored now), follow up what `stored` does: its
+    /// deleted volumes with their stuck marks (so none is announced
+    /// twice), its stuck volume, its look by the name and its end,
+    /// whichever is later. What it keeps is its own: a release's watch
+    /// keeps nothing of the commit's, whose port and volume are going.
+    pub fn absorb(&mut self, stored: &TwinWatch) {
+        for older in &stored.deleted_volumes {
+            match self.deleted_volumes.iter_mut().find(|d| d.id == older.id) {
+                Some(deleted) => deleted.stuck |= older.stuck,
+                None => self.deleted_volumes.push(older.clone()),
+            }
+        }
+        if self.stuck_volume.is_none() {
+            self.stuck_volume.clone_from(&stored.stuck_volume);
+        }
+        if self.pool.is_none() {
+            self.pool.clone_from(&stored.pool);
+        }
+        self.deleted_only &= stored.deleted_only;
+        self.until = self.until.max(stored.until);
+    }
+}
+
+/// A [`TwinWatch`] as stored, by this version or an older one: the
+/// versions from d1e3f20 until `deleted_volumes` kept one deleted volume
+/// (`deleted_volume`), which `stuck_volume` named too once it was stuck
+/// `error_deleting`. Read as this version's, never written so again.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredTwinWatch {
+    name: String,
+    request_id: String,
     #[serde(default)]
-    pub only: bool,
+    pool: Option<PoolKey>,
+    volumes: bool,
+    #[serde(default)]
+    keep: Vec<String>,
+    #[serde(default)]
+    stuck_volume: Option<String>,
+    #[serde(default)]
+    deleted_volumes: Vec<DeletedVolume>,
+    #[serde(default)]
+    deleted_only: bool,
+    #[serde(default)]
+    deleted_volume: Option<OneDeletedVolume>,
+    until: SystemTime,
+}
+
+/// `deleted_volume` of [`StoredTwinWatch`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OneDeletedVolume {
+    id: String,
+    pool: PoolKey,
+    /// What is now [`TwinWatch::deleted_only`].
+    #[serde(default)]
+    only: bool,
+}
+
+impl From<StoredTwinWatch> for TwinWatch {
+    fn from(stored: StoredTwinWatch) -> Self {
+        let mut watch = TwinWatch {
+            name: stored.name,
+            request_id: stored.request_id,
+            pool: stored.pool,
+            volumes: stored.volumes,
+            keep: stored.keep,
+            stuck_volume: stored.stuck_volume,
+            deleted_volumes: stored.deleted_volumes,
+            deleted_only: stored.deleted_only,
+            until: stored.until,
+        };
+        if let Some(one) = stored.deleted_volume {
+            let stuck = watch.stuck_volume.as_ref() == Some(&one.id);
+            if stuck {
+                watch.stuck_volume = None;
+            }
+            watch.pool.get_or_insert(one.pool);
+            watch.deleted_only |= one.only;
+            watch
+                .deleted_volumes
+                .push(DeletedVolume { id: one.id, stuck });
+        }
+        watch
+    }
 }
 
 /// How long a [`TwinWatch`] lasts: far longer than a create takes to land

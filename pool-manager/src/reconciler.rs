@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, or a cold boot's `Booting` one, whose server is looked up by its instance id if its create's answer was not flushed; delete its port and created volume, watch its name if a create may have been on its way or Cinder refuses that volume's delete as `error_attaching`, drop the record) |
 //! | allocation `Releasing` | - | finish the release |
-//! | a name watched (`TwinWatch`: a create of it may have been done unrecorded, or a rollback left its new volume `error_attaching`) | volumes, ports of that name | delete them but the committed allocation's own; end the watch once it is over and they are deleted (a volume Cinder keeps `error_attaching` fails the item at once, each pass, until an admin resets it; the watch names it as stuck until it is deleted) |
+//! | a name watched (`TwinWatch`: a create of it may have been done unrecorded, a rollback left its new volume `error_attaching`, or a volume of the order was deleted) | volumes, ports of that name (not listed for a watch of deleted volumes alone); each deleted volume, by id | delete them but the committed allocation's own, naming each volume whose delete Cinder accepted (now or earlier: `deleting`, `error_deleting`) as deleted; a deleted volume gone (404) is dropped, one `error_deleting` marked stuck (announced by the pass that marks it), one an admin reset deleted again; end the watch once it is over and nothing of the name is left but deleted volumes, all gone (a volume Cinder keeps `error_attaching` fails the item at once, each pass, until an admin resets it; the watch names it as stuck until its delete is accepted) |
 //! | instance `Claimed`, allocation `Allocated` naming it | - | mark the instance `Allocated` (left by versions that marked the allocation first) |
 //! | instance `Claimed`, allocation `Allocated` naming another, or none live | - | discard it (a claim left over) |
 //! | instance `Booting`, no server id | server with its instance id | adopt the server |
@@ -553,24 +553,29 @@ impl Shared {
     }
 
     /// Deletes whatever carries a watched name but what the watch keeps,
-    /// and ends the watch once it is over (after that last look) and its
-    /// deleted volume is gone. A look that fails keeps the watch, past its
-    /// end too: it may hold the only record of a volume a rollback could
-    /// not delete (`error_attaching`), or whose delete Cinder's backend
-    /// failed (`error_deleting`).
+    /// follows up every volume of it whose delete Cinder accepted, and ends
+    /// the watch once it is over (after that last look) and those volumes
+    /// are gone. A look that fails keeps the watch, past its end too: it
+    /// may hold the only record of a volume a rollback could not delete
+    /// (`error_attaching`), or whose delete Cinder's backend failed
+    /// (`error_deleting`).
     async fn watch_for_twins(&self, watch: &TwinWatch) -> ManagerResult<()> {
         let now = self.sizing_book().wall_now(&self.settings.sizing);
-        if !watch.deleted_volume.as_ref().is_some_and(|d| d.only) {
-            self.delete_twins(watch, self.cleanup_deadline()).await?;
-        }
         let mut next = watch.clone();
-        let deleted = watch.deleted_volume.as_ref();
-        if watch.stuck_volume.as_ref() != deleted.map(|d| &d.id) {
-            // Its delete went through: no longer stuck, nor counted so.
+        if watch.lists_by_name() {
+            let going = self.delete_twins(watch, self.cleanup_deadline()).await?;
+            // Deleted or gone, the stuck volume among them: no longer
+            // stuck, nor counted so; one deleted is followed up below, as
+            // every volume whose delete was accepted, until it is gone (an
+            // admin's reset comes hours after the watch's end, and Cinder's
+            // backend may fail that delete too).
             next.stuck_volume = None;
+            for volume_id in &going {
+                next.note_deleted(volume_id);
+            }
         }
-        let mut stuck = None;
-        if let Some(deleted) = deleted {
+        let (mut stuck, mut gone) = (Vec::new(), Vec::new());
+        for deleted in &mut next.deleted_volumes {
             // Retried like the pass's other calls: a pass looks at the
             // volume of every release since the last pass, often more
             // than the cloud's burst of calls. A 429 left to the next pass
@@ -581,16 +586,13 @@ impl Shared {
                 })
                 .await;
             match looked {
-                Err(CloudError::NotFound(_)) => {
-                    next.deleted_volume = None;
-                    next.stuck_volume = None;
-                }
+                Err(CloudError::NotFound(_)) => gone.push(deleted.id.clone()),
                 Err(e) => return Err(e.into()),
                 Ok(v) if v.status.is_error_deleting() => {
-                    if watch.stuck_volume.as_ref() != Some(&deleted.id) {
-                        stuck = Some(deleted);
+                    if !deleted.stuck {
+                        stuck.push(deleted.id.clone());
                     }
-                    next.stuck_volume = Some(deleted.id.clone());
+                    deleted.stuck = true;
                 }
                 Ok(v) => {
                     // An admin reset it: delete it again. Or still being
@@ -599,22 +601,24 @@ impl Shared {
                         let deadline = self.cleanup_deadline();
                         self.delete_volume_when_free(&deleted.id, deadline).await?;
                     }
-                    next.stuck_volume = None;
+                    deleted.stuck = false;
                 }
             }
         }
-        if now >= watch.until && next.deleted_volume.is_none() {
+        next.deleted_volumes.retain(|d| !gone.contains(&d.id));
+        let over = now >= watch.until;
+        if over && next.deleted_volumes.is_empty() && next.stuck_volume.is_none() {
             self.store.delete_twin_watch(&watch.name).await?;
         } else if next != *watch {
             self.store.put_twin_watch(&next).await?;
         }
         // Once: announced after the mark that says it was is written.
-        if let Some(deleted) = stuck {
+        for volume_id in stuck {
             self.emit(
-                Some(&deleted.pool),
+                watch.pool.as_ref(),
                 EventKind::VolumeStuck {
                     request_id: watch.request_id.clone(),
-                    volume_id: deleted.id.clone(),
+                    volume_id,
                     status: "error_deleting".into(),
                 },
             );

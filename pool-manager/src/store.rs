@@ -872,10 +872,15 @@ mod tests {
         let watch = |name: &str| TwinWatch {
             name: name.into(),
             request_id: "r1".into(),
+            pool: Some(PoolKey::new("db.small", "az1")),
             volumes: true,
             keep: vec!["port-1".into()],
             stuck_volume: Some("volume-1".into()),
-            deleted_volume: None,
+            deleted_volumes: vec![crate::model::DeletedVolume {
+                id: "volume-2".into(),
+                stuck: true,
+            }],
+            deleted_only: false,
             until: SystemTime::UNIX_EPOCH + Duration::from_secs(900),
         };
         {
@@ -910,10 +915,12 @@ mod tests {
                 None => format!("warmpool-{request_id}"),
             },
             request_id: request_id.into(),
+            pool: None,
             volumes: true,
             keep: vec![],
             stuck_volume: None,
-            deleted_volume: None,
+            deleted_volumes: vec![],
+            deleted_only: false,
             until: SystemTime::UNIX_EPOCH,
         };
         let r1 = [
@@ -1148,15 +1155,41 @@ mod tests {
         let watch = TwinWatch {
             name: "warmpool-r1-7".into(),
             request_id: "r1".into(),
+            pool: Some(PoolKey::new("db.small", "az1")),
             volumes: true,
             keep: vec![],
             stuck_volume: None,
-            deleted_volume: None,
+            deleted_volumes: vec![crate::model::DeletedVolume {
+                id: "v1".into(),
+                stuck: false,
+            }],
+            deleted_only: false,
             until: SystemTime::UNIX_EPOCH,
         };
+        for path in [&[][..], &["deleted_volumes", "0"][..]] {
+            store
+                .twin_watches
+                .insert("warmpool-r1-7", with_extra(&watch, path, "from_the_future"))
+                .unwrap();
+            assert_unreadable(
+                store.list_twin_watches().await,
+                "twin_watches",
+                "warmpool-r1-7",
+            );
+        }
+        // The one deleted volume the versions before kept, with a field
+        // they did not know.
+        let mut one = serde_json::to_value(&watch).unwrap();
+        let one = one.as_object_mut().unwrap();
+        one.remove("deleted_volumes");
+        one.insert(
+            "deleted_volume".into(),
+            json!({"id": "v1", "pool": {"flavor": "db.small", "availability_zone": "az1"},
+                   "from_the_future": true}),
+        );
         store
             .twin_watches
-            .insert("warmpool-r1-7", with_extra(&watch, &[], "from_the_future"))
+            .insert("warmpool-r1-7", serde_json::to_vec(&one).unwrap())
             .unwrap();
         assert_unreadable(
             store.list_twin_watches().await,
@@ -1262,6 +1295,21 @@ mod tests {
             .twin_watches
             .insert("warmpool-r1", serde_json::to_vec(&old_watch).unwrap())
             .unwrap();
+        // One deleted volume, stuck error_deleting (`stuck_volume` naming
+        // it too), as the versions before `deleted_volumes` stored it.
+        let one_deleted = json!({
+            "name": "warmpool-r2-a", "request_id": "r2", "volumes": true,
+            "stuck_volume": "v2",
+            "deleted_volume": {
+                "id": "v2", "pool": {"flavor": "db.small", "availability_zone": "az1"},
+                "only": true
+            },
+            "until": {"secs_since_epoch": 900, "nanos_since_epoch": 0}
+        });
+        store
+            .twin_watches
+            .insert("warmpool-r2-a", serde_json::to_vec(&one_deleted).unwrap())
+            .unwrap();
 
         let store = reopened(&store).unwrap();
         let mut expected_instance = ready_instance();
@@ -1279,8 +1327,32 @@ mod tests {
         assert_eq!(pools[0].spec.target, Default::default());
         assert!(pools[0].spec.windows.is_empty());
         let watches = store.list_twin_watches().await.unwrap();
-        assert_eq!(watches.len(), 1);
+        assert_eq!(watches.len(), 2);
         assert!(watches[0].keep.is_empty() && watches[0].stuck_volume.is_none());
+        assert!(watches[0].deleted_volumes.is_empty() && watches[0].lists_by_name());
+        let deleted = &watches[1];
+        assert_eq!(
+            deleted.deleted_volumes,
+            vec![crate::model::DeletedVolume {
+                id: "v2".into(),
+                stuck: true
+            }]
+        );
+        assert_eq!(deleted.stuck_volume, None);
+        assert_eq!(deleted.stuck_volumes().collect::<Vec<_>>(), ["v2"]);
+        assert_eq!(deleted.pool, Some(PoolKey::new("db.small", "az1")));
+        assert!(deleted.deleted_only && !deleted.lists_by_name());
+        // Written back as this version writes it, and read the same.
+        store.put_twin_watch(deleted).await.unwrap();
+        let written: Value =
+            serde_json::from_slice(&store.twin_watches.get("warmpool-r2-a").unwrap().unwrap())
+                .unwrap();
+        assert_eq!(written.get("deleted_volume"), None, "{written}");
+        assert_eq!(
+            store.list_twin_watches().await.unwrap()[1],
+            *deleted,
+            "{written}"
+        );
 
         let mut released = read.clone();
         released.state = crate::model::AllocationState::Releasing;
