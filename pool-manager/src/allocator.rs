@@ -2253,6 +2253,15 @@ impl Shared {
         let mut stuck_volume = None;
         let mut deleted_volume = None;
         if let (true, Some(volume_id)) = (allocation.volume_created, &allocation.volume_id) {
+            // Watched, and flushed, before its delete is sent: a rollback
+            // that stops after the delete (a crash, an error further on) is
+            // done again, and the volume, going or gone by then, would be
+            // named by nothing else.
+            let mut watch = self.twin_watch(&allocation, false);
+            let twins = twins_possible(&allocation, after_crash);
+            self.watch_deleted_volume(&mut watch, volume_id, twins);
+            self.write_twin_watch(watch).await?;
+            self.store.flush().await?;
             if let Err(e) = self.delete_volume_when_free(volume_id, deadline).await {
                 let stuck = matches!(
                     self.cloud.get_volume(volume_id).await,
@@ -2274,14 +2283,12 @@ impl Shared {
         let going = self.delete_twins(&look, deadline).await?;
         if let Some(stored) = self.store.get_allocation(request_id).await? {
             if stored.state == AllocationState::Allocating {
-                let unrecorded_create = after_crash
-                    && (stored.port_id.is_none()
-                        || (stored.volume_id.is_none()
-                            && matches!(stored.params.volume.source, VolumeSource::New { .. })));
-                let twins = stored.creates_in_doubt || unrecorded_create || stuck_volume.is_some();
+                let twins = twins_possible(&stored, after_crash) || stuck_volume.is_some();
                 if twins || deleted_volume.is_some() || !going.is_empty() {
                     // Written before the record goes: a crash in between
-                    // rolls back again and writes it again.
+                    // rolls back again and writes it again. Over the one
+                    // written before the delete, which named as deleted a
+                    // volume whose delete Cinder then refused (stuck).
                     let mut watch = self.twin_watch(&stored, false);
                     watch.stuck_volume = stuck_volume.clone();
                     if let Some(volume_id) = deleted_volume {
@@ -2406,8 +2413,8 @@ impl Shared {
         }
     }
 
-    /// Has `watch` look at `volume_id`, whose delete Cinder accepted for
-    /// `allocation`, until it is gone: accepted is not done, as Cinder's
+    /// Has `watch` look at `volume_id`, whose delete is sent next, until
+    /// it is gone: accepted is not done, as Cinder's
     /// backend may fail the delete (`error_deleting`) when nothing names
     /// the volume any more. Watched rather than waited for, which can take
     /// minutes (a backend zeroing a large volume). Without `twins` to watch
@@ -2426,7 +2433,8 @@ impl Shared {
     /// still detaching is waited for (looking at it, not asking again); a
     /// detached one it still refuses has snapshots or a transfer pending,
     /// which waiting does not mend; nor does it mend one Cinder keeps
-    /// `error_attaching`, refused at once.
+    /// `error_attaching`, refused at once. One being deleted already
+    /// (`deleting`, `error_deleting`) is done.
     pub(crate) async fn delete_volume_when_free(
         &self,
         volume_id: &str,
@@ -2447,6 +2455,13 @@ impl Shared {
                 Err(e) => return Err(e.into()),
             };
             if seen_detached {
+                // Unless a delete sent meanwhile was accepted (a reconcile
+                // pass following the watch of the volume).
+                match self.cloud.get_volume(volume_id).await {
+                    Ok(v) if v.is_being_deleted() => return Ok(()),
+                    Err(CloudError::NotFound(_)) => return Ok(()),
+                    _ => {}
+                }
                 return Err(ManagerError::FailedPrecondition(format!(
                     "volume {volume_id} cannot be deleted: {refused} Delete its snapshots (or finish its transfer) and release again"
                 )));
@@ -2463,6 +2478,15 @@ impl Shared {
                 }
                 tokio::time::sleep(pause).await;
                 match self.cloud.get_volume(volume_id).await {
+                    // A delete of it was accepted already: by an earlier
+                    // try of the caller that stopped after sending it (a
+                    // crash, an error further on), or by a reconcile pass
+                    // following the watch of it. Cinder refuses another,
+                    // now and, should its backend fail the delete
+                    // (`error_deleting`), until an admin resets it: done,
+                    // as far as the caller goes. Every caller has a watch
+                    // naming the volume written first, which follows it up.
+                    Ok(v) if v.is_being_deleted() => return Ok(()),
                     Ok(v) if v.status == VolumeStatus::Available && v.attached_to.is_empty() => {
                         seen_detached = true;
                         break;
@@ -2564,14 +2588,19 @@ impl Shared {
         }
         if allocation.delete_volume_on_release == Some(true) {
             if let Some(volume_id) = &allocation.volume_id {
-                self.delete_volume_when_free(volume_id, deadline).await?;
-                // Written before the record stops naming the volume
-                // (Released); it replaces the commit's watch of the name,
-                // whose port and volume are going.
+                // Written, and flushed, before the delete is sent, and so
+                // before the record stops naming the volume (Released): a
+                // release that stops after the delete (a crash, an error
+                // further on) is done again, and the volume, going or gone
+                // by then, is named by this watch alone. It replaces the
+                // commit's watch of the name, whose port and volume are
+                // going.
                 let mut watch = self.twin_watch(&allocation, false);
                 let twins = allocation.creates_in_doubt;
                 self.watch_deleted_volume(&mut watch, volume_id, twins);
                 self.write_twin_watch(watch).await?;
+                self.store.flush().await.map_err(unconfirmed)?;
+                self.delete_volume_when_free(volume_id, deadline).await?;
             }
         }
         if allocation.creates_in_doubt {
@@ -2615,6 +2644,19 @@ impl Shared {
         flushed.map_err(unconfirmed)?;
         Ok(released)
     }
+}
+
+/// Whether a create of `allocation`'s attempt may have been done without
+/// its id reaching the record, so that a twin may land after any one look:
+/// a create lost its answer, or (`after_crash`: no Allocate of this process
+/// was working on it) one may have been on its way when the process that
+/// sent it died.
+fn twins_possible(allocation: &Allocation, after_crash: bool) -> bool {
+    let unrecorded_create = after_crash
+        && (allocation.port_id.is_none()
+            || (allocation.volume_id.is_none()
+                && matches!(allocation.params.volume.source, VolumeSource::New { .. })));
+    allocation.creates_in_doubt || unrecorded_create
 }
 
 /// Where a volume wait stands relative to our attach call.

@@ -675,10 +675,10 @@ pub struct Allocation {
 /// the order is named apart, so the name is never used again). A rollback
 /// also writes one for its own new volume when Cinder refuses to delete it
 /// (`error_attaching`, until an admin resets it), and a rollback or a
-/// release for a volume whose delete Cinder accepted. Every volume of the
-/// name a delete was accepted for is named too (`deleted_volumes`): a watch
-/// lasts past `until` until a pass has deleted everything it names, and
-/// seen each of those volumes gone.
+/// release for a volume it deletes, before the delete is sent. Every
+/// volume of the name a delete was accepted for is named too
+/// (`deleted_volumes`): a watch lasts past `until` until a pass has
+/// deleted everything it names, and seen each of those volumes gone.
 ///
 /// Read as stored by this version or an older one (`StoredTwinWatch`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -762,11 +762,18 @@ impl TwinWatch {
     /// Makes this watch, about to be written in place of `stored` (the
     /// watch of its name as stored now), follow up what `stored` does: its
     /// deleted volumes with their stuck marks (so none is announced
-    /// twice), its stuck volume, its look by the name and its end,
-    /// whichever is later. What it keeps is its own: a release's watch
-    /// keeps nothing of the commit's, whose port and volume are going.
+    /// twice), but the one this watch names stuck `error_attaching` (its
+    /// delete was refused); its stuck volume, its look by the name and its
+    /// end, whichever is later. What it keeps is its own: a release's
+    /// watch keeps nothing of the commit's, whose port and volume are
+    /// going.
     pub fn absorb(&mut self, stored: &TwinWatch) {
         for older in &stored.deleted_volumes {
+            if self.stuck_volume.as_ref() == Some(&older.id) {
+                // Named before its delete was sent, which Cinder refused:
+                // stuck, not deleted.
+                continue;
+            }
             match self.deleted_volumes.iter_mut().find(|d| d.id == older.id) {
                 Some(deleted) => deleted.stuck |= older.stuck,
                 None => self.deleted_volumes.push(older.clone()),

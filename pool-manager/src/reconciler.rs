@@ -7,8 +7,8 @@
 //!
 //! | store says | cloud says | action |
 //! |---|---|---|
-//! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, or a cold boot's `Booting` one, whose server is looked up by its instance id if its create's answer was not flushed; delete its port and created volume, watch its name if a create may have been on its way or Cinder refuses that volume's delete as `error_attaching`, drop the record) |
-//! | allocation `Releasing` | - | finish the release |
+//! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, or a cold boot's `Booting` one, whose server is looked up by its instance id if its create's answer was not flushed; delete its port and created volume (watched before its delete is sent; one already `deleting` or `error_deleting`, an earlier try's delete accepted, counts as deleted), watch its name if a create may have been on its way or Cinder refuses that volume's delete as `error_attaching`, drop the record) |
+//! | allocation `Releasing` | - | finish the release (a volume it deletes is watched before its delete is sent; one already being deleted counts as deleted) |
 //! | a name watched (`TwinWatch`: a create of it may have been done unrecorded, a rollback left its new volume `error_attaching`, or a volume of the order was deleted) | volumes, ports of that name (not listed for a watch of deleted volumes alone); each deleted volume, by id | delete them but the committed allocation's own, naming each volume whose delete Cinder accepted (now or earlier: `deleting`, `error_deleting`) as deleted; a deleted volume gone (404) is dropped, one `error_deleting` marked stuck (announced by the pass that marks it), one an admin reset deleted again; end the watch once it is over and nothing of the name is left but deleted volumes, all gone (a volume Cinder keeps `error_attaching` fails the item at once, each pass, until an admin resets it; the watch names it as stuck until its delete is accepted) |
 //! | instance `Claimed`, allocation `Allocated` naming it | - | mark the instance `Allocated` (left by versions that marked the allocation first) |
 //! | instance `Claimed`, allocation `Allocated` naming another, or none live | - | discard it (a claim left over) |
@@ -595,8 +595,10 @@ impl Shared {
                     deleted.stuck = true;
                 }
                 Ok(v) => {
-                    // An admin reset it: delete it again. Or still being
-                    // deleted, which may take minutes: look again next pass.
+                    // An admin reset it, or the delete was never sent (the
+                    // watch is written first): delete it. Or still being
+                    // deleted, which may take minutes, or still detaching:
+                    // look again next pass.
                     if v.status == VolumeStatus::Available && v.attached_to.is_empty() {
                         let deadline = self.cleanup_deadline();
                         self.delete_volume_when_free(&deleted.id, deadline).await?;

@@ -339,6 +339,51 @@ async fn a_crash_at_any_step_of_a_refill_is_repaired_by_reconcile() {
     crash_at_every_step_of_a_refill(Survives::FlushedAndHalfTheRest).await;
 }
 
+/// A crash right after Cinder accepted a release's volume delete, the store
+/// keeping only its flushed writes: the restart finishes the release though
+/// Cinder refuses the delete again (the volume is `deleting`, then its
+/// backend fails it), and the volume stays watched, named stuck.
+#[tokio::test(start_paused = true)]
+async fn a_crash_after_a_releases_volume_delete_is_finished_and_the_volume_watched() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let dir = tempfile::tempdir().unwrap();
+    let image = HookedStore::new(CrashImage::default());
+    let manager = started_paused(&cloud, image.clone(), 1).await;
+    let sold = manager
+        .allocate(request(
+            "order-crash",
+            new_volume(),
+            EmptyPoolPolicy::FailFast,
+        ))
+        .await
+        .unwrap();
+    let volume = sold.volume_id.clone().unwrap();
+    sim.faults().error_next_volume_deletes(1);
+    let deleted = cloud.hold_next("delete_volume", At::After);
+    let releasing = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.release("order-crash", Some(true)).await }
+    });
+    deleted.reached().await;
+    let process = Process {
+        manager,
+        image: Some(image),
+    };
+    let manager = process
+        .crash_and_restart(&sim, dir.path(), Survives::FlushedWrites)
+        .await;
+    let _ = releasing.await;
+    assert_eq!(
+        manager.get_allocation("order-crash").await.unwrap().state,
+        AllocationState::Released
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    manager.reconcile().await.unwrap();
+    assert_eq!(manager.stuck_volumes().await.unwrap(), vec![volume]);
+    manager.shutdown().await.unwrap();
+}
+
 /// A manager on the store in `dir` that draws instance ids from one seed,
 /// the same ones again after each restart.
 fn seeded_manager(

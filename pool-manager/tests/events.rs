@@ -642,6 +642,80 @@ async fn a_rolled_back_volume_cinder_fails_to_delete_stays_named_until_deleted()
     manager.shutdown().await.unwrap();
 }
 
+/// A rollback that stops after Cinder accepted its volume's delete (here
+/// at an error further on: its look for twins refused) is redone by the
+/// next passes, whose delete Cinder refuses (the volume is `deleting`, then
+/// `error_deleting`). Taken for a failure to wait out, that refusal held
+/// the order Allocating, every pass, until an admin came, and nothing
+/// named the volume. The redo takes it for the delete done, and the volume
+/// was watched before the delete was sent: named even while the redo still
+/// fails.
+#[tokio::test(start_paused = true)]
+async fn a_rollback_stopped_after_its_volume_delete_is_redone_and_the_volume_stays_named() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let sim = sim();
+    let refused = std::sync::Arc::new(AtomicU32::new(0));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let refused = refused.clone();
+        move |method| {
+            let armed = method == "find_ports_by_name"
+                && refused
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+            armed.then(|| CloudError::Fatal("listing ports is not allowed".into()))
+        }
+    });
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let mut events = manager.events();
+    sim.faults().fail_next_volume_attach(1);
+    sim.faults().error_next_volume_deletes(1);
+    // The rollback's look for twins, and the first pass's again.
+    refused.store(2, Ordering::SeqCst);
+    manager
+        .allocate(request("o-redo", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap_err();
+    let volume = sim
+        .volumes()
+        .pop()
+        .expect("the purchase's volume is kept")
+        .id;
+    tokio::time::sleep(DELETE_DONE).await;
+    manager.reconcile().await.unwrap();
+    assert_eq!(
+        refused.load(Ordering::SeqCst),
+        0,
+        "the pass's redo did not get past the volume's delete"
+    );
+    assert_eq!(
+        manager.stuck_volumes().await.unwrap(),
+        vec![volume.clone()],
+        "not named while the rollback fails"
+    );
+    manager.reconcile().await.unwrap();
+    let allocating: Vec<_> = manager
+        .list_allocations()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.state == AllocationState::Allocating)
+        .collect();
+    assert!(allocating.is_empty(), "{allocating:?}");
+    assert_eq!(manager.stuck_volumes().await.unwrap(), vec![volume.clone()]);
+    assert_eq!(
+        stuck_announced(&mut events),
+        vec![(
+            Some(pool()),
+            EventKind::VolumeStuck {
+                request_id: "o-redo".into(),
+                volume_id: volume,
+                status: "error_deleting".into(),
+            }
+        )]
+    );
+    manager.shutdown().await.unwrap();
+}
+
 /// The same for a volume a release deletes: warmpool's own and a tenant's.
 /// The release answers Released as soon as Cinder accepts the delete (its
 /// server and port are gone, the volume is left to the reconciler, named).
