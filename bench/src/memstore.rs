@@ -69,9 +69,13 @@ impl Store for MemStore {
             .cloned()
             .collect())
     }
-    async fn delete_twin_watch(&self, name: &str) -> StoreResult<()> {
-        self.twin_watches.lock().expect("store lock").remove(name);
-        Ok(())
+    async fn cas_twin_watch(
+        &self,
+        expected: Option<&TwinWatch>,
+        new: Option<&TwinWatch>,
+    ) -> StoreResult<bool> {
+        let key = new.or(expected).map(|w| w.name.as_str());
+        cas(&self.twin_watches, key, expected, new)
     }
     async fn get_pool(&self, key: &PoolKey) -> StoreResult<Option<PoolRecord>> {
         Ok(self.pools.lock().expect("store lock").get(key).cloned())

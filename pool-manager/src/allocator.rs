@@ -690,22 +690,31 @@ impl Shared {
 
     /// Stores `watch` in place of the watch of its name as stored now,
     /// following up what that one does ([`TwinWatch::absorb`]): a pass
-    /// may have named volumes it deleted in it, or marked one stuck.
-    pub(crate) async fn write_twin_watch(&self, mut watch: TwinWatch) -> ManagerResult<()> {
-        let stored = self
-            .store
-            .list_twin_watches_of(&watch.request_id)
-            .await?
-            .into_iter()
-            .find(|w| w.name == watch.name);
-        if let Some(stored) = &stored {
-            watch.absorb(stored);
-            if *stored == watch {
+    /// may have named volumes it deleted in it, or marked one stuck. By
+    /// compare-and-swap, again if a pass changed it in between.
+    pub(crate) async fn write_twin_watch(&self, watch: TwinWatch) -> ManagerResult<()> {
+        loop {
+            let stored = self
+                .store
+                .list_twin_watches_of(&watch.request_id)
+                .await?
+                .into_iter()
+                .find(|w| w.name == watch.name);
+            let mut next = watch.clone();
+            if let Some(stored) = &stored {
+                next.absorb(stored);
+                if *stored == next {
+                    return Ok(());
+                }
+            }
+            if self
+                .store
+                .cas_twin_watch(stored.as_ref(), Some(&next))
+                .await?
+            {
                 return Ok(());
             }
         }
-        self.store.put_twin_watch(&watch).await?;
-        Ok(())
     }
 
     /// Deletes the twins a create whose answer was lost may have left (see

@@ -609,10 +609,15 @@ impl Shared {
         }
         next.deleted_volumes.retain(|d| !gone.contains(&d.id));
         let over = now >= watch.until;
-        if over && next.deleted_volumes.is_empty() && next.stuck_volume.is_none() {
-            self.store.delete_twin_watch(&watch.name).await?;
-        } else if next != *watch {
-            self.store.put_twin_watch(&next).await?;
+        let ended = over && next.deleted_volumes.is_empty() && next.stuck_volume.is_none();
+        let next = (!ended).then_some(&next);
+        // Only the watch this pass listed: a release of the order may have
+        // written over it meanwhile, naming the volume it deletes. What
+        // this pass found is the next one's to find again, by the name
+        // (which the watch written over it still lists) and by id.
+        if next != Some(watch) && !self.store.cas_twin_watch(Some(watch), next).await? {
+            tracing::debug!(name = %watch.name, "twin watch written over during the pass; the next pass looks at it");
+            return Ok(());
         }
         // Once: announced after the mark that says it was is written.
         for volume_id in stuck {

@@ -129,7 +129,8 @@ pub trait Store: Send + Sync + 'static {
         new: Option<&Instance>,
     ) -> StoreResult<bool>;
 
-    /// Adds or replaces the watch of its name.
+    /// Adds or replaces the watch of its name: for a name no watch has yet
+    /// (a commit's); others change by [`Store::cas_twin_watch`].
     async fn put_twin_watch(&self, watch: &TwinWatch) -> StoreResult<()>;
     async fn list_twin_watches(&self) -> StoreResult<Vec<TwinWatch>>;
     /// The watches of the order `request_id` (of any attempt of it): what
@@ -139,7 +140,14 @@ pub trait Store: Send + Sync + 'static {
     /// ([`resource_names_of`]), which orders whose ids start with
     /// `request_id` share.
     async fn list_twin_watches_of(&self, request_id: &str) -> StoreResult<Vec<TwinWatch>>;
-    async fn delete_twin_watch(&self, name: &str) -> StoreResult<()>;
+    /// As `cas_instance`, keyed by the watch's name: a pass replaces or
+    /// ends only the watch it listed, which a release of the order may
+    /// have written over meanwhile (naming the volume it deletes).
+    async fn cas_twin_watch(
+        &self,
+        expected: Option<&TwinWatch>,
+        new: Option<&TwinWatch>,
+    ) -> StoreResult<bool>;
 
     async fn get_allocation(&self, request_id: &str) -> StoreResult<Option<Allocation>>;
     async fn list_allocations(&self) -> StoreResult<Vec<Allocation>>;
@@ -656,9 +664,13 @@ impl Store for SledStore {
         Ok(watches)
     }
 
-    async fn delete_twin_watch(&self, name: &str) -> StoreResult<()> {
-        self.twin_watches.remove(name.as_bytes())?;
-        Ok(())
+    async fn cas_twin_watch(
+        &self,
+        expected: Option<&TwinWatch>,
+        new: Option<&TwinWatch>,
+    ) -> StoreResult<bool> {
+        let name = &new.or(expected).ok_or(StoreError::NothingToSwap)?.name;
+        cas(&self.twin_watches, name.as_bytes(), expected, new)
     }
 
     async fn list_instances(&self) -> StoreResult<Vec<Instance>> {
@@ -896,7 +908,23 @@ mod tests {
             store.list_twin_watches().await.unwrap(),
             vec![watch("warmpool-r1-a"), watch("warmpool-r2-b")]
         );
-        store.delete_twin_watch("warmpool-r1-a").await.unwrap();
+        // Only the watch as stored is replaced or deleted.
+        let mut stale = watch("warmpool-r1-a");
+        stale.stuck_volume = None;
+        assert!(!store.cas_twin_watch(Some(&stale), None).await.unwrap());
+        assert!(!store
+            .cas_twin_watch(None, Some(&watch("warmpool-r1-a")))
+            .await
+            .unwrap());
+        let mut next = watch("warmpool-r1-a");
+        next.deleted_volumes.clear();
+        let current = watch("warmpool-r1-a");
+        assert!(store
+            .cas_twin_watch(Some(&current), Some(&next))
+            .await
+            .unwrap());
+        assert!(!store.cas_twin_watch(Some(&current), None).await.unwrap());
+        assert!(store.cas_twin_watch(Some(&next), None).await.unwrap());
         assert_eq!(
             store.list_twin_watches().await.unwrap(),
             vec![watch("warmpool-r2-b")]
@@ -965,7 +993,7 @@ mod tests {
         assert_eq!(of("r10").await, ["warmpool-r10-a"]);
         assert_eq!(of("r").await, ["warmpool-r-1"]);
         assert_eq!(of("r3").await, Vec::<String>::new());
-        store.delete_twin_watch("warmpool-r1-a").await.unwrap();
+        assert!(store.cas_twin_watch(Some(&r1[1]), None).await.unwrap());
         assert_eq!(of("r1").await, ["warmpool-r1", "warmpool-r1-b"]);
     }
 
@@ -1342,8 +1370,15 @@ mod tests {
         assert_eq!(deleted.stuck_volumes().collect::<Vec<_>>(), ["v2"]);
         assert_eq!(deleted.pool, Some(PoolKey::new("db.small", "az1")));
         assert!(deleted.deleted_only && !deleted.lists_by_name());
-        // Written back as this version writes it, and read the same.
-        store.put_twin_watch(deleted).await.unwrap();
+        // Swapped by value, written back as this version writes it, and
+        // read the same.
+        let mut next = deleted.clone();
+        next.until += Duration::from_secs(1);
+        assert!(store
+            .cas_twin_watch(Some(deleted), Some(&next))
+            .await
+            .unwrap());
+        let deleted = &next;
         let written: Value =
             serde_json::from_slice(&store.twin_watches.get("warmpool-r2-a").unwrap().unwrap())
                 .unwrap();

@@ -452,3 +452,41 @@ async fn a_server_retired_after_the_passs_listing_is_not_taken_for_a_leak() {
     );
     assert_consistent(&sim, &manager).await;
 }
+
+/// A pass working on the watch an order's commit wrote (a create of it lost
+/// its answer) while the order's release writes, under the same name, the
+/// watch of the volume it deletes: the pass ends or replaces only the watch
+/// it listed. It deleted the release's by name, and the volume Cinder's
+/// backend then failed to delete was named by nothing.
+#[tokio::test(start_paused = true)]
+async fn a_pass_on_an_orders_old_watch_leaves_the_one_its_release_wrote() {
+    use pool_manager::model::TWIN_WATCH;
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    cloud.lose_next_answer("create_port");
+    let sold = manager
+        .allocate(request("order-w", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert!(sold.creates_in_doubt);
+    let volume = sold.volume_id.clone().unwrap();
+    tokio::time::sleep(TWIN_WATCH).await;
+
+    let looking = cloud.hold_next("find_ports_by_name", At::Before);
+    let pass = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.reconcile().await }
+    });
+    looking.reached().await;
+    sim.faults().error_next_volume_deletes(1);
+    let released = manager.release("order-w", Some(true)).await.unwrap();
+    assert_eq!(released.state, AllocationState::Released);
+    looking.release();
+    pass.await.unwrap().unwrap();
+
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    manager.reconcile().await.unwrap();
+    assert_eq!(manager.stuck_volumes().await.unwrap(), vec![volume]);
+    manager.shutdown().await.unwrap();
+}

@@ -627,7 +627,13 @@ impl Write {
                 Ok(())
             }
             Write::TwinWatch(watch) => store.put_twin_watch(watch).await,
-            Write::TwinWatchDeleted(name) => store.delete_twin_watch(name).await,
+            Write::TwinWatchDeleted(name) => {
+                let watches = store.list_twin_watches().await?;
+                if let Some(current) = watches.iter().find(|w| &w.name == name) {
+                    assert!(store.cas_twin_watch(Some(current), None).await?);
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -792,10 +798,20 @@ impl<H: StoreHooks> Store for HookedStore<H> {
     ) -> StoreResult<Vec<pool_manager::model::TwinWatch>> {
         self.inner.list_twin_watches_of(request_id).await
     }
-    async fn delete_twin_watch(&self, name: &str) -> StoreResult<()> {
-        self.inner.delete_twin_watch(name).await?;
-        self.hooks.written(Write::TwinWatchDeleted(name.into()));
-        Ok(())
+    async fn cas_twin_watch(
+        &self,
+        expected: Option<&pool_manager::model::TwinWatch>,
+        new: Option<&pool_manager::model::TwinWatch>,
+    ) -> StoreResult<bool> {
+        let swapped = self.inner.cas_twin_watch(expected, new).await?;
+        if swapped {
+            let name = || expected.map(|w| w.name.clone()).unwrap_or_default();
+            self.hooks.written(match new {
+                Some(new) => Write::TwinWatch(new.clone()),
+                None => Write::TwinWatchDeleted(name()),
+            });
+        }
+        Ok(swapped)
     }
     async fn get_allocation(&self, request_id: &str) -> StoreResult<Option<Allocation>> {
         self.inner.get_allocation(request_id).await
