@@ -679,17 +679,14 @@ pub struct Allocation {
 /// volume of the name a delete was accepted for is named too
 /// (`deleted_volumes`): a watch lasts past `until` until a pass has
 /// deleted everything it names, and seen each of those volumes gone.
-///
-/// Read as stored by this version or an older one (`StoredTwinWatch`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "StoredTwinWatch")]
+#[serde(deny_unknown_fields)]
 pub struct TwinWatch {
     /// [`Allocation::resource_name`] of the attempt.
     pub name: String,
     pub request_id: String,
     /// The order's pool, for the announcement of a volume stuck. `None` in
-    /// watches stored before it was kept (but for those that named a
-    /// deleted volume, which kept it).
+    /// watches stored before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolKey>,
     /// warmpool created volumes of this name (a new volume was asked for);
@@ -787,70 +784,6 @@ impl TwinWatch {
         }
         self.deleted_only &= stored.deleted_only;
         self.until = self.until.max(stored.until);
-    }
-}
-
-/// A [`TwinWatch`] as stored, by this version or an older one: the
-/// versions from d1e3f20 until `deleted_volumes` kept one deleted volume
-/// (`deleted_volume`), which `stuck_volume` named too once it was stuck
-/// `error_deleting`. Read as this version's, never written so again.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StoredTwinWatch {
-    name: String,
-    request_id: String,
-    #[serde(default)]
-    pool: Option<PoolKey>,
-    volumes: bool,
-    #[serde(default)]
-    keep: Vec<String>,
-    #[serde(default)]
-    stuck_volume: Option<String>,
-    #[serde(default)]
-    deleted_volumes: Vec<DeletedVolume>,
-    #[serde(default)]
-    deleted_only: bool,
-    #[serde(default)]
-    deleted_volume: Option<OneDeletedVolume>,
-    until: SystemTime,
-}
-
-/// `deleted_volume` of [`StoredTwinWatch`].
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OneDeletedVolume {
-    id: String,
-    pool: PoolKey,
-    /// What is now [`TwinWatch::deleted_only`].
-    #[serde(default)]
-    only: bool,
-}
-
-impl From<StoredTwinWatch> for TwinWatch {
-    fn from(stored: StoredTwinWatch) -> Self {
-        let mut watch = TwinWatch {
-            name: stored.name,
-            request_id: stored.request_id,
-            pool: stored.pool,
-            volumes: stored.volumes,
-            keep: stored.keep,
-            stuck_volume: stored.stuck_volume,
-            deleted_volumes: stored.deleted_volumes,
-            deleted_only: stored.deleted_only,
-            until: stored.until,
-        };
-        if let Some(one) = stored.deleted_volume {
-            let stuck = watch.stuck_volume.as_ref() == Some(&one.id);
-            if stuck {
-                watch.stuck_volume = None;
-            }
-            watch.pool.get_or_insert(one.pool);
-            watch.deleted_only |= one.only;
-            watch
-                .deleted_volumes
-                .push(DeletedVolume { id: one.id, stuck });
-        }
-        watch
     }
 }
 

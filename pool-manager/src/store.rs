@@ -1205,25 +1205,6 @@ mod tests {
                 "warmpool-r1-7",
             );
         }
-        // The one deleted volume the versions before kept, with a field
-        // they did not know.
-        let mut one = serde_json::to_value(&watch).unwrap();
-        let one = one.as_object_mut().unwrap();
-        one.remove("deleted_volumes");
-        one.insert(
-            "deleted_volume".into(),
-            json!({"id": "v1", "pool": {"flavor": "db.small", "availability_zone": "az1"},
-                   "from_the_future": true}),
-        );
-        store
-            .twin_watches
-            .insert("warmpool-r1-7", serde_json::to_vec(&one).unwrap())
-            .unwrap();
-        assert_unreadable(
-            store.list_twin_watches().await,
-            "twin_watches",
-            "warmpool-r1-7",
-        );
 
         let learned = LearnedSizing {
             saved_at: SystemTime::UNIX_EPOCH,
@@ -1323,21 +1304,6 @@ mod tests {
             .twin_watches
             .insert("warmpool-r1", serde_json::to_vec(&old_watch).unwrap())
             .unwrap();
-        // One deleted volume, stuck error_deleting (`stuck_volume` naming
-        // it too), as the versions before `deleted_volumes` stored it.
-        let one_deleted = json!({
-            "name": "warmpool-r2-a", "request_id": "r2", "volumes": true,
-            "stuck_volume": "v2",
-            "deleted_volume": {
-                "id": "v2", "pool": {"flavor": "db.small", "availability_zone": "az1"},
-                "only": true
-            },
-            "until": {"secs_since_epoch": 900, "nanos_since_epoch": 0}
-        });
-        store
-            .twin_watches
-            .insert("warmpool-r2-a", serde_json::to_vec(&one_deleted).unwrap())
-            .unwrap();
 
         let store = reopened(&store).unwrap();
         let mut expected_instance = ready_instance();
@@ -1355,39 +1321,9 @@ mod tests {
         assert_eq!(pools[0].spec.target, Default::default());
         assert!(pools[0].spec.windows.is_empty());
         let watches = store.list_twin_watches().await.unwrap();
-        assert_eq!(watches.len(), 2);
+        assert_eq!(watches.len(), 1);
         assert!(watches[0].keep.is_empty() && watches[0].stuck_volume.is_none());
         assert!(watches[0].deleted_volumes.is_empty() && watches[0].lists_by_name());
-        let deleted = &watches[1];
-        assert_eq!(
-            deleted.deleted_volumes,
-            vec![crate::model::DeletedVolume {
-                id: "v2".into(),
-                stuck: true
-            }]
-        );
-        assert_eq!(deleted.stuck_volume, None);
-        assert_eq!(deleted.stuck_volumes().collect::<Vec<_>>(), ["v2"]);
-        assert_eq!(deleted.pool, Some(PoolKey::new("db.small", "az1")));
-        assert!(deleted.deleted_only && !deleted.lists_by_name());
-        // Swapped by value, written back as this version writes it, and
-        // read the same.
-        let mut next = deleted.clone();
-        next.until += Duration::from_secs(1);
-        assert!(store
-            .cas_twin_watch(Some(deleted), Some(&next))
-            .await
-            .unwrap());
-        let deleted = &next;
-        let written: Value =
-            serde_json::from_slice(&store.twin_watches.get("warmpool-r2-a").unwrap().unwrap())
-                .unwrap();
-        assert_eq!(written.get("deleted_volume"), None, "{written}");
-        assert_eq!(
-            store.list_twin_watches().await.unwrap()[1],
-            *deleted,
-            "{written}"
-        );
 
         let mut released = read.clone();
         released.state = crate::model::AllocationState::Releasing;

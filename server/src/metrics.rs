@@ -568,7 +568,7 @@ impl Metrics {
         );
         registry.register(
             "volumes_stuck_error_attaching",
-            "Volumes warmpool was to delete that Cinder refuses to until a cloud admin resets them (openstack volume set --state available ID), not deleted yet: new volumes rolled-back purchases left error_attaching (the order is refused until then), and volumes of rolled-back or released orders whose delete Cinder's backend failed (error_deleting); each holds the tenant's volume quota",
+            "Volumes warmpool was to delete that Cinder refuses to until a cloud admin resets them (openstack volume set --state available ID), not deleted yet: new volumes rolled-back purchases left error_attaching (the order is refused until then), and volumes of rolled-back or released orders, or twins of creates whose answer was lost, whose delete Cinder's backend failed (error_deleting); each holds the tenant's volume quota",
             m.volumes_stuck.clone(),
         );
         // Throttling is rare: create its series at zero, so they are there
