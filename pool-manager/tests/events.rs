@@ -652,19 +652,13 @@ async fn a_rolled_back_volume_cinder_fails_to_delete_stays_named_until_deleted()
 /// fails.
 #[tokio::test(start_paused = true)]
 async fn a_rollback_stopped_after_its_volume_delete_is_redone_and_the_volume_stays_named() {
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::Ordering;
     let sim = sim();
-    let refused = std::sync::Arc::new(AtomicU32::new(0));
-    let cloud = GatedCloud::with_fault(&sim, {
-        let refused = refused.clone();
-        move |method| {
-            let armed = method == "find_ports_by_name"
-                && refused
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok();
-            armed.then(|| CloudError::Fatal("listing ports is not allowed".into()))
-        }
-    });
+    let (cloud, refused) = GatedCloud::failing_next(
+        &sim,
+        "find_ports_by_name",
+        CloudError::Fatal("listing ports is not allowed".into()),
+    );
     let manager = started_paused(&cloud, temp_store(), 1).await;
     let mut events = manager.events();
     sim.faults().fail_next_volume_attach(1);
@@ -751,22 +745,16 @@ async fn a_released_volume_cinder_fails_to_delete_stays_named_until_deleted() {
 /// purchase of a new volume read them all.
 #[tokio::test(start_paused = true)]
 async fn a_pass_looks_at_a_deleted_volume_through_a_429() {
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::Ordering;
     let sim = sim();
-    let throttled = std::sync::Arc::new(AtomicU32::new(0));
-    let cloud = GatedCloud::with_fault(&sim, {
-        let throttled = throttled.clone();
-        move |method| {
-            let armed = method == "get_volume"
-                && throttled
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok();
-            armed.then(|| CloudError::Throttled {
-                retry_after: Some(Duration::from_secs(1)),
-                message: "Rate limit exceeded".into(),
-            })
-        }
-    });
+    let (cloud, throttled) = GatedCloud::failing_next(
+        &sim,
+        "get_volume",
+        CloudError::Throttled {
+            retry_after: Some(Duration::from_secs(1)),
+            message: "Rate limit exceeded".into(),
+        },
+    );
     let store = temp_store();
     let manager = started_paused(&cloud, store.clone(), 1).await;
     let volume = manager

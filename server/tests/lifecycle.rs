@@ -36,12 +36,18 @@ async fn a_taken_grpc_port_fails_start_up_before_anything_is_written() {
 
     // The store is free for the next start (nothing holds its lock), and the
     // configured pool was never created, so nothing booted for it.
-    let dir = data.path().join("store");
-    let store = tokio::task::spawn_blocking(move || SledStore::open(&dir))
+    let store = store_a_failed_start_left(data.path()).await;
+    assert!(store.list_pools().await.unwrap().is_empty());
+}
+
+/// The store in `data` after a start-up that failed, opened: it must be
+/// free for the next start (nothing holds its lock).
+async fn store_a_failed_start_left(data: &std::path::Path) -> SledStore {
+    let dir = data.join("store");
+    tokio::task::spawn_blocking(move || SledStore::open(&dir))
         .await
         .unwrap()
-        .expect("the failed start-up let go of the store");
-    assert!(store.list_pools().await.unwrap().is_empty());
+        .expect("the failed start-up let go of the store")
 }
 
 /// On the embedded cloud too, every configured pool is checked before any
@@ -65,11 +71,7 @@ async fn an_embedded_pool_the_cloud_refuses_fails_start_up_before_anything_is_wr
         "{error}"
     );
 
-    let dir = data.path().join("store");
-    let store = tokio::task::spawn_blocking(move || SledStore::open(&dir))
-        .await
-        .unwrap()
-        .expect("the failed start-up let go of the store");
+    let store = store_a_failed_start_left(data.path()).await;
     assert!(store.list_pools().await.unwrap().is_empty());
     assert!(store.list_instances().await.unwrap().is_empty());
 }

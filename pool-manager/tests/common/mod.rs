@@ -355,6 +355,28 @@ impl GatedCloud {
         (cloud, switch)
     }
 
+    /// Fails as many of the next calls of `method` with `error` as the
+    /// returned count says (it starts at 0), counting down.
+    pub fn failing_next(
+        sim: &Arc<SimCloud>,
+        method: &'static str,
+        error: CloudError,
+    ) -> (Arc<Self>, Arc<std::sync::atomic::AtomicU32>) {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let left = Arc::new(AtomicU32::new(0));
+        let cloud = Self::with_fault(sim, {
+            let left = left.clone();
+            move |called| {
+                let armed = called == method
+                    && left
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                armed.then(|| error.clone())
+            }
+        });
+        (cloud, left)
+    }
+
     /// Boots every pool's servers from `image` (`None`: each pool's own),
     /// as the OpenStack driver does with its `image` override.
     pub fn boot_every_pool_from(&self, image: Option<&str>) {
