@@ -35,7 +35,10 @@ pub struct CinderVolume {
 /// `GET /os-availability-zone` (Cinder's, and Nova's, which has the same shape).
 #[derive(Debug, Deserialize)]
 pub struct ZonesBody {
-    #[serde(rename = "availabilityZoneInfo", default)]
+    /// Required: Nova and Cinder answer an empty list when they have no
+    /// zone, so an answer without it is not theirs (a proxy's page), and
+    /// read as "no zones" it would refuse every pool's zone as missing.
+    #[serde(rename = "availabilityZoneInfo")]
     pub availability_zone_info: Vec<Zone>,
 }
 
@@ -107,6 +110,13 @@ pub fn create_body(spec: &NewVolumeSpec, availability_zone: Option<&str>) -> ser
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_without_its_zone_list_is_unreadable_not_empty() {
+        assert!(serde_json::from_str::<ZonesBody>("{}").is_err());
+        let none: ZonesBody = serde_json::from_str(r#"{"availabilityZoneInfo": []}"#).unwrap();
+        assert!(none.availability_zone_info.is_empty());
+    }
 
     #[test]
     fn an_attached_volume_names_its_server() {
