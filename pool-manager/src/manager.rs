@@ -741,7 +741,7 @@ impl PoolManager {
         if changed.image != current.image {
             self.check_boot_spec(key, &changed.image).await?;
         }
-        let record = {
+        let (record, flushed) = {
             let _guard = self.shared.pool_lock.lock().await;
             let mut record = self.shared.pool(key).await?;
             if record.draining {
@@ -756,12 +756,14 @@ impl PoolManager {
             // The answer shows no plan rather than the old settings' one
             // ("at target" for a target just raised) until the next step.
             self.shared.sizing_book().drop_plan(key);
-            unconfirmed_change(self.shared.store.flush().await, key, "change")?;
-            record
+            (record, self.shared.store.flush().await)
         };
+        // A flush that failed leaves the change in effect all the same (the
+        // answer says call again): announced and logged as any change.
         self.shared.changed();
         tracing::info!(pool = %key, spec = ?record.spec, "pool settings changed");
         self.shared.emit(Some(key), EventKind::SettingsChanged);
+        unconfirmed_change(flushed, key, "change")?;
         self.shared.pool_status(record).await
     }
 
@@ -778,8 +780,10 @@ impl PoolManager {
 
     async fn delete_pool_now(&self, key: &PoolKey) -> ManagerResult<PoolStatus> {
         let record = self.shared.update_pool(key, |p| p.draining = true).await?;
-        unconfirmed_change(self.shared.store.flush().await, key, "deletion")?;
+        let flushed = self.shared.store.flush().await;
+        // In effect even if the flush failed (the answer says call again).
         tracing::info!(pool = %key, "pool draining");
+        unconfirmed_change(flushed, key, "deletion")?;
         self.shared.pool_status(record).await
     }
 

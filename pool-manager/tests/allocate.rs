@@ -2139,6 +2139,44 @@ async fn a_create_pool_that_cannot_be_flushed_leaves_no_pool_or_a_served_one() {
     }
 }
 
+/// An UpdatePool whose flush fails is in effect all the same (the answer
+/// says call again): it is announced and logged as any change, so the
+/// replenishers, the metrics and WatchPools follow it before the retry.
+#[tokio::test(start_paused = true)]
+async fn a_pool_change_whose_flush_fails_is_announced_all_the_same() {
+    use pool_manager::events::EventKind;
+    let sim = sim();
+    let store = HookedStore::new(FailFlush::default());
+    let manager = manager_on(&sim, store.clone());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    let mut events = manager.events();
+    store.hooks.failing.store(true, Ordering::SeqCst);
+    let err = manager
+        .update_pool(&pool(), |s| s.min_ready = 2)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::TryAgain(m) if m.contains("is recorded")),
+        "{err:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while events.recv().await.unwrap().kind != EventKind::SettingsChanged {}
+    })
+    .await
+    .expect("the change was never announced");
+    assert_eq!(
+        manager
+            .get_pool(&pool())
+            .await
+            .unwrap()
+            .record
+            .spec
+            .min_ready,
+        2
+    );
+}
+
 /// Holds the next flush, once armed, until let go; then fails it if `fail`.
 #[derive(Default)]
 struct HoldFlush {
