@@ -476,8 +476,13 @@ impl Shared {
     /// The pool's supply now, counted as a replenish step counts it:
     /// unreserved instances booting, warming or Ready, and not outdated.
     pub(crate) async fn supply_of(&self, pool: &PoolRecord) -> ManagerResult<u32> {
+        Ok(self.census_now(pool).await?.supply)
+    }
+
+    /// How a step counts `pool` now, against the image its spec boots.
+    async fn census_now(&self, pool: &PoolRecord) -> ManagerResult<Census> {
         let image = self.cloud.boot_image(&pool.spec.image);
-        Ok(self.census_of(pool, &image).await?.2.supply)
+        Ok(self.census_of(pool, &image).await?.2)
     }
 
     /// The pool as stored now and its census, for a step that has waited
@@ -488,8 +493,7 @@ impl Shared {
         let Some(pool) = self.store.get_pool(key).await? else {
             return Ok(None);
         };
-        let image = self.cloud.boot_image(&pool.spec.image);
-        let census = self.census_of(&pool, &image).await?.2;
+        let census = self.census_now(&pool).await?;
         Ok(Some((pool, census)))
     }
 
