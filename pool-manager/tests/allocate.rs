@@ -1745,11 +1745,13 @@ async fn a_release_its_caller_gave_up_on_still_finishes() {
 
     deleting.release();
     // Far less than the tests' reconcile interval (a day).
-    tokio::time::timeout(Duration::from_secs(600), async {
-        while events.recv().await.unwrap().kind != EventKind::Released {}
-    })
-    .await
-    .expect("the release was never announced");
+    announced(
+        &mut events,
+        EventKind::Released,
+        Duration::from_secs(600),
+        "the release",
+    )
+    .await;
     let released = manager.get_allocation("order-gone").await.unwrap();
     assert_eq!(released.state, AllocationState::Released);
     assert_consistent(&sim, &manager).await;
@@ -2067,6 +2069,25 @@ impl StoreHooks for FailFirstAllocated {
     }
 }
 
+/// The next event of `kind`, waited for at most `within`.
+async fn announced(
+    events: &mut tokio::sync::broadcast::Receiver<pool_manager::events::Event>,
+    kind: pool_manager::events::EventKind,
+    within: Duration,
+    what: &str,
+) -> pool_manager::events::Event {
+    tokio::time::timeout(within, async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if event.kind == kind {
+                return event;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} was never announced"))
+}
+
 /// What a disk gone bad answers.
 fn disk_error() -> StoreError {
     StoreError::Io(sled::Error::Io(std::io::Error::other("input/output error")))
@@ -2160,11 +2181,13 @@ async fn a_pool_change_whose_flush_fails_is_announced_all_the_same() {
         matches!(&err, ManagerError::TryAgain(m) if m.contains("is recorded")),
         "{err:?}"
     );
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while events.recv().await.unwrap().kind != EventKind::SettingsChanged {}
-    })
-    .await
-    .expect("the change was never announced");
+    announced(
+        &mut events,
+        EventKind::SettingsChanged,
+        Duration::from_secs(60),
+        "the change",
+    )
+    .await;
     assert_eq!(
         manager
             .get_pool(&pool())
@@ -2292,17 +2315,14 @@ async fn an_update_pool_whose_caller_leaves_during_its_flush_still_announces_it(
     call.abort();
     assert!(call.await.unwrap_err().is_cancelled());
     store.hooks.go.notify_one();
-    let announced = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let event = events.recv().await.unwrap();
-            if event.kind == pool_manager::events::EventKind::SettingsChanged {
-                return event;
-            }
-        }
-    })
-    .await
-    .expect("the change was never announced");
-    assert_eq!(announced.pool, Some(pool()));
+    let changed = announced(
+        &mut events,
+        pool_manager::events::EventKind::SettingsChanged,
+        Duration::from_secs(60),
+        "the change",
+    )
+    .await;
+    assert_eq!(changed.pool, Some(pool()));
     assert_eq!(
         manager
             .get_pool(&pool())
