@@ -11,52 +11,64 @@
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
-/// Calls with unknown tokens are logged at most once per this interval,
-/// with how many came since: a client retrying with a revoked token, or
-/// guessing, must not flood the log (`warmpool_api_calls_refused_total`
-/// counts every one).
-const UNKNOWN_TOKEN_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Refused calls are logged at most once per this interval and kind, with
+/// how many came since: a client retrying with a revoked token, guessing,
+/// or calling with a token of too small a role in a loop must not flood
+/// the log (`warmpool_api_calls_refused_total` counts every one).
+const REFUSED_CALL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Admits a log line at most once per interval.
+/// Admits a log line at most once per interval for each key.
 #[derive(Debug)]
 struct LogEvery {
     interval: Duration,
-    /// When the last line was admitted, and how many were held back since.
-    state: Mutex<Option<(Instant, u64)>>,
+    /// Per key: when its last line was admitted, and how many were held back
+    /// since. Keys are the daemon's token names (and one for unknown
+    /// tokens), so the map stays as small as the config.
+    state: Mutex<BTreeMap<String, (Instant, u64)>>,
 }
 
 impl LogEvery {
     const fn new(interval: Duration) -> Self {
         Self {
             interval,
-            state: Mutex::new(None),
+            state: Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// `Some(held back since the last line)` when a line may be logged now.
-    fn admit(&self, now: Instant) -> Option<u64> {
+    /// `Some(held back since the last line for key)` when a line for `key`
+    /// may be logged now.
+    fn admit(&self, key: &str, now: Instant) -> Option<u64> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        match &mut *state {
+        match state.get_mut(key) {
             Some((last, held)) if now.saturating_duration_since(*last) < self.interval => {
                 *held += 1;
                 None
             }
-            _ => {
-                let held = state.map_or(0, |(_, held)| held);
-                *state = Some((now, 0));
+            Some(entry) => {
+                let held = entry.1;
+                *entry = (now, 0);
                 Some(held)
+            }
+            None => {
+                state.insert(key.to_string(), (now, 0));
+                Some(0)
             }
         }
     }
 }
 
-static UNKNOWN_TOKEN_LOG: LogEvery = LogEvery::new(UNKNOWN_TOKEN_LOG_INTERVAL);
+/// Calls with tokens the daemon does not know, under one key: whoever sends
+/// them, they say the same thing.
+static UNKNOWN_TOKEN_LOG: LogEvery = LogEvery::new(REFUSED_CALL_LOG_INTERVAL);
+/// Calls refused for their token's role, per token name: one caller's loop
+/// must not hide another's refusal.
+static REFUSED_ROLE_LOG: LogEvery = LogEvery::new(REFUSED_CALL_LOG_INTERVAL);
 
 /// What a token may do, least first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -208,11 +220,11 @@ impl Access {
                 )
             })?;
         let Some(caller) = self.by_sha256.get(&token_sha256(token)) else {
-            if let Some(held_back) = UNKNOWN_TOKEN_LOG.admit(Instant::now()) {
+            if let Some(held_back) = UNKNOWN_TOKEN_LOG.admit("", Instant::now()) {
                 tracing::warn!(
                     method = method.name(),
                     held_back,
-                    "call with a bearer token this daemon does not know (held_back: such calls not logged since the last such line; one line per {UNKNOWN_TOKEN_LOG_INTERVAL:?} at most)"
+                    "call with a bearer token this daemon does not know (held_back: such calls not logged since the last such line; one line per {REFUSED_CALL_LOG_INTERVAL:?} at most)"
                 );
             }
             return Err(Status::unauthenticated(
@@ -220,7 +232,15 @@ impl Access {
             ));
         };
         if caller.role < method.needs() {
-            tracing::warn!(method = method.name(), caller = %caller.name, role = caller.role.name(), "call refused");
+            if let Some(held_back) = REFUSED_ROLE_LOG.admit(&caller.name, Instant::now()) {
+                tracing::warn!(
+                    method = method.name(),
+                    caller = %caller.name,
+                    role = caller.role.name(),
+                    held_back,
+                    "call refused: the token's role is too small (held_back: this token's refused calls not logged since its last such line; one line per {REFUSED_CALL_LOG_INTERVAL:?} at most)"
+                );
+            }
             return Err(Status::permission_denied(format!(
                 "token '{}' has role {}; {} needs role {}",
                 caller.name,
@@ -305,11 +325,33 @@ mod tests {
         let every = LogEvery::new(Duration::from_secs(10));
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        assert_eq!(every.admit(at(0)), Some(0));
-        assert_eq!(every.admit(at(1)), None);
-        assert_eq!(every.admit(at(9)), None);
-        assert_eq!(every.admit(at(10)), Some(2));
-        assert_eq!(every.admit(at(25)), Some(0));
+        assert_eq!(every.admit("a", at(0)), Some(0));
+        assert_eq!(every.admit("a", at(1)), None);
+        assert_eq!(every.admit("b", at(1)), Some(0), "keys are limited apart");
+        assert_eq!(every.admit("a", at(9)), None);
+        assert_eq!(every.admit("a", at(10)), Some(2));
+        assert_eq!(every.admit("a", at(25)), Some(0));
+        assert_eq!(every.admit("b", at(25)), Some(0));
+    }
+
+    #[test]
+    fn calls_refused_for_their_role_are_logged_once_per_interval_per_token() {
+        // A name no other test uses: the limiter is process-wide.
+        let access = Access::with_tokens([(
+            token_sha256("looping-secret"),
+            Caller {
+                name: "looping-reader".into(),
+                role: Role::Reader,
+            },
+        )]);
+        let call = request(Some("Bearer looping-secret"));
+        for _ in 0..3 {
+            let refused = access.check(&call, Method::Allocate).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        }
+        // The first refusal was logged; the next two were held back.
+        let state = REFUSED_ROLE_LOG.state.lock().unwrap();
+        assert_eq!(state.get("looping-reader").map(|(_, held)| *held), Some(2));
     }
 
     fn access() -> Access {
