@@ -45,6 +45,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::time::Instant;
 
 pub use osauth::CloudConfig;
 
@@ -259,7 +260,7 @@ struct Inner {
     /// without a clear answer (timeout, 5xx, unreadable body): the cloud may
     /// have created them, so the next create of the name looks first instead
     /// of making a twin nothing would ever delete.
-    uncertain_creates: Mutex<HashSet<(Service, String)>>,
+    uncertain_creates: Mutex<UncertainCreates>,
     /// Pool servers last seen SOFT_DELETED: a cloud with Nova's
     /// `reclaim_instance_interval` set only soft-deletes, and deleting such
     /// a server again does nothing, while it keeps its quota, volumes and
@@ -398,7 +399,7 @@ impl OpenStackCloud {
         match &result {
             Ok(_) => self.create_settled(service, name),
             Err(e) if e.is_retryable() => {
-                lock(&self.inner.uncertain_creates).insert((service, name.to_owned()));
+                lock(&self.inner.uncertain_creates).mark(service, name, Instant::now());
             }
             Err(_) => {}
         }
@@ -470,11 +471,11 @@ impl OpenStackCloud {
     }
 
     fn create_uncertain(&self, service: Service, name: &str) -> bool {
-        lock(&self.inner.uncertain_creates).contains(&(service, name.to_owned()))
+        lock(&self.inner.uncertain_creates).is_marked(service, name)
     }
 
     fn create_settled(&self, service: Service, name: &str) {
-        lock(&self.inner.uncertain_creates).remove(&(service, name.to_owned()));
+        lock(&self.inner.uncertain_creates).settle(service, name);
     }
 
     /// A flavor by name or id (cached; the list is re-read on a miss).
@@ -1059,6 +1060,35 @@ fn regex_escape(s: &str) -> String {
     out
 }
 
+/// How long a create left uncertain is remembered. Its name is asked for
+/// again by whoever retries it: a boot within its timeout (a day at most),
+/// an order's volume or port within the reconciler's redo. A name nobody
+/// creates again is forgotten after this, so the set does not grow with
+/// every uncertain create for as long as the daemon runs; an object such a
+/// create made is left to the leak sweep, as it was before.
+const UNCERTAIN_CREATE_MEMORY: Duration = Duration::from_secs(2 * 86_400);
+
+/// The creates left uncertain (see `Inner::uncertain_creates`), with when
+/// each was last left so.
+#[derive(Debug, Default)]
+struct UncertainCreates(HashMap<(Service, String), Instant>);
+
+impl UncertainCreates {
+    fn mark(&mut self, service: Service, name: &str, now: Instant) {
+        self.0
+            .retain(|_, at| now.saturating_duration_since(*at) < UNCERTAIN_CREATE_MEMORY);
+        self.0.insert((service, name.to_owned()), now);
+    }
+
+    fn is_marked(&self, service: Service, name: &str) -> bool {
+        self.0.contains_key(&(service, name.to_owned()))
+    }
+
+    fn settle(&mut self, service: Service, name: &str) {
+        self.0.remove(&(service, name.to_owned()));
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -1410,5 +1440,31 @@ impl Cloud for OpenStackCloud {
         let image = self.image_name(image);
         self.inner.images.forget(image);
         self.image_id(image).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_uncertain_create_is_remembered_until_settled_or_long_forgotten() {
+        let t0 = Instant::now();
+        let mut uncertain = UncertainCreates::default();
+        uncertain.mark(Service::Compute, "wp-a", t0);
+        uncertain.mark(Service::BlockStorage, "wp-a", t0);
+        assert!(uncertain.is_marked(Service::Compute, "wp-a"));
+        assert!(!uncertain.is_marked(Service::Network, "wp-a"));
+        uncertain.settle(Service::BlockStorage, "wp-a");
+        assert!(!uncertain.is_marked(Service::BlockStorage, "wp-a"));
+
+        // A later uncertain create keeps what is recent and drops what
+        // nobody created again within the memory.
+        uncertain.mark(Service::Network, "wp-b", t0 + UNCERTAIN_CREATE_MEMORY / 2);
+        assert!(uncertain.is_marked(Service::Compute, "wp-a"));
+        uncertain.mark(Service::Network, "wp-c", t0 + UNCERTAIN_CREATE_MEMORY);
+        assert!(!uncertain.is_marked(Service::Compute, "wp-a"));
+        assert!(uncertain.is_marked(Service::Network, "wp-b"));
+        assert_eq!(uncertain.0.len(), 2);
     }
 }
