@@ -75,6 +75,10 @@ fn accepted_keys(table_prefix: &str) -> BTreeSet<String> {
         .split_once("expected")
         .unwrap_or_else(|| panic!("no list of expected fields in: {err}"))
         .1;
+    // A nested table's error goes on to say where: "... in `a.b`".
+    let expected = expected
+        .split_once(" in `")
+        .map_or(expected, |(list, _)| list);
     expected
         .split('`')
         .skip(1)
@@ -94,6 +98,14 @@ fn the_example_config_documents_every_option() {
             "[cloud] (embedded)",
             "[cloud]\nkind = \"embedded\"\n".to_owned(),
         ),
+        (
+            "[cloud] (openstack)",
+            "[cloud]\nkind = \"openstack\"\n".to_owned(),
+        ),
+        (
+            "[cloud.availability_zones.<az>]",
+            "[cloud]\nkind = \"openstack\"\n[cloud.availability_zones.az1]\n".to_owned(),
+        ),
         ("[[pools]]", "[[pools]]\n".to_owned()),
         ("[[api_tokens]]", "[[api_tokens]]\n".to_owned()),
         ("[tls]", "[tls]\n".to_owned()),
@@ -105,11 +117,15 @@ fn the_example_config_documents_every_option() {
         for key in keys {
             // Set, or shown commented out, with a comment line right above
             // (possibly above a run of such keys).
-            // Tables (`[manager]`, `[[pools]]`) by their header.
+            // Tables (`[manager]`, `[[pools]]`, `[cloud.availability_zones.az1]`)
+            // by their header.
             let at = lines.iter().position(|l| {
                 let l = l.trim_start_matches(['#', ' ']);
-                let header = l.trim_start_matches('[').strip_prefix(key.as_str());
-                l.starts_with('[') && header.is_some_and(|rest| rest.starts_with(']'))
+                let header = l
+                    .trim_start_matches('[')
+                    .split_once(']')
+                    .map(|(path, _)| path.split('.').any(|part| part == key));
+                l.starts_with('[') && header == Some(true)
                     || l.strip_prefix(key.as_str())
                         .is_some_and(|rest| rest.trim_start().starts_with('='))
             });
