@@ -82,6 +82,15 @@ pub enum AllocationOutcome {
     Failed,
 }
 
+/// What an operator did to a pool's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SettingsChange {
+    /// UpdatePool changed the spec.
+    Updated,
+    /// DeletePool started the drain.
+    Deleting,
+}
+
 /// The OpenStack service a cloud call went to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CloudService {
@@ -133,8 +142,11 @@ pub enum EventKind {
     },
     /// An Allocate found no Ready instance.
     Exhausted,
-    /// The operator changed the pool's settings.
-    SettingsChanged,
+    /// The operator changed the pool's settings, or started its deletion.
+    /// Only a change that changes something is announced.
+    SettingsChanged {
+        change: SettingsChange,
+    },
     /// The reconciler deleted a server the store did not know.
     LeakDeleted {
         server_id: String,
@@ -188,7 +200,7 @@ impl EventKind {
             Self::Boot { .. } => "boot",
             Self::Allocation { .. } => "allocation",
             Self::Exhausted => "exhausted",
-            Self::SettingsChanged => "settings_changed",
+            Self::SettingsChanged { .. } => "settings_changed",
             Self::LeakDeleted { .. } => "leak_deleted",
             Self::Released => "released",
             Self::Degraded { .. } => "degraded",
@@ -205,7 +217,12 @@ impl EventKind {
         Some(match self {
             Self::Boot { .. } | Self::Allocation { .. } | Self::Released => return None,
             Self::Exhausted => "pool exhausted: an Allocate found no Ready instance".into(),
-            Self::SettingsChanged => "pool settings changed".into(),
+            Self::SettingsChanged {
+                change: SettingsChange::Updated,
+            } => "pool settings changed".into(),
+            Self::SettingsChanged {
+                change: SettingsChange::Deleting,
+            } => "pool deletion started: no more boots, its unclaimed instances are deleted and the pool goes once they are gone (allocations are kept)".into(),
             Self::LeakDeleted { server_id } => {
                 format!("deleted leaked cloud server {server_id} (the store did not know it)")
             }
@@ -273,7 +290,7 @@ impl Event {
         let event = self.kind.name();
         match &self.kind {
             // Logged where it happens, with the new spec.
-            EventKind::SettingsChanged => {}
+            EventKind::SettingsChanged { .. } => {}
             EventKind::Exhausted | EventKind::LeakDeleted { .. } | EventKind::Degraded { .. } => {
                 tracing::warn!(%pool, event, "{message}")
             }

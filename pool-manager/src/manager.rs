@@ -9,7 +9,7 @@ use crate::cloud::{
     ServerSpec, Volume, MAX_RETRY_AFTER, MIN_RETRY_PAUSE,
 };
 use crate::error::{ManagerError, ManagerResult};
-use crate::events::{CloudService, Event, EventKind, HealthBook, PoolHealth};
+use crate::events::{CloudService, Event, EventKind, HealthBook, PoolHealth, SettingsChange};
 use crate::gate::{Gate, GateSettings};
 use crate::model::{Instance, InstanceState, PoolKey, PoolRecord, PoolSpec, TwinWatch};
 use crate::probe::Probe;
@@ -752,6 +752,14 @@ impl PoolManager {
             let stored = record.spec.clone();
             change(&mut record.spec);
             check_change(key, &stored, &record.spec)?;
+            if record.spec == stored {
+                // Nothing to write or announce; flushed all the same, so a
+                // call repeated after a flush failed is answered only once
+                // the spec is on disk.
+                drop(_guard);
+                unconfirmed_change(self.shared.store.flush().await, key, "change")?;
+                return self.shared.pool_status(record).await;
+            }
             self.shared.store.put_pool(&record).await?;
             // The answer shows no plan rather than the old settings' one
             // ("at target" for a target just raised) until the next step.
@@ -762,7 +770,12 @@ impl PoolManager {
         // answer says call again): announced and logged as any change.
         self.shared.changed();
         tracing::info!(pool = %key, spec = ?record.spec, "pool settings changed");
-        self.shared.emit(Some(key), EventKind::SettingsChanged);
+        self.shared.emit(
+            Some(key),
+            EventKind::SettingsChanged {
+                change: SettingsChange::Updated,
+            },
+        );
         unconfirmed_change(flushed, key, "change")?;
         self.shared.pool_status(record).await
     }
@@ -779,10 +792,26 @@ impl PoolManager {
     }
 
     async fn delete_pool_now(&self, key: &PoolKey) -> ManagerResult<PoolStatus> {
-        let record = self.shared.update_pool(key, |p| p.draining = true).await?;
+        let mut already_draining = false;
+        let record = self
+            .shared
+            .update_pool(key, |p| {
+                already_draining = p.draining;
+                p.draining = true;
+            })
+            .await?;
         let flushed = self.shared.store.flush().await;
-        // In effect even if the flush failed (the answer says call again).
-        tracing::info!(pool = %key, "pool draining");
+        // In effect even if the flush failed (the answer says call again);
+        // a deletion asked for again is announced once.
+        if !already_draining {
+            tracing::info!(pool = %key, "pool draining");
+            self.shared.emit(
+                Some(key),
+                EventKind::SettingsChanged {
+                    change: SettingsChange::Deleting,
+                },
+            );
+        }
         unconfirmed_change(flushed, key, "deletion")?;
         self.shared.pool_status(record).await
     }

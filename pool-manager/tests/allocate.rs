@@ -2183,7 +2183,9 @@ async fn a_pool_change_whose_flush_fails_is_announced_all_the_same() {
     );
     announced(
         &mut events,
-        EventKind::SettingsChanged,
+        EventKind::SettingsChanged {
+            change: pool_manager::events::SettingsChange::Updated,
+        },
         Duration::from_secs(60),
         "the change",
     )
@@ -2197,6 +2199,48 @@ async fn a_pool_change_whose_flush_fails_is_announced_all_the_same() {
             .spec
             .min_ready,
         2
+    );
+}
+
+/// Operators and dashboards follow a pool's settings by its announcements:
+/// a DeletePool is one (the pool starts draining), once however often it is
+/// asked for, and an UpdatePool that changes nothing is none (a script
+/// re-applying its settings every minute must not fill the log, the
+/// SETTINGS_CHANGED counter and every watch).
+#[tokio::test(start_paused = true)]
+async fn a_deletion_is_announced_once_and_a_change_that_changes_nothing_not_at_all() {
+    use pool_manager::events::{EventKind, SettingsChange};
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 1).await;
+    let mut events = manager.events();
+    manager
+        .update_pool(&pool(), |s| s.max_ready = 9)
+        .await
+        .unwrap();
+    manager
+        .update_pool(&pool(), |s| s.max_ready = 9)
+        .await
+        .unwrap();
+    manager.delete_pool(&pool()).await.unwrap();
+    manager.delete_pool(&pool()).await.unwrap();
+    let mut announced = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let EventKind::SettingsChanged { change } = event.kind {
+            announced.push(change);
+        }
+    }
+    assert_eq!(
+        announced,
+        [SettingsChange::Updated, SettingsChange::Deleting],
+        "one change, one deletion"
+    );
+    let deleting = EventKind::SettingsChanged {
+        change: SettingsChange::Deleting,
+    };
+    assert!(
+        deleting.describe().unwrap().contains("deletion"),
+        "{:?}",
+        deleting.describe()
     );
 }
 
@@ -2317,7 +2361,9 @@ async fn an_update_pool_whose_caller_leaves_during_its_flush_still_announces_it(
     store.hooks.go.notify_one();
     let changed = announced(
         &mut events,
-        pool_manager::events::EventKind::SettingsChanged,
+        pool_manager::events::EventKind::SettingsChanged {
+            change: pool_manager::events::SettingsChange::Updated,
+        },
         Duration::from_secs(60),
         "the change",
     )

@@ -532,7 +532,7 @@ pub fn pool_event(event: &Event) -> Option<api::PoolEvent> {
     let kind = match &event.kind {
         EventKind::Boot { .. } | EventKind::Allocation { .. } | EventKind::Released => return None,
         EventKind::Exhausted => api::PoolEventKind::Exhausted,
-        EventKind::SettingsChanged => api::PoolEventKind::SettingsChanged,
+        EventKind::SettingsChanged { .. } => api::PoolEventKind::SettingsChanged,
         EventKind::LeakDeleted { .. } => api::PoolEventKind::LeakDeleted,
         EventKind::Degraded { cause, .. } => {
             out.cause = cause.as_str().to_owned();

@@ -635,7 +635,7 @@ impl Metrics {
             EventKind::Exhausted => {
                 self.exhausted.get_or_create(&pool).inc();
             }
-            EventKind::SettingsChanged => {
+            EventKind::SettingsChanged { .. } => {
                 self.settings_changes.get_or_create(&pool).inc();
             }
             EventKind::LeakDeleted { .. } => {
