@@ -160,6 +160,9 @@ pub(crate) struct Shared {
     pub attempt_salts: Mutex<StdRng>,
     /// Boot health per pool: the degraded / recovered verdicts.
     pub health: Mutex<HealthBook>,
+    /// Calls waiting out a Retry-After now, by service (see
+    /// [`PoolManager::paused_cloud_calls`]); each held by a [`PausedCall`].
+    pub paused: Mutex<BTreeMap<Option<CloudService>, u64>>,
 }
 
 /// How often released allocations past `ManagerSettings::keep_released` are
@@ -222,6 +225,11 @@ impl Shared {
     pub(crate) fn health_book(&self) -> MutexGuard<'_, HealthBook> {
         // Plain counters: a panic elsewhere leaves nothing half-done to fear.
         self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn paused_calls(&self) -> MutexGuard<'_, BTreeMap<Option<CloudService>, u64>> {
+        // Plain counters, as the health book's.
+        self.paused.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn spawn(self: &Arc<Self>, task: impl Future<Output = ()> + Send + 'static) {
@@ -291,7 +299,8 @@ impl Shared {
 
     /// Calls the cloud until it answers something other than a retryable
     /// error, honouring Retry-After, or until `deadline`. Each pause taken
-    /// after a 429/413 is broadcast as [`EventKind::Throttled`].
+    /// after a 429/413 is broadcast as [`EventKind::Throttled`] once over,
+    /// and counted in [`PoolManager::paused_cloud_calls`] while it lasts.
     pub async fn retry<T, F, Fut>(&self, deadline: Instant, mut call: F) -> Result<T, CloudError>
     where
         F: FnMut() -> Fut,
@@ -322,7 +331,10 @@ impl Shared {
                         return Err(e);
                     }
                     tracing::debug!(error = %e, ?pause, "retrying cloud call");
-                    tokio::time::sleep(pause).await;
+                    {
+                        let _counted = throttled.then(|| PausedCall::new(self, service));
+                        tokio::time::sleep(pause).await;
+                    }
                     // Reported once taken: a call dropped mid-pause (its
                     // caller gave up) did not wait it out.
                     if throttled {
@@ -355,6 +367,29 @@ impl Shared {
             service_level: self.settings.sizing.service_level,
             health,
         })
+    }
+}
+
+/// One call waiting out a Retry-After, counted in [`Shared::paused`] for as
+/// long as it lives: a call dropped mid-pause (its caller gave up, the
+/// manager stopped) ends its pause too, and must not stay counted.
+struct PausedCall<'a> {
+    shared: &'a Shared,
+    service: Option<CloudService>,
+}
+
+impl<'a> PausedCall<'a> {
+    fn new(shared: &'a Shared, service: Option<CloudService>) -> Self {
+        *shared.paused_calls().entry(service).or_default() += 1;
+        Self { shared, service }
+    }
+}
+
+impl Drop for PausedCall<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = self.shared.paused_calls().get_mut(&self.service) {
+            *n = n.saturating_sub(1);
+        }
     }
 }
 
@@ -485,6 +520,7 @@ impl PoolManager {
                 sizing_unreadable: Mutex::default(),
                 gate: Arc::new(Mutex::new(Gate::new(settings.gate.clone()))),
                 health: Mutex::new(HealthBook::default()),
+                paused: Mutex::default(),
                 instance_ids: Mutex::new(seeded(settings.instance_id_seed)),
                 attempt_salts: Mutex::new(seeded(
                     settings.instance_id_seed.map(|seed| seed.wrapping_add(1)),
@@ -840,6 +876,21 @@ impl PoolManager {
             .flat_map(TwinWatch::stuck_volumes)
             .map(str::to_owned)
             .collect())
+    }
+
+    /// How many cloud calls are waiting out a Retry-After (a 429/413's
+    /// pause) now, by the service they went to (`None`: one the manager
+    /// could not attribute), every service listed. Counted from the start of
+    /// each pause, which [`EventKind::Throttled`] reports only at its end,
+    /// up to [`MAX_RETRY_AFTER`] later.
+    pub fn paused_cloud_calls(&self) -> BTreeMap<Option<CloudService>, u64> {
+        let paused = self.shared.paused_calls();
+        CloudService::ALL
+            .into_iter()
+            .map(Some)
+            .chain([None])
+            .map(|service| (service, paused.get(&service).copied().unwrap_or(0)))
+            .collect()
     }
 
     /// Instances of one pool, or of all pools when `pool` is `None`, ordered

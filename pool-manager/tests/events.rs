@@ -1,7 +1,8 @@
 //! The manager's own judgements, broadcast as events, on the paused clock:
 //! a pool degrades after boots keep failing and recovers at the next Ready
 //! boot; a throttled cloud call's pause is reported when it is taken (and
-//! not when the deadline does not allow it).
+//! not when the deadline does not allow it), and counted as under way while
+//! it lasts.
 
 mod common;
 
@@ -14,7 +15,7 @@ use pool_manager::events::{
 use pool_manager::model::{
     AllocationState, EmptyPoolPolicy, InstanceState, PoolKey, VolumeSource, TWIN_WATCH,
 };
-use pool_manager::ManagerError;
+use pool_manager::{AllocateRequest, ManagerError, PoolManager};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
@@ -229,6 +230,110 @@ async fn a_pause_past_the_deadline_is_not_taken_nor_reported() {
     manager.shutdown().await.unwrap();
 }
 
+/// The calls `manager` counts as waiting out a Retry-After now, of every
+/// service.
+fn paused_calls(manager: &PoolManager) -> u64 {
+    manager.paused_cloud_calls().values().sum()
+}
+
+/// Waits (in simulated time) until `manager` counts a call paused.
+async fn until_a_call_is_paused(manager: &PoolManager) {
+    for _ in 0..60 {
+        if paused_calls(manager) > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    panic!("no call paused: {:?}", manager.paused_cloud_calls());
+}
+
+fn throttled_for(retry_after: Duration) -> CloudError {
+    CloudError::Throttled {
+        retry_after: Some(retry_after),
+        message: "Rate limit exceeded".into(),
+    }
+}
+
+/// A call waiting out a long Retry-After is counted as paused, under its
+/// service, from the start of its pause: the pause event (and the pause
+/// seconds counted from it) come only at its end, up to an hour later.
+#[tokio::test(start_paused = true)]
+async fn a_call_waiting_out_a_retry_after_is_counted_while_it_waits() {
+    use std::sync::atomic::Ordering;
+    let sim = sim();
+    let retry_after = Duration::from_secs(30 * 60);
+    let (cloud, throttled) =
+        GatedCloud::failing_next(&sim, "create_volume", throttled_for(retry_after));
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let none = manager.paused_cloud_calls();
+    assert_eq!(none.len(), CloudService::ALL.len() + 1, "{none:?}");
+    assert!(none.values().all(|n| *n == 0), "{none:?}");
+
+    throttled.store(1, Ordering::SeqCst);
+    let mut events = manager.events();
+    let order = AllocateRequest {
+        timeout: Some(Duration::from_secs(2 * 3600)),
+        ..request("long-pause", new_volume(), EmptyPoolPolicy::FailFast)
+    };
+    let purchase = spawn_allocate(&manager, order);
+    until_a_call_is_paused(&manager).await;
+    let paused_at = tokio::time::Instant::now();
+    let paused = manager.paused_cloud_calls();
+    assert_eq!(paused[&Some(CloudService::Volume)], 1, "{paused:?}");
+    assert_eq!(paused_calls(&manager), 1, "{paused:?}");
+
+    tokio::time::sleep(retry_after / 2).await;
+    assert_eq!(paused_calls(&manager), 1, "halfway through the pause");
+    assert!(
+        std::iter::from_fn(|| events.try_recv().ok())
+            .all(|e| !matches!(e.kind, EventKind::Throttled { .. })),
+        "the pause is reported only once taken"
+    );
+
+    purchase.await.unwrap().unwrap();
+    assert!(paused_at.elapsed() >= retry_after - Duration::from_secs(1));
+    assert_eq!(
+        paused_calls(&manager),
+        0,
+        "{:?}",
+        manager.paused_cloud_calls()
+    );
+    manager.shutdown().await.unwrap();
+}
+
+/// A call whose caller drops it mid-pause is no longer counted: it will
+/// never end its pause, and a count left raised would keep the alert on
+/// it firing for good.
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_mid_pause_is_no_longer_counted() {
+    use std::sync::atomic::Ordering;
+    let sim = sim();
+    // Within a pass's cleanup deadline, so the pass takes the pause.
+    let (cloud, throttled) = GatedCloud::failing_next(
+        &sim,
+        "list_pool_servers",
+        throttled_for(Duration::from_secs(20)),
+    );
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    throttled.store(1, Ordering::SeqCst);
+    let pass = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.reconcile().await }
+    });
+    until_a_call_is_paused(&manager).await;
+    let paused = manager.paused_cloud_calls();
+    assert_eq!(paused[&Some(CloudService::Compute)], 1, "{paused:?}");
+
+    pass.abort();
+    assert!(pass.await.unwrap_err().is_cancelled());
+    assert_eq!(
+        paused_calls(&manager),
+        0,
+        "{:?}",
+        manager.paused_cloud_calls()
+    );
+    manager.shutdown().await.unwrap();
+}
 /// The outcomes the Allocate calls of `events` reported, in order.
 fn allocation_outcomes(events: &mut broadcast::Receiver<Event>) -> Vec<AllocationOutcome> {
     let mut outcomes = Vec::new();

@@ -5,7 +5,9 @@
 //!   gate, boot health) are read from [`PoolManager::list_pools`] at scrape
 //!   time, so they are never stale; instances by state from
 //!   [`PoolManager::instance_counts`], which also counts a deleted pool's
-//!   instances tenants still hold;
+//!   instances tenants still hold; the cloud calls waiting out a
+//!   Retry-After now from [`PoolManager::paused_cloud_calls`] (the events
+//!   report a pause only once it is over);
 //! - counters and histograms of allocations, boots, leaks, exhaustion, health
 //!   verdicts and Retry-After pauses are driven by the manager's event
 //!   broadcast ([`PoolManager::events`]). The manager logs the events and
@@ -334,6 +336,7 @@ pub struct Metrics {
     cloud_throttled: Family<ServiceLabels, Counter>,
     retry_pauses: Family<ServiceLabels, Counter>,
     retry_pause_seconds: Family<ServiceLabels, Counter<f64, AtomicU64>>,
+    cloud_calls_paused: Family<ServiceLabels, Gauge>,
     api_calls_refused: Family<RefusedLabels, Counter>,
     volumes_stuck: Gauge,
     /// One scrape at a time refreshes the gauges and encodes, so a scrape
@@ -386,6 +389,7 @@ impl Metrics {
             cloud_throttled: Family::default(),
             retry_pauses: Family::default(),
             retry_pause_seconds: Family::default(),
+            cloud_calls_paused: Family::default(),
             api_calls_refused: Family::default(),
             volumes_stuck: Gauge::default(),
             scrape: tokio::sync::Mutex::new(()),
@@ -562,6 +566,11 @@ impl Metrics {
             m.retry_pause_seconds.clone(),
         );
         registry.register(
+            "cloud_calls_paused",
+            "Cloud calls waiting out the cloud's Retry-After (HTTP 429/413) now, by service; counted from the start of each pause, which the retry_pause counters count only once it is over",
+            m.cloud_calls_paused.clone(),
+        );
+        registry.register(
             "api_calls_refused",
             "warmpool.v1 calls refused for their bearer token (api_tokens), by method and reason: unauthenticated (none, or unknown), permission_denied (its role may not)",
             m.api_calls_refused.clone(),
@@ -583,6 +592,7 @@ impl Metrics {
         {
             touch(&m.retry_pauses, &ServiceLabels { service });
             touch(&m.retry_pause_seconds, &ServiceLabels { service });
+            touch(&m.cloud_calls_paused, &ServiceLabels { service });
         }
         // Pools' series are created as the pools are seen; leaks of no pool
         // the store knows (a store lost) have none to be created with.
@@ -703,9 +713,16 @@ impl Metrics {
         }
     }
 
-    /// Sets the pool gauges from the manager's current view, and creates
-    /// every pool's counters at zero so the first increment shows in `rate()`.
+    /// Sets the pool gauges and the calls paused from the manager's current
+    /// view, and creates every pool's counters at zero so the first
+    /// increment shows in `rate()`.
     async fn refresh(&self, manager: &PoolManager) -> ManagerResult<()> {
+        for (service, paused) in manager.paused_cloud_calls() {
+            let service = service.map_or(UNKNOWN_SERVICE, CloudService::as_str);
+            self.cloud_calls_paused
+                .get_or_create(&ServiceLabels { service })
+                .set(i64::try_from(paused).unwrap_or(i64::MAX));
+        }
         let pools = manager.list_pools().await?;
         // A deleted pool's record goes once it is drained, while its tenants'
         // instances stay until released: they are counted until then, or
@@ -1277,9 +1294,103 @@ mod tests {
             r#"warmpool_leaks_deleted_total{flavor="",availability_zone=""}"#,
             r#"warmpool_retry_pauses_total{service="unknown"}"#,
             r#"warmpool_retry_pause_seconds_total{service="unknown"}"#,
+            r#"warmpool_cloud_calls_paused{service="unknown"}"#,
         ] {
             assert_eq!(sample(&body, name_and_labels), 0.0, "{name_and_labels}");
         }
+    }
+
+    /// A call waiting out the cloud's Retry-After is counted at each scrape
+    /// while it waits, not only once its pause is over (up to an hour
+    /// later, when the pause seconds are counted): every service's series
+    /// is there at zero before, and again after.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_waiting_out_a_retry_after_is_counted_at_each_scrape() {
+        use pool_manager::model::{
+            AllocationParams, EmptyPoolPolicy, NetworkRequest, VolumeRequest, VolumeSource,
+        };
+        use pool_manager::AllocateRequest;
+        let (sim, manager, key, _) =
+            started_with_pool(cloudsim::SimConfig::deterministic(), 1).await;
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        // Nothing boots behind the test's back to meet the 429 instead.
+        manager
+            .update_pool(&key, |spec| spec.paused = true)
+            .await
+            .unwrap();
+        let m = Metrics::new();
+        let services = ["compute", "volume", "network", "image", "unknown"];
+        let paused = |body: &str, service: &str| {
+            sample(
+                body,
+                &format!(r#"warmpool_cloud_calls_paused{{service="{service}"}}"#),
+            )
+        };
+        let body = m.render(&manager).await.unwrap();
+        for service in services {
+            assert_eq!(paused(&body, service), 0.0, "{service}");
+        }
+        assert!(body.contains("# TYPE warmpool_cloud_calls_paused gauge"));
+
+        sim.faults().api_errors_next(
+            1,
+            CloudError::Throttled {
+                retry_after: Some(pool_manager::cloud::MAX_RETRY_AFTER),
+                message: "Rate limit exceeded".into(),
+            },
+        );
+        let order = AllocateRequest {
+            params: AllocationParams {
+                request_id: "o-paused".into(),
+                tenant_project_id: "tenant-a".into(),
+                pool: key,
+                volume: VolumeRequest {
+                    source: VolumeSource::New {
+                        size_gib: 20,
+                        volume_type: None,
+                    },
+                    delete_on_release: false,
+                },
+                network: NetworkRequest {
+                    network_id: "tenant-net".into(),
+                    subnet_id: None,
+                    fixed_ip: None,
+                },
+                labels: Default::default(),
+            },
+            empty_pool: EmptyPoolPolicy::FailFast,
+            timeout: Some(Duration::from_secs(3 * 3600)),
+        };
+        let purchase = tokio::spawn({
+            let manager = manager.clone();
+            async move { manager.allocate(order).await }
+        });
+        // The purchase's first calls (its volume and port, made together)
+        // meet the 429 within seconds; the pause lasts an hour.
+        let mut by_service = Vec::new();
+        for _ in 0..60 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let body = m.render(&manager).await.unwrap();
+            by_service = services.map(|s| (s, paused(&body, s))).to_vec();
+            if by_service.iter().any(|(_, n)| *n > 0.0) {
+                break;
+            }
+        }
+        let total: f64 = by_service.iter().map(|(_, n)| n).sum();
+        assert_eq!(total, 1.0, "{by_service:?}");
+        assert!(
+            by_service
+                .iter()
+                .any(|&(s, n)| n == 1.0 && (s == "volume" || s == "network")),
+            "{by_service:?}"
+        );
+
+        purchase.await.unwrap().unwrap();
+        let body = m.render(&manager).await.unwrap();
+        for service in services {
+            assert_eq!(paused(&body, service), 0.0, "{service}");
+        }
+        manager.shutdown().await.unwrap();
     }
 
     #[test]
