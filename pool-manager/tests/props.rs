@@ -1,15 +1,16 @@
 //! Property tests: random sequences of Allocate, Release, cloud faults,
 //! restarts and passing time keep the store and the cloud consistent, and
-//! concurrent claims never hand one instance out twice.
+//! concurrent Allocates, their store calls interleaved, never hand one
+//! instance out twice.
 
 mod common;
 
 use common::*;
-use pool_manager::model::{EmptyPoolPolicy, InstanceState};
-use pool_manager::store::{SledStore, Store};
+use pool_manager::model::{EmptyPoolPolicy, Instance, InstanceState};
 use proptest::prelude::*;
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
@@ -33,6 +34,60 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Restart),
         2 => (1u16..400).prop_map(|secs| Op::Wait { secs }),
     ]
+}
+
+/// Yields to the other tasks before each store call, as many times as
+/// the plan's next entry says (the plan cycled), and notes every instance
+/// write that takes an instance from one request for another.
+struct Interleaved {
+    plan: Vec<u8>,
+    calls: AtomicUsize,
+    /// Each instance's record as last written.
+    instances: Mutex<HashMap<String, Instance>>,
+    /// "instance i: request a's record overwritten by request b's".
+    taken_over: Mutex<Vec<String>>,
+}
+
+impl Interleaved {
+    fn new(plan: Vec<u8>) -> Self {
+        Self {
+            plan,
+            calls: AtomicUsize::new(0),
+            instances: Mutex::default(),
+            taken_over: Mutex::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl StoreHooks for Interleaved {
+    async fn before_call(&self) {
+        let call = self.calls.fetch_add(1, Ordering::Relaxed);
+        for _ in 0..self.plan[call % self.plan.len()] {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn written(&self, write: Write) {
+        let Write::Instance(id, Some(new)) = write else {
+            return;
+        };
+        let old = self
+            .instances
+            .lock()
+            .unwrap()
+            .insert(id.clone(), new.clone());
+        if let Some(old) = old {
+            if let (Some(a), Some(b)) = (&old.request_id, &new.request_id) {
+                if a != b {
+                    self.taken_over.lock().unwrap().push(format!(
+                        "instance {id}: {a}'s record ({:?}) overwritten by {b}'s ({:?})",
+                        old.state, new.state
+                    ));
+                }
+            }
+        }
+    }
 }
 
 fn paused_runtime() -> tokio::runtime::Runtime {
@@ -117,61 +172,53 @@ proptest! {
     }
 
     #[test]
-    fn concurrent_claims_never_share_an_instance(ready in 0usize..12, requests in 1usize..24) {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
-        runtime.block_on(async {
-            let store = Arc::new(SledStore::temporary().unwrap());
-            let mut ids = Vec::new();
-            for i in 0..ready {
-                let instance = pool_manager::model::Instance {
-                    id: format!("i-{i}"),
-                    pool: pool(),
-                    server_id: Some(format!("s-{i}")),
-                    state: InstanceState::Ready,
-                    created_at: std::time::SystemTime::UNIX_EPOCH,
-                    ready_at: None,
-                    attempts: 1,
-                    last_error: None,
-                    request_id: None,
-                    mysql_addr: None,
-                    image: None,
-                };
-                assert!(store.cas_instance(None, Some(&instance)).await.unwrap());
-                ids.push(instance.id);
-            }
-            // Every requester walks the Ready list and claims by compare-and-swap,
-            // as the allocator does.
-            let mut tasks = Vec::new();
-            for r in 0..requests {
-                let store = store.clone();
-                let ids = ids.clone();
-                tasks.push(tokio::spawn(async move {
-                    for id in ids.iter().cycle().skip(r).take(ids.len()) {
-                        let current = store.get_instance(id).await.unwrap().unwrap();
-                        if current.state != InstanceState::Ready {
-                            continue;
-                        }
-                        let mut claimed = current.clone();
-                        claimed.state = InstanceState::Claimed;
-                        claimed.request_id = Some(format!("r-{r}"));
-                        if store.cas_instance(Some(&current), Some(&claimed)).await.unwrap() {
-                            return Some(id.clone());
+    fn concurrent_allocates_never_share_an_instance(
+        ready in 0u32..8,
+        requests in 1usize..16,
+        yields in prop::collection::vec(0u8..4, 1..24),
+    ) {
+        paused_runtime().block_on(async {
+            let sim = sim();
+            let store = HookedStore::new(Interleaved::new(yields));
+            let manager = started(&sim, store.clone(), ready).await;
+            manager.update_pool(&pool(), |s| s.paused = true).await.unwrap();
+            // Purchases through the real claim, their store calls
+            // interleaved: one's listing of the Ready instances and its
+            // compare-and-swap fall between another's.
+            let calls: Vec<_> = (0..requests)
+                .map(|r| spawn_allocate(&manager, request(&format!("order-{r}"), new_volume(), EmptyPoolPolicy::FailFast)))
+                .collect();
+            let mut holder: HashMap<String, String> = HashMap::new();
+            for (r, call) in calls.into_iter().enumerate() {
+                match call.await.unwrap() {
+                    Ok(allocation) => {
+                        assert!(allocation.warm_hit, "{allocation:?}");
+                        let instance = allocation.instance_id.clone().unwrap();
+                        if let Some(other) = holder.insert(instance.clone(), allocation.params.request_id.clone()) {
+                            panic!("instance {instance} handed to {other} and order-{r}");
                         }
                     }
-                    None
-                }));
-            }
-            let mut won = HashSet::new();
-            let mut winners = 0;
-            for task in tasks {
-                if let Some(id) = task.await.unwrap() {
-                    winners += 1;
-                    assert!(won.insert(id), "one instance claimed twice");
+                    Err(pool_manager::ManagerError::ResourceExhausted(_)) => {}
+                    Err(e) => panic!("order-{r}: unexpected error: {e}"),
                 }
             }
-            assert_eq!(winners, ready.min(requests));
-            let claimed = store.list_instances().await.unwrap().into_iter().filter(|i| i.state == InstanceState::Claimed).count();
-            assert_eq!(claimed, winners);
+            let taken_over = store.hooks.taken_over.lock().unwrap().clone();
+            assert!(taken_over.is_empty(), "claims over another purchase's: {taken_over:#?}");
+            let instances = manager.list_instances(None).await.unwrap();
+            for (id, order) in &holder {
+                let instance = instances.iter().find(|i| &i.id == id);
+                let instance = instance.unwrap_or_else(|| panic!("{order}'s instance {id} has no record"));
+                assert_eq!(instance.state, InstanceState::Allocated, "{instance:?}");
+                assert_eq!(instance.request_id.as_ref(), Some(order), "{instance:?}");
+            }
+            let warm = holder.len() as u32;
+            assert_eq!(warm, ready.min(requests as u32), "warm hits of {requests} purchases over {ready} ready");
+            let status = manager.get_pool(&pool()).await.unwrap();
+            assert_eq!(status.count(InstanceState::Allocated), warm);
+            assert_eq!(status.count(InstanceState::Ready), ready - warm);
+            assert_eq!(status.record.allocations_warm, u64::from(warm));
+            assert_consistent(&sim, &manager).await;
+            manager.shutdown().await.unwrap();
         });
     }
 }

@@ -608,6 +608,9 @@ pub trait StoreHooks: Send + Sync + 'static {
     fn written(&self, _write: Write) {}
     /// After a pool's untouched instances were listed, before the answer.
     async fn after_list_untouched(&self) {}
+    /// Before every call, before the hooks above (a test's yields to the
+    /// other tasks, so that two purchases' calls interleave).
+    async fn before_call(&self) {}
 }
 
 /// One write a store took, as [`StoreHooks::written`] hears of it.
@@ -746,50 +749,61 @@ impl<H: StoreHooks> HookedStore<H> {
 #[async_trait::async_trait]
 impl<H: StoreHooks> Store for HookedStore<H> {
     async fn get_pool(&self, key: &PoolKey) -> StoreResult<Option<PoolRecord>> {
+        self.hooks.before_call().await;
         self.hooks.before_get_pool()?;
         self.inner.get_pool(key).await
     }
     async fn list_pools(&self) -> StoreResult<Vec<PoolRecord>> {
+        self.hooks.before_call().await;
         self.inner.list_pools().await
     }
     async fn put_pool(&self, pool: &PoolRecord) -> StoreResult<()> {
+        self.hooks.before_call().await;
         self.hooks.before_put_pool(pool).await;
         self.inner.put_pool(pool).await?;
         self.hooks.written(Write::Pool(pool.clone()));
         Ok(())
     }
     async fn delete_pool(&self, key: &PoolKey) -> StoreResult<()> {
+        self.hooks.before_call().await;
         self.hooks.before_delete_pool()?;
         self.inner.delete_pool(key).await?;
         self.hooks.written(Write::PoolDeleted(key.clone()));
         Ok(())
     }
     async fn get_learned_sizing(&self, key: &PoolKey) -> StoreResult<Option<LearnedSizing>> {
+        self.hooks.before_call().await;
         self.inner.get_learned_sizing(key).await
     }
     async fn put_learned_sizing(&self, key: &PoolKey, learned: &LearnedSizing) -> StoreResult<()> {
+        self.hooks.before_call().await;
         self.inner.put_learned_sizing(key, learned).await?;
         self.hooks
             .written(Write::LearnedSizing(key.clone(), learned.clone()));
         Ok(())
     }
     async fn get_instance(&self, id: &str) -> StoreResult<Option<Instance>> {
+        self.hooks.before_call().await;
         self.inner.get_instance(id).await
     }
     async fn list_instances(&self) -> StoreResult<Vec<Instance>> {
+        self.hooks.before_call().await;
         self.inner.list_instances().await
     }
     async fn list_untouched_instances(&self, pool: &PoolKey) -> StoreResult<Vec<Instance>> {
+        self.hooks.before_call().await;
         let listed = self.inner.list_untouched_instances(pool).await;
         self.hooks.after_list_untouched().await;
         listed
     }
     async fn count_instances(&self, pool: &PoolKey) -> StoreResult<BTreeMap<InstanceState, u32>> {
+        self.hooks.before_call().await;
         self.inner.count_instances(pool).await
     }
     async fn count_instances_by_pool(
         &self,
     ) -> StoreResult<BTreeMap<PoolKey, BTreeMap<InstanceState, u32>>> {
+        self.hooks.before_call().await;
         self.inner.count_instances_by_pool().await
     }
     async fn cas_instance(
@@ -797,6 +811,7 @@ impl<H: StoreHooks> Store for HookedStore<H> {
         expected: Option<&Instance>,
         new: Option<&Instance>,
     ) -> StoreResult<bool> {
+        self.hooks.before_call().await;
         self.hooks.before_instance_swap(new)?;
         let swapped = self.inner.cas_instance(expected, new).await?;
         if swapped {
@@ -807,17 +822,20 @@ impl<H: StoreHooks> Store for HookedStore<H> {
         Ok(swapped)
     }
     async fn put_twin_watch(&self, watch: &pool_manager::model::TwinWatch) -> StoreResult<()> {
+        self.hooks.before_call().await;
         self.inner.put_twin_watch(watch).await?;
         self.hooks.written(Write::TwinWatch(watch.clone()));
         Ok(())
     }
     async fn list_twin_watches(&self) -> StoreResult<Vec<pool_manager::model::TwinWatch>> {
+        self.hooks.before_call().await;
         self.inner.list_twin_watches().await
     }
     async fn list_twin_watches_of(
         &self,
         request_id: &str,
     ) -> StoreResult<Vec<pool_manager::model::TwinWatch>> {
+        self.hooks.before_call().await;
         self.inner.list_twin_watches_of(request_id).await
     }
     async fn cas_twin_watch(
@@ -825,6 +843,7 @@ impl<H: StoreHooks> Store for HookedStore<H> {
         expected: Option<&pool_manager::model::TwinWatch>,
         new: Option<&pool_manager::model::TwinWatch>,
     ) -> StoreResult<bool> {
+        self.hooks.before_call().await;
         let swapped = self.inner.cas_twin_watch(expected, new).await?;
         if swapped {
             let name = || expected.map(|w| w.name.clone()).unwrap_or_default();
@@ -836,12 +855,15 @@ impl<H: StoreHooks> Store for HookedStore<H> {
         Ok(swapped)
     }
     async fn get_allocation(&self, request_id: &str) -> StoreResult<Option<Allocation>> {
+        self.hooks.before_call().await;
         self.inner.get_allocation(request_id).await
     }
     async fn list_allocations(&self) -> StoreResult<Vec<Allocation>> {
+        self.hooks.before_call().await;
         self.inner.list_allocations().await
     }
     async fn list_unfinished_allocations(&self) -> StoreResult<Vec<Allocation>> {
+        self.hooks.before_call().await;
         self.inner.list_unfinished_allocations().await
     }
     async fn cas_allocation(
@@ -849,6 +871,7 @@ impl<H: StoreHooks> Store for HookedStore<H> {
         expected: Option<&Allocation>,
         new: Option<&Allocation>,
     ) -> StoreResult<bool> {
+        self.hooks.before_call().await;
         self.hooks.before_allocation_swap(new)?;
         let swapped = self.inner.cas_allocation(expected, new).await?;
         if swapped {
@@ -866,10 +889,12 @@ impl<H: StoreHooks> Store for HookedStore<H> {
         kind: pool_manager::store::RecordKind,
         key: &str,
     ) -> StoreResult<bool> {
+        self.hooks.before_call().await;
         self.inner.is_set_aside(kind, key).await
     }
 
     async fn flush(&self) -> StoreResult<()> {
+        self.hooks.before_call().await;
         self.hooks.before_flush().await?;
         self.inner.flush().await
     }
