@@ -904,6 +904,31 @@ async fn a_rotated_image_is_looked_up_again() {
     }
 }
 
+/// A golden image published as a community image is not in Glance's
+/// default listing, but Nova boots it all the same: it is found by name,
+/// not refused as unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_community_image_is_found_by_name() {
+    let env = env().await;
+    env.face
+        .faults()
+        .set_image_visibility("mysql-8.0", "community");
+    let cloud = env.driver().await;
+    let pool = PoolKey::new("db.small", "az1");
+    cloud
+        .check_boot_spec(&pool, "mysql-8.0")
+        .await
+        .expect("the community image is found by name");
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .expect("a boot from the community image");
+    assert_eq!(
+        settled(&cloud, &server.id).await.status,
+        ServerStatus::Active
+    );
+}
+
 /// Other images of the pool's image name that are not active (an upload
 /// queued, saving or killed, an old image deactivated) do not make the
 /// name ambiguous: boots go on from the one active image. Two active

@@ -71,7 +71,7 @@ fn image_json(state: &FaceState, image: &Image) -> Value {
         "id": id,
         "name": name,
         "status": status,
-        "visibility": "public",
+        "visibility": state.image_visibility(name),
         "protected": false,
         "os_hidden": false,
         "container_format": "bare",
@@ -120,10 +120,22 @@ async fn list_images(
     q: Option<Query<Vec<(String, String)>>>,
 ) -> Result<Json<Value>, ApiError> {
     let q = q.map(|Query(v)| v).unwrap_or_default();
+    // Without a visibility asked for, Glance lists every image the project
+    // may use but community ones (Ocata's community images spec).
+    let visibility = q
+        .iter()
+        .find(|(k, _)| k == "visibility")
+        .map(|(_, v)| v.as_str());
+    let listed = |image: &Image| match (visibility, state.image_visibility(&image.name)) {
+        (Some("all"), _) => true,
+        (Some(asked), has) => asked == has,
+        (None, has) => has != "community",
+    };
     // Glance sorts by created_at, newest first, unless asked otherwise.
     let list: Vec<Value> = images(&state)
         .iter()
         .rev()
+        .filter(|image| listed(image))
         .filter(|image| {
             q.iter().all(|(k, v)| match k.as_str() {
                 "name" => image.name == *v,

@@ -288,6 +288,9 @@ pub(crate) struct FaceState {
     image_revisions: Mutex<HashMap<String, u32>>,
     /// Images Glance shows beside the model's (`HttpFaults::upload_image`).
     uploaded_images: Mutex<Vec<UploadedImage>>,
+    /// Visibility of images by name, where not "public"
+    /// (`HttpFaults::set_image_visibility`).
+    image_visibility: Mutex<HashMap<String, String>>,
     /// Set at shutdown: requests still in a handler (e.g. hung by
     /// `Faults::hang_after_calls`) are answered 503 so connections close.
     stopping: tokio::sync::watch::Sender<bool>,
@@ -328,6 +331,14 @@ impl FaceState {
 
     pub fn uploaded_images(&self) -> Vec<UploadedImage> {
         lock(&self.uploaded_images).clone()
+    }
+
+    /// The visibility Glance shows for images named `name`.
+    pub fn image_visibility(&self, name: &str) -> String {
+        lock(&self.image_visibility)
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| "public".to_owned())
     }
 
     pub fn url(&self, service: Service) -> String {
@@ -500,6 +511,14 @@ impl HttpFaults {
             created: Instant::now(),
         });
         id
+    }
+
+    /// Images named `name` get `visibility` ("public", "private",
+    /// "shared", "community"). Glance leaves community images out of a
+    /// listing that does not ask for them (`visibility=community` or
+    /// `all`); Nova boots them by id all the same.
+    pub fn set_image_visibility(&self, name: &str, visibility: &str) {
+        lock(&self.state.image_visibility).insert(name.to_owned(), visibility.to_owned());
     }
 
     /// Revokes every token issued so far: they all get 401 from now on.
@@ -692,6 +711,7 @@ impl HttpFace {
             // from racing for the same addresses.
             next_address: AtomicU32::new(rand::random::<u16>().into()),
             image_revisions: Mutex::default(),
+            image_visibility: Mutex::default(),
             uploaded_images: Mutex::default(),
             stopping: tokio::sync::watch::channel(false).0,
             changed_passwords: Mutex::new(HashMap::new()),

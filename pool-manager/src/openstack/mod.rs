@@ -648,7 +648,14 @@ impl OpenStackCloud {
             }
         }
         let listing = || {
-            Call::new(service, Method::GET, collection.iter().copied()).query("name", name_or_id)
+            let call = Call::new(service, Method::GET, collection.iter().copied())
+                .query("name", name_or_id);
+            // Glance leaves community images (a golden image published to
+            // every project) out unless asked; Nova boots them all the same.
+            match service {
+                Service::Image => call.query("visibility", "all"),
+                _ => call,
+            }
         };
         let what = listing().describe();
         let items = self
