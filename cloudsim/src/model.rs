@@ -1537,21 +1537,59 @@ impl Model {
         Ok(())
     }
 
+    /// A volume attach as Nova did it below microversion 2.101: the API's
+    /// checks and the reserve (volume checks, Cinder's attachment) before
+    /// it answers.
     pub fn attach_volume(
         &mut self,
         server_id: &str,
         volume_id: &str,
         now: Instant,
     ) -> CloudResult<()> {
+        self.take_attach_failure()?;
+        self.reserve_volume_attach(server_id, volume_id, now)
+    }
+
+    /// What Nova's API checks of an attach before it answers 202 from
+    /// microversion 2.101 (the server alone: ACTIVE, no task); the reserve
+    /// ([`Model::reserve_volume_attach`]) comes later.
+    pub fn accept_volume_attach(&mut self, server_id: &str, now: Instant) -> CloudResult<()> {
+        self.take_attach_failure()?;
+        self.server_takes_attach(server_id, now)
+    }
+
+    fn take_attach_failure(&mut self) -> CloudResult<()> {
         if self.faults.fail_volume_attach > 0 {
             self.faults.fail_volume_attach -= 1;
             return Err(CloudError::Transient(
                 "injected: volume attach failed (HTTP 500)".into(),
             ));
         }
+        Ok(())
+    }
+
+    fn server_takes_attach(&self, server_id: &str, now: Instant) -> CloudResult<()> {
         let server = self.live_server(server_id)?;
         let server_status = server.status(now);
-        let server_az = server.az.clone();
+        if server_status != ServerStatus::Active {
+            return Err(CloudError::Conflict(format!(
+                "Cannot 'attach_volume' instance {server_id} while it is in vm_state {}",
+                vm_state(server_status)
+            )));
+        }
+        server.busy_refusal("attach_volume")
+    }
+
+    /// The conductor's and compute host's part of an attach: the volume
+    /// checked and reserved (Cinder's attachment made), the server checked
+    /// again, the attach started.
+    pub fn reserve_volume_attach(
+        &mut self,
+        server_id: &str,
+        volume_id: &str,
+        now: Instant,
+    ) -> CloudResult<()> {
+        let server_az = self.live_server(server_id)?.az.clone();
         let vol = self
             .volumes
             .get(volume_id)
@@ -1559,13 +1597,7 @@ impl Model {
         if vol.gone_at.is_some() {
             return Err(CloudError::NotFound(format!("volume {volume_id}")));
         }
-        if server_status != ServerStatus::Active {
-            return Err(CloudError::Conflict(format!(
-                "Cannot 'attach_volume' instance {server_id} while it is in vm_state {}",
-                vm_state(server_status)
-            )));
-        }
-        self.live_server(server_id)?.busy_refusal("attach_volume")?;
+        self.server_takes_attach(server_id, now)?;
         // Fencing: only an `available` volume with nothing pending may be
         // attached (a multiattach one may be attached elsewhere too:
         // `also_attached`).

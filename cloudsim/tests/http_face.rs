@@ -2087,19 +2087,22 @@ async fn attaching_to_a_building_server_is_409() {
     let env = start_with(cfg, HttpSettings::default()).await;
     let sid = env.boot("slow", "2.52", &[]).await;
     let vol = env.available_volume("v").await;
-    let r = env
-        .post(
-            Service::Compute,
-            &format!("/v2.1/servers/{sid}/os-volume_attachments"),
-            Some("2.79"),
-            json!({"volumeAttachment": {"volumeId": vol}}),
-        )
-        .await
-        .expect(409);
-    assert_eq!(
-        r.json(),
-        json!({"conflictingRequest": {"code": 409, "message": format!("Cannot 'attach_volume' instance {sid} while it is in vm_state building")}})
-    );
+    // From 2.101 too: the server is checked before the 202.
+    for mv in ["2.79", "2.101"] {
+        let r = env
+            .post(
+                Service::Compute,
+                &format!("/v2.1/servers/{sid}/os-volume_attachments"),
+                Some(mv),
+                json!({"volumeAttachment": {"volumeId": vol}}),
+            )
+            .await
+            .expect(409);
+        assert_eq!(
+            r.json(),
+            json!({"conflictingRequest": {"code": 409, "message": format!("Cannot 'attach_volume' instance {sid} while it is in vm_state building")}})
+        );
+    }
     let port = env.port("p").await;
     let r = env
         .post(
@@ -2115,6 +2118,62 @@ async fn attaching_to_a_building_server_is_409() {
         .unwrap()
         .contains("vm_state building"));
     assert_eq!(env.server(&sid, "2.79").await["status"], "BUILD");
+}
+
+/// From 2.101 a volume attach is asynchronous, as in real Nova: 202 once
+/// the server may take one, the volume checked and reserved only
+/// `attach_reserve_delay` later (Cinder shows it `available` and the server
+/// lists no attachment until then), and a refusal met at the reserve (the
+/// volume attached elsewhere, Nova's 400 below 2.101) answered to no one.
+#[tokio::test]
+async fn from_2_101_an_attach_is_answered_before_the_volume_is_reserved() {
+    let settings = HttpSettings {
+        // Long enough to look at the volume before it, on a loaded machine.
+        attach_reserve_delay: Duration::from_secs(2),
+        ..HttpSettings::default()
+    };
+    let env = start_with(config(), settings).await;
+    let a = env.active_server("a").await;
+    let b = env.active_server("b").await;
+    let v1 = env.available_volume("v1").await;
+    let attach = |sid: &str, vol: &str, mv: &'static str| {
+        let path = format!("/v2.1/servers/{sid}/os-volume_attachments");
+        let body = json!({"volumeAttachment": {"volumeId": vol}});
+        let env = &env;
+        async move { env.post(Service::Compute, &path, Some(mv), body).await }
+    };
+    let r = attach(&a, &v1, "2.101").await.expect(202);
+    assert_eq!(r.text, "");
+    assert_eq!(
+        env.volume(&v1).await.json()["volume"]["status"],
+        "available"
+    );
+    let s = env.server(&a, "2.79").await;
+    assert_eq!(s["os-extended-volumes:volumes_attached"], json!([]));
+    let v = env.wait_volume(&v1, "in-use").await;
+    assert_eq!(v["attachments"][0]["server_id"], a.as_str());
+
+    // v1 is a's now: below 2.101 Nova refuses it to b; from 2.101 it
+    // accepts, and the reserve refuses it silently.
+    attach(&b, &v1, "2.100").await.expect(400);
+    attach(&b, &v1, "2.101").await.expect(202);
+    // A reserve accepted after that one's is done after it.
+    let v2 = env.available_volume("v2").await;
+    attach(&b, &v2, "2.101").await.expect(202);
+    env.wait_volume(&v2, "in-use").await;
+    let v = env.volume(&v1).await.json();
+    assert_eq!(v["volume"]["status"], "in-use");
+    assert_eq!(
+        v["volume"]["attachments"].as_array().unwrap().len(),
+        1,
+        "{v}"
+    );
+    assert_eq!(v["volume"]["attachments"][0]["server_id"], a.as_str());
+    let s = env.server(&b, "2.79").await;
+    assert_eq!(
+        s["os-extended-volumes:volumes_attached"],
+        json!([{"id": v2, "delete_on_termination": false}])
+    );
 }
 
 /// Nova's answer to a detach while the volume is still attaching: Cinder's

@@ -50,9 +50,12 @@ pub const CLAIMED_ATTACH_GRACE: Duration = Duration::from_secs(5 * 60);
 
 /// How long after Nova accepted an attach a volume still `available`,
 /// never seen `attaching`, with no attachment on the server either, is
-/// taken for an attach the host failed at once. Not at the first look:
-/// from microversion 2.101 Nova answers before the attach reaches Cinder,
-/// and a busy compute host may take a few seconds to start it.
+/// taken for an attach the host failed at once. Not at the first look: a
+/// cloud may answer before Cinder has reserved the volume, as Nova does
+/// from microversion 2.101, where a busy compute host may take a few
+/// seconds to start it. The OpenStack driver speaks none of those (below
+/// 2.101 Nova answers once the volume is reserved): a reserve taking longer
+/// than this grace would cost a warm instance per try.
 const UNSEEN_ATTACH_GRACE: Duration = Duration::from_secs(5);
 
 /// Longest request id accepted (billing order ids are far shorter).
@@ -1890,17 +1893,17 @@ impl Shared {
 
     /// Polls the volume until `done`, waiting through transitional states
     /// (creating, attaching, detaching); any other state fails the request.
-    /// After an accepted attach, `available` is transitional too: from Nova
-    /// microversion 2.101 the attach answers 202 before Cinder has even
-    /// reserved the volume. But `available` after `attaching` is the attach
-    /// undone: it failed on the compute host, and the instance is to blame;
-    /// so is `error_attaching` (the volume was `available` before: the
-    /// failed attach is this one). An attach the host fails before the first
-    /// look leaves `attaching` unseen: `available` still after
-    /// [`UNSEEN_ATTACH_GRACE`], with no attachment on the server either, is
-    /// that failure. Before an attach, a volume in use only by
-    /// servers of failed tries is let go when their deletion completes, and
-    /// so is one a failed try left `error_attaching`.
+    /// After an accepted attach, `available` is transitional too: a cloud
+    /// may answer before Cinder has even reserved the volume (Nova from
+    /// microversion 2.101, which the OpenStack driver does not speak). But
+    /// `available` after `attaching` is the attach undone: it failed on the
+    /// compute host, and the instance is to blame; so is `error_attaching`
+    /// (the volume was `available` before: the failed attach is this one).
+    /// An attach the host fails before the first look leaves `attaching`
+    /// unseen: `available` still after [`UNSEEN_ATTACH_GRACE`], with no
+    /// attachment on the server either, is that failure. Before an attach,
+    /// a volume in use only by servers of failed tries is let go when their
+    /// deletion completes, and so is one a failed try left `error_attaching`.
     async fn wait_volume(
         &self,
         volume_id: &str,

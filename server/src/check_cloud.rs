@@ -122,7 +122,7 @@ pub fn stale_pool_remedy(key: &PoolKey) -> String {
     )
 }
 
-/// One printed line: `auth: ok (user pool in project service, Nova 2.101)`
+/// One printed line: `auth: ok (user pool in project service, Nova microversion 2.79)`
 /// or `image: no image named 'mysql-8.0' is visible to ...`; a failure of
 /// some pools only names them and what start-up does about them.
 #[derive(Clone, Debug)]

@@ -208,6 +208,16 @@ pub struct HttpSettings {
     /// a `forceDelete` or a `restore`. Zero (Nova's default): deletes are
     /// for good.
     pub reclaim_instance_interval: Duration,
+    /// From Nova microversion 2.101 a volume attach is asynchronous: the
+    /// API answers 202 once the server may take one, and the conductor and
+    /// compute host check and reserve the volume (Cinder's attachment,
+    /// `attaching`) this long after, in tokio time (not scaled by the
+    /// model's `time_scale`; a busy compute host takes seconds). A refusal
+    /// met then (the volume in use, in another zone, gone) is seen by no
+    /// API caller: Nova records it as an instance-action fault only. Zero:
+    /// the reserve is done before the 202 answer, its refusal still
+    /// dropped. Below 2.101 the reserve always comes before the answer.
+    pub attach_reserve_delay: Duration,
 }
 
 impl Default for HttpSettings {
@@ -239,6 +249,7 @@ impl Default for HttpSettings {
             image_properties: BTreeMap::new(),
             cinder_catalog_types: vec!["volumev3", "block-storage"],
             reclaim_instance_interval: Duration::ZERO,
+            attach_reserve_delay: Duration::ZERO,
         }
     }
 }

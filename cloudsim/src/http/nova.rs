@@ -2,8 +2,10 @@
 //! (`X-OpenStack-Nova-API-Version` and `OpenStack-API-Version: compute X`,
 //! 2.1 to `HttpSettings::nova_max_version`), servers (create, show, list
 //! with `?name=` and, from 2.26, `?tags=`, delete, tags), flavors, `/limits`,
-//! key pairs (show), volume attachments (200 with a body below 2.101, 202 with none from 2.101)
-//! and interface attachments (synchronous, as in real Nova).
+//! key pairs (show), volume attachments (200 with a body after the reserve
+//! below 2.101; from 2.101 202 with none, the reserve after
+//! `HttpSettings::attach_reserve_delay`) and interface attachments
+//! (synchronous, as in real Nova).
 //!
 //! Where real Nova's answer to a case differs from the generic mapping in
 //! [`super::errors`], the handler builds it here (e.g. attaching an attached
@@ -1026,9 +1028,11 @@ fn attachment_json(d: &ServerDetail, volume_id: &str, mv: Mv) -> Value {
     v
 }
 
-/// `POST /servers/{id}/os-volume_attachments`. Below 2.101: 200 with the
-/// attachment; from 2.101: 202 with an empty body. Either way the volume is
-/// `attaching` and turns `in-use` later (seen through Cinder).
+/// `POST /servers/{id}/os-volume_attachments`. Below 2.101: the volume
+/// checked and reserved (`attaching`, turning `in-use` later, seen through
+/// Cinder), then 200 with the attachment. From 2.101: only the server
+/// checked, then 202 with an empty body; the volume is checked and reserved
+/// `attach_reserve_delay` later, and a refusal then reaches no caller.
 async fn attach_volume(
     State(state): State<Arc<FaceState>>,
     Extension(mv): Extension<Mv>,
@@ -1049,6 +1053,25 @@ async fn attach_volume(
         })?
         .to_string();
     let (mut model, now) = live_server(&state, "attach_volume", &id).await?;
+    if mv.at_least(2, 101) {
+        model
+            .accept_volume_attach(&id, now)
+            .map_err(|e| ApiError::from_cloud(C, e))?;
+        let delay = state.settings.attach_reserve_delay;
+        if delay.is_zero() {
+            reserve_volume_attach(&mut model, &id, &volume_id, now);
+        } else {
+            drop(model);
+            let state = state.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let now = Instant::now();
+                let mut model = state.sim.inner.lock_at(now);
+                reserve_volume_attach(&mut model, &id, &volume_id, now);
+            });
+        }
+        return Ok(StatusCode::ACCEPTED.into_response());
+    }
     if model.get_volume(&volume_id, now).is_err() {
         return Err(ApiError::not_found(
             C,
@@ -1070,13 +1093,18 @@ async fn attach_volume(
             }
             e => ApiError::from_cloud(C, e),
         })?;
-    if mv.at_least(2, 101) {
-        return Ok(StatusCode::ACCEPTED.into_response());
-    }
     let d = model
         .server_detail(&id, now)
         .ok_or_else(|| instance_not_found(&id))?;
     Ok(Json(json!({"volumeAttachment": attachment_json(&d, &volume_id, mv)})).into_response())
+}
+
+/// The reserve of an attach Nova answered 202 (2.101+): what it refuses
+/// is recorded on the server's instance actions only, never answered.
+fn reserve_volume_attach(model: &mut Model, server_id: &str, volume_id: &str, now: Instant) {
+    if let Err(e) = model.reserve_volume_attach(server_id, volume_id, now) {
+        tracing::debug!(server_id, volume_id, error = %e, "volume attach refused at reserve");
+    }
 }
 
 trait DetailExt {

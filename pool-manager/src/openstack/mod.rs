@@ -154,10 +154,15 @@ impl Markers {
 /// Nova microversions warmpool can speak, lowest first. 2.52 (Pike): the
 /// pool tag goes with `POST /servers` (2.26 has tags, but Nova tags only a
 /// server no longer building, and a pool server untagged while it builds
-/// is one the reconciler cannot find); 2.101: volume attach answers 202
-/// with no body (handled: the body is never read, completion is the Cinder
-/// volume's status).
-const NOVA_VERSIONS: [(u16, u16); 3] = [(2, 52), (2, 79), (2, 101)];
+/// is one the reconciler cannot find). Not 2.101 or later, where a volume
+/// attach is asynchronous: Nova answers 202 before its conductor and the
+/// compute host check and reserve the volume, so a refusal caused by the
+/// request (the volume in use elsewhere, in another zone) comes back as no
+/// 400 or 409 and cannot be told from an attach the instance's host failed,
+/// and a reserve a busy host takes seconds over looks like a failed attach:
+/// the allocator would discard warm instances for either. Up to 2.100 Nova
+/// answers once the volume is reserved.
+const NOVA_VERSIONS: [(u16, u16); 2] = [(2, 52), (2, 79)];
 
 /// Everything the driver needs, as plain values: the daemon fills it from
 /// its config file and clouds.yaml (or `OS_*` variables).
@@ -358,7 +363,7 @@ impl OpenStackCloud {
         self.inner.conn.identity()
     }
 
-    /// The Nova microversion in use, e.g. "2.101".
+    /// The Nova microversion in use, e.g. "2.79".
     pub fn compute_microversion(&self) -> String {
         let (a, b) = self.inner.nova_version;
         format!("{a}.{b}")
@@ -1322,8 +1327,9 @@ impl Cloud for OpenStackCloud {
     }
 
     async fn attach_volume(&self, server_id: &str, volume_id: &str) -> CloudResult<()> {
-        // 200 with a body up to 2.100, 202 with none from 2.101: only the
-        // status is read. Completion shows as the volume going `in-use`.
+        // 200 with a body at the microversions spoken; only the status is
+        // read, so a 202 with none (2.101 and later) would do too.
+        // Completion shows as the volume going `in-use`.
         self.request(
             self.nova(
                 Method::POST,

@@ -361,7 +361,7 @@ pub fn create_body(c: &CreateServer<'_>) -> serde_json::Value {
 mod tests {
     use super::*;
 
-    // A server as Nova 2.101 shows it to a member (fields trimmed).
+    // A server as Nova 2.79 shows it to a member (fields trimmed).
     const ACTIVE: &str = r#"{"server": {"id": "a4d9add2-ef0a-4928-b1b8-6525fdb81913", "name": "warmpool-i1",
         "status": "ACTIVE", "OS-EXT-AZ:availability_zone": "az1",
         "metadata": {"warmpool.pool": "db.small@az1", "warmpool.instance": "i1"},
