@@ -11,7 +11,12 @@ use warmpool_client::api;
 
 /// Operate warmpool: pools of pre-booted MySQL VMs.
 #[derive(Debug, Parser)]
-#[command(name = "warmpoolctl", version)]
+#[command(
+    name = "warmpoolctl",
+    version,
+    after_help = "Options shown with [env: NAME] can be set in the environment instead. \
+                  A variable set to the empty string counts as unset."
+)]
 pub struct Cli {
     /// The warmpool daemon, "host:port", "http://host:port" or, for one
     /// serving TLS, "https://host:port".
@@ -53,6 +58,24 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The command line as [`Cli`] defines it, but with a variable exported
+/// empty (`WARMPOOL_TOKEN_FILE=`) taken as unset: clap would take its empty
+/// value and refuse it as the flag's ("a value is required for
+/// '--token-file'"), a flag the user never typed.
+pub fn command() -> clap::Command {
+    Cli::command().mut_args(|arg| {
+        let empty = arg
+            .get_env()
+            .and_then(std::env::var_os)
+            .is_some_and(|value| value.is_empty());
+        if empty {
+            arg.env(None)
+        } else {
+            arg
+        }
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

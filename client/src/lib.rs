@@ -69,11 +69,55 @@ impl TlsOptions {
                 );
             }
             // PKCS#8 ("PRIVATE KEY"), PKCS#1 ("RSA PRIVATE KEY"), SEC1 ("EC PRIVATE KEY").
-            if !String::from_utf8_lossy(key).contains("PRIVATE KEY-----") {
+            let key_text = String::from_utf8_lossy(key);
+            if !key_text.contains("PRIVATE KEY-----") {
                 return Err("the key file holds no PEM private key".into());
             }
+            // PKCS#8's encrypted form, and OpenSSL's older one (PKCS#1 with
+            // headers): rustls reads neither, and would say only that it
+            // found no key.
+            if key_text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+                || key_text.contains("Proc-Type: 4,ENCRYPTED")
+            {
+                return Err(
+                    "the key file is an encrypted private key; this client needs it \
+                     unencrypted (`openssl pkey -in KEY -out PLAIN_KEY` decrypts it)"
+                        .into(),
+                );
+            }
+            check_identity(cert, key)?;
         }
         Ok(())
+    }
+}
+
+/// Whether the certificate and key files make the TLS identity tonic will
+/// build from them, built the same way (rustls' client configuration) so
+/// that what it would refuse as the connection is set up, without naming
+/// either file, is refused here.
+fn check_identity(cert: &[u8], key: &[u8]) -> Result<(), String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{ClientConfig, Error, InconsistentKeys, RootCertStore};
+
+    let chain = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the certificate file holds no readable PEM certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key)
+        .map_err(|e| format!("the key file holds no readable PEM private key: {e}"))?;
+    match ClientConfig::builder()
+        .with_root_certificates(RootCertStore::empty())
+        .with_client_auth_cert(chain, key)
+    {
+        Ok(_) => Ok(()),
+        Err(Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => Err(
+            "the key file holds another private key than the certificate file's certificate \
+             (a key of another certificate?)"
+                .into(),
+        ),
+        Err(e) => Err(format!(
+            "the certificate and key files do not make a TLS identity: {e}"
+        )),
     }
 }
 
@@ -606,6 +650,56 @@ mod tests {
         ] {
             let reason = refused("https://127.0.0.1:1", tls).await;
             assert!(reason.starts_with(expect), "{reason}");
+        }
+
+        // TLS itself would refuse these only as the connection is set up,
+        // without naming the key file: "no RSA or PKCS8-encoded keys found",
+        // "KeyMismatch".
+        let ops = rcgen::generate_simple_self_signed(vec!["ops".to_owned()]).unwrap();
+        let ops_cert = ops.cert.pem().into_bytes();
+        let other_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let encrypted = "-----BEGIN ENCRYPTED PRIVATE KEY-----\n\
+            MIIFHzBJBgkqhkiG9w0BBQ0wPDAbBgkqhkiG9w0BBQwwDgQIq3hN2Pz6bPkCAggA\n\
+            -----END ENCRYPTED PRIVATE KEY-----\n";
+        // OpenSSL's older form: PKCS#1 with encryption headers.
+        let legacy = "-----BEGIN RSA PRIVATE KEY-----\n\
+            Proc-Type: 4,ENCRYPTED\n\
+            DEK-Info: AES-128-CBC,5A1C4B0E63A1F1F3B9D1D3C6A1E5F7B2\n\n\
+            MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun\n\
+            -----END RSA PRIVATE KEY-----\n";
+        for (key, expect) in [
+            (
+                encrypted.as_bytes(),
+                "the key file is an encrypted private key",
+            ),
+            (
+                legacy.as_bytes(),
+                "the key file is an encrypted private key",
+            ),
+            (
+                other_key.as_bytes(),
+                "the key file holds another private key than the certificate file's",
+            ),
+        ] {
+            let tls = TlsOptions {
+                ca_pem: None,
+                identity_pem: Some((ops_cert.clone(), key.to_vec())),
+            };
+            let reason = refused("https://127.0.0.1:1", tls).await;
+            assert!(reason.starts_with(expect), "{reason}");
+        }
+        // The certificate's own key passes, and only the connection fails.
+        let tls = TlsOptions {
+            ca_pem: None,
+            identity_pem: Some((ops_cert, ops.key_pair.serialize_pem().into_bytes())),
+        };
+        let options = ConnectOptions {
+            tls,
+            ..Default::default()
+        };
+        match Client::connect_with("https://127.0.0.1:1", options).await {
+            Err(ClientError::Connect { .. }) => {}
+            other => panic!("{:?}", other.map(|_| ())),
         }
     }
 

@@ -26,7 +26,7 @@ use output::{to_json, AllocationView, PoolView};
 // and is all it needs.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let token = cli::token_source(&cli, &matches).unwrap_or_else(|e| e.exit());
     let (endpoint, has_certificate) = (cli.endpoint.clone(), cli.cert_file.is_some());
@@ -206,7 +206,7 @@ fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
 
 fn pool(pool: api::Pool) -> Rendered {
     Rendered {
-        table: table::pool_detail(&pool),
+        table: table::pool_detail(&pool, std::time::SystemTime::now()),
         json: to_json(PoolView::from(&pool)),
     }
 }

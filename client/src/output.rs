@@ -67,9 +67,10 @@ pub fn pool_event_kind(value: i32) -> String {
 /// A duration as one short token for table cells ("450ms", "2.5s",
 /// "1m30s", "2h5m"): cells must not contain spaces.
 pub fn duration_compact(d: &prost_types::Duration) -> String {
-    let Some(d) = std_duration(d) else {
-        return "-".to_owned();
-    };
+    std_duration(d).map_or_else(|| "-".to_owned(), compact)
+}
+
+fn compact(d: Duration) -> String {
     let secs = d.as_secs();
     if d < Duration::from_secs(1) {
         format!("{}ms", d.as_millis())
@@ -95,13 +96,19 @@ fn std_duration(d: &prost_types::Duration) -> Option<Duration> {
     Some(Duration::new(seconds, nanos))
 }
 
-/// Warm hits among all Allocate outcomes counted for the pool; `None`
-/// before any. Summed as floats: counters near u64::MAX must not overflow.
-pub fn hit_rate(pool: &api::Pool) -> Option<f64> {
-    let total = pool.allocations_warm as f64
-        + pool.allocations_cold as f64
-        + pool.allocations_failed as f64;
-    (total > 0.0).then(|| pool.allocations_warm as f64 / total)
+/// Warm hits among all Allocate outcomes counted for the pool, as a
+/// percentage with one decimal, rounded down: 199 of 200 (the default
+/// service level) is "99.5%", and only a pool without a miss shows
+/// "100.0%". "-" before any. In u128: counters near u64::MAX must not
+/// overflow.
+pub fn hit_rate_cell(pool: &api::Pool) -> String {
+    let warm = u128::from(pool.allocations_warm);
+    let total = warm + u128::from(pool.allocations_cold) + u128::from(pool.allocations_failed);
+    if total == 0 {
+        return "-".to_owned();
+    }
+    let permille = warm * 1000 / total;
+    format!("{}.{}%", permille / 10, permille % 10)
 }
 
 /// Whether the pool sizes itself (an older server that sends no mode and no
@@ -136,15 +143,24 @@ pub fn lead_cell(pool: &api::Pool) -> String {
 }
 
 /// The availability zone's throttle gate as one token: "open",
-/// "throttled:4.5s", "quota:30s" (time left), "off" (gate disabled).
-pub fn throttle_cell(pool: &api::Pool) -> String {
+/// "throttled:4.5s", "quota:30s" (time left at `now`), "off" (gate
+/// disabled). The time left is counted to `paused_until`: a watch is not
+/// sent a pool as its pause counts down, so the `pause_remaining` of the
+/// last message would stand still. A client clock off the daemon's shifts
+/// it by as much; `pause_remaining` serves a daemon that sends no end.
+pub fn throttle_cell(pool: &api::Pool, now: SystemTime) -> String {
     let Some(gate) = pool.sizing.as_ref().and_then(|s| s.gate.as_ref()) else {
         return "-".to_owned();
     };
-    let left = || {
-        gate.pause_remaining
+    let left = || match gate.paused_until.as_ref().and_then(system_time) {
+        Some(until) => format!(
+            ":{}",
+            compact(until.duration_since(now).unwrap_or_default())
+        ),
+        None => gate
+            .pause_remaining
             .as_ref()
-            .map_or_else(String::new, |d| format!(":{}", duration_compact(d)))
+            .map_or_else(String::new, |d| format!(":{}", duration_compact(d))),
     };
     match api::ThrottleState::try_from(gate.state) {
         Ok(api::ThrottleState::Open) => "open".to_owned(),
@@ -609,7 +625,7 @@ pub(crate) mod tests {
             allocations_cold: u64::MAX,
             ..Default::default()
         };
-        assert_eq!(hit_rate(&pool), Some(0.5));
+        assert_eq!(hit_rate_cell(&pool), "50.0%");
         // A name with an escape sequence is shown escaped.
         let name = pool_name("m1\u{1b}[2J", "az\n1");
         assert!(!name.chars().any(char::is_control), "{name:?}");
@@ -834,16 +850,26 @@ pub(crate) mod tests {
         assert_eq!(v["degraded"], false);
         assert_eq!(target_cell(&pool), "auto:6");
         assert_eq!(lead_cell(&pool), "1m35s");
-        assert_eq!(throttle_cell(&pool), "throttled:4.5s");
-        assert_eq!(hit_rate(&pool), Some(12.0 / 13.0));
+        // No end sent (an older daemon): the time left as of the answer.
+        let now = SystemTime::now();
+        assert_eq!(throttle_cell(&pool, now), "throttled:4.5s");
+        assert_eq!(hit_rate_cell(&pool), "92.3%");
+        // Sent an end: the time left to it, none once it has passed.
+        let gate = pool.sizing.as_mut().unwrap().gate.as_mut().unwrap();
+        gate.paused_until = Some((now + Duration::from_secs(90)).into());
+        assert_eq!(throttle_cell(&pool, now), "throttled:1m30s");
+        assert_eq!(
+            throttle_cell(&pool, now + Duration::from_secs(91)),
+            "throttled:0ms"
+        );
         // A pool from a server without sizing still renders.
         let bare = api::Pool::default();
         assert_eq!(target_cell(&bare), "0");
         assert_eq!(
-            (lead_cell(&bare), throttle_cell(&bare)),
+            (lead_cell(&bare), throttle_cell(&bare, now)),
             ("-".into(), "-".into())
         );
-        assert_eq!(hit_rate(&bare), None);
+        assert_eq!(hit_rate_cell(&bare), "-");
     }
 
     #[test]

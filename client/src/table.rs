@@ -3,16 +3,19 @@
 //!
 //! Hand-rolled rather than a table crate because the needs are tiny and the
 //! output must stay greppable: no box drawing, one row per line, empty
-//! values shown as "-" so that splitting a row on whitespace keeps the
-//! columns in place.
+//! values shown as "-". It is for people, not parsers: names from the
+//! cloud (a Glance image "MySQL 8.0", a flavor), errors and some detail
+//! values hold spaces, so splitting a row on whitespace shifts the columns
+//! after them. Scripts read `--output json`.
 
 use std::fmt::Write as _;
+use std::time::SystemTime;
 
 use warmpool_client::api;
 
 use crate::output::{
-    allocation_state, duration_short, health_cell, hit_rate, instance_state, is_auto, lead_cell,
-    lead_time_source, pool_name, pool_status, target_cell, throttle_cell, timestamp,
+    allocation_state, duration_short, health_cell, hit_rate_cell, instance_state, is_auto,
+    lead_cell, lead_time_source, pool_name, pool_status, target_cell, throttle_cell, timestamp,
 };
 
 /// Columns separated by two spaces, each as wide as its widest cell.
@@ -141,16 +144,11 @@ pub fn pools_table(pools: &[api::Pool]) -> String {
     t.render()
 }
 
-/// A hit rate as a whole percentage, "-" before any allocation.
-fn percent(rate: Option<f64>) -> String {
-    rate.map_or_else(|| "-".to_owned(), |r| format!("{:.0}%", r * 100.0))
-}
-
 /// One frame of `watch`: depth, what it is kept at and why, so it fits a
 /// terminal. TARGET is marked "auto:" when computed, LEAD P90 with "~" while
 /// it is the configured prior; THROTTLE is the AZ's gate ("open",
-/// "throttled:<left>", "quota:<left>").
-pub fn watch_table<'a>(pools: impl IntoIterator<Item = &'a api::Pool>) -> String {
+/// "throttled:<left>", "quota:<left>", the time left at `now`).
+pub fn watch_table<'a>(pools: impl IntoIterator<Item = &'a api::Pool>, now: SystemTime) -> String {
     let mut t = Table::new(&[
         "POOL",
         "READY",
@@ -173,9 +171,9 @@ pub fn watch_table<'a>(pools: impl IntoIterator<Item = &'a api::Pool>) -> String
             c.warming.to_string(),
             c.booting.to_string(),
             target_cell(pool),
-            percent(hit_rate(pool)),
+            hit_rate_cell(pool),
             lead_cell(pool),
-            throttle_cell(pool),
+            throttle_cell(pool, now),
             health_cell(pool),
             c.allocated.to_string(),
             allocs(pool),
@@ -235,8 +233,9 @@ fn opt_duration(d: &Option<prost_types::Duration>) -> String {
     d.as_ref().map_or_else(|| "-".to_owned(), duration_short)
 }
 
-/// `pools get|create|update|delete`.
-pub fn pool_detail(pool: &api::Pool) -> String {
+/// `pools get|create|update|delete`; a throttle pause's time left is
+/// counted at `now`.
+pub fn pool_detail(pool: &api::Pool, now: SystemTime) -> String {
     let c = counts(pool);
     let spec = pool.spec.clone().unwrap_or_default();
     fields(&[
@@ -251,7 +250,7 @@ pub fn pool_detail(pool: &api::Pool) -> String {
         ("lead_time", lead_time_detail(pool)),
         ("demand", demand_detail(pool)),
         ("service_level", service_level_detail(pool)),
-        ("throttle", throttle_detail(pool)),
+        ("throttle", throttle_detail(pool, now)),
         ("plan", plan_detail(pool)),
         ("quota", quota_detail(pool)),
         ("health", health_cell(pool)),
@@ -361,13 +360,13 @@ fn service_level_detail(pool: &api::Pool) -> String {
     )
 }
 
-fn throttle_detail(pool: &api::Pool) -> String {
+fn throttle_detail(pool: &api::Pool, now: SystemTime) -> String {
     let Some(g) = pool.sizing.as_ref().and_then(|s| s.gate.as_ref()) else {
         return "-".to_owned();
     };
     format!(
         "{}, window {:.1}, {} boots in flight in the AZ ({} replenishing)",
-        throttle_cell(pool),
+        throttle_cell(pool, now),
         g.window,
         g.in_flight,
         g.gated_in_flight
@@ -597,7 +596,7 @@ mod tests {
     #[test]
     fn watch_table_columns() {
         let pools = sample_pools();
-        let text = watch_table(&pools);
+        let text = watch_table(&pools, SystemTime::now());
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("POOL"));
         assert!(lines[0].contains("WARM/COLD/FAILED"));
@@ -612,7 +611,7 @@ mod tests {
                 "0",
                 "1",
                 "2",
-                "92%",
+                "92.3%",
                 "-",
                 "-",
                 "ok",
@@ -629,7 +628,7 @@ mod tests {
                 "3",
                 "0",
                 "3",
-                "0%",
+                "0.0%",
                 "-",
                 "-",
                 "ok",
@@ -637,6 +636,36 @@ mod tests {
                 "0/0/4"
             ]
         );
+    }
+
+    /// One miss in 200 (the default service level, 0.995) must not read as
+    /// 100%: the rate is rounded down to a tenth of a percent, so only a
+    /// pool without misses shows 100.0%.
+    #[test]
+    fn a_hit_rate_never_rounds_up_to_flawless() {
+        let rate = |warm: u64, cold: u64, failed: u64| {
+            let mut pool = sample_pools().remove(0);
+            (
+                pool.allocations_warm,
+                pool.allocations_cold,
+                pool.allocations_failed,
+            ) = (warm, cold, failed);
+            let text = watch_table([&pool], SystemTime::now());
+            let row: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+            row[5].to_owned()
+        };
+        assert_eq!(rate(199, 1, 0), "99.5%");
+        assert_eq!(rate(250, 0, 1), "99.6%");
+        assert_eq!(rate(19_999, 1, 0), "99.9%");
+        assert_eq!(rate(200, 0, 0), "100.0%");
+        assert_eq!(rate(12, 1, 0), "92.3%");
+        assert_eq!(rate(0, 0, 4), "0.0%");
+        assert_eq!(rate(1, 2, 0), "33.3%");
+        assert_eq!(rate(2, 1, 0), "66.6%");
+        assert_eq!(rate(0, 0, 0), "-");
+        assert_eq!(rate(u64::MAX, u64::MAX, 0), "50.0%");
+        assert_eq!(rate(u64::MAX, 0, 0), "100.0%");
+        assert_eq!(rate(u64::MAX - 1, 1, 0), "99.9%");
     }
 
     #[test]
@@ -675,7 +704,7 @@ mod tests {
 
     #[test]
     fn pool_detail_shows_spec_and_counts() {
-        let text = pool_detail(&sample_pools()[0]);
+        let text = pool_detail(&sample_pools()[0], SystemTime::now());
         assert!(text.contains("boot_timeout:      10m\n"), "{text}");
         assert!(text.contains("max_age:           1day\n"), "{text}");
         assert!(text.contains("ready 2, warming 0, booting 1"), "{text}");
@@ -692,12 +721,13 @@ mod tests {
     fn pool_detail_says_when_the_last_error_happened() {
         let mut pool = sample_pools()[0].clone();
         pool.last_error = "boot failed: NoValidHost".into();
-        assert!(pool_detail(&pool).contains("last_error:        boot failed: NoValidHost\n"));
+        assert!(pool_detail(&pool, SystemTime::now())
+            .contains("last_error:        boot failed: NoValidHost\n"));
         pool.last_error_at = Some(prost_types::Timestamp {
             seconds: 1_764_003_600,
             nanos: 0,
         });
-        let text = pool_detail(&pool);
+        let text = pool_detail(&pool, SystemTime::now());
         assert!(
             text.contains(
                 "last_error:        boot failed: NoValidHost (at 2025-11-24T17:00:00Z)\n"
@@ -709,11 +739,11 @@ mod tests {
     #[test]
     fn pool_detail_shows_the_quota_room_and_a_flavor_beyond_it() {
         let mut pool = sample_pools()[0].clone();
-        assert!(pool_detail(&pool).contains("quota:             -\n"));
+        assert!(pool_detail(&pool, SystemTime::now()).contains("quota:             -\n"));
         let sizing = pool.sizing.get_or_insert_with(Default::default);
         sizing.quota_headroom = Some(3);
         sizing.quota_limited_by = "instances: 7 of 10 used".into();
-        let text = pool_detail(&pool);
+        let text = pool_detail(&pool, SystemTime::now());
         assert!(
             text.contains(
                 "quota:             3 more servers (instances: 7 of 10 used at the last poll)\n"
@@ -724,7 +754,7 @@ mod tests {
         sizing.quota_headroom = Some(0);
         sizing.quota_limited_by = "cores: one db.huge server needs 64, the quota is 20".into();
         sizing.beyond_quota = true;
-        let text = pool_detail(&pool);
+        let text = pool_detail(&pool, SystemTime::now());
         assert!(
             text.contains("quota:             no server of the flavor ever fits (cores: one db.huge server needs 64, the quota is 20): raise the quota\n"),
             "{text}"
@@ -743,7 +773,7 @@ mod tests {
         spec.volume_iops_limit = Some(3000);
         let min_ready = spec.min_ready;
         pool.sizing.get_or_insert_with(Default::default).window_min = Some(10);
-        let text = pool_detail(&pool);
+        let text = pool_detail(&pool, SystemTime::now());
         assert!(
             text.contains("windows:           Mon-Fri 09:00-18:00 min 10; Sat 10:00-12:00 min 4\n"),
             "{text}"

@@ -9,10 +9,13 @@
 //! after which it arrived. On a terminal a frame replaces the previous one;
 //! otherwise (a pipe, a test) frames are appended, each terminated by a
 //! blank line, so a reader can consume them line by line and knows a frame
-//! is complete when it sees the blank line.
+//! is complete when it sees the blank line. While a zone's throttle gate
+//! holds boots, a terminal is also redrawn every second, for the countdown
+//! (the server does not send a pool again as its pause counts down).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{IsTerminal, Write};
+use std::time::{Duration, SystemTime};
 
 use anyhow::bail;
 use futures::{FutureExt, StreamExt};
@@ -27,7 +30,10 @@ const CLEAR_SCREEN: &str = "\x1b[2J\x1b[H";
 
 /// How long `watch` waits for a first message before it shows an empty
 /// table.
-const EMPTY_VIEW_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+const EMPTY_VIEW_AFTER: Duration = Duration::from_secs(1);
+
+/// How often a terminal is redrawn while a throttle countdown shows.
+const COUNTDOWN_TICK: Duration = Duration::from_secs(1);
 
 /// Events a terminal frame keeps under the table.
 const RECENT_EVENTS: usize = 8;
@@ -66,10 +72,23 @@ impl PoolBoard {
         }
     }
 
-    /// One frame: the table, then on a terminal the recent events, else the
-    /// events that arrived since the last frame.
-    pub fn render(&mut self, terminal: bool) -> String {
-        let mut frame = watch_table(self.pools.values());
+    /// Whether some pool's gate holds its boots, with a time left to show.
+    fn counting_down(&self) -> bool {
+        self.pools.values().any(|pool| {
+            pool.sizing
+                .as_ref()
+                .and_then(|s| s.gate.as_ref())
+                .is_some_and(|g| {
+                    g.state == i32::from(api::ThrottleState::Throttled)
+                        || g.state == i32::from(api::ThrottleState::QuotaPaused)
+                })
+        })
+    }
+
+    /// One frame as of `now`: the table, then on a terminal the recent
+    /// events, else the events that arrived since the last frame.
+    pub fn render(&mut self, terminal: bool, now: SystemTime) -> String {
+        let mut frame = watch_table(self.pools.values(), now);
         let fresh = std::mem::take(&mut self.fresh);
         let lines = if terminal {
             self.recent.iter().cloned().collect()
@@ -143,19 +162,25 @@ async fn show(
         }
     };
     loop {
-        let next = if std::mem::take(&mut waiting_for_first) {
-            // A daemon with pools sends them at once; one with none sends
-            // nothing until one changes: show the empty table then, rather
-            // than a blank screen.
-            match tokio::time::timeout(EMPTY_VIEW_AFTER, stream.next()).await {
+        // A daemon with pools sends them at once; one with none sends
+        // nothing until one changes: show the empty table then, rather than
+        // a blank screen. A countdown on a terminal is redrawn as it runs.
+        let redraw_after = if std::mem::take(&mut waiting_for_first) {
+            Some(EMPTY_VIEW_AFTER)
+        } else if terminal && board.counting_down() {
+            Some(COUNTDOWN_TICK)
+        } else {
+            None
+        };
+        let next = match redraw_after {
+            None => stream.next().await,
+            Some(after) => match tokio::time::timeout(after, stream.next()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    write_frame(out, &board.render(terminal), terminal)?;
-                    stream.next().await
+                    write_frame(out, &board.render(terminal, SystemTime::now()), terminal)?;
+                    continue;
                 }
-            }
-        } else {
-            stream.next().await
+            },
         };
         let Some(item) = next else { break };
         let status = item.map_err(|e| failure(e, answered))?;
@@ -184,7 +209,7 @@ async fn show(
                 }
                 // What arrived before an error (a pool's last message at
                 // shutdown) is drawn before the error ends the view.
-                write_frame(out, &board.render(terminal), terminal)?;
+                write_frame(out, &board.render(terminal, SystemTime::now()), terminal)?;
                 if let Some(e) = failed {
                     return Err(failure(e, true));
                 }
@@ -216,7 +241,7 @@ mod tests {
         board.apply(status(pools[0].clone()));
         board.apply(api::PoolStatus::default());
 
-        let frame = board.render(false);
+        let frame = board.render(false, SystemTime::now());
         let lines: Vec<&str> = frame.lines().collect();
         assert_eq!(lines.len(), 3, "{frame}");
         assert!(lines[1].starts_with("m1.large@az1 "), "{frame}");
@@ -245,15 +270,15 @@ mod tests {
             }],
             ..Default::default()
         });
-        let frame = board.render(false);
+        let frame = board.render(false, SystemTime::now());
         let last = frame.lines().last().unwrap();
         assert_eq!(
             last,
             "event 1970-01-01T00:00:00Z m1.large@az1 EXHAUSTED pool exhausted: an Allocate found no Ready instance"
         );
         // On a pipe each event is printed once; a terminal keeps the recent ones.
-        assert!(!board.render(false).contains("event "));
-        assert!(board.render(true).contains("EXHAUSTED"));
+        assert!(!board.render(false, SystemTime::now()).contains("event "));
+        assert!(board.render(true, SystemTime::now()).contains("EXHAUSTED"));
 
         board.apply(api::PoolStatus {
             pool: Some(pools[1].clone()),
@@ -267,7 +292,7 @@ mod tests {
             }],
             ..Default::default()
         });
-        let frame = board.render(false);
+        let frame = board.render(false, SystemTime::now());
         assert!(
             !frame.lines().any(|l| l.starts_with("m1.xlarge@az2 ")),
             "a deleted pool keeps its row: {frame}"
@@ -295,15 +320,18 @@ mod tests {
                 ..Default::default()
             });
         }
-        let frame = board.render(false);
+        let frame = board.render(false, SystemTime::now());
         let events: Vec<&str> = frame.lines().filter(|l| l.starts_with("event ")).collect();
         let expected: Vec<String> = (0..10)
             .map(|n| format!("event - m1.large@az1 EXHAUSTED exhausted {n}"))
             .collect();
         assert_eq!(events, expected, "{frame}");
-        assert!(!board.render(false).contains("event "), "printed twice");
+        assert!(
+            !board.render(false, SystemTime::now()).contains("event "),
+            "printed twice"
+        );
         // A terminal redraws only the most recent few.
-        let terminal = board.render(true);
+        let terminal = board.render(true, SystemTime::now());
         assert_eq!(
             terminal.lines().filter(|l| l.starts_with("event ")).count(),
             RECENT_EVENTS,
@@ -357,11 +385,74 @@ mod tests {
         assert_eq!(row.split_whitespace().nth(1), Some("7"), "{text}");
     }
 
+    /// A pool held by its zone's throttle gate, its pause ending `left`
+    /// from `now` though the message says `remaining`.
+    fn throttled(now: SystemTime, left: Duration, remaining: i64) -> api::Pool {
+        let mut pool = sample_pools().remove(0);
+        pool.sizing = Some(api::SizingStatus {
+            gate: Some(api::ThrottleGate {
+                state: api::ThrottleState::Throttled.into(),
+                pause_remaining: crate::output::tests::d(remaining, 0),
+                paused_until: Some((now + left).into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        pool
+    }
+
+    /// The server does not send a pool again as its pause counts down (nor
+    /// every second of it): the time left is counted to the pause's end as
+    /// the frame is drawn, not read from the last message.
+    #[test]
+    fn a_throttle_countdown_is_counted_to_the_pause_end_when_drawn() {
+        let now = SystemTime::now();
+        let pool = throttled(now, Duration::from_secs(5), 60);
+        let mut board = PoolBoard::default();
+        board.apply(status(pool.clone()));
+        let frame = board.render(false, now);
+        let row: Vec<&str> = frame.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(row[7], "throttled:5s", "{frame}");
+        let later = board.render(false, now + Duration::from_secs(3));
+        let row: Vec<&str> = later.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(row[7], "throttled:2s", "{later}");
+        // `pools get` shows it the same way.
+        let detail = crate::table::pool_detail(&pool, now);
+        assert!(
+            detail.contains("throttle:          throttled:5s, "),
+            "{detail}"
+        );
+    }
+
+    /// A terminal redraws the view every second while a countdown shows,
+    /// though nothing arrives; a pipe (a log of frames) does not.
+    #[tokio::test(start_paused = true)]
+    async fn a_terminal_redraws_a_countdown_every_second() {
+        for (terminal, held, frames) in [(true, true, 4), (true, false, 1), (false, true, 1)] {
+            let mut pool = throttled(SystemTime::now(), Duration::from_secs(60), 60);
+            if !held {
+                pool.sizing = None;
+            }
+            let later = futures::stream::once(async {
+                tokio::time::sleep(Duration::from_millis(3500)).await;
+                Err(ClientError::Malformed("the server went away".into()))
+            });
+            let items = futures::stream::iter([Ok(status(pool))]).chain(later);
+            let mut out = Vec::new();
+            show(Box::pin(items), &mut out, terminal, OutputFormat::Table)
+                .await
+                .unwrap_err();
+            let text = String::from_utf8(out).unwrap();
+            let drawn = text.matches("POOL ").count();
+            assert_eq!(drawn, frames, "terminal {terminal}, held {held}: {text}");
+        }
+    }
+
     /// A daemon without pools sends nothing: the empty table shows.
     #[tokio::test(start_paused = true)]
     async fn a_watch_without_pools_shows_the_empty_table() {
         let later = futures::stream::once(async {
-            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
             Err(ClientError::Malformed("the server went away".into()))
         });
         let mut out = Vec::new();

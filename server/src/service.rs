@@ -531,7 +531,9 @@ fn status_message(pool: Option<api::Pool>, events: Vec<api::PoolEvent>) -> api::
 }
 
 /// Whether a watcher would see no difference: the demand rates decay and the
-/// pause countdown ticks continuously, so they alone do not make a message.
+/// pause countdown ticks continuously, so they alone do not make a message
+/// (a reader counts the time left to `paused_until` itself); a pause's end
+/// moved later by the cloud extending its hold does.
 fn same_for_watchers(a: &api::Pool, b: &api::Pool) -> bool {
     fn steady(pool: &api::Pool) -> api::Pool {
         let mut pool = pool.clone();
@@ -547,7 +549,33 @@ fn same_for_watchers(a: &api::Pool, b: &api::Pool) -> bool {
         }
         pool
     }
-    steady(a) == steady(b)
+    steady(a) == steady(b) && !pause_extended(a, b)
+}
+
+/// Whether `b`'s pause ends a second or more after `a`'s, and later than
+/// now. `paused_until` is recomputed at each listing from the hold's
+/// instant and the wall clock, so it wobbles by their drift (and, on a
+/// paused tokio clock, drifts earlier); a hold whose end is overdue (a
+/// quota hold waiting for a headroom poll) reads as ending now, whenever
+/// listed.
+fn pause_extended(a: &api::Pool, b: &api::Pool) -> bool {
+    fn gate(pool: &api::Pool) -> Option<&api::ThrottleGate> {
+        pool.sizing.as_ref()?.gate.as_ref()
+    }
+    let end = |gate: &api::ThrottleGate| SystemTime::try_from(gate.paused_until?).ok();
+    let (Some(a), Some(b)) = (gate(a), gate(b)) else {
+        return false;
+    };
+    let overdue = b
+        .pause_remaining
+        .is_none_or(|left| left.seconds <= 0 && left.nanos <= 0);
+    match (end(a), end(b)) {
+        (Some(a), Some(b)) if !overdue => b
+            .duration_since(a)
+            .is_ok_and(|later| later >= Duration::from_secs(1)),
+        // A pause starting or ending changes the gate's state.
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -556,6 +584,49 @@ mod tests {
     use futures::StreamExt;
     use pool_manager::model::PoolSpec;
     use std::sync::Arc;
+
+    /// A watch is not sent a pool for its pause counting down, nor for the
+    /// wobble of `paused_until` (read afresh from two clocks at each
+    /// listing), but is for a hold the cloud extended: a reader counting
+    /// down to the old end would see the pause over while it goes on.
+    #[test]
+    fn a_pause_extended_is_sent_but_its_countdown_is_not() {
+        let held = |until: SystemTime, remaining: u64| api::Pool {
+            sizing: Some(api::SizingStatus {
+                gate: Some(api::ThrottleGate {
+                    state: api::ThrottleState::Throttled.into(),
+                    paused_until: Some(until.into()),
+                    pause_remaining: Some(convert::duration_to_proto(Duration::from_secs(
+                        remaining,
+                    ))),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let end = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_060);
+        let sent = held(end, 60);
+        assert!(same_for_watchers(&sent, &held(end, 55)));
+        let wobble = Duration::from_micros(300);
+        assert!(same_for_watchers(&sent, &held(end + wobble, 50)));
+        assert!(same_for_watchers(&sent, &held(end - wobble, 50)));
+        assert!(
+            !same_for_watchers(&sent, &held(end + Duration::from_secs(30), 85)),
+            "the hold was extended by 30 s"
+        );
+        // An overdue end reads as the time of each listing: not sent every
+        // second, but an end set afresh after it is.
+        let overdue = held(end, 0);
+        assert!(same_for_watchers(
+            &overdue,
+            &held(end + Duration::from_secs(1), 0)
+        ));
+        assert!(!same_for_watchers(
+            &overdue,
+            &held(end + Duration::from_secs(61), 60)
+        ));
+    }
 
     /// A started manager with two paused pools: a watch's first two
     /// messages. Its wall clock runs on the paused tokio clock.
