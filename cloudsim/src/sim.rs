@@ -8,7 +8,7 @@ use crate::model::{HostLoad, Model, SimServer};
 use crate::mysql;
 use pool_manager::cloud::{CloudError, CloudResult, Port, Volume};
 use pool_manager::model::PoolKey;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -17,6 +17,9 @@ pub(crate) struct Inner {
     model: Mutex<Model>,
     pub(crate) listeners: bool,
     pub(crate) mysql_version: String,
+    /// Methods whose calls wait at the gate (`Faults::hold_calls`); a
+    /// watch, as held calls wait across `.await`, outside the model's lock.
+    held: tokio::sync::watch::Sender<BTreeSet<String>>,
 }
 
 impl Inner {
@@ -55,6 +58,7 @@ impl SimCloud {
                 listeners: config.listeners,
                 mysql_version: config.mysql_version.clone(),
                 model: Mutex::new(Model::new(config)),
+                held: tokio::sync::watch::Sender::new(BTreeSet::new()),
             }),
         })
     }
@@ -63,13 +67,18 @@ impl SimCloud {
         self.inner.lock_at(Instant::now())
     }
 
-    /// Runs the API gate for one call: counts it, then hangs, delays or fails
-    /// it as the injected faults say.
+    /// Runs the API gate for one call: counts it, then hangs, holds, delays
+    /// or fails it as the injected faults say.
     pub(crate) async fn gate(&self, method: &'static str) -> CloudResult<()> {
         let decision = self.lock().enter(method, Instant::now());
         if decision.hang {
             // A "crashed" peer: the caller's task is expected to be aborted.
             std::future::pending::<()>().await;
+        }
+        if self.inner.held.borrow().contains(method) {
+            // A release since the look above is seen at once.
+            let mut held = self.inner.held.subscribe();
+            let _ = held.wait_for(|held| !held.contains(method)).await;
         }
         if !decision.delay.is_zero() {
             tokio::time::sleep(decision.delay).await;
@@ -411,6 +420,23 @@ impl Faults {
         self.with(|f| f.hang_after = None);
     }
 
+    /// Calls of `method` (named as [`SimCloud::call_counts`] names them,
+    /// e.g. `"create_server"`) from now on wait at the gate, counted, until
+    /// [`Faults::release_calls`]: a step of warmpool's held mid-way for as
+    /// long as a test needs, however fast or slow the machine.
+    pub fn hold_calls(&self, method: &str) {
+        self.inner.held.send_modify(|held| {
+            held.insert(method.to_owned());
+        });
+    }
+
+    /// The calls of `method` held so far go on, and those to come pass.
+    pub fn release_calls(&self, method: &str) {
+        self.inner.held.send_modify(|held| {
+            held.remove(method);
+        });
+    }
+
     /// Every API call first sleeps this long, in tokio time (not scaled).
     /// `Duration::ZERO` turns it off.
     pub fn slow_calls(&self, delay: Duration) {
@@ -433,8 +459,10 @@ impl Faults {
         self.with(|f| f.iops_throttled)
     }
 
-    /// Clears every fault; IOPS throttling goes back to the configured value.
+    /// Clears every fault, held calls released; IOPS throttling goes back
+    /// to the configured value.
     pub fn clear(&self) {
+        self.inner.held.send_modify(BTreeSet::clear);
         let mut model = self.inner.lock_at(Instant::now());
         model.faults = crate::model::FaultState {
             iops_throttled: model.cfg.iops_throttled,

@@ -840,6 +840,39 @@ async fn hang_after_calls_hangs_every_later_call() {
         .is_err());
 }
 
+/// Held calls wait at the gate, counted, without effect, however long; calls
+/// of other methods pass; a release lets the held ones and later ones go on,
+/// and so does `clear`.
+#[tokio::test(start_paused = true)]
+async fn held_calls_wait_until_released() {
+    let cloud = SimCloud::new(SimConfig::deterministic());
+    let faults = cloud.faults();
+    faults.hold_calls("create_server");
+    let c = cloud.clone();
+    let held = tokio::spawn(async move { c.create_server(&small("a")).await });
+    tokio::time::sleep(secs(3600.0)).await;
+    assert!(!held.is_finished());
+    assert_eq!(cloud.call_counts()["create_server"], 1);
+    assert!(
+        cloud.servers().is_empty(),
+        "a held create has no effect yet"
+    );
+    cloud.list_pool_servers().await.unwrap();
+
+    faults.release_calls("create_server");
+    let id = held.await.unwrap().unwrap().id;
+    assert_eq!(cloud.servers().len(), 1);
+    cloud.create_server(&small("b")).await.unwrap();
+
+    faults.hold_calls("get_server");
+    let c = cloud.clone();
+    let held = tokio::spawn(async move { c.get_server(&id).await });
+    tokio::time::sleep(secs(3600.0)).await;
+    assert!(!held.is_finished());
+    faults.clear();
+    held.await.unwrap().unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn rate_limit_answers_throttled_with_retry_after() {
     let cloud = SimCloud::new(SimConfig {
@@ -923,32 +956,41 @@ async fn concurrent_callers_share_one_cloud() {
     assert!(loads.iter().all(|h| h.servers == 6 || h.servers == 7));
 }
 
+/// The server's `mysql_addr`, polled for in real time until it is ACTIVE.
+async fn mysql_addr_once_active(cloud: &SimCloud, id: &str) -> std::net::SocketAddr {
+    loop {
+        if let Some(addr) = cloud.get_server(id).await.unwrap().mysql_addr {
+            return addr;
+        }
+        tokio::time::sleep(secs(0.005)).await;
+    }
+}
+
 /// Real sockets, real time: a server's `mysql_addr` refuses connections until
 /// mysqld is ready, then greets like MySQL 8.0, and stops when deleted.
 #[tokio::test]
 async fn listener_greets_on_a_real_port_once_ready() {
     use tokio::io::AsyncReadExt;
-    let mut cfg = SimConfig {
+    let cloud = SimCloud::new(SimConfig {
         time_scale: 0.001,
         ..SimConfig::default()
-    };
-    // Keep "ACTIVE but mysqld not up" long enough (1 s real) to observe it
-    // on a busy machine.
-    cfg.boot.mysqld_start = secs(1000.0);
-    let cloud = SimCloud::new(cfg);
+    });
+    // ACTIVE with mysqld not up, however slow the machine: its mysqld never
+    // starts, so the refusal is checked whatever time has passed.
+    cloud.faults().mysqld_never_starts_next(1);
+    let silent = cloud.create_server(&small("silent")).await.unwrap().id;
+    let silent_addr = mysql_addr_once_active(&cloud, &silent).await;
+    assert!(silent_addr.ip().is_loopback());
+    assert!(!cloud.server(&silent).unwrap().mysqld_ready);
+    assert!(
+        tokio::net::TcpStream::connect(silent_addr).await.is_err(),
+        "connection accepted before mysqld is ready"
+    );
+
     let id = cloud.create_server(&small("real")).await.unwrap().id;
-    let addr = loop {
-        let s = cloud.get_server(&id).await.unwrap();
-        if let Some(addr) = s.mysql_addr {
-            break addr;
-        }
-        tokio::time::sleep(secs(0.005)).await;
-    };
+    let addr = mysql_addr_once_active(&cloud, &id).await;
     assert!(addr.ip().is_loopback());
-    let early = tokio::net::TcpStream::connect(addr).await;
-    if !cloud.server(&id).unwrap().mysqld_ready {
-        assert!(early.is_err(), "connection accepted before mysqld is ready");
-    }
+    assert_ne!(addr, silent_addr);
 
     let probe = MysqlGreetingProbe::default();
     let deadline = Instant::now() + secs(20.0);

@@ -184,6 +184,14 @@ async fn a_purchase_waiting_on_an_empty_pool_does_not_hold_up_shutdown() {
             Err(e) => panic!("{e:?}"),
         }
     }
+    // The next purchase's Exhausted event, the only one from here on, says
+    // it found the pool empty and goes on to wait.
+    let mut watch = d.client.watch_pools().await.unwrap();
+    tokio::time::timeout(PATIENCE, watch.next())
+        .await
+        .expect("a first pool status")
+        .expect("the stream is open")
+        .expect("no stream error");
     let mut order = order_one();
     order.request_id = "waits".into();
     order.timeout = Some(prost_types::Duration {
@@ -192,7 +200,26 @@ async fn a_purchase_waiting_on_an_empty_pool_does_not_hold_up_shutdown() {
     });
     let client = d.client.clone();
     let waiting = tokio::spawn(async move { client.allocate(order).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let exhausted = i32::from(warmpool_client::api::PoolEventKind::Exhausted);
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let status = watch
+                .next()
+                .await
+                .expect("the stream is open")
+                .expect("no stream error");
+            if status
+                .events
+                .iter()
+                .any(|e| e.kind == exhausted && e.availability_zone == "az1")
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the purchase found the pool empty");
+    drop(watch);
     assert!(!waiting.is_finished());
     d.shut_down().await;
     match waiting.await.unwrap() {
@@ -541,27 +568,54 @@ async fn a_watch_whose_client_stopped_reading_does_not_hold_up_shutdown() {
 /// grace period.
 #[tokio::test]
 async fn a_purchase_in_flight_is_answered_while_a_stalled_watch_is_cut() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
     let data = tempfile::tempdir().unwrap();
-    // A cold boot takes seconds (90 s simulated at 1/20 speed): the
-    // purchase is still under way when shutdown begins.
     let text = config_text(
         data.path(),
         &[("db.small", "az1", 0, 1), ("db.small", "az2", 0, 1)],
     )
-    .replacen(r#"shutdown_grace = "5s""#, r#"shutdown_grace = "35s""#, 1)
-    .replacen("time_scale = 0.01", "time_scale = 0.05", 1);
+    .replacen(r#"shutdown_grace = "5s""#, r#"shutdown_grace = "35s""#, 1);
     let d = Daemon::start_text(&text, data).await;
     let watch = a_watch_read_once(&d.endpoint()).await;
 
+    // The purchase's cold boot cannot get past its server's create until
+    // shutdown has begun, however slow the machine.
+    d.cloud().faults().hold_calls("create_server");
     let cold = a_cold_purchase(&d.client);
-    eventually("the purchase's cold boot", PATIENCE, || async {
+    eventually("the purchase's cold boot, held", PATIENCE, || async {
         let instances = d.client.list_instances("db.small", "az1").await.unwrap();
-        match instances.len() {
-            1 => Ok(()),
-            n => Err(format!("{n} instances")),
+        let creates = d.cloud().call_counts().get("create_server").copied();
+        match (instances.len(), creates) {
+            (1, Some(1)) => Ok(()),
+            (n, creates) => Err(format!("{n} instances, {creates:?} creates")),
         }
     })
     .await;
+    let channel = tonic::transport::Endpoint::from_shared(d.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let faults = d.cloud().faults();
+    let released = tokio::spawn(async move {
+        // NOT_SERVING, or the stream's end, comes once shutdown has begun.
+        while let Some(Ok(reply)) = health.next().await {
+            if reply.status == i32::from(ServingStatus::NotServing) {
+                break;
+            }
+        }
+        faults.release_calls("create_server");
+    });
     // The other pool: the purchase's own goes on as it is.
     toggle_paused(&d.client, "az2", 20).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -569,6 +623,7 @@ async fn a_purchase_in_flight_is_answered_while_a_stalled_watch_is_cut() {
 
     // Fails unless the daemon stops within 30 s, before the grace ends.
     d.shut_down().await;
+    released.await.unwrap();
     let sold = tokio::time::timeout(PATIENCE, cold)
         .await
         .expect("the purchase was answered")

@@ -2463,8 +2463,18 @@ async fn a_release_completes_where_the_policy_refuses_force_delete() {
         servers.push(server);
     }
     assert_eq!(force_deletes(&env), 1);
-    // Passes of the reconciler send it no more either.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Passes of the reconciler send it no more either. A pass lists the
+    // servers once, then acts on them, and passes run one after another:
+    // at the second listing from here, a pass acted on all it listed.
+    let listings = || {
+        env.sim
+            .call_counts()
+            .get("list_servers_detail")
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = listings();
+    wait_until("a whole reconcile pass", || listings() >= before + 2).await;
     assert_eq!(force_deletes(&env), 1);
     for server in &servers {
         assert!(env.sim.server(server).is_some());
