@@ -1406,6 +1406,11 @@ async fn calls_keep_working_past_token_expiry() {
         .find_ports_by_name("x")
         .await
         .expect("neutron past expiry");
+    let logins = env.face.faults().password_logins();
+    assert!(
+        logins >= 2,
+        "the token issued at connect expired and was renewed: {logins} logins"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
