@@ -2,7 +2,8 @@
 //!
 //! Each call passes the API gate (counts, faults, rate limit), sleeps where
 //! the real API is synchronous (port create), then applies one model
-//! operation under the lock. Asynchronous work (boot, attach, delete) only
+//! operation under the lock and answers (or, under
+//! `Faults::hang_after_calls_take_effect`, hangs without answering). Asynchronous work (boot, attach, delete) only
 //! records completion times; `get_*` calls observe it.
 
 use crate::mysql;
@@ -18,7 +19,7 @@ use tokio::time::Instant;
 #[async_trait]
 impl Cloud for SimCloud {
     async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server> {
-        self.gate("create_server").await?;
+        let call = self.admit("create_server").await?;
         // Reserve the port before taking the lock: binding is a syscall.
         let socket = self.reserve_socket();
         let addr = match &socket {
@@ -29,13 +30,17 @@ impl Cloud for SimCloud {
             None => None,
         };
         let now = Instant::now();
-        let mut model = self.inner.lock_at(now);
-        let (server, ready_at) = model.create_server(spec, now, addr)?;
-        if let Some(socket) = socket {
-            let guard = mysql::spawn_listener(socket, ready_at, self.inner.mysql_version.clone());
-            model.set_listener(&server.id, guard);
-        }
-        Ok(server)
+        let created = {
+            let mut model = self.inner.lock_at(now);
+            let created = model.create_server(spec, now, addr);
+            if let (Ok((server, ready_at)), Some(socket)) = (&created, socket) {
+                let guard =
+                    mysql::spawn_listener(socket, *ready_at, self.inner.mysql_version.clone());
+                model.set_listener(&server.id, guard);
+            }
+            created
+        };
+        call.answer(created.map(|(server, _)| server)).await
     }
 
     /// The simulated cloud has one set of zones for servers and volumes.
@@ -48,9 +53,10 @@ impl Cloud for SimCloud {
     }
 
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
-        self.gate("boot_headroom").await?;
+        let call = self.admit("boot_headroom").await?;
         let now = Instant::now();
-        self.inner.lock_at(now).boot_headroom(flavor)
+        let answer = self.inner.lock_at(now).boot_headroom(flavor);
+        call.answer(answer).await
     }
 
     /// A look at the configuration, as a driver's cached lookups are: not
@@ -65,108 +71,129 @@ impl Cloud for SimCloud {
     }
 
     async fn get_server(&self, server_id: &str) -> CloudResult<Server> {
-        self.gate("get_server").await?;
+        let call = self.admit("get_server").await?;
         let now = Instant::now();
-        self.inner.lock_at(now).get_server(server_id, now)
+        let answer = self.inner.lock_at(now).get_server(server_id, now);
+        call.answer(answer).await
     }
 
     async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
-        self.gate("list_pool_servers").await?;
+        let call = self.admit("list_pool_servers").await?;
         let now = Instant::now();
-        Ok(self.inner.lock_at(now).list_pool_servers(now))
+        let answer = self.inner.lock_at(now).list_pool_servers(now);
+        call.answer(Ok(answer)).await
     }
 
     async fn delete_server(&self, server_id: &str) -> CloudResult<()> {
-        self.gate("delete_server").await?;
+        let call = self.admit("delete_server").await?;
         let now = Instant::now();
         self.inner.lock_at(now).delete_server(server_id, now);
-        Ok(())
+        call.answer(Ok(())).await
     }
 
     async fn create_volume(&self, spec: &NewVolumeSpec) -> CloudResult<Volume> {
-        self.gate("create_volume").await?;
+        let call = self.admit("create_volume").await?;
         let now = Instant::now();
-        self.inner.lock_at(now).create_volume(spec, now)
+        let answer = self.inner.lock_at(now).create_volume(spec, now);
+        call.answer(answer).await
     }
 
     async fn get_volume(&self, volume_id: &str) -> CloudResult<Volume> {
-        self.gate("get_volume").await?;
+        let call = self.admit("get_volume").await?;
         let now = Instant::now();
-        self.inner.lock_at(now).get_volume(volume_id, now)
+        let answer = self.inner.lock_at(now).get_volume(volume_id, now);
+        call.answer(answer).await
     }
 
     async fn find_volumes_by_name(&self, name: &str) -> CloudResult<Vec<Volume>> {
-        self.gate("find_volumes_by_name").await?;
+        let call = self.admit("find_volumes_by_name").await?;
         let now = Instant::now();
-        Ok(self.inner.lock_at(now).find_volumes_by_name(name, now))
+        let answer = self.inner.lock_at(now).find_volumes_by_name(name, now);
+        call.answer(Ok(answer)).await
     }
 
     async fn delete_volume(&self, volume_id: &str) -> CloudResult<()> {
-        self.gate("delete_volume").await?;
+        let call = self.admit("delete_volume").await?;
         let now = Instant::now();
-        self.inner.lock_at(now).delete_volume(volume_id, now)
+        let answer = self.inner.lock_at(now).delete_volume(volume_id, now);
+        call.answer(answer).await
     }
 
     async fn attach_volume(&self, server_id: &str, volume_id: &str) -> CloudResult<()> {
-        self.gate("attach_volume").await?;
+        let call = self.admit("attach_volume").await?;
         let now = Instant::now();
-        self.inner
+        let answer = self
+            .inner
             .lock_at(now)
-            .attach_volume(server_id, volume_id, now)
+            .attach_volume(server_id, volume_id, now);
+        call.answer(answer).await
     }
 
     async fn detach_volume(&self, server_id: &str, volume_id: &str) -> CloudResult<()> {
-        self.gate("detach_volume").await?;
+        let call = self.admit("detach_volume").await?;
         let now = Instant::now();
-        self.inner
+        let answer = self
+            .inner
             .lock_at(now)
-            .detach_volume(server_id, volume_id, now)
+            .detach_volume(server_id, volume_id, now);
+        call.answer(answer).await
     }
 
     async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {
-        self.gate("create_port").await?;
+        let call = self.admit("create_port").await?;
         let base = self.inner.lock_at(Instant::now()).cfg.latencies.port_create;
         self.take(base).await;
         let now = Instant::now();
-        self.inner.lock_at(now).create_port(spec, now)
+        let answer = self.inner.lock_at(now).create_port(spec, now);
+        call.answer(answer).await
     }
 
     async fn get_port(&self, port_id: &str) -> CloudResult<Port> {
-        self.gate("get_port").await?;
+        let call = self.admit("get_port").await?;
         let now = Instant::now();
-        self.inner.lock_at(now).get_port(port_id, now)
+        let answer = self.inner.lock_at(now).get_port(port_id, now);
+        call.answer(answer).await
     }
 
     async fn find_ports_by_name(&self, name: &str) -> CloudResult<Vec<Port>> {
-        self.gate("find_ports_by_name").await?;
+        let call = self.admit("find_ports_by_name").await?;
         let now = Instant::now();
-        Ok(self.inner.lock_at(now).find_ports_by_name(name, now))
+        let answer = self.inner.lock_at(now).find_ports_by_name(name, now);
+        call.answer(Ok(answer)).await
     }
 
     async fn delete_port(&self, port_id: &str) -> CloudResult<()> {
-        self.gate("delete_port").await?;
+        let call = self.admit("delete_port").await?;
         let now = Instant::now();
-        let mut model = self.inner.lock_at(now);
-        // The driver's reading of Neutron's 403.
-        if let Some(refused) = model.port_delete_refusal(port_id, now) {
-            return Err(CloudError::Fatal(refused));
-        }
-        model.delete_port(port_id);
-        Ok(())
+        let answer = {
+            let mut model = self.inner.lock_at(now);
+            // The driver's reading of Neutron's 403.
+            match model.port_delete_refusal(port_id, now) {
+                Some(refused) => Err(CloudError::Fatal(refused)),
+                None => {
+                    model.delete_port(port_id);
+                    Ok(())
+                }
+            }
+        };
+        call.answer(answer).await
     }
 
     async fn attach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()> {
-        self.gate("attach_port").await?;
+        let call = self.admit("attach_port").await?;
         let now = Instant::now();
-        self.inner
+        let answer = self
+            .inner
             .lock_at(now)
             .attach_port(server_id, port_id, now)
-            .map(|_done| ())
+            .map(|_done| ());
+        call.answer(answer).await
     }
 
     async fn detach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()> {
-        self.gate("detach_port").await?;
+        let call = self.admit("detach_port").await?;
         let now = Instant::now();
-        self.inner.lock_at(now).detach_port(server_id, port_id, now)
+        let answer = self.inner.lock_at(now).detach_port(server_id, port_id, now);
+        call.answer(answer).await
     }
 }

@@ -313,15 +313,28 @@ pub(crate) struct FaultState {
     pub api_error: Option<CloudError>,
     /// `Some(n)`: n more calls pass, then every call hangs.
     pub hang_after: Option<u64>,
+    /// Whether a call `hang_after` hangs takes effect first (its answer,
+    /// not its request, is what never arrives).
+    pub hang_takes_effect: bool,
     pub slow: Duration,
     /// How long a deleted server's ports stay bound after it is gone.
     pub slow_port_unbind: Duration,
     pub iops_throttled: bool,
 }
 
+/// Whether, and where, the API gate hangs a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hang {
+    No,
+    /// Before the call takes effect: the cloud never hears of it.
+    BeforeEffect,
+    /// Once the call took effect: the caller never hears of it.
+    AfterEffect,
+}
+
 /// What the API gate decided for one call.
 pub(crate) struct GateDecision {
-    pub hang: bool,
+    pub hang: Hang,
     pub delay: Duration,
     pub error: Option<CloudError>,
 }
@@ -628,15 +641,19 @@ impl Model {
     /// Counts the call and applies the call-level faults and rate limit.
     pub fn enter(&mut self, method: &'static str, now: Instant) -> GateDecision {
         *self.calls.entry(method).or_default() += 1;
+        let mut hang = Hang::No;
         if let Some(left) = self.faults.hang_after {
-            if left == 0 {
+            if left > 0 {
+                self.faults.hang_after = Some(left - 1);
+            } else if self.faults.hang_takes_effect {
+                hang = Hang::AfterEffect;
+            } else {
                 return GateDecision {
-                    hang: true,
+                    hang: Hang::BeforeEffect,
                     delay: Duration::ZERO,
                     error: None,
                 };
             }
-            self.faults.hang_after = Some(left - 1);
         }
         let delay = self.faults.slow + self.cfg.scaled(self.cfg.latencies.api_call);
         let error = if self.faults.api_errors > 0 {
@@ -645,11 +662,7 @@ impl Model {
         } else {
             self.rate_limited(now)
         };
-        GateDecision {
-            hang: false,
-            delay,
-            error,
-        }
+        GateDecision { hang, delay, error }
     }
 
     fn rate_limited(&mut self, now: Instant) -> Option<CloudError> {

@@ -4,7 +4,7 @@
 //! API that tests and benchmarks use to look behind the cloud's back.
 
 use crate::config::SimConfig;
-use crate::model::{HostLoad, Model, SimServer};
+use crate::model::{Hang, HostLoad, Model, SimServer};
 use crate::mysql;
 use pool_manager::cloud::{CloudError, CloudResult, Port, Volume};
 use pool_manager::model::PoolKey;
@@ -20,6 +20,8 @@ pub(crate) struct Inner {
     /// Methods whose calls wait at the gate (`Faults::hold_calls`); a
     /// watch, as held calls wait across `.await`, outside the model's lock.
     held: tokio::sync::watch::Sender<BTreeSet<String>>,
+    /// Calls hung so far by the hang faults ([`SimCloud::hung_calls`]).
+    hung: tokio::sync::watch::Sender<u64>,
 }
 
 impl Inner {
@@ -47,6 +49,24 @@ impl std::fmt::Debug for SimCloud {
     }
 }
 
+/// A call the API gate let through (see [`SimCloud::admit`]).
+#[must_use = "a call admitted takes effect, then gives its answer through `answer`"]
+pub(crate) struct Admitted<'a> {
+    sim: &'a SimCloud,
+    hang: bool,
+}
+
+impl Admitted<'_> {
+    /// The call's answer, once it has taken effect; never, if its answer is
+    /// to be lost.
+    pub(crate) async fn answer<T>(self, answer: T) -> T {
+        if self.hang {
+            match self.sim.hang().await {}
+        }
+        answer
+    }
+}
+
 impl SimCloud {
     pub fn new(config: SimConfig) -> Arc<SimCloud> {
         assert!(
@@ -59,6 +79,7 @@ impl SimCloud {
                 mysql_version: config.mysql_version.clone(),
                 model: Mutex::new(Model::new(config)),
                 held: tokio::sync::watch::Sender::new(BTreeSet::new()),
+                hung: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -68,12 +89,13 @@ impl SimCloud {
     }
 
     /// Runs the API gate for one call: counts it, then hangs, holds, delays
-    /// or fails it as the injected faults say.
-    pub(crate) async fn gate(&self, method: &'static str) -> CloudResult<()> {
+    /// or fails it as the injected faults say. A call admitted is to take
+    /// effect and pass its answer through [`Admitted::answer`], which loses
+    /// it under [`Faults::hang_after_calls_take_effect`].
+    pub(crate) async fn admit(&self, method: &'static str) -> CloudResult<Admitted<'_>> {
         let decision = self.lock().enter(method, Instant::now());
-        if decision.hang {
-            // A "crashed" peer: the caller's task is expected to be aborted.
-            std::future::pending::<()>().await;
+        if decision.hang == Hang::BeforeEffect {
+            match self.hang().await {}
         }
         if self.inner.held.borrow().contains(method) {
             // A release since the look above is seen at once.
@@ -83,10 +105,31 @@ impl SimCloud {
         if !decision.delay.is_zero() {
             tokio::time::sleep(decision.delay).await;
         }
+        let hang = decision.hang == Hang::AfterEffect;
         match decision.error {
+            // A refused call has no effect to take: its answer is lost now.
+            Some(_) if hang => match self.hang().await {},
             Some(e) => Err(e),
-            None => Ok(()),
+            None => Ok(Admitted { sim: self, hang }),
         }
+    }
+
+    /// [`SimCloud::admit`] for the HTTP face, whose fault layer hangs the
+    /// request once its handler has answered when the call is to take
+    /// effect before it hangs.
+    pub(crate) async fn gate(&self, method: &'static str) -> CloudResult<()> {
+        let admitted = self.admit(method).await?;
+        if admitted.hang && !crate::http::lose_the_answer() {
+            // Outside the fault layer there is no answer to lose later.
+            match self.hang().await {}
+        }
+        Ok(())
+    }
+
+    /// A "crashed" peer: the caller's task is expected to be aborted.
+    pub(crate) async fn hang(&self) -> std::convert::Infallible {
+        self.inner.hung.send_modify(|n| *n += 1);
+        std::future::pending().await
     }
 
     /// Sleeps for a simulated latency (jittered, scaled).
@@ -118,6 +161,14 @@ impl SimCloud {
     /// including calls that failed, hung or were throttled.
     pub fn call_counts(&self) -> BTreeMap<&'static str, u64> {
         self.lock().calls.clone()
+    }
+
+    /// How many calls the hang faults ([`Faults::hang_after_calls`],
+    /// [`Faults::hang_after_calls_take_effect`]) have hung so far, counted
+    /// as each starts to hang (after its effect, if it takes one): a crash
+    /// test waits on it to kill the process at that moment.
+    pub fn hung_calls(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.hung.subscribe()
     }
 
     pub fn total_calls(&self) -> u64 {
@@ -410,14 +461,34 @@ impl Faults {
     }
 
     /// After `n` more API calls, every call hangs forever (a crashed process
-    /// or a dead cloud). `hang_after_calls(0)`: the very next call hangs.
+    /// or a dead cloud), before it takes effect. `hang_after_calls(0)`: the
+    /// very next call hangs.
     pub fn hang_after_calls(&self, n: u64) {
-        self.with(|f| f.hang_after = Some(n));
+        self.with(|f| {
+            f.hang_after = Some(n);
+            f.hang_takes_effect = false;
+        });
+    }
+
+    /// After `n` more API calls, every call takes effect in the cloud and
+    /// then hangs forever, its answer never given (a process that crashed
+    /// while the cloud carried out its request: a server created whose id
+    /// it never learned, a delete done it never recorded). A call the gate
+    /// fails (`api_errors_next`, the rate limit) has no effect and hangs.
+    /// `hang_after_calls_take_effect(0)`: the very next call does so.
+    pub fn hang_after_calls_take_effect(&self, n: u64) {
+        self.with(|f| {
+            f.hang_after = Some(n);
+            f.hang_takes_effect = true;
+        });
     }
 
     /// New calls stop hanging (calls already hung stay hung).
     pub fn clear_hang(&self) {
-        self.with(|f| f.hang_after = None);
+        self.with(|f| {
+            f.hang_after = None;
+            f.hang_takes_effect = false;
+        });
     }
 
     /// Calls of `method` (named as [`SimCloud::call_counts`] names them,

@@ -2089,6 +2089,29 @@ async fn shutdown_ends_requests_hung_by_the_model() {
 }
 
 #[tokio::test]
+async fn a_call_hung_after_taking_effect_is_carried_out_and_never_answered() {
+    let env = start().await;
+    let body = env.server_body("lost", "az1").await;
+    let mut hung = env.sim.hung_calls();
+    env.sim.faults().hang_after_calls_take_effect(0);
+    tokio::select! {
+        answered = env.post(Service::Compute, "/v2.1/servers", Some("2.52"), body) => {
+            panic!("the create was answered: {}", answered.status)
+        }
+        _ = hung.wait_for(|n| *n == 1) => {}
+    }
+    let servers = env.sim.servers();
+    assert_eq!(servers.len(), 1, "the create took effect: {servers:?}");
+    assert_eq!(servers[0].server.name, "lost");
+    env.sim.faults().clear_hang();
+    let listed = env
+        .get(Service::Compute, "/v2.1/servers", None)
+        .await
+        .expect(200);
+    assert_eq!(listed.json()["servers"][0]["name"], "lost");
+}
+
+#[tokio::test]
 async fn attaching_to_a_building_server_is_409() {
     let mut cfg = config();
     // 20 s in BUILD: long past the end of this test.

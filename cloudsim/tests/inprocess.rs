@@ -873,6 +873,58 @@ async fn held_calls_wait_until_released() {
     held.await.unwrap().unwrap();
 }
 
+/// The gap `hang_after_calls` leaves: a call the cloud carried out whose
+/// answer the crashed caller never got.
+#[tokio::test(start_paused = true)]
+async fn hang_after_calls_take_effect_carries_out_every_later_call_unanswered() {
+    let cloud = SimCloud::new(SimConfig::deterministic());
+    let faults = cloud.faults();
+    let mut hung = cloud.hung_calls();
+    faults.hang_after_calls_take_effect(1);
+    let kept = cloud.create_server(&small("a")).await.unwrap().id;
+
+    let create = tokio::spawn({
+        let c = cloud.clone();
+        async move { c.create_server(&small("b")).await }
+    });
+    hung.wait_for(|n| *n == 1).await.unwrap();
+    assert_eq!(cloud.servers().len(), 2, "the hung create took effect");
+    // A port create takes its time before its effect, then hangs too.
+    let port = tokio::spawn({
+        let c = cloud.clone();
+        async move { c.create_port(&port_spec("p", None)).await }
+    });
+    hung.wait_for(|n| *n == 2).await.unwrap();
+    assert_eq!(cloud.ports().len(), 1, "the hung port create took effect");
+    let deleted = tokio::time::timeout(secs(3600.0), cloud.delete_server(&kept)).await;
+    assert!(deleted.is_err(), "every later call hangs");
+    assert_eq!(cloud.servers().len(), 1, "after taking effect");
+    // A call the gate refuses has nothing to carry out; it hangs all the same.
+    faults.api_errors_next(1, CloudError::Transient("refused".into()));
+    let refused = tokio::time::timeout(secs(3600.0), cloud.create_server(&small("c"))).await;
+    assert!(refused.is_err());
+    assert_eq!(cloud.servers().len(), 1, "a refused call has no effect");
+    assert_eq!(*hung.borrow(), 4);
+
+    // Simulated crash: the tasks stuck in the cloud are aborted; a restarted
+    // process finds what the lost answers named.
+    assert!(!create.is_finished() && !port.is_finished());
+    create.abort();
+    port.abort();
+    faults.clear_hang();
+    let listed = cloud.list_pool_servers().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(cloud.find_ports_by_name("p").await.unwrap().len(), 1);
+
+    // `hang_after_calls` hangs before the effect again.
+    faults.hang_after_calls_take_effect(5);
+    faults.hang_after_calls(0);
+    let hung_create = tokio::time::timeout(secs(3600.0), cloud.create_server(&small("d"))).await;
+    assert!(hung_create.is_err());
+    assert_eq!(cloud.servers().len(), 1, "the hung create had no effect");
+    assert_eq!(*hung.borrow(), 5);
+}
+
 #[tokio::test(start_paused = true)]
 async fn rate_limit_answers_throttled_with_retry_after() {
     let cloud = SimCloud::new(SimConfig {

@@ -1,8 +1,9 @@
 //! A crash between any two steps of an allocation, a release or a refill —
-//! simulated by freezing the cloud at the N-th call, dropping the whole
-//! process state and reopening the store, with every write, only the
-//! flushed ones, or those and a prefix of the others —
-//! followed by the start-up reconcile loses nothing and leaks nothing.
+//! simulated by freezing the cloud at the N-th call, before or after the
+//! cloud carried it out, dropping the whole process state and reopening
+//! the store, with every write, only the flushed ones, or those and a
+//! prefix of the others — followed by the start-up reconcile loses nothing
+//! and leaks nothing.
 
 mod common;
 
@@ -26,6 +27,16 @@ enum Survives {
     /// Those and the first half (rounded up) of the others: a crash between
     /// two writes of one step.
     FlushedAndHalfTheRest,
+}
+
+/// Where the cloud call the process dies in stops.
+#[derive(Clone, Copy, Debug)]
+enum Hang {
+    /// Before the cloud carries it out: the cloud never hears of it.
+    BeforeEffect,
+    /// Once the cloud carried it out: a server created, a volume attached,
+    /// a port deleted, and the process dies before it hears so.
+    AfterEffect,
 }
 
 /// One run of the process, on the store of `dir` as `survives` leaves it.
@@ -95,31 +106,34 @@ impl Process {
     }
 }
 
-/// Runs `call` until the cloud hangs after `crash_after` calls; its answer if
-/// it gave one before the crash.
+/// Runs `call` until the cloud hangs after `crash_after` calls, as `hang`
+/// says; its answer if it gave one before the crash.
 async fn until_the_cloud_hangs<T: Send + 'static>(
     sim: &Arc<SimCloud>,
+    hang: Hang,
     crash_after: u64,
     call: impl std::future::Future<Output = T> + Send + 'static,
 ) -> Option<T> {
-    let calls = || sim.call_counts().values().sum::<u64>();
-    let hung_at = calls() + crash_after + 1;
-    sim.faults().hang_after_calls(crash_after);
-    let call = tokio::spawn(call);
-    // The process dies as its call hangs, or 100 s on.
-    for _ in 0..100_000 {
-        if call.is_finished() || calls() >= hung_at {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    let mut hung = sim.hung_calls();
+    let before = *hung.borrow_and_update();
+    match hang {
+        Hang::BeforeEffect => sim.faults().hang_after_calls(crash_after),
+        Hang::AfterEffect => sim.faults().hang_after_calls_take_effect(crash_after),
     }
-    if call.is_finished() {
-        Some(call.await.unwrap())
-    } else {
+    let mut call = tokio::spawn(call);
+    // The process dies as a call hangs (once it took effect, if it does),
+    // or 100 s on.
+    let answer = tokio::select! {
+        biased;
+        answer = &mut call => Some(answer.unwrap()),
+        _ = hung.wait_for(|n| *n > before) => None,
+        () = tokio::time::sleep(Duration::from_secs(100)) => None,
+    };
+    if answer.is_none() {
         call.abort();
         let _ = call.await;
-        None
     }
+    answer
 }
 
 /// Runs `scenario` with the cloud hanging after 0, 1, 2, ... calls, until a
@@ -156,8 +170,9 @@ enum Purchase {
     Cold,
 }
 
-async fn crash_at_every_step_of_an_allocation(survives: Survives, purchase: Purchase) {
-    at_every_crash_point("an allocation", 8, |crash_after| async move {
+async fn crash_at_every_step_of_an_allocation(survives: Survives, purchase: Purchase, hang: Hang) {
+    let sweep = format!("an allocation ({survives:?}, {purchase:?}, {hang:?})");
+    at_every_crash_point(&sweep, 8, |crash_after| async move {
         let sim = sim();
         let dir = tempfile::tempdir().unwrap();
         let (ready, policy) = match purchase {
@@ -166,7 +181,7 @@ async fn crash_at_every_step_of_an_allocation(survives: Survives, purchase: Purc
         };
         let process = Process::first(&sim, dir.path(), survives, ready).await;
         let order = request("order-crash", new_volume(), policy);
-        let acknowledged = until_the_cloud_hangs(&sim, crash_after, {
+        let acknowledged = until_the_cloud_hangs(&sim, hang, crash_after, {
             let manager = process.manager.clone();
             let order = order.clone();
             async move { manager.allocate(order).await }
@@ -175,15 +190,16 @@ async fn crash_at_every_step_of_an_allocation(survives: Survives, purchase: Purc
         .map(|answer| answer.expect("allocation without a crash succeeds"));
 
         let manager = process.crash_and_restart(&sim, dir.path(), survives).await;
-        assert_consistent(&sim, &manager).await;
+        let what = format!("{survives:?}, {purchase:?}, crash after {crash_after} calls, {hang:?}");
+        assert_nothing_stray(&sim, &manager).await;
         match &acknowledged {
             Some(done) => {
                 let stored = manager.get_allocation("order-crash").await.unwrap();
-                assert_eq!(&stored, done, "an acknowledged allocation was lost");
+                assert_eq!(&stored, done, "{what}: an acknowledged allocation was lost");
             }
             None => assert!(
                 manager.get_allocation("order-crash").await.is_err(),
-                "crash after {crash_after} calls: an unacknowledged allocation must be rolled back"
+                "{what}: an unacknowledged allocation must be rolled back"
             ),
         }
 
@@ -193,11 +209,11 @@ async fn crash_at_every_step_of_an_allocation(survives: Survives, purchase: Purc
             .await
             .unwrap();
         let retried = manager.allocate(order).await.unwrap();
-        assert_eq!(retried.state, AllocationState::Allocated);
+        assert_eq!(retried.state, AllocationState::Allocated, "{what}");
         if let Some(done) = &acknowledged {
-            assert_eq!(&retried, done);
+            assert_eq!(&retried, done, "{what}");
         }
-        assert_consistent(&sim, &manager).await;
+        assert_nothing_stray(&sim, &manager).await;
         manager.shutdown().await.unwrap();
         acknowledged.is_some()
     })
@@ -209,7 +225,8 @@ async fn crash_at_every_step_of_an_allocation(survives: Survives, purchase: Purc
 /// store — followed by the start-up reconcile loses nothing and leaks nothing.
 #[tokio::test(start_paused = true)]
 async fn a_crash_at_any_step_of_an_allocation_is_repaired_by_reconcile() {
-    crash_at_every_step_of_an_allocation(Survives::EveryWrite, Purchase::Warm).await;
+    crash_at_every_step_of_an_allocation(Survives::EveryWrite, Purchase::Warm, Hang::BeforeEffect)
+        .await;
 }
 
 /// The same, when the crash also loses every write no flush covered, or
@@ -217,8 +234,18 @@ async fn a_crash_at_any_step_of_an_allocation_is_repaired_by_reconcile() {
 /// before it was taken.
 #[tokio::test(start_paused = true)]
 async fn a_crash_losing_unflushed_writes_at_any_step_of_an_allocation_is_repaired() {
-    crash_at_every_step_of_an_allocation(Survives::FlushedWrites, Purchase::Warm).await;
-    crash_at_every_step_of_an_allocation(Survives::FlushedAndHalfTheRest, Purchase::Warm).await;
+    crash_at_every_step_of_an_allocation(
+        Survives::FlushedWrites,
+        Purchase::Warm,
+        Hang::BeforeEffect,
+    )
+    .await;
+    crash_at_every_step_of_an_allocation(
+        Survives::FlushedAndHalfTheRest,
+        Purchase::Warm,
+        Hang::BeforeEffect,
+    )
+    .await;
 }
 
 /// The same for a purchase from an empty pool, served by a cold boot.
@@ -229,12 +256,42 @@ async fn a_crash_at_any_step_of_a_cold_boot_purchase_is_repaired() {
         Survives::FlushedWrites,
         Survives::FlushedAndHalfTheRest,
     ] {
-        crash_at_every_step_of_an_allocation(survives, Purchase::Cold).await;
+        crash_at_every_step_of_an_allocation(survives, Purchase::Cold, Hang::BeforeEffect).await;
     }
 }
 
-async fn crash_at_every_step_of_a_release(survives: Survives) {
-    at_every_crash_point("a release", 4, |crash_after| async move {
+/// A crash after the cloud carried out a call of an allocation and before
+/// the process heard so (a volume or a port created, an attach done, their
+/// ids unrecorded), the store keeping every write, only the flushed ones,
+/// or some of the others: nothing is leaked and the order is answered or
+/// can be asked again.
+#[tokio::test(start_paused = true)]
+async fn a_crash_after_any_call_of_an_allocation_took_effect_is_repaired() {
+    for survives in [
+        Survives::EveryWrite,
+        Survives::FlushedWrites,
+        Survives::FlushedAndHalfTheRest,
+    ] {
+        crash_at_every_step_of_an_allocation(survives, Purchase::Warm, Hang::AfterEffect).await;
+    }
+}
+
+/// The same for a purchase served by a cold boot: a server created whose
+/// id the process never learned.
+#[tokio::test(start_paused = true)]
+async fn a_crash_after_any_call_of_a_cold_boot_purchase_took_effect_is_repaired() {
+    for survives in [
+        Survives::EveryWrite,
+        Survives::FlushedWrites,
+        Survives::FlushedAndHalfTheRest,
+    ] {
+        crash_at_every_step_of_an_allocation(survives, Purchase::Cold, Hang::AfterEffect).await;
+    }
+}
+
+async fn crash_at_every_step_of_a_release(survives: Survives, hang: Hang) {
+    let sweep = format!("a release ({survives:?}, {hang:?})");
+    at_every_crash_point(&sweep, 4, |crash_after| async move {
         let sim = sim();
         let dir = tempfile::tempdir().unwrap();
         let process = Process::first(&sim, dir.path(), survives, 2).await;
@@ -247,7 +304,7 @@ async fn crash_at_every_step_of_a_release(survives: Survives) {
             ))
             .await
             .unwrap();
-        let acknowledged = until_the_cloud_hangs(&sim, crash_after, {
+        let acknowledged = until_the_cloud_hangs(&sim, hang, crash_after, {
             let manager = process.manager.clone();
             async move { manager.release("order-crash", Some(true)).await }
         })
@@ -255,26 +312,30 @@ async fn crash_at_every_step_of_a_release(survives: Survives) {
         .map(|answer| answer.expect("a release without a crash succeeds"));
 
         let manager = process.crash_and_restart(&sim, dir.path(), survives).await;
+        let what = format!("{survives:?}, crash after {crash_after} calls, {hang:?}");
         let after_restart = manager.get_allocation("order-crash").await.unwrap();
         if let Some(done) = &acknowledged {
-            assert_eq!(&after_restart, done, "an acknowledged release was lost");
+            assert_eq!(
+                &after_restart, done,
+                "{what}: an acknowledged release was lost"
+            );
         } else if after_restart.state == AllocationState::Allocated {
-            assert_eq!(after_restart, sold, "crash after {crash_after} calls");
+            assert_eq!(after_restart, sold, "{what}");
         }
-        assert_consistent(&sim, &manager).await;
+        assert_nothing_stray(&sim, &manager).await;
 
         // The billing system retries the release and it is done once.
         let retried = manager.release("order-crash", Some(true)).await.unwrap();
-        assert_eq!(retried.state, AllocationState::Released);
+        assert_eq!(retried.state, AllocationState::Released, "{what}");
         if let Some(done) = &acknowledged {
-            assert_eq!(&retried, done);
+            assert_eq!(&retried, done, "{what}");
         }
         let volume = sold.volume_id.as_deref().unwrap();
         assert!(
             sim.volumes().iter().all(|v| v.id != volume),
-            "crash after {crash_after} calls: the released volume was kept"
+            "{what}: the released volume was kept"
         );
-        assert_consistent(&sim, &manager).await;
+        assert_nothing_stray(&sim, &manager).await;
         manager.shutdown().await.unwrap();
         acknowledged.is_some()
     })
@@ -286,17 +347,32 @@ async fn crash_at_every_step_of_a_release(survives: Survives) {
 /// finished or can be asked again, and nothing of it stays in the cloud.
 #[tokio::test(start_paused = true)]
 async fn a_crash_at_any_step_of_a_release_is_repaired_by_reconcile() {
-    crash_at_every_step_of_a_release(Survives::EveryWrite).await;
-    crash_at_every_step_of_a_release(Survives::FlushedWrites).await;
-    crash_at_every_step_of_a_release(Survives::FlushedAndHalfTheRest).await;
+    crash_at_every_step_of_a_release(Survives::EveryWrite, Hang::BeforeEffect).await;
+    crash_at_every_step_of_a_release(Survives::FlushedWrites, Hang::BeforeEffect).await;
+    crash_at_every_step_of_a_release(Survives::FlushedAndHalfTheRest, Hang::BeforeEffect).await;
 }
 
-async fn crash_at_every_step_of_a_refill(survives: Survives) {
-    at_every_crash_point("a refill", 4, |crash_after| async move {
+/// A crash after the cloud carried out a call of a release and before the
+/// process heard so (a server, port or volume deleted unrecorded): the
+/// release is finished or can be asked again, and nothing of it stays.
+#[tokio::test(start_paused = true)]
+async fn a_crash_after_any_call_of_a_release_took_effect_is_repaired() {
+    for survives in [
+        Survives::EveryWrite,
+        Survives::FlushedWrites,
+        Survives::FlushedAndHalfTheRest,
+    ] {
+        crash_at_every_step_of_a_release(survives, Hang::AfterEffect).await;
+    }
+}
+
+async fn crash_at_every_step_of_a_refill(survives: Survives, hang: Hang) {
+    let sweep = format!("a refill ({survives:?}, {hang:?})");
+    at_every_crash_point(&sweep, 4, |crash_after| async move {
         let sim = sim();
         let dir = tempfile::tempdir().unwrap();
         let process = Process::first(&sim, dir.path(), survives, 1).await;
-        let refilled = until_the_cloud_hangs(&sim, crash_after, {
+        let refilled = until_the_cloud_hangs(&sim, hang, crash_after, {
             let manager = process.manager.clone();
             async move {
                 manager
@@ -313,14 +389,14 @@ async fn crash_at_every_step_of_a_refill(survives: Survives) {
         .is_some();
 
         let manager = process.crash_and_restart(&sim, dir.path(), survives).await;
-        assert_consistent(&sim, &manager).await;
+        assert_nothing_stray(&sim, &manager).await;
         wait_ready(&manager, 3).await;
-        assert_consistent(&sim, &manager).await;
+        assert_nothing_stray(&sim, &manager).await;
         let instances = manager.list_instances(None).await.unwrap();
         assert_eq!(
             sim.servers().len(),
             instances.len(),
-            "crash after {crash_after} calls: {instances:#?}"
+            "{survives:?}, crash after {crash_after} calls, {hang:?}: {instances:#?}"
         );
         manager.shutdown().await.unwrap();
         refilled
@@ -334,9 +410,23 @@ async fn crash_at_every_step_of_a_refill(survives: Survives) {
 /// manager fills the pool with no server left unknown to it.
 #[tokio::test(start_paused = true)]
 async fn a_crash_at_any_step_of_a_refill_is_repaired_by_reconcile() {
-    crash_at_every_step_of_a_refill(Survives::EveryWrite).await;
-    crash_at_every_step_of_a_refill(Survives::FlushedWrites).await;
-    crash_at_every_step_of_a_refill(Survives::FlushedAndHalfTheRest).await;
+    crash_at_every_step_of_a_refill(Survives::EveryWrite, Hang::BeforeEffect).await;
+    crash_at_every_step_of_a_refill(Survives::FlushedWrites, Hang::BeforeEffect).await;
+    crash_at_every_step_of_a_refill(Survives::FlushedAndHalfTheRest, Hang::BeforeEffect).await;
+}
+
+/// A crash after the cloud carried out a call of a refill and before the
+/// process heard so (a server created, its id unrecorded): the restarted
+/// manager adopts it and fills the pool, no server left unknown to it.
+#[tokio::test(start_paused = true)]
+async fn a_crash_after_any_call_of_a_refill_took_effect_is_repaired() {
+    for survives in [
+        Survives::EveryWrite,
+        Survives::FlushedWrites,
+        Survives::FlushedAndHalfTheRest,
+    ] {
+        crash_at_every_step_of_a_refill(survives, Hang::AfterEffect).await;
+    }
 }
 
 /// A crash right after Cinder accepted a release's volume delete, the store
@@ -444,7 +534,7 @@ async fn a_restarted_seeded_manager_never_boots_over_a_taken_instance_id() {
         .find(|i| Some(&i.id) == sold.instance_id.as_ref())
         .unwrap();
     assert_eq!(tenants.server_id, sold.server_id, "its server was replaced");
-    assert_consistent(&sim, &manager).await;
+    assert_nothing_stray(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
 
@@ -505,7 +595,7 @@ async fn an_unfinished_release_leaves_alone_an_instance_that_drew_its_id_again()
     let server = sim.server(second.server_id.as_deref().unwrap());
     assert!(server.is_some(), "the second tenant's server was deleted");
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_consistent(&sim, &manager).await;
+    assert_nothing_stray(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
 
@@ -556,7 +646,7 @@ async fn a_crash_during_a_cold_boot_past_its_deadline_leaves_it_to_the_pool() {
             let retried = manager.allocate(order).await.unwrap();
             assert!(retried.warm_hit, "{what}");
             assert_eq!(retried.server_id.as_ref(), Some(&servers[0].server.id));
-            assert_consistent(&sim, &manager).await;
+            assert_nothing_stray(&sim, &manager).await;
             manager.shutdown().await.unwrap();
         }
     }

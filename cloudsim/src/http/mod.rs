@@ -27,7 +27,8 @@
 //!
 //! Faults: calls that touch servers, volumes, ports, flavors or limits pass
 //! the model's API gate like in-process calls do, so [`crate::Faults`]
-//! (`api_errors_next`, `hang_after_calls`, `slow_calls`, the rate limit,
+//! (`api_errors_next`, `hang_after_calls`, `hang_after_calls_take_effect`
+//! (the request is served, its response never sent), `slow_calls`, the rate limit,
 //! `error_next_boots`, `fail_next_volume_attach`, quotas, ...) shows through
 //! HTTP, and [`SimCloud::call_counts`] counts them under the in-process
 //! method names where one matches (`create_server`, `get_server`,
@@ -324,6 +325,19 @@ pub(crate) struct UploadedImage {
     pub name: String,
     pub status: String,
     pub created: Instant,
+}
+
+tokio::task_local! {
+    /// Set by a request's call that is to take effect and then hang
+    /// (`Faults::hang_after_calls_take_effect`): the fault layer hangs
+    /// the request once its handler has answered.
+    static ANSWER_LOST: std::cell::Cell<bool>;
+}
+
+/// Marks the request being served to hang once its handler has answered;
+/// false outside the fault layer.
+pub(crate) fn lose_the_answer() -> bool {
+    ANSWER_LOST.try_with(|lost| lost.set(true)).is_ok()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -883,8 +897,15 @@ async fn fault_layer(
         (StatusCode::OK, vec![b' '; bytes]).into_response()
     } else {
         let mut stopping = state.stopping.subscribe();
+        let served = ANSWER_LOST.scope(std::cell::Cell::new(false), async {
+            let resp = next.run(request).await;
+            if ANSWER_LOST.with(|lost| lost.get()) {
+                match state.sim.hang().await {}
+            }
+            resp
+        });
         let resp = tokio::select! {
-            resp = next.run(request) => resp,
+            resp = served => resp,
             _ = stopping.wait_for(|s| *s) => ApiError::new(
                 service,
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -266,6 +266,79 @@ pub async fn assert_consistent(sim: &Arc<SimCloud>, manager: &PoolManager) {
     }
 }
 
+/// [`assert_consistent`], and what a crash may leave that it lets pass:
+/// a tenant-touched instance no allocation holds (a forgotten
+/// allocation), a twin of an order's port or volume (a second one under
+/// its name), a server carrying another instance's name. Every port and
+/// every volume warmpool named must be the one an allocation records.
+pub async fn assert_nothing_stray(sim: &Arc<SimCloud>, manager: &PoolManager) {
+    use pool_manager::cloud::META_INSTANCE;
+    use pool_manager::model::{AllocationState, InstanceState};
+    use std::collections::HashMap;
+
+    assert_consistent(sim, manager).await;
+    let instances = manager.list_instances(None).await.unwrap();
+    let allocations = manager.list_allocations().await.unwrap();
+    let by_request: HashMap<&str, &Allocation> = allocations
+        .iter()
+        .map(|a| (a.params.request_id.as_str(), a))
+        .collect();
+    for instance in instances.iter().filter(|i| i.state.is_tenant_touched()) {
+        let held = instance
+            .request_id
+            .as_deref()
+            .and_then(|request| by_request.get(request))
+            .is_some_and(|a| {
+                a.state == AllocationState::Allocated
+                    && a.instance_id.as_deref() == Some(instance.id.as_str())
+            });
+        assert!(
+            held && instance.state == InstanceState::Allocated,
+            "instance {} ({:?}, request {:?}) is a tenant's that no allocation holds: \
+             {allocations:#?}",
+            instance.id,
+            instance.state,
+            instance.request_id
+        );
+    }
+    let recorded: HashMap<&str, &str> = instances
+        .iter()
+        .filter_map(|i| Some((i.server_id.as_deref()?, i.id.as_str())))
+        .collect();
+    for server in sim.servers() {
+        let named = server
+            .server
+            .metadata
+            .get(META_INSTANCE)
+            .map(String::as_str);
+        assert_eq!(
+            named,
+            recorded.get(server.server.id.as_str()).copied(),
+            "server {} carries another instance's name",
+            server.server.id
+        );
+    }
+    for port in sim.ports() {
+        assert!(
+            allocations
+                .iter()
+                .any(|a| a.state == AllocationState::Allocated
+                    && a.port_id.as_deref() == Some(port.id.as_str())),
+            "port {port:?} is no allocation's: {allocations:#?}"
+        );
+    }
+    for volume in sim.volumes() {
+        if volume.name.starts_with("warmpool-") {
+            assert!(
+                allocations
+                    .iter()
+                    .any(|a| a.volume_id.as_deref() == Some(volume.id.as_str())),
+                "volume {volume:?} is no allocation's: {allocations:#?}"
+            );
+        }
+    }
+}
+
 /// Where a held cloud call waits: before it reaches cloudsim, or after
 /// cloudsim answered (the answer is handed back once released).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
