@@ -297,7 +297,10 @@ fn formula_total(
     let per_purchase_to_demand = lead_p90.as_secs_f64() / bin.as_secs_f64().max(1e-9);
     total(cells, |cell| {
         let demand_in_lead = cell.believed_purchases * per_purchase_to_demand;
-        auto_target(demand_in_lead, z).max(floor) as usize
+        // The model searches z alone, so it leaves out the formula's edge
+        // (0 for a demand an empty pool meets at the service level; a level
+        // of 1 has none): below the replay's floor of 1 either way.
+        auto_target(demand_in_lead, z, 1.0).max(floor) as usize
     })
 }
 

@@ -116,6 +116,11 @@ impl Shared {
             // refused, a flush failing) is tried again after the interval:
             // the pool keeps its replenisher.
             if let Some(pool) = pool {
+                // Read before the step reads the time: a window that opens
+                // while the step runs wakes the next one at once.
+                if let Some(edge) = self.next_window_change(&pool.spec) {
+                    wake = wake.min(edge);
+                }
                 if self.step(&pool, &mut wake).await {
                     return;
                 }
@@ -170,6 +175,19 @@ impl Shared {
             .surplus_outlasted(&pool.key, false, now, settings);
         let due = Retirements::over_cap(&census, pool.spec.max_ready, false, 0);
         self.retire(pool, &instances, &renewal, due).await
+    }
+
+    /// When an operator window of `spec` next opens or closes, on the
+    /// manager's wall clock: the interval may be an hour, and a window's
+    /// floor should not wait for it.
+    fn next_window_change(&self, spec: &PoolSpec) -> Option<Instant> {
+        if spec.windows.is_empty() {
+            return None;
+        }
+        let wall = self.sizing_book().wall_now(&self.settings.sizing);
+        let edge = crate::schedule::next_change(&spec.windows, wall)?;
+        let until = edge.duration_since(wall).unwrap_or_default();
+        Some(deadline_after(Instant::now(), until))
     }
 
     /// Waits for a change, the timer or the end of a hold.
@@ -272,13 +290,15 @@ impl Shared {
             (demand, lead, plan, book.wall_now(settings))
         };
         let demand_in_lead = demand.forecast * lead.p90.as_secs_f64();
-        let window_min = crate::schedule::scheduled_min(&spec.windows, wall);
+        // A window open at or below min_ready raises nothing.
+        let window_min =
+            crate::schedule::scheduled_min(&spec.windows, wall).filter(|&min| min > spec.min_ready);
         let target = sizing::target_for(
             spec.min_ready_at(wall),
             spec.max_ready,
             spec.target,
             demand_in_lead,
-            z,
+            settings.service_level,
         );
         let (gate, quota) = {
             let mut gate = gate::lock(&self.gate);
@@ -373,7 +393,7 @@ impl Shared {
             in_flight: census.in_flight,
             demand,
             lead,
-            z: settings.z(),
+            service_level: settings.service_level,
             pool_boot_cap,
             gate,
         };
@@ -399,7 +419,12 @@ impl Shared {
         // with a max_age shorter than a refill, the pool is never all
         // replaced at once, and outdated instances kept until then would
         // pile up a server a boot.
-        let keep = sizing::surplus_kept(target, demand.forecast, settings.cooldown);
+        let keep = sizing::surplus_kept(
+            target,
+            demand.forecast,
+            settings.cooldown,
+            settings.service_level,
+        );
         let surplus_outlasted = self.sizing_book().surplus_outlasted(
             &pool.key,
             census.fresh_ready() > keep,

@@ -249,9 +249,35 @@ fn local(at: SystemTime, offset: UtcOffset) -> (u8, u16) {
     } + i64::from(offset.minutes()) * 60;
     let days = secs.div_euclid(86_400);
     let minute = (secs.rem_euclid(86_400) / 60) as u16;
-    // 1970-01-01 was a Thursday (3, Monday first).
-    let weekday = (days + 3).rem_euclid(7) as u8;
-    (weekday, minute)
+    (weekday(days), minute)
+}
+
+/// The weekday (Monday 0) of day `days` since 1970-01-01, a Thursday.
+fn weekday(days: i64) -> u8 {
+    (days + 3).rem_euclid(7) as u8
+}
+
+/// Whole seconds since the epoch at or before `at`.
+fn unix_secs(at: SystemTime) -> i64 {
+    match at.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => {
+            let d = e.duration();
+            let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            secs.saturating_neg()
+                .saturating_sub(i64::from(d.subsec_nanos() > 0))
+        }
+    }
+}
+
+/// The instant `secs` after (before, if negative) the epoch.
+fn from_unix_secs(secs: i64) -> Option<SystemTime> {
+    let d = Duration::from_secs(secs.unsigned_abs());
+    if secs >= 0 {
+        UNIX_EPOCH.checked_add(d)
+    } else {
+        UNIX_EPOCH.checked_sub(d)
+    }
 }
 
 impl Window {
@@ -266,6 +292,23 @@ impl Window {
             (self.days.contains(day) && minute >= from)
                 || (self.days.contains((day + 6) % 7) && minute < to)
         }
+    }
+
+    /// The instants (unix seconds) at which the window opens or closes on
+    /// the listed days from the local day before `around` to a week after
+    /// it: every change within a week of `around` is among them.
+    fn edges(&self, around: i64) -> impl Iterator<Item = i64> + '_ {
+        let offset = i64::from(self.utc_offset.minutes()) * 60;
+        let day = around.saturating_add(offset).div_euclid(86_400);
+        let from = i64::from(self.from.minutes()) * 60;
+        // Over midnight, the window closes the day after it opened.
+        let to = i64::from(self.to.minutes()) * 60 + if self.from < self.to { 0 } else { 86_400 };
+        (day.saturating_sub(1)..=day.saturating_add(7))
+            .filter(|d| self.days.contains(weekday(*d)))
+            .flat_map(move |d| {
+                let midnight = d.saturating_mul(86_400).saturating_sub(offset);
+                [midnight.saturating_add(from), midnight.saturating_add(to)]
+            })
     }
 
     fn check(self, text: &str) -> Result<Self, ScheduleError> {
@@ -437,6 +480,29 @@ pub fn scheduled_min(windows: &[Window], at: SystemTime) -> Option<u32> {
         .filter(|w| w.is_open(at))
         .map(|w| w.min)
         .max()
+}
+
+/// The first instant after `after` at which [`scheduled_min`] changes (a
+/// window opens or closes), if it ever does: windows repeat weekly, so any
+/// change comes within a week.
+pub fn next_change(windows: &[Window], after: SystemTime) -> Option<SystemTime> {
+    let now = unix_secs(after);
+    let mut edges: Vec<i64> = windows
+        .iter()
+        .flat_map(|w| w.edges(now))
+        // Edges fall on whole seconds, `now` is `after`'s, rounded down.
+        .filter(|edge| *edge > now)
+        .collect();
+    edges.sort_unstable();
+    edges.dedup();
+    // Windows edge to edge ("Mon 00:00-24:00" and "Tue 00:00-24:00"), or
+    // one inside another with the lower min, change nothing there.
+    edges.into_iter().filter_map(from_unix_secs).find(|edge| {
+        let before = edge
+            .checked_sub(Duration::from_secs(1))
+            .map(|t| scheduled_min(windows, t));
+        before != Some(scheduled_min(windows, *edge))
+    })
 }
 
 /// Where wall-clock time comes from.

@@ -14,6 +14,14 @@
 //! is deep exactly when boots are slow: under IOPS throttling L grows 3-5x
 //! and so does the target.
 //!
+//! One edge: a demand so small that an empty pool meets the service level
+//! needs nothing. No purchase comes within a lead time with probability
+//! e^-D, so for D <= -ln(service level) (0.005 at 0.995) the auto target is
+//! 0, and the pool falls to `min_ready`. Without it the target would be 1
+//! for any D > 0, and the demand EWMAs decay toward 0 but reach it only at
+//! float underflow (~736 time constants: a month for `demand_long` 1 h
+//! after a single purchase).
+//!
 //! `D + z·√D` is the normal approximation of the demand in a lead time. A
 //! pool that replaces what it hands out is Erlang's loss system, and below
 //! D ≈ 1 the approximation keeps less than the service level needs at a
@@ -45,13 +53,17 @@
 //!   IOPS throttling), else it is the configured `prior_lead_time`.
 //!
 //! - [`surplus_kept`]: how many fresh Ready instances a pool keeps once it
-//!   has held more than its target for a cooldown.
+//!   has held more than its target for a cooldown (the purchases expected
+//!   within the cooldown, by the same edge: none below -ln(service level)).
 //!
 //! - [`LearnedSizing`]: what the estimators learned, as stored, so a restart
 //!   resumes from it instead of from nothing.
 //!
 //! Operator time windows ("Mon-Fri 09:00-18:00 min 10", [`crate::schedule`])
-//! raise `min_ready` while they are open; the caller passes the raised floor.
+//! raise `min_ready` while they are open, from their start: a pool fills
+//! to the raised floor only then (the replenisher wakes at each window's
+//! start and end), so a window for a planned sale opens a fill time early.
+//! The caller passes the raised floor.
 //!
 //! All instants are tokio instants passed in by the caller; nothing here
 //! reads a clock, sleeps or does I/O.
@@ -66,6 +78,9 @@ use tokio::time::Instant;
 
 /// Default probability that a purchase finds a warm instance.
 pub const DEFAULT_SERVICE_LEVEL: f64 = 0.995;
+/// The highest service level: [`z_for`]'s approximation is kept to it
+/// (z = 4.753), so a higher one would be sized as this one.
+pub const MAX_SERVICE_LEVEL: f64 = 0.999_999;
 /// Lead time assumed before a pool's first boot finishes: an unthrottled
 /// boot with mysqld start is 60-90 s (calibration.md).
 pub const DEFAULT_PRIOR_LEAD_TIME: Duration = Duration::from_secs(90);
@@ -136,15 +151,16 @@ impl SizingSettings {
     }
 
     /// Refuses settings the estimators cannot work with (a service level
-    /// that maps to no finite z, a zero time constant or window, a short
-    /// EWMA slower than the long one, durations beyond any sensible setting
-    /// that would overflow time arithmetic), so whoever builds them can say
-    /// which.
+    /// outside [`z_for`]'s range, which it would size as the bound while
+    /// GetPool shows the level configured, a zero time constant or window,
+    /// a short EWMA slower than the long one, durations beyond any sensible
+    /// setting that would overflow time arithmetic), so whoever builds them
+    /// can say which.
     pub fn validate(&self) -> Result<(), InvalidSizing> {
         let invalid = |m: String| Err(InvalidSizing(m));
-        if !(self.service_level >= 0.5 && self.service_level < 1.0) {
+        if !(self.service_level >= 0.5 && self.service_level <= MAX_SERVICE_LEVEL) {
             return invalid(format!(
-                "service_level must be at least 0.5 and below 1 (e.g. 0.995), got {}",
+                "service_level must be at least 0.5 and at most {MAX_SERVICE_LEVEL} (e.g. 0.995), got {}",
                 self.service_level
             ));
         }
@@ -580,12 +596,14 @@ impl Demand {
 // ---- target and decider -----------------------------------------------------
 
 /// The standard normal quantile for `service_level` (Acklam's rational
-/// approximation, relative error below 1.2e-9), clamped to [0.5, 0.999999].
+/// approximation, relative error below 1.2e-9), clamped to [0.5,
+/// [`MAX_SERVICE_LEVEL`]] (`validate` refuses levels outside it; the clamp
+/// keeps z finite whatever it is given).
 pub fn z_for(service_level: f64) -> f64 {
     let p = if service_level.is_nan() {
         0.5
     } else {
-        service_level.clamp(0.5, 0.999_999)
+        service_level.clamp(0.5, MAX_SERVICE_LEVEL)
     };
     const A: [f64; 6] = [
         -3.969_683_028_665_376e1,
@@ -629,9 +647,25 @@ pub fn z_for(service_level: f64) -> f64 {
     }
 }
 
-/// `ceil(D + z·√D)` for D > 0, else 0.
-pub fn auto_target(demand_in_lead: f64, z: f64) -> u32 {
-    if demand_in_lead.is_nan() || demand_in_lead <= 0.0 {
+/// Whether `expected` purchases (a Poisson mean) are so few that none
+/// comes with at least `service_level`'s probability: e^-m >= level, i.e.
+/// m <= -ln(level). A demand EWMA decays toward 0 but reaches it only at
+/// float underflow (~736 time constants: a month for `demand_long` 1 h),
+/// and any m above 0 rounds up to a whole instance.
+fn met_by_none(expected: f64, service_level: f64) -> bool {
+    // As `z_for` reads a level out of range (`validate` refuses it).
+    let level = if service_level.is_nan() {
+        0.5
+    } else {
+        service_level.clamp(0.5, 1.0)
+    };
+    expected.is_nan() || expected <= -level.ln()
+}
+
+/// `ceil(D + z·√D)`, or 0 when an empty pool meets `service_level`
+/// ([`met_by_none`]: D <= -ln(level), 0.005 at 0.995).
+pub fn auto_target(demand_in_lead: f64, z: f64, service_level: f64) -> u32 {
+    if met_by_none(demand_in_lead, service_level) {
         return 0;
     }
     let raw = (demand_in_lead + z.max(0.0) * demand_in_lead.sqrt()).ceil();
@@ -649,23 +683,30 @@ pub fn target_for(
     max_ready: u32,
     target: Target,
     demand_in_lead: f64,
-    z: f64,
+    service_level: f64,
 ) -> u32 {
     let raw = match target {
         Target::Fixed(n) => n,
-        Target::Auto => auto_target(demand_in_lead, z),
+        Target::Auto => auto_target(demand_in_lead, z_for(service_level), service_level),
     };
     raw.max(min_ready).min(max_ready)
 }
 
 /// The fresh Ready instances a pool keeps when it has held more than
 /// `target` for a whole cooldown: the target, and what purchases at the
-/// `forecast` rate (per second) are expected to take within the cooldown.
+/// `forecast` rate (per second) are expected to take within the cooldown,
+/// `ceil(m)`; none when no purchase is likely at `service_level`
+/// ([`met_by_none`]: m <= -ln(level)).
 /// An instance purchases will take soon is already paid for; retiring it
 /// would cost a boot and, at low demand, a miss.
-pub fn surplus_kept(target: u32, forecast: f64, cooldown: Duration) -> u32 {
-    let expected = (forecast.max(0.0) * cooldown.as_secs_f64()).ceil();
-    let keep = f64::from(target) + if expected.is_nan() { 0.0 } else { expected };
+pub fn surplus_kept(target: u32, forecast: f64, cooldown: Duration, service_level: f64) -> u32 {
+    let expected = forecast.max(0.0) * cooldown.as_secs_f64();
+    let expected = if met_by_none(expected, service_level) {
+        0.0
+    } else {
+        expected.ceil()
+    };
+    let keep = f64::from(target) + expected;
     if keep >= f64::from(u32::MAX) {
         u32::MAX
     } else {
@@ -686,7 +727,8 @@ pub struct Inputs {
     pub in_flight: u32,
     pub demand: DemandEstimate,
     pub lead: LeadEstimate,
-    pub z: f64,
+    /// Probability that a purchase finds a warm instance (sets z).
+    pub service_level: f64,
     /// Boots in flight per pool, at most.
     pub pool_boot_cap: u32,
     /// What the pool's availability zone allows now.
@@ -758,7 +800,7 @@ pub fn decide(inputs: &Inputs) -> BootPlan {
         inputs.max_ready,
         inputs.target,
         demand_in_lead,
-        inputs.z,
+        inputs.service_level,
     );
     let plan = |boots_now, reason| BootPlan {
         target,

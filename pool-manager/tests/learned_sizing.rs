@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use pool_manager::model::{InstanceState, PoolSpec};
 use pool_manager::schedule::unix;
 use pool_manager::sizing::{LeadSource, SizingStatus};
 use pool_manager::store::Store;
@@ -38,11 +39,22 @@ async fn busy_auto_pool(
     store: Arc<dyn Store>,
     purchases: usize,
 ) -> (PoolManager, Instant) {
+    busy_pool(sim, store, auto_spec(), purchases).await
+}
+
+/// As [`busy_auto_pool`], with the pool's spec given.
+async fn busy_pool(
+    sim: &Arc<cloudsim::SimCloud>,
+    store: Arc<dyn Store>,
+    spec: PoolSpec,
+    purchases: usize,
+) -> (PoolManager, Instant) {
     let anchored = Instant::now();
     let manager = manager_at(sim, store, unix(START));
     manager.start().await.unwrap();
-    manager.create_pool(pool(), auto_spec()).await.unwrap();
-    wait_ready(&manager, 1).await;
+    let min_ready = spec.min_ready;
+    manager.create_pool(pool(), spec).await.unwrap();
+    wait_ready(&manager, min_ready).await;
     purchases_every(&manager, purchases, Duration::from_secs(30)).await;
     (manager, anchored)
 }
@@ -120,6 +132,37 @@ async fn after_a_long_outage_the_pool_starts_over() {
     assert_eq!(after.lead.source, LeadSource::Prior, "{after:?}");
     assert!(after.demand.forecast < 1e-9, "{after:?}");
     assert_eq!(target, 1, "back to min_ready: {after:?}");
+    manager.shutdown().await.unwrap();
+}
+
+/// Demand decays as exp(-t/tau) and reaches 0 only at float underflow (a
+/// month for demand_long 1 h), but a demand so small that an empty pool
+/// meets the service level keeps nothing: a min_ready 0 pool goes back to
+/// 0, and what the purchase's demand booted goes after a cooldown.
+#[tokio::test(start_paused = true)]
+async fn a_min_ready_0_pool_keeps_nothing_once_its_demand_died_away() {
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = PoolSpec {
+        min_ready: 0,
+        ..auto_spec()
+    };
+    let (manager, anchored) = busy_pool(&sim, open_store(dir.path()), spec, 1).await;
+    let (target, busy) = sizing(&manager).await;
+    assert!(target >= 1, "one purchase lifts the target: {busy:?}");
+    wait_ready(&manager, target).await;
+
+    let down = Duration::from_secs(2 * 24 * 3600);
+    let manager = restart_after(manager, anchored, &sim, dir.path(), down).await;
+    let (target, quiet) = sizing(&manager).await;
+    assert!(quiet.demand.forecast > 0.0, "decayed, not gone: {quiet:?}");
+    assert_eq!(target, 0, "back to min_ready: {quiet:?}");
+
+    // A surplus goes after a cooldown (15 min), and no purchase is expected
+    // within it.
+    tokio::time::sleep(Duration::from_secs(20 * 60)).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 0, "{status:?}");
     manager.shutdown().await.unwrap();
 }
 

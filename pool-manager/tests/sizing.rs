@@ -50,7 +50,7 @@ fn base() -> Inputs {
         in_flight: 0,
         demand: DemandEstimate::steady(per_minute(1.0)),
         lead: lead(60, 60),
-        z: z_for(0.995),
+        service_level: 0.995,
         pool_boot_cap: 64,
         gate: Admission::OPEN,
     }
@@ -356,11 +356,11 @@ fn target_formula() {
     assert_eq!(z_for(0.1), 0.0, "below 50 % is clamped");
     assert!(z_for(1.0).is_finite());
     // ceil(D + z sqrt(D))
-    assert_eq!(auto_target(0.0, 2.576), 0);
-    assert_eq!(auto_target(1.0, 2.576), 4);
-    assert_eq!(auto_target(4.0, 2.0), 8);
-    assert_eq!(auto_target(100.0, 2.576), 126);
-    assert_eq!(auto_target(f64::NAN, 2.0), 0);
+    assert_eq!(auto_target(0.0, 2.576, 0.995), 0);
+    assert_eq!(auto_target(1.0, 2.576, 0.995), 4);
+    assert_eq!(auto_target(4.0, 2.0, 0.995), 8);
+    assert_eq!(auto_target(100.0, 2.576, 0.995), 126);
+    assert_eq!(auto_target(f64::NAN, 2.0, 0.995), 0);
 }
 
 /// A surplus that lasted goes down to the target plus what purchases are
@@ -368,18 +368,53 @@ fn target_formula() {
 #[test]
 fn surplus_kept_is_the_target_and_a_cooldowns_purchases() {
     let cooldown = Duration::from_secs(15 * 60);
-    assert_eq!(surplus_kept(3, 0.0, cooldown), 3, "no demand: the target");
-    assert_eq!(surplus_kept(3, per_minute(1.0), cooldown), 18);
     assert_eq!(
-        surplus_kept(1, per_minute(0.07), cooldown),
+        surplus_kept(3, 0.0, cooldown, 0.995),
+        3,
+        "no demand: the target"
+    );
+    assert_eq!(surplus_kept(3, per_minute(1.0), cooldown, 0.995), 18);
+    assert_eq!(
+        surplus_kept(1, per_minute(0.07), cooldown, 0.995),
         3,
         "1.05 rounds up"
     );
-    assert_eq!(surplus_kept(2, per_minute(1.0), Duration::ZERO), 2);
-    assert_eq!(surplus_kept(2, f64::NAN, cooldown), 2);
-    assert_eq!(surplus_kept(2, -1.0, cooldown), 2);
-    assert_eq!(surplus_kept(u32::MAX, 1.0, cooldown), u32::MAX);
-    assert_eq!(surplus_kept(0, f64::INFINITY, cooldown), u32::MAX);
+    assert_eq!(surplus_kept(2, per_minute(1.0), Duration::ZERO, 0.995), 2);
+    assert_eq!(surplus_kept(2, f64::NAN, cooldown, 0.995), 2);
+    assert_eq!(surplus_kept(2, -1.0, cooldown, 0.995), 2);
+    assert_eq!(surplus_kept(u32::MAX, 1.0, cooldown, 0.995), u32::MAX);
+    assert_eq!(surplus_kept(0, f64::INFINITY, cooldown, 0.995), u32::MAX);
+}
+
+/// A demand EWMA reaches 0 only at float underflow (a month after one
+/// purchase at demand_long 1 h), and ceil(D + z√D) is 1 for any D > 0. A
+/// demand so small that an empty pool meets the service level (Poisson:
+/// no purchase within the lead time with probability e^-D, at least the
+/// level when D <= -ln(level)) needs nothing; above it, the formula stands.
+#[test]
+fn a_demand_an_empty_pool_meets_needs_nothing() {
+    let z = z_for(0.995);
+    let edge = -(0.995f64.ln()); // 0.0050125
+    assert_eq!(auto_target(1e-75, z, 0.995), 0, "a purchase a month ago");
+    assert_eq!(auto_target(0.0050, z, 0.995), 0);
+    assert_eq!(auto_target(edge, z, 0.995), 0);
+    assert_eq!(auto_target(0.00502, z, 0.995), 1, "e^-D = 0.994992");
+    // A lower level lets a larger demand go empty: e^-0.05 = 0.951 >= 0.95.
+    assert_eq!(auto_target(0.05, z_for(0.95), 0.95), 0);
+    assert_eq!(auto_target(0.06, z_for(0.95), 0.95), 1);
+    // Above the edge, ceil(D + z√D) as before.
+    assert_eq!(auto_target(0.36, z, 0.995), 2);
+    assert_eq!(auto_target(1.0, z, 0.995), 4);
+    assert_eq!(auto_target(100.0, z, 0.995), 126);
+
+    // Purchases expected within the cooldown likewise: m = forecast x
+    // cooldown counts only above -ln(level), as ceil(m).
+    let cooldown = Duration::from_secs(15 * 60);
+    let per_cooldown = |m: f64| m / cooldown.as_secs_f64();
+    assert_eq!(surplus_kept(0, 1e-25, cooldown, 0.995), 0, "two quiet days");
+    assert_eq!(surplus_kept(2, per_cooldown(0.0050), cooldown, 0.995), 2);
+    assert_eq!(surplus_kept(2, per_cooldown(0.0051), cooldown, 0.995), 3);
+    assert_eq!(surplus_kept(2, per_cooldown(1.05), cooldown, 0.995), 4);
 }
 
 #[test]
@@ -1592,6 +1627,39 @@ fn at(day: u64, h: u64, m: u64) -> std::time::SystemTime {
     pool_manager::schedule::unix(1_704_067_200 + day * 86_400 + h * 3600 + m * 60)
 }
 
+/// When the replenisher must look again for a window: the next instant the
+/// raised floor changes.
+#[test]
+fn the_next_window_change_is_the_next_open_or_close() {
+    use pool_manager::schedule::{next_change, Window};
+    let windows =
+        |lines: &[&str]| -> Vec<Window> { lines.iter().map(|l| l.parse().unwrap()).collect() };
+    let office = windows(&["Mon-Fri 09:00-18:00 min 10"]);
+    assert_eq!(next_change(&office, at(0, 8, 0)), Some(at(0, 9, 0)));
+    let just_before = at(0, 9, 0) - Duration::from_millis(500);
+    assert_eq!(next_change(&office, just_before), Some(at(0, 9, 0)));
+    assert_eq!(next_change(&office, at(0, 9, 0)), Some(at(0, 18, 0)));
+    assert_eq!(next_change(&office, at(4, 18, 0)), Some(at(7, 9, 0)));
+    assert_eq!(next_change(&office, at(5, 12, 0)), Some(at(7, 9, 0)));
+
+    // Over midnight, at an offset: Friday 22:00-02:00 at UTC+02:00.
+    let night = windows(&["Fri 22:00-02:00 min 4 UTC+02:00"]);
+    assert_eq!(next_change(&night, at(4, 19, 0)), Some(at(4, 20, 0)));
+    assert_eq!(next_change(&night, at(4, 20, 30)), Some(at(5, 0, 0)));
+    assert_eq!(next_change(&night, at(5, 0, 0)), Some(at(11, 20, 0)));
+
+    // Edges where the floor stays as it was are no change.
+    assert_eq!(
+        next_change(&windows(&["daily 00:00-24:00 min 3"]), at(0, 8, 0)),
+        None
+    );
+    assert_eq!(next_change(&[], at(0, 8, 0)), None);
+    let back_to_back = windows(&["Mon 00:00-24:00 min 2", "Tue 00:00-24:00 min 2"]);
+    assert_eq!(next_change(&back_to_back, at(0, 12, 0)), Some(at(2, 0, 0)));
+    let nested = windows(&["Mon-Fri 09:00-18:00 min 10", "Mon 10:00-11:00 min 5"]);
+    assert_eq!(next_change(&nested, at(0, 9, 30)), Some(at(0, 18, 0)));
+}
+
 #[test]
 fn operator_windows_parse_and_open_on_their_days_and_hours() {
     use pool_manager::schedule::{scheduled_min, Days, ScheduleError, UtcOffset, Window};
@@ -1740,6 +1808,60 @@ async fn a_window_raises_min_ready_while_open() {
     manager.shutdown().await.unwrap();
 }
 
+/// GetPool's `window_min` is the floor an open window raises min_ready to;
+/// a window open at or below min_ready raises nothing and is not shown.
+#[tokio::test(start_paused = true)]
+async fn a_window_below_min_ready_is_no_window_min() {
+    let sim = sim();
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    let mut low = spec(5);
+    low.max_ready = 20;
+    low.paused = true;
+    low.windows = vec!["daily 00:00-24:00 min 3".parse().unwrap()];
+    manager.create_pool(pool(), low).await.unwrap();
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.sizing.window_min, None, "{:?}", status.sizing);
+    assert_eq!(status.effective_target, 5);
+    manager.shutdown().await.unwrap();
+}
+
+/// The replenisher wakes when a window opens, not at its next interval
+/// (up to an hour later): the floor's boots start at the window's start.
+#[tokio::test(start_paused = true)]
+async fn a_window_opening_wakes_the_replenisher() {
+    let sim = sim();
+    let mut settings = settings();
+    settings.replenish_interval = Duration::from_secs(3600);
+    // Friday 11:20 UTC: the interval's steps fall at 11:20, 12:20, ...
+    settings.sizing.wall_clock_start = Some(at(4, 11, 20));
+    let manager = PoolManager::new(temp_store(), sim.clone(), Arc::new(sim.probe()), settings);
+    manager.start().await.unwrap();
+    let mut idle = spec(0);
+    idle.max_ready = 8;
+    idle.windows = vec!["Fri 12:00-13:00 min 3".parse().unwrap()];
+    manager.create_pool(pool(), idle).await.unwrap();
+    let supply = |s: &PoolStatus| {
+        use InstanceState::{Booting, Ready, Warming};
+        [Booting, Warming, Ready]
+            .map(|state| s.count(state))
+            .iter()
+            .sum::<u32>()
+    };
+
+    // 11:59:55: nothing to keep yet.
+    tokio::time::sleep(secs(39 * 60 + 55)).await;
+    let before = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(supply(&before), 0, "{before:?}");
+
+    // 12:00:05: the window's boots are under way.
+    tokio::time::sleep(secs(10)).await;
+    let open = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(open.sizing.window_min, Some(3));
+    assert_eq!(supply(&open), 3, "{open:?}");
+    manager.shutdown().await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_iops_limited_pool_starts_from_the_iops_prior() {
     use pool_manager::sizing::{lead_time_prior, LeadSource};
@@ -1768,9 +1890,20 @@ async fn an_iops_limited_pool_starts_from_the_iops_prior() {
 #[test]
 fn sizing_settings_out_of_range_are_refused_by_name() {
     assert_eq!(SizingSettings::default().validate(), Ok(()));
+    let highest = SizingSettings {
+        service_level: 0.999_999,
+        ..SizingSettings::default()
+    };
+    assert_eq!(highest.validate(), Ok(()));
     type Spoil = fn(&mut SizingSettings);
-    let cases: [(Spoil, &str); 12] = [
+    let cases: [(Spoil, &str); 13] = [
         (|s| s.service_level = 1.0, "service_level"),
+        // z_for stops at 0.999999: a higher level would be sized as that
+        // one while GetPool shows the configured one.
+        (
+            |s| s.service_level = 0.999_999_9,
+            "service_level must be at least 0.5 and at most 0.999999",
+        ),
         (|s| s.service_level = 0.3, "service_level"),
         (|s| s.service_level = f64::NAN, "service_level"),
         (|s| s.lead_samples = 0, "lead_samples"),

@@ -278,7 +278,7 @@ pub struct ManagerConfig {
     pub keep_released: Option<Duration>,
 
     // Sizing of `target = "auto"` pools.
-    /// Probability that a purchase finds a warm instance (0.5 to below 1).
+    /// Probability that a purchase finds a warm instance (0.5 to 0.999999).
     pub service_level: f64,
     /// Lead time assumed before a pool's first boot is observed (pools with
     /// `iops_limit`/`volume_iops_limit` stretch it).
@@ -1621,6 +1621,7 @@ mod tests {
         };
         for (text, expect) in [
             ("[manager]\nservice_level = 1.5".to_owned(), "manager.service_level"),
+            ("[manager]\nservice_level = 0.9999999".to_owned(), "manager.service_level must be at least 0.5 and at most 0.999999"),
             ("[manager]\ngate_min_window = 9\ngate_initial_window = 8".to_owned(), "gate_initial_window"),
             ("[manager]\ncooldown = \"soon\"".to_owned(), "manager.cooldown"),
             ("[manager]\ndemand_short = \"2h\"".to_owned(), "demand_short"),
