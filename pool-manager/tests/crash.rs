@@ -191,7 +191,7 @@ async fn crash_at_every_step_of_an_allocation(survives: Survives, purchase: Purc
 
         let manager = process.crash_and_restart(&sim, dir.path(), survives).await;
         let what = format!("{survives:?}, {purchase:?}, crash after {crash_after} calls, {hang:?}");
-        assert_nothing_stray(&sim, &manager).await;
+        assert_consistent(&sim, &manager).await;
         match &acknowledged {
             Some(done) => {
                 let stored = manager.get_allocation("order-crash").await.unwrap();
@@ -213,7 +213,7 @@ async fn crash_at_every_step_of_an_allocation(survives: Survives, purchase: Purc
         if let Some(done) = &acknowledged {
             assert_eq!(&retried, done, "{what}");
         }
-        assert_nothing_stray(&sim, &manager).await;
+        assert_consistent(&sim, &manager).await;
         manager.shutdown().await.unwrap();
         acknowledged.is_some()
     })
@@ -322,7 +322,7 @@ async fn crash_at_every_step_of_a_release(survives: Survives, hang: Hang) {
         } else if after_restart.state == AllocationState::Allocated {
             assert_eq!(after_restart, sold, "{what}");
         }
-        assert_nothing_stray(&sim, &manager).await;
+        assert_consistent(&sim, &manager).await;
 
         // The billing system retries the release and it is done once.
         let retried = manager.release("order-crash", Some(true)).await.unwrap();
@@ -335,7 +335,7 @@ async fn crash_at_every_step_of_a_release(survives: Survives, hang: Hang) {
             sim.volumes().iter().all(|v| v.id != volume),
             "{what}: the released volume was kept"
         );
-        assert_nothing_stray(&sim, &manager).await;
+        assert_consistent(&sim, &manager).await;
         manager.shutdown().await.unwrap();
         acknowledged.is_some()
     })
@@ -389,9 +389,9 @@ async fn crash_at_every_step_of_a_refill(survives: Survives, hang: Hang) {
         .is_some();
 
         let manager = process.crash_and_restart(&sim, dir.path(), survives).await;
-        assert_nothing_stray(&sim, &manager).await;
+        assert_consistent(&sim, &manager).await;
         wait_ready(&manager, 3).await;
-        assert_nothing_stray(&sim, &manager).await;
+        assert_consistent(&sim, &manager).await;
         let instances = manager.list_instances(None).await.unwrap();
         assert_eq!(
             sim.servers().len(),
@@ -534,7 +534,7 @@ async fn a_restarted_seeded_manager_never_boots_over_a_taken_instance_id() {
         .find(|i| Some(&i.id) == sold.instance_id.as_ref())
         .unwrap();
     assert_eq!(tenants.server_id, sold.server_id, "its server was replaced");
-    assert_nothing_stray(&sim, &manager).await;
+    assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
 
@@ -595,7 +595,7 @@ async fn an_unfinished_release_leaves_alone_an_instance_that_drew_its_id_again()
     let server = sim.server(second.server_id.as_deref().unwrap());
     assert!(server.is_some(), "the second tenant's server was deleted");
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_nothing_stray(&sim, &manager).await;
+    assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
 
@@ -646,7 +646,7 @@ async fn a_crash_during_a_cold_boot_past_its_deadline_leaves_it_to_the_pool() {
             let retried = manager.allocate(order).await.unwrap();
             assert!(retried.warm_hit, "{what}");
             assert_eq!(retried.server_id.as_ref(), Some(&servers[0].server.id));
-            assert_nothing_stray(&sim, &manager).await;
+            assert_consistent(&sim, &manager).await;
             manager.shutdown().await.unwrap();
         }
     }

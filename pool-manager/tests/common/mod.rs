@@ -170,120 +170,35 @@ pub fn new_volume() -> VolumeSource {
     }
 }
 
-/// What must hold whenever the manager is at rest: no instance in two
-/// allocations, no server the store does not know, no allocation without its
-/// instance, nothing of a rolled-back allocation left in the cloud.
+/// What must hold whenever the manager is at rest, a crash and restart
+/// after too: no instance in two allocations, none tenant-touched that
+/// its allocation does not hold, no allocation without its instance, no
+/// server the store does not know or that carries another instance's
+/// name, and nothing of an order in the cloud but what its record holds:
+/// every port an allocation's own (a twin under its name is a stray), and
+/// every volume warmpool named one an allocation recorded and keeps (a
+/// tenant keeps a released one unless the release deleted it; one whose
+/// delete Cinder's backend failed stays while a twin watch names it stuck).
 pub async fn assert_consistent(sim: &Arc<SimCloud>, manager: &PoolManager) {
+    use pool_manager::cloud::META_INSTANCE;
     use pool_manager::model::AllocationState;
     use std::collections::{HashMap, HashSet};
 
-    let instances = manager.list_instances(None).await.unwrap();
-    let mut holder: HashMap<&str, &str> = HashMap::new();
-    for instance in &instances {
-        if let Some(request) = instance.request_id.as_deref() {
-            if instance.state.is_tenant_touched() {
-                let previous = holder.insert(request, instance.id.as_str());
-                assert!(
-                    previous.is_none(),
-                    "request {request} holds two instances: {instances:#?}"
-                );
-            }
-        }
-    }
-    let known: HashSet<&str> = instances
-        .iter()
-        .filter_map(|i| i.server_id.as_deref())
-        .collect();
-    for server in sim.servers() {
-        assert!(
-            known.contains(server.server.id.as_str()),
-            "server {} is unknown to the store",
-            server.server.id
-        );
-    }
-    let live: HashSet<String> = sim.servers().into_iter().map(|s| s.server.id).collect();
-    for instance in &instances {
-        if let Some(server) = &instance.server_id {
-            assert!(
-                live.contains(server),
-                "instance {} names a missing server",
-                instance.id
-            );
-        }
-    }
-    for allocation in manager.list_allocations().await.unwrap() {
-        let request = allocation.params.request_id.as_str();
-        let name = allocation.resource_name();
-        match allocation.state {
-            AllocationState::Allocated => {
-                let instance = holder
-                    .get(request)
-                    .unwrap_or_else(|| panic!("allocation {request} has no instance"));
-                assert_eq!(allocation.instance_id.as_deref(), Some(*instance));
-                let server = sim
-                    .server(allocation.server_id.as_deref().unwrap())
-                    .unwrap();
-                assert!(server
-                    .server
-                    .attached_volumes
-                    .contains(allocation.volume_id.as_ref().unwrap()));
-                assert!(server
-                    .server
-                    .attached_ports
-                    .contains(allocation.port_id.as_ref().unwrap()));
-            }
-            AllocationState::Released => {
-                assert!(
-                    !holder.contains_key(request),
-                    "released allocation {request} still holds an instance"
-                );
-                assert!(
-                    sim.ports().iter().all(|p| p.name != name),
-                    "port of released {request} left"
-                );
-            }
-            state => panic!("allocation {request} left in {state:?} at rest"),
-        }
-    }
-    // Rolled-back requests leave no port or created volume behind.
-    let allocations: HashSet<String> = manager
-        .list_allocations()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|a| a.resource_name())
-        .collect();
-    for port in sim.ports() {
-        assert!(allocations.contains(&port.name), "orphan port {port:?}");
-    }
-    for volume in sim.volumes() {
-        if volume.name.starts_with("warmpool-") {
-            assert!(
-                allocations.contains(&volume.name),
-                "orphan volume {volume:?}"
-            );
-        }
-    }
-}
-
-/// [`assert_consistent`], and what a crash may leave that it lets pass:
-/// a tenant-touched instance no allocation holds (a forgotten
-/// allocation), a twin of an order's port or volume (a second one under
-/// its name), a server carrying another instance's name. Every port and
-/// every volume warmpool named must be the one an allocation records.
-pub async fn assert_nothing_stray(sim: &Arc<SimCloud>, manager: &PoolManager) {
-    use pool_manager::cloud::META_INSTANCE;
-    use pool_manager::model::{AllocationState, InstanceState};
-    use std::collections::HashMap;
-
-    assert_consistent(sim, manager).await;
     let instances = manager.list_instances(None).await.unwrap();
     let allocations = manager.list_allocations().await.unwrap();
     let by_request: HashMap<&str, &Allocation> = allocations
         .iter()
         .map(|a| (a.params.request_id.as_str(), a))
         .collect();
+    let mut holder: HashMap<&str, &str> = HashMap::new();
     for instance in instances.iter().filter(|i| i.state.is_tenant_touched()) {
+        if let Some(request) = instance.request_id.as_deref() {
+            let previous = holder.insert(request, instance.id.as_str());
+            assert!(
+                previous.is_none(),
+                "request {request} holds two instances: {instances:#?}"
+            );
+        }
         let held = instance
             .request_id
             .as_deref()
@@ -305,19 +220,61 @@ pub async fn assert_nothing_stray(sim: &Arc<SimCloud>, manager: &PoolManager) {
         .iter()
         .filter_map(|i| Some((i.server_id.as_deref()?, i.id.as_str())))
         .collect();
-    for server in sim.servers() {
-        let named = server
-            .server
-            .metadata
-            .get(META_INSTANCE)
-            .map(String::as_str);
+    let servers = sim.servers();
+    for server in &servers {
+        let id = server.server.id.as_str();
+        assert!(
+            recorded.contains_key(id),
+            "server {id} is unknown to the store"
+        );
         assert_eq!(
-            named,
-            recorded.get(server.server.id.as_str()).copied(),
-            "server {} carries another instance's name",
-            server.server.id
+            server
+                .server
+                .metadata
+                .get(META_INSTANCE)
+                .map(String::as_str),
+            recorded.get(id).copied(),
+            "server {id} carries another instance's name"
         );
     }
+    let live: HashSet<&str> = servers.iter().map(|s| s.server.id.as_str()).collect();
+    for instance in &instances {
+        if let Some(server) = instance.server_id.as_deref() {
+            assert!(
+                live.contains(server),
+                "instance {} names a missing server",
+                instance.id
+            );
+        }
+    }
+    for allocation in &allocations {
+        let request = allocation.params.request_id.as_str();
+        match allocation.state {
+            AllocationState::Allocated => {
+                let instance = holder
+                    .get(request)
+                    .unwrap_or_else(|| panic!("allocation {request} has no instance"));
+                assert_eq!(allocation.instance_id.as_deref(), Some(*instance));
+                let server = sim
+                    .server(allocation.server_id.as_deref().unwrap())
+                    .unwrap();
+                assert!(server
+                    .server
+                    .attached_volumes
+                    .contains(allocation.volume_id.as_ref().unwrap()));
+                assert!(server
+                    .server
+                    .attached_ports
+                    .contains(allocation.port_id.as_ref().unwrap()));
+            }
+            AllocationState::Released => assert!(
+                !holder.contains_key(request),
+                "released allocation {request} still holds an instance"
+            ),
+            state => panic!("allocation {request} left in {state:?} at rest"),
+        }
+    }
+    // A rolled-back order's, a released one's, a twin: no allocation's.
     for port in sim.ports() {
         assert!(
             allocations
@@ -327,13 +284,27 @@ pub async fn assert_nothing_stray(sim: &Arc<SimCloud>, manager: &PoolManager) {
             "port {port:?} is no allocation's: {allocations:#?}"
         );
     }
+    let mut stuck = None;
     for volume in sim.volumes() {
+        let id = Some(volume.id.as_str());
         if volume.name.starts_with("warmpool-") {
             assert!(
-                allocations
-                    .iter()
-                    .any(|a| a.volume_id.as_deref() == Some(volume.id.as_str())),
+                allocations.iter().any(|a| a.volume_id.as_deref() == id),
                 "volume {volume:?} is no allocation's: {allocations:#?}"
+            );
+        }
+        let deleted = allocations.iter().any(|a| {
+            a.state == AllocationState::Released
+                && a.delete_volume_on_release == Some(true)
+                && a.volume_id.as_deref() == id
+        });
+        if deleted {
+            if stuck.is_none() {
+                stuck = Some(manager.stuck_volumes().await.unwrap());
+            }
+            assert!(
+                stuck.as_ref().unwrap().contains(&volume.id),
+                "volume {volume:?} a release deleted is left, and no watch names it stuck"
             );
         }
     }
