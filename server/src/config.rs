@@ -41,10 +41,11 @@ pub const MAX_EMBEDDED_TIME_SCALE: f64 = 100.0;
 pub const MIN_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// `shutdown_grace` at most: the shortest stop timeout deploy/ ships (45 s:
 /// the StatefulSet's terminationGracePeriodSeconds, the Containerfile's
-/// `--stop-timeout`; the systemd unit waits 60 s) less
+/// `--stop-timeout`; the systemd unit waits 60 s) less the wait for cut
+/// connections to close ([`crate::shutdown::CUT_PATIENCE`]) and
 /// [`SHUTDOWN_FLUSH_MARGIN`], so no grace the file can set has a shipped
 /// supervisor kill warmpoold before its final flush.
-pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(35);
+pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// What a supervisor must leave warmpoold after `shutdown_grace` to flush
 /// the store and save the pools' learned sizing.
 pub const SHUTDOWN_FLUSH_MARGIN: Duration = Duration::from_secs(10);
@@ -1088,11 +1089,14 @@ impl Config {
         }
         if !(MIN_SHUTDOWN_GRACE..=MAX_SHUTDOWN_GRACE).contains(&self.shutdown_grace) {
             return Err(ConfigError::Invalid(format!(
-                "shutdown_grace must be between {} and {} (a supervisor waits it out and {} more for the final flush; deploy/'s shortest stop timeout is {}), got {}",
+                "shutdown_grace must be between {} and {} (a supervisor waits it out, up to {} for cut connections to close and {} more for the final flush; deploy/'s shortest stop timeout is {}), got {}",
                 humantime::format_duration(MIN_SHUTDOWN_GRACE),
                 humantime::format_duration(MAX_SHUTDOWN_GRACE),
+                humantime::format_duration(crate::shutdown::CUT_PATIENCE),
                 humantime::format_duration(SHUTDOWN_FLUSH_MARGIN),
-                humantime::format_duration(MAX_SHUTDOWN_GRACE + SHUTDOWN_FLUSH_MARGIN),
+                humantime::format_duration(
+                    MAX_SHUTDOWN_GRACE + crate::shutdown::CUT_PATIENCE + SHUTDOWN_FLUSH_MARGIN
+                ),
                 humantime::format_duration(self.shutdown_grace)
             )));
         }
@@ -1672,8 +1676,8 @@ mod tests {
             ("500ms", false),
             ("1s", true),
             ("30s", true),
-            ("35s", true),
-            ("36s", false),
+            ("31s", false),
+            ("35s", false),
             ("10m", false),
         ] {
             match Config::parse(&format!("shutdown_grace = \"{grace}\"")) {
@@ -1688,7 +1692,7 @@ mod tests {
                     assert!(!ok, "{grace}: {e}");
                     let e = e.to_string();
                     assert!(
-                        e.contains("shutdown_grace must be between 1s and 35s")
+                        e.contains("shutdown_grace must be between 1s and 30s")
                             && e.ends_with(&format!("got {grace}")),
                         "{e}"
                     );

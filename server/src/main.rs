@@ -38,8 +38,10 @@ enum Command {
     /// running warmpoold holds it, and the configured ones it lacks. One
     /// line per check; exits 1 if any fails.
     CheckCloud {
-        /// TOML config file (the daemon's).
-        #[arg(long, env = "WARMPOOL_CONFIG")]
+        /// TOML config file (the daemon's); the same as --config before the
+        /// subcommand, which WARMPOOL_CONFIG stands in for (a flag beats
+        /// the environment).
+        #[arg(long)]
         config: Option<PathBuf>,
     },
     /// Mend a store warmpoold cannot open because of a record it cannot

@@ -33,7 +33,7 @@ pub const STREAM_END_DRAIN: Duration = Duration::from_secs(1);
 
 /// How long cut connections may take to close before serving is dropped
 /// anyway: closing needs no client.
-const CUT_PATIENCE: Duration = Duration::from_secs(5);
+pub const CUT_PATIENCE: Duration = Duration::from_secs(5);
 
 /// "1 stream", "2 streams".
 pub fn count(n: usize, what: &str) -> String {

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use support::{deploy_dir, eventually, exposed_names, families, warmpool_identifiers, Daemon};
 use warmpool_server::config::{Config, MAX_SHUTDOWN_GRACE, SHUTDOWN_FLUSH_MARGIN};
+use warmpool_server::shutdown::CUT_PATIENCE;
 
 /// Files under `dir` (recursively) whose name ends with `suffix`.
 fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
@@ -500,13 +501,14 @@ fn systemd_span(value: &str) -> Duration {
 }
 
 /// Every stop timeout deploy/ ships waits out the longest `shutdown_grace`
-/// the config takes and the final flush after it, so no config the daemon
+/// the config takes, the wait for cut connections to close and the final
+/// flush after them, so no config the daemon
 /// accepts has a shipped supervisor kill it before the store is flushed;
 /// and the shortest of them is what `MAX_SHUTDOWN_GRACE` was chosen for
 /// (its error names it).
 #[test]
 fn supervisors_wait_out_the_shutdown_grace_and_the_final_flush() {
-    let needed = MAX_SHUTDOWN_GRACE + SHUTDOWN_FLUSH_MARGIN;
+    let needed = MAX_SHUTDOWN_GRACE + CUT_PATIENCE + SHUTDOWN_FLUSH_MARGIN;
     let mut timeouts: Vec<(&str, Duration)> = Vec::new();
     // systemd: the unit runs the example config (its install lines copy it
     // to /etc/warmpool/warmpoold.toml).
@@ -561,7 +563,7 @@ fn supervisors_wait_out_the_shutdown_grace_and_the_final_flush() {
     for (what, timeout) in &timeouts {
         assert!(
             *timeout >= needed,
-            "{what} {timeout:?} does not wait out the longest shutdown_grace ({MAX_SHUTDOWN_GRACE:?}) and {SHUTDOWN_FLUSH_MARGIN:?} for the final flush"
+            "{what} {timeout:?} does not wait out the longest shutdown_grace ({MAX_SHUTDOWN_GRACE:?}), {CUT_PATIENCE:?} for cut connections to close and {SHUTDOWN_FLUSH_MARGIN:?} for the final flush"
         );
     }
     let shortest = timeouts.iter().map(|(_, t)| *t).min().unwrap();

@@ -95,14 +95,14 @@ async fn a_data_dir_that_is_a_file_is_named_as_one() {
     );
 }
 
-/// A daemon whose grace period (the longest the config takes, 35 s) no
+/// A daemon whose grace period (the longest the config takes, 30 s) no
 /// test waits out, so shutdown must not need it (`shut_down` fails unless
 /// the daemon stops within 30 s).
 async fn with_the_longest_grace() -> Daemon {
     let data = tempfile::tempdir().unwrap();
     let text = config_text(data.path(), &[("db.small", "az1", 1, 2)]).replacen(
         r#"shutdown_grace = "5s""#,
-        r#"shutdown_grace = "35s""#,
+        r#"shutdown_grace = "30s""#,
         1,
     );
     Daemon::start_text(&text, data).await
@@ -577,7 +577,7 @@ async fn a_purchase_in_flight_is_answered_while_a_stalled_watch_is_cut() {
         data.path(),
         &[("db.small", "az1", 0, 1), ("db.small", "az2", 0, 1)],
     )
-    .replacen(r#"shutdown_grace = "5s""#, r#"shutdown_grace = "35s""#, 1);
+    .replacen(r#"shutdown_grace = "5s""#, r#"shutdown_grace = "30s""#, 1);
     let d = Daemon::start_text(&text, data).await;
     let watch = a_watch_read_once(&d.endpoint()).await;
 
@@ -938,6 +938,43 @@ async fn a_broken_config_file_is_one_line_naming_the_key() {
     );
 }
 
+/// `check-cloud` reads the file `--config` names, before the subcommand or
+/// after it, not one `WARMPOOL_CONFIG` names: a flag beats the environment
+/// (it used to be the other way round for the global flag, so an operator
+/// checking a new file could be told the old one was fine).
+#[tokio::test]
+async fn check_cloud_reads_the_config_flag_over_the_environment() {
+    let data = tempfile::tempdir().unwrap();
+    let config_file = data.path().join("new.toml");
+    std::fs::write(&config_file, "[cloud]\nkind = \"embedded\"\nseed = -1\n").unwrap();
+    let stale = data.path().join("old.toml");
+    for args in [
+        vec![
+            "--config".as_ref(),
+            config_file.as_os_str(),
+            "check-cloud".as_ref(),
+        ],
+        vec![
+            "check-cloud".as_ref(),
+            "--config".as_ref(),
+            config_file.as_os_str(),
+        ],
+    ] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+            .args(&args)
+            .env("WARMPOOL_CONFIG", &stale)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("config file {}", config_file.display())),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
 /// warmpoold's log is plain text when it goes to a pipe or a file
 /// (journald, `kubectl logs`), with no colour codes, NO_COLOR or not
 /// ([`serving_daemon`] leaves NO_COLOR as the test runner has it).
@@ -967,7 +1004,7 @@ async fn a_second_signal_stops_without_waiting_out_the_grace_period() {
     let config_file = data.path().join("warmpoold.toml");
     // Real-cloud latencies: a cold boot takes 90 s, longer than the grace.
     let text = config_text(data.path(), &[("db.small", "az1", 0, 1)])
-        .replacen(r#"shutdown_grace = "5s""#, r#"shutdown_grace = "35s""#, 1)
+        .replacen(r#"shutdown_grace = "5s""#, r#"shutdown_grace = "30s""#, 1)
         .replacen("time_scale = 0.01", "time_scale = 1.0", 1);
     std::fs::write(&config_file, text).unwrap();
     let (mut daemon, mut log, addr) = serving_daemon(&config_file).await;
@@ -999,7 +1036,7 @@ async fn a_second_signal_stops_without_waiting_out_the_grace_period() {
 
 /// The log says what shutdown waited for and what it cut: a `WatchPools`
 /// reader that stopped reading is one stream cut, and the daemon exits 0
-/// before its grace period (the longest, 35 s) ends.
+/// before its grace period (the longest, 30 s) ends.
 #[cfg(unix)]
 #[tokio::test]
 async fn the_log_names_the_streams_shutdown_cut() {
@@ -1007,7 +1044,7 @@ async fn the_log_names_the_streams_shutdown_cut() {
     let config_file = data.path().join("warmpoold.toml");
     let text = config_text(data.path(), &[("db.small", "az1", 0, 1)]).replacen(
         r#"shutdown_grace = "5s""#,
-        r#"shutdown_grace = "35s""#,
+        r#"shutdown_grace = "30s""#,
         1,
     );
     std::fs::write(&config_file, text).unwrap();
