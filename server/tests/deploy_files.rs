@@ -429,6 +429,57 @@ fn kubernetes_runs_at_most_one_warmpoold() {
     );
 }
 
+/// The gRPC API buys, releases and deletes pools, and the shipped
+/// Kubernetes config has no tokens: the kustomization fences the gRPC port
+/// with a NetworkPolicy that selects warmpoold's pods and lets in only
+/// labelled client pods, not the whole cluster.
+#[test]
+fn kubernetes_lets_only_labelled_clients_reach_the_grpc_port() {
+    let kustomization = read(&deploy_dir().join("kubernetes/kustomization.yaml"));
+    assert!(
+        kustomization.contains("- networkpolicy.yaml"),
+        "{kustomization}"
+    );
+    let path = deploy_dir().join("kubernetes/networkpolicy.yaml");
+    let policy: serde_yaml::Value =
+        serde_yaml::from_str(&read(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(policy["kind"], "NetworkPolicy");
+    let pod_labels = &k8s_workload()["spec"]["template"]["metadata"]["labels"];
+    let selected = policy["spec"]["podSelector"]["matchLabels"]
+        .as_mapping()
+        .expect("the policy selects pods by label");
+    for (key, value) in selected {
+        assert_eq!(
+            &pod_labels[key], value,
+            "the policy selects warmpoold's pods"
+        );
+    }
+    let rules = policy["spec"]["ingress"]
+        .as_sequence()
+        .expect("ingress rules");
+    let grpc_rules: Vec<_> = rules
+        .iter()
+        .filter(|rule| {
+            rule["ports"].as_sequence().is_none_or(|ports| {
+                ports
+                    .iter()
+                    .any(|p| p["port"] == "grpc" || p["port"] == 50051)
+            })
+        })
+        .collect();
+    assert!(!grpc_rules.is_empty(), "no rule lets a client reach gRPC");
+    for rule in grpc_rules {
+        let from = rule["from"].as_sequence().expect("a gRPC rule names who");
+        assert!(
+            !from.is_empty()
+                && from.iter().all(|peer| peer["podSelector"]["matchLabels"]
+                    .as_mapping()
+                    .is_some_and(|m| !m.is_empty())),
+            "gRPC is let in from labelled pods only: {rule:?}"
+        );
+    }
+}
+
 /// The Kubernetes workload's warmpoold container.
 fn k8s_container() -> serde_yaml::Value {
     let workload = k8s_workload();
