@@ -7,7 +7,8 @@
 //! cloud's credentials; and a dashboard panel in seconds plots nothing else
 //! without giving it its own unit; the Kubernetes config's store cache fits
 //! well under the pod's memory limit; systemd and Kubernetes wait out the
-//! shutdown grace and the final flush before killing warmpoold.
+//! shutdown grace and the final flush before killing warmpoold; the
+//! container image holds the system's CA certificates.
 
 mod support;
 
@@ -621,5 +622,39 @@ fn supervisors_wait_out_the_shutdown_grace_and_the_final_flush() {
     assert_eq!(
         shortest, needed,
         "deploy/'s shortest stop timeout is {shortest:?}: MAX_SHUTDOWN_GRACE (and the docs and error naming it) follow it"
+    );
+}
+
+/// The container's runtime stage installs Debian's `ca-certificates`: the
+/// OpenStack driver and warmpoolctl trust the system's roots (warmpoolctl
+/// only those, without --ca-file), and bookworm-slim ships none.
+#[test]
+fn the_containers_runtime_stage_installs_ca_certificates() {
+    let containerfile = read(&deploy_dir().join("Containerfile"));
+    // Instructions, their continued lines joined, comments dropped.
+    let instructions: Vec<String> = containerfile
+        .replace("\\\n", " ")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    let runtime = instructions
+        .iter()
+        .rposition(|l| l.starts_with("FROM "))
+        .expect("the Containerfile has no FROM");
+    let installs = instructions[runtime..].iter().any(|l| {
+        l.starts_with("RUN ")
+            && l.split("&&").any(|command| {
+                let words: Vec<&str> = command.split_whitespace().collect();
+                words.windows(2).any(|w| w == ["apt-get", "install"])
+                    && words.contains(&"ca-certificates")
+            })
+    });
+    assert!(
+        installs,
+        "the Containerfile's runtime stage ({}) installs no ca-certificates: \
+         warmpoolctl without --ca-file would trust no CA, the OpenStack driver only webpki's",
+        instructions[runtime]
     );
 }

@@ -1,8 +1,8 @@
 //! The OpenStack driver over real HTTP, against cloudsim's HTTP face
 //! (Keystone, Nova, Cinder, Neutron, Glance on one listener): every call,
 //! every error class through the face's fault knobs, re-login after token
-//! revocation and expiry, `check-cloud` (library and binary) and the daemon
-//! refusing an unusable cloud. The config goes through the daemon's own
+//! revocation and expiry, `check-cloud` (library and binary), the daemon
+//! refusing an unusable cloud, and a Keystone behind TLS under a private CA. The config goes through the daemon's own
 //! loader and clouds.yaml reader, as in production.
 
 mod support;
@@ -1804,6 +1804,112 @@ async fn warmpoold_check_cloud_prints_and_exits_by_the_result() {
         stdout.contains("image: no image named 'mysql-9.9'"),
         "{stdout}"
     );
+}
+
+/// A TLS listener in front of the face serving `served`'s certificate, its
+/// `https://127.0.0.1:PORT` URL: each connection's handshake is answered here
+/// and the plaintext passed on to the face.
+async fn tls_in_front_of(face: std::net::SocketAddr, served: &support::pki::Issued) -> String {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(&served.cert_file)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&served.key_file).unwrap();
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends here; its
+                // alert is what the driver's error leaves out.
+                let mut tls = match acceptor.accept(tcp).await {
+                    Ok(tls) => tls,
+                    Err(e) => return tracing::warn!("TLS in front of the face: {e}"),
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(face).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    url
+}
+
+/// A Keystone whose certificate a private CA signed, that CA installed
+/// system-wide (as private clouds do) and not named in clouds.yaml: the
+/// driver trusts it as the system does (`SSL_CERT_FILE` stands in for the
+/// system's store, which it replaces), refuses it when the system trusts
+/// another CA, and still trusts clouds.yaml's `cacert` then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keystone_signed_by_a_ca_the_system_trusts_is_trusted() {
+    let env = env().await;
+    let private = support::pki::Pki::new(env.dir.path(), "private-ca");
+    let other = support::pki::Pki::new(env.dir.path(), "other-ca");
+    let keystone = private.issue("keystone", &["127.0.0.1"]);
+    let https = tls_in_front_of(env.face.local_addr(), &keystone).await;
+    let clouds_yaml = env
+        .face
+        .clouds_yaml("cloudsim")
+        .replace(env.face.base_url(), &https);
+    assert!(clouds_yaml.contains("auth_url: 'https://"), "{clouds_yaml}");
+    let config = env.dir.path().join("warmpoold.toml");
+    std::fs::write(&config, env.config_text("", SMALL_POOL)).unwrap();
+    let check = |system_ca: PathBuf, cacert: Option<PathBuf>| {
+        let mut yaml = clouds_yaml.clone();
+        if let Some(cacert) = cacert {
+            yaml.push_str(&format!("    cacert: '{}'\n", cacert.display()));
+        }
+        std::fs::write(&env.clouds_yaml, yaml).unwrap();
+        let config = config.clone();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+                .args(["check-cloud", "--config"])
+                .arg(&config)
+                .env_remove("OS_CLOUD")
+                .env_remove("OS_CACERT")
+                .env_remove("SSL_CERT_DIR")
+                .env("SSL_CERT_FILE", system_ca)
+                .output()
+                .await
+                .unwrap();
+            let text = format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.success(), text)
+        }
+    };
+
+    let (ok, text) = check(private.ca_file("private-ca"), None).await;
+    assert!(ok, "{text}");
+
+    let (ok, text) = check(other.ca_file("other-ca"), None).await;
+    // osauth keeps only reqwest's top message, not its cause (rustls'
+    // UnknownIssuer): the proxy answered the first check, so it is TLS.
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!(
+            "error sending request for url ({https}/identity/v3"
+        )),
+        "{text}"
+    );
+
+    let (ok, text) = check(
+        other.ca_file("other-ca"),
+        Some(private.ca_file("private-ca")),
+    )
+    .await;
+    assert!(ok, "{text}");
 }
 
 /// Waits (up to a minute) until `done` holds; panics naming `what` if it never does.
