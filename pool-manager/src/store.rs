@@ -21,6 +21,13 @@
 //! a pool's few untouched instances, not every tenant's database, a pool's
 //! status reads no instance at all, and a reconcile pass reads the
 //! allocations in flight, not every order ever made.
+//!
+//! A sled store whose disk fails stays failed: sled 0.34 keeps the first
+//! error of a log write (`Config::set_global_error`, config.rs) and fails
+//! every later write and flush with it (checked before each log
+//! reservation, logger.rs, and in `make_stable`, pagecache/iobuf.rs) until
+//! the database is opened again, disk freed or not; reads go on.
+//! [`SledStore::failed`] says so, for its opener to restart.
 
 use crate::model::{
     resource_names_of, Allocation, Instance, InstanceState, PoolKey, PoolRecord, TwinWatch,
@@ -32,6 +39,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// How long [`SledStore::open`] waits for a data dir's lock. sled releases
 /// its file lock only when its flusher thread exits, a moment after the last
@@ -371,6 +379,37 @@ pub struct SledStore {
     twin_watches: sled::Tree,
     set_aside: sled::Tree,
     index: Arc<Mutex<HotIndex>>,
+    failure: Failure,
+}
+
+/// The first error sled gave a write or a flush of a [`SledStore`], for
+/// [`SledStore::failed`].
+#[derive(Clone)]
+struct Failure(watch::Sender<Option<Arc<sled::Error>>>);
+
+impl Failure {
+    /// `result`, its error kept if it is the store's first.
+    fn kept<T>(&self, result: sled::Result<T>) -> sled::Result<T> {
+        if let Err(e) = &result {
+            self.0.send_if_modified(|first| {
+                let is_first = first.is_none();
+                if is_first {
+                    *first = Some(Arc::new(copy(e)));
+                }
+                is_first
+            });
+        }
+        result
+    }
+}
+
+/// A copy of `e` that reads as `e` does: sled's `clone` of an I/O error
+/// wraps the error's debug form in another, at each copy.
+fn copy(e: &sled::Error) -> sled::Error {
+    match e {
+        sled::Error::Io(io) => sled::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
+        other => other.clone(),
+    }
 }
 
 /// What the hot paths ask of the store: the ids the narrow listings return
@@ -468,10 +507,20 @@ impl SledStore {
             twin_watches: db.open_tree(RecordKind::TwinWatch.tree())?,
             set_aside: db.open_tree(SET_ASIDE_TREE)?,
             index: Arc::default(),
+            failure: Failure(watch::Sender::new(None)),
             db,
         };
         *store.index() = store.scan_hot_index()?;
         Ok(store)
+    }
+
+    /// The store's failure, once it has one: the first error sled gave one
+    /// of its writes or flushes (a full disk, EIO). From then on every
+    /// write and flush fails, the disk fixed or not, until the store is
+    /// opened again (see the module doc): a process that has to write
+    /// should stop, so that its restart opens the store again.
+    pub fn failed(&self) -> watch::Receiver<Option<Arc<sled::Error>>> {
+        self.failure.0.subscribe()
     }
 
     /// The hot index as the trees have it now: a scan of every record.
@@ -583,12 +632,14 @@ fn list<T: DeserializeOwned>(tree: &sled::Tree) -> StoreResult<Vec<T>> {
 /// record holding a field this version does not know does not decode
 /// (`Unreadable`), so it is never replaced by this version's shorter copy.
 fn cas<T: Serialize + DeserializeOwned + PartialEq>(
+    failure: &Failure,
     tree: &sled::Tree,
     key: &[u8],
     expected: Option<&T>,
     new: Option<&T>,
 ) -> StoreResult<bool> {
-    let Err(mismatch) = tree.compare_and_swap(key, expected.map(encode), new.map(encode))? else {
+    let swap = tree.compare_and_swap(key, expected.map(encode), new.map(encode));
+    let Err(mismatch) = failure.kept(swap)? else {
         return Ok(true);
     };
     let same_value = match (&mismatch.current, expected) {
@@ -598,7 +649,7 @@ fn cas<T: Serialize + DeserializeOwned + PartialEq>(
     if !same_value {
         return Ok(false);
     }
-    let swapped = tree.compare_and_swap(key, mismatch.current, mismatch.proposed)?;
+    let swapped = failure.kept(tree.compare_and_swap(key, mismatch.current, mismatch.proposed))?;
     Ok(swapped.is_ok())
 }
 
@@ -618,13 +669,15 @@ impl Store for SledStore {
     }
 
     async fn put_pool(&self, pool: &PoolRecord) -> StoreResult<()> {
-        self.pools.insert(pool_key(&pool.key), encode(pool))?;
+        self.failure
+            .kept(self.pools.insert(pool_key(&pool.key), encode(pool)))?;
         Ok(())
     }
 
     async fn delete_pool(&self, key: &PoolKey) -> StoreResult<()> {
-        self.learned_sizing.remove(pool_key(key))?;
-        self.pools.remove(pool_key(key))?;
+        self.failure
+            .kept(self.learned_sizing.remove(pool_key(key)))?;
+        self.failure.kept(self.pools.remove(pool_key(key)))?;
         Ok(())
     }
 
@@ -633,7 +686,8 @@ impl Store for SledStore {
     }
 
     async fn put_learned_sizing(&self, key: &PoolKey, learned: &LearnedSizing) -> StoreResult<()> {
-        self.learned_sizing.insert(pool_key(key), encode(learned))?;
+        self.failure
+            .kept(self.learned_sizing.insert(pool_key(key), encode(learned)))?;
         Ok(())
     }
 
@@ -642,8 +696,10 @@ impl Store for SledStore {
     }
 
     async fn put_twin_watch(&self, watch: &TwinWatch) -> StoreResult<()> {
-        self.twin_watches
-            .insert(watch.name.as_bytes(), encode(watch))?;
+        self.failure.kept(
+            self.twin_watches
+                .insert(watch.name.as_bytes(), encode(watch)),
+        )?;
         Ok(())
     }
 
@@ -670,7 +726,13 @@ impl Store for SledStore {
         new: Option<&TwinWatch>,
     ) -> StoreResult<bool> {
         let name = &new.or(expected).ok_or(StoreError::NothingToSwap)?.name;
-        cas(&self.twin_watches, name.as_bytes(), expected, new)
+        cas(
+            &self.failure,
+            &self.twin_watches,
+            name.as_bytes(),
+            expected,
+            new,
+        )
     }
 
     async fn list_instances(&self) -> StoreResult<Vec<Instance>> {
@@ -708,7 +770,7 @@ impl Store for SledStore {
             .id
             .clone();
         let mut index = self.index();
-        let swapped = cas(&self.instances, id.as_bytes(), expected, new)?;
+        let swapped = cas(&self.failure, &self.instances, id.as_bytes(), expected, new)?;
         if swapped {
             index.swap_instance(expected, new);
         }
@@ -742,7 +804,13 @@ impl Store for SledStore {
             .request_id
             .clone();
         let mut index = self.index();
-        let swapped = cas(&self.allocations, id.as_bytes(), expected, new)?;
+        let swapped = cas(
+            &self.failure,
+            &self.allocations,
+            id.as_bytes(),
+            expected,
+            new,
+        )?;
         if swapped {
             index.swap_allocation(&id, new);
         }
@@ -760,9 +828,10 @@ impl Store for SledStore {
         // clock does not jump ahead while a blocking task runs, but does while
         // a task awaits sled's own flusher thread.
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
+        let flushed = tokio::task::spawn_blocking(move || db.flush())
             .await
-            .map_err(|e| StoreError::Io(sled::Error::Io(std::io::Error::other(e))))??;
+            .map_err(|e| StoreError::Io(sled::Error::Io(std::io::Error::other(e))))?;
+        self.failure.kept(flushed)?;
         Ok(())
     }
 }

@@ -29,6 +29,13 @@ use warmpool_proto::v1::warm_pool_server::WarmPoolServer;
 #[error("asked to shut down during start-up")]
 pub struct StoppedDuringStartUp;
 
+/// The served task's error when the store failed (see
+/// [`SledStore::failed`]): the daemon stopped so that a restart reopens
+/// the store.
+#[derive(Debug, thiserror::Error)]
+#[error("the store's disk failed: {0}; warmpoold stops so that a restart reopens the store once the disk is fixed")]
+pub struct StoreFailed(String);
+
 /// A started daemon: its bound addresses and the task serving it.
 pub struct Running {
     pub grpc_addr: SocketAddr,
@@ -47,10 +54,13 @@ pub struct Running {
 
 /// Binds both listeners, serves metrics, opens the store, builds the cloud,
 /// reconciles, creates configured pools and serves gRPC until `shutdown`
-/// resolves; then ends `WatchPools` streams, stops taking calls, lets
-/// in-flight unary ones finish (up to the grace period), cuts the streams
-/// whose end their clients have not taken ([`shutdown`]), stops the background
-/// tasks, flushes the store and stops serving metrics. A start-up that
+/// resolves or the store fails ([`SledStore::failed`]; logged, and the
+/// served task's error is then [`StoreFailed`], an exit a supervisor
+/// restarts); then turns health NOT_SERVING, ends `WatchPools` streams,
+/// stops taking calls, lets in-flight unary ones finish (up to the grace
+/// period), cuts the streams whose end their clients have not taken
+/// ([`shutdown`]), stops the background tasks, flushes the store and stops
+/// serving metrics. A start-up that
 /// fails after the background tasks started stops them again, so the
 /// store's lock is free for the next try; so does one that `shutdown`
 /// interrupts while it checks the cloud or reconciles (the error is then
@@ -98,18 +108,18 @@ pub async fn start_stoppable(
     // a previous start in this one) may still hold.
     let data_dir = config.data_dir.clone();
     let cache_capacity = config.store_cache_capacity;
-    let store: Arc<dyn Store> = Arc::new(
-        tokio::task::spawn_blocking(move || {
-            SledStore::open_with(
-                &data_dir,
-                pool_manager::store::DEFAULT_LOCK_WAIT,
-                cache_capacity,
-            )
-        })
-        .await
-        .context("the store's opening thread panicked")?
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
-    );
+    let store = tokio::task::spawn_blocking(move || {
+        SledStore::open_with(
+            &data_dir,
+            pool_manager::store::DEFAULT_LOCK_WAIT,
+            cache_capacity,
+        )
+    })
+    .await
+    .context("the store's opening thread panicked")?
+    .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let store_failed = store_failure(store.failed());
+    let store: Arc<dyn Store> = Arc::new(store);
     // The cloud check can wait on an unreachable cloud up to its request
     // timeout; a shutdown asked for meanwhile ends start-up here.
     let pools = served_pools(store.as_ref(), &config).await?;
@@ -248,13 +258,24 @@ pub async fn start_stoppable(
         };
         tokio::pin!(serve);
         // Serving ends by itself only on a failure: the store is still
-        // flushed, and the exit is one a supervisor restarts.
-        let failed = tokio::select! {
-            result = &mut serve => Some(match result {
+        // flushed, and the exit is one a supervisor restarts. A failed
+        // store stops the daemon as a shutdown does, with such an exit:
+        // sled writes nothing more until it is opened again.
+        let stop = tokio::select! {
+            result = &mut serve => Err(match result {
                 Ok(()) => anyhow::anyhow!("the gRPC server stopped serving unasked"),
                 Err(e) => anyhow::Error::new(e).context("the gRPC server failed"),
             }),
-            () = shutdown => {
+            () = shutdown => Ok(None),
+            failure = store_failed => {
+                let failure = StoreFailed(failure.to_string());
+                tracing::error!("{failure}");
+                Ok(Some(failure))
+            }
+        };
+        let failed = match stop {
+            Err(e) => Some(e),
+            Ok(failure) => {
                 let at_stop = calls.in_flight();
                 tracing::info!(
                     unary_calls = at_stop.unary,
@@ -316,13 +337,14 @@ pub async fn start_stoppable(
                     }
                     cut.cut_and_wait(&mut serve).await;
                 }
-                None
+                failure.map(anyhow::Error::new)
             }
         };
-        served_manager
-            .shutdown()
-            .await
-            .context("flushing the store")?;
+        let flushed = served_manager.shutdown().await;
+        // A failed store's flush fails for the same reason, already told.
+        if !failed.as_ref().is_some_and(|e| e.is::<StoreFailed>()) {
+            flushed.context("flushing the store")?;
+        }
         let _ = metrics_stop.send(());
         match tokio::time::timeout(grace, metrics_server.join()).await {
             Err(_) => {
@@ -344,6 +366,17 @@ pub async fn start_stoppable(
         tls,
         served,
     })
+}
+
+/// Resolves with the store's failure once it has one; never if it has
+/// none.
+async fn store_failure<E: Clone>(mut failed: tokio::sync::watch::Receiver<Option<E>>) -> E {
+    if let Ok(failure) = failed.wait_for(Option::is_some).await {
+        if let Some(failure) = failure.clone() {
+            return failure;
+        }
+    }
+    std::future::pending().await
 }
 
 /// Says NOT_SERVING for the server as a whole ("") and for warmpool.v1,

@@ -481,6 +481,28 @@ fn kubernetes_lets_only_labelled_clients_reach_the_grpc_port() {
     }
 }
 
+/// warmpoold exits with an error when it cannot go on (its store's disk
+/// failed: sled writes nothing more until the store is opened again), and
+/// counts on its supervisor to start it again.
+#[test]
+fn supervisors_restart_warmpoold_when_it_exits_with_an_error() {
+    let unit = read(&deploy_dir().join("warmpoold.service"));
+    let restart: Vec<&str> = unit_settings(&unit, "Restart")
+        .into_iter()
+        .filter(|(_, in_force)| *in_force)
+        .map(|(value, _)| value)
+        .collect();
+    assert!(
+        matches!(restart[..], ["on-failure" | "always"]),
+        "the unit sets Restart {restart:?}: systemd's default (no) leaves warmpoold down"
+    );
+    let pod = &k8s_workload()["spec"]["template"]["spec"];
+    assert!(
+        matches!(pod["restartPolicy"].as_str(), None | Some("Always")),
+        "{pod:?}"
+    );
+}
+
 /// The Kubernetes workload's warmpoold container.
 fn k8s_container() -> serde_yaml::Value {
     let workload = k8s_workload();

@@ -1311,3 +1311,140 @@ async fn running_out_of_file_descriptors_does_not_stop_the_listener() {
     daemon.start_kill().unwrap();
     daemon.wait().await.unwrap();
 }
+
+/// A store whose disk fails ends warmpoold: sled fails every write and
+/// flush after its first failed one until the store is opened again, so
+/// warmpoold logs why, turns NOT_SERVING, stops as on SIGTERM and exits 1,
+/// for systemd (`Restart=on-failure`) or Kubernetes to start it again;
+/// started again on the mended disk, it serves the same store. The disk
+/// fails as a full one does: its file size limit, set on the running
+/// daemon just above its log's size, fails the log's writes (EFBIG;
+/// SIGXFSZ, whose default action would end it first, is ignored from the
+/// shell that starts it).
+#[cfg(unix)]
+#[tokio::test]
+async fn a_failed_store_disk_stops_warmpoold_with_an_error_and_a_restart_serves_again() {
+    use rustix::process::{getrlimit, prlimit, Pid, Resource, Rlimit};
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let data = tempfile::tempdir().unwrap();
+    let config_file = data.path().join("warmpoold.toml");
+    std::fs::write(
+        &config_file,
+        config_text(data.path(), &[("db.small", "az1", 0, 1)]),
+    )
+    .unwrap();
+    let mut full_disk = tokio::process::Command::new("sh");
+    full_disk.args([
+        "-c",
+        "trap '' XFSZ && exec \"$0\" \"$@\"",
+        env!("CARGO_BIN_EXE_warmpoold"),
+    ]);
+    let (mut daemon, mut log, addr) = serving_daemon_with(full_disk, &config_file).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(PATIENCE, health.next())
+        .await
+        .expect("a first status")
+        .expect("the stream is open")
+        .expect("no stream error");
+    assert_eq!(first.status, i32::from(ServingStatus::Serving));
+    // Stored, so it outlasts the config's max_ready 1 at the restart.
+    let client = warmpool_client::Client::connect(&addr).await.unwrap();
+    let max_ready = warmpool_client::api::PoolSpec {
+        max_ready: 3,
+        ..Default::default()
+    };
+    client
+        .update_pool("db.small", "az1", max_ready, ["max_ready"])
+        .await
+        .unwrap();
+
+    let log_size = std::fs::metadata(data.path().join("store/db"))
+        .unwrap()
+        .len();
+    let pid = Pid::from_raw(i32::try_from(daemon.id().unwrap()).unwrap()).unwrap();
+    prlimit(
+        Some(pid),
+        Resource::Fsize,
+        Rlimit {
+            current: Some(log_size + 16 * 1024),
+            maximum: getrlimit(Resource::Fsize).maximum,
+        },
+    )
+    .expect("limiting warmpoold's file size");
+    let mut changes = 0;
+    let refused = loop {
+        changes += 1;
+        assert!(
+            changes <= 10_000,
+            "{changes} pool changes stored past the limit"
+        );
+        let changed = client
+            .update_pool(
+                "db.small",
+                "az1",
+                warmpool_client::api::PoolSpec {
+                    paused: changes % 2 == 1,
+                    ..Default::default()
+                },
+                ["paused"],
+            )
+            .await;
+        if let Err(e) = changed {
+            break e;
+        }
+    };
+
+    let logged = log_line(&mut log, "the store's disk failed").await;
+    assert!(logged.contains(" ERROR "), "{logged}");
+    assert!(logged.contains("File too large"), "{logged}");
+    assert!(
+        logged.contains("a restart reopens the store once the disk is fixed"),
+        "{logged}"
+    );
+    let mut seen = Vec::new();
+    while let Ok(Some(Ok(reply))) = tokio::time::timeout(PATIENCE, health.next()).await {
+        seen.push(reply.status);
+    }
+    assert_eq!(
+        seen.last(),
+        Some(&i32::from(ServingStatus::NotServing)),
+        "{seen:?}"
+    );
+    let status = tokio::time::timeout(PATIENCE, daemon.wait())
+        .await
+        .expect("warmpoold stopped")
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "{status:?} (the call refused: {refused})"
+    );
+    let mut last = String::new();
+    while let Some(line) = log.next_line().await.unwrap() {
+        last = line;
+    }
+    assert!(last.starts_with("Error: the store's disk failed"), "{last}");
+
+    // The disk mended (no limit on the next process), a restart opens the
+    // store again and serves what it holds.
+    let (mut daemon, _log, addr) = serving_daemon(&config_file).await;
+    let client = warmpool_client::Client::connect(&addr).await.unwrap();
+    let pool = client.get_pool("db.small", "az1").await.unwrap();
+    assert_eq!(pool.spec.unwrap().max_ready, 3);
+    daemon.start_kill().unwrap();
+    daemon.wait().await.unwrap();
+}
