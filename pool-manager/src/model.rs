@@ -835,6 +835,13 @@ impl Allocation {
             None => names,
         }
     }
+
+    /// It is `Released`, and was released before `before` (created
+    /// before it, for records from before release times were kept).
+    pub fn released_before(&self, before: SystemTime) -> bool {
+        self.state == AllocationState::Released
+            && self.released_at.unwrap_or(self.created_at) < before
+    }
 }
 
 /// How every [`Allocation::resource_name`] of the order `request_id`

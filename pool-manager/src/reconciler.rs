@@ -86,20 +86,24 @@ impl Shared {
 
     /// Drops `Released` allocations older than `keep_released` (by their
     /// release time, or their creation for records from before it was kept).
-    /// Only a record still so when read is dropped (compare-and-swap).
+    /// Only a record still so when read again is dropped (compare-and-swap).
+    /// The store lists the ids alone: every order ever made is a record.
     pub(crate) async fn forget_released(&self) -> ManagerResult<usize> {
         let Some(keep) = self.settings.keep_released else {
             return Ok(0);
         };
         let now = self.sizing_book().wall_now(&self.settings.sizing);
+        let Some(before) = now.checked_sub(keep) else {
+            return Ok(0);
+        };
         let mut forgotten = 0;
-        for allocation in self.store.list_allocations().await? {
-            if allocation.state != AllocationState::Released {
+        for request_id in self.store.list_released_before(before).await? {
+            let Some(allocation) = self.store.get_allocation(&request_id).await? else {
                 continue;
-            }
-            let released = allocation.released_at.unwrap_or(allocation.created_at);
-            let age = now.duration_since(released).unwrap_or_default();
-            if age > keep && self.store.cas_allocation(Some(&allocation), None).await? {
+            };
+            if allocation.released_before(before)
+                && self.store.cas_allocation(Some(&allocation), None).await?
+            {
                 forgotten += 1;
             }
         }

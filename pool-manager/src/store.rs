@@ -38,7 +38,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 /// How long [`SledStore::open`] waits for a data dir's lock. sled releases
@@ -166,6 +166,18 @@ pub trait Store: Send + Sync + 'static {
         let mut allocations = self.list_allocations().await?;
         allocations.retain(|a| a.state.is_unfinished());
         Ok(allocations)
+    }
+    /// The request ids of the allocations [`Allocation::released_before`]
+    /// `before`: what `keep_released` forgets. Every order ever made is
+    /// one until then, so a store that can read them one at a time,
+    /// keeping only these ids, should.
+    async fn list_released_before(&self, before: SystemTime) -> StoreResult<Vec<String>> {
+        let mut allocations = self.list_allocations().await?;
+        allocations.retain(|a| a.released_before(before));
+        Ok(allocations
+            .into_iter()
+            .map(|a| a.params.request_id)
+            .collect())
     }
     /// As `cas_instance`, keyed by request id.
     async fn cas_allocation(
@@ -523,16 +535,29 @@ impl SledStore {
         self.failure.0.subscribe()
     }
 
-    /// The hot index as the trees have it now: a scan of every record.
+    /// The hot index as the trees have it now: a scan of every record,
+    /// each decoded (so that one this version cannot read stops the open)
+    /// and dropped once the index has what it needs of it. Finished orders
+    /// accumulate: the open never holds them all at once.
     fn scan_hot_index(&self) -> StoreResult<HotIndex> {
         let mut index = HotIndex::default();
-        for instance in list::<Instance>(&self.instances)? {
-            index.swap_instance(None, Some(&instance));
+        for instance in records::<Instance>(&self.instances) {
+            index.swap_instance(None, Some(&instance?));
         }
-        for allocation in list::<Allocation>(&self.allocations)? {
+        for allocation in records::<Allocation>(&self.allocations) {
+            let allocation = allocation?;
             index.swap_allocation(&allocation.params.request_id, Some(&allocation));
         }
         Ok(index)
+    }
+
+    /// The pools stored in `dir`, read without opening the store for
+    /// service: the instances and allocations, which only the hot index
+    /// needs, are not read. Waits up to `lock_wait` for the lock; creates
+    /// no store where there is none.
+    pub fn read_pools(dir: &Path, lock_wait: Duration) -> StoreResult<Vec<PoolRecord>> {
+        let db = StoreRepair::open(dir, lock_wait)?.db;
+        list(&db.open_tree(RecordKind::Pool.tree())?)
     }
 
     /// A panic while the lock was held cannot have left the index half
@@ -613,13 +638,16 @@ fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> StoreResult<Option
     tree.get(key)?.map(|v| decode(tree, key, &v)).transpose()
 }
 
+/// The records of `tree`, decoded one at a time as they are read.
+fn records<T: DeserializeOwned>(tree: &sled::Tree) -> impl Iterator<Item = StoreResult<T>> + '_ {
+    tree.iter().map(move |entry| {
+        let (k, v) = entry?;
+        decode(tree, &k, &v)
+    })
+}
+
 fn list<T: DeserializeOwned>(tree: &sled::Tree) -> StoreResult<Vec<T>> {
-    tree.iter()
-        .map(|entry| {
-            let (k, v) = entry?;
-            decode(tree, &k, &v)
-        })
-        .collect()
+    records(tree).collect()
 }
 
 /// Swaps `key` from `expected` to `new` if the stored record *is*
@@ -783,6 +811,17 @@ impl Store for SledStore {
 
     async fn list_allocations(&self) -> StoreResult<Vec<Allocation>> {
         list(&self.allocations)
+    }
+
+    async fn list_released_before(&self, before: SystemTime) -> StoreResult<Vec<String>> {
+        let mut ids = Vec::new();
+        for allocation in records::<Allocation>(&self.allocations) {
+            let allocation = allocation?;
+            if allocation.released_before(before) {
+                ids.push(allocation.params.request_id);
+            }
+        }
+        Ok(ids)
     }
 
     async fn list_unfinished_allocations(&self) -> StoreResult<Vec<Allocation>> {
@@ -1301,6 +1340,64 @@ mod tests {
                 "db.small@az1",
             );
         }
+    }
+
+    /// `warmpoold check-cloud` reads the stored pools alone: a record of
+    /// the others this version cannot read is the open's to report.
+    #[tokio::test]
+    async fn read_pools_reads_the_pools_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = PoolRecord::new(PoolKey::new("db.small", "az1"), crate::model::tests::spec());
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.put_pool(&pool).await.unwrap();
+            store
+                .allocations
+                .insert(
+                    "r1",
+                    with_extra(&allocation_in_doubt(), &[], "from_the_future"),
+                )
+                .unwrap();
+            store.flush().await.unwrap();
+        }
+        let wait = Duration::from_secs(30);
+        assert_eq!(SledStore::read_pools(dir.path(), wait).unwrap(), [pool]);
+        assert_unreadable(
+            SledStore::open_waiting(dir.path(), wait).map(drop),
+            "allocations",
+            "r1",
+        );
+        let nowhere = dir.path().join("none");
+        assert!(SledStore::read_pools(&nowhere, wait).is_err());
+        assert!(!nowhere.exists());
+    }
+
+    /// What `keep_released` forgets: released orders, by their release
+    /// time, or their creation for records from before it was kept.
+    #[tokio::test]
+    async fn released_before_lists_the_ids_of_old_released_orders() {
+        let store = SledStore::temporary().unwrap();
+        let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let order = |id: &str, state, created, released: Option<u64>| {
+            let mut a = allocation(state);
+            a.params.request_id = id.into();
+            a.created_at = at(created);
+            a.released_at = released.map(at);
+            a
+        };
+        for a in [
+            order("old", AllocationState::Released, 10, Some(100)),
+            order("recent", AllocationState::Released, 10, Some(300)),
+            order("old-unkept", AllocationState::Released, 100, None),
+            order("recent-unkept", AllocationState::Released, 300, None),
+            order("held", AllocationState::Allocated, 10, None),
+            order("releasing", AllocationState::Releasing, 10, None),
+        ] {
+            assert!(store.cas_allocation(None, Some(&a)).await.unwrap());
+        }
+        let mut ids = store.list_released_before(at(200)).await.unwrap();
+        ids.sort();
+        assert_eq!(ids, ["old", "old-unkept"]);
     }
 
     /// The swap that would strip a newer version's field (its record read

@@ -378,7 +378,7 @@ const STORE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// none when there is no store yet or it has no pool. A store that cannot
 /// be read (a running daemon holds it) gives no pools and a line saying so.
 async fn stored_pools(dir: &std::path::Path) -> (Vec<PoolRecord>, Option<Check>) {
-    use pool_manager::store::{SledStore, Store, StoreError};
+    use pool_manager::store::{SledStore, StoreError};
     // Not created here: a config whose daemon never ran has no store, and
     // an empty data_dir (made by hand, a fresh volume) must stay empty (a
     // store created by root here could be unreadable to the daemon's user).
@@ -394,18 +394,20 @@ async fn stored_pools(dir: &std::path::Path) -> (Vec<PoolRecord>, Option<Check>)
     };
     let shown = dir.display();
     let opening = dir.to_owned();
-    let opened =
-        tokio::task::spawn_blocking(move || SledStore::open_waiting(&opening, STORE_LOCK_WAIT))
-            .await;
-    let read = match opened {
-        Ok(Ok(store)) => store.list_pools().await,
-        Ok(Err(e)) => Err(e),
-        Err(e) => {
-            let message =
-                format!("{shown}: opening it failed ({e}); only the configured pools were checked");
-            return (Vec::new(), Some(line(false, message)));
-        }
-    };
+    // The pools alone: opening the store for service would read every
+    // instance and order ever made, for its index.
+    let read =
+        match tokio::task::spawn_blocking(move || SledStore::read_pools(&opening, STORE_LOCK_WAIT))
+            .await
+        {
+            Ok(read) => read,
+            Err(e) => {
+                let message = format!(
+                    "{shown}: opening it failed ({e}); only the configured pools were checked"
+                );
+                return (Vec::new(), Some(line(false, message)));
+            }
+        };
     match read {
         Ok(pools) if pools.is_empty() => (Vec::new(), None),
         Ok(pools) => {

@@ -910,6 +910,13 @@ impl<H: StoreHooks> Store for HookedStore<H> {
         self.hooks.before_call().await;
         self.inner.list_unfinished_allocations().await
     }
+    async fn list_released_before(
+        &self,
+        before: std::time::SystemTime,
+    ) -> StoreResult<Vec<String>> {
+        self.hooks.before_call().await;
+        self.inner.list_released_before(before).await
+    }
     async fn cas_allocation(
         &self,
         expected: Option<&Allocation>,
