@@ -959,6 +959,40 @@ mod tests {
             .unwrap()
     }
 
+    /// An order `request_id` of `key` with a new 20 GiB volume, failing fast
+    /// on an empty pool.
+    fn new_volume_order(
+        request_id: &str,
+        key: PoolKey,
+        timeout: Duration,
+    ) -> pool_manager::AllocateRequest {
+        use pool_manager::model::{
+            AllocationParams, EmptyPoolPolicy, NetworkRequest, VolumeRequest, VolumeSource,
+        };
+        pool_manager::AllocateRequest {
+            params: AllocationParams {
+                request_id: request_id.into(),
+                tenant_project_id: "tenant-a".into(),
+                pool: key,
+                volume: VolumeRequest {
+                    source: VolumeSource::New {
+                        size_gib: 20,
+                        volume_type: None,
+                    },
+                    delete_on_release: false,
+                },
+                network: NetworkRequest {
+                    network_id: "tenant-net".into(),
+                    subnet_id: None,
+                    fixed_ip: None,
+                },
+                labels: Default::default(),
+            },
+            empty_pool: EmptyPoolPolicy::FailFast,
+            timeout: Some(timeout),
+        }
+    }
+
     /// A started manager on `config`'s cloud with a db.small pool in az1
     /// of `ready` instances (min and max), its spec, and its key.
     async fn started_with_pool(
@@ -1064,10 +1098,6 @@ mod tests {
     /// after a restart too) until the reconciler has deleted it.
     #[tokio::test(start_paused = true)]
     async fn a_volume_stuck_error_attaching_is_counted_until_deleted() {
-        use pool_manager::model::{
-            AllocationParams, EmptyPoolPolicy, NetworkRequest, VolumeRequest, VolumeSource,
-        };
-        use pool_manager::AllocateRequest;
         let (sim, manager, key, _) =
             started_with_pool(cloudsim::SimConfig::deterministic(), 1).await;
         tokio::time::sleep(Duration::from_secs(300)).await;
@@ -1076,28 +1106,7 @@ mod tests {
         assert_eq!(stuck(&m.render(&manager).await.unwrap()), 0.0);
 
         sim.faults().error_next_volume_attach(1, false);
-        let order = AllocateRequest {
-            params: AllocationParams {
-                request_id: "o-stuck".into(),
-                tenant_project_id: "tenant-a".into(),
-                pool: key,
-                volume: VolumeRequest {
-                    source: VolumeSource::New {
-                        size_gib: 20,
-                        volume_type: None,
-                    },
-                    delete_on_release: false,
-                },
-                network: NetworkRequest {
-                    network_id: "tenant-net".into(),
-                    subnet_id: None,
-                    fixed_ip: None,
-                },
-                labels: Default::default(),
-            },
-            empty_pool: EmptyPoolPolicy::FailFast,
-            timeout: Some(Duration::from_secs(3600)),
-        };
+        let order = new_volume_order("o-stuck", key, Duration::from_secs(3600));
         manager.allocate(order).await.unwrap_err();
         manager.reconcile().await.unwrap();
         let body = m.render(&manager).await.unwrap();
@@ -1306,10 +1315,6 @@ mod tests {
     /// is there at zero before, and again after.
     #[tokio::test(start_paused = true)]
     async fn a_call_waiting_out_a_retry_after_is_counted_at_each_scrape() {
-        use pool_manager::model::{
-            AllocationParams, EmptyPoolPolicy, NetworkRequest, VolumeRequest, VolumeSource,
-        };
-        use pool_manager::AllocateRequest;
         let (sim, manager, key, _) =
             started_with_pool(cloudsim::SimConfig::deterministic(), 1).await;
         tokio::time::sleep(Duration::from_secs(300)).await;
@@ -1339,28 +1344,7 @@ mod tests {
                 message: "Rate limit exceeded".into(),
             },
         );
-        let order = AllocateRequest {
-            params: AllocationParams {
-                request_id: "o-paused".into(),
-                tenant_project_id: "tenant-a".into(),
-                pool: key,
-                volume: VolumeRequest {
-                    source: VolumeSource::New {
-                        size_gib: 20,
-                        volume_type: None,
-                    },
-                    delete_on_release: false,
-                },
-                network: NetworkRequest {
-                    network_id: "tenant-net".into(),
-                    subnet_id: None,
-                    fixed_ip: None,
-                },
-                labels: Default::default(),
-            },
-            empty_pool: EmptyPoolPolicy::FailFast,
-            timeout: Some(Duration::from_secs(3 * 3600)),
-        };
+        let order = new_volume_order("o-paused", key, Duration::from_secs(3 * 3600));
         let purchase = tokio::spawn({
             let manager = manager.clone();
             async move { manager.allocate(order).await }

@@ -474,19 +474,7 @@ async fn a_slow_attach_reserve_at_nova_2_101_costs_no_warm_instance() {
     .await;
     let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
     let key = PoolKey::new("db.small", "az1");
-    let manager = running.manager.clone();
-    wait_until_async("two Ready instances", || {
-        let (manager, key) = (manager.clone(), key.clone());
-        async move {
-            manager
-                .get_pool(&key)
-                .await
-                .unwrap()
-                .count(InstanceState::Ready)
-                == 2
-        }
-    })
-    .await;
+    wait_ready(&running.manager, &key, 2).await;
     let warm: Vec<String> = running
         .manager
         .list_instances(Some(&key))
@@ -2502,19 +2490,7 @@ async fn a_pool_server_soft_deleted_by_hand_is_deleted_for_good() {
     let env = soft_delete_env().await;
     let (running, stop) = start_reconciling_often(&env).await;
     let key = PoolKey::new("db.small", "az1");
-    let manager = running.manager.clone();
-    wait_until_async("two Ready instances", || {
-        let (manager, key) = (manager.clone(), key.clone());
-        async move {
-            manager
-                .get_pool(&key)
-                .await
-                .unwrap()
-                .count(InstanceState::Ready)
-                == 2
-        }
-    })
-    .await;
+    wait_ready(&running.manager, &key, 2).await;
     let instances = running.manager.list_instances(Some(&key)).await.unwrap();
     let server = instances
         .iter()
@@ -3445,6 +3421,19 @@ async fn a_stored_pool_degraded_at_start_up_counts_an_episode_its_recovery_ends(
 
 /// Waits (up to a minute) until `done` answers true; panics naming `what`
 /// if it never does.
+/// Waits until `key`'s pool has `n` Ready instances.
+async fn wait_ready(manager: &pool_manager::PoolManager, key: &PoolKey, n: u32) {
+    wait_until_async(&format!("{n} Ready instances"), || async {
+        manager
+            .get_pool(key)
+            .await
+            .unwrap()
+            .count(pool_manager::model::InstanceState::Ready)
+            == n
+    })
+    .await;
+}
+
 async fn wait_until_async<F: std::future::Future<Output = bool>>(
     what: &str,
     mut done: impl FnMut() -> F,
