@@ -2132,6 +2132,38 @@ fn lines_of(report: &check_cloud::Report, label: &str) -> Vec<String> {
         .collect()
 }
 
+/// A key pair deleted after start-up's check: Nova refuses every boot with
+/// "Invalid key_name provided." (400), which says nothing of where the name
+/// comes from; the boot's error names the setting, so the pool's
+/// last_error tells the operator what to fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boot_refused_for_its_key_pair_names_the_setting() {
+    let env = env_with(
+        SimConfig {
+            key_pairs: vec!["ops".into()],
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
+    let cloud = env.driver_with(r#"key_name = "gone""#).await;
+    let e = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Fatal(m)
+            if m.contains("Invalid key_name provided") && m.contains("cloud.key_name \"gone\"")),
+        "{e:?}"
+    );
+    assert!(env.sim.servers().is_empty());
+    let cloud = env.driver_with(r#"key_name = "ops""#).await;
+    cloud
+        .create_server(&spec("b", "db.small", "az1"))
+        .await
+        .expect("a boot with a key pair Nova has");
+}
+
 /// A `key_name` the user warmpool logs in as has no key pair of (Nova keeps
 /// them per user, and refuses every boot naming another "Invalid key_name
 /// provided") fails the check, naming the setting, and so stops start-up

@@ -616,6 +616,12 @@ async fn create_server(
         }
     }
 
+    // Nova looks the key pair up among the caller's user's before it boots.
+    match server.get("key_name") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(name)) if state.sim.config().key_pairs.contains(name) => {}
+        Some(_) => return Err(ApiError::bad_request(C, "Invalid key_name provided.")),
+    }
     state
         .sim
         .gate("create_server")

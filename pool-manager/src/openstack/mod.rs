@@ -466,6 +466,19 @@ impl OpenStackCloud {
         Ok(())
     }
 
+    /// Nova's refusal of a boot for its key pair ("Invalid key_name
+    /// provided.") says nothing of where the name comes from: a key pair
+    /// deleted since start-up's check refuses every boot.
+    fn name_the_setting(&self, refused: String) -> String {
+        match &self.inner.settings.key_name {
+            Some(key) if refused.contains("Invalid key_name") => format!(
+                "{refused}: the setting cloud.key_name {key:?} names no key pair of {} (Nova keeps key pairs per user: create or import it as that user, or change the setting; `warmpoold check-cloud` checks it)",
+                self.identity()
+            ),
+            _ => refused,
+        }
+    }
+
     fn forget_boot_names(&self, spec: &ServerSpec) {
         let az = spec.pool.availability_zone.as_str();
         self.inner.flavors.forget(&spec.pool.flavor);
@@ -1147,10 +1160,17 @@ impl Cloud for OpenStackCloud {
                 self.forget_boot_names(spec);
                 let fresh = self.boot_ids(spec).await?;
                 if fresh == ids {
-                    return Err(CloudError::Fatal(refused));
+                    return Err(CloudError::Fatal(self.name_the_setting(refused)));
                 }
                 tracing::info!(flavor = %spec.pool.flavor, image = %self.image_name(&spec.image), "the flavor or image changed under its name; booting with the new one");
-                self.create(&name, post(&fresh)).await?
+                self.create(&name, post(&fresh))
+                    .await
+                    .map_err(|e| match e {
+                        CloudError::Fatal(refused) => {
+                            CloudError::Fatal(self.name_the_setting(refused))
+                        }
+                        e => e,
+                    })?
             }
             other => other?,
         };
