@@ -2132,20 +2132,25 @@ fn lines_of(report: &check_cloud::Report, label: &str) -> Vec<String> {
         .collect()
 }
 
+/// A cloud whose users have one key pair, `name`.
+async fn env_with_key_pair(name: &str) -> Env {
+    env_with(
+        SimConfig {
+            key_pairs: vec![name.into()],
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await
+}
+
 /// A key pair deleted after start-up's check: Nova refuses every boot with
 /// "Invalid key_name provided." (400), which says nothing of where the name
 /// comes from; the boot's error names the setting, so the pool's
 /// last_error tells the operator what to fix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_boot_refused_for_its_key_pair_names_the_setting() {
-    let env = env_with(
-        SimConfig {
-            key_pairs: vec!["ops".into()],
-            ..sim_config()
-        },
-        HttpSettings::default(),
-    )
-    .await;
+    let env = env_with_key_pair("ops").await;
     let cloud = env.driver_with(r#"key_name = "gone""#).await;
     let e = cloud
         .create_server(&spec("a", "db.small", "az1"))
@@ -2170,14 +2175,7 @@ async fn a_boot_refused_for_its_key_pair_names_the_setting() {
 /// before anything is created; a key pair the user has passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_cloud_names_a_key_pair_the_user_lacks() {
-    let env = env_with(
-        SimConfig {
-            key_pairs: vec!["ops".into()],
-            ..sim_config()
-        },
-        HttpSettings::default(),
-    )
-    .await;
+    let env = env_with_key_pair("ops").await;
     let config = env.config(r#"key_name = "no-such-key""#, SMALL_POOL);
     let (report, _) = check_cloud::check(&config, openstack(&config)).await;
     assert!(!report.passed(), "{report}");
