@@ -10,7 +10,6 @@ use pool_manager::sizing::LearnedSizing;
 use pool_manager::store::{Store, StoreError, StoreResult};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::SystemTime;
 
 #[derive(Default)]
 pub struct MemStore {
@@ -181,16 +180,6 @@ impl Store for MemStore {
             .expect("store lock")
             .values()
             .cloned()
-            .collect())
-    }
-    async fn list_released_before(&self, before: SystemTime) -> StoreResult<Vec<String>> {
-        Ok(self
-            .allocations
-            .lock()
-            .expect("store lock")
-            .values()
-            .filter(|a| a.released_before(before))
-            .map(|a| a.params.request_id.clone())
             .collect())
     }
     async fn cas_allocation(

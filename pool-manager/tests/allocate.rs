@@ -2899,10 +2899,7 @@ impl StoreHooks for HoldCommitFlush {
 async fn allocated_is_answered_only_once_flushed() {
     let sim = sim();
     let store = HookedStore::new(HoldCommitFlush::default());
-    let manager = manager_on(&sim, store.clone());
-    manager.start().await.unwrap();
-    manager.create_pool(pool(), spec(1)).await.unwrap();
-    wait_ready(&manager, 1).await;
+    let manager = started(&sim, store.clone(), 1).await;
     let order = request("order-f", new_volume(), EmptyPoolPolicy::FailFast);
     let buying = {
         let manager = manager.clone();
@@ -3678,10 +3675,7 @@ async fn an_order_whose_record_cannot_be_flushed_can_be_retried_at_once() {
     let store = HookedStore::new(FailFlushAfter::new(FlushTrigger::AllocationTo(
         AllocationState::Allocating,
     )));
-    let manager = manager_on(&sim, store.clone());
-    manager.start().await.unwrap();
-    manager.create_pool(pool(), spec(1)).await.unwrap();
-    wait_ready(&manager, 1).await;
+    let manager = started(&sim, store.clone(), 1).await;
     let order = request("order-1", new_volume(), EmptyPoolPolicy::FailFast);
     let err = manager.allocate(order.clone()).await.unwrap_err();
     assert!(
@@ -3707,10 +3701,7 @@ async fn an_order_whose_record_cannot_be_flushed_can_be_retried_at_once() {
 async fn a_call_waiting_on_an_order_taken_back_goes_ahead_at_once() {
     let sim = sim();
     let store = HookedStore::new(HoldFlush::default());
-    let manager = manager_on(&sim, store.clone());
-    manager.start().await.unwrap();
-    manager.create_pool(pool(), spec(1)).await.unwrap();
-    wait_ready(&manager, 1).await;
+    let manager = started(&sim, store.clone(), 1).await;
     store.hooks.fail.store(true, Ordering::SeqCst);
     store.hooks.armed.store(true, Ordering::SeqCst);
     let order = request("order-1", new_volume(), EmptyPoolPolicy::FailFast);

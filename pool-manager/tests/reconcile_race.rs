@@ -70,10 +70,7 @@ impl StoreHooks for HoldFlushAfterNewRecord {
 async fn reconcile_leaves_an_allocation_alone_between_its_record_and_its_flush() {
     let sim = sim();
     let store = HoldFlushAfterNewRecord::new(Record::Allocation);
-    let manager = manager_on(&sim, store.clone());
-    manager.start().await.unwrap();
-    manager.create_pool(pool(), spec(1)).await.unwrap();
-    wait_ready(&manager, 1).await;
+    let manager = started(&sim, store.clone(), 1).await;
 
     let buying = spawn_allocate(
         &manager,

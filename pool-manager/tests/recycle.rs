@@ -506,10 +506,7 @@ async fn a_failed_pool_read_does_not_stop_the_replenisher() {
     let store = HookedStore::new(FailingPoolReads {
         failing: false.into(),
     });
-    let manager = manager_on(&sim, store.clone());
-    manager.start().await.unwrap();
-    manager.create_pool(pool(), spec(2)).await.unwrap();
-    wait_ready(&manager, 2).await;
+    let manager = started(&sim, store.clone(), 2).await;
 
     store.hooks.failing.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(30)).await;
