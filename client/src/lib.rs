@@ -38,6 +38,41 @@ pub struct TlsOptions {
     /// PEM certificate chain and private key to present, for a daemon
     /// that requires client certificates (`tls.client_ca_file`).
     pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// Where the PEMs were read from, for the messages about them.
+    pub files: TlsFiles,
+}
+
+/// The files a [`TlsOptions`]' PEMs were read from, named in the messages
+/// about them ("the key file ops.crt holds no PEM private key"): one user
+/// may hold several certificates and keys. Unset, a file is named by what
+/// it is for alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl TlsFiles {
+    /// "the key file /etc/warmpool/ops.key", or "the key file".
+    fn name(what: &str, path: Option<&std::path::Path>) -> String {
+        match path {
+            Some(path) => format!("the {what} file {}", path.display()),
+            None => format!("the {what} file"),
+        }
+    }
+
+    fn ca(&self) -> String {
+        Self::name("CA", self.ca.as_deref())
+    }
+
+    fn cert(&self) -> String {
+        Self::name("certificate", self.cert.as_deref())
+    }
+
+    fn key(&self) -> String {
+        Self::name("key", self.key.as_deref())
+    }
 }
 
 impl TlsOptions {
@@ -57,21 +92,22 @@ impl TlsOptions {
             .as_deref()
             .is_some_and(|ca| !holds(ca, "CERTIFICATE-----"))
         {
-            return Err(
-                "the CA file holds no PEM certificate ('-----BEGIN CERTIFICATE-----')".into(),
-            );
+            return Err(format!(
+                "{} holds no PEM certificate ('-----BEGIN CERTIFICATE-----')",
+                self.files.ca()
+            ));
         }
         if let Some((cert, key)) = &self.identity_pem {
             if !holds(cert, "CERTIFICATE-----") {
-                return Err(
-                    "the certificate file holds no PEM certificate ('-----BEGIN CERTIFICATE-----')"
-                        .into(),
-                );
+                return Err(format!(
+                    "{} holds no PEM certificate ('-----BEGIN CERTIFICATE-----')",
+                    self.files.cert()
+                ));
             }
             // PKCS#8 ("PRIVATE KEY"), PKCS#1 ("RSA PRIVATE KEY"), SEC1 ("EC PRIVATE KEY").
             let key_text = String::from_utf8_lossy(key);
             if !key_text.contains("PRIVATE KEY-----") {
-                return Err("the key file holds no PEM private key".into());
+                return Err(format!("{} holds no PEM private key", self.files.key()));
             }
             // PKCS#8's encrypted form, and OpenSSL's older one (PKCS#1 with
             // headers): rustls reads neither, and would say only that it
@@ -79,13 +115,13 @@ impl TlsOptions {
             if key_text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
                 || key_text.contains("Proc-Type: 4,ENCRYPTED")
             {
-                return Err(
-                    "the key file is an encrypted private key; this client needs it \
-                     unencrypted (`openssl pkey -in KEY -out PLAIN_KEY` decrypts it)"
-                        .into(),
-                );
+                return Err(format!(
+                    "{} is an encrypted private key; this client needs it \
+                     unencrypted (`openssl pkey -in KEY -out PLAIN_KEY` decrypts it)",
+                    self.files.key()
+                ));
             }
-            check_identity(cert, key)?;
+            check_identity(cert, key, &self.files)?;
         }
         Ok(())
     }
@@ -95,28 +131,31 @@ impl TlsOptions {
 /// build from them, built the same way (rustls' client configuration) so
 /// that what it would refuse as the connection is set up, without naming
 /// either file, is refused here.
-fn check_identity(cert: &[u8], key: &[u8]) -> Result<(), String> {
+fn check_identity(cert: &[u8], key: &[u8], files: &TlsFiles) -> Result<(), String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     use tokio_rustls::rustls::{ClientConfig, Error, InconsistentKeys, RootCertStore};
 
     let chain = CertificateDer::pem_slice_iter(cert)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("the certificate file holds no readable PEM certificate: {e}"))?;
+        .map_err(|e| format!("{} holds no readable PEM certificate: {e}", files.cert()))?;
     let key = PrivateKeyDer::from_pem_slice(key)
-        .map_err(|e| format!("the key file holds no readable PEM private key: {e}"))?;
+        .map_err(|e| format!("{} holds no readable PEM private key: {e}", files.key()))?;
     match ClientConfig::builder()
         .with_root_certificates(RootCertStore::empty())
         .with_client_auth_cert(chain, key)
     {
         Ok(_) => Ok(()),
-        Err(Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => Err(
-            "the key file holds another private key than the certificate file's certificate \
-             (a key of another certificate?)"
-                .into(),
-        ),
+        Err(Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => Err(format!(
+            "{} holds another private key than {}'s certificate \
+             (a key of another certificate?)",
+            files.key(),
+            files.cert()
+        )),
         Err(e) => Err(format!(
-            "the certificate and key files do not make a TLS identity: {e}"
+            "{} and {} do not make a TLS identity: {e}",
+            files.cert(),
+            files.key()
         )),
     }
 }
@@ -129,6 +168,7 @@ impl std::fmt::Debug for TlsOptions {
                 "identity_pem",
                 &self.identity_pem.as_ref().map(|_| "<redacted>"),
             )
+            .field("files", &self.files)
             .finish()
     }
 }
@@ -630,6 +670,7 @@ mod tests {
                 TlsOptions {
                     ca_pem: Some(key.clone()),
                     identity_pem: None,
+                    ..Default::default()
                 },
                 "the CA file holds no PEM certificate",
             ),
@@ -637,6 +678,7 @@ mod tests {
                 TlsOptions {
                     ca_pem: None,
                     identity_pem: Some((key.clone(), key.clone())),
+                    ..Default::default()
                 },
                 "the certificate file holds no PEM certificate",
             ),
@@ -644,6 +686,7 @@ mod tests {
                 TlsOptions {
                     ca_pem: None,
                     identity_pem: Some((cert.clone(), cert.clone())),
+                    ..Default::default()
                 },
                 "the key file holds no PEM private key",
             ),
@@ -684,6 +727,7 @@ mod tests {
             let tls = TlsOptions {
                 ca_pem: None,
                 identity_pem: Some((ops_cert.clone(), key.to_vec())),
+                ..Default::default()
             };
             let reason = refused("https://127.0.0.1:1", tls).await;
             assert!(reason.starts_with(expect), "{reason}");
@@ -692,6 +736,7 @@ mod tests {
         let tls = TlsOptions {
             ca_pem: None,
             identity_pem: Some((ops_cert, ops.key_pair.serialize_pem().into_bytes())),
+            ..Default::default()
         };
         let options = ConnectOptions {
             tls,
@@ -708,6 +753,7 @@ mod tests {
         let options = TlsOptions {
             ca_pem: Some(b"ca".to_vec()),
             identity_pem: Some((b"cert".to_vec(), b"SECRET KEY".to_vec())),
+            ..Default::default()
         };
         let shown = format!(
             "{:?}",

@@ -121,6 +121,11 @@ async fn run(cli: Cli, token: cli::TokenSource) -> anyhow::Result<()> {
             }
             _ => None,
         },
+        files: warmpool_client::TlsFiles {
+            ca: cli.ca_file.clone(),
+            cert: cli.cert_file.clone(),
+            key: cli.key_file.clone(),
+        },
     };
     let options = warmpool_client::ConnectOptions {
         tls,

@@ -528,6 +528,7 @@ async fn certificates_for_a_plaintext_endpoint_are_refused() {
         tls: warmpool_client::TlsOptions {
             ca_pem: Some(b"-----BEGIN CERTIFICATE-----".to_vec()),
             identity_pem: None,
+            ..Default::default()
         },
         ..Default::default()
     };

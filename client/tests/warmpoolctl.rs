@@ -775,6 +775,52 @@ async fn an_https_daemon_is_reached_with_its_ca_and_a_client_certificate() {
     );
 }
 
+/// A TLS file holding the wrong PEM is named by the path the user gave, so
+/// that a mix-up among several certificates and keys is found at once.
+#[tokio::test]
+async fn a_tls_file_holding_the_wrong_pem_is_named_by_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki::Pki::new(dir.path(), "ca");
+    let ops = ca.issue("ops", &["ops"]);
+    let other = ca.issue("other", &["other"]);
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    let (cert, key, other_key) = (
+        path(&ops.cert_file),
+        path(&ops.key_file),
+        path(&other.key_file),
+    );
+    for (args, named) in [
+        // A certificate given as the key, a key as the certificate or the CA.
+        (
+            vec!["--cert-file", &cert, "--key-file", &cert],
+            format!("the key file {cert} holds no PEM private key"),
+        ),
+        (
+            vec!["--cert-file", &key, "--key-file", &key],
+            format!("the certificate file {key} holds no PEM certificate"),
+        ),
+        (
+            vec!["--ca-file", &key],
+            format!("the CA file {key} holds no PEM certificate"),
+        ),
+        (
+            vec!["--cert-file", &cert, "--key-file", &other_key],
+            format!(
+                "the key file {other_key} holds another private key than \
+                 the certificate file {cert}'s certificate"
+            ),
+        ),
+    ] {
+        let refused = run("https://127.0.0.1:1", &[&args[..], &["pools"]].concat()).await;
+        assert!(!refused.ok, "{args:?}: {}", refused.stdout);
+        assert!(
+            refused.stderr.contains(&named),
+            "{args:?}: {}",
+            refused.stderr
+        );
+    }
+}
+
 #[tokio::test]
 async fn pool_admin_commands() {
     let d = start_daemon(vec![pool("db.small", "az1", 1, 2)]).await;

@@ -1882,13 +1882,21 @@ async fn a_keystone_signed_by_a_ca_the_system_trusts_is_trusted() {
     assert!(ok, "{text}");
 
     let (ok, text) = check(other.ca_file("other-ca"), None).await;
-    // osauth keeps only reqwest's top message, not its cause (rustls'
-    // UnknownIssuer): the proxy answered the first check, so it is TLS.
+    // reqwest's top message, and its cause, which osauth leaves out: what
+    // rustls refused, and what to do about it.
     assert!(!ok, "{text}");
     assert!(
         text.contains(&format!(
             "error sending request for url ({https}/identity/v3"
         )),
+        "{text}"
+    );
+    assert!(
+        text.contains("invalid peer certificate: UnknownIssuer"),
+        "{text}"
+    );
+    assert!(
+        text.contains("set cacert in clouds.yaml or install the CA"),
         "{text}"
     );
 
@@ -1898,6 +1906,72 @@ async fn a_keystone_signed_by_a_ca_the_system_trusts_is_trusted() {
     )
     .await;
     assert!(ok, "{text}");
+}
+
+/// The system's CA store (`SSL_CERT_FILE` here), or clouds.yaml's
+/// `cacert`, holding nothing but certificates that do not parse: reqwest
+/// cannot build its client, which osauth would answer with a panic. The
+/// check says which file is at fault, and exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_file_of_unparseable_certificates_is_named_not_a_panic() {
+    let env = env().await;
+    let config = env.dir.path().join("warmpoold.toml");
+    std::fs::write(&config, env.config_text("", SMALL_POOL)).unwrap();
+    let garbage = env.dir.path().join("garbage-ca.pem");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let check = |system_ca: Option<&PathBuf>| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"));
+        command
+            .args(["check-cloud", "--config"])
+            .arg(&config)
+            .env_remove("OS_CLOUD")
+            .env_remove("OS_CACERT")
+            .env_remove("SSL_CERT_DIR")
+            .env_remove("SSL_CERT_FILE");
+        if let Some(system_ca) = system_ca {
+            command.env("SSL_CERT_FILE", system_ca);
+        }
+        async move {
+            let out = command.output().await.unwrap();
+            let text = format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(out.status.code(), Some(1), "{text}");
+            assert!(!text.contains("panicked"), "{text}");
+            text
+        }
+    };
+
+    let text = check(Some(&garbage)).await;
+    assert!(
+        text.contains(&format!("SSL_CERT_FILE={}", garbage.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains("zero valid certificates found in native root store"),
+        "{text}"
+    );
+
+    let clouds_yaml = env.face.clouds_yaml("cloudsim");
+    std::fs::write(
+        &env.clouds_yaml,
+        format!("{clouds_yaml}    cacert: '{}'\n", garbage.display()),
+    )
+    .unwrap();
+    let text = check(None).await;
+    assert!(
+        text.contains(&format!(
+            "clouds.yaml's cacert {} is unusable",
+            garbage.display()
+        )),
+        "{text}"
+    );
 }
 
 /// Waits (up to a minute) until `done` holds; panics naming `what` if it never does.

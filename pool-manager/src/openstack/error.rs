@@ -296,6 +296,23 @@ pub fn classify_osauth(what: &str, e: &osauth::Error) -> CloudError {
     }
 }
 
+/// `e` and its causes, "error sending request for url (..): client error
+/// (Connect): invalid peer certificate: UnknownIssuer": reqwest's own
+/// message names neither what the TLS library refused nor why.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(e) = cause {
+        let next = e.to_string();
+        // Some layers repeat their source's message in their own.
+        if !text.ends_with(&next) {
+            text = format!("{text}: {next}");
+        }
+        cause = e.source();
+    }
+    text
+}
+
 /// The HTTP status an osauth error carries. osauth 0.5.0 (pinned with `=`)
 /// stores it without a getter; its derived Debug shows it as
 /// `status: Some(429)`, which is the only way to read it.

@@ -7,7 +7,7 @@
 //! [`Connection`] keeps the `CloudConfig`, builds a fresh `Session` (a new
 //! login) on a 401 and sends the call once more.
 
-use super::error::{classify, classify_osauth, osauth_status, Service};
+use super::error::{classify, classify_osauth, osauth_status, with_causes, Service};
 use crate::cloud::{CloudError, CloudResult};
 use osauth::services::{BLOCK_STORAGE, COMPUTE, IMAGE, NETWORK};
 use osauth::{CloudConfig, Session};
@@ -105,11 +105,9 @@ pub const MAX_ANSWER_BYTES: usize = 64 << 20;
 /// transient failure.
 async fn read_body(mut response: reqwest::Response, what: &str) -> CloudResult<String> {
     let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| CloudError::Transient(format!("{what}: reading the answer: {e}")))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|e| {
+        CloudError::Transient(format!("{what}: reading the answer: {}", with_causes(&e)))
+    })? {
         if body.len() + chunk.len() > MAX_ANSWER_BYTES {
             return Err(CloudError::Transient(format!(
                 "{what}: the answer is longer than {} MiB",
@@ -201,7 +199,7 @@ impl Connection {
                 .await
                 .map_err(|e| classify_osauth(what, &e))?
                 .build()
-                .map_err(|e| CloudError::Fatal(format!("{what}: {e}")))?;
+                .map_err(|e| CloudError::Fatal(format!("{what}: {}", with_causes(&e))))?;
             let token = request
                 .headers()
                 .get("x-auth-token")
@@ -215,7 +213,7 @@ impl Connection {
             let response = client
                 .execute(request)
                 .await
-                .map_err(|e| CloudError::Transient(format!("{what}: {e}")))?;
+                .map_err(|e| CloudError::Transient(format!("{what}: {}", with_causes(&e))))?;
             let status = response.status().as_u16();
             let retry_after = response
                 .headers()
@@ -530,11 +528,87 @@ struct LoginFailure {
     credentials_rejected: bool,
 }
 
+/// The HTTP client osauth's login builds (reqwest's defaults, which trust
+/// the system's CA certificates, and clouds.yaml's `cacert`), built here
+/// first: osauth panics when reqwest cannot build it (only certificates
+/// rustls cannot read, in either), and keeps only the top line of a
+/// transport error, which this client can ask again for its cause.
+fn http_client(config: &CloudConfig) -> CloudResult<reqwest::Client> {
+    let system_ca_error = |e: reqwest::Error| {
+        let named: Vec<String> = ["SSL_CERT_FILE", "SSL_CERT_DIR"]
+            .into_iter()
+            .filter_map(|name| {
+                std::env::var_os(name).map(|v| format!("{name}={}", v.to_string_lossy()))
+            })
+            .collect();
+        let read_from = if named.is_empty() {
+            "the platform's store (SSL_CERT_FILE or SSL_CERT_DIR may name others)".to_owned()
+        } else {
+            format!(
+                "{}: point SSL_CERT_FILE or SSL_CERT_DIR at PEM CA certificates, or unset them",
+                named.join(", ")
+            )
+        };
+        CloudError::Fatal(format!(
+            "auth: the system's CA certificates are unusable: {} (read from {read_from})",
+            with_causes(&e)
+        ))
+    };
+    let cacert = serde_yaml::to_value(config)
+        .ok()
+        .and_then(|value| value["cacert"].as_str().map(str::to_owned));
+    // A cacert osauth cannot read or parse as PEM, it reports itself.
+    let cert = |path: &str| reqwest::Certificate::from_pem(&std::fs::read(path).ok()?).ok();
+    let Some((cert, path)) = cacert.and_then(|path| Some((cert(&path)?, path))) else {
+        return reqwest::Client::builder().build().map_err(system_ca_error);
+    };
+    reqwest::Client::builder()
+        .add_root_certificate(cert)
+        .build()
+        .or_else(|e| {
+            reqwest::Client::builder()
+                .build()
+                .map_err(system_ca_error)?;
+            Err(CloudError::Fatal(format!(
+                "auth: clouds.yaml's cacert {path} is unusable: {}",
+                with_causes(&e)
+            )))
+        })
+}
+
+/// What reqwest says of a request to Keystone failing before any answer,
+/// below its top line (which osauth keeps): "client error (Connect):
+/// invalid peer certificate: UnknownIssuer". `None` if it now succeeds.
+async fn transport_cause(
+    client: &reqwest::Client,
+    config: &CloudConfig,
+    timeout: Duration,
+) -> Option<String> {
+    let url = token_url(config)?;
+    let e = tokio::time::timeout(timeout, client.get(url).send())
+        .await
+        .ok()?
+        .err()?;
+    let cause = with_causes(std::error::Error::source(&e)?);
+    Some(if cause.contains("UnknownIssuer") {
+        format!(
+            "{cause}; Keystone's certificate is signed by a CA warmpool does not trust: \
+             set cacert in clouds.yaml or install the CA in the system's store"
+        )
+    } else {
+        cause
+    })
+}
+
 async fn login(
     config: &CloudConfig,
     timeout: Duration,
     identity: &str,
 ) -> Result<Session, LoginFailure> {
+    let client = http_client(config).map_err(|error| LoginFailure {
+        error,
+        credentials_rejected: false,
+    })?;
     let e = match tokio::time::timeout(timeout, config.clone().create_session()).await {
         Err(_) => {
             return Err(LoginFailure {
@@ -567,6 +641,19 @@ async fn login(
             )),
             osauth::ErrorKind::InvalidConfig | osauth::ErrorKind::InvalidInput => {
                 CloudError::Fatal(format!("auth: unusable cloud configuration: {e}"))
+            }
+            // No answer: osauth keeps reqwest's top line only ("error
+            // sending request for url (..)"); asking again shows why.
+            osauth::ErrorKind::ProtocolError if osauth_status(&e).is_none() => {
+                match (
+                    classify_osauth("auth", &e),
+                    transport_cause(&client, config, timeout).await,
+                ) {
+                    (CloudError::Transient(message), Some(cause)) => {
+                        CloudError::Transient(format!("{message}: {cause}"))
+                    }
+                    (error, _) => error,
+                }
             }
             _ => classify_osauth("auth", &e),
         },

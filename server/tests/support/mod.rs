@@ -417,6 +417,7 @@ pub fn tls_options(
                     std::fs::read(&issued.key_file).unwrap(),
                 )
             }),
+            ..Default::default()
         },
         ..Default::default()
     }
