@@ -106,7 +106,8 @@ pub fn base_cloud(seed: u64) -> SimConfig {
         quotas: Quotas {
             max_instances: 5000,
             max_volumes: 5000,
-            max_ports: 5000,
+            // Each server's own port and the tenant's it takes when sold.
+            max_ports: 2 * 5000,
             // 20 GiB each: the volume count binds first, as it did before.
             max_gigabytes: 5000 * 20,
         },

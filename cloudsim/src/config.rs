@@ -116,9 +116,17 @@ impl Default for Latencies {
 pub struct Quotas {
     pub max_instances: usize,
     pub max_volumes: usize,
+    /// Neutron's `port`: the ports made through Neutron and those Nova
+    /// makes for the servers it boots (one each, on the server's network)
+    /// together. [`Quotas::UNLIMITED`] (the default): none (Neutron's -1).
     pub max_ports: usize,
     /// Cinder's `gigabytes`: the sizes of all volumes together.
     pub max_gigabytes: u64,
+}
+
+impl Quotas {
+    /// No limit (what OpenStack shows as -1).
+    pub const UNLIMITED: usize = usize::MAX;
 }
 
 impl Default for Quotas {
@@ -126,7 +134,7 @@ impl Default for Quotas {
         Self {
             max_instances: 200,
             max_volumes: 1000,
-            max_ports: 1000,
+            max_ports: Self::UNLIMITED,
             // Cinder's default.
             max_gigabytes: 1000,
         }

@@ -8,11 +8,12 @@
 //! paused tokio clock and free of timer tasks; the faces do the sleeping and
 //! hold the lock (a `std::sync::Mutex`) only around these synchronous calls.
 
-use crate::config::SimConfig;
+use crate::config::{Quotas, SimConfig};
 use crate::mysql::ListenerGuard;
 use pool_manager::cloud::{
     BootHeadroom, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, QuotaLeft, Server,
-    ServerSpec, ServerStatus, Volume, VolumeStatus, META_INSTANCE, META_POOL,
+    ServerSpec, ServerStatus, Volume, VolumeStatus, META_INSTANCE, META_POOL, PORTS,
+    PORTS_PER_SERVER,
 };
 use pool_manager::model::PoolKey;
 use rand::rngs::StdRng;
@@ -122,6 +123,8 @@ struct ServerRec {
     tags: BTreeSet<String>,
     /// Network ids the server was booted on, primary first (HTTP face).
     networks: Vec<String>,
+    /// The port Nova made for it on its network, deleted with it.
+    nova_port: Option<String>,
 }
 
 impl ServerRec {
@@ -248,6 +251,8 @@ struct PortRec {
     created_at: Instant,
     /// The server the port is bound to (`device_id`).
     binding: Timed<Option<String>>,
+    /// Nova made it for a server it booted (not made through Neutron).
+    by_nova: bool,
 }
 
 impl PortRec {
@@ -446,6 +451,9 @@ pub(crate) struct Model {
 }
 
 const GREETING_PORT: u16 = 3306;
+/// The network of a server booted through the in-process face, which
+/// names none: where Nova makes its port.
+pub(crate) const MANAGEMENT_NETWORK: &str = "management";
 /// Nova's limit on tags per server.
 const MAX_SERVER_TAGS: usize = 50;
 
@@ -548,6 +556,10 @@ impl Model {
                 Kind::Server => {
                     if let Some(s) = self.servers.remove(&id) {
                         self.addr_index.remove(&s.addr);
+                        // Nova deletes the port it made once the server is gone.
+                        if let Some(port) = s.nova_port {
+                            self.ports.remove(&port);
+                        }
                     }
                 }
                 Kind::Volume => {
@@ -740,6 +752,14 @@ impl Model {
                 u64::from(size.vcpus),
             ),
             ("ram", self.cfg.max_ram_mb, usage.ram_mb, size.ram_mb),
+            // A server's own port, and the tenant's it takes when sold.
+            (
+                PORTS,
+                (self.cfg.quotas.max_ports != Quotas::UNLIMITED)
+                    .then_some(self.cfg.quotas.max_ports as u64),
+                self.ports.len() as u64,
+                PORTS_PER_SERVER,
+            ),
         ];
         let (mut servers, mut limited_by) = (u64::MAX, String::new());
         let mut left_of = Vec::new();
@@ -812,6 +832,13 @@ impl Model {
             return Err(CloudError::Fatal(format!(
                 "The requested availability zone is not available: {az}"
             )));
+        }
+        // Nova checks the port quota first (validating the networks), and
+        // says so in its LimitExceeded family's words.
+        if self.ports.len() >= self.cfg.quotas.max_ports {
+            return Err(CloudError::QuotaExceeded(
+                "Maximum number of ports exceeded".to_string(),
+            ));
         }
         if self.servers.len() >= self.cfg.quotas.max_instances {
             return Err(CloudError::QuotaExceeded(format!(
@@ -892,10 +919,20 @@ impl Model {
             } => *mysqld_ready_at,
             Boot::Error { .. } => None,
         };
+        let scheduled = host.is_some();
         let id = self.insert_server(spec, now, host, boot, addr);
+        let network = extras
+            .networks
+            .first()
+            .cloned()
+            .unwrap_or_else(|| MANAGEMENT_NETWORK.to_string());
         if let Some(s) = self.servers.get_mut(&id) {
             s.tags = extras.tags;
             s.networks = extras.networks;
+        }
+        // A server that failed scheduling never got a network.
+        if scheduled {
+            self.add_nova_port(&id, network, now);
         }
         let view = self.server_view(&self.servers[&id], now);
         Ok((view, ready_at))
@@ -935,9 +972,34 @@ impl Model {
                 listener: None,
                 tags: BTreeSet::new(),
                 networks: Vec::new(),
+                nova_port: None,
             },
         );
         id
+    }
+
+    /// The port Nova makes for server `id` on `network` as it boots it: no
+    /// name, bound to the server, at the server's address, the project's.
+    fn add_nova_port(&mut self, id: &str, network: String, now: Instant) {
+        let port_id = self.new_id();
+        let seq = self.next_seq();
+        let ip = self.servers.get(id).map(|s| s.addr.ip().to_string());
+        self.ports.insert(
+            port_id.clone(),
+            PortRec {
+                seq,
+                id: port_id.clone(),
+                name: String::new(),
+                network_id: network,
+                ip,
+                created_at: now,
+                binding: Timed::settled(Some(id.to_string())),
+                by_nova: true,
+            },
+        );
+        if let Some(s) = self.servers.get_mut(id) {
+            s.nova_port = Some(port_id);
+        }
     }
 
     /// Nova's scheduler stand-in: fewest boots in progress, then fewest
@@ -1772,6 +1834,7 @@ impl Model {
             ip,
             created_at: now,
             binding: Timed::settled(None),
+            by_nova: false,
         };
         let view = port.view(now);
         self.ports.insert(id, port);
@@ -1807,9 +1870,20 @@ impl Model {
         v
     }
 
+    /// The ports made through Neutron (Nova's for its servers left out).
     pub fn ports(&self, now: Instant) -> Vec<Port> {
         self.sorted_ports()
             .into_iter()
+            .filter(|p| !p.by_nova)
+            .map(|p| p.view(now))
+            .collect()
+    }
+
+    /// The ports Nova made for the servers it booted.
+    pub fn server_ports(&self, now: Instant) -> Vec<Port> {
+        self.sorted_ports()
+            .into_iter()
+            .filter(|p| p.by_nova)
             .map(|p| p.view(now))
             .collect()
     }

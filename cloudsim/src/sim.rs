@@ -219,10 +219,20 @@ impl SimCloud {
         self.lock().volume_project(volume_id)
     }
 
-    /// All ports, oldest first.
+    /// The ports made through Neutron (what warmpool makes for tenants),
+    /// oldest first; not those Nova makes for the servers it boots
+    /// ([`Self::server_ports`]).
     pub fn ports(&self) -> Vec<Port> {
         let now = Instant::now();
         self.inner.lock_at(now).ports(now)
+    }
+
+    /// The port Nova made for each server it booted (on the server's
+    /// network, named "", bound to it; deleted with it), oldest first.
+    /// They count against the port quota as the others do.
+    pub fn server_ports(&self) -> Vec<Port> {
+        let now = Instant::now();
+        self.inner.lock_at(now).server_ports(now)
     }
 
     /// Per compute host: servers on it and boots in progress.

@@ -905,7 +905,15 @@ async fn boot_attach_detach_delete_flow() {
         .await
         .expect(200)
         .json();
-    assert_eq!(r["ports"].as_array().unwrap().len(), 1);
+    // The port attached, and the one Nova made for the server as it booted
+    // it: unnamed, on the network it was booted on.
+    let ports = r["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    let own = ports.iter().find(|p| p["id"] != port.as_str()).unwrap();
+    assert_eq!(own["name"], "");
+    assert_eq!(own["network_id"], env.network_id("mgmt-net").await.as_str());
+    assert_eq!(own["device_owner"], "compute:az1");
+    let own = own["id"].as_str().unwrap().to_owned();
 
     // Detach both.
     env.delete(
@@ -947,6 +955,10 @@ async fn boot_attach_detach_delete_flow() {
         (r.status == 404).then_some(())
     })
     .await;
+    // Nova deleted the port it made, with the server.
+    env.get(Service::Network, &format!("/v2.0/ports/{own}"), None)
+        .await
+        .expect(404);
     env.wait_volume(&v2, "available").await;
     for v in [&v1, &v2] {
         env.delete(Service::Volume, &format!("/v3/volumes/{v}"), None)
@@ -1568,7 +1580,8 @@ async fn quota_errors_per_service() {
     let mut cfg = config();
     cfg.quotas.max_instances = 2;
     cfg.quotas.max_volumes = 1;
-    cfg.quotas.max_ports = 1;
+    // The two servers' own ports and one more.
+    cfg.quotas.max_ports = 3;
     cfg.max_cores = Some(5);
     let env = start_with(cfg, HttpSettings::default()).await;
     // Cores: db.large is 4 vCPUs.
@@ -1645,7 +1658,32 @@ async fn quota_errors_per_service() {
         .json();
     assert_eq!(
         q["quota"]["port"],
-        json!({"used": 1, "limit": 1, "reserved": 0})
+        json!({"used": 3, "limit": 3, "reserved": 0})
+    );
+    // Nova checks the port quota before the compute ones, in its own words.
+    let body = env.server_body("s3", "az1").await;
+    let r = env
+        .post(Service::Compute, "/v2.1/servers", Some("2.52"), body)
+        .await
+        .expect(403);
+    assert_eq!(
+        r.json(),
+        json!({"forbidden": {"code": 403, "message": "Maximum number of ports exceeded"}})
+    );
+
+    // A policy that keeps quotas from members: Neutron's 403.
+    env.face.faults().refuse_quota_details(true);
+    let r = env
+        .get(
+            Service::Network,
+            &format!("/v2.0/quotas/{pid}/details"),
+            None,
+        )
+        .await
+        .expect(403);
+    assert_eq!(
+        r.json(),
+        json!({"NeutronError": {"type": "PolicyNotAuthorized", "message": "rule:get_quota is disallowed by policy", "detail": ""}})
     );
 }
 

@@ -357,7 +357,8 @@ async fn quotas_are_enforced_at_create() {
     let mut cfg = SimConfig::deterministic();
     cfg.quotas.max_instances = 2;
     cfg.quotas.max_volumes = 1;
-    cfg.quotas.max_ports = 1;
+    // The two servers' own ports and one more.
+    cfg.quotas.max_ports = 3;
     let cloud = SimCloud::new(cfg);
     let a = cloud.create_server(&small("a")).await.unwrap().id;
     cloud.create_server(&small("b")).await.unwrap();
@@ -387,6 +388,56 @@ async fn quotas_are_enforced_at_create() {
         cloud.create_port(&port_spec("p2", None)).await,
         Err(CloudError::QuotaExceeded(_))
     ));
+}
+
+/// Nova makes a port for each server it boots (unnamed, on the server's
+/// network, bound to it), and it counts against the port quota as ports
+/// made through Neutron do, until the server is gone. A boot that finds no
+/// port left is refused in Nova's words, a port create in Neutron's.
+#[tokio::test(start_paused = true)]
+async fn each_server_takes_a_port_of_the_quota_until_it_is_gone() {
+    let mut cfg = SimConfig::deterministic();
+    cfg.quotas.max_ports = 3;
+    let cloud = SimCloud::new(cfg);
+    let a = cloud.create_server(&small("a")).await.unwrap().id;
+    let own = cloud.server_ports();
+    assert_eq!(own.len(), 1, "{own:?}");
+    assert_eq!(own[0].name, "");
+    assert_eq!(own[0].device_id.as_deref(), Some(a.as_str()));
+    assert!(
+        cloud.ports().is_empty(),
+        "only Neutron's creates are listed"
+    );
+    // A server's own port, and the tenant's it takes when sold.
+    let h = cloud.boot_headroom("db.small").await.unwrap();
+    assert_eq!(h.servers, Some(1), "{h:?}");
+    assert_eq!(h.limited_by.as_deref(), Some("ports: 1 of 3 used"));
+    assert!(h.quotas.contains(&QuotaLeft::new("ports", 2, 2)), "{h:?}");
+
+    // A look-up by name finds the port made with that name alone.
+    let p1 = cloud.create_port(&port_spec("p1", None)).await.unwrap();
+    let found = cloud.find_ports_by_name("p1").await.unwrap();
+    assert_eq!(found.iter().map(|p| &p.id).collect::<Vec<_>>(), [&p1.id]);
+    cloud.create_server(&small("b")).await.unwrap();
+    assert!(matches!(
+        cloud.create_server(&small("c")).await,
+        Err(CloudError::QuotaExceeded(m)) if m == "Maximum number of ports exceeded"
+    ));
+    assert!(matches!(
+        cloud.create_port(&port_spec("p2", None)).await,
+        Err(CloudError::QuotaExceeded(m)) if m == "Quota exceeded for resources: ['port']."
+    ));
+    assert_eq!(
+        cloud.boot_headroom("db.small").await.unwrap().servers,
+        Some(0)
+    );
+
+    // Deleted with its server, once the server is gone.
+    cloud.delete_server(&a).await.unwrap();
+    assert_eq!(cloud.server_ports().len(), 2);
+    tokio::time::sleep(secs(2.0)).await;
+    assert_eq!(cloud.server_ports().len(), 1);
+    cloud.create_server(&small("c")).await.unwrap();
 }
 
 /// The headroom a flavor's quota leaves, as the driver reads Nova's

@@ -1668,7 +1668,7 @@ impl Shared {
         if !poll {
             return QuotaRoom::of(&status, left);
         }
-        match self.cloud.boot_headroom(&pool.flavor).await {
+        match self.poll_headroom(&pool.flavor).await {
             Ok(h) => {
                 let mut gate = gate::lock(&self.gate);
                 gate.headroom_polled(&pool.flavor, boots_at_send, h, Instant::now());

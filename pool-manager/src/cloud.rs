@@ -223,8 +223,9 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// together are one throttling episode.
 pub const MIN_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
-/// How many more servers of one flavor the project's compute quota admits,
-/// from Nova's `/limits` (instances, cores and RAM, whichever binds first).
+/// How many more servers of one flavor the project's quota admits, from
+/// Nova's `/limits` (instances, cores and RAM) and Neutron's port quota,
+/// whichever binds first.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BootHeadroom {
     /// `None`: every limit is unlimited (-1).
@@ -234,7 +235,7 @@ pub struct BootHeadroom {
     /// One server of the flavor needs more than a quota allows in all: no
     /// server of it boots until the quota is raised, whatever is released.
     pub beyond_quota: bool,
-    /// Each limited compute quota: what is left of it and what one server
+    /// Each limited quota: what is left of it and what one server
     /// of the flavor takes. Quota is the project's, so a boot of another
     /// flavor takes that flavor's share of it (the throttle gate counts
     /// boots between polls so). Empty when only `servers` is known: each
@@ -242,10 +243,18 @@ pub struct BootHeadroom {
     pub quotas: Vec<QuotaLeft>,
 }
 
-/// One limited compute quota at a headroom poll.
+/// The port quota's resource name: a pool server holds its own port on
+/// the management network from its boot, and takes the tenant's when it
+/// is sold, both in warmpool's project.
+pub const PORTS: &str = "ports";
+
+/// What one server takes of [`PORTS`]: its own, and the tenant's.
+pub const PORTS_PER_SERVER: u64 = 2;
+
+/// One limited quota at a headroom poll.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QuotaLeft {
-    /// "instances", "cores" or "ram" (MiB).
+    /// "instances", "cores", "ram" (MiB) or [`PORTS`].
     pub resource: &'static str,
     pub left: u64,
     /// What one server of the polled flavor takes of it.
@@ -295,6 +304,32 @@ impl BootHeadroom {
         self.quotas = quotas;
         self
     }
+
+    /// Less the ports `unsold` pool servers (booting, warming or Ready, of
+    /// every pool: the quota is the project's) take when they are sold: the
+    /// cloud counts only the port each holds now. Room and the quota that
+    /// binds are judged again. The core knows `unsold`, the cloud does not.
+    pub fn with_unsold(mut self, unsold: u64) -> Self {
+        let Some(ports) = self.quotas.iter_mut().find(|q| q.resource == PORTS) else {
+            return self;
+        };
+        if unsold == 0 || self.beyond_quota {
+            return self;
+        }
+        let free = ports.left;
+        ports.left = free.saturating_sub(unsold);
+        let fits = |q: &QuotaLeft| q.left.checked_div(q.per_server).unwrap_or(u64::MAX);
+        // The first of the tightest, as the drivers name it.
+        if let Some(binding) = self.quotas.iter().min_by_key(|q| fits(q)) {
+            self.servers = Some(fits(binding));
+            if binding.resource == PORTS {
+                self.limited_by = Some(format!(
+                    "ports: {free} left, {unsold} kept for the sales of unsold servers"
+                ));
+            }
+        }
+        self
+    }
 }
 
 /// What warmpool needs of the cloud. Calls return once the cloud accepted the
@@ -327,7 +362,9 @@ pub trait Cloud: Send + Sync + 'static {
     async fn attach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()>;
     async fn detach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()>;
 
-    /// Quota headroom for booting servers of `flavor` (Nova `/limits`).
+    /// Quota headroom for booting servers of `flavor` (Nova `/limits`, and
+    /// the port quota where the cloud tells it: [`PORTS`], as the cloud
+    /// counts them, the caller adding what unsold servers will take).
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom>;
 
     /// Whether `pool`'s servers can boot from `image`: `NotFound` naming

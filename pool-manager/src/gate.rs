@@ -36,8 +36,10 @@
 //!   by what `sizing::decide` allows beyond it: a pool's sustained demand,
 //!   and one boot for a pool below its `min_ready` with none in flight, so
 //!   one pool's demand never leaves another without a boot.
-//! - **Quota.** The cloud's own limits (Nova `/limits`, through
-//!   `Cloud::boot_headroom`) are polled per flavor every `headroom_interval`
+//! - **Quota.** The cloud's own limits (Nova `/limits` and Neutron's port
+//!   quota, through `Cloud::boot_headroom`, less the port each unsold pool
+//!   instance takes when sold: `BootHeadroom::with_unsold`, applied by the
+//!   caller, which counts them) are polled per flavor every `headroom_interval`
 //!   by the replenisher, not per boot, and cached. Boots started since a poll
 //!   (any pool, purchases included: quota is per project) are subtracted
 //!   from the cached headroom, each as what one server of its own flavor
@@ -74,7 +76,8 @@ pub const RATIO_SMOOTHING: f64 = 0.25;
 pub const DEFAULT_QUOTA_BACKOFF: Duration = Duration::from_secs(30);
 pub const DEFAULT_QUOTA_BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
 /// How often each flavor's quota headroom is polled: a GET of Nova's
-/// `/limits` is cheap, but one per boot would add a call to every boot.
+/// `/limits` (and of Neutron's quota details) is cheap, but one per boot
+/// would add a call to every boot.
 pub const DEFAULT_HEADROOM_INTERVAL: Duration = Duration::from_secs(30);
 /// Recent build times kept per AZ to re-measure a stale baseline.
 const RECENT: usize = 8;

@@ -16,7 +16,8 @@
 use crate::allocator::deadline_after;
 use crate::changes::ChangeCursor;
 use crate::cloud::{
-    CloudError, CloudResult, Server, ServerSpec, ServerStatus, META_INSTANCE, META_POOL,
+    BootHeadroom, CloudError, CloudResult, Server, ServerSpec, ServerStatus, META_INSTANCE,
+    META_POOL,
 };
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, BootOutcome, EventKind};
@@ -333,7 +334,7 @@ impl Shared {
             }
             gate.boots_started()
         };
-        let result = self.cloud.boot_headroom(flavor).await;
+        let result = self.poll_headroom(flavor).await;
         let now = Instant::now();
         let mut gate = gate::lock(&self.gate);
         match result {
@@ -345,13 +346,31 @@ impl Shared {
                 gate.headroom_polled(flavor, boots_at_send, h, now);
             }
             Err(e) => {
-                if let CloudError::Throttled { retry_after, .. } = &e {
+                if let ManagerError::Cloud(CloudError::Throttled { retry_after, .. }) = &e {
                     gate.throttled(&pool.availability_zone, *retry_after, now);
                 }
                 tracing::warn!(%flavor, error = %e, "cannot read quota headroom; boots are paced by quota refusals only");
                 gate.headroom_failed(flavor, e.to_string(), now);
             }
         }
+    }
+
+    /// The flavor's quota headroom as the cloud reports it, less the port
+    /// each unsold instance takes when it is sold
+    /// ([`crate::cloud::BootHeadroom::with_unsold`]), counted just before
+    /// the cloud is asked. A cold boot's instance counts too, though its
+    /// order made its port already: one port too many while it boots.
+    pub(crate) async fn poll_headroom(&self, flavor: &str) -> ManagerResult<BootHeadroom> {
+        let unsold: u64 = self
+            .store
+            .count_instances_by_pool()
+            .await?
+            .values()
+            .flatten()
+            .filter(|(state, _)| state.is_supply())
+            .map(|(_, n)| u64::from(*n))
+            .sum();
+        Ok(self.cloud.boot_headroom(flavor).await?.with_unsold(unsold))
     }
 
     /// Starts the boots the decider asks for. Returns the gate's hold, if

@@ -451,3 +451,63 @@ async fn a_waiting_purchase_leaves_the_line_when_its_cold_boot_starts() {
     assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
+
+/// The port quota binds (10), compute does not: every pool server holds its
+/// own port from its boot, and takes the tenant's port when it is sold.
+/// Filled to its target of 8, the pool would hold 8 ports, and 2 sales
+/// (or a sale and its refill) later the quota would refuse a purchase's
+/// port with warm servers idle. The pool keeps each unsold server's sale
+/// port free: it holds at most 5 servers, and 5 purchases in a row get one.
+#[tokio::test(start_paused = true)]
+async fn the_pool_leaves_each_unsold_server_the_port_its_sale_takes() {
+    let mut config = cloudsim::SimConfig::deterministic();
+    config.quotas.max_ports = 10;
+    let sim = SimCloud::new(config);
+    let manager = manager_on(&sim, temp_store());
+    let mut events = manager.events();
+    manager.start().await.unwrap();
+    let fixed = pool_manager::model::PoolSpec {
+        target: pool_manager::model::Target::Fixed(8),
+        ..spec(8)
+    };
+    manager.create_pool(pool(), fixed).await.unwrap();
+    let mut most_servers = 0;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        most_servers = most_servers.max(sim.servers().len());
+    }
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 5, "{status:?}");
+    assert_eq!(
+        status.sizing.quota.limited_by.as_deref(),
+        Some("ports: 5 left, 5 kept for the sales of unsold servers"),
+        "{:?}",
+        status.sizing
+    );
+    for i in 0..5 {
+        let id = format!("p{i}");
+        let allocation = manager
+            .allocate(request(&id, new_volume(), EmptyPoolPolicy::ColdBoot))
+            .await
+            .unwrap_or_else(|e| panic!("purchase {id} failed: {e}"));
+        assert_eq!(allocation.state, AllocationState::Allocated);
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            most_servers = most_servers.max(sim.servers().len());
+        }
+    }
+    // Two ports a server, sold or not.
+    assert_eq!(most_servers, 5);
+    assert_eq!(sim.server_ports().len() + sim.ports().len(), 10);
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 0, "{status:?}");
+    assert_eq!(
+        status.sizing.quota.limited_by.as_deref(),
+        Some("ports: 10 of 10 used"),
+        "{:?}",
+        status.sizing
+    );
+    assert_eq!(quota_refusals(&mut events), 0);
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}

@@ -879,6 +879,60 @@ fn a_boot_takes_its_own_flavors_share_of_every_flavors_headroom() {
 
 /// A purchase waiting for quota is first in line for what one server of
 /// its own flavor takes: speculative refills of every flavor leave it that.
+/// The ports quota as polled counts each unsold server's own port, not
+/// the tenant's it takes when sold: those are taken from it at the poll,
+/// and each boot since takes both of its own.
+#[test]
+fn unsold_servers_keep_the_ports_their_sales_take() {
+    let t0 = Instant::now();
+    let polled = |left: u64| {
+        BootHeadroom::room(left / 2, format!("ports: {} of 20 used", 20 - left)).with_quotas(vec![
+            QuotaLeft::new("instances", 100, 1),
+            QuotaLeft::new("ports", left, 2),
+        ])
+    };
+    // 6 pool servers, 2 of them sold: 8 ports used, 12 left; the 4 unsold
+    // take 4 of those when sold, which leaves room for 4 more servers.
+    let mut g = gate(GateSettings::default());
+    g.headroom_polled("db.small", g.boots_started(), polled(12).with_unsold(4), t0);
+    assert_eq!(g.headroom_left("db.small"), Some(4));
+    let status = g.headroom_status("db.small");
+    assert_eq!(status.polled, Some(4));
+    assert_eq!(
+        status.limited_by.as_deref(),
+        Some("ports: 12 left, 4 kept for the sales of unsold servers")
+    );
+    start_n(&mut g, 3, t0);
+    assert_eq!(g.headroom_left("db.small"), Some(1));
+
+    // Nothing unsold: as the cloud said.
+    let mut g = gate(GateSettings::default());
+    g.headroom_polled("db.small", g.boots_started(), polled(12).with_unsold(0), t0);
+    assert_eq!(g.headroom_left("db.small"), Some(6));
+    assert_eq!(
+        g.headroom_status("db.small").limited_by.as_deref(),
+        Some("ports: 8 of 20 used")
+    );
+
+    // More unsold than ports left (the quota was lowered): no room.
+    let mut g = gate(GateSettings::default());
+    g.headroom_polled("db.small", g.boots_started(), polled(2).with_unsold(8), t0);
+    assert_eq!(g.headroom_left("db.small"), Some(0));
+
+    // Compute binds first however many are unsold: it keeps its name.
+    let mut g = gate(GateSettings::default());
+    let headroom = BootHeadroom::room(2, "instances: 98 of 100 used".into()).with_quotas(vec![
+        QuotaLeft::new("instances", 2, 1),
+        QuotaLeft::new("ports", 12, 2),
+    ]);
+    g.headroom_polled("db.small", g.boots_started(), headroom.with_unsold(4), t0);
+    assert_eq!(g.headroom_left("db.small"), Some(2));
+    assert_eq!(
+        g.headroom_status("db.small").limited_by.as_deref(),
+        Some("instances: 98 of 100 used")
+    );
+}
+
 #[test]
 fn a_waiting_purchase_reserves_its_own_flavors_share() {
     let t0 = Instant::now();

@@ -761,7 +761,7 @@ async fn quota_check(
     let beyond = pools
         .iter()
         .filter_map(|pool| flavors.get(&pool.key.flavor))
-        .map(|flavor| limits.headroom(flavor))
+        .map(|flavor| limits.headroom(flavor, None))
         .filter(|headroom| headroom.beyond_quota)
         .filter_map(|headroom| headroom.limited_by)
         .collect::<std::collections::BTreeSet<_>>();

@@ -322,7 +322,8 @@ pub struct ManagerConfig {
     pub quota_backoff: Duration,
     #[serde(with = "humantime_serde")]
     pub quota_backoff_max: Duration,
-    /// How often each flavor's quota headroom (Nova /limits) is polled.
+    /// How often each flavor's quota headroom (Nova /limits, Neutron's port
+    /// quota) is polled.
     #[serde(with = "humantime_serde")]
     pub quota_poll_interval: Duration,
 }

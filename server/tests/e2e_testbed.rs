@@ -208,7 +208,7 @@ async fn pools_fill(ctx: &Ctx) {
 }
 
 /// No db.huge server fits the project's cores quota: the pool says so and
-/// stays empty.
+/// stays empty. The port quota is read from Neutron.
 async fn quota_is_reported(ctx: &Ctx) {
     let huge = eventually("db.huge@az1 to report the quota", PATIENCE, || async {
         let pool = ctx
@@ -229,6 +229,24 @@ async fn quota_is_reported(ctx: &Ctx) {
     })
     .await;
     assert_eq!(huge.counts.unwrap_or_default().ready, 0, "{huge:?}");
+
+    // Neutron's quota details are read: the project's port quota (PORTS in
+    // bootstrap_warmpool.py) counts in the headroom, two ports a server.
+    let ports = ctx
+        .e2e
+        .port_quota()
+        .await
+        .expect("GET /v2.0/quotas/{project}/details")
+        .expect("the testbed's Neutron tells warmpool-e2e its port quota");
+    assert_eq!(ports.max, 100, "{ports:?}");
+    let headroom = ctx.e2e.boot_headroom(SMALL).await.expect("boot headroom");
+    assert!(
+        headroom
+            .quotas
+            .iter()
+            .any(|q| q.resource == "ports" && q.per_server == 2),
+        "{headroom:?}"
+    );
 }
 
 /// A server with warmpool's tag and metadata that the store does not know

@@ -10,8 +10,8 @@ mod support;
 use cloudsim::http::{HttpFace, HttpSettings, RunningFace, Service};
 use cloudsim::{Quotas, SecurityGroupConfig, SimCloud, SimConfig};
 use pool_manager::cloud::{
-    Cloud, CloudError, NewPortSpec, NewVolumeSpec, Server, ServerSpec, ServerStatus, VolumeStatus,
-    MAX_RETRY_AFTER, META_INSTANCE, META_POOL,
+    Cloud, CloudError, NewPortSpec, NewVolumeSpec, QuotaLeft, Server, ServerSpec, ServerStatus,
+    VolumeStatus, MAX_RETRY_AFTER, META_INSTANCE, META_POOL,
 };
 use pool_manager::gate::{Gate, GateSettings};
 use pool_manager::model::PoolKey;
@@ -612,6 +612,71 @@ async fn quotas_of_each_service_are_quota_exceeded() {
         matches!(last, Err(CloudError::QuotaExceeded(_))),
         "{last:?}"
     );
+}
+
+/// The headroom counts the project's Neutron port quota (its quota
+/// details), two ports a server: its own, which Nova made at the boot, and
+/// the tenant's it takes when sold. The servers' own ports, unnamed, leave
+/// a look-up by name alone. A policy that keeps the quota details from the
+/// project leaves Nova's quotas binding, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boot_headroom_counts_the_port_quota_and_does_without_it_when_refused() {
+    let env = env_with(
+        SimConfig {
+            quotas: Quotas {
+                max_instances: 10,
+                max_ports: 10,
+                ..Quotas::default()
+            },
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
+    let cloud = env.driver().await;
+    for name in ["a", "b"] {
+        cloud
+            .create_server(&spec(name, "db.small", "az1"))
+            .await
+            .unwrap();
+    }
+    let network = cloud.network("tenant-net").await.unwrap();
+    let port = cloud
+        .create_port(&port_spec("warmpool-o1-a1", &network.id))
+        .await
+        .unwrap();
+    let found = cloud.find_ports_by_name("warmpool-o1-a1").await.unwrap();
+    assert_eq!(
+        found.iter().map(|p| &p.id).collect::<Vec<_>>(),
+        [&port.id],
+        "{found:?}"
+    );
+    assert_eq!(env.sim.server_ports().len(), 2);
+
+    let headroom = cloud.boot_headroom("db.small").await.unwrap();
+    assert_eq!(headroom.servers, Some(3), "{headroom:?}");
+    assert_eq!(headroom.limited_by.as_deref(), Some("ports: 3 of 10 used"));
+    assert!(
+        headroom.quotas.contains(&QuotaLeft::new("ports", 7, 2)),
+        "{headroom:?}"
+    );
+
+    env.face.faults().refuse_quota_details(true);
+    for _ in 0..2 {
+        let headroom = cloud.boot_headroom("db.small").await.unwrap();
+        assert_eq!(headroom.servers, Some(8), "{headroom:?}");
+        assert_eq!(
+            headroom.limited_by.as_deref(),
+            Some("instances: 2 of 10 used")
+        );
+        assert!(
+            headroom.quotas.iter().all(|q| q.resource != "ports"),
+            "{headroom:?}"
+        );
+    }
+    env.face.faults().refuse_quota_details(false);
+    let headroom = cloud.boot_headroom("db.small").await.unwrap();
+    assert_eq!(headroom.limited_by.as_deref(), Some("ports: 3 of 10 used"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1223,7 +1288,8 @@ async fn a_network_given_by_its_id_in_upper_case_resolves() {
 
 /// A cloud that pages its listings (Nova's `osapi_max_limit`, Neutron's
 /// `pagination_max_limit`) still shows the reconciler every pool server
-/// with every port attached to it: the driver follows the next links.
+/// with every port attached to it (the one Nova made at the boot first):
+/// the driver follows the next links.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paged_listings_are_followed_to_the_end() {
     let env = env_with(
@@ -1248,7 +1314,14 @@ async fn paged_listings_are_followed_to_the_end() {
             .await
             .unwrap();
         cloud.attach_port(&server.id, &port.id).await.unwrap();
-        ports_of.insert(server.id, vec![port.id]);
+        let own = env
+            .sim
+            .server_ports()
+            .into_iter()
+            .find(|p| p.device_id.as_deref() == Some(server.id.as_str()))
+            .expect("Nova made the server's port")
+            .id;
+        ports_of.insert(server.id, vec![own, port.id]);
     }
     for _ in 0..100 {
         let listed = cloud.list_pool_servers().await.unwrap();

@@ -313,6 +313,8 @@ pub(crate) struct FaceState {
     /// Nova's policy refuses the project `forceDelete`
     /// (`HttpFaults::refuse_force_delete`).
     pub(crate) force_delete_refused: AtomicBool,
+    /// Neutron's `get_quota` policy refuses the project its quota details.
+    pub(crate) quota_details_refused: AtomicBool,
     /// What the next `forceDelete`s answer instead of taking effect
     /// (`HttpFaults::fail_force_delete_next`), first first.
     pub(crate) force_delete_failures: Mutex<std::collections::VecDeque<u16>>,
@@ -573,6 +575,15 @@ impl HttpFaults {
             .store(refused, Ordering::SeqCst);
     }
 
+    /// Neutron's `get_quota` policy made admin-only (`refused` true) or
+    /// the project's again: while refused, `GET /v2.0/quotas/{id}/details`
+    /// answers Neutron's 403 policy fault. Not cleared by a count.
+    pub fn refuse_quota_details(&self, refused: bool) {
+        self.state
+            .quota_details_refused
+            .store(refused, Ordering::SeqCst);
+    }
+
     /// The next `n` `forceDelete`s of a server the project can see answer
     /// `status` and do nothing: 401 as keystonemiddleware words it (a
     /// token the service cannot validate; the driver logs in again and
@@ -590,6 +601,7 @@ impl HttpFaults {
         lock(&self.state.faults).clear();
         self.refuse_force_delete(false);
         lock(&self.state.force_delete_failures).clear();
+        self.refuse_quota_details(false);
     }
 }
 
@@ -742,6 +754,7 @@ impl HttpFace {
             changed_passwords: Mutex::new(HashMap::new()),
             password_logins: AtomicU32::new(0),
             force_delete_refused: AtomicBool::new(false),
+            quota_details_refused: AtomicBool::new(false),
             force_delete_failures: Mutex::default(),
         });
         let app = router(state.clone());

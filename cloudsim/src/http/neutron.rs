@@ -16,6 +16,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use pool_manager::cloud::{CloudError, NewPortSpec};
 use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -636,10 +637,21 @@ async fn delete_port(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `GET /quotas/{project_id}/details` (the quota_details extension): each
+/// resource's limit (-1: none), use and reservations. Every port counts,
+/// those Nova made for its servers too.
 async fn quota_details(
     State(state): State<Arc<FaceState>>,
     Path(project_id): Path<String>,
-) -> Json<Value> {
+) -> Result<Json<Value>, ApiError> {
+    if state.quota_details_refused.load(Ordering::SeqCst) {
+        return Err(ApiError::new(
+            N,
+            StatusCode::FORBIDDEN,
+            "rule:get_quota is disallowed by policy",
+        )
+        .typed("PolicyNotAuthorized"));
+    }
     let model = state.sim.inner.lock_at(Instant::now());
     let used_ports = if project_id == state.project_id {
         model.port_count()
@@ -647,15 +659,20 @@ async fn quota_details(
         0
     };
     let q = |used: usize, limit: i64| json!({"used": used, "limit": limit, "reserved": 0});
-    Json(json!({"quota": {
+    let port_limit = if model.cfg.quotas.max_ports == crate::Quotas::UNLIMITED {
+        -1
+    } else {
+        i64::try_from(model.cfg.quotas.max_ports).unwrap_or(i64::MAX)
+    };
+    Ok(Json(json!({"quota": {
         "network": q(0, 100),
         "subnet": q(0, 100),
-        "port": q(used_ports, i64::try_from(model.cfg.quotas.max_ports).unwrap_or(i64::MAX)),
+        "port": q(used_ports, port_limit),
         "router": q(0, 10),
         "floatingip": q(0, 50),
         "security_group": q(1, 10),
         "security_group_rule": q(0, 100),
         "rbac_policy": q(0, 10),
         "subnetpool": q(0, -1),
-    }}))
+    }})))
 }

@@ -37,12 +37,13 @@ use crate::cloud::{
 use async_trait::async_trait;
 use error::{classify_reply, Service};
 use neutron::{looks_like_id, Named};
-use nova::{AbsoluteLimits, AddressRule, Flavor};
+use nova::{AbsoluteLimits, AddressRule, Flavor, QuotaUse};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use session::{Call, Connection, Reply};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -286,6 +287,8 @@ struct Inner {
     /// `os_compute_api:os-deferred-delete:force` admin-only), and when:
     /// see [`FORCE_DELETE_ASKED_AGAIN_AFTER`].
     force_delete_refused: Mutex<Option<(tokio::time::Instant, String)>>,
+    /// Neutron refused the port quota's details: warned of, until it tells.
+    port_quota_unknown: AtomicBool,
 }
 
 impl std::fmt::Debug for OpenStackCloud {
@@ -350,6 +353,7 @@ impl OpenStackCloud {
                 soft_deleted: Mutex::default(),
                 deletes_sent: Mutex::default(),
                 force_delete_refused: Mutex::default(),
+                port_quota_unknown: AtomicBool::new(false),
             }),
         })
     }
@@ -702,6 +706,36 @@ impl OpenStackCloud {
     pub async fn limits(&self) -> CloudResult<AbsoluteLimits> {
         let body: nova::LimitsBody = self.fetch(self.nova(Method::GET, &["limits"])).await?;
         Ok(body.limits.absolute)
+    }
+
+    /// The project's Neutron port quota (the quota_details extension): a
+    /// pool server's own port and a sold one's tenant port both count in
+    /// it. `None` when unlimited, or when Neutron will not tell (its
+    /// policy's 403, the extension missing: 404), warned of once: the
+    /// headroom is then Nova's quotas' alone.
+    pub async fn port_quota(&self) -> CloudResult<Option<QuotaUse>> {
+        let project = self.inner.conn.project_id().await?;
+        let call = Call::new(
+            Service::Network,
+            Method::GET,
+            ["quotas", project.as_str(), "details"],
+        );
+        let what = call.describe();
+        let reply = self.inner.conn.send(&call).await?;
+        if matches!(reply.status, 403 | 404) {
+            if !self.inner.port_quota_unknown.swap(true, Ordering::Relaxed) {
+                let answer = error::parse_fault(&reply.body).message;
+                tracing::warn!(call = %what, status = reply.status, %answer, "Neutron does not tell warmpool its port quota: quota headroom counts Nova's quotas only, so pools may fill the port quota until purchases' ports are refused with warm servers idle; let the project read its own quota (Neutron's get_quota policy, the quota_details extension) or keep the port quota at twice the servers the pools may hold");
+            }
+            return Ok(None);
+        }
+        let reply = checked(&call, reply)?;
+        let body: neutron::QuotaDetailsBody =
+            serde_json::from_str(&reply.body).map_err(|e| unreadable(&what, e))?;
+        self.inner
+            .port_quota_unknown
+            .store(false, Ordering::Relaxed);
+        Ok(body.quota.ports())
     }
 
     fn address_rule<'a>(&'a self, network_name: &'a str) -> AddressRule<'a> {
@@ -1458,7 +1492,8 @@ impl Cloud for OpenStackCloud {
 
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         let flavor = self.flavor(flavor).await?;
-        Ok(self.limits().await?.headroom(&flavor))
+        let (limits, ports) = tokio::try_join!(self.limits(), self.port_quota())?;
+        Ok(limits.headroom(&flavor, ports.as_ref()))
     }
 
     async fn check_boot_placement(&self, pool: &crate::model::PoolKey) -> CloudResult<()> {

@@ -1,8 +1,43 @@
 //! Neutron's and Glance's JSON as warmpool reads it: ports, networks,
 //! security groups, images.
 
-use crate::cloud::{NewPortSpec, Port};
+use super::nova::QuotaUse;
+use crate::cloud::{NewPortSpec, Port, PORTS};
 use serde::Deserialize;
+
+/// `GET /v2.0/quotas/{project_id}/details` (the quota_details extension).
+#[derive(Debug, Deserialize)]
+pub struct QuotaDetailsBody {
+    pub quota: QuotaDetails,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct QuotaDetails {
+    #[serde(default)]
+    pub port: Option<QuotaDetail>,
+}
+
+/// One resource's quota; a `limit` of -1 is none.
+#[derive(Debug, Deserialize)]
+pub struct QuotaDetail {
+    pub limit: i64,
+    #[serde(default)]
+    pub used: i64,
+    #[serde(default)]
+    pub reserved: i64,
+}
+
+impl QuotaDetails {
+    /// The port quota, as Nova's quotas are read: what is reserved (a
+    /// create under way) is as good as used.
+    pub fn ports(&self) -> Option<QuotaUse> {
+        self.port.as_ref().map(|p| QuotaUse {
+            resource: PORTS,
+            used: p.used.max(0).saturating_add(p.reserved.max(0)),
+            max: p.limit,
+        })
+    }
+}
 
 #[derive(Debug, Deserialize)]
 pub struct PortBody {
@@ -130,6 +165,56 @@ pub fn looks_like_id(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The port quota read from the quota_details extension binds at two
+    /// ports a server (its own, the tenant's when sold); what Neutron
+    /// reserves for creates under way is as good as used.
+    #[test]
+    fn the_port_quota_binds_at_two_ports_a_server() {
+        let body: QuotaDetailsBody = serde_json::from_str(
+            r#"{"quota": {"network": {"used": 1, "limit": 100, "reserved": 0},
+                "port": {"used": 7, "limit": 10, "reserved": 1},
+                "subnetpool": {"used": 0, "limit": -1, "reserved": 0}}}"#,
+        )
+        .unwrap();
+        let ports = body.quota.ports().unwrap();
+        let limits = super::super::nova::AbsoluteLimits {
+            max_total_instances: 10,
+            total_instances_used: 4,
+            max_total_cores: -1,
+            max_total_ram_size: -1,
+            ..Default::default()
+        };
+        let small = super::super::nova::Flavor {
+            id: "1".into(),
+            name: "db.small".into(),
+            vcpus: 1,
+            ram: 1024,
+        };
+        use crate::cloud::{BootHeadroom, QuotaLeft};
+        assert_eq!(
+            limits.headroom(&small, Some(&ports)),
+            BootHeadroom::room(1, "ports: 8 of 10 used".into()).with_quotas(vec![
+                QuotaLeft::new("instances", 6, 1),
+                QuotaLeft::new("ports", 2, 2)
+            ])
+        );
+        // A port quota of one: no server fits it, sold.
+        let one = QuotaUse {
+            max: 1,
+            used: 0,
+            ..ports.clone()
+        };
+        assert!(limits.headroom(&small, Some(&one)).beyond_quota);
+        // Unlimited: compute's alone.
+        let none: QuotaDetailsBody =
+            serde_json::from_str(r#"{"quota": {"port": {"used": 7, "limit": -1, "reserved": 0}}}"#)
+                .unwrap();
+        assert_eq!(
+            limits.headroom(&small, none.quota.ports().as_ref()),
+            limits.headroom(&small, None)
+        );
+    }
 
     #[test]
     fn a_bound_port_has_device_and_address() {

@@ -5,7 +5,7 @@
 //! no tags, and their closed status enums fail a whole object on a status
 //! string they do not know.
 
-use crate::cloud::{BootHeadroom, QuotaLeft, Server, ServerStatus};
+use crate::cloud::{BootHeadroom, QuotaLeft, Server, ServerStatus, PORTS_PER_SERVER};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -220,7 +220,7 @@ fn unlimited() -> i64 {
     -1
 }
 
-/// One compute quota, for messages: "cores: 18 of 20 used".
+/// One quota, for messages: "cores: 18 of 20 used".
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QuotaUse {
     pub resource: &'static str,
@@ -267,12 +267,18 @@ impl AbsoluteLimits {
         ]
     }
 
-    /// How many more servers of `flavor` fit, and which quota binds.
-    pub fn headroom(&self, flavor: &Flavor) -> BootHeadroom {
+    /// How many more servers of `flavor` fit, and which quota binds: of
+    /// these and, when known, the project's Neutron `ports`.
+    pub fn headroom(&self, flavor: &Flavor, ports: Option<&QuotaUse>) -> BootHeadroom {
         let per_server = [1, flavor.vcpus, flavor.ram];
         let mut best: Option<(u64, String)> = None;
         let mut quotas = Vec::new();
-        for (quota, need) in self.quotas().iter().zip(per_server) {
+        let compute = self.quotas();
+        let limited = compute
+            .iter()
+            .zip(per_server)
+            .chain(ports.map(|p| (p, PORTS_PER_SERVER)));
+        for (quota, need) in limited {
             if quota.max < 0 {
                 continue;
             }
@@ -507,16 +513,16 @@ mod tests {
             ]
         };
         assert_eq!(
-            a.headroom(&small),
+            a.headroom(&small, None),
             BootHeadroom::room(8, "instances: 2 of 10 used".into()).with_quotas(left(1, 1024))
         );
         assert_eq!(
-            a.headroom(&large),
+            a.headroom(&large, None),
             BootHeadroom::room(4, "cores: 2 of 20 used".into()).with_quotas(left(4, 8192))
         );
         // One server needs more than the whole quota: no use waiting for room.
         assert_eq!(
-            a.headroom(&huge),
+            a.headroom(&huge, None),
             BootHeadroom::beyond_quota(
                 "cores: one db.huge server needs 64, the quota is 20".into()
             )
@@ -527,7 +533,7 @@ mod tests {
             total_cores_used: 18,
             ..a.clone()
         };
-        let room = full.headroom(&large);
+        let room = full.headroom(&large, None);
         assert_eq!(
             (room.servers, room.limited_by.as_deref()),
             (Some(0), Some("cores: 18 of 20 used"))
@@ -538,7 +544,7 @@ mod tests {
             max_total_ram_size: -1,
             ..AbsoluteLimits::default()
         };
-        assert_eq!(unlimited.headroom(&small), BootHeadroom::UNLIMITED);
+        assert_eq!(unlimited.headroom(&small, None), BootHeadroom::UNLIMITED);
         // A garbled answer (a negative use, extreme numbers) reads as what
         // the max alone allows, without overflowing.
         let garbled = AbsoluteLimits {
@@ -548,7 +554,10 @@ mod tests {
             max_total_ram_size: -1,
             ..AbsoluteLimits::default()
         };
-        assert_eq!(garbled.headroom(&small).servers, Some(i64::MAX as u64));
+        assert_eq!(
+            garbled.headroom(&small, None).servers,
+            Some(i64::MAX as u64)
+        );
         let cores = |used, max| QuotaUse {
             resource: "cores",
             used,

@@ -76,7 +76,7 @@ pub fn sim() -> Arc<SimCloud> {
         quotas: cloudsim::Quotas {
             max_instances: 1000,
             max_volumes: 1000,
-            max_ports: 1000,
+            max_ports: cloudsim::Quotas::UNLIMITED,
             max_gigabytes: 1000 * 1000,
         },
         ..SimConfig::deterministic()
