@@ -9,8 +9,9 @@ mod common;
 
 use cloudsim::SimCloud;
 use common::*;
+use pool_manager::cloud::VolumeStatus;
 use pool_manager::events::EventKind;
-use pool_manager::model::{AllocationState, EmptyPoolPolicy};
+use pool_manager::model::{AllocationState, EmptyPoolPolicy, InstanceState};
 use pool_manager::store::Store;
 use pool_manager::PoolManager;
 use std::path::Path;
@@ -42,6 +43,8 @@ enum Hang {
 /// One run of the process, on the store of `dir` as `survives` leaves it.
 struct Process {
     manager: PoolManager,
+    /// cloudsim behind a gate, the restarted process's cloud too.
+    cloud: Arc<GatedCloud>,
     image: Option<Arc<HookedStore<CrashImage>>>,
 }
 
@@ -56,12 +59,13 @@ impl Process {
                 (image.clone(), Some(image))
             }
         };
-        let manager = started(sim, store, target).await;
-        manager
-            .update_pool(&pool(), |s| s.paused = true)
-            .await
-            .unwrap();
-        Self { manager, image }
+        let cloud = GatedCloud::new(sim);
+        let manager = started_paused(&cloud, store, target).await;
+        Self {
+            manager,
+            cloud,
+            image,
+        }
     }
 
     /// The process dies; it starts again (reconciling) on what survived.
@@ -89,7 +93,7 @@ impl Process {
             }
             None => open_store(dir),
         };
-        let manager = manager_on(sim, store);
+        let manager = manager_over(&self.cloud, store);
         let mut events = manager.events();
         manager.start().await.unwrap();
         // Every server of the dead process was recorded before it was
@@ -289,12 +293,50 @@ async fn a_crash_after_any_call_of_a_cold_boot_purchase_took_effect_is_repaired(
     }
 }
 
-async fn crash_at_every_step_of_a_release(survives: Survives, hang: Hang) {
-    let sweep = format!("a release ({survives:?}, {hang:?})");
+/// What the crashed release is of, and what it does with the volume.
+#[derive(Clone, Copy, Debug)]
+struct Release {
+    /// `delete_volume` of the Release; `false`: the tenant keeps it.
+    delete_volume: bool,
+    /// The order's port and volume creates lost their answers and were
+    /// sent again (`creates_in_doubt`): their twins, deleted by the
+    /// commit's look, are named by a watch the release takes over.
+    in_doubt: bool,
+}
+
+impl Release {
+    const DELETING_THE_VOLUME: Self = Self {
+        delete_volume: true,
+        in_doubt: false,
+    };
+}
+
+/// A release sweep in every mode of survival: `hang` and `release` as given.
+async fn crash_at_every_step_of_a_release_surviving_anything(hang: Hang, release: Release) {
+    for survives in [
+        Survives::EveryWrite,
+        Survives::FlushedWrites,
+        Survives::FlushedAndHalfTheRest,
+    ] {
+        crash_at_every_step_of_a_release(survives, hang, release).await;
+    }
+}
+
+async fn crash_at_every_step_of_a_release(survives: Survives, hang: Hang, release: Release) {
+    let sweep = format!("a release ({survives:?}, {hang:?}, {release:?})");
+    let Release {
+        delete_volume,
+        in_doubt,
+    } = release;
     at_every_crash_point(&sweep, 4, |crash_after| async move {
         let sim = sim();
         let dir = tempfile::tempdir().unwrap();
         let process = Process::first(&sim, dir.path(), survives, 2).await;
+        if in_doubt {
+            // cloudsim creates each, and then the allocator's retry too.
+            process.cloud.lose_next_answer("create_port");
+            process.cloud.lose_next_answer("create_volume");
+        }
         let sold = process
             .manager
             .allocate(request(
@@ -304,15 +346,21 @@ async fn crash_at_every_step_of_a_release(survives: Survives, hang: Hang) {
             ))
             .await
             .unwrap();
+        assert_eq!(sold.creates_in_doubt, in_doubt);
+        if in_doubt {
+            // The commit's look deletes the twins; the release looks again.
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            assert_consistent(&sim, &process.manager).await;
+        }
         let acknowledged = until_the_cloud_hangs(&sim, hang, crash_after, {
             let manager = process.manager.clone();
-            async move { manager.release("order-crash", Some(true)).await }
+            async move { manager.release("order-crash", Some(delete_volume)).await }
         })
         .await
         .map(|answer| answer.expect("a release without a crash succeeds"));
 
         let manager = process.crash_and_restart(&sim, dir.path(), survives).await;
-        let what = format!("{survives:?}, crash after {crash_after} calls, {hang:?}");
+        let what = format!("{survives:?}, crash after {crash_after} calls, {hang:?}, {release:?}");
         let after_restart = manager.get_allocation("order-crash").await.unwrap();
         if let Some(done) = &acknowledged {
             assert_eq!(
@@ -325,16 +373,30 @@ async fn crash_at_every_step_of_a_release(survives: Survives, hang: Hang) {
         assert_consistent(&sim, &manager).await;
 
         // The billing system retries the release and it is done once.
-        let retried = manager.release("order-crash", Some(true)).await.unwrap();
+        let retried = manager
+            .release("order-crash", Some(delete_volume))
+            .await
+            .unwrap();
         assert_eq!(retried.state, AllocationState::Released, "{what}");
         if let Some(done) = &acknowledged {
             assert_eq!(&retried, done, "{what}");
         }
+        // The passes that follow (the name's watch among them) leave the
+        // volume as the release did.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        manager.reconcile().await.unwrap();
         let volume = sold.volume_id.as_deref().unwrap();
-        assert!(
-            sim.volumes().iter().all(|v| v.id != volume),
-            "{what}: the released volume was kept"
-        );
+        let left = sim.volumes().into_iter().find(|v| v.id == volume);
+        match delete_volume {
+            true => assert!(left.is_none(), "{what}: the released volume was kept"),
+            false => {
+                let left =
+                    left.unwrap_or_else(|| panic!("{what}: the tenant's volume was deleted"));
+                assert_eq!(left.status, VolumeStatus::Available, "{what}: {left:?}");
+                assert!(left.attached_to.is_empty(), "{what}: {left:?}");
+            }
+        }
+        assert!(sim.ports().is_empty(), "{what}: {:?}", sim.ports());
         assert_consistent(&sim, &manager).await;
         manager.shutdown().await.unwrap();
         acknowledged.is_some()
@@ -347,9 +409,11 @@ async fn crash_at_every_step_of_a_release(survives: Survives, hang: Hang) {
 /// finished or can be asked again, and nothing of it stays in the cloud.
 #[tokio::test(start_paused = true)]
 async fn a_crash_at_any_step_of_a_release_is_repaired_by_reconcile() {
-    crash_at_every_step_of_a_release(Survives::EveryWrite, Hang::BeforeEffect).await;
-    crash_at_every_step_of_a_release(Survives::FlushedWrites, Hang::BeforeEffect).await;
-    crash_at_every_step_of_a_release(Survives::FlushedAndHalfTheRest, Hang::BeforeEffect).await;
+    crash_at_every_step_of_a_release_surviving_anything(
+        Hang::BeforeEffect,
+        Release::DELETING_THE_VOLUME,
+    )
+    .await;
 }
 
 /// A crash after the cloud carried out a call of a release and before the
@@ -357,13 +421,46 @@ async fn a_crash_at_any_step_of_a_release_is_repaired_by_reconcile() {
 /// release is finished or can be asked again, and nothing of it stays.
 #[tokio::test(start_paused = true)]
 async fn a_crash_after_any_call_of_a_release_took_effect_is_repaired() {
-    for survives in [
-        Survives::EveryWrite,
-        Survives::FlushedWrites,
-        Survives::FlushedAndHalfTheRest,
-    ] {
-        crash_at_every_step_of_a_release(survives, Hang::AfterEffect).await;
+    crash_at_every_step_of_a_release_surviving_anything(
+        Hang::AfterEffect,
+        Release::DELETING_THE_VOLUME,
+    )
+    .await;
+}
+
+/// The same for a release that leaves the tenant its volume: finished or
+/// asked again, it hands the volume back `available`, attached to nothing,
+/// and no later pass deletes it.
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_any_step_of_a_release_keeping_the_volume_keeps_it() {
+    let keeping = Release {
+        delete_volume: false,
+        in_doubt: false,
+    };
+    for hang in [Hang::BeforeEffect, Hang::AfterEffect] {
+        crash_at_every_step_of_a_release_surviving_anything(hang, keeping).await;
     }
+}
+
+/// The same for a release of an order whose port and volume creates lost
+/// their answers (`creates_in_doubt`): the release's look for twins and
+/// the name's watch delete none of what the tenant keeps, and leave
+/// nothing else. Deleting the volume is swept once, its calls taking
+/// effect and the unflushed writes lost (the sweeps cost time).
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_any_step_of_a_release_of_creates_in_doubt_is_repaired() {
+    let keeping = Release {
+        delete_volume: false,
+        in_doubt: true,
+    };
+    for hang in [Hang::BeforeEffect, Hang::AfterEffect] {
+        crash_at_every_step_of_a_release_surviving_anything(hang, keeping).await;
+    }
+    let deleting = Release {
+        delete_volume: true,
+        ..keeping
+    };
+    crash_at_every_step_of_a_release(Survives::FlushedWrites, Hang::AfterEffect, deleting).await;
 }
 
 async fn crash_at_every_step_of_a_refill(survives: Survives, hang: Hang) {
@@ -429,6 +526,182 @@ async fn a_crash_after_any_call_of_a_refill_took_effect_is_repaired() {
     }
 }
 
+/// Waits (in simulated time) until `done` says the manager came to rest.
+async fn until(manager: &PoolManager, what: &str, done: impl AsyncFn(&PoolManager) -> bool) {
+    for _ in 0..600 {
+        if done(manager).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    panic!(
+        "{what} never came: {:#?}",
+        manager.list_instances(None).await.unwrap()
+    );
+}
+
+async fn pool_gone(manager: &PoolManager) -> bool {
+    manager.get_pool(&pool()).await.is_err()
+}
+
+async fn crash_at_every_step_of_a_pool_deletion(survives: Survives, hang: Hang) {
+    let sweep = format!("a pool deletion ({survives:?}, {hang:?})");
+    at_every_crash_point(&sweep, 4, |crash_after| async move {
+        let sim = sim();
+        let dir = tempfile::tempdir().unwrap();
+        let process = Process::first(&sim, dir.path(), survives, 3).await;
+        let sold = process
+            .manager
+            .allocate(request(
+                "order-crash",
+                new_volume(),
+                EmptyPoolPolicy::FailFast,
+            ))
+            .await
+            .unwrap();
+        // Two Ready, and two booting (their servers created) when the
+        // deletion comes.
+        process
+            .manager
+            .update_pool(&pool(), |s| {
+                s.paused = false;
+                s.min_ready = 4;
+            })
+            .await
+            .unwrap();
+        until(&process.manager, "two boots", async |manager| {
+            let instances = manager.list_instances(Some(&pool())).await.unwrap();
+            let booting = instances
+                .iter()
+                .filter(|i| i.state == InstanceState::Booting && i.server_id.is_some());
+            booting.count() == 2
+        })
+        .await;
+        let drained = until_the_cloud_hangs(&sim, hang, crash_after, {
+            let manager = process.manager.clone();
+            async move {
+                manager.delete_pool(&pool()).await.unwrap();
+                until(&manager, "the drain", pool_gone).await;
+            }
+        })
+        .await
+        .is_some();
+
+        // The deletion was on disk before the drain's first call: the
+        // restart drains on without being asked again.
+        let manager = process.crash_and_restart(&sim, dir.path(), survives).await;
+        let what = format!("{survives:?}, crash after {crash_after} calls, {hang:?}");
+        until(&manager, &what, pool_gone).await;
+        manager.reconcile().await.unwrap();
+        assert_consistent(&sim, &manager).await;
+        // Of the pool, only the tenant's server and port are left.
+        let servers: Vec<_> = sim.servers().into_iter().map(|s| s.server.id).collect();
+        assert_eq!(servers, Vec::from_iter(sold.server_id.clone()), "{what}");
+        let ports: Vec<_> = sim.ports().into_iter().map(|p| p.id).collect();
+        assert_eq!(ports, Vec::from_iter(sold.port_id.clone()), "{what}");
+        let instances = manager.list_instances(None).await.unwrap();
+        assert_eq!(instances.len(), 1, "{what}: {instances:#?}");
+        assert_eq!(manager.get_allocation("order-crash").await.unwrap(), sold);
+
+        // The tenant's instance outlives its pool, and is released cleanly.
+        let released = manager.release("order-crash", Some(true)).await.unwrap();
+        assert_eq!(released.state, AllocationState::Released, "{what}");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        manager.reconcile().await.unwrap();
+        assert!(sim.servers().is_empty(), "{what}: {:?}", sim.servers());
+        assert!(sim.ports().is_empty(), "{what}: {:?}", sim.ports());
+        assert!(sim.volumes().is_empty(), "{what}: {:?}", sim.volumes());
+        assert!(manager.list_instances(None).await.unwrap().is_empty());
+        assert_consistent(&sim, &manager).await;
+        manager.shutdown().await.unwrap();
+        drained
+    })
+    .await;
+}
+
+/// A crash between any two steps of a pool's drain (its Ready and booting
+/// instances deleted, a tenant's left), or after one of its calls took
+/// effect, the store keeping every write, only the flushed ones, or some
+/// of the others: the restart drains on, the pool goes with every server
+/// and port of it but the tenant's, which is released cleanly later.
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_any_step_of_a_pool_deletion_is_repaired() {
+    for hang in [Hang::BeforeEffect, Hang::AfterEffect] {
+        for survives in [
+            Survives::EveryWrite,
+            Survives::FlushedWrites,
+            Survives::FlushedAndHalfTheRest,
+        ] {
+            crash_at_every_step_of_a_pool_deletion(survives, hang).await;
+        }
+    }
+}
+
+async fn crash_at_every_step_of_a_retirement(survives: Survives, hang: Hang) {
+    let sweep = format!("a retirement ({survives:?}, {hang:?})");
+    at_every_crash_point(&sweep, 2, |crash_after| async move {
+        let sim = sim();
+        let dir = tempfile::tempdir().unwrap();
+        let process = Process::first(&sim, dir.path(), survives, 3).await;
+        let booted: Vec<_> = sim.servers().into_iter().map(|s| s.server.id).collect();
+        sim.reset_call_counts();
+        let one_left = async |manager: &PoolManager| {
+            let instances = manager.list_instances(Some(&pool())).await.unwrap();
+            instances.len() == 1 && instances[0].state == InstanceState::Ready
+        };
+        let retired = until_the_cloud_hangs(&sim, hang, crash_after, {
+            let manager = process.manager.clone();
+            async move {
+                manager
+                    .update_pool(&pool(), |s| {
+                        s.paused = false;
+                        s.min_ready = 1;
+                        s.max_ready = 1;
+                    })
+                    .await
+                    .unwrap();
+                until(&manager, "the retirements", one_left).await;
+            }
+        })
+        .await
+        .is_some();
+
+        let manager = process.crash_and_restart(&sim, dir.path(), survives).await;
+        let what = format!("{survives:?}, crash after {crash_after} calls, {hang:?}");
+        until(&manager, &what, one_left).await;
+        manager.reconcile().await.unwrap();
+        assert_consistent(&sim, &manager).await;
+        // Two of the three retired, the third kept, and nothing booted.
+        let instances = manager.list_instances(None).await.unwrap();
+        let servers = sim.servers();
+        assert_eq!(servers.len(), 1, "{what}: {servers:?}");
+        assert!(booted.contains(&servers[0].server.id), "{what}");
+        assert_eq!(instances[0].server_id.as_ref(), Some(&servers[0].server.id));
+        let calls = sim.call_counts();
+        assert_eq!(calls.get("create_server"), None, "{what}: {calls:?}");
+        manager.shutdown().await.unwrap();
+        retired
+    })
+    .await;
+}
+
+/// A crash between any two steps of retiring the Ready instances above a
+/// lowered max_ready, or after one of its calls took effect, the store
+/// keeping every write, only the flushed ones, or some of the others: the
+/// restart retires exactly the surplus, boots nothing and leaks nothing.
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_any_step_of_retiring_a_surplus_is_repaired() {
+    for hang in [Hang::BeforeEffect, Hang::AfterEffect] {
+        for survives in [
+            Survives::EveryWrite,
+            Survives::FlushedWrites,
+            Survives::FlushedAndHalfTheRest,
+        ] {
+            crash_at_every_step_of_a_retirement(survives, hang).await;
+        }
+    }
+}
+
 /// A crash right after Cinder accepted a release's volume delete, the store
 /// keeping only its flushed writes: the restart finishes the release though
 /// Cinder refuses the delete again (the volume is `deleting`, then its
@@ -458,6 +731,7 @@ async fn a_crash_after_a_releases_volume_delete_is_finished_and_the_volume_watch
     deleted.reached().await;
     let process = Process {
         manager,
+        cloud,
         image: Some(image),
     };
     let manager = process
@@ -634,7 +908,11 @@ async fn a_crash_during_a_cold_boot_past_its_deadline_leaves_it_to_the_pool() {
                 matches!(&err, pool_manager::ManagerError::ResourceExhausted(_)),
                 "{err:?}"
             );
-            let process = Process { manager, image };
+            let process = Process {
+                manager,
+                cloud: cloud.clone(),
+                image,
+            };
             let manager = process.crash_and_restart(&sim, dir.path(), survives).await;
             drop(answered);
             let what = format!("{survives:?}, mid_create {mid_create}");

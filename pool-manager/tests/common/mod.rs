@@ -592,15 +592,20 @@ mod gated {
     }
 }
 
-/// A started manager over `cloud` (cloudsim behind a gate) with one pool
-/// of `n` Ready instances.
-pub async fn started_over(cloud: &Arc<GatedCloud>, store: Arc<dyn Store>, n: u32) -> PoolManager {
-    let manager = PoolManager::new(
+/// A manager over `cloud` (cloudsim behind a gate), not started.
+pub fn manager_over(cloud: &Arc<GatedCloud>, store: Arc<dyn Store>) -> PoolManager {
+    PoolManager::new(
         store,
         cloud.clone(),
         Arc::new(cloud.sim.probe()),
         settings(),
-    );
+    )
+}
+
+/// A started manager over `cloud` (cloudsim behind a gate) with one pool
+/// of `n` Ready instances.
+pub async fn started_over(cloud: &Arc<GatedCloud>, store: Arc<dyn Store>, n: u32) -> PoolManager {
+    let manager = manager_over(cloud, store);
     manager.start().await.unwrap();
     manager.create_pool(pool(), spec(n)).await.unwrap();
     wait_ready(&manager, n).await;
