@@ -170,7 +170,8 @@ pub struct PoolCreateArgs {
     /// keeps them).
     #[arg(long, value_name = "DURATION|never", value_parser = parse_max_age)]
     pub max_age: Option<Duration>,
-    /// Create the pool without replenishing it.
+    /// Create the pool paused: it boots nothing, neither refills nor
+    /// purchases' cold boots.
     #[arg(long)]
     pub paused: bool,
     /// An operator window that raises min-ready while open, e.g.
@@ -215,7 +216,8 @@ pub struct PoolUpdateArgs {
     /// recycling.
     #[arg(long, value_name = "DURATION|never", value_parser = parse_max_age)]
     pub max_age: Option<Duration>,
-    /// Stop (true) or resume (false) replenishing.
+    /// Stop (true) or resume (false) booting: refills and purchases'
+    /// cold boots (boots already started go on).
     #[arg(long)]
     pub paused: Option<bool>,
     /// Replace the pool's operator windows with these (repeat for several),

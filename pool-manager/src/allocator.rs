@@ -1067,10 +1067,14 @@ impl Shared {
         started: Instant,
     ) -> ManagerResult<Allocation> {
         let params = record.get().await.params;
-        // Fail fast before creating anything the answer would not use.
-        if policy == EmptyPoolPolicy::FailFast
-            && self.unclaimed_ready(&params.pool).await?.is_empty()
-        {
+        // Fail fast before creating anything the answer would not use; so
+        // does a cold boot of a paused pool, which boots nothing.
+        let refused = match policy {
+            EmptyPoolPolicy::FailFast => true,
+            EmptyPoolPolicy::ColdBoot => self.pool(&params.pool).await?.spec.paused,
+            EmptyPoolPolicy::Wait => false,
+        };
+        if refused && self.unclaimed_ready(&params.pool).await?.is_empty() {
             self.emit(Some(&params.pool), EventKind::Exhausted);
             return Err(self.no_ready_instance(&params.pool).await);
         }
@@ -1336,13 +1340,13 @@ impl Shared {
         }
     }
 
-    /// RESOURCE_EXHAUSTED for a fail-fast purchase of an empty pool.
+    /// RESOURCE_EXHAUSTED for a fail-fast purchase of an empty pool, and a
+    /// cold boot of a paused one.
     async fn no_ready_instance(&self, pool: &PoolKey) -> ManagerError {
-        let hint = match self.store.get_pool(pool).await {
-            Ok(Some(record)) => paused_hint(&record),
-            _ => "",
-        };
-        ManagerError::ResourceExhausted(format!("pool {pool} has no ready instance{hint}"))
+        match self.store.get_pool(pool).await {
+            Ok(Some(record)) => no_ready_instance_in(&record),
+            _ => ManagerError::ResourceExhausted(format!("pool {pool} has no ready instance")),
+        }
     }
 
     /// The pool's Ready instances nobody has claimed, oldest first (so
@@ -1475,6 +1479,11 @@ impl Shared {
             let (instance, claim) = {
                 let _guard = self.pool_lock.lock().await;
                 let pool = self.pool_open_to_purchases(&params.pool).await?;
+                // Paused since the purchase found no Ready instance: it
+                // boots nothing (a boot recorded before the pause goes on).
+                if pool.spec.paused {
+                    return Err(no_ready_instance_in(&pool));
+                }
                 self.record_new_instance(&pool, Some(params.request_id.clone()))
                     .await?
             };
@@ -1689,7 +1698,8 @@ impl Shared {
     /// deadline would pass first, and at once as a purchase waiting for a
     /// Ready instance does (`wait_on_pool`): the manager stopping, the
     /// pool being deleted (whose drain frees quota this purchase would
-    /// otherwise take for a server in it).
+    /// otherwise take for a server in it); and the pool paused, which
+    /// boots nothing.
     async fn wait_for_quota(
         &self,
         params: &AllocationParams,
@@ -1704,14 +1714,18 @@ impl Shared {
             )));
         }
         let mut changes = self.changes.subscribe();
-        // Looked at once the cursor is taken: a deletion before would wake
-        // nothing.
-        self.pool_open_to_purchases(&params.pool).await?;
+        // Looked at once the cursor is taken: a deletion or a pause before
+        // would wake nothing.
+        let mut pool = self.pool_open_to_purchases(&params.pool).await?;
         loop {
-            let (_, woke) = self.wait_on_pool(&mut changes, &params.pool, until).await?;
+            if pool.spec.paused {
+                return Err(no_ready_instance_in(&pool));
+            }
+            let (now, woke) = self.wait_on_pool(&mut changes, &params.pool, until).await?;
             if !woke {
                 return Ok(());
             }
+            pool = now;
         }
     }
 
@@ -2761,6 +2775,15 @@ fn not_attachable_after_a_try(
         )));
     }
     not_attachable(volume_id, status)
+}
+
+/// [`Shared::no_ready_instance`] of a pool read.
+fn no_ready_instance_in(pool: &PoolRecord) -> ManagerError {
+    ManagerError::ResourceExhausted(format!(
+        "pool {} has no ready instance{}",
+        pool.key,
+        paused_hint(pool)
+    ))
 }
 
 /// Why an empty pool stays empty, when it is the operator's doing.

@@ -143,8 +143,10 @@ pub struct PoolSpec {
     pub boot_timeout: Duration,
     /// Ready instances older than this are replaced (`None`: never).
     pub max_age: Option<Duration>,
-    /// A paused pool boots nothing but still hands out what it has, and
-    /// retires Ready instances above `max_ready`.
+    /// A paused pool boots nothing, a purchase's cold boot included (it
+    /// is refused as a fail-fast purchase is), but still hands out what
+    /// it has, and retires Ready instances above `max_ready`. Boots
+    /// started before the pause go on.
     pub paused: bool,
     /// Operator windows raising `min_ready` while open
     /// ("Mon-Fri 09:00-18:00 min 10"). Absent in records stored before they

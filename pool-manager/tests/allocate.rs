@@ -268,6 +268,94 @@ async fn empty_pool_honours_fail_fast_wait_and_cold_boot() {
     assert_eq!(status.record.allocations_cold, 1);
 }
 
+/// A paused pool boots nothing, a purchase's cold boot included: a
+/// COLD_BOOT purchase that finds no Ready instance is answered as a
+/// FAIL_FAST one is, before anything is made for it, and the same order
+/// boots once the pool is unpaused. A WAIT purchase waits on, and gets
+/// the instance the unpaused pool boots before its timeout.
+#[tokio::test(start_paused = true)]
+async fn a_paused_pool_cold_boots_nothing() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 0).await;
+    let pause = |paused| {
+        let manager = manager.clone();
+        async move {
+            manager
+                .update_pool(&pool(), move |s| s.paused = paused)
+                .await
+                .unwrap()
+        }
+    };
+    pause(true).await;
+    let fail_fast = manager
+        .allocate(request("ff", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap_err();
+    let cold = manager
+        .allocate(request("cold", new_volume(), EmptyPoolPolicy::ColdBoot))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&cold, ManagerError::ResourceExhausted(m)
+            if m.ends_with("(the pool is paused: it boots nothing until it is unpaused)")),
+        "{cold:?}"
+    );
+    assert_eq!(cold.to_string(), fail_fast.to_string());
+    assert!(sim.servers().is_empty(), "{:?}", sim.servers());
+    assert!(sim.volumes().is_empty() && sim.ports().is_empty());
+    assert!(manager.get_allocation("cold").await.is_err());
+
+    pause(false).await;
+    let cold = manager
+        .allocate(request("cold", new_volume(), EmptyPoolPolicy::ColdBoot))
+        .await
+        .unwrap();
+    assert!(!cold.warm_hit);
+    assert_eq!(cold.state, AllocationState::Allocated);
+
+    // Raised while paused, the target boots nothing until the unpause.
+    pause(true).await;
+    manager
+        .update_pool(&pool(), |s| s.min_ready = 1)
+        .await
+        .unwrap();
+    let mut order = request("w", new_volume(), EmptyPoolPolicy::Wait);
+    order.timeout = Some(Duration::from_secs(600));
+    let waiter = spawn_allocate(&manager, order);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!waiter.is_finished());
+    assert_eq!(sim.servers().len(), 1, "the paused pool booted");
+    pause(false).await;
+    let waited = waiter.await.unwrap().unwrap();
+    assert!(waited.warm_hit);
+    assert_consistent(&sim, &manager).await;
+}
+
+/// A cold boot already asked for when its pool is paused goes on: the
+/// purchase gets it, and so does a retry of the order meanwhile (which
+/// waits for the first call's answer).
+#[tokio::test(start_paused = true)]
+async fn a_cold_boot_under_way_when_its_pool_is_paused_finishes() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_over(&cloud, temp_store(), 0).await;
+    let create = cloud.hold_next("create_server", At::Before);
+    let order = request("cold", new_volume(), EmptyPoolPolicy::ColdBoot);
+    let buyer = spawn_allocate(&manager, order.clone());
+    create.reached().await;
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    let retry = spawn_allocate(&manager, order);
+    tokio::task::yield_now().await;
+    create.release();
+    let bought = buyer.await.unwrap().unwrap();
+    assert!(!bought.warm_hit);
+    assert_eq!(retry.await.unwrap().unwrap(), bought);
+    assert_consistent(&sim, &manager).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn unknown_pool_and_malformed_requests_are_refused_without_change() {
     let sim = sim();

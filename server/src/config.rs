@@ -515,6 +515,11 @@ impl TryFrom<toml::Table> for CloudConfig {
 /// Defaults of `[cloud] kind = "openstack"`.
 pub const DEFAULT_OPENSTACK_REQUEST_TIMEOUT: Duration =
     pool_manager::openstack::DEFAULT_REQUEST_TIMEOUT;
+/// `cloud.request_timeout` at most: OpenStack's APIs answer in seconds (a
+/// create is accepted at once, then polled), so a call unanswered this
+/// long is not coming, and a cloud that stopped answering holds the
+/// start-up login, check-cloud and every purchase's call this long.
+pub const MAX_OPENSTACK_REQUEST_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 /// `[cloud] kind = "openstack"`: where the credentials are and how pool
 /// servers are built. Turned into the driver's settings by [`OpenStackConfig::settings`].
@@ -643,7 +648,15 @@ impl OpenStackConfig {
     /// `OS_*` variables. clouds.yaml is read here rather than by osauth,
     /// which ignores `OS_CLIENT_CONFIG_FILE`.
     fn auth(&self) -> Result<pool_manager::openstack::CloudConfig, ConfigError> {
-        let env_cloud = std::env::var("OS_CLOUD").ok().filter(|c| !c.is_empty());
+        self.auth_with(std::env::var("OS_CLOUD").ok())
+    }
+
+    /// [`Self::auth`] with `OS_CLOUD`'s value given.
+    fn auth_with(
+        &self,
+        os_cloud: Option<String>,
+    ) -> Result<pool_manager::openstack::CloudConfig, ConfigError> {
+        let env_cloud = os_cloud.clone().filter(|c| !c.is_empty());
         match self.cloud.clone().or(env_cloud) {
             Some(name) => {
                 let path = match &self.clouds_yaml {
@@ -652,6 +665,12 @@ impl OpenStackConfig {
                 };
                 clouds_yaml_entry(&path, &name)
             }
+            // osauth's from_env reads clouds.yaml and secure.yaml itself
+            // when OS_CLOUD is set at all, and its errors quote their
+            // values, secrets too.
+            None if os_cloud.is_some() => Err(ConfigError::Invalid(
+                "cloud: OS_CLOUD is set but empty; name the clouds.yaml entry in `cloud` or OS_CLOUD, or unset OS_CLOUD to log in with the other OS_* variables".into(),
+            )),
             None => pool_manager::openstack::CloudConfig::from_env().map_err(|e| {
                 ConfigError::Invalid(format!(
                     "cloud: no `cloud` named and the OS_* environment variables are unusable: {e}"
@@ -706,7 +725,7 @@ pub fn clouds_yaml_entry(
     })?;
     let root: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.to_owned(),
-        message: e.to_string(),
+        message: without_values(&e.to_string()),
     })?;
     let clouds = root.get("clouds").and_then(|c| c.as_mapping());
     let entry = clouds.and_then(|c| c.get(name)).ok_or_else(|| {
@@ -723,10 +742,55 @@ pub fn clouds_yaml_entry(
             }
         ))
     })?;
-    serde_yaml::from_value(entry.clone()).map_err(|e| ConfigError::Parse {
-        path: path.to_owned(),
-        message: format!("clouds.{name}: {e}"),
+    serde_path_to_error::deserialize(entry.clone()).map_err(|e| {
+        let at = e.path().to_string();
+        let key = if at == "." {
+            format!("clouds.{name}")
+        } else {
+            format!("clouds.{name}.{at}")
+        };
+        ConfigError::Parse {
+            path: path.to_owned(),
+            message: format!("{key}: {}", without_values(&e.inner().to_string())),
+        }
     })
+}
+
+/// serde's "invalid type: integer `8675309`, expected a string" without
+/// the value it quotes ("invalid type: integer, expected a string; quote
+/// it"): clouds.yaml holds passwords, secrets and tokens, and a secret
+/// written as a number or true/false (unquoted) would be shown in the
+/// error, logged and printed by check-cloud. serde_yaml's other messages
+/// (the YAML scanner's, a duplicate key's) quote no value.
+fn without_values(message: &str) -> String {
+    for marker in ["invalid type: ", "invalid value: "] {
+        let Some((before, rest)) = message.split_once(marker) else {
+            continue;
+        };
+        // The value's kind ("integer", "string", "map"), before the value
+        // itself, which serde puts in backticks or quotes.
+        let kind = rest
+            .split(['`', '"'])
+            .next()
+            .and_then(|k| k.split(", expected ").next())
+            .unwrap_or_default()
+            .trim();
+        // The expected type comes last, after any value (which may itself
+        // hold ", expected ").
+        return match rest.rsplit_once(", expected ") {
+            Some((_, expected)) => {
+                let scalar = matches!(kind, "integer" | "floating point" | "boolean");
+                let quote = if scalar && expected.starts_with("a string") {
+                    "; quote it"
+                } else {
+                    ""
+                };
+                format!("{before}{marker}{kind}, expected {expected}{quote} (clouds.yaml's values are never shown)")
+            }
+            None => format!("{before}{marker}{kind} (clouds.yaml's values are never shown)"),
+        };
+    }
+    message.to_owned()
 }
 
 fn default_time_scale() -> f64 {
@@ -1190,10 +1254,14 @@ impl Config {
                         "cloud.mysql_port must not be 0".into(),
                     ));
                 }
-                if os.request_timeout.is_zero() {
-                    return Err(ConfigError::Invalid(
-                        "cloud.request_timeout must be positive".into(),
-                    ));
+                if os.request_timeout.is_zero()
+                    || os.request_timeout > MAX_OPENSTACK_REQUEST_TIMEOUT
+                {
+                    return Err(ConfigError::Invalid(format!(
+                        "cloud.request_timeout must be positive and at most {} (the start-up login, check-cloud and every call wait it out for a cloud that does not answer), got {}",
+                        humantime::format_duration(MAX_OPENSTACK_REQUEST_TIMEOUT),
+                        humantime::format_duration(os.request_timeout)
+                    )));
                 }
             }
         }
@@ -1874,6 +1942,111 @@ mod tests {
             &format!("server_tag = {:?}", "é".repeat(60)),
         );
         assert!(Config::parse(&longest).is_ok());
+    }
+
+    /// serde's messages quote the value they could not read: a clouds.yaml
+    /// entry's error names the key and the type it needs, never the value
+    /// (a password, an application credential's secret, a token).
+    #[test]
+    fn a_malformed_clouds_yaml_names_the_key_never_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clouds.yaml");
+        let entry = |auth: &str| {
+            format!("clouds:\n  wp:\n    auth:\n      auth_url: http://127.0.0.1:5000/v3\n      username: pool\n{auth}      project_name: service\n    region_name: RegionOne\n")
+        };
+        for (yaml, key, expected, secret) in [
+            (
+                entry("      password: 8675309\n"),
+                "clouds.wp.auth.password",
+                "expected a string",
+                "8675309",
+            ),
+            (
+                entry("      password: 8675.309e1\n"),
+                "clouds.wp.auth.password",
+                "expected a string",
+                "86753",
+            ),
+            (
+                entry("      application_credential_secret: true\n"),
+                "clouds.wp.auth.application_credential_secret",
+                "expected a string",
+                "true",
+            ),
+            (
+                entry("      token: [s3cr3t, x]\n"),
+                "clouds.wp.auth.token",
+                "expected a string",
+                "s3cr3t",
+            ),
+            (
+                entry("      token: !!int s3cr3t\n"),
+                "clouds.wp.auth.token",
+                "expected an integer",
+                "s3cr3t",
+            ),
+            (
+                entry("      password: !!float \"s3cr3t, expected a string\"\n"),
+                "clouds.wp.auth.password",
+                "expected a float",
+                "s3cr3t",
+            ),
+            (
+                "clouds:\n  wp:\n    auth: s3cr3t\n".to_owned(),
+                "clouds.wp.auth",
+                "expected struct",
+                "s3cr3t",
+            ),
+        ] {
+            std::fs::write(&path, &yaml).unwrap();
+            let err = clouds_yaml_entry(&path, "wp").unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(expected), "{yaml}: {err}");
+            let scalar = ["8675309", "86753", "true"].contains(&secret);
+            assert_eq!(err.contains("; quote it"), scalar, "{yaml}: {err}");
+            assert!(!err.contains(secret), "{yaml}: the value is shown: {err}");
+        }
+    }
+
+    /// osauth's own loading, which warmpool leaves to it only for the OS_*
+    /// variables, reads clouds.yaml (and secure.yaml) whenever OS_CLOUD is
+    /// set, empty too, and its errors quote the files' values.
+    #[test]
+    fn an_empty_os_cloud_is_refused_before_osauth_reads_clouds_yaml() {
+        let config =
+            Config::parse("[cloud]\nkind = \"openstack\"\nmanagement_network = \"n\"").unwrap();
+        let CloudConfig::OpenStack(os) = config.cloud else {
+            unreachable!()
+        };
+        let err = os.auth_with(Some(String::new())).unwrap_err().to_string();
+        assert!(err.contains("OS_CLOUD is set but empty"), "{err}");
+    }
+
+    /// Every cloud call, the start-up login and check-cloud's included,
+    /// waits up to request_timeout for an answer.
+    #[test]
+    fn the_request_timeout_is_bounded() {
+        let text = |timeout: &str| {
+            format!("[cloud]\nkind = \"openstack\"\nmanagement_network = \"n\"\nrequest_timeout = \"{timeout}\"")
+        };
+        for (timeout, ok) in [
+            ("0s", false),
+            ("1s", true),
+            ("10m", true),
+            ("10m 1s", false),
+            ("1000000years", false),
+        ] {
+            match Config::parse(&text(timeout)) {
+                Ok(_) => assert!(ok, "{timeout} was taken"),
+                Err(e) => {
+                    assert!(!ok, "{timeout}: {e}");
+                    assert!(
+                        e.to_string()
+                            .contains("cloud.request_timeout must be positive and at most 10m"),
+                        "{e}"
+                    );
+                }
+            }
+        }
     }
 
     /// Server names are the prefix and a 36-character instance id, and

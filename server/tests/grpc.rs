@@ -551,6 +551,39 @@ async fn cold_boot_serves_an_empty_pool() {
     assert_eq!(counts(&pool).allocated, 1);
 }
 
+/// A paused pool boots nothing, for a COLD_BOOT purchase either: one that
+/// finds no Ready instance gets FAIL_FAST's answer, the pause named, and
+/// nothing is made for it; unpaused, the same order boots.
+#[tokio::test]
+async fn a_paused_pool_refuses_cold_boots_until_unpaused() {
+    let d = Daemon::start(&[("db.medium", "az1", 0, 2)]).await;
+    let c = &d.client;
+    let paused = |paused| api::PoolSpec {
+        paused,
+        ..Default::default()
+    };
+    c.update_pool("db.medium", "az1", paused(true), ["paused"])
+        .await
+        .unwrap();
+    let mut request = allocate_request("order-cold", "db.medium", "az1");
+    request.empty_pool_policy = api::EmptyPoolPolicy::ColdBoot.into();
+    let msg = expect_code(c.allocate(request.clone()).await, Code::ResourceExhausted);
+    assert!(
+        msg.contains("db.medium@az1 has no ready instance (the pool is paused: it boots nothing until it is unpaused)"),
+        "{msg}"
+    );
+    expect_code(c.get_allocation("order-cold").await, Code::NotFound);
+    assert!(d.cloud().servers().is_empty(), "{:?}", d.cloud().servers());
+    assert!(d.cloud().volumes().is_empty(), "{:?}", d.cloud().volumes());
+
+    c.update_pool("db.medium", "az1", paused(false), ["paused"])
+        .await
+        .unwrap();
+    let a = c.allocate(request).await.unwrap();
+    assert_eq!(state(&a), api::AllocationState::Allocated);
+    assert!(!a.warm_hit, "{a:?}");
+}
+
 /// A cold boot of a flavor the cloud has retired since is
 /// FAILED_PRECONDITION: billing must change the order. It was
 /// RESOURCE_EXHAUSTED, which billing retries, each retry creating and
