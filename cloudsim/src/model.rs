@@ -980,8 +980,11 @@ impl Model {
 
     /// The port Nova makes for server `id` on `network` as it boots it: no
     /// name, bound to the server, at the server's address, the project's.
+    /// Its id is derived from the server's, not drawn from the seeded
+    /// random stream the latencies come from: a replay's boots and purchases
+    /// then see the same latencies whether servers get ports or not.
     fn add_nova_port(&mut self, id: &str, network: String, now: Instant) {
-        let port_id = self.new_id();
+        let port_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, id.as_bytes()).to_string();
         let seq = self.next_seq();
         let ip = self.servers.get(id).map(|s| s.addr.ip().to_string());
         self.ports.insert(
