@@ -48,6 +48,18 @@ struct Process {
     image: Option<Arc<HookedStore<CrashImage>>>,
 }
 
+/// A pool of `target` Ready instances that makes no cloud call behind the
+/// test's back: paused once full, so a warm purchase's instance is not
+/// replaced. An empty pool of target 0 is left unpaused: it boots nothing
+/// by itself, and a paused pool would refuse the cold boot under test.
+async fn quiet_pool(cloud: &Arc<GatedCloud>, store: Arc<dyn Store>, target: u32) -> PoolManager {
+    if target == 0 {
+        started_over(cloud, store, 0).await
+    } else {
+        started_paused(cloud, store, target).await
+    }
+}
+
 impl Process {
     /// The first run: a pool of `target` Ready instances, paused so that the
     /// N-th cloud call from here on is the test's.
@@ -60,7 +72,7 @@ impl Process {
             }
         };
         let cloud = GatedCloud::new(sim);
-        let manager = started_paused(&cloud, store, target).await;
+        let manager = quiet_pool(&cloud, store, target).await;
         Self {
             manager,
             cloud,
@@ -898,7 +910,7 @@ async fn a_crash_during_a_cold_boot_past_its_deadline_leaves_it_to_the_pool() {
                     (image.clone(), Some(image))
                 }
             };
-            let manager = started_paused(&cloud, store, 0).await;
+            let manager = quiet_pool(&cloud, store, 0).await;
             let answered = mid_create.then(|| cloud.hold_next("create_server", At::After));
             let mut order = request("late", new_volume(), EmptyPoolPolicy::ColdBoot);
             // A lone boot takes 90 s.
