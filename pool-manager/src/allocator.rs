@@ -726,37 +726,62 @@ impl Shared {
     /// Returns the volumes among them whose delete Cinder accepted, now or
     /// earlier (`deleting`, `error_deleting`): accepted is not done, and
     /// each is for a watch to follow up ([`TwinWatch::deleted_volumes`]).
+    /// One that cannot be deleted (a volume Cinder keeps `error_attaching`
+    /// until an admin resets it) holds up none of the others: the first
+    /// failure is returned beside those volumes, once all were tried.
     pub(crate) async fn delete_twins(
         &self,
         watch: &TwinWatch,
         deadline: Instant,
-    ) -> ManagerResult<Vec<String>> {
+    ) -> (Vec<String>, ManagerResult<()>) {
         let twin = |id: &String| !watch.keep.contains(id);
-        let ports = self
+        let mut failed = Vec::new();
+        match self
             .retry(deadline, || self.cloud.find_ports_by_name(&watch.name))
-            .await?;
-        for port in ports.iter().filter(|p| twin(&p.id)) {
-            tracing::info!(request_id = %watch.request_id, port = %port.id, "deleting the twin of a port create whose answer was lost");
-            self.delete_port_when_free(&port.id, deadline).await?;
+            .await
+        {
+            Ok(ports) => {
+                for port in ports.iter().filter(|p| twin(&p.id)) {
+                    tracing::info!(request_id = %watch.request_id, port = %port.id, "deleting the twin of a port create whose answer was lost");
+                    if let Err(e) = self.delete_port_when_free(&port.id, deadline).await {
+                        failed.push(e);
+                    }
+                }
+            }
+            Err(e) => failed.push(e.into()),
         }
         let mut going = Vec::new();
         if watch.volumes {
-            let volumes = self
+            match self
                 .retry(deadline, || self.cloud.find_volumes_by_name(&watch.name))
-                .await?;
-            for volume in volumes.iter().filter(|v| twin(&v.id)) {
-                // One already being deleted (the rollback's own, just now;
-                // one a pass deleted, which Cinder's backend may have
-                // failed to) is on its way: Cinder refuses to delete it
-                // again.
-                if !volume.is_being_deleted() {
-                    tracing::info!(request_id = %watch.request_id, volume = %volume.id, "deleting the twin of a volume create whose answer was lost");
-                    self.delete_volume_when_free(&volume.id, deadline).await?;
+                .await
+            {
+                Ok(volumes) => {
+                    for volume in volumes.iter().filter(|v| twin(&v.id)) {
+                        // One already being deleted (the rollback's own, just
+                        // now; one a pass deleted, which Cinder's backend may
+                        // have failed to) is on its way: Cinder refuses to
+                        // delete it again.
+                        if !volume.is_being_deleted() {
+                            tracing::info!(request_id = %watch.request_id, volume = %volume.id, "deleting the twin of a volume create whose answer was lost");
+                            if let Err(e) = self.delete_volume_when_free(&volume.id, deadline).await
+                            {
+                                failed.push(e);
+                                continue;
+                            }
+                        }
+                        going.push(volume.id.clone());
+                    }
                 }
-                going.push(volume.id.clone());
+                Err(e) => failed.push(e.into()),
             }
         }
-        Ok(going)
+        let mut failed = failed.into_iter();
+        let first = failed.next();
+        for e in failed {
+            tracing::warn!(request_id = %watch.request_id, error = %e, "cannot delete a twin of a lost create yet");
+        }
+        (going, first.map_or(Ok(()), Err))
     }
 
     /// An order whose record an operator set aside as unreadable keeps its
@@ -922,7 +947,7 @@ impl Shared {
                         let deadline = shared.cleanup_deadline();
                         // A volume deleted is followed up by the watch of
                         // the name, whose passes find it by the name too.
-                        if let Err(e) = shared.delete_twins(&watch, deadline).await {
+                        if let (_, Err(e)) = shared.delete_twins(&watch, deadline).await {
                             tracing::warn!(request_id = %watch.request_id, error = %e, "cannot delete the twins of a lost create yet; the reconciler tries again");
                         }
                     });
@@ -2306,7 +2331,8 @@ impl Shared {
         // named as the attempt is kept (but a stuck volume, for now).
         let mut look = self.twin_watch(&allocation, false);
         look.keep.extend(stuck_volume.clone());
-        let going = self.delete_twins(&look, deadline).await?;
+        let (going, deleted) = self.delete_twins(&look, deadline).await;
+        deleted?;
         if let Some(stored) = self.store.get_allocation(request_id).await? {
             if stored.state == AllocationState::Allocating {
                 let twins = twins_possible(&stored, after_crash) || stuck_volume.is_some();
@@ -2631,7 +2657,8 @@ impl Shared {
         }
         if allocation.creates_in_doubt {
             let look = self.twin_watch(&allocation, true);
-            let going = self.delete_twins(&look, deadline).await?;
+            let (going, deleted) = self.delete_twins(&look, deadline).await;
+            deleted?;
             if !going.is_empty() {
                 // Followed up by the watch of the name, which keeps the
                 // volume when the tenant does.

@@ -566,14 +566,24 @@ impl Shared {
     async fn watch_for_twins(&self, watch: &TwinWatch) -> ManagerResult<()> {
         let now = self.sizing_book().wall_now(&self.settings.sizing);
         let mut next = watch.clone();
+        let mut all_deleted = Ok(());
         if watch.lists_by_name() {
-            let going = self.delete_twins(watch, self.cleanup_deadline()).await?;
+            let going;
+            (going, all_deleted) = self.delete_twins(watch, self.cleanup_deadline()).await;
             // Deleted or gone, the stuck volume among them: no longer
             // stuck, nor counted so; one deleted is followed up below, as
             // every volume whose delete was accepted, until it is gone (an
             // admin's reset comes hours after the watch's end, and Cinder's
-            // backend may fail that delete too).
-            next.stuck_volume = None;
+            // backend may fail that delete too). So are those deleted
+            // while another twin could not be (the stuck volume, still
+            // refused), which keeps the watch.
+            let stuck_going = next
+                .stuck_volume
+                .as_ref()
+                .is_some_and(|v| going.contains(v));
+            if all_deleted.is_ok() || stuck_going {
+                next.stuck_volume = None;
+            }
             for volume_id in &going {
                 next.note_deleted(volume_id);
             }
@@ -613,7 +623,10 @@ impl Shared {
         }
         next.deleted_volumes.retain(|d| !gone.contains(&d.id));
         let over = now >= watch.until;
-        let ended = over && next.deleted_volumes.is_empty() && next.stuck_volume.is_none();
+        let ended = over
+            && all_deleted.is_ok()
+            && next.deleted_volumes.is_empty()
+            && next.stuck_volume.is_none();
         let next = (!ended).then_some(&next);
         // Only the watch this pass listed: a release of the order may have
         // written over it meanwhile, naming the volume it deletes. What
@@ -621,7 +634,7 @@ impl Shared {
         // (which the watch written over it still lists) and by id.
         if next != Some(watch) && !self.store.cas_twin_watch(Some(watch), next).await? {
             tracing::debug!(name = %watch.name, "twin watch written over during the pass; the next pass looks at it");
-            return Ok(());
+            return all_deleted;
         }
         // Once: announced after the mark that says it was is written.
         for volume_id in stuck {
@@ -634,7 +647,7 @@ impl Shared {
                 },
             );
         }
-        Ok(())
+        all_deleted
     }
 
     /// An Allocate in this process is working on the request right now.

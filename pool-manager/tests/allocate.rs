@@ -3599,6 +3599,95 @@ async fn a_new_volume_left_error_attaching_is_left_for_later_and_the_order_goes_
     assert_consistent(&sim, &manager).await;
 }
 
+/// Cinder's refusal to delete the rolled-back purchase's new volume, left
+/// `error_attaching`, holds up neither the other volumes of the watched
+/// name (twins of a lost create, listed after it) nor the follow-up of
+/// those whose delete was accepted: each pass deletes every twin it can,
+/// marks one whose delete Cinder's backend failed, and keeps the watch
+/// until an admin's reset lets the stuck one go too.
+#[tokio::test(start_paused = true)]
+async fn twins_listed_after_a_volume_left_error_attaching_are_deleted_all_the_same() {
+    use pool_manager::cloud::{Cloud, NewVolumeSpec, VolumeStatus};
+    let sim = sim();
+    let store = temp_store();
+    let manager = started_paused(&GatedCloud::new(&sim), store.clone(), 3).await;
+    sim.faults().error_next_volume_attach(1, false);
+    let mut order = request("o-stuck", new_volume(), EmptyPoolPolicy::FailFast);
+    order.timeout = Some(Duration::from_secs(3600));
+    manager.allocate(order).await.unwrap_err();
+    let stuck = the_error_attaching_volume(&sim);
+    let watches = store.list_twin_watches().await.unwrap();
+    let [watch] = &watches[..] else {
+        panic!("the rolled-back attempt's name is not watched: {watches:?}")
+    };
+    let name = watch.name.clone();
+    let mut twins = Vec::new();
+    for _ in 0..2 {
+        let spec = NewVolumeSpec {
+            name: name.clone(),
+            size_gib: 20,
+            volume_type: None,
+            availability_zone: "az1".into(),
+            project_id: "tenant-a".into(),
+        };
+        twins.push(sim.create_volume(&spec).await.unwrap().id);
+    }
+    // Cinder's backend fails the first twin's delete.
+    sim.faults().error_next_volume_deletes(1);
+    for _ in 0..3 {
+        manager.reconcile().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    let left: Vec<_> = sim
+        .volumes()
+        .into_iter()
+        .filter(|v| v.name == name)
+        .collect();
+    let status = |id: &str| left.iter().find(|v| v.id == id).map(|v| v.status.clone());
+    assert_eq!(
+        status(&stuck),
+        Some(VolumeStatus::Other("error_attaching".into())),
+        "{left:?}"
+    );
+    assert_eq!(
+        status(&twins[0]),
+        Some(VolumeStatus::Other("error_deleting".into())),
+        "{left:?}"
+    );
+    assert_eq!(
+        status(&twins[1]),
+        None,
+        "the twin listed after the stuck volume was left: {left:?}"
+    );
+    let watches = store.list_twin_watches().await.unwrap();
+    let [watch] = &watches[..] else {
+        panic!("the watch of the stuck volume ended: {watches:?}")
+    };
+    assert_eq!(
+        watch.stuck_volumes().collect::<Vec<_>>(),
+        [stuck.as_str(), twins[0].as_str()],
+        "{watch:?}"
+    );
+
+    // Long past the watch's end, an admin resets both: the next pass
+    // deletes them, and the watch ends once they are gone.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    manager.reconcile().await.unwrap();
+    assert_eq!(store.list_twin_watches().await.unwrap().len(), 1);
+    assert!(sim.reset_error_attaching(&stuck));
+    assert!(sim.reset_error_deleting(&twins[0]));
+    manager.reconcile().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    manager.reconcile().await.unwrap();
+    assert!(
+        sim.volumes().iter().all(|v| v.name != name),
+        "{:?}",
+        sim.volumes()
+    );
+    assert!(store.list_twin_watches().await.unwrap().is_empty());
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A Cinder backend that leaves every new volume `error_attaching` would
 /// cost the tenant's volume quota one stuck volume per retry of the order,
 /// and billing may retry every few seconds. While the order's own new
