@@ -292,7 +292,7 @@ pub struct AllocateArgs {
     /// Idempotency key, e.g. the billing order id.
     #[arg(long)]
     pub request_id: String,
-    /// Tenant project that will own the instance.
+    /// Tenant the order is for: labels it and tags its new volume.
     #[arg(long = "tenant")]
     pub tenant: String,
     /// Flavor of the pool to take the instance from.

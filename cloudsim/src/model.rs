@@ -12,7 +12,7 @@ use crate::config::{Quotas, SimConfig};
 use crate::mysql::ListenerGuard;
 use pool_manager::cloud::{
     BootHeadroom, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, QuotaLeft, Server,
-    ServerSpec, ServerStatus, Volume, VolumeStatus, META_INSTANCE, META_POOL, PORTS,
+    ServerSpec, ServerStatus, Volume, VolumeOwner, VolumeStatus, META_INSTANCE, META_POOL, PORTS,
     PORTS_PER_SERVER,
 };
 use pool_manager::model::PoolKey;
@@ -184,7 +184,12 @@ struct VolumeRec {
     name: String,
     az: String,
     size_gib: u32,
-    project_id: String,
+    /// The project owning it: `None`, the one the cloud's user (warmpool)
+    /// works in, where both faces create volumes; `Some`, another
+    /// (a tenant's volume made for a test).
+    project_id: Option<String>,
+    /// Cinder's metadata, as given at its create.
+    metadata: BTreeMap<String, String>,
     created_at: Instant,
     state: Timed<VolState>,
     gone_at: Option<Instant>,
@@ -225,6 +230,12 @@ impl VolumeRec {
             attached_to,
             volume_type: Some(self.volume_type.clone()),
             multiattach: self.multiattach,
+            metadata: self.metadata.clone(),
+            // As an admin, or a reader of its project, sees it.
+            owner: match &self.project_id {
+                None => VolumeOwner::Warmpool,
+                Some(p) => VolumeOwner::Project(p.clone()),
+            },
         }
     }
 
@@ -400,7 +411,8 @@ pub(crate) struct ServerDetail {
 pub(crate) struct VolumeDetail {
     pub volume: Volume,
     pub created_at: Instant,
-    pub project_id: String,
+    /// `None`: the project the cloud's user works in.
+    pub project_id: Option<String>,
 }
 
 /// A port with what Neutron shows beyond the `Port` view.
@@ -1377,13 +1389,16 @@ impl Model {
                 server: None,
             },
         ));
-        let id = self.insert_volume(spec, state, now);
+        let id = self.insert_volume(spec, None, state, now);
         Ok(self.volumes[&id].view(now))
     }
 
+    /// A volume of `project` (`None`: the cloud user's own, where every
+    /// create through either face goes).
     fn insert_volume(
         &mut self,
         spec: &NewVolumeSpec,
+        project_id: Option<String>,
         state: Timed<VolState>,
         now: Instant,
     ) -> String {
@@ -1397,7 +1412,8 @@ impl Model {
                 name: spec.name.clone(),
                 az: spec.availability_zone.clone(),
                 size_gib: spec.size_gib,
-                project_id: spec.project_id.clone(),
+                project_id,
+                metadata: spec.metadata.clone(),
                 created_at: now,
                 state,
                 gone_at: None,
@@ -1444,10 +1460,11 @@ impl Model {
             size_gib,
             volume_type: volume_type.map(Into::into),
             availability_zone: az.to_string(),
-            project_id: project.to_string(),
+            metadata: BTreeMap::new(),
         };
         self.insert_volume(
             &spec,
+            Some(project.to_string()),
             Timed::settled(VolState {
                 status: VolumeStatus::Available,
                 server: None,
@@ -1530,10 +1547,6 @@ impl Model {
             }
             _ => false,
         }
-    }
-
-    pub fn volume_project(&self, volume_id: &str) -> Option<String> {
-        self.volumes.get(volume_id).map(|v| v.project_id.clone())
     }
 
     pub fn get_volume(&self, id: &str, now: Instant) -> CloudResult<Volume> {

@@ -214,11 +214,6 @@ impl SimCloud {
         self.inner.lock_at(now).volumes(now)
     }
 
-    /// The project a volume was created for.
-    pub fn volume_project(&self, volume_id: &str) -> Option<String> {
-        self.lock().volume_project(volume_id)
-    }
-
     /// The ports made through Neutron (what warmpool makes for tenants),
     /// oldest first; not those Nova makes for the servers it boots
     /// ([`Self::server_ports`]).

@@ -4,7 +4,7 @@
 use cloudsim::{AzConfig, RateLimit, SimCloud, SimConfig};
 use pool_manager::cloud::{
     Cloud, CloudError, NewPortSpec, NewVolumeSpec, QuotaLeft, ServerSpec, ServerStatus,
-    VolumeStatus, META_POOL,
+    VolumeOwner, VolumeStatus, META_POOL, META_TENANT,
 };
 use pool_manager::model::PoolKey;
 use pool_manager::probe::{MysqlGreetingProbe, Probe, ProbeError};
@@ -42,7 +42,7 @@ fn volume_spec(name: &str, az: &str) -> NewVolumeSpec {
         size_gib: 10,
         volume_type: None,
         availability_zone: az.into(),
-        project_id: "tenant".into(),
+        metadata: Default::default(),
     }
 }
 
@@ -474,6 +474,26 @@ async fn boot_headroom_names_the_binding_quota_and_a_flavor_beyond_it() {
     );
 }
 
+/// A volume created through the face is in the cloud user's own project
+/// (warmpool's), as Cinder creates in the token's project, whatever tenant
+/// it is for; its metadata is kept and shown.
+#[tokio::test(start_paused = true)]
+async fn a_created_volume_is_the_users_and_keeps_its_metadata() {
+    let cloud = SimCloud::new(SimConfig::deterministic());
+    let spec = NewVolumeSpec {
+        metadata: BTreeMap::from([(META_TENANT.into(), "tenant-a".into())]),
+        ..volume_spec("data", "az1")
+    };
+    let created = cloud.create_volume(&spec).await.unwrap();
+    assert_eq!(created.owner, VolumeOwner::Warmpool);
+    assert_eq!(created.tagged_tenant(), Some("tenant-a"));
+    let read = cloud.get_volume(&created.id).await.unwrap();
+    assert_eq!(
+        (read.owner, read.metadata),
+        (VolumeOwner::Warmpool, spec.metadata)
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn volume_lifecycle_and_attach_fencing() {
     let cloud = SimCloud::new(SimConfig::deterministic());
@@ -535,7 +555,10 @@ async fn volume_lifecycle_and_attach_fencing() {
 
     // A tenant volume in use by some other VM.
     let tenant = cloud.create_volume_for_test("tenant", "az1", 20);
-    assert_eq!(cloud.volume_project(&tenant).as_deref(), Some("tenant"));
+    assert_eq!(
+        cloud.get_volume(&tenant).await.unwrap().owner,
+        VolumeOwner::Project("tenant".into())
+    );
     let elsewhere = cloud.attach_volume_elsewhere(&tenant).unwrap();
     assert_eq!(
         cloud.get_volume(&tenant).await.unwrap().attached_to,

@@ -17,7 +17,8 @@
 
 use crate::changes::ChangeCursor;
 use crate::cloud::{
-    CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Volume, VolumeStatus, META_INSTANCE,
+    CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Volume, VolumeOwner, VolumeStatus,
+    META_INSTANCE, META_TENANT,
 };
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, EventKind};
@@ -31,6 +32,7 @@ use crate::model::{
 };
 use crate::replenisher::{BootError, DrivingClaim, Timed};
 use crate::store::RecordKind;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -976,7 +978,8 @@ impl Shared {
     /// A volume that is not `available` in the pool's AZ is never attached,
     /// nor a multiattach one: Cinder's reservation keeps a second attach
     /// of a single-attach volume out (two orders naming it both found it
-    /// `available`), not of a multiattach one.
+    /// `available`), not of a multiattach one. Nor one warmpool can tell is
+    /// another tenant's ([`refuse_if_another_tenants`]).
     async fn fence_volume(
         &self,
         params: &AllocationParams,
@@ -1002,6 +1005,7 @@ impl Shared {
             }
             Err(e) => return Err(e.into()),
         };
+        refuse_if_another_tenants(&volume, &params.tenant_project_id)?;
         // Before its state: no detach or wait makes it attachable.
         if volume.multiattach {
             let kind = volume.volume_type.as_deref().unwrap_or("unknown");
@@ -1027,7 +1031,7 @@ impl Shared {
 
     /// No new volume is made for an order while one a rolled-back try of it
     /// made is stuck `error_attaching`: a Cinder backend that leaves every
-    /// attach so would otherwise cost the tenant's volume quota one stuck
+    /// attach so would otherwise cost warmpool's volume quota one stuck
     /// volume per retry. Cinder is asked, not only the watch, so the order
     /// goes through as soon as an admin has reset or deleted the volume,
     /// before a reconcile pass has deleted it or ended the watch.
@@ -1904,7 +1908,10 @@ impl Shared {
                     size_gib: *size_gib,
                     volume_type: volume_type.clone(),
                     availability_zone: params.pool.availability_zone.clone(),
-                    project_id: params.tenant_project_id.clone(),
+                    metadata: BTreeMap::from([(
+                        META_TENANT.to_owned(),
+                        params.tenant_project_id.clone(),
+                    )]),
                 };
                 let (volume, in_doubt) = self
                     .create_doubting(deadline, || self.cloud.create_volume(&spec))
@@ -2761,6 +2768,32 @@ fn passing_volume_state(status: &VolumeStatus) -> Option<&'static str> {
         },
         _ => return None,
     })
+}
+
+/// Everything warmpool creates lives in its own project, whichever
+/// tenant the order is for, so one wrong volume id from billing would hand
+/// one tenant's database to another (and a release deleting the volume
+/// would delete it). A volume warmpool made for another tenant's order
+/// (its [`META_TENANT`] tag), or one the cloud shows in a project that is
+/// neither the order's tenant's nor warmpool's own, is refused. One with
+/// neither (made in warmpool's project outside warmpool, or by a warmpool
+/// from before the tag, or where Cinder's policy hides the owner) cannot
+/// be told apart, and is attached as before.
+fn refuse_if_another_tenants(volume: &Volume, tenant: &str) -> ManagerResult<()> {
+    let id = &volume.id;
+    if let Some(tagged) = volume.tagged_tenant().filter(|t| *t != tenant) {
+        return Err(ManagerError::FailedPrecondition(format!(
+            "volume {id} was created by warmpool for an order of tenant {tagged} (its {META_TENANT} metadata), but this order is for tenant {tenant}; warmpool attaches a volume only to its own tenant's orders: check the volume id and tenant_project_id sent"
+        )));
+    }
+    if let VolumeOwner::Project(project) = &volume.owner {
+        if project != tenant {
+            return Err(ManagerError::FailedPrecondition(format!(
+                "volume {id} belongs to project {project}, which is neither this order's tenant {tenant} nor warmpool's own project; warmpool attaches a volume only to its own tenant's orders: check the volume id and tenant_project_id sent"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn not_attachable(volume_id: &str, status: &VolumeStatus) -> ManagerError {

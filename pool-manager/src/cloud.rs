@@ -10,6 +10,11 @@ use std::time::Duration;
 /// Metadata keys written on every pool server, so the reconciler can find them.
 pub const META_POOL: &str = "warmpool.pool";
 pub const META_INSTANCE: &str = "warmpool.instance";
+/// Metadata key written on every volume warmpool creates for an order: the
+/// order's `tenant_project_id`. The volume itself is in warmpool's own
+/// project, as everything warmpool creates is, so the tag is what tells
+/// whose it is (the allocator refuses it to another tenant's order).
+pub const META_TENANT: &str = "warmpool.tenant";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerSpec {
@@ -126,9 +131,35 @@ pub struct Volume {
     /// than one server at once, so its own reservation no longer keeps a
     /// second attach out.
     pub multiattach: bool,
+    /// Cinder's metadata of the volume ([`META_TENANT`] on those warmpool
+    /// made for an order).
+    pub metadata: BTreeMap<String, String>,
+    /// The project that owns it, as far as the cloud shows.
+    pub owner: VolumeOwner,
+}
+
+/// Whose a volume is, as the cloud shows it: Cinder's
+/// `os-vol-tenant-attr:tenant_id`, which its default policy shows to a
+/// reader of the volume's project and to an admin (a member sees only its
+/// own project's volumes), and a deployment's policy may hide.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum VolumeOwner {
+    /// The cloud does not say.
+    #[default]
+    NotShown,
+    /// The project warmpool works in: every volume it creates, and any
+    /// other made there.
+    Warmpool,
+    /// Another project, by id.
+    Project(String),
 }
 
 impl Volume {
+    /// The tenant whose order warmpool made it for ([`META_TENANT`]).
+    pub fn tagged_tenant(&self) -> Option<&str> {
+        self.metadata.get(META_TENANT).map(String::as_str)
+    }
+
     /// Cinder accepted a delete of it: it is `deleting`, or its backend
     /// failed the delete (`error_deleting`, until an admin resets it).
     /// Cinder refuses another delete either way, and a volume left
@@ -138,13 +169,16 @@ impl Volume {
     }
 }
 
+/// A volume to create, in the project warmpool works in (Cinder creates
+/// in the token's project; a member cannot create in another).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewVolumeSpec {
     pub name: String,
     pub size_gib: u32,
     pub volume_type: Option<String>,
     pub availability_zone: String,
-    pub project_id: String,
+    /// Cinder metadata to create it with ([`META_TENANT`]).
+    pub metadata: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -181,7 +181,8 @@ pub enum EventKind {
     /// volume a rolled-back purchase made left `error_attaching` (the order
     /// is refused until then), or a volume whose delete Cinder's backend
     /// failed (`error_deleting`; a rollback's, or a release's). It holds
-    /// the tenant's volume quota. Emitted once: by the rollback for
+    /// Cinder quota: warmpool's own project's, for a volume warmpool
+    /// created. Emitted once: by the rollback for
     /// `error_attaching`, by the reconcile pass that first sees
     /// `error_deleting`; the reconciler deletes the volume once Cinder
     /// allows.

@@ -867,8 +867,8 @@ impl PoolManager {
     /// Cinder refuses their delete until a cloud admin resets them: new
     /// volumes rolled-back purchases left `error_attaching` (each refuses
     /// its order), and volumes of rolled-back or released orders whose
-    /// delete Cinder's backend failed (`error_deleting`). Each holds the
-    /// tenant's volume quota.
+    /// delete Cinder's backend failed (`error_deleting`). Each holds Cinder
+    /// quota: warmpool's own project's, for every volume warmpool created.
     pub async fn stuck_volumes(&self) -> ManagerResult<Vec<String>> {
         let watches = self.shared.store.list_twin_watches().await?;
         Ok(watches

@@ -528,7 +528,7 @@ async fn a_volume_held_by_a_server_being_deleted_is_asked_again() {
             size_gib: 10,
             volume_type: None,
             availability_zone: "az1".into(),
-            project_id: "tenant-a".into(),
+            metadata: Default::default(),
         })
         .await
         .unwrap();
@@ -603,6 +603,104 @@ async fn a_volume_in_use_is_never_attached() {
     assert!(!allocation.volume_created);
 }
 
+/// Every volume warmpool makes lives in warmpool's own project, whatever
+/// the order's tenant: only the tag it carries tells whose it is. An order
+/// naming another tenant's volume (one wrong id from billing) is refused
+/// before anything is done for it: no claim, no port, no attach; and a
+/// later Release deleting "its" volume cannot delete the other tenant's.
+/// The tenant's own later order gets it.
+#[tokio::test(start_paused = true)]
+async fn a_volume_made_for_one_tenant_is_refused_to_another() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 2).await;
+    let mut made = request("order-b", new_volume(), EmptyPoolPolicy::FailFast);
+    made.params.tenant_project_id = "tenant-b".into();
+    let volume = manager.allocate(made).await.unwrap().volume_id.unwrap();
+    manager.release("order-b", Some(false)).await.unwrap();
+    wait_ready(&manager, 2).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+
+    let existing = || VolumeSource::Existing {
+        volume_id: volume.clone(),
+    };
+    let calls = sim.call_counts();
+    let err = manager
+        .allocate(request("order-a", existing(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m)
+            if m.contains(&volume) && m.contains("tenant-b") && m.contains("tenant-a")),
+        "{err}"
+    );
+    let after = sim.call_counts();
+    for call in [
+        "create_port",
+        "attach_volume",
+        "attach_port",
+        "create_volume",
+    ] {
+        assert_eq!(after.get(call), calls.get(call), "{call}");
+    }
+    assert!(manager.get_allocation("order-a").await.is_err());
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 2, "{status:?}");
+    assert_eq!(status.count(InstanceState::Claimed), 0, "{status:?}");
+    let kept = sim.volumes().into_iter().find(|v| v.id == volume).unwrap();
+    assert!(kept.attached_to.is_empty(), "{kept:?}");
+
+    let mut own = request("order-b2", existing(), EmptyPoolPolicy::FailFast);
+    own.params.tenant_project_id = "tenant-b".into();
+    let allocation = manager.allocate(own).await.unwrap();
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    assert_eq!(allocation.volume_id.as_deref(), Some(volume.as_str()));
+    assert_consistent(&sim, &manager).await;
+}
+
+/// Where the cloud shows whose a volume is (Cinder's
+/// `os-vol-tenant-attr:tenant_id`, to an admin), one of a project that is
+/// neither the order's tenant nor warmpool's own is refused; the tenant's
+/// own is attached.
+#[tokio::test(start_paused = true)]
+async fn a_volume_of_another_project_is_refused() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 2).await;
+    let theirs = sim.create_volume_for_test("tenant-c", "az1", 10);
+    let order = request(
+        "order-c",
+        VolumeSource::Existing {
+            volume_id: theirs.clone(),
+        },
+        EmptyPoolPolicy::FailFast,
+    );
+    let err = manager.allocate(order).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m)
+            if m.contains(&theirs) && m.contains("tenant-c") && m.contains("tenant-a")),
+        "{err}"
+    );
+    assert_eq!(
+        manager
+            .get_pool(&pool())
+            .await
+            .unwrap()
+            .count(InstanceState::Ready),
+        2
+    );
+
+    let mine = sim.create_volume_for_test("tenant-a", "az1", 10);
+    let order = request(
+        "order-mine",
+        VolumeSource::Existing { volume_id: mine },
+        EmptyPoolPolicy::FailFast,
+    );
+    assert_eq!(
+        manager.allocate(order).await.unwrap().state,
+        AllocationState::Allocated
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A tenant's volume Cinder failed is refused as failed, not as in use.
 #[tokio::test(start_paused = true)]
 async fn a_volume_in_error_is_refused_for_what_it_is() {
@@ -616,7 +714,7 @@ async fn a_volume_in_error_is_refused_for_what_it_is() {
             size_gib: 10,
             volume_type: None,
             availability_zone: "az1".into(),
-            project_id: "tenant-a".into(),
+            metadata: Default::default(),
         })
         .await
         .unwrap();
@@ -3057,7 +3155,7 @@ async fn twins_of_a_create_whose_answer_was_lost_are_deleted() {
             size_gib: 20,
             volume_type: None,
             availability_zone: "az1".into(),
-            project_id: "tenant-a".into(),
+            metadata: Default::default(),
         })
         .await
         .unwrap();
@@ -3270,7 +3368,7 @@ async fn land_late_twins(sim: &cloudsim::SimCloud, name: &str) {
         size_gib: 20,
         volume_type: None,
         availability_zone: "az1".into(),
-        project_id: "tenant-a".into(),
+        metadata: Default::default(),
     })
     .await
     .unwrap();
@@ -3689,7 +3787,7 @@ async fn twins_listed_after_a_volume_left_error_attaching_are_deleted_all_the_sa
 }
 
 /// A Cinder backend that leaves every new volume `error_attaching` would
-/// cost the tenant's volume quota one stuck volume per retry of the order,
+/// cost warmpool's volume quota one stuck volume per retry of the order,
 /// and billing may retry every few seconds. While the order's own new
 /// volume is stuck, a retry makes no other: it is answered UNAVAILABLE at
 /// once, naming the volume and what it needs, and claims no instance.

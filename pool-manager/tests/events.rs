@@ -725,7 +725,7 @@ async fn stays_named_until_deleted(
 
 /// A rolled-back purchase's new volume whose delete Cinder accepted, then
 /// failed: its record used to go at the accepted answer, leaving a volume
-/// on the tenant's quota that nothing named.
+/// on warmpool's quota that nothing named.
 #[tokio::test(start_paused = true)]
 async fn a_rolled_back_volume_cinder_fails_to_delete_stays_named_until_deleted() {
     let sim = sim();

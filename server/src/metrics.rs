@@ -577,7 +577,7 @@ impl Metrics {
         );
         registry.register(
             "volumes_stuck_error_attaching",
-            "Volumes warmpool was to delete that Cinder refuses to until a cloud admin resets them (openstack volume set --state available ID), not deleted yet: new volumes rolled-back purchases left error_attaching (the order is refused until then), and volumes of rolled-back or released orders, or twins of creates whose answer was lost, whose delete Cinder's backend failed (error_deleting); each holds the tenant's volume quota",
+            "Volumes warmpool was to delete that Cinder refuses to until a cloud admin resets them (openstack volume set --state available ID), not deleted yet: new volumes rolled-back purchases left error_attaching (the order is refused until then), and volumes of rolled-back or released orders, or twins of creates whose answer was lost, whose delete Cinder's backend failed (error_deleting); each holds Cinder quota, warmpool's own project's for every volume warmpool created",
             m.volumes_stuck.clone(),
         );
         // Throttling is rare: create its series at zero, so they are there
@@ -1093,7 +1093,7 @@ mod tests {
     }
 
     /// A new volume a rolled-back purchase left stuck `error_attaching`
-    /// holds the tenant's volume quota and refuses its order until a cloud
+    /// holds warmpool's volume quota and refuses its order until a cloud
     /// admin resets it: it is counted from the store at each scrape (so
     /// after a restart too) until the reconciler has deleted it.
     #[tokio::test(start_paused = true)]

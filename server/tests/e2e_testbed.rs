@@ -353,7 +353,7 @@ async fn allocate_tenant_volume(ctx: &Ctx) {
             size_gib: 1,
             volume_type: None,
             availability_zone: VOLUME_AZ.into(),
-            project_id: String::new(),
+            metadata: Default::default(),
         })
         .await
         .expect("the tenant creates a volume");

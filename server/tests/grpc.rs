@@ -13,6 +13,7 @@ use std::time::Duration;
 mod support;
 
 use futures::StreamExt;
+use pool_manager::cloud::VolumeOwner;
 use support::{expect_code, list_pools_over, tls_options, Daemon};
 use tonic::Code;
 use warmpool_client::{api, Client};
@@ -230,7 +231,8 @@ async fn allocate_is_a_warm_hit_and_idempotent() {
     assert_warm_hit(&first, "order-1", "db.small", "az1");
 
     // The cloud agrees: the server has the volume and the port, and the
-    // volume was created in the tenant's project.
+    // volume was created in warmpool's project (Cinder creates in the
+    // token's), tagged with the tenant it is for.
     let server = d.cloud().server(&first.server_id).expect("server exists");
     assert!(
         server.server.attached_volumes.contains(&first.volume_id),
@@ -240,10 +242,14 @@ async fn allocate_is_a_warm_hit_and_idempotent() {
         server.server.attached_ports.contains(&first.port_id),
         "{server:?}"
     );
-    assert_eq!(
-        d.cloud().volume_project(&first.volume_id).as_deref(),
-        Some("tenant-a")
-    );
+    let volume = d
+        .cloud()
+        .volumes()
+        .into_iter()
+        .find(|v| v.id == first.volume_id)
+        .expect("volume exists");
+    assert_eq!(volume.owner, VolumeOwner::Warmpool, "{volume:?}");
+    assert_eq!(volume.tagged_tenant(), Some("tenant-a"), "{volume:?}");
 
     // Same request id, same parameters: the same allocation, not a second one.
     let again = c.allocate(request.clone()).await.unwrap();

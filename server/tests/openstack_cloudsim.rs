@@ -11,7 +11,7 @@ use cloudsim::http::{HttpFace, HttpSettings, RunningFace, Service};
 use cloudsim::{Quotas, SecurityGroupConfig, SimCloud, SimConfig};
 use pool_manager::cloud::{
     Cloud, CloudError, NewPortSpec, NewVolumeSpec, QuotaLeft, Server, ServerSpec, ServerStatus,
-    VolumeStatus, MAX_RETRY_AFTER, META_INSTANCE, META_POOL,
+    VolumeOwner, VolumeStatus, MAX_RETRY_AFTER, META_INSTANCE, META_POOL, META_TENANT,
 };
 use pool_manager::gate::{Gate, GateSettings};
 use pool_manager::model::PoolKey;
@@ -202,7 +202,7 @@ fn volume_spec(name: &str, size_gib: u32) -> NewVolumeSpec {
         size_gib,
         volume_type: None,
         availability_zone: "az1".into(),
-        project_id: "tenant".into(),
+        metadata: Default::default(),
     }
 }
 
@@ -523,6 +523,41 @@ async fn a_volumes_multiattach_flag_and_type_are_read() {
     let v = cloud.get_volume(&single).await.unwrap();
     assert!(!v.multiattach);
     assert_eq!(v.volume_type.as_deref(), Some("__DEFAULT__"));
+}
+
+/// The tenant tag goes with the create (Cinder's `metadata`) and is read
+/// back with the volume, and so is whose the volume is: warmpool's own
+/// project for what it creates, whatever the tenant, and a tenant's
+/// project for a volume made there (as Cinder's default policy shows it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_volume_carries_its_tenant_tag_and_its_owner_is_read() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let spec = NewVolumeSpec {
+        metadata: BTreeMap::from([(META_TENANT.to_owned(), "tenant-a".to_owned())]),
+        ..volume_spec("warmpool-tagged", 1)
+    };
+    let created = cloud.create_volume(&spec).await.unwrap();
+    assert_eq!(created.tagged_tenant(), Some("tenant-a"), "{created:?}");
+    assert_eq!(created.owner, VolumeOwner::Warmpool, "{created:?}");
+    // What Cinder keeps came in the create's body.
+    let kept = env.sim.volumes().into_iter().find(|v| v.id == created.id);
+    assert_eq!(kept.map(|v| v.metadata), Some(spec.metadata.clone()));
+    let read = cloud.get_volume(&created.id).await.unwrap();
+    assert_eq!(read.tagged_tenant(), Some("tenant-a"), "{read:?}");
+    assert_eq!(read.owner, VolumeOwner::Warmpool, "{read:?}");
+    let found = cloud.find_volumes_by_name("warmpool-tagged").await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].tagged_tenant(), Some("tenant-a"));
+
+    let theirs = env.sim.create_volume_for_test("tenant-c", "az1", 1);
+    let read = cloud.get_volume(&theirs).await.unwrap();
+    assert_eq!(
+        read.owner,
+        VolumeOwner::Project("tenant-c".into()),
+        "{read:?}"
+    );
+    assert_eq!(read.tagged_tenant(), None, "{read:?}");
 }
 
 /// A server Nova is busy with (an operator's snapshot) reads as busy, not

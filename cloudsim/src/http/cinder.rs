@@ -15,7 +15,7 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use pool_manager::cloud::{CloudError, NewVolumeSpec, VolumeStatus};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -291,10 +291,11 @@ fn volume_json(
         "volume_type": volume_type,
         "snapshot_id": null,
         "source_volid": null,
-        "metadata": {},
+        "metadata": v.metadata,
         "links": links(state, view, &v.id),
         "user_id": state.settings.users.first().map(|u| state.user_id(&u.name)).unwrap_or_default(),
-        "os-vol-tenant-attr:tenant_id": d.project_id,
+        // Cinder's default policy shows it to a reader of the project.
+        "os-vol-tenant-attr:tenant_id": d.project_id.as_deref().unwrap_or(&state.project_id),
         "multiattach": v.multiattach,
         "replication_status": null,
         "consistencygroup_id": null,
@@ -366,6 +367,7 @@ async fn create_volume(
     };
     let name = text("name")?.unwrap_or_default();
     let volume_type = text("volume_type")?;
+    let metadata = metadata(vol.get("metadata"))?;
     let cfg = state.sim.config();
     let az = match text("availability_zone")? {
         Some(az) if !cfg.availability_zones.iter().any(|a| a.name == az) => {
@@ -395,7 +397,7 @@ async fn create_volume(
                 size_gib: size,
                 volume_type,
                 availability_zone: az,
-                project_id: state.project_id.clone(),
+                metadata,
             },
             now,
         )
@@ -408,6 +410,47 @@ async fn create_volume(
         Json(json!({"volume": volume_json(&state, &model, &d, view(mv, &p))})),
     )
         .into_response())
+}
+
+/// A create's `metadata`, as Cinder's schema takes it: absent or null, or
+/// an object of strings, keys of 1 to 255 of `a-zA-Z0-9-_:. /`, values
+/// of at most 255 characters.
+fn metadata(given: Option<&Value>) -> Result<BTreeMap<String, String>, ApiError> {
+    let refused = |why: String| {
+        ApiError::bad_request(
+            V,
+            format!("Invalid input for field/attribute metadata. {why}"),
+        )
+    };
+    let entries = match given {
+        None | Some(Value::Null) => return Ok(BTreeMap::new()),
+        Some(Value::Object(entries)) => entries,
+        Some(other) => {
+            return Err(refused(format!(
+                "Value: {other}. {other} is not of type 'object', 'null'"
+            )))
+        }
+    };
+    let key_ok = |k: &str| {
+        (1..=255).contains(&k.chars().count())
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_:. /".contains(c))
+    };
+    let mut metadata = BTreeMap::new();
+    for (key, value) in entries {
+        match value {
+            Value::String(v) if key_ok(key) && v.chars().count() <= 255 => {
+                metadata.insert(key.clone(), v.clone());
+            }
+            _ => {
+                return Err(refused(format!(
+                    "Value: {}. Additional properties are not allowed or {key:?} is not a string of at most 255 characters",
+                    Value::Object(entries.clone())
+                )))
+            }
+        }
+    }
+    Ok(metadata)
 }
 
 async fn show_volume(

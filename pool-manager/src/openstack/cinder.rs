@@ -1,7 +1,8 @@
 //! Cinder's JSON as warmpool reads it: volumes and the create body.
 
-use crate::cloud::{NewVolumeSpec, Volume, VolumeStatus};
+use crate::cloud::{NewVolumeSpec, Volume, VolumeOwner, VolumeStatus};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 #[derive(Debug, Deserialize)]
 pub struct VolumeBody {
@@ -30,6 +31,13 @@ pub struct CinderVolume {
     pub volume_type: Option<String>,
     #[serde(default)]
     pub multiattach: Option<bool>,
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// The owning project: Cinder's policy
+    /// `volume_extension:volume_tenant_attribute` decides who sees it (by
+    /// default a reader of the volume's project, and an admin).
+    #[serde(default, rename = "os-vol-tenant-attr:tenant_id")]
+    pub tenant_id: Option<String>,
 }
 
 /// `GET /os-availability-zone` (Cinder's, and Nova's, which has the same shape).
@@ -75,8 +83,9 @@ pub fn volume_status(status: &str) -> VolumeStatus {
 }
 
 /// warmpool's view. `availability_zone` is Cinder's, translated back to the
-/// pool AZ by the caller when the driver maps AZs.
-pub fn to_volume(v: CinderVolume) -> Volume {
+/// pool AZ by the caller when the driver maps AZs; `owner` is told from
+/// `tenant_id` by the caller, which knows warmpool's own project.
+pub fn to_volume(v: CinderVolume, owner: VolumeOwner) -> Volume {
     Volume {
         name: v.name.unwrap_or_default(),
         status: volume_status(v.status.as_deref().unwrap_or_default()),
@@ -90,14 +99,21 @@ pub fn to_volume(v: CinderVolume) -> Volume {
             .collect(),
         volume_type: v.volume_type,
         multiattach: v.multiattach.unwrap_or_default(),
+        metadata: v.metadata.unwrap_or_default(),
+        owner,
         id: v.id,
     }
 }
 
 /// `POST /volumes`. `availability_zone` is the Cinder AZ (after mapping).
 /// The project is the session's: a member cannot create in another project.
+/// Metadata (the order's tenant) goes with the create, so no volume of an
+/// order is ever without it.
 pub fn create_body(spec: &NewVolumeSpec, availability_zone: Option<&str>) -> serde_json::Value {
     let mut volume = serde_json::json!({ "size": spec.size_gib, "name": spec.name });
+    if !spec.metadata.is_empty() {
+        volume["metadata"] = serde_json::json!(spec.metadata);
+    }
     if let Some(az) = availability_zone {
         volume["availability_zone"] = serde_json::json!(az);
     }
@@ -126,7 +142,7 @@ mod tests {
                 "attachments": [{"id": "6d16", "attachment_id": "a1", "volume_id": "6d16", "server_id": "a4d9add2-ef0a-4928-b1b8-6525fdb81913", "host_name": null, "device": "/dev/vdb"}]}}"#,
         )
         .unwrap();
-        let v = to_volume(body.volume);
+        let v = to_volume(body.volume, VolumeOwner::NotShown);
         assert_eq!(v.status, VolumeStatus::InUse);
         assert_eq!(v.attached_to, vec!["a4d9add2-ef0a-4928-b1b8-6525fdb81913"]);
         assert_eq!((v.size_gib, v.availability_zone.as_str()), (1, "nova"));
@@ -147,7 +163,7 @@ mod tests {
                     {"id": "8b1ab9b2", "attachment_id": "a2", "volume_id": "8b1ab9b2", "server_id": "f3b2c1d0-1111-4e2a-9c3b-0a1b2c3d4e5f", "host_name": "compute-2", "device": "/dev/vdb", "attached_at": "2024-05-02T10:00:01.000000"}]}}"#,
         )
         .unwrap();
-        let v = to_volume(body.volume);
+        let v = to_volume(body.volume, VolumeOwner::NotShown);
         assert!(v.multiattach);
         assert_eq!(v.volume_type.as_deref(), Some("multiattach"));
         assert_eq!(
@@ -166,23 +182,48 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            to_volume(body.volume).status,
+            to_volume(body.volume, VolumeOwner::NotShown).status,
             VolumeStatus::Other("maintenance".into())
         );
     }
 
     #[test]
-    fn the_create_body_has_size_name_and_az() {
-        let spec = NewVolumeSpec {
+    fn the_create_body_has_size_name_az_and_the_tenant_tag() {
+        let mut spec = NewVolumeSpec {
             name: "warmpool-o1".into(),
             size_gib: 20,
             volume_type: None,
             availability_zone: "az1".into(),
-            project_id: "tenant".into(),
+            metadata: BTreeMap::new(),
         };
         assert_eq!(
             create_body(&spec, Some("nova")),
             serde_json::json!({"volume": {"size": 20, "name": "warmpool-o1", "availability_zone": "nova"}})
         );
+        spec.metadata
+            .insert(crate::cloud::META_TENANT.into(), "tenant-a".into());
+        assert_eq!(
+            create_body(&spec, Some("nova")),
+            serde_json::json!({"volume": {"size": 20, "name": "warmpool-o1", "availability_zone": "nova",
+                "metadata": {"warmpool.tenant": "tenant-a"}}})
+        );
+    }
+
+    /// Cinder's metadata and, where its policy shows it, the owning project.
+    #[test]
+    fn a_volumes_metadata_and_project_are_read() {
+        let body: VolumeBody = serde_json::from_str(
+            r#"{"volume": {"id": "v", "status": "available", "name": "warmpool-o1-x", "attachments": [],
+                "metadata": {"warmpool.tenant": "tenant-b", "readonly": "False"},
+                "os-vol-tenant-attr:tenant_id": "45e74f11629f4db4a5812a02b1f9967a"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            body.volume.tenant_id.as_deref(),
+            Some("45e74f11629f4db4a5812a02b1f9967a")
+        );
+        let v = to_volume(body.volume, VolumeOwner::Warmpool);
+        assert_eq!(v.tagged_tenant(), Some("tenant-b"));
+        assert_eq!(v.owner, VolumeOwner::Warmpool);
     }
 }

@@ -32,7 +32,7 @@ pub mod session;
 
 use crate::cloud::{
     BootHeadroom, Cloud, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
-    ServerSpec, ServerStatus, Volume, VolumeStatus, META_INSTANCE, META_POOL,
+    ServerSpec, ServerStatus, Volume, VolumeOwner, VolumeStatus, META_INSTANCE, META_POOL,
 };
 use async_trait::async_trait;
 use error::{classify_reply, Service};
@@ -1002,9 +1002,16 @@ impl OpenStackCloud {
     }
 
     /// Volumes are reported in Cinder's own zone; the allocator's fence maps
-    /// the pool's zone through `Cloud::volume_zone_for`.
-    fn volume_view(&self, v: cinder::CinderVolume) -> Volume {
-        cinder::to_volume(v)
+    /// the pool's zone through `Cloud::volume_zone_for`. The owning project,
+    /// where Cinder shows it, is told from warmpool's own (asked of Keystone
+    /// once, and only then).
+    async fn volume_view(&self, mut v: cinder::CinderVolume) -> CloudResult<Volume> {
+        let owner = match v.tenant_id.take() {
+            None => VolumeOwner::NotShown,
+            Some(p) if p == self.inner.conn.project_id().await? => VolumeOwner::Warmpool,
+            Some(p) => VolumeOwner::Project(p),
+        };
+        Ok(cinder::to_volume(v, owner))
     }
 }
 
@@ -1350,25 +1357,26 @@ impl Cloud for OpenStackCloud {
         let call = Call::new(Service::BlockStorage, Method::POST, ["volumes"])
             .json(cinder::create_body(spec, Some(&az)));
         let body: cinder::VolumeBody = self.create(&spec.name, call).await?;
-        Ok(self.volume_view(body.volume))
+        self.volume_view(body.volume).await
     }
 
     async fn get_volume(&self, volume_id: &str) -> CloudResult<Volume> {
         let call = Call::new(Service::BlockStorage, Method::GET, ["volumes", volume_id]);
         let body: cinder::VolumeBody = self.fetch(call).await?;
-        Ok(self.volume_view(body.volume))
+        self.volume_view(body.volume).await
     }
 
     async fn find_volumes_by_name(&self, name: &str) -> CloudResult<Vec<Volume>> {
         let call = Call::new(Service::BlockStorage, Method::GET, ["volumes", "detail"])
             .query("name", name);
         let body: cinder::VolumesBody = self.fetch(call).await?;
-        Ok(body
-            .volumes
-            .into_iter()
-            .map(|v| self.volume_view(v))
-            .filter(|v| v.name == name)
-            .collect())
+        let mut found = Vec::new();
+        for v in body.volumes {
+            if v.name.as_deref().unwrap_or_default() == name {
+                found.push(self.volume_view(v).await?);
+            }
+        }
+        Ok(found)
     }
 
     async fn delete_volume(&self, volume_id: &str) -> CloudResult<()> {
