@@ -3726,7 +3726,7 @@ async fn twins_listed_after_a_volume_left_error_attaching_are_deleted_all_the_sa
             size_gib: 20,
             volume_type: None,
             availability_zone: "az1".into(),
-            project_id: "tenant-a".into(),
+            metadata: Default::default(),
         };
         twins.push(sim.create_volume(&spec).await.unwrap().id);
     }
