@@ -2100,7 +2100,7 @@ async fn a_shutdown_during_the_cloud_check_ends_start_up() {
     init_tracing();
     let env = env().await;
     env.sim.faults().hang_after_calls(0);
-    let config = env.config(r#"request_timeout = "1h""#, SMALL_POOL);
+    let config = env.config(r#"request_timeout = "10m""#, SMALL_POOL);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let starting = tokio::spawn(warmpool_server::start(config, async {
         let _ = stopped.await;
@@ -2126,7 +2126,7 @@ async fn a_shutdown_during_the_cloud_check_ends_start_up() {
 async fn sigterm_during_the_start_up_reconcile_stops_warmpoold_in_order() {
     init_tracing();
     let env = env().await;
-    let text = env.config_text(r#"request_timeout = "1h""#, SMALL_POOL);
+    let text = env.config_text(r#"request_timeout = "10m""#, SMALL_POOL);
     // The daemon's cloud check makes the same calls as this one; the call
     // after them is the reconcile's listing of the pool servers, and hangs.
     let config = Config::parse(&text).unwrap();
