@@ -52,7 +52,6 @@ fn port_spec(name: &str, fixed_ip: Option<&str>) -> NewPortSpec {
         network_id: "net-tenant".into(),
         subnet_id: None,
         fixed_ip: fixed_ip.map(Into::into),
-        project_id: "tenant".into(),
     }
 }
 

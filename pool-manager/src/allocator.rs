@@ -2176,7 +2176,6 @@ impl Shared {
                     network_id: allocation.params.network.network_id.clone(),
                     subnet_id: allocation.params.network.subnet_id.clone(),
                     fixed_ip: allocation.params.network.fixed_ip.clone(),
-                    project_id: allocation.params.tenant_project_id.clone(),
                 };
                 let (port, in_doubt) = self
                     .create_doubting(deadline, || self.cloud.create_port(&spec))

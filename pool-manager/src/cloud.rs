@@ -187,7 +187,6 @@ pub struct NewPortSpec {
     pub network_id: String,
     pub subnet_id: Option<String>,
     pub fixed_ip: Option<String>,
-    pub project_id: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

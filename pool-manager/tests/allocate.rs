@@ -3377,7 +3377,6 @@ async fn land_late_twins(sim: &cloudsim::SimCloud, name: &str) {
         network_id: "net-tenant".into(),
         subnet_id: None,
         fixed_ip: None,
-        project_id: "tenant-a".into(),
     })
     .await
     .unwrap();

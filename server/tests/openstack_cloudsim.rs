@@ -192,7 +192,6 @@ fn port_spec(name: &str, network_id: &str) -> NewPortSpec {
         network_id: network_id.into(),
         subnet_id: None,
         fixed_ip: None,
-        project_id: "tenant".into(),
     }
 }
 

@@ -462,7 +462,6 @@ async fn create_port(
                 network_id: network_id.clone(),
                 subnet_id,
                 fixed_ip,
-                project_id: state.project_id.clone(),
             },
             now,
         )

@@ -263,7 +263,6 @@ mod tests {
             network_id: "net".into(),
             subnet_id: None,
             fixed_ip: Some("10.20.0.9".into()),
-            project_id: "tenant".into(),
         };
         assert_eq!(
             create_port_body(&spec),
