@@ -396,17 +396,42 @@ async fn allocate_tenant_volume_inner(ctx: &Ctx, volume_id: &str) {
         }
     })
     .await;
+    // The volume is in the tenant's own project: an order for another
+    // tenant is refused it, one for this tenant (its Keystone project id)
+    // gets it.
+    let tenant_project = ctx
+        .tenant
+        .project_id()
+        .await
+        .expect("the tenant's project id");
+    let message = expect_code(
+        ctx.client
+            .allocate(allocate_request(
+                &format!("e2e-{}-other-tenant", ctx.run),
+                SMALL,
+                "az2",
+                existing_volume(volume_id),
+                &ctx.tenant_net,
+                ALLOCATE_TIMEOUT,
+            ))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(message.contains(&tenant_project), "{message}");
     let id = format!("e2e-{}-existing", ctx.run);
     let b = ctx
         .client
-        .allocate(allocate_request(
-            &id,
-            SMALL,
-            "az2",
-            existing_volume(volume_id),
-            &ctx.tenant_net,
-            ALLOCATE_TIMEOUT,
-        ))
+        .allocate(api::AllocateRequest {
+            tenant_project_id: tenant_project.clone(),
+            ..allocate_request(
+                &id,
+                SMALL,
+                "az2",
+                existing_volume(volume_id),
+                &ctx.tenant_net,
+                ALLOCATE_TIMEOUT,
+            )
+        })
         .await
         .expect("allocate with the tenant's volume");
     assert_eq!(b.volume_id, volume_id, "{b:?}");
@@ -419,21 +444,29 @@ async fn allocate_tenant_volume_inner(ctx: &Ctx, volume_id: &str) {
     assert_eq!(seen.status, VolumeStatus::InUse, "{seen:?}");
     assert_eq!(seen.attached_to, vec![b.server_id.clone()], "{seen:?}");
 
-    // Fencing: a volume in use is never attached again.
+    // Fencing: a volume in use is never attached again, even to its own
+    // tenant's order.
     let message = expect_code(
         ctx.client
-            .allocate(allocate_request(
-                &format!("e2e-{}-fenced", ctx.run),
-                SMALL,
-                "az2",
-                existing_volume(volume_id),
-                &ctx.tenant_net,
-                ALLOCATE_TIMEOUT,
-            ))
+            .allocate(api::AllocateRequest {
+                tenant_project_id: tenant_project.clone(),
+                ..allocate_request(
+                    &format!("e2e-{}-fenced", ctx.run),
+                    SMALL,
+                    "az2",
+                    existing_volume(volume_id),
+                    &ctx.tenant_net,
+                    ALLOCATE_TIMEOUT,
+                )
+            })
             .await,
         Code::FailedPrecondition,
     );
     assert!(message.contains(volume_id), "{message}");
+    assert!(
+        !message.contains("neither this order's tenant"),
+        "{message}"
+    );
 
     ctx.client
         .release(&id, None)

@@ -708,6 +708,12 @@ impl OpenStackCloud {
         Ok(body.limits.absolute)
     }
 
+    /// The id of the project this user works in (Keystone's answer about
+    /// its own token): where everything warmpool creates lives.
+    pub async fn project_id(&self) -> CloudResult<String> {
+        self.inner.conn.project_id().await
+    }
+
     /// The project's Neutron port quota (the quota_details extension): a
     /// pool server's own port and a sold one's tenant port both count in
     /// it. `None` when unlimited, or when Neutron will not tell (its
