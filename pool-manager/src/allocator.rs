@@ -2492,7 +2492,8 @@ impl Shared {
     /// detached one it still refuses has snapshots or a transfer pending,
     /// which waiting does not mend; nor does it mend one Cinder keeps
     /// `error_attaching`, refused at once. One being deleted already
-    /// (`deleting`, `error_deleting`) is done.
+    /// (`deleting`, `error_deleting`) is done. A rate limit is waited out
+    /// as its Retry-After says, jittered (`patiently`).
     pub(crate) async fn delete_volume_when_free(
         &self,
         volume_id: &str,
@@ -2501,15 +2502,14 @@ impl Shared {
         let pause = self.settings.poll_interval.min(Duration::from_millis(500));
         let mut seen_detached = false;
         loop {
-            let refused = match self.cloud.delete_volume(volume_id).await {
+            let refused = match self
+                .patiently(deadline, Repeat::Retryable, || {
+                    self.cloud.delete_volume(volume_id)
+                })
+                .await
+            {
                 Ok(()) => return Ok(()),
                 Err(CloudError::Conflict(refused)) => refused,
-                Err(CloudError::Transient(_) | CloudError::Throttled { .. })
-                    if Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(pause).await;
-                    continue;
-                }
                 Err(e) => return Err(e.into()),
             };
             if seen_detached {

@@ -235,6 +235,24 @@ pub enum CloudError {
     LeftToReclaim(String),
 }
 
+/// Whether a Nova or Cinder message is a quota refusal: an API's answer,
+/// or the fault of a server Nova accepted and then put in ERROR when its
+/// conductor's recheck (`recheck_quota`) found the project over quota
+/// ("Quota exceeded for instances: Requested 1, but already used 10 of 10
+/// instances"). Most say "quota"; Nova's LimitExceeded family says
+/// "Maximum number of ports exceeded", Cinder's per-volume size limit
+/// "... larger than maximum allowed limit 100G", unified limits (oslo.limit)
+/// "Project ... is over a limit for ...". Nova's MaxRetriesExceeded fault
+/// ("Exceeded maximum number of retries") is a failed build, not quota.
+pub fn mentions_quota(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("quota")
+        || m.contains("limitexceeded")
+        || (m.contains("maximum number of") && m.contains("exceed") && !m.contains("retries"))
+        || m.contains("maximum allowed limit")
+        || m.contains("is over a limit for")
+}
+
 impl CloudError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Throttled { .. } | Self::Transient(_))
@@ -433,4 +451,30 @@ pub trait Cloud: Send + Sync + 'static {
     /// pool replaces what no longer matches. No default, for the reason
     /// above: a wrapper that forgot it would record what is not booted.
     fn boot_image(&self, pool_image: &str) -> String;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mentions_quota;
+
+    /// Faults of servers Nova put in ERROR (conductor's quota recheck,
+    /// unified limits) and of builds that failed otherwise.
+    #[test]
+    fn server_faults_tell_quota_from_a_failed_build() {
+        for quota in [
+            "Quota exceeded for instances: Requested 1, but already used 10 of 10 instances",
+            "Quota exceeded for cores: Requested 4, but already used 18 of 20 cores",
+            "Quota exceeded for ram: Requested 8192, but already used 49152 of 51200 ram",
+            "Project 5a1d is over a limit for [Resource servers is over limit of 10 due to current usage 10 and delta 1]",
+        ] {
+            assert!(mentions_quota(quota), "{quota}");
+        }
+        for failed in [
+            "No valid host was found. There are not enough hosts available.",
+            "Exceeded maximum number of retries. Exhausted all hosts available for retrying build failures for instance 1f2e.",
+            "Build of instance 1f2e aborted: Failed to allocate the network(s), not rescheduling.",
+        ] {
+            assert!(!mentions_quota(failed), "{failed}");
+        }
+    }
 }

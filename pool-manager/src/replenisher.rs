@@ -16,8 +16,8 @@
 use crate::allocator::deadline_after;
 use crate::changes::ChangeCursor;
 use crate::cloud::{
-    BootHeadroom, CloudError, CloudResult, Server, ServerSpec, ServerStatus, META_INSTANCE,
-    META_POOL,
+    mentions_quota, BootHeadroom, CloudError, CloudResult, Server, ServerSpec, ServerStatus,
+    META_INSTANCE, META_POOL,
 };
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, BootOutcome, EventKind};
@@ -995,9 +995,16 @@ impl Shared {
                         break server.mysql_addr;
                     }
                     ServerStatus::Error => {
-                        return Err(BootError::ServerError(
-                            server.fault.unwrap_or_else(|| "no fault given".into()),
-                        ))
+                        let fault = server.fault.unwrap_or_else(|| "no fault given".into());
+                        // Nova took the create, then its quota recheck
+                        // refused it: a quota refusal, as a refused create
+                        // is (the gate's to pause), not a failed boot.
+                        if mentions_quota(&fault) {
+                            return Err(BootError::Cloud(CloudError::QuotaExceeded(format!(
+                                "server went to ERROR: {fault}"
+                            ))));
+                        }
+                        return Err(BootError::ServerError(fault));
                     }
                     ServerStatus::Deleted => {
                         return Err(BootError::ServerError("server was deleted".into()))

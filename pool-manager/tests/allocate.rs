@@ -1046,6 +1046,58 @@ async fn a_rollback_deletes_its_new_volume_once() {
     assert!(sim.volumes().is_empty(), "{:?}", sim.volumes());
 }
 
+/// Cinder rate-limits volume deletes (413 `overLimit`, "retryAfter": "30"):
+/// a release waits the Retry-After out, as a port's delete does, instead of
+/// sending the DELETE again twice a second until its cleanup deadline. Once
+/// the limit lifts, a reconcile pass finishes the release.
+#[tokio::test(start_paused = true)]
+async fn a_throttled_volume_delete_waits_out_retry_after() {
+    let sim = sim();
+    let throttling = Arc::new(AtomicBool::new(false));
+    let deletes = Arc::new(AtomicU32::new(0));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let (throttling, deletes) = (throttling.clone(), deletes.clone());
+        move |method| {
+            (method == "delete_volume" && throttling.load(Ordering::SeqCst)).then(|| {
+                deletes.fetch_add(1, Ordering::SeqCst);
+                pool_manager::cloud::CloudError::Throttled {
+                    retry_after: Some(Duration::from_secs(30)),
+                    message: "DELETE /volumes: This request was rate-limited. (HTTP 413)".into(),
+                }
+            })
+        }
+    });
+    let manager = started_over(&cloud, temp_store(), 1).await;
+    manager
+        .allocate(request("order-rl", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+
+    throttling.store(true, Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    let released = tokio::time::timeout(
+        Duration::from_secs(30),
+        manager.release("order-rl", Some(true)),
+    )
+    .await;
+    tokio::time::sleep_until(started + Duration::from_secs(30)).await;
+    let sent = deletes.load(Ordering::SeqCst);
+    assert!(
+        sent <= 2,
+        "{sent} volume deletes in 30 s under a Retry-After of 30 s ({released:?})"
+    );
+
+    throttling.store(false, Ordering::SeqCst);
+    manager.reconcile().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    manager.reconcile().await.unwrap();
+    assert_eq!(
+        manager.get_allocation("order-rl").await.unwrap().state,
+        AllocationState::Released
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A volume Cinder will not delete for a reason waiting does not mend (the
 /// tenant has snapshots of it) fails its release at once with a message
 /// saying what to do, instead of asking Cinder again and again until the

@@ -9,7 +9,8 @@ mod common;
 use cloudsim::SimCloud;
 use common::*;
 use pool_manager::cloud::CloudError;
-use pool_manager::events::{BootOutcome, Event, EventKind};
+use pool_manager::events::{BootOutcome, DegradedCause, Event, EventKind};
+use pool_manager::gate::Hold;
 use pool_manager::model::{Allocation, AllocationState, EmptyPoolPolicy, InstanceState};
 use pool_manager::sizing::PlanReason;
 use pool_manager::{ManagerError, ManagerResult, PoolManager};
@@ -234,6 +235,63 @@ async fn unreadable_limits_fall_back_to_the_refusal_pause() {
         .await
         .unwrap();
     assert!(allocation.warm_hit);
+}
+
+/// Nova accepted the creates, then its conductor's quota recheck
+/// (`recheck_quota`, on by default) found the project over quota: the
+/// servers go ERROR with TooManyInstances' fault. That is a quota refusal
+/// as a refused create is: the gate holds refills for quota (not the pool's
+/// failed-boot backoff), the servers are deleted, and the pool fills once
+/// the pause is over.
+#[tokio::test(start_paused = true)]
+async fn servers_nova_errors_for_quota_on_recheck_pause_refills_as_a_refused_create() {
+    let sim = sim();
+    let manager = manager_on(&sim, temp_store());
+    let mut events = manager.events();
+    manager.start().await.unwrap();
+    sim.faults().error_next_boots(
+        3,
+        "Quota exceeded for instances: Requested 1, but already used 10 of 10 instances",
+    );
+    manager.create_pool(pool(), spec(3)).await.unwrap();
+
+    let mut outcomes = Vec::new();
+    while outcomes.len() < 3 {
+        let event = tokio::time::timeout(Duration::from_secs(3600), events.recv())
+            .await
+            .expect("three boots end within an hour")
+            .unwrap();
+        if let EventKind::Boot { outcome, .. } = event.kind {
+            outcomes.push(outcome);
+        }
+    }
+    assert_eq!(outcomes, [BootOutcome::Quota; 3]);
+    let status = manager.get_pool(&pool()).await.unwrap();
+    let Some(Hold::Quota { until }) = status.sizing.gate.hold else {
+        panic!("the gate holds refills for quota: {:?}", status.sizing.gate);
+    };
+    assert!(
+        status.sizing.gate.quota_refusals >= 1,
+        "{:?}",
+        status.sizing
+    );
+    assert_eq!(status.health.last_failure, Some(BootOutcome::Quota));
+    // Refusals in a row degrade a pool as refused creates do (every boot
+    // short of Ready counts): the verdict names quota, not a failed boot.
+    while let Ok(event) = events.try_recv() {
+        if let EventKind::Degraded { cause, .. } = event.kind {
+            assert_eq!(cause, DegradedCause::Boots(BootOutcome::Quota));
+        }
+    }
+
+    // Nothing is sent before the gate's pause is over (the failed-boot
+    // backoff would have booted again after replenish_interval).
+    sim.reset_call_counts();
+    tokio::time::sleep_until(until - Duration::from_secs(1)).await;
+    assert_eq!(sim.call_counts().get("create_server"), None);
+    wait_ready(&manager, 3).await;
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
 }
 
 /// Boots the cloud refuses to create (here every create, as for an image

@@ -7,7 +7,7 @@
 //! smoke output); the unit tests below replay those bodies.
 
 use super::session::{Call, Reply};
-use crate::cloud::CloudError;
+use crate::cloud::{mentions_quota, CloudError};
 use std::time::Duration;
 
 /// Which API answered: the same status means different things per service
@@ -133,17 +133,6 @@ fn truncate(s: &str, max: usize) -> String {
         Some((at, _)) => format!("{}...", &s[..at]),
         None => s.to_owned(),
     }
-}
-
-/// Nova and Cinder quota refusals: most say "quota"; Nova's LimitExceeded
-/// family says "Maximum number of ports exceeded", Cinder's per-volume size
-/// limit "... larger than maximum allowed limit 100G".
-fn mentions_quota(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    m.contains("quota")
-        || m.contains("limitexceeded")
-        || (m.contains("maximum number of") && m.contains("exceed"))
-        || m.contains("maximum allowed limit")
 }
 
 /// Classifies a non-2xx answer. `what` names the call for the message
