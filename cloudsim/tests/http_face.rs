@@ -1891,6 +1891,29 @@ async fn http_fault_knobs() {
         .await
         .expect(200);
 
+    // A canned answer to one method and path: other calls pass and keep
+    // it; the call it answers does nothing.
+    let locked = json!({"error": {"code": 401, "title": "Unauthorized",
+        "message": "The account is locked for user: 9a8b."}});
+    f.answer_next(
+        Service::Identity,
+        "POST",
+        "/v3/auth/tokens",
+        1,
+        401,
+        &locked.to_string(),
+    );
+    env.get(Service::Identity, "/v3", None).await.expect(200);
+    let before = f.password_logins();
+    let r = env
+        .issue_token("pool", "poolpass")
+        .await
+        .unwrap_err()
+        .expect(401);
+    assert_eq!(r.json(), locked);
+    assert_eq!(f.password_logins(), before, "the canned answer did nothing");
+    env.issue_token("pool", "poolpass").await.unwrap();
+
     // Garbage: the call takes effect, the answer is cut.
     f.garbage_next(Service::Volume, 1);
     let r = env

@@ -648,6 +648,39 @@ async fn quotas_of_each_service_are_quota_exceeded() {
     );
 }
 
+/// Nova with unified limits (`[quota] driver =
+/// nova.quota.UnifiedLimitsDriver`) refuses a boot over a Keystone limit
+/// with oslo.limit's wording, which never says "quota": it is a quota all
+/// the same, for the gate to pause on, not a failed boot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boot_over_a_unified_limit_is_quota_exceeded() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    env.face.faults().answer_next(
+        Service::Compute,
+        "POST",
+        "/v2.1/servers",
+        1,
+        403,
+        &format!(
+            r#"{{"forbidden": {{"code": 403, "message": "Project {} is over a limit for [Resource servers is over limit of 2 due to current usage 2 and delta 1]"}}}}"#,
+            env.face.project_id()
+        ),
+    );
+    let e = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::QuotaExceeded(m) if m.contains("Resource servers is over limit of 2")),
+        "{e:?}"
+    );
+    assert!(
+        env.sim.servers().is_empty(),
+        "the refused boot made nothing"
+    );
+}
+
 /// The headroom counts the project's Neutron port quota (its quota
 /// details), two ports a server: its own, which Nova made at the boot, and
 /// the tenant's it takes when sold. The servers' own ports, unnamed, leave
@@ -1519,6 +1552,30 @@ async fn a_wrong_password_is_fatal_and_names_the_user() {
         .unwrap_err();
     assert!(
         matches!(&e, CloudError::Fatal(m) if m.contains("rejected the password for user pool in project service (401)")),
+        "{e:?}"
+    );
+}
+
+/// Keystone says why it refused a login when it is more than a wrong
+/// password (a locked, disabled or expired account: keystone's
+/// AccountLocked, UserDisabled, PasswordExpired); that reason is passed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_account_is_named_as_keystone_names_it() {
+    let env = env().await;
+    env.face.faults().answer_next(
+        Service::Identity,
+        "POST",
+        "/v3/auth/tokens",
+        1,
+        401,
+        r#"{"error": {"code": 401, "title": "Unauthorized", "message": "The account is locked for user: 9a8b7c6d5e4f4a3b2c1d0e9f8a7b6c5d."}}"#,
+    );
+    let config = env.config("", SMALL_POOL);
+    let e = OpenStackCloud::connect(openstack(&config).settings().unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Fatal(m) if m.contains("user pool in project service (401)") && m.contains("The account is locked for user: 9a8b")),
         "{e:?}"
     );
 }

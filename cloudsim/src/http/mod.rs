@@ -280,6 +280,19 @@ struct ServiceFaults {
     /// Requests left to answer with an endless body, and its size.
     oversized: (u32, usize),
     slow: Duration,
+    /// Answers given in the service's stead to requests of one method and
+    /// path (`HttpFaults::answer_next`), first first.
+    canned: Vec<Canned>,
+}
+
+/// `left` more `method` requests to `path` get `status` and `body`.
+#[derive(Clone, Debug)]
+struct Canned {
+    method: String,
+    path: String,
+    left: u32,
+    status: StatusCode,
+    body: String,
 }
 
 /// State shared by every handler.
@@ -508,6 +521,31 @@ impl HttpFaults {
     /// of padding (a misbehaving endpoint streaming without end); no effect.
     pub fn oversized_next(&self, service: Service, n: u32, bytes: usize) {
         self.with(service, |f| f.oversized = (n, bytes));
+    }
+
+    /// The next `n` `method` requests to `path` (below the service's
+    /// prefix, query aside: `/v2.1/servers`, `/v3/auth/tokens`) are
+    /// answered `status` with the JSON `body` and do nothing: a refusal
+    /// worded as a real cloud words it that the model does not make
+    /// (Nova's unified-limits quota, Keystone's locked account). Other
+    /// requests pass, and take no turn.
+    pub fn answer_next(
+        &self,
+        service: Service,
+        method: &str,
+        path: &str,
+        n: u32,
+        status: u16,
+        body: &str,
+    ) {
+        let canned = Canned {
+            method: method.to_ascii_uppercase(),
+            path: path.to_owned(),
+            left: n,
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            body: body.to_owned(),
+        };
+        self.with(service, |f| f.canned.push(canned));
     }
 
     /// Every request to `service` first waits this long (tokio time);
@@ -835,7 +873,7 @@ async fn fault_layer(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let (slow, throttle, proxy_error, unauthorized, oversized, garbage) = {
+    let (slow, throttle, proxy_error, unauthorized, canned, oversized, garbage) = {
         let mut faults = lock(&state.faults);
         let f = faults.entry(service).or_default();
         if f.vanishing_markers > 0 {
@@ -866,8 +904,22 @@ async fn fault_layer(
         if unauthorized {
             f.unauthorized -= 1;
         }
+        let canned = if throttle.is_some() || proxy_error.is_some() || unauthorized {
+            None
+        } else {
+            let (method, path) = (request.method().as_str(), request.uri().path());
+            f.canned
+                .iter_mut()
+                .find(|c| c.left > 0 && c.method == method && c.path == path)
+                .map(|c| {
+                    c.left -= 1;
+                    (c.status, c.body.clone())
+                })
+        };
+        f.canned.retain(|c| c.left > 0);
         // A request answered in the service's stead takes no other fault.
-        let answered = throttle.is_some() || proxy_error.is_some() || unauthorized;
+        let answered =
+            throttle.is_some() || proxy_error.is_some() || unauthorized || canned.is_some();
         let oversized = (!answered && f.oversized.0 > 0).then(|| {
             f.oversized.0 -= 1;
             f.oversized.1
@@ -881,6 +933,7 @@ async fn fault_layer(
             throttle,
             proxy_error,
             unauthorized,
+            canned,
             oversized,
             garbage,
         )
@@ -906,6 +959,8 @@ async fn fault_layer(
             "The request you have made requires authentication.",
         )
         .into_response()
+    } else if let Some((status, body)) = canned {
+        (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
     } else if let Some(bytes) = oversized {
         (StatusCode::OK, vec![b' '; bytes]).into_response()
     } else {

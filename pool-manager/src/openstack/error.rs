@@ -128,7 +128,7 @@ fn seconds(s: &str) -> Option<Duration> {
     Some(Duration::from_secs(s.parse::<u64>().unwrap_or(u64::MAX)))
 }
 
-fn truncate(s: &str, max: usize) -> String {
+pub(super) fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((at, _)) => format!("{}...", &s[..at]),
         None => s.to_owned(),
@@ -162,7 +162,8 @@ pub fn classify(
         401 => CloudError::Fatal(format!(
             "{what}: the service refused a token Keystone had just issued (HTTP 401): check the service's keystone_authtoken settings, the credentials' access rules, or Keystone's replication"
         )),
-        // Nova reports quota as 403 `forbidden` "Quota exceeded for cores: ...".
+        // Nova reports quota as 403 `forbidden` "Quota exceeded for cores: ..."
+        // (on unified limits, "Project .. is over a limit for [..]").
         403 if mentions_quota(&fault.message) => CloudError::QuotaExceeded(message),
         // Nova, Cinder and Neutron say "not found" in their own fault. A
         // 404 without one comes from something in front of them (a proxy's
@@ -495,6 +496,24 @@ mod tests {
             let body = format!(r#"{{"forbidden": {{"code": 403, "message": "{message}"}}}}"#);
             let e = classify(Compute, "POST /servers", 403, None, &body);
             assert!(matches!(e, CloudError::QuotaExceeded(_)), "{e:?}");
+        }
+    }
+
+    /// Nova with `[quota] driver = nova.quota.UnifiedLimitsDriver`
+    /// (recommended since 2023.2) refuses a boot over a Keystone limit
+    /// with oslo.limit's ProjectOverLimit text (nova/limit/placement.py
+    /// raises TooManyInstances(str(e)), a 403), which never says "quota".
+    #[test]
+    fn nova_unified_limits_refusal_is_quota_exceeded() {
+        for resource in ["servers", "class:VCPU", "class:MEMORY_MB", "class:DISK_GB"] {
+            let body = format!(
+                r#"{{"forbidden": {{"code": 403, "message": "Project d2b2a5f4c1e94f7e8a0b6c3d9e1f2a3b is over a limit for [Resource {resource} is over limit of 2 due to current usage 2 and delta 1]"}}}}"#
+            );
+            let e = classify(Compute, "POST /servers", 403, None, &body);
+            assert!(
+                matches!(&e, CloudError::QuotaExceeded(m) if m.contains(resource)),
+                "{resource}: {e:?}"
+            );
         }
     }
 

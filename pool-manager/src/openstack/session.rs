@@ -7,7 +7,7 @@
 //! [`Connection`] keeps the `CloudConfig`, builds a fresh `Session` (a new
 //! login) on a 401 and sends the call once more.
 
-use super::error::{classify, classify_osauth, osauth_status, with_causes, Service};
+use super::error::{classify, classify_osauth, osauth_status, truncate, with_causes, Service};
 use crate::cloud::{CloudError, CloudResult};
 use osauth::services::{BLOCK_STORAGE, COMPUTE, IMAGE, NETWORK};
 use osauth::{CloudConfig, Session};
@@ -600,6 +600,22 @@ async fn transport_cause(
     })
 }
 
+/// What Keystone said of a login it refused when that is more than its
+/// generic 401: a locked, disabled or expired account (keystone's
+/// AccountLocked, UserDisabled, PasswordExpired say so, naming the user's
+/// id, outside insecure_debug too), which no new password fixes. osauth
+/// keeps the fault's `message` (or the body, if it has none) after the
+/// kind in its error's text, and has no getter for it.
+fn keystone_reason(e: &osauth::Error) -> Option<String> {
+    let text = e.to_string();
+    let said = text.strip_prefix(&format!("{}: ", e.kind()))?.trim();
+    let nothing_more = said.is_empty()
+        // A proxy's page in Keystone's stead.
+        || said.starts_with('<')
+        || said == "The request you have made requires authentication.";
+    (!nothing_more).then(|| truncate(said, 300))
+}
+
 async fn login(
     config: &CloudConfig,
     timeout: Duration,
@@ -632,12 +648,15 @@ async fn login(
                 classify_osauth("auth", &e)
             }
             osauth::ErrorKind::AuthenticationFailed => CloudError::Fatal(format!(
-                "auth: Keystone rejected the {} for {identity} (401)",
+                "auth: Keystone rejected the {} for {identity} (401){}",
                 if identity.starts_with("application credential") {
                     "secret"
                 } else {
                     "password"
-                }
+                },
+                keystone_reason(&e)
+                    .map(|reason| format!(": {reason}"))
+                    .unwrap_or_default(),
             )),
             osauth::ErrorKind::InvalidConfig | osauth::ErrorKind::InvalidInput => {
                 CloudError::Fatal(format!("auth: unusable cloud configuration: {e}"))
