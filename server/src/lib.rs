@@ -488,6 +488,23 @@ fn log_cloud_check(report: &check_cloud::Report) {
     }
 }
 
+/// The embedded simulated cloud the config's `[cloud] kind = "embedded"`
+/// describes (what warmpoold serves from, and `check-cloud` checks).
+pub fn embedded_cloud(time_scale: f64, iops_throttled: bool, seed: u64) -> Arc<cloudsim::SimCloud> {
+    cloudsim::SimCloud::new(cloudsim::SimConfig {
+        time_scale,
+        iops_throttled,
+        seed,
+        // It forgets its servers when warmpoold stops, the store does
+        // not: ids of a later start must not repeat them, or an old
+        // allocation's release would delete a new instance's server.
+        id_salt: rand::random(),
+        // A second image to try an image change on.
+        images: vec!["mysql-8.0".into(), "mysql-8.4".into()],
+        ..cloudsim::SimConfig::default()
+    })
+}
+
 /// The configured cloud, checked first for `pools`.
 async fn build_cloud(
     config: &Config,
@@ -499,18 +516,7 @@ async fn build_cloud(
             iops_throttled,
             seed,
         } => {
-            let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
-                time_scale: *time_scale,
-                iops_throttled: *iops_throttled,
-                seed: *seed,
-                // It forgets its servers when warmpoold stops, the store does
-                // not: ids of a later start must not repeat them, or an old
-                // allocation's release would delete a new instance's server.
-                id_salt: rand::random(),
-                // A second image to try an image change on.
-                images: vec!["mysql-8.0".into(), "mysql-8.4".into()],
-                ..cloudsim::SimConfig::default()
-            });
+            let sim = embedded_cloud(*time_scale, *iops_throttled, *seed);
             // Checked as OpenStack's pools are, and for the same reason:
             // creating the pools one by one would store (and boot) those
             // before a bad one.

@@ -1,7 +1,7 @@
 //! warmpoold: the warmpool daemon.
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use pool_manager::store::RecordKind;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -82,8 +82,26 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// The command line, with WARMPOOL_CONFIG exported empty taken as unset
+/// (as every WARMPOOL_* variable is, warmpoolctl's too): clap would take
+/// the empty value and refuse it as --config's, a flag the user never typed.
+fn parse_args() -> Args {
+    let command = Args::command().mut_args(|arg| {
+        let empty = arg
+            .get_env()
+            .and_then(std::env::var_os)
+            .is_some_and(|value| value.is_empty());
+        if empty {
+            arg.env(None)
+        } else {
+            arg
+        }
+    });
+    Args::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit())
+}
+
 async fn run() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = parse_args();
     // check-cloud prints its own report; only errors are logged beside it.
     let default_filter = match args.command {
         Some(Command::CheckCloud { .. } | Command::Store(_)) => "error",
@@ -222,11 +240,19 @@ fn reload(
 
 /// Prints the report; the exit code is 0 when every check passed.
 async fn check_cloud(config: &Config) -> i32 {
-    let CloudConfig::OpenStack(os) = &config.cloud else {
-        println!("cloud: embedded simulated cloud; nothing to check");
-        return 0;
+    use warmpool_server::check_cloud::{check, check_embedded};
+    let report = match &config.cloud {
+        CloudConfig::OpenStack(os) => check(config, os).await.0,
+        CloudConfig::Embedded {
+            time_scale,
+            iops_throttled,
+            seed,
+        } => {
+            println!("cloud: embedded simulated cloud");
+            let cloud = warmpool_server::embedded_cloud(*time_scale, *iops_throttled, *seed);
+            check_embedded(config, cloud.as_ref()).await
+        }
     };
-    let (report, _) = warmpool_server::check_cloud::check(config, os).await;
     print!("{report}");
     if report.passed() {
         0

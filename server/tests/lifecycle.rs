@@ -975,6 +975,59 @@ async fn check_cloud_reads_the_config_flag_over_the_environment() {
     }
 }
 
+/// `WARMPOOL_CONFIG` exported empty counts as unset, as every WARMPOOL_*
+/// variable does (README): clap used to take its empty value as --config's
+/// and refuse a flag the user never typed.
+#[tokio::test]
+async fn an_empty_warmpool_config_counts_as_unset() {
+    let data = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("check-cloud")
+        .env("WARMPOOL_CONFIG", "")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("--config"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("embedded"), "{stdout}");
+}
+
+/// `check-cloud` on the embedded cloud checks the pools as its start-up
+/// does (it used to print "nothing to check" and pass a config the daemon
+/// then refused), and says when the data dir holds no store (a mistyped
+/// --data-dir would otherwise read as "all ok").
+#[tokio::test]
+async fn check_cloud_checks_the_embedded_clouds_pools_and_names_a_missing_store() {
+    let data = tempfile::tempdir().unwrap();
+    let config_file = data.path().join("bad.toml");
+    std::fs::write(
+        &config_file,
+        "[cloud]\nkind = \"embedded\"\n\n[[pools]]\nflavor = \"db.tiny\"\navailability_zone = \"az1\"\nimage = \"mysql-8.0\"\nmin_ready = 0\nmax_ready = 1\n",
+    )
+    .unwrap();
+    let missing = data.path().join("no-such-dir");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+        .arg("--data-dir")
+        .arg(&missing)
+        .args(["check-cloud", "--config"])
+        .arg(&config_file)
+        .env_remove("WARMPOOL_CONFIG")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("db.tiny"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{}: no store here", missing.display())),
+        "{stdout}"
+    );
+}
+
 /// warmpoold's log is plain text when it goes to a pipe or a file
 /// (journald, `kubectl logs`), with no colour codes, NO_COLOR or not
 /// ([`serving_daemon`] leaves NO_COLOR as the test runner has it).

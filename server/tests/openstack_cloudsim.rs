@@ -1688,8 +1688,14 @@ image = "mysql-8.0"
     let (report, cloud) = check_cloud::check(&config, openstack(&config)).await;
     assert!(cloud.is_none());
     assert_eq!(
-        report.to_string(),
-        "auth: Keystone rejected the password for user pool in project service (401)\n"
+        line(&report, CheckKind::Auth),
+        ["auth: Keystone rejected the password for user pool in project service (401)"],
+        "{report}"
+    );
+    assert_eq!(
+        report.checks.len(),
+        2,
+        "the store's line and auth's: {report}"
     );
 }
 
@@ -1946,8 +1952,13 @@ async fn warmpoold_check_cloud_prints_and_exits_by_the_result() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    assert_eq!(stdout.lines().count(), 7, "{stdout}");
+    // The data dir (the config's) holds no store: said first.
+    assert_eq!(stdout.lines().count(), 8, "{stdout}");
     assert!(stdout.lines().all(|l| l.contains(": ok (")), "{stdout}");
+    assert!(
+        stdout.lines().next().unwrap().contains("no store here"),
+        "{stdout}"
+    );
 
     let bad = run(env.config_text("", &SMALL_POOL.replace("mysql-8.0", "mysql-9.9"))).await;
     let stdout = String::from_utf8_lossy(&bad.stdout);
