@@ -30,6 +30,14 @@ enum Survives {
     FlushedAndHalfTheRest,
 }
 
+impl Survives {
+    const ALL: [Survives; 3] = [
+        Survives::EveryWrite,
+        Survives::FlushedWrites,
+        Survives::FlushedAndHalfTheRest,
+    ];
+}
+
 /// Where the cloud call the process dies in stops.
 #[derive(Clone, Copy, Debug)]
 enum Hang {
@@ -38,6 +46,10 @@ enum Hang {
     /// Once the cloud carried it out: a server created, a volume attached,
     /// a port deleted, and the process dies before it hears so.
     AfterEffect,
+}
+
+impl Hang {
+    const BOTH: [Hang; 2] = [Hang::BeforeEffect, Hang::AfterEffect];
 }
 
 /// One run of the process, on the store of `dir` as `survives` leaves it.
@@ -267,11 +279,7 @@ async fn a_crash_losing_unflushed_writes_at_any_step_of_an_allocation_is_repaire
 /// The same for a purchase from an empty pool, served by a cold boot.
 #[tokio::test(start_paused = true)]
 async fn a_crash_at_any_step_of_a_cold_boot_purchase_is_repaired() {
-    for survives in [
-        Survives::EveryWrite,
-        Survives::FlushedWrites,
-        Survives::FlushedAndHalfTheRest,
-    ] {
+    for survives in Survives::ALL {
         crash_at_every_step_of_an_allocation(survives, Purchase::Cold, Hang::BeforeEffect).await;
     }
 }
@@ -283,11 +291,7 @@ async fn a_crash_at_any_step_of_a_cold_boot_purchase_is_repaired() {
 /// can be asked again.
 #[tokio::test(start_paused = true)]
 async fn a_crash_after_any_call_of_an_allocation_took_effect_is_repaired() {
-    for survives in [
-        Survives::EveryWrite,
-        Survives::FlushedWrites,
-        Survives::FlushedAndHalfTheRest,
-    ] {
+    for survives in Survives::ALL {
         crash_at_every_step_of_an_allocation(survives, Purchase::Warm, Hang::AfterEffect).await;
     }
 }
@@ -296,11 +300,7 @@ async fn a_crash_after_any_call_of_an_allocation_took_effect_is_repaired() {
 /// id the process never learned.
 #[tokio::test(start_paused = true)]
 async fn a_crash_after_any_call_of_a_cold_boot_purchase_took_effect_is_repaired() {
-    for survives in [
-        Survives::EveryWrite,
-        Survives::FlushedWrites,
-        Survives::FlushedAndHalfTheRest,
-    ] {
+    for survives in Survives::ALL {
         crash_at_every_step_of_an_allocation(survives, Purchase::Cold, Hang::AfterEffect).await;
     }
 }
@@ -325,11 +325,7 @@ impl Release {
 
 /// A release sweep in every mode of survival: `hang` and `release` as given.
 async fn crash_at_every_step_of_a_release_surviving_anything(hang: Hang, release: Release) {
-    for survives in [
-        Survives::EveryWrite,
-        Survives::FlushedWrites,
-        Survives::FlushedAndHalfTheRest,
-    ] {
+    for survives in Survives::ALL {
         crash_at_every_step_of_a_release(survives, hang, release).await;
     }
 }
@@ -449,7 +445,7 @@ async fn a_crash_at_any_step_of_a_release_keeping_the_volume_keeps_it() {
         delete_volume: false,
         in_doubt: false,
     };
-    for hang in [Hang::BeforeEffect, Hang::AfterEffect] {
+    for hang in Hang::BOTH {
         crash_at_every_step_of_a_release_surviving_anything(hang, keeping).await;
     }
 }
@@ -465,7 +461,7 @@ async fn a_crash_at_any_step_of_a_release_of_creates_in_doubt_is_repaired() {
         delete_volume: false,
         in_doubt: true,
     };
-    for hang in [Hang::BeforeEffect, Hang::AfterEffect] {
+    for hang in Hang::BOTH {
         crash_at_every_step_of_a_release_surviving_anything(hang, keeping).await;
     }
     let deleting = Release {
@@ -529,11 +525,7 @@ async fn a_crash_at_any_step_of_a_refill_is_repaired_by_reconcile() {
 /// manager adopts it and fills the pool, no server left unknown to it.
 #[tokio::test(start_paused = true)]
 async fn a_crash_after_any_call_of_a_refill_took_effect_is_repaired() {
-    for survives in [
-        Survives::EveryWrite,
-        Survives::FlushedWrites,
-        Survives::FlushedAndHalfTheRest,
-    ] {
+    for survives in Survives::ALL {
         crash_at_every_step_of_a_refill(survives, Hang::AfterEffect).await;
     }
 }
@@ -638,12 +630,8 @@ async fn crash_at_every_step_of_a_pool_deletion(survives: Survives, hang: Hang) 
 /// and port of it but the tenant's, which is released cleanly later.
 #[tokio::test(start_paused = true)]
 async fn a_crash_at_any_step_of_a_pool_deletion_is_repaired() {
-    for hang in [Hang::BeforeEffect, Hang::AfterEffect] {
-        for survives in [
-            Survives::EveryWrite,
-            Survives::FlushedWrites,
-            Survives::FlushedAndHalfTheRest,
-        ] {
+    for hang in Hang::BOTH {
+        for survives in Survives::ALL {
             crash_at_every_step_of_a_pool_deletion(survives, hang).await;
         }
     }
@@ -703,12 +691,8 @@ async fn crash_at_every_step_of_a_retirement(survives: Survives, hang: Hang) {
 /// restart retires exactly the surplus, boots nothing and leaks nothing.
 #[tokio::test(start_paused = true)]
 async fn a_crash_at_any_step_of_retiring_a_surplus_is_repaired() {
-    for hang in [Hang::BeforeEffect, Hang::AfterEffect] {
-        for survives in [
-            Survives::EveryWrite,
-            Survives::FlushedWrites,
-            Survives::FlushedAndHalfTheRest,
-        ] {
+    for hang in Hang::BOTH {
+        for survives in Survives::ALL {
             crash_at_every_step_of_a_retirement(survives, hang).await;
         }
     }
@@ -894,11 +878,7 @@ async fn an_unfinished_release_leaves_alone_an_instance_that_drew_its_id_again()
 /// warm.
 #[tokio::test(start_paused = true)]
 async fn a_crash_during_a_cold_boot_past_its_deadline_leaves_it_to_the_pool() {
-    for survives in [
-        Survives::EveryWrite,
-        Survives::FlushedWrites,
-        Survives::FlushedAndHalfTheRest,
-    ] {
+    for survives in Survives::ALL {
         for mid_create in [false, true] {
             let sim = sim();
             let cloud = GatedCloud::new(&sim);
