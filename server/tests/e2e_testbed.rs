@@ -404,16 +404,21 @@ async fn allocate_tenant_volume_inner(ctx: &Ctx, volume_id: &str) {
         .project_id()
         .await
         .expect("the tenant's project id");
+    // An order naming the volume, for `tenant`.
+    let order = |id: &str, tenant: &str| api::AllocateRequest {
+        tenant_project_id: tenant.to_owned(),
+        ..allocate_request(
+            id,
+            SMALL,
+            "az2",
+            existing_volume(volume_id),
+            &ctx.tenant_net,
+            ALLOCATE_TIMEOUT,
+        )
+    };
     let message = expect_code(
         ctx.client
-            .allocate(allocate_request(
-                &format!("e2e-{}-other-tenant", ctx.run),
-                SMALL,
-                "az2",
-                existing_volume(volume_id),
-                &ctx.tenant_net,
-                ALLOCATE_TIMEOUT,
-            ))
+            .allocate(order(&format!("e2e-{}-other-tenant", ctx.run), "tenant"))
             .await,
         Code::FailedPrecondition,
     );
@@ -421,17 +426,7 @@ async fn allocate_tenant_volume_inner(ctx: &Ctx, volume_id: &str) {
     let id = format!("e2e-{}-existing", ctx.run);
     let b = ctx
         .client
-        .allocate(api::AllocateRequest {
-            tenant_project_id: tenant_project.clone(),
-            ..allocate_request(
-                &id,
-                SMALL,
-                "az2",
-                existing_volume(volume_id),
-                &ctx.tenant_net,
-                ALLOCATE_TIMEOUT,
-            )
-        })
+        .allocate(order(&id, &tenant_project))
         .await
         .expect("allocate with the tenant's volume");
     assert_eq!(b.volume_id, volume_id, "{b:?}");
@@ -448,17 +443,7 @@ async fn allocate_tenant_volume_inner(ctx: &Ctx, volume_id: &str) {
     // tenant's order.
     let message = expect_code(
         ctx.client
-            .allocate(api::AllocateRequest {
-                tenant_project_id: tenant_project.clone(),
-                ..allocate_request(
-                    &format!("e2e-{}-fenced", ctx.run),
-                    SMALL,
-                    "az2",
-                    existing_volume(volume_id),
-                    &ctx.tenant_net,
-                    ALLOCATE_TIMEOUT,
-                )
-            })
+            .allocate(order(&format!("e2e-{}-fenced", ctx.run), &tenant_project))
             .await,
         Code::FailedPrecondition,
     );
