@@ -1707,9 +1707,9 @@ impl Shared {
             return QuotaRoom::of(&status, left);
         }
         match self.poll_headroom(&pool.flavor).await {
-            Ok(h) => {
+            Ok((h, sales_ports)) => {
                 let mut gate = gate::lock(&self.gate);
-                gate.headroom_polled(&pool.flavor, boots_at_send, h, Instant::now());
+                gate.headroom_polled(&pool.flavor, boots_at_send, h, sales_ports, Instant::now());
                 QuotaRoom::of(
                     &gate.headroom_status(&pool.flavor),
                     gate.headroom_left(&pool.flavor),

@@ -355,32 +355,6 @@ impl BootHeadroom {
         self.quotas = quotas;
         self
     }
-
-    /// Less the ports `unsold` pool servers (booting, warming or Ready, of
-    /// every pool: the quota is the project's) take when they are sold: the
-    /// cloud counts only the port each holds now. Room and the quota that
-    /// binds are judged again. The core knows `unsold`, the cloud does not.
-    pub fn with_unsold(mut self, unsold: u64) -> Self {
-        let Some(ports) = self.quotas.iter_mut().find(|q| q.resource == PORTS) else {
-            return self;
-        };
-        if unsold == 0 || self.beyond_quota {
-            return self;
-        }
-        let free = ports.left;
-        ports.left = free.saturating_sub(unsold);
-        let fits = |q: &QuotaLeft| q.left.checked_div(q.per_server).unwrap_or(u64::MAX);
-        // The first of the tightest, as the drivers name it.
-        if let Some(binding) = self.quotas.iter().min_by_key(|q| fits(q)) {
-            self.servers = Some(fits(binding));
-            if binding.resource == PORTS {
-                self.limited_by = Some(format!(
-                    "ports: {free} left, {unsold} kept for the sales of unsold servers"
-                ));
-            }
-        }
-        self
-    }
 }
 
 /// What warmpool needs of the cloud. Calls return once the cloud accepted the
@@ -415,7 +389,7 @@ pub trait Cloud: Send + Sync + 'static {
 
     /// Quota headroom for booting servers of `flavor` (Nova `/limits`, and
     /// the port quota where the cloud tells it: [`PORTS`], as the cloud
-    /// counts them, the caller adding what unsold servers will take).
+    /// counts them, the caller keeping what unsold servers will take).
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom>;
 
     /// Whether `pool`'s servers can boot from `image`: `NotFound` naming

@@ -37,14 +37,15 @@
 //!   and one boot for a pool below its `min_ready` with none in flight, so
 //!   one pool's demand never leaves another without a boot.
 //! - **Quota.** The cloud's own limits (Nova `/limits` and Neutron's port
-//!   quota, through `Cloud::boot_headroom`, less the port each unsold pool
-//!   instance takes when sold: `BootHeadroom::with_unsold`, applied by the
-//!   caller, which counts them) are polled per flavor every `headroom_interval`
-//!   by the replenisher, not per boot, and cached. Boots started since a poll
-//!   (any pool, purchases included: quota is per project) are subtracted
-//!   from the cached headroom, each as what one server of its own flavor
-//!   takes of each quota (a 4-vCPU boot takes four 1-vCPU servers' worth of
-//!   cores, as that flavor's own poll says; a boot of a flavor never polled
+//!   quota, through `Cloud::boot_headroom`) are polled per flavor every
+//!   `headroom_interval` by the replenisher, not per boot, and cached, with
+//!   the ports the unsold pool instances will yet take for their sales
+//!   ([`ports_kept_for_sale`], counted by the caller): speculative refills
+//!   leave those, purchases (first in line) judge Neutron's count as is.
+//!   Boots started since a poll (any pool, purchases included: quota is
+//!   per project) are subtracted from the cached headroom, each as what
+//!   one server of its own flavor takes of each quota (a 4-vCPU boot takes
+//!   four 1-vCPU servers' worth of cores, as that flavor's own poll says; a boot of a flavor never polled
 //!   counts as one server of the flavor asked about), and so are purchases
 //!   waiting for quota, each as one server of its flavor: they are first
 //!   in line, speculative refills get what is left. At zero,
@@ -58,7 +59,8 @@
 //! holds it behind a mutex and reports to it through `BootTicket`s.
 
 use crate::allocator::deadline_after;
-use crate::cloud::{BootHeadroom, QuotaLeft, MAX_RETRY_AFTER, MIN_RETRY_PAUSE};
+use crate::cloud::{BootHeadroom, QuotaLeft, MAX_RETRY_AFTER, MIN_RETRY_PAUSE, PORTS};
+use crate::model::InstanceState;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};
@@ -314,6 +316,9 @@ struct HeadroomEntry {
     /// what one server of the flavor takes of it; empty: only `servers` is
     /// known.
     quotas: Vec<QuotaLeft>,
+    /// Of the [`PORTS`] left at the poll, those the unsold instances will
+    /// take for their sales: speculative refills leave them.
+    sales_ports: u64,
     /// `boots_started` when the last successful poll was sent.
     boots_at_poll: BootCount,
     /// Per flavor, boots started since the poll whose create the cloud
@@ -323,6 +328,49 @@ struct HeadroomEntry {
     failing: Option<String>,
     /// A refusal since the poll: the cached answer is stale, poll again.
     stale: bool,
+}
+
+impl HeadroomEntry {
+    /// What of `quota` is kept for the unsold instances' sales.
+    fn kept(&self, quota: &QuotaLeft, keep_sales_ports: bool) -> u64 {
+        if keep_sales_ports && quota.resource == PORTS {
+            self.sales_ports
+        } else {
+            0
+        }
+    }
+
+    /// The quota that binds refills at the poll: the cloud's name for it,
+    /// unless the ports kept for sales make the port quota bind (the first
+    /// of the tightest, as the drivers name it).
+    fn refill_limited_by(&self) -> Option<String> {
+        if self.sales_ports == 0 || self.beyond_quota {
+            return self.limited_by.clone();
+        }
+        let fits = |q: &QuotaLeft| {
+            let left = q.left.saturating_sub(self.kept(q, true));
+            left.checked_div(q.per_server).unwrap_or(u64::MAX)
+        };
+        match self.quotas.iter().min_by_key(|q| fits(q)) {
+            Some(ports) if ports.resource == PORTS => Some(format!(
+                "ports: {} left, {} kept for the sales of unsold servers",
+                ports.left, self.sales_ports
+            )),
+            _ => self.limited_by.clone(),
+        }
+    }
+}
+
+/// Ports of the project's quota a pool instance in `state` will yet take
+/// beyond what Neutron counts now: an unsold one takes the tenant's port
+/// when sold, and a booting one may not have its own yet (Nova makes it in
+/// nova-compute, after scheduling), so it keeps that one too.
+pub fn ports_kept_for_sale(state: InstanceState) -> u64 {
+    match state {
+        InstanceState::Booting => 2,
+        InstanceState::Warming | InstanceState::Ready => 1,
+        _ => 0,
+    }
 }
 
 /// Boots started, in all and per flavor, as [`Gate::boots_started`] reads
@@ -483,12 +531,15 @@ impl Gate {
     /// The cloud's limits for `flavor`, polled at `now` by a request sent
     /// when [`Self::boots_started`] read `boots_at_send`. Boots started
     /// since the request was sent are taken from the answer's headroom:
-    /// the cloud may not have counted them.
+    /// the cloud may not have counted them. `sales_ports`: the ports the
+    /// unsold instances will take ([`ports_kept_for_sale`]), counted before
+    /// the request was sent; refills leave them, purchases do not.
     pub fn headroom_polled(
         &mut self,
         flavor: &str,
         boots_at_send: BootCount,
         headroom: BootHeadroom,
+        sales_ports: u64,
         now: Instant,
     ) {
         self.quota.headroom.insert(
@@ -498,6 +549,7 @@ impl Gate {
                 limited_by: headroom.limited_by,
                 beyond_quota: headroom.beyond_quota,
                 quotas: headroom.quotas,
+                sales_ports,
                 polled_at: now,
                 boots_at_poll: boots_at_send,
                 refused_since_poll: BTreeMap::new(),
@@ -520,6 +572,7 @@ impl Gate {
                 limited_by: None,
                 beyond_quota: false,
                 quotas: Vec::new(),
+                sales_ports: 0,
                 polled_at: now,
                 boots_at_poll: BootCount::default(),
                 refused_since_poll: BTreeMap::new(),
@@ -534,20 +587,28 @@ impl Gate {
     }
 
     /// Servers of `flavor` the quota admits now by the last poll, minus what
-    /// the boots started since hold; `None` when unknown or unlimited.
+    /// the boots started since hold; `None` when unknown or unlimited. What
+    /// a purchase judges: it takes ports kept for other servers' sales.
     pub fn headroom_left(&self, flavor: &str) -> Option<u64> {
-        self.headroom_after(flavor, &BTreeMap::new())
+        self.headroom_after(flavor, &BTreeMap::new(), false)
     }
 
     /// As [`Self::headroom_left`], less what purchases waiting for quota
-    /// are kept: what speculative boots may take.
+    /// are kept and the ports the unsold instances' sales will take: what
+    /// speculative boots may take.
     fn refill_headroom(&self, flavor: &str) -> Option<u64> {
-        self.headroom_after(flavor, &self.quota.purchases_waiting)
+        self.headroom_after(flavor, &self.quota.purchases_waiting, true)
     }
 
     /// As [`Self::headroom_left`], with `reserved` servers per flavor (of
-    /// purchases waiting) also taken.
-    fn headroom_after(&self, flavor: &str, reserved: &BTreeMap<String, u64>) -> Option<u64> {
+    /// purchases waiting) also taken, and the ports kept for sales when
+    /// `keep_sales_ports`.
+    fn headroom_after(
+        &self,
+        flavor: &str,
+        reserved: &BTreeMap<String, u64>,
+        keep_sales_ports: bool,
+    ) -> Option<u64> {
         let entry = self.quota.headroom.get(flavor)?;
         let servers = entry.servers??;
         let started = &self.quota.boots_started;
@@ -577,7 +638,10 @@ impl Gate {
                     let each = self.per_server(booted, flavor, quota);
                     sum.saturating_add(n.saturating_mul(each))
                 });
-                let left = quota.left.saturating_sub(taken);
+                let left = quota
+                    .left
+                    .saturating_sub(taken)
+                    .saturating_sub(entry.kept(quota, keep_sales_ports));
                 left.checked_div(quota.per_server).unwrap_or(u64::MAX)
             })
             .min()
@@ -609,7 +673,7 @@ impl Gate {
             Some(e) => HeadroomStatus {
                 polled: e.servers.flatten(),
                 left: self.refill_headroom(flavor),
-                limited_by: e.limited_by.clone(),
+                limited_by: e.refill_limited_by(),
                 beyond_quota: e.beyond_quota,
                 polled_at: Some(e.polled_at),
                 failing: e.failing.clone(),

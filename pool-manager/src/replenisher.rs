@@ -338,12 +338,12 @@ impl Shared {
         let now = Instant::now();
         let mut gate = gate::lock(&self.gate);
         match result {
-            Ok(h) => {
-                tracing::debug!(%flavor, servers = ?h.servers, limited_by = ?h.limited_by, "quota headroom");
+            Ok((h, sales_ports)) => {
+                tracing::debug!(%flavor, servers = ?h.servers, limited_by = ?h.limited_by, sales_ports, "quota headroom");
                 if h.beyond_quota && !gate.headroom_status(flavor).beyond_quota {
                     tracing::warn!(%flavor, limited_by = ?h.limited_by, "one server of the flavor needs more than the project's whole quota: its pools boot nothing and cold boots are refused until the quota is raised");
                 }
-                gate.headroom_polled(flavor, boots_at_send, h, now);
+                gate.headroom_polled(flavor, boots_at_send, h, sales_ports, now);
             }
             Err(e) => {
                 if let ManagerError::Cloud(CloudError::Throttled { retry_after, .. }) = &e {
@@ -355,22 +355,21 @@ impl Shared {
         }
     }
 
-    /// The flavor's quota headroom as the cloud reports it, less the port
-    /// each unsold instance takes when it is sold
-    /// ([`crate::cloud::BootHeadroom::with_unsold`]), counted just before
-    /// the cloud is asked. A cold boot's instance counts too, though its
-    /// order made its port already: one port too many while it boots.
-    pub(crate) async fn poll_headroom(&self, flavor: &str) -> ManagerResult<BootHeadroom> {
-        let unsold: u64 = self
+    /// The flavor's quota headroom as the cloud reports it, and the ports
+    /// the unsold instances (every pool's: the quota is the project's) will
+    /// yet take for their sales ([`gate::ports_kept_for_sale`]), counted
+    /// just before the cloud is asked. A cold boot's instance counts too,
+    /// though its order made its port already: too many kept while it boots.
+    pub(crate) async fn poll_headroom(&self, flavor: &str) -> ManagerResult<(BootHeadroom, u64)> {
+        let sales_ports: u64 = self
             .store
             .count_instances_by_pool()
             .await?
             .values()
             .flatten()
-            .filter(|(state, _)| state.is_supply())
-            .map(|(_, n)| u64::from(*n))
+            .map(|(state, n)| gate::ports_kept_for_sale(*state).saturating_mul(u64::from(*n)))
             .sum();
-        Ok(self.cloud.boot_headroom(flavor).await?.with_unsold(unsold))
+        Ok((self.cloud.boot_headroom(flavor).await?, sales_ports))
     }
 
     /// Starts the boots the decider asks for. Returns the gate's hold, if

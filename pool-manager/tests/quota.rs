@@ -569,3 +569,49 @@ async fn the_pool_leaves_each_unsold_server_the_port_its_sale_takes() {
     assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
+
+/// What pool A's unsold servers keep for their sales is a refill policy:
+/// a purchase is first in line, and judges the port quota as Neutron
+/// counts it. Port quota 20, pool A filled to its 10 (10 ports, the other
+/// 10 kept for A's sales), pool B empty: B's cold boot gets a port of the
+/// 10 Neutron has free, as a sale of A would.
+#[tokio::test(start_paused = true)]
+async fn a_cold_boot_purchase_takes_ports_kept_for_other_pools_sales() {
+    let mut config = cloudsim::SimConfig::deterministic();
+    config.quotas.max_ports = 20;
+    let sim = SimCloud::new(config);
+    let manager = manager_on(&sim, temp_store());
+    let mut events = manager.events();
+    manager.start().await.unwrap();
+    let fixed = pool_manager::model::PoolSpec {
+        target: pool_manager::model::Target::Fixed(10),
+        ..spec(10)
+    };
+    manager.create_pool(pool(), fixed).await.unwrap();
+    let b = pool_manager::model::PoolKey::new("db.large", "az1");
+    let empty = pool_manager::model::PoolSpec {
+        target: pool_manager::model::Target::Fixed(0),
+        ..spec(0)
+    };
+    manager.create_pool(b.clone(), empty).await.unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 10, "{status:?}");
+    assert_eq!(status.sizing.quota.left, Some(0), "{:?}", status.sizing);
+
+    let mut order = request("b1", new_volume(), EmptyPoolPolicy::ColdBoot);
+    order.params.pool = b.clone();
+    order.timeout = Some(Duration::from_secs(10 * 60));
+    let allocation = manager
+        .allocate(order)
+        .await
+        .unwrap_or_else(|e| panic!("pool B's cold boot failed: {e}"));
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    assert!(!allocation.warm_hit);
+    assert_eq!(sim.server_ports().len() + sim.ports().len(), 12);
+    assert_eq!(quota_refusals(&mut events), 0);
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}

@@ -7,7 +7,8 @@ mod common;
 use common::*;
 use pool_manager::cloud::{BootHeadroom, CloudError, QuotaLeft, MAX_RETRY_AFTER};
 use pool_manager::gate::{
-    Admission, BootSignal, Gate, GateSettings, Hold, TicketInfo, DEFAULT_HEADROOM_INTERVAL,
+    ports_kept_for_sale, Admission, BootSignal, Gate, GateSettings, Hold, TicketInfo,
+    DEFAULT_HEADROOM_INTERVAL,
 };
 use pool_manager::model::{EmptyPoolPolicy, InstanceState, Target};
 use pool_manager::sizing::{
@@ -782,7 +783,7 @@ fn boots_started_during_a_headroom_poll_use_up_its_answer() {
     let sent = g.boots_started();
     g.start("az1", "db.small", false, t0);
     g.start("az2", "db.small", true, t0);
-    g.headroom_polled("db.small", sent, room(5), t0 + secs(1));
+    g.headroom_polled("db.small", sent, room(5), 0, t0 + secs(1));
     assert_eq!(
         g.admission("az1", "db.small", t0 + secs(1)).headroom,
         Some(3)
@@ -797,7 +798,7 @@ fn a_boot_the_cloud_refused_to_create_gives_its_headroom_back() {
     let t0 = Instant::now();
     let mut g = gate(GateSettings::default());
     let before_poll = g.start("az1", "db.small", true, t0);
-    g.headroom_polled("db.small", g.boots_started(), room(5), t0);
+    g.headroom_polled("db.small", g.boots_started(), room(5), 0, t0);
     let refused: Vec<_> = (0..3)
         .map(|_| g.start("az1", "db.small", true, t0))
         .collect();
@@ -841,7 +842,7 @@ fn a_boot_takes_its_own_flavors_share_of_every_flavors_headroom() {
                 QuotaLeft::new("cores", 20, vcpus),
             ];
             let headroom = BootHeadroom::room(servers, "cores: 0 of 20 used".into());
-            g.headroom_polled(flavor, g.boots_started(), headroom.with_quotas(free), t0);
+            g.headroom_polled(flavor, g.boots_started(), headroom.with_quotas(free), 0, t0);
         }
     };
     poll(&mut g);
@@ -877,13 +878,20 @@ fn a_boot_takes_its_own_flavors_share_of_every_flavors_headroom() {
     assert_eq!(left(&mut g, "db.large"), Some(4));
 }
 
-/// A purchase waiting for quota is first in line for what one server of
-/// its own flavor takes: speculative refills of every flavor leave it that.
-/// The ports quota as polled counts each unsold server's own port, not
-/// the tenant's it takes when sold: those are taken from it at the poll,
-/// and each boot since takes both of its own.
+/// The ports quota as polled counts the ports that exist: an unsold
+/// server's own once Nova made it (a booting one's maybe not yet), not the
+/// tenant's it takes when sold. Speculative refills leave what those will
+/// take, a booting server two, a warming or Ready one one; a purchase,
+/// first in line, judges the quota as Neutron counts it.
 #[test]
 fn unsold_servers_keep_the_ports_their_sales_take() {
+    let kept =
+        |states: &[InstanceState]| -> u64 { states.iter().map(|s| ports_kept_for_sale(*s)).sum() };
+    assert_eq!(kept(&[InstanceState::Booting]), 2);
+    assert_eq!(kept(&[InstanceState::Warming]), 1);
+    assert_eq!(kept(&[InstanceState::Ready]), 1);
+    assert_eq!(kept(&InstanceState::ALL[3..]), 0);
+
     let t0 = Instant::now();
     let polled = |left: u64| {
         BootHeadroom::room(left / 2, format!("ports: {} of 20 used", 20 - left)).with_quotas(vec![
@@ -891,33 +899,42 @@ fn unsold_servers_keep_the_ports_their_sales_take() {
             QuotaLeft::new("ports", left, 2),
         ])
     };
-    // 6 pool servers, 2 of them sold: 8 ports used, 12 left; the 4 unsold
-    // take 4 of those when sold, which leaves room for 4 more servers.
+    // 12 ports left; 2 booting and 2 Ready servers keep 6 of them for
+    // their sales (and the booting ones' own ports), which leaves refills
+    // room for 3 servers, and a purchase room for 6.
+    let sales = kept(&[
+        InstanceState::Booting,
+        InstanceState::Booting,
+        InstanceState::Ready,
+        InstanceState::Ready,
+    ]);
     let mut g = gate(GateSettings::default());
-    g.headroom_polled("db.small", g.boots_started(), polled(12).with_unsold(4), t0);
-    assert_eq!(g.headroom_left("db.small"), Some(4));
+    g.headroom_polled("db.small", g.boots_started(), polled(12), sales, t0);
+    assert_eq!(g.headroom_left("db.small"), Some(6));
     let status = g.headroom_status("db.small");
-    assert_eq!(status.polled, Some(4));
+    assert_eq!((status.polled, status.left), (Some(6), Some(3)));
     assert_eq!(
         status.limited_by.as_deref(),
-        Some("ports: 12 left, 4 kept for the sales of unsold servers")
+        Some("ports: 12 left, 6 kept for the sales of unsold servers")
     );
     start_n(&mut g, 3, t0);
-    assert_eq!(g.headroom_left("db.small"), Some(1));
+    assert_eq!(g.headroom_left("db.small"), Some(3));
+    assert_eq!(g.headroom_status("db.small").left, Some(0));
 
     // Nothing unsold: as the cloud said.
     let mut g = gate(GateSettings::default());
-    g.headroom_polled("db.small", g.boots_started(), polled(12).with_unsold(0), t0);
+    g.headroom_polled("db.small", g.boots_started(), polled(12), 0, t0);
     assert_eq!(g.headroom_left("db.small"), Some(6));
-    assert_eq!(
-        g.headroom_status("db.small").limited_by.as_deref(),
-        Some("ports: 8 of 20 used")
-    );
+    let status = g.headroom_status("db.small");
+    assert_eq!(status.left, Some(6));
+    assert_eq!(status.limited_by.as_deref(), Some("ports: 8 of 20 used"));
 
-    // More unsold than ports left (the quota was lowered): no room.
+    // More kept than ports left (the quota was lowered): no room for
+    // refills, a purchase still gets the port Neutron has.
     let mut g = gate(GateSettings::default());
-    g.headroom_polled("db.small", g.boots_started(), polled(2).with_unsold(8), t0);
-    assert_eq!(g.headroom_left("db.small"), Some(0));
+    g.headroom_polled("db.small", g.boots_started(), polled(2), 8, t0);
+    assert_eq!(g.headroom_status("db.small").left, Some(0));
+    assert_eq!(g.headroom_left("db.small"), Some(1));
 
     // Compute binds first however many are unsold: it keeps its name.
     let mut g = gate(GateSettings::default());
@@ -925,14 +942,18 @@ fn unsold_servers_keep_the_ports_their_sales_take() {
         QuotaLeft::new("instances", 2, 1),
         QuotaLeft::new("ports", 12, 2),
     ]);
-    g.headroom_polled("db.small", g.boots_started(), headroom.with_unsold(4), t0);
+    g.headroom_polled("db.small", g.boots_started(), headroom, 4, t0);
     assert_eq!(g.headroom_left("db.small"), Some(2));
+    let status = g.headroom_status("db.small");
+    assert_eq!(status.left, Some(2));
     assert_eq!(
-        g.headroom_status("db.small").limited_by.as_deref(),
+        status.limited_by.as_deref(),
         Some("instances: 98 of 100 used")
     );
 }
 
+/// A purchase waiting for quota is first in line for what one server of
+/// its own flavor takes: speculative refills of every flavor leave it that.
 #[test]
 fn a_waiting_purchase_reserves_its_own_flavors_share() {
     let t0 = Instant::now();
@@ -943,7 +964,7 @@ fn a_waiting_purchase_reserves_its_own_flavors_share() {
             QuotaLeft::new("cores", 20, vcpus),
         ];
         let headroom = BootHeadroom::room(20 / vcpus, "cores: 0 of 20 used".into());
-        g.headroom_polled(flavor, g.boots_started(), headroom.with_quotas(free), t0);
+        g.headroom_polled(flavor, g.boots_started(), headroom.with_quotas(free), 0, t0);
     }
     let left = |g: &mut Gate, flavor| g.admission("az1", flavor, t0).headroom;
     g.purchase_waiting("db.large", true);
@@ -978,6 +999,7 @@ fn quota_headroom_caps_speculative_boots_and_purchases_go_first() {
         "db.small",
         g.boots_started(),
         BootHeadroom::room(3, "instances: 7 of 10 used".into()),
+        0,
         t0,
     );
     assert!(!g.headroom_due("db.small", t0 + secs(29)));
@@ -1003,7 +1025,13 @@ fn quota_headroom_caps_speculative_boots_and_purchases_go_first() {
     assert_eq!(g.admission("az1", "db.small", t0).headroom, Some(1));
 
     // Unlimited quota: no cap.
-    g.headroom_polled("db.large", g.boots_started(), BootHeadroom::UNLIMITED, t0);
+    g.headroom_polled(
+        "db.large",
+        g.boots_started(),
+        BootHeadroom::UNLIMITED,
+        0,
+        t0,
+    );
     assert_eq!(g.admission("az1", "db.large", t0).headroom, None);
 
     // A refusal makes the cached answer stale: poll again at once.
@@ -1025,7 +1053,7 @@ fn quota_headroom_caps_speculative_boots_and_purchases_go_first() {
     // A disabled gate neither polls nor caps.
     let mut off = gate(GateSettings::disabled());
     assert!(!off.headroom_due("db.small", t0));
-    off.headroom_polled("db.small", off.boots_started(), room(0), t0);
+    off.headroom_polled("db.small", off.boots_started(), room(0), 0, t0);
     assert_eq!(off.admission("az1", "db.small", t0), Admission::OPEN);
 }
 
@@ -1036,7 +1064,7 @@ fn quota_headroom_caps_speculative_boots_and_purchases_go_first() {
 fn the_status_shows_the_hold_of_a_headroom_a_waiting_purchase_takes() {
     let t0 = Instant::now();
     let mut g = gate(GateSettings::default());
-    g.headroom_polled("db.small", g.boots_started(), room(1), t0);
+    g.headroom_polled("db.small", g.boots_started(), room(1), 0, t0);
     g.purchase_waiting("db.small", true);
     let admitted = g.admission("az1", "db.small", t0);
     assert_eq!(

@@ -746,6 +746,49 @@ async fn boot_headroom_counts_the_port_quota_and_does_without_it_when_refused() 
     assert_eq!(headroom.limited_by.as_deref(), Some("ports: 3 of 10 used"));
 }
 
+/// A port quota that cannot be read for any other reason (Neutron's 5xx, a
+/// timeout, a 429) leaves the headroom Nova's for that poll: the boots
+/// Nova's quotas admit are not held up by Neutron's trouble.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boot_headroom_is_novas_when_the_port_quota_read_fails() {
+    let env = env_with(
+        SimConfig {
+            quotas: Quotas {
+                max_instances: 10,
+                max_ports: 10,
+                ..Quotas::default()
+            },
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
+    let cloud = env.driver().await;
+    cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    let details = format!("/v2.0/quotas/{}/details", env.face.project_id());
+    env.face.faults().answer_next(
+        Service::Network,
+        "GET",
+        &details,
+        u32::MAX,
+        503,
+        r#"{"NeutronError": {"type": "ServiceUnavailable", "message": "The server is currently unavailable.", "detail": ""}}"#,
+    );
+    let headroom = cloud.boot_headroom("db.small").await.unwrap();
+    assert_eq!(headroom.servers, Some(9), "{headroom:?}");
+    assert_eq!(
+        headroom.limited_by.as_deref(),
+        Some("instances: 1 of 10 used")
+    );
+    assert!(
+        headroom.quotas.iter().all(|q| q.resource != "ports"),
+        "{headroom:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_faults_are_classified() {
     let env = env().await;

@@ -1506,8 +1506,14 @@ impl Cloud for OpenStackCloud {
 
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         let flavor = self.flavor(flavor).await?;
-        let (limits, ports) = tokio::try_join!(self.limits(), self.port_quota())?;
-        Ok(limits.headroom(&flavor, ports.as_ref()))
+        let (limits, ports) = tokio::join!(self.limits(), self.port_quota());
+        // Neutron's trouble (a 5xx, a timeout, a 429) is no reason to stop
+        // or throttle the boots Nova's quotas admit.
+        let ports = ports.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read Neutron's port quota: this poll's quota headroom is Nova's quotas' alone");
+            None
+        });
+        Ok(limits?.headroom(&flavor, ports.as_ref()))
     }
 
     async fn check_boot_placement(&self, pool: &crate::model::PoolKey) -> CloudResult<()> {
