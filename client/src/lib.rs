@@ -152,6 +152,12 @@ fn check_identity(cert: &[u8], key: &[u8], files: &TlsFiles) -> Result<(), Strin
             files.key(),
             files.cert()
         )),
+        // webpki reads X.509 v3 only; its error type is not re-exported.
+        Err(e) if e.to_string().contains("UnsupportedCertVersion") => Err(format!(
+            "{} is an X.509 v1 certificate, which TLS here does not take: re-issue it as v3 \
+             (with openssl, `openssl x509 -req ... -extfile FILE` naming a subjectAltName in FILE)",
+            files.cert()
+        )),
         Err(e) => Err(format!(
             "{} and {} do not make a TLS identity: {e}",
             files.cert(),

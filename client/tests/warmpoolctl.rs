@@ -789,6 +789,11 @@ async fn a_tls_file_holding_the_wrong_pem_is_named_by_its_path() {
         path(&ops.key_file),
         path(&other.key_file),
     );
+    let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("../server/tests/support");
+    let (v1_cert, v1_key) = (
+        path(&support.join("x509-v1.crt")),
+        path(&support.join("x509-v1.key")),
+    );
     for (args, named) in [
         // A certificate given as the key, a key as the certificate or the CA.
         (
@@ -809,6 +814,11 @@ async fn a_tls_file_holding_the_wrong_pem_is_named_by_its_path() {
                 "the key file {other_key} holds another private key than \
                  the certificate file {cert}'s certificate"
             ),
+        ),
+        // `openssl x509 -req` without -extfile issues X.509 v1.
+        (
+            vec!["--cert-file", &v1_cert, "--key-file", &v1_key],
+            format!("the certificate file {v1_cert} is an X.509 v1 certificate"),
         ),
     ] {
         let refused = run("https://127.0.0.1:1", &[&args[..], &["pools"]].concat()).await;

@@ -162,15 +162,29 @@ fn server_config(tls: &TlsConfig) -> anyhow::Result<Arc<ServerConfig>> {
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_single_cert(chain, key).with_context(|| {
-        format!(
-            "tls: cert_file {} and key_file {} do not make a TLS identity (a key of another certificate?)",
-            tls.cert_file.display(),
-            tls.key_file.display()
-        )
-    })?;
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| identity_refused(tls, &e))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Why `cert_file` and `key_file` make no TLS identity, saying what to do.
+fn identity_refused(tls: &TlsConfig, e: &tokio_rustls::rustls::Error) -> anyhow::Error {
+    let cert = tls.cert_file.display();
+    // webpki reads X.509 v3 only (`openssl x509 -req` without -extfile
+    // issues v1); its error type is not re-exported, so it is told by name.
+    if e.to_string().contains("UnsupportedCertVersion") {
+        return anyhow::anyhow!(
+            "tls: cert_file {cert} is an X.509 v1 certificate, which TLS here does not take: \
+             re-issue it as v3 (with openssl, `openssl x509 -req ... -extfile FILE` naming a \
+             subjectAltName in FILE)"
+        );
+    }
+    anyhow::anyhow!(
+        "tls: cert_file {cert} and key_file {} do not make a TLS identity (a key of another certificate?): {e}",
+        tls.key_file.display()
+    )
 }
 
 /// The PEM parser's error in words: its own message shows the markers as

@@ -2577,8 +2577,13 @@ async fn tls_serves_clients_that_trust_the_daemon_and_mutual_tls_checks_them() {
     // A [tls] section naming a missing file or a file of the wrong kind
     // stops start-up, naming it.
     let missing = data.path().join("missing.crt");
+    // `openssl x509 -req` without -extfile issues X.509 v1, which rustls
+    // refuses whatever the key.
+    let support = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
+    let (v1_cert, v1_key) = (support.join("x509-v1.crt"), support.join("x509-v1.key"));
     for (cert, key, says) in [
         (&missing, &server.key_file, "cannot read tls.cert_file"),
+        (&v1_cert, &v1_key, "is an X.509 v1 certificate"),
         (
             &server.key_file,
             &server.key_file,
