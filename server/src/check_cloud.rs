@@ -25,7 +25,7 @@
 //! the same way.
 
 use crate::config::{Config, OpenStackConfig, PoolConfig};
-use pool_manager::cloud::{Cloud, CloudError, ServerStatus};
+use pool_manager::cloud::{Cloud, CloudError, ServerStatus, PORTS_PER_SERVER};
 use pool_manager::model::{PoolKey, PoolRecord, PoolSpec};
 use pool_manager::openstack::{missing_compute_zone, OpenStackCloud};
 use std::collections::{BTreeMap, BTreeSet};
@@ -747,8 +747,10 @@ async fn quota_check(
         }
         Err(e) => return report.fail(CheckKind::Quota, reason(&e)),
     };
-    // More servers of a flavor to boot, per flavor.
+    // More servers of a flavor to boot, per flavor; and the unsold ones
+    // there are.
     let mut more: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut unsold = 0;
     for pool in pools {
         let key = pool.key.to_string();
         // Supply is what could still be handed out: a server a purchase
@@ -760,6 +762,7 @@ async fn quota_check(
             .filter(|s| !s.holds_a_tenant_volume())
             .filter(|s| s.status != ServerStatus::Error && !s.is_going())
             .count() as u64;
+        unsold += have;
         let need = u64::from(pool.min_ready).saturating_sub(have);
         if need > 0 && flavors.contains_key(&pool.key.flavor) {
             *more.entry(pool.key.flavor.as_str()).or_default() += need;
@@ -793,6 +796,23 @@ async fn quota_check(
                 format!("{} {}{unit} of {}{unit} used", q.resource, q.used, q.max)
             }),
     );
+    // Neutron's port quota (when it tells): a pool server holds its own
+    // port and takes the tenant's when sold, both in warmpool's project.
+    let ports = match cloud.port_quota().await {
+        Ok(ports) => ports,
+        Err(e) => return report.fail(CheckKind::Quota, reason(&e)),
+    };
+    let ports_needed = demand[0] * PORTS_PER_SERVER + unsold;
+    if let Some(p) = ports
+        .as_ref()
+        .filter(|p| p.max >= 0 && p.free() < ports_needed)
+    {
+        short.push(format!(
+            "ports {} of {} used, {ports_needed} more needed (each server to boot takes its own and \
+             its sale's, each unsold one its sale's)",
+            p.used, p.max
+        ));
+    }
     let wanted = if more.is_empty() {
         "no more servers".to_owned()
     } else {
@@ -804,6 +824,7 @@ async fn quota_check(
     let used = limits
         .quotas()
         .iter()
+        .chain(ports.as_ref())
         .map(|q| {
             if q.max < 0 {
                 format!("{} {} used (unlimited)", q.resource, q.used)

@@ -32,7 +32,8 @@ struct Args {
 enum Command {
     /// Check that the configured OpenStack is usable: credentials, the pools'
     /// flavors, the image(s), the management networks, the pools' zones in
-    /// Nova and Cinder, and quota headroom for the pools' min_ready. The
+    /// Nova and Cinder, and quota headroom (Nova's and Neutron's ports) for
+    /// the pools' min_ready. The
     /// pools are those start-up checks: the store's (data_dir, or
     /// --data-dir before the subcommand), unless a
     /// running warmpoold holds it, and the configured ones it lacks. One

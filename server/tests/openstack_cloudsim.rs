@@ -1787,6 +1787,47 @@ async fn check_cloud_quota_counts_pool_servers_that_exist() {
     );
 }
 
+/// check-cloud's quota line counts Neutron's port quota too: each server
+/// to boot takes its own port and, sold, the tenant's; each unsold one the
+/// tenant's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_cloud_quota_counts_the_ports_pool_servers_take() {
+    for (max_ports, verdict) in [
+        (
+            4,
+            "quota: ports 1 of 4 used, 5 more needed (each server to boot takes its own and its sale's, each unsold one its sale's); pools need room for 2 more db.small",
+        ),
+        (
+            10,
+            "quota: ok (instances 1 of 10, cores 1 used (unlimited), ram 1024 used (unlimited), ports 1 of 10; pools need room for 2 more db.small)",
+        ),
+    ] {
+        let env = env_with(
+            SimConfig {
+                quotas: Quotas {
+                    max_instances: 10,
+                    max_ports,
+                    ..Quotas::default()
+                },
+                ..sim_config()
+            },
+            HttpSettings::default(),
+        )
+        .await;
+        let config = env.config("", &SMALL_POOL.replace("min_ready = 2", "min_ready = 3"));
+        let cloud = OpenStackCloud::connect(openstack(&config).settings().unwrap())
+            .await
+            .unwrap();
+        // One of the pool's three runs (its own port taken, its sale's not).
+        cloud
+            .create_server(&spec("a", "db.small", "az1"))
+            .await
+            .unwrap();
+        let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+        assert_eq!(line(&report, CheckKind::Quota), [verdict], "{report}");
+    }
+}
+
 /// Neutron's default policy for a project member: a port a server is bound
 /// to may not be deleted (403, "disallowed by policy"), which the driver
 /// reads as a refusal asking again does not change; once unbound, it may.
