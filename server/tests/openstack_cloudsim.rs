@@ -1171,6 +1171,38 @@ async fn a_community_image_is_found_by_name() {
     );
 }
 
+/// A golden image hidden from the image list (`os_hidden`, so users do
+/// not pick it) is not in Glance's default listing, but Nova boots it all
+/// the same: it is found by name, not refused as unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hidden_image_is_found_by_name() {
+    let env = env().await;
+    env.face.faults().hide_image("mysql-8.0");
+    let cloud = env.driver().await;
+    let pool = PoolKey::new("db.small", "az1");
+    cloud
+        .check_boot_spec(&pool, "mysql-8.0")
+        .await
+        .expect("the hidden image is found by name");
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .expect("a boot from the hidden image");
+    assert_eq!(
+        settled(&cloud, &server.id).await.status,
+        ServerStatus::Active
+    );
+    // An image of no name is still unknown, hidden or not.
+    let err = cloud
+        .check_boot_spec(&pool, "mysql-9.9")
+        .await
+        .expect_err("no such image");
+    assert!(
+        err.to_string().contains("no image named 'mysql-9.9'"),
+        "{err}"
+    );
+}
+
 /// Other images of the pool's image name that are not active (an upload
 /// queued, saving or killed, an old image deactivated) do not make the
 /// name ambiguous: boots go on from the one active image. Two active

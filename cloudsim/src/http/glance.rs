@@ -73,7 +73,7 @@ fn image_json(state: &FaceState, image: &Image) -> Value {
         "status": status,
         "visibility": state.image_visibility(name),
         "protected": false,
-        "os_hidden": false,
+        "os_hidden": state.image_hidden(name),
         "container_format": "bare",
         "disk_format": "qcow2",
         "size": 1_073_741_824u64,
@@ -126,11 +126,15 @@ async fn list_images(
         .iter()
         .find(|(k, _)| k == "visibility")
         .map(|(_, v)| v.as_str());
-    let listed = |image: &Image| match (visibility, state.image_visibility(&image.name)) {
+    let visible = |image: &Image| match (visibility, state.image_visibility(&image.name)) {
         (Some("all"), _) => true,
         (Some(asked), has) => asked == has,
         (None, has) => has != "community",
     };
+    // Hidden images are listed only when asked for (`os_hidden=true`), and
+    // then alone.
+    let hidden_asked = q.iter().any(|(k, v)| k == "os_hidden" && v == "true");
+    let listed = |image: &Image| visible(image) && state.image_hidden(&image.name) == hidden_asked;
     // Glance sorts by created_at, newest first, unless asked otherwise.
     let list: Vec<Value> = images(&state)
         .iter()

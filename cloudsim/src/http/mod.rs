@@ -68,7 +68,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 pub use errors::ApiError;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -316,6 +316,9 @@ pub(crate) struct FaceState {
     /// Visibility of images by name, where not "public"
     /// (`HttpFaults::set_image_visibility`).
     image_visibility: Mutex<HashMap<String, String>>,
+    /// Images hidden from Glance's default listing (`os_hidden`; see
+    /// `HttpFaults::hide_image`).
+    hidden_images: Mutex<HashSet<String>>,
     /// Set at shutdown: requests still in a handler (e.g. hung by
     /// `Faults::hang_after_calls`) are answered 503 so connections close.
     stopping: tokio::sync::watch::Sender<bool>,
@@ -371,6 +374,11 @@ impl FaceState {
 
     pub fn uploaded_images(&self) -> Vec<UploadedImage> {
         lock(&self.uploaded_images).clone()
+    }
+
+    /// Whether images named `name` are hidden (`os_hidden`).
+    pub fn image_hidden(&self, name: &str) -> bool {
+        lock(&self.hidden_images).contains(name)
     }
 
     /// The visibility Glance shows for images named `name`.
@@ -586,6 +594,13 @@ impl HttpFaults {
         lock(&self.state.image_visibility).insert(name.to_owned(), visibility.to_owned());
     }
 
+    /// Images named `name` get `os_hidden: true`: Glance leaves them out of
+    /// a listing that does not ask for them (`os_hidden=true`); Nova boots
+    /// them by id all the same.
+    pub fn hide_image(&self, name: &str) {
+        lock(&self.state.hidden_images).insert(name.to_owned());
+    }
+
     /// Revokes every token issued so far: they all get 401 from now on.
     pub fn revoke_all_tokens(&self) {
         lock(&self.state.tokens).clear();
@@ -787,6 +802,7 @@ impl HttpFace {
             next_address: AtomicU32::new(rand::random::<u16>().into()),
             image_revisions: Mutex::default(),
             image_visibility: Mutex::default(),
+            hidden_images: Mutex::default(),
             uploaded_images: Mutex::default(),
             stopping: tokio::sync::watch::channel(false).0,
             changed_passwords: Mutex::new(HashMap::new()),

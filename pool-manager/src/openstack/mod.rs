@@ -669,20 +669,32 @@ impl OpenStackCloud {
                 Err(e) => return Err(e),
             }
         }
-        let listing = || {
+        let listing = |hidden: bool| {
             let call = Call::new(service, Method::GET, collection.iter().copied())
                 .query("name", name_or_id);
             // Glance leaves community images (a golden image published to
-            // every project) out unless asked; Nova boots them all the same.
-            match service {
-                Service::Image => call.query("visibility", "all"),
+            // every project) out unless asked, and hidden ones (`os_hidden`,
+            // kept out of users' image lists) unless asked for alone; Nova
+            // boots them all the same.
+            match (service, hidden) {
+                (Service::Image, false) => call.query("visibility", "all"),
+                (Service::Image, true) => {
+                    call.query("visibility", "all").query("os_hidden", "true")
+                }
                 _ => call,
             }
         };
-        let what = listing().describe();
-        let items = self
-            .list_all(&what, listing, page_of, |n: &Named| n.id.clone())
+        let what = listing(false).describe();
+        let mut items = self
+            .list_all(&what, || listing(false), &page_of, |n: &Named| n.id.clone())
             .await?;
+        let named = |items: &[Named]| items.iter().any(|n| n.name.as_deref() == Some(name_or_id));
+        if service == Service::Image && !named(&items) {
+            let what = listing(true).describe();
+            items = self
+                .list_all(&what, || listing(true), &page_of, |n: &Named| n.id.clone())
+                .await?;
+        }
         // The name filter is exact on Glance and Neutron; checked anyway.
         let (mut counted, others): (Vec<Named>, Vec<Named>) = items
             .into_iter()
