@@ -863,6 +863,26 @@ async fn serving_daemon(
     .await
 }
 
+/// [`serving_daemon`] of one pool (db.small@az1, min 0), its config
+/// written to `config_file` (its data beside it), started by a shell that
+/// runs `prelude` (a limit, a trap) and then execs it, so that the prelude
+/// applies to warmpoold alone.
+#[cfg(unix)]
+async fn serving_after_shell(
+    config_file: &std::path::Path,
+    prelude: &str,
+) -> (tokio::process::Child, DaemonLog, String) {
+    let data = config_file.parent().expect("a config file in a directory");
+    std::fs::write(config_file, config_text(data, &[("db.small", "az1", 0, 1)])).unwrap();
+    let mut shell = tokio::process::Command::new("sh");
+    shell.args([
+        "-c",
+        &format!("{prelude} && exec \"$0\" \"$@\""),
+        env!("CARGO_BIN_EXE_warmpoold"),
+    ]);
+    serving_daemon_with(shell, config_file).await
+}
+
 /// [`serving_daemon`], started by `command` (warmpoold, or a shell that
 /// execs it).
 #[cfg(unix)]
@@ -1327,18 +1347,7 @@ async fn a_reload_refused_in_part_changes_nothing() {
 async fn running_out_of_file_descriptors_does_not_stop_the_listener() {
     let data = tempfile::tempdir().unwrap();
     let config_file = data.path().join("warmpoold.toml");
-    std::fs::write(
-        &config_file,
-        config_text(data.path(), &[("db.small", "az1", 0, 1)]),
-    )
-    .unwrap();
-    let mut limited = tokio::process::Command::new("sh");
-    limited.args([
-        "-c",
-        "ulimit -n 128 && exec \"$0\" \"$@\"",
-        env!("CARGO_BIN_EXE_warmpoold"),
-    ]);
-    let (mut daemon, mut log, addr) = serving_daemon_with(limited, &config_file).await;
+    let (mut daemon, mut log, addr) = serving_after_shell(&config_file, "ulimit -n 128").await;
 
     // More connections than the daemon has descriptors left (and fewer
     // than it has left plus the listen backlog, 128).
@@ -1384,18 +1393,7 @@ async fn a_failed_store_disk_stops_warmpoold_with_an_error_and_a_restart_serves_
 
     let data = tempfile::tempdir().unwrap();
     let config_file = data.path().join("warmpoold.toml");
-    std::fs::write(
-        &config_file,
-        config_text(data.path(), &[("db.small", "az1", 0, 1)]),
-    )
-    .unwrap();
-    let mut full_disk = tokio::process::Command::new("sh");
-    full_disk.args([
-        "-c",
-        "trap '' XFSZ && exec \"$0\" \"$@\"",
-        env!("CARGO_BIN_EXE_warmpoold"),
-    ]);
-    let (mut daemon, mut log, addr) = serving_daemon_with(full_disk, &config_file).await;
+    let (mut daemon, mut log, addr) = serving_after_shell(&config_file, "trap '' XFSZ").await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
