@@ -688,17 +688,11 @@ async fn a_boot_over_a_unified_limit_is_quota_exceeded() {
 /// project leaves Nova's quotas binding, as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boot_headroom_counts_the_port_quota_and_does_without_it_when_refused() {
-    let env = env_with(
-        SimConfig {
-            quotas: Quotas {
-                max_instances: 10,
-                max_ports: 10,
-                ..Quotas::default()
-            },
-            ..sim_config()
-        },
-        HttpSettings::default(),
-    )
+    let env = env_with_quotas(Quotas {
+        max_instances: 10,
+        max_ports: 10,
+        ..Quotas::default()
+    })
     .await;
     let cloud = env.driver().await;
     for name in ["a", "b"] {
@@ -751,17 +745,11 @@ async fn boot_headroom_counts_the_port_quota_and_does_without_it_when_refused() 
 /// Nova's quotas admit are not held up by Neutron's trouble.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boot_headroom_is_novas_when_the_port_quota_read_fails() {
-    let env = env_with(
-        SimConfig {
-            quotas: Quotas {
-                max_instances: 10,
-                max_ports: 10,
-                ..Quotas::default()
-            },
-            ..sim_config()
-        },
-        HttpSettings::default(),
-    )
+    let env = env_with_quotas(Quotas {
+        max_instances: 10,
+        max_ports: 10,
+        ..Quotas::default()
+    })
     .await;
     let cloud = env.driver().await;
     cloud
@@ -1688,16 +1676,10 @@ async fn check_cloud_passes_on_a_usable_cloud() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_cloud_names_each_problem() {
-    let env = env_with(
-        SimConfig {
-            quotas: Quotas {
-                max_instances: 2,
-                ..Quotas::default()
-            },
-            ..sim_config()
-        },
-        HttpSettings::default(),
-    )
+    let env = env_with_quotas(Quotas {
+        max_instances: 2,
+        ..Quotas::default()
+    })
     .await;
     // Missing image, flavor, network and Cinder zone, short quota at once.
     let pools = r#"
@@ -1774,19 +1756,25 @@ image = "mysql-8.0"
     );
 }
 
-/// A cloud whose project may run `max_instances` servers, a config of one
-/// pool of min_ready 3 on it, and the driver.
-async fn pool_of_three_under_quota(max_instances: usize) -> (Env, Config, OpenStackCloud) {
-    let env = env_with(
+/// An environment whose cloud has `quotas`, the rest as [`env`]'s.
+async fn env_with_quotas(quotas: Quotas) -> Env {
+    env_with(
         SimConfig {
-            quotas: Quotas {
-                max_instances,
-                ..Quotas::default()
-            },
+            quotas,
             ..sim_config()
         },
         HttpSettings::default(),
     )
+    .await
+}
+
+/// A cloud whose project may run `max_instances` servers, a config of one
+/// pool of min_ready 3 on it, and the driver.
+async fn pool_of_three_under_quota(max_instances: usize) -> (Env, Config, OpenStackCloud) {
+    let env = env_with_quotas(Quotas {
+        max_instances,
+        ..Quotas::default()
+    })
     .await;
     let config = env.config(
         "",
@@ -1834,17 +1822,11 @@ async fn check_cloud_quota_counts_the_ports_pool_servers_take() {
             "quota: ok (instances 1 of 10, cores 1 used (unlimited), ram 1024 used (unlimited), ports 1 of 10; pools need room for 2 more db.small)",
         ),
     ] {
-        let env = env_with(
-            SimConfig {
-                quotas: Quotas {
-                    max_instances: 10,
-                    max_ports,
-                    ..Quotas::default()
-                },
-                ..sim_config()
-            },
-            HttpSettings::default(),
-        )
+        let env = env_with_quotas(Quotas {
+max_instances: 10,
+max_ports,
+..Quotas::default()
+})
         .await;
         let config = env.config("", &SMALL_POOL.replace("min_ready = 2", "min_ready = 3"));
         let cloud = OpenStackCloud::connect(openstack(&config).settings().unwrap())
