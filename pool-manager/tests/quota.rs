@@ -510,6 +510,27 @@ async fn a_waiting_purchase_leaves_the_line_when_its_cold_boot_starts() {
     manager.shutdown().await.unwrap();
 }
 
+/// A started manager on a cloud whose port quota is `max_ports` (compute
+/// unlimited), with the test pool created at a fixed target of `target`,
+/// and its events from the start.
+async fn fixed_pool_under_port_quota(
+    max_ports: usize,
+    target: u32,
+) -> (Arc<SimCloud>, PoolManager, broadcast::Receiver<Event>) {
+    let mut config = cloudsim::SimConfig::deterministic();
+    config.quotas.max_ports = max_ports;
+    let sim = SimCloud::new(config);
+    let manager = manager_on(&sim, temp_store());
+    let events = manager.events();
+    manager.start().await.unwrap();
+    let fixed = pool_manager::model::PoolSpec {
+        target: pool_manager::model::Target::Fixed(target),
+        ..spec(target)
+    };
+    manager.create_pool(pool(), fixed).await.unwrap();
+    (sim, manager, events)
+}
+
 /// The port quota binds (10), compute does not: every pool server holds its
 /// own port from its boot, and takes the tenant's port when it is sold.
 /// Filled to its target of 8, the pool would hold 8 ports, and 2 sales
@@ -518,17 +539,7 @@ async fn a_waiting_purchase_leaves_the_line_when_its_cold_boot_starts() {
 /// port free: it holds at most 5 servers, and 5 purchases in a row get one.
 #[tokio::test(start_paused = true)]
 async fn the_pool_leaves_each_unsold_server_the_port_its_sale_takes() {
-    let mut config = cloudsim::SimConfig::deterministic();
-    config.quotas.max_ports = 10;
-    let sim = SimCloud::new(config);
-    let manager = manager_on(&sim, temp_store());
-    let mut events = manager.events();
-    manager.start().await.unwrap();
-    let fixed = pool_manager::model::PoolSpec {
-        target: pool_manager::model::Target::Fixed(8),
-        ..spec(8)
-    };
-    manager.create_pool(pool(), fixed).await.unwrap();
+    let (sim, manager, mut events) = fixed_pool_under_port_quota(10, 8).await;
     let mut most_servers = 0;
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_secs(60)).await;
@@ -577,17 +588,7 @@ async fn the_pool_leaves_each_unsold_server_the_port_its_sale_takes() {
 /// 10 Neutron has free, as a sale of A would.
 #[tokio::test(start_paused = true)]
 async fn a_cold_boot_purchase_takes_ports_kept_for_other_pools_sales() {
-    let mut config = cloudsim::SimConfig::deterministic();
-    config.quotas.max_ports = 20;
-    let sim = SimCloud::new(config);
-    let manager = manager_on(&sim, temp_store());
-    let mut events = manager.events();
-    manager.start().await.unwrap();
-    let fixed = pool_manager::model::PoolSpec {
-        target: pool_manager::model::Target::Fixed(10),
-        ..spec(10)
-    };
-    manager.create_pool(pool(), fixed).await.unwrap();
+    let (sim, manager, mut events) = fixed_pool_under_port_quota(20, 10).await;
     let b = pool_manager::model::PoolKey::new("db.large", "az1");
     let empty = pool_manager::model::PoolSpec {
         target: pool_manager::model::Target::Fixed(0),
