@@ -2007,6 +2007,36 @@ mod tests {
         }
     }
 
+    /// The driver's settings hold osauth's `CloudConfig`, whose Debug
+    /// prints the credentials as they are; the settings' own Debug (what a
+    /// `{:?}` in a log or a panic message would show) leaves them out.
+    #[test]
+    fn the_driver_settings_debug_shows_no_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clouds.yaml");
+        std::fs::write(
+            &path,
+            "clouds:\n  wp:\n    auth:\n      auth_url: http://127.0.0.1:5000/v3\n      username: pool\n      password: s3cr3t-pw\n      project_name: service\n    region_name: RegionOne\n",
+        )
+        .unwrap();
+        let config = Config::parse(&format!(
+            "[cloud]\nkind = \"openstack\"\ncloud = \"wp\"\nclouds_yaml = {:?}\nmanagement_network = \"mgmt\"",
+            path.display().to_string()
+        ))
+        .unwrap();
+        let CloudConfig::OpenStack(os) = config.cloud else {
+            unreachable!()
+        };
+        let settings = os.settings().unwrap();
+        assert!(format!("{:?}", settings.auth).contains("s3cr3t-pw"));
+        let shown = format!("{settings:?}");
+        assert!(shown.contains("mgmt"), "{shown}");
+        assert!(
+            !shown.contains("s3cr3t-pw"),
+            "the password is shown: {shown}"
+        );
+    }
+
     /// osauth's own loading, which warmpool leaves to it only for the OS_*
     /// variables, reads clouds.yaml (and secure.yaml) whenever OS_CLOUD is
     /// set, empty too, and its errors quote the files' values.

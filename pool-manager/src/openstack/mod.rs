@@ -167,7 +167,7 @@ const NOVA_VERSIONS: [(u16, u16); 2] = [(2, 52), (2, 79)];
 
 /// Everything the driver needs, as plain values: the daemon fills it from
 /// its config file and clouds.yaml (or `OS_*` variables).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct OpenStackSettings {
     /// Credentials, region, interface, CA: one clouds.yaml entry.
     pub auth: CloudConfig,
@@ -205,6 +205,39 @@ pub struct AzSettings {
     /// Cinder AZ new volumes of this pool AZ are created in, when Cinder's
     /// zones are not named like Nova's (e.g. a single "nova").
     pub volume_availability_zone: Option<String>,
+}
+
+/// `auth` is left out: osauth's `CloudConfig` Debug shows the password,
+/// token or application credential secret as they are.
+impl std::fmt::Debug for OpenStackSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            auth: _,
+            image,
+            management_network,
+            security_groups,
+            key_name,
+            server_name_prefix,
+            server_tag,
+            mysql_port,
+            probe_address_override,
+            availability_zones,
+            request_timeout,
+        } = self;
+        f.debug_struct("OpenStackSettings")
+            .field("auth", &format_args!("<not shown>"))
+            .field("image", image)
+            .field("management_network", management_network)
+            .field("security_groups", security_groups)
+            .field("key_name", key_name)
+            .field("server_name_prefix", server_name_prefix)
+            .field("server_tag", server_tag)
+            .field("mysql_port", mysql_port)
+            .field("probe_address_override", probe_address_override)
+            .field("availability_zones", availability_zones)
+            .field("request_timeout", request_timeout)
+            .finish()
+    }
 }
 
 impl OpenStackSettings {
