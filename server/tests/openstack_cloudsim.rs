@@ -777,6 +777,55 @@ async fn boot_headroom_is_novas_when_the_port_quota_read_fails() {
     );
 }
 
+/// The headroom is polled per flavor every 30 s: a Neutron outage is
+/// warned of once, when it starts, and its end is told, not one warning
+/// per poll for as long as it lasts.
+#[tokio::test]
+async fn a_failing_port_quota_read_is_warned_of_once_per_outage() {
+    let env = env_with_quotas(Quotas {
+        max_instances: 10,
+        max_ports: 10,
+        ..Quotas::default()
+    })
+    .await;
+    let cloud = env.driver().await;
+    let details = format!("/v2.0/quotas/{}/details", env.face.project_id());
+    let outage = |polls| {
+        env.face.faults().answer_next(
+            Service::Network,
+            "GET",
+            &details,
+            polls,
+            503,
+            r#"{"NeutronError": {"type": "ServiceUnavailable", "message": "The server is currently unavailable.", "detail": ""}}"#,
+        )
+    };
+    let logs = support::Logs::capture();
+    let warned = || {
+        logs.text()
+            .matches("cannot read Neutron's port quota")
+            .count()
+    };
+    let told_back = || logs.text().matches("port quota is read again").count();
+    outage(3);
+    for _ in 0..3 {
+        let headroom = cloud.boot_headroom("db.small").await.unwrap();
+        assert!(
+            headroom.quotas.iter().all(|q| q.resource != "ports"),
+            "{headroom:?}"
+        );
+    }
+    assert_eq!((warned(), told_back()), (1, 0), "{}", logs.text());
+    for _ in 0..2 {
+        let headroom = cloud.boot_headroom("db.small").await.unwrap();
+        assert_eq!(headroom.limited_by.as_deref(), Some("ports: 0 of 10 used"));
+    }
+    assert_eq!((warned(), told_back()), (1, 1), "{}", logs.text());
+    outage(1);
+    cloud.boot_headroom("db.small").await.unwrap();
+    assert_eq!((warned(), told_back()), (2, 1), "{}", logs.text());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_faults_are_classified() {
     let env = env().await;

@@ -322,6 +322,9 @@ struct Inner {
     force_delete_refused: Mutex<Option<(tokio::time::Instant, String)>>,
     /// Neutron refused the port quota's details: warned of, until it tells.
     port_quota_unknown: AtomicBool,
+    /// The last read of the port quota failed (a 5xx, a timeout): warned of
+    /// once per outage, not at every poll of every flavor.
+    port_quota_failing: AtomicBool,
 }
 
 impl std::fmt::Debug for OpenStackCloud {
@@ -387,6 +390,7 @@ impl OpenStackCloud {
                 deletes_sent: Mutex::default(),
                 force_delete_refused: Mutex::default(),
                 port_quota_unknown: AtomicBool::new(false),
+                port_quota_failing: AtomicBool::new(false),
             }),
         })
     }
@@ -1554,10 +1558,23 @@ impl Cloud for OpenStackCloud {
         let (limits, ports) = tokio::join!(self.limits(), self.port_quota());
         // Neutron's trouble (a 5xx, a timeout, a 429) is no reason to stop
         // or throttle the boots Nova's quotas admit.
-        let ports = ports.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot read Neutron's port quota: this poll's quota headroom is Nova's quotas' alone");
-            None
-        });
+        let failing = &self.inner.port_quota_failing;
+        let ports = match ports {
+            Ok(ports) => {
+                if failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("Neutron's port quota is read again: quota headroom counts it");
+                }
+                ports
+            }
+            Err(e) if failing.swap(true, Ordering::Relaxed) => {
+                tracing::debug!(error = %e, "still cannot read Neutron's port quota");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read Neutron's port quota: quota headroom is Nova's quotas' alone until it answers (not warned of again before then)");
+                None
+            }
+        };
         Ok(limits?.headroom(&flavor, ports.as_ref()))
     }
 
