@@ -119,6 +119,7 @@ pub fn pools_table(pools: &[api::Pool]) -> String {
         "ALLOCATED",
         "WARM/COLD/FAILED",
         "STATUS",
+        "HEALTH",
         "IMAGE",
         "LAST ERROR",
     ]);
@@ -137,6 +138,7 @@ pub fn pools_table(pools: &[api::Pool]) -> String {
             c.allocated.to_string(),
             allocs(pool),
             pool_status(pool).to_owned(),
+            health_cell(pool),
             cell(&spec.image),
             cell(&pool.last_error),
         ]);
@@ -158,6 +160,7 @@ pub fn watch_table<'a>(pools: impl IntoIterator<Item = &'a api::Pool>, now: Syst
         "HIT RATE",
         "LEAD P90",
         "THROTTLE",
+        "STATUS",
         "HEALTH",
         "ALLOCATED",
         "WARM/COLD/FAILED",
@@ -174,6 +177,7 @@ pub fn watch_table<'a>(pools: impl IntoIterator<Item = &'a api::Pool>, now: Syst
             hit_rate_cell(pool),
             lead_cell(pool),
             throttle_cell(pool, now),
+            pool_status(pool).to_owned(),
             health_cell(pool),
             c.allocated.to_string(),
             allocs(pool),
@@ -530,6 +534,7 @@ mod tests {
                 "ALLOCATED",
                 "WARM/COLD/FAILED",
                 "STATUS",
+                "HEALTH",
                 "IMAGE",
                 "LAST",
                 "ERROR"
@@ -550,6 +555,7 @@ mod tests {
                 "7",
                 "12/1/0",
                 "active",
+                "ok",
                 "mysql-8.0",
                 "-"
             ]
@@ -579,6 +585,7 @@ mod tests {
             [
                 "0/0/4",
                 "paused",
+                "ok",
                 "mysql-8.4",
                 "boot",
                 "timed",
@@ -587,6 +594,12 @@ mod tests {
                 "10m"
             ]
         );
+        // A pool that keeps failing its boots says so beside its status.
+        let mut pools = sample_pools();
+        pools[1].degraded = true;
+        let text = pools_table(&pools);
+        let row: Vec<&str> = text.lines().nth(2).unwrap().split_whitespace().collect();
+        assert_eq!(row[10..12], ["paused", "degraded"], "{text}");
         // Columns line up: each row's READY value starts where the header does.
         let col = lines[0].find("READY").unwrap();
         assert!(lines[1][col..].starts_with("2 "), "{text}");
@@ -600,11 +613,11 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("POOL"));
         assert!(lines[0].contains("WARM/COLD/FAILED"));
-        assert!(lines[0].contains("HIT RATE  LEAD P90  THROTTLE"));
+        assert!(lines[0].contains("HIT RATE  LEAD P90  THROTTLE  STATUS  HEALTH"));
         assert!(lines[0].ends_with("LAST ERROR"));
         let row: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(
-            &row[..11],
+            &row[..12],
             [
                 "m1.large@az1",
                 "2",
@@ -614,6 +627,7 @@ mod tests {
                 "92.3%",
                 "-",
                 "-",
+                "active",
                 "ok",
                 "7",
                 "12/1/0"
@@ -621,7 +635,7 @@ mod tests {
         );
         let row: Vec<&str> = lines[2].split_whitespace().collect();
         assert_eq!(
-            &row[..11],
+            &row[..12],
             [
                 "m1.xlarge@az2",
                 "0",
@@ -631,6 +645,7 @@ mod tests {
                 "0.0%",
                 "-",
                 "-",
+                "paused",
                 "ok",
                 "0",
                 "0/0/4"
