@@ -42,8 +42,14 @@
 //!   the ports the unsold pool instances will yet take for their sales
 //!   ([`ports_kept_for_sale`], counted by the caller): speculative refills
 //!   leave those, purchases (first in line) judge Neutron's count as is.
-//!   Boots started since a poll (any pool, purchases included: quota is
-//!   per project) are subtracted from the cached headroom, each as what
+//!   Boots started since a poll was sent (any pool, purchases included:
+//!   quota is per project) are subtracted from the cached headroom, and so
+//!   are boots started before whose create the cloud had not answered yet
+//!   (on its way, or waiting out a 429: not in the cloud's count either;
+//!   one answered while the poll was on its way may be counted twice, the
+//!   safe side; of the ports, only a refill's boot whose instance was not
+//!   recorded yet, which the caller's count of those kept for sale
+//!   misses), each as what
 //!   one server of its own flavor takes of each quota (a 4-vCPU boot takes
 //!   four 1-vCPU servers' worth of cores, as that flavor's own poll says; a boot of a flavor never polled
 //!   counts as one server of the flavor asked about), and so are purchases
@@ -297,7 +303,8 @@ struct QuotaState {
     refusals: u64,
     /// Per flavor: the last poll of the cloud's limits.
     headroom: BTreeMap<String, HeadroomEntry>,
-    /// Boots started, ever (every AZ and pool, purchases included).
+    /// Boots started, ever (every AZ and pool, purchases included), and
+    /// those whose create is not answered yet.
     boots_started: BootCount,
     /// Per flavor, purchases waiting for quota to free up: first in line.
     purchases_waiting: BTreeMap<String, u64>,
@@ -319,7 +326,8 @@ struct HeadroomEntry {
     /// Of the [`PORTS`] left at the poll, those the unsold instances will
     /// take for their sales: speculative refills leave them.
     sales_ports: u64,
-    /// `boots_started` when the last successful poll was sent.
+    /// `boots_started` when the last successful poll was sent; a create
+    /// of its `unanswered` the cloud refused since is taken out of them.
     boots_at_poll: BootCount,
     /// Per flavor, boots started since the poll whose create the cloud
     /// refused: they hold no quota, so they give back what they took.
@@ -373,13 +381,27 @@ pub fn ports_kept_for_sale(state: InstanceState) -> u64 {
     }
 }
 
-/// Boots started, in all and per flavor, as [`Gate::boots_started`] reads
-/// them when a headroom poll is sent.
+/// Boots started, in all and per flavor, and those whose create the
+/// cloud has not answered, as [`Gate::boots_started`] reads them when a
+/// headroom poll is sent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BootCount {
     /// Ticket ids count it: a ticket with a higher id started after.
     total: u64,
     by_flavor: BTreeMap<String, u64>,
+    /// By ticket id, boots whose create the cloud has not answered yet:
+    /// the cloud's count does not hold them.
+    unanswered: BTreeMap<u64, Unanswered>,
+}
+
+/// A boot whose create the cloud has not answered yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Unanswered {
+    flavor: String,
+    /// Its instance is recorded, so a poll's count of the ports kept for
+    /// sale ([`ports_kept_for_sale`], read after the gate's count) holds
+    /// its ports already.
+    recorded: bool,
 }
 
 impl BootCount {
@@ -522,16 +544,19 @@ impl Gate {
         }
     }
 
-    /// Boots started so far (every AZ, purchases included): read before a
-    /// headroom poll is sent, for [`Self::headroom_polled`].
+    /// Boots started so far (every AZ, purchases included), and those whose
+    /// create is not answered yet: read before a headroom poll is sent (and
+    /// before its count of the ports kept for sale), for
+    /// [`Self::headroom_polled`].
     pub fn boots_started(&self) -> BootCount {
         self.quota.boots_started.clone()
     }
 
     /// The cloud's limits for `flavor`, polled at `now` by a request sent
     /// when [`Self::boots_started`] read `boots_at_send`. Boots started
-    /// since the request was sent are taken from the answer's headroom:
-    /// the cloud may not have counted them. `sales_ports`: the ports the
+    /// since the request was sent, and those started before whose create
+    /// was not answered then, are taken from the answer's headroom: the
+    /// cloud may not have counted them. `sales_ports`: the ports the
     /// unsold instances will take ([`ports_kept_for_sale`]), counted before
     /// the request was sent; refills leave them, purchases do not.
     pub fn headroom_polled(
@@ -612,32 +637,46 @@ impl Gate {
         let entry = self.quota.headroom.get(flavor)?;
         let servers = entry.servers??;
         let started = &self.quota.boots_started;
-        // Per flavor booted since the poll: the boots that may hold quota.
-        let holding: Vec<(&str, u64)> = started
-            .by_flavor
-            .keys()
-            .map(|booted| {
-                let refused = entry.refused_since_poll.get(booted).copied();
-                let n = started.since(&entry.boots_at_poll, booted);
-                (booted.as_str(), n.saturating_sub(refused.unwrap_or(0)))
-            })
-            .chain(reserved.iter().map(|(f, n)| (f.as_str(), *n)))
-            .filter(|(_, n)| *n > 0)
+        // Per flavor, the boots that may hold quota the poll's answer does
+        // not show: started since it was sent, unanswered when it was
+        // sent, and `reserved`. Each with whether the poll's count of the
+        // ports kept for sale holds its ports already.
+        let since = started.by_flavor.keys().map(|booted| {
+            let refused = entry.refused_since_poll.get(booted).copied();
+            let n = started.since(&entry.boots_at_poll, booted);
+            (
+                booted.as_str(),
+                n.saturating_sub(refused.unwrap_or(0)),
+                false,
+            )
+        });
+        let unanswered = entry
+            .boots_at_poll
+            .unanswered
+            .values()
+            .map(|u| (u.flavor.as_str(), 1, u.recorded));
+        let holding: Vec<(&str, u64, bool)> = since
+            .chain(unanswered)
+            .chain(reserved.iter().map(|(f, n)| (f.as_str(), *n, false)))
+            .filter(|(_, n, _)| *n > 0)
             .collect();
         if entry.quotas.is_empty() {
             let servers_held = holding
                 .iter()
-                .fold(0u64, |sum, (_, n)| sum.saturating_add(*n));
+                .fold(0u64, |sum, (_, n, _)| sum.saturating_add(*n));
             return Some(servers.saturating_sub(servers_held));
         }
         entry
             .quotas
             .iter()
             .map(|quota| {
-                let taken = holding.iter().fold(0u64, |sum, (booted, n)| {
-                    let each = self.per_server(booted, flavor, quota);
-                    sum.saturating_add(n.saturating_mul(each))
-                });
+                let taken = holding
+                    .iter()
+                    .filter(|(_, _, ports_counted)| !(*ports_counted && quota.resource == PORTS))
+                    .fold(0u64, |sum, (booted, n, _)| {
+                        let each = self.per_server(booted, flavor, quota);
+                        sum.saturating_add(n.saturating_mul(each))
+                    });
                 let left = quota
                     .left
                     .saturating_sub(taken)
@@ -718,7 +757,8 @@ impl Gate {
     }
 
     /// A boot of `flavor` starts in `az`; `gated` when the replenisher
-    /// starts it.
+    /// starts it, before it records the boot's instance ([`Self::recorded`]);
+    /// a purchase's or a resumed boot's instance is recorded already.
     pub fn start(&mut self, az: &str, flavor: &str, gated: bool, now: Instant) -> TicketInfo {
         let started = &mut self.quota.boots_started;
         started.total += 1;
@@ -726,6 +766,13 @@ impl Gate {
         // Ticket ids count boots started: a poll sent at `total` = n counts
         // the tickets up to id n.
         let id = started.total;
+        started.unanswered.insert(
+            id,
+            Unanswered {
+                flavor: flavor.to_string(),
+                recorded: !gated,
+            },
+        );
         let state = self.az(az);
         state.in_flight += 1;
         if gated {
@@ -747,8 +794,23 @@ impl Gate {
         }
     }
 
+    /// The boot's instance is recorded: a poll's count of the ports kept
+    /// for sale sees it from now on.
+    pub fn recorded(&mut self, ticket: &TicketInfo) {
+        if let Some(u) = self.quota.boots_started.unanswered.get_mut(&ticket.id) {
+            u.recorded = true;
+        }
+    }
+
+    /// The cloud answered the boot's create with a server (or the boot
+    /// has one already): the cloud's count holds it from now on.
+    pub fn create_answered(&mut self, ticket: &TicketInfo) {
+        self.quota.boots_started.unanswered.remove(&ticket.id);
+    }
+
     /// A boot ended.
     pub fn finish(&mut self, ticket: &TicketInfo, signal: BootSignal, now: Instant) {
+        self.quota.boots_started.unanswered.remove(&ticket.id);
         let settings = self.settings.clone();
         let state = self.az(&ticket.az);
         let Some(peak) = state.peaks.remove(&ticket.id) else {
@@ -768,6 +830,8 @@ impl Gate {
                         .refused_since_poll
                         .entry(ticket.flavor.clone())
                         .or_default() += 1;
+                } else {
+                    entry.boots_at_poll.unanswered.remove(&ticket.id);
                 }
             }
         }
@@ -1052,6 +1116,22 @@ impl BootTicket {
         Self {
             gate: gate.clone(),
             info: Some(info),
+        }
+    }
+
+    /// The boot's instance is recorded (a replenisher's boot: its ticket
+    /// started before).
+    pub fn recorded(&self) {
+        if let Some(info) = &self.info {
+            lock(&self.gate).recorded(info);
+        }
+    }
+
+    /// The cloud answered the boot's create with a server, or the boot
+    /// resumed has one.
+    pub fn create_answered(&self) {
+        if let Some(info) = &self.info {
+            lock(&self.gate).create_answered(info);
         }
     }
 

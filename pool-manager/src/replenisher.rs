@@ -489,6 +489,7 @@ impl Shared {
             plan = sizing::decide(&inputs(&pool.spec, &census, admission));
             for ticket in tickets.into_iter().take(plan.boots_now as usize) {
                 let (instance, claim) = self.record_new_instance(&pool, None).await?;
+                ticket.recorded();
                 let shared = self.clone();
                 self.spawn(async move {
                     let _ = shared
@@ -956,6 +957,10 @@ impl Shared {
             }
         }
         let server_id = instance.server_id.clone().expect("set above");
+        // The cloud counts the server, made now or before a resume.
+        if let Some(ticket) = ticket {
+            ticket.create_answered();
+        }
 
         if instance.state == InstanceState::Booting {
             let mysql_addr = loop {

@@ -10,14 +10,24 @@ use cloudsim::SimCloud;
 use common::*;
 use pool_manager::cloud::CloudError;
 use pool_manager::events::{BootOutcome, DegradedCause, Event, EventKind};
-use pool_manager::gate::Hold;
-use pool_manager::model::{Allocation, AllocationState, EmptyPoolPolicy, InstanceState};
+use pool_manager::gate::{Hold, DEFAULT_HEADROOM_INTERVAL};
+use pool_manager::model::{
+    Allocation, AllocationState, EmptyPoolPolicy, InstanceState, PoolKey, PoolSpec, Target,
+};
 use pool_manager::sizing::PlanReason;
 use pool_manager::{ManagerError, ManagerResult, PoolManager};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
+
+/// The test pool's spec at a fixed target of `target`.
+fn fixed(target: u32) -> PoolSpec {
+    PoolSpec {
+        target: Target::Fixed(target),
+        ..spec(target)
+    }
+}
 
 fn sim_with_quota(max_instances: usize) -> Arc<SimCloud> {
     let mut config = cloudsim::SimConfig::deterministic();
@@ -439,6 +449,49 @@ async fn boots_of_a_larger_flavor_take_their_cores_from_a_smaller_flavors_headro
     manager.shutdown().await.unwrap();
 }
 
+/// A boot whose create Nova has not answered when another pool of its
+/// flavor polls the limits (its create on its way, or waiting out a 429:
+/// held here) is not in Nova's count, though it started before the poll
+/// was sent: the gate counts it all the same. Instance quota 3: pool A's
+/// one boot is held at its create; past the headroom interval pool B (the
+/// same flavor in az2) polls "0 of 3 used" and boots two, not three, so
+/// A's create is not refused once it goes through.
+#[tokio::test(start_paused = true)]
+async fn a_create_on_its_way_at_a_poll_holds_its_quota() {
+    let sim = sim_with_quota(3);
+    let cloud = GatedCloud::new(&sim);
+    let manager = manager_over(&cloud, temp_store());
+    let mut events = manager.events();
+    manager.start().await.unwrap();
+    let held = cloud.hold_next("create_server", At::Before);
+    manager.create_pool(pool(), fixed(1)).await.unwrap();
+    held.reached().await;
+    // B's first step polls: the flavor's last poll (A's) is due again.
+    tokio::time::sleep(DEFAULT_HEADROOM_INTERVAL + Duration::from_secs(1)).await;
+    let b = PoolKey::new("db.small", "az2");
+    manager.create_pool(b.clone(), fixed(3)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let status = manager.get_pool(&b).await.unwrap();
+    assert_eq!(
+        sim.call_counts().get("create_server"),
+        Some(&2),
+        "{:?}",
+        status.sizing
+    );
+
+    held.release();
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert_eq!(quota_refusals(&mut events), 0);
+    let status = manager.get_pool(&b).await.unwrap();
+    assert_eq!(status.sizing.gate.quota_refusals, 0, "{:?}", status.sizing);
+    assert_eq!(status.count(InstanceState::Ready), 2, "{status:?}");
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 1, "{status:?}");
+    assert_eq!(sim.servers().len(), 3);
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
+
 /// A purchase that waited for quota leaves the line when its cold boot
 /// starts: from then on the boot itself holds its room. Counted both as a
 /// boot and as waiting, it kept a second server's room from the refills
@@ -523,11 +576,7 @@ async fn fixed_pool_under_port_quota(
     let manager = manager_on(&sim, temp_store());
     let events = manager.events();
     manager.start().await.unwrap();
-    let fixed = pool_manager::model::PoolSpec {
-        target: pool_manager::model::Target::Fixed(target),
-        ..spec(target)
-    };
-    manager.create_pool(pool(), fixed).await.unwrap();
+    manager.create_pool(pool(), fixed(target)).await.unwrap();
     (sim, manager, events)
 }
 
@@ -589,12 +638,8 @@ async fn the_pool_leaves_each_unsold_server_the_port_its_sale_takes() {
 #[tokio::test(start_paused = true)]
 async fn a_cold_boot_purchase_takes_ports_kept_for_other_pools_sales() {
     let (sim, manager, mut events) = fixed_pool_under_port_quota(20, 10).await;
-    let b = pool_manager::model::PoolKey::new("db.large", "az1");
-    let empty = pool_manager::model::PoolSpec {
-        target: pool_manager::model::Target::Fixed(0),
-        ..spec(0)
-    };
-    manager.create_pool(b.clone(), empty).await.unwrap();
+    let b = PoolKey::new("db.large", "az1");
+    manager.create_pool(b.clone(), fixed(0)).await.unwrap();
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_secs(60)).await;
     }

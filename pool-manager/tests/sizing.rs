@@ -791,13 +791,15 @@ fn boots_started_during_a_headroom_poll_use_up_its_answer() {
 }
 
 /// A boot whose create the cloud refused (a deleted image, a 400) holds no
-/// quota: it gives back the headroom it took. One started before the poll
-/// was sent was never taken from the answer, so it gives nothing back.
+/// quota: it gives back the headroom it took. One whose create the cloud
+/// answered before the poll was sent is in the answer, never taken from it,
+/// so it gives nothing back.
 #[test]
 fn a_boot_the_cloud_refused_to_create_gives_its_headroom_back() {
     let t0 = Instant::now();
     let mut g = gate(GateSettings::default());
     let before_poll = g.start("az1", "db.small", true, t0);
+    g.create_answered(&before_poll);
     g.headroom_polled("db.small", g.boots_started(), room(5), 0, t0);
     let refused: Vec<_> = (0..3)
         .map(|_| g.start("az1", "db.small", true, t0))
@@ -824,6 +826,62 @@ fn a_boot_the_cloud_refused_to_create_gives_its_headroom_back() {
         g.admission("az1", "db.small", t0 + secs(61)).headroom,
         Some(4)
     );
+}
+
+/// A boot whose create the cloud had not answered when a poll was sent
+/// (on its way, or waiting out a 429) is not in the answer, though it
+/// started before: it holds its share of the headroom as a boot started
+/// since does, and gives it back if the cloud refuses the create. Of the
+/// ports, only while its instance is not recorded: a recorded one's are
+/// among the ports the poll's count keeps for sale.
+#[test]
+fn creates_unanswered_when_a_poll_is_sent_hold_their_quota() {
+    let t0 = Instant::now();
+    let polled = |instances: u64, ports: u64| {
+        BootHeadroom::room(instances.min(ports / 2), "instances".into()).with_quotas(vec![
+            QuotaLeft::new("instances", instances, 1),
+            QuotaLeft::new("ports", ports, 2),
+        ])
+    };
+    let mut g = gate(GateSettings::default());
+    let answered = g.start("az1", "db.small", false, t0);
+    g.create_answered(&answered);
+    let purchase = g.start("az1", "db.small", false, t0);
+    let refill = g.start("az2", "db.small", true, t0);
+    g.headroom_polled("db.small", g.boots_started(), polled(3, 100), 0, t0);
+    assert_eq!(g.headroom_left("db.small"), Some(1), "two unanswered");
+    // Answered once the poll was on its way: maybe in its answer, maybe
+    // not; held until the next poll.
+    g.create_answered(&purchase);
+    assert_eq!(g.headroom_left("db.small"), Some(1));
+    g.finish(&refill, BootSignal::Refused, t0 + secs(1));
+    assert_eq!(g.headroom_left("db.small"), Some(2));
+    g.finish(
+        &answered,
+        BootSignal::Built { build: secs(60) },
+        t0 + secs(60),
+    );
+    g.headroom_polled(
+        "db.small",
+        g.boots_started(),
+        polled(1, 100),
+        0,
+        t0 + secs(60),
+    );
+    assert_eq!(g.headroom_left("db.small"), Some(1), "none unanswered");
+
+    // A purchase's instance is recorded before its boot starts, a
+    // refill's after: two booting instances' 4 ports are kept for sale.
+    let mut g = gate(GateSettings::default());
+    g.start("az1", "db.small", false, t0);
+    let refills = start_n(&mut g, 2, t0);
+    g.recorded(&refills[0]);
+    g.headroom_polled("db.small", g.boots_started(), polled(100, 10), 4, t0);
+    assert_eq!(g.headroom_left("db.small"), Some(4), "2 of 10 ports held");
+    assert_eq!(g.headroom_status("db.small").left, Some(2));
+    // Recorded after the poll's count: still held.
+    g.recorded(&refills[1]);
+    assert_eq!(g.headroom_left("db.small"), Some(4));
 }
 
 /// Quota is the project's and counts cores and RAM, not servers: a boot
@@ -854,8 +912,9 @@ fn a_boot_takes_its_own_flavors_share_of_every_flavors_headroom() {
     // 8 cores and 2 instances held: 12 cores, 8 instances left.
     assert_eq!(left(&mut g, "db.small"), Some(8));
     assert_eq!(left(&mut g, "db.large"), Some(3));
+    let mut boots = vec![large_boots[1].clone()];
     for _ in 0..3 {
-        g.start("az2", "db.large", false, t0);
+        boots.push(g.start("az2", "db.large", false, t0));
     }
     assert_eq!(left(&mut g, "db.small"), Some(0), "every core is held");
     assert_eq!(left(&mut g, "db.large"), Some(0));
@@ -865,13 +924,17 @@ fn a_boot_takes_its_own_flavors_share_of_every_flavors_headroom() {
     assert_eq!(left(&mut g, "db.small"), Some(4));
     assert_eq!(left(&mut g, "db.large"), Some(1));
     for _ in 0..3 {
-        g.start("az1", "db.small", true, t0);
+        boots.push(g.start("az1", "db.small", true, t0));
     }
     assert_eq!(left(&mut g, "db.small"), Some(1));
     assert_eq!(left(&mut g, "db.large"), Some(0), "1 core left");
 
     // A flavor never polled: its boot counts as one server of the flavor
-    // asked about (what it takes is not known).
+    // asked about (what it takes is not known). The boots before, their
+    // creates answered, are in the new poll's answer.
+    for boot in &boots {
+        g.create_answered(boot);
+    }
     poll(&mut g);
     g.start("az1", "db.unpolled", false, t0);
     assert_eq!(left(&mut g, "db.small"), Some(9));
