@@ -1108,6 +1108,10 @@ impl Shared {
             return Err(self.no_ready_instance(&params.pool).await);
         }
         self.create_tenant_resources(record, deadline).await?;
+        // The port counts in the port quota from now on: a cold boot's
+        // server needs only its own. A failed try deletes it, and the next
+        // makes another after its claim.
+        let mut own_port = Some(gate::lock(&self.gate).tenant_port_made());
         // The timeout bounds the purchase up to the claim: a volume seen
         // available only after it is too late, however soon after.
         if Instant::now() >= deadline {
@@ -1127,7 +1131,7 @@ impl Shared {
         loop {
             let wait_started = Instant::now();
             let (instance, warm) = self
-                .obtain_instance(&params, policy, deadline, &mut counted_empty)
+                .obtain_instance(&params, policy, deadline, &mut counted_empty, own_port)
                 .await?;
             let waited = wait_started.elapsed();
             let claimed_at = Instant::now();
@@ -1205,6 +1209,7 @@ impl Shared {
                     // bound until its server is deleted, and a member-only
                     // user may not delete it before.
                     self.delete_port_of_try(record).await?;
+                    own_port = None;
                     discarded_servers.extend(instance.server_id.clone());
                     record
                         .update(|a| {
@@ -1299,12 +1304,15 @@ impl Shared {
     }
 
     /// A claimed instance: warm from the pool, or per the empty-pool policy.
+    /// `own_port`: the purchase's tenant port is made (its number at the
+    /// gate, [`Gate::tenant_port_made`]).
     async fn obtain_instance(
         self: &Arc<Self>,
         params: &AllocationParams,
         policy: EmptyPoolPolicy,
         deadline: Instant,
         counted_empty: &mut bool,
+        own_port: Option<u64>,
     ) -> ManagerResult<(Instance, bool)> {
         let mut changes = self.changes.subscribe();
         loop {
@@ -1321,7 +1329,10 @@ impl Shared {
                     return Err(self.no_ready_instance(&params.pool).await)
                 }
                 EmptyPoolPolicy::ColdBoot => {
-                    return self.cold_boot(params, deadline).await.map(|i| (i, false))
+                    return self
+                        .cold_boot(params, deadline, own_port)
+                        .await
+                        .map(|i| (i, false))
                 }
                 EmptyPoolPolicy::Wait => {
                     let (pool, woke) = self
@@ -1477,6 +1488,7 @@ impl Shared {
         self: &Arc<Self>,
         params: &AllocationParams,
         deadline: Instant,
+        own_port: Option<u64>,
     ) -> ManagerResult<Instance> {
         let flavor = &params.pool.flavor;
         let mut queue = None;
@@ -1485,7 +1497,7 @@ impl Shared {
             // At quota a boot would only be refused: wait in line (ahead of
             // speculative refills) until the cloud's limits show room.
             if self.settings.gate.enabled {
-                match self.quota_room(&params.pool).await {
+                match self.quota_room(&params.pool, own_port).await {
                     QuotaRoom::Room => {}
                     QuotaRoom::Full => {
                         queue.get_or_insert_with(|| QuotaQueue::join(&self.gate, &params.pool.flavor));
@@ -1685,17 +1697,19 @@ impl Shared {
         Ok(Handover::Handed)
     }
 
-    /// Whether the flavor's quota has room for a cold boot. The headroom is
-    /// polled when never polled yet, and re-polled when it says "full" and
-    /// is older than the poll interval, so a waiting purchase sees freed
-    /// quota within one interval; a failing poll says "not known to be full".
-    async fn quota_room(&self, pool: &crate::model::PoolKey) -> QuotaRoom {
+    /// Whether the flavor's quota has room for a cold boot, whose tenant
+    /// port is made when `own_port` ([`Gate::purchase_headroom`]). The
+    /// headroom is polled when never polled yet, and re-polled when it says
+    /// "full" and is older than the poll interval, so a waiting purchase
+    /// sees freed quota within one interval; a failing poll says "not known
+    /// to be full".
+    async fn quota_room(&self, pool: &crate::model::PoolKey, own_port: Option<u64>) -> QuotaRoom {
         let now = Instant::now();
         let (status, left, boots_at_send) = {
             let gate = gate::lock(&self.gate);
             (
                 gate.headroom_status(&pool.flavor),
-                gate.headroom_left(&pool.flavor),
+                gate.purchase_headroom(&pool.flavor, own_port),
                 gate.boots_started(),
             )
         };
@@ -1712,7 +1726,7 @@ impl Shared {
                 gate.headroom_polled(&pool.flavor, boots_at_send, h, sales_ports, Instant::now());
                 QuotaRoom::of(
                     &gate.headroom_status(&pool.flavor),
-                    gate.headroom_left(&pool.flavor),
+                    gate.purchase_headroom(&pool.flavor, own_port),
                 )
             }
             Err(e) => {

@@ -41,7 +41,9 @@
 //!   `headroom_interval` by the replenisher, not per boot, and cached, with
 //!   the ports the unsold pool instances will yet take for their sales
 //!   ([`ports_kept_for_sale`], counted by the caller): speculative refills
-//!   leave those, purchases (first in line) judge Neutron's count as is.
+//!   leave those, purchases (first in line) judge Neutron's count as is;
+//!   a purchase made its tenant's port before it asks, so its server needs
+//!   one port more, not two, once a poll sent after the port counts it.
 //!   Boots started since a poll was sent (any pool, purchases included:
 //!   quota is per project) are subtracted from the cached headroom, and so
 //!   are boots started before whose create the cloud had not answered yet
@@ -382,8 +384,8 @@ pub fn ports_kept_for_sale(state: InstanceState) -> u64 {
 }
 
 /// Boots started, in all and per flavor, and those whose create the
-/// cloud has not answered, as [`Gate::boots_started`] reads them when a
-/// headroom poll is sent.
+/// cloud has not answered (and purchases' tenant ports made), as
+/// [`Gate::boots_started`] reads them when a headroom poll is sent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BootCount {
     /// Ticket ids count it: a ticket with a higher id started after.
@@ -392,6 +394,9 @@ pub struct BootCount {
     /// By ticket id, boots whose create the cloud has not answered yet:
     /// the cloud's count does not hold them.
     unanswered: BTreeMap<u64, Unanswered>,
+    /// Tenant ports purchases made ([`Gate::tenant_port_made`]): a poll
+    /// sent at n counts the first n.
+    tenant_ports: u64,
 }
 
 /// A boot whose create the cloud has not answered yet.
@@ -615,24 +620,52 @@ impl Gate {
     /// the boots started since hold; `None` when unknown or unlimited. What
     /// a purchase judges: it takes ports kept for other servers' sales.
     pub fn headroom_left(&self, flavor: &str) -> Option<u64> {
-        self.headroom_after(flavor, &BTreeMap::new(), false)
+        self.purchase_headroom(flavor, None)
+    }
+
+    /// As [`Self::headroom_left`], for a purchase that made its tenant's
+    /// port already: `port`, the number [`Self::tenant_port_made`] gave it.
+    /// Its server then needs one port more, not the two a server takes; so
+    /// judged only on a poll sent after the port was made, whose count of
+    /// the ports holds it (an earlier poll's does not, and the server's
+    /// two make up for it).
+    pub fn purchase_headroom(&self, flavor: &str, port: Option<u64>) -> Option<u64> {
+        let counted = self
+            .quota
+            .headroom
+            .get(flavor)
+            .zip(port)
+            .is_some_and(|(entry, port)| port <= entry.boots_at_poll.tenant_ports);
+        self.headroom_after(flavor, &BTreeMap::new(), false, counted)
+    }
+
+    /// A purchase made its tenant's port (in warmpool's project: Neutron's
+    /// count of the port quota holds it from now on). Returns its number,
+    /// for [`Self::purchase_headroom`].
+    pub fn tenant_port_made(&mut self) -> u64 {
+        let ports = &mut self.quota.boots_started.tenant_ports;
+        *ports += 1;
+        *ports
     }
 
     /// As [`Self::headroom_left`], less what purchases waiting for quota
     /// are kept and the ports the unsold instances' sales will take: what
     /// speculative boots may take.
     fn refill_headroom(&self, flavor: &str) -> Option<u64> {
-        self.headroom_after(flavor, &self.quota.purchases_waiting, true)
+        self.headroom_after(flavor, &self.quota.purchases_waiting, true, false)
     }
 
     /// As [`Self::headroom_left`], with `reserved` servers per flavor (of
-    /// purchases waiting) also taken, and the ports kept for sales when
-    /// `keep_sales_ports`.
+    /// purchases waiting) also taken, the ports kept for sales when
+    /// `keep_sales_ports`, and one port of those the poll counted as used
+    /// given back when `own_port_counted` (a purchase's tenant port, which
+    /// its server's share holds too).
     fn headroom_after(
         &self,
         flavor: &str,
         reserved: &BTreeMap<String, u64>,
         keep_sales_ports: bool,
+        own_port_counted: bool,
     ) -> Option<u64> {
         let entry = self.quota.headroom.get(flavor)?;
         let servers = entry.servers??;
@@ -677,8 +710,10 @@ impl Gate {
                         let each = self.per_server(booted, flavor, quota);
                         sum.saturating_add(n.saturating_mul(each))
                     });
+                let own_port = u64::from(own_port_counted && quota.resource == PORTS);
                 let left = quota
                     .left
+                    .saturating_add(own_port)
                     .saturating_sub(taken)
                     .saturating_sub(entry.kept(quota, keep_sales_ports));
                 left.checked_div(quota.per_server).unwrap_or(u64::MAX)

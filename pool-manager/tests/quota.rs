@@ -630,6 +630,36 @@ async fn the_pool_leaves_each_unsold_server_the_port_its_sale_takes() {
     manager.shutdown().await.unwrap();
 }
 
+/// Pool A (the test pool) filled to its fixed `target` under a port quota
+/// of `max_ports`, with no port left for its refills, then a cold-boot
+/// purchase ("b1", 10 min timeout) in pool B (db.large in az1, empty): the
+/// cloud, the manager, its events from the start and the purchase's answer.
+async fn a_cold_boot_beside_a_full_pool(
+    max_ports: usize,
+    target: u32,
+) -> (
+    Arc<SimCloud>,
+    PoolManager,
+    broadcast::Receiver<Event>,
+    ManagerResult<Allocation>,
+) {
+    let (sim, manager, events) = fixed_pool_under_port_quota(max_ports, target).await;
+    let b = PoolKey::new("db.large", "az1");
+    manager.create_pool(b.clone(), fixed(0)).await.unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), target, "{status:?}");
+    assert_eq!(status.sizing.quota.left, Some(0), "{:?}", status.sizing);
+
+    let mut order = request("b1", new_volume(), EmptyPoolPolicy::ColdBoot);
+    order.params.pool = b;
+    order.timeout = Some(Duration::from_secs(10 * 60));
+    let allocated = manager.allocate(order).await;
+    (sim, manager, events, allocated)
+}
+
 /// What pool A's unsold servers keep for their sales is a refill policy:
 /// a purchase is first in line, and judges the port quota as Neutron
 /// counts it. Port quota 20, pool A filled to its 10 (10 ports, the other
@@ -637,26 +667,28 @@ async fn the_pool_leaves_each_unsold_server_the_port_its_sale_takes() {
 /// 10 Neutron has free, as a sale of A would.
 #[tokio::test(start_paused = true)]
 async fn a_cold_boot_purchase_takes_ports_kept_for_other_pools_sales() {
-    let (sim, manager, mut events) = fixed_pool_under_port_quota(20, 10).await;
-    let b = PoolKey::new("db.large", "az1");
-    manager.create_pool(b.clone(), fixed(0)).await.unwrap();
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_secs(60)).await;
-    }
-    let status = manager.get_pool(&pool()).await.unwrap();
-    assert_eq!(status.count(InstanceState::Ready), 10, "{status:?}");
-    assert_eq!(status.sizing.quota.left, Some(0), "{:?}", status.sizing);
-
-    let mut order = request("b1", new_volume(), EmptyPoolPolicy::ColdBoot);
-    order.params.pool = b.clone();
-    order.timeout = Some(Duration::from_secs(10 * 60));
-    let allocation = manager
-        .allocate(order)
-        .await
-        .unwrap_or_else(|e| panic!("pool B's cold boot failed: {e}"));
+    let (sim, manager, mut events, allocated) = a_cold_boot_beside_a_full_pool(20, 10).await;
+    let allocation = allocated.unwrap_or_else(|e| panic!("pool B's cold boot failed: {e}"));
     assert_eq!(allocation.state, AllocationState::Allocated);
     assert!(!allocation.warm_hit);
     assert_eq!(sim.server_ports().len() + sim.ports().len(), 12);
+    assert_eq!(quota_refusals(&mut events), 0);
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
+
+/// A purchase makes the tenant's port before it asks for room, so its
+/// server needs one port more, not two. Port quota 4: pool A's two Ready
+/// servers hold 2 and keep 2 for their sales; pool B's cold boot makes its
+/// tenant port (the 3rd) and boots on the last one, rather than waiting
+/// out its timeout for a second.
+#[tokio::test(start_paused = true)]
+async fn a_cold_boot_needing_the_last_port_gets_it() {
+    let (sim, manager, mut events, allocated) = a_cold_boot_beside_a_full_pool(4, 2).await;
+    let allocation = allocated.unwrap_or_else(|e| panic!("pool B's cold boot failed: {e}"));
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    assert!(!allocation.warm_hit);
+    assert_eq!(sim.server_ports().len() + sim.ports().len(), 4);
     assert_eq!(quota_refusals(&mut events), 0);
     assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();

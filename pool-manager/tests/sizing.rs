@@ -1015,6 +1015,42 @@ fn unsold_servers_keep_the_ports_their_sales_take() {
     );
 }
 
+/// A purchase makes the tenant's port before it asks for room: its server
+/// then needs one port more, not two, judged on a poll whose count holds
+/// that port (sent after it was made). A poll sent before misses the port,
+/// and the two a server takes make up for it.
+#[test]
+fn a_purchase_with_its_port_made_needs_one_port_more() {
+    let t0 = Instant::now();
+    let polled = |left: u64| {
+        BootHeadroom::room(left / 2, format!("ports: {} of 10 used", 10 - left)).with_quotas(vec![
+            QuotaLeft::new("instances", 100, 1),
+            QuotaLeft::new("ports", left, 2),
+        ])
+    };
+    let mut g = gate(GateSettings::default());
+    // A poll sent before the port was made: 2 free by its count, which
+    // misses the port.
+    let sent = g.boots_started();
+    let port = g.tenant_port_made();
+    g.headroom_polled("db.small", sent, polled(2), 0, t0);
+    assert_eq!(g.purchase_headroom("db.small", Some(port)), Some(1));
+    let sent = g.boots_started();
+    g.headroom_polled("db.small", sent, polled(1), 0, t0 + secs(1));
+    assert_eq!(g.purchase_headroom("db.small", Some(port)), Some(1));
+    // Without a port made, and for refills: two ports a server.
+    assert_eq!(g.headroom_left("db.small"), Some(0));
+    assert_eq!(g.headroom_status("db.small").left, Some(0));
+    // 3 free: its server and one more.
+    let sent = g.boots_started();
+    g.headroom_polled("db.small", sent, polled(3), 0, t0 + secs(2));
+    assert_eq!(g.purchase_headroom("db.small", Some(port)), Some(2));
+    assert_eq!(g.headroom_left("db.small"), Some(1));
+    // Another purchase's port made after the poll: not in its count.
+    let later = g.tenant_port_made();
+    assert_eq!(g.purchase_headroom("db.small", Some(later)), Some(1));
+}
+
 /// A purchase waiting for quota is first in line for what one server of
 /// its own flavor takes: speculative refills of every flavor leave it that.
 #[test]
