@@ -73,6 +73,14 @@ pub enum StoreError {
     },
     #[error("CAS must name a record: both expected and new are None")]
     NothingToSwap,
+    /// A data dir holding no store (sled's `conf` and `db` files), where
+    /// only warmpoold's start makes one.
+    #[error(
+        "no store in {}: warmpoold makes its store there when it first starts; is that the data dir \
+         it runs with (data_dir, --data-dir)?",
+        dir.display()
+    )]
+    NoStore { dir: PathBuf },
     #[error(
         "the store in {} is locked by another process (is another warmpoold using this data dir?); waited {waited:.1?}",
         dir.display()
@@ -282,14 +290,14 @@ pub struct StoreRepair {
 }
 
 impl StoreRepair {
-    /// Opens the store in `dir` (which must exist), waiting up to
-    /// `lock_wait` for another handle to let go of it.
+    /// Opens the store in `dir`, waiting up to `lock_wait` for another
+    /// handle to let go of it. Makes none where there is none
+    /// ([`StoreError::NoStore`]): sled would make one in any directory.
     pub fn open(dir: &Path, lock_wait: Duration) -> StoreResult<Self> {
-        if !dir.is_dir() {
-            return Err(StoreError::Io(sled::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("no store in {}", dir.display()),
-            ))));
+        if !holds_store(dir) {
+            return Err(StoreError::NoStore {
+                dir: dir.to_owned(),
+            });
         }
         Ok(Self {
             db: open_sled(dir, lock_wait, DEFAULT_CACHE_CAPACITY)?,
@@ -369,6 +377,13 @@ impl StoreRepair {
         self.db.flush()?;
         Ok(SetAside::Moved)
     }
+}
+
+/// Whether `dir` holds a sled store: sled writes its settings to `conf`
+/// and its log to `db` at its first open of a directory (config.rs,
+/// `verify_config` and `open_file`), and never removes them.
+fn holds_store(dir: &Path) -> bool {
+    dir.join("conf").is_file() && dir.join("db").is_file()
 }
 
 const LOCK_POLL: Duration = Duration::from_millis(20);
@@ -554,7 +569,7 @@ impl SledStore {
     /// The pools stored in `dir`, read without opening the store for
     /// service: the instances and allocations, which only the hot index
     /// needs, are not read. Waits up to `lock_wait` for the lock; creates
-    /// no store where there is none.
+    /// no store where there is none ([`StoreError::NoStore`]).
     pub fn read_pools(dir: &Path, lock_wait: Duration) -> StoreResult<Vec<PoolRecord>> {
         let db = StoreRepair::open(dir, lock_wait)?.db;
         list(&db.open_tree(RecordKind::Pool.tree())?)
@@ -1370,6 +1385,34 @@ mod tests {
         let nowhere = dir.path().join("none");
         assert!(SledStore::read_pools(&nowhere, wait).is_err());
         assert!(!nowhere.exists());
+    }
+
+    /// The store commands open a store that is there and make none: a
+    /// mistyped data dir, or an empty one, is named, not passed as a store
+    /// whose every record reads, and stays as it was (files root made
+    /// there could be unreadable to the daemon's user).
+    #[test]
+    fn store_repair_finds_no_store_where_there_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let nowhere = dir.path().join("none");
+        for (path, exists) in [(dir.path(), true), (nowhere.as_path(), false)] {
+            match StoreRepair::open(path, DEFAULT_LOCK_WAIT) {
+                Err(e) => {
+                    let message = e.to_string();
+                    assert!(
+                        message.starts_with(&format!("no store in {}", path.display())),
+                        "{message}"
+                    );
+                }
+                Ok(_) => panic!("{}: opened as a store", path.display()),
+            }
+            assert_eq!(path.exists(), exists);
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+        drop(SledStore::open(&nowhere).unwrap());
+        let repair = StoreRepair::open(&nowhere, DEFAULT_LOCK_WAIT).unwrap();
+        assert!(repair.unreadable().unwrap().is_empty());
     }
 
     /// What `keep_released` forgets: released orders, by their release

@@ -379,10 +379,10 @@ const STORE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// be read (a running daemon holds it) gives no pools and a line saying so.
 async fn stored_pools(dir: &std::path::Path) -> (Vec<PoolRecord>, Option<Check>) {
     use pool_manager::store::{SledStore, StoreError};
-    // Not created here: a config whose daemon never ran has no store, and
-    // an empty data_dir (made by hand, a fresh volume) must stay empty (a
-    // store created by root here could be unreadable to the daemon's user).
-    // sled keeps its settings in `conf` from its first open on.
+    // Not created here (`read_pools` makes none): a config whose daemon
+    // never ran has no store, and an empty data_dir (made by hand, a fresh
+    // volume) must stay empty (a store created by root here could be
+    // unreadable to the daemon's user).
     let line = |ok: bool, message: String| Check {
         kind: CheckKind::Store,
         ok,
@@ -390,12 +390,6 @@ async fn stored_pools(dir: &std::path::Path) -> (Vec<PoolRecord>, Option<Check>)
         scope: None,
     };
     let shown = dir.display();
-    if !dir.join("conf").is_file() {
-        // Said, not left out: a mistyped --data-dir (or the relative
-        // default, run from another directory) would read as "all ok".
-        let message = format!("{shown}: no store here, so only the configured pools were checked");
-        return (Vec::new(), Some(line(true, message)));
-    }
     let opening = dir.to_owned();
     // The pools alone: opening the store for service would read every
     // instance and order ever made, for its index.
@@ -437,6 +431,13 @@ async fn stored_pools(dir: &std::path::Path) -> (Vec<PoolRecord>, Option<Check>)
                 ));
             }
             (pools, Some(line(true, message)))
+        }
+        Err(StoreError::NoStore { .. }) => {
+            // Said, not left out: a mistyped --data-dir (or the relative
+            // default, run from another directory) would read as "all ok".
+            let message =
+                format!("{shown}: no store here, so only the configured pools were checked");
+            (Vec::new(), Some(line(true, message)))
         }
         Err(StoreError::Locked { .. }) => {
             let message = format!(

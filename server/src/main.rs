@@ -272,9 +272,16 @@ fn record_kind_parser() -> impl clap::builder::TypedValueParser<Value = RecordKi
 
 /// Runs a `store` subcommand; the exit code.
 fn store_command(command: &StoreCommand, data_dir: &std::path::Path) -> anyhow::Result<i32> {
-    use pool_manager::store::{SetAside, StoreRepair};
-    let repair = StoreRepair::open(data_dir, std::time::Duration::from_secs(1))
-        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    use pool_manager::store::{SetAside, StoreError, StoreRepair};
+    let repair = match StoreRepair::open(data_dir, std::time::Duration::from_secs(1)) {
+        Ok(repair) => repair,
+        // These name the data dir themselves.
+        Err(e @ (StoreError::NoStore { .. } | StoreError::Locked { .. })) => return Err(e.into()),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot open the store in {}", data_dir.display()))
+        }
+    };
     match command {
         StoreCommand::Check => {
             let unreadable = repair.unreadable()?;

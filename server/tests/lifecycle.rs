@@ -647,6 +647,46 @@ fn order_one() -> warmpool_client::api::AllocateRequest {
     request
 }
 
+/// `warmpoold --data-dir DIR store ARGS`, run to its end.
+fn store_command(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("store")
+        .args(args)
+        .env_remove("WARMPOOL_CONFIG")
+        .output()
+        .unwrap()
+}
+
+/// The store commands mend a store that is there: on a data dir without
+/// one (mistyped, or made by hand and empty) they say so, exit 1 and
+/// write nothing there (run as root, files they made could keep the
+/// daemon's user out).
+#[test]
+fn the_store_commands_find_no_store_in_an_empty_data_dir() {
+    let data = tempfile::tempdir().unwrap();
+    for args in [&["check"][..], &["set-aside", "allocations", "order-1"][..]] {
+        let out = store_command(data.path(), args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert!(
+            stderr.contains(&format!("no store in {}", data.path().display())),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(
+            stderr.matches(&*data.path().display().to_string()).count(),
+            1,
+            "{stderr}"
+        );
+        assert_eq!(
+            std::fs::read_dir(data.path()).unwrap().count(),
+            0,
+            "{args:?}"
+        );
+    }
+}
+
 /// A store record warmpoold cannot read stops it from starting, naming the
 /// record; `warmpoold store check` lists it, `warmpoold store set-aside`
 /// moves it aside, and warmpoold then starts and keeps the order's id taken.
@@ -686,16 +726,7 @@ async fn an_unreadable_record_is_set_aside_with_the_store_commands() {
         "{refused}"
     );
 
-    let store = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
-            .arg("--data-dir")
-            .arg(&store_dir)
-            .arg("store")
-            .args(args)
-            .env_remove("WARMPOOL_CONFIG")
-            .output()
-            .unwrap()
-    };
+    let store = |args: &[&str]| store_command(&store_dir, args);
     let check = store(&["check"]);
     let out = String::from_utf8_lossy(&check.stdout).into_owned();
     assert_eq!(check.status.code(), Some(1), "{out}");
