@@ -56,20 +56,35 @@ pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(5);
 /// from a cache of tens of MiB.
 pub const DEFAULT_CACHE_CAPACITY: u64 = 64 << 20;
 
+/// Each variant tells its cause in its own message, so none is also a
+/// `source`: anyhow's `{:#}`, warmpoold's last line, would tell it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store I/O failed: {0}")]
-    Io(#[from] sled::Error),
+    Io(sled::Error),
+    /// sled found its files damaged (sled's `Corruption`): a disk that
+    /// lost writes, a `db` file cut short, a copy of a running store.
     #[error(
-        "store record {tree}/{key} cannot be read ({source}); a newer warmpoold may have written \
+        "the store's files are damaged: sled found corrupted data{}. Stop warmpoold and restore \
+         the data dir from a backup (a copy taken while warmpoold was stopped). Do not start it \
+         on an empty data dir instead: an empty store knows none of warmpool's orders and \
+         instances, so the databases it sold could not be released through it any more, and \
+         its other servers would be taken for leaks",
+        at.map(|at| format!(" at byte {at} of its `db` file")).unwrap_or_default()
+    )]
+    Corrupt {
+        /// Where in the `db` file, when sled says.
+        at: Option<u64>,
+    },
+    #[error(
+        "store record {tree}/{key} cannot be read ({error}); a newer warmpoold may have written \
          it: run that version, or stop warmpoold and run `warmpoold store check` to list such \
          records and `warmpoold store set-aside {tree} '{key}'` to move this one aside"
     )]
     Unreadable {
         tree: String,
         key: String,
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     #[error("CAS must name a record: both expected and new are None")]
     NothingToSwap,
@@ -86,6 +101,17 @@ pub enum StoreError {
         dir.display()
     )]
     Locked { dir: PathBuf, waited: Duration },
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Corruption { at, .. } => StoreError::Corrupt {
+                at: at.map(|at| at.lid()),
+            },
+            other => StoreError::Io(other),
+        }
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -313,7 +339,7 @@ impl StoreRepair {
                 let (key, bytes) = entry?;
                 if let Some(problem) = kind.problem(&tree, &key, &bytes) {
                     let error = match problem {
-                        StoreError::Unreadable { source, .. } => source.to_string(),
+                        StoreError::Unreadable { error, .. } => error.to_string(),
                         other => other.to_string(),
                     };
                     found.push(UnreadableRecord {
@@ -371,7 +397,7 @@ impl StoreRepair {
                 Ok(())
             });
         moved.map_err(|e| match e {
-            sled::transaction::TransactionError::Storage(e) => StoreError::Io(e),
+            sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
             sled::transaction::TransactionError::Abort(never) => match never {},
         })?;
         self.db.flush()?;
@@ -636,10 +662,10 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 fn decode<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8], bytes: &[u8]) -> StoreResult<T> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Unreadable {
+    serde_json::from_slice(bytes).map_err(|error| StoreError::Unreadable {
         tree: String::from_utf8_lossy(&tree.name()).into_owned(),
         key: shown_key(key),
-        source,
+        error,
     })
 }
 
@@ -1413,6 +1439,61 @@ mod tests {
         drop(SledStore::open(&nowhere).unwrap());
         let repair = StoreRepair::open(&nowhere, DEFAULT_LOCK_WAIT).unwrap();
         assert!(repair.unreadable().unwrap().is_empty());
+    }
+
+    /// `e` and its causes, as anyhow's `{:#}` (warmpoold's last line) shows
+    /// them.
+    fn with_causes(e: &dyn std::error::Error) -> String {
+        let mut shown = e.to_string();
+        let mut cause = e.source();
+        while let Some(e) = cause {
+            shown.push_str(&format!(": {e}"));
+            cause = e.source();
+        }
+        shown
+    }
+
+    /// The store in `dir`, written, opened again (sled's recovery then
+    /// notes how far its log goes, in a `snap.*` file), and its log cut
+    /// off, as a failing disk or a copy taken mid-write may leave it.
+    async fn damaged_store(dir: &Path) {
+        {
+            let store = SledStore::open(dir).unwrap();
+            let pool =
+                PoolRecord::new(PoolKey::new("db.small", "az1"), crate::model::tests::spec());
+            store.put_pool(&pool).await.unwrap();
+            store.flush().await.unwrap();
+        }
+        drop(SledStore::open(dir).unwrap());
+        // Past sled's lock, which its flusher thread holds a moment longer.
+        drop(open_sled(dir, DEFAULT_LOCK_WAIT, DEFAULT_CACHE_CAPACITY).unwrap());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("db"))
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+    }
+
+    /// A store sled finds damaged is said to be, once (sled's text came
+    /// twice, and told no next step), with what to do.
+    #[tokio::test]
+    async fn a_damaged_store_says_so_once_and_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        damaged_store(dir.path()).await;
+        let opened = SledStore::open(dir.path()).map(drop);
+        let repaired = StoreRepair::open(dir.path(), DEFAULT_LOCK_WAIT).map(drop);
+        for result in [opened, repaired] {
+            let e = result.expect_err("a damaged store opened");
+            let shown = with_causes(&e);
+            assert!(matches!(e, StoreError::Corrupt { .. }), "{e:?}");
+            assert_eq!(shown.matches("corrupted data").count(), 1, "{shown}");
+            assert!(
+                shown.contains("restore the data dir from a backup"),
+                "{shown}"
+            );
+            assert!(shown.contains("empty"), "{shown}");
+        }
     }
 
     /// What `keep_released` forgets: released orders, by their release

@@ -725,6 +725,8 @@ async fn an_unreadable_record_is_set_aside_with_the_store_commands() {
         refused.contains("warmpoold store set-aside allocations 'order-1'"),
         "{refused}"
     );
+    // Why the record cannot be read is told once, inside the message.
+    assert!(refused.ends_with("to move this one aside"), "{refused}");
 
     let store = |args: &[&str]| store_command(&store_dir, args);
     let check = store(&["check"]);
@@ -752,6 +754,60 @@ async fn an_unreadable_record_is_set_aside_with_the_store_commands() {
     );
     assert!(msg.contains("set aside"), "{msg}");
     d.shut_down().await;
+}
+
+/// The store in `dir`, written and opened again (sled's recovery then
+/// notes how far its log goes), its log then cut off.
+fn damage_store(dir: &std::path::Path) {
+    let open = || {
+        (0..500)
+            .find_map(|_| match sled::open(dir) {
+                Ok(db) => Some(db),
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    None
+                }
+            })
+            .expect("the store is free")
+    };
+    let db = open();
+    db.open_tree("pools").unwrap().insert("k", "v").unwrap();
+    db.flush().unwrap();
+    drop(db);
+    drop(open());
+    drop(open());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("db"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+}
+
+/// A store sled finds damaged stops warmpoold, and the store commands,
+/// with one line naming the data dir, saying once what sled found (it
+/// came twice) and what to do.
+#[tokio::test]
+async fn a_damaged_store_is_named_once_with_what_to_do() {
+    let data = tempfile::tempdir().unwrap();
+    let store_dir = data.path().join("store");
+    damage_store(&store_dir);
+    let config = config(data.path(), &[("db.small", "az1", 1, 2)]);
+    let refused = match warmpool_server::start(config, std::future::pending()).await {
+        Ok(_) => panic!("warmpoold started on a damaged store"),
+        Err(e) => format!("{e:#}"),
+    };
+    let check = store_command(&store_dir, &["check"]);
+    assert_eq!(check.status.code(), Some(1), "{check:?}");
+    let checked = String::from_utf8_lossy(&check.stderr).into_owned();
+    for shown in [refused, checked] {
+        assert!(
+            shown.contains(&format!("cannot open the store in {}", store_dir.display())),
+            "{shown}"
+        );
+        assert_eq!(shown.matches("corrupted data").count(), 1, "{shown}");
+        assert!(shown.contains("backup"), "{shown}");
+    }
 }
 
 /// A client that vanishes without closing its connection (a partition, a
