@@ -798,7 +798,8 @@ impl Shared {
             return Err(ManagerError::FailedPrecondition(format!(
                 "the record of allocation {request_id} was set aside as unreadable by this \
                  warmpoold version (`warmpoold store check` lists it); the order cannot be \
-                 allocated, read or released until the version that wrote it runs again"
+                 allocated, read or released until a warmpoold that reads it (the version that \
+                 wrote it) starts: its start moves the record back"
             )));
         }
         Ok(())

@@ -285,6 +285,21 @@ fn set_aside_key(kind: RecordKind, key: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The kind and key (as stored) of a record set aside under `aside_key`.
+fn from_set_aside_key(aside_key: &[u8]) -> Option<(RecordKind, &[u8])> {
+    let slash = aside_key.iter().position(|&b| b == b'/')?;
+    let tree = std::str::from_utf8(&aside_key[..slash]).ok()?;
+    Some((RecordKind::from_tree(tree)?, &aside_key[slash + 1..]))
+}
+
+/// The error of a transaction that never aborts: sled's.
+fn storage_error(e: sled::transaction::TransactionError<std::convert::Infallible>) -> sled::Error {
+    match e {
+        sled::transaction::TransactionError::Storage(e) => e,
+        sled::transaction::TransactionError::Abort(never) => match never {},
+    }
+}
+
 /// A record the store holds that this version cannot read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnreadableRecord {
@@ -309,8 +324,9 @@ pub enum SetAside {
 /// The operator's tools for a store warmpoold cannot open because of a
 /// record it cannot read (one a newer version wrote, a damaged disk): list
 /// such records, and move one aside. A record set aside keeps its bytes (in
-/// the `set_aside` tree, for a later version or a person to read) and its
-/// id stays taken ([`Store::is_set_aside`]). For a stopped warmpoold's store.
+/// the `set_aside` tree, for a person to read) and its id stays taken
+/// ([`Store::is_set_aside`]) until a version that reads it opens the store,
+/// which moves it back ([`SledStore::open`]). For a stopped warmpoold's store.
 pub struct StoreRepair {
     db: sled::Db,
 }
@@ -359,11 +375,8 @@ impl StoreRepair {
         let mut records = Vec::new();
         for entry in aside.iter() {
             let (key, _) = entry?;
-            let shown = shown_key(&key);
-            if let Some((tree, key)) = shown.split_once('/') {
-                if let Some(kind) = RecordKind::from_tree(tree) {
-                    records.push((kind, key.to_owned()));
-                }
+            if let Some((kind, key)) = from_set_aside_key(&key) {
+                records.push((kind, shown_key(key)));
             }
         }
         Ok(records)
@@ -396,10 +409,7 @@ impl StoreRepair {
                 tree.remove(&stored)?;
                 Ok(())
             });
-        moved.map_err(|e| match e {
-            sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
-            sled::transaction::TransactionError::Abort(never) => match never {},
-        })?;
+        moved.map_err(storage_error)?;
         self.db.flush()?;
         Ok(SetAside::Moved)
     }
@@ -528,7 +538,8 @@ impl HotIndex {
 impl SledStore {
     /// Opens (or creates) the store in `dir`, waiting up to
     /// [`DEFAULT_LOCK_WAIT`] for another handle to let go of it, with a
-    /// page cache of [`DEFAULT_CACHE_CAPACITY`] bytes.
+    /// page cache of [`DEFAULT_CACHE_CAPACITY`] bytes. Records set aside
+    /// that this version reads go back to their trees first.
     pub fn open(dir: &Path) -> StoreResult<Self> {
         Self::open_with(dir, DEFAULT_LOCK_WAIT, DEFAULT_CACHE_CAPACITY)
     }
@@ -563,8 +574,61 @@ impl SledStore {
             failure: Failure(watch::Sender::new(None)),
             db,
         };
+        store.restore_set_aside()?;
         *store.index() = store.scan_hot_index()?;
         Ok(store)
+    }
+
+    /// The tree of `kind`'s records.
+    fn tree(&self, kind: RecordKind) -> &sled::Tree {
+        match kind {
+            RecordKind::Pool => &self.pools,
+            RecordKind::Instance => &self.instances,
+            RecordKind::Allocation => &self.allocations,
+            RecordKind::LearnedSizing => &self.learned_sizing,
+            RecordKind::TwinWatch => &self.twin_watches,
+        }
+    }
+
+    /// Moves each record set aside ([`StoreRepair::set_aside`]) that this
+    /// version reads back to its tree, each in one transaction: the version
+    /// that wrote it runs again, and serves it as before. One whose key a
+    /// record has taken since (a pool created again, a pool's sizing saved
+    /// anew) stays aside: which of the two is right is a person's call.
+    fn restore_set_aside(&self) -> StoreResult<()> {
+        // Collected first: few, and the loop removes them from the tree.
+        let aside: Vec<(sled::IVec, sled::IVec)> =
+            self.set_aside.iter().collect::<sled::Result<_>>()?;
+        let mut restored = false;
+        for (aside_key, bytes) in aside {
+            let Some((kind, key)) = from_set_aside_key(&aside_key) else {
+                continue;
+            };
+            let tree = self.tree(kind);
+            if kind.problem(tree, key, &bytes).is_some() {
+                continue;
+            }
+            let moved: sled::transaction::TransactionResult<bool, std::convert::Infallible> =
+                sled::Transactional::transaction(&(tree, &self.set_aside), |(live, aside)| {
+                    if live.get(key)?.is_some() {
+                        return Ok(false);
+                    }
+                    live.insert(key, bytes.clone())?;
+                    aside.remove(&aside_key)?;
+                    Ok(true)
+                });
+            let shown = shown_key(key);
+            if self.failure.kept(moved.map_err(storage_error))? {
+                restored = true;
+                tracing::info!(tree = kind.tree(), key = %shown, "a record set aside as unreadable reads now: moved back");
+            } else {
+                tracing::warn!(tree = kind.tree(), key = %shown, "a record set aside as unreadable reads now, but another record has taken its key: left set aside (`warmpoold store check` lists it)");
+            }
+        }
+        if restored {
+            self.failure.kept(self.db.flush())?;
+        }
+        Ok(())
     }
 
     /// The store's failure, once it has one: the first error sled gave one
@@ -1381,6 +1445,63 @@ mod tests {
                 "db.small@az1",
             );
         }
+    }
+
+    /// A record set aside that this version reads (the version that wrote
+    /// it, run again) goes back to its tree when the store opens, and
+    /// counts as any other; one whose key another record has taken since
+    /// (a pool created again) stays aside, as does one it cannot read.
+    #[tokio::test]
+    async fn set_aside_records_this_version_reads_go_back_at_open() {
+        let store = SledStore::temporary().unwrap();
+        let aside = |kind, key: &str, bytes: Vec<u8>| {
+            store
+                .set_aside
+                .insert(set_aside_key(kind, key.as_bytes()), bytes)
+                .unwrap();
+        };
+        aside(RecordKind::Instance, "i1", encode(&ready_instance()));
+        let live = allocation_in_doubt();
+        assert!(store.cas_allocation(None, Some(&live)).await.unwrap());
+        let mut other = live.clone();
+        other.state = AllocationState::Released;
+        aside(RecordKind::Allocation, "r1", encode(&other));
+        let unreadable = with_extra(&allocation_in_doubt(), &[], "from_the_future");
+        aside(RecordKind::Allocation, "r2", unreadable.clone());
+
+        let store = reopened(&store).unwrap();
+        assert_eq!(
+            store.get_instance("i1").await.unwrap(),
+            Some(ready_instance())
+        );
+        assert!(!store
+            .is_set_aside(RecordKind::Instance, "i1")
+            .await
+            .unwrap());
+        let pool = ready_instance().pool;
+        assert_eq!(
+            store.count_instances(&pool).await.unwrap(),
+            BTreeMap::from([(InstanceState::Ready, 1)])
+        );
+        assert_eq!(
+            store.list_untouched_instances(&pool).await.unwrap().len(),
+            1
+        );
+
+        assert_eq!(store.get_allocation("r1").await.unwrap(), Some(live));
+        assert!(store
+            .is_set_aside(RecordKind::Allocation, "r1")
+            .await
+            .unwrap());
+        assert_eq!(store.allocations.get("r2").unwrap(), None);
+        assert_eq!(
+            store
+                .set_aside
+                .get(set_aside_key(RecordKind::Allocation, b"r2"))
+                .unwrap()
+                .as_deref(),
+            Some(&unreadable[..])
+        );
     }
 
     /// `warmpoold check-cloud` reads the stored pools alone: a record of

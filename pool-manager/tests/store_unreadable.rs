@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use pool_manager::cloud::ServerStatus;
-use pool_manager::model::{EmptyPoolPolicy, InstanceState};
+use pool_manager::model::{AllocationState, EmptyPoolPolicy, InstanceState};
 use pool_manager::store::{
     RecordKind, SetAside, SledStore, StoreError, StoreRepair, DEFAULT_LOCK_WAIT,
 };
@@ -35,10 +35,10 @@ async fn restarted(
     manager
 }
 
-/// Overwrites one record the way a newer version might have written it.
-fn write_unreadable(dir: &Path, tree: &str, key: &str) {
+/// sled's database in `dir`, opened directly.
+fn raw_store(dir: &Path) -> sled::Db {
     // sled lets go of its lock a moment after the last handle is dropped.
-    let db = (0..500)
+    (0..500)
         .find_map(|_| match sled::open(dir) {
             Ok(db) => Some(db),
             Err(_) => {
@@ -46,7 +46,12 @@ fn write_unreadable(dir: &Path, tree: &str, key: &str) {
                 None
             }
         })
-        .expect("the store is free");
+        .expect("the store is free")
+}
+
+/// Overwrites one record the way a newer version might have written it.
+fn write_unreadable(dir: &Path, tree: &str, key: &str) {
+    let db = raw_store(dir);
     db.open_tree(tree)
         .unwrap()
         .insert(
@@ -188,6 +193,67 @@ async fn an_unreadable_record_is_named_and_can_be_set_aside() {
         "o-3's server outlived its release"
     );
     manager.shutdown().await.unwrap();
+}
+
+/// The version that wrote an order set aside runs again (rolled forward
+/// after a rollback): it reads the record, so its start moves it back, and
+/// the order is served as before: its release deletes its server. Before,
+/// no version read the set-aside tree, and the order was refused for good.
+#[tokio::test(start_paused = true)]
+async fn a_set_aside_order_comes_back_with_a_version_that_reads_it() {
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let manager = started(&sim, open_store(dir.path()), 1).await;
+    let sold = manager
+        .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    manager.shutdown().await.unwrap();
+    drop(manager);
+    // A newer version's record: this one's, with a field it does not know.
+    let readable = {
+        let db = raw_store(dir.path());
+        let tree = db.open_tree("allocations").unwrap();
+        let readable = tree.get("o-1").unwrap().unwrap().to_vec();
+        let mut newer: serde_json::Value = serde_json::from_slice(&readable).unwrap();
+        newer
+            .as_object_mut()
+            .unwrap()
+            .insert("from_the_future".into(), true.into());
+        tree.insert("o-1", serde_json::to_vec(&newer).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+        readable
+    };
+    {
+        let repair = StoreRepair::open(dir.path(), DEFAULT_LOCK_WAIT).unwrap();
+        assert_eq!(
+            repair.set_aside(RecordKind::Allocation, "o-1").unwrap(),
+            SetAside::Moved
+        );
+    }
+    // The version that wrote it reads its bytes; this build stands in for
+    // it once they are bytes it reads.
+    {
+        let db = raw_store(dir.path());
+        db.open_tree("set_aside")
+            .unwrap()
+            .insert("allocations/o-1", readable)
+            .unwrap();
+        db.flush().unwrap();
+    }
+
+    let manager = restarted(&sim, dir.path()).await;
+    let order = manager.get_allocation("o-1").await.unwrap();
+    assert_eq!(order.state, AllocationState::Allocated);
+    manager.release("o-1", Some(true)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let server = sold.server_id.unwrap();
+    assert!(!alive(&sim, &server), "o-1's server outlived its release");
+    manager.shutdown().await.unwrap();
+    drop(manager);
+    let repair = StoreRepair::open(dir.path(), DEFAULT_LOCK_WAIT).unwrap();
+    assert!(repair.set_aside_records().unwrap().is_empty());
 }
 
 /// An instance claimed by an order whose record was set aside is left

@@ -60,7 +60,8 @@ enum StoreCommand {
     /// Move one unreadable record aside: its bytes are kept (in the store's
     /// set_aside tree) and its id stays taken (an order set aside cannot be
     /// bought again; a server of an instance set aside is not deleted), and
-    /// warmpoold starts without it.
+    /// warmpoold starts without it. A warmpoold that reads it (the version
+    /// that wrote it) moves it back when it starts.
     SetAside {
         /// The record's kind, as `store check` shows it.
         #[arg(value_parser = record_kind_parser())]
