@@ -109,6 +109,8 @@ pub fn settings(policy: &Policy, options: &Options) -> ManagerSettings {
         // Replays never forget a released allocation (the default).
         keep_released: None,
         instance_id_seed: Some(seed),
+        // A replay's cloud and store start empty together.
+        delete_unknown_servers: false,
     }
 }
 

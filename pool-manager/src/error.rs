@@ -37,6 +37,20 @@ pub enum ManagerError {
     Cloud(#[from] CloudError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Start-up found a store that knows no instance and no order over a
+    /// cloud listing `servers` pool servers (not being deleted), `sold` of
+    /// them with volumes attached: its pass would take them all for leaks.
+    /// Nothing was deleted.
+    #[error(
+        "the store knows no pool server and no order, but the cloud lists {servers} pool servers \
+         tagged as warmpool's ({sold} of them sold: volumes attached); started on this store, \
+         warmpool would delete the unsold ones as leaks and know none of the sold ones' orders, \
+         so nothing was deleted and the start is refused. Start on the store that knows them; \
+         if another warmpool shares the cloud project, give this one a server tag of its own; \
+         if this store is meant to be new (the old one is lost), start once with \
+         delete_unknown_servers: the unsold ones are deleted, the sold ones left alone and logged"
+    )]
+    UnknownServers { servers: usize, sold: usize },
     #[error("warmpool is shutting down; call again once it is back (an Allocate with the same request id)")]
     ShuttingDown,
     /// A bug in warmpool (a task that panicked): the call failed, and

@@ -54,6 +54,16 @@ pub struct ManagerSettings {
     /// which the store refuses (an instance is written only under a free
     /// id), so a seed is for managers that are never restarted.
     pub instance_id_seed: Option<u64>,
+    /// Lets a start on a store that knows no instance and no order
+    /// ([`Store::knows_no_instance_or_order`]) go on over a cloud that lists
+    /// pool servers: the start-up pass deletes the unsold ones as leaks and
+    /// leaves the sold ones (volumes attached) alone, logged, as any pass
+    /// does. `false` (the default): such a start is refused before anything
+    /// is deleted ([`ManagerError::UnknownServers`]), as the store is more
+    /// likely the wrong one (a mistyped data dir, an unmounted volume) or
+    /// another manager's servers share the cloud's tag. For a store meant
+    /// to be new, once: left set, it turns that refusal off for good.
+    pub delete_unknown_servers: bool,
 }
 
 impl Default for ManagerSettings {
@@ -68,6 +78,7 @@ impl Default for ManagerSettings {
             gate: GateSettings::default(),
             keep_released: None,
             instance_id_seed: None,
+            delete_unknown_servers: false,
         }
     }
 }
@@ -532,9 +543,12 @@ impl PoolManager {
 
     /// Reconciles the store with the cloud (finishing or rolling back what a
     /// crash interrupted), then starts one replenisher per pool and the
-    /// periodic reconciler. Call before serving mutations.
+    /// periodic reconciler. Call before serving mutations. On a store that
+    /// knows no instance and no order, a cloud listing pool servers is
+    /// refused before anything is deleted ([`ManagerError::UnknownServers`])
+    /// unless [`ManagerSettings::delete_unknown_servers`] is set.
     pub async fn start(&self) -> ManagerResult<()> {
-        self.shared.reconcile_once().await?;
+        self.shared.reconcile_at_start().await?;
         for pool in self.shared.store.list_pools().await? {
             if let Err((field, message)) = pool.spec.validate() {
                 tracing::warn!(pool = %pool.key, field, "{message}: the stored settings break a rule newer than them; change {field} to mend it");

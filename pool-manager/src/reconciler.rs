@@ -22,6 +22,7 @@
 //! | instance `Failed`/`Deleting` | - | delete the server, drop the record |
 //! | nothing | server with warmpool metadata, being deleted (task_state `deleting`, or `soft-deleting`: Nova lists it until the host is done) | leave it: a delete sent before its record was dropped, not a leak |
 //! | nothing | server with warmpool metadata, SOFT_DELETED (a cloud with `reclaim_instance_interval`; Nova does not list these, the OpenStack driver's listing adds those it deleted) | delete it for good (the driver's forceDelete), no leak event; where the cloud's policy refuses the forceDelete (403), leave it to Nova's reclaim, logging a warning (the driver forgets it) |
+//! | nothing at all: no instance, allocation, twin watch or set-aside record (start-up pass only) | pool servers, not being deleted nor SOFT_DELETED | refuse the start before anything is deleted (`ManagerError::UnknownServers`: the wrong store, or another manager's servers under the same tag), unless `delete_unknown_servers` is set: then as below |
 //! | nothing | server with warmpool metadata, no volume attached (read again by id first: the listing is older than the instances read after it, and a server deleted in between, its record then dropped, is listed ACTIVE; gone or going now, it is left) | delete it (leak) |
 //! | nothing | server with warmpool metadata and a volume attached (read again by id first, as above) | leave it, log an error (a tenant's, its record lost) |
 //! | instance record set aside as unreadable | server naming the instance | leave it, log a warning (a release of its allocation deletes it by the allocation's server id) |
@@ -123,7 +124,21 @@ impl Shared {
     }
 
     pub(crate) async fn reconcile_once(self: &Arc<Self>) -> ManagerResult<()> {
+        self.reconcile_pass(false).await
+    }
+
+    /// The start-up pass: [`Shared::reconcile_once`], but on a store that
+    /// knows no instance and no order it takes no pool server the cloud
+    /// lists for a leak unless `delete_unknown_servers` says so.
+    pub(crate) async fn reconcile_at_start(self: &Arc<Self>) -> ManagerResult<()> {
+        self.reconcile_pass(true).await
+    }
+
+    async fn reconcile_pass(self: &Arc<Self>, at_start: bool) -> ManagerResult<()> {
         let _one_pass = self.reconcile_lock.lock().await;
+        // Read before the pass writes anything. Such a store has nothing
+        // for the steps before the server listing to do.
+        let new_store = at_start && self.store.knows_no_instance_or_order().await?;
         // Allocations first: their rollbacks discard instances the later steps would see.
         // The listing only says which records to look at: finishing one
         // release takes seconds, in which an Allocate listed as in flight
@@ -164,6 +179,9 @@ impl Shared {
             .into_iter()
             .map(|s| (s.id.clone(), s))
             .collect();
+        if new_store {
+            self.unknown_servers_at_start(&servers)?;
+        }
         let by_instance: HashMap<&str, &Server> = servers
             .values()
             .filter_map(|s| s.metadata.get(META_INSTANCE).map(|id| (id.as_str(), s)))
@@ -402,6 +420,33 @@ impl Shared {
             );
         }
         self.store.flush().await?;
+        Ok(())
+    }
+
+    /// On a store that knows no instance and no order, every pool server
+    /// the cloud lists (but those on their way out) would be a leak: the
+    /// store is more likely the wrong one (a mistyped or relative data dir,
+    /// an unmounted volume's empty mount point, a store wiped after
+    /// corruption) or another manager's servers share the tag than every
+    /// server leaked. Refused before anything is deleted, unless
+    /// `delete_unknown_servers` says this store is meant to be new.
+    fn unknown_servers_at_start(&self, servers: &HashMap<String, Server>) -> ManagerResult<()> {
+        let unknown: Vec<&Server> = servers.values().filter(|s| !s.is_going()).collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let sold = unknown.iter().filter(|s| s.holds_a_tenant_volume()).count();
+        if !self.settings.delete_unknown_servers {
+            return Err(ManagerError::UnknownServers {
+                servers: unknown.len(),
+                sold,
+            });
+        }
+        tracing::warn!(
+            unsold = unknown.len() - sold,
+            sold,
+            "the store knows no pool server and no order: as delete_unknown_servers asks, the unsold pool servers the cloud lists are deleted as leaks; the sold ones are left alone"
+        );
         Ok(())
     }
 

@@ -226,6 +226,18 @@ pub trait Store: Send + Sync + 'static {
     /// set-aside instance's server is not deleted as a leak.
     async fn is_set_aside(&self, kind: RecordKind, key: &str) -> StoreResult<bool>;
 
+    /// Whether the store holds no instance, no allocation and no twin
+    /// watch, nor any record set aside: a store that never served (pools
+    /// and what was learned of them do not count: warmpoold writes its
+    /// declared pools at every start). What start-up refuses over a cloud
+    /// listing pool servers (`ManagerError::UnknownServers`). A store that
+    /// can tell without listing every order should.
+    async fn knows_no_instance_or_order(&self) -> StoreResult<bool> {
+        Ok(self.list_instances().await?.is_empty()
+            && self.list_twin_watches().await?.is_empty()
+            && self.list_allocations().await?.is_empty())
+    }
+
     /// Makes every write so far durable. Concurrent callers share one fsync.
     async fn flush(&self) -> StoreResult<()>;
 }
@@ -967,6 +979,21 @@ impl Store for SledStore {
             .contains_key(set_aside_key(kind, key.as_bytes()))?)
     }
 
+    async fn knows_no_instance_or_order(&self) -> StoreResult<bool> {
+        for tree in [
+            &self.instances,
+            &self.allocations,
+            &self.twin_watches,
+            &self.set_aside,
+        ] {
+            // Not `Tree::is_empty`, which takes a failed read for a record.
+            if tree.iter().keys().next().transpose()?.is_some() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     async fn flush(&self) -> StoreResult<()> {
         // On a blocking thread rather than `flush_async`: tokio's paused test
         // clock does not jump ahead while a blocking task runs, but does while
@@ -1088,6 +1115,58 @@ mod tests {
         }
         assert!(store.cas_allocation(current.as_ref(), None).await.unwrap());
         assert_eq!(*store.index(), HotIndex::default());
+    }
+
+    /// A store knows nothing until it holds an instance, an order, a twin
+    /// watch or a record set aside; pools and what was learned of them
+    /// (written from warmpoold's config at every start) do not count.
+    #[tokio::test]
+    async fn a_store_knows_nothing_until_an_instance_or_an_order_is_written() {
+        let store = SledStore::temporary().unwrap();
+        let knows_nothing = || async { store.knows_no_instance_or_order().await.unwrap() };
+        assert!(knows_nothing().await);
+        let pool = PoolRecord::new(PoolKey::new("db.small", "az1"), crate::model::tests::spec());
+        store.put_pool(&pool).await.unwrap();
+        let learned = LearnedSizing {
+            saved_at: SystemTime::UNIX_EPOCH,
+            demand_short: 0.1,
+            demand_long: 0.1,
+            demand_held: 0.0,
+            held_for: None,
+            allocations: 3,
+            leads: Vec::new(),
+        };
+        store.put_learned_sizing(&pool.key, &learned).await.unwrap();
+        assert!(knows_nothing().await);
+
+        let ready = instance(InstanceState::Ready);
+        store.cas_instance(None, Some(&ready)).await.unwrap();
+        assert!(!knows_nothing().await);
+        store.cas_instance(Some(&ready), None).await.unwrap();
+        let order = allocation(AllocationState::Released);
+        store.cas_allocation(None, Some(&order)).await.unwrap();
+        assert!(!knows_nothing().await);
+        store.cas_allocation(Some(&order), None).await.unwrap();
+        let watch = TwinWatch {
+            name: "warmpool-r1-a".into(),
+            request_id: "r1".into(),
+            pool: None,
+            volumes: true,
+            keep: Vec::new(),
+            stuck_volume: None,
+            deleted_volumes: Vec::new(),
+            deleted_only: false,
+            until: SystemTime::UNIX_EPOCH,
+        };
+        store.put_twin_watch(&watch).await.unwrap();
+        assert!(!knows_nothing().await);
+        store.cas_twin_watch(Some(&watch), None).await.unwrap();
+        assert!(knows_nothing().await);
+        store
+            .set_aside
+            .insert(set_aside_key(RecordKind::Allocation, b"r2"), b"{}".to_vec())
+            .unwrap();
+        assert!(!knows_nothing().await);
     }
 
     /// Watches survive a reopen (a restart keeps watching) and go one by one.

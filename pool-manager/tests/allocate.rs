@@ -2088,10 +2088,11 @@ async fn two_releases_at_once_are_one_release() {
 }
 
 /// A store lost or swapped for an empty one (an operator wiping the data
-/// directory to get past a store that will not open) must not cost tenants
-/// their databases: the reconciler deletes pool servers the store does not
-/// know, but not one with a volume attached, which only a purchase gives a
-/// pool server. It is left alone (and logged).
+/// directory to get past a store that will not open, then starting with
+/// `delete_unknown_servers`) must not cost tenants their databases: the
+/// reconciler deletes pool servers the store does not know, but not one
+/// with a volume attached, which only a purchase gives a pool server. It is
+/// left alone (and logged).
 #[tokio::test(start_paused = true)]
 async fn a_server_with_a_tenant_volume_is_never_deleted_as_a_leak() {
     let sim = sim();
@@ -2104,11 +2105,92 @@ async fn a_server_with_a_tenant_volume_is_never_deleted_as_a_leak() {
     manager.shutdown().await.unwrap();
     drop(manager);
 
-    let manager = manager_on(&sim, temp_store());
+    let manager = pool_manager::PoolManager::new(
+        temp_store(),
+        sim.clone(),
+        Arc::new(sim.probe()),
+        pool_manager::ManagerSettings {
+            delete_unknown_servers: true,
+            ..settings()
+        },
+    );
     manager.start().await.unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let servers: Vec<String> = sim.servers().into_iter().map(|s| s.server.id).collect();
     assert_eq!(servers, [tenant], "only the warm servers are leaks");
+}
+
+/// A manager started on a store that knows no instance and no order (a
+/// mistyped or relative data dir, an unmounted volume's empty mount point,
+/// a store wiped after corruption, a second manager sharing the cloud)
+/// over a cloud holding pool servers would take every one for a leak:
+/// delete the warm ones, leave the sold ones (logging an error at every
+/// pass) and answer their orders NOT_FOUND. Its start is refused before
+/// anything is deleted, counting them and the sold ones. Pools alone do not
+/// count: warmpoold writes its declared pools at every start.
+#[tokio::test(start_paused = true)]
+async fn a_start_on_a_store_that_knows_nothing_over_pool_servers_is_refused() {
+    use pool_manager::events::EventKind;
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 3).await;
+    manager
+        .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    wait_ready(&manager, 3).await;
+    manager.shutdown().await.unwrap();
+    drop(manager);
+    let servers = || {
+        let mut ids: Vec<String> = sim.servers().into_iter().map(|s| s.server.id).collect();
+        ids.sort();
+        ids
+    };
+    let before = servers();
+    assert_eq!(before.len(), 4);
+
+    // A store that has the pool (and what was learned of it), nothing else.
+    let store = temp_store();
+    let elsewhere = manager_on(&common::sim(), store.clone());
+    elsewhere.start().await.unwrap();
+    elsewhere.create_pool(pool(), spec(0)).await.unwrap();
+    elsewhere.shutdown().await.unwrap();
+    drop(elsewhere);
+
+    let fresh = manager_on(&sim, store.clone());
+    let mut events = fresh.events();
+    let refused = fresh.start().await;
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let mut leaks = 0;
+    while let Ok(event) = events.try_recv() {
+        leaks += usize::from(matches!(event.kind, EventKind::LeakDeleted { .. }));
+    }
+    assert_eq!(
+        servers(),
+        before,
+        "start: {refused:?}; {leaks} leaks deleted"
+    );
+    match refused {
+        Err(
+            e @ ManagerError::UnknownServers {
+                servers: 4,
+                sold: 1,
+            },
+        ) => {
+            assert!(e.to_string().contains("delete_unknown_servers"), "{e}")
+        }
+        other => panic!("started on a store that knows none of them: {other:?}"),
+    }
+    fresh.shutdown().await.unwrap();
+    drop(fresh);
+
+    // Servers on their way out are no one's: the store starts over them.
+    for id in &before {
+        pool_manager::cloud::Cloud::delete_server(sim.as_ref(), id)
+            .await
+            .unwrap();
+    }
+    assert!(sim.servers().iter().all(|s| s.server.deleting));
+    manager_on(&sim, store).start().await.unwrap();
 }
 
 /// A second call with the request id of an Allocate in flight waits for its

@@ -137,6 +137,12 @@ pub struct Config {
     /// Serve gRPC over TLS; plaintext HTTP/2 when absent.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// warmpoold's `--delete-unknown-servers`, never read from the file (a
+    /// file would keep it for every later start): start on a store that
+    /// knows no pool server and no order although the cloud lists some
+    /// (see `pool_manager::ManagerSettings::delete_unknown_servers`).
+    #[serde(skip)]
+    pub delete_unknown_servers: bool,
 }
 
 /// `[tls]`: the gRPC listener's certificate, read at start and again on

@@ -123,12 +123,16 @@ pub async fn start_stoppable(
     // The cloud check can wait on an unreachable cloud up to its request
     // timeout; a shutdown asked for meanwhile ends start-up here.
     let pools = served_pools(store.as_ref(), &config).await?;
-    let (cloud, probe, sim, stale) = tokio::select! {
+    let (cloud, probe, sim, stale, servers_where) = tokio::select! {
         built = build_cloud(&config, &pools) => built?,
         () = &mut shutdown => return Err(StoppedDuringStartUp.into()),
     };
     let cloud = Arc::new(metrics::MeteredCloud::new(cloud, metrics.clone()));
-    let manager = PoolManager::new(store, cloud, probe, config.manager.settings());
+    let settings = pool_manager::ManagerSettings {
+        delete_unknown_servers: config.delete_unknown_servers,
+        ..config.manager.settings()
+    };
+    let manager = PoolManager::new(store, cloud, probe, settings);
     // Subscribed before anything happens, so the stale pools' degraded
     // episodes, start-up boots and leaks are counted.
     let events = manager.events();
@@ -208,7 +212,7 @@ pub async fn start_stoppable(
     // asked for meanwhile stops it where it is (as a crash there would,
     // which the next start's reconcile resumes from).
     let started = tokio::select! {
-        started = start_pools(&manager, &config) => started,
+        started = start_pools(&manager, &config, &servers_where) => started,
         () = &mut shutdown => Err(StoppedDuringStartUp.into()),
     };
     if let Err(e) = started {
@@ -404,8 +408,25 @@ async fn stop_health(health: &mut tonic_health::server::HealthReporter) {
 }
 
 /// Reconciles and creates the configured pools a store does not have yet.
-async fn start_pools(manager: &PoolManager, config: &Config) -> anyhow::Result<()> {
-    manager.start().await.context("start-up reconcile failed")?;
+/// `servers_where` names where the pool servers are listed, for a refusal
+/// to start on a store that knows none of them.
+async fn start_pools(
+    manager: &PoolManager,
+    config: &Config,
+    servers_where: &str,
+) -> anyhow::Result<()> {
+    match manager.start().await {
+        Ok(()) => {}
+        Err(ManagerError::UnknownServers { servers, sold }) => {
+            anyhow::bail!(unknown_servers_refusal(
+                config,
+                servers_where,
+                servers,
+                sold
+            ))
+        }
+        Err(e) => return Err(e).context("start-up reconcile failed"),
+    }
     for pool in &config.pools {
         // A stored pool keeps its settings, and one an operator deleted
         // drains on: CreatePool would refuse it ("being deleted") and stop
@@ -428,6 +449,35 @@ async fn start_pools(manager: &PoolManager, config: &Config) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// Why warmpoold does not start on a store that knows no pool server and
+/// no order while the cloud lists `servers` of them, and what to do.
+fn unknown_servers_refusal(
+    config: &Config,
+    servers_where: &str,
+    servers: usize,
+    sold: usize,
+) -> String {
+    let dir = &config.data_dir;
+    // A relative data_dir (the default is one) is read from the working
+    // directory: the absolute path shows which store was opened.
+    let shown = match std::path::absolute(dir) {
+        Ok(absolute) if absolute != *dir => format!("{} ({})", dir.display(), absolute.display()),
+        _ => dir.display().to_string(),
+    };
+    format!(
+        "the store in {shown} (data_dir, --data-dir) knows no pool server and no order, but {servers_where} \
+         lists {servers} pool servers, {sold} of them sold (volumes attached: tenants' databases, whose \
+         orders this store cannot answer) and {unsold} unsold; started on this store, warmpoold would \
+         delete the unsold ones as leaks, so it stopped before deleting anything. Point data_dir or \
+         --data-dir at the store that knows them (a mistyped or relative path, a volume not mounted); \
+         if another warmpoold shares the project, give this one a cloud.server_tag of its own; if this \
+         store is meant to be new (the old one is lost), start once with --delete-unknown-servers: the \
+         unsold ones are deleted, the sold ones are left alone and logged at every reconcile pass until \
+         deleted by hand",
+        unsold = servers - sold,
+    )
 }
 
 /// A task that is aborted when its handle is dropped, so an early return from
@@ -454,13 +504,16 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 /// What [`build_cloud`] builds: the cloud, the readiness probe, for the
-/// embedded cloud the simulator itself, and the stored pools the cloud
-/// check found unusable, each with its problems.
+/// embedded cloud the simulator itself, the stored pools the cloud
+/// check found unusable, each with its problems, and where the pool
+/// servers are listed, for messages ("the project of user pool in project
+/// service, under the tag \"warmpool\" (cloud.server_tag),").
 type BuiltCloud = (
     Arc<dyn pool_manager::cloud::Cloud>,
     Arc<dyn Probe>,
     Option<Arc<cloudsim::SimCloud>>,
     std::collections::BTreeMap<pool_manager::model::PoolKey, Vec<String>>,
+    String,
 );
 
 /// The pools the daemon will serve, as the cloud check sees them: each one
@@ -535,6 +588,7 @@ async fn build_cloud(
                 Arc::new(MysqlGreetingProbe::default()),
                 Some(sim),
                 report.stale_pools(),
+                "the embedded simulated cloud".to_owned(),
             ))
         }
         CloudConfig::OpenStack(os) => {
@@ -559,11 +613,17 @@ async fn build_cloud(
                 nova_microversion = %cloud.compute_microversion(),
                 "running on OpenStack"
             );
+            let servers_where = format!(
+                "the project of {}, under the tag {:?} (cloud.server_tag),",
+                cloud.identity(),
+                os.server_tag
+            );
             Ok((
                 Arc::new(cloud),
                 Arc::new(MysqlGreetingProbe::default()),
                 None,
                 report.stale_pools(),
+                servers_where,
             ))
         }
     }

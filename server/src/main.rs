@@ -24,6 +24,13 @@ struct Args {
     /// it too).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Start on a store that knows no pool server and no order although the
+    /// cloud lists pool servers under cloud.server_tag (warmpoold refuses
+    /// that start otherwise): the unsold ones are deleted as leaks, the sold
+    /// ones (volumes attached) left alone and logged. Once, for a store
+    /// meant to be new because the old one is lost.
+    #[arg(long)]
+    delete_unknown_servers: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -128,7 +135,8 @@ async fn run() -> anyhow::Result<()> {
         let config = config_with_overrides(&args, file)?;
         std::process::exit(check_cloud(&config).await);
     }
-    let config = daemon_config(&args)?;
+    let mut config = daemon_config(&args)?;
+    config.delete_unknown_servers = args.delete_unknown_servers;
     if let Some(Command::Store(command)) = &args.command {
         std::process::exit(store_command(command, &config.data_dir)?);
     }

@@ -2398,6 +2398,113 @@ async fn sigterm_during_the_start_up_reconcile_stops_warmpoold_in_order() {
     assert!(env.sim.servers().is_empty());
 }
 
+/// warmpoold on a store that knows no pool server and no order (here
+/// `--data-dir` naming another directory) over a project holding pool
+/// servers under its tag does not start, and deletes nothing: it names the
+/// store, how many servers and how many sold, the tag and the project, and
+/// the ways out. With `--delete-unknown-servers` it starts: the unsold ones
+/// are deleted as leaks, the sold one is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warmpoold_refuses_a_store_that_knows_none_of_the_pool_servers() {
+    use tokio::io::AsyncBufReadExt;
+    let env = env().await;
+    let key = PoolKey::new("db.small", "az1");
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
+    wait_ready(&running.manager, &key, 2).await;
+    let sold = running
+        .manager
+        .allocate(order(&env, "order-1").await)
+        .await
+        .unwrap()
+        .server_id
+        .unwrap();
+    wait_ready(&running.manager, &key, 2).await;
+    stop_daemon(running, stop).await;
+    let unsold: Vec<String> = env
+        .sim
+        .servers()
+        .into_iter()
+        .map(|s| s.server.id)
+        .filter(|id| *id != sold)
+        .collect();
+    assert_eq!(unsold.len(), 2, "{:?}", env.sim.servers());
+
+    let path = env.dir.path().join("warmpoold.toml");
+    std::fs::write(&path, env.config_text("", SMALL_POOL)).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let store = elsewhere.path().join("store");
+    let warmpoold = |flags: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"));
+        command
+            .arg("--config")
+            .arg(&path)
+            .arg("--data-dir")
+            .arg(&store)
+            .args(flags)
+            .env_remove("OS_CLOUD")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        command
+    };
+    let out = tokio::time::timeout(Duration::from_secs(60), warmpoold(&[]).output())
+        .await
+        .expect("warmpoold neither started nor stopped within 60 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("Error: "))
+        .unwrap_or_else(|| panic!("no error line in:\n{stderr}"));
+    for part in [
+        format!("the store in {} (data_dir, --data-dir)", store.display()),
+        "the project of user pool in project service".to_owned(),
+        r#"under the tag "warmpool" (cloud.server_tag)"#.to_owned(),
+        "lists 3 pool servers, 1 of them sold".to_owned(),
+        "and 2 unsold".to_owned(),
+        "give this one a cloud.server_tag of its own".to_owned(),
+        "start once with --delete-unknown-servers".to_owned(),
+    ] {
+        assert!(error.contains(&part), "{part:?} not in: {error}");
+    }
+    assert_eq!(env.sim.servers().len(), 3, "{:?}", env.sim.servers());
+    assert!(!stderr.contains("warmpoold serving gRPC"), "{stderr}");
+
+    let mut child = warmpoold(&["--delete-unknown-servers"]).spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let serving = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            log += &line;
+            log.push('\n');
+            if line.contains("warmpoold serving gRPC") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(serving, Ok(true), "{log}");
+    // Drained, so that warmpoold never waits on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let deleted = |id: &str| env.sim.server(id).is_none_or(|s| s.server.deleting);
+    assert!(unsold.iter().all(|id| deleted(id)), "{log}");
+    assert!(!deleted(&sold), "the sold server was deleted: {log}");
+    let pid = child.id().expect("warmpoold is running").to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("warmpoold did not stop within 30 s of SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+}
+
 /// The daemon checks the cloud before serving: an unusable one stops start-up
 /// with the problem named; a usable one fills its pools over HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -948,6 +948,10 @@ impl<H: StoreHooks> Store for HookedStore<H> {
         self.hooks.before_call().await;
         self.inner.is_set_aside(kind, key).await
     }
+    async fn knows_no_instance_or_order(&self) -> StoreResult<bool> {
+        self.hooks.before_call().await;
+        self.inner.knows_no_instance_or_order().await
+    }
 
     async fn flush(&self) -> StoreResult<()> {
         self.hooks.before_call().await;
