@@ -68,8 +68,9 @@ pub enum StoreError {
         "the store's files are damaged: sled found corrupted data{}. Stop warmpoold and restore \
          the data dir from a backup (a copy taken while warmpoold was stopped). Do not start it \
          on an empty data dir instead: an empty store knows none of warmpool's orders and \
-         instances, so the databases it sold could not be released through it any more, and \
-         its other servers would be taken for leaks",
+         instances, so the databases it sold could not be released through it any more (a \
+         start on it over the cloud's pool servers is refused unless --delete-unknown-servers \
+         says to delete the unsold ones as leaks)",
         at.map(|at| format!(" at byte {at} of its `db` file")).unwrap_or_default()
     )]
     Corrupt {
