@@ -578,6 +578,15 @@ pub fn hint(
         };
         return Some(format!("{field} is what {flag} sets"));
     }
+    // tonic's words for an HTTP answer without a gRPC status: something
+    // serves HTTP there, warmpoold's metrics port (it speaks HTTP/2 too) or
+    // another service.
+    if error.contains("grpc-status header missing") {
+        return Some(format!(
+            "{} answers HTTP but not warmpool's gRPC API: dial warmpoold's `listen` address (default 127.0.0.1:50051), not its `metrics_listen` (default port 9464)",
+            endpoint.trim()
+        ));
+    }
     tls_hint(error, endpoint, has_certificate)
 }
 

@@ -74,6 +74,7 @@ seed = 3
 /// A running warmpoold; stops when dropped.
 struct Daemon {
     endpoint: String,
+    metrics: std::net::SocketAddr,
     _stop: oneshot::Sender<()>,
     _running: warmpool_server::Running,
     _dir: tempfile::TempDir,
@@ -93,6 +94,7 @@ async fn start_daemon_with(config: Config, dir: tempfile::TempDir) -> Daemon {
     .expect("warmpoold starts");
     Daemon {
         endpoint: running.grpc_addr.to_string(),
+        metrics: running.metrics_addr,
         _stop: stop,
         _running: running,
         _dir: dir,
@@ -450,6 +452,22 @@ async fn https_to_a_plaintext_daemon_hints_at_http() {
             "hint: the daemon does not answer in TLS: if it serves plaintext, dial http://{}",
             d.endpoint
         ),
+    );
+}
+
+/// The metrics port answers HTTP/2 too, with a 404 and no gRPC status,
+/// which tonic reads as UNIMPLEMENTED: the hint names the two ports.
+#[tokio::test]
+async fn the_metrics_port_as_endpoint_hints_at_the_grpc_port() {
+    let d = start_daemon(vec![pool("db.small", "az1", 0, 1)]).await;
+    let (message, hint) = run(&d.metrics.to_string(), &["pools"])
+        .await
+        .error_and_hint("UNIMPLEMENTED");
+    assert!(message.contains("404"), "{message}");
+    let hint = hint.unwrap_or_default();
+    assert!(
+        hint.contains("not warmpool's gRPC API") && hint.contains("metrics_listen"),
+        "{hint}"
     );
 }
 
