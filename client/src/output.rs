@@ -171,6 +171,13 @@ pub fn throttle_cell(pool: &api::Pool, now: SystemTime) -> String {
     }
 }
 
+/// The time left of a pool's backoff after failed boots at `now`, counted
+/// to `backoff_until` as a throttle pause's; `None` when none is paused.
+pub fn backoff_left(sizing: &api::SizingStatus, now: SystemTime) -> Option<String> {
+    let until = sizing.backoff_until.as_ref().and_then(system_time)?;
+    Some(compact(until.duration_since(now).unwrap_or_default()))
+}
+
 /// A pool's boot health as one word.
 pub fn health_cell(pool: &api::Pool) -> String {
     if pool.degraded {
@@ -377,6 +384,7 @@ pub struct SizingView<'a> {
     quota_headroom: Option<u64>,
     quota_limited_by: &'a str,
     beyond_quota: bool,
+    backoff_until: Option<String>,
 }
 
 impl<'a> From<&'a api::SizingStatus> for SizingView<'a> {
@@ -402,6 +410,7 @@ impl<'a> From<&'a api::SizingStatus> for SizingView<'a> {
             quota_headroom: s.quota_headroom,
             quota_limited_by: &s.quota_limited_by,
             beyond_quota: s.beyond_quota,
+            backoff_until: s.backoff_until.as_ref().map(|t| timestamp(t, true)),
         }
     }
 }

@@ -14,8 +14,9 @@ use std::time::SystemTime;
 use warmpool_client::api;
 
 use crate::output::{
-    allocation_state, duration_short, health_cell, hit_rate_cell, instance_state, is_auto,
-    lead_cell, lead_time_source, pool_name, pool_status, target_cell, throttle_cell, timestamp,
+    allocation_state, backoff_left, duration_short, health_cell, hit_rate_cell, instance_state,
+    is_auto, lead_cell, lead_time_source, pool_name, pool_status, target_cell, throttle_cell,
+    timestamp,
 };
 
 /// Columns separated by two spaces, each as wide as its widest cell.
@@ -237,8 +238,8 @@ fn opt_duration(d: &Option<prost_types::Duration>) -> String {
     d.as_ref().map_or_else(|| "-".to_owned(), duration_short)
 }
 
-/// `pools get|create|update|delete`; a throttle pause's time left is
-/// counted at `now`.
+/// `pools get|create|update|delete`; a throttle pause's and a backoff's
+/// time left are counted at `now`.
 pub fn pool_detail(pool: &api::Pool, now: SystemTime) -> String {
     let c = counts(pool);
     let spec = pool.spec.clone().unwrap_or_default();
@@ -255,7 +256,7 @@ pub fn pool_detail(pool: &api::Pool, now: SystemTime) -> String {
         ("demand", demand_detail(pool)),
         ("service_level", service_level_detail(pool)),
         ("throttle", throttle_detail(pool, now)),
-        ("plan", plan_detail(pool)),
+        ("plan", plan_detail(pool, now)),
         ("quota", quota_detail(pool)),
         ("health", health_cell(pool)),
         ("boot_timeout", opt_duration(&spec.boot_timeout)),
@@ -408,13 +409,22 @@ fn quota_detail(pool: &api::Pool) -> String {
     }
 }
 
-fn plan_detail(pool: &api::Pool) -> String {
-    match &pool.sizing {
-        Some(s) if !s.plan_reason.is_empty() => format!(
-            "{}: {} new boots, {} in flight",
-            s.plan_reason, s.plan_boots, s.boots_in_flight
-        ),
-        _ => "-".to_owned(),
+/// "backoff: 0 new boots, 0 in flight (boots failed: next in 40s)": a
+/// backoff's time left is counted at `now`, as a throttle pause's.
+fn plan_detail(pool: &api::Pool, now: SystemTime) -> String {
+    let Some(s) = pool.sizing.as_ref().filter(|s| !s.plan_reason.is_empty()) else {
+        return "-".to_owned();
+    };
+    let plan = format!(
+        "{}: {} new boots, {} in flight",
+        s.plan_reason, s.plan_boots, s.boots_in_flight
+    );
+    if s.plan_reason != "backoff" {
+        return plan;
+    }
+    match backoff_left(s, now) {
+        Some(left) => format!("{plan} (boots failed: next in {left})"),
+        None => format!("{plan} (boots failed: one at a time until one is ready)"),
     }
 }
 
@@ -492,6 +502,7 @@ pub fn allocation_detail(a: &api::Allocation) -> String {
 mod tests {
     use super::*;
     use crate::output::tests::{sample_allocation, sample_pools};
+    use std::time::Duration;
 
     #[test]
     fn cells_keep_control_characters_away_from_the_terminal() {
@@ -772,6 +783,30 @@ mod tests {
         let text = pool_detail(&pool, SystemTime::now());
         assert!(
             text.contains("quota:             no server of the flavor ever fits (cores: one db.huge server needs 64, the quota is 20): raise the quota\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn pool_detail_shows_a_backoff_after_failed_boots_and_its_end() {
+        let mut pool = sample_pools()[0].clone();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_003_600);
+        let sizing = pool.sizing.get_or_insert_with(Default::default);
+        sizing.plan_reason = "backoff".into();
+        sizing.plan_boots = 0;
+        sizing.boots_in_flight = 0;
+        sizing.backoff_until = Some((now + Duration::from_secs(40)).into());
+        let text = pool_detail(&pool, now);
+        assert!(
+            text.contains("plan:              backoff: 0 new boots, 0 in flight (boots failed: next in 40s)\n"),
+            "{text}"
+        );
+        let sizing = pool.sizing.as_mut().unwrap();
+        sizing.backoff_until = None;
+        sizing.plan_boots = 1;
+        let text = pool_detail(&pool, now);
+        assert!(
+            text.contains("plan:              backoff: 1 new boots, 0 in flight (boots failed: one at a time until one is ready)\n"),
             "{text}"
         );
     }

@@ -24,7 +24,7 @@ use crate::events::{AllocationOutcome, BootOutcome, EventKind};
 use crate::gate::{self, BootSignal, BootTicket, Hold};
 use crate::manager::Shared;
 use crate::model::{Instance, InstanceState, PoolKey, PoolRecord, PoolSpec};
-use crate::sizing::{self, BootPlan, Inputs, PlanReason, SizingBook, SizingStatus};
+use crate::sizing::{self, Backoff, BootPlan, Inputs, PlanReason, SizingBook, SizingStatus};
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -398,11 +398,13 @@ impl Shared {
             .health_book()
             .health(&pool.key)
             .boot_backoff(self.settings.replenish_interval, BOOT_BACKOFF_MAX);
-        let pool_boot_cap = match backoff {
-            None => self.settings.max_concurrent_boots,
-            Some(until) if until > now => 0,
-            Some(_) => self.settings.max_concurrent_boots.min(1),
-        };
+        let backoff = backoff.map(|until| {
+            if until > now {
+                Backoff::Paused { until }
+            } else {
+                Backoff::OneAtATime
+            }
+        });
         let inputs = |spec: &PoolSpec, census: &Census, gate| Inputs {
             min_ready: spec.min_ready_at(wall),
             max_ready: spec.max_ready,
@@ -412,7 +414,8 @@ impl Shared {
             demand,
             lead,
             service_level: settings.service_level,
-            pool_boot_cap,
+            pool_boot_cap: self.settings.max_concurrent_boots,
+            backoff,
             gate,
         };
         // The target does not depend on the gate; the boots do, below.

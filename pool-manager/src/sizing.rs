@@ -731,8 +731,32 @@ pub struct Inputs {
     pub service_level: f64,
     /// Boots in flight per pool, at most.
     pub pool_boot_cap: u32,
+    /// The pool's own pause after failed boots, if it is in one.
+    pub backoff: Option<Backoff>,
     /// What the pool's availability zone allows now.
     pub gate: Admission,
+}
+
+/// The pool's own pace after failed boots (a retired flavor, a closed
+/// zone: [`crate::events::PoolHealth::boot_backoff`]), apart from the
+/// gate's, which paces the AZ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backoff {
+    /// None of the pool's boots until then.
+    Paused { until: Instant },
+    /// The pause is over: one boot in flight at a time until one is Ready.
+    OneAtATime,
+}
+
+impl Backoff {
+    /// The boots in flight the pool allows itself at `cap` otherwise.
+    pub fn cap(backoff: Option<Self>, cap: u32) -> u32 {
+        match backoff {
+            None => cap,
+            Some(Self::Paused { .. }) => 0,
+            Some(Self::OneAtATime) => cap.min(1),
+        }
+    }
 }
 
 /// Why a plan boots what it boots.
@@ -744,6 +768,9 @@ pub enum PlanReason {
     Deficit,
     /// Less than the deficit: the pool's own boot cap is reached.
     PoolCap,
+    /// Less than the deficit: the pool's boots failed, and it boots
+    /// nothing until the pause ends, then one at a time.
+    Backoff(Backoff),
     /// Less than the deficit: the AZ's boot-concurrency window is full.
     Window,
     /// Nothing now: the AZ is paused after a 429/413 until its Retry-After.
@@ -761,6 +788,7 @@ impl PlanReason {
             Self::AtTarget => "at_target",
             Self::Deficit => "deficit",
             Self::PoolCap => "pool_cap",
+            Self::Backoff(_) => "backoff",
             Self::Window => "window",
             Self::Throttled => "throttled",
             Self::Quota => "quota",
@@ -817,7 +845,8 @@ pub fn decide(inputs: &Inputs) -> BootPlan {
         Some(Hold::Quota { .. }) => return plan(0, PlanReason::Quota),
         None => {}
     }
-    let cap_room = inputs.pool_boot_cap.saturating_sub(inputs.in_flight);
+    let pool_cap = Backoff::cap(inputs.backoff, inputs.pool_boot_cap);
+    let cap_room = pool_cap.saturating_sub(inputs.in_flight);
     let sustain = (inputs.demand.long.max(0.0) * inputs.lead.p50.as_secs_f64()).ceil();
     let sustain = if sustain >= f64::from(u32::MAX) {
         u32::MAX
@@ -839,7 +868,10 @@ pub fn decide(inputs: &Inputs) -> BootPlan {
     } else if headroom <= cap_room.min(window_room) {
         PlanReason::Headroom
     } else if cap_room <= window_room {
-        PlanReason::PoolCap
+        match inputs.backoff {
+            Some(backoff) if pool_cap < inputs.pool_boot_cap => PlanReason::Backoff(backoff),
+            _ => PlanReason::PoolCap,
+        }
     } else {
         PlanReason::Window
     };

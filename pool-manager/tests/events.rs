@@ -90,6 +90,46 @@ async fn boots_failing_degrade_the_pool_and_a_ready_boot_recovers_it() {
     manager.shutdown().await.unwrap();
 }
 
+/// While a pool's own boots pause after failures, and then go one at a
+/// time, its plan names that backoff, and while the pause lasts when it
+/// ends: not `pool_cap`, which points the operator at
+/// `max_concurrent_boots` (16 here), nothing to do with it.
+#[tokio::test(start_paused = true)]
+async fn a_pool_backing_off_after_failed_boots_names_the_backoff_in_its_plan() {
+    use pool_manager::sizing::{Backoff, PlanReason};
+    let sim = sim();
+    let manager = manager_on(&sim, temp_store());
+    let mut events = manager.events();
+    manager.start().await.unwrap();
+    sim.faults().error_next_boots(1000, "NoValidHost");
+    manager.create_pool(pool(), spec(4)).await.unwrap();
+    while !matches!(next_event(&mut events).await.kind, EventKind::Boot { .. }) {}
+    // The step the failure wakes has run.
+    tokio::time::sleep(settings().replenish_interval).await;
+
+    let mut paused_seen = 0;
+    for _ in 0..300 {
+        let status = manager.get_pool(&pool()).await.unwrap();
+        assert!(status.health.consecutive_boot_failures > 0, "{status:?}");
+        let plan = status.sizing.last_plan.expect("a plan");
+        assert_eq!(
+            plan.reason.as_str(),
+            "backoff",
+            "failed boots hold the pool back, not its boot cap: {plan:?}"
+        );
+        assert!(plan.boots_now <= 1, "{plan:?}");
+        if let PlanReason::Backoff(Backoff::Paused { until }) = plan.reason {
+            assert_eq!(plan.boots_now, 0, "{plan:?}");
+            if until > tokio::time::Instant::now() {
+                paused_seen += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(paused_seen > 0, "the pause and its end shown at some point");
+    manager.shutdown().await.unwrap();
+}
+
 /// A pool its start-up cloud check found unusable is degraded by an event,
 /// as one whose boots keep failing is, so that the `Recovered` its next
 /// Ready boot brings ends an episode every subscriber saw begin. Marking

@@ -12,8 +12,8 @@ use pool_manager::gate::{
 };
 use pool_manager::model::{EmptyPoolPolicy, InstanceState, Target};
 use pool_manager::sizing::{
-    auto_target, decide, surplus_kept, z_for, Demand, DemandEstimate, Inputs, LeadEstimate,
-    LeadSource, LeadTimes, LearnedLead, LearnedSizing, SizingBook, SizingSettings,
+    auto_target, decide, surplus_kept, z_for, Backoff, Demand, DemandEstimate, Inputs,
+    LeadEstimate, LeadSource, LeadTimes, LearnedLead, LearnedSizing, SizingBook, SizingSettings,
 };
 use pool_manager::{ManagerSettings, PoolManager, PoolStatus};
 use std::fmt::Write;
@@ -53,6 +53,7 @@ fn base() -> Inputs {
         lead: lead(60, 60),
         service_level: 0.995,
         pool_boot_cap: 64,
+        backoff: None,
         gate: Admission::OPEN,
     }
 }
@@ -298,6 +299,78 @@ fn decider_golden() {
             },
         ),
         (
+            "failed boots: paused",
+            Inputs {
+                backoff: Some(Backoff::Paused {
+                    until: now + secs(40),
+                }),
+                ..base()
+            },
+        ),
+        (
+            "failed boots: one at a time",
+            Inputs {
+                backoff: Some(Backoff::OneAtATime),
+                ..base()
+            },
+        ),
+        (
+            "failed boots: one at a time, in flight",
+            Inputs {
+                backoff: Some(Backoff::OneAtATime),
+                supply: 1,
+                in_flight: 1,
+                ..base()
+            },
+        ),
+        (
+            "failed boots, deficit 1",
+            Inputs {
+                backoff: Some(Backoff::OneAtATime),
+                supply: 3,
+                ..base()
+            },
+        ),
+        (
+            "failed boots at a pool cap of 1",
+            Inputs {
+                backoff: Some(Backoff::OneAtATime),
+                pool_boot_cap: 1,
+                ..base()
+            },
+        ),
+        (
+            "failed boots, window tighter",
+            Inputs {
+                backoff: Some(Backoff::OneAtATime),
+                target: Target::Fixed(4),
+                min_ready: 0,
+                demand: DemandEstimate::steady(0.0),
+                gate: Admission {
+                    room: 0,
+                    hold: None,
+                    headroom: None,
+                },
+                ..base()
+            },
+        ),
+        (
+            "failed boots, 429 too",
+            Inputs {
+                backoff: Some(Backoff::Paused {
+                    until: now + secs(40),
+                }),
+                gate: Admission {
+                    room: 8,
+                    hold: Some(Hold::Throttled {
+                        until: now + secs(30),
+                    }),
+                    headroom: None,
+                },
+                ..base()
+            },
+        ),
+        (
             "window open: min 10",
             Inputs {
                 min_ready: 10,
@@ -343,6 +416,13 @@ headroom 0 (gate not yet holding)      D= 1.00 target= 4 boots= 0 quota
 headroom 0 at target                   D= 1.00 target= 4 boots= 0 at_target
 headroom caps sustained demand too     D= 5.00 target=11 boots= 2 headroom
 headroom below the pool cap            D= 1.00 target= 4 boots= 2 headroom
+failed boots: paused                   D= 1.00 target= 4 boots= 0 backoff
+failed boots: one at a time            D= 1.00 target= 4 boots= 1 backoff
+failed boots: one at a time, in flight D= 1.00 target= 4 boots= 0 backoff
+failed boots, deficit 1                D= 1.00 target= 4 boots= 1 deficit
+failed boots at a pool cap of 1        D= 1.00 target= 4 boots= 1 pool_cap
+failed boots, window tighter           D= 0.00 target= 4 boots= 0 window
+failed boots, 429 too                  D= 1.00 target= 4 boots= 0 throttled
 window open: min 10                    D= 1.00 target=10 boots=10 deficit
 ";
     assert_eq!(out, golden, "\n{out}");

@@ -11,7 +11,7 @@ use pool_manager::model::{
     NetworkRequest, PoolKey, PoolSpec, Target, VolumeRequest, VolumeSource,
 };
 use pool_manager::schedule::Window;
-use pool_manager::sizing::LeadSource;
+use pool_manager::sizing::{Backoff, LeadSource, PlanReason};
 use pool_manager::{AllocateRequest, ManagerError, PoolStatus};
 use std::time::{Duration, SystemTime};
 use tonic::{Code, Status};
@@ -452,6 +452,13 @@ fn sizing(status: &PoolStatus) -> api::SizingStatus {
     let (plan_reason, plan_boots) = s.last_plan.map_or((String::new(), 0), |p| {
         (p.reason.as_str().to_string(), p.boots_now)
     });
+    // On the wall clock, as the gate's pause: the plan's is a tokio instant.
+    let backoff_until = match s.last_plan.map(|p| p.reason) {
+        Some(PlanReason::Backoff(Backoff::Paused { until })) => until
+            .checked_duration_since(tokio::time::Instant::now())
+            .map(|left| timestamp(SystemTime::now() + left)),
+        _ => None,
+    };
     api::SizingStatus {
         auto: s.auto,
         target: s.target,
@@ -474,6 +481,7 @@ fn sizing(status: &PoolStatus) -> api::SizingStatus {
         quota_headroom: s.quota.left,
         quota_limited_by: s.quota.limited_by.clone().unwrap_or_default(),
         beyond_quota: s.quota.beyond_quota,
+        backoff_until,
     }
 }
 
@@ -750,6 +758,56 @@ mod tests {
         ));
         assert_eq!(status.code(), Code::Unavailable);
         assert!(status.message().contains("retry later"));
+    }
+
+    /// A pool whose boots failed shows its plan held back by the backoff,
+    /// and when the pause ends, on the wall clock.
+    #[tokio::test(start_paused = true)]
+    async fn get_pool_shows_a_backoff_after_failed_boots_and_its_end() {
+        use pool_manager::model::PoolSpec;
+        use std::sync::Arc;
+        let sim = cloudsim::SimCloud::new(cloudsim::SimConfig::deterministic());
+        sim.faults().error_next_boots(1000, "NoValidHost");
+        let manager = pool_manager::PoolManager::new(
+            Arc::new(pool_manager::store::SledStore::temporary().unwrap()),
+            sim.clone(),
+            Arc::new(sim.probe()),
+            pool_manager::ManagerSettings::default(),
+        );
+        manager.start().await.unwrap();
+        let key = PoolKey::new("db.small", "az1");
+        let spec = PoolSpec {
+            min_ready: 2,
+            max_ready: 4,
+            target: Default::default(),
+            image: "mysql-8.0".into(),
+            boot_timeout: Duration::from_secs(600),
+            max_age: None,
+            paused: false,
+            windows: Vec::new(),
+            iops_limit: None,
+            volume_iops_limit: None,
+        };
+        manager.create_pool(key.clone(), spec).await.unwrap();
+        let mut shown = None;
+        for _ in 0..600 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let pool = pool(manager.get_pool(&key).await.unwrap());
+            let sizing = pool.sizing.unwrap();
+            if let Some(until) = sizing.backoff_until {
+                shown = Some((sizing.plan_reason, until, SystemTime::now()));
+                break;
+            }
+        }
+        let (reason, until, at) = shown.expect("a backoff shown within 10 min");
+        assert_eq!(reason, "backoff");
+        let left = SystemTime::try_from(until).unwrap().duration_since(at);
+        assert!(
+            left.as_ref()
+                .is_ok_and(|left| *left <= Duration::from_secs(300)),
+            "{left:?}"
+        );
+        manager.shutdown().await.unwrap();
     }
 
     /// A path named twice, or the target by both its names, sets the field

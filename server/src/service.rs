@@ -546,10 +546,27 @@ fn same_for_watchers(a: &api::Pool, b: &api::Pool) -> bool {
                 g.paused_until = None;
                 g.pause_remaining = None;
             }
+            s.backoff_until = None;
         }
         pool
     }
-    steady(a) == steady(b) && !pause_extended(a, b)
+    steady(a) == steady(b) && !pause_extended(a, b) && !backoff_moved(a, b)
+}
+
+/// Whether the pool's backoff after failed boots began, ended or moved
+/// (a failure since). Its end wobbles as the gate's pause does.
+fn backoff_moved(a: &api::Pool, b: &api::Pool) -> bool {
+    let end = |pool: &api::Pool| {
+        let until = pool.sizing.as_ref()?.backoff_until?;
+        SystemTime::try_from(until).ok()
+    };
+    match (end(a), end(b)) {
+        (Some(a), Some(b)) => {
+            let apart = b.duration_since(a).unwrap_or_else(|e| e.duration());
+            apart >= Duration::from_secs(1)
+        }
+        (a, b) => a.is_some() != b.is_some(),
+    }
 }
 
 /// Whether `b`'s pause ends a second or more after `a`'s, and later than
@@ -626,6 +643,32 @@ mod tests {
             &overdue,
             &held(end + Duration::from_secs(61), 60)
         ));
+    }
+
+    /// A backoff's end, read afresh from two clocks at each listing, is
+    /// sent when it begins, moves (another failure) or ends, not for its
+    /// wobble.
+    #[test]
+    fn a_backoff_is_sent_when_it_moves_not_for_its_wobble() {
+        let backing_off = |until: Option<SystemTime>| api::Pool {
+            sizing: Some(api::SizingStatus {
+                plan_reason: "backoff".into(),
+                backoff_until: until.map(Into::into),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let end = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_060);
+        let sent = backing_off(Some(end));
+        let wobble = Duration::from_micros(300);
+        assert!(same_for_watchers(&sent, &backing_off(Some(end + wobble))));
+        assert!(same_for_watchers(&sent, &backing_off(Some(end - wobble))));
+        assert!(!same_for_watchers(
+            &sent,
+            &backing_off(Some(end + Duration::from_secs(4)))
+        ));
+        assert!(!same_for_watchers(&sent, &backing_off(None)));
+        assert!(!same_for_watchers(&backing_off(None), &sent));
     }
 
     /// A started manager with two paused pools: a watch's first two
