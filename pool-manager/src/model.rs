@@ -471,6 +471,8 @@ pub struct Instance {
     pub created_at: SystemTime,
     pub ready_at: Option<SystemTime>,
     pub attempts: u32,
+    /// Why it is being deleted; while Warming, why mysqld does not answer
+    /// the probe yet (cleared at Ready).
     pub last_error: Option<String>,
     /// The allocation holding it, once claimed; for a cold boot, from birth.
     pub request_id: Option<String>,

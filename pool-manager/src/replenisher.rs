@@ -1045,6 +1045,25 @@ impl Shared {
                 }
                 Err(e) => last_probe_error = e.to_string(),
             }
+            // On the instance while it warms, not only once the boot
+            // timeout (15 min by default) has gone by; written when it
+            // appears or changes, not at every probe.
+            let waiting = format!("mysqld not answering yet: {last_probe_error}");
+            if instance.last_error.as_deref() != Some(waiting.as_str()) {
+                let noted = self
+                    .transition(&instance, InstanceState::Warming, |next| {
+                        next.last_error = Some(waiting.clone());
+                    })
+                    .await;
+                match noted {
+                    Ok(noted) => instance = noted,
+                    Err(BootError::Superseded) => return Err(BootError::Superseded),
+                    // Only what it shows is lost: the probes go on.
+                    Err(e) => {
+                        tracing::warn!(instance = %instance.id, error = %e, "cannot record why mysqld does not answer yet")
+                    }
+                }
+            }
             // A drain may delete the server under the probes.
             if self.taken_from_boot(&instance.id).await {
                 return Err(BootError::Superseded);
@@ -1062,6 +1081,8 @@ impl Shared {
             .transition(&instance, InstanceState::Warming, |next| {
                 next.state = InstanceState::Ready;
                 next.ready_at = Some(ready_at);
+                // What kept mysqld from answering is over.
+                next.last_error = None;
             })
             .await?;
         tracing::info!(pool = %ready.pool, instance = %ready.id, "instance ready");

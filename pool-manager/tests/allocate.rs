@@ -1467,6 +1467,83 @@ async fn a_vm_whose_mysqld_never_answers_stays_out_of_the_pool() {
     assert!(sim.servers().iter().all(|s| s.mysqld_ready));
 }
 
+/// The instance writes a store took, in order.
+#[derive(Default)]
+struct InstanceWrites(std::sync::Mutex<Vec<Instance>>);
+
+impl StoreHooks for InstanceWrites {
+    fn written(&self, write: Write) {
+        if let Write::Instance(_, Some(instance)) = write {
+            self.0.lock().unwrap().push(instance);
+        }
+    }
+}
+
+/// Why a warming VM's mysqld does not answer is on the instance from the
+/// first failed probe (`warmpoolctl instances` LAST ERROR), not only in
+/// the pool's last error once the boot timeout (15 min here) has gone by;
+/// it is written when it appears, not at every probe, and a VM whose
+/// mysqld answers in the end is Ready without it.
+#[tokio::test(start_paused = true)]
+async fn a_warming_vm_shows_why_its_mysqld_does_not_answer_yet() {
+    let sim = sim();
+    sim.faults().mysqld_never_starts_next(1);
+    let store = HookedStore::new(InstanceWrites::default());
+    let manager = pool_manager::PoolManager::new(
+        store.clone(),
+        sim.clone(),
+        Arc::new(sim.probe()),
+        settings(),
+    );
+    manager.start().await.unwrap();
+    let spec = spec(1);
+    let boot_timeout = spec.boot_timeout;
+    let started = tokio::time::Instant::now();
+    manager.create_pool(pool(), spec).await.unwrap();
+    // ACTIVE after about 25 s; mysqld, which never starts here, would
+    // answer 65 s later.
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    let instances = manager.list_instances(Some(&pool())).await.unwrap();
+    let [silent] = &instances[..] else {
+        panic!("one instance: {instances:?}")
+    };
+    assert_eq!(silent.state, InstanceState::Warming, "{silent:?}");
+    assert!(started.elapsed() < boot_timeout);
+    let shown = silent.last_error.as_deref().unwrap_or_default();
+    assert!(
+        shown.starts_with("mysqld not answering yet: ") && shown.contains("Connection refused"),
+        "{silent:?}"
+    );
+    let warming_writes = store
+        .hooks
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|i| i.id == silent.id && i.state == InstanceState::Warming)
+        .count();
+    assert_eq!(warming_writes, 2, "ACTIVE, then the probe's error once");
+
+    // Its replacement's mysqld answers: Ready, with no error left.
+    wait_ready(&manager, 1).await;
+    let instances = manager.list_instances(Some(&pool())).await.unwrap();
+    let ready: Vec<_> = instances
+        .iter()
+        .filter(|i| i.state == InstanceState::Ready)
+        .collect();
+    assert_eq!(ready.len(), 1, "{instances:?}");
+    assert_eq!(ready[0].last_error, None, "{instances:?}");
+    let replacement_noted = store.hooks.0.lock().unwrap().iter().any(|i| {
+        i.id == ready[0].id
+            && i.state == InstanceState::Warming
+            && i.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("Connection refused"))
+    });
+    assert!(replacement_noted, "while it warmed, it said why");
+    manager.shutdown().await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn boot_errors_are_replaced_and_leaks_are_deleted() {
     let sim = sim();
