@@ -385,6 +385,7 @@ pub struct SizingView<'a> {
     quota_limited_by: &'a str,
     beyond_quota: bool,
     backoff_until: Option<String>,
+    quota_error: &'a str,
 }
 
 impl<'a> From<&'a api::SizingStatus> for SizingView<'a> {
@@ -411,6 +412,7 @@ impl<'a> From<&'a api::SizingStatus> for SizingView<'a> {
             quota_limited_by: &s.quota_limited_by,
             beyond_quota: s.beyond_quota,
             backoff_until: s.backoff_until.as_ref().map(|t| timestamp(t, true)),
+            quota_error: &s.quota_error,
         }
     }
 }

@@ -391,7 +391,8 @@ fn last_error_detail(pool: &api::Pool) -> String {
 
 /// "3 more servers (instances: 7 of 10 used at the last poll)": the poll
 /// less the boots started since; "no server of the flavor ever fits ..."
-/// when one needs more than the whole quota; "-" unlimited or not read.
+/// when one needs more than the whole quota; "unknown: ..." when the last
+/// poll failed; "-" unlimited or not read.
 fn quota_detail(pool: &api::Pool) -> String {
     let Some(s) = &pool.sizing else {
         return "-".to_owned();
@@ -405,6 +406,10 @@ fn quota_detail(pool: &api::Pool) -> String {
             let servers = if n == 1 { "server" } else { "servers" };
             format!("{n} more {servers} ({binding} at the last poll)")
         }
+        None if !s.quota_error.is_empty() => format!(
+            "unknown: the last poll of the limits failed ({}); only quota refusals pace refills",
+            cell(&s.quota_error)
+        ),
         None => "-".to_owned(),
     }
 }
@@ -783,6 +788,16 @@ mod tests {
         let text = pool_detail(&pool, SystemTime::now());
         assert!(
             text.contains("quota:             no server of the flavor ever fits (cores: one db.huge server needs 64, the quota is 20): raise the quota\n"),
+            "{text}"
+        );
+        let sizing = pool.sizing.as_mut().unwrap();
+        sizing.quota_headroom = None;
+        sizing.quota_limited_by = String::new();
+        sizing.beyond_quota = false;
+        sizing.quota_error = "transient cloud error: 503 Service Unavailable".into();
+        let text = pool_detail(&pool, SystemTime::now());
+        assert!(
+            text.contains("quota:             unknown: the last poll of the limits failed (transient cloud error: 503 Service Unavailable); only quota refusals pace refills\n"),
             "{text}"
         );
     }

@@ -611,6 +611,12 @@ impl Gate {
             });
         entry.servers = None;
         entry.beyond_quota = false;
+        // The last poll's binding quota and the ports it kept for sales
+        // would read as now; its `quotas` stay for what one server of
+        // this flavor takes (`per_server`), which other flavors' headroom
+        // counts its boots by.
+        entry.limited_by = None;
+        entry.sales_ports = 0;
         entry.polled_at = now;
         entry.failing = Some(error);
         entry.stale = false;

@@ -7,8 +7,8 @@ mod common;
 use common::*;
 use pool_manager::cloud::{BootHeadroom, CloudError, QuotaLeft, MAX_RETRY_AFTER};
 use pool_manager::gate::{
-    ports_kept_for_sale, Admission, BootSignal, Gate, GateSettings, Hold, TicketInfo,
-    DEFAULT_HEADROOM_INTERVAL,
+    ports_kept_for_sale, Admission, BootSignal, Gate, GateSettings, HeadroomStatus, Hold,
+    TicketInfo, DEFAULT_HEADROOM_INTERVAL,
 };
 use pool_manager::model::{EmptyPoolPolicy, InstanceState, Target};
 use pool_manager::sizing::{
@@ -1093,6 +1093,45 @@ fn unsold_servers_keep_the_ports_their_sales_take() {
         status.limited_by.as_deref(),
         Some("instances: 98 of 100 used")
     );
+}
+
+/// A failed poll of the limits leaves the headroom unknown, and GetPool
+/// shows that and why, not the binding quota, its numbers or the ports
+/// kept for sales of the poll before beside it; the next poll that
+/// succeeds shows its own again.
+#[test]
+fn a_failed_headroom_poll_shows_the_failure_not_the_last_polls_quota() {
+    let t0 = Instant::now();
+    let polled = BootHeadroom::room(6, "ports: 8 of 20 used".into()).with_quotas(vec![
+        QuotaLeft::new("instances", 100, 1),
+        QuotaLeft::new("ports", 12, 2),
+    ]);
+    let mut g = gate(GateSettings::default());
+    g.headroom_polled("db.small", g.boots_started(), polled.clone(), 6, t0);
+    assert_eq!(
+        g.headroom_status("db.small").limited_by.as_deref(),
+        Some("ports: 12 left, 6 kept for the sales of unsold servers")
+    );
+
+    g.headroom_failed("db.small", "limits: 503".into(), t0 + secs(30));
+    let status = g.headroom_status("db.small");
+    assert_eq!(
+        status,
+        HeadroomStatus {
+            polled: None,
+            left: None,
+            limited_by: None,
+            beyond_quota: false,
+            polled_at: Some(t0 + secs(30)),
+            failing: Some("limits: 503".into()),
+        }
+    );
+    assert_eq!(g.headroom_left("db.small"), None, "nothing capped");
+
+    g.headroom_polled("db.small", g.boots_started(), polled, 0, t0 + secs(60));
+    let status = g.headroom_status("db.small");
+    assert_eq!(status.limited_by.as_deref(), Some("ports: 8 of 20 used"));
+    assert_eq!((status.left, status.failing), (Some(6), None));
 }
 
 /// A purchase makes the tenant's port before it asks for room: its server

@@ -482,6 +482,7 @@ fn sizing(status: &PoolStatus) -> api::SizingStatus {
         quota_limited_by: s.quota.limited_by.clone().unwrap_or_default(),
         beyond_quota: s.quota.beyond_quota,
         backoff_until,
+        quota_error: s.quota.failing.clone().unwrap_or_default(),
     }
 }
 

@@ -482,7 +482,7 @@ impl Metrics {
         );
         registry.register(
             "pool_quota_headroom",
-            "Servers of the pool's flavor the project's quota leaves for refills: the last poll of the cloud's limits (Nova's compute quotas, Neutron's ports: two a server, its own and the tenant's it takes when sold, the ports each unsold server will yet take kept, two for a booting one) less what the boots started since hold and what purchases waiting for quota are kept, each by its own flavor's cores, RAM and instances (absent while unlimited or not read)",
+            "Servers of the pool's flavor the project's quota leaves for refills: the last poll of the cloud's limits (Nova's compute quotas, Neutron's ports: two a server, its own and the tenant's it takes when sold, the ports each unsold server will yet take kept, two for a booting one) less what the boots started since hold and what purchases waiting for quota are kept, each by its own flavor's cores, RAM and instances (absent while unlimited, not read, or its last poll failed)",
             m.pool_quota_headroom.clone(),
         );
         registry.register(
