@@ -128,6 +128,24 @@ async fn run() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| default_filter.into()),
         )
         .init();
+    if let Some(command) = args
+        .command
+        .as_ref()
+        .filter(|_| args.delete_unknown_servers)
+    {
+        let name = match command {
+            Command::CheckCloud { .. } => "check-cloud",
+            Command::Store(_) => "store",
+        };
+        Args::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "--delete-unknown-servers is for the daemon's start; {name} does not take it"
+                ),
+            )
+            .exit();
+    }
     if let Some(Command::CheckCloud { config }) = &args.command {
         // With the daemon's overrides: `--data-dir` names the store whose
         // pools are checked, as it names the one the daemon serves.

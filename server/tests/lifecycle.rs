@@ -687,6 +687,31 @@ fn the_store_commands_find_no_store_in_an_empty_data_dir() {
     }
 }
 
+/// `--delete-unknown-servers` is for the daemon's start: given with a
+/// subcommand, which would ignore it, it is refused as a usage error
+/// before anything runs.
+#[test]
+fn delete_unknown_servers_is_refused_beside_a_subcommand() {
+    let data = tempfile::tempdir().unwrap();
+    for args in [&["store", "check"][..], &["check-cloud"][..]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+            .arg("--data-dir")
+            .arg(data.path())
+            .arg("--delete-unknown-servers")
+            .args(args)
+            .env_remove("WARMPOOL_CONFIG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("--delete-unknown-servers") && stderr.contains(args[0]),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(std::fs::read_dir(data.path()).unwrap().count(), 0);
+    }
+}
+
 /// A store record warmpoold cannot read stops it from starting, naming the
 /// record; `warmpoold store check` lists it, `warmpoold store set-aside`
 /// moves it aside, and warmpoold then starts and keeps the order's id taken.
