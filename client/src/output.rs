@@ -96,14 +96,16 @@ fn std_duration(d: &prost_types::Duration) -> Option<Duration> {
     Some(Duration::new(seconds, nanos))
 }
 
-/// Warm hits among all Allocate outcomes counted for the pool, as a
-/// percentage with one decimal, rounded down: 199 of 200 (the default
-/// service level) is "99.5%", and only a pool without a miss shows
-/// "100.0%". "-" before any. In u128: counters near u64::MAX must not
-/// overflow.
+/// The pool's hit rate (see `allocations_exhausted` in the proto): warm
+/// hits among the purchases that needed an instance, warm, cold or
+/// refused for want of one; other failures say nothing of the pool's
+/// depth. As a percentage with one decimal, rounded down: 199 of 200 (the
+/// default service level) is "99.5%", and only a pool without a miss
+/// shows "100.0%". "-" before any. In u128: counters near u64::MAX must
+/// not overflow.
 pub fn hit_rate_cell(pool: &api::Pool) -> String {
     let warm = u128::from(pool.allocations_warm);
-    let total = warm + u128::from(pool.allocations_cold) + u128::from(pool.allocations_failed);
+    let total = warm + u128::from(pool.allocations_cold) + u128::from(pool.allocations_exhausted);
     if total == 0 {
         return "-".to_owned();
     }
@@ -322,6 +324,7 @@ pub struct PoolView<'a> {
     allocations_warm: u64,
     allocations_cold: u64,
     allocations_failed: u64,
+    allocations_exhausted: u64,
     last_error: &'a str,
     last_error_at: Option<String>,
     sizing: Option<SizingView<'a>>,
@@ -429,6 +432,7 @@ impl<'a> From<&'a api::Pool> for PoolView<'a> {
             allocations_warm: p.allocations_warm,
             allocations_cold: p.allocations_cold,
             allocations_failed: p.allocations_failed,
+            allocations_exhausted: p.allocations_exhausted,
             last_error: &p.last_error,
             last_error_at: p.last_error_at.as_ref().map(|t| timestamp(t, true)),
             sizing: p.sizing.as_ref().map(Into::into),
@@ -698,6 +702,8 @@ pub(crate) mod tests {
                 allocations_warm: 0,
                 allocations_cold: 0,
                 allocations_failed: 4,
+                // Paused and empty: fail-fast purchases refused.
+                allocations_exhausted: 4,
                 last_error: "boot timed out\nafter 10m".into(),
                 ..Default::default()
             },
@@ -881,6 +887,31 @@ pub(crate) mod tests {
             ("-".into(), "-".into())
         );
         assert_eq!(hit_rate_cell(&bare), "-");
+    }
+
+    /// HIT RATE is the pool's depth as sizing means it: of the purchases
+    /// that needed an instance, the share that found one Ready. A purchase
+    /// refused for want of one (exhausted) is a miss; one that failed for
+    /// another reason (the tenant's volume, a rollback after its claim)
+    /// says nothing of the pool's depth, as the dashboard's hit rate
+    /// counts it.
+    #[test]
+    fn the_hit_rate_counts_exhausted_purchases_and_no_other_failure() {
+        let pool = |warm, cold, failed, exhausted| api::Pool {
+            allocations_warm: warm,
+            allocations_cold: cold,
+            allocations_failed: failed,
+            allocations_exhausted: exhausted,
+            ..Default::default()
+        };
+        assert_eq!(hit_rate_cell(&pool(1, 0, 1, 0)), "100.0%");
+        assert_eq!(hit_rate_cell(&pool(1, 1, 3, 0)), "50.0%");
+        assert_eq!(hit_rate_cell(&pool(0, 0, 2, 0)), "-");
+        // A fail-fast purchase of an empty pool: failed once under way,
+        // and a miss.
+        assert_eq!(hit_rate_cell(&pool(1, 0, 1, 1)), "50.0%");
+        assert_eq!(hit_rate_cell(&pool(1, 1, 5, 2)), "25.0%");
+        assert_eq!(hit_rate_cell(&pool(0, 0, 1, 1)), "0.0%");
     }
 
     #[test]

@@ -281,8 +281,11 @@ pub fn pool_detail(pool: &api::Pool, now: SystemTime) -> String {
         (
             "allocations",
             format!(
-                "warm {}, cold {}, failed {}",
-                pool.allocations_warm, pool.allocations_cold, pool.allocations_failed
+                "warm {}, cold {}, exhausted {}, failed {}",
+                pool.allocations_warm,
+                pool.allocations_cold,
+                pool.allocations_exhausted,
+                pool.allocations_failed
             ),
         ),
         ("last_error", last_error_detail(pool)),
@@ -674,13 +677,13 @@ mod tests {
     /// pool without misses shows 100.0%.
     #[test]
     fn a_hit_rate_never_rounds_up_to_flawless() {
-        let rate = |warm: u64, cold: u64, failed: u64| {
+        let rate = |warm: u64, cold: u64, exhausted: u64| {
             let mut pool = sample_pools().remove(0);
             (
                 pool.allocations_warm,
                 pool.allocations_cold,
-                pool.allocations_failed,
-            ) = (warm, cold, failed);
+                pool.allocations_exhausted,
+            ) = (warm, cold, exhausted);
             let text = watch_table([&pool], SystemTime::now());
             let row: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
             row[5].to_owned()
@@ -743,7 +746,7 @@ mod tests {
         assert!(text.contains("windows:           -\n"), "{text}");
         assert!(text.contains("iops_limit:        -\n"), "{text}");
         assert!(
-            text.contains("allocations:       warm 12, cold 1, failed 0\n"),
+            text.contains("allocations:       warm 12, cold 1, exhausted 0, failed 0\n"),
             "{text}"
         );
     }

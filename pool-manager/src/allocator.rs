@@ -409,22 +409,30 @@ fn allocation_outcome(outcome: &ManagerResult<Allocation>) -> AllocationOutcome 
 impl Shared {
     /// Counts an Allocate refused before its order was recorded, like any
     /// failed one, in `pool`: a pool the store has, so its label is one the
-    /// metrics already have.
-    fn emit_refusal(
+    /// metrics already have. Not in the pool's `allocations_failed` (failed
+    /// once under way), but in its `allocations_exhausted` if it is that, so
+    /// the record's hit rate is the metrics'.
+    async fn count_refusal(
         &self,
         pool: &PoolKey,
         request_id: &str,
         refused: &ManagerError,
         started: Instant,
     ) {
+        let outcome = failure_outcome(refused);
         self.emit(
             Some(pool),
             EventKind::Allocation {
                 request_id: request_id.to_string(),
-                outcome: failure_outcome(refused),
+                outcome,
                 latency: started.elapsed(),
             },
         );
+        if outcome == AllocationOutcome::Exhausted {
+            let _ = self
+                .update_pool(pool, |p| p.allocations_exhausted += 1)
+                .await;
+        }
     }
 }
 
@@ -828,7 +836,13 @@ impl Shared {
                     ));
                     // Counted in the order's own pool: the request's may
                     // be one the metrics have no label for.
-                    self.emit_refusal(&existing.params.pool, &params.request_id, &refused, started);
+                    self.count_refusal(
+                        &existing.params.pool,
+                        &params.request_id,
+                        &refused,
+                        started,
+                    )
+                    .await;
                     return Err(refused);
                 }
                 if existing.state != AllocationState::Allocating {
@@ -858,11 +872,13 @@ impl Shared {
                     "pool {} is being deleted",
                     params.pool
                 ));
-                self.emit_refusal(&params.pool, &params.request_id, &refused, started);
+                self.count_refusal(&params.pool, &params.request_id, &refused, started)
+                    .await;
                 return Err(refused);
             }
             if let Err(e) = self.fence_volume(params, deadline).await {
-                self.emit_refusal(&params.pool, &params.request_id, &e, started);
+                self.count_refusal(&params.pool, &params.request_id, &e, started)
+                    .await;
                 return Err(e);
             }
             let salt = rand::Rng::gen(&mut *self.attempt_salts.lock().expect("attempt salt lock"));
@@ -918,11 +934,12 @@ impl Shared {
         };
         let allocation = record.get().await;
         let latency = started.elapsed();
+        let counted = allocation_outcome(&outcome);
         self.emit(
             Some(&params.pool),
             EventKind::Allocation {
                 request_id: params.request_id.clone(),
-                outcome: allocation_outcome(&outcome),
+                outcome: counted,
                 latency,
             },
         );
@@ -965,8 +982,12 @@ impl Shared {
             }
             Err(e) => {
                 tracing::warn!(request_id = %params.request_id, error = %e, "allocation failed; rolling back");
+                let exhausted = counted == AllocationOutcome::Exhausted;
                 let _ = self
-                    .update_pool(&params.pool, |p| p.allocations_failed += 1)
+                    .update_pool(&params.pool, |p| {
+                        p.allocations_failed += 1;
+                        p.allocations_exhausted += u64::from(exhausted);
+                    })
                     .await;
                 if let Err(rollback) = self.roll_back(&allocation, false).await {
                     tracing::error!(request_id = %params.request_id, error = %rollback, "rollback incomplete; reconciler will finish it");

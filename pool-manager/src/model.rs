@@ -399,7 +399,17 @@ pub struct PoolRecord {
     pub draining: bool,
     pub allocations_warm: u64,
     pub allocations_cold: u64,
+    /// Allocates that failed once under way (after the order's record
+    /// was written), for any reason.
     pub allocations_failed: u64,
+    /// Allocates refused for want of a Ready instance
+    /// (`AllocationOutcome::Exhausted`), counted as the metrics count
+    /// them, a refusal before the order was recorded too: with the warm
+    /// and cold ones, what the pool's hit rate is made of. Records stored
+    /// before it was kept have none; not written while 0, so a version
+    /// without it still reads a pool that never ran out.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub allocations_exhausted: u64,
     pub last_error: Option<String>,
     /// When `last_error` happened; records written before it was kept
     /// have none.
@@ -416,10 +426,15 @@ impl PoolRecord {
             allocations_warm: 0,
             allocations_cold: 0,
             allocations_failed: 0,
+            allocations_exhausted: 0,
             last_error: None,
             last_error_at: None,
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Ordered as the state machine runs (`ALL`).

@@ -386,6 +386,66 @@ fn allocation_outcomes(events: &mut broadcast::Receiver<Event>) -> Vec<Allocatio
     outcomes
 }
 
+/// The pool record (GetPool's counters, warmpoolctl's HIT RATE) counts
+/// the outcomes the metrics count (the dashboard's hit rate) that the hit
+/// rate is made of: warm, cold and exhausted. An order id reused with
+/// other parameters is in neither's hit rate; a fail-fast purchase of an
+/// empty pool is a miss in both, and still a failure once under way.
+#[tokio::test(start_paused = true)]
+async fn the_pool_record_counts_the_outcomes_of_the_hit_rate_as_the_events_do() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 1).await;
+    // Paused, the pool does not replace what it sells: it is empty after.
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    let mut events = manager.events();
+    let order = request("order-1", new_volume(), EmptyPoolPolicy::FailFast);
+    assert!(manager.allocate(order.clone()).await.unwrap().warm_hit);
+    let mut reused = order;
+    reused.params.tenant_project_id = "tenant-b".into();
+    let result = manager.allocate(reused).await;
+    assert!(
+        matches!(result, Err(ManagerError::Aborted(_))),
+        "{result:?}"
+    );
+    let result = manager
+        .allocate(request("order-2", new_volume(), EmptyPoolPolicy::FailFast))
+        .await;
+    assert!(
+        matches!(result, Err(ManagerError::ResourceExhausted(_))),
+        "{result:?}"
+    );
+
+    let outcomes = allocation_outcomes(&mut events);
+    assert_eq!(
+        outcomes,
+        [
+            AllocationOutcome::Warm,
+            AllocationOutcome::Failed,
+            AllocationOutcome::Exhausted
+        ]
+    );
+    let counted = |o: AllocationOutcome| outcomes.iter().filter(|&&x| x == o).count() as u64;
+    let record = manager.get_pool(&pool()).await.unwrap().record;
+    assert_eq!(
+        (
+            record.allocations_warm,
+            record.allocations_cold,
+            record.allocations_exhausted
+        ),
+        (
+            counted(AllocationOutcome::Warm),
+            counted(AllocationOutcome::Cold),
+            counted(AllocationOutcome::Exhausted)
+        ),
+        "{record:?}"
+    );
+    assert_eq!(record.allocations_failed, 1, "{record:?}");
+    manager.shutdown().await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_volume_refused_before_anything_is_claimed_is_counted() {
     let sim = sim();

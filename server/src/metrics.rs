@@ -492,7 +492,7 @@ impl Metrics {
         );
         registry.register(
             "allocations",
-            "Allocate calls by outcome: warm, cold, exhausted, precondition_failed, cloud_error, failed",
+            "Allocate calls by outcome: warm, cold, exhausted, precondition_failed, cloud_error, failed; the hit rate the pools are sized for is warm / (warm + cold + exhausted)",
             m.allocations.clone(),
         );
         registry.register_with_unit(

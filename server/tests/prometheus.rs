@@ -393,6 +393,136 @@ async fn prometheus_reports_the_pool_depth_grpc_reports_and_sees_allocations() {
     daemon.shut_down().await;
 }
 
+/// The query of the dashboard's panel titled `title`, as Grafana runs it
+/// for one pool over a window that holds the whole test.
+fn dashboard_query(title: &str, flavor: &str, az: &str) -> String {
+    fn find<'a>(value: &'a serde_json::Value, title: &str) -> Option<&'a serde_json::Value> {
+        match value {
+            serde_json::Value::Object(map)
+                if map.get("title").and_then(|t| t.as_str()) == Some(title) =>
+            {
+                Some(value)
+            }
+            serde_json::Value::Object(map) => map.values().find_map(|v| find(v, title)),
+            serde_json::Value::Array(items) => items.iter().find_map(|v| find(v, title)),
+            _ => None,
+        }
+    }
+    let dashboard = support::dashboard();
+    let panel = find(&dashboard, title).unwrap_or_else(|| panic!("no panel {title:?}"));
+    let mut exprs = Vec::new();
+    support::dashboard_exprs(panel, &mut exprs);
+    let [expr] = exprs.as_slice() else {
+        panic!("panel {title:?} has {} queries: {exprs:?}", exprs.len())
+    };
+    expr.replace("$__rate_interval", "10m")
+        .replace("$flavor", flavor)
+        .replace("$az", az)
+}
+
+/// warmpoolctl's HIT RATE is computed from GetPool's counters; the
+/// dashboard's "Warm hit rate" panel from `warmpool_allocations_total`.
+/// Both are the one measure sizing aims at, warm / (warm + cold +
+/// exhausted): an order id reused with other parameters (ABORTED) says
+/// nothing of the pool's depth and moves neither (it showed 100 % in
+/// `watch` and 50 % on the dashboard), and a fail-fast purchase of an empty
+/// pool is a miss in both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_and_get_pool_give_one_hit_rate() {
+    let daemon = Daemon::start(&[("db.small", "az1", 1, 1)]).await;
+    let prometheus = Prometheus::start(daemon.running.metrics_addr).await;
+    let client = &daemon.client;
+    let hit_rate = dashboard_query("Warm hit rate", "db.small", "az1");
+    eventually("the pool's instance to be Ready", PATIENCE, || async {
+        let pool = client
+            .get_pool("db.small", "az1")
+            .await
+            .map_err(|e| e.to_string())?;
+        match counts(&pool).ready {
+            1 => Ok(()),
+            n => Err(format!("{n} ready")),
+        }
+    })
+    .await;
+    // Prometheus has the counters at zero before the first purchase, so
+    // `rate()` sees every increase.
+    eventually("Prometheus to scrape the counters at zero", PATIENCE, || async {
+        let warm = prometheus
+            .one_value(r#"warmpool_allocations_total{job="warmpool",flavor="db.small",availability_zone="az1",outcome="warm"}"#)
+            .await?;
+        match warm {
+            0.0 => Ok(()),
+            n => Err(format!("{n} warm")),
+        }
+    })
+    .await;
+    // Paused, the pool does not replace what it sells: it is empty after.
+    let paused = api::PoolSpec {
+        paused: true,
+        ..Default::default()
+    };
+    client
+        .update_pool("db.small", "az1", paused, ["paused"])
+        .await
+        .unwrap();
+
+    let order = allocate_request("order-hit-1", "db.small", "az1");
+    assert!(client.allocate(order.clone()).await.unwrap().warm_hit);
+    let mut reused = order;
+    reused.tenant_project_id = "tenant-b".into();
+    support::expect_code(client.allocate(reused).await, tonic::Code::Aborted);
+    agree_on_the_hit_rate(&prometheus, client, &hit_rate, 2, 1.0).await;
+
+    let mut fail_fast = allocate_request("order-hit-2", "db.small", "az1");
+    fail_fast.empty_pool_policy = api::EmptyPoolPolicy::FailFast.into();
+    support::expect_code(
+        client.allocate(fail_fast).await,
+        tonic::Code::ResourceExhausted,
+    );
+    agree_on_the_hit_rate(&prometheus, client, &hit_rate, 3, 0.5).await;
+
+    drop(prometheus);
+    daemon.shut_down().await;
+}
+
+/// Waits until Prometheus has scraped `calls` Allocate calls of db.small@az1,
+/// whatever their outcome, then until GetPool's counters and Prometheus'
+/// answer to the dashboard's `query` both give `expected`.
+async fn agree_on_the_hit_rate(
+    prometheus: &Prometheus,
+    client: &warmpool_client::Client,
+    query: &str,
+    calls: u32,
+    expected: f64,
+) {
+    eventually("Prometheus to count every Allocate call", PATIENCE, || async {
+        let scraped = prometheus
+            .one_value(r#"sum(warmpool_allocations_total{job="warmpool",flavor="db.small",availability_zone="az1"})"#)
+            .await?;
+        if scraped == f64::from(calls) {
+            Ok(())
+        } else {
+            Err(format!("{scraped} calls"))
+        }
+    })
+    .await;
+    eventually("GetPool's and the dashboard's hit rates", PATIENCE, || async {
+        let pool = client.get_pool("db.small", "az1").await.map_err(|e| e.to_string())?;
+        let needed = pool.allocations_warm + pool.allocations_cold + pool.allocations_exhausted;
+        let counted = pool.allocations_warm as f64 / needed as f64;
+        let plotted = prometheus.one_value(query).await?;
+        if (counted - expected).abs() < 1e-9 && (plotted - expected).abs() < 1e-9 {
+            Ok(())
+        } else {
+            Err(format!(
+                "expected {expected}: GetPool's counters give {counted} (warm {}, cold {}, exhausted {}, failed {}), the dashboard {plotted}",
+                pool.allocations_warm, pool.allocations_cold, pool.allocations_exhausted, pool.allocations_failed
+            ))
+        }
+    })
+    .await;
+}
+
 fn promtool(args: &[&str]) {
     let promtool = prometheus_tool("promtool");
     let output = Command::new(&promtool)
