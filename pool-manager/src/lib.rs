@@ -26,4 +26,5 @@ pub use allocator::{
 };
 pub use error::{ManagerError, ManagerResult};
 pub use manager::{state_name, ManagerSettings, PoolManager, PoolStatus, FORGET_EVERY};
+pub use reconciler::LeftAlone;
 pub use replenisher::BootError;

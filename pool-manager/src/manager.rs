@@ -13,6 +13,7 @@ use crate::events::{CloudService, Event, EventKind, HealthBook, PoolHealth, Sett
 use crate::gate::{Gate, GateSettings};
 use crate::model::{Instance, InstanceState, PoolKey, PoolRecord, PoolSpec, TwinWatch};
 use crate::probe::Probe;
+use crate::reconciler::LeftAlone;
 use crate::sizing::{SizingBook, SizingSettings, SizingStatus};
 use crate::store::Store;
 use rand::rngs::StdRng;
@@ -174,6 +175,10 @@ pub(crate) struct Shared {
     /// Calls waiting out a Retry-After now, by service (see
     /// [`PoolManager::paused_cloud_calls`]); each held by a [`PausedCall`].
     pub paused: Mutex<BTreeMap<Option<CloudService>, u64>>,
+    /// The servers left alone by the last reconcile pass that got through
+    /// its sweep of the pool servers, by server id (see
+    /// [`PoolManager::servers_left_alone`]).
+    pub left_alone: Mutex<HashMap<String, LeftAlone>>,
 }
 
 /// How often released allocations past `ManagerSettings::keep_released` are
@@ -532,6 +537,7 @@ impl PoolManager {
                 gate: Arc::new(Mutex::new(Gate::new(settings.gate.clone()))),
                 health: Mutex::new(HealthBook::default()),
                 paused: Mutex::default(),
+                left_alone: Mutex::default(),
                 instance_ids: Mutex::new(seeded(settings.instance_id_seed)),
                 attempt_salts: Mutex::new(seeded(
                     settings.instance_id_seed.map(|seed| seed.wrapping_add(1)),
@@ -904,6 +910,18 @@ impl PoolManager {
             .map(Some)
             .chain([None])
             .map(|service| (service, paused.get(&service).copied().unwrap_or(0)))
+            .collect()
+    }
+
+    /// How many pool servers the last reconcile pass left alone, by why,
+    /// every reason listed: each needs an operator, and the pass only logs
+    /// it (see [`LeftAlone`]). A server the pass could not read again is
+    /// counted as the pass before found it.
+    pub fn servers_left_alone(&self) -> BTreeMap<LeftAlone, usize> {
+        let left_alone = self.shared.left_alone.lock().expect("left-alone lock");
+        LeftAlone::ALL
+            .into_iter()
+            .map(|why| (why, left_alone.values().filter(|&&w| w == why).count()))
             .collect()
     }
 

@@ -24,10 +24,14 @@
 //! | nothing | server with warmpool metadata, SOFT_DELETED (a cloud with `reclaim_instance_interval`; Nova does not list these, the OpenStack driver's listing adds those it deleted) | delete it for good (the driver's forceDelete), no leak event; where the cloud's policy refuses the forceDelete (403), leave it to Nova's reclaim, logging a warning (the driver forgets it) |
 //! | nothing at all: no instance, allocation, twin watch or set-aside record (start-up pass only) | pool servers, not being deleted nor SOFT_DELETED | refuse the start before anything is deleted (`ManagerError::UnknownServers`: the wrong store, or another manager's servers under the same tag), unless `delete_unknown_servers` is set: then as below |
 //! | nothing | server with warmpool metadata, no volume attached (read again by id first: the listing is older than the instances read after it, and a server deleted in between, its record then dropped, is listed ACTIVE; gone or going now, it is left) | delete it (leak) |
-//! | nothing | server with warmpool metadata and a volume attached (read again by id first, as above) | leave it, log an error (a tenant's, its record lost) |
-//! | instance record set aside as unreadable | server naming the instance | leave it, log a warning (a release of its allocation deletes it by the allocation's server id) |
-//! | instance `Claimed`, its allocation's record set aside as unreadable | - | leave it, log a warning |
+//! | nothing | server with warmpool metadata and a volume attached (read again by id first, as above) | leave it, log an error (a tenant's, its record lost), count it left alone (`unknown_sold`) |
+//! | instance record set aside as unreadable | server naming the instance (a volume attached or not) | leave it, log a warning (a release of its allocation deletes it by the allocation's server id), count it left alone (`set_aside`) |
+//! | instance `Claimed`, its allocation's record set aside as unreadable | - | leave it, log a warning, count its server left alone (`set_aside`) |
 //! | instance with another server recorded | server naming the instance | delete it (a twin of a retried create) |
+//!
+//! The servers left alone ([`LeftAlone`]) are counted by each pass that
+//! gets through the sweep of unknown servers, for the metrics: each waits
+//! for an operator, which a log line every pass does not get.
 //!
 //! Allocations are listed once per pass but each is read again right
 //! before it is acted on: an Allocate may answer, or a Release finish,
@@ -46,6 +50,35 @@ use crate::replenisher::{DrivingClaim, Timed};
 use crate::store::RecordKind;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+
+/// Why a reconcile pass leaves alone a pool server it would otherwise
+/// delete or repair: each waits for an operator, and every pass finds it
+/// again ([`crate::PoolManager::servers_left_alone`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LeftAlone {
+    /// No record names it, and a tenant's volume is attached: sold, its
+    /// order's record lost (a store wiped, or restored from an old copy).
+    /// Never deleted as a leak; settle it with billing and delete it by
+    /// hand if it is no one's.
+    UnknownSold,
+    /// Its instance's record, or the record of the order that claimed it,
+    /// was set aside as unreadable (`warmpoold store set-aside`): the
+    /// version that wrote it may have sold it. It comes back when a
+    /// warmpoold that reads the record starts.
+    SetAside,
+}
+
+impl LeftAlone {
+    pub const ALL: [LeftAlone; 2] = [LeftAlone::UnknownSold, LeftAlone::SetAside];
+
+    /// The `reason` label of the metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeftAlone::UnknownSold => "unknown_sold",
+            LeftAlone::SetAside => "set_aside",
+        }
+    }
+}
 
 /// How many Ready instances a reconcile pass probes at once: a pass over
 /// a large pool whose mysqlds all time out takes the probe timeout times
@@ -189,6 +222,8 @@ impl Shared {
 
         let instances = self.store.list_instances().await?;
         let mut to_probe = Vec::new();
+        // By server id; published once the sweep of unknown servers is done.
+        let mut left_alone = HashMap::new();
         for instance in &instances {
             let driving = self
                 .driving
@@ -291,6 +326,9 @@ impl Shared {
                             .await? =>
                         {
                             tracing::warn!(instance = %instance.id, request_id = request, "claimed instance of an allocation set aside as unreadable; left alone");
+                            if let Some(server) = &instance.server_id {
+                                left_alone.insert(server.clone(), LeftAlone::SetAside);
+                            }
                         }
                         _ => {
                             tracing::warn!(instance = %instance.id, request_id = request, "claimed instance without a live allocation; discarding");
@@ -357,6 +395,7 @@ impl Shared {
             .filter(|i| i.server_id.is_none())
             .map(|i| i.id.as_str())
             .collect();
+        let last_pass = self.left_alone.lock().expect("left-alone lock").clone();
         for listed in servers.values() {
             let owned = known_servers.contains(listed.id.as_str())
                 || listed
@@ -372,11 +411,28 @@ impl Shared {
             // record then dropped, is listed as it was, ACTIVE and maybe
             // holding the tenant's volume, with no record naming it. Only
             // the servers about to be called leaks (rare) are read again.
-            let Some(Some(server)) = self.server_after_all(&listed.id).await else {
-                continue;
+            let server = match self.server_after_all(&listed.id).await {
+                Some(Some(server)) => server,
+                Some(None) => continue,
+                // Unread this time: still left alone as the last pass found it.
+                None => {
+                    if let Some(&why) = last_pass.get(&listed.id) {
+                        left_alone.insert(listed.id.clone(), why);
+                    }
+                    continue;
+                }
             };
             if self.leave_going(&server).await? {
                 continue;
+            }
+            // Before the volume: its record exists, set aside, not lost.
+            let instance = server.metadata.get(META_INSTANCE);
+            if let Some(id) = instance {
+                if self.store.is_set_aside(RecordKind::Instance, id).await? {
+                    tracing::warn!(server = %server.id, instance = %id, "the server of an instance whose record was set aside as unreadable; left alone");
+                    left_alone.insert(server.id.clone(), LeftAlone::SetAside);
+                    continue;
+                }
             }
             if server.holds_a_tenant_volume() {
                 // Only a purchase attaches a volume to a pool server, and a
@@ -384,14 +440,8 @@ impl Shared {
                 // record (wiped, restored from an old copy). A tenant's
                 // database is never deleted as a leak.
                 tracing::error!(server = %server.id, name = %server.name, volumes = ?server.attached_volumes, "a pool server the store does not know has volumes attached: a tenant's database whose record was lost? Left alone; delete it by hand if it is no one's");
+                left_alone.insert(server.id.clone(), LeftAlone::UnknownSold);
                 continue;
-            }
-            let instance = server.metadata.get(META_INSTANCE);
-            if let Some(id) = instance {
-                if self.store.is_set_aside(RecordKind::Instance, id).await? {
-                    tracing::warn!(server = %server.id, instance = %id, "the server of an instance whose record was set aside as unreadable; left alone");
-                    continue;
-                }
             }
             // The LeakDeleted event logs it once done.
             tracing::debug!(server = %server.id, name = %server.name, "deleting leaked server");
@@ -419,6 +469,7 @@ impl Shared {
                 },
             );
         }
+        *self.left_alone.lock().expect("left-alone lock") = left_alone;
         self.store.flush().await?;
         Ok(())
     }

@@ -2197,6 +2197,62 @@ async fn a_server_with_a_tenant_volume_is_never_deleted_as_a_leak() {
     assert_eq!(servers, [tenant], "only the warm servers are leaks");
 }
 
+/// Such a server is counted as left alone (`servers_left_alone`, which the
+/// metrics read; the passes only logged it): from the pass that found it,
+/// by a pass that could not read it again too, and no more once it is gone.
+#[tokio::test(start_paused = true)]
+async fn a_sold_server_the_store_does_not_know_is_counted_as_left_alone_until_gone() {
+    use pool_manager::cloud::{Cloud, CloudError};
+    use pool_manager::LeftAlone;
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 1).await;
+    let sold = manager
+        .allocate(request("order-t", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let tenant = sold.server_id.unwrap();
+    manager.shutdown().await.unwrap();
+    drop(manager);
+
+    let (cloud, unreadable) =
+        GatedCloud::failing_next(&sim, "get_server", CloudError::Transient("HTTP 503".into()));
+    // A store meant to be new, as the test before.
+    let manager = pool_manager::PoolManager::new(
+        temp_store(),
+        cloud.clone(),
+        Arc::new(sim.probe()),
+        pool_manager::ManagerSettings {
+            delete_unknown_servers: true,
+            ..settings()
+        },
+    );
+    assert_eq!(manager.servers_left_alone()[&LeftAlone::UnknownSold], 0);
+    manager.start().await.unwrap();
+    let left_alone = |manager: &pool_manager::PoolManager| {
+        let counts = manager.servers_left_alone();
+        (
+            counts[&LeftAlone::UnknownSold],
+            counts[&LeftAlone::SetAside],
+        )
+    };
+    assert_eq!(left_alone(&manager), (1, 0));
+    // The warm servers deleted as leaks are gone; the tenant's stays.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    manager.reconcile().await.unwrap();
+    assert_eq!(left_alone(&manager), (1, 0));
+    unreadable.store(u32::MAX, Ordering::SeqCst);
+    manager.reconcile().await.unwrap();
+    unreadable.store(0, Ordering::SeqCst);
+    assert_eq!(left_alone(&manager), (1, 0), "unread, still there");
+
+    // Deleted by hand once billing has settled it.
+    sim.delete_server(&tenant).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    manager.reconcile().await.unwrap();
+    assert_eq!(left_alone(&manager), (0, 0));
+    assert!(sim.servers().is_empty(), "{:?}", sim.servers());
+}
+
 /// A manager started on a store that knows no instance and no order (a
 /// mistyped or relative data dir, an unmounted volume's empty mount point,
 /// a store wiped after corruption, a second manager sharing the cloud)

@@ -35,6 +35,15 @@ async fn restarted(
     manager
 }
 
+/// The servers the last reconcile pass left alone: (unknown_sold, set_aside).
+fn left_alone(manager: &pool_manager::PoolManager) -> (usize, usize) {
+    let counts = manager.servers_left_alone();
+    (
+        counts[&pool_manager::LeftAlone::UnknownSold],
+        counts[&pool_manager::LeftAlone::SetAside],
+    )
+}
+
 /// sled's database in `dir`, opened directly.
 fn raw_store(dir: &Path) -> sled::Db {
     // sled lets go of its lock a moment after the last handle is dropped.
@@ -166,6 +175,14 @@ async fn an_unreadable_record_is_named_and_can_be_set_aside() {
     assert!(alive(&sim, &server), "server {server} deleted");
     let kept_server = kept.server_id.clone().unwrap();
     assert!(alive(&sim, &kept_server), "o-3's database deleted");
+    // Both servers are counted as left alone for a record set aside (o-3's,
+    // its tenant's volume attached, is not taken for one whose record was
+    // lost).
+    assert_eq!(
+        left_alone(&manager),
+        (0, 2),
+        "(unknown_sold, set_aside) servers"
+    );
     for refused in [
         manager
             .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
@@ -192,6 +209,8 @@ async fn an_unreadable_record_is_named_and_can_be_set_aside() {
         !alive(&sim, &kept_server),
         "o-3's server outlived its release"
     );
+    manager.reconcile().await.unwrap();
+    assert_eq!(left_alone(&manager), (0, 1));
     manager.shutdown().await.unwrap();
 }
 
@@ -297,6 +316,7 @@ async fn an_instance_claimed_by_a_set_aside_order_is_left_alone() {
         alive(&sim, &server),
         "the claimed instance's server was deleted"
     );
+    assert_eq!(left_alone(&manager), (0, 1));
     let instances = manager.list_instances(None).await.unwrap();
     assert!(
         instances

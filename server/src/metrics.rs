@@ -7,7 +7,8 @@
 //!   [`PoolManager::instance_counts`], which also counts a deleted pool's
 //!   instances tenants still hold; the cloud calls waiting out a
 //!   Retry-After now from [`PoolManager::paused_cloud_calls`] (the events
-//!   report a pause only once it is over);
+//!   report a pause only once it is over); the servers the last reconcile
+//!   pass left alone from [`PoolManager::servers_left_alone`];
 //! - counters and histograms of allocations, boots, leaks, exhaustion, health
 //!   verdicts and Retry-After pauses are driven by the manager's event
 //!   broadcast ([`PoolManager::events`]). The manager logs the events and
@@ -28,7 +29,7 @@ use pool_manager::events::{AllocationOutcome, BootOutcome, CloudService, Event, 
 use pool_manager::gate::Hold;
 use pool_manager::model::{InstanceState, PoolKey};
 use pool_manager::sizing::PlanReason;
-use pool_manager::{state_name, ManagerResult, PoolManager};
+use pool_manager::{state_name, LeftAlone, ManagerResult, PoolManager};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -194,6 +195,12 @@ struct ServiceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeftAloneLabels {
+    /// unknown_sold or set_aside (`LeftAlone::as_str`).
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusedLabels {
     method: &'static str,
     /// unauthenticated or permission_denied.
@@ -339,6 +346,7 @@ pub struct Metrics {
     cloud_calls_paused: Family<ServiceLabels, Gauge>,
     api_calls_refused: Family<RefusedLabels, Counter>,
     volumes_stuck: Gauge,
+    servers_left_alone: Family<LeftAloneLabels, Gauge>,
     /// One scrape at a time refreshes the gauges and encodes, so a scrape
     /// never sees another's half-refreshed gauges.
     scrape: tokio::sync::Mutex<()>,
@@ -392,6 +400,7 @@ impl Metrics {
             cloud_calls_paused: Family::default(),
             api_calls_refused: Family::default(),
             volumes_stuck: Gauge::default(),
+            servers_left_alone: Family::default(),
             scrape: tokio::sync::Mutex::new(()),
         };
         registry.register(
@@ -580,6 +589,19 @@ impl Metrics {
             "Volumes warmpool was to delete that Cinder refuses to until a cloud admin resets them (openstack volume set --state available ID), not deleted yet: new volumes rolled-back purchases left error_attaching (the order is refused until then), and volumes of rolled-back or released orders, or twins of creates whose answer was lost, whose delete Cinder's backend failed (error_deleting); each holds Cinder quota, warmpool's own project's for every volume warmpool created",
             m.volumes_stuck.clone(),
         );
+        registry.register(
+            "servers_left_alone",
+            "Pool servers the last reconcile pass left alone, each waiting for an operator, by reason: unknown_sold (no record names it and a tenant's volume is attached: a sold database whose order's record was lost, a store wiped or restored from an old copy; billing cannot release it), set_aside (its instance's or its order's record was set aside as unreadable by `warmpoold store set-aside`, until a warmpoold that reads it starts)",
+            m.servers_left_alone.clone(),
+        );
+        for why in LeftAlone::ALL {
+            touch(
+                &m.servers_left_alone,
+                &LeftAloneLabels {
+                    reason: why.as_str(),
+                },
+            );
+        }
         // Throttling is rare: create its series at zero, so they are there
         // (and `rate()` sees the first one) before it happens.
         for service in cloud::SERVICES {
@@ -732,6 +754,13 @@ impl Metrics {
         let stuck = manager.stuck_volumes().await?.len();
         self.volumes_stuck
             .set(i64::try_from(stuck).unwrap_or(i64::MAX));
+        for (why, servers) in manager.servers_left_alone() {
+            self.servers_left_alone
+                .get_or_create(&LeftAloneLabels {
+                    reason: why.as_str(),
+                })
+                .set(i64::try_from(servers).unwrap_or(i64::MAX));
+        }
         for status in &pools {
             instance_counts
                 .entry(status.record.key.clone())
@@ -1116,6 +1145,50 @@ mod tests {
         assert!(sim.reset_error_attaching(&volume));
         manager.reconcile().await.unwrap();
         assert_eq!(stuck(&m.render(&manager).await.unwrap()), 0.0);
+        manager.shutdown().await.unwrap();
+    }
+
+    /// A sold server no record names (its order's record lost: a store
+    /// wiped, or restored from an old copy) is left alone by every
+    /// reconcile pass, which used only to log it: the gauge shows it from
+    /// the last pass, and drops once it is gone.
+    #[tokio::test(start_paused = true)]
+    async fn a_sold_server_the_store_does_not_know_is_counted_as_left_alone() {
+        use pool_manager::cloud::Cloud;
+        let (sim, manager, key, _) =
+            started_with_pool(cloudsim::SimConfig::deterministic(), 1).await;
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        let order = new_volume_order("o-lost", key, Duration::from_secs(600));
+        let sold = manager.allocate(order).await.unwrap();
+        manager.shutdown().await.unwrap();
+        drop(manager);
+
+        // The store is lost: a new, empty one.
+        let manager = PoolManager::new(
+            std::sync::Arc::new(pool_manager::store::SledStore::temporary().unwrap()),
+            sim.clone(),
+            std::sync::Arc::new(sim.probe()),
+            pool_manager::ManagerSettings::default(),
+        );
+        manager.start().await.unwrap();
+        let m = Metrics::new();
+        let left_alone = |body: &str, reason: &str| {
+            sample(
+                body,
+                &format!(r#"warmpool_servers_left_alone{{reason="{reason}"}}"#),
+            )
+        };
+        let body = m.render(&manager).await.unwrap();
+        assert_eq!(left_alone(&body, "unknown_sold"), 1.0, "{body}");
+        assert_eq!(left_alone(&body, "set_aside"), 0.0);
+        assert!(body.contains("# TYPE warmpool_servers_left_alone gauge"));
+
+        // Deleted by hand once its tenant is settled.
+        sim.delete_server(&sold.server_id.unwrap()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        manager.reconcile().await.unwrap();
+        let body = m.render(&manager).await.unwrap();
+        assert_eq!(left_alone(&body, "unknown_sold"), 0.0, "{body}");
         manager.shutdown().await.unwrap();
     }
 
