@@ -1163,12 +1163,16 @@ mod tests {
         manager.shutdown().await.unwrap();
         drop(manager);
 
-        // The store is lost: a new, empty one.
+        // The store is lost: a new, empty one, started as one meant to be
+        // new (warmpoold's --delete-unknown-servers).
         let manager = PoolManager::new(
             std::sync::Arc::new(pool_manager::store::SledStore::temporary().unwrap()),
             sim.clone(),
             std::sync::Arc::new(sim.probe()),
-            pool_manager::ManagerSettings::default(),
+            pool_manager::ManagerSettings {
+                delete_unknown_servers: true,
+                ..Default::default()
+            },
         );
         manager.start().await.unwrap();
         let m = Metrics::new();
