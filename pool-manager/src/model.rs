@@ -12,11 +12,13 @@
 //!     Claimed --> Allocated: volume and port attached, verified
 //!     Allocated --> Releasing: Release
 //!     Releasing --> Gone
-//!     Booting --> Failed
-//!     Warming --> Failed
-//!     Ready --> Failed: drained, expired
-//!     Claimed --> Failed: attach failed (never back to Ready)
-//!     Failed --> Deleting
+//!     Booting --> Failed: boot failed
+//!     Warming --> Failed: boot failed
+//!     Failed --> Gone: server deleted
+//!     Booting --> Deleting: drained
+//!     Warming --> Deleting: drained
+//!     Ready --> Deleting: drained, expired
+//!     Claimed --> Deleting: attach failed (never back to Ready)
 //!     Deleting --> Gone
 //! ```
 //!

@@ -849,6 +849,27 @@ impl Shared {
             Err(e) => {
                 tracing::warn!(pool = %instance.pool, instance = %instance.id, error = %e, "boot failed");
                 let message = e.to_string();
+                // `Failed` first, and until the server is gone: a late cold
+                // boot's handover judges the boot by its record under the
+                // pool lock, which the pool's update below waits on, and
+                // must not hand the pool an instance about to be deleted,
+                // nor tell its purchase a failed boot was undone. Only
+                // while it is still this boot's: a task resumed from a
+                // stale listing may drive an instance a purchase has taken.
+                let failed = self
+                    .update_instance(&instance.id, |current| {
+                        matches!(
+                            current.state,
+                            InstanceState::Booting | InstanceState::Warming
+                        )
+                        .then(|| {
+                            let mut next = current.clone();
+                            next.state = InstanceState::Failed;
+                            next.last_error = Some(message.clone());
+                            Some(next)
+                        })
+                    })
+                    .await;
                 let at = self.sizing_book().wall_now(&self.settings.sizing);
                 let _ = self
                     .update_pool(&instance.pool, |p| {
@@ -856,18 +877,16 @@ impl Shared {
                         p.last_error_at = Some(at);
                     })
                     .await;
-                // Only while it is still this boot's: a task resumed from a
-                // stale listing may drive an instance a purchase has taken.
-                let still_booting = |current: &Instance| {
-                    matches!(
-                        current.state,
-                        InstanceState::Booting | InstanceState::Warming
-                    )
+                let discarded = match failed {
+                    Ok(Some(failed)) => match self.store.flush().await {
+                        Ok(()) => self.finish_delete(&failed).await,
+                        Err(e) => Err(e.into()),
+                    },
+                    // Taken meanwhile: whoever took it discards it.
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
                 };
-                if let Err(discard) = self
-                    .discard_instance_if(&instance.id, &message, still_booting)
-                    .await
-                {
+                if let Err(discard) = discarded {
                     tracing::warn!(instance = %instance.id, error = %discard, "discard failed; reconciler will retry");
                 }
                 Err(e)
@@ -1123,9 +1142,15 @@ impl Shared {
         reason: &str,
         still: impl Fn(&Instance) -> bool,
     ) -> ManagerResult<()> {
+        let begun = |current: &Instance| {
+            matches!(
+                current.state,
+                InstanceState::Failed | InstanceState::Deleting
+            )
+        };
         let deleting = self
             .update_instance(id, |current| {
-                (current.state != InstanceState::Deleting && still(current)).then(|| {
+                (!begun(current) && still(current)).then(|| {
                     let mut next = current.clone();
                     next.state = InstanceState::Deleting;
                     next.last_error = Some(reason.to_string());
@@ -1136,8 +1161,9 @@ impl Shared {
         let deleting = match deleting {
             Some(deleting) => deleting,
             None => match self.store.get_instance(id).await? {
-                // A delete begun before (maybe interrupted): finishing it is idempotent.
-                Some(current) if current.state == InstanceState::Deleting => current,
+                // A delete begun before (maybe interrupted; a failed boot's
+                // too): finishing it is idempotent.
+                Some(current) if begun(&current) => current,
                 _ => return Ok(()),
             },
         };
@@ -1145,7 +1171,7 @@ impl Shared {
         self.finish_delete(&deleting).await
     }
 
-    /// Deletes the server of a `Deleting` (or `Releasing`) instance and its
+    /// Deletes the server of a `Deleting` (or `Failed`, `Releasing`) instance and its
     /// record. The record of a server a purchase had goes only once the
     /// server is gone: it may hold the tenant's volume (a detach Nova
     /// refused), and the reconciler never deletes a server it does not

@@ -5176,6 +5176,125 @@ async fn a_late_cold_boot_in_a_pool_being_deleted_says_so() {
     assert!(sim.servers().is_empty(), "{:?}", sim.servers());
 }
 
+/// A cold boot that fails before its purchase's deadline, its server still
+/// being deleted when the deadline passes (the boot answers its purchase
+/// once it is discarded): the answer says the boot failed. It said the
+/// boot "was undone meanwhile", as a drain's or a rollback's would.
+#[tokio::test(start_paused = true)]
+async fn a_cold_boot_that_failed_before_its_deadline_is_said_to_have_failed() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_over(&cloud, temp_store(), 0).await;
+    sim.faults().error_next_boots(1, "NoValidHost");
+    let deleted = cloud.hold_next("delete_server", At::Before);
+    let mut order = request("late", new_volume(), EmptyPoolPolicy::ColdBoot);
+    order.timeout = Some(Duration::from_secs(30));
+    let buyer = spawn_allocate(&manager, order);
+    deleted.reached().await;
+    let err = buyer.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::ResourceExhausted(m)
+            if m.contains("did not finish before the deadline")
+                && m.contains("boot has failed")),
+        "{err:?}"
+    );
+    deleted.release();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(sim.servers().is_empty(), "{:?}", sim.servers());
+    assert!(manager.list_instances(None).await.unwrap().is_empty());
+    assert_consistent(&sim, &manager).await;
+}
+
+/// A cold boot that fails while its purchase's handover, past the
+/// deadline, holds the pool lock. The failed boot updated the pool (its
+/// last_error, under that lock) before it discarded the instance, so the
+/// handover still read it Booting, handed it to the pool, and the purchase
+/// was told it would join the pool, just before it was deleted. The
+/// failure is recorded on the instance first, so the handover sees it.
+#[tokio::test(start_paused = true)]
+async fn a_cold_boot_failing_during_its_handover_is_not_said_to_join_the_pool() {
+    /// Holds the next read of the watched instance once armed (the
+    /// handover's first, under the pool lock), and tells when a write
+    /// leaves that instance no longer booting.
+    #[derive(Default)]
+    struct Watch {
+        instance: std::sync::Mutex<Option<String>>,
+        armed: AtomicBool,
+        arrived: tokio::sync::Notify,
+        go: tokio::sync::Notify,
+        failed: tokio::sync::Notify,
+    }
+    impl Watch {
+        fn watches(&self, id: &str) -> bool {
+            self.instance.lock().unwrap().as_deref() == Some(id)
+        }
+    }
+    struct Hooks(Arc<Watch>);
+    #[async_trait::async_trait]
+    impl StoreHooks for Hooks {
+        async fn before_get_instance(&self, id: &str) {
+            if self.0.watches(id) && self.0.armed.swap(false, Ordering::SeqCst) {
+                self.0.arrived.notify_one();
+                self.0.go.notified().await;
+            }
+        }
+        fn written(&self, write: Write) {
+            if let Write::Instance(id, new) = write {
+                if self.0.watches(&id) && new.is_none_or(|i| !i.state.is_supply()) {
+                    self.0.failed.notify_one();
+                }
+            }
+        }
+    }
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let watch = Arc::new(Watch::default());
+    let manager = started_over(&cloud, HookedStore::new(Hooks(watch.clone())), 0).await;
+    sim.faults().error_next_boots(1, "NoValidHost");
+    // The boot's first look at its server waits until past the deadline.
+    let polled = cloud.hold_next("get_server", At::Before);
+    let mut order = request("late", new_volume(), EmptyPoolPolicy::ColdBoot);
+    order.timeout = Some(Duration::from_secs(30));
+    let buyer = spawn_allocate(&manager, order);
+    polled.reached().await;
+    let booting = manager.list_instances(Some(&pool())).await.unwrap();
+    assert_eq!(booting.len(), 1, "{booting:?}");
+    *watch.instance.lock().unwrap() = Some(booting[0].id.clone());
+    watch.armed.store(true, Ordering::SeqCst);
+    watch.arrived.notified().await;
+    // The server is in ERROR by now: the boot fails.
+    polled.release();
+    // Its failure is recorded without the pool lock. On the paused clock
+    // the wait ends early only once every task waits: the failure then
+    // cannot be recorded before the handover lets go of the lock.
+    let recorded = tokio::time::timeout(Duration::from_secs(60), watch.failed.notified())
+        .await
+        .is_ok();
+    watch.go.notify_one();
+    let err = buyer.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::ResourceExhausted(m)
+            if m.contains("did not finish before the deadline")
+                && m.contains("boot has failed")
+                && !m.contains("join the pool")),
+        "{err:?}"
+    );
+    assert!(recorded, "the failure was recorded only after the handover");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(sim.servers().is_empty(), "{:?}", sim.servers());
+    assert!(manager.list_instances(None).await.unwrap().is_empty());
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert!(
+        status
+            .record
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("NoValidHost")),
+        "{status:?}"
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
 /// The sim's probe, but its next call panics while `panics` is set (a bug
 /// in a boot task).
 struct PanickingProbe {

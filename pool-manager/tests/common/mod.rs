@@ -657,6 +657,8 @@ pub trait StoreHooks: Send + Sync + 'static {
     fn written(&self, _write: Write) {}
     /// After a pool's untouched instances were listed, before the answer.
     async fn after_list_untouched(&self) {}
+    /// Before an instance is read by its id.
+    async fn before_get_instance(&self, _id: &str) {}
     /// Before every call, before the hooks above (a test's yields to the
     /// other tasks, so that two purchases' calls interleave).
     async fn before_call(&self) {}
@@ -833,6 +835,7 @@ impl<H: StoreHooks> Store for HookedStore<H> {
     }
     async fn get_instance(&self, id: &str) -> StoreResult<Option<Instance>> {
         self.hooks.before_call().await;
+        self.hooks.before_get_instance(id).await;
         self.inner.get_instance(id).await
     }
     async fn list_instances(&self) -> StoreResult<Vec<Instance>> {
