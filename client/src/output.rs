@@ -389,6 +389,7 @@ pub struct SizingView<'a> {
     beyond_quota: bool,
     backoff_until: Option<String>,
     quota_error: &'a str,
+    quota_ports_unknown: &'a str,
 }
 
 impl<'a> From<&'a api::SizingStatus> for SizingView<'a> {
@@ -416,6 +417,7 @@ impl<'a> From<&'a api::SizingStatus> for SizingView<'a> {
             beyond_quota: s.beyond_quota,
             backoff_until: s.backoff_until.as_ref().map(|t| timestamp(t, true)),
             quota_error: &s.quota_error,
+            quota_ports_unknown: &s.quota_ports_unknown,
         }
     }
 }
@@ -864,6 +866,7 @@ pub(crate) mod tests {
         assert_eq!(v["sizing"]["lead_time_p90"], "1m 35s");
         assert_eq!(v["sizing"]["lead_time_source"], "OBSERVED");
         assert_eq!(v["sizing"]["gate"]["state"], "THROTTLED");
+        assert_eq!(v["sizing"]["quota_ports_unknown"], "");
         assert_eq!(v["degraded"], false);
         assert_eq!(target_cell(&pool), "auto:6");
         assert_eq!(lead_cell(&pool), "1m35s");

@@ -395,11 +395,26 @@ fn last_error_detail(pool: &api::Pool) -> String {
 /// "3 more servers (instances: 7 of 10 used at the last poll)": the poll
 /// less the boots started since; "no server of the flavor ever fits ..."
 /// when one needs more than the whole quota; "unknown: ..." when the last
-/// poll failed; "-" unlimited or not read.
+/// poll failed; "-" unlimited or not read. "; ports: not counted (why)"
+/// follows when the poll could not count the port quota.
 fn quota_detail(pool: &api::Pool) -> String {
     let Some(s) = &pool.sizing else {
         return "-".to_owned();
     };
+    let room = quota_room(s);
+    match s.quota_ports_unknown.as_str() {
+        "" => room,
+        why if s.quota_headroom.is_none() && !s.beyond_quota && s.quota_error.is_empty() => {
+            format!(
+                "no limit in Nova's quotas; ports: not counted ({})",
+                cell(why)
+            )
+        }
+        why => format!("{room}; ports: not counted ({})", cell(why)),
+    }
+}
+
+fn quota_room(s: &api::SizingStatus) -> String {
     let binding = &s.quota_limited_by;
     match s.quota_headroom {
         _ if s.beyond_quota => {
@@ -801,6 +816,33 @@ mod tests {
         let text = pool_detail(&pool, SystemTime::now());
         assert!(
             text.contains("quota:             unknown: the last poll of the limits failed (transient cloud error: 503 Service Unavailable); only quota refusals pace refills\n"),
+            "{text}"
+        );
+    }
+
+    /// A poll that could not count the port quota says so beside the
+    /// room it found, which is then Nova's quotas' alone.
+    #[test]
+    fn pool_detail_says_when_the_port_quota_is_not_counted() {
+        let mut pool = sample_pools()[0].clone();
+        let sizing = pool.sizing.get_or_insert_with(Default::default);
+        sizing.quota_headroom = Some(8);
+        sizing.quota_limited_by = "instances: 2 of 10 used".into();
+        sizing.quota_ports_unknown =
+            "Neutron refused the quota details: cloud error: GET /quotas/p1/details: rule:get_quota is disallowed by policy (HTTP 403)".into();
+        let text = pool_detail(&pool, SystemTime::now());
+        assert!(
+            text.contains("quota:             8 more servers (instances: 2 of 10 used at the last poll); ports: not counted (Neutron refused the quota details: cloud error: GET /quotas/p1/details: rule:get_quota is disallowed by policy (HTTP 403))\n"),
+            "{text}"
+        );
+        // Nova's quotas unlimited: the ports alone would have capped it.
+        let sizing = pool.sizing.as_mut().unwrap();
+        sizing.quota_headroom = None;
+        sizing.quota_limited_by = String::new();
+        sizing.quota_ports_unknown = "reading Neutron's quota details failed: HTTP 503".into();
+        let text = pool_detail(&pool, SystemTime::now());
+        assert!(
+            text.contains("quota:             no limit in Nova's quotas; ports: not counted (reading Neutron's quota details failed: HTTP 503)\n"),
             "{text}"
         );
     }

@@ -292,6 +292,31 @@ pub struct BootHeadroom {
     /// boots between polls so). Empty when only `servers` is known: each
     /// boot of any flavor is then counted as one server of this one.
     pub quotas: Vec<QuotaLeft>,
+    /// Why the port quota is not counted: the cloud would not tell it (a
+    /// policy's 403, no quota details: 404) or failed to (a 5xx, a
+    /// timeout, a 429). The headroom is then the compute quotas' alone,
+    /// and pools may fill the port quota until purchases' ports are
+    /// refused with warm servers idle. `None` when counted or unlimited.
+    pub ports_unknown: Option<String>,
+    /// The calls the poll made, by service, where it asked more than the
+    /// compute service: for a wrapper timing calls by service (the
+    /// daemon's metrics), which sees one call. `None`: the compute
+    /// service's alone.
+    pub calls: Option<HeadroomCalls>,
+}
+
+/// What a headroom poll asked of each service: the compute limits, and the
+/// port quota beside them (the network service's). The poll's result says
+/// how the compute part went; the port-quota read's own outcome is here,
+/// as the poll succeeds without it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeadroomCalls {
+    /// How long the compute part took (the flavor, the limits).
+    pub compute: Duration,
+    /// How long the port-quota read took.
+    pub network: Duration,
+    /// How the port-quota read failed, a refusal too; `None`: answered.
+    pub network_error: Option<CloudError>,
 }
 
 /// The port quota's resource name: a pool server holds its own port on
@@ -328,6 +353,8 @@ impl BootHeadroom {
         limited_by: None,
         beyond_quota: false,
         quotas: Vec::new(),
+        ports_unknown: None,
+        calls: None,
     };
 
     /// Room for `servers` more, `limited_by` the quota that binds.
@@ -335,8 +362,7 @@ impl BootHeadroom {
         Self {
             servers: Some(servers),
             limited_by: Some(limited_by),
-            beyond_quota: false,
-            quotas: Vec::new(),
+            ..Self::UNLIMITED
         }
     }
 
@@ -346,13 +372,19 @@ impl BootHeadroom {
             servers: Some(0),
             limited_by: Some(why),
             beyond_quota: true,
-            quotas: Vec::new(),
+            ..Self::UNLIMITED
         }
     }
 
     /// With what is left of each limited quota (see [`Self::quotas`]).
     pub fn with_quotas(mut self, quotas: Vec<QuotaLeft>) -> Self {
         self.quotas = quotas;
+        self
+    }
+
+    /// Without the port quota, for `why` (see [`Self::ports_unknown`]).
+    pub fn with_ports_unknown(mut self, why: String) -> Self {
+        self.ports_unknown = Some(why);
         self
     }
 }
@@ -389,7 +421,10 @@ pub trait Cloud: Send + Sync + 'static {
 
     /// Quota headroom for booting servers of `flavor` (Nova `/limits`, and
     /// the port quota where the cloud tells it: [`PORTS`], as the cloud
-    /// counts them, the caller keeping what unsold servers will take).
+    /// counts them, the caller keeping what unsold servers will take). A
+    /// port quota that cannot be read leaves the compute quotas' headroom,
+    /// saying so ([`BootHeadroom::ports_unknown`], and its read's outcome
+    /// in [`BootHeadroom::calls`]).
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom>;
 
     /// Whether `pool`'s servers can boot from `image`: `NotFound` naming

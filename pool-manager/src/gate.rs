@@ -44,6 +44,9 @@
 //!   leave those, purchases (first in line) judge Neutron's count as is;
 //!   a purchase made its tenant's port before it asks, so its server needs
 //!   one port more, not two, once a poll sent after the port counts it.
+//!   A poll without the port quota (Neutron refused or failed to tell
+//!   it) is Nova's quotas' alone, and the status says why
+//!   ([`HeadroomStatus::ports_unknown`]).
 //!   Boots started since a poll was sent (any pool, purchases included:
 //!   quota is per project) are subtracted from the cached headroom, and so
 //!   are boots started before whose create the cloud had not answered yet
@@ -259,6 +262,9 @@ pub struct HeadroomStatus {
     pub polled_at: Option<Instant>,
     /// The last poll failed: headroom is unknown, nothing is capped.
     pub failing: Option<String>,
+    /// Why the last poll did not count the port quota (the cloud refused
+    /// or failed to tell it): `polled` and `left` are the compute quotas'.
+    pub ports_unknown: Option<String>,
 }
 
 impl Eq for GateStatus {}
@@ -336,6 +342,8 @@ struct HeadroomEntry {
     refused_since_poll: BTreeMap<String, u64>,
     /// Why the last poll failed, if it did.
     failing: Option<String>,
+    /// Why the last successful poll did not count the port quota.
+    ports_unknown: Option<String>,
     /// A refusal since the poll: the cached answer is stale, poll again.
     stale: bool,
 }
@@ -584,6 +592,7 @@ impl Gate {
                 boots_at_poll: boots_at_send,
                 refused_since_poll: BTreeMap::new(),
                 failing: None,
+                ports_unknown: headroom.ports_unknown,
                 stale: false,
             },
         );
@@ -607,16 +616,18 @@ impl Gate {
                 boots_at_poll: BootCount::default(),
                 refused_since_poll: BTreeMap::new(),
                 failing: None,
+                ports_unknown: None,
                 stale: false,
             });
         entry.servers = None;
         entry.beyond_quota = false;
-        // The last poll's binding quota and the ports it kept for sales
-        // would read as now; its `quotas` stay for what one server of
-        // this flavor takes (`per_server`), which other flavors' headroom
-        // counts its boots by.
+        // The last poll's binding quota, the ports it kept for sales and
+        // why it did not count them would read as now; its `quotas` stay
+        // for what one server of this flavor takes (`per_server`), which
+        // other flavors' headroom counts its boots by.
         entry.limited_by = None;
         entry.sales_ports = 0;
+        entry.ports_unknown = None;
         entry.polled_at = now;
         entry.failing = Some(error);
         entry.stale = false;
@@ -749,6 +760,7 @@ impl Gate {
                 beyond_quota: false,
                 polled_at: None,
                 failing: None,
+                ports_unknown: None,
             },
             Some(e) => HeadroomStatus {
                 polled: e.servers.flatten(),
@@ -757,6 +769,7 @@ impl Gate {
                 beyond_quota: e.beyond_quota,
                 polled_at: Some(e.polled_at),
                 failing: e.failing.clone(),
+                ports_unknown: e.ports_unknown.clone(),
             },
         }
     }

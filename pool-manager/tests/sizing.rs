@@ -1124,6 +1124,7 @@ fn a_failed_headroom_poll_shows_the_failure_not_the_last_polls_quota() {
             beyond_quota: false,
             polled_at: Some(t0 + secs(30)),
             failing: Some("limits: 503".into()),
+            ports_unknown: None,
         }
     );
     assert_eq!(g.headroom_left("db.small"), None, "nothing capped");
@@ -1132,6 +1133,59 @@ fn a_failed_headroom_poll_shows_the_failure_not_the_last_polls_quota() {
     let status = g.headroom_status("db.small");
     assert_eq!(status.limited_by.as_deref(), Some("ports: 8 of 20 used"));
     assert_eq!((status.left, status.failing), (Some(6), None));
+}
+
+/// A poll whose port quota the cloud did not tell (Neutron refused or
+/// failed to) shows why in the status, beside the room Nova's quotas leave,
+/// which it admits as it is; until a poll counts the ports again. A failed
+/// poll shows its failure alone.
+#[test]
+fn the_status_says_when_a_poll_did_not_count_the_port_quota() {
+    let t0 = Instant::now();
+    let why = "reading Neutron's quota details failed: transient cloud error: HTTP 503";
+    let nova_only = BootHeadroom::room(8, "instances: 2 of 10 used".into())
+        .with_quotas(vec![QuotaLeft::new("instances", 8, 1)]);
+    let mut g = gate(GateSettings::default());
+    g.headroom_polled(
+        "db.small",
+        g.boots_started(),
+        nova_only.clone().with_ports_unknown(why.into()),
+        4,
+        t0,
+    );
+    let status = g.headroom_status("db.small");
+    assert_eq!(status.ports_unknown.as_deref(), Some(why));
+    assert_eq!(
+        (status.polled, status.left, status.limited_by.as_deref()),
+        (Some(8), Some(8), Some("instances: 2 of 10 used")),
+        "what the headroom admits is the poll's"
+    );
+    assert_eq!(g.admission("az1", "db.small", t0).headroom, Some(8));
+
+    g.headroom_failed("db.small", "limits: 503".into(), t0 + secs(30));
+    let status = g.headroom_status("db.small");
+    assert_eq!(
+        (status.failing.as_deref(), status.ports_unknown),
+        (Some("limits: 503"), None)
+    );
+
+    g.headroom_polled(
+        "db.small",
+        g.boots_started(),
+        nova_only.with_ports_unknown(why.into()),
+        4,
+        t0 + secs(60),
+    );
+    assert_eq!(
+        g.headroom_status("db.small").ports_unknown.as_deref(),
+        Some(why)
+    );
+    let counted = BootHeadroom::room(3, "ports: 14 of 20 used".into()).with_quotas(vec![
+        QuotaLeft::new("instances", 8, 1),
+        QuotaLeft::new("ports", 6, 2),
+    ]);
+    g.headroom_polled("db.small", g.boots_started(), counted, 0, t0 + secs(90));
+    assert_eq!(g.headroom_status("db.small").ports_unknown, None);
 }
 
 /// A purchase makes the tenant's port before it asks for room: its server

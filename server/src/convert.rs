@@ -484,6 +484,7 @@ fn sizing(status: &PoolStatus) -> api::SizingStatus {
         beyond_quota: s.quota.beyond_quota,
         backoff_until,
         quota_error: s.quota.failing.clone().unwrap_or_default(),
+        quota_ports_unknown: s.quota.ports_unknown.clone().unwrap_or_default(),
     }
 }
 

@@ -685,7 +685,8 @@ async fn a_boot_over_a_unified_limit_is_quota_exceeded() {
 /// details), two ports a server: its own, which Nova made at the boot, and
 /// the tenant's it takes when sold. The servers' own ports, unnamed, leave
 /// a look-up by name alone. A policy that keeps the quota details from the
-/// project leaves Nova's quotas binding, as before.
+/// project leaves Nova's quotas binding, as before, and the headroom says
+/// the ports are not counted, and why (what `GetPool` shows).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boot_headroom_counts_the_port_quota_and_does_without_it_when_refused() {
     let env = env_with_quotas(Quotas {
@@ -721,6 +722,7 @@ async fn boot_headroom_counts_the_port_quota_and_does_without_it_when_refused() 
         headroom.quotas.contains(&QuotaLeft::new("ports", 7, 2)),
         "{headroom:?}"
     );
+    assert_eq!(headroom.ports_unknown, None);
 
     env.face.faults().refuse_quota_details(true);
     for _ in 0..2 {
@@ -734,15 +736,22 @@ async fn boot_headroom_counts_the_port_quota_and_does_without_it_when_refused() 
             headroom.quotas.iter().all(|q| q.resource != "ports"),
             "{headroom:?}"
         );
+        let why = headroom.ports_unknown.as_deref().unwrap_or_default();
+        assert!(
+            why.starts_with("Neutron refused the quota details") && why.contains("HTTP 403"),
+            "{headroom:?}"
+        );
     }
     env.face.faults().refuse_quota_details(false);
     let headroom = cloud.boot_headroom("db.small").await.unwrap();
     assert_eq!(headroom.limited_by.as_deref(), Some("ports: 3 of 10 used"));
+    assert_eq!(headroom.ports_unknown, None);
 }
 
 /// A port quota that cannot be read for any other reason (Neutron's 5xx, a
 /// timeout, a 429) leaves the headroom Nova's for that poll: the boots
-/// Nova's quotas admit are not held up by Neutron's trouble.
+/// Nova's quotas admit are not held up by Neutron's trouble. The headroom
+/// says the ports are not counted, and Neutron's answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boot_headroom_is_novas_when_the_port_quota_read_fails() {
     let env = env_with_quotas(Quotas {
@@ -774,6 +783,82 @@ async fn boot_headroom_is_novas_when_the_port_quota_read_fails() {
     assert!(
         headroom.quotas.iter().all(|q| q.resource != "ports"),
         "{headroom:?}"
+    );
+    let why = headroom.ports_unknown.as_deref().unwrap_or_default();
+    assert!(
+        why.starts_with("reading Neutron's quota details failed")
+            && why.contains("The server is currently unavailable.")
+            && why.contains("HTTP 503"),
+        "{headroom:?}"
+    );
+}
+
+/// The daemon's metrics count the port-quota read of a headroom poll as
+/// the network service's own call, with its own outcome: a Neutron that
+/// fails it, refuses it or throttles it shows as such under `network`,
+/// however Nova answered, and Nova's part of the poll as compute's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_quota_read_is_metered_as_the_networks_call() {
+    use warmpool_server::metrics::{MeteredCloud, Metrics};
+    let env = env_with_quotas(Quotas {
+        max_instances: 10,
+        max_ports: 10,
+        ..Quotas::default()
+    })
+    .await;
+    let metrics = Arc::new(Metrics::new());
+    let cloud = MeteredCloud::new(Arc::new(env.driver().await), metrics.clone());
+    let details = format!("/v2.0/quotas/{}/details", env.face.project_id());
+    let sample = |name_and_labels: &str| -> f64 {
+        let body = metrics.encode();
+        body.lines()
+            .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    };
+    let calls = |service: &str, status: &str| {
+        sample(&format!(
+            "warmpool_cloud_request_duration_seconds_count{{service=\"{service}\",status=\"{status}\"}}"
+        ))
+    };
+
+    cloud.boot_headroom("db.small").await.unwrap();
+    assert_eq!((calls("compute", "ok"), calls("network", "ok")), (1.0, 1.0));
+
+    env.face.faults().answer_next(
+        Service::Network,
+        "GET",
+        &details,
+        1,
+        503,
+        r#"{"NeutronError": {"type": "ServiceUnavailable", "message": "The server is currently unavailable.", "detail": ""}}"#,
+    );
+    cloud.boot_headroom("db.small").await.unwrap();
+    assert_eq!(calls("network", "transient"), 1.0);
+
+    env.face.faults().answer_next(
+        Service::Network,
+        "GET",
+        &details,
+        1,
+        429,
+        r#"{"NeutronError": {"type": "OverLimit", "message": "Too many requests.", "detail": ""}}"#,
+    );
+    cloud.boot_headroom("db.small").await.unwrap();
+    assert_eq!(calls("network", "throttled"), 1.0);
+    assert_eq!(
+        sample(r#"warmpool_cloud_throttled_total{service="network"}"#),
+        1.0
+    );
+
+    env.face.faults().refuse_quota_details(true);
+    cloud.boot_headroom("db.small").await.unwrap();
+    assert_eq!(calls("network", "fatal"), 1.0);
+
+    // Nova answered every poll: compute's calls are all ok, and no other.
+    assert_eq!((calls("compute", "ok"), calls("network", "ok")), (4.0, 1.0));
+    assert_eq!(
+        sample(r#"warmpool_cloud_throttled_total{service="compute"}"#),
+        0.0
     );
 }
 
@@ -814,11 +899,14 @@ async fn a_failing_port_quota_read_is_warned_of_once_per_outage() {
             headroom.quotas.iter().all(|q| q.resource != "ports"),
             "{headroom:?}"
         );
+        // Warned of once, but every poll's status says so.
+        assert!(headroom.ports_unknown.is_some(), "{headroom:?}");
     }
     assert_eq!((warned(), told_back()), (1, 0), "{}", logs.text());
     for _ in 0..2 {
         let headroom = cloud.boot_headroom("db.small").await.unwrap();
         assert_eq!(headroom.limited_by.as_deref(), Some("ports: 0 of 10 used"));
+        assert_eq!(headroom.ports_unknown, None);
     }
     assert_eq!((warned(), told_back()), (1, 1), "{}", logs.text());
     outage(1);

@@ -31,8 +31,8 @@ pub mod nova;
 pub mod session;
 
 use crate::cloud::{
-    BootHeadroom, Cloud, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
-    ServerSpec, ServerStatus, Volume, VolumeOwner, VolumeStatus, META_INSTANCE, META_POOL,
+    BootHeadroom, Cloud, CloudError, CloudResult, HeadroomCalls, NewPortSpec, NewVolumeSpec, Port,
+    Server, ServerSpec, ServerStatus, Volume, VolumeOwner, VolumeStatus, META_INSTANCE, META_POOL,
 };
 use async_trait::async_trait;
 use error::{classify_reply, Service};
@@ -351,6 +351,19 @@ fn checked(call: &Call, reply: Reply) -> CloudResult<Reply> {
     } else {
         Err(classify_reply(call, &reply))
     }
+}
+
+/// Why the port quota was not read: Neutron would not tell it (403, 404),
+/// or failed to.
+enum PortQuotaUnread {
+    Refused(CloudError),
+    Failed(CloudError),
+}
+
+/// `call`'s outcome and how long it took.
+async fn timed<T>(call: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let started = Instant::now();
+    (call.await, started.elapsed())
 }
 
 fn unreadable(what: &str, e: impl std::fmt::Display) -> CloudError {
@@ -769,24 +782,50 @@ impl OpenStackCloud {
     /// policy's 403, the extension missing: 404), warned of once: the
     /// headroom is then Nova's quotas' alone.
     pub async fn port_quota(&self) -> CloudResult<Option<QuotaUse>> {
-        let project = self.inner.conn.project_id().await?;
+        match self.read_port_quota().await {
+            Ok(ports) => Ok(ports),
+            Err(PortQuotaUnread::Refused(_)) => Ok(None),
+            Err(PortQuotaUnread::Failed(e)) => Err(e),
+        }
+    }
+
+    /// [`Self::port_quota`], telling a refusal from a failure.
+    async fn read_port_quota(&self) -> Result<Option<QuotaUse>, PortQuotaUnread> {
+        let project = self
+            .inner
+            .conn
+            .project_id()
+            .await
+            .map_err(PortQuotaUnread::Failed)?;
         let call = Call::new(
             Service::Network,
             Method::GET,
             ["quotas", project.as_str(), "details"],
         );
         let what = call.describe();
-        let reply = self.inner.conn.send(&call).await?;
+        let reply = self
+            .inner
+            .conn
+            .send(&call)
+            .await
+            .map_err(PortQuotaUnread::Failed)?;
         if matches!(reply.status, 403 | 404) {
             if !self.inner.port_quota_unknown.swap(true, Ordering::Relaxed) {
                 let answer = error::parse_fault(&reply.body).message;
                 tracing::warn!(call = %what, status = reply.status, %answer, "Neutron does not tell warmpool its port quota: quota headroom counts Nova's quotas only, so pools may fill the port quota until purchases' ports are refused with warm servers idle; let the project read its own quota (Neutron's get_quota policy, the quota_details extension) or keep the port quota at twice the servers the pools may hold");
             }
-            return Ok(None);
+            // The policy's rule is named for what it guards ("rule:get_quota
+            // is disallowed by policy"): no quota refused this read.
+            return Err(PortQuotaUnread::Refused(
+                match classify_reply(&call, &reply) {
+                    CloudError::QuotaExceeded(message) => CloudError::Fatal(message),
+                    e => e,
+                },
+            ));
         }
-        let reply = checked(&call, reply)?;
-        let body: neutron::QuotaDetailsBody =
-            serde_json::from_str(&reply.body).map_err(|e| unreadable(&what, e))?;
+        let reply = checked(&call, reply).map_err(PortQuotaUnread::Failed)?;
+        let body: neutron::QuotaDetailsBody = serde_json::from_str(&reply.body)
+            .map_err(|e| PortQuotaUnread::Failed(unreadable(&what, e)))?;
         self.inner
             .port_quota_unknown
             .store(false, Ordering::Relaxed);
@@ -1554,28 +1593,45 @@ impl Cloud for OpenStackCloud {
     }
 
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
-        let flavor = self.flavor(flavor).await?;
-        let (limits, ports) = tokio::join!(self.limits(), self.port_quota());
+        let (flavor, flavor_took) = timed(self.flavor(flavor)).await;
+        let flavor = flavor?;
+        let ((limits, limits_took), (ports, ports_took)) =
+            tokio::join!(timed(self.limits()), timed(self.read_port_quota()));
         // Neutron's trouble (a 5xx, a timeout, a 429) is no reason to stop
         // or throttle the boots Nova's quotas admit.
         let failing = &self.inner.port_quota_failing;
-        let ports = match ports {
+        let (ports, unread) = match ports {
             Ok(ports) => {
                 if failing.swap(false, Ordering::Relaxed) {
                     tracing::info!("Neutron's port quota is read again: quota headroom counts it");
                 }
-                ports
+                (ports, None)
             }
-            Err(e) if failing.swap(true, Ordering::Relaxed) => {
-                tracing::debug!(error = %e, "still cannot read Neutron's port quota");
-                None
+            Err(PortQuotaUnread::Refused(e)) => {
+                // Answered: an outage is over, and the refusal warned of.
+                failing.store(false, Ordering::Relaxed);
+                let why = format!("Neutron refused the quota details: {e}");
+                (None, Some((why, e)))
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read Neutron's port quota: quota headroom is Nova's quotas' alone until it answers (not warned of again before then)");
-                None
+            Err(PortQuotaUnread::Failed(e)) => {
+                if failing.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(error = %e, "still cannot read Neutron's port quota");
+                } else {
+                    tracing::warn!(error = %e, "cannot read Neutron's port quota: quota headroom is Nova's quotas' alone until it answers (not warned of again before then)");
+                }
+                let why = format!("reading Neutron's quota details failed: {e}");
+                (None, Some((why, e)))
             }
         };
-        Ok(limits?.headroom(&flavor, ports.as_ref()))
+        let mut headroom = limits?.headroom(&flavor, ports.as_ref());
+        let (why, network_error) = unread.unzip();
+        headroom.ports_unknown = why;
+        headroom.calls = Some(HeadroomCalls {
+            compute: flavor_took + limits_took,
+            network: ports_took,
+            network_error,
+        });
+        Ok(headroom)
     }
 
     async fn check_boot_placement(&self, pool: &crate::model::PoolKey) -> CloudResult<()> {

@@ -1,6 +1,8 @@
 //! [`MeteredCloud`]: the daemon's cloud, timed. Every call's latency goes to
 //! `warmpool_cloud_request_duration_seconds{service, status}`; throttled
-//! answers and the Retry-After they carry are counted too.
+//! answers and the Retry-After they carry are counted too. A call that
+//! asks two services and reports each part (a headroom poll's port-quota
+//! read, `BootHeadroom::calls`) is counted as one call of each.
 
 use super::Metrics;
 use async_trait::async_trait;
@@ -109,7 +111,23 @@ impl Cloud for MeteredCloud {
         self.inner.boot_image(pool_image)
     }
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
-        self.timed(COMPUTE, self.inner.boot_headroom(flavor)).await
+        let started = Instant::now();
+        let result = self.inner.boot_headroom(flavor).await;
+        // The port-quota read beside the limits is Neutron's call, with an
+        // outcome of its own (the poll does without it): counted as such,
+        // and not in the time of Nova's.
+        match result.as_ref().ok().and_then(|h| h.calls.as_ref()) {
+            Some(calls) => {
+                self.metrics.observe_cloud(COMPUTE, None, calls.compute);
+                self.metrics
+                    .observe_cloud(NETWORK, calls.network_error.as_ref(), calls.network);
+            }
+            None => {
+                self.metrics
+                    .observe_cloud(COMPUTE, result.as_ref().err(), started.elapsed());
+            }
+        }
+        result
     }
     async fn check_boot_placement(&self, pool: &pool_manager::model::PoolKey) -> CloudResult<()> {
         self.timed(COMPUTE, self.inner.check_boot_placement(pool))
