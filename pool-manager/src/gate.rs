@@ -52,9 +52,10 @@
 //!   are boots started before whose create the cloud had not answered yet
 //!   (on its way, or waiting out a 429: not in the cloud's count either;
 //!   one answered while the poll was on its way may be counted twice, the
-//!   safe side; of the ports, only a refill's boot whose instance was not
-//!   recorded yet, which the caller's count of those kept for sale
-//!   misses), each as what
+//!   safe side; of the ports, a boot whose instance was recorded holds
+//!   none from refills, as the caller's count of those kept for sale holds
+//!   its two, and its management port, not made yet, from a purchase,
+//!   which does not leave those), each as what
 //!   one server of its own flavor takes of each quota (a 4-vCPU boot takes
 //!   four 1-vCPU servers' worth of cores, as that flavor's own poll says; a boot of a flavor never polled
 //!   counts as one server of the flavor asked about), and so are purchases
@@ -413,7 +414,8 @@ struct Unanswered {
     flavor: String,
     /// Its instance is recorded, so a poll's count of the ports kept for
     /// sale ([`ports_kept_for_sale`], read after the gate's count) holds
-    /// its ports already.
+    /// its ports already: refills, which leave those, count none for it;
+    /// a purchase, which does not, counts its management port.
     recorded: bool,
 }
 
@@ -689,25 +691,28 @@ impl Gate {
         let started = &self.quota.boots_started;
         // Per flavor, the boots that may hold quota the poll's answer does
         // not show: started since it was sent, unanswered when it was
-        // sent, and `reserved`. Each with whether the poll's count of the
-        // ports kept for sale holds its ports already.
+        // sent, and `reserved`. Each with the ports it takes when not a
+        // server's share: a recorded unanswered boot's two are among the
+        // ports kept for sale, which refills leave; a purchase does not
+        // leave those, so it leaves the boot's management port, which
+        // Nova has not made yet.
+        let recorded_ports = u64::from(!keep_sales_ports);
         let since = started.by_flavor.keys().map(|booted| {
             let refused = entry.refused_since_poll.get(booted).copied();
             let n = started.since(&entry.boots_at_poll, booted);
             (
                 booted.as_str(),
                 n.saturating_sub(refused.unwrap_or(0)),
-                false,
+                None,
             )
         });
-        let unanswered = entry
-            .boots_at_poll
-            .unanswered
-            .values()
-            .map(|u| (u.flavor.as_str(), 1, u.recorded));
-        let holding: Vec<(&str, u64, bool)> = since
+        let unanswered = entry.boots_at_poll.unanswered.values().map(|u| {
+            let ports = u.recorded.then_some(recorded_ports);
+            (u.flavor.as_str(), 1, ports)
+        });
+        let holding: Vec<(&str, u64, Option<u64>)> = since
             .chain(unanswered)
-            .chain(reserved.iter().map(|(f, n)| (f.as_str(), *n, false)))
+            .chain(reserved.iter().map(|(f, n)| (f.as_str(), *n, None)))
             .filter(|(_, n, _)| *n > 0)
             .collect();
         if entry.quotas.is_empty() {
@@ -720,13 +725,13 @@ impl Gate {
             .quotas
             .iter()
             .map(|quota| {
-                let taken = holding
-                    .iter()
-                    .filter(|(_, _, ports_counted)| !(*ports_counted && quota.resource == PORTS))
-                    .fold(0u64, |sum, (booted, n, _)| {
-                        let each = self.per_server(booted, flavor, quota);
-                        sum.saturating_add(n.saturating_mul(each))
-                    });
+                let taken = holding.iter().fold(0u64, |sum, (booted, n, ports)| {
+                    let each = match ports {
+                        Some(ports) if quota.resource == PORTS => *ports,
+                        _ => self.per_server(booted, flavor, quota),
+                    };
+                    sum.saturating_add(n.saturating_mul(each))
+                });
                 let own_port = u64::from(own_port_counted && quota.resource == PORTS);
                 let left = quota
                     .left
