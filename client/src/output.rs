@@ -103,9 +103,17 @@ fn std_duration(d: &prost_types::Duration) -> Option<Duration> {
 /// default service level) is "99.5%", and only a pool without a miss
 /// shows "100.0%". "-" before any. In u128: counters near u64::MAX must
 /// not overflow.
+///
+/// A server older than `allocations_exhausted` does not send it and counts
+/// those refusals once under way among `allocations_failed` only: read as
+/// 0, its empty pool's refusals would be no miss at all. Then the rate is
+/// warm / (warm + cold + failed), what warmpoolctl showed before the field.
 pub fn hit_rate_cell(pool: &api::Pool) -> String {
     let warm = u128::from(pool.allocations_warm);
-    let total = warm + u128::from(pool.allocations_cold) + u128::from(pool.allocations_exhausted);
+    let misses = pool
+        .allocations_exhausted
+        .unwrap_or(pool.allocations_failed);
+    let total = warm + u128::from(pool.allocations_cold) + u128::from(misses);
     if total == 0 {
         return "-".to_owned();
     }
@@ -324,7 +332,8 @@ pub struct PoolView<'a> {
     allocations_warm: u64,
     allocations_cold: u64,
     allocations_failed: u64,
-    allocations_exhausted: u64,
+    /// null from a server older than the field.
+    allocations_exhausted: Option<u64>,
     last_error: &'a str,
     last_error_at: Option<String>,
     sizing: Option<SizingView<'a>>,
@@ -680,6 +689,7 @@ pub(crate) mod tests {
                 allocations_warm: 12,
                 allocations_cold: 1,
                 allocations_failed: 0,
+                allocations_exhausted: Some(0),
                 last_error: String::new(),
                 ..Default::default()
             },
@@ -705,7 +715,7 @@ pub(crate) mod tests {
                 allocations_cold: 0,
                 allocations_failed: 4,
                 // Paused and empty: fail-fast purchases refused.
-                allocations_exhausted: 4,
+                allocations_exhausted: Some(4),
                 last_error: "boot timed out\nafter 10m".into(),
                 ..Default::default()
             },
@@ -904,7 +914,7 @@ pub(crate) mod tests {
             allocations_warm: warm,
             allocations_cold: cold,
             allocations_failed: failed,
-            allocations_exhausted: exhausted,
+            allocations_exhausted: Some(exhausted),
             ..Default::default()
         };
         assert_eq!(hit_rate_cell(&pool(1, 0, 1, 0)), "100.0%");
@@ -915,6 +925,41 @@ pub(crate) mod tests {
         assert_eq!(hit_rate_cell(&pool(1, 0, 1, 1)), "50.0%");
         assert_eq!(hit_rate_cell(&pool(1, 1, 5, 2)), "25.0%");
         assert_eq!(hit_rate_cell(&pool(0, 0, 1, 1)), "0.0%");
+    }
+
+    /// A server older than allocations_exhausted does not send it, and
+    /// counts those refusals only among the failed: read as 0 the rate
+    /// would be warm / (warm + cold), no miss for an empty pool's
+    /// refusals. The rate then is what warmpoolctl showed before the
+    /// field, warm / (warm + cold + failed); the JSON view says null.
+    #[test]
+    fn without_exhausted_from_an_older_server_the_hit_rate_counts_the_failed() {
+        let old = api::Pool {
+            allocations_warm: 3,
+            allocations_cold: 1,
+            allocations_failed: 4,
+            allocations_exhausted: None,
+            ..Default::default()
+        };
+        assert_eq!(hit_rate_cell(&old), "37.5%");
+        let no_failures = api::Pool {
+            allocations_failed: 0,
+            ..old.clone()
+        };
+        assert_eq!(hit_rate_cell(&no_failures), "75.0%");
+        let only_failed = api::Pool {
+            allocations_failed: 2,
+            ..Default::default()
+        };
+        assert_eq!(hit_rate_cell(&only_failed), "0.0%");
+        let v = to_json(PoolView::from(&old));
+        assert_eq!(v["allocations_exhausted"], Value::Null);
+        assert_eq!(v["allocations_failed"], 4);
+        let v = to_json(PoolView::from(&api::Pool {
+            allocations_exhausted: Some(0),
+            ..old
+        }));
+        assert_eq!(v["allocations_exhausted"], 0);
     }
 
     #[test]

@@ -284,7 +284,8 @@ pub fn pool_detail(pool: &api::Pool, now: SystemTime) -> String {
                 "warm {}, cold {}, exhausted {}, failed {}",
                 pool.allocations_warm,
                 pool.allocations_cold,
-                pool.allocations_exhausted,
+                // "-" from a server older than the field.
+                opt_number(pool.allocations_exhausted),
                 pool.allocations_failed
             ),
         ),
@@ -318,7 +319,7 @@ fn list_or_dash(items: &[String]) -> String {
     }
 }
 
-fn opt_number(n: Option<u32>) -> String {
+fn opt_number(n: Option<impl std::fmt::Display>) -> String {
     n.map_or_else(|| "-".to_owned(), |n| n.to_string())
 }
 
@@ -698,7 +699,7 @@ mod tests {
                 pool.allocations_warm,
                 pool.allocations_cold,
                 pool.allocations_exhausted,
-            ) = (warm, cold, exhausted);
+            ) = (warm, cold, Some(exhausted));
             let text = watch_table([&pool], SystemTime::now());
             let row: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
             row[5].to_owned()
@@ -762,6 +763,14 @@ mod tests {
         assert!(text.contains("iops_limit:        -\n"), "{text}");
         assert!(
             text.contains("allocations:       warm 12, cold 1, exhausted 0, failed 0\n"),
+            "{text}"
+        );
+        // From a server older than allocations_exhausted: not known.
+        let mut old = sample_pools()[0].clone();
+        old.allocations_exhausted = None;
+        let text = pool_detail(&old, SystemTime::now());
+        assert!(
+            text.contains("allocations:       warm 12, cold 1, exhausted -, failed 0\n"),
             "{text}"
         );
     }

@@ -433,7 +433,7 @@ pub fn pool(status: PoolStatus) -> api::Pool {
         allocations_warm: r.allocations_warm,
         allocations_cold: r.allocations_cold,
         allocations_failed: r.allocations_failed,
-        allocations_exhausted: r.allocations_exhausted,
+        allocations_exhausted: Some(r.allocations_exhausted),
         last_error: r.last_error.clone().unwrap_or_default(),
         last_error_at: r.last_error_at.map(timestamp),
         sizing: Some(sizing(&status)),

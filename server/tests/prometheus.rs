@@ -508,7 +508,8 @@ async fn agree_on_the_hit_rate(
     .await;
     eventually("GetPool's and the dashboard's hit rates", PATIENCE, || async {
         let pool = client.get_pool("db.small", "az1").await.map_err(|e| e.to_string())?;
-        let needed = pool.allocations_warm + pool.allocations_cold + pool.allocations_exhausted;
+        let exhausted = pool.allocations_exhausted.ok_or_else(|| "GetPool sent no allocations_exhausted".to_owned())?;
+        let needed = pool.allocations_warm + pool.allocations_cold + exhausted;
         let counted = pool.allocations_warm as f64 / needed as f64;
         let plotted = prometheus.one_value(query).await?;
         if (counted - expected).abs() < 1e-9 && (plotted - expected).abs() < 1e-9 {
@@ -516,7 +517,7 @@ async fn agree_on_the_hit_rate(
         } else {
             Err(format!(
                 "expected {expected}: GetPool's counters give {counted} (warm {}, cold {}, exhausted {}, failed {}), the dashboard {plotted}",
-                pool.allocations_warm, pool.allocations_cold, pool.allocations_exhausted, pool.allocations_failed
+                pool.allocations_warm, pool.allocations_cold, exhausted, pool.allocations_failed
             ))
         }
     })
