@@ -2633,6 +2633,50 @@ impl Shared {
         self.delete_server_until_gone(server_id, deadline).await
     }
 
+    /// The instance step of `allocation`'s release: its record marked
+    /// `Releasing` (flushed), the order's volume detached, then its server
+    /// deleted until gone and the record dropped (or, the record set aside,
+    /// the server the order recorded deleted). Idempotent.
+    pub(crate) async fn release_instance(
+        &self,
+        allocation: &Allocation,
+        instance_id: &str,
+        deadline: Instant,
+    ) -> ManagerResult<()> {
+        let request_id = &allocation.params.request_id;
+        // Only while the record is still this purchase's: once it is
+        // dropped, a seeded manager restarted on its store may draw
+        // the id again for another instance, maybe another tenant's.
+        let its_own = |i: &Instance| i.request_id.as_ref() == Some(request_id);
+        let releasing = self
+            .update_instance(instance_id, |current| {
+                (its_own(current) && current.state != InstanceState::Releasing).then(|| {
+                    let mut next = current.clone();
+                    next.state = InstanceState::Releasing;
+                    Some(next)
+                })
+            })
+            .await?;
+        if let Err(e) = self.store.flush().await {
+            let what = format_args!("the release of allocation {request_id}");
+            return Err(ManagerError::unconfirmed(what, e));
+        }
+        if let (Some(server_id), Some(volume_id)) = (&allocation.server_id, &allocation.volume_id) {
+            self.detach_before_delete(deadline, server_id, || {
+                self.cloud.detach_volume(server_id, volume_id)
+            })
+            .await?;
+        }
+        let current = self.store.get_instance(instance_id).await?;
+        match releasing.or(current.filter(its_own)) {
+            Some(instance) => self.finish_delete(&instance).await,
+            None => {
+                self.delete_server_if_set_aside(allocation, instance_id, deadline)
+                    .await
+            }
+        }
+    }
+
     /// Deletes the server, port and (if decided) volume of a `Releasing`
     /// allocation, then marks it `Released`. Idempotent.
     pub(crate) async fn finish_release(&self, allocation: Allocation) -> ManagerResult<Allocation> {
@@ -2646,36 +2690,8 @@ impl Shared {
             ManagerError::unconfirmed(what, e)
         };
         if let Some(instance_id) = &allocation.instance_id {
-            // Only while the record is still this purchase's: once it is
-            // dropped, a seeded manager restarted on its store may draw
-            // the id again for another instance, maybe another tenant's.
-            let its_own = |i: &Instance| i.request_id.as_ref() == Some(request_id);
-            let releasing = self
-                .update_instance(instance_id, |current| {
-                    (its_own(current) && current.state != InstanceState::Releasing).then(|| {
-                        let mut next = current.clone();
-                        next.state = InstanceState::Releasing;
-                        Some(next)
-                    })
-                })
+            self.release_instance(&allocation, instance_id, deadline)
                 .await?;
-            self.store.flush().await.map_err(unconfirmed)?;
-            if let (Some(server_id), Some(volume_id)) =
-                (&allocation.server_id, &allocation.volume_id)
-            {
-                self.detach_before_delete(deadline, server_id, || {
-                    self.cloud.detach_volume(server_id, volume_id)
-                })
-                .await?;
-            }
-            let current = self.store.get_instance(instance_id).await?;
-            match releasing.or(current.filter(its_own)) {
-                Some(instance) => self.finish_delete(&instance).await?,
-                None => {
-                    self.delete_server_if_set_aside(&allocation, instance_id, deadline)
-                        .await?
-                }
-            }
         }
         if let Some(port_id) = &allocation.port_id {
             self.delete_port_when_free(port_id, deadline).await?;

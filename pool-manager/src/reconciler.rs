@@ -20,6 +20,9 @@
 //! | instance `Ready` | server busy with a task (a task_state other than a delete: a snapshot, a migration) | nothing for that: busy is not broken, the task ends by itself |
 //! | instance `Ready`, unclaimed | server ACTIVE, mysqld silent on this pass's probe and the last's | discard it (the pool refills) |
 //! | instance `Failed`/`Deleting` | - | delete the server, drop the record |
+//! | instance `Allocated`/`Releasing`, its order `Released`, or gone and not set aside (a release drops its instance's record first: this one was set aside by an older version that then released the order, and moved back at this version's open) | server gone (or SOFT_DELETED; one missing from the listing is asked for by id first) | drop the record (a SOFT_DELETED server is deleted for good) |
+//! | instance `Allocated`/`Releasing`, its order `Released` naming it | server exists | do the release's instance step again: detach the order's volume, delete the server until gone, drop the record |
+//! | instance `Allocated`/`Releasing`, its order gone (not set aside) | server exists | leave it, log a warning (a tenant's, its order's record lost) |
 //! | nothing | server with warmpool metadata, being deleted (task_state `deleting`, or `soft-deleting`: Nova lists it until the host is done) | leave it: a delete sent before its record was dropped, not a leak |
 //! | nothing | server with warmpool metadata, SOFT_DELETED (a cloud with `reclaim_instance_interval`; Nova does not list these, the OpenStack driver's listing adds those it deleted) | delete it for good (the driver's forceDelete), no leak event; where the cloud's policy refuses the forceDelete (403), leave it to Nova's reclaim, logging a warning (the driver forgets it) |
 //! | nothing at all: no instance, allocation, twin watch or set-aside record (start-up pass only) | pool servers, not being deleted nor SOFT_DELETED | refuse the start before anything is deleted (`ManagerError::UnknownServers`: the wrong store, or another manager's servers under the same tag), unless `delete_unknown_servers` is set: then as below |
@@ -376,7 +379,10 @@ impl Shared {
                         to_probe.push(instance);
                     }
                 }
-                InstanceState::Allocated | InstanceState::Releasing => {}
+                InstanceState::Allocated | InstanceState::Releasing => {
+                    let settled = self.settle_sold(instance, server).await;
+                    go_on(settled, "settling the sold instance", &instance.id)?;
+                }
             }
         }
         self.recheck_ready(to_probe).await?;
@@ -499,6 +505,73 @@ impl Shared {
             "the store knows no pool server and no order: as delete_unknown_servers asks, the unsold pool servers the cloud lists are deleted as leaks; the sold ones are left alone"
         );
         Ok(())
+    }
+
+    /// A sold instance (`Allocated`, `Releasing`) whose order is no longer
+    /// live: `Released`, or gone (not set aside). A release drops its
+    /// instance's record before it marks the order `Released`, so such a
+    /// record came back from elsewhere: an older warmpoold set it aside as
+    /// unreadable and released the order meanwhile (deleting the server
+    /// the order recorded), and this version's open moved it back. Nothing
+    /// else looks at it again: it would stay sold, counted in its pool, for
+    /// good. Its server gone, the record is forgotten; still there, an
+    /// order `Released` naming it has its release's instance step done
+    /// again (the tenant is done with it), and one without its order is
+    /// left alone (a tenant's, its order's record lost). A live order's
+    /// instance is its own, its server its tenant's: the order's release
+    /// deletes it (this pass's, above, for one `Releasing`).
+    async fn settle_sold(&self, instance: &Instance, listed: Option<Server>) -> ManagerResult<()> {
+        let request_id = instance.request_id.as_deref().unwrap_or_default();
+        let released = match self.store.get_allocation(request_id).await? {
+            Some(allocation) if allocation.state != AllocationState::Released => return Ok(()),
+            Some(allocation) => Some(allocation),
+            None if self
+                .store
+                .is_set_aside(RecordKind::Allocation, request_id)
+                .await? =>
+            {
+                return Ok(())
+            }
+            None => None,
+        };
+        let server = match (listed, &instance.server_id) {
+            (Some(server), _) => Some(server),
+            (None, None) => None,
+            (None, Some(id)) => match self.server_after_all(id).await {
+                Some(found) => found,
+                None => return Ok(()),
+            },
+        };
+        if server.as_ref().is_none_or(|s| s.is_going()) {
+            tracing::warn!(instance = %instance.id, request_id, server = ?instance.server_id, "sold instance whose order is released or gone, its server gone too; forgetting the instance");
+            self.update_instance(&instance.id, |current| {
+                (*current == *instance).then_some(None)
+            })
+            .await?;
+            let soft_deleted = server.filter(|s| s.status == ServerStatus::Deleted && !s.deleting);
+            if let Some(soft_deleted) = soft_deleted {
+                self.finish_soft_delete(&soft_deleted.id).await?;
+            }
+            return Ok(());
+        }
+        match released {
+            // As listed still: a release that ended since the listing
+            // (its instance dropped, then the order Released) left nothing.
+            Some(allocation)
+                if allocation.instance_id.as_ref() == Some(&instance.id)
+                    && allocation.server_id == instance.server_id
+                    && self.store.get_instance(&instance.id).await?.as_ref() == Some(instance) =>
+            {
+                tracing::warn!(instance = %instance.id, request_id, server = ?instance.server_id, "the server of a released order is still there; deleting it as its release does");
+                let deadline = self.cleanup_deadline();
+                self.release_instance(&allocation, &instance.id, deadline)
+                    .await
+            }
+            _ => {
+                tracing::warn!(instance = %instance.id, request_id, server = ?instance.server_id, "sold instance whose order's record is gone (or names another instance), its server still there; left alone");
+                Ok(())
+            }
+        }
     }
 
     /// A server read by id, the pass's listing being older than the

@@ -608,6 +608,9 @@ impl SledStore {
     /// that wrote it runs again, and serves it as before. One whose key a
     /// record has taken since (a pool created again, a pool's sizing saved
     /// anew) stays aside: which of the two is right is a person's call.
+    /// A sold instance's record comes back even if its order was released
+    /// meanwhile (the release deleted its server): the reconciler, which
+    /// reads the order and the cloud, forgets it.
     fn restore_set_aside(&self) -> StoreResult<()> {
         // Collected first: few, and the loop removes them from the tree.
         let aside: Vec<(sled::IVec, sled::IVec)> =

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use pool_manager::cloud::ServerStatus;
+use pool_manager::cloud::{ServerStatus, VolumeStatus};
 use pool_manager::model::{AllocationState, EmptyPoolPolicy, InstanceState};
 use pool_manager::store::{
     RecordKind, SetAside, SledStore, StoreError, StoreRepair, DEFAULT_LOCK_WAIT,
@@ -395,4 +395,138 @@ async fn a_pool_created_again_after_an_unreadable_sizing_record_saves_its_own() 
     manager.shutdown().await.unwrap();
     let learned = store.get_learned_sizing(&pool()).await.unwrap();
     assert_eq!(learned.map(|l| l.allocations), Some(1));
+}
+
+/// The stored record of `key` in `tree`, its JSON changed by `change`.
+fn rewrite(dir: &Path, tree: &str, key: &str, change: impl FnOnce(&mut serde_json::Value)) {
+    let db = raw_store(dir);
+    let tree = db.open_tree(tree).unwrap();
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&tree.get(key).unwrap().unwrap()).unwrap();
+    change(&mut record);
+    tree.insert(key, serde_json::to_vec(&record).unwrap())
+        .unwrap();
+    db.flush().unwrap();
+}
+
+/// A sold instance's record set aside as unreadable, its order then
+/// released by the version that cannot read it (which deletes the server
+/// the order recorded), comes back when a version that reads it opens the
+/// store: the reconciler forgets it, rather than keep it sold, counted in
+/// its pool, for good.
+#[tokio::test(start_paused = true)]
+async fn a_set_aside_instance_of_an_order_released_meanwhile_is_forgotten_once_back() {
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let manager = started(&sim, open_store(dir.path()), 1).await;
+    let sold = manager
+        .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    manager.shutdown().await.unwrap();
+    drop(manager);
+    let instance_id = sold.instance_id.clone().unwrap();
+    let server_id = sold.server_id.clone().unwrap();
+    let readable = raw_store(dir.path())
+        .open_tree("instances")
+        .unwrap()
+        .get(&instance_id)
+        .unwrap()
+        .unwrap();
+    rewrite(dir.path(), "instances", &instance_id, |record| {
+        record["from_the_future"] = true.into();
+    });
+    {
+        let repair = StoreRepair::open(dir.path(), DEFAULT_LOCK_WAIT).unwrap();
+        assert_eq!(
+            repair
+                .set_aside(RecordKind::Instance, &instance_id)
+                .unwrap(),
+            SetAside::Moved
+        );
+    }
+
+    // The version that cannot read it releases the order.
+    let manager = restarted(&sim, dir.path()).await;
+    manager.release("o-1", Some(false)).await.unwrap();
+    assert!(!alive(&sim, &server_id));
+    manager.shutdown().await.unwrap();
+    drop(manager);
+
+    // The version that reads it: the record set aside reads now.
+    {
+        let db = raw_store(dir.path());
+        db.open_tree("set_aside")
+            .unwrap()
+            .insert(format!("instances/{instance_id}"), readable)
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let manager = restarted(&sim, dir.path()).await;
+    let instances = manager.list_instances(Some(&pool())).await.unwrap();
+    assert!(
+        instances.iter().all(|i| i.id != instance_id),
+        "the released order's instance is back: {instances:#?}"
+    );
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Allocated), 0, "{status:?}");
+    assert_consistent(&sim, &manager).await;
+}
+
+/// A sold instance whose order is `Released` while its server is still
+/// there (no release leaves one so: the record came back from elsewhere)
+/// has its release's instance step done: the tenant's volume detached and
+/// kept, the server deleted, the record dropped. One whose order's record
+/// is gone is a tenant's: its server is left alone.
+#[tokio::test(start_paused = true)]
+async fn a_sold_instance_outliving_its_order_is_released_or_left_alone() {
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let manager = started(&sim, open_store(dir.path()), 2).await;
+    let released = manager
+        .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let lost = manager
+        .allocate(request("o-2", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    manager.shutdown().await.unwrap();
+    drop(manager);
+    rewrite(dir.path(), "allocations", "o-1", |record| {
+        record["state"] = "Released".into();
+    });
+    {
+        let db = raw_store(dir.path());
+        db.open_tree("allocations").unwrap().remove("o-2").unwrap();
+        db.flush().unwrap();
+    }
+
+    let manager = restarted(&sim, dir.path()).await;
+    let instances = manager.list_instances(Some(&pool())).await.unwrap();
+    let ids: Vec<_> = instances.iter().map(|i| i.id.clone()).collect();
+    assert!(
+        !ids.contains(released.instance_id.as_ref().unwrap()),
+        "{instances:#?}"
+    );
+    assert!(!alive(&sim, released.server_id.as_deref().unwrap()));
+    let volume = sim
+        .volumes()
+        .into_iter()
+        .find(|v| Some(v.id.as_str()) == released.volume_id.as_deref())
+        .expect("the tenant keeps the volume");
+    assert_eq!(volume.status, VolumeStatus::Available, "{volume:?}");
+    assert!(
+        ids.contains(lost.instance_id.as_ref().unwrap()),
+        "{instances:#?}"
+    );
+    assert!(alive(&sim, lost.server_id.as_deref().unwrap()));
+    assert_eq!(
+        manager.get_allocation("o-1").await.unwrap().state,
+        AllocationState::Released
+    );
 }
