@@ -15,6 +15,7 @@
 //! | instance `Booting`, no server id | server with its instance id | adopt the server |
 //! | instance `Booting`, no server id | none | drop the record |
 //! | instance `Booting`/`Warming`/`Ready` | server gone (or SOFT_DELETED); one missing from the listing is asked for by id first (the listing is older than the instances read after it, and Nova lists no SOFT_DELETED server) | drop the record; a SOFT_DELETED server (deleted by hand on a cloud with `reclaim_instance_interval`) is deleted for good (the driver's forceDelete), as no later pass would see it |
+//! | instance `Booting`/`Warming`/`Ready`, unsold, no task of this process driving it | server with a volume attached (only a purchase attaches one, after its claim: sold after this record was written, the store a copy restored from a backup) | drop the record, leave the server (a tenant's), log an error, count it left alone (`unknown_sold`) |
 //! | instance `Booting`/`Warming` | server exists | resume the boot task |
 //! | instance `Ready`, unclaimed | server in ERROR (its host failed) | discard it (the pool refills) |
 //! | instance `Ready` | server busy with a task (a task_state other than a delete: a snapshot, a migration) | nothing for that: busy is not broken, the task ends by itself |
@@ -247,6 +248,26 @@ impl Shared {
                     Some(found) => server = found,
                     None => continue,
                 }
+            }
+            // Unsold, yet its server holds a tenant's volume: only a
+            // purchase attaches one, after its claim, so the server was sold
+            // after this record was written: the store is a copy restored
+            // from a backup. Never sold again nor deleted: forgotten, the
+            // server is one no record names, a tenant's, left alone.
+            let sold_since = instance.state.is_supply()
+                && instance.request_id.is_none()
+                && !driving
+                && server.as_ref().is_some_and(|s| s.holds_a_tenant_volume());
+            if let (true, Some(server)) = (sold_since, &server) {
+                tracing::error!(instance = %instance.id, server = %server.id, volumes = ?server.attached_volumes, "the server of an unsold instance has volumes attached: sold after the store was copied (a store restored from a backup)? Forgetting the instance and leaving the server alone; delete it by hand if it is no one's");
+                self.update_instance(&instance.id, |current| {
+                    (*current == *instance).then_some(None)
+                })
+                .await?;
+                if self.store.get_instance(&instance.id).await?.is_none() {
+                    left_alone.insert(server.id.clone(), LeftAlone::UnknownSold);
+                }
+                continue;
             }
             // A soft-deleted server (SOFT_DELETED), or one being deleted,
             // is as good as gone.
