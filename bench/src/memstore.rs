@@ -10,6 +10,7 @@ use pool_manager::sizing::LearnedSizing;
 use pool_manager::store::{Store, StoreError, StoreResult};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 #[derive(Default)]
 pub struct MemStore {
@@ -18,6 +19,7 @@ pub struct MemStore {
     allocations: Mutex<BTreeMap<String, Allocation>>,
     learned_sizing: Mutex<BTreeMap<PoolKey, LearnedSizing>>,
     twin_watches: Mutex<BTreeMap<String, TwinWatch>>,
+    unknown_servers_accepted: Mutex<Option<SystemTime>>,
 }
 
 fn cas<T: Clone + PartialEq>(
@@ -198,6 +200,17 @@ impl Store for MemStore {
         _key: &str,
     ) -> StoreResult<bool> {
         Ok(false)
+    }
+    async fn note_unknown_servers_accepted(&self, at: SystemTime) -> StoreResult<()> {
+        *self.unknown_servers_accepted.lock().expect("store lock") = Some(at);
+        Ok(())
+    }
+    async fn unknown_servers_accepted(&self) -> StoreResult<bool> {
+        Ok(self
+            .unknown_servers_accepted
+            .lock()
+            .expect("store lock")
+            .is_some())
     }
     async fn flush(&self) -> StoreResult<()> {
         Ok(())

@@ -63,7 +63,10 @@ pub struct ManagerSettings {
     /// is deleted ([`ManagerError::UnknownServers`]), as the store is more
     /// likely the wrong one (a mistyped data dir, an unmounted volume) or
     /// another manager's servers share the cloud's tag. For a store meant
-    /// to be new, once: left set, it turns that refusal off for good.
+    /// to be new, once: the start it lets go on notes so in the store
+    /// ([`Store::note_unknown_servers_accepted`]), so later starts on it
+    /// go on without it; left set, it turns that refusal off for good, on
+    /// any store.
     pub delete_unknown_servers: bool,
 }
 

@@ -26,7 +26,7 @@
 //! | instance `Allocated`/`Releasing`, its order gone (not set aside) | server exists | leave it, log a warning (a tenant's, its order's record lost) |
 //! | nothing | server with warmpool metadata, being deleted (task_state `deleting`, or `soft-deleting`: Nova lists it until the host is done) | leave it: a delete sent before its record was dropped, not a leak |
 //! | nothing | server with warmpool metadata, SOFT_DELETED (a cloud with `reclaim_instance_interval`; Nova does not list these, the OpenStack driver's listing adds those it deleted) | delete it for good (the driver's forceDelete), no leak event; where the cloud's policy refuses the forceDelete (403), leave it to Nova's reclaim, logging a warning (the driver forgets it) |
-//! | nothing at all: no instance, allocation, twin watch or set-aside record (start-up pass only) | pool servers, not being deleted nor SOFT_DELETED | refuse the start before anything is deleted (`ManagerError::UnknownServers`: the wrong store, or another manager's servers under the same tag), unless `delete_unknown_servers` is set: then as below |
+//! | nothing at all: no instance, allocation, twin watch or set-aside record, and no start on it let go on so before (start-up pass only) | pool servers, not being deleted nor SOFT_DELETED | refuse the start before anything is deleted (`ManagerError::UnknownServers`: the wrong store, or another manager's servers under the same tag), unless `delete_unknown_servers` is set: then note in the store that it is meant to be new (flushed first; later starts on it go on without the flag) and go on as below |
 //! | nothing | server with warmpool metadata, no volume attached (read again by id first: the listing is older than the instances read after it, and a server deleted in between, its record then dropped, is listed ACTIVE; gone or going now, it is left) | delete it (leak) |
 //! | nothing | server with warmpool metadata and a volume attached (read again by id first, as above) | leave it, log an error (a tenant's, its record lost), count it left alone (`unknown_sold`) |
 //! | instance record set aside as unreadable | server naming the instance (a volume attached or not) | leave it, log a warning (a release of its allocation deletes it by the allocation's server id), count it left alone (`set_aside`) |
@@ -217,7 +217,7 @@ impl Shared {
             .map(|s| (s.id.clone(), s))
             .collect();
         if new_store {
-            self.unknown_servers_at_start(&servers)?;
+            self.unknown_servers_at_start(&servers).await?;
         }
         let by_instance: HashMap<&str, &Server> = servers
             .values()
@@ -507,8 +507,15 @@ impl Shared {
     /// an unmounted volume's empty mount point, a store wiped after
     /// corruption) or another manager's servers share the tag than every
     /// server leaked. Refused before anything is deleted, unless
-    /// `delete_unknown_servers` says this store is meant to be new.
-    fn unknown_servers_at_start(&self, servers: &HashMap<String, Server>) -> ManagerResult<()> {
+    /// `delete_unknown_servers` says this store is meant to be new: then
+    /// the store notes so, flushed before anything is deleted, and later
+    /// starts on it go on without the flag (this start may write nothing
+    /// else: sold servers left alone, pools at target 0 or paused, a crash
+    /// mid-pass).
+    async fn unknown_servers_at_start(
+        &self,
+        servers: &HashMap<String, Server>,
+    ) -> ManagerResult<()> {
         let unknown: Vec<&Server> = servers.values().filter(|s| !s.is_going()).collect();
         if unknown.is_empty() {
             return Ok(());
@@ -525,6 +532,9 @@ impl Shared {
             sold,
             "the store knows no pool server and no order: as delete_unknown_servers asks, the unsold pool servers the cloud lists are deleted as leaks; the sold ones are left alone"
         );
+        let now = self.sizing_book().wall_now(&self.settings.sizing);
+        self.store.note_unknown_servers_accepted(now).await?;
+        self.store.flush().await?;
         Ok(())
     }
 

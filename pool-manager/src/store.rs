@@ -228,16 +228,31 @@ pub trait Store: Send + Sync + 'static {
     async fn is_set_aside(&self, kind: RecordKind, key: &str) -> StoreResult<bool>;
 
     /// Whether the store holds no instance, no allocation and no twin
-    /// watch, nor any record set aside: a store that never served (pools
-    /// and what was learned of them do not count: warmpoold writes its
-    /// declared pools at every start). What start-up refuses over a cloud
-    /// listing pool servers (`ManagerError::UnknownServers`). A store that
-    /// can tell without listing every order should.
+    /// watch, nor any record set aside, and never let a start go on over
+    /// pool servers it did not know ([`Store::note_unknown_servers_accepted`]):
+    /// a store that never served (pools and what was learned of them do not
+    /// count: warmpoold writes its declared pools at every start). What
+    /// start-up refuses over a cloud listing pool servers
+    /// (`ManagerError::UnknownServers`). A store that can tell without
+    /// listing every order should.
     async fn knows_no_instance_or_order(&self) -> StoreResult<bool> {
         Ok(self.list_instances().await?.is_empty()
             && self.list_twin_watches().await?.is_empty()
-            && self.list_allocations().await?.is_empty())
+            && self.list_allocations().await?.is_empty()
+            && !self.unknown_servers_accepted().await?)
     }
+
+    /// Notes that a start on this store went on over pool servers it did
+    /// not know, as the operator asked (`ManagerSettings::delete_unknown_servers`),
+    /// at `at`: the store is meant to be new, and from then on counts as
+    /// one that knows something ([`Store::knows_no_instance_or_order`]),
+    /// so later starts on it need no flag, whatever that start got to
+    /// write (a sold server left alone writes nothing). Durable once
+    /// flushed.
+    async fn note_unknown_servers_accepted(&self, at: SystemTime) -> StoreResult<()>;
+
+    /// Whether [`Store::note_unknown_servers_accepted`] was ever noted.
+    async fn unknown_servers_accepted(&self) -> StoreResult<bool>;
 
     /// Makes every write so far durable. Concurrent callers share one fsync.
     async fn flush(&self) -> StoreResult<()>;
@@ -291,6 +306,13 @@ impl RecordKind {
 
 /// The tree of records set aside, keyed `tree/key` (the key as stored).
 const SET_ASIDE_TREE: &str = "set_aside";
+
+/// The tree of what the store notes of itself, one key each.
+const META_TREE: &str = "meta";
+
+/// [`Store::note_unknown_servers_accepted`]'s key in [`META_TREE`]; its
+/// value is the time, for a person reading the store.
+const UNKNOWN_SERVERS_ACCEPTED: &str = "unknown_servers_accepted";
 
 fn set_aside_key(kind: RecordKind, key: &[u8]) -> Vec<u8> {
     let mut out = format!("{}/", kind.tree()).into_bytes();
@@ -454,6 +476,7 @@ pub struct SledStore {
     learned_sizing: sled::Tree,
     twin_watches: sled::Tree,
     set_aside: sled::Tree,
+    meta: sled::Tree,
     index: Arc<Mutex<HotIndex>>,
     failure: Failure,
 }
@@ -583,6 +606,7 @@ impl SledStore {
             learned_sizing: db.open_tree(RecordKind::LearnedSizing.tree())?,
             twin_watches: db.open_tree(RecordKind::TwinWatch.tree())?,
             set_aside: db.open_tree(SET_ASIDE_TREE)?,
+            meta: db.open_tree(META_TREE)?,
             index: Arc::default(),
             failure: Failure(watch::Sender::new(None)),
             db,
@@ -995,7 +1019,17 @@ impl Store for SledStore {
                 return Ok(false);
             }
         }
-        Ok(true)
+        Ok(!self.unknown_servers_accepted().await?)
+    }
+
+    async fn note_unknown_servers_accepted(&self, at: SystemTime) -> StoreResult<()> {
+        let written = self.meta.insert(UNKNOWN_SERVERS_ACCEPTED, encode(&at));
+        self.failure.kept(written)?;
+        Ok(())
+    }
+
+    async fn unknown_servers_accepted(&self) -> StoreResult<bool> {
+        Ok(self.meta.contains_key(UNKNOWN_SERVERS_ACCEPTED)?)
     }
 
     async fn flush(&self) -> StoreResult<()> {
@@ -1171,6 +1205,27 @@ mod tests {
             .insert(set_aside_key(RecordKind::Allocation, b"r2"), b"{}".to_vec())
             .unwrap();
         assert!(!knows_nothing().await);
+    }
+
+    /// A start that went on over pool servers the store did not know
+    /// (`delete_unknown_servers`) is noted, and the store knows something
+    /// from then on, across a reopen: the flag is for that one start.
+    #[tokio::test]
+    async fn a_store_noted_as_meant_to_be_new_knows_something_from_then_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store.knows_no_instance_or_order().await.unwrap());
+        assert!(!store.unknown_servers_accepted().await.unwrap());
+        store
+            .note_unknown_servers_accepted(SystemTime::UNIX_EPOCH)
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        assert!(!store.knows_no_instance_or_order().await.unwrap());
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store.unknown_servers_accepted().await.unwrap());
+        assert!(!store.knows_no_instance_or_order().await.unwrap());
     }
 
     /// Watches survive a reopen (a restart keeps watching) and go one by one.

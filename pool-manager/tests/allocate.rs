@@ -2326,6 +2326,63 @@ async fn a_start_on_a_store_that_knows_nothing_over_pool_servers_is_refused() {
     manager_on(&sim, store).start().await.unwrap();
 }
 
+/// `delete_unknown_servers` is for one start: the start it lets go on
+/// notes the store as meant to be new, so a later start on that store is
+/// not refused though that start wrote nothing else (the sold server left
+/// alone, a pool at target 0: no instance, no order).
+#[tokio::test(start_paused = true)]
+async fn delete_unknown_servers_is_needed_for_one_start_only() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 1).await;
+    manager
+        .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    manager.shutdown().await.unwrap();
+    drop(manager);
+
+    let store = temp_store();
+    let flagged = pool_manager::PoolManager::new(
+        store.clone(),
+        sim.clone(),
+        Arc::new(sim.probe()),
+        pool_manager::ManagerSettings {
+            delete_unknown_servers: true,
+            ..settings()
+        },
+    );
+    flagged.start().await.unwrap();
+    flagged.create_pool(pool(), spec(0)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    flagged.shutdown().await.unwrap();
+    drop(flagged);
+    assert!(store.list_instances().await.unwrap().is_empty());
+    assert!(store.list_allocations().await.unwrap().is_empty());
+
+    let again = manager_on(&sim, store.clone());
+    let started = again.start().await;
+    assert!(
+        started.is_ok(),
+        "the next start, without the flag: {started:?}"
+    );
+    assert_eq!(sim.servers().len(), 1, "the sold server is left alone");
+    again.shutdown().await.unwrap();
+    drop(again);
+
+    // Another store that knows nothing is still refused.
+    let refused = manager_on(&sim, temp_store()).start().await;
+    assert!(
+        matches!(
+            refused,
+            Err(ManagerError::UnknownServers {
+                servers: 1,
+                sold: 1
+            })
+        ),
+        "{refused:?}"
+    );
+}
+
 /// A second call with the request id of an Allocate in flight waits for its
 /// answer, and gets it when it comes, also when the pool was deleted in the
 /// meantime (so no change of the pool's purchase count wakes it).

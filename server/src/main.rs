@@ -28,7 +28,8 @@ struct Args {
     /// cloud lists pool servers under cloud.server_tag (warmpoold refuses
     /// that start otherwise): the unsold ones are deleted as leaks, the sold
     /// ones (volumes attached) left alone and logged. Once, for a store
-    /// meant to be new because the old one is lost.
+    /// meant to be new because the old one is lost: that start notes so in
+    /// the store, and later starts on it need no flag.
     #[arg(long)]
     delete_unknown_servers: bool,
     #[command(subcommand)]

@@ -677,6 +677,7 @@ pub enum Write {
     Allocation(String, Option<Allocation>),
     TwinWatch(pool_manager::model::TwinWatch),
     TwinWatchDeleted(String),
+    UnknownServersAccepted(std::time::SystemTime),
 }
 
 impl Write {
@@ -703,6 +704,7 @@ impl Write {
                 Ok(())
             }
             Write::TwinWatch(watch) => store.put_twin_watch(watch).await,
+            Write::UnknownServersAccepted(at) => store.note_unknown_servers_accepted(*at).await,
             Write::TwinWatchDeleted(name) => {
                 let watches = store.list_twin_watches().await?;
                 if let Some(current) = watches.iter().find(|w| &w.name == name) {
@@ -954,6 +956,16 @@ impl<H: StoreHooks> Store for HookedStore<H> {
     async fn knows_no_instance_or_order(&self) -> StoreResult<bool> {
         self.hooks.before_call().await;
         self.inner.knows_no_instance_or_order().await
+    }
+    async fn note_unknown_servers_accepted(&self, at: std::time::SystemTime) -> StoreResult<()> {
+        self.hooks.before_call().await;
+        self.inner.note_unknown_servers_accepted(at).await?;
+        self.hooks.written(Write::UnknownServersAccepted(at));
+        Ok(())
+    }
+    async fn unknown_servers_accepted(&self) -> StoreResult<bool> {
+        self.hooks.before_call().await;
+        self.inner.unknown_servers_accepted().await
     }
 
     async fn flush(&self) -> StoreResult<()> {
