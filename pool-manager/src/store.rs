@@ -457,6 +457,105 @@ fn holds_store(dir: &Path) -> bool {
     dir.join("conf").is_file() && dir.join("db").is_file()
 }
 
+/// What a data dir held before a store was first opened there, to take
+/// back what that open made: a start refused for a store that knows none
+/// of the pool servers (a mistyped data dir) should not leave a store
+/// there that `warmpoold store check` then calls healthy.
+#[derive(Debug)]
+pub struct NoStoreYet {
+    dir: PathBuf,
+    before: BTreeSet<std::ffi::OsString>,
+}
+
+impl NoStoreYet {
+    /// What `dir` holds now, or `None` when it holds a store already
+    /// ([`StoreRepair::open`] tells the same way).
+    pub fn look(dir: &Path) -> std::io::Result<Option<Self>> {
+        if holds_store(dir) {
+            return Ok(None);
+        }
+        let before = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .map(|entry| Ok(entry?.file_name()))
+                .collect::<std::io::Result<_>>()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(Some(Self {
+            dir: dir.to_owned(),
+            before,
+        }))
+    }
+
+    /// Removes what sled made in the directory since [`NoStoreYet::look`]:
+    /// its `conf`, `db` and `snap.*` files and its `blobs` directory, none
+    /// that was there before, and nothing else. Every handle on the store
+    /// must be dropped first: sled lets go of its lock a moment after the
+    /// last one, which this waits up to `lock_wait` for, and holds while it
+    /// removes, so that no open of the store comes in between. Returns the
+    /// names removed.
+    pub fn take_back(&self, lock_wait: Duration) -> StoreResult<Vec<String>> {
+        let io = |e: std::io::Error| StoreError::Io(sled::Error::Io(e));
+        let db = match std::fs::File::open(self.dir.join("db")) {
+            Ok(db) => Some(db),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(e)),
+        };
+        if let Some(db) = &db {
+            // sled's lock is an flock of its `db` file (fs2), as this one.
+            let started = std::time::Instant::now();
+            loop {
+                match db.try_lock() {
+                    Ok(()) => break,
+                    Err(std::fs::TryLockError::WouldBlock) => {}
+                    Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+                }
+                let waited = started.elapsed();
+                if waited >= lock_wait {
+                    return Err(StoreError::Locked {
+                        dir: self.dir.clone(),
+                        waited,
+                    });
+                }
+                std::thread::sleep(LOCK_POLL.min(lock_wait - waited));
+            }
+        }
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(e)),
+        };
+        let mut removed = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name();
+            if self.before.contains(&name) {
+                continue;
+            }
+            let Some(shown) = name.to_str() else {
+                continue;
+            };
+            let file = entry.file_type().map_err(io)?.is_file();
+            let made = match shown {
+                "conf" | "db" => file,
+                "blobs" => entry.file_type().map_err(io)?.is_dir(),
+                _ => file && shown.starts_with("snap."),
+            };
+            if !made {
+                continue;
+            }
+            if file {
+                std::fs::remove_file(entry.path()).map_err(io)?;
+            } else {
+                std::fs::remove_dir_all(entry.path()).map_err(io)?;
+            }
+            removed.push(shown.to_owned());
+        }
+        removed.sort();
+        Ok(removed)
+    }
+}
+
 const LOCK_POLL: Duration = Duration::from_millis(20);
 
 /// sled 0.34 reports a held lock as an `Other` I/O error whose text carries
@@ -1698,6 +1797,41 @@ mod tests {
         drop(SledStore::open(&nowhere).unwrap());
         let repair = StoreRepair::open(&nowhere, DEFAULT_LOCK_WAIT).unwrap();
         assert!(repair.unreadable().unwrap().is_empty());
+    }
+
+    /// What a first open made in a data dir is taken back once the store
+    /// is let go of, and only that: not what was there before, nor a
+    /// store that was there.
+    #[test]
+    fn what_a_first_open_made_is_taken_back_and_only_that() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notes"), "kept").unwrap();
+        let made = NoStoreYet::look(dir.path()).unwrap().expect("no store yet");
+        let store = SledStore::open(dir.path()).unwrap();
+        match made.take_back(Duration::from_millis(100)) {
+            Err(StoreError::Locked { .. }) => {}
+            other => panic!("taken back from under an open store: {other:?}"),
+        }
+        drop(store);
+        assert_eq!(
+            made.take_back(DEFAULT_LOCK_WAIT).unwrap(),
+            ["blobs", "conf", "db"]
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["notes"]);
+        assert!(matches!(
+            StoreRepair::open(dir.path(), DEFAULT_LOCK_WAIT),
+            Err(StoreError::NoStore { .. })
+        ));
+
+        drop(SledStore::open(dir.path()).unwrap());
+        assert!(NoStoreYet::look(dir.path()).unwrap().is_none());
+        let nowhere = dir.path().join("none");
+        let made = NoStoreYet::look(&nowhere).unwrap().unwrap();
+        assert!(made.take_back(DEFAULT_LOCK_WAIT).unwrap().is_empty());
     }
 
     /// `e` and its causes, as anyhow's `{:#}` (warmpoold's last line) shows

@@ -15,7 +15,7 @@ use anyhow::Context;
 use config::{CloudConfig, Config};
 use futures::StreamExt;
 use pool_manager::probe::{MysqlGreetingProbe, Probe};
-use pool_manager::store::{SledStore, Store};
+use pool_manager::store::{NoStoreYet, SledStore, Store};
 use pool_manager::{ManagerError, PoolManager};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,6 +35,13 @@ pub struct StoppedDuringStartUp;
 #[derive(Debug, thiserror::Error)]
 #[error("the store's disk failed: {0}; warmpoold stops so that a restart reopens the store once the disk is fixed")]
 pub struct StoreFailed(String);
+
+/// [`start`]'s error when the core refused to start on a store that knows
+/// none of the pool servers the cloud lists (`ManagerError::UnknownServers`);
+/// it says which store, which servers and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UnknownServersRefused(String);
 
 /// A started daemon: its bound addresses and the task serving it.
 pub struct Running {
@@ -64,7 +71,9 @@ pub struct Running {
 /// fails after the background tasks started stops them again, so the
 /// store's lock is free for the next try; so does one that `shutdown`
 /// interrupts while it checks the cloud or reconciles (the error is then
-/// [`StoppedDuringStartUp`]).
+/// [`StoppedDuringStartUp`]). One refused for a store that knows none of
+/// the pool servers ([`UnknownServersRefused`]) takes back the store it
+/// made in a data dir that held none.
 pub async fn start(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -102,8 +111,18 @@ pub async fn start_stoppable(
             config.data_dir.display()
         );
     }
+    // Noted before the store is made: a start refused for a store that
+    // knows none of the pool servers takes it back (`take_back_store`).
+    let made_dirs_from = first_missing(&config.data_dir);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let no_store_yet = match NoStoreYet::look(&config.data_dir) {
+        Ok(no_store_yet) => no_store_yet,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot list the data dir; a refused start leaves the store it makes");
+            None
+        }
+    };
     // On a blocking thread: opening waits for a lock a previous process (or
     // a previous start in this one) may still hold.
     let data_dir = config.data_dir.clone();
@@ -220,6 +239,11 @@ pub async fn start_stoppable(
         // booting and the next start finds the data dir locked.
         if let Err(stop) = manager.shutdown().await {
             tracing::warn!(error = %stop, "stopping after a failed start-up");
+        }
+        if let (true, Some(made)) = (e.is::<UnknownServersRefused>(), no_store_yet) {
+            // Every holder of the store let go of first.
+            drop((router, metrics_server, manager));
+            take_back_store(made, &config.data_dir, made_dirs_from).await;
         }
         return Err(e);
     }
@@ -418,12 +442,13 @@ async fn start_pools(
     match manager.start().await {
         Ok(()) => {}
         Err(ManagerError::UnknownServers { servers, sold }) => {
-            anyhow::bail!(unknown_servers_refusal(
+            return Err(UnknownServersRefused(unknown_servers_refusal(
                 config,
                 servers_where,
                 servers,
-                sold
+                sold,
             ))
+            .into())
         }
         Err(e) => return Err(e).context("start-up reconcile failed"),
     }
@@ -449,6 +474,51 @@ async fn start_pools(
         }
     }
     Ok(())
+}
+
+/// The first of `dir` and its parents that does not exist, if any: the
+/// top one `create_dir_all(dir)` makes.
+fn first_missing(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    dir.ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .last()
+        .map(std::path::Path::to_owned)
+}
+
+/// Takes back the store a refused start made in `data_dir` (which held
+/// none): a mistyped data dir is not left holding a store that `warmpoold
+/// store check` would call healthy. Only sled's files that start made go
+/// ([`NoStoreYet::take_back`]), then the dirs it made, from `data_dir` up
+/// to `made_dirs_from`, while they are empty. A failure is logged: the
+/// start's own error is the one to tell.
+async fn take_back_store(
+    made: NoStoreYet,
+    data_dir: &std::path::Path,
+    made_dirs_from: Option<std::path::PathBuf>,
+) {
+    let data_dir = data_dir.to_owned();
+    let taken_back = tokio::task::spawn_blocking(move || {
+        let removed = made.take_back(pool_manager::store::DEFAULT_LOCK_WAIT)?;
+        if let Some(top) = &made_dirs_from {
+            for dir in data_dir.ancestors() {
+                // Only an empty dir goes: nothing of anyone else's.
+                if std::fs::remove_dir(dir).is_err() || dir == top {
+                    break;
+                }
+            }
+        }
+        Ok::<_, pool_manager::store::StoreError>((data_dir, removed))
+    })
+    .await;
+    match taken_back {
+        Ok(Ok((data_dir, removed))) => {
+            tracing::info!(data_dir = %data_dir.display(), ?removed, "the refused start took back the store it made")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot take back the store the refused start made; remove its conf, db, blobs and snap.* from the data dir by hand")
+        }
+        Err(e) => tracing::warn!(error = %e, "the thread taking back the store panicked"),
+    }
 }
 
 /// Why warmpoold does not start on a store that knows no pool server and

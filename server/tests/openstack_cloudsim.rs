@@ -2559,6 +2559,43 @@ async fn warmpoold_refuses_a_store_that_knows_none_of_the_pool_servers() {
     }
     assert_eq!(env.sim.servers().len(), 3, "{:?}", env.sim.servers());
     assert!(!stderr.contains("warmpoold serving gRPC"), "{stderr}");
+    // Nor does it leave a store in the data dir it made: `store check`
+    // would call a mistyped data dir a healthy store.
+    assert!(
+        !store.exists(),
+        "{:?}",
+        std::fs::read_dir(&store).map(|d| d.count())
+    );
+    let no_store = |dir: &std::path::Path| {
+        let check = std::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["store", "check"])
+            .env_remove("WARMPOOL_CONFIG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&check.stderr).into_owned();
+        assert_eq!(check.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("no store in {}", dir.display())),
+            "{stderr}"
+        );
+    };
+    no_store(&store);
+    // In a data dir that was there, only what the refused start made goes.
+    std::fs::create_dir(&store).unwrap();
+    std::fs::write(store.join("notes"), "kept").unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(60), warmpoold(&[]).output())
+        .await
+        .expect("warmpoold neither started nor stopped within 60 s")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let left: Vec<_> = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["notes"], "{out:?}");
+    no_store(&store);
 
     let mut child = warmpoold(&["--delete-unknown-servers"]).spawn().unwrap();
     let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
