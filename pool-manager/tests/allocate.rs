@@ -2182,15 +2182,7 @@ async fn a_server_with_a_tenant_volume_is_never_deleted_as_a_leak() {
     manager.shutdown().await.unwrap();
     drop(manager);
 
-    let manager = pool_manager::PoolManager::new(
-        temp_store(),
-        sim.clone(),
-        Arc::new(sim.probe()),
-        pool_manager::ManagerSettings {
-            delete_unknown_servers: true,
-            ..settings()
-        },
-    );
+    let manager = on_a_store_meant_to_be_new(temp_store(), sim.clone(), &sim);
     manager.start().await.unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let servers: Vec<String> = sim.servers().into_iter().map(|s| s.server.id).collect();
@@ -2217,15 +2209,7 @@ async fn a_sold_server_the_store_does_not_know_is_counted_as_left_alone_until_go
     let (cloud, unreadable) =
         GatedCloud::failing_next(&sim, "get_server", CloudError::Transient("HTTP 503".into()));
     // A store meant to be new, as the test before.
-    let manager = pool_manager::PoolManager::new(
-        temp_store(),
-        cloud.clone(),
-        Arc::new(sim.probe()),
-        pool_manager::ManagerSettings {
-            delete_unknown_servers: true,
-            ..settings()
-        },
-    );
+    let manager = on_a_store_meant_to_be_new(temp_store(), cloud.clone(), &sim);
     assert_eq!(manager.servers_left_alone()[&LeftAlone::UnknownSold], 0);
     manager.start().await.unwrap();
     let left_alone = |manager: &pool_manager::PoolManager| {
@@ -2342,15 +2326,7 @@ async fn delete_unknown_servers_is_needed_for_one_start_only() {
     drop(manager);
 
     let store = temp_store();
-    let flagged = pool_manager::PoolManager::new(
-        store.clone(),
-        sim.clone(),
-        Arc::new(sim.probe()),
-        pool_manager::ManagerSettings {
-            delete_unknown_servers: true,
-            ..settings()
-        },
-    );
+    let flagged = on_a_store_meant_to_be_new(store.clone(), sim.clone(), &sim);
     flagged.start().await.unwrap();
     flagged.create_pool(pool(), spec(0)).await.unwrap();
     tokio::time::sleep(Duration::from_secs(120)).await;
@@ -5502,4 +5478,23 @@ async fn a_resumed_boot_whose_task_panics_is_resumed_again() {
     wait_ready(&manager, 1).await;
     assert_eq!(sim.servers().len(), 1, "{:?}", sim.servers());
     assert_consistent(&sim, &manager).await;
+}
+
+/// A manager on `store` started as one meant to be new (warmpoold's
+/// `--delete-unknown-servers`): its start deletes the unsold pool servers
+/// it does not know as leaks instead of refusing.
+fn on_a_store_meant_to_be_new(
+    store: Arc<dyn pool_manager::store::Store>,
+    cloud: Arc<dyn pool_manager::cloud::Cloud>,
+    sim: &cloudsim::SimCloud,
+) -> pool_manager::PoolManager {
+    pool_manager::PoolManager::new(
+        store,
+        cloud,
+        Arc::new(sim.probe()),
+        pool_manager::ManagerSettings {
+            delete_unknown_servers: true,
+            ..settings()
+        },
+    )
 }
