@@ -849,7 +849,7 @@ impl Shared {
             Err(e) => {
                 tracing::warn!(pool = %instance.pool, instance = %instance.id, error = %e, "boot failed");
                 let message = e.to_string();
-                // `Failed` first, and until the server is gone: a late cold
+                // `Failed` first, until its delete is done: a late cold
                 // boot's handover judges the boot by its record under the
                 // pool lock, which the pool's update below waits on, and
                 // must not hand the pool an instance about to be deleted,
