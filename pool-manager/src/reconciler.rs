@@ -565,6 +565,12 @@ impl Shared {
             }
             None => None,
         };
+        // As listed still: a release that ended since the listing (its
+        // instance dropped, then its order Released) left nothing to settle
+        // nor to warn of.
+        if self.store.get_instance(&instance.id).await?.as_ref() != Some(instance) {
+            return Ok(());
+        }
         let server = match (listed, &instance.server_id) {
             (Some(server), _) => Some(server),
             (None, None) => None,
