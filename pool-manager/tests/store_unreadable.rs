@@ -231,38 +231,8 @@ async fn a_set_aside_order_comes_back_with_a_version_that_reads_it() {
         .unwrap();
     manager.shutdown().await.unwrap();
     drop(manager);
-    // A newer version's record: this one's, with a field it does not know.
-    let readable = {
-        let db = raw_store(dir.path());
-        let tree = db.open_tree("allocations").unwrap();
-        let readable = tree.get("o-1").unwrap().unwrap().to_vec();
-        let mut newer: serde_json::Value = serde_json::from_slice(&readable).unwrap();
-        newer
-            .as_object_mut()
-            .unwrap()
-            .insert("from_the_future".into(), true.into());
-        tree.insert("o-1", serde_json::to_vec(&newer).unwrap())
-            .unwrap();
-        db.flush().unwrap();
-        readable
-    };
-    {
-        let repair = StoreRepair::open(dir.path(), DEFAULT_LOCK_WAIT).unwrap();
-        assert_eq!(
-            repair.set_aside(RecordKind::Allocation, "o-1").unwrap(),
-            SetAside::Moved
-        );
-    }
-    // The version that wrote it reads its bytes; this build stands in for
-    // it once they are bytes it reads.
-    {
-        let db = raw_store(dir.path());
-        db.open_tree("set_aside")
-            .unwrap()
-            .insert("allocations/o-1", readable)
-            .unwrap();
-        db.flush().unwrap();
-    }
+    let readable = set_aside_as_newer(dir.path(), RecordKind::Allocation, "o-1");
+    readable_again(dir.path(), RecordKind::Allocation, "o-1", readable);
 
     let manager = restarted(&sim, dir.path()).await;
     let order = manager.get_allocation("o-1").await.unwrap();
@@ -411,6 +381,37 @@ fn rewrite(dir: &Path, tree: &str, key: &str, change: impl FnOnce(&mut serde_jso
     db.flush().unwrap();
 }
 
+/// Rewrites the record of `key` as a newer version would (this one's, with
+/// a field it does not know) and sets it aside; returns its bytes as they
+/// were, the ones the version that wrote it reads.
+fn set_aside_as_newer(dir: &Path, kind: RecordKind, key: &str) -> Vec<u8> {
+    let readable = raw_store(dir)
+        .open_tree(kind.tree())
+        .unwrap()
+        .get(key)
+        .unwrap()
+        .unwrap()
+        .to_vec();
+    rewrite(dir, kind.tree(), key, |record| {
+        record["from_the_future"] = true.into();
+    });
+    let repair = StoreRepair::open(dir, DEFAULT_LOCK_WAIT).unwrap();
+    assert_eq!(repair.set_aside(kind, key).unwrap(), SetAside::Moved);
+    readable
+}
+
+/// Puts `readable` in place of the set-aside bytes of `key`: the version
+/// that wrote them reads them, and this build stands in for it once they
+/// are bytes it reads.
+fn readable_again(dir: &Path, kind: RecordKind, key: &str, readable: Vec<u8>) {
+    let db = raw_store(dir);
+    db.open_tree("set_aside")
+        .unwrap()
+        .insert(format!("{}/{key}", kind.tree()), readable)
+        .unwrap();
+    db.flush().unwrap();
+}
+
 /// A sold instance's record set aside as unreadable, its order then
 /// released by the version that cannot read it (which deletes the server
 /// the order recorded), comes back when a version that reads it opens the
@@ -429,24 +430,7 @@ async fn a_set_aside_instance_of_an_order_released_meanwhile_is_forgotten_once_b
     drop(manager);
     let instance_id = sold.instance_id.clone().unwrap();
     let server_id = sold.server_id.clone().unwrap();
-    let readable = raw_store(dir.path())
-        .open_tree("instances")
-        .unwrap()
-        .get(&instance_id)
-        .unwrap()
-        .unwrap();
-    rewrite(dir.path(), "instances", &instance_id, |record| {
-        record["from_the_future"] = true.into();
-    });
-    {
-        let repair = StoreRepair::open(dir.path(), DEFAULT_LOCK_WAIT).unwrap();
-        assert_eq!(
-            repair
-                .set_aside(RecordKind::Instance, &instance_id)
-                .unwrap(),
-            SetAside::Moved
-        );
-    }
+    let readable = set_aside_as_newer(dir.path(), RecordKind::Instance, &instance_id);
 
     // The version that cannot read it releases the order.
     let manager = restarted(&sim, dir.path()).await;
@@ -456,14 +440,7 @@ async fn a_set_aside_instance_of_an_order_released_meanwhile_is_forgotten_once_b
     drop(manager);
 
     // The version that reads it: the record set aside reads now.
-    {
-        let db = raw_store(dir.path());
-        db.open_tree("set_aside")
-            .unwrap()
-            .insert(format!("instances/{instance_id}"), readable)
-            .unwrap();
-        db.flush().unwrap();
-    }
+    readable_again(dir.path(), RecordKind::Instance, &instance_id, readable);
     let manager = restarted(&sim, dir.path()).await;
     let instances = manager.list_instances(Some(&pool())).await.unwrap();
     assert!(
