@@ -1281,17 +1281,23 @@ async fn a_community_image_is_found_by_name() {
         .faults()
         .set_image_visibility("mysql-8.0", "community");
     let cloud = env.driver().await;
+    found_by_name_and_booted(&cloud, "community").await;
+}
+
+/// mysql-8.0, which the test hid from the image list one way or another,
+/// passes the pool's check by name and boots a server that gets ACTIVE.
+async fn found_by_name_and_booted(cloud: &OpenStackCloud, how: &str) {
     let pool = PoolKey::new("db.small", "az1");
     cloud
         .check_boot_spec(&pool, "mysql-8.0")
         .await
-        .expect("the community image is found by name");
+        .unwrap_or_else(|e| panic!("the {how} image is not found by name: {e}"));
     let server = cloud
         .create_server(&spec("a", "db.small", "az1"))
         .await
-        .expect("a boot from the community image");
+        .unwrap_or_else(|e| panic!("no boot from the {how} image: {e}"));
     assert_eq!(
-        settled(&cloud, &server.id).await.status,
+        settled(cloud, &server.id).await.status,
         ServerStatus::Active
     );
 }
@@ -1304,20 +1310,9 @@ async fn a_hidden_image_is_found_by_name() {
     let env = env().await;
     env.face.faults().hide_image("mysql-8.0");
     let cloud = env.driver().await;
-    let pool = PoolKey::new("db.small", "az1");
-    cloud
-        .check_boot_spec(&pool, "mysql-8.0")
-        .await
-        .expect("the hidden image is found by name");
-    let server = cloud
-        .create_server(&spec("a", "db.small", "az1"))
-        .await
-        .expect("a boot from the hidden image");
-    assert_eq!(
-        settled(&cloud, &server.id).await.status,
-        ServerStatus::Active
-    );
+    found_by_name_and_booted(&cloud, "hidden").await;
     // An image of no name is still unknown, hidden or not.
+    let pool = PoolKey::new("db.small", "az1");
     let err = cloud
         .check_boot_spec(&pool, "mysql-9.9")
         .await
