@@ -488,7 +488,7 @@ pub struct AllocationView<'a> {
     instance_id: &'a str,
     server_id: &'a str,
     volume_id: &'a str,
-    delete_volume_on_release: bool,
+    delete_volume_on_release: Option<bool>,
     port_id: &'a str,
     ip_address: &'a str,
     timings: Option<TimingsView>,
@@ -752,7 +752,7 @@ pub(crate) mod tests {
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
             released_at: None,
-            delete_volume_on_release: true,
+            delete_volume_on_release: Some(true),
         }
     }
 

@@ -470,10 +470,13 @@ fn volume_cell(a: &api::Allocation) -> String {
     }
     let released = a.state == api::AllocationState::Released as i32;
     let fate = match (a.delete_volume_on_release, released) {
-        (true, false) => "deleted on release",
-        (false, false) => "kept on release",
-        (true, true) => "deleted",
-        (false, true) => "kept",
+        (Some(true), false) => "deleted on release",
+        (Some(false), false) => "kept on release",
+        (Some(true), true) => "deleted",
+        (Some(false), true) => "kept",
+        // A server older than the field: it may delete the volume or not.
+        (None, false) => "on release: unknown, the server predates delete_volume_on_release",
+        (None, true) => "deleted or kept: unknown, the server predates delete_volume_on_release",
     };
     format!("{} ({fate})", cell(&a.volume_id))
 }
@@ -743,13 +746,25 @@ mod tests {
             nanos: 0,
         });
         released.state = api::AllocationState::Released as i32;
-        released.delete_volume_on_release = false;
+        released.delete_volume_on_release = Some(false);
         let text = allocation_detail(&released);
         assert!(
             text.contains("released_at: 2025-11-24T17:00:00Z\nlabels:"),
             "{text}"
         );
         assert!(text.contains(" vol-1 (kept)\n"), "{text}");
+
+        // A server older than the field does not send it: neither "kept"
+        // nor "deleted" can be said for it.
+        let mut from_old_server = sample_allocation();
+        from_old_server.delete_volume_on_release = None;
+        let text = allocation_detail(&from_old_server);
+        assert!(
+            text.contains(
+                "vol-1 (on release: unknown, the server predates delete_volume_on_release)\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

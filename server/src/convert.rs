@@ -207,9 +207,10 @@ pub fn allocation(a: Allocation) -> api::Allocation {
         labels: a.params.labels.into_iter().collect(),
         released_at: a.released_at.map(timestamp),
         // The release's decision once made; until then the Allocate's.
-        delete_volume_on_release: a
-            .delete_volume_on_release
-            .unwrap_or(a.params.volume.delete_on_release),
+        delete_volume_on_release: Some(
+            a.delete_volume_on_release
+                .unwrap_or(a.params.volume.delete_on_release),
+        ),
     }
 }
 

@@ -651,13 +651,14 @@ async fn release_deletes_the_server_and_the_pool_refills() {
     assert_warm_hit(&b, "order-drop", "db.small", "az1");
     wait_ready(c, "db.small", "az1", 2).await;
     // What a plain release will do to each tenant's volume, before it is asked.
-    assert!(!a.delete_volume_on_release, "{a:?}");
-    assert!(b.delete_volume_on_release, "{b:?}");
-    assert!(
+    assert_eq!(a.delete_volume_on_release, Some(false), "{a:?}");
+    assert_eq!(b.delete_volume_on_release, Some(true), "{b:?}");
+    assert_eq!(
         c.get_allocation("order-drop")
             .await
             .unwrap()
-            .delete_volume_on_release
+            .delete_volume_on_release,
+        Some(true)
     );
 
     assert_eq!(a.released_at, None);
@@ -687,13 +688,21 @@ async fn release_deletes_the_server_and_the_pool_refills() {
 
     let released = c.release("order-drop", None).await.unwrap();
     assert_eq!(state(&released), api::AllocationState::Released);
-    assert!(released.delete_volume_on_release, "{released:?}");
+    assert_eq!(
+        released.delete_volume_on_release,
+        Some(true),
+        "{released:?}"
+    );
     // A release's own choice beats the Allocate's, and is what it answers.
     let mut request = allocate_request("order-override", "db.small", "az1");
     request.volume.as_mut().unwrap().delete_on_release = true;
     c.allocate(request).await.unwrap();
     let overridden = c.release("order-override", Some(false)).await.unwrap();
-    assert!(!overridden.delete_volume_on_release, "{overridden:?}");
+    assert_eq!(
+        overridden.delete_volume_on_release,
+        Some(false),
+        "{overridden:?}"
+    );
 
     let cloud = d.cloud();
     eventually(
