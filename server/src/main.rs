@@ -21,8 +21,8 @@ struct Args {
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
     /// Store directory (overrides the file; `check-cloud` and `store` take
-    /// it too).
-    #[arg(long)]
+    /// it too, before or after the subcommand).
+    #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
     /// Start on a store that knows no pool server and no order although the
     /// cloud lists pool servers under cloud.server_tag (warmpoold refuses
@@ -43,7 +43,7 @@ enum Command {
     /// Nova and Cinder, and quota headroom (Nova's and Neutron's ports) for
     /// the pools' min_ready. The
     /// pools are those start-up checks: the store's (data_dir, or
-    /// --data-dir before the subcommand), unless a
+    /// --data-dir), unless a
     /// running warmpoold holds it, and the configured ones it lacks. One
     /// line per check; exits 1 if any fails.
     CheckCloud {

@@ -659,6 +659,19 @@ fn store_command(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `warmpoold store ARGS --data-dir DIR`: the flag after the subcommand,
+/// as `--help` says the subcommands take it.
+fn store_command_flag_after(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+        .arg("store")
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("WARMPOOL_CONFIG")
+        .output()
+        .unwrap()
+}
+
 /// The store commands mend a store that is there: on a data dir without
 /// one (mistyped, or made by hand and empty) they say so, exit 1 and
 /// write nothing there (run as root, files they made could keep the
@@ -666,8 +679,12 @@ fn store_command(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
 #[test]
 fn the_store_commands_find_no_store_in_an_empty_data_dir() {
     let data = tempfile::tempdir().unwrap();
-    for args in [&["check"][..], &["set-aside", "allocations", "order-1"][..]] {
-        let out = store_command(data.path(), args);
+    let runs = [store_command, store_command_flag_after];
+    for (args, run) in [&["check"][..], &["set-aside", "allocations", "order-1"][..]]
+        .into_iter()
+        .flat_map(|args| runs.map(|run| (args, run)))
+    {
+        let out = run(data.path(), args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
         assert!(
