@@ -616,6 +616,19 @@ impl Metrics {
             touch(&m.retry_pause_seconds, &ServiceLabels { service });
             touch(&m.cloud_calls_paused, &ServiceLabels { service });
         }
+        // Refusals too: an alert or a panel on them sees 0, not "no data",
+        // until the first one.
+        for method in crate::access::Method::ALL {
+            for reason in ["unauthenticated", "permission_denied"] {
+                touch(
+                    &m.api_calls_refused,
+                    &RefusedLabels {
+                        method: method.name(),
+                        reason,
+                    },
+                );
+            }
+        }
         // Pools' series are created as the pools are seen; leaks of no pool
         // the store knows (a store lost) have none to be created with.
         touch(&m.leaks_deleted, &PoolLabels::of(None));

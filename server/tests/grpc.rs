@@ -2304,13 +2304,35 @@ async fn api_tokens_let_each_role_call_its_methods_only() {
         metrics
             .lines()
             .find_map(|line| line.strip_prefix(&series))
-            .map_or(0.0, |value| value.parse::<f64>().unwrap())
+            .map(|value| value.parse::<f64>().unwrap())
     };
-    assert_eq!(refused("Allocate", "unauthenticated"), 2.0, "{metrics}");
-    assert_eq!(refused("ListPools", "unauthenticated"), 3.0, "{metrics}");
-    assert_eq!(refused("DeletePool", "permission_denied"), 3.0, "{metrics}");
-    assert_eq!(refused("Allocate", "permission_denied"), 1.0, "{metrics}");
-    assert_eq!(refused("GetPool", "permission_denied"), 0.0, "{metrics}");
+    assert_eq!(
+        refused("Allocate", "unauthenticated"),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        refused("ListPools", "unauthenticated"),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        refused("DeletePool", "permission_denied"),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        refused("Allocate", "permission_denied"),
+        Some(1.0),
+        "{metrics}"
+    );
+    // Never refused, but there at zero: `rate()` and `absent()` see a 0,
+    // not "no data", before the first refusal.
+    assert_eq!(
+        refused("GetPool", "permission_denied"),
+        Some(0.0),
+        "{metrics}"
+    );
 
     // A watch outlives no reload that revokes its token: it ends with
     // UNAUTHENTICATED, while the calls of a token kept go on.
