@@ -178,11 +178,15 @@ fn default_listen() -> SocketAddr {
 /// An `IP:port` whose error names the value (serde's says only
 /// "invalid socket address syntax").
 fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
-    let text = String::deserialize(d)?;
+    parse_socket_addr(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+/// A listen address as the config file and warmpoold's flags take it.
+pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     text.trim().parse().map_err(|_| {
-        serde::de::Error::custom(format!(
+        format!(
             "{text:?} is not an IP:port (e.g. 127.0.0.1:50051 or [::]:50051; a host name is not resolved)"
-        ))
+        )
     })
 }
 

@@ -98,11 +98,16 @@ pub async fn start_stoppable(
     let metrics = Arc::new(metrics::Metrics::new());
     let metrics_listener = TcpListener::bind(config.metrics_listen)
         .await
-        .with_context(|| format!("cannot listen on {} for metrics", config.metrics_listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for metrics (metrics_listen, --metrics-listen)",
+                config.metrics_listen
+            )
+        })?;
     let metrics_addr = metrics_listener.local_addr()?;
     let listener = TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .with_context(|| format!("cannot listen on {} (listen, --listen)", config.listen))?;
     let grpc_addr = listener.local_addr()?;
 
     if config.data_dir.exists() && !config.data_dir.is_dir() {

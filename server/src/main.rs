@@ -15,10 +15,10 @@ struct Args {
     #[arg(long, env = "WARMPOOL_CONFIG")]
     config: Option<PathBuf>,
     /// gRPC listen address (overrides the file).
-    #[arg(long)]
+    #[arg(long, value_parser = warmpool_server::config::parse_socket_addr)]
     listen: Option<SocketAddr>,
     /// Prometheus metrics listen address (overrides the file).
-    #[arg(long)]
+    #[arg(long, value_parser = warmpool_server::config::parse_socket_addr)]
     metrics_listen: Option<SocketAddr>,
     /// Store directory (overrides the file; `check-cloud` and `store` take
     /// it too, before or after the subcommand).

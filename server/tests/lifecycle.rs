@@ -29,8 +29,10 @@ async fn a_taken_grpc_port_fails_start_up_before_anything_is_written() {
         Ok(_) => panic!("warmpoold started on a taken port {addr}"),
         Err(e) => format!("{e:#}"),
     };
+    // Naming the setting to change: a second warmpoold beside the demo
+    // finds its ports taken.
     assert!(
-        error.contains(&format!("cannot listen on {addr}")),
+        error.contains(&format!("cannot listen on {addr} (listen, --listen)")),
         "{error}"
     );
 
@@ -726,6 +728,28 @@ fn delete_unknown_servers_is_refused_beside_a_subcommand() {
             "{args:?}: {stderr}"
         );
         assert_eq!(std::fs::read_dir(data.path()).unwrap().count(), 0);
+    }
+}
+
+/// A listen flag given a host name is refused as the config file refuses
+/// it, saying what it takes, not clap's bare "invalid socket address
+/// syntax".
+#[test]
+fn a_listen_flag_with_a_host_name_says_what_it_takes() {
+    for flag in ["--listen", "--metrics-listen"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+            .args([flag, "localhost:50201"])
+            .env_remove("WARMPOOL_CONFIG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {stderr}");
+        assert!(
+            stderr.contains(flag)
+                && stderr.contains("\"localhost:50201\" is not an IP:port")
+                && stderr.contains("a host name is not resolved"),
+            "{flag}: {stderr}"
+        );
     }
 }
 
