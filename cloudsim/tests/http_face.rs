@@ -628,6 +628,39 @@ async fn version_documents_are_shaped_for_osauth() {
     );
 }
 
+/// Cinder routes its API without the project id only from 3.67 (Yoga):
+/// an older one answers such a URL with webob's 404 page, after the token
+/// check; under the project id every version answers.
+#[tokio::test]
+async fn cinder_before_3_67_has_no_routes_without_the_project_id() {
+    for (max, project_less) in [((3, 71), 200), ((3, 67), 200), ((3, 60), 404)] {
+        let env = start_with(
+            config(),
+            HttpSettings {
+                cinder_max_version: max,
+                ..HttpSettings::default()
+            },
+        )
+        .await;
+        let project = env.face.project_id().to_string();
+        for path in ["/volumes/detail", "/os-availability-zone"] {
+            env.get(Service::Volume, &format!("/v3/{project}{path}"), None)
+                .await
+                .expect(200);
+            let r = env
+                .get(Service::Volume, &format!("/v3{path}"), None)
+                .await
+                .expect(project_less);
+            if project_less == 404 {
+                assert!(r.header("content-type").unwrap().starts_with("text/html"));
+                assert!(r.text.contains("<h1>404 Not Found</h1>"), "{}", r.text);
+            }
+        }
+        let url = env.url(Service::Volume, "/v3/volumes");
+        env.raw(Method::GET, &url, &[], None).await.expect(401);
+    }
+}
+
 #[tokio::test]
 async fn nova_microversion_headers_and_limits() {
     let env = start().await;

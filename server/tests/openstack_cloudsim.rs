@@ -2705,6 +2705,41 @@ async fn cinder_registered_only_as_volumev3_is_found() {
     );
 }
 
+/// A Cinder older than Yoga routes its API only under the project id
+/// (from microversion 3.67 it is optional), and osauth's version discovery
+/// drops it from the catalog URL: without it every volume call met webob's
+/// 404, which reads as a proxy's, so the cloud check failed and no purchase
+/// got its volume. The driver puts warmpool's project id back in Cinder's
+/// paths there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cinder_older_than_yoga_is_spoken_to_under_the_project_id() {
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            cinder_max_version: (3, 60),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let config = env.config("", SMALL_POOL);
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert!(report.passed(), "{report}");
+
+    let (running, stop) = start_daemon(config).await.unwrap();
+    let allocated = running
+        .manager
+        .allocate(order(&env, "o1").await)
+        .await
+        .unwrap();
+    let server = allocated.server_id.clone().unwrap();
+    let volume = allocated.volume_id.clone().unwrap();
+    let volumes = env.sim.volumes();
+    let volume = volumes.iter().find(|v| v.id == volume).unwrap();
+    assert_eq!(volume.status, VolumeStatus::InUse, "{volume:?}");
+    assert_eq!(volume.attached_to, vec![server], "{volume:?}");
+    stop_daemon(running, stop).await;
+}
+
 /// A pool in an availability zone Nova does not have is refused before
 /// anything boots: by the cloud check at start-up and by the boot-spec
 /// check CreatePool runs (every boot there would be refused).

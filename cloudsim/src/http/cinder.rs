@@ -1,8 +1,10 @@
 //! Cinder v3 under `/volume`: version discovery, microversions
 //! (`OpenStack-API-Version: volume 3.x`, echoed), volumes (create, show,
-//! list with `?name=`, delete), `/limits` and `/os-availability-zone`. Routes answer both with and
-//! without the project id in the path: the catalog has it, but osauth uses
-//! the version document's `self` link, which has none.
+//! list with `?name=`, delete), `/limits` and `/os-availability-zone`. Routes answer with the
+//! project id in the path (the catalog's) and, from microversion 3.67
+//! (Yoga) on, without it, as osauth sends them (it uses the version
+//! document's `self` link, which has none); an older Cinder has no such
+//! route and answers webob's 404 page.
 
 use super::{iso_micros, parse_body, parse_version, require_token, ApiError, FaceState, Service};
 use crate::model::VolumeDetail;
@@ -24,9 +26,13 @@ const V: Service = Service::Volume;
 type Params = Path<HashMap<String, String>>;
 type Q = Option<Query<Vec<(String, String)>>>;
 
+/// The first microversion whose Cinder routes its API without the project
+/// id in the path too.
+const PROJECT_ID_OPTIONAL: (u16, u16) = (3, 67);
+
 pub(super) fn routes(state: Arc<FaceState>) -> Router {
-    let api = || {
-        Router::new()
+    let api = |project_in_path: bool| {
+        let router = Router::new()
             .route("/volumes", get(list_volumes).post(create_volume))
             .route("/volumes/detail", get(list_volumes_detail))
             .route(
@@ -38,7 +44,18 @@ pub(super) fn routes(state: Arc<FaceState>) -> Router {
             .layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 microversion,
+            ));
+        // Routing comes after keystonemiddleware and before the
+        // microversion is read, as in Cinder.
+        let router = if project_in_path {
+            router
+        } else {
+            router.layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                project_id_required,
             ))
+        };
+        router
             .layer(axum::middleware::from_fn_with_state(
                 (state.clone(), V),
                 require_token,
@@ -65,8 +82,24 @@ pub(super) fn routes(state: Arc<FaceState>) -> Router {
         .route("/v3/:project_id", get(not_a_version))
         .with_state(state.clone())
         .merge(discovery)
-        .nest("/v3", api())
-        .nest("/v3/:project_id", api())
+        .nest("/v3", api(false))
+        .nest("/v3/:project_id", api(true))
+}
+
+/// A route without the project id below [`PROJECT_ID_OPTIONAL`]: none
+/// there, as on a Cinder before Yoga.
+async fn project_id_required(
+    State(state): State<Arc<FaceState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.settings.cinder_max_version < PROJECT_ID_OPTIONAL {
+        return super::errors::webob_page(
+            StatusCode::NOT_FOUND,
+            "The resource could not be found.",
+        );
+    }
+    next.run(request).await
 }
 
 fn v3_doc(state: &FaceState) -> Value {

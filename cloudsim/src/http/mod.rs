@@ -171,7 +171,8 @@ pub struct HttpSettings {
     pub token_lifetime: Duration,
     /// Highest Nova microversion (minimum is 2.1).
     pub nova_max_version: (u16, u16),
-    /// Highest Cinder microversion (minimum is 3.0).
+    /// Highest Cinder microversion (minimum is 3.0). Below 3.67 (Yoga)
+    /// Cinder's API is routed only under the project id.
     pub cinder_max_version: (u16, u16),
     /// Neutron networks; a server booted without `networks` (allowed below
     /// Nova 2.37) lands on the first.

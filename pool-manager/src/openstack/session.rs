@@ -96,6 +96,10 @@ impl osauth::services::ServiceType for VolumeV3 {
     }
 }
 
+/// The first Cinder microversion (Yoga) whose API is routed without the
+/// project id in the path too.
+const CINDER_PROJECT_ID_OPTIONAL: osauth::ApiVersion = osauth::ApiVersion(3, 67);
+
 /// The most of an answer warmpool reads: far above a page of a thousand
 /// servers' details, and a bound on what an endpoint streaming without end
 /// for the whole request timeout can make it hold.
@@ -335,31 +339,46 @@ impl Connection {
         self.send_once(&session, call).await
     }
 
-    /// Sends `call` to Cinder under `block-storage`, or else (and from
-    /// then on) under `volumev3`.
+    /// Cinder's microversions (min, max) from its version document, looked
+    /// up under `block-storage`, or else (and from then on) under
+    /// `volumev3`, where [`Self::send_to_cinder`] then sends. osauth caches
+    /// the document for the session.
+    async fn cinder_versions(
+        &self,
+        session: &Session,
+    ) -> Result<Option<(osauth::ApiVersion, osauth::ApiVersion)>, osauth::Error> {
+        let missing = |e: &osauth::Error| e.kind() == osauth::ErrorKind::EndpointNotFound;
+        if !self.cinder_as_volumev3.load(Ordering::Relaxed) {
+            match session.get_api_versions(BLOCK_STORAGE).await {
+                Err(e) if missing(&e) => {}
+                found => return found,
+            }
+        }
+        match session.get_api_versions(VolumeV3).await {
+            Err(e) if missing(&e) => Err(osauth::Error::new(
+                osauth::ErrorKind::EndpointNotFound,
+                "the service catalog has Cinder neither as block-storage nor as volumev3 \
+                 (set block_storage_endpoint_override in clouds.yaml if it is elsewhere)",
+            )),
+            found => {
+                self.cinder_as_volumev3.store(true, Ordering::Relaxed);
+                found
+            }
+        }
+    }
+
+    /// Sends `call` to Cinder under the catalog type
+    /// [`Self::cinder_versions`] found it under.
     async fn send_to_cinder(
         &self,
         session: &Session,
         call: &Call,
         request_id: &str,
     ) -> Result<reqwest::Response, osauth::Error> {
-        let missing = |e: &osauth::Error| e.kind() == osauth::ErrorKind::EndpointNotFound;
-        if !self.cinder_as_volumev3.load(Ordering::Relaxed) {
-            match send_via(session, BLOCK_STORAGE, call, request_id, self.timeout).await {
-                Err(e) if missing(&e) => {}
-                sent => return sent,
-            }
-        }
-        match send_via(session, VolumeV3, call, request_id, self.timeout).await {
-            Err(e) if missing(&e) => Err(osauth::Error::new(
-                osauth::ErrorKind::EndpointNotFound,
-                "the service catalog has Cinder neither as block-storage nor as volumev3 \
-                 (set block_storage_endpoint_override in clouds.yaml if it is elsewhere)",
-            )),
-            sent => {
-                self.cinder_as_volumev3.store(true, Ordering::Relaxed);
-                sent
-            }
+        if self.cinder_as_volumev3.load(Ordering::Relaxed) {
+            send_via(session, VolumeV3, call, request_id, self.timeout).await
+        } else {
+            send_via(session, BLOCK_STORAGE, call, request_id, self.timeout).await
         }
     }
 
@@ -372,7 +391,18 @@ impl Connection {
                 Service::Compute => {
                     send_via(session, COMPUTE, call, &request_id, self.timeout).await
                 }
-                Service::BlockStorage => self.send_to_cinder(session, call, &request_id).await,
+                Service::BlockStorage => match self.cinder_versions(session).await {
+                    // osauth sends to the version document's `self` link,
+                    // which has no project id; a Cinder before 3.67
+                    // (Yoga) routes its API only under it.
+                    Ok(Some((_, max))) if max < CINDER_PROJECT_ID_OPTIONAL => {
+                        let mut call = call.clone();
+                        call.path.insert(0, self.project_id().await?);
+                        self.send_to_cinder(session, &call, &request_id).await
+                    }
+                    Ok(_) => self.send_to_cinder(session, call, &request_id).await,
+                    Err(e) => Err(e),
+                },
                 Service::Network => {
                     send_via(session, NETWORK, call, &request_id, self.timeout).await
                 }
