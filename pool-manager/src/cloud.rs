@@ -395,7 +395,9 @@ impl BootHeadroom {
 pub trait Cloud: Send + Sync + 'static {
     async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server>;
     async fn get_server(&self, server_id: &str) -> CloudResult<Server>;
-    /// Every server that carries warmpool's pool metadata.
+    /// Every server that carries warmpool's pool metadata. A server whose
+    /// address cannot be read now is listed without one (`mysql_addr`
+    /// `None`): the listing's readers go by ids, status and metadata.
     async fn list_pool_servers(&self) -> CloudResult<Vec<Server>>;
     /// Idempotent: deleting a missing server is Ok. `LeftToReclaim` for
     /// a SOFT_DELETED server the cloud will not delete for good.

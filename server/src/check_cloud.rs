@@ -738,12 +738,14 @@ async fn quota_check(
     };
     let existing = match cloud.list_pool_servers().await {
         Ok(servers) => servers,
-        // Listing the pools' servers reads their management networks: the
-        // network check's error again would read as a second problem.
+        // Listing the pools' servers reads Neutron's ports: where the
+        // network lookups failed (Neutron down), its error again would read
+        // as a second problem. (A management network Neutron has not costs
+        // the listing only its servers' addresses.)
         Err(_) if !networks_found => {
             return report.fail(
                 CheckKind::Quota,
-                "not checked: listing the pool servers needs the management network above",
+                "not checked: listing the pool servers needs Neutron, whose network lookup failed above",
             )
         }
         Err(e) => return report.fail(CheckKind::Quota, reason(&e)),

@@ -320,6 +320,9 @@ pub(crate) struct FaceState {
     /// Images hidden from Glance's default listing (`os_hidden`; see
     /// `HttpFaults::hide_image`).
     hidden_images: Mutex<HashSet<String>>,
+    /// Networks renamed since start (`HttpFaults::rename_network`): their
+    /// name now, by id.
+    network_names: Mutex<HashMap<String, String>>,
     /// Set at shutdown: requests still in a handler (e.g. hung by
     /// `Faults::hang_after_calls`) are answered 503 so connections close.
     stopping: tokio::sync::watch::Sender<bool>,
@@ -392,6 +395,15 @@ impl FaceState {
 
     pub fn url(&self, service: Service) -> String {
         format!("{}{}", self.base_url, service.prefix())
+    }
+
+    /// The name network `n` has now (Neutron's, and the key of Nova's
+    /// addresses on it).
+    pub fn network_name(&self, n: &NetworkSpec) -> String {
+        lock(&self.network_names)
+            .get(&n.id)
+            .cloned()
+            .unwrap_or_else(|| n.name.clone())
     }
 
     pub fn user_id(&self, name: &str) -> String {
@@ -602,6 +614,19 @@ impl HttpFaults {
         lock(&self.state.hidden_images).insert(name.to_owned());
     }
 
+    /// The networks named `name` are named `new_name` from now on (an
+    /// operator renamed them in Neutron); Nova's addresses are keyed by
+    /// the new name too. Not cleared by [`Self::clear`]: no fault.
+    pub fn rename_network(&self, name: &str, new_name: &str) {
+        let mut names = lock(&self.state.network_names);
+        for n in &self.state.settings.networks {
+            let now = names.get(&n.id).cloned().unwrap_or_else(|| n.name.clone());
+            if now == name {
+                names.insert(n.id.clone(), new_name.to_owned());
+            }
+        }
+    }
+
     /// Revokes every token issued so far: they all get 401 from now on.
     pub fn revoke_all_tokens(&self) {
         lock(&self.state.tokens).clear();
@@ -804,6 +829,7 @@ impl HttpFace {
             image_revisions: Mutex::default(),
             image_visibility: Mutex::default(),
             hidden_images: Mutex::default(),
+            network_names: Mutex::default(),
             uploaded_images: Mutex::default(),
             stopping: tokio::sync::watch::channel(false).0,
             changed_passwords: Mutex::new(HashMap::new()),

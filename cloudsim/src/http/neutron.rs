@@ -108,7 +108,7 @@ fn network_json(state: &FaceState, n: &NetworkSpec) -> Value {
     };
     json!({
         "id": n.id,
-        "name": n.name,
+        "name": state.network_name(n),
         "status": "ACTIVE",
         "subnets": subnets,
         "admin_state_up": true,

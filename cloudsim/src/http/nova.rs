@@ -228,7 +228,7 @@ fn network_name(state: &FaceState, id: &str) -> String {
         .networks
         .iter()
         .find(|n| n.id == id)
-        .map(|n| n.name.clone())
+        .map(|n| state.network_name(n))
         .unwrap_or_else(|| id.to_string())
 }
 

@@ -41,7 +41,7 @@ use nova::{AbsoluteLimits, AddressRule, Flavor, QuotaUse};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use session::{Call, Connection, Reply};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -325,6 +325,10 @@ struct Inner {
     /// The last read of the port quota failed (a 5xx, a timeout): warned of
     /// once per outage, not at every poll of every flavor.
     port_quota_failing: AtomicBool,
+    /// Zones whose management network the pool-server listing could not
+    /// look up, and why, as last warned of: once per problem, not per
+    /// server at every reconcile pass.
+    unaddressed_zones: Mutex<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for OpenStackCloud {
@@ -404,6 +408,7 @@ impl OpenStackCloud {
                 force_delete_refused: Mutex::default(),
                 port_quota_unknown: AtomicBool::new(false),
                 port_quota_failing: AtomicBool::new(false),
+                unaddressed_zones: Mutex::default(),
             }),
         })
     }
@@ -857,6 +862,26 @@ impl OpenStackCloud {
     /// where one is given (an ACTIVE server, no probe override), which
     /// takes the name of its zone's management network.
     async fn view(&self, server: nova::NovaServer) -> CloudResult<Server> {
+        let name = if self.addressed(&server) {
+            let az = Self::pool_az(&server);
+            self.management_network_name(&az)
+                .await
+                .map_err(|e| match e {
+                    CloudError::Transient(why) => CloudError::Transient(format!(
+                        "server {} was read, but not its address: {why}",
+                        server.id
+                    )),
+                    other => other,
+                })?
+        } else {
+            String::new()
+        };
+        Ok(self.view_on(server, Some(&name)))
+    }
+
+    /// warmpool's view of `server`, its address read on the network named
+    /// `network_name` (`None`: not read, `mysql_addr` is `None`).
+    fn view_on(&self, server: nova::NovaServer, network_name: Option<&str>) -> Server {
         {
             let mut soft_deleted = lock(&self.inner.soft_deleted);
             if server.status.as_deref() == Some("SOFT_DELETED") {
@@ -865,34 +890,36 @@ impl OpenStackCloud {
                 soft_deleted.remove(&server.id);
             }
         }
-        let addressed = self.inner.settings.probe_address_override.is_none()
-            && nova::server_status(server.status.as_deref().unwrap_or_default())
-                == ServerStatus::Active;
-        let name = if addressed {
-            self.management_network_name(&server).await?
-        } else {
-            String::new()
-        };
-        Ok(nova::to_server(server, &self.address_rule(&name)))
+        let mut view = nova::to_server(server, &self.address_rule(network_name.unwrap_or("")));
+        if network_name.is_none() {
+            view.mysql_addr = None;
+        }
+        view
     }
 
-    /// The name of `server`'s management network, which Nova keys its
-    /// addresses by. A lookup that fails (the network renamed or its share
-    /// withdrawn, a second one given the name, Neutron down) says nothing
-    /// of the server: as the server's NotFound, its reader would take it
-    /// for deleted (a boot discarded, a Ready instance thrown away, a
+    /// Whether `server`'s address is read: ACTIVE, and no probe override.
+    fn addressed(&self, server: &nova::NovaServer) -> bool {
+        self.inner.settings.probe_address_override.is_none()
+            && nova::server_status(server.status.as_deref().unwrap_or_default())
+                == ServerStatus::Active
+    }
+
+    /// The name of zone `az`'s management network, which Nova keys its
+    /// servers' addresses by. A lookup that fails (the network renamed or
+    /// its share withdrawn, a second one given the name, Neutron down) says
+    /// nothing of a server: as the server's NotFound, its reader would take
+    /// it for deleted (a boot discarded, a Ready instance thrown away, a
     /// delete counted done), as Fatal, for broken. It is transient: the
     /// reader asks again and keeps the server meanwhile, and the message
     /// names the setting to mend.
-    async fn management_network_name(&self, server: &nova::NovaServer) -> CloudResult<String> {
-        let az = Self::pool_az(server);
+    async fn management_network_name(&self, az: &str) -> CloudResult<String> {
         let settings = &self.inner.settings;
-        let network = settings.management_network_for(&az);
+        let network = settings.management_network_for(az);
         match self.network(network).await {
             Ok(found) => Ok(found.name.unwrap_or_default()),
             Err(e @ CloudError::Throttled { .. }) => Err(e),
             Err(e) => {
-                let setting = match settings.availability_zones.get(&az) {
+                let setting = match settings.availability_zones.get(az) {
                     Some(AzSettings {
                         management_network: Some(_),
                         ..
@@ -900,11 +927,54 @@ impl OpenStackCloud {
                     _ => "management_network".to_owned(),
                 };
                 Err(CloudError::Transient(format!(
-                    "server {} was read, but not its address: the management network '{network}' of its zone {az} (setting {setting}) cannot be looked up: {e}",
-                    server.id
+                    "the management network '{network}' of zone {az} (setting {setting}) cannot be looked up: {e}"
                 )))
             }
         }
+    }
+
+    /// The management network names of `zones` for the pool-server
+    /// listing, each looked up once; `None` for a zone whose lookup failed.
+    /// No reader of the listing uses an address (the reconciler and the
+    /// adoption of a crash's server go by ids and metadata), so such a
+    /// zone's servers are listed without one rather than failing the
+    /// listing, and with it every reconcile pass for every pool. The
+    /// failure is warned of once while it lasts, and its end told.
+    async fn listing_network_names(
+        &self,
+        zones: BTreeSet<String>,
+    ) -> HashMap<String, Option<String>> {
+        let mut names = HashMap::new();
+        for az in zones {
+            let found = self.management_network_name(&az).await;
+            let mut unaddressed = lock(&self.inner.unaddressed_zones);
+            let name = match found {
+                Ok(name) => {
+                    if unaddressed.remove(&az).is_some() {
+                        tracing::info!(zone = %az, "the management network of the zone is looked up again: its pool servers are listed with their addresses");
+                    }
+                    Some(name)
+                }
+                // A passing refusal, no problem of the network's.
+                Err(e @ CloudError::Throttled { .. }) => {
+                    tracing::debug!(zone = %az, error = %e, "management network lookup throttled; the zone's pool servers are listed without their addresses");
+                    None
+                }
+                Err(e) => {
+                    let why = match e {
+                        CloudError::Transient(why) => why,
+                        other => other.to_string(),
+                    };
+                    if unaddressed.get(&az) != Some(&why) {
+                        tracing::warn!(zone = %az, error = %why, "pool servers of the zone are listed without their addresses (their boots cannot reach mysqld until this is mended)");
+                        unaddressed.insert(az.clone(), why);
+                    }
+                    None
+                }
+            };
+            names.insert(az, name);
+        }
+        names
     }
 
     /// The cloud says the server is gone: nothing is left to force-delete
@@ -1371,17 +1441,28 @@ impl Cloud for OpenStackCloud {
         // reconciler) is left to send it.
         found.extend(self.unlisted_deletes(&found).await);
         let mut ports = self.ports_by_device(None).await?;
-        let mut servers = Vec::new();
-        for s in found {
+        found.retain(|s| {
             let tagged = s.tags.as_ref().is_some_and(|t| t.contains(tag));
             let ours = s
                 .metadata
                 .as_ref()
                 .is_some_and(|m| m.contains_key(META_POOL));
-            if !(tagged && ours) {
-                continue;
-            }
-            let mut server = self.view(s).await?;
+            tagged && ours
+        });
+        let zones = found
+            .iter()
+            .filter(|s| self.addressed(s))
+            .map(Self::pool_az)
+            .collect();
+        let names = self.listing_network_names(zones).await;
+        let mut servers = Vec::new();
+        for s in found {
+            let name = if self.addressed(&s) {
+                names.get(&Self::pool_az(&s)).cloned().flatten()
+            } else {
+                Some(String::new())
+            };
+            let mut server = self.view_on(s, name.as_deref());
             server.attached_ports = ports.remove(&server.id).unwrap_or_default();
             servers.push(server);
         }
