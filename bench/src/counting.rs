@@ -87,6 +87,10 @@ impl Cloud for CountingCloud {
     async fn check_boot_image(&self, image: &str) -> CloudResult<()> {
         self.sim.check_boot_image(image).await
     }
+    /// Not counted, as [`Cloud::check_boot_placement`].
+    async fn check_volume_zone(&self, pool: &pool_manager::model::PoolKey) -> CloudResult<()> {
+        self.sim.check_volume_zone(pool).await
+    }
     async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
         self.count(self.sim.list_pool_servers().await)
     }

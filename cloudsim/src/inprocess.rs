@@ -70,6 +70,12 @@ impl Cloud for SimCloud {
         self.lock().check_boot_image(image)
     }
 
+    /// A look at the configuration, as [`Cloud::check_boot_placement`].
+    async fn check_volume_zone(&self, pool: &PoolKey) -> CloudResult<()> {
+        let zone = self.volume_zone_for(&pool.availability_zone);
+        self.lock().check_volume_zone(&zone)
+    }
+
     async fn get_server(&self, server_id: &str) -> CloudResult<Server> {
         let call = self.admit("get_server").await?;
         let now = Instant::now();

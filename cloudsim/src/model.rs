@@ -728,6 +728,18 @@ impl Model {
         Ok(())
     }
 
+    /// Whether Cinder has `zone`, by the configuration (Cinder's 400
+    /// wording for a volume created there). Cinder's zones are the cloud's,
+    /// closed ones too.
+    pub fn check_volume_zone(&self, zone: &str) -> CloudResult<()> {
+        if !self.cfg.availability_zones.iter().any(|a| a.name == zone) {
+            return Err(CloudError::NotFound(format!(
+                "Availability zone '{zone}' is invalid."
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether servers can boot from `image`, by the configuration
     /// (Glance's 404 wording).
     pub fn check_boot_image(&self, image: &str) -> CloudResult<()> {

@@ -429,14 +429,16 @@ pub trait Cloud: Send + Sync + 'static {
     /// in [`BootHeadroom::calls`]).
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom>;
 
-    /// Whether `pool`'s servers can boot from `image`: `NotFound` naming
-    /// the flavor, zone or image the cloud does not know. A pool is checked
-    /// when it is created or its image changes, so a typo is refused at
-    /// once instead of failing every boot. Two calls, one per service
-    /// asked, so that a wrapper (the daemon's metrics) sees each: a wrapper
-    /// forwards those, and leaves this one be.
+    /// Whether `pool`'s servers can boot from `image`, and its purchases'
+    /// new volumes be made in its zone: `NotFound` naming the flavor, zone,
+    /// volume zone or image the cloud does not know. A pool is checked when it is
+    /// created or its image changes, so a typo is refused at once instead
+    /// of failing every boot or purchase. One call per service asked, so
+    /// that a wrapper (the daemon's metrics) sees each: a wrapper forwards
+    /// those, and leaves this one be.
     async fn check_boot_spec(&self, pool: &PoolKey, image: &str) -> CloudResult<()> {
         self.check_boot_placement(pool).await?;
+        self.check_volume_zone(pool).await?;
         self.check_boot_image(image).await
     }
 
@@ -448,6 +450,13 @@ pub trait Cloud: Send + Sync + 'static {
     /// Whether the image service has `image` to boot from (Glance):
     /// `NotFound` naming it. Lookups may be cached.
     async fn check_boot_image(&self, image: &str) -> CloudResult<()>;
+
+    /// Whether the block-storage service (Cinder) has the zone new volumes
+    /// of `pool`'s purchases are created in ([`Cloud::volume_zone_for`]
+    /// its zone): `NotFound` naming it. Boots never touch it, so without
+    /// this a pool fills and only its purchases fail. No default, for the
+    /// reason below: a wrapper that forgot it would check nothing.
+    async fn check_volume_zone(&self, pool: &PoolKey) -> CloudResult<()>;
 
     /// The volume availability zone that serves servers in `server_az`.
     /// Nova and Cinder zones often differ (a single Cinder zone `nova` for

@@ -504,6 +504,9 @@ impl Cloud for ServiceNoting {
     async fn check_boot_image(&self, image: &str) -> CloudResult<()> {
         Self::noted(CloudService::Image, self.inner.check_boot_image(image)).await
     }
+    async fn check_volume_zone(&self, pool: &PoolKey) -> CloudResult<()> {
+        Self::noted(CloudService::Volume, self.inner.check_volume_zone(pool)).await
+    }
 }
 
 /// The core's handle. Cheap to clone.
@@ -759,13 +762,14 @@ impl PoolManager {
         }
     }
 
-    /// Whether the cloud can boot `key`'s servers from `image` (a flavor or
-    /// image it does not know is the caller's to fix).
+    /// Whether the cloud can boot `key`'s servers from `image` and make its
+    /// purchases' volumes (a flavor, image or zone it does not know is the
+    /// caller's to fix).
     async fn check_boot_spec(&self, key: &PoolKey, image: &str) -> ManagerResult<()> {
         match self.shared.cloud.check_boot_spec(key, image).await {
             Ok(()) => Ok(()),
             Err(CloudError::NotFound(unknown)) => Err(ManagerError::FailedPrecondition(format!(
-                "pool {key} cannot boot: {unknown}"
+                "pool {key} cannot serve: {unknown}"
             ))),
             Err(e) => Err(e.into()),
         }

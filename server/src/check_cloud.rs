@@ -27,7 +27,7 @@
 use crate::config::{Config, OpenStackConfig, PoolConfig};
 use pool_manager::cloud::{Cloud, CloudError, ServerStatus, PORTS_PER_SERVER};
 use pool_manager::model::{PoolKey, PoolRecord, PoolSpec};
-use pool_manager::openstack::{missing_compute_zone, OpenStackCloud};
+use pool_manager::openstack::{missing_compute_zone, missing_volume_zone, OpenStackCloud};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -54,8 +54,8 @@ pub enum CheckKind {
     /// Which pools were checked: the store's, or the config's alone when it
     /// cannot be read. Informs; never fails the report.
     Store,
-    /// A pool's flavor, zone and image, asked of a cloud as one
-    /// ([`check_boot_specs`]).
+    /// A pool's flavor, zone, volume zone and image, asked of a cloud as
+    /// one ([`check_boot_specs`]).
     Pool,
 }
 
@@ -697,21 +697,14 @@ async fn volume_check(pools: &[CheckedPool], cloud: &OpenStackCloud, report: &mu
     };
     let mut missing = false;
     for az in pool_azs(pools) {
-        let zone = cloud.volume_az(az);
-        if !zones.contains(&zone) {
+        if let Some(problem) = missing_volume_zone(az, &cloud.volume_az(az), &zones) {
             missing = true;
             // Every pool's failure, stored or not: the zone is the config
             // file's (volume_availability_zone, or the AZ's own name), and
             // boots never touch Cinder, so a stored pool marked for it
             // would look healthy after its next boot while every purchase
             // with a new volume failed.
-            report.fail(
-                CheckKind::Volume,
-                format!(
-                    "volumes of pools in {az} are created in Cinder zone '{zone}', which Cinder does not have (its zones: {}); set volume_availability_zone for {az}",
-                    zones.join(", ")
-                ),
-            );
+            report.fail(CheckKind::Volume, problem);
         }
     }
     if !missing {

@@ -1504,10 +1504,11 @@ mod tests {
         );
     }
 
-    /// A pool's boot spec is checked with Nova (its flavor and zone) and
-    /// Glance (its image): each part is timed under its own service, the
-    /// Glance lookup as `image`, not the whole as one compute call. The
-    /// `image` series are there from the start, as the others are.
+    /// A pool's boot spec is checked with Nova (its flavor and zone),
+    /// Cinder (its volumes' zone) and Glance (its image): each part is
+    /// timed under its own service, the Glance lookup as `image`, not the
+    /// whole as one compute call. The `image` series are there from the
+    /// start, as the others are.
     #[tokio::test]
     async fn a_boot_spec_check_times_the_image_lookup_under_image() {
         use pool_manager::cloud::Cloud;
@@ -1524,7 +1525,7 @@ mod tests {
             .await
             .unwrap();
         let body = m.encode();
-        for service in ["compute", "image"] {
+        for service in ["compute", "volume", "image"] {
             assert_eq!(
                 sample(
                     &body,

@@ -3953,6 +3953,70 @@ async fn a_configured_pool_new_to_the_store_with_a_bad_flavor_stops_start_up() {
     assert!(env.sim.servers().is_empty());
 }
 
+/// A pool whose new volumes would go to a zone Cinder lacks (az2's
+/// `volume_availability_zone = "nova"` here; as commonly, a Cinder of one
+/// zone "nova" and a pool in a new Nova zone with no override) is refused
+/// by CreatePool, naming the zone, the pool's zone and the setting, and
+/// nothing is stored. Accepted, it filled, every purchase with a new volume
+/// failed, and the next start refused to start at all. A Cinder that does
+/// not answer refuses the pool UNAVAILABLE, as Nova and Glance do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_pool_refuses_a_zone_whose_volumes_cinder_has_no_zone_for() {
+    use warmpool_client::Client;
+    let env = env().await;
+    let to_nova = "[cloud.availability_zones.az2]\nvolume_availability_zone = \"nova\"";
+    let az2 = PoolKey::new("db.small", "az2");
+    let e = env
+        .driver_with(to_nova)
+        .await
+        .check_boot_spec(&az2, "mysql-8.0")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::NotFound(m) if m.contains("Cinder zone 'nova'")),
+        "{e:?}"
+    );
+
+    let (running, stop) = start_daemon(env.config(to_nova, SMALL_POOL)).await.unwrap();
+    let client = Client::connect(&format!("http://{}", running.grpc_addr))
+        .await
+        .unwrap();
+    let refused = support::expect_code(
+        client.create_pool("db.small", "az2", api_pool_spec()).await,
+        tonic::Code::FailedPrecondition,
+    );
+    for named in [
+        "Cinder zone 'nova'",
+        "its zones: az1, az2",
+        "pools in az2",
+        "volume_availability_zone",
+    ] {
+        assert!(refused.contains(named), "{named:?} not in {refused}");
+    }
+    support::expect_code(
+        client.get_pool("db.small", "az2").await,
+        tonic::Code::NotFound,
+    );
+
+    env.face.faults().server_error_next(Service::Volume, 1);
+    support::expect_code(
+        client
+            .create_pool("db.medium", "az1", api_pool_spec())
+            .await,
+        tonic::Code::Unavailable,
+    );
+    support::expect_code(
+        client.get_pool("db.medium", "az1").await,
+        tonic::Code::NotFound,
+    );
+    client
+        .create_pool("db.medium", "az1", api_pool_spec())
+        .await
+        .expect("az1's volumes have their Cinder zone");
+    drop(client);
+    stop_daemon(running, stop).await;
+}
+
 /// `warmpoold check-cloud` checks the pools start-up checks: those the
 /// store has too, so a pool created through the API whose flavor was
 /// retired since is reported (and what start-up does about it), not "all

@@ -175,6 +175,9 @@ impl Cloud for Timed {
     async fn check_boot_image(&self, image: &str) -> CloudResult<()> {
         self.time(self.inner.check_boot_image(image)).await
     }
+    async fn check_volume_zone(&self, pool: &PoolKey) -> CloudResult<()> {
+        self.time(self.inner.check_volume_zone(pool)).await
+    }
     fn volume_zone_for(&self, server_az: &str) -> String {
         self.inner.volume_zone_for(server_az)
     }

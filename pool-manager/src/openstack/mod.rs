@@ -1155,6 +1155,15 @@ impl OpenStackCloud {
         }
     }
 
+    /// `NotFound` naming Cinder's zones unless Cinder has the zone new
+    /// volumes of pools in `az` are created in ([`Self::volume_az`]).
+    pub async fn check_volume_zone_of(&self, az: &str) -> CloudResult<()> {
+        match missing_volume_zone(az, &self.volume_az(az), &self.volume_zones().await?) {
+            None => Ok(()),
+            Some(problem) => Err(CloudError::NotFound(problem)),
+        }
+    }
+
     /// Cinder AZ for a new volume of pool AZ `az`.
     pub fn volume_az(&self, az: &str) -> String {
         self.inner
@@ -1262,6 +1271,22 @@ impl OpenStackCloud {
         }
         Ok(Some(keep))
     }
+}
+
+/// What is wrong when `zone`, the Cinder zone new volumes of pools in `az`
+/// are created in, is not among Cinder's `zones`; `None` if it is.
+pub fn missing_volume_zone(az: &str, zone: &str, zones: &[String]) -> Option<String> {
+    if zones.iter().any(|z| z == zone) {
+        return None;
+    }
+    let known = if zones.is_empty() {
+        "none".to_owned()
+    } else {
+        zones.join(", ")
+    };
+    Some(format!(
+        "volumes of pools in {az} are created in Cinder zone '{zone}', which Cinder does not have (its zones: {known}); set volume_availability_zone for {az}"
+    ))
 }
 
 /// What is wrong when `az` is not among Nova's `zones`; `None` if it is.
@@ -1720,6 +1745,10 @@ impl Cloud for OpenStackCloud {
         self.inner.flavors.forget(&pool.flavor);
         self.flavor(&pool.flavor).await?;
         self.check_compute_zone(&pool.availability_zone).await
+    }
+
+    async fn check_volume_zone(&self, pool: &crate::model::PoolKey) -> CloudResult<()> {
+        self.check_volume_zone_of(&pool.availability_zone).await
     }
 
     async fn check_boot_image(&self, image: &str) -> CloudResult<()> {

@@ -582,6 +582,10 @@ mod gated {
             self.call("check_boot_image", self.sim.check_boot_image(image))
                 .await
         }
+        async fn check_volume_zone(&self, pool: &pool_manager::model::PoolKey) -> CloudResult<()> {
+            self.call("check_volume_zone", self.sim.check_volume_zone(pool))
+                .await
+        }
         fn volume_zone_for(&self, server_az: &str) -> String {
             self.sim.volume_zone_for(server_az)
         }

@@ -136,6 +136,9 @@ impl Cloud for MeteredCloud {
     async fn check_boot_image(&self, image: &str) -> CloudResult<()> {
         self.timed(IMAGE, self.inner.check_boot_image(image)).await
     }
+    async fn check_volume_zone(&self, pool: &pool_manager::model::PoolKey) -> CloudResult<()> {
+        self.timed(VOLUME, self.inner.check_volume_zone(pool)).await
+    }
     async fn detach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()> {
         self.timed(COMPUTE, self.inner.detach_port(server_id, port_id))
             .await
