@@ -159,7 +159,8 @@ pub struct PoolCreateArgs {
     #[arg(long, value_name = "auto|N", value_parser = parse_target, default_value = "0")]
     pub target: TargetArg,
     /// Image the pool's servers boot from (warmpoold's `cloud.image`, when
-    /// set, boots every pool instead).
+    /// set, boots every pool instead, and this one once it is unset: the
+    /// cloud must have it all the same).
     #[arg(long)]
     pub image: String,
     /// Give up on a server that is not Ready after this long (at most 1 day;
@@ -206,7 +207,8 @@ pub struct PoolUpdateArgs {
     pub target: Option<TargetArg>,
     /// Image for servers booted from now on; Ready instances of the old one
     /// are replaced, each retired once a new one is Ready (warmpoold's
-    /// `cloud.image`, when set, boots every pool instead).
+    /// `cloud.image`, when set, boots every pool instead and nothing is
+    /// replaced; the cloud must have the image all the same).
     #[arg(long)]
     pub image: Option<String>,
     /// Give up on a server that is not Ready after this long.

@@ -556,6 +556,7 @@ pub async fn check_pools(
             ),
         }
     }
+    own_image_check(pools, &cloud, &mut report).await;
 
     let mut networks_found = true;
     for network in cloud.settings().management_networks() {
@@ -599,6 +600,33 @@ pub async fn check_boot_specs(cloud: &dyn Cloud, pools: &[CheckedPool]) -> Repor
         }
     }
     report
+}
+
+/// Under the `image` override, the own image of each configured pool the
+/// store does not have yet, as CreatePool looks it up (it boots once the
+/// override is unset): one Glance lacks would stop start-up at that pool's
+/// creation, after the pools before it were created. A stored pool's was
+/// looked up when it was set, and boots nothing now.
+async fn own_image_check(pools: &[CheckedPool], cloud: &OpenStackCloud, report: &mut Report) {
+    let Some(every_pool) = cloud.settings().image.as_deref() else {
+        return;
+    };
+    let new = || pools.iter().filter(|p| !p.stored && p.image != every_pool);
+    let images: BTreeSet<&str> = new().map(|p| p.image.as_str()).collect();
+    for image in images {
+        match cloud.check_image(image).await {
+            Ok(id) => report.ok(
+                CheckKind::Image,
+                format!("{image} = {id}, a pool's own image (cloud.image boots every pool)"),
+            ),
+            Err(e) if !about_the_resource(&e) => report.fail(CheckKind::Image, reason(&e)),
+            Err(e) => report.fail_pools(
+                CheckKind::Image,
+                reason(&e),
+                new().filter(|p| p.image == image),
+            ),
+        }
+    }
 }
 
 /// The pools in availability zone `az`.

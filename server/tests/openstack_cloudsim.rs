@@ -1239,6 +1239,71 @@ async fn boot_specs_are_checked_against_flavors_and_images() {
     );
 }
 
+/// With the `image` override (cloud.image), which boots every pool, a
+/// pool's own image boots nothing until the override is unset, but it is
+/// looked up all the same: a typo is refused (CreatePool, an image change,
+/// a configured pool at start-up and in check-cloud), naming the override,
+/// instead of being stored and shown as the pool's image, to fail every
+/// boot once the override goes. An override Glance lacks is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_image_override_a_pools_own_image_is_looked_up_too() {
+    let env = env_with(
+        SimConfig {
+            images: vec!["mysql-8.0".into(), "mysql-8.4".into()],
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
+    let every_pool = "image = \"mysql-8.4\"";
+    let cloud = env.driver_with(every_pool).await;
+    let small = PoolKey::new("db.small", "az1");
+    for image in ["mysql-8.0", "mysql-8.4"] {
+        cloud.check_boot_spec(&small, image).await.unwrap();
+    }
+    let e = cloud
+        .check_boot_spec(&small, "no-such-image")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::NotFound(m) if m.contains("no image named 'no-such-image'")
+            && m.contains("cloud.image 'mysql-8.4'")),
+        "{e:?}"
+    );
+    let e = env
+        .driver_with("image = \"no-such-golden\"")
+        .await
+        .check_boot_spec(&small, "mysql-8.0")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::NotFound(m) if m.contains("no image named 'no-such-golden'")),
+        "{e:?}"
+    );
+
+    let config = env.config(
+        every_pool,
+        &SMALL_POOL.replace("mysql-8.0", "no-such-image"),
+    );
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert!(!report.passed(), "{report}");
+    let image = line(&report, CheckKind::Image).join("\n");
+    assert!(image.contains("image: ok (mysql-8.4 = "), "{report}");
+    assert!(
+        image.contains("no image named 'no-such-image'")
+            && image.contains("cloud.image 'mysql-8.4'"),
+        "{report}"
+    );
+    let err = match start_daemon(config).await {
+        Ok(_) => panic!("started with a configured pool whose own image Glance lacks"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("no image named 'no-such-image'") && err.contains("db.small@az1"),
+        "{err}"
+    );
+}
+
 /// An operator rotates the pool's image (uploads a new one under the same
 /// name, deletes the old): the driver's cached id is refused by Nova, and
 /// the boot looks the name up again and goes ahead with the new image

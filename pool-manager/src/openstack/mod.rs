@@ -620,6 +620,21 @@ impl OpenStackCloud {
         Ok(id)
     }
 
+    /// `image`'s id as Glance has it now, not as cached. A pool's own image
+    /// that Glance lacks under the `image` override says it is one, and
+    /// names the override.
+    pub async fn check_image(&self, image: &str) -> CloudResult<String> {
+        self.inner.images.forget(image);
+        match (self.image_id(image).await, &self.inner.settings.image) {
+            (Err(CloudError::NotFound(m)), Some(every_pool)) if every_pool != image => {
+                Err(CloudError::NotFound(format!(
+                    "{m} (the pool's own image: the setting cloud.image '{every_pool}' boots every pool, and the pool's image once that is unset)"
+                )))
+            }
+            (found, _) => found,
+        }
+    }
+
     /// A Neutron network given by name or id (cached).
     pub async fn network(&self, name_or_id: &str) -> CloudResult<Named> {
         if let Some(n) = self.inner.networks.get(name_or_id) {
@@ -1751,11 +1766,18 @@ impl Cloud for OpenStackCloud {
         self.check_volume_zone_of(&pool.availability_zone).await
     }
 
+    /// Under the `image` override, the pool's own image too: it boots
+    /// nothing while the override is set, but does once it is unset, so a
+    /// typo is refused now, as without the override, rather than stored,
+    /// shown as the pool's image, and failing every boot later.
     async fn check_boot_image(&self, image: &str) -> CloudResult<()> {
-        // What the cloud says now, not what was cached.
-        let image = self.image_name(image);
-        self.inner.images.forget(image);
-        self.image_id(image).await.map(drop)
+        if let Some(every_pool) = &self.inner.settings.image {
+            self.check_image(every_pool).await?;
+            if every_pool == image {
+                return Ok(());
+            }
+        }
+        self.check_image(image).await.map(drop)
     }
 }
 
