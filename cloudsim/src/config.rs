@@ -285,7 +285,8 @@ pub struct SimConfig {
     /// finds them. A boot's `key_name` is not checked against them.
     pub key_pairs: Vec<String>,
     /// Neutron's security groups (a name may repeat, as Neutron allows).
-    /// A boot's `security_groups` are not checked against them.
+    /// A boot's `security_groups` are not checked against them; a port
+    /// create's are (ids of the project's groups).
     pub security_groups: Vec<SecurityGroupConfig>,
 }
 

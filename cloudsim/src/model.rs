@@ -264,6 +264,9 @@ struct PortRec {
     binding: Timed<Option<String>>,
     /// Nova made it for a server it booted (not made through Neutron).
     by_nova: bool,
+    /// The security groups (ids) its create named; `None`: it named none,
+    /// and Neutron gave it the project's default group.
+    security_groups: Option<Vec<String>>,
 }
 
 impl PortRec {
@@ -423,6 +426,9 @@ pub(crate) struct PortDetail {
     /// Bound or being bound (Nova's os-interface attach is synchronous, so
     /// the HTTP face waits for the binding before answering).
     pub target: Option<String>,
+    /// The security groups (ids) its create named; `None`: the project's
+    /// default group.
+    pub security_groups: Option<Vec<String>>,
 }
 
 /// Load of one compute host, for inspection.
@@ -1022,6 +1028,7 @@ impl Model {
                 created_at: now,
                 binding: Timed::settled(Some(id.to_string())),
                 by_nova: true,
+                security_groups: None,
             },
         );
         if let Some(s) = self.servers.get_mut(id) {
@@ -1241,6 +1248,7 @@ impl Model {
             port: p.view(now),
             created_at: p.created_at,
             target: p.target().map(str::to_string),
+            security_groups: p.security_groups.clone(),
         }
     }
 
@@ -1819,6 +1827,16 @@ impl Model {
     // ---- ports --------------------------------------------------------------
 
     pub fn create_port(&mut self, spec: &NewPortSpec, now: Instant) -> CloudResult<Port> {
+        self.create_port_in_groups(spec, None, now)
+    }
+
+    /// A port whose create named `security_groups` (ids; `None`: none).
+    pub fn create_port_in_groups(
+        &mut self,
+        spec: &NewPortSpec,
+        security_groups: Option<Vec<String>>,
+        now: Instant,
+    ) -> CloudResult<Port> {
         if self.ports.len() >= self.cfg.quotas.max_ports {
             // Neutron's wording (the OverQuota message).
             return Err(CloudError::QuotaExceeded(
@@ -1863,6 +1881,7 @@ impl Model {
             created_at: now,
             binding: Timed::settled(None),
             by_nova: false,
+            security_groups,
         };
         let view = port.view(now);
         self.ports.insert(id, port);

@@ -185,6 +185,15 @@ impl SimCloud {
         self.lock().cfg.retired_flavors.push(name.to_owned());
     }
 
+    /// An admin deletes the security groups named `name` of the project
+    /// (Neutron lets one go only once no port has it: not checked here).
+    pub fn delete_security_group(&self, name: &str) {
+        self.lock()
+            .cfg
+            .security_groups
+            .retain(|g| g.name != name || g.other_project.is_some());
+    }
+
     /// An admin disables Nova zone `az` (its hosts patched): listed as not
     /// available, boots in it refused; its servers keep running.
     pub fn close_zone(&self, az: &str) {

@@ -7,7 +7,7 @@
 //! Real time with a small `time_scale` (a lone boot is ACTIVE after 50 ms).
 
 use cloudsim::http::{HttpFace, HttpSettings, RunningFace, Service};
-use cloudsim::{SimCloud, SimConfig};
+use cloudsim::{SecurityGroupConfig, SimCloud, SimConfig};
 use pool_manager::cloud::CloudError;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -1320,6 +1320,94 @@ async fn a_port_on_a_network_id_in_upper_case_is_on_that_network() {
         .expect(201)
         .json();
     assert_eq!(r["port"]["network_id"], net.as_str());
+}
+
+/// A port keeps the security groups its create named (by id, of the
+/// project), and shows them; one created naming none has the project's
+/// default group, one naming an empty list none. A name, a group that does
+/// not exist or one of another project is refused as Neutron refuses it,
+/// and no port is made.
+#[tokio::test]
+async fn a_port_keeps_the_security_groups_its_create_named() {
+    let env = start_with(
+        SimConfig {
+            security_groups: vec![
+                SecurityGroupConfig::new("default"),
+                SecurityGroupConfig::new("mysql"),
+                SecurityGroupConfig::of_project("web", "tenant"),
+            ],
+            ..config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
+    let net = env.network_id("tenant-net").await;
+    let group = |name: &'static str| {
+        let env = &env;
+        async move {
+            let r = env
+                .get(
+                    Service::Network,
+                    &format!("/v2.0/security-groups?name={name}"),
+                    None,
+                )
+                .await
+                .expect(200)
+                .json();
+            r["security_groups"][0]["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let (default, mysql, web) = (
+        group("default").await,
+        group("mysql").await,
+        group("web").await,
+    );
+    let create = |groups: Option<Value>| {
+        let mut port = json!({"network_id": net, "name": "p"});
+        if let Some(groups) = groups {
+            port["security_groups"] = groups;
+        }
+        env.post(
+            Service::Network,
+            "/v2.0/ports",
+            None,
+            json!({ "port": port }),
+        )
+    };
+    for (given, shown) in [
+        (Some(json!([mysql.to_uppercase()])), json!([mysql])),
+        (None, json!([default])),
+        (Some(json!([])), json!([])),
+    ] {
+        let made = create(given.clone()).await.expect(201).json();
+        assert_eq!(made["port"]["security_groups"], shown, "{given:?}");
+        let id = made["port"]["id"].as_str().unwrap();
+        let r = env
+            .get(Service::Network, &format!("/v2.0/ports/{id}"), None)
+            .await
+            .expect(200)
+            .json();
+        assert_eq!(r["port"]["security_groups"], shown, "{given:?}");
+    }
+    let missing = "00000000-0000-4000-8000-000000000000";
+    for absent in [missing, web.as_str()] {
+        let r = create(Some(json!([mysql, absent])))
+            .await
+            .expect(404)
+            .json();
+        assert_eq!(
+            r,
+            json!({"NeutronError": {"type": "SecurityGroupNotFound", "message": format!("Security group {absent} does not exist"), "detail": ""}})
+        );
+    }
+    let r = create(Some(json!(["mysql"]))).await.expect(400).json();
+    assert_eq!(r["NeutronError"]["type"], "InvalidInput", "{r}");
+    assert_eq!(
+        r["NeutronError"]["message"],
+        "Invalid input for operation: 'mysql' is not an integer or uuid.",
+        "{r}"
+    );
+    assert_eq!(env.sim.ports().len(), 3);
 }
 
 /// Neutron shows a network asked for by its id in upper case (the id in

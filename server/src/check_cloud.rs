@@ -1,6 +1,6 @@
 //! `warmpoold check-cloud`: is the configured OpenStack usable for the
 //! configured pools? Credentials, flavors, image(s), management networks,
-//! the key pair and security groups pool servers get, Nova's and Cinder's
+//! the key pair and security groups pool servers (and tenants' ports) get, Nova's and Cinder's
 //! availability zones and compute quota headroom, one line per check.
 //!
 //! The daemon runs the same checks before serving (see [`crate::start`]),
@@ -41,7 +41,8 @@ pub enum CheckKind {
     Network,
     /// `key_name` is a key pair of the user warmpool logs in as.
     KeyPair,
-    /// Each of `security_groups` is one group of warmpool's project.
+    /// Each of `security_groups` and `tenant_port_security_groups` is one
+    /// group of warmpool's project.
     SecurityGroup,
     /// Each pool's AZ is one of Nova's.
     Zone,
@@ -660,9 +661,21 @@ async fn key_pair_check(cloud: &OpenStackCloud, report: &mut Report) {
 
 /// Whether each of `security_groups` names exactly one group of warmpool's
 /// project: Nova refuses every boot naming one it does not find there, or
-/// finds twice. Every pool's failure, as for the key pair.
+/// finds twice. So must each of `tenant_port_security_groups` (those not
+/// checked already), or the driver refuses every sale's port. Every pool's
+/// failure, as for the key pair.
 async fn security_group_check(cloud: &OpenStackCloud, report: &mut Report) {
-    for group in &cloud.settings().security_groups {
+    let settings = cloud.settings();
+    let tenant_port_only = settings
+        .tenant_port_security_groups
+        .iter()
+        .filter(|g| !settings.security_groups.contains(g));
+    let named = settings
+        .security_groups
+        .iter()
+        .map(|g| ("security_groups", g))
+        .chain(tenant_port_only.map(|g| ("tenant_port_security_groups", g)));
+    for (setting, group) in named {
         match cloud.security_group(group).await {
             Ok(g) => report.ok(
                 CheckKind::SecurityGroup,
@@ -670,7 +683,7 @@ async fn security_group_check(cloud: &OpenStackCloud, report: &mut Report) {
             ),
             Err(e) => report.fail(
                 CheckKind::SecurityGroup,
-                format!("cloud.security_groups {group:?}: {}", reason(&e)),
+                format!("cloud.{setting} {group:?}: {}", reason(&e)),
             ),
         }
     }

@@ -551,9 +551,17 @@ pub struct OpenStackConfig {
     #[serde(default)]
     pub image: Option<String>,
     /// Security groups (names or ids, of warmpool's project) of pool
-    /// servers; empty: the project's default.
+    /// servers, given to their port on the management network; empty: the
+    /// project's default.
     #[serde(default)]
     pub security_groups: Vec<String>,
+    /// Security groups (names or ids, of warmpool's project) of the port
+    /// made on the tenant's network at each sale. It is warmpool's
+    /// project's, so the tenant cannot change them: they must admit the
+    /// tenant's clients to mysqld. Absent: those of `security_groups`; an
+    /// empty list: none named, so the project's default group applies.
+    #[serde(default)]
+    pub tenant_port_security_groups: Option<Vec<String>>,
     /// Nova keypair injected into pool servers (one of the user warmpool
     /// logs in as).
     #[serde(default)]
@@ -616,6 +624,10 @@ impl OpenStackConfig {
             pool_manager::openstack::OpenStackSettings::new(auth, self.management_network.clone());
         settings.image = self.image.clone();
         settings.security_groups = self.security_groups.clone();
+        settings.tenant_port_security_groups = self
+            .tenant_port_security_groups
+            .clone()
+            .unwrap_or_else(|| self.security_groups.clone());
         settings.key_name = self.key_name.clone();
         settings.server_name_prefix = self.server_name_prefix.clone();
         settings.server_tag = self.server_tag.clone();
@@ -1199,12 +1211,19 @@ impl Config {
             }
             CloudConfig::OpenStack(os) => {
                 // Nova refuses an empty key pair or security group name on
-                // every boot; server names need their prefix.
+                // every boot (and a tenant port's group could be no group
+                // of the project); server names need their prefix.
                 let optional = os
                     .key_name
                     .iter()
                     .map(|v| ("key_name", v))
-                    .chain(os.security_groups.iter().map(|v| ("security_groups", v)));
+                    .chain(os.security_groups.iter().map(|v| ("security_groups", v)))
+                    .chain(
+                        os.tenant_port_security_groups
+                            .iter()
+                            .flatten()
+                            .map(|v| ("tenant_port_security_groups", v)),
+                    );
                 for (key, value) in [
                     ("management_network", &os.management_network),
                     ("server_tag", &os.server_tag),
@@ -1906,6 +1925,21 @@ mod tests {
         let auth = serde_yaml::to_value(&settings.auth).unwrap();
         assert_eq!(auth["auth"]["username"].as_str(), Some("pool"));
         assert_eq!(auth["region_name"].as_str(), Some("RegionOne"));
+        // The tenant's port gets the pool servers' groups unless told
+        // otherwise; an empty list names none (the project's default).
+        assert_eq!(settings.tenant_port_security_groups, ["mysql"]);
+        for (groups, expected) in [("[]", vec![]), (r#"["db-clients"]"#, vec!["db-clients"])] {
+            let text = text.replace(
+                r#"key_name = "ops""#,
+                &format!("key_name = \"ops\"\ntenant_port_security_groups = {groups}"),
+            );
+            let CloudConfig::OpenStack(os) = Config::parse(&text).unwrap().cloud else {
+                unreachable!()
+            };
+            let settings = os.settings().unwrap();
+            assert_eq!(settings.tenant_port_security_groups, expected, "{groups}");
+            assert_eq!(settings.security_groups, ["mysql"], "{groups}");
+        }
 
         let missing = text.replace("cloud = \"ostb-service\"", "cloud = \"nope\"");
         let CloudConfig::OpenStack(os) = Config::parse(&missing).unwrap().cloud else {
@@ -1929,6 +1963,10 @@ mod tests {
             (
                 r#"security_groups = ["mysql"]"#,
                 r#"security_groups = ["mysql", " "]"#,
+            ),
+            (
+                r#"security_groups = ["mysql"]"#,
+                "security_groups = [\"mysql\"]\ntenant_port_security_groups = [\"\"]",
             ),
         ] {
             let bad = text.replace(from, to);

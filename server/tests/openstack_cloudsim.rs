@@ -3085,6 +3085,185 @@ async fn check_cloud_names_security_groups_warmpools_project_lacks() {
     );
 }
 
+/// GET `path` of Neutron's API (`/v2.0/...`) as warmpool's user: what the
+/// cloud shows, beyond what the driver reads of it.
+async fn neutron_get(env: &Env, path: &str) -> serde_json::Value {
+    let settings = env.face.settings();
+    let user = &settings.users[0];
+    let login = serde_json::json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": user.name, "domain": {"name": settings.domain_name}, "password": user.password}}},
+        "scope": {"project": {"name": settings.project_name, "domain": {"name": settings.domain_name}}},
+    }});
+    let (status, headers, answer) = support::http_send(
+        "POST",
+        &format!("{}/auth/tokens", env.face.auth_url()),
+        &[("content-type", "application/json")],
+        Some(login.to_string()),
+    )
+    .await;
+    assert_eq!(status, 201, "login: {answer}");
+    let token = headers["x-subject-token"].to_str().unwrap();
+    let url = format!("{}{path}", env.face.service_url(Service::Network));
+    let (status, _, answer) =
+        support::http_send("GET", &url, &[("x-auth-token", token)], None).await;
+    assert_eq!(status, 200, "GET {path}: {answer}");
+    serde_json::from_str(&answer).unwrap()
+}
+
+/// The id of warmpool's project's security group `name`.
+async fn security_group_id(env: &Env, name: &str) -> String {
+    let project = env.face.project_id();
+    let groups = neutron_get(
+        env,
+        &format!("/v2.0/security-groups?name={name}&project_id={project}"),
+    )
+    .await;
+    groups["security_groups"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no group {name}: {groups}"))
+        .to_owned()
+}
+
+/// The security groups Neutron shows on port `id`.
+async fn port_security_groups(env: &Env, id: &str) -> serde_json::Value {
+    let port = neutron_get(env, &format!("/v2.0/ports/{id}")).await;
+    port["port"]["security_groups"].clone()
+}
+
+/// A cloud whose project has the groups `default`, `mysql`, `db-clients`
+/// and two named `web`.
+async fn env_with_security_groups() -> Env {
+    env_with(
+        SimConfig {
+            security_groups: vec![
+                SecurityGroupConfig::new("default"),
+                SecurityGroupConfig::new("mysql"),
+                SecurityGroupConfig::new("db-clients"),
+                SecurityGroupConfig::new("web"),
+                SecurityGroupConfig::new("web"),
+            ],
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await
+}
+
+/// The tenant's port is made in warmpool's project, where the tenant
+/// cannot change its groups: without any named, Neutron gives it the
+/// project's default group, which admits only its own members, and the
+/// tenant's clients could not reach mysqld. It gets the groups of
+/// `tenant_port_security_groups`, by default those of `security_groups`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_port_gets_the_pool_servers_security_groups_by_default() {
+    let env = env_with_security_groups().await;
+    let mysql = security_group_id(&env, "mysql").await;
+    let (running, stop) = start_daemon(env.config(r#"security_groups = ["mysql"]"#, SMALL_POOL))
+        .await
+        .unwrap();
+    let allocated = running
+        .manager
+        .allocate(order(&env, "o1").await)
+        .await
+        .unwrap();
+    let port = allocated.port_id.clone().unwrap();
+    assert_eq!(
+        port_security_groups(&env, &port).await,
+        serde_json::json!([mysql])
+    );
+    stop_daemon(running, stop).await;
+}
+
+/// `tenant_port_security_groups` given: the port gets its groups; an empty
+/// list names none, so the project's default group applies. A name that is
+/// not exactly one group of warmpool's project refuses every port, naming
+/// the setting, and fails check-cloud. A group deleted since it was looked
+/// up refuses the port it was sent with, and is looked up again for the
+/// next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_port_security_groups_are_a_setting_of_their_own() {
+    let env = env_with_security_groups().await;
+    let tenant_net = env.driver().await.network("tenant-net").await.unwrap().id;
+    for (setting, shown) in [(r#"["db-clients"]"#, "db-clients"), ("[]", "default")] {
+        let extra =
+            format!("security_groups = [\"mysql\"]\ntenant_port_security_groups = {setting}");
+        let cloud = env.driver_with(&extra).await;
+        let port = cloud
+            .create_port(&port_spec(&format!("port-{shown}"), &tenant_net))
+            .await
+            .unwrap();
+        assert_eq!(
+            port_security_groups(&env, &port.id).await,
+            serde_json::json!([security_group_id(&env, shown).await]),
+            "{setting}"
+        );
+    }
+    for (group, why) in [
+        (
+            "nope",
+            "no security group named 'nope' is visible to user pool in project service",
+        ),
+        (
+            "web",
+            "2 security groups are named 'web'; give its id instead",
+        ),
+    ] {
+        let extra = format!("tenant_port_security_groups = [\"{group}\"]");
+        let cloud = env.driver_with(&extra).await;
+        let e = cloud
+            .create_port(&port_spec("refused", &tenant_net))
+            .await
+            .unwrap_err();
+        let setting = format!("cloud.tenant_port_security_groups \"{group}\": {why}");
+        assert!(
+            matches!(&e, CloudError::Fatal(m) if m.contains(&setting)),
+            "{e:?}"
+        );
+        let config = env.config(&extra, SMALL_POOL);
+        let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+        assert!(!report.passed(), "{report}");
+        assert_eq!(
+            lines_of(&report, "security group"),
+            [format!("security group: {setting}")],
+            "{report}"
+        );
+    }
+    assert!(
+        env.sim.ports().iter().all(|p| p.name != "refused"),
+        "{:?}",
+        env.sim.ports()
+    );
+
+    let cloud = env
+        .driver_with(r#"tenant_port_security_groups = ["db-clients"]"#)
+        .await;
+    let clients = security_group_id(&env, "db-clients").await;
+    let port = cloud
+        .create_port(&port_spec("before", &tenant_net))
+        .await
+        .unwrap();
+    cloud.delete_port(&port.id).await.unwrap();
+    env.sim.delete_security_group("db-clients");
+    let e = cloud
+        .create_port(&port_spec("after", &tenant_net))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::NotFound(m) if m.contains(&format!("Security group {clients} does not exist"))
+            && m.contains("cloud.tenant_port_security_groups")),
+        "{e:?}"
+    );
+    let e = cloud
+        .create_port(&port_spec("after", &tenant_net))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Fatal(m) if m.contains("cloud.tenant_port_security_groups \"db-clients\": no security group named 'db-clients'")),
+        "{e:?}"
+    );
+}
+
 /// A cloud that only soft-deletes (Nova's `reclaim_instance_interval`),
 /// reclaiming after an hour.
 async fn soft_delete_env() -> Env {

@@ -1,7 +1,8 @@
 //! Neutron v2.0 under `/network`: version discovery, the configured networks
 //! and their subnets, security groups (`SimConfig::security_groups`), ports
-//! (create, show, list with `?name=`/`?device_id=`/`?network_id=`, delete)
-//! and the project's quota details. Errors are `{"NeutronError": {...}}`.
+//! (create, naming security groups or not, show, list with `?name=`/
+//! `?device_id=`/`?network_id=`, delete) and the project's quota details.
+//! Errors are `{"NeutronError": {...}}`.
 
 use super::{
     iso_seconds, mac_for, parse_body, require_token, stable_hex, stable_uuid, ApiError, FaceState,
@@ -343,7 +344,8 @@ fn port_json(state: &FaceState, d: &PortDetail) -> Value {
         "ip_allocation": if p.ip_address.is_some() { "immediate" } else { "none" },
         "allowed_address_pairs": [],
         "extra_dhcp_opts": [],
-        "security_groups": [stable_uuid("security-group", "default")],
+        // A port created naming no group has the project's default one.
+        "security_groups": d.security_groups.clone().unwrap_or_else(|| vec![stable_uuid("security-group", "default")]),
         "description": "",
         "binding:vnic_type": "normal",
         "port_security_enabled": true,
@@ -444,6 +446,10 @@ async fn create_port(
             ));
         }
     }
+    let security_groups = match port.get("security_groups") {
+        None | Some(Value::Null) => None,
+        Some(given) => Some(port_security_groups(&state, given)?),
+    };
     state
         .sim
         .gate("create_port")
@@ -456,13 +462,14 @@ async fn create_port(
         .sim
         .inner
         .lock_at(now)
-        .create_port(
+        .create_port_in_groups(
             &NewPortSpec {
                 name,
                 network_id: network_id.clone(),
                 subnet_id,
                 fixed_ip,
             },
+            security_groups,
             now,
         )
         .map_err(|e| match e {
@@ -482,6 +489,43 @@ async fn create_port(
         Json(json!({"port": port_json(&state, &d)})),
     )
         .into_response())
+}
+
+/// The ids of a port create's `security_groups`, as Neutron checks them:
+/// each must look like a UUID (400), and name a group of the project (404;
+/// another project's is not the caller's to give). An empty list is kept:
+/// the port has no group.
+fn port_security_groups(state: &FaceState, given: &Value) -> Result<Vec<String>, ApiError> {
+    let invalid = |what: &str| {
+        ApiError::bad_request(
+            N,
+            format!("Invalid input for operation: '{what}' is not an integer or uuid."),
+        )
+        .typed("InvalidInput")
+    };
+    let Some(given) = given.as_array() else {
+        return Err(invalid(&given.to_string()));
+    };
+    let known = security_groups(state);
+    given
+        .iter()
+        .map(|g| {
+            let Some(g) = g.as_str().filter(|g| uuid::Uuid::parse_str(g).is_ok()) else {
+                return Err(invalid(g.as_str().unwrap_or(&g.to_string())));
+            };
+            known
+                .iter()
+                .find(|k| {
+                    k["project_id"] == state.project_id.as_str()
+                        && k["id"]
+                            .as_str()
+                            .is_some_and(|id| id.eq_ignore_ascii_case(g))
+                })
+                .and_then(|k| k["id"].as_str())
+                .map(str::to_owned)
+                .ok_or_else(|| security_group_not_found(g))
+        })
+        .collect()
 }
 
 async fn show_port(

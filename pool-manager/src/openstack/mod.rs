@@ -178,8 +178,14 @@ pub struct OpenStackSettings {
     /// address is where mysqld is probed.
     pub management_network: String,
     /// Security groups (names or ids, of warmpool's project) of pool
-    /// servers; empty: Nova's default.
+    /// servers (Nova gives them to the boot's port, on the management
+    /// network); empty: Nova's default.
     pub security_groups: Vec<String>,
+    /// Security groups (names or ids, of warmpool's project) of the port
+    /// made on the tenant's network at each sale, which is warmpool's
+    /// project's and so not the tenant's to change; empty: none named, and
+    /// Neutron gives the project's default group.
+    pub tenant_port_security_groups: Vec<String>,
     /// Nova keypair for pool servers (one of the user warmpool logs in as).
     pub key_name: Option<String>,
     /// Server name = prefix + instance id.
@@ -216,6 +222,7 @@ impl std::fmt::Debug for OpenStackSettings {
             image,
             management_network,
             security_groups,
+            tenant_port_security_groups,
             key_name,
             server_name_prefix,
             server_tag,
@@ -229,6 +236,7 @@ impl std::fmt::Debug for OpenStackSettings {
             .field("image", image)
             .field("management_network", management_network)
             .field("security_groups", security_groups)
+            .field("tenant_port_security_groups", tenant_port_security_groups)
             .field("key_name", key_name)
             .field("server_name_prefix", server_name_prefix)
             .field("server_tag", server_tag)
@@ -243,13 +251,14 @@ impl std::fmt::Debug for OpenStackSettings {
 impl OpenStackSettings {
     /// Settings with every default: tag `warmpool`, names `warmpool-<id>`,
     /// mysqld on 3306, 30 s per call, no image override, no security
-    /// groups, no key.
+    /// groups (of servers or of tenants' ports), no key.
     pub fn new(auth: CloudConfig, management_network: impl Into<String>) -> Self {
         Self {
             auth,
             image: None,
             management_network: management_network.into(),
             security_groups: Vec::new(),
+            tenant_port_security_groups: Vec::new(),
             key_name: None,
             server_name_prefix: DEFAULT_SERVER_NAME_PREFIX.to_owned(),
             server_tag: DEFAULT_SERVER_TAG.to_owned(),
@@ -295,6 +304,8 @@ struct Inner {
     flavors: NameCache<Flavor>,
     images: NameCache<String>,
     networks: NameCache<Named>,
+    /// The groups of `tenant_port_security_groups`, by name or id.
+    security_groups: NameCache<Named>,
     /// Servers, volumes and ports (by service and name) whose create failed
     /// without a clear answer (timeout, 5xx, unreadable body): the cloud may
     /// have created them, so the next create of the name looks first instead
@@ -402,6 +413,7 @@ impl OpenStackCloud {
                 flavors: NameCache::default(),
                 images: NameCache::default(),
                 networks: NameCache::default(),
+                security_groups: NameCache::default(),
                 uncertain_creates: Mutex::default(),
                 soft_deleted: Mutex::default(),
                 deletes_sent: Mutex::default(),
@@ -674,10 +686,38 @@ impl OpenStackCloud {
         }
     }
 
+    /// The ids of `tenant_port_security_groups`, each looked up as
+    /// [`Self::security_group`] does (a port of warmpool's project takes
+    /// only that project's groups) and cached for [`NAME_TTL`]. A name that
+    /// is not exactly one group there fails every port: Fatal, naming the
+    /// setting.
+    async fn tenant_port_security_group_ids(&self) -> CloudResult<Vec<String>> {
+        let mut ids = Vec::new();
+        for name in &self.inner.settings.tenant_port_security_groups {
+            let group = match self.inner.security_groups.get(name) {
+                Some(group) => group,
+                None => {
+                    let group = self.security_group(name).await.map_err(|e| match e {
+                        CloudError::NotFound(m) | CloudError::Fatal(m) => CloudError::Fatal(
+                            format!("cloud.tenant_port_security_groups {name:?}: {m}"),
+                        ),
+                        e => e,
+                    })?;
+                    self.inner
+                        .security_groups
+                        .insert(name.clone(), group.clone());
+                    group
+                }
+            };
+            ids.push(group.id);
+        }
+        Ok(ids)
+    }
+
     /// The security group `name_or_id` names among those of warmpool's
     /// project, as Nova looks up a boot's groups (only there: an admin's
-    /// listing shows every project's). Not cached: only the cloud check
-    /// asks.
+    /// listing shows every project's). Looked up afresh: the cloud check
+    /// asks this.
     pub async fn security_group(&self, name_or_id: &str) -> CloudResult<Named> {
         let project = self.inner.conn.project_id().await?;
         let ours = |g: &Named| g.project_id.as_deref() == Some(project.as_str());
@@ -1656,9 +1696,24 @@ impl Cloud for OpenStackCloud {
                 return Ok(existing);
             }
         }
+        let groups = self.tenant_port_security_group_ids().await?;
         let call = Call::new(Service::Network, Method::POST, ["ports"])
-            .json(neutron::create_port_body(spec));
-        let body: neutron::PortBody = self.create(&spec.name, call).await?;
+            .json(neutron::create_port_body(spec, &groups));
+        let body: neutron::PortBody = match self.create(&spec.name, call).await {
+            // A group deleted since it was looked up (replaced under its
+            // name?): the next port looks the names up again.
+            Err(CloudError::NotFound(refused))
+                if groups.iter().any(|g| refused.contains(g.as_str())) =>
+            {
+                for name in &self.inner.settings.tenant_port_security_groups {
+                    self.inner.security_groups.forget(name);
+                }
+                return Err(CloudError::NotFound(format!(
+                    "{refused} (a group of cloud.tenant_port_security_groups, deleted since it was looked up; looked up again at the next port)"
+                )));
+            }
+            other => other?,
+        };
         Ok(neutron::to_port(body.port))
     }
 

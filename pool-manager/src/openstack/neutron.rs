@@ -92,9 +92,15 @@ pub fn to_port(p: NeutronPort) -> Port {
 }
 
 /// `POST /v2.0/ports`. The port belongs to the session's project: a member
-/// may not create in another one, so `project_id` is not sent.
-pub fn create_port_body(spec: &NewPortSpec) -> serde_json::Value {
+/// may not create in another one, so `project_id` is not sent. The tenant
+/// cannot change the groups of a port of warmpool's project, so it gets
+/// `security_groups` (ids) now; none sends none (an empty list would leave
+/// the port without any group), and Neutron gives the project's default.
+pub fn create_port_body(spec: &NewPortSpec, security_groups: &[String]) -> serde_json::Value {
     let mut port = serde_json::json!({ "network_id": spec.network_id, "name": spec.name });
+    if !security_groups.is_empty() {
+        port["security_groups"] = serde_json::json!(security_groups);
+    }
     if spec.subnet_id.is_some() || spec.fixed_ip.is_some() {
         let mut fixed = serde_json::Map::new();
         if let Some(subnet) = &spec.subnet_id {
@@ -265,8 +271,32 @@ mod tests {
             fixed_ip: Some("10.20.0.9".into()),
         };
         assert_eq!(
-            create_port_body(&spec),
+            create_port_body(&spec, &[]),
             serde_json::json!({"port": {"network_id": "net", "name": "warmpool-o1", "fixed_ips": [{"ip_address": "10.20.0.9"}]}})
+        );
+    }
+
+    /// The tenant's port lives in warmpool's project, where the tenant
+    /// cannot change its groups: it is created with the configured ones
+    /// (ids, as Neutron takes them). None configured sends none, and
+    /// Neutron gives the project's default group (an empty list would
+    /// give the port no group at all).
+    #[test]
+    fn the_port_body_names_its_security_groups_when_given() {
+        let spec = NewPortSpec {
+            name: "warmpool-o1".into(),
+            network_id: "net".into(),
+            subnet_id: None,
+            fixed_ip: None,
+        };
+        let groups = ["sg-1".to_owned(), "sg-2".to_owned()];
+        assert_eq!(
+            create_port_body(&spec, &groups),
+            serde_json::json!({"port": {"network_id": "net", "name": "warmpool-o1", "security_groups": ["sg-1", "sg-2"]}})
+        );
+        assert_eq!(
+            create_port_body(&spec, &[]),
+            serde_json::json!({"port": {"network_id": "net", "name": "warmpool-o1"}})
         );
     }
 

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
@@ -245,28 +245,46 @@ impl Daemon {
 
 /// GET `url` (plain HTTP/1.1): status, Content-Type and body.
 pub async fn http_get(url: &str) -> (u16, String, String) {
-    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let uri: hyper::Uri = url.parse().expect("valid URL");
-    let response = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
-        .await
-        .unwrap_or_else(|_| panic!("GET {url} timed out"))
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
+    let (status, headers, body) = http_send("GET", url, &[], None).await;
+    let content_type = headers
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    (status, content_type, body)
+}
+
+/// `method` `url` (plain HTTP/1.1) with `headers` and `body`: status,
+/// headers and body.
+pub async fn http_send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<String>,
+) -> (u16, hyper::HeaderMap, String) {
+    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = hyper::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .expect("a valid request");
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {url} timed out"))
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
     let body = response
         .into_body()
         .collect()
         .await
-        .unwrap_or_else(|e| panic!("GET {url}: reading the body: {e}"))
+        .unwrap_or_else(|e| panic!("{method} {url}: reading the body: {e}"))
         .to_bytes();
     (
         status,
-        content_type,
+        headers,
         String::from_utf8(body.to_vec()).expect("UTF-8 body"),
     )
 }
