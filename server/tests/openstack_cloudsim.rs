@@ -3264,6 +3264,60 @@ async fn tenant_port_security_groups_are_a_setting_of_their_own() {
     );
 }
 
+/// Every port a pool server holds is in warmpool's project (Nova's at the
+/// boot, warmpool's for the tenant), so the driver asks Neutron for that
+/// project's ports only. As an admin, warmpool would otherwise page through
+/// every project's ports at each reconcile pass, and count another
+/// project's port naming a pool server as its device among that server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_warmpools_own_ports_are_read_as_its_servers() {
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            page_limit: Some(2),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let cloud = env.driver().await;
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    let server = settled(&cloud, &server.id).await;
+    let own = server.attached_ports.clone();
+    assert_eq!(own.len(), 1, "{server:?}");
+    let port_pages = || {
+        let calls = env.sim.call_counts();
+        calls.get("find_ports_by_name").copied().unwrap_or(0)
+    };
+    env.sim.reset_call_counts();
+    cloud.list_pool_servers().await.unwrap();
+    let pages_alone = port_pages();
+
+    let tenant_net = cloud.network("tenant-net").await.unwrap().id;
+    let faults = env.face.faults();
+    for _ in 0..4 {
+        faults.add_port_of_project("tenant", &tenant_net, None);
+    }
+    let theirs = faults.add_port_of_project("tenant", &tenant_net, Some(&server.id));
+    let bound = neutron_get(&env, &format!("/v2.0/ports?device_id={}", server.id)).await;
+    assert_eq!(bound["ports"].as_array().unwrap().len(), 2, "{bound}");
+
+    env.sim.reset_call_counts();
+    let listed = cloud.list_pool_servers().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        listed[0].attached_ports, own,
+        "{theirs} is another project's"
+    );
+    assert_eq!(port_pages(), pages_alone, "pages of ports read");
+    assert_eq!(
+        cloud.get_server(&server.id).await.unwrap().attached_ports,
+        own
+    );
+}
+
 /// A cloud that only soft-deletes (Nova's `reclaim_instance_interval`),
 /// reclaiming after an hour.
 async fn soft_delete_env() -> Env {

@@ -314,6 +314,9 @@ pub(crate) struct FaceState {
     image_revisions: Mutex<HashMap<String, u32>>,
     /// Images Glance shows beside the model's (`HttpFaults::upload_image`).
     uploaded_images: Mutex<Vec<UploadedImage>>,
+    /// Ports of other projects Neutron shows beside the model's, as it
+    /// shows every project's to an admin (`HttpFaults::add_port_of_project`).
+    pub(crate) other_projects_ports: Mutex<Vec<serde_json::Value>>,
     /// Visibility of images by name, where not "public"
     /// (`HttpFaults::set_image_visibility`).
     image_visibility: Mutex<HashMap<String, String>>,
@@ -599,6 +602,29 @@ impl HttpFaults {
         id
     }
 
+    /// A port of another project, `project` (by name), on `network_id`,
+    /// its device `device_id` if given (Neutron takes any device id from a
+    /// port's owner), which Neutron lists beside the project's own ports to
+    /// an admin. Neither Nova nor the quota knows of it. Its id.
+    pub fn add_port_of_project(
+        &self,
+        project: &str,
+        network_id: &str,
+        device_id: Option<&str>,
+    ) -> String {
+        let mut ports = lock(&self.state.other_projects_ports);
+        let id = stable_uuid("other-port", &format!("{project}#{}", ports.len()));
+        let port = neutron::port_of_project(
+            &self.state,
+            &id,
+            &stable_hex("project", project),
+            network_id,
+            device_id,
+        );
+        ports.push(port);
+        id
+    }
+
     /// Images named `name` get `visibility` ("public", "private",
     /// "shared", "community"). Glance leaves community images out of a
     /// listing that does not ask for them (`visibility=community` or
@@ -831,6 +857,7 @@ impl HttpFace {
             hidden_images: Mutex::default(),
             network_names: Mutex::default(),
             uploaded_images: Mutex::default(),
+            other_projects_ports: Mutex::default(),
             stopping: tokio::sync::watch::channel(false).0,
             changed_passwords: Mutex::new(HashMap::new()),
             password_logins: AtomicU32::new(0),

@@ -1,7 +1,8 @@
 //! Neutron v2.0 under `/network`: version discovery, the configured networks
 //! and their subnets, security groups (`SimConfig::security_groups`), ports
 //! (create, naming security groups or not, show, list with `?name=`/
-//! `?device_id=`/`?network_id=`, delete) and the project's quota details.
+//! `?device_id=`/`?network_id=`/`?project_id=`, delete; other projects'
+//! ports too, as an admin sees them) and the project's quota details.
 //! Errors are `{"NeutronError": {...}}`.
 
 use super::{
@@ -356,6 +357,50 @@ fn port_json(state: &FaceState, d: &PortDetail) -> Value {
     })
 }
 
+/// A port of project `project_id` on `network_id`, bound to `device_id`
+/// if given: not one of the model's (`HttpFaults::add_port_of_project`).
+pub(super) fn port_of_project(
+    state: &FaceState,
+    id: &str,
+    project_id: &str,
+    network_id: &str,
+    device_id: Option<&str>,
+) -> Value {
+    let created = iso_seconds(state.wall(Instant::now()));
+    json!({
+        "id": id,
+        "name": "",
+        "network_id": network_id,
+        "tenant_id": project_id,
+        "project_id": project_id,
+        "mac_address": mac_for(id),
+        "admin_state_up": true,
+        "status": if device_id.is_some() { "ACTIVE" } else { "DOWN" },
+        "device_id": device_id.unwrap_or_default(),
+        "device_owner": if device_id.is_some() { "compute:nova" } else { "" },
+        "fixed_ips": [],
+        "ip_allocation": "none",
+        "allowed_address_pairs": [],
+        "extra_dhcp_opts": [],
+        "security_groups": [],
+        "description": "",
+        "binding:vnic_type": "normal",
+        "port_security_enabled": true,
+        "tags": [],
+        "created_at": created,
+        "updated_at": created,
+        "revision_number": 1,
+    })
+}
+
+/// Another project's port (`HttpFaults::add_port_of_project`) of id `id`.
+fn port_of_another_project(state: &FaceState, id: &str) -> Option<Value> {
+    super::lock(&state.other_projects_ports)
+        .iter()
+        .find(|p| p["id"] == id)
+        .cloned()
+}
+
 fn port_not_found(id: &str) -> ApiError {
     ApiError::not_found(N, format!("Port {id} could not be found.")).typed("PortNotFound")
 }
@@ -538,13 +583,12 @@ async fn show_port(
         .await
         .map_err(|e| ApiError::from_cloud(N, e))?;
     let now = Instant::now();
-    let d = state
-        .sim
-        .inner
-        .lock_at(now)
-        .port_detail(&id, now)
-        .ok_or_else(|| port_not_found(&id))?;
-    Ok(Json(json!({"port": port_json(&state, &d)})))
+    let d = state.sim.inner.lock_at(now).port_detail(&id, now);
+    let port = match d {
+        Some(d) => port_json(&state, &d),
+        None => port_of_another_project(&state, &id).ok_or_else(|| port_not_found(&id))?,
+    };
+    Ok(Json(json!({ "port": port })))
 }
 
 async fn list_ports(State(state): State<Arc<FaceState>>, q: Q) -> Result<Json<Value>, ApiError> {
@@ -556,9 +600,11 @@ async fn list_ports(State(state): State<Arc<FaceState>>, q: Q) -> Result<Json<Va
     let q = query(q);
     let now = Instant::now();
     let ports = state.sim.inner.lock_at(now).port_details(now);
+    let others = super::lock(&state.other_projects_ports).clone();
     let list: Vec<Value> = ports
         .iter()
         .map(|d| port_json(&state, d))
+        .chain(others)
         .filter(|p| matches(p, &q))
         .collect();
     let url = format!("{}/v2.0/ports", state.url(N));

@@ -1143,17 +1143,23 @@ impl OpenStackCloud {
         }
     }
 
-    /// Ports bound to servers, by server id, from one Neutron list.
+    /// Ports bound to servers, by server id, from one Neutron list of
+    /// warmpool's project's ports: every port a pool server holds is there
+    /// (Nova's at the boot, the tenant's warmpool makes), and an admin's
+    /// unfiltered listing would page through every project's ports (and
+    /// count another project's naming a pool server as its device).
     async fn ports_by_device(
         &self,
         device_id: Option<&str>,
     ) -> CloudResult<HashMap<String, Vec<String>>> {
+        let project = self.inner.conn.project_id().await?;
         // Neutron pages at pagination_max_limit when one is set.
         let ports = self
             .list_all(
                 "GET /v2.0/ports",
                 || {
                     let call = Call::new(Service::Network, Method::GET, ["ports"])
+                        .query("project_id", project.as_str())
                         .query("fields", "id")
                         .query("fields", "device_id");
                     match device_id {
