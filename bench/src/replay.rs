@@ -87,8 +87,8 @@ pub const AUTO_MIN_READY: u32 = 1;
 /// The manager's pacing in the benchmark: as a real deployment (servers
 /// polled every 2 s, each pool looked at every 5 s), except the reconciler
 /// runs hourly (it has nothing to repair here, and every minute it would
-/// double the time of the busiest replays) and a pool may have up to 64
-/// boots in flight. Static policies run without the throttle gate.
+/// double the time of the busiest replays). Static policies run without
+/// the throttle gate.
 pub fn settings(policy: &Policy, options: &Options) -> ManagerSettings {
     let seed = options.seed;
     ManagerSettings {
@@ -96,7 +96,7 @@ pub fn settings(policy: &Policy, options: &Options) -> ManagerSettings {
         poll_interval: ManagerSettings::default().poll_interval,
         replenish_interval: ManagerSettings::default().replenish_interval,
         reconcile_interval: Duration::from_secs(3600),
-        max_concurrent_boots: 64,
+        max_concurrent_boots: ManagerSettings::default().max_concurrent_boots,
         retry_backoff: Duration::from_millis(500),
         gate: if *policy == Policy::Auto {
             GateSettings {

@@ -36,7 +36,9 @@ pub struct ManagerSettings {
     pub replenish_interval: Duration,
     /// How often the reconciler compares the store with the cloud.
     pub reconcile_interval: Duration,
-    /// Boots in flight per pool, at most.
+    /// Boots in flight per pool, at most: a hard ceiling. The gate paces
+    /// boots per AZ by how the cloud copes; a ceiling below demand x lead
+    /// time would cap refills exactly when boots are slow.
     pub max_concurrent_boots: u32,
     /// First back-off after a retryable cloud error; doubles up to 32x.
     pub retry_backoff: Duration,
@@ -76,7 +78,10 @@ impl Default for ManagerSettings {
             poll_interval: Duration::from_secs(2),
             replenish_interval: Duration::from_secs(5),
             reconcile_interval: Duration::from_secs(60),
-            max_concurrent_boots: 4,
+            // The gate's largest window: the gate, not this, decides how
+            // many boots the cloud takes (a pool of 1 purchase a minute at
+            // a throttled 450 s lead time needs 8 in flight).
+            max_concurrent_boots: crate::gate::DEFAULT_MAX_WINDOW,
             retry_backoff: Duration::from_millis(500),
             sizing: SizingSettings::default(),
             gate: GateSettings::default(),

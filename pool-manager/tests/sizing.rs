@@ -428,6 +428,37 @@ window open: min 10                    D= 1.00 target=10 boots=10 deficit
     assert_eq!(out, golden, "\n{out}");
 }
 
+/// At the shipped defaults a pool whose boots slowed down (IOPS
+/// throttling: a 450 s lead time) keeps the boots in flight its demand needs
+/// (Little's law: 1 a minute x 450 s = 8), as the benchmarks' throttle-onset
+/// replay does: a per-pool cap below that would refill at most cap / lead
+/// time, whatever the target, exactly when boots are slow.
+#[test]
+fn the_default_boot_cap_lets_a_throttled_pool_sustain_its_demand() {
+    let inputs = Inputs {
+        supply: 2,
+        in_flight: 4,
+        demand: DemandEstimate::steady(per_minute(1.0)),
+        lead: lead(450, 450),
+        pool_boot_cap: ManagerSettings::default().max_concurrent_boots,
+        gate: Admission {
+            room: 0,
+            ..Admission::OPEN
+        },
+        ..base()
+    };
+    let plan = decide(&inputs);
+    let needed_in_flight = (per_minute(1.0) * 450.0_f64).ceil() as u32;
+    assert!(
+        plan.target > inputs.supply + inputs.in_flight + 4,
+        "{plan:?}"
+    );
+    assert!(
+        plan.boots_now >= needed_in_flight - inputs.in_flight,
+        "{plan:?}"
+    );
+}
+
 #[test]
 fn target_formula() {
     assert!((z_for(0.995) - 2.5758).abs() < 1e-3);
