@@ -5,16 +5,28 @@
 //! supervisor (`Restart=on-failure`) does not restart. Here such an error is
 //! logged and accepting resumes after a pause. Each connection is then
 //! established (for TLS, its handshake: [`crate::tls`]) beside the others,
-//! at most [`MAX_ESTABLISHING`] at once: one more drops the oldest.
+//! at most [`MAX_ESTABLISHING`] at once: one more drops the oldest. Once
+//! established, a connection has [`PREFACE_TIMEOUT`] to send the HTTP/2
+//! preface ([`PrefaceDue`]); from then on the keepalive pings
+//! (`grpc_keepalive_interval`, `grpc_keepalive_timeout`) close it if its
+//! client is gone. So a socket opened and left silent holds its file
+//! descriptor for seconds, not for good, and such sockets do not pile up
+//! until accepting fails for lack of descriptors (a flood faster than
+//! they are closed still can: accepting then pauses, as above).
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
+use tokio::time::Sleep;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
 
 /// Connections being established at once. One more takes the slot of the
 /// oldest (which is dropped): sockets opened and left silent (a scanner, an
@@ -22,20 +34,35 @@ use tokio_stream::wrappers::ReceiverStream;
 /// keep clients waiting in the kernel's backlog.
 const MAX_ESTABLISHING: usize = 256;
 
+/// How long an established connection may take to send the HTTP/2
+/// preface; one that has not is closed. Until then hyper waits for it with
+/// no bound of its own, and the keepalive pings start only after it. A
+/// gRPC client sends it as soon as it is connected, so this is as generous
+/// as the TLS handshake's timeout, and it ends only sockets that are not
+/// clients (or clients that are stuck).
+pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The HTTP/2 client preface's length ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"):
+/// a client that sends part of it and stops is as silent as one that
+/// sends nothing.
+const PREFACE_LEN: usize = 24;
+
 /// How long accepting pauses after an error of the listener's own (as
 /// axum's and hyper's examples do): connections close meanwhile, and the
 /// log gets a line a second, not a flood.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
 /// The connections of `listener` that `establish` makes something of
-/// (`None`: dropped; it logs why). Accepting ends, and the listening socket
-/// closes, when `stop` resolves (a graceful shutdown: no new connections
-/// while the open ones finish) or the stream is dropped.
+/// (`None`: dropped; it logs why), each due to send the HTTP/2 preface
+/// within [`PREFACE_TIMEOUT`] of being established. Accepting ends, and
+/// the listening socket closes, when `stop` resolves (a graceful shutdown:
+/// no new connections while the open ones finish) or the stream is
+/// dropped.
 pub fn incoming<IO, Establish, Established>(
     listener: TcpListener,
     stop: impl Future<Output = ()> + Send + 'static,
     establish: Establish,
-) -> ReceiverStream<std::io::Result<IO>>
+) -> ReceiverStream<std::io::Result<PrefaceDue<IO>>>
 where
     IO: Send + 'static,
     Establish: Fn(TcpStream, SocketAddr) -> Established + Send + 'static,
@@ -88,13 +115,105 @@ where
                 let connection = connection.await;
                 lock(&slots).retain(|(n, _)| *n != number);
                 if let Some(connection) = connection {
-                    let _ = accepted.send(Ok(connection)).await;
+                    let _ = accepted.send(Ok(PrefaceDue::new(connection, peer))).await;
                 }
             });
             queue.push_back((number, task.abort_handle()));
         }
     });
     ReceiverStream::new(stream)
+}
+
+/// An established connection that is closed (its reads fail) unless it
+/// sends the HTTP/2 preface within [`PREFACE_TIMEOUT`]; then it passes
+/// everything through untouched.
+pub struct PrefaceDue<IO> {
+    io: IO,
+    /// Until the preface is in: how many of its bytes are still to come,
+    /// and when they are due.
+    waiting: Option<(usize, Pin<Box<Sleep>>)>,
+    peer: SocketAddr,
+}
+
+impl<IO> PrefaceDue<IO> {
+    fn new(io: IO, peer: SocketAddr) -> Self {
+        Self {
+            io,
+            waiting: Some((PREFACE_LEN, Box::pin(tokio::time::sleep(PREFACE_TIMEOUT)))),
+            peer,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for PrefaceDue<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        let Some((to_come, due)) = &mut this.waiting else {
+            return read;
+        };
+        match read {
+            Poll::Ready(Ok(())) => {
+                *to_come = to_come.saturating_sub(buf.filled().len() - before);
+                if *to_come == 0 {
+                    this.waiting = None;
+                }
+            }
+            Poll::Pending if due.as_mut().poll(cx).is_ready() => {
+                // Debug only: every scanner of the port ends here.
+                tracing::debug!(peer = %this.peer, "no HTTP/2 preface within {PREFACE_TIMEOUT:?}: closing the connection");
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no HTTP/2 preface in time",
+                )));
+            }
+            _ => {}
+        }
+        read
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for PrefaceDue<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+impl<IO: Connected> Connected for PrefaceDue<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -110,12 +110,13 @@ impl TlsHandle {
 /// The connections of `listener` whose TLS handshake completes, each with
 /// the settings in force when it was accepted ([`crate::listener`]: side by
 /// side, until `stop`). A handshake that fails or takes longer than
-/// [`HANDSHAKE_TIMEOUT`] is logged and dropped.
+/// [`HANDSHAKE_TIMEOUT`] is logged and dropped; one that completes starts
+/// the time for the HTTP/2 preface ([`crate::listener::PrefaceDue`]).
 pub fn incoming(
     listener: TcpListener,
     tls: TlsHandle,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+) -> ReceiverStream<std::io::Result<crate::listener::PrefaceDue<TlsStream<TcpStream>>>> {
     crate::listener::incoming(listener, stop, move |socket, peer| {
         let handshake = tls.acceptor().accept(socket);
         async move {

@@ -2548,6 +2548,121 @@ async fn idle_connections_holding_every_handshake_slot_do_not_lock_clients_out()
     stop_bare(running, stop).await;
 }
 
+/// The first bytes the daemon sends on `socket` (its HTTP/2 SETTINGS):
+/// the connection is established and being served.
+async fn served<S: tokio::io::AsyncRead + Unpin>(what: &str, socket: &mut S) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    match tokio::time::timeout(PATIENCE, socket.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        other => panic!("{what}: no HTTP/2 SETTINGS from the daemon: {other:?}"),
+    }
+}
+
+/// Reads `socket` until the daemon closes it (end of file or an error);
+/// panics if it is still open after [`PATIENCE`].
+async fn closed_by_the_daemon<S: tokio::io::AsyncRead + Unpin>(what: &str, socket: &mut S) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "{what} is still open {PATIENCE:?} after the daemon's time for a silent connection"
+    );
+}
+
+/// Moves the clock past `duration` at once, then lets it run on: timers
+/// the daemon set for the connections open now fire.
+async fn jump_past(duration: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(duration + Duration::from_secs(1)).await;
+    tokio::time::resume();
+}
+
+/// Plaintext connections that never send the HTTP/2 preface, or only part
+/// of it (a scanner, an attacker holding file descriptors until accept
+/// fails with EMFILE), are closed; they used to stay open for good, as
+/// the keepalive pings start only after the preface. Clients are still
+/// served.
+#[tokio::test]
+async fn connections_that_never_send_the_http2_preface_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let daemon = Daemon::start(&[]).await;
+    let addr = daemon.running.grpc_addr;
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(addr).await.unwrap();
+    partial
+        .write_all(&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..16])
+        .await
+        .unwrap();
+    served("the silent connection", &mut silent).await;
+    served("the connection with part of a preface", &mut partial).await;
+    jump_past(warmpool_server::listener::PREFACE_TIMEOUT).await;
+    closed_by_the_daemon("the silent connection", &mut silent).await;
+    closed_by_the_daemon("the connection with part of a preface", &mut partial).await;
+    daemon.client.list_pools().await.unwrap();
+    let client = Client::connect(&daemon.endpoint()).await.unwrap();
+    client.list_pools().await.unwrap();
+    daemon.shut_down().await;
+}
+
+/// A TLS connection that completes its handshake and then sends nothing
+/// is closed: the handshake timeout no longer covers it, and it used to
+/// stay open for good. Clients are still served.
+#[tokio::test]
+async fn tls_connections_silent_after_their_handshake_are_closed() {
+    use support::pki::Pki;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+    support::init_tracing();
+    let data = tempfile::tempdir().unwrap();
+    let pki = Pki::new(data.path(), "ca");
+    let server = pki.issue("server", &["127.0.0.1"]);
+    let text = support::config_text(data.path(), &[("db.small", "az1", 0, 1)])
+        + &format!(
+            "\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            server.cert_file, server.key_file
+        );
+    let (running, stop) = start_bare(&text).await.unwrap();
+    let addr = running.grpc_addr;
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(&pki.ca_pem()).unwrap())
+        .unwrap();
+    let mut config = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut silent = connector
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), socket)
+        .await
+        .expect("the TLS handshake completes");
+    // The daemon's SETTINGS come once it has finished the handshake too.
+    served("the silent TLS connection", &mut silent).await;
+    jump_past(warmpool_server::listener::PREFACE_TIMEOUT).await;
+    closed_by_the_daemon("the silent TLS connection", &mut silent).await;
+    assert_eq!(
+        list_pools_over(
+            &format!("https://127.0.0.1:{}", addr.port()),
+            tls_options(Some(pki.ca_pem()), None),
+        )
+        .await,
+        Ok(1)
+    );
+    stop_bare(running, stop).await;
+}
+
 #[tokio::test]
 async fn tls_serves_clients_that_trust_the_daemon_and_mutual_tls_checks_them() {
     use support::pki::Pki;
