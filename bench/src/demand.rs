@@ -212,7 +212,7 @@ pub fn diurnal(seed: u64) -> Scenario {
     let arrivals = poisson(&mut rng, 7.0 * DAY, base * 1.6, rate, &small());
     single_pool(
         "diurnal",
-        "Poisson, 60/h mean, +-60 % daily swing, weekend x0.5, 7 days, 1 pool".into(),
+        "Poisson, 60/h weekday mean, 30/h weekends, +-60 % daily swing, 7 days, 1 pool".into(),
         arrivals,
         7.0 * DAY,
         seed,

@@ -535,7 +535,9 @@ impl Faults {
         self.with(|f| f.slow_port_unbind = delay);
     }
 
-    /// IOPS throttling for boots placed from now on (Nova phase x2.5, mysqld x4).
+    /// IOPS throttling for boots placed from now on: the Nova and guest
+    /// phases stretched by `BootModel`'s throttled factors (x2.5 and x4 by
+    /// default; the benchmarks set their own).
     pub fn set_iops_throttled(&self, throttled: bool) {
         self.with(|f| f.iops_throttled = throttled);
     }

@@ -29,8 +29,8 @@
 //! 95.5 % of the time (4 are needed for 99.5 %); D = 1 gives 4, 98.5 %.
 //! What makes up for it at such rates is the held forecast, which errs
 //! high (the benchmark's pools reach the level). Fed the exact rate, the
-//! formula at z = 2.576 gives 97.4 % on the benchmark's Azure trace and
-//! needs z = 3.84 for 99.5 % (`bench::bound::formula_sizing`;
+//! formula at z = 2.576 gives 98.0 % on the benchmark's Azure trace and
+//! needs z = 3.54 for 99.5 % (`bench::bound::formula_sizing`;
 //! docs/benchmarks.md).
 //!
 //! This module owns the estimators and one pure, synchronous decider:
@@ -82,7 +82,8 @@ pub const DEFAULT_SERVICE_LEVEL: f64 = 0.995;
 /// (z = 4.753), so a higher one would be sized as this one.
 pub const MAX_SERVICE_LEVEL: f64 = 0.999_999;
 /// Lead time assumed before a pool's first boot finishes: an unthrottled
-/// boot with mysqld start is 60-90 s (calibration.md).
+/// boot with mysqld's start, about 90 s (calibration.md: a Trove primary
+/// in 1.5 min on a cloud without IOPS limits).
 pub const DEFAULT_PRIOR_LEAD_TIME: Duration = Duration::from_secs(90);
 pub const DEFAULT_LEAD_SAMPLES: usize = 20;
 pub const DEFAULT_LEAD_MAX_AGE: Duration = Duration::from_secs(3600);

@@ -1087,9 +1087,9 @@ fn model_table(models: &[TraceModel]) -> String {
          target, ceil(D + z x sqrt(D)) with D = rate x L p90 (L p90 of auto's boots \
          in the replay), each pool's exact mean rate over the past hour: what \
          auto would do without noise in its demand estimate. Static rows show the \
-         model beside the replay. x static: idle VM-h as a multiple of the static \
-         pool the goal compares with (the smallest static size reaching 99.5 % in \
-         the replay), both in the model; for auto, both in the replay.\n\n",
+         model beside the replay. x static: idle VM-h as a multiple of the smallest \
+         static size reaching 99.5 % in the replay, both in the model; for auto, \
+         both in the replay.\n\n",
     );
     let _ = writeln!(
         md,
