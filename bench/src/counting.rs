@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use cloudsim::SimCloud;
 use pool_manager::cloud::{
-    BootHeadroom, Cloud, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
-    ServerSpec, Volume,
+    BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, NewPortSpec, NewVolumeSpec, Port,
+    Server, ServerSpec, Volume,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -74,6 +74,9 @@ impl Cloud for CountingCloud {
     }
     fn boot_image(&self, pool_image: &str) -> String {
         self.sim.boot_image(pool_image)
+    }
+    async fn cloud_identity(&self) -> CloudResult<CloudIdentity> {
+        self.sim.cloud_identity().await
     }
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         self.count(self.sim.boot_headroom(flavor).await)

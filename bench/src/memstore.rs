@@ -3,6 +3,7 @@
 //! seconds. (Durability is what the sled store's own tests are about.)
 
 use async_trait::async_trait;
+use pool_manager::cloud::CloudIdentity;
 use pool_manager::model::{
     resource_names_of, Allocation, Instance, InstanceState, PoolKey, PoolRecord, TwinWatch,
 };
@@ -20,6 +21,7 @@ pub struct MemStore {
     learned_sizing: Mutex<BTreeMap<PoolKey, LearnedSizing>>,
     twin_watches: Mutex<BTreeMap<String, TwinWatch>>,
     unknown_servers_accepted: Mutex<Option<SystemTime>>,
+    cloud_identity: Mutex<Option<CloudIdentity>>,
 }
 
 fn cas<T: Clone + PartialEq>(
@@ -211,6 +213,13 @@ impl Store for MemStore {
             .lock()
             .expect("store lock")
             .is_some())
+    }
+    async fn cloud_identity(&self) -> StoreResult<Option<CloudIdentity>> {
+        Ok(self.cloud_identity.lock().expect("store lock").clone())
+    }
+    async fn record_cloud_identity(&self, identity: &CloudIdentity) -> StoreResult<()> {
+        *self.cloud_identity.lock().expect("store lock") = Some(identity.clone());
+        Ok(())
     }
     async fn flush(&self) -> StoreResult<()> {
         Ok(())

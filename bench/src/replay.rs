@@ -111,6 +111,8 @@ pub fn settings(policy: &Policy, options: &Options) -> ManagerSettings {
         instance_id_seed: Some(seed),
         // A replay's cloud and store start empty together.
         delete_unknown_servers: false,
+        // A replay's store serves its one cloud.
+        adopt_cloud: false,
     }
 }
 

@@ -10,8 +10,8 @@ use crate::mysql;
 use crate::sim::SimCloud;
 use async_trait::async_trait;
 use pool_manager::cloud::{
-    BootHeadroom, Cloud, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
-    ServerSpec, Volume,
+    BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, NewPortSpec, NewVolumeSpec, Port,
+    Server, ServerSpec, Volume,
 };
 use pool_manager::model::PoolKey;
 use tokio::time::Instant;
@@ -50,6 +50,12 @@ impl Cloud for SimCloud {
 
     fn boot_image(&self, pool_image: &str) -> String {
         pool_image.to_owned()
+    }
+
+    /// Behind the HTTP face the OpenStack driver tells its own: a
+    /// project's.
+    async fn cloud_identity(&self) -> CloudResult<CloudIdentity> {
+        Ok(CloudIdentity::Embedded)
     }
 
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {

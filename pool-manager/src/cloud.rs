@@ -16,6 +16,47 @@ pub const META_INSTANCE: &str = "warmpool.instance";
 /// whose it is (the allocator refuses it to another tenant's order).
 pub const META_TENANT: &str = "warmpool.tenant";
 
+/// Which cloud a store's servers, volumes and ports are in: what the store
+/// records at its first start and every later start compares
+/// ([`crate::PoolManager::claim_store`]). A store's records name servers,
+/// volumes and ports by the ids one cloud gave them, and its pools boot
+/// where it runs: started over another cloud, it would boot its pools
+/// there, answer its orders with servers that cloud never had and forget
+/// them as gone.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", deny_unknown_fields)]
+pub enum CloudIdentity {
+    /// The simulated cloud inside the process (cloudsim), new at every
+    /// start: one is as good as another.
+    #[serde(rename = "embedded")]
+    Embedded,
+    /// A project of an OpenStack, by the id Keystone gives the project
+    /// warmpool's token is scoped to (not by the auth URL, whose host name
+    /// may change, nor the project's name, which may be renamed), and the
+    /// tag its pool servers carry: the reconciler lists pool servers by it,
+    /// so a store under another tag would find none of its own.
+    #[serde(rename = "openstack")]
+    OpenStack {
+        project_id: String,
+        server_tag: String,
+    },
+}
+
+impl std::fmt::Display for CloudIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloudIdentity::Embedded => write!(f, "the embedded simulated cloud"),
+            CloudIdentity::OpenStack {
+                project_id,
+                server_tag,
+            } => write!(
+                f,
+                "OpenStack project {project_id} under the server tag {server_tag:?}"
+            ),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerSpec {
     pub name: String,
@@ -471,6 +512,11 @@ pub trait Cloud: Send + Sync + 'static {
     /// pool replaces what no longer matches. No default, for the reason
     /// above: a wrapper that forgot it would record what is not booted.
     fn boot_image(&self, pool_image: &str) -> String;
+
+    /// Which cloud this is, as a store records it ([`CloudIdentity`]).
+    /// No default, for the reason above: a wrapper that forgot it would
+    /// let a store move between clouds unnoticed.
+    async fn cloud_identity(&self) -> CloudResult<CloudIdentity>;
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The errors `PoolManager` returns, one variant per thing a caller can act on.
 
-use crate::cloud::CloudError;
+use crate::cloud::{CloudError, CloudIdentity};
 use crate::model::PoolKey;
 use crate::store::StoreError;
 
@@ -51,6 +51,19 @@ pub enum ManagerError {
          delete_unknown_servers: the unsold ones are deleted, the sold ones left alone and logged"
     )]
     UnknownServers { servers: usize, sold: usize },
+    /// Start-up found a store that recorded another cloud than the one
+    /// the manager drives (`PoolManager::claim_store`). Nothing was done.
+    #[error(
+        "the store serves {recorded}, not {current}, which warmpool drives now: its pools would \
+         boot on this cloud and its instances and orders name servers, volumes and ports this \
+         cloud never had, so nothing was done and the start is refused. Start on this cloud's \
+         store, or on a new one; if this store is meant to move to this cloud, start once with \
+         adopt_cloud: this cloud is then recorded as the store's"
+    )]
+    CloudChanged {
+        recorded: CloudIdentity,
+        current: CloudIdentity,
+    },
     #[error("warmpool is shutting down; call again once it is back (an Allocate with the same request id)")]
     ShuttingDown,
     /// A bug in warmpool (a task that panicked): the call failed, and

@@ -5,8 +5,8 @@
 
 use crate::changes::{ChangeCursor, Changes};
 use crate::cloud::{
-    BootHeadroom, Cloud, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
-    ServerSpec, Volume, MAX_RETRY_AFTER, MIN_RETRY_PAUSE,
+    BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, NewPortSpec, NewVolumeSpec, Port,
+    Server, ServerSpec, Volume, MAX_RETRY_AFTER, MIN_RETRY_PAUSE,
 };
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{CloudService, Event, EventKind, HealthBook, PoolHealth, SettingsChange};
@@ -70,6 +70,16 @@ pub struct ManagerSettings {
     /// go on without it; left set, it turns that refusal off for good, on
     /// any store.
     pub delete_unknown_servers: bool,
+    /// Lets a start on a store that recorded another cloud than this
+    /// manager's ([`Store::cloud_identity`]) go on: this cloud is recorded
+    /// as the store's in its place, and the store's pools boot here, its
+    /// orders are answered and its instances reconciled against this
+    /// cloud, whose servers they do not name (the reconciler forgets the
+    /// unsold ones; sold ones stay their orders' until released). `false`
+    /// (the default): such a start is refused before anything is done
+    /// ([`ManagerError::CloudChanged`]). For a store meant to move, once:
+    /// later starts find this cloud recorded.
+    pub adopt_cloud: bool,
 }
 
 impl Default for ManagerSettings {
@@ -88,6 +98,7 @@ impl Default for ManagerSettings {
             keep_released: None,
             instance_id_seed: None,
             delete_unknown_servers: false,
+            adopt_cloud: false,
         }
     }
 }
@@ -500,6 +511,9 @@ impl Cloud for ServiceNoting {
     fn boot_image(&self, pool_image: &str) -> String {
         self.inner.boot_image(pool_image)
     }
+    async fn cloud_identity(&self) -> CloudResult<CloudIdentity> {
+        self.inner.cloud_identity().await
+    }
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         Self::noted(CloudService::Compute, self.inner.boot_headroom(flavor)).await
     }
@@ -558,13 +572,16 @@ impl PoolManager {
         }
     }
 
-    /// Reconciles the store with the cloud (finishing or rolling back what a
+    /// Claims the store for this manager's cloud
+    /// ([`PoolManager::claim_store`]), reconciles the store with the cloud
+    /// (finishing or rolling back what a
     /// crash interrupted), then starts one replenisher per pool and the
     /// periodic reconciler. Call before serving mutations. On a store that
     /// knows no instance and no order, a cloud listing pool servers is
     /// refused before anything is deleted ([`ManagerError::UnknownServers`])
     /// unless [`ManagerSettings::delete_unknown_servers`] is set.
     pub async fn start(&self) -> ManagerResult<()> {
+        self.claim_store().await?;
         self.shared.reconcile_at_start().await?;
         for pool in self.shared.store.list_pools().await? {
             if let Err((field, message)) = pool.spec.validate() {
@@ -583,6 +600,38 @@ impl PoolManager {
             self.shared.spawn(async move { shared.forget_loop().await });
         }
         Ok(())
+    }
+
+    /// Compares the cloud the store serves ([`Store::cloud_identity`]) with
+    /// this manager's ([`Cloud::cloud_identity`]), before anything else is
+    /// done with either. A store that recorded none (a new one, or one an
+    /// older version wrote) records this one; one that recorded another is
+    /// refused ([`ManagerError::CloudChanged`]) unless
+    /// [`ManagerSettings::adopt_cloud`] is set, and then records this one
+    /// in its place. What it records is flushed before it returns, so no
+    /// boot on this cloud is ever durable without it. [`PoolManager::start`]
+    /// calls it first; a caller that writes to the store before the start
+    /// (a pool it marks unusable) calls it before that.
+    pub async fn claim_store(&self) -> ManagerResult<CloudIdentity> {
+        let shared = &self.shared;
+        let current = shared
+            .retry(shared.cleanup_deadline(), || shared.cloud.cloud_identity())
+            .await?;
+        match shared.store.cloud_identity().await? {
+            Some(recorded) if recorded == current => return Ok(current),
+            Some(recorded) if !shared.settings.adopt_cloud => {
+                return Err(ManagerError::CloudChanged { recorded, current })
+            }
+            Some(recorded) => tracing::warn!(
+                %recorded,
+                %current,
+                "the store served {recorded}: as adopt_cloud asks, it serves {current} from now on"
+            ),
+            None => tracing::info!(cloud = %current, "the store records the cloud it serves"),
+        }
+        shared.store.record_cloud_identity(&current).await?;
+        shared.store.flush().await?;
+        Ok(current)
     }
 
     /// Runs one reconcile pass now.

@@ -29,6 +29,7 @@
 //! the database is opened again, disk freed or not; reads go on.
 //! [`SledStore::failed`] says so, for its opener to restart.
 
+use crate::cloud::CloudIdentity;
 use crate::model::{
     resource_names_of, Allocation, Instance, InstanceState, PoolKey, PoolRecord, TwinWatch,
 };
@@ -87,6 +88,15 @@ pub enum StoreError {
         key: String,
         error: serde_json::Error,
     },
+    /// The cloud the store recorded ([`Store::cloud_identity`]) in a form
+    /// this version does not know: a newer warmpoold's. Not a record
+    /// `warmpoold store set-aside` moves: which cloud the store serves
+    /// cannot be done without.
+    #[error(
+        "the store's record of the cloud it serves cannot be read ({error}); a newer warmpoold \
+         may have written it: run that version"
+    )]
+    UnreadableCloud { error: serde_json::Error },
     #[error("CAS must name a record: both expected and new are None")]
     NothingToSwap,
     /// A data dir holding no store (sled's `conf` and `db` files), where
@@ -254,6 +264,15 @@ pub trait Store: Send + Sync + 'static {
     /// Whether [`Store::note_unknown_servers_accepted`] was ever noted.
     async fn unknown_servers_accepted(&self) -> StoreResult<bool>;
 
+    /// The cloud this store serves, as [`Store::record_cloud_identity`]
+    /// recorded it: `None` in a store no start recorded one in (a new
+    /// one, or one a version from before stores recorded it wrote).
+    async fn cloud_identity(&self) -> StoreResult<Option<CloudIdentity>>;
+
+    /// Records `identity` as the cloud this store serves, in place of any
+    /// recorded before (`PoolManager::claim_store`). Durable once flushed.
+    async fn record_cloud_identity(&self, identity: &CloudIdentity) -> StoreResult<()>;
+
     /// Makes every write so far durable. Concurrent callers share one fsync.
     async fn flush(&self) -> StoreResult<()>;
 }
@@ -313,6 +332,18 @@ const META_TREE: &str = "meta";
 /// [`Store::note_unknown_servers_accepted`]'s key in [`META_TREE`]; its
 /// value is the time, for a person reading the store.
 const UNKNOWN_SERVERS_ACCEPTED: &str = "unknown_servers_accepted";
+
+/// [`Store::record_cloud_identity`]'s key in [`META_TREE`].
+const CLOUD_IDENTITY: &str = "cloud";
+
+/// The cloud recorded in a store's `meta` tree, if any.
+fn recorded_cloud(meta: &sled::Tree) -> StoreResult<Option<CloudIdentity>> {
+    meta.get(CLOUD_IDENTITY)?
+        .map(|bytes| {
+            serde_json::from_slice(&bytes).map_err(|error| StoreError::UnreadableCloud { error })
+        })
+        .transpose()
+}
 
 fn set_aside_key(kind: RecordKind, key: &[u8]) -> Vec<u8> {
     let mut out = format!("{}/", kind.tree()).into_bytes();
@@ -402,6 +433,12 @@ impl StoreRepair {
             }
         }
         Ok(found)
+    }
+
+    /// The cloud the store serves, as the last start recorded it
+    /// ([`Store::cloud_identity`]).
+    pub fn cloud_identity(&self) -> StoreResult<Option<CloudIdentity>> {
+        recorded_cloud(&self.db.open_tree(META_TREE)?)
     }
 
     /// The records set aside so far, as `(kind, key)`.
@@ -1131,6 +1168,16 @@ impl Store for SledStore {
         Ok(self.meta.contains_key(UNKNOWN_SERVERS_ACCEPTED)?)
     }
 
+    async fn cloud_identity(&self) -> StoreResult<Option<CloudIdentity>> {
+        recorded_cloud(&self.meta)
+    }
+
+    async fn record_cloud_identity(&self, identity: &CloudIdentity) -> StoreResult<()> {
+        let written = self.meta.insert(CLOUD_IDENTITY, encode(identity));
+        self.failure.kept(written)?;
+        Ok(())
+    }
+
     async fn flush(&self) -> StoreResult<()> {
         // On a blocking thread rather than `flush_async`: tokio's paused test
         // clock does not jump ahead while a blocking task runs, but does while
@@ -1325,6 +1372,61 @@ mod tests {
         let store = SledStore::open(dir.path()).unwrap();
         assert!(store.unknown_servers_accepted().await.unwrap());
         assert!(!store.knows_no_instance_or_order().await.unwrap());
+    }
+
+    /// The cloud a store serves is recorded across a reopen, replaced by
+    /// the next record, and read by the repair tools too; a store no start
+    /// recorded one in (a new one, an older version's) has none, and one
+    /// this version cannot read is named as such.
+    #[tokio::test]
+    async fn the_cloud_a_store_serves_is_recorded_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store
+            .put_pool(&PoolRecord::new(
+                PoolKey::new("db.small", "az1"),
+                crate::model::tests::spec(),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(store.cloud_identity().await.unwrap(), None);
+        store
+            .record_cloud_identity(&CloudIdentity::Embedded)
+            .await
+            .unwrap();
+        let project = CloudIdentity::OpenStack {
+            project_id: "p1".into(),
+            server_tag: "warmpool".into(),
+        };
+        store.record_cloud_identity(&project).await.unwrap();
+        store.flush().await.unwrap();
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.cloud_identity().await.unwrap(), Some(project.clone()));
+        // Only records of instances and orders count as knowing something.
+        assert!(store.knows_no_instance_or_order().await.unwrap());
+        store
+            .meta
+            .insert(
+                CLOUD_IDENTITY,
+                &br#"{"kind":"openstack","project_id":"p1","server_tag":"warmpool","region":"r2"}"#
+                    [..],
+            )
+            .unwrap();
+        let unreadable = store.cloud_identity().await.unwrap_err();
+        assert!(
+            matches!(unreadable, StoreError::UnreadableCloud { .. }),
+            "{unreadable:?}"
+        );
+        assert!(
+            unreadable.to_string().contains("run that version"),
+            "{unreadable}"
+        );
+        store.record_cloud_identity(&project).await.unwrap();
+        store.flush().await.unwrap();
+        drop(store);
+        let repair = StoreRepair::open(dir.path(), DEFAULT_LOCK_WAIT).unwrap();
+        assert_eq!(repair.cloud_identity().unwrap(), Some(project));
     }
 
     /// Watches survive a reopen (a restart keeps watching) and go one by one.

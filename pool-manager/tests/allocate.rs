@@ -2359,6 +2359,97 @@ async fn delete_unknown_servers_is_needed_for_one_start_only() {
     );
 }
 
+/// A store records the cloud it serves at its first start: its records
+/// name that cloud's servers, volumes and ports, and its pools would boot
+/// wherever it is started. A start over another cloud is refused before
+/// anything is booted, deleted or reconciled, naming both; with
+/// `adopt_cloud` it goes on and records the new cloud in the store, so a
+/// later start needs no flag.
+#[tokio::test(start_paused = true)]
+async fn a_store_of_another_cloud_is_refused_before_anything_is_done() {
+    use pool_manager::cloud::CloudIdentity;
+    use pool_manager::model::PoolRecord;
+    let sim = sim();
+    let store = temp_store();
+    let other = CloudIdentity::OpenStack {
+        project_id: "0123abcd".into(),
+        server_tag: "warmpool".into(),
+    };
+    store.record_cloud_identity(&other).await.unwrap();
+    store
+        .put_pool(&PoolRecord::new(pool(), spec(2)))
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+
+    let refused = manager_on(&sim, store.clone()).start().await;
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    match refused {
+        Err(e @ ManagerError::CloudChanged { .. }) => {
+            let message = e.to_string();
+            for part in [
+                r#"OpenStack project 0123abcd under the server tag "warmpool""#,
+                "the embedded simulated cloud",
+                "adopt_cloud",
+            ] {
+                assert!(message.contains(part), "{part:?} not in: {message}");
+            }
+        }
+        other => panic!("started on another cloud's store: {other:?}"),
+    }
+    assert_eq!(sim.total_calls(), 0, "{:?}", sim.call_counts());
+    assert_eq!(store.cloud_identity().await.unwrap(), Some(other));
+
+    let adopting = pool_manager::PoolManager::new(
+        store.clone(),
+        sim.clone(),
+        Arc::new(sim.probe()),
+        pool_manager::ManagerSettings {
+            adopt_cloud: true,
+            ..settings()
+        },
+    );
+    adopting.start().await.unwrap();
+    assert_eq!(
+        store.cloud_identity().await.unwrap(),
+        Some(CloudIdentity::Embedded)
+    );
+    wait_ready(&adopting, 2).await;
+    adopting.shutdown().await.unwrap();
+    drop(adopting);
+
+    let again = manager_on(&sim, store.clone());
+    let started = again.start().await;
+    assert!(
+        started.is_ok(),
+        "the next start, without the flag: {started:?}"
+    );
+    again.shutdown().await.unwrap();
+}
+
+/// A store an older version wrote recorded no cloud: its first start
+/// records the manager's, refusing nothing.
+#[tokio::test(start_paused = true)]
+async fn a_store_that_recorded_no_cloud_records_the_one_it_starts_on() {
+    use pool_manager::cloud::CloudIdentity;
+    use pool_manager::model::PoolRecord;
+    let sim = sim();
+    let store = temp_store();
+    store
+        .put_pool(&PoolRecord::new(pool(), spec(1)))
+        .await
+        .unwrap();
+    assert_eq!(store.cloud_identity().await.unwrap(), None);
+    let manager = manager_on(&sim, store.clone());
+    manager.start().await.unwrap();
+    assert_eq!(
+        store.cloud_identity().await.unwrap(),
+        Some(CloudIdentity::Embedded)
+    );
+    wait_ready(&manager, 1).await;
+    manager.shutdown().await.unwrap();
+}
+
 /// A second call with the request id of an Allocate in flight waits for its
 /// answer, and gets it when it comes, also when the pool was deleted in the
 /// meantime (so no change of the pool's purchase count wakes it).

@@ -143,6 +143,12 @@ pub struct Config {
     /// (see `pool_manager::ManagerSettings::delete_unknown_servers`).
     #[serde(skip)]
     pub delete_unknown_servers: bool,
+    /// warmpoold's `--adopt-cloud`, never read from the file, for the
+    /// same reason: start on a store that recorded another cloud, and
+    /// record this one as its own (see
+    /// `pool_manager::ManagerSettings::adopt_cloud`).
+    #[serde(skip)]
+    pub adopt_cloud: bool,
 }
 
 /// `[tls]`: the gRPC listener's certificate, read at start and again on

@@ -25,9 +25,9 @@ pub fn status(error: ManagerError) -> Status {
         ManagerError::InvalidArgument { .. } => Code::InvalidArgument,
         ManagerError::PoolNotFound(_) | ManagerError::AllocationNotFound(_) => Code::NotFound,
         ManagerError::PoolExists(_) => Code::AlreadyExists,
-        ManagerError::FailedPrecondition(_) | ManagerError::UnknownServers { .. } => {
-            Code::FailedPrecondition
-        }
+        ManagerError::FailedPrecondition(_)
+        | ManagerError::UnknownServers { .. }
+        | ManagerError::CloudChanged { .. } => Code::FailedPrecondition,
         ManagerError::ResourceExhausted(_) => Code::ResourceExhausted,
         ManagerError::Aborted(_) => Code::Aborted,
         // What gRPC clients retry with backoff (ABORTED means a reused order id here).

@@ -43,6 +43,13 @@ pub struct StoreFailed(String);
 #[error("{0}")]
 pub struct UnknownServersRefused(String);
 
+/// [`start`]'s error when the store recorded another cloud than the
+/// configured one (`ManagerError::CloudChanged`); it names both, the store
+/// and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CloudChangedRefused(String);
+
 /// A started daemon: its bound addresses and the task serving it.
 pub struct Running {
     pub grpc_addr: SocketAddr,
@@ -154,9 +161,25 @@ pub async fn start_stoppable(
     let cloud = Arc::new(metrics::MeteredCloud::new(cloud, metrics.clone()));
     let settings = pool_manager::ManagerSettings {
         delete_unknown_servers: config.delete_unknown_servers,
+        adopt_cloud: config.adopt_cloud,
         ..config.manager.settings()
     };
     let manager = PoolManager::new(store, cloud, probe, settings);
+    // Before anything is written to the store (the stale pools' marks
+    // below) or started on the cloud: a store of another cloud is refused.
+    let claimed = tokio::select! {
+        claimed = manager.claim_store() => claimed,
+        () = &mut shutdown => return Err(StoppedDuringStartUp.into()),
+    };
+    match claimed {
+        Ok(_) => {}
+        Err(ManagerError::CloudChanged { recorded, current }) => {
+            return Err(
+                CloudChangedRefused(cloud_changed_refusal(&config, &recorded, &current)).into(),
+            )
+        }
+        Err(e) => return Err(e).context("cannot compare the cloud with the one the store serves"),
+    }
     // Subscribed before anything happens, so the stale pools' degraded
     // episodes, start-up boots and leaks are counted.
     let events = manager.events();
@@ -534,13 +557,7 @@ fn unknown_servers_refusal(
     servers: usize,
     sold: usize,
 ) -> String {
-    let dir = &config.data_dir;
-    // A relative data_dir (the default is one) is read from the working
-    // directory: the absolute path shows which store was opened.
-    let shown = match std::path::absolute(dir) {
-        Ok(absolute) if absolute != *dir => format!("{} ({})", dir.display(), absolute.display()),
-        _ => dir.display().to_string(),
-    };
+    let shown = shown_data_dir(&config.data_dir);
     format!(
         "the store in {shown} (data_dir, --data-dir) knows no pool server and no order, but {servers_where} \
          lists {servers} pool servers, {sold} of them sold (volumes attached: tenants' databases, whose \
@@ -553,6 +570,37 @@ fn unknown_servers_refusal(
          deleted by hand",
         unsold = servers - sold,
     )
+}
+
+/// Why warmpoold does not start on a store that serves another cloud than
+/// the configured one, and what to do.
+fn cloud_changed_refusal(
+    config: &Config,
+    recorded: &pool_manager::cloud::CloudIdentity,
+    current: &pool_manager::cloud::CloudIdentity,
+) -> String {
+    format!(
+        "the store in {shown} (data_dir, --data-dir) serves {recorded}, but warmpoold is \
+         configured for {current} ([cloud]): started on this store, warmpoold would boot the \
+         store's pools on this cloud and answer its orders and reconcile its instances with \
+         servers this cloud never had, so it stopped before booting, deleting or changing \
+         anything. Point data_dir or --data-dir at this cloud's store, or at a new data dir for \
+         a new one; if the [cloud] section is the mistake, mend it; if this store is meant to \
+         move to this cloud (the other is gone, its orders settled), start once with \
+         --adopt-cloud: this cloud is then recorded as the store's, the store's pools boot on \
+         it, and later starts need no flag",
+        shown = shown_data_dir(&config.data_dir),
+    )
+}
+
+/// The data dir as a message shows it: a relative one (the default is one)
+/// is read from the working directory, so the absolute path beside it
+/// shows which store was opened.
+fn shown_data_dir(dir: &std::path::Path) -> String {
+    match std::path::absolute(dir) {
+        Ok(absolute) if absolute != dir => format!("{} ({})", dir.display(), absolute.display()),
+        _ => dir.display().to_string(),
+    }
 }
 
 /// A task that is aborted when its handle is dropped, so an early return from

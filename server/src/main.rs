@@ -32,6 +32,13 @@ struct Args {
     /// the store, and later starts on it need no flag.
     #[arg(long)]
     delete_unknown_servers: bool,
+    /// Start on a store that recorded another cloud than the configured
+    /// one (warmpoold refuses that start otherwise): the configured cloud
+    /// is recorded as the store's, and the store's pools boot on it. Once,
+    /// for a store meant to move to this cloud: later starts on it need
+    /// no flag.
+    #[arg(long)]
+    adopt_cloud: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -129,11 +136,14 @@ async fn run() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| default_filter.into()),
         )
         .init();
-    if let Some(command) = args
-        .command
-        .as_ref()
-        .filter(|_| args.delete_unknown_servers)
-    {
+    let start_flags = [
+        ("--delete-unknown-servers", args.delete_unknown_servers),
+        ("--adopt-cloud", args.adopt_cloud),
+    ];
+    if let (Some(command), Some((flag, _))) = (
+        args.command.as_ref(),
+        start_flags.iter().find(|(_, given)| *given),
+    ) {
         let name = match command {
             Command::CheckCloud { .. } => "check-cloud",
             Command::Store(_) => "store",
@@ -141,9 +151,7 @@ async fn run() -> anyhow::Result<()> {
         Args::command()
             .error(
                 clap::error::ErrorKind::ArgumentConflict,
-                format!(
-                    "--delete-unknown-servers is for the daemon's start; {name} does not take it"
-                ),
+                format!("{flag} is for the daemon's start; {name} does not take it"),
             )
             .exit();
     }
@@ -156,6 +164,7 @@ async fn run() -> anyhow::Result<()> {
     }
     let mut config = daemon_config(&args)?;
     config.delete_unknown_servers = args.delete_unknown_servers;
+    config.adopt_cloud = args.adopt_cloud;
     if let Some(Command::Store(command)) = &args.command {
         std::process::exit(store_command(command, &config.data_dir)?);
     }
@@ -323,6 +332,10 @@ fn store_command(command: &StoreCommand, data_dir: &std::path::Path) -> anyhow::
             }
             for (kind, key) in repair.set_aside_records()? {
                 println!("set aside {} {key}", kind.tree());
+            }
+            match repair.cloud_identity()? {
+                Some(cloud) => println!("cloud: {cloud}"),
+                None => println!("cloud: none recorded yet (warmpoold records it when it starts)"),
             }
             if unreadable.is_empty() {
                 println!("every record in {} can be read", data_dir.display());

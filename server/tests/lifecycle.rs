@@ -706,28 +706,30 @@ fn the_store_commands_find_no_store_in_an_empty_data_dir() {
     }
 }
 
-/// `--delete-unknown-servers` is for the daemon's start: given with a
-/// subcommand, which would ignore it, it is refused as a usage error
-/// before anything runs.
+/// `--delete-unknown-servers` and `--adopt-cloud` are for the daemon's
+/// start: given with a subcommand, which would ignore them, they are
+/// refused as a usage error before anything runs.
 #[test]
-fn delete_unknown_servers_is_refused_beside_a_subcommand() {
+fn the_start_up_flags_are_refused_beside_a_subcommand() {
     let data = tempfile::tempdir().unwrap();
-    for args in [&["store", "check"][..], &["check-cloud"][..]] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
-            .arg("--data-dir")
-            .arg(data.path())
-            .arg("--delete-unknown-servers")
-            .args(args)
-            .env_remove("WARMPOOL_CONFIG")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(
-            stderr.contains("--delete-unknown-servers") && stderr.contains(args[0]),
-            "{args:?}: {stderr}"
-        );
-        assert_eq!(std::fs::read_dir(data.path()).unwrap().count(), 0);
+    for flag in ["--delete-unknown-servers", "--adopt-cloud"] {
+        for args in [&["store", "check"][..], &["check-cloud"][..]] {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+                .arg("--data-dir")
+                .arg(data.path())
+                .arg(flag)
+                .args(args)
+                .env_remove("WARMPOOL_CONFIG")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{flag} {args:?}: {stderr}");
+            assert!(
+                stderr.contains(flag) && stderr.contains(args[0]),
+                "{flag} {args:?}: {stderr}"
+            );
+            assert_eq!(std::fs::read_dir(data.path()).unwrap().count(), 0);
+        }
     }
 }
 
@@ -799,6 +801,8 @@ async fn an_unreadable_record_is_set_aside_with_the_store_commands() {
     let out = String::from_utf8_lossy(&check.stdout).into_owned();
     assert_eq!(check.status.code(), Some(1), "{out}");
     assert!(out.contains("unreadable allocations order-1: "), "{out}");
+    // And which cloud the store serves.
+    assert!(out.contains("cloud: the embedded simulated cloud"), "{out}");
 
     let readable = store(&["set-aside", "pools", "db.small@az1"]);
     assert_eq!(readable.status.code(), Some(1));

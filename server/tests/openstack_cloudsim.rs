@@ -2765,6 +2765,191 @@ async fn warmpoold_refuses_a_store_that_knows_none_of_the_pool_servers() {
     assert_eq!(status.code(), Some(0), "{log}");
 }
 
+/// The embedded demo's config on `data`: its three pools (none declared).
+fn embedded_demo_config(data: &std::path::Path) -> Config {
+    Config::parse(&format!(
+        r#"
+listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
+data_dir = "{}"
+[manager]
+poll_interval = "100ms"
+replenish_interval = "200ms"
+[cloud]
+kind = "embedded"
+time_scale = 0.01
+"#,
+        data.display()
+    ))
+    .unwrap()
+}
+
+/// A store used with the embedded demo, then named by a config of a real
+/// cloud, would carry the demo into it: its pools booting there, its
+/// orders answered ALLOCATED with servers that cloud never had. The store
+/// records the cloud it serves at its first start, and warmpoold refuses
+/// a start on another before it boots, deletes or changes anything,
+/// naming both clouds, the data dir and the ways out; with
+/// `--adopt-cloud` it starts, and records the new cloud as the store's,
+/// so later starts need no flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_another_cloud_is_refused_until_adopted() {
+    use tokio::io::AsyncBufReadExt;
+    let env = env().await;
+    let data = env.dir.path().join("data");
+    let (running, stop) = start_daemon(embedded_demo_config(&data)).await.unwrap();
+    let key = PoolKey::new("db.small", "az1");
+    wait_ready(&running.manager, &key, 3).await;
+    let mut demo_order = order(&env, "demo-1").await;
+    demo_order.params.network.network_id = "net-tenant-a".into();
+    running.manager.allocate(demo_order).await.unwrap();
+    stop_daemon(running, stop).await;
+
+    let path = env.dir.path().join("warmpoold.toml");
+    std::fs::write(&path, env.config_text("", SMALL_POOL)).unwrap();
+    let warmpoold = |flags: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"));
+        command
+            .arg("--config")
+            .arg(&path)
+            .args(flags)
+            .env_remove("OS_CLOUD")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        command
+    };
+    let out = tokio::time::timeout(Duration::from_secs(60), warmpoold(&[]).output())
+        .await
+        .expect("warmpoold neither started nor stopped within 60 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("Error: "))
+        .unwrap_or_else(|| panic!("no error line in:\n{stderr}"));
+    for part in [
+        format!("the store in {} (data_dir, --data-dir)", data.display()),
+        "the embedded simulated cloud".to_owned(),
+        format!(
+            r#"OpenStack project {} under the server tag "warmpool""#,
+            env.face.project_id()
+        ),
+        "--adopt-cloud".to_owned(),
+        "a new data dir".to_owned(),
+    ] {
+        assert!(error.contains(&part), "{part:?} not in: {error}");
+    }
+    assert!(!stderr.contains("warmpoold serving gRPC"), "{stderr}");
+    assert!(env.sim.servers().is_empty(), "{:?}", env.sim.servers());
+    assert_eq!(env.sim.call_counts().get("create_server"), None);
+
+    let mut child = warmpoold(&["--adopt-cloud"]).spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let serving = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            log += &line;
+            log.push('\n');
+            if line.contains("warmpoold serving gRPC") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(serving, Ok(true), "{log}");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let adopted = log
+        .lines()
+        .find(|l| l.contains("as adopt_cloud asks"))
+        .unwrap_or_else(|| panic!("the adoption is not logged: {log}"));
+    assert!(adopted.contains(" WARN "), "{adopted}");
+    let pid = child.id().expect("warmpoold is running").to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("warmpoold did not stop within 30 s of SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["store", "check"])
+        .env_remove("WARMPOOL_CONFIG")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        shown.contains(&format!(
+            r#"cloud: OpenStack project {} under the server tag "warmpool""#,
+            env.face.project_id()
+        )),
+        "{shown}"
+    );
+
+    // Recorded: the next start needs no flag, and one back on the demo's
+    // cloud is refused as well.
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
+    stop_daemon(running, stop).await;
+    let back = match start_daemon(embedded_demo_config(&data)).await {
+        Ok(_) => panic!("the demo started on the store of {}", env.face.project_id()),
+        Err(e) => e,
+    };
+    assert!(
+        back.is::<warmpool_server::CloudChangedRefused>(),
+        "{back:#}"
+    );
+}
+
+/// A store an older warmpoold wrote records no cloud: its first start
+/// with this version records the cloud it starts on, refusing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_recorded_no_cloud_records_the_one_it_starts_on() {
+    use pool_manager::cloud::CloudIdentity;
+    use pool_manager::store::{SledStore, Store};
+    let env = env().await;
+    let config = env.config("", SMALL_POOL);
+    let data = config.data_dir.clone();
+    let open = |data: PathBuf| async move {
+        tokio::task::spawn_blocking(move || SledStore::open(&data))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    // What an older version left: its records, no cloud.
+    let old = open(data.clone()).await;
+    let key = PoolKey::new("db.small", "az1");
+    old.put_pool(&pool_manager::model::PoolRecord::new(
+        key.clone(),
+        config.pools[0].spec(),
+    ))
+    .await
+    .unwrap();
+    old.flush().await.unwrap();
+    assert_eq!(old.cloud_identity().await.unwrap(), None);
+    drop(old);
+
+    let (running, stop) = start_daemon(config).await.unwrap();
+    wait_ready(&running.manager, &key, 2).await;
+    stop_daemon(running, stop).await;
+    let store = open(data).await;
+    assert_eq!(
+        store.cloud_identity().await.unwrap(),
+        Some(CloudIdentity::OpenStack {
+            project_id: env.face.project_id().to_owned(),
+            server_tag: "warmpool".into(),
+        })
+    );
+}
+
 /// The daemon checks the cloud before serving: an unusable one stops start-up
 /// with the problem named; a usable one fills its pools over HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

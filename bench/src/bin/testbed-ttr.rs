@@ -28,7 +28,8 @@ use async_trait::async_trait;
 use bench::memstore::MemStore;
 use clap::Parser;
 use pool_manager::cloud::{
-    BootHeadroom, Cloud, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume,
+    BootHeadroom, Cloud, CloudIdentity, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
+    ServerSpec, Volume,
 };
 use pool_manager::model::{
     AllocationParams, EmptyPoolPolicy, NetworkRequest, PoolKey, PoolSpec, VolumeRequest,
@@ -183,6 +184,9 @@ impl Cloud for Timed {
     }
     fn boot_image(&self, pool_image: &str) -> String {
         self.inner.boot_image(pool_image)
+    }
+    async fn cloud_identity(&self) -> CloudResult<CloudIdentity> {
+        self.inner.cloud_identity().await
     }
 }
 

@@ -31,8 +31,9 @@ pub mod nova;
 pub mod session;
 
 use crate::cloud::{
-    BootHeadroom, Cloud, CloudError, CloudResult, HeadroomCalls, NewPortSpec, NewVolumeSpec, Port,
-    Server, ServerSpec, ServerStatus, Volume, VolumeOwner, VolumeStatus, META_INSTANCE, META_POOL,
+    BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, HeadroomCalls, NewPortSpec,
+    NewVolumeSpec, Port, Server, ServerSpec, ServerStatus, Volume, VolumeOwner, VolumeStatus,
+    META_INSTANCE, META_POOL,
 };
 use async_trait::async_trait;
 use error::{classify_reply, Service};
@@ -1772,6 +1773,13 @@ impl Cloud for OpenStackCloud {
 
     fn boot_image(&self, pool_image: &str) -> String {
         self.image_name(pool_image).to_owned()
+    }
+
+    async fn cloud_identity(&self) -> CloudResult<CloudIdentity> {
+        Ok(CloudIdentity::OpenStack {
+            project_id: self.inner.conn.project_id().await?,
+            server_tag: self.inner.settings.server_tag.clone(),
+        })
     }
 
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {

@@ -593,6 +593,9 @@ mod gated {
             let image = self.image_override.lock().unwrap().clone();
             image.unwrap_or_else(|| self.sim.boot_image(pool_image))
         }
+        async fn cloud_identity(&self) -> CloudResult<CloudIdentity> {
+            self.sim.cloud_identity().await
+        }
     }
 }
 
@@ -682,6 +685,7 @@ pub enum Write {
     TwinWatch(pool_manager::model::TwinWatch),
     TwinWatchDeleted(String),
     UnknownServersAccepted(std::time::SystemTime),
+    CloudIdentity(pool_manager::cloud::CloudIdentity),
 }
 
 impl Write {
@@ -709,6 +713,7 @@ impl Write {
             }
             Write::TwinWatch(watch) => store.put_twin_watch(watch).await,
             Write::UnknownServersAccepted(at) => store.note_unknown_servers_accepted(*at).await,
+            Write::CloudIdentity(identity) => store.record_cloud_identity(identity).await,
             Write::TwinWatchDeleted(name) => {
                 let watches = store.list_twin_watches().await?;
                 if let Some(current) = watches.iter().find(|w| &w.name == name) {
@@ -970,6 +975,19 @@ impl<H: StoreHooks> Store for HookedStore<H> {
     async fn unknown_servers_accepted(&self) -> StoreResult<bool> {
         self.hooks.before_call().await;
         self.inner.unknown_servers_accepted().await
+    }
+    async fn cloud_identity(&self) -> StoreResult<Option<pool_manager::cloud::CloudIdentity>> {
+        self.hooks.before_call().await;
+        self.inner.cloud_identity().await
+    }
+    async fn record_cloud_identity(
+        &self,
+        identity: &pool_manager::cloud::CloudIdentity,
+    ) -> StoreResult<()> {
+        self.hooks.before_call().await;
+        self.inner.record_cloud_identity(identity).await?;
+        self.hooks.written(Write::CloudIdentity(identity.clone()));
+        Ok(())
     }
 
     async fn flush(&self) -> StoreResult<()> {

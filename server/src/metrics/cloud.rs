@@ -7,7 +7,8 @@
 use super::Metrics;
 use async_trait::async_trait;
 use pool_manager::cloud::{
-    BootHeadroom, Cloud, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume,
+    BootHeadroom, Cloud, CloudIdentity, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
+    ServerSpec, Volume,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -109,6 +110,10 @@ impl Cloud for MeteredCloud {
     }
     fn boot_image(&self, pool_image: &str) -> String {
         self.inner.boot_image(pool_image)
+    }
+    /// Not timed: Keystone's answer, asked once.
+    async fn cloud_identity(&self) -> CloudResult<CloudIdentity> {
+        self.inner.cloud_identity().await
     }
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         let started = Instant::now();
