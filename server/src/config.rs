@@ -892,6 +892,33 @@ impl PoolConfig {
     }
 }
 
+/// The first value under `value` written as a placeholder, `"<...>"` (as
+/// deploy/'s production configs mark what an operator must fill in), with
+/// its key (`cloud.management_network`, `pools[0].image`): left in, it
+/// would be looked up in the cloud as a name, or boot under it.
+fn placeholder(value: &toml::Value, key: String) -> Option<(String, &str)> {
+    match value {
+        toml::Value::String(text)
+            if text.len() > 2 && text.starts_with('<') && text.ends_with('>') =>
+        {
+            Some((key, text))
+        }
+        toml::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| placeholder(item, format!("{key}[{i}]"))),
+        toml::Value::Table(table) => table.iter().find_map(|(name, item)| {
+            let key = if key.is_empty() {
+                name.clone()
+            } else {
+                format!("{key}.{name}")
+            };
+            placeholder(item, key)
+        }),
+        _ => None,
+    }
+}
+
 /// The pools a newcomer sees with no config at all.
 fn demo_pools() -> Vec<PoolConfig> {
     let pool = |flavor: &str, az: &str, target: u32| PoolConfig {
@@ -984,12 +1011,18 @@ impl Config {
                 message: key.map(|k| format!("{k}: ")).unwrap_or_default() + e.message() + &line,
             }
         })?;
+        // (Valid TOML: it parsed just above.)
+        let file = toml::Value::Table(text.parse().unwrap_or_default());
+        if let Some((key, value)) = placeholder(&file, String::new()) {
+            return Err(ConfigError::Invalid(format!(
+                "{key} = {value:?} is a placeholder: replace it with the value it describes \
+                 (deploy/'s configs mark so what only the operator knows)"
+            )));
+        }
         // The demo's pools are for the embedded cloud only: on a real one
         // they would boot servers nobody declared, and again after every
-        // restart once deleted. (Valid TOML: it parsed just above.)
-        let declares_pools = text
-            .parse::<toml::Table>()
-            .is_ok_and(|table| table.contains_key("pools"));
+        // restart once deleted.
+        let declares_pools = file.get("pools").is_some();
         if !declares_pools && matches!(config.cloud, CloudConfig::Embedded { .. }) {
             config.pools = demo_pools();
         }
@@ -1803,6 +1836,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The configs deploy/ ships for production mark what only an
+    /// operator knows (the management network, ...) as `"<...>"`: left
+    /// in, such a value is refused by its key before anything starts,
+    /// rather than looked up in the cloud under that name.
+    #[test]
+    fn a_placeholder_left_in_the_file_is_refused_by_its_key() {
+        let text = "[cloud]\nkind = \"openstack\"\nmanagement_network = \"<the network mysqld is probed on>\"\n";
+        let err = Config::parse(text).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                r#"cloud.management_network = "<the network mysqld is probed on>" is a placeholder"#
+            ),
+            "{err}"
+        );
+        let text = "[cloud]\nkind = \"openstack\"\nmanagement_network = \"mgmt\"\nsecurity_groups = [\"mysql\", \"<a group>\"]\n";
+        let err = Config::parse(text).unwrap_err().to_string();
+        assert!(err.contains("cloud.security_groups[1] = "), "{err}");
+        let text = "[[pools]]\nflavor = \"db.small\"\navailability_zone = \"<zone>\"\nmin_ready = 1\nmax_ready = 1\nimage = \"i\"\n";
+        let err = Config::parse(text).unwrap_err().to_string();
+        assert!(err.contains("pools[0].availability_zone = "), "{err}");
+        // Angle brackets inside a value are no placeholder.
+        Config::parse("[cloud]\nkind = \"openstack\"\nmanagement_network = \"a<b>c\"\n").unwrap();
     }
 
     #[test]

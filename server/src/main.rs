@@ -168,6 +168,19 @@ async fn run() -> anyhow::Result<()> {
     if let Some(Command::Store(command)) = &args.command {
         std::process::exit(store_command(command, &config.data_dir)?);
     }
+    // The demo needs no file; a file that runs the embedded cloud is more
+    // likely one copied where a real cloud was meant, and the log's info
+    // line is easily missed.
+    if let (Some(file), CloudConfig::Embedded { .. }) = (&args.config, &config.cloud) {
+        tracing::warn!(
+            config = %file.display(),
+            "{}: [cloud] kind = \"embedded\" (also when the file has no [cloud] section): a \
+             simulated cloud inside warmpoold, nothing is booted for real and purchases get \
+             servers that do not exist; for a real cloud set kind = \"openstack\" (see \
+             deploy/warmpoold.example.toml)",
+            file.display()
+        );
+    }
     // Installed before start: a SIGHUP's default action would end the
     // process; one that comes during start-up is taken once it is up.
     #[cfg(unix)]

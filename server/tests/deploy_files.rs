@@ -8,7 +8,10 @@
 //! without giving it its own unit; the Kubernetes config's store cache fits
 //! well under the pod's memory limit; systemd and Kubernetes wait out the
 //! shutdown grace and the final flush before killing warmpoold; the
-//! container image holds the system's CA certificates.
+//! container image holds the system's CA certificates; the configs
+//! systemd and Kubernetes run drive a real cloud (OpenStack), with the
+//! credentials handed over where the config reads them, and refuse to
+//! start until an operator fills in their placeholders.
 
 mod support;
 
@@ -17,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use support::{deploy_dir, eventually, exposed_names, families, warmpool_identifiers, Daemon};
-use warmpool_server::config::{Config, MAX_SHUTDOWN_GRACE, SHUTDOWN_FLUSH_MARGIN};
+use warmpool_server::config::{CloudConfig, Config, MAX_SHUTDOWN_GRACE, SHUTDOWN_FLUSH_MARGIN};
 use warmpool_server::shutdown::CUT_PATIENCE;
 
 /// Files under `dir` (recursively) whose name ends with `suffix`.
@@ -39,6 +42,36 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Whether a config file's text sets a placeholder (a string value
+/// `"<...>"`) for an operator to fill in.
+fn has_placeholders(text: &str) -> bool {
+    text.lines()
+        .any(|l| !l.trim_start().starts_with('#') && l.contains("\"<"))
+}
+
+/// A config file's text with every placeholder filled in, as an operator
+/// would.
+fn filled(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("\"<") {
+        let Some(len) = rest[start..].find(">\"") else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        out.push_str("\"filled-in\"");
+        rest = &rest[start + len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The config file at `path` as warmpoold runs it once its placeholders
+/// are filled in.
+fn load_filled(path: &Path) -> Config {
+    Config::parse(&filled(&read(path))).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 #[test]
 fn every_toml_in_deploy_loads_with_the_daemons_config_loader() {
     let tomls = files_ending(&deploy_dir(), ".toml");
@@ -55,7 +88,21 @@ fn every_toml_in_deploy_loads_with_the_daemons_config_loader() {
         "expected the example and the Kubernetes config: {names:?}"
     );
     for path in &tomls {
-        let config = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+        let text = read(path);
+        // A config with placeholders refuses to start, naming the first,
+        // until they are filled in.
+        let config = if has_placeholders(&text) {
+            let refused = Config::load(path)
+                .expect_err("a config with placeholders loads")
+                .to_string();
+            assert!(
+                refused.contains(&path.display().to_string()) && refused.contains("placeholder"),
+                "{refused}"
+            );
+            load_filled(path)
+        } else {
+            Config::load(path).unwrap_or_else(|e| panic!("{e}"))
+        };
         assert!(!config.pools.is_empty(), "{}: no pools", path.display());
         assert_ne!(config.listen, config.metrics_listen, "{}", path.display());
     }
@@ -553,9 +600,7 @@ fn the_k8s_stores_cache_fits_well_under_the_pods_memory_limit() {
         "{} sets no store_cache_capacity under the pod's {limit}-byte memory limit",
         path.display()
     );
-    let capacity = Config::load(&path)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .store_cache_capacity;
+    let capacity = load_filled(&path).store_cache_capacity;
     // sled's cache is counted loosely (its resident size runs above it), and
     // the daemon needs memory of its own: at most half the limit.
     assert!(
@@ -601,7 +646,7 @@ fn supervisors_wait_out_the_shutdown_grace_and_the_final_flush() {
         panic!("the unit sets TimeoutStopSec {stop:?}, not once: systemd's default (90s) is not warmpool's to rely on");
     };
     timeouts.push(("warmpoold.service TimeoutStopSec", stop));
-    Config::load(&deploy_dir().join("warmpoold.example.toml")).unwrap();
+    load_filled(&deploy_dir().join("warmpoold.example.toml"));
 
     // Kubernetes: the pod's grace against the ConfigMap's config.
     let grace = k8s_workload()["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
@@ -609,7 +654,7 @@ fn supervisors_wait_out_the_shutdown_grace_and_the_final_flush() {
         .map(Duration::from_secs)
         .expect("the workload sets terminationGracePeriodSeconds (Kubernetes' default is 30s)");
     timeouts.push(("kubernetes terminationGracePeriodSeconds", grace));
-    Config::load(&deploy_dir().join("kubernetes/warmpoold.toml")).unwrap();
+    load_filled(&deploy_dir().join("kubernetes/warmpoold.toml"));
 
     // podman/docker: the Containerfile's run line.
     let containerfile = read(&deploy_dir().join("Containerfile"));
@@ -679,4 +724,128 @@ fn the_containers_runtime_stage_installs_ca_certificates() {
          warmpoolctl without --ca-file would trust no CA, the OpenStack driver only webpki's",
         instructions[runtime]
     );
+}
+
+/// The config file the systemd unit's install lines copy to the file its
+/// `ExecStart` reads.
+fn config_the_unit_installs(unit: &str) -> PathBuf {
+    let installed = unit
+        .lines()
+        .filter_map(|l| l.trim_start_matches(['#', ' ']).strip_prefix("install "))
+        .find_map(|args| {
+            let words: Vec<&str> = args.split_whitespace().collect();
+            match words[..] {
+                [.., source, "/etc/warmpool/warmpoold.toml"] => Some(source.to_owned()),
+                _ => None,
+            }
+        })
+        .expect("the unit's install lines copy a config to /etc/warmpool/warmpoold.toml");
+    assert!(
+        unit.contains("--config /etc/warmpool/warmpoold.toml"),
+        "the unit no longer runs the config its install lines copy: revisit this test"
+    );
+    deploy_dir().join("..").join(installed)
+}
+
+fn openstack_of(config: Config, path: &Path) -> Box<warmpool_server::config::OpenStackConfig> {
+    match config.cloud {
+        CloudConfig::OpenStack(os) => os,
+        other => panic!(
+            "{} runs {other:?}: deploy/ is what running warmpool for real takes, and the \
+             embedded cloud boots nothing for real (purchases would get servers that do not exist)",
+            path.display()
+        ),
+    }
+}
+
+/// What systemd runs, once its install lines are followed, drives a real
+/// cloud, with placeholders left for what only an operator knows, and
+/// reads its clouds.yaml where the unit hands it over as a credential (in
+/// force: the dynamic user cannot read root's clouds.yaml).
+#[test]
+fn the_config_the_systemd_unit_installs_drives_openstack() {
+    let unit_path = deploy_dir().join("warmpoold.service");
+    let unit = read(&unit_path);
+    let path = config_the_unit_installs(&unit);
+    let os = openstack_of(load_filled(&path), &path);
+    assert!(has_placeholders(&read(&path)), "{}", path.display());
+    let clouds_yaml = os
+        .clouds_yaml
+        .unwrap_or_else(|| panic!("{} names no clouds_yaml", path.display()));
+    let unit_name = unit_path.file_name().unwrap().to_string_lossy();
+    let id = clouds_yaml
+        .strip_prefix(format!("/run/credentials/{unit_name}"))
+        .unwrap_or_else(|_| panic!("clouds_yaml {} is no credential", clouds_yaml.display()))
+        .to_string_lossy()
+        .into_owned();
+    let loaded = unit_settings(&unit, "LoadCredential")
+        .iter()
+        .any(|(value, in_force)| *in_force && value.starts_with(&format!("{id}:")));
+    assert!(
+        loaded,
+        "{unit_name} does not load the credential {id:?} in force"
+    );
+}
+
+/// What Kubernetes runs drives a real cloud: its clouds.yaml comes from a
+/// Secret the StatefulSet mounts read-only where the config reads it,
+/// under the key the documented `kubectl create secret` gives it; no
+/// Secret (no credential) is in the repository.
+#[test]
+fn kubernetes_runs_openstack_with_clouds_yaml_from_a_secret() {
+    let path = deploy_dir().join("kubernetes/warmpoold.toml");
+    let os = openstack_of(load_filled(&path), &path);
+    assert!(has_placeholders(&read(&path)), "{}", path.display());
+    let clouds_yaml = os
+        .clouds_yaml
+        .unwrap_or_else(|| panic!("{} names no clouds_yaml", path.display()));
+    let dir = clouds_yaml.parent().unwrap().to_string_lossy().into_owned();
+    let file = clouds_yaml
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+
+    let container = k8s_container();
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .expect("volume mounts")
+        .iter()
+        .find(|m| m["mountPath"].as_str() == Some(dir.as_str()))
+        .unwrap_or_else(|| panic!("nothing is mounted at {dir}, where clouds_yaml is read"));
+    assert_eq!(mount["readOnly"], true, "{mount:?}");
+    let workload = k8s_workload();
+    let volume = workload["spec"]["template"]["spec"]["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the mount's volume")
+        .clone();
+    let secret = volume["secret"]["secretName"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{dir} is not mounted from a Secret: {volume:?}"));
+    let key = match volume["secret"]["items"].as_sequence() {
+        Some(items) => items
+            .iter()
+            .find(|i| i["path"].as_str() == Some(file.as_str()))
+            .and_then(|i| i["key"].as_str())
+            .unwrap_or_else(|| panic!("the Secret's items put nothing at {file}"))
+            .to_owned(),
+        None => file.clone(),
+    };
+    let readme = read(&deploy_dir().join("../README.md"));
+    let create = format!("kubectl create secret generic {secret} --from-file={key}=");
+    assert!(
+        readme.contains(&create),
+        "README does not show `{create}...`"
+    );
+    for manifest in files_ending(&deploy_dir().join("kubernetes"), ".yaml") {
+        let text = read(&manifest);
+        assert!(
+            !text.lines().any(|l| l.trim() == "kind: Secret"),
+            "{} commits a Secret",
+            manifest.display()
+        );
+    }
 }

@@ -1225,6 +1225,70 @@ async fn the_log_has_no_colour_codes_when_it_is_not_a_terminal() {
     daemon.wait().await.unwrap();
 }
 
+/// A config file whose cloud is the embedded one (said so, or no [cloud]
+/// section) is most likely a demo's copied where a real cloud was meant:
+/// warmpoold warns at start, naming the file, that nothing is booted for
+/// real. Started without a config file, the demo, it does not.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_config_file_on_the_embedded_cloud_is_warned_of() {
+    use tokio::io::AsyncBufReadExt;
+    let data = tempfile::tempdir().unwrap();
+    let config_file = data.path().join("warmpoold.toml");
+    std::fs::write(&config_file, config_text(data.path(), &[])).unwrap();
+    for config in [Some(&config_file), None] {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"));
+        if let Some(file) = config {
+            command.arg("--config").arg(file);
+        }
+        let mut daemon = command
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data.path().join("store"))
+            .env("RUST_LOG", "info")
+            .env_remove("WARMPOOL_CONFIG")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut log = tokio::io::BufReader::new(daemon.stderr.take().unwrap()).lines();
+        let before_serving = tokio::time::timeout(PATIENCE, async {
+            let mut lines = Vec::new();
+            while let Some(line) = log.next_line().await.unwrap() {
+                if line.contains("warmpoold serving gRPC") {
+                    return lines;
+                }
+                lines.push(line);
+            }
+            panic!("warmpoold stopped before serving: {lines:#?}");
+        })
+        .await
+        .expect("warmpoold did not serve in time");
+        let warning = before_serving
+            .iter()
+            .find(|l| l.contains("nothing is booted for real"));
+        match (config, warning) {
+            (Some(file), Some(warning)) => {
+                assert!(warning.contains(" WARN "), "{warning}");
+                assert!(
+                    warning.contains(&file.display().to_string())
+                        && warning.contains(r#"kind = "embedded""#)
+                        && warning.contains(r#"kind = "openstack""#),
+                    "{warning}"
+                );
+            }
+            (None, None) => {}
+            (_, warning) => panic!("config {config:?}, warning {warning:?}: {before_serving:#?}"),
+        }
+        send_signal(&daemon, "-TERM");
+        let status = tokio::time::timeout(PATIENCE, daemon.wait())
+            .await
+            .expect("warmpoold stops on SIGTERM")
+            .unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+}
+
 /// A second SIGTERM (or Ctrl-C) while warmpoold waits for in-flight calls
 /// stops it now, store flushed, instead of after the grace period.
 #[cfg(unix)]
