@@ -2614,21 +2614,12 @@ async fn a_force_delete_the_policy_refuses_is_403_and_changes_nothing() {
     .await;
 }
 
-#[tokio::test]
-async fn the_demo_binary_serves_and_prints_a_clouds_yaml() {
+/// The demo binary run with `args`, and what it printed on stdout up to
+/// the end of its clouds.yaml.
+async fn demo_binary(args: &[&std::ffi::OsStr]) -> (tokio::process::Child, String) {
     use tokio::io::AsyncBufReadExt;
-    let dir = std::env::temp_dir().join(format!("cloudsim-bin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let written = dir.join("clouds.yaml");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloudsim"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--cloud-name",
-            "demo",
-            "--clouds-yaml",
-        ])
-        .arg(&written)
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -2648,15 +2639,35 @@ async fn the_demo_binary_serves_and_prints_a_clouds_yaml() {
     tokio::time::timeout(Duration::from_secs(20), read)
         .await
         .unwrap();
+    (child, printed)
+}
+
+#[tokio::test]
+async fn the_demo_binary_serves_and_prints_a_clouds_yaml() {
+    let dir = std::env::temp_dir().join(format!("cloudsim-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let written = dir.join("clouds.yaml");
+    let (mut child, printed) = demo_binary(&[
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--cloud-name".as_ref(),
+        "demo".as_ref(),
+        "--clouds-yaml".as_ref(),
+        written.as_os_str(),
+    ])
+    .await;
     let yaml: serde_yaml::Value = serde_yaml::from_str(&printed).unwrap();
     let auth_url = yaml["clouds"]["demo"]["auth"]["auth_url"]
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(
-        std::fs::read_to_string(&written).unwrap(),
-        printed.split_once('\n').unwrap().1
-    );
+    // The file is the clouds.yaml alone, without the comments above it.
+    let uncommented: String = printed
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(std::fs::read_to_string(&written).unwrap(), uncommented);
     let r = reqwest::Client::new()
         .post(format!("{auth_url}/auth/tokens"))
         .json(&auth_body("pool", "poolpass"))
@@ -2664,6 +2675,44 @@ async fn the_demo_binary_serves_and_prints_a_clouds_yaml() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
+    child.kill().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What a warmpoold config with `kind = "openstack"` names, and what an
+/// Allocate names, is printed at start (as comments: stdout stays a
+/// clouds.yaml), so that trying the driver on cloudsim needs no source.
+#[tokio::test]
+async fn the_demo_binary_prints_what_a_warmpoold_config_names() {
+    let dir = std::env::temp_dir().join(format!("cloudsim-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let written = dir.join("clouds.yaml");
+    let (mut child, printed) = demo_binary(&[
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--clouds-yaml".as_ref(),
+        written.as_os_str(),
+    ])
+    .await;
+    let settings = HttpSettings::default();
+    let tenant_net = &settings.networks[1];
+    for expected in [
+        format!("# clouds.yaml: {}, cloud \"cloudsim\"", written.display()),
+        format!("# management network: {}", settings.networks[0].name),
+        format!(
+            "# tenant network: {} = {}, subnet {}",
+            tenant_net.name, tenant_net.id, tenant_net.subnet_id
+        ),
+        "# flavors: db.small, db.medium, db.large".to_owned(),
+        "# availability zones: az1, az2".to_owned(),
+        "# images: mysql-8.0".to_owned(),
+        "# security groups: default".to_owned(),
+    ] {
+        assert!(
+            printed.lines().any(|l| l.starts_with(&expected)),
+            "{expected:?} not in:\n{printed}"
+        );
+    }
     child.kill().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,5 +1,6 @@
 //! `cloudsim`: serves the simulated cloud's OpenStack HTTP face for demos and
-//! manual testing, and prints (or writes) a clouds.yaml pointing at it.
+//! manual testing, and prints (or writes) a clouds.yaml pointing at it,
+//! after comments naming what a warmpoold config for it names.
 
 use anyhow::Context;
 use clap::Parser;
@@ -38,7 +39,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // Logs on stderr: stdout carries only the clouds.yaml.
+    // Logs on stderr: stdout carries only the clouds.yaml and its comments.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -70,7 +71,22 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(path, &yaml).with_context(|| format!("cannot write {}", path.display()))?;
         tracing::info!(path = %path.display(), "wrote clouds.yaml");
     }
+    // What a warmpoold config names, as comments: stdout stays a clouds.yaml.
     println!("# cloudsim serving at {}", face.base_url());
+    match &args.clouds_yaml {
+        Some(path) => println!(
+            "# clouds.yaml: {}, cloud {:?}",
+            path.display(),
+            args.cloud_name
+        ),
+        None => println!(
+            "# clouds.yaml: below (--clouds-yaml FILE writes it), cloud {:?}",
+            args.cloud_name
+        ),
+    }
+    for line in face.served() {
+        println!("# {line}");
+    }
     print!("{yaml}");
     tokio::signal::ctrl_c()
         .await

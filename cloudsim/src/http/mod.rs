@@ -761,6 +761,50 @@ impl RunningFace {
         }
     }
 
+    /// What a client's config names, one line each: the management network
+    /// (the first, whose subnet is the servers' loopback range), every
+    /// other network with its id and its subnet's (a port is asked for by
+    /// id), and the flavors, availability zones, images and security groups
+    /// of the user's project that the cloud has now.
+    pub fn served(&self) -> Vec<String> {
+        let state = &self.state;
+        let config = state.sim.config();
+        let mut lines = Vec::new();
+        let mut networks = state.settings.networks.iter();
+        if let Some(management) = networks.next() {
+            lines.push(format!(
+                "management network: {}",
+                state.network_name(management)
+            ));
+        }
+        for n in networks {
+            lines.push(format!(
+                "tenant network: {} = {}, subnet {}",
+                state.network_name(n),
+                n.id,
+                n.subnet_id
+            ));
+        }
+        let flavors: Vec<String> = config.flavor_specs().into_iter().map(|f| f.name).collect();
+        lines.push(format!("flavors: {}", flavors.join(", ")));
+        let zones: Vec<&str> = config
+            .availability_zones
+            .iter()
+            .map(|az| az.name.as_str())
+            .filter(|az| config.zone_takes_servers(az))
+            .collect();
+        lines.push(format!("availability zones: {}", zones.join(", ")));
+        lines.push(format!("images: {}", config.images.join(", ")));
+        let groups: Vec<&str> = config
+            .security_groups
+            .iter()
+            .filter(|g| g.other_project.is_none())
+            .map(|g| g.name.as_str())
+            .collect();
+        lines.push(format!("security groups: {}", groups.join(", ")));
+        lines
+    }
+
     /// A clouds.yaml with one cloud, `cloud_name`, for the first configured
     /// user (password auth, project scope), as osauth and the openstack CLI
     /// read it.
