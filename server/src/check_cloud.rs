@@ -25,7 +25,7 @@
 //! the same way.
 
 use crate::config::{Config, OpenStackConfig, PoolConfig};
-use pool_manager::cloud::{Cloud, CloudError, ServerStatus, PORTS_PER_SERVER};
+use pool_manager::cloud::{Cloud, CloudError, CloudResult, ServerStatus, PORTS_PER_SERVER};
 use pool_manager::model::{PoolKey, PoolRecord, PoolSpec};
 use pool_manager::openstack::{missing_compute_zone, missing_volume_zone, OpenStackCloud};
 use std::collections::{BTreeMap, BTreeSet};
@@ -299,6 +299,39 @@ fn reason(e: &CloudError) -> String {
         .unwrap_or(text)
 }
 
+/// The most names a failed lookup's reason lists of those the cloud has.
+const NAMES_SHOWN: usize = 10;
+
+/// `e`'s reason, and when the cloud has nothing of the name looked up, the
+/// names it has (`listed`, awaited only then), as `what`: a misspelt
+/// name is seen at a glance. A listing that fails adds nothing.
+async fn reason_naming(
+    e: &CloudError,
+    what: &str,
+    listed: impl std::future::Future<Output = CloudResult<Vec<String>>>,
+) -> String {
+    let reason = reason(e);
+    if !matches!(e, CloudError::NotFound(_)) {
+        return reason;
+    }
+    match listed.await {
+        Ok(names) => format!("{reason} ({what}: {})", some_names(&names)),
+        Err(_) => reason,
+    }
+}
+
+/// The first [`NAMES_SHOWN`] of `names` and how many more.
+fn some_names(names: &[String]) -> String {
+    if names.is_empty() {
+        return "none".to_owned();
+    }
+    let shown = names[..names.len().min(NAMES_SHOWN)].join(", ");
+    match names.len().saturating_sub(NAMES_SHOWN) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
+}
+
 /// Whether a failed lookup says something about the resource looked up (it
 /// is missing, or ambiguous), and so about the pools naming it: a cloud
 /// that did not answer or throttled says nothing of one pool, and is every
@@ -548,11 +581,12 @@ pub async fn check_pools(
             Ok(id) if id == image => report.ok(CheckKind::Image, image),
             Ok(id) => report.ok(CheckKind::Image, format!("{image} = {id}")),
             Err(e) if one_image || !about_the_resource(&e) => {
-                report.fail(CheckKind::Image, reason(&e))
+                let reason = reason_naming(&e, "visible images", cloud.image_names()).await;
+                report.fail(CheckKind::Image, reason)
             }
             Err(e) => report.fail_pools(
                 CheckKind::Image,
-                reason(&e),
+                reason_naming(&e, "visible images", cloud.image_names()).await,
                 pools.iter().filter(|p| p.image == image),
             ),
         }
@@ -568,7 +602,8 @@ pub async fn check_pools(
             ),
             Err(e) => {
                 networks_found = false;
-                report.fail(CheckKind::Network, reason(&e))
+                let reason = reason_naming(&e, "visible networks", cloud.network_names()).await;
+                report.fail(CheckKind::Network, reason)
             }
         }
     }
@@ -623,7 +658,7 @@ async fn own_image_check(pools: &[CheckedPool], cloud: &OpenStackCloud, report: 
             Err(e) if !about_the_resource(&e) => report.fail(CheckKind::Image, reason(&e)),
             Err(e) => report.fail_pools(
                 CheckKind::Image,
-                reason(&e),
+                reason_naming(&e, "visible images", cloud.image_names()).await,
                 new().filter(|p| p.image == image),
             ),
         }
@@ -681,10 +716,14 @@ async fn security_group_check(cloud: &OpenStackCloud, report: &mut Report) {
                 CheckKind::SecurityGroup,
                 format!("{} = {}", g.name.as_deref().unwrap_or(group), g.id),
             ),
-            Err(e) => report.fail(
-                CheckKind::SecurityGroup,
-                format!("cloud.{setting} {group:?}: {}", reason(&e)),
-            ),
+            Err(e) => {
+                let what = "the project's security groups";
+                let reason = reason_naming(&e, what, cloud.security_group_names()).await;
+                report.fail(
+                    CheckKind::SecurityGroup,
+                    format!("cloud.{setting} {group:?}: {reason}"),
+                )
+            }
         }
     }
 }
@@ -926,6 +965,38 @@ mod tests {
         assert!(about_the_resource(&CloudError::Fatal(
             "image 'x' (1234) is deactivated, not active".into()
         )));
+    }
+
+    /// A missing name's reason lists at most ten of those the cloud has,
+    /// and how many more; other failures list nothing, nor does a listing
+    /// that fails.
+    #[tokio::test]
+    async fn a_missing_names_reason_lists_ten_names_and_counts_the_rest() {
+        let missing = CloudError::NotFound("no network named 'x'".into());
+        let names = |n: usize| (1..=n).map(|i| format!("net{i:02}")).collect::<Vec<_>>();
+        let listed = |n: usize| async move { Ok(names(n)) };
+        assert_eq!(
+            reason_naming(&missing, "visible networks", listed(12)).await,
+            "no network named 'x' (visible networks: net01, net02, net03, net04, net05, net06, net07, net08, net09, net10 and 2 more)"
+        );
+        assert_eq!(
+            reason_naming(&missing, "visible networks", listed(2)).await,
+            "no network named 'x' (visible networks: net01, net02)"
+        );
+        assert_eq!(
+            reason_naming(&missing, "visible networks", listed(0)).await,
+            "no network named 'x' (visible networks: none)"
+        );
+        let unlisted = async { Err(CloudError::Transient("503".into())) };
+        assert_eq!(
+            reason_naming(&missing, "visible networks", unlisted).await,
+            "no network named 'x'"
+        );
+        let ambiguous = CloudError::Fatal("2 networks are named 'x'; give its id instead".into());
+        assert_eq!(
+            reason_naming(&ambiguous, "visible networks", listed(2)).await,
+            "2 networks are named 'x'; give its id instead"
+        );
     }
 
     /// A stored pool's own failure marks it; a configured pool's, or one

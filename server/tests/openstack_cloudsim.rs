@@ -1953,6 +1953,38 @@ image = "mysql-8.0"
     );
 }
 
+/// A network, image or security group the cloud does not have is named
+/// with those it does have, so that a misspelt name is seen at a glance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_cloud_names_what_is_visible_beside_a_missing_name() {
+    let env = env().await;
+    let pools = SMALL_POOL.replace("mysql-8.0", "mysql-9.9");
+    let text = env
+        .config_text("security_groups = [\"no-such-group\"]", &pools)
+        .replace(
+            "management_network = \"mgmt-net\"",
+            "management_network = \"no-such-net\"",
+        );
+    let config = Config::parse(&text).unwrap();
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert!(!report.passed());
+    assert_eq!(
+        line(&report, CheckKind::Network),
+        ["network: no network named 'no-such-net' is visible to user pool in project service (visible networks: mgmt-net, tenant-net)"],
+        "{report}"
+    );
+    let image = line(&report, CheckKind::Image).join("\n");
+    assert!(
+        image.starts_with("image: no image named 'mysql-9.9' is visible to user pool in project service (visible images: mysql-8.0)"),
+        "{report}"
+    );
+    assert_eq!(
+        line(&report, CheckKind::SecurityGroup),
+        ["security group: cloud.security_groups \"no-such-group\": no security group named 'no-such-group' is visible to user pool in project service (the project's security groups: default)"],
+        "{report}"
+    );
+}
+
 /// An environment whose cloud has `quotas`, the rest as [`env`]'s.
 async fn env_with_quotas(quotas: Quotas) -> Env {
     env_with(
@@ -3224,13 +3256,13 @@ async fn check_cloud_names_security_groups_warmpools_project_lacks() {
         .to_owned();
     assert_eq!(
         lines[1],
-        "security group: cloud.security_groups \"nope\": no security group named 'nope' is visible to user pool in project service",
+        "security group: cloud.security_groups \"nope\": no security group named 'nope' is visible to user pool in project service (the project's security groups: default, web)",
         "{report}"
     );
     assert!(
         lines[2].starts_with("security group: cloud.security_groups \"mysql\": security group 'mysql' (")
             && lines[2].contains(") belongs to project ")
-            && lines[2].ends_with(", not to warmpool's (user pool in project service): Nova gives a server only groups of its own project"),
+            && lines[2].ends_with(", not to warmpool's (user pool in project service): Nova gives a server only groups of its own project (the project's security groups: default, web)"),
         "{report}"
     );
     assert_eq!(
@@ -3384,14 +3416,17 @@ async fn tenant_port_security_groups_are_a_setting_of_their_own() {
             "{setting}"
         );
     }
-    for (group, why) in [
+    // check-cloud's reason names the project's groups beside a missing one.
+    for (group, why, listed) in [
         (
             "nope",
             "no security group named 'nope' is visible to user pool in project service",
+            " (the project's security groups: db-clients, default, mysql, web)",
         ),
         (
             "web",
             "2 security groups are named 'web'; give its id instead",
+            "",
         ),
     ] {
         let extra = format!("tenant_port_security_groups = [\"{group}\"]");
@@ -3410,7 +3445,7 @@ async fn tenant_port_security_groups_are_a_setting_of_their_own() {
         assert!(!report.passed(), "{report}");
         assert_eq!(
             lines_of(&report, "security group"),
-            [format!("security group: {setting}")],
+            [format!("security group: {setting}{listed}")],
             "{report}"
         );
     }

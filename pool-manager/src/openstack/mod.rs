@@ -126,6 +126,18 @@ fn marker_vanished(error: &CloudError) -> bool {
     }
 }
 
+/// The names of `items` that `keep` keeps, each once, sorted (unnamed
+/// ones left out).
+fn names_of(items: Vec<Named>, keep: impl Fn(&Named) -> bool) -> Vec<String> {
+    let names: BTreeSet<String> = items
+        .into_iter()
+        .filter(|item| keep(item))
+        .filter_map(|item| item.name)
+        .filter(|name| !name.is_empty())
+        .collect();
+    names.into_iter().collect()
+}
+
 /// The error for a listing still linking a next page after [`MAX_PAGES`].
 fn endless_listing(what: &str) -> CloudError {
     CloudError::Fatal(format!(
@@ -744,6 +756,77 @@ impl OpenStackCloud {
             )));
         }
         Ok(group)
+    }
+
+    /// The names of the networks warmpool's user sees, each once, sorted:
+    /// for a message about one it does not find.
+    pub async fn network_names(&self) -> CloudResult<Vec<String>> {
+        let listing = || {
+            Call::new(Service::Network, Method::GET, ["networks"])
+                .query("fields", "id")
+                .query("fields", "name")
+        };
+        let networks = self
+            .list_all(
+                &listing().describe(),
+                listing,
+                |page: neutron::NetworksBody| {
+                    let has_next = nova::has_next(page.networks_links.as_deref());
+                    (page.networks, has_next)
+                },
+                |n: &Named| n.id.clone(),
+            )
+            .await?;
+        Ok(names_of(networks, |_| true))
+    }
+
+    /// The names of the active images Glance lists to warmpool's user by
+    /// default (community and hidden ones, which a lookup by name finds
+    /// too, would swamp them), each once, sorted.
+    pub async fn image_names(&self) -> CloudResult<Vec<String>> {
+        // Glance's api_limit_max (1000), not its 25 a page.
+        let listing = || Call::new(Service::Image, Method::GET, ["images"]).query("limit", "1000");
+        let images = self
+            .list_all(
+                &listing().describe(),
+                listing,
+                |page: neutron::ImagesBody| {
+                    let has_next = page.next.as_deref().is_some_and(|n| !n.is_empty());
+                    (page.images, has_next)
+                },
+                |i: &Named| i.id.clone(),
+            )
+            .await?;
+        Ok(names_of(images, |i| {
+            i.status.as_deref().is_none_or(|s| s == "active")
+        }))
+    }
+
+    /// The names of warmpool's project's security groups (those a boot
+    /// may name), each once, sorted.
+    pub async fn security_group_names(&self) -> CloudResult<Vec<String>> {
+        let project = self.inner.conn.project_id().await?;
+        let listing = || {
+            Call::new(Service::Network, Method::GET, ["security-groups"])
+                .query("project_id", project.as_str())
+                .query("fields", "id")
+                .query("fields", "name")
+                .query("fields", "project_id")
+        };
+        let groups = self
+            .list_all(
+                &listing().describe(),
+                listing,
+                |page: neutron::SecurityGroupsBody| {
+                    let has_next = nova::has_next(page.security_groups_links.as_deref());
+                    (page.security_groups, has_next)
+                },
+                |g: &Named| g.id.clone(),
+            )
+            .await?;
+        Ok(names_of(groups, |g| {
+            g.project_id.as_deref() == Some(project.as_str())
+        }))
     }
 
     /// Looks `name_or_id` up by id (when it looks like one), then by name
