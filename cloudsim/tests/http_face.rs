@@ -2620,8 +2620,11 @@ async fn demo_binary(args: &[&std::ffi::OsStr]) -> (tokio::process::Child, Strin
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloudsim"))
         .args(args)
+        // Colour is judged by the terminal alone in these tests.
+        .env_remove("NO_COLOR")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        // Its few log lines fit in the pipe, read or not.
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -2714,5 +2717,35 @@ async fn the_demo_binary_prints_what_a_warmpoold_config_names() {
         );
     }
     child.kill().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Logs written to a file or a pipe (not a terminal) carry no ANSI colour
+/// codes, as warmpoold's do not.
+#[tokio::test]
+async fn the_demo_binarys_logs_to_a_pipe_are_not_coloured() {
+    use tokio::io::AsyncReadExt;
+    let dir = std::env::temp_dir().join(format!("cloudsim-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let written = dir.join("clouds.yaml");
+    let (mut child, _) = demo_binary(&[
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--clouds-yaml".as_ref(),
+        written.as_os_str(),
+    ])
+    .await;
+    // The clouds.yaml is printed after both start-up lines are logged.
+    child.kill().await.unwrap();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .await
+        .unwrap();
+    assert!(logs.contains("wrote clouds.yaml"), "{logs}");
+    assert!(!logs.contains('\x1b'), "{logs:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -40,8 +40,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Logs on stderr: stdout carries only the clouds.yaml and its comments.
+    // Colour only for a person at a terminal, as warmpoold's: a log file
+    // or journald would keep the escape codes.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
