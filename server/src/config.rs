@@ -272,6 +272,13 @@ fn default_keepalive_timeout() -> Duration {
 /// for longer than anyone means.
 const MAX_KEEPALIVE: Duration = Duration::from_secs(3600);
 
+/// `max_concurrent_boots` when it is unset and `gate = false`. The core's
+/// default (64, the gate's largest window) is only a ceiling over the gate's
+/// AIMD window; without the gate nothing else paces boots (no window, no
+/// quota polling, no Retry-After pause), so a config that turned the gate off
+/// keeps the ceiling it had before the default was raised.
+const GATELESS_MAX_CONCURRENT_BOOTS: u32 = 4;
+
 /// `[manager]`: every key optional; defaults from `ManagerSettings`,
 /// `pool_manager::sizing` and `pool_manager::gate`.
 #[derive(Clone, Debug, Deserialize)]
@@ -286,8 +293,9 @@ pub struct ManagerConfig {
     /// How often the store is reconciled with the cloud.
     #[serde(with = "humantime_serde")]
     pub reconcile_interval: Duration,
-    /// Boots in flight per pool, at most.
-    pub max_concurrent_boots: u32,
+    /// Boots in flight per pool, at most; unset: the core's default with
+    /// the gate on, `GATELESS_MAX_CONCURRENT_BOOTS` with it off.
+    pub max_concurrent_boots: Option<u32>,
     /// Released allocations older than this are forgotten (GetAllocation
     /// answers NOT_FOUND, an Allocate with the id allocates anew); unset:
     /// kept forever.
@@ -352,7 +360,7 @@ impl Default for ManagerConfig {
             poll_interval: d.poll_interval,
             replenish_interval: d.replenish_interval,
             reconcile_interval: d.reconcile_interval,
-            max_concurrent_boots: d.max_concurrent_boots,
+            max_concurrent_boots: None,
             keep_released: d.keep_released,
             service_level: s.service_level,
             prior_lead_time: s.prior_lead_time,
@@ -377,12 +385,21 @@ impl Default for ManagerConfig {
 }
 
 impl ManagerConfig {
+    /// `max_concurrent_boots` as set, else by whether the gate is on.
+    pub fn max_concurrent_boots(&self) -> u32 {
+        self.max_concurrent_boots.unwrap_or(if self.gate {
+            ManagerSettings::default().max_concurrent_boots
+        } else {
+            GATELESS_MAX_CONCURRENT_BOOTS
+        })
+    }
+
     pub fn settings(&self) -> ManagerSettings {
         ManagerSettings {
             poll_interval: self.poll_interval,
             replenish_interval: self.replenish_interval,
             reconcile_interval: self.reconcile_interval,
-            max_concurrent_boots: self.max_concurrent_boots,
+            max_concurrent_boots: self.max_concurrent_boots(),
             keep_released: self.keep_released,
             sizing: SizingSettings {
                 service_level: self.service_level,
@@ -1140,7 +1157,7 @@ impl Config {
             )));
         }
         self.manager.validate_sizing_and_gate()?;
-        if self.manager.max_concurrent_boots == 0 {
+        if self.manager.max_concurrent_boots() == 0 {
             return Err(ConfigError::Invalid(
                 "manager.max_concurrent_boots must be at least 1".into(),
             ));
@@ -1680,6 +1697,35 @@ mod tests {
         assert_eq!(config.metrics_listen, "0.0.0.0:6001".parse().unwrap());
         assert_eq!(config.pools[0].spec().effective_target(), 2);
         assert_eq!(config.pools[0].max_age, Some(Duration::from_secs(86400)));
+    }
+
+    #[test]
+    fn max_concurrent_boots_defaults_to_4_without_the_gate_and_64_with_it() {
+        let boots = |manager: &str| {
+            Config::parse(&format!("[manager]\n{manager}"))
+                .unwrap()
+                .manager
+                .settings()
+                .max_concurrent_boots
+        };
+        assert_eq!(
+            boots("gate = false"),
+            4,
+            "no window: the ceiling alone limits boots"
+        );
+        assert_eq!(boots(""), 64, "the gate paces boots below it");
+        assert_eq!(boots("gate = true"), 64);
+        assert_eq!(boots("gate = false\nmax_concurrent_boots = 32"), 32);
+        assert_eq!(boots("max_concurrent_boots = 2"), 2);
+        assert_eq!(
+            Config::parse("")
+                .unwrap()
+                .manager
+                .settings()
+                .max_concurrent_boots,
+            ManagerSettings::default().max_concurrent_boots,
+            "no [manager]: the core's default"
+        );
     }
 
     #[test]
