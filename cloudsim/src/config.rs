@@ -280,6 +280,11 @@ pub struct SimConfig {
     /// as not available, and boots in them refused. Cinder's zones stay.
     /// Set at runtime with [`crate::SimCloud::close_zone`].
     pub closed_zones: Vec<String>,
+    /// Cinder zones whose cinder-volume services are all disabled or down
+    /// (maintenance): listed as not available, and a volume created in one
+    /// ends in `error` (Cinder's scheduler finds no backend). Set at
+    /// runtime with [`crate::SimCloud::close_volume_zone`].
+    pub closed_volume_zones: Vec<String>,
     /// Nova key pairs of the HTTP face's users (Nova keeps key pairs per
     /// user; the face's users share these), as `GET /os-keypairs/{name}`
     /// finds them. A boot's `key_name` is not checked against them.
@@ -319,6 +324,7 @@ impl Default for SimConfig {
             member_port_policy: false,
             retired_flavors: Vec::new(),
             closed_zones: Vec::new(),
+            closed_volume_zones: Vec::new(),
             key_pairs: Vec::new(),
             // Neutron gives every project one.
             security_groups: vec![SecurityGroupConfig::new("default")],

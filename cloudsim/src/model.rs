@@ -735,12 +735,17 @@ impl Model {
     }
 
     /// Whether Cinder has `zone`, by the configuration (Cinder's 400
-    /// wording for a volume created there). Cinder's zones are the cloud's,
-    /// closed ones too.
+    /// wording for a volume created there), and takes volumes there.
+    /// Cinder's zones are the cloud's, Nova's closed ones too.
     pub fn check_volume_zone(&self, zone: &str) -> CloudResult<()> {
         if !self.cfg.availability_zones.iter().any(|a| a.name == zone) {
             return Err(CloudError::NotFound(format!(
                 "Availability zone '{zone}' is invalid."
+            )));
+        }
+        if self.cfg.closed_volume_zones.iter().any(|z| z == zone) {
+            return Err(CloudError::NotFound(format!(
+                "Availability zone '{zone}' is unavailable: its volume services are down or disabled."
             )));
         }
         Ok(())
@@ -1394,9 +1399,16 @@ impl Model {
             status: VolumeStatus::Creating,
             server: None,
         });
-        // An injected backend failure: the volume ends in `error`, as when
-        // cinder-volume cannot allocate it.
-        let outcome = if self.faults.error_volumes > 0 {
+        let outcome = if self
+            .cfg
+            .closed_volume_zones
+            .contains(&spec.availability_zone)
+        {
+            // Cinder's API takes the zone; its scheduler finds no backend.
+            VolumeStatus::Error
+        } else if self.faults.error_volumes > 0 {
+            // An injected backend failure: the volume ends in `error`, as
+            // when cinder-volume cannot allocate it.
             self.faults.error_volumes -= 1;
             VolumeStatus::Error
         } else {

@@ -205,6 +205,19 @@ impl SimCloud {
         self.lock().cfg.closed_zones.retain(|z| z != az);
     }
 
+    /// An admin disables every cinder-volume service of Cinder zone `zone`
+    /// (or they are down): listed as not available, new volumes there end
+    /// in `error`; its volumes stay.
+    pub fn close_volume_zone(&self, zone: &str) {
+        self.lock().cfg.closed_volume_zones.push(zone.to_owned());
+    }
+
+    /// The admin brings Cinder zone `zone`'s services back
+    /// ([`SimCloud::close_volume_zone`]).
+    pub fn reopen_volume_zone(&self, zone: &str) {
+        self.lock().cfg.closed_volume_zones.retain(|z| z != zone);
+    }
+
     /// Servers not being deleted, oldest first, with simulator-only details.
     pub fn servers(&self) -> Vec<SimServer> {
         let now = Instant::now();

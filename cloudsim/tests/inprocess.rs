@@ -493,6 +493,33 @@ async fn a_created_volume_is_the_users_and_keeps_its_metadata() {
     );
 }
 
+/// A Cinder zone whose volume services are all down or disabled: the zone
+/// check refuses it, naming it unavailable; a volume created there anyway
+/// ends in `error` (Cinder's API takes the zone, its scheduler finds no
+/// backend); reopened, it takes volumes again.
+#[tokio::test(start_paused = true)]
+async fn a_closed_volume_zone_is_unavailable_and_its_new_volumes_fail() {
+    let cloud = SimCloud::new(SimConfig::deterministic());
+    let az2 = PoolKey::new("db.small", "az2");
+    cloud.close_volume_zone("az2");
+    let e = cloud.check_volume_zone(&az2).await.unwrap_err();
+    assert!(
+        matches!(&e, CloudError::NotFound(m) if m.contains("'az2' is unavailable")),
+        "{e:?}"
+    );
+    let v = cloud
+        .create_volume(&volume_spec("data", "az2"))
+        .await
+        .unwrap();
+    tokio::time::sleep(secs(3.0)).await;
+    assert_eq!(
+        cloud.get_volume(&v.id).await.unwrap().status,
+        VolumeStatus::Error
+    );
+    cloud.reopen_volume_zone("az2");
+    cloud.check_volume_zone(&az2).await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn volume_lifecycle_and_attach_fencing() {
     let cloud = SimCloud::new(SimConfig::deterministic());

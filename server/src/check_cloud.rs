@@ -27,7 +27,7 @@
 use crate::config::{Config, OpenStackConfig, PoolConfig};
 use pool_manager::cloud::{Cloud, CloudError, CloudResult, ServerStatus, PORTS_PER_SERVER};
 use pool_manager::model::{PoolKey, PoolRecord, PoolSpec};
-use pool_manager::openstack::{missing_compute_zone, missing_volume_zone, OpenStackCloud};
+use pool_manager::openstack::{missing_compute_zone, volume_zone_problem, OpenStackCloud};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -768,17 +768,27 @@ fn zone_override_check(os: &OpenStackConfig, pools: &[CheckedPool], report: &mut
 }
 
 /// Whether Cinder answers, and has the zone each pool AZ's new volumes are
-/// created in: every purchase with a new volume needs both, and a Cinder
-/// whose zones are not named like Nova's (a single "nova") is common.
+/// created in, taking volumes: every purchase with a new volume needs
+/// both, and a Cinder whose zones are not named like Nova's (a single
+/// "nova") is common.
 async fn volume_check(pools: &[CheckedPool], cloud: &OpenStackCloud, report: &mut Report) {
     let zones = match cloud.volume_zones().await {
         Ok(zones) => zones,
         Err(e) => return report.fail(CheckKind::Volume, format!("Cinder: {}", reason(&e))),
     };
-    let mut missing = false;
+    let mut failed = false;
     for az in pool_azs(pools) {
-        if let Some(problem) = missing_volume_zone(az, &cloud.volume_az(az), &zones) {
-            missing = true;
+        let zone = cloud.volume_az(az);
+        let Some(problem) = volume_zone_problem(az, &zone, &zones) else {
+            continue;
+        };
+        failed = true;
+        if zones.is_unavailable(&zone) {
+            // The zone's pools' failure, as a Nova zone listed but not
+            // available is: the config is right and the cloud is in
+            // maintenance, which must not stop every other pool.
+            report.fail_pools(CheckKind::Volume, problem, pools_in(pools, az));
+        } else {
             // Every pool's failure, stored or not: the zone is the config
             // file's (volume_availability_zone, or the AZ's own name), and
             // boots never touch Cinder, so a stored pool marked for it
@@ -787,10 +797,10 @@ async fn volume_check(pools: &[CheckedPool], cloud: &OpenStackCloud, report: &mu
             report.fail(CheckKind::Volume, problem);
         }
     }
-    if !missing {
+    if !failed {
         report.ok(
             CheckKind::Volume,
-            format!("Cinder zones: {}", zones.join(", ")),
+            format!("Cinder zones: {}", zones.available.join(", ")),
         );
     }
 }

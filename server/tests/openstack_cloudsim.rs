@@ -4535,6 +4535,76 @@ async fn create_pool_refuses_a_zone_whose_volumes_cinder_has_no_zone_for() {
     stop_daemon(running, stop).await;
 }
 
+/// A Cinder zone Cinder lists as not available (every cinder-volume
+/// service in it disabled or down: maintenance) is not a missing one: the
+/// config names it rightly, so the refusal says it is unavailable and does
+/// not send the operator to volume_availability_zone. As a Nova zone listed
+/// but not available is, CreatePool refuses it (its purchases' new volumes
+/// would end in `error`), and check-cloud fails its zone's pools alone (a
+/// stored one is marked degraded at start-up; the others serve on). Once
+/// Cinder's services are back, the pool is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cinder_zone_listed_unavailable_is_told_unavailable_not_missing() {
+    use warmpool_client::Client;
+    let env = env().await;
+    env.sim.close_volume_zone("az2");
+    let told_unavailable = |m: &str| {
+        m.contains("Cinder zone 'az2'")
+            && m.contains("unavailable")
+            && !m.contains("does not have")
+            && !m.contains("volume_availability_zone")
+    };
+    let az2 = PoolKey::new("db.small", "az2");
+    let e = env
+        .driver()
+        .await
+        .check_boot_spec(&az2, "mysql-8.0")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::NotFound(m) if told_unavailable(m)),
+        "{e:?}"
+    );
+
+    let pools = format!("{SMALL_POOL}{}", SMALL_POOL.replace("az1", "az2"));
+    let config = env.config("", &pools);
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert!(!report.passed(), "{report}");
+    let volumes: Vec<_> = report
+        .checks
+        .iter()
+        .filter(|c| c.kind == CheckKind::Volume)
+        .collect();
+    assert_eq!(volumes.len(), 1, "{report}");
+    assert!(told_unavailable(&volumes[0].message), "{report}");
+    assert_eq!(
+        volumes[0].scope.as_ref().map(|s| &s.configured),
+        Some(&vec![az2.clone()]),
+        "az2's pools' failure alone: {report}"
+    );
+
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
+    let client = Client::connect(&format!("http://{}", running.grpc_addr))
+        .await
+        .unwrap();
+    let refused = support::expect_code(
+        client.create_pool("db.small", "az2", api_pool_spec()).await,
+        tonic::Code::FailedPrecondition,
+    );
+    assert!(told_unavailable(&refused), "{refused}");
+    support::expect_code(
+        client.get_pool("db.small", "az2").await,
+        tonic::Code::NotFound,
+    );
+    env.sim.reopen_volume_zone("az2");
+    client
+        .create_pool("db.small", "az2", api_pool_spec())
+        .await
+        .expect("Cinder's az2 takes volumes again");
+    drop(client);
+    stop_daemon(running, stop).await;
+}
+
 /// `warmpoold check-cloud` checks the pools start-up checks: those the
 /// store has too, so a pool created through the API whose flavor was
 /// retired since is reported (and what start-up does about it), not "all

@@ -574,18 +574,20 @@ async fn delete_volume(
 }
 
 /// Cinder's zones: the cloud's availability zones (cloudsim names them
-/// like Nova's).
+/// like Nova's), a closed one not available.
 async fn availability_zones(
     State(state): State<Arc<FaceState>>,
     Path(p): Params,
 ) -> Result<Json<Value>, ApiError> {
     admit(&state, &p, "volume_zones").await?;
-    let zones: Vec<Value> = state
-        .sim
-        .config()
+    let cfg = state.sim.config();
+    let zones: Vec<Value> = cfg
         .availability_zones
         .iter()
-        .map(|az| json!({"zoneName": az.name, "zoneState": {"available": true}}))
+        .map(|az| {
+            let available = !cfg.closed_volume_zones.contains(&az.name);
+            json!({"zoneName": az.name, "zoneState": {"available": available}})
+        })
         .collect();
     Ok(Json(json!({ "availabilityZoneInfo": zones })))
 }

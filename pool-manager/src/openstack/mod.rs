@@ -1267,28 +1267,32 @@ impl OpenStackCloud {
         Ok(by_device)
     }
 
-    /// Cinder's availability zones that take volumes now.
-    pub async fn volume_zones(&self) -> CloudResult<Vec<String>> {
+    /// Cinder's availability zones, those that take volumes now and those
+    /// it lists as not available.
+    pub async fn volume_zones(&self) -> CloudResult<Zones> {
         self.zones(Service::BlockStorage).await
     }
 
     /// Nova's availability zones that take servers now.
     pub async fn compute_zones(&self) -> CloudResult<Vec<String>> {
-        self.zones(Service::Compute).await
+        Ok(self.zones(Service::Compute).await?.available)
     }
 
     /// A service's `GET /os-availability-zone` (Nova and Cinder answer
-    /// alike): the zones marked available.
-    async fn zones(&self, service: Service) -> CloudResult<Vec<String>> {
+    /// alike).
+    async fn zones(&self, service: Service) -> CloudResult<Zones> {
         let body: cinder::ZonesBody = self
             .fetch(Call::new(service, Method::GET, ["os-availability-zone"]))
             .await?;
-        Ok(body
-            .availability_zone_info
-            .into_iter()
-            .filter(|z| z.zone_state.available)
-            .map(|z| z.zone_name)
-            .collect())
+        let mut zones = Zones::default();
+        for z in body.availability_zone_info {
+            if z.zone_state.available {
+                zones.available.push(z.zone_name);
+            } else {
+                zones.unavailable.push(z.zone_name);
+            }
+        }
+        Ok(zones)
     }
 
     /// `NotFound` naming Nova's zones unless `az` is one that takes
@@ -1300,10 +1304,12 @@ impl OpenStackCloud {
         }
     }
 
-    /// `NotFound` naming Cinder's zones unless Cinder has the zone new
-    /// volumes of pools in `az` are created in ([`Self::volume_az`]).
+    /// `NotFound` unless Cinder has the zone new volumes of pools in `az`
+    /// are created in ([`Self::volume_az`]) and takes volumes there; the
+    /// message tells a zone Cinder lacks from one it lists as unavailable
+    /// ([`volume_zone_problem`]).
     pub async fn check_volume_zone_of(&self, az: &str) -> CloudResult<()> {
-        match missing_volume_zone(az, &self.volume_az(az), &self.volume_zones().await?) {
+        match volume_zone_problem(az, &self.volume_az(az), &self.volume_zones().await?) {
             None => Ok(()),
             Some(problem) => Err(CloudError::NotFound(problem)),
         }
@@ -1418,16 +1424,52 @@ impl OpenStackCloud {
     }
 }
 
-/// What is wrong when `zone`, the Cinder zone new volumes of pools in `az`
-/// are created in, is not among Cinder's `zones`; `None` if it is.
-pub fn missing_volume_zone(az: &str, zone: &str, zones: &[String]) -> Option<String> {
-    if zones.iter().any(|z| z == zone) {
+/// A service's availability zones, as its `GET /os-availability-zone`
+/// lists them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Zones {
+    /// Marked available: Nova boots servers, Cinder makes volumes there.
+    pub available: Vec<String>,
+    /// Listed but marked not available: every service of the zone (Nova's
+    /// compute hosts, Cinder's cinder-volume) disabled or down.
+    pub unavailable: Vec<String>,
+}
+
+impl Zones {
+    /// Whether the service lists `zone` but does not take work there now.
+    pub fn is_unavailable(&self, zone: &str) -> bool {
+        self.unavailable.iter().any(|z| z == zone)
+    }
+}
+
+/// What is wrong with `zone`, the Cinder zone new volumes of pools in `az`
+/// are created in, by Cinder's `zones`; `None` if it takes volumes. A zone
+/// Cinder lists as unavailable is named so: the config is right, and
+/// volume_availability_zone is no fix for a maintenance.
+pub fn volume_zone_problem(az: &str, zone: &str, zones: &Zones) -> Option<String> {
+    if zones.available.iter().any(|z| z == zone) {
         return None;
     }
-    let known = if zones.is_empty() {
+    if zones.is_unavailable(zone) {
+        return Some(format!(
+            "volumes of pools in {az} are created in Cinder zone '{zone}', which Cinder reports unavailable (its volume services there are down or disabled): new volumes there fail until an admin brings them back"
+        ));
+    }
+    let listed: Vec<String> = zones
+        .available
+        .iter()
+        .cloned()
+        .chain(
+            zones
+                .unavailable
+                .iter()
+                .map(|z| format!("{z} (unavailable)")),
+        )
+        .collect();
+    let known = if listed.is_empty() {
         "none".to_owned()
     } else {
-        zones.join(", ")
+        listed.join(", ")
     };
     Some(format!(
         "volumes of pools in {az} are created in Cinder zone '{zone}', which Cinder does not have (its zones: {known}); set volume_availability_zone for {az}"
@@ -1956,5 +1998,19 @@ mod tests {
         assert!(!uncertain.is_marked(Service::Compute, "wp-a"));
         assert!(uncertain.is_marked(Service::Network, "wp-b"));
         assert_eq!(uncertain.0.len(), 2);
+    }
+
+    #[test]
+    fn a_missing_volume_zone_names_cinders_unavailable_zones_as_such() {
+        let zones = Zones {
+            available: vec!["az1".into()],
+            unavailable: vec!["az2".into()],
+        };
+        assert_eq!(volume_zone_problem("az1", "az1", &zones), None);
+        let missing = volume_zone_problem("az3", "nova", &zones).unwrap();
+        assert!(
+            missing.contains("(its zones: az1, az2 (unavailable)); set volume_availability_zone"),
+            "{missing}"
+        );
     }
 }
