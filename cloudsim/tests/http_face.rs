@@ -6,7 +6,7 @@
 //!
 //! Real time with a small `time_scale` (a lone boot is ACTIVE after 50 ms).
 
-use cloudsim::http::{HttpFace, HttpSettings, RunningFace, Service};
+use cloudsim::http::{HttpFace, HttpSettings, NetworkSpec, RunningFace, Service};
 use cloudsim::{SecurityGroupConfig, SimCloud, SimConfig};
 use pool_manager::cloud::CloudError;
 use reqwest::{Method, StatusCode};
@@ -1408,6 +1408,67 @@ async fn a_port_keeps_the_security_groups_its_create_named() {
         "{r}"
     );
     assert_eq!(env.sim.ports().len(), 3);
+}
+
+/// On a network without port security, ML2 refuses a port create naming
+/// any group (its 400, after the request reached it: counted as a call),
+/// and a port made naming none, or an empty list, has no group.
+#[tokio::test]
+async fn a_network_without_port_security_takes_no_security_groups() {
+    let mut settings = HttpSettings::default();
+    settings.networks.push(NetworkSpec {
+        port_security_enabled: false,
+        ..NetworkSpec::new("open-net", "10.8.0.0/16", "10.8.0.1", true)
+    });
+    let env = start_with(
+        SimConfig {
+            security_groups: vec![
+                SecurityGroupConfig::new("default"),
+                SecurityGroupConfig::new("mysql"),
+            ],
+            ..config()
+        },
+        settings,
+    )
+    .await;
+    let net = env.network_id("open-net").await;
+    let shown = env
+        .get(Service::Network, &format!("/v2.0/networks/{net}"), None)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(shown["network"]["port_security_enabled"], false, "{shown}");
+    let groups = env
+        .get(Service::Network, "/v2.0/security-groups?name=mysql", None)
+        .await
+        .expect(200)
+        .json();
+    let mysql = groups["security_groups"][0]["id"].clone();
+    let create = |groups: Option<Value>| {
+        let mut port = json!({"network_id": net, "name": "p"});
+        if let Some(groups) = groups {
+            port["security_groups"] = groups;
+        }
+        env.post(
+            Service::Network,
+            "/v2.0/ports",
+            None,
+            json!({ "port": port }),
+        )
+    };
+    let r = create(Some(json!([mysql]))).await.expect(400).json();
+    assert_eq!(
+        r,
+        json!({"NeutronError": {"type": "PortSecurityAndIPRequiredForSecurityGroups", "message": "Port security must be enabled and port must have an IP address in order to use security groups.", "detail": ""}})
+    );
+    assert_eq!(env.sim.call_counts().get("create_port"), Some(&1));
+    assert!(env.sim.ports().is_empty());
+    for given in [None, Some(json!([]))] {
+        let made = create(given.clone()).await.expect(201).json();
+        assert_eq!(made["port"]["security_groups"], json!([]), "{given:?}");
+        assert_eq!(made["port"]["port_security_enabled"], false, "{given:?}");
+    }
+    assert_eq!(env.sim.call_counts().get("create_port"), Some(&3));
 }
 
 /// Neutron shows a network asked for by its id in upper case (the id in

@@ -42,7 +42,7 @@ pub enum CheckKind {
     /// `key_name` is a key pair of the user warmpool logs in as.
     KeyPair,
     /// Each of `security_groups` and `tenant_port_security_groups` is one
-    /// group of warmpool's project.
+    /// group of warmpool's project; which groups tenant ports get.
     SecurityGroup,
     /// Each pool's AZ is one of Nova's.
     Zone,
@@ -609,7 +609,7 @@ pub async fn check_pools(
     }
 
     key_pair_check(&cloud, &mut report).await;
-    security_group_check(&cloud, &mut report).await;
+    security_group_check(os, &cloud, &mut report).await;
     zone_check(pools, &cloud, &mut report).await;
     zone_override_check(os, pools, &mut report);
     volume_check(pools, &cloud, &mut report).await;
@@ -696,36 +696,64 @@ async fn key_pair_check(cloud: &OpenStackCloud, report: &mut Report) {
 
 /// Whether each of `security_groups` names exactly one group of warmpool's
 /// project: Nova refuses every boot naming one it does not find there, or
-/// finds twice. So must each of `tenant_port_security_groups` (those not
-/// checked already), or the driver refuses every sale's port. Every pool's
-/// failure, as for the key pair.
-async fn security_group_check(cloud: &OpenStackCloud, report: &mut Report) {
+/// finds twice. So must each of `tenant_port_security_groups`, or the
+/// driver refuses every sale's port; a group both name is reported once.
+/// Every pool's failure, as for the key pair. One line says which groups
+/// tenant ports get: they (or the default group) must admit the tenants'
+/// clients to mysqld.
+async fn security_group_check(os: &OpenStackConfig, cloud: &OpenStackCloud, report: &mut Report) {
     let settings = cloud.settings();
-    let tenant_port_only = settings
-        .tenant_port_security_groups
-        .iter()
-        .filter(|g| !settings.security_groups.contains(g));
+    let mut found = BTreeMap::new();
     let named = settings
         .security_groups
         .iter()
         .map(|g| ("security_groups", g))
-        .chain(tenant_port_only.map(|g| ("tenant_port_security_groups", g)));
+        .chain(
+            settings
+                .tenant_port_security_groups
+                .iter()
+                .map(|g| ("tenant_port_security_groups", g)),
+        );
     for (setting, group) in named {
+        if found.contains_key(group) {
+            continue;
+        }
         match cloud.security_group(group).await {
-            Ok(g) => report.ok(
-                CheckKind::SecurityGroup,
-                format!("{} = {}", g.name.as_deref().unwrap_or(group), g.id),
-            ),
+            Ok(g) => {
+                let line = format!("{} = {}", g.name.as_deref().unwrap_or(group), g.id);
+                if setting == "security_groups" {
+                    report.ok(CheckKind::SecurityGroup, line.clone());
+                }
+                found.insert(group, Some(line));
+            }
             Err(e) => {
                 let what = "the project's security groups";
                 let reason = reason_naming(&e, what, cloud.security_group_names()).await;
                 report.fail(
                     CheckKind::SecurityGroup,
                     format!("cloud.{setting} {group:?}: {reason}"),
-                )
+                );
+                found.insert(group, None);
             }
         }
     }
+    let tenant_ports: Option<Vec<String>> = settings
+        .tenant_port_security_groups
+        .iter()
+        .map(|g| found.get(g).cloned().flatten())
+        .collect();
+    let tenant_ports = match (tenant_ports, &os.tenant_port_security_groups) {
+        (None, _) => return,
+        (Some(groups), _) if !groups.is_empty() => groups.join(", "),
+        (_, None) => "the project's default group (tenant_port_security_groups unset)".to_owned(),
+        (_, Some(_)) => {
+            "the project's default group (tenant_port_security_groups empty)".to_owned()
+        }
+    };
+    report.ok(
+        CheckKind::SecurityGroup,
+        format!("tenant ports: {tenant_ports}"),
+    );
 }
 
 /// Whether each pool's availability zone is one Nova boots servers in.

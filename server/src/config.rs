@@ -580,9 +580,11 @@ pub struct OpenStackConfig {
     pub security_groups: Vec<String>,
     /// Security groups (names or ids, of warmpool's project) of the port
     /// made on the tenant's network at each sale. It is warmpool's
-    /// project's, so the tenant cannot change them: they must admit the
-    /// tenant's clients to mysqld. Absent: those of `security_groups`; an
-    /// empty list: none named, so the project's default group applies.
+    /// project's, so the tenant cannot change them: they (or the default
+    /// group, when none are named) must admit the tenant's clients to
+    /// mysqld. Absent or empty: none named, so the project's default group
+    /// applies, as before the setting (not `security_groups`: an upgrade
+    /// would have put those on every tenant's port).
     #[serde(default)]
     pub tenant_port_security_groups: Option<Vec<String>>,
     /// Nova keypair injected into pool servers (one of the user warmpool
@@ -647,10 +649,8 @@ impl OpenStackConfig {
             pool_manager::openstack::OpenStackSettings::new(auth, self.management_network.clone());
         settings.image = self.image.clone();
         settings.security_groups = self.security_groups.clone();
-        settings.tenant_port_security_groups = self
-            .tenant_port_security_groups
-            .clone()
-            .unwrap_or_else(|| self.security_groups.clone());
+        settings.tenant_port_security_groups =
+            self.tenant_port_security_groups.clone().unwrap_or_default();
         settings.key_name = self.key_name.clone();
         settings.server_name_prefix = self.server_name_prefix.clone();
         settings.server_tag = self.server_tag.clone();
@@ -2034,9 +2034,15 @@ mod tests {
         let auth = serde_yaml::to_value(&settings.auth).unwrap();
         assert_eq!(auth["auth"]["username"].as_str(), Some("pool"));
         assert_eq!(auth["region_name"].as_str(), Some("RegionOne"));
-        // The tenant's port gets the pool servers' groups unless told
-        // otherwise; an empty list names none (the project's default).
-        assert_eq!(settings.tenant_port_security_groups, ["mysql"]);
+        // The tenant's port gets no group named unless told (the project's
+        // default group, as before the setting: not the pool servers'
+        // groups, which an upgrade would put on every tenant's port); an
+        // empty list is the same.
+        assert!(
+            settings.tenant_port_security_groups.is_empty(),
+            "{:?}",
+            settings.tenant_port_security_groups
+        );
         for (groups, expected) in [("[]", vec![]), (r#"["db-clients"]"#, vec!["db-clients"])] {
             let text = text.replace(
                 r#"key_name = "ops""#,

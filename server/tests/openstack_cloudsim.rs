@@ -1980,7 +1980,10 @@ async fn check_cloud_names_what_is_visible_beside_a_missing_name() {
     );
     assert_eq!(
         line(&report, CheckKind::SecurityGroup),
-        ["security group: cloud.security_groups \"no-such-group\": no security group named 'no-such-group' is visible to user pool in project service (the project's security groups: default)"],
+        [
+            "security group: cloud.security_groups \"no-such-group\": no security group named 'no-such-group' is visible to user pool in project service (the project's security groups: default)",
+            "security group: ok (tenant ports: the project's default group (tenant_port_security_groups unset))",
+        ],
         "{report}"
     );
 }
@@ -2355,7 +2358,7 @@ async fn warmpoold_check_cloud_prints_and_exits_by_the_result() {
         String::from_utf8_lossy(&ok.stderr)
     );
     // The data dir (the config's) holds no store: said first.
-    assert_eq!(stdout.lines().count(), 8, "{stdout}");
+    assert_eq!(stdout.lines().count(), 9, "{stdout}");
     assert!(stdout.lines().all(|l| l.contains(": ok (")), "{stdout}");
     assert!(
         stdout.lines().next().unwrap().contains("no store here"),
@@ -3248,7 +3251,7 @@ async fn check_cloud_names_security_groups_warmpools_project_lacks() {
     let (report, _) = check_cloud::check(&config, openstack(&config)).await;
     assert!(!report.passed(), "{report}");
     let lines = lines_of(&report, "security group");
-    assert_eq!(lines.len(), 4, "{report}");
+    assert_eq!(lines.len(), 5, "{report}");
     let default_id = lines[0]
         .strip_prefix("security group: ok (default = ")
         .and_then(|rest| rest.strip_suffix(')'))
@@ -3285,7 +3288,10 @@ async fn check_cloud_names_security_groups_warmpools_project_lacks() {
     assert!(report.passed(), "{report}");
     assert_eq!(
         lines_of(&report, "security group"),
-        [format!("security group: ok (default = {default_id})")]
+        [
+            format!("security group: ok (default = {default_id})"),
+            "security group: ok (tenant ports: the project's default group (tenant_port_security_groups unset))".to_owned(),
+        ]
     );
 
     // Neither a Keystone failing to say which project is warmpool's nor a
@@ -3351,6 +3357,11 @@ async fn port_security_groups(env: &Env, id: &str) -> serde_json::Value {
 /// A cloud whose project has the groups `default`, `mysql`, `db-clients`
 /// and two named `web`.
 async fn env_with_security_groups() -> Env {
+    env_with_security_groups_and(HttpSettings::default()).await
+}
+
+/// [`env_with_security_groups`], its face served with `settings`.
+async fn env_with_security_groups_and(settings: HttpSettings) -> Env {
     env_with(
         SimConfig {
             security_groups: vec![
@@ -3362,29 +3373,118 @@ async fn env_with_security_groups() -> Env {
             ],
             ..sim_config()
         },
-        HttpSettings::default(),
+        settings,
     )
     .await
 }
 
-/// The tenant's port is made in warmpool's project, where the tenant
-/// cannot change its groups: without any named, Neutron gives it the
-/// project's default group, which admits only its own members, and the
-/// tenant's clients could not reach mysqld. It gets the groups of
-/// `tenant_port_security_groups`, by default those of `security_groups`.
+/// The tenant's port gets the project's default group unless
+/// `tenant_port_security_groups` names others, as before the setting was
+/// added: the pool servers' `security_groups` are not put on every
+/// tenant's port by an upgrade (an operator who opened mysqld's port in the
+/// default group would lose every new database). check-cloud says which
+/// groups tenant ports get.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenant_port_gets_the_pool_servers_security_groups_by_default() {
+async fn a_tenant_port_gets_the_projects_default_group_unless_told() {
     let env = env_with_security_groups().await;
-    let mysql = security_group_id(&env, "mysql").await;
-    let (running, stop) = start_daemon(env.config(r#"security_groups = ["mysql"]"#, SMALL_POOL))
-        .await
-        .unwrap();
+    let default = security_group_id(&env, "default").await;
+    let config = env.config(r#"security_groups = ["mysql"]"#, SMALL_POOL);
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert!(
+        lines_of(&report, "security group").contains(
+            &"security group: ok (tenant ports: the project's default group (tenant_port_security_groups unset))".to_owned()
+        ),
+        "{report}"
+    );
+    let (running, stop) = start_daemon(config).await.unwrap();
     let allocated = running
         .manager
         .allocate(order(&env, "o1").await)
         .await
         .unwrap();
     let port = allocated.port_id.clone().unwrap();
+    assert_eq!(
+        port_security_groups(&env, &port).await,
+        serde_json::json!([default])
+    );
+    stop_daemon(running, stop).await;
+}
+
+/// A tenant network without port security (`port_security_enabled =
+/// false`) filters nothing, and ML2 refuses a port create naming any group
+/// there (400 `PortSecurityAndIPRequiredForSecurityGroups`): the purchase's
+/// port is made again without groups, and the network remembered, so the
+/// next purchase on it sends no create bound to fail. Other networks' ports
+/// still get the groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_network_without_port_security_gets_ports_without_groups() {
+    let mut settings = HttpSettings::default();
+    settings.networks.push(cloudsim::http::NetworkSpec {
+        port_security_enabled: false,
+        ..cloudsim::http::NetworkSpec::new("open-net", "10.8.0.0/16", "10.8.0.1", true)
+    });
+    let env = env_with_security_groups_and(settings).await;
+    let mysql = security_group_id(&env, "mysql").await;
+    let open_net = env.driver().await.network("open-net").await.unwrap().id;
+    let (running, stop) = start_daemon(env.config(
+        "security_groups = [\"mysql\"]\ntenant_port_security_groups = [\"mysql\"]",
+        SMALL_POOL,
+    ))
+    .await
+    .unwrap();
+    let port_creates = || {
+        env.sim
+            .call_counts()
+            .get("create_port")
+            .copied()
+            .unwrap_or(0)
+    };
+    let on_open_net = |request_id: &'static str| {
+        let env = &env;
+        let open_net = open_net.clone();
+        async move {
+            let mut order = order(env, request_id).await;
+            order.params.network.network_id = open_net;
+            order
+        }
+    };
+
+    let before = port_creates();
+    let first = running
+        .manager
+        .allocate(on_open_net("o1").await)
+        .await
+        .unwrap();
+    assert_eq!(
+        port_creates() - before,
+        2,
+        "the refused create and the one without groups"
+    );
+    let port = first.port_id.clone().unwrap();
+    assert_eq!(
+        port_security_groups(&env, &port).await,
+        serde_json::json!([])
+    );
+
+    let before = port_creates();
+    let second = running
+        .manager
+        .allocate(on_open_net("o2").await)
+        .await
+        .unwrap();
+    assert_eq!(port_creates() - before, 1, "no create bound to fail");
+    let port = second.port_id.clone().unwrap();
+    assert_eq!(
+        port_security_groups(&env, &port).await,
+        serde_json::json!([])
+    );
+
+    let third = running
+        .manager
+        .allocate(order(&env, "o3").await)
+        .await
+        .unwrap();
+    let port = third.port_id.clone().unwrap();
     assert_eq!(
         port_security_groups(&env, &port).await,
         serde_json::json!([mysql])
@@ -3402,7 +3502,20 @@ async fn a_tenant_port_gets_the_pool_servers_security_groups_by_default() {
 async fn tenant_port_security_groups_are_a_setting_of_their_own() {
     let env = env_with_security_groups().await;
     let tenant_net = env.driver().await.network("tenant-net").await.unwrap().id;
-    for (setting, shown) in [(r#"["db-clients"]"#, "db-clients"), ("[]", "default")] {
+    let clients = security_group_id(&env, "db-clients").await;
+    for (setting, shown, checked) in [
+        (
+            r#"["db-clients"]"#,
+            "db-clients",
+            format!("tenant ports: db-clients = {clients}"),
+        ),
+        (
+            "[]",
+            "default",
+            "tenant ports: the project's default group (tenant_port_security_groups empty)"
+                .to_owned(),
+        ),
+    ] {
         let extra =
             format!("security_groups = [\"mysql\"]\ntenant_port_security_groups = {setting}");
         let cloud = env.driver_with(&extra).await;
@@ -3414,6 +3527,20 @@ async fn tenant_port_security_groups_are_a_setting_of_their_own() {
             port_security_groups(&env, &port.id).await,
             serde_json::json!([security_group_id(&env, shown).await]),
             "{setting}"
+        );
+        let config = env.config(&extra, SMALL_POOL);
+        let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+        assert!(report.passed(), "{report}");
+        assert_eq!(
+            lines_of(&report, "security group"),
+            [
+                format!(
+                    "security group: ok (mysql = {})",
+                    security_group_id(&env, "mysql").await
+                ),
+                format!("security group: ok ({checked})"),
+            ],
+            "{report}"
         );
     }
     // check-cloud's reason names the project's groups beside a missing one.
@@ -3458,7 +3585,6 @@ async fn tenant_port_security_groups_are_a_setting_of_their_own() {
     let cloud = env
         .driver_with(r#"tenant_port_security_groups = ["db-clients"]"#)
         .await;
-    let clients = security_group_id(&env, "db-clients").await;
     let port = cloud
         .create_port(&port_spec("before", &tenant_net))
         .await

@@ -139,6 +139,10 @@ pub struct NetworkSpec {
     pub cidr: String,
     pub gateway_ip: String,
     pub shared: bool,
+    /// Neutron's `port_security_enabled`, which the network's ports take:
+    /// without it a port has no security group, and ML2 refuses a port
+    /// create naming any (400 `PortSecurityAndIPRequiredForSecurityGroups`).
+    pub port_security_enabled: bool,
 }
 
 impl NetworkSpec {
@@ -151,6 +155,7 @@ impl NetworkSpec {
             cidr: cidr.to_string(),
             gateway_ip: gateway_ip.to_string(),
             shared,
+            port_security_enabled: true,
         }
     }
 }

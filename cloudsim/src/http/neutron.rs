@@ -119,7 +119,7 @@ fn network_json(state: &FaceState, n: &NetworkSpec) -> Value {
         "project_id": state.project_id,
         "router:external": false,
         "mtu": 1450,
-        "port_security_enabled": true,
+        "port_security_enabled": n.port_security_enabled,
         "availability_zone_hints": [],
         "availability_zones": [],
         "ipv4_address_scope": null,
@@ -315,13 +315,20 @@ fn security_group_not_found(id: &str) -> ApiError {
 
 fn port_json(state: &FaceState, d: &PortDetail) -> Value {
     let p = &d.port;
-    let subnet = state
+    let network = state
         .settings
         .networks
         .iter()
-        .find(|n| n.id == p.network_id)
-        .map(|n| n.subnet_id.clone())
-        .unwrap_or_default();
+        .find(|n| n.id == p.network_id);
+    let subnet = network.map(|n| n.subnet_id.clone()).unwrap_or_default();
+    let port_security = network.is_none_or(|n| n.port_security_enabled);
+    // A port created naming no group has the project's default one, if
+    // its network has port security; none without.
+    let default_groups = if port_security {
+        vec![stable_uuid("security-group", "default")]
+    } else {
+        Vec::new()
+    };
     let created = iso_seconds(state.wall(d.created_at));
     let bound = p.device_id.is_some();
     let now = Instant::now();
@@ -345,11 +352,10 @@ fn port_json(state: &FaceState, d: &PortDetail) -> Value {
         "ip_allocation": if p.ip_address.is_some() { "immediate" } else { "none" },
         "allowed_address_pairs": [],
         "extra_dhcp_opts": [],
-        // A port created naming no group has the project's default one.
-        "security_groups": d.security_groups.clone().unwrap_or_else(|| vec![stable_uuid("security-group", "default")]),
+        "security_groups": d.security_groups.clone().unwrap_or(default_groups),
         "description": "",
         "binding:vnic_type": "normal",
-        "port_security_enabled": true,
+        "port_security_enabled": port_security,
         "tags": [],
         "created_at": created,
         "updated_at": created,
@@ -500,6 +506,15 @@ async fn create_port(
         .gate("create_port")
         .await
         .map_err(|e| ApiError::from_cloud(N, e))?;
+    // ML2 refuses groups on a port without port security (which it takes
+    // from its network), after the request reached it: counted as a call.
+    if !network.port_security_enabled && security_groups.as_ref().is_some_and(|g| !g.is_empty()) {
+        return Err(ApiError::bad_request(
+            N,
+            "Port security must be enabled and port must have an IP address in order to use security groups.",
+        )
+        .typed("PortSecurityAndIPRequiredForSecurityGroups"));
+    }
     let base = state.sim.config().latencies.port_create;
     state.sim.take(base).await;
     let now = Instant::now();

@@ -109,6 +109,40 @@ impl<T: Clone> NameCache<T> {
     }
 }
 
+/// How many tenant networks without port security are remembered
+/// ([`NetworksWithoutPortSecurity`]); beyond, the one noted longest ago is
+/// forgotten, and its next port is sent with the groups again.
+const NETWORKS_WITHOUT_PORT_SECURITY_KEPT: usize = 1024;
+
+/// Tenant networks (ids, in lower case: Neutron takes an id in any case) on
+/// which Neutron refused a port naming security groups for want of port
+/// security, and when. For [`NAME_TTL`] after, a port there is created
+/// without the groups, not sent a create bound to fail first; then once
+/// with them again, in case an admin turned the network's port security
+/// on (a port without groups there would get the project's default).
+#[derive(Default)]
+struct NetworksWithoutPortSecurity(HashMap<String, Instant>);
+
+impl NetworksWithoutPortSecurity {
+    fn contains(&self, network_id: &str, now: Instant) -> bool {
+        self.0
+            .get(&network_id.to_ascii_lowercase())
+            .is_some_and(|at| now.saturating_duration_since(*at) < NAME_TTL)
+    }
+
+    /// Notes `network_id` at `now`; whether it was not noted before.
+    fn note(&mut self, network_id: &str, now: Instant) -> bool {
+        let key = network_id.to_ascii_lowercase();
+        if !self.0.contains_key(&key) && self.0.len() >= NETWORKS_WITHOUT_PORT_SECURITY_KEPT {
+            let oldest = self.0.iter().min_by_key(|(_, at)| **at);
+            if let Some(oldest) = oldest.map(|(k, _)| k.clone()) {
+                self.0.remove(&oldest);
+            }
+        }
+        self.0.insert(key, now).is_none()
+    }
+}
+
 /// How many times a listing starts again after its page marker vanished.
 const MAX_LISTING_RESTARTS: u32 = 3;
 
@@ -319,6 +353,8 @@ struct Inner {
     networks: NameCache<Named>,
     /// The groups of `tenant_port_security_groups`, by name or id.
     security_groups: NameCache<Named>,
+    /// Tenant networks whose ports take no security groups.
+    networks_without_port_security: Mutex<NetworksWithoutPortSecurity>,
     /// Servers, volumes and ports (by service and name) whose create failed
     /// without a clear answer (timeout, 5xx, unreadable body): the cloud may
     /// have created them, so the next create of the name looks first instead
@@ -427,6 +463,7 @@ impl OpenStackCloud {
                 images: NameCache::default(),
                 networks: NameCache::default(),
                 security_groups: NameCache::default(),
+                networks_without_port_security: Mutex::default(),
                 uncertain_creates: Mutex::default(),
                 soft_deleted: Mutex::default(),
                 deletes_sent: Mutex::default(),
@@ -483,8 +520,24 @@ impl OpenStackCloud {
     /// `uncertain_creates`); only a success settles it, since a clear
     /// refusal of this create says nothing of an earlier one.
     async fn create<T: DeserializeOwned>(&self, name: &str, call: Call) -> CloudResult<T> {
+        let reply = self.inner.conn.send(&call).await;
+        self.created(name, &call, reply)
+    }
+
+    /// [`Self::create`]'s outcome, once `reply` answered `call`: for a
+    /// caller that reads the answer itself first.
+    fn created<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        call: &Call,
+        reply: CloudResult<Reply>,
+    ) -> CloudResult<T> {
         let service = call.service;
-        let result = self.fetch(call).await;
+        let result = reply
+            .and_then(|reply| checked(call, reply))
+            .and_then(|reply| {
+                serde_json::from_str(&reply.body).map_err(|e| unreadable(&call.describe(), e))
+            });
         match &result {
             Ok(_) => self.create_settled(service, name),
             Err(e) if e.is_retryable() => {
@@ -1828,10 +1881,38 @@ impl Cloud for OpenStackCloud {
                 return Ok(existing);
             }
         }
-        let groups = self.tenant_port_security_group_ids().await?;
-        let call = Call::new(Service::Network, Method::POST, ["ports"])
-            .json(neutron::create_port_body(spec, &groups));
-        let body: neutron::PortBody = match self.create(&spec.name, call).await {
+        let without_port_security = lock(&self.inner.networks_without_port_security)
+            .contains(&spec.network_id, Instant::now());
+        let mut groups = if without_port_security {
+            Vec::new()
+        } else {
+            self.tenant_port_security_group_ids().await?
+        };
+        let post = |groups: &[String]| {
+            Call::new(Service::Network, Method::POST, ["ports"])
+                .json(neutron::create_port_body(spec, groups))
+        };
+        let call = post(&groups);
+        let mut reply = self.inner.conn.send(&call).await;
+        // A network without port security filters nothing, and ML2 takes
+        // no group on its ports: the groups mean nothing there.
+        if !groups.is_empty()
+            && reply
+                .as_ref()
+                .is_ok_and(neutron::refused_for_want_of_port_security)
+        {
+            if lock(&self.inner.networks_without_port_security)
+                .note(&spec.network_id, Instant::now())
+            {
+                tracing::info!(
+                    network = %spec.network_id,
+                    "tenant network without port security: Neutron takes no security groups on its ports, and filters nothing there; its ports are made without cloud.tenant_port_security_groups"
+                );
+            }
+            groups.clear();
+            reply = self.inner.conn.send(&post(&groups)).await;
+        }
+        let body: neutron::PortBody = match self.created(&spec.name, &call, reply) {
             // A group deleted since it was looked up (replaced under its
             // name?): the next port looks the names up again.
             Err(CloudError::NotFound(refused))
@@ -2012,5 +2093,29 @@ mod tests {
             missing.contains("(its zones: az1, az2 (unavailable)); set volume_availability_zone"),
             "{missing}"
         );
+    }
+
+    /// A network without port security is noted once (the first note says
+    /// so, for the one log line), in any case, trusted for NAME_TTL, and
+    /// the notes are bounded: the oldest makes room.
+    #[test]
+    fn networks_without_port_security_are_noted_for_a_while_and_bounded() {
+        let t0 = Instant::now();
+        let mut open = NetworksWithoutPortSecurity::default();
+        assert!(open.note("NET-A", t0));
+        assert!(!open.note("net-a", t0));
+        assert!(open.contains("net-a", t0 + NAME_TTL / 2));
+        assert!(!open.contains("net-a", t0 + NAME_TTL));
+        assert!(!open.note("net-a", t0 + NAME_TTL));
+        assert!(open.contains("net-a", t0 + NAME_TTL));
+
+        for i in 1..NETWORKS_WITHOUT_PORT_SECURITY_KEPT {
+            open.note(&format!("net-{i}"), t0 + Duration::from_secs(i as u64));
+        }
+        assert_eq!(open.0.len(), NETWORKS_WITHOUT_PORT_SECURITY_KEPT);
+        assert!(open.note("net-new", t0 + NAME_TTL));
+        assert_eq!(open.0.len(), NETWORKS_WITHOUT_PORT_SECURITY_KEPT);
+        assert!(!open.0.contains_key("net-1"), "the oldest note made room");
+        assert!(open.contains("net-a", t0 + NAME_TTL));
     }
 }

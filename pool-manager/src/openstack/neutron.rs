@@ -1,9 +1,21 @@
 //! Neutron's and Glance's JSON as warmpool reads it: ports, networks,
 //! security groups, images.
 
+use super::error::parse_fault;
 use super::nova::QuotaUse;
+use super::session::Reply;
 use crate::cloud::{NewPortSpec, Port, PORTS};
 use serde::Deserialize;
+
+/// Whether `reply` is ML2's refusal of a port create naming security groups
+/// on a network without port security (`port_security_enabled = false`,
+/// which its ports take): 400 `PortSecurityAndIPRequiredForSecurityGroups`.
+/// Told by Neutron's error type, not its English text.
+pub fn refused_for_want_of_port_security(reply: &Reply) -> bool {
+    reply.status == 400
+        && parse_fault(&reply.body).name.as_deref()
+            == Some("PortSecurityAndIPRequiredForSecurityGroups")
+}
 
 /// `GET /v2.0/quotas/{project_id}/details` (the quota_details extension).
 #[derive(Debug, Deserialize)]
@@ -95,7 +107,8 @@ pub fn to_port(p: NeutronPort) -> Port {
 /// may not create in another one, so `project_id` is not sent. The tenant
 /// cannot change the groups of a port of warmpool's project, so it gets
 /// `security_groups` (ids) now; none sends none (an empty list would leave
-/// the port without any group), and Neutron gives the project's default.
+/// the port without any group), and Neutron gives the project's default
+/// (on a network with port security).
 pub fn create_port_body(spec: &NewPortSpec, security_groups: &[String]) -> serde_json::Value {
     let mut port = serde_json::json!({ "network_id": spec.network_id, "name": spec.name });
     if !security_groups.is_empty() {
@@ -298,6 +311,27 @@ mod tests {
             create_port_body(&spec, &[]),
             serde_json::json!({"port": {"network_id": "net", "name": "warmpool-o1"}})
         );
+    }
+
+    /// ML2's answer to a port naming groups on a network without port
+    /// security is told by its type; another 400 (a malformed group id) or
+    /// a proxy's page with the same words is not it.
+    #[test]
+    fn a_refusal_for_want_of_port_security_is_told_by_its_type() {
+        let reply = |status, body: &str| Reply {
+            status,
+            retry_after: None,
+            body: body.to_owned(),
+        };
+        let refused = r#"{"NeutronError": {"type": "PortSecurityAndIPRequiredForSecurityGroups", "message": "Port security must be enabled and port must have an IP address in order to use security groups.", "detail": ""}}"#;
+        assert!(refused_for_want_of_port_security(&reply(400, refused)));
+        let invalid = r#"{"NeutronError": {"type": "InvalidInput", "message": "Invalid input for operation: 'mysql' is not an integer or uuid.", "detail": ""}}"#;
+        assert!(!refused_for_want_of_port_security(&reply(400, invalid)));
+        assert!(!refused_for_want_of_port_security(&reply(
+            400,
+            "Port security must be enabled and port must have an IP address in order to use security groups."
+        )));
+        assert!(!refused_for_want_of_port_security(&reply(409, refused)));
     }
 
     #[test]
