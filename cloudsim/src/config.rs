@@ -178,6 +178,8 @@ pub struct FlavorSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecurityGroupConfig {
     pub name: String,
+    /// Its id; `None`: derived from its name (stable across runs).
+    pub id: Option<String>,
     /// The project owning it: `None`, the one project the face's users log
     /// in to; `Some(name)`, another project, whose groups a listing shows
     /// beside the project's own as Neutron shows them to an admin.
@@ -189,6 +191,7 @@ impl SecurityGroupConfig {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
+            id: None,
             other_project: None,
         }
     }
@@ -197,6 +200,7 @@ impl SecurityGroupConfig {
     pub fn of_project(name: impl Into<String>, project: impl Into<String>) -> Self {
         Self {
             name: name.into(),
+            id: None,
             other_project: Some(project.into()),
         }
     }

@@ -535,7 +535,7 @@ impl Model {
 
     /// Ids come from the seeded generator so that runs are reproducible,
     /// salted (`SimConfig::id_salt`).
-    fn new_id(&mut self) -> String {
+    pub(crate) fn new_id(&mut self) -> String {
         let mut bytes: [u8; 16] = self.rng.gen();
         for (byte, salt) in bytes.iter_mut().zip(self.cfg.id_salt.to_le_bytes()) {
             *byte ^= salt;

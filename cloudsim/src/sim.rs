@@ -3,7 +3,7 @@
 //! call-level faults, the runtime fault knobs ([`Faults`]) and the inspection
 //! API that tests and benchmarks use to look behind the cloud's back.
 
-use crate::config::SimConfig;
+use crate::config::{SecurityGroupConfig, SimConfig};
 use crate::model::{Hang, HostLoad, Model, SimServer};
 use crate::mysql;
 use pool_manager::cloud::{CloudError, CloudResult, Port, Volume};
@@ -192,6 +192,22 @@ impl SimCloud {
             .cfg
             .security_groups
             .retain(|g| g.name != name || g.other_project.is_some());
+    }
+
+    /// An admin deletes the project's security groups named `name` and
+    /// creates one of that name: it has a new id, returned.
+    pub fn replace_security_group(&self, name: &str) -> String {
+        let mut model = self.lock();
+        let id = model.new_id();
+        model
+            .cfg
+            .security_groups
+            .retain(|g| g.name != name || g.other_project.is_some());
+        model.cfg.security_groups.push(SecurityGroupConfig {
+            id: Some(id.clone()),
+            ..SecurityGroupConfig::new(name)
+        });
+        id
     }
 
     /// An admin disables Nova zone `az` (its hosts patched): listed as not

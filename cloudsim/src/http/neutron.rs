@@ -250,10 +250,12 @@ fn security_groups(state: &FaceState) -> Vec<Value> {
             let repeated = groups[..i]
                 .iter()
                 .any(|e| e.name == g.name && e.other_project == g.other_project);
-            let id = match (&g.other_project, repeated) {
-                (None, false) => stable_uuid("security-group", &g.name),
-                _ => stable_uuid("security-group", &format!("{project_id}/{}/{i}", g.name)),
-            };
+            let id =
+                g.id.clone()
+                    .unwrap_or_else(|| match (&g.other_project, repeated) {
+                        (None, false) => stable_uuid("security-group", &g.name),
+                        _ => stable_uuid("security-group", &format!("{project_id}/{}/{i}", g.name)),
+                    });
             json!({
                 "id": id,
                 "name": g.name,

@@ -109,6 +109,17 @@ impl<T: Clone> NameCache<T> {
     }
 }
 
+/// Neutron's 404 for a group of `tenant_port_security_groups` a port
+/// create named, the names forgotten: told as such.
+fn group_gone(e: CloudError) -> CloudError {
+    match e {
+        CloudError::NotFound(refused) => CloudError::NotFound(format!(
+            "{refused} (a group of cloud.tenant_port_security_groups, deleted since it was looked up; looked up again at the next port)"
+        )),
+        e => e,
+    }
+}
+
 /// How many tenant networks without port security are remembered
 /// ([`NetworksWithoutPortSecurity`]); beyond, the one noted longest ago is
 /// forgotten, and its next port is sent with the groups again.
@@ -778,6 +789,46 @@ impl OpenStackCloud {
             ids.push(group.id);
         }
         Ok(ids)
+    }
+
+    fn forget_tenant_port_security_groups(&self) {
+        for name in &self.inner.settings.tenant_port_security_groups {
+            self.inner.security_groups.forget(name);
+        }
+    }
+
+    /// `POST /ports` of `spec`, naming the security groups `groups` (ids).
+    /// A network without port security filters nothing, and ML2 takes no
+    /// group on its ports (its 400): the groups mean nothing there, so the
+    /// port is sent again without them, and the network noted.
+    async fn post_port(
+        &self,
+        spec: &NewPortSpec,
+        mut groups: Vec<String>,
+    ) -> CloudResult<neutron::PortBody> {
+        let post = |groups: &[String]| {
+            Call::new(Service::Network, Method::POST, ["ports"])
+                .json(neutron::create_port_body(spec, groups))
+        };
+        let call = post(&groups);
+        let mut reply = self.inner.conn.send(&call).await;
+        if !groups.is_empty()
+            && reply
+                .as_ref()
+                .is_ok_and(neutron::refused_for_want_of_port_security)
+        {
+            if lock(&self.inner.networks_without_port_security)
+                .note(&spec.network_id, Instant::now())
+            {
+                tracing::info!(
+                    network = %spec.network_id,
+                    "tenant network without port security: Neutron takes no security groups on its ports, and filters nothing there; its ports are made without cloud.tenant_port_security_groups"
+                );
+            }
+            groups.clear();
+            reply = self.inner.conn.send(&post(&groups)).await;
+        }
+        self.created(&spec.name, &call, reply)
     }
 
     /// The security group `name_or_id` names among those of warmpool's
@@ -1883,47 +1934,34 @@ impl Cloud for OpenStackCloud {
         }
         let without_port_security = lock(&self.inner.networks_without_port_security)
             .contains(&spec.network_id, Instant::now());
-        let mut groups = if without_port_security {
+        let groups = if without_port_security {
             Vec::new()
         } else {
             self.tenant_port_security_group_ids().await?
         };
-        let post = |groups: &[String]| {
-            Call::new(Service::Network, Method::POST, ["ports"])
-                .json(neutron::create_port_body(spec, groups))
-        };
-        let call = post(&groups);
-        let mut reply = self.inner.conn.send(&call).await;
-        // A network without port security filters nothing, and ML2 takes
-        // no group on its ports: the groups mean nothing there.
-        if !groups.is_empty()
-            && reply
-                .as_ref()
-                .is_ok_and(neutron::refused_for_want_of_port_security)
-        {
-            if lock(&self.inner.networks_without_port_security)
-                .note(&spec.network_id, Instant::now())
-            {
-                tracing::info!(
-                    network = %spec.network_id,
-                    "tenant network without port security: Neutron takes no security groups on its ports, and filters nothing there; its ports are made without cloud.tenant_port_security_groups"
-                );
-            }
-            groups.clear();
-            reply = self.inner.conn.send(&post(&groups)).await;
-        }
-        let body: neutron::PortBody = match self.created(&spec.name, &call, reply) {
-            // A group deleted since it was looked up (replaced under its
-            // name?): the next port looks the names up again.
-            Err(CloudError::NotFound(refused))
-                if groups.iter().any(|g| refused.contains(g.as_str())) =>
-            {
-                for name in &self.inner.settings.tenant_port_security_groups {
-                    self.inner.security_groups.forget(name);
+        let refuses_a_group = |e: &CloudError, groups: &[String]| matches!(e, CloudError::NotFound(m) if groups.iter().any(|g| m.contains(g.as_str())));
+        let body = match self.post_port(spec, groups.clone()).await {
+            // A group deleted since it was looked up: replaced under its
+            // name, the port is made with the new one; a name now naming
+            // no group is Fatal, naming the setting.
+            Err(e) if refuses_a_group(&e, &groups) => {
+                self.forget_tenant_port_security_groups();
+                let fresh = self.tenant_port_security_group_ids().await?;
+                if fresh == groups {
+                    self.forget_tenant_port_security_groups();
+                    return Err(group_gone(e));
                 }
-                return Err(CloudError::NotFound(format!(
-                    "{refused} (a group of cloud.tenant_port_security_groups, deleted since it was looked up; looked up again at the next port)"
-                )));
+                tracing::info!(
+                    groups = ?self.inner.settings.tenant_port_security_groups,
+                    "a group of cloud.tenant_port_security_groups was replaced under its name; the port is made with the new one"
+                );
+                match self.post_port(spec, fresh.clone()).await {
+                    Err(e) if refuses_a_group(&e, &fresh) => {
+                        self.forget_tenant_port_security_groups();
+                        return Err(group_gone(e));
+                    }
+                    other => other?,
+                }
             }
             other => other?,
         };
