@@ -32,14 +32,77 @@ pub enum CloudIdentity {
     Embedded,
     /// A project of an OpenStack, by the id Keystone gives the project
     /// warmpool's token is scoped to (not by the auth URL, whose host name
-    /// may change, nor the project's name, which may be renamed), and the
-    /// tag its pool servers carry: the reconciler lists pool servers by it,
-    /// so a store under another tag would find none of its own.
+    /// may change, nor the project's name, which may be renamed), in a
+    /// region, and the tag its pool servers carry: the reconciler lists
+    /// pool servers by it, so a store under another tag would find none
+    /// of its own.
     #[serde(rename = "openstack")]
     OpenStack {
         project_id: String,
+        /// The region warmpool's calls go to (clouds.yaml's `region_name`,
+        /// `OS_REGION_NAME`): Keystone is shared by a cloud's regions, so
+        /// a project has one id in each while Nova, Cinder and Neutron
+        /// are other deployments. `None`: none named, or, recorded, a
+        /// store of a version that recorded no region: which one the
+        /// store served is not known ([`CloudIdentity::change_from`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<String>,
         server_tag: String,
     },
+}
+
+/// How the cloud a start is on differs from the one its store recorded
+/// ([`CloudIdentity::change_from`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloudChange {
+    /// The same cloud.
+    None,
+    /// The same cloud, as far as the record tells: it names no region (a
+    /// store of a version that recorded none, or a start with no region
+    /// named), and this start has one, which the store records from now on.
+    RegionLearned,
+    /// The same project in the same region under another server tag: the
+    /// store's servers are this cloud's, but the listing by tag shows none
+    /// of them.
+    ServerTag,
+    /// Another cloud: another kind, project or region. The store's records
+    /// name servers, volumes and ports this cloud never had.
+    Cloud,
+}
+
+impl CloudIdentity {
+    /// How `self`, the cloud a start is on, differs from `recorded`, the
+    /// one its store serves. A recorded region of `None` is unknown and
+    /// matches any region (but a region named then and none named now is
+    /// a change: another may be what the catalog gives first).
+    pub fn change_from(&self, recorded: &CloudIdentity) -> CloudChange {
+        match (recorded, self) {
+            (CloudIdentity::Embedded, CloudIdentity::Embedded) => CloudChange::None,
+            (
+                CloudIdentity::OpenStack {
+                    project_id: was_project,
+                    region: was_region,
+                    server_tag: was_tag,
+                },
+                CloudIdentity::OpenStack {
+                    project_id,
+                    region,
+                    server_tag,
+                },
+            ) => {
+                if was_project != project_id || (was_region.is_some() && was_region != region) {
+                    CloudChange::Cloud
+                } else if was_tag != server_tag {
+                    CloudChange::ServerTag
+                } else if was_region != region {
+                    CloudChange::RegionLearned
+                } else {
+                    CloudChange::None
+                }
+            }
+            _ => CloudChange::Cloud,
+        }
+    }
 }
 
 impl std::fmt::Display for CloudIdentity {
@@ -48,11 +111,15 @@ impl std::fmt::Display for CloudIdentity {
             CloudIdentity::Embedded => write!(f, "the embedded simulated cloud"),
             CloudIdentity::OpenStack {
                 project_id,
+                region,
                 server_tag,
-            } => write!(
-                f,
-                "OpenStack project {project_id} under the server tag {server_tag:?}"
-            ),
+            } => {
+                write!(f, "OpenStack project {project_id}")?;
+                if let Some(region) = region {
+                    write!(f, " in region {region}")?;
+                }
+                write!(f, " under the server tag {server_tag:?}")
+            }
         }
     }
 }
@@ -521,7 +588,55 @@ pub trait Cloud: Send + Sync + 'static {
 
 #[cfg(test)]
 mod tests {
-    use super::mentions_quota;
+    use super::{mentions_quota, CloudChange, CloudIdentity};
+
+    fn openstack(project: &str, region: Option<&str>, tag: &str) -> CloudIdentity {
+        CloudIdentity::OpenStack {
+            project_id: project.into(),
+            region: region.map(Into::into),
+            server_tag: tag.into(),
+        }
+    }
+
+    /// A recorded region of `None` (a store of a version that recorded
+    /// none) matches any; a region named is compared; so are the project,
+    /// the tag and the kind.
+    #[test]
+    fn a_change_of_cloud_is_told_from_a_change_of_tag_and_a_region_learned() {
+        let here = openstack("p1", Some("r1"), "warmpool");
+        let cases = [
+            (openstack("p1", Some("r1"), "warmpool"), CloudChange::None),
+            (
+                openstack("p1", None, "warmpool"),
+                CloudChange::RegionLearned,
+            ),
+            (openstack("p1", Some("r1"), "old"), CloudChange::ServerTag),
+            (openstack("p1", None, "old"), CloudChange::ServerTag),
+            (openstack("p1", Some("r2"), "warmpool"), CloudChange::Cloud),
+            (openstack("p1", Some("r2"), "old"), CloudChange::Cloud),
+            (openstack("p2", Some("r1"), "warmpool"), CloudChange::Cloud),
+            (CloudIdentity::Embedded, CloudChange::Cloud),
+        ];
+        for (recorded, change) in cases {
+            assert_eq!(here.change_from(&recorded), change, "{recorded}");
+        }
+        let unnamed = openstack("p1", None, "warmpool");
+        assert_eq!(
+            unnamed.change_from(&openstack("p1", Some("r1"), "warmpool")),
+            CloudChange::Cloud
+        );
+        assert_eq!(unnamed.change_from(&unnamed), CloudChange::None);
+        assert_eq!(
+            CloudIdentity::Embedded.change_from(&CloudIdentity::Embedded),
+            CloudChange::None
+        );
+        // An older version's record reads as one of no region.
+        let old: CloudIdentity = serde_json::from_str(
+            r#"{"kind":"openstack","project_id":"p1","server_tag":"warmpool"}"#,
+        )
+        .unwrap();
+        assert_eq!(old, unnamed);
+    }
 
     /// Faults of servers Nova put in ERROR (conductor's quota recheck,
     /// unified limits) and of builds that failed otherwise.

@@ -61,8 +61,9 @@ pub enum ManagerError {
          adopt_cloud: this cloud is then recorded as the store's"
     )]
     CloudChanged {
-        recorded: CloudIdentity,
-        current: CloudIdentity,
+        // Boxed: two identities would make every `ManagerResult` large.
+        recorded: Box<CloudIdentity>,
+        current: Box<CloudIdentity>,
     },
     #[error("warmpool is shutting down; call again once it is back (an Allocate with the same request id)")]
     ShuttingDown,

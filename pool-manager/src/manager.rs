@@ -5,8 +5,8 @@
 
 use crate::changes::{ChangeCursor, Changes};
 use crate::cloud::{
-    BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, NewPortSpec, NewVolumeSpec, Port,
-    Server, ServerSpec, Volume, MAX_RETRY_AFTER, MIN_RETRY_PAUSE,
+    BootHeadroom, Cloud, CloudChange, CloudError, CloudIdentity, CloudResult, NewPortSpec,
+    NewVolumeSpec, Port, Server, ServerSpec, Volume, MAX_RETRY_AFTER, MIN_RETRY_PAUSE,
 };
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{CloudService, Event, EventKind, HealthBook, PoolHealth, SettingsChange};
@@ -618,15 +618,24 @@ impl PoolManager {
             .retry(shared.cleanup_deadline(), || shared.cloud.cloud_identity())
             .await?;
         match shared.store.cloud_identity().await? {
-            Some(recorded) if recorded == current => return Ok(current),
-            Some(recorded) if !shared.settings.adopt_cloud => {
-                return Err(ManagerError::CloudChanged { recorded, current })
-            }
-            Some(recorded) => tracing::warn!(
-                %recorded,
-                %current,
-                "the store served {recorded}: as adopt_cloud asks, it serves {current} from now on"
-            ),
+            Some(recorded) => match current.change_from(&recorded) {
+                CloudChange::None => return Ok(current),
+                CloudChange::RegionLearned => tracing::info!(
+                    cloud = %current,
+                    "the store recorded no region: it records the one it serves"
+                ),
+                CloudChange::ServerTag | CloudChange::Cloud if !shared.settings.adopt_cloud => {
+                    return Err(ManagerError::CloudChanged {
+                        recorded: Box::new(recorded),
+                        current: Box::new(current),
+                    })
+                }
+                CloudChange::ServerTag | CloudChange::Cloud => tracing::warn!(
+                    %recorded,
+                    %current,
+                    "the store served {recorded}: as adopt_cloud asks, it serves {current} from now on"
+                ),
+            },
             None => tracing::info!(cloud = %current, "the store records the cloud it serves"),
         }
         shared.store.record_cloud_identity(&current).await?;

@@ -1396,6 +1396,7 @@ mod tests {
             .unwrap();
         let project = CloudIdentity::OpenStack {
             project_id: "p1".into(),
+            region: Some("r1".into()),
             server_tag: "warmpool".into(),
         };
         store.record_cloud_identity(&project).await.unwrap();
@@ -1409,7 +1410,7 @@ mod tests {
             .meta
             .insert(
                 CLOUD_IDENTITY,
-                &br#"{"kind":"openstack","project_id":"p1","server_tag":"warmpool","region":"r2"}"#
+                &br#"{"kind":"openstack","project_id":"p1","server_tag":"warmpool","cell":"c2"}"#
                     [..],
             )
             .unwrap();

@@ -2373,6 +2373,7 @@ async fn a_store_of_another_cloud_is_refused_before_anything_is_done() {
     let store = temp_store();
     let other = CloudIdentity::OpenStack {
         project_id: "0123abcd".into(),
+        region: None,
         server_tag: "warmpool".into(),
     };
     store.record_cloud_identity(&other).await.unwrap();

@@ -2869,7 +2869,7 @@ async fn a_store_of_another_cloud_is_refused_until_adopted() {
         format!("the store in {} (data_dir, --data-dir)", data.display()),
         "the embedded simulated cloud".to_owned(),
         format!(
-            r#"OpenStack project {} under the server tag "warmpool""#,
+            r#"OpenStack project {} in region RegionOne under the server tag "warmpool""#,
             env.face.project_id()
         ),
         "--adopt-cloud".to_owned(),
@@ -2924,7 +2924,7 @@ async fn a_store_of_another_cloud_is_refused_until_adopted() {
     let shown = String::from_utf8_lossy(&check.stdout);
     assert!(
         shown.contains(&format!(
-            r#"cloud: OpenStack project {} under the server tag "warmpool""#,
+            r#"cloud: OpenStack project {} in region RegionOne under the server tag "warmpool""#,
             env.face.project_id()
         )),
         "{shown}"
@@ -2980,9 +2980,80 @@ async fn a_store_that_recorded_no_cloud_records_the_one_it_starts_on() {
         store.cloud_identity().await.unwrap(),
         Some(CloudIdentity::OpenStack {
             project_id: env.face.project_id().to_owned(),
+            region: Some("RegionOne".into()),
             server_tag: "warmpool".into(),
         })
     );
+}
+
+/// Keystone is one for every region of a cloud, so a project has the same
+/// id in each: a clouds.yaml whose `region_name` changed points Nova,
+/// Cinder and Neutron at another deployment under the same project id, and
+/// the store's records name servers that deployment never had. The region
+/// is part of the cloud a store serves: a start in another region is
+/// refused before anything is booted, naming both regions. A store
+/// recorded before regions were (project and tag alone) takes the region
+/// it next starts in, refusing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_another_region_is_refused() {
+    use pool_manager::cloud::CloudIdentity;
+    use pool_manager::store::{SledStore, Store};
+    let one = env().await;
+    let two = env_with(
+        sim_config(),
+        HttpSettings {
+            region: "RegionTwo".into(),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    assert_eq!(one.face.project_id(), two.face.project_id());
+    let config = one.config("", SMALL_POOL);
+    let data = config.data_dir.clone();
+    let open = |data: PathBuf| async move {
+        tokio::task::spawn_blocking(move || SledStore::open(&data))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    // What the version before regions recorded: the project and the tag.
+    let before_regions: CloudIdentity = serde_json::from_value(serde_json::json!({
+        "kind": "openstack",
+        "project_id": one.face.project_id(),
+        "server_tag": "warmpool",
+    }))
+    .unwrap();
+    let old = open(data.clone()).await;
+    old.record_cloud_identity(&before_regions).await.unwrap();
+    old.flush().await.unwrap();
+    drop(old);
+
+    let (running, stop) = start_daemon(config).await.unwrap();
+    wait_ready(&running.manager, &PoolKey::new("db.small", "az1"), 2).await;
+    stop_daemon(running, stop).await;
+    let store = open(data.clone()).await;
+    let recorded = store.cloud_identity().await.unwrap().unwrap();
+    assert!(recorded.to_string().contains("RegionOne"), "{recorded}");
+    drop(store);
+
+    let mut elsewhere = two.config("", SMALL_POOL);
+    elsewhere.data_dir = data;
+    let refused = match start_daemon(elsewhere).await {
+        Ok((running, stop)) => {
+            stop_daemon(running, stop).await;
+            panic!("started in RegionTwo on the store of RegionOne");
+        }
+        Err(e) => e,
+    };
+    assert!(
+        refused.is::<warmpool_server::CloudChangedRefused>(),
+        "{refused:#}"
+    );
+    let message = refused.to_string();
+    for region in ["RegionOne", "RegionTwo"] {
+        assert!(message.contains(region), "{region} not in: {message}");
+    }
+    assert!(two.sim.servers().is_empty(), "{:?}", two.sim.servers());
 }
 
 /// The daemon checks the cloud before serving: an unusable one stops start-up

@@ -2022,6 +2022,7 @@ impl Cloud for OpenStackCloud {
     async fn cloud_identity(&self) -> CloudResult<CloudIdentity> {
         Ok(CloudIdentity::OpenStack {
             project_id: self.inner.conn.project_id().await?,
+            region: self.inner.conn.region().map(str::to_owned),
             server_tag: self.inner.settings.server_tag.clone(),
         })
     }

@@ -140,6 +140,8 @@ pub struct Connection {
     generation: AtomicU64,
     /// Who warmpool logs in as, for messages ("user pool in project service").
     identity: String,
+    /// The region the calls go to, as the config names it.
+    region: Option<String>,
     /// The catalog has Cinder as `volumev3` and not as `block-storage`.
     cinder_as_volumev3: AtomicBool,
     /// The id of the project warmpool's token is scoped to, once asked.
@@ -150,6 +152,7 @@ impl Connection {
     /// Logs in (one token request), bounded by `timeout`.
     pub async fn connect(config: CloudConfig, timeout: Duration) -> CloudResult<Arc<Self>> {
         let identity = identity_of(&config);
+        let region = region_of(&config);
         let session = login(&config, timeout, &identity)
             .await
             .map_err(|failed| failed.error)?;
@@ -160,6 +163,7 @@ impl Connection {
             relogin: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
             identity,
+            region,
             cinder_as_volumev3: AtomicBool::new(false),
             project_id: tokio::sync::OnceCell::new(),
         }))
@@ -168,6 +172,14 @@ impl Connection {
     /// "user pool in project service", from the config.
     pub fn identity(&self) -> &str {
         &self.identity
+    }
+
+    /// The region warmpool's calls go to: clouds.yaml's `region_name` (or
+    /// `OS_REGION_NAME`), which osauth picks endpoints of the catalog by;
+    /// `None` when none is named (the catalog's first endpoint of each
+    /// service).
+    pub fn region(&self) -> Option<&str> {
+        self.region.as_deref()
     }
 
     /// The id of the project warmpool works in, as Keystone tells of
@@ -535,6 +547,16 @@ fn identity_of(config: &CloudConfig) -> String {
         Some(project) => format!("{who} in project {project}"),
         None => who,
     }
+}
+
+/// The config's `region_name` (its fields are private; its serialised
+/// form is not).
+fn region_of(config: &CloudConfig) -> Option<String> {
+    let value = serde_yaml::to_value(config).ok()?;
+    value["region_name"]
+        .as_str()
+        .filter(|region| !region.is_empty())
+        .map(str::to_owned)
 }
 
 /// Keystone's `/v3/auth/tokens` under the config's `auth_url`, as osauth
