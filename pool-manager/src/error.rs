@@ -1,6 +1,6 @@
 //! The errors `PoolManager` returns, one variant per thing a caller can act on.
 
-use crate::cloud::{CloudError, CloudIdentity};
+use crate::cloud::{CloudChange, CloudError, CloudIdentity};
 use crate::model::PoolKey;
 use crate::store::StoreError;
 
@@ -52,14 +52,9 @@ pub enum ManagerError {
     )]
     UnknownServers { servers: usize, sold: usize },
     /// Start-up found a store that recorded another cloud than the one
-    /// the manager drives (`PoolManager::claim_store`). Nothing was done.
-    #[error(
-        "the store serves {recorded}, not {current}, which warmpool drives now: its pools would \
-         boot on this cloud and its instances and orders name servers, volumes and ports this \
-         cloud never had, so nothing was done and the start is refused. Start on this cloud's \
-         store, or on a new one; if this store is meant to move to this cloud, start once with \
-         adopt_cloud: this cloud is then recorded as the store's"
-    )]
+    /// the manager drives (`PoolManager::claim_store`), or the same
+    /// project under another server tag. Nothing was done.
+    #[error("{}", cloud_changed(recorded, current))]
     CloudChanged {
         // Boxed: two identities would make every `ManagerResult` large.
         recorded: Box<CloudIdentity>,
@@ -102,3 +97,26 @@ impl ManagerError {
 }
 
 pub type ManagerResult<T> = Result<T, ManagerError>;
+
+/// [`ManagerError::CloudChanged`]'s message: a tag renamed leaves the
+/// store's servers where they were, which another cloud does not.
+fn cloud_changed(recorded: &CloudIdentity, current: &CloudIdentity) -> String {
+    match current.change_from(recorded) {
+        CloudChange::ServerTag => format!(
+            "the store serves {recorded}, and warmpool drives that project under another tag \
+             now: {current}. The store's servers are this cloud's, but pool servers are listed \
+             by their tag: under the new one warmpool lists none of the store's own, and any it \
+             lists (another warmpool's?) are ones it has no record of; so nothing was done and \
+             the start is refused. If the tag is mistyped, mend it; if it is meant to change, \
+             start once with adopt_cloud: the store keeps serving the servers it has records \
+             of (by their ids), new servers carry the new tag, and the store records it"
+        ),
+        _ => format!(
+            "the store serves {recorded}, not {current}, which warmpool drives now: its pools \
+             would boot on this cloud and its instances and orders name servers, volumes and \
+             ports this cloud never had, so nothing was done and the start is refused. Start on \
+             this cloud's store, or on a new one; if this store is meant to move to this cloud, \
+             start once with adopt_cloud: this cloud is then recorded as the store's"
+        ),
+    }
+}

@@ -75,7 +75,9 @@ pub struct ManagerSettings {
     /// as the store's in its place, and the store's pools boot here, its
     /// orders are answered and its instances reconciled against this
     /// cloud, whose servers they do not name (the reconciler forgets the
-    /// unsold ones; sold ones stay their orders' until released). `false`
+    /// unsold ones; sold ones stay their orders' until released); under a
+    /// renamed server tag of the same project and region, the store's
+    /// servers are still there and served on by id. `false`
     /// (the default): such a start is refused before anything is done
     /// ([`ManagerError::CloudChanged`]). For a store meant to move, once:
     /// later starts find this cloud recorded.

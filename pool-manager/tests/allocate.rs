@@ -2451,6 +2451,115 @@ async fn a_store_that_recorded_no_cloud_records_the_one_it_starts_on() {
     manager.shutdown().await.unwrap();
 }
 
+/// A server tag renamed in the same project and region: the store's
+/// servers are this cloud's, though the listing by the new tag shows none
+/// of them. The start is refused as a change of tag, not of cloud (which
+/// would say the store's servers are not there); adopted, the store keeps
+/// serving the servers it has records of, by their ids: the sold one and
+/// its order intact, the Ready ones under the old tag sold on, a release
+/// deleting its server. Only the servers it has no record of under the
+/// old tag are left to an operator.
+#[tokio::test(start_paused = true)]
+async fn a_store_adopted_under_a_new_server_tag_keeps_serving_its_servers() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    cloud.tag_servers("warmpool-a");
+    let store = temp_store();
+    let manager = started_over(&cloud, store.clone(), 2).await;
+    let sold = manager
+        .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    wait_ready(&manager, 2).await;
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    manager.shutdown().await.unwrap();
+    drop(manager);
+    let ready: HashSet<String> = store
+        .list_instances()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.state == InstanceState::Ready)
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(ready.len(), 2);
+    let servers_before = sim.servers().len();
+
+    cloud.tag_servers("warmpool-b");
+    let refused = manager_over(&cloud, store.clone()).start().await;
+    match refused {
+        Err(e @ ManagerError::CloudChanged { .. }) => {
+            let message = e.to_string();
+            for part in [
+                r#"the server tag "warmpool-b""#,
+                "the servers it has records of",
+                "adopt_cloud",
+            ] {
+                assert!(message.contains(part), "{part:?} not in: {message}");
+            }
+            assert!(!message.contains("never had"), "{message}");
+        }
+        other => panic!("started under another tag: {other:?}"),
+    }
+
+    let adopting = pool_manager::PoolManager::new(
+        store.clone(),
+        cloud.clone(),
+        Arc::new(sim.probe()),
+        pool_manager::ManagerSettings {
+            adopt_cloud: true,
+            ..settings()
+        },
+    );
+    adopting.start().await.unwrap();
+    adopting.reconcile().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    adopting.reconcile().await.unwrap();
+    assert!(
+        sim.servers().iter().all(|s| !s.server.deleting),
+        "{:?}",
+        sim.servers()
+    );
+    assert_eq!(sim.servers().len(), servers_before);
+    let order = adopting.get_allocation("o-1").await.unwrap();
+    assert_eq!(order.state, AllocationState::Allocated);
+    assert_eq!(order.server_id, sold.server_id);
+    let instance = store
+        .get_instance(sold.instance_id.as_deref().unwrap())
+        .await
+        .unwrap()
+        .expect("the sold instance is kept");
+    assert_eq!(instance.state, InstanceState::Allocated);
+    let still: HashSet<String> = adopting
+        .list_instances(Some(&pool()))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.state == InstanceState::Ready)
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(still, ready);
+    let sale = adopting
+        .allocate(request("o-2", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert!(
+        ready.contains(sale.instance_id.as_deref().unwrap()),
+        "{sale:?}"
+    );
+
+    adopting.release("o-1", None).await.unwrap();
+    let server = sold.server_id.as_deref().unwrap();
+    assert!(
+        sim.server(server).is_none_or(|s| s.server.deleting),
+        "the released server under the old tag is deleted"
+    );
+    adopting.shutdown().await.unwrap();
+}
+
 /// A second call with the request id of an Allocate in flight waits for its
 /// answer, and gets it when it comes, also when the pool was deleted in the
 /// meantime (so no change of the pool's purchase count wakes it).

@@ -579,6 +579,20 @@ fn cloud_changed_refusal(
     recorded: &pool_manager::cloud::CloudIdentity,
     current: &pool_manager::cloud::CloudIdentity,
 ) -> String {
+    let shown = shown_data_dir(&config.data_dir);
+    if current.change_from(recorded) == pool_manager::cloud::CloudChange::ServerTag {
+        return format!(
+            "the store in {shown} (data_dir, --data-dir) serves {recorded}, but warmpoold is \
+             configured for {current} (cloud.server_tag): the store's servers are this \
+             project's, but pool servers are listed by their tag, and under the new one \
+             warmpoold would list none of the store's own, only servers it has no record of \
+             (another warmpoold's, sharing the project?), so it stopped before booting, \
+             deleting or changing anything. If server_tag is mistyped, mend it; if the tag is \
+             meant to change, start once with --adopt-cloud: the store keeps serving the \
+             servers it has records of (by their ids, under the old tag), new servers carry the \
+             new tag, and later starts need no flag"
+        );
+    }
     format!(
         "the store in {shown} (data_dir, --data-dir) serves {recorded}, but warmpoold is \
          configured for {current} ([cloud]): started on this store, warmpoold would boot the \
@@ -589,7 +603,6 @@ fn cloud_changed_refusal(
          move to this cloud (the other is gone, its orders settled), start once with \
          --adopt-cloud: this cloud is then recorded as the store's, the store's pools boot on \
          it, and later starts need no flag",
-        shown = shown_data_dir(&config.data_dir),
     )
 }
 
@@ -749,5 +762,34 @@ async fn build_cloud(
                 servers_where,
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pool_manager::cloud::CloudIdentity;
+
+    fn openstack(tag: &str, region: &str) -> CloudIdentity {
+        CloudIdentity::OpenStack {
+            project_id: "p1".into(),
+            region: Some(region.into()),
+            server_tag: tag.into(),
+        }
+    }
+
+    /// A renamed tag leaves the store's servers where they were: its
+    /// refusal says so, and not that they are another cloud's.
+    #[test]
+    fn a_renamed_tag_is_refused_as_such_and_another_region_as_another_cloud() {
+        let config = crate::config::Config::default();
+        let tag =
+            super::cloud_changed_refusal(&config, &openstack("a", "r1"), &openstack("b", "r1"));
+        assert!(tag.contains("(cloud.server_tag)"), "{tag}");
+        assert!(tag.contains("servers it has records of"), "{tag}");
+        assert!(!tag.contains("never had"), "{tag}");
+        let region =
+            super::cloud_changed_refusal(&config, &openstack("a", "r1"), &openstack("a", "r2"));
+        assert!(region.contains("never had"), "{region}");
+        assert!(region.contains("--adopt-cloud"), "{region}");
     }
 }

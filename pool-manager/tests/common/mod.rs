@@ -353,6 +353,10 @@ pub struct GatedCloud {
     fault: Option<Fault>,
     /// One image for every pool, as the OpenStack driver's `image` override.
     image_override: std::sync::Mutex<Option<String>>,
+    /// The OpenStack driver's `server_tag`, when set ([`GatedCloud::tag_servers`]).
+    server_tag: std::sync::Mutex<Option<String>>,
+    /// The tag each server was created under, by server id.
+    tags: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl GatedCloud {
@@ -364,6 +368,8 @@ impl GatedCloud {
             undone_deletes: Default::default(),
             fault: None,
             image_override: Default::default(),
+            server_tag: Default::default(),
+            tags: Default::default(),
         })
     }
 
@@ -379,6 +385,8 @@ impl GatedCloud {
             undone_deletes: Default::default(),
             fault: Some(Box::new(fault)),
             image_override: Default::default(),
+            server_tag: Default::default(),
+            tags: Default::default(),
         })
     }
 
@@ -425,6 +433,15 @@ impl GatedCloud {
     /// as the OpenStack driver does with its `image` override.
     pub fn boot_every_pool_from(&self, image: Option<&str>) {
         *self.image_override.lock().unwrap() = image.map(Into::into);
+    }
+
+    /// Tags servers as the OpenStack driver does with its `server_tag`:
+    /// servers created from now on carry `tag`, the pool-server listing
+    /// shows only those created under it, and the cloud's identity is an
+    /// OpenStack project's under it. Called again, the tag is renamed:
+    /// the servers made before keep theirs, still there by id.
+    pub fn tag_servers(&self, tag: &str) {
+        *self.server_tag.lock().unwrap() = Some(tag.into());
     }
 
     /// The next call of `method` waits at `at`.
@@ -502,15 +519,29 @@ mod gated {
                 image: self.boot_image(&spec.image),
                 ..spec.clone()
             };
-            self.call("create_server", self.sim.create_server(&spec))
-                .await
+            let created = self
+                .call("create_server", self.sim.create_server(&spec))
+                .await;
+            if let (Ok(server), Some(tag)) = (&created, self.server_tag.lock().unwrap().clone()) {
+                self.tags.lock().unwrap().insert(server.id.clone(), tag);
+            }
+            created
         }
         async fn get_server(&self, id: &str) -> CloudResult<Server> {
             self.call("get_server", self.sim.get_server(id)).await
         }
         async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
-            self.call("list_pool_servers", self.sim.list_pool_servers())
-                .await
+            let listed = self
+                .call("list_pool_servers", self.sim.list_pool_servers())
+                .await?;
+            let Some(tag) = self.server_tag.lock().unwrap().clone() else {
+                return Ok(listed);
+            };
+            let tags = self.tags.lock().unwrap();
+            Ok(listed
+                .into_iter()
+                .filter(|s| tags.get(&s.id) == Some(&tag))
+                .collect())
         }
         async fn delete_server(&self, id: &str) -> CloudResult<()> {
             use std::sync::atomic::Ordering;
@@ -594,7 +625,15 @@ mod gated {
             image.unwrap_or_else(|| self.sim.boot_image(pool_image))
         }
         async fn cloud_identity(&self) -> CloudResult<CloudIdentity> {
-            self.sim.cloud_identity().await
+            let tag = self.server_tag.lock().unwrap().clone();
+            match tag {
+                Some(server_tag) => Ok(CloudIdentity::OpenStack {
+                    project_id: "cloudsim".into(),
+                    region: Some("RegionOne".into()),
+                    server_tag,
+                }),
+                None => self.sim.cloud_identity().await,
+            }
         }
     }
 }
