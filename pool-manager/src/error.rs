@@ -40,17 +40,15 @@ pub enum ManagerError {
     /// Start-up found a store that knows no instance and no order over a
     /// cloud listing `servers` pool servers (not being deleted), `sold` of
     /// them with volumes attached: its pass would take them all for leaks.
-    /// Nothing was deleted.
-    #[error(
-        "the store knows no pool server and no order, but the cloud lists {servers} pool servers \
-         tagged as warmpool's ({sold} of them sold: volumes attached); started on this store, \
-         warmpool would delete the unsold ones as leaks and know none of the sold ones' orders, \
-         so nothing was deleted and the start is refused. Start on the store that knows them; \
-         if another warmpool shares the cloud project, give this one a server tag of its own; \
-         if this store is meant to be new (the old one is lost), start once with \
-         delete_unknown_servers: the unsold ones are deleted, the sold ones left alone and logged"
-    )]
-    UnknownServers { servers: usize, sold: usize },
+    /// Or, `adopted`, a store adopted from another cloud
+    /// (`ManagerSettings::adopt_cloud`) over one listing `servers` it has
+    /// no record of. Nothing was deleted, nor the adoption recorded.
+    #[error("{}", unknown_servers(*servers, *sold, *adopted))]
+    UnknownServers {
+        servers: usize,
+        sold: usize,
+        adopted: bool,
+    },
     /// Start-up found a store that recorded another cloud than the one
     /// the manager drives (`PoolManager::claim_store`), or the same
     /// project under another server tag. Nothing was done.
@@ -119,4 +117,29 @@ fn cloud_changed(recorded: &CloudIdentity, current: &CloudIdentity) -> String {
              start once with adopt_cloud: this cloud is then recorded as the store's"
         ),
     }
+}
+
+/// [`ManagerError::UnknownServers`]'s message.
+fn unknown_servers(servers: usize, sold: usize, adopted: bool) -> String {
+    if adopted {
+        return format!(
+            "the store is adopted from another cloud (adopt_cloud) and has no record of the \
+             {servers} pool servers this cloud lists tagged as warmpool's ({sold} of them sold: \
+             volumes attached); started on it, warmpool would delete the unsold ones as leaks \
+             and know none of the sold ones' orders, so nothing was deleted, the store still \
+             serves the cloud it recorded, and the start is refused. If another warmpool shares \
+             the cloud project, give this one a server tag of its own; if the servers are meant \
+             to go, start with adopt_cloud and delete_unknown_servers: the unsold ones are \
+             deleted, the sold ones left alone and logged"
+        );
+    }
+    format!(
+        "the store knows no pool server and no order, but the cloud lists {servers} pool servers \
+         tagged as warmpool's ({sold} of them sold: volumes attached); started on this store, \
+         warmpool would delete the unsold ones as leaks and know none of the sold ones' orders, \
+         so nothing was deleted and the start is refused. Start on the store that knows them; \
+         if another warmpool shares the cloud project, give this one a server tag of its own; \
+         if this store is meant to be new (the old one is lost), start once with \
+         delete_unknown_servers: the unsold ones are deleted, the sold ones left alone and logged"
+    )
 }

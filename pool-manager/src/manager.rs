@@ -64,7 +64,9 @@ pub struct ManagerSettings {
     /// does. `false` (the default): such a start is refused before anything
     /// is deleted ([`ManagerError::UnknownServers`]), as the store is more
     /// likely the wrong one (a mistyped data dir, an unmounted volume) or
-    /// another manager's servers share the cloud's tag. For a store meant
+    /// another manager's servers share the cloud's tag. The same for the
+    /// pool servers a store adopted from another cloud has no record of
+    /// ([`ManagerSettings::adopt_cloud`]). For a store meant
     /// to be new, once: the start it lets go on notes so in the store
     /// ([`Store::note_unknown_servers_accepted`]), so later starts on it
     /// go on without it; left set, it turns that refusal off for good, on
@@ -77,7 +79,12 @@ pub struct ManagerSettings {
     /// cloud, whose servers they do not name (the reconciler forgets the
     /// unsold ones; sold ones stay their orders' until released); under a
     /// renamed server tag of the same project and region, the store's
-    /// servers are still there and served on by id. `false`
+    /// servers are still there and served on by id. The store knows none
+    /// of this cloud's servers, so the start-up pass judges those it lists
+    /// as on a new store: any the store has no record of refuse the start
+    /// before anything is done, the adoption unrecorded
+    /// ([`ManagerError::UnknownServers`]), unless
+    /// [`ManagerSettings::delete_unknown_servers`] is set too. `false`
     /// (the default): such a start is refused before anything is done
     /// ([`ManagerError::CloudChanged`]). For a store meant to move, once:
     /// later starts find this cloud recorded.
@@ -200,6 +207,14 @@ pub(crate) struct Shared {
     /// its sweep of the pool servers, by server id (see
     /// [`PoolManager::servers_left_alone`]).
     pub left_alone: Mutex<HashMap<String, LeftAlone>>,
+    /// The cloud [`PoolManager::claim_store`] found, once it has: the
+    /// store's, or to be recorded as the store's.
+    pub claimed: tokio::sync::OnceCell<CloudIdentity>,
+    /// The cloud a store of another one adopts
+    /// ([`ManagerSettings::adopt_cloud`]) until the start-up pass records
+    /// it, once it has found no pool server here the store has no record
+    /// of (`Shared::adopt_cloud_at_start`).
+    pub adopting: Mutex<Option<CloudIdentity>>,
 }
 
 /// How often released allocations past `ManagerSettings::keep_released` are
@@ -565,6 +580,8 @@ impl PoolManager {
                 health: Mutex::new(HealthBook::default()),
                 paused: Mutex::default(),
                 left_alone: Mutex::default(),
+                claimed: tokio::sync::OnceCell::new(),
+                adopting: Mutex::default(),
                 instance_ids: Mutex::new(seeded(settings.instance_id_seed)),
                 attempt_salts: Mutex::new(seeded(
                     settings.instance_id_seed.map(|seed| seed.wrapping_add(1)),
@@ -581,7 +598,9 @@ impl PoolManager {
     /// periodic reconciler. Call before serving mutations. On a store that
     /// knows no instance and no order, a cloud listing pool servers is
     /// refused before anything is deleted ([`ManagerError::UnknownServers`])
-    /// unless [`ManagerSettings::delete_unknown_servers`] is set.
+    /// unless [`ManagerSettings::delete_unknown_servers`] is set; so is,
+    /// on a store adopted from another cloud, a cloud listing pool servers
+    /// the store has no record of.
     pub async fn start(&self) -> ManagerResult<()> {
         self.claim_store().await?;
         self.shared.reconcile_at_start().await?;
@@ -607,14 +626,28 @@ impl PoolManager {
     /// Compares the cloud the store serves ([`Store::cloud_identity`]) with
     /// this manager's ([`Cloud::cloud_identity`]), before anything else is
     /// done with either. A store that recorded none (a new one, or one an
-    /// older version wrote) records this one; one that recorded another is
-    /// refused ([`ManagerError::CloudChanged`]) unless
-    /// [`ManagerSettings::adopt_cloud`] is set, and then records this one
-    /// in its place. What it records is flushed before it returns, so no
-    /// boot on this cloud is ever durable without it. [`PoolManager::start`]
-    /// calls it first; a caller that writes to the store before the start
-    /// (a pool it marks unusable) calls it before that.
+    /// older version wrote) records this one, as one that recorded no
+    /// region records this one's; one that recorded another is refused
+    /// ([`ManagerError::CloudChanged`]) unless
+    /// [`ManagerSettings::adopt_cloud`] is set. What it records is flushed
+    /// before it returns, so no boot on this cloud is ever durable without
+    /// it. An adoption is recorded by [`PoolManager::start`]'s reconcile
+    /// pass instead, before it does anything else and once it has found no
+    /// pool server here the store has no record of: a store adopted from
+    /// another cloud knows none of this one's, as a new store knows none
+    /// ([`ManagerError::UnknownServers`]). [`PoolManager::start`] calls it
+    /// first; a caller that writes to the store before the start (a pool
+    /// it marks unusable) calls it before that. Once it has answered, it
+    /// answers the same without looking again.
     pub async fn claim_store(&self) -> ManagerResult<CloudIdentity> {
+        self.shared
+            .claimed
+            .get_or_try_init(|| self.claim_store_now())
+            .await
+            .cloned()
+    }
+
+    async fn claim_store_now(&self) -> ManagerResult<CloudIdentity> {
         let shared = &self.shared;
         let current = shared
             .retry(shared.cleanup_deadline(), || shared.cloud.cloud_identity())
@@ -632,11 +665,15 @@ impl PoolManager {
                         current: Box::new(current),
                     })
                 }
-                CloudChange::ServerTag | CloudChange::Cloud => tracing::warn!(
-                    %recorded,
-                    %current,
-                    "the store served {recorded}: as adopt_cloud asks, it serves {current} from now on"
-                ),
+                CloudChange::ServerTag | CloudChange::Cloud => {
+                    tracing::warn!(
+                        %recorded,
+                        %current,
+                        "the store served {recorded}: as adopt_cloud asks, it is to serve {current}, recorded once the start-up reconcile finds no pool server here the store has no record of"
+                    );
+                    *shared.adopting.lock().expect("adopting lock") = Some(current.clone());
+                    return Ok(current);
+                }
             },
             None => tracing::info!(cloud = %current, "the store records the cloud it serves"),
         }

@@ -27,6 +27,7 @@
 //! | nothing | server with warmpool metadata, being deleted (task_state `deleting`, or `soft-deleting`: Nova lists it until the host is done) | leave it: a delete sent before its record was dropped, not a leak |
 //! | nothing | server with warmpool metadata, SOFT_DELETED (a cloud with `reclaim_instance_interval`; Nova does not list these, the OpenStack driver's listing adds those it deleted) | delete it for good (the driver's forceDelete), no leak event; where the cloud's policy refuses the forceDelete (403), leave it to Nova's reclaim, logging a warning (the driver forgets it) |
 //! | nothing at all: no instance, allocation, twin watch or set-aside record, and no start on it let go on so before (start-up pass only) | pool servers, not being deleted nor SOFT_DELETED | refuse the start before anything is deleted (`ManagerError::UnknownServers`: the wrong store, or another manager's servers under the same tag), unless `delete_unknown_servers` is set: then note in the store that it is meant to be new (flushed first; later starts on it go on without the flag) and go on as below |
+//! | a store adopted from another cloud (`adopt_cloud`; start-up pass only, before anything else) | pool servers, not being deleted nor SOFT_DELETED, that no record names (by server id, instance id or an instance set aside) | refuse the start before anything is done, the adoption unrecorded (`ManagerError::UnknownServers`, `adopted`), unless `delete_unknown_servers` is set: then note it as above; with none, or so let go on, record the new cloud (flushed first) and go on as below |
 //! | nothing | server with warmpool metadata, no volume attached (read again by id first: the listing is older than the instances read after it, and a server deleted in between, its record then dropped, is listed ACTIVE; gone or going now, it is left) | delete it (leak) |
 //! | nothing | server with warmpool metadata and a volume attached (read again by id first, as above) | leave it, log an error (a tenant's, its record lost), count it left alone (`unknown_sold`) |
 //! | instance record set aside as unreadable | server naming the instance (a volume attached or not) | leave it, log a warning (a release of its allocation deletes it by the allocation's server id), count it left alone (`set_aside`) |
@@ -45,7 +46,7 @@
 //! of its own forgets released allocations older than that, hourly (a look
 //! at every allocation record is too much for every pass).
 
-use crate::cloud::{CloudError, Server, ServerStatus, VolumeStatus, META_INSTANCE};
+use crate::cloud::{CloudError, CloudIdentity, Server, ServerStatus, VolumeStatus, META_INSTANCE};
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::EventKind;
 use crate::manager::Shared;
@@ -165,14 +166,19 @@ impl Shared {
     }
 
     /// The start-up pass: [`Shared::reconcile_once`], but on a store that
-    /// knows no instance and no order it takes no pool server the cloud
-    /// lists for a leak unless `delete_unknown_servers` says so.
+    /// knows no instance and no order, or one adopted from another cloud,
+    /// it takes no pool server the cloud lists for a leak unless
+    /// `delete_unknown_servers` says so.
     pub(crate) async fn reconcile_at_start(self: &Arc<Self>) -> ManagerResult<()> {
         self.reconcile_pass(true).await
     }
 
     async fn reconcile_pass(self: &Arc<Self>, at_start: bool) -> ManagerResult<()> {
         let _one_pass = self.reconcile_lock.lock().await;
+        let adopting = self.adopting.lock().expect("adopting lock").clone();
+        if let Some(adopting) = adopting.filter(|_| at_start) {
+            self.adopt_cloud_at_start(&adopting).await?;
+        }
         // Read before the pass writes anything. Such a store has nothing
         // for the steps before the server listing to do.
         let new_store = at_start && self.store.knows_no_instance_or_order().await?;
@@ -217,7 +223,8 @@ impl Shared {
             .map(|s| (s.id.clone(), s))
             .collect();
         if new_store {
-            self.unknown_servers_at_start(&servers).await?;
+            let unknown: Vec<&Server> = servers.values().filter(|s| !s.is_going()).collect();
+            self.unknown_servers_at_start(&unknown, false).await?;
         }
         let by_instance: HashMap<&str, &Server> = servers
             .values()
@@ -506,17 +513,19 @@ impl Shared {
     /// store is more likely the wrong one (a mistyped or relative data dir,
     /// an unmounted volume's empty mount point, a store wiped after
     /// corruption) or another manager's servers share the tag than every
-    /// server leaked. Refused before anything is deleted, unless
-    /// `delete_unknown_servers` says this store is meant to be new: then
+    /// server leaked. So would every one a store adopted from another
+    /// cloud has no record of (`adopted`). `unknown` are those servers.
+    /// Refused before anything is deleted, unless
+    /// `delete_unknown_servers` says they are meant to go: then
     /// the store notes so, flushed before anything is deleted, and later
     /// starts on it go on without the flag (this start may write nothing
     /// else: sold servers left alone, pools at target 0 or paused, a crash
     /// mid-pass).
     async fn unknown_servers_at_start(
         &self,
-        servers: &HashMap<String, Server>,
+        unknown: &[&Server],
+        adopted: bool,
     ) -> ManagerResult<()> {
-        let unknown: Vec<&Server> = servers.values().filter(|s| !s.is_going()).collect();
         if unknown.is_empty() {
             return Ok(());
         }
@@ -525,16 +534,69 @@ impl Shared {
             return Err(ManagerError::UnknownServers {
                 servers: unknown.len(),
                 sold,
+                adopted,
             });
         }
-        tracing::warn!(
-            unsold = unknown.len() - sold,
-            sold,
-            "the store knows no pool server and no order: as delete_unknown_servers asks, the unsold pool servers the cloud lists are deleted as leaks; the sold ones are left alone"
-        );
+        let unsold = unknown.len() - sold;
+        if adopted {
+            tracing::warn!(
+                unsold,
+                sold,
+                "the store adopted from another cloud has no record of pool servers this cloud lists: as delete_unknown_servers asks, the unsold ones are deleted as leaks; the sold ones are left alone"
+            );
+        } else {
+            tracing::warn!(
+                unsold,
+                sold,
+                "the store knows no pool server and no order: as delete_unknown_servers asks, the unsold pool servers the cloud lists are deleted as leaks; the sold ones are left alone"
+            );
+        }
         let now = self.sizing_book().wall_now(&self.settings.sizing);
         self.store.note_unknown_servers_accepted(now).await?;
         self.store.flush().await?;
+        Ok(())
+    }
+
+    /// A store adopted from another cloud (`ManagerSettings::adopt_cloud`)
+    /// has records of none of this cloud's servers (a renamed tag's too:
+    /// the store's own keep the old tag and are not listed under the new
+    /// one), so the pool servers listed here that it has no record of are
+    /// judged as a new store's are ([`Shared::unknown_servers_at_start`]),
+    /// before the pass does anything else. Then, and only then, `current`
+    /// is recorded as the store's cloud, flushed before the pass goes on:
+    /// a refused adoption leaves the store the other cloud's, so a later
+    /// start without the flag is refused again rather than deleting them.
+    async fn adopt_cloud_at_start(&self, current: &CloudIdentity) -> ManagerResult<()> {
+        let servers = self
+            .retry(self.cleanup_deadline(), || self.cloud.list_pool_servers())
+            .await?;
+        let instances = self.store.list_instances().await?;
+        let known_servers: HashSet<&str> = instances
+            .iter()
+            .filter_map(|i| i.server_id.as_deref())
+            .collect();
+        let known_instances: HashSet<&str> = instances.iter().map(|i| i.id.as_str()).collect();
+        let mut unknown = Vec::new();
+        for server in &servers {
+            if server.is_going() || known_servers.contains(server.id.as_str()) {
+                continue;
+            }
+            // Its instance's (awaiting its server id, or a twin), or one
+            // set aside as unreadable: the store has a record of it.
+            if let Some(id) = server.metadata.get(META_INSTANCE) {
+                if known_instances.contains(id.as_str())
+                    || self.store.is_set_aside(RecordKind::Instance, id).await?
+                {
+                    continue;
+                }
+            }
+            unknown.push(server);
+        }
+        self.unknown_servers_at_start(&unknown, true).await?;
+        self.store.record_cloud_identity(current).await?;
+        self.store.flush().await?;
+        *self.adopting.lock().expect("adopting lock") = None;
+        tracing::info!(cloud = %current, "the store serves {current} from now on");
         Ok(())
     }
 

@@ -2291,6 +2291,7 @@ async fn a_start_on_a_store_that_knows_nothing_over_pool_servers_is_refused() {
             e @ ManagerError::UnknownServers {
                 servers: 4,
                 sold: 1,
+                adopted: false,
             },
         ) => {
             assert!(e.to_string().contains("delete_unknown_servers"), "{e}")
@@ -2352,7 +2353,8 @@ async fn delete_unknown_servers_is_needed_for_one_start_only() {
             refused,
             Err(ManagerError::UnknownServers {
                 servers: 1,
-                sold: 1
+                sold: 1,
+                adopted: false,
             })
         ),
         "{refused:?}"
@@ -2558,6 +2560,111 @@ async fn a_store_adopted_under_a_new_server_tag_keeps_serving_its_servers() {
         "the released server under the old tag is deleted"
     );
     adopting.shutdown().await.unwrap();
+}
+
+/// A store adopted from another cloud knows none of this cloud's servers,
+/// as a new store knows none: its start-up pass takes none of them for a
+/// leak unless told so. Over a cloud listing pool servers it has no
+/// record of (another manager's, sharing the project and tag), a start
+/// with `adopt_cloud` is refused before anything is deleted
+/// (`UnknownServers`), the store still recording the other cloud, so a
+/// start without the flag is refused as before; with
+/// `delete_unknown_servers` too, the unsold ones are deleted as leaks, the
+/// sold one left alone, and the new cloud is recorded.
+#[tokio::test(start_paused = true)]
+async fn an_adopted_store_takes_no_server_it_does_not_know_for_a_leak_unless_told() {
+    use pool_manager::cloud::CloudIdentity;
+    let sim = sim();
+    let theirs = started(&sim, temp_store(), 2).await;
+    let sold = theirs
+        .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap()
+        .server_id
+        .unwrap();
+    wait_ready(&theirs, 2).await;
+    theirs.shutdown().await.unwrap();
+    drop(theirs);
+    let servers = || {
+        let mut ids: Vec<String> = sim.servers().into_iter().map(|s| s.server.id).collect();
+        ids.sort();
+        ids
+    };
+    let before = servers();
+    assert_eq!(before.len(), 3);
+
+    // A store with instances of its own, on a cloud of other ids.
+    let elsewhere = cloudsim::SimCloud::new(cloudsim::SimConfig {
+        id_salt: 7,
+        ..cloudsim::SimConfig::deterministic()
+    });
+    let store = temp_store();
+    let ours = started(&elsewhere, store.clone(), 1).await;
+    ours.shutdown().await.unwrap();
+    drop(ours);
+    let other = CloudIdentity::OpenStack {
+        project_id: "0123abcd".into(),
+        region: Some("RegionOne".into()),
+        server_tag: "warmpool".into(),
+    };
+    store.record_cloud_identity(&other).await.unwrap();
+    store.flush().await.unwrap();
+    let adopting = |delete_unknown_servers: bool| {
+        pool_manager::PoolManager::new(
+            store.clone(),
+            sim.clone(),
+            Arc::new(sim.probe()),
+            pool_manager::ManagerSettings {
+                adopt_cloud: true,
+                delete_unknown_servers,
+                ..settings()
+            },
+        )
+    };
+
+    let refused_by = adopting(false);
+    let refused = refused_by.start().await;
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(servers(), before, "start: {refused:?}");
+    assert!(sim.servers().iter().all(|s| !s.server.deleting));
+    match refused {
+        Err(
+            e @ ManagerError::UnknownServers {
+                servers: 3,
+                sold: 1,
+                adopted: true,
+            },
+        ) => {
+            let message = e.to_string();
+            assert!(message.contains("adopted"), "{message}");
+            assert!(message.contains("delete_unknown_servers"), "{message}");
+        }
+        other => panic!("adopted over servers it does not know: {other:?}"),
+    }
+    assert_eq!(store.cloud_identity().await.unwrap(), Some(other));
+    refused_by.shutdown().await.unwrap();
+    drop(refused_by);
+    let again = manager_on(&sim, store.clone()).start().await;
+    assert!(
+        matches!(again, Err(ManagerError::CloudChanged { .. })),
+        "{again:?}"
+    );
+
+    let told = adopting(true);
+    told.start().await.unwrap();
+    assert_eq!(
+        store.cloud_identity().await.unwrap(),
+        Some(CloudIdentity::Embedded)
+    );
+    for id in &before {
+        let server = sim.server(id);
+        if *id == sold {
+            assert!(server.is_some_and(|s| !s.server.deleting), "the sold one");
+        } else {
+            assert!(server.is_none_or(|s| s.server.deleting), "unsold {id}");
+        }
+    }
+    told.shutdown().await.unwrap();
 }
 
 /// A second call with the request id of an Allocate in flight waits for its

@@ -469,12 +469,17 @@ async fn start_pools(
 ) -> anyhow::Result<()> {
     match manager.start().await {
         Ok(()) => {}
-        Err(ManagerError::UnknownServers { servers, sold }) => {
+        Err(ManagerError::UnknownServers {
+            servers,
+            sold,
+            adopted,
+        }) => {
             return Err(UnknownServersRefused(unknown_servers_refusal(
                 config,
                 servers_where,
                 servers,
                 sold,
+                adopted,
             ))
             .into())
         }
@@ -550,14 +555,31 @@ async fn take_back_store(
 }
 
 /// Why warmpoold does not start on a store that knows no pool server and
-/// no order while the cloud lists `servers` of them, and what to do.
+/// no order while the cloud lists `servers` of them, or on one adopted
+/// from another cloud (`adopted`) that has no record of `servers` the
+/// cloud lists, and what to do.
 fn unknown_servers_refusal(
     config: &Config,
     servers_where: &str,
     servers: usize,
     sold: usize,
+    adopted: bool,
 ) -> String {
     let shown = shown_data_dir(&config.data_dir);
+    if adopted {
+        return format!(
+            "the store in {shown} (data_dir, --data-dir) is adopted from another cloud \
+             (--adopt-cloud) and has no record of the {servers} pool servers {servers_where} \
+             lists, {sold} of them sold (volumes attached: tenants' databases, whose orders this \
+             store cannot answer) and {unsold} unsold; started on this store, warmpoold would \
+             delete the unsold ones as leaks, so it stopped before deleting anything, and the \
+             store still serves the cloud it recorded. If another warmpoold shares the project, \
+             give this one a cloud.server_tag of its own; if they are meant to go, start with \
+             --adopt-cloud --delete-unknown-servers: the unsold ones are deleted, the sold ones \
+             are left alone and logged at every reconcile pass until deleted by hand",
+            unsold = servers - sold,
+        );
+    }
     format!(
         "the store in {shown} (data_dir, --data-dir) knows no pool server and no order, but {servers_where} \
          lists {servers} pool servers, {sold} of them sold (volumes attached: tenants' databases, whose \
@@ -791,5 +813,23 @@ mod tests {
             super::cloud_changed_refusal(&config, &openstack("a", "r1"), &openstack("a", "r2"));
         assert!(region.contains("never had"), "{region}");
         assert!(region.contains("--adopt-cloud"), "{region}");
+    }
+
+    /// An adopted store's refusal over servers it has no record of says
+    /// so, and how to let the start delete them.
+    #[test]
+    fn an_adopted_stores_refusal_over_unknown_servers_names_the_adoption() {
+        let config = crate::config::Config::default();
+        let adopted = super::unknown_servers_refusal(&config, "the project", 3, 1, true);
+        for part in [
+            "adopted from another cloud (--adopt-cloud)",
+            "3 pool servers the project lists, 1 of them sold",
+            "still serves the cloud it recorded",
+            "--adopt-cloud --delete-unknown-servers",
+        ] {
+            assert!(adopted.contains(part), "{part:?} not in: {adopted}");
+        }
+        let new = super::unknown_servers_refusal(&config, "the project", 3, 1, false);
+        assert!(new.contains("knows no pool server and no order"), "{new}");
     }
 }
