@@ -435,6 +435,11 @@ impl StoreRepair {
         Ok(found)
     }
 
+    /// The pools stored, as [`SledStore::read_pools`] reads them.
+    pub fn pools(&self) -> StoreResult<Vec<PoolRecord>> {
+        list(&self.db.open_tree(RecordKind::Pool.tree())?)
+    }
+
     /// The cloud the store serves, as the last start recorded it
     /// ([`Store::cloud_identity`]).
     pub fn cloud_identity(&self) -> StoreResult<Option<CloudIdentity>> {
@@ -837,8 +842,7 @@ impl SledStore {
     /// needs, are not read. Waits up to `lock_wait` for the lock; creates
     /// no store where there is none ([`StoreError::NoStore`]).
     pub fn read_pools(dir: &Path, lock_wait: Duration) -> StoreResult<Vec<PoolRecord>> {
-        let db = StoreRepair::open(dir, lock_wait)?.db;
-        list(&db.open_tree(RecordKind::Pool.tree())?)
+        StoreRepair::open(dir, lock_wait)?.pools()
     }
 
     /// A panic while the lock was held cannot have left the index half

@@ -19,15 +19,20 @@
 //! lets them; a zone override no pool is in is logged too. The command
 //! checks the same pools, reading the store when no running daemon holds
 //! it ([`check`]): a pool created through the API whose flavor was
-//! retired since is reported, not "all ok".
+//! retired since is reported, not "all ok". It also compares the cloud
+//! the store serves with the configured one, as the daemon's start does
+//! (`PoolManager::claim_store`): a store of another cloud fails the report.
 //!
 //! The embedded cloud's start-up check is [`check_boot_specs`], judged
 //! the same way.
 
 use crate::config::{Config, OpenStackConfig, PoolConfig};
-use pool_manager::cloud::{Cloud, CloudError, CloudResult, ServerStatus, PORTS_PER_SERVER};
+use pool_manager::cloud::{
+    Cloud, CloudChange, CloudError, CloudIdentity, CloudResult, ServerStatus, PORTS_PER_SERVER,
+};
 use pool_manager::model::{PoolKey, PoolRecord, PoolSpec};
 use pool_manager::openstack::{missing_compute_zone, volume_zone_problem, OpenStackCloud};
+use pool_manager::store::{StoreError, StoreRepair};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -55,6 +60,10 @@ pub enum CheckKind {
     /// Which pools were checked: the store's, or the config's alone when it
     /// cannot be read. Informs; never fails the report.
     Store,
+    /// The cloud the store serves, as it records it, against the configured
+    /// one: warmpoold refuses to start on a store of another
+    /// (`ManagerError::CloudChanged`).
+    StoreCloud,
     /// A pool's flavor, zone, volume zone and image, asked of a cloud as
     /// one ([`check_boot_specs`]).
     Pool,
@@ -75,6 +84,7 @@ impl CheckKind {
             CheckKind::Quota => "quota",
             CheckKind::ZoneOverride => "zone overrides",
             CheckKind::Store => "store",
+            CheckKind::StoreCloud => "store cloud",
             CheckKind::Pool => "pool",
         }
     }
@@ -408,11 +418,34 @@ pub fn pools_to_check(stored: &[PoolRecord], config: &Config) -> Vec<CheckedPool
 /// go of it at once, a running one never does.
 const STORE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// What the command read of the store at `dir`: its pools, the report's
+/// line about them, and the cloud it serves.
+struct StoreRead {
+    pools: Vec<PoolRecord>,
+    line: Option<Check>,
+    cloud: StoreCloud,
+}
+
+/// The cloud a store serves, as the command could read it.
+enum StoreCloud {
+    /// No store in the data dir yet.
+    NoStore,
+    /// The store could not be read (its line says why).
+    Unread,
+    /// What the store records (`None`: no start recorded one yet), or why
+    /// that record cannot be read.
+    Read(Result<Option<CloudIdentity>, StoreError>),
+}
+
 /// The pools in the store at `dir`, and the report's line about them:
 /// none when there is no store yet or it has no pool. A store that cannot
 /// be read (a running daemon holds it) gives no pools and a line saying so.
-async fn stored_pools(dir: &std::path::Path) -> (Vec<PoolRecord>, Option<Check>) {
-    use pool_manager::store::{SledStore, StoreError};
+async fn stored_pools(dir: &std::path::Path) -> StoreRead {
+    let unread = |pools: Vec<PoolRecord>, line: Option<Check>| StoreRead {
+        pools,
+        line,
+        cloud: StoreCloud::Unread,
+    };
     // Not created here (`read_pools` makes none): a config whose daemon
     // never ran has no store, and an empty data_dir (made by hand, a fresh
     // volume) must stay empty (a store created by root here could be
@@ -427,21 +460,26 @@ async fn stored_pools(dir: &std::path::Path) -> (Vec<PoolRecord>, Option<Check>)
     let opening = dir.to_owned();
     // The pools alone: opening the store for service would read every
     // instance and order ever made, for its index.
-    let read =
-        match tokio::task::spawn_blocking(move || SledStore::read_pools(&opening, STORE_LOCK_WAIT))
-            .await
-        {
-            Ok(read) => read,
-            Err(e) => {
-                let message = format!(
-                    "{shown}: opening it failed ({e}); only the configured pools were checked"
-                );
-                return (Vec::new(), Some(line(false, message)));
-            }
-        };
+    let read = tokio::task::spawn_blocking(move || {
+        let store = StoreRepair::open(&opening, STORE_LOCK_WAIT)?;
+        Ok::<_, StoreError>((store.pools()?, store.cloud_identity()))
+    })
+    .await;
+    let read = match read {
+        Ok(read) => read,
+        Err(e) => {
+            let message =
+                format!("{shown}: opening it failed ({e}); only the configured pools were checked");
+            return unread(Vec::new(), Some(line(false, message)));
+        }
+    };
     match read {
-        Ok(pools) if pools.is_empty() => (Vec::new(), None),
-        Ok(pools) => {
+        Ok((pools, cloud)) if pools.is_empty() => StoreRead {
+            pools: Vec::new(),
+            line: None,
+            cloud: StoreCloud::Read(cloud),
+        },
+        Ok((pools, cloud)) => {
             let (deleting, checked): (Vec<&PoolRecord>, Vec<&PoolRecord>) =
                 pools.iter().partition(|p| p.draining);
             let names = |list: &[&PoolRecord]| {
@@ -464,28 +502,130 @@ async fn stored_pools(dir: &std::path::Path) -> (Vec<PoolRecord>, Option<Check>)
                     names(&deleting)
                 ));
             }
-            (pools, Some(line(true, message)))
+            StoreRead {
+                pools,
+                line: Some(line(true, message)),
+                cloud: StoreCloud::Read(cloud),
+            }
         }
         Err(StoreError::NoStore { .. }) => {
             // Said, not left out: a mistyped --data-dir (or the relative
             // default, run from another directory) would read as "all ok".
             let message =
                 format!("{shown}: no store here, so only the configured pools were checked");
-            (Vec::new(), Some(line(true, message)))
+            StoreRead {
+                pools: Vec::new(),
+                line: Some(line(true, message)),
+                cloud: StoreCloud::NoStore,
+            }
         }
         Err(StoreError::Locked { .. }) => {
             let message = format!(
                 "{shown} is held by a running warmpoold, so only the configured pools were checked; the daemon checked its stored pools when it started (a failing one shows degraded in `warmpoolctl pools list`)"
             );
-            (Vec::new(), Some(line(false, message)))
+            unread(Vec::new(), Some(line(false, message)))
         }
         Err(e) => {
             let message = format!(
                 "{shown}: cannot read its pools ({e}); only the configured pools were checked"
             );
-            (Vec::new(), Some(line(false, message)))
+            unread(Vec::new(), Some(line(false, message)))
         }
     }
+}
+
+/// The line comparing the cloud the store at `dir` serves with `current`,
+/// the configured one, as warmpoold's start does
+/// (`PoolManager::claim_store`); none when the store could not be read.
+fn store_cloud_line(
+    dir: &std::path::Path,
+    store: &StoreCloud,
+    current: &CloudIdentity,
+) -> Option<Check> {
+    let shown = dir.display();
+    let (ok, message) = match store {
+        StoreCloud::Unread => return None,
+        StoreCloud::NoStore => (
+            true,
+            format!(
+                "{shown}: not recorded yet (no store here): warmpoold records {current} as the \
+                 cloud of the store it makes"
+            ),
+        ),
+        StoreCloud::Read(Ok(None)) => (
+            true,
+            format!(
+                "{shown}: not recorded yet (a store of an older warmpoold): warmpoold records \
+                 {current} at its next start"
+            ),
+        ),
+        StoreCloud::Read(Err(e)) => (false, format!("{shown}: {e}")),
+        StoreCloud::Read(Ok(Some(recorded))) => match current.change_from(recorded) {
+            CloudChange::None => (true, format!("{shown} serves {recorded}")),
+            CloudChange::RegionLearned => (
+                true,
+                format!(
+                    "{shown} serves {recorded}, which recorded no region: warmpoold records \
+                     {current} at its next start"
+                ),
+            ),
+            CloudChange::ServerTag => (
+                false,
+                format!(
+                    "{shown} serves {recorded}, but the config names {current}: warmpoold \
+                     refuses to start on this store (pool servers are listed by their tag, \
+                     and the store's are under the old one). If server_tag is mistyped, mend \
+                     it; if the tag is meant to change, start warmpoold once with \
+                     --adopt-cloud: the store keeps serving the servers it has records of"
+                ),
+            ),
+            CloudChange::Cloud => (
+                false,
+                format!(
+                    "{shown} serves {recorded}, but the config names {current}: warmpoold \
+                     refuses to start on this store (its records name servers, volumes and \
+                     ports of the other cloud). Point data_dir or --data-dir at this cloud's \
+                     store, or at a new data dir; mend [cloud] if it is the mistake; if the \
+                     store is meant to move to this cloud, start warmpoold once with \
+                     --adopt-cloud"
+                ),
+            ),
+        },
+    };
+    Some(Check {
+        kind: CheckKind::StoreCloud,
+        ok,
+        message,
+        scope: None,
+    })
+}
+
+/// The store's lines first: its pools', then its cloud's against the one
+/// `cloud` is (when it answers; a cloud that does not has a failed line
+/// of its own).
+async fn put_store_lines(
+    report: &mut Report,
+    dir: &std::path::Path,
+    read: StoreRead,
+    cloud: Option<&dyn Cloud>,
+) {
+    let mut first = Vec::new();
+    first.extend(read.line);
+    if let Some(cloud) = cloud {
+        match cloud.cloud_identity().await {
+            Ok(current) => first.extend(store_cloud_line(dir, &read.cloud, &current)),
+            Err(e) => first.push(Check {
+                kind: CheckKind::StoreCloud,
+                ok: false,
+                message: format!(
+                    "cannot ask which cloud this is, to compare it with the store's: {}",
+                    reason(&e)
+                ),
+                scope: None,
+            }),
+        }
+    }
+    report.checks.splice(0..0, first);
 }
 
 /// Runs every check against the cloud `os` names, for the pools warmpoold
@@ -494,12 +634,11 @@ async fn stored_pools(dir: &std::path::Path) -> (Vec<PoolRecord>, Option<Check>)
 /// store comes first when it has pools or cannot be read. Returns the
 /// report, and the connected cloud when the login worked.
 pub async fn check(config: &Config, os: &OpenStackConfig) -> (Report, Option<OpenStackCloud>) {
-    let (stored, store_line) = stored_pools(&config.data_dir).await;
-    let pools = pools_to_check(&stored, config);
+    let read = stored_pools(&config.data_dir).await;
+    let pools = pools_to_check(&read.pools, config);
     let (mut report, cloud) = check_pools(os, &pools).await;
-    if let Some(line) = store_line {
-        report.checks.insert(0, line);
-    }
+    let asked = cloud.as_ref().map(|c| c as &dyn Cloud);
+    put_store_lines(&mut report, &config.data_dir, read, asked).await;
     (report, cloud)
 }
 
@@ -507,12 +646,10 @@ pub async fn check(config: &Config, os: &OpenStackConfig) -> (Report, Option<Ope
 /// serve (the store's and the configured ones) by [`check_boot_specs`],
 /// the check its start-up makes.
 pub async fn check_embedded(config: &Config, cloud: &dyn Cloud) -> Report {
-    let (stored, store_line) = stored_pools(&config.data_dir).await;
-    let pools = pools_to_check(&stored, config);
+    let read = stored_pools(&config.data_dir).await;
+    let pools = pools_to_check(&read.pools, config);
     let mut report = check_boot_specs(cloud, &pools).await;
-    if let Some(line) = store_line {
-        report.checks.insert(0, line);
-    }
+    put_store_lines(&mut report, &config.data_dir, read, Some(cloud)).await;
     report
 }
 
@@ -979,9 +1116,10 @@ mod tests {
     #[tokio::test]
     async fn an_empty_data_dir_stays_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let (pools, line) = stored_pools(dir.path()).await;
-        assert!(pools.is_empty());
-        let line = line.expect("a line saying there is no store");
+        let read = stored_pools(dir.path()).await;
+        assert!(read.pools.is_empty());
+        assert!(matches!(read.cloud, StoreCloud::NoStore));
+        let line = read.line.expect("a line saying there is no store");
         assert!(line.ok && line.message.contains("no store here"), "{line}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

@@ -2357,8 +2357,9 @@ async fn warmpoold_check_cloud_prints_and_exits_by_the_result() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    // The data dir (the config's) holds no store: said first.
-    assert_eq!(stdout.lines().count(), 9, "{stdout}");
+    // The data dir (the config's) holds no store: said first, and that
+    // it records no cloud yet.
+    assert_eq!(stdout.lines().count(), 10, "{stdout}");
     assert!(stdout.lines().all(|l| l.contains(": ok (")), "{stdout}");
     assert!(
         stdout.lines().next().unwrap().contains("no store here"),
@@ -4937,6 +4938,78 @@ async fn check_cloud_checks_the_store_data_dir_names() {
     );
     // Nothing was looked for, nor made, where the flag does not point.
     assert!(!elsewhere.path().join("warmpool-data").exists());
+}
+
+/// `check-cloud` compares the cloud the store serves with the configured
+/// one: on the demo's store, a config of a real cloud passed every check,
+/// and warmpoold then refused to start (the store serves another cloud).
+/// The store's line names both and `--adopt-cloud`, and fails the report;
+/// once the store serves the configured cloud it is ok, naming it; a
+/// store that recorded none yet says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_cloud_compares_the_cloud_the_store_serves_with_the_configured_one() {
+    let env = env().await;
+    let data = env.dir.path().join("data");
+    let path = env.dir.path().join("warmpoold.toml");
+    std::fs::write(&path, env.config_text("", SMALL_POOL)).unwrap();
+    let check_cloud = || async {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+            .args(["check-cloud", "--config"])
+            .arg(&path)
+            .env_remove("OS_CLOUD")
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), format!("{stdout}{stderr}"))
+    };
+    let configured = format!(
+        r#"OpenStack project {} in region RegionOne under the server tag "warmpool""#,
+        env.face.project_id()
+    );
+    let store_cloud = |report: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with("store cloud: "))
+            .unwrap_or_else(|| panic!("no store cloud line:\n{report}"))
+            .to_owned()
+    };
+
+    let (code, report) = check_cloud().await;
+    assert_eq!(code, Some(0), "{report}");
+    let line = store_cloud(&report);
+    assert!(
+        line.starts_with("store cloud: ok (") && line.contains("not recorded yet"),
+        "{report}"
+    );
+
+    let (running, stop) = start_daemon(embedded_demo_config(&data)).await.unwrap();
+    stop_daemon(running, stop).await;
+    let (code, report) = check_cloud().await;
+    assert_eq!(code, Some(1), "{report}");
+    let line = store_cloud(&report);
+    for part in [
+        data.display().to_string(),
+        "the embedded simulated cloud".to_owned(),
+        configured.clone(),
+        "--adopt-cloud".to_owned(),
+    ] {
+        assert!(line.contains(&part), "{part:?} not in: {report}");
+    }
+    assert!(!line.starts_with("store cloud: ok"), "{report}");
+
+    let mut adopting = env.config("", SMALL_POOL);
+    adopting.adopt_cloud = true;
+    let (running, stop) = start_daemon(adopting).await.unwrap();
+    stop_daemon(running, stop).await;
+    let (code, report) = check_cloud().await;
+    assert_eq!(code, Some(0), "{report}");
+    let line = store_cloud(&report);
+    assert!(
+        line.starts_with("store cloud: ok (") && line.contains(&configured),
+        "{report}"
+    );
 }
 
 /// A stored pool its start-up cloud check finds unusable is degraded as a
