@@ -87,7 +87,8 @@ pub struct ManagerSettings {
     /// [`ManagerSettings::delete_unknown_servers`] is set too. `false`
     /// (the default): such a start is refused before anything is done
     /// ([`ManagerError::CloudChanged`]). For a store meant to move, once:
-    /// later starts find this cloud recorded.
+    /// later starts find this cloud recorded, and a start with it set that
+    /// adopts nothing logs a warning to remove it.
     pub adopt_cloud: bool,
 }
 
@@ -652,7 +653,22 @@ impl PoolManager {
         let current = shared
             .retry(shared.cleanup_deadline(), || shared.cloud.cloud_identity())
             .await?;
-        match shared.store.cloud_identity().await? {
+        let recorded = shared.store.cloud_identity().await?;
+        let adopts = recorded.as_ref().is_some_and(|recorded| {
+            matches!(
+                current.change_from(recorded),
+                CloudChange::ServerTag | CloudChange::Cloud
+            )
+        });
+        if shared.settings.adopt_cloud && !adopts {
+            // Left set, the next store of another cloud it meets is taken
+            // over unasked: the refusal it disables protects every start.
+            tracing::warn!(
+                cloud = %current,
+                "adopt_cloud is set, but the store serves this cloud already (or records it now): the flag is for one start, to move a store to another cloud; remove it, or a later start on a store of another cloud takes that store over unasked"
+            );
+        }
+        match recorded {
             Some(recorded) => match current.change_from(&recorded) {
                 CloudChange::None => return Ok(current),
                 CloudChange::RegionLearned => tracing::info!(

@@ -2667,6 +2667,46 @@ async fn an_adopted_store_takes_no_server_it_does_not_know_for_a_leak_unless_tol
     told.shutdown().await.unwrap();
 }
 
+/// `adopt_cloud` is for one start: left set (in a unit's ExecStart, a
+/// StatefulSet's args), it would let a later start on a store of another
+/// cloud take that store over unasked. A start with it on a store that
+/// serves this cloud already, or records its first, warns once to remove
+/// it.
+#[tokio::test(start_paused = true)]
+async fn adopt_cloud_left_set_on_a_store_of_this_cloud_is_warned_of() {
+    use pool_manager::cloud::CloudIdentity;
+    let logs = Logs::capture();
+    let sim = sim();
+    for recorded in [Some(CloudIdentity::Embedded), None] {
+        let store = temp_store();
+        if let Some(recorded) = &recorded {
+            store.record_cloud_identity(recorded).await.unwrap();
+        }
+        let before = logs.text().len();
+        let manager = pool_manager::PoolManager::new(
+            store.clone(),
+            sim.clone(),
+            Arc::new(sim.probe()),
+            pool_manager::ManagerSettings {
+                adopt_cloud: true,
+                ..settings()
+            },
+        );
+        manager.claim_store().await.unwrap();
+        manager.start().await.unwrap();
+        manager.shutdown().await.unwrap();
+        let text = logs.text()[before..].to_owned();
+        let warned: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(" WARN ") && l.contains("adopt_cloud"))
+            .collect();
+        assert_eq!(warned.len(), 1, "recorded {recorded:?}:\n{text}");
+        for part in ["one start", "remove"] {
+            assert!(warned[0].contains(part), "{part:?} not in: {}", warned[0]);
+        }
+    }
+}
+
 /// A second call with the request id of an Allocate in flight waits for its
 /// answer, and gets it when it comes, also when the pool was deleted in the
 /// meantime (so no change of the pool's purchase count wakes it).
