@@ -3057,6 +3057,56 @@ async fn a_store_of_another_region_is_refused() {
     assert!(two.sim.servers().is_empty(), "{:?}", two.sim.servers());
 }
 
+/// The store's cloud is compared before warmpoold writes anything to the
+/// store: a start refused for a store of another cloud leaves it as it
+/// was, without the start-up check's mark on a stored pool the configured
+/// cloud cannot serve (a mark about a cloud the store does not serve).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_another_cloud_is_refused_before_its_pools_are_marked() {
+    use pool_manager::cloud::CloudIdentity;
+    use pool_manager::store::{SledStore, Store};
+    let env = env().await;
+    env.sim.close_zone("az2");
+    let config = env.config("", SMALL_POOL);
+    let data = config.data_dir.clone();
+    let open = |data: PathBuf| async move {
+        tokio::task::spawn_blocking(move || SledStore::open(&data))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    // The demo's store: the embedded cloud's, with a pool in az2.
+    let demo = open(data.clone()).await;
+    let key = PoolKey::new("db.small", "az2");
+    demo.put_pool(&pool_manager::model::PoolRecord::new(
+        key.clone(),
+        config.pools[0].spec(),
+    ))
+    .await
+    .unwrap();
+    demo.record_cloud_identity(&CloudIdentity::Embedded)
+        .await
+        .unwrap();
+    demo.flush().await.unwrap();
+    drop(demo);
+
+    let refused = match start_daemon(config).await {
+        Ok((running, stop)) => {
+            stop_daemon(running, stop).await;
+            panic!("started on the demo's store");
+        }
+        Err(e) => e,
+    };
+    assert!(
+        refused.is::<warmpool_server::CloudChangedRefused>(),
+        "{refused:#}"
+    );
+    let store = open(data).await;
+    let pool = store.get_pool(&key).await.unwrap().expect("the pool");
+    assert_eq!(pool.last_error, None);
+    assert_eq!(pool.last_error_at, None);
+}
+
 /// The daemon checks the cloud before serving: an unusable one stops start-up
 /// with the problem named; a usable one fills its pools over HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
