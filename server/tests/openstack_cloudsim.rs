@@ -2665,7 +2665,6 @@ async fn sigterm_during_the_start_up_reconcile_stops_warmpoold_in_order() {
 /// are deleted as leaks, the sold one is left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warmpoold_refuses_a_store_that_knows_none_of_the_pool_servers() {
-    use tokio::io::AsyncBufReadExt;
     let env = env().await;
     let key = PoolKey::new("db.small", "az1");
     let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
@@ -2692,31 +2691,8 @@ async fn warmpoold_refuses_a_store_that_knows_none_of_the_pool_servers() {
     std::fs::write(&path, env.config_text("", SMALL_POOL)).unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
     let store = elsewhere.path().join("store");
-    let warmpoold = |flags: &[&str]| {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"));
-        command
-            .arg("--config")
-            .arg(&path)
-            .arg("--data-dir")
-            .arg(&store)
-            .args(flags)
-            .env_remove("OS_CLOUD")
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        command
-    };
-    let out = tokio::time::timeout(Duration::from_secs(60), warmpoold(&[]).output())
-        .await
-        .expect("warmpoold neither started nor stopped within 60 s")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let error = stderr
-        .lines()
-        .find(|l| l.starts_with("Error: "))
-        .unwrap_or_else(|| panic!("no error line in:\n{stderr}"));
+    let warmpoold = |flags: &[&str]| warmpoold_on(&path, Some(&store), flags);
+    let (stderr, error) = refused_start(warmpoold(&[])).await;
     for part in [
         format!("the store in {} (data_dir, --data-dir)", store.display()),
         "the project of user pool in project service".to_owned(),
@@ -2768,7 +2744,58 @@ async fn warmpoold_refuses_a_store_that_knows_none_of_the_pool_servers() {
     assert_eq!(left, ["notes"], "{out:?}");
     no_store(&store);
 
-    let mut child = warmpoold(&["--delete-unknown-servers"]).spawn().unwrap();
+    let (child, log) = serving(warmpoold(&["--delete-unknown-servers"])).await;
+    let deleted = |id: &str| env.sim.server(id).is_none_or(|s| s.server.deleting);
+    assert!(unsold.iter().all(|id| deleted(id)), "{log}");
+    assert!(!deleted(&sold), "the sold server was deleted: {log}");
+    assert_eq!(terminate(child).await, Some(0), "{log}");
+}
+
+/// `warmpoold --config CONFIG [--data-dir DIR] FLAGS`, logging at info to
+/// a pipe.
+fn warmpoold_on(
+    config: &std::path::Path,
+    data_dir: Option<&std::path::Path>,
+    flags: &[&str],
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"));
+    command.arg("--config").arg(config);
+    if let Some(dir) = data_dir {
+        command.arg("--data-dir").arg(dir);
+    }
+    command
+        .args(flags)
+        .env_remove("OS_CLOUD")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs `warmpoold` to a start it refuses (exit 1): its stderr and its
+/// `Error:` line.
+async fn refused_start(mut warmpoold: tokio::process::Command) -> (String, String) {
+    let out = tokio::time::timeout(Duration::from_secs(60), warmpoold.output())
+        .await
+        .expect("warmpoold neither started nor stopped within 60 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("Error: "))
+        .unwrap_or_else(|| panic!("no error line in:\n{stderr}"))
+        .to_owned();
+    (stderr, error)
+}
+
+/// Spawns `warmpoold` and waits until it serves gRPC: the process and its
+/// log until then (the rest is drained, so that it never waits on a full
+/// pipe).
+async fn serving(mut warmpoold: tokio::process::Command) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = warmpoold.spawn().unwrap();
     let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let mut log = String::new();
     let serving = tokio::time::timeout(Duration::from_secs(60), async {
@@ -2783,22 +2810,23 @@ async fn warmpoold_refuses_a_store_that_knows_none_of_the_pool_servers() {
     })
     .await;
     assert_eq!(serving, Ok(true), "{log}");
-    // Drained, so that warmpoold never waits on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let deleted = |id: &str| env.sim.server(id).is_none_or(|s| s.server.deleting);
-    assert!(unsold.iter().all(|id| deleted(id)), "{log}");
-    assert!(!deleted(&sold), "the sold server was deleted: {log}");
-    let pid = child.id().expect("warmpoold is running").to_string();
+    (child, log)
+}
+
+/// Sends `warmpoold` SIGTERM: its exit code.
+async fn terminate(mut warmpoold: tokio::process::Child) -> Option<i32> {
+    let pid = warmpoold.id().expect("warmpoold is running").to_string();
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap();
     assert!(kill.success());
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+    tokio::time::timeout(Duration::from_secs(30), warmpoold.wait())
         .await
         .expect("warmpoold did not stop within 30 s of SIGTERM")
-        .unwrap();
-    assert_eq!(status.code(), Some(0), "{log}");
+        .unwrap()
+        .code()
 }
 
 /// The embedded demo's config on `data`: its three pools (none declared).
@@ -2830,7 +2858,6 @@ time_scale = 0.01
 /// so later starts need no flag.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_of_another_cloud_is_refused_until_adopted() {
-    use tokio::io::AsyncBufReadExt;
     let env = env().await;
     let data = env.dir.path().join("data");
     let (running, stop) = start_daemon(embedded_demo_config(&data)).await.unwrap();
@@ -2843,29 +2870,8 @@ async fn a_store_of_another_cloud_is_refused_until_adopted() {
 
     let path = env.dir.path().join("warmpoold.toml");
     std::fs::write(&path, env.config_text("", SMALL_POOL)).unwrap();
-    let warmpoold = |flags: &[&str]| {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"));
-        command
-            .arg("--config")
-            .arg(&path)
-            .args(flags)
-            .env_remove("OS_CLOUD")
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        command
-    };
-    let out = tokio::time::timeout(Duration::from_secs(60), warmpoold(&[]).output())
-        .await
-        .expect("warmpoold neither started nor stopped within 60 s")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let error = stderr
-        .lines()
-        .find(|l| l.starts_with("Error: "))
-        .unwrap_or_else(|| panic!("no error line in:\n{stderr}"));
+    let warmpoold = |flags: &[&str]| warmpoold_on(&path, None, flags);
+    let (stderr, error) = refused_start(warmpoold(&[])).await;
     for part in [
         format!("the store in {} (data_dir, --data-dir)", data.display()),
         "the embedded simulated cloud".to_owned(),
@@ -2882,38 +2888,13 @@ async fn a_store_of_another_cloud_is_refused_until_adopted() {
     assert!(env.sim.servers().is_empty(), "{:?}", env.sim.servers());
     assert_eq!(env.sim.call_counts().get("create_server"), None);
 
-    let mut child = warmpoold(&["--adopt-cloud"]).spawn().unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log = String::new();
-    let serving = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            log += &line;
-            log.push('\n');
-            if line.contains("warmpoold serving gRPC") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(serving, Ok(true), "{log}");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (child, log) = serving(warmpoold(&["--adopt-cloud"])).await;
     let adopted = log
         .lines()
         .find(|l| l.contains("as adopt_cloud asks"))
         .unwrap_or_else(|| panic!("the adoption is not logged: {log}"));
     assert!(adopted.contains(" WARN "), "{adopted}");
-    let pid = child.id().expect("warmpoold is running").to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("warmpoold did not stop within 30 s of SIGTERM")
-        .unwrap();
-    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(terminate(child).await, Some(0), "{log}");
 
     let check = std::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
         .arg("--data-dir")
