@@ -2237,6 +2237,28 @@ async fn a_sold_server_the_store_does_not_know_is_counted_as_left_alone_until_go
     assert!(sim.servers().is_empty(), "{:?}", sim.servers());
 }
 
+/// A manager on `sim` fills a pool of `ready`, sells one (order `o-1`) and
+/// stops, leaving its servers: the sold one's id.
+async fn sold_one_and_filled(sim: &Arc<cloudsim::SimCloud>, ready: u32) -> String {
+    let manager = started(sim, temp_store(), ready).await;
+    let sold = manager
+        .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap()
+        .server_id
+        .unwrap();
+    wait_ready(&manager, ready).await;
+    manager.shutdown().await.unwrap();
+    sold
+}
+
+/// The ids of `sim`'s servers, sorted.
+fn server_ids(sim: &cloudsim::SimCloud) -> Vec<String> {
+    let mut ids: Vec<String> = sim.servers().into_iter().map(|s| s.server.id).collect();
+    ids.sort();
+    ids
+}
+
 /// A manager started on a store that knows no instance and no order (a
 /// mistyped or relative data dir, an unmounted volume's empty mount point,
 /// a store wiped after corruption, a second manager sharing the cloud)
@@ -2249,19 +2271,8 @@ async fn a_sold_server_the_store_does_not_know_is_counted_as_left_alone_until_go
 async fn a_start_on_a_store_that_knows_nothing_over_pool_servers_is_refused() {
     use pool_manager::events::EventKind;
     let sim = sim();
-    let manager = started(&sim, temp_store(), 3).await;
-    manager
-        .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
-        .await
-        .unwrap();
-    wait_ready(&manager, 3).await;
-    manager.shutdown().await.unwrap();
-    drop(manager);
-    let servers = || {
-        let mut ids: Vec<String> = sim.servers().into_iter().map(|s| s.server.id).collect();
-        ids.sort();
-        ids
-    };
+    sold_one_and_filled(&sim, 3).await;
+    let servers = || server_ids(&sim);
     let before = servers();
     assert_eq!(before.len(), 4);
 
@@ -2575,21 +2586,8 @@ async fn a_store_adopted_under_a_new_server_tag_keeps_serving_its_servers() {
 async fn an_adopted_store_takes_no_server_it_does_not_know_for_a_leak_unless_told() {
     use pool_manager::cloud::CloudIdentity;
     let sim = sim();
-    let theirs = started(&sim, temp_store(), 2).await;
-    let sold = theirs
-        .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
-        .await
-        .unwrap()
-        .server_id
-        .unwrap();
-    wait_ready(&theirs, 2).await;
-    theirs.shutdown().await.unwrap();
-    drop(theirs);
-    let servers = || {
-        let mut ids: Vec<String> = sim.servers().into_iter().map(|s| s.server.id).collect();
-        ids.sort();
-        ids
-    };
+    let sold = sold_one_and_filled(&sim, 2).await;
+    let servers = || server_ids(&sim);
     let before = servers();
     assert_eq!(before.len(), 3);
 
