@@ -42,10 +42,10 @@ pub enum CloudIdentity {
         /// The region warmpool's calls go to (clouds.yaml's `region_name`,
         /// `OS_REGION_NAME`): Keystone is shared by a cloud's regions, so
         /// a project has one id in each while Nova, Cinder and Neutron
-        /// are other deployments. `None`: none named, or, recorded, a
-        /// store of a version that recorded no region: which one the
-        /// store served is not known ([`CloudIdentity::change_from`]).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// are other deployments. `None`: none named (the catalog's first
+        /// endpoints), which is compared as a region of its own: the
+        /// catalog's first may be another than a region named.
+        #[serde(default)]
         region: Option<String>,
         server_tag: String,
     },
@@ -57,10 +57,6 @@ pub enum CloudIdentity {
 pub enum CloudChange {
     /// The same cloud.
     None,
-    /// The same cloud, as far as the record tells: it names no region (a
-    /// store of a version that recorded none, or a start with no region
-    /// named), and this start has one, which the store records from now on.
-    RegionLearned,
     /// The same project in the same region under another server tag: the
     /// store's servers are this cloud's, but the listing by tag shows none
     /// of them.
@@ -72,9 +68,8 @@ pub enum CloudChange {
 
 impl CloudIdentity {
     /// How `self`, the cloud a start is on, differs from `recorded`, the
-    /// one its store serves. A recorded region of `None` is unknown and
-    /// matches any region (but a region named then and none named now is
-    /// a change: another may be what the catalog gives first).
+    /// one its store serves. Regions are compared as named, `None` too: a
+    /// region named and none (the catalog's first) may be two.
     pub fn change_from(&self, recorded: &CloudIdentity) -> CloudChange {
         match (recorded, self) {
             (CloudIdentity::Embedded, CloudIdentity::Embedded) => CloudChange::None,
@@ -90,12 +85,10 @@ impl CloudIdentity {
                     server_tag,
                 },
             ) => {
-                if was_project != project_id || (was_region.is_some() && was_region != region) {
+                if was_project != project_id || was_region != region {
                     CloudChange::Cloud
                 } else if was_tag != server_tag {
                     CloudChange::ServerTag
-                } else if was_region != region {
-                    CloudChange::RegionLearned
                 } else {
                     CloudChange::None
                 }
@@ -598,20 +591,16 @@ mod tests {
         }
     }
 
-    /// A recorded region of `None` (a store of a version that recorded
-    /// none) matches any; a region named is compared; so are the project,
-    /// the tag and the kind.
+    /// The project, the region (none named too), the tag and the kind are
+    /// compared; a change of the tag alone is told apart.
     #[test]
-    fn a_change_of_cloud_is_told_from_a_change_of_tag_and_a_region_learned() {
+    fn a_change_of_cloud_is_told_from_a_change_of_tag() {
         let here = openstack("p1", Some("r1"), "warmpool");
         let cases = [
             (openstack("p1", Some("r1"), "warmpool"), CloudChange::None),
-            (
-                openstack("p1", None, "warmpool"),
-                CloudChange::RegionLearned,
-            ),
+            (openstack("p1", None, "warmpool"), CloudChange::Cloud),
             (openstack("p1", Some("r1"), "old"), CloudChange::ServerTag),
-            (openstack("p1", None, "old"), CloudChange::ServerTag),
+            (openstack("p1", None, "old"), CloudChange::Cloud),
             (openstack("p1", Some("r2"), "warmpool"), CloudChange::Cloud),
             (openstack("p1", Some("r2"), "old"), CloudChange::Cloud),
             (openstack("p2", Some("r1"), "warmpool"), CloudChange::Cloud),
@@ -630,12 +619,13 @@ mod tests {
             CloudIdentity::Embedded.change_from(&CloudIdentity::Embedded),
             CloudChange::None
         );
-        // An older version's record reads as one of no region.
-        let old: CloudIdentity = serde_json::from_str(
-            r#"{"kind":"openstack","project_id":"p1","server_tag":"warmpool"}"#,
-        )
-        .unwrap();
-        assert_eq!(old, unnamed);
+        // No region named is recorded as such, and read back.
+        let recorded = serde_json::to_string(&unnamed).unwrap();
+        assert!(recorded.contains(r#""region":null"#), "{recorded}");
+        assert_eq!(
+            serde_json::from_str::<CloudIdentity>(&recorded).unwrap(),
+            unnamed
+        );
     }
 
     /// Faults of servers Nova put in ERROR (conductor's quota recheck,

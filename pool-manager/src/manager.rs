@@ -671,10 +671,6 @@ impl PoolManager {
         match recorded {
             Some(recorded) => match current.change_from(&recorded) {
                 CloudChange::None => return Ok(current),
-                CloudChange::RegionLearned => tracing::info!(
-                    cloud = %current,
-                    "the store recorded no region: it records the one it serves"
-                ),
                 CloudChange::ServerTag | CloudChange::Cloud if !shared.settings.adopt_cloud => {
                     return Err(ManagerError::CloudChanged {
                         recorded: Box::new(recorded),

@@ -562,13 +562,6 @@ fn store_cloud_line(
         StoreCloud::Read(Err(e)) => (false, format!("{shown}: {e}")),
         StoreCloud::Read(Ok(Some(recorded))) => match current.change_from(recorded) {
             CloudChange::None => (true, format!("{shown} serves {recorded}")),
-            CloudChange::RegionLearned => (
-                true,
-                format!(
-                    "{shown} serves {recorded}, which recorded no region: warmpoold records \
-                     {current} at its next start"
-                ),
-            ),
             CloudChange::ServerTag => (
                 false,
                 format!(

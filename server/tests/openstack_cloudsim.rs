@@ -2973,12 +2973,9 @@ async fn a_store_that_recorded_no_cloud_records_the_one_it_starts_on() {
 /// Cinder and Neutron at another deployment under the same project id, and
 /// the store's records name servers that deployment never had. The region
 /// is part of the cloud a store serves: a start in another region is
-/// refused before anything is booted, naming both regions. A store
-/// recorded before regions were (project and tag alone) takes the region
-/// it next starts in, refusing nothing.
+/// refused before anything is booted, naming both regions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_of_another_region_is_refused() {
-    use pool_manager::cloud::CloudIdentity;
     use pool_manager::store::{SledStore, Store};
     let one = env().await;
     let two = env_with(
@@ -2998,18 +2995,6 @@ async fn a_store_of_another_region_is_refused() {
             .unwrap()
             .unwrap()
     };
-    // What the version before regions recorded: the project and the tag.
-    let before_regions: CloudIdentity = serde_json::from_value(serde_json::json!({
-        "kind": "openstack",
-        "project_id": one.face.project_id(),
-        "server_tag": "warmpool",
-    }))
-    .unwrap();
-    let old = open(data.clone()).await;
-    old.record_cloud_identity(&before_regions).await.unwrap();
-    old.flush().await.unwrap();
-    drop(old);
-
     let (running, stop) = start_daemon(config).await.unwrap();
     wait_ready(&running.manager, &PoolKey::new("db.small", "az1"), 2).await;
     stop_daemon(running, stop).await;
