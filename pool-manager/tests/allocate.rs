@@ -2414,15 +2414,7 @@ async fn a_store_of_another_cloud_is_refused_before_anything_is_done() {
     assert_eq!(sim.total_calls(), 0, "{:?}", sim.call_counts());
     assert_eq!(store.cloud_identity().await.unwrap(), Some(other));
 
-    let adopting = pool_manager::PoolManager::new(
-        store.clone(),
-        sim.clone(),
-        Arc::new(sim.probe()),
-        pool_manager::ManagerSettings {
-            adopt_cloud: true,
-            ..settings()
-        },
-    );
+    let adopting = adopting_the_store(store.clone(), sim.clone(), &sim, false);
     adopting.start().await.unwrap();
     assert_eq!(
         store.cloud_identity().await.unwrap(),
@@ -2518,15 +2510,7 @@ async fn a_store_adopted_under_a_new_server_tag_keeps_serving_its_servers() {
         other => panic!("started under another tag: {other:?}"),
     }
 
-    let adopting = pool_manager::PoolManager::new(
-        store.clone(),
-        cloud.clone(),
-        Arc::new(sim.probe()),
-        pool_manager::ManagerSettings {
-            adopt_cloud: true,
-            ..settings()
-        },
-    );
+    let adopting = adopting_the_store(store.clone(), cloud.clone(), &sim, false);
     adopting.start().await.unwrap();
     adopting.reconcile().await.unwrap();
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -2608,16 +2592,7 @@ async fn an_adopted_store_takes_no_server_it_does_not_know_for_a_leak_unless_tol
     store.record_cloud_identity(&other).await.unwrap();
     store.flush().await.unwrap();
     let adopting = |delete_unknown_servers: bool| {
-        pool_manager::PoolManager::new(
-            store.clone(),
-            sim.clone(),
-            Arc::new(sim.probe()),
-            pool_manager::ManagerSettings {
-                adopt_cloud: true,
-                delete_unknown_servers,
-                ..settings()
-            },
-        )
+        adopting_the_store(store.clone(), sim.clone(), &sim, delete_unknown_servers)
     };
 
     let refused_by = adopting(false);
@@ -2681,15 +2656,7 @@ async fn adopt_cloud_left_set_on_a_store_of_this_cloud_is_warned_of() {
             store.record_cloud_identity(recorded).await.unwrap();
         }
         let before = logs.text().len();
-        let manager = pool_manager::PoolManager::new(
-            store.clone(),
-            sim.clone(),
-            Arc::new(sim.probe()),
-            pool_manager::ManagerSettings {
-                adopt_cloud: true,
-                ..settings()
-            },
-        );
+        let manager = adopting_the_store(store.clone(), sim.clone(), &sim, false);
         manager.claim_store().await.unwrap();
         manager.start().await.unwrap();
         manager.shutdown().await.unwrap();
@@ -5824,6 +5791,27 @@ async fn a_resumed_boot_whose_task_panics_is_resumed_again() {
     wait_ready(&manager, 1).await;
     assert_eq!(sim.servers().len(), 1, "{:?}", sim.servers());
     assert_consistent(&sim, &manager).await;
+}
+
+/// A manager on `store` started with warmpoold's `--adopt-cloud` (and
+/// `--delete-unknown-servers` when `delete_unknown_servers`): the store is
+/// to serve `cloud` from now on.
+fn adopting_the_store(
+    store: Arc<dyn pool_manager::store::Store>,
+    cloud: Arc<dyn pool_manager::cloud::Cloud>,
+    sim: &cloudsim::SimCloud,
+    delete_unknown_servers: bool,
+) -> pool_manager::PoolManager {
+    pool_manager::PoolManager::new(
+        store,
+        cloud,
+        Arc::new(sim.probe()),
+        pool_manager::ManagerSettings {
+            adopt_cloud: true,
+            delete_unknown_servers,
+            ..settings()
+        },
+    )
 }
 
 /// A manager on `store` started as one meant to be new (warmpoold's
