@@ -2522,11 +2522,8 @@ async fn idle_connections_holding_every_handshake_slot_do_not_lock_clients_out()
     let data = tempfile::tempdir().unwrap();
     let pki = Pki::new(data.path(), "ca");
     let server = pki.issue("server", &["127.0.0.1"]);
-    let text = support::config_text(data.path(), &[("db.small", "az1", 0, 1)])
-        + &format!(
-            "\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
-            server.cert_file, server.key_file
-        );
+    let text =
+        support::config_text(data.path(), &[("db.small", "az1", 0, 1)]) + &server.tls_section();
     let (running, stop) = start_bare(&text).await.unwrap();
     let addr = running.grpc_addr;
     let mut idle = Vec::new();
@@ -2627,11 +2624,8 @@ async fn tls_connections_silent_after_their_handshake_are_closed() {
     let data = tempfile::tempdir().unwrap();
     let pki = Pki::new(data.path(), "ca");
     let server = pki.issue("server", &["127.0.0.1"]);
-    let text = support::config_text(data.path(), &[("db.small", "az1", 0, 1)])
-        + &format!(
-            "\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
-            server.cert_file, server.key_file
-        );
+    let text =
+        support::config_text(data.path(), &[("db.small", "az1", 0, 1)]) + &server.tls_section();
     let (running, stop) = start_bare(&text).await.unwrap();
     let addr = running.grpc_addr;
     let mut roots = RootCertStore::empty();
@@ -2673,11 +2667,7 @@ async fn tls_serves_clients_that_trust_the_daemon_and_mutual_tls_checks_them() {
     let server = pki.issue("server", &["127.0.0.1", "localhost"]);
     let plain = support::config_text(data.path(), &[("db.small", "az1", 0, 1)]);
     let tls = |client_ca: Option<&std::path::Path>| {
-        let mut text = plain.clone()
-            + &format!(
-                "\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
-                server.cert_file, server.key_file
-            );
+        let mut text = plain.clone() + &server.tls_section();
         if let Some(ca) = client_ca {
             text += &format!("client_ca_file = {ca:?}\n");
         }
@@ -2770,11 +2760,7 @@ async fn tls_files_are_read_again_on_reload() {
     let old_ca = Pki::new(data.path(), "old-ca");
     let server = old_ca.issue("server", &["127.0.0.1"]);
     let plain = support::config_text(data.path(), &[("db.small", "az1", 0, 1)]);
-    let text = plain
-        + &format!(
-            "\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
-            server.cert_file, server.key_file
-        );
+    let text = plain + &server.tls_section();
     let (running, stop) = start_bare(&text).await.unwrap();
     let https = format!("https://127.0.0.1:{}", running.grpc_addr.port());
     let tls = running.tls.clone().expect("serving TLS");

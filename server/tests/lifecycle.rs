@@ -1439,11 +1439,7 @@ async fn sighup_reads_the_tls_files_again() {
     let old_ca = Pki::new(data.path(), "old-ca");
     let server = old_ca.issue("server", &["127.0.0.1"]);
     let config_file = data.path().join("warmpoold.toml");
-    let text = config_text(data.path(), &[("db.small", "az1", 0, 1)])
-        + &format!(
-            "\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
-            server.cert_file, server.key_file
-        );
+    let text = config_text(data.path(), &[("db.small", "az1", 0, 1)]) + &server.tls_section();
     std::fs::write(&config_file, text).unwrap();
     let (daemon, mut log, addr) = serving_daemon(&config_file).await;
     let https = format!("https://{addr}");
@@ -1481,11 +1477,7 @@ async fn a_reload_refused_in_part_changes_nothing() {
     let server = old_ca.issue("server", &["127.0.0.1"]);
     let config_file = data.path().join("warmpoold.toml");
     let plaintext = config_text(data.path(), &[("db.small", "az1", 0, 1)]);
-    let base = plaintext.clone()
-        + &format!(
-            "\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
-            server.cert_file, server.key_file
-        );
+    let base = plaintext.clone() + &server.tls_section();
     let token = |token: &str| {
         format!(
             "\n[[api_tokens]]\nname = \"dash\"\nrole = \"reader\"\nsha256 = \"{}\"\n",

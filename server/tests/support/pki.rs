@@ -18,6 +18,17 @@ pub struct Issued {
     pub key_file: PathBuf,
 }
 
+impl Issued {
+    /// A config's `[tls]` section serving this certificate (after the
+    /// rest of the config: it opens a table).
+    pub fn tls_section(&self) -> String {
+        format!(
+            "\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            self.cert_file, self.key_file
+        )
+    }
+}
+
 impl Pki {
     /// A new CA named `name`; its certificate is written to `dir/<name>.crt`.
     pub fn new(dir: &Path, name: &str) -> Pki {
