@@ -2675,11 +2675,21 @@ async fn a_force_delete_the_policy_refuses_is_403_and_changes_nothing() {
     .await;
 }
 
-/// The demo binary run with `args`, and what it printed on stdout up to
-/// the end of its clouds.yaml.
-async fn demo_binary(args: &[&std::ffi::OsStr]) -> (tokio::process::Child, String) {
+/// The demo binary listening on 127.0.0.1:0 and writing its clouds.yaml
+/// into a temporary dir of its own (`name` and this process' id), with
+/// `args` besides: it, what it printed on stdout up to the end of its
+/// clouds.yaml, and the clouds.yaml's path.
+async fn demo_binary(
+    name: &str,
+    args: &[&str],
+) -> (tokio::process::Child, String, std::path::PathBuf) {
     use tokio::io::AsyncBufReadExt;
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let written = dir.join("clouds.yaml");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloudsim"))
+        .args(["--listen", "127.0.0.1:0", "--clouds-yaml"])
+        .arg(&written)
         .args(args)
         // Colour is judged by the terminal alone in these tests.
         .env_remove("NO_COLOR")
@@ -2703,23 +2713,13 @@ async fn demo_binary(args: &[&std::ffi::OsStr]) -> (tokio::process::Child, Strin
     tokio::time::timeout(Duration::from_secs(20), read)
         .await
         .unwrap();
-    (child, printed)
+    (child, printed, written)
 }
 
 #[tokio::test]
 async fn the_demo_binary_serves_and_prints_a_clouds_yaml() {
-    let dir = std::env::temp_dir().join(format!("cloudsim-bin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let written = dir.join("clouds.yaml");
-    let (mut child, printed) = demo_binary(&[
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--cloud-name".as_ref(),
-        "demo".as_ref(),
-        "--clouds-yaml".as_ref(),
-        written.as_os_str(),
-    ])
-    .await;
+    let (mut child, printed, written) =
+        demo_binary("cloudsim-bin", &["--cloud-name", "demo"]).await;
     let yaml: serde_yaml::Value = serde_yaml::from_str(&printed).unwrap();
     let auth_url = yaml["clouds"]["demo"]["auth"]["auth_url"]
         .as_str()
@@ -2740,7 +2740,7 @@ async fn the_demo_binary_serves_and_prints_a_clouds_yaml() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     child.kill().await.unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(written.parent().unwrap());
 }
 
 /// What a warmpoold config with `kind = "openstack"` names, and what an
@@ -2748,16 +2748,7 @@ async fn the_demo_binary_serves_and_prints_a_clouds_yaml() {
 /// clouds.yaml), so that trying the driver on cloudsim needs no source.
 #[tokio::test]
 async fn the_demo_binary_prints_what_a_warmpoold_config_names() {
-    let dir = std::env::temp_dir().join(format!("cloudsim-names-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let written = dir.join("clouds.yaml");
-    let (mut child, printed) = demo_binary(&[
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--clouds-yaml".as_ref(),
-        written.as_os_str(),
-    ])
-    .await;
+    let (mut child, printed, written) = demo_binary("cloudsim-names", &[]).await;
     let settings = HttpSettings::default();
     let tenant_net = &settings.networks[1];
     for expected in [
@@ -2778,7 +2769,7 @@ async fn the_demo_binary_prints_what_a_warmpoold_config_names() {
         );
     }
     child.kill().await.unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(written.parent().unwrap());
 }
 
 /// Logs written to a file or a pipe (not a terminal) carry no ANSI colour
@@ -2786,16 +2777,7 @@ async fn the_demo_binary_prints_what_a_warmpoold_config_names() {
 #[tokio::test]
 async fn the_demo_binarys_logs_to_a_pipe_are_not_coloured() {
     use tokio::io::AsyncReadExt;
-    let dir = std::env::temp_dir().join(format!("cloudsim-logs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let written = dir.join("clouds.yaml");
-    let (mut child, _) = demo_binary(&[
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--clouds-yaml".as_ref(),
-        written.as_os_str(),
-    ])
-    .await;
+    let (mut child, _, written) = demo_binary("cloudsim-logs", &[]).await;
     // The clouds.yaml is printed after both start-up lines are logged.
     child.kill().await.unwrap();
     let mut logs = String::new();
@@ -2808,5 +2790,5 @@ async fn the_demo_binarys_logs_to_a_pipe_are_not_coloured() {
         .unwrap();
     assert!(logs.contains("wrote clouds.yaml"), "{logs}");
     assert!(!logs.contains('\x1b'), "{logs:?}");
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(written.parent().unwrap());
 }
