@@ -181,6 +181,22 @@ async fn run() -> anyhow::Result<()> {
             file.display()
         );
     }
+    // The demo is meant for one machine; listening beyond loopback (as the
+    // container image's default command does) lets anyone on the network
+    // buy servers that do not exist, so it is said where it shows.
+    if args.config.is_none()
+        && matches!(config.cloud, CloudConfig::Embedded { .. })
+        && !config.listen.ip().is_loopback()
+    {
+        tracing::warn!(
+            listen = %config.listen,
+            "the embedded demo cloud serves on {}, beyond this host: a simulated cloud inside \
+             warmpoold, nothing is booted for real and purchases get servers that do not exist; \
+             for a real cloud pass --config FILE with [cloud] kind = \"openstack\" (see \
+             deploy/warmpoold.example.toml)",
+            config.listen
+        );
+    }
     // Installed before start: a SIGHUP's default action would end the
     // process; one that comes during start-up is taken once it is up.
     #[cfg(unix)]

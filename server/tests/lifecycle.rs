@@ -1228,7 +1228,9 @@ async fn the_log_has_no_colour_codes_when_it_is_not_a_terminal() {
 /// A config file whose cloud is the embedded one (said so, or no [cloud]
 /// section) is most likely a demo's copied where a real cloud was meant:
 /// warmpoold warns at start, naming the file, that nothing is booted for
-/// real. Started without a config file, the demo, it does not.
+/// real. Started without a config file, the demo, it does not, unless it
+/// listens beyond loopback (the container image's default command): then
+/// anyone on the network could buy servers that do not exist.
 #[cfg(unix)]
 #[tokio::test]
 async fn a_config_file_on_the_embedded_cloud_is_warned_of() {
@@ -1236,13 +1238,17 @@ async fn a_config_file_on_the_embedded_cloud_is_warned_of() {
     let data = tempfile::tempdir().unwrap();
     let config_file = data.path().join("warmpoold.toml");
     std::fs::write(&config_file, config_text(data.path(), &[])).unwrap();
-    for config in [Some(&config_file), None] {
+    for (config, listen) in [
+        (Some(&config_file), "127.0.0.1:0"),
+        (None, "127.0.0.1:0"),
+        (None, "0.0.0.0:0"),
+    ] {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"));
         if let Some(file) = config {
             command.arg("--config").arg(file);
         }
         let mut daemon = command
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--listen", listen, "--metrics-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data.path().join("store"))
             .env("RUST_LOG", "info")
@@ -1267,8 +1273,8 @@ async fn a_config_file_on_the_embedded_cloud_is_warned_of() {
         let warning = before_serving
             .iter()
             .find(|l| l.contains("nothing is booted for real"));
-        match (config, warning) {
-            (Some(file), Some(warning)) => {
+        match (config, listen, warning) {
+            (Some(file), _, Some(warning)) => {
                 assert!(warning.contains(" WARN "), "{warning}");
                 assert!(
                     warning.contains(&file.display().to_string())
@@ -1277,8 +1283,19 @@ async fn a_config_file_on_the_embedded_cloud_is_warned_of() {
                     "{warning}"
                 );
             }
-            (None, None) => {}
-            (_, warning) => panic!("config {config:?}, warning {warning:?}: {before_serving:#?}"),
+            (None, "0.0.0.0:0", Some(warning)) => {
+                assert!(warning.contains(" WARN "), "{warning}");
+                assert!(
+                    warning.contains("serves on 0.0.0.0:0, beyond this host")
+                        && warning.contains("--config FILE")
+                        && warning.contains(r#"kind = "openstack""#),
+                    "{warning}"
+                );
+            }
+            (None, "127.0.0.1:0", None) => {}
+            (_, _, warning) => {
+                panic!("config {config:?} on {listen}, warning {warning:?}: {before_serving:#?}")
+            }
         }
         send_signal(&daemon, "-TERM");
         let status = tokio::time::timeout(PATIENCE, daemon.wait())
