@@ -274,13 +274,20 @@ impl From<PoolAnd<&'static str>> for PathLabels {
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// Warm allocations take milliseconds on the embedded cloud and seconds on
+/// a real one; cold boots take minutes, and an Allocate may wait for one up
+/// to `MAX_ALLOCATE_TIMEOUT` (an hour; a cold boot's own timeout defaults
+/// to 30 minutes). The top finite bound is that hour: histogram_quantile
+/// answers a quantile in +Inf with the top finite bound, which would show
+/// every slow cold purchase, the ones the dashboard's Allocate latency
+/// panel is for, at that bound.
+const ALLOCATE_BUCKETS: [f64; 21] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    900.0, 1200.0, 1800.0, 2700.0, 3600.0,
+];
+
 fn allocate_histogram() -> Histogram {
-    // Warm allocations take milliseconds on the embedded cloud and seconds on
-    // a real one; cold boots take minutes.
-    Histogram::new([
-        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
-        600.0,
-    ])
+    Histogram::new(ALLOCATE_BUCKETS)
 }
 
 /// The embedded cloud's scaled boots at the low end, IOPS-throttled
@@ -1380,6 +1387,44 @@ mod tests {
             "top finite lead-time bucket {top} s"
         );
         assert!(LEAD_TIME_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    /// A cold purchase may wait up to MAX_ALLOCATE_TIMEOUT for its boot. One
+    /// that took 25 minutes must be counted in a finite bucket, or
+    /// histogram_quantile reports it as the top finite bound and the
+    /// dashboard's slow cold purchases all read the same.
+    #[test]
+    fn a_slow_cold_allocation_lands_below_the_inf_bucket() {
+        let m = Metrics::new();
+        m.record(&event(EventKind::Allocation {
+            request_id: "order-1".into(),
+            outcome: AllocationOutcome::Cold,
+            latency: Duration::from_secs(1500),
+        }));
+        let body = m.encode();
+        let cold = r#"flavor="db.small",availability_zone="az1",path="cold""#;
+        let buckets: Vec<(f64, f64)> = body
+            .lines()
+            .filter_map(|line| line.strip_prefix("warmpool_allocate_duration_seconds_bucket{"))
+            .filter_map(|rest| {
+                let (labels, value) = rest.split_once("} ")?;
+                let le = labels.strip_prefix("le=\"")?.split_once("\",")?;
+                (le.1 == cold && le.0 != "+Inf")
+                    .then(|| (le.0.parse().unwrap(), value.parse().unwrap()))
+            })
+            .collect();
+        let (top, count) = buckets
+            .iter()
+            .copied()
+            .fold((0.0, 0.0), |a, b| if b.0 > a.0 { b } else { a });
+        assert_eq!(
+            count, 1.0,
+            "1500 s fell in +Inf: the top finite bucket is {top} s\n{body}"
+        );
+        assert!(
+            top >= crate::convert::MAX_ALLOCATE_TIMEOUT.as_secs_f64(),
+            "top finite Allocate bucket {top} s is below MAX_ALLOCATE_TIMEOUT"
+        );
     }
 
     /// The series of events with no pool or no service are there at zero
