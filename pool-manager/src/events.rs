@@ -329,16 +329,25 @@ impl PoolHealth {
     /// otherwise send a create at every change its last failure made; it
     /// boots one at a time instead, each after a pause that starts at
     /// `base` and doubles with each failure in a row, up to `max`.
-    /// Refusals for quota or rate are the throttle gate's to pace, not
-    /// paused twice.
-    pub fn boot_backoff(&self, base: Duration, max: Duration) -> Option<tokio::time::Instant> {
+    /// Refusals for quota or rate are the throttle gate's to pace when
+    /// `gate_paces_refusals` (not paused twice); with the gate off nothing
+    /// else would, and a pool at its quota would be refused a create at
+    /// every change its last refusal made, so they pause the pool too.
+    pub fn boot_backoff(
+        &self,
+        base: Duration,
+        max: Duration,
+        gate_paces_refusals: bool,
+    ) -> Option<tokio::time::Instant> {
         if !self.degraded && self.consecutive_boot_failures == 0 {
             return None;
         }
-        if matches!(
-            self.last_failure,
-            Some(BootOutcome::Quota | BootOutcome::RateLimited)
-        ) {
+        if gate_paces_refusals
+            && matches!(
+                self.last_failure,
+                Some(BootOutcome::Quota | BootOutcome::RateLimited)
+            )
+        {
             return None;
         }
         let doublings = self.backoff_steps.saturating_sub(1).min(16);
@@ -487,15 +496,34 @@ mod tests {
         }
         let health = book.health(&pool);
         assert_eq!(health.consecutive_boot_failures, 8);
-        assert_eq!(health.boot_backoff(base, max), Some(failed + base));
+        assert_eq!(health.boot_backoff(base, max, true), Some(failed + base));
         // The boot started after that pause fails too: twice the pause.
         let next = failed + base;
         let failed_again = next + Duration::from_secs(30);
         book.note_boot(&pool, BootOutcome::Failed, Some(next), failed_again);
         assert_eq!(
-            book.health(&pool).boot_backoff(base, max),
+            book.health(&pool).boot_backoff(base, max, true),
             Some(failed_again + base * 2)
         );
+    }
+
+    /// Quota and rate refusals pause the pool only when no gate paces them.
+    #[test]
+    fn refusals_pause_the_pool_only_without_the_gate() {
+        let pool = PoolKey::new("f", "a");
+        let (base, max) = (Duration::from_secs(5), Duration::from_secs(300));
+        for refusal in [BootOutcome::Quota, BootOutcome::RateLimited] {
+            let mut book = HealthBook::default();
+            let refused = now();
+            book.note_boot(&pool, refusal, None, refused);
+            let health = book.health(&pool);
+            assert_eq!(health.boot_backoff(base, max, true), None, "{refusal:?}");
+            assert_eq!(
+                health.boot_backoff(base, max, false),
+                Some(refused + base),
+                "{refusal:?}"
+            );
+        }
     }
 
     #[test]

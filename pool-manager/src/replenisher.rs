@@ -394,10 +394,11 @@ impl Shared {
             (demand, lead, book.wall_now(settings))
         };
         // After failed boots, one at a time once the pause is over.
-        let backoff = self
-            .health_book()
-            .health(&pool.key)
-            .boot_backoff(self.settings.replenish_interval, BOOT_BACKOFF_MAX);
+        let backoff = self.health_book().health(&pool.key).boot_backoff(
+            self.settings.replenish_interval,
+            BOOT_BACKOFF_MAX,
+            self.settings.gate.enabled,
+        );
         let backoff = backoff.map(|until| {
             if until > now {
                 Backoff::Paused { until }

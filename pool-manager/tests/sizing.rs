@@ -1805,6 +1805,59 @@ async fn quota_stops_refills_but_warm_purchases_proceed() {
     assert!(allocation.warm_hit);
 }
 
+/// Without the gate nothing else paces a pool's quota refusals, so they
+/// take the pool's failed-boot pause, as a retired flavor's failures do.
+/// A pool at its quota sent a create about every second forever (each
+/// refusal's records woke the replenisher, which booted again): 1200 in
+/// ten minutes.
+#[tokio::test(start_paused = true)]
+async fn without_the_gate_quota_refusals_take_the_pools_boot_pause() {
+    let sim = sim_with(|c| c.quotas.max_instances = 3);
+    let manager = PoolManager::new(
+        temp_store(),
+        sim.clone(),
+        Arc::new(sim.probe()),
+        ManagerSettings {
+            gate: GateSettings::disabled(),
+            max_concurrent_boots: 4,
+            ..settings()
+        },
+    );
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(5)).await.unwrap();
+    wait_ready(&manager, 3).await;
+
+    // The pause starts at replenish_interval (2 s) and doubles with each
+    // refusal of a boot started after the one before, up to
+    // BOOT_BACKOFF_MAX (300 s): pauses of 2, 4, .., 256 s add up to 510 s,
+    // and the next is 300 s, so ten minutes hold at most 9 pauses, one
+    // create after each, and the pool boots one at a time in between. At
+    // most the 2 boots the pool lacks may be refused together before the
+    // first pause (wait_ready returns after them or before): 11 creates.
+    sim.reset_call_counts();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let calls = sim.call_counts();
+    let creates = calls.get("create_server").copied().unwrap_or(0);
+    assert!(creates <= 11, "{creates} creates in 10 minutes: {calls:?}");
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 3);
+    assert!(
+        matches!(
+            status.sizing.last_plan.map(|p| p.reason),
+            Some(pool_manager::sizing::PlanReason::Backoff(_))
+        ),
+        "{:?}",
+        status.sizing.last_plan
+    );
+
+    // A purchase still gets a warm instance.
+    let allocation = manager
+        .allocate(request("q1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert!(allocation.warm_hit);
+}
+
 #[tokio::test(start_paused = true)]
 async fn retry_after_holds_new_boots() {
     let sim = sim();

@@ -275,8 +275,9 @@ const MAX_KEEPALIVE: Duration = Duration::from_secs(3600);
 /// `max_concurrent_boots` when it is unset and `gate = false`. The core's
 /// default (64, the gate's largest window) is only a ceiling over the gate's
 /// AIMD window; without the gate nothing else paces boots (no window, no
-/// quota polling, no Retry-After pause), so a config that turned the gate off
-/// keeps the ceiling it had before the default was raised.
+/// quota polling, no Retry-After pause; only a pool's pause after refused or
+/// failed boots), so a config that turned the gate off keeps the ceiling it
+/// had before the default was raised.
 const GATELESS_MAX_CONCURRENT_BOOTS: u32 = 4;
 
 /// `[manager]`: every key optional; defaults from `ManagerSettings`,
