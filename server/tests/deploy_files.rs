@@ -193,6 +193,38 @@ fn the_example_config_documents_every_option() {
     assert!(checked >= 20, "only {checked} options found");
 }
 
+/// An operator who copies the example and turns the gate off gets the
+/// gateless default ceiling (4 boots per pool), not the gate's 64: the
+/// example shows `max_concurrent_boots` commented out, as its default.
+/// It was set to 64, so `gate = false` alone gave 64 unpaced boots a pool.
+#[test]
+fn the_example_with_the_gate_off_keeps_the_gateless_boot_ceiling() {
+    let example = filled(&read(&deploy_dir().join("warmpoold.example.toml")));
+    let gate_lines = example
+        .lines()
+        .filter(|l| l.trim_start().starts_with("gate ="))
+        .count();
+    assert_eq!(gate_lines, 1, "the example sets `gate` once");
+    let gateless: String = example
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("gate =") {
+                "gate = false"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config = Config::parse(&gateless).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.manager.max_concurrent_boots(), 4);
+    let config = Config::parse(&example).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.manager.max_concurrent_boots(),
+        pool_manager::ManagerSettings::default().max_concurrent_boots
+    );
+}
+
 /// Every `expr` of a Grafana JSON, and its templating queries.
 fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<String> {
     let mut queries = Vec::new();
