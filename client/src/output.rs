@@ -346,7 +346,8 @@ pub struct GateView {
     state: String,
     paused_until: Option<String>,
     pause_remaining: Option<String>,
-    window: f64,
+    /// `null` when the gate is disabled: nothing limits boots to a window.
+    window: Option<f64>,
     in_flight: u32,
     gated_in_flight: u32,
     baseline: Option<String>,
@@ -865,7 +866,7 @@ pub(crate) mod tests {
             gate: Some(api::ThrottleGate {
                 state: api::ThrottleState::Throttled.into(),
                 pause_remaining: d(4, 500_000_000),
-                window: 4.0,
+                window: Some(4.0),
                 ..Default::default()
             }),
             ..Default::default()

@@ -373,10 +373,13 @@ fn throttle_detail(pool: &api::Pool, now: SystemTime) -> String {
     let Some(g) = pool.sizing.as_ref().and_then(|s| s.gate.as_ref()) else {
         return "-".to_owned();
     };
+    // No window with the gate off: nothing limits boots to one.
+    let window = g
+        .window
+        .map_or_else(String::new, |w| format!(", window {w:.1}"));
     format!(
-        "{}, window {:.1}, {} boots in flight in the AZ ({} replenishing)",
+        "{}{window}, {} boots in flight in the AZ ({} replenishing)",
         throttle_cell(pool, now),
-        g.window,
         g.in_flight,
         g.gated_in_flight
     )
@@ -539,6 +542,34 @@ mod tests {
         );
         assert_eq!(cell("\u{1b}[2Jgone\u{7}"), "\\u{1b}[2Jgone\\u{7}");
         assert_eq!(cell(" \n "), "-");
+    }
+
+    /// A disabled gate limits boots to no window, so none is shown (the
+    /// daemon sends none); an enabled one's is.
+    #[test]
+    fn the_throttle_detail_shows_a_window_only_with_the_gate_on() {
+        let now = std::time::SystemTime::now();
+        let mut pool = sample_pools().remove(0);
+        let with_gate = |state: api::ThrottleState, window| api::SizingStatus {
+            gate: Some(api::ThrottleGate {
+                state: state.into(),
+                window,
+                in_flight: 3,
+                gated_in_flight: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        pool.sizing = Some(with_gate(api::ThrottleState::Disabled, None));
+        assert_eq!(
+            throttle_detail(&pool, now),
+            "off, 3 boots in flight in the AZ (2 replenishing)"
+        );
+        pool.sizing = Some(with_gate(api::ThrottleState::Open, Some(8.0)));
+        assert_eq!(
+            throttle_detail(&pool, now),
+            "open, window 8.0, 3 boots in flight in the AZ (2 replenishing)"
+        );
     }
 
     #[test]

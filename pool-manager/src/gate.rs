@@ -233,7 +233,9 @@ pub struct TicketInfo {
 #[derive(Clone, Debug, PartialEq)]
 pub struct GateStatus {
     pub enabled: bool,
-    pub window: f64,
+    /// Replenisher builds the AZ admits in flight (the AIMD window);
+    /// `None` when the gate is disabled, as nothing then limits boots to it.
+    pub window: Option<f64>,
     /// Builds in flight in the AZ (purchases included).
     pub in_flight: u32,
     /// Of those, replenisher boots (the ones the window limits).
@@ -958,7 +960,7 @@ impl Gate {
         let state = self.az(az);
         GateStatus {
             enabled,
-            window: state.window,
+            window: enabled.then_some(state.window),
             in_flight: state.in_flight,
             gated_in_flight: state.gated,
             baseline: state.baseline,

@@ -716,10 +716,13 @@ fn retry_after_pauses_new_boots_in_that_az_with_jitter() {
     };
     assert_eq!(pause(1), pause(1));
 
-    // A disabled gate holds nothing back.
+    // A disabled gate holds nothing back, and shows no window: nothing
+    // limits boots to one.
     let mut off = gate(GateSettings::disabled());
     off.throttled("az1", Some(secs(10)), t0);
     assert_eq!(off.admission("az1", "db.small", t0), Admission::OPEN);
+    let status = off.status("az1", "db.small", t0);
+    assert_eq!((status.enabled, status.window), (false, None), "{status:?}");
 }
 
 #[test]
@@ -808,12 +811,12 @@ fn a_huge_quota_backoff_pauses_without_overflowing() {
 fn simultaneous_429s_with_retry_after_zero_halve_the_window_once() {
     let t0 = Instant::now();
     let mut g = gate(GateSettings::default());
-    let before = g.status("az1", "db.small", t0).window;
+    let before = g.status("az1", "db.small", t0).window.unwrap();
     for _ in 0..8 {
         g.throttled("az1", Some(Duration::ZERO), t0);
     }
     let s = g.status("az1", "db.small", t0);
-    assert_eq!((s.window, s.decreases), (before / 2.0, 1), "{s:?}");
+    assert_eq!((s.window.unwrap(), s.decreases), (before / 2.0, 1), "{s:?}");
     assert!(s.hold.is_some(), "a pause, however short, holds new boots");
 }
 
@@ -1506,7 +1509,7 @@ fn aimd_window_grows_near_baseline_and_halves_on_inflation() {
         for ticket in &tickets {
             g.finish(ticket, BootSignal::Built { build: secs(62) }, t);
         }
-        assert_eq!(g.status("az1", "db.small", t).window, expected);
+        assert_eq!(g.status("az1", "db.small", t).window.unwrap(), expected);
     }
 
     // Inflated boots (contention): halve once per round trip, not per boot.
@@ -1516,27 +1519,27 @@ fn aimd_window_grows_near_baseline_and_halves_on_inflation() {
         g.finish(ticket, BootSignal::Built { build: secs(120) }, t);
     }
     let s = g.status("az1", "db.small", t);
-    assert_eq!((s.window, s.decreases), (16.0, 1));
+    assert_eq!((s.window.unwrap(), s.decreases), (16.0, 1));
     // Boots started after the decrease may halve it again.
     let tickets = start_n(&mut g, 16, t);
     t += secs(100);
     g.finish(&tickets[0], BootSignal::Built { build: secs(100) }, t);
-    assert_eq!(g.status("az1", "db.small", t).window, 8.0);
+    assert_eq!(g.status("az1", "db.small", t).window.unwrap(), 8.0);
     // Near baseline again: once the smoothed ratio has come down, additive
     // increase (+1/window per good boot, about +1 per window of boots).
     for ticket in &tickets[1..] {
         g.finish(ticket, BootSignal::Built { build: secs(61) }, t);
     }
     let s = g.status("az1", "db.small", t);
-    assert!(s.window > 8.0 && s.window < 9.5, "{s:?}");
+    assert!(s.window.unwrap() > 8.0 && s.window.unwrap() < 9.5, "{s:?}");
     assert!(s.latency_ratio.unwrap() < 1.2, "{s:?}");
     assert_eq!(s.gated_in_flight, 0);
-    let before = s.window;
+    let before = s.window.unwrap();
     let tickets = start_n(&mut g, 8, t);
     for ticket in &tickets {
         g.finish(ticket, BootSignal::Built { build: secs(61) }, t + secs(61));
     }
-    let w = g.status("az1", "db.small", t).window;
+    let w = g.status("az1", "db.small", t).window.unwrap();
     assert!(w - before > 0.8 && w - before < 1.0, "{before} -> {w}");
 
     // One slow boot among good ones does not halve the window.
@@ -1566,7 +1569,7 @@ fn aimd_does_not_grow_an_unused_window_and_follows_a_slower_cloud() {
         t += secs(60);
         g.finish(&ticket, BootSignal::Built { build: secs(60) }, t);
     }
-    assert_eq!(g.status("az1", "db.small", t).window, 8.0);
+    assert_eq!(g.status("az1", "db.small", t).window.unwrap(), 8.0);
 
     // The whole cloud slows down 5x (IOPS throttling). Lone boots show it,
     // the baseline follows, and the window stops shrinking.
@@ -1577,14 +1580,14 @@ fn aimd_does_not_grow_an_unused_window_and_follows_a_slower_cloud() {
     }
     let s = g.status("az1", "db.small", t);
     assert!(s.baseline.unwrap() > secs(280), "{s:?}");
-    assert!(s.window >= 4.0, "at most one halving: {s:?}");
+    assert!(s.window.unwrap() >= 4.0, "at most one halving: {s:?}");
     // Four at once at the new speed are fine again.
     let tickets = start_n(&mut g, 4, t);
     t += secs(305);
     for ticket in &tickets {
         g.finish(ticket, BootSignal::Built { build: secs(305) }, t);
     }
-    assert!(g.status("az1", "db.small", t).window >= s.window);
+    assert!(g.status("az1", "db.small", t).window.unwrap() >= s.window.unwrap());
 }
 
 /// An AZ never quiet enough for an uncontended build follows a cloud that
@@ -1615,7 +1618,7 @@ fn a_busy_az_follows_a_slower_cloud_once_its_baseline_is_stale() {
     let s = g.status("az1", "db.small", t);
     assert!(s.baseline.unwrap() > secs(150), "{s:?}");
     assert!(s.latency_ratio.unwrap() < 1.2, "{s:?}");
-    assert!(s.window > 4.0, "the window grows again: {s:?}");
+    assert!(s.window.unwrap() > 4.0, "the window grows again: {s:?}");
 }
 
 fn built(s: u64) -> BootSignal {
@@ -1651,26 +1654,26 @@ fn slow_start_turns_conservative_on_slower_builds_and_resumes_when_they_were_noi
     }
     g.finish(&tickets[7], built(32), t);
     let s = g.status("az1", "db.small", t);
-    assert_eq!(s.window, 15.0, "{s:?}");
+    assert_eq!(s.window.unwrap(), 15.0, "{s:?}");
     assert!(s.latency_ratio.unwrap() < 1.2, "{s:?}");
     let tickets = start_n(&mut g, 15, t);
     t += secs(25);
     for ticket in &tickets[..4] {
         g.finish(ticket, built(25), t);
     }
-    assert_eq!(g.status("az1", "db.small", t).window, 16.0);
+    assert_eq!(g.status("az1", "db.small", t).window.unwrap(), 16.0);
 
     // A round (a window of builds) faster than the builds before the slow
     // one: the exit was noise, slow start resumes (+1 per good build).
     for ticket in &tickets[4..] {
         g.finish(ticket, built(24), t);
     }
-    let w = g.status("az1", "db.small", t).window;
+    let w = g.status("az1", "db.small", t).window.unwrap();
     assert_eq!(w, 16.0 + 10.0 * 0.25 + 1.0);
     let ticket = g.start("az1", "db.small", true, t);
     let _others = start_n(&mut g, 20, t);
     g.finish(&ticket, built(25), t + secs(25));
-    assert_eq!(g.status("az1", "db.small", t).window, w + 1.0);
+    assert_eq!(g.status("az1", "db.small", t).window.unwrap(), w + 1.0);
 }
 
 #[test]
@@ -1686,12 +1689,12 @@ fn slow_start_ends_after_conservative_rounds_that_stay_slower() {
     // per build, then congestion avoidance (+1/window per build).
     let mut rounds = 0;
     loop {
-        let before = g.status("az1", "db.small", t).window;
+        let before = g.status("az1", "db.small", t).window.unwrap();
         let ticket = g.start("az1", "db.small", true, t);
         let _load = start_n(&mut g, before as u32, t);
         t += secs(27);
         g.finish(&ticket, built(27), t);
-        let after = g.status("az1", "db.small", t).window;
+        let after = g.status("az1", "db.small", t).window.unwrap();
         if (after - before - 0.25).abs() > 1e-9 {
             assert!(
                 (after - before - 1.0 / before).abs() < 1e-9,
@@ -1723,7 +1726,7 @@ fn inflation_never_shrinks_the_window_below_what_the_cloud_just_delivered() {
         g.finish(ticket, built(40), t + secs(40));
     }
     let s = g.status("az1", "db.small", t + secs(40));
-    assert_eq!((s.window, s.decreases), (30.0, 1), "{s:?}");
+    assert_eq!((s.window.unwrap(), s.decreases), (30.0, 1), "{s:?}");
 
     // Later, with nothing delivered lately, inflation halves it.
     let t = t + secs(200);
@@ -1732,7 +1735,7 @@ fn inflation_never_shrinks_the_window_below_what_the_cloud_just_delivered() {
         g.finish(ticket, built(60), t + secs(60));
     }
     let s = g.status("az1", "db.small", t + secs(60));
-    assert_eq!((s.window, s.decreases), (15.0, 2), "{s:?}");
+    assert_eq!((s.window.unwrap(), s.decreases), (15.0, 2), "{s:?}");
 }
 
 /// Inflation while the hosts deliver a whole window per baseline leaves the
@@ -1740,7 +1743,7 @@ fn inflation_never_shrinks_the_window_below_what_the_cloud_just_delivered() {
 #[test]
 fn a_decrease_the_delivered_floor_cancels_is_not_counted() {
     let (mut g, t) = gate_after_a_lone_build(1, 64);
-    assert_eq!(g.status("az1", "db.small", t).window, 2.0);
+    assert_eq!(g.status("az1", "db.small", t).window.unwrap(), 2.0);
     // Purchases (not gated) slow the builds down: 4 finish within the
     // baseline, more than the window of 2.
     let purchases: Vec<_> = (0..4)
@@ -1751,7 +1754,7 @@ fn a_decrease_the_delivered_floor_cancels_is_not_counted() {
     }
     let s = g.status("az1", "db.small", t + secs(50));
     assert!(s.latency_ratio.unwrap() > 1.4, "{s:?}");
-    assert_eq!((s.window, s.decreases), (2.0, 0), "{s:?}");
+    assert_eq!((s.window.unwrap(), s.decreases), (2.0, 0), "{s:?}");
 
     // Later, with nothing delivered lately, inflation halves it (a
     // purchase alongside: three in flight do not measure the baseline).
@@ -1760,7 +1763,7 @@ fn a_decrease_the_delivered_floor_cancels_is_not_counted() {
     let _purchase = g.start("az1", "db.small", false, t);
     g.finish(&tickets[0], built(60), t + secs(60));
     let s = g.status("az1", "db.small", t + secs(60));
-    assert_eq!((s.window, s.decreases), (1.0, 1), "{s:?}");
+    assert_eq!((s.window.unwrap(), s.decreases), (1.0, 1), "{s:?}");
 }
 
 // ---- through a manager on the paused clock ---------------------------------
@@ -2440,7 +2443,7 @@ async fn pools_filling_at_once_share_their_zones_window() {
     for _ in 0..1200 {
         let gate = manager.get_pool(&pool()).await.unwrap().sizing.gate;
         assert_eq!(gate.decreases, 0, "the window only grew: {gate:?}");
-        worst = worst.max(i64::from(gate.gated_in_flight) - gate.window.floor() as i64);
+        worst = worst.max(i64::from(gate.gated_in_flight) - gate.window.unwrap().floor() as i64);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(worst <= 2, "{worst} gated builds beyond the window");

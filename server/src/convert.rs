@@ -513,7 +513,7 @@ fn gate(g: &GateStatus) -> api::ThrottleGate {
         state: state.into(),
         paused_until: remaining.map(|r| timestamp(SystemTime::now() + r)),
         pause_remaining: remaining.map(duration_to_proto),
-        window: finite(g.window),
+        window: g.window.map(finite),
         in_flight: g.in_flight,
         gated_in_flight: g.gated_in_flight,
         baseline: g.baseline.map(duration_to_proto),

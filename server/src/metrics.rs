@@ -483,7 +483,7 @@ impl Metrics {
         );
         registry.register(
             "pool_gate_window",
-            "Builds (boot request until ACTIVE) in flight the pool's availability zone admits now (the throttle gate's AIMD window)",
+            "Builds (boot request until ACTIVE) in flight the pool's availability zone admits now (the throttle gate's AIMD window); no series while the gate is disabled (gate = false)",
             m.pool_gate_window.clone(),
         );
         registry.register(
@@ -857,11 +857,13 @@ impl Metrics {
             }
             let sizing = &status.sizing;
             for (family, value) in [
-                (&self.pool_demand_in_lead, sizing.demand_in_lead),
-                (&self.pool_service_level_z, sizing.z),
+                (&self.pool_demand_in_lead, Some(sizing.demand_in_lead)),
+                (&self.pool_service_level_z, Some(sizing.z)),
                 (&self.pool_gate_window, sizing.gate.window),
             ] {
-                family.get_or_create(&pool).set(value);
+                if let Some(value) = value {
+                    family.get_or_create(&pool).set(value);
+                }
             }
             for (window, value) in [
                 ("short", sizing.demand.short),
@@ -1139,6 +1141,58 @@ mod tests {
             "{body}"
         );
         manager.shutdown().await.unwrap();
+    }
+
+    /// With the gate off nothing limits boots to a window: the window
+    /// gauge has no series for the pool, rather than the unused initial 8.
+    #[tokio::test(start_paused = true)]
+    async fn a_disabled_gate_exports_no_window() {
+        let window_of = |body: &str| {
+            body.lines()
+                .find_map(|line| {
+                    line.strip_prefix(
+                        "warmpool_pool_gate_window{flavor=\"db.small\",availability_zone=\"az1\"} ",
+                    )
+                })
+                .map(|v| v.parse::<f64>().unwrap())
+        };
+        for (gate, expected) in [
+            (pool_manager::gate::GateSettings::default(), Some(8.0)),
+            (pool_manager::gate::GateSettings::disabled(), None),
+        ] {
+            let sim = cloudsim::SimCloud::new(cloudsim::SimConfig::deterministic());
+            let manager = PoolManager::new(
+                std::sync::Arc::new(pool_manager::store::SledStore::temporary().unwrap()),
+                sim.clone(),
+                std::sync::Arc::new(sim.probe()),
+                pool_manager::ManagerSettings {
+                    gate,
+                    ..Default::default()
+                },
+            );
+            manager.start().await.unwrap();
+            manager
+                .create_pool(
+                    PoolKey::new("db.small", "az1"),
+                    pool_manager::model::PoolSpec {
+                        min_ready: 1,
+                        max_ready: 1,
+                        target: Default::default(),
+                        image: "mysql-8.0".into(),
+                        boot_timeout: Duration::from_secs(600),
+                        max_age: None,
+                        paused: false,
+                        windows: Vec::new(),
+                        iops_limit: None,
+                        volume_iops_limit: None,
+                    },
+                )
+                .await
+                .unwrap();
+            let body = Metrics::new().render(&manager).await.unwrap();
+            assert_eq!(window_of(&body), expected, "{body}");
+            manager.shutdown().await.unwrap();
+        }
     }
 
     /// A new volume a rolled-back purchase left stuck `error_attaching`

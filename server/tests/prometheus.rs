@@ -344,7 +344,7 @@ async fn prometheus_reports_the_pool_depth_grpc_reports_and_sees_allocations() {
         .one_value(&format!("warmpool_pool_gate_window{{{pool}}}"))
         .await
         .unwrap();
-    assert_eq!(window, sizing.gate.expect("the AZ's gate").window);
+    assert_eq!(Some(window), sizing.gate.expect("the AZ's gate").window);
     let p90 = sizing.lead_time_p90.expect("lead time p90");
     let exported = prometheus
         .one_value(&format!(
