@@ -491,6 +491,11 @@ impl Shared {
                 return Ok(None);
             }
             plan = sizing::decide(&inputs(&pool.spec, &census, admission));
+            // The pool may want more boots now than the first plan took
+            // tickets for (its floor raised meanwhile): the next step
+            // starts those. The plan shown says what this one started.
+            let tickets_held = u32::try_from(tickets.len()).unwrap_or(u32::MAX);
+            plan.boots_now = plan.boots_now.min(tickets_held);
             for ticket in tickets.into_iter().take(plan.boots_now as usize) {
                 let (instance, claim) = self.record_new_instance(&pool, None).await?;
                 ticket.recorded();

@@ -2529,6 +2529,47 @@ async fn a_pool_below_its_floor_boots_while_another_keeps_the_window_full() {
     purchases.abort();
 }
 
+/// The plan GetPool shows says how many boots its step started. A step
+/// takes its boots' tickets by its first plan, then decides again on the
+/// pool as it is when it records them; a floor raised meanwhile asks for
+/// more boots than it holds tickets for, and the plan said the larger
+/// number (3) though one boot was started.
+#[tokio::test(start_paused = true)]
+async fn the_shown_plan_counts_the_boots_its_step_started() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = PoolManager::new(
+        temp_store(),
+        cloud.clone(),
+        Arc::new(sim.probe()),
+        settings(),
+    );
+    manager.start().await.unwrap();
+    // The new pool's first step wants one boot, takes its ticket and looks
+    // at the quota headroom: it waits there while the floor is raised.
+    let headroom = cloud.hold_next("boot_headroom", At::Before);
+    let create = cloud.hold_next("create_server", At::Before);
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    headroom.reached().await;
+    manager
+        .update_pool(&pool(), |s| s.min_ready = 3)
+        .await
+        .unwrap();
+    headroom.release();
+    // The step's one boot reaches the cloud once the step is over, before
+    // the next step (the floor's change wakes one) can start more.
+    create.reached().await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    let plan = status.sizing.last_plan.expect("the step's plan");
+    assert_eq!(status.count(InstanceState::Booting), 1, "{status:?}");
+    assert_eq!(plan.boots_now, 1, "{plan:?}");
+    assert_eq!(plan.target, 3, "{plan:?}");
+    create.release();
+    // The next steps boot the rest.
+    wait_ready(&manager, 3).await;
+    manager.shutdown().await.unwrap();
+}
+
 /// A pool's purchases count toward its demand however busy the rest of the
 /// manager is: while the pool's replenisher waits on a slow cloud call,
 /// more than a broadcast buffer's worth of other pools' events go by, and
