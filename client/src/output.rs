@@ -97,9 +97,9 @@ fn std_duration(d: &prost_types::Duration) -> Option<Duration> {
 }
 
 /// The pool's hit rate (see `allocations_exhausted` in the proto): warm
-/// hits among the purchases that needed an instance, warm, cold or
-/// refused for want of one; other failures say nothing of the pool's
-/// depth. As a percentage with one decimal, rounded down: 199 of 200 (the
+/// hits among the purchases that needed an instance, warm, cold, served
+/// after waiting for one to become Ready, or refused for want of one;
+/// other failures say nothing of the pool's depth. As a percentage with one decimal, rounded down: 199 of 200 (the
 /// default service level) is "99.5%", and only a pool without a miss
 /// shows "100.0%". "-" before any. In u128: counters near u64::MAX must
 /// not overflow.
@@ -108,12 +108,15 @@ fn std_duration(d: &prost_types::Duration) -> Option<Duration> {
 /// those refusals once under way among `allocations_failed` only: read as
 /// 0, its empty pool's refusals would be no miss at all. Then the rate is
 /// warm / (warm + cold + failed), what warmpoolctl showed before the field.
+/// One older than `allocations_waited` counts the purchases that waited
+/// among the warm ones: none can be told apart.
 pub fn hit_rate_cell(pool: &api::Pool) -> String {
     let warm = u128::from(pool.allocations_warm);
     let misses = pool
         .allocations_exhausted
         .unwrap_or(pool.allocations_failed);
-    let total = warm + u128::from(pool.allocations_cold) + u128::from(misses);
+    let waited = pool.allocations_waited.unwrap_or(0);
+    let total = warm + u128::from(pool.allocations_cold) + u128::from(waited) + u128::from(misses);
     if total == 0 {
         return "-".to_owned();
     }
@@ -331,6 +334,9 @@ pub struct PoolView<'a> {
     draining: bool,
     allocations_warm: u64,
     allocations_cold: u64,
+    /// null from a server older than the field (which counts them among
+    /// the warm).
+    allocations_waited: Option<u64>,
     allocations_failed: u64,
     /// null from a server older than the field.
     allocations_exhausted: Option<u64>,
@@ -443,6 +449,7 @@ impl<'a> From<&'a api::Pool> for PoolView<'a> {
             draining: p.draining,
             allocations_warm: p.allocations_warm,
             allocations_cold: p.allocations_cold,
+            allocations_waited: p.allocations_waited,
             allocations_failed: p.allocations_failed,
             allocations_exhausted: p.allocations_exhausted,
             last_error: &p.last_error,
@@ -691,6 +698,7 @@ pub(crate) mod tests {
                 allocations_cold: 1,
                 allocations_failed: 0,
                 allocations_exhausted: Some(0),
+                allocations_waited: Some(0),
                 last_error: String::new(),
                 ..Default::default()
             },
@@ -717,6 +725,7 @@ pub(crate) mod tests {
                 allocations_failed: 4,
                 // Paused and empty: fail-fast purchases refused.
                 allocations_exhausted: Some(4),
+                allocations_waited: Some(0),
                 last_error: "boot timed out\nafter 10m".into(),
                 ..Default::default()
             },
@@ -926,6 +935,35 @@ pub(crate) mod tests {
         assert_eq!(hit_rate_cell(&pool(1, 0, 1, 1)), "50.0%");
         assert_eq!(hit_rate_cell(&pool(1, 1, 5, 2)), "25.0%");
         assert_eq!(hit_rate_cell(&pool(0, 0, 1, 1)), "0.0%");
+    }
+
+    /// A WAIT purchase that found no instance Ready and was served once
+    /// one became Ready is a miss, however soon: a pool too shallow for
+    /// its purchases that refills within their timeout read 100.0%. From
+    /// a server older than the count (None) they are among the warm.
+    #[test]
+    fn the_hit_rate_counts_purchases_that_waited_as_misses() {
+        let pool = |warm, waited| api::Pool {
+            allocations_warm: warm,
+            allocations_waited: waited,
+            allocations_exhausted: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(hit_rate_cell(&pool(1, Some(1))), "50.0%");
+        assert_eq!(hit_rate_cell(&pool(3, Some(1))), "75.0%");
+        assert_eq!(hit_rate_cell(&pool(0, Some(2))), "0.0%");
+        assert_eq!(hit_rate_cell(&pool(2, Some(0))), "100.0%");
+        assert_eq!(hit_rate_cell(&pool(2, None)), "100.0%");
+        let both = api::Pool {
+            allocations_cold: 1,
+            allocations_exhausted: Some(1),
+            ..pool(1, Some(1))
+        };
+        assert_eq!(hit_rate_cell(&both), "25.0%");
+        let v = to_json(PoolView::from(&pool(1, Some(1))));
+        assert_eq!(v["allocations_waited"], 1);
+        let v = to_json(PoolView::from(&pool(1, None)));
+        assert_eq!(v["allocations_waited"], Value::Null);
     }
 
     /// A server older than allocations_exhausted does not send it, and

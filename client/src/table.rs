@@ -99,10 +99,16 @@ fn counts(pool: &api::Pool) -> api::PoolCounts {
     pool.counts.unwrap_or_default()
 }
 
+/// WARM/WAITED/COLD/FAILED: how purchases were served, or that they
+/// failed once under way. WAITED is "-" from a server older than the
+/// count, which has them among the warm ones.
 fn allocs(pool: &api::Pool) -> String {
     format!(
-        "{}/{}/{}",
-        pool.allocations_warm, pool.allocations_cold, pool.allocations_failed
+        "{}/{}/{}/{}",
+        pool.allocations_warm,
+        opt_number(pool.allocations_waited),
+        pool.allocations_cold,
+        pool.allocations_failed
     )
 }
 
@@ -118,7 +124,7 @@ pub fn pools_table(pools: &[api::Pool]) -> String {
         "MAX",
         "LEAD P90",
         "ALLOCATED",
-        "WARM/COLD/FAILED",
+        "WARM/WAITED/COLD/FAILED",
         "STATUS",
         "HEALTH",
         "IMAGE",
@@ -164,7 +170,7 @@ pub fn watch_table<'a>(pools: impl IntoIterator<Item = &'a api::Pool>, now: Syst
         "STATUS",
         "HEALTH",
         "ALLOCATED",
-        "WARM/COLD/FAILED",
+        "WARM/WAITED/COLD/FAILED",
         "LAST ERROR",
     ]);
     for pool in pools {
@@ -281,10 +287,11 @@ pub fn pool_detail(pool: &api::Pool, now: SystemTime) -> String {
         (
             "allocations",
             format!(
-                "warm {}, cold {}, exhausted {}, failed {}",
+                "warm {}, waited {}, cold {}, exhausted {}, failed {}",
                 pool.allocations_warm,
-                pool.allocations_cold,
                 // "-" from a server older than the field.
+                opt_number(pool.allocations_waited),
+                pool.allocations_cold,
                 opt_number(pool.allocations_exhausted),
                 pool.allocations_failed
             ),
@@ -455,12 +462,14 @@ fn plan_detail(pool: &api::Pool, now: SystemTime) -> String {
     }
 }
 
-/// Whether a warm instance served the purchase; not known before an
-/// instance is claimed (the server leaves the flag false until then).
+/// Whether the purchase found an instance Ready; not known before an
+/// instance is claimed (the server leaves the flag false until then). A
+/// miss was served by a boot of its own (COLD_BOOT) or by an instance that
+/// became Ready while it waited (WAIT): the allocation does not say which.
 fn warm_hit(a: &api::Allocation) -> &'static str {
     match (a.warm_hit, !a.instance_id.is_empty()) {
         (true, _) => "yes",
-        (false, true) => "no (cold boot)",
+        (false, true) => "no (cold boot, or waited for one)",
         (false, false) => "-",
     }
 }
@@ -601,7 +610,7 @@ mod tests {
                 "LEAD",
                 "P90",
                 "ALLOCATED",
-                "WARM/COLD/FAILED",
+                "WARM/WAITED/COLD/FAILED",
                 "STATUS",
                 "HEALTH",
                 "IMAGE",
@@ -622,7 +631,7 @@ mod tests {
                 "5",
                 "-",
                 "7",
-                "12/1/0",
+                "12/0/1/0",
                 "active",
                 "ok",
                 "mysql-8.0",
@@ -652,7 +661,7 @@ mod tests {
         assert_eq!(
             row[9..],
             [
-                "0/0/4",
+                "0/0/0/4",
                 "paused",
                 "ok",
                 "mysql-8.4",
@@ -681,7 +690,7 @@ mod tests {
         let text = watch_table(&pools, SystemTime::now());
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("POOL"));
-        assert!(lines[0].contains("WARM/COLD/FAILED"));
+        assert!(lines[0].contains("WARM/WAITED/COLD/FAILED"));
         assert!(lines[0].contains("HIT RATE  LEAD P90  THROTTLE  STATUS  HEALTH"));
         assert!(lines[0].ends_with("LAST ERROR"));
         let row: Vec<&str> = lines[1].split_whitespace().collect();
@@ -699,7 +708,7 @@ mod tests {
                 "active",
                 "ok",
                 "7",
-                "12/1/0"
+                "12/0/1/0"
             ]
         );
         let row: Vec<&str> = lines[2].split_whitespace().collect();
@@ -717,7 +726,7 @@ mod tests {
                 "paused",
                 "ok",
                 "0",
-                "0/0/4"
+                "0/0/0/4"
             ]
         );
     }
@@ -808,17 +817,21 @@ mod tests {
         assert!(text.contains("windows:           -\n"), "{text}");
         assert!(text.contains("iops_limit:        -\n"), "{text}");
         assert!(
-            text.contains("allocations:       warm 12, cold 1, exhausted 0, failed 0\n"),
+            text.contains("allocations:       warm 12, waited 0, cold 1, exhausted 0, failed 0\n"),
             "{text}"
         );
-        // From a server older than allocations_exhausted: not known.
+        // From a server older than allocations_exhausted and
+        // allocations_waited: not known.
         let mut old = sample_pools()[0].clone();
         old.allocations_exhausted = None;
+        old.allocations_waited = None;
         let text = pool_detail(&old, SystemTime::now());
         assert!(
-            text.contains("allocations:       warm 12, cold 1, exhausted -, failed 0\n"),
+            text.contains("allocations:       warm 12, waited -, cold 1, exhausted -, failed 0\n"),
             "{text}"
         );
+        let text = pools_table(&[old]);
+        assert!(text.contains(" 12/-/1/0 "), "{text}");
     }
 
     #[test]
@@ -962,6 +975,6 @@ mod tests {
         let text = allocation_detail(&a);
         assert!(text.contains("warm_hit:   -\n"), "{text}");
         a.instance_id = "i-1".into();
-        assert!(allocation_detail(&a).contains("warm_hit:   no (cold boot)\n"));
+        assert!(allocation_detail(&a).contains("warm_hit:   no (cold boot, or waited for one)\n"));
     }
 }

@@ -286,7 +286,7 @@ async fn pools_allocate_get_release() {
     assert_eq!(small["MIN"], "2", "{table}");
     assert_eq!(small["MAX"], "4", "{table}");
     assert_eq!(small["ALLOCATED"], "0", "{table}");
-    assert_eq!(small["WARM/COLD/FAILED"], "0/0/0", "{table}");
+    assert_eq!(small["WARM/WAITED/COLD/FAILED"], "0/0/0/0", "{table}");
     assert_eq!(small["STATUS"], "active", "{table}");
     assert_eq!(small["IMAGE"], "mysql-8.0", "{table}");
     assert_eq!(
@@ -399,7 +399,7 @@ async fn pools_allocate_get_release() {
         let rows = table_rows(&table);
         let small = row(&rows, "db.small@az1").unwrap();
         if small["READY"] == "2" && small["ALLOCATED"] == "0" {
-            assert_eq!(small["WARM/COLD/FAILED"], "1/0/0", "{table}");
+            assert_eq!(small["WARM/WAITED/COLD/FAILED"], "1/0/0/0", "{table}");
             break;
         }
         assert!(Instant::now() < deadline, "pool did not settle: \n{table}");
@@ -1012,7 +1012,7 @@ async fn watch_shows_the_pool_refilling() {
             && small["BOOTING"] == "0"
             && small["WARMING"] == "0"
         {
-            assert_eq!(small["WARM/COLD/FAILED"], "1/0/0", "{small:?}");
+            assert_eq!(small["WARM/WAITED/COLD/FAILED"], "1/0/0/0", "{small:?}");
             break;
         }
     }
@@ -1060,6 +1060,7 @@ async fn watch_json_prints_one_object_per_line() {
         let v = next_json(&mut lines).await;
         if v["pool"]["counts"]["allocated"] == 1 && v["pool"]["counts"]["ready"] == 1 {
             assert_eq!(v["pool"]["allocations_warm"], 1, "{v}");
+            assert_eq!(v["pool"]["allocations_waited"], 0, "{v}");
             break;
         }
     }

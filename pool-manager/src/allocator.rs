@@ -34,6 +34,7 @@ use crate::replenisher::{BootError, DrivingClaim, Timed};
 use crate::store::RecordKind;
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -326,6 +327,10 @@ fn validate(params: &AllocationParams) -> ManagerResult<()> {
 struct Record<'a> {
     shared: &'a Shared,
     current: Mutex<Allocation>,
+    /// The purchase waited for an instance to become Ready, so the one it
+    /// is served from is no warm hit (`AllocationOutcome::Waited`). Not
+    /// stored: only this call counts the purchase.
+    waited: AtomicBool,
 }
 
 impl Record<'_> {
@@ -398,9 +403,12 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn allocation_outcome(outcome: &ManagerResult<Allocation>) -> AllocationOutcome {
+/// `waited`: [`Record::waited`]; an instance not claimed warm and not
+/// waited for was booted for the purchase.
+fn allocation_outcome(outcome: &ManagerResult<Allocation>, waited: bool) -> AllocationOutcome {
     match outcome {
         Ok(a) if a.warm_hit => AllocationOutcome::Warm,
+        Ok(_) if waited => AllocationOutcome::Waited,
         Ok(_) => AllocationOutcome::Cold,
         Err(e) => failure_outcome(e),
     }
@@ -434,6 +442,17 @@ impl Shared {
                 .await;
         }
     }
+}
+
+/// How [`Shared::wait_on_pool`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Woke {
+    /// A change had come since the cursor's last look: no wait.
+    Unseen,
+    /// A change came while it waited.
+    Changed,
+    /// The deadline came first.
+    TimedOut,
 }
 
 fn failure_outcome(error: &ManagerError) -> AllocationOutcome {
@@ -908,6 +927,7 @@ impl Shared {
         let record = Record {
             shared: self,
             current: Mutex::new(allocation),
+            waited: AtomicBool::new(false),
         };
         let span =
             tracing::info_span!("allocate", request_id = %params.request_id, pool = %params.pool);
@@ -934,7 +954,7 @@ impl Shared {
         };
         let allocation = record.get().await;
         let latency = started.elapsed();
-        let counted = allocation_outcome(&outcome);
+        let counted = allocation_outcome(&outcome, record.waited.load(Ordering::SeqCst));
         self.emit(
             Some(&params.pool),
             EventKind::Allocation {
@@ -948,15 +968,14 @@ impl Shared {
                 let key = &done.params.pool;
                 let warm = done.warm_hit;
                 let _ = self
-                    .update_pool(key, |p| {
-                        if warm {
-                            p.allocations_warm += 1
-                        } else {
-                            p.allocations_cold += 1
-                        }
+                    .update_pool(key, |p| match counted {
+                        AllocationOutcome::Warm => p.allocations_warm += 1,
+                        AllocationOutcome::Waited => p.allocations_waited += 1,
+                        _ => p.allocations_cold += 1,
                     })
                     .await;
-                tracing::info!(request_id = %done.params.request_id, server = ?done.server_id, warm, total = ?done.timings.total, "allocated");
+                let waited = counted == AllocationOutcome::Waited;
+                tracing::info!(request_id = %done.params.request_id, server = ?done.server_id, warm, waited, total = ?done.timings.total, "allocated");
                 if done.creates_in_doubt {
                     // A first look at once, not on the purchase's time; the
                     // reconciler looks again while the watch lasts, and the
@@ -1150,12 +1169,26 @@ impl Shared {
         let mut discarded_servers = Vec::new();
         // One count per call that found the pool empty, also over tries.
         let mut counted_empty = false;
+        // Over tries too: a purchase that waited for an instance to become
+        // Ready did not find one on arrival, whichever try it is served by.
+        let mut waited_for_ready = false;
         loop {
             let wait_started = Instant::now();
-            let (instance, warm) = self
-                .obtain_instance(&params, policy, deadline, &mut counted_empty, own_port)
+            let (instance, from_ready) = self
+                .obtain_instance(
+                    &params,
+                    policy,
+                    deadline,
+                    &mut counted_empty,
+                    &mut waited_for_ready,
+                    own_port,
+                )
                 .await?;
             let waited = wait_started.elapsed();
+            let warm = from_ready && !waited_for_ready;
+            record
+                .waited
+                .store(from_ready && waited_for_ready, Ordering::SeqCst);
             let claimed_at = Instant::now();
             let attach_deadline = deadline.max(deadline_after(claimed_at, CLAIMED_ATTACH_GRACE));
             record
@@ -1167,7 +1200,7 @@ impl Shared {
                 })
                 .await?;
             // A cold-booted instance was probed a moment ago by its boot.
-            let answers = match warm {
+            let answers = match from_ready {
                 true => self.mysqld_answers(&instance).await,
                 false => Ok(()),
             };
@@ -1325,15 +1358,20 @@ impl Shared {
         }
     }
 
-    /// A claimed instance: warm from the pool, or per the empty-pool policy.
-    /// `own_port`: the purchase's tenant port is made (its number at the
-    /// gate, [`Gate::tenant_port_made`]).
+    /// A claimed instance, and whether it was claimed Ready: from the pool,
+    /// or per the empty-pool policy. `waited_for_ready` is set once a WAIT
+    /// purchase has to wait for a change (a look again at once, after a
+    /// change it had not seen, such as another purchase's claim of an
+    /// instance it saw Ready, is no wait). `own_port`: the purchase's
+    /// tenant port is made (its number at the gate,
+    /// [`Gate::tenant_port_made`]).
     async fn obtain_instance(
         self: &Arc<Self>,
         params: &AllocationParams,
         policy: EmptyPoolPolicy,
         deadline: Instant,
         counted_empty: &mut bool,
+        waited_for_ready: &mut bool,
         own_port: Option<u64>,
     ) -> ManagerResult<(Instance, bool)> {
         let mut changes = self.changes.subscribe();
@@ -1360,12 +1398,16 @@ impl Shared {
                     let (pool, woke) = self
                         .wait_on_pool(&mut changes, &params.pool, deadline)
                         .await?;
-                    if !woke {
-                        return Err(ManagerError::ResourceExhausted(format!(
-                            "pool {} had no ready instance before the deadline{}",
-                            params.pool,
-                            paused_hint(&pool)
-                        )));
+                    match woke {
+                        Woke::Unseen => {}
+                        Woke::Changed => *waited_for_ready = true,
+                        Woke::TimedOut => {
+                            return Err(ManagerError::ResourceExhausted(format!(
+                                "pool {} had no ready instance before the deadline{}",
+                                params.pool,
+                                paused_hint(&pool)
+                            )))
+                        }
                     }
                 }
             }
@@ -1373,20 +1415,24 @@ impl Shared {
     }
 
     /// Waits, for a purchase that holds nothing yet, until the next change
-    /// of the store or `until` (whether a change came), then reads its pool
-    /// again. A stop ([`PoolManager::stop_waiting`]) ends the wait at once
-    /// with `ShuttingDown`, a pool being deleted with its refusal.
+    /// of the store or `until` (how it ended), then reads its pool again.
+    /// A stop ([`PoolManager::stop_waiting`]) ends the wait at once with
+    /// `ShuttingDown`, a pool being deleted with its refusal.
     async fn wait_on_pool(
         &self,
         changes: &mut ChangeCursor,
         pool: &PoolKey,
         until: Instant,
-    ) -> ManagerResult<(PoolRecord, bool)> {
+    ) -> ManagerResult<(PoolRecord, Woke)> {
         let mut stopping = self.stop_waiting.subscribe();
         let woke = tokio::select! {
             biased;
             _ = stopping.wait_for(|stop| *stop) => return Err(ManagerError::ShuttingDown),
-            woke = tokio::time::timeout_at(until, changes.changed()) => woke.is_ok(),
+            woke = tokio::time::timeout_at(until, changes.changed()) => match woke {
+                Ok(true) => Woke::Changed,
+                Ok(false) => Woke::Unseen,
+                Err(_) => Woke::TimedOut,
+            },
         };
         Ok((self.pool_open_to_purchases(pool).await?, woke))
     }
@@ -1787,7 +1833,7 @@ impl Shared {
                 return Err(no_ready_instance_in(&pool));
             }
             let (now, woke) = self.wait_on_pool(&mut changes, &params.pool, until).await?;
-            if !woke {
+            if woke == Woke::TimedOut {
                 return Ok(());
             }
             pool = now;

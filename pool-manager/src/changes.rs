@@ -46,9 +46,13 @@ pub struct ChangeCursor {
 
 impl ChangeCursor {
     /// Returns once there is a change the cursor has not seen (at once if
-    /// one happened already), and marks it seen.
-    pub async fn changed(&mut self) {
+    /// one happened already), and marks it seen. True if it had to wait
+    /// for it: a purchase that waited for an instance to become Ready is
+    /// told from one that only looked again after a change it had missed
+    /// (another purchase's claim of an instance it also saw Ready).
+    pub async fn changed(&mut self) -> bool {
         let changes = self.changes.clone();
+        let mut waited = false;
         loop {
             let notified = changes.notify.notified();
             tokio::pin!(notified);
@@ -56,9 +60,10 @@ impl ChangeCursor {
             // either shows in the count or wakes this waiter.
             notified.as_mut().enable();
             if self.mark_seen() {
-                return;
+                return waited;
             }
             notified.await;
+            waited = true;
         }
     }
 
@@ -81,9 +86,10 @@ mod tests {
         let changes = Arc::new(Changes::default());
         let mut cursor = changes.subscribe();
         changes.bump();
-        tokio::time::timeout(Duration::from_secs(1), cursor.changed())
+        let waited = tokio::time::timeout(Duration::from_secs(1), cursor.changed())
             .await
             .expect("the earlier change is seen");
+        assert!(!waited, "it was there before the wait");
         // Seen now: the next wait needs a new change.
         assert!(
             tokio::time::timeout(Duration::from_secs(1), cursor.changed())
@@ -101,10 +107,11 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(!waiter.is_finished());
         changes.bump();
-        tokio::time::timeout(Duration::from_secs(1), waiter)
+        let waited = tokio::time::timeout(Duration::from_secs(1), waiter)
             .await
             .expect("woken")
             .expect("no panic");
+        assert!(waited, "it came during the wait");
     }
 
     #[tokio::test(start_paused = true)]

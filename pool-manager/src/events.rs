@@ -70,8 +70,14 @@ impl DegradedCause {
 /// How an Allocate ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AllocationOutcome {
+    /// Served from an instance it found Ready.
     Warm,
+    /// Served by a boot of its own (COLD_BOOT).
     Cold,
+    /// Served from an instance that became Ready while it waited (WAIT):
+    /// the pool had none for it, so it is no warm hit.
+    Waited,
+    /// RESOURCE_EXHAUSTED: no instance by the deadline, or a quota.
     Exhausted,
     /// FAILED_PRECONDITION: the tenant's volume is in use, missing or in
     /// another zone, or the cloud refused to create its volume or port, or

@@ -399,15 +399,24 @@ pub struct PoolRecord {
     /// Set by DeletePool: no more boots, unclaimed instances are deleted, and
     /// the record goes once nothing unclaimed is left.
     pub draining: bool,
+    /// Allocates served from an instance they found Ready.
     pub allocations_warm: u64,
+    /// Allocates served by a boot of their own (COLD_BOOT).
     pub allocations_cold: u64,
+    /// Allocates served from an instance that became Ready while they
+    /// waited for one (WAIT): no warm hit, the pool was too shallow for
+    /// them. Records stored before it was kept have none (their waits are
+    /// among the warm ones); not written while 0, so a version without it
+    /// still reads a pool whose purchases never waited.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub allocations_waited: u64,
     /// Allocates that failed once under way (after the order's record
     /// was written), for any reason.
     pub allocations_failed: u64,
     /// Allocates refused for want of a Ready instance
     /// (`AllocationOutcome::Exhausted`), counted as the metrics count
-    /// them, a refusal before the order was recorded too: with the warm
-    /// and cold ones, what the pool's hit rate is made of. Records stored
+    /// them, a refusal before the order was recorded too: with the warm,
+    /// cold and waited ones, what the pool's hit rate is made of. Records stored
     /// before it was kept have none; not written while 0, so a version
     /// without it still reads a pool that never ran out.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -427,6 +436,7 @@ impl PoolRecord {
             draining: false,
             allocations_warm: 0,
             allocations_cold: 0,
+            allocations_waited: 0,
             allocations_failed: 0,
             allocations_exhausted: 0,
             last_error: None,
@@ -650,6 +660,8 @@ pub struct StepTimings {
 pub struct Allocation {
     pub params: AllocationParams,
     pub state: AllocationState,
+    /// Served from an instance it found Ready on arrival: false for a cold
+    /// boot, and for an instance that became Ready while it waited.
     pub warm_hit: bool,
     pub instance_id: Option<String>,
     pub server_id: Option<String>,
@@ -937,6 +949,27 @@ pub(crate) mod tests {
         let old: PoolRecord = serde_json::from_value(stored).unwrap();
         assert_eq!(old.last_error.as_deref(), Some("boot failed"));
         assert_eq!(old.last_error_at, None);
+    }
+
+    /// A pool record stored before purchases that waited were counted
+    /// reads as one without any; one without any is written as before, so
+    /// an older build still reads it, and one with some keeps them.
+    #[test]
+    fn pool_records_without_waited_purchases_read_and_write_as_before() {
+        let new = PoolRecord::new(PoolKey::new("db.small", "az1"), spec());
+        let mut stored = serde_json::to_value(&new).unwrap();
+        assert_eq!(stored.get("allocations_waited"), None, "{stored}");
+        stored["allocations_warm"] = 3.into();
+        let old: PoolRecord = serde_json::from_value(stored).unwrap();
+        assert_eq!((old.allocations_warm, old.allocations_waited), (3, 0));
+        let mut waited = old;
+        waited.allocations_waited = 2;
+        let written = serde_json::to_value(&waited).unwrap();
+        assert_eq!(written["allocations_waited"], 2, "{written}");
+        assert_eq!(
+            serde_json::from_value::<PoolRecord>(written).unwrap(),
+            waited
+        );
     }
 
     /// A record stored before instances kept their image reads as one

@@ -269,7 +269,10 @@ impl Shared {
     ) {
         if matches!(
             outcome,
-            AllocationOutcome::Warm | AllocationOutcome::Cold | AllocationOutcome::Exhausted
+            AllocationOutcome::Warm
+                | AllocationOutcome::Cold
+                | AllocationOutcome::Waited
+                | AllocationOutcome::Exhausted
         ) {
             let now = Instant::now();
             let at = now.checked_sub(latency).unwrap_or(now);

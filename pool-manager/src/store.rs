@@ -2109,6 +2109,10 @@ mod tests {
         let pools = store.list_pools().await.unwrap();
         assert_eq!(pools.len(), 1);
         assert_eq!(pools[0].spec.target, Default::default());
+        assert_eq!(
+            (pools[0].allocations_waited, pools[0].allocations_exhausted),
+            (0, 0)
+        );
         assert!(pools[0].spec.windows.is_empty());
         let watches = store.list_twin_watches().await.unwrap();
         assert_eq!(watches.len(), 1);

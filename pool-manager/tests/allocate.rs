@@ -226,7 +226,8 @@ async fn empty_pool_honours_fail_fast_wait_and_cold_boot() {
         "the volume created for it was deleted"
     );
 
-    // A waiting Allocate gets the instance that a raised target boots.
+    // A waiting Allocate gets the instance that a raised target boots: it
+    // waited for it, so no warm hit.
     let waiter = {
         let manager = manager.clone();
         let mut req = request("w2", new_volume(), EmptyPoolPolicy::Wait);
@@ -239,7 +240,7 @@ async fn empty_pool_honours_fail_fast_wait_and_cold_boot() {
         .await
         .unwrap();
     let waited = waiter.await.unwrap().unwrap();
-    assert!(waited.warm_hit);
+    assert!(!waited.warm_hit);
     assert!(waited.timings.wait > Duration::from_secs(30));
 
     // Empty the pool again: no target, and whatever was booted meanwhile handed out.
@@ -266,13 +267,58 @@ async fn empty_pool_honours_fail_fast_wait_and_cold_boot() {
     assert_eq!(cold.state, AllocationState::Allocated);
     let status = manager.get_pool(&pool()).await.unwrap();
     assert_eq!(status.record.allocations_cold, 1);
+    assert_eq!(status.record.allocations_waited, 1);
+}
+
+/// A WAIT purchase that finds its pool empty and gets the instance the
+/// pool boots meanwhile waited for it: no warm hit (the hit rate is the
+/// share of purchases that found an instance Ready), but a purchase of its
+/// own kind in the pool record, beside the warm one before it that found
+/// the pool's only instance Ready.
+#[tokio::test(start_paused = true)]
+async fn a_purchase_that_waited_for_an_instance_is_no_warm_hit() {
+    let sim = sim();
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    let mut one = spec(1);
+    one.max_ready = 1;
+    manager.create_pool(pool(), one).await.unwrap();
+    wait_ready(&manager, 1).await;
+    let order = |id: &str| {
+        let mut order = request(id, new_volume(), EmptyPoolPolicy::Wait);
+        order.timeout = Some(Duration::from_secs(600));
+        order
+    };
+
+    let first = manager.allocate(order("first")).await.unwrap();
+    assert!(first.warm_hit, "{first:?}");
+    let second = manager.allocate(order("second")).await.unwrap();
+    assert_eq!(second.state, AllocationState::Allocated);
+    assert!(!second.warm_hit, "{second:?}");
+    assert_ne!(second.instance_id, first.instance_id);
+
+    let record = manager.get_pool(&pool()).await.unwrap().record;
+    assert_eq!(
+        (
+            record.allocations_warm,
+            record.allocations_waited,
+            record.allocations_cold,
+            record.allocations_exhausted,
+            record.allocations_failed
+        ),
+        (1, 1, 0, 0, 0),
+        "{record:?}"
+    );
+    assert_eq!(manager.get_allocation("second").await.unwrap(), second);
+    assert_consistent(&sim, &manager).await;
 }
 
 /// A paused pool boots nothing, a purchase's cold boot included: a
 /// COLD_BOOT purchase that finds no Ready instance is answered as a
 /// FAIL_FAST one is, before anything is made for it, and the same order
 /// boots once the pool is unpaused. A WAIT purchase waits on, and gets
-/// the instance the unpaused pool boots before its timeout.
+/// the instance the unpaused pool boots before its timeout (no warm hit:
+/// it waited for it).
 #[tokio::test(start_paused = true)]
 async fn a_paused_pool_cold_boots_nothing() {
     let sim = sim();
@@ -327,7 +373,7 @@ async fn a_paused_pool_cold_boots_nothing() {
     assert_eq!(sim.servers().len(), 1, "the paused pool booted");
     pause(false).await;
     let waited = waiter.await.unwrap().unwrap();
-    assert!(waited.warm_hit);
+    assert!(!waited.warm_hit);
     assert_consistent(&sim, &manager).await;
 }
 

@@ -388,9 +388,11 @@ fn allocation_outcomes(events: &mut broadcast::Receiver<Event>) -> Vec<Allocatio
 
 /// The pool record (GetPool's counters, warmpoolctl's HIT RATE) counts
 /// the outcomes the metrics count (the dashboard's hit rate) that the hit
-/// rate is made of: warm, cold and exhausted. An order id reused with
-/// other parameters is in neither's hit rate; a fail-fast purchase of an
-/// empty pool is a miss in both, and still a failure once under way.
+/// rate is made of: warm, cold, waited and exhausted. An order id reused
+/// with other parameters is in neither's hit rate; a fail-fast purchase of
+/// an empty pool is a miss in both, and still a failure once under way; a
+/// WAIT purchase of the empty pool served once it boots an instance is a
+/// miss in both too, and no failure.
 #[tokio::test(start_paused = true)]
 async fn the_pool_record_counts_the_outcomes_of_the_hit_rate_as_the_events_do() {
     let sim = sim();
@@ -417,6 +419,17 @@ async fn the_pool_record_counts_the_outcomes_of_the_hit_rate_as_the_events_do() 
         matches!(result, Err(ManagerError::ResourceExhausted(_))),
         "{result:?}"
     );
+    let mut waiting = request("order-3", new_volume(), EmptyPoolPolicy::Wait);
+    waiting.timeout = Some(Duration::from_secs(600));
+    let waiting = spawn_allocate(&manager, waiting);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!waiting.is_finished(), "the paused pool has nothing for it");
+    manager
+        .update_pool(&pool(), |s| s.paused = false)
+        .await
+        .unwrap();
+    let waited = waiting.await.unwrap().unwrap();
+    assert!(!waited.warm_hit, "{waited:?}");
 
     let outcomes = allocation_outcomes(&mut events);
     assert_eq!(
@@ -424,7 +437,8 @@ async fn the_pool_record_counts_the_outcomes_of_the_hit_rate_as_the_events_do() 
         [
             AllocationOutcome::Warm,
             AllocationOutcome::Failed,
-            AllocationOutcome::Exhausted
+            AllocationOutcome::Exhausted,
+            AllocationOutcome::Waited
         ]
     );
     let counted = |o: AllocationOutcome| outcomes.iter().filter(|&&x| x == o).count() as u64;
@@ -433,11 +447,13 @@ async fn the_pool_record_counts_the_outcomes_of_the_hit_rate_as_the_events_do() 
         (
             record.allocations_warm,
             record.allocations_cold,
+            record.allocations_waited,
             record.allocations_exhausted
         ),
         (
             counted(AllocationOutcome::Warm),
             counted(AllocationOutcome::Cold),
+            counted(AllocationOutcome::Waited),
             counted(AllocationOutcome::Exhausted)
         ),
         "{record:?}"

@@ -435,6 +435,7 @@ pub fn pool(status: PoolStatus) -> api::Pool {
         allocations_cold: r.allocations_cold,
         allocations_failed: r.allocations_failed,
         allocations_exhausted: Some(r.allocations_exhausted),
+        allocations_waited: Some(r.allocations_waited),
         last_error: r.last_error.clone().unwrap_or_default(),
         last_error_at: r.last_error_at.map(timestamp),
         sizing: Some(sizing(&status)),

@@ -50,9 +50,10 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// not attribute to a service.
 const UNKNOWN_SERVICE: &str = "unknown";
 
-const ALLOCATION_OUTCOMES: [AllocationOutcome; 6] = [
+const ALLOCATION_OUTCOMES: [AllocationOutcome; 7] = [
     AllocationOutcome::Warm,
     AllocationOutcome::Cold,
+    AllocationOutcome::Waited,
     AllocationOutcome::Exhausted,
     AllocationOutcome::PreconditionFailed,
     AllocationOutcome::CloudError,
@@ -73,6 +74,7 @@ pub fn allocation_outcome_name(outcome: AllocationOutcome) -> &'static str {
     match outcome {
         AllocationOutcome::Warm => "warm",
         AllocationOutcome::Cold => "cold",
+        AllocationOutcome::Waited => "waited",
         AllocationOutcome::Exhausted => "exhausted",
         AllocationOutcome::PreconditionFailed => "precondition_failed",
         AllocationOutcome::CloudError => "cloud_error",
@@ -508,12 +510,12 @@ impl Metrics {
         );
         registry.register(
             "allocations",
-            "Allocate calls by outcome: warm, cold, exhausted, precondition_failed, cloud_error, failed; the hit rate the pools are sized for is warm / (warm + cold + exhausted)",
+            "Allocate calls by outcome: warm (found an instance Ready), cold (booted its own), waited (waited for an instance to become Ready), exhausted, precondition_failed, cloud_error, failed; the hit rate the pools are sized for is warm / (warm + cold + waited + exhausted)",
             m.allocations.clone(),
         );
         registry.register_with_unit(
             "allocate_duration",
-            "Latency of successful Allocate calls, by path (warm: a pool instance; cold: a dedicated boot)",
+            "Latency of successful Allocate calls, by path (warm: a pool instance found Ready; waited: a pool instance waited for; cold: a dedicated boot)",
             Unit::Seconds,
             m.allocate_duration.clone(),
         );
@@ -678,7 +680,12 @@ impl Metrics {
                 self.allocations
                     .get_or_create(&pool.with(outcome_name).into())
                     .inc();
-                if matches!(outcome, AllocationOutcome::Warm | AllocationOutcome::Cold) {
+                // By how the purchase was served: a wait for an instance
+                // to become Ready must not be in the warm path's latency.
+                if matches!(
+                    outcome,
+                    AllocationOutcome::Warm | AllocationOutcome::Waited | AllocationOutcome::Cold
+                ) {
                     self.allocate_duration
                         .get_or_create(&pool.with(outcome_name).into())
                         .observe(latency.as_secs_f64());
@@ -901,7 +908,7 @@ impl Metrics {
                     &pool.with(allocation_outcome_name(outcome)).into(),
                 );
             }
-            for path in ["warm", "cold"] {
+            for path in ["warm", "waited", "cold"] {
                 touch(&self.allocate_duration, &pool.with(path).into());
             }
             for outcome in BOOT_OUTCOMES {
@@ -1283,6 +1290,13 @@ mod tests {
             outcome: AllocationOutcome::Exhausted,
             latency: Duration::from_millis(1),
         }));
+        // Served after a wait for an instance to become Ready: its wait is
+        // not in the warm path's latency.
+        m.record(&event(EventKind::Allocation {
+            request_id: "order-2".into(),
+            outcome: AllocationOutcome::Waited,
+            latency: Duration::from_secs(90),
+        }));
         m.record(&event(EventKind::Exhausted));
         m.record(&event(EventKind::Boot {
             outcome: BootOutcome::Ready,
@@ -1329,6 +1343,20 @@ mod tests {
                 &format!("warmpool_allocate_duration_seconds_sum{{{pool},path=\"warm\"}}")
             ),
             0.02
+        );
+        assert_eq!(
+            sample(
+                &body,
+                &format!("warmpool_allocations_total{{{pool},outcome=\"waited\"}}")
+            ),
+            1.0
+        );
+        assert_eq!(
+            sample(
+                &body,
+                &format!("warmpool_allocate_duration_seconds_sum{{{pool},path=\"waited\"}}")
+            ),
+            90.0
         );
         assert_eq!(
             sample(&body, &format!("warmpool_pool_exhausted_total{{{pool}}}")),

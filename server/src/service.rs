@@ -408,7 +408,7 @@ impl Watcher {
                     _ = self.tx.closed() => return Err(Stop),
                     // The stream itself ends with UNAVAILABLE (`watch_stream`).
                     () = stopping(&self.stopping) => return Err(Stop),
-                    () = self.changes.changed() => break,
+                    _ = self.changes.changed() => break,
                     event = self.events.recv() => match event {
                         Ok(event) => self.on_event(&event).await?,
                         Err(broadcast::error::RecvError::Lagged(missed)) => {

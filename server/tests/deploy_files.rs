@@ -299,6 +299,19 @@ async fn dashboard_and_alert_rules_name_only_metrics_the_daemon_exposes() {
         unknown.is_empty(),
         "the dashboard or rules name metrics warmpoold does not expose: {unknown:?}\nexposed: {exposed:#?}"
     );
+    // An outcome no series has selects nothing, silently: the hit rate's
+    // denominator would leave those purchases out.
+    let outcomes = label_values(&body, "warmpool_allocations_total", "outcome");
+    assert!(outcomes.contains("waited"), "{outcomes:?}");
+    let rule_texts: Vec<String> = rules.iter().map(|p| read(p)).collect();
+    for query in queries.iter().chain(&rule_texts) {
+        for outcome in selected_values(query, "outcome") {
+            assert!(
+                outcomes.contains(&outcome),
+                "{query} selects outcome {outcome:?}, which warmpoold does not count: {outcomes:?}"
+            );
+        }
+    }
     // The rules' unit tests feed histograms the bucket bounds warmpoold
     // has: a quantile computed from bounds it lacks says nothing of what
     // the alert does on real scrapes.
@@ -332,6 +345,45 @@ async fn dashboard_and_alert_rules_name_only_metrics_the_daemon_exposes() {
         );
     }
     daemon.shut_down().await;
+}
+
+/// The values of `label` on the samples of `metric` in a /metrics body.
+fn label_values(body: &str, metric: &str, label: &str) -> BTreeSet<String> {
+    body.lines()
+        .filter_map(|line| line.strip_prefix(metric)?.strip_prefix('{'))
+        .filter_map(|labels| {
+            let labels = labels.split_once('}').map_or(labels, |(l, _)| l);
+            labels
+                .split(',')
+                .find_map(|l| l.strip_prefix(label)?.strip_prefix("=\""))
+                .and_then(|v| v.strip_suffix('"'))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// The values a PromQL text's matchers on `label` select: `label="v"`,
+/// and each alternative of `label=~"a|b"`.
+fn selected_values(query: &str, label: &str) -> Vec<String> {
+    let mut values = Vec::new();
+    let mut rest = query;
+    while let Some(at) = rest.find(label) {
+        let before = rest[..at].chars().next_back();
+        let after = rest[at + label.len()..].trim_start();
+        rest = &rest[at + label.len()..];
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let quoted = after
+            .strip_prefix("=~")
+            .or_else(|| after.strip_prefix('='))
+            .map(str::trim_start)
+            .and_then(|v| v.strip_prefix('"'));
+        if let Some((value, _)) = quoted.and_then(|v| v.split_once('"')) {
+            values.extend(value.split('|').map(str::to_owned));
+        }
+    }
+    values
 }
 
 /// The (series name, `le`) of every histogram bucket sample or input series

@@ -172,6 +172,7 @@ async fn pools_reach_their_targets() {
     assert_eq!(small.allocations_warm + small.allocations_cold, 0);
     // Sent at 0 too: warmpoolctl tells an older server by its absence.
     assert_eq!(small.allocations_exhausted, Some(0));
+    assert_eq!(small.allocations_waited, Some(0));
 
     // Every instance: Ready, with a server, unclaimed.
     let all = c.list_instances("", "").await.unwrap();

@@ -422,11 +422,12 @@ fn dashboard_query(title: &str, flavor: &str, az: &str) -> String {
 
 /// warmpoolctl's HIT RATE is computed from GetPool's counters; the
 /// dashboard's "Warm hit rate" panel from `warmpool_allocations_total`.
-/// Both are the one measure sizing aims at, warm / (warm + cold +
+/// Both are the one measure sizing aims at, warm / (warm + cold + waited +
 /// exhausted): an order id reused with other parameters (ABORTED) says
 /// nothing of the pool's depth and moves neither (it showed 100 % in
-/// `watch` and 50 % on the dashboard), and a fail-fast purchase of an empty
-/// pool is a miss in both.
+/// `watch` and 50 % on the dashboard), a fail-fast purchase of an empty
+/// pool is a miss in both, and so is a WAIT purchase of it served once an
+/// instance became Ready (outcome "waited": it was counted warm).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_and_get_pool_give_one_hit_rate() {
     let daemon = Daemon::start(&[("db.small", "az1", 1, 1)]).await;
@@ -481,6 +482,66 @@ async fn the_dashboard_and_get_pool_give_one_hit_rate() {
     );
     agree_on_the_hit_rate(&prometheus, client, &hit_rate, 3, 0.5).await;
 
+    let waiting = {
+        let client = client.clone();
+        let order = allocate_request("order-hit-3", "db.small", "az1");
+        tokio::spawn(async move { client.allocate(order).await })
+    };
+    // The fail-fast purchase found the pool empty; the waiting one has
+    // once this is 2, and only then may the pool boot its instance.
+    eventually("the WAIT purchase to find the pool empty", PATIENCE, || async {
+        let exhausted = prometheus
+            .one_value(r#"warmpool_pool_exhausted_total{job="warmpool",flavor="db.small",availability_zone="az1"}"#)
+            .await?;
+        match exhausted {
+            2.0 => Ok(()),
+            n => Err(format!("{n} found it empty")),
+        }
+    })
+    .await;
+    let unpaused = api::PoolSpec {
+        paused: false,
+        ..Default::default()
+    };
+    client
+        .update_pool("db.small", "az1", unpaused, ["paused"])
+        .await
+        .unwrap();
+    let waited = waiting.await.unwrap().expect("served once the pool boots");
+    assert!(!waited.warm_hit, "it waited for its instance: {waited:?}");
+    agree_on_the_hit_rate(&prometheus, client, &hit_rate, 4, 1.0 / 3.0).await;
+    let pool = r#"job="warmpool",flavor="db.small",availability_zone="az1""#;
+    for (series, expected) in [
+        (
+            format!(r#"warmpool_allocations_total{{{pool},outcome="waited"}}"#),
+            1.0,
+        ),
+        (
+            format!(r#"warmpool_allocations_total{{{pool},outcome="warm"}}"#),
+            1.0,
+        ),
+        (
+            format!(r#"warmpool_allocate_duration_seconds_count{{{pool},path="waited"}}"#),
+            1.0,
+        ),
+        (
+            format!(r#"warmpool_allocate_duration_seconds_count{{{pool},path="warm"}}"#),
+            1.0,
+        ),
+    ] {
+        assert_eq!(
+            prometheus.one_value(&series).await,
+            Ok(expected),
+            "{series}"
+        );
+    }
+    let pool = client.get_pool("db.small", "az1").await.unwrap();
+    assert_eq!(
+        (pool.allocations_warm, pool.allocations_waited),
+        (1, Some(1)),
+        "{pool:?}"
+    );
+
     drop(prometheus);
     daemon.shut_down().await;
 }
@@ -509,14 +570,15 @@ async fn agree_on_the_hit_rate(
     eventually("GetPool's and the dashboard's hit rates", PATIENCE, || async {
         let pool = client.get_pool("db.small", "az1").await.map_err(|e| e.to_string())?;
         let exhausted = pool.allocations_exhausted.ok_or_else(|| "GetPool sent no allocations_exhausted".to_owned())?;
-        let needed = pool.allocations_warm + pool.allocations_cold + exhausted;
+        let waited = pool.allocations_waited.ok_or_else(|| "GetPool sent no allocations_waited".to_owned())?;
+        let needed = pool.allocations_warm + pool.allocations_cold + waited + exhausted;
         let counted = pool.allocations_warm as f64 / needed as f64;
         let plotted = prometheus.one_value(query).await?;
         if (counted - expected).abs() < 1e-9 && (plotted - expected).abs() < 1e-9 {
             Ok(())
         } else {
             Err(format!(
-                "expected {expected}: GetPool's counters give {counted} (warm {}, cold {}, exhausted {}, failed {}), the dashboard {plotted}",
+                "expected {expected}: GetPool's counters give {counted} (warm {}, cold {}, waited {waited}, exhausted {}, failed {}), the dashboard {plotted}",
                 pool.allocations_warm, pool.allocations_cold, exhausted, pool.allocations_failed
             ))
         }
