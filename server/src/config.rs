@@ -34,6 +34,18 @@ pub const MAX_REPLENISH_INTERVAL: Duration = Duration::from_secs(60 * 60);
 pub const MAX_RECONCILE_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
 pub const MAX_QUOTA_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
 pub const MAX_QUOTA_POLL_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// Lower bounds of the `[manager]` intervals that pace cloud calls, on a
+/// real cloud: below them a unit typo (`1ms` meant as `1m` or `1s`) hammers
+/// Nova, Cinder and Neutron (every boot in flight polls at `poll_interval`;
+/// a reconcile pass lists every pool server, volume and port; a quota poll
+/// reads Nova's /limits and Neutron's quota per flavor). The embedded cloud
+/// takes them times its `time_scale` when that is below 1 (its simulated
+/// seconds pass faster); `manager.allow_short_intervals` lifts them for a
+/// test cloud that answers in milliseconds.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub const MIN_REPLENISH_INTERVAL: Duration = Duration::from_secs(1);
+pub const MIN_RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
+pub const MIN_QUOTA_POLL_INTERVAL: Duration = Duration::from_secs(10);
 /// The embedded cloud at most this many times slower than a real one.
 pub const MAX_EMBEDDED_TIME_SCALE: f64 = 100.0;
 /// `shutdown_grace` at least: less cuts every call in flight at the first
@@ -351,6 +363,10 @@ pub struct ManagerConfig {
     /// quota) is polled.
     #[serde(with = "humantime_serde")]
     pub quota_poll_interval: Duration,
+    /// Lifts the intervals' minimums ([`MIN_POLL_INTERVAL`] and the others):
+    /// for a test cloud that answers in milliseconds (cloudsim's OpenStack
+    /// front, a devstack on Nova's fake driver), never a production one.
+    pub allow_short_intervals: bool,
 }
 
 impl Default for ManagerConfig {
@@ -381,6 +397,7 @@ impl Default for ManagerConfig {
             quota_backoff: g.quota_backoff,
             quota_backoff_max: g.quota_backoff_max,
             quota_poll_interval: g.headroom_interval,
+            allow_short_intervals: false,
         }
     }
 }
@@ -1351,6 +1368,65 @@ impl Config {
                 }
             }
         }
+        self.validate_interval_minimums()
+    }
+
+    /// The intervals pacing cloud calls at least their minimums (see
+    /// [`MIN_POLL_INTERVAL`]); after the cloud's check, so `time_scale` is
+    /// a valid factor.
+    fn validate_interval_minimums(&self) -> Result<(), ConfigError> {
+        let m = &self.manager;
+        if m.allow_short_intervals {
+            return Ok(());
+        }
+        let time_scale = match self.cloud {
+            CloudConfig::Embedded { time_scale, .. } if time_scale < 1.0 => Some(time_scale),
+            _ => None,
+        };
+        for (name, value, minimum, why) in [
+            (
+                "poll_interval",
+                m.poll_interval,
+                MIN_POLL_INTERVAL,
+                "every boot in flight polls its server, volume and ports this often",
+            ),
+            (
+                "replenish_interval",
+                m.replenish_interval,
+                MIN_REPLENISH_INTERVAL,
+                "every pool is re-checked this often",
+            ),
+            (
+                "reconcile_interval",
+                m.reconcile_interval,
+                MIN_RECONCILE_INTERVAL,
+                "each pass lists every pool server, volume and port",
+            ),
+            (
+                "quota_poll_interval",
+                m.quota_poll_interval,
+                MIN_QUOTA_POLL_INTERVAL,
+                "each poll reads Nova's /limits and Neutron's quota per flavor",
+            ),
+        ] {
+            let (least, scaled) = match time_scale {
+                Some(scale) => (
+                    minimum.mul_f64(scale),
+                    format!(
+                        " ({} at time_scale {scale})",
+                        humantime::format_duration(minimum)
+                    ),
+                ),
+                None => (minimum, String::new()),
+            };
+            if value < least {
+                return Err(ConfigError::Invalid(format!(
+                    "manager.{name} must be at least {}{scaled} ({why}: a `1ms` meant as `1m` hammers the cloud), got {}; a test cloud answering in milliseconds may set manager.allow_short_intervals = true",
+                    humantime::format_duration(least),
+                    humantime::format_duration(value)
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -1665,7 +1741,7 @@ mod tests {
             data_dir = "/var/lib/warmpool"
             shutdown_grace = "10s"
             [manager]
-            poll_interval = "500ms"
+            poll_interval = "1500ms"
             replenish_interval = "2s"
             reconcile_interval = "1m"
             max_concurrent_boots = 8
@@ -1685,7 +1761,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(config.manager.poll_interval, Duration::from_millis(500));
+        assert_eq!(config.manager.poll_interval, Duration::from_millis(1500));
         assert_eq!(
             config.manager.settings().keep_released,
             Some(Duration::from_secs(90 * 86400))
@@ -2267,5 +2343,57 @@ mod tests {
         );
         // Characters, not bytes, as Nova counts them.
         assert!(Config::parse(&text(&"é".repeat(219))).is_ok());
+    }
+    /// A unit typo (`1ms` meant as `1m`) in an interval that paces cloud
+    /// calls hammers the cloud: each is refused below its minimum, by key,
+    /// value and minimum; the embedded cloud's minimums shrink with its
+    /// time_scale (its simulated seconds pass faster), and a test cloud may
+    /// lift them explicitly.
+    #[test]
+    fn intervals_below_their_minimum_are_refused() {
+        let openstack = |manager: &str| {
+            format!("[manager]\n{manager}\n[cloud]\nkind = \"openstack\"\nmanagement_network = \"net\"\n")
+        };
+        for (key, value, minimum) in [
+            ("poll_interval", "1ms", "1s"),
+            ("replenish_interval", "500ms", "1s"),
+            ("reconcile_interval", "5s", "10s"),
+            ("quota_poll_interval", "2s", "10s"),
+        ] {
+            let err = Config::parse(&openstack(&format!("{key} = \"{value}\"")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("manager.{key} must be at least {minimum}"))
+                    && err.contains(&format!("got {value}"))
+                    && err.contains("allow_short_intervals"),
+                "{err}"
+            );
+            let lifted = format!("{key} = \"{value}\"\nallow_short_intervals = true");
+            assert!(Config::parse(&openstack(&lifted)).is_ok(), "{lifted}");
+            assert!(Config::parse(&openstack(&format!("{key} = \"{minimum}\""))).is_ok());
+        }
+        let embedded = |manager: &str, time_scale: f64| {
+            format!(
+                "[manager]\n{manager}\n[cloud]\nkind = \"embedded\"\ntime_scale = {time_scale}\n"
+            )
+        };
+        // The demo's 20x: 1 s is 50 ms.
+        let err = Config::parse(&embedded("poll_interval = \"1ms\"", 0.05))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("manager.poll_interval must be at least 50ms (1s at time_scale 0.05)")
+                && err.contains("got 1ms"),
+            "{err}"
+        );
+        assert!(Config::parse(&embedded(
+            "poll_interval = \"50ms\"\nreconcile_interval = \"500ms\"",
+            0.05
+        ))
+        .is_ok());
+        // A slower than real cloud needs no longer intervals.
+        assert!(Config::parse(&embedded("", 100.0)).is_ok());
+        assert!(Config::parse(&embedded("poll_interval = \"500ms\"", 1.0)).is_err());
     }
 }

@@ -97,6 +97,8 @@ poll_interval = "100ms"
 replenish_interval = "200ms"
 reconcile_interval = "1s"
 max_concurrent_boots = 4
+# cloudsim answers in milliseconds.
+allow_short_intervals = true
 [cloud]
 kind = "openstack"
 cloud = "cloudsim"

@@ -1316,7 +1316,12 @@ async fn a_second_signal_stops_without_waiting_out_the_grace_period() {
     // Real-cloud latencies: a cold boot takes 90 s, longer than the grace.
     let text = config_text(data.path(), &[("db.small", "az1", 0, 1)])
         .replacen(r#"shutdown_grace = "5s""#, r#"shutdown_grace = "30s""#, 1)
-        .replacen("time_scale = 0.01", "time_scale = 1.0", 1);
+        .replacen("time_scale = 0.01", "time_scale = 1.0", 1)
+        .replacen(
+            "[manager]\n",
+            "[manager]\nallow_short_intervals = true\n",
+            1,
+        );
     std::fs::write(&config_file, text).unwrap();
     let (mut daemon, mut log, addr) = serving_daemon(&config_file).await;
     let client = warmpool_client::Client::connect(&addr).await.unwrap();

@@ -87,6 +87,8 @@ poll_interval = "100ms"
 replenish_interval = "200ms"
 reconcile_interval = "1m"
 max_concurrent_boots = 4
+# cloudsim answers in milliseconds.
+allow_short_intervals = true
 [cloud]
 kind = "openstack"
 cloud = "cloudsim"
