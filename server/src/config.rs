@@ -731,6 +731,20 @@ impl OpenStackConfig {
             // osauth's from_env reads clouds.yaml and secure.yaml itself
             // when OS_CLOUD is set at all, and its errors quote their
             // values, secrets too.
+            // A clouds.yaml named is meant to be read: the OS_* variables
+            // (an openrc sourced in the shell) would log in as someone else.
+            None if os_cloud.is_none() && self.clouds_yaml.is_some() => {
+                let path = self.clouds_yaml.as_deref().unwrap_or(Path::new(""));
+                let entries = match clouds_yaml_names(path) {
+                    Ok(names) if names.is_empty() => "it has no entries".to_owned(),
+                    Ok(names) => format!("it has: {}", names.join(", ")),
+                    Err(e) => e.to_string(),
+                };
+                Err(ConfigError::Invalid(format!(
+                    "cloud: clouds_yaml is {} but no entry of it is named; set [cloud] cloud (or OS_CLOUD) to the one to log in as ({entries})",
+                    path.display()
+                )))
+            }
             None if os_cloud.is_some() => Err(ConfigError::Invalid(
                 "cloud: OS_CLOUD is set but empty; name the clouds.yaml entry in `cloud` or OS_CLOUD, or unset OS_CLOUD to log in with the other OS_* variables".into(),
             )),
@@ -777,19 +791,38 @@ fn find_clouds_yaml() -> Result<PathBuf, ConfigError> {
         })
 }
 
+/// A clouds.yaml file's YAML.
+fn read_clouds_yaml(path: &Path) -> Result<serde_yaml::Value, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        path: path.to_owned(),
+        error,
+    })?;
+    serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: without_values(&e.to_string()),
+    })
+}
+
+/// The names of a clouds.yaml's entries.
+fn clouds_yaml_names(path: &Path) -> Result<Vec<String>, ConfigError> {
+    let root = read_clouds_yaml(path)?;
+    Ok(root
+        .get("clouds")
+        .and_then(|c| c.as_mapping())
+        .map(|c| {
+            c.keys()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 /// One entry of a clouds.yaml file, as osauth's config.
 pub fn clouds_yaml_entry(
     path: &Path,
     name: &str,
 ) -> Result<pool_manager::openstack::CloudConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-        path: path.to_owned(),
-        error,
-    })?;
-    let root: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_owned(),
-        message: without_values(&e.to_string()),
-    })?;
+    let root = read_clouds_yaml(path)?;
     let clouds = root.get("clouds").and_then(|c| c.as_mapping());
     let entry = clouds.and_then(|c| c.get(name)).ok_or_else(|| {
         let names: Vec<&str> = clouds
@@ -2289,6 +2322,52 @@ mod tests {
         };
         let err = os.auth_with(Some(String::new())).unwrap_err().to_string();
         assert!(err.contains("OS_CLOUD is set but empty"), "{err}");
+    }
+
+    /// A clouds_yaml with no entry named (neither `cloud` nor OS_CLOUD)
+    /// would fall back to the OS_* variables (whoever an openrc sourced
+    /// logs in as) or osauth's error naming neither file nor key: refused,
+    /// naming the key, the file and its entries.
+    #[test]
+    fn a_clouds_yaml_without_a_cloud_named_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let clouds = dir.path().join("clouds.yaml");
+        std::fs::write(
+            &clouds,
+            "clouds:\n  prod:\n    auth: {auth_url: 'http://k'}\n  staging:\n    auth: {auth_url: 'http://k'}\n",
+        )
+        .unwrap();
+        let os = |clouds: &Path| {
+            let config = Config::parse(&format!(
+                "[cloud]\nkind = \"openstack\"\nmanagement_network = \"n\"\nclouds_yaml = {:?}",
+                clouds.display().to_string()
+            ))
+            .unwrap();
+            let CloudConfig::OpenStack(os) = config.cloud else {
+                unreachable!()
+            };
+            os
+        };
+        let err = os(&clouds).auth_with(None).unwrap_err().to_string();
+        assert!(
+            err.contains("[cloud] cloud")
+                && err.contains(&clouds.display().to_string())
+                && err.contains("prod, staging"),
+            "{err}"
+        );
+        // OS_CLOUD names the entry as `cloud` would.
+        let err = os(&clouds)
+            .auth_with(Some("nowhere".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has no cloud named 'nowhere'"), "{err}");
+        // A file that is not there says so.
+        let missing = dir.path().join("missing.yaml");
+        let err = os(&missing).auth_with(None).unwrap_err().to_string();
+        assert!(
+            err.contains("[cloud] cloud") && err.contains(&missing.display().to_string()),
+            "{err}"
+        );
     }
 
     /// Every cloud call, the start-up login and check-cloud's included,
