@@ -123,8 +123,8 @@ pub async fn start_stoppable(
             config.data_dir.display()
         );
     }
-    // Noted before the store is made: a start refused for a store that
-    // knows none of the pool servers takes it back (`take_back_store`).
+    // Noted before the store is made: a refused start takes it back
+    // (`take_back_store`).
     let made_dirs_from = first_missing(&config.data_dir);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
@@ -151,56 +151,76 @@ pub async fn start_stoppable(
     .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     let store_failed = store_failure(store.failed());
     let store: Arc<dyn Store> = Arc::new(store);
-    // The cloud check can wait on an unreachable cloud up to its request
-    // timeout; a shutdown asked for meanwhile ends start-up here.
-    let pools = served_pools(store.as_ref(), &config).await?;
-    let (cloud, probe, sim, stale, servers_where) = tokio::select! {
-        built = build_cloud(&config, &pools) => built?,
-        () = &mut shutdown => return Err(StoppedDuringStartUp.into()),
-    };
-    let cloud = Arc::new(metrics::MeteredCloud::new(cloud, metrics.clone()));
-    let settings = pool_manager::ManagerSettings {
-        delete_unknown_servers: config.delete_unknown_servers,
-        adopt_cloud: config.adopt_cloud,
-        ..config.manager.settings()
-    };
-    let manager = PoolManager::new(store, cloud, probe, settings);
-    // Before anything is written to the store (the stale pools' marks
-    // below) or started on the cloud: a store of another cloud is refused.
-    let claimed = tokio::select! {
-        claimed = manager.claim_store() => claimed,
-        () = &mut shutdown => return Err(StoppedDuringStartUp.into()),
-    };
-    match claimed {
-        Ok(_) => {}
-        Err(ManagerError::CloudChanged { recorded, current }) => {
-            return Err(
-                CloudChangedRefused(cloud_changed_refusal(&config, &recorded, &current)).into(),
-            )
+    // The cloud is built from the pools the store serves, so after the
+    // store is opened; a start refused from here until the pools start
+    // (nothing is booted before) takes back a store it made new, every
+    // holder of it dropped with the block.
+    let prepared = async {
+        // The cloud check can wait on an unreachable cloud up to its request
+        // timeout; a shutdown asked for meanwhile ends start-up here.
+        let pools = served_pools(store.as_ref(), &config).await?;
+        let (cloud, probe, sim, stale, servers_where) = tokio::select! {
+            built = build_cloud(&config, &pools) => built?,
+            () = &mut shutdown => return Err(StoppedDuringStartUp.into()),
+        };
+        let cloud = Arc::new(metrics::MeteredCloud::new(cloud, metrics.clone()));
+        let settings = pool_manager::ManagerSettings {
+            delete_unknown_servers: config.delete_unknown_servers,
+            adopt_cloud: config.adopt_cloud,
+            ..config.manager.settings()
+        };
+        let manager = PoolManager::new(store, cloud, probe, settings);
+        // Before anything is written to the store (the stale pools' marks
+        // below) or started on the cloud: a store of another cloud is refused.
+        let claimed = tokio::select! {
+            claimed = manager.claim_store() => claimed,
+            () = &mut shutdown => return Err(StoppedDuringStartUp.into()),
+        };
+        match claimed {
+            Ok(_) => {}
+            Err(ManagerError::CloudChanged { recorded, current }) => {
+                return Err(CloudChangedRefused(cloud_changed_refusal(
+                    &config, &recorded, &current,
+                ))
+                .into())
+            }
+            Err(e) => {
+                return Err(e).context("cannot compare the cloud with the one the store serves")
+            }
         }
-        Err(e) => return Err(e).context("cannot compare the cloud with the one the store serves"),
+        // Subscribed before anything happens, so the stale pools' degraded
+        // episodes, start-up boots and leaks are counted.
+        let events = manager.events();
+        let event_task = AbortOnDrop(tokio::spawn({
+            let metrics = metrics.clone();
+            async move { metrics.run_events(events).await }
+        }));
+        // Before the replenishers start: a stale pool's first boots are already
+        // paced as failed boots are. Each mark is a DEGRADED event, logged
+        // (a warning naming the pool and the problem) and counted.
+        for (key, problems) in &stale {
+            let problem = format!(
+                "start-up cloud check: {}; {}",
+                problems.join("; "),
+                check_cloud::stale_pool_remedy(key)
+            );
+            manager
+                .mark_unusable(key, &problem)
+                .await
+                .with_context(|| format!("cannot mark pool {key} unusable in the store"))?;
+        }
+        Ok::<_, anyhow::Error>((manager, sim, servers_where, event_task))
     }
-    // Subscribed before anything happens, so the stale pools' degraded
-    // episodes, start-up boots and leaks are counted.
-    let events = manager.events();
-    let event_task = AbortOnDrop(tokio::spawn({
-        let metrics = metrics.clone();
-        async move { metrics.run_events(events).await }
-    }));
-    // Before the replenishers start: a stale pool's first boots are already
-    // paced as failed boots are. Each mark is a DEGRADED event, logged
-    // (a warning naming the pool and the problem) and counted.
-    for (key, problems) in &stale {
-        let problem = format!(
-            "start-up cloud check: {}; {}",
-            problems.join("; "),
-            check_cloud::stale_pool_remedy(key)
-        );
-        manager
-            .mark_unusable(key, &problem)
-            .await
-            .with_context(|| format!("cannot mark pool {key} unusable in the store"))?;
-    }
+    .await;
+    let (manager, sim, servers_where, event_task) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            if let Some(made) = no_store_yet {
+                take_back_store(made, &config.data_dir, made_dirs_from).await;
+            }
+            return Err(e);
+        }
+    };
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_server = AbortOnDrop(tokio::spawn(metrics::serve(
         metrics.clone(),

@@ -78,6 +78,51 @@ async fn an_embedded_pool_the_cloud_refuses_fails_start_up_before_anything_is_wr
     assert!(store.list_instances().await.unwrap().is_empty());
 }
 
+/// A start refused by its cloud (a clouds.yaml that is not there, a pool
+/// in a zone the cloud lacks) leaves a data dir that held no store as it
+/// found it: not there, rather than holding a new store that `warmpoold
+/// store check` would call healthy.
+#[tokio::test]
+async fn a_start_the_cloud_refuses_takes_back_the_store_it_made() {
+    init_tracing();
+    let data = tempfile::tempdir().unwrap();
+    let missing = data.path().join("clouds.yaml");
+    let openstack = format!(
+        r#"
+listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
+[cloud]
+kind = "openstack"
+cloud = "warmpool"
+clouds_yaml = {:?}
+management_network = "mgmt-net"
+"#,
+        missing.display().to_string()
+    );
+    let embedded = config_text(data.path(), &[("db.small", "az9", 1, 2)]);
+    for (text, refusal) in [
+        (openstack, missing.display().to_string()),
+        (
+            embedded,
+            "Availability zone az9 could not be found".to_owned(),
+        ),
+    ] {
+        let mut config = warmpool_server::config::Config::parse(&text).unwrap();
+        let new = data.path().join("new");
+        config.data_dir = new.join("store");
+        let error = match warmpool_server::start(config, std::future::pending()).await {
+            Ok(_) => panic!("warmpoold started: {text}"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(error.contains(&refusal), "{error}");
+        assert!(
+            !new.exists(),
+            "{error}: {:?}",
+            std::fs::read_dir(new.join("store")).map(|d| d.count())
+        );
+    }
+}
+
 /// A data dir that is a file is named as such, not as a directory that
 /// "exists".
 #[tokio::test]
