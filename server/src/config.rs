@@ -132,15 +132,15 @@ pub struct Config {
     /// anyway, between [`MIN_SHUTDOWN_GRACE`] and [`MAX_SHUTDOWN_GRACE`].
     /// Streams are not waited for: their end is sent at once, and a client
     /// that does not take it is cut off ([`crate::shutdown`]).
-    #[serde(default = "default_grace", with = "humantime_serde")]
+    #[serde(default = "default_grace", with = "duration")]
     pub shutdown_grace: Duration,
     /// How often the gRPC server pings each client connection (HTTP/2
     /// PING): a client gone without closing (a partition, a VM killed)
     /// otherwise keeps its connection and its `WatchPools` stream forever.
-    #[serde(default = "default_keepalive_interval", with = "humantime_serde")]
+    #[serde(default = "default_keepalive_interval", with = "duration")]
     pub grpc_keepalive_interval: Duration,
     /// How long a ping may go unanswered before the connection is closed.
-    #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
+    #[serde(default = "default_keepalive_timeout", with = "duration")]
     pub grpc_keepalive_timeout: Duration,
     /// The bearer tokens callers must present (see [`crate::access`]).
     /// None: the API is open to anyone who reaches `listen`.
@@ -270,6 +270,61 @@ fn show_size(bytes: u64) -> String {
     }
 }
 
+/// A duration as the file writes it: a humantime string ("90s", "10m",
+/// "1h 30m"). Its error says so and keeps humantime's reason, where
+/// humantime_serde's says only "expected a duration".
+mod duration {
+    use std::time::Duration;
+
+    const EXAMPLES: &str = "use e.g. \"90s\", \"10m\", \"1h 30m\"";
+
+    struct Human;
+
+    impl serde::de::Visitor<'_> for Human {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a duration in quotes; {EXAMPLES}")
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
+            humantime::parse_duration(text)
+                .map_err(|e| E::custom(format!("{text:?} is not a duration ({e}); {EXAMPLES}")))
+        }
+        fn visit_i64<E: serde::de::Error>(self, number: i64) -> Result<Duration, E> {
+            Err(E::custom(format!(
+                "{number} is not a duration: a number needs a unit, in quotes (\"{number}s\"); {EXAMPLES}"
+            )))
+        }
+        fn visit_u64<E: serde::de::Error>(self, number: u64) -> Result<Duration, E> {
+            Err(E::custom(format!(
+                "{number} is not a duration: a number needs a unit, in quotes (\"{number}s\"); {EXAMPLES}"
+            )))
+        }
+        fn visit_f64<E: serde::de::Error>(self, number: f64) -> Result<Duration, E> {
+            Err(E::custom(format!(
+                "{number} is not a duration: a number needs a unit, in quotes (\"{number}s\"); {EXAMPLES}"
+            )))
+        }
+        fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<Duration, E> {
+            Err(E::custom(format!("{value} is not a duration; {EXAMPLES}")))
+        }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        d.deserialize_any(Human)
+    }
+}
+
+/// An optional [`duration`]: absent (the field's default) is `None`.
+mod optional_duration {
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
+}
+
 fn default_grace() -> Duration {
     Duration::from_secs(30)
 }
@@ -298,13 +353,13 @@ const GATELESS_MAX_CONCURRENT_BOOTS: u32 = 4;
 #[serde(default, deny_unknown_fields)]
 pub struct ManagerConfig {
     /// How often server, volume and port status is polled while waiting.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub poll_interval: Duration,
     /// How often each pool is re-checked without a nudge.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub replenish_interval: Duration,
     /// How often the store is reconciled with the cloud.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub reconcile_interval: Duration,
     /// Boots in flight per pool, at most; unset: the core's default with
     /// the gate on, `GATELESS_MAX_CONCURRENT_BOOTS` with it off.
@@ -312,7 +367,7 @@ pub struct ManagerConfig {
     /// Released allocations older than this are forgotten (GetAllocation
     /// answers NOT_FOUND, an Allocate with the id allocates anew); unset:
     /// kept forever.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "optional_duration")]
     pub keep_released: Option<Duration>,
 
     // Sizing of `target = "auto"` pools.
@@ -320,21 +375,21 @@ pub struct ManagerConfig {
     pub service_level: f64,
     /// Lead time assumed before a pool's first boot is observed (pools with
     /// `iops_limit`/`volume_iops_limit` stretch it).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub prior_lead_time: Duration,
     /// Completed boots kept for the lead-time percentiles.
     pub lead_samples: usize,
     /// Completed boots older than this are forgotten.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub lead_max_age: Duration,
     /// Time constant of the short demand EWMA (reacts to bursts).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub demand_short: Duration,
     /// Time constant of the long demand EWMA.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub demand_long: Duration,
     /// A lower demand forecast takes effect only after this long without a new high.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub cooldown: Duration,
 
     // The per-AZ throttle gate on replenishment boots.
@@ -350,18 +405,18 @@ pub struct ManagerConfig {
     /// Boots slower than this factor of the baseline halve it.
     pub gate_shrink_above: f64,
     /// Pause after a 429/413 without Retry-After.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub retry_after_default: Duration,
     /// Retry-After is stretched by a random factor in [1, 1 + jitter].
     pub retry_after_jitter: f64,
     /// First pause of refills after a quota refusal; doubles up to quota_backoff_max.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub quota_backoff: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub quota_backoff_max: Duration,
     /// How often each flavor's quota headroom (Nova /limits, Neutron's port
     /// quota) is polled.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub quota_poll_interval: Duration,
     /// Lifts the intervals' minimums ([`MIN_POLL_INTERVAL`] and the others):
     /// for a test cloud that answers in milliseconds (cloudsim's OpenStack
@@ -620,7 +675,7 @@ pub struct OpenStackConfig {
     #[serde(default = "default_mysql_port")]
     pub mysql_port: u16,
     /// Bound on every cloud call, the login included.
-    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[serde(default = "default_request_timeout", with = "duration")]
     pub request_timeout: Duration,
     /// For test clouds whose servers run no mysqld (e.g. deploy/testbed on
     /// Nova's fake virt driver): probe this host:port for every server.
@@ -915,9 +970,9 @@ pub struct PoolConfig {
     #[serde(default)]
     pub target: Option<Target>,
     pub image: String,
-    #[serde(default = "default_boot_timeout", with = "humantime_serde")]
+    #[serde(default = "default_boot_timeout", with = "duration")]
     pub boot_timeout: Duration,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "optional_duration")]
     pub max_age: Option<Duration>,
     #[serde(default)]
     pub paused: bool,
@@ -2367,6 +2422,43 @@ mod tests {
         assert!(
             err.contains("[cloud] cloud") && err.contains(&missing.display().to_string()),
             "{err}"
+        );
+    }
+
+    /// A duration's error says what one looks like and keeps humantime's
+    /// reason (serde's alone says "expected a duration").
+    #[test]
+    fn a_duration_that_is_not_one_says_what_one_looks_like() {
+        let pool = "[[pools]]\nflavor = \"f\"\navailability_zone = \"a\"\nmin_ready = 1\nmax_ready = 2\nimage = \"i\"\n";
+        for (text, expect) in [
+            (
+                "shutdown_grace = 30".to_owned(),
+                "shutdown_grace: 30 is not a duration: a number needs a unit, in quotes (\"30s\"); use e.g. \"90s\", \"10m\", \"1h 30m\"",
+            ),
+            (
+                format!("{pool}boot_timeout = \"15\""),
+                "boot_timeout: \"15\" is not a duration (time unit needed, for example 15sec or 15ms); use e.g. \"90s\", \"10m\", \"1h 30m\"",
+            ),
+            (
+                format!("{pool}max_age = \"2 fortnights\""),
+                "max_age: \"2 fortnights\" is not a duration (unknown time unit",
+            ),
+            (
+                "[manager]\nkeep_released = true".to_owned(),
+                "keep_released: true is not a duration",
+            ),
+            (
+                "[cloud]\nkind = \"openstack\"\nmanagement_network = \"n\"\nrequest_timeout = \"soon\"".to_owned(),
+                "cloud: \"soon\" is not a duration (expected number at 0); use e.g. \"90s\", \"10m\", \"1h 30m\" in `request_timeout`",
+            ),
+        ] {
+            let err = Config::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expect), "{text}: {err}");
+        }
+        let config = Config::parse(&format!("{pool}max_age = \"2days\"")).unwrap();
+        assert_eq!(
+            config.pools[0].max_age,
+            Some(Duration::from_secs(2 * 86400))
         );
     }
 
