@@ -1256,10 +1256,23 @@ impl Config {
                     ConfigError::Invalid(format!("pool {}: {field}: {message}", pool.key()))
                 })?;
         }
-        if self.metrics_listen == self.listen && self.listen.port() != 0 {
+        // An unspecified address (0.0.0.0, ::) takes its port on every
+        // address, so the second bind would fail, blamed on another process.
+        let (listen, metrics) = (self.listen, self.metrics_listen);
+        if listen.port() == metrics.port()
+            && listen.port() != 0
+            && (listen.ip() == metrics.ip()
+                || listen.ip().is_unspecified()
+                || metrics.ip().is_unspecified())
+        {
             return Err(ConfigError::Invalid(format!(
-                "metrics_listen and listen are both {}; give metrics its own address",
-                self.listen
+                "listen ({listen}) and metrics_listen ({metrics}) share port {}{}; give metrics its own port (or address)",
+                listen.port(),
+                if listen.ip() == metrics.ip() {
+                    ""
+                } else {
+                    ", and an unspecified address (0.0.0.0, ::) takes it on every address"
+                }
             )));
         }
         self.manager.validate_sizing_and_gate()?;
@@ -1592,7 +1605,7 @@ mod tests {
             .overridden(Some(metrics), None, None)
             .unwrap_err();
         assert!(
-            err.to_string().contains("give metrics its own address"),
+            err.to_string().contains("give metrics its own port"),
             "{err}"
         );
         let moved: SocketAddr = "127.0.0.1:7000".parse().unwrap();
@@ -1603,6 +1616,43 @@ mod tests {
             (config.listen, config.data_dir),
             (moved, PathBuf::from("/tmp/x"))
         );
+    }
+
+    /// An unspecified address (0.0.0.0, ::) takes its port on every
+    /// address: metrics_listen on that port anywhere fails to bind, blamed
+    /// on another process.
+    #[test]
+    fn listen_and_metrics_listen_on_one_port_are_refused() {
+        let text = |listen: &str, metrics: &str| {
+            format!("listen = \"{listen}\"\nmetrics_listen = \"{metrics}\"\n")
+        };
+        for (listen, metrics) in [
+            ("0.0.0.0:51101", "127.0.0.1:51101"),
+            ("127.0.0.1:51101", "0.0.0.0:51101"),
+            ("[::]:51101", "127.0.0.1:51101"),
+            ("10.0.0.1:51101", "[::]:51101"),
+            ("127.0.0.1:51101", "127.0.0.1:51101"),
+        ] {
+            let err = Config::parse(&text(listen, metrics))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!(
+                    "listen ({listen}) and metrics_listen ({metrics}) share port 51101"
+                )) && err.contains("give metrics its own port"),
+                "{listen} {metrics}: {err}"
+            );
+        }
+        for (listen, metrics) in [
+            ("127.0.0.1:51101", "127.0.0.2:51101"),
+            ("0.0.0.0:51101", "0.0.0.0:51102"),
+            ("0.0.0.0:0", "127.0.0.1:0"),
+        ] {
+            assert!(
+                Config::parse(&text(listen, metrics)).is_ok(),
+                "{listen} {metrics}"
+            );
+        }
     }
 
     #[test]
@@ -1617,7 +1667,7 @@ mod tests {
             err.starts_with(&format!("config file {}: ", path.display())),
             "{err}"
         );
-        assert!(err.contains("give metrics its own address"), "{err}");
+        assert!(err.contains("give metrics its own port"), "{err}");
         // A --metrics-listen elsewhere mends it.
         let elsewhere: SocketAddr = "127.0.0.1:7001".parse().unwrap();
         let config = Config::read(&path)
