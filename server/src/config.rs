@@ -638,6 +638,8 @@ pub struct OpenStackConfig {
     pub cloud: Option<String>,
     /// clouds.yaml to read; default: `OS_CLIENT_CONFIG_FILE`, then
     /// ./clouds.yaml, ~/.config/openstack/clouds.yaml, /etc/openstack/clouds.yaml.
+    /// secure.yaml is looked for on its own search path either way
+    /// ([`clouds_yaml_entry`]).
     #[serde(default)]
     pub clouds_yaml: Option<PathBuf>,
     /// Network (name or id) every pool server gets its first port on; mysqld
@@ -763,8 +765,8 @@ impl OpenStackConfig {
     }
 
     /// The clouds.yaml entry named by `cloud` (or `OS_CLOUD`), else the
-    /// `OS_*` variables. clouds.yaml is read here rather than by osauth,
-    /// which ignores `OS_CLIENT_CONFIG_FILE`.
+    /// `OS_*` variables. clouds.yaml (and secure.yaml) are read here
+    /// rather than by osauth, which ignores `OS_CLIENT_CONFIG_FILE`.
     fn auth(&self) -> Result<pool_manager::openstack::CloudConfig, ConfigError> {
         self.auth_with(std::env::var("OS_CLOUD").ok())
     }
@@ -815,19 +817,31 @@ impl OpenStackConfig {
 /// Where clouds.yaml is looked for when `clouds_yaml` is not set: the
 /// openstack CLI's order.
 fn clouds_yaml_candidates() -> Vec<PathBuf> {
+    openstack_file_candidates("OS_CLIENT_CONFIG_FILE", "clouds.yaml")
+}
+
+/// Where secure.yaml is looked for (whether or not `clouds_yaml` is set):
+/// the openstack CLI's order, as for clouds.yaml; the first found is read.
+fn secure_yaml_candidates() -> Vec<PathBuf> {
+    openstack_file_candidates("OS_CLIENT_SECURE_FILE", "secure.yaml")
+}
+
+/// `file` at the variable's path, then in ./, the user's
+/// ~/.config/openstack and /etc/openstack.
+fn openstack_file_candidates(variable: &str, file: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
-    if let Some(file) = std::env::var_os("OS_CLIENT_CONFIG_FILE").filter(|f| !f.is_empty()) {
-        found.push(PathBuf::from(file));
+    if let Some(path) = std::env::var_os(variable).filter(|f| !f.is_empty()) {
+        found.push(PathBuf::from(path));
     }
-    found.push(PathBuf::from("clouds.yaml"));
+    found.push(PathBuf::from(file));
     let config_home = std::env::var_os("XDG_CONFIG_HOME")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
     if let Some(dir) = config_home {
-        found.push(dir.join("openstack").join("clouds.yaml"));
+        found.push(dir.join("openstack").join(file));
     }
-    found.push(PathBuf::from("/etc/openstack/clouds.yaml"));
+    found.push(Path::new("/etc/openstack").join(file));
     found
 }
 
@@ -872,39 +886,105 @@ fn clouds_yaml_names(path: &Path) -> Result<Vec<String>, ConfigError> {
         .unwrap_or_default())
 }
 
-/// One entry of a clouds.yaml file, as osauth's config.
+/// One entry of a clouds.yaml file, as osauth's config, with the entry of
+/// the same name in the first secure.yaml on the openstack CLI's search
+/// path (`OS_CLIENT_SECURE_FILE` first) merged over it.
 pub fn clouds_yaml_entry(
     path: &Path,
     name: &str,
 ) -> Result<pool_manager::openstack::CloudConfig, ConfigError> {
+    clouds_yaml_entry_with(path, name, &secure_yaml_candidates())
+}
+
+/// [`clouds_yaml_entry`], secure.yaml looked for in `secure_candidates`.
+fn clouds_yaml_entry_with(
+    path: &Path,
+    name: &str,
+    secure_candidates: &[PathBuf],
+) -> Result<pool_manager::openstack::CloudConfig, ConfigError> {
     let root = read_clouds_yaml(path)?;
-    let clouds = root.get("clouds").and_then(|c| c.as_mapping());
-    let entry = clouds.and_then(|c| c.get(name)).ok_or_else(|| {
-        let names: Vec<&str> = clouds
-            .map(|c| c.keys().filter_map(|k| k.as_str()).collect())
-            .unwrap_or_default();
-        ConfigError::Invalid(format!(
-            "cloud: {} has no cloud named '{name}' (it has: {})",
-            path.display(),
-            if names.is_empty() {
-                "none".to_owned()
-            } else {
-                names.join(", ")
+    let secure = match secure_candidates.iter().find(|p| p.is_file()) {
+        Some(secure) => match read_clouds_yaml(secure) {
+            Ok(root) => Some((secure, root)),
+            // A secure.yaml only root may read, in /etc/openstack beside a
+            // clouds.yaml handed over as a systemd credential.
+            Err(ConfigError::Read { path, error }) => {
+                return Err(ConfigError::Invalid(format!(
+                    "cloud: cannot read {} ({error}), the first secure.yaml on the openstack CLI's search path, whose entries are merged over clouds.yaml's; make it readable to warmpoold, or point OS_CLIENT_SECURE_FILE at one it can read (under systemd, a LoadCredential= of it)",
+                    path.display()
+                )))
             }
-        ))
-    })?;
-    serde_path_to_error::deserialize(entry.clone()).map_err(|e| {
+            Err(other) => return Err(other),
+        },
+        None => None,
+    };
+    let clouds =
+        |root: &serde_yaml::Value| root.get("clouds").and_then(|c| c.as_mapping()).cloned();
+    let (public, secret) = (
+        clouds(&root),
+        secure.as_ref().and_then(|(_, root)| clouds(root)),
+    );
+    let entry = match (
+        public.as_ref().and_then(|c| c.get(name)),
+        secret.as_ref().and_then(|c| c.get(name)),
+    ) {
+        (Some(entry), Some(over)) => merged(entry.clone(), over),
+        (Some(entry), None) | (None, Some(entry)) => entry.clone(),
+        (None, None) => {
+            let mut names: Vec<&str> = Vec::new();
+            for key in public.iter().chain(secret.iter()).flat_map(|c| c.keys()) {
+                if let Some(key) = key.as_str().filter(|k| !names.contains(k)) {
+                    names.push(key);
+                }
+            }
+            let files = match &secure {
+                Some((secure, _)) => format!("{} (nor {})", path.display(), secure.display()),
+                None => path.display().to_string(),
+            };
+            return Err(ConfigError::Invalid(format!(
+                "cloud: {files} has no cloud named '{name}' (it has: {})",
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            )));
+        }
+    };
+    serde_path_to_error::deserialize(entry).map_err(|e| {
         let at = e.path().to_string();
         let key = if at == "." {
             format!("clouds.{name}")
         } else {
             format!("clouds.{name}.{at}")
         };
+        let merged = match &secure {
+            Some((secure, _)) => format!(" (with {} merged over it)", secure.display()),
+            None => String::new(),
+        };
         ConfigError::Parse {
             path: path.to_owned(),
-            message: format!("{key}: {}", without_values(&e.inner().to_string())),
+            message: format!("{key}: {}{merged}", without_values(&e.inner().to_string())),
         }
     })
+}
+
+/// `over` deep-merged over `base`, as openstacksdk merges secure.yaml over
+/// clouds.yaml: mappings key by key, any other value replaced.
+fn merged(base: serde_yaml::Value, over: &serde_yaml::Value) -> serde_yaml::Value {
+    match (base, over) {
+        (serde_yaml::Value::Mapping(mut base), serde_yaml::Value::Mapping(over)) => {
+            for (key, value) in over {
+                let value = match base.remove(key) {
+                    Some(old) => merged(old, value),
+                    None => value.clone(),
+                };
+                base.insert(key.clone(), value);
+            }
+            serde_yaml::Value::Mapping(base)
+        }
+        (_, over) => over.clone(),
+    }
 }
 
 /// serde's "invalid type: integer `8675309`, expected a string" without
@@ -2383,6 +2463,57 @@ mod tests {
             assert_eq!(err.contains("; quote it"), scalar, "{yaml}: {err}");
             assert!(!err.contains(secret), "{yaml}: the value is shown: {err}");
         }
+    }
+
+    /// secure.yaml, found where clouds.yaml is looked for, holds the
+    /// secrets of clouds.yaml's entries: its entry is deep-merged over
+    /// clouds.yaml's, as the openstack CLI does.
+    #[test]
+    fn secure_yaml_is_merged_over_the_clouds_yaml_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let clouds = dir.path().join("clouds.yaml");
+        std::fs::write(
+            &clouds,
+            "clouds:\n  wp:\n    region_name: RegionOne\n    auth:\n      auth_url: http://keystone\n      username: pool\n      password: old\n",
+        )
+        .unwrap();
+        let secure = dir.path().join("secure.yaml");
+        std::fs::write(
+            &secure,
+            "clouds:\n  wp:\n    auth:\n      password: s3cr3t\n  only-secret:\n    auth:\n      password: x\n",
+        )
+        .unwrap();
+        let missing = dir.path().join("not-there.yaml");
+        let entry = |secure_candidates: &[PathBuf]| {
+            let entry = clouds_yaml_entry_with(&clouds, "wp", secure_candidates).unwrap();
+            serde_yaml::to_value(&entry).unwrap()
+        };
+        // The first secure.yaml found wins.
+        let merged = entry(&[missing.clone(), secure.clone()]);
+        assert_eq!(merged["auth"]["password"].as_str(), Some("s3cr3t"));
+        assert_eq!(merged["auth"]["username"].as_str(), Some("pool"));
+        assert_eq!(merged["auth"]["auth_url"].as_str(), Some("http://keystone"));
+        assert_eq!(merged["region_name"].as_str(), Some("RegionOne"));
+        // None found: clouds.yaml's alone.
+        let alone = entry(std::slice::from_ref(&missing));
+        assert_eq!(alone["auth"]["password"].as_str(), Some("old"));
+        // A name clouds.yaml lacks is listed with secure.yaml's names.
+        let err = clouds_yaml_entry_with(&clouds, "nowhere", std::slice::from_ref(&secure))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("wp, only-secret"), "{err}");
+        assert!(err.contains(&secure.display().to_string()), "{err}");
+        // A malformed secure.yaml is named, its values never shown.
+        std::fs::write(
+            &secure,
+            "clouds:\n  wp:\n    auth:\n      password: [s3cr3t\n",
+        )
+        .unwrap();
+        let err = clouds_yaml_entry_with(&clouds, "wp", std::slice::from_ref(&secure))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&secure.display().to_string()), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
     }
 
     /// The driver's settings hold osauth's `CloudConfig`, whose Debug
