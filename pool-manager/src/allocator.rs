@@ -10,7 +10,9 @@
 //! allocation is marked `Allocated` and flushed: only then is it
 //! acknowledged, and nothing is rolled back after it. If a step fails, what
 //! was attached is undone, the instance is discarded (never returned to the
-//! pool) and the next Ready one is tried while the deadline allows. A failed
+//! pool) and the next Ready one is tried while the deadline allows, up to
+//! [`MAX_DISCARDED_PER_PURCHASE`] instances discarded; a purchase that gets
+//! no other instance answers the last try's failure. A failed
 //! Allocate leaves no record, so a retry with the same request id starts
 //! afresh. Released allocations are kept (idempotent answers) until
 //! `ManagerSettings::keep_released`, if set.
@@ -50,6 +52,30 @@ pub const DEFAULT_COLD_BOOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// instance per try, and a caller retrying with too short a timeout would
 /// empty it.
 pub const CLAIMED_ATTACH_GRACE: Duration = Duration::from_secs(5 * 60);
+
+/// How many instances one purchase may discard after failed tries of the
+/// request on them (an instance whose mysqld is found dead at the claim
+/// is discarded without counting: no step of the request was tried). One
+/// bad instance is plausible (a compute host failing attaches); the same
+/// failure on a second says it is the request's or the cloud's (Nova's
+/// interface attach failing 500 when the tenant network cannot be bound, a
+/// Cinder backend down), which every instance would meet alike: tried on
+/// each in turn, one bad request would empty the pool, or cold-boot and
+/// discard a server after another until its deadline.
+pub const MAX_DISCARDED_PER_PURCHASE: u32 = 2;
+
+/// The least time a cleanup (a release's detach and delete until gone, a
+/// rollback, a failed try's) retries its cloud calls, however short
+/// `poll_interval` is: 30 polls at "500ms" are 15 s, less than a busy
+/// compute host takes to delete a server, and the release or rollback
+/// would fail UNAVAILABLE with its work under way.
+pub const CLEANUP_FLOOR: Duration = Duration::from_secs(2 * 60);
+
+/// How long a cleanup retries its cloud calls: 30 polls, and at least
+/// [`CLEANUP_FLOOR`].
+pub fn cleanup_budget(poll_interval: Duration) -> Duration {
+    poll_interval.saturating_mul(30).max(CLEANUP_FLOOR)
+}
 
 /// How long after Nova accepted an attach a volume still `available`,
 /// never seen `attaching`, with no attachment on the server either, is
@@ -557,13 +583,64 @@ impl AttemptError {
 /// the instance (the request ran out of time), and a refusal as a bad
 /// request (a volume of another zone under Nova's `cross_az_attach =
 /// False`, a policy's 403) would be the same on every instance; anything
-/// else is the instance's, and the next one may do better.
+/// else is taken for the instance's, and the next one may do better. A 5xx
+/// may be the request's all the same (Nova's `InterfaceAttachFailed` for a
+/// tenant network that cannot be bound, a Cinder backend down), which is
+/// why a purchase discards at most [`MAX_DISCARDED_PER_PURCHASE`].
 fn attempt_error(e: CloudError) -> AttemptError {
     match e {
         e @ (CloudError::Throttled { .. } | CloudError::Fatal(_)) => {
             AttemptError::Request(e.into())
         }
         e => AttemptError::Instance(e.into()),
+    }
+}
+
+/// `error` with `more` said after its message, of the same kind, so that
+/// the caller gets the status the failure itself would give. An error
+/// without a message of its own (the store's, a shutdown) is kept as is.
+fn with_more(error: ManagerError, more: impl std::fmt::Display) -> ManagerError {
+    let add = |m: String| format!("{m}; {more}");
+    match error {
+        ManagerError::FailedPrecondition(m) => ManagerError::FailedPrecondition(add(m)),
+        ManagerError::ResourceExhausted(m) => ManagerError::ResourceExhausted(add(m)),
+        ManagerError::TryAgain(m) => ManagerError::TryAgain(add(m)),
+        ManagerError::Aborted(m) => ManagerError::Aborted(add(m)),
+        ManagerError::Internal(m) => ManagerError::Internal(add(m)),
+        ManagerError::Cloud(e) => ManagerError::Cloud(match e {
+            CloudError::Throttled {
+                retry_after,
+                message,
+            } => CloudError::Throttled {
+                retry_after,
+                message: add(message),
+            },
+            CloudError::QuotaExceeded(m) => CloudError::QuotaExceeded(add(m)),
+            CloudError::Conflict(m) => CloudError::Conflict(add(m)),
+            CloudError::NotFound(m) => CloudError::NotFound(add(m)),
+            CloudError::Transient(m) => CloudError::Transient(add(m)),
+            CloudError::Fatal(m) => CloudError::Fatal(add(m)),
+            CloudError::LeftToReclaim(m) => CloudError::LeftToReclaim(add(m)),
+        }),
+        other => other,
+    }
+}
+
+/// What a purchase answers when it gets no instance (`error`) after a try
+/// that `failed`: the try's failure, with its status. For want of an
+/// instance the caller was told only that the pool had none
+/// (RESOURCE_EXHAUSTED, counted as a miss), though the failed try, not
+/// the pool, failed the purchase, and the failure was lost.
+fn no_other_instance(error: ManagerError, failed: Option<ManagerError>) -> ManagerError {
+    match (failed, &error) {
+        (
+            Some(failed),
+            ManagerError::ResourceExhausted(_) | ManagerError::Cloud(CloudError::QuotaExceeded(_)),
+        ) => with_more(
+            failed,
+            format_args!("its instance was discarded, and no other could be had: {error}"),
+        ),
+        _ => error,
     }
 }
 
@@ -605,12 +682,10 @@ impl Drop for QuotaQueue<'_> {
 }
 
 impl Shared {
-    /// Until when a cleanup (detach, delete) retries its cloud calls.
+    /// Until when a cleanup (detach, delete) retries its cloud calls
+    /// ([`cleanup_budget`]).
     pub(crate) fn cleanup_deadline(&self) -> Instant {
-        deadline_after(
-            Instant::now(),
-            self.settings.poll_interval.saturating_mul(30),
-        )
+        deadline_after(Instant::now(), cleanup_budget(self.settings.poll_interval))
     }
 
     /// Calls the cloud through [`Shared::retry`] (Retry-After honoured, never
@@ -1172,6 +1247,10 @@ impl Shared {
         // Over tries too: a purchase that waited for an instance to become
         // Ready did not find one on arrival, whichever try it is served by.
         let mut waited_for_ready = false;
+        // The failure of the last try, once one failed: what the purchase
+        // answers if it gets no other instance.
+        let mut last_failure: Option<ManagerError> = None;
+        let mut discarded = 0u32;
         loop {
             let wait_started = Instant::now();
             let (instance, from_ready) = self
@@ -1183,7 +1262,8 @@ impl Shared {
                     &mut waited_for_ready,
                     own_port,
                 )
-                .await?;
+                .await
+                .map_err(|e| no_other_instance(e, last_failure.take()))?;
             let waited = wait_started.elapsed();
             let warm = from_ready && !waited_for_ready;
             record
@@ -1205,6 +1285,10 @@ impl Shared {
                 false => Ok(()),
             };
             let claim = claimed_at.elapsed();
+            // A dead mysqld found at the claim is the instance's alone:
+            // nothing of the request was tried on it, so it does not count
+            // toward MAX_DISCARDED_PER_PURCHASE.
+            let request_tried = answers.is_ok();
             let attempt = match answers {
                 Ok(()) => {
                     let volume = VolumeBefore {
@@ -1242,11 +1326,27 @@ impl Shared {
                     return Ok(done);
                 }
                 Err(failure) => {
-                    self.detach_attachments(record, &instance).await?;
                     let (error, retry) = match failure {
                         AttemptError::Instance(e) => (e, true),
                         AttemptError::Request(e) => (e, false),
                     };
+                    // A cleanup that fails is the rollback's to finish (and
+                    // then the reconciler's): the record still names the
+                    // instance (Claimed here, Deleting after the discard
+                    // below) and the port, as it did when this answered the
+                    // cleanup's error. The try's failure is what the caller
+                    // can act on.
+                    match self.detach_attachments(record, &instance).await {
+                        Ok(()) => {}
+                        Err(e @ ManagerError::Store(_)) => return Err(e),
+                        Err(e) => {
+                            tracing::warn!(instance = %instance.id, error = %e, "cannot detach the failed try's volume and port now; the rollback (or the reconciler) will");
+                            return Err(with_more(
+                                error,
+                                format_args!("the purchase stopped there, as the try's cleanup failed too ({e}); warmpool finishes that cleanup itself"),
+                            ));
+                        }
+                    }
                     tracing::warn!(instance = %instance.id, error = %error, "discarding instance after a failed try");
                     match self
                         .discard_instance(&instance.id, &error.to_string())
@@ -1262,10 +1362,24 @@ impl Shared {
                     }
                     // After the discard: a port Nova would not detach is
                     // bound until its server is deleted, and a member-only
-                    // user may not delete it before.
-                    self.delete_port_of_try(record).await?;
+                    // user may not delete it before. One left undeleted
+                    // stays recorded, for the rollback to delete: the next
+                    // try would take it for its own, bound to the server
+                    // just discarded.
+                    match self.delete_port_of_try(record).await {
+                        Ok(()) => {}
+                        Err(e @ ManagerError::Store(_)) => return Err(e),
+                        Err(e) => {
+                            tracing::warn!(instance = %instance.id, error = %e, "cannot delete the failed try's port now; the rollback (or the reconciler) will");
+                            return Err(with_more(
+                                error,
+                                format_args!("the purchase stopped there, as the try's cleanup failed too ({e}); warmpool finishes that cleanup itself"),
+                            ));
+                        }
+                    }
                     own_port = None;
                     discarded_servers.extend(instance.server_id.clone());
+                    discarded += u32::from(request_tried);
                     record
                         .update(|a| {
                             a.instance_id = None;
@@ -1275,12 +1389,22 @@ impl Shared {
                     if !retry {
                         return Err(error);
                     }
-                    if Instant::now() >= deadline {
-                        return Err(ManagerError::ResourceExhausted(format!(
-                            "no instance of pool {} could be handed out before the deadline; last attempt: {error}",
-                            params.pool
-                        )));
+                    if discarded >= MAX_DISCARDED_PER_PURCHASE {
+                        return Err(with_more(
+                            error,
+                            format_args!(
+                                "the purchase tried {discarded} instances of pool {} and discarded each after a failed try; a failure met on two is taken for the request's or the cloud's, so no other is tried (the pool keeps the rest): mend what the failure names, or call again later",
+                                params.pool
+                            ),
+                        ));
                     }
+                    if Instant::now() >= deadline {
+                        return Err(with_more(
+                            error,
+                            "its instance was discarded, and the purchase's deadline passed before another could be tried: call again, with a longer timeout if need be",
+                        ));
+                    }
+                    last_failure = Some(error);
                     // Looked at before the next claim: a volume the failed
                     // attach left error_attaching for good would fail the
                     // next try only once it had claimed another warm
@@ -2955,6 +3079,19 @@ fn paused_hint(pool: &PoolRecord) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 30 polls at a short `poll_interval` were 15 s, less than a slow
+    /// server delete takes; a long one keeps its 30 polls.
+    #[test]
+    fn cleanups_have_a_floor() {
+        assert_eq!(cleanup_budget(Duration::from_millis(500)), CLEANUP_FLOOR);
+        assert_eq!(cleanup_budget(Duration::ZERO), CLEANUP_FLOOR);
+        assert_eq!(
+            cleanup_budget(Duration::from_secs(10)),
+            Duration::from_secs(300)
+        );
+        assert_eq!(cleanup_budget(Duration::MAX), Duration::MAX);
+    }
 
     /// A volume Cinder is backing up, extending, migrating... is back in
     /// its state when done: a purchase asks again (UNAVAILABLE) rather than

@@ -31,6 +31,8 @@ use tokio::time::Instant;
 #[derive(Clone, Debug)]
 pub struct ManagerSettings {
     /// How often server, volume and port status is polled while waiting.
+    /// Cleanups wait [`crate::cleanup_budget`] of it: 30 polls, and at
+    /// least [`crate::CLEANUP_FLOOR`].
     pub poll_interval: Duration,
     /// How often each pool's replenisher re-checks even without a nudge.
     pub replenish_interval: Duration,
@@ -808,8 +810,24 @@ impl PoolManager {
         self.shared.spawn(async move {
             let _ = answer.send(work.await);
         });
-        // Unanswered only when the manager stops (it aborts its tasks).
-        answered.await.unwrap_or(Err(ManagerError::ShuttingDown))
+        match answered.await {
+            Ok(answer) => answer,
+            // Aborted, or never started: the manager stops.
+            Err(_) if *self.shared.shutdown.borrow() => Err(ManagerError::ShuttingDown),
+            // The task panicked (Rust's panic hook wrote where, on
+            // stderr). Told "shutting down", a client would wait for a
+            // restart that is not coming.
+            Err(_) => {
+                tracing::error!("a call's task panicked; answering it as an internal error");
+                Err(ManagerError::Internal(
+                    "the call failed unexpectedly (its task panicked: a bug in warmpool; \
+                     warmpoold's log, its stderr, has the panic, to report); what it left half \
+                     done is for the reconciler to finish or undo, so call again with the same \
+                     request to learn where it stands"
+                        .into(),
+                ))
+            }
+        }
     }
 
     /// Creates the pool and starts serving it; runs to its end even if the

@@ -5037,7 +5037,8 @@ async fn a_cold_boot_whose_server_vanishes_is_no_refusal() {
 /// catches up and the release again (or the reconciler) finishes it.
 #[tokio::test(start_paused = true)]
 async fn a_release_the_cloud_is_slow_to_let_go_of_says_call_again() {
-    let slow = Duration::from_secs(120);
+    // Slower than a release waits.
+    let slow = pool_manager::cleanup_budget(settings().poll_interval) + Duration::from_secs(60);
     let config = sim().config();
     let detaching = cloudsim::SimCloud::new(cloudsim::SimConfig {
         latencies: cloudsim::Latencies {

@@ -353,6 +353,9 @@ const GATELESS_MAX_CONCURRENT_BOOTS: u32 = 4;
 #[serde(default, deny_unknown_fields)]
 pub struct ManagerConfig {
     /// How often server, volume and port status is polled while waiting.
+    /// A cleanup (a release's detach and delete until gone, a rollback)
+    /// waits 30 of them for the cloud, and at least 2 min
+    /// (`pool_manager::cleanup_budget`).
     #[serde(with = "duration")]
     pub poll_interval: Duration,
     /// How often each pool is re-checked without a nudge.

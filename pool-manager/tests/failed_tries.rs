@@ -1,0 +1,272 @@
+//! A purchase's failed tries: how many instances one purchase may discard,
+//! what it answers once it stops, how long its cleanups may take, and what
+//! a purchase whose task died answers.
+
+mod common;
+
+use common::*;
+use pool_manager::cloud::CloudError;
+use pool_manager::model::{AllocationState, EmptyPoolPolicy, InstanceState};
+use pool_manager::{ManagerError, ManagerSettings, PoolManager};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const ATTACH_FAILURE: &str = "injected: port attach failed (HTTP 500)";
+
+/// A failure every instance meets alike (Nova's interface attach failing
+/// 500 when the tenant network cannot be bound) is the request's or the
+/// cloud's, not the instances': a purchase used to discard every Ready
+/// instance in turn, so one bad request emptied the pool. It stops after
+/// two, answering the failure.
+#[tokio::test(start_paused = true)]
+async fn a_failure_every_instance_meets_discards_at_most_two() {
+    let sim = sim();
+    let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 8).await;
+    sim.faults().fail_next_port_attach(1000);
+
+    let err = manager
+        .allocate(request(
+            "order-bad",
+            new_volume(),
+            EmptyPoolPolicy::FailFast,
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::Cloud(CloudError::Transient(m)) if m.contains(ATTACH_FAILURE)),
+        "{err}"
+    );
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert!(
+        status.count(InstanceState::Ready) >= 6,
+        "at most two instances discarded: {status:?}"
+    );
+    sim.faults().fail_next_port_attach(0);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_consistent(&sim, &manager).await;
+}
+
+/// Instances whose mysqld is found dead at the claim are discarded
+/// without counting toward the limit: nothing of the request was tried on
+/// them, so a purchase behind two of them still reaches a live one.
+#[tokio::test(start_paused = true)]
+async fn dead_mysqlds_at_the_claim_do_not_count_toward_the_limit() {
+    let sim = sim();
+    let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 3).await;
+    let mut ready = manager.list_instances(Some(&pool())).await.unwrap();
+    ready.retain(|i| i.state == InstanceState::Ready);
+    // The order purchases claim them in: oldest Ready first.
+    ready.sort_by_key(|i| i.ready_at);
+    let servers: Vec<String> = ready.iter().filter_map(|i| i.server_id.clone()).collect();
+    assert_eq!(servers.len(), 3, "{ready:?}");
+    for silent in &servers[..2] {
+        assert!(sim.stop_mysqld(silent));
+    }
+
+    let allocation = manager
+        .allocate(request(
+            "order-live",
+            new_volume(),
+            EmptyPoolPolicy::FailFast,
+        ))
+        .await
+        .expect("the third, live instance");
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    assert_eq!(allocation.server_id.as_deref(), Some(servers[2].as_str()));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_consistent(&sim, &manager).await;
+}
+
+/// A cold-boot purchase meeting such a failure used to cold-boot and
+/// discard one server after another until its deadline (17 boots in ten
+/// minutes); it stops after the second.
+#[tokio::test(start_paused = true)]
+async fn a_cold_boot_purchase_meeting_the_same_failure_twice_stops() {
+    let sim = sim();
+    let attaches = Arc::new(AtomicU32::new(0));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let attaches = attaches.clone();
+        move |method| {
+            if method == "attach_port" {
+                attaches.fetch_add(1, Ordering::SeqCst);
+            }
+            None
+        }
+    });
+    let manager = started_over(&cloud, temp_store(), 0).await;
+    sim.faults().fail_next_port_attach(1000);
+    let mut order = request("order-cold", new_volume(), EmptyPoolPolicy::ColdBoot);
+    order.timeout = Some(Duration::from_secs(10 * 60));
+
+    let err = manager.allocate(order).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::Cloud(CloudError::Transient(m)) if m.contains(ATTACH_FAILURE)),
+        "{err}"
+    );
+    assert_eq!(attaches.load(Ordering::SeqCst), 2, "{err}");
+    sim.faults().fail_next_port_attach(0);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_consistent(&sim, &manager).await;
+}
+
+/// After a failed try, a purchase that finds no other instance (the pool
+/// empty, fail-fast; or none before its deadline, waiting) answers the
+/// try's failure with its status: the caller used to be told only that the
+/// pool had no ready instance, RESOURCE_EXHAUSTED, counted as a miss
+/// though the pool had one when the purchase came.
+#[tokio::test(start_paused = true)]
+async fn after_a_failed_try_no_other_instance_answers_the_trys_failure() {
+    for policy in [EmptyPoolPolicy::FailFast, EmptyPoolPolicy::Wait] {
+        let sim = sim();
+        let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 1).await;
+        sim.faults().fail_next_port_attach(1);
+
+        let err = manager
+            .allocate(request("order-1", new_volume(), policy))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ManagerError::Cloud(CloudError::Transient(m)) if m.contains(ATTACH_FAILURE)),
+            "{policy:?}: {err}"
+        );
+        let record = manager.get_pool(&pool()).await.unwrap().record;
+        assert_eq!(record.allocations_exhausted, 0, "{policy:?}: {record:?}");
+        assert_eq!(record.allocations_failed, 1, "{policy:?}: {record:?}");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_consistent(&sim, &manager).await;
+    }
+}
+
+/// A cleanup of a failed try that fails (Nova failing the volume's detach)
+/// used to replace the try's own failure in the answer. The try's failure
+/// is answered; what the cleanup left is the rollback's, then the
+/// reconciler's, which ends it.
+#[tokio::test(start_paused = true)]
+async fn a_failed_trys_cleanup_failing_answers_the_trys_failure() {
+    let sim = sim();
+    let (cloud, detach_fails) = GatedCloud::refusing(
+        &sim,
+        "detach_volume",
+        CloudError::Transient("detach failed in Nova (HTTP 500)".into()),
+        false,
+    );
+    let manager = started_paused(&cloud, temp_store(), 2).await;
+    detach_fails.store(true, Ordering::SeqCst);
+    sim.faults().fail_next_port_attach(1);
+
+    let err = manager
+        .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::Cloud(CloudError::Transient(m)) if m.contains(ATTACH_FAILURE)),
+        "{err}"
+    );
+
+    detach_fails.store(false, Ordering::SeqCst);
+    manager.reconcile().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(manager.get_allocation("order-1").await.is_err());
+    assert_consistent(&sim, &manager).await;
+}
+
+/// Likewise a failed try's port that cannot be deleted in time (Nova
+/// refused its detach, and Neutron keeps it bound long after the server
+/// went): the purchase stops with the try's failure, the port still on its
+/// record, and the rollback or the reconciler deletes it.
+#[tokio::test(start_paused = true)]
+async fn a_failed_trys_port_left_bound_answers_the_trys_failure() {
+    let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
+        member_port_policy: true,
+        ..sim().config()
+    });
+    let cloud = GatedCloud::with_fault(&sim, |method| {
+        (method == "detach_port").then(|| {
+            CloudError::Conflict(
+                "Cannot 'detach_interface' instance while it is in vm_state error".into(),
+            )
+        })
+    });
+    let manager = started_paused(&cloud, temp_store(), 2).await;
+    sim.faults()
+        .slow_port_unbind(pool_manager::cleanup_budget(settings().poll_interval) * 2);
+    sim.faults().fail_next_volume_attach(1);
+
+    let err = manager
+        .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::Cloud(CloudError::Transient(m)) if m.contains("injected: volume attach failed")),
+        "{err}"
+    );
+
+    tokio::time::sleep(pool_manager::cleanup_budget(settings().poll_interval) * 2).await;
+    manager.reconcile().await.unwrap();
+    assert!(manager.get_allocation("order-1").await.is_err());
+    assert!(sim.ports().is_empty(), "{:?}", sim.ports());
+    assert_consistent(&sim, &manager).await;
+}
+
+/// Cleanups (a release's delete until gone, a rollback) had 30 polls, 15 s
+/// at `poll_interval = "500ms"`: a release whose server took 20 s to go
+/// failed UNAVAILABLE. They have two minutes at least.
+#[tokio::test(start_paused = true)]
+async fn a_release_outlasts_thirty_short_polls() {
+    let base = sim().config();
+    let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
+        latencies: cloudsim::Latencies {
+            delete: Duration::from_secs(20),
+            ..base.latencies.clone()
+        },
+        ..base
+    });
+    let manager = PoolManager::new(
+        temp_store(),
+        sim.clone(),
+        Arc::new(sim.probe()),
+        ManagerSettings {
+            poll_interval: Duration::from_millis(500),
+            ..settings()
+        },
+    );
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    wait_ready(&manager, 1).await;
+    manager
+        .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+
+    let released = manager.release("order-1", Some(true)).await.unwrap();
+    assert_eq!(released.state, AllocationState::Released);
+}
+
+/// A purchase whose task died (a panic: a bug) was answered "shutting
+/// down; call again once it is back", while nothing was shutting down.
+#[tokio::test(start_paused = true)]
+async fn a_purchase_whose_task_panicked_is_an_internal_error() {
+    let sim = sim();
+    let panic_now = Arc::new(AtomicBool::new(false));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let panic_now = panic_now.clone();
+        move |method| {
+            if method == "create_port" && panic_now.swap(false, Ordering::SeqCst) {
+                panic!("a bug in the purchase");
+            }
+            None
+        }
+    });
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    panic_now.store(true, Ordering::SeqCst);
+
+    let err = manager
+        .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::Internal(m) if m.contains("unexpectedly") && m.contains("log")),
+        "{err}"
+    );
+}
