@@ -4374,6 +4374,40 @@ async fn a_failed_login_is_not_tried_again_by_every_call() {
     assert!(tried <= 2, "{tried} password logins for 20 calls");
 }
 
+/// Calls that queued behind a re-login that failed otherwise than by a
+/// refusal (Keystone slow past the request timeout; a 429 or a 5xx alike)
+/// share its outcome: one token request, not one per call each waiting
+/// for the one before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_queued_behind_a_failed_re_login_share_its_outcome() {
+    let env = env().await;
+    let cloud = env.driver_with(r#"request_timeout = "300ms""#).await;
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    env.face.faults().revoke_all_tokens();
+    env.face
+        .faults()
+        .slow(Service::Identity, Duration::from_secs(2));
+    let before = env.face.faults().token_requests();
+    let calls = (0..10).map(|_| cloud.get_server(&server.id));
+    for answer in futures::future::join_all(calls).await {
+        let err = answer.unwrap_err();
+        assert!(
+            matches!(&err, CloudError::Transient(m) if m.contains("Keystone did not answer")),
+            "{err:?}"
+        );
+    }
+    let sent = env.face.faults().token_requests() - before;
+    assert!(sent <= 2, "{sent} token requests for 10 calls");
+    env.face.faults().slow(Service::Identity, Duration::ZERO);
+    cloud
+        .get_server(&server.id)
+        .await
+        .expect("the next call logs in");
+}
+
 /// An endpoint that streams an answer without end is cut off at
 /// `MAX_ANSWER_BYTES` as a transient failure, instead of being held in
 /// memory for the whole request timeout.

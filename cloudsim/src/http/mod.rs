@@ -338,6 +338,9 @@ pub(crate) struct FaceState {
     pub(crate) changed_passwords: Mutex<HashMap<String, String>>,
     /// Password logins asked for, granted or not.
     pub(crate) password_logins: AtomicU32,
+    /// Token requests (`POST /v3/auth/tokens`) received, counted as they
+    /// arrive: before any fault, a slowed or answered-in-stead one too.
+    token_requests: AtomicU32,
     /// Nova's policy refuses the project `forceDelete`
     /// (`HttpFaults::refuse_force_delete`).
     pub(crate) force_delete_refused: AtomicBool,
@@ -674,6 +677,14 @@ impl HttpFaults {
         self.state.password_logins.load(Ordering::SeqCst)
     }
 
+    /// How many token requests (`POST /v3/auth/tokens`) reached Keystone,
+    /// counted on arrival: a login the client gave up on (`slow`) and one
+    /// a fault answered count too, as they do for a rate limiter or a
+    /// lockout counter in front of Keystone.
+    pub fn token_requests(&self) -> u32 {
+        self.state.token_requests.load(Ordering::SeqCst)
+    }
+
     /// Nova's `os_compute_api:os-deferred-delete:force` policy made
     /// admin-only (`refused` true) or the project's again (false): while
     /// refused, every `forceDelete` of a server the project can see answers
@@ -910,6 +921,7 @@ impl HttpFace {
             stopping: tokio::sync::watch::channel(false).0,
             changed_passwords: Mutex::new(HashMap::new()),
             password_logins: AtomicU32::new(0),
+            token_requests: AtomicU32::new(0),
             force_delete_refused: AtomicBool::new(false),
             quota_details_refused: AtomicBool::new(false),
             force_delete_failures: Mutex::default(),
@@ -992,6 +1004,12 @@ async fn fault_layer(
     mut request: Request,
     next: Next,
 ) -> Response {
+    if service == Service::Identity
+        && request.method() == axum::http::Method::POST
+        && request.uri().path() == "/v3/auth/tokens"
+    {
+        state.token_requests.fetch_add(1, Ordering::SeqCst);
+    }
     let (slow, throttle, proxy_error, unauthorized, canned, oversized, garbage) = {
         let mut faults = lock(&state.faults);
         let f = faults.entry(service).or_default();

@@ -127,16 +127,27 @@ async fn read_body(mut response: reqwest::Response, what: &str) -> CloudResult<S
 /// is tried again.
 pub const RELOGIN_PAUSE: Duration = Duration::from_secs(30);
 
+/// What failed re-logins leave behind, kept under [`Connection`]'s
+/// re-login lock.
+#[derive(Default)]
+struct Relogins {
+    /// The last re-login that failed, for whatever reason: when it ended,
+    /// and its error, answered to the callers that were waiting for it.
+    last_failure: Option<(tokio::time::Instant, CloudError)>,
+    /// The last login Keystone refused: until when the password is not
+    /// tried again, and the error answered meanwhile.
+    refused: Option<(tokio::time::Instant, CloudError)>,
+}
+
 /// The session holder: the current `Session`, the config to rebuild it
 /// from, and a generation so concurrent 401s cause a single re-login.
 pub struct Connection {
     config: CloudConfig,
     timeout: Duration,
     current: Mutex<(u64, Session)>,
-    /// Held while logging in again; holds the last re-login Keystone
-    /// refused (when, and its error), answered to the callers that come
-    /// before [`RELOGIN_PAUSE`] has passed.
-    relogin: tokio::sync::Mutex<Option<(tokio::time::Instant, CloudError)>>,
+    /// Held while logging in again; holds what the re-logins that failed
+    /// leave for the callers that come after them.
+    relogin: tokio::sync::Mutex<Relogins>,
     generation: AtomicU64,
     /// Who warmpool logs in as, for messages ("user pool in project service").
     identity: String,
@@ -160,7 +171,7 @@ impl Connection {
             config,
             timeout,
             current: Mutex::new((0, session)),
-            relogin: tokio::sync::Mutex::new(None),
+            relogin: tokio::sync::Mutex::default(),
             generation: AtomicU64::new(0),
             identity,
             region,
@@ -279,39 +290,53 @@ impl Connection {
     /// Replaces the session by a fresh login unless another caller already
     /// did since `seen_generation`.
     async fn relogin(&self, seen_generation: u64) -> CloudResult<()> {
-        let mut last_failure = self.relogin.lock().await;
+        let asked = tokio::time::Instant::now();
+        let mut relogins = self.relogin.lock().await;
         if self.generation.load(Ordering::SeqCst) != seen_generation {
             return Ok(());
         }
+        // The callers that waited here while a re-login failed hear its
+        // error: each trying in turn would send Keystone one token
+        // request per call failing with 401 (throttled ones too), the
+        // last waiting for all the others' timeouts.
+        if let Some((ended, error)) = &relogins.last_failure {
+            if *ended >= asked {
+                return Err(error.clone());
+            }
+        }
         // Every call failing with 401 must not try the password again: a
         // Keystone with lockout_failure_attempts would lock the user out.
-        if let Some((at, error)) = last_failure.as_ref() {
-            if at.elapsed() < RELOGIN_PAUSE {
+        if let Some((until, error)) = &relogins.refused {
+            if tokio::time::Instant::now() < *until {
                 return Err(error.clone());
             }
         }
         tracing::info!(identity = %self.identity, "the cloud answered 401; logging in again");
-        match login(&self.config, self.timeout, &self.identity).await {
+        let failed = match login(&self.config, self.timeout, &self.identity).await {
             Ok(session) => {
-                *last_failure = None;
+                *relogins = Relogins::default();
                 let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
                 *self.current.lock().unwrap_or_else(|p| p.into_inner()) = (generation, session);
-                Ok(())
+                return Ok(());
             }
             // Keystone refused the credentials: the next callers hear it
-            // from memory. A login that failed otherwise (throttled, a
-            // proxy's page, a timeout) is tried again.
+            // from memory until the pause is over. A login that failed
+            // otherwise (throttled, a proxy's page, a timeout) is tried
+            // again by the next caller that did not wait for it.
             Err(LoginFailure {
                 error: CloudError::Fatal(message),
                 credentials_rejected: true,
             }) => {
                 let error =
                     CloudError::Fatal(format!("{message} (not tried again for {RELOGIN_PAUSE:?})"));
-                *last_failure = Some((tokio::time::Instant::now(), error.clone()));
-                Err(error)
+                relogins.refused =
+                    Some((tokio::time::Instant::now() + RELOGIN_PAUSE, error.clone()));
+                error
             }
-            Err(failed) => Err(failed.error),
-        }
+            Err(failed) => failed.error,
+        };
+        relogins.last_failure = Some((tokio::time::Instant::now(), failed.clone()));
+        Err(failed)
     }
 
     /// The highest Nova microversion among `candidates` (`None`: none is
