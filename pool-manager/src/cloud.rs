@@ -369,10 +369,11 @@ pub type CloudResult<T> = Result<T, CloudError>;
 /// or overflow the clock arithmetic of the pause.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
-/// The shortest pause after a 429/413, whatever the cloud said: a
-/// "Retry-After: 0" (Cinder sends it; Nova's overLimit body says
-/// `"retryAfter": "0"`) must not become a busy loop, and 429s answered
-/// together are one throttling episode.
+/// The shortest pause after a 429/413 whose Retry-After names a wait (an
+/// HTTP date a moment away): 429s answered together are one throttling
+/// episode. A "Retry-After: 0" (Cinder sends it; Nova's overLimit body
+/// says `"retryAfter": "0"`) names none: it is paused as one without
+/// Retry-After, on the caller's growing backoff or the gate's default.
 pub const MIN_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// How many more servers of one flavor the project's quota admits, from

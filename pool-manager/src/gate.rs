@@ -797,11 +797,13 @@ impl Gate {
     }
 
     /// The pause before retrying a call the cloud answered 429/413:
-    /// Retry-After (or the default) stretched by the seeded jitter.
-    /// At least [`MIN_RETRY_PAUSE`] and never more than twice
-    /// [`MAX_RETRY_AFTER`], whatever the cloud sent.
+    /// Retry-After (or the default, for none or a zero one, which names no
+    /// wait) stretched by the seeded jitter. At least [`MIN_RETRY_PAUSE`]
+    /// and never more than twice [`MAX_RETRY_AFTER`], whatever the cloud
+    /// sent.
     pub fn retry_pause(&mut self, retry_after: Option<Duration>) -> Duration {
         let base = retry_after
+            .filter(|after| !after.is_zero())
             .unwrap_or(self.settings.default_retry_after)
             .clamp(MIN_RETRY_PAUSE, MAX_RETRY_AFTER);
         // NaN fails the guard (`clamp` would keep it and `gen_range` panic).
@@ -1214,4 +1216,31 @@ impl Drop for BootTicket {
 /// Locks the gate; a panic elsewhere leaves plain counters behind, so recover.
 pub(crate) fn lock(gate: &Mutex<Gate>) -> std::sync::MutexGuard<'_, Gate> {
     gate.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A "Retry-After: 0" (or a date gone by) names no wait: the pause is
+    /// the one taken without Retry-After, not the shortest there is,
+    /// which would send the call back ten times a second.
+    #[test]
+    fn a_zero_retry_after_pauses_as_none_does() {
+        let mut gate = Gate::new(GateSettings {
+            retry_after_jitter: 0.0,
+            ..GateSettings::default()
+        });
+        assert_eq!(gate.retry_pause(None), DEFAULT_RETRY_AFTER);
+        assert_eq!(gate.retry_pause(Some(Duration::ZERO)), DEFAULT_RETRY_AFTER);
+        // A short wait named is a wait, kept above the floor.
+        assert_eq!(
+            gate.retry_pause(Some(Duration::from_millis(1))),
+            MIN_RETRY_PAUSE
+        );
+        assert_eq!(
+            gate.retry_pause(Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+    }
 }

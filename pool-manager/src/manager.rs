@@ -373,13 +373,17 @@ impl Shared {
                 Err(e) if e.is_retryable() => {
                     let throttled = matches!(e, CloudError::Throttled { .. });
                     // A "Retry-After: 0" (Cinder sends it; a token bucket
-                    // at its boundary computes it) must not become a busy
-                    // loop: on tokio's paused clock, time would never move.
+                    // at its boundary computes it) names no wait: the
+                    // growing backoff applies, as without one, instead of
+                    // a call (and a Throttled event) every
+                    // MIN_RETRY_PAUSE until the deadline. A short wait
+                    // named is kept above that floor, so that time moves
+                    // on tokio's paused clock.
                     let pause = match &e {
                         CloudError::Throttled {
                             retry_after: Some(after),
                             ..
-                        } => (*after).clamp(MIN_RETRY_PAUSE, MAX_RETRY_AFTER),
+                        } if !after.is_zero() => (*after).clamp(MIN_RETRY_PAUSE, MAX_RETRY_AFTER),
                         _ => backoff,
                     };
                     if deadline.saturating_duration_since(Instant::now()) <= pause {
@@ -1144,4 +1148,148 @@ pub(crate) fn validate_optional_name(field: &'static str, value: &str) -> Manage
         ));
     }
     validate_name(field, value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::MysqlGreetingProbe;
+    use crate::store::SledStore;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A cloud no test here calls: `retry` is handed its calls.
+    struct NoCloud;
+
+    #[async_trait::async_trait]
+    impl Cloud for NoCloud {
+        async fn create_server(&self, _: &ServerSpec) -> CloudResult<Server> {
+            unreachable!()
+        }
+        async fn get_server(&self, _: &str) -> CloudResult<Server> {
+            unreachable!()
+        }
+        async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
+            unreachable!()
+        }
+        async fn delete_server(&self, _: &str) -> CloudResult<()> {
+            unreachable!()
+        }
+        async fn create_volume(&self, _: &NewVolumeSpec) -> CloudResult<Volume> {
+            unreachable!()
+        }
+        async fn get_volume(&self, _: &str) -> CloudResult<Volume> {
+            unreachable!()
+        }
+        async fn find_volumes_by_name(&self, _: &str) -> CloudResult<Vec<Volume>> {
+            unreachable!()
+        }
+        async fn delete_volume(&self, _: &str) -> CloudResult<()> {
+            unreachable!()
+        }
+        async fn attach_volume(&self, _: &str, _: &str) -> CloudResult<()> {
+            unreachable!()
+        }
+        async fn detach_volume(&self, _: &str, _: &str) -> CloudResult<()> {
+            unreachable!()
+        }
+        async fn create_port(&self, _: &NewPortSpec) -> CloudResult<Port> {
+            unreachable!()
+        }
+        async fn get_port(&self, _: &str) -> CloudResult<Port> {
+            unreachable!()
+        }
+        async fn find_ports_by_name(&self, _: &str) -> CloudResult<Vec<Port>> {
+            unreachable!()
+        }
+        async fn delete_port(&self, _: &str) -> CloudResult<()> {
+            unreachable!()
+        }
+        async fn attach_port(&self, _: &str, _: &str) -> CloudResult<()> {
+            unreachable!()
+        }
+        async fn detach_port(&self, _: &str, _: &str) -> CloudResult<()> {
+            unreachable!()
+        }
+        async fn boot_headroom(&self, _: &str) -> CloudResult<BootHeadroom> {
+            unreachable!()
+        }
+        async fn check_boot_placement(&self, _: &PoolKey) -> CloudResult<()> {
+            unreachable!()
+        }
+        async fn check_boot_image(&self, _: &str) -> CloudResult<()> {
+            unreachable!()
+        }
+        async fn check_volume_zone(&self, _: &PoolKey) -> CloudResult<()> {
+            unreachable!()
+        }
+        fn volume_zone_for(&self, _: &str) -> String {
+            unreachable!()
+        }
+        fn boot_image(&self, _: &str) -> String {
+            unreachable!()
+        }
+        async fn cloud_identity(&self) -> CloudResult<CloudIdentity> {
+            unreachable!()
+        }
+    }
+
+    fn manager() -> PoolManager {
+        PoolManager::new(
+            Arc::new(SledStore::temporary().unwrap()),
+            Arc::new(NoCloud),
+            Arc::new(MysqlGreetingProbe {
+                timeout: Duration::from_secs(1),
+            }),
+            ManagerSettings::default(),
+        )
+    }
+
+    /// How many times `retry` calls a cloud that answers every call
+    /// Throttled with `retry_after`, within `within`.
+    async fn attempts(retry_after: Option<Duration>, within: Duration) -> u32 {
+        let manager = manager();
+        let calls = AtomicU32::new(0);
+        let result: CloudResult<()> = manager
+            .shared
+            .retry(Instant::now() + within, || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    Err(CloudError::Throttled {
+                        retry_after,
+                        message: "This request was rate-limited.".into(),
+                    })
+                }
+            })
+            .await;
+        assert!(
+            matches!(result, Err(CloudError::Throttled { .. })),
+            "{result:?}"
+        );
+        calls.load(Ordering::SeqCst)
+    }
+
+    /// A "Retry-After: 0" names no wait: the call is asked again on the
+    /// growing backoff, as one without Retry-After is, not every
+    /// `MIN_RETRY_PAUSE` (and logged and reported each time) until its
+    /// deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_retry_after_backs_off_as_none_does() {
+        let within = Duration::from_secs(5);
+        // The attempts the backoff schedule fits in: one at once, one
+        // after each pause that ends before the deadline.
+        let settings = ManagerSettings::default();
+        let (mut scheduled, mut waited, mut pause) = (1, Duration::ZERO, settings.retry_backoff);
+        while waited + pause < within {
+            waited += pause;
+            scheduled += 1;
+            pause = (pause * 2).min(settings.retry_backoff * 32);
+        }
+        let without = attempts(None, within).await;
+        assert!(without <= scheduled, "{without} > {scheduled}");
+        let zero = attempts(Some(Duration::ZERO), within).await;
+        assert!(
+            zero <= scheduled,
+            "Retry-After 0: {zero} attempts in {within:?}; the backoff fits {scheduled}"
+        );
+    }
 }

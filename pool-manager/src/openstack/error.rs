@@ -118,6 +118,14 @@ pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
     })
 }
 
+/// A Retry-After that names a wait: zero (Cinder's `"retryAfter": "0"`,
+/// a token bucket at its boundary, a date gone by) names none, and is
+/// dropped so that the caller's growing backoff applies, as to a throttle
+/// without Retry-After, instead of a retry every moment until its deadline.
+fn named_wait(after: Option<Duration>) -> Option<Duration> {
+    after.filter(|after| !after.is_zero())
+}
+
 /// Whole seconds. More than u64 holds saturates: a cloud asking for an
 /// absurdly long pause asks for a long one, not for none.
 fn seconds(s: &str) -> Option<Duration> {
@@ -186,7 +194,8 @@ pub fn classify(
         // exceeded").
         413 if mentions_quota(&fault.message) => CloudError::QuotaExceeded(message),
         413 | 429 => CloudError::Throttled {
-            retry_after: parse_retry_after(retry_after_header).or(fault.retry_after),
+            retry_after: named_wait(parse_retry_after(retry_after_header))
+                .or(named_wait(fault.retry_after)),
             message,
         },
         // Nova: "Invalid volume: volume X is already attached to instances: A";
@@ -203,9 +212,9 @@ pub fn classify(
         // proxy): waited out as asked, as a 429 is.
         // A zero wait (or a date gone by) names none: the caller's growing
         // backoff applies instead.
-        503 if parse_retry_after(retry_after_header).is_some_and(|d| !d.is_zero()) => {
+        503 if named_wait(parse_retry_after(retry_after_header)).is_some() => {
             CloudError::Throttled {
-                retry_after: parse_retry_after(retry_after_header),
+                retry_after: named_wait(parse_retry_after(retry_after_header)),
                 message,
             }
         }
@@ -565,6 +574,40 @@ mod tests {
                     ..
                 }
             ),
+            "{e:?}"
+        );
+    }
+
+    /// A "Retry-After: 0" (Cinder's overLimit sends it, so does a token
+    /// bucket at its boundary) or a date gone by names no wait: the
+    /// throttle carries none, and the caller's growing backoff applies.
+    /// A wait the body names is still taken.
+    #[test]
+    fn a_zero_retry_after_names_no_wait() {
+        const ZERO_IN_BODY: &str = r#"{"overLimit": {"code": 413, "message": "This request was rate-limited.", "retryAfter": "0"}}"#;
+        for (header, body) in [
+            (Some("0"), "Too Many Requests"),
+            (Some("Wed, 21 Oct 2015 07:28:00 GMT"), "Too Many Requests"),
+            (None, ZERO_IN_BODY),
+            (Some("0"), ZERO_IN_BODY),
+        ] {
+            for status in [413, 429] {
+                let e = classify(BlockStorage, "POST /volumes", status, header, body);
+                assert!(
+                    matches!(
+                        e,
+                        CloudError::Throttled {
+                            retry_after: None,
+                            ..
+                        }
+                    ),
+                    "{status} {header:?} {body}: {e:?}"
+                );
+            }
+        }
+        let e = classify(Compute, "GET /servers/x", 429, Some("0"), RATE_LIMITED);
+        assert!(
+            matches!(e, CloudError::Throttled { retry_after: Some(d), .. } if d == Duration::from_secs(7)),
             "{e:?}"
         );
     }
