@@ -4408,6 +4408,29 @@ async fn calls_queued_behind_a_failed_re_login_share_its_outcome() {
         .expect("the next call logs in");
 }
 
+/// A proxy's 408 to a token request is the proxy's timeout, as it is to
+/// any other call: the login is asked again later, not "an unusable cloud
+/// configuration".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxys_408_to_a_re_login_is_transient() {
+    let (env, cloud, server) = env_with_a_server().await;
+    env.face.faults().revoke_all_tokens();
+    env.face.faults().answer_next(
+        Service::Identity,
+        "POST",
+        "/v3/auth/tokens",
+        1,
+        408,
+        "<html><body><h1>408 Request Time-out</h1>\nYour browser didn't send a complete request in time.\n</body></html>",
+    );
+    let err = cloud.get_server(&server.id).await.unwrap_err();
+    assert!(matches!(err, CloudError::Transient(_)), "{err:?}");
+    cloud
+        .get_server(&server.id)
+        .await
+        .expect("the next call logs in");
+}
+
 /// An endpoint that streams an answer without end is cut off at
 /// `MAX_ANSWER_BYTES` as a transient failure, instead of being held in
 /// memory for the whole request timeout.

@@ -265,7 +265,9 @@ pub fn classify_osauth(what: &str, e: &osauth::Error) -> CloudError {
     use osauth::ErrorKind as K;
     let message = format!("{what}: {e}");
     // Version discovery behind a rate limiter is throttled like any call,
-    // but osauth folds 413/429 into InvalidInput: the status decides.
+    // but osauth folds 413/429 into InvalidInput: the status decides. So
+    // does a proxy's 408 (its request timeout), transient as in
+    // `classify`: nothing in the request is wrong.
     match osauth_status(e) {
         Some(413 | 429) => {
             return CloudError::Throttled {
@@ -273,6 +275,7 @@ pub fn classify_osauth(what: &str, e: &osauth::Error) -> CloudError {
                 message,
             }
         }
+        Some(408) => return CloudError::Transient(message),
         Some(s) if s >= 500 => return CloudError::Transient(message),
         _ => {}
     }
@@ -791,6 +794,14 @@ mod tests {
         assert!(matches!(
             classify_osauth("GET /volumes", &throttled),
             CloudError::Throttled { .. }
+        ));
+        // A proxy's request timeout in front of Keystone or the version
+        // document, as in front of any call.
+        let timed_out = osauth::Error::new(osauth::ErrorKind::InvalidInput, "408 Request Time-out")
+            .with_status(reqwest::StatusCode::REQUEST_TIMEOUT);
+        assert!(matches!(
+            classify_osauth("auth", &timed_out),
+            CloudError::Transient(_)
         ));
         let bad = osauth::Error::new(osauth::ErrorKind::InvalidInput, "bad")
             .with_status(reqwest::StatusCode::BAD_REQUEST);

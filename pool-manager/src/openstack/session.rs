@@ -714,16 +714,15 @@ async fn login(
         Ok(Ok(session)) => return Ok(session),
         Ok(Err(e)) => e,
     };
-    let credentials_rejected = e.kind() == osauth::ErrorKind::AuthenticationFailed
-        && !matches!(osauth_status(&e), Some(413 | 429 | 500..));
+    // osauth files a token request a proxy timed out (408), rate-limited
+    // (413/429) or failing (5xx) under InvalidInput too; the status tells
+    // them apart from a request Keystone found wrong.
+    let passing = matches!(osauth_status(&e), Some(408 | 413 | 429 | 500..));
+    let credentials_rejected = e.kind() == osauth::ErrorKind::AuthenticationFailed && !passing;
     Err(LoginFailure {
         credentials_rejected,
         error: match e.kind() {
-            // osauth files a rate-limited (413/429) or failing (5xx) token
-            // request under InvalidInput too; the status tells them apart.
-            _ if matches!(osauth_status(&e), Some(413 | 429 | 500..)) => {
-                classify_osauth("auth", &e)
-            }
+            _ if passing => classify_osauth("auth", &e),
             osauth::ErrorKind::AuthenticationFailed => CloudError::Fatal(format!(
                 "auth: Keystone rejected the {} for {identity} (401){}",
                 if identity.starts_with("application credential") {
