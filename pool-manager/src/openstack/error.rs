@@ -55,7 +55,7 @@ pub struct Fault {
 pub fn parse_fault(body: &str) -> Fault {
     let not_a_fault = || Fault {
         name: None,
-        message: truncate(body.trim(), 300),
+        message: truncate(body.trim(), MAX_MESSAGE_CHARS),
         retry_after: None,
         from_service: false,
     };
@@ -73,7 +73,11 @@ pub fn parse_fault(body: &str) -> Fault {
     let Some(message) = inner.get("message").and_then(|m| m.as_str()) else {
         return not_a_fault();
     };
-    let message = message.to_owned();
+    // A service's own message is bounded by nothing but the answer's size
+    // (64 MiB): it goes into the error, the logs, the events and a failed
+    // boot's last_error in the store. What classification looks for opens
+    // the services' wordings ("Quota exceeded for", "Invalid volume: ..").
+    let message = truncate(message, MAX_MESSAGE_CHARS);
     let name = if key == "NeutronError" {
         inner
             .get("type")
@@ -136,9 +140,18 @@ fn seconds(s: &str) -> Option<Duration> {
     Some(Duration::from_secs(s.parse::<u64>().unwrap_or(u64::MAX)))
 }
 
+/// The most of a cloud's message (a fault's, a page's, Keystone's
+/// reason) warmpool keeps, in characters.
+pub(super) const MAX_MESSAGE_CHARS: usize = 300;
+
+/// `s` cut to its first `max` characters, saying how many more there were.
 pub(super) fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
-        Some((at, _)) => format!("{}...", &s[..at]),
+        Some((at, _)) => format!(
+            "{}... ({} more characters)",
+            &s[..at],
+            s[at..].chars().count()
+        ),
         None => s.to_owned(),
     }
 }
@@ -612,6 +625,43 @@ mod tests {
         assert!(
             matches!(e, CloudError::Throttled { retry_after: Some(d), .. } if d == Duration::from_secs(7)),
             "{e:?}"
+        );
+    }
+
+    /// A service's fault message is cut as any other body is, on a
+    /// character boundary and saying how much was cut: it goes into the
+    /// error, the logs, the events, and a failed boot's `last_error` in
+    /// the store.
+    #[test]
+    fn a_huge_fault_message_is_cut() {
+        let huge = format!("Invalid input: {}", "ü".repeat(1 << 20));
+        let body = serde_json::json!({"badRequest": {"code": 400, "message": huge}}).to_string();
+        let fault = parse_fault(&body);
+        assert!(fault.from_service);
+        assert!(
+            fault.message.starts_with("Invalid input: üüü"),
+            "{}",
+            &fault.message[..40]
+        );
+        assert!(
+            fault.message.chars().count() < 400,
+            "{} characters",
+            fault.message.chars().count()
+        );
+        let cut = huge.chars().count() - 300;
+        assert!(
+            fault
+                .message
+                .ends_with(&format!("... ({cut} more characters)")),
+            "{}",
+            fault.message
+        );
+        let e = classify(Compute, "POST /servers", 400, None, &body);
+        assert!(e.to_string().len() < 1000, "{} bytes", e.to_string().len());
+        // A short message is kept whole.
+        assert_eq!(
+            parse_fault(UNKNOWN_AZ).message,
+            "The requested availability zone is not available"
         );
     }
 

@@ -7,7 +7,9 @@
 //! [`Connection`] keeps the `CloudConfig`, builds a fresh `Session` (a new
 //! login) on a 401 and sends the call once more.
 
-use super::error::{classify, classify_osauth, osauth_status, truncate, with_causes, Service};
+use super::error::{
+    classify, classify_osauth, osauth_status, truncate, with_causes, Service, MAX_MESSAGE_CHARS,
+};
 use crate::cloud::{CloudError, CloudResult};
 use osauth::services::{BLOCK_STORAGE, COMPUTE, IMAGE, NETWORK};
 use osauth::{CloudConfig, Session};
@@ -690,7 +692,7 @@ fn keystone_reason(e: &osauth::Error) -> Option<String> {
         // A proxy's page in Keystone's stead.
         || said.starts_with('<')
         || said == "The request you have made requires authentication.";
-    (!nothing_more).then(|| truncate(said, 300))
+    (!nothing_more).then(|| truncate(said, MAX_MESSAGE_CHARS))
 }
 
 async fn login(
