@@ -4431,6 +4431,34 @@ async fn a_proxys_408_to_a_re_login_is_transient() {
         .expect("the next call logs in");
 }
 
+/// After a password rotation, each refused re-login lengthens the pause
+/// before the password is tried again (30 s, doubling), so a call every
+/// 31 s does not reach Keystone's lockout_failure_attempts (5) within
+/// minutes. The clock is tokio's, moved forward between calls.
+#[tokio::test]
+async fn refused_re_logins_are_tried_again_ever_later() {
+    let (env, cloud, server) = env_with_a_server().await;
+    env.face.faults().change_password("pool", "rotated");
+    env.face.faults().revoke_all_tokens();
+    let before = env.face.faults().password_logins();
+    // A call every 31 s for 5 minutes.
+    for _ in 0..10 {
+        let err = cloud.get_server(&server.id).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cloud error: auth: Keystone rejected the password"),
+            "{err}"
+        );
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(31)).await;
+        tokio::time::resume();
+    }
+    // Refused at 0 s (then paused 30 s), 31 s (60 s), 93 s (120 s),
+    // 217 s (240 s): four.
+    let tried = env.face.faults().password_logins() - before;
+    assert!(tried <= 4, "{tried} password logins in 5 minutes");
+}
+
 /// An endpoint that streams an answer without end is cut off at
 /// `MAX_ANSWER_BYTES` as a transient failure, instead of being held in
 /// memory for the whole request timeout.

@@ -125,9 +125,26 @@ async fn read_body(mut response: reqwest::Response, what: &str) -> CloudResult<S
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
-/// How long a failed re-login is answered from memory before the password
-/// is tried again.
+/// How long a re-login Keystone refused is answered from memory before the
+/// password is tried again, after the first refusal; each refusal in a row
+/// doubles it, up to [`RELOGIN_PAUSE_MAX`].
 pub const RELOGIN_PAUSE: Duration = Duration::from_secs(30);
+
+/// The longest pause between refused re-logins. A Keystone with
+/// `lockout_failure_attempts` (5 is usual) locks the user after that many
+/// refusals within its `lockout_duration`: a fixed 30 s pause reached 5 in
+/// two minutes after a password rotation, and the account stayed locked
+/// once clouds.yaml was mended. Doubling, the 5th refusal comes 7.5
+/// minutes after the first.
+pub const RELOGIN_PAUSE_MAX: Duration = Duration::from_secs(10 * 60);
+
+/// The pause after `refusals` refused re-logins in a row (at least one).
+pub fn relogin_pause(refusals: u32) -> Duration {
+    let doublings = refusals.saturating_sub(1).min(16);
+    RELOGIN_PAUSE
+        .saturating_mul(1 << doublings)
+        .min(RELOGIN_PAUSE_MAX)
+}
 
 /// What failed re-logins leave behind, kept under [`Connection`]'s
 /// re-login lock.
@@ -139,6 +156,9 @@ struct Relogins {
     /// The last login Keystone refused: until when the password is not
     /// tried again, and the error answered meanwhile.
     refused: Option<(tokio::time::Instant, CloudError)>,
+    /// Logins Keystone refused since the last one it took (or the start:
+    /// the daemon reads clouds.yaml at start only).
+    refusals: u32,
 }
 
 /// The session holder: the current `Session`, the config to rebuild it
@@ -322,17 +342,25 @@ impl Connection {
                 return Ok(());
             }
             // Keystone refused the credentials: the next callers hear it
-            // from memory until the pause is over. A login that failed
-            // otherwise (throttled, a proxy's page, a timeout) is tried
-            // again by the next caller that did not wait for it.
+            // from memory until the pause is over, a longer one at each
+            // refusal in a row. A login that failed otherwise (throttled,
+            // a proxy's page, a timeout) is tried again by the next caller
+            // that did not wait for it.
             Err(LoginFailure {
                 error: CloudError::Fatal(message),
                 credentials_rejected: true,
             }) => {
-                let error =
-                    CloudError::Fatal(format!("{message} (not tried again for {RELOGIN_PAUSE:?})"));
-                relogins.refused =
-                    Some((tokio::time::Instant::now() + RELOGIN_PAUSE, error.clone()));
+                relogins.refusals = relogins.refusals.saturating_add(1);
+                let pause = relogin_pause(relogins.refusals);
+                let error = CloudError::Fatal(format!(
+                    "{message} (refused {} in a row: not tried again for {}; mend the credentials in clouds.yaml and restart warmpoold)",
+                    match relogins.refusals {
+                        1 => "once".to_owned(),
+                        n => format!("{n} times"),
+                    },
+                    humantime::format_duration(pause),
+                ));
+                relogins.refused = Some((tokio::time::Instant::now() + pause, error.clone()));
                 error
             }
             Err(failed) => failed.error,
@@ -760,6 +788,20 @@ async fn login(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A refused re-login pauses the password 30 s, doubling with each
+    /// refusal in a row up to 10 minutes: five refusals (a usual
+    /// lockout_failure_attempts) take 7.5 minutes, not two.
+    #[test]
+    fn refused_re_logins_pause_ever_longer() {
+        let minutes = |n: u32| relogin_pause(n).as_secs_f64() / 60.0;
+        let pauses: Vec<f64> = (1..=7).map(minutes).collect();
+        assert_eq!(pauses, [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]);
+        assert_eq!(relogin_pause(0), RELOGIN_PAUSE);
+        assert_eq!(relogin_pause(u32::MAX), RELOGIN_PAUSE_MAX);
+        let to_the_fifth: Duration = (1..5).map(relogin_pause).sum();
+        assert_eq!(to_the_fifth, Duration::from_secs(450));
+    }
 
     /// The token URL is where the login went, whether auth_url ends in
     /// `/v3` or not.
