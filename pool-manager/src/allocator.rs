@@ -907,7 +907,8 @@ impl Shared {
         Ok(())
     }
 
-    async fn allocate(self: &Arc<Self>, request: AllocateRequest) -> ManagerResult<Allocation> {
+    async fn allocate(self: &Arc<Self>, mut request: AllocateRequest) -> ManagerResult<Allocation> {
+        request.params = request.params.canonical();
         let params = &request.params;
         validate(params)?;
         let started = Instant::now();
@@ -920,8 +921,10 @@ impl Shared {
 
         let allocation = loop {
             if let Some(existing) = self.store.get_allocation(&params.request_id).await? {
-                if existing.params != *params {
-                    let differ = existing.params.differences(params);
+                // Stored before ids were made canonical, in the case sent.
+                let stored = existing.params.clone().canonical();
+                if stored != *params {
+                    let differ = stored.differences(params);
                     let refused = ManagerError::Aborted(format!(
                         "request_id {} was already used with other parameters ({} {}): a new order needs a new request id",
                         params.request_id,
@@ -1998,9 +2001,12 @@ impl Shared {
             .retry(deadline, || self.cloud.get_server(server_id))
             .await
             .map_err(|e| AttemptError::Instance(e.into()))?;
+        // In any case: an order stored before ids were made canonical
+        // holds its volume id as sent, and Nova lists Cinder's.
+        let lists = |ids: &[String], id: &str| ids.iter().any(|i| i.eq_ignore_ascii_case(id));
         if !server.is_usable()
-            || !server.attached_volumes.contains(&volume_id)
-            || !server.attached_ports.contains(&port_id)
+            || !lists(&server.attached_volumes, &volume_id)
+            || !lists(&server.attached_ports, &port_id)
         {
             return Err(AttemptError::Instance(ManagerError::FailedPrecondition(
                 format!(
@@ -2298,10 +2304,11 @@ impl Shared {
     /// attach under way, or done); a server it cannot tell about counts as
     /// listing it.
     async fn server_lists_volume(&self, server_id: &str, volume_id: &str) -> bool {
-        self.cloud
-            .get_server(server_id)
-            .await
-            .map_or(true, |s| s.attached_volumes.iter().any(|v| v == volume_id))
+        self.cloud.get_server(server_id).await.map_or(true, |s| {
+            s.attached_volumes
+                .iter()
+                .any(|v| v.eq_ignore_ascii_case(volume_id))
+        })
     }
 
     /// Whether a volume a failed try of the purchase left `error_attaching`

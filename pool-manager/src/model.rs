@@ -585,7 +585,39 @@ pub struct AllocationParams {
     pub labels: BTreeMap<String, String>,
 }
 
+/// `id` as the cloud writes it: OpenStack's ids are UUIDs, which Cinder,
+/// Neutron and Keystone (on MySQL, whose collation ignores case) find in
+/// any case but always answer in lower case. An id sent in upper case
+/// would then never equal the one the cloud lists (Nova's attachment of
+/// the volume, a volume's project). Anything not shaped as a UUID (a
+/// name) is kept as it is.
+pub fn canonical_id(id: &str) -> String {
+    // The hyphenated and the simple (Keystone's) forms only: a braced or
+    // URN form is no id the cloud takes.
+    let uuid_shaped = matches!(id.len(), 32 | 36) && uuid::Uuid::try_parse(id).is_ok();
+    if uuid_shaped {
+        id.to_ascii_lowercase()
+    } else {
+        id.to_owned()
+    }
+}
+
 impl AllocationParams {
+    /// These parameters with every id among them in its canonical form
+    /// ([`canonical_id`]): what is stored and compared, so the same order
+    /// sent with its ids in another case is the same order.
+    pub fn canonical(mut self) -> Self {
+        let canonical = |id: &mut String| *id = canonical_id(id);
+        canonical(&mut self.tenant_project_id);
+        match &mut self.volume.source {
+            VolumeSource::Existing { volume_id } => canonical(volume_id),
+            VolumeSource::New { volume_type, .. } => volume_type.iter_mut().for_each(canonical),
+        }
+        canonical(&mut self.network.network_id);
+        self.network.subnet_id.iter_mut().for_each(canonical);
+        self
+    }
+
     /// The request fields in which `other` differs from these, by their
     /// API names (an ABORTED answer says which).
     pub fn differences(&self, other: &AllocationParams) -> Vec<&'static str> {
@@ -936,6 +968,61 @@ pub(crate) mod tests {
         let old: Allocation = serde_json::from_value(stored).unwrap();
         assert_eq!(old.attempt, None);
         assert_eq!(old.resource_name(), "warmpool-order-7");
+    }
+
+    #[test]
+    fn ids_are_canonical_in_lower_case_and_names_are_kept() {
+        let upper = "C9FBA417-A2D8-49ED-886C-0F3F03F94EC8";
+        assert_eq!(canonical_id(upper), upper.to_ascii_lowercase());
+        assert_eq!(
+            canonical_id("0A1B2C3D4E5F60718293A4B5C6D7E8F9"),
+            "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+        );
+        for kept in [
+            "Tenant-Net",
+            "tenant-A",
+            "{C9FBA417-A2D8-49ED-886C-0F3F03F94EC8}",
+            "C9FBA417-A2D8-49ED-886C-0F3F03F94EC8 ",
+        ] {
+            assert_eq!(canonical_id(kept), kept);
+        }
+
+        let net = "5D6E7F80-1A2B-4C3D-9E8F-A0B1C2D3E4F5";
+        let params = AllocationParams {
+            request_id: "Order-7".into(),
+            tenant_project_id: "0A1B2C3D4E5F60718293A4B5C6D7E8F9".into(),
+            pool: PoolKey::new("DB.small", "AZ1"),
+            volume: VolumeRequest {
+                source: VolumeSource::Existing {
+                    volume_id: upper.into(),
+                },
+                delete_on_release: false,
+            },
+            network: NetworkRequest {
+                network_id: net.into(),
+                subnet_id: Some("Subnet-A".into()),
+                fixed_ip: None,
+            },
+            labels: BTreeMap::from([("Plan".into(), "GOLD".into())]),
+        };
+        let canonical = params.clone().canonical();
+        assert_eq!(
+            canonical.tenant_project_id,
+            "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+        );
+        assert_eq!(
+            canonical.volume.source,
+            VolumeSource::Existing {
+                volume_id: upper.to_ascii_lowercase()
+            }
+        );
+        assert_eq!(canonical.network.network_id, net.to_ascii_lowercase());
+        // Names, the order's own id and labels are the caller's, in its case.
+        assert_eq!(canonical.network.subnet_id.as_deref(), Some("Subnet-A"));
+        assert_eq!(canonical.request_id, params.request_id);
+        assert_eq!(canonical.pool, params.pool);
+        assert_eq!(canonical.labels, params.labels);
+        assert_eq!(canonical.clone().canonical(), canonical);
     }
 
     /// A pool record stored before errors kept their time reads as one

@@ -747,6 +747,54 @@ async fn a_volume_of_another_project_is_refused() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// Billing may send the tenant's volume id in upper case: Cinder (on
+/// MySQL) finds it in any case, but Nova lists the attachment under
+/// Cinder's lower-case id. The id is taken in its canonical, lower-case
+/// form, so the attachment is verified on the first instance tried, and
+/// the same order sent in either case is the same order.
+#[tokio::test(start_paused = true)]
+async fn a_volume_id_in_upper_case_is_attached_and_verified() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    cloud.find_volumes_in_any_case();
+    let manager = started_over(&cloud, temp_store(), 2).await;
+    let volume = sim.create_volume_for_test("tenant-a", "az1", 10);
+    let servers_before: HashSet<String> = sim.servers().into_iter().map(|s| s.server.id).collect();
+    let order = |id: &str| {
+        let existing = VolumeSource::Existing {
+            volume_id: id.to_owned(),
+        };
+        request("order-upper", existing, EmptyPoolPolicy::FailFast)
+    };
+
+    let allocation = manager
+        .allocate(order(&volume.to_ascii_uppercase()))
+        .await
+        .unwrap();
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    assert_eq!(allocation.volume_id.as_deref(), Some(volume.as_str()));
+    assert_eq!(
+        allocation.params.volume.source,
+        VolumeSource::Existing {
+            volume_id: volume.clone()
+        }
+    );
+    let servers_after: HashSet<String> = sim.servers().into_iter().map(|s| s.server.id).collect();
+    assert!(
+        servers_before.is_subset(&servers_after),
+        "a warm instance was discarded: {:?}",
+        servers_before
+            .difference(&servers_after)
+            .collect::<Vec<_>>()
+    );
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.record.allocations_failed, 0, "{status:?}");
+    // The same order in the other case is answered as the same order.
+    let again = manager.allocate(order(&volume)).await.unwrap();
+    assert_eq!(again, allocation);
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A tenant's volume Cinder failed is refused as failed, not as in use.
 #[tokio::test(start_paused = true)]
 async fn a_volume_in_error_is_refused_for_what_it_is() {

@@ -357,6 +357,8 @@ pub struct GatedCloud {
     server_tag: std::sync::Mutex<Option<String>>,
     /// The tag each server was created under, by server id.
     tags: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Volume ids are found in any case ([`GatedCloud::find_volumes_in_any_case`]).
+    volume_ids_any_case: std::sync::atomic::AtomicBool,
 }
 
 impl GatedCloud {
@@ -370,6 +372,7 @@ impl GatedCloud {
             image_override: Default::default(),
             server_tag: Default::default(),
             tags: Default::default(),
+            volume_ids_any_case: Default::default(),
         })
     }
 
@@ -387,6 +390,7 @@ impl GatedCloud {
             image_override: Default::default(),
             server_tag: Default::default(),
             tags: Default::default(),
+            volume_ids_any_case: Default::default(),
         })
     }
 
@@ -442,6 +446,26 @@ impl GatedCloud {
     /// the servers made before keep theirs, still there by id.
     pub fn tag_servers(&self, tag: &str) {
         *self.server_tag.lock().unwrap() = Some(tag.into());
+    }
+
+    /// Finds a volume by its id in any case, as Cinder on MySQL does (its
+    /// collation compares case-insensitively); Nova still lists the
+    /// attachment under Cinder's own, lower-case id.
+    pub fn find_volumes_in_any_case(&self) {
+        self.volume_ids_any_case
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `id` as cloudsim knows it.
+    fn volume_id(&self, id: &str) -> String {
+        if self
+            .volume_ids_any_case
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            id.to_ascii_lowercase()
+        } else {
+            id.to_owned()
+        }
     }
 
     /// The next call of `method` waits at `at`.
@@ -560,21 +584,26 @@ mod gated {
                 .await
         }
         async fn get_volume(&self, id: &str) -> CloudResult<Volume> {
-            self.call("get_volume", self.sim.get_volume(id)).await
+            let id = self.volume_id(id);
+            self.call("get_volume", self.sim.get_volume(&id)).await
         }
         async fn find_volumes_by_name(&self, name: &str) -> CloudResult<Vec<Volume>> {
             self.call("find_volumes_by_name", self.sim.find_volumes_by_name(name))
                 .await
         }
         async fn delete_volume(&self, id: &str) -> CloudResult<()> {
-            self.call("delete_volume", self.sim.delete_volume(id)).await
+            let id = self.volume_id(id);
+            self.call("delete_volume", self.sim.delete_volume(&id))
+                .await
         }
         async fn attach_volume(&self, server: &str, volume: &str) -> CloudResult<()> {
-            self.call("attach_volume", self.sim.attach_volume(server, volume))
+            let volume = self.volume_id(volume);
+            self.call("attach_volume", self.sim.attach_volume(server, &volume))
                 .await
         }
         async fn detach_volume(&self, server: &str, volume: &str) -> CloudResult<()> {
-            self.call("detach_volume", self.sim.detach_volume(server, volume))
+            let volume = self.volume_id(volume);
+            self.call("detach_volume", self.sim.detach_volume(server, &volume))
                 .await
         }
         async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {
