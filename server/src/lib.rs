@@ -11,6 +11,14 @@ pub mod service;
 pub mod shutdown;
 pub mod tls;
 
+/// The most calls one gRPC connection carries at once (HTTP/2
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`). tonic sends no limit unless told
+/// (hyper's own default of 200 goes with it), so one connection could
+/// open streams without end, each costing memory and a task. 256 leave a
+/// client room for its `WatchPools` streams beside its unary calls; one
+/// opening more waits for one to end.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+
 use anyhow::Context;
 use config::{CloudConfig, Config};
 use futures::StreamExt;
@@ -250,6 +258,7 @@ pub async fn start_stoppable(
         .context("reflection service")?;
     let calls = shutdown::Calls::new();
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_keepalive_interval(Some(config.grpc_keepalive_interval))
         .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout))
         .add_service(shutdown::Counted::new(

@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tonic::body::BoxBody;
 use tonic::codegen::{http, Service};
 use tonic::metadata::MetadataMap;
@@ -28,6 +28,8 @@ pub struct WarmPoolService {
     manager: PoolManager,
     access: AccessHandle,
     stopping: watch::Receiver<bool>,
+    /// A permit per open `WatchPools` stream ([`MAX_WATCH_STREAMS`]).
+    watch_slots: Arc<Semaphore>,
 }
 
 impl WarmPoolService {
@@ -44,6 +46,7 @@ impl WarmPoolService {
             manager,
             access,
             stopping,
+            watch_slots: Arc::new(Semaphore::new(MAX_WATCH_STREAMS)),
         }
     }
 }
@@ -279,10 +282,23 @@ impl WarmPool for WarmPoolService {
     ) -> Reply<Self::WatchPoolsStream> {
         // A watch lasts: it is checked again as it goes, so that a token
         // a reload revoked stops receiving.
+        let Ok(slot) = self.watch_slots.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "{MAX_WATCH_STREAMS} WatchPools streams are open, the most warmpoold serves at once; \
+                 watchers should share one stream (a dashboard's back end reads one for all its \
+                 viewers): close streams no longer read, and watch again once one has ended"
+            )));
+        };
         let still_allowed = recheck(self.access.clone(), &request, Method::WatchPools);
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
         let stopping = self.stopping.clone();
-        Watcher::spawn(&self.manager, stopping.clone(), still_allowed.clone(), tx);
+        Watcher::spawn(
+            &self.manager,
+            stopping.clone(),
+            still_allowed.clone(),
+            tx,
+            slot,
+        );
         Ok(Response::new(watch_stream(rx, stopping, still_allowed)))
     }
 }
@@ -332,6 +348,14 @@ const WATCH_REFRESH: Duration = Duration::from_secs(1);
 /// Messages a `WatchPools` stream holds for a slow reader.
 const WATCH_BUFFER: usize = 64;
 
+/// The most `WatchPools` streams served at once, over every connection.
+/// Each has a task of its own re-listing every pool every second and a
+/// buffer of [`WATCH_BUFFER`] messages, and any reader token (anyone, on
+/// an open API) may open them: 8,000 on one connection took 0.65 of a
+/// core and 337 MB, and slowed GetPool twentyfold. A few dashboards need
+/// a handful; a front end serving many viewers reads one and shares it.
+pub const MAX_WATCH_STREAMS: usize = 256;
+
 /// One `WatchPools` stream.
 struct Watcher {
     manager: PoolManager,
@@ -344,6 +368,9 @@ struct Watcher {
     /// that disappears gets a last message with its last known state.
     sent: HashMap<PoolKey, api::Pool>,
     tx: mpsc::Sender<Result<api::PoolStatus, Status>>,
+    /// Given back when the watcher ends, which it does as soon as its
+    /// reader's stream is dropped (`tx.closed()`).
+    _slot: OwnedSemaphorePermit,
 }
 
 /// Checks the caller of `request` for `method` against the tokens in force
@@ -376,6 +403,7 @@ impl Watcher {
         stopping: watch::Receiver<bool>,
         still_allowed: StillAllowed,
         tx: mpsc::Sender<Result<api::PoolStatus, Status>>,
+        slot: OwnedSemaphorePermit,
     ) -> tokio::task::JoinHandle<()> {
         // Subscribed before the first listing, so nothing that happens after
         // the first messages is missed.
@@ -387,6 +415,7 @@ impl Watcher {
             still_allowed,
             sent: HashMap::new(),
             tx,
+            _slot: slot,
         };
         tokio::spawn(async move {
             let _ = watcher.serve().await;
@@ -705,6 +734,11 @@ mod tests {
         manager
     }
 
+    /// A `WatchPools` slot of a semaphore of its own.
+    fn slot() -> OwnedSemaphorePermit {
+        Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap()
+    }
+
     /// A watch whose reader stopped reading (its buffer full) does not
     /// keep the watch's task alive once shutdown starts, which would hold
     /// the daemon's graceful shutdown for its whole grace period; and its
@@ -722,7 +756,7 @@ mod tests {
             &Request::new(()),
             Method::WatchPools,
         );
-        let watcher = Watcher::spawn(&manager, stopping.clone(), open.clone(), tx);
+        let watcher = Watcher::spawn(&manager, stopping.clone(), open.clone(), tx, slot());
         let stream = watch_stream(rx, stopping, open);
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(!watcher.is_finished(), "the watch ended before shutdown");
@@ -760,7 +794,7 @@ mod tests {
             &Request::new(()),
             Method::WatchPools,
         );
-        let _watcher = Watcher::spawn(&manager, stopping.clone(), open.clone(), tx);
+        let _watcher = Watcher::spawn(&manager, stopping.clone(), open.clone(), tx, slot());
         let mut stream = watch_stream(rx, stopping, open);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let key = PoolKey::new("db.small", "az1");
@@ -816,7 +850,7 @@ mod tests {
         // pool's waits.
         let (tx, rx) = mpsc::channel(1);
         let allowed = recheck(access.clone(), &request, Method::WatchPools);
-        let watcher = Watcher::spawn(&manager, stopping.clone(), allowed.clone(), tx);
+        let watcher = Watcher::spawn(&manager, stopping.clone(), allowed.clone(), tx, slot());
         let stream = watch_stream(rx, stopping, allowed);
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(!watcher.is_finished(), "the watch ended before the reload");

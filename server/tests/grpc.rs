@@ -1967,6 +1967,79 @@ async fn config_pools_do_not_override_the_store() {
     d.shut_down().await;
 }
 
+/// warmpoold serves at most `MAX_WATCH_STREAMS` `WatchPools` streams at
+/// once, over every connection (each re-lists every pool every second):
+/// one more is RESOURCE_EXHAUSTED, saying how many are open and that
+/// watchers should share one; once a stream ends its slot is free again.
+#[tokio::test]
+async fn watch_pools_streams_are_capped_and_a_closed_one_frees_its_slot() {
+    use warmpool_server::service::MAX_WATCH_STREAMS;
+    let d = Daemon::start(&[("db.small", "az1", 0, 1)]).await;
+    let mut watches = Vec::new();
+    for _ in 0..MAX_WATCH_STREAMS {
+        watches.push(d.client.watch_pools().await.unwrap());
+    }
+    // Over another connection: the first carries no more calls than that.
+    let other = Client::connect(&d.endpoint()).await.unwrap();
+    let message = expect_code(other.watch_pools().await.map(drop), Code::ResourceExhausted);
+    assert!(
+        message.contains(&format!("{MAX_WATCH_STREAMS} WatchPools streams are open"))
+            && message.contains("share one"),
+        "{message}"
+    );
+    // The other calls are served as before.
+    other.list_pools().await.unwrap();
+
+    drop(watches.pop());
+    let mut watch = eventually("a closed stream's slot to be free", || async {
+        other.watch_pools().await.map_err(|e| e.to_string())
+    })
+    .await;
+    assert!(next_status(&mut watch).await.pool.is_some());
+    drop(watches);
+    d.shut_down().await;
+}
+
+/// warmpoold tells each connection how many calls it may carry at once
+/// (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`): tonic sends no limit unless
+/// told, and one connection could open streams without end.
+#[tokio::test]
+async fn a_connection_is_told_how_many_calls_it_may_carry() {
+    use tonic::codegen::http;
+    let d = Daemon::start(&[]).await;
+    let tcp = tokio::net::TcpStream::connect(d.running.grpc_addr)
+        .await
+        .unwrap();
+    let (client, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    let check = http::Request::post(format!("{}/grpc.health.v1.Health/Check", d.endpoint()))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (answer, _) = client
+        .ready()
+        .await
+        .unwrap()
+        .send_request(check, true)
+        .unwrap();
+    // The server's settings come before any answer.
+    let answered = async {
+        tokio::select! {
+            answer = answer => drop(answer.expect("an answer")),
+            ended = &mut connection => panic!("the connection ended first: {ended:?}"),
+        }
+    };
+    tokio::time::timeout(PATIENCE, answered)
+        .await
+        .expect("an answer within the time limit");
+    assert_eq!(
+        connection.max_concurrent_send_streams(),
+        warmpool_server::MAX_CONCURRENT_STREAMS as usize
+    );
+    drop(connection);
+    d.shut_down().await;
+}
+
 /// A `WatchPools` reader that falls behind is told that events were lost,
 /// and how many, instead of silently missing them; the stream goes on.
 #[tokio::test]
