@@ -950,15 +950,21 @@ impl Shared {
                     })?;
                     return Ok(existing);
                 }
-                // Another call with this id is in flight: wait for its answer.
-                if tokio::time::timeout_at(deadline, changes.changed())
-                    .await
-                    .is_err()
-                {
-                    return Err(ManagerError::TryAgain(format!(
-                        "allocation {} is still in progress; retry later",
-                        params.request_id
-                    )));
+                // Another call with this id is in flight: wait for its
+                // answer. A stop ends the wait as it ends a purchase's wait
+                // on its pool (`wait_on_pool`): the call waited on may give
+                // up and roll back, and this one would then find no order
+                // and start a new purchase during the stop.
+                let mut stopping = self.stop_waiting.subscribe();
+                tokio::select! {
+                    biased;
+                    _ = stopping.wait_for(|stop| *stop) => return Err(ManagerError::ShuttingDown),
+                    woke = tokio::time::timeout_at(deadline, changes.changed()) => if woke.is_err() {
+                        return Err(ManagerError::TryAgain(format!(
+                            "allocation {} is still in progress; retry later",
+                            params.request_id
+                        )));
+                    },
                 }
                 continue;
             }

@@ -715,7 +715,8 @@ impl PoolManager {
     /// The first step of a graceful stop: purchases waiting for a Ready
     /// instance (`EmptyPoolPolicy::Wait`), or for quota room for a cold
     /// boot, give up with [`ManagerError::ShuttingDown`] and undo what they
-    /// created, and later ones do not wait, so that none holds the stop for
+    /// created, and later ones do not wait (nor does a call repeating an
+    /// order under way wait for its answer), so that none holds the stop for
     /// its whole timeout with nothing claimed. Purchases already holding an
     /// instance, or cold-booting one, go on.
     pub fn stop_waiting(&self) {

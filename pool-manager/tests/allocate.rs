@@ -3561,6 +3561,37 @@ async fn a_stop_ends_the_waits_of_purchases_that_hold_nothing() {
     manager.allocate(order).await.unwrap();
 }
 
+/// A call repeating an order under way waits for that order's answer; a
+/// stop ends that wait too, at once: the order it waits on gives up
+/// (ShuttingDown) and is rolled back, after which the repeat, still
+/// waiting, would find no order and start a new purchase during the stop.
+#[tokio::test(start_paused = true)]
+async fn a_stop_ends_the_wait_of_a_repeated_order_at_once() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 0).await;
+    let mut order = request("waits-twice", new_volume(), EmptyPoolPolicy::Wait);
+    order.timeout = Some(Duration::from_secs(3600));
+    let first = spawn_allocate(&manager, order.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let repeat = spawn_allocate(&manager, order);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!first.is_finished() && !repeat.is_finished());
+
+    manager.stop_waiting();
+    // Answered before any cloud call of the first one's rollback is done.
+    let err = tokio::time::timeout(Duration::from_millis(1), repeat)
+        .await
+        .expect("the repeat answers at once")
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, ManagerError::ShuttingDown), "{err:?}");
+    let err = first.await.unwrap().unwrap_err();
+    assert!(matches!(err, ManagerError::ShuttingDown), "{err:?}");
+    assert_eq!(sim.call_counts().get("create_volume"), Some(&1));
+    assert!(sim.ports().is_empty(), "{:?}", sim.ports());
+    assert!(manager.get_allocation("waits-twice").await.is_err());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_fail_fast_purchase_of_an_empty_pool_creates_nothing() {
     let sim = sim();
