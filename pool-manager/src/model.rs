@@ -69,9 +69,10 @@ impl PoolKey {
 }
 
 impl PoolKey {
-    /// Both names are required, at most 255 characters and free of control
-    /// characters (the API's rule, so a config file cannot hold a pool the
-    /// API would refuse); the error names the field.
+    /// Both names are required, at most 255 characters, free of control
+    /// characters and of whitespace around them (the API's rule, so a
+    /// config file cannot hold a pool the API would refuse); the error
+    /// names the field.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         for (field, value) in [
             ("flavor", &self.flavor),
@@ -86,12 +87,29 @@ impl PoolKey {
 }
 
 /// What keeps `value` from naming a cloud object (a flavor, a zone, a
-/// project, a volume, a network), if anything does.
-pub fn name_problem(value: &str) -> Option<&'static str> {
+/// project, a volume, a network), if anything does. Whitespace around a
+/// name (pasted, or padded by a form) names nothing the cloud has, and
+/// would be refused later as a thing not found, by a message that does not
+/// show it (a tenant id so sent would even tag a volume with it): the
+/// value is quoted, so the caller sees what was sent.
+pub fn name_problem(value: &str) -> Option<String> {
+    const MAX: usize = 255;
     if value.trim().is_empty() {
-        Some("is required")
-    } else if value.chars().count() > 255 || value.chars().any(char::is_control) {
-        Some("must be at most 255 characters without control characters")
+        Some("is required".into())
+    } else if value.chars().count() > MAX {
+        Some(format!(
+            "must be at most {MAX} characters, got {}",
+            value.chars().count()
+        ))
+    } else if value.chars().any(char::is_control) {
+        Some(format!(
+            "{value:?} holds control characters; send the name without them"
+        ))
+    } else if value.trim() != value {
+        Some(format!(
+            "{value:?} has whitespace around it; send the name without it ({:?})",
+            value.trim()
+        ))
     } else {
         None
     }
@@ -1089,6 +1107,21 @@ pub(crate) mod tests {
         assert!(name_problem(&"é".repeat(256)).is_some());
         assert!(name_problem("db\nsmall").is_some());
         assert!(name_problem("  ").is_some());
+    }
+
+    /// Whitespace around a name, or a control character in it, is refused
+    /// with the value quoted; inside a name a space is the cloud's to judge.
+    #[test]
+    fn names_with_whitespace_around_them_are_refused_quoted() {
+        for name in ["az1 ", " az1", "db.small\u{a0}", "az1\t", "a\u{1b}[2J"] {
+            let problem = name_problem(name).unwrap_or_else(|| panic!("{name:?} passed"));
+            assert!(problem.contains(&format!("{name:?}")), "{problem}");
+        }
+        assert_eq!(name_problem("General Purpose SSD"), None);
+        let key = PoolKey::new("db.small", "az1 ");
+        let (field, message) = key.validate().unwrap_err();
+        assert_eq!(field, "availability_zone");
+        assert!(message.contains("\"az1 \""), "{message}");
     }
 
     #[test]

@@ -499,6 +499,90 @@ async fn invalid_requests_name_the_field() {
     assert!(msg.contains("request_id"), "{msg}");
 }
 
+/// A name or id with a space before or after it (pasted, or padded by a
+/// form) names nothing in the cloud: Nova, Cinder and Neutron would refuse
+/// it later, NOT_FOUND or FAILED_PRECONDITION with messages that do not
+/// show the space, and a tenant id so sent would tag the volume with it.
+/// It is INVALID_ARGUMENT naming the field and quoting the value.
+#[tokio::test]
+async fn names_with_surrounding_whitespace_are_refused_quoted() {
+    let d = Daemon::start(&[("db.small", "az1", 0, 1)]).await;
+    let c = &d.client;
+
+    type Edit = fn(&mut api::AllocateRequest);
+    let cases: Vec<(&str, &str, Edit)> = vec![
+        ("availability_zone", "\"az1 \"", |r| {
+            r.availability_zone = "az1 ".into()
+        }),
+        ("flavor", "\"db.small \"", |r| r.flavor = "db.small ".into()),
+        ("tenant_project_id", "\"t \"", |r| {
+            r.tenant_project_id = "t ".into()
+        }),
+        ("network.network_id", "\" net-tenant-a\"", |r| {
+            r.network.as_mut().unwrap().network_id = " net-tenant-a".into()
+        }),
+        ("network.subnet_id", "\"subnet-1\\t\"", |r| {
+            r.network.as_mut().unwrap().subnet_id = "subnet-1\t".into()
+        }),
+        ("volume.new_volume.volume_type", "\"ssd\\n\"", |r| {
+            r.volume.as_mut().unwrap().source =
+                Some(api::volume_spec::Source::NewVolume(api::NewVolume {
+                    size_gib: 1,
+                    volume_type: "ssd\n".into(),
+                }))
+        }),
+    ];
+    for (field, quoted, edit) in cases {
+        let mut request = allocate_request("order-spaced", "db.small", "az1");
+        edit(&mut request);
+        let msg = expect_code(c.allocate(request.clone()).await, Code::InvalidArgument);
+        assert!(
+            msg.starts_with(&format!("invalid {field}:")) && msg.contains(quoted),
+            "message {msg:?} should name {field} and quote {quoted}; request {request:?}"
+        );
+    }
+    expect_code(c.get_allocation("order-spaced").await, Code::NotFound);
+
+    let spec = api::PoolSpec {
+        min_ready: 0,
+        max_ready: 1,
+        image: "mysql-8.0".into(),
+        boot_timeout: Some(prost_types::Duration {
+            seconds: 600,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    for (flavor, az, field, quoted) in [
+        ("db.small", "az1 ", "availability_zone", "\"az1 \""),
+        (" db.small", "az1", "flavor", "\" db.small\""),
+    ] {
+        let msg = expect_code(
+            c.create_pool(flavor, az, spec.clone()).await,
+            Code::InvalidArgument,
+        );
+        assert!(
+            msg.starts_with(&format!("invalid {field}:")) && msg.contains(quoted),
+            "{msg}"
+        );
+    }
+    let spaced_image = api::PoolSpec {
+        image: "mysql-8.0 ".into(),
+        ..spec
+    };
+    let msg = expect_code(
+        c.create_pool("db.small", "az2", spaced_image).await,
+        Code::InvalidArgument,
+    );
+    assert!(
+        msg.starts_with("invalid image:") && msg.contains("\"mysql-8.0 \""),
+        "{msg}"
+    );
+    let pools = c.list_pools().await.unwrap();
+    assert_eq!(pools.len(), 1, "{pools:?}");
+    d.shut_down().await;
+}
+
 #[tokio::test]
 async fn unknown_and_empty_pools() {
     let dir = tempfile::tempdir().unwrap();
