@@ -1558,6 +1558,13 @@ impl Shared {
         until: Instant,
     ) -> ManagerResult<(PoolRecord, Woke)> {
         let mut stopping = self.stop_waiting.subscribe();
+        // A timeout polls its future before its clock: past the deadline, a
+        // change already there would wake the purchase to look again, and
+        // under writes that keep coming (other pools' boots, operators'
+        // updates) it would look again and again past its deadline.
+        if Instant::now() >= until {
+            return Ok((self.pool_open_to_purchases(pool).await?, Woke::TimedOut));
+        }
         let woke = tokio::select! {
             biased;
             _ = stopping.wait_for(|stop| *stop) => return Err(ManagerError::ShuttingDown),

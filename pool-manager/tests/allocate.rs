@@ -5958,3 +5958,57 @@ fn on_a_store_meant_to_be_new(
         },
     )
 }
+
+/// A waiting purchase ends at its deadline however busy the store is. One
+/// whose every look at its pool met a write it had not waited for (other
+/// pools' boots, operators' updates) looked again, past its deadline, for
+/// as long as the writes went on: a timeout polls its future before its
+/// clock.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_purchase_ends_at_its_deadline_however_busy_the_store() {
+    struct SlowLooks;
+    #[async_trait::async_trait]
+    impl StoreHooks for SlowLooks {
+        // Each look at the pool's instances takes a second, in which
+        // writes come.
+        async fn after_list_untouched(&self) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    let sim = sim();
+    let store = HookedStore::new(SlowLooks);
+    let manager = pool_manager::PoolManager::new(
+        store.clone(),
+        sim.clone(),
+        Arc::new(sim.probe()),
+        settings(),
+    );
+    manager.start().await.unwrap();
+    let mut empty = spec(0);
+    empty.target = pool_manager::model::Target::Fixed(0);
+    manager.create_pool(pool(), empty).await.unwrap();
+    let writer = tokio::spawn({
+        let manager = manager.clone();
+        async move {
+            for i in 0..120u32 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                manager
+                    .update_pool(&pool(), move |s| s.max_ready = 4 + i % 2)
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+
+    let started = tokio::time::Instant::now();
+    let mut order = request("order-w", new_volume(), EmptyPoolPolicy::Wait);
+    order.timeout = Some(Duration::from_secs(5));
+    let err = manager.allocate(order).await.unwrap_err();
+    let answered = started.elapsed();
+    assert!(matches!(err, ManagerError::ResourceExhausted(_)), "{err}");
+    assert!(
+        answered < Duration::from_secs(10),
+        "a 5 s wait answered after {answered:?}, the writes having gone on for 60 s"
+    );
+    writer.abort();
+}
