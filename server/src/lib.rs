@@ -431,12 +431,11 @@ pub async fn start_stoppable(
             flushed.context("flushing the store")?;
         }
         let _ = metrics_stop.send(());
-        match tokio::time::timeout(grace, metrics_server.join()).await {
-            Err(_) => {
-                tracing::warn!("the metrics server outlived the grace period; stopping it anyway")
-            }
-            Ok(Some(Err(e))) => tracing::warn!(error = %e, "the metrics server failed"),
-            Ok(_) => {}
+        if tokio::time::timeout(grace, metrics_server.join())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the metrics server outlived the grace period; stopping it anyway");
         }
         drop(event_task);
         tracing::info!("stopped");

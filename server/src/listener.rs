@@ -12,7 +12,8 @@
 //! client is gone. So a socket opened and left silent holds its file
 //! descriptor for seconds, not for good, and such sockets do not pile up
 //! until accepting fails for lack of descriptors (a flood faster than
-//! they are closed still can: accepting then pauses, as above).
+//! they are closed still can: accepting then pauses, as above). The
+//! metrics port accepts with the same [`accept`].
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -75,27 +76,12 @@ where
     tokio::spawn(async move {
         tokio::pin!(stop);
         loop {
-            let (socket, peer) = tokio::select! {
-                // Stopping first: a shutdown closes the port at once.
+            let next = tokio::select! {
                 biased;
-                () = &mut stop => return,
                 () = accepted.closed() => return,
-                next = listener.accept() => match next {
-                    Ok(connection) => connection,
-                    Err(e) => {
-                        if !is_the_clients_doing(&e) {
-                            // The listener is fine; a pause lets
-                            // connections close and free descriptors.
-                            tracing::warn!(error = %e, "cannot accept a connection; trying again");
-                            tokio::select! {
-                                () = &mut stop => return,
-                                () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
-                            }
-                        }
-                        continue;
-                    }
-                },
+                next = accept(&listener, &mut stop) => next,
             };
+            let Some((socket, peer)) = next else { return };
             let _ = socket.set_nodelay(true);
             let connection = establish(socket, peer);
             let accepted = accepted.clone();
@@ -122,6 +108,36 @@ where
         }
     });
     ReceiverStream::new(stream)
+}
+
+/// The next connection of `listener`, or `None` once `stop` resolves.
+/// An accept error is never the end: one of the listener's own (EMFILE,
+/// when file descriptors run out) is logged, and accepting resumes after
+/// [`ACCEPT_ERROR_PAUSE`]; one of a client's is skipped.
+pub async fn accept(
+    listener: &TcpListener,
+    stop: &mut (impl Future<Output = ()> + Unpin),
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            // Stopping first: a shutdown closes the port at once.
+            biased;
+            () = &mut *stop => return None,
+            next = listener.accept() => match next {
+                Ok(connection) => return Some(connection),
+                Err(e) if is_the_clients_doing(&e) => {}
+                Err(e) => {
+                    // The listener is fine; a pause lets connections
+                    // close and free descriptors.
+                    tracing::warn!(error = %e, "cannot accept a connection; trying again");
+                    tokio::select! {
+                        () = &mut *stop => return None,
+                        () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                    }
+                }
+            },
+        }
+    }
 }
 
 /// An established connection that is closed (its reads fail) unless it

@@ -955,13 +955,25 @@ where
     drop(family.get_or_create(labels));
 }
 
-/// Serves `/metrics` on `listener` until `shutdown` resolves.
+/// How long a connection to the metrics port may take to send a request's
+/// headers, counted from when it is accepted or its previous response went
+/// out; one that has not is closed (a kept-alive connection left idle too:
+/// the next scrape opens another). A scrape sends them at once, so this
+/// ends only sockets left silent or fed a byte at a time (a slowloris),
+/// which would otherwise hold a descriptor and a task for good and, many
+/// of them, leave none to accept with. As long as the gRPC port's time for
+/// the HTTP/2 preface ([`crate::listener::PREFACE_TIMEOUT`]).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `/metrics` on `listener` (HTTP/1.1) until `shutdown` resolves,
+/// then waits for the requests under way. Accepting goes on through
+/// errors as the gRPC port's does ([`crate::listener::accept`]).
 pub async fn serve(
     metrics: Arc<Metrics>,
     manager: PoolManager,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) {
     use axum::extract::State;
     use axum::http::{header, StatusCode};
     use axum::response::{IntoResponse, Response};
@@ -991,9 +1003,28 @@ pub async fn serve(
         .route("/metrics", get(scrape))
         .route("/", get(index))
         .with_state((metrics, manager));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // Not axum::serve: it gives hyper no timer, and without one hyper's
+    // header read timeout never runs.
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    while let Some((socket, peer)) = crate::listener::accept(&listener, &mut shutdown).await {
+        let connection =
+            http.serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone());
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                // Debug only: every silent socket's timeout ends here.
+                tracing::debug!(%peer, error = %e, "metrics connection ended");
+            }
+        });
+    }
+    // Closes the port before the wait for the requests under way.
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 #[cfg(test)]

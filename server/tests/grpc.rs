@@ -2769,6 +2769,33 @@ async fn connections_that_never_send_the_http2_preface_are_closed() {
     daemon.shut_down().await;
 }
 
+/// Connections to the metrics port that send no request, or only part of
+/// a request line (a slowloris holding file descriptors until accept
+/// fails with EMFILE), are closed; they used to stay open for good, as
+/// axum::serve gave hyper no timer and its header read timeout never ran.
+/// Scrapes are still served.
+#[tokio::test]
+async fn metrics_connections_that_never_finish_a_request_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let daemon = Daemon::start(&[]).await;
+    let addr = daemon.running.metrics_addr;
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(addr).await.unwrap();
+    partial.write_all(b"GET /metr").await.unwrap();
+    // Accepted after the two above: once it is answered, their
+    // connections are being served and their timeouts are running.
+    daemon.scrape().await;
+    jump_past(warmpool_server::metrics::HEADER_READ_TIMEOUT).await;
+    closed_by_the_daemon("the silent metrics connection", &mut silent).await;
+    closed_by_the_daemon(
+        "the metrics connection with part of a request",
+        &mut partial,
+    )
+    .await;
+    daemon.scrape().await;
+    daemon.shut_down().await;
+}
+
 /// A TLS connection that completes its handshake and then sends nothing
 /// is closed: the handshake timeout no longer covers it, and it used to
 /// stay open for good. Clients are still served.
