@@ -586,6 +586,117 @@ async fn agree_on_the_hit_rate(
     .await;
 }
 
+/// The dashboard's annotation named `name`, its query as Grafana runs it
+/// for one pool.
+fn dashboard_annotation(name: &str, flavor: &str, az: &str) -> String {
+    let dashboard = support::dashboard();
+    let annotation = dashboard["annotations"]["list"]
+        .as_array()
+        .expect("the dashboard's annotations")
+        .iter()
+        .find(|a| a["name"] == name)
+        .unwrap_or_else(|| panic!("no annotation {name:?}"));
+    annotation["expr"]
+        .as_str()
+        .unwrap_or_else(|| panic!("annotation {name:?} has no expr"))
+        .replace("$flavor", flavor)
+        .replace("$az", az)
+}
+
+/// The dashboard marks a pool's misses where the WarmpoolPoolExhausted
+/// alert fires (a share of its purchases, 3 or more), not at each one: a
+/// single miss of an active pool is not marked (it used to be: every
+/// increase of the counter was), three out of a handful are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_marks_pool_exhaustion_as_the_alert_does() {
+    let daemon = Daemon::start(&[("db.small", "az1", 1, 1)]).await;
+    let client = &daemon.client;
+    let marked = dashboard_annotation("Pool exhausted", "db.small", "az1");
+    let exhausted_query = r#"warmpool_pool_exhausted_total{job="warmpool",flavor="db.small",availability_zone="az1"}"#;
+    eventually("the pool's instance to be Ready", PATIENCE, || async {
+        let pool = client
+            .get_pool("db.small", "az1")
+            .await
+            .map_err(|e| e.to_string())?;
+        match counts(&pool).ready {
+            1 => Ok(()),
+            n => Err(format!("{n} ready")),
+        }
+    })
+    .await;
+    // Started once the pool has its target, so every scrape shows the
+    // pool active with a target above 0, as the alert asks.
+    let prometheus = Prometheus::start(daemon.running.metrics_addr).await;
+    eventually(
+        "Prometheus to scrape the counters at zero",
+        PATIENCE,
+        || async {
+            match prometheus.one_value(exhausted_query).await? {
+                0.0 => Ok(()),
+                n => Err(format!("{n} exhausted")),
+            }
+        },
+    )
+    .await;
+    assert!(
+        client
+            .allocate(allocate_request("order-mark-0", "db.small", "az1"))
+            .await
+            .unwrap()
+            .warm_hit
+    );
+    // Fail-fast purchases until `misses` found the pool empty (the
+    // replenisher may refill it in between: that purchase is warm).
+    async fn miss_until(client: &warmpool_client::Client, so_far: &mut (u32, u32), misses: u32) {
+        let (numbered, missed) = so_far;
+        while *missed < misses {
+            *numbered += 1;
+            let mut order = allocate_request(&format!("order-mark-{numbered}"), "db.small", "az1");
+            order.empty_pool_policy = api::EmptyPoolPolicy::FailFast.into();
+            match client.allocate(order).await {
+                Ok(_) => {}
+                Err(e) if e.code() == Some(tonic::Code::ResourceExhausted) => *missed += 1,
+                Err(e) => panic!("a fail-fast purchase: {e}"),
+            }
+        }
+    }
+    let mut so_far = (0, 0);
+    miss_until(client, &mut so_far, 1).await;
+    let exhausted_scraped = |misses: f64| {
+        let prometheus = &prometheus;
+        async move {
+            eventually("Prometheus to scrape the misses", PATIENCE, || async {
+                match prometheus.one_value(exhausted_query).await? {
+                    n if n == misses => Ok(()),
+                    n => Err(format!("{n} exhausted")),
+                }
+            })
+            .await
+        }
+    };
+    exhausted_scraped(1.0).await;
+    assert_eq!(
+        prometheus.query(&marked).await,
+        Ok(Vec::new()),
+        "one miss is marked: {marked}"
+    );
+
+    miss_until(client, &mut so_far, 3).await;
+    exhausted_scraped(3.0).await;
+    let marks = prometheus.query(&marked).await.unwrap();
+    let [(labels, _)] = marks.as_slice() else {
+        panic!("three misses of a handful of purchases are not marked once: {marks:?}\n{marked}")
+    };
+    assert_eq!(
+        (labels.get("flavor"), labels.get("availability_zone")),
+        (Some(&"db.small".to_owned()), Some(&"az1".to_owned())),
+        "{labels:?}"
+    );
+
+    drop(prometheus);
+    daemon.shut_down().await;
+}
+
 fn promtool(args: &[&str]) {
     let promtool = prometheus_tool("promtool");
     let output = Command::new(&promtool)
