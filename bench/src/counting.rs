@@ -44,12 +44,14 @@ impl CountingCloud {
             Err(CloudError::Throttled {
                 retry_after,
                 message,
+                unavailable,
             }) => {
                 self.throttled.fetch_add(1, Ordering::Relaxed);
                 Err(CloudError::Throttled {
                     retry_after: retry_after
                         .map(|d| Duration::from_secs(d.as_secs_f64().ceil().max(1.0) as u64)),
                     message,
+                    unavailable,
                 })
             }
             other => other,

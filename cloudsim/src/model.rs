@@ -710,6 +710,7 @@ impl Model {
             Some(CloudError::Throttled {
                 retry_after: Some(Duration::from_secs_f64((1.0 - tokens) / rate)),
                 message: "Rate limit exceeded (simulated 429)".into(),
+                unavailable: false,
             })
         }
     }

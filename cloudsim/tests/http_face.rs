@@ -1879,6 +1879,7 @@ async fn model_errors_map_to_each_services_shape() {
         CloudError::Throttled {
             retry_after: Some(Duration::from_millis(1200)),
             message: "Rate limit exceeded".into(),
+            unavailable: false,
         },
     );
     let r = env
@@ -1904,6 +1905,21 @@ async fn model_errors_map_to_each_services_shape() {
     env.get(Service::Network, "/v2.0/ports", None)
         .await
         .expect(200);
+    // A 503 naming when to come back (maintenance), never "0": that
+    // would name no wait.
+    faults.api_errors_next(
+        1,
+        CloudError::Throttled {
+            retry_after: None,
+            message: "down for maintenance".into(),
+            unavailable: true,
+        },
+    );
+    let r = env
+        .get(Service::Compute, "/v2.1/servers/detail", Some("2.79"))
+        .await
+        .expect(503);
+    assert_eq!(r.header("retry-after"), Some("1"));
 
     faults.api_errors_next(1, CloudError::Transient("database unavailable".into()));
     let r = env

@@ -878,6 +878,7 @@ async fn attach_and_api_faults_fire_exactly_n_times() {
     let throttled = CloudError::Throttled {
         retry_after: Some(secs(1.0)),
         message: "slow down".into(),
+        unavailable: false,
     };
     faults.api_errors_next(2, throttled.clone());
     assert_eq!(cloud.get_server(&server).await.unwrap_err(), throttled);

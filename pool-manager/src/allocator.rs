@@ -12,7 +12,12 @@
 //! was attached is undone, the instance is discarded (never returned to the
 //! pool) and the next Ready one is tried while the deadline allows, up to
 //! [`MAX_DISCARDED_PER_PURCHASE`] instances discarded; a purchase that gets
-//! no other instance answers the last try's failure. A failed
+//! no other instance answers the last try's failure. One exception: a try
+//! that failed for the request (not the instance) and sent no attach the
+//! cloud may have acted on, each one refused 429/413 ([`AttachCalls`]), puts
+//! its instance back, `Ready` and unclaimed, before it answers: a rate limit
+//! outlasting the attach's grace would otherwise cost a warm instance per
+//! retry with nothing ever attached. A failed
 //! Allocate leaves no record, so a retry with the same request id starts
 //! afresh. Released allocations are kept (idempotent answers) until
 //! `ManagerSettings::keep_released`, if set.
@@ -580,7 +585,9 @@ impl AttemptError {
 }
 
 /// A failed attach: a 429 still there at the deadline says nothing about
-/// the instance (the request ran out of time), and a refusal as a bad
+/// the instance (the request ran out of time; if every attach of the try
+/// was so refused, the instance goes back to the pool, see
+/// [`AttachCalls`]), and a refusal as a bad
 /// request (a volume of another zone under Nova's `cross_az_attach =
 /// False`, a policy's 403) would be the same on every instance; anything
 /// else is taken for the instance's, and the next one may do better. A 5xx
@@ -593,6 +600,43 @@ fn attempt_error(e: CloudError) -> AttemptError {
             AttemptError::Request(e.into())
         }
         e => AttemptError::Instance(e.into()),
+    }
+}
+
+/// The attach calls of one try, counted by how they were answered: whether
+/// the cloud can have acted on the instance's server. An attach refused
+/// 429/413 (a rate limit's answer, not a 503's: [`CloudError::Throttled`]'s
+/// `unavailable`) was turned away before anything acted on it. Any other
+/// answer, or none (a call dropped unanswered), may come after the attach
+/// began: its server is touched, and is discarded as such.
+#[derive(Default)]
+struct AttachCalls {
+    sent: std::sync::atomic::AtomicU32,
+    refused: std::sync::atomic::AtomicU32,
+}
+
+impl AttachCalls {
+    /// Sends `call`, counting it sent before it goes and refused once a
+    /// rate limit answers it.
+    async fn send<T>(&self, call: impl Future<Output = CloudResult<T>>) -> CloudResult<T> {
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        let answer = call.await;
+        if matches!(
+            answer,
+            Err(CloudError::Throttled {
+                unavailable: false,
+                ..
+            })
+        ) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+        }
+        answer
+    }
+
+    /// No attach of the try can have reached the server: each one sent
+    /// (maybe none) was refused by a rate limit.
+    fn none_acted(&self) -> bool {
+        self.sent.load(Ordering::SeqCst) == self.refused.load(Ordering::SeqCst)
     }
 }
 
@@ -611,9 +655,11 @@ fn with_more(error: ManagerError, more: impl std::fmt::Display) -> ManagerError 
             CloudError::Throttled {
                 retry_after,
                 message,
+                unavailable,
             } => CloudError::Throttled {
                 retry_after,
                 message: add(message),
+                unavailable,
             },
             CloudError::QuotaExceeded(m) => CloudError::QuotaExceeded(add(m)),
             CloudError::Conflict(m) => CloudError::Conflict(add(m)),
@@ -709,9 +755,11 @@ impl Shared {
                     Err(CloudError::Throttled {
                         retry_after,
                         message,
+                        unavailable,
                     }) => Err(CloudError::Throttled {
                         retry_after: Some(gate::lock(&self.gate).retry_pause(retry_after)),
                         message,
+                        unavailable,
                     }),
                     // Hidden from `retry` inside Ok so that it is not repeated.
                     Err(e) if repeat == Repeat::ThrottledOnly => Ok(Err(e)),
@@ -1298,14 +1346,21 @@ impl Shared {
             // nothing of the request was tried on it, so it does not count
             // toward MAX_DISCARDED_PER_PURCHASE.
             let request_tried = answers.is_ok();
+            let attach_calls = AttachCalls::default();
             let attempt = match answers {
                 Ok(()) => {
                     let volume = VolumeBefore {
                         known_available: volume_available,
                         discarded_servers: &discarded_servers,
                     };
-                    self.attach_and_verify(record, &instance, attach_deadline, volume)
-                        .await
+                    self.attach_and_verify(
+                        record,
+                        &instance,
+                        attach_deadline,
+                        volume,
+                        &attach_calls,
+                    )
+                    .await
                 }
                 Err(failure) => Err(failure),
             };
@@ -1339,6 +1394,13 @@ impl Shared {
                         AttemptError::Instance(e) => (e, true),
                         AttemptError::Request(e) => (e, false),
                     };
+                    // The request's failure, and nothing of it reached the
+                    // instance: nothing to detach, nor a reason to discard
+                    // it. The order's port and volume are the rollback's,
+                    // as after any failure that ends the purchase.
+                    if !retry && attach_calls.none_acted() {
+                        return Err(self.put_back(record, &instance, error).await?);
+                    }
                     // A cleanup that fails is the rollback's to finish (and
                     // then the reconciler's): the record still names the
                     // instance (Claimed here, Deleting after the discard
@@ -1986,6 +2048,7 @@ impl Shared {
         instance: &Instance,
         deadline: Instant,
         volume: VolumeBefore<'_>,
+        calls: &AttachCalls,
     ) -> Result<(), AttemptError> {
         let server_id = instance.server_id.as_deref().ok_or_else(|| {
             AttemptError::Instance(ManagerError::FailedPrecondition(
@@ -1997,12 +2060,12 @@ impl Shared {
         let (volume, port) = tokio::join!(
             async {
                 let r = self
-                    .attach_volume(record, server_id, deadline, volume)
+                    .attach_volume(record, server_id, deadline, volume, calls)
                     .await;
                 (r, volume_started.elapsed())
             },
             async {
-                let r = self.attach_port(record, server_id, deadline).await;
+                let r = self.attach_port(record, server_id, deadline, calls).await;
                 (r, port_started.elapsed())
             },
         );
@@ -2055,6 +2118,7 @@ impl Shared {
         server_id: &str,
         deadline: Instant,
         before: VolumeBefore<'_>,
+        calls: &AttachCalls,
     ) -> Result<String, AttemptError> {
         let volume_id = self.volume_for(record, deadline).await?;
         if !before.known_available {
@@ -2073,7 +2137,7 @@ impl Shared {
         // wait it out and ask again.
         let attached = self
             .patiently(deadline, Repeat::ThrottledOnly, || {
-                self.cloud.attach_volume(server_id, &volume_id)
+                calls.send(self.cloud.attach_volume(server_id, &volume_id))
             })
             .await;
         match attached {
@@ -2358,10 +2422,11 @@ impl Shared {
         record: &Record<'_>,
         server_id: &str,
         deadline: Instant,
+        calls: &AttachCalls,
     ) -> Result<String, AttemptError> {
         let port_id = self.port_for(record, deadline).await?;
         self.patiently(deadline, Repeat::ThrottledOnly, || {
-            self.cloud.attach_port(server_id, &port_id)
+            calls.send(self.cloud.attach_port(server_id, &port_id))
         })
         .await
         .map_err(attempt_error)?;
@@ -2427,6 +2492,60 @@ impl Shared {
             }
         };
         Ok(port_id)
+    }
+
+    /// Puts back in the pool, `Ready` and unclaimed, the instance a try
+    /// claimed and failed on without any attach reaching it
+    /// ([`AttachCalls::none_acted`]); the try's `error`, saying so, is what
+    /// the purchase answers. Once the record no longer names the instance,
+    /// flushed, the instance is let go of, and flushed before the answer. A
+    /// crash before that second flush leaves the instance claimed for an
+    /// order that does not name it, which its rollback (the reconciler's
+    /// after a crash) discards by the claim, as a crash between a claim and
+    /// its record's update does; one after it leaves a Ready instance and
+    /// an order that names none, as a crash before the claim does. Written
+    /// the other way round, a crash in between would leave the order's
+    /// record naming a server that another purchase may have claimed
+    /// since, for the order's rollback to tell apart from its own.
+    async fn put_back(
+        &self,
+        record: &Record<'_>,
+        instance: &Instance,
+        error: ManagerError,
+    ) -> ManagerResult<ManagerError> {
+        let request_id = record.get().await.params.request_id;
+        record
+            .update(|a| {
+                a.instance_id = None;
+                a.server_id = None;
+            })
+            .await?;
+        let back = self
+            .update_instance(&instance.id, |current| {
+                (current.state == InstanceState::Claimed
+                    && current.request_id.as_deref() == Some(request_id.as_str()))
+                .then(|| {
+                    let mut next = current.clone();
+                    next.state = InstanceState::Ready;
+                    next.request_id = None;
+                    Some(next)
+                })
+            })
+            .await?;
+        self.store.flush().await?;
+        if back.is_none() {
+            // Taken out of service meanwhile: whoever did so deletes it.
+            tracing::warn!(instance = %instance.id, error = %error, "the failed try's instance, which no attach reached, is no longer claimed for the order; left to whoever took it");
+            return Ok(error);
+        }
+        tracing::info!(instance = %instance.id, error = %error, "no attach of the failed try reached the instance; it is back in the pool");
+        Ok(with_more(
+            error,
+            format_args!(
+                "no attach reached instance {}, which is back in the pool",
+                instance.id
+            ),
+        ))
     }
 
     /// Detaches the volume and the port from a server being discarded; a

@@ -307,11 +307,17 @@ pub struct Port {
 /// A cloud error, classified by what the caller should do about it.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CloudError {
-    /// 429/413: slow down; retry after the given time if the cloud said.
+    /// 429/413, or a 503 naming a Retry-After: slow down; retry after the
+    /// given time if the cloud said.
     #[error("cloud throttled the request{}: {message}", retry_after.map(|d| format!(" (retry after {d:?})")).unwrap_or_default())]
     Throttled {
         retry_after: Option<Duration>,
         message: String,
+        /// A 503 (maintenance, an overloaded proxy), not a 429/413. A rate
+        /// limit refuses a request before anything acts on it; a 503 may
+        /// come from behind what already began it, so an attach answered
+        /// so may have been done, and its server counts as touched.
+        unavailable: bool,
     },
     #[error("cloud quota exceeded: {0}")]
     QuotaExceeded(String),

@@ -1258,6 +1258,7 @@ mod tests {
                     Err(CloudError::Throttled {
                         retry_after,
                         message: "This request was rate-limited.".into(),
+                        unavailable: false,
                     })
                 }
             })

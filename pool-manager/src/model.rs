@@ -18,7 +18,8 @@
 //!     Booting --> Deleting: drained
 //!     Warming --> Deleting: drained
 //!     Ready --> Deleting: drained, expired
-//!     Claimed --> Deleting: attach failed (never back to Ready)
+//!     Claimed --> Deleting: attach failed (never back to Ready...)
+//!     Claimed --> Ready: ...but when every attach was refused 429/413
 //!     Deleting --> Gone
 //! ```
 //!
@@ -499,6 +500,10 @@ impl InstanceState {
     }
 
     /// Ever handed to a tenant (or about to be): must never return to a pool.
+    /// One exception: a `Claimed` instance whose failed try sent no attach
+    /// the cloud may have acted on (each refused 429/413) goes back
+    /// `Ready` (`allocator::AttachCalls`): no tenant's volume or port ever
+    /// reached it.
     pub fn is_tenant_touched(self) -> bool {
         matches!(self, Self::Claimed | Self::Allocated | Self::Releasing)
     }

@@ -943,6 +943,7 @@ async fn the_existing_volume_check_waits_out_throttling_and_transient_errors() {
             1 => Some(pool_manager::cloud::CloudError::Throttled {
                 retry_after: Some(Duration::from_secs(3)),
                 message: "get_volume: slow down".into(),
+                unavailable: false,
             }),
             2 => Some(pool_manager::cloud::CloudError::Transient(
                 "503 Service Unavailable".into(),
@@ -1157,6 +1158,7 @@ async fn a_throttled_volume_delete_waits_out_retry_after() {
                 pool_manager::cloud::CloudError::Throttled {
                     retry_after: Some(Duration::from_secs(30)),
                     message: "DELETE /volumes: This request was rate-limited. (HTTP 413)".into(),
+                    unavailable: false,
                 }
             })
         }
@@ -1962,6 +1964,7 @@ fn throttle_first(
             pool_manager::cloud::CloudError::Throttled {
                 retry_after: Some(retry_after),
                 message: format!("{method}: slow down"),
+                unavailable: false,
             }
         })
     })

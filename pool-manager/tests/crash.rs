@@ -921,3 +921,143 @@ async fn a_crash_during_a_cold_boot_past_its_deadline_leaves_it_to_the_pool() {
         }
     }
 }
+
+/// A crash image that dies at the `left`-th store write from when the test
+/// sets it, and the cloud with it: every call from then on hangs, so
+/// nothing the process does after the write reaches the cloud.
+struct CrashAtWrite {
+    image: CrashImage,
+    /// Writes until the crash; 0: not counting.
+    left: std::sync::atomic::AtomicU64,
+    crashed: std::sync::atomic::AtomicBool,
+    /// An instance was claimed by a write before the crashing one.
+    claimed: std::sync::atomic::AtomicBool,
+    sim: Arc<SimCloud>,
+}
+
+#[async_trait::async_trait]
+impl StoreHooks for CrashAtWrite {
+    fn written(&self, write: Write) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let claim =
+            matches!(&write, Write::Instance(_, Some(i)) if i.state == InstanceState::Claimed);
+        self.image.written(write);
+        if self.left.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)) == Ok(1) {
+            self.image.crash();
+            self.crashed.store(true, SeqCst);
+            self.sim.faults().hang_after_calls(0);
+        }
+        if claim && !self.crashed.load(SeqCst) {
+            self.claimed.store(true, SeqCst);
+        }
+    }
+
+    async fn before_flush(&self) -> pool_manager::store::StoreResult<()> {
+        self.image.before_flush().await
+    }
+}
+
+/// A purchase whose attaches are all refused 429 puts its instance back
+/// in the pool with two writes: the order no longer naming it, then the
+/// instance unclaimed. A crash at any write of the purchase, keeping only
+/// the flushed writes or every one, leaves after the restart's reconcile
+/// no instance both in the pool and claimed or named by the order, the
+/// order rolled back, and the order served when asked again.
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_any_write_of_a_purchase_putting_its_instance_back_is_repaired() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let (mut put_back_seen, mut discard_seen) = (false, false);
+    for every_write in [false, true] {
+        for at in 1u64.. {
+            assert!(at < 100, "a purchase should need far fewer writes");
+            let sim = sim();
+            let dir = tempfile::tempdir().unwrap();
+            let throttling = Arc::new(AtomicBool::new(false));
+            let cloud = GatedCloud::with_fault(&sim, {
+                let throttling = throttling.clone();
+                move |method| {
+                    (matches!(method, "attach_volume" | "attach_port") && throttling.load(SeqCst))
+                        .then(|| pool_manager::cloud::CloudError::Throttled {
+                            retry_after: Some(Duration::from_secs(600)),
+                            message: format!("{method}: rate-limited (HTTP 429)"),
+                            unavailable: false,
+                        })
+                }
+            });
+            let store = HookedStore::new(CrashAtWrite {
+                image: CrashImage::default(),
+                left: Default::default(),
+                crashed: Default::default(),
+                claimed: Default::default(),
+                sim: sim.clone(),
+            });
+            let manager = started_paused(&cloud, store.clone(), 2).await;
+            throttling.store(true, SeqCst);
+            store.hooks.left.store(at, SeqCst);
+            let order = request("order-crash", new_volume(), EmptyPoolPolicy::FailFast);
+            let purchase = tokio::spawn({
+                let manager = manager.clone();
+                let order = order.clone();
+                async move { manager.allocate(order).await }
+            });
+            while !purchase.is_finished() && !store.hooks.crashed.load(SeqCst) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let crashed = store.hooks.crashed.load(SeqCst);
+            let claimed = store.hooks.claimed.load(SeqCst);
+            if crashed {
+                purchase.abort();
+            } else {
+                let err = purchase.await.unwrap().unwrap_err();
+                assert!(err.to_string().contains("back in the pool"), "{err}");
+                store.hooks.image.crash();
+            }
+            manager.shutdown().await.unwrap();
+            drop(manager);
+            sim.faults().clear_hang();
+            throttling.store(false, SeqCst);
+            let kept = match every_write {
+                true => |unflushed: usize| unflushed,
+                false => |_| 0,
+            };
+            let store = store.hooks.image.reopen(dir.path(), kept).await;
+            let manager = manager_over(&cloud, store);
+            manager.start().await.unwrap();
+
+            let what = format!("crash at write {at}, every write kept: {every_write}");
+            assert!(
+                manager.get_allocation("order-crash").await.is_err(),
+                "{what}: the order is rolled back"
+            );
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            assert_consistent(&sim, &manager).await;
+            let instances = manager.list_instances(Some(&pool())).await.unwrap();
+            assert!(
+                instances
+                    .iter()
+                    .all(|i| i.state == InstanceState::Ready && i.request_id.is_none()),
+                "{what}: {instances:#?}"
+            );
+            // Back in the pool, or (a crash while claimed) discarded.
+            put_back_seen |= instances.len() == 2 && crashed && claimed;
+            discard_seen |= instances.len() == 1;
+
+            manager
+                .update_pool(&pool(), |s| s.paused = false)
+                .await
+                .unwrap();
+            let served = manager.allocate(order).await.unwrap();
+            assert_eq!(served.state, AllocationState::Allocated, "{what}");
+            assert_consistent(&sim, &manager).await;
+            manager.shutdown().await.unwrap();
+            if !crashed {
+                break;
+            }
+        }
+    }
+    assert!(put_back_seen, "no crash point came after the put-back");
+    assert!(
+        discard_seen,
+        "no crash point came while the instance was claimed"
+    );
+}

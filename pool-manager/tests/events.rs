@@ -198,6 +198,7 @@ async fn a_throttled_call_reports_the_pause_it_takes() {
         CloudError::Throttled {
             retry_after: Some(retry_after),
             message: "Rate limit exceeded".into(),
+            unavailable: false,
         },
     );
     // The warm path's first cloud calls create the volume and the port.
@@ -249,6 +250,7 @@ async fn a_pause_past_the_deadline_is_not_taken_nor_reported() {
         CloudError::Throttled {
             retry_after: Some(Duration::from_secs(3600)),
             message: "Rate limit exceeded".into(),
+            unavailable: false,
         },
     );
     let result = manager
@@ -291,6 +293,7 @@ fn throttled_for(retry_after: Duration) -> CloudError {
     CloudError::Throttled {
         retry_after: Some(retry_after),
         message: "Rate limit exceeded".into(),
+        unavailable: false,
     }
 }
 
@@ -974,6 +977,7 @@ async fn a_pass_looks_at_a_deleted_volume_through_a_429() {
         CloudError::Throttled {
             retry_after: Some(Duration::from_secs(1)),
             message: "Rate limit exceeded".into(),
+            unavailable: false,
         },
     );
     let store = temp_store();

@@ -270,3 +270,144 @@ async fn a_purchase_whose_task_panicked_is_an_internal_error() {
         "{err}"
     );
 }
+
+/// A 429 with a Retry-After longer than the attach may take: the cloud
+/// refused the call before acting on it.
+fn throttled_for_ten_minutes(method: &str) -> CloudError {
+    CloudError::Throttled {
+        retry_after: Some(Duration::from_secs(600)),
+        message: format!("{method}: This request was rate-limited. (HTTP 429)"),
+        unavailable: false,
+    }
+}
+
+/// The pool's instances, by id.
+async fn pool_instances(manager: &PoolManager) -> Vec<pool_manager::model::Instance> {
+    let mut instances = manager.list_instances(Some(&pool())).await.unwrap();
+    instances.sort_by(|a, b| a.id.cmp(&b.id));
+    instances
+}
+
+/// Both attaches of a try refused 429 with a Retry-After past the attach's
+/// deadline (a Nova rate limiter): nothing reached the instance, yet it was
+/// discarded, so each call billing made again cost a warm instance. It
+/// goes back to the pool, unclaimed, and serves the order once the cloud
+/// takes attaches again.
+#[tokio::test(start_paused = true)]
+async fn attaches_all_refused_429_put_the_instance_back() {
+    let sim = sim();
+    let throttling = Arc::new(AtomicBool::new(false));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let throttling = throttling.clone();
+        move |method| {
+            (matches!(method, "attach_volume" | "attach_port") && throttling.load(Ordering::SeqCst))
+                .then(|| throttled_for_ten_minutes(method))
+        }
+    });
+    let manager = started_paused(&cloud, temp_store(), 3).await;
+    let before = pool_instances(&manager).await;
+    throttling.store(true, Ordering::SeqCst);
+
+    let order = request("order-1", new_volume(), EmptyPoolPolicy::FailFast);
+    let err = manager.allocate(order.clone()).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::Cloud(CloudError::Throttled { .. })),
+        "{err}"
+    );
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 3, "{status:?}");
+    assert_eq!(status.count(InstanceState::Deleting), 0, "{status:?}");
+    // Unclaimed, as it was before the purchase.
+    assert_eq!(pool_instances(&manager).await, before);
+    assert!(manager.get_allocation("order-1").await.is_err());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_consistent(&sim, &manager).await;
+
+    throttling.store(false, Ordering::SeqCst);
+    let allocation = manager.allocate(order).await.unwrap();
+    assert!(allocation.warm_hit);
+    assert_eq!(sim.servers().len(), 3, "no server was deleted or booted");
+    assert_consistent(&sim, &manager).await;
+}
+
+/// One attach accepted, the other refused 429: the instance was touched
+/// (a tenant's port or volume went on it), and it is discarded as before.
+#[tokio::test(start_paused = true)]
+async fn one_attach_accepted_and_the_other_refused_429_still_discards() {
+    for (refused, accepted) in [
+        ("attach_volume", "attach_port"),
+        ("attach_port", "attach_volume"),
+    ] {
+        let sim = sim();
+        let throttling = Arc::new(AtomicBool::new(false));
+        let cloud = GatedCloud::with_fault(&sim, {
+            let throttling = throttling.clone();
+            move |method| {
+                (method == refused && throttling.load(Ordering::SeqCst))
+                    .then(|| throttled_for_ten_minutes(method))
+            }
+        });
+        let manager = started_paused(&cloud, temp_store(), 3).await;
+        throttling.store(true, Ordering::SeqCst);
+
+        let err = manager
+            .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ManagerError::Cloud(CloudError::Throttled { .. })),
+            "{refused}: {err}"
+        );
+        assert_eq!(sim.call_counts().get(accepted), Some(&1), "{accepted}");
+        let status = manager.get_pool(&pool()).await.unwrap();
+        assert_eq!(
+            status.count(InstanceState::Ready),
+            2,
+            "{refused}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let instances = pool_instances(&manager).await;
+        assert_eq!(
+            instances.len(),
+            2,
+            "{refused}: discarded and deleted: {instances:?}"
+        );
+        assert_consistent(&sim, &manager).await;
+    }
+}
+
+/// A 503 naming a Retry-After (maintenance) is waited out as a 429 is, but
+/// it may come from behind what already began the attach: both attaches
+/// answered so leave the instance touched, and it is discarded.
+#[tokio::test(start_paused = true)]
+async fn attaches_answered_503_with_retry_after_still_discard() {
+    let sim = sim();
+    let throttling = Arc::new(AtomicBool::new(false));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let throttling = throttling.clone();
+        move |method| {
+            (matches!(method, "attach_volume" | "attach_port") && throttling.load(Ordering::SeqCst))
+                .then(|| CloudError::Throttled {
+                    retry_after: Some(Duration::from_secs(600)),
+                    message: format!("{method}: Service Unavailable (HTTP 503)"),
+                    unavailable: true,
+                })
+        }
+    });
+    let manager = started_paused(&cloud, temp_store(), 3).await;
+    throttling.store(true, Ordering::SeqCst);
+
+    let err = manager
+        .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::Cloud(CloudError::Throttled { .. })),
+        "{err}"
+    );
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 2, "{status:?}");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(pool_instances(&manager).await.len(), 2);
+    assert_consistent(&sim, &manager).await;
+}

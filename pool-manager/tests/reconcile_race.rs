@@ -387,6 +387,7 @@ async fn a_transient_error_listing_servers_is_retried_not_fatal_to_the_start() {
             CloudError::Throttled {
                 retry_after: Some(Duration::from_secs(1)),
                 message: "Rate limit exceeded".into(),
+                unavailable: false,
             }
         })
     });

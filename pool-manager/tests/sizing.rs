@@ -1873,6 +1873,7 @@ async fn retry_after_holds_new_boots() {
         CloudError::Throttled {
             retry_after: Some(Duration::from_secs(120)),
             message: "slow down".into(),
+            unavailable: false,
         },
     );
     let started = Instant::now();
@@ -2636,6 +2637,7 @@ async fn a_429_before_the_create_is_no_build_time_to_the_gate() {
         .then(|| CloudError::Throttled {
             retry_after: Some(retry_after),
             message: "Rate limit exceeded".into(),
+            unavailable: false,
         })
     });
     let manager = started_over(&cloud, temp_store(), 1).await;
@@ -2657,6 +2659,7 @@ async fn a_429_on_a_status_poll_is_no_build_time_to_the_gate() {
             .then(|| CloudError::Throttled {
                 retry_after: Some(secs(60)),
                 message: "Rate limit exceeded".into(),
+                unavailable: false,
             })
     });
     // Two builds at once: both measure the baseline.

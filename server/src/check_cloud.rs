@@ -1233,6 +1233,7 @@ mod tests {
         assert!(!about_the_resource(&CloudError::Throttled {
             message: "429".into(),
             retry_after: None,
+            unavailable: false,
         }));
         assert!(about_the_resource(&CloudError::NotFound(
             "no flavor named 'db.old'".into()

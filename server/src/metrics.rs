@@ -1590,6 +1590,7 @@ mod tests {
             CloudError::Throttled {
                 retry_after: Some(pool_manager::cloud::MAX_RETRY_AFTER),
                 message: "Rate limit exceeded".into(),
+                unavailable: false,
             },
         );
         let order = new_volume_order("o-paused", key, Duration::from_secs(3 * 3600));
@@ -1633,6 +1634,7 @@ mod tests {
             Some(&CloudError::Throttled {
                 retry_after: Some(Duration::from_secs(2)),
                 message: "slow down".into(),
+                unavailable: false,
             }),
             Duration::from_millis(5),
         );

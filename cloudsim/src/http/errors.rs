@@ -102,12 +102,21 @@ impl ApiError {
             CloudError::Throttled {
                 retry_after,
                 message,
+                unavailable: false,
             } => {
                 let mut e = Self::new(service, StatusCode::TOO_MANY_REQUESTS, message)
                     .typed("TooManyRequests");
                 e.retry_after = Some(retry_after.map(ceil_secs).unwrap_or(0));
                 e
             }
+            // Maintenance: a 503 that names when to come back (at least a
+            // second: a zero one names no wait, and reads as a 5xx).
+            CloudError::Throttled {
+                retry_after,
+                message,
+                unavailable: true,
+            } => Self::new(service, StatusCode::SERVICE_UNAVAILABLE, message)
+                .retry_after(retry_after.map(ceil_secs).unwrap_or(1).max(1)),
             // Each service has its own quota status: Nova 403 forbidden,
             // Cinder 413 overLimit (with retryAfter "0"), Neutron 409 OverQuota.
             CloudError::QuotaExceeded(message) => match service {

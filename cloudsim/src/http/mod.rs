@@ -1084,6 +1084,7 @@ async fn fault_layer(
             pool_manager::cloud::CloudError::Throttled {
                 retry_after: Some(retry_after),
                 message: "This request was rate-limited.".into(),
+                unavailable: false,
             },
         )
         .into_response()

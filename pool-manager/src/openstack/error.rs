@@ -210,6 +210,7 @@ pub fn classify(
             retry_after: named_wait(parse_retry_after(retry_after_header))
                 .or(named_wait(fault.retry_after)),
             message,
+            unavailable: false,
         },
         // Nova: "Invalid volume: volume X is already attached to instances: A";
         // Cinder: "Volume status must be available ..." (in use). Only the text
@@ -229,6 +230,7 @@ pub fn classify(
             CloudError::Throttled {
                 retry_after: named_wait(parse_retry_after(retry_after_header)),
                 message,
+                unavailable: true,
             }
         }
         // A proxy's request timeout (haproxy's `timeout http-request`):
@@ -286,6 +288,7 @@ pub fn classify_osauth(what: &str, e: &osauth::Error) -> CloudError {
             return CloudError::Throttled {
                 retry_after: None,
                 message,
+                unavailable: false,
             }
         }
         Some(408) => return CloudError::Transient(message),
@@ -427,8 +430,14 @@ mod tests {
     #[test]
     fn a_503_with_retry_after_is_waited_out() {
         match classify(Compute, "GET /servers", 503, Some("120"), "") {
-            CloudError::Throttled { retry_after, .. } => {
-                assert_eq!(retry_after, Some(Duration::from_secs(120)))
+            CloudError::Throttled {
+                retry_after,
+                unavailable,
+                ..
+            } => {
+                assert_eq!(retry_after, Some(Duration::from_secs(120)));
+                // Unlike a 429's, what sent it may have begun the request.
+                assert!(unavailable);
             }
             other => panic!("{other:?}"),
         }
@@ -570,7 +579,8 @@ mod tests {
             e,
             CloudError::Throttled {
                 retry_after: Some(Duration::from_secs(7)),
-                message: "POST /volumes: This request was rate-limited. (HTTP 413)".into()
+                message: "POST /volumes: This request was rate-limited. (HTTP 413)".into(),
+                unavailable: false,
             }
         );
     }

@@ -237,6 +237,26 @@ pub async fn assert_consistent(sim: &Arc<SimCloud>, manager: &PoolManager) {
             "server {id} carries another instance's name"
         );
     }
+    // A server a tenant's volume or port touched never serves again: none
+    // the pool counts on has one attached.
+    let tenant_ports: HashSet<String> = sim.ports().into_iter().map(|p| p.id).collect();
+    for instance in instances.iter().filter(|i| i.state.is_supply()) {
+        let Some(server) = instance.server_id.as_deref().and_then(|id| sim.server(id)) else {
+            continue;
+        };
+        assert!(
+            server.server.attached_volumes.is_empty()
+                && !server
+                    .server
+                    .attached_ports
+                    .iter()
+                    .any(|p| tenant_ports.contains(p)),
+            "instance {} ({:?}) is in the pool with a tenant's volume or port on its server: {:?}",
+            instance.id,
+            instance.state,
+            server.server
+        );
+    }
     let live: HashSet<&str> = servers.iter().map(|s| s.server.id.as_str()).collect();
     for instance in &instances {
         if let Some(server) = instance.server_id.as_deref() {
