@@ -580,9 +580,8 @@ pub fn hint(
         };
         return Some(format!("{field} is what {flag} sets"));
     }
-    // tonic's words for an HTTP answer without a gRPC status: something
-    // serves HTTP there, warmpoold's metrics port (it speaks HTTP/2 too) or
-    // another service.
+    // tonic's words for an HTTP answer without a gRPC status: another
+    // service serves HTTP/2 there.
     if error.contains("grpc-status header missing") {
         return Some(format!(
             "{} answers HTTP but not warmpool's gRPC API: dial warmpoold's `listen` address (default 127.0.0.1:50051), not its `metrics_listen` (default port 9464)",
@@ -603,8 +602,10 @@ fn tls_hint(error: &str, endpoint: &str, has_certificate: bool) -> Option<String
     let cut_off = ["broken pipe", "connection closed", "reset by peer"];
     let cut_off = || cut_off.iter().any(|sign| lowercase.contains(sign));
     let hint = if !https && (error.contains("frame with invalid size") || cut_off()) {
-        // A TLS daemon answers HTTP/2 with a TLS alert, read as a frame header.
-        "if the daemon serves TLS, dial https://HOST:PORT (with --ca-file for its CA)".to_owned()
+        // A TLS daemon answers HTTP/2 with a TLS alert, read as a frame
+        // header; warmpoold's metrics port, HTTP/1.1 only, closes the
+        // connection.
+        "if the daemon serves TLS, dial https://HOST:PORT (with --ca-file for its CA); if this is warmpoold's `metrics_listen` (default port 9464), dial its `listen` address (default 127.0.0.1:50051)".to_owned()
     } else if https && error.contains("InvalidContentType") {
         // A plaintext daemon answers the ClientHello with an HTTP/2 frame,
         // which rustls reads as a record of no type it knows.
