@@ -288,6 +288,38 @@ async fn pool_instances(manager: &PoolManager) -> Vec<pool_manager::model::Insta
     instances
 }
 
+/// A paused pool of 3 Ready instances on `sim`, whose attach calls
+/// `failing` picks answer `answer` once the switch returned is on (off
+/// at first, so the pool fills).
+async fn attaches_failing_when_on(
+    sim: &Arc<cloudsim::SimCloud>,
+    failing: impl Fn(&str) -> bool + Send + Sync + 'static,
+    answer: impl Fn(&str) -> CloudError + Send + Sync + 'static,
+) -> (PoolManager, Arc<AtomicBool>) {
+    let on = Arc::new(AtomicBool::new(false));
+    let cloud = GatedCloud::with_fault(sim, {
+        let on = on.clone();
+        move |method| (failing(method) && on.load(Ordering::SeqCst)).then(|| answer(method))
+    });
+    (started_paused(&cloud, temp_store(), 3).await, on)
+}
+
+/// A fail-fast purchase of `order` that must be answered throttled.
+async fn throttled_purchase(manager: &PoolManager, order: &str) {
+    let err = manager
+        .allocate(request(order, new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::Cloud(CloudError::Throttled { .. })),
+        "{err}"
+    );
+}
+
+fn an_attach(method: &str) -> bool {
+    matches!(method, "attach_volume" | "attach_port")
+}
+
 /// Both attaches of a try refused 429 with a Retry-After past the attach's
 /// deadline (a Nova rate limiter): nothing reached the instance, yet it was
 /// discarded, so each call billing made again cost a warm instance. It
@@ -296,24 +328,12 @@ async fn pool_instances(manager: &PoolManager) -> Vec<pool_manager::model::Insta
 #[tokio::test(start_paused = true)]
 async fn attaches_all_refused_429_put_the_instance_back() {
     let sim = sim();
-    let throttling = Arc::new(AtomicBool::new(false));
-    let cloud = GatedCloud::with_fault(&sim, {
-        let throttling = throttling.clone();
-        move |method| {
-            (matches!(method, "attach_volume" | "attach_port") && throttling.load(Ordering::SeqCst))
-                .then(|| throttled_for_ten_minutes(method))
-        }
-    });
-    let manager = started_paused(&cloud, temp_store(), 3).await;
+    let (manager, throttling) =
+        attaches_failing_when_on(&sim, an_attach, throttled_for_ten_minutes).await;
     let before = pool_instances(&manager).await;
     throttling.store(true, Ordering::SeqCst);
 
-    let order = request("order-1", new_volume(), EmptyPoolPolicy::FailFast);
-    let err = manager.allocate(order.clone()).await.unwrap_err();
-    assert!(
-        matches!(&err, ManagerError::Cloud(CloudError::Throttled { .. })),
-        "{err}"
-    );
+    throttled_purchase(&manager, "order-1").await;
     let status = manager.get_pool(&pool()).await.unwrap();
     assert_eq!(status.count(InstanceState::Ready), 3, "{status:?}");
     assert_eq!(status.count(InstanceState::Deleting), 0, "{status:?}");
@@ -324,6 +344,7 @@ async fn attaches_all_refused_429_put_the_instance_back() {
     assert_consistent(&sim, &manager).await;
 
     throttling.store(false, Ordering::SeqCst);
+    let order = request("order-1", new_volume(), EmptyPoolPolicy::FailFast);
     let allocation = manager.allocate(order).await.unwrap();
     assert!(allocation.warm_hit);
     assert_eq!(sim.servers().len(), 3, "no server was deleted or booted");
@@ -339,25 +360,15 @@ async fn one_attach_accepted_and_the_other_refused_429_still_discards() {
         ("attach_port", "attach_volume"),
     ] {
         let sim = sim();
-        let throttling = Arc::new(AtomicBool::new(false));
-        let cloud = GatedCloud::with_fault(&sim, {
-            let throttling = throttling.clone();
-            move |method| {
-                (method == refused && throttling.load(Ordering::SeqCst))
-                    .then(|| throttled_for_ten_minutes(method))
-            }
-        });
-        let manager = started_paused(&cloud, temp_store(), 3).await;
+        let (manager, throttling) = attaches_failing_when_on(
+            &sim,
+            move |method| method == refused,
+            throttled_for_ten_minutes,
+        )
+        .await;
         throttling.store(true, Ordering::SeqCst);
 
-        let err = manager
-            .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&err, ManagerError::Cloud(CloudError::Throttled { .. })),
-            "{refused}: {err}"
-        );
+        throttled_purchase(&manager, "order-1").await;
         assert_eq!(sim.call_counts().get(accepted), Some(&1), "{accepted}");
         let status = manager.get_pool(&pool()).await.unwrap();
         assert_eq!(
@@ -382,29 +393,16 @@ async fn one_attach_accepted_and_the_other_refused_429_still_discards() {
 #[tokio::test(start_paused = true)]
 async fn attaches_answered_503_with_retry_after_still_discard() {
     let sim = sim();
-    let throttling = Arc::new(AtomicBool::new(false));
-    let cloud = GatedCloud::with_fault(&sim, {
-        let throttling = throttling.clone();
-        move |method| {
-            (matches!(method, "attach_volume" | "attach_port") && throttling.load(Ordering::SeqCst))
-                .then(|| CloudError::Throttled {
-                    retry_after: Some(Duration::from_secs(600)),
-                    message: format!("{method}: Service Unavailable (HTTP 503)"),
-                    unavailable: true,
-                })
-        }
-    });
-    let manager = started_paused(&cloud, temp_store(), 3).await;
-    throttling.store(true, Ordering::SeqCst);
+    let (manager, unavailable) =
+        attaches_failing_when_on(&sim, an_attach, |method| CloudError::Throttled {
+            retry_after: Some(Duration::from_secs(600)),
+            message: format!("{method}: Service Unavailable (HTTP 503)"),
+            unavailable: true,
+        })
+        .await;
+    unavailable.store(true, Ordering::SeqCst);
 
-    let err = manager
-        .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, ManagerError::Cloud(CloudError::Throttled { .. })),
-        "{err}"
-    );
+    throttled_purchase(&manager, "order-1").await;
     let status = manager.get_pool(&pool()).await.unwrap();
     assert_eq!(status.count(InstanceState::Ready), 2, "{status:?}");
     tokio::time::sleep(Duration::from_secs(60)).await;
