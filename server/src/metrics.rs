@@ -1093,12 +1093,26 @@ mod tests {
         PoolKey,
         pool_manager::model::PoolSpec,
     ) {
+        started_with_pool_and(config, ready, pool_manager::ManagerSettings::default()).await
+    }
+
+    /// [`started_with_pool`], the manager on `settings`.
+    async fn started_with_pool_and(
+        config: cloudsim::SimConfig,
+        ready: u32,
+        settings: pool_manager::ManagerSettings,
+    ) -> (
+        std::sync::Arc<cloudsim::SimCloud>,
+        PoolManager,
+        PoolKey,
+        pool_manager::model::PoolSpec,
+    ) {
         let sim = cloudsim::SimCloud::new(config);
         let manager = PoolManager::new(
             std::sync::Arc::new(pool_manager::store::SledStore::temporary().unwrap()),
             sim.clone(),
             std::sync::Arc::new(sim.probe()),
-            pool_manager::ManagerSettings::default(),
+            settings,
         );
         manager.start().await.unwrap();
         let key = PoolKey::new("db.small", "az1");
@@ -1198,35 +1212,12 @@ mod tests {
             (pool_manager::gate::GateSettings::default(), Some(8.0)),
             (pool_manager::gate::GateSettings::disabled(), None),
         ] {
-            let sim = cloudsim::SimCloud::new(cloudsim::SimConfig::deterministic());
-            let manager = PoolManager::new(
-                std::sync::Arc::new(pool_manager::store::SledStore::temporary().unwrap()),
-                sim.clone(),
-                std::sync::Arc::new(sim.probe()),
-                pool_manager::ManagerSettings {
-                    gate,
-                    ..Default::default()
-                },
-            );
-            manager.start().await.unwrap();
-            manager
-                .create_pool(
-                    PoolKey::new("db.small", "az1"),
-                    pool_manager::model::PoolSpec {
-                        min_ready: 1,
-                        max_ready: 1,
-                        target: Default::default(),
-                        image: "mysql-8.0".into(),
-                        boot_timeout: Duration::from_secs(600),
-                        max_age: None,
-                        paused: false,
-                        windows: Vec::new(),
-                        iops_limit: None,
-                        volume_iops_limit: None,
-                    },
-                )
-                .await
-                .unwrap();
+            let settings = pool_manager::ManagerSettings {
+                gate,
+                ..Default::default()
+            };
+            let (_sim, manager, _, _) =
+                started_with_pool_and(cloudsim::SimConfig::deterministic(), 1, settings).await;
             let body = Metrics::new().render(&manager).await.unwrap();
             assert_eq!(window_of(&body), expected, "{body}");
             manager.shutdown().await.unwrap();
