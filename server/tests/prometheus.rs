@@ -217,6 +217,18 @@ fn counts(pool: &api::Pool) -> api::PoolCounts {
     pool.counts.expect("Pool.counts is always set")
 }
 
+/// Pauses or resumes db.small@az1.
+async fn set_paused(client: &warmpool_client::Client, paused: bool) {
+    let spec = api::PoolSpec {
+        paused,
+        ..Default::default()
+    };
+    client
+        .update_pool("db.small", "az1", spec, ["paused"])
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_reports_the_pool_depth_grpc_reports_and_sees_allocations() {
     let daemon = Daemon::start(&[("db.small", "az1", 3, 6), ("db.medium", "az2", 1, 2)]).await;
@@ -458,14 +470,7 @@ async fn the_dashboard_and_get_pool_give_one_hit_rate() {
     })
     .await;
     // Paused, the pool does not replace what it sells: it is empty after.
-    let paused = api::PoolSpec {
-        paused: true,
-        ..Default::default()
-    };
-    client
-        .update_pool("db.small", "az1", paused, ["paused"])
-        .await
-        .unwrap();
+    set_paused(client, true).await;
 
     let order = allocate_request("order-hit-1", "db.small", "az1");
     assert!(client.allocate(order.clone()).await.unwrap().warm_hit);
@@ -499,14 +504,7 @@ async fn the_dashboard_and_get_pool_give_one_hit_rate() {
         }
     })
     .await;
-    let unpaused = api::PoolSpec {
-        paused: false,
-        ..Default::default()
-    };
-    client
-        .update_pool("db.small", "az1", unpaused, ["paused"])
-        .await
-        .unwrap();
+    set_paused(client, false).await;
     let waited = waiting.await.unwrap().expect("served once the pool boots");
     assert!(!waited.warm_hit, "it waited for its instance: {waited:?}");
     agree_on_the_hit_rate(&prometheus, client, &hit_rate, 4, 1.0 / 3.0).await;
