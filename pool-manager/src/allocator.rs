@@ -693,8 +693,12 @@ fn no_other_instance(error: ManagerError, failed: Option<ManagerError>) -> Manag
 /// Which errors [`Shared::patiently`] repeats a call after.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Repeat {
-    /// Only 429/413: the cloud did nothing, asking again is safe. For calls
-    /// that must not be repeated after a 5xx (an attach may have happened).
+    /// Only throttling answers ([`CloudError::Throttled`]), after their
+    /// pause: a 429/413 refused the call before anything acted, so asking
+    /// again is safe; a 503 naming a Retry-After is asked again too, though
+    /// the call may have been done behind it (its `unavailable` tells the
+    /// caller so). For calls that must not be repeated after any other 5xx
+    /// (an attach may have happened).
     ThrottledOnly,
     /// Every retryable error (429/413, 5xx).
     Retryable,
