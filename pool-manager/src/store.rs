@@ -107,11 +107,36 @@ pub enum StoreError {
         dir.display()
     )]
     NoStore { dir: PathBuf },
+    /// Looking for the store's files in `dir` failed for another reason
+    /// than their absence (a permission, a path through a regular file):
+    /// whether a store is there cannot be told, and "no store" would read
+    /// as a store lost.
+    #[error(
+        "cannot tell whether {} holds a store: looking at {} failed: {error}; {}",
+        dir.display(),
+        path.display(),
+        inaccessible_advice(error)
+    )]
+    Inaccessible {
+        dir: PathBuf,
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error(
         "the store in {} is locked by another process (is another warmpoold using this data dir?); waited {waited:.1?}",
         dir.display()
     )]
     Locked { dir: PathBuf, waited: Duration },
+}
+
+/// What to do about a data dir [`StoreError::Inaccessible`] names.
+fn inaccessible_advice(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "run this as the user warmpoold runs as (the owner of the data dir), or with sudo"
+        }
+        _ => "check that data_dir (--data-dir) names a directory on a mounted, readable disk",
+    }
 }
 
 impl From<sled::Error> for StoreError {
@@ -402,7 +427,7 @@ impl StoreRepair {
     /// handle to let go of it. Makes none where there is none
     /// ([`StoreError::NoStore`]): sled would make one in any directory.
     pub fn open(dir: &Path, lock_wait: Duration) -> StoreResult<Self> {
-        if !holds_store(dir) {
+        if !holds_store(dir)? {
             return Err(StoreError::NoStore {
                 dir: dir.to_owned(),
             });
@@ -494,9 +519,26 @@ impl StoreRepair {
 
 /// Whether `dir` holds a sled store: sled writes its settings to `conf`
 /// and its log to `db` at its first open of a directory (config.rs,
-/// `verify_config` and `open_file`), and never removes them.
-fn holds_store(dir: &Path) -> bool {
-    dir.join("conf").is_file() && dir.join("db").is_file()
+/// `verify_config` and `open_file`), and never removes them. Only their
+/// absence is no store: a look that fails otherwise (a permission, a path
+/// through a regular file) tells nothing ([`StoreError::Inaccessible`]).
+fn holds_store(dir: &Path) -> StoreResult<bool> {
+    for name in ["conf", "db"] {
+        let path = dir.join(name);
+        match std::fs::metadata(&path) {
+            Ok(found) if found.is_file() => {}
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(error) => {
+                return Err(StoreError::Inaccessible {
+                    dir: dir.to_owned(),
+                    path,
+                    error,
+                })
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// What a data dir held before a store was first opened there, to take
@@ -512,16 +554,22 @@ pub struct NoStoreYet {
 impl NoStoreYet {
     /// What `dir` holds now, or `None` when it holds a store already
     /// ([`StoreRepair::open`] tells the same way).
-    pub fn look(dir: &Path) -> std::io::Result<Option<Self>> {
-        if holds_store(dir) {
+    pub fn look(dir: &Path) -> StoreResult<Option<Self>> {
+        if holds_store(dir)? {
             return Ok(None);
         }
+        let inaccessible = |error| StoreError::Inaccessible {
+            dir: dir.to_owned(),
+            path: dir.to_owned(),
+            error,
+        };
         let before = match std::fs::read_dir(dir) {
             Ok(entries) => entries
                 .map(|entry| Ok(entry?.file_name()))
-                .collect::<std::io::Result<_>>()?,
+                .collect::<std::io::Result<_>>()
+                .map_err(inaccessible)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
-            Err(e) => return Err(e),
+            Err(e) => return Err(inaccessible(e)),
         };
         Ok(Some(Self {
             dir: dir.to_owned(),
@@ -1904,6 +1952,60 @@ mod tests {
         drop(SledStore::open(&nowhere).unwrap());
         let repair = StoreRepair::open(&nowhere, DEFAULT_LOCK_WAIT).unwrap();
         assert!(repair.unreadable().unwrap().is_empty());
+    }
+
+    /// A data dir the caller cannot look into is not one with no store:
+    /// "no store" reads as a store lost, and check-cloud passed it. The
+    /// error names the path and the OS error, and for a permission, whom
+    /// to run as. A path under a regular file (ENOTDIR) shows it for
+    /// anyone; a parent the caller may not enter (EACCES) only where
+    /// permissions hold (not for root).
+    #[test]
+    fn a_store_the_caller_cannot_look_into_is_an_error_not_no_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let mut cases = vec![(file.join("store"), "Not a directory")];
+
+        let shut = dir.path().join("shut");
+        let behind = shut.join("store");
+        drop(SledStore::open(&behind).unwrap());
+        // Past sled's lock, which its flusher thread holds a moment longer.
+        drop(open_sled(&behind, DEFAULT_LOCK_WAIT, DEFAULT_CACHE_CAPACITY).unwrap());
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&shut, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let denied = std::fs::metadata(behind.join("db"))
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
+        if denied {
+            cases.push((behind.clone(), "Permission denied"));
+        } else {
+            eprintln!("permissions do not hold here (root?): the EACCES case is not checked");
+        }
+        let opened: Vec<_> = cases
+            .iter()
+            .map(|(path, _)| {
+                (
+                    StoreRepair::open(path, DEFAULT_LOCK_WAIT).map(drop),
+                    NoStoreYet::look(path).map(|found| found.is_some()),
+                )
+            })
+            .collect();
+        std::fs::set_permissions(&shut, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        for ((path, os_error), (repair, look)) in cases.iter().zip(opened) {
+            match repair {
+                Err(e @ StoreError::Inaccessible { .. }) => {
+                    let message = e.to_string();
+                    assert!(message.contains(&path.display().to_string()), "{message}");
+                    assert!(message.contains(os_error), "{message}");
+                    if *os_error == "Permission denied" {
+                        assert!(message.contains("the user warmpoold runs as"), "{message}");
+                    }
+                }
+                other => panic!("{}: expected Inaccessible, got {other:?}", path.display()),
+            }
+            assert!(look.is_err(), "{}: {look:?}", path.display());
+        }
     }
 
     /// What a first open made in a data dir is taken back once the store

@@ -342,7 +342,11 @@ fn store_command(command: &StoreCommand, data_dir: &std::path::Path) -> anyhow::
     let repair = match StoreRepair::open(data_dir, std::time::Duration::from_secs(1)) {
         Ok(repair) => repair,
         // These name the data dir themselves.
-        Err(e @ (StoreError::NoStore { .. } | StoreError::Locked { .. })) => return Err(e.into()),
+        Err(
+            e @ (StoreError::NoStore { .. }
+            | StoreError::Inaccessible { .. }
+            | StoreError::Locked { .. }),
+        ) => return Err(e.into()),
         Err(e) => {
             return Err(e)
                 .with_context(|| format!("cannot open the store in {}", data_dir.display()))

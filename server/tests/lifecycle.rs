@@ -751,6 +751,32 @@ fn the_store_commands_find_no_store_in_an_empty_data_dir() {
     }
 }
 
+/// A data dir the store commands cannot look into is not called empty
+/// ("no store", which reads as a store lost): they name the path and the
+/// OS error, and exit 1. A path through a regular file shows it for
+/// anyone, root included (for whom no permission is missing).
+#[test]
+fn the_store_commands_name_a_data_dir_they_cannot_look_into() {
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let dir = file.join("store");
+    for args in [&["check"][..], &["set-aside", "allocations", "order-1"][..]] {
+        let out = store_command(&dir, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert!(
+            stderr.contains(&format!(
+                "cannot tell whether {} holds a store",
+                dir.display()
+            )),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains("Not a directory"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("no store in"), "{args:?}: {stderr}");
+    }
+}
+
 /// `--delete-unknown-servers` and `--adopt-cloud` are for the daemon's
 /// start: given with a subcommand, which would ignore them, they are
 /// refused as a usage error before anything runs.
