@@ -410,6 +410,9 @@ pub enum SetAside {
     /// Two records show as this key (pool names may hold `@`): neither is
     /// moved.
     Ambiguous,
+    /// No record shows as this key in its tree, and one is set aside
+    /// under it: an earlier run moved it.
+    AlreadySetAside,
 }
 
 /// The operator's tools for a store warmpoold cannot open because of a
@@ -499,7 +502,13 @@ impl StoreRepair {
             return Ok(SetAside::Ambiguous);
         }
         let Some((stored, bytes)) = matches.pop() else {
-            return Ok(SetAside::NoSuchRecord);
+            // A loop over `store check`'s list, run again, finds the
+            // records the run before moved: done, not missing.
+            return Ok(if self.is_aside_as(kind, key)? {
+                SetAside::AlreadySetAside
+            } else {
+                SetAside::NoSuchRecord
+            });
         };
         if kind.problem(&tree, &stored, &bytes).is_none() {
             return Ok(SetAside::Readable);
@@ -514,6 +523,18 @@ impl StoreRepair {
         moved.map_err(storage_error)?;
         self.db.flush()?;
         Ok(SetAside::Moved)
+    }
+
+    /// Whether a record of `kind` set aside shows as `key`.
+    fn is_aside_as(&self, kind: RecordKind, key: &str) -> StoreResult<bool> {
+        let prefix = set_aside_key(kind, b"");
+        for entry in self.db.open_tree(SET_ASIDE_TREE)?.scan_prefix(&prefix) {
+            let (aside_key, _) = entry?;
+            if shown_key(&aside_key[prefix.len()..]) == key {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 
@@ -1893,6 +1914,46 @@ mod tests {
                 .unwrap()
                 .as_deref(),
             Some(&unreadable[..])
+        );
+    }
+
+    /// Setting aside a record already set aside says so, and changes
+    /// nothing: a loop over `store check`'s list run again is not a
+    /// failure, nor told the record is not there.
+    #[tokio::test]
+    async fn setting_aside_a_record_set_aside_already_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store
+                .allocations
+                .insert(
+                    "r1",
+                    with_extra(&allocation_in_doubt(), &[], "from_the_future"),
+                )
+                .unwrap();
+            store.flush().await.unwrap();
+        }
+        let repair = StoreRepair::open(dir.path(), Duration::from_secs(30)).unwrap();
+        assert_eq!(
+            repair.set_aside(RecordKind::Allocation, "r1").unwrap(),
+            SetAside::Moved
+        );
+        assert_eq!(
+            repair.set_aside(RecordKind::Allocation, "r1").unwrap(),
+            SetAside::AlreadySetAside
+        );
+        assert_eq!(
+            repair.set_aside_records().unwrap(),
+            [(RecordKind::Allocation, "r1".to_owned())]
+        );
+        assert_eq!(
+            repair.set_aside(RecordKind::Instance, "r1").unwrap(),
+            SetAside::NoSuchRecord
+        );
+        assert_eq!(
+            repair.set_aside(RecordKind::Allocation, "r").unwrap(),
+            SetAside::NoSuchRecord
         );
     }
 

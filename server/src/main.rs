@@ -389,6 +389,10 @@ fn store_command(command: &StoreCommand, data_dir: &std::path::Path) -> anyhow::
                     println!("set aside {} {key}", kind.tree());
                     Ok(0)
                 }
+                SetAside::AlreadySetAside => {
+                    println!("{} {key} is already set aside", kind.tree());
+                    Ok(0)
+                }
                 SetAside::NoSuchRecord => {
                     eprintln!("no {} record {key} in {}", kind.tree(), data_dir.display());
                     Ok(1)

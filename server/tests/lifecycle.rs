@@ -883,6 +883,13 @@ async fn an_unreadable_record_is_set_aside_with_the_store_commands() {
     );
     let moved = store(&["set-aside", "allocations", "order-1"]);
     assert!(moved.status.success(), "{moved:?}");
+    // Run again (a loop over `store check`'s list, re-run): done already.
+    let again = store(&["set-aside", "allocations", "order-1"]);
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        "allocations order-1 is already set aside\n"
+    );
     let check = store(&["check"]);
     let out = String::from_utf8_lossy(&check.stdout).into_owned();
     assert!(check.status.success(), "{out}");
