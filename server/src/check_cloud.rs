@@ -57,9 +57,15 @@ pub enum CheckKind {
     /// A `[cloud.availability_zones.<az>]` of a zone no pool is in (a
     /// misspelt zone?). Warns; never fails the report.
     ZoneOverride,
-    /// Which pools were checked: the store's, or the config's alone when it
-    /// cannot be read. Informs; never fails the report.
+    /// Which pools were checked: the store's, or the config's alone when
+    /// there is no store yet or it cannot be read. A store warmpoold would
+    /// not start on (damaged, a pool record it cannot read, a data dir it
+    /// may not look into) fails the report.
     Store,
+    /// The store is held by a running warmpoold, so the config's pools
+    /// alone were checked. Informs; never fails the report: the daemon
+    /// checked its stored pools when it started.
+    StoreInUse,
     /// The cloud the store serves, as it records it, against the configured
     /// one: warmpoold refuses to start on a store of another
     /// (`ManagerError::CloudChanged`).
@@ -83,7 +89,7 @@ impl CheckKind {
             CheckKind::Volume => "volumes",
             CheckKind::Quota => "quota",
             CheckKind::ZoneOverride => "zone overrides",
-            CheckKind::Store => "store",
+            CheckKind::Store | CheckKind::StoreInUse => "store",
             CheckKind::StoreCloud => "store cloud",
             CheckKind::Pool => "pool",
         }
@@ -153,7 +159,10 @@ impl Check {
         if self.ok
             || matches!(
                 self.kind,
-                CheckKind::Quota | CheckKind::ZoneOverride | CheckKind::Store
+                CheckKind::Quota
+                    | CheckKind::ZoneOverride
+                    | CheckKind::Store
+                    | CheckKind::StoreInUse
             )
         {
             return false;
@@ -210,12 +219,12 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether every check passed (the store and zone override lines only
-    /// inform).
+    /// Whether every check passed (the lines of a store a running daemon
+    /// holds and of zone overrides only inform).
     pub fn passed(&self) -> bool {
         self.checks
             .iter()
-            .all(|c| c.ok || matches!(c.kind, CheckKind::Store | CheckKind::ZoneOverride))
+            .all(|c| c.ok || matches!(c.kind, CheckKind::StoreInUse | CheckKind::ZoneOverride))
     }
 
     /// Failures that stop start-up ([`Check::stops_start_up`]).
@@ -439,7 +448,8 @@ enum StoreCloud {
 
 /// The pools in the store at `dir`, and the report's line about them:
 /// none when there is no store yet or it has no pool. A store that cannot
-/// be read (a running daemon holds it) gives no pools and a line saying so.
+/// be read gives no pools and a line saying so: a failed one, unless a
+/// running daemon holds it ([`CheckKind::StoreInUse`]).
 async fn stored_pools(dir: &std::path::Path) -> StoreRead {
     let unread = |pools: Vec<PoolRecord>, line: Option<Check>| StoreRead {
         pools,
@@ -456,30 +466,40 @@ async fn stored_pools(dir: &std::path::Path) -> StoreRead {
         message,
         scope: None,
     };
+    let only_configured = "only the configured pools were checked";
     let shown = dir.display();
     let opening = dir.to_owned();
     // The pools alone: opening the store for service would read every
     // instance and order ever made, for its index.
+    // Each read on its own: a pool record this version cannot read must
+    // not hide which cloud the store serves.
     let read = tokio::task::spawn_blocking(move || {
         let store = StoreRepair::open(&opening, STORE_LOCK_WAIT)?;
-        Ok::<_, StoreError>((store.pools()?, store.cloud_identity()))
+        Ok::<_, StoreError>((store.pools(), store.cloud_identity()))
     })
     .await;
     let read = match read {
         Ok(read) => read,
         Err(e) => {
-            let message =
-                format!("{shown}: opening it failed ({e}); only the configured pools were checked");
+            let message = format!("{shown}: opening it failed ({e}); {only_configured}");
             return unread(Vec::new(), Some(line(false, message)));
         }
     };
     match read {
-        Ok((pools, cloud)) if pools.is_empty() => StoreRead {
+        Ok((Err(e), cloud)) => {
+            let message = format!("{shown}: cannot read its pools ({e}); {only_configured}");
+            StoreRead {
+                pools: Vec::new(),
+                line: Some(line(false, message)),
+                cloud: StoreCloud::Read(cloud),
+            }
+        }
+        Ok((Ok(pools), cloud)) if pools.is_empty() => StoreRead {
             pools: Vec::new(),
             line: None,
             cloud: StoreCloud::Read(cloud),
         },
-        Ok((pools, cloud)) => {
+        Ok((Ok(pools), cloud)) => {
             let (deleting, checked): (Vec<&PoolRecord>, Vec<&PoolRecord>) =
                 pools.iter().partition(|p| p.draining);
             let names = |list: &[&PoolRecord]| {
@@ -511,8 +531,7 @@ async fn stored_pools(dir: &std::path::Path) -> StoreRead {
         Err(StoreError::NoStore { .. }) => {
             // Said, not left out: a mistyped --data-dir (or the relative
             // default, run from another directory) would read as "all ok".
-            let message =
-                format!("{shown}: no store here, so only the configured pools were checked");
+            let message = format!("{shown}: no store here, so {only_configured}");
             StoreRead {
                 pools: Vec::new(),
                 line: Some(line(true, message)),
@@ -521,14 +540,21 @@ async fn stored_pools(dir: &std::path::Path) -> StoreRead {
         }
         Err(StoreError::Locked { .. }) => {
             let message = format!(
-                "{shown} is held by a running warmpoold, so only the configured pools were checked; the daemon checked its stored pools when it started (a failing one shows degraded in `warmpoolctl pools list`)"
+                "{shown} is held by a running warmpoold, so {only_configured}; the daemon checked its stored pools when it started (a failing one shows degraded in `warmpoolctl pools list`)"
             );
-            unread(Vec::new(), Some(line(false, message)))
+            let held = Check {
+                kind: CheckKind::StoreInUse,
+                ..line(false, message)
+            };
+            unread(Vec::new(), Some(held))
         }
+        // Names the data dir itself.
+        Err(e @ StoreError::Inaccessible { .. }) => unread(
+            Vec::new(),
+            Some(line(false, format!("{e}; {only_configured}"))),
+        ),
         Err(e) => {
-            let message = format!(
-                "{shown}: cannot read its pools ({e}); only the configured pools were checked"
-            );
+            let message = format!("{shown}: cannot read its pools ({e}); {only_configured}");
             unread(Vec::new(), Some(line(false, message)))
         }
     }
@@ -1115,6 +1141,115 @@ mod tests {
         let line = read.line.expect("a line saying there is no store");
         assert!(line.ok && line.message.contains("no store here"), "{line}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// Waits until no handle holds the store in `dir`: sled lets go of
+    /// its lock (an flock of its `db` file) a moment after the last
+    /// handle is dropped, and the command waits for it only a second.
+    fn wait_until_let_go(dir: &std::path::Path) {
+        let db = std::fs::File::open(dir.join("db")).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while db.try_lock().is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the store stays locked"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// The report of the store's lines alone, against the embedded cloud.
+    async fn store_lines(dir: &std::path::Path) -> Report {
+        let read = stored_pools(dir).await;
+        let cloud = crate::embedded_cloud(1.0, false, 1);
+        let mut report = Report::default();
+        put_store_lines(&mut report, dir, read, Some(cloud.as_ref())).await;
+        report
+    }
+
+    fn line(report: &Report, kind: CheckKind) -> &Check {
+        report
+            .checks
+            .iter()
+            .find(|c| c.kind == kind)
+            .unwrap_or_else(|| panic!("no {} line: {report}", kind.label()))
+    }
+
+    /// A pool record this version cannot read fails the store's line (and
+    /// the run: warmpoold would not start on the store), and leaves which
+    /// cloud the store serves still read and compared: a store of another
+    /// cloud is said to be one, not passed over.
+    #[tokio::test]
+    async fn an_unreadable_pool_record_still_compares_the_stores_cloud() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree(pool_manager::store::RecordKind::Pool.tree())
+                .unwrap()
+                .insert("db.small\0az1", br#"{"from_the_future":true}"#.to_vec())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        {
+            use pool_manager::store::{SledStore, Store};
+            let store = SledStore::open(dir.path()).unwrap();
+            let other = CloudIdentity::OpenStack {
+                project_id: "5f1c".into(),
+                region: Some("RegionOne".into()),
+                server_tag: "warmpool".into(),
+            };
+            store.record_cloud_identity(&other).await.unwrap();
+            store.flush().await.unwrap();
+        }
+        wait_until_let_go(dir.path());
+
+        let report = store_lines(dir.path()).await;
+        let store = line(&report, CheckKind::Store);
+        assert!(!store.ok, "{report}");
+        assert!(store.message.contains("cannot read its pools"), "{report}");
+        let cloud = line(&report, CheckKind::StoreCloud);
+        assert!(!cloud.ok, "{report}");
+        assert!(
+            cloud.message.contains("but the config names the embedded"),
+            "{report}"
+        );
+        assert!(!report.passed(), "{report}");
+    }
+
+    /// A store the command cannot look into is a failed store line, not
+    /// "no store here" (and a cloud "not recorded yet"), and fails the run.
+    #[tokio::test]
+    async fn a_store_the_command_cannot_look_into_fails_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let report = store_lines(&file.join("store")).await;
+        let store = line(&report, CheckKind::Store);
+        assert!(!store.ok, "{report}");
+        assert!(
+            store.message.contains("cannot tell whether")
+                && store.message.contains("Not a directory"),
+            "{report}"
+        );
+        assert!(!report.to_string().contains("no store here"), "{report}");
+        assert!(!report.to_string().contains("not recorded yet"), "{report}");
+        assert!(!report.passed(), "{report}");
+    }
+
+    /// A store a running warmpoold holds only informs: the daemon checked
+    /// its stored pools when it started, and the run is the configured
+    /// pools'.
+    #[tokio::test]
+    async fn a_store_a_running_daemon_holds_does_not_fail_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = pool_manager::store::SledStore::open(dir.path()).unwrap();
+        let report = store_lines(dir.path()).await;
+        let held = format!(
+            "store: {} is held by a running warmpoold",
+            dir.path().display()
+        );
+        assert!(report.to_string().starts_with(&held), "{report}");
+        assert!(report.passed(), "{report}");
     }
 
     /// What a lookup's failure says of the pools naming the resource.

@@ -1812,3 +1812,31 @@ async fn a_failed_store_disk_stops_warmpoold_with_an_error_and_a_restart_serves_
     daemon.start_kill().unwrap();
     daemon.wait().await.unwrap();
 }
+
+/// A store warmpoold would not open (sled finds it damaged) fails
+/// `check-cloud` (exit 1), as any failed check does: only a store a running
+/// daemon holds is passed over.
+#[tokio::test]
+async fn check_cloud_fails_on_a_damaged_store() {
+    let data = tempfile::tempdir().unwrap();
+    let store_dir = data.path().join("store");
+    damage_store(&store_dir);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+        .arg("--data-dir")
+        .arg(&store_dir)
+        .arg("check-cloud")
+        .env_remove("WARMPOOL_CONFIG")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains(&format!(
+            "store: {}: cannot read its pools",
+            store_dir.display()
+        )) && stdout.contains("corrupted data"),
+        "{stdout}{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+}
