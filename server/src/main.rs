@@ -70,7 +70,8 @@ enum Command {
 #[derive(clap::Subcommand, Debug, Clone)]
 enum StoreCommand {
     /// List every record this version cannot read, and those set aside;
-    /// exits 1 if any cannot be read.
+    /// exits 1 if any that stops warmpoold cannot be read (a pool's
+    /// learned sizing does not: it is listed as a note, to be kept).
     Check,
     /// Move one unreadable record aside: its bytes are kept (in the store's
     /// set_aside tree) and its id stays taken (an order set aside cannot be
@@ -354,10 +355,27 @@ fn store_command(command: &StoreCommand, data_dir: &std::path::Path) -> anyhow::
     };
     match command {
         StoreCommand::Check => {
-            let unreadable = repair.unreadable()?;
+            // A pool's learned sizing this version cannot read does not stop
+            // the daemon, which keeps it unsaved over for the version that
+            // wrote it. Set aside, it would not come back: this version
+            // would save fresh sizing under its key, and the version that
+            // wrote it finds the key taken and leaves it aside.
+            let (kept, unreadable): (Vec<_>, Vec<_>) = repair
+                .unreadable()?
+                .into_iter()
+                .partition(|record| record.kind == RecordKind::LearnedSizing);
             for record in &unreadable {
                 println!(
                     "unreadable {} {}: {}",
+                    record.kind.tree(),
+                    record.key,
+                    record.error
+                );
+            }
+            for record in &kept {
+                println!(
+                    "note: {} {} cannot be read ({}): the daemon starts with it, sizing the pool \
+                     from scratch, and keeps it for the version that wrote it; do not set it aside",
                     record.kind.tree(),
                     record.key,
                     record.error
@@ -370,8 +388,14 @@ fn store_command(command: &StoreCommand, data_dir: &std::path::Path) -> anyhow::
                 Some(cloud) => println!("cloud: {cloud}"),
                 None => println!("cloud: none recorded yet (warmpoold records it when it starts)"),
             }
-            if unreadable.is_empty() {
+            if unreadable.is_empty() && kept.is_empty() {
                 println!("every record in {} can be read", data_dir.display());
+                Ok(0)
+            } else if unreadable.is_empty() {
+                println!(
+                    "every record warmpoold needs in {} can be read",
+                    data_dir.display()
+                );
                 Ok(0)
             } else {
                 println!(

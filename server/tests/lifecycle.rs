@@ -1840,3 +1840,82 @@ async fn check_cloud_fails_on_a_damaged_store() {
     );
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
 }
+
+/// Waits until no handle holds the store in `dir`: sled lets go of its
+/// lock (an flock of its `db` file) a moment after the last handle is
+/// dropped, and the store commands wait for it only a second.
+fn wait_until_let_go(dir: &std::path::Path) {
+    let db = std::fs::File::open(dir.join("db")).unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while db.try_lock().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store stays locked"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A pool's learned sizing this version cannot read (a newer version's)
+/// does not stop warmpoold, which keeps it for the version that wrote it:
+/// `store check` lists it as a note, passes, and gives no set-aside
+/// advice (set aside, this version would save fresh sizing under its key,
+/// and the newer version could never move it back). A record that does
+/// stop warmpoold still fails the check, and only it is advised.
+#[test]
+fn store_check_notes_unreadable_learned_sizing_without_failing() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("store");
+    let learned = pool_manager::sizing::LearnedSizing {
+        saved_at: std::time::SystemTime::UNIX_EPOCH,
+        demand_short: 0.1,
+        demand_long: 0.05,
+        demand_held: 0.0,
+        held_for: None,
+        allocations: 3,
+        leads: Vec::new(),
+    };
+    let mut newer = serde_json::to_value(&learned).unwrap();
+    newer["from_the_future"] = serde_json::Value::Bool(true);
+    {
+        let db = sled::open(&dir).unwrap();
+        db.open_tree("learned_sizing")
+            .unwrap()
+            .insert("db.small\0az1", serde_json::to_vec(&newer).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    wait_until_let_go(&dir);
+
+    let check = store_command(&dir, &["check"]);
+    let out = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert_eq!(check.status.code(), Some(0), "{out}");
+    let note = out
+        .lines()
+        .find(|l| l.contains("learned_sizing db.small@az1"))
+        .unwrap_or_else(|| panic!("no line for the learned sizing:\n{out}"));
+    assert!(note.starts_with("note: "), "{out}");
+    assert!(note.contains("from_the_future"), "{out}");
+    assert!(note.contains("do not set it aside"), "{out}");
+    assert!(!out.contains("unreadable"), "{out}");
+    assert!(!out.contains("store set-aside"), "{out}");
+
+    {
+        let db = sled::open(&dir).unwrap();
+        db.open_tree("allocations")
+            .unwrap()
+            .insert("order-1", br#"{"state":"Hibernating"}"#.to_vec())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    wait_until_let_go(&dir);
+    let check = store_command(&dir, &["check"]);
+    let out = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert_eq!(check.status.code(), Some(1), "{out}");
+    assert!(out.contains("unreadable allocations order-1: "), "{out}");
+    assert!(out.contains("note: learned_sizing db.small@az1"), "{out}");
+    assert!(
+        out.contains("1 record(s) cannot be read") && out.contains("store set-aside"),
+        "{out}"
+    );
+}
