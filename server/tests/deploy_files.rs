@@ -11,7 +11,9 @@
 //! container image holds the system's CA certificates; the configs
 //! systemd and Kubernetes run drive a real cloud (OpenStack), with the
 //! credentials handed over where the config reads them, and refuse to
-//! start until an operator fills in their placeholders.
+//! start until an operator fills in their placeholders; the README's
+//! procedure for the store commands under Kubernetes names the
+//! StatefulSet, its PVC, user and image, and the config's data_dir.
 
 mod support;
 
@@ -931,5 +933,68 @@ fn kubernetes_runs_openstack_with_clouds_yaml_from_a_secret() {
             "{} commits a Secret",
             manifest.display()
         );
+    }
+}
+
+/// The README's procedure for the store commands under Kubernetes names
+/// what `deploy/kubernetes` ships: the pod mounts the StatefulSet's PVC
+/// where the config's data_dir is, as the StatefulSet's user and group
+/// with its image, and the commands stop and start that StatefulSet,
+/// wait for its pod, and pass that data dir.
+#[test]
+fn the_readmes_kubernetes_store_procedure_matches_the_manifests() {
+    let readme = read(&deploy_dir().join("../README.md"));
+    let block = readme
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("\n```").map(|(yaml, _)| yaml))
+        .find(|yaml| yaml.contains("name: warmpoold-store"))
+        .expect("README shows the store pod's manifest");
+    let pod: serde_yaml::Value = serde_yaml::from_str(block).unwrap();
+    let workload = k8s_workload();
+    let template = &workload["spec"]["template"]["spec"];
+    for key in ["runAsUser", "runAsGroup", "fsGroup", "runAsNonRoot"] {
+        assert_eq!(
+            pod["spec"]["securityContext"][key], template["securityContext"][key],
+            "{key}"
+        );
+    }
+    let daemon = k8s_container();
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["image"], daemon["image"]);
+    assert_eq!(container["securityContext"], daemon["securityContext"]);
+
+    let config = load_filled(&deploy_dir().join("kubernetes/warmpoold.toml"));
+    let data_dir = config.data_dir.display().to_string();
+    let daemon_mount = daemon["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"].as_str() == Some(data_dir.as_str()))
+        .expect("the StatefulSet mounts a volume at the config's data_dir");
+    let claim = |spec: &serde_yaml::Value, volume: &serde_yaml::Value| {
+        spec["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == *volume)
+            .expect("the mount's volume")["persistentVolumeClaim"]["claimName"]
+            .clone()
+    };
+    let pod_mount = &container["volumeMounts"][0];
+    assert_eq!(pod_mount["mountPath"].as_str(), Some(data_dir.as_str()));
+    assert_eq!(
+        claim(&pod["spec"], &pod_mount["name"]),
+        claim(template, &daemon_mount["name"])
+    );
+
+    let name = workload["metadata"]["name"].as_str().unwrap();
+    for shown in [
+        format!("kubectl scale statefulset/{name} --replicas=0"),
+        format!("kubectl wait --for=delete pod/{name}-0"),
+        format!("kubectl scale statefulset/{name} --replicas=1"),
+        format!("warmpoold --data-dir {data_dir} store check"),
+    ] {
+        assert!(readme.contains(&shown), "README does not show `{shown}`");
     }
 }
