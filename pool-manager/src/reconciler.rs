@@ -256,6 +256,14 @@ impl Shared {
                     None => continue,
                 }
             }
+            // A boot whose create's answer never came (a graceful stop
+            // aborted it) records no server: its server is the one carrying
+            // its id, judged like any other before it is adopted below.
+            if instance.state == InstanceState::Booting && instance.server_id.is_none() {
+                server = by_instance
+                    .get(instance.id.as_str())
+                    .map(|&found| found.clone());
+            }
             // Unsold, yet its server holds a tenant's volume: only a
             // purchase attaches one, after its claim, so the server was sold
             // after this record was written: the store is a copy restored
