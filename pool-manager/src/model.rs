@@ -518,6 +518,8 @@ pub struct Instance {
     /// Unknown until the cloud answers the create call.
     pub server_id: Option<String>,
     pub state: InstanceState,
+    /// When its boot was requested: a resumed boot's `boot_timeout`
+    /// counts from it.
     pub created_at: SystemTime,
     pub ready_at: Option<SystemTime>,
     pub attempts: u32,

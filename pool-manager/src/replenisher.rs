@@ -724,7 +724,9 @@ impl Shared {
             pool: pool.key.clone(),
             server_id: None,
             state: InstanceState::Booting,
-            created_at: SystemTime::now(),
+            // On the clock a resumed boot's deadline is judged by (the
+            // wall clock tokio time moves).
+            created_at: self.sizing_book().wall_now(&self.settings.sizing),
             ready_at: None,
             attempts: 1,
             last_error: None,
@@ -804,7 +806,7 @@ impl Shared {
         let started = Instant::now();
         let mut watch = (timed == Timed::FromNow).then(|| LeadWatch::start(self, &instance));
         let mut ticket = Some(ticket);
-        let mut result = self.boot_to_ready(&instance, &mut ticket).await;
+        let mut result = self.boot_to_ready(&instance, &mut ticket, timed).await;
         // A server deleted under the boot because its record was taken (a
         // drain) is no failed boot.
         if matches!(&result, Err(e) if !matches!(e, BootError::Superseded))
@@ -832,6 +834,25 @@ impl Shared {
         let result = self.finish_failed_boot(&instance, result).await;
         drop(claim);
         result
+    }
+
+    /// The deadline of a boot resumed from its record: `boot_timeout` after
+    /// its boot was requested (the instance's creation), not after the
+    /// resume, or each restart (a crash loop: forever) would give a server
+    /// whose mysqld never answers a whole new timeout. Never sooner than a
+    /// poll from now: one resumed right at its end still gets a look.
+    fn resumed_boot_deadline(&self, instance: &Instance, boot_timeout: Duration) -> Instant {
+        let now = Instant::now();
+        // On the clock the creation time was read on (`record_new_instance`).
+        let wall = self.sizing_book().wall_now(&self.settings.sizing);
+        // Created "after" now, the wall clock stepped back: it counts from now.
+        let since_request = wall
+            .duration_since(instance.created_at)
+            .unwrap_or(Duration::ZERO);
+        let left = boot_timeout
+            .saturating_sub(since_request)
+            .max(self.settings.poll_interval);
+        deadline_after(now, left)
     }
 
     /// Whether the instance's record is no longer its boot's to move on:
@@ -923,10 +944,14 @@ impl Shared {
         &self,
         instance: &Instance,
         ticket: &mut Option<BootTicket>,
+        timed: Timed,
     ) -> Result<Instance, BootError> {
         let az = instance.pool.availability_zone.as_str();
         let pool = self.pool(&instance.pool).await?;
-        let deadline = deadline_after(Instant::now(), pool.spec.boot_timeout);
+        let deadline = match timed {
+            Timed::FromNow => deadline_after(Instant::now(), pool.spec.boot_timeout),
+            Timed::Not => self.resumed_boot_deadline(instance, pool.spec.boot_timeout),
+        };
         let mut instance = instance.clone();
         // Only a build this task requested measures the build time.
         let mut requested = None;
@@ -1346,13 +1371,16 @@ impl Drop for DrivingClaim {
     }
 }
 
-/// Whether a boot task measures its boot's lead time.
+/// Whether a boot task measures its boot's lead time, and where its
+/// deadline counts from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Timed {
-    /// The boot starts with the task.
+    /// The boot starts with the task: measured, its deadline from now.
     FromNow,
-    /// Resumed (the reconciler found it left by an earlier manager): it
-    /// started before the task, when is not known.
+    /// Resumed (the reconciler found it left by an earlier manager, or by
+    /// a task that died): it started before the task, when exactly is not
+    /// known, so it is not measured; its deadline counts from the
+    /// instance's creation.
     Not,
 }
 

@@ -1061,3 +1061,59 @@ async fn a_crash_at_any_write_of_a_purchase_putting_its_instance_back_is_repaire
         "no crash point came while the instance was claimed"
     );
 }
+
+/// A boot resumed after a restart keeps the deadline its boot request set
+/// (`PoolSpec::boot_timeout`: not Ready this long after the request, it is
+/// discarded): restarted at 0.9 × the timeout, an instance whose mysqld
+/// never answers fails shortly after 1 ×, not a whole new timeout later
+/// (under a crash loop, never).
+#[tokio::test(start_paused = true)]
+async fn a_boot_resumed_after_a_restart_keeps_its_deadline() {
+    let sim = sim();
+    sim.faults().mysqld_never_starts_next(1);
+    let dir = tempfile::tempdir().unwrap();
+    let wall = std::time::SystemTime::now();
+    let began = tokio::time::Instant::now();
+    // One wall clock across the restart, as a machine's is.
+    let on_one_wall_clock = || {
+        let mut settings = settings();
+        settings.sizing.wall_clock_start = Some(wall + began.elapsed());
+        PoolManager::new(
+            open_store(dir.path()),
+            sim.clone(),
+            Arc::new(sim.probe()),
+            settings,
+        )
+    };
+    let manager = on_one_wall_clock();
+    manager.start().await.unwrap();
+    let spec = spec(1);
+    let boot_timeout = spec.boot_timeout;
+    manager.create_pool(pool(), spec).await.unwrap();
+    tokio::time::sleep(boot_timeout.mul_f64(0.9)).await;
+    let instances = manager.list_instances(Some(&pool())).await.unwrap();
+    let [silent] = instances.as_slice() else {
+        panic!("one instance, its mysqld silent: {instances:#?}");
+    };
+    assert_eq!(silent.state, InstanceState::Warming, "{silent:#?}");
+    manager.shutdown().await.unwrap();
+    drop(manager);
+
+    let manager = on_one_wall_clock();
+    manager.start().await.unwrap();
+    let restarted = tokio::time::Instant::now();
+    // The rest of its timeout, a poll and the failed boot's delete.
+    let past_its_deadline = began + boot_timeout + Duration::from_secs(30);
+    tokio::time::sleep_until(past_its_deadline).await;
+    let instances = manager.list_instances(Some(&pool())).await.unwrap();
+    assert!(
+        instances.iter().all(|i| i.id != silent.id),
+        "still there {:?} after the restart, {:?} after its boot request: {instances:#?}",
+        restarted.elapsed(),
+        began.elapsed()
+    );
+    let status = manager.get_pool(&pool()).await.unwrap();
+    let last_error = status.record.last_error.unwrap_or_default();
+    assert!(last_error.contains("mysqld never answered"), "{last_error}");
+    manager.shutdown().await.unwrap();
+}
