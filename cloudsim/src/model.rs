@@ -336,7 +336,8 @@ pub(crate) struct FaultState {
     /// not its request, is what never arrives).
     pub hang_takes_effect: bool,
     pub slow: Duration,
-    /// How long a deleted server's ports stay bound after it is gone.
+    /// How long a deleted server's ports stay bound after it is gone, and
+    /// a detached port after the detach.
     pub slow_port_unbind: Duration,
     pub iops_throttled: bool,
 }
@@ -2039,7 +2040,8 @@ impl Model {
             return Ok(());
         }
         self.detachable(server_id, "detach_interface", now)?;
-        let done = now + self.latency(self.cfg.latencies.port_detach);
+        let done =
+            now + self.latency(self.cfg.latencies.port_detach) + self.faults.slow_port_unbind;
         let port = self.ports.get_mut(port_id).expect("checked above");
         let shown = port.binding.at(now).clone();
         port.binding.start(shown, done, None);

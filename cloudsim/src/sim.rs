@@ -558,8 +558,9 @@ impl Faults {
     }
 
     /// The ports of servers deleted from now on stay bound this long after
-    /// the server is gone (Neutron's agent behind), in tokio time (not
-    /// scaled). `Duration::ZERO` turns it off.
+    /// the server is gone, and ports detached from now on this long after
+    /// the detach (Neutron's agent behind), in tokio time (not scaled).
+    /// `Duration::ZERO` turns it off.
     pub fn slow_port_unbind(&self, delay: Duration) {
         self.with(|f| f.slow_port_unbind = delay);
     }

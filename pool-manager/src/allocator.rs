@@ -2947,7 +2947,7 @@ impl Shared {
     }
 
     /// The instance step of `allocation`'s release: its record marked
-    /// `Releasing` (flushed), the order's volume detached, then its server
+    /// `Releasing` (flushed), the order's volume and port detached, then its server
     /// deleted until gone and the record dropped (or, the record set aside,
     /// the server the order recorded deleted). Idempotent.
     pub(crate) async fn release_instance(
@@ -2977,6 +2977,17 @@ impl Shared {
         if let (Some(server_id), Some(volume_id)) = (&allocation.server_id, &allocation.volume_id) {
             self.detach_before_delete(deadline, server_id, || {
                 self.cloud.detach_volume(server_id, volume_id)
+            })
+            .await?;
+        }
+        // The port too: a cloud that soft-deletes keeps it bound to the
+        // SOFT_DELETED server until the reclaim, Nova detaches nothing from
+        // such a server, and Neutron lets a project member delete no bound
+        // port, so where the forceDelete is refused the release would wait
+        // for the reclaim (UNAVAILABLE until then).
+        if let (Some(server_id), Some(port_id)) = (&allocation.server_id, &allocation.port_id) {
+            self.detach_before_delete(deadline, server_id, || {
+                self.cloud.detach_port(server_id, port_id)
             })
             .await?;
         }

@@ -3931,6 +3931,56 @@ async fn a_release_on_a_soft_delete_cloud_deletes_the_server_for_good() {
     stop_daemon(running, stop).await;
 }
 
+/// A release on a cloud that soft-deletes, whose policy refuses warmpool's
+/// forceDelete and lets a project member delete no port a server is bound
+/// to (Neutron's default), answers once its server is SOFT_DELETED with
+/// the tenant's volume detached (README): the tenant's port, which a
+/// SOFT_DELETED server keeps bound until the reclaim, and which Nova lets
+/// no one detach from it then, is let go of before the delete, and deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_on_a_cloud_refusing_force_delete_deletes_the_tenants_port() {
+    let env = env_with(
+        SimConfig {
+            member_port_policy: true,
+            ..sim_config()
+        },
+        HttpSettings {
+            reclaim_instance_interval: Duration::from_secs(3600),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    env.face.faults().refuse_force_delete(true);
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
+    let allocated = running
+        .manager
+        .allocate(order(&env, "o1").await)
+        .await
+        .unwrap();
+    let server = allocated.server_id.clone().unwrap();
+    let volume = allocated.volume_id.clone().unwrap();
+    let port = allocated.port_id.clone().unwrap();
+    let released = running.manager.release("o1", Some(false)).await;
+    assert_eq!(
+        released.map(|a| a.state).map_err(|e| e.to_string()),
+        Ok(pool_manager::model::AllocationState::Released)
+    );
+    assert_eq!(
+        env.sim.server(&server).map(|s| s.server.status),
+        Some(ServerStatus::Deleted),
+        "left SOFT_DELETED to the reclaim"
+    );
+    assert!(
+        env.sim.ports().iter().all(|p| p.id != port),
+        "{:?}",
+        env.sim.ports()
+    );
+    let left = env.sim.volumes();
+    let left = left.iter().find(|v| v.id == volume).unwrap();
+    assert_eq!(left.status, VolumeStatus::Available, "{left:?}");
+    stop_daemon(running, stop).await;
+}
+
 /// The daemon on `env`'s cloud with a reconcile pass every 300 ms.
 async fn start_reconciling_often(
     env: &Env,
