@@ -42,8 +42,8 @@ async fn main() -> ExitCode {
             eprintln!("error: {described}");
             let answered = err.downcast_ref::<watch::BrokeAfterAnswers>().is_some();
             // Only a failed call to the daemon can be a TLS mismatch: a
-            // closed stdout (`warmpoolctl watch | head`) fails with the same
-            // "Broken pipe" as a connection the daemon cut off.
+            // failed write to stdout may read "Broken pipe" too, as a
+            // connection the daemon cut off does.
             let from_daemon = err.downcast_ref::<ClientError>().is_some();
             let hint = cli::hint(&described, &endpoint, has_certificate, allocating);
             if let Some(hint) = hint.filter(|_| from_daemon && !answered) {
@@ -188,11 +188,17 @@ async fn run(cli: Cli, token: cli::TokenSource) -> anyhow::Result<()> {
         OutputFormat::Table => rendered.table,
         OutputFormat::Json => serde_json::to_string_pretty(&rendered.json)? + "\n",
     };
-    // write_all rather than print!: a closed pipe (`| head`) becomes an
-    // error message instead of a panic.
+    // write_all rather than print!, which panics on a closed pipe. A
+    // reader that left (`| head`) is no failure, but an already-released
+    // order still ends non-zero: a script reads the exit code.
     let mut stdout = std::io::stdout().lock();
-    stdout.write_all(text.as_bytes())?;
-    stdout.flush()?;
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if reader_left(&e) => {}
+        written => written?,
+    }
     match released {
         Some(released) => Err(released.into()),
         None => Ok(()),
@@ -204,9 +210,17 @@ fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "warmpoolctl", &mut script);
     let mut stdout = std::io::stdout().lock();
-    stdout.write_all(&script)?;
-    stdout.flush()?;
-    Ok(())
+    match stdout.write_all(&script).and_then(|()| stdout.flush()) {
+        Err(e) if reader_left(&e) => Ok(()),
+        written => Ok(written?),
+    }
+}
+
+/// Whether a write to stdout failed because its reader has gone
+/// (`warmpoolctl watch | head`): it took what it wanted, so the command
+/// ends as done, quietly, rather than with "Broken pipe" as an error.
+fn reader_left(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::BrokenPipe
 }
 
 fn pool(pool: api::Pool) -> Rendered {

@@ -144,7 +144,8 @@ pub async fn run(client: &Client, format: OutputFormat) -> anyhow::Result<()> {
 }
 
 /// Shows `stream` on `out` until it ends or fails (either ends the view
-/// with an error: a live view has no natural end).
+/// with an error: a live view has no natural end), or until `out`'s reader
+/// goes.
 async fn show(
     mut stream: impl futures::Stream<Item = Result<api::PoolStatus, ClientError>> + Unpin,
     out: &mut impl Write,
@@ -177,7 +178,10 @@ async fn show(
             Some(after) => match tokio::time::timeout(after, stream.next()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    write_frame(out, &board.render(terminal, SystemTime::now()), terminal)?;
+                    let frame = board.render(terminal, SystemTime::now());
+                    if let Err(e) = write_frame(out, &frame, terminal) {
+                        return unless_reader_left(e);
+                    }
                     continue;
                 }
             },
@@ -189,8 +193,9 @@ async fn show(
             OutputFormat::Json => {
                 // One object per update, as it arrives: a log, not a view.
                 let line = serde_json::to_string(&to_json(PoolStatusView::from(&status)))?;
-                writeln!(out, "{line}")?;
-                out.flush()?;
+                if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+                    return unless_reader_left(e);
+                }
             }
             OutputFormat::Table => {
                 board.apply(status);
@@ -209,7 +214,10 @@ async fn show(
                 }
                 // What arrived before an error (a pool's last message at
                 // shutdown) is drawn before the error ends the view.
-                write_frame(out, &board.render(terminal, SystemTime::now()), terminal)?;
+                let frame = board.render(terminal, SystemTime::now());
+                if let Err(e) = write_frame(out, &frame, terminal) {
+                    return unless_reader_left(e);
+                }
                 if let Some(e) = failed {
                     return Err(failure(e, true));
                 }
@@ -217,6 +225,16 @@ async fn show(
         }
     }
     bail!("the server closed the watch stream")
+}
+
+/// How a view ends whose write failed: as done when its reader has gone
+/// (`| head`), the one natural end a live view has; else with the error.
+fn unless_reader_left(e: std::io::Error) -> anyhow::Result<()> {
+    if crate::reader_left(&e) {
+        Ok(())
+    } else {
+        Err(e.into())
+    }
 }
 
 #[cfg(test)]

@@ -448,6 +448,38 @@ async fn cli_watch_json_prints_one_object_per_update() {
     child.kill().await.unwrap();
 }
 
+/// `warmpoolctl watch | head`, `warmpoolctl pools | head -1`: a reader
+/// that leaves early ends the command quietly, exit 0 (it used to end with
+/// "error: Broken pipe (os error 32)", exit 1).
+#[tokio::test]
+async fn cli_stops_quietly_when_its_reader_leaves() {
+    let addr = start_fake().await;
+    for args in [
+        &["watch"][..],
+        &["watch", "--output", "json"],
+        &["pools"],
+        &["pools", "--output", "json"],
+        &["completions", "bash"],
+    ] {
+        let mut child = ctl(addr)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Closed before warmpoolctl writes anything: each write meets it,
+        // with no race against the pipe's buffer taking a whole answer.
+        drop(child.stdout.take());
+        let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("{args:?} went on after its reader left"))
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr, "", "{args:?}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+    }
+}
+
 /// A TCP proxy to `upstream` that can be frozen: from then on it passes
 /// nothing on, either way, and closes nothing, as a host that vanished
 /// (powered off, its packets dropped) does.

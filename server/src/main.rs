@@ -161,7 +161,7 @@ async fn run() -> anyhow::Result<()> {
         // pools are checked, as it names the one the daemon serves.
         let file = config.as_deref().or(args.config.as_deref());
         let config = config_with_overrides(&args, file)?;
-        std::process::exit(check_cloud(&config).await);
+        std::process::exit(check_cloud(&config).await?);
     }
     let mut config = daemon_config(&args)?;
     config.delete_unknown_servers = args.delete_unknown_servers;
@@ -306,8 +306,32 @@ fn reload(
     Ok(())
 }
 
-/// Prints the report; the exit code is 0 when every check passed.
-async fn check_cloud(config: &Config) -> i32 {
+/// Writes `text` to stdout. A reader that has gone (`| head -1`) took what
+/// it wanted: no error, so the command ends as its work says, exit code
+/// and all (print! would panic). Other failures (a full disk under
+/// `> file`) are errors.
+fn print_out(text: std::fmt::Arguments) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written,
+    }
+}
+
+/// `println!` through [`print_out`], in a function returning an
+/// `anyhow::Result`.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        print_out(format_args!("{}\n", format_args!($($arg)*)))
+            .context("cannot print to stdout")?
+    };
+}
+
+/// Prints the report; the exit code is 0 when every check passed, whether
+/// or not the report's reader stayed for all of it (`set -o pipefail`
+/// scripts read the code).
+async fn check_cloud(config: &Config) -> anyhow::Result<i32> {
     use warmpool_server::check_cloud::{check, check_embedded};
     let report = match &config.cloud {
         CloudConfig::OpenStack(os) => check(config, os).await.0,
@@ -316,17 +340,13 @@ async fn check_cloud(config: &Config) -> i32 {
             iops_throttled,
             seed,
         } => {
-            println!("cloud: embedded simulated cloud");
+            outln!("cloud: embedded simulated cloud");
             let cloud = warmpool_server::embedded_cloud(*time_scale, *iops_throttled, *seed);
             check_embedded(config, cloud.as_ref()).await
         }
     };
-    print!("{report}");
-    if report.passed() {
-        0
-    } else {
-        1
-    }
+    print_out(format_args!("{report}")).context("cannot print to stdout")?;
+    Ok(if report.passed() { 0 } else { 1 })
 }
 
 /// The record kinds `store set-aside` takes, named as `store check` shows
@@ -365,7 +385,7 @@ fn store_command(command: &StoreCommand, data_dir: &std::path::Path) -> anyhow::
                 .into_iter()
                 .partition(|record| record.kind == RecordKind::LearnedSizing);
             for record in &unreadable {
-                println!(
+                outln!(
                     "unreadable {} {}: {}",
                     record.kind.tree(),
                     record.key,
@@ -373,7 +393,7 @@ fn store_command(command: &StoreCommand, data_dir: &std::path::Path) -> anyhow::
                 );
             }
             for record in &kept {
-                println!(
+                outln!(
                     "note: {} {} cannot be read ({}): the daemon starts with it, sizing the pool \
                      from scratch, and keeps it for the version that wrote it; do not set it aside",
                     record.kind.tree(),
@@ -382,23 +402,23 @@ fn store_command(command: &StoreCommand, data_dir: &std::path::Path) -> anyhow::
                 );
             }
             for (kind, key) in repair.set_aside_records()? {
-                println!("set aside {} {key}", kind.tree());
+                outln!("set aside {} {key}", kind.tree());
             }
             match repair.cloud_identity()? {
-                Some(cloud) => println!("cloud: {cloud}"),
-                None => println!("cloud: none recorded yet (warmpoold records it when it starts)"),
+                Some(cloud) => outln!("cloud: {cloud}"),
+                None => outln!("cloud: none recorded yet (warmpoold records it when it starts)"),
             }
             if unreadable.is_empty() && kept.is_empty() {
-                println!("every record in {} can be read", data_dir.display());
+                outln!("every record in {} can be read", data_dir.display());
                 Ok(0)
             } else if unreadable.is_empty() {
-                println!(
+                outln!(
                     "every record warmpoold needs in {} can be read",
                     data_dir.display()
                 );
                 Ok(0)
             } else {
-                println!(
+                outln!(
                     "{} record(s) cannot be read: run the warmpoold version that wrote them, or \
                      `warmpoold store set-aside KIND KEY` for each",
                     unreadable.len()
@@ -410,11 +430,11 @@ fn store_command(command: &StoreCommand, data_dir: &std::path::Path) -> anyhow::
             let kind = *kind;
             match repair.set_aside(kind, key)? {
                 SetAside::Moved => {
-                    println!("set aside {} {key}", kind.tree());
+                    outln!("set aside {} {key}", kind.tree());
                     Ok(0)
                 }
                 SetAside::AlreadySetAside => {
-                    println!("{} {key} is already set aside", kind.tree());
+                    outln!("{} {key} is already set aside", kind.tree());
                     Ok(0)
                 }
                 SetAside::NoSuchRecord => {

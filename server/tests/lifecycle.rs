@@ -1283,6 +1283,55 @@ async fn check_cloud_checks_the_embedded_clouds_pools_and_names_a_missing_store(
     );
 }
 
+/// `warmpoold check-cloud | head -1`, `warmpoold store check | head -1`:
+/// a reader that leaves early ends the report quietly (`println!` used to
+/// panic, "failed printing to stdout: Broken pipe", exit 101), and the
+/// exit code stays the check's, which a script under `set -o pipefail`
+/// reads.
+#[test]
+fn a_report_into_a_closed_pipe_ends_quietly_with_the_checks_exit_code() {
+    let data = tempfile::tempdir().unwrap();
+    let failing = data.path().join("bad.toml");
+    std::fs::write(
+        &failing,
+        "[cloud]\nkind = \"embedded\"\n\n[[pools]]\nflavor = \"db.tiny\"\navailability_zone = \"az1\"\nimage = \"mysql-8.0\"\nmin_ready = 0\nmax_ready = 1\n",
+    )
+    .unwrap();
+    let no_store = data.path().join("no-store");
+    let store_dir = data.path().join("store");
+    drop(SledStore::open(&store_dir).unwrap());
+    let runs: [(&[&std::ffi::OsStr], i32); 3] = [
+        (&[no_store.as_ref(), "check-cloud".as_ref()], 0),
+        (
+            &[
+                no_store.as_ref(),
+                "check-cloud".as_ref(),
+                "--config".as_ref(),
+                failing.as_ref(),
+            ],
+            1,
+        ),
+        (&[store_dir.as_ref(), "store".as_ref(), "check".as_ref()], 0),
+    ];
+    for (args, code) in runs {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+            .arg("--data-dir")
+            .args(args)
+            .env_remove("WARMPOOL_CONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Closed before warmpoold writes a line: each write meets it, with
+        // no race against the pipe's buffer taking the whole report.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr, "", "{args:?}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+    }
+}
+
 /// warmpoold's log is plain text when it goes to a pipe or a file
 /// (journald, `kubectl logs`), with no colour codes, NO_COLOR or not
 /// ([`serving_daemon`] leaves NO_COLOR as the test runner has it).
