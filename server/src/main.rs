@@ -11,8 +11,10 @@ use warmpool_server::config::{CloudConfig, Config};
 #[derive(Parser, Debug, Clone)]
 #[command(name = "warmpoold", version)]
 struct Args {
-    /// TOML config file; without one, warmpoold runs the embedded demo cloud.
-    #[arg(long, env = "WARMPOOL_CONFIG")]
+    /// TOML config file; without one, warmpoold runs the embedded demo
+    /// cloud. `check-cloud` and `store` take it too, before or after the
+    /// subcommand; a flag beats WARMPOOL_CONFIG.
+    #[arg(long, global = true, env = "WARMPOOL_CONFIG")]
     config: Option<PathBuf>,
     /// gRPC listen address (overrides the file).
     #[arg(long, value_parser = warmpool_server::config::parse_socket_addr)]
@@ -53,13 +55,7 @@ enum Command {
     /// --data-dir), unless a
     /// running warmpoold holds it, and the configured ones it lacks. One
     /// line per check; exits 1 if any fails.
-    CheckCloud {
-        /// TOML config file (the daemon's); the same as --config before the
-        /// subcommand, which WARMPOOL_CONFIG stands in for (a flag beats
-        /// the environment).
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
+    CheckCloud,
     /// Mend a store warmpoold cannot open because of a record it cannot
     /// read (one a newer version wrote, a damaged disk). Stop warmpoold
     /// first. The store is the config's data_dir, or --data-dir.
@@ -122,7 +118,7 @@ async fn run() -> anyhow::Result<()> {
     let args = parse_args();
     // check-cloud prints its own report; only errors are logged beside it.
     let default_filter = match args.command {
-        Some(Command::CheckCloud { .. } | Command::Store(_)) => "error",
+        Some(Command::CheckCloud | Command::Store(_)) => "error",
         None => "info,sled=warn,h2=warn,tower=warn",
     };
     // Colour only for a person at a terminal: journald, `kubectl logs` and
@@ -146,7 +142,7 @@ async fn run() -> anyhow::Result<()> {
         start_flags.iter().find(|(_, given)| *given),
     ) {
         let name = match command {
-            Command::CheckCloud { .. } => "check-cloud",
+            Command::CheckCloud => "check-cloud",
             Command::Store(_) => "store",
         };
         Args::command()
@@ -156,11 +152,10 @@ async fn run() -> anyhow::Result<()> {
             )
             .exit();
     }
-    if let Some(Command::CheckCloud { config }) = &args.command {
+    if let Some(Command::CheckCloud) = &args.command {
         // With the daemon's overrides: `--data-dir` names the store whose
         // pools are checked, as it names the one the daemon serves.
-        let file = config.as_deref().or(args.config.as_deref());
-        let config = config_with_overrides(&args, file)?;
+        let config = daemon_config(&args)?;
         std::process::exit(check_cloud(&config).await?);
     }
     let mut config = daemon_config(&args)?;
@@ -223,23 +218,15 @@ async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The daemon's config: the file (or the embedded demo's defaults) with
-/// the command line's overrides; read at start and again on SIGHUP.
+/// The config in `--config`'s file (or the embedded demo's defaults) with
+/// the command line's overrides (`--listen`, `--metrics-listen`,
+/// `--data-dir`), checked as a whole: what a daemon started with the same
+/// file and flags runs with. The daemon's (at start and again on SIGHUP),
+/// `check-cloud`'s and `store`'s one way to their config.
 fn daemon_config(args: &Args) -> Result<Config, warmpool_server::config::ConfigError> {
-    config_with_overrides(args, args.config.as_deref())
-}
-
-/// The config in `file` (or the embedded demo's defaults) with the command
-/// line's overrides (`--listen`, `--metrics-listen`, `--data-dir`), checked
-/// as a whole: what a daemon started with the same file and flags runs
-/// with. The daemon's and `check-cloud`'s one way to their config.
-fn config_with_overrides(
-    args: &Args,
-    file: Option<&std::path::Path>,
-) -> Result<Config, warmpool_server::config::ConfigError> {
     let overridden =
         |config: Config| config.overridden(args.listen, args.metrics_listen, args.data_dir.clone());
-    match file {
+    match &args.config {
         Some(path) => overridden(Config::read(path)?).map_err(|e| e.in_file(path)),
         None => overridden(Config::default()),
     }

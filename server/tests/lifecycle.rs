@@ -777,6 +777,58 @@ fn the_store_commands_name_a_data_dir_they_cannot_look_into() {
     }
 }
 
+/// The store commands take `--config` before or after the subcommand, as
+/// `check-cloud` does and as `--data-dir` is taken (after it, clap used
+/// to refuse it: "unexpected argument '--config' found"); the store is
+/// the file's data_dir.
+#[test]
+fn the_store_commands_take_the_config_flag_after_the_subcommand() {
+    let data = tempfile::tempdir().unwrap();
+    let store_dir = data.path().join("empty");
+    std::fs::create_dir(&store_dir).unwrap();
+    let config_file = data.path().join("warmpoold.toml");
+    std::fs::write(
+        &config_file,
+        format!("data_dir = {:?}\n", store_dir.display().to_string()),
+    )
+    .unwrap();
+    let config = config_file.as_os_str();
+    for args in [
+        &[
+            "store".as_ref(),
+            "check".as_ref(),
+            "--config".as_ref(),
+            config,
+        ][..],
+        &[
+            "--config".as_ref(),
+            config,
+            "store".as_ref(),
+            "check".as_ref(),
+        ],
+        &[
+            "store".as_ref(),
+            "--config".as_ref(),
+            config,
+            "set-aside".as_ref(),
+            "allocations".as_ref(),
+            "order-1".as_ref(),
+        ],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+            .args(args)
+            .env_remove("WARMPOOL_CONFIG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("no store in {}", store_dir.display())),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
 /// `--delete-unknown-servers` and `--adopt-cloud` are for the daemon's
 /// start: given with a subcommand, which would ignore them, they are
 /// refused as a usage error before anything runs.
