@@ -771,20 +771,19 @@ impl OpenStackConfig {
     /// `OS_*` variables. clouds.yaml (and secure.yaml) are read here
     /// rather than by osauth, which ignores `OS_CLIENT_CONFIG_FILE`.
     fn auth(&self) -> Result<pool_manager::openstack::CloudConfig, ConfigError> {
-        self.auth_with(std::env::var("OS_CLOUD").ok())
+        self.auth_in(&|name| std::env::var_os(name))
     }
 
-    /// [`Self::auth`] with `OS_CLOUD`'s value given.
-    fn auth_with(
-        &self,
-        os_cloud: Option<String>,
-    ) -> Result<pool_manager::openstack::CloudConfig, ConfigError> {
+    /// [`Self::auth`] with the environment read through `env` (osauth's
+    /// own loading and secure.yaml's search read the process's).
+    fn auth_in(&self, env: &Env) -> Result<pool_manager::openstack::CloudConfig, ConfigError> {
+        let os_cloud = env("OS_CLOUD").map(|c| c.to_string_lossy().into_owned());
         let env_cloud = os_cloud.clone().filter(|c| !c.is_empty());
         match self.cloud.clone().or(env_cloud) {
             Some(name) => {
                 let path = match &self.clouds_yaml {
                     Some(path) => path.clone(),
-                    None => find_clouds_yaml()?,
+                    None => find_clouds_yaml(env)?,
                 };
                 clouds_yaml_entry(&path, &name)
             }
@@ -808,6 +807,16 @@ impl OpenStackConfig {
             None if os_cloud.is_some() => Err(ConfigError::Invalid(
                 "cloud: OS_CLOUD is set but empty; name the clouds.yaml entry in `cloud` or OS_CLOUD, or unset OS_CLOUD to log in with the other OS_* variables".into(),
             )),
+            // Nothing says where to log in: osauth would go on, and its
+            // login fail with "configuration file cannot be found or is
+            // invalid", blaming a clouds.yaml that may be fine. (OS_ENDPOINT
+            // alone serves auth_type "none".)
+            None if ["OS_AUTH_URL", "OS_ENDPOINT"]
+                .iter()
+                .all(|name| env(name).is_none_or(|v| v.is_empty())) =>
+            {
+                Err(no_cloud_named(env))
+            }
             None => pool_manager::openstack::CloudConfig::from_env().map_err(|e| {
                 ConfigError::Invalid(format!(
                     "cloud: no `cloud` named and the OS_* environment variables are unusable: {e}"
@@ -817,30 +826,55 @@ impl OpenStackConfig {
     }
 }
 
+/// The error for a `[cloud]` that names no clouds.yaml entry where neither
+/// OS_CLOUD nor OS_AUTH_URL is set: the ways to name one, with the entries
+/// of the clouds.yaml the search finds.
+fn no_cloud_named(env: &Env) -> ConfigError {
+    let entries = match clouds_yaml_candidates(env).iter().find(|p| p.is_file()) {
+        Some(path) => match clouds_yaml_names(path) {
+            Ok(names) if names.is_empty() => format!(" ({} has no entries)", path.display()),
+            Ok(names) => format!(" ({} has: {})", path.display(), names.join(", ")),
+            Err(e) => format!(" ({e})"),
+        },
+        None => String::new(),
+    };
+    ConfigError::Invalid(format!(
+        "cloud: no cloud named to log in to: [cloud] has no `cloud`, and neither OS_CLOUD nor \
+         OS_AUTH_URL is set; set `cloud = \"NAME\"` in [cloud] to a clouds.yaml entry{entries}, \
+         or OS_CLOUD to one, or the OS_* variables (OS_AUTH_URL, OS_USERNAME, OS_PASSWORD, \
+         OS_PROJECT_NAME, ...: an openrc file sets them)"
+    ))
+}
+
+/// An environment variable's value, by name: the process's, or a test's.
+type Env = dyn Fn(&str) -> Option<std::ffi::OsString>;
+
 /// Where clouds.yaml is looked for when `clouds_yaml` is not set: the
 /// openstack CLI's order.
-fn clouds_yaml_candidates() -> Vec<PathBuf> {
-    openstack_file_candidates("OS_CLIENT_CONFIG_FILE", "clouds.yaml")
+fn clouds_yaml_candidates(env: &Env) -> Vec<PathBuf> {
+    openstack_file_candidates("OS_CLIENT_CONFIG_FILE", "clouds.yaml", env)
 }
 
 /// Where secure.yaml is looked for (whether or not `clouds_yaml` is set):
 /// the openstack CLI's order, as for clouds.yaml; the first found is read.
 fn secure_yaml_candidates() -> Vec<PathBuf> {
-    openstack_file_candidates("OS_CLIENT_SECURE_FILE", "secure.yaml")
+    openstack_file_candidates("OS_CLIENT_SECURE_FILE", "secure.yaml", &|name| {
+        std::env::var_os(name)
+    })
 }
 
 /// `file` at the variable's path, then in ./, the user's
 /// ~/.config/openstack and /etc/openstack.
-fn openstack_file_candidates(variable: &str, file: &str) -> Vec<PathBuf> {
+fn openstack_file_candidates(variable: &str, file: &str, env: &Env) -> Vec<PathBuf> {
     let mut found = Vec::new();
-    if let Some(path) = std::env::var_os(variable).filter(|f| !f.is_empty()) {
+    if let Some(path) = env(variable).filter(|f| !f.is_empty()) {
         found.push(PathBuf::from(path));
     }
     found.push(PathBuf::from(file));
-    let config_home = std::env::var_os("XDG_CONFIG_HOME")
+    let config_home = env("XDG_CONFIG_HOME")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+        .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".config")));
     if let Some(dir) = config_home {
         found.push(dir.join("openstack").join(file));
     }
@@ -848,8 +882,8 @@ fn openstack_file_candidates(variable: &str, file: &str) -> Vec<PathBuf> {
     found
 }
 
-fn find_clouds_yaml() -> Result<PathBuf, ConfigError> {
-    let candidates = clouds_yaml_candidates();
+fn find_clouds_yaml(env: &Env) -> Result<PathBuf, ConfigError> {
+    let candidates = clouds_yaml_candidates(env);
     candidates
         .iter()
         .find(|p| p.is_file())
@@ -2559,7 +2593,10 @@ mod tests {
         let CloudConfig::OpenStack(os) = config.cloud else {
             unreachable!()
         };
-        let err = os.auth_with(Some(String::new())).unwrap_err().to_string();
+        let err = os
+            .auth_in(&env(&[("OS_CLOUD", "")]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("OS_CLOUD is set but empty"), "{err}");
     }
 
@@ -2587,7 +2624,7 @@ mod tests {
             };
             os
         };
-        let err = os(&clouds).auth_with(None).unwrap_err().to_string();
+        let err = os(&clouds).auth_in(&env(&[])).unwrap_err().to_string();
         assert!(
             err.contains("[cloud] cloud")
                 && err.contains(&clouds.display().to_string())
@@ -2596,16 +2633,82 @@ mod tests {
         );
         // OS_CLOUD names the entry as `cloud` would.
         let err = os(&clouds)
-            .auth_with(Some("nowhere".into()))
+            .auth_in(&env(&[("OS_CLOUD", "nowhere")]))
             .unwrap_err()
             .to_string();
         assert!(err.contains("has no cloud named 'nowhere'"), "{err}");
         // A file that is not there says so.
         let missing = dir.path().join("missing.yaml");
-        let err = os(&missing).auth_with(None).unwrap_err().to_string();
+        let err = os(&missing).auth_in(&env(&[])).unwrap_err().to_string();
         assert!(
             err.contains("[cloud] cloud") && err.contains(&missing.display().to_string()),
             "{err}"
+        );
+    }
+
+    /// An environment with only `vars` set, for [`OpenStackConfig::auth_in`].
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<std::ffi::OsString> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.into())
+    }
+
+    /// No cloud named (no `cloud`, no OS_CLOUD) and no OS_AUTH_URL: osauth
+    /// was left to log in with nothing, and its "configuration file cannot
+    /// be found or is invalid: Password authentication requires an
+    /// authentication URL" blamed a clouds.yaml that was fine. Said as it
+    /// is, with the fixes, and the entries of the clouds.yaml found.
+    #[test]
+    fn no_cloud_named_and_no_auth_url_names_the_fixes() {
+        let dir = tempfile::tempdir().unwrap();
+        let clouds = dir.path().join("clouds.yaml");
+        std::fs::write(
+            &clouds,
+            "clouds:\n  prod:\n    auth: {auth_url: 'http://k'}\n  staging:\n    auth: {auth_url: 'http://k'}\n",
+        )
+        .unwrap();
+        let home = dir.path().join("home");
+        let config =
+            Config::parse("[cloud]\nkind = \"openstack\"\nmanagement_network = \"n\"").unwrap();
+        let CloudConfig::OpenStack(os) = config.cloud else {
+            unreachable!()
+        };
+        let clouds_path = clouds.display().to_string();
+        let home_path = home.display().to_string();
+        let found = env(&[
+            ("OS_CLIENT_CONFIG_FILE", &clouds_path),
+            ("HOME", &home_path),
+        ]);
+        let err = os.auth_in(&found).unwrap_err().to_string();
+        for part in [
+            "no cloud named",
+            "OS_AUTH_URL",
+            "cloud = \"NAME\"",
+            "OS_CLOUD",
+            &format!("{clouds_path} has: prod, staging"),
+        ] {
+            assert!(err.contains(part), "{part:?}: {err}");
+        }
+        assert!(!err.contains("configuration file"), "{err}");
+        // No clouds.yaml anywhere: the fixes, without entries to list.
+        let err = os
+            .auth_in(&env(&[("HOME", &home_path)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no cloud named") && err.contains("cloud = \"NAME\""),
+            "{err}"
+        );
+        // OS_AUTH_URL set: the OS_* variables are meant, as before.
+        let meant = os.auth_in(&env(&[("OS_AUTH_URL", "http://k/v3")]));
+        assert!(
+            meant
+                .as_ref()
+                .err()
+                .is_none_or(|e| !e.to_string().contains("no cloud named")),
+            "{meant:?}"
         );
     }
 
