@@ -671,7 +671,7 @@ impl PoolManager {
             // over unasked: the refusal it disables protects every start.
             tracing::warn!(
                 cloud = %current,
-                "adopt_cloud is set, but the store serves this cloud already (or records it now): the flag is for one start, to move a store to another cloud; remove it, or a later start on a store of another cloud takes that store over unasked"
+                "--adopt-cloud is set, but the store serves this cloud already (or records it now): the flag is for one start, to move a store to another cloud; remove it, or a later start on a store of another cloud takes that store over unasked"
             );
         }
         match recorded {
@@ -687,7 +687,7 @@ impl PoolManager {
                     tracing::warn!(
                         %recorded,
                         %current,
-                        "the store served {recorded}: as adopt_cloud asks, it is to serve {current}, recorded once the start-up reconcile finds no pool server here the store has no record of"
+                        "the store served {recorded}: as --adopt-cloud asks, it is to serve {current}, recorded once the start-up reconcile finds no pool server here the store has no record of"
                     );
                     *shared.adopting.lock().expect("adopting lock") = Some(current.clone());
                     return Ok(current);

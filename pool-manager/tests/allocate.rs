@@ -2741,7 +2741,7 @@ async fn an_adopted_store_takes_no_server_it_does_not_know_for_a_leak_unless_tol
 /// StatefulSet's args), it would let a later start on a store of another
 /// cloud take that store over unasked. A start with it on a store that
 /// serves this cloud already, or records its first, warns once to remove
-/// it.
+/// it, naming the flag, `--adopt-cloud`.
 #[tokio::test(start_paused = true)]
 async fn adopt_cloud_left_set_on_a_store_of_this_cloud_is_warned_of() {
     use pool_manager::cloud::CloudIdentity;
@@ -2760,9 +2760,15 @@ async fn adopt_cloud_left_set_on_a_store_of_this_cloud_is_warned_of() {
         let text = logs.text()[before..].to_owned();
         let warned: Vec<&str> = text
             .lines()
-            .filter(|l| l.contains(" WARN ") && l.contains("adopt_cloud"))
+            .filter(|l| l.contains(" WARN ") && l.contains("adopt"))
             .collect();
         assert_eq!(warned.len(), 1, "recorded {recorded:?}:\n{text}");
+        // Named as the operator gave it, not by the settings' field.
+        assert!(
+            warned[0].contains("--adopt-cloud is set") && !warned[0].contains("adopt_cloud"),
+            "{}",
+            warned[0]
+        );
         for part in ["one start", "remove"] {
             assert!(warned[0].contains(part), "{part:?} not in: {}", warned[0]);
         }

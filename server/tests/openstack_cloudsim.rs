@@ -2893,7 +2893,7 @@ async fn a_store_of_another_cloud_is_refused_until_adopted() {
     let (child, log) = serving(warmpoold(&["--adopt-cloud"])).await;
     let adopted = log
         .lines()
-        .find(|l| l.contains("as adopt_cloud asks"))
+        .find(|l| l.contains("as --adopt-cloud asks"))
         .unwrap_or_else(|| panic!("the adoption is not logged: {log}"));
     assert!(adopted.contains(" WARN "), "{adopted}");
     assert_eq!(terminate(child).await, Some(0), "{log}");
