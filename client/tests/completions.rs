@@ -53,10 +53,10 @@ fn an_unknown_shell_is_a_usage_error() {
 }
 
 /// `warmpoolctl ... | head` that `head` left: writing fails with "Broken
-/// pipe", which is the shell's doing, not a TLS mismatch with a daemon, and
-/// gets no hint saying it is.
+/// pipe", the reader's doing (it took what it wanted), not a failure and
+/// not a TLS mismatch with a daemon: the command ends quietly, done.
 #[test]
-fn a_closed_stdout_is_an_error_without_a_tls_hint() {
+fn a_closed_stdout_ends_quietly_without_a_tls_hint() {
     let (reader, writer) = std::io::pipe().unwrap();
     // Closed before the first write: that write fails, whatever the timing.
     drop(reader);
@@ -66,9 +66,9 @@ fn a_closed_stdout_is_an_error_without_a_tls_hint() {
         .output()
         .expect("warmpoolctl runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.to_ascii_lowercase().contains("broken pipe"),
+        !stderr.to_ascii_lowercase().contains("broken pipe"),
         "{stderr}"
     );
     assert!(!stderr.contains("hint:"), "{stderr}");
