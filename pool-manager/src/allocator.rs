@@ -1,7 +1,10 @@
 //! Allocate and Release.
 //!
-//! An allocation is recorded (state `Allocating`) before any cloud call,
-//! keyed by its request id; then the tenant's new volume and port are
+//! An allocation is recorded (state `Allocating`) before any cloud call
+//! that changes anything, keyed by its request id (before it, the tenant's
+//! existing volume is only looked at, the request id marked in flight so
+//! that GetAllocation and Release say "in progress"); then the tenant's new
+//! volume and port are
 //! created (so a request the cloud refuses costs no warm instance), a Ready
 //! instance is claimed by compare-and-swap, its mysqld is probed once
 //! more (it may have died since it went Ready), volume and port are attached
@@ -157,10 +160,22 @@ impl PoolManager {
     /// The allocation as stored, once what was read is on disk: a commit
     /// read while its flush is under way must not be reported before a
     /// crash could still undo it.
+    ///
+    /// An order whose Allocate is still checking it (the tenant's volume,
+    /// retried through Cinder's 5xx) has no record yet, and is in progress,
+    /// not unknown: billing told NOT_FOUND would close an order that Allocate
+    /// may yet sell. Looked at before the read as well as after it, so an
+    /// Allocate that writes its record and answers in between is not missed.
     pub async fn get_allocation(&self, request_id: &str) -> ManagerResult<Allocation> {
         validate_request_id(request_id)?;
+        let allocating = InFlight::holds(&self.shared, request_id);
         let Some(allocation) = self.shared.store.get_allocation(request_id).await? else {
             self.shared.refuse_if_set_aside(request_id).await?;
+            if allocating || InFlight::holds(&self.shared, request_id) {
+                return Err(ManagerError::TryAgain(format!(
+                    "allocation {request_id} is still in progress (its Allocate is checking the order and has not recorded it yet); call again once Allocate has answered"
+                )));
+            }
             return Err(ManagerError::AllocationNotFound(request_id.to_string()));
         };
         self.shared
@@ -399,8 +414,10 @@ impl Record<'_> {
 }
 
 /// Marks a request id as being worked on for as long as it lives, also when
-/// the Allocate future is dropped. Counted, because two calls with one id
-/// both hold one while they race to create the record.
+/// the Allocate future is dropped: from before the Allocate's first cloud
+/// call (the check of the tenant's volume) until it has answered. Counted,
+/// because two calls with one id both hold one while they race to create
+/// the record.
 struct InFlight<'a> {
     shared: &'a Shared,
     request_id: String,
@@ -419,6 +436,17 @@ impl<'a> InFlight<'a> {
             shared,
             request_id: request_id.to_string(),
         }
+    }
+}
+
+impl InFlight<'_> {
+    /// Whether an Allocate of this process works on `request_id` now.
+    fn holds(shared: &Shared, request_id: &str) -> bool {
+        shared
+            .in_flight
+            .lock()
+            .expect("in-flight lock")
+            .contains_key(request_id)
     }
 }
 
@@ -1031,6 +1059,13 @@ impl Shared {
                     .await;
                 return Err(refused);
             }
+            // In flight before the record exists: a reconcile pass must never
+            // see this Allocating record unclaimed and roll it back. And
+            // before the volume's check, which may retry Cinder up to the
+            // deadline: a GetAllocation or Release meanwhile answers "in
+            // progress", not NOT_FOUND. The check writes nothing to the
+            // cloud, so nothing needs the record before it.
+            let in_flight = InFlight::enter(self, &params.request_id);
             if let Err(e) = self.fence_volume(params, deadline).await {
                 self.count_refusal(&params.pool, &params.request_id, &e, started)
                     .await;
@@ -1038,9 +1073,6 @@ impl Shared {
             }
             let salt = rand::Rng::gen(&mut *self.attempt_salts.lock().expect("attempt salt lock"));
             let allocation = Allocation::new(params.clone(), salt);
-            // In flight before the record exists: a reconcile pass must never
-            // see this Allocating record unclaimed and roll it back.
-            let in_flight = InFlight::enter(self, &params.request_id);
             if self.store.cas_allocation(None, Some(&allocation)).await? {
                 if let Err(e) = self.store.flush().await {
                     // Nothing was done on its strength: take it back, so a

@@ -1399,6 +1399,55 @@ async fn a_duplicate_allocate_that_outwaits_its_deadline_says_try_again() {
     assert_eq!(allocation.state, AllocationState::Allocated);
 }
 
+/// Before an Allocate writes its record it checks the tenant's existing
+/// volume, retrying Cinder's 5xx up to its deadline. A Release or a
+/// GetAllocation of the order meanwhile used to answer NOT_FOUND: billing,
+/// cancelling the order, would close it, and the Allocate then succeed,
+/// a database billing thinks never existed. Both say to call again
+/// (UNAVAILABLE), as once the record is written.
+#[tokio::test(start_paused = true)]
+async fn an_order_whose_allocate_checks_its_volume_is_in_progress_not_unknown() {
+    let sim = sim();
+    let (cloud, failing) = GatedCloud::failing_next(
+        &sim,
+        "get_volume",
+        pool_manager::cloud::CloudError::Transient("HTTP 503".into()),
+    );
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let volume_id = sim.create_volume_for_test("tenant-a", "az1", 10);
+    failing.store(1000, Ordering::SeqCst);
+    let first = spawn_allocate(
+        &manager,
+        request(
+            "order-f",
+            VolumeSource::Existing { volume_id },
+            EmptyPoolPolicy::FailFast,
+        ),
+    );
+    // Until the volume check has been refused a few times.
+    while failing.load(Ordering::SeqCst) > 995 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(manager.list_allocations().await.unwrap().is_empty());
+    let in_progress = |err: &ManagerError| matches!(err, ManagerError::TryAgain(m) if m.contains("order-f") && m.contains("still in progress"));
+    let err = manager.release("order-f", None).await.unwrap_err();
+    assert!(in_progress(&err), "{err:?}");
+    let err = manager.get_allocation("order-f").await.unwrap_err();
+    assert!(in_progress(&err), "{err:?}");
+
+    failing.store(0, Ordering::SeqCst);
+    let allocation = first.await.unwrap().expect("the Allocate's answer");
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    let released = manager.release("order-f", None).await.unwrap();
+    assert_eq!(released.state, AllocationState::Released);
+    // An order no Allocate is working on is unknown.
+    assert!(matches!(
+        manager.get_allocation("order-g").await.unwrap_err(),
+        ManagerError::AllocationNotFound(_)
+    ));
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A reconcile pass probes the pool's Ready instances: one whose mysqld
 /// died after it went Ready is replaced once it has been silent on two
 /// passes in a row (one silent pass may be mysqld restarting), so the pool's
