@@ -704,15 +704,28 @@ fn with_more(error: ManagerError, more: impl std::fmt::Display) -> ManagerError 
 /// that `failed`: the try's failure, with its status. For want of an
 /// instance the caller was told only that the pool had none
 /// (RESOURCE_EXHAUSTED, counted as a miss), though the failed try, not
-/// the pool, failed the purchase, and the failure was lost.
-fn no_other_instance(error: ManagerError, failed: Option<ManagerError>) -> ManagerError {
-    match (failed, &error) {
-        (
-            Some(failed),
-            ManagerError::ResourceExhausted(_) | ManagerError::Cloud(CloudError::QuotaExceeded(_)),
-        ) => with_more(
+/// the pool, failed the purchase, and the failure was lost. An instance
+/// found `dead` at its claim failed nothing of the request: the want of an
+/// instance stays the answer (a retry is served once the pool has one),
+/// saying what became of it. Answered as the probe's FAILED_PRECONDITION,
+/// billing would drop the order as its own to mend.
+fn no_other_instance(
+    error: ManagerError,
+    failed: Option<ManagerError>,
+    dead: Option<ManagerError>,
+) -> ManagerError {
+    let none_had = matches!(
+        error,
+        ManagerError::ResourceExhausted(_) | ManagerError::Cloud(CloudError::QuotaExceeded(_))
+    );
+    match (failed, dead) {
+        (Some(failed), _) if none_had => with_more(
             failed,
             format_args!("its instance was discarded, and no other could be had: {error}"),
+        ),
+        (None, Some(dead)) if none_had => with_more(
+            error,
+            format_args!("the instance claimed was discarded, as {dead}"),
         ),
         _ => error,
     }
@@ -1340,9 +1353,12 @@ impl Shared {
         // Over tries too: a purchase that waited for an instance to become
         // Ready did not find one on arrival, whichever try it is served by.
         let mut waited_for_ready = false;
-        // The failure of the last try, once one failed: what the purchase
-        // answers if it gets no other instance.
+        // The failure of the last try of the request, once one failed: what
+        // the purchase answers if it gets no other instance.
         let mut last_failure: Option<ManagerError> = None;
+        // The last instance found dead at its claim: no try of the request,
+        // so never the purchase's answer, only said beside it.
+        let mut last_dead: Option<ManagerError> = None;
         let mut discarded = 0u32;
         loop {
             let wait_started = Instant::now();
@@ -1356,7 +1372,7 @@ impl Shared {
                     own_port,
                 )
                 .await
-                .map_err(|e| no_other_instance(e, last_failure.take()))?;
+                .map_err(|e| no_other_instance(e, last_failure.take(), last_dead.take()))?;
             let waited = wait_started.elapsed();
             let warm = from_ready && !waited_for_ready;
             record
@@ -1506,12 +1522,20 @@ impl Shared {
                         ));
                     }
                     if Instant::now() >= deadline {
+                        let passed = "the purchase's deadline passed before another instance could be tried: call again, with a longer timeout if need be";
+                        if !request_tried {
+                            let none = ManagerError::ResourceExhausted(passed.to_owned());
+                            return Err(no_other_instance(none, last_failure, Some(error)));
+                        }
                         return Err(with_more(
                             error,
-                            "its instance was discarded, and the purchase's deadline passed before another could be tried: call again, with a longer timeout if need be",
+                            format_args!("its instance was discarded, and {passed}"),
                         ));
                     }
-                    last_failure = Some(error);
+                    match request_tried {
+                        true => last_failure = Some(error),
+                        false => last_dead = Some(error),
+                    }
                     // Looked at before the next claim: a volume the failed
                     // attach left error_attaching for good would fail the
                     // next try only once it had claimed another warm

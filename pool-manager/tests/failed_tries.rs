@@ -78,6 +78,35 @@ async fn dead_mysqlds_at_the_claim_do_not_count_toward_the_limit() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A dead mysqld found at the claim is the instance's alone: nothing of
+/// the request was tried on it. With no other instance to be had, the
+/// purchase answers that it got none, RESOURCE_EXHAUSTED (counted
+/// exhausted), naming the silent instance; it used to answer the probe's
+/// FAILED_PRECONDITION, which billing reads as "mend the order" and drops
+/// though a retry would be served.
+#[tokio::test(start_paused = true)]
+async fn a_dead_mysqld_at_the_claim_and_no_other_instance_is_exhausted() {
+    for policy in [EmptyPoolPolicy::FailFast, EmptyPoolPolicy::Wait] {
+        let sim = sim();
+        let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 1).await;
+        let silent = sim.servers().pop().unwrap().server.id;
+        assert!(sim.stop_mysqld(&silent));
+
+        let err = manager
+            .allocate(request("order-1", new_volume(), policy))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ManagerError::ResourceExhausted(m) if m.contains("does not answer")),
+            "{policy:?}: {err}"
+        );
+        let record = manager.get_pool(&pool()).await.unwrap().record;
+        assert_eq!(record.allocations_exhausted, 1, "{policy:?}: {record:?}");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_consistent(&sim, &manager).await;
+    }
+}
+
 /// A cold-boot purchase meeting such a failure used to cold-boot and
 /// discard one server after another until its deadline (17 boots in ten
 /// minutes); it stops after the second.
