@@ -1289,10 +1289,8 @@ impl Shared {
     /// says nothing, and the volume stays the caller's to detach.
     async fn passing_unavailability(&self, volume: &Volume) -> Option<ManagerError> {
         let id = &volume.id;
-        if let Some(doing) = passing_volume_state(&volume.status) {
-            return Some(ManagerError::TryAgain(format!(
-                "volume {id} is {doing}; ask again once it is available"
-            )));
+        if let Some(passing) = passing_state_refusal(id, &volume.status) {
+            return Some(passing);
         }
         match volume.status {
             VolumeStatus::InUse | VolumeStatus::Attaching if !volume.attached_to.is_empty() => {}
@@ -2413,6 +2411,13 @@ impl Shared {
                         )),
                     )));
                 }
+                // Cinder began something that ends by itself (a backup, a
+                // migration) since the fence let the volume through: to be
+                // asked again, as the same state at the fence is, not
+                // refused as the caller's to mend.
+                if let Some(passing) = passing_state_refusal(volume_id, &volume.status) {
+                    return Err(AttemptError::Request(passing));
+                }
                 if let Phase::BeforeAttach { created, .. } = phase {
                     return Err(AttemptError::Request(not_attachable_after_a_try(
                         volume_id,
@@ -3178,8 +3183,6 @@ struct VolumeBefore<'a> {
     discarded_servers: &'a [String],
 }
 
-/// FAILED_PRECONDITION for a tenant's volume that is not `available`,
-/// saying what its status means for the caller.
 /// What Cinder is doing to a volume in a state that ends by itself (in the
 /// state the volume had before: available, or in-use), as a message says
 /// it; `None` for a state that lasts (in-use, error, awaiting a transfer
@@ -3198,6 +3201,16 @@ fn passing_volume_state(status: &VolumeStatus) -> Option<&'static str> {
             _ => return None,
         },
         _ => return None,
+    })
+}
+
+/// UNAVAILABLE for a volume in a state that ends by itself
+/// ([`passing_volume_state`]), at the fence or at the attach alike.
+fn passing_state_refusal(volume_id: &str, status: &VolumeStatus) -> Option<ManagerError> {
+    passing_volume_state(status).map(|doing| {
+        ManagerError::TryAgain(format!(
+            "volume {volume_id} is {doing}; ask again once it is available"
+        ))
     })
 }
 
@@ -3227,6 +3240,9 @@ fn refuse_if_another_tenants(volume: &Volume, tenant: &str) -> ManagerResult<()>
     Ok(())
 }
 
+/// FAILED_PRECONDITION for a tenant's volume that is not `available`,
+/// saying what its status means for the caller (a state that ends by
+/// itself is [`passing_state_refusal`]'s first).
 fn not_attachable(volume_id: &str, status: &VolumeStatus) -> ManagerError {
     let why = match status {
         VolumeStatus::InUse | VolumeStatus::Attaching => {

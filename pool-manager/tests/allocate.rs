@@ -1448,6 +1448,54 @@ async fn an_order_whose_allocate_checks_its_volume_is_in_progress_not_unknown() 
     assert_consistent(&sim, &manager).await;
 }
 
+/// A volume state that passes by itself (a backup) found at the attach,
+/// after the check of the tenant's volume let it through, says to call
+/// again (UNAVAILABLE), as the same state at the check does; it used to be
+/// FAILED_PRECONDITION ("backing-up, not available"), which billing takes
+/// for "mend the order" and drops.
+#[tokio::test(start_paused = true)]
+async fn a_volume_being_backed_up_at_the_attach_says_try_again() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let volume_id = sim.create_volume_for_test("tenant-a", "az1", 10);
+    // The check's look sees it available; the attach's, being backed up.
+    cloud.show_volume_status_after(
+        1,
+        Some(pool_manager::cloud::VolumeStatus::Other(
+            "backing-up".into(),
+        )),
+    );
+    let err = manager
+        .allocate(request(
+            "order-b",
+            VolumeSource::Existing {
+                volume_id: volume_id.clone(),
+            },
+            EmptyPoolPolicy::FailFast,
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::TryAgain(m) if m.contains("being backed up")),
+        "{err:?}"
+    );
+    // Rolled back: no record, the volume attached nowhere.
+    assert!(matches!(
+        manager.get_allocation("order-b").await.unwrap_err(),
+        ManagerError::AllocationNotFound(_)
+    ));
+    cloud.show_volume_status_after(0, None);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let volume = sim
+        .volumes()
+        .into_iter()
+        .find(|v| v.id == volume_id)
+        .unwrap();
+    assert!(volume.attached_to.is_empty(), "{volume:?}");
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A reconcile pass probes the pool's Ready instances: one whose mysqld
 /// died after it went Ready is replaced once it has been silent on two
 /// passes in a row (one silent pass may be mysqld restarting), so the pool's

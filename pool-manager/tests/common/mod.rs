@@ -379,6 +379,8 @@ pub struct GatedCloud {
     tags: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Volume ids are found in any case ([`GatedCloud::find_volumes_in_any_case`]).
     volume_ids_any_case: std::sync::atomic::AtomicBool,
+    /// `get_volume` answers shown in another status ([`GatedCloud::show_volume_status_after`]).
+    volume_status_shown: std::sync::Mutex<Option<(u32, pool_manager::cloud::VolumeStatus)>>,
 }
 
 impl GatedCloud {
@@ -393,6 +395,7 @@ impl GatedCloud {
             server_tag: Default::default(),
             tags: Default::default(),
             volume_ids_any_case: Default::default(),
+            volume_status_shown: Default::default(),
         })
     }
 
@@ -411,6 +414,7 @@ impl GatedCloud {
             server_tag: Default::default(),
             tags: Default::default(),
             volume_ids_any_case: Default::default(),
+            volume_status_shown: Default::default(),
         })
     }
 
@@ -474,6 +478,28 @@ impl GatedCloud {
     pub fn find_volumes_in_any_case(&self) {
         self.volume_ids_any_case
             .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// After the next `looks` answers of `get_volume`, every one shows the
+    /// volume in `status` (`None`: as cloudsim has it again), as when Cinder
+    /// starts something on it (a backup) between two looks of a purchase.
+    pub fn show_volume_status_after(
+        &self,
+        looks: u32,
+        status: Option<pool_manager::cloud::VolumeStatus>,
+    ) {
+        *self.volume_status_shown.lock().unwrap() = status.map(|s| (looks, s));
+    }
+
+    /// `volume` as [`GatedCloud::show_volume_status_after`] shows it.
+    fn shown(&self, mut volume: pool_manager::cloud::Volume) -> pool_manager::cloud::Volume {
+        if let Some((looks, status)) = self.volume_status_shown.lock().unwrap().as_mut() {
+            match looks.checked_sub(1) {
+                Some(left) => *looks = left,
+                None => volume.status = status.clone(),
+            }
+        }
+        volume
     }
 
     /// `id` as cloudsim knows it.
@@ -605,7 +631,8 @@ mod gated {
         }
         async fn get_volume(&self, id: &str) -> CloudResult<Volume> {
             let id = self.volume_id(id);
-            self.call("get_volume", self.sim.get_volume(&id)).await
+            let volume = self.call("get_volume", self.sim.get_volume(&id)).await?;
+            Ok(self.shown(volume))
         }
         async fn find_volumes_by_name(&self, name: &str) -> CloudResult<Vec<Volume>> {
             self.call("find_volumes_by_name", self.sim.find_volumes_by_name(name))
