@@ -629,8 +629,9 @@ pub fn canonical_id(id: &str) -> String {
 
 impl AllocationParams {
     /// These parameters with every id among them in its canonical form
-    /// ([`canonical_id`]): what is stored and compared, so the same order
-    /// sent with its ids in another case is the same order.
+    /// ([`canonical_id`]) and the fixed IP in its standard text form: what
+    /// is stored and compared, so the same order sent with its ids in
+    /// another case, or its address written another way, is the same order.
     pub fn canonical(mut self) -> Self {
         let canonical = |id: &mut String| *id = canonical_id(id);
         canonical(&mut self.tenant_project_id);
@@ -640,6 +641,14 @@ impl AllocationParams {
         }
         canonical(&mut self.network.network_id);
         self.network.subnet_id.iter_mut().for_each(canonical);
+        // An address, not text: `2001:DB8::1` and `2001:db8:0::1` are the
+        // same order's. One that does not parse is kept for validation to
+        // refuse.
+        if let Some(ip) = &mut self.network.fixed_ip {
+            if let Ok(parsed) = ip.parse::<std::net::IpAddr>() {
+                *ip = parsed.to_string();
+            }
+        }
         self
     }
 

@@ -1496,6 +1496,33 @@ async fn a_volume_being_backed_up_at_the_attach_says_try_again() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A fixed_ip is an address, compared as one: the same order sent with
+/// its IPv6 address written another way (upper-case hex digits, zeros not
+/// elided) used to be refused ABORTED ("network differs").
+#[tokio::test(start_paused = true)]
+async fn a_fixed_ip_written_another_way_is_the_same_order() {
+    let sim = sim();
+    let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 1).await;
+    let with_ip = |ip: &str| {
+        let mut order = request("order-ip", new_volume(), EmptyPoolPolicy::FailFast);
+        order.params.network.subnet_id = Some("tenant-subnet".into());
+        order.params.network.fixed_ip = Some(ip.into());
+        order
+    };
+    let first = manager.allocate(with_ip("2001:DB8::1")).await.unwrap();
+    for same in ["2001:db8::1", "2001:0db8:0:0:0:0:0:0001"] {
+        assert_eq!(manager.allocate(with_ip(same)).await.unwrap(), first);
+    }
+    // Asked of Neutron in its canonical form, too.
+    assert_eq!(first.ip_address.as_deref(), Some("2001:db8::1"));
+    let err = manager.allocate(with_ip("2001:db8::2")).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::Aborted(m) if m.contains("(network differs)")),
+        "{err:?}"
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A reconcile pass probes the pool's Ready instances: one whose mysqld
 /// died after it went Ready is replaced once it has been silent on two
 /// passes in a row (one silent pass may be mysqld restarting), so the pool's
