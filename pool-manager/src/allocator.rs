@@ -1505,6 +1505,8 @@ impl Shared {
                         .update(|a| {
                             a.instance_id = None;
                             a.server_id = None;
+                            // The next claim says whether it is warm.
+                            a.warm_hit = false;
                         })
                         .await?;
                     if !retry {
@@ -2583,6 +2585,7 @@ impl Shared {
             .update(|a| {
                 a.instance_id = None;
                 a.server_id = None;
+                a.warm_hit = false;
             })
             .await?;
         let back = self

@@ -690,7 +690,10 @@ impl AllocationParams {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AllocationState {
-    /// Intent recorded; claim and attachments in progress.
+    /// Intent recorded: from before the tenant's volume and port are made,
+    /// through a wait for an instance (none named), to the claim and the
+    /// attach. Left so by a failed Allocate whose rollback could not
+    /// finish, until a reconcile pass finishes it.
     Allocating,
     /// Acknowledged to the caller.
     Allocated,
@@ -727,7 +730,8 @@ pub struct Allocation {
     pub params: AllocationParams,
     pub state: AllocationState,
     /// Served from an instance it found Ready on arrival: false for a cold
-    /// boot, and for an instance that became Ready while it waited.
+    /// boot, and for an instance that became Ready while it waited; false
+    /// while no instance is claimed (a failed try clears it).
     pub warm_hit: bool,
     pub instance_id: Option<String>,
     pub server_id: Option<String>,

@@ -107,6 +107,54 @@ async fn a_dead_mysqld_at_the_claim_and_no_other_instance_is_exhausted() {
     }
 }
 
+/// A WAIT purchase whose first try failed waits for another instance with
+/// none claimed: its record, ALLOCATING, names no instance, and says no
+/// warm hit either. The failed try's warm_hit used to stay on it, though
+/// the API says warm_hit is false while no instance is claimed.
+#[tokio::test(start_paused = true)]
+async fn after_a_failed_try_a_waiting_purchase_is_no_warm_hit() {
+    let sim = sim();
+    let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 1).await;
+    let first = pool_instances(&manager).await.pop().unwrap();
+    sim.faults().fail_next_port_attach(1);
+    let mut order = request("order-w", new_volume(), EmptyPoolPolicy::Wait);
+    order.timeout = Some(Duration::from_secs(600));
+    let purchase = spawn_allocate(&manager, order);
+    // Until the failed try's instance is discarded and the purchase waits.
+    loop {
+        let discarded = manager
+            .list_instances(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|i| i.id == first.id)
+            .is_none_or(|i| i.state == InstanceState::Deleting);
+        let waiting = manager
+            .get_allocation("order-w")
+            .await
+            .is_ok_and(|a| a.instance_id.is_none());
+        if discarded && waiting {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let waiting = manager.get_allocation("order-w").await.unwrap();
+    assert_eq!(waiting.state, AllocationState::Allocating);
+    assert_eq!(waiting.server_id, None);
+    assert!(!waiting.warm_hit, "{waiting:?}");
+
+    // Served once the pool has an instance again: waited, not warm.
+    manager
+        .update_pool(&pool(), |s| s.paused = false)
+        .await
+        .unwrap();
+    let allocation = purchase.await.unwrap().expect("the next instance");
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    assert!(!allocation.warm_hit, "{allocation:?}");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A cold-boot purchase meeting such a failure used to cold-boot and
 /// discard one server after another until its deadline (17 boots in ten
 /// minutes); it stops after the second.
