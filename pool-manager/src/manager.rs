@@ -119,7 +119,8 @@ impl Default for ManagerSettings {
 #[derive(Clone, Debug, PartialEq)]
 pub struct PoolStatus {
     pub record: PoolRecord,
-    /// The target the replenisher works toward now (computed for `auto`).
+    /// The target the replenisher works toward now (computed for `auto`);
+    /// 0 while the pool drains.
     pub effective_target: u32,
     pub counts: BTreeMap<&'static str, u32>,
     /// The computed target's inputs: demand, lead time, throttle gate.

@@ -304,6 +304,14 @@ impl Shared {
             demand_in_lead,
             settings.service_level,
         );
+        // A draining pool boots nothing: it works toward no target, and the
+        // plan its last replenish step made (a "quota" one, say) is history
+        // that would read as still holding it back.
+        let (target, window_min, last_plan) = if record.draining {
+            (0, None, None)
+        } else {
+            (target, window_min, last_plan)
+        };
         let (gate, quota) = {
             let mut gate = gate::lock(&self.gate);
             (

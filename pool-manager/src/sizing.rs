@@ -1173,7 +1173,7 @@ impl SizingBook {
 #[derive(Clone, Debug, PartialEq)]
 pub struct SizingStatus {
     pub auto: bool,
-    /// The target the replenisher works toward now.
+    /// The target the replenisher works toward now (0 while the pool drains).
     pub target: u32,
     pub demand: DemandEstimate,
     /// D = forecast x lead p90.

@@ -419,7 +419,7 @@ impl Metrics {
         );
         registry.register(
             "pool_effective_target",
-            "Unclaimed instances (booting + warming + ready) the replenisher keeps: target clamped to [min_ready, max_ready]",
+            "Unclaimed instances (booting + warming + ready) the replenisher keeps: target clamped to [min_ready, max_ready]; 0 while the pool is draining",
             m.pool_effective_target.clone(),
         );
         registry.register(
@@ -495,7 +495,7 @@ impl Metrics {
         );
         registry.register(
             "pool_gate_hold",
-            "1 while new boots of the pool's availability zone wait, by reason: throttled (429/413 Retry-After) or quota",
+            "1 while new boots of the pool's availability zone wait, by reason: throttled (429/413 Retry-After) or quota; 0 for a draining pool, which boots nothing",
             m.pool_gate_hold.clone(),
         );
         registry.register(
@@ -886,7 +886,8 @@ impl Metrics {
                     .get_or_create(&pool.with(quantile).into())
                     .set(value.as_secs_f64());
             }
-            let hold = sizing.gate.hold;
+            // The zone's gate holds back boots, and a draining pool has none.
+            let hold = sizing.gate.hold.filter(|_| !status.record.draining);
             for (reason, held) in [
                 ("throttled", matches!(hold, Some(Hold::Throttled { .. }))),
                 // A pause after a refusal, or headroom read as none.
@@ -1192,6 +1193,55 @@ mod tests {
             1.0,
             "{body}"
         );
+        manager.shutdown().await.unwrap();
+    }
+
+    /// A pool being deleted boots nothing: it works toward no target, and
+    /// neither its last plan (here "quota") nor its zone's gate holds it
+    /// back, in GetPool and in the metrics alike, while it drains.
+    #[tokio::test(start_paused = true)]
+    async fn a_draining_pool_has_no_target_plan_or_hold() {
+        let config = cloudsim::SimConfig {
+            quotas: cloudsim::Quotas {
+                max_instances: 2,
+                ..Default::default()
+            },
+            ..cloudsim::SimConfig::deterministic()
+        };
+        let (_sim, manager, key, _) = started_with_pool(config, 3).await;
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        let before = manager.get_pool(&key).await.unwrap();
+        assert_eq!(before.effective_target, 3);
+        assert_eq!(
+            before.sizing.last_plan.map(|p| p.reason),
+            Some(PlanReason::Quota),
+            "{before:?}"
+        );
+
+        let answered = manager.delete_pool(&key).await.unwrap();
+        let got = manager.get_pool(&key).await.unwrap();
+        for status in [&answered, &got] {
+            assert!(status.record.draining);
+            assert_eq!(status.effective_target, 0, "{status:?}");
+            assert_eq!(status.sizing.target, 0, "{status:?}");
+            assert_eq!(status.sizing.last_plan, None, "{status:?}");
+        }
+        let body = Metrics::new().render(&manager).await.unwrap();
+        let of_pool = |name: &str| {
+            sample(
+                &body,
+                &format!("{name}{{flavor=\"db.small\",availability_zone=\"az1\"}}"),
+            )
+        };
+        assert_eq!(of_pool("warmpool_pool_draining"), 1.0, "{body}");
+        assert_eq!(of_pool("warmpool_pool_effective_target"), 0.0, "{body}");
+        for reason in ["quota", "throttled"] {
+            let held = sample(
+                &body,
+                &format!("warmpool_pool_gate_hold{{flavor=\"db.small\",availability_zone=\"az1\",reason=\"{reason}\"}}"),
+            );
+            assert_eq!(held, 0.0, "{reason}: {body}");
+        }
         manager.shutdown().await.unwrap();
     }
 
