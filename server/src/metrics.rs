@@ -322,6 +322,7 @@ pub struct Metrics {
     pool_effective_target: Family<PoolLabels, Gauge>,
     pool_min_ready: Family<PoolLabels, Gauge>,
     pool_max_ready: Family<PoolLabels, Gauge>,
+    pool_window_min: Family<PoolLabels, Gauge>,
     pool_paused: Family<PoolLabels, Gauge>,
     pool_draining: Family<PoolLabels, Gauge>,
     pool_boot_failure_streak: Family<PoolLabels, Gauge>,
@@ -376,6 +377,7 @@ impl Metrics {
             pool_effective_target: Family::default(),
             pool_min_ready: Family::default(),
             pool_max_ready: Family::default(),
+            pool_window_min: Family::default(),
             pool_paused: Family::default(),
             pool_draining: Family::default(),
             pool_boot_failure_streak: Family::default(),
@@ -419,18 +421,23 @@ impl Metrics {
         );
         registry.register(
             "pool_effective_target",
-            "Unclaimed instances (booting + warming + ready) the replenisher keeps: target clamped to [min_ready, max_ready]; 0 while the pool is draining",
+            "Unclaimed instances (booting + warming + ready) the replenisher keeps: the target (fixed, or computed for target = auto) clamped to [floor, max_ready], the floor being min_ready or, while an operator window raises it, pool_window_min; 0 while the pool is draining",
             m.pool_effective_target.clone(),
         );
         registry.register(
             "pool_min_ready",
-            "The pool's configured min_ready",
+            "The pool's configured min_ready: the target's floor, unless an open operator window raises it (pool_window_min)",
             m.pool_min_ready.clone(),
         );
         registry.register(
             "pool_max_ready",
-            "The pool's configured max_ready",
+            "The pool's configured max_ready: the target's ceiling",
             m.pool_max_ready.clone(),
+        );
+        registry.register(
+            "pool_window_min",
+            "The min of the operator window open now, when it raises min_ready: the target's floor then; 0 when no open window raises it (as GetPool's sizing.window_min, unset then)",
+            m.pool_window_min.clone(),
         );
         registry.register(
             "pool_paused",
@@ -797,6 +804,7 @@ impl Metrics {
             &self.pool_effective_target,
             &self.pool_min_ready,
             &self.pool_max_ready,
+            &self.pool_window_min,
             &self.pool_paused,
             &self.pool_draining,
             &self.pool_boot_failure_streak,
@@ -837,6 +845,7 @@ impl Metrics {
                 (&self.pool_effective_target, status.effective_target),
                 (&self.pool_min_ready, spec.min_ready),
                 (&self.pool_max_ready, spec.max_ready),
+                (&self.pool_window_min, status.sizing.window_min.unwrap_or(0)),
                 (&self.pool_paused, u32::from(spec.paused)),
                 (&self.pool_draining, u32::from(status.record.draining)),
                 (
@@ -1242,6 +1251,52 @@ mod tests {
             );
             assert_eq!(held, 0.0, "{reason}: {body}");
         }
+        manager.shutdown().await.unwrap();
+    }
+
+    /// An open operator window raising min_ready shows in the metrics as
+    /// GetPool's window_min does: the effective target it explains, 0 once
+    /// the window closes.
+    #[tokio::test(start_paused = true)]
+    async fn an_open_window_exports_the_floor_it_raises() {
+        let mut settings = pool_manager::ManagerSettings::default();
+        // Monday 2024-01-01 08:50 UTC, moving with the paused clock.
+        settings.sizing.wall_clock_start = Some(pool_manager::schedule::unix(
+            1_704_067_200 + 8 * 3600 + 50 * 60,
+        ));
+        let (_sim, manager, key, _) =
+            started_with_pool_and(cloudsim::SimConfig::deterministic(), 1, settings).await;
+        manager
+            .update_pool(&key, |spec| {
+                spec.max_ready = 20;
+                spec.windows = vec!["Mon-Fri 09:00-10:00 min 6".parse().unwrap()];
+            })
+            .await
+            .unwrap();
+        let scrape = || async {
+            let body = Metrics::new().render(&manager).await.unwrap();
+            let of_pool = |name: &str| {
+                sample(
+                    &body,
+                    &format!("{name}{{flavor=\"db.small\",availability_zone=\"az1\"}}"),
+                )
+            };
+            (
+                of_pool("warmpool_pool_min_ready"),
+                of_pool("warmpool_pool_window_min"),
+                of_pool("warmpool_pool_effective_target"),
+            )
+        };
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(scrape().await, (1.0, 0.0, 1.0));
+        // 09:05: the window is open.
+        tokio::time::sleep(Duration::from_secs(14 * 60)).await;
+        let open = manager.get_pool(&key).await.unwrap();
+        assert_eq!(open.sizing.window_min, Some(6));
+        assert_eq!(scrape().await, (1.0, 6.0, 6.0));
+        // 10:05: closed again.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(scrape().await, (1.0, 0.0, 1.0));
         manager.shutdown().await.unwrap();
     }
 
