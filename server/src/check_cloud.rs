@@ -375,6 +375,9 @@ pub struct CheckedPool {
     pub key: PoolKey,
     pub image: String,
     pub min_ready: u32,
+    /// The highest `min` of its operator windows, when above `min_ready`:
+    /// what the pool keeps while that window is open.
+    pub window_min: Option<u32>,
     /// The store has it (with these settings); else only the config file
     /// declares it.
     pub stored: bool,
@@ -387,8 +390,20 @@ impl CheckedPool {
             key,
             image: spec.image.clone(),
             min_ready: spec.min_ready,
+            window_min: spec
+                .windows
+                .iter()
+                .map(|w| w.min)
+                .max()
+                .filter(|&min| min > spec.min_ready),
             stored: false,
         }
+    }
+
+    /// The servers the pool keeps at its peak: its highest window's min,
+    /// or `min_ready`.
+    pub fn peak(&self) -> u32 {
+        self.window_min.unwrap_or(self.min_ready)
     }
 
     /// A pool the store has, with its stored settings.
@@ -989,9 +1004,11 @@ async fn volume_check(pools: &[CheckedPool], cloud: &OpenStackCloud, report: &mu
     }
 }
 
-/// Whether the compute quota admits every pool's `min_ready` servers, net
+/// Whether the compute quota admits every pool's servers at its peak
+/// ([`CheckedPool::peak`]: `min_ready`, or its highest window's min), net
 /// of the pool's servers that could still be handed out (every server
-/// counts as used).
+/// counts as used). Windows open at different times are counted as if
+/// open at once: the quota must hold them whenever they meet.
 async fn quota_check(
     pools: &[CheckedPool],
     cloud: &OpenStackCloud,
@@ -1033,7 +1050,7 @@ async fn quota_check(
             .filter(|s| s.status != ServerStatus::Error && !s.is_going())
             .count() as u64;
         unsold += have;
-        let need = u64::from(pool.min_ready).saturating_sub(have);
+        let need = u64::from(pool.peak()).saturating_sub(have);
         if need > 0 && flavors.contains_key(&pool.key.flavor) {
             *more.entry(pool.key.flavor.as_str()).or_default() += need;
         }
@@ -1083,7 +1100,7 @@ async fn quota_check(
             p.used, p.max
         ));
     }
-    let wanted = if more.is_empty() {
+    let mut wanted = if more.is_empty() {
         "no more servers".to_owned()
     } else {
         more.iter()
@@ -1091,6 +1108,22 @@ async fn quota_check(
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // Counted above min_ready: said, or a "300 more" for a pool of
+    // min_ready 2 would read as a miscount.
+    let at_windows: Vec<String> = pools
+        .iter()
+        .filter(|pool| flavors.contains_key(&pool.key.flavor))
+        .filter_map(|pool| {
+            let min = pool.window_min?;
+            Some(format!(
+                "{} counted at its highest window min {min}, above min_ready {}",
+                pool.key, pool.min_ready
+            ))
+        })
+        .collect();
+    if !at_windows.is_empty() {
+        wanted = format!("{wanted} ({})", at_windows.join("; "));
+    }
     let used = limits
         .quotas()
         .iter()
@@ -1126,6 +1159,7 @@ mod tests {
             key: PoolKey::new(flavor, "az1"),
             image: "mysql-8.0".into(),
             min_ready: 1,
+            window_min: None,
             stored,
         }
     }

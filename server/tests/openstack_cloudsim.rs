@@ -2041,6 +2041,28 @@ async fn check_cloud_quota_counts_pool_servers_that_exist() {
     );
 }
 
+/// An operator window raises what a pool needs at its peak: check-cloud
+/// counts the highest window min above min_ready, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_cloud_quota_counts_a_pools_window_min() {
+    let env = env_with_quotas(Quotas {
+        max_instances: 20,
+        ..Quotas::default()
+    })
+    .await;
+    let pools = SMALL_POOL.replace(
+        "max_ready = 4",
+        "max_ready = 300\nwindows = [\"Mon-Fri 09:00-18:00 min 300\", \"Sat 10:00-12:00 min 50\"]",
+    );
+    let config = env.config("", &pools);
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert_eq!(
+        line(&report, CheckKind::Quota),
+        ["quota: instances 0 of 20 used; pools need room for 300 more db.small (db.small@az1 counted at its highest window min 300, above min_ready 2)"],
+        "{report}"
+    );
+}
+
 /// check-cloud's quota line counts Neutron's port quota too: each server
 /// to boot takes its own port and, sold, the tenant's; each unsold one the
 /// tenant's.
