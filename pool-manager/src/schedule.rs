@@ -32,6 +32,8 @@ pub enum ScheduleError {
     Time(String),
     #[error("{0:?} is not a UTC offset (UTC, UTC+02:00, -05:30; from -14:00 to +14:00)")]
     Offset(String),
+    #[error("{0:?} is not a day, nor a UTC offset: time zones are not read by name; write a fixed UTC offset, like UTC+01:00 (it does not follow daylight-saving changes)")]
+    TimeZone(String),
     #[error("window {0:?}: {1}")]
     Window(String, String),
 }
@@ -169,6 +171,17 @@ impl fmt::Display for TimeOfDay {
     }
 }
 
+/// Whether `token`, which is no day nor offset, names a time zone
+/// ("Europe/Berlin", "CET", "GMT+1"): windows take fixed offsets only,
+/// and saying so helps more than "not a day".
+fn names_a_time_zone(token: &str) -> bool {
+    token.contains('/')
+        || token
+            .get(..3)
+            .is_some_and(|p| p.eq_ignore_ascii_case("GMT"))
+        || ((2..=5).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_uppercase()))
+}
+
 /// A fixed offset from UTC, in minutes (east positive).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct UtcOffset(i16);
@@ -188,16 +201,17 @@ impl FromStr for UtcOffset {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || ScheduleError::Offset(s.to_string());
         let t = s.trim();
-        let rest = t
-            .strip_prefix("UTC")
-            .or_else(|| t.strip_prefix("utc"))
-            .unwrap_or(t);
-        if rest.is_empty() || rest == "Z" || rest == "z" {
+        let rest = match t.get(..3) {
+            Some(utc) if utc.eq_ignore_ascii_case("UTC") => &t[3..],
+            _ => t,
+        };
+        if rest.is_empty() || rest.eq_ignore_ascii_case("Z") {
             return Ok(Self::UTC);
         }
         let (sign, digits) = match rest.as_bytes()[0] {
             b'+' => (1i16, &rest[1..]),
             b'-' => (-1i16, &rest[1..]),
+            _ if names_a_time_zone(t) => return Err(ScheduleError::TimeZone(s.to_string())),
             _ => return Err(err()),
         };
         // Checked before splitting by byte position, which would panic inside
@@ -205,11 +219,17 @@ impl FromStr for UtcOffset {
         if !digits.bytes().all(|b| b.is_ascii_digit() || b == b':') {
             return Err(err());
         }
+        // As in times of day: hours of one or two digits, minutes of two
+        // ("+5:3" is not read as +05:03, nor as +05:30).
         let (h, m) = match digits.split_once(':') {
-            Some((h, m)) => (h, m),
+            Some((h, m)) if m.len() == 2 => (h, m),
+            Some(_) => return Err(err()),
             None if digits.len() == 4 => digits.split_at(2),
-            None => (digits, "0"),
+            None => (digits, "00"),
         };
+        if h.is_empty() || h.len() > 2 {
+            return Err(err());
+        }
         let h: i16 = h.parse().map_err(|_| err())?;
         let m: i16 = m.parse().map_err(|_| err())?;
         if !(0..=14).contains(&h) || !(0..60).contains(&m) || h * 60 + m > 14 * 60 {
@@ -368,8 +388,19 @@ impl FromStr for Window {
                 "{part} given twice; write one window per line (days may be listed: Sat,Sun)"
             ))
         };
+        // "Mon - Fri", "Mon -Fri", "Mon- Fri": a range split by spaces
+        // would otherwise read as a UTC offset "-" or a day "Mon-".
+        let spaced = || bad("ranges are written without spaces (Mon-Fri, 09:00-18:00)");
         let mut tokens = s.split_whitespace();
         while let Some(token) = tokens.next() {
+            if token == "-"
+                || token.ends_with('-')
+                || token
+                    .strip_prefix('-')
+                    .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_alphabetic()))
+            {
+                return Err(spaced());
+            }
             if token.eq_ignore_ascii_case("min") {
                 let needs = || {
                     bad(&format!(
@@ -391,13 +422,21 @@ impl FromStr for Window {
                 }
             } else if token.to_ascii_uppercase().starts_with("UTC")
                 || token.starts_with(['+', '-'])
-                || token == "Z"
+                || token.eq_ignore_ascii_case("Z")
             {
                 if offset.replace(token.parse()?).is_some() {
                     return Err(once("the UTC offset"));
                 }
-            } else if days.replace(token.parse()?).is_some() {
-                return Err(once("the days"));
+            } else {
+                let parsed = token.parse().map_err(|e| match e {
+                    ScheduleError::Days(_) if names_a_time_zone(token) => {
+                        ScheduleError::TimeZone(token.to_string())
+                    }
+                    e => e,
+                })?;
+                if days.replace(parsed).is_some() {
+                    return Err(once("the days"));
+                }
             }
         }
         let (from, to) = times.ok_or_else(|| bad("missing the times (09:00-18:00)"))?;

@@ -2235,6 +2235,45 @@ fn operator_windows_parse_and_open_on_their_days_and_hours() {
     assert_eq!(too_many.validate().unwrap_err().0, "windows");
 }
 
+/// The mistakes an operator is likely to make in a window say what to
+/// write instead, rather than naming the wrong part: a time zone by name,
+/// a day range with spaces, an offset with one-digit minutes.
+#[test]
+fn window_mistakes_are_named_for_what_they_are() {
+    use pool_manager::schedule::{UtcOffset, Window};
+    for (bad, expect) in [
+        (
+            "Mon-Fri 09:00-18:00 min 10 Europe/Berlin",
+            "fixed UTC offset, like UTC+01:00",
+        ),
+        ("Mon-Fri 09:00-18:00 min 10 CET", "fixed UTC offset"),
+        ("Mon-Fri 09:00-18:00 min 10 GMT+1", "fixed UTC offset"),
+        ("Mon - Fri 09:00-18:00 min 10", "without spaces (Mon-Fri"),
+        ("Mon -Fri 09:00-18:00 min 10", "without spaces (Mon-Fri"),
+        ("Mon- Fri 09:00-18:00 min 10", "without spaces (Mon-Fri"),
+        ("Mon 09:00-18:00 min 10 UTC+5:3", "UTC offset"),
+        ("Mon 09:00-18:00 min 10 +05:3", "UTC offset"),
+        ("Mon 09:00-18:00 min 10 +005:30", "UTC offset"),
+    ] {
+        let err = bad.parse::<Window>().unwrap_err().to_string();
+        assert!(err.contains(expect), "{bad}: {err}");
+    }
+    let err = Window::from_parts("Mon-Fri", "09:00", "18:00", 10, Some("Europe/Berlin"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fixed UTC offset, like UTC+01:00"), "{err}");
+
+    // Minutes take two digits, as in times of day; the offset parser
+    // accepts a lowercase z, and so does the one-line form.
+    assert!("UTC+5:3".parse::<UtcOffset>().is_err());
+    assert_eq!("UTC+5:30".parse::<UtcOffset>().unwrap().minutes(), 330);
+    assert_eq!("utc+05:03".parse::<UtcOffset>().unwrap().minutes(), 303);
+    assert_eq!("Utc-1".parse::<UtcOffset>().unwrap().minutes(), -60);
+    assert_eq!("+0530".parse::<UtcOffset>().unwrap().minutes(), 330);
+    let zulu: Window = "Mon 09:00-18:00 min 10 z".parse().unwrap();
+    assert_eq!(zulu, "Mon 09:00-18:00 min 10".parse().unwrap());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_window_raises_min_ready_while_open() {
     let sim = sim();
