@@ -466,7 +466,7 @@ impl Metrics {
         );
         registry.register(
             "pool_demand_per_second",
-            "Allocations per second the target is sized for, by window: short and long EWMA, and the held forecast",
+            "Allocations per second, by window: short and long EWMA, and the forecast the target is sized for (the larger of the two, held for a cooldown when it falls); long also sets the boots kept in flight past the gate's window (long x lead time p50)",
             m.pool_demand.clone(),
         );
         registry.register(
@@ -476,13 +476,13 @@ impl Metrics {
         );
         registry.register_with_unit(
             "pool_lead_time_estimate",
-            "Boot lead time the target is sized for, by quantile (0.5, 0.9): recent boots, or the prior before any (p90: before 3)",
+            "Boot lead time sizing uses, by quantile: 0.9 sizes the target (D = forecast x p90), 0.5 sets how many boots may run at once past the gate's window; recent boots, or the prior before any (p90: before 3)",
             Unit::Seconds,
             m.pool_lead_time.clone(),
         );
         registry.register(
             "pool_lead_time_samples",
-            "Completed boots behind the lead-time estimate (0: the configured prior)",
+            "Completed boots behind the lead-time estimate (0: the prior, the configured one stretched for the pool's IOPS limits if it has any)",
             m.pool_lead_time_samples.clone(),
         );
         registry.register(
