@@ -114,7 +114,9 @@ struct ServerRec {
     /// meanwhile.
     task_state: Option<String>,
     /// Volumes and ports whose attach to this server was accepted and not yet
-    /// undone; views filter them by the object's state at `now`.
+    /// undone by its delete or a port's detach; views filter them by the
+    /// object's state at `now` (a volume's detach leaves it here: it is
+    /// listed until the detach is done).
     volumes: BTreeSet<String>,
     ports: BTreeSet<String>,
     /// Dropping it stops the server's mysqld listener.
@@ -250,6 +252,19 @@ impl VolumeRec {
             _ => None,
         }
     }
+
+    /// The server whose volume list (Nova's block device mappings) shows
+    /// this volume as of `now`: the one it is attached to, and the one it
+    /// is still detaching from, whose mapping Nova deletes only once the
+    /// compute host has detached it. Not for attach checks: a detaching
+    /// volume is attached to nothing there.
+    fn listed_on(&self, now: Instant) -> Option<&str> {
+        let state = self.state.at(now);
+        match &state.status {
+            VolumeStatus::Detaching => state.server.as_deref(),
+            _ => self.attached_server(now),
+        }
+    }
 }
 
 struct PortRec {
@@ -308,9 +323,10 @@ const ERROR_ATTACHING: &str = "error_attaching";
 /// Cinder's status for a volume whose delete failed in its backend.
 const ERROR_DELETING: &str = "error_deleting";
 
-/// Nova's 400 for a detach while the volume is still attaching, or after
-/// its attach failed (Cinder's begin_detaching wants it `in-use`).
-pub(crate) const DETACH_WHILE_ATTACHING: &str = "Invalid volume: Unable to detach volume. Volume status must be 'in-use' and attach_status must be 'attached' to detach.";
+/// Nova's 400 for a detach while the volume is still attaching, after its
+/// attach failed, or while an earlier detach is under way (Cinder's
+/// begin_detaching wants it `in-use`).
+pub(crate) const DETACH_NOT_IN_USE: &str = "Invalid volume: Unable to detach volume. Volume status must be 'in-use' and attach_status must be 'attached' to detach.";
 
 /// Injected faults; see [`crate::Faults`] for what each does.
 #[derive(Clone, Debug, Default)]
@@ -1153,7 +1169,7 @@ impl Model {
             .filter(|v| {
                 self.volumes
                     .get(*v)
-                    .is_some_and(|vol| vol.attached_server(now) == Some(s.id.as_str()))
+                    .is_some_and(|vol| vol.listed_on(now) == Some(s.id.as_str()))
             })
             .cloned()
             .collect();
@@ -1221,6 +1237,15 @@ impl Model {
         self.volumes
             .get(volume_id)
             .and_then(|v| v.attached_server(now))
+            .map(str::to_string)
+    }
+
+    /// The server that lists the volume as of `now`: [`Self::volume_server`],
+    /// or the one it is still detaching from.
+    pub fn volume_listed_on(&self, volume_id: &str, now: Instant) -> Option<String> {
+        self.volumes
+            .get(volume_id)
+            .and_then(|v| v.listed_on(now))
             .map(str::to_string)
     }
 
@@ -1793,8 +1818,10 @@ impl Model {
         Ok(())
     }
 
-    /// Nova refuses it (409) while the server is not ACTIVE: a server in
-    /// ERROR (its host failed) keeps its volumes until it is deleted.
+    /// Nova refuses it (409) while the server is neither ACTIVE nor
+    /// SOFT_DELETED: a server in ERROR (its host failed) keeps its volumes
+    /// until it is deleted. The volume stays in the server's list until
+    /// the detach is done, as Nova's block device mapping does.
     pub fn detach_volume(
         &mut self,
         server_id: &str,
@@ -1813,11 +1840,11 @@ impl Model {
         if vol.attached_server(now) != Some(server_id) {
             return Ok(());
         }
-        self.detachable(server_id, "detach_volume", now)?;
+        self.detachable(server_id, Detach::Volume, now)?;
         if vol.state.at(now).status != VolumeStatus::InUse {
             // Still attaching, or its attach failed (error_attaching):
             // Cinder's begin_detaching refuses it; Nova passes the 400 on.
-            return Err(CloudError::Conflict(DETACH_WHILE_ATTACHING.into()));
+            return Err(CloudError::Conflict(DETACH_NOT_IN_USE.into()));
         }
         let done = now + self.latency(self.cfg.latencies.volume_detach);
         let vol = self.volumes.get_mut(volume_id).expect("checked above");
@@ -1832,9 +1859,6 @@ impl Model {
                 server: None,
             },
         );
-        if let Some(s) = self.servers.get_mut(server_id) {
-            s.volumes.remove(volume_id);
-        }
         Ok(())
     }
 
@@ -2031,7 +2055,7 @@ impl Model {
     }
 
     /// Refused (409) while the server is not ACTIVE, as Nova's
-    /// `detach_interface` is.
+    /// `detach_interface` is (SOFT_DELETED too, unlike a volume's detach).
     pub fn detach_port(&mut self, server_id: &str, port_id: &str, now: Instant) -> CloudResult<()> {
         let Some(port) = self.ports.get(port_id) else {
             return Ok(());
@@ -2039,7 +2063,7 @@ impl Model {
         if port.target() != Some(server_id) {
             return Ok(());
         }
-        self.detachable(server_id, "detach_interface", now)?;
+        self.detachable(server_id, Detach::Interface, now)?;
         let done =
             now + self.latency(self.cfg.latencies.port_detach) + self.faults.slow_port_unbind;
         let port = self.ports.get_mut(port_id).expect("checked above");
@@ -2052,14 +2076,30 @@ impl Model {
     }
 }
 
+/// What a detach lets go of.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Detach {
+    Volume,
+    Interface,
+}
+
 impl Model {
-    /// Whether Nova lets `action` detach something from the server now: a
-    /// gone server has nothing attached, a live one must be ACTIVE and not
-    /// busy with a task.
-    fn detachable(&self, server_id: &str, action: &str, now: Instant) -> CloudResult<()> {
+    /// Whether Nova lets `what` be detached from the server now: a gone
+    /// server has nothing attached, a live one must not be busy with a task
+    /// and must be ACTIVE, or SOFT_DELETED for a volume (Nova's
+    /// `detach_volume` takes that vm_state, `detach_interface` does not).
+    fn detachable(&self, server_id: &str, what: Detach, now: Instant) -> CloudResult<()> {
+        let action = match what {
+            Detach::Volume => "detach_volume",
+            Detach::Interface => "detach_interface",
+        };
         match self.servers.get(server_id) {
             Some(s) if s.gone_at.is_none() => match s.status(now) {
                 ServerStatus::Active => s.busy_refusal(action),
+                _ if s.reclaim_at.is_some() && what == Detach::Volume => s.busy_refusal(action),
+                _ if s.reclaim_at.is_some() => Err(CloudError::Conflict(format!(
+                    "Cannot '{action}' instance {server_id} while it is in vm_state soft-delete"
+                ))),
                 status => Err(CloudError::Conflict(format!(
                     "Cannot '{action}' instance {server_id} while it is in vm_state {}",
                     vm_state(status)

@@ -2626,6 +2626,109 @@ async fn a_soft_delete_cloud_keeps_servers_until_forced_or_reclaimed() {
     assert_eq!(env.server(&b, "2.79").await["status"], "SOFT_DELETED");
 }
 
+/// Nova's `detach_volume` takes a SOFT_DELETED server (its
+/// `check_instance_state` lists SOFT_DELETED), its `detach_interface`
+/// does not: the volume a soft-deleted server holds can be let go of
+/// before the reclaim, its port cannot.
+#[tokio::test]
+async fn a_soft_deleted_server_lets_go_of_a_volume_not_of_a_port() {
+    let env = soft_deleting_cloud(Duration::from_secs(3600)).await;
+    let sid = env.active_server("a").await;
+    let vol = env.available_volume("v").await;
+    env.post(
+        Service::Compute,
+        &format!("/v2.1/servers/{sid}/os-volume_attachments"),
+        Some("2.79"),
+        json!({"volumeAttachment": {"volumeId": vol}}),
+    )
+    .await
+    .expect(200);
+    env.wait_volume(&vol, "in-use").await;
+    let port = env.port("p").await;
+    env.post(
+        Service::Compute,
+        &format!("/v2.1/servers/{sid}/os-interface"),
+        Some("2.79"),
+        json!({"interfaceAttachment": {"port_id": port}}),
+    )
+    .await
+    .expect(200);
+    env.delete(Service::Compute, &format!("/v2.1/servers/{sid}"), None)
+        .await
+        .expect(204);
+    assert_eq!(env.server(&sid, "2.79").await["status"], "SOFT_DELETED");
+    let r = env
+        .delete(
+            Service::Compute,
+            &format!("/v2.1/servers/{sid}/os-interface/{port}"),
+            None,
+        )
+        .await
+        .expect(409);
+    assert_eq!(
+        r.json(),
+        json!({"conflictingRequest": {"code": 409, "message": format!("Cannot 'detach_interface' instance {sid} while it is in vm_state soft-delete")}})
+    );
+    env.delete(
+        Service::Compute,
+        &format!("/v2.1/servers/{sid}/os-volume_attachments/{vol}"),
+        None,
+    )
+    .await
+    .expect(202);
+    env.wait_volume(&vol, "available").await;
+    let s = env.server(&sid, "2.79").await;
+    assert_eq!(s["status"], "SOFT_DELETED");
+    assert_eq!(s["os-extended-volumes:volumes_attached"], json!([]));
+}
+
+/// Nova lists a volume whose detach it accepted until the compute host has
+/// detached it (the API only begins Cinder's detach and casts to the
+/// host): the server shows it, and a second detach meets Cinder's
+/// `detaching` (400), until the volume is `available`.
+#[tokio::test]
+async fn a_volume_detaching_is_still_listed_on_its_server() {
+    let mut cfg = config();
+    // 20 s detaching: long past the end of this test.
+    cfg.latencies.volume_detach = Duration::from_secs(10_000);
+    let env = start_with(cfg, HttpSettings::default()).await;
+    let sid = env.active_server("a").await;
+    let vol = env.available_volume("v").await;
+    let attachments = format!("/v2.1/servers/{sid}/os-volume_attachments");
+    env.post(
+        Service::Compute,
+        &attachments,
+        Some("2.79"),
+        json!({"volumeAttachment": {"volumeId": vol}}),
+    )
+    .await
+    .expect(200);
+    env.wait_volume(&vol, "in-use").await;
+    let attachment = format!("{attachments}/{vol}");
+    let detach = || env.delete(Service::Compute, &attachment, None);
+    detach().await.expect(202);
+    assert_eq!(
+        env.volume(&vol).await.json()["volume"]["status"],
+        "detaching"
+    );
+    let s = env.server(&sid, "2.79").await;
+    assert_eq!(
+        s["os-extended-volumes:volumes_attached"],
+        json!([{"id": vol, "delete_on_termination": false}])
+    );
+    let listed = env
+        .get(Service::Compute, &attachments, Some("2.79"))
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(listed["volumeAttachments"][0]["volumeId"], vol.as_str());
+    let r = detach().await.expect(400);
+    assert_eq!(
+        r.json(),
+        json!({"badRequest": {"code": 400, "message": "Invalid volume: Unable to detach volume. Volume status must be 'in-use' and attach_status must be 'attached' to detach."}})
+    );
+}
+
 /// A soft-deleted server nobody force-deletes goes when Nova's reclaim
 /// comes.
 #[tokio::test]

@@ -2815,7 +2815,9 @@ impl Shared {
     /// detach Nova refuses (409: a server in ERROR, its host failed, or
     /// one busy with another task) is left to that deletion, which lets go
     /// of everything attached; insisting would keep the release or the
-    /// rollback from ever finishing.
+    /// rollback from ever finishing. (A deletion that only soft-deletes
+    /// lets go of nothing: a volume still attached is detached from the
+    /// SOFT_DELETED server then, see `Shared::delete_server_until_gone`.)
     async fn detach_before_delete<F, Fut>(
         &self,
         deadline: Instant,
@@ -3045,10 +3047,10 @@ impl Shared {
             .await?;
         }
         // The port too: a cloud that soft-deletes keeps it bound to the
-        // SOFT_DELETED server until the reclaim, Nova detaches nothing from
-        // such a server, and Neutron lets a project member delete no bound
-        // port, so where the forceDelete is refused the release would wait
-        // for the reclaim (UNAVAILABLE until then).
+        // SOFT_DELETED server until the reclaim, Nova detaches no port from
+        // such a server (a volume, it does), and Neutron lets a project
+        // member delete no bound port, so where the forceDelete is refused
+        // the release would wait for the reclaim (UNAVAILABLE until then).
         if let (Some(server_id), Some(port_id)) = (&allocation.server_id, &allocation.port_id) {
             self.detach_before_delete(deadline, server_id, || {
                 self.cloud.detach_port(server_id, port_id)

@@ -17,7 +17,7 @@ use crate::allocator::deadline_after;
 use crate::changes::ChangeCursor;
 use crate::cloud::{
     mentions_quota, BootHeadroom, CloudError, CloudResult, Server, ServerSpec, ServerStatus,
-    META_INSTANCE, META_POOL,
+    VolumeStatus, META_INSTANCE, META_POOL,
 };
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, BootOutcome, EventKind};
@@ -1252,12 +1252,11 @@ impl Shared {
     /// Nova reclaims it whatever warmpool does, holding its quota and port:
     /// that is as deleted as it gets, and done, with a warning. Not while
     /// a volume is still attached to it (its detach was refused, or the
-    /// server was deleted by hand before a release could detach it): that
-    /// is the tenant's, which a release hands back (kept, to attach
-    /// elsewhere, or deleted), and Nova lets go of it only at the reclaim.
-    /// That fails FAILED_PRECONDITION, saying how to end it sooner; asked
-    /// again (the reconciler does at each pass), it is done once the
-    /// volume or the server is gone.
+    /// server was deleted by hand before a release could detach it, or its
+    /// detach is still under way): that is the tenant's, which a release
+    /// hands back (kept, to attach elsewhere, or deleted). Nova detaches a
+    /// volume from a SOFT_DELETED server (unlike a port), so it is detached
+    /// and waited for (see [`Shared::left_soft_deleted`]).
     pub(crate) async fn delete_server_until_gone(
         &self,
         server_id: &str,
@@ -1289,7 +1288,7 @@ impl Shared {
                         },
                     };
                     return match seen {
-                        Some(server) => left_soft_deleted(&server, &refused),
+                        Some(server) => self.left_soft_deleted(&server, &refused, deadline).await,
                         None => Err(CloudError::LeftToReclaim(refused).into()),
                     };
                 }
@@ -1316,18 +1315,81 @@ impl Shared {
     }
 }
 
-/// The end of a delete the cloud takes no further than SOFT_DELETED, its
-/// forceDelete `refused` (see [`Shared::delete_server_until_gone`]).
-fn left_soft_deleted(server: &Server, refused: &str) -> ManagerResult<()> {
-    if server.holds_a_tenant_volume() {
-        return Err(ManagerError::FailedPrecondition(format!(
-            "volume {} is still attached to server {}, which Nova lets go of only when it reclaims the server: {refused}. An admin's forceDelete of the server frees it too; then call again (the reconciler also retries at each pass)",
-            server.attached_volumes.join(", "),
-            server.id
-        )));
+impl Shared {
+    /// The end of a delete the cloud takes no further than SOFT_DELETED,
+    /// its forceDelete `refused` (see [`Shared::delete_server_until_gone`]):
+    /// done once no volume is attached to the server any more. Each one it
+    /// still lists is detached from it (Nova's `detach_volume` takes a
+    /// SOFT_DELETED server) and waited for in Cinder, within `deadline`:
+    /// Nova lists a volume until the compute host has detached it, so one
+    /// listed may be on its way already.
+    async fn left_soft_deleted(
+        &self,
+        server: &Server,
+        refused: &str,
+        deadline: Instant,
+    ) -> ManagerResult<()> {
+        for volume_id in &server.attached_volumes {
+            self.detach_from_soft_deleted(&server.id, volume_id, refused, deadline)
+                .await?;
+        }
+        tracing::warn!(server = %server.id, reason = %refused, "server left SOFT_DELETED: it holds its quota and ports until Nova reclaims it");
+        Ok(())
     }
-    tracing::warn!(server = %server.id, reason = %refused, "server left SOFT_DELETED: it holds its quota and ports until Nova reclaims it");
-    Ok(())
+
+    /// Detaches `volume_id` from SOFT_DELETED `server_id` and waits until
+    /// Cinder shows it attached there no more. One `detaching` already is
+    /// only waited for; a detach the compute host fails puts the volume
+    /// back `in-use`, and it is sent again.
+    async fn detach_from_soft_deleted(
+        &self,
+        server_id: &str,
+        volume_id: &str,
+        refused: &str,
+        deadline: Instant,
+    ) -> ManagerResult<()> {
+        let pause = self.settings.poll_interval.min(Duration::from_millis(500));
+        loop {
+            let volume = match self
+                .retry(deadline, || self.cloud.get_volume(volume_id))
+                .await
+            {
+                Err(CloudError::NotFound(_)) => return Ok(()),
+                other => other?,
+            };
+            if !volume.attached_to.iter().any(|s| s == server_id) {
+                return Ok(());
+            }
+            if volume.status != VolumeStatus::Detaching {
+                match self
+                    .retry(deadline, || self.cloud.detach_volume(server_id, volume_id))
+                    .await
+                {
+                    Ok(()) => {}
+                    // Nova's answer for the server's state (a task under
+                    // way) or the volume's (error_attaching, which only an
+                    // admin's reset or the reclaim ends): waiting out the
+                    // deadline here would hold up every caller, a release,
+                    // a reconcile pass, for nothing it can change.
+                    Err(CloudError::Conflict(why)) => {
+                        return Err(ManagerError::FailedPrecondition(format!(
+                            "volume {volume_id} is still attached to server {server_id}, which stays SOFT_DELETED until Nova reclaims it ({refused}), and Nova refuses to detach it now: {why}. Call again once Nova takes the detach (the reconciler also retries at each pass); Nova's reclaim, or an admin's forceDelete of the server, frees the volume too"
+                        )));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if Instant::now() >= deadline {
+                // Still detaching, which the compute host finishes in the
+                // end: the same call again (or the reconciler) sees it done.
+                return Err(CloudError::Transient(format!(
+                    "volume {volume_id} is not detached yet from server {server_id}, which stays SOFT_DELETED until Nova reclaims it; the detach goes on: call again to see it done (the reconciler also retries at each pass)"
+                ))
+                .into());
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
 }
 
 /// Why a Ready instance is retired, judged again when its turn comes.

@@ -4147,13 +4147,12 @@ async fn a_release_completes_where_the_policy_refuses_force_delete() {
 
 /// A release whose server is SOFT_DELETED with the tenant's volume still
 /// attached (deleted by hand before the release could detach it), on a
-/// cloud whose policy refuses the project forceDelete: the volume stays
-/// attached until Nova's reclaim, so the release does not claim to be
-/// done. It fails FAILED_PRECONDITION, naming the server, the volume and
-/// the policy to change, and stays under way; asked again, it does not
-/// send the refused forceDelete again.
+/// cloud whose policy refuses the project forceDelete: Nova detaches a
+/// volume from a SOFT_DELETED server (not a port), so the release lets go
+/// of it and completes, the server left to Nova's reclaim, the volume
+/// available to attach elsewhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_release_whose_volume_a_soft_deleted_server_keeps_fails_precondition() {
+async fn a_release_detaches_the_volume_a_soft_deleted_server_keeps() {
     let env = soft_delete_env().await;
     env.face.faults().refuse_force_delete(true);
     let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
@@ -4165,28 +4164,118 @@ async fn a_release_whose_volume_a_soft_deleted_server_keeps_fails_precondition()
     let server = allocated.server_id.clone().unwrap();
     let volume = allocated.volume_id.clone().unwrap();
     env.driver().await.delete_server(&server).await.unwrap();
-    for _ in 0..2 {
-        let e = running
-            .manager
-            .release("o1", Some(false))
-            .await
-            .unwrap_err();
-        let text = e.to_string();
-        assert!(
-            matches!(e, pool_manager::ManagerError::FailedPrecondition(_))
-                && text.contains(&server)
-                && text.contains(&volume)
-                && text.contains("os-deferred-delete:force"),
-            "{e:?}"
-        );
-        assert_eq!(
-            running.manager.get_allocation("o1").await.unwrap().state,
-            pool_manager::model::AllocationState::Releasing
-        );
-        let left = env.sim.volumes();
-        let left = left.iter().find(|v| v.id == volume).unwrap();
-        assert_eq!(left.status, VolumeStatus::InUse, "{left:?}");
-    }
+    let released = running.manager.release("o1", Some(false)).await;
+    assert_eq!(
+        released.map(|a| a.state).map_err(|e| e.to_string()),
+        Ok(pool_manager::model::AllocationState::Released)
+    );
+    assert_eq!(
+        env.sim.server(&server).map(|s| s.server.status),
+        Some(ServerStatus::Deleted),
+        "left SOFT_DELETED to the reclaim"
+    );
+    let left = env.sim.volumes();
+    let left = left.iter().find(|v| v.id == volume).unwrap();
+    assert_eq!(left.status, VolumeStatus::Available, "{left:?}");
+    assert_eq!(force_deletes(&env), 1);
+    stop_daemon(running, stop).await;
+}
+
+/// Nova lists a volume on its server until the compute host has detached
+/// it, which can take seconds: a release on a cloud that refuses the
+/// forceDelete waits for the detach of the tenant's volume from its
+/// SOFT_DELETED server to finish before it judges, and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_waits_for_the_volume_to_detach_from_its_soft_deleted_server() {
+    let mut config = sim_config();
+    // 2 s of real time: long after the server is seen SOFT_DELETED.
+    config.latencies.volume_detach = Duration::from_secs(200);
+    let env = env_with(
+        config,
+        HttpSettings {
+            reclaim_instance_interval: Duration::from_secs(3600),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    env.face.faults().refuse_force_delete(true);
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
+    let allocated = running
+        .manager
+        .allocate(order(&env, "o1").await)
+        .await
+        .unwrap();
+    let server = allocated.server_id.clone().unwrap();
+    let volume = allocated.volume_id.clone().unwrap();
+    let released = running.manager.release("o1", Some(false)).await;
+    assert_eq!(
+        released.map(|a| a.state).map_err(|e| e.to_string()),
+        Ok(pool_manager::model::AllocationState::Released)
+    );
+    assert_eq!(
+        env.sim.server(&server).map(|s| s.server.status),
+        Some(ServerStatus::Deleted),
+        "left SOFT_DELETED to the reclaim"
+    );
+    let left = env.sim.volumes();
+    let left = left.iter().find(|v| v.id == volume).unwrap();
+    assert_eq!(left.status, VolumeStatus::Available, "{left:?}");
+    stop_daemon(running, stop).await;
+}
+
+/// A release whose SOFT_DELETED server holds the tenant's volume, where
+/// Nova refuses the forceDelete and the detach too (the server busy with a
+/// task): the volume stays attached, so the release does not claim to be
+/// done. It fails FAILED_PRECONDITION, naming the server, the volume and
+/// the refusal, and stays under way; asked again once Nova takes the
+/// detach, it completes, without sending the refused forceDelete again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_whose_volume_nova_will_not_detach_from_a_soft_deleted_server_fails_precondition()
+{
+    let env = soft_delete_env().await;
+    env.face.faults().refuse_force_delete(true);
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
+    let allocated = running
+        .manager
+        .allocate(order(&env, "o1").await)
+        .await
+        .unwrap();
+    let server = allocated.server_id.clone().unwrap();
+    let volume = allocated.volume_id.clone().unwrap();
+    assert!(env
+        .sim
+        .set_server_task_state(&server, Some("image_snapshot")));
+    let e = running
+        .manager
+        .release("o1", Some(false))
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        matches!(e, pool_manager::ManagerError::FailedPrecondition(_))
+            && text.contains(&server)
+            && text.contains(&volume)
+            && text.contains("image_snapshot")
+            && text.contains("os-deferred-delete:force"),
+        "{e:?}"
+    );
+    assert_eq!(
+        running.manager.get_allocation("o1").await.unwrap().state,
+        pool_manager::model::AllocationState::Releasing
+    );
+    let left = env.sim.volumes();
+    let left = left.iter().find(|v| v.id == volume).unwrap();
+    assert_eq!(left.status, VolumeStatus::InUse, "{left:?}");
+
+    assert!(env.sim.set_server_task_state(&server, None));
+    let released = running.manager.release("o1", Some(false)).await;
+    assert_eq!(
+        released.map(|a| a.state).map_err(|e| e.to_string()),
+        Ok(pool_manager::model::AllocationState::Released)
+    );
+    let left = env.sim.volumes();
+    let left = left.iter().find(|v| v.id == volume).unwrap();
+    assert_eq!(left.status, VolumeStatus::Available, "{left:?}");
     assert_eq!(force_deletes(&env), 1);
     stop_daemon(running, stop).await;
 }

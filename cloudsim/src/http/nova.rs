@@ -1185,13 +1185,18 @@ async fn detach_volume(
             format!("Volume {volume_id} could not be found."),
         ));
     }
-    if model.volume_server(&volume_id, now).as_deref() != Some(id.as_str()) {
+    if model.volume_listed_on(&volume_id, now).as_deref() != Some(id.as_str()) {
         return Err(not_attached(&id, &volume_id));
+    }
+    if model.volume_server(&volume_id, now).as_deref() != Some(id.as_str()) {
+        // Detaching already: Nova still has its mapping, and Cinder's
+        // begin_detaching refuses a volume that is not in-use.
+        return Err(ApiError::bad_request(C, crate::model::DETACH_NOT_IN_USE));
     }
     model
         .detach_volume(&id, &volume_id, now)
         .map_err(|e| match e {
-            CloudError::Conflict(m) if m == crate::model::DETACH_WHILE_ATTACHING => {
+            CloudError::Conflict(m) if m == crate::model::DETACH_NOT_IN_USE => {
                 ApiError::bad_request(C, m)
             }
             e => ApiError::from_cloud(C, e),
