@@ -1044,6 +1044,54 @@ async fn readiness_greeting_at_the_servers_address() {
     .await;
 }
 
+/// Nova's `?name=` is a regular expression searched for in the name (its
+/// database's REGEXP), not a substring: a client wanting a literal name
+/// escapes it, as warmpool's driver does.
+#[tokio::test]
+async fn the_name_filter_is_a_regex() {
+    let env = start().await;
+    let dotted = env.boot("wp.db+1", "2.52", &[]).await;
+    let other = env.boot("wpXdb1", "2.52", &[]).await;
+    let listed = |query: &'static str| {
+        let env = &env;
+        async move {
+            let r = env
+                .get(
+                    Service::Compute,
+                    &format!("/v2.1/servers?name={query}"),
+                    None,
+                )
+                .await
+                .expect(200)
+                .json();
+            let mut ids: Vec<String> = r["servers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["id"].as_str().unwrap().to_owned())
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    // `wp\.db\+1`, URL-encoded.
+    assert_eq!(listed("wp%5C.db%5C%2B1").await, vec![dotted.clone()]);
+    let mut both = vec![dotted.clone(), other.clone()];
+    both.sort();
+    assert_eq!(listed("wp.db").await, both);
+    // Unescaped, `+` repeats the `b`: the name finds the other server, not
+    // its own.
+    assert_eq!(listed("%5Ewp.db%2B1%24").await, vec![other]);
+    let r = env
+        .get(Service::Compute, "/v2.1/servers?name=wp(", None)
+        .await
+        .expect(400);
+    assert!(r.json()["badRequest"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("wp("));
+}
+
 #[tokio::test]
 async fn tag_filter_is_honoured_from_2_26_and_ignored_below() {
     let env = start().await;

@@ -977,6 +977,32 @@ async fn http_faults_are_classified() {
         .collect();
     assert_eq!(twins.len(), 1, "{twins:?}");
     assert_eq!(twins[0].server.id, retried.id);
+    // So with a name prefix Nova's regex reads otherwise (the driver
+    // escapes it).
+    let dotted = env.driver_with("server_name_prefix = \"wp.db+\"").await;
+    // Its flavor and image looked up first: the lost answer is the create's.
+    dotted
+        .create_server(&spec("first", "db.small", "az1"))
+        .await
+        .unwrap();
+    faults.garbage_next(Service::Compute, 1);
+    let e = dotted
+        .create_server(&spec("twin", "db.small", "az1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CloudError::Transient(_)), "{e:?}");
+    let retried = dotted
+        .create_server(&spec("twin", "db.small", "az1"))
+        .await
+        .unwrap();
+    let twins: Vec<_> = env
+        .sim
+        .servers()
+        .into_iter()
+        .filter(|s| s.server.name == "wp.db+twin")
+        .collect();
+    assert_eq!(twins.len(), 1, "{twins:?}");
+    assert_eq!(twins[0].server.id, retried.id);
     // A truncated body on success.
     faults.garbage_next(Service::Volume, 1);
     let e = cloud.create_volume(&volume_spec("g", 1)).await.unwrap_err();
