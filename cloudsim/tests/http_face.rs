@@ -2559,8 +2559,16 @@ async fn detaching_a_volume_still_attaching_is_400() {
 #[tokio::test]
 async fn a_soft_delete_cloud_keeps_servers_until_forced_or_reclaimed() {
     // Never reached here: the steps below must see b SOFT_DELETED
-    // however loaded the machine (the reclaim has its own test).
-    let env = soft_deleting_cloud(Duration::from_secs(3600)).await;
+    // however loaded the machine (the reclaim has its own test). And a
+    // forced delete that takes 2 s, not 4 ms, so that the steps below see
+    // a still deleting however loaded the machine.
+    let mut slow_delete = config();
+    slow_delete.latencies.delete = Duration::from_secs(1000);
+    let settings = HttpSettings {
+        reclaim_instance_interval: Duration::from_secs(3600),
+        ..HttpSettings::default()
+    };
+    let env = start_with(slow_delete, settings).await;
     let a = env.active_server("a").await;
     let b = env.active_server("b").await;
     let force = |id: String| {
