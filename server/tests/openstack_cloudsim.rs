@@ -916,6 +916,29 @@ async fn a_failing_port_quota_read_is_warned_of_once_per_outage() {
     assert_eq!((warned(), told_back()), (2, 1), "{}", logs.text());
 }
 
+/// A create (of server "twin") whose answer the cloud garbles took effect:
+/// it fails Transient, and the retry finds that server, `named` so, rather
+/// than booting a twin.
+async fn a_lost_create_is_found_again(env: &Env, cloud: &OpenStackCloud, named: &str) {
+    env.face.faults().garbage_next(Service::Compute, 1);
+    let e = cloud
+        .create_server(&spec("twin", "db.small", "az1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CloudError::Transient(_)), "{e:?}");
+    let retried = cloud
+        .create_server(&spec("twin", "db.small", "az1"))
+        .await
+        .unwrap();
+    let twins: Vec<_> = env
+        .sim
+        .servers()
+        .into_iter()
+        .filter(|s| s.server.name == named)
+        .collect();
+    assert_eq!(twins.len(), 1, "{twins:?}");
+    assert_eq!(twins[0].server.id, retried.id);
+}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_faults_are_classified() {
     let env = env().await;
@@ -959,24 +982,7 @@ async fn http_faults_are_classified() {
     assert!(matches!(e, CloudError::Transient(_)), "{e:?}");
     // A create whose answer is lost took effect: the retry finds that server
     // instead of booting a twin.
-    faults.garbage_next(Service::Compute, 1);
-    let e = cloud
-        .create_server(&spec("twin", "db.small", "az1"))
-        .await
-        .unwrap_err();
-    assert!(matches!(e, CloudError::Transient(_)), "{e:?}");
-    let retried = cloud
-        .create_server(&spec("twin", "db.small", "az1"))
-        .await
-        .unwrap();
-    let twins: Vec<_> = env
-        .sim
-        .servers()
-        .into_iter()
-        .filter(|s| s.server.name == "warmpool-twin")
-        .collect();
-    assert_eq!(twins.len(), 1, "{twins:?}");
-    assert_eq!(twins[0].server.id, retried.id);
+    a_lost_create_is_found_again(&env, &cloud, "warmpool-twin").await;
     // So with a name prefix Nova's regex reads otherwise (the driver
     // escapes it).
     let dotted = env.driver_with("server_name_prefix = \"wp.db+\"").await;
@@ -985,24 +991,7 @@ async fn http_faults_are_classified() {
         .create_server(&spec("first", "db.small", "az1"))
         .await
         .unwrap();
-    faults.garbage_next(Service::Compute, 1);
-    let e = dotted
-        .create_server(&spec("twin", "db.small", "az1"))
-        .await
-        .unwrap_err();
-    assert!(matches!(e, CloudError::Transient(_)), "{e:?}");
-    let retried = dotted
-        .create_server(&spec("twin", "db.small", "az1"))
-        .await
-        .unwrap();
-    let twins: Vec<_> = env
-        .sim
-        .servers()
-        .into_iter()
-        .filter(|s| s.server.name == "wp.db+twin")
-        .collect();
-    assert_eq!(twins.len(), 1, "{twins:?}");
-    assert_eq!(twins[0].server.id, retried.id);
+    a_lost_create_is_found_again(&env, &dotted, "wp.db+twin").await;
     // A truncated body on success.
     faults.garbage_next(Service::Volume, 1);
     let e = cloud.create_volume(&volume_spec("g", 1)).await.unwrap_err();
