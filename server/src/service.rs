@@ -10,12 +10,13 @@ use pool_manager::events::Event;
 use pool_manager::model::PoolKey;
 use pool_manager::{ManagerError, PoolManager};
 use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
-use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tonic::body::BoxBody;
 use tonic::codegen::{http, Service};
 use tonic::metadata::MetadataMap;
@@ -290,35 +291,62 @@ impl WarmPool for WarmPoolService {
             )));
         };
         let still_allowed = recheck(self.access.clone(), &request, Method::WatchPools);
-        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
-        let stopping = self.stopping.clone();
-        Watcher::spawn(
+        let (_watcher, stream) = open_watch(
             &self.manager,
-            stopping.clone(),
-            still_allowed.clone(),
-            tx,
+            self.stopping.clone(),
+            still_allowed,
             slot,
+            WATCH_BUFFER,
         );
-        Ok(Response::new(watch_stream(rx, stopping, still_allowed)))
+        Ok(Response::new(stream))
     }
+}
+
+/// Starts a watch's task and returns it with the stream its reader reads,
+/// which holds up to `buffer` messages.
+fn open_watch(
+    manager: &PoolManager,
+    stopping: watch::Receiver<bool>,
+    still_allowed: StillAllowed,
+    slot: OwnedSemaphorePermit,
+    buffer: usize,
+) -> (
+    tokio::task::JoinHandle<()>,
+    <WarmPoolService as WarmPool>::WatchPoolsStream,
+) {
+    let (tx, rx) = mpsc::channel(buffer);
+    let (ended_tx, ended) = oneshot::channel();
+    let watcher = Watcher::spawn(
+        manager,
+        stopping.clone(),
+        still_allowed.clone(),
+        tx,
+        ended_tx,
+        slot,
+    );
+    (watcher, watch_stream(rx, ended, stopping, still_allowed))
 }
 
 /// What a `WatchPools` caller reads: the watcher's messages until the
 /// daemon starts shutting down, then UNAVAILABLE, so the client watches
 /// again once it is back; or until a reload removed the caller's token,
-/// then UNAUTHENTICATED. These statuses are made here, on the reading
+/// then UNAUTHENTICATED; or, once the watcher stopped, the status it
+/// stopped with (`ended`). These statuses are made here, on the reading
 /// side, not sent by the watcher: a reader that is behind has no room left
 /// in the buffer for them, and what is still in the buffer then is stale
-/// or no longer the caller's to read.
+/// or no longer the caller's to read. A watch never ends without one: the
+/// plain end of a stream would read as complete, and its reader would not
+/// know to watch again.
 fn watch_stream(
-    rx: mpsc::Receiver<Result<api::PoolStatus, Status>>,
+    rx: mpsc::Receiver<api::PoolStatus>,
+    ended: oneshot::Receiver<Status>,
     stopping_rx: watch::Receiver<bool>,
     still_allowed: StillAllowed,
 ) -> <WarmPoolService as WarmPool>::WatchPoolsStream {
     Box::pin(futures::stream::unfold(
-        Some((rx, stopping_rx, still_allowed)),
+        Some((rx, ended, stopping_rx, still_allowed)),
         |open| async move {
-            let (mut rx, stopping_rx, still_allowed) = open?;
+            let (mut rx, mut ended, stopping_rx, still_allowed) = open?;
             tokio::select! {
                 // Shutdown first: the backlog of a reader that is behind is
                 // dropped rather than read out ahead of the status.
@@ -331,9 +359,20 @@ fn watch_stream(
                 )),
                 // Checked at each message, and at the end the watcher
                 // makes when it finds the token gone.
-                item = rx.recv() => match still_allowed() {
-                    Err(refused) => Some((Err(refused), None)),
-                    Ok(()) => item.map(|item| (item, Some((rx, stopping_rx, still_allowed)))),
+                item = rx.recv() => match (still_allowed(), item) {
+                    (Err(refused), _) => Some((Err(refused), None)),
+                    (Ok(()), Some(item)) => {
+                        Some((Ok(item), Some((rx, ended, stopping_rx, still_allowed))))
+                    }
+                    // The watcher sent why it stopped before it let go of
+                    // the channel (a token revoked, though a later reload
+                    // gave it back); it may also have panicked.
+                    (Ok(()), None) => Some((
+                        Err(ended.try_recv().unwrap_or_else(|_| {
+                            Status::unavailable("warmpoold's watch of the pools stopped; watch again")
+                        })),
+                        None,
+                    )),
                 },
             }
         },
@@ -367,7 +406,7 @@ struct Watcher {
     /// The last pool message sent per pool: only changes go out, and a pool
     /// that disappears gets a last message with its last known state.
     sent: HashMap<PoolKey, api::Pool>,
-    tx: mpsc::Sender<Result<api::PoolStatus, Status>>,
+    tx: mpsc::Sender<api::PoolStatus>,
     /// Given back when the watcher ends, which it does as soon as its
     /// reader's stream is dropped (`tx.closed()`).
     _slot: OwnedSemaphorePermit,
@@ -394,15 +433,31 @@ fn recheck<T>(access: AccessHandle, request: &Request<T>, method: Method) -> Sti
 #[allow(clippy::result_large_err)]
 type StillAllowed = Arc<dyn Fn() -> Result<(), Status> + Send + Sync>;
 
-/// The watcher went away, or the manager did: stop.
-struct Stop;
+/// Why a watcher stopped: the status its stream ends with, once its
+/// reader has read what was sent before (`watch_stream`).
+struct Stop(Status);
+
+impl Stop {
+    /// The reader went away: no one reads this.
+    fn reader_gone() -> Self {
+        Stop(Status::cancelled("the WatchPools reader went away"))
+    }
+
+    /// `watch_stream` says so itself, ahead of any backlog.
+    fn shutting_down() -> Self {
+        Stop(Status::unavailable(
+            "warmpoold is shutting down; watch again once it is back",
+        ))
+    }
+}
 
 impl Watcher {
     fn spawn(
         manager: &PoolManager,
         stopping: watch::Receiver<bool>,
         still_allowed: StillAllowed,
-        tx: mpsc::Sender<Result<api::PoolStatus, Status>>,
+        tx: mpsc::Sender<api::PoolStatus>,
+        ended: oneshot::Sender<Status>,
         slot: OwnedSemaphorePermit,
     ) -> tokio::task::JoinHandle<()> {
         // Subscribed before the first listing, so nothing that happens after
@@ -418,25 +473,25 @@ impl Watcher {
             _slot: slot,
         };
         tokio::spawn(async move {
-            let _ = watcher.serve().await;
+            let Err(Stop(status)) = watcher.serve().await;
+            // Before the channel closes (the watcher dropped), so the
+            // stream finds it once it reads the channel's end.
+            let _ = ended.send(status);
+            drop(watcher);
         })
     }
 
-    async fn serve(&mut self) -> Result<(), Stop> {
+    async fn serve(&mut self) -> Result<Infallible, Stop> {
         loop {
-            if let Err(refused) = (self.still_allowed)() {
-                let _ = self.send_item(Err(refused)).await;
-                return Err(Stop);
-            }
+            (self.still_allowed)().map_err(Stop)?;
             self.refresh().await?;
             let next_refresh = tokio::time::Instant::now() + WATCH_REFRESH;
             // Events may come in bursts: handle them all before re-listing,
             // but re-list at least every WATCH_REFRESH.
             loop {
                 tokio::select! {
-                    _ = self.tx.closed() => return Err(Stop),
-                    // The stream itself ends with UNAVAILABLE (`watch_stream`).
-                    () = stopping(&self.stopping) => return Err(Stop),
+                    _ = self.tx.closed() => return Err(Stop::reader_gone()),
+                    () = stopping(&self.stopping) => return Err(Stop::shutting_down()),
                     _ = self.changes.changed() => break,
                     event = self.events.recv() => match event {
                         Ok(event) => self.on_event(&event).await?,
@@ -448,7 +503,11 @@ impl Watcher {
                             self.send(status_message(None, vec![event])).await?;
                             break;
                         }
-                        Err(broadcast::error::RecvError::Closed) => return Err(Stop),
+                        Err(broadcast::error::RecvError::Closed) => {
+                            return Err(Stop(Status::unavailable(
+                                "warmpoold's pool manager stopped; watch again once warmpoold is back",
+                            )))
+                        }
                     },
                     _ = tokio::time::sleep_until(next_refresh) => break,
                 }
@@ -456,28 +515,20 @@ impl Watcher {
         }
     }
 
-    async fn send(&self, status: api::PoolStatus) -> Result<(), Stop> {
-        self.send_item(Ok(status)).await
-    }
-
     /// Waits for room in the stream, but not past the start of a shutdown
     /// (a reader that stopped reading would otherwise hold the daemon up
     /// for its whole grace period), nor past the removal of the caller's
     /// token (`watch_stream` tells the reader, whenever it reads again).
-    async fn send_item(&self, item: Result<api::PoolStatus, Status>) -> Result<(), Stop> {
-        let send = self.tx.send(item);
+    async fn send(&self, status: api::PoolStatus) -> Result<(), Stop> {
+        let send = self.tx.send(status);
         tokio::pin!(send);
         let start = tokio::time::Instant::now() + WATCH_REFRESH;
         let mut recheck = tokio::time::interval_at(start, WATCH_REFRESH);
         loop {
             tokio::select! {
-                sent = &mut send => return sent.map_err(|_| Stop),
-                () = stopping(&self.stopping) => return Err(Stop),
-                _ = recheck.tick() => {
-                    if (self.still_allowed)().is_err() {
-                        return Err(Stop);
-                    }
-                }
+                sent = &mut send => return sent.map_err(|_| Stop::reader_gone()),
+                () = stopping(&self.stopping) => return Err(Stop::shutting_down()),
+                _ = recheck.tick() => (self.still_allowed)().map_err(Stop)?,
             }
         }
     }
@@ -487,10 +538,8 @@ impl Watcher {
     async fn refresh(&mut self) -> Result<(), Stop> {
         let pools = match self.manager.list_pools().await {
             Ok(pools) => pools,
-            Err(e) => {
-                let _ = self.send_item(Err(convert::status(e))).await;
-                return Err(Stop);
-            }
+            // Ends the stream once its reader has read what came before.
+            Err(e) => return Err(Stop(convert::status(e))),
         };
         let mut listed = HashSet::new();
         for status in pools {
@@ -750,14 +799,12 @@ mod tests {
         let (stop, stopping) = watch::channel(false);
         // Room for one message: the first pool's fills it and the second
         // pool's waits.
-        let (tx, rx) = mpsc::channel(1);
         let open = recheck(
             AccessHandle::default(),
             &Request::new(()),
             Method::WatchPools,
         );
-        let watcher = Watcher::spawn(&manager, stopping.clone(), open.clone(), tx, slot());
-        let stream = watch_stream(rx, stopping, open);
+        let (watcher, stream) = open_watch(&manager, stopping, open, slot(), 1);
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(!watcher.is_finished(), "the watch ended before shutdown");
         stop.send(true).unwrap();
@@ -788,14 +835,12 @@ mod tests {
         let (_stop, stopping) = watch::channel(false);
         // Room for one message: the first pool's fills it and the second
         // pool's waits, so the watcher is not reading events.
-        let (tx, rx) = mpsc::channel(1);
         let open = recheck(
             AccessHandle::default(),
             &Request::new(()),
             Method::WatchPools,
         );
-        let _watcher = Watcher::spawn(&manager, stopping.clone(), open.clone(), tx, slot());
-        let mut stream = watch_stream(rx, stopping, open);
+        let (_watcher, mut stream) = open_watch(&manager, stopping, open, slot(), 1);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let key = PoolKey::new("db.small", "az1");
         manager
@@ -848,10 +893,8 @@ mod tests {
             .insert("authorization", "Bearer dash-token".parse().unwrap());
         // Room for one message: the first pool's fills it and the second
         // pool's waits.
-        let (tx, rx) = mpsc::channel(1);
         let allowed = recheck(access.clone(), &request, Method::WatchPools);
-        let watcher = Watcher::spawn(&manager, stopping.clone(), allowed.clone(), tx, slot());
-        let stream = watch_stream(rx, stopping, allowed);
+        let (watcher, stream) = open_watch(&manager, stopping, allowed, slot(), 1);
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(!watcher.is_finished(), "the watch ended before the reload");
         access
@@ -867,6 +910,52 @@ mod tests {
         match items.as_slice() {
             [Err(status)] => assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}"),
             other => panic!("the stream after the reload: {other:?}"),
+        }
+    }
+
+    /// A watch its token's revocation stopped ends UNAUTHENTICATED though a
+    /// second reload gave the token back before its reader read its backlog:
+    /// never with the plain end of a stream that looks complete.
+    #[tokio::test(start_paused = true)]
+    async fn a_revoked_watch_ends_unauthenticated_though_its_token_came_back() {
+        use crate::access::{token_sha256, Access, Caller, Role};
+        let token = |token: &str, name: &str, role| {
+            let caller = Caller {
+                name: name.into(),
+                role,
+            };
+            Access::with_tokens([(token_sha256(token), caller)])
+        };
+        let manager = two_paused_pools().await;
+        let (_stop, stopping) = watch::channel(false);
+        let access = AccessHandle::new(token("dash-token", "dash", Role::Reader));
+        let mut request = Request::new(());
+        request
+            .metadata_mut()
+            .insert("authorization", "Bearer dash-token".parse().unwrap());
+        // Room for one message: the first pool's fills it and the second
+        // pool's waits.
+        let allowed = recheck(access.clone(), &request, Method::WatchPools);
+        let (watcher, stream) = open_watch(&manager, stopping, allowed, slot(), 1);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        access
+            .reload(token("ops-token", "ops", Role::Operator))
+            .unwrap();
+        tokio::time::timeout(WATCH_REFRESH * 2, watcher)
+            .await
+            .expect("the watch's task ends within a second of the reload")
+            .unwrap();
+        access
+            .reload(token("dash-token", "dash", Role::Reader))
+            .unwrap();
+        let items: Vec<_> = tokio::time::timeout(Duration::from_secs(60), stream.collect())
+            .await
+            .expect("the stream ended");
+        match items.last() {
+            Some(Err(status)) => {
+                assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}")
+            }
+            other => panic!("the stream's last item: {other:?} (of {items:?})"),
         }
     }
 }
