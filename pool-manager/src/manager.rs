@@ -129,6 +129,11 @@ pub struct PoolStatus {
     pub service_level: f64,
     /// Whether boots keep failing (see `crate::events::HealthBook`).
     pub health: PoolHealth,
+    /// Which pool of its key this is: a pool deleted and created again
+    /// under the same key has another. Counted in this process only (0 for
+    /// a pool created before it started), so it tells two pools apart for
+    /// watchers, which do not outlive it; not stored.
+    pub generation: u64,
 }
 
 // The service level is a finite setting; equality is used by tests and watchers only.
@@ -204,6 +209,9 @@ pub(crate) struct Shared {
     pub attempt_salts: Mutex<StdRng>,
     /// Boot health per pool: the degraded / recovered verdicts.
     pub health: Mutex<HealthBook>,
+    /// Pools created per key since this process started
+    /// ([`PoolStatus::generation`]).
+    pub generations: Mutex<HashMap<PoolKey, u64>>,
     /// Calls waiting out a Retry-After now, by service (see
     /// [`PoolManager::paused_cloud_calls`]); each held by a [`PausedCall`].
     pub paused: Mutex<BTreeMap<Option<CloudService>, u64>>,
@@ -276,6 +284,15 @@ impl Shared {
             // No subscriber is fine: events are for observers only.
             let _ = self.events.send(event);
         }
+    }
+
+    fn generations(&self) -> MutexGuard<'_, HashMap<PoolKey, u64>> {
+        // Plain counters, as the health book's.
+        self.generations.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn generation(&self, key: &PoolKey) -> u64 {
+        self.generations().get(key).copied().unwrap_or(0)
     }
 
     pub(crate) fn health_book(&self) -> MutexGuard<'_, HealthBook> {
@@ -419,6 +436,7 @@ impl Shared {
             .collect();
         let sizing = self.sizing_status(&record);
         let health = self.health_book().health(&record.key);
+        let generation = self.generation(&record.key);
         Ok(PoolStatus {
             effective_target: sizing.target,
             record,
@@ -426,6 +444,7 @@ impl Shared {
             sizing,
             service_level: self.settings.sizing.service_level,
             health,
+            generation,
         })
     }
 }
@@ -586,6 +605,7 @@ impl PoolManager {
                 sizing_unreadable: Mutex::default(),
                 gate: Arc::new(Mutex::new(Gate::new(settings.gate.clone()))),
                 health: Mutex::new(HealthBook::default()),
+                generations: Mutex::default(),
                 paused: Mutex::default(),
                 left_alone: Mutex::default(),
                 claimed: tokio::sync::OnceCell::new(),
@@ -855,6 +875,9 @@ impl PoolManager {
         {
             let _guard = self.shared.pool_lock.lock().await;
             self.refuse_existing(&key).await?;
+            // Before the record is there, so that no listing reads the new
+            // pool with the old one's generation.
+            *self.shared.generations().entry(key.clone()).or_default() += 1;
             self.shared
                 .store
                 .put_pool(&PoolRecord::new(key.clone(), spec))

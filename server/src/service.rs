@@ -405,11 +405,19 @@ struct Watcher {
     still_allowed: StillAllowed,
     /// The last pool message sent per pool: only changes go out, and a pool
     /// that disappears gets a last message with its last known state.
-    sent: HashMap<PoolKey, api::Pool>,
+    sent: HashMap<PoolKey, Sent>,
     tx: mpsc::Sender<api::PoolStatus>,
     /// Given back when the watcher ends, which it does as soon as its
     /// reader's stream is dropped (`tx.closed()`).
     _slot: OwnedSemaphorePermit,
+}
+
+/// A pool as a watch last sent it.
+struct Sent {
+    /// Tells it from a pool created again under its key
+    /// (`pool_manager::PoolStatus::generation`).
+    generation: u64,
+    pool: api::Pool,
 }
 
 /// Checks the caller of `request` for `method` against the tokens in force
@@ -544,16 +552,15 @@ impl Watcher {
         let mut listed = HashSet::new();
         for status in pools {
             let key = status.record.key.clone();
+            let generation = status.generation;
             let pool = convert::pool(status);
             listed.insert(key.clone());
-            if self
-                .sent
-                .get(&key)
-                .is_some_and(|sent| same_for_watchers(sent, &pool))
-            {
+            if self.sent.get(&key).is_some_and(|sent| {
+                sent.generation == generation && same_for_watchers(&sent.pool, &pool)
+            }) {
                 continue;
             }
-            self.sent.insert(key, pool.clone());
+            self.note_sent(&key, generation, pool.clone()).await?;
             self.send(status_message(Some(pool), Vec::new())).await?;
         }
         let gone: Vec<PoolKey> = self
@@ -563,13 +570,39 @@ impl Watcher {
             .cloned()
             .collect();
         for key in gone {
-            let last = self.sent.remove(&key);
-            let event = convert::pool_deleted_event(&key, SystemTime::now());
-            let mut message = status_message(last, vec![event]);
-            message.deleted = true;
-            self.send(message).await?;
+            self.send_gone(&key).await?;
         }
         Ok(())
+    }
+
+    /// Records `pool` as the one sent for `key`. One of another generation
+    /// sent before was deleted meanwhile (a reader that is behind, or the
+    /// deletion and creation within one refresh): its last message goes
+    /// first, so the reader does not take the new pool for the old one.
+    async fn note_sent(
+        &mut self,
+        key: &PoolKey,
+        generation: u64,
+        pool: api::Pool,
+    ) -> Result<(), Stop> {
+        if self
+            .sent
+            .get(key)
+            .is_some_and(|sent| sent.generation != generation)
+        {
+            self.send_gone(key).await?;
+        }
+        self.sent.insert(key.clone(), Sent { generation, pool });
+        Ok(())
+    }
+
+    /// Sends the last message of the pool sent for `key`: it is gone.
+    async fn send_gone(&mut self, key: &PoolKey) -> Result<(), Stop> {
+        let last = self.sent.remove(key).map(|sent| sent.pool);
+        let event = convert::pool_deleted_event(key, SystemTime::now());
+        let mut message = status_message(last, vec![event]);
+        message.deleted = true;
+        self.send(message).await
     }
 
     /// Sends an event worth showing, with its pool's current state.
@@ -581,12 +614,13 @@ impl Watcher {
             None => None,
             Some(key) => match self.manager.get_pool(key).await {
                 Ok(status) => {
+                    let generation = status.generation;
                     let pool = convert::pool(status);
-                    self.sent.insert(key.clone(), pool.clone());
+                    self.note_sent(key, generation, pool.clone()).await?;
                     Some(pool)
                 }
                 // Gone meanwhile: the next refresh says so; show its last state.
-                Err(_) => self.sent.get(key).cloned(),
+                Err(_) => self.sent.get(key).map(|sent| sent.pool.clone()),
             },
         };
         self.send(status_message(pool, vec![shown])).await
@@ -957,5 +991,55 @@ mod tests {
             }
             other => panic!("the stream's last item: {other:?} (of {items:?})"),
         }
+    }
+
+    /// A pool deleted and created again under its key while the reader is
+    /// behind is two pools: the reader gets the old one's last message,
+    /// `deleted` set, before the new one, not an update that reads as the
+    /// old pool's settings changed.
+    #[tokio::test(start_paused = true)]
+    async fn a_pool_created_again_while_the_reader_is_behind_is_sent_deleted_first() {
+        let manager = two_paused_pools().await;
+        let (_stop, stopping) = watch::channel(false);
+        let open = recheck(
+            AccessHandle::default(),
+            &Request::new(()),
+            Method::WatchPools,
+        );
+        // Room for one message: the first pool's fills it and the second
+        // pool's waits.
+        let (_watcher, mut stream) = open_watch(&manager, stopping, open, slot(), 1);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let key = PoolKey::new("db.small", "az1");
+        let old = manager.get_pool(&key).await.unwrap().record.spec;
+        manager.delete_pool(&key).await.unwrap();
+        let gone = async {
+            while manager.get_pool(&key).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), gone)
+            .await
+            .expect("the empty pool's drain finishes");
+        let mut spec = old.clone();
+        spec.max_ready = 2;
+        manager.create_pool(key.clone(), spec).await.unwrap();
+        let mut az1 = Vec::new();
+        while az1.len() < 3 {
+            let item = tokio::time::timeout(Duration::from_secs(60), stream.next())
+                .await
+                .expect("a message within a minute")
+                .expect("the stream goes on")
+                .expect("no error");
+            let Some(pool) = item.pool.as_ref() else {
+                continue;
+            };
+            if pool.availability_zone == "az1" {
+                let max_ready = pool.spec.as_ref().unwrap().max_ready;
+                az1.push((max_ready, item.deleted));
+            }
+        }
+        // The first message is the opening one, sent before the delete.
+        assert_eq!(az1, [(1, false), (1, true), (2, false)]);
     }
 }
