@@ -615,7 +615,8 @@ impl Client {
         }
     }
 
-    /// Subscribes to pool status: one item per pool at once, then one per
+    /// Subscribes to pool status: one item per pool at once, then one with
+    /// `snapshot_complete` set (from a server that knows it), then one per
     /// change. The stream ends when the server closes it; a broken stream
     /// yields one `Err` and then ends.
     pub async fn watch_pools(&self) -> Result<PoolStatusStream, ClientError> {

@@ -598,6 +598,10 @@ pub struct PoolStatusView<'a> {
     at: Option<String>,
     events: Vec<PoolEventView<'a>>,
     deleted: bool,
+    /// The server's first messages (one per pool) are over; written only
+    /// on that message.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    snapshot_complete: bool,
 }
 
 impl<'a> From<&'a api::PoolStatus> for PoolStatusView<'a> {
@@ -607,6 +611,7 @@ impl<'a> From<&'a api::PoolStatus> for PoolStatusView<'a> {
             at: s.at.as_ref().map(|t| timestamp(t, true)),
             events: s.events.iter().map(Into::into).collect(),
             deleted: s.deleted,
+            snapshot_complete: s.snapshot_complete,
         }
     }
 }

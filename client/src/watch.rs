@@ -1,8 +1,11 @@
 //! `warmpoolctl watch`: a live view of every pool fed by WatchPools.
 //!
-//! The server sends one PoolStatus per pool at start and one per change or
-//! event; we keep the latest status of every pool and redraw the whole
-//! table, so each frame is complete on its own. Pool events (exhausted,
+//! The server sends one PoolStatus per pool at start, then one marking that
+//! snapshot complete, then one per change or event; we keep the latest
+//! status of every pool and redraw the whole table, so each frame is
+//! complete on its own. The first frame waits for the marker, so it shows
+//! every pool, not those that arrived first (a server older than the marker
+//! gets [`SNAPSHOT_WAIT`]). Pool events (exhausted,
 //! degraded, recovered, settings changed, leak deleted, throttled, deleted)
 //! are printed as `event ...` lines under the table: on a terminal the most
 //! recent few, redrawn with it; elsewhere each event once, in the frame
@@ -28,9 +31,10 @@ use crate::table::watch_table;
 /// Moves the cursor home after clearing the screen.
 const CLEAR_SCREEN: &str = "\x1b[2J\x1b[H";
 
-/// How long `watch` waits for a first message before it shows an empty
-/// table.
-const EMPTY_VIEW_AFTER: Duration = Duration::from_secs(1);
+/// How long `watch` waits for the end of the server's opening snapshot
+/// before it draws what it has: a server older than the marker never sends
+/// it (and one with no pool sent nothing else).
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
 
 /// How often a terminal is redrawn while a throttle countdown shows.
 const COUNTDOWN_TICK: Duration = Duration::from_secs(1);
@@ -153,7 +157,9 @@ async fn show(
     format: OutputFormat,
 ) -> anyhow::Result<()> {
     let mut board = PoolBoard::default();
-    let mut waiting_for_first = format == OutputFormat::Table;
+    // A table's first frame is drawn once every pool has arrived.
+    let mut snapshot_due =
+        (format == OutputFormat::Table).then(|| tokio::time::Instant::now() + SNAPSHOT_WAIT);
     let mut answered = false;
     let failure = |e: ClientError, answered: bool| -> anyhow::Error {
         if answered {
@@ -163,21 +169,22 @@ async fn show(
         }
     };
     loop {
-        // A daemon with pools sends them at once; one with none sends
-        // nothing until one changes: show the empty table then, rather than
-        // a blank screen. A countdown on a terminal is redrawn as it runs.
-        let redraw_after = if std::mem::take(&mut waiting_for_first) {
-            Some(EMPTY_VIEW_AFTER)
+        // Past the wait for the snapshot's end, what has arrived is drawn
+        // (the empty table rather than a blank screen). A countdown on a
+        // terminal is redrawn as it runs.
+        let redraw_at = if let Some(due) = snapshot_due {
+            Some(due)
         } else if terminal && board.counting_down() {
-            Some(COUNTDOWN_TICK)
+            Some(tokio::time::Instant::now() + COUNTDOWN_TICK)
         } else {
             None
         };
-        let next = match redraw_after {
+        let next = match redraw_at {
             None => stream.next().await,
-            Some(after) => match tokio::time::timeout(after, stream.next()).await {
+            Some(at) => match tokio::time::timeout_at(at, stream.next()).await {
                 Ok(next) => next,
                 Err(_) => {
+                    snapshot_due = None;
                     let frame = board.render(terminal, SystemTime::now());
                     if let Err(e) = write_frame(out, &frame, terminal) {
                         return unless_reader_left(e);
@@ -198,22 +205,31 @@ async fn show(
                 }
             }
             OutputFormat::Table => {
+                let mut complete = status.snapshot_complete;
                 board.apply(status);
-                // Fold in updates that have already arrived (notably the
-                // one-per-pool burst at start) so we draw one frame for them
-                // instead of a partial table per message.
+                // Fold in updates that have already arrived so we draw one
+                // frame for them instead of a partial table per message.
                 let mut failed = None;
                 while let Some(Some(item)) = stream.next().now_or_never() {
                     match item {
-                        Ok(status) => board.apply(status),
+                        Ok(status) => {
+                            complete |= status.snapshot_complete;
+                            board.apply(status);
+                        }
                         Err(e) => {
                             failed = Some(e);
                             break;
                         }
                     }
                 }
+                if complete {
+                    snapshot_due = None;
+                }
                 // What arrived before an error (a pool's last message at
                 // shutdown) is drawn before the error ends the view.
+                if snapshot_due.is_some() && failed.is_none() {
+                    continue;
+                }
                 let frame = board.render(terminal, SystemTime::now());
                 if let Err(e) = write_frame(out, &frame, terminal) {
                     return unless_reader_left(e);
@@ -455,7 +471,11 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(3500)).await;
                 Err(ClientError::Malformed("the server went away".into()))
             });
-            let items = futures::stream::iter([Ok(status(pool))]).chain(later);
+            let complete = api::PoolStatus {
+                snapshot_complete: true,
+                ..Default::default()
+            };
+            let items = futures::stream::iter([Ok(status(pool)), Ok(complete)]).chain(later);
             let mut out = Vec::new();
             show(Box::pin(items), &mut out, terminal, OutputFormat::Table)
                 .await
@@ -482,5 +502,36 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("POOL "), "{text}");
         assert_eq!(text.trim_end().lines().count(), 1, "{text}");
+    }
+
+    /// A server older than the snapshot's marker never sends it: the first
+    /// frame shows what arrived within [`SNAPSHOT_WAIT`], every pool of a
+    /// listing that came apart, and later messages are drawn as they come.
+    #[tokio::test(start_paused = true)]
+    async fn without_a_snapshot_marker_the_first_frame_waits_a_while() {
+        let pools = sample_pools();
+        let first = futures::stream::iter([Ok(status(pools[0].clone()))]);
+        let second = pools[1].clone();
+        let rest = futures::stream::once(async move {
+            tokio::time::sleep(SNAPSHOT_WAIT / 2).await;
+            Ok(status(second))
+        });
+        let end = futures::stream::once(async {
+            tokio::time::sleep(SNAPSHOT_WAIT * 3).await;
+            Err(ClientError::Malformed("the server went away".into()))
+        });
+        let mut out = Vec::new();
+        show(
+            Box::pin(first.chain(rest).chain(end)),
+            &mut out,
+            false,
+            OutputFormat::Table,
+        )
+        .await
+        .unwrap_err();
+        let text = String::from_utf8(out).unwrap();
+        let frames: Vec<&str> = text.split("\n\n").filter(|f| !f.is_empty()).collect();
+        assert_eq!(frames.len(), 1, "{text}");
+        assert_eq!(frames[0].lines().count(), 3, "{text}");
     }
 }

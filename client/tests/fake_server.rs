@@ -171,21 +171,30 @@ impl api::warm_pool_server::WarmPool for Fake {
 
     type WatchPoolsStream = Pin<Box<dyn Stream<Item = Result<api::PoolStatus, Status>> + Send>>;
 
-    /// Both pools at once, then m1 gaining instances, then silence (the
-    /// stream stays open, like the real one).
+    /// Both pools, the second a moment after the first (a daemon listing
+    /// many), and the mark that the snapshot is complete; then m1 gaining
+    /// instances, then silence (the stream stays open, like the real one).
     async fn watch_pools(
         &self,
         _: Request<api::WatchPoolsRequest>,
     ) -> Result<Response<Self::WatchPoolsStream>, Status> {
-        let initial = futures::stream::iter([
-            Ok(status(pool("m1", "az1", 2))),
-            Ok(status(pool("m2", "az1", 0))),
-        ]);
+        let first = futures::stream::iter([Ok(status(pool("m1", "az1", 2)))]);
+        let rest = futures::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(status(pool("m2", "az1", 0)))
+        })
+        .chain(futures::stream::iter([Ok(api::PoolStatus {
+            snapshot_complete: true,
+            ..Default::default()
+        })]));
         let update = futures::stream::once(async {
             tokio::time::sleep(Duration::from_millis(200)).await;
             Ok(status(pool("m1", "az1", 3)))
         });
-        let stream = initial.chain(update).chain(futures::stream::pending());
+        let stream = first
+            .chain(rest)
+            .chain(update)
+            .chain(futures::stream::pending());
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -422,6 +431,38 @@ async fn cli_watch_prints_frames_to_a_pipe() {
     child.kill().await.unwrap();
 }
 
+/// The first frame holds every pool, though they arrive apart: it is
+/// drawn once the server marks its snapshot complete.
+#[tokio::test]
+async fn cli_watch_first_frame_holds_every_pool() {
+    let addr = start_fake().await;
+    let mut child = ctl(addr)
+        .arg("watch")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut frame = Vec::new();
+    let read_frame = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.is_empty() {
+                return;
+            }
+            frame.push(line);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read_frame)
+        .await
+        .expect("a first frame within 10s");
+    let pools: Vec<&str> = frame
+        .iter()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(pools, ["m1@az1", "m2@az1"], "{frame:?}");
+    child.kill().await.unwrap();
+}
+
 #[tokio::test]
 async fn cli_watch_json_prints_one_object_per_update() {
     let addr = start_fake().await;
@@ -432,19 +473,31 @@ async fn cli_watch_json_prints_one_object_per_update() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut ready = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
             .await
             .expect("no update within 10s")
             .unwrap()
             .unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["snapshot_complete"] == true {
+            ready.push(format!("snapshot_complete pool={}", v["pool"]));
+            continue;
+        }
         ready.push(format!(
             "{}={}",
             v["pool"]["flavor"], v["pool"]["counts"]["ready"]
         ));
     }
-    assert_eq!(ready, [r#""m1"=2"#, r#""m2"=0"#, r#""m1"=3"#]);
+    assert_eq!(
+        ready,
+        [
+            r#""m1"=2"#,
+            r#""m2"=0"#,
+            "snapshot_complete pool=null",
+            r#""m1"=3"#
+        ]
+    );
     child.kill().await.unwrap();
 }
 

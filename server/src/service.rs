@@ -490,9 +490,18 @@ impl Watcher {
     }
 
     async fn serve(&mut self) -> Result<Infallible, Stop> {
+        let mut opening = true;
         loop {
             (self.still_allowed)().map_err(Stop)?;
             self.refresh().await?;
+            if std::mem::take(&mut opening) {
+                // A reader draws its first view once it has every pool
+                // (none is a snapshot too), and drops what it held of an
+                // earlier stream that is not among them.
+                let mut complete = status_message(None, Vec::new());
+                complete.snapshot_complete = true;
+                self.send(complete).await?;
+            }
             let next_refresh = tokio::time::Instant::now() + WATCH_REFRESH;
             // Events may come in bursts: handle them all before re-listing,
             // but re-list at least every WATCH_REFRESH.
@@ -639,6 +648,7 @@ fn status_message(pool: Option<api::Pool>, events: Vec<api::PoolEvent>) -> api::
         at: Some(SystemTime::now().into()),
         events,
         deleted: false,
+        snapshot_complete: false,
     }
 }
 
@@ -786,6 +796,11 @@ mod tests {
     /// A started manager with two paused pools: a watch's first two
     /// messages. Its wall clock runs on the paused tokio clock.
     async fn two_paused_pools() -> PoolManager {
+        paused_pools(&["az1", "az2"]).await
+    }
+
+    /// A started manager with a paused db.small pool in each of `azs`.
+    async fn paused_pools(azs: &[&str]) -> PoolManager {
         let sim = cloudsim::SimCloud::new(cloudsim::SimConfig::deterministic());
         let mut settings = pool_manager::ManagerSettings::default();
         settings.sizing.wall_clock_start = Some(pool_manager::schedule::unix(1_700_000_000));
@@ -796,7 +811,7 @@ mod tests {
             settings,
         );
         manager.start().await.unwrap();
-        for az in ["az1", "az2"] {
+        for az in azs {
             let spec = PoolSpec {
                 min_ready: 0,
                 max_ready: 1,
@@ -810,7 +825,7 @@ mod tests {
                 volume_iops_limit: None,
             };
             manager
-                .create_pool(PoolKey::new("db.small", az), spec)
+                .create_pool(PoolKey::new("db.small", *az), spec)
                 .await
                 .unwrap();
         }
@@ -1041,5 +1056,70 @@ mod tests {
         }
         // The first message is the opening one, sent before the delete.
         assert_eq!(az1, [(1, false), (1, true), (2, false)]);
+    }
+
+    /// A watch's opening messages, one per pool, end with one marking the
+    /// snapshot complete, which carries no pool or event; so does a watch
+    /// of no pool, at once.
+    #[tokio::test(start_paused = true)]
+    async fn the_opening_snapshot_ends_with_a_marker() {
+        for azs in [&["az1", "az2"][..], &[]] {
+            let manager = paused_pools(azs).await;
+            let (_stop, stopping) = watch::channel(false);
+            let open = recheck(
+                AccessHandle::default(),
+                &Request::new(()),
+                Method::WatchPools,
+            );
+            let (_watcher, mut stream) = open_watch(&manager, stopping, open, slot(), 64);
+            let mut opening = Vec::new();
+            for _ in 0..=azs.len() {
+                let item = tokio::time::timeout(Duration::from_secs(60), stream.next())
+                    .await
+                    .expect("a message within a minute")
+                    .expect("the stream goes on")
+                    .expect("no error");
+                opening.push(item);
+            }
+            let (marker, pools) = opening.split_last().unwrap();
+            assert!(
+                marker.snapshot_complete && marker.pool.is_none() && marker.events.is_empty(),
+                "{azs:?}: {marker:?}"
+            );
+            let mut sent: Vec<&str> = pools
+                .iter()
+                .map(|p| {
+                    assert!(!p.snapshot_complete, "{p:?}");
+                    p.pool.as_ref().unwrap().availability_zone.as_str()
+                })
+                .collect();
+            sent.sort();
+            assert_eq!(sent, azs);
+            // Once only: later refreshes send changes, no marker.
+            tokio::time::sleep(WATCH_REFRESH * 3).await;
+            let spec = PoolSpec {
+                min_ready: 0,
+                max_ready: 1,
+                target: Default::default(),
+                image: "mysql-8.0".into(),
+                boot_timeout: Duration::from_secs(600),
+                max_age: None,
+                paused: true,
+                windows: Vec::new(),
+                iops_limit: None,
+                volume_iops_limit: None,
+            };
+            manager
+                .create_pool(PoolKey::new("db.medium", "az1"), spec)
+                .await
+                .unwrap();
+            let next = tokio::time::timeout(Duration::from_secs(60), stream.next())
+                .await
+                .expect("a message within a minute")
+                .expect("the stream goes on")
+                .expect("no error");
+            assert!(!next.snapshot_complete, "{next:?}");
+            assert_eq!(next.pool.unwrap().flavor, "db.medium");
+        }
     }
 }

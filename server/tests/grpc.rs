@@ -1294,6 +1294,12 @@ async fn watch_pools_streams_changes() {
     }
     initial.sort();
     assert_eq!(initial, ["az1", "az2"]);
+    // Then the mark that every pool was sent.
+    let complete = next_status(&mut watch).await;
+    assert!(
+        complete.snapshot_complete && complete.pool.is_none(),
+        "{complete:?}"
+    );
 
     let a = c
         .allocate(allocate_request("order-w", "db.small", "az1"))
