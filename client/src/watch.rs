@@ -486,7 +486,8 @@ mod tests {
         }
     }
 
-    /// A daemon without pools sends nothing: the empty table shows.
+    /// A daemon without pools sends no pool (an older one not even the
+    /// snapshot marker): the empty table shows.
     #[tokio::test(start_paused = true)]
     async fn a_watch_without_pools_shows_the_empty_table() {
         let later = futures::stream::once(async {

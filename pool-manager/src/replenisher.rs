@@ -312,13 +312,18 @@ impl Shared {
         } else {
             (target, window_min, last_plan)
         };
-        let (gate, quota) = {
+        let (mut gate, quota) = {
             let mut gate = gate::lock(&self.gate);
             (
                 gate.status(&record.key.availability_zone, &record.key.flavor, now),
                 gate.headroom_status(&record.key.flavor),
             )
         };
+        if record.draining {
+            // Nothing of it waits for the gate: a hold would read as one
+            // holding its drain back.
+            gate.hold = None;
+        }
         SizingStatus {
             auto: spec.is_auto(),
             target,

@@ -133,7 +133,7 @@ pub enum StoreError {
 fn inaccessible_advice(error: &std::io::Error) -> &'static str {
     match error.kind() {
         std::io::ErrorKind::PermissionDenied => {
-            "run this as the user warmpoold runs as (the owner of the data dir), or with sudo"
+            "run this as the user warmpoold runs as, the owner of the data dir (under the systemd unit's dynamic user, as README's `systemd-run ... -p DynamicUser=yes -p User=warmpool` does: root's files there would stop warmpoold)"
         }
         _ => "check that data_dir (--data-dir) names a directory on a mounted, readable disk",
     }

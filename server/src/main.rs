@@ -50,7 +50,8 @@ enum Command {
     /// Check that the configured OpenStack is usable: credentials, the pools'
     /// flavors, the image(s), the management networks, the pools' zones in
     /// Nova and Cinder, and quota headroom (Nova's and Neutron's ports) for
-    /// the pools' min_ready. The
+    /// each pool's min_ready or its highest operator window min, every
+    /// pool's windows counted as if open at once. The
     /// pools are those start-up checks: the store's (data_dir, or
     /// --data-dir), unless a
     /// running warmpoold holds it, and the configured ones it lacks. One

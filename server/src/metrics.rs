@@ -895,8 +895,8 @@ impl Metrics {
                     .get_or_create(&pool.with(quantile).into())
                     .set(value.as_secs_f64());
             }
-            // The zone's gate holds back boots, and a draining pool has none.
-            let hold = sizing.gate.hold.filter(|_| !status.record.draining);
+            // The zone's gate holds back boots (a draining pool shows none).
+            let hold = sizing.gate.hold;
             for (reason, held) in [
                 ("throttled", matches!(hold, Some(Hold::Throttled { .. }))),
                 // A pause after a refusal, or headroom read as none.
@@ -1234,6 +1234,7 @@ mod tests {
             assert_eq!(status.effective_target, 0, "{status:?}");
             assert_eq!(status.sizing.target, 0, "{status:?}");
             assert_eq!(status.sizing.last_plan, None, "{status:?}");
+            assert_eq!(status.sizing.gate.hold, None, "{status:?}");
         }
         let body = Metrics::new().render(&manager).await.unwrap();
         let of_pool = |name: &str| {

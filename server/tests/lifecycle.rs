@@ -1352,6 +1352,9 @@ fn a_report_into_a_closed_pipe_ends_quietly_with_the_checks_exit_code() {
     let no_store = data.path().join("no-store");
     let store_dir = data.path().join("store");
     drop(SledStore::open(&store_dir).unwrap());
+    // `store check` waits only a second for sled's lock, which its flusher
+    // holds a moment past the drop.
+    wait_until_let_go(&store_dir);
     let runs: [(&[&std::ffi::OsStr], i32); 3] = [
         (&[no_store.as_ref(), "check-cloud".as_ref()], 0),
         (
