@@ -2628,20 +2628,8 @@ impl Shared {
             return Ok(());
         };
         let allocation = record.get().await;
-        let deadline = self.cleanup_deadline();
-        if let Some(volume_id) = &allocation.volume_id {
-            self.detach_before_delete(deadline, server_id, || {
-                self.cloud.detach_volume(server_id, volume_id)
-            })
-            .await?;
-        }
-        if let Some(port_id) = &allocation.port_id {
-            self.detach_before_delete(deadline, server_id, || {
-                self.cloud.detach_port(server_id, port_id)
-            })
-            .await?;
-        }
-        Ok(())
+        self.detach_order_from(self.cleanup_deadline(), server_id, &allocation)
+            .await
     }
 
     /// Deletes the port of a failed try, once its server let go of it; the
@@ -2694,13 +2682,9 @@ impl Shared {
                     }
                     _ => instance,
                 };
-                if let (Some(server_id), Some(volume_id)) =
-                    (&instance.server_id, &allocation.volume_id)
-                {
-                    self.detach_before_delete(deadline, server_id, || {
-                        self.cloud.detach_volume(server_id, volume_id)
-                    })
-                    .await?;
+                if let Some(server_id) = &instance.server_id {
+                    self.detach_order_from(deadline, server_id, &allocation)
+                        .await?;
                 }
                 self.discard_instance_if(&instance.id, "allocation rolled back", |current| {
                     current.request_id.as_deref() == Some(request_id)
@@ -2809,6 +2793,34 @@ impl Shared {
             .adopt_server(&instance.id, &server.id)
             .await?
             .unwrap_or(instance))
+    }
+
+    /// Detaches the order's volume and port from `server_id`, deleted
+    /// next (a release, a rollback). The port too: a cloud that
+    /// soft-deletes keeps it bound to the SOFT_DELETED server until the
+    /// reclaim, Nova detaches no port from such a server (a volume, it
+    /// does), and Neutron lets a project member delete no bound port, so
+    /// where the forceDelete is refused the release or rollback would wait
+    /// for the reclaim (the order UNAVAILABLE until then).
+    async fn detach_order_from(
+        &self,
+        deadline: Instant,
+        server_id: &str,
+        allocation: &Allocation,
+    ) -> ManagerResult<()> {
+        if let Some(volume_id) = &allocation.volume_id {
+            self.detach_before_delete(deadline, server_id, || {
+                self.cloud.detach_volume(server_id, volume_id)
+            })
+            .await?;
+        }
+        if let Some(port_id) = &allocation.port_id {
+            self.detach_before_delete(deadline, server_id, || {
+                self.cloud.detach_port(server_id, port_id)
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Detaches a volume or port from a server that is deleted next. A
@@ -3040,22 +3052,9 @@ impl Shared {
             let what = format_args!("the release of allocation {request_id}");
             return Err(ManagerError::unconfirmed(what, e));
         }
-        if let (Some(server_id), Some(volume_id)) = (&allocation.server_id, &allocation.volume_id) {
-            self.detach_before_delete(deadline, server_id, || {
-                self.cloud.detach_volume(server_id, volume_id)
-            })
-            .await?;
-        }
-        // The port too: a cloud that soft-deletes keeps it bound to the
-        // SOFT_DELETED server until the reclaim, Nova detaches no port from
-        // such a server (a volume, it does), and Neutron lets a project
-        // member delete no bound port, so where the forceDelete is refused
-        // the release would wait for the reclaim (UNAVAILABLE until then).
-        if let (Some(server_id), Some(port_id)) = (&allocation.server_id, &allocation.port_id) {
-            self.detach_before_delete(deadline, server_id, || {
-                self.cloud.detach_port(server_id, port_id)
-            })
-            .await?;
+        if let Some(server_id) = &allocation.server_id {
+            self.detach_order_from(deadline, server_id, allocation)
+                .await?;
         }
         let current = self.store.get_instance(instance_id).await?;
         match releasing.or(current.filter(its_own)) {

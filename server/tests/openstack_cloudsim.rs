@@ -4018,6 +4018,88 @@ async fn a_release_on_a_cloud_refusing_force_delete_deletes_the_tenants_port() {
     stop_daemon(running, stop).await;
 }
 
+/// A cloud that soft-deletes, whose policy refuses warmpool's forceDelete
+/// and lets a project member delete no port a server is bound to.
+async fn member_port_soft_delete_env() -> Env {
+    let env = env_with(
+        SimConfig {
+            member_port_policy: true,
+            ..sim_config()
+        },
+        HttpSettings {
+            reclaim_instance_interval: Duration::from_secs(3600),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    env.face.faults().refuse_force_delete(true);
+    env
+}
+
+/// A purchase interrupted after both attaches (the daemon stopped while its
+/// verification was under way) is rolled back by the next start, on a cloud
+/// that soft-deletes, refuses warmpool's forceDelete and lets a member
+/// delete no bound port: the rollback lets go of the tenant's port before
+/// it deletes the server, which would keep it bound, SOFT_DELETED, until
+/// the reclaim, and the order (ALLOCATING, its Release UNAVAILABLE)
+/// with it. The port is deleted and the order is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_on_a_cloud_refusing_force_delete_deletes_the_tenants_port() {
+    let env = member_port_soft_delete_env().await;
+    let key = PoolKey::new("db.small", "az1");
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
+    wait_ready(&running.manager, &key, 2).await;
+    let tenant_net = env.driver().await.network("tenant-net").await.unwrap().id;
+    // The verification reads the server: held there, with both attaches done.
+    env.sim.faults().hold_calls("get_server");
+    let manager = running.manager.clone();
+    let request = order(&env, "o1").await;
+    let buying = tokio::spawn(async move { manager.allocate(request).await });
+    let attached = || {
+        let port = env
+            .sim
+            .ports()
+            .into_iter()
+            .find(|p| p.network_id == tenant_net && p.device_id.is_some())?;
+        let server = port.device_id.clone()?;
+        env.sim
+            .volumes()
+            .iter()
+            .any(|v| v.status == VolumeStatus::InUse && v.attached_to == [server.clone()])
+            .then_some((port.id, server))
+    };
+    wait_until("both attaches of the purchase", || attached().is_some()).await;
+    let (port, server) = attached().unwrap();
+    stop_daemon(running, stop).await;
+    assert!(buying.await.unwrap().is_err(), "the purchase was cut off");
+    env.sim.faults().release_calls("get_server");
+
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
+    let manager = running.manager.clone();
+    wait_until_async("the order rolled back", || {
+        let manager = manager.clone();
+        async move {
+            matches!(
+                manager.get_allocation("o1").await,
+                Err(pool_manager::ManagerError::AllocationNotFound(_))
+            )
+        }
+    })
+    .await;
+    assert!(
+        env.sim.ports().iter().all(|p| p.id != port),
+        "{:?}",
+        env.sim.ports()
+    );
+    assert_eq!(
+        env.sim.server(&server).map(|s| s.server.status),
+        Some(ServerStatus::Deleted),
+        "left SOFT_DELETED to the reclaim"
+    );
+    drop(manager);
+    stop_daemon(running, stop).await;
+}
+
 /// The daemon on `env`'s cloud with a reconcile pass every 300 ms.
 async fn start_reconciling_often(
     env: &Env,
