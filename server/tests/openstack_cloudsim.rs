@@ -3801,8 +3801,13 @@ async fn only_warmpools_own_ports_are_read_as_its_servers() {
 /// A cloud that only soft-deletes (Nova's `reclaim_instance_interval`),
 /// reclaiming after an hour.
 async fn soft_delete_env() -> Env {
+    soft_delete_env_with(sim_config()).await
+}
+
+/// [`soft_delete_env`] on a simulated cloud configured as `config`.
+async fn soft_delete_env_with(config: SimConfig) -> Env {
     env_with(
-        sim_config(),
+        config,
         HttpSettings {
             reclaim_instance_interval: Duration::from_secs(3600),
             ..HttpSettings::default()
@@ -3976,18 +3981,7 @@ async fn a_release_on_a_soft_delete_cloud_deletes_the_server_for_good() {
 /// no one detach from it then, is let go of before the delete, and deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_on_a_cloud_refusing_force_delete_deletes_the_tenants_port() {
-    let env = env_with(
-        SimConfig {
-            member_port_policy: true,
-            ..sim_config()
-        },
-        HttpSettings {
-            reclaim_instance_interval: Duration::from_secs(3600),
-            ..HttpSettings::default()
-        },
-    )
-    .await;
-    env.face.faults().refuse_force_delete(true);
+    let env = member_port_soft_delete_env().await;
     let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
     let allocated = running
         .manager
@@ -4021,16 +4015,10 @@ async fn a_release_on_a_cloud_refusing_force_delete_deletes_the_tenants_port() {
 /// A cloud that soft-deletes, whose policy refuses warmpool's forceDelete
 /// and lets a project member delete no port a server is bound to.
 async fn member_port_soft_delete_env() -> Env {
-    let env = env_with(
-        SimConfig {
-            member_port_policy: true,
-            ..sim_config()
-        },
-        HttpSettings {
-            reclaim_instance_interval: Duration::from_secs(3600),
-            ..HttpSettings::default()
-        },
-    )
+    let env = soft_delete_env_with(SimConfig {
+        member_port_policy: true,
+        ..sim_config()
+    })
     .await;
     env.face.faults().refuse_force_delete(true);
     env
@@ -4287,14 +4275,7 @@ async fn a_release_waits_for_the_volume_to_detach_from_its_soft_deleted_server()
     let mut config = sim_config();
     // 2 s of real time: long after the server is seen SOFT_DELETED.
     config.latencies.volume_detach = Duration::from_secs(200);
-    let env = env_with(
-        config,
-        HttpSettings {
-            reclaim_instance_interval: Duration::from_secs(3600),
-            ..HttpSettings::default()
-        },
-    )
-    .await;
+    let env = soft_delete_env_with(config).await;
     env.face.faults().refuse_force_delete(true);
     let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
     let allocated = running
