@@ -920,11 +920,13 @@ mod tests {
         );
     }
 
-    /// A reader that is behind when a reload revokes its token gets
-    /// UNAUTHENTICATED as its next message, not its backlog first; and the
-    /// watch's task ends within a second, though the reader never reads.
-    #[tokio::test(start_paused = true)]
-    async fn a_revoked_watch_ends_though_its_reader_is_behind() {
+    /// What a reader that is behind reads once a reload revoked its token
+    /// (the watch's task has ended, within a second of the reload, though
+    /// the reader never read) and, with `give_back`, a second reload gave
+    /// the token back before it read.
+    async fn read_behind_a_revoked_token(
+        give_back: bool,
+    ) -> Vec<Result<api::PoolStatus, tonic::Status>> {
         use crate::access::{token_sha256, Access, Caller, Role};
         let token = |token: &str, name: &str, role| {
             let caller = Caller {
@@ -953,9 +955,22 @@ mod tests {
             .await
             .expect("the watch's task ends within a second of the reload")
             .unwrap();
-        let items: Vec<_> = tokio::time::timeout(Duration::from_secs(60), stream.collect())
+        if give_back {
+            access
+                .reload(token("dash-token", "dash", Role::Reader))
+                .unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(60), stream.collect())
             .await
-            .expect("the stream ended");
+            .expect("the stream ended")
+    }
+
+    /// A reader that is behind when a reload revokes its token gets
+    /// UNAUTHENTICATED as its next message, not its backlog first; and the
+    /// watch's task ends within a second, though the reader never reads.
+    #[tokio::test(start_paused = true)]
+    async fn a_revoked_watch_ends_though_its_reader_is_behind() {
+        let items = read_behind_a_revoked_token(false).await;
         match items.as_slice() {
             [Err(status)] => assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}"),
             other => panic!("the stream after the reload: {other:?}"),
@@ -967,39 +982,7 @@ mod tests {
     /// never with the plain end of a stream that looks complete.
     #[tokio::test(start_paused = true)]
     async fn a_revoked_watch_ends_unauthenticated_though_its_token_came_back() {
-        use crate::access::{token_sha256, Access, Caller, Role};
-        let token = |token: &str, name: &str, role| {
-            let caller = Caller {
-                name: name.into(),
-                role,
-            };
-            Access::with_tokens([(token_sha256(token), caller)])
-        };
-        let manager = two_paused_pools().await;
-        let (_stop, stopping) = watch::channel(false);
-        let access = AccessHandle::new(token("dash-token", "dash", Role::Reader));
-        let mut request = Request::new(());
-        request
-            .metadata_mut()
-            .insert("authorization", "Bearer dash-token".parse().unwrap());
-        // Room for one message: the first pool's fills it and the second
-        // pool's waits.
-        let allowed = recheck(access.clone(), &request, Method::WatchPools);
-        let (watcher, stream) = open_watch(&manager, stopping, allowed, slot(), 1);
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        access
-            .reload(token("ops-token", "ops", Role::Operator))
-            .unwrap();
-        tokio::time::timeout(WATCH_REFRESH * 2, watcher)
-            .await
-            .expect("the watch's task ends within a second of the reload")
-            .unwrap();
-        access
-            .reload(token("dash-token", "dash", Role::Reader))
-            .unwrap();
-        let items: Vec<_> = tokio::time::timeout(Duration::from_secs(60), stream.collect())
-            .await
-            .expect("the stream ended");
+        let items = read_behind_a_revoked_token(true).await;
         match items.last() {
             Some(Err(status)) => {
                 assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}")
