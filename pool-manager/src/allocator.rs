@@ -411,6 +411,18 @@ impl Record<'_> {
     async fn get(&self) -> Allocation {
         self.current.lock().await.clone()
     }
+
+    /// The order names no instance any more (its try failed, or its
+    /// instance went back to the pool): nor a warm hit, which the next
+    /// claim says again.
+    async fn forget_instance(&self) -> ManagerResult<Allocation> {
+        self.update(|a| {
+            a.instance_id = None;
+            a.server_id = None;
+            a.warm_hit = false;
+        })
+        .await
+    }
 }
 
 /// Marks a request id as being worked on for as long as it lives, also when
@@ -1501,14 +1513,7 @@ impl Shared {
                     own_port = None;
                     discarded_servers.extend(instance.server_id.clone());
                     discarded += u32::from(request_tried);
-                    record
-                        .update(|a| {
-                            a.instance_id = None;
-                            a.server_id = None;
-                            // The next claim says whether it is warm.
-                            a.warm_hit = false;
-                        })
-                        .await?;
+                    record.forget_instance().await?;
                     if !retry {
                         return Err(error);
                     }
@@ -2581,13 +2586,7 @@ impl Shared {
         error: ManagerError,
     ) -> ManagerResult<ManagerError> {
         let request_id = record.get().await.params.request_id;
-        record
-            .update(|a| {
-                a.instance_id = None;
-                a.server_id = None;
-                a.warm_hit = false;
-            })
-            .await?;
+        record.forget_instance().await?;
         let back = self
             .update_instance(&instance.id, |current| {
                 (current.state == InstanceState::Claimed
