@@ -218,6 +218,21 @@ fn counts(pool: &api::Pool) -> api::PoolCounts {
 }
 
 /// Pauses or resumes db.small@az1.
+/// Waits until db.small@az1's one instance is Ready.
+async fn until_its_instance_is_ready(client: &warmpool_client::Client) {
+    eventually("the pool's instance to be Ready", PATIENCE, || async {
+        let pool = client
+            .get_pool("db.small", "az1")
+            .await
+            .map_err(|e| e.to_string())?;
+        match counts(&pool).ready {
+            1 => Ok(()),
+            n => Err(format!("{n} ready")),
+        }
+    })
+    .await;
+}
+
 async fn set_paused(client: &warmpool_client::Client, paused: bool) {
     let spec = api::PoolSpec {
         paused,
@@ -446,17 +461,7 @@ async fn the_dashboard_and_get_pool_give_one_hit_rate() {
     let prometheus = Prometheus::start(daemon.running.metrics_addr).await;
     let client = &daemon.client;
     let hit_rate = dashboard_query("Warm hit rate", "db.small", "az1");
-    eventually("the pool's instance to be Ready", PATIENCE, || async {
-        let pool = client
-            .get_pool("db.small", "az1")
-            .await
-            .map_err(|e| e.to_string())?;
-        match counts(&pool).ready {
-            1 => Ok(()),
-            n => Err(format!("{n} ready")),
-        }
-    })
-    .await;
+    until_its_instance_is_ready(client).await;
     // Prometheus has the counters at zero before the first purchase, so
     // `rate()` sees every increase.
     eventually("Prometheus to scrape the counters at zero", PATIENCE, || async {
@@ -611,17 +616,7 @@ async fn the_dashboard_marks_pool_exhaustion_as_the_alert_does() {
     let client = &daemon.client;
     let marked = dashboard_annotation("Pool exhausted", "db.small", "az1");
     let exhausted_query = r#"warmpool_pool_exhausted_total{job="warmpool",flavor="db.small",availability_zone="az1"}"#;
-    eventually("the pool's instance to be Ready", PATIENCE, || async {
-        let pool = client
-            .get_pool("db.small", "az1")
-            .await
-            .map_err(|e| e.to_string())?;
-        match counts(&pool).ready {
-            1 => Ok(()),
-            n => Err(format!("{n} ready")),
-        }
-    })
-    .await;
+    until_its_instance_is_ready(client).await;
     // Started once the pool has its target, so every scrape shows the
     // pool active with a target above 0, as the alert asks.
     let prometheus = Prometheus::start(daemon.running.metrics_addr).await;
