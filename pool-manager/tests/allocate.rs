@@ -1709,12 +1709,7 @@ async fn a_warming_vm_shows_why_its_mysqld_does_not_answer_yet() {
     let sim = sim();
     sim.faults().mysqld_never_starts_next(1);
     let store = HookedStore::new(InstanceWrites::default());
-    let manager = pool_manager::PoolManager::new(
-        store.clone(),
-        sim.clone(),
-        Arc::new(sim.probe()),
-        settings(),
-    );
+    let manager = manager_on(&sim, store.clone());
     manager.start().await.unwrap();
     let spec = spec(1);
     let boot_timeout = spec.boot_timeout;
@@ -6110,12 +6105,7 @@ async fn a_waiting_purchase_ends_at_its_deadline_however_busy_the_store() {
     }
     let sim = sim();
     let store = HookedStore::new(SlowLooks);
-    let manager = pool_manager::PoolManager::new(
-        store.clone(),
-        sim.clone(),
-        Arc::new(sim.probe()),
-        settings(),
-    );
+    let manager = manager_on(&sim, store.clone());
     manager.start().await.unwrap();
     let mut empty = spec(0);
     empty.target = pool_manager::model::Target::Fixed(0);
