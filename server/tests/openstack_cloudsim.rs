@@ -3798,6 +3798,21 @@ async fn only_warmpools_own_ports_are_read_as_its_servers() {
     );
 }
 
+/// Releases order o1 (keeping its volume): Released, its `server` left
+/// SOFT_DELETED to the reclaim (the simulated cloud shows it Deleted).
+async fn released_left_soft_deleted(env: &Env, manager: &pool_manager::PoolManager, server: &str) {
+    let released = manager.release("o1", Some(false)).await;
+    assert_eq!(
+        released.map(|a| a.state).map_err(|e| e.to_string()),
+        Ok(pool_manager::model::AllocationState::Released)
+    );
+    assert_eq!(
+        env.sim.server(server).map(|s| s.server.status),
+        Some(ServerStatus::Deleted),
+        "left SOFT_DELETED to the reclaim"
+    );
+}
+
 /// A cloud that only soft-deletes (Nova's `reclaim_instance_interval`),
 /// reclaiming after an hour.
 async fn soft_delete_env() -> Env {
@@ -3991,16 +4006,7 @@ async fn a_release_on_a_cloud_refusing_force_delete_deletes_the_tenants_port() {
     let server = allocated.server_id.clone().unwrap();
     let volume = allocated.volume_id.clone().unwrap();
     let port = allocated.port_id.clone().unwrap();
-    let released = running.manager.release("o1", Some(false)).await;
-    assert_eq!(
-        released.map(|a| a.state).map_err(|e| e.to_string()),
-        Ok(pool_manager::model::AllocationState::Released)
-    );
-    assert_eq!(
-        env.sim.server(&server).map(|s| s.server.status),
-        Some(ServerStatus::Deleted),
-        "left SOFT_DELETED to the reclaim"
-    );
+    released_left_soft_deleted(&env, &running.manager, &server).await;
     assert!(
         env.sim.ports().iter().all(|p| p.id != port),
         "{:?}",
@@ -4249,16 +4255,7 @@ async fn a_release_detaches_the_volume_a_soft_deleted_server_keeps() {
     let server = allocated.server_id.clone().unwrap();
     let volume = allocated.volume_id.clone().unwrap();
     env.driver().await.delete_server(&server).await.unwrap();
-    let released = running.manager.release("o1", Some(false)).await;
-    assert_eq!(
-        released.map(|a| a.state).map_err(|e| e.to_string()),
-        Ok(pool_manager::model::AllocationState::Released)
-    );
-    assert_eq!(
-        env.sim.server(&server).map(|s| s.server.status),
-        Some(ServerStatus::Deleted),
-        "left SOFT_DELETED to the reclaim"
-    );
+    released_left_soft_deleted(&env, &running.manager, &server).await;
     let left = env.sim.volumes();
     let left = left.iter().find(|v| v.id == volume).unwrap();
     assert_eq!(left.status, VolumeStatus::Available, "{left:?}");
@@ -4285,16 +4282,7 @@ async fn a_release_waits_for_the_volume_to_detach_from_its_soft_deleted_server()
         .unwrap();
     let server = allocated.server_id.clone().unwrap();
     let volume = allocated.volume_id.clone().unwrap();
-    let released = running.manager.release("o1", Some(false)).await;
-    assert_eq!(
-        released.map(|a| a.state).map_err(|e| e.to_string()),
-        Ok(pool_manager::model::AllocationState::Released)
-    );
-    assert_eq!(
-        env.sim.server(&server).map(|s| s.server.status),
-        Some(ServerStatus::Deleted),
-        "left SOFT_DELETED to the reclaim"
-    );
+    released_left_soft_deleted(&env, &running.manager, &server).await;
     let left = env.sim.volumes();
     let left = left.iter().find(|v| v.id == volume).unwrap();
     assert_eq!(left.status, VolumeStatus::Available, "{left:?}");
