@@ -324,6 +324,7 @@ mod tests {
                 stuck_volume: None,
                 deleted_volumes: vec![],
                 deleted_only: false,
+                bound_ports: Vec::new(),
                 until: SystemTime::UNIX_EPOCH,
             };
             store.put_twin_watch(&watch).await.unwrap();

@@ -27,8 +27,8 @@
 
 use crate::changes::ChangeCursor;
 use crate::cloud::{
-    CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Volume, VolumeOwner, VolumeStatus,
-    META_INSTANCE, META_TENANT,
+    CloudError, CloudResult, NewPortSpec, NewVolumeSpec, ServerStatus, Volume, VolumeOwner,
+    VolumeStatus, META_INSTANCE, META_TENANT,
 };
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, EventKind};
@@ -896,6 +896,7 @@ impl Shared {
             stuck_volume: None,
             deleted_volumes: Vec::new(),
             deleted_only: false,
+            bound_ports: Vec::new(),
             until: now.checked_add(TWIN_WATCH).unwrap_or(now),
         }
     }
@@ -943,7 +944,9 @@ impl Shared {
         watch: &TwinWatch,
         deadline: Instant,
     ) -> (Vec<String>, ManagerResult<()>) {
-        let twin = |id: &String| !watch.keep.contains(id);
+        // A port left bound to a SOFT_DELETED server is followed by id
+        // (`TwinWatch::bound_ports`), without waiting for the reclaim.
+        let twin = |id: &String| !watch.keep.contains(id) && !watch.bound_ports.contains(id);
         let mut failed = Vec::new();
         match self
             .retry(deadline, || self.cloud.find_ports_by_name(&watch.name))
@@ -1437,8 +1440,10 @@ impl Shared {
                     if current.creates_in_doubt {
                         // Stored before the commit, so that no crash can
                         // leave a committed allocation's twins unwatched.
+                        // Over a failed try's watch of a port it left
+                        // bound, which it goes on following.
                         let watch = self.twin_watch(&current, true);
-                        self.store.put_twin_watch(&watch).await?;
+                        self.write_twin_watch(watch).await?;
                     }
                     // The commit: nothing may fail after it, since a retry
                     // or GetAllocation may read it back at once.
@@ -2632,11 +2637,24 @@ impl Shared {
     }
 
     /// Deletes the port of a failed try, once its server let go of it; the
-    /// next try makes another.
+    /// next try makes another. One its server keeps bound until Nova's
+    /// reclaim (SOFT_DELETED, the forceDelete refused) is handed to a twin
+    /// watch, written and flushed before the record stops naming it.
     async fn delete_port_of_try(&self, record: &Record<'_>) -> ManagerResult<()> {
-        if let Some(port_id) = &record.get().await.port_id {
-            self.delete_port_when_free(port_id, self.cleanup_deadline())
-                .await?;
+        let allocation = record.get().await;
+        if let Some(port_id) = &allocation.port_id {
+            let deadline = self.cleanup_deadline();
+            if let PortDelete::Held { server_id } =
+                self.delete_port_unless_held(port_id, deadline).await?
+            {
+                // Looked at by id alone, never by the name: the next try's
+                // port carries the same one.
+                let mut watch = self.twin_watch(&allocation, false);
+                self.watch_bound_port(&mut watch, port_id, false);
+                self.write_twin_watch(watch).await?;
+                self.store.flush().await?;
+                tracing::warn!(request_id = %allocation.params.request_id, port = %port_id, server = %server_id, "the failed try's port stays bound to its SOFT_DELETED server until Nova reclaims it; the reconciler deletes it then");
+            }
             record.update(|a| a.port_id = None).await?;
         }
         Ok(())
@@ -2695,8 +2713,17 @@ impl Shared {
             self.delete_server_if_set_aside(&allocation, instance_id, deadline)
                 .await?;
         }
+        // A port its server keeps bound until Nova's reclaim must not hold
+        // the order (Allocating, its retries UNAVAILABLE) until then: it is
+        // left to the twin watch written below, before the record goes.
+        let mut bound_port = None;
         if let Some(port_id) = &allocation.port_id {
-            self.delete_port_when_free(port_id, deadline).await?;
+            if let PortDelete::Held { server_id } =
+                self.delete_port_unless_held(port_id, deadline).await?
+            {
+                tracing::warn!(request_id, port = %port_id, server = %server_id, "the rolled-back purchase's port stays bound to its SOFT_DELETED server until Nova reclaims it; the reconciler deletes it then");
+                bound_port = Some(port_id.clone());
+            }
         }
         // A volume warmpool created that a failed attach left
         // error_attaching cannot be deleted until an admin resets it: it
@@ -2733,12 +2760,14 @@ impl Shared {
         // named as the attempt is kept (but a stuck volume, for now).
         let mut look = self.twin_watch(&allocation, false);
         look.keep.extend(stuck_volume.clone());
+        look.bound_ports.extend(bound_port.clone());
         let (going, deleted) = self.delete_twins(&look, deadline).await;
         deleted?;
         if let Some(stored) = self.store.get_allocation(request_id).await? {
             if stored.state == AllocationState::Allocating {
                 let twins = twins_possible(&stored, after_crash) || stuck_volume.is_some();
-                if twins || deleted_volume.is_some() || !going.is_empty() {
+                let followed = deleted_volume.is_some() || bound_port.is_some();
+                if twins || followed || !going.is_empty() {
                     // Written before the record goes: a crash in between
                     // rolls back again and writes it again. Over the one
                     // written before the delete, which named as deleted a
@@ -2747,6 +2776,9 @@ impl Shared {
                     watch.stuck_volume = stuck_volume.clone();
                     if let Some(volume_id) = deleted_volume {
                         self.watch_deleted_volume(&mut watch, volume_id, twins);
+                    }
+                    if let Some(port_id) = &bound_port {
+                        self.watch_bound_port(&mut watch, port_id, twins);
                     }
                     for volume_id in &going {
                         watch.note_deleted(volume_id);
@@ -2808,13 +2840,13 @@ impl Shared {
         allocation: &Allocation,
     ) -> ManagerResult<()> {
         if let Some(volume_id) = &allocation.volume_id {
-            self.detach_before_delete(deadline, server_id, || {
+            self.detach_before_delete(deadline, server_id, volume_id, || {
                 self.cloud.detach_volume(server_id, volume_id)
             })
             .await?;
         }
         if let Some(port_id) = &allocation.port_id {
-            self.detach_before_delete(deadline, server_id, || {
+            self.detach_before_delete(deadline, server_id, port_id, || {
                 self.cloud.detach_port(server_id, port_id)
             })
             .await?;
@@ -2822,17 +2854,21 @@ impl Shared {
         Ok(())
     }
 
-    /// Detaches a volume or port from a server that is deleted next. A
-    /// detach Nova refuses (409: a server in ERROR, its host failed, or
-    /// one busy with another task) is left to that deletion, which lets go
-    /// of everything attached; insisting would keep the release or the
-    /// rollback from ever finishing. (A deletion that only soft-deletes
-    /// lets go of nothing: a volume still attached is detached from the
-    /// SOFT_DELETED server then, see `Shared::delete_server_until_gone`.)
+    /// Detaches a volume or port (`what`, its id) from a server that is
+    /// deleted next. A detach Nova refuses (409: a server in ERROR, its
+    /// host failed, or one busy with another task, or SOFT_DELETED) is
+    /// left to that deletion, which lets go of everything attached;
+    /// insisting would keep the release or the rollback from ever
+    /// finishing. A deletion that only soft-deletes lets go of nothing: a
+    /// volume still attached is detached from the SOFT_DELETED server then
+    /// (see `Shared::delete_server_until_gone`), and a port, which Nova
+    /// detaches from no SOFT_DELETED server, stays bound until Nova's
+    /// reclaim and is handed to a twin watch (see [`PortDelete::Held`]).
     async fn detach_before_delete<F, Fut>(
         &self,
         deadline: Instant,
         server_id: &str,
+        what: &str,
         detach: F,
     ) -> ManagerResult<()>
     where
@@ -2841,10 +2877,43 @@ impl Shared {
     {
         match self.retry(deadline, detach).await {
             Err(CloudError::Conflict(refused)) => {
-                tracing::warn!(server = %server_id, reason = %refused, "detach refused; deleting the server detaches it");
+                // Looked at only on a refusal, for a log that says what
+                // becomes of it: a server deleted by hand may be
+                // SOFT_DELETED already.
+                if self.is_soft_deleted(server_id).await {
+                    tracing::warn!(server = %server_id, detached = %what, reason = %refused, "detach refused: the server is SOFT_DELETED, and keeps what Nova will not detach from it until Nova reclaims it (or an admin force-deletes it); a volume is detached from it after the delete, a port left bound is deleted by the reconciler once the reclaim frees it");
+                } else {
+                    tracing::warn!(server = %server_id, detached = %what, reason = %refused, "detach refused; the server's delete lets go of it (a cloud that only soft-deletes keeps it until Nova's reclaim: a volume is then detached after the delete, a port left to the reconciler)");
+                }
                 Ok(())
             }
             other => Ok(other?),
+        }
+    }
+
+    /// Whether `server_id` is SOFT_DELETED with nothing under way (no
+    /// forceDelete going on): it keeps its ports bound until Nova's
+    /// reclaim. A look that fails says no.
+    async fn is_soft_deleted(&self, server_id: &str) -> bool {
+        matches!(
+            self.cloud.get_server(server_id).await,
+            Ok(server) if server.status == ServerStatus::Deleted && !server.deleting
+        )
+    }
+
+    /// As [`Shared::delete_port_unless_held`], for a caller with nowhere
+    /// to hand a port held bound: that one fails at once,
+    /// FAILED_PRECONDITION, saying what frees it.
+    pub(crate) async fn delete_port_when_free(
+        &self,
+        port_id: &str,
+        deadline: Instant,
+    ) -> ManagerResult<()> {
+        match self.delete_port_unless_held(port_id, deadline).await? {
+            PortDelete::Gone => Ok(()),
+            PortDelete::Held { server_id } => Err(ManagerError::FailedPrecondition(format!(
+                "port {port_id} is bound to server {server_id}, which the cloud keeps SOFT_DELETED until Nova reclaims it (it refuses warmpool's forceDelete): Nova detaches no port from a SOFT_DELETED server, and Neutron refuses a project member the delete of a bound port. An admin's forceDelete of server {server_id} (openstack server delete --force {server_id}) frees it now, Nova's reclaim later; call again then (the reconciler also retries at each pass)"
+            ))),
         }
     }
 
@@ -2855,12 +2924,15 @@ impl Shared {
     /// disallowed by policy", 403), which failed every first release of a
     /// member-only pool user. A refusal while the port is bound is waited
     /// out (looking at the port, not asking again); one for an unbound
-    /// port stands.
-    pub(crate) async fn delete_port_when_free(
+    /// port stands. Not one bound to a SOFT_DELETED server: Nova unbinds
+    /// that one only at its reclaim (hours, days away) or an admin's
+    /// forceDelete, so it is answered at once, [`PortDelete::Held`], for
+    /// the caller to hand to a twin watch.
+    pub(crate) async fn delete_port_unless_held(
         &self,
         port_id: &str,
         deadline: Instant,
-    ) -> ManagerResult<()> {
+    ) -> ManagerResult<PortDelete> {
         let pause = self.settings.poll_interval.min(Duration::from_millis(500));
         let mut seen_unbound = false;
         loop {
@@ -2868,19 +2940,30 @@ impl Shared {
                 .retry(deadline, || self.cloud.delete_port(port_id))
                 .await
             {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(PortDelete::Gone),
                 Err(e @ (CloudError::Fatal(_) | CloudError::Conflict(_))) => e,
                 Err(e) => return Err(e.into()),
             };
             if seen_unbound {
                 return Err(refused.into());
             }
+            // Its server is looked at once: one SOFT_DELETED by the time
+            // the port's delete is refused was deleted before (this
+            // caller's delete, or an operator's), and stays so.
+            let mut server_looked_at = false;
             loop {
                 match self.cloud.get_port(port_id).await {
-                    Err(CloudError::NotFound(_)) => return Ok(()),
+                    Err(CloudError::NotFound(_)) => return Ok(PortDelete::Gone),
                     Ok(port) if port.device_id.is_none() => {
                         seen_unbound = true;
                         break;
+                    }
+                    Ok(port) if !server_looked_at => {
+                        server_looked_at = true;
+                        let server_id = port.device_id.unwrap_or_default();
+                        if self.is_soft_deleted(&server_id).await {
+                            return Ok(PortDelete::Held { server_id });
+                        }
                     }
                     _ => {}
                 }
@@ -2905,6 +2988,18 @@ impl Shared {
     /// for, the watch ends as soon as the volume is gone.
     fn watch_deleted_volume(&self, watch: &mut TwinWatch, volume_id: &str, twins: bool) {
         watch.note_deleted(volume_id);
+        if !twins {
+            watch.deleted_only = true;
+            watch.until = self.sizing_book().wall_now(&self.settings.sizing);
+        }
+    }
+
+    /// Has `watch` delete `port_id`, held bound by a SOFT_DELETED server,
+    /// once Nova's reclaim frees it ([`TwinWatch::bound_ports`]). Without
+    /// `twins` to watch for, nothing is listed by the name, and the watch
+    /// ends once the port is gone.
+    fn watch_bound_port(&self, watch: &mut TwinWatch, port_id: &str, twins: bool) {
+        watch.note_bound_port(port_id);
         if !twins {
             watch.deleted_only = true;
             watch.until = self.sizing_book().wall_now(&self.settings.sizing);
@@ -3015,7 +3110,7 @@ impl Shared {
             return Ok(());
         }
         if let Some(volume_id) = &allocation.volume_id {
-            self.detach_before_delete(deadline, server_id, || {
+            self.detach_before_delete(deadline, server_id, volume_id, || {
                 self.cloud.detach_volume(server_id, volume_id)
             })
             .await?;
@@ -3082,7 +3177,26 @@ impl Shared {
                 .await?;
         }
         if let Some(port_id) = &allocation.port_id {
-            self.delete_port_when_free(port_id, deadline).await?;
+            if let PortDelete::Held { server_id } =
+                self.delete_port_unless_held(port_id, deadline).await?
+            {
+                // Its server, deleted, stays SOFT_DELETED until Nova's
+                // reclaim, which alone unbinds the port: waiting for that
+                // would keep the order Releasing, every Release
+                // UNAVAILABLE, for hours or days. The tenant is done with
+                // it (the volume is let go of, detached from the server),
+                // so the release is, and the port is left to a twin watch,
+                // written and flushed before the record stops naming it
+                // (Released): a crash anywhere leaves it named. Keeping
+                // the tenant's volume when the tenant does: a look by the
+                // name (a create in doubt) must not take it for a twin.
+                let kept = allocation.delete_volume_on_release != Some(true);
+                let mut watch = self.twin_watch(&allocation, kept);
+                self.watch_bound_port(&mut watch, port_id, allocation.creates_in_doubt);
+                self.write_twin_watch(watch).await?;
+                self.store.flush().await.map_err(unconfirmed)?;
+                tracing::warn!(request_id = %request_id, port = %port_id, server = %server_id, "the released order's port stays bound to its SOFT_DELETED server until Nova reclaims it (or an admin force-deletes the server); the reconciler deletes it then");
+            }
         }
         if allocation.delete_volume_on_release == Some(true) {
             if let Some(volume_id) = &allocation.volume_id {
@@ -3143,6 +3257,17 @@ impl Shared {
         flushed.map_err(unconfirmed)?;
         Ok(released)
     }
+}
+
+/// What became of a port [`Shared::delete_port_unless_held`] deleted.
+pub(crate) enum PortDelete {
+    /// Deleted, or gone already.
+    Gone,
+    /// Still bound to `server_id`, which the cloud keeps SOFT_DELETED until
+    /// Nova's reclaim (its forceDelete refused, or not sent yet), and
+    /// Neutron refuses the delete of a bound port: only that reclaim, or an
+    /// admin's forceDelete, lets go of it.
+    Held { server_id: String },
 }
 
 /// Whether a create of `allocation`'s attempt may have been done without

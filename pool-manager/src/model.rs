@@ -778,8 +778,10 @@ pub struct Allocation {
 /// the order is named apart, so the name is never used again). A rollback
 /// also writes one for its own new volume when Cinder refuses to delete it
 /// (`error_attaching`, until an admin resets it), and a rollback or a
-/// release for a volume it deletes, before the delete is sent. Every
-/// volume of the name a delete was accepted for is named too
+/// release for a volume it deletes, before the delete is sent, and a
+/// release, a rollback or a failed try for a port it leaves bound to a
+/// SOFT_DELETED server (`bound_ports`), before the record stops naming it.
+/// Every volume of the name a delete was accepted for is named too
 /// (`deleted_volumes`): a watch lasts past `until` until a pass has
 /// deleted everything it names, and seen each of those volumes gone.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -816,6 +818,16 @@ pub struct TwinWatch {
     /// two listings.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted_only: bool,
+    /// Ports of the order (the tenant's, a failed try's) still bound to a
+    /// server the cloud keeps SOFT_DELETED until Nova's reclaim, its
+    /// forceDelete refused: Nova detaches no port from such a server and
+    /// Neutron lets a project member delete no bound port, so a release, a
+    /// rollback or a failed try hands each here rather than wait for the
+    /// reclaim (hours, days). Passes send each a delete, without waiting,
+    /// until Neutron takes it; the watch lasts until then, past `until`
+    /// too. A look by the name never takes them for twins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bound_ports: Vec<String>,
     /// On the manager's wall clock.
     pub until: SystemTime,
 }
@@ -849,6 +861,13 @@ impl TwinWatch {
         }
     }
 
+    /// Names `port_id` among the ports left bound, once.
+    pub fn note_bound_port(&mut self, port_id: &str) {
+        if !self.bound_ports.iter().any(|p| p == port_id) {
+            self.bound_ports.push(port_id.to_owned());
+        }
+    }
+
     /// The volumes it names that Cinder refuses to delete until an admin
     /// resets them: `error_attaching` or `error_deleting`.
     pub fn stuck_volumes(&self) -> impl Iterator<Item = &str> {
@@ -863,7 +882,7 @@ impl TwinWatch {
     /// watch of its name as stored now), follow up what `stored` does: its
     /// deleted volumes with their stuck marks (so none is announced
     /// twice), but the one this watch names stuck `error_attaching` (its
-    /// delete was refused); its stuck volume, its look by the name and its
+    /// delete was refused); its ports left bound; its stuck volume, its look by the name and its
     /// end, whichever is later. What it keeps is its own: a release's
     /// watch keeps nothing of the commit's, whose port and volume are
     /// going.
@@ -878,6 +897,9 @@ impl TwinWatch {
                 Some(deleted) => deleted.stuck |= older.stuck,
                 None => self.deleted_volumes.push(older.clone()),
             }
+        }
+        for port_id in &stored.bound_ports {
+            self.note_bound_port(port_id);
         }
         if self.stuck_volume.is_none() {
             self.stuck_volume.clone_from(&stored.stuck_volume);
@@ -1204,5 +1226,34 @@ pub(crate) mod tests {
         assert!(message.contains("at least 10m, got 1s"), "{message}");
         age.max_age = Some(MIN_MAX_AGE);
         assert_eq!(age.validate(), Ok(()));
+    }
+
+    /// A watch written over the stored one of its name (a release's over a
+    /// failed try's, the commit's over it) goes on following the ports the
+    /// stored one left bound to a SOFT_DELETED server, each named once: a
+    /// port dropped there would be named nowhere, bound until the reclaim
+    /// and then left for good.
+    #[test]
+    fn a_watch_written_over_another_follows_its_bound_ports() {
+        let watch = |bound: &[&str]| TwinWatch {
+            name: "warmpool-o1-a".into(),
+            request_id: "o1".into(),
+            pool: None,
+            volumes: true,
+            keep: Vec::new(),
+            stuck_volume: None,
+            deleted_volumes: Vec::new(),
+            deleted_only: true,
+            bound_ports: bound.iter().map(|p| p.to_string()).collect(),
+            until: SystemTime::UNIX_EPOCH,
+        };
+        let mut next = watch(&["p2"]);
+        next.absorb(&watch(&["p1", "p2"]));
+        assert_eq!(next.bound_ports, ["p2", "p1"]);
+        // Stored before the field existed: none.
+        let old = serde_json::to_value(watch(&[])).unwrap();
+        assert!(old.get("bound_ports").is_none(), "{old}");
+        let read: TwinWatch = serde_json::from_value(old).unwrap();
+        assert!(read.bound_ports.is_empty());
     }
 }

@@ -7,9 +7,9 @@
 //!
 //! | store says | cloud says | action |
 //! |---|---|---|
-//! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, or a cold boot's `Booting` one, whose server is looked up by its instance id if its create's answer was not flushed; delete its port and created volume (watched before its delete is sent; one already `deleting` or `error_deleting`, an earlier try's delete accepted, counts as deleted), watch its name if a create may have been on its way or Cinder refuses that volume's delete as `error_attaching`, drop the record) |
-//! | allocation `Releasing` | - | finish the release (a volume it deletes is watched before its delete is sent; one already being deleted counts as deleted) |
-//! | a name watched (`TwinWatch`: a create of it may have been done unrecorded, a rollback left its new volume `error_attaching`, or a volume of the order was deleted) | volumes, ports of that name (not listed for a watch of deleted volumes alone); each deleted volume, by id | delete them but the committed allocation's own, naming each volume whose delete Cinder accepted (now or earlier: `deleting`, `error_deleting`) as deleted; a deleted volume gone (404) is dropped, one `error_deleting` marked stuck (announced by the pass that marks it), one an admin reset deleted again; end the watch once it is over and nothing of the name is left but deleted volumes, all gone (a volume Cinder keeps `error_attaching` fails the item at once, each pass, until an admin resets it; the watch names it as stuck until its delete is accepted) |
+//! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, or a cold boot's `Booting` one, whose server is looked up by its instance id if its create's answer was not flushed; delete its port (one its SOFT_DELETED server keeps bound until Nova's reclaim is left to the name's watch instead) and created volume (watched before its delete is sent; one already `deleting` or `error_deleting`, an earlier try's delete accepted, counts as deleted), watch its name if a create may have been on its way or Cinder refuses that volume's delete as `error_attaching`, drop the record) |
+//! | allocation `Releasing` | - | finish the release (a volume it deletes is watched before its delete is sent; one already being deleted counts as deleted; a port its SOFT_DELETED server keeps bound until Nova's reclaim is left to the name's watch, written before the order is `Released`) |
+//! | a name watched (`TwinWatch`: a create of it may have been done unrecorded, a rollback left its new volume `error_attaching`, a volume of the order was deleted, or a port of it was left bound to a SOFT_DELETED server) | volumes, ports of that name (not listed for a watch of deleted volumes and bound ports alone); each deleted volume, by id; each bound port, by id | delete them but the committed allocation's own and the bound ports, naming each volume whose delete Cinder accepted (now or earlier: `deleting`, `error_deleting`) as deleted; a deleted volume gone (404) is dropped, one `error_deleting` marked stuck (announced by the pass that marks it), one an admin reset deleted again; each bound port is sent one delete, no waiting (Neutron refuses it until Nova's reclaim or an admin's forceDelete unbinds it), and dropped once taken; end the watch once it is over and nothing of the name is left but deleted volumes, all gone, and no bound port (a volume Cinder keeps `error_attaching` fails the item at once, each pass, until an admin resets it; the watch names it as stuck until its delete is accepted) |
 //! | instance `Claimed`, allocation `Allocated` naming it | - | mark the instance `Allocated` (left by versions that marked the allocation first) |
 //! | instance `Claimed`, allocation `Allocated` naming another, or none live | - | discard it (a claim left over) |
 //! | instance `Booting`, no server id | server with its instance id | adopt the server |
@@ -833,9 +833,10 @@ impl Shared {
     }
 
     /// Deletes whatever carries a watched name but what the watch keeps,
-    /// follows up every volume of it whose delete Cinder accepted, and ends
-    /// the watch once it is over (after that last look) and those volumes
-    /// are gone. A look that fails keeps the watch, past its end too: it
+    /// follows up every volume of it whose delete Cinder accepted and every
+    /// port left bound to a SOFT_DELETED server, and ends the watch once it
+    /// is over (after that last look) and those volumes and ports are
+    /// gone. A look that fails keeps the watch, past its end too: it
     /// may hold the only record of a volume a rollback could not delete
     /// (`error_attaching`), or whose delete Cinder's backend failed
     /// (`error_deleting`).
@@ -898,10 +899,28 @@ impl Shared {
             }
         }
         next.deleted_volumes.retain(|d| !gone.contains(&d.id));
+        // Ports a SOFT_DELETED server keeps bound: one delete each, no
+        // waiting. Neutron refuses it until Nova's reclaim (or an admin's
+        // forceDelete) unbinds the port, maybe days on; each pass asks.
+        let mut freed = Vec::new();
+        for port_id in &next.bound_ports {
+            let deleted = self
+                .retry(self.cleanup_deadline(), || self.cloud.delete_port(port_id))
+                .await;
+            match deleted {
+                Ok(()) => freed.push(port_id.clone()),
+                Err(CloudError::Fatal(refused) | CloudError::Conflict(refused)) => {
+                    tracing::debug!(name = %watch.name, port = %port_id, reason = %refused, "a port left bound to a SOFT_DELETED server is still refused its delete; the next pass asks again");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        next.bound_ports.retain(|p| !freed.contains(p));
         let over = now >= watch.until;
         let ended = over
             && all_deleted.is_ok()
             && next.deleted_volumes.is_empty()
+            && next.bound_ports.is_empty()
             && next.stuck_volume.is_none();
         let next = (!ended).then_some(&next);
         // Only the watch this pass listed: a release of the order may have

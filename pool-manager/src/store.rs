@@ -1413,6 +1413,7 @@ mod tests {
             stuck_volume: None,
             deleted_volumes: Vec::new(),
             deleted_only: false,
+            bound_ports: Vec::new(),
             until: SystemTime::UNIX_EPOCH,
         };
         store.put_twin_watch(&watch).await.unwrap();
@@ -1519,6 +1520,7 @@ mod tests {
                 stuck: true,
             }],
             deleted_only: false,
+            bound_ports: Vec::new(),
             until: SystemTime::UNIX_EPOCH + Duration::from_secs(900),
         };
         {
@@ -1575,6 +1577,7 @@ mod tests {
             stuck_volume: None,
             deleted_volumes: vec![],
             deleted_only: false,
+            bound_ports: Vec::new(),
             until: SystemTime::UNIX_EPOCH,
         };
         let r1 = [
@@ -1818,6 +1821,7 @@ mod tests {
                 stuck: false,
             }],
             deleted_only: false,
+            bound_ports: Vec::new(),
             until: SystemTime::UNIX_EPOCH,
         };
         for path in [&[][..], &["deleted_volumes", "0"][..]] {

@@ -4030,6 +4030,153 @@ async fn member_port_soft_delete_env() -> Env {
     env
 }
 
+/// A release whose server an operator SOFT_DELETED by hand, on a cloud
+/// that refuses warmpool's forceDelete and lets a member delete no bound
+/// port: Nova detaches no port from a SOFT_DELETED server, so the tenant's
+/// port stays bound until Nova's reclaim, hours or days away. The release
+/// answers at once (within the cleanup budget, on the paused clock),
+/// Released, the tenant's volume detached; the port is handed to the
+/// reconciler, whose first pass after the reclaim deletes it: nothing of
+/// the order is left.
+#[tokio::test(start_paused = true)]
+async fn a_release_of_a_server_soft_deleted_by_hand_leaves_its_bound_port_to_the_reconciler() {
+    let env = member_port_soft_delete_env().await;
+    let (running, stop) = start_daemon(reconciled_by_hand(&env)).await.unwrap();
+    let allocated = running
+        .manager
+        .allocate(order(&env, "o1").await)
+        .await
+        .unwrap();
+    let server = allocated.server_id.clone().unwrap();
+    let volume = allocated.volume_id.clone().unwrap();
+    let port = allocated.port_id.clone().unwrap();
+    // The operator's delete, through a client of its own.
+    env.driver().await.delete_server(&server).await.unwrap();
+    let asked = tokio::time::Instant::now();
+    let released = running.manager.release("o1", Some(false)).await;
+    let took = asked.elapsed();
+    assert_eq!(
+        released.map(|a| a.state).map_err(|e| e.to_string()),
+        Ok(pool_manager::model::AllocationState::Released),
+        "after {took:?}"
+    );
+    assert!(took < pool_manager::CLEANUP_FLOOR, "took {took:?}");
+    let left = env.sim.volumes();
+    let left = left.iter().find(|v| v.id == volume).unwrap();
+    assert_eq!(left.status, VolumeStatus::Available, "{left:?}");
+    let bound = env.sim.ports().into_iter().find(|p| p.id == port);
+    assert_eq!(
+        bound.and_then(|p| p.device_id),
+        Some(server.clone()),
+        "bound to the SOFT_DELETED server until the reclaim"
+    );
+    // A pass before the reclaim costs no wait either.
+    let asked = tokio::time::Instant::now();
+    running.manager.reconcile().await.unwrap();
+    assert!(
+        asked.elapsed() < pool_manager::CLEANUP_FLOOR,
+        "took {:?}",
+        asked.elapsed()
+    );
+    assert!(env.sim.ports().iter().any(|p| p.id == port));
+
+    reclaimed_then_reconciled(&env, &running.manager, &server).await;
+    assert!(
+        env.sim.ports().iter().all(|p| p.id != port),
+        "{:?}",
+        env.sim.ports()
+    );
+    assert_eq!(tenant_ports(&env).await, Vec::<String>::new());
+    stop_daemon(running, stop).await;
+}
+
+/// A failed try whose server an operator deleted after both attaches, on
+/// a cloud that soft-deletes, refuses warmpool's forceDelete and lets a
+/// member delete no bound port: the verification finds it SOFT_DELETED,
+/// from which Nova detaches the volume but not the port, bound to it until
+/// the reclaim. The purchase goes on to the next instance at once (within
+/// the cleanup budget, on the paused clock), and the port is handed to the
+/// reconciler, whose first pass after the reclaim deletes it.
+#[tokio::test(start_paused = true)]
+async fn a_failed_try_leaves_the_port_its_soft_deleted_server_keeps_to_the_reconciler() {
+    let env = member_port_soft_delete_env().await;
+    let key = PoolKey::new("db.small", "az1");
+    let (running, stop) = start_daemon(reconciled_by_hand(&env)).await.unwrap();
+    wait_ready(&running.manager, &key, 2).await;
+    let tenant_net = env.driver().await.network("tenant-net").await.unwrap().id;
+    // The verification reads the server: held there, with both attaches done.
+    env.sim.faults().hold_calls("get_server");
+    let manager = running.manager.clone();
+    let request = order(&env, "o1").await;
+    let asked = tokio::time::Instant::now();
+    let buying = tokio::spawn(async move { manager.allocate(request).await });
+    let attached = || {
+        let port = env
+            .sim
+            .ports()
+            .into_iter()
+            .find(|p| p.network_id == tenant_net && p.device_id.is_some())?;
+        let server = port.device_id.clone()?;
+        env.sim
+            .volumes()
+            .iter()
+            .any(|v| v.status == VolumeStatus::InUse && v.attached_to == [server.clone()])
+            .then_some((port.id, server))
+    };
+    wait_until("both attaches of the first try", || attached().is_some()).await;
+    let (port, server) = attached().unwrap();
+    // The operator's delete, through a client of its own.
+    env.driver().await.delete_server(&server).await.unwrap();
+    env.sim.faults().release_calls("get_server");
+    let allocated = buying.await.unwrap().unwrap();
+    let took = asked.elapsed();
+    assert!(took < pool_manager::CLEANUP_FLOOR, "took {took:?}");
+    assert_ne!(allocated.server_id.as_ref(), Some(&server));
+    let bound = env.sim.ports().into_iter().find(|p| p.id == port);
+    assert_eq!(
+        bound.and_then(|p| p.device_id),
+        Some(server.clone()),
+        "bound to the SOFT_DELETED server until the reclaim"
+    );
+
+    reclaimed_then_reconciled(&env, &running.manager, &server).await;
+    assert_eq!(
+        tenant_ports(&env).await,
+        vec![allocated.port_id.clone().unwrap()],
+        "the purchase's own port alone"
+    );
+    stop_daemon(running, stop).await;
+}
+
+/// The daemon's config for `env`'s cloud, with no reconcile pass but those
+/// a test runs.
+fn reconciled_by_hand(env: &Env) -> Config {
+    Config::parse(&env.config_text("", SMALL_POOL).replace(
+        r#"reconcile_interval = "1m""#,
+        r#"reconcile_interval = "24h""#,
+    ))
+    .unwrap()
+}
+
+/// Moves the paused clock past Nova's reclaim of SOFT_DELETED `server`
+/// (an hour, [`soft_delete_env`]), then runs a reconcile pass.
+async fn reclaimed_then_reconciled(env: &Env, manager: &pool_manager::PoolManager, server: &str) {
+    tokio::time::advance(Duration::from_secs(3601)).await;
+    assert!(env.sim.server(server).is_none(), "reclaimed");
+    manager.reconcile().await.unwrap();
+}
+
+/// The ids of the ports on the tenant network.
+async fn tenant_ports(env: &Env) -> Vec<String> {
+    let tenant_net = env.driver().await.network("tenant-net").await.unwrap().id;
+    env.sim
+        .ports()
+        .into_iter()
+        .filter(|p| p.network_id == tenant_net)
+        .map(|p| p.id)
+        .collect()
+}
+
 /// A purchase interrupted after both attaches (the daemon stopped while its
 /// verification was under way) is rolled back by the next start, on a cloud
 /// that soft-deletes, refuses warmpool's forceDelete and lets a member
