@@ -171,8 +171,9 @@ pub enum EventKind {
     Recovered {
         after_failures: u32,
     },
-    /// The manager paused a cloud call for `pause` because the cloud answered
-    /// 429/413 (honouring its Retry-After when it gave one). Emitted once the
+    /// The manager paused a cloud call for `pause` because the cloud
+    /// throttled it (a 429, a 413 that is not a quota, or a 503 naming a
+    /// Retry-After), honouring its Retry-After when it gave one. Emitted once the
     /// pause was waited out, not when the cloud merely asked for one: a call
     /// whose deadline does not allow the pause gives up instead, and a call
     /// dropped mid-pause reports nothing.

@@ -555,7 +555,7 @@ impl Metrics {
         registry.register("releases", "Allocations released", m.releases.clone());
         registry.register(
             "pool_degraded_episodes",
-            "Times the pool became degraded (3 boots failed in a row)",
+            "Times the pool became degraded (3 boots failed in a row, or its start-up cloud check failed)",
             m.degraded.clone(),
         );
         registry.register(
@@ -576,7 +576,7 @@ impl Metrics {
         );
         registry.register(
             "cloud_throttled",
-            "Cloud API calls answered with a throttling error (HTTP 429/413), by service",
+            "Cloud API calls answered with a throttling error (HTTP 429, a 413 that is not a quota, a 503 with a Retry-After), by service",
             m.cloud_throttled.clone(),
         );
         registry.register(
@@ -592,12 +592,12 @@ impl Metrics {
         );
         registry.register(
             "cloud_calls_paused",
-            "Cloud calls waiting out the cloud's Retry-After (HTTP 429/413) now, by service; counted from the start of each pause, which the retry_pause counters count only once it is over",
+            "Cloud calls waiting out the cloud's Retry-After (HTTP 429, 413 or 503) now, by service; counted from the start of each pause, which the retry_pause counters count only once it is over",
             m.cloud_calls_paused.clone(),
         );
         registry.register(
             "api_calls_refused",
-            "warmpool.v1 calls refused for their bearer token (api_tokens), by method and reason: unauthenticated (none, or unknown), permission_denied (its role may not)",
+            "warmpool.v1 calls refused for their bearer token (api_tokens), by method and reason: unauthenticated (no token, a malformed one, or one not in api_tokens), permission_denied (the token's role may not)",
             m.api_calls_refused.clone(),
         );
         registry.register(
@@ -1583,6 +1583,62 @@ mod tests {
             0.0
         );
         assert!(body.contains("# HELP warmpool_retry_pause_seconds Time warmpool paused"));
+    }
+
+    /// The `# HELP` text of the family `name` in `body`.
+    fn help<'a>(body: &'a str, name: &str) -> &'a str {
+        body.lines()
+            .find_map(|line| line.strip_prefix(&format!("# HELP {name} ")))
+            .unwrap_or_else(|| panic!("no HELP for {name} in\n{body}"))
+    }
+
+    /// A family's HELP text is all an operator reading /metrics or
+    /// Grafana's tooltip sees: it names every cause the family counts. A
+    /// pool that fails its start-up cloud check is degraded without a
+    /// failed boot, a 503 naming a Retry-After is waited out as a 429 is,
+    /// and an unauthenticated call may carry a token, a malformed one or
+    /// one this daemon does not know.
+    #[test]
+    fn help_texts_name_every_cause_their_families_count() {
+        let m = Metrics::new();
+        m.record(&event(EventKind::Degraded {
+            cause: pool_manager::events::DegradedCause::CloudCheck {
+                problem: "flavor db.small is gone".into(),
+            },
+            consecutive_failures: 0,
+        }));
+        m.observe_cloud(
+            "volume",
+            Some(&CloudError::Throttled {
+                retry_after: Some(Duration::from_secs(30)),
+                message: "Service Unavailable".into(),
+                unavailable: true,
+            }),
+            Duration::from_millis(5),
+        );
+        let body = m.encode();
+        let pool = r#"flavor="db.small",availability_zone="az1""#;
+        assert_eq!(
+            sample(
+                &body,
+                &format!("warmpool_pool_degraded_episodes_total{{{pool}}}")
+            ),
+            1.0
+        );
+        let episodes = help(&body, "warmpool_pool_degraded_episodes");
+        assert!(episodes.contains("cloud check"), "{episodes}");
+        assert_eq!(
+            sample(&body, r#"warmpool_cloud_throttled_total{service="volume"}"#),
+            1.0
+        );
+        for name in ["warmpool_cloud_throttled", "warmpool_cloud_calls_paused"] {
+            let text = help(&body, name);
+            assert!(text.contains("503"), "{name}: {text}");
+        }
+        let refused = help(&body, "warmpool_api_calls_refused");
+        for cause in ["no token", "malformed", "not in api_tokens"] {
+            assert!(refused.contains(cause), "{cause}: {refused}");
+        }
     }
 
     /// histogram_quantile answers a quantile that falls in +Inf with the
