@@ -541,6 +541,68 @@ fn panels_in_seconds_plot_only_seconds_or_give_the_rest_its_own_unit() {
 }
 
 /// The Kubernetes workload running warmpoold.
+/// The range windows (`[1h]`) of a PromQL query, in order.
+fn range_windows(expr: &str) -> Vec<&str> {
+    expr.split('[')
+        .skip(1)
+        .filter_map(|rest| rest.split_once(']').map(|(window, _)| window))
+        .collect()
+}
+
+/// How a panel's description says a fixed window: "1h" as "last hour",
+/// "2h" as "last 2 hours", "10m" as "last 10 minutes".
+fn window_in_words(window: &str) -> String {
+    let (count, unit) = window.split_at(window.len() - 1);
+    let unit = match unit {
+        "m" => "minute",
+        "h" => "hour",
+        "d" => "day",
+        _ => panic!("a window in {unit:?}: {window}"),
+    };
+    match count {
+        "1" => format!("last {unit}"),
+        n => format!("last {n} {unit}s"),
+    }
+}
+
+/// A share of two rates, or a quantile of a histogram's, is computed from
+/// the events the window holds: Grafana's $__rate_interval is a minute at
+/// its default settings, so a pool that sells every few minutes had its
+/// hit rate flip between 0 %, 100 % and gaps, to be read against a
+/// service level of 99.5 %. Such a query takes a window that holds enough
+/// of its events, and its panel says which.
+#[test]
+fn shares_and_quantiles_of_events_take_a_window_their_panel_names() {
+    let dashboard = support::dashboard();
+    let mut checked = 0;
+    for panel in dashboard_panels(&dashboard["panels"]) {
+        let title = panel["title"].as_str().unwrap_or("?");
+        let description = panel["description"].as_str().unwrap_or_default();
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            let over_events = expr.contains("rate(") || expr.contains("increase(");
+            let share_or_quantile = expr.contains("histogram_quantile(") || expr.contains(") / ");
+            if !(over_events && share_or_quantile) {
+                continue;
+            }
+            for window in range_windows(expr) {
+                assert!(
+                    !window.starts_with('$'),
+                    "panel {title:?} takes a share or quantile over {window}, which can hold \
+                     too few events to mean anything: give it a fixed window: {expr}"
+                );
+                let words = window_in_words(window);
+                assert!(
+                    description.contains(&words),
+                    "panel {title:?}'s description does not say its window ({words}): {description}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} shares or quantiles of events");
+}
+
 fn k8s_workload() -> serde_yaml::Value {
     let path = deploy_dir().join("kubernetes/statefulset.yaml");
     serde_yaml::from_str(&read(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
