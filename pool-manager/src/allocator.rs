@@ -49,6 +49,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// Default time an Allocate may take when it waits for a warm instance.
 pub const DEFAULT_ALLOCATE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -196,7 +197,10 @@ impl PoolManager {
     ) -> ManagerResult<Allocation> {
         let manager = self.clone();
         let request_id = request_id.to_owned();
-        self.detached(async move { manager.release_now(&request_id, delete_volume).await })
+        // In the caller's span (the server names the token that asked)
+        // though it runs as a task of its own.
+        let release = async move { manager.release_now(&request_id, delete_volume).await };
+        self.detached(release.instrument(tracing::Span::current()))
             .await
     }
 
@@ -3252,7 +3256,11 @@ impl Shared {
         // the call again only reads it back.
         let flushed = self.store.flush().await;
         self.changed();
-        tracing::info!(request_id = %released.params.request_id, "released");
+        tracing::info!(
+            request_id = %released.params.request_id,
+            delete_volume = released.delete_volume_on_release == Some(true),
+            "released"
+        );
         self.emit(Some(&released.params.pool), EventKind::Released);
         flushed.map_err(unconfirmed)?;
         Ok(released)

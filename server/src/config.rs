@@ -349,7 +349,7 @@ const GATELESS_MAX_CONCURRENT_BOOTS: u32 = 4;
 
 /// `[manager]`: every key optional; defaults from `ManagerSettings`,
 /// `pool_manager::sizing` and `pool_manager::gate`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ManagerConfig {
     /// How often server, volume and port status is polled while waiting.
@@ -555,7 +555,7 @@ impl ManagerConfig {
 /// Read through a TOML table rather than serde's internally tagged enums:
 /// those buffer the table and lose the key of a bad value, so "expected a
 /// duration" could not say `request_timeout`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(try_from = "toml::Table")]
 pub enum CloudConfig {
     /// The in-process simulated cloud (cloudsim): no OpenStack needed.
@@ -632,7 +632,7 @@ pub const MAX_OPENSTACK_REQUEST_TIMEOUT: Duration = Duration::from_secs(10 * 60)
 
 /// `[cloud] kind = "openstack"`: where the credentials are and how pool
 /// servers are built. Turned into the driver's settings by [`OpenStackConfig::settings`].
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpenStackConfig {
     /// Entry of clouds.yaml to use; without one, the `OS_*` environment
@@ -692,7 +692,7 @@ pub struct OpenStackConfig {
 }
 
 /// `[cloud.availability_zones.<az>]`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpenStackAzConfig {
     /// Management network of servers in this AZ (name or id).
@@ -1075,7 +1075,7 @@ impl Default for CloudConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     pub flavor: String,
@@ -1204,6 +1204,58 @@ impl Config {
         self.data_dir = data_dir.unwrap_or(self.data_dir);
         self.validate()?;
         Ok(self)
+    }
+
+    /// The keys of `file` (the config file read again) that differ from
+    /// this config (the one warmpoold started with) and that only a
+    /// restart puts in force: all but `api_tokens`, and `tls` only when it
+    /// is turned on or off (a reload reads its files again).
+    pub fn changed_needing_restart(&self, file: &Config) -> Vec<&'static str> {
+        // Destructured whole, so that a new key is placed on one side or
+        // the other here.
+        let Config {
+            listen,
+            metrics_listen,
+            data_dir,
+            store_cache_capacity,
+            manager,
+            cloud,
+            pools,
+            shutdown_grace,
+            grpc_keepalive_interval,
+            grpc_keepalive_timeout,
+            api_tokens: _,
+            tls,
+            delete_unknown_servers: _,
+            adopt_cloud: _,
+        } = self;
+        let mut changed = Vec::new();
+        let mut differs = |key, different: bool| {
+            if different {
+                changed.push(key);
+            }
+        };
+        differs("listen", *listen != file.listen);
+        differs("metrics_listen", *metrics_listen != file.metrics_listen);
+        differs("data_dir", *data_dir != file.data_dir);
+        differs(
+            "store_cache_capacity",
+            *store_cache_capacity != file.store_cache_capacity,
+        );
+        differs("manager", *manager != file.manager);
+        differs("cloud", *cloud != file.cloud);
+        differs("pools", *pools != file.pools);
+        differs("shutdown_grace", *shutdown_grace != file.shutdown_grace);
+        differs(
+            "grpc_keepalive_interval",
+            *grpc_keepalive_interval != file.grpc_keepalive_interval,
+        );
+        differs(
+            "grpc_keepalive_timeout",
+            *grpc_keepalive_timeout != file.grpc_keepalive_timeout,
+        );
+        differs("tls", tls.is_some() != file.tls.is_some());
+        changed
     }
 
     /// The file, checked as a whole; an error names the file.
@@ -1712,6 +1764,52 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a reload names as waiting for a restart: every key but the
+    /// tokens, and `[tls]` only turned on or off.
+    #[test]
+    fn a_reload_names_the_keys_that_take_a_restart() {
+        let started = Config::parse("").unwrap();
+        assert!(started.changed_needing_restart(&started).is_empty());
+        let file = Config::parse(
+            r#"
+listen = "127.0.0.1:7000"
+shutdown_grace = "7s"
+[manager]
+poll_interval = "3s"
+[[pools]]
+flavor = "db.small"
+availability_zone = "az1"
+min_ready = 1
+max_ready = 2
+image = "mysql-8"
+[[api_tokens]]
+name = "dash"
+role = "reader"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+[tls]
+cert_file = "a.crt"
+key_file = "a.key"
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            started.changed_needing_restart(&file),
+            ["listen", "manager", "pools", "shutdown_grace", "tls"]
+        );
+        let other_files = Config::parse(
+            r#"
+[tls]
+cert_file = "b.crt"
+key_file = "b.key"
+"#,
+        )
+        .unwrap();
+        assert!(file
+            .changed_needing_restart(&other_files)
+            .contains(&"listen"));
+        assert!(!file.changed_needing_restart(&other_files).contains(&"tls"));
+    }
 
     #[test]
     fn command_line_overrides_are_checked_like_the_file() {

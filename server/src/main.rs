@@ -200,6 +200,10 @@ async fn run() -> anyhow::Result<()> {
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     let (shutdown, stop_now) = shutdown_signals()?;
+    // What a reload compares the file with, to name what it leaves for a
+    // restart.
+    #[cfg(unix)]
+    let started = config.clone();
     let running = match warmpool_server::start_stoppable(config, shutdown, stop_now).await {
         Ok(running) => running,
         Err(e) if e.is::<warmpool_server::StoppedDuringStartUp>() => {
@@ -212,6 +216,7 @@ async fn run() -> anyhow::Result<()> {
     reload_on_sighup(
         hangups,
         args.clone(),
+        started,
         running.access.clone(),
         running.tls.clone(),
     );
@@ -236,12 +241,14 @@ fn daemon_config(args: &Args) -> Result<Config, warmpool_server::config::ConfigE
 /// On SIGHUP, reads the config file again (with the command line's
 /// overrides, as at start), takes its `[[api_tokens]]` and, when warmpoold
 /// serves TLS, reads the `[tls]` files again ([`reload`]). A reload is all
-/// or nothing: one refused changes nothing, and the log says why. The task
-/// lives as long as the process.
+/// or nothing: one refused changes nothing, and the log says why. The
+/// task lives as long as the process; `started` is the config warmpoold
+/// started with.
 #[cfg(unix)]
 fn reload_on_sighup(
     mut hangups: tokio::signal::unix::Signal,
     args: Args,
+    started: Config,
     access: warmpool_server::access::AccessHandle,
     tls: Option<warmpool_server::tls::TlsHandle>,
 ) {
@@ -251,7 +258,7 @@ fn reload_on_sighup(
                 tracing::warn!("SIGHUP: no config file to read again (started without --config)");
                 continue;
             }
-            if let Err(e) = reload(&args, &access, tls.as_ref()) {
+            if let Err(e) = reload(&args, &started, &access, tls.as_ref()) {
                 tracing::error!(
                     error = format!("{e:#}"),
                     "SIGHUP: reload refused; api_tokens and TLS unchanged"
@@ -266,9 +273,12 @@ fn reload_on_sighup(
 /// and keep client certificates asked for) before putting any in force: a
 /// file half written when the signal came must not revoke tokens because
 /// its TLS part is refused, nor renew a certificate because its tokens are.
+/// The rest of the file waits for a restart; what of it differs from
+/// `started` is named in the log.
 #[cfg(unix)]
 fn reload(
     args: &Args,
+    started: &Config,
     access: &warmpool_server::access::AccessHandle,
     tls: Option<&warmpool_server::tls::TlsHandle>,
 ) -> anyhow::Result<()> {
@@ -279,8 +289,10 @@ fn reload(
         (Some(_), None) => {
             anyhow::bail!("the file has no [tls] section, and serving plaintext takes a restart")
         }
-        (None, Some(_)) => {
-            tracing::warn!("SIGHUP: the file has a [tls] section; serving TLS takes a restart");
+        // Not served until a restart, but checked now: a reload that took
+        // files the restart then fails on would not be all or nothing.
+        (None, Some(files)) => {
+            warmpool_server::tls::TlsHandle::load(files)?;
             None
         }
         (None, None) => None,
@@ -290,6 +302,15 @@ fn reload(
     if let Some((serving, prepared, files)) = certificate {
         serving.apply(prepared);
         tracing::info!(cert_file = %files.cert_file.display(), "SIGHUP: reloaded the TLS certificate; new connections use it");
+    }
+    let waiting = started.changed_needing_restart(&config);
+    if !waiting.is_empty() {
+        let waiting = waiting.join(", ");
+        tracing::warn!(
+            changed = %waiting,
+            "SIGHUP: the file changes {waiting}, which take a restart: warmpoold runs on with \
+             the values it started with"
+        );
     }
     Ok(())
 }

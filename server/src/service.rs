@@ -1,7 +1,7 @@
 //! The warmpool.v1 gRPC service: check the caller ([`Checked`], before the
 //! message is decoded), decode, call `PoolManager`, encode.
 
-use crate::access::{AccessHandle, Method};
+use crate::access::{AccessHandle, Caller, Method};
 use crate::convert;
 use crate::metrics::Metrics;
 use futures::future::Either;
@@ -22,6 +22,7 @@ use tonic::codegen::{http, Service};
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 use warmpool_proto::v1 as api;
 use warmpool_proto::v1::warm_pool_server::WarmPool;
 
@@ -110,10 +111,19 @@ where
             ));
             return Either::Right(ready(Ok(unknown.into_http())));
         };
-        let caller = MetadataMap::from_headers(request.headers().clone());
-        if let Err(refused) = self.access.current().check(&caller, method) {
-            self.metrics.api_call_refused(method, refused.code());
-            return Either::Right(ready(Ok(refused.into_http())));
+        let metadata = MetadataMap::from_headers(request.headers().clone());
+        let access = self.access.current();
+        let caller = match access.check(&metadata, method) {
+            Ok(caller) => caller,
+            Err(refused) => {
+                self.metrics.api_call_refused(method, refused.code());
+                return Either::Right(ready(Ok(refused.into_http())));
+            }
+        };
+        let mut request = request;
+        // For a handler that logs who called ([`WarmPool::release`]).
+        if let Some(caller) = caller {
+            request.extensions_mut().insert(caller.clone());
         }
         Either::Left(self.inner.call(request))
     }
@@ -151,10 +161,18 @@ impl WarmPool for WarmPoolService {
     }
 
     async fn release(&self, request: Request<api::ReleaseRequest>) -> Reply<api::Allocation> {
+        // A release deletes a tenant's server (maybe its volume): its log
+        // lines, "released" among them, name the token that asked for it
+        // (by its name in the config, never the token).
+        let span = match request.extensions().get::<Caller>() {
+            Some(caller) => tracing::info_span!("release", caller = %caller.name),
+            None => tracing::Span::none(),
+        };
         let request = request.into_inner();
         let allocation = self
             .manager
             .release(&request.request_id, request.delete_volume)
+            .instrument(span)
             .await
             .map_err(convert::status)?;
         Ok(Response::new(convert::allocation(allocation)))

@@ -5,6 +5,10 @@
 //! without a restart. warmpoold runs the handshakes itself ([`incoming`])
 //! rather than through tonic's `tls_config`, whose settings are fixed for
 //! the server's life.
+//!
+//! A certificate outside its validity window (expired, or not valid yet by
+//! this host's clock) is refused like a file that does not load: served,
+//! it would fail every client's handshake while warmpoold looked healthy.
 
 use crate::config::TlsConfig;
 use anyhow::Context;
@@ -12,7 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
@@ -139,14 +143,27 @@ pub fn incoming(
 /// certificate from `client_ca_file` when it is set.
 fn server_config(tls: &TlsConfig) -> anyhow::Result<Arc<ServerConfig>> {
     let chain = certificates("tls.cert_file", &tls.cert_file)?;
-    let key =
-        PrivateKeyDer::from_pem_slice(&read("tls.key_file", &tls.key_file)?).map_err(|e| {
-            anyhow::anyhow!(
-                "tls.key_file {} holds no PEM private key: {}",
-                tls.key_file.display(),
-                pem_problem(&e)
-            )
-        })?;
+    let key_pem = read("tls.key_file", &tls.key_file)?;
+    if is_encrypted_key(&key_pem) {
+        anyhow::bail!(
+            "tls.key_file {} is an encrypted private key; warmpoold needs it unencrypted \
+             (`openssl pkey -in KEY -out PLAIN_KEY` decrypts it; keep the plain key readable \
+             by warmpoold alone)",
+            tls.key_file.display()
+        );
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        anyhow::anyhow!(
+            "tls.key_file {} holds no PEM private key: {}",
+            tls.key_file.display(),
+            pem_problem(&e)
+        )
+    })?;
+    // Only the server's own certificate: clients build their path to a
+    // root and may skip an expired certificate further down the chain (a
+    // cross-signature kept for old clients), so refusing those would
+    // refuse chains that work.
+    check_validity(&tls.cert_file, &chain[0], SystemTime::now())?;
     let builder = ServerConfig::builder();
     let builder = match &tls.client_ca_file {
         None => builder.with_no_client_auth(),
@@ -168,6 +185,77 @@ fn server_config(tls: &TlsConfig) -> anyhow::Result<Arc<ServerConfig>> {
         .map_err(|e| identity_refused(tls, &e))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Whether `pem` is an encrypted private key: PKCS#8's encrypted form, or
+/// OpenSSL's older one (PKCS#1 or SEC1 with headers). rustls reads
+/// neither, and would say only that it found no key, or that the headers
+/// are not base64. (warmpoolctl tells its own key the same way.)
+fn is_encrypted_key(pem: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(pem);
+    text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        || text.contains("Proc-Type: 4,ENCRYPTED")
+}
+
+/// Refuses `certificate` (`cert_file`'s first) outside its validity window
+/// at `now`, naming the date, as every TLS client would refuse it. By the
+/// wall clock, as clients check it: a clock gone wrong shows in the
+/// message.
+fn check_validity(
+    cert_file: &Path,
+    certificate: &CertificateDer<'_>,
+    now: SystemTime,
+) -> anyhow::Result<()> {
+    let parsed = match x509_parser::parse_x509_certificate(certificate) {
+        Ok((_, parsed)) => parsed,
+        // rustls took it as the identity: refusing it for a reader's
+        // limits would stop a daemon whose clients are served.
+        Err(e) => {
+            tracing::warn!(
+                cert_file = %cert_file.display(),
+                error = %e,
+                "cannot read the certificate's dates (notBefore, notAfter); not checked"
+            );
+            return Ok(());
+        }
+    };
+    let validity = parsed.validity();
+    let now_secs = match now.duration_since(UNIX_EPOCH) {
+        Ok(since) => i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    };
+    let cert = cert_file.display();
+    let clock = rfc3339(now_secs);
+    if now_secs > validity.not_after.timestamp() {
+        anyhow::bail!(
+            "tls.cert_file {cert}: the certificate expired at {} (its notAfter), and TLS \
+             clients refuse an expired certificate: put a renewed certificate and its key in \
+             place (this host's clock says {clock})",
+            rfc3339(validity.not_after.timestamp())
+        );
+    }
+    if now_secs < validity.not_before.timestamp() {
+        anyhow::bail!(
+            "tls.cert_file {cert}: the certificate is not valid until {} (its notBefore), and \
+             TLS clients refuse it until then: check this host's clock (it says {clock}), or \
+             put a certificate valid now in place",
+            rfc3339(validity.not_before.timestamp())
+        );
+    }
+    Ok(())
+}
+
+/// Seconds since the Unix epoch as RFC 3339 (`2002-01-01T00:00:00Z`),
+/// or as a number of seconds outside the years 1970 to 9999.
+fn rfc3339(seconds: i64) -> String {
+    // humantime formats up to the end of 9999 only.
+    const END_OF_9999: u64 = 253_402_300_799;
+    match u64::try_from(seconds) {
+        Ok(secs) if secs <= END_OF_9999 => {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+        }
+        _ => format!("{seconds} s from 1970-01-01T00:00:00Z"),
+    }
 }
 
 /// Why `cert_file` and `key_file` make no TLS identity, saying what to do.
@@ -229,6 +317,13 @@ fn certificates(key: &str, path: &Path) -> anyhow::Result<Vec<CertificateDer<'st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_outside_the_years_humantime_formats_are_shown_in_seconds() {
+        assert_eq!(rfc3339(1_009_843_200), "2002-01-01T00:00:00Z");
+        assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(-1), "-1 s from 1970-01-01T00:00:00Z");
+    }
 
     #[test]
     fn a_pem_file_cut_short_is_named_in_words() {

@@ -3036,3 +3036,117 @@ async fn tls_files_are_read_again_on_reload() {
     })
     .await;
 }
+
+/// `[tls]` files as a reload takes them: `issued`'s certificate, and
+/// `key_file` (`issued`'s key when `None`).
+fn tls_files(
+    issued: &support::pki::Issued,
+    key_file: Option<&std::path::Path>,
+) -> warmpool_server::config::TlsConfig {
+    warmpool_server::config::TlsConfig {
+        cert_file: issued.cert_file.clone(),
+        key_file: key_file.unwrap_or(&issued.key_file).to_owned(),
+        client_ca_file: None,
+    }
+}
+
+/// A certificate outside its validity window, expired or not valid yet,
+/// stops start-up and is refused by a reload, naming the file and the
+/// date; the certificate in force stays. Both used to be taken, and every
+/// client's handshake then failed ("certificate expired") while warmpoold
+/// logged that at debug only and looked healthy.
+#[tokio::test]
+async fn a_certificate_outside_its_validity_stops_start_up_and_is_refused_by_a_reload() {
+    use support::pki::Pki;
+    support::init_tracing();
+    let data = tempfile::tempdir().unwrap();
+    let pki = Pki::new(data.path(), "ca");
+    let plain = support::config_text(data.path(), &[("db.small", "az1", 0, 1)]);
+    let expired = pki.issue_valid("expired", &["127.0.0.1"], (2001, 1, 1), (2002, 1, 1));
+    let early = pki.issue_valid("early", &["127.0.0.1"], (2990, 1, 1), (2991, 1, 1));
+    let refusals = [
+        (&expired, "expired at 2002-01-01T00:00:00Z (its notAfter)"),
+        (
+            &early,
+            "is not valid until 2990-01-01T00:00:00Z (its notBefore)",
+        ),
+    ];
+    for (issued, says) in refusals {
+        let err = format!(
+            "{:#}",
+            start_bare(&(plain.clone() + &issued.tls_section()))
+                .await
+                .err()
+                .expect("start-up fails")
+        );
+        assert!(
+            err.contains(&format!("tls.cert_file {}", issued.cert_file.display())),
+            "{err}"
+        );
+        assert!(err.contains(says), "{err}");
+    }
+
+    let server = pki.issue("server", &["127.0.0.1"]);
+    let (running, stop) = start_bare(&(plain + &server.tls_section())).await.unwrap();
+    let https = format!("https://127.0.0.1:{}", running.grpc_addr.port());
+    let tls = running.tls.clone().expect("serving TLS");
+    for (issued, says) in refusals {
+        let err = format!("{:#}", tls.reload(&tls_files(issued, None)).unwrap_err());
+        assert!(err.contains(says), "{err}");
+    }
+    assert_eq!(
+        list_pools_over(&https, tls_options(Some(pki.ca_pem()), None)).await,
+        Ok(1),
+        "the certificate in force stays"
+    );
+    stop_bare(running, stop).await;
+}
+
+/// An encrypted private key (PKCS#8's "ENCRYPTED PRIVATE KEY", or
+/// OpenSSL's older "Proc-Type: 4,ENCRYPTED") is named as one, with the
+/// command that decrypts it, at start and on reload. The errors were "no
+/// items found" and "base64 decode error: InvalidCharacter(45)".
+#[tokio::test]
+async fn an_encrypted_server_key_is_named_with_how_to_decrypt_it() {
+    use support::pki::Pki;
+    support::init_tracing();
+    let data = tempfile::tempdir().unwrap();
+    let pki = Pki::new(data.path(), "ca");
+    let server = pki.issue("server", &["127.0.0.1"]);
+    let plain = support::config_text(data.path(), &[("db.small", "az1", 0, 1)]);
+    let support = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
+    let encrypted = [
+        support.join("encrypted-pkcs8.key"),
+        support.join("encrypted-traditional.key"),
+    ];
+    let says = |key: &std::path::Path| {
+        format!(
+            "tls.key_file {} is an encrypted private key; warmpoold needs it unencrypted \
+             (`openssl pkey -in KEY -out PLAIN_KEY` decrypts it",
+            key.display()
+        )
+    };
+    for key in &encrypted {
+        let text = plain.clone()
+            + &format!(
+                "\n[tls]\ncert_file = {:?}\nkey_file = {key:?}\n",
+                server.cert_file
+            );
+        let err = format!(
+            "{:#}",
+            start_bare(&text).await.err().expect("start-up fails")
+        );
+        assert!(err.contains(&says(key)), "{err}");
+    }
+
+    let (running, stop) = start_bare(&(plain + &server.tls_section())).await.unwrap();
+    let tls = running.tls.clone().expect("serving TLS");
+    for key in &encrypted {
+        let err = format!(
+            "{:#}",
+            tls.reload(&tls_files(&server, Some(key))).unwrap_err()
+        );
+        assert!(err.contains(&says(key)), "{err}");
+    }
+    stop_bare(running, stop).await;
+}

@@ -1755,6 +1755,140 @@ async fn a_reload_refused_in_part_changes_nothing() {
     expect_code(pools(&new_ca, "old").await, Code::Unauthenticated);
 }
 
+/// A renewal that put an expired certificate in place is refused by
+/// SIGHUP with an ERROR naming the file and its notAfter, and the
+/// certificate in force stays. It used to be reloaded ("new connections
+/// use it"), and every client then failed its handshake.
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_refuses_an_expired_certificate() {
+    use support::pki::Pki;
+    let data = tempfile::tempdir().unwrap();
+    let ca = Pki::new(data.path(), "ca");
+    let server = ca.issue("server", &["127.0.0.1"]);
+    let config_file = data.path().join("warmpoold.toml");
+    let text = config_text(data.path(), &[("db.small", "az1", 0, 1)]) + &server.tls_section();
+    std::fs::write(&config_file, text).unwrap();
+    let (daemon, mut log, addr) = serving_daemon(&config_file).await;
+    let https = format!("https://{addr}");
+    let pools = || support::list_pools_over(&https, support::tls_options(Some(ca.ca_pem()), None));
+    assert_eq!(pools().await.unwrap(), 1);
+
+    ca.issue_valid("server", &["127.0.0.1"], (2001, 1, 1), (2002, 1, 1));
+    hang_up(&daemon);
+    let refused = log_line(&mut log, "TLS unchanged").await;
+    assert!(refused.contains("ERROR"), "{refused}");
+    assert!(
+        refused.contains(&format!("tls.cert_file {}", server.cert_file.display())),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("expired at 2002-01-01T00:00:00Z (its notAfter)"),
+        "{refused}"
+    );
+    assert_eq!(pools().await.unwrap(), 1, "the certificate in force stays");
+}
+
+/// A `[tls]` section added to a plaintext daemon's file is checked by the
+/// reload, which is refused whole if its files do not load (the restart
+/// that turns TLS on would fail); the reload names the settings it
+/// leaves for a restart. The files were never read, and the log said only
+/// "reloaded api_tokens".
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_checks_a_tls_section_added_to_a_plaintext_daemon() {
+    use support::pki::Pki;
+    use warmpool_server::access::token_sha256;
+    let data = tempfile::tempdir().unwrap();
+    let config_file = data.path().join("warmpoold.toml");
+    let plaintext = config_text(data.path(), &[("db.small", "az1", 0, 1)]);
+    let token = |token: &str| {
+        format!(
+            "\n[[api_tokens]]\nname = \"dash\"\nrole = \"reader\"\nsha256 = \"{}\"\n",
+            token_sha256(token)
+        )
+    };
+    std::fs::write(&config_file, plaintext.clone() + &token("old")).unwrap();
+    let (daemon, mut log, addr) = serving_daemon(&config_file).await;
+    let client = warmpool_client::Client::connect(&addr).await.unwrap();
+    let pools = |token: &str| {
+        let client = client.clone().with_token(token).unwrap();
+        async move { client.list_pools().await.map(|p| p.len()) }
+    };
+    assert_eq!(pools("old").await.unwrap(), 1);
+
+    let ca = Pki::new(data.path(), "ca");
+    let server = ca.issue("server", &["127.0.0.1"]);
+    let missing = data.path().join("missing.crt");
+    let broken_tls = format!(
+        "\n[tls]\ncert_file = {missing:?}\nkey_file = {:?}\n",
+        server.key_file
+    );
+    std::fs::write(
+        &config_file,
+        plaintext.clone() + &token("new") + &broken_tls,
+    )
+    .unwrap();
+    hang_up(&daemon);
+    let refused = log_line(&mut log, "unchanged").await;
+    assert!(
+        refused.contains(&format!("cannot read tls.cert_file {}", missing.display())),
+        "{refused}"
+    );
+    assert_eq!(pools("old").await.unwrap(), 1, "the tokens in force stay");
+    expect_code(pools("new").await, Code::Unauthenticated);
+
+    // Files that load: the tokens are taken, and the log names what waits
+    // for a restart.
+    let longer_grace =
+        plaintext.replacen(r#"shutdown_grace = "5s""#, r#"shutdown_grace = "7s""#, 1);
+    assert_ne!(longer_grace, plaintext);
+    std::fs::write(
+        &config_file,
+        longer_grace + &token("new") + &server.tls_section(),
+    )
+    .unwrap();
+    hang_up(&daemon);
+    log_line(&mut log, "reloaded api_tokens").await;
+    let warned = log_line(&mut log, "take a restart").await;
+    assert!(warned.contains("WARN"), "{warned}");
+    assert!(warned.contains("shutdown_grace, tls"), "{warned}");
+    assert!(!warned.contains("listen"), "overridden by flags: {warned}");
+    assert_eq!(pools("new").await.unwrap(), 1);
+}
+
+/// A release, which deletes a tenant's server (and, asked, its volume),
+/// is logged at INFO with the caller's token name (never the token) and
+/// `delete_volume`. The line carried only the request id; the caller was
+/// logged at debug.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_release_is_logged_with_its_caller_and_delete_volume() {
+    use warmpool_server::access::token_sha256;
+    let data = tempfile::tempdir().unwrap();
+    let config_file = data.path().join("warmpoold.toml");
+    let token = "s3cret-billing-token";
+    let text = config_text(data.path(), &[("db.small", "az1", 1, 1)])
+        + &format!(
+            "\n[[api_tokens]]\nname = \"billing-bot\"\nrole = \"billing\"\nsha256 = \"{}\"\n",
+            token_sha256(token)
+        );
+    std::fs::write(&config_file, text).unwrap();
+    let (_daemon, mut log, addr) = serving_daemon(&config_file).await;
+    let client = warmpool_client::Client::connect(&addr)
+        .await
+        .unwrap()
+        .with_token(token)
+        .unwrap();
+    client.allocate(order_one()).await.unwrap();
+    client.release("order-1", Some(true)).await.unwrap();
+    let released = log_line(&mut log, "released request_id=order-1").await;
+    assert!(released.contains("INFO"), "{released}");
+    assert!(released.contains("caller=billing-bot"), "{released}");
+    assert!(released.contains("delete_volume=true"), "{released}");
+    assert!(!released.contains(token), "{released}");
+}
+
 /// Out of file descriptors under a burst of connections, warmpoold keeps
 /// its gRPC listener, and serves again once connections close. (tonic's
 /// own accept loop ended at the first EMFILE, and warmpoold then stopped

@@ -58,12 +58,30 @@ impl Pki {
     /// A certificate for `names` (IP addresses and DNS names), signed by
     /// this CA, written to `dir/<file>.crt` and `dir/<file>.key`.
     pub fn issue(&self, file: &str, names: &[&str]) -> Issued {
-        let key = rcgen::KeyPair::generate().unwrap();
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let cert = rcgen::CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &self.ca, &self.ca_key)
-            .unwrap();
+        self.issue_with(file, rcgen::CertificateParams::new(names).unwrap())
+    }
+
+    /// [`Pki::issue`] of a certificate valid from `not_before` to
+    /// `not_after` (`(year, month, day)`, UTC midnight): an expired one, or
+    /// one not valid yet.
+    pub fn issue_valid(
+        &self,
+        file: &str,
+        names: &[&str],
+        not_before: (i32, u8, u8),
+        not_after: (i32, u8, u8),
+    ) -> Issued {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        self.issue_with(file, params)
+    }
+
+    fn issue_with(&self, file: &str, params: rcgen::CertificateParams) -> Issued {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
         let issued = Issued {
             cert_file: self.dir.join(format!("{file}.crt")),
             key_file: self.dir.join(format!("{file}.key")),
