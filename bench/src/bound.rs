@@ -142,6 +142,9 @@ struct Cell {
     believed: Stock,
 }
 
+/// Every bin of every pool of `intensity`, each of which the model sizes
+/// (at least to the floor): an intensity read against a replay must hold
+/// the replay's pools alone (`Intensity::only`, as `trace_scenario` does).
 fn cells(intensity: &Intensity, lead: Duration, knowledge: Knowledge) -> Vec<Cell> {
     let bin = intensity.bin.as_secs_f64();
     let lead = lead.as_secs_f64();

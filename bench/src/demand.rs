@@ -75,6 +75,23 @@ impl Intensity {
         pools
     }
 
+    /// The same rate, for `pools` alone.
+    pub fn only(&self, pools: &[PoolKey]) -> Intensity {
+        Intensity {
+            batches: self
+                .batches
+                .iter()
+                .map(|bin| {
+                    bin.iter()
+                        .filter(|(pool, _)| pools.contains(pool))
+                        .map(|(pool, n)| (pool.clone(), *n))
+                        .collect()
+                })
+                .collect(),
+            ..self.clone()
+        }
+    }
+
     /// Mean purchases per second of `pool` in bin `index`.
     pub fn rate(&self, index: usize, pool: &PoolKey) -> f64 {
         let batches = self
@@ -305,6 +322,11 @@ pub enum TraceError {
     },
     #[error("the trace has no tenant batch")]
     Empty,
+    #[error(
+        "thinning kept none of the trace's {batches} tenant batches (1 in {thin}, seed {seed}), \
+         so there is nothing to replay: lower --thin, or try another --seed"
+    )]
+    NoneKept { batches: u64, thin: u32, seed: u64 },
 }
 
 pub fn parse_flavor_map(text: &str) -> Result<FlavorMap, TraceError> {
@@ -438,6 +460,15 @@ pub fn parse_trace(
     if batches == 0 {
         return Err(TraceError::Empty);
     }
+    // A replay without purchases measures nothing, yet every hit rate and
+    // idle ratio of it would read as a goal met.
+    if arrivals.is_empty() {
+        return Err(TraceError::NoneKept {
+            batches,
+            thin,
+            seed,
+        });
+    }
     let last = rows.last().map_or(first, |r| r.0);
     Ok(Trace {
         arrivals: sorted(arrivals),
@@ -490,7 +521,10 @@ pub fn read_trace(path: &Path, thin: u32, seed: u64) -> Result<Trace, TraceError
     parse_trace(&text, &map, thin, seed)
 }
 
-/// A replay scenario for a trace: one pool per database flavor in one AZ.
+/// A replay scenario for a trace: one pool per database flavor with a kept
+/// purchase, in one AZ. Its intensity covers those pools alone: a flavor
+/// whose batches were all thinned away has no pool in the replay, so the
+/// model of the replay (`bench::bound`) must not size one for it.
 pub fn trace_scenario(name: &str, trace: &Trace, seed: u64) -> Scenario {
     let mut pools: Vec<PoolKey> = trace.arrivals.iter().map(|a| a.pool.clone()).collect();
     pools.sort();
@@ -508,10 +542,10 @@ pub fn trace_scenario(name: &str, trace: &Trace, seed: u64) -> Scenario {
         ),
         arrivals: trace.arrivals.clone(),
         duration: trace.span,
-        pools,
         sim: base_cloud(seed),
         events: Vec::new(),
-        intensity: Some(trace.intensity.clone()),
+        intensity: Some(trace.intensity.only(&pools)),
+        pools,
     }
 }
 
@@ -626,5 +660,26 @@ mod tests {
         // A trace of one bin is fine: its width is the Azure files' 300 s.
         let one = parse_trace("7 b,|\n", &map, 1, 1).unwrap();
         assert_eq!(one.span, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn the_model_of_a_trace_covers_exactly_the_replayed_pools() {
+        let map = parse_flavor_map(AZURE_FLAVOR_MAP).unwrap();
+        // A small batch in each of 24 bins (2 hours), and one large batch.
+        let mut text: String = (0..24).map(|i| format!("{} b,|,b,|\n", i * 300)).collect();
+        text.push_str("7200 m,|\n");
+        // A seed whose thinning drops the large batch but keeps small ones.
+        let (seed, trace) = (1..1000)
+            .map(|seed| (seed, parse_trace(&text, &map, 2, seed).unwrap()))
+            .find(|(_, t)| t.arrivals.iter().all(|a| a.pool.flavor != "db.large"))
+            .expect("some seed drops the one large batch");
+        let scenario = trace_scenario("t", &trace, seed);
+        assert_eq!(scenario.pools, [small()]);
+        let intensity = scenario.intensity.as_ref().expect("a trace's intensity");
+        assert_eq!(intensity.pools(), scenario.pools, "seed {seed}");
+        // One instance in one pool waits at most the trace's span.
+        let hours = trace.span.as_secs_f64() / HOUR;
+        let one = crate::bound::static_pools(intensity, Duration::from_secs(90), 1).idle_vm_hours;
+        assert!(one <= hours, "{one} idle VM-h in {hours} h, seed {seed}");
     }
 }

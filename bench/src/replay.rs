@@ -160,12 +160,15 @@ pub struct PoolOutcome {
 }
 
 impl PoolOutcome {
-    pub fn hit_rate(&self) -> f64 {
-        if self.purchases == 0 {
-            return 1.0;
-        }
-        self.warm as f64 / self.purchases as f64
+    /// Warm hits / purchases; `None` without a measured purchase, which
+    /// says nothing of the sizing either way.
+    pub fn hit_rate(&self) -> Option<f64> {
+        hit_rate(self.warm, self.purchases)
     }
+}
+
+fn hit_rate(warm: u64, purchases: u64) -> Option<f64> {
+    (purchases > 0).then(|| warm as f64 / purchases as f64)
 }
 
 /// What one replay measured.
@@ -194,27 +197,26 @@ pub struct RunResult {
 }
 
 impl RunResult {
-    pub fn hit_rate(&self) -> f64 {
-        if self.purchases == 0 {
-            return 1.0;
-        }
-        self.warm as f64 / self.purchases as f64
+    /// Warm hits / purchases; `None` without a measured purchase.
+    pub fn hit_rate(&self) -> Option<f64> {
+        hit_rate(self.warm, self.purchases)
     }
 
-    pub fn ttr_quantile(&self, q: f64) -> Duration {
+    pub fn ttr_quantile(&self, q: f64) -> Option<Duration> {
         quantile(&self.ttr, q)
     }
 }
 
-/// Nearest-rank quantile; zero for an empty set.
-pub fn quantile(values: &[Duration], q: f64) -> Duration {
+/// Nearest-rank quantile; `None` for an empty set (no time measured is
+/// not a time of zero).
+pub fn quantile(values: &[Duration], q: f64) -> Option<Duration> {
     if values.is_empty() {
-        return Duration::ZERO;
+        return None;
     }
     let mut sorted = values.to_vec();
     sorted.sort_unstable();
     let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
 const SAMPLE_EVERY: Duration = Duration::from_secs(60);

@@ -21,6 +21,35 @@ pub fn percent(x: f64) -> String {
     format!("{:.2} %", x * 100.0)
 }
 
+/// What a table shows where there was nothing to measure.
+pub const NA: &str = "n/a";
+
+/// [`duration`], or [`NA`].
+pub fn duration_or_na(d: Option<Duration>) -> String {
+    d.map_or_else(|| NA.into(), duration)
+}
+
+/// [`percent`], or [`NA`].
+pub fn percent_or_na(x: Option<f64>) -> String {
+    x.map_or_else(|| NA.into(), percent)
+}
+
+/// `x` with two decimals and `unit` after it, or [`NA`].
+pub fn fixed2(x: Option<f64>, unit: &str) -> String {
+    x.map_or_else(|| NA.into(), |x| format!("{x:.2}{unit}"))
+}
+
+/// `a / b`; `None` unless `b` is positive (nothing to compare with) and both
+/// are finite.
+pub fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0 && a.is_finite() && b.is_finite()).then(|| a / b)
+}
+
+/// `a / b` of two measured durations; `None` if either is missing or `b` is zero.
+pub fn duration_ratio(a: Option<Duration>, b: Option<Duration>) -> Option<f64> {
+    ratio(a?.as_secs_f64(), b?.as_secs_f64())
+}
+
 /// One row per run.
 pub fn results_table(results: &[RunResult]) -> String {
     let mut out = String::from(
@@ -40,9 +69,9 @@ pub fn results_table(results: &[RunResult]) -> String {
             r.policy.name(),
             r.purchases,
             failed,
-            percent(r.hit_rate()),
-            duration(r.ttr_quantile(0.5)),
-            duration(r.ttr_quantile(0.99)),
+            percent_or_na(r.hit_rate()),
+            duration_or_na(r.ttr_quantile(0.5)),
+            duration_or_na(r.ttr_quantile(0.99)),
             r.idle_vm_hours,
             r.pool_vm_hours,
             r.boots,
@@ -70,7 +99,7 @@ pub fn per_pool_table(runs: &[&RunResult]) -> String {
                 r.policy.name(),
                 pool,
                 o.purchases,
-                percent(o.hit_rate()),
+                percent_or_na(o.hit_rate()),
                 o.purchases - o.warm,
                 o.idle_vm_hours,
             )

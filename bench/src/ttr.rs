@@ -36,7 +36,8 @@ pub struct Measured {
 }
 
 impl Measured {
-    pub fn p(&self, q: f64) -> Duration {
+    /// `None` if nothing was measured.
+    pub fn p(&self, q: f64) -> Option<Duration> {
         quantile(&self.times, q)
     }
 }

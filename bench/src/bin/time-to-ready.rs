@@ -31,8 +31,8 @@ fn main() {
                 path,
                 throttled,
                 if existing { "existing" } else { "new" },
-                report::duration(m.p(0.5)),
-                report::duration(m.p(0.99))
+                report::duration_or_na(m.p(0.5)),
+                report::duration_or_na(m.p(0.99))
             );
         }
     }
