@@ -105,7 +105,9 @@ impl Fill {
             std::cmp::Ordering::Greater => {
                 format!("cap {}, above the shipped {shipped}", self.pool_cap)
             }
-            std::cmp::Ordering::Equal => format!("cap {}, as shipped", self.pool_cap),
+            // The shipped value, not the shipped setting: a fixed limit
+            // runs without the gate.
+            std::cmp::Ordering::Equal => format!("cap {}, the shipped value", self.pool_cap),
             std::cmp::Ordering::Less => format!("cap {}", self.pool_cap),
         }
     }

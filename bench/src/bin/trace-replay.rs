@@ -1046,7 +1046,7 @@ fn contention_verdict(
     let p99 = report::duration_ratio(adaptive.lead_p(0.99), lone);
     let _ = writeln!(
         md,
-        "- **Host contention**: the adaptive window ({}) refilled at {:.1}/min, {ratio:.2}x the best fixed limit in hindsight ({}, {}, {:.1}/min; goal >= 0.9x): {}; its boot p99 was {} a lone boot (goal <= 1.5x): {}.",
+        "- **Host contention**: the adaptive window as shipped ({}) refilled at {:.1}/min, {ratio:.2}x the best fixed limit in hindsight ({}, {}, {:.1}/min; goal >= 0.9x): {}; its boot p99 was {} a lone boot (goal <= 1.5x): {}.",
         adaptive.cap_note(),
         adaptive.per_minute(),
         best.label(),
@@ -1506,7 +1506,7 @@ mod tests {
         let text = contention_verdict(&fills, lone, build);
         // 30/min against fixed 128 boots' 40/min.
         assert!(
-            text.contains("the adaptive window (cap 64, as shipped) refilled at 30.0/min, 0.75x the best fixed limit in hindsight (fixed 128 boots, cap 128, above the shipped 64, 40.0/min; goal >= 0.9x): **missed**, by 0.15x"),
+            text.contains("the adaptive window as shipped (cap 64, the shipped value) refilled at 30.0/min, 0.75x the best fixed limit in hindsight (fixed 128 boots, cap 128, above the shipped 64, 40.0/min; goal >= 0.9x): **missed**, by 0.15x"),
             "{text}"
         );
         assert!(
@@ -1524,7 +1524,7 @@ mod tests {
             ("fixed window of 32 builds", "cap 200, above the shipped 64"),
             (
                 "adaptive (AIMD) window of builds, as shipped",
-                "cap 64, as shipped",
+                "cap 64, the shipped value",
             ),
             (
                 "adaptive (AIMD) window of builds, cap raised",
