@@ -191,6 +191,9 @@ pub(crate) struct Shared {
     /// records alone.
     pub in_flight: Mutex<HashMap<String, usize>>,
     pub tasks: Mutex<JoinSet<()>>,
+    /// The API calls running as tasks ([`PoolManager::detached`]), which a
+    /// graceful stop waits for ([`PoolManager::finish_calls`]).
+    pub calls: watch::Sender<DetachedCalls>,
     pub shutdown: watch::Sender<bool>,
     /// Set by [`PoolManager::stop_waiting`]: purchases waiting for a Ready
     /// instance give up.
@@ -227,6 +230,40 @@ pub(crate) struct Shared {
     /// it, once it has found no pool server here the store has no record
     /// of (`Shared::adopt_cloud_at_start`).
     pub adopting: Mutex<Option<CloudIdentity>>,
+}
+
+/// The API calls running as tasks of the manager.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct DetachedCalls {
+    /// Set by [`PoolManager::finish_calls`]: no new call starts.
+    closed: bool,
+    running: usize,
+}
+
+/// One API call running as a task ([`PoolManager::detached`]), counted
+/// in [`Shared::calls`] until dropped.
+struct RunningCall(Arc<Shared>);
+
+impl RunningCall {
+    /// `None` once a graceful stop has begun ([`PoolManager::finish_calls`]).
+    fn start(shared: &Arc<Shared>) -> Option<Self> {
+        let started = shared.calls.send_if_modified(|calls| {
+            if calls.closed {
+                return false;
+            }
+            calls.running += 1;
+            true
+        });
+        started.then(|| Self(shared.clone()))
+    }
+}
+
+impl Drop for RunningCall {
+    fn drop(&mut self) {
+        self.0
+            .calls
+            .send_modify(|calls| calls.running = calls.running.saturating_sub(1));
+    }
 }
 
 /// How often released allocations past `ManagerSettings::keep_released` are
@@ -599,6 +636,7 @@ impl PoolManager {
                 driving: Mutex::new(HashSet::new()),
                 in_flight: Mutex::new(HashMap::new()),
                 tasks: Mutex::new(JoinSet::new()),
+                calls: watch::channel(DetachedCalls::default()).0,
                 shutdown: watch::channel(false).0,
                 stop_waiting: watch::channel(false).0,
                 sizing: Mutex::new(SizingBook::default()),
@@ -744,8 +782,31 @@ impl PoolManager {
         self.shared.stop_waiting.send_replace(true);
     }
 
+    /// The second step of a graceful stop: API calls started from now on
+    /// (Allocate, Release, CreatePool, UpdatePool, DeletePool) answer
+    /// [`ManagerError::ShuttingDown`], and those running (their callers may
+    /// have stopped waiting for them) are waited for, up to `within`.
+    /// Returns how many are still running then: [`PoolManager::shutdown`]
+    /// stops them where they are, for the next start's reconcile to finish
+    /// or undo.
+    pub async fn finish_calls(&self, within: Duration) -> usize {
+        self.shared.calls.send_modify(|calls| calls.closed = true);
+        let mut calls = self.shared.calls.subscribe();
+        // The sender lives in `shared`, which `self` holds: never closed.
+        let _ = tokio::time::timeout(within, calls.wait_for(|calls| calls.running == 0)).await;
+        let left = calls.borrow().running;
+        left
+    }
+
+    /// How many API calls are running as tasks of the manager now, their
+    /// callers waiting for them or not.
+    pub fn calls_running(&self) -> usize {
+        self.shared.calls.borrow().running
+    }
+
     /// Stops background tasks (boots in flight are resumed by the next
-    /// start's reconcile), saves what the estimators learned and flushes the
+    /// start's reconcile) and the API calls still running (for a graceful
+    /// stop, call [`PoolManager::finish_calls`] first), saves what the estimators learned and flushes the
     /// store.
     pub async fn shutdown(&self) -> ManagerResult<()> {
         let mut tasks = {
@@ -827,13 +888,21 @@ impl PoolManager {
     /// caller that stops waiting (a gRPC client's deadline drops the
     /// handler) does not leave it half done: a pool written but never
     /// served, a settings change or deletion stored but never announced
-    /// nor logged, a purchase for the reconciler to undo.
+    /// nor logged, a purchase for the reconciler to undo. A graceful stop
+    /// waits for it ([`PoolManager::finish_calls`]), and once that has
+    /// begun it is refused ([`ManagerError::ShuttingDown`]).
     pub(crate) async fn detached<T: Send + 'static>(
         &self,
         work: impl Future<Output = ManagerResult<T>> + Send + 'static,
     ) -> ManagerResult<T> {
+        let Some(running) = RunningCall::start(&self.shared) else {
+            return Err(ManagerError::ShuttingDown);
+        };
         let (answer, answered) = tokio::sync::oneshot::channel();
         self.shared.spawn(async move {
+            // Counted until the task ends, aborted too (or, never started,
+            // dropped with it).
+            let _running = running;
             let _ = answer.send(work.await);
         });
         match answered.await {

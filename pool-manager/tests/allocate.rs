@@ -6135,3 +6135,59 @@ async fn a_waiting_purchase_ends_at_its_deadline_however_busy_the_store() {
     );
     writer.abort();
 }
+
+/// A purchase whose caller stopped waiting (a gRPC client hung up, or its
+/// deadline passed) is still the manager's to finish: a graceful stop
+/// waits for it within its grace, instead of aborting it for the next
+/// start to roll back an order the cloud was about to complete. A call
+/// started once the stop has begun is refused.
+#[tokio::test(start_paused = true)]
+async fn a_graceful_stop_lets_a_purchase_whose_caller_left_finish() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let store = temp_store();
+    let manager = started_paused(&cloud, store.clone(), 1).await;
+    let attach = cloud.hold_next("attach_volume", At::Before);
+    let caller = spawn_allocate(
+        &manager,
+        request("caller-left", new_volume(), EmptyPoolPolicy::FailFast),
+    );
+    attach.reached().await;
+    caller.abort();
+    assert!(caller.await.unwrap_err().is_cancelled());
+
+    let stopping = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.finish_calls(Duration::from_secs(30)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let err = manager.release("caller-left", None).await.unwrap_err();
+    assert!(matches!(err, ManagerError::ShuttingDown), "{err:?}");
+    attach.release();
+    assert_eq!(stopping.await.unwrap(), 0, "no call is left running");
+    manager.shutdown().await.unwrap();
+
+    let stored = store.get_allocation("caller-left").await.unwrap().unwrap();
+    assert_eq!(stored.state, AllocationState::Allocated, "{stored:?}");
+}
+
+/// The grace bounds the wait: a purchase still held by the cloud when it
+/// is over is left running, counted, for `shutdown` to stop where it is.
+#[tokio::test(start_paused = true)]
+async fn a_graceful_stop_waits_for_a_purchase_no_longer_than_its_grace() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let attach = cloud.hold_next("attach_volume", At::Before);
+    let caller = spawn_allocate(
+        &manager,
+        request("held", new_volume(), EmptyPoolPolicy::FailFast),
+    );
+    attach.reached().await;
+    caller.abort();
+
+    let asked = tokio::time::Instant::now();
+    assert_eq!(manager.finish_calls(Duration::from_secs(30)).await, 1);
+    assert_eq!(asked.elapsed(), Duration::from_secs(30));
+    manager.shutdown().await.unwrap();
+}

@@ -81,8 +81,10 @@ pub struct Running {
 /// restarts); then turns health NOT_SERVING, ends `WatchPools` streams,
 /// stops taking calls, lets in-flight unary ones finish (up to the grace
 /// period), cuts the streams whose end their clients have not taken
-/// ([`shutdown`]), stops the background tasks, flushes the store and stops
-/// serving metrics. A start-up that
+/// ([`shutdown`]), waits (within what is left of the grace period) for
+/// the manager's API calls whose callers stopped waiting
+/// ([`PoolManager::finish_calls`]), stops the background tasks, flushes
+/// the store and stops serving metrics. A start-up that
 /// fails after the background tasks started stops them again, so the
 /// store's lock is free for the next try; so does one that `shutdown`
 /// interrupts while it checks the cloud or reconciles (the error is then
@@ -342,6 +344,7 @@ pub async fn start_stoppable(
             }
         };
         tokio::pin!(serve);
+        tokio::pin!(stop_now);
         // Serving ends by itself only on a failure: the store is still
         // flushed, and the exit is one a supervisor restarts. A failed
         // store stops the daemon as a shutdown does, with such an exit:
@@ -361,6 +364,7 @@ pub async fn start_stoppable(
         let failed = match stop {
             Err(e) => Some(e),
             Ok(failure) => {
+                let stopping_since = tokio::time::Instant::now();
                 let at_stop = calls.in_flight();
                 tracing::info!(
                     unary_calls = at_stop.unary,
@@ -377,13 +381,15 @@ pub async fn start_stoppable(
                 let _ = stop_tx.send(());
                 // The grace period is the unary calls': a stream whose end
                 // its client does not read would hold it all (`shutdown`).
+                let mut cut_short = false;
                 let served = tokio::select! {
                     biased;
-                    () = stop_now => {
+                    () = &mut stop_now => {
                         tracing::warn!(
                             unary_calls = calls.in_flight().unary,
                             "asked again to stop: not waiting for in-flight calls"
                         );
+                        cut_short = true;
                         false
                     }
                     waited = tokio::time::timeout(grace, async {
@@ -422,6 +428,14 @@ pub async fn start_stoppable(
                     }
                     cut.cut_and_wait(&mut serve).await;
                 }
+                if !cut_short {
+                    finish_manager_calls(
+                        &served_manager,
+                        grace.saturating_sub(stopping_since.elapsed()),
+                        &mut stop_now,
+                    )
+                    .await;
+                }
                 failure.map(anyhow::Error::new)
             }
         };
@@ -450,6 +464,43 @@ pub async fn start_stoppable(
         tls,
         served,
     })
+}
+
+/// Waits, up to `left` of the grace period, for the manager's API calls
+/// still running ([`PoolManager::finish_calls`]): an Allocate or Release
+/// whose client hung up, or whose deadline passed, goes on without its
+/// gRPC call, which the wait for in-flight calls no longer counts, and
+/// stopping it midway would leave it for the next start to roll back.
+/// `stop_now` resolving ends the wait; what is still running then is
+/// stopped by [`PoolManager::shutdown`].
+async fn finish_manager_calls(
+    manager: &PoolManager,
+    left: std::time::Duration,
+    stop_now: &mut (impl Future<Output = ()> + Unpin),
+) {
+    let running = manager.calls_running();
+    if running > 0 {
+        tracing::info!(
+            calls = running,
+            "waiting for {} whose callers no longer wait (up to {left:?}, the rest of the grace period)",
+            shutdown::count(running, "call"),
+        );
+    }
+    let left_running = tokio::select! {
+        biased;
+        () = stop_now => {
+            tracing::warn!(calls = manager.calls_running(), "asked again to stop: not waiting for the calls under way");
+            return;
+        }
+        left_running = manager.finish_calls(left) => left_running,
+    };
+    if left_running > 0 {
+        tracing::warn!(
+            calls = left_running,
+            "{} outlived the grace period; stopping them where they are (the next start's reconcile finishes or undoes them)",
+            shutdown::count(left_running, "call"),
+        );
+    }
 }
 
 /// Resolves with the store's failure once it has one; never if it has

@@ -278,6 +278,68 @@ async fn a_purchase_waiting_on_an_empty_pool_does_not_hold_up_shutdown() {
     }
 }
 
+/// An Allocate whose client hung up goes on as the manager's task, which
+/// the count of gRPC calls in flight no longer includes: shutdown waits
+/// for it within the grace period too, so the order is sold and stays so,
+/// not stopped midway for the next start to roll back.
+#[tokio::test]
+async fn shutdown_waits_for_a_purchase_whose_client_hung_up() {
+    let logs = Logs::capture();
+    let d = with_the_longest_grace().await;
+    eventually("a Ready instance", PATIENCE, || async {
+        let pool = d.client.get_pool("db.small", "az1").await.unwrap();
+        match pool.counts.unwrap_or_default().ready {
+            0 => Err("none yet".to_owned()),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    let cloud = d.running.cloud.clone().expect("embedded cloud");
+    cloud.faults().hold_calls("attach_volume");
+    let client = d.client.clone();
+    let purchase = tokio::spawn(async move { client.allocate(order_one()).await });
+    eventually("the purchase's volume attach", PATIENCE, || async {
+        match cloud.call_counts().get("attach_volume") {
+            Some(_) => Ok(()),
+            None => Err("not yet".to_owned()),
+        }
+    })
+    .await;
+    purchase.abort();
+    assert!(purchase.await.unwrap_err().is_cancelled());
+
+    let (served, data) = d.stop();
+    tokio::pin!(served);
+    let waiting = eventually("warmpoold waiting for the purchase", PATIENCE, || async {
+        match logs
+            .text()
+            .contains("waiting for 1 call whose callers no longer wait")
+        {
+            true => Ok(()),
+            false => Err(logs.text()),
+        }
+    });
+    tokio::select! {
+        () = waiting => {}
+        stopped = &mut served => panic!("warmpoold stopped with the purchase under way: {stopped:?}\n{}", logs.text()),
+    }
+    cloud.faults().release_calls("attach_volume");
+    tokio::time::timeout(PATIENCE, served)
+        .await
+        .expect("shutdown once the purchase is done")
+        .expect("server task did not panic")
+        .expect("clean shutdown");
+    let data = data.expect("the daemon's own data dir");
+    let store = store_a_failed_start_left(data.path()).await;
+    let sold = store.get_allocation("order-1").await.unwrap();
+    assert_eq!(
+        sold.map(|a| a.state),
+        Some(pool_manager::model::AllocationState::Allocated),
+        "{}",
+        logs.text()
+    );
+}
+
 #[tokio::test]
 async fn health_watches_see_not_serving_and_end_at_shutdown() {
     use tonic_health::pb::health_check_response::ServingStatus;
@@ -363,10 +425,10 @@ async fn a_health_check_during_shutdown_is_answered_not_serving() {
         }
     })
     .await;
-    // A purchase whose cloud calls never answer: a unary call in flight
-    // until its client gives up.
+    // A purchase held at its volume's create: a unary call in flight until
+    // its client gives up.
     let cloud = d.running.cloud.clone().expect("embedded cloud");
-    cloud.faults().hang_after_calls(0);
+    cloud.faults().hold_calls("create_volume");
     let mut order = order_one();
     order.timeout = Some(prost_types::Duration {
         seconds: 3600,
@@ -451,10 +513,13 @@ async fn a_health_check_during_shutdown_is_answered_not_serving() {
         }
     }
 
+    // Given up by its client, the purchase is still the daemon's to finish
+    // (`shutdown_waits_for_a_purchase_whose_client_hung_up`).
     purchase.abort();
+    cloud.faults().release_calls("create_volume");
     tokio::time::timeout(PATIENCE, stopped)
         .await
-        .expect("shutdown once the purchase was given up")
+        .expect("shutdown once the purchase was done")
         .unwrap();
 }
 

@@ -213,6 +213,19 @@ impl Daemon {
         body
     }
 
+    /// Asks for a graceful shutdown without waiting for it: the task
+    /// serving the daemon, and the data dir it owns (if any), kept for the
+    /// test to open the store once the task has ended.
+    pub fn stop(
+        self,
+    ) -> (
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+        Option<tempfile::TempDir>,
+    ) {
+        let _ = self.stop.send(());
+        (self.running.served, self._data)
+    }
+
     /// Graceful shutdown; afterwards neither listener answers.
     pub async fn shut_down(self) {
         let Daemon {
