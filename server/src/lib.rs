@@ -9,6 +9,7 @@ pub mod listener;
 pub mod metrics;
 pub mod service;
 pub mod shutdown;
+pub mod starting;
 pub mod tls;
 
 /// The most calls one gRPC connection carries at once (HTTP/2
@@ -58,6 +59,13 @@ pub struct UnknownServersRefused(String);
 #[error("{0}")]
 pub struct CloudChangedRefused(String);
 
+/// The gRPC health service name whose status says whether warmpoold runs
+/// (SERVING from the moment its port is bound, starting up included,
+/// until it begins to stop), where `""` and `warmpool.v1.WarmPool` say
+/// whether it serves the API: what a liveness probe asks, so that a long
+/// start-up is not taken for a dead daemon.
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 /// A started daemon: its bound addresses and the task serving it.
 pub struct Running {
     pub grpc_addr: SocketAddr,
@@ -74,8 +82,10 @@ pub struct Running {
     pub served: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-/// Binds both listeners, serves metrics, opens the store, builds the cloud,
-/// reconciles, creates configured pools and serves gRPC until `shutdown`
+/// Binds both listeners, serves gRPC health (NOT_SERVING, `LIVENESS_SERVICE`
+/// SERVING) and answers warmpool.v1 UNAVAILABLE ([`starting`]) while it
+/// opens the store, builds the cloud and serves metrics, reconciles and
+/// creates configured pools, then serves warmpool.v1 (health SERVING) until `shutdown`
 /// resolves or the store fails ([`SledStore::failed`]; logged, and the
 /// served task's error is then [`StoreFailed`], an exit a supervisor
 /// restarts); then turns health NOT_SERVING, ends `WatchPools` streams,
@@ -126,6 +136,74 @@ pub async fn start_stoppable(
         .await
         .with_context(|| format!("cannot listen on {} (listen, --listen)", config.listen))?;
     let grpc_addr = listener.local_addr()?;
+    // Served from here on: a start-up can take many minutes (the cloud
+    // check on a slow cloud, the start-up reconcile finishing or undoing
+    // what a stop interrupted, one by one), in which health answers, ""
+    // and warmpool.v1 NOT_SERVING and `LIVENESS_SERVICE` SERVING, and
+    // warmpool.v1's calls UNAVAILABLE ([`starting`]), so that a supervisor
+    // tells a daemon alive and starting from a dead one. A start-up that
+    // fails, or is stopped, drops it with the rest.
+    let (mut health, health_service) = tonic_health::server::health_reporter();
+    report_starting(&mut health).await;
+    let warmpool = starting::Starting::new();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(warmpool_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("reflection service")?;
+    let calls = shutdown::Calls::new();
+    let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_keepalive_interval(Some(config.grpc_keepalive_interval))
+        .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout))
+        .add_service(shutdown::Counted::new(
+            health_service,
+            calls.clone(),
+            &["Watch"],
+        ))
+        .add_service(shutdown::Counted::new(
+            reflection,
+            calls.clone(),
+            &["ServerReflectionInfo"],
+        ))
+        .add_service(shutdown::Counted::new(
+            warmpool.clone(),
+            calls.clone(),
+            &["WatchPools"],
+        ));
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let cut = Arc::new(shutdown::Cut::new());
+    let serving = AbortOnDrop(tokio::spawn({
+        let stopped = async {
+            let _ = stop_rx.await;
+        };
+        // Shutting down, the listener closes at once: no new connections
+        // (nor handshakes) while in-flight calls finish.
+        let mut stopping = stopping_tx.subscribe();
+        let stop_accepting = async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        };
+        let tls_listener = tls.clone();
+        let cut = cut.clone();
+        async move {
+            match tls_listener {
+                Some(tls) => {
+                    let incoming = tls::incoming(listener, tls, stop_accepting)
+                        .map(|io| io.map(|io| cut.connection(io)));
+                    router.serve_with_incoming_shutdown(incoming, stopped).await
+                }
+                None => {
+                    let incoming = listener::incoming(listener, stop_accepting, |socket, _| {
+                        std::future::ready(Some(socket))
+                    })
+                    .map(|io| io.map(|io| cut.connection(io)));
+                    router.serve_with_incoming_shutdown(incoming, stopped).await
+                }
+            }
+        }
+    }));
+    tracing::info!(%grpc_addr, "warmpoold listening for gRPC; health says NOT_SERVING until start-up is done");
 
     if config.data_dir.exists() && !config.data_dir.is_dir() {
         anyhow::bail!(
@@ -248,44 +326,6 @@ pub async fn start_stoppable(
     if config.api_is_open() && !grpc_addr.ip().is_loopback() {
         tracing::warn!(%grpc_addr, "the gRPC API is open to anyone who reaches {grpc_addr}: configure [[api_tokens]] or client certificates ([tls] client_ca_file)");
     }
-    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
-    let (mut health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<WarmPoolServer<service::WarmPoolService>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(warmpool_proto::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("reflection service")?;
-    let calls = shutdown::Calls::new();
-    let router = tonic::transport::Server::builder()
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .http2_keepalive_interval(Some(config.grpc_keepalive_interval))
-        .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout))
-        .add_service(shutdown::Counted::new(
-            health_service,
-            calls.clone(),
-            &["Watch"],
-        ))
-        .add_service(shutdown::Counted::new(
-            reflection,
-            calls.clone(),
-            &["ServerReflectionInfo"],
-        ))
-        .add_service(shutdown::Counted::new(
-            service::Checked::new(
-                WarmPoolServer::new(service::WarmPoolService::new(
-                    manager.clone(),
-                    access.clone(),
-                    stopping_rx,
-                )),
-                access.clone(),
-                metrics.clone(),
-            ),
-            calls.clone(),
-            &["WatchPools"],
-        ));
     // The start-up reconcile visits every instance in the store; a shutdown
     // asked for meanwhile stops it where it is (as a crash there would,
     // which the next start's reconcile resumes from).
@@ -301,58 +341,39 @@ pub async fn start_stoppable(
         }
         if let (true, Some(made)) = (e.is::<UnknownServersRefused>(), no_store_yet) {
             // Every holder of the store let go of first.
-            drop((router, metrics_server, manager));
+            drop((serving, metrics_server, manager));
             take_back_store(made, &config.data_dir, made_dirs_from).await;
         }
         return Err(e);
     }
+    warmpool.serve(service::Checked::new(
+        WarmPoolServer::new(service::WarmPoolService::new(
+            manager.clone(),
+            access.clone(),
+            stopping_rx,
+        )),
+        access.clone(),
+        metrics.clone(),
+    ));
+    report_serving(&mut health).await;
 
     tracing::info!(%grpc_addr, tls = config.tls.is_some(), data_dir = %config.data_dir.display(), "warmpoold serving gRPC");
 
     let grace = config.shutdown_grace;
     let served_manager = manager.clone();
-    let tls_listener = tls.clone();
     let served = tokio::spawn(async move {
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let stopped = async {
-            let _ = stop_rx.await;
-        };
-        // Shutting down, the listener closes at once: no new connections
-        // (nor handshakes) while in-flight calls finish.
-        let mut stopping = stopping_tx.subscribe();
-        let stop_accepting = async move {
-            let _ = stopping.wait_for(|stopping| *stopping).await;
-        };
-        let cut = shutdown::Cut::new();
-        let serve = {
-            let cut = &cut;
-            async move {
-                match tls_listener {
-                    Some(tls) => {
-                        let incoming = tls::incoming(listener, tls, stop_accepting)
-                            .map(|io| io.map(|io| cut.connection(io)));
-                        router.serve_with_incoming_shutdown(incoming, stopped).await
-                    }
-                    None => {
-                        let incoming = listener::incoming(listener, stop_accepting, |socket, _| {
-                            std::future::ready(Some(socket))
-                        })
-                        .map(|io| io.map(|io| cut.connection(io)));
-                        router.serve_with_incoming_shutdown(incoming, stopped).await
-                    }
-                }
-            }
-        };
-        tokio::pin!(serve);
+        let mut serving = serving;
+        let serve = &mut serving.0;
         tokio::pin!(stop_now);
         // Serving ends by itself only on a failure: the store is still
         // flushed, and the exit is one a supervisor restarts. A failed
         // store stops the daemon as a shutdown does, with such an exit:
         // sled writes nothing more until it is opened again.
         let stop = tokio::select! {
-            result = &mut serve => Err(match result {
-                Ok(()) => anyhow::anyhow!("the gRPC server stopped serving unasked"),
-                Err(e) => anyhow::Error::new(e).context("the gRPC server failed"),
+            result = &mut *serve => Err(match result {
+                Ok(Ok(())) => anyhow::anyhow!("the gRPC server stopped serving unasked"),
+                Ok(Err(e)) => anyhow::Error::new(e).context("the gRPC server failed"),
+                Err(e) => anyhow::Error::new(e).context("the gRPC server's task ended abnormally"),
             }),
             () = shutdown => Ok(None),
             failure = store_failed => {
@@ -394,7 +415,7 @@ pub async fn start_stoppable(
                     }
                     waited = tokio::time::timeout(grace, async {
                         tokio::select! {
-                            _ = &mut serve => true,
+                            _ = &mut *serve => true,
                             () = calls.unary_done(shutdown::STREAM_END_DRAIN) => false,
                         }
                     }) => match waited {
@@ -426,7 +447,7 @@ pub async fn start_stoppable(
                             shutdown::count(left.streams, "stream"),
                         );
                     }
-                    cut.cut_and_wait(&mut serve).await;
+                    cut.cut_and_wait(&mut *serve).await;
                 }
                 if !cut_short {
                     finish_manager_calls(
@@ -514,8 +535,44 @@ async fn store_failure<E: Clone>(mut failed: tokio::sync::watch::Receiver<Option
     std::future::pending().await
 }
 
-/// Says NOT_SERVING for the server as a whole ("") and for warmpool.v1,
-/// and ends every health Watch: tonic-health ends a Watch stream only when
+/// Says NOT_SERVING for the server as a whole ("") and for warmpool.v1
+/// while warmpoold starts, and SERVING for [`LIVENESS_SERVICE`].
+async fn report_starting(health: &mut tonic_health::server::HealthReporter) {
+    use tonic::server::NamedService;
+    let warmpool = <WarmPoolServer<service::WarmPoolService> as NamedService>::NAME;
+    for service in ["", warmpool] {
+        health
+            .set_service_status(service, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+    health
+        .set_service_status(LIVENESS_SERVICE, tonic_health::ServingStatus::Serving)
+        .await;
+}
+
+/// Says SERVING for "" and warmpool.v1: start-up is done. A health Watch
+/// opened during start-up gets SERVING, then its end: tonic-health hands
+/// each Watch a clone of the status channel's first receiver, which sees
+/// every status sent since the channel was made as unseen, so a Watch
+/// opened on a channel that ever changed would get its first status
+/// twice (SERVING, SERVING), the second read as a change. A new channel,
+/// made by clearing the status, has none.
+async fn report_serving(health: &mut tonic_health::server::HealthReporter) {
+    use tonic::server::NamedService;
+    let warmpool = <WarmPoolServer<service::WarmPoolService> as NamedService>::NAME;
+    for service in ["", warmpool] {
+        health
+            .set_service_status(service, tonic_health::ServingStatus::Serving)
+            .await;
+        health.clear_service_status(service).await;
+        health
+            .set_service_status(service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+}
+
+/// Says NOT_SERVING for the server as a whole (""), for warmpool.v1 and
+/// for [`LIVENESS_SERVICE`], and ends every health Watch: tonic-health ends a Watch stream only when
 /// its status is cleared, and a stream still open when the unary calls are
 /// done is cut ([`shutdown`]), which a load balancer watching reads as a
 /// broken connection, not as the daemon stopping. A watcher gets
@@ -526,7 +583,7 @@ async fn store_failure<E: Clone>(mut failed: tokio::sync::watch::Receiver<Option
 async fn stop_health(health: &mut tonic_health::server::HealthReporter) {
     use tonic::server::NamedService;
     let warmpool = <WarmPoolServer<service::WarmPoolService> as NamedService>::NAME;
-    for service in ["", warmpool] {
+    for service in ["", warmpool, LIVENESS_SERVICE] {
         health
             .set_service_status(service, tonic_health::ServingStatus::NotServing)
             .await;

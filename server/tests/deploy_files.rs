@@ -698,6 +698,30 @@ fn supervisors_restart_warmpoold_when_it_exits_with_an_error() {
     );
 }
 
+/// The kubelet must not kill a warmpoold that is starting: the start-up
+/// reconcile can take many minutes, in which health says NOT_SERVING for
+/// "" (what readiness asks), so the startup and liveness probes ask the
+/// service that says whether warmpoold runs.
+#[test]
+fn kubernetes_probes_tell_a_starting_warmpoold_from_a_dead_one() {
+    let container = k8s_container();
+    for probe in ["startupProbe", "livenessProbe"] {
+        let grpc = &container[probe]["grpc"];
+        assert_eq!(grpc["port"].as_u64(), Some(50051), "{probe}: {grpc:?}");
+        assert_eq!(
+            grpc["service"].as_str(),
+            Some(warmpool_server::LIVENESS_SERVICE),
+            "{probe} must ask the liveness service, SERVING while warmpoold starts: {grpc:?}"
+        );
+    }
+    let readiness = &container["readinessProbe"]["grpc"];
+    assert_eq!(readiness["port"].as_u64(), Some(50051), "{readiness:?}");
+    assert!(
+        matches!(readiness["service"].as_str(), None | Some("")),
+        "readiness asks \"\", SERVING once warmpool.v1 is served: {readiness:?}"
+    );
+}
+
 /// The Kubernetes workload's warmpoold container.
 fn k8s_container() -> serde_yaml::Value {
     let workload = k8s_workload();

@@ -2630,6 +2630,145 @@ async fn a_shutdown_during_the_cloud_check_ends_start_up() {
     assert!(err.is::<warmpool_server::StoppedDuringStartUp>(), "{err:#}");
 }
 
+/// The gRPC port answers from the moment it is bound: while the start-up
+/// reconcile is held undoing an interrupted purchase (as when the cloud
+/// does not finish, each such item up to the cleanup budget), health says
+/// NOT_SERVING for "" and warmpool.v1 and SERVING for `liveness`, and
+/// warmpool.v1 answers UNAVAILABLE, "starting", instead of nothing until a
+/// probe times out; once start-up is done, health says SERVING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_not_serving_while_the_start_up_reconcile_runs() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    init_tracing();
+    let env = env().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let text = env.config_text("", SMALL_POOL).replacen(
+        r#"listen = "127.0.0.1:0""#,
+        &format!(r#"listen = "127.0.0.1:{port}""#),
+        1,
+    );
+    let config = Config::parse(&text).unwrap();
+    // A purchase a stop interrupted after its port was made: the start-up
+    // reconcile rolls it back, deleting the port, which the cloud holds.
+    let data_dir = config.data_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let store = pool_manager::store::SledStore::open(&data_dir).unwrap();
+        let handle = tokio::runtime::Handle::current();
+        let mut interrupted = pool_manager::model::Allocation::new(
+            pool_manager::model::AllocationParams {
+                request_id: "interrupted".into(),
+                tenant_project_id: "tenant-a".into(),
+                pool: PoolKey::new("db.small", "az1"),
+                volume: pool_manager::model::VolumeRequest {
+                    source: pool_manager::model::VolumeSource::New {
+                        size_gib: 20,
+                        volume_type: None,
+                    },
+                    delete_on_release: false,
+                },
+                network: pool_manager::model::NetworkRequest {
+                    network_id: "tenant-net".into(),
+                    subnet_id: None,
+                    fixed_ip: None,
+                },
+                labels: BTreeMap::new(),
+            },
+            0,
+        );
+        interrupted.port_id = Some("port-of-an-interrupted-purchase".into());
+        handle.block_on(async {
+            use pool_manager::store::Store;
+            assert!(store
+                .cas_allocation(None, Some(&interrupted))
+                .await
+                .unwrap());
+            store.flush().await.unwrap();
+        });
+    })
+    .await
+    .unwrap();
+    env.sim.faults().hold_calls("delete_port");
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let starting = tokio::spawn(warmpool_server::start(config, async {
+        let _ = stopped.await;
+    }));
+    wait_until("the start-up reconcile's port delete, held", || {
+        env.sim.call_counts().contains_key("delete_port")
+    })
+    .await;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let check = |service: &'static str| {
+        let mut health = HealthClient::new(channel.clone());
+        async move {
+            let asked = health.check(HealthCheckRequest {
+                service: service.into(),
+            });
+            let Ok(answer) = tokio::time::timeout(Duration::from_secs(30), asked).await else {
+                panic!("health {service:?} did not answer during start-up");
+            };
+            answer.unwrap().into_inner().status
+        }
+    };
+    for service in ["", "warmpool.v1.WarmPool"] {
+        assert_eq!(
+            check(service).await,
+            i32::from(ServingStatus::NotServing),
+            "{service:?}"
+        );
+    }
+    assert_eq!(
+        check(warmpool_server::LIVENESS_SERVICE).await,
+        i32::from(ServingStatus::Serving)
+    );
+    let client = warmpool_client::Client::connect(&endpoint).await.unwrap();
+    match client.list_pools().await {
+        Err(warmpool_client::ClientError::Status { code, message }) => {
+            assert_eq!(code, tonic::Code::Unavailable, "{message}");
+            assert!(message.contains("starting"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!starting.is_finished());
+
+    env.sim.faults().release_calls("delete_port");
+    let running = tokio::time::timeout(Duration::from_secs(60), starting)
+        .await
+        .expect("start-up ends once the cloud answers")
+        .unwrap()
+        .expect("warmpoold starts");
+    for service in [
+        "",
+        "warmpool.v1.WarmPool",
+        warmpool_server::LIVENESS_SERVICE,
+    ] {
+        assert_eq!(
+            check(service).await,
+            i32::from(ServingStatus::Serving),
+            "{service:?}"
+        );
+    }
+    client.list_pools().await.unwrap();
+    drop((client, channel));
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), running.served)
+        .await
+        .expect("shutdown within 30 s")
+        .unwrap()
+        .unwrap();
+}
+
 /// SIGTERM while the start-up reconcile waits on the cloud stops warmpoold
 /// in order (exit code 0, the store flushed and its lock let go) instead of
 /// killing it; the configured pool, created only after the reconcile, is
