@@ -2578,7 +2578,10 @@ impl Shared {
     /// Puts back in the pool, `Ready` and unclaimed, the instance a try
     /// claimed and failed on without any attach reaching it
     /// ([`AttachCalls::none_acted`]); the try's `error`, saying so, is what
-    /// the purchase answers. Once the record no longer names the instance,
+    /// the purchase answers. A pool being deleted, or gone, does not get
+    /// it back: it is discarded as its drain would have (`Deleting`, then
+    /// its server deleted; a delete the cloud refuses is the reconciler's).
+    /// Once the record no longer names the instance,
     /// flushed, the instance is let go of, and flushed before the answer. A
     /// crash before that second flush leaves the instance claimed for an
     /// order that does not name it, which its rollback (the reconciler's
@@ -2596,23 +2599,54 @@ impl Shared {
     ) -> ManagerResult<ManagerError> {
         let request_id = record.get().await.params.request_id;
         record.forget_instance().await?;
-        let back = self
-            .update_instance(&instance.id, |current| {
-                (current.state == InstanceState::Claimed
-                    && current.request_id.as_deref() == Some(request_id.as_str()))
-                .then(|| {
-                    let mut next = current.clone();
-                    next.state = InstanceState::Ready;
-                    next.request_id = None;
-                    Some(next)
+        let back = {
+            // Judged under the lock a deletion takes to mark the pool
+            // draining: a drain leaves claimed instances to their
+            // purchases and may be over already, and no replenisher would
+            // ever take one put back into a pool that is gone.
+            let _guard = self.pool_lock.lock().await;
+            let open = self
+                .store
+                .get_pool(&instance.pool)
+                .await?
+                .is_some_and(|pool| !pool.draining);
+            let back = self
+                .update_instance(&instance.id, |current| {
+                    (current.state == InstanceState::Claimed
+                        && current.request_id.as_deref() == Some(request_id.as_str()))
+                    .then(|| {
+                        let mut next = current.clone();
+                        next.request_id = None;
+                        if open {
+                            next.state = InstanceState::Ready;
+                        } else {
+                            next.state = InstanceState::Deleting;
+                            next.last_error = Some("pool drained".into());
+                        }
+                        Some(next)
+                    })
                 })
-            })
-            .await?;
-        self.store.flush().await?;
-        if back.is_none() {
+                .await?;
+            self.store.flush().await?;
+            back
+        };
+        let Some(back) = back else {
             // Taken out of service meanwhile: whoever did so deletes it.
             tracing::warn!(instance = %instance.id, error = %error, "the failed try's instance, which no attach reached, is no longer claimed for the order; left to whoever took it");
             return Ok(error);
+        };
+        if back.state == InstanceState::Deleting {
+            tracing::info!(instance = %instance.id, error = %error, "no attach of the failed try reached the instance, but its pool is being deleted; discarding it");
+            if let Err(e) = self.finish_delete(&back).await {
+                tracing::warn!(instance = %instance.id, error = %e, "cannot delete the server of a drained pool's instance; the reconciler retries");
+            }
+            return Ok(with_more(
+                error,
+                format_args!(
+                    "no attach reached instance {}, which was discarded, its pool being deleted",
+                    instance.id
+                ),
+            ));
         }
         tracing::info!(instance = %instance.id, error = %error, "no attach of the failed try reached the instance; it is back in the pool");
         Ok(with_more(

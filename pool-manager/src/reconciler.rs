@@ -17,6 +17,7 @@
 //! | instance `Booting`/`Warming`/`Ready` | server gone (or SOFT_DELETED); one missing from the listing is asked for by id first (the listing is older than the instances read after it, and Nova lists no SOFT_DELETED server) | drop the record; a SOFT_DELETED server (deleted by hand on a cloud with `reclaim_instance_interval`) is deleted for good (the driver's forceDelete), as no later pass would see it |
 //! | instance `Booting`/`Warming`/`Ready`, unsold, no task of this process driving it | server with a volume attached (only a purchase attaches one, after its claim: sold after this record was written, the store a copy restored from a backup) | drop the record, leave the server (a tenant's), log an error, count it left alone (`unknown_sold`) |
 //! | instance `Booting`/`Warming` | server exists | resume the boot task |
+//! | instance `Ready`, unclaimed, its pool's record gone (and not set aside as unreadable) | server exists | discard it: no replenisher is left to (one a purchase put back, no attach having reached it, after the drain had deleted the pool, left by a crash or an older version); judged again under the pool lock, so a pool created again under its key meanwhile keeps it |
 //! | instance `Ready`, unclaimed | server in ERROR (its host failed) | discard it (the pool refills) |
 //! | instance `Ready` | server busy with a task (a task_state other than a delete: a snapshot, a migration) | nothing for that: busy is not broken, the task ends by itself |
 //! | instance `Ready`, unclaimed | server ACTIVE, mysqld silent on this pass's probe and the last's | discard it (the pool refills) |
@@ -50,9 +51,9 @@ use crate::cloud::{CloudError, CloudIdentity, Server, ServerStatus, VolumeStatus
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::EventKind;
 use crate::manager::Shared;
-use crate::model::{AllocationState, Instance, InstanceState, TwinWatch};
+use crate::model::{AllocationState, Instance, InstanceState, PoolKey, TwinWatch};
 use crate::replenisher::{DrivingClaim, Timed};
-use crate::store::RecordKind;
+use crate::store::{pool_record_key, RecordKind};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -107,6 +108,56 @@ fn go_on<T>(result: ManagerResult<T>, doing: &str, what: &str) -> ManagerResult<
 }
 
 impl Shared {
+    /// Whether `key`'s pool record is gone, and not set aside as
+    /// unreadable (a pool created again takes the instances of one set
+    /// aside back); looked up once per pass, in `seen`.
+    async fn pool_gone(
+        &self,
+        key: &PoolKey,
+        seen: &mut HashMap<PoolKey, bool>,
+    ) -> ManagerResult<bool> {
+        if let Some(&gone) = seen.get(key) {
+            return Ok(gone);
+        }
+        let gone = self.store.get_pool(key).await?.is_none()
+            && !self
+                .store
+                .is_set_aside(RecordKind::Pool, &pool_record_key(key))
+                .await?;
+        seen.insert(key.clone(), gone);
+        Ok(gone)
+    }
+
+    /// Discards a Ready, unclaimed instance whose pool is gone, judged
+    /// again under the lock a pool's creation takes: a pool created again
+    /// under the key since the pass looked takes it as its own.
+    async fn discard_orphan(&self, instance: &Instance) -> ManagerResult<()> {
+        let deleting = {
+            let _guard = self.pool_lock.lock().await;
+            if self.store.get_pool(&instance.pool).await?.is_some() {
+                return Ok(());
+            }
+            let deleting = self
+                .update_instance(&instance.id, |current| {
+                    (current.state == InstanceState::Ready && current.request_id.is_none()).then(
+                        || {
+                            let mut next = current.clone();
+                            next.state = InstanceState::Deleting;
+                            next.last_error = Some("pool deleted".into());
+                            Some(next)
+                        },
+                    )
+                })
+                .await?;
+            let Some(deleting) = deleting else {
+                return Ok(());
+            };
+            self.store.flush().await?;
+            deleting
+        };
+        self.finish_delete(&deleting).await
+    }
+
     pub(crate) async fn forget_loop(self: &Arc<Self>) {
         loop {
             tokio::time::sleep(crate::manager::FORGET_EVERY).await;
@@ -233,6 +284,8 @@ impl Shared {
 
         let instances = self.store.list_instances().await?;
         let mut to_probe = Vec::new();
+        // By pool key: whether the record is gone (not set aside).
+        let mut pools_gone: HashMap<PoolKey, bool> = HashMap::new();
         // By server id; published once the sweep of unknown servers is done.
         let mut left_alone = HashMap::new();
         for instance in &instances {
@@ -287,6 +340,9 @@ impl Shared {
             // A soft-deleted server (SOFT_DELETED), or one being deleted,
             // is as good as gone.
             let server_exists = server.as_ref().is_some_and(|s| !s.is_going());
+            let orphaned = instance.state == InstanceState::Ready
+                && instance.request_id.is_none()
+                && self.pool_gone(&instance.pool, &mut pools_gone).await?;
             match instance.state {
                 InstanceState::Booting if instance.server_id.is_none() => {
                     if driving {
@@ -391,6 +447,14 @@ impl Shared {
                         let deleted = self.finish_delete(instance).await;
                         go_on(deleted, "deleting instance", &instance.id)?;
                     }
+                }
+                // Its pool was drained and deleted without it (put back by
+                // a purchase the drain left it to, before a crash or by a
+                // version that did not look): no replenisher is left to take it.
+                InstanceState::Ready if orphaned => {
+                    tracing::warn!(instance = %instance.id, pool = %instance.pool, server = ?instance.server_id, "Ready instance of a pool that is gone; discarding it");
+                    let discarded = self.discard_orphan(instance).await;
+                    go_on(discarded, "discarding instance", &instance.id)?;
                 }
                 // Its host failed: replace it now rather than when a
                 // purchase finds it. Only while it is still unclaimed.

@@ -257,7 +257,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<bool>;
 
     /// Whether an operator set the record of `kind` under `key` (an
-    /// instance id, a request id) aside as unreadable ([`StoreRepair`]).
+    /// instance id, a request id, a pool's [`pool_record_key`]) aside as
+    /// unreadable ([`StoreRepair`]).
     /// Its id stays taken: a set-aside order is not bought again, a
     /// set-aside instance's server is not deleted as a leak.
     async fn is_set_aside(&self, kind: RecordKind, key: &str) -> StoreResult<bool>;
@@ -1036,8 +1037,14 @@ fn cas<T: Serialize + DeserializeOwned + PartialEq>(
 }
 
 fn pool_key(key: &PoolKey) -> Vec<u8> {
+    pool_record_key(key).into_bytes()
+}
+
+/// The key `key`'s pool record is stored, and set aside, under: what
+/// [`Store::is_set_aside`] takes for [`RecordKind::Pool`].
+pub fn pool_record_key(key: &PoolKey) -> String {
     // NUL cannot appear in flavor or AZ names, so the key is unambiguous.
-    format!("{}\0{}", key.flavor, key.availability_zone).into_bytes()
+    format!("{}\0{}", key.flavor, key.availability_zone)
 }
 
 #[async_trait]

@@ -486,3 +486,128 @@ async fn attaches_answered_503_with_retry_after_still_discard() {
     assert_eq!(pool_instances(&manager).await.len(), 2);
     assert_consistent(&sim, &manager).await;
 }
+
+/// A purchase holds a Claimed instance while its pool is deleted: the
+/// drain, which counts only unclaimed instances, deletes the pool record.
+/// The purchase's attaches then all answer 429, so nothing reached the
+/// instance; it used to go back `Ready` into a pool that no longer existed,
+/// with no replenisher left to drain it, and every reconcile pass probed
+/// it and kept it: a server up for good. It is discarded as a drain would.
+#[tokio::test(start_paused = true)]
+async fn an_instance_put_back_after_its_pool_was_drained_is_deleted() {
+    let sim = sim();
+    let throttling = Arc::new(AtomicBool::new(false));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let throttling = throttling.clone();
+        move |method| {
+            (an_attach(method) && throttling.load(Ordering::SeqCst))
+                .then(|| throttled_for_ten_minutes(method))
+        }
+    });
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    throttling.store(true, Ordering::SeqCst);
+
+    let attaching = cloud.hold_next("attach_volume", At::Before);
+    let buying = spawn_allocate(
+        &manager,
+        request("order-1", new_volume(), EmptyPoolPolicy::FailFast),
+    );
+    attaching.reached().await;
+    let claimed = pool_instances(&manager).await;
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].state, InstanceState::Claimed);
+
+    manager.delete_pool(&pool()).await.unwrap();
+    let mut changes = manager.subscribe();
+    while manager.get_pool(&pool()).await.is_ok() {
+        changes.changed().await;
+    }
+    attaching.release();
+    let err = buying.await.unwrap().unwrap_err();
+    assert!(
+        !err.to_string().contains("back in the pool"),
+        "the purchase says its instance is back in a pool that is gone: {err}"
+    );
+
+    manager.reconcile().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    manager.reconcile().await.unwrap();
+    let left = manager.list_instances(None).await.unwrap();
+    assert!(
+        left.is_empty(),
+        "the drained pool's instance is kept: {left:?}"
+    );
+    assert!(
+        sim.servers().is_empty(),
+        "the drained pool's server is left up: {:?}",
+        sim.servers()
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
+/// The same instance, put back `Ready` before its pool's record went (a
+/// crash between the two, or a version that did not look): the reconciler
+/// discards a Ready instance whose pool is gone rather than probe and keep
+/// it for good. Not one whose pool was created again under its key: that
+/// pool takes it.
+#[tokio::test(start_paused = true)]
+async fn reconcile_discards_a_ready_instance_whose_pool_is_gone() {
+    let sim = sim();
+    let store = temp_store();
+    let manager = started(&sim, store.clone(), 2).await;
+    manager.shutdown().await.unwrap();
+    drop(manager);
+    store.delete_pool(&pool()).await.unwrap();
+    store.flush().await.unwrap();
+
+    let manager = manager_on(&sim, store.clone());
+    let mut events = manager.events();
+    manager.start().await.unwrap();
+    manager.reconcile().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let left = manager.list_instances(None).await.unwrap();
+    assert!(
+        left.is_empty(),
+        "the gone pool's instances are kept: {left:?}"
+    );
+    assert!(sim.servers().is_empty(), "{:?}", sim.servers());
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(
+                event.kind,
+                pool_manager::events::EventKind::LeakDeleted { .. }
+            ),
+            "an instance's server was taken for a leak: {event:?}"
+        );
+    }
+    assert_consistent(&sim, &manager).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconcile_leaves_a_pool_created_again_its_ready_instances() {
+    let sim = sim();
+    let store = temp_store();
+    let manager = started(&sim, store.clone(), 2).await;
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    let before = pool_instances(&manager).await;
+    manager.shutdown().await.unwrap();
+    drop(manager);
+    store.delete_pool(&pool()).await.unwrap();
+    let mut spec = spec(2);
+    spec.paused = true;
+    store
+        .put_pool(&pool_manager::model::PoolRecord::new(pool(), spec))
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+
+    let manager = manager_on(&sim, store.clone());
+    manager.start().await.unwrap();
+    manager.reconcile().await.unwrap();
+    assert_eq!(pool_instances(&manager).await, before);
+    assert_eq!(sim.servers().len(), 2);
+    assert_consistent(&sim, &manager).await;
+}

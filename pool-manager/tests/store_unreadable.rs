@@ -638,3 +638,42 @@ async fn restore_a_copy_over_a_server_sold_since(unanswered: bool) {
     let after = manager.list_instances(Some(&pool())).await.unwrap();
     assert!(after.iter().all(|i| i.id != instance), "{after:#?}");
 }
+
+/// A pool whose record is set aside is gone from this version until it is
+/// created again, which takes its instances back: the reconciler, which
+/// discards the Ready instances of a pool that is gone, leaves them.
+#[tokio::test(start_paused = true)]
+async fn a_set_aside_pools_ready_instances_wait_for_it_to_be_created_again() {
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let manager = started(&sim, open_store(dir.path()), 2).await;
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    manager.shutdown().await.unwrap();
+    drop(manager);
+    rewrite(dir.path(), "pools", "db.small\0az1", |record| {
+        record["from_the_future"] = true.into();
+    });
+    {
+        let repair = StoreRepair::open(dir.path(), DEFAULT_LOCK_WAIT).unwrap();
+        assert_eq!(
+            repair.set_aside(RecordKind::Pool, "db.small@az1").unwrap(),
+            SetAside::Moved
+        );
+    }
+
+    let manager = restarted(&sim, dir.path()).await;
+    assert!(manager.get_pool(&pool()).await.is_err());
+    let kept = manager.list_instances(Some(&pool())).await.unwrap();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert_eq!(sim.servers().len(), 2);
+
+    let mut paused = spec(2);
+    paused.paused = true;
+    manager.create_pool(pool(), paused).await.unwrap();
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 2, "{status:?}");
+    assert_eq!(sim.servers().len(), 2, "nothing booted anew");
+}
