@@ -1015,13 +1015,22 @@ impl Shared {
                         Some(next)
                     })
                 })
-                .await?;
+                .await;
             match recorded {
-                Some(next) => instance = next,
-                None => {
-                    // Drained while the create was in flight: the server is ours to delete.
-                    let _ = self.cloud.delete_server(&server.id).await;
+                Ok(Some(next)) => instance = next,
+                // Drained while the create was in flight: the server is
+                // ours to delete. Left to the next reconcile pass, it would
+                // be deleted as a leak, an alert for nothing.
+                Ok(None) => {
+                    self.delete_unrecorded_server(&instance, &server.id).await;
                     return Err(BootError::Superseded);
+                }
+                // The server's id may not be on record: the failed boot's
+                // discard would not delete it, and the reconciler would
+                // take it for a leak.
+                Err(e) => {
+                    self.delete_unrecorded_server(&instance, &server.id).await;
+                    return Err(e.into());
                 }
             }
         }
@@ -1153,6 +1162,20 @@ impl Shared {
             .await?;
         tracing::info!(pool = %ready.pool, instance = %ready.id, "instance ready");
         Ok(ready)
+    }
+
+    /// Deletes the server a boot's create made that its record does not
+    /// name, retried as any cleanup's delete. One the cloud still refuses
+    /// is the next reconcile pass's (as a leak).
+    async fn delete_unrecorded_server(&self, instance: &Instance, server_id: &str) {
+        let deleted = self
+            .retry(self.cleanup_deadline(), || {
+                self.cloud.delete_server(server_id)
+            })
+            .await;
+        if let Err(e) = deleted {
+            tracing::warn!(instance = %instance.id, server = %server_id, error = %e, "cannot delete the server of a boot whose record does not name it; the next reconcile pass deletes it as a leak");
+        }
     }
 
     /// Moves the instance on from `from`, or reports that someone else moved it.

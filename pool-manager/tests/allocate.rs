@@ -5749,6 +5749,98 @@ async fn a_late_cold_boot_the_pool_has_no_room_for_is_undone_mid_create() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A refill whose create is on its way when its pool is drained: its
+/// task, finding its record taken, deletes the server the create made.
+/// It sent that delete once and ignored the answer, so a 429 left the
+/// server to the next reconcile pass, which deleted it as a leak (a false
+/// `WarmpoolLeakRateHigh`). The delete is retried as any cleanup's.
+#[tokio::test(start_paused = true)]
+async fn a_refill_drained_mid_create_deletes_its_server_through_a_429() {
+    use pool_manager::events::EventKind;
+    let sim = sim();
+    let (cloud, refused) = GatedCloud::failing_next(
+        &sim,
+        "delete_server",
+        pool_manager::cloud::CloudError::Throttled {
+            retry_after: Some(Duration::from_secs(5)),
+            message: "delete_server: rate-limited (HTTP 429)".into(),
+            unavailable: false,
+        },
+    );
+    let manager = started_over(&cloud, temp_store(), 0).await;
+    let mut events = manager.events();
+    let answered = cloud.hold_next("create_server", At::After);
+    manager
+        .update_pool(&pool(), |s| s.min_ready = 1)
+        .await
+        .unwrap();
+    answered.reached().await;
+    manager.delete_pool(&pool()).await.unwrap();
+    let mut changes = manager.subscribe();
+    while manager.get_pool(&pool()).await.is_ok() {
+        changes.changed().await;
+    }
+    assert_eq!(sim.servers().len(), 1, "made, its answer on the way");
+    refused.store(1, Ordering::SeqCst);
+    answered.release();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(refused.load(Ordering::SeqCst), 0);
+    manager.reconcile().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(sim.servers().is_empty(), "{:?}", sim.servers());
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event.kind, EventKind::LeakDeleted { .. }),
+            "the drained refill's server was taken for a leak: {event:?}"
+        );
+    }
+    assert_consistent(&sim, &manager).await;
+}
+
+/// The first write of a server's id on its instance fails.
+#[derive(Default)]
+struct FailRecordingServerId {
+    failed: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl StoreHooks for FailRecordingServerId {
+    fn before_instance_swap(&self, new: Option<&Instance>) -> StoreResult<()> {
+        let recording =
+            new.is_some_and(|i| i.state == InstanceState::Booting && i.server_id.is_some());
+        if recording && !self.failed.swap(true, Ordering::SeqCst) {
+            return Err(disk_error());
+        }
+        Ok(())
+    }
+}
+
+/// A boot whose server's id the store failed to record: the failed boot's
+/// discard, going by the record, deleted no server, and the next reconcile
+/// pass deleted it as a leak. The boot deletes the server it made.
+#[tokio::test(start_paused = true)]
+async fn a_boot_that_cannot_record_its_server_deletes_it() {
+    use pool_manager::events::EventKind;
+    let sim = sim();
+    let store = HookedStore::new(FailRecordingServerId::default());
+    let manager = manager_on(&sim, store.clone());
+    let mut events = manager.events();
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    wait_ready(&manager, 1).await;
+    assert!(store.hooks.failed.load(Ordering::SeqCst));
+    manager.reconcile().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(sim.servers().len(), 1, "{:?}", sim.servers());
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event.kind, EventKind::LeakDeleted { .. }),
+            "the failed boot's server was taken for a leak: {event:?}"
+        );
+    }
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A cold boot that misses its deadline in a pool deleted while it ran is
 /// undone with its purchase, and the answer says so: the pool being
 /// deleted, not a max_ready it has room under.
