@@ -44,6 +44,14 @@ pub const BOOT_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// a crash forgets at most this much of what they learned.
 pub const LEARNED_SIZING_SAVE_EVERY: Duration = Duration::from_secs(60);
 
+/// How long a warming VM's mysqld may refuse its probes before the boot
+/// looks at the server (again): one in ERROR (its host died) or deleted
+/// fails the boot then, rather than count as supply until the boot
+/// timeout (15 min by default). Past a normal warm-up (mysqld answers
+/// about a minute after ACTIVE), so a boot whose mysqld answers within it
+/// makes no extra call; a slow one (a throttled disk) makes one per period.
+pub const WARMING_SERVER_LOOK_AFTER: Duration = Duration::from_secs(120);
+
 /// Why a boot did not produce a Ready instance.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
@@ -1112,6 +1120,7 @@ impl Shared {
             ));
         };
         let mut last_probe_error;
+        let mut next_look = deadline_after(Instant::now(), WARMING_SERVER_LOOK_AFTER);
         loop {
             match self.probe.probe(addr).await {
                 Ok(version) => {
@@ -1142,6 +1151,10 @@ impl Shared {
             // A drain may delete the server under the probes.
             if self.taken_from_boot(&instance.id).await {
                 return Err(BootError::Superseded);
+            }
+            if Instant::now() >= next_look {
+                self.look_at_warming_server(az, &server_id).await?;
+                next_look = deadline_after(Instant::now(), WARMING_SERVER_LOOK_AFTER);
             }
             if Instant::now() >= deadline {
                 return Err(BootError::Timeout(format!(
@@ -1176,6 +1189,33 @@ impl Shared {
         if let Err(e) = deleted {
             tracing::warn!(instance = %instance.id, server = %server_id, error = %e, "cannot delete the server of a boot whose record does not name it; the next reconcile pass deletes it as a leak");
         }
+    }
+
+    /// Fails the boot of a warming VM whose server is gone or in ERROR: the
+    /// reconciler leaves alone what a boot task drives. A look the cloud
+    /// does not answer says nothing; the next one is due a period later.
+    async fn look_at_warming_server(&self, az: &str, server_id: &str) -> Result<(), BootError> {
+        let server = match self
+            .watch_throttle(az, self.cloud.get_server(server_id))
+            .await
+        {
+            Ok(server) => server,
+            Err(CloudError::NotFound(_)) => {
+                return Err(BootError::ServerError("server was deleted".into()))
+            }
+            Err(e) => {
+                tracing::debug!(server = %server_id, error = %e, "cannot look at a warming server; looking again later");
+                return Ok(());
+            }
+        };
+        if server.deleting || server.status == ServerStatus::Deleted {
+            return Err(BootError::ServerError("server was deleted".into()));
+        }
+        if server.status == ServerStatus::Error {
+            let fault = server.fault.unwrap_or_else(|| "no fault given".into());
+            return Err(BootError::ServerError(fault));
+        }
+        Ok(())
     }
 
     /// Moves the instance on from `from`, or reports that someone else moved it.

@@ -1687,6 +1687,109 @@ async fn a_vm_whose_mysqld_never_answers_stays_out_of_the_pool() {
     assert!(sim.servers().iter().all(|s| s.mysqld_ready));
 }
 
+/// The pool's one instance, once it is `state`.
+async fn until_the_instance_is(
+    manager: &pool_manager::PoolManager,
+    state: InstanceState,
+) -> Instance {
+    for _ in 0..3600 {
+        let instances = manager.list_instances(Some(&pool())).await.unwrap();
+        if let [instance] = &instances[..] {
+            if instance.state == state {
+                return instance.clone();
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    panic!("the pool's instance never was {state:?}");
+}
+
+/// A warming VM whose host dies (its server in ERROR): its boot task only
+/// probed mysqld, and the reconciler leaves alone what a task drives, so
+/// it counted as supply, never Ready, until the boot timeout (15 min).
+/// The task looks at the server once probes have failed a while, and the
+/// boot fails, the server is deleted and a replacement boots.
+#[tokio::test(start_paused = true)]
+async fn a_warming_vm_whose_server_fails_is_replaced_before_the_boot_timeout() {
+    let sim = sim();
+    sim.faults().mysqld_never_starts_next(1);
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    let spec = spec(1);
+    let boot_timeout = spec.boot_timeout;
+    manager.create_pool(pool(), spec).await.unwrap();
+    let warming = until_the_instance_is(&manager, InstanceState::Warming).await;
+    let started = tokio::time::Instant::now();
+    let server = warming.server_id.clone().unwrap();
+    assert!(sim.fail_server(&server, "host compute-1 is down"));
+
+    wait_ready(&manager, 1).await;
+    assert!(
+        started.elapsed() < boot_timeout / 3,
+        "replaced after {:?}",
+        started.elapsed()
+    );
+    let instances = manager.list_instances(Some(&pool())).await.unwrap();
+    assert!(
+        instances.iter().all(|i| i.id != warming.id),
+        "{instances:?}"
+    );
+    assert!(
+        !sim.servers().iter().any(|s| s.server.id == server),
+        "the failed server was not deleted"
+    );
+    let status = manager.get_pool(&pool()).await.unwrap();
+    let why = status.record.last_error.unwrap_or_default();
+    assert!(why.contains("host compute-1 is down"), "{why}");
+    assert_consistent(&sim, &manager).await;
+}
+
+/// The same, the server deleted by someone else while it warms.
+#[tokio::test(start_paused = true)]
+async fn a_warming_vm_whose_server_is_deleted_is_replaced_before_the_boot_timeout() {
+    let sim = sim();
+    sim.faults().mysqld_never_starts_next(1);
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    let spec = spec(1);
+    let boot_timeout = spec.boot_timeout;
+    manager.create_pool(pool(), spec).await.unwrap();
+    let warming = until_the_instance_is(&manager, InstanceState::Warming).await;
+    let started = tokio::time::Instant::now();
+    let server = warming.server_id.clone().unwrap();
+    pool_manager::cloud::Cloud::delete_server(sim.as_ref(), &server)
+        .await
+        .unwrap();
+
+    wait_ready(&manager, 1).await;
+    assert!(
+        started.elapsed() < boot_timeout / 3,
+        "replaced after {:?}",
+        started.elapsed()
+    );
+    let instances = manager.list_instances(Some(&pool())).await.unwrap();
+    assert!(
+        instances.iter().all(|i| i.id != warming.id),
+        "{instances:?}"
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
+/// Looking at a warming VM's server costs a normal boot nothing: its
+/// mysqld answers (65 s after ACTIVE) before the first look is due.
+#[tokio::test(start_paused = true)]
+async fn a_normal_boot_does_not_look_at_its_server_while_it_warms() {
+    let sim = sim();
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    until_the_instance_is(&manager, InstanceState::Warming).await;
+    let looks = || sim.call_counts().get("get_server").copied().unwrap_or(0);
+    let before = looks();
+    until_the_instance_is(&manager, InstanceState::Ready).await;
+    assert_eq!(looks(), before, "get_server called while the VM warmed");
+}
+
 /// The instance writes a store took, in order.
 #[derive(Default)]
 struct InstanceWrites(std::sync::Mutex<Vec<Instance>>);
