@@ -52,6 +52,10 @@ pub const LEARNED_SIZING_SAVE_EVERY: Duration = Duration::from_secs(60);
 /// makes no extra call; a slow one (a throttled disk) makes one per period.
 pub const WARMING_SERVER_LOOK_AFTER: Duration = Duration::from_secs(120);
 
+/// Between why an instance is being deleted and why its server is not
+/// gone, in its `last_error`.
+const DELETE_REFUSED: &str = "; not deleted yet: ";
+
 /// Why a boot did not produce a Ready instance.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
@@ -1293,13 +1297,67 @@ impl Shared {
             let deadline = self.cleanup_deadline();
             if instance.request_id.is_some() {
                 self.delete_server_until_gone(server_id, deadline).await?;
-            } else {
-                self.retry(deadline, || self.cloud.delete_server(server_id))
-                    .await?;
+            } else if let Err(e) = self
+                .retry(deadline, || self.cloud.delete_server(server_id))
+                .await
+            {
+                self.note_delete_refused(instance, server_id, &e).await;
+                return Err(e.into());
             }
         }
         self.update_instance(&instance.id, |_| Some(None)).await?;
         Ok(())
+    }
+
+    /// Shows why a pool instance's server is still there, on the instance
+    /// (after why it is being deleted) and as its pool's last error: a
+    /// retirement or a drain the cloud keeps refusing (a locked server)
+    /// showed only a `deleting` count. Written when it changes, not at
+    /// every pass that is refused the same way; a store that fails this
+    /// loses only what it shows.
+    async fn note_delete_refused(&self, instance: &Instance, server_id: &str, error: &CloudError) {
+        let refused = format!(
+            "the cloud refused to delete server {server_id} ({error}); each reconcile pass tries again: unlock or fix the server in the cloud, or delete it there"
+        );
+        let why = |current: &Instance| {
+            let reason = current
+                .last_error
+                .as_deref()
+                .map(|e| e.split_once(DELETE_REFUSED).map_or(e, |(reason, _)| reason))
+                .unwrap_or("being deleted");
+            format!("{reason}{DELETE_REFUSED}{refused}")
+        };
+        let noted = self
+            .update_instance(&instance.id, |current| {
+                let shown = why(current);
+                (matches!(
+                    current.state,
+                    InstanceState::Deleting | InstanceState::Failed
+                ) && current.last_error.as_deref() != Some(shown.as_str()))
+                .then(|| {
+                    let mut next = current.clone();
+                    next.last_error = Some(shown);
+                    Some(next)
+                })
+            })
+            .await;
+        let shown = match noted {
+            Ok(Some(noted)) => noted.last_error.unwrap_or_default(),
+            // Shown already, or gone.
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(instance = %instance.id, error = %e, "cannot record why the instance's server is not deleted");
+                why(instance)
+            }
+        };
+        let at = self.sizing_book().wall_now(&self.settings.sizing);
+        let message = format!("instance {}: {shown}", instance.id);
+        let _ = self
+            .update_pool(&instance.pool, |p| {
+                p.last_error = Some(message);
+                p.last_error_at = Some(at);
+            })
+            .await;
     }
 
     /// Deletes a server and waits until it is gone. Nova shows a delete it

@@ -481,6 +481,68 @@ async fn a_refused_retirement_does_not_stop_the_replenisher() {
     wait_ready(&manager, 1).await;
 }
 
+/// A retirement's or a drain's delete the cloud refuses was only logged:
+/// the pool showed `deleting` instances and nothing saying why. The
+/// refusal is the instance's last error, after why it was being deleted,
+/// and the pool's.
+#[tokio::test(start_paused = true)]
+async fn a_refused_retirement_or_drain_shows_why_on_the_instance_and_the_pool() {
+    use std::sync::atomic::Ordering;
+    for drain in [false, true] {
+        let sim = sim();
+        let (cloud, refusing) = GatedCloud::refusing(
+            &sim,
+            "delete_server",
+            pool_manager::cloud::CloudError::Fatal("server is locked".into()),
+            false,
+        );
+        let manager = started_over(&cloud, temp_store(), 2).await;
+        refusing.store(true, Ordering::SeqCst);
+        let why = if drain {
+            manager.delete_pool(&pool()).await.unwrap();
+            "pool drained"
+        } else {
+            manager
+                .update_pool(&pool(), |s| {
+                    s.min_ready = 1;
+                    s.max_ready = 1;
+                })
+                .await
+                .unwrap();
+            "retired: above the pool's max_ready of 1"
+        };
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let instances = manager.list_instances(Some(&pool())).await.unwrap();
+        let deleting: Vec<_> = instances
+            .iter()
+            .filter(|i| i.state == InstanceState::Deleting)
+            .collect();
+        assert_eq!(deleting.len(), 1 + usize::from(drain), "{instances:?}");
+        for instance in deleting {
+            let shown = instance.last_error.as_deref().unwrap_or_default();
+            assert!(
+                shown.starts_with(why) && shown.contains("server is locked"),
+                "drain {drain}: {shown}"
+            );
+        }
+        let status = manager.get_pool(&pool()).await.unwrap();
+        let shown = status.record.last_error.clone().unwrap_or_default();
+        assert!(shown.contains("server is locked"), "drain {drain}: {shown}");
+        assert!(status.record.last_error_at.is_some());
+
+        // Shown once: a pass refused the same way writes nothing.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        manager.reconcile().await.unwrap();
+        let again = manager.get_pool(&pool()).await.unwrap().record;
+        assert_eq!(again.last_error_at, status.record.last_error_at);
+        refusing.store(false, Ordering::SeqCst);
+        manager.reconcile().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(sim.servers().len(), usize::from(!drain));
+        assert_consistent(&sim, &manager).await;
+    }
+}
+
 /// Reads of pools fail while `failing` is set, as a store with an I/O error.
 struct FailingPoolReads {
     failing: std::sync::atomic::AtomicBool,
