@@ -506,6 +506,8 @@ pub trait Cloud: Send + Sync + 'static {
     /// Every server that carries warmpool's pool metadata. A server whose
     /// address cannot be read now is listed without one (`mysql_addr`
     /// `None`): the listing's readers go by ids, status and metadata.
+    /// `attached_ports` may be left empty (the OpenStack driver reads no
+    /// ports for it): read a server's ports with [`Cloud::get_server`].
     async fn list_pool_servers(&self) -> CloudResult<Vec<Server>>;
     /// Idempotent: deleting a missing server is Ok. `LeftToReclaim` for
     /// a SOFT_DELETED server the cloud will not delete for good.

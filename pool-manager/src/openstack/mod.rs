@@ -1331,29 +1331,22 @@ impl OpenStackCloud {
         }
     }
 
-    /// Ports bound to servers, by server id, from one Neutron list of
-    /// warmpool's project's ports: every port a pool server holds is there
-    /// (Nova's at the boot, the tenant's warmpool makes), and an admin's
-    /// unfiltered listing would page through every project's ports (and
-    /// count another project's naming a pool server as its device).
-    async fn ports_by_device(
-        &self,
-        device_id: Option<&str>,
-    ) -> CloudResult<HashMap<String, Vec<String>>> {
+    /// The ports bound to server `server_id`, from warmpool's project's
+    /// ports: every port a pool server holds is there (Nova's at the boot,
+    /// the tenant's warmpool makes), and another project's port naming the
+    /// server as its device (an admin sees those) is none of its.
+    async fn ports_of(&self, server_id: &str) -> CloudResult<Vec<String>> {
         let project = self.inner.conn.project_id().await?;
         // Neutron pages at pagination_max_limit when one is set.
         let ports = self
             .list_all(
                 "GET /v2.0/ports",
                 || {
-                    let call = Call::new(Service::Network, Method::GET, ["ports"])
+                    Call::new(Service::Network, Method::GET, ["ports"])
                         .query("project_id", project.as_str())
+                        .query("device_id", server_id)
                         .query("fields", "id")
-                        .query("fields", "device_id");
-                    match device_id {
-                        Some(d) => call.query("device_id", d),
-                        None => call,
-                    }
+                        .query("fields", "device_id")
                 },
                 |page: neutron::PortsBody| {
                     let has_next = nova::has_next(page.ports_links.as_deref());
@@ -1362,13 +1355,11 @@ impl OpenStackCloud {
                 |p| p.id.clone(),
             )
             .await?;
-        let mut by_device: HashMap<String, Vec<String>> = HashMap::new();
-        for p in ports {
-            if let Some(d) = p.device_id.filter(|d| !d.is_empty()) {
-                by_device.entry(d).or_default().push(p.id);
-            }
-        }
-        Ok(by_device)
+        Ok(ports
+            .into_iter()
+            .filter(|p| p.device_id.as_deref() == Some(server_id))
+            .map(|p| p.id)
+            .collect())
     }
 
     /// Cinder's availability zones, those that take volumes now and those
@@ -1724,13 +1715,11 @@ impl Cloud for OpenStackCloud {
         };
         let mut server = self.view(body.server).await?;
         // Ports matter once the server runs (the allocator verifies them);
-        // polling a booting server skips the extra call.
+        // polling a booting server skips the extra call. Neutron's trouble
+        // fails the read rather than showing no ports: verify must not pass
+        // (nor discard, as failed) a server whose port it could not see.
         if server.status == ServerStatus::Active {
-            server.attached_ports = self
-                .ports_by_device(Some(server_id))
-                .await?
-                .remove(server_id)
-                .unwrap_or_default();
+            server.attached_ports = self.ports_of(server_id).await?;
         }
         Ok(server)
     }
@@ -1756,7 +1745,10 @@ impl Cloud for OpenStackCloud {
         // still need their forceDelete, and only the listing's reader (the
         // reconciler) is left to send it.
         found.extend(self.unlisted_deletes(&found).await);
-        let mut ports = self.ports_by_device(None).await?;
+        // No port listing: none of the listing's readers goes by ports (the
+        // allocator's verify reads a server's own through `get_server`), and
+        // Neutron's trouble would otherwise fail the listing, and with it
+        // the start-up and every reconcile pass, though Nova answered.
         found.retain(|s| {
             let tagged = s.tags.as_ref().is_some_and(|t| t.contains(tag));
             let ours = s
@@ -1778,9 +1770,7 @@ impl Cloud for OpenStackCloud {
             } else {
                 Some(String::new())
             };
-            let mut server = self.view_on(s, name.as_deref());
-            server.attached_ports = ports.remove(&server.id).unwrap_or_default();
-            servers.push(server);
+            servers.push(self.view_on(s, name.as_deref()));
         }
         Ok(servers)
     }

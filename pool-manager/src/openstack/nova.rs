@@ -131,8 +131,9 @@ fn fault_text(fault: &NovaFault) -> Option<String> {
     })
 }
 
-/// warmpool's view of a Nova server. `attached_ports` is filled by the caller
-/// (Nova's server body does not list ports).
+/// warmpool's view of a Nova server. `attached_ports` is left to the caller
+/// (Nova's server body does not list ports): `get_server` fills it from
+/// Neutron, the pool-server listing leaves it empty.
 pub fn to_server(s: NovaServer, rule: &AddressRule<'_>) -> Server {
     let task_state = s.task_state.clone().filter(|t| !t.is_empty());
     // A soft delete (a cloud with reclaim_instance_interval) is a delete
