@@ -1735,6 +1735,68 @@ async fn pool_servers_are_listed_while_neutron_fails() {
     env.face.faults().clear();
 }
 
+/// The name lookups follow the next links as the listings do: on a cloud
+/// paging at one item, a lookup reading only the first page saw one of two
+/// ports or volumes of a name (a twin a lost create left would stay, its
+/// port or volume never deleted), and missed the server a lost create
+/// made behind a newer one its name's pattern matches (and booted a twin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn name_lookups_follow_the_next_links() {
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            page_limit: Some(1),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let cloud = env.driver().await;
+    let network = cloud.network("tenant-net").await.unwrap();
+    for _ in 0..2 {
+        cloud
+            .create_port(&port_spec("warmpool-dup", &network.id))
+            .await
+            .unwrap();
+        cloud
+            .create_volume(&volume_spec("warmpool-dup", 1))
+            .await
+            .unwrap();
+    }
+    let ports = cloud.find_ports_by_name("warmpool-dup").await.unwrap();
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    let volumes = cloud.find_volumes_by_name("warmpool-dup").await.unwrap();
+    assert_eq!(volumes.len(), 2, "{volumes:?}");
+
+    // Flavor, image and network looked up before the garbled answer.
+    cloud
+        .create_server(&spec("first", "db.small", "az1"))
+        .await
+        .unwrap();
+    env.face.faults().garbage_next(Service::Compute, 1);
+    let e = cloud
+        .create_server(&spec("twin", "db.small", "az1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CloudError::Transient(_)), "{e:?}");
+    // Newer, and matched by the lookup's pattern: listed first.
+    cloud
+        .create_server(&spec("twin2", "db.small", "az1"))
+        .await
+        .unwrap();
+    let retried = cloud
+        .create_server(&spec("twin", "db.small", "az1"))
+        .await
+        .unwrap();
+    let twins: Vec<_> = env
+        .sim
+        .servers()
+        .into_iter()
+        .filter(|s| s.server.name == "warmpool-twin")
+        .collect();
+    assert_eq!(twins.len(), 1, "{twins:?}");
+    assert_eq!(twins[0].server.id, retried.id);
+}
+
 /// A revoked token (Keystone restarted with new keys, an operator revoked
 /// it) is still "alive" for osauth, which never retries a 401: only the
 /// driver's own re-login recovers.
@@ -5134,11 +5196,12 @@ async fn bad_volume_and_port_requests_are_refused_as_the_cloud_refuses_them() {
     cloud.create_port(&inside).await.unwrap();
 }
 
-/// The item a page marker names can go between two pages (a release
-/// deleting its port while the reconciler lists): Neutron then answers 404
-/// for the marker, Nova 400 once the row is archived (both measured on the
-/// testbed). The listing starts again from the first page instead of
-/// failing; a marker that keeps vanishing still fails it, after a few tries.
+/// The item a page marker names can go between two pages (a server
+/// deleted while the reconciler lists, a port while its name is looked
+/// up): Neutron then answers 404 for the marker, Nova 400 once the row is
+/// archived (both measured on the testbed). The listing starts again from
+/// the first page instead of failing; a marker that keeps vanishing still
+/// fails it, after a few tries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_marker_deleted_between_pages_starts_the_listing_again() {
     let settings = HttpSettings {
@@ -5154,9 +5217,9 @@ async fn a_page_marker_deleted_between_pages_starts_the_listing_again() {
             .unwrap();
     }
     let tenant = cloud.network("tenant-net").await.unwrap();
-    for name in ["warmpool-o1", "warmpool-o2"] {
+    for _ in 0..2 {
         cloud
-            .create_port(&port_spec(name, &tenant.id))
+            .create_port(&port_spec("warmpool-o", &tenant.id))
             .await
             .unwrap();
     }
@@ -5165,19 +5228,25 @@ async fn a_page_marker_deleted_between_pages_starts_the_listing_again() {
         ids.sort();
         ids
     };
+    let port_ids = |ports: Vec<pool_manager::cloud::Port>| {
+        let mut ids: Vec<String> = ports.into_iter().map(|p| p.id).collect();
+        ids.sort();
+        ids
+    };
     let all = ids(cloud.list_pool_servers().await.unwrap());
     assert_eq!(all.len(), 3);
+    let all_ports = port_ids(cloud.find_ports_by_name("warmpool-o").await.unwrap());
+    assert_eq!(all_ports.len(), 2);
 
-    for service in [Service::Compute, Service::Network] {
-        env.face.faults().delete_next_markers(service, 1);
-        assert_eq!(
-            ids(cloud.list_pool_servers().await.unwrap()),
-            all,
-            "{service:?}"
-        );
-    }
+    env.face.faults().delete_next_markers(Service::Compute, 1);
+    assert_eq!(ids(cloud.list_pool_servers().await.unwrap()), all);
+    env.face.faults().delete_next_markers(Service::Network, 1);
+    assert_eq!(
+        port_ids(cloud.find_ports_by_name("warmpool-o").await.unwrap()),
+        all_ports
+    );
     env.face.faults().delete_next_markers(Service::Network, 100);
-    let e = cloud.list_pool_servers().await.unwrap_err();
+    let e = cloud.find_ports_by_name("warmpool-o").await.unwrap_err();
     assert!(
         matches!(&e, CloudError::NotFound(m) if m.contains("could not be found")),
         "{e:?}"

@@ -1,6 +1,6 @@
 //! Cinder v3 under `/volume`: version discovery, microversions
 //! (`OpenStack-API-Version: volume 3.x`, echoed), volumes (create, show,
-//! list with `?name=`, delete), `/limits` and `/os-availability-zone`. Routes answer with the
+//! list with `?name=`, paged as `page_limit` says, delete), `/limits` and `/os-availability-zone`. Routes answer with the
 //! project id in the path (the catalog's) and, from microversion 3.67
 //! (Yoga) on, without it, as osauth sends them (it uses the version
 //! document's `self` link, which has none); an older Cinder has no such
@@ -503,8 +503,7 @@ async fn show_volume(
     ))
 }
 
-fn filtered(model: &crate::model::Model, q: Q) -> Vec<VolumeDetail> {
-    let q = q.map(|Query(v)| v).unwrap_or_default();
+fn filtered(model: &crate::model::Model, q: &[(String, String)]) -> Vec<VolumeDetail> {
     let mut list: Vec<VolumeDetail> = model
         .volume_details(Instant::now())
         .into_iter()
@@ -528,12 +527,13 @@ async fn list_volumes(
     q: Q,
 ) -> Result<Json<Value>, ApiError> {
     admit(&state, &p, "find_volumes_by_name").await?;
+    let q = q.map(|Query(v)| v).unwrap_or_default();
     let model = state.sim.inner.lock_at(Instant::now());
-    let list: Vec<Value> = filtered(&model, q)
+    let list: Vec<Value> = filtered(&model, &q)
         .iter()
         .map(|d| json!({"id": d.volume.id, "name": d.volume.name, "links": links(&state, view(mv, &p), &d.volume.id)}))
         .collect();
-    Ok(Json(json!({"volumes": list})))
+    paged(&state, list, &q, view(mv, &p), "volumes")
 }
 
 async fn list_volumes_detail(
@@ -543,12 +543,37 @@ async fn list_volumes_detail(
     q: Q,
 ) -> Result<Json<Value>, ApiError> {
     admit(&state, &p, "find_volumes_by_name").await?;
+    let q = q.map(|Query(v)| v).unwrap_or_default();
     let model = state.sim.inner.lock_at(Instant::now());
-    let list: Vec<Value> = filtered(&model, q)
+    let list: Vec<Value> = filtered(&model, &q)
         .iter()
         .map(|d| volume_json(&state, &model, d, view(mv, &p)))
         .collect();
-    Ok(Json(json!({"volumes": list})))
+    paged(&state, list, &q, view(mv, &p), "volumes/detail")
+}
+
+/// A page of a volume listing, linked to the next as Cinder links it
+/// (`volumes_links`, past `osapi_max_limit`: here `page_limit`). Cinder
+/// answers an unknown marker 404, as for a missing volume.
+fn paged(
+    state: &FaceState,
+    items: Vec<Value>,
+    q: &[(String, String)],
+    v: View<'_>,
+    path: &str,
+) -> Result<Json<Value>, ApiError> {
+    let project = v.project.map(|p| format!("/{p}")).unwrap_or_default();
+    let url = format!("{}/v3{project}/{path}", state.url(V));
+    let (items, next) = super::page(items, q, &state.settings, &url).map_err(|e| match e {
+        super::PageError::BadLimit(m) => ApiError::bad_request(V, m),
+        super::PageError::UnknownMarker(id) => {
+            ApiError::not_found(V, format!("Marker {id} could not be found."))
+        }
+    })?;
+    Ok(Json(match next {
+        Some(links) => json!({"volumes": items, "volumes_links": links}),
+        None => json!({ "volumes": items }),
+    }))
 }
 
 /// Cinder's refusal to delete a volume that is attached or busy.

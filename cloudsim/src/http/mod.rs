@@ -194,9 +194,10 @@ pub struct HttpSettings {
     /// How long [`RunningFace::shutdown`] waits for in-flight requests before
     /// aborting them (a request hung by `Faults::hang_after_calls` never ends).
     pub shutdown_grace: Duration,
-    /// The most items a server, flavor, network or port listing answers at once, as
-    /// Nova's `[api] max_limit` and Neutron's `pagination_max_limit` cap it;
-    /// a full page links the next. `None`: unlimited (Neutron's default).
+    /// The most items a server, flavor, network, port or volume listing
+    /// answers at once, as Nova's `[api] max_limit`, Neutron's
+    /// `pagination_max_limit` and Cinder's `osapi_max_limit` cap it; a full
+    /// page links the next. `None`: unlimited (Neutron's default).
     /// Glance pages images by its own defaults whatever this says.
     pub page_limit: Option<usize>,
     /// A broken cloud (or a proxy dropping query strings) that ignores the
@@ -1279,8 +1280,9 @@ pub(crate) enum PageError {
     /// The `limit` is not a number: a 400 everywhere.
     BadLimit(String),
     /// No item has the marker's id (it was deleted): Nova answers 400
-    /// "marker [id] not found", Neutron 404 as for the item itself, Glance
-    /// 400 "No image found with ID [id]".
+    /// "marker [id] not found", Neutron 404 as for the item itself, Cinder
+    /// 404 "Marker [id] could not be found.", Glance 400 "No image found
+    /// with ID [id]".
     UnknownMarker(String),
 }
 

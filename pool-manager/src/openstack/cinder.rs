@@ -12,6 +12,9 @@ pub struct VolumeBody {
 #[derive(Debug, Deserialize)]
 pub struct VolumesBody {
     pub volumes: Vec<CinderVolume>,
+    /// Past `osapi_max_limit` (1000 by default), Cinder links the next page.
+    #[serde(default)]
+    pub volumes_links: Option<Vec<super::nova::Link>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1440,14 +1440,24 @@ impl OpenStackCloud {
     /// the exact name is checked here.
     async fn find_created(&self, name: &str, spec: &ServerSpec) -> CloudResult<Option<Server>> {
         let pattern = regex_escape(name);
-        let page: nova::ServersBody = self
-            .fetch(
-                self.nova(Method::GET, &["servers", "detail"])
-                    .query("name", pattern),
+        // Every page: the pattern matches longer names too (newer servers
+        // may be listed first), and a twin may be on any page.
+        let servers = self
+            .list_all(
+                "GET /servers/detail?name",
+                || {
+                    self.nova(Method::GET, &["servers", "detail"])
+                        .query("name", pattern.as_str())
+                },
+                |page: nova::ServersBody| {
+                    let has_next = nova::has_next(page.servers_links.as_deref());
+                    (page.servers, has_next)
+                },
+                |s| s.id.clone(),
             )
             .await?;
         let wanted = spec.metadata.get(META_INSTANCE);
-        for s in page.servers {
+        for s in servers {
             let same = s.name.as_deref() == Some(name)
                 && s.metadata.as_ref().and_then(|m| m.get(META_INSTANCE)) == wanted;
             if same {
@@ -1848,11 +1858,23 @@ impl Cloud for OpenStackCloud {
     }
 
     async fn find_volumes_by_name(&self, name: &str) -> CloudResult<Vec<Volume>> {
-        let call = Call::new(Service::BlockStorage, Method::GET, ["volumes", "detail"])
-            .query("name", name);
-        let body: cinder::VolumesBody = self.fetch(call).await?;
+        // Cinder pages at osapi_max_limit; twins may be on any page.
+        let volumes = self
+            .list_all(
+                "GET /volumes/detail?name",
+                || {
+                    Call::new(Service::BlockStorage, Method::GET, ["volumes", "detail"])
+                        .query("name", name)
+                },
+                |page: cinder::VolumesBody| {
+                    let has_next = nova::has_next(page.volumes_links.as_deref());
+                    (page.volumes, has_next)
+                },
+                |v| v.id.clone(),
+            )
+            .await?;
         let mut found = Vec::new();
-        for v in body.volumes {
+        for v in volumes {
             if v.name.as_deref().unwrap_or_default() == name {
                 found.push(self.volume_view(v).await?);
             }
@@ -1965,10 +1987,19 @@ impl Cloud for OpenStackCloud {
     }
 
     async fn find_ports_by_name(&self, name: &str) -> CloudResult<Vec<Port>> {
-        let call = Call::new(Service::Network, Method::GET, ["ports"]).query("name", name);
-        let body: neutron::PortsBody = self.fetch(call).await?;
-        Ok(body
-            .ports
+        // Neutron pages at pagination_max_limit; twins may be on any page.
+        let ports = self
+            .list_all(
+                "GET /v2.0/ports?name",
+                || Call::new(Service::Network, Method::GET, ["ports"]).query("name", name),
+                |page: neutron::PortsBody| {
+                    let has_next = nova::has_next(page.ports_links.as_deref());
+                    (page.ports, has_next)
+                },
+                |p| p.id.clone(),
+            )
+            .await?;
+        Ok(ports
             .into_iter()
             .map(neutron::to_port)
             .filter(|p| p.name == name)

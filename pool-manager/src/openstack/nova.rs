@@ -23,7 +23,7 @@ pub struct ServersBody {
 }
 
 /// A listing's page link, as Nova (`servers_links`, `flavors_links`) and
-/// Neutron (`ports_links`) give it.
+/// Neutron (`ports_links`) and Cinder (`volumes_links`) give it.
 #[derive(Debug, Deserialize)]
 pub struct Link {
     #[serde(default)]
