@@ -4361,19 +4361,7 @@ async fn a_failed_try_leaves_the_port_its_soft_deleted_server_keeps_to_the_recon
     let request = order(&env, "o1").await;
     let asked = tokio::time::Instant::now();
     let buying = tokio::spawn(async move { manager.allocate(request).await });
-    let attached = || {
-        let port = env
-            .sim
-            .ports()
-            .into_iter()
-            .find(|p| p.network_id == tenant_net && p.device_id.is_some())?;
-        let server = port.device_id.clone()?;
-        env.sim
-            .volumes()
-            .iter()
-            .any(|v| v.status == VolumeStatus::InUse && v.attached_to == [server.clone()])
-            .then_some((port.id, server))
-    };
+    let attached = || attached_port_and_server(&env, &tenant_net);
     wait_until("both attaches of the first try", || attached().is_some()).await;
     let (port, server) = attached().unwrap();
     // The operator's delete, through a client of its own.
@@ -4397,6 +4385,22 @@ async fn a_failed_try_leaves_the_port_its_soft_deleted_server_keeps_to_the_recon
         "the purchase's own port alone"
     );
     stop_daemon(running, stop).await;
+}
+
+/// The tenant port bound on `tenant_net` and its server, once the tenant's
+/// volume is attached to that server too: both attaches of a purchase done.
+fn attached_port_and_server(env: &Env, tenant_net: &str) -> Option<(String, String)> {
+    let port = env
+        .sim
+        .ports()
+        .into_iter()
+        .find(|p| p.network_id == tenant_net && p.device_id.is_some())?;
+    let server = port.device_id.clone()?;
+    env.sim
+        .volumes()
+        .iter()
+        .any(|v| v.status == VolumeStatus::InUse && v.attached_to == [server.clone()])
+        .then_some((port.id, server))
 }
 
 /// The daemon's config for `env`'s cloud, with no reconcile pass but those
@@ -4447,19 +4451,7 @@ async fn a_rollback_on_a_cloud_refusing_force_delete_deletes_the_tenants_port() 
     let manager = running.manager.clone();
     let request = order(&env, "o1").await;
     let buying = tokio::spawn(async move { manager.allocate(request).await });
-    let attached = || {
-        let port = env
-            .sim
-            .ports()
-            .into_iter()
-            .find(|p| p.network_id == tenant_net && p.device_id.is_some())?;
-        let server = port.device_id.clone()?;
-        env.sim
-            .volumes()
-            .iter()
-            .any(|v| v.status == VolumeStatus::InUse && v.attached_to == [server.clone()])
-            .then_some((port.id, server))
-    };
+    let attached = || attached_port_and_server(&env, &tenant_net);
     wait_until("both attaches of the purchase", || attached().is_some()).await;
     let (port, server) = attached().unwrap();
     stop_daemon(running, stop).await;
