@@ -937,20 +937,22 @@ impl Shared {
     /// Deletes the twins a create whose answer was lost may have left (see
     /// [`Allocation::creates_in_doubt`]): the ports, and the volumes when
     /// warmpool created them, that carry the watched name but are not kept.
-    /// Returns the volumes among them whose delete Cinder accepted, now or
-    /// earlier (`deleting`, `error_deleting`): accepted is not done, and
-    /// each is for a watch to follow up ([`TwinWatch::deleted_volumes`]).
-    /// One that cannot be deleted (a volume Cinder keeps `error_attaching`
-    /// until an admin resets it) holds up none of the others: the first
-    /// failure is returned beside those volumes, once all were tried.
+    /// Returns what is for a watch to follow up ([`TwinsLeft`]): the
+    /// volumes among them whose delete Cinder accepted, now or earlier
+    /// (`deleting`, `error_deleting`), as accepted is not done, and the
+    /// ports a SOFT_DELETED server keeps bound. One that cannot be deleted
+    /// (a volume Cinder keeps `error_attaching` until an admin resets it)
+    /// holds up none of the others: the first failure is returned beside
+    /// them, once all were tried.
     pub(crate) async fn delete_twins(
         &self,
         watch: &TwinWatch,
         deadline: Instant,
-    ) -> (Vec<String>, ManagerResult<()>) {
+    ) -> (TwinsLeft, ManagerResult<()>) {
         // A port left bound to a SOFT_DELETED server is followed by id
         // (`TwinWatch::bound_ports`), without waiting for the reclaim.
         let twin = |id: &String| !watch.keep.contains(id) && !watch.bound_ports.contains(id);
+        let mut left = TwinsLeft::default();
         let mut failed = Vec::new();
         match self
             .retry(deadline, || self.cloud.find_ports_by_name(&watch.name))
@@ -959,14 +961,25 @@ impl Shared {
             Ok(ports) => {
                 for port in ports.iter().filter(|p| twin(&p.id)) {
                     tracing::info!(request_id = %watch.request_id, port = %port.id, "deleting the twin of a port create whose answer was lost");
-                    if let Err(e) = self.delete_port_when_free(&port.id, deadline).await {
-                        failed.push(e);
+                    // A failed try's port carries the name too, and one its
+                    // SOFT_DELETED server keeps bound is freed only by Nova's
+                    // reclaim, days away maybe: it must fail no rollback
+                    // nor release until then. The try named it in a stored
+                    // watch already; the caller names it in the one it
+                    // writes, in case.
+                    match self.delete_port_unless_held(&port.id, deadline).await {
+                        Ok(PortDelete::Gone) => {}
+                        Ok(PortDelete::Held { server_id }) => {
+                            tracing::info!(request_id = %watch.request_id, port = %port.id, server = %server_id, "the port stays bound to its SOFT_DELETED server until Nova reclaims it; the twin watch deletes it then");
+                            left.bound_ports.push(port.id.clone());
+                        }
+                        Err(e) => failed.push(e),
                     }
                 }
             }
             Err(e) => failed.push(e.into()),
         }
-        let mut going = Vec::new();
+        let going = &mut left.going_volumes;
         if watch.volumes {
             match self
                 .retry(deadline, || self.cloud.find_volumes_by_name(&watch.name))
@@ -997,7 +1010,7 @@ impl Shared {
         for e in failed {
             tracing::warn!(request_id = %watch.request_id, error = %e, "cannot delete a twin of a lost create yet");
         }
-        (going, first.map_or(Ok(()), Err))
+        (left, first.map_or(Ok(()), Err))
     }
 
     /// An order whose record an operator set aside as unreadable keeps its
@@ -1181,13 +1194,21 @@ impl Shared {
                     // reconciler looks again while the watch lasts, and the
                     // release once more.
                     let shared = self.clone();
-                    let watch = self.twin_watch(&done, true);
+                    let mut watch = self.twin_watch(&done, true);
                     self.spawn(async move {
                         let deadline = shared.cleanup_deadline();
                         // A volume deleted is followed up by the watch of
-                        // the name, whose passes find it by the name too.
-                        if let (_, Err(e)) = shared.delete_twins(&watch, deadline).await {
+                        // the name, whose passes find it by the name too;
+                        // a failed try's port left bound, by id.
+                        let (left, looked) = shared.delete_twins(&watch, deadline).await;
+                        if let Err(e) = looked {
                             tracing::warn!(request_id = %watch.request_id, error = %e, "cannot delete the twins of a lost create yet; the reconciler tries again");
+                        }
+                        if !left.bound_ports.is_empty() {
+                            left.follow_in(&mut watch);
+                            if let Err(e) = shared.write_twin_watch(watch).await {
+                                tracing::warn!(error = %e, "cannot name a port left bound in the twin watch; the watch stored names it already");
+                            }
                         }
                     });
                 }
@@ -2799,13 +2820,13 @@ impl Shared {
         let mut look = self.twin_watch(&allocation, false);
         look.keep.extend(stuck_volume.clone());
         look.bound_ports.extend(bound_port.clone());
-        let (going, deleted) = self.delete_twins(&look, deadline).await;
+        let (left, deleted) = self.delete_twins(&look, deadline).await;
         deleted?;
         if let Some(stored) = self.store.get_allocation(request_id).await? {
             if stored.state == AllocationState::Allocating {
                 let twins = twins_possible(&stored, after_crash) || stuck_volume.is_some();
                 let followed = deleted_volume.is_some() || bound_port.is_some();
-                if twins || followed || !going.is_empty() {
+                if twins || followed || !left.is_empty() {
                     // Written before the record goes: a crash in between
                     // rolls back again and writes it again. Over the one
                     // written before the delete, which named as deleted a
@@ -2815,12 +2836,10 @@ impl Shared {
                     if let Some(volume_id) = deleted_volume {
                         self.watch_deleted_volume(&mut watch, volume_id, twins);
                     }
-                    if let Some(port_id) = &bound_port {
+                    for port_id in bound_port.iter().chain(&left.bound_ports) {
                         self.watch_bound_port(&mut watch, port_id, twins);
                     }
-                    for volume_id in &going {
-                        watch.note_deleted(volume_id);
-                    }
+                    left.follow_in(&mut watch);
                     self.write_twin_watch(watch).await?;
                 }
                 self.store.cas_allocation(Some(&stored), None).await?;
@@ -2937,22 +2956,6 @@ impl Shared {
             self.cloud.get_server(server_id).await,
             Ok(server) if server.status == ServerStatus::Deleted && !server.deleting
         )
-    }
-
-    /// As [`Shared::delete_port_unless_held`], for a caller with nowhere
-    /// to hand a port held bound: that one fails at once,
-    /// FAILED_PRECONDITION, saying what frees it.
-    pub(crate) async fn delete_port_when_free(
-        &self,
-        port_id: &str,
-        deadline: Instant,
-    ) -> ManagerResult<()> {
-        match self.delete_port_unless_held(port_id, deadline).await? {
-            PortDelete::Gone => Ok(()),
-            PortDelete::Held { server_id } => Err(ManagerError::FailedPrecondition(format!(
-                "port {port_id} is bound to server {server_id}, which the cloud keeps SOFT_DELETED until Nova reclaims it (it refuses warmpool's forceDelete): Nova detaches no port from a SOFT_DELETED server, and Neutron refuses a project member the delete of a bound port. An admin's forceDelete of server {server_id} (openstack server delete --force {server_id}) frees it now, Nova's reclaim later; call again then (the reconciler also retries at each pass)"
-            ))),
-        }
     }
 
     /// Deletes a port once Nova has let go of it. Deleting its server (or
@@ -3255,16 +3258,15 @@ impl Shared {
         }
         if allocation.creates_in_doubt {
             let look = self.twin_watch(&allocation, true);
-            let (going, deleted) = self.delete_twins(&look, deadline).await;
+            let (left, deleted) = self.delete_twins(&look, deadline).await;
             deleted?;
-            if !going.is_empty() {
+            if !left.is_empty() {
                 // Followed up by the watch of the name, which keeps the
-                // volume when the tenant does.
+                // volume when the tenant does; written before the record
+                // stops naming the order (Released).
                 let kept = allocation.delete_volume_on_release != Some(true);
                 let mut watch = self.twin_watch(&allocation, kept);
-                for volume_id in &going {
-                    watch.note_deleted(volume_id);
-                }
+                left.follow_in(&mut watch);
                 self.write_twin_watch(watch).await?;
             }
         }
@@ -3298,6 +3300,33 @@ impl Shared {
         self.emit(Some(&released.params.pool), EventKind::Released);
         flushed.map_err(unconfirmed)?;
         Ok(released)
+    }
+}
+
+/// What a look for twins ([`Shared::delete_twins`]) leaves a watch to
+/// follow up by id.
+#[derive(Debug, Default)]
+pub(crate) struct TwinsLeft {
+    /// Volumes whose delete Cinder accepted ([`TwinWatch::deleted_volumes`]).
+    pub(crate) going_volumes: Vec<String>,
+    /// Ports carrying the name, a failed try's, that a SOFT_DELETED server
+    /// keeps bound until Nova's reclaim ([`TwinWatch::bound_ports`]).
+    pub(crate) bound_ports: Vec<String>,
+}
+
+impl TwinsLeft {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.going_volumes.is_empty() && self.bound_ports.is_empty()
+    }
+
+    /// Names them in `watch`.
+    pub(crate) fn follow_in(&self, watch: &mut TwinWatch) {
+        for volume_id in &self.going_volumes {
+            watch.note_deleted(volume_id);
+        }
+        for port_id in &self.bound_ports {
+            watch.note_bound_port(port_id);
+        }
     }
 }
 

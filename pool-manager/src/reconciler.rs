@@ -909,8 +909,9 @@ impl Shared {
         let mut next = watch.clone();
         let mut all_deleted = Ok(());
         if watch.lists_by_name() {
-            let going;
-            (going, all_deleted) = self.delete_twins(watch, self.cleanup_deadline()).await;
+            let left;
+            (left, all_deleted) = self.delete_twins(watch, self.cleanup_deadline()).await;
+            let going = &left.going_volumes;
             // Deleted or gone, the stuck volume among them: no longer
             // stuck, nor counted so; one deleted is followed up below, as
             // every volume whose delete was accepted, until it is gone (an
@@ -925,9 +926,9 @@ impl Shared {
             if all_deleted.is_ok() || stuck_going {
                 next.stuck_volume = None;
             }
-            for volume_id in &going {
-                next.note_deleted(volume_id);
-            }
+            // And a failed try's port a SOFT_DELETED server keeps bound,
+            // should no watch name it yet: by id from now on.
+            left.follow_in(&mut next);
         }
         let (mut stuck, mut gone) = (Vec::new(), Vec::new());
         for deleted in &mut next.deleted_volumes {

@@ -4387,6 +4387,142 @@ async fn a_failed_try_leaves_the_port_its_soft_deleted_server_keeps_to_the_recon
     stop_daemon(running, stop).await;
 }
 
+/// A purchase whose only try fails on a server an operator deleted after
+/// both attaches, on a cloud that soft-deletes, refuses warmpool's
+/// forceDelete and lets a member delete no bound port, and that finds no
+/// other instance (one Ready, the pool paused, fail-fast): the purchase is
+/// rolled back. The try's port, bound to the SOFT_DELETED server until the
+/// reclaim, carries the attempt's name, which the rollback's look for twins
+/// lists: it must take that port for no twin (whose delete would wait for
+/// the reclaim), or the order would stay Allocating, and every reconcile
+/// pass fail its rollback again, for days. The order is gone at once, the
+/// port named in a twin watch, and the first pass after the reclaim
+/// deletes it.
+#[tokio::test(start_paused = true)]
+async fn a_rollback_after_a_failed_try_leaves_its_bound_port_to_the_reconciler() {
+    use pool_manager::store::{SledStore, Store};
+    let env = member_port_soft_delete_env().await;
+    let key = PoolKey::new("db.small", "az1");
+    let one_ready = r#"
+[[pools]]
+flavor = "db.small"
+availability_zone = "az1"
+min_ready = 1
+max_ready = 1
+image = "mysql-8.0"
+"#;
+    let config = || reconciled_by_hand_with(&env, one_ready);
+    let (running, stop) = start_daemon(config()).await.unwrap();
+    wait_ready(&running.manager, &key, 1).await;
+    running
+        .manager
+        .update_pool(&key, |s| s.paused = true)
+        .await
+        .unwrap();
+    let tenant_net = env.driver().await.network("tenant-net").await.unwrap().id;
+    // The verification reads the server: held there, with both attaches done.
+    env.sim.faults().hold_calls("get_server");
+    let manager = running.manager.clone();
+    let mut request = order(&env, "o1").await;
+    request.empty_pool = pool_manager::model::EmptyPoolPolicy::FailFast;
+    let asked = tokio::time::Instant::now();
+    let buying = tokio::spawn(async move { manager.allocate(request).await });
+    let attached = || attached_port_and_server(&env, &tenant_net);
+    wait_until("both attaches of the only try", || attached().is_some()).await;
+    let (port, server) = attached().unwrap();
+    // The operator's delete, through a client of its own.
+    env.driver().await.delete_server(&server).await.unwrap();
+    env.sim.faults().release_calls("get_server");
+    let answered = buying.await.unwrap();
+    let took = asked.elapsed();
+    assert!(answered.is_err(), "{answered:?}");
+    assert!(took < pool_manager::CLEANUP_FLOOR, "took {took:?}");
+    let stored = running.manager.get_allocation("o1").await;
+    assert!(
+        matches!(
+            stored,
+            Err(pool_manager::ManagerError::AllocationNotFound(_))
+        ),
+        "rolled back: {stored:?}"
+    );
+    let bound = env.sim.ports().into_iter().find(|p| p.id == port);
+    assert_eq!(
+        bound.and_then(|p| p.device_id),
+        Some(server.clone()),
+        "bound to the SOFT_DELETED server until the reclaim"
+    );
+    stop_daemon(running, stop).await;
+    let data = config().data_dir;
+    let store = tokio::task::spawn_blocking(move || SledStore::open(&data))
+        .await
+        .unwrap()
+        .unwrap();
+    let watches = store.list_twin_watches().await.unwrap();
+    assert!(
+        watches.iter().any(|w| w.bound_ports.contains(&port)),
+        "{watches:?}"
+    );
+    drop(store);
+
+    let (running, stop) = start_daemon(config()).await.unwrap();
+    reclaimed_then_reconciled(&env, &running.manager, &server).await;
+    assert_eq!(tenant_ports(&env).await, Vec::<String>::new());
+    stop_daemon(running, stop).await;
+}
+
+/// As [`a_failed_try_leaves_the_port_its_soft_deleted_server_keeps_to_the_reconciler`],
+/// with the first port create's answer lost (a 503; the create retried):
+/// the order's name is looked at for twins after the commit and at the
+/// release, and both lists the failed try's port, bound to the SOFT_DELETED
+/// server until the reclaim. Neither takes it for a twin: the release
+/// answers Released at once, and the first pass after the reclaim leaves
+/// no port of the order.
+#[tokio::test(start_paused = true)]
+async fn a_release_of_a_create_in_doubt_leaves_a_failed_tries_bound_port_to_the_reconciler() {
+    let env = member_port_soft_delete_env().await;
+    let key = PoolKey::new("db.small", "az1");
+    let (running, stop) = start_daemon(reconciled_by_hand(&env)).await.unwrap();
+    wait_ready(&running.manager, &key, 2).await;
+    let tenant_net = env.driver().await.network("tenant-net").await.unwrap().id;
+    env.face.faults().answer_next(
+        Service::Network,
+        "POST",
+        "/v2.0/ports",
+        1,
+        503,
+        r#"{"NeutronError": {"type": "ServiceUnavailable", "message": "The server is currently unavailable.", "detail": ""}}"#,
+    );
+    // The verification reads the server: held there, with both attaches done.
+    env.sim.faults().hold_calls("get_server");
+    let manager = running.manager.clone();
+    let request = order(&env, "o1").await;
+    let buying = tokio::spawn(async move { manager.allocate(request).await });
+    let attached = || attached_port_and_server(&env, &tenant_net);
+    wait_until("both attaches of the first try", || attached().is_some()).await;
+    let (port, server) = attached().unwrap();
+    // The operator's delete, through a client of its own.
+    env.driver().await.delete_server(&server).await.unwrap();
+    env.sim.faults().release_calls("get_server");
+    let allocated = buying.await.unwrap().unwrap();
+    assert!(allocated.creates_in_doubt, "{allocated:?}");
+    assert_ne!(allocated.server_id.as_ref(), Some(&server));
+
+    let asked = tokio::time::Instant::now();
+    let released = running.manager.release("o1", Some(false)).await;
+    let took = asked.elapsed();
+    assert_eq!(
+        released.map(|a| a.state).map_err(|e| e.to_string()),
+        Ok(pool_manager::model::AllocationState::Released),
+        "after {took:?}"
+    );
+    assert!(took < pool_manager::CLEANUP_FLOOR, "took {took:?}");
+    assert!(env.sim.ports().iter().any(|p| p.id == port));
+
+    reclaimed_then_reconciled(&env, &running.manager, &server).await;
+    assert_eq!(tenant_ports(&env).await, Vec::<String>::new());
+    stop_daemon(running, stop).await;
+}
+
 /// The tenant port bound on `tenant_net` and its server, once the tenant's
 /// volume is attached to that server too: both attaches of a purchase done.
 fn attached_port_and_server(env: &Env, tenant_net: &str) -> Option<(String, String)> {
@@ -4406,7 +4542,12 @@ fn attached_port_and_server(env: &Env, tenant_net: &str) -> Option<(String, Stri
 /// The daemon's config for `env`'s cloud, with no reconcile pass but those
 /// a test runs.
 fn reconciled_by_hand(env: &Env) -> Config {
-    Config::parse(&env.config_text("", SMALL_POOL).replace(
+    reconciled_by_hand_with(env, SMALL_POOL)
+}
+
+/// [`reconciled_by_hand`] with `pools` (TOML `[[pools]]` tables).
+fn reconciled_by_hand_with(env: &Env, pools: &str) -> Config {
+    Config::parse(&env.config_text("", pools).replace(
         r#"reconcile_interval = "1m""#,
         r#"reconcile_interval = "24h""#,
     ))
