@@ -10,6 +10,7 @@ use pool_manager::schedule::Window;
 use pool_manager::sizing::SizingSettings;
 use pool_manager::ManagerSettings;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -1208,8 +1209,9 @@ impl Config {
 
     /// The keys of `file` (the config file read again) that differ from
     /// this config (the one warmpoold started with) and that only a
-    /// restart puts in force: all but `api_tokens`, and `tls` only when it
-    /// is turned on or off (a reload reads its files again).
+    /// restart puts in force: all but `api_tokens` and `pools` (see
+    /// [`Config::pools_reload_notice`]), and `tls` only when it is turned
+    /// on or off (a reload reads its files again).
     pub fn changed_needing_restart(&self, file: &Config) -> Vec<&'static str> {
         // Destructured whole, so that a new key is placed on one side or
         // the other here.
@@ -1244,7 +1246,8 @@ impl Config {
         );
         differs("manager", *manager != file.manager);
         differs("cloud", *cloud != file.cloud);
-        differs("pools", *pools != file.pools);
+        // Not a key a restart puts in force: pools_reload_notice.
+        let _ = pools;
         differs("shutdown_grace", *shutdown_grace != file.shutdown_grace);
         differs(
             "grpc_keepalive_interval",
@@ -1256,6 +1259,47 @@ impl Config {
         );
         differs("tls", tls.is_some() != file.tls.is_some());
         changed
+    }
+
+    /// What a restart would do with the `[[pools]]` entries of `file` that
+    /// differ from this config's, or None when none do. Not "a restart
+    /// applies it", as for the other keys: a pool already in the store
+    /// keeps its stored settings across restarts (the API may have changed
+    /// them), and only a pool new to the store is created from the file.
+    pub fn pools_reload_notice(&self, file: &Config) -> Option<String> {
+        let started: HashMap<PoolKey, &PoolConfig> =
+            self.pools.iter().map(|p| (p.key(), p)).collect();
+        let in_file: HashMap<PoolKey, &PoolConfig> =
+            file.pools.iter().map(|p| (p.key(), p)).collect();
+        let mut notices = Vec::new();
+        for pool in &file.pools {
+            let key = pool.key();
+            match started.get(&key) {
+                Some(was) if *was == pool => {}
+                Some(_) => notices.push(format!(
+                    "the file changes pool {key}, which a restart does not apply: a pool \
+                     already in the store keeps its stored settings across restarts; change \
+                     it with `warmpoolctl pools update {} {} ...`",
+                    pool.flavor, pool.availability_zone
+                )),
+                None => notices.push(format!(
+                    "the file adds pool {key}: the next start creates it from the file unless \
+                     the store holds it already (`warmpoolctl pools create` creates it now)"
+                )),
+            }
+        }
+        for pool in &self.pools {
+            if !in_file.contains_key(&pool.key()) {
+                notices.push(format!(
+                    "the file no longer declares pool {}: a restart leaves it in the store \
+                     (`warmpoolctl pools delete {} {}` drains it)",
+                    pool.key(),
+                    pool.flavor,
+                    pool.availability_zone
+                ));
+            }
+        }
+        (!notices.is_empty()).then(|| notices.join("; "))
     }
 
     /// The file, checked as a whole; an error names the file.
@@ -1795,7 +1839,7 @@ key_file = "a.key"
         .unwrap();
         assert_eq!(
             started.changed_needing_restart(&file),
-            ["listen", "manager", "pools", "shutdown_grace", "tls"]
+            ["listen", "manager", "shutdown_grace", "tls"]
         );
         let other_files = Config::parse(
             r#"
@@ -1809,6 +1853,50 @@ key_file = "b.key"
             .changed_needing_restart(&other_files)
             .contains(&"listen"));
         assert!(!file.changed_needing_restart(&other_files).contains(&"tls"));
+    }
+
+    /// A restart does not apply a changed `[[pools]]` entry (start_pools
+    /// keeps a stored pool's settings), so a reload must not say it does:
+    /// the pools have their own notice, naming `warmpoolctl pools update`.
+    #[test]
+    fn a_reload_tells_what_a_restart_does_with_changed_pools() {
+        let pool = |flavor: &str, min_ready: u32| {
+            format!(
+                "[[pools]]\nflavor = \"{flavor}\"\navailability_zone = \"az1\"\n\
+                 min_ready = {min_ready}\nmax_ready = 4\nimage = \"mysql-8\"\n"
+            )
+        };
+        let started = Config::parse(&(pool("db.small", 1) + &pool("db.old", 1))).unwrap();
+        assert_eq!(started.pools_reload_notice(&started), None);
+        let file = Config::parse(&(pool("db.small", 2) + &pool("db.large", 1))).unwrap();
+        assert!(
+            !started.changed_needing_restart(&file).contains(&"pools"),
+            "a restart does not put a changed pool in force"
+        );
+        let notice = started.pools_reload_notice(&file).unwrap();
+        assert!(
+            notice.contains(
+                "the file changes pool db.small@az1, which a restart does not apply: a pool \
+                 already in the store keeps its stored settings across restarts; change it with \
+                 `warmpoolctl pools update db.small az1 ...`"
+            ),
+            "{notice}"
+        );
+        assert!(
+            notice.contains(
+                "the file adds pool db.large@az1: the next start creates it from the file unless \
+                 the store holds it already (`warmpoolctl pools create` creates it now)"
+            ),
+            "{notice}"
+        );
+        assert!(
+            notice.contains(
+                "the file no longer declares pool db.old@az1: a restart leaves it in the store \
+                 (`warmpoolctl pools delete db.old az1` drains it)"
+            ),
+            "{notice}"
+        );
+        assert!(!notice.contains("take a restart"), "{notice}");
     }
 
     #[test]

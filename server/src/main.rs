@@ -273,8 +273,9 @@ fn reload_on_sighup(
 /// and keep client certificates asked for) before putting any in force: a
 /// file half written when the signal came must not revoke tokens because
 /// its TLS part is refused, nor renew a certificate because its tokens are.
-/// The rest of the file waits for a restart; what of it differs from
-/// `started` is named in the log.
+/// The rest of the file waits for a restart (`[[pools]]` not even for
+/// that, when the store holds the pool); what of it differs from `started`
+/// is named in the log.
 #[cfg(unix)]
 fn reload(
     args: &Args,
@@ -311,6 +312,9 @@ fn reload(
             "SIGHUP: the file changes {waiting}, which take a restart: warmpoold runs on with \
              the values it started with"
         );
+    }
+    if let Some(pools) = started.pools_reload_notice(&config) {
+        tracing::warn!("SIGHUP: {pools}");
     }
     Ok(())
 }

@@ -1904,10 +1904,11 @@ async fn sighup_checks_a_tls_section_added_to_a_plaintext_daemon() {
     expect_code(pools("new").await, Code::Unauthenticated);
 
     // Files that load: the tokens are taken, and the log names what waits
-    // for a restart.
-    let longer_grace =
-        plaintext.replacen(r#"shutdown_grace = "5s""#, r#"shutdown_grace = "7s""#, 1);
-    assert_ne!(longer_grace, plaintext);
+    // for a restart, and says a restart does not apply a changed pool.
+    let longer_grace = plaintext
+        .replacen(r#"shutdown_grace = "5s""#, r#"shutdown_grace = "7s""#, 1)
+        .replacen("max_ready = 1", "max_ready = 2", 1);
+    assert_eq!(longer_grace.matches("max_ready = 2").count(), 1);
     std::fs::write(
         &config_file,
         longer_grace + &token("new") + &server.tls_section(),
@@ -1919,6 +1920,17 @@ async fn sighup_checks_a_tls_section_added_to_a_plaintext_daemon() {
     assert!(warned.contains("WARN"), "{warned}");
     assert!(warned.contains("shutdown_grace, tls"), "{warned}");
     assert!(!warned.contains("listen"), "overridden by flags: {warned}");
+    assert!(!warned.contains("pools"), "{warned}");
+    let pool = log_line(&mut log, "the file changes pool db.small@az1").await;
+    assert!(pool.contains("WARN"), "{pool}");
+    assert!(
+        pool.contains("keeps its stored settings across restarts"),
+        "{pool}"
+    );
+    assert!(
+        pool.contains("`warmpoolctl pools update db.small az1 ...`"),
+        "{pool}"
+    );
     assert_eq!(pools("new").await.unwrap(), 1);
 }
 
