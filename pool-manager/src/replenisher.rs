@@ -1310,15 +1310,24 @@ impl Shared {
     }
 
     /// Shows why a pool instance's server is still there, on the instance
-    /// (after why it is being deleted) and as its pool's last error: a
-    /// retirement or a drain the cloud keeps refusing (a locked server)
-    /// showed only a `deleting` count. Written when it changes, not at
+    /// (after why it is being deleted) and as its pool's last error unless
+    /// the pool is degraded: a retirement or a drain the cloud keeps
+    /// refusing (a locked server) showed only a `deleting` count. Written when it changes, not at
     /// every pass that is refused the same way; a store that fails this
     /// loses only what it shows.
     async fn note_delete_refused(&self, instance: &Instance, server_id: &str, error: &CloudError) {
-        let refused = format!(
-            "the cloud refused to delete server {server_id} ({error}); each reconcile pass tries again: unlock or fix the server in the cloud, or delete it there"
-        );
+        // What `retry` gave up on: a refusal the operator must lift, or a
+        // throttle or outage (a Retry-After past the cleanup deadline, a
+        // 5xx, a timeout) that passes by itself.
+        let refused = if error.is_retryable() {
+            format!(
+                "the delete of server {server_id} failed for now ({error}); each reconcile pass tries again"
+            )
+        } else {
+            format!(
+                "the cloud refused to delete server {server_id} ({error}); each reconcile pass tries again: unlock or fix the server in the cloud, or delete it there"
+            )
+        };
         let why = |current: &Instance| {
             let reason = current
                 .last_error
@@ -1350,6 +1359,12 @@ impl Shared {
                 why(instance)
             }
         };
+        // A degraded pool's last error says why it is degraded, which is
+        // where operators are told to look: the instance shows this one.
+        let degraded = self.health_book().health(&instance.pool).degraded;
+        if degraded {
+            return;
+        }
         let at = self.sizing_book().wall_now(&self.settings.sizing);
         let message = format!("instance {}: {shown}", instance.id);
         let _ = self

@@ -521,7 +521,9 @@ async fn a_refused_retirement_or_drain_shows_why_on_the_instance_and_the_pool() 
         for instance in deleting {
             let shown = instance.last_error.as_deref().unwrap_or_default();
             assert!(
-                shown.starts_with(why) && shown.contains("server is locked"),
+                shown.starts_with(why)
+                    && shown.contains("server is locked")
+                    && shown.contains("unlock or fix the server"),
                 "drain {drain}: {shown}"
             );
         }
@@ -541,6 +543,70 @@ async fn a_refused_retirement_or_drain_shows_why_on_the_instance_and_the_pool() 
         assert_eq!(sim.servers().len(), usize::from(!drain));
         assert_consistent(&sim, &manager).await;
     }
+}
+
+/// A retirement's delete that fails for now (a 429 whose Retry-After
+/// outlasts the cleanup deadline) is no refusal: the instance says the
+/// delete is tried again, not to unlock the server. And a degraded pool's
+/// last error, which says why it is degraded, stays: the delete's is the
+/// instance's. Both were written as "the cloud refused to delete ...
+/// unlock or fix the server", the pool's over its cause.
+#[tokio::test(start_paused = true)]
+async fn a_throttled_retirement_delete_says_it_is_retried_and_keeps_a_degraded_pools_cause() {
+    use std::sync::atomic::Ordering;
+    let sim = sim();
+    let (cloud, throttling) = GatedCloud::refusing(
+        &sim,
+        "delete_server",
+        pool_manager::cloud::CloudError::Throttled {
+            retry_after: Some(Duration::from_secs(3600)),
+            message: "rate limit of DELETE servers reached".into(),
+            unavailable: false,
+        },
+        false,
+    );
+    let manager = started_over(&cloud, temp_store(), 2).await;
+    let cause = "flavor db.small is disabled in the cloud";
+    manager.mark_unusable(&pool(), cause).await.unwrap();
+    throttling.store(true, Ordering::SeqCst);
+    manager
+        .update_pool(&pool(), |s| {
+            s.min_ready = 1;
+            s.max_ready = 1;
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let instances = manager.list_instances(Some(&pool())).await.unwrap();
+    let deleting: Vec<_> = instances
+        .iter()
+        .filter(|i| i.state == InstanceState::Deleting)
+        .collect();
+    assert_eq!(deleting.len(), 1, "{instances:?}");
+    let shown = deleting[0].last_error.as_deref().unwrap_or_default();
+    assert!(
+        shown.starts_with("retired: above the pool's max_ready of 1"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("failed for now")
+            && shown.contains("rate limit of DELETE servers reached")
+            && shown.contains("each reconcile pass tries again"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("refused") && !shown.contains("unlock"),
+        "{shown}"
+    );
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert!(status.health.degraded);
+    assert_eq!(status.record.last_error.as_deref(), Some(cause));
+
+    throttling.store(false, Ordering::SeqCst);
+    manager.reconcile().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(sim.servers().len(), 1);
+    assert_consistent(&sim, &manager).await;
 }
 
 /// Reads of pools fail while `failing` is set, as a store with an I/O error.
