@@ -583,6 +583,8 @@ async fn reconcile_discards_a_ready_instance_whose_pool_is_gone() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A pool created again before the pass: the pass keeps its Ready
+/// instances. (One created while the pass runs: the next test.)
 #[tokio::test(start_paused = true)]
 async fn reconcile_leaves_a_pool_created_again_its_ready_instances() {
     let sim = sim();
@@ -609,5 +611,65 @@ async fn reconcile_leaves_a_pool_created_again_its_ready_instances() {
     manager.reconcile().await.unwrap();
     assert_eq!(pool_instances(&manager).await, before);
     assert_eq!(sim.servers().len(), 2);
+    assert_consistent(&sim, &manager).await;
+}
+
+/// The same pool created again while a pass is between finding the pool
+/// gone and discarding its instances: the discard, judged again under the
+/// pool lock, leaves them to the pool. The pass is held right after its
+/// look at the pool (the set-aside check that follows a missing record).
+#[tokio::test(start_paused = true)]
+async fn a_pool_created_again_during_a_pass_keeps_the_instances_it_found_orphaned() {
+    use pool_manager::store::RecordKind;
+    #[derive(Default)]
+    struct HoldAfterPoolLook {
+        armed: AtomicBool,
+        arrived: tokio::sync::Notify,
+        go: tokio::sync::Notify,
+    }
+    struct Hooks(Arc<HoldAfterPoolLook>);
+    #[async_trait::async_trait]
+    impl StoreHooks for Hooks {
+        async fn before_is_set_aside(&self, kind: RecordKind) {
+            if kind == RecordKind::Pool && self.0.armed.swap(false, Ordering::SeqCst) {
+                self.0.arrived.notify_one();
+                self.0.go.notified().await;
+            }
+        }
+    }
+    let sim = sim();
+    let hold = Arc::new(HoldAfterPoolLook::default());
+    let store = HookedStore::new(Hooks(hold.clone()));
+    let manager = started(&sim, store.clone(), 2).await;
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    let before = pool_instances(&manager).await;
+    manager.shutdown().await.unwrap();
+    drop(manager);
+    store.inner.delete_pool(&pool()).await.unwrap();
+    store.inner.flush().await.unwrap();
+
+    let manager = manager_on(&sim, store.clone());
+    hold.armed.store(true, Ordering::SeqCst);
+    let starting = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.start().await }
+    });
+    hold.arrived.notified().await;
+    let mut spec = spec(2);
+    spec.paused = true;
+    store
+        .inner
+        .put_pool(&pool_manager::model::PoolRecord::new(pool(), spec))
+        .await
+        .unwrap();
+    store.inner.flush().await.unwrap();
+    hold.go.notify_one();
+    starting.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(pool_instances(&manager).await, before);
+    assert_eq!(sim.servers().len(), 2, "{:?}", sim.servers());
     assert_consistent(&sim, &manager).await;
 }

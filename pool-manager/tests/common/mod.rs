@@ -781,6 +781,8 @@ pub trait StoreHooks: Send + Sync + 'static {
     async fn after_list_untouched(&self) {}
     /// Before an instance is read by its id.
     async fn before_get_instance(&self, _id: &str) {}
+    /// Before the store is asked whether a record was set aside.
+    async fn before_is_set_aside(&self, _kind: pool_manager::store::RecordKind) {}
     /// Before every call, before the hooks above (a test's yields to the
     /// other tasks, so that two purchases' calls interleave).
     async fn before_call(&self) {}
@@ -1075,6 +1077,7 @@ impl<H: StoreHooks> Store for HookedStore<H> {
         key: &str,
     ) -> StoreResult<bool> {
         self.hooks.before_call().await;
+        self.hooks.before_is_set_aside(kind).await;
         self.inner.is_set_aside(kind, key).await
     }
     async fn knows_no_instance_or_order(&self) -> StoreResult<bool> {
