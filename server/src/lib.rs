@@ -536,11 +536,15 @@ async fn store_failure<E: Clone>(mut failed: tokio::sync::watch::Receiver<Option
 }
 
 /// Says NOT_SERVING for the server as a whole ("") and for warmpool.v1
-/// while warmpoold starts, and SERVING for [`LIVENESS_SERVICE`].
+/// while warmpoold starts, and SERVING for [`LIVENESS_SERVICE`]. `""`
+/// comes with a channel already SERVING: switched over, every Watch would
+/// get NOT_SERVING twice (see [`report_serving`]), so it is made anew, as
+/// the others are, before anyone can watch it.
 async fn report_starting(health: &mut tonic_health::server::HealthReporter) {
     use tonic::server::NamedService;
     let warmpool = <WarmPoolServer<service::WarmPoolService> as NamedService>::NAME;
     for service in ["", warmpool] {
+        health.clear_service_status(service).await;
         health
             .set_service_status(service, tonic_health::ServingStatus::NotServing)
             .await;
@@ -551,7 +555,10 @@ async fn report_starting(health: &mut tonic_health::server::HealthReporter) {
 }
 
 /// Says SERVING for "" and warmpool.v1: start-up is done. A health Watch
-/// opened during start-up gets SERVING, then its end: tonic-health hands
+/// opened during start-up gets SERVING, then its end (README says a
+/// client watches again; keeping it open takes a Health service of our
+/// own: tonic-health's reporter cannot mark its channel's first receiver
+/// seen, nor hands out its service to wrap): tonic-health hands
 /// each Watch a clone of the status channel's first receiver, which sees
 /// every status sent since the channel was made as unseen, so a Watch
 /// opened on a channel that ever changed would get its first status
@@ -926,6 +933,71 @@ async fn build_cloud(
 #[cfg(test)]
 mod tests {
     use pool_manager::cloud::CloudIdentity;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    /// Watches of `""` through start-up and after: each status once. A
+    /// Watch opened during start-up gets NOT_SERVING, SERVING, then its
+    /// end (README: the client watches again); one opened after gets
+    /// SERVING once, and NOT_SERVING then its end at shutdown. `""`'s
+    /// first channel, which tonic-health made SERVING, was switched to
+    /// NOT_SERVING, so a start-up Watch got NOT_SERVING twice.
+    #[tokio::test]
+    async fn a_health_watch_gets_each_status_once_through_start_up_and_after() {
+        let (mut health, service) = tonic_health::server::health_reporter();
+        super::report_starting(&mut health).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let client = HealthClient::new(channel);
+        let watch = |service: &str| {
+            let mut client = client.clone();
+            let request = HealthCheckRequest {
+                service: service.into(),
+            };
+            async move { client.watch(request).await.unwrap().into_inner() }
+        };
+        async fn next(
+            stream: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+        ) -> Option<ServingStatus> {
+            stream.message().await.unwrap().map(|m| m.status())
+        }
+        use tonic::server::NamedService;
+        let warmpool =
+            <super::WarmPoolServer<super::service::WarmPoolService> as NamedService>::NAME;
+        let mut starting = [watch("").await, watch(warmpool).await];
+        for (stream, service) in starting.iter_mut().zip(["", warmpool]) {
+            assert_eq!(
+                next(stream).await,
+                Some(ServingStatus::NotServing),
+                "{service:?}"
+            );
+        }
+        super::report_serving(&mut health).await;
+        for (stream, service) in starting.iter_mut().zip(["", warmpool]) {
+            assert_eq!(
+                next(stream).await,
+                Some(ServingStatus::Serving),
+                "{service:?}"
+            );
+            assert_eq!(next(stream).await, None, "{service:?}");
+        }
+        let mut serving = watch("").await;
+        assert_eq!(next(&mut serving).await, Some(ServingStatus::Serving));
+        super::stop_health(&mut health).await;
+        assert_eq!(next(&mut serving).await, Some(ServingStatus::NotServing));
+        assert_eq!(next(&mut serving).await, None);
+    }
 
     fn openstack(tag: &str, region: &str) -> CloudIdentity {
         CloudIdentity::OpenStack {
