@@ -4354,19 +4354,10 @@ async fn a_failed_try_leaves_the_port_its_soft_deleted_server_keeps_to_the_recon
     let key = PoolKey::new("db.small", "az1");
     let (running, stop) = start_daemon(reconciled_by_hand(&env)).await.unwrap();
     wait_ready(&running.manager, &key, 2).await;
-    let tenant_net = env.driver().await.network("tenant-net").await.unwrap().id;
-    // The verification reads the server: held there, with both attaches done.
-    env.sim.faults().hold_calls("get_server");
-    let manager = running.manager.clone();
     let request = order(&env, "o1").await;
     let asked = tokio::time::Instant::now();
-    let buying = tokio::spawn(async move { manager.allocate(request).await });
-    let attached = || attached_port_and_server(&env, &tenant_net);
-    wait_until("both attaches of the first try", || attached().is_some()).await;
-    let (port, server) = attached().unwrap();
-    // The operator's delete, through a client of its own.
-    env.driver().await.delete_server(&server).await.unwrap();
-    env.sim.faults().release_calls("get_server");
+    let (buying, port, server) =
+        first_try_server_deleted_by_hand(&env, &running.manager, request).await;
     let allocated = buying.await.unwrap().unwrap();
     let took = asked.elapsed();
     assert!(took < pool_manager::CLEANUP_FLOOR, "took {took:?}");
@@ -4419,20 +4410,11 @@ image = "mysql-8.0"
         .update_pool(&key, |s| s.paused = true)
         .await
         .unwrap();
-    let tenant_net = env.driver().await.network("tenant-net").await.unwrap().id;
-    // The verification reads the server: held there, with both attaches done.
-    env.sim.faults().hold_calls("get_server");
-    let manager = running.manager.clone();
     let mut request = order(&env, "o1").await;
     request.empty_pool = pool_manager::model::EmptyPoolPolicy::FailFast;
     let asked = tokio::time::Instant::now();
-    let buying = tokio::spawn(async move { manager.allocate(request).await });
-    let attached = || attached_port_and_server(&env, &tenant_net);
-    wait_until("both attaches of the only try", || attached().is_some()).await;
-    let (port, server) = attached().unwrap();
-    // The operator's delete, through a client of its own.
-    env.driver().await.delete_server(&server).await.unwrap();
-    env.sim.faults().release_calls("get_server");
+    let (buying, port, server) =
+        first_try_server_deleted_by_hand(&env, &running.manager, request).await;
     let answered = buying.await.unwrap();
     let took = asked.elapsed();
     assert!(answered.is_err(), "{answered:?}");
@@ -4483,7 +4465,6 @@ async fn a_release_of_a_create_in_doubt_leaves_a_failed_tries_bound_port_to_the_
     let key = PoolKey::new("db.small", "az1");
     let (running, stop) = start_daemon(reconciled_by_hand(&env)).await.unwrap();
     wait_ready(&running.manager, &key, 2).await;
-    let tenant_net = env.driver().await.network("tenant-net").await.unwrap().id;
     env.face.faults().answer_next(
         Service::Network,
         "POST",
@@ -4492,17 +4473,9 @@ async fn a_release_of_a_create_in_doubt_leaves_a_failed_tries_bound_port_to_the_
         503,
         r#"{"NeutronError": {"type": "ServiceUnavailable", "message": "The server is currently unavailable.", "detail": ""}}"#,
     );
-    // The verification reads the server: held there, with both attaches done.
-    env.sim.faults().hold_calls("get_server");
-    let manager = running.manager.clone();
     let request = order(&env, "o1").await;
-    let buying = tokio::spawn(async move { manager.allocate(request).await });
-    let attached = || attached_port_and_server(&env, &tenant_net);
-    wait_until("both attaches of the first try", || attached().is_some()).await;
-    let (port, server) = attached().unwrap();
-    // The operator's delete, through a client of its own.
-    env.driver().await.delete_server(&server).await.unwrap();
-    env.sim.faults().release_calls("get_server");
+    let (buying, port, server) =
+        first_try_server_deleted_by_hand(&env, &running.manager, request).await;
     let allocated = buying.await.unwrap().unwrap();
     assert!(allocated.creates_in_doubt, "{allocated:?}");
     assert_ne!(allocated.server_id.as_ref(), Some(&server));
@@ -4523,20 +4496,55 @@ async fn a_release_of_a_create_in_doubt_leaves_a_failed_tries_bound_port_to_the_
     stop_daemon(running, stop).await;
 }
 
-/// The tenant port bound on `tenant_net` and its server, once the tenant's
-/// volume is attached to that server too: both attaches of a purchase done.
-fn attached_port_and_server(env: &Env, tenant_net: &str) -> Option<(String, String)> {
-    let port = env
-        .sim
-        .ports()
-        .into_iter()
-        .find(|p| p.network_id == tenant_net && p.device_id.is_some())?;
-    let server = port.device_id.clone()?;
-    env.sim
-        .volumes()
-        .iter()
-        .any(|v| v.status == VolumeStatus::InUse && v.attached_to == [server.clone()])
-        .then_some((port.id, server))
+/// A purchase under way, and the port and server of its try.
+type HeldPurchase = (
+    tokio::task::JoinHandle<pool_manager::ManagerResult<pool_manager::model::Allocation>>,
+    String,
+    String,
+);
+
+/// Starts the purchase `request` on `manager` and returns once its first
+/// try has both attaches done, its verification held on reading the
+/// server (`get_server`, until the caller lets it go).
+async fn held_at_its_verification(
+    env: &Env,
+    manager: &pool_manager::PoolManager,
+    request: pool_manager::AllocateRequest,
+) -> HeldPurchase {
+    let tenant_net = env.driver().await.network("tenant-net").await.unwrap().id;
+    env.sim.faults().hold_calls("get_server");
+    let manager = manager.clone();
+    let buying = tokio::spawn(async move { manager.allocate(request).await });
+    let attached = || {
+        let port = env
+            .sim
+            .ports()
+            .into_iter()
+            .find(|p| p.network_id == tenant_net && p.device_id.is_some())?;
+        let server = port.device_id.clone()?;
+        env.sim
+            .volumes()
+            .iter()
+            .any(|v| v.status == VolumeStatus::InUse && v.attached_to == [server.clone()])
+            .then_some((port.id, server))
+    };
+    wait_until("both attaches of the first try", || attached().is_some()).await;
+    let (port, server) = attached().unwrap();
+    (buying, port, server)
+}
+
+/// As [`held_at_its_verification`], then deletes that try's server by
+/// hand, as an operator would, through a client of its own, and lets the
+/// verification go on.
+async fn first_try_server_deleted_by_hand(
+    env: &Env,
+    manager: &pool_manager::PoolManager,
+    request: pool_manager::AllocateRequest,
+) -> HeldPurchase {
+    let (buying, port, server) = held_at_its_verification(env, manager, request).await;
+    env.driver().await.delete_server(&server).await.unwrap();
+    env.sim.faults().release_calls("get_server");
+    (buying, port, server)
 }
 
 /// The daemon's config for `env`'s cloud, with no reconcile pass but those
@@ -4586,15 +4594,8 @@ async fn a_rollback_on_a_cloud_refusing_force_delete_deletes_the_tenants_port() 
     let key = PoolKey::new("db.small", "az1");
     let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
     wait_ready(&running.manager, &key, 2).await;
-    let tenant_net = env.driver().await.network("tenant-net").await.unwrap().id;
-    // The verification reads the server: held there, with both attaches done.
-    env.sim.faults().hold_calls("get_server");
-    let manager = running.manager.clone();
     let request = order(&env, "o1").await;
-    let buying = tokio::spawn(async move { manager.allocate(request).await });
-    let attached = || attached_port_and_server(&env, &tenant_net);
-    wait_until("both attaches of the purchase", || attached().is_some()).await;
-    let (port, server) = attached().unwrap();
+    let (buying, port, server) = held_at_its_verification(&env, &running.manager, request).await;
     stop_daemon(running, stop).await;
     assert!(buying.await.unwrap().is_err(), "the purchase was cut off");
     env.sim.faults().release_calls("get_server");
