@@ -597,9 +597,10 @@ fn tls_hint(error: &str, endpoint: &str, has_certificate: bool) -> Option<String
     // The alert when it arrives before the client's first write; a broken
     // pipe, a reset or a closed connection when the client was writing or
     // reading as the daemon closed: which one is a race. The OS writes
-    // "Broken pipe", h2 "a broken pipe".
+    // "Broken pipe" and "Connection reset by peer", h2 "a broken pipe",
+    // tonic's transport "connection reset".
     let lowercase = error.to_ascii_lowercase();
-    let cut_off = ["broken pipe", "connection closed", "reset by peer"];
+    let cut_off = ["broken pipe", "connection closed", "connection reset"];
     let cut_off = || cut_off.iter().any(|sign| lowercase.contains(sign));
     let hint = if !https && (error.contains("frame with invalid size") || cut_off()) {
         // A TLS daemon answers HTTP/2 with a TLS alert, read as a frame
@@ -694,6 +695,7 @@ mod tests {
             "cannot connect to http://h:1: Connection reset by peer (os error 104)",
             "UNKNOWN: transport error: stream closed because of a broken pipe",
             "CANCELLED: operation was canceled: Connection closed",
+            "UNKNOWN: transport error: connection reset",
         ] {
             let plaintext = tls_hint(cut, "h:1", false).unwrap_or_default();
             assert!(plaintext.contains("dial https://"), "{cut}: {plaintext}");
