@@ -834,9 +834,9 @@ impl Shared {
     }
 
     /// Sends a create, and again after 429s, 5xx and timeouts (as
-    /// [`Shared::patiently`]). The second value says whether an answer was
-    /// lost on the way (a 5xx or timeout, after which the create may have
-    /// been done all the same): then a twin may exist.
+    /// [`Shared::patiently`]). The second value says whether an answer
+    /// left the create possibly done ([`CloudError::may_have_been_done`]:
+    /// a 5xx, a timeout, a 503 naming a Retry-After): then a twin may exist.
     async fn create_doubting<T, F, Fut>(
         &self,
         deadline: Instant,
@@ -853,7 +853,7 @@ impl Shared {
                 let in_doubt = &in_doubt;
                 async move {
                     let answer = attempt.await;
-                    if matches!(answer, Err(CloudError::Transient(_))) {
+                    if answer.as_ref().is_err_and(CloudError::may_have_been_done) {
                         in_doubt.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                     answer

@@ -364,6 +364,24 @@ impl CloudError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Throttled { .. } | Self::Transient(_))
     }
+
+    /// Whether the failed call may have been carried out all the same: its
+    /// answer was lost (a 5xx, a timeout, an unreadable body), or a 503
+    /// came from in front of a service that may already have begun it. A
+    /// create answered so may have left its object, and one sent again a
+    /// twin. A 429/413 refused the call before anything acted on it, and
+    /// the service's own refusals (quota, conflict, a bad request) did
+    /// nothing.
+    pub fn may_have_been_done(&self) -> bool {
+        matches!(
+            self,
+            Self::Transient(_)
+                | Self::Throttled {
+                    unavailable: true,
+                    ..
+                }
+        )
+    }
 }
 
 pub type CloudResult<T> = Result<T, CloudError>;
@@ -590,7 +608,8 @@ pub trait Cloud: Send + Sync + 'static {
 
 #[cfg(test)]
 mod tests {
-    use super::{mentions_quota, CloudChange, CloudIdentity};
+    use super::{mentions_quota, CloudChange, CloudError, CloudIdentity};
+    use std::time::Duration;
 
     fn openstack(project: &str, region: Option<&str>, tag: &str) -> CloudIdentity {
         CloudIdentity::OpenStack {
@@ -635,6 +654,28 @@ mod tests {
             serde_json::from_str::<CloudIdentity>(&recorded).unwrap(),
             unnamed
         );
+    }
+
+    /// A rate limit turns a call away before anything acts on it; a 503
+    /// may come from in front of a service that already did it.
+    #[test]
+    fn a_503_or_a_lost_answer_may_have_been_done_a_rate_limit_not() {
+        let throttled = |unavailable| CloudError::Throttled {
+            retry_after: Some(Duration::from_secs(1)),
+            message: "busy".into(),
+            unavailable,
+        };
+        assert!(throttled(true).may_have_been_done());
+        assert!(CloudError::Transient("timed out".into()).may_have_been_done());
+        assert!(!throttled(false).may_have_been_done());
+        for refused in [
+            CloudError::QuotaExceeded("ports".into()),
+            CloudError::Conflict("in use".into()),
+            CloudError::NotFound("network".into()),
+            CloudError::Fatal("bad request".into()),
+        ] {
+            assert!(!refused.may_have_been_done(), "{refused:?}");
+        }
     }
 
     /// Faults of servers Nova put in ERROR (conductor's quota recheck,

@@ -999,26 +999,47 @@ impl Shared {
             // From the create the cloud took: a 429's pause before it is no
             // build time, and would read to the gate as build inflation.
             let mut sent = Instant::now();
+            let in_doubt = std::sync::atomic::AtomicBool::new(false);
             let created = self
                 .retry(deadline, || {
                     sent = Instant::now();
-                    self.watch_throttle(az, self.cloud.create_server(&spec))
+                    let attempt = self.watch_throttle(az, self.cloud.create_server(&spec));
+                    let in_doubt = &in_doubt;
+                    async move {
+                        let answer = attempt.await;
+                        if answer.as_ref().is_err_and(CloudError::may_have_been_done) {
+                            in_doubt.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        answer
+                    }
                 })
                 .await;
+            let in_doubt = in_doubt.into_inner();
             let server = match created {
-                Ok(server) => server,
+                Ok(server) => {
+                    requested = Some(sent);
+                    server
+                }
+                // An answer that may hide a server the cloud made (a 5xx,
+                // a timeout, a 503 from in front of Nova): booted on if the
+                // cloud lists it, as the failed boot would leave it to the
+                // reconciler, deleted as a leak. Its build is not timed:
+                // it began at an earlier create.
+                Err(e) if in_doubt => match self.server_made_for(&instance).await {
+                    Some(server) => {
+                        tracing::info!(instance = %instance.id, server = %server.id, error = %e, "a create answered with an error had made the server; booting on it");
+                        server
+                    }
+                    None => return Err(e.into()),
+                },
+                // Every answer was a refusal that holds no quota.
                 Err(e) => {
-                    // A transient error may hide a server the cloud made;
-                    // any other answer is a refusal that holds no quota.
-                    if !matches!(e, CloudError::Transient(_)) {
-                        if let Some(ticket) = ticket.take() {
-                            ticket.finish(BootSignal::Refused);
-                        }
+                    if let Some(ticket) = ticket.take() {
+                        ticket.finish(BootSignal::Refused);
                     }
                     return Err(e.into());
                 }
             };
-            requested = Some(sent);
             let recorded = self
                 .update_instance(&instance.id, |current| {
                     (current.state == InstanceState::Booting).then(|| {
@@ -1179,6 +1200,24 @@ impl Shared {
             .await?;
         tracing::info!(pool = %ready.pool, instance = %ready.id, "instance ready");
         Ok(ready)
+    }
+
+    /// The server a boot's create left in doubt made for `instance`, if
+    /// the cloud lists one naming it now. One look: a cloud that does not
+    /// answer it (still unavailable) or a server landing after it leaves
+    /// the server to the reconciler, which deletes it as a leak.
+    async fn server_made_for(&self, instance: &Instance) -> Option<Server> {
+        match self.cloud.list_pool_servers().await {
+            Ok(servers) => servers.into_iter().find(|s| {
+                !s.deleting
+                    && s.status != ServerStatus::Deleted
+                    && s.metadata.get(META_INSTANCE) == Some(&instance.id)
+            }),
+            Err(e) => {
+                tracing::warn!(instance = %instance.id, error = %e, "cannot look for the server a create answered with an error may have made; a reconcile pass deletes it as a leak if it did");
+                None
+            }
+        }
     }
 
     /// Deletes the server a boot's create made that its record does not

@@ -4149,6 +4149,107 @@ async fn twins_of_a_create_whose_answer_was_lost_are_deleted() {
     assert!(named(&b.resource_name()).0.is_empty());
 }
 
+/// A 503 naming a Retry-After (a maintenance page, an overloaded proxy)
+/// may come from in front of a service that already made the volume or
+/// port: the create asked again after the pause makes a twin, which is
+/// found and deleted as after a lost answer, and the order's name is
+/// watched whether the purchase commits or rolls back.
+#[tokio::test(start_paused = true)]
+async fn twins_of_a_create_answered_503_after_it_was_done_are_deleted() {
+    use pool_manager::cloud::CloudError;
+    let unavailable = |method: &str| CloudError::Throttled {
+        retry_after: Some(Duration::from_secs(1)),
+        message: format!("{method}: 503 Service Unavailable"),
+        unavailable: true,
+    };
+    let sim = sim();
+    let (cloud, refusing) = GatedCloud::refusing(
+        &sim,
+        "attach_volume",
+        CloudError::Fatal("attach refused".into()),
+        false,
+    );
+    let store = temp_store();
+    let manager = started_paused(&cloud, store.clone(), 2).await;
+    let named = |name: &str| named_volumes_and_ports(&sim, name);
+
+    cloud.lose_next_answer_as("create_volume", unavailable("create_volume"));
+    cloud.lose_next_answer_as("create_port", unavailable("create_port"));
+    sim.reset_call_counts();
+    let a = manager
+        .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert_eq!(a.state, AllocationState::Allocated);
+    assert!(a.creates_in_doubt, "a create answered 503 is not in doubt");
+    let calls = sim.call_counts();
+    assert_eq!(calls.get("create_volume"), Some(&2), "{calls:?}");
+    assert_eq!(calls.get("create_port"), Some(&2), "{calls:?}");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    manager.reconcile().await.unwrap();
+    let (volumes, ports) = named(&a.resource_name());
+    assert_eq!(
+        volumes,
+        vec![a.volume_id.clone().unwrap()],
+        "volume twin left"
+    );
+    assert_eq!(ports, vec![a.port_id.clone().unwrap()], "port twin left");
+    manager.release("o-1", Some(true)).await.unwrap();
+    assert_consistent(&sim, &manager).await;
+
+    // Rolled back: a twin landing after the rollback is still looked for.
+    refusing.store(true, Ordering::SeqCst);
+    cloud.lose_next_answer_as("create_volume", unavailable("create_volume"));
+    cloud.lose_next_answer_as("create_port", unavailable("create_port"));
+    let mut order = request("o-2", new_volume(), EmptyPoolPolicy::FailFast);
+    order.timeout = Some(Duration::from_secs(60));
+    assert!(manager.allocate(order).await.is_err());
+    let watches = store.list_twin_watches().await.unwrap();
+    let Some(watch) = watches.iter().find(|w| w.name.starts_with("warmpool-o-2-")) else {
+        panic!("the rolled-back attempt's name is not watched: {watches:?}")
+    };
+    land_late_twins(&sim, &watch.name).await;
+    manager.reconcile().await.unwrap();
+    assert_eq!(named(&watch.name), (vec![], vec![]));
+    assert_consistent(&sim, &manager).await;
+}
+
+/// A boot's create answered 503 with a Retry-After past the boot's
+/// timeout (a maintenance page in front of a Nova that had already taken
+/// it) is not a refusal: the server it made is looked for by the
+/// instance it names and booted on, where the boot failed and the
+/// reconciler then deleted the server as a leak (a false leak alert).
+#[tokio::test(start_paused = true)]
+async fn a_boot_whose_create_was_answered_503_after_it_was_done_boots_on_its_server() {
+    use pool_manager::cloud::CloudError;
+    use pool_manager::events::EventKind;
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = manager_over(&cloud, temp_store());
+    manager.start().await.unwrap();
+    let mut events = manager.events();
+    cloud.lose_next_answer_as(
+        "create_server",
+        CloudError::Throttled {
+            retry_after: Some(Duration::from_secs(20 * 60)),
+            message: "create_server: 503 Service Unavailable".into(),
+            unavailable: true,
+        },
+    );
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    wait_ready(&manager, 1).await;
+    manager.reconcile().await.unwrap();
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event.kind, EventKind::LeakDeleted { .. }),
+            "the server the create answered 503 made was taken for a leak: {event:?}"
+        );
+    }
+    let calls = sim.call_counts();
+    assert_eq!(calls.get("create_server"), Some(&1), "{calls:?}");
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A purchase that fails after a create lost its answer is rolled back,
 /// and a twin of that create landing after the rollback (the lost request
 /// was still on its way) is deleted by the reconciler too, which watches

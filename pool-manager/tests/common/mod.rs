@@ -368,7 +368,8 @@ pub type Fault = Box<dyn Fn(&'static str) -> Option<CloudError> + Send + Sync>;
 pub struct GatedCloud {
     pub sim: Arc<SimCloud>,
     holds: std::sync::Mutex<Vec<(&'static str, At, Arc<Hold>)>>,
-    lost_answers: std::sync::Mutex<Vec<&'static str>>,
+    /// Calls done by cloudsim whose answer the caller sees as an error.
+    lost_answers: std::sync::Mutex<Vec<(&'static str, CloudError)>>,
     undone_deletes: std::sync::atomic::AtomicU32,
     fault: Option<Fault>,
     /// One image for every pool, as the OpenStack driver's `image` override.
@@ -525,7 +526,17 @@ impl GatedCloud {
     /// answer is lost on the way back (a timeout, a proxy's 502): the
     /// caller sees a transient error.
     pub fn lose_next_answer(&self, method: &'static str) {
-        self.lost_answers.lock().unwrap().push(method);
+        self.lose_next_answer_as(
+            method,
+            CloudError::Transient(format!("{method}: the answer was lost (timed out)")),
+        );
+    }
+
+    /// The next call of `method` reaches cloudsim, which does it, but the
+    /// caller is answered `error`: a 503 from a proxy or a maintenance
+    /// page in front of a service that already acted on the request.
+    pub fn lose_next_answer_as(&self, method: &'static str, error: CloudError) {
+        self.lost_answers.lock().unwrap().push((method, error));
     }
 
     /// The next `delete_server` is answered as accepted but never reaches
@@ -565,16 +576,13 @@ impl GatedCloud {
         let lost = {
             let mut lost = self.lost_answers.lock().unwrap();
             lost.iter()
-                .position(|m| *m == method)
-                .map(|i| lost.remove(i))
-                .is_some()
+                .position(|(m, _)| *m == method)
+                .map(|i| lost.remove(i).1)
         };
-        if lost {
-            return Err(CloudError::Transient(format!(
-                "{method}: the answer was lost (timed out)"
-            )));
+        match lost {
+            Some(error) => Err(error),
+            None => answer,
         }
-        answer
     }
 }
 
