@@ -196,6 +196,10 @@ enum Purchase {
     Warm,
     /// By a cold boot: the pool is empty.
     Cold,
+    /// From a pool of three Ready instances, the first try's volume attach
+    /// failing (a transient error): the try is undone, its instance
+    /// discarded, and the next one is tried.
+    WarmAfterAFailedAttach,
 }
 
 async fn crash_at_every_step_of_an_allocation(survives: Survives, purchase: Purchase, hang: Hang) {
@@ -206,8 +210,12 @@ async fn crash_at_every_step_of_an_allocation(survives: Survives, purchase: Purc
         let (ready, policy) = match purchase {
             Purchase::Warm => (2, EmptyPoolPolicy::Wait),
             Purchase::Cold => (0, EmptyPoolPolicy::ColdBoot),
+            Purchase::WarmAfterAFailedAttach => (3, EmptyPoolPolicy::Wait),
         };
         let process = Process::first(&sim, dir.path(), survives, ready).await;
+        if let Purchase::WarmAfterAFailedAttach = purchase {
+            sim.faults().fail_next_volume_attach(1);
+        }
         let order = request("order-crash", new_volume(), policy);
         let acknowledged = until_the_cloud_hangs(&sim, hang, crash_after, {
             let manager = process.manager.clone();
@@ -216,6 +224,14 @@ async fn crash_at_every_step_of_an_allocation(survives: Survives, purchase: Purc
         })
         .await
         .map(|answer| answer.expect("allocation without a crash succeeds"));
+        if let (Some(_), Purchase::WarmAfterAFailedAttach) = (&acknowledged, purchase) {
+            let calls = sim.call_counts();
+            assert_eq!(
+                calls.get("attach_volume"),
+                Some(&2),
+                "the first try's attach did not fail: {calls:?}"
+            );
+        }
 
         let manager = process.crash_and_restart(&sim, dir.path(), survives).await;
         let what = format!("{survives:?}, {purchase:?}, crash after {crash_after} calls, {hang:?}");
@@ -302,6 +318,19 @@ async fn a_crash_after_any_call_of_an_allocation_took_effect_is_repaired() {
 async fn a_crash_after_any_call_of_a_cold_boot_purchase_took_effect_is_repaired() {
     for survives in Survives::ALL {
         crash_at_every_step_of_an_allocation(survives, Purchase::Cold, Hang::AfterEffect).await;
+    }
+}
+
+/// The same when the purchase's first try fails at its volume attach: a
+/// crash anywhere in the failed try's undoing (its detaches, deletes and
+/// discard) or in the next try.
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_any_step_of_an_allocation_after_a_failed_try_is_repaired() {
+    for hang in Hang::BOTH {
+        for survives in Survives::ALL {
+            crash_at_every_step_of_an_allocation(survives, Purchase::WarmAfterAFailedAttach, hang)
+                .await;
+        }
     }
 }
 
