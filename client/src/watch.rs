@@ -144,18 +144,86 @@ pub async fn run(client: &Client, format: OutputFormat) -> anyhow::Result<()> {
     let stream = client.watch_pools().await?;
     let stdout = std::io::stdout();
     let terminal = stdout.is_terminal();
-    show(stream, &mut stdout.lock(), terminal, format).await
+    let reader_gone = async move {
+        if terminal {
+            // The reader is the user: ^C ends the view.
+            std::future::pending().await
+        } else {
+            stdout_reader_gone().await
+        }
+    };
+    show(stream, &mut stdout.lock(), terminal, format, reader_gone).await
+}
+
+/// Resolves once the reading end of stdout is closed (`| head` took what it
+/// wanted), never where that cannot be known (a file has no reader to
+/// lose). Quiet pools may send nothing for hours: a write would find the
+/// reader gone only then, and the watch outlive its pipeline until it did.
+async fn stdout_reader_gone() {
+    let (gone, told) = tokio::sync::oneshot::channel();
+    // poll(2) on a thread of its own: the runtime's reactor would need the
+    // descriptor registered through unsafe code, and made non-blocking,
+    // which the other processes sharing it do not expect. The thread
+    // sleeps in the kernel until the reader goes, or for as long as the
+    // process lives.
+    let spawned = std::thread::Builder::new()
+        .name("stdout-reader".into())
+        .spawn(move || {
+            if wait_for_stdout_reader_to_leave() {
+                let _ = gone.send(());
+            }
+        });
+    if spawned.is_ok() && told.await.is_ok() {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// Blocks until stdout's reader has gone (true) or it turns out that this
+/// cannot be known (false). Asks for no event: poll reports errors and
+/// hang-ups whatever is asked, and a pipe's writing end reports an error
+/// once no reader is left, while "writable" would wake it at once.
+#[cfg(unix)]
+fn wait_for_stdout_reader_to_leave() -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    use std::os::fd::AsFd;
+    let stdout = std::io::stdout();
+    let stdout = stdout.as_fd();
+    loop {
+        let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
+        match poll(&mut fds, None) {
+            Ok(_) => {
+                let events = fds[0].revents();
+                if events.intersects(PollFlags::ERR | PollFlags::HUP) {
+                    return true;
+                }
+                if events.contains(PollFlags::NVAL) {
+                    return false;
+                }
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn wait_for_stdout_reader_to_leave() -> bool {
+    false
 }
 
 /// Shows `stream` on `out` until it ends or fails (either ends the view
 /// with an error: a live view has no natural end), or until `out`'s reader
-/// goes.
+/// goes: found by a failed write, or told by `reader_gone` while the view
+/// waits.
 async fn show(
     mut stream: impl futures::Stream<Item = Result<api::PoolStatus, ClientError>> + Unpin,
     out: &mut impl Write,
     terminal: bool,
     format: OutputFormat,
+    reader_gone: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let mut reader_gone = std::pin::pin!(reader_gone);
     let mut board = PoolBoard::default();
     // A table's first frame is drawn once every pool has arrived.
     let mut snapshot_due =
@@ -179,19 +247,27 @@ async fn show(
         } else {
             None
         };
-        let next = match redraw_at {
-            None => stream.next().await,
-            Some(at) => match tokio::time::timeout_at(at, stream.next()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    snapshot_due = None;
-                    let frame = board.render(terminal, SystemTime::now());
-                    if let Err(e) = write_frame(out, &frame, terminal) {
-                        return unless_reader_left(e);
-                    }
-                    continue;
+        let wait = async {
+            match redraw_at {
+                None => Ok(stream.next().await),
+                Some(at) => tokio::time::timeout_at(at, stream.next()).await,
+            }
+        };
+        let next = tokio::select! {
+            biased;
+            () = &mut reader_gone => return Ok(()),
+            next = wait => next,
+        };
+        let next = match next {
+            Ok(next) => next,
+            Err(_) => {
+                snapshot_due = None;
+                let frame = board.render(terminal, SystemTime::now());
+                if let Err(e) = write_frame(out, &frame, terminal) {
+                    return unless_reader_left(e);
                 }
-            },
+                continue;
+            }
         };
         let Some(item) = next else { break };
         let status = item.map_err(|e| failure(e, answered))?;
@@ -407,6 +483,7 @@ mod tests {
             &mut out,
             false,
             OutputFormat::Table,
+            std::future::pending(),
         )
         .await
         .unwrap_err();
@@ -477,13 +554,53 @@ mod tests {
             };
             let items = futures::stream::iter([Ok(status(pool)), Ok(complete)]).chain(later);
             let mut out = Vec::new();
-            show(Box::pin(items), &mut out, terminal, OutputFormat::Table)
-                .await
-                .unwrap_err();
+            show(
+                Box::pin(items),
+                &mut out,
+                terminal,
+                OutputFormat::Table,
+                std::future::pending(),
+            )
+            .await
+            .unwrap_err();
             let text = String::from_utf8(out).unwrap();
             let drawn = text.matches("POOL ").count();
             assert_eq!(drawn, frames, "terminal {terminal}, held {held}: {text}");
         }
+    }
+
+    /// A reader that leaves while the stream is silent ends the view as
+    /// done, though nothing is written that would fail.
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_leaving_a_silent_stream_ends_the_view() {
+        let pools = sample_pools();
+        let complete = api::PoolStatus {
+            snapshot_complete: true,
+            ..Default::default()
+        };
+        let items = futures::stream::iter([Ok(status(pools[0].clone())), Ok(complete)])
+            .chain(futures::stream::pending());
+        let (leave, left) = tokio::sync::oneshot::channel::<()>();
+        let mut out = Vec::new();
+        let view = show(
+            Box::pin(items),
+            &mut out,
+            false,
+            OutputFormat::Table,
+            async {
+                let _ = left.await;
+            },
+        );
+        let ((), shown) = tokio::join!(
+            async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                let _ = leave.send(());
+            },
+            view
+        );
+        shown.unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("POOL ").count(), 1, "{text}");
     }
 
     /// A daemon without pools sends no pool (an older one not even the
@@ -495,9 +612,15 @@ mod tests {
             Err(ClientError::Malformed("the server went away".into()))
         });
         let mut out = Vec::new();
-        let err = show(Box::pin(later), &mut out, false, OutputFormat::Table)
-            .await
-            .unwrap_err();
+        let err = show(
+            Box::pin(later),
+            &mut out,
+            false,
+            OutputFormat::Table,
+            std::future::pending(),
+        )
+        .await
+        .unwrap_err();
         // Nothing was answered: the failure may be the connection's setup.
         assert!(err.downcast_ref::<BrokeAfterAnswers>().is_none(), "{err:?}");
         let text = String::from_utf8(out).unwrap();
@@ -527,6 +650,7 @@ mod tests {
             &mut out,
             false,
             OutputFormat::Table,
+            std::future::pending(),
         )
         .await
         .unwrap_err();

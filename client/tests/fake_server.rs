@@ -533,6 +533,52 @@ async fn cli_stops_quietly_when_its_reader_leaves() {
     }
 }
 
+/// `warmpoolctl watch | head -n 2` on quiet pools: the reader leaves while
+/// the watch waits for the next update, which may never come. The watch
+/// ends at once, exit 0, rather than living on until its next write (it
+/// used to hang there for good).
+#[tokio::test]
+async fn a_watch_on_quiet_pools_stops_quietly_when_its_reader_leaves() {
+    let addr = start_fake().await;
+    for format in ["table", "json"] {
+        let mut child = ctl(addr)
+            .args(["watch", "--output", format])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // To the end of what the fake's last update (m1 with 3 Ready)
+        // prints, after which its stream stays open and silent: its line,
+        // or the blank line ending its frame.
+        let read_until_quiet = async {
+            let mut seen = false;
+            while let Some(line) = lines.next_line().await.unwrap() {
+                seen |= match format {
+                    "json" => line.contains(r#""ready":3"#),
+                    _ => line.starts_with("m1@az1 ") && line.split_whitespace().nth(1) == Some("3"),
+                };
+                if seen && (format == "json" || line.is_empty()) {
+                    return;
+                }
+            }
+            panic!("{format}: the watch ended before the last update");
+        };
+        tokio::time::timeout(Duration::from_secs(20), read_until_quiet)
+            .await
+            .expect("the last update within 20s");
+        drop(lines);
+        // A bound for a hang, not a timing: the status is what is checked.
+        let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("{format}: the watch went on after its reader left"))
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr, "", "{format}");
+        assert_eq!(out.status.code(), Some(0), "{format}");
+    }
+}
+
 /// A TCP proxy to `upstream` that can be frozen: from then on it passes
 /// nothing on, either way, and closes nothing, as a host that vanished
 /// (powered off, its packets dropped) does.
