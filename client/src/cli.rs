@@ -553,18 +553,21 @@ impl PoolUpdateArgs {
 
 /// A second line for an error whose own text does not say what to change:
 /// an Allocate field the server names by its API name (the flag that sets
-/// it), or a connection that failed the way a TLS mismatch fails (an HTTP/2
-/// frame "of invalid size", a TLS alert).
+/// it), a connection that failed the way a TLS mismatch fails (an HTTP/2
+/// frame "of invalid size", a TLS alert), or, once the daemon had answered
+/// the connection's handshake (`handshake_answered`), one cut off mid-call.
+/// `allocating` is the request id of an Allocate.
 pub fn hint(
     error: &str,
     endpoint: &str,
     has_certificate: bool,
-    allocating: bool,
+    allocating: Option<&str>,
+    handshake_answered: bool,
 ) -> Option<String> {
     if let Some(field) = error
         .strip_prefix("INVALID_ARGUMENT: invalid ")
         .and_then(|rest| rest.split(':').next())
-        .filter(|_| allocating)
+        .filter(|_| allocating.is_some())
     {
         let flag = match field {
             "request_id" => "--request-id",
@@ -588,7 +591,37 @@ pub fn hint(
             endpoint.trim()
         ));
     }
+    if handshake_answered {
+        // The connection was set up, TLS and all: no setting of it is to
+        // blame. The call may have been carried out before the cut.
+        if !cut_off(error) {
+            return None;
+        }
+        let broke =
+            "the connection broke mid-call (the daemon stopped, or something between cut it off)";
+        return Some(match allocating {
+            Some(id) => format!(
+                "{broke}: the allocation may have been made. Ask again with the same \
+                 --request-id {id}, which answers the same allocation, or look it up with \
+                 `warmpoolctl get {id}`"
+            ),
+            None => format!(
+                "{broke}: run the command again once the daemon answers (the call may have \
+                 taken effect)"
+            ),
+        });
+    }
     tls_hint(error, endpoint, has_certificate)
+}
+
+/// Whether `error` reads as a connection the other end closed or reset.
+/// The OS writes "Broken pipe" and "Connection reset by peer", h2 "a broken
+/// pipe", tonic's transport "connection reset".
+fn cut_off(error: &str) -> bool {
+    let lowercase = error.to_ascii_lowercase();
+    ["broken pipe", "connection closed", "connection reset"]
+        .iter()
+        .any(|sign| lowercase.contains(sign))
 }
 
 fn tls_hint(error: &str, endpoint: &str, has_certificate: bool) -> Option<String> {
@@ -596,12 +629,8 @@ fn tls_hint(error: &str, endpoint: &str, has_certificate: bool) -> Option<String
     let https = endpoint.to_ascii_lowercase().starts_with("https://");
     // The alert when it arrives before the client's first write; a broken
     // pipe, a reset or a closed connection when the client was writing or
-    // reading as the daemon closed: which one is a race. The OS writes
-    // "Broken pipe" and "Connection reset by peer", h2 "a broken pipe",
-    // tonic's transport "connection reset".
-    let lowercase = error.to_ascii_lowercase();
-    let cut_off = ["broken pipe", "connection closed", "connection reset"];
-    let cut_off = || cut_off.iter().any(|sign| lowercase.contains(sign));
+    // reading as the daemon closed: which one is a race.
+    let cut_off = || cut_off(error);
     let hint = if !https && (error.contains("frame with invalid size") || cut_off()) {
         // A TLS daemon answers HTTP/2 with a TLS alert, read as a frame
         // header; warmpoold's metrics port, HTTP/1.1 only, closes the
@@ -702,6 +731,61 @@ mod tests {
             let https = tls_hint(cut, "https://h:1", false).unwrap_or_default();
             assert!(https.contains("--cert-file"), "{cut}: {https}");
         }
+    }
+
+    /// Once the daemon had answered the handshake, a connection cut off is
+    /// no TLS or port mismatch: the hint says to ask again, for Allocate
+    /// with the same request id.
+    #[test]
+    fn a_connection_cut_off_after_the_handshake_hints_at_asking_again() {
+        for cut in [
+            "UNKNOWN: transport error: stream closed because of a broken pipe",
+            "CANCELLED: operation was canceled: Connection closed",
+            "UNKNOWN: transport error: connection reset",
+        ] {
+            for endpoint in ["h:1", "https://h:1"] {
+                let allocate =
+                    hint(cut, endpoint, false, Some("order-7"), true).unwrap_or_default();
+                assert!(
+                    !allocate.contains("TLS") && !allocate.contains("--cert-file"),
+                    "{allocate}"
+                );
+                assert!(allocate.contains("mid-call"), "{cut}: {allocate}");
+                assert!(allocate.contains("--request-id order-7"), "{allocate}");
+                assert!(allocate.contains("`warmpoolctl get order-7`"), "{allocate}");
+                let other = hint(cut, endpoint, false, None, true).unwrap_or_default();
+                assert!(
+                    other.contains("mid-call") && other.contains("run the command again"),
+                    "{other}"
+                );
+            }
+        }
+        // Other failures after the handshake get no hint about the connection.
+        assert_eq!(
+            hint("UNKNOWN: frame with invalid size", "h:1", false, None, true),
+            None
+        );
+        // Before it, the same words still hint at TLS.
+        let before = hint(
+            "UNKNOWN: transport error: connection reset",
+            "h:1",
+            false,
+            Some("o"),
+            false,
+        );
+        assert!(before.unwrap_or_default().contains("dial https://"));
+        // The field hints do not depend on the connection.
+        let field = hint(
+            "INVALID_ARGUMENT: invalid network.subnet_id: x",
+            "h:1",
+            false,
+            Some("o"),
+            true,
+        );
+        assert_eq!(
+            field.as_deref(),
+            Some("network.subnet_id is what --subnet sets")
+        );
     }
 
     #[test]

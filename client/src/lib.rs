@@ -17,9 +17,17 @@
 //! # }
 //! ```
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::stream::{BoxStream, StreamExt};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -324,6 +332,123 @@ fn connect_error(endpoint: &str, source: tonic::transport::Error) -> ClientError
     }
 }
 
+/// Dials the daemon as tonic's own connector does, and watches each
+/// plaintext connection for the daemon's answer to the HTTP/2 handshake.
+#[derive(Clone)]
+struct Dialer {
+    http: HttpConnector,
+    handshake_answered: Arc<AtomicBool>,
+}
+
+type DialFuture = Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<TokioIo<Watched>, Box<dyn std::error::Error + Send + Sync>>,
+            > + Send,
+    >,
+>;
+
+impl tonic::codegen::Service<tonic::codegen::http::Uri> for Dialer {
+    type Response = TokioIo<Watched>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = DialFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tonic::codegen::Service::poll_ready(&mut self.http, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: tonic::codegen::http::Uri) -> Self::Future {
+        // Under TLS the bytes seen here are records, not HTTP/2 frames.
+        let answered = (uri.scheme_str() != Some("https")).then(|| self.handshake_answered.clone());
+        let connecting = tonic::codegen::Service::call(&mut self.http, uri);
+        Box::pin(async move {
+            let tcp = connecting.await?.into_inner();
+            Ok(TokioIo::new(Watched {
+                tcp,
+                head: [0; 9],
+                seen: 0,
+                answered,
+            }))
+        })
+    }
+}
+
+/// A connection whose first 9 bytes from the daemon are checked for the
+/// server's HTTP/2 preface. A TLS daemon dialled in plaintext answers with
+/// an alert, an HTTP/1.1 port (warmpoold's metrics) with "HTTP/1.1" or by
+/// closing: neither is a SETTINGS frame.
+struct Watched {
+    tcp: TcpStream,
+    head: [u8; 9],
+    seen: usize,
+    answered: Option<Arc<AtomicBool>>,
+}
+
+/// Whether `head` is the header of a frame that can open an HTTP/2 server's
+/// side: SETTINGS (type 4), not an acknowledgement, on stream 0, its length
+/// a whole number of 6-byte settings (RFC 9113 §3.4, §6.5).
+fn is_server_preface(head: &[u8; 9]) -> bool {
+    let length = u32::from_be_bytes([0, head[0], head[1], head[2]]);
+    let (kind, flags) = (head[3], head[4]);
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    kind == 4 && flags & 1 == 0 && stream == 0 && length.is_multiple_of(6)
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.tcp).poll_read(cx, buf);
+        if let Some(answered) = &this.answered {
+            let new = &buf.filled()[before..];
+            let take = new.len().min(this.head.len() - this.seen);
+            this.head[this.seen..this.seen + take].copy_from_slice(&new[..take]);
+            this.seen += take;
+            if this.seen == this.head.len() {
+                if is_server_preface(&this.head) {
+                    answered.store(true, Ordering::Relaxed);
+                }
+                this.answered = None;
+            }
+        }
+        read
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
 /// The stream returned by [`Client::watch_pools`].
 pub type PoolStatusStream = BoxStream<'static, Result<api::PoolStatus, ClientError>>;
 
@@ -389,6 +514,9 @@ pub type Stub = WarmPoolClient<InterceptedService<Channel, BearerToken>>;
 pub struct Client {
     channel: Channel,
     token: BearerToken,
+    /// Set once the daemon has answered the HTTP/2 handshake on one of the
+    /// channel's connections; see [`Client::handshake_answered`].
+    handshake_answered: Arc<AtomicBool>,
 }
 
 impl Client {
@@ -439,24 +567,51 @@ impl Client {
                 reason: "TLS certificates are given, so the endpoint must be https://".into(),
             });
         }
+        // What Endpoint::connect dials with (TLS, when set, goes on top),
+        // the connect timeout on the TCP connect as there, but each
+        // connection watched for the daemon's answer to the handshake.
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(options.connect_timeout));
+        let handshake_answered = Arc::new(AtomicBool::new(false));
+        let dialer = Dialer {
+            http,
+            handshake_answered: handshake_answered.clone(),
+        };
         let channel = endpoint
-            .connect_timeout(options.connect_timeout)
             .http2_keep_alive_interval(options.keepalive_interval)
             .keep_alive_timeout(options.keepalive_timeout)
             .keep_alive_while_idle(true)
-            .connect()
+            .connect_with_connector(dialer)
             .await
             .map_err(|e| connect_error(&uri, e))?;
-        Ok(Client::from_channel(channel))
+        Ok(Client {
+            handshake_answered,
+            ..Client::from_channel(channel)
+        })
     }
 
     /// Wraps an already built channel (e.g. a lazily connecting one, or one
-    /// with TLS or custom timeouts configured by the caller).
+    /// with TLS or custom timeouts configured by the caller). Such a client
+    /// cannot tell whether the daemon answered the handshake:
+    /// [`Client::handshake_answered`] stays false.
     pub fn from_channel(channel: Channel) -> Client {
         Client {
             channel,
             token: BearerToken::default(),
+            handshake_answered: Arc::default(),
         }
+    }
+
+    /// Whether the daemon has answered the HTTP/2 handshake (sent its
+    /// SETTINGS) on a connection of this client: a call that failed after
+    /// that was cut off mid-way (the daemon stopped, a proxy or the network
+    /// cut it), not refused for the connection's setup (a TLS daemon dialled
+    /// in plaintext, an HTTP/1.1 port), though both may read "broken pipe".
+    /// Only a plaintext connection is seen: over TLS this stays false.
+    pub fn handshake_answered(&self) -> bool {
+        self.handshake_answered.load(Ordering::Relaxed)
     }
 
     /// Every call from now on (of this client and its clones made later)
@@ -816,6 +971,28 @@ mod tests {
             .call(tonic::Request::new(()))
             .unwrap();
         assert!(none.metadata().get("authorization").is_none());
+    }
+
+    /// The daemon's first frame is told from what a TLS daemon or an
+    /// HTTP/1.1 port answers a plaintext HTTP/2 client with.
+    #[test]
+    fn the_server_preface_is_a_settings_frame() {
+        let head = |bytes: &[u8]| -> [u8; 9] { bytes[..9].try_into().unwrap() };
+        // SETTINGS with three settings; and an empty one.
+        assert!(is_server_preface(&head(&[0, 0, 18, 4, 0, 0, 0, 0, 0])));
+        assert!(is_server_preface(&head(&[0, 0, 0, 4, 0, 0, 0, 0, 0])));
+        // An acknowledgement, another frame type, a stream's frame.
+        assert!(!is_server_preface(&head(&[0, 0, 0, 4, 1, 0, 0, 0, 0])));
+        assert!(!is_server_preface(&head(&[0, 0, 8, 6, 0, 0, 0, 0, 0])));
+        assert!(!is_server_preface(&head(&[0, 0, 6, 4, 0, 0, 0, 0, 1])));
+        // A TLS alert record, a TLS handshake record, an HTTP/1.1 answer.
+        assert!(!is_server_preface(&head(&[
+            0x15, 3, 3, 0, 2, 2, 0x46, 0, 0
+        ])));
+        assert!(!is_server_preface(&head(&[
+            0x16, 3, 3, 0, 0x7a, 2, 0, 0, 0x76
+        ])));
+        assert!(!is_server_preface(&head(b"HTTP/1.1 400 Bad Request")));
     }
 
     #[test]

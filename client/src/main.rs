@@ -30,7 +30,10 @@ async fn main() -> ExitCode {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let token = cli::token_source(&cli, &matches).unwrap_or_else(|e| e.exit());
     let (endpoint, has_certificate) = (cli.endpoint.clone(), cli.cert_file.is_some());
-    let allocating = matches!(cli.command, Command::Allocate(_));
+    let allocating = match &cli.command {
+        Command::Allocate(args) => Some(args.request_id.clone()),
+        _ => None,
+    };
     match run(cli, token).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -41,12 +44,19 @@ async fn main() -> ExitCode {
             let described = describe(&err);
             eprintln!("error: {described}");
             let answered = err.downcast_ref::<watch::BrokeAfterAnswers>().is_some();
-            // Only a failed call to the daemon can be a TLS mismatch: a
-            // failed write to stdout may read "Broken pipe" too, as a
-            // connection the daemon cut off does.
-            let from_daemon = err.downcast_ref::<ClientError>().is_some();
-            let hint = cli::hint(&described, &endpoint, has_certificate, allocating);
-            if let Some(hint) = hint.filter(|_| from_daemon && !answered) {
+            let handshake_answered = answered || err.downcast_ref::<AfterHandshake>().is_some();
+            // Only a failed call to the daemon gets a hint about the
+            // connection: a failed write to stdout may read "Broken pipe"
+            // too, as a connection the daemon cut off does.
+            let from_daemon = answered || err.downcast_ref::<ClientError>().is_some();
+            let hint = cli::hint(
+                &described,
+                &endpoint,
+                has_certificate,
+                allocating.as_deref(),
+                handshake_answered,
+            );
+            if let Some(hint) = hint.filter(|_| from_daemon) {
                 eprintln!("hint: {hint}");
             }
             ExitCode::FAILURE
@@ -76,6 +86,13 @@ struct AlreadyReleased {
     request_id: String,
     state: &'static str,
 }
+
+/// Marks a call's error when the daemon had answered the handshake of the
+/// connection it failed on: the connection's setup (TLS, the port) was not
+/// the cause, whatever the error reads.
+#[derive(Debug, thiserror::Error)]
+#[error("the daemon had answered the connection's handshake")]
+struct AfterHandshake;
 
 /// What a command prints: the same answer in either format.
 struct Rendered {
@@ -135,6 +152,18 @@ async fn run(cli: Cli, token: cli::TokenSource) -> anyhow::Result<()> {
     if let Some(token) = token {
         client = client.authorized(token);
     }
+    let called = call(&client, prepared, cli.output).await;
+    called.map_err(|err| {
+        if err.is::<ClientError>() && client.handshake_answered() {
+            err.context(AfterHandshake)
+        } else {
+            err
+        }
+    })
+}
+
+/// Makes the command's call and prints its answer.
+async fn call(client: &Client, prepared: Prepared, output: OutputFormat) -> anyhow::Result<()> {
     let mut released = None;
     let rendered = match prepared {
         Prepared::ListPools => {
@@ -180,11 +209,11 @@ async fn run(cli: Cli, token: cli::TokenSource) -> anyhow::Result<()> {
         Prepared::Release(request_id, delete_volume) => {
             allocation(client.release(request_id, delete_volume).await?)
         }
-        Prepared::Watch => return watch::run(&client, cli.output).await,
+        Prepared::Watch => return watch::run(client, output).await,
         Prepared::Completions(_) => unreachable!("answered before connecting"),
     };
 
-    let text = match cli.output {
+    let text = match output {
         OutputFormat::Table => rendered.table,
         OutputFormat::Json => serde_json::to_string_pretty(&rendered.json)? + "\n",
     };

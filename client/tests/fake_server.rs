@@ -45,6 +45,11 @@ fn status(pool: api::Pool) -> api::PoolStatus {
 /// to see what the client sent.
 struct Fake;
 
+/// An Allocate whose request id is [`SLOW`] never answers; this is
+/// notified once one has arrived.
+static SLOW_ALLOCATE_ARRIVED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+const SLOW: &str = "slow-order";
+
 #[tonic::async_trait]
 impl api::warm_pool_server::WarmPool for Fake {
     async fn allocate(
@@ -52,6 +57,11 @@ impl api::warm_pool_server::WarmPool for Fake {
         request: Request<api::AllocateRequest>,
     ) -> Result<Response<api::AllocateResponse>, Status> {
         let r = request.into_inner();
+        if r.request_id == SLOW {
+            // A purchase waiting for a Ready instance.
+            SLOW_ALLOCATE_ARRIVED.notify_one();
+            futures::future::pending::<()>().await;
+        }
         Ok(Response::new(api::AllocateResponse {
             allocation: Some(api::Allocation {
                 request_id: r.request_id,
@@ -208,6 +218,18 @@ async fn start_fake() -> SocketAddr {
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     addr
+}
+
+/// [`start_fake`] in a runtime of its own: shutting it down ends the
+/// server and every connection at once, as killing a daemon does.
+async fn start_killable_fake() -> (SocketAddr, tokio::runtime::Runtime) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = runtime.spawn(start_fake()).await.unwrap();
+    (addr, runtime)
 }
 
 fn ctl(addr: impl std::fmt::Display) -> Command {
@@ -577,6 +599,52 @@ async fn a_watch_on_quiet_pools_stops_quietly_when_its_reader_leaves() {
         assert_eq!(stderr, "", "{format}");
         assert_eq!(out.status.code(), Some(0), "{format}");
     }
+}
+
+/// A daemon killed during a long Allocate: the connection worked (the
+/// daemon answered its HTTP/2 handshake), so the hint is not about TLS or
+/// the metrics port but about asking again for the same order.
+#[tokio::test]
+async fn a_connection_broken_mid_call_hints_at_asking_again() {
+    let (addr, daemon) = start_killable_fake().await;
+    let allocate = ctl(addr)
+        .args([
+            "allocate",
+            "--request-id",
+            SLOW,
+            "--tenant",
+            "t",
+            "--flavor",
+            "m1",
+        ])
+        .args(["--az", "az1", "--volume-size", "10", "--network", "net"])
+        .args(["--on-empty", "wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    SLOW_ALLOCATE_ARRIVED.notified().await;
+    daemon.shutdown_background();
+    // A bound for a hang, not a timing.
+    let out = tokio::time::timeout(Duration::from_secs(20), allocate.wait_with_output())
+        .await
+        .expect("allocate went on after the daemon was gone")
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    let hint = lines[1].strip_prefix("hint: ").unwrap_or_default();
+    assert!(
+        !hint.contains("TLS") && !hint.contains("metrics"),
+        "{stderr}"
+    );
+    assert!(
+        hint.contains(&format!("--request-id {SLOW}"))
+            && hint.contains(&format!("warmpoolctl get {SLOW}")),
+        "{stderr}"
+    );
 }
 
 /// A TCP proxy to `upstream` that can be frozen: from then on it passes
