@@ -223,7 +223,8 @@ pub struct PoolUpdateArgs {
     #[arg(long)]
     pub paused: Option<bool>,
     /// Replace the pool's operator windows with these (repeat for several),
-    /// e.g. "Mon-Fri 09:00-18:00 min 10".
+    /// e.g. "Mon-Fri 09:00-18:00 min 10" (UTC; append e.g. "UTC+02:00" for
+    /// an offset).
     #[arg(long = "window", value_name = "WINDOW", conflicts_with = "no_windows")]
     pub windows: Vec<String>,
     /// Remove every operator window.
@@ -1000,6 +1001,28 @@ mod tests {
         assert_eq!(spec.windows, ["daily 08:00-20:00 min 2"]);
         assert_eq!(spec.iops_limit, Some(500));
         assert_eq!(spec.volume_iops_limit, None);
+    }
+
+    /// Both --window helps say windows are read in UTC.
+    #[test]
+    fn window_help_names_the_zone() {
+        let cli = Cli::command();
+        let pools = cli.find_subcommand("pools").unwrap();
+        for sub in ["create", "update"] {
+            let window = pools
+                .find_subcommand(sub)
+                .unwrap()
+                .get_arguments()
+                .find(|a| a.get_id() == "windows")
+                .unwrap();
+            let help = window
+                .get_long_help()
+                .or(window.get_help())
+                .unwrap()
+                .to_string();
+            assert!(help.contains("(UTC;"), "{sub}: {help}");
+            assert!(help.contains("UTC+02:00"), "{sub}: {help}");
+        }
     }
 
     #[test]

@@ -255,7 +255,7 @@ pub fn pool_detail(pool: &api::Pool, now: SystemTime) -> String {
         ("image", cell(&spec.image)),
         ("min_ready", min_ready_detail(pool, &spec)),
         ("max_ready", spec.max_ready.to_string()),
-        ("windows", list_or_dash(&spec.windows)),
+        ("windows", windows_detail(&spec.windows)),
         ("target", target_setting(pool, &spec)),
         ("effective_target", pool.effective_target.to_string()),
         ("lead_time", lead_time_detail(pool)),
@@ -324,6 +324,30 @@ fn list_or_dash(items: &[String]) -> String {
         true => "-".to_owned(),
         false => items.join("; "),
     }
+}
+
+/// The windows, each with its zone: the server writes an offset after a
+/// window kept at one ("... min 2 UTC+02:00") and nothing after one in
+/// UTC, which a reader could take for local time.
+fn windows_detail(windows: &[String]) -> String {
+    let zoned: Vec<String> = windows
+        .iter()
+        .map(|w| {
+            let names_zone = w.split_whitespace().any(|token| {
+                let t = token.to_ascii_uppercase();
+                t.starts_with("UTC")
+                    || t == "Z"
+                    || (t.starts_with(['+', '-'])
+                        && t[1..].starts_with(|c: char| c.is_ascii_digit()))
+            });
+            if names_zone {
+                one_line(w)
+            } else {
+                format!("{} UTC", one_line(w))
+            }
+        })
+        .collect();
+    list_or_dash(&zoned)
 }
 
 fn opt_number(n: Option<impl std::fmt::Display>) -> String {
@@ -834,6 +858,24 @@ mod tests {
         assert!(text.contains(" 12/-/1/0 "), "{text}");
     }
 
+    /// Windows are read in UTC unless one names its own offset: the zone
+    /// shows on every one.
+    #[test]
+    fn pool_detail_names_the_zone_of_every_window() {
+        let mut pool = sample_pools()[0].clone();
+        pool.spec.as_mut().unwrap().windows = vec![
+            "Mon-Fri 09:00-18:00 min 10".into(),
+            "Sat 10:00-12:00 min 2 UTC+02:00".into(),
+        ];
+        let text = pool_detail(&pool, SystemTime::now());
+        assert!(
+            text.contains(
+                "windows:           Mon-Fri 09:00-18:00 min 10 UTC; Sat 10:00-12:00 min 2 UTC+02:00\n"
+            ),
+            "{text}"
+        );
+    }
+
     #[test]
     fn pool_detail_says_when_the_last_error_happened() {
         let mut pool = sample_pools()[0].clone();
@@ -953,7 +995,9 @@ mod tests {
         pool.sizing.get_or_insert_with(Default::default).window_min = Some(10);
         let text = pool_detail(&pool, SystemTime::now());
         assert!(
-            text.contains("windows:           Mon-Fri 09:00-18:00 min 10; Sat 10:00-12:00 min 4\n"),
+            text.contains(
+                "windows:           Mon-Fri 09:00-18:00 min 10 UTC; Sat 10:00-12:00 min 4 UTC\n"
+            ),
             "{text}"
         );
         assert!(text.contains("iops_limit:        500\n"), "{text}");
