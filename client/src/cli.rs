@@ -109,6 +109,10 @@ pub enum Command {
     Release(ReleaseArgs),
     /// Live view of every pool (depth, target, hit rate, lead time,
     /// throttling) and of pool events as they happen.
+    ///
+    /// TARGET "auto:N": the depth auto sizing computed from demand and boot
+    /// lead time (a plain N is fixed, or min-ready). LEAD P90 "~": a prior
+    /// estimate, no boot measured yet (or too few to outweigh it).
     Watch,
     /// Print a shell completion script, e.g.
     /// `warmpoolctl completions bash > /etc/bash_completion.d/warmpoolctl`.
@@ -122,6 +126,11 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum PoolsCommand {
     /// List pools.
+    ///
+    /// TARGET "auto:N": the depth auto sizing computed from demand and boot
+    /// lead time (a plain N is fixed, or min-ready). MIN "win:N": an open
+    /// operator window raises min-ready to N. LEAD P90 "~": a prior
+    /// estimate, no boot measured yet (or too few to outweigh it).
     List,
     /// Show one pool.
     Get(PoolKey),
@@ -1001,6 +1010,25 @@ mod tests {
         assert_eq!(spec.windows, ["daily 08:00-20:00 min 2"]);
         assert_eq!(spec.iops_limit, Some(500));
         assert_eq!(spec.volume_iops_limit, None);
+    }
+
+    /// The tables' markers are explained where the tables are asked for.
+    #[test]
+    fn table_markers_are_explained_in_the_help() {
+        let cli = Cli::command();
+        let long_about = |cmd: &clap::Command| {
+            cmd.get_long_about()
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+        };
+        let watch = long_about(cli.find_subcommand("watch").unwrap());
+        let pools = cli.find_subcommand("pools").unwrap();
+        let list = long_about(pools.find_subcommand("list").unwrap());
+        for (what, help) in [("watch", &watch), ("pools list", &list)] {
+            assert!(help.contains("\"auto:N\""), "{what}: {help}");
+            assert!(help.contains("\"~\""), "{what}: {help}");
+        }
+        assert!(list.contains("\"win:N\""), "{list}");
     }
 
     /// Both --window helps say windows are read in UTC.

@@ -266,7 +266,7 @@ pub fn pool_detail(pool: &api::Pool, now: SystemTime) -> String {
         ("quota", quota_detail(pool)),
         ("health", health_cell(pool)),
         ("boot_timeout", opt_duration(&spec.boot_timeout)),
-        ("max_age", opt_duration(&spec.max_age)),
+        ("max_age", max_age_detail(&spec.max_age)),
         ("iops_limit", opt_number(spec.iops_limit)),
         ("volume_iops_limit", opt_number(spec.volume_iops_limit)),
         (
@@ -365,6 +365,14 @@ fn target_setting(pool: &api::Pool, spec: &api::PoolSpec) -> String {
     }
 }
 
+/// Unset or 0, Ready instances are never recycled for their age.
+fn max_age_detail(max_age: &Option<prost_types::Duration>) -> String {
+    match max_age {
+        Some(d) if d.seconds != 0 || d.nanos != 0 => duration_short(d),
+        _ => "never".to_owned(),
+    }
+}
+
 fn lead_time_detail(pool: &api::Pool) -> String {
     let Some(s) = &pool.sizing else {
         return "-".to_owned();
@@ -382,15 +390,30 @@ fn demand_detail(pool: &api::Pool) -> String {
     let Some(s) = &pool.sizing else {
         return "-".to_owned();
     };
-    // Per hour: purchases of databases are counted in tens, not fractions.
-    let hourly = |per_second: f64| format!("{:.1}/h", per_second * 3600.0);
     format!(
         "forecast {} (short {}, long {}); {:.2} per lead time",
-        hourly(s.demand_forecast_per_second),
-        hourly(s.demand_short_per_second),
-        hourly(s.demand_long_per_second),
+        demand_rate(s.demand_forecast_per_second),
+        demand_rate(s.demand_short_per_second),
+        demand_rate(s.demand_long_per_second),
         s.demand_in_lead_time
     )
+}
+
+/// A demand rate per hour, or per day below 0.1/h, with two significant
+/// digits at least: auto sizing works from the rate itself, and a pool
+/// selling a few times a day would read "0.0/h", no demand at all.
+fn demand_rate(per_second: f64) -> String {
+    let per_hour = per_second * 3600.0;
+    if per_hour.is_nan() || per_hour <= 0.0 || per_hour >= 1.0 {
+        format!("{per_hour:.1}/h")
+    } else if per_hour >= 0.1 {
+        format!("{per_hour:.2}/h")
+    } else {
+        let per_day = per_hour * 24.0;
+        // As many decimals as put two significant digits after the zeros.
+        let decimals = usize::try_from(1 - per_day.log10().floor() as i64).unwrap_or(0);
+        format!("{per_day:.decimals$}/d")
+    }
 }
 
 fn service_level_detail(pool: &api::Pool) -> String {
@@ -874,6 +897,40 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    /// A pool selling a few times a day keeps a rate auto sizing works
+    /// from: it must not read as no demand at all.
+    #[test]
+    fn small_demand_rates_keep_two_significant_digits() {
+        let per_hour = |h: f64| h / 3600.0;
+        assert_eq!(demand_rate(per_hour(0.03)), "0.72/d");
+        assert_eq!(demand_rate(per_hour(0.0012)), "0.029/d");
+        assert_eq!(demand_rate(per_hour(0.09)), "2.2/d");
+        assert_eq!(demand_rate(per_hour(0.5)), "0.50/h");
+        assert_eq!(demand_rate(per_hour(2.345)), "2.3/h");
+        assert_eq!(demand_rate(per_hour(36.0)), "36.0/h");
+        assert_eq!(demand_rate(0.0), "0.0/h");
+
+        let mut pool = sample_pools()[0].clone();
+        let sizing = pool.sizing.get_or_insert_with(Default::default);
+        sizing.demand_forecast_per_second = per_hour(0.03);
+        let text = pool_detail(&pool, SystemTime::now());
+        assert!(
+            text.contains("demand:            forecast 0.72/d ("),
+            "{text}"
+        );
+    }
+
+    /// max_age unset (or 0) means Ready instances are never recycled.
+    #[test]
+    fn an_unset_max_age_reads_never() {
+        let mut pool = sample_pools()[0].clone();
+        for never in [None, Some(prost_types::Duration::default())] {
+            pool.spec.as_mut().unwrap().max_age = never;
+            let text = pool_detail(&pool, SystemTime::now());
+            assert!(text.contains("max_age:           never\n"), "{text}");
+        }
     }
 
     #[test]

@@ -883,7 +883,7 @@ async fn pool_admin_commands() {
     assert_eq!(created["boot_timeout"], "2m");
     // Not given: the server's default, as for a pool the API or the config
     // file creates (never recycled).
-    assert_eq!(created["max_age"], "-");
+    assert_eq!(created["max_age"], "never");
     wait_pools_at_target(ep, &["db.large@az2"]).await;
 
     let updated = run(
