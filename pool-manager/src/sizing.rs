@@ -42,7 +42,8 @@
 //!   slow boot finishes.
 //! - [`Demand`]: short and long EWMAs of allocations. The forecast is the
 //!   larger of the two, and it is *held*: a burst lifts it at once, a quiet
-//!   spell lowers it only after `cooldown` without a new high.
+//!   spell lowers it only after `cooldown` without a new high, and from
+//!   then on it follows the estimate down until the next high.
 //! - [`decide`]: inputs (spec, supply, estimates, what the throttle gate
 //!   allows) -> [`BootPlan`] `{ target, boots_now, reason }`. Golden tests in
 //!   `tests/sizing.rs`.
@@ -506,7 +507,11 @@ impl DemandEstimate {
 pub struct Demand {
     short: RateEwma,
     long: RateEwma,
+    /// The forecast last given: a high held through its cooldown, then
+    /// the estimate it follows down.
     held: f64,
+    /// When the last new high was reached; a lower estimate is the
+    /// forecast once it is a cooldown old.
     held_at: Option<Instant>,
     cooldown: Duration,
     /// Allocations recorded, ever.
@@ -536,9 +541,14 @@ impl Demand {
     /// The rates at `now`, updating the held forecast.
     pub fn estimate(&mut self, now: Instant) -> DemandEstimate {
         let (estimate, moved) = self.at(now);
-        if moved {
+        if let Some(moved) = moved {
             self.held = estimate.forecast;
-            self.held_at = Some(now);
+            // Only a new high starts a cooldown: once one ran out the
+            // forecast follows the estimate down, not in steps of one
+            // cooldown each.
+            if moved == Moved::Up {
+                self.held_at = Some(now);
+            }
         }
         estimate
     }
@@ -573,16 +583,26 @@ impl Demand {
         self.at(now).0
     }
 
-    /// The estimate at `now`, and whether the held forecast moves to it.
-    fn at(&self, now: Instant) -> (DemandEstimate, bool) {
+    /// The estimate at `now`, and whether (and how) the held forecast
+    /// moves to it.
+    fn at(&self, now: Instant) -> (DemandEstimate, Option<Moved>) {
         let short = self.short.rate_at(now);
         let long = self.long.rate_at(now);
         let current = short.max(long);
         let cooled = self
             .held_at
             .is_none_or(|at| now.saturating_duration_since(at) >= self.cooldown);
-        let moved = current >= self.held || cooled;
-        let forecast = if moved { current } else { self.held };
+        // Strictly above: the estimate read twice at one instant is no new
+        // high, and must not restart the cooldown of a forecast following
+        // it down.
+        let moved = if current > self.held || self.held_at.is_none() {
+            Some(Moved::Up)
+        } else if current == self.held || cooled {
+            Some(Moved::Down)
+        } else {
+            None
+        };
+        let forecast = if moved.is_some() { current } else { self.held };
         (
             DemandEstimate {
                 short,
@@ -592,6 +612,15 @@ impl Demand {
             moved,
         )
     }
+}
+
+/// How the held demand forecast moves to the estimate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Moved {
+    /// A new high: held for a cooldown from now.
+    Up,
+    /// Down (or level), the cooldown of the last high over.
+    Down,
 }
 
 // ---- target and decider -----------------------------------------------------
@@ -893,8 +922,9 @@ pub struct LearnedSizing {
     /// The demand EWMAs at `saved_at`, purchases per second.
     pub demand_short: f64,
     pub demand_long: f64,
-    /// The held forecast, and how long it had been held at `saved_at`
-    /// (`None`: not held).
+    /// The held forecast, and how long before `saved_at` its last new high
+    /// was reached (`None`: none yet); past a cooldown the forecast follows
+    /// the estimate.
     pub demand_held: f64,
     pub held_for: Option<Duration>,
     pub allocations: u64,

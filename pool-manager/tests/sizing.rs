@@ -633,6 +633,25 @@ fn demand_steady_burst_and_cooldown() {
     assert_eq!(after, peeked);
     assert!(after.forecast < burst.forecast / 2.0, "{after:?}");
     assert_eq!(after.forecast, after.short.max(after.long));
+    // It goes on following the estimate: a minute later it is lower still,
+    // not held at the value it reached for another cooldown (it fell in
+    // steps of one cooldown each).
+    let later = demand.estimate(t + secs(961));
+    assert!(later.forecast < after.forecast, "{later:?} {after:?}");
+    assert_eq!(later.forecast, later.short.max(later.long));
+    // A new high is held again for a whole cooldown.
+    for i in 0..30 {
+        let at = t + secs(1000 + 2 * i);
+        demand.record(at, at);
+    }
+    let high = demand.estimate(t + secs(1060));
+    assert!(high.forecast > later.forecast * 2.0, "{high:?}");
+    assert_eq!(high.forecast, high.short);
+    let held = demand.estimate(t + secs(1060 + 600));
+    assert!(held.short < high.short / 3.0, "{held:?}");
+    assert_eq!(held.forecast, high.forecast);
+    let cooled = demand.estimate(t + secs(1060 + 901));
+    assert_eq!(cooled.forecast, cooled.short.max(cooled.long));
 
     // A purchase reported late (a cold boot finishes minutes after it began)
     // counts with the weight of when it started.
