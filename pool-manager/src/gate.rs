@@ -61,7 +61,10 @@
 //!   counts as one server of the flavor asked about), and so are purchases
 //!   waiting for quota, each as one server of its flavor: they are first
 //!   in line, speculative refills get what is left. At zero,
-//!   speculative refills stop until the next poll. When the limits call
+//!   speculative refills stop until the next poll (the hold ends when it
+//!   is due: a pool that wants boots then polls again before it boots,
+//!   and a pool at its target, which does not poll, is not shown held by
+//!   an answer gone stale). When the limits call
 //!   fails, nothing is capped and the refusal-driven pause below still
 //!   applies: a `QuotaExceeded` stops speculative refills in every AZ for a
 //!   backoff that doubles while the cloud keeps refusing and resets after a
@@ -523,10 +526,14 @@ impl Gate {
             .filter(|u| *u > now)
             .map(|until| Hold::Throttled { until });
         if throttled.is_none() && refill_headroom == Some(0) {
-            // Nothing to boot until the next poll can show freed quota.
-            return Some(Hold::Quota {
-                until: self.headroom_due_at(flavor, now),
-            });
+            // Nothing to boot until the next poll can show freed quota. A
+            // poll that is due holds nothing: only a pool that wants boots
+            // polls (before it boots), so a hold kept past it would show a
+            // pool at its target paused, by a pause over, for good.
+            let due = self.headroom_due_at(flavor, now);
+            if due > now {
+                return Some(Hold::Quota { until: due });
+            }
         }
         throttled
     }

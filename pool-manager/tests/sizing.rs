@@ -907,6 +907,33 @@ fn room(servers: u64) -> BootHeadroom {
     BootHeadroom::room(servers, "instances".into())
 }
 
+/// A headroom of 0 holds speculative boots until the next poll can show
+/// freed quota; only a pool that wants boots polls again, so one at its
+/// target kept the hold of a poll long past: QUOTA_PAUSED ending in the
+/// past (`quota:0ms`) and a quota hold metric of 1 for good, also once
+/// the quota freed. A poll that is due holds nothing: a pool that wants
+/// boots polls again before it boots.
+#[test]
+fn a_headroom_poll_that_is_due_holds_nothing() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings::default());
+    g.headroom_polled("db.small", g.boots_started(), room(0), 0, t0);
+    assert_eq!(
+        g.admission("az1", "db.small", t0 + secs(1)).hold,
+        Some(Hold::Quota {
+            until: t0 + DEFAULT_HEADROOM_INTERVAL
+        }),
+        "held until the next poll"
+    );
+    let late = t0 + secs(3600);
+    let hold = g.status("az1", "db.small", late).hold;
+    assert!(hold.is_none_or(|h| h.until() > late), "{hold:?}");
+    assert_eq!(g.admission("az1", "db.small", late).hold, None);
+    assert!(g.headroom_due("db.small", late));
+    // The cap itself stays until a poll says otherwise.
+    assert_eq!(g.admission("az1", "db.small", late).headroom, Some(0));
+}
+
 /// Boots started while a headroom poll was on its way may be missing from
 /// the cloud's answer: they are taken from the headroom it gives.
 #[test]
