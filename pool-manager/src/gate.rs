@@ -3,8 +3,9 @@
 //! but they count toward the load it sees.
 //!
 //! - **Retry-After.** A 429/413 seen by any boot pauses *new* boots in that
-//!   AZ until the time the cloud named, stretched by a random factor in
-//!   `[1, 1 + jitter]` so pools do not return in lockstep. (Single calls are
+//!   AZ until the time the cloud named, stretched for each pool by its own
+//!   random factor in `[1, 1 + jitter]` (drawn once per pause, when the
+//!   pool first asks) so the AZ's pools do not return in lockstep. (Single calls are
 //!   retried after Retry-After by `Shared::retry`; the gate keeps the
 //!   replenisher from adding calls meanwhile.) The window halves once per
 //!   throttling episode.
@@ -169,7 +170,8 @@ impl GateSettings {
 /// Why new boots wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Hold {
-    /// The AZ saw a 429/413; new boots wait until `until`.
+    /// The AZ saw a 429/413; new boots of the pool wait until `until`
+    /// (its own end of the AZ's pause).
     Throttled { until: Instant },
     /// The cloud refused for quota, or its limits leave no headroom;
     /// speculative boots wait until `until`.
@@ -300,7 +302,7 @@ struct AzState {
     samples: VecDeque<f64>,
     /// Set while slow start is conservative (latency started to rise).
     css: Option<Css>,
-    paused_until: Option<Instant>,
+    pause: Option<Pause>,
     last_decrease: Option<Instant>,
     /// When the boots in flight first fitted the window again after the last
     /// decrease: only boots started from then on show the smaller window's
@@ -308,6 +310,50 @@ struct AzState {
     settled_at: Option<Instant>,
     throttled: u64,
     decreases: u64,
+}
+
+/// An AZ's Retry-After pause of new boots.
+#[derive(Clone, Debug)]
+struct Pause {
+    /// When the longest Retry-After named in the episode ends.
+    until: Instant,
+    /// That Retry-After: what each pool's factor stretches.
+    named: Duration,
+    /// Per flavor (one pool of the AZ each), the factor in `[1, 1 +
+    /// jitter]` its pause is stretched by, drawn when it first asks.
+    stretch: BTreeMap<String, f64>,
+}
+
+impl Pause {
+    /// When the pause of `flavor`'s pool ends, if after `now`.
+    fn end_for(
+        &mut self,
+        flavor: &str,
+        jitter: f64,
+        rng: &mut StdRng,
+        now: Instant,
+    ) -> Option<Instant> {
+        let (until, named) = (self.until, self.named);
+        let end = |stretch: f64| deadline_after(until, named.mul_f64(stretch - 1.0));
+        // Past the latest end a pool may have: nothing to draw.
+        if end(1.0 + jitter) <= now {
+            return None;
+        }
+        let stretch = *self
+            .stretch
+            .entry(flavor.to_string())
+            .or_insert_with(|| stretch(rng, jitter));
+        Some(end(stretch)).filter(|end| *end > now)
+    }
+}
+
+/// A factor in `[1, 1 + jitter]` a pause is stretched by.
+fn stretch(rng: &mut StdRng, jitter: f64) -> f64 {
+    if jitter > 0.0 {
+        1.0 + rng.gen_range(0.0..=jitter)
+    } else {
+        1.0
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -499,7 +545,7 @@ impl Gate {
             delivered: VecDeque::new(),
             samples: VecDeque::new(),
             css: None,
-            paused_until: None,
+            pause: None,
             last_decrease: None,
             settled_at: None,
             throttled: 0,
@@ -510,7 +556,7 @@ impl Gate {
     /// The hold on speculative boots of `flavor` in `az`, given the
     /// flavor's [`Self::refill_headroom`].
     fn hold(
-        &self,
+        &mut self,
         az: &str,
         flavor: &str,
         refill_headroom: Option<u64>,
@@ -519,11 +565,12 @@ impl Gate {
         if let Some(until) = self.quota.paused_until.filter(|u| *u > now) {
             return Some(Hold::Quota { until });
         }
+        let jitter = self.jitter();
         let throttled = self
             .azs
-            .get(az)
-            .and_then(|s| s.paused_until)
-            .filter(|u| *u > now)
+            .get_mut(az)
+            .and_then(|s| s.pause.as_mut())
+            .and_then(|pause| pause.end_for(flavor, jitter, &mut self.rng, now))
             .map(|until| Hold::Throttled { until });
         if throttled.is_none() && refill_headroom == Some(0) {
             // Nothing to boot until the next poll can show freed quota. A
@@ -809,21 +856,28 @@ impl Gate {
     /// and never more than twice [`MAX_RETRY_AFTER`], whatever the cloud
     /// sent.
     pub fn retry_pause(&mut self, retry_after: Option<Duration>) -> Duration {
-        let base = retry_after
+        let jitter = self.jitter();
+        self.named_pause(retry_after)
+            .mul_f64(stretch(&mut self.rng, jitter))
+    }
+
+    /// The pause a 429/413's Retry-After names, before jitter: it, or the
+    /// default for none or a zero one, within [`MIN_RETRY_PAUSE`] and
+    /// [`MAX_RETRY_AFTER`].
+    fn named_pause(&self, retry_after: Option<Duration>) -> Duration {
+        retry_after
             .filter(|after| !after.is_zero())
             .unwrap_or(self.settings.default_retry_after)
-            .clamp(MIN_RETRY_PAUSE, MAX_RETRY_AFTER);
+            .clamp(MIN_RETRY_PAUSE, MAX_RETRY_AFTER)
+    }
+
+    /// The jitter setting, within `[0, 1]`.
+    fn jitter(&self) -> f64 {
         // NaN fails the guard (`clamp` would keep it and `gen_range` panic).
-        let jitter = match self.settings.retry_after_jitter {
+        match self.settings.retry_after_jitter {
             j if j > 0.0 => j.min(1.0),
             _ => 0.0,
-        };
-        let factor = if jitter > 0.0 {
-            1.0 + self.rng.gen_range(0.0..=jitter)
-        } else {
-            1.0
-        };
-        base.mul_f64(factor)
+        }
     }
 
     /// A boot of `flavor` starts in `az`; `gated` when the replenisher
@@ -918,18 +972,35 @@ impl Gate {
     }
 
     /// The cloud answered 429/413 to a call made for a boot in `az`.
+    /// New boots there wait out the Retry-After, each pool's stretched by
+    /// its own factor (drawn once per pause), so they do not come back
+    /// together.
     pub fn throttled(&mut self, az: &str, retry_after: Option<Duration>, now: Instant) {
         if !self.settings.enabled {
             return;
         }
-        let until = now + self.retry_pause(retry_after);
+        let named = self.named_pause(retry_after);
+        let until = deadline_after(now, named);
         let min_window = f64::from(self.settings.min_window.max(1));
         let state = self.az(az);
         state.throttled += 1;
-        let episode_start = state.paused_until.is_none_or(|u| u <= now);
-        state.paused_until = Some(state.paused_until.map_or(until, |u| u.max(until)));
-        if episode_start {
-            decrease(state, min_window, now);
+        match &mut state.pause {
+            // The same episode: a longer wait named extends it; the
+            // factors drawn stay.
+            Some(pause) if pause.until > now => {
+                if until > pause.until {
+                    pause.until = until;
+                    pause.named = named;
+                }
+            }
+            _ => {
+                state.pause = Some(Pause {
+                    until,
+                    named,
+                    stretch: BTreeMap::new(),
+                });
+                decrease(state, min_window, now);
+            }
         }
     }
 

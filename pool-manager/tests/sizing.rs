@@ -744,6 +744,57 @@ fn retry_after_pauses_new_boots_in_that_az_with_jitter() {
     assert_eq!((status.enabled, status.window), (false, None), "{status:?}");
 }
 
+/// The pools of a throttled AZ come back each at its own time: the AZ's
+/// pause stretched by a factor drawn per pool once per pause. They all
+/// woke at the one jittered end of the AZ's pause, in lockstep.
+#[test]
+fn pools_of_a_throttled_az_come_back_at_different_times() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings {
+        retry_after_jitter: 0.2,
+        ..GateSettings::default()
+    });
+    g.throttled("az1", Some(secs(10)), t0);
+    let end = |g: &mut Gate, flavor: &str, at: Instant| {
+        let hold = g.admission("az1", flavor, at).hold;
+        let Some(Hold::Throttled { until }) = hold else {
+            panic!("{flavor} not paused: {hold:?}")
+        };
+        until
+    };
+    let small = end(&mut g, "db.small", t0 + secs(1));
+    let medium = end(&mut g, "db.medium", t0 + secs(1));
+    assert_ne!(small, medium, "one end for every pool of the AZ");
+    for until in [small, medium] {
+        assert!(
+            until >= t0 + secs(10) && until <= t0 + secs(12),
+            "jitter within 20 %"
+        );
+    }
+    // Drawn once per pause: asked again, and in the status, a pool's end
+    // stays.
+    assert_eq!(end(&mut g, "db.small", t0 + secs(2)), small);
+    assert_eq!(
+        g.status("az1", "db.medium", t0 + secs(2)).hold,
+        Some(Hold::Throttled { until: medium })
+    );
+    // Each pool's pause ends at its own end, not before.
+    let (first, last) = (small.min(medium), small.max(medium));
+    let flavor_last = if small > medium {
+        "db.small"
+    } else {
+        "db.medium"
+    };
+    let flavor_first = if small > medium {
+        "db.medium"
+    } else {
+        "db.small"
+    };
+    assert_eq!(g.admission("az1", flavor_first, first).hold, None);
+    assert_eq!(end(&mut g, flavor_last, first), last);
+    assert_eq!(g.admission("az1", flavor_last, last).hold, None);
+}
+
 #[test]
 fn an_absurd_retry_after_pauses_for_at_most_the_cap() {
     let t0 = Instant::now();
