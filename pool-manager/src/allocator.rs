@@ -798,11 +798,15 @@ impl Shared {
     /// Calls the cloud through [`Shared::retry`] (Retry-After honoured, never
     /// past `deadline`), stretching each Retry-After by the gate's seeded
     /// jitter so that allocations throttled together do not come back
-    /// together.
+    /// together. A purchase's call names its pool's zone (`az`): a 429/413
+    /// to it pauses new boots there as a boot's does (the gate counts it,
+    /// and refills stop adding calls to a cloud turning purchases away),
+    /// while the purchase waits out its own pause.
     async fn patiently<T, F, Fut>(
         &self,
         deadline: Instant,
         repeat: Repeat,
+        az: Option<&str>,
         mut call: F,
     ) -> Result<T, CloudError>
     where
@@ -817,11 +821,17 @@ impl Shared {
                         retry_after,
                         message,
                         unavailable,
-                    }) => Err(CloudError::Throttled {
-                        retry_after: Some(gate::lock(&self.gate).retry_pause(retry_after)),
-                        message,
-                        unavailable,
-                    }),
+                    }) => {
+                        let mut gate = gate::lock(&self.gate);
+                        if let Some(az) = az {
+                            gate.throttled(az, retry_after, Instant::now());
+                        }
+                        Err(CloudError::Throttled {
+                            retry_after: Some(gate.retry_pause(retry_after)),
+                            message,
+                            unavailable,
+                        })
+                    }
                     // Hidden from `retry` inside Ok so that it is not repeated.
                     Err(e) if repeat == Repeat::ThrottledOnly => Ok(Err(e)),
                     Err(e) => Err(e),
@@ -840,6 +850,7 @@ impl Shared {
     async fn create_doubting<T, F, Fut>(
         &self,
         deadline: Instant,
+        az: &str,
         mut create: F,
     ) -> (Result<T, CloudError>, bool)
     where
@@ -848,7 +859,7 @@ impl Shared {
     {
         let in_doubt = std::sync::atomic::AtomicBool::new(false);
         let created = self
-            .patiently(deadline, Repeat::Retryable, || {
+            .patiently(deadline, Repeat::Retryable, Some(az), || {
                 let attempt = create();
                 let in_doubt = &in_doubt;
                 async move {
@@ -2230,8 +2241,9 @@ impl Shared {
         // failure there is the instance's, and the next Ready one is the
         // faster way forward. A 429 is no failure (the cloud did nothing):
         // wait it out and ask again.
+        let az = record.get().await.params.pool.availability_zone;
         let attached = self
-            .patiently(deadline, Repeat::ThrottledOnly, || {
+            .patiently(deadline, Repeat::ThrottledOnly, Some(&az), || {
                 calls.send(self.cloud.attach_volume(server_id, &volume_id))
             })
             .await;
@@ -2298,7 +2310,9 @@ impl Shared {
                     )]),
                 };
                 let (volume, in_doubt) = self
-                    .create_doubting(deadline, || self.cloud.create_volume(&spec))
+                    .create_doubting(deadline, &params.pool.availability_zone, || {
+                        self.cloud.create_volume(&spec)
+                    })
                     .await;
                 self.note_create_in_doubt(record, in_doubt).await?;
                 let volume = volume.map_err(|e| creation_refused("volume", e))?;
@@ -2527,7 +2541,8 @@ impl Shared {
         calls: &AttachCalls,
     ) -> Result<String, AttemptError> {
         let port_id = self.port_for(record, deadline).await?;
-        self.patiently(deadline, Repeat::ThrottledOnly, || {
+        let az = record.get().await.params.pool.availability_zone;
+        self.patiently(deadline, Repeat::ThrottledOnly, Some(&az), || {
             calls.send(self.cloud.attach_port(server_id, &port_id))
         })
         .await
@@ -2571,7 +2586,9 @@ impl Shared {
                     fixed_ip: allocation.params.network.fixed_ip.clone(),
                 };
                 let (port, in_doubt) = self
-                    .create_doubting(deadline, || self.cloud.create_port(&spec))
+                    .create_doubting(deadline, &allocation.params.pool.availability_zone, || {
+                        self.cloud.create_port(&spec)
+                    })
                     .await;
                 self.note_create_in_doubt(record, in_doubt).await?;
                 let port = port.map_err(|e| creation_refused("port", e))?;
@@ -3065,7 +3082,8 @@ impl Shared {
         let mut seen_detached = false;
         loop {
             let refused = match self
-                .patiently(deadline, Repeat::Retryable, || {
+                // A cleanup, no purchase: its zone's boots do not wait.
+                .patiently(deadline, Repeat::Retryable, None, || {
                     self.cloud.delete_volume(volume_id)
                 })
                 .await

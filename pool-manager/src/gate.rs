@@ -2,8 +2,8 @@
 //! boots may start now. Purchases (cold boots) are never held back by it,
 //! but they count toward the load it sees.
 //!
-//! - **Retry-After.** A 429/413 seen by any boot pauses *new* boots in that
-//!   AZ until the time the cloud named, stretched for each pool by its own
+//! - **Retry-After.** A 429/413 seen by any boot, or by a purchase's
+//!   calls (its creates and attaches), pauses *new* boots in that AZ until the time the cloud named, stretched for each pool by its own
 //!   random factor in `[1, 1 + jitter]` (drawn once per pause, when the
 //!   pool first asks) so the AZ's pools do not return in lockstep. (Single calls are
 //!   retried after Retry-After by `Shared::retry`; the gate keeps the
@@ -971,7 +971,8 @@ impl Gate {
         observe_build(state, &settings, ticket, peak, build, now);
     }
 
-    /// The cloud answered 429/413 to a call made for a boot in `az`.
+    /// The cloud answered 429/413 to a call made for a boot or a purchase
+    /// in `az`.
     /// New boots there wait out the Retry-After, each pool's stretched by
     /// its own factor (drawn once per pause), so they do not come back
     /// together.

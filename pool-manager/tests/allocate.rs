@@ -2266,6 +2266,47 @@ async fn throttled_attach_and_create_calls_wait_out_retry_after_on_the_same_inst
     assert_consistent(&sim, &manager).await;
 }
 
+/// A purchase's 429/413 is one the AZ's gate sees, as a boot's is: new
+/// boots there wait (the cloud named how long), and GetPool counts it in
+/// `throttled_responses` ("429/413 answers seen in the AZ"). The purchase
+/// itself waits out its own Retry-After and goes on with the instance it
+/// has. It never told the gate: refills kept adding calls to a cloud
+/// that was turning a purchase away.
+#[tokio::test(start_paused = true)]
+async fn a_purchases_429_pauses_new_boots_in_its_zone() {
+    use pool_manager::gate::Hold;
+    let sim = sim();
+    let first = AtomicBool::new(true);
+    let cloud = GatedCloud::with_fault(&sim, move |method| {
+        (method == "attach_volume" && first.swap(false, Ordering::SeqCst)).then(|| {
+            pool_manager::cloud::CloudError::Throttled {
+                retry_after: Some(Duration::from_secs(60)),
+                message: "attach_volume: slow down".into(),
+                unavailable: false,
+            }
+        })
+    });
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let gate = manager.get_pool(&pool()).await.unwrap().sizing.gate;
+    assert_eq!((gate.throttled, gate.hold), (0, None), "{gate:?}");
+    let mut order = request("order-wait-429", new_volume(), EmptyPoolPolicy::Wait);
+    order.timeout = Some(Duration::from_secs(600));
+    let buyer = manager.clone();
+    let purchase = tokio::spawn(async move { buyer.allocate(order).await });
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let gate = manager.get_pool(&pool()).await.unwrap().sizing.gate;
+    assert_eq!(gate.throttled, 1, "{gate:?}");
+    assert!(
+        matches!(gate.hold, Some(Hold::Throttled { until }) if until >= tokio::time::Instant::now() + Duration::from_secs(40)),
+        "{gate:?}"
+    );
+    let allocation = purchase.await.unwrap().unwrap();
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    assert!(allocation.warm_hit);
+    assert_eq!(sim.call_counts().get("attach_volume"), Some(&1));
+    assert_consistent(&sim, &manager).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_retry_after_past_the_deadline_fails_the_request_without_sleeping_through_it() {
     let (sim, manager) = throttled_at_first(Duration::from_secs(600), 2).await;
