@@ -481,7 +481,11 @@ impl Shared {
             now,
             settings,
         );
-        let mut due = Retirements::over_cap(&census, pool.spec.max_ready, replaced, target);
+        let mut due = Retirements::over_cap(&census, pool.spec.max_ready, replaced, target)
+            .sized_from(
+                demand.forecast.max(0.0) * lead.p90.as_secs_f64(),
+                demand.forecast,
+            );
         if surplus_outlasted {
             due = due.down_to(keep, &census);
         }
@@ -628,6 +632,7 @@ impl Shared {
             outdated: mut outdated_over_cap,
             mut above_target,
             keep,
+            sized,
         } = due;
         let mut ready: Vec<&Instance> = instances
             .iter()
@@ -664,6 +669,17 @@ impl Shared {
                 return Ok(());
             };
             let max_ready = current.spec.max_ready;
+            // The target and the keep of the pool as it is now: raised
+            // (min_ready, a window opening) while a delete ran, they keep
+            // what the step would otherwise delete and the next boot back.
+            let (target, keep) = match sized {
+                Some(sized) => {
+                    let settings = &self.settings.sizing;
+                    let wall = self.sizing_book().wall_now(settings);
+                    sized.target_and_keep(&current.spec, wall, settings)
+                }
+                None => (target, keep),
+            };
             let (fresh, outdated) = (census.fresh_ready(), census.outdated);
             let still_due = match cause {
                 Retirement::Replaced(_) => fresh >= target,
@@ -1697,6 +1713,46 @@ struct Retirements {
     /// The fresh ones a lasting surplus leaves ([`sizing::surplus_kept`]),
     /// judged again before each such retirement.
     keep: u32,
+    /// What `target` and `keep` were sized from, to size them again for
+    /// the pool's spec when each retirement's turn comes; `None`: they
+    /// stay (a paused pool's step retires nothing for them).
+    sized: Option<SizedFrom>,
+}
+
+/// The estimates a step sized its pool's target from.
+#[derive(Clone, Copy, Debug)]
+struct SizedFrom {
+    /// D: the demand forecast x the lead time p90.
+    demand_in_lead: f64,
+    /// Allocations per second the target is sized for.
+    forecast: f64,
+}
+
+impl SizedFrom {
+    /// The target and the fresh Ready instances a lasting surplus keeps,
+    /// for `spec` at `wall` (an open window raises its floor), as a
+    /// replenish step sizes them.
+    fn target_and_keep(
+        &self,
+        spec: &PoolSpec,
+        wall: SystemTime,
+        settings: &sizing::SizingSettings,
+    ) -> (u32, u32) {
+        let target = sizing::target_for(
+            spec.min_ready_at(wall),
+            spec.max_ready,
+            spec.target,
+            self.demand_in_lead,
+            settings.service_level,
+        );
+        let keep = sizing::surplus_kept(
+            target,
+            self.forecast,
+            settings.cooldown,
+            settings.service_level,
+        );
+        (target, keep)
+    }
 }
 
 /// A pool's untouched instances, counted for a step.
@@ -1746,6 +1802,19 @@ impl Retirements {
             outdated: (fresh_ready + census.outdated).saturating_sub(max_ready),
             above_target: 0,
             keep: target,
+            sized: None,
+        }
+    }
+
+    /// Judged against the target sized from these estimates, again before
+    /// each retirement.
+    fn sized_from(self, demand_in_lead: f64, forecast: f64) -> Self {
+        Retirements {
+            sized: Some(SizedFrom {
+                demand_in_lead,
+                forecast,
+            }),
+            ..self
         }
     }
 

@@ -825,6 +825,38 @@ async fn ready_instances_above_the_target_for_a_cooldown_are_retired() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A lasting surplus is retired down to what the pool keeps as it is when
+/// each retirement's turn comes: min_ready raised while the step waited
+/// on an earlier delete (a cloud call; an operator window opening is the
+/// same) keeps the rest. The step used to delete down to the keep it
+/// began with (2 here), and the next step booted 13 back.
+#[tokio::test(start_paused = true)]
+async fn raising_min_ready_mid_surplus_retirement_keeps_the_rest() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_over(&cloud, temp_store(), 20).await;
+    let first = ready_ids(&manager).await;
+    assert_eq!(first.len(), 20);
+    let deleting = cloud.hold_next("delete_server", At::Before);
+    set_target(&manager, 2).await;
+    // After a cooldown the surplus above 2 goes; its first delete waits.
+    deleting.reached().await;
+    sim.reset_call_counts();
+    manager
+        .update_pool(&pool(), |s| s.min_ready = 15)
+        .await
+        .unwrap();
+    deleting.release();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let kept = ready_ids(&manager).await;
+    assert_eq!(kept.len(), 15, "{kept:?}");
+    assert!(kept.is_subset(&first), "none was booted back");
+    let calls = sim.call_counts();
+    assert_eq!(calls.get("create_server"), None, "{calls:?}");
+    assert_eq!(sim.servers().len(), 15);
+    assert_consistent(&sim, &manager).await;
+}
+
 async fn set_target(manager: &pool_manager::PoolManager, target: u32) {
     manager
         .update_pool(&pool(), move |s| {
