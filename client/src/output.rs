@@ -352,7 +352,9 @@ pub struct GateView {
     state: String,
     paused_until: Option<String>,
     pause_remaining: Option<String>,
-    /// `null` when the gate is disabled: nothing limits boots to a window.
+    /// The AZ's AIMD window, fractional as it grows: the AZ admits its
+    /// floor in builds. `null` when the gate is disabled: nothing limits
+    /// boots to a window.
     window: Option<f64>,
     in_flight: u32,
     gated_in_flight: u32,

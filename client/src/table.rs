@@ -427,10 +427,18 @@ fn throttle_detail(pool: &api::Pool, now: SystemTime) -> String {
     let Some(g) = pool.sizing.as_ref().and_then(|s| s.gate.as_ref()) else {
         return "-".to_owned();
     };
-    // No window with the gate off: nothing limits boots to one.
-    let window = g
-        .window
-        .map_or_else(String::new, |w| format!(", window {w:.1}"));
+    // No window with the gate off: nothing limits boots to one. The AIMD
+    // window grows by fractions, and the AZ admits its floor: rounded, 8.75
+    // would read as room for 9.
+    let window = g.window.map_or_else(String::new, |w| {
+        let admits = w.floor();
+        if w == admits {
+            format!(", window {admits}")
+        } else {
+            let shown = (w * 100.0).floor() / 100.0;
+            format!(", window {shown:.2} (admits {admits})")
+        }
+    });
     format!(
         "{}{window}, {} boots in flight in the AZ ({} replenishing)",
         throttle_cell(pool, now),
@@ -624,7 +632,19 @@ mod tests {
         pool.sizing = Some(with_gate(api::ThrottleState::Open, Some(8.0)));
         assert_eq!(
             throttle_detail(&pool, now),
-            "open, window 8.0, 3 boots in flight in the AZ (2 replenishing)"
+            "open, window 8, 3 boots in flight in the AZ (2 replenishing)"
+        );
+        // The AIMD window grows by fractions; the AZ admits its floor.
+        // "window 8.8" read as room for 9.
+        pool.sizing = Some(with_gate(api::ThrottleState::Open, Some(8.75)));
+        assert_eq!(
+            throttle_detail(&pool, now),
+            "open, window 8.75 (admits 8), 3 boots in flight in the AZ (2 replenishing)"
+        );
+        pool.sizing = Some(with_gate(api::ThrottleState::Open, Some(8.999)));
+        assert_eq!(
+            throttle_detail(&pool, now),
+            "open, window 8.99 (admits 8), 3 boots in flight in the AZ (2 replenishing)"
         );
     }
 

@@ -238,8 +238,9 @@ pub struct TicketInfo {
 #[derive(Clone, Debug, PartialEq)]
 pub struct GateStatus {
     pub enabled: bool,
-    /// Replenisher builds the AZ admits in flight (the AIMD window);
-    /// `None` when the gate is disabled, as nothing then limits boots to it.
+    /// The AIMD window on the AZ's replenisher builds in flight:
+    /// fractional as it grows, and the AZ admits its floor. `None` when
+    /// the gate is disabled, as nothing then limits boots to it.
     pub window: Option<f64>,
     /// Builds in flight in the AZ (purchases included).
     pub in_flight: u32,

@@ -492,7 +492,7 @@ impl Metrics {
         );
         registry.register(
             "pool_gate_window",
-            "Builds (boot request until ACTIVE) in flight the pool's availability zone admits now (the throttle gate's AIMD window); no series while the gate is disabled (gate = false)",
+            "The throttle gate's AIMD window on builds (boot request until ACTIVE) in flight in the pool's availability zone: fractional as it grows, the zone admits its floor (8.75 admits 8); no series while the gate is disabled (gate = false)",
             m.pool_gate_window.clone(),
         );
         registry.register(
