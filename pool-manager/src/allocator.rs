@@ -543,6 +543,7 @@ fn failure_outcome(error: &ManagerError) -> AllocationOutcome {
             CloudError::Conflict(_) | CloudError::Fatal(_) | CloudError::LeftToReclaim(_),
         ) => AllocationOutcome::PreconditionFailed,
         ManagerError::Cloud(_) => AllocationOutcome::CloudError,
+        // DEADLINE_EXCEEDED among them: the pool had an instance to give.
         _ => AllocationOutcome::Failed,
     }
 }
@@ -692,6 +693,7 @@ fn with_more(error: ManagerError, more: impl std::fmt::Display) -> ManagerError 
     match error {
         ManagerError::FailedPrecondition(m) => ManagerError::FailedPrecondition(add(m)),
         ManagerError::ResourceExhausted(m) => ManagerError::ResourceExhausted(add(m)),
+        ManagerError::DeadlineExceeded(m) => ManagerError::DeadlineExceeded(add(m)),
         ManagerError::TryAgain(m) => ManagerError::TryAgain(add(m)),
         ManagerError::Aborted(m) => ManagerError::Aborted(add(m)),
         ManagerError::Internal(m) => ManagerError::Internal(add(m)),
@@ -1386,7 +1388,7 @@ impl Shared {
         // The timeout bounds the purchase up to the claim: a volume seen
         // available only after it is too late, however soon after.
         if Instant::now() >= deadline {
-            return Err(ManagerError::ResourceExhausted(format!(
+            return Err(ManagerError::DeadlineExceeded(format!(
                 "the purchase's timeout ({}) passed while its volume and port were made; no instance was claimed (a new volume takes seconds: ask again with a longer timeout)",
                 humantime::format_duration(deadline.saturating_duration_since(started))
             )));
@@ -2482,11 +2484,10 @@ impl Shared {
                 )));
             }
             if Instant::now() >= deadline {
-                return Err(AttemptError::Request(ManagerError::ResourceExhausted(
-                    format!(
-                        "volume {volume_id} still {:?} at the deadline",
-                        volume.status
-                    ),
+                return Err(AttemptError::Request(volume_late(
+                    volume_id,
+                    &volume.status,
+                    phase,
                 )));
             }
             tokio::time::sleep(self.settings.poll_interval.min(Duration::from_millis(500))).await;
@@ -3418,6 +3419,33 @@ fn passing_volume_state(status: &VolumeStatus) -> Option<&'static str> {
             _ => return None,
         },
         _ => return None,
+    })
+}
+
+/// What a purchase answers when its volume is still on its way (being
+/// created, detached from a failed try's instance, attached) at the
+/// deadline: the volume, not the pool, was late, so it is no want of an
+/// instance (RESOURCE_EXHAUSTED would count a miss of the pool's depth).
+fn volume_late(volume_id: &str, status: &VolumeStatus, phase: Phase<'_>) -> ManagerError {
+    let state = match status {
+        VolumeStatus::Creating => "being created".to_owned(),
+        VolumeStatus::Attaching => "being attached".to_owned(),
+        VolumeStatus::Available => "available, not yet attached".to_owned(),
+        VolumeStatus::InUse => "attached to a server a failed try discarded".to_owned(),
+        s => passing_volume_state(s)
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("{s:?}")),
+    };
+    ManagerError::DeadlineExceeded(match phase {
+        Phase::Created => format!(
+            "the purchase's timeout passed while its new volume {volume_id} was still {state} (Cinder is slow to make it); no instance was claimed: ask again with a longer timeout"
+        ),
+        Phase::BeforeAttach { .. } => format!(
+            "the purchase's timeout passed while volume {volume_id} was still {state}; ask again, with a longer timeout if need be"
+        ),
+        Phase::AfterAttach { server_id } => format!(
+            "volume {volume_id} was still {state} on server {server_id} when the attach's deadline passed (Cinder is slow to attach it); the purchase is rolled back: ask again later, with a longer timeout if need be"
+        ),
     })
 }
 

@@ -24,6 +24,11 @@ pub enum ManagerError {
     /// No warm instance by the deadline, or the cloud's quota is spent.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The purchase's timeout passed while the pool had an instance to give
+    /// (its volume was still being made, say): no miss of the pool's depth,
+    /// so not `ResourceExhausted`; a longer timeout would do.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// Another call on the same allocation is under way or changed it just
     /// now: the same call again, a little later, will do.
     #[error("{0}")]

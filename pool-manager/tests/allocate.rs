@@ -3921,30 +3921,73 @@ async fn a_new_volume_cinder_cannot_build_fails_the_purchase_as_the_clouds_fault
 
 /// The timeout bounds a purchase up to the claim: a volume seen available
 /// only after it (here the create call alone outlasts it) fails the purchase
-/// before an instance is taken, and what it made is rolled back.
+/// before an instance is taken, and what it made is rolled back. The pool
+/// had an instance to give, so the failure is no miss of its depth: not
+/// counted exhausted, and the answer says a longer timeout would do.
 #[tokio::test(start_paused = true)]
 async fn a_timeout_passing_while_the_volume_is_made_fails_before_the_claim() {
+    for policy in [EmptyPoolPolicy::Wait, EmptyPoolPolicy::FailFast] {
+        let mut config = cloudsim::SimConfig::deterministic();
+        config.latencies.volume_create = Duration::ZERO;
+        let sim = cloudsim::SimCloud::new(config);
+        let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 1).await;
+        sim.faults().slow_calls(Duration::from_millis(300));
+        let mut order = request("o-200ms", new_volume(), policy);
+        order.timeout = Some(Duration::from_millis(200));
+        let err = manager.allocate(order).await.unwrap_err();
+        sim.faults().slow_calls(Duration::ZERO);
+        let status = manager.get_pool(&pool()).await.unwrap();
+        assert_eq!(
+            status.record.allocations_exhausted, 0,
+            "{policy:?}: {err}: {:?}",
+            status.record
+        );
+        assert_eq!(status.record.allocations_failed, 1, "{:?}", status.record);
+        assert!(
+            matches!(&err, ManagerError::DeadlineExceeded(m)
+                if m.contains("200ms") && m.contains("longer timeout")),
+            "{policy:?}: {err:?}"
+        );
+        assert_eq!(status.count(InstanceState::Ready), 1, "{:?}", status.counts);
+        assert!(sim.volumes().is_empty(), "{:?}", sim.volumes());
+        assert!(
+            manager.get_allocation("o-200ms").await.is_err(),
+            "rolled back"
+        );
+        assert_consistent(&sim, &manager).await;
+    }
+}
+
+/// A new volume Cinder is still building when the timeout passes fails
+/// the purchase as the cloud's slowness, not the pool's: the pool had an
+/// instance, so it is not counted exhausted, and the answer names the
+/// volume's state and asks for a longer timeout.
+#[tokio::test(start_paused = true)]
+async fn a_new_volume_still_creating_at_the_deadline_is_no_miss_of_the_pool() {
     let mut config = cloudsim::SimConfig::deterministic();
-    config.latencies.volume_create = Duration::ZERO;
+    config.latencies.volume_create = Duration::from_secs(30);
     let sim = cloudsim::SimCloud::new(config);
     let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 1).await;
-    sim.faults().slow_calls(Duration::from_millis(300));
-    let mut order = request("o-200ms", new_volume(), EmptyPoolPolicy::FailFast);
-    order.timeout = Some(Duration::from_millis(200));
+    let mut order = request("o-slow-volume", new_volume(), EmptyPoolPolicy::Wait);
+    order.timeout = Some(Duration::from_secs(5));
     let err = manager.allocate(order).await.unwrap_err();
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(
+        status.record.allocations_exhausted, 0,
+        "{err}: {:?}",
+        status.record
+    );
+    assert_eq!(status.record.allocations_failed, 1, "{:?}", status.record);
     assert!(
-        matches!(&err, ManagerError::ResourceExhausted(m) if m.contains("200ms")),
+        matches!(&err, ManagerError::DeadlineExceeded(m)
+            if m.contains("still being created") && m.contains("longer timeout")),
         "{err:?}"
     );
-    sim.faults().slow_calls(Duration::ZERO);
-    let status = manager.get_pool(&pool()).await.unwrap();
     assert_eq!(status.count(InstanceState::Ready), 1, "{:?}", status.counts);
-    assert!(sim.volumes().is_empty(), "{:?}", sim.volumes());
     assert!(
-        manager.get_allocation("o-200ms").await.is_err(),
+        manager.get_allocation("o-slow-volume").await.is_err(),
         "rolled back"
     );
-    assert_consistent(&sim, &manager).await;
 }
 
 /// An order id used again once `keep_released` forgot its first use names

@@ -29,6 +29,7 @@ pub fn status(error: ManagerError) -> Status {
         | ManagerError::UnknownServers { .. }
         | ManagerError::CloudChanged { .. } => Code::FailedPrecondition,
         ManagerError::ResourceExhausted(_) => Code::ResourceExhausted,
+        ManagerError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         ManagerError::Aborted(_) => Code::Aborted,
         // What gRPC clients retry with backoff (ABORTED means a reused order id here).
         ManagerError::TryAgain(_) => Code::Unavailable,
@@ -763,6 +764,18 @@ mod tests {
         ));
         assert_eq!(status.code(), Code::Unavailable);
         assert!(status.message().contains("retry later"));
+    }
+
+    /// A purchase whose timeout passed while the pool had an instance for
+    /// it (its volume still being made) is DEADLINE_EXCEEDED: billing's
+    /// retry of RESOURCE_EXHAUSTED reads a shallow pool, which it was not.
+    #[test]
+    fn a_purchase_out_of_time_with_an_instance_there_is_deadline_exceeded() {
+        let status = status(ManagerError::DeadlineExceeded(
+            "the purchase's timeout (200ms) passed; ask again with a longer timeout".into(),
+        ));
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert!(status.message().contains("longer timeout"));
     }
 
     /// A pool whose boots failed shows its plan held back by the backoff,
