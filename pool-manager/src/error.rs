@@ -11,7 +11,9 @@ pub enum ManagerError {
         field: &'static str,
         message: String,
     },
-    #[error("no pool {0}")]
+    /// Quoted: a name that only looks like a pool's (a character unseen
+    /// in it) shows as the one it is not.
+    #[error("no pool {:?} (flavor@availability_zone; ListPools lists the pools)", .0.to_string())]
     PoolNotFound(PoolKey),
     #[error("pool {0} already exists")]
     PoolExists(PoolKey),

@@ -87,12 +87,22 @@ impl PoolKey {
     }
 }
 
+/// Unicode's format characters (category Cf: zero-width spaces and
+/// joiners, byte-order marks, direction marks and overrides, tags) show as
+/// nothing, or turn the text around them: a name holding one looks like
+/// another name, in a log or a NOT_FOUND alike.
+fn is_format(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    c.general_category() == GeneralCategory::Format
+}
+
 /// What keeps `value` from naming a cloud object (a flavor, a zone, a
 /// project, a volume, a network), if anything does. Whitespace around a
 /// name (pasted, or padded by a form) names nothing the cloud has, and
 /// would be refused later as a thing not found, by a message that does not
-/// show it (a tenant id so sent would even tag a volume with it): the
-/// value is quoted, so the caller sees what was sent.
+/// show it (a tenant id so sent would even tag a volume with it); so would
+/// an invisible format character in it ([`is_format`]). The value is
+/// quoted, so the caller sees what was sent.
 pub fn name_problem(value: &str) -> Option<String> {
     const MAX: usize = 255;
     if value.trim().is_empty() {
@@ -105,6 +115,10 @@ pub fn name_problem(value: &str) -> Option<String> {
     } else if value.chars().any(char::is_control) {
         Some(format!(
             "{value:?} holds control characters; send the name without them"
+        ))
+    } else if value.chars().any(is_format) {
+        Some(format!(
+            "{value:?} holds invisible format characters (shown escaped: a zero-width space, a byte-order mark, a direction mark); send the name without them"
         ))
     } else if value.trim() != value {
         Some(format!(
@@ -1164,6 +1178,30 @@ pub(crate) mod tests {
         let (field, message) = key.validate().unwrap_err();
         assert_eq!(field, "availability_zone");
         assert!(message.contains("\"az1 \""), "{message}");
+    }
+
+    /// An invisible format character (Unicode's category Cf) makes a name
+    /// that looks like another: refused, quoted so the caller sees it.
+    /// One of each block of the category a pasted name is likely to carry.
+    #[test]
+    fn names_with_invisible_format_characters_are_refused_quoted() {
+        for name in [
+            "db.small\u{200B}", // zero-width space
+            "\u{FEFF}tenant-a", // byte-order mark
+            "az\u{2060}1",      // word joiner
+            "db\u{202E}llams",  // right-to-left override
+            "db\u{200E}.small", // left-to-right mark
+            "soft\u{AD}hyphen", // soft hyphen
+            "\u{061C}az1",      // Arabic letter mark
+            "tag\u{E0041}",     // a tag character
+        ] {
+            let problem = name_problem(name).unwrap_or_else(|| panic!("{name:?} passed"));
+            assert!(problem.contains(&format!("{name:?}")), "{problem}");
+            assert!(problem.contains("invisible"), "{problem}");
+        }
+        // Letters of any script are names.
+        assert_eq!(name_problem("数据库-小"), None);
+        assert_eq!(name_problem("café"), None);
     }
 
     #[test]

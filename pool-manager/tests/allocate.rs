@@ -526,6 +526,50 @@ async fn unknown_pool_and_malformed_requests_are_refused_without_change() {
     );
 }
 
+/// An invisible character in a name (a zero-width space, a byte-order
+/// mark: Unicode's format characters) makes one that looks like another:
+/// a flavor so sent was answered "no pool db.small@az1" with the space
+/// unseen in it, and a tenant so sent tagged a volume with it. Both are
+/// refused as invalid, the value quoted with the character escaped; an
+/// unknown pool's NOT_FOUND quotes the name too.
+#[tokio::test(start_paused = true)]
+async fn invisible_characters_in_names_are_refused_quoted() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 1).await;
+    let calls_before = sim.total_calls();
+
+    let mut flavor = request("zw", new_volume(), EmptyPoolPolicy::FailFast);
+    flavor.params.pool = PoolKey::new("db.small\u{200B}", "az1");
+    match manager.allocate(flavor).await.unwrap_err() {
+        ManagerError::InvalidArgument { field, message } => {
+            assert_eq!(field, "flavor");
+            assert!(message.contains(r#""db.small\u{200b}""#), "{message}");
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+    let mut tenant = request("bom", new_volume(), EmptyPoolPolicy::FailFast);
+    tenant.params.tenant_project_id = "\u{FEFF}tenant-a".into();
+    match manager.allocate(tenant).await.unwrap_err() {
+        ManagerError::InvalidArgument { field, message } => {
+            assert_eq!(field, "tenant_project_id");
+            assert!(message.contains(r#""\u{feff}tenant-a""#), "{message}");
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+    assert_eq!(
+        sim.total_calls(),
+        calls_before,
+        "refused names reached the cloud"
+    );
+    assert!(sim.volumes().is_empty(), "{:?}", sim.volumes());
+
+    let mut unknown = request("u", new_volume(), EmptyPoolPolicy::FailFast);
+    unknown.params.pool = PoolKey::new("db.huge", "az1");
+    let err = manager.allocate(unknown).await.unwrap_err();
+    assert!(matches!(err, ManagerError::PoolNotFound(_)), "{err:?}");
+    assert!(err.to_string().contains(r#""db.huge@az1""#), "{err}");
+}
+
 /// A volume that is not attachable only for a moment (still attached to a
 /// server being deleted, as after a failed try of the same order; still
 /// being created or detached) is a call to ask again (UNAVAILABLE), not
