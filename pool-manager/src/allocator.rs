@@ -294,19 +294,37 @@ fn validate_labels(labels: &std::collections::BTreeMap<String, String>) -> Manag
         ));
     }
     for (key, value) in labels {
-        if key.is_empty()
-            || key.len() > MAX_LABEL_KEY_LEN
-            || value.len() > MAX_LABEL_VALUE_LEN
-            || key.chars().chain(value.chars()).any(char::is_control)
-        {
-            return Err(ManagerError::invalid(
-                "labels",
-                format!(
-                    "keys must be 1-{MAX_LABEL_KEY_LEN} bytes and values at most \
-                     {MAX_LABEL_VALUE_LEN}, without control characters"
-                ),
-            ));
-        }
+        // The key quoted: the caller learns which label to mend (the
+        // status message is bounded, should the key be huge).
+        let quoted = || format!("{key:?}");
+        let problem = if key.is_empty() {
+            format!("key \"\" is empty; keys are 1-{MAX_LABEL_KEY_LEN} bytes")
+        } else if key.len() > MAX_LABEL_KEY_LEN {
+            format!(
+                "key {} is {} bytes; keys are at most {MAX_LABEL_KEY_LEN}",
+                quoted(),
+                key.len()
+            )
+        } else if value.len() > MAX_LABEL_VALUE_LEN {
+            format!(
+                "the value of label {} is {} bytes; values are at most {MAX_LABEL_VALUE_LEN}",
+                quoted(),
+                value.len()
+            )
+        } else if key.chars().any(char::is_control) {
+            format!(
+                "key {} holds control characters; send it without them",
+                quoted()
+            )
+        } else if value.chars().any(char::is_control) {
+            format!(
+                "the value of label {} holds control characters; send it without them",
+                quoted()
+            )
+        } else {
+            continue;
+        };
+        return Err(ManagerError::invalid("labels", problem));
     }
     Ok(())
 }

@@ -667,7 +667,8 @@ impl AllocationParams {
     }
 
     /// The request fields in which `other` differs from these, by their
-    /// API names (an ABORTED answer says which).
+    /// API paths down to the volume's and network's own fields (an ABORTED
+    /// answer says which, so billing can tell what of its order changed).
     pub fn differences(&self, other: &AllocationParams) -> Vec<&'static str> {
         // Every field by name: a field added later cannot be forgotten here.
         let AllocationParams {
@@ -677,10 +678,45 @@ impl AllocationParams {
                 flavor,
                 availability_zone,
             },
-            volume,
-            network,
+            volume:
+                VolumeRequest {
+                    source,
+                    delete_on_release,
+                },
+            network:
+                NetworkRequest {
+                    network_id,
+                    subnet_id,
+                    fixed_ip,
+                },
             labels,
         } = self;
+        // The volume's source by the fields the API sends it in: of one
+        // kind, the field that differs; of two, both (each is set in one
+        // request and not in the other).
+        let (existing_volume_id, new_volume, size_gib, volume_type) =
+            match (source, &other.volume.source) {
+                (
+                    VolumeSource::Existing { volume_id },
+                    VolumeSource::Existing { volume_id: theirs },
+                ) => (volume_id != theirs, false, false, false),
+                (
+                    VolumeSource::New {
+                        size_gib,
+                        volume_type,
+                    },
+                    VolumeSource::New {
+                        size_gib: their_size,
+                        volume_type: their_type,
+                    },
+                ) => (
+                    false,
+                    false,
+                    size_gib != their_size,
+                    volume_type != their_type,
+                ),
+                _ => (true, true, false, false),
+            };
         [
             ("request_id", *request_id != other.request_id),
             (
@@ -692,8 +728,20 @@ impl AllocationParams {
                 "availability_zone",
                 *availability_zone != other.pool.availability_zone,
             ),
-            ("volume", *volume != other.volume),
-            ("network", *network != other.network),
+            ("volume.existing_volume_id", existing_volume_id),
+            ("volume.new_volume", new_volume),
+            ("volume.new_volume.size_gib", size_gib),
+            ("volume.new_volume.volume_type", volume_type),
+            (
+                "volume.delete_on_release",
+                *delete_on_release != other.volume.delete_on_release,
+            ),
+            (
+                "network.network_id",
+                *network_id != other.network.network_id,
+            ),
+            ("network.subnet_id", *subnet_id != other.network.subnet_id),
+            ("network.fixed_ip", *fixed_ip != other.network.fixed_ip),
             ("labels", *labels != other.labels),
         ]
         .into_iter()
@@ -1178,6 +1226,97 @@ pub(crate) mod tests {
         let (field, message) = key.validate().unwrap_err();
         assert_eq!(field, "availability_zone");
         assert!(message.contains("\"az1 \""), "{message}");
+    }
+
+    /// An ABORTED answer names the very field of the volume and network
+    /// that differs, by its API path, so billing can tell which of its
+    /// order's parameters changed.
+    #[test]
+    fn differences_name_the_volume_and_network_field() {
+        let params = AllocationParams {
+            request_id: "o-1".into(),
+            tenant_project_id: "tenant-a".into(),
+            pool: PoolKey::new("db.small", "az1"),
+            volume: VolumeRequest {
+                source: VolumeSource::New {
+                    size_gib: 20,
+                    volume_type: None,
+                },
+                delete_on_release: false,
+            },
+            network: NetworkRequest {
+                network_id: "net".into(),
+                subnet_id: Some("sub".into()),
+                fixed_ip: Some("10.0.0.5".into()),
+            },
+            labels: BTreeMap::new(),
+        };
+        type Change = fn(&mut AllocationParams);
+        let cases: [(Change, &[&str]); 8] = [
+            (
+                |p| p.volume.delete_on_release = true,
+                &["volume.delete_on_release"],
+            ),
+            (
+                |p| {
+                    p.volume.source = VolumeSource::New {
+                        size_gib: 30,
+                        volume_type: None,
+                    }
+                },
+                &["volume.new_volume.size_gib"],
+            ),
+            (
+                |p| {
+                    p.volume.source = VolumeSource::New {
+                        size_gib: 20,
+                        volume_type: Some("ssd".into()),
+                    }
+                },
+                &["volume.new_volume.volume_type"],
+            ),
+            (
+                |p| {
+                    p.volume.source = VolumeSource::Existing {
+                        volume_id: "v".into(),
+                    }
+                },
+                &["volume.existing_volume_id", "volume.new_volume"],
+            ),
+            (
+                |p| p.network.network_id = "other".into(),
+                &["network.network_id"],
+            ),
+            (|p| p.network.subnet_id = None, &["network.subnet_id"]),
+            (
+                |p| p.network.fixed_ip = Some("10.0.0.6".into()),
+                &["network.fixed_ip"],
+            ),
+            (
+                |p| {
+                    p.volume.delete_on_release = true;
+                    p.network.fixed_ip = None;
+                },
+                &["volume.delete_on_release", "network.fixed_ip"],
+            ),
+        ];
+        for (change, named) in cases {
+            let mut other = params.clone();
+            change(&mut other);
+            assert_eq!(params.differences(&other), named, "{other:?}");
+        }
+        let existing = |id: &str| {
+            let mut p = params.clone();
+            p.volume.source = VolumeSource::Existing {
+                volume_id: id.into(),
+            };
+            p
+        };
+        assert_eq!(
+            existing("v-1").differences(&existing("v-2")),
+            ["volume.existing_volume_id"]
+        );
+        assert!(params.differences(&params).is_empty());
     }
 
     /// An invisible format character (Unicode's category Cf) makes a name

@@ -97,6 +97,26 @@ async fn same_request_id_returns_same_allocation_and_other_params_abort() {
         "{err}"
     );
 
+    // Within the volume and network, the very field is named.
+    let mut keep = request("order-1", new_volume(), EmptyPoolPolicy::Wait);
+    keep.params.volume.delete_on_release = true;
+    let err = manager.allocate(keep).await.unwrap_err();
+    assert!(matches!(err, ManagerError::Aborted(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("(volume.delete_on_release differs)"),
+        "{err}"
+    );
+    let mut ip = request("order-1", new_volume(), EmptyPoolPolicy::Wait);
+    ip.params.network.subnet_id = Some("tenant-subnet".into());
+    ip.params.network.fixed_ip = Some("10.0.0.9".into());
+    let err = manager.allocate(ip).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("(network.subnet_id, network.fixed_ip differ)"),
+        "{err}"
+    );
+
     // After a restart on the same store the answer is the same.
     manager.shutdown().await.unwrap();
     drop(manager);
@@ -524,6 +544,33 @@ async fn unknown_pool_and_malformed_requests_are_refused_without_change() {
             .count(InstanceState::Ready),
         1
     );
+}
+
+/// A label refused names its key and what is wrong with it, so the
+/// caller knows which of its labels to mend.
+#[tokio::test(start_paused = true)]
+async fn a_refused_label_is_named_by_its_key() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 1).await;
+    let long_key = "k".repeat(129);
+    let cases: [(&str, String, &str); 4] = [
+        ("", "x".into(), "empty"),
+        (&long_key, "x".into(), "129 bytes"),
+        ("plan", "v".repeat(1025), "1025 bytes"),
+        ("plan", "gold\n".into(), "control"),
+    ];
+    for (key, value, says) in cases {
+        let mut req = request("labelled", new_volume(), EmptyPoolPolicy::FailFast);
+        req.params.labels.insert(key.to_owned(), value);
+        match manager.allocate(req).await.unwrap_err() {
+            ManagerError::InvalidArgument { field, message } => {
+                assert_eq!(field, "labels");
+                assert!(message.contains(&format!("{key:?}")), "{message}");
+                assert!(message.contains(says), "{message}");
+            }
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
 }
 
 /// An invisible character in a name (a zero-width space, a byte-order
@@ -1561,7 +1608,7 @@ async fn a_fixed_ip_written_another_way_is_the_same_order() {
     assert_eq!(first.ip_address.as_deref(), Some("2001:db8::1"));
     let err = manager.allocate(with_ip("2001:db8::2")).await.unwrap_err();
     assert!(
-        matches!(&err, ManagerError::Aborted(m) if m.contains("(network differs)")),
+        matches!(&err, ManagerError::Aborted(m) if m.contains("(network.fixed_ip differs)")),
         "{err:?}"
     );
     assert_consistent(&sim, &manager).await;
