@@ -30,7 +30,7 @@ use crate::cloud::{
     CloudError, CloudResult, NewPortSpec, NewVolumeSpec, ServerStatus, Volume, VolumeOwner,
     VolumeStatus, META_INSTANCE, META_TENANT,
 };
-use crate::error::{ManagerError, ManagerResult};
+use crate::error::{ApiCall, ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, EventKind};
 use crate::gate::{self, BootTicket, Gate};
 use crate::manager::{
@@ -149,8 +149,11 @@ impl PoolManager {
     /// same request id gets its answer.
     pub async fn allocate(&self, request: AllocateRequest) -> ManagerResult<Allocation> {
         let shared = self.shared.clone();
-        self.detached(async move { shared.allocate(request).await })
-            .await
+        self.detached(
+            ApiCall::Allocate,
+            async move { shared.allocate(request).await },
+        )
+        .await
     }
 
     /// Every allocation in the store, any state.
@@ -200,8 +203,11 @@ impl PoolManager {
         // In the caller's span (the server names the token that asked)
         // though it runs as a task of its own.
         let release = async move { manager.release_now(&request_id, delete_volume).await };
-        self.detached(release.instrument(tracing::Span::current()))
-            .await
+        self.detached(
+            ApiCall::Release,
+            release.instrument(tracing::Span::current()),
+        )
+        .await
     }
 
     async fn release_now(
@@ -1113,15 +1119,17 @@ impl Shared {
                 // and start a new purchase during the stop.
                 let mut stopping = self.stop_waiting.subscribe();
                 tokio::select! {
-                    biased;
-                    _ = stopping.wait_for(|stop| *stop) => return Err(ManagerError::ShuttingDown),
-                    woke = tokio::time::timeout_at(deadline, changes.changed()) => if woke.is_err() {
-                        return Err(ManagerError::TryAgain(format!(
-                            "allocation {} is still in progress; retry later",
-                            params.request_id
-                        )));
-                    },
-                }
+                        biased;
+                        _ = stopping.wait_for(|stop| *stop) => return Err(ManagerError::ShuttingDown {
+                    call: ApiCall::Allocate,
+                }),
+                        woke = tokio::time::timeout_at(deadline, changes.changed()) => if woke.is_err() {
+                            return Err(ManagerError::TryAgain(format!(
+                                "allocation {} is still in progress; retry later",
+                                params.request_id
+                            )));
+                        },
+                    }
                 continue;
             }
             self.refuse_if_set_aside(&params.request_id).await?;
@@ -1755,7 +1763,9 @@ impl Shared {
         }
         let woke = tokio::select! {
             biased;
-            _ = stopping.wait_for(|stop| *stop) => return Err(ManagerError::ShuttingDown),
+            _ = stopping.wait_for(|stop| *stop) => return Err(ManagerError::ShuttingDown {
+                call: ApiCall::Allocate,
+            }),
             woke = tokio::time::timeout_at(until, changes.changed()) => match woke {
                 Ok(true) => Woke::Changed,
                 Ok(false) => Woke::Unseen,
@@ -1952,7 +1962,9 @@ impl Shared {
                 // restart that is not coming.
                 Ok(Err(_)) => {
                     if *self.shutdown.borrow() {
-                        return Err(ManagerError::ShuttingDown);
+                        return Err(ManagerError::ShuttingDown {
+                            call: ApiCall::Allocate,
+                        });
                     }
                     return Err(ManagerError::Internal(format!(
                         "the task of the cold boot in pool {} ended without an answer; the boot is undone",

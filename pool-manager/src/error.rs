@@ -65,12 +65,46 @@ pub enum ManagerError {
         recorded: Box<CloudIdentity>,
         current: Box<CloudIdentity>,
     },
-    #[error("warmpool is shutting down; call again once it is back (an Allocate with the same request id)")]
-    ShuttingDown,
+    /// A graceful stop refused `call`, or stopped it where nothing of it
+    /// is left to finish; the message says how to call again.
+    #[error("warmpool is shutting down; call again once it is back ({})", call.again())]
+    ShuttingDown { call: ApiCall },
     /// A bug in warmpool (a task that panicked): the call failed, and
     /// what it made is undone.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// The API call a shutdown refused: each is called again its own way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiCall {
+    Allocate,
+    Release,
+    CreatePool,
+    UpdatePool,
+    DeletePool,
+}
+
+impl ApiCall {
+    /// How to call again once warmpool is back, whether or not the refused
+    /// call got anything done before the stop.
+    fn again(self) -> &'static str {
+        match self {
+            ApiCall::Allocate => "an Allocate with the same request id",
+            ApiCall::Release => {
+                "a Release of the same request id: it finishes a release begun, or answers one done"
+            }
+            ApiCall::CreatePool => {
+                "the same CreatePool: ALREADY_EXISTS says the pool was made before the stop"
+            }
+            ApiCall::UpdatePool => {
+                "the same UpdatePool: it sets the same values whether or not the first one did"
+            }
+            ApiCall::DeletePool => {
+                "the same DeletePool: one of a pool being deleted is answered without a change"
+            }
+        }
+    }
 }
 
 impl ManagerError {

@@ -8,7 +8,7 @@ use crate::cloud::{
     BootHeadroom, Cloud, CloudChange, CloudError, CloudIdentity, CloudResult, NewPortSpec,
     NewVolumeSpec, Port, Server, ServerSpec, Volume, MAX_RETRY_AFTER, MIN_RETRY_PAUSE,
 };
-use crate::error::{ManagerError, ManagerResult};
+use crate::error::{ApiCall, ManagerError, ManagerResult};
 use crate::events::{CloudService, Event, EventKind, HealthBook, PoolHealth, SettingsChange};
 use crate::gate::{Gate, GateSettings};
 use crate::model::{Instance, InstanceState, PoolKey, PoolRecord, PoolSpec, TwinWatch};
@@ -893,10 +893,11 @@ impl PoolManager {
     /// begun it is refused ([`ManagerError::ShuttingDown`]).
     pub(crate) async fn detached<T: Send + 'static>(
         &self,
+        call: ApiCall,
         work: impl Future<Output = ManagerResult<T>> + Send + 'static,
     ) -> ManagerResult<T> {
         let Some(running) = RunningCall::start(&self.shared) else {
-            return Err(ManagerError::ShuttingDown);
+            return Err(ManagerError::ShuttingDown { call });
         };
         let (answer, answered) = tokio::sync::oneshot::channel();
         self.shared.spawn(async move {
@@ -908,7 +909,7 @@ impl PoolManager {
         match answered.await {
             Ok(answer) => answer,
             // Aborted, or never started: the manager stops.
-            Err(_) if *self.shared.shutdown.borrow() => Err(ManagerError::ShuttingDown),
+            Err(_) if *self.shared.shutdown.borrow() => Err(ManagerError::ShuttingDown { call }),
             // The task panicked (Rust's panic hook wrote where, on
             // stderr). Told "shutting down", a client would wait for a
             // restart that is not coming.
@@ -929,8 +930,10 @@ impl PoolManager {
     /// caller stops waiting.
     pub async fn create_pool(&self, key: PoolKey, spec: PoolSpec) -> ManagerResult<PoolStatus> {
         let manager = self.clone();
-        self.detached(async move { manager.create_pool_now(key, spec).await })
-            .await
+        self.detached(ApiCall::CreatePool, async move {
+            manager.create_pool_now(key, spec).await
+        })
+        .await
     }
 
     async fn create_pool_now(&self, key: PoolKey, spec: PoolSpec) -> ManagerResult<PoolStatus> {
@@ -1016,8 +1019,10 @@ impl PoolManager {
     ) -> ManagerResult<PoolStatus> {
         let manager = self.clone();
         let key = key.clone();
-        self.detached(async move { manager.update_pool_now(&key, change).await })
-            .await
+        self.detached(ApiCall::UpdatePool, async move {
+            manager.update_pool_now(&key, change).await
+        })
+        .await
     }
 
     async fn update_pool_now(
@@ -1080,8 +1085,10 @@ impl PoolManager {
     pub async fn delete_pool(&self, key: &PoolKey) -> ManagerResult<PoolStatus> {
         let manager = self.clone();
         let key = key.clone();
-        self.detached(async move { manager.delete_pool_now(&key).await })
-            .await
+        self.detached(ApiCall::DeletePool, async move {
+            manager.delete_pool_now(&key).await
+        })
+        .await
     }
 
     async fn delete_pool_now(&self, key: &PoolKey) -> ManagerResult<PoolStatus> {

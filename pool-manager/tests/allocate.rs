@@ -3906,11 +3906,11 @@ async fn a_stop_ends_the_waits_of_purchases_that_hold_nothing() {
     assert!(!waiting.is_finished());
     manager.stop_waiting();
     let err = waiting.await.unwrap().unwrap_err();
-    assert!(matches!(err, ManagerError::ShuttingDown), "{err:?}");
+    assert!(matches!(err, ManagerError::ShuttingDown { .. }), "{err:?}");
     assert!(sim.ports().is_empty(), "{:?}", sim.ports());
     order.params.request_id = "came-later".into();
     let err = manager.allocate(order.clone()).await.unwrap_err();
-    assert!(matches!(err, ManagerError::ShuttingDown), "{err:?}");
+    assert!(matches!(err, ManagerError::ShuttingDown { .. }), "{err:?}");
 
     manager
         .update_pool(&pool(), |s| {
@@ -3947,9 +3947,9 @@ async fn a_stop_ends_the_wait_of_a_repeated_order_at_once() {
         .expect("the repeat answers at once")
         .unwrap()
         .unwrap_err();
-    assert!(matches!(err, ManagerError::ShuttingDown), "{err:?}");
+    assert!(matches!(err, ManagerError::ShuttingDown { .. }), "{err:?}");
     let err = first.await.unwrap().unwrap_err();
-    assert!(matches!(err, ManagerError::ShuttingDown), "{err:?}");
+    assert!(matches!(err, ManagerError::ShuttingDown { .. }), "{err:?}");
     assert_eq!(sim.call_counts().get("create_volume"), Some(&1));
     assert!(sim.ports().is_empty(), "{:?}", sim.ports());
     assert!(manager.get_allocation("waits-twice").await.is_err());
@@ -6633,13 +6633,86 @@ async fn a_graceful_stop_lets_a_purchase_whose_caller_left_finish() {
     });
     tokio::time::sleep(Duration::from_secs(5)).await;
     let err = manager.release("caller-left", None).await.unwrap_err();
-    assert!(matches!(err, ManagerError::ShuttingDown), "{err:?}");
+    assert!(matches!(err, ManagerError::ShuttingDown { .. }), "{err:?}");
     attach.release();
     assert_eq!(stopping.await.unwrap(), 0, "no call is left running");
     manager.shutdown().await.unwrap();
 
     let stored = store.get_allocation("caller-left").await.unwrap().unwrap();
     assert_eq!(stored.state, AllocationState::Allocated, "{stored:?}");
+}
+
+/// A call a graceful stop refuses is told how to call again as fits the
+/// call: every one used to be told "an Allocate with the same request id",
+/// a Release and the pool calls too.
+#[tokio::test(start_paused = true)]
+async fn a_call_a_stop_refuses_is_told_how_to_call_it_again() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 1).await;
+    let held = manager
+        .allocate(request("held", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert_eq!(manager.finish_calls(Duration::from_secs(30)).await, 0);
+
+    let refused = |result: Result<(), ManagerError>, call: &str, says: &str| {
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err, ManagerError::ShuttingDown { .. }),
+            "{call}: {err:?}"
+        );
+        let message = err.to_string();
+        assert!(message.contains("shutting down"), "{call}: {message}");
+        assert!(message.contains(says), "{call}: {message}");
+        for other in [
+            "Allocate",
+            "Release",
+            "CreatePool",
+            "UpdatePool",
+            "DeletePool",
+        ] {
+            assert!(
+                other == call || !message.contains(other),
+                "{call}: {message}"
+            );
+        }
+    };
+    let order = request("later", new_volume(), EmptyPoolPolicy::FailFast);
+    refused(
+        manager.allocate(order).await.map(drop),
+        "Allocate",
+        "an Allocate with the same request id",
+    );
+    refused(
+        manager
+            .release(&held.params.request_id, None)
+            .await
+            .map(drop),
+        "Release",
+        "a Release of the same request id",
+    );
+    refused(
+        manager
+            .create_pool(PoolKey::new("db.medium", "az1"), spec(1))
+            .await
+            .map(drop),
+        "CreatePool",
+        "the same CreatePool",
+    );
+    refused(
+        manager
+            .update_pool(&pool(), |s| s.min_ready = 2)
+            .await
+            .map(drop),
+        "UpdatePool",
+        "the same UpdatePool",
+    );
+    refused(
+        manager.delete_pool(&pool()).await.map(drop),
+        "DeletePool",
+        "the same DeletePool",
+    );
+    manager.shutdown().await.unwrap();
 }
 
 /// The grace bounds the wait: a purchase still held by the cloud when it

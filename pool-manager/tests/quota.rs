@@ -176,7 +176,7 @@ async fn a_stop_ends_a_cold_boot_purchases_wait_for_quota() {
     sim.reset_call_counts();
     manager.stop_waiting();
     let err = cold.await.unwrap().unwrap_err();
-    assert!(matches!(err, ManagerError::ShuttingDown), "{err:?}");
+    assert!(matches!(err, ManagerError::ShuttingDown { .. }), "{err:?}");
     assert_eq!(sim.call_counts().get("create_server"), None);
     assert!(manager.get_allocation("cold").await.is_err(), "rolled back");
     manager.shutdown().await.unwrap();

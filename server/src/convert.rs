@@ -44,7 +44,7 @@ pub fn status(error: ManagerError) -> Status {
         }
         ManagerError::Cloud(_) => Code::Unavailable,
         ManagerError::Store(_) | ManagerError::Internal(_) => Code::Internal,
-        ManagerError::ShuttingDown => Code::Unavailable,
+        ManagerError::ShuttingDown { .. } => Code::Unavailable,
     };
     if code == Code::Internal {
         tracing::error!(error = %message, "internal error");
