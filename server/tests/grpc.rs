@@ -2130,6 +2130,97 @@ async fn a_connection_is_told_how_many_calls_it_may_carry() {
     d.shut_down().await;
 }
 
+/// A request the server cannot decode (here a string field holding bytes
+/// that are not UTF-8, sent raw over HTTP/2 as no generated client would)
+/// is answered INTERNAL by tonic, before any handler runs: gRPC's own
+/// table gives INTERNAL to a message that fails to parse. The README says
+/// INTERNAL means this too, besides the store failing or a bug; the
+/// message names the field, and the daemon serves on.
+#[tokio::test]
+async fn a_request_the_server_cannot_decode_is_internal_naming_the_field() {
+    use tonic::codegen::http;
+    let d = Daemon::start(&[]).await;
+    let tcp = tokio::net::TcpStream::connect(d.running.grpc_addr)
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(connection);
+    // GetAllocationRequest { request_id: b"\xff\xfe" }: field 1, length
+    // delimited, then gRPC's frame (not compressed, 4-byte length).
+    let message = [0x0a, 0x02, 0xff, 0xfe];
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    let call = http::Request::post(format!(
+        "{}/warmpool.v1.WarmPool/GetAllocation",
+        d.endpoint()
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (answer, mut body) = client
+        .ready()
+        .await
+        .unwrap()
+        .send_request(call, false)
+        .unwrap();
+    body.send_data(frame.into(), true).unwrap();
+    let answer = tokio::time::timeout(PATIENCE, answer)
+        .await
+        .expect("an answer within the time limit")
+        .unwrap();
+    assert_eq!(answer.status(), http::StatusCode::OK);
+    // A trailers-only answer carries the status in its headers; otherwise
+    // it comes in the trailers after the (empty) body.
+    let (head, mut answer_body) = answer.into_parts();
+    let status = match head.headers.get("grpc-status") {
+        Some(_) => head.headers,
+        None => {
+            while let Some(chunk) = answer_body.data().await {
+                assert!(chunk.unwrap().is_empty(), "no message is answered");
+            }
+            answer_body.trailers().await.unwrap().expect("trailers")
+        }
+    };
+    let code = status["grpc-status"].to_str().unwrap();
+    let said = percent_decoded(status["grpc-message"].to_str().unwrap());
+    assert_eq!(
+        tonic::Code::from_bytes(code.as_bytes()),
+        Code::Internal,
+        "{code}: {said}"
+    );
+    assert!(
+        said.contains("request_id") && said.contains("UTF-8"),
+        "{said}"
+    );
+    driver.abort();
+    // Nothing of the daemon was hurt.
+    d.client.list_pools().await.unwrap();
+    d.shut_down().await;
+}
+
+/// grpc-message is percent-encoded (gRPC's spec); the test reads it back.
+fn percent_decoded(message: &str) -> String {
+    let bytes = message.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1..i + 3)) {
+            (b'%', Some(hex)) => {
+                let hex = std::str::from_utf8(hex).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
 /// A `WatchPools` reader that falls behind is told that events were lost,
 /// and how many, instead of silently missing them; the stream goes on.
 #[tokio::test]
