@@ -339,6 +339,11 @@ fn default_keepalive_timeout() -> Duration {
 /// Longest keepalive interval or timeout: beyond it a dead client is kept
 /// for longer than anyone means.
 const MAX_KEEPALIVE: Duration = Duration::from_secs(3600);
+/// Shortest keepalive interval or timeout, on any cloud (it is about the
+/// network, not the cloud): below it a unit typo (`20ms` meant as `20s`)
+/// closes the connection of every client whose ping takes longer than
+/// that, and `1ms` or `1ns` of every client at once.
+const MIN_KEEPALIVE: Duration = Duration::from_secs(1);
 
 /// `max_concurrent_boots` when it is unset and `gate = false`. The core's
 /// default (64, the gate's largest window) is only a ceiling over the gate's
@@ -1504,11 +1509,29 @@ impl Config {
                 "manager.reconcile_interval",
                 self.manager.reconcile_interval,
             ),
-            ("grpc_keepalive_interval", self.grpc_keepalive_interval),
-            ("grpc_keepalive_timeout", self.grpc_keepalive_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Invalid(format!("{name} must be positive")));
+            }
+        }
+        for (name, value, why) in [
+            (
+                "grpc_keepalive_interval",
+                self.grpc_keepalive_interval,
+                "every client connection is pinged this often: a `60ms` meant as `60s` floods them with pings",
+            ),
+            (
+                "grpc_keepalive_timeout",
+                self.grpc_keepalive_timeout,
+                "a ping unanswered this long closes the connection: a `20ms` meant as `20s` drops every client farther away than that",
+            ),
+        ] {
+            if value < MIN_KEEPALIVE {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be at least {} ({why}), got {}",
+                    humantime::format_duration(MIN_KEEPALIVE),
+                    humantime::format_duration(value)
+                )));
             }
         }
         // The core adds these to Instants and multiplies them (poll_interval
@@ -2359,7 +2382,7 @@ key_file = "b.key"
             ("[manager]\ncooldown = \"100000000000y\"".to_owned(), "manager.cooldown must be at most 1day"),
             ("[manager]\ndemand_long = \"30days\"".to_owned(), "manager.demand_long must be at most 7days"),
             ("[manager]\nkeep_released = \"forever\"".to_owned(), "keep_released"),
-            ("grpc_keepalive_interval = \"0s\"".to_owned(), "grpc_keepalive_interval must be positive"),
+            ("grpc_keepalive_interval = \"0s\"".to_owned(), "grpc_keepalive_interval must be at least 1s"),
             ("grpc_keepalive_timeout = \"2h\"".to_owned(), "grpc_keepalive_timeout must be at most 1h"),
         ] {
             let err = Config::parse(&text).unwrap_err().to_string();
@@ -2961,6 +2984,40 @@ key_file = "b.key"
                 }
             }
         }
+    }
+
+    /// A keepalive in milliseconds is a unit typo (`20ms` meant as `20s`):
+    /// a timeout that short drops every client farther away than it, and
+    /// one of `1ms` or `1ns` every client at once. Refused by key, value
+    /// and minimum, on any cloud (it is about the network, not the cloud).
+    #[test]
+    fn keepalives_below_their_minimum_are_refused() {
+        for (key, value) in [
+            ("grpc_keepalive_timeout", "20ms"),
+            ("grpc_keepalive_timeout", "1ns"),
+            ("grpc_keepalive_interval", "1ms"),
+            ("grpc_keepalive_interval", "0s"),
+        ] {
+            for manager in ["", "[manager]\nallow_short_intervals = true\n"] {
+                let text = format!("{key} = \"{value}\"\n{manager}");
+                let err = Config::parse(&text).unwrap_err().to_string();
+                assert!(
+                    err.contains(&format!("{key} must be at least 1s"))
+                        && err.contains(&format!("got {value}")),
+                    "{text}: {err}"
+                );
+            }
+        }
+        let config =
+            Config::parse("grpc_keepalive_interval = \"1s\"\ngrpc_keepalive_timeout = \"1s\"\n")
+                .unwrap();
+        assert_eq!(
+            (
+                config.grpc_keepalive_interval,
+                config.grpc_keepalive_timeout
+            ),
+            (Duration::from_secs(1), Duration::from_secs(1))
+        );
     }
 
     /// Server names are the prefix and a 36-character instance id, and

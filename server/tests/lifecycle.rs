@@ -1087,7 +1087,7 @@ async fn a_client_gone_without_closing_is_dropped_by_keepalive() {
     let data = tempfile::tempdir().unwrap();
     let text = config_text(data.path(), &[("db.small", "az1", 1, 2)]).replacen(
         "shutdown_grace = \"5s\"",
-        "shutdown_grace = \"5s\"\ngrpc_keepalive_interval = \"300ms\"\ngrpc_keepalive_timeout = \"300ms\"",
+        "shutdown_grace = \"5s\"\ngrpc_keepalive_interval = \"1s\"\ngrpc_keepalive_timeout = \"1s\"",
         1,
     );
     let d = Daemon::start_text(&text, data).await;
