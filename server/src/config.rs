@@ -427,7 +427,8 @@ pub struct ManagerConfig {
     /// quota) is polled.
     #[serde(with = "duration")]
     pub quota_poll_interval: Duration,
-    /// Lifts the intervals' minimums ([`MIN_POLL_INTERVAL`] and the others):
+    /// Lifts the intervals' minimums ([`MIN_POLL_INTERVAL`] and the others)
+    /// and `cloud.request_timeout`'s ([`MIN_OPENSTACK_REQUEST_TIMEOUT`]):
     /// for a test cloud that answers in milliseconds (cloudsim's OpenStack
     /// front, a devstack on Nova's fake driver), never a production one.
     pub allow_short_intervals: bool,
@@ -635,6 +636,10 @@ pub const DEFAULT_OPENSTACK_REQUEST_TIMEOUT: Duration =
 /// long is not coming, and a cloud that stopped answering holds the
 /// start-up login, check-cloud and every purchase's call this long.
 pub const MAX_OPENSTACK_REQUEST_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// `cloud.request_timeout` at least, unless `manager.allow_short_intervals`:
+/// below it a unit typo (`30ms` meant as `30s`) times out every call, the
+/// start-up login first, and the errors blame the cloud.
+pub const MIN_OPENSTACK_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `[cloud] kind = "openstack"`: where the credentials are and how pool
 /// servers are built. Turned into the driver's settings by [`OpenStackConfig::settings`].
@@ -1708,9 +1713,10 @@ impl Config {
         self.validate_interval_minimums()
     }
 
-    /// The intervals pacing cloud calls at least their minimums (see
-    /// [`MIN_POLL_INTERVAL`]); after the cloud's check, so `time_scale` is
-    /// a valid factor.
+    /// The intervals pacing cloud calls, and the cloud's request timeout,
+    /// at least their minimums (see [`MIN_POLL_INTERVAL`],
+    /// [`MIN_OPENSTACK_REQUEST_TIMEOUT`]); after the cloud's check, so
+    /// `time_scale` is a valid factor.
     fn validate_interval_minimums(&self) -> Result<(), ConfigError> {
         let m = &self.manager;
         if m.allow_short_intervals {
@@ -1761,6 +1767,15 @@ impl Config {
                     "manager.{name} must be at least {}{scaled} ({why}: a `1ms` meant as `1m` hammers the cloud), got {}; a test cloud answering in milliseconds may set manager.allow_short_intervals = true",
                     humantime::format_duration(least),
                     humantime::format_duration(value)
+                )));
+            }
+        }
+        if let CloudConfig::OpenStack(os) = &self.cloud {
+            if os.request_timeout < MIN_OPENSTACK_REQUEST_TIMEOUT {
+                return Err(ConfigError::Invalid(format!(
+                    "cloud.request_timeout must be at least {} (every cloud call, the login first, fails unanswered within it: a `30ms` meant as `30s` fails them all), got {}; a test cloud answering in milliseconds may set manager.allow_short_intervals = true",
+                    humantime::format_duration(MIN_OPENSTACK_REQUEST_TIMEOUT),
+                    humantime::format_duration(os.request_timeout)
                 )));
             }
         }
@@ -3017,6 +3032,36 @@ key_file = "b.key"
                 config.grpc_keepalive_timeout
             ),
             (Duration::from_secs(1), Duration::from_secs(1))
+        );
+    }
+
+    /// A request timeout in milliseconds is a unit typo (`30ms` meant as
+    /// `30s`): every cloud call, the login first, would time out, blamed
+    /// on the cloud. Refused below 1s unless a test cloud lifts it.
+    #[test]
+    fn a_request_timeout_below_its_minimum_is_refused() {
+        let text = |timeout: &str, manager: &str| {
+            format!("[manager]\n{manager}\n[cloud]\nkind = \"openstack\"\nmanagement_network = \"n\"\nrequest_timeout = \"{timeout}\"")
+        };
+        for timeout in ["30ms", "999ms"] {
+            let err = Config::parse(&text(timeout, "")).unwrap_err().to_string();
+            assert!(
+                err.contains("cloud.request_timeout must be at least 1s")
+                    && err.contains(&format!("got {timeout}"))
+                    && err.contains("allow_short_intervals"),
+                "{timeout}: {err}"
+            );
+            let lifted = text(timeout, "allow_short_intervals = true");
+            assert!(Config::parse(&lifted).is_ok(), "{lifted}");
+        }
+        assert!(Config::parse(&text("1s", "")).is_ok());
+        // Nothing lifts the zero.
+        let err = Config::parse(&text("0s", "allow_short_intervals = true"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cloud.request_timeout must be positive"),
+            "{err}"
         );
     }
 
