@@ -908,16 +908,43 @@ fn find_clouds_yaml(env: &Env) -> Result<PathBuf, ConfigError> {
         })
 }
 
-/// A clouds.yaml file's YAML.
+/// A clouds.yaml (or secure.yaml) file's YAML, its merge keys applied.
 fn read_clouds_yaml(path: &Path) -> Result<serde_yaml::Value, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_owned(),
         error,
     })?;
-    serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+    let parse_error = |e: serde_yaml::Error| ConfigError::Parse {
         path: path.to_owned(),
         message: without_values(&e.to_string()),
-    })
+    };
+    let mut root = serde_yaml::from_str(&text).map_err(parse_error)?;
+    apply_merge_keys(&mut root).map_err(parse_error)?;
+    Ok(root)
+}
+
+/// `<<: *anchor` merged into its mapping, as the openstack CLI's PyYAML
+/// does (serde_yaml leaves `<<` a plain key, which osauth would take for
+/// an unknown option, leaving the entry without the anchored `auth`).
+/// Innermost first: serde_yaml's `apply_merge` merges a mapping before
+/// the ones it takes in, so an anchored mapping's own `<<` would be copied
+/// in as a key.
+fn apply_merge_keys(value: &mut serde_yaml::Value) -> Result<(), serde_yaml::Error> {
+    match value {
+        serde_yaml::Value::Mapping(mapping) => {
+            for child in mapping.values_mut() {
+                apply_merge_keys(child)?;
+            }
+        }
+        serde_yaml::Value::Sequence(sequence) => {
+            for child in sequence {
+                apply_merge_keys(child)?;
+            }
+        }
+        serde_yaml::Value::Tagged(tagged) => apply_merge_keys(&mut tagged.value)?,
+        _ => return Ok(()),
+    }
+    value.apply_merge()
 }
 
 /// The names of a clouds.yaml's entries.
@@ -2774,6 +2801,57 @@ key_file = "b.key"
             .unwrap_err()
             .to_string();
         assert!(err.contains(&secure.display().to_string()), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+    }
+
+    /// YAML merge keys (`<<: *anchor`) are applied, as the openstack CLI's
+    /// PyYAML applies them, in clouds.yaml and secure.yaml alike: the
+    /// entry gets the anchored keys, its own keys winning, merges within
+    /// a merged mapping included.
+    #[test]
+    fn yaml_merge_keys_are_applied_in_clouds_and_secure_yaml() {
+        let dir = tempfile::tempdir().unwrap();
+        let clouds = dir.path().join("clouds.yaml");
+        std::fs::write(
+            &clouds,
+            "base: &base\n  auth:\n    auth_url: http://keystone\n    username: pool\n    password: s3cr3t\n    project_name: service\n  region_name: Base\n\
+             tokyo: &tokyo\n  <<: *base\n  interface: internal\n\
+             clouds:\n  plain:\n    <<: *base\n    region_name: R\n  chained:\n    <<: *tokyo\n",
+        )
+        .unwrap();
+        let none: &[PathBuf] = &[];
+        let entry = |name: &str, secure: &[PathBuf]| {
+            let entry = clouds_yaml_entry_with(&clouds, name, secure).unwrap();
+            serde_yaml::to_value(&entry).unwrap()
+        };
+        let plain = entry("plain", none);
+        assert_eq!(plain["auth"]["auth_url"].as_str(), Some("http://keystone"));
+        assert_eq!(plain["auth"]["username"].as_str(), Some("pool"));
+        assert_eq!(plain["region_name"].as_str(), Some("R"), "its own key wins");
+        let chained = entry("chained", none);
+        assert_eq!(chained["auth"]["username"].as_str(), Some("pool"));
+        assert_eq!(chained["region_name"].as_str(), Some("Base"));
+        assert_eq!(chained["interface"].as_str(), Some("internal"));
+
+        let secure = dir.path().join("secure.yaml");
+        std::fs::write(
+            &secure,
+            "secrets: &secrets\n  auth:\n    password: fromsecure\nclouds:\n  plain:\n    <<: *secrets\n",
+        )
+        .unwrap();
+        let merged = entry("plain", std::slice::from_ref(&secure));
+        assert_eq!(merged["auth"]["password"].as_str(), Some("fromsecure"));
+        assert_eq!(merged["auth"]["username"].as_str(), Some("pool"));
+
+        // A merge of no mapping is named, its value never shown.
+        std::fs::write(&clouds, "clouds:\n  plain:\n    <<: s3cr3t\n").unwrap();
+        let err = clouds_yaml_entry_with(&clouds, "plain", none)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&clouds.display().to_string()) && err.contains("merging"),
+            "{err}"
+        );
         assert!(!err.contains("s3cr3t"), "{err}");
     }
 
