@@ -1458,9 +1458,18 @@ impl Config {
         // An empty path would put the store in the working directory, or
         // fail at start with a message that names no file.
         let tls = self.tls.as_ref();
+        let clouds_yaml = match &self.cloud {
+            CloudConfig::OpenStack(os) => os.clouds_yaml.as_ref(),
+            CloudConfig::Embedded { .. } => None,
+        };
         let store = format!("the store's directory (default {DEFAULT_DATA_DIR})");
         for (field, path, what) in [
             ("data_dir", Some(&self.data_dir), store.as_str()),
+            (
+                "cloud.clouds_yaml",
+                clouds_yaml,
+                "a clouds.yaml, or leave it out to look for one where the openstack CLI does",
+            ),
             ("tls.cert_file", tls.map(|t| &t.cert_file), "a PEM file"),
             ("tls.key_file", tls.map(|t| &t.key_file), "a PEM file"),
             (
@@ -1678,6 +1687,19 @@ impl Config {
                     if value.trim().is_empty() {
                         return Err(ConfigError::Invalid(format!(
                             "cloud.{key} must not be empty"
+                        )));
+                    }
+                }
+                // Nor does an empty name fall back to what its absence
+                // means: the entry named "" would be looked for in
+                // clouds.yaml, the image named "" in Glance.
+                for (key, value, default) in [
+                    ("cloud", &os.cloud, "OS_CLOUD or the OS_* variables"),
+                    ("image", &os.image, "each pool's image"),
+                ] {
+                    if value.as_ref().is_some_and(|v| v.trim().is_empty()) {
+                        return Err(ConfigError::Invalid(format!(
+                            "cloud.{key} must not be empty; leave it out for {default}"
                         )));
                     }
                 }
@@ -2173,6 +2195,33 @@ key_file = "b.key"
                 err.contains(&format!("{field} is empty; name a PEM file")),
                 "{text}: {err}"
             );
+        }
+    }
+
+    /// `[cloud]`'s optional names, empty, are refused by key with what
+    /// leaving them out means: an empty clouds_yaml failed at start with
+    /// "cannot read config file : No such file or directory", naming no
+    /// key; an empty `cloud` looked for an entry named "", an empty
+    /// `image` for an image named "" in Glance.
+    #[test]
+    fn empty_cloud_names_are_refused_by_key() {
+        let base = "[cloud]\nkind = \"openstack\"\nmanagement_network = \"mgmt\"\n";
+        for (key, expect) in [
+            (
+                "clouds_yaml",
+                "cloud.clouds_yaml is empty; name a clouds.yaml, or leave it out",
+            ),
+            ("cloud", "cloud.cloud must not be empty; leave it out for"),
+            (
+                "image",
+                "cloud.image must not be empty; leave it out for each pool's image",
+            ),
+        ] {
+            for value in ["", " "] {
+                let text = format!("{base}{key} = {value:?}\n");
+                let err = Config::parse(&text).unwrap_err().to_string();
+                assert!(err.contains(expect), "{text}: {err}");
+            }
         }
     }
 
