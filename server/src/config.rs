@@ -200,6 +200,14 @@ fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::
     parse_socket_addr(&String::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
+/// A [`socket_addr`] that may be left out (`#[serde(default)]` makes it
+/// `None`; this is called only when the key is there).
+fn optional_socket_addr<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    socket_addr(d).map(Some)
+}
+
 /// A listen address as the config file and warmpoold's flags take it.
 pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     text.trim().parse().map_err(|_| {
@@ -694,8 +702,8 @@ pub struct OpenStackConfig {
     #[serde(default = "default_request_timeout", with = "duration")]
     pub request_timeout: Duration,
     /// For test clouds whose servers run no mysqld (e.g. deploy/testbed on
-    /// Nova's fake virt driver): probe this host:port for every server.
-    #[serde(default)]
+    /// Nova's fake virt driver): probe this IP:port for every server.
+    #[serde(default, deserialize_with = "optional_socket_addr")]
     pub probe_address_override: Option<SocketAddr>,
     /// Per availability zone overrides, keyed by the pools' AZ names.
     #[serde(default)]
@@ -2167,6 +2175,40 @@ key_file = "b.key"
         }
         let spaced = Config::parse("listen = \" 127.0.0.1:7000 \"\n").unwrap();
         assert_eq!(spaced.listen, "127.0.0.1:7000".parse().unwrap());
+    }
+
+    /// The probe override is an IP:port as `listen` is, and says so
+    /// (serde's own error is a bare "invalid socket address syntax").
+    #[test]
+    fn a_probe_address_override_that_is_not_one_is_named() {
+        let text = |address: &str| {
+            format!("[cloud]\nkind = \"openstack\"\nmanagement_network = \"n\"\nprobe_address_override = {address:?}\n")
+        };
+        let err = Config::parse(&text("localhost:3306"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"localhost:3306\" is not an IP:port")
+                && err.contains("a host name is not resolved")
+                && err.contains("probe_address_override"),
+            "{err}"
+        );
+        let CloudConfig::OpenStack(os) = Config::parse(&text(" 127.0.0.1:3306")).unwrap().cloud
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            os.probe_address_override,
+            Some("127.0.0.1:3306".parse().unwrap())
+        );
+        let CloudConfig::OpenStack(os) =
+            Config::parse("[cloud]\nkind = \"openstack\"\nmanagement_network = \"n\"\n")
+                .unwrap()
+                .cloud
+        else {
+            unreachable!()
+        };
+        assert_eq!(os.probe_address_override, None);
     }
 
     #[test]
