@@ -487,28 +487,33 @@ impl<'de> Deserialize<'de> for Window {
             #[serde(default)]
             utc_offset: Option<String>,
         }
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Repr {
-            Line(String),
-            Parts(Parts),
+        // A visitor, not an untagged enum: that tries each form and drops
+        // their errors, so a table's unknown or missing key got only the
+        // two forms' description.
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = Window;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a window: \"Mon-Fri 09:00-18:00 min 10\" or { days = \"Mon-Fri\", from = \"09:00\", to = \"18:00\", min = 10 } (utc_offset optional)",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, line: &str) -> Result<Window, E> {
+                line.parse().map_err(E::custom)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Window, A::Error> {
+                let p = Parts::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Window::from_parts(
+                    p.days.as_deref().unwrap_or("daily"),
+                    &p.from,
+                    &p.to,
+                    p.min,
+                    p.utc_offset.as_deref(),
+                )
+                .map_err(serde::de::Error::custom)
+            }
         }
-        let repr = Repr::deserialize(deserializer).map_err(|_| {
-            serde::de::Error::custom(
-                "a window is \"Mon-Fri 09:00-18:00 min 10\" or { days = \"Mon-Fri\", from = \"09:00\", to = \"18:00\", min = 10 } (utc_offset optional)",
-            )
-        })?;
-        match repr {
-            Repr::Line(line) => line.parse(),
-            Repr::Parts(p) => Window::from_parts(
-                p.days.as_deref().unwrap_or("daily"),
-                &p.from,
-                &p.to,
-                p.min,
-                p.utc_offset.as_deref(),
-            ),
-        }
-        .map_err(serde::de::Error::custom)
+        deserializer.deserialize_any(Either)
     }
 }
 
@@ -646,6 +651,37 @@ mod tests {
         assert_eq!("9:05".parse::<TimeOfDay>().unwrap().minutes(), 545);
         assert_eq!("+0130".parse::<UtcOffset>().unwrap().minutes(), 90);
         assert_eq!("-5".parse::<UtcOffset>().unwrap().minutes(), -300);
+    }
+
+    /// A window table's own errors are kept: an unknown key is named with
+    /// the keys a table takes, a missing one by its name; only a value
+    /// that is neither a string nor a table gets the two forms.
+    #[test]
+    fn a_window_table_names_its_unknown_and_missing_keys() {
+        let read = |json: &str| serde_json::from_str::<Window>(json).map_err(|e| e.to_string());
+        let err = read(r#"{"days": "Mon", "from": "09:00", "to": "10:00", "min": 2, "tz": "x"}"#)
+            .unwrap_err();
+        assert!(
+            err.contains(
+                "unknown field `tz`, expected one of `days`, `from`, `to`, `min`, `utc_offset`"
+            ),
+            "{err}"
+        );
+        let err = read(r#"{"days": "Mon", "from": "09:00", "to": "10:00"}"#).unwrap_err();
+        assert!(err.contains("missing field `min`"), "{err}");
+        let err = read("5").unwrap_err();
+        assert!(
+            err.contains("integer `5`, expected a window: \"Mon-Fri 09:00-18:00 min 10\" or {"),
+            "{err}"
+        );
+        let err = read(r#""Mon 9am-10:00 min 2""#).unwrap_err();
+        assert!(err.contains("9am"), "{err}");
+        let line = "Mon 09:00-10:00 min 2".parse::<Window>().unwrap();
+        assert_eq!(read(r#""Mon 09:00-10:00 min 2""#), Ok(line));
+        assert_eq!(
+            read(r#"{"days": "Mon", "from": "09:00", "to": "10:00", "min": 2}"#),
+            Ok(line)
+        );
     }
 
     proptest! {
