@@ -308,7 +308,7 @@ pub const AZURE_FLAVOR_MAP: &str = "1,0.75 a\n1,1.75 b\n1,2 c\n16,112 d\n2,14 e\
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: String,
         #[source]

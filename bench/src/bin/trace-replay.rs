@@ -43,7 +43,9 @@ struct Args {
         default_value = "steady,diurnal,flash-sale,throttle-onset,host-contention,trace"
     )]
     scenarios: Vec<String>,
-    /// An arrival trace in the azure-v1-arrivals format.
+    /// An arrival trace in the azure-v1-arrivals format. The default is
+    /// outside this repository (a checkout of the shared data beside the
+    /// clone; see docs/benchmarks.md for where the trace comes from).
     #[arg(long, default_value = "../shared/data/azure-v1-arrivals/v1.dev.txt")]
     trace: PathBuf,
     /// Keep a seeded random 1 in N of the trace's tenant batches; several
@@ -159,6 +161,14 @@ fn build_scenarios(args: &Args) -> anyhow::Result<Vec<Scenario>> {
     Ok(out)
 }
 
+/// Where the trace comes from and the ways past it, for a run that cannot
+/// read it: the default path is outside the repository.
+const NO_TRACE: &str = "no trace is in this repository; the default --trace, beside \
+     the clone, is v1.dev.txt of the Azure Public Dataset V1 VM arrivals as processed in \
+     huaweicloud/trace_generation_rnn (resources/traces, CC BY 4.0), see docs/benchmarks.md. \
+     Pass --trace FILE to replay a copy, or run without the trace scenario: \
+     --scenarios steady,diurnal,flash-sale,throttle-onset,host-contention";
+
 /// The --trace file thinned 1 in `thin` with `seed`; `suffix` ends its name.
 fn trace_scenario(args: &Args, thin: u32, seed: u64, suffix: &str) -> anyhow::Result<Scenario> {
     let stem = args
@@ -166,8 +176,19 @@ fn trace_scenario(args: &Args, thin: u32, seed: u64, suffix: &str) -> anyhow::Re
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "trace".into());
-    let trace = demand::read_trace(&args.trace, thin, seed)
-        .with_context(|| format!("reading trace {}", args.trace.display()))?;
+    let trace = demand::read_trace(&args.trace, thin, seed).map_err(|e| {
+        // A fresh clone has no trace at the default path: say where it
+        // comes from and how to run without it, not only that it is missing.
+        let unreadable = matches!(&e, demand::TraceError::Read { path, .. }
+            if *path == args.trace.display().to_string());
+        let what = format!("reading trace {}", args.trace.display());
+        let err = anyhow::Error::new(e);
+        if unreadable {
+            err.context(format!("{what}: {NO_TRACE}"))
+        } else {
+            err.context(what)
+        }
+    })?;
     Ok(demand::trace_scenario(
         &format!("trace {stem} 1:{thin}{suffix}"),
         &trace,
@@ -1388,6 +1409,22 @@ mod tests {
         );
         assert!(err.contains("--thin"), "{err}");
         assert!(err.contains(&file.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn a_missing_trace_says_where_the_trace_comes_from_and_how_to_run_without_it() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file = dir.path().join("v1.dev.txt");
+        let args = parse(&["--trace", file.to_str().expect("a UTF-8 path")]).expect("flags parse");
+        let err = format!("{:#}", build_scenarios(&args).expect_err("no trace file"));
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        // Where to get it, and the two ways past it.
+        assert!(err.contains("Azure Public Dataset V1"), "{err}");
+        assert!(err.contains("--trace FILE"), "{err}");
+        assert!(
+            err.contains("--scenarios steady,diurnal,flash-sale,throttle-onset,host-contention"),
+            "{err}"
+        );
     }
 
     #[test]
