@@ -211,7 +211,7 @@ stop_testbed() {
     fi
     if [ "$TESTBED_OURS" = 1 ]; then
         if [ "${WARMPOOL_TESTBED_KEEP:-0}" = 1 ]; then
-            log "leaving the testbed this run started running (WARMPOOL_TESTBED_KEEP=1); stop it with deploy/testbed/down.sh"
+            log "leaving the testbed this run started running (WARMPOOL_TESTBED_KEEP=1); stop it with sudo deploy/testbed/down.sh"
         else
             log "stopping the testbed this run started (deploy/testbed/down.sh)"
             as_root bash "$TESTBED/down.sh" >&2 || log "deploy/testbed/down.sh failed"

@@ -11,6 +11,8 @@ case "${1:-}" in
   "" | --wipe) ;;
   *) echo "usage: $0 [--wipe]" >&2; exit 2 ;;
 esac
+# The processes, pid files and state up.sh made are root's.
+[ "$(id -u)" = 0 ] || { echo "deploy/testbed/down.sh: error: must run as root (the testbed's processes and $STATE are root's): sudo $0${1:+ $1}" >&2; exit 1; }
 
 # The testbed is no longer complete: the next up.sh must check everything.
 rm -f "$UP_STAMP"
