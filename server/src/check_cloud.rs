@@ -66,6 +66,12 @@ pub enum CheckKind {
     /// alone were checked. Informs; never fails the report: the daemon
     /// checked its stored pools when it started.
     StoreInUse,
+    /// The check runs as root and the data dir is another user's: the
+    /// store is left unopened (sled rewrites its files as whoever opens
+    /// it, and root's would lock its owner's warmpoold out), so the
+    /// config's pools alone were checked. Informs, as [`Self::StoreInUse`]
+    /// does: the daemon checks its stored pools at every start.
+    StoreOfAnotherUser,
     /// The cloud the store serves, as it records it, against the configured
     /// one: warmpoold refuses to start on a store of another
     /// (`ManagerError::CloudChanged`).
@@ -89,7 +95,7 @@ impl CheckKind {
             CheckKind::Volume => "volumes",
             CheckKind::Quota => "quota",
             CheckKind::ZoneOverride => "zone overrides",
-            CheckKind::Store | CheckKind::StoreInUse => "store",
+            CheckKind::Store | CheckKind::StoreInUse | CheckKind::StoreOfAnotherUser => "store",
             CheckKind::StoreCloud => "store cloud",
             CheckKind::Pool => "pool",
         }
@@ -163,6 +169,7 @@ impl Check {
                     | CheckKind::ZoneOverride
                     | CheckKind::Store
                     | CheckKind::StoreInUse
+                    | CheckKind::StoreOfAnotherUser
             )
         {
             return false;
@@ -220,11 +227,14 @@ pub struct Report {
 
 impl Report {
     /// Whether every check passed (the lines of a store a running daemon
-    /// holds and of zone overrides only inform).
+    /// holds or root left unopened, and of zone overrides, only inform).
     pub fn passed(&self) -> bool {
-        self.checks
-            .iter()
-            .all(|c| c.ok || matches!(c.kind, CheckKind::StoreInUse | CheckKind::ZoneOverride))
+        self.checks.iter().all(|c| {
+            c.ok || matches!(
+                c.kind,
+                CheckKind::StoreInUse | CheckKind::StoreOfAnotherUser | CheckKind::ZoneOverride
+            )
+        })
     }
 
     /// Failures that stop start-up ([`Check::stops_start_up`]).
@@ -464,8 +474,69 @@ enum StoreCloud {
 /// The pools in the store at `dir`, and the report's line about them:
 /// none when there is no store yet or it has no pool. A store that cannot
 /// be read gives no pools and a line saying so: a failed one, unless a
-/// running daemon holds it ([`CheckKind::StoreInUse`]).
+/// running daemon holds it ([`CheckKind::StoreInUse`]) or the check runs
+/// as root on another user's ([`CheckKind::StoreOfAnotherUser`]).
 async fn stored_pools(dir: &std::path::Path) -> StoreRead {
+    stored_pools_as(dir, rustix::process::geteuid().as_raw()).await
+}
+
+/// The name `/etc/passwd` gives `uid`, if any (a systemd dynamic user has
+/// none there).
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+    })
+}
+
+/// The line of a store the check leaves unopened because it runs as root
+/// (`euid` 0) and the data dir belongs to another user; `None` otherwise,
+/// and when the data dir cannot be looked at (opening it says why).
+fn another_users_store(dir: &std::path::Path, euid: u32) -> Option<Check> {
+    use std::os::unix::fs::MetadataExt;
+    if euid != 0 {
+        return None;
+    }
+    let meta = std::fs::metadata(dir).ok()?;
+    let (uid, gid) = (meta.uid(), meta.gid());
+    if uid == 0 {
+        return None;
+    }
+    let (who, run_as) = match user_name(uid) {
+        Some(name) => (format!("uid {uid} ({name})"), format!("sudo -u {name}")),
+        None => (
+            format!("uid {uid} (no user of that uid in /etc/passwd)"),
+            format!("setpriv --reuid={uid} --regid={gid} --clear-groups"),
+        ),
+    };
+    let message = format!(
+        "{} belongs to {who}, not to root, who runs this check, so it was not opened \
+         (sled rewrites a store's files as whoever opens it, and root's would lock its \
+         owner's warmpoold out with \"Permission denied\"); only the configured pools were \
+         checked. To check its stored pools too, run check-cloud as its owner with the same \
+         arguments, while no warmpoold holds it: {run_as} warmpoold check-cloud ...; \
+         warmpoold checks them itself at every start",
+        dir.display()
+    );
+    Some(Check {
+        kind: CheckKind::StoreOfAnotherUser,
+        ok: false,
+        message,
+        scope: None,
+    })
+}
+
+/// [`stored_pools`] for a check running as user `euid`.
+async fn stored_pools_as(dir: &std::path::Path, euid: u32) -> StoreRead {
+    if let Some(line) = another_users_store(dir, euid) {
+        return StoreRead {
+            pools: Vec::new(),
+            line: Some(line),
+            cloud: StoreCloud::Unread,
+        };
+    }
     let unread = |pools: Vec<PoolRecord>, line: Option<Check>| StoreRead {
         pools,
         line,
@@ -668,9 +739,21 @@ async fn put_store_lines(
 /// store comes first when it has pools or cannot be read. Returns the
 /// report, and the connected cloud when the login worked.
 pub async fn check(config: &Config, os: &OpenStackConfig) -> (Report, Option<OpenStackCloud>) {
+    // The cloud config first: opening the store rewrites its files as the
+    // user running the check, so a run that fails on a clouds.yaml it cannot
+    // read (root's, say, while the unit's credential is gone) must not have
+    // opened it.
+    let settings = match os.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            let mut report = Report::default();
+            report.fail(CheckKind::Config, e.to_string());
+            return (report, None);
+        }
+    };
     let read = stored_pools(&config.data_dir).await;
     let pools = pools_to_check(&read.pools, config);
-    let (mut report, cloud) = check_pools(os, &pools).await;
+    let (mut report, cloud) = check_with(settings, os, &pools).await;
     let asked = cloud.as_ref().map(|c| c as &dyn Cloud);
     put_store_lines(&mut report, &config.data_dir, read, asked).await;
     (report, cloud)
@@ -694,14 +777,23 @@ pub async fn check_pools(
     os: &OpenStackConfig,
     pools: &[CheckedPool],
 ) -> (Report, Option<OpenStackCloud>) {
-    let mut report = Report::default();
-    let settings = match os.settings() {
-        Ok(s) => s,
+    match os.settings() {
+        Ok(settings) => check_with(settings, os, pools).await,
         Err(e) => {
+            let mut report = Report::default();
             report.fail(CheckKind::Config, e.to_string());
-            return (report, None);
+            (report, None)
         }
-    };
+    }
+}
+
+/// [`check_pools`] with the driver's settings already read from `os`.
+async fn check_with(
+    settings: pool_manager::openstack::OpenStackSettings,
+    os: &OpenStackConfig,
+    pools: &[CheckedPool],
+) -> (Report, Option<OpenStackCloud>) {
+    let mut report = Report::default();
     let cloud = match OpenStackCloud::connect(settings).await {
         Ok(cloud) => {
             report.ok(
@@ -1270,6 +1362,112 @@ mod tests {
             dir.path().display()
         );
         assert!(report.to_string().starts_with(&held), "{report}");
+        assert!(report.passed(), "{report}");
+    }
+
+    /// Every file under `dir`: its size, a digest of its bytes, its mode:
+    /// what a run that touched nothing leaves as it was.
+    fn files_in(dir: &std::path::Path) -> BTreeMap<std::path::PathBuf, (u64, String, String)> {
+        use sha2::Digest;
+        use std::os::unix::fs::PermissionsExt;
+        let mut files = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::metadata(&path).unwrap();
+            if meta.is_dir() {
+                files.extend(files_in(&path));
+            } else {
+                let digest = sha2::Sha256::digest(std::fs::read(&path).unwrap());
+                let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                let mode = format!("{:o}", meta.permissions().mode());
+                files.insert(path, (meta.len(), hex, mode));
+            }
+        }
+        files
+    }
+
+    /// A cloud config check-cloud cannot read fails before the store is
+    /// opened: opening it rewrites its files, as the user running the
+    /// check (root's umask 077 once left a snapshot the daemon could not
+    /// read), and a config failure must leave the store as it was.
+    #[tokio::test]
+    async fn a_broken_clouds_yaml_leaves_the_data_dir_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        {
+            use pool_manager::store::{SledStore, Store};
+            let store = SledStore::open(&data).unwrap();
+            let identity = CloudIdentity::OpenStack {
+                project_id: "5f1c".into(),
+                region: None,
+                server_tag: "warmpool".into(),
+            };
+            store.record_cloud_identity(&identity).await.unwrap();
+            store.flush().await.unwrap();
+        }
+        wait_until_let_go(&data);
+        let before = files_in(&data);
+
+        let clouds = dir.path().join("clouds.yaml");
+        std::fs::write(&clouds, "clouds: [this is not a mapping\n").unwrap();
+        let config = crate::config::Config::parse(&format!(
+            "data_dir = {data:?}\n\
+             [cloud]\n\
+             kind = \"openstack\"\n\
+             cloud = \"mycloud\"\n\
+             clouds_yaml = {clouds:?}\n\
+             management_network = \"mgmt\"\n",
+        ))
+        .unwrap();
+        let crate::config::CloudConfig::OpenStack(os) = &config.cloud else {
+            panic!("not an OpenStack config");
+        };
+        let (report, cloud) = check(&config, os).await;
+        assert!(cloud.is_none(), "{report}");
+        assert!(!report.passed(), "{report}");
+        let failed = line(&report, CheckKind::Config);
+        assert!(failed.message.contains("clouds.yaml"), "{report}");
+        assert_eq!(files_in(&data), before, "the store was touched: {report}");
+    }
+
+    /// A check run as root leaves a store another user owns unopened
+    /// (opening it would leave root's files in it, which its daemon cannot
+    /// read), names the owner and how to run as them, and only informs:
+    /// the configured pools are still checked.
+    #[tokio::test]
+    async fn root_leaves_a_store_another_user_owns_unopened() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        {
+            use pool_manager::store::{SledStore, Store};
+            let store = SledStore::open(&data).unwrap();
+            store.flush().await.unwrap();
+        }
+        wait_until_let_go(&data);
+        // The check runs as root (uid 0) below; the store is another
+        // user's: the one running the tests, or, when that is root, nobody.
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&data, Some(65534), Some(65534)).unwrap();
+        }
+        let owner = std::fs::metadata(&data).unwrap().uid();
+        assert_ne!(owner, 0);
+        let before = files_in(&data);
+
+        let read = stored_pools_as(&data, 0).await;
+        assert!(read.pools.is_empty());
+        assert!(matches!(read.cloud, StoreCloud::Unread));
+        let line = read.line.expect("a line saying why the store was not read");
+        assert!(
+            line.message.contains(&format!("uid {owner}"))
+                && line.message.contains("sudo -u")
+                && line
+                    .message
+                    .contains("only the configured pools were checked"),
+            "{line}"
+        );
+        assert_eq!(files_in(&data), before, "the store was touched: {line}");
+        let report = Report { checks: vec![line] };
         assert!(report.passed(), "{report}");
     }
 
