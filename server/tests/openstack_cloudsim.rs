@@ -4496,6 +4496,101 @@ async fn a_release_of_a_create_in_doubt_leaves_a_failed_tries_bound_port_to_the_
     stop_daemon(running, stop).await;
 }
 
+/// A failed try's port, bound to its SOFT_DELETED server until the reclaim
+/// (the cloud refuses warmpool's forceDelete and lets a member delete no
+/// bound port), carries the attempt's name, as every port of the attempt
+/// does. The next try's port create, left uncertain by a plain 429, looks
+/// the name up before it is sent again: the held port is no port that
+/// create made (it is bound, and a new port is not), so it is neither
+/// adopted (the attach to the new server would be refused, the port in
+/// use) nor deleted as a twin (Neutron refuses, and the create would fail
+/// with it); the twin watch deletes it after the reclaim. The create makes
+/// a fresh port, and a later uncertain create adopts that one.
+#[tokio::test(start_paused = true)]
+async fn an_uncertain_port_create_leaves_a_failed_tries_held_port_alone() {
+    let env = member_port_soft_delete_env().await;
+    let cloud = env.driver().await;
+    let network = cloud.network("tenant-net").await.unwrap();
+    cloud.network("mgmt-net").await.unwrap();
+    let name = "warmpool-o1-18f0a1b2c3d4e5f6";
+    let port = port_spec(name, &network.id);
+
+    // The failed try: its port bound to its server, which is deleted and
+    // stays SOFT_DELETED (the forceDelete refused).
+    let server = cloud
+        .create_server(&spec("try1", "db.small", "az1"))
+        .await
+        .unwrap();
+    settled(&cloud, &server.id).await;
+    let held = cloud.create_port(&port).await.unwrap();
+    cloud.attach_port(&server.id, &held.id).await.unwrap();
+    for _ in 0..200 {
+        if cloud.get_port(&held.id).await.unwrap().device_id.as_deref() == Some(&server.id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cloud.delete_server(&server.id).await.unwrap();
+    let bound_to = |id: &str| {
+        env.sim
+            .ports()
+            .into_iter()
+            .find(|p| p.id == id)
+            .map(|p| p.device_id)
+    };
+    assert_eq!(bound_to(&held.id), Some(Some(server.id.clone())));
+    assert_eq!(
+        env.sim.server(&server.id).map(|s| s.server.status),
+        Some(ServerStatus::Deleted),
+        "left SOFT_DELETED to the reclaim"
+    );
+
+    let throttle_next_create = || {
+        env.face.faults().answer_next(
+            Service::Network,
+            "POST",
+            "/v2.0/ports",
+            1,
+            429,
+            r#"{"NeutronError": {"type": "OverLimit", "message": "Too many requests.", "detail": ""}}"#,
+        )
+    };
+    // The next try's create: throttled, then sent again.
+    throttle_next_create();
+    let e = cloud.create_port(&port).await.unwrap_err();
+    assert!(matches!(e, CloudError::Throttled { .. }), "{e:?}");
+    let fresh = cloud.create_port(&port).await;
+    let fresh = fresh.map_err(|e| e.to_string());
+    assert!(
+        fresh
+            .as_ref()
+            .is_ok_and(|p| p.id != held.id && p.device_id.is_none()),
+        "a fresh unbound port, not the held {}: {fresh:?}",
+        held.id
+    );
+    let fresh = fresh.unwrap();
+    assert_eq!(bound_to(&held.id), Some(Some(server.id.clone())));
+
+    // Left uncertain again, with the fresh port and the held one both
+    // under the name: the fresh one is adopted, the held one left alone.
+    throttle_next_create();
+    cloud.create_port(&port).await.unwrap_err();
+    let adopted = cloud.create_port(&port).await.map_err(|e| e.to_string());
+    assert_eq!(adopted.map(|p| p.id), Ok(fresh.id.clone()));
+    assert_eq!(bound_to(&held.id), Some(Some(server.id.clone())));
+    let mut named: Vec<String> = env
+        .sim
+        .ports()
+        .into_iter()
+        .filter(|p| p.name == name)
+        .map(|p| p.id)
+        .collect();
+    named.sort();
+    let mut expected = vec![held.id.clone(), fresh.id.clone()];
+    expected.sort();
+    assert_eq!(named, expected);
+}
+
 /// A purchase under way, and the port and server of its try.
 type HeldPurchase = (
     tokio::task::JoinHandle<pool_manager::ManagerResult<pool_manager::model::Allocation>>,

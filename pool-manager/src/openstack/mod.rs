@@ -1515,15 +1515,32 @@ impl OpenStackCloud {
             // Neutron takes a network id in either case and answers the
             // canonical one.
             .filter(|p| p.network_id.eq_ignore_ascii_case(&spec.network_id))
+            // A create makes an unbound port, so a bound one is no
+            // create's answer: it is an earlier try's of the attempt (its
+            // ports share the attempt's name), maybe held by a
+            // SOFT_DELETED server until Nova's reclaim. Adopted, its
+            // attach to the new server would be refused, the port in use;
+            // deleted, Neutron refuses a member the delete of a bound port.
+            // The twin watch of the attempt's name deletes it once free.
+            .filter(|p| p.device_id.is_none())
             .collect();
-        found.sort_by(|a, b| (a.device_id.is_some(), &a.id).cmp(&(b.device_id.is_some(), &b.id)));
+        // By id, so that retries after a twin that could not be deleted
+        // choose alike.
+        found.sort_by(|a, b| a.id.cmp(&b.id));
         let mut found = found.into_iter();
         let Some(keep) = found.next() else {
             return Ok(None);
         };
         for twin in found {
             tracing::warn!(port = %twin.id, kept = %keep.id, name = %spec.name, "deleting a twin port left by lost create answers");
-            self.delete_port(&twin.id).await?;
+            // The kept port serves the order all the same; a twin exists
+            // only where a create lost its answer, which marks the order's
+            // creates in doubt, so its name's twin watch deletes what is
+            // left here. Failing the create instead would fail the try
+            // over a port it does not use.
+            if let Err(e) = self.delete_port(&twin.id).await {
+                tracing::warn!(port = %twin.id, kept = %keep.id, name = %spec.name, error = %e, "cannot delete a twin port now; the twin watch of its name deletes it later");
+            }
         }
         Ok(Some(keep))
     }
