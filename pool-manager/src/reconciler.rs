@@ -29,11 +29,12 @@
 //! | nothing | server with warmpool metadata, SOFT_DELETED (a cloud with `reclaim_instance_interval`; Nova does not list these, the OpenStack driver's listing adds those it deleted) | delete it for good (the driver's forceDelete), no leak event; where the cloud's policy refuses the forceDelete (403), leave it to Nova's reclaim, logging a warning (the driver forgets it) |
 //! | nothing at all: no instance, allocation, twin watch or set-aside record, and no start on it let go on so before (start-up pass only) | pool servers, not being deleted nor SOFT_DELETED | refuse the start before anything is deleted (`ManagerError::UnknownServers`: the wrong store, or another manager's servers under the same tag), unless `delete_unknown_servers` is set: then note in the store that it is meant to be new (flushed first; later starts on it go on without the flag) and go on as below |
 //! | a store adopted from another cloud (`adopt_cloud`; start-up pass only, before anything else) | pool servers, not being deleted nor SOFT_DELETED, that no record names (by server id, instance id or an instance set aside) | refuse the start before anything is done, the adoption unrecorded (`ManagerError::UnknownServers`, `adopted`), unless `delete_unknown_servers` is set: then note it as above; with none, or so let go on, record the new cloud (flushed first) and go on as below |
+//! | nothing | server with warmpool metadata naming an instance a boot task of this process still drives (the record dropped by a drain or a purchase's rollback while its create was on its way, or while the task's delete of it waits out a 429) | leave it: the task deletes it itself; once the task has ended (its delete refused past the cleanup budget, or the task gone), the rows below judge it |
 //! | nothing | server with warmpool metadata, no volume attached (read again by id first: the listing is older than the instances read after it, and a server deleted in between, its record then dropped, is listed ACTIVE; gone or going now, it is left) | delete it (leak) |
 //! | nothing | server with warmpool metadata and a volume attached (read again by id first, as above) | leave it, log an error (a tenant's, its record lost), count it left alone (`unknown_sold`) |
 //! | instance record set aside as unreadable | server naming the instance (a volume attached or not) | leave it, log a warning (a release of its allocation deletes it by the allocation's server id), count it left alone (`set_aside`) |
 //! | instance `Claimed`, its allocation's record set aside as unreadable | - | leave it, log a warning, count its server left alone (`set_aside`) |
-//! | instance with another server recorded | server naming the instance | delete it (a twin of a retried create) |
+//! | instance with another server recorded | server naming the instance | delete it (a twin of a retried create), once no boot task of this process drives the instance |
 //!
 //! The servers left alone ([`LeftAlone`]) are counted by each pass that
 //! gets through the sweep of unknown servers, for the metrics: each waits
@@ -509,6 +510,25 @@ impl Shared {
                     .get(META_INSTANCE)
                     .is_some_and(|id| awaiting_server.contains(id.as_str()));
             if owned || self.leave_going(listed).await? {
+                continue;
+            }
+            // Made by a create still in flight (or being deleted through a
+            // 429's pause) for an instance a drain or a purchase's rollback
+            // dropped meanwhile: its boot task, which still holds the
+            // claim, deletes it; taken here it would be a false leak
+            // alert. Looked at before the server is read again below: a
+            // task whose claim is gone by now sent its delete before that
+            // read, which then finds the server going, and one that could
+            // not (or died) leaves a leak that this read finds as it is.
+            // A twin of a boot still driven waits for the boot's end too.
+            let driven = listed.metadata.get(META_INSTANCE).is_some_and(|id| {
+                self.driving
+                    .lock()
+                    .expect("driving lock")
+                    .contains(id.as_str())
+            });
+            if driven {
+                tracing::debug!(server = %listed.id, name = %listed.name, "a pool server no record names is still its boot task's to delete; left to it");
                 continue;
             }
             // Judged on the server as it is now, not as listed: the listing

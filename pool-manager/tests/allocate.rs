@@ -6176,6 +6176,102 @@ async fn a_refill_drained_mid_create_deletes_its_server_through_a_429() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// As above, but a reconcile pass runs while the undone boot's create is
+/// still on its way: the server it made is listed and no record names it,
+/// yet its boot task, still running, holds its driving claim and deletes it
+/// when the answer comes. The pass deleted it as a leak (a false
+/// `LeakDeleted`, feeding `WarmpoolLeakRateHigh`); it leaves it to the task.
+#[tokio::test(start_paused = true)]
+async fn a_pass_mid_create_leaves_an_undone_cold_boots_server_to_its_task() {
+    use pool_manager::events::EventKind;
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_over(&cloud, temp_store(), 0).await;
+    manager
+        .update_pool(&pool(), |s| s.max_ready = 0)
+        .await
+        .unwrap();
+    let mut events = manager.events();
+    let answered = cloud.hold_next("create_server", At::After);
+    let mut order = request("late", new_volume(), EmptyPoolPolicy::ColdBoot);
+    order.timeout = Some(Duration::from_secs(30));
+    let buyer = spawn_allocate(&manager, order);
+    answered.reached().await;
+    buyer.await.unwrap().unwrap_err();
+    assert!(manager.list_instances(None).await.unwrap().is_empty());
+    assert_eq!(sim.servers().len(), 1, "made, its answer on the way");
+    manager.reconcile().await.unwrap();
+    assert_eq!(
+        sim.servers().len(),
+        1,
+        "the pass deleted the server a live boot task owns"
+    );
+    answered.release();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(sim.servers().is_empty(), "{:?}", sim.servers());
+    manager.reconcile().await.unwrap();
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event.kind, EventKind::LeakDeleted { .. }),
+            "the undone boot's server was taken for a leak: {event:?}"
+        );
+    }
+    assert_consistent(&sim, &manager).await;
+}
+
+/// As above, with a reconcile pass inside the 429's pause: the task still
+/// holds its claim and retries its delete after the pause. The pass
+/// deleted the server as a leak, the very false alert the retry was for.
+#[tokio::test(start_paused = true)]
+async fn a_pass_in_a_drained_refills_429_pause_leaves_its_server_to_it() {
+    use pool_manager::events::EventKind;
+    let sim = sim();
+    let (cloud, refused) = GatedCloud::failing_next(
+        &sim,
+        "delete_server",
+        pool_manager::cloud::CloudError::Throttled {
+            retry_after: Some(Duration::from_secs(5)),
+            message: "delete_server: rate-limited (HTTP 429)".into(),
+            unavailable: false,
+        },
+    );
+    let manager = started_over(&cloud, temp_store(), 0).await;
+    let mut events = manager.events();
+    let answered = cloud.hold_next("create_server", At::After);
+    manager
+        .update_pool(&pool(), |s| s.min_ready = 1)
+        .await
+        .unwrap();
+    answered.reached().await;
+    manager.delete_pool(&pool()).await.unwrap();
+    let mut changes = manager.subscribe();
+    while manager.get_pool(&pool()).await.is_ok() {
+        changes.changed().await;
+    }
+    refused.store(1, Ordering::SeqCst);
+    answered.release();
+    while refused.load(Ordering::SeqCst) != 0 {
+        tokio::task::yield_now().await;
+    }
+    // The task's delete was refused; it waits out the 5 s Retry-After.
+    manager.reconcile().await.unwrap();
+    assert_eq!(
+        sim.servers().len(),
+        1,
+        "the pass deleted the server a live boot task owns"
+    );
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(sim.servers().is_empty(), "{:?}", sim.servers());
+    manager.reconcile().await.unwrap();
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event.kind, EventKind::LeakDeleted { .. }),
+            "the drained refill's server was taken for a leak: {event:?}"
+        );
+    }
+    assert_consistent(&sim, &manager).await;
+}
+
 /// The first write of a server's id on its instance fails.
 #[derive(Default)]
 struct FailRecordingServerId {
