@@ -19,8 +19,8 @@
 //! | instance `Booting`/`Warming` | server exists | resume the boot task |
 //! | instance `Ready`, unclaimed, its pool's record gone (and not set aside as unreadable) | server exists | discard it: no replenisher is left to (one a purchase put back, no attach having reached it, after the drain had deleted the pool, left by a crash or an older version); judged again under the pool lock, so a pool created again under its key meanwhile keeps it |
 //! | instance `Ready`, unclaimed | server in ERROR (its host failed) | discard it (the pool refills) |
-//! | instance `Ready` | server busy with a task (a task_state other than a delete: a snapshot, a migration) | nothing for that: busy is not broken, the task ends by itself |
-//! | instance `Ready`, unclaimed | server ACTIVE, mysqld silent on this pass's probe and the last's | discard it (the pool refills) |
+//! | instance `Ready` | server busy with a task (a task_state other than a delete: a snapshot, a migration, a rebuild) | nothing for that: busy is not broken, the task ends by itself. Not probed while busy (a cold migration or a non-live snapshot takes the guest down), and a silence counted before the task is forgotten: the rows below judge it anew once the task is over. One Nova leaves busy for good (a task_state stuck until an admin resets it) stays Ready until a purchase claims it (Nova refuses the attach, 409: the purchase discards it and takes the next), or `max_age` or an image change retires it |
+//! | instance `Ready`, unclaimed | server not busy (ACTIVE, or stopped, shelved, paused by an operator: no task brings mysqld back), mysqld silent on this pass's probe and the last's | discard it (the pool refills) |
 //! | instance `Failed`/`Deleting` | - | delete the server, drop the record |
 //! | instance `Allocated`/`Releasing`, its order `Released`, or gone and not set aside (a release drops its instance's record first: this one was set aside by an older version that then released the order, and moved back at this version's open) | server gone (or SOFT_DELETED; one missing from the listing is asked for by id first) | drop the record (a SOFT_DELETED server is deleted for good) |
 //! | instance `Allocated`/`Releasing`, its order `Released` naming it | server exists | do the release's instance step again: detach the order's volume, delete the server until gone, drop the record |
@@ -475,8 +475,14 @@ impl Shared {
                         .await;
                     go_on(discarded, "discarding instance", &instance.id)?;
                 }
+                // Busy is not broken: a task that takes the guest down (a
+                // cold migration, a non-live snapshot, a rebuild) silences
+                // mysqld until it ends by itself. Not probed meanwhile, its
+                // silence from before forgotten with it: judged from
+                // scratch once the task is over.
                 InstanceState::Ready => {
-                    if instance.request_id.is_none() {
+                    let busy = server.as_ref().is_some_and(|s| s.busy.is_some());
+                    if instance.request_id.is_none() && !busy {
                         to_probe.push(instance);
                     }
                 }
@@ -849,8 +855,8 @@ impl Shared {
         .await
     }
 
-    /// Probes unclaimed Ready instances (their servers exist and are not in
-    /// ERROR), a bounded number at once: mysqld may have died since an
+    /// Probes unclaimed Ready instances (their servers exist, are not in
+    /// ERROR and are not busy with a task), a bounded number at once: mysqld may have died since an
     /// instance went Ready. One silent on this pass and the last is
     /// discarded, so the pool refills and its depth counts only databases
     /// that answer; one silent pass is let be (mysqld restarting, a lost

@@ -1717,6 +1717,42 @@ async fn reconcile_keeps_a_ready_instance_whose_server_is_busy() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A task that takes the guest down (a cold migration, a non-live
+/// snapshot, a rebuild) silences mysqld while Nova is busy with the
+/// server: a reconcile pass neither probes it nor counts that silence, and
+/// discarded such an instance after two passes (busy is not broken). Once
+/// the task has ended it is judged as any other: silent on two passes from
+/// then, it is replaced.
+#[tokio::test(start_paused = true)]
+async fn reconcile_keeps_a_ready_instance_silent_while_its_server_is_busy() {
+    let sim = sim();
+    let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 1).await;
+    let busy = sim.servers().pop().unwrap().server.id;
+    assert!(sim.set_server_task_state(&busy, Some("migrating")));
+    assert!(sim.stop_mysqld(&busy));
+    let listed = || async {
+        manager
+            .list_instances(Some(&pool()))
+            .await
+            .unwrap()
+            .iter()
+            .any(|i| i.server_id.as_deref() == Some(busy.as_str()))
+    };
+
+    manager.reconcile().await.unwrap();
+    manager.reconcile().await.unwrap();
+    assert!(listed().await, "discarded while its server was busy");
+    assert!(sim.servers().iter().any(|s| s.server.id == busy));
+
+    // The task is over and mysqld is still silent: one silent pass is let
+    // be, the second replaces it.
+    assert!(sim.set_server_task_state(&busy, None));
+    manager.reconcile().await.unwrap();
+    assert!(listed().await, "its silence while busy was counted");
+    manager.reconcile().await.unwrap();
+    assert!(!listed().await, "still in the pool after two silent passes");
+}
+
 /// mysqld on a Ready instance died after it went Ready (its server is
 /// still ACTIVE): a purchase probes the instance it claims, discards the
 /// silent one and hands out the next, instead of a database that does not
