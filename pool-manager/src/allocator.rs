@@ -3013,7 +3013,9 @@ impl Shared {
     /// disallowed by policy", 403), which failed every first release of a
     /// member-only pool user. A refusal while the port is bound is waited
     /// out (looking at the port, not asking again); one for an unbound
-    /// port stands. Not one bound to a SOFT_DELETED server: Nova unbinds
+    /// port stands, and so does a look the cloud can never answer (a 404
+    /// for a path Neutron routes nowhere: its error names the endpoint to
+    /// check), at once. Not one bound to a SOFT_DELETED server: Nova unbinds
     /// that one only at its reclaim (hours, days away) or an admin's
     /// forceDelete, so it is answered at once, [`PortDelete::Held`], for
     /// the caller to hand to a twin watch.
@@ -3054,6 +3056,12 @@ impl Shared {
                             return Ok(PortDelete::Held { server_id });
                         }
                     }
+                    // A look that can never succeed (a 404 Neutron gives a
+                    // path it routes nowhere, an auth refusal) says nothing
+                    // of the binding, and looking again until the cleanup
+                    // budget is spent changes nothing: its error says what
+                    // to mend. A transient one is looked past.
+                    Err(e) if !e.is_retryable() => return Err(e.into()),
                     _ => {}
                 }
                 if Instant::now() >= deadline {

@@ -2066,6 +2066,59 @@ async fn a_release_the_cloud_keeps_refusing_stops_neither_reconcile_nor_restart(
     assert_consistent(&sim, &manager).await;
 }
 
+/// Neutron's answer to a path it routes nowhere (a wrong
+/// `network_endpoint_override`, a gateway sending the calls elsewhere) is
+/// a Fatal error naming the endpoint, for a port's delete and its look
+/// alike. A refused delete is waited out while the port is bound, and a
+/// look that failed so was taken for "maybe bound": the release looked
+/// again every 500 ms for its whole cleanup budget, then answered that
+/// the port was still bound. A look that cannot succeed ends it at once,
+/// with the error that names the endpoint to check.
+#[tokio::test(start_paused = true)]
+async fn a_release_whose_port_calls_miss_their_route_fails_at_once_naming_it() {
+    let sim = sim();
+    let missing = Arc::new(AtomicBool::new(false));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let missing = missing.clone();
+        move |method| {
+            (matches!(method, "delete_port" | "get_port") && missing.load(Ordering::SeqCst)).then(|| {
+                pool_manager::cloud::CloudError::Fatal(format!(
+                    "{method}: HTTP 404 The resource could not be found.: an OpenStack API's answer to a URL it has no route for, which names no object and so says nothing of this one: check that the network endpoint warmpool uses (the service catalog's, or network_endpoint_override in clouds.yaml) and any gateway in front of it lead to Neutron"
+                ))
+            })
+        }
+    });
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    manager
+        .allocate(request("order-r", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    missing.store(true, Ordering::SeqCst);
+    let asked = tokio::time::Instant::now();
+    let err = manager.release("order-r", None).await.unwrap_err();
+    let took = asked.elapsed();
+    let message = err.to_string();
+    assert!(
+        message.contains("network_endpoint_override") && !message.contains("still bound"),
+        "{err:?}"
+    );
+    assert!(
+        matches!(&err, ManagerError::Cloud(e) if !e.is_retryable()),
+        "{err:?}"
+    );
+    assert!(took < Duration::from_secs(30), "answered after {took:?}");
+    assert_eq!(
+        manager.get_allocation("order-r").await.unwrap().state,
+        AllocationState::Releasing
+    );
+
+    // The endpoint mended, the release finishes.
+    missing.store(false, Ordering::SeqCst);
+    let released = manager.release("order-r", None).await.unwrap();
+    assert_eq!(released.state, AllocationState::Released);
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A release under way keeps the volume decision it began with: a second
 /// Release asking for the other one is refused and changes nothing.
 #[tokio::test(start_paused = true)]
