@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, or a cold boot's `Booting` one, whose server is looked up by its instance id if its create's answer was not flushed; delete its port (one its SOFT_DELETED server keeps bound until Nova's reclaim is left to the name's watch instead) and created volume (watched before its delete is sent; one already `deleting` or `error_deleting`, an earlier try's delete accepted, counts as deleted), watch its name if a create may have been on its way or Cinder refuses that volume's delete as `error_attaching`, drop the record) |
 //! | allocation `Releasing` | - | finish the release (a volume it deletes is watched before its delete is sent; one already being deleted counts as deleted; a port its SOFT_DELETED server keeps bound until Nova's reclaim is left to the name's watch, written before the order is `Released`) |
-//! | a name watched (`TwinWatch`: a create of it may have been done unrecorded, a rollback left its new volume `error_attaching`, a volume of the order was deleted, or a port of it was left bound to a SOFT_DELETED server) | volumes, ports of that name (not listed for a watch of deleted volumes and bound ports alone); each deleted volume, by id; each bound port, by id | delete them but the committed allocation's own and the bound ports, naming each volume whose delete Cinder accepted (now or earlier: `deleting`, `error_deleting`) as deleted; a deleted volume gone (404) is dropped, one `error_deleting` marked stuck (announced by the pass that marks it), one an admin reset deleted again; each bound port is sent one delete, no waiting (Neutron refuses it until Nova's reclaim or an admin's forceDelete unbinds it), and dropped once taken; end the watch once it is over and nothing of the name is left but deleted volumes, all gone, and no bound port (a volume Cinder keeps `error_attaching` fails the item at once, each pass, until an admin resets it; the watch names it as stuck until its delete is accepted) |
+//! | a name watched (`TwinWatch`: a create of it may have been done unrecorded, a rollback left its new volume `error_attaching`, a volume of the order was deleted, or a port of it was left bound to a SOFT_DELETED server) | volumes, ports of that name (not listed for a watch of deleted volumes and bound ports alone); each deleted volume, by id; each bound port, by id | delete them but the committed allocation's own and the bound ports, naming each volume whose delete Cinder accepted (now or earlier: `deleting`, `error_deleting`) as deleted; a deleted volume gone (404) is dropped, one `error_deleting` marked stuck (announced by the pass that marks it), one an admin reset deleted again; each bound port is sent one delete, no waiting (Neutron refuses it until Nova's reclaim or an admin's forceDelete unbinds it), and dropped once taken; a refused one is looked at: still bound, asked again next pass; gone, dropped; unbound by now, sent its delete again; a look that fails for good (a 404 for a path Neutron routes nowhere) is logged as a warning naming it; end the watch once it is over and nothing of the name is left but deleted volumes, all gone, and no bound port (a volume Cinder keeps `error_attaching` fails the item at once, each pass, until an admin resets it; the watch names it as stuck until its delete is accepted) |
 //! | instance `Claimed`, allocation `Allocated` naming it | - | mark the instance `Allocated` (left by versions that marked the allocation first) |
 //! | instance `Claimed`, allocation `Allocated` naming another, or none live | - | discard it (a claim left over) |
 //! | instance `Booting`, no server id | server with its instance id | adopt the server |
@@ -1000,8 +1000,35 @@ impl Shared {
                 .await;
             match deleted {
                 Ok(()) => freed.push(port_id.clone()),
+                // Expected while the port is bound, and so quiet; but a
+                // refusal is not always the binding's (a 404 for a path
+                // Neutron routes nowhere is Fatal too), so the port is
+                // looked at: one whose look fails for good would wait here
+                // for ever, nothing said above debug.
                 Err(CloudError::Fatal(refused) | CloudError::Conflict(refused)) => {
-                    tracing::debug!(name = %watch.name, port = %port_id, reason = %refused, "a port left bound to a SOFT_DELETED server is still refused its delete; the next pass asks again");
+                    let looked = self
+                        .retry(self.cleanup_deadline(), || self.cloud.get_port(port_id))
+                        .await;
+                    match looked {
+                        Err(CloudError::NotFound(_)) => freed.push(port_id.clone()),
+                        Ok(port) if port.device_id.is_some() => {
+                            tracing::debug!(name = %watch.name, port = %port_id, reason = %refused, "a port left bound to a SOFT_DELETED server is still refused its delete; the next pass asks again");
+                        }
+                        // Unbound since the refusal (the reclaim came):
+                        // asked once more now.
+                        Ok(_) => match self
+                            .retry(self.cleanup_deadline(), || self.cloud.delete_port(port_id))
+                            .await
+                        {
+                            Ok(()) => freed.push(port_id.clone()),
+                            Err(e) => {
+                                tracing::warn!(name = %watch.name, port = %port_id, error = %e, "Neutron refuses the delete of a port no server holds any more; the next pass asks again (if it keeps refusing, look at the port's owner and the project's Neutron policy, or delete it by hand)");
+                            }
+                        },
+                        Err(e) => {
+                            tracing::warn!(name = %watch.name, port = %port_id, reason = %refused, error = %e, "cannot delete a port left bound to a SOFT_DELETED server, nor tell whether it is still bound: mend what the error names; the next pass asks again");
+                        }
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }

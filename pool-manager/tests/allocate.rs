@@ -2119,6 +2119,55 @@ async fn a_release_whose_port_calls_miss_their_route_fails_at_once_naming_it() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A port a SOFT_DELETED server keeps bound is sent one delete a pass, and
+/// Neutron's refusal while it is bound is expected (logged at debug). A
+/// refusal that is Neutron's 404 for a path it routes nowhere (a wrong
+/// endpoint) was taken for that too: the watch waited on the port for
+/// good, nothing said above debug. The pass looks at the port then, and
+/// a look that fails for good is a warning naming the endpoint to check.
+#[tokio::test(start_paused = true)]
+async fn a_bound_port_watch_whose_port_calls_miss_their_route_warns() {
+    use pool_manager::model::TwinWatch;
+    let sim = sim();
+    let missing = Arc::new(AtomicBool::new(false));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let missing = missing.clone();
+        move |method| {
+            (matches!(method, "delete_port" | "get_port") && missing.load(Ordering::SeqCst)).then(|| {
+                pool_manager::cloud::CloudError::Fatal(format!(
+                    "{method}: HTTP 404 The resource could not be found.: an OpenStack API's answer to a URL it has no route for, which names no object and so says nothing of this one: check that the network endpoint warmpool uses (the service catalog's, or network_endpoint_override in clouds.yaml) and any gateway in front of it lead to Neutron"
+                ))
+            })
+        }
+    });
+    let store = temp_store();
+    let manager = started_paused(&cloud, store.clone(), 0).await;
+    let watch = TwinWatch {
+        name: "warmpool-order-w-1".into(),
+        request_id: "order-w".into(),
+        pool: Some(pool()),
+        volumes: false,
+        keep: Vec::new(),
+        stuck_volume: None,
+        deleted_volumes: Vec::new(),
+        deleted_only: true,
+        bound_ports: vec!["port-held".into()],
+        until: std::time::SystemTime::UNIX_EPOCH,
+    };
+    assert!(store.cas_twin_watch(None, Some(&watch)).await.unwrap());
+    missing.store(true, Ordering::SeqCst);
+
+    let logs = Logs::capture();
+    manager.reconcile().await.unwrap();
+    let text = logs.text();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("WARN") && l.contains("network_endpoint_override")),
+        "{text}"
+    );
+    assert_eq!(store.list_twin_watches().await.unwrap(), vec![watch]);
+}
+
 /// A release under way keeps the volume decision it began with: a second
 /// Release asking for the other one is refused and changes nothing.
 #[tokio::test(start_paused = true)]
