@@ -886,15 +886,7 @@ impl Shared {
         let in_doubt = std::sync::atomic::AtomicBool::new(false);
         let created = self
             .patiently(deadline, Repeat::Retryable, Some(az), || {
-                let attempt = create();
-                let in_doubt = &in_doubt;
-                async move {
-                    let answer = attempt.await;
-                    if answer.as_ref().is_err_and(CloudError::may_have_been_done) {
-                        in_doubt.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    answer
-                }
+                crate::cloud::noting_doubt(create(), &in_doubt)
             })
             .await;
         (created, in_doubt.into_inner())

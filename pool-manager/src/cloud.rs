@@ -386,6 +386,20 @@ impl CloudError {
 
 pub type CloudResult<T> = Result<T, CloudError>;
 
+/// Awaits a create's answer, setting `in_doubt` when the answer leaves the
+/// create possibly done ([`CloudError::may_have_been_done`]), so that the
+/// caller, retrying, still knows a twin may exist once a later try succeeds.
+pub async fn noting_doubt<T>(
+    answer: impl std::future::Future<Output = CloudResult<T>>,
+    in_doubt: &std::sync::atomic::AtomicBool,
+) -> CloudResult<T> {
+    let answer = answer.await;
+    if answer.as_ref().is_err_and(CloudError::may_have_been_done) {
+        in_doubt.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    answer
+}
+
 /// The longest Retry-After honoured (the throttle gate's jitter may then
 /// stretch it up to twice that). A cloud asking for more (or sending a
 /// number too large to be meant) is asked again after this long:

@@ -1019,15 +1019,10 @@ impl Shared {
             let created = self
                 .retry(deadline, || {
                     sent = Instant::now();
-                    let attempt = self.watch_throttle(az, self.cloud.create_server(&spec));
-                    let in_doubt = &in_doubt;
-                    async move {
-                        let answer = attempt.await;
-                        if answer.as_ref().is_err_and(CloudError::may_have_been_done) {
-                            in_doubt.store(true, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        answer
-                    }
+                    crate::cloud::noting_doubt(
+                        self.watch_throttle(az, self.cloud.create_server(&spec)),
+                        &in_doubt,
+                    )
                 })
                 .await;
             let in_doubt = in_doubt.into_inner();
