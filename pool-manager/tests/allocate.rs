@@ -4535,7 +4535,6 @@ async fn twins_of_a_create_answered_503_after_it_was_done_are_deleted() {
 #[tokio::test(start_paused = true)]
 async fn a_boot_whose_create_was_answered_503_after_it_was_done_boots_on_its_server() {
     use pool_manager::cloud::CloudError;
-    use pool_manager::events::EventKind;
     let sim = sim();
     let cloud = GatedCloud::new(&sim);
     let manager = manager_over(&cloud, temp_store());
@@ -4552,12 +4551,7 @@ async fn a_boot_whose_create_was_answered_503_after_it_was_done_boots_on_its_ser
     manager.create_pool(pool(), spec(1)).await.unwrap();
     wait_ready(&manager, 1).await;
     manager.reconcile().await.unwrap();
-    while let Ok(event) = events.try_recv() {
-        assert!(
-            !matches!(event.kind, EventKind::LeakDeleted { .. }),
-            "the server the create answered 503 made was taken for a leak: {event:?}"
-        );
-    }
+    assert_no_leak_deleted(&mut events, "the server the create answered 503 made");
     let calls = sim.call_counts();
     assert_eq!(calls.get("create_server"), Some(&1), "{calls:?}");
     assert_consistent(&sim, &manager).await;
@@ -5811,7 +5805,6 @@ async fn a_release_the_cloud_is_slow_to_let_go_of_says_call_again() {
 /// pool as ordinary supply, which the next purchase gets warm.
 #[tokio::test(start_paused = true)]
 async fn a_cold_boot_past_its_deadline_mid_create_joins_the_pool() {
-    use pool_manager::events::EventKind;
     let sim = sim();
     let cloud = GatedCloud::new(&sim);
     let manager = started_over(&cloud, temp_store(), 0).await;
@@ -5853,12 +5846,7 @@ async fn a_cold_boot_past_its_deadline_mid_create_joins_the_pool() {
         .unwrap();
     assert!(next.warm_hit);
     assert_eq!(next.instance_id.as_ref(), Some(&ready[0].id));
-    while let Ok(event) = events.try_recv() {
-        assert!(
-            !matches!(event.kind, EventKind::LeakDeleted { .. }),
-            "the late cold boot's server was taken for a leak: {event:?}"
-        );
-    }
+    assert_no_leak_deleted(&mut events, "the late cold boot's server");
     assert_consistent(&sim, &manager).await;
 }
 
@@ -6223,6 +6211,21 @@ async fn refill_after_a_change_mid_step(change: ChangeMidStep) {
     manager.shutdown().await.unwrap();
 }
 
+/// No `LeakDeleted` among the events received so far: `what` was taken for
+/// a leak.
+fn assert_no_leak_deleted(
+    events: &mut tokio::sync::broadcast::Receiver<pool_manager::events::Event>,
+    what: &str,
+) {
+    use pool_manager::events::EventKind;
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event.kind, EventKind::LeakDeleted { .. }),
+            "{what} was taken for a leak: {event:?}"
+        );
+    }
+}
+
 /// A cold boot that misses its deadline in the middle of its create, in a
 /// pool with no room for it (max_ready 0, which the pool allows), is undone
 /// with its purchase as a drain undoes a boot in flight: its record goes at
@@ -6230,7 +6233,20 @@ async fn refill_after_a_change_mid_step(change: ChangeMidStep) {
 /// answer comes. No server is left, and none is taken for a leak.
 #[tokio::test(start_paused = true)]
 async fn a_late_cold_boot_the_pool_has_no_room_for_is_undone_mid_create() {
-    use pool_manager::events::EventKind;
+    undone_cold_boot_mid_create(false).await;
+}
+
+/// As above, but a reconcile pass runs while the undone boot's create is
+/// still on its way: the server it made is listed and no record names it,
+/// yet its boot task, still running, holds its driving claim and deletes it
+/// when the answer comes. The pass deleted it as a leak (a false
+/// `LeakDeleted`, feeding `WarmpoolLeakRateHigh`); it leaves it to the task.
+#[tokio::test(start_paused = true)]
+async fn a_pass_mid_create_leaves_an_undone_cold_boots_server_to_its_task() {
+    undone_cold_boot_mid_create(true).await;
+}
+
+async fn undone_cold_boot_mid_create(pass_mid_create: bool) {
     let sim = sim();
     let cloud = GatedCloud::new(&sim);
     let manager = started_over(&cloud, temp_store(), 0).await;
@@ -6253,16 +6269,19 @@ async fn a_late_cold_boot_the_pool_has_no_room_for_is_undone_mid_create() {
     assert!(manager.get_allocation("late").await.is_err(), "rolled back");
     assert!(manager.list_instances(None).await.unwrap().is_empty());
     assert_eq!(sim.servers().len(), 1, "made, its answer on the way");
+    if pass_mid_create {
+        manager.reconcile().await.unwrap();
+        assert_eq!(
+            sim.servers().len(),
+            1,
+            "the pass deleted the server a live boot task owns"
+        );
+    }
     answered.release();
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert!(sim.servers().is_empty(), "{:?}", sim.servers());
     manager.reconcile().await.unwrap();
-    while let Ok(event) = events.try_recv() {
-        assert!(
-            !matches!(event.kind, EventKind::LeakDeleted { .. }),
-            "the undone boot's server was taken for a leak: {event:?}"
-        );
-    }
+    assert_no_leak_deleted(&mut events, "the undone boot's server");
     assert_consistent(&sim, &manager).await;
 }
 
@@ -6273,88 +6292,7 @@ async fn a_late_cold_boot_the_pool_has_no_room_for_is_undone_mid_create() {
 /// `WarmpoolLeakRateHigh`). The delete is retried as any cleanup's.
 #[tokio::test(start_paused = true)]
 async fn a_refill_drained_mid_create_deletes_its_server_through_a_429() {
-    use pool_manager::events::EventKind;
-    let sim = sim();
-    let (cloud, refused) = GatedCloud::failing_next(
-        &sim,
-        "delete_server",
-        pool_manager::cloud::CloudError::Throttled {
-            retry_after: Some(Duration::from_secs(5)),
-            message: "delete_server: rate-limited (HTTP 429)".into(),
-            unavailable: false,
-        },
-    );
-    let manager = started_over(&cloud, temp_store(), 0).await;
-    let mut events = manager.events();
-    let answered = cloud.hold_next("create_server", At::After);
-    manager
-        .update_pool(&pool(), |s| s.min_ready = 1)
-        .await
-        .unwrap();
-    answered.reached().await;
-    manager.delete_pool(&pool()).await.unwrap();
-    let mut changes = manager.subscribe();
-    while manager.get_pool(&pool()).await.is_ok() {
-        changes.changed().await;
-    }
-    assert_eq!(sim.servers().len(), 1, "made, its answer on the way");
-    refused.store(1, Ordering::SeqCst);
-    answered.release();
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    assert_eq!(refused.load(Ordering::SeqCst), 0);
-    manager.reconcile().await.unwrap();
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    assert!(sim.servers().is_empty(), "{:?}", sim.servers());
-    while let Ok(event) = events.try_recv() {
-        assert!(
-            !matches!(event.kind, EventKind::LeakDeleted { .. }),
-            "the drained refill's server was taken for a leak: {event:?}"
-        );
-    }
-    assert_consistent(&sim, &manager).await;
-}
-
-/// As above, but a reconcile pass runs while the undone boot's create is
-/// still on its way: the server it made is listed and no record names it,
-/// yet its boot task, still running, holds its driving claim and deletes it
-/// when the answer comes. The pass deleted it as a leak (a false
-/// `LeakDeleted`, feeding `WarmpoolLeakRateHigh`); it leaves it to the task.
-#[tokio::test(start_paused = true)]
-async fn a_pass_mid_create_leaves_an_undone_cold_boots_server_to_its_task() {
-    use pool_manager::events::EventKind;
-    let sim = sim();
-    let cloud = GatedCloud::new(&sim);
-    let manager = started_over(&cloud, temp_store(), 0).await;
-    manager
-        .update_pool(&pool(), |s| s.max_ready = 0)
-        .await
-        .unwrap();
-    let mut events = manager.events();
-    let answered = cloud.hold_next("create_server", At::After);
-    let mut order = request("late", new_volume(), EmptyPoolPolicy::ColdBoot);
-    order.timeout = Some(Duration::from_secs(30));
-    let buyer = spawn_allocate(&manager, order);
-    answered.reached().await;
-    buyer.await.unwrap().unwrap_err();
-    assert!(manager.list_instances(None).await.unwrap().is_empty());
-    assert_eq!(sim.servers().len(), 1, "made, its answer on the way");
-    manager.reconcile().await.unwrap();
-    assert_eq!(
-        sim.servers().len(),
-        1,
-        "the pass deleted the server a live boot task owns"
-    );
-    answered.release();
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    assert!(sim.servers().is_empty(), "{:?}", sim.servers());
-    manager.reconcile().await.unwrap();
-    while let Ok(event) = events.try_recv() {
-        assert!(
-            !matches!(event.kind, EventKind::LeakDeleted { .. }),
-            "the undone boot's server was taken for a leak: {event:?}"
-        );
-    }
-    assert_consistent(&sim, &manager).await;
+    drained_refill_through_a_429(false).await;
 }
 
 /// As above, with a reconcile pass inside the 429's pause: the task still
@@ -6362,7 +6300,10 @@ async fn a_pass_mid_create_leaves_an_undone_cold_boots_server_to_its_task() {
 /// deleted the server as a leak, the very false alert the retry was for.
 #[tokio::test(start_paused = true)]
 async fn a_pass_in_a_drained_refills_429_pause_leaves_its_server_to_it() {
-    use pool_manager::events::EventKind;
+    drained_refill_through_a_429(true).await;
+}
+
+async fn drained_refill_through_a_429(pass_in_pause: bool) {
     let sim = sim();
     let (cloud, refused) = GatedCloud::failing_next(
         &sim,
@@ -6386,27 +6327,26 @@ async fn a_pass_in_a_drained_refills_429_pause_leaves_its_server_to_it() {
     while manager.get_pool(&pool()).await.is_ok() {
         changes.changed().await;
     }
+    assert_eq!(sim.servers().len(), 1, "made, its answer on the way");
     refused.store(1, Ordering::SeqCst);
     answered.release();
-    while refused.load(Ordering::SeqCst) != 0 {
-        tokio::task::yield_now().await;
-    }
-    // The task's delete was refused; it waits out the 5 s Retry-After.
-    manager.reconcile().await.unwrap();
-    assert_eq!(
-        sim.servers().len(),
-        1,
-        "the pass deleted the server a live boot task owns"
-    );
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    assert!(sim.servers().is_empty(), "{:?}", sim.servers());
-    manager.reconcile().await.unwrap();
-    while let Ok(event) = events.try_recv() {
-        assert!(
-            !matches!(event.kind, EventKind::LeakDeleted { .. }),
-            "the drained refill's server was taken for a leak: {event:?}"
+    if pass_in_pause {
+        while refused.load(Ordering::SeqCst) != 0 {
+            tokio::task::yield_now().await;
+        }
+        // The task's delete was refused; it waits out the 5 s Retry-After.
+        manager.reconcile().await.unwrap();
+        assert_eq!(
+            sim.servers().len(),
+            1,
+            "the pass deleted the server a live boot task owns"
         );
     }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(refused.load(Ordering::SeqCst), 0);
+    assert!(sim.servers().is_empty(), "{:?}", sim.servers());
+    manager.reconcile().await.unwrap();
+    assert_no_leak_deleted(&mut events, "the drained refill's server");
     assert_consistent(&sim, &manager).await;
 }
 
@@ -6433,7 +6373,6 @@ impl StoreHooks for FailRecordingServerId {
 /// pass deleted it as a leak. The boot deletes the server it made.
 #[tokio::test(start_paused = true)]
 async fn a_boot_that_cannot_record_its_server_deletes_it() {
-    use pool_manager::events::EventKind;
     let sim = sim();
     let store = HookedStore::new(FailRecordingServerId::default());
     let manager = manager_on(&sim, store.clone());
@@ -6445,12 +6384,7 @@ async fn a_boot_that_cannot_record_its_server_deletes_it() {
     manager.reconcile().await.unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(sim.servers().len(), 1, "{:?}", sim.servers());
-    while let Ok(event) = events.try_recv() {
-        assert!(
-            !matches!(event.kind, EventKind::LeakDeleted { .. }),
-            "the failed boot's server was taken for a leak: {event:?}"
-        );
-    }
+    assert_no_leak_deleted(&mut events, "the failed boot's server");
     assert_consistent(&sim, &manager).await;
 }
 
