@@ -1398,7 +1398,9 @@ impl Shared {
             self.emit(Some(&params.pool), EventKind::Exhausted);
             return Err(self.no_ready_instance(&params.pool).await);
         }
-        self.create_tenant_resources(record, deadline).await?;
+        if let Err(e) = self.create_tenant_resources(record, deadline).await {
+            return Err(self.late_before_the_claim(&params.pool, e).await);
+        }
         // The port counts in the port quota from now on: a cold boot's
         // server needs only its own. A failed try deletes it, and the next
         // makes another after its claim.
@@ -1406,10 +1408,11 @@ impl Shared {
         // The timeout bounds the purchase up to the claim: a volume seen
         // available only after it is too late, however soon after.
         if Instant::now() >= deadline {
-            return Err(ManagerError::DeadlineExceeded(format!(
+            let late = ManagerError::DeadlineExceeded(format!(
                 "the purchase's timeout ({}) passed while its volume and port were made; no instance was claimed (a new volume takes seconds: ask again with a longer timeout)",
                 humantime::format_duration(deadline.saturating_duration_since(started))
-            )));
+            ));
+            return Err(self.late_before_the_claim(&params.pool, late).await);
         }
         // A new volume was just seen available; after a failed try it may
         // still be detaching from the discarded instance.
@@ -1775,6 +1778,29 @@ impl Shared {
                 "pool {key} {} deleted",
                 if gone.is_some() { "is being" } else { "was" }
             ))),
+        }
+    }
+
+    /// A deadline that passed before the claim is DEADLINE_EXCEEDED only
+    /// if the pool had a Ready instance to give then: of an empty pool a
+    /// longer timeout would not have served it, so it is the pool's miss
+    /// (RESOURCE_EXHAUSTED, counted exhausted) as it was before the volume
+    /// was late. Any other failure is passed on as it is.
+    async fn late_before_the_claim(&self, pool: &PoolKey, error: ManagerError) -> ManagerError {
+        let ManagerError::DeadlineExceeded(late) = error else {
+            return error;
+        };
+        match self.unclaimed_ready(pool).await {
+            Ok(ready) if ready.is_empty() => {
+                let hint = match self.store.get_pool(pool).await {
+                    Ok(Some(record)) => paused_hint(&record),
+                    _ => "",
+                };
+                ManagerError::ResourceExhausted(format!(
+                    "pool {pool} had no ready instance at the deadline{hint}; {late}"
+                ))
+            }
+            _ => ManagerError::DeadlineExceeded(late),
         }
     }
 

@@ -4219,6 +4219,47 @@ async fn a_new_volume_still_creating_at_the_deadline_is_no_miss_of_the_pool() {
     );
 }
 
+/// A timeout passing while the order's volume and port are made is the
+/// pool's miss after all when the pool had no Ready instance to give: a
+/// longer timeout would not have served a WAIT purchase of an empty pool, so
+/// it answers RESOURCE_EXHAUSTED and counts exhausted. Both ways the deadline
+/// passes there: Cinder still building the volume, and the calls outlasting
+/// the timeout.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_passing_while_the_volume_is_made_of_an_empty_pool_is_exhausted() {
+    for slow_calls in [false, true] {
+        let mut config = cloudsim::SimConfig::deterministic();
+        config.latencies.volume_create = if slow_calls {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(30)
+        };
+        let sim = cloudsim::SimCloud::new(config);
+        let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 0).await;
+        if slow_calls {
+            sim.faults().slow_calls(Duration::from_millis(1500));
+        }
+        let mut order = request("o-empty", new_volume(), EmptyPoolPolicy::Wait);
+        order.timeout = Some(Duration::from_secs(1));
+        let err = manager.allocate(order).await.unwrap_err();
+        sim.faults().slow_calls(Duration::ZERO);
+        let status = manager.get_pool(&pool()).await.unwrap();
+        assert!(
+            matches!(&err, ManagerError::ResourceExhausted(m) if m.contains("no ready instance")),
+            "slow calls {slow_calls}: {err:?}"
+        );
+        assert_eq!(
+            status.record.allocations_exhausted, 1,
+            "slow calls {slow_calls}: {:?}",
+            status.record
+        );
+        assert!(
+            manager.get_allocation("o-empty").await.is_err(),
+            "rolled back"
+        );
+    }
+}
+
 /// An order id used again once `keep_released` forgot its first use names
 /// its volume and port apart from the first's: a failed second use, rolled
 /// back by name, leaves the first order's kept volume alone.
