@@ -1037,11 +1037,22 @@ impl Shared {
                 // reconciler, deleted as a leak. Its build is not timed:
                 // it began at an earlier create.
                 Err(e) if in_doubt => match self.server_made_for(&instance).await {
-                    Some(server) => {
+                    Ok(Some(server)) => {
                         tracing::info!(instance = %instance.id, server = %server.id, error = %e, "a create answered with an error had made the server; booting on it");
                         server
                     }
-                    None => return Err(e.into()),
+                    // The cloud lists none: the create did not land (so
+                    // far), so it holds no quota, and keeping its headroom
+                    // until the next poll would hold refills back. One
+                    // landing later is the reconciler's, as a leak.
+                    Ok(None) => {
+                        if let Some(ticket) = ticket.take() {
+                            ticket.finish(BootSignal::Refused);
+                        }
+                        return Err(e.into());
+                    }
+                    // Unknown: the server may hold quota until the next poll.
+                    Err(()) => return Err(e.into()),
                 },
                 // Every answer was a refusal that holds no quota.
                 Err(e) => {
@@ -1214,19 +1225,20 @@ impl Shared {
     }
 
     /// The server a boot's create left in doubt made for `instance`, if
-    /// the cloud lists one naming it now. One look: a cloud that does not
+    /// the cloud lists one naming it now (`Err` when the list failed: no
+    /// one knows). One look: a cloud that does not
     /// answer it (still unavailable) or a server landing after it leaves
     /// the server to the reconciler, which deletes it as a leak.
-    async fn server_made_for(&self, instance: &Instance) -> Option<Server> {
+    async fn server_made_for(&self, instance: &Instance) -> Result<Option<Server>, ()> {
         match self.cloud.list_pool_servers().await {
-            Ok(servers) => servers.into_iter().find(|s| {
+            Ok(servers) => Ok(servers.into_iter().find(|s| {
                 !s.deleting
                     && s.status != ServerStatus::Deleted
                     && s.metadata.get(META_INSTANCE) == Some(&instance.id)
-            }),
+            })),
             Err(e) => {
                 tracing::warn!(instance = %instance.id, error = %e, "cannot look for the server a create answered with an error may have made; a reconcile pass deletes it as a leak if it did");
-                None
+                Err(())
             }
         }
     }

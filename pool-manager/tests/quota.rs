@@ -347,6 +347,54 @@ async fn boots_the_cloud_refused_to_create_leave_the_headroom_alone() {
     manager.shutdown().await.unwrap();
 }
 
+/// A boot whose create was answered 503 every time (unavailable: it may
+/// have made the server) and failed for good, when the cloud then lists no
+/// server naming its instance, made none: it holds no quota, and its
+/// headroom is handed back at once, not kept until the next poll.
+#[tokio::test(start_paused = true)]
+async fn a_boot_whose_creates_were_answered_503_and_made_nothing_hands_its_headroom_back() {
+    let sim = sim_with_quota(1);
+    let (cloud, _unavailable) = GatedCloud::refusing(
+        &sim,
+        "create_server",
+        CloudError::Throttled {
+            retry_after: Some(Duration::from_secs(1)),
+            message: "503 Service Unavailable".into(),
+            unavailable: true,
+        },
+        true,
+    );
+    let mut settings = settings();
+    settings.gate.headroom_interval = Duration::from_secs(3600);
+    let manager = PoolManager::new(temp_store(), cloud, Arc::new(sim.probe()), settings);
+    manager.start().await.unwrap();
+    let spec = PoolSpec {
+        boot_timeout: Duration::from_secs(60),
+        ..spec(1)
+    };
+    manager.create_pool(pool(), spec).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let booting = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(booting.sizing.quota.left, Some(0), "{:?}", booting.sizing);
+    // No other boot takes the room the failed one hands back.
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(
+        status.count(InstanceState::Booting),
+        0,
+        "{:?}",
+        status.counts
+    );
+    assert!(sim.servers().is_empty(), "{:?}", sim.servers());
+    assert_eq!(status.sizing.quota.polled, Some(1), "{:?}", status.sizing);
+    assert_eq!(status.sizing.quota.left, Some(1), "{:?}", status.sizing);
+    manager.shutdown().await.unwrap();
+}
+
 /// A flavor one server of which needs more than the project's whole quota
 /// (64 vCPUs against 20 cores): the pool says so and boots nothing, and a
 /// cold boot is refused at once as a precondition (waiting for a release
