@@ -1753,6 +1753,38 @@ async fn reconcile_keeps_a_ready_instance_silent_while_its_server_is_busy() {
     assert!(!listed().await, "still in the pool after two silent passes");
 }
 
+/// A silent pass before the server's task began is forgotten by a busy
+/// pass: the first silent pass after the task is the first of two again,
+/// not the second of the silence from before it.
+#[tokio::test(start_paused = true)]
+async fn a_busy_pass_forgets_the_silence_before_the_servers_task() {
+    let sim = sim();
+    let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 1).await;
+    let busy = sim.servers().pop().unwrap().server.id;
+    assert!(sim.stop_mysqld(&busy));
+    let listed = || async {
+        manager
+            .list_instances(Some(&pool()))
+            .await
+            .unwrap()
+            .iter()
+            .any(|i| i.server_id.as_deref() == Some(busy.as_str()))
+    };
+
+    manager.reconcile().await.unwrap();
+    assert!(listed().await, "replaced after one silent pass");
+    assert!(sim.set_server_task_state(&busy, Some("migrating")));
+    manager.reconcile().await.unwrap();
+    assert!(sim.set_server_task_state(&busy, None));
+    manager.reconcile().await.unwrap();
+    assert!(
+        listed().await,
+        "its silence from before the task was counted after it"
+    );
+    manager.reconcile().await.unwrap();
+    assert!(!listed().await, "still in the pool after two silent passes");
+}
+
 /// mysqld on a Ready instance died after it went Ready (its server is
 /// still ACTIVE): a purchase probes the instance it claims, discards the
 /// silent one and hands out the next, instead of a database that does not
