@@ -292,6 +292,9 @@ pub const MAX_LABELS: usize = 64;
 pub const MAX_LABEL_KEY_LEN: usize = 128;
 pub const MAX_LABEL_VALUE_LEN: usize = 1024;
 
+/// How much of an over-long label key a refusal quotes.
+const QUOTED_KEY_CHARS: usize = 64;
+
 fn validate_labels(labels: &std::collections::BTreeMap<String, String>) -> ManagerResult<()> {
     if labels.len() > MAX_LABELS {
         return Err(ManagerError::invalid(
@@ -300,9 +303,17 @@ fn validate_labels(labels: &std::collections::BTreeMap<String, String>) -> Manag
         ));
     }
     for (key, value) in labels {
-        // The key quoted: the caller learns which label to mend (the
-        // status message is bounded, should the key be huge).
-        let quoted = || format!("{key:?}");
+        // The key quoted: the caller learns which label to mend. An
+        // over-long one only in part: the server cuts status messages at
+        // 1024 bytes, and a huge key quoted whole would cut off the reason.
+        let quoted = || {
+            if key.len() > MAX_LABEL_KEY_LEN {
+                let head: String = key.chars().take(QUOTED_KEY_CHARS).collect();
+                format!("{head:?}... (its first {QUOTED_KEY_CHARS} characters)")
+            } else {
+                format!("{key:?}")
+            }
+        };
         let problem = if key.is_empty() {
             format!("key \"\" is empty; keys are 1-{MAX_LABEL_KEY_LEN} bytes")
         } else if key.len() > MAX_LABEL_KEY_LEN {
@@ -3606,6 +3617,23 @@ fn paused_hint(pool: &PoolRecord) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A refused key is quoted in the status message, which the server
+    /// cuts at 1024 bytes: a huge key quoted whole pushed the reason out.
+    #[test]
+    fn an_over_long_label_key_is_quoted_in_part_and_the_reason_kept() {
+        let key = "k".repeat(2000);
+        let labels = std::collections::BTreeMap::from([(key.clone(), "x".to_owned())]);
+        match validate_labels(&labels).unwrap_err() {
+            ManagerError::InvalidArgument { field, message } => {
+                assert_eq!(field, "labels");
+                assert!(message.contains("is 2000 bytes; keys are at most 128"), "{message}");
+                assert!(message.contains(&"k".repeat(64)), "{message}");
+                assert!(message.len() < 256, "{} bytes: {message}", message.len());
+            }
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
 
     /// 30 polls at a short `poll_interval` were 15 s, less than a slow
     /// server delete takes; a long one keeps its 30 polls.
