@@ -3627,7 +3627,10 @@ mod tests {
         match validate_labels(&labels).unwrap_err() {
             ManagerError::InvalidArgument { field, message } => {
                 assert_eq!(field, "labels");
-                assert!(message.contains("is 2000 bytes; keys are at most 128"), "{message}");
+                assert!(
+                    message.contains("is 2000 bytes; keys are at most 128"),
+                    "{message}"
+                );
                 assert!(message.contains(&"k".repeat(64)), "{message}");
                 assert!(message.len() < 256, "{} bytes: {message}", message.len());
             }

@@ -500,32 +500,44 @@ fn another_users_store(dir: &std::path::Path, euid: u32) -> Option<Check> {
         return None;
     }
     let meta = std::fs::metadata(dir).ok()?;
-    let (uid, gid) = (meta.uid(), meta.gid());
+    let uid = meta.uid();
     if uid == 0 {
         return None;
     }
-    let (who, run_as) = match user_name(uid) {
-        Some(name) => (format!("uid {uid} ({name})"), format!("sudo -u {name}")),
-        None => (
-            format!("uid {uid} (no user of that uid in /etc/passwd)"),
-            format!("setpriv --reuid={uid} --regid={gid} --clear-groups"),
+    Some(another_users_line(dir, uid, user_name(uid)))
+}
+
+/// [`another_users_store`]'s line for a data dir of `uid` (`name` in
+/// `/etc/passwd`, if any).
+fn another_users_line(dir: &std::path::Path, uid: u32, name: Option<String>) -> Check {
+    let unopened = "not to root, who runs this check, so it was not opened (sled rewrites a \
+         store's files as whoever opens it, and root's would lock its owner's warmpoold out \
+         with \"Permission denied\"); only the configured pools were checked";
+    let message = match name {
+        Some(name) => format!(
+            "{} belongs to uid {uid} ({name}), {unopened}. To check its stored pools too, run \
+             check-cloud as its owner with the same arguments, while no warmpoold holds it: \
+             sudo -u {name} warmpoold check-cloud ...; warmpoold checks them itself at every \
+             start",
+            dir.display()
+        ),
+        // A systemd DynamicUser= (deploy/warmpoold.service) has no entry
+        // there, and nothing can run as it once its service stops (its
+        // credential is gone, its state under root-only /var/lib/private):
+        // no command to offer, only where the stored pools were checked.
+        None => format!(
+            "{} belongs to uid {uid}, which /etc/passwd does not name (a systemd \
+             DynamicUser=, likely), {unopened}. Its stored pools are checked by its warmpoold \
+             itself at every start: a running one checked them when it started",
+            dir.display()
         ),
     };
-    let message = format!(
-        "{} belongs to {who}, not to root, who runs this check, so it was not opened \
-         (sled rewrites a store's files as whoever opens it, and root's would lock its \
-         owner's warmpoold out with \"Permission denied\"); only the configured pools were \
-         checked. To check its stored pools too, run check-cloud as its owner with the same \
-         arguments, while no warmpoold holds it: {run_as} warmpoold check-cloud ...; \
-         warmpoold checks them itself at every start",
-        dir.display()
-    );
-    Some(Check {
+    Check {
         kind: CheckKind::StoreOfAnotherUser,
         ok: false,
         message,
         scope: None,
-    })
+    }
 }
 
 /// [`stored_pools`] for a check running as user `euid`.
@@ -1467,6 +1479,31 @@ mod tests {
             "{line}"
         );
         assert_eq!(files_in(&data), before, "the store was touched: {line}");
+        let report = Report { checks: vec![line] };
+        assert!(report.passed(), "{report}");
+    }
+
+    /// A data dir whose uid /etc/passwd does not name is a systemd
+    /// DynamicUser's (deploy/warmpoold.service): no command runs as it
+    /// while the service is stopped (its credential is gone, its state
+    /// under root-only /var/lib/private), so the line offers none.
+    #[test]
+    fn a_store_of_a_uid_without_a_name_is_not_told_to_be_checked_as_it() {
+        let dir = std::path::Path::new("/var/lib/warmpool");
+        let line = another_users_line(dir, 61234, None);
+        assert!(!line.ok && matches!(line.kind, CheckKind::StoreOfAnotherUser));
+        assert!(
+            line.message.contains("uid 61234")
+                && line.message.contains("DynamicUser")
+                && line
+                    .message
+                    .contains("only the configured pools were checked")
+                && !line.message.contains("setpriv")
+                && !line.message.contains("sudo -u"),
+            "{line}"
+        );
+        let named = another_users_line(dir, 61234, Some("warmpool".into()));
+        assert!(named.message.contains("sudo -u warmpool"), "{named}");
         let report = Report { checks: vec![line] };
         assert!(report.passed(), "{report}");
     }
