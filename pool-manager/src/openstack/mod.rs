@@ -1290,6 +1290,28 @@ impl OpenStackCloud {
     /// names may be deleted between two pages (Neutron then answers 404,
     /// Nova 400 once the row is archived): the listing starts again from
     /// the first page, a few times at most.
+    /// Every page of `GET /servers/detail` filtered by `key=value`.
+    async fn list_servers_where(
+        &self,
+        what: &str,
+        key: &str,
+        value: &str,
+    ) -> CloudResult<Vec<nova::NovaServer>> {
+        self.list_all(
+            what,
+            || {
+                self.nova(Method::GET, &["servers", "detail"])
+                    .query(key, value)
+            },
+            |page: nova::ServersBody| {
+                let has_next = nova::has_next(page.servers_links.as_deref());
+                (page.servers, has_next)
+            },
+            |s| s.id.clone(),
+        )
+        .await
+    }
+
     async fn list_all<B: DeserializeOwned, T>(
         &self,
         what: &str,
@@ -1443,18 +1465,7 @@ impl OpenStackCloud {
         // Every page: the pattern matches longer names too (newer servers
         // may be listed first), and a twin may be on any page.
         let servers = self
-            .list_all(
-                "GET /servers/detail?name",
-                || {
-                    self.nova(Method::GET, &["servers", "detail"])
-                        .query("name", pattern.as_str())
-                },
-                |page: nova::ServersBody| {
-                    let has_next = nova::has_next(page.servers_links.as_deref());
-                    (page.servers, has_next)
-                },
-                |s| s.id.clone(),
-            )
+            .list_servers_where("GET /servers/detail?name", "name", &pattern)
             .await?;
         let wanted = spec.metadata.get(META_INSTANCE);
         for s in servers {
@@ -1755,18 +1766,7 @@ impl Cloud for OpenStackCloud {
         let tag = &self.inner.settings.server_tag;
         // Nova pages at osapi_max_limit (1000 by default).
         let mut found = self
-            .list_all(
-                "GET /servers/detail",
-                || {
-                    self.nova(Method::GET, &["servers", "detail"])
-                        .query("tags", tag.as_str())
-                },
-                |page: nova::ServersBody| {
-                    let has_next = nova::has_next(page.servers_links.as_deref());
-                    (page.servers, has_next)
-                },
-                |s| s.id.clone(),
-            )
+            .list_servers_where("GET /servers/detail", "tags", tag)
             .await?;
         // Nova leaves SOFT_DELETED servers out: those warmpool deleted
         // still need their forceDelete, and only the listing's reader (the
