@@ -2101,6 +2101,25 @@ async fn a_release_the_cloud_keeps_refusing_stops_neither_reconcile_nor_restart(
     assert_consistent(&sim, &manager).await;
 }
 
+/// A cloud whose port deletes and looks, once `missing` is set, get the
+/// driver's Fatal for Neutron's 404 to a path it routes nowhere.
+fn port_calls_missing_their_route(
+    sim: &Arc<cloudsim::SimCloud>,
+) -> (Arc<GatedCloud>, Arc<AtomicBool>) {
+    let missing = Arc::new(AtomicBool::new(false));
+    let cloud = GatedCloud::with_fault(sim, {
+        let missing = missing.clone();
+        move |method| {
+            (matches!(method, "delete_port" | "get_port") && missing.load(Ordering::SeqCst)).then(|| {
+                pool_manager::cloud::CloudError::Fatal(format!(
+                    "{method}: HTTP 404 The resource could not be found.: an OpenStack API's answer to a URL it has no route for, which names no object and so says nothing of this one: check that the network endpoint warmpool uses (the service catalog's, or network_endpoint_override in clouds.yaml) and any gateway in front of it lead to Neutron"
+                ))
+            })
+        }
+    });
+    (cloud, missing)
+}
+
 /// Neutron's answer to a path it routes nowhere (a wrong
 /// `network_endpoint_override`, a gateway sending the calls elsewhere) is
 /// a Fatal error naming the endpoint, for a port's delete and its look
@@ -2112,17 +2131,7 @@ async fn a_release_the_cloud_keeps_refusing_stops_neither_reconcile_nor_restart(
 #[tokio::test(start_paused = true)]
 async fn a_release_whose_port_calls_miss_their_route_fails_at_once_naming_it() {
     let sim = sim();
-    let missing = Arc::new(AtomicBool::new(false));
-    let cloud = GatedCloud::with_fault(&sim, {
-        let missing = missing.clone();
-        move |method| {
-            (matches!(method, "delete_port" | "get_port") && missing.load(Ordering::SeqCst)).then(|| {
-                pool_manager::cloud::CloudError::Fatal(format!(
-                    "{method}: HTTP 404 The resource could not be found.: an OpenStack API's answer to a URL it has no route for, which names no object and so says nothing of this one: check that the network endpoint warmpool uses (the service catalog's, or network_endpoint_override in clouds.yaml) and any gateway in front of it lead to Neutron"
-                ))
-            })
-        }
-    });
+    let (cloud, missing) = port_calls_missing_their_route(&sim);
     let manager = started_paused(&cloud, temp_store(), 1).await;
     manager
         .allocate(request("order-r", new_volume(), EmptyPoolPolicy::FailFast))
@@ -2164,17 +2173,7 @@ async fn a_release_whose_port_calls_miss_their_route_fails_at_once_naming_it() {
 async fn a_bound_port_watch_whose_port_calls_miss_their_route_warns() {
     use pool_manager::model::TwinWatch;
     let sim = sim();
-    let missing = Arc::new(AtomicBool::new(false));
-    let cloud = GatedCloud::with_fault(&sim, {
-        let missing = missing.clone();
-        move |method| {
-            (matches!(method, "delete_port" | "get_port") && missing.load(Ordering::SeqCst)).then(|| {
-                pool_manager::cloud::CloudError::Fatal(format!(
-                    "{method}: HTTP 404 The resource could not be found.: an OpenStack API's answer to a URL it has no route for, which names no object and so says nothing of this one: check that the network endpoint warmpool uses (the service catalog's, or network_endpoint_override in clouds.yaml) and any gateway in front of it lead to Neutron"
-                ))
-            })
-        }
-    });
+    let (cloud, missing) = port_calls_missing_their_route(&sim);
     let store = temp_store();
     let manager = started_paused(&cloud, store.clone(), 0).await;
     let watch = TwinWatch {
