@@ -13,7 +13,8 @@
 //! credentials handed over where the config reads them, and refuse to
 //! start until an operator fills in their placeholders; the README's
 //! procedure for the store commands under Kubernetes names the
-//! StatefulSet, its PVC, user and image, and the config's data_dir.
+//! StatefulSet, its PVC, user and image, and the config's data_dir; and
+//! Kubernetes pulls warmpoold's image only when the node lacks it.
 
 mod support;
 
@@ -1082,5 +1083,36 @@ fn the_readmes_kubernetes_store_procedure_matches_the_manifests() {
         format!("warmpoold --data-dir {data_dir} store check"),
     ] {
         assert!(readme.contains(&shown), "README does not show `{shown}`");
+    }
+}
+
+/// Every container that runs warmpoold's image under Kubernetes (the
+/// StatefulSet, the README's store pod) pulls it only when the node lacks
+/// it. With no policy, a `:latest` tag gets `Always`: an image built
+/// locally or `kind load`ed, in no registry, fails with ErrImagePull.
+#[test]
+fn kubernetes_pulls_warmpoolds_image_only_when_the_node_lacks_it() {
+    let readme = read(&deploy_dir().join("../README.md"));
+    let store_pod = readme
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("\n```").map(|(yaml, _)| yaml))
+        .find(|yaml| yaml.contains("name: warmpoold-store"))
+        .expect("README shows the store pod's manifest");
+    let store_pod: serde_yaml::Value = serde_yaml::from_str(store_pod).unwrap();
+    let workload = k8s_workload();
+    for (what, spec) in [
+        ("statefulset.yaml", &workload["spec"]["template"]["spec"]),
+        ("README's warmpoold-store", &store_pod["spec"]),
+    ] {
+        for container in spec["containers"].as_sequence().unwrap() {
+            assert_eq!(
+                container["imagePullPolicy"].as_str(),
+                Some("IfNotPresent"),
+                "{what}: container {:?} (image {:?})",
+                container["name"],
+                container["image"]
+            );
+        }
     }
 }
