@@ -14,7 +14,8 @@
 //! start until an operator fills in their placeholders; the README's
 //! procedure for the store commands under Kubernetes names the
 //! StatefulSet, its PVC, user and image, and the config's data_dir; and
-//! Kubernetes pulls warmpoold's image only when the node lacks it.
+//! Kubernetes pulls warmpoold's image only when the node lacks it; a
+//! container's store at the default data_dir lands in its volume.
 
 mod support;
 
@@ -1115,4 +1116,39 @@ fn kubernetes_pulls_warmpoolds_image_only_when_the_node_lacks_it() {
             );
         }
     }
+}
+
+/// The container image's working directory is its volume: a config that
+/// sets no data_dir keeps its store at the default, relative path, which
+/// must land in the volume, writable by the image's user, not in `/`
+/// (refused to uid 10001, and lost with the container when run as root).
+#[test]
+fn a_containers_store_at_the_default_data_dir_lands_in_its_volume() {
+    let containerfile = read(&deploy_dir().join("Containerfile"));
+    let instructions: Vec<String> = containerfile
+        .replace("\\\n", " ")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    let runtime = instructions
+        .iter()
+        .rposition(|l| l.starts_with("FROM "))
+        .expect("the Containerfile has no FROM");
+    let last = |keyword: &str| {
+        instructions[runtime..]
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix(keyword).map(str::trim))
+    };
+    let workdir = Path::new(last("WORKDIR ").unwrap_or("/"));
+    let volume = Path::new(last("VOLUME ").expect("the runtime stage declares a VOLUME"));
+    let store = workdir.join(warmpool_server::config::DEFAULT_DATA_DIR);
+    assert!(
+        store.starts_with(volume),
+        "the default data_dir is {} in the container, outside its volume {}",
+        store.display(),
+        volume.display()
+    );
 }
