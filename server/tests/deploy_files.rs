@@ -15,7 +15,8 @@
 //! procedure for the store commands under Kubernetes names the
 //! StatefulSet, its PVC, user and image, and the config's data_dir; and
 //! Kubernetes pulls warmpoold's image only when the node lacks it; a
-//! container's store at the default data_dir lands in its volume.
+//! container's store at the default data_dir lands in its volume; the
+//! testbed README's config keeps a store apart from the embedded demo's.
 
 mod support;
 
@@ -1151,4 +1152,31 @@ fn a_containers_store_at_the_default_data_dir_lands_in_its_volume() {
         store.display(),
         volume.display()
     );
+}
+
+/// The testbed README's config keeps its store apart from the embedded
+/// demo's (`./warmpool-data`, which the README's tour fills from the same
+/// repository root): on that store warmpoold refuses to start, and the
+/// `--adopt-cloud` it suggests would boot the demo's pools on the testbed.
+/// It is the store of deploy/testbed/warmpoold.toml, which drives the
+/// same project.
+#[test]
+fn the_testbed_readmes_config_keeps_its_own_store() {
+    let readme = read(&deploy_dir().join("testbed/README.md"));
+    let blocks: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("\n```").map(|(toml, _)| toml))
+        .collect();
+    assert!(!blocks.is_empty(), "the testbed README shows no config");
+    let testbed = Config::load(&deploy_dir().join("testbed/warmpoold.toml")).unwrap();
+    for block in blocks {
+        let config = Config::parse(block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+        assert_ne!(
+            config.data_dir,
+            Path::new(warmpool_server::config::DEFAULT_DATA_DIR),
+            "the embedded demo's store:\n{block}"
+        );
+        assert_eq!(config.data_dir, testbed.data_dir, "{block}");
+    }
 }
