@@ -1,7 +1,7 @@
 # Shared settings for warmpool's OpenStack testbed scripts (sourced, not
 # executed). Everything listens on 127.0.0.1 only. Paths and ports are those
-# of the reference testbed (../shared/testbed) so either copy's scripts
-# recognise a testbed the other started.
+# of the reference testbed this one was adapted from (kept outside this
+# repository), so either's scripts recognise a testbed the other started.
 
 TB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 OSTB_HOME=/opt/ostb                  # venv lives here
