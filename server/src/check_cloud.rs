@@ -31,7 +31,9 @@ use pool_manager::cloud::{
     Cloud, CloudChange, CloudError, CloudIdentity, CloudResult, ServerStatus, PORTS_PER_SERVER,
 };
 use pool_manager::model::{PoolKey, PoolRecord, PoolSpec};
-use pool_manager::openstack::{missing_compute_zone, volume_zone_problem, OpenStackCloud};
+use pool_manager::openstack::{
+    missing_compute_zone, volume_zone_problem, ConnectError, OpenStackCloud,
+};
 use pool_manager::store::{StoreError, StoreRepair};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -223,6 +225,11 @@ impl fmt::Display for Check {
 #[derive(Clone, Debug, Default)]
 pub struct Report {
     pub checks: Vec<Check>,
+    /// Keystone refused the credentials (the auth line's failure): no
+    /// wait mends them, and each login tried counts towards Keystone's
+    /// lockout, so the daemon's start-up waits for a mended clouds.yaml
+    /// rather than exiting to be restarted.
+    pub credentials_refused: bool,
 }
 
 impl Report {
@@ -806,7 +813,7 @@ async fn check_with(
     pools: &[CheckedPool],
 ) -> (Report, Option<OpenStackCloud>) {
     let mut report = Report::default();
-    let cloud = match OpenStackCloud::connect(settings).await {
+    let cloud = match OpenStackCloud::connect_telling_refusal(settings).await {
         Ok(cloud) => {
             report.ok(
                 CheckKind::Auth,
@@ -819,7 +826,8 @@ async fn check_with(
             cloud
         }
         Err(e) => {
-            report.fail(CheckKind::Auth, reason(&e));
+            report.credentials_refused = matches!(e, ConnectError::CredentialsRefused(_));
+            report.fail(CheckKind::Auth, reason(&e.into()));
             return (report, None);
         }
     };
@@ -1479,7 +1487,10 @@ mod tests {
             "{line}"
         );
         assert_eq!(files_in(&data), before, "the store was touched: {line}");
-        let report = Report { checks: vec![line] };
+        let report = Report {
+            checks: vec![line],
+            ..Report::default()
+        };
         assert!(report.passed(), "{report}");
     }
 
@@ -1504,7 +1515,10 @@ mod tests {
         );
         let named = another_users_line(dir, 61234, Some("warmpool".into()));
         assert!(named.message.contains("sudo -u warmpool"), "{named}");
-        let report = Report { checks: vec![line] };
+        let report = Report {
+            checks: vec![line],
+            ..Report::default()
+        };
         assert!(report.passed(), "{report}");
     }
 

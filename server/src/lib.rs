@@ -59,6 +59,13 @@ pub struct UnknownServersRefused(String);
 #[error("{0}")]
 pub struct CloudChangedRefused(String);
 
+/// [`build_cloud`]'s error when Keystone refused warmpool's credentials:
+/// [`build_cloud_waiting_out_refusals`] waits it out rather than ending
+/// start-up.
+#[derive(Debug, thiserror::Error)]
+#[error("the OpenStack cloud is not usable: {0}")]
+struct CredentialsRefused(String);
+
 /// The gRPC health service name whose status says whether warmpoold runs
 /// (SERVING from the moment its port is bound, starting up included,
 /// until it begins to stop), where `""` and `warmpool.v1.WarmPool` say
@@ -94,7 +101,9 @@ pub struct Running {
 /// ([`shutdown`]), waits (within what is left of the grace period) for
 /// the manager's API calls whose callers stopped waiting
 /// ([`PoolManager::finish_calls`]), stops the background tasks, flushes
-/// the store and stops serving metrics. A start-up that
+/// the store and stops serving metrics. Credentials Keystone refuses do
+/// not fail start-up: it tries them again, ever later, reading them anew
+/// ([`build_cloud_waiting_out_refusals`]). A start-up that
 /// fails after the background tasks started stops them again, so the
 /// store's lock is free for the next try; so does one that `shutdown`
 /// interrupts while it checks the cloud or reconciles (the error is then
@@ -248,7 +257,7 @@ pub async fn start_stoppable(
         // timeout; a shutdown asked for meanwhile ends start-up here.
         let pools = served_pools(store.as_ref(), &config).await?;
         let (cloud, probe, sim, stale, servers_where) = tokio::select! {
-            built = build_cloud(&config, &pools) => built?,
+            built = build_cloud_waiting_out_refusals(&config, &pools) => built?,
             () = &mut shutdown => return Err(StoppedDuringStartUp.into()),
         };
         let cloud = Arc::new(metrics::MeteredCloud::new(cloud, metrics.clone()));
@@ -859,6 +868,85 @@ pub fn embedded_cloud(time_scale: f64, iops_throttled: bool, seed: u64) -> Arc<c
     })
 }
 
+/// [`build_cloud`], trying again while Keystone refuses the credentials,
+/// after the pause a running daemon's refused re-logins take (30 s,
+/// doubling up to 10 minutes), with clouds.yaml (and secure.yaml) read
+/// again each time. Exiting instead, warmpoold would be restarted by its
+/// supervisor every few seconds (systemd's RestartSec=5s, a kubelet's
+/// back-off), each start trying the password once more, and a Keystone
+/// with `lockout_failure_attempts` (5 is usual) would lock the account
+/// within a minute or two. Meanwhile health says what it says through any
+/// start-up ("" NOT_SERVING, `liveness` SERVING), and a shutdown ends the
+/// wait (the caller's select). Every other failure ends start-up as
+/// before: an outage is worth a prompt restart, and counts towards no
+/// lockout.
+async fn build_cloud_waiting_out_refusals(
+    config: &Config,
+    pools: &[check_cloud::CheckedPool],
+) -> anyhow::Result<BuiltCloud> {
+    let mut refusals = 0u32;
+    loop {
+        let refused = match build_cloud(config, pools).await {
+            Err(e) => match e.downcast::<CredentialsRefused>() {
+                Ok(refused) => refused,
+                Err(e) => return Err(e),
+            },
+            built => return built,
+        };
+        refusals = refusals.saturating_add(1);
+        let pause = pool_manager::openstack::session::relogin_pause(refusals);
+        let next_try =
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now() + pause).to_string();
+        let source = match &config.cloud {
+            CloudConfig::OpenStack(os) => credentials_source(os),
+            CloudConfig::Embedded { .. } => "the cloud config".to_owned(),
+        };
+        tracing::error!(
+            refusals,
+            next_try = %next_try,
+            "{refused}; mend the credentials in {source}, or the account in Keystone if it \
+             says the account is locked, disabled or expired. warmpoold waits rather than \
+             exits (its supervisor would restart it within seconds, each start trying the \
+             password again until Keystone's lockout_failure_attempts lock the account): it \
+             tries again at {next_try} (in {}), reading them again, and serves once Keystone \
+             takes them",
+            humantime::format_duration(pause),
+        );
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Where the credentials Keystone refused come from, for the operator to
+/// mend them there.
+fn credentials_source(os: &config::OpenStackConfig) -> String {
+    let entry = os
+        .cloud
+        .clone()
+        .or_else(|| std::env::var("OS_CLOUD").ok().filter(|c| !c.is_empty()));
+    let file = match (&entry, &os.clouds_yaml) {
+        (Some(entry), Some(path)) => format!("the entry {entry:?} of {}", path.display()),
+        (Some(entry), None) => format!("the clouds.yaml entry {entry:?}"),
+        (None, _) => {
+            return "the OS_* variables (OS_PASSWORD, OS_APPLICATION_CREDENTIAL_SECRET), which \
+                    warmpoold reads at start only: mend them and restart it"
+                .to_owned()
+        }
+    };
+    // systemd's LoadCredential= copies the file at start: a mended source
+    // reaches the copy only with a restart.
+    let copied = os.clouds_yaml.as_deref().is_some_and(|path| {
+        std::env::var_os("CREDENTIALS_DIRECTORY").is_some_and(|dir| path.starts_with(dir))
+    });
+    if copied {
+        format!(
+            "{file}, a copy systemd made at start (the unit's LoadCredential=): mend the \
+             file it copies (or the secure.yaml merged over it) and `systemctl restart warmpoold`"
+        )
+    } else {
+        format!("{file} (or the secure.yaml merged over it)")
+    }
+}
+
 /// The configured cloud, checked first for `pools`.
 async fn build_cloud(
     config: &Config,
@@ -904,6 +992,9 @@ async fn build_cloud(
             log_cloud_check(&report);
             let cloud = match (cloud, report.refusal()) {
                 (Some(cloud), None) => cloud,
+                (_, refusal) if report.credentials_refused => {
+                    return Err(CredentialsRefused(refusal.unwrap_or_default()).into())
+                }
                 (_, refusal) => anyhow::bail!(
                     "the OpenStack cloud is not usable (run `warmpoold check-cloud` for the full report): {}",
                     refusal.unwrap_or_default()

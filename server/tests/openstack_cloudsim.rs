@@ -5408,6 +5408,178 @@ async fn refused_re_logins_are_tried_again_ever_later() {
     assert!(tried <= 4, "{tried} password logins in 5 minutes");
 }
 
+/// The gRPC health status of `service` on warmpoold's port, asked on a
+/// connection of its own (one kept open across a moved clock may have
+/// been closed by a keepalive timeout); `Err` when it does not answer.
+async fn health_status(port: u16, service: &str) -> Result<i32, String> {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let mut health = HealthClient::new(channel);
+    let asked = health.check(HealthCheckRequest {
+        service: service.into(),
+    });
+    match tokio::time::timeout(Duration::from_secs(30), asked).await {
+        Ok(Ok(answer)) => Ok(answer.into_inner().status),
+        Ok(Err(status)) => Err(status.to_string()),
+        Err(_) => Err("no answer within 30 s".into()),
+    }
+}
+
+/// A login Keystone refuses at start-up (a wrong or rotated password in
+/// clouds.yaml) does not end warmpoold: restarted by its supervisor every
+/// 5 s (systemd's RestartSec) or by a CrashLoopBackOff, it would have a
+/// Keystone with lockout_failure_attempts lock the account within
+/// minutes. It stays up, health "" NOT_SERVING and `liveness` SERVING (so
+/// no probe kills it), and logs in again after the re-login pause (30 s,
+/// then 60 s, ...), reading clouds.yaml again each time: once the file is
+/// mended, it starts. The clock is tokio's, moved forward while it waits.
+#[tokio::test]
+async fn a_login_refused_at_start_up_is_tried_again_ever_later_from_clouds_yaml_read_again() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let env = env().await;
+    let mended = std::fs::read_to_string(&env.clouds_yaml).unwrap();
+    let wrong = mended.replace("'poolpass'", "'wrong'");
+    assert_ne!(wrong, mended);
+    std::fs::write(&env.clouds_yaml, &wrong).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let text = env.config_text("", SMALL_POOL).replacen(
+        r#"listen = "127.0.0.1:0""#,
+        &format!(r#"listen = "127.0.0.1:{port}""#),
+        1,
+    );
+    let config = Config::parse(&text).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let starting = tokio::spawn(warmpool_server::start(config, async {
+        let _ = stopped.await;
+    }));
+    let logins = || env.face.faults().password_logins();
+    // Alive and starting after each refusal, not ended by it.
+    let waiting = |refusals: u32| {
+        let starting = &starting;
+        async move {
+            let statuses = (
+                health_status(port, "").await,
+                health_status(port, warmpool_server::LIVENESS_SERVICE).await,
+            );
+            if starting.is_finished() {
+                panic!("warmpoold's start-up ended after {refusals} refused login(s), health {statuses:?}");
+            }
+            assert_eq!(
+                statuses,
+                (
+                    Ok(i32::from(ServingStatus::NotServing)),
+                    Ok(i32::from(ServingStatus::Serving))
+                ),
+                "\"\" and liveness while waiting out refusal {refusals}"
+            );
+        }
+    };
+    wait_until("the first login", || logins() >= 1).await;
+    waiting(1).await;
+    if starting.is_finished() {
+        let ended = starting.await.unwrap();
+        panic!(
+            "warmpoold's start-up ended after one refused login: {:#}",
+            ended.err().expect("not started on a wrong password")
+        );
+    }
+
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert_eq!(logins(), 1, "the password was tried again within 29 s");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    tokio::time::resume();
+    wait_until("the second login, 30 s after the first", || logins() >= 2).await;
+    waiting(2).await;
+
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(59)).await;
+    assert_eq!(logins(), 2, "the second pause is 60 s, not 30");
+    std::fs::write(&env.clouds_yaml, &mended).unwrap();
+    tokio::time::advance(Duration::from_secs(2)).await;
+    tokio::time::resume();
+    let running = tokio::time::timeout(Duration::from_secs(60), starting)
+        .await
+        .expect("start-up ends once clouds.yaml is mended")
+        .unwrap()
+        .expect("warmpoold starts on the mended clouds.yaml");
+    assert_eq!(logins(), 3, "one login per try");
+    assert_eq!(
+        health_status(port, "").await,
+        Ok(i32::from(ServingStatus::Serving))
+    );
+    let _ = stop.send(());
+    running.served.await.unwrap().unwrap();
+}
+
+/// A shutdown (SIGTERM) while start-up waits out a refused login ends
+/// it there, as one during the cloud check does, without trying the
+/// password again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_while_start_up_waits_out_a_refused_login_ends_it() {
+    let env = env().await;
+    let text = std::fs::read_to_string(&env.clouds_yaml).unwrap();
+    std::fs::write(&env.clouds_yaml, text.replace("'poolpass'", "'wrong'")).unwrap();
+    let config = env.config("", SMALL_POOL);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let starting = tokio::spawn(warmpool_server::start(config, async {
+        let _ = stopped.await;
+    }));
+    wait_until("the first login", || {
+        env.face.faults().password_logins() >= 1
+    })
+    .await;
+    let _ = stop.send(());
+    // A guard against a hang only: the wait it ends is 30 s long.
+    let ended = tokio::time::timeout(Duration::from_secs(300), starting)
+        .await
+        .expect("start-up did not end on the shutdown")
+        .unwrap();
+    let err = match ended {
+        Ok(_) => panic!("started on a wrong password"),
+        Err(e) => e,
+    };
+    assert!(err.is::<warmpool_server::StoppedDuringStartUp>(), "{err:#}");
+    assert_eq!(env.face.faults().password_logins(), 1);
+}
+
+/// A Keystone failing at start-up (a 500) is an outage, not a refusal of
+/// the credentials: start-up ends, as for any cloud that does not answer,
+/// and the supervisor starts warmpoold again (no lockout counts it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keystone_failing_at_start_up_still_ends_it() {
+    let env = env().await;
+    env.face.faults().answer_next(
+        Service::Identity,
+        "POST",
+        "/v3/auth/tokens",
+        1,
+        500,
+        r#"{"error": {"code": 500, "title": "Internal Server Error", "message": "An unexpected error prevented the server from fulfilling your request."}}"#,
+    );
+    let config = env.config("", SMALL_POOL);
+    let started = tokio::time::timeout(
+        Duration::from_secs(60),
+        warmpool_server::start(config, std::future::pending()),
+    )
+    .await
+    .expect("start-up ends on a failing Keystone");
+    let err = match started {
+        Ok(_) => panic!("started although Keystone failed the login"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("the OpenStack cloud is not usable"), "{err}");
+    assert_eq!(env.face.faults().token_requests(), 1);
+}
+
 /// An endpoint that streams an answer without end is cut off at
 /// `MAX_ANSWER_BYTES` as a transient failure, instead of being held in
 /// memory for the whole request timeout.

@@ -41,6 +41,7 @@ use neutron::{looks_like_id, Named};
 use nova::{AbsoluteLimits, AddressRule, Flavor, QuotaUse};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
+pub use session::ConnectError;
 use session::{Call, Connection, Reply};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -450,15 +451,26 @@ impl OpenStackCloud {
     /// flavors) are resolved on first use and cached for [`NAME_TTL`]; a
     /// boot the cloud refuses looks them up again.
     pub async fn connect(settings: OpenStackSettings) -> CloudResult<Self> {
+        Ok(Self::connect_telling_refusal(settings).await?)
+    }
+
+    /// [`Self::connect`], telling a login Keystone refused
+    /// ([`ConnectError::CredentialsRefused`]) from every other failure: the
+    /// daemon's start-up waits the former out rather than exiting (a
+    /// supervisor's restarts would each try the password again).
+    pub async fn connect_telling_refusal(
+        settings: OpenStackSettings,
+    ) -> Result<Self, ConnectError> {
         let conn = Connection::connect(settings.auth.clone(), settings.request_timeout).await?;
         let nova_version = conn
             .pick_compute_version(&NOVA_VERSIONS)
-            .await?
+            .await
+            .map_err(ConnectError::Failed)?
             .ok_or_else(|| {
-                CloudError::Fatal(
+                ConnectError::Failed(CloudError::Fatal(
                     "Nova does not support microversion 2.52 (tags given when a server is created; Nova of Pike or later), which warmpool needs"
                         .into(),
-                )
+                ))
             })?;
         tracing::info!(
             identity = conn.identity(),

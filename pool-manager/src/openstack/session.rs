@@ -146,6 +146,33 @@ pub fn relogin_pause(refusals: u32) -> Duration {
         .min(RELOGIN_PAUSE_MAX)
 }
 
+/// Why a first login ([`Connection::connect`], `OpenStackCloud::connect_telling_refusal`)
+/// failed: Keystone refusing the credentials is told apart from the
+/// rest, because waiting does not mend them and each try counts towards
+/// Keystone's `lockout_failure_attempts`, while an outage (no answer, a
+/// 5xx, a rate limit) is worth trying again soon and counts for nothing.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Keystone refused the credentials (401): a wrong or rotated password
+    /// or secret, or an account locked, disabled or expired (the message
+    /// says which when Keystone does). Mend clouds.yaml (or secure.yaml),
+    /// or the account in Keystone.
+    #[error("{0}")]
+    CredentialsRefused(CloudError),
+    /// Any other failure: the cloud did not answer, failed, or cannot be
+    /// used as configured (the message says which).
+    #[error("{0}")]
+    Failed(CloudError),
+}
+
+impl From<ConnectError> for CloudError {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::CredentialsRefused(e) | ConnectError::Failed(e) => e,
+        }
+    }
+}
+
 /// What failed re-logins leave behind, kept under [`Connection`]'s
 /// re-login lock.
 #[derive(Default)]
@@ -183,12 +210,21 @@ pub struct Connection {
 
 impl Connection {
     /// Logs in (one token request), bounded by `timeout`.
-    pub async fn connect(config: CloudConfig, timeout: Duration) -> CloudResult<Arc<Self>> {
+    pub async fn connect(
+        config: CloudConfig,
+        timeout: Duration,
+    ) -> Result<Arc<Self>, ConnectError> {
         let identity = identity_of(&config);
         let region = region_of(&config);
         let session = login(&config, timeout, &identity)
             .await
-            .map_err(|failed| failed.error)?;
+            .map_err(|failed| match failed {
+                LoginFailure {
+                    error,
+                    credentials_rejected: true,
+                } => ConnectError::CredentialsRefused(error),
+                LoginFailure { error, .. } => ConnectError::Failed(error),
+            })?;
         Ok(Arc::new(Self {
             config,
             timeout,
