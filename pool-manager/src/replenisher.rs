@@ -232,7 +232,7 @@ impl Shared {
             }
             Ok(None) => {}
             Err(e @ crate::store::StoreError::Unreadable { .. }) => {
-                tracing::warn!(pool = %key, error = %e, "the pool's learned sizing is one this version cannot read (`warmpoold store check` lists it); sizing it from scratch, and keeping the record for the version that wrote it");
+                tracing::warn!(pool = %key, error = %e, "the pool's learned sizing is one this version cannot read (`warmpoold store check` notes it)");
                 self.sizing_unreadable
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

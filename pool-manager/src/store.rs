@@ -80,8 +80,8 @@ pub enum StoreError {
     },
     #[error(
         "store record {tree}/{key} cannot be read ({error}); a newer warmpoold may have written \
-         it: run that version, or stop warmpoold and run `warmpoold store check` to list such \
-         records and `warmpoold store set-aside {tree} '{key}'` to move this one aside"
+         it: {}",
+        unreadable_advice(tree, key)
     )]
     Unreadable {
         tree: String,
@@ -127,6 +127,23 @@ pub enum StoreError {
         dir.display()
     )]
     Locked { dir: PathBuf, waited: Duration },
+}
+
+/// What to do about a record [`StoreError::Unreadable`] names. A pool's
+/// learned sizing does not stop warmpoold, which keeps it unsaved over:
+/// set aside, it would never come back (this version saves fresh sizing
+/// under its key, which supersedes the copy), so it is not advised.
+fn unreadable_advice(tree: &str, key: &str) -> String {
+    if tree == RecordKind::LearnedSizing.tree() {
+        "run that version to size the pool from it; this one sizes the pool from scratch and \
+         keeps the record, unsaved over, for that version"
+            .to_owned()
+    } else {
+        format!(
+            "run that version, or stop warmpoold and run `warmpoold store check` to list such \
+             records and `warmpoold store set-aside {tree} '{key}'` to move this one aside"
+        )
+    }
 }
 
 /// What to do about a data dir [`StoreError::Inaccessible`] names.
@@ -352,6 +369,16 @@ impl RecordKind {
 /// The tree of records set aside, keyed `tree/key` (the key as stored).
 const SET_ASIDE_TREE: &str = "set_aside";
 
+/// The tree of copies set aside whose key a live record took since (a
+/// pool created again, sizing saved anew), keyed as in [`SET_ASIDE_TREE`]
+/// and moved here from it: kept for a person to read, never moved back
+/// (the live record is the newer, and once it is deleted the copy would
+/// bring back what the operator deleted), and not holding their key
+/// ([`Store::is_set_aside`]). A second copy superseded under one key
+/// replaces the first. A tree of its own, so that builds that do not know
+/// it (d9e8625 and older) leave these copies alone too.
+const SUPERSEDED_TREE: &str = "set_aside_superseded";
+
 /// The tree of what the store notes of itself, one key each.
 const META_TREE: &str = "meta";
 
@@ -401,6 +428,17 @@ pub struct UnreadableRecord {
     pub error: String,
 }
 
+/// A record set aside, as [`StoreRepair::set_aside_records`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetAsideRecord {
+    pub kind: RecordKind,
+    /// As [`StoreRepair::set_aside`] takes it.
+    pub key: String,
+    /// A live record has taken its key since: it stays for a person to
+    /// read, and never comes back.
+    pub superseded: bool,
+}
+
 /// What [`StoreRepair::set_aside`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SetAside {
@@ -421,7 +459,9 @@ pub enum SetAside {
 /// such records, and move one aside. A record set aside keeps its bytes (in
 /// the `set_aside` tree, for a person to read) and its id stays taken
 /// ([`Store::is_set_aside`]) until a version that reads it opens the store,
-/// which moves it back ([`SledStore::open`]). For a stopped warmpoold's store.
+/// which moves it back ([`SledStore::open`]), or a live record takes its
+/// key, which supersedes it for good ([`SUPERSEDED_TREE`]). For a stopped
+/// warmpoold's store.
 pub struct StoreRepair {
     db: sled::Db,
 }
@@ -475,14 +515,24 @@ impl StoreRepair {
         recorded_cloud(&self.db.open_tree(META_TREE)?)
     }
 
-    /// The records set aside so far, as `(kind, key)`.
-    pub fn set_aside_records(&self) -> StoreResult<Vec<(RecordKind, String)>> {
-        let aside = self.db.open_tree(SET_ASIDE_TREE)?;
+    /// The records set aside so far, superseded ones included.
+    pub fn set_aside_records(&self) -> StoreResult<Vec<SetAsideRecord>> {
         let mut records = Vec::new();
-        for entry in aside.iter() {
-            let (key, _) = entry?;
-            if let Some((kind, key)) = from_set_aside_key(&key) {
-                records.push((kind, shown_key(key)));
+        for tree in [SET_ASIDE_TREE, SUPERSEDED_TREE] {
+            for entry in self.db.open_tree(tree)?.iter() {
+                let (aside_key, _) = entry?;
+                let Some((kind, key)) = from_set_aside_key(&aside_key) else {
+                    continue;
+                };
+                // One whose key a live record holds is superseded at the
+                // next open, before anything could delete that record.
+                let superseded =
+                    tree == SUPERSEDED_TREE || self.db.open_tree(kind.tree())?.contains_key(key)?;
+                records.push(SetAsideRecord {
+                    kind,
+                    key: shown_key(key),
+                    superseded,
+                });
             }
         }
         Ok(records)
@@ -687,6 +737,7 @@ pub struct SledStore {
     learned_sizing: sled::Tree,
     twin_watches: sled::Tree,
     set_aside: sled::Tree,
+    superseded: sled::Tree,
     meta: sled::Tree,
     index: Arc<Mutex<HotIndex>>,
     failure: Failure,
@@ -817,6 +868,7 @@ impl SledStore {
             learned_sizing: db.open_tree(RecordKind::LearnedSizing.tree())?,
             twin_watches: db.open_tree(RecordKind::TwinWatch.tree())?,
             set_aside: db.open_tree(SET_ASIDE_TREE)?,
+            superseded: db.open_tree(SUPERSEDED_TREE)?,
             meta: db.open_tree(META_TREE)?,
             index: Arc::default(),
             failure: Failure(watch::Sender::new(None)),
@@ -841,43 +893,88 @@ impl SledStore {
     /// Moves each record set aside ([`StoreRepair::set_aside`]) that this
     /// version reads back to its tree, each in one transaction: the version
     /// that wrote it runs again, and serves it as before. One whose key a
-    /// record has taken since (a pool created again, a pool's sizing saved
-    /// anew) stays aside: which of the two is right is a person's call.
+    /// live record holds (a pool created again, a pool's sizing saved anew,
+    /// by a build that did not supersede it as it wrote) is superseded
+    /// instead, readable or not ([`SUPERSEDED_TREE`]): left waiting, it
+    /// would come back once that record is deleted, undoing a deletion.
     /// A sold instance's record comes back even if its order was released
     /// meanwhile (the release deleted its server): the reconciler, which
     /// reads the order and the cloud, forgets it.
     fn restore_set_aside(&self) -> StoreResult<()> {
+        enum Outcome {
+            Back,
+            Superseded,
+            Unreadable,
+        }
         // Collected first: few, and the loop removes them from the tree.
         let aside: Vec<(sled::IVec, sled::IVec)> =
             self.set_aside.iter().collect::<sled::Result<_>>()?;
-        let mut restored = false;
+        let mut wrote = false;
         for (aside_key, bytes) in aside {
             let Some((kind, key)) = from_set_aside_key(&aside_key) else {
                 continue;
             };
             let tree = self.tree(kind);
-            if kind.problem(tree, key, &bytes).is_some() {
-                continue;
-            }
-            let moved: sled::transaction::TransactionResult<bool, std::convert::Infallible> =
-                sled::Transactional::transaction(&(tree, &self.set_aside), |(live, aside)| {
-                    if live.get(key)?.is_some() {
-                        return Ok(false);
-                    }
-                    live.insert(key, bytes.clone())?;
-                    aside.remove(&aside_key)?;
-                    Ok(true)
-                });
+            let readable = kind.problem(tree, key, &bytes).is_none();
+            let moved: sled::transaction::TransactionResult<Outcome, std::convert::Infallible> =
+                sled::Transactional::transaction(
+                    &(tree, &self.set_aside, &self.superseded),
+                    |(live, aside, superseded)| {
+                        if live.get(key)?.is_some() {
+                            superseded.insert(&aside_key, bytes.clone())?;
+                            aside.remove(&aside_key)?;
+                            return Ok(Outcome::Superseded);
+                        }
+                        if !readable {
+                            return Ok(Outcome::Unreadable);
+                        }
+                        live.insert(key, bytes.clone())?;
+                        aside.remove(&aside_key)?;
+                        Ok(Outcome::Back)
+                    },
+                );
             let shown = shown_key(key);
-            if self.failure.kept(moved.map_err(storage_error))? {
-                restored = true;
-                tracing::info!(tree = kind.tree(), key = %shown, "a record set aside as unreadable reads now: moved back");
-            } else {
-                tracing::warn!(tree = kind.tree(), key = %shown, "a record set aside as unreadable reads now, but another record has taken its key: left set aside (`warmpoold store check` lists it)");
+            match self.failure.kept(moved.map_err(storage_error))? {
+                Outcome::Back => {
+                    wrote = true;
+                    tracing::info!(tree = kind.tree(), key = %shown, "a record set aside as unreadable reads now: moved back");
+                }
+                Outcome::Superseded => {
+                    wrote = true;
+                    superseded_warning(kind, &shown);
+                }
+                Outcome::Unreadable => {}
             }
         }
-        if restored {
+        if wrote {
             self.failure.kept(self.db.flush())?;
+        }
+        Ok(())
+    }
+
+    /// Supersedes the copy of `kind`'s record `key` set aside, if there is
+    /// one: a live record has just been written under its key. Made durable
+    /// with that record, by the next flush; a crash before it leaves the
+    /// open to supersede it, if the record was flushed.
+    fn supersede_set_aside(&self, kind: RecordKind, key: &[u8]) -> StoreResult<()> {
+        let aside_key = set_aside_key(kind, key);
+        // The common case, nothing set aside, is one read.
+        if !self.set_aside.contains_key(&aside_key)? {
+            return Ok(());
+        }
+        let moved: sled::transaction::TransactionResult<bool, std::convert::Infallible> =
+            sled::Transactional::transaction(
+                &(&self.set_aside, &self.superseded),
+                |(aside, superseded)| {
+                    let Some(bytes) = aside.remove(aside_key.as_slice())? else {
+                        return Ok(false);
+                    };
+                    superseded.insert(aside_key.as_slice(), bytes)?;
+                    Ok(true)
+                },
+            );
+        if self.failure.kept(moved.map_err(storage_error))? {
+            superseded_warning(kind, &shown_key(key));
         }
         Ok(())
     }
@@ -941,6 +1038,11 @@ impl SledStore {
         }
         Ok(records)
     }
+}
+
+/// Logs that a copy set aside was superseded: once, when it is.
+fn superseded_warning(kind: RecordKind, shown: &str) {
+    tracing::warn!(tree = kind.tree(), key = %shown, "a record set aside as unreadable is superseded by the record written under its key since: it stays in the store for a person to read (`warmpoold store check` lists it) and will not come back");
 }
 
 /// sled's configuration of a store in `dir` with a page cache of
@@ -1058,9 +1160,9 @@ impl Store for SledStore {
     }
 
     async fn put_pool(&self, pool: &PoolRecord) -> StoreResult<()> {
-        self.failure
-            .kept(self.pools.insert(pool_key(&pool.key), encode(pool)))?;
-        Ok(())
+        let key = pool_key(&pool.key);
+        self.failure.kept(self.pools.insert(&key, encode(pool)))?;
+        self.supersede_set_aside(RecordKind::Pool, &key)
     }
 
     async fn delete_pool(&self, key: &PoolKey) -> StoreResult<()> {
@@ -1075,9 +1177,10 @@ impl Store for SledStore {
     }
 
     async fn put_learned_sizing(&self, key: &PoolKey, learned: &LearnedSizing) -> StoreResult<()> {
+        let key = pool_key(key);
         self.failure
-            .kept(self.learned_sizing.insert(pool_key(key), encode(learned)))?;
-        Ok(())
+            .kept(self.learned_sizing.insert(&key, encode(learned)))?;
+        self.supersede_set_aside(RecordKind::LearnedSizing, &key)
     }
 
     async fn get_instance(&self, id: &str) -> StoreResult<Option<Instance>> {
@@ -1229,6 +1332,7 @@ impl Store for SledStore {
             &self.allocations,
             &self.twin_watches,
             &self.set_aside,
+            &self.superseded,
         ] {
             // Not `Tree::is_empty`, which takes a failed read for a record.
             if tree.iter().keys().next().transpose()?.is_some() {
@@ -1874,7 +1978,8 @@ mod tests {
     /// A record set aside that this version reads (the version that wrote
     /// it, run again) goes back to its tree when the store opens, and
     /// counts as any other; one whose key another record has taken since
-    /// (a pool created again) stays aside, as does one it cannot read.
+    /// is superseded (kept, no longer holding its key), and one it cannot
+    /// read stays aside.
     #[tokio::test]
     async fn set_aside_records_this_version_reads_go_back_at_open() {
         let store = SledStore::temporary().unwrap();
@@ -1913,10 +2018,18 @@ mod tests {
         );
 
         assert_eq!(store.get_allocation("r1").await.unwrap(), Some(live));
-        assert!(store
+        assert!(!store
             .is_set_aside(RecordKind::Allocation, "r1")
             .await
             .unwrap());
+        assert_eq!(
+            store
+                .superseded
+                .get(set_aside_key(RecordKind::Allocation, b"r1"))
+                .unwrap()
+                .as_deref(),
+            Some(&encode(&other)[..])
+        );
         assert_eq!(store.allocations.get("r2").unwrap(), None);
         assert_eq!(
             store
@@ -1926,6 +2039,171 @@ mod tests {
                 .as_deref(),
             Some(&unreadable[..])
         );
+    }
+
+    /// A copy set aside whose key a live record has taken since (a pool
+    /// created again, sizing saved anew) is superseded: it never comes
+    /// back on its own, neither after that record is deleted in a later
+    /// run nor in the same run that wrote it, and no longer holds its key
+    /// ([`Store::is_set_aside`]), so a deleted pool's orphans are not kept
+    /// for it. Brought back, a pool the operator deleted would boot its
+    /// old `min_ready` again, and old history would size a new pool.
+    #[tokio::test]
+    async fn a_set_aside_copy_whose_key_a_live_record_took_never_comes_back() {
+        let key = PoolKey::new("db.small", "az1");
+        let old = PoolRecord::new(key.clone(), crate::model::tests::spec());
+        let mut again = old.clone();
+        again.spec.min_ready += 1;
+        again.spec.max_ready += 1;
+        let learned = |allocations| LearnedSizing {
+            saved_at: SystemTime::UNIX_EPOCH,
+            demand_short: 0.1,
+            demand_long: 0.1,
+            demand_held: 0.0,
+            held_for: None,
+            allocations,
+            leads: Vec::new(),
+        };
+        let aside = |store: &SledStore| {
+            for (kind, bytes) in [
+                (RecordKind::Pool, encode(&old)),
+                (RecordKind::LearnedSizing, encode(&learned(3))),
+            ] {
+                store
+                    .set_aside
+                    .insert(set_aside_key(kind, &pool_key(&key)), bytes)
+                    .unwrap();
+            }
+        };
+
+        // Taken in one run, deleted in a later one: written by this build,
+        // or by one that did not supersede as it wrote (the open does).
+        for by_this_build in [true, false] {
+            let store = SledStore::temporary().unwrap();
+            aside(&store);
+            if by_this_build {
+                store.put_pool(&again).await.unwrap();
+                store.put_learned_sizing(&key, &learned(5)).await.unwrap();
+            } else {
+                store.pools.insert(pool_key(&key), encode(&again)).unwrap();
+                store
+                    .learned_sizing
+                    .insert(pool_key(&key), encode(&learned(5)))
+                    .unwrap();
+            }
+            let store = reopened(&store).unwrap();
+            assert_eq!(store.get_pool(&key).await.unwrap(), Some(again.clone()));
+            assert_eq!(
+                store.get_learned_sizing(&key).await.unwrap(),
+                Some(learned(5))
+            );
+            store.delete_pool(&key).await.unwrap();
+            let store = reopened(&store).unwrap();
+            assert_eq!(store.get_pool(&key).await.unwrap(), None);
+            assert_eq!(store.get_learned_sizing(&key).await.unwrap(), None);
+            for kind in [RecordKind::Pool, RecordKind::LearnedSizing] {
+                assert!(!store
+                    .is_set_aside(kind, &pool_record_key(&key))
+                    .await
+                    .unwrap());
+            }
+        }
+
+        // Taken and deleted in the run that found the copy aside.
+        let store = SledStore::temporary().unwrap();
+        aside(&store);
+        assert!(store
+            .is_set_aside(RecordKind::Pool, &pool_record_key(&key))
+            .await
+            .unwrap());
+        store.put_pool(&again).await.unwrap();
+        store.put_learned_sizing(&key, &learned(5)).await.unwrap();
+        assert!(!store
+            .is_set_aside(RecordKind::Pool, &pool_record_key(&key))
+            .await
+            .unwrap());
+        store.delete_pool(&key).await.unwrap();
+        let store = reopened(&store).unwrap();
+        assert_eq!(store.get_pool(&key).await.unwrap(), None);
+        assert_eq!(store.get_learned_sizing(&key).await.unwrap(), None);
+        // Kept for a person to read.
+        assert_eq!(
+            store
+                .superseded
+                .get(set_aside_key(RecordKind::Pool, &pool_key(&key)))
+                .unwrap()
+                .as_deref(),
+            Some(&encode(&old)[..])
+        );
+    }
+
+    /// `store check`'s list of records set aside says which are
+    /// superseded: those moved so, and those whose key a live record
+    /// holds (the next open supersedes them).
+    #[tokio::test]
+    async fn set_aside_records_say_which_are_superseded() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = PoolKey::new("db.small", "az1");
+        let pool = PoolRecord::new(key.clone(), crate::model::tests::spec());
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            for (kind, key) in [
+                (RecordKind::Pool, pool_key(&key)),
+                (RecordKind::Allocation, b"r1".to_vec()),
+                (RecordKind::Allocation, b"r2".to_vec()),
+            ] {
+                let unreadable = with_extra(&allocation_in_doubt(), &[], "from_the_future");
+                store
+                    .set_aside
+                    .insert(set_aside_key(kind, &key), unreadable)
+                    .unwrap();
+            }
+            store.put_pool(&pool).await.unwrap();
+            store
+                .allocations
+                .insert("r2", encode(&allocation_in_doubt()))
+                .unwrap();
+            store.flush().await.unwrap();
+        }
+        let repair = StoreRepair::open(dir.path(), Duration::from_secs(30)).unwrap();
+        let record = |kind, key: &str, superseded| SetAsideRecord {
+            kind,
+            key: key.to_owned(),
+            superseded,
+        };
+        assert_eq!(
+            repair.set_aside_records().unwrap(),
+            [
+                record(RecordKind::Allocation, "r1", false),
+                record(RecordKind::Allocation, "r2", true),
+                record(RecordKind::Pool, "db.small@az1", true),
+            ]
+        );
+    }
+
+    /// An unreadable learned sizing record does not stop warmpoold, which
+    /// keeps it for the version that wrote it: its message names it and
+    /// gives no set-aside advice (set aside, this version would save fresh
+    /// sizing under its key and the copy would never come back).
+    #[tokio::test]
+    async fn unreadable_learned_sizing_gives_no_set_aside_advice() {
+        let store = SledStore::temporary().unwrap();
+        let key = PoolKey::new("db.small", "az1");
+        store
+            .learned_sizing
+            .insert(pool_key(&key), br#"{"from_the_future":1}"#.to_vec())
+            .unwrap();
+        let message = match store.get_learned_sizing(&key).await {
+            Err(e @ StoreError::Unreadable { .. }) => e.to_string(),
+            other => panic!("expected Unreadable, got {other:?}"),
+        };
+        assert!(
+            message.contains("store record learned_sizing/db.small@az1 cannot be read"),
+            "{message}"
+        );
+        assert!(message.contains("a newer warmpoold"), "{message}");
+        assert!(!message.contains("set-aside"), "{message}");
+        assert!(!message.contains("set it aside"), "{message}");
     }
 
     /// Setting aside a record already set aside says so, and changes
@@ -1956,7 +2234,11 @@ mod tests {
         );
         assert_eq!(
             repair.set_aside_records().unwrap(),
-            [(RecordKind::Allocation, "r1".to_owned())]
+            [SetAsideRecord {
+                kind: RecordKind::Allocation,
+                key: "r1".to_owned(),
+                superseded: false,
+            }]
         );
         assert_eq!(
             repair.set_aside(RecordKind::Instance, "r1").unwrap(),

@@ -163,7 +163,15 @@ async fn an_unreadable_record_is_named_and_can_be_set_aside() {
             assert_eq!(repair.set_aside(*kind, key).unwrap(), SetAside::Moved);
         }
         assert!(repair.unreadable().unwrap().is_empty());
-        let mut aside = repair.set_aside_records().unwrap();
+        let mut aside: Vec<_> = repair
+            .set_aside_records()
+            .unwrap()
+            .into_iter()
+            .map(|record| {
+                assert!(!record.superseded, "{record:?}");
+                (record.kind, record.key)
+            })
+            .collect();
         aside.sort();
         let mut found = found;
         found.sort();

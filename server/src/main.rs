@@ -74,7 +74,9 @@ enum StoreCommand {
     /// set_aside tree) and its id stays taken (an order set aside cannot be
     /// bought again; a server of an instance set aside is not deleted), and
     /// warmpoold starts without it. A warmpoold that reads it (the version
-    /// that wrote it) moves it back when it starts.
+    /// that wrote it) moves it back when it starts, unless a record was
+    /// written under its key meanwhile (a pool created again): then it
+    /// stays aside for good, superseded.
     SetAside {
         /// The record's kind, as `store check` shows it.
         #[arg(value_parser = record_kind_parser())]
@@ -391,8 +393,8 @@ fn store_command(command: &StoreCommand, data_dir: &std::path::Path) -> anyhow::
             // A pool's learned sizing this version cannot read does not stop
             // the daemon, which keeps it unsaved over for the version that
             // wrote it. Set aside, it would not come back: this version
-            // would save fresh sizing under its key, and the version that
-            // wrote it finds the key taken and leaves it aside.
+            // would save fresh sizing under its key, which supersedes the
+            // copy set aside for good.
             let (kept, unreadable): (Vec<_>, Vec<_>) = repair
                 .unreadable()?
                 .into_iter()
@@ -414,8 +416,17 @@ fn store_command(command: &StoreCommand, data_dir: &std::path::Path) -> anyhow::
                     record.error
                 );
             }
-            for (kind, key) in repair.set_aside_records()? {
-                outln!("set aside {} {key}", kind.tree());
+            for record in repair.set_aside_records()? {
+                if record.superseded {
+                    outln!(
+                        "set aside {} {}: superseded by the record written under its key since \
+                         (a pool created again, sizing saved anew); it will not come back",
+                        record.kind.tree(),
+                        record.key
+                    );
+                } else {
+                    outln!("set aside {} {}", record.kind.tree(), record.key);
+                }
             }
             match repair.cloud_identity()? {
                 Some(cloud) => outln!("cloud: {cloud}"),

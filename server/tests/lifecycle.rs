@@ -2234,3 +2234,45 @@ fn store_check_notes_unreadable_learned_sizing_without_failing() {
         "{out}"
     );
 }
+
+/// `store check` says which records set aside are superseded (a live
+/// record took their key since: they will not come back) and which wait
+/// for a version that reads them; neither fails the check.
+#[test]
+fn store_check_says_which_set_aside_records_are_superseded() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("store");
+    {
+        let db = sled::open(&dir).unwrap();
+        db.open_tree("set_aside")
+            .unwrap()
+            .insert(
+                "allocations/order-1",
+                br#"{"state":"Hibernating"}"#.to_vec(),
+            )
+            .unwrap();
+        db.open_tree("set_aside_superseded")
+            .unwrap()
+            .insert("pools/db.small\0az1", br#"{"from_the_future":1}"#.to_vec())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    wait_until_let_go(&dir);
+
+    let check = store_command(&dir, &["check"]);
+    let out = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert_eq!(check.status.code(), Some(0), "{out}");
+    assert!(
+        out.lines().any(|l| l == "set aside allocations order-1"),
+        "{out}"
+    );
+    let pool = out
+        .lines()
+        .find(|l| l.starts_with("set aside pools db.small@az1"))
+        .unwrap_or_else(|| panic!("no line for the pool:\n{out}"));
+    assert!(
+        pool.contains("superseded by the record written under its key since"),
+        "{out}"
+    );
+    assert!(pool.contains("it will not come back"), "{out}");
+}
