@@ -292,14 +292,21 @@ struct ServiceFaults {
     canned: Vec<Canned>,
 }
 
-/// `left` more `method` requests to `path` get `status` and `body`.
+/// `left` more `method` requests to `path` get `answer`.
 #[derive(Clone, Debug)]
 struct Canned {
     method: String,
     path: String,
     left: u32,
-    status: StatusCode,
-    body: String,
+    answer: CannedAnswer,
+}
+
+#[derive(Clone, Debug)]
+enum CannedAnswer {
+    /// `status` with the JSON `body`.
+    Json { status: StatusCode, body: String },
+    /// A 429 with this `Retry-After`, in the service's own body shape.
+    Throttled(Duration),
 }
 
 /// State shared by every handler.
@@ -571,12 +578,45 @@ impl HttpFaults {
         status: u16,
         body: &str,
     ) {
+        self.can(
+            service,
+            method,
+            path,
+            n,
+            CannedAnswer::Json {
+                status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                body: body.to_owned(),
+            },
+        );
+    }
+
+    /// The next `n` `method` requests to `path` (as [`Self::answer_next`]
+    /// matches them) get 429 with `Retry-After`, as [`Self::throttle_next`]
+    /// answers; no effect. A throttle of one route, where the service's
+    /// other requests (a purchase's port create) must pass.
+    pub fn throttle_next_on(
+        &self,
+        service: Service,
+        method: &str,
+        path: &str,
+        n: u32,
+        retry_after: Duration,
+    ) {
+        self.can(
+            service,
+            method,
+            path,
+            n,
+            CannedAnswer::Throttled(retry_after),
+        );
+    }
+
+    fn can(&self, service: Service, method: &str, path: &str, n: u32, answer: CannedAnswer) {
         let canned = Canned {
             method: method.to_ascii_uppercase(),
             path: path.to_owned(),
             left: n,
-            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            body: body.to_owned(),
+            answer,
         };
         self.with(service, |f| f.canned.push(canned));
     }
@@ -1051,7 +1091,7 @@ async fn fault_layer(
                 .find(|c| c.left > 0 && c.method == method && c.path == path)
                 .map(|c| {
                     c.left -= 1;
-                    (c.status, c.body.clone())
+                    c.answer.clone()
                 })
         };
         f.canned.retain(|c| c.left > 0);
@@ -1079,6 +1119,10 @@ async fn fault_layer(
     if !slow.is_zero() {
         tokio::time::sleep(slow).await;
     }
+    let throttle = throttle.or(match &canned {
+        Some(CannedAnswer::Throttled(retry_after)) => Some(*retry_after),
+        _ => None,
+    });
     let mut resp = if let Some(retry_after) = throttle {
         ApiError::from_cloud(
             service,
@@ -1098,7 +1142,7 @@ async fn fault_layer(
             "The request you have made requires authentication.",
         )
         .into_response()
-    } else if let Some((status, body)) = canned {
+    } else if let Some(CannedAnswer::Json { status, body }) = canned {
         (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
     } else if let Some(bytes) = oversized {
         (StatusCode::OK, vec![b' '; bytes]).into_response()
