@@ -68,8 +68,11 @@ impl Cloud for CountingCloud {
         }
         result
     }
-    async fn get_server(&self, server_id: &str) -> CloudResult<Server> {
-        self.count(self.sim.get_server(server_id).await)
+    async fn read_server(&self, server_id: &str) -> CloudResult<Server> {
+        self.count(self.sim.read_server(server_id).await)
+    }
+    async fn ports_bound_to(&self, server_id: &str) -> CloudResult<Vec<String>> {
+        self.count(self.sim.ports_bound_to(server_id).await)
     }
     fn volume_zone_for(&self, server_az: &str) -> String {
         self.sim.volume_zone_for(server_az)

@@ -82,11 +82,21 @@ impl Cloud for SimCloud {
         self.lock().check_volume_zone(&zone)
     }
 
-    async fn get_server(&self, server_id: &str) -> CloudResult<Server> {
+    /// With its ports: the simulated cloud tells them in one call, as it
+    /// counts, limits and faults it.
+    async fn read_server(&self, server_id: &str) -> CloudResult<Server> {
         let call = self.admit("get_server").await?;
         let now = Instant::now();
         let answer = self.inner.lock_at(now).get_server(server_id, now);
         call.answer(answer).await
+    }
+
+    /// What [`Cloud::read_server`] told, looked at again: no API call (no
+    /// rate limit, no fault, not counted), as that one call answers both.
+    async fn ports_bound_to(&self, server_id: &str) -> CloudResult<Vec<String>> {
+        let now = Instant::now();
+        let server = self.inner.lock_at(now).get_server(server_id, now)?;
+        Ok(server.attached_ports)
     }
 
     async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {

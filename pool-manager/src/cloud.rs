@@ -534,7 +534,26 @@ impl BootHeadroom {
 #[async_trait]
 pub trait Cloud: Send + Sync + 'static {
     async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server>;
-    async fn get_server(&self, server_id: &str) -> CloudResult<Server>;
+    /// A server, with its ports once it is ACTIVE: they matter once it
+    /// runs (the allocator verifies them), and a booting server's polls
+    /// skip the read. A port read that fails fails the whole: verify must
+    /// not pass (nor discard, as failed) a server whose port it could not
+    /// see. One call per service asked, so that a wrapper (the daemon's
+    /// metrics, the manager's note of a paused call's service) sees each:
+    /// a wrapper forwards those, and leaves this one be.
+    async fn get_server(&self, server_id: &str) -> CloudResult<Server> {
+        let mut server = self.read_server(server_id).await?;
+        if server.status == ServerStatus::Active {
+            server.attached_ports = self.ports_bound_to(server_id).await?;
+        }
+        Ok(server)
+    }
+    /// A server as the compute service (Nova) shows it; its ports are
+    /// [`Cloud::ports_bound_to`]'s to tell. Call [`Cloud::get_server`].
+    async fn read_server(&self, server_id: &str) -> CloudResult<Server>;
+    /// The ports bound to server `server_id`, as the network service
+    /// (Neutron) lists them. Call [`Cloud::get_server`].
+    async fn ports_bound_to(&self, server_id: &str) -> CloudResult<Vec<String>>;
     /// Every server that carries warmpool's pool metadata. A server whose
     /// address cannot be read now is listed without one (`mysql_addr`
     /// `None`): the listing's readers go by ids, status and metadata.

@@ -537,8 +537,11 @@ impl Cloud for ServiceNoting {
     async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server> {
         Self::noted(CloudService::Compute, self.inner.create_server(spec)).await
     }
-    async fn get_server(&self, server_id: &str) -> CloudResult<Server> {
-        Self::noted(CloudService::Compute, self.inner.get_server(server_id)).await
+    async fn read_server(&self, server_id: &str) -> CloudResult<Server> {
+        Self::noted(CloudService::Compute, self.inner.read_server(server_id)).await
+    }
+    async fn ports_bound_to(&self, server_id: &str) -> CloudResult<Vec<String>> {
+        Self::noted(CloudService::Network, self.inner.ports_bound_to(server_id)).await
     }
     async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
         Self::noted(CloudService::Compute, self.inner.list_pool_servers()).await
@@ -1266,7 +1269,10 @@ mod tests {
         async fn create_server(&self, _: &ServerSpec) -> CloudResult<Server> {
             unreachable!()
         }
-        async fn get_server(&self, _: &str) -> CloudResult<Server> {
+        async fn read_server(&self, _: &str) -> CloudResult<Server> {
+            unreachable!()
+        }
+        async fn ports_bound_to(&self, _: &str) -> CloudResult<Vec<String>> {
             unreachable!()
         }
         async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {

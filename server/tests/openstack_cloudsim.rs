@@ -864,6 +864,126 @@ async fn a_port_quota_read_is_metered_as_the_networks_call() {
     );
 }
 
+/// Reading an ACTIVE server asks Nova for the server and Neutron for its
+/// ports: the daemon's metrics count each part under its own service, so
+/// a Neutron 429 there is network's throttle, not Nova's, and Nova's
+/// latency holds no Neutron round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_servers_port_listing_is_metered_as_the_networks_call() {
+    use warmpool_server::metrics::{MeteredCloud, Metrics};
+    let (env, driver, server) = env_with_a_server().await;
+    // ACTIVE, and the driver's lookups cached: the read's only Neutron
+    // request is the port listing.
+    assert_eq!(
+        settled(&driver, &server.id).await.status,
+        ServerStatus::Active
+    );
+    let metrics = Arc::new(Metrics::new());
+    let cloud = MeteredCloud::new(Arc::new(driver), metrics.clone());
+    let sample = |name_and_labels: &str| -> f64 {
+        let body = metrics.encode();
+        body.lines()
+            .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    };
+    let calls = |service: &str, status: &str| {
+        sample(&format!(
+            "warmpool_cloud_request_duration_seconds_count{{service=\"{service}\",status=\"{status}\"}}"
+        ))
+    };
+
+    env.face.faults().throttle_next_on(
+        Service::Network,
+        "GET",
+        "/v2.0/ports",
+        1,
+        Duration::from_secs(1),
+    );
+    let throttled = cloud.get_server(&server.id).await.unwrap_err();
+    assert!(
+        matches!(throttled, CloudError::Throttled { retry_after: Some(d), .. } if d == Duration::from_secs(1)),
+        "{throttled:?}"
+    );
+    assert_eq!(
+        (
+            sample(r#"warmpool_cloud_throttled_total{service="network"}"#),
+            sample(r#"warmpool_cloud_throttled_total{service="compute"}"#)
+        ),
+        (1.0, 0.0),
+        "the 429 is Neutron's: (network, compute) throttled"
+    );
+    assert_eq!(
+        (calls("compute", "ok"), calls("network", "throttled")),
+        (1.0, 1.0)
+    );
+
+    let read = cloud.get_server(&server.id).await.unwrap();
+    assert_eq!(read.attached_ports.len(), 1, "{read:?}");
+    assert_eq!((calls("compute", "ok"), calls("network", "ok")), (2.0, 1.0));
+}
+
+/// A purchase's verify reads its server, and the server's ports from
+/// Neutron: a Neutron 429 there is network's in the pause the purchase
+/// takes (its Throttled event, which the retry-pause metrics count) and in
+/// the throttled count, not Nova's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_neutron_429_at_a_purchases_verify_is_networks_not_novas() {
+    use pool_manager::events::{CloudService, EventKind};
+    use pool_manager::model::InstanceState;
+    let env = env().await;
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
+    let key = PoolKey::new("db.small", "az1");
+    wait_ready(&running.manager, &key, 2).await;
+    // No refill boot to meet the 429: its polls of an ACTIVE server list
+    // the server's ports too.
+    running
+        .manager
+        .update_pool(&key, |s| s.paused = true)
+        .await
+        .unwrap();
+    wait_until_async("no boot in flight", || async {
+        let pool = running.manager.get_pool(&key).await.unwrap();
+        pool.count(InstanceState::Booting) == 0 && pool.count(InstanceState::Warming) == 0
+    })
+    .await;
+    let order = order(&env, "o1").await;
+    let mut events = running.manager.events();
+    // The purchase's port create and look go to other routes of Neutron.
+    env.face.faults().throttle_next_on(
+        Service::Network,
+        "GET",
+        "/v2.0/ports",
+        1,
+        Duration::from_secs(1),
+    );
+    running.manager.allocate(order).await.unwrap();
+
+    let paused: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
+        .filter_map(|e| match e.kind {
+            EventKind::Throttled { service, .. } => Some(service),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(paused, vec![Some(CloudService::Network)]);
+    let metrics_url = format!("http://{}/metrics", running.metrics_addr);
+    let (_, _, metrics) = support::http_get(&metrics_url).await;
+    let sample = |name_and_labels: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    };
+    assert_eq!(
+        (
+            sample(r#"warmpool_cloud_throttled_total{service="network"}"#),
+            sample(r#"warmpool_cloud_throttled_total{service="compute"}"#)
+        ),
+        (1.0, 0.0),
+        "(network, compute) throttled"
+    );
+    stop_daemon(running, stop).await;
+}
+
 /// The headroom is polled per flavor every 30 s: a Neutron outage is
 /// warned of once, when it starts, and its end is told, not one warning
 /// per poll for as long as it lasts.

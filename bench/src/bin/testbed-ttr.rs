@@ -122,8 +122,11 @@ impl Cloud for Timed {
     async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server> {
         self.time(self.inner.create_server(spec)).await
     }
-    async fn get_server(&self, id: &str) -> CloudResult<Server> {
-        self.time(self.inner.get_server(id)).await
+    async fn read_server(&self, id: &str) -> CloudResult<Server> {
+        self.time(self.inner.read_server(id)).await
+    }
+    async fn ports_bound_to(&self, id: &str) -> CloudResult<Vec<String>> {
+        self.time(self.inner.ports_bound_to(id)).await
     }
     async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
         self.time(self.inner.list_pool_servers()).await

@@ -1752,7 +1752,7 @@ impl Cloud for OpenStackCloud {
         })
     }
 
-    async fn get_server(&self, server_id: &str) -> CloudResult<Server> {
+    async fn read_server(&self, server_id: &str) -> CloudResult<Server> {
         let body: nova::ServerBody = match self
             .fetch(self.nova(Method::GET, &["servers", server_id]))
             .await
@@ -1763,15 +1763,11 @@ impl Cloud for OpenStackCloud {
             }
             other => other?,
         };
-        let mut server = self.view(body.server).await?;
-        // Ports matter once the server runs (the allocator verifies them);
-        // polling a booting server skips the extra call. Neutron's trouble
-        // fails the read rather than showing no ports: verify must not pass
-        // (nor discard, as failed) a server whose port it could not see.
-        if server.status == ServerStatus::Active {
-            server.attached_ports = self.ports_of(server_id).await?;
-        }
-        Ok(server)
+        self.view(body.server).await
+    }
+
+    async fn ports_bound_to(&self, server_id: &str) -> CloudResult<Vec<String>> {
+        self.ports_of(server_id).await
     }
 
     async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {

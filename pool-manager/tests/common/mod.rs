@@ -605,8 +605,12 @@ mod gated {
             }
             created
         }
-        async fn get_server(&self, id: &str) -> CloudResult<Server> {
-            self.call("get_server", self.sim.get_server(id)).await
+        async fn read_server(&self, id: &str) -> CloudResult<Server> {
+            self.call("get_server", self.sim.read_server(id)).await
+        }
+        async fn ports_bound_to(&self, id: &str) -> CloudResult<Vec<String>> {
+            self.call("ports_bound_to", self.sim.ports_bound_to(id))
+                .await
         }
         async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
             let listed = self

@@ -54,8 +54,12 @@ impl Cloud for MeteredCloud {
     async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server> {
         self.timed(COMPUTE, self.inner.create_server(spec)).await
     }
-    async fn get_server(&self, server_id: &str) -> CloudResult<Server> {
-        self.timed(COMPUTE, self.inner.get_server(server_id)).await
+    async fn read_server(&self, server_id: &str) -> CloudResult<Server> {
+        self.timed(COMPUTE, self.inner.read_server(server_id)).await
+    }
+    async fn ports_bound_to(&self, server_id: &str) -> CloudResult<Vec<String>> {
+        self.timed(NETWORK, self.inner.ports_bound_to(server_id))
+            .await
     }
     async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
         self.timed(COMPUTE, self.inner.list_pool_servers()).await
