@@ -20,7 +20,12 @@
 //! cloud may have acted on, each one refused 429/413 ([`AttachCalls`]), puts
 //! its instance back, `Ready` and unclaimed, before it answers: a rate limit
 //! outlasting the attach's grace would otherwise cost a warm instance per
-//! retry with nothing ever attached. A failed
+//! retry with nothing ever attached. Nor is an instance whose mysqld is
+//! silent at the claim discarded, unless Nova shows its server broken:
+//! nothing of the request was tried on it, and a probe failing on
+//! warmpoold's side would make every instance look so; it goes back
+//! `Ready`, for the reconciler's two silent passes to judge, and the next
+//! one is tried. A failed
 //! Allocate leaves no record, so a retry with the same request id starts
 //! afresh. Released allocations are kept (idempotent answers) until
 //! `ManagerSettings::keep_released`, if set.
@@ -63,8 +68,8 @@ pub const DEFAULT_COLD_BOOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const CLAIMED_ATTACH_GRACE: Duration = Duration::from_secs(5 * 60);
 
 /// How many instances one purchase may discard after failed tries of the
-/// request on them (an instance whose mysqld is found dead at the claim
-/// is discarded without counting: no step of the request was tried). One
+/// request on them (an instance whose mysqld is silent at the claim is
+/// put back, not discarded: no step of the request was tried). One
 /// bad instance is plausible (a compute host failing attaches); the same
 /// failure on a second says it is the request's or the cloud's (Nova's
 /// interface attach failing 500 when the tenant network cannot be bound, a
@@ -648,6 +653,18 @@ fn cold_boot_failed(pool: &PoolKey, error: BootError) -> ManagerError {
     }
 }
 
+/// What became of an instance a purchase put back ([`Shared::put_back`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PutBack {
+    /// `Ready` and unclaimed again.
+    Ready,
+    /// Discarded: its pool is being deleted, or gone.
+    Drained,
+    /// No longer claimed for the order: taken out of service meanwhile,
+    /// left to whoever took it.
+    Taken,
+}
+
 /// How a try with one instance failed.
 enum AttemptError {
     /// The instance is bad (attach or verify failed): discard it, try the next.
@@ -753,15 +770,23 @@ fn with_more(error: ManagerError, more: impl std::fmt::Display) -> ManagerError 
     }
 }
 
+/// The want of an instance of a purchase whose deadline passed after an
+/// instance claimed was found silent.
+fn deadline_passed() -> ManagerError {
+    ManagerError::ResourceExhausted(
+        "the purchase's deadline passed before another instance could be tried: call again, with a longer timeout if need be".to_owned(),
+    )
+}
+
 /// What a purchase answers when it gets no instance (`error`) after a try
 /// that `failed`: the try's failure, with its status. For want of an
 /// instance the caller was told only that the pool had none
 /// (RESOURCE_EXHAUSTED, counted as a miss), though the failed try, not
 /// the pool, failed the purchase, and the failure was lost. An instance
-/// found `dead` at its claim failed nothing of the request: the want of an
-/// instance stays the answer (a retry is served once the pool has one),
-/// saying what became of it. Answered as the probe's FAILED_PRECONDITION,
-/// billing would drop the order as its own to mend.
+/// found silent (`dead`) at its claim failed nothing of the request: the
+/// want of an instance stays the answer (a retry is served once the pool
+/// has one), saying what became of it. Answered as the probe's
+/// FAILED_PRECONDITION, billing would drop the order as its own to mend.
 fn no_other_instance(
     error: ManagerError,
     failed: Option<ManagerError>,
@@ -778,7 +803,9 @@ fn no_other_instance(
         ),
         (None, Some(dead)) if none_had => with_more(
             error,
-            format_args!("the instance claimed was discarded, as {dead}"),
+            format_args!(
+                "the purchase hands out no instance it finds silent at its claim (the last: {dead})"
+            ),
         ),
         _ => error,
     }
@@ -1439,9 +1466,12 @@ impl Shared {
         // The failure of the last try of the request, once one failed: what
         // the purchase answers if it gets no other instance.
         let mut last_failure: Option<ManagerError> = None;
-        // The last instance found dead at its claim: no try of the request,
-        // so never the purchase's answer, only said beside it.
+        // The last instance found silent at its claim: no try of the
+        // request, so never the purchase's answer, only said beside it.
         let mut last_dead: Option<ManagerError> = None;
+        // Instances found silent at their claim and put back: not claimed
+        // again while the reconciler still counts them silent.
+        let mut found_silent: Vec<String> = Vec::new();
         let mut discarded = 0u32;
         loop {
             let wait_started = Instant::now();
@@ -1453,6 +1483,7 @@ impl Shared {
                     &mut counted_empty,
                     &mut waited_for_ready,
                     own_port,
+                    &found_silent,
                 )
                 .await
                 .map_err(|e| no_other_instance(e, last_failure.take(), last_dead.take()))?;
@@ -1477,28 +1508,75 @@ impl Shared {
                 false => Ok(()),
             };
             let claim = claimed_at.elapsed();
-            // A dead mysqld found at the claim is the instance's alone:
-            // nothing of the request was tried on it, so it does not count
-            // toward MAX_DISCARDED_PER_PURCHASE.
-            let request_tried = answers.is_ok();
-            let attach_calls = AttachCalls::default();
-            let attempt = match answers {
-                Ok(()) => {
-                    let volume = VolumeBefore {
-                        known_available: volume_available,
-                        discarded_servers: &discarded_servers,
-                    };
-                    self.attach_and_verify(
-                        record,
-                        &instance,
-                        attach_deadline,
-                        volume,
-                        &attach_calls,
-                    )
-                    .await
+            // Nothing of the request was tried on an instance silent at
+            // its claim: nothing to detach, the order's port stays for the
+            // next, and it does not count toward MAX_DISCARDED_PER_PURCHASE.
+            // Nor is it deleted on one look unless Nova confirms it broken:
+            // a probe failing on warmpoold's side (its management network,
+            // its file descriptors, a CPU starved past the probe's
+            // timeout) makes every mysqld look dead, and each purchase
+            // would empty the pool. It goes back, for the reconciler's two
+            // silent passes to judge.
+            if let Err(silence) = answers {
+                let silence = silence.into_error();
+                if let Some(broken) = self.server_broken(&instance).await {
+                    tracing::warn!(instance = %instance.id, error = %silence, "discarding the claimed instance: {broken}");
+                    let reason = format!("{silence}; {broken}");
+                    match self.discard_instance(&instance.id, &reason).await {
+                        Ok(()) => {}
+                        Err(e @ ManagerError::Store(_)) => return Err(e),
+                        // Its record says Deleting: the reconciler finishes it.
+                        Err(e) => {
+                            tracing::warn!(instance = %instance.id, error = %e, "cannot delete the silent instance's server now; the reconciler will")
+                        }
+                    }
+                    record.forget_instance().await?;
+                    let error = with_more(silence, format_args!("{broken}, so it was discarded"));
+                    if Instant::now() >= deadline {
+                        return Err(no_other_instance(
+                            deadline_passed(),
+                            last_failure,
+                            Some(error),
+                        ));
+                    }
+                    last_dead = Some(error);
+                    continue;
                 }
-                Err(failure) => Err(failure),
+                let error = match self.put_back(record, &instance, &silence).await? {
+                    PutBack::Ready => {
+                        self.silent_at_claim
+                            .lock()
+                            .expect("silent-at-claim lock")
+                            .insert(instance.id.clone());
+                        found_silent.push(instance.id.clone());
+                        with_more(
+                            silence,
+                            "it is back in the pool, and replaced if it is silent on two reconcile passes",
+                        )
+                    }
+                    PutBack::Drained => {
+                        with_more(silence, "it was discarded, its pool being deleted")
+                    }
+                    PutBack::Taken => silence,
+                };
+                if Instant::now() >= deadline {
+                    return Err(no_other_instance(
+                        deadline_passed(),
+                        last_failure,
+                        Some(error),
+                    ));
+                }
+                last_dead = Some(error);
+                continue;
+            }
+            let attach_calls = AttachCalls::default();
+            let volume = VolumeBefore {
+                known_available: volume_available,
+                discarded_servers: &discarded_servers,
             };
+            let attempt = self
+                .attach_and_verify(record, &instance, attach_deadline, volume, &attach_calls)
+                .await;
             volume_available = false;
             let attempt = match attempt {
                 Ok(()) => self.take_for_good(&instance, &params.request_id).await,
@@ -1536,7 +1614,18 @@ impl Shared {
                     // it. The order's port and volume are the rollback's,
                     // as after any failure that ends the purchase.
                     if !retry && attach_calls.none_acted() {
-                        return Err(self.put_back(record, &instance, error).await?);
+                        let id = &instance.id;
+                        return Err(match self.put_back(record, &instance, &error).await? {
+                            PutBack::Ready => with_more(
+                                error,
+                                format_args!("no attach reached instance {id}, which is back in the pool"),
+                            ),
+                            PutBack::Drained => with_more(
+                                error,
+                                format_args!("no attach reached instance {id}, which was discarded, its pool being deleted"),
+                            ),
+                            PutBack::Taken => error,
+                        });
                     }
                     // A cleanup that fails is the rollback's to finish (and
                     // then the reconciler's): the record still names the
@@ -1587,7 +1676,7 @@ impl Shared {
                     }
                     own_port = None;
                     discarded_servers.extend(instance.server_id.clone());
-                    discarded += u32::from(request_tried);
+                    discarded += 1;
                     record.forget_instance().await?;
                     if !retry {
                         return Err(error);
@@ -1602,20 +1691,12 @@ impl Shared {
                         ));
                     }
                     if Instant::now() >= deadline {
-                        let passed = "the purchase's deadline passed before another instance could be tried: call again, with a longer timeout if need be";
-                        if !request_tried {
-                            let none = ManagerError::ResourceExhausted(passed.to_owned());
-                            return Err(no_other_instance(none, last_failure, Some(error)));
-                        }
                         return Err(with_more(
                             error,
-                            format_args!("its instance was discarded, and {passed}"),
+                            "its instance was discarded, and the purchase's deadline passed before another instance could be tried: call again, with a longer timeout if need be",
                         ));
                     }
-                    match request_tried {
-                        true => last_failure = Some(error),
-                        false => last_dead = Some(error),
-                    }
+                    last_failure = Some(error);
                     // Looked at before the next claim: a volume the failed
                     // attach left error_attaching for good would fail the
                     // next try only once it had claimed another warm
@@ -1641,6 +1722,25 @@ impl Shared {
                     }
                 }
             }
+        }
+    }
+
+    /// Why Nova shows the instance's server broken for good, if it does:
+    /// in ERROR, stopped, gone or being deleted. Then its silent mysqld is
+    /// no probe's fault. A server Nova cannot tell about now is not.
+    async fn server_broken(&self, instance: &Instance) -> Option<String> {
+        let Some(server_id) = &instance.server_id else {
+            return Some("it has no server".into());
+        };
+        match self.cloud.get_server(server_id).await {
+            Ok(s) if s.is_going() => Some(format!("its server {server_id} is being deleted")),
+            Ok(s) if !s.is_usable() => Some(format!(
+                "its server {server_id} is {:?}, not ACTIVE",
+                s.status
+            )),
+            Ok(_) => None,
+            Err(CloudError::NotFound(_)) => Some(format!("its server {server_id} is gone")),
+            Err(_) => None,
         }
     }
 
@@ -1699,7 +1799,9 @@ impl Shared {
     /// change it had not seen, such as another purchase's claim of an
     /// instance it saw Ready, is no wait). `own_port`: the purchase's
     /// tenant port is made (its number at the gate,
-    /// [`Gate::tenant_port_made`]).
+    /// [`Gate::tenant_port_made`]). `found_silent`: instances the purchase
+    /// found silent at their claim ([`Shared::claim_ready`]).
+    #[allow(clippy::too_many_arguments)]
     async fn obtain_instance(
         self: &Arc<Self>,
         params: &AllocationParams,
@@ -1708,10 +1810,11 @@ impl Shared {
         counted_empty: &mut bool,
         waited_for_ready: &mut bool,
         own_port: Option<u64>,
+        found_silent: &[String],
     ) -> ManagerResult<(Instance, bool)> {
         let mut changes = self.changes.subscribe();
         loop {
-            if let Some(instance) = self.claim_ready(params).await? {
+            if let Some(instance) = self.claim_ready(params, found_silent).await? {
                 return Ok((instance, true));
             }
             // One count per call that found the pool empty: a waiting call
@@ -1891,17 +1994,37 @@ impl Shared {
         .await
     }
 
-    /// Claims one Ready instance of the pool by compare-and-swap: of the
-    /// image the pool boots now first (an image change is a new MySQL for
-    /// the next tenant, not once the old image's are used up), then oldest
-    /// first.
-    async fn claim_ready(&self, params: &AllocationParams) -> ManagerResult<Option<Instance>> {
+    /// Claims one Ready instance of the pool by compare-and-swap: one not
+    /// found silent lately (by the last reconcile pass, or by a purchase
+    /// at its claim since) first, then of the image the pool boots now (an
+    /// image change is a new MySQL for the next tenant, not once the old
+    /// image's are used up), then oldest first. None that `found_silent`
+    /// names while it is still counted silent: the purchase would only
+    /// find it so again; once a pass hears it, it may be claimed again.
+    async fn claim_ready(
+        &self,
+        params: &AllocationParams,
+        found_silent: &[String],
+    ) -> ManagerResult<Option<Instance>> {
         let mut ready = self.unclaimed_ready(&params.pool).await?;
-        if let Some(pool) = self.store.get_pool(&params.pool).await? {
-            let image = self.cloud.boot_image(&pool.spec.image);
-            // Stable: oldest first within each image.
-            ready.sort_by_key(|i| i.is_of_other_image(&image));
-        }
+        let mut silent = self.silent_ready.lock().expect("silent-ready lock").clone();
+        silent.extend(
+            self.silent_at_claim
+                .lock()
+                .expect("silent-at-claim lock")
+                .iter()
+                .cloned(),
+        );
+        ready.retain(|i| !(silent.contains(&i.id) && found_silent.contains(&i.id)));
+        let image = match self.store.get_pool(&params.pool).await? {
+            Some(pool) => Some(self.cloud.boot_image(&pool.spec.image)),
+            None => None,
+        };
+        // Stable: oldest first within each kind.
+        ready.sort_by_key(|i| {
+            let other_image = image.as_deref().is_some_and(|im| i.is_of_other_image(im));
+            (silent.contains(&i.id), other_image)
+        });
         for instance in ready {
             let mut claimed = instance.clone();
             claimed.state = InstanceState::Claimed;
@@ -2303,13 +2426,31 @@ impl Shared {
         // faster way forward. A 429 is no failure (the cloud did nothing):
         // wait it out and ask again.
         let az = record.get().await.params.pool.availability_zone;
+        let maybe_done = AtomicBool::new(false);
         let attached = self
             .patiently(deadline, Repeat::ThrottledOnly, Some(&az), || {
-                calls.send(self.cloud.attach_volume(server_id, &volume_id))
+                calls.send(crate::cloud::noting_doubt(
+                    self.cloud.attach_volume(server_id, &volume_id),
+                    &maybe_done,
+                ))
             })
             .await;
         match attached {
             Ok(()) => {}
+            // Sent again after a 503 whose Retry-After came from in front
+            // of a Nova that had done the attach: Nova then refuses it as
+            // already attached, to this very server. The purchase's own
+            // attach, blamed on the order (FAILED_PRECONDITION, which
+            // billing drops) it would cost a warm instance.
+            Err(CloudError::Conflict(_))
+                if self
+                    .volume_attach_is_this_ones(
+                        &volume_id,
+                        server_id,
+                        deadline,
+                        maybe_done.load(Ordering::SeqCst),
+                    )
+                    .await => {}
             // A 409 is the volume's (in use, another zone) unless the
             // server cannot take an attach now: Nova refuses one to a
             // server in ERROR, and to one busy with a task (a snapshot, a
@@ -2593,6 +2734,66 @@ impl Shared {
         false
     }
 
+    /// Whether a volume attach Nova refused as a conflict is this try's
+    /// own: the volume attached to the try's server, by Cinder's or Nova's
+    /// listing. After an answer that may have come from behind a done
+    /// attach (`maybe_done`), a volume still `attaching` to a server
+    /// neither lists yet counts too, unless the server takes no attach
+    /// now: the wait that follows tells (it ends refused if the volume
+    /// goes in use by another server).
+    async fn volume_attach_is_this_ones(
+        &self,
+        volume_id: &str,
+        server_id: &str,
+        deadline: Instant,
+        maybe_done: bool,
+    ) -> bool {
+        let lists = |ids: &[String], id: &str| ids.iter().any(|i| i.eq_ignore_ascii_case(id));
+        let Ok(volume) = self
+            .retry(deadline, || self.cloud.get_volume(volume_id))
+            .await
+        else {
+            return false;
+        };
+        if lists(&volume.attached_to, server_id) {
+            return true;
+        }
+        // A server that takes no attach now (in ERROR, busy with a task)
+        // is what Nova refused: the instance's, as before.
+        self.cloud.get_server(server_id).await.is_ok_and(|s| {
+            lists(&s.attached_volumes, volume_id)
+                || (maybe_done
+                    && s.takes_an_attach_now()
+                    && volume.status == VolumeStatus::Attaching
+                    && volume.attached_to.is_empty())
+        })
+    }
+
+    /// Whether a port attach Nova refused as a conflict is this try's own:
+    /// the port bound to the try's server, or listed by it. After an
+    /// answer that may have come from behind a done attach (`maybe_done`),
+    /// a port bound to no server yet counts too (the order's own port,
+    /// which nothing else attaches), unless the server takes no attach
+    /// now: the wait that follows tells.
+    async fn port_attach_is_this_ones(
+        &self,
+        port_id: &str,
+        server_id: &str,
+        deadline: Instant,
+        maybe_done: bool,
+    ) -> bool {
+        let Ok(port) = self.retry(deadline, || self.cloud.get_port(port_id)).await else {
+            return false;
+        };
+        match port.device_id.as_deref() {
+            Some(device) => device == server_id,
+            None => self.cloud.get_server(server_id).await.is_ok_and(|s| {
+                s.attached_ports.iter().any(|p| p == port_id)
+                    || (maybe_done && s.takes_an_attach_now())
+            }),
+        }
+    }
+
     async fn attach_port(
         &self,
         record: &Record<'_>,
@@ -2602,11 +2803,31 @@ impl Shared {
     ) -> Result<String, AttemptError> {
         let port_id = self.port_for(record, deadline).await?;
         let az = record.get().await.params.pool.availability_zone;
-        self.patiently(deadline, Repeat::ThrottledOnly, Some(&az), || {
-            calls.send(self.cloud.attach_port(server_id, &port_id))
-        })
-        .await
-        .map_err(attempt_error)?;
+        let maybe_done = AtomicBool::new(false);
+        let attached = self
+            .patiently(deadline, Repeat::ThrottledOnly, Some(&az), || {
+                calls.send(crate::cloud::noting_doubt(
+                    self.cloud.attach_port(server_id, &port_id),
+                    &maybe_done,
+                ))
+            })
+            .await;
+        match attached {
+            Ok(()) => {}
+            // As for the volume: Nova's "Port ... is still in use" to an
+            // attach sent again after a 503 that came from in front of the
+            // attach it had done is the purchase's own binding.
+            Err(CloudError::Conflict(_))
+                if self
+                    .port_attach_is_this_ones(
+                        &port_id,
+                        server_id,
+                        deadline,
+                        maybe_done.load(Ordering::SeqCst),
+                    )
+                    .await => {}
+            Err(e) => return Err(attempt_error(e)),
+        }
         loop {
             let port = self
                 .retry(deadline, || self.cloud.get_port(&port_id))
@@ -2675,10 +2896,11 @@ impl Shared {
 
     /// Puts back in the pool, `Ready` and unclaimed, the instance a try
     /// claimed and failed on without any attach reaching it
-    /// ([`AttachCalls::none_acted`]); the try's `error`, saying so, is what
-    /// the purchase answers. A pool being deleted, or gone, does not get
-    /// it back: it is discarded as its drain would have (`Deleting`, then
-    /// its server deleted; a delete the cloud refuses is the reconciler's).
+    /// ([`AttachCalls::none_acted`]), or whose mysqld was silent at the
+    /// claim; `error` is why, for the log. A pool being deleted, or gone,
+    /// does not get it back: it is discarded as its drain would have
+    /// (`Deleting`, then its server deleted; a delete the cloud refuses is
+    /// the reconciler's).
     /// Once the record no longer names the instance,
     /// flushed, the instance is let go of, and flushed before the answer. A
     /// crash before that second flush leaves the instance claimed for an
@@ -2693,8 +2915,8 @@ impl Shared {
         &self,
         record: &Record<'_>,
         instance: &Instance,
-        error: ManagerError,
-    ) -> ManagerResult<ManagerError> {
+        error: &ManagerError,
+    ) -> ManagerResult<PutBack> {
         let request_id = record.get().await.params.request_id;
         record.forget_instance().await?;
         let back = {
@@ -2730,30 +2952,18 @@ impl Shared {
         };
         let Some(back) = back else {
             // Taken out of service meanwhile: whoever did so deletes it.
-            tracing::warn!(instance = %instance.id, error = %error, "the failed try's instance, which no attach reached, is no longer claimed for the order; left to whoever took it");
-            return Ok(error);
+            tracing::warn!(instance = %instance.id, error = %error, "the failed try's instance, which the purchase left untouched, is no longer claimed for the order; left to whoever took it");
+            return Ok(PutBack::Taken);
         };
         if back.state == InstanceState::Deleting {
-            tracing::info!(instance = %instance.id, error = %error, "no attach of the failed try reached the instance, but its pool is being deleted; discarding it");
+            tracing::info!(instance = %instance.id, error = %error, "the failed try left the instance untouched, but its pool is being deleted; discarding it");
             if let Err(e) = self.finish_delete(&back).await {
                 tracing::warn!(instance = %instance.id, error = %e, "cannot delete the server of a drained pool's instance; the reconciler retries");
             }
-            return Ok(with_more(
-                error,
-                format_args!(
-                    "no attach reached instance {}, which was discarded, its pool being deleted",
-                    instance.id
-                ),
-            ));
+            return Ok(PutBack::Drained);
         }
-        tracing::info!(instance = %instance.id, error = %error, "no attach of the failed try reached the instance; it is back in the pool");
-        Ok(with_more(
-            error,
-            format_args!(
-                "no attach reached instance {}, which is back in the pool",
-                instance.id
-            ),
-        ))
+        tracing::info!(instance = %instance.id, error = %error, "the failed try left the instance untouched; it is back in the pool");
+        Ok(PutBack::Ready)
     }
 
     /// Detaches the volume and the port from a server being discarded; a

@@ -183,6 +183,11 @@ pub(crate) struct Shared {
     /// Ready instances whose mysqld did not answer the last reconcile
     /// pass's probe; silent on the next pass too, they are replaced.
     pub silent_ready: Mutex<HashSet<String>>,
+    /// Ready instances a purchase found silent at their claim since the
+    /// last reconcile pass, and put back: purchases claim them last, and
+    /// the one that found one silent not again until a pass has heard it.
+    /// No look of the reconciler's: two passes still judge them.
+    pub silent_at_claim: Mutex<HashSet<String>>,
     /// Instances a boot task is driving now, so the reconciler never starts a
     /// second; each held by a `DrivingClaim` (replenisher.rs).
     pub driving: Mutex<HashSet<String>>,
@@ -636,6 +641,7 @@ impl PoolManager {
                 pool_lock: tokio::sync::Mutex::new(()),
                 reconcile_lock: tokio::sync::Mutex::new(()),
                 silent_ready: Mutex::default(),
+                silent_at_claim: Mutex::default(),
                 driving: Mutex::new(HashSet::new()),
                 in_flight: Mutex::new(HashMap::new()),
                 tasks: Mutex::new(JoinSet::new()),

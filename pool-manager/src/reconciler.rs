@@ -860,7 +860,10 @@ impl Shared {
     /// instance went Ready. One silent on this pass and the last is
     /// discarded, so the pool refills and its depth counts only databases
     /// that answer; one silent pass is let be (mysqld restarting, a lost
-    /// packet). A purchase probes what it claims anyway.
+    /// packet). A purchase probes what it claims anyway, and puts back one
+    /// silent then, for the passes to judge: its look counts as none of
+    /// theirs (a probe failing on warmpoold's side would make every mysqld
+    /// look dead at once).
     async fn recheck_ready(&self, ready: Vec<&Instance>) -> ManagerResult<()> {
         let mut silent_now = Vec::new();
         for some in ready.chunks(PROBES_AT_ONCE) {
@@ -875,6 +878,19 @@ impl Shared {
             &mut *self.silent_ready.lock().expect("silent-ready lock"),
             silent_now.iter().map(|(i, _)| i.id.clone()).collect(),
         );
+        let silent_at_claim =
+            std::mem::take(&mut *self.silent_at_claim.lock().expect("silent-at-claim lock"));
+        // A purchase does not claim again what it found silent while it
+        // is counted so (`claim_ready`): one waiting looks again once this
+        // pass has heard such an instance, which writes nothing to the
+        // store.
+        if silent_before
+            .iter()
+            .chain(&silent_at_claim)
+            .any(|id| !silent_now.iter().any(|(i, _)| &i.id == id))
+        {
+            self.changed();
+        }
         for (instance, reason) in silent_now {
             if !silent_before.contains(&instance.id) {
                 tracing::info!(instance = %instance.id, %reason, "Ready instance's mysqld did not answer; replaced if still silent on the next pass");

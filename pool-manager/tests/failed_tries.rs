@@ -673,3 +673,191 @@ async fn a_pool_created_again_during_a_pass_keeps_the_instances_it_found_orphane
     assert_eq!(sim.servers().len(), 2, "{:?}", sim.servers());
     assert_consistent(&sim, &manager).await;
 }
+
+/// The sim's probe, but every connection refused while `refusing` is set:
+/// warmpoold's own side failing (its management network down, its file
+/// descriptors used up), every mysqld fine.
+struct ProbeRefusingWhenOn {
+    sim: cloudsim::SimProbe,
+    refusing: AtomicBool,
+    refused: AtomicU32,
+}
+
+/// A paused pool of `n` Ready instances probed by [`ProbeRefusingWhenOn`],
+/// refusing nothing yet.
+async fn probed_by_a_switch(
+    sim: &Arc<cloudsim::SimCloud>,
+    n: u32,
+) -> (PoolManager, Arc<ProbeRefusingWhenOn>) {
+    let probe = Arc::new(ProbeRefusingWhenOn {
+        sim: sim.probe(),
+        refusing: AtomicBool::new(false),
+        refused: AtomicU32::new(0),
+    });
+    let manager = PoolManager::new(temp_store(), sim.clone(), probe.clone(), settings());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(n)).await.unwrap();
+    wait_ready(&manager, n).await;
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    (manager, probe)
+}
+
+#[async_trait::async_trait]
+impl pool_manager::probe::Probe for ProbeRefusingWhenOn {
+    async fn probe(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> Result<String, pool_manager::probe::ProbeError> {
+        if self.refusing.load(Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(pool_manager::probe::ProbeError::Connect {
+                addr,
+                reason: "Too many open files (os error 24)".into(),
+            });
+        }
+        self.sim.probe(addr).await
+    }
+}
+
+/// A probe failing on warmpoold's side makes every instance's mysqld look
+/// dead at its claim. Such an instance was deleted without counting
+/// toward MAX_DISCARDED_PER_PURCHASE and the next one claimed, its port
+/// deleted and made anew each time: one purchase emptied the pool, which
+/// a paused pool never refills. Now an instance found silent at its claim
+/// goes back to the pool for the reconciler to judge, nothing detached
+/// and the order's port kept: its look is none of the reconciler's two,
+/// so a pass that hears it again replaces nothing.
+#[tokio::test(start_paused = true)]
+async fn a_probe_failing_on_warmpools_side_does_not_empty_the_pool() {
+    let sim = sim();
+    let (manager, probe) = probed_by_a_switch(&sim, 4).await;
+    let before = pool_instances(&manager).await;
+    probe.refusing.store(true, Ordering::SeqCst);
+    sim.reset_call_counts();
+
+    let err = manager
+        .allocate(request(
+            "order-blip",
+            new_volume(),
+            EmptyPoolPolicy::FailFast,
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::ResourceExhausted(m) if m.contains("does not answer")),
+        "{err}"
+    );
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 4, "{status:?}");
+    let calls = sim.call_counts();
+    assert_eq!(calls.get("delete_server"), None, "{calls:?}");
+    assert_eq!(calls.get("detach_volume"), None, "{calls:?}");
+    assert_eq!(calls.get("detach_port"), None, "{calls:?}");
+    assert_eq!(calls.get("create_port"), Some(&1), "{calls:?}");
+
+    // A pass still in the blip is the reconciler's first silent look,
+    // not its second: nothing replaced. Over by its next: nor then.
+    manager.reconcile().await.unwrap();
+    assert_eq!(pool_instances(&manager).await, before);
+    probe.refusing.store(false, Ordering::SeqCst);
+    manager.reconcile().await.unwrap();
+    assert_eq!(pool_instances(&manager).await, before);
+    let allocation = manager
+        .allocate(request(
+            "order-after",
+            new_volume(),
+            EmptyPoolPolicy::FailFast,
+        ))
+        .await
+        .expect("a pool instance, its mysqld answering again");
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_consistent(&sim, &manager).await;
+}
+
+/// A waiting purchase that put back the one instance it found silent
+/// does not claim it again while it is counted silent, and is served by it
+/// once a reconcile pass hears its mysqld again, without waiting for its
+/// deadline or for any write to the store.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_purchase_gets_the_instance_it_found_silent_once_it_answers() {
+    let sim = sim();
+    let (manager, probe) = probed_by_a_switch(&sim, 1).await;
+    let [instance] = &pool_instances(&manager).await[..] else {
+        panic!("one instance")
+    };
+    probe.refusing.store(true, Ordering::SeqCst);
+    let mut order = request("order-w", new_volume(), EmptyPoolPolicy::Wait);
+    order.timeout = Some(Duration::from_secs(600));
+    let purchase = spawn_allocate(&manager, order);
+    while probe.refused.load(Ordering::SeqCst) == 0
+        || pool_instances(&manager).await[0].state != InstanceState::Ready
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(probe.refused.load(Ordering::SeqCst), 1, "claimed again");
+    assert!(!purchase.is_finished());
+
+    probe.refusing.store(false, Ordering::SeqCst);
+    manager.reconcile().await.unwrap();
+    let allocation = tokio::time::timeout(Duration::from_secs(10), purchase)
+        .await
+        .expect("served once the pass heard it")
+        .unwrap()
+        .unwrap();
+    assert_eq!(allocation.instance_id.as_ref(), Some(&instance.id));
+    assert_consistent(&sim, &manager).await;
+}
+
+/// An attach answered 503 with a Retry-After by what stands in front of a
+/// Nova that already did it (a maintenance page, an overloaded proxy) is
+/// sent again after the pause, and Nova then refuses it: the volume is
+/// already attached (here cloudsim's "status must be 'available'"), the
+/// port still in use, by the purchase's own server. The volume's refusal
+/// was blamed on the order (FAILED_PRECONDITION "cannot be attached",
+/// which billing drops) and the port's on the instance (discarded); both
+/// attaches are the purchase's, and it goes on to wait for them.
+#[tokio::test(start_paused = true)]
+async fn an_attach_done_behind_a_503_is_not_refused_when_sent_again() {
+    for method in ["attach_volume", "attach_port"] {
+        let sim = sim();
+        let cloud = GatedCloud::new(&sim);
+        let manager = started_paused(&cloud, temp_store(), 2).await;
+        let mut ready = pool_instances(&manager).await;
+        ready.sort_by_key(|i| i.ready_at);
+        let first = ready[0].server_id.clone();
+        cloud.lose_next_answer_as(
+            method,
+            CloudError::Throttled {
+                retry_after: Some(Duration::from_secs(1)),
+                message: format!("{method}: Service Unavailable (HTTP 503)"),
+                unavailable: true,
+            },
+        );
+        sim.reset_call_counts();
+
+        let allocation = manager
+            .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
+            .await
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
+        assert_eq!(allocation.state, AllocationState::Allocated, "{method}");
+        assert_eq!(
+            allocation.server_id, first,
+            "{method}: not the first instance"
+        );
+        assert_eq!(sim.call_counts().get(method), Some(&2), "{method}");
+        let status = manager.get_pool(&pool()).await.unwrap();
+        assert_eq!(
+            status.count(InstanceState::Ready),
+            1,
+            "{method}: {status:?}"
+        );
+        assert_eq!(sim.call_counts().get("delete_server"), None, "{method}");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_consistent(&sim, &manager).await;
+    }
+}
