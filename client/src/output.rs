@@ -97,8 +97,9 @@ fn std_duration(d: &prost_types::Duration) -> Option<Duration> {
 }
 
 /// The pool's hit rate (see `allocations_exhausted` in the proto): warm
-/// hits among the purchases that needed an instance, warm, cold, served
-/// after waiting for one to become Ready, or refused for want of one;
+/// hits among the Allocate calls that needed an instance, warm, cold,
+/// served after waiting for one to become Ready, or refused for want of
+/// one (each call: an order refused and asked again counts each time);
 /// other failures say nothing of the pool's depth. As a percentage with one decimal, rounded down: 199 of 200 (the
 /// default service level) is "99.5%", and only a pool without a miss
 /// shows "100.0%". "-" before any. In u128: counters near u64::MAX must

@@ -572,16 +572,20 @@ enum Woke {
 
 fn failure_outcome(error: &ManagerError) -> AllocationOutcome {
     // By the answer the caller gets (the server's status mapping): a
-    // quota refusal is RESOURCE_EXHAUSTED, a refusal asking again does not
-    // change FAILED_PRECONDITION; cloud_error stays for an unavailable cloud.
+    // refusal asking again does not change FAILED_PRECONDITION; cloud_error
+    // stays for an unavailable cloud. Exhausted is the pool's miss, in the
+    // hit rate the pools are sized for: only a want of an instance. A quota
+    // refusing the order's own volume or port is RESOURCE_EXHAUSTED too (a
+    // quota), but a deeper pool would not have served it (one on the port
+    // quota would make it worse); a cold boot's quota comes as
+    // ResourceExhausted (`wait_for_quota`).
     match error {
-        ManagerError::ResourceExhausted(_) | ManagerError::Cloud(CloudError::QuotaExceeded(_)) => {
-            AllocationOutcome::Exhausted
-        }
+        ManagerError::ResourceExhausted(_) => AllocationOutcome::Exhausted,
         ManagerError::FailedPrecondition(_)
         | ManagerError::Cloud(
             CloudError::Conflict(_) | CloudError::Fatal(_) | CloudError::LeftToReclaim(_),
         ) => AllocationOutcome::PreconditionFailed,
+        ManagerError::Cloud(CloudError::QuotaExceeded(_)) => AllocationOutcome::Failed,
         ManagerError::Cloud(_) => AllocationOutcome::CloudError,
         // DEADLINE_EXCEEDED among them: the pool had an instance to give.
         _ => AllocationOutcome::Failed,
@@ -592,10 +596,23 @@ fn failure_outcome(error: &ManagerError) -> AllocationOutcome {
 /// asking again will not change (an unknown volume type or network, an
 /// address in use, a request it calls bad): the caller must change the
 /// request, so it must not read as the cloud being unavailable.
+///
+/// A quota's refusal stays one (RESOURCE_EXHAUSTED), saying which quota
+/// and that it is warmpool's project's: the operator raises it or frees
+/// some, where the cloud's own words may not say whose it is.
 fn creation_refused(what: &str, error: CloudError) -> AttemptError {
     AttemptError::Request(match error {
         CloudError::NotFound(m) | CloudError::Conflict(m) | CloudError::Fatal(m) => {
             ManagerError::FailedPrecondition(format!("cannot create the tenant {what}: {m}"))
+        }
+        CloudError::QuotaExceeded(m) => {
+            let quota = match what {
+                "volume" => "Cinder's volumes or gigabytes quota",
+                _ => "Neutron's port quota",
+            };
+            ManagerError::Cloud(CloudError::QuotaExceeded(format!(
+                "{m}; {quota} of warmpool's project (where the tenant's {what} is made) refused the tenant {what}: raise it, or release orders to free some, and ask again"
+            )))
         }
         e => e.into(),
     })
@@ -1437,7 +1454,7 @@ impl Shared {
             return Err(self.no_ready_instance(&params.pool).await);
         }
         if let Err(e) = self.create_tenant_resources(record, deadline).await {
-            return Err(self.late_before_the_claim(&params.pool, e).await);
+            return Err(self.refused_before_the_claim(&params.pool, e).await);
         }
         // The port counts in the port quota from now on: a cold boot's
         // server needs only its own. A failed try deletes it, and the next
@@ -1450,7 +1467,7 @@ impl Shared {
                 "the purchase's timeout ({}) passed while its volume and port were made; no instance was claimed (a new volume takes seconds: ask again with a longer timeout)",
                 humantime::format_duration(deadline.saturating_duration_since(started))
             ));
-            return Err(self.late_before_the_claim(&params.pool, late).await);
+            return Err(self.refused_before_the_claim(&params.pool, late).await);
         }
         // A new volume was just seen available; after a failed try it may
         // still be detaching from the discarded instance.
@@ -1898,23 +1915,41 @@ impl Shared {
     /// A deadline that passed before the claim is DEADLINE_EXCEEDED only
     /// if the pool had a Ready instance to give then: of an empty pool a
     /// longer timeout would not have served it, so it is the pool's miss
-    /// (RESOURCE_EXHAUSTED, counted exhausted) as it was before the volume
-    /// was late. Any other failure is passed on as it is.
-    async fn late_before_the_claim(&self, pool: &PoolKey, error: ManagerError) -> ManagerError {
-        let ManagerError::DeadlineExceeded(late) = error else {
-            return error;
-        };
-        match self.unclaimed_ready(pool).await {
-            Ok(ready) if ready.is_empty() => {
-                let hint = match self.store.get_pool(pool).await {
-                    Ok(Some(record)) => paused_hint(&record),
-                    _ => "",
+    /// (RESOURCE_EXHAUSTED, counted exhausted, and announced as the pool's
+    /// exhaustion as any purchase finding it empty is) as it was before the
+    /// volume was late. A quota refusing the order's volume or port says
+    /// what the pool held, so that nobody takes it for the pool's shortage.
+    /// Any other failure is passed on as it is.
+    async fn refused_before_the_claim(&self, pool: &PoolKey, error: ManagerError) -> ManagerError {
+        match error {
+            ManagerError::DeadlineExceeded(late) => match self.unclaimed_ready(pool).await {
+                Ok(ready) if ready.is_empty() => {
+                    self.emit(Some(pool), EventKind::Exhausted);
+                    let hint = match self.store.get_pool(pool).await {
+                        Ok(Some(record)) => paused_hint(&record),
+                        _ => "",
+                    };
+                    ManagerError::ResourceExhausted(format!(
+                        "pool {pool} had no ready instance at the deadline{hint}; {late}"
+                    ))
+                }
+                _ => ManagerError::DeadlineExceeded(late),
+            },
+            ManagerError::Cloud(CloudError::QuotaExceeded(quota)) => {
+                let held = match self.unclaimed_ready(pool).await {
+                    Ok(ready) if ready.is_empty() => format!(
+                        "the purchase was refused before it asked pool {pool} for an instance (it has none Ready now)"
+                    ),
+                    Ok(ready) => format!(
+                        "pool {pool} has {} Ready instance{} and none was claimed: the pool is not what was short",
+                        ready.len(),
+                        if ready.len() == 1 { "" } else { "s" }
+                    ),
+                    Err(_) => "no instance of the pool was claimed for it".to_owned(),
                 };
-                ManagerError::ResourceExhausted(format!(
-                    "pool {pool} had no ready instance at the deadline{hint}; {late}"
-                ))
+                ManagerError::Cloud(CloudError::QuotaExceeded(format!("{quota}; {held}")))
             }
-            _ => ManagerError::DeadlineExceeded(late),
+            error => error,
         }
     }
 

@@ -77,7 +77,9 @@ pub enum AllocationOutcome {
     /// Served from an instance that became Ready while it waited (WAIT):
     /// the pool had none for it, so it is no warm hit.
     Waited,
-    /// RESOURCE_EXHAUSTED: no instance by the deadline, or a quota.
+    /// RESOURCE_EXHAUSTED for want of an instance: none by the deadline,
+    /// or a cold boot that failed or found no room in the quota. The
+    /// pool's miss, in its hit rate.
     Exhausted,
     /// FAILED_PRECONDITION: the tenant's volume is in use, missing or in
     /// another zone, or the cloud refused to create its volume or port, or
@@ -85,6 +87,9 @@ pub enum AllocationOutcome {
     PreconditionFailed,
     /// UNAVAILABLE: the cloud did not answer, or kept failing or throttling.
     CloudError,
+    /// Anything else: ABORTED (an order id reused), DEADLINE_EXCEEDED with
+    /// an instance to give, RESOURCE_EXHAUSTED for a quota refusing the
+    /// order's own volume or port (no want of an instance), a rollback.
     Failed,
 }
 

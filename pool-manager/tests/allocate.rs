@@ -4260,9 +4260,12 @@ async fn a_new_volume_still_creating_at_the_deadline_is_no_miss_of_the_pool() {
 /// longer timeout would not have served a WAIT purchase of an empty pool, so
 /// it answers RESOURCE_EXHAUSTED and counts exhausted. Both ways the deadline
 /// passes there: Cinder still building the volume, and the calls outlasting
-/// the timeout.
+/// the timeout. It found no Ready instance, so it is announced as the
+/// pool's exhaustion too (the EXHAUSTED event, warmpool_pool_exhausted_total,
+/// the WarmpoolPoolExhausted alert's numerator), once.
 #[tokio::test(start_paused = true)]
 async fn a_timeout_passing_while_the_volume_is_made_of_an_empty_pool_is_exhausted() {
+    use pool_manager::events::EventKind;
     for slow_calls in [false, true] {
         let mut config = cloudsim::SimConfig::deterministic();
         config.latencies.volume_create = if slow_calls {
@@ -4272,6 +4275,7 @@ async fn a_timeout_passing_while_the_volume_is_made_of_an_empty_pool_is_exhauste
         };
         let sim = cloudsim::SimCloud::new(config);
         let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 0).await;
+        let mut events = manager.events();
         if slow_calls {
             sim.faults().slow_calls(Duration::from_millis(1500));
         }
@@ -4289,6 +4293,14 @@ async fn a_timeout_passing_while_the_volume_is_made_of_an_empty_pool_is_exhauste
             "slow calls {slow_calls}: {:?}",
             status.record
         );
+        let mut exhausted = 0;
+        while let Ok(event) = events.try_recv() {
+            if matches!(event.kind, EventKind::Exhausted) {
+                assert_eq!(event.pool, Some(pool()));
+                exhausted += 1;
+            }
+        }
+        assert_eq!(exhausted, 1, "slow calls {slow_calls}: EXHAUSTED events");
         assert!(
             manager.get_allocation("o-empty").await.is_err(),
             "rolled back"

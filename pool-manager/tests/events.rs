@@ -465,6 +465,65 @@ async fn the_pool_record_counts_the_outcomes_of_the_hit_rate_as_the_events_do() 
     manager.shutdown().await.unwrap();
 }
 
+/// A quota of warmpool's project refusing the order's own volume or port
+/// (Cinder's volumes or gigabytes, Neutron's ports) while the pool holds
+/// Ready instances is no miss of the pool's depth: not counted exhausted
+/// (GetPool's allocations_exhausted, the hit rate) but failed, still
+/// answered RESOURCE_EXHAUSTED (a quota), naming the quota and saying the
+/// pool had instances, so nobody deepens the pool for it.
+#[tokio::test(start_paused = true)]
+async fn a_quota_refusing_the_orders_own_volume_or_port_is_no_miss_of_the_pool() {
+    for (method, quota) in [
+        (
+            "create_volume",
+            "VolumeSizeExceedsAvailableQuota: Requested volume or snapshot exceeds allowed gigabytes quota",
+        ),
+        ("create_port", "Quota exceeded for resources: ['port']"),
+    ] {
+        let sim = sim();
+        let (cloud, _) = GatedCloud::refusing(
+            &sim,
+            method,
+            CloudError::QuotaExceeded(quota.into()),
+            true,
+        );
+        let manager = started_paused(&cloud, temp_store(), 2).await;
+        let mut events = manager.events();
+        let result = manager
+            .allocate(request("order-q", new_volume(), EmptyPoolPolicy::FailFast))
+            .await;
+        let Err(err) = result else {
+            panic!("{method}: {result:?}");
+        };
+        assert!(
+            matches!(&err, ManagerError::Cloud(CloudError::QuotaExceeded(_))),
+            "{method}: {err:?}"
+        );
+        assert_eq!(
+            allocation_outcomes(&mut events),
+            [AllocationOutcome::Failed],
+            "{method}"
+        );
+        let status = manager.get_pool(&pool()).await.unwrap();
+        assert_eq!(
+            (
+                status.record.allocations_exhausted,
+                status.record.allocations_failed
+            ),
+            (0, 1),
+            "{method}: {:?}",
+            status.record
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains(quota) && message.contains("2 Ready") && message.contains("warmpool's project"),
+            "{method}: {message}"
+        );
+        assert_eq!(status.count(InstanceState::Ready), 2, "{method}");
+        manager.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_volume_refused_before_anything_is_claimed_is_counted() {
     let sim = sim();

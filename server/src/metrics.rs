@@ -517,7 +517,7 @@ impl Metrics {
         );
         registry.register(
             "allocations",
-            "Allocate calls by outcome: warm (found an instance Ready), cold (booted its own), waited (waited for an instance to become Ready), exhausted, precondition_failed, cloud_error, failed; the hit rate the pools are sized for is warm / (warm + cold + waited + exhausted)",
+            "Allocate calls by outcome: warm (found an instance Ready), cold (booted its own), waited (waited for an instance to become Ready), exhausted (refused for want of an instance), precondition_failed, cloud_error, failed; the hit rate the pools are sized for is warm / (warm + cold + waited + exhausted), over calls: an order refused and asked again with its request id counts each call",
             m.allocations.clone(),
         );
         registry.register_with_unit(
