@@ -646,6 +646,15 @@ fn tls_hint(error: &str, endpoint: &str, has_certificate: bool) -> Option<String
         // header; warmpoold's metrics port, HTTP/1.1 only, closes the
         // connection.
         "if the daemon serves TLS, dial https://HOST:PORT (with --ca-file for its CA); if this is warmpoold's `metrics_listen` (default port 9464), dial its `listen` address (default 127.0.0.1:50051)".to_owned()
+    } else if https && error.contains("no native certs found") {
+        // Without --ca-file the client trusts the system's CAs, and
+        // rustls-native-certs found none (no ca-certificates installed,
+        // as in a minimal container image).
+        "this host has no system CA certificates to check the daemon's certificate with: give the CA that signed it with --ca-file CA.pem (or point SSL_CERT_FILE at a CA bundle)".to_owned()
+    } else if https && error.contains("deadline has elapsed") {
+        // The connect timeout, which bounds TCP and TLS together, ran out;
+        // TCP's own timer reads the same, so either may have waited.
+        "nothing answered in time: either the TCP connect (a firewall dropping it, a host that is down) or the TLS handshake did not answer (warmpoold stopped or hung, a load balancer without a live backend); check the host and port, and that warmpoold is running there".to_owned()
     } else if https && error.contains("InvalidContentType") {
         // A plaintext daemon answers the ClientHello with an HTTP/2 frame,
         // which rustls reads as a record of no type it knows.
@@ -741,6 +750,29 @@ mod tests {
             let https = tls_hint(cut, "https://h:1", false).unwrap_or_default();
             assert!(https.contains("--cert-file"), "{cut}: {https}");
         }
+    }
+
+    /// https:// without --ca-file on a host that has no CA bundle fails
+    /// before dialling, in rustls-native-certs' words, which do not say
+    /// what to give instead.
+    #[test]
+    fn no_native_certificates_hint_at_the_ca_file() {
+        let error = "cannot connect to https://h:1: no native certs found";
+        let hinted = hint(error, "https://h:1", false, None, false).unwrap_or_default();
+        assert!(hinted.contains("--ca-file"), "{hinted}");
+        assert!(hinted.contains("SSL_CERT_FILE"), "{hinted}");
+    }
+
+    /// A peer that accepts TCP and never answers the TLS handshake fails
+    /// with "deadline has elapsed", which does not say what waited.
+    #[test]
+    fn a_tls_handshake_that_timed_out_hints_at_a_silent_peer() {
+        let error = "cannot connect to https://h:1: deadline has elapsed";
+        let hinted = hint(error, "https://h:1", false, None, false).unwrap_or_default();
+        assert!(
+            hinted.contains("the TLS handshake did not answer"),
+            "{hinted}"
+        );
     }
 
     /// Once the daemon had answered the handshake, a connection cut off is

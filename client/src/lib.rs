@@ -190,8 +190,10 @@ impl std::fmt::Debug for TlsOptions {
 /// How a [`Client`] connects and notices a daemon gone silent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectOptions {
-    /// How long the TCP/HTTP2 handshake may take. Without a bound, an
-    /// unroutable address would hang the caller for the OS default.
+    /// How long the TCP connect and, for `https://`, the TLS handshake may
+    /// take together. Without a bound, an unroutable address would hang the
+    /// caller for the OS default, and a peer that accepts TCP but never
+    /// answers the TLS handshake would hang it forever.
     pub connect_timeout: Duration,
     /// How often an HTTP/2 ping goes out while the connection is open,
     /// idle or not, and how long its answer may take before the connection
@@ -568,8 +570,11 @@ impl Client {
             });
         }
         // What Endpoint::connect dials with (TLS, when set, goes on top),
-        // the connect timeout on the TCP connect as there, but each
-        // connection watched for the daemon's answer to the handshake.
+        // but each connection watched for the daemon's answer to the
+        // handshake. The connect timeout bounds the TCP connect here, and the
+        // endpoint's bounds TCP and TLS together: without the latter a peer
+        // that accepts TCP and never answers the ClientHello (a frozen
+        // daemon, a load balancer with a dead backend) hangs the connect.
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -580,6 +585,7 @@ impl Client {
             handshake_answered: handshake_answered.clone(),
         };
         let channel = endpoint
+            .connect_timeout(options.connect_timeout)
             .http2_keep_alive_interval(options.keepalive_interval)
             .keep_alive_timeout(options.keepalive_timeout)
             .keep_alive_while_idle(true)
@@ -1012,6 +1018,44 @@ mod tests {
             "{msg}"
         );
         assert!(!msg.contains('\n'), "{msg}");
+    }
+
+    /// A peer that accepts TCP and then says nothing (a frozen daemon, a TCP
+    /// load balancer whose backend is dead) fails the connect once the
+    /// connect timeout has passed, TLS handshake included, rather than
+    /// hanging the caller.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_fails_the_tls_handshake_within_the_connect_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Accepted and held open, never answered.
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp);
+            }
+        });
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let options = ConnectOptions {
+            connect_timeout: Duration::from_secs(1),
+            tls: TlsOptions {
+                ca_pem: Some(ca.cert.pem().into_bytes()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        // Only a guard against a hang; the paused clock runs ahead to it.
+        let connected = tokio::time::timeout(
+            Duration::from_secs(600),
+            Client::connect_with(&format!("https://{addr}"), options),
+        )
+        .await;
+        held.abort();
+        match connected {
+            Ok(Err(ClientError::Connect { .. })) => {}
+            Ok(other) => panic!("{:?}", other.map(|_| ())),
+            Err(_) => panic!("the TLS handshake with a silent peer was never given up"),
+        }
     }
 
     #[tokio::test]
