@@ -12,6 +12,7 @@
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tonic::metadata::MetadataMap;
@@ -63,9 +64,12 @@ impl LogEvery {
     }
 }
 
-/// Calls with tokens the daemon does not know, under one key: whoever sends
-/// them, they say the same thing.
-static UNKNOWN_TOKEN_LOG: LogEvery = LogEvery::new(REFUSED_CALL_LOG_INTERVAL);
+/// Calls refused UNAUTHENTICATED, per kind of refusal (no token, a
+/// malformed header, a token the daemon does not know), not per caller: the
+/// map stays at three keys whoever calls. Each line names the address of
+/// the call it logs, so that after a token rotation the client still on
+/// the old token can be found (over several lines if several are).
+static UNAUTHENTICATED_LOG: LogEvery = LogEvery::new(REFUSED_CALL_LOG_INTERVAL);
 /// Calls refused for their token's role, per token name: one caller's loop
 /// must not hide another's refusal.
 static REFUSED_ROLE_LOG: LogEvery = LogEvery::new(REFUSED_CALL_LOG_INTERVAL);
@@ -196,10 +200,40 @@ impl Access {
     /// who it is (`None` when the API is open), or UNAUTHENTICATED /
     /// PERMISSION_DENIED saying what to do.
     pub fn check(&self, metadata: &MetadataMap, method: Method) -> Result<Option<&Caller>, Status> {
+        self.check_from(metadata, method, None)
+    }
+
+    /// [`Access::check`] for a call from `peer`, which the log line of a
+    /// refusal names.
+    pub fn check_from(
+        &self,
+        metadata: &MetadataMap,
+        method: Method,
+        peer: Option<SocketAddr>,
+    ) -> Result<Option<&Caller>, Status> {
+        self.check_logged(metadata, method, peer, &UNAUTHENTICATED_LOG)
+    }
+
+    fn check_logged(
+        &self,
+        metadata: &MetadataMap,
+        method: Method,
+        peer: Option<SocketAddr>,
+        unauthenticated_log: &LogEvery,
+    ) -> Result<Option<&Caller>, Status> {
         if self.is_open() {
             return Ok(None);
         }
+        let peer = Peer(peer);
         let Some(header) = metadata.get("authorization") else {
+            if let Some(held_back) = unauthenticated_log.admit("missing", Instant::now()) {
+                tracing::warn!(
+                    method = method.name(),
+                    %peer,
+                    held_back,
+                    "call without a bearer token (held_back: such calls not logged since the last such line; one line per {REFUSED_CALL_LOG_INTERVAL:?} at most)"
+                );
+            }
             return Err(Status::unauthenticated(format!(
                 "{} needs a bearer token: send the header 'authorization: Bearer <token>' \
                  (warmpoolctl: --token-file FILE or WARMPOOL_TOKEN)",
@@ -215,14 +249,23 @@ impl Access {
             .map(|(_, token)| token.trim())
             .filter(|token| !token.is_empty())
             .ok_or_else(|| {
+                if let Some(held_back) = unauthenticated_log.admit("malformed", Instant::now()) {
+                    tracing::warn!(
+                        method = method.name(),
+                        %peer,
+                        held_back,
+                        "call whose authorization header is not 'Bearer <token>' (held_back: such calls not logged since the last such line; one line per {REFUSED_CALL_LOG_INTERVAL:?} at most)"
+                    );
+                }
                 Status::unauthenticated(
                     "the authorization header is not 'Bearer <token>'".to_string(),
                 )
             })?;
         let Some(caller) = self.by_sha256.get(&token_sha256(token)) else {
-            if let Some(held_back) = UNKNOWN_TOKEN_LOG.admit("", Instant::now()) {
+            if let Some(held_back) = unauthenticated_log.admit("unknown", Instant::now()) {
                 tracing::warn!(
                     method = method.name(),
+                    %peer,
                     held_back,
                     "call with a bearer token this daemon does not know (held_back: such calls not logged since the last such line; one line per {REFUSED_CALL_LOG_INTERVAL:?} at most)"
                 );
@@ -237,6 +280,7 @@ impl Access {
                     method = method.name(),
                     caller = %caller.name,
                     role = caller.role.name(),
+                    %peer,
                     held_back,
                     "call refused: the token's role is too small (held_back: this token's refused calls not logged since its last such line; one line per {REFUSED_CALL_LOG_INTERVAL:?} at most)"
                 );
@@ -257,6 +301,34 @@ impl Access {
         }
         Ok(Some(caller))
     }
+}
+
+/// A call's address in a log line: "unknown" for a call whose connection
+/// carries none (not over TCP).
+struct Peer(Option<SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("unknown"),
+        }
+    }
+}
+
+/// The address a call came from, as tonic records its connection in the
+/// request's extensions (plaintext or TLS over TCP).
+pub fn peer<B>(request: &tonic::codegen::http::Request<B>) -> Option<SocketAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let extensions = request.extensions();
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|info| info.get_ref().remote_addr())
+        })
 }
 
 /// [`AccessHandle::prepare`]'s refusal.
@@ -352,6 +424,105 @@ mod tests {
         // The first refusal was logged; the next two were held back.
         let state = REFUSED_ROLE_LOG.state.lock().unwrap();
         assert_eq!(state.get("looping-reader").map(|(_, held)| *held), Some(2));
+    }
+
+    /// What `f` logs on this thread (INFO and above), as text.
+    fn logged(f: impl FnOnce()) -> String {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let writer = {
+            let lines = lines.clone();
+            move || LogWriter(lines.clone())
+        };
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(writer)
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8_lossy(&lines.lock().unwrap()).into_owned();
+        text
+    }
+
+    struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for LogWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// After a token rotation, the operator finds the client still sending
+    /// the old token (or none) by the address the refusal's line names;
+    /// each kind of refusal is limited to a line per interval of its own,
+    /// so a flood of one does not hide the other.
+    #[test]
+    fn unauthenticated_calls_are_logged_with_the_peer_once_per_interval() {
+        let access = access();
+        let limit = LogEvery::new(Duration::from_secs(3600));
+        let old_client: SocketAddr = "10.1.2.3:41234".parse().unwrap();
+        let tokenless: SocketAddr = "10.9.8.7:50000".parse().unwrap();
+        let text = logged(|| {
+            for _ in 0..3 {
+                let old = request(Some("Bearer revoked-secret"));
+                let refused = access
+                    .check_logged(&old, Method::Allocate, Some(old_client), &limit)
+                    .unwrap_err();
+                assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+                let refused = access
+                    .check_logged(&request(None), Method::ListPools, Some(tokenless), &limit)
+                    .unwrap_err();
+                assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+                let basic = request(Some("Basic cmVhZC1zZWNyZXQ="));
+                let refused = access
+                    .check_logged(&basic, Method::GetPool, Some(tokenless), &limit)
+                    .unwrap_err();
+                assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+            }
+        });
+        let malformed: Vec<&str> = text
+            .lines()
+            .filter(|line| line.contains("is not 'Bearer <token>'"))
+            .collect();
+        assert_eq!(malformed.len(), 1, "{text}");
+        assert!(malformed[0].contains("peer=10.9.8.7:50000"), "{text}");
+        let unknown: Vec<&str> = text
+            .lines()
+            .filter(|line| line.contains("does not know"))
+            .collect();
+        assert_eq!(unknown.len(), 1, "{text}");
+        assert!(
+            unknown[0].contains("peer=10.1.2.3:41234") && unknown[0].contains("Allocate"),
+            "{text}"
+        );
+        let missing: Vec<&str> = text
+            .lines()
+            .filter(|line| line.contains("without a bearer token"))
+            .collect();
+        assert_eq!(missing.len(), 1, "{text}");
+        assert!(
+            missing[0].contains("peer=10.9.8.7:50000") && missing[0].contains("ListPools"),
+            "{text}"
+        );
+    }
+
+    /// The address comes from the connection info tonic puts in each
+    /// request's extensions; a request without it logs "unknown".
+    #[test]
+    fn a_calls_peer_is_read_from_its_connection_info() {
+        use tonic::transport::server::TcpConnectInfo;
+        let from: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        let mut request = tonic::codegen::http::Request::new(());
+        assert_eq!(peer(&request), None);
+        assert_eq!(Peer(None).to_string(), "unknown");
+        request.extensions_mut().insert(TcpConnectInfo {
+            local_addr: None,
+            remote_addr: Some(from),
+        });
+        assert_eq!(peer(&request), Some(from));
     }
 
     fn access() -> Access {

@@ -113,7 +113,7 @@ where
         };
         let metadata = MetadataMap::from_headers(request.headers().clone());
         let access = self.access.current();
-        let caller = match access.check(&metadata, method) {
+        let caller = match access.check_from(&metadata, method, crate::access::peer(&request)) {
             Ok(caller) => caller,
             Err(refused) => {
                 self.metrics.api_call_refused(method, refused.code());
@@ -450,7 +450,8 @@ fn recheck<T>(access: AccessHandle, request: &Request<T>, method: Method) -> Sti
     if let Some(value) = request.metadata().get("authorization") {
         caller.insert("authorization", value.clone());
     }
-    Arc::new(move || access.current().check(&caller, method).map(drop))
+    let peer = request.remote_addr();
+    Arc::new(move || access.current().check_from(&caller, method, peer).map(drop))
 }
 
 /// Checks a watch's caller again; the refusal ends the watch. Shared by
