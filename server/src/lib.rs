@@ -132,6 +132,13 @@ pub async fn start_stoppable(
     // Listeners first: a taken port fails start-up before anything boots,
     // and the start-up reconcile is already observable in the metrics.
     let metrics = Arc::new(metrics::Metrics::new());
+    if let Some(tls) = &tls {
+        tokio::spawn(tls::watch_expiry(
+            tls.expiry(),
+            metrics.clone(),
+            std::time::SystemTime::now,
+        ));
+    }
     let metrics_listener = TcpListener::bind(config.metrics_listen)
         .await
         .with_context(|| {

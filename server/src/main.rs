@@ -303,8 +303,22 @@ fn reload(
     let tokens = access.apply(tokens);
     tracing::info!(tokens, "SIGHUP: reloaded api_tokens");
     if let Some((serving, prepared, files)) = certificate {
+        let stale = prepared.stale_certificate().map(str::to_owned);
         serving.apply(prepared);
-        tracing::info!(cert_file = %files.cert_file.display(), "SIGHUP: reloaded the TLS certificate; new connections use it");
+        match stale {
+            // The certificate served expired (or the clock went back) and
+            // is still the file's: refusing the reload for it would keep a
+            // revoked token working until the certificate is renewed.
+            Some(stale) => tracing::error!(
+                error = %stale,
+                "SIGHUP: reloaded api_tokens and the [tls] files, but the certificate is the one \
+                 served, still outside its validity window: every client's TLS handshake fails \
+                 until it is renewed"
+            ),
+            None => {
+                tracing::info!(cert_file = %files.cert_file.display(), "SIGHUP: reloaded the TLS certificate; new connections use it");
+            }
+        }
     }
     let waiting = started.changed_needing_restart(&config);
     if !waiting.is_empty() {

@@ -203,6 +203,12 @@ struct LeftAloneLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    /// `[tls] cert_file`: one series, of the certificate served.
+    cert_file: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusedLabels {
     method: &'static str,
     /// unauthenticated or permission_denied.
@@ -355,6 +361,7 @@ pub struct Metrics {
     retry_pause_seconds: Family<ServiceLabels, Counter<f64, AtomicU64>>,
     cloud_calls_paused: Family<ServiceLabels, Gauge>,
     api_calls_refused: Family<RefusedLabels, Counter>,
+    tls_certificate_expiry: Family<CertificateLabels, Gauge>,
     volumes_stuck: Gauge,
     servers_left_alone: Family<LeftAloneLabels, Gauge>,
     /// One scrape at a time refreshes the gauges and encodes, so a scrape
@@ -410,6 +417,7 @@ impl Metrics {
             retry_pause_seconds: Family::default(),
             cloud_calls_paused: Family::default(),
             api_calls_refused: Family::default(),
+            tls_certificate_expiry: Family::default(),
             volumes_stuck: Gauge::default(),
             servers_left_alone: Family::default(),
             scrape: tokio::sync::Mutex::new(()),
@@ -600,6 +608,12 @@ impl Metrics {
             "warmpool.v1 calls refused for their bearer token (api_tokens), by method and reason: unauthenticated (no token, a malformed one, or one not in api_tokens), permission_denied (the token's role may not)",
             m.api_calls_refused.clone(),
         );
+        registry.register_with_unit(
+            "tls_certificate_expiry_timestamp",
+            "The notAfter of the TLS certificate served ([tls] cert_file), as a Unix time: clients refuse it from then on; no series without [tls] (or when its dates cannot be read)",
+            Unit::Seconds,
+            m.tls_certificate_expiry.clone(),
+        );
         registry.register(
             "volumes_stuck_error_attaching",
             "Volumes warmpool was to delete that Cinder refuses to until a cloud admin resets them (openstack volume set --state available ID), not deleted yet: new volumes rolled-back purchases left error_attaching (the order is refused until then), and volumes of rolled-back or released orders, or twins of creates whose answer was lost, whose delete Cinder's backend failed (error_deleting); each holds Cinder quota, warmpool's own project's for every volume warmpool created",
@@ -649,6 +663,23 @@ impl Metrics {
         // the store knows (a store lost) have none to be created with.
         touch(&m.leaks_deleted, &PoolLabels::of(None));
         Metrics { registry, ..m }
+    }
+
+    /// Exports the notAfter (a Unix time) of the TLS certificate served
+    /// from `cert_file` ([`crate::tls::watch_expiry`]).
+    pub fn set_tls_certificate_expiry(&self, cert_file: &str, not_after: i64) {
+        self.tls_certificate_expiry
+            .get_or_create(&CertificateLabels {
+                cert_file: cert_file.to_owned(),
+            })
+            .set(not_after);
+    }
+
+    /// Drops `cert_file`'s series: no longer served, or its dates unread.
+    pub fn forget_tls_certificate_expiry(&self, cert_file: &str) {
+        self.tls_certificate_expiry.remove(&CertificateLabels {
+            cert_file: cert_file.to_owned(),
+        });
     }
 
     /// Updates the event-driven metrics. The manager has logged the event.
