@@ -58,7 +58,10 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// within [`PREFACE_TIMEOUT`] of being established. Accepting ends, and
 /// the listening socket closes, when `stop` resolves (a graceful shutdown:
 /// no new connections while the open ones finish) or the stream is
-/// dropped.
+/// dropped. Connections still being established then are closed, and
+/// so is one whose establishing ends after: the server's accept loop
+/// stops with the shutdown, and such a connection would wait unserved,
+/// sent no GOAWAY, until the server ends.
 pub fn incoming<IO, Establish, Established>(
     listener: TcpListener,
     stop: impl Future<Output = ()> + Send + 'static,
@@ -70,8 +73,7 @@ where
     Established: Future<Output = Option<IO>> + Send + 'static,
 {
     let (accepted, stream) = tokio::sync::mpsc::channel(64);
-    // Connections being established, oldest first: (number, its task).
-    let establishing: Arc<Mutex<VecDeque<(u64, AbortHandle)>>> = Arc::default();
+    let establishing: Arc<Mutex<Establishing>> = Arc::default();
     let mut numbered = 0u64;
     tokio::spawn(async move {
         tokio::pin!(stop);
@@ -81,7 +83,14 @@ where
                 () = accepted.closed() => return,
                 next = accept(&listener, &mut stop) => next,
             };
-            let Some((socket, peer)) = next else { return };
+            let Some((socket, peer)) = next else {
+                let mut state = lock(&establishing);
+                state.stopped = true;
+                for (_, task) in state.queue.drain(..) {
+                    task.abort();
+                }
+                return;
+            };
             let _ = socket.set_nodelay(true);
             let connection = establish(socket, peer);
             let accepted = accepted.clone();
@@ -90,24 +99,45 @@ where
             let slots = Arc::clone(&establishing);
             // Locked across the spawn: the task leaves the queue only after
             // it is in it.
-            let mut queue = lock(&establishing);
-            if queue.len() >= MAX_ESTABLISHING {
-                if let Some((_, oldest)) = queue.pop_front() {
+            let mut state = lock(&establishing);
+            if state.queue.len() >= MAX_ESTABLISHING {
+                if let Some((_, oldest)) = state.queue.pop_front() {
                     tracing::debug!(%peer, "{MAX_ESTABLISHING} connections being established: dropping the oldest");
                     oldest.abort();
                 }
             }
             let task = tokio::spawn(async move {
                 let connection = connection.await;
-                lock(&slots).retain(|(n, _)| *n != number);
+                {
+                    // Under the lock the stop is marked with: a
+                    // connection is either handed over before it, or
+                    // closed.
+                    let mut slots = lock(&slots);
+                    slots.queue.retain(|(n, _)| *n != number);
+                    if slots.stopped {
+                        if connection.is_some() {
+                            tracing::debug!(%peer, "established after the shutdown began: closing the connection");
+                        }
+                        return;
+                    }
+                }
                 if let Some(connection) = connection {
                     let _ = accepted.send(Ok(PrefaceDue::new(connection, peer))).await;
                 }
             });
-            queue.push_back((number, task.abort_handle()));
+            state.queue.push_back((number, task.abort_handle()));
         }
     });
     ReceiverStream::new(stream)
+}
+
+/// The connections [`incoming`] is establishing.
+#[derive(Default)]
+struct Establishing {
+    /// Oldest first: (number, its task).
+    queue: VecDeque<(u64, AbortHandle)>,
+    /// Accepting has stopped: what is established from now on is closed.
+    stopped: bool,
 }
 
 /// The next connection of `listener`, or `None` once `stop` resolves.
@@ -241,4 +271,56 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn is_the_clients_doing(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A connection whose handshake completes once the listener has been
+    /// told to stop is closed, not handed over: the server's accept loop
+    /// has stopped too (as tonic's does at shutdown), so it would wait,
+    /// unserved and sent no GOAWAY, until the whole server ends.
+    #[tokio::test]
+    async fn a_handshake_that_completes_after_stop_closes_its_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+        let (finish_tx, finish) = tokio::sync::watch::channel(false);
+        // A handshake that ends when the test says so.
+        let incoming = incoming(
+            listener,
+            async {
+                let _ = stop_rx.await;
+            },
+            move |socket, _| {
+                let _ = started_tx.send(());
+                let mut finish = finish.clone();
+                async move {
+                    let _ = finish.wait_for(|done| *done).await;
+                    Some(socket)
+                }
+            },
+        );
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        started.recv().await.expect("the handshake began");
+        stop_tx.send(()).unwrap();
+        // Let the accept loop see the stop before the handshake ends.
+        tokio::task::yield_now().await;
+        finish_tx.send_replace(true);
+        // The stream is held and not read, as tonic holds it once stopped.
+        let closed = tokio::time::timeout(Duration::from_secs(60), async {
+            let mut byte = [0u8; 1];
+            client.read(&mut byte).await
+        })
+        .await;
+        drop(incoming);
+        match closed {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(n)) => panic!("read {n} bytes from a connection that should be closed"),
+            Err(_) => panic!("the connection stayed open, queued for an accept loop that stopped"),
+        }
+    }
 }
