@@ -188,6 +188,12 @@ pub(crate) struct Shared {
     /// the one that found one silent not again until a pass has heard it.
     /// No look of the reconciler's: two passes still judge them.
     pub silent_at_claim: Mutex<HashSet<String>>,
+    /// Per pool, the image of each boot that became Ready since the pool's
+    /// last step: each of the pool's image stands in for one outdated
+    /// Ready instance, which the step then retires. Counted at the source,
+    /// as a step cannot tell a replacement from a refill by the instances
+    /// it lists (a purchase may have taken it already).
+    pub booted_ready: Mutex<HashMap<PoolKey, Vec<Option<String>>>>,
     /// Instances a boot task is driving now, so the reconciler never starts a
     /// second; each held by a `DrivingClaim` (replenisher.rs).
     pub driving: Mutex<HashSet<String>>,
@@ -642,6 +648,7 @@ impl PoolManager {
                 reconcile_lock: tokio::sync::Mutex::new(()),
                 silent_ready: Mutex::default(),
                 silent_at_claim: Mutex::default(),
+                booted_ready: Mutex::default(),
                 driving: Mutex::new(HashSet::new()),
                 in_flight: Mutex::new(HashMap::new()),
                 tasks: Mutex::new(JoinSet::new()),

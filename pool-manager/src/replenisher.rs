@@ -181,6 +181,9 @@ impl Shared {
     async fn paused_step(&self, pool: &PoolRecord) -> ManagerResult<()> {
         let image = self.cloud.boot_image(&pool.spec.image);
         let (instances, renewal, census) = self.census_of(pool, &image).await?;
+        // Renewal waits for the pool to be resumed: its boots' replacements
+        // are not kept for then (a step counts again what it finds).
+        self.take_booted_ready(&pool.key, &image);
         // A resumed pool waits a whole cooldown before it retires a surplus.
         let settings = &self.settings.sizing;
         let now = Instant::now();
@@ -408,6 +411,7 @@ impl Shared {
         // not supply: their replacements boot now, and they are retired
         // once the replacements are Ready.
         let (instances, renewal, census) = self.census_of(pool, &image).await?;
+        let replacements = self.take_booted_ready(&pool.key, &image);
         self.stamp_unknown_images(&instances, &image).await?;
         let Census {
             supply, in_flight, ..
@@ -460,6 +464,11 @@ impl Shared {
         {
             self.refresh_headroom(&pool.key).await;
         }
+        // Under steady demand a refill is nearly always in flight, so
+        // besides this all-at-once retirement of a quiet pool, each boot of
+        // the pool's image that became Ready since the last step retires one
+        // outdated instance (`replacements`): the new image reaches tenants
+        // under load too, one replacement at a time.
         let replaced = in_flight == 0 && supply >= target;
         // Outdated instances are not supply (above): their replacements
         // booting beside them do not put the pool over max_ready. Boots in
@@ -482,6 +491,7 @@ impl Shared {
             settings,
         );
         let mut due = Retirements::over_cap(&census, pool.spec.max_ready, replaced, target)
+            .replacing(replacements)
             .sized_from(
                 demand.forecast.max(0.0) * lead.p90.as_secs_f64(),
                 demand.forecast,
@@ -596,6 +606,21 @@ impl Shared {
         Ok((instances, renewal, census))
     }
 
+    /// How many boots of `image` became Ready in `pool` since its last
+    /// step ([`Shared::booted_ready`]), forgotten as they are told: one of
+    /// another image (the pool's changed since it booted) is outdated
+    /// itself, and replaces nothing.
+    fn take_booted_ready(&self, pool: &PoolKey, image: &str) -> u32 {
+        let booted = self
+            .booted_ready
+            .lock()
+            .expect("booted-ready lock")
+            .remove(pool)
+            .unwrap_or_default();
+        let of_image = booted.iter().filter(|i| i.as_deref() == Some(image));
+        u32::try_from(of_image.count()).unwrap_or(u32::MAX)
+    }
+
     /// Names `image` in the records written before instances kept their
     /// image (an upgrade): taken to be of the pool's image now, so the
     /// upgrade replaces nothing, and an image change after it finds them.
@@ -630,6 +655,7 @@ impl Shared {
             target,
             fresh: mut over_cap,
             outdated: mut outdated_over_cap,
+            mut replacements,
             mut above_target,
             keep,
             sized,
@@ -644,12 +670,19 @@ impl Shared {
         let mut doomed: Vec<(&Instance, Retirement)> = Vec::new();
         for instance in ready {
             let due = renewal.due(instance);
-            if let Some(why) = due.filter(|_| replaced || outdated_over_cap > 0) {
-                let cause = match outdated_over_cap > 0 {
-                    true => Retirement::OutdatedOverCap(why),
-                    false => Retirement::Replaced(why),
+            if let Some(why) = due.filter(|_| replaced || outdated_over_cap > 0 || replacements > 0)
+            {
+                let cause = if outdated_over_cap > 0 {
+                    Retirement::OutdatedOverCap(why)
+                } else if replacements > 0 {
+                    Retirement::ReplacementReady(why)
+                } else {
+                    Retirement::Replaced(why)
                 };
+                // A replacement Ready stands in for one outdated instance,
+                // whichever cause retires it.
                 outdated_over_cap = outdated_over_cap.saturating_sub(1);
+                replacements = replacements.saturating_sub(1);
                 doomed.push((instance, cause));
             } else if due.is_none() && over_cap > 0 {
                 over_cap -= 1;
@@ -683,6 +716,10 @@ impl Shared {
             let (fresh, outdated) = (census.fresh_ready(), census.outdated);
             let still_due = match cause {
                 Retirement::Replaced(_) => fresh >= target,
+                // The pool keeps its target, counting what is in flight and
+                // the outdated instances it keeps: purchases may have taken
+                // the replacement meanwhile, and its refill is not Ready.
+                Retirement::ReplacementReady(_) => census.supply + outdated > target,
                 Retirement::OutdatedOverCap(_) => fresh + outdated > max_ready,
                 Retirement::FreshOverCap => fresh > max_ready,
                 Retirement::AboveTarget => fresh > keep,
@@ -691,9 +728,9 @@ impl Shared {
                 continue;
             }
             let reason = match cause {
-                Retirement::Replaced(why) | Retirement::OutdatedOverCap(why) => {
-                    renewal.reason(instance, why)
-                }
+                Retirement::Replaced(why)
+                | Retirement::ReplacementReady(why)
+                | Retirement::OutdatedOverCap(why) => renewal.reason(instance, why),
                 Retirement::FreshOverCap => format!("above the pool's max_ready of {max_ready}"),
                 Retirement::AboveTarget => format!(
                     "above the pool's target of {target} for {} (keeping {keep}: the target and what purchases are expected to take meanwhile)",
@@ -724,6 +761,9 @@ impl Shared {
     /// Deletes the pool's unclaimed instances; true once none is left and the
     /// pool record is gone.
     async fn drain_step(self: &Arc<Self>, pool: &PoolRecord) -> ManagerResult<bool> {
+        // Nothing is replaced in a draining pool, nor in one created again
+        // under its key.
+        self.take_booted_ready(&pool.key, &pool.spec.image);
         let mut left = 0;
         for instance in self.store.list_untouched_instances(&pool.key).await? {
             if instance.counts_as_supply() {
@@ -1220,6 +1260,12 @@ impl Shared {
                 next.last_error = None;
             })
             .await?;
+        self.booted_ready
+            .lock()
+            .expect("booted-ready lock")
+            .entry(ready.pool.clone())
+            .or_default()
+            .push(ready.image.clone());
         tracing::info!(pool = %ready.pool, instance = %ready.id, "instance ready");
         Ok(ready)
     }
@@ -1600,6 +1646,10 @@ impl Shared {
 enum Retirement {
     /// Outdated, and the fresh supply meets the target without it.
     Replaced(Outdated),
+    /// Outdated, and a boot of the pool's image became Ready since the
+    /// last step: the pool holds its target without it, counting what is
+    /// in flight.
+    ReplacementReady(Outdated),
     /// Outdated, and the pool's Ready instances are above max_ready.
     OutdatedOverCap(Outdated),
     /// Fresh, and the fresh ones alone are above max_ready.
@@ -1715,6 +1765,9 @@ struct Retirements {
     /// The oldest outdated ones beyond `max_ready`, fresh and outdated
     /// counted together.
     outdated: u32,
+    /// The oldest outdated ones, one for each boot of the pool's image that
+    /// became Ready since the last step (a replacement stands).
+    replacements: u32,
     /// The oldest fresh ones beyond `keep`, after those beyond `max_ready`.
     above_target: u32,
     /// The fresh ones a lasting surplus leaves ([`sizing::surplus_kept`]),
@@ -1807,9 +1860,18 @@ impl Retirements {
             target,
             fresh: fresh_ready.saturating_sub(max_ready),
             outdated: (fresh_ready + census.outdated).saturating_sub(max_ready),
+            replacements: 0,
             above_target: 0,
             keep: target,
             sized: None,
+        }
+    }
+
+    /// Also one outdated one for each of `replacements` Ready.
+    fn replacing(self, replacements: u32) -> Self {
+        Retirements {
+            replacements,
+            ..self
         }
     }
 

@@ -866,3 +866,66 @@ async fn set_target(manager: &pool_manager::PoolManager, target: u32) {
         .await
         .unwrap();
 }
+
+/// Under steady demand a refill is nearly always in flight, and the old
+/// image's instances are handed out last: waiting for a quiet pool (nothing
+/// in flight, the fresh supply at the target) before retiring them kept
+/// them Ready for as long as the demand lasted, when the new image should
+/// reach tenants. Each is retired once a replacement is Ready, load or not.
+#[tokio::test(start_paused = true)]
+async fn an_image_change_under_steady_demand_still_retires_the_old_images_instances() {
+    let sim = sim_with_images();
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    let mut spec = spec(4);
+    spec.target = Target::Fixed(4);
+    spec.max_ready = 8;
+    manager.create_pool(pool(), spec).await.unwrap();
+    wait_ready(&manager, 4).await;
+
+    let old_ready = || async {
+        manager
+            .list_instances(Some(&pool()))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.state == InstanceState::Ready && i.image.as_deref() == Some("mysql-8.0"))
+            .count()
+    };
+    // A purchase (about 7 s here) every 45 s, a boot about 90 s: a refill
+    // is always in flight, and the fresh Ready instances never run out.
+    let start = tokio::time::Instant::now();
+    let change_at = Duration::from_secs(5 * 60);
+    // Three lead times after the change.
+    let settled = change_at + Duration::from_secs(5 * 60);
+    let mut changed = false;
+    let mut n = 0;
+    while start.elapsed() < Duration::from_secs(35 * 60) {
+        if !changed && start.elapsed() >= change_at {
+            manager
+                .update_pool(&pool(), |s| s.image = "mysql-8.4".into())
+                .await
+                .unwrap();
+            changed = true;
+        }
+        let id = format!("steady-{n}");
+        n += 1;
+        let done = manager
+            .allocate(request(&id, new_volume(), EmptyPoolPolicy::FailFast))
+            .await
+            .unwrap();
+        assert!(done.warm_hit, "{done:?}");
+        manager.release(&id, Some(true)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(45)).await;
+        if start.elapsed() > settled {
+            let old = old_ready().await;
+            assert_eq!(
+                old,
+                0,
+                "{old} Ready instances of the old image {:?} after the change",
+                start.elapsed() - change_at
+            );
+        }
+    }
+    assert_consistent(&sim, &manager).await;
+}
