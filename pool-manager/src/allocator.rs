@@ -2935,7 +2935,10 @@ impl Shared {
     /// claim; `error` is why, for the log. A pool being deleted, or gone,
     /// does not get it back: it is discarded as its drain would have
     /// (`Deleting`, then its server deleted; a delete the cloud refuses is
-    /// the reconciler's).
+    /// the reconciler's). Put back with no room check, unlike a late cold
+    /// boot's handover: the refill the claim woke may be booting already,
+    /// and the Ready instance serves now; above max_ready, the oldest Ready
+    /// one is retired once that refill is Ready (ARCHITECTURE invariant 7).
     /// Once the record no longer names the instance,
     /// flushed, the instance is let go of, and flushed before the answer. A
     /// crash before that second flush leaves the instance claimed for an

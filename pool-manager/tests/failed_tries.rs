@@ -680,6 +680,9 @@ async fn a_pool_created_again_during_a_pass_keeps_the_instances_it_found_orphane
 struct ProbeRefusingWhenOn {
     sim: cloudsim::SimProbe,
     refusing: AtomicBool,
+    /// Each refusal after the 5 s a probe may take: a mysqld that never
+    /// answers, not one that refuses at once.
+    timing_out: AtomicBool,
     refused: AtomicU32,
 }
 
@@ -692,6 +695,7 @@ async fn probed_by_a_switch(
     let probe = Arc::new(ProbeRefusingWhenOn {
         sim: sim.probe(),
         refusing: AtomicBool::new(false),
+        timing_out: AtomicBool::new(false),
         refused: AtomicU32::new(0),
     });
     let manager = PoolManager::new(temp_store(), sim.clone(), probe.clone(), settings());
@@ -712,6 +716,9 @@ impl pool_manager::probe::Probe for ProbeRefusingWhenOn {
         addr: std::net::SocketAddr,
     ) -> Result<String, pool_manager::probe::ProbeError> {
         if self.refusing.load(Ordering::SeqCst) {
+            if self.timing_out.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
             self.refused.fetch_add(1, Ordering::SeqCst);
             return Err(pool_manager::probe::ProbeError::Connect {
                 addr,
@@ -860,4 +867,65 @@ async fn an_attach_done_behind_a_503_is_not_refused_when_sent_again() {
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert_consistent(&sim, &manager).await;
     }
+}
+
+/// A pool's supply (Ready, warming, booting) exceeds max_ready by an
+/// instance a purchase puts back: its claim took it out of the supply, and
+/// the refill booted for it while the purchase probed it (5 s here) is not
+/// undone. Once the refill is Ready, the oldest Ready instance above
+/// max_ready is retired, and the pool is back at max_ready.
+#[tokio::test(start_paused = true)]
+async fn an_instance_put_back_beside_its_refill_is_retired_above_max_ready() {
+    let sim = sim();
+    let probe = Arc::new(ProbeRefusingWhenOn {
+        sim: sim.probe(),
+        refusing: AtomicBool::new(false),
+        timing_out: AtomicBool::new(true),
+        refused: AtomicU32::new(0),
+    });
+    let manager = PoolManager::new(temp_store(), sim.clone(), probe.clone(), settings());
+    manager.start().await.unwrap();
+    let mut spec = spec(2);
+    spec.max_ready = 2;
+    manager.create_pool(pool(), spec).await.unwrap();
+    wait_ready(&manager, 2).await;
+    let supply = || async {
+        let status = manager.get_pool(&pool()).await.unwrap();
+        [
+            InstanceState::Ready,
+            InstanceState::Warming,
+            InstanceState::Booting,
+        ]
+        .map(|s| status.count(s))
+        .iter()
+        .sum::<u32>()
+    };
+    sim.reset_call_counts();
+    probe.refusing.store(true, Ordering::SeqCst);
+
+    let purchase = spawn_allocate(
+        &manager,
+        request("order-silent", new_volume(), EmptyPoolPolicy::FailFast),
+    );
+    let mut most = 0;
+    while !purchase.is_finished() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        most = most.max(supply().await);
+    }
+    probe.refusing.store(false, Ordering::SeqCst);
+    let err = purchase.await.unwrap().unwrap_err();
+    assert!(matches!(err, ManagerError::ResourceExhausted(_)), "{err}");
+    for _ in 0..180 {
+        most = most.max(supply().await);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(most, 3, "max_ready 2, and the instance put back");
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 2, "{status:?}");
+    assert_eq!(supply().await, 2, "{status:?}");
+    let calls = sim.call_counts();
+    assert_eq!(calls.get("create_server"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("delete_server"), Some(&1), "{calls:?}");
+    assert_eq!(sim.servers().len(), 2);
+    assert_consistent(&sim, &manager).await;
 }
