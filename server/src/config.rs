@@ -1176,6 +1176,66 @@ impl PoolConfig {
             volume_iops_limit: self.volume_iops_limit,
         }
     }
+
+    /// The keys of this entry whose values differ from `stored`, the
+    /// settings the store holds for the pool, in the file's order.
+    pub fn keys_differing_from(&self, stored: &PoolSpec) -> Vec<&'static str> {
+        // Destructured whole, so that a new setting is compared here.
+        let PoolSpec {
+            min_ready,
+            max_ready,
+            target,
+            image,
+            boot_timeout,
+            max_age,
+            paused,
+            windows,
+            iops_limit,
+            volume_iops_limit,
+        } = self.spec();
+        let mut differing = Vec::new();
+        let mut differs = |key, different: bool| {
+            if different {
+                differing.push(key);
+            }
+        };
+        differs("min_ready", min_ready != stored.min_ready);
+        differs("max_ready", max_ready != stored.max_ready);
+        differs("target", target != stored.target);
+        differs("image", image != stored.image);
+        differs("boot_timeout", boot_timeout != stored.boot_timeout);
+        differs("max_age", max_age != stored.max_age);
+        differs("paused", paused != stored.paused);
+        differs("windows", windows != stored.windows);
+        differs("iops_limit", iops_limit != stored.iops_limit);
+        differs(
+            "volume_iops_limit",
+            volume_iops_limit != stored.volume_iops_limit,
+        );
+        differing
+    }
+
+    /// What start-up tells of this entry when the store holds the pool
+    /// with `stored` settings, or None when they agree: the store's stay
+    /// (the API may have changed them), so an operator who edited the
+    /// entry and restarted must hear that the restart did not apply it.
+    pub fn start_up_notice(&self, stored: &PoolSpec) -> Option<String> {
+        let differing = self.keys_differing_from(stored);
+        (!differing.is_empty()).then(|| {
+            format!(
+                "the file's [[pools]] entry for {} differs from the stored pool in {}, which \
+                 this start does not apply: a pool already in the store keeps its stored \
+                 settings across restarts; change it with `warmpoolctl pools update {} {} ...`, \
+                 or make the entry match the pool (`warmpoolctl pools get {} {}`)",
+                self.key(),
+                differing.join(", "),
+                self.flavor,
+                self.availability_zone,
+                self.flavor,
+                self.availability_zone,
+            )
+        })
+    }
 }
 
 /// The first value under `value` written as a placeholder, `"<...>"` (as
@@ -1992,6 +2052,39 @@ key_file = "b.key"
             "{notice}"
         );
         assert!(!notice.contains("take a restart"), "{notice}");
+    }
+
+    /// Start-up compares each configured pool the store holds with its
+    /// stored settings, and names the keys that differ.
+    #[test]
+    fn a_start_names_the_settings_a_stored_pool_keeps_against_the_file() {
+        let config = Config::parse(
+            "[[pools]]\nflavor = \"db.small\"\navailability_zone = \"az1\"\n\
+             min_ready = 1\nmax_ready = 4\nimage = \"mysql-8\"\n",
+        )
+        .unwrap();
+        let pool = &config.pools[0];
+        let mut stored = pool.spec();
+        assert_eq!(pool.start_up_notice(&stored), None);
+        stored.image = "mysql-8.4".into();
+        stored.target = Target::Auto;
+        stored.max_age = Some(Duration::from_secs(3600));
+        assert_eq!(
+            pool.keys_differing_from(&stored),
+            ["target", "image", "max_age"]
+        );
+        let notice = pool.start_up_notice(&stored).unwrap();
+        assert!(
+            notice.contains(
+                "the file's [[pools]] entry for db.small@az1 differs from the stored pool in \
+                 target, image, max_age, which this start does not apply"
+            ),
+            "{notice}"
+        );
+        assert!(
+            notice.contains("`warmpoolctl pools update db.small az1 ...`"),
+            "{notice}"
+        );
     }
 
     #[test]

@@ -651,7 +651,13 @@ async fn start_pools(
         match manager.get_pool(&pool.key()).await {
             Ok(stored) => {
                 let draining = stored.record.draining;
-                tracing::info!(pool = %pool.key(), draining, "pool exists in the store; keeping its stored settings");
+                match pool.start_up_notice(&stored.record.spec) {
+                    // A pool being deleted drains on, whatever its settings.
+                    Some(notice) if !draining => tracing::warn!(pool = %pool.key(), "{notice}"),
+                    _ => {
+                        tracing::info!(pool = %pool.key(), draining, "pool exists in the store; keeping its stored settings")
+                    }
+                }
                 continue;
             }
             Err(ManagerError::PoolNotFound(_)) => {}

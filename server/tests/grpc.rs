@@ -2057,6 +2057,41 @@ async fn config_pools_do_not_override_the_store() {
     d.shut_down().await;
 }
 
+/// An operator who edits a pool's `[[pools]]` entry and restarts is told
+/// the restart did not apply it: start-up logged "keeping its stored
+/// settings" at INFO for every stored pool, changed or not, and only a
+/// SIGHUP compared the file. A stored pool whose entry differs gets a WARN
+/// naming the settings that differ and `warmpoolctl pools update`; one
+/// whose entry matches gets none.
+#[tokio::test]
+async fn a_start_warns_of_a_configured_pool_whose_stored_settings_differ() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(dir.path(), &[("db.small", "az2", 0, 1)]).await;
+    d.shut_down().await;
+
+    let logs = support::Logs::capture();
+    let d = Daemon::start_in(dir.path(), &[("db.small", "az2", 0, 1)]).await;
+    d.shut_down().await;
+    let text = logs.text();
+    assert!(!text.contains("WARN"), "the file matches the store: {text}");
+
+    let d = Daemon::start_in(dir.path(), &[("db.small", "az2", 1, 3)]).await;
+    d.shut_down().await;
+    let text = logs.text();
+    let warned = text
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("db.small@az2"))
+        .unwrap_or_else(|| panic!("no WARN naming the pool: {text}"));
+    assert!(
+        warned.contains("differs from the stored pool in min_ready, max_ready"),
+        "{warned}"
+    );
+    assert!(
+        warned.contains("`warmpoolctl pools update db.small az2 ...`"),
+        "{warned}"
+    );
+}
+
 /// warmpoold serves at most `MAX_WATCH_STREAMS` `WatchPools` streams at
 /// once, over every connection (each re-lists every pool every second):
 /// one more is RESOURCE_EXHAUSTED, saying how many are open and that
