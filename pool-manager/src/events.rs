@@ -332,6 +332,11 @@ pub struct PoolHealth {
     /// failure before it: boots in flight together that fail together (a
     /// short outage) are one step of the pause, not one each.
     pub backoff_steps: u32,
+    /// When an operator last changed what the pool boots (its image, its
+    /// boot timeout: [`HealthBook::boot_spec_changed`]). The failures of
+    /// boots started before it, of the old spec, still count toward the
+    /// verdict but pause the new spec's boots no more.
+    pub(crate) boot_spec_changed_at: Option<tokio::time::Instant>,
 }
 
 impl PoolHealth {
@@ -391,20 +396,33 @@ impl HealthBook {
         if outcome == BootOutcome::Ready {
             let after_failures = health.consecutive_boot_failures;
             let was_degraded = health.degraded;
-            *health = PoolHealth::default();
+            *health = PoolHealth {
+                boot_spec_changed_at: health.boot_spec_changed_at,
+                ..PoolHealth::default()
+            };
             return was_degraded.then_some(EventKind::Recovered { after_failures });
         }
         health.consecutive_boot_failures = health.consecutive_boot_failures.saturating_add(1);
-        let after_the_last = match (health.last_failure_at, started) {
-            (None, _) => true,
-            (Some(last), Some(started)) => started >= last,
-            (Some(_), None) => false,
-        };
-        if after_the_last {
-            health.backoff_steps = health.backoff_steps.saturating_add(1);
-        }
         health.last_failure = Some(outcome);
-        health.last_failure_at = Some(now);
+        // A boot of the spec an operator has since changed says nothing of
+        // the new one: no pause for it (one not known to have started
+        // after the change is taken for the old spec's).
+        let of_old_spec = match (health.boot_spec_changed_at, started) {
+            (None, _) => false,
+            (Some(changed), Some(started)) => started < changed,
+            (Some(_), None) => true,
+        };
+        if !of_old_spec {
+            let after_the_last = match (health.last_failure_at, started) {
+                (None, _) => true,
+                (Some(last), Some(started)) => started >= last,
+                (Some(_), None) => false,
+            };
+            if after_the_last {
+                health.backoff_steps = health.backoff_steps.saturating_add(1);
+            }
+            health.last_failure_at = Some(now);
+        }
         if !health.degraded && health.consecutive_boot_failures >= DEGRADED_AFTER {
             health.degraded = true;
             return Some(EventKind::Degraded {
@@ -438,6 +456,23 @@ impl HealthBook {
             },
             consecutive_failures: health.consecutive_boot_failures,
         })
+    }
+
+    /// An operator changed what `pool` boots (UpdatePool: its image, its
+    /// boot timeout), at `now`: the pause its failed boots earned ends, and
+    /// its next step boots as a healthy pool's would, rather than wait up
+    /// to [`crate::replenisher::BOOT_BACKOFF_MAX`] and then boot one at a
+    /// time. The verdict stays (degraded until a boot is Ready, which
+    /// recovers it). Whether a pause was in effect.
+    pub fn boot_spec_changed(&mut self, pool: &PoolKey, now: tokio::time::Instant) -> bool {
+        let Some(health) = self.pools.get_mut(pool) else {
+            return false;
+        };
+        let paused = health.last_failure_at.is_some();
+        health.last_failure_at = None;
+        health.backoff_steps = 0;
+        health.boot_spec_changed_at = Some(now);
+        paused
     }
 
     pub fn health(&self, pool: &PoolKey) -> PoolHealth {
@@ -491,6 +526,44 @@ mod tests {
         assert_eq!(book.health(&pool), PoolHealth::default());
         // A Ready boot of a healthy pool is no news.
         assert_eq!(book.note_boot(&pool, BootOutcome::Ready, None, now()), None);
+    }
+
+    /// A change of what the pool boots ends its pause; a boot of the old
+    /// spec failing after it does not pause the new one's, a boot of the
+    /// new spec does, from the pause's start. The verdict stays.
+    #[test]
+    fn a_new_boot_spec_ends_the_pause_its_old_failures_earned() {
+        let pool = PoolKey::new("f", "a");
+        let mut book = HealthBook::default();
+        let (base, max) = (Duration::from_secs(5), Duration::from_secs(300));
+        assert!(!book.boot_spec_changed(&pool, now()), "no pause to end");
+        let mut at = now();
+        for _ in 0..6 {
+            let started = at;
+            at += Duration::from_secs(60);
+            book.note_boot(&pool, BootOutcome::Failed, Some(started), at);
+        }
+        assert_eq!(
+            book.health(&pool).boot_backoff(base, max, true),
+            Some(at + base * 32)
+        );
+
+        let old_boot_started = at;
+        let changed = at + Duration::from_secs(10);
+        assert!(book.boot_spec_changed(&pool, changed));
+        let health = book.health(&pool);
+        assert!(health.degraded, "{health:?}");
+        assert_eq!(health.boot_backoff(base, max, true), None);
+        let failed = changed + Duration::from_secs(20);
+        book.note_boot(&pool, BootOutcome::Failed, Some(old_boot_started), failed);
+        book.note_boot(&pool, BootOutcome::Failed, None, failed);
+        assert_eq!(book.health(&pool).boot_backoff(base, max, true), None);
+        assert_eq!(book.health(&pool).consecutive_boot_failures, 8);
+        book.note_boot(&pool, BootOutcome::Failed, Some(changed), failed);
+        assert_eq!(
+            book.health(&pool).boot_backoff(base, max, true),
+            Some(failed + base)
+        );
     }
 
     /// Boots in flight together that fail together are one step of the

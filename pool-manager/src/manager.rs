@@ -1078,6 +1078,20 @@ impl PoolManager {
             // The answer shows no plan rather than the old settings' one
             // ("at target" for a target just raised) until the next step.
             self.shared.sizing_book().drop_plan(key);
+            // A new boot spec is the operator's fix for failing boots: its
+            // boots do not wait out the old one's pause.
+            let cloud = &self.shared.cloud;
+            if cloud.boot_image(&record.spec.image) != cloud.boot_image(&stored.image)
+                || record.spec.boot_timeout != stored.boot_timeout
+            {
+                let lifted = self
+                    .shared
+                    .health_book()
+                    .boot_spec_changed(key, Instant::now());
+                if lifted {
+                    tracing::info!(pool = %key, "what the pool boots changed: its boots no longer wait out the pause its failed boots earned");
+                }
+            }
             (record, self.shared.store.flush().await)
         };
         // A flush that failed leaves the change in effect all the same (the

@@ -1061,3 +1061,60 @@ async fn a_pass_looks_at_a_deleted_volume_through_a_429() {
     );
     manager.shutdown().await.unwrap();
 }
+
+/// An operator who mends a failing pool by changing what it boots (its
+/// image, its boot timeout) need not wait out its pause: UpdatePool left
+/// the boot backoff of the old spec in place, so the pool waited up to
+/// 5 minutes and then booted one at a time. A change of the boot spec
+/// lets the next step boot the whole deficit; the pool stays degraded
+/// until a boot is Ready (its RECOVERED event then).
+#[tokio::test(start_paused = true)]
+async fn changing_what_a_failing_pool_boots_ends_its_boot_pause() {
+    use pool_manager::sizing::{Backoff, PlanReason};
+    let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
+        images: ["mysql-8.0", "mysql-8.4"].map(String::from).to_vec(),
+        ..sim().config()
+    });
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    sim.faults().error_next_boots(1000, "NoValidHost");
+    manager.create_pool(pool(), spec(4)).await.unwrap();
+    // Until the pool's pause is long: a minute or more ahead.
+    let paused_long = || async {
+        let plan = manager.get_pool(&pool()).await.unwrap().sizing.last_plan;
+        matches!(
+            plan.map(|p| p.reason),
+            Some(PlanReason::Backoff(Backoff::Paused { until }))
+                if until > tokio::time::Instant::now() + Duration::from_secs(60)
+        )
+    };
+    for _ in 0..3600 {
+        if paused_long().await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(paused_long().await, "the pool never paused a minute");
+    assert!(manager.get_pool(&pool()).await.unwrap().health.degraded);
+
+    // The image the pool boots is mended.
+    sim.faults().error_next_boots(0, "NoValidHost");
+    sim.reset_call_counts();
+    manager
+        .update_pool(&pool(), |s| s.image = "mysql-8.4".into())
+        .await
+        .unwrap();
+    tokio::time::sleep(settings().replenish_interval + Duration::from_secs(1)).await;
+    let calls = sim.call_counts();
+    assert_eq!(
+        calls.get("create_server"),
+        Some(&4),
+        "the whole deficit boots at once: {calls:?}"
+    );
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert!(status.health.degraded, "until a boot is Ready: {status:?}");
+    wait_ready(&manager, 4).await;
+    let health = manager.get_pool(&pool()).await.unwrap().health;
+    assert!(!health.degraded, "{health:?}");
+    manager.shutdown().await.unwrap();
+}
