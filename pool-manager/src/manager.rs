@@ -189,7 +189,7 @@ pub(crate) struct Shared {
     /// No look of the reconciler's: two passes still judge them.
     pub silent_at_claim: Mutex<HashSet<String>>,
     /// Per pool, the image of each boot that became Ready since the pool's
-    /// last step: each of the pool's image stands in for one outdated
+    /// last step, a purchase's cold boot aside: each of the pool's image stands in for one outdated
     /// Ready instance, which the step then retires. Counted at the source,
     /// as a step cannot tell a replacement from a refill by the instances
     /// it lists (a purchase may have taken it already).

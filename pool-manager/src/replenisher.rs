@@ -1260,12 +1260,15 @@ impl Shared {
                 next.last_error = None;
             })
             .await?;
-        self.booted_ready
-            .lock()
-            .expect("booted-ready lock")
-            .entry(ready.pool.clone())
-            .or_default()
-            .push(ready.image.clone());
+        // A purchase's cold boot is its own, no replacement of the pool's.
+        if ready.request_id.is_none() {
+            self.booted_ready
+                .lock()
+                .expect("booted-ready lock")
+                .entry(ready.pool.clone())
+                .or_default()
+                .push(ready.image.clone());
+        }
         tracing::info!(pool = %ready.pool, instance = %ready.id, "instance ready");
         Ok(ready)
     }
