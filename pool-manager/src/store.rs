@@ -132,12 +132,24 @@ pub enum StoreError {
 /// What to do about a record [`StoreError::Unreadable`] names. A pool's
 /// learned sizing does not stop warmpoold, which keeps it unsaved over:
 /// set aside, it would never come back (this version saves fresh sizing
-/// under its key, which supersedes the copy), so it is not advised.
+/// under its key, which supersedes the copy), so it is not advised. A
+/// pool set aside is created again under its key (at the next start if
+/// configured), which supersedes the copy too: said, so that the operator
+/// knows the version that wrote it will not get it back.
 fn unreadable_advice(tree: &str, key: &str) -> String {
     if tree == RecordKind::LearnedSizing.tree() {
         "run that version to size the pool from it; this one sizes the pool from scratch and \
          keeps the record, unsaved over, for that version"
             .to_owned()
+    } else if tree == RecordKind::Pool.tree() {
+        format!(
+            "run that version, or stop warmpoold and run `warmpoold store check` to list such \
+             records and `warmpoold store set-aside {tree} '{key}'` to move this one aside; a \
+             pool set aside is created again from the config at the next start if it is \
+             configured, or else by `warmpoolctl pools create`, and its copy set aside is then \
+             superseded for good: kept for inspection only, never coming back, not even under \
+             the version that wrote it"
+        )
     } else {
         format!(
             "run that version, or stop warmpoold and run `warmpoold store check` to list such \
@@ -354,6 +366,18 @@ impl RecordKind {
         Self::ALL.into_iter().find(|kind| kind.tree() == name)
     }
 
+    /// A live record written under the key of a copy of this kind set
+    /// aside supersedes the copy ([`SUPERSEDED_TREE`]). Only a pool's
+    /// record and its learned sizing: warmpoold writes their keys again by
+    /// design (a configured pool created at start-up, sizing saved anew),
+    /// and the copy brought back after that record's deletion would undo
+    /// it. An instance's or an order's copy under a live record stays
+    /// aside, holding its key, for a person to judge; a twin watch's is
+    /// merged into the live watch ([`SledStore::open`]).
+    fn superseded_by_live_record(self) -> bool {
+        matches!(self, RecordKind::Pool | RecordKind::LearnedSizing)
+    }
+
     /// Why `bytes` do not decode as a record of this kind; `None` if they do.
     fn problem(self, tree: &sled::Tree, key: &[u8], bytes: &[u8]) -> Option<StoreError> {
         match self {
@@ -370,7 +394,8 @@ impl RecordKind {
 const SET_ASIDE_TREE: &str = "set_aside";
 
 /// The tree of copies set aside whose key a live record took since (a
-/// pool created again, sizing saved anew), keyed as in [`SET_ASIDE_TREE`]
+/// pool created again, sizing saved anew: only these kinds, see
+/// [`RecordKind::superseded_by_live_record`]), keyed as in [`SET_ASIDE_TREE`]
 /// and moved here from it: kept for a person to read, never moved back
 /// (the live record is the newer, and once it is deleted the copy would
 /// bring back what the operator deleted), and not holding their key
@@ -459,9 +484,9 @@ pub enum SetAside {
 /// such records, and move one aside. A record set aside keeps its bytes (in
 /// the `set_aside` tree, for a person to read) and its id stays taken
 /// ([`Store::is_set_aside`]) until a version that reads it opens the store,
-/// which moves it back ([`SledStore::open`]), or a live record takes its
-/// key, which supersedes it for good ([`SUPERSEDED_TREE`]). For a stopped
-/// warmpoold's store.
+/// which moves it back ([`SledStore::open`]), or a live pool record or
+/// learned sizing takes its key, which supersedes it for good
+/// ([`SUPERSEDED_TREE`]). For a stopped warmpoold's store.
 pub struct StoreRepair {
     db: sled::Db,
 }
@@ -524,10 +549,12 @@ impl StoreRepair {
                 let Some((kind, key)) = from_set_aside_key(&aside_key) else {
                     continue;
                 };
-                // One whose key a live record holds is superseded at the
-                // next open, before anything could delete that record.
-                let superseded =
-                    tree == SUPERSEDED_TREE || self.db.open_tree(kind.tree())?.contains_key(key)?;
+                // A pool's or its sizing's whose key a live record holds is
+                // superseded at the next open, before anything could
+                // delete that record.
+                let superseded = tree == SUPERSEDED_TREE
+                    || (kind.superseded_by_live_record()
+                        && self.db.open_tree(kind.tree())?.contains_key(key)?);
                 records.push(SetAsideRecord {
                     kind,
                     key: shown_key(key),
@@ -892,11 +919,18 @@ impl SledStore {
 
     /// Moves each record set aside ([`StoreRepair::set_aside`]) that this
     /// version reads back to its tree, each in one transaction: the version
-    /// that wrote it runs again, and serves it as before. One whose key a
-    /// live record holds (a pool created again, a pool's sizing saved anew,
-    /// by a build that did not supersede it as it wrote) is superseded
-    /// instead, readable or not ([`SUPERSEDED_TREE`]): left waiting, it
-    /// would come back once that record is deleted, undoing a deletion.
+    /// that wrote it runs again, and serves it as before. A pool's or its
+    /// sizing's whose key a live record holds (a pool created again, a
+    /// pool's sizing saved anew, by a build that did not supersede it as
+    /// it wrote) is superseded instead, readable or not
+    /// ([`SUPERSEDED_TREE`]): left waiting, it would come back once that
+    /// record is deleted, undoing a deletion. A twin watch's under a live
+    /// watch of its name (an older build watched the order again) is
+    /// merged into it, as a write of that watch would have
+    /// ([`TwinWatch::absorb`]): the ports and volumes only the copy names
+    /// are still deleted. An instance's or an order's under a live record
+    /// stays aside, holding its key, warned of at each open: which of the
+    /// two is right is a person's call.
     /// A sold instance's record comes back even if its order was released
     /// meanwhile (the release deleted its server): the reconciler, which
     /// reads the order and the cloud, forgets it.
@@ -904,6 +938,8 @@ impl SledStore {
         enum Outcome {
             Back,
             Superseded,
+            Merged,
+            Taken,
             Unreadable,
         }
         // Collected first: few, and the loop removes them from the tree.
@@ -916,14 +952,34 @@ impl SledStore {
             };
             let tree = self.tree(kind);
             let readable = kind.problem(tree, key, &bytes).is_none();
+            let copy_watch = match kind {
+                RecordKind::TwinWatch => serde_json::from_slice::<TwinWatch>(&bytes).ok(),
+                _ => None,
+            };
             let moved: sled::transaction::TransactionResult<Outcome, std::convert::Infallible> =
                 sled::Transactional::transaction(
                     &(tree, &self.set_aside, &self.superseded),
                     |(live, aside, superseded)| {
-                        if live.get(key)?.is_some() {
-                            superseded.insert(&aside_key, bytes.clone())?;
-                            aside.remove(&aside_key)?;
-                            return Ok(Outcome::Superseded);
+                        if let Some(live_bytes) = live.get(key)? {
+                            if kind.superseded_by_live_record() {
+                                superseded.insert(&aside_key, bytes.clone())?;
+                                aside.remove(&aside_key)?;
+                                return Ok(Outcome::Superseded);
+                            }
+                            // A live watch this version cannot read is
+                            // the reconciler's to report; the copy waits.
+                            let live_watch = serde_json::from_slice::<TwinWatch>(&live_bytes);
+                            if let (Some(copy), Ok(mut merged)) = (&copy_watch, live_watch) {
+                                merged.absorb(copy);
+                                live.insert(key, encode(&merged))?;
+                                aside.remove(&aside_key)?;
+                                return Ok(Outcome::Merged);
+                            }
+                            return Ok(if readable {
+                                Outcome::Taken
+                            } else {
+                                Outcome::Unreadable
+                            });
                         }
                         if !readable {
                             return Ok(Outcome::Unreadable);
@@ -942,6 +998,13 @@ impl SledStore {
                 Outcome::Superseded => {
                     wrote = true;
                     superseded_warning(kind, &shown);
+                }
+                Outcome::Merged => {
+                    wrote = true;
+                    tracing::info!(tree = kind.tree(), key = %shown, "a twin watch set aside as unreadable reads now, and a watch of its name was written since: merged into it, so that what either names is still deleted");
+                }
+                Outcome::Taken => {
+                    tracing::warn!(tree = kind.tree(), key = %shown, "a record set aside as unreadable reads now, but another record has taken its key: left set aside, holding its key, for a person to compare with the record warmpoold serves (`warmpoold store check` lists it)");
                 }
                 Outcome::Unreadable => {}
             }
@@ -1977,9 +2040,9 @@ mod tests {
 
     /// A record set aside that this version reads (the version that wrote
     /// it, run again) goes back to its tree when the store opens, and
-    /// counts as any other; one whose key another record has taken since
-    /// is superseded (kept, no longer holding its key), and one it cannot
-    /// read stays aside.
+    /// counts as any other; an order's whose key another record has taken
+    /// since stays aside, holding its key (which of the two is right is a
+    /// person's call), and one it cannot read stays aside.
     #[tokio::test]
     async fn set_aside_records_this_version_reads_go_back_at_open() {
         let store = SledStore::temporary().unwrap();
@@ -2018,18 +2081,19 @@ mod tests {
         );
 
         assert_eq!(store.get_allocation("r1").await.unwrap(), Some(live));
-        assert!(!store
+        assert!(store
             .is_set_aside(RecordKind::Allocation, "r1")
             .await
             .unwrap());
         assert_eq!(
             store
-                .superseded
+                .set_aside
                 .get(set_aside_key(RecordKind::Allocation, b"r1"))
                 .unwrap()
                 .as_deref(),
             Some(&encode(&other)[..])
         );
+        assert_eq!(store.superseded.len(), 0);
         assert_eq!(store.allocations.get("r2").unwrap(), None);
         assert_eq!(
             store
@@ -2137,9 +2201,162 @@ mod tests {
         );
     }
 
+    /// Only a pool's record and its learned sizing, whose keys warmpoold
+    /// writes again by design (a pool created again, sizing saved anew),
+    /// supersede a copy set aside under their key. Under an instance's or
+    /// an order's the copy stays aside, holding its key, as before; under
+    /// a twin watch's (an older build wrote a new watch of the order) the
+    /// open merges it into the live watch as a write of that watch would
+    /// ([`TwinWatch::absorb`]): superseded, the ports and volumes only it
+    /// names would never be deleted.
+    #[tokio::test]
+    async fn only_pools_and_learned_sizing_supersede_a_copy_set_aside_under_their_key() {
+        let store = SledStore::temporary().unwrap();
+        let aside = |kind, key: &[u8], bytes: Vec<u8>| {
+            store
+                .set_aside
+                .insert(set_aside_key(kind, key), bytes)
+                .unwrap();
+        };
+        let key = PoolKey::new("db.small", "az1");
+        let pool = PoolRecord::new(key.clone(), crate::model::tests::spec());
+        let mut old_pool = pool.clone();
+        old_pool.spec.min_ready += 1;
+        old_pool.spec.max_ready += 1;
+        let learned = |allocations| LearnedSizing {
+            saved_at: SystemTime::UNIX_EPOCH,
+            demand_short: 0.1,
+            demand_long: 0.1,
+            demand_held: 0.0,
+            held_for: None,
+            allocations,
+            leads: Vec::new(),
+        };
+        // Written by a build that does not supersede as it writes.
+        store.pools.insert(pool_key(&key), encode(&pool)).unwrap();
+        store
+            .learned_sizing
+            .insert(pool_key(&key), encode(&learned(5)))
+            .unwrap();
+        aside(RecordKind::Pool, &pool_key(&key), encode(&old_pool));
+        aside(
+            RecordKind::LearnedSizing,
+            &pool_key(&key),
+            encode(&learned(3)),
+        );
+
+        let instance = ready_instance();
+        assert!(store.cas_instance(None, Some(&instance)).await.unwrap());
+        let mut old_instance = instance.clone();
+        old_instance.state = InstanceState::Allocated;
+        aside(RecordKind::Instance, b"i1", encode(&old_instance));
+
+        let order = allocation_in_doubt();
+        assert!(store.cas_allocation(None, Some(&order)).await.unwrap());
+        let mut old_order = order.clone();
+        old_order.state = AllocationState::Released;
+        aside(RecordKind::Allocation, b"r1", encode(&old_order));
+
+        let name = "warmpool-r1-a";
+        let watch = |until: u64| TwinWatch {
+            name: name.into(),
+            request_id: "r1".into(),
+            pool: Some(key.clone()),
+            volumes: true,
+            keep: Vec::new(),
+            stuck_volume: None,
+            deleted_volumes: Vec::new(),
+            deleted_only: true,
+            bound_ports: Vec::new(),
+            until: SystemTime::UNIX_EPOCH + Duration::from_secs(until),
+        };
+        let mut live_watch = watch(900);
+        live_watch.note_deleted("volume-1");
+        store.put_twin_watch(&live_watch).await.unwrap();
+        let mut old_watch = watch(1200);
+        old_watch.note_bound_port("port-1");
+        aside(RecordKind::TwinWatch, name.as_bytes(), encode(&old_watch));
+
+        let store = reopened(&store).unwrap();
+        let superseded = |kind, key: &[u8]| {
+            store
+                .superseded
+                .get(set_aside_key(kind, key))
+                .unwrap()
+                .map(|bytes| bytes.to_vec())
+        };
+        let held = |kind, key: &[u8]| {
+            store
+                .set_aside
+                .get(set_aside_key(kind, key))
+                .unwrap()
+                .map(|bytes| bytes.to_vec())
+        };
+
+        assert_eq!(store.get_pool(&key).await.unwrap(), Some(pool.clone()));
+        assert_eq!(
+            superseded(RecordKind::Pool, &pool_key(&key)),
+            Some(encode(&old_pool))
+        );
+        assert_eq!(held(RecordKind::Pool, &pool_key(&key)), None);
+        assert_eq!(
+            store.get_learned_sizing(&key).await.unwrap(),
+            Some(learned(5))
+        );
+        assert_eq!(
+            superseded(RecordKind::LearnedSizing, &pool_key(&key)),
+            Some(encode(&learned(3)))
+        );
+
+        assert_eq!(store.get_instance("i1").await.unwrap(), Some(instance));
+        assert_eq!(
+            held(RecordKind::Instance, b"i1"),
+            Some(encode(&old_instance))
+        );
+        assert!(store
+            .is_set_aside(RecordKind::Instance, "i1")
+            .await
+            .unwrap());
+        assert_eq!(superseded(RecordKind::Instance, b"i1"), None);
+
+        assert_eq!(store.get_allocation("r1").await.unwrap(), Some(order));
+        assert_eq!(
+            held(RecordKind::Allocation, b"r1"),
+            Some(encode(&old_order))
+        );
+        assert!(store
+            .is_set_aside(RecordKind::Allocation, "r1")
+            .await
+            .unwrap());
+        assert_eq!(superseded(RecordKind::Allocation, b"r1"), None);
+
+        let mut merged = live_watch.clone();
+        merged.absorb(&old_watch);
+        assert_eq!(merged.bound_ports, ["port-1"]);
+        assert_eq!(store.list_twin_watches().await.unwrap(), [merged]);
+        assert_eq!(held(RecordKind::TwinWatch, name.as_bytes()), None);
+        assert_eq!(superseded(RecordKind::TwinWatch, name.as_bytes()), None);
+        assert!(!store
+            .is_set_aside(RecordKind::TwinWatch, name)
+            .await
+            .unwrap());
+
+        // A later open finds nothing more to do.
+        let again = reopened(&store).unwrap();
+        assert_eq!(
+            again.list_twin_watches().await.unwrap(),
+            store.list_twin_watches().await.unwrap()
+        );
+        assert!(again
+            .is_set_aside(RecordKind::Allocation, "r1")
+            .await
+            .unwrap());
+    }
+
     /// `store check`'s list of records set aside says which are
-    /// superseded: those moved so, and those whose key a live record
-    /// holds (the next open supersedes them).
+    /// superseded: those moved so, and a pool's or its sizing's whose key
+    /// a live record holds (the next open supersedes them); an order's
+    /// under a live record stays aside, not superseded.
     #[tokio::test]
     async fn set_aside_records_say_which_are_superseded() {
         let dir = tempfile::tempdir().unwrap();
@@ -2175,7 +2392,7 @@ mod tests {
             repair.set_aside_records().unwrap(),
             [
                 record(RecordKind::Allocation, "r1", false),
-                record(RecordKind::Allocation, "r2", true),
+                record(RecordKind::Allocation, "r2", false),
                 record(RecordKind::Pool, "db.small@az1", true),
             ]
         );
@@ -2204,6 +2421,31 @@ mod tests {
         assert!(message.contains("a newer warmpoold"), "{message}");
         assert!(!message.contains("set-aside"), "{message}");
         assert!(!message.contains("set it aside"), "{message}");
+    }
+
+    /// An unreadable pool record's message says what setting it aside
+    /// leads to: start-up creates a configured pool again at once (and
+    /// `warmpoolctl pools create` any), which supersedes the copy for
+    /// good, so the version that wrote it would not get it back.
+    #[tokio::test]
+    async fn unreadable_pool_advice_says_a_pool_set_aside_is_created_again() {
+        let store = SledStore::temporary().unwrap();
+        let key = PoolKey::new("db.small", "az1");
+        store
+            .pools
+            .insert(pool_key(&key), br#"{"from_the_future":1}"#.to_vec())
+            .unwrap();
+        let message = match store.get_pool(&key).await {
+            Err(e @ StoreError::Unreadable { .. }) => e.to_string(),
+            other => panic!("expected Unreadable, got {other:?}"),
+        };
+        assert!(
+            message.contains("warmpoold store set-aside pools 'db.small@az1'"),
+            "{message}"
+        );
+        assert!(message.contains("created again"), "{message}");
+        assert!(message.contains("warmpoolctl pools create"), "{message}");
+        assert!(message.contains("superseded"), "{message}");
     }
 
     /// Setting aside a record already set aside says so, and changes

@@ -75,8 +75,10 @@ enum StoreCommand {
     /// bought again; a server of an instance set aside is not deleted), and
     /// warmpoold starts without it. A warmpoold that reads it (the version
     /// that wrote it) moves it back when it starts, unless a record was
-    /// written under its key meanwhile (a pool created again): then it
-    /// stays aside for good, superseded.
+    /// written under its key meanwhile: a pool's or its sizing's (a pool
+    /// created again) then stays aside for good, superseded; a twin
+    /// watch's is merged into the watch of its name; an instance's or an
+    /// order's stays aside, holding its key, for a person to compare.
     SetAside {
         /// The record's kind, as `store check` shows it.
         #[arg(value_parser = record_kind_parser())]
