@@ -102,7 +102,8 @@ pub struct Running {
 /// the manager's API calls whose callers stopped waiting
 /// ([`PoolManager::finish_calls`]), stops the background tasks, flushes
 /// the store and stops serving metrics. Credentials Keystone refuses do
-/// not fail start-up: it tries them again, ever later, reading them anew
+/// not fail start-up: it tries them again, ever later, reading them anew,
+/// or, when they are read at start only, waits for a restart
 /// ([`build_cloud_waiting_out_refusals`]). A start-up that
 /// fails after the background tasks started stops them again, so the
 /// store's lock is free for the next try; so does one that `shutdown`
@@ -888,11 +889,14 @@ pub fn embedded_cloud(time_scale: f64, iops_throttled: bool, seed: u64) -> Arc<c
 /// supervisor every few seconds (systemd's RestartSec=5s, a kubelet's
 /// back-off), each start trying the password once more, and a Keystone
 /// with `lockout_failure_attempts` (5 is usual) would lock the account
-/// within a minute or two. Meanwhile health says what it says through any
-/// start-up ("" NOT_SERVING, `liveness` SERVING), and a shutdown ends the
-/// wait (the caller's select). Every other failure ends start-up as
-/// before: an outage is worth a prompt restart, and counts towards no
-/// lockout.
+/// within a minute or two. Credentials that cannot change until a restart
+/// ([`CredentialsSource::read_again`] false) are not tried again: each
+/// try would send the refused password once more, never to be taken, and
+/// only bring the lockout nearer; start-up waits for the restart instead.
+/// Meanwhile health says what it says through any start-up (""
+/// NOT_SERVING, `liveness` SERVING), and a shutdown ends the wait (the
+/// caller's select). Every other failure ends start-up as before: an
+/// outage is worth a prompt restart, and counts towards no lockout.
 async fn build_cloud_waiting_out_refusals(
     config: &Config,
     pools: &[check_cloud::CheckedPool],
@@ -907,31 +911,83 @@ async fn build_cloud_waiting_out_refusals(
             built => return built,
         };
         refusals = refusals.saturating_add(1);
+        let source = match &config.cloud {
+            CloudConfig::OpenStack(os) => credentials_source(os),
+            CloudConfig::Embedded { .. } => CredentialsSource {
+                place: "the cloud config".to_owned(),
+                read_again: true,
+                restart: "restart warmpoold",
+            },
+        };
+        if !source.read_again {
+            return wait_for_a_restart(&refused, &source).await;
+        }
         let pause = pool_manager::openstack::session::relogin_pause(refusals);
         let next_try =
             humantime::format_rfc3339_seconds(std::time::SystemTime::now() + pause).to_string();
-        let source = match &config.cloud {
-            CloudConfig::OpenStack(os) => credentials_source(os),
-            CloudConfig::Embedded { .. } => "the cloud config".to_owned(),
-        };
         tracing::error!(
             refusals,
             next_try = %next_try,
-            "{refused}; mend the credentials in {source}, or the account in Keystone if it \
+            "{refused}; mend the credentials in {}, or the account in Keystone if it \
              says the account is locked, disabled or expired. warmpoold waits rather than \
              exits (its supervisor would restart it within seconds, each start trying the \
              password again until Keystone's lockout_failure_attempts lock the account): it \
              tries again at {next_try} (in {}), reading them again, and serves once Keystone \
              takes them",
+            source.place,
             humantime::format_duration(pause),
         );
         tokio::time::sleep(pause).await;
     }
 }
 
+/// Start-up's wait after Keystone refused credentials read at start only:
+/// never ends (a shutdown does, the caller's select). Says once what to
+/// mend, then reminds every 10 minutes, so that a log read later, or an
+/// alert on error lines, still finds why warmpoold does not serve.
+async fn wait_for_a_restart(
+    refused: &CredentialsRefused,
+    source: &CredentialsSource,
+) -> anyhow::Result<BuiltCloud> {
+    tracing::error!(
+        "{refused}; mend the credentials in {}, or the account in Keystone if it says the \
+         account is locked, disabled or expired, then {}. warmpoold does not try them again: \
+         it reads them at start only, so each try would send the refused ones again, counting \
+         towards Keystone's lockout_failure_attempts. It waits for the restart, starting \
+         (health NOT_SERVING, liveness SERVING), rather than exit: its supervisor would \
+         restart it within seconds, each start trying them again",
+        source.place,
+        source.restart,
+    );
+    let reminder = pool_manager::openstack::session::RELOGIN_PAUSE_MAX;
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        tokio::time::sleep(reminder).await;
+        waited += reminder;
+        tracing::error!(
+            "still not serving: Keystone refused the credentials in {} at start-up, and \
+             warmpoold does not try them again; mend them, then {} (waiting for {})",
+            source.place,
+            source.restart,
+            humantime::format_duration(waited),
+        );
+    }
+}
+
 /// Where the credentials Keystone refused come from, for the operator to
 /// mend them there.
-fn credentials_source(os: &config::OpenStackConfig) -> String {
+struct CredentialsSource {
+    place: String,
+    /// A mend there reaches start-up's next try: a clouds.yaml (and the
+    /// secure.yaml merged over it) read again at each one. Not the OS_*
+    /// variables, which the process got at start, nor a clouds.yaml
+    /// systemd copied at start (the unit's LoadCredential=).
+    read_again: bool,
+    /// What makes a mend reach warmpoold when it is not read again.
+    restart: &'static str,
+}
+
+fn credentials_source(os: &config::OpenStackConfig) -> CredentialsSource {
     let entry = os
         .cloud
         .clone()
@@ -940,9 +996,13 @@ fn credentials_source(os: &config::OpenStackConfig) -> String {
         (Some(entry), Some(path)) => format!("the entry {entry:?} of {}", path.display()),
         (Some(entry), None) => format!("the clouds.yaml entry {entry:?}"),
         (None, _) => {
-            return "the OS_* variables (OS_PASSWORD, OS_APPLICATION_CREDENTIAL_SECRET), which \
-                    warmpoold reads at start only: mend them and restart it"
-                .to_owned()
+            return CredentialsSource {
+                place: "the OS_* variables (OS_PASSWORD, OS_APPLICATION_CREDENTIAL_SECRET), \
+                        which warmpoold reads at start only"
+                    .to_owned(),
+                read_again: false,
+                restart: "restart warmpoold",
+            }
         }
     };
     // systemd's LoadCredential= copies the file at start: a mended source
@@ -951,12 +1011,20 @@ fn credentials_source(os: &config::OpenStackConfig) -> String {
         std::env::var_os("CREDENTIALS_DIRECTORY").is_some_and(|dir| path.starts_with(dir))
     });
     if copied {
-        format!(
-            "{file}, a copy systemd made at start (the unit's LoadCredential=): mend the \
-             file it copies (or the secure.yaml merged over it) and `systemctl restart warmpoold`"
-        )
+        CredentialsSource {
+            place: format!(
+                "{file}, a copy systemd made at start (the unit's LoadCredential=): mend the \
+                 file it copies (or the secure.yaml merged over it)"
+            ),
+            read_again: false,
+            restart: "`systemctl restart warmpoold`",
+        }
     } else {
-        format!("{file} (or the secure.yaml merged over it)")
+        CredentialsSource {
+            place: format!("{file} (or the secure.yaml merged over it)"),
+            read_again: true,
+            restart: "restart warmpoold",
+        }
     }
 }
 

@@ -5640,6 +5640,123 @@ async fn a_login_refused_at_start_up_is_tried_again_ever_later_from_clouds_yaml_
     running.served.await.unwrap().unwrap();
 }
 
+/// Marks the process [`a_login_refused_at_start_up_from_a_systemd_credential_is_not_tried_again`]
+/// runs itself in, under a `CREDENTIALS_DIRECTORY` of its own.
+const CREDENTIAL_CHILD: &str = "WARMPOOL_TEST_CREDENTIAL_CHILD";
+
+/// A login Keystone refuses at start-up with a clouds.yaml systemd copied
+/// at start (the shipped unit's `LoadCredential=`, under
+/// `$CREDENTIALS_DIRECTORY`) is not tried again: the copy cannot change
+/// until a restart, so each try would send the same refused password and
+/// only bring Keystone's lockout nearer. warmpoold stays up starting
+/// (health "" NOT_SERVING, `liveness` SERVING), says once what to mend and
+/// that a restart is needed, and a shutdown ends it. The test runs itself
+/// in a child process, whose environment alone holds the variable.
+#[tokio::test]
+async fn a_login_refused_at_start_up_from_a_systemd_credential_is_not_tried_again() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    const NAME: &str = "a_login_refused_at_start_up_from_a_systemd_credential_is_not_tried_again";
+    let Some(credentials) = std::env::var_os(CREDENTIAL_CHILD)
+        .and(std::env::var_os("CREDENTIALS_DIRECTORY"))
+        .map(PathBuf::from)
+    else {
+        let credentials = tempfile::tempdir().unwrap();
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CREDENTIAL_CHILD, "1")
+            .env("CREDENTIALS_DIRECTORY", credentials.path())
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&child.stdout);
+        let err = String::from_utf8_lossy(&child.stderr);
+        assert!(child.status.success(), "the child failed:\n{out}\n{err}");
+        assert!(
+            out.contains("1 passed"),
+            "the test did not run:\n{out}\n{err}"
+        );
+        return;
+    };
+    let logs = support::Logs::capture();
+    let env = env().await;
+    let copy = credentials.join("clouds.yaml");
+    let wrong = std::fs::read_to_string(&env.clouds_yaml)
+        .unwrap()
+        .replace("'poolpass'", "'wrong'");
+    std::fs::write(&copy, wrong).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let text = env
+        .config_text("", SMALL_POOL)
+        .replacen(
+            r#"listen = "127.0.0.1:0""#,
+            &format!(r#"listen = "127.0.0.1:{port}""#),
+            1,
+        )
+        .replacen(
+            &format!("clouds_yaml = \"{}\"", env.clouds_yaml.display()),
+            &format!("clouds_yaml = \"{}\"", copy.display()),
+            1,
+        );
+    assert!(text.contains(&copy.display().to_string()), "{text}");
+    let config = Config::parse(&text).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let starting = tokio::spawn(warmpool_server::start(config, async {
+        let _ = stopped.await;
+    }));
+    let logins = || env.face.faults().password_logins();
+    let waiting = || async {
+        assert_eq!(
+            (
+                health_status(port, "").await,
+                health_status(port, warmpool_server::LIVENESS_SERVICE).await,
+            ),
+            (
+                Ok(i32::from(ServingStatus::NotServing)),
+                Ok(i32::from(ServingStatus::Serving))
+            ),
+            "\"\" and liveness while waiting for a restart"
+        );
+    };
+    wait_until("the first login", || logins() >= 1).await;
+    if starting.is_finished() {
+        let ended = starting.await.unwrap();
+        panic!(
+            "start-up ended on a refused login: {:#}",
+            ended.err().expect("not started on a wrong password")
+        );
+    }
+    waiting().await;
+
+    tokio::time::pause();
+    for _ in 0..16 {
+        tokio::time::advance(Duration::from_secs(30)).await;
+    }
+    tokio::time::resume();
+    waiting().await;
+    assert!(!starting.is_finished(), "start-up ended while waiting");
+    assert_eq!(logins(), 1, "the copied password was sent again");
+    let text = logs.text();
+    let said = text
+        .lines()
+        .filter(|line| line.contains("Keystone") && line.contains("systemctl restart warmpoold"))
+        .count();
+    assert_eq!(said, 1, "{text}");
+    assert!(text.contains("does not try them again"), "{text}");
+
+    let _ = stop.send(());
+    let ended = tokio::time::timeout(Duration::from_secs(60), starting)
+        .await
+        .expect("start-up ends on the shutdown")
+        .unwrap();
+    match ended {
+        Ok(_) => panic!("started on a wrong password"),
+        Err(e) => assert!(e.is::<warmpool_server::StoppedDuringStartUp>(), "{e:#}"),
+    }
+    assert_eq!(logins(), 1);
+}
+
 /// A shutdown (SIGTERM) while start-up waits out a refused login ends
 /// it there, as one during the cloud check does, without trying the
 /// password again.
