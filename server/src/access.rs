@@ -391,6 +391,7 @@ impl AccessHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_logs::logged;
 
     #[test]
     fn log_lines_are_admitted_once_per_interval_with_what_was_held_back() {
@@ -424,35 +425,6 @@ mod tests {
         // The first refusal was logged; the next two were held back.
         let state = REFUSED_ROLE_LOG.state.lock().unwrap();
         assert_eq!(state.get("looping-reader").map(|(_, held)| *held), Some(2));
-    }
-
-    /// What `f` logs on this thread (INFO and above), as text.
-    fn logged(f: impl FnOnce()) -> String {
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let writer = {
-            let lines = lines.clone();
-            move || LogWriter(lines.clone())
-        };
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(writer)
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .finish();
-        tracing::subscriber::with_default(subscriber, f);
-        let text = String::from_utf8_lossy(&lines.lock().unwrap()).into_owned();
-        text
-    }
-
-    struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for LogWriter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
     }
 
     /// After a token rotation, the operator finds the client still sending

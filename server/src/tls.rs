@@ -520,7 +520,7 @@ fn certificates(key: &str, path: &Path) -> anyhow::Result<Vec<CertificateDer<'st
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
+    use crate::test_logs::Logs;
 
     /// A self-signed certificate valid from `not_before` to `not_after`
     /// (UTC midnights) and its key, written to `dir`, as `[tls]`.
@@ -579,50 +579,6 @@ mod tests {
         // Within its window, the renewal is taken, with nothing to say.
         let renewed = handle.prepare_at(&other, at(2089, 1, 1)).unwrap();
         assert_eq!(renewed.stale_certificate(), None);
-    }
-
-    /// What the thread logs (INFO and above) while the guard is held.
-    struct Logs {
-        lines: Arc<Mutex<Vec<u8>>>,
-        _guard: tracing::subscriber::DefaultGuard,
-    }
-
-    impl Logs {
-        fn capture() -> Self {
-            let lines = Arc::new(Mutex::new(Vec::new()));
-            let writer = {
-                let lines = lines.clone();
-                move || LogWriter(lines.clone())
-            };
-            let subscriber = tracing_subscriber::fmt()
-                .with_writer(writer)
-                .with_ansi(false)
-                .with_max_level(tracing::Level::INFO)
-                .finish();
-            Self {
-                lines,
-                _guard: tracing::subscriber::set_default(subscriber),
-            }
-        }
-
-        fn count(&self, level: &str, says: &str) -> usize {
-            String::from_utf8_lossy(&self.lines.lock().unwrap())
-                .lines()
-                .filter(|line| line.contains(level) && line.contains(says))
-                .count()
-        }
-    }
-
-    struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for LogWriter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
     }
 
     /// A certificate that expires while served is warned of once a day
