@@ -294,8 +294,9 @@ pub struct SimConfig {
     /// finds them. A boot's `key_name` is not checked against them.
     pub key_pairs: Vec<String>,
     /// Neutron's security groups (a name may repeat, as Neutron allows).
-    /// A boot's `security_groups` are not checked against them; a port
-    /// create's are (ids of the project's groups).
+    /// A boot's `security_groups` are looked up among the project's as
+    /// Nova's API does (names or ids; 400 for one missing, 409 for a name
+    /// two share), and a port create's too (ids of the project's groups).
     pub security_groups: Vec<SecurityGroupConfig>,
 }
 

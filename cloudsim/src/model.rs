@@ -399,6 +399,10 @@ pub(crate) struct ServerExtras {
     pub tags: BTreeSet<String>,
     /// Network ids, primary (the one `addr` is shown on) first.
     pub networks: Vec<String>,
+    /// Why the compute host cannot make the server's ports (Nova's
+    /// `SecurityGroupCannotBeApplied`): the boot is accepted and ends in
+    /// ERROR with this fault, as a scheduling failure does.
+    pub network_fault: Option<String>,
 }
 
 /// Everything the HTTP face shows of a server.
@@ -922,7 +926,10 @@ impl Model {
             }
         }
 
-        let (host, boot) = if self.faults.error_boots > 0 {
+        let (host, boot) = if let Some(fault) = extras.network_fault.clone() {
+            let at = now + self.latency(self.cfg.boot.error_after);
+            (None, Boot::Error { at, fault })
+        } else if self.faults.error_boots > 0 {
             self.faults.error_boots -= 1;
             let at = now + self.latency(self.cfg.boot.error_after);
             let fault = self.faults.error_boot_fault.clone();

@@ -878,10 +878,14 @@ async fn check_with(
 
     for network in cloud.settings().management_networks() {
         match cloud.network(network).await {
-            Ok(n) => report.ok(
-                CheckKind::Network,
-                format!("{} = {}", n.name.as_deref().unwrap_or(network), n.id),
-            ),
+            Ok(n) => match groups_cannot_be_applied(&cloud.settings().security_groups, network, &n)
+            {
+                None => report.ok(
+                    CheckKind::Network,
+                    format!("{} = {}", n.name.as_deref().unwrap_or(network), n.id),
+                ),
+                Some(problem) => report.fail(CheckKind::Network, problem),
+            },
             Err(e) => {
                 let reason = reason_naming(&e, "visible networks", cloud.network_names()).await;
                 report.fail(CheckKind::Network, reason)
@@ -957,6 +961,36 @@ fn pool_azs(pools: &[CheckedPool]) -> BTreeSet<&str> {
         .iter()
         .map(|p| p.key.availability_zone.as_str())
         .collect()
+}
+
+/// Why Nova would end every boot on management network `name` (found as
+/// `network`) in ERROR, "Network requires port_security_enabled and subnet
+/// associated in order to apply security groups."
+/// (`SecurityGroupCannotBeApplied`, met on the compute host after the boot
+/// was accepted, so every pool server would be booted again and again): a
+/// network with port security and no subnet takes no group, not even the
+/// default one (and gives the server no address to probe mysqld at); one
+/// without port security takes none that `security_groups` names (Nova
+/// drops a lone `default` before). A network whose answer leaves either
+/// fact out is taken as Nova takes it: port security on, subnets unknown
+/// (not refused).
+fn groups_cannot_be_applied(
+    security_groups: &[String],
+    name: &str,
+    network: &pool_manager::openstack::neutron::Named,
+) -> Option<String> {
+    let which = format!("cloud.management_network {name:?} ({})", network.id);
+    let no_subnet = network.subnets.as_ref().is_some_and(Vec::is_empty);
+    let asked = !security_groups.is_empty() && security_groups != ["default"];
+    match network.port_security_enabled.unwrap_or(true) {
+        true if no_subnet => Some(format!(
+            "{which} has no subnet, and port security on: Nova applies security groups (the default one at least) only on a network with a subnet, so every boot would end in ERROR (\"Network requires port_security_enabled and subnet associated in order to apply security groups.\"), and a server would get no address to probe mysqld at; give the network a subnet, or set cloud.management_network to one with a subnet"
+        )),
+        false if asked => Some(format!(
+            "cloud.security_groups {security_groups:?} cannot be applied on {which}: it has port security off (port_security_enabled = false), and Nova ends every boot naming groups there in ERROR (\"Network requires port_security_enabled and subnet associated in order to apply security groups.\"); unset cloud.security_groups (ports there filter nothing), or enable port security on the network (`openstack network set --enable-port-security {name}`)"
+        )),
+        _ => None,
+    }
 }
 
 /// Whether `key_name` is a key pair of the user warmpool logs in as: Nova

@@ -3806,6 +3806,167 @@ async fn check_cloud_names_security_groups_warmpools_project_lacks() {
     );
 }
 
+/// The default settings with the management network (`mgmt-net`) changed
+/// by `change`.
+fn settings_with_management_network(
+    change: impl FnOnce(&mut cloudsim::http::NetworkSpec),
+) -> HttpSettings {
+    let mut settings = HttpSettings::default();
+    change(&mut settings.networks[0]);
+    settings
+}
+
+/// Nova applies a boot's security groups to the port it makes on each
+/// network, and cannot where the network has port security off (its ports
+/// filter nothing) or has it on with no subnet: the boot is accepted and
+/// the server ends in ERROR (`SecurityGroupCannotBeApplied`). check-cloud
+/// refuses such a management network, naming the settings, instead of
+/// letting every pool server end in ERROR and be booted again forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_cloud_refuses_a_management_network_nova_cannot_apply_groups_on() {
+    // Port security off: the groups are what cannot be applied.
+    let env = env_with_security_groups_and(settings_with_management_network(|n| {
+        n.port_security_enabled = false
+    }))
+    .await;
+    let config = env.config(r#"security_groups = ["mysql"]"#, SMALL_POOL);
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert!(!report.passed(), "{report}");
+    let refusal = report.refusal().unwrap_or_else(|| panic!("{report}"));
+    assert!(
+        refusal.contains("cloud.security_groups")
+            && refusal.contains("\"mgmt-net\"")
+            && refusal.contains("port_security_enabled = false"),
+        "{report}"
+    );
+    // Without groups Nova boots there (the port filters nothing).
+    let config = env.config("", SMALL_POOL);
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert!(report.passed(), "{report}");
+    // A lone "default" is dropped by Nova before it reaches Neutron.
+    let config = env.config(r#"security_groups = ["default"]"#, SMALL_POOL);
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert!(report.passed(), "{report}");
+
+    // Port security on, no subnet: Nova refuses with or without groups.
+    let mgmt = HttpSettings::default().networks[0].id.clone();
+    let env = env_with(
+        SimConfig {
+            networks_without_subnet: vec![mgmt],
+            security_groups: vec![
+                SecurityGroupConfig::new("default"),
+                SecurityGroupConfig::new("mysql"),
+            ],
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
+    let config = env.config(r#"security_groups = ["mysql"]"#, SMALL_POOL);
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert!(!report.passed(), "{report}");
+    let refusal = report.refusal().unwrap_or_else(|| panic!("{report}"));
+    assert!(
+        refusal.contains("\"mgmt-net\"") && refusal.contains("no subnet"),
+        "{report}"
+    );
+}
+
+/// A boot naming groups on a management network without port security
+/// (or with it, but no subnet) is accepted and ends in ERROR with Nova's
+/// fault; without groups, or with a subnet and port security, it boots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boot_whose_groups_cannot_be_applied_ends_in_error_with_novas_fault() {
+    let env = env_with_security_groups_and(settings_with_management_network(|n| {
+        n.port_security_enabled = false
+    }))
+    .await;
+    let cloud = env.driver_with(r#"security_groups = ["mysql"]"#).await;
+    let created = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    let server = settled(&cloud, &created.id).await;
+    assert_eq!(server.status, ServerStatus::Error);
+    let fault = server.fault.expect("the fault");
+    assert!(
+        fault.contains(
+            "Network requires port_security_enabled and subnet associated in order to apply security groups."
+        ),
+        "{fault}"
+    );
+    let cloud = env.driver().await;
+    let created = cloud
+        .create_server(&spec("b", "db.small", "az1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        settled(&cloud, &created.id).await.status,
+        ServerStatus::Active
+    );
+
+    let mgmt = HttpSettings::default().networks[0].id.clone();
+    let env = env_with(
+        SimConfig {
+            networks_without_subnet: vec![mgmt],
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
+    let cloud = env.driver().await;
+    let created = cloud
+        .create_server(&spec("c", "db.small", "az1"))
+        .await
+        .unwrap();
+    let server = settled(&cloud, &created.id).await;
+    assert_eq!(server.status, ServerStatus::Error);
+    assert!(
+        server
+            .fault
+            .as_deref()
+            .is_some_and(|f| f.contains("port_security_enabled and subnet")),
+        "{server:?}"
+    );
+}
+
+/// A group of `security_groups` deleted after start-up's check: Nova
+/// refuses every boot (400 "Security group mysql not found."), and one
+/// naming a name two groups share (409). The driver looks the flavor,
+/// image and network up again (none changed) and its error names the
+/// setting, so the pool's last_error tells the operator what to fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boot_refused_for_a_security_group_names_the_setting() {
+    let env = env_with_security_groups().await;
+    let cloud = env.driver_with(r#"security_groups = ["mysql"]"#).await;
+    env.sim.delete_security_group("mysql");
+    let e = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Fatal(m)
+            if m.contains("Security group mysql not found") && m.contains("cloud.security_groups [\"mysql\"]")),
+        "{e:?}"
+    );
+    let cloud = env.driver_with(r#"security_groups = ["web"]"#).await;
+    let e = cloud
+        .create_server(&spec("b", "db.small", "az1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Fatal(m)
+            if m.contains("Multiple security_group matches found for name 'web'") && m.contains("cloud.security_groups [\"web\"]")),
+        "{e:?}"
+    );
+    assert!(env.sim.servers().is_empty());
+    let cloud = env.driver_with(r#"security_groups = ["db-clients"]"#).await;
+    cloud
+        .create_server(&spec("c", "db.small", "az1"))
+        .await
+        .expect("a boot naming a group the project has");
+}
+
 /// GET `path` of Neutron's API (`/v2.0/...`) as warmpool's user: what the
 /// cloud shows, beyond what the driver reads of it.
 async fn neutron_get(env: &Env, path: &str) -> serde_json::Value {

@@ -97,7 +97,7 @@ fn matches(obj: &Value, q: &[(String, String)]) -> bool {
 
 /// A network the cloud was configured without a subnet for
 /// (`SimConfig::networks_without_subnet`) lists none, and its ports get no address.
-fn has_subnet(state: &FaceState, n: &NetworkSpec) -> bool {
+pub(super) fn has_subnet(state: &FaceState, n: &NetworkSpec) -> bool {
     !state.sim.config().networks_without_subnet.contains(&n.id)
 }
 
@@ -237,7 +237,7 @@ async fn show_subnet(
 /// The security groups (`SimConfig::security_groups`). A project's first
 /// group of a name has an id of its name alone (the `default` group's is the
 /// one every port lists), a repeat one of its place in the list too.
-fn security_groups(state: &FaceState) -> Vec<Value> {
+pub(super) fn security_groups(state: &FaceState) -> Vec<Value> {
     let groups = state.sim.config().security_groups;
     groups
         .iter()

@@ -418,6 +418,95 @@ fn str_field<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<Option<&'a 
     }
 }
 
+/// A boot's `security_groups` (names or ids), each looked up as Nova's API
+/// does before it accepts the boot (`_check_requested_secgroups`): among
+/// the project's groups, by id or by name; `default` is not looked up. One
+/// it does not find is a 400 (`SecurityGroupNotFound`), a name two groups
+/// share a 409 (`NoUniqueMatch`, in neutronclient's words).
+fn requested_security_groups(
+    state: &FaceState,
+    server: &Map<String, Value>,
+) -> Result<Vec<String>, ApiError> {
+    let list = match server.get("security_groups") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list,
+        Some(other) => {
+            return Err(invalid_input(
+                "security_groups",
+                other,
+                &format!("{other} is not of type 'array'"),
+            ))
+        }
+    };
+    let groups = super::neutron::security_groups(state);
+    let ours: Vec<&Value> = groups
+        .iter()
+        .filter(|g| g["project_id"] == state.project_id.as_str())
+        .collect();
+    let mut names = Vec::new();
+    for item in list {
+        let Some(name) = item.get("name").and_then(Value::as_str) else {
+            return Err(invalid_input(
+                "security_groups",
+                item,
+                "'name' is a required property",
+            ));
+        };
+        names.push(name.to_owned());
+        if name == "default" {
+            continue;
+        }
+        let by_id = ours.iter().any(|g| {
+            g["id"]
+                .as_str()
+                .is_some_and(|id| id.eq_ignore_ascii_case(name))
+        });
+        match ours.iter().filter(|g| g["name"] == name).count() {
+            0 if !by_id => {
+                return Err(ApiError::bad_request(
+                    C,
+                    format!("Security group {name} not found."),
+                ))
+            }
+            n if n > 1 => {
+                return Err(ApiError::conflict(
+                    C,
+                    format!("Multiple security_group matches found for name '{name}', use an ID to be more specific."),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(names)
+}
+
+/// Nova's `SecurityGroupCannotBeApplied`, met on the compute host when it
+/// makes the server's ports (`_create_ports_for_instance`): a network with
+/// port security and no subnet takes no group at all, and one without port
+/// security none that was asked for (a lone `default` is dropped before).
+/// The boot was accepted; the server ends in ERROR with this fault.
+fn groups_cannot_be_applied(
+    state: &FaceState,
+    networks: &[String],
+    security_groups: &[String],
+) -> Option<String> {
+    let asked = !security_groups.is_empty() && security_groups != ["default"];
+    let refused = networks.iter().any(|id| {
+        state
+            .settings
+            .networks
+            .iter()
+            .find(|n| &n.id == id)
+            .is_some_and(|n| match n.port_security_enabled {
+                true => !super::neutron::has_subnet(state, n),
+                false => asked,
+            })
+    });
+    refused.then(|| {
+        "Network requires port_security_enabled and subnet associated in order to apply security groups.".to_owned()
+    })
+}
+
 /// `POST /servers`.
 async fn create_server(
     State(state): State<Arc<FaceState>>,
@@ -622,6 +711,8 @@ async fn create_server(
         Some(Value::String(name)) if state.sim.config().key_pairs.contains(name) => {}
         Some(_) => return Err(ApiError::bad_request(C, "Invalid key_name provided.")),
     }
+    let security_groups = requested_security_groups(&state, server)?;
+    let network_fault = groups_cannot_be_applied(&state, &networks, &security_groups);
     state
         .sim
         .gate("create_server")
@@ -658,7 +749,16 @@ async fn create_server(
     let now = Instant::now();
     let mut model = state.sim.inner.lock_at(now);
     let (created, ready_at) = model
-        .create_server_ext(&spec, ServerExtras { tags, networks }, now, addr)
+        .create_server_ext(
+            &spec,
+            ServerExtras {
+                tags,
+                networks,
+                network_fault,
+            },
+            now,
+            addr,
+        )
         .map_err(|e| ApiError::from_cloud(C, e))?;
     if let Some(socket) = socket {
         let guard = mysql::spawn_listener(socket, ready_at, state.sim.inner.mysql_version.clone());
@@ -669,7 +769,11 @@ async fn create_server(
         "id": created.id,
         "links": link(&state, &format!("servers/{}", created.id)),
         "OS-DCF:diskConfig": "MANUAL",
-        "security_groups": [{"name": "default"}],
+        "security_groups": if security_groups.is_empty() {
+            json!([{"name": "default"}])
+        } else {
+            json!(security_groups.iter().map(|g| json!({"name": g})).collect::<Vec<_>>())
+        },
         "adminPass": uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
     }});
     let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();

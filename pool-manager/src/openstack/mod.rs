@@ -627,12 +627,20 @@ impl OpenStackCloud {
     }
 
     /// Nova's refusal of a boot for its key pair ("Invalid key_name
-    /// provided.") says nothing of where the name comes from: a key pair
-    /// deleted since start-up's check refuses every boot.
+    /// provided.") or a security group ("Security group X not found.", or
+    /// a name two groups share) says nothing of where the name comes from:
+    /// a key pair or group deleted since start-up's check refuses every
+    /// boot.
     fn name_the_setting(&self, refused: String) -> String {
-        match &self.inner.settings.key_name {
+        let settings = &self.inner.settings;
+        match &settings.key_name {
             Some(key) if refused.contains("Invalid key_name") => format!(
                 "{refused}: the setting cloud.key_name {key:?} names no key pair of {} (Nova keeps key pairs per user: create or import it as that user, or change the setting; `warmpoold check-cloud` checks it)",
+                self.identity()
+            ),
+            _ if refused_for_a_security_group(&refused) && !settings.security_groups.is_empty() => format!(
+                "{refused}: the setting cloud.security_groups {:?} names a group Nova does not find exactly once among those of warmpool's project ({}): create the group, give the id of one of two groups of a name, or change the setting; `warmpoold check-cloud` checks it",
+                settings.security_groups,
                 self.identity()
             ),
             _ => refused,
@@ -1676,6 +1684,16 @@ impl UncertainCreates {
     }
 }
 
+/// Whether Nova refused a boot for one of its security groups: one it
+/// does not find (400 `SecurityGroupNotFound`), or a name it finds twice
+/// (409 `NoUniqueMatch`, in neutronclient's words, "Multiple
+/// security_group matches found"). Nova's fault names no type: only the
+/// text tells.
+fn refused_for_a_security_group(refused: &str) -> bool {
+    let lower = refused.to_ascii_lowercase();
+    lower.contains("security group") || lower.contains("security_group")
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -1715,6 +1733,12 @@ impl Cloud for OpenStackCloud {
         }
         let post = |ids: &BootIds| self.nova(Method::POST, &["servers"]).json(body(ids));
         let created: nova::ServerBody = match self.create(&name, post(&ids)).await {
+            // A name two groups share (Nova's 409 NoUniqueMatch) is no
+            // passing conflict: every boot meets it until the setting or
+            // the groups change.
+            Err(CloudError::Conflict(refused)) if refused_for_a_security_group(&refused) => {
+                return Err(CloudError::Fatal(self.name_the_setting(refused)))
+            }
             // A flavor or image replaced under its name (an image rotation)
             // leaves an id the cloud no longer knows: look the names up
             // again, and boot once more if they now name something else.

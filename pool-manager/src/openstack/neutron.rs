@@ -138,6 +138,13 @@ pub struct Named {
     /// Neutron's owner of the object (Glance calls it `owner`, unread).
     #[serde(default)]
     pub project_id: Option<String>,
+    /// A network's `port_security_enabled` (`None`: not said, as without
+    /// the port-security extension, where Nova takes it as on).
+    #[serde(default)]
+    pub port_security_enabled: Option<bool>,
+    /// A network's subnets (ids); `None`: not said.
+    #[serde(default)]
+    pub subnets: Option<Vec<String>>,
 }
 
 /// A page of `GET /v2.0/networks`; Neutron links the next as it does for
