@@ -11,9 +11,9 @@
 use crate::config::{Quotas, SimConfig};
 use crate::mysql::ListenerGuard;
 use pool_manager::cloud::{
-    BootHeadroom, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, QuotaLeft, Server,
-    ServerSpec, ServerStatus, Volume, VolumeOwner, VolumeStatus, META_INSTANCE, META_POOL, PORTS,
-    PORTS_PER_SERVER,
+    BootHeadroom, CloudError, CloudResult, FixedIp, NewPortSpec, NewVolumeSpec, Port, QuotaLeft,
+    Server, ServerSpec, ServerStatus, Volume, VolumeOwner, VolumeStatus, META_INSTANCE, META_POOL,
+    PORTS, PORTS_PER_SERVER,
 };
 use pool_manager::model::PoolKey;
 use rand::rngs::StdRng;
@@ -292,6 +292,15 @@ impl PortRec {
             network_id: self.network_id.clone(),
             device_id: self.binding.at(now).clone(),
             ip_address: self.ip.clone(),
+            // The model knows no subnet ids; the HTTP face shows them.
+            fixed_ips: self
+                .ip
+                .iter()
+                .map(|ip| FixedIp {
+                    subnet_id: None,
+                    ip_address: ip.clone(),
+                })
+                .collect(),
             address_deferred: false,
         }
     }
@@ -485,6 +494,10 @@ pub(crate) struct Model {
     /// (network, ip) pairs in use.
     used_ips: HashSet<(String, String)>,
     next_ip: u32,
+    /// Per network, the IPv4 subnet Neutron's IPAM hands its ports'
+    /// addresses from (the HTTP face's), and how far it got; a network
+    /// without one takes them from 10.0.0.10 upward (`next_ip`).
+    address_pools: HashMap<String, (ipnet::Ipv4Net, u32)>,
     next_synthetic: u32,
     bucket: Option<(f64, Instant)>,
 }
@@ -535,6 +548,7 @@ impl Model {
             reclaim_queue: BinaryHeap::new(),
             used_ips: HashSet::new(),
             next_ip: 0,
+            address_pools: HashMap::new(),
             next_synthetic: 0,
             bucket: None,
             cfg,
@@ -1910,7 +1924,7 @@ impl Model {
                 }
                 Some(ip.clone())
             }
-            None => Some(self.allocate_ip(&spec.network_id)),
+            None => Some(self.allocate_ip(&spec.network_id)?),
         };
         if let Some(ip) = &ip {
             self.used_ips.insert((spec.network_id.clone(), ip.clone()));
@@ -1933,8 +1947,38 @@ impl Model {
         Ok(view)
     }
 
-    fn allocate_ip(&mut self, network: &str) -> String {
-        loop {
+    /// Ports on `network` get addresses of `subnet` from now on.
+    pub fn set_address_pool(&mut self, network: &str, subnet: ipnet::Ipv4Net) {
+        self.address_pools.insert(network.to_owned(), (subnet, 0));
+    }
+
+    fn allocate_ip(&mut self, network: &str) -> CloudResult<String> {
+        if let Some((subnet, next)) = self.address_pools.get_mut(network) {
+            // From the tenth address upward (the first in a small subnet),
+            // as without a pool, going round the subnet once before it is
+            // found full.
+            let first = u32::from(subnet.network());
+            let broadcast = u32::from(subnet.broadcast()) - first;
+            let start = if broadcast > 11 { 10 } else { 1 };
+            let count = broadcast.saturating_sub(start);
+            for _ in 0..count {
+                let ip = Ipv4Addr::from(first + start + *next % count);
+                *next += 1;
+                let last = ip.octets()[3];
+                if last == 0 || last == 255 {
+                    continue;
+                }
+                let ip = ip.to_string();
+                if !self.used_ips.contains(&(network.to_string(), ip.clone())) {
+                    return Ok(ip);
+                }
+            }
+            // Neutron's IpAddressGenerationFailure.
+            return Err(CloudError::Conflict(format!(
+                "No more IP addresses available on network {network}."
+            )));
+        }
+        Ok(loop {
             self.next_ip += 1;
             // 10.0.0.10 upward, skipping network and broadcast-looking addresses.
             let ip = Ipv4Addr::from(0x0a00_0009u32 + self.next_ip);
@@ -1944,9 +1988,9 @@ impl Model {
             }
             let ip = ip.to_string();
             if !self.used_ips.contains(&(network.to_string(), ip.clone())) {
-                return ip;
+                break ip;
             }
-        }
+        })
     }
 
     pub fn get_port(&self, id: &str, now: Instant) -> CloudResult<Port> {

@@ -2837,7 +2837,9 @@ impl Shared {
         calls: &AttachCalls,
     ) -> Result<String, AttemptError> {
         let port_id = self.port_for(record, deadline).await?;
-        let az = record.get().await.params.pool.availability_zone;
+        let params = record.get().await.params;
+        let az = params.pool.availability_zone;
+        let network = params.network;
         let maybe_done = AtomicBool::new(false);
         let attached = self
             .patiently(deadline, Repeat::ThrottledOnly, Some(&az), || {
@@ -2870,7 +2872,10 @@ impl Shared {
                 .map_err(|e| AttemptError::Instance(e.into()))?;
             if port.device_id.as_deref() == Some(server_id) && port.ip_address.is_some() {
                 record
-                    .update(|a| a.ip_address = port.ip_address.clone())
+                    .update(|a| {
+                        a.ip_address = port
+                            .address_for(network.subnet_id.as_deref(), network.fixed_ip.as_deref())
+                    })
                     .await
                     .map_err(AttemptError::Request)?;
                 return Ok(port_id);

@@ -296,12 +296,62 @@ pub struct Port {
     pub name: String,
     pub network_id: String,
     pub device_id: Option<String>,
+    /// The port's address when nothing was asked of it: its first IPv4
+    /// address, else its first. See [`Port::address_for`].
     pub ip_address: Option<String>,
+    /// Every address the port has, with its subnet, in the cloud's order:
+    /// on a dual-stack network Neutron adds one of each IPv6 SLAAC subnet
+    /// to the one asked for, and lists them ordered as strings.
+    pub fixed_ips: Vec<FixedIp>,
     /// Neutron gives the port its address once it is bound to a server
     /// (a routed network's `ip_allocation: deferred`). Otherwise a port
     /// created without an address never gets one (a network with no
     /// subnet, or none with a free address).
     pub address_deferred: bool,
+}
+
+/// One address of a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FixedIp {
+    /// `None` where the cloud does not say.
+    pub subnet_id: Option<String>,
+    pub ip_address: String,
+}
+
+impl Port {
+    /// The address of the port a request for `fixed_ip` on `subnet_id`
+    /// (each optional) made: that address, else the first on that subnet,
+    /// else [`Port::ip_address`]. Neutron gives a port on a dual-stack
+    /// network an IPv6 SLAAC address beside the one asked for, and may list
+    /// it first.
+    pub fn address_for(&self, subnet_id: Option<&str>, fixed_ip: Option<&str>) -> Option<String> {
+        let asked: Option<std::net::IpAddr> = fixed_ip.and_then(|ip| ip.parse().ok());
+        let is_asked = |f: &&FixedIp| asked.is_some() && f.ip_address.parse().ok() == asked;
+        let on_subnet = |f: &&FixedIp| {
+            subnet_id.is_some_and(|s| {
+                f.subnet_id
+                    .as_deref()
+                    .is_some_and(|id| id.eq_ignore_ascii_case(s))
+            })
+        };
+        self.fixed_ips
+            .iter()
+            .find(is_asked)
+            .or_else(|| self.fixed_ips.iter().find(on_subnet))
+            .map(|f| f.ip_address.clone())
+            .or_else(|| self.ip_address.clone())
+    }
+}
+
+/// The address a port shows when nothing was asked of it, of its
+/// `fixed_ips`: the first IPv4 one, else the first.
+pub fn preferred_address(fixed_ips: &[FixedIp]) -> Option<String> {
+    let v4 = |f: &&FixedIp| f.ip_address.parse::<std::net::Ipv4Addr>().is_ok();
+    fixed_ips
+        .iter()
+        .find(v4)
+        .or_else(|| fixed_ips.first())
+        .map(|f| f.ip_address.clone())
 }
 
 /// A cloud error, classified by what the caller should do about it.

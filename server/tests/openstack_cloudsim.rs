@@ -4069,6 +4069,81 @@ async fn a_tenant_port_gets_the_projects_default_group_unless_told() {
     stop_daemon(running, stop).await;
 }
 
+/// On a dual-stack tenant network Neutron gives the tenant's port, beside
+/// the IPv4 address of the subnet (or the address) the order names, an
+/// address of the network's IPv6 SLAAC subnet, and lists the two ordered as
+/// strings (`2001:db8:...` before `203.0.113....`). The allocation's
+/// `ip_address` is the one the order asked for: the named address, else
+/// one of the named subnet, else the IPv4 one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_port_gives_the_allocation_the_address_asked_for() {
+    let mut settings = HttpSettings::default();
+    let dual = cloudsim::http::NetworkSpec::new("dual-net", "203.0.113.0/24", "203.0.113.1", true)
+        .with_slaac_subnet("2001:db8:1::/64");
+    let (dual_id, v4_subnet) = (dual.id.clone(), dual.subnet_id.clone());
+    settings.networks.push(dual);
+    let env = env_with(sim_config(), settings).await;
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
+    let on_dual = |request_id: &'static str, subnet: Option<&str>, fixed: Option<&str>| {
+        let env = &env;
+        let (dual_id, subnet, fixed) = (
+            dual_id.clone(),
+            subnet.map(str::to_owned),
+            fixed.map(str::to_owned),
+        );
+        async move {
+            let mut order = order(env, request_id).await;
+            order.params.network.network_id = dual_id;
+            order.params.network.subnet_id = subnet;
+            order.params.network.fixed_ip = fixed;
+            order
+        }
+    };
+
+    let by_subnet = running
+        .manager
+        .allocate(on_dual("o1", Some(&v4_subnet), None).await)
+        .await
+        .unwrap();
+    let port = neutron_get(
+        &env,
+        &format!("/v2.0/ports/{}", by_subnet.port_id.as_deref().unwrap()),
+    )
+    .await;
+    let listed: Vec<&str> = port["port"]["fixed_ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["ip_address"].as_str().unwrap())
+        .collect();
+    assert!(
+        listed.len() == 2 && listed[0].starts_with("2001:db8:1:"),
+        "Neutron lists the SLAAC address first: {port}"
+    );
+    let ip = by_subnet.ip_address.clone().expect("an address");
+    assert!(
+        ip.parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.octets()[..3] == [203, 0, 113]),
+        "{ip} is not of the IPv4 subnet asked for"
+    );
+
+    let any = running
+        .manager
+        .allocate(on_dual("o2", None, None).await)
+        .await
+        .unwrap();
+    let ip = any.ip_address.clone().expect("an address");
+    assert!(ip.starts_with("203.0.113."), "{ip}: the IPv4 address first");
+
+    let fixed = running
+        .manager
+        .allocate(on_dual("o3", Some(&v4_subnet), Some("203.0.113.77")).await)
+        .await
+        .unwrap();
+    assert_eq!(fixed.ip_address.as_deref(), Some("203.0.113.77"));
+    stop_daemon(running, stop).await;
+}
+
 /// A tenant network without port security (`port_security_enabled =
 /// false`) filters nothing, and ML2 refuses a port create naming any group
 /// there (400 `PortSecurityAndIPRequiredForSecurityGroups`): the purchase's

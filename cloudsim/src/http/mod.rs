@@ -130,7 +130,17 @@ pub struct UserCredentials {
     pub password: String,
 }
 
-/// A Neutron network (with one IPv4 subnet) the face serves.
+/// An IPv6 subnet in SLAAC mode (`ipv6_ra_mode` and `ipv6_address_mode`
+/// `slaac`) beside a network's IPv4 one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlaacSubnet {
+    pub id: String,
+    /// A /64, as SLAAC needs.
+    pub cidr: String,
+}
+
+/// A Neutron network (with one IPv4 subnet, and an IPv6 SLAAC one if
+/// given) the face serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetworkSpec {
     pub id: String,
@@ -143,6 +153,13 @@ pub struct NetworkSpec {
     /// without it a port has no security group, and ML2 refuses a port
     /// create naming any (400 `PortSecurityAndIPRequiredForSecurityGroups`).
     pub port_security_enabled: bool,
+    /// A dual-stack network's IPv6 SLAAC subnet: Neutron's IPAM gives
+    /// every port on the network an address of it (EUI-64 of the port's
+    /// MAC) even when its create named the IPv4 subnet or an address, and
+    /// lists a port's addresses ordered as strings (so `2001:db8::...`
+    /// comes before `203.0.113.7`). A port create naming this subnet is
+    /// refused (400): a port with no IPv4 address is not simulated.
+    pub slaac_subnet: Option<SlaacSubnet>,
 }
 
 impl NetworkSpec {
@@ -156,8 +173,72 @@ impl NetworkSpec {
             gateway_ip: gateway_ip.to_string(),
             shared,
             port_security_enabled: true,
+            slaac_subnet: None,
         }
     }
+
+    /// The network made dual-stack: an IPv6 SLAAC subnet of `cidr` (a
+    /// /64) beside its IPv4 one, its id derived from the network's name.
+    pub fn with_slaac_subnet(self, cidr: &str) -> Self {
+        Self {
+            slaac_subnet: Some(SlaacSubnet {
+                id: stable_uuid("subnet-v6", &self.name),
+                cidr: cidr.to_string(),
+            }),
+            ..self
+        }
+    }
+}
+
+/// The address SLAAC gives a port of MAC `mac` on `cidr`: the prefix, and
+/// the modified EUI-64 of the MAC (its universal/local bit flipped,
+/// `ff:fe` in the middle), as Neutron's IPAM computes it.
+pub(crate) fn slaac_address(cidr: &str, mac: &str) -> Option<String> {
+    let prefix = cidr.parse::<ipnet::Ipv6Net>().ok()?.network().octets();
+    let mac: Vec<u8> = mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let [a, b, c, d, e, f] = mac[..] else {
+        return None;
+    };
+    let mut octets = prefix;
+    octets[8..].copy_from_slice(&[a ^ 0x02, b, c, 0xff, 0xfe, d, e, f]);
+    Some(std::net::Ipv6Addr::from(octets).to_string())
+}
+
+/// A port's `fixed_ips` as Neutron lists them: its IPv4 address, `ipv4`
+/// (none on a network without a subnet), on the network's subnet, and with
+/// it on a dual-stack network the SLAAC address Neutron's IPAM adds
+/// whatever the create named; ordered by address as strings, as Neutron's
+/// database orders them. Reads no model state: callers may hold its lock.
+pub(crate) fn fixed_ips(
+    state: &FaceState,
+    network_id: &str,
+    port_id: &str,
+    ipv4: Option<&str>,
+) -> Vec<serde_json::Value> {
+    let network = state.settings.networks.iter().find(|n| n.id == network_id);
+    let mut ips: Vec<(String, String)> = ipv4
+        .map(|ip| {
+            let subnet = network.map(|n| n.subnet_id.clone()).unwrap_or_default();
+            (ip.to_string(), subnet)
+        })
+        .into_iter()
+        .collect();
+    if let Some(slaac) = network
+        .filter(|_| ipv4.is_some())
+        .and_then(|n| n.slaac_subnet.as_ref())
+    {
+        if let Some(ip) = slaac_address(&slaac.cidr, &mac_for(port_id)) {
+            ips.push((ip, slaac.id.clone()));
+        }
+    }
+    ips.sort();
+    ips.into_iter()
+        .map(|(ip, subnet)| serde_json::json!({"subnet_id": subnet, "ip_address": ip}))
+        .collect()
 }
 
 /// What the face serves beyond the model: identity, versions, networks,
@@ -835,8 +916,13 @@ impl RunningFace {
             ));
         }
         for n in networks {
+            let slaac = n
+                .slaac_subnet
+                .as_ref()
+                .map(|s| format!(", IPv6 SLAAC subnet {}", s.id))
+                .unwrap_or_default();
             lines.push(format!(
-                "tenant network: {} = {}, subnet {}",
+                "tenant network: {} = {}, subnet {}{slaac}",
                 state.network_name(n),
                 n.id,
                 n.subnet_id
@@ -967,6 +1053,15 @@ impl HttpFace {
             quota_details_refused: AtomicBool::new(false),
             force_delete_failures: Mutex::default(),
         });
+        {
+            // Neutron hands a port an address of its network's subnet.
+            let mut model = state.sim.inner.lock_at(Instant::now());
+            for n in &state.settings.networks {
+                if let Ok(subnet) = n.cidr.parse::<ipnet::Ipv4Net>() {
+                    model.set_address_pool(&n.id, subnet);
+                }
+            }
+        }
         let app = router(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -7,7 +7,7 @@
 
 use super::{
     iso_seconds, mac_for, parse_body, require_token, stable_hex, stable_uuid, ApiError, FaceState,
-    NetworkSpec, Service,
+    NetworkSpec, Service, SlaacSubnet,
 };
 use crate::model::PortDetail;
 use axum::body::Bytes;
@@ -104,7 +104,9 @@ pub(super) fn has_subnet(state: &FaceState, n: &NetworkSpec) -> bool {
 fn network_json(state: &FaceState, n: &NetworkSpec) -> Value {
     let created = iso_seconds(state.wall(state_epoch(state)));
     let subnets: Vec<&str> = if has_subnet(state, n) {
-        vec![&n.subnet_id]
+        std::iter::once(n.subnet_id.as_str())
+            .chain(n.slaac_subnet.as_ref().map(|s| s.id.as_str()))
+            .collect()
     } else {
         Vec::new()
     };
@@ -205,14 +207,47 @@ fn network_not_found(id: &str) -> ApiError {
     ApiError::not_found(N, format!("Network {id} could not be found.")).typed("NetworkNotFound")
 }
 
+/// A dual-stack network's IPv6 SLAAC subnet, as Neutron shows it.
+fn slaac_subnet_json(state: &FaceState, n: &NetworkSpec, slaac: &SlaacSubnet) -> Value {
+    let mut v = subnet_json(state, n);
+    let gateway = slaac
+        .cidr
+        .parse::<ipnet::Ipv6Net>()
+        .map(|net| std::net::Ipv6Addr::from(u128::from(net.network()) + 1).to_string())
+        .unwrap_or_default();
+    v["id"] = json!(slaac.id);
+    v["name"] = json!(format!("{}-subnet-v6", n.name));
+    v["ip_version"] = json!(6);
+    v["cidr"] = json!(slaac.cidr);
+    v["gateway_ip"] = json!(gateway);
+    v["ipv6_ra_mode"] = json!("slaac");
+    v["ipv6_address_mode"] = json!("slaac");
+    v
+}
+
+/// Every subnet the face serves, IPv4 ones first.
+fn all_subnets(state: &FaceState) -> Vec<Value> {
+    let served = || {
+        state
+            .settings
+            .networks
+            .iter()
+            .filter(|n| has_subnet(state, n))
+    };
+    served()
+        .map(|n| subnet_json(state, n))
+        .chain(served().filter_map(|n| {
+            n.slaac_subnet
+                .as_ref()
+                .map(|s| slaac_subnet_json(state, n, s))
+        }))
+        .collect()
+}
+
 async fn list_subnets(State(state): State<Arc<FaceState>>, q: Q) -> Json<Value> {
     let q = query(q);
-    let list: Vec<Value> = state
-        .settings
-        .networks
-        .iter()
-        .filter(|n| has_subnet(&state, n))
-        .map(|n| subnet_json(&state, n))
+    let list: Vec<Value> = all_subnets(&state)
+        .into_iter()
         .filter(|n| matches(n, &q))
         .collect();
     Json(json!({"subnets": list}))
@@ -222,16 +257,14 @@ async fn show_subnet(
     State(state): State<Arc<FaceState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let n = state
-        .settings
-        .networks
-        .iter()
-        .find(|n| n.subnet_id == id && has_subnet(&state, n))
+    let subnet = all_subnets(&state)
+        .into_iter()
+        .find(|s| s["id"] == id.as_str())
         .ok_or_else(|| {
             ApiError::not_found(N, format!("Subnet {id} could not be found."))
                 .typed("SubnetNotFound")
         })?;
-    Ok(Json(json!({"subnet": subnet_json(&state, n)})))
+    Ok(Json(json!({ "subnet": subnet })))
 }
 
 /// The security groups (`SimConfig::security_groups`). A project's first
@@ -322,7 +355,6 @@ fn port_json(state: &FaceState, d: &PortDetail) -> Value {
         .networks
         .iter()
         .find(|n| n.id == p.network_id);
-    let subnet = network.map(|n| n.subnet_id.clone()).unwrap_or_default();
     let port_security = network.is_none_or(|n| n.port_security_enabled);
     // A port created naming no group has the project's default one, if
     // its network has port security; none without.
@@ -350,7 +382,7 @@ fn port_json(state: &FaceState, d: &PortDetail) -> Value {
         "status": if bound { "ACTIVE" } else { "DOWN" },
         "device_id": p.device_id.clone().unwrap_or_default(),
         "device_owner": az.map(|az| format!("compute:{az}")).unwrap_or_default(),
-        "fixed_ips": p.ip_address.iter().map(|ip| json!({"subnet_id": subnet, "ip_address": ip})).collect::<Vec<_>>(),
+        "fixed_ips": super::fixed_ips(state, &p.network_id, &p.id, p.ip_address.as_deref()),
         "ip_allocation": if p.ip_address.is_some() { "immediate" } else { "none" },
         "allowed_address_pairs": [],
         "extra_dhcp_opts": [],
@@ -476,6 +508,16 @@ async fn create_port(
         .and_then(|f| f.get("subnet_id"))
         .and_then(Value::as_str)
         .map(str::to_string);
+    if let Some(slaac) = network
+        .slaac_subnet
+        .as_ref()
+        .filter(|s| subnet_id.as_deref() == Some(s.id.as_str()))
+    {
+        return Err(ApiError::bad_request(
+            N,
+            format!("cloudsim: a port on the IPv6 SLAAC subnet {} alone (no IPv4 address) is not simulated; name the IPv4 subnet {} or none", slaac.id, network.subnet_id),
+        ));
+    }
     // Neutron's 400s for a subnet of another network and an address outside
     // the network's subnet.
     if let Some(subnet) = subnet_id.as_deref().filter(|s| *s != network.subnet_id) {
@@ -537,6 +579,9 @@ async fn create_port(
         .map_err(|e| match e {
             CloudError::Conflict(m) if m.starts_with("IP address") => {
                 ApiError::conflict(N, m).typed("IpAddressAlreadyAllocated")
+            }
+            CloudError::Conflict(m) if m.starts_with("No more IP addresses") => {
+                ApiError::conflict(N, m).typed("IpAddressGenerationFailure")
             }
             e => ApiError::from_cloud(N, e),
         })?;

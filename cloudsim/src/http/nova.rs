@@ -232,16 +232,6 @@ fn network_name(state: &FaceState, id: &str) -> String {
         .unwrap_or_else(|| id.to_string())
 }
 
-fn subnet_of(state: &FaceState, network_id: &str) -> String {
-    state
-        .settings
-        .networks
-        .iter()
-        .find(|n| n.id == network_id)
-        .map(|n| n.subnet_id.clone())
-        .unwrap_or_default()
-}
-
 fn status_name(s: ServerStatus) -> &'static str {
     match s {
         ServerStatus::Build => "BUILD",
@@ -1325,10 +1315,7 @@ fn interface_json(state: &FaceState, p: &pool_manager::cloud::Port, mv: Mv) -> V
         "port_id": p.id,
         "mac_addr": mac_for(&p.id),
         "port_state": "ACTIVE",
-        "fixed_ips": p.ip_address.iter().map(|ip| json!({
-            "subnet_id": subnet_of(state, &p.network_id),
-            "ip_address": ip,
-        })).collect::<Vec<_>>(),
+        "fixed_ips": super::fixed_ips(state, &p.network_id, &p.id, p.ip_address.as_deref()),
     });
     if mv.at_least(2, 70) {
         v["tag"] = Value::Null;

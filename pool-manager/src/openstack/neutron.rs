@@ -4,7 +4,7 @@
 use super::error::parse_fault;
 use super::nova::QuotaUse;
 use super::session::Reply;
-use crate::cloud::{NewPortSpec, Port, PORTS};
+use crate::cloud::{self, NewPortSpec, Port, PORTS};
 use serde::Deserialize;
 
 /// Whether `reply` is ML2's refusal of a port create naming security groups
@@ -87,17 +87,29 @@ pub struct FixedIp {
     pub ip_address: Option<String>,
 }
 
+/// warmpool's view of a Neutron port. Its `ip_address` prefers IPv4:
+/// Neutron lists a port's addresses ordered as strings, so on a dual-stack
+/// network its IPv6 SLAAC address may come first (`2001:db8::...` before
+/// `203.0.113.7`); [`Port::address_for`] picks the one a request asked for.
 pub fn to_port(p: NeutronPort) -> Port {
+    let fixed_ips: Vec<cloud::FixedIp> = p
+        .fixed_ips
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|f| {
+            Some(cloud::FixedIp {
+                ip_address: f.ip_address?,
+                subnet_id: f.subnet_id,
+            })
+        })
+        .collect();
     Port {
         name: p.name.unwrap_or_default(),
         network_id: p.network_id.unwrap_or_default(),
         // Neutron reports an unbound port's device as "".
         device_id: p.device_id.filter(|d| !d.is_empty()),
-        ip_address: p
-            .fixed_ips
-            .unwrap_or_default()
-            .into_iter()
-            .find_map(|ip| ip.ip_address),
+        ip_address: cloud::preferred_address(&fixed_ips),
+        fixed_ips,
         address_deferred: p.ip_allocation.as_deref() == Some("deferred"),
         id: p.id,
     }
@@ -264,6 +276,50 @@ mod tests {
         assert!(
             !p.address_deferred,
             "no ip_allocation: the address is not coming"
+        );
+    }
+
+    /// Neutron lists a dual-stack port's addresses ordered as strings, its
+    /// SLAAC one (added whatever was asked) first here: the port's address
+    /// is the one asked for, else its IPv4 one.
+    #[test]
+    fn a_dual_stack_ports_address_is_the_one_asked_for() {
+        let body: PortBody = serde_json::from_str(
+            r#"{"port": {"id": "p", "fixed_ips": [
+                {"subnet_id": "v6", "ip_address": "2001:db8::f816:3eff:fe01:203"},
+                {"subnet_id": "v6-stateful", "ip_address": "2001:db8:2::9"},
+                {"subnet_id": "V4", "ip_address": "203.0.113.7"}]}}"#,
+        )
+        .unwrap();
+        let p = to_port(body.port);
+        assert_eq!(p.ip_address.as_deref(), Some("203.0.113.7"));
+        let cases = [
+            (None, None, "203.0.113.7"),
+            (Some("v4"), None, "203.0.113.7"),
+            (Some("v6-stateful"), None, "2001:db8:2::9"),
+            (
+                Some("v6-stateful"),
+                Some("2001:DB8:2:0::9"),
+                "2001:db8:2::9",
+            ),
+            (Some("v4"), Some("203.0.113.7"), "203.0.113.7"),
+            // One the port lacks (an IPv4-only listing) leaves its own.
+            (Some("other"), Some("198.51.100.1"), "203.0.113.7"),
+        ];
+        for (subnet, fixed, expected) in cases {
+            assert_eq!(
+                p.address_for(subnet, fixed).as_deref(),
+                Some(expected),
+                "{subnet:?} {fixed:?}"
+            );
+        }
+        let body: PortBody = serde_json::from_str(
+            r#"{"port": {"id": "p", "fixed_ips": [{"subnet_id": "v6", "ip_address": "2001:db8::1"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            to_port(body.port).ip_address.as_deref(),
+            Some("2001:db8::1")
         );
     }
 
