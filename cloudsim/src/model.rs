@@ -672,6 +672,7 @@ impl Model {
             attached_ports,
             deleting: s.gone_at.is_some(),
             busy: s.task_state.clone().filter(|_| s.gone_at.is_none()),
+            locked: false,
         }
     }
 
@@ -2275,6 +2276,8 @@ fn vm_state(s: ServerStatus) -> &'static str {
         ServerStatus::Active => "active",
         ServerStatus::Error => "error",
         ServerStatus::Deleted => "deleted",
+        ServerStatus::Stopped => "stopped",
+        ServerStatus::Shelved => "shelved_offloaded",
         ServerStatus::Other => "unknown",
     }
 }

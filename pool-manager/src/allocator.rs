@@ -32,7 +32,7 @@
 
 use crate::changes::ChangeCursor;
 use crate::cloud::{
-    CloudError, CloudResult, NewPortSpec, NewVolumeSpec, ServerStatus, Volume, VolumeOwner,
+    CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Server, ServerStatus, Volume, VolumeOwner,
     VolumeStatus, META_INSTANCE, META_TENANT,
 };
 use crate::error::{ApiCall, ManagerError, ManagerResult};
@@ -1559,12 +1559,16 @@ impl Shared {
                     last_dead = Some(error);
                     continue;
                 }
+                // Noted before it is back: the put-back wakes waiting
+                // purchases, which would otherwise claim it first (the
+                // oldest) and spend a probe on it. Noted for nothing if it
+                // does not go back, which sorts no other instance after it.
+                self.silent_at_claim
+                    .lock()
+                    .expect("silent-at-claim lock")
+                    .insert(instance.id.clone());
                 let error = match self.put_back(record, &instance, &silence).await? {
                     PutBack::Ready => {
-                        self.silent_at_claim
-                            .lock()
-                            .expect("silent-at-claim lock")
-                            .insert(instance.id.clone());
                         found_silent.push(instance.id.clone());
                         with_more(
                             silence,
@@ -1742,20 +1746,17 @@ impl Shared {
         }
     }
 
-    /// Why Nova shows the instance's server broken for good, if it does:
-    /// in ERROR, stopped, gone or being deleted. Then its silent mysqld is
-    /// no probe's fault. A server Nova cannot tell about now is not.
+    /// Why Nova shows the instance's server broken for good, if it does
+    /// ([`broken_for_good`]), gone or being deleted. Then its silent
+    /// mysqld is no probe's fault. A server Nova cannot tell about now is
+    /// not.
     async fn server_broken(&self, instance: &Instance) -> Option<String> {
         let Some(server_id) = &instance.server_id else {
             return Some("it has no server".into());
         };
         match self.cloud.get_server(server_id).await {
             Ok(s) if s.is_going() => Some(format!("its server {server_id} is being deleted")),
-            Ok(s) if !s.is_usable() => Some(format!(
-                "its server {server_id} is {:?}, not ACTIVE",
-                s.status
-            )),
-            Ok(_) => None,
+            Ok(s) => broken_for_good(&s).map(|why| format!("its server {server_id} is {why}")),
             Err(CloudError::NotFound(_)) => Some(format!("its server {server_id} is gone")),
             Err(_) => None,
         }
@@ -1841,7 +1842,12 @@ impl Shared {
             }
             match policy {
                 EmptyPoolPolicy::FailFast => {
-                    return Err(self.no_ready_instance(&params.pool).await)
+                    let silent = self.ready_found_silent(&params.pool, found_silent).await?;
+                    if silent > 0 {
+                        let pool = self.store.get_pool(&params.pool).await?;
+                        return Err(none_but_silent(&params.pool, silent, pool.as_ref(), false));
+                    }
+                    return Err(self.no_ready_instance(&params.pool).await);
                 }
                 EmptyPoolPolicy::ColdBoot => {
                     return self
@@ -1857,11 +1863,21 @@ impl Shared {
                         Woke::Unseen => {}
                         Woke::Changed => *waited_for_ready = true,
                         Woke::TimedOut => {
+                            let silent =
+                                self.ready_found_silent(&params.pool, found_silent).await?;
+                            if silent > 0 {
+                                return Err(none_but_silent(
+                                    &params.pool,
+                                    silent,
+                                    Some(&pool),
+                                    true,
+                                ));
+                            }
                             return Err(ManagerError::ResourceExhausted(format!(
                                 "pool {} had no ready instance before the deadline{}",
                                 params.pool,
                                 paused_hint(&pool)
-                            )))
+                            )));
                         }
                     }
                 }
@@ -1960,6 +1976,24 @@ impl Shared {
             Ok(Some(record)) => no_ready_instance_in(&record),
             _ => ManagerError::ResourceExhausted(format!("pool {pool} has no ready instance")),
         }
+    }
+
+    /// How many of the pool's unclaimed Ready instances the purchase found
+    /// silent at their claim and put back (`found_silent`): while it finds
+    /// no other, the pool is not empty, only empty of instances for it.
+    async fn ready_found_silent(
+        &self,
+        pool: &PoolKey,
+        found_silent: &[String],
+    ) -> ManagerResult<usize> {
+        if found_silent.is_empty() {
+            return Ok(0);
+        }
+        let ready = self.unclaimed_ready(pool).await?;
+        Ok(ready
+            .iter()
+            .filter(|i| found_silent.contains(&i.id))
+            .count())
     }
 
     /// The pool's Ready instances nobody has claimed, oldest first (so
@@ -2446,50 +2480,38 @@ impl Shared {
         calls: &AttachCalls,
     ) -> Result<String, AttemptError> {
         let volume_id = self.volume_for(record, deadline).await?;
+        let created = record.get().await.volume_created;
         if !before.known_available {
             let phase = Phase::BeforeAttach {
                 discarded_servers: before.discarded_servers,
-                created: record.get().await.volume_created,
+                created,
             };
             self.wait_volume(&volume_id, deadline, phase, |status, _| {
                 *status == VolumeStatus::Available
             })
             .await?;
         }
-        // An attach is not retried on the same instance after a failure: a
-        // failure there is the instance's, and the next Ready one is the
-        // faster way forward. A 429 is no failure (the cloud did nothing):
-        // wait it out and ask again.
         let az = record.get().await.params.pool.availability_zone;
-        let maybe_done = AtomicBool::new(false);
         let attached = self
-            .patiently(deadline, Repeat::ThrottledOnly, Some(&az), || {
-                calls.send(crate::cloud::noting_doubt(
-                    self.cloud.attach_volume(server_id, &volume_id),
-                    &maybe_done,
-                ))
-            })
+            .send_attach(
+                deadline,
+                &az,
+                calls,
+                || self.cloud.attach_volume(server_id, &volume_id),
+                |maybe_done| {
+                    self.volume_attach_is_this_ones(
+                        &volume_id, server_id, deadline, maybe_done, created,
+                    )
+                },
+            )
             .await;
         match attached {
             Ok(()) => {}
-            // Sent again after a 503 whose Retry-After came from in front
-            // of a Nova that had done the attach: Nova then refuses it as
-            // already attached, to this very server. The purchase's own
-            // attach, blamed on the order (FAILED_PRECONDITION, which
-            // billing drops) it would cost a warm instance.
-            Err(CloudError::Conflict(_))
-                if self
-                    .volume_attach_is_this_ones(
-                        &volume_id,
-                        server_id,
-                        deadline,
-                        maybe_done.load(Ordering::SeqCst),
-                    )
-                    .await => {}
             // A 409 is the volume's (in use, another zone) unless the
             // server cannot take an attach now: Nova refuses one to a
-            // server in ERROR, and to one busy with a task (a snapshot, a
-            // migration: any task_state). Then the next instance may.
+            // server in ERROR, to one busy with a task (a snapshot, a
+            // migration: any task_state), and to a locked one. Then the
+            // next instance may.
             Err(CloudError::Conflict(m)) => {
                 let server_usable = self
                     .cloud
@@ -2769,19 +2791,66 @@ impl Shared {
         false
     }
 
+    /// Sends a try's attach (`attach`) until the cloud answers it other
+    /// than with a throttle (a 429 is no failure: the cloud did nothing;
+    /// it is waited out and asked again). It is not sent again after any
+    /// other failure: a failure there is the instance's, and the next
+    /// Ready one is the faster way forward. A 409 that `is_ours` (told
+    /// whether an earlier answer, a 503 with a Retry-After, may have come
+    /// from in front of a cloud that did the attach) is the purchase's own
+    /// attach, done behind that answer: Nova refuses the same attach sent
+    /// again (the volume already attached, the port still in use) to the
+    /// very server. Blamed on the order (FAILED_PRECONDITION, which billing
+    /// drops) or on the instance, it would cost the order or a warm
+    /// instance.
+    async fn send_attach<A, AFut, O, OFut>(
+        &self,
+        deadline: Instant,
+        az: &str,
+        calls: &AttachCalls,
+        attach: A,
+        is_ours: O,
+    ) -> CloudResult<()>
+    where
+        A: Fn() -> AFut,
+        AFut: Future<Output = CloudResult<()>>,
+        O: FnOnce(bool) -> OFut,
+        OFut: Future<Output = bool>,
+    {
+        let maybe_done = AtomicBool::new(false);
+        let attached = self
+            .patiently(deadline, Repeat::ThrottledOnly, Some(az), || {
+                calls.send(crate::cloud::noting_doubt(attach(), &maybe_done))
+            })
+            .await;
+        match attached {
+            Err(CloudError::Conflict(m)) => {
+                match is_ours(maybe_done.load(Ordering::SeqCst)).await {
+                    true => Ok(()),
+                    false => Err(CloudError::Conflict(m)),
+                }
+            }
+            other => other,
+        }
+    }
+
     /// Whether a volume attach Nova refused as a conflict is this try's
     /// own: the volume attached to the try's server, by Cinder's or Nova's
     /// listing. After an answer that may have come from behind a done
-    /// attach (`maybe_done`), a volume still `attaching` to a server
-    /// neither lists yet counts too, unless the server takes no attach
-    /// now: the wait that follows tells (it ends refused if the volume
-    /// goes in use by another server).
+    /// attach (`maybe_done`), a volume the order `created` still
+    /// `attaching` to a server neither lists yet counts too, unless the
+    /// server takes no attach now: nothing else attaches that volume, and
+    /// the wait that follows tells. A tenant's existing volume so is
+    /// another's as likely (a second order naming it, which the fence let
+    /// through too, or the tenant): taken for the purchase's, a failure of
+    /// that other attach would be blamed on the instance.
     async fn volume_attach_is_this_ones(
         &self,
         volume_id: &str,
         server_id: &str,
         deadline: Instant,
         maybe_done: bool,
+        created: bool,
     ) -> bool {
         let lists = |ids: &[String], id: &str| ids.iter().any(|i| i.eq_ignore_ascii_case(id));
         let Ok(volume) = self
@@ -2798,6 +2867,7 @@ impl Shared {
         self.cloud.get_server(server_id).await.is_ok_and(|s| {
             lists(&s.attached_volumes, volume_id)
                 || (maybe_done
+                    && created
                     && s.takes_an_attach_now()
                     && volume.status == VolumeStatus::Attaching
                     && volume.attached_to.is_empty())
@@ -2809,7 +2879,8 @@ impl Shared {
     /// answer that may have come from behind a done attach (`maybe_done`),
     /// a port bound to no server yet counts too (the order's own port,
     /// which nothing else attaches), unless the server takes no attach
-    /// now: the wait that follows tells.
+    /// now (in ERROR, busy with a task, locked: Nova's 409 "Instance ...
+    /// is locked" is then the instance's): the wait that follows tells.
     async fn port_attach_is_this_ones(
         &self,
         port_id: &str,
@@ -2840,31 +2911,15 @@ impl Shared {
         let params = record.get().await.params;
         let az = params.pool.availability_zone;
         let network = params.network;
-        let maybe_done = AtomicBool::new(false);
-        let attached = self
-            .patiently(deadline, Repeat::ThrottledOnly, Some(&az), || {
-                calls.send(crate::cloud::noting_doubt(
-                    self.cloud.attach_port(server_id, &port_id),
-                    &maybe_done,
-                ))
-            })
-            .await;
-        match attached {
-            Ok(()) => {}
-            // As for the volume: Nova's "Port ... is still in use" to an
-            // attach sent again after a 503 that came from in front of the
-            // attach it had done is the purchase's own binding.
-            Err(CloudError::Conflict(_))
-                if self
-                    .port_attach_is_this_ones(
-                        &port_id,
-                        server_id,
-                        deadline,
-                        maybe_done.load(Ordering::SeqCst),
-                    )
-                    .await => {}
-            Err(e) => return Err(attempt_error(e)),
-        }
+        self.send_attach(
+            deadline,
+            &az,
+            calls,
+            || self.cloud.attach_port(server_id, &port_id),
+            |maybe_done| self.port_attach_is_this_ones(&port_id, server_id, deadline, maybe_done),
+        )
+        .await
+        .map_err(attempt_error)?;
         loop {
             let port = self
                 .retry(deadline, || self.cloud.get_port(&port_id))
@@ -3849,12 +3904,57 @@ fn not_attachable_after_a_try(
     not_attachable(volume_id, status)
 }
 
+/// What Nova shows of a server that is broken for good, if it does: in
+/// ERROR, or stopped (SHUTOFF) or shelved with no task under way (a start,
+/// an unshelve) to bring it back. Busy is not broken, as the reconciler
+/// has it: a reboot, a migration or a resize (Nova's REBOOT, HARD_REBOOT,
+/// MIGRATING, RESIZE: a task under way) silences mysqld until it ends by
+/// itself; nor is a status Nova may leave by itself (VERIFY_RESIZE, which
+/// a resize's confirmation ends, UNKNOWN while its host does not report).
+fn broken_for_good(server: &Server) -> Option<String> {
+    match server.status {
+        ServerStatus::Error => Some(match &server.fault {
+            Some(fault) => format!("in ERROR ({fault})"),
+            None => "in ERROR".to_owned(),
+        }),
+        ServerStatus::Stopped if server.busy.is_none() => {
+            Some("stopped (Nova shows it SHUTOFF)".to_owned())
+        }
+        ServerStatus::Shelved if server.busy.is_none() => {
+            Some("shelved (Nova shows it SHELVED or SHELVED_OFFLOADED)".to_owned())
+        }
+        _ => None,
+    }
+}
+
 /// [`Shared::no_ready_instance`] of a pool read.
 fn no_ready_instance_in(pool: &PoolRecord) -> ManagerError {
     ManagerError::ResourceExhausted(format!(
         "pool {} has no ready instance{}",
         pool.key,
         paused_hint(pool)
+    ))
+}
+
+/// RESOURCE_EXHAUSTED for a purchase that got no instance while the pool
+/// has `silent` Ready ones, each found silent at its claim by the purchase
+/// and put back: "no ready instance" would contradict GetPool's count.
+/// (`waited`: a WAIT purchase, whose deadline passed.)
+fn none_but_silent(
+    key: &PoolKey,
+    silent: usize,
+    pool: Option<&PoolRecord>,
+    waited: bool,
+) -> ManagerError {
+    let (instances, were, their, are) = match silent {
+        1 => ("instance", "was", "its", "is"),
+        _ => ("instances", "were", "their", "are"),
+    };
+    ManagerError::ResourceExhausted(format!(
+        "pool {key} {} no Ready instance this purchase could use{}: {silent} Ready {instances} {were} silent at {their} claim and {are} back in the pool, for the reconciler to judge (it replaces one silent on two passes); call again later{}",
+        if waited { "had" } else { "has" },
+        if waited { " before the deadline" } else { "" },
+        pool.map_or("", paused_hint)
     ))
 }
 
@@ -3870,6 +3970,46 @@ fn paused_hint(pool: &PoolRecord) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Broken for good: ERROR, and SHUTOFF or shelved with no task under
+    /// way. Busy with a task (REBOOT, MIGRATING, RESIZE: `Other`, a
+    /// task_state), or a status Nova leaves by itself, is not.
+    #[test]
+    fn a_server_busy_with_a_task_is_not_broken_for_good() {
+        let server = |status: ServerStatus, busy: Option<&str>| Server {
+            id: "s1".into(),
+            name: "warmpool-i1".into(),
+            status,
+            availability_zone: "az1".into(),
+            metadata: BTreeMap::new(),
+            mysql_addr: None,
+            fault: None,
+            attached_volumes: Vec::new(),
+            attached_ports: Vec::new(),
+            deleting: false,
+            busy: busy.map(Into::into),
+            locked: false,
+        };
+        let broken = |status, busy| broken_for_good(&server(status, busy));
+        assert_eq!(
+            broken(ServerStatus::Error, None).as_deref(),
+            Some("in ERROR")
+        );
+        assert!(broken(ServerStatus::Error, Some("rebuilding")).is_some());
+        assert!(broken(ServerStatus::Stopped, None)
+            .unwrap()
+            .contains("SHUTOFF"));
+        assert!(broken(ServerStatus::Shelved, None)
+            .unwrap()
+            .contains("SHELVED"));
+        assert_eq!(broken(ServerStatus::Stopped, Some("powering-on")), None);
+        assert_eq!(broken(ServerStatus::Shelved, Some("unshelving")), None);
+        assert_eq!(broken(ServerStatus::Other, Some("rebooting")), None);
+        assert_eq!(broken(ServerStatus::Other, Some("migrating")), None);
+        assert_eq!(broken(ServerStatus::Other, None), None);
+        assert_eq!(broken(ServerStatus::Active, Some("image_snapshot")), None);
+        assert_eq!(broken(ServerStatus::Build, Some("rebuild_spawning")), None);
+    }
 
     /// A refused key is quoted in the status message, which the server
     /// cuts at 1024 bytes: a huge key quoted whole pushed the reason out.

@@ -131,6 +131,13 @@ pub enum ServerStatus {
     Active,
     Error,
     Deleted,
+    /// Nova's SHUTOFF: stopped (by its owner, or by the host), the guest
+    /// down until someone starts it again.
+    Stopped,
+    /// Nova's SHELVED or SHELVED_OFFLOADED: put away until someone
+    /// unshelves it.
+    Shelved,
+    /// Any other (REBOOT, MIGRATING, RESIZE, PAUSED, UNKNOWN...).
     Other,
 }
 
@@ -159,6 +166,11 @@ pub struct Server {
     /// good supply, so nothing retires it for that. But Nova refuses an
     /// attach or a detach (409) until the task is done.
     pub busy: Option<String>,
+    /// Nova's `locked` (microversion 2.9 and later): its owner or an admin
+    /// locked it, and Nova refuses warmpool's actions on it (an attach, a
+    /// detach, a delete: 409) until it is unlocked, unless warmpool is
+    /// an admin.
+    pub locked: bool,
 }
 
 impl Server {
@@ -173,9 +185,10 @@ impl Server {
         self.status == ServerStatus::Active && !self.deleting
     }
 
-    /// Usable and not busy with another task: Nova takes an attach now.
+    /// Usable, not busy with another task and not locked: Nova takes an
+    /// attach now.
     pub fn takes_an_attach_now(&self) -> bool {
-        self.is_usable() && self.busy.is_none()
+        self.is_usable() && self.busy.is_none() && !self.locked
     }
 
     /// A tenant's volume is attached: only a purchase attaches one to a

@@ -929,3 +929,316 @@ async fn an_instance_put_back_beside_its_refill_is_retired_above_max_ready() {
     assert_eq!(sim.servers().len(), 2);
     assert_consistent(&sim, &manager).await;
 }
+
+/// A server mid-reboot (Nova's REBOOT, which warmpool reads as a status it
+/// has no name for, busy with the task `rebooting`) has a silent mysqld
+/// until the reboot is over. A purchase claiming its instance then took
+/// the server for broken (anything but ACTIVE was) and deleted it; busy is
+/// not broken, as the reconciler has it: the instance goes back to the
+/// pool, for the reconciler to judge once the task is over.
+#[tokio::test(start_paused = true)]
+async fn an_instance_whose_server_reboots_at_its_claim_goes_back() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let server = sim.servers().pop().unwrap().server.id;
+    assert!(sim.stop_mysqld(&server));
+    assert!(sim.set_server_task_state(&server, Some("rebooting")));
+    cloud.show_server(&server, |s| {
+        s.status = pool_manager::cloud::ServerStatus::Other;
+        s.mysql_addr = None;
+    });
+    sim.reset_call_counts();
+
+    let err = manager
+        .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::ResourceExhausted(m) if m.contains("back in the pool")),
+        "{err}"
+    );
+    let [instance] = &pool_instances(&manager).await[..] else {
+        panic!("one instance")
+    };
+    assert_eq!(instance.state, InstanceState::Ready, "{instance:?}");
+    assert_eq!(sim.call_counts().get("delete_server"), None);
+}
+
+/// A fail-fast purchase that found the pool's one Ready instance silent
+/// at its claim and put it back was told "pool ... has no ready
+/// instance", while GetPool showed it Ready. It says the pool's Ready
+/// instance was silent at the claim and is back in the pool; it is still
+/// counted exhausted (the purchase found no instance it could use).
+#[tokio::test(start_paused = true)]
+async fn a_purchase_that_put_back_a_silent_instance_says_so_not_that_the_pool_is_empty() {
+    for policy in [EmptyPoolPolicy::FailFast, EmptyPoolPolicy::Wait] {
+        let sim = sim();
+        let manager = started_paused(&GatedCloud::new(&sim), temp_store(), 1).await;
+        let silent = sim.servers().pop().unwrap().server.id;
+        assert!(sim.stop_mysqld(&silent));
+
+        let err = manager
+            .allocate(request("order-1", new_volume(), policy))
+            .await
+            .unwrap_err();
+        let ManagerError::ResourceExhausted(message) = &err else {
+            panic!("{policy:?}: {err}")
+        };
+        assert!(
+            !message.contains("no ready instance")
+                && message.contains("1 Ready instance was silent at its claim"),
+            "{policy:?}: {message}"
+        );
+        let status = manager.get_pool(&pool()).await.unwrap();
+        assert_eq!(status.count(InstanceState::Ready), 1, "{policy:?}");
+        assert_eq!(status.record.allocations_exhausted, 1, "{policy:?}");
+    }
+}
+
+/// Holds the first flush after instance `watched` is written back Ready
+/// and unclaimed (a purchase's put-back), and notes whether an order
+/// other than `putting_back` claims it.
+#[derive(Default)]
+struct HoldPutBack {
+    watched: std::sync::Mutex<Option<String>>,
+    putting_back: &'static str,
+    hold_next_flush: AtomicBool,
+    claimed_by_another: AtomicBool,
+    arrived: tokio::sync::Notify,
+    go: tokio::sync::Notify,
+}
+
+struct PutBackHooks(Arc<HoldPutBack>);
+
+#[async_trait::async_trait]
+impl StoreHooks for PutBackHooks {
+    fn written(&self, write: Write) {
+        let Write::Instance(id, Some(instance)) = write else {
+            return;
+        };
+        let mut watched = self.0.watched.lock().unwrap();
+        if watched.as_deref() != Some(id.as_str()) {
+            return;
+        }
+        if instance.state == InstanceState::Claimed
+            && instance.request_id.as_deref() != Some(self.0.putting_back)
+        {
+            self.0.claimed_by_another.store(true, Ordering::SeqCst);
+        }
+        if instance.state == InstanceState::Ready && instance.request_id.is_none() {
+            // Once: a second put-back of it is another purchase's.
+            *watched = None;
+            self.0.hold_next_flush.store(true, Ordering::SeqCst);
+        }
+    }
+    async fn before_flush(&self) -> pool_manager::store::StoreResult<()> {
+        if self.0.hold_next_flush.swap(false, Ordering::SeqCst) {
+            self.0.arrived.notify_one();
+            self.0.go.notified().await;
+        }
+        Ok(())
+    }
+}
+
+/// An instance found silent at its claim was put back, which wakes the
+/// purchases and lets any claim it, before it was noted silent at the
+/// claim: a purchase coming in between took it first (the oldest) over
+/// another Ready instance, and spent a probe on it. Noted first, it is
+/// claimed after the others.
+#[tokio::test(start_paused = true)]
+async fn an_instance_put_back_silent_is_claimed_after_the_others_at_once() {
+    let sim = sim();
+    let hold = Arc::new(HoldPutBack {
+        putting_back: "order-1",
+        ..Default::default()
+    });
+    let store = HookedStore::new(PutBackHooks(hold.clone()));
+    let manager = started_paused(&GatedCloud::new(&sim), store, 2).await;
+    let mut ready = pool_instances(&manager).await;
+    ready.sort_by_key(|i| i.ready_at);
+    let (oldest, other) = (&ready[0], &ready[1]);
+    assert!(sim.stop_mysqld(oldest.server_id.as_deref().unwrap()));
+    *hold.watched.lock().unwrap() = Some(oldest.id.clone());
+
+    let first = spawn_allocate(
+        &manager,
+        request("order-1", new_volume(), EmptyPoolPolicy::FailFast),
+    );
+    hold.arrived.notified().await;
+    let second = spawn_allocate(
+        &manager,
+        request("order-2", new_volume(), EmptyPoolPolicy::FailFast),
+    );
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    hold.go.notify_one();
+    let second = second.await.unwrap().expect("the other instance");
+    assert_eq!(second.instance_id.as_ref(), Some(&other.id));
+    assert!(
+        !hold.claimed_by_another.load(Ordering::SeqCst),
+        "the second purchase claimed the instance put back silent"
+    );
+    first.await.unwrap().unwrap_err();
+}
+
+/// An attach of the tenant's existing volume answered 503 with a
+/// Retry-After (nothing reached Nova) while another (a second order of
+/// the same volume, the tenant) attaches it: sent again, Nova refuses it
+/// (the volume is attaching), to no server either lists yet. That was
+/// taken for the purchase's own attach; once the other attach failed and
+/// the volume was available again, the purchase blamed the instance for a
+/// failed attach and went on to the next. The volume being attached by
+/// another is the request's: only a volume the order made is attached by
+/// nothing else.
+#[tokio::test(start_paused = true)]
+async fn an_existing_volume_another_attaches_after_a_503_is_not_taken_for_the_purchases() {
+    use pool_manager::cloud::{Cloud, ServerSpec};
+    use pool_manager::model::VolumeSource;
+    let sim = sim();
+    let sent = Arc::new(AtomicU32::new(0));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let sent = sent.clone();
+        move |method| {
+            (method == "attach_volume" && sent.fetch_add(1, Ordering::SeqCst) == 0).then(|| {
+                CloudError::Throttled {
+                    retry_after: Some(Duration::from_secs(1)),
+                    message: "attach_volume: Service Unavailable (HTTP 503)".into(),
+                    unavailable: true,
+                }
+            })
+        }
+    });
+    let manager = started_paused(&cloud, temp_store(), 2).await;
+    let volume = sim.create_volume_for_test("tenant-a", "az1", 10);
+    let other = sim
+        .create_server(&ServerSpec {
+            name: "tenant-a-db".into(),
+            pool: pool(),
+            image: "mysql-8.0".into(),
+            metadata: Default::default(),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let first_attach = cloud.hold_next("attach_volume", At::Before);
+    let purchase = spawn_allocate(
+        &manager,
+        request(
+            "order-1",
+            VolumeSource::Existing {
+                volume_id: volume.clone(),
+            },
+            EmptyPoolPolicy::FailFast,
+        ),
+    );
+    first_attach.reached().await;
+    let second_attach = cloud.hold_next("attach_volume", At::Before);
+    first_attach.release();
+    second_attach.reached().await;
+    sim.faults().fail_next_volume_attach_on_host(1);
+    sim.attach_volume(&other.id, &volume).await.unwrap();
+    second_attach.release();
+
+    let err = purchase
+        .await
+        .unwrap()
+        .expect_err("the volume was being attached by another");
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m) if m.contains("cannot be attached")),
+        "{err}"
+    );
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 1, "{status:?}");
+    sim.delete_server(&other.id).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_consistent(&sim, &manager).await;
+}
+
+/// A port attach answered 503 with a Retry-After, then, sent again,
+/// refused 409 because the server is locked (Nova's "Instance ... is
+/// locked"): the conflict was taken for the purchase's own attach done
+/// behind the 503, and the purchase waited out the attach's grace (5 min)
+/// for a binding that never came, past its deadline. A locked server takes
+/// no attach: the refusal is the instance's, and the next one serves.
+#[tokio::test(start_paused = true)]
+async fn a_locked_servers_refusal_after_a_503_is_not_taken_for_the_purchases_attach() {
+    let sim = sim();
+    let locked = Arc::new(std::sync::Mutex::new(None::<String>));
+    let sent = Arc::new(AtomicU32::new(0));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let (locked, sent) = (locked.clone(), sent.clone());
+        move |method| {
+            let server = locked.lock().unwrap().clone()?;
+            if method != "attach_port" {
+                return None;
+            }
+            // The locked server's two attaches; the next instance's passes.
+            match sent.fetch_add(1, Ordering::SeqCst) {
+                0 => Some(CloudError::Throttled {
+                    retry_after: Some(Duration::from_secs(1)),
+                    message: "attach_port: Service Unavailable (HTTP 503)".into(),
+                    unavailable: true,
+                }),
+                1 => Some(CloudError::Conflict(format!("Instance {server} is locked"))),
+                _ => None,
+            }
+        }
+    });
+    let manager = started_paused(&cloud, temp_store(), 2).await;
+    let mut ready = pool_instances(&manager).await;
+    ready.sort_by_key(|i| i.ready_at);
+    let (first, second) = (
+        ready[0].server_id.clone().unwrap(),
+        ready[1].server_id.clone().unwrap(),
+    );
+    cloud.show_server(&first, |s| s.locked = true);
+    *locked.lock().unwrap() = Some(first.clone());
+    let started = tokio::time::Instant::now();
+
+    let mut order = request("order-1", new_volume(), EmptyPoolPolicy::FailFast);
+    order.timeout = Some(Duration::from_secs(60));
+    let allocation = manager
+        .allocate(order)
+        .await
+        .expect("the unlocked instance");
+    assert_eq!(allocation.server_id.as_ref(), Some(&second));
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A server Nova shows stopped (SHUTOFF) with no task to start it again is
+/// broken for good: an instance silent at its claim on one is discarded at
+/// once, and the answer names Nova's status in words (it used to print
+/// warmpool's own `Other`).
+#[tokio::test(start_paused = true)]
+async fn an_instance_whose_server_is_stopped_at_its_claim_is_discarded_naming_shutoff() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let server = sim.servers().pop().unwrap().server.id;
+    assert!(sim.stop_mysqld(&server));
+    cloud.show_server(&server, |s| {
+        s.status = pool_manager::cloud::ServerStatus::Stopped;
+        s.mysql_addr = None;
+    });
+    sim.reset_call_counts();
+
+    let err = manager
+        .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::ResourceExhausted(m)
+            if m.contains(&format!("its server {server} is stopped (Nova shows it SHUTOFF), so it was discarded"))),
+        "{err}"
+    );
+    let instances = pool_instances(&manager).await;
+    assert!(
+        instances.iter().all(|i| i.state == InstanceState::Deleting),
+        "{instances:?}"
+    );
+    assert_eq!(sim.call_counts().get("delete_server"), Some(&1));
+}

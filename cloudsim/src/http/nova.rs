@@ -238,6 +238,8 @@ fn status_name(s: ServerStatus) -> &'static str {
         ServerStatus::Active => "ACTIVE",
         ServerStatus::Error => "ERROR",
         ServerStatus::Deleted => "DELETED",
+        ServerStatus::Stopped => "SHUTOFF",
+        ServerStatus::Shelved => "SHELVED_OFFLOADED",
         ServerStatus::Other => "UNKNOWN",
     }
 }

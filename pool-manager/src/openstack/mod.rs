@@ -1773,6 +1773,7 @@ impl Cloud for OpenStackCloud {
             attached_ports: Vec::new(),
             deleting: false,
             busy: None,
+            locked: false,
         })
     }
 

@@ -56,6 +56,8 @@ pub struct NovaServer {
     pub volumes_attached: Option<Vec<IdOnly>>,
     #[serde(rename = "OS-EXT-STS:task_state", default)]
     pub task_state: Option<String>,
+    #[serde(default)]
+    pub locked: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +98,8 @@ pub fn server_status(status: &str) -> ServerStatus {
         "ACTIVE" => ServerStatus::Active,
         "ERROR" => ServerStatus::Error,
         "DELETED" | "SOFT_DELETED" => ServerStatus::Deleted,
+        "SHUTOFF" => ServerStatus::Stopped,
+        "SHELVED" | "SHELVED_OFFLOADED" => ServerStatus::Shelved,
         _ => ServerStatus::Other,
     }
 }
@@ -168,6 +172,7 @@ pub fn to_server(s: NovaServer, rule: &AddressRule<'_>) -> Server {
         attached_ports: Vec::new(),
         deleting,
         busy: task_state.filter(|_| !deleting),
+        locked: s.locked.unwrap_or(false),
         id: s.id,
     }
 }
@@ -469,13 +474,46 @@ mod tests {
 
     #[test]
     fn unknown_statuses_and_missing_fields_do_not_fail_the_server() {
-        let body: ServerBody =
-            serde_json::from_str(r#"{"server": {"id": "x", "status": "SHELVED_OFFLOADED", "addresses": null, "metadata": null}}"#)
-                .unwrap();
+        let body: ServerBody = serde_json::from_str(
+            r#"{"server": {"id": "x", "status": "PAUSED", "addresses": null, "metadata": null}}"#,
+        )
+        .unwrap();
         let s = to_server(body.server, &rule(None));
         assert_eq!(s.status, ServerStatus::Other);
         assert!(s.metadata.is_empty() && s.mysql_addr.is_none());
         assert!(serde_json::from_str::<ServerBody>(r#"{"server": {"name": "no id"}}"#).is_err());
+    }
+
+    /// SHUTOFF and SHELVED are told apart from the statuses of a task
+    /// under way (REBOOT, MIGRATING: busy, not broken), and `locked` read.
+    #[test]
+    fn stopped_shelved_and_locked_servers_are_read_as_such() {
+        let shown = |status: &str, task: &str, locked: bool| {
+            let json = ACTIVE
+                .replace(r#""status": "ACTIVE""#, &format!(r#""status": "{status}""#))
+                .replace(
+                    r#""OS-EXT-STS:task_state": null"#,
+                    &format!(r#""OS-EXT-STS:task_state": {task}, "locked": {locked}"#),
+                );
+            let body: ServerBody = serde_json::from_str(&json).unwrap();
+            to_server(body.server, &rule(None))
+        };
+        assert_eq!(
+            shown("SHUTOFF", "null", false).status,
+            ServerStatus::Stopped
+        );
+        assert_eq!(
+            shown("SHELVED", "null", false).status,
+            ServerStatus::Shelved
+        );
+        let offloaded = shown("SHELVED_OFFLOADED", "null", false);
+        assert_eq!(offloaded.status, ServerStatus::Shelved);
+        let rebooting = shown("REBOOT", r#""rebooting""#, false);
+        assert_eq!(rebooting.status, ServerStatus::Other);
+        assert_eq!(rebooting.busy.as_deref(), Some("rebooting"));
+        let locked = shown("ACTIVE", "null", true);
+        assert!(locked.locked && locked.is_usable() && !locked.takes_an_attach_now());
+        assert!(!shown("ACTIVE", "null", false).locked);
     }
 
     #[test]

@@ -382,7 +382,12 @@ pub struct GatedCloud {
     volume_ids_any_case: std::sync::atomic::AtomicBool,
     /// `get_volume` answers shown in another status ([`GatedCloud::show_volume_status_after`]).
     volume_status_shown: std::sync::Mutex<Option<(u32, pool_manager::cloud::VolumeStatus)>>,
+    /// How servers are shown, by id ([`GatedCloud::show_server`]).
+    servers_shown: std::sync::Mutex<std::collections::HashMap<String, ServerShown>>,
 }
+
+/// What a test changes in a server as the cloud shows it.
+pub type ServerShown = Arc<dyn Fn(&mut pool_manager::cloud::Server) + Send + Sync>;
 
 impl GatedCloud {
     pub fn new(sim: &Arc<SimCloud>) -> Arc<Self> {
@@ -397,6 +402,7 @@ impl GatedCloud {
             tags: Default::default(),
             volume_ids_any_case: Default::default(),
             volume_status_shown: Default::default(),
+            servers_shown: Default::default(),
         })
     }
 
@@ -416,6 +422,7 @@ impl GatedCloud {
             tags: Default::default(),
             volume_ids_any_case: Default::default(),
             volume_status_shown: Default::default(),
+            servers_shown: Default::default(),
         })
     }
 
@@ -490,6 +497,29 @@ impl GatedCloud {
         status: Option<pool_manager::cloud::VolumeStatus>,
     ) {
         *self.volume_status_shown.lock().unwrap() = status.map(|s| (looks, s));
+    }
+
+    /// Every answer naming server `id` (`get_server`, the pool-server
+    /// listing) shows it changed by `shown`, as Nova shows what cloudsim
+    /// does not model (a status such as REBOOT or SHUTOFF, a lock).
+    pub fn show_server(
+        &self,
+        id: &str,
+        shown: impl Fn(&mut pool_manager::cloud::Server) + Send + Sync + 'static,
+    ) {
+        self.servers_shown
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), Arc::new(shown));
+    }
+
+    /// `server` as [`GatedCloud::show_server`] shows it.
+    fn shown_server(&self, mut server: pool_manager::cloud::Server) -> pool_manager::cloud::Server {
+        let shown = self.servers_shown.lock().unwrap().get(&server.id).cloned();
+        if let Some(shown) = shown {
+            shown(&mut server);
+        }
+        server
     }
 
     /// `volume` as [`GatedCloud::show_volume_status_after`] shows it.
@@ -606,16 +636,20 @@ mod gated {
             created
         }
         async fn read_server(&self, id: &str) -> CloudResult<Server> {
-            self.call("get_server", self.sim.read_server(id)).await
+            let server = self.call("get_server", self.sim.read_server(id)).await?;
+            Ok(self.shown_server(server))
         }
         async fn ports_bound_to(&self, id: &str) -> CloudResult<Vec<String>> {
             self.call("ports_bound_to", self.sim.ports_bound_to(id))
                 .await
         }
         async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
-            let listed = self
+            let listed: Vec<Server> = self
                 .call("list_pool_servers", self.sim.list_pool_servers())
-                .await?;
+                .await?
+                .into_iter()
+                .map(|s| self.shown_server(s))
+                .collect();
             let Some(tag) = self.server_tag.lock().unwrap().clone() else {
                 return Ok(listed);
             };
