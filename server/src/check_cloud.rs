@@ -32,7 +32,7 @@ use pool_manager::cloud::{
 };
 use pool_manager::model::{PoolKey, PoolRecord, PoolSpec};
 use pool_manager::openstack::{
-    missing_compute_zone, volume_zone_problem, ConnectError, OpenStackCloud,
+    missing_compute_zone, volume_zone_problem, ConnectError, OpenStackCloud, OpenStackSettings,
 };
 use pool_manager::store::{StoreError, StoreRepair};
 use std::collections::{BTreeMap, BTreeSet};
@@ -104,7 +104,10 @@ impl CheckKind {
     }
 }
 
-/// The pools a failed check concerns, when not every pool.
+/// The pools a failed check concerns, when not every pool. Empty: no pool
+/// yet, as for a setting of a zone no pool is in: a warning, which stops
+/// no start-up, marks no pool and fails no check (a pool created there
+/// later would meet it).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Scope {
     /// Pools the store has: a failure of these alone does not stop
@@ -128,6 +131,11 @@ impl Scope {
             }
         }
         scope
+    }
+
+    /// Whether it concerns no pool yet.
+    pub fn is_empty(&self) -> bool {
+        self.stored.is_empty() && self.configured.is_empty()
     }
 }
 
@@ -162,7 +170,7 @@ pub struct Check {
 impl Check {
     /// Whether this failure stops warmpoold's start-up: quota, zone
     /// override and store lines never do; a failure does unless it
-    /// concerns only pools the store has.
+    /// concerns only pools the store has, or no pool yet.
     pub fn stops_start_up(&self) -> bool {
         if self.ok
             || matches!(
@@ -207,7 +215,11 @@ impl fmt::Display for Check {
         // Only a failure that does not stop start-up says what start-up
         // does instead; one that stops it is the report's plain line.
         match &self.scope {
-            Some(scope) if self.kind != CheckKind::Quota && !self.stops_start_up() => {
+            Some(scope)
+                if self.kind != CheckKind::Quota
+                    && !scope.stored.is_empty()
+                    && !self.stops_start_up() =>
+            {
                 let remedies: Vec<String> = scope.stored.iter().map(stale_pool_remedy).collect();
                 write!(
                     f,
@@ -234,13 +246,14 @@ pub struct Report {
 
 impl Report {
     /// Whether every check passed (the lines of a store a running daemon
-    /// holds or root left unopened, and of zone overrides, only inform).
+    /// holds or root left unopened, of zone overrides, and failures of no
+    /// pool yet only inform).
     pub fn passed(&self) -> bool {
         self.checks.iter().all(|c| {
             c.ok || matches!(
                 c.kind,
                 CheckKind::StoreInUse | CheckKind::StoreOfAnotherUser | CheckKind::ZoneOverride
-            )
+            ) || c.scope.as_ref().is_some_and(Scope::is_empty)
         })
     }
 
@@ -290,6 +303,16 @@ impl Report {
             ok: false,
             message: message.into(),
             scope: None,
+        });
+    }
+
+    /// A failure of no pool yet: a warning ([`Scope`]).
+    fn warn(&mut self, kind: CheckKind, message: impl Into<String>) {
+        self.checks.push(Check {
+            kind,
+            ok: false,
+            message: message.into(),
+            scope: Some(Scope::default()),
         });
     }
 
@@ -808,7 +831,7 @@ pub async fn check_pools(
 
 /// [`check_pools`] with the driver's settings already read from `os`.
 async fn check_with(
-    settings: pool_manager::openstack::OpenStackSettings,
+    settings: OpenStackSettings,
     os: &OpenStackConfig,
     pools: &[CheckedPool],
 ) -> (Report, Option<OpenStackCloud>) {
@@ -876,21 +899,27 @@ async fn check_with(
     }
     own_image_check(pools, &cloud, &mut report).await;
 
-    for network in cloud.settings().management_networks() {
-        match cloud.network(network).await {
-            Ok(n) => match groups_cannot_be_applied(&cloud.settings().security_groups, network, &n)
-            {
-                None => report.ok(
-                    CheckKind::Network,
-                    format!("{} = {}", n.name.as_deref().unwrap_or(network), n.id),
-                ),
-                Some(problem) => report.fail(CheckKind::Network, problem),
-            },
-            Err(e) => {
-                let reason = reason_naming(&e, "visible networks", cloud.network_names()).await;
-                report.fail(CheckKind::Network, reason)
+    let settings = cloud.settings();
+    for network in settings.management_networks() {
+        let problem = match cloud.network(network).await {
+            Ok(n) => {
+                let named = settings_naming(settings, network);
+                match groups_cannot_be_applied(&settings.security_groups, &named, network, &n) {
+                    None => {
+                        let name = n.name.as_deref().unwrap_or(network);
+                        report.ok(CheckKind::Network, format!("{name} = {}", n.id));
+                        continue;
+                    }
+                    Some(problem) => problem,
+                }
             }
-        }
+            Err(e) if !about_the_resource(&e) => {
+                report.fail(CheckKind::Network, reason(&e));
+                continue;
+            }
+            Err(e) => reason_naming(&e, "visible networks", cloud.network_names()).await,
+        };
+        management_network_failure(settings, network, problem, pools, &mut report);
     }
 
     key_pair_check(&cloud, &mut report).await;
@@ -963,9 +992,62 @@ fn pool_azs(pools: &[CheckedPool]) -> BTreeSet<&str> {
         .collect()
 }
 
+/// The settings that name management network `name`: the default, and
+/// each zone's own.
+fn settings_naming(settings: &OpenStackSettings, name: &str) -> String {
+    let default = (settings.management_network == name).then(|| "cloud.management_network".into());
+    let zones = settings
+        .availability_zones
+        .iter()
+        .filter(|(_, zone)| zone.management_network.as_deref() == Some(name))
+        .map(|(az, _)| format!("cloud.availability_zones.{az}.management_network"));
+    default
+        .into_iter()
+        .chain(zones)
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+/// Reports `problem` of management network `name` as whose it is, as the
+/// other per-zone checks do: the pools in the zones that boot on it (their
+/// zone's own setting names it, or they have none and it is the default),
+/// so a configured pool's stops start-up and a stored pool's marks it. One
+/// no pool boots on yet (a zone's override no pool is in; a default every
+/// pool's zone overrides) is a warning: an unused zone's provider network
+/// without port security would otherwise keep every other pool down.
+fn management_network_failure(
+    settings: &OpenStackSettings,
+    name: &str,
+    problem: String,
+    pools: &[CheckedPool],
+    report: &mut Report,
+) {
+    let uses = |p: &&CheckedPool| settings.management_network_for(&p.key.availability_zone) == name;
+    if pools.iter().any(|p| uses(&p)) {
+        return report.fail_pools(CheckKind::Network, problem, pools.iter().filter(uses));
+    }
+    let mut zones: Vec<String> = settings
+        .availability_zones
+        .iter()
+        .filter(|(_, zone)| zone.management_network.as_deref() == Some(name))
+        .map(|(az, _)| az.clone())
+        .collect();
+    if settings.management_network == name {
+        zones.push("a zone without a management_network of its own".into());
+    }
+    report.warn(
+        CheckKind::Network,
+        format!(
+            "{problem} [no pool is in {} yet: warmpoold starts, and a pool created there would fail every boot until this is mended]",
+            zones.join(", or ")
+        ),
+    );
+}
+
 /// Why Nova would end every boot on management network `name` (found as
-/// `network`) in ERROR, "Network requires port_security_enabled and subnet
-/// associated in order to apply security groups."
+/// `network`; `named`: the settings naming it) in ERROR, "Network requires
+/// port_security_enabled and subnet associated in order to apply security
+/// groups."
 /// (`SecurityGroupCannotBeApplied`, met on the compute host after the boot
 /// was accepted, so every pool server would be booted again and again): a
 /// network with port security and no subnet takes no group, not even the
@@ -976,15 +1058,16 @@ fn pool_azs(pools: &[CheckedPool]) -> BTreeSet<&str> {
 /// (not refused).
 fn groups_cannot_be_applied(
     security_groups: &[String],
+    named: &str,
     name: &str,
     network: &pool_manager::openstack::neutron::Named,
 ) -> Option<String> {
-    let which = format!("cloud.management_network {name:?} ({})", network.id);
+    let which = format!("{named} {name:?} ({})", network.id);
     let no_subnet = network.subnets.as_ref().is_some_and(Vec::is_empty);
     let asked = !security_groups.is_empty() && security_groups != ["default"];
     match network.port_security_enabled.unwrap_or(true) {
         true if no_subnet => Some(format!(
-            "{which} has no subnet, and port security on: Nova applies security groups (the default one at least) only on a network with a subnet, so every boot would end in ERROR (\"Network requires port_security_enabled and subnet associated in order to apply security groups.\"), and a server would get no address to probe mysqld at; give the network a subnet, or set cloud.management_network to one with a subnet"
+            "{which} has no subnet, and port security on: Nova applies security groups (the default one at least) only on a network with a subnet, so every boot would end in ERROR (\"Network requires port_security_enabled and subnet associated in order to apply security groups.\"), and a server would get no address to probe mysqld at; give the network a subnet, or set {named} to one with a subnet"
         )),
         false if asked => Some(format!(
             "cloud.security_groups {security_groups:?} cannot be applied on {which}: it has port security off (port_security_enabled = false), and Nova ends every boot naming groups there in ERROR (\"Network requires port_security_enabled and subnet associated in order to apply security groups.\"); unset cloud.security_groups (ports there filter nothing), or enable port security on the network (`openstack network set --enable-port-security {name}`)"
@@ -1662,6 +1745,25 @@ mod tests {
         assert_eq!(
             report.to_string(),
             "zone overrides: cloud.availability_zones.az-1 applies to no pool\n"
+        );
+    }
+
+    /// A failure of no pool yet (a management network only an unused
+    /// zone boots on) is a warning: it stops no start-up, marks no pool,
+    /// fails no check, and says nothing of stored pools.
+    #[test]
+    fn a_failure_of_no_pool_yet_only_warns() {
+        let mut report = Report::default();
+        report.warn(
+            CheckKind::Network,
+            "no network named 'x' [no pool is in az9 yet]",
+        );
+        assert!(report.passed());
+        assert!(report.start_up_refusals().is_empty());
+        assert!(report.stale_pools().is_empty());
+        assert_eq!(
+            report.to_string(),
+            "network: no network named 'x' [no pool is in az9 yet]\n"
         );
     }
 

@@ -882,6 +882,12 @@ fn secure_yaml_candidates() -> Vec<PathBuf> {
     })
 }
 
+/// The secure.yaml whose entries are merged over clouds.yaml's: the first
+/// found on its search path ([`clouds_yaml_entry`]), if any.
+pub fn secure_yaml() -> Option<PathBuf> {
+    secure_yaml_candidates().into_iter().find(|p| p.is_file())
+}
+
 /// `file` at the variable's path, then in ./, the user's
 /// ~/.config/openstack and /etc/openstack.
 fn openstack_file_candidates(variable: &str, file: &str, env: &Env) -> Vec<PathBuf> {

@@ -982,8 +982,8 @@ struct CredentialsSource {
     place: String,
     /// A mend there reaches start-up's next try: a clouds.yaml (and the
     /// secure.yaml merged over it) read again at each one. Not the OS_*
-    /// variables, which the process got at start, nor a clouds.yaml
-    /// systemd copied at start (the unit's LoadCredential=).
+    /// variables, which the process got at start, nor a clouds.yaml or
+    /// secure.yaml systemd copied at start (the unit's LoadCredential=).
     read_again: bool,
     /// What makes a mend reach warmpoold when it is not read again.
     restart: &'static str,
@@ -1007,27 +1007,54 @@ fn credentials_source(os: &config::OpenStackConfig) -> CredentialsSource {
             }
         }
     };
-    // systemd's LoadCredential= copies the file at start: a mended source
-    // reaches the copy only with a restart.
-    let copied = os.clouds_yaml.as_deref().is_some_and(|path| {
-        std::env::var_os("CREDENTIALS_DIRECTORY").is_some_and(|dir| path.starts_with(dir))
-    });
-    if copied {
-        CredentialsSource {
-            place: format!(
-                "{file}, a copy systemd made at start (the unit's LoadCredential=): mend the \
-                 file it copies (or the secure.yaml merged over it)"
-            ),
-            read_again: false,
-            restart: "`systemctl restart warmpoold`",
-        }
-    } else {
-        CredentialsSource {
-            place: format!("{file} (or the secure.yaml merged over it)"),
+    let secure = config::secure_yaml();
+    let merged = match &secure {
+        Some(secure) => format!(", with {} merged over it", secure.display()),
+        None => String::new(),
+    };
+    // systemd's LoadCredential= copies a file at start: a mended original
+    // reaches the copy only with a restart. The unit hands secure.yaml over
+    // as it does clouds.yaml, and the password is often in secure.yaml
+    // alone, so a copy of either makes the refused password the one every
+    // try would send again.
+    let copies: Vec<String> = os
+        .clouds_yaml
+        .iter()
+        .chain(secure.iter())
+        .filter(|path| a_systemd_credential(path))
+        .map(|path| path.display().to_string())
+        .collect();
+    if copies.is_empty() {
+        return CredentialsSource {
+            place: format!("{file}{merged}"),
             read_again: true,
             restart: "restart warmpoold",
-        }
+        };
     }
+    CredentialsSource {
+        place: format!(
+            "{file}{merged} ({} copied by systemd at start, the unit's LoadCredential=: mend \
+             the original, not the copy)",
+            copies.join(" and ")
+        ),
+        read_again: false,
+        restart: "`systemctl restart warmpoold`",
+    }
+}
+
+/// Whether `path` lies under `$CREDENTIALS_DIRECTORY`, where systemd puts
+/// the copies LoadCredential= makes (a relative path, such as the
+/// `./secure.yaml` of the search path, compared once resolved).
+fn a_systemd_credential(path: &std::path::Path) -> bool {
+    let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) else {
+        return false;
+    };
+    let dir = std::path::Path::new(&dir);
+    path.starts_with(dir)
+        || matches!(
+            (std::fs::canonicalize(path), std::fs::canonicalize(dir)),
+            (Ok(path), Ok(dir)) if path.starts_with(&dir)
+        )
 }
 
 /// The configured cloud, checked first for `pools`.

@@ -3872,6 +3872,83 @@ async fn check_cloud_refuses_a_management_network_nova_cannot_apply_groups_on() 
     );
 }
 
+/// A zone's own management network is judged by the pools in that zone,
+/// as their flavors and zones are: a provider network without port
+/// security that only an override of a zone no pool is in names is a
+/// warning (boots fail there only once a pool is made in it), where it
+/// stopped start-up for every pool; a configured pool's zone network
+/// still refuses start-up, and a stored pool's marks that pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_management_network_only_an_unused_zone_names_only_warns() {
+    let mut settings = HttpSettings::default();
+    let mut provider =
+        cloudsim::http::NetworkSpec::new("provider-net", "10.9.0.0/16", "10.9.0.1", true);
+    provider.port_security_enabled = false;
+    settings.networks.push(provider);
+    let env = env_with_security_groups_and(settings).await;
+
+    // az1's pool on the default network; az9 has no pool.
+    let config = env.config(
+        "security_groups = [\"mysql\"]\n\
+         [cloud.availability_zones.az9]\nmanagement_network = \"provider-net\"",
+        SMALL_POOL,
+    );
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert_eq!(report.refusal(), None, "start-up stopped:\n{report}");
+    assert!(report.stale_pools().is_empty(), "{report}");
+    assert!(report.passed(), "a warning fails no check:\n{report}");
+    let network = line(&report, CheckKind::Network);
+    assert!(
+        network
+            .iter()
+            .any(|l| l.contains("network: ok (mgmt-net = ")),
+        "{report}"
+    );
+    assert!(
+        network.iter().any(|l| l.contains(
+            "cannot be applied on cloud.availability_zones.az9.management_network \"provider-net\""
+        ) && l.contains("port_security_enabled = false")
+            && l.contains("no pool is in az9 yet")),
+        "{report}"
+    );
+
+    // A pool in the zone, declared in the config file: start-up refuses.
+    let in_az2 = "security_groups = [\"mysql\"]\n\
+         [cloud.availability_zones.az2]\nmanagement_network = \"provider-net\"";
+    let both = format!("{SMALL_POOL}{}", SMALL_POOL.replace("az1", "az2"));
+    let config = env.config(in_az2, &both);
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    let refusal = report.refusal().unwrap_or_else(|| panic!("{report}"));
+    assert!(
+        refusal.contains("availability_zones.az2.management_network \"provider-net\"")
+            && refusal.contains("[db.small@az2 declared in the config file"),
+        "{refusal}"
+    );
+
+    // The same pool, stored: it is marked, and the others served.
+    let pools: Vec<check_cloud::CheckedPool> = config
+        .pools
+        .iter()
+        .map(|p| match p.key().availability_zone.as_str() {
+            "az2" => check_cloud::CheckedPool::stored(p.key(), &p.spec()),
+            _ => p.into(),
+        })
+        .collect();
+    let (report, cloud) = check_cloud::check_pools(openstack(&config), &pools).await;
+    assert!(cloud.is_some());
+    assert_eq!(report.refusal(), None, "{report}");
+    let stale = report.stale_pools();
+    assert_eq!(
+        stale.keys().collect::<Vec<_>>(),
+        [&PoolKey::new("db.small", "az2")],
+        "{report}"
+    );
+    assert!(
+        stale[&PoolKey::new("db.small", "az2")][0].contains("\"provider-net\""),
+        "{report}"
+    );
+}
+
 /// A boot naming groups on a management network without port security
 /// (or with it, but no subnet) is accepted and ends in ERROR with Nova's
 /// fault; without groups, or with a subnet and port security, it boots.
@@ -5979,6 +6056,105 @@ async fn a_login_refused_at_start_up_from_a_systemd_credential_is_not_tried_agai
         .filter(|line| line.contains("Keystone") && line.contains("systemctl restart warmpoold"))
         .count();
     assert_eq!(said, 1, "{text}");
+    assert!(text.contains("does not try them again"), "{text}");
+
+    let _ = stop.send(());
+    let ended = tokio::time::timeout(Duration::from_secs(60), starting)
+        .await
+        .expect("start-up ends on the shutdown")
+        .unwrap();
+    match ended {
+        Ok(_) => panic!("started on a wrong password"),
+        Err(e) => assert!(e.is::<warmpool_server::StoppedDuringStartUp>(), "{e:#}"),
+    }
+    assert_eq!(logins(), 1);
+}
+
+/// Marks the process [`a_login_refused_at_start_up_with_a_systemd_credential_secure_yaml_is_not_tried_again`]
+/// runs itself in, under a `CREDENTIALS_DIRECTORY` of its own.
+const SECURE_CREDENTIAL_CHILD: &str = "WARMPOOL_TEST_SECURE_CREDENTIAL_CHILD";
+
+/// The unit's other hand-over: clouds.yaml read in place, the password in
+/// a secure.yaml systemd copied at start (`LoadCredential=secure.yaml`,
+/// `OS_CLIENT_SECURE_FILE` pointing at the copy). A refused login is not
+/// tried again, as with a copied clouds.yaml: mending the original never
+/// reaches the copy, so each try would send the refused password again,
+/// towards Keystone's lockout. The log says which file is a copy and that a
+/// restart is needed.
+#[tokio::test]
+async fn a_login_refused_at_start_up_with_a_systemd_credential_secure_yaml_is_not_tried_again() {
+    const NAME: &str =
+        "a_login_refused_at_start_up_with_a_systemd_credential_secure_yaml_is_not_tried_again";
+    let Some(credentials) = std::env::var_os(SECURE_CREDENTIAL_CHILD)
+        .and(std::env::var_os("CREDENTIALS_DIRECTORY"))
+        .map(PathBuf::from)
+    else {
+        let credentials = tempfile::tempdir().unwrap();
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+            .env(SECURE_CREDENTIAL_CHILD, "1")
+            .env("CREDENTIALS_DIRECTORY", credentials.path())
+            .env(
+                "OS_CLIENT_SECURE_FILE",
+                credentials.path().join("secure.yaml"),
+            )
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&child.stdout);
+        let err = String::from_utf8_lossy(&child.stderr);
+        assert!(child.status.success(), "the child failed:\n{out}\n{err}");
+        assert!(
+            out.contains("1 passed"),
+            "the test did not run:\n{out}\n{err}"
+        );
+        return;
+    };
+    let logs = support::Logs::capture();
+    let env = env().await;
+    // clouds.yaml stays where it is; the refused password is the copy's.
+    assert!(!env.clouds_yaml.starts_with(&credentials));
+    let copy = credentials.join("secure.yaml");
+    std::fs::write(
+        &copy,
+        "clouds:\n  cloudsim:\n    auth:\n      password: 'wrong'\n",
+    )
+    .unwrap();
+    let config = env.config("", SMALL_POOL);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let starting = tokio::spawn(warmpool_server::start(config, async {
+        let _ = stopped.await;
+    }));
+    let logins = || env.face.faults().password_logins();
+    wait_until("the first login", || logins() >= 1).await;
+    if starting.is_finished() {
+        let ended = starting.await.unwrap();
+        panic!(
+            "start-up ended on a refused login: {:#}",
+            ended.err().expect("not started on a wrong password")
+        );
+    }
+
+    tokio::time::pause();
+    for _ in 0..16 {
+        tokio::time::advance(Duration::from_secs(30)).await;
+    }
+    tokio::time::resume();
+    assert!(!starting.is_finished(), "start-up ended while waiting");
+    assert_eq!(
+        logins(),
+        1,
+        "the copied secure.yaml's password was sent again"
+    );
+    let text = logs.text();
+    let said: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("Keystone") && line.contains("systemctl restart warmpoold"))
+        .collect();
+    assert_eq!(said.len(), 1, "{text}");
+    assert!(
+        said[0].contains(&copy.display().to_string()) && said[0].contains("mend the original"),
+        "{text}"
+    );
     assert!(text.contains("does not try them again"), "{text}");
 
     let _ = stop.send(());
