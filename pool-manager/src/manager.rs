@@ -158,6 +158,13 @@ pub fn state_name(state: InstanceState) -> &'static str {
     }
 }
 
+/// A boot that became Ready ([`Shared::booted_ready`]).
+pub(crate) struct BootedReady {
+    pub instance: String,
+    /// The image it was booted from.
+    pub image: Option<String>,
+}
+
 /// State shared by the API and the background tasks.
 pub(crate) struct Shared {
     pub store: Arc<dyn Store>,
@@ -188,12 +195,13 @@ pub(crate) struct Shared {
     /// the one that found one silent not again until a pass has heard it.
     /// No look of the reconciler's: two passes still judge them.
     pub silent_at_claim: Mutex<HashSet<String>>,
-    /// Per pool, the image of each boot that became Ready since the pool's
-    /// last step, a purchase's cold boot aside: each of the pool's image stands in for one outdated
-    /// Ready instance, which the step then retires. Counted at the source,
-    /// as a step cannot tell a replacement from a refill by the instances
-    /// it lists (a purchase may have taken it already).
-    pub booted_ready: Mutex<HashMap<PoolKey, Vec<Option<String>>>>,
+    /// Per pool, the instance and image of each boot that became Ready
+    /// since the pool's last step, a purchase's cold boot aside: each of
+    /// the pool's image, while it stays Ready and unclaimed, stands in for
+    /// one outdated Ready instance, which the step then retires. Counted at
+    /// the source, as a step cannot tell a replacement from a refill by the
+    /// instances it lists.
+    pub booted_ready: Mutex<HashMap<PoolKey, Vec<BootedReady>>>,
     /// Instances a boot task is driving now, so the reconciler never starts a
     /// second; each held by a `DrivingClaim` (replenisher.rs).
     pub driving: Mutex<HashSet<String>>,

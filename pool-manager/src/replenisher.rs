@@ -22,7 +22,7 @@ use crate::cloud::{
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, BootOutcome, EventKind};
 use crate::gate::{self, BootSignal, BootTicket, Hold};
-use crate::manager::Shared;
+use crate::manager::{BootedReady, Shared};
 use crate::model::{Instance, InstanceState, PoolKey, PoolRecord, PoolSpec};
 use crate::sizing::{self, Backoff, BootPlan, Inputs, PlanReason, SizingBook, SizingStatus};
 use rand::Rng;
@@ -411,7 +411,17 @@ impl Shared {
         // not supply: their replacements boot now, and they are retired
         // once the replacements are Ready.
         let (instances, renewal, census) = self.census_of(pool, &image).await?;
-        let replacements = self.take_booted_ready(&pool.key, &image);
+        // One a purchase took since it became Ready replaces nothing: its
+        // refill is not Ready, and the outdated instance still serves.
+        let replacements: Vec<String> = self
+            .take_booted_ready(&pool.key, &image)
+            .into_iter()
+            .filter(|id| {
+                instances
+                    .iter()
+                    .any(|i| &i.id == id && renewal.stands_in(i, &pool.key))
+            })
+            .collect();
         self.stamp_unknown_images(&instances, &image).await?;
         let Census {
             supply, in_flight, ..
@@ -606,19 +616,34 @@ impl Shared {
         Ok((instances, renewal, census))
     }
 
-    /// How many boots of `image` became Ready in `pool` since its last
-    /// step ([`Shared::booted_ready`]), forgotten as they are told: one of
-    /// another image (the pool's changed since it booted) is outdated
-    /// itself, and replaces nothing.
-    fn take_booted_ready(&self, pool: &PoolKey, image: &str) -> u32 {
+    /// The instances of the boots of `image` that became Ready in `pool`
+    /// since its last step ([`Shared::booted_ready`]), forgotten as they
+    /// are told: one of another image (the pool's changed since it booted)
+    /// is outdated itself, and replaces nothing.
+    fn take_booted_ready(&self, pool: &PoolKey, image: &str) -> Vec<String> {
         let booted = self
             .booted_ready
             .lock()
             .expect("booted-ready lock")
             .remove(pool)
             .unwrap_or_default();
-        let of_image = booted.iter().filter(|i| i.as_deref() == Some(image));
-        u32::try_from(of_image.count()).unwrap_or(u32::MAX)
+        booted
+            .into_iter()
+            .filter(|booted| booted.image.as_deref() == Some(image))
+            .map(|booted| booted.instance)
+            .collect()
+    }
+
+    /// Whether instance `id` still stands in for an outdated one of `pool`:
+    /// Ready, unclaimed and not due itself.
+    async fn still_stands_in(
+        &self,
+        id: &str,
+        pool: &PoolKey,
+        renewal: &Renewal<'_>,
+    ) -> ManagerResult<bool> {
+        let instance = self.store.get_instance(id).await?;
+        Ok(instance.is_some_and(|i| renewal.stands_in(&i, pool)))
     }
 
     /// Names `image` in the records written before instances kept their
@@ -655,7 +680,7 @@ impl Shared {
             target,
             fresh: mut over_cap,
             outdated: mut outdated_over_cap,
-            mut replacements,
+            replacements,
             mut above_target,
             keep,
             sized,
@@ -667,22 +692,22 @@ impl Shared {
             })
             .collect();
         ready.sort_by_key(|i| i.ready_at);
+        let mut replacements = replacements.iter();
         let mut doomed: Vec<(&Instance, Retirement)> = Vec::new();
         for instance in ready {
             let due = renewal.due(instance);
-            if let Some(why) = due.filter(|_| replaced || outdated_over_cap > 0 || replacements > 0)
+            if let Some(why) =
+                due.filter(|_| replaced || outdated_over_cap > 0 || replacements.len() > 0)
             {
-                let cause = if outdated_over_cap > 0 {
-                    Retirement::OutdatedOverCap(why)
-                } else if replacements > 0 {
-                    Retirement::ReplacementReady(why)
-                } else {
-                    Retirement::Replaced(why)
-                };
                 // A replacement Ready stands in for one outdated instance,
                 // whichever cause retires it.
+                let replacement = replacements.next();
+                let cause = match replacement {
+                    _ if outdated_over_cap > 0 => Retirement::OutdatedOverCap(why),
+                    Some(by) => Retirement::ReplacementReady(why, by),
+                    None => Retirement::Replaced(why),
+                };
                 outdated_over_cap = outdated_over_cap.saturating_sub(1);
-                replacements = replacements.saturating_sub(1);
                 doomed.push((instance, cause));
             } else if due.is_none() && over_cap > 0 {
                 over_cap -= 1;
@@ -716,10 +741,15 @@ impl Shared {
             let (fresh, outdated) = (census.fresh_ready(), census.outdated);
             let still_due = match cause {
                 Retirement::Replaced(_) => fresh >= target,
-                // The pool keeps its target, counting what is in flight and
-                // the outdated instances it keeps: purchases may have taken
-                // the replacement meanwhile, and its refill is not Ready.
-                Retirement::ReplacementReady(_) => census.supply + outdated > target,
+                // Its replacement still stands (a purchase may have taken
+                // it meanwhile, and its refill is not Ready: the outdated
+                // one serves until then), and the pool keeps its target,
+                // counting what is in flight and the outdated instances it
+                // keeps.
+                Retirement::ReplacementReady(_, by) => {
+                    census.supply + outdated > target
+                        && self.still_stands_in(by, &pool.key, renewal).await?
+                }
                 Retirement::OutdatedOverCap(_) => fresh + outdated > max_ready,
                 Retirement::FreshOverCap => fresh > max_ready,
                 Retirement::AboveTarget => fresh > keep,
@@ -729,7 +759,7 @@ impl Shared {
             }
             let reason = match cause {
                 Retirement::Replaced(why)
-                | Retirement::ReplacementReady(why)
+                | Retirement::ReplacementReady(why, _)
                 | Retirement::OutdatedOverCap(why) => renewal.reason(instance, why),
                 Retirement::FreshOverCap => format!("above the pool's max_ready of {max_ready}"),
                 Retirement::AboveTarget => format!(
@@ -1267,7 +1297,10 @@ impl Shared {
                 .expect("booted-ready lock")
                 .entry(ready.pool.clone())
                 .or_default()
-                .push(ready.image.clone());
+                .push(BootedReady {
+                    instance: ready.id.clone(),
+                    image: ready.image.clone(),
+                });
         }
         tracing::info!(pool = %ready.pool, instance = %ready.id, "instance ready");
         Ok(ready)
@@ -1646,13 +1679,14 @@ impl Shared {
 
 /// Why a Ready instance is retired, judged again when its turn comes.
 #[derive(Clone, Copy)]
-enum Retirement {
+enum Retirement<'a> {
     /// Outdated, and the fresh supply meets the target without it.
     Replaced(Outdated),
-    /// Outdated, and a boot of the pool's image became Ready since the
-    /// last step: the pool holds its target without it, counting what is
-    /// in flight.
-    ReplacementReady(Outdated),
+    /// Outdated, and a boot of the pool's image (this instance) became
+    /// Ready since the last step and still stands, Ready and unclaimed:
+    /// the pool holds its target without the outdated one, counting what
+    /// is in flight.
+    ReplacementReady(Outdated, &'a str),
     /// Outdated, and the pool's Ready instances are above max_ready.
     OutdatedOverCap(Outdated),
     /// Fresh, and the fresh ones alone are above max_ready.
@@ -1755,7 +1789,7 @@ impl Drop for LeadWatch {
 }
 
 /// The Ready instances a replenish step retires.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Retirements {
     /// Every outdated one: the fresh supply meets the target with nothing
     /// left in flight, so the pool never dips for it.
@@ -1769,8 +1803,9 @@ struct Retirements {
     /// counted together.
     outdated: u32,
     /// The oldest outdated ones, one for each boot of the pool's image that
-    /// became Ready since the last step (a replacement stands).
-    replacements: u32,
+    /// became Ready since the last step and still stands (these
+    /// instances), judged again before each such retirement.
+    replacements: Vec<String>,
     /// The oldest fresh ones beyond `keep`, after those beyond `max_ready`.
     above_target: u32,
     /// The fresh ones a lasting surplus leaves ([`sizing::surplus_kept`]),
@@ -1863,7 +1898,7 @@ impl Retirements {
             target,
             fresh: fresh_ready.saturating_sub(max_ready),
             outdated: (fresh_ready + census.outdated).saturating_sub(max_ready),
-            replacements: 0,
+            replacements: Vec::new(),
             above_target: 0,
             keep: target,
             sized: None,
@@ -1871,7 +1906,7 @@ impl Retirements {
     }
 
     /// Also one outdated one for each of `replacements` Ready.
-    fn replacing(self, replacements: u32) -> Self {
+    fn replacing(self, replacements: Vec<String>) -> Self {
         Retirements {
             replacements,
             ..self
@@ -1925,6 +1960,15 @@ impl<'a> Renewal<'a> {
             image,
             now,
         }
+    }
+
+    /// Whether `instance` stands in for an outdated one of `pool`: Ready,
+    /// unclaimed (a purchase's is no replacement), not due itself.
+    fn stands_in(&self, instance: &Instance, pool: &PoolKey) -> bool {
+        &instance.pool == pool
+            && instance.state == InstanceState::Ready
+            && instance.request_id.is_none()
+            && self.due(instance).is_none()
     }
 
     /// Why `instance` should be replaced, if it is Ready and should be.

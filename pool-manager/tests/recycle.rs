@@ -315,6 +315,69 @@ async fn purchases_during_renewal(max_ready: Option<u32>) {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A boot of the new image that a purchase takes before the next step is
+/// no replacement: the old image's instances still serve until one stands.
+/// Each boot reaching Ready used to be counted as a replacement all the
+/// same, and the step retired an outdated instance while the pool held its
+/// target only by counting a boot still in flight (here the other
+/// replacement): the pool had one Ready instance fewer to sell until the
+/// boots landed (at a target of 1, with the purchase's refill in flight,
+/// none).
+#[tokio::test(start_paused = true)]
+async fn a_replacement_a_purchase_took_retires_no_outdated_instance() {
+    let sim = sim_with_images();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_over(&cloud, temp_store(), 2).await;
+    let old = ready_ids(&manager).await;
+    // One of the two replacements stays in flight.
+    let held_boot = cloud.hold_next("create_server", At::Before);
+    manager
+        .update_pool(&pool(), |s| s.image = "mysql-8.4".into())
+        .await
+        .unwrap();
+    held_boot.reached().await;
+    // A purchase that claims as soon as the other replacement is Ready,
+    // before the step that hears of it (a step waits a second after a
+    // change).
+    let held_port = cloud.hold_next("create_port", At::After);
+    let mut order = request("p1", new_volume(), EmptyPoolPolicy::FailFast);
+    order.timeout = Some(Duration::from_secs(15 * 60));
+    let purchase = spawn_allocate(&manager, order);
+    held_port.reached().await;
+    let fresh_ready = || async {
+        manager
+            .list_instances(Some(&pool()))
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|i| i.state == InstanceState::Ready && i.image.as_deref() == Some("mysql-8.4"))
+    };
+    let mut fresh = None;
+    for _ in 0..60_000 {
+        fresh = fresh_ready().await;
+        if fresh.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let fresh = fresh.expect("the other replacement becomes Ready");
+    held_port.release();
+    let done = purchase.await.unwrap().unwrap();
+    assert_eq!(done.instance_id.as_deref(), Some(fresh.id.as_str()));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        ready_ids(&manager).await,
+        old,
+        "both old-image instances still serve: no replacement stands"
+    );
+    held_boot.release();
+    tokio::time::sleep(Duration::from_secs(4 * 60)).await;
+    let now = ready_ids(&manager).await;
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(now.is_disjoint(&old), "replaced once they stand: {now:?}");
+    assert_consistent(&sim, &manager).await;
+}
+
 /// What is compared is the image the cloud boots: with one image for every
 /// pool (the OpenStack driver's `image` override), a pool's own image
 /// boots nothing, and changing it replaces nothing; a new override (a
