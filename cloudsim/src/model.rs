@@ -2278,6 +2278,9 @@ fn vm_state(s: ServerStatus) -> &'static str {
         ServerStatus::Deleted => "deleted",
         ServerStatus::Stopped => "stopped",
         ServerStatus::Shelved => "shelved_offloaded",
+        ServerStatus::Paused => "paused",
+        ServerStatus::Suspended => "suspended",
+        ServerStatus::Rescued => "rescued",
         ServerStatus::Other => "unknown",
     }
 }

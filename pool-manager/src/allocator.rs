@@ -3905,12 +3905,14 @@ fn not_attachable_after_a_try(
 }
 
 /// What Nova shows of a server that is broken for good, if it does: in
-/// ERROR, or stopped (SHUTOFF) or shelved with no task under way (a start,
-/// an unshelve) to bring it back. Busy is not broken, as the reconciler
-/// has it: a reboot, a migration or a resize (Nova's REBOOT, HARD_REBOOT,
-/// MIGRATING, RESIZE: a task under way) silences mysqld until it ends by
-/// itself; nor is a status Nova may leave by itself (VERIFY_RESIZE, which
-/// a resize's confirmation ends, UNKNOWN while its host does not report).
+/// ERROR, or stopped (SHUTOFF), shelved, paused, suspended or in rescue
+/// with no task under way (a start, an unshelve, an unpause, a resume, an
+/// unrescue) to bring it back: each stays so until someone acts. Busy is
+/// not broken, as the reconciler has it: a reboot, a migration or a resize
+/// (Nova's REBOOT, HARD_REBOOT, MIGRATING, RESIZE: a task under way)
+/// silences mysqld until it ends by itself; nor is a status Nova may leave
+/// by itself (VERIFY_RESIZE, which a resize's confirmation ends, UNKNOWN
+/// while its host does not report).
 fn broken_for_good(server: &Server) -> Option<String> {
     match server.status {
         ServerStatus::Error => Some(match &server.fault {
@@ -3922,6 +3924,15 @@ fn broken_for_good(server: &Server) -> Option<String> {
         }
         ServerStatus::Shelved if server.busy.is_none() => {
             Some("shelved (Nova shows it SHELVED or SHELVED_OFFLOADED)".to_owned())
+        }
+        ServerStatus::Paused if server.busy.is_none() => {
+            Some("paused (Nova shows it PAUSED)".to_owned())
+        }
+        ServerStatus::Suspended if server.busy.is_none() => {
+            Some("suspended (Nova shows it SUSPENDED)".to_owned())
+        }
+        ServerStatus::Rescued if server.busy.is_none() => {
+            Some("in rescue (Nova shows it RESCUE)".to_owned())
         }
         _ => None,
     }
@@ -3971,8 +3982,8 @@ fn paused_hint(pool: &PoolRecord) -> &'static str {
 mod tests {
     use super::*;
 
-    /// Broken for good: ERROR, and SHUTOFF or shelved with no task under
-    /// way. Busy with a task (REBOOT, MIGRATING, RESIZE: `Other`, a
+    /// Broken for good: ERROR, and SHUTOFF, shelved, PAUSED, SUSPENDED or
+    /// RESCUE with no task under way. Busy with a task (REBOOT, MIGRATING, RESIZE: `Other`, a
     /// task_state), or a status Nova leaves by itself, is not.
     #[test]
     fn a_server_busy_with_a_task_is_not_broken_for_good() {
@@ -4002,8 +4013,18 @@ mod tests {
         assert!(broken(ServerStatus::Shelved, None)
             .unwrap()
             .contains("SHELVED"));
+        for (status, shown) in [
+            (ServerStatus::Paused, "PAUSED"),
+            (ServerStatus::Suspended, "SUSPENDED"),
+            (ServerStatus::Rescued, "RESCUE"),
+        ] {
+            assert!(broken(status, None).unwrap().contains(shown), "{status:?}");
+        }
         assert_eq!(broken(ServerStatus::Stopped, Some("powering-on")), None);
         assert_eq!(broken(ServerStatus::Shelved, Some("unshelving")), None);
+        assert_eq!(broken(ServerStatus::Paused, Some("unpausing")), None);
+        assert_eq!(broken(ServerStatus::Suspended, Some("resuming")), None);
+        assert_eq!(broken(ServerStatus::Rescued, Some("unrescuing")), None);
         assert_eq!(broken(ServerStatus::Other, Some("rebooting")), None);
         assert_eq!(broken(ServerStatus::Other, Some("migrating")), None);
         assert_eq!(broken(ServerStatus::Other, None), None);

@@ -137,7 +137,14 @@ pub enum ServerStatus {
     /// Nova's SHELVED or SHELVED_OFFLOADED: put away until someone
     /// unshelves it.
     Shelved,
-    /// Any other (REBOOT, MIGRATING, RESIZE, PAUSED, UNKNOWN...).
+    /// Nova's PAUSED: the guest frozen in memory until someone unpauses it.
+    Paused,
+    /// Nova's SUSPENDED: the guest saved to disk until someone resumes it.
+    Suspended,
+    /// Nova's RESCUE: booted from a rescue image, its own disk attached
+    /// aside, until someone unrescues it.
+    Rescued,
+    /// Any other (REBOOT, MIGRATING, RESIZE, VERIFY_RESIZE, UNKNOWN...).
     Other,
 }
 

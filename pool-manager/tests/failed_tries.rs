@@ -1242,3 +1242,49 @@ async fn an_instance_whose_server_is_stopped_at_its_claim_is_discarded_naming_sh
     );
     assert_eq!(sim.call_counts().get("delete_server"), Some(&1));
 }
+
+/// A server Nova shows paused, suspended or in rescue with no task under
+/// way stays so until someone unpauses, resumes or unrescues it, as a
+/// stopped one does: an instance silent at its claim on one is discarded
+/// at once, the answer naming Nova's status. They read as a status Nova
+/// may leave by itself: the instance was put back, and purchases spent a
+/// probe on it until two reconcile passes judged it.
+#[tokio::test(start_paused = true)]
+async fn an_instance_whose_server_is_paused_suspended_or_rescued_at_its_claim_is_discarded() {
+    use pool_manager::cloud::ServerStatus;
+    for (status, shown) in [
+        (ServerStatus::Paused, "paused (Nova shows it PAUSED)"),
+        (
+            ServerStatus::Suspended,
+            "suspended (Nova shows it SUSPENDED)",
+        ),
+        (ServerStatus::Rescued, "in rescue (Nova shows it RESCUE)"),
+    ] {
+        let sim = sim();
+        let cloud = GatedCloud::new(&sim);
+        let manager = started_paused(&cloud, temp_store(), 1).await;
+        let server = sim.servers().pop().unwrap().server.id;
+        assert!(sim.stop_mysqld(&server));
+        cloud.show_server(&server, move |s| {
+            s.status = status;
+            s.mysql_addr = None;
+        });
+        sim.reset_call_counts();
+
+        let err = manager
+            .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ManagerError::ResourceExhausted(m)
+                if m.contains(&format!("its server {server} is {shown}, so it was discarded"))),
+            "{status:?}: {err}"
+        );
+        let instances = pool_instances(&manager).await;
+        assert!(
+            instances.iter().all(|i| i.state == InstanceState::Deleting),
+            "{status:?}: {instances:?}"
+        );
+        assert_eq!(sim.call_counts().get("delete_server"), Some(&1));
+    }
+}

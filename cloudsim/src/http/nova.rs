@@ -240,6 +240,9 @@ fn status_name(s: ServerStatus) -> &'static str {
         ServerStatus::Deleted => "DELETED",
         ServerStatus::Stopped => "SHUTOFF",
         ServerStatus::Shelved => "SHELVED_OFFLOADED",
+        ServerStatus::Paused => "PAUSED",
+        ServerStatus::Suspended => "SUSPENDED",
+        ServerStatus::Rescued => "RESCUE",
         ServerStatus::Other => "UNKNOWN",
     }
 }

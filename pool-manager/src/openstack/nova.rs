@@ -100,6 +100,9 @@ pub fn server_status(status: &str) -> ServerStatus {
         "DELETED" | "SOFT_DELETED" => ServerStatus::Deleted,
         "SHUTOFF" => ServerStatus::Stopped,
         "SHELVED" | "SHELVED_OFFLOADED" => ServerStatus::Shelved,
+        "PAUSED" => ServerStatus::Paused,
+        "SUSPENDED" => ServerStatus::Suspended,
+        "RESCUE" => ServerStatus::Rescued,
         _ => ServerStatus::Other,
     }
 }
@@ -475,7 +478,7 @@ mod tests {
     #[test]
     fn unknown_statuses_and_missing_fields_do_not_fail_the_server() {
         let body: ServerBody = serde_json::from_str(
-            r#"{"server": {"id": "x", "status": "PAUSED", "addresses": null, "metadata": null}}"#,
+            r#"{"server": {"id": "x", "status": "UNKNOWN", "addresses": null, "metadata": null}}"#,
         )
         .unwrap();
         let s = to_server(body.server, &rule(None));
@@ -484,8 +487,9 @@ mod tests {
         assert!(serde_json::from_str::<ServerBody>(r#"{"server": {"name": "no id"}}"#).is_err());
     }
 
-    /// SHUTOFF and SHELVED are told apart from the statuses of a task
-    /// under way (REBOOT, MIGRATING: busy, not broken), and `locked` read.
+    /// SHUTOFF, SHELVED, PAUSED, SUSPENDED and RESCUE are told apart from
+    /// the statuses of a task under way (REBOOT, MIGRATING: busy, not
+    /// broken), and `locked` read.
     #[test]
     fn stopped_shelved_and_locked_servers_are_read_as_such() {
         let shown = |status: &str, task: &str, locked: bool| {
@@ -508,6 +512,13 @@ mod tests {
         );
         let offloaded = shown("SHELVED_OFFLOADED", "null", false);
         assert_eq!(offloaded.status, ServerStatus::Shelved);
+        for (status, read) in [
+            ("PAUSED", ServerStatus::Paused),
+            ("SUSPENDED", ServerStatus::Suspended),
+            ("RESCUE", ServerStatus::Rescued),
+        ] {
+            assert_eq!(shown(status, "null", false).status, read, "{status}");
+        }
         let rebooting = shown("REBOOT", r#""rebooting""#, false);
         assert_eq!(rebooting.status, ServerStatus::Other);
         assert_eq!(rebooting.busy.as_deref(), Some("rebooting"));

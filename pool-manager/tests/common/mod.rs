@@ -501,7 +501,7 @@ impl GatedCloud {
 
     /// Every answer naming server `id` (`get_server`, the pool-server
     /// listing) shows it changed by `shown`, as Nova shows what cloudsim
-    /// does not model (a status such as REBOOT or SHUTOFF, a lock).
+    /// does not model (a status such as REBOOT, SHUTOFF or PAUSED, a lock).
     pub fn show_server(
         &self,
         id: &str,
