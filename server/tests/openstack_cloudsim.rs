@@ -5957,29 +5957,45 @@ async fn a_login_refused_at_start_up_is_tried_again_ever_later_from_clouds_yaml_
 /// runs itself in, under a `CREDENTIALS_DIRECTORY` of its own.
 const CREDENTIAL_CHILD: &str = "WARMPOOL_TEST_CREDENTIAL_CHILD";
 
-/// A login Keystone refuses at start-up with a clouds.yaml systemd copied
-/// at start (the shipped unit's `LoadCredential=`, under
-/// `$CREDENTIALS_DIRECTORY`) is not tried again: the copy cannot change
-/// until a restart, so each try would send the same refused password and
-/// only bring Keystone's lockout nearer. warmpoold stays up starting
-/// (health "" NOT_SERVING, `liveness` SERVING), says once what to mend and
-/// that a restart is needed, and a shutdown ends it. The test runs itself
-/// in a child process, whose environment alone holds the variable.
-#[tokio::test]
-async fn a_login_refused_at_start_up_from_a_systemd_credential_is_not_tried_again() {
+/// Marks the process [`a_login_refused_at_start_up_with_a_systemd_credential_secure_yaml_is_not_tried_again`]
+/// runs itself in, under a `CREDENTIALS_DIRECTORY` of its own.
+const SECURE_CREDENTIAL_CHILD: &str = "WARMPOOL_TEST_SECURE_CREDENTIAL_CHILD";
+
+/// Which file the shipped unit has systemd copy under
+/// `$CREDENTIALS_DIRECTORY`, for [`refused_login_from_a_copied_credential`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Copied {
+    /// `LoadCredential=clouds.yaml`: the whole clouds.yaml is the copy.
+    CloudsYaml,
+    /// `LoadCredential=secure.yaml` with `OS_CLIENT_SECURE_FILE` at the
+    /// copy: clouds.yaml is read in place.
+    SecureYaml,
+}
+
+/// The body of both tests that a login refused at start-up is not tried
+/// again when the refused password comes from a file systemd copied at
+/// start. The test named `name` runs itself again in a child process
+/// whose environment alone holds `marker` (and, for a secure.yaml,
+/// `OS_CLIENT_SECURE_FILE`), so no other test sees those variables.
+async fn refused_login_from_a_copied_credential(name: &str, marker: &str, which: Copied) {
     use tonic_health::pb::health_check_response::ServingStatus;
-    const NAME: &str = "a_login_refused_at_start_up_from_a_systemd_credential_is_not_tried_again";
-    let Some(credentials) = std::env::var_os(CREDENTIAL_CHILD)
+    let Some(credentials) = std::env::var_os(marker)
         .and(std::env::var_os("CREDENTIALS_DIRECTORY"))
         .map(PathBuf::from)
     else {
         let credentials = tempfile::tempdir().unwrap();
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
-            .env(CREDENTIAL_CHILD, "1")
-            .env("CREDENTIALS_DIRECTORY", credentials.path())
-            .output()
-            .unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(marker, "1")
+            .env("CREDENTIALS_DIRECTORY", credentials.path());
+        if which == Copied::SecureYaml {
+            child.env(
+                "OS_CLIENT_SECURE_FILE",
+                credentials.path().join("secure.yaml"),
+            );
+        }
+        let child = child.output().unwrap();
         let out = String::from_utf8_lossy(&child.stdout);
         let err = String::from_utf8_lossy(&child.stderr);
         assert!(child.status.success(), "the child failed:\n{out}\n{err}");
@@ -5991,35 +6007,53 @@ async fn a_login_refused_at_start_up_from_a_systemd_credential_is_not_tried_agai
     };
     let logs = support::Logs::capture();
     let env = env().await;
-    let copy = credentials.join("clouds.yaml");
-    let wrong = std::fs::read_to_string(&env.clouds_yaml)
-        .unwrap()
-        .replace("'poolpass'", "'wrong'");
-    std::fs::write(&copy, wrong).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let text = env
-        .config_text("", SMALL_POOL)
-        .replacen(
-            r#"listen = "127.0.0.1:0""#,
-            &format!(r#"listen = "127.0.0.1:{port}""#),
-            1,
-        )
-        .replacen(
-            &format!("clouds_yaml = \"{}\"", env.clouds_yaml.display()),
-            &format!("clouds_yaml = \"{}\"", copy.display()),
-            1,
-        );
-    assert!(text.contains(&copy.display().to_string()), "{text}");
-    let config = Config::parse(&text).unwrap();
+    // Only the clouds.yaml case listens on a port known beforehand, so
+    // only it asks the health service while start-up waits.
+    let (copy, config, port) = match which {
+        Copied::CloudsYaml => {
+            let copy = credentials.join("clouds.yaml");
+            let wrong = std::fs::read_to_string(&env.clouds_yaml)
+                .unwrap()
+                .replace("'poolpass'", "'wrong'");
+            std::fs::write(&copy, wrong).unwrap();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let text = env
+                .config_text("", SMALL_POOL)
+                .replacen(
+                    r#"listen = "127.0.0.1:0""#,
+                    &format!(r#"listen = "127.0.0.1:{port}""#),
+                    1,
+                )
+                .replacen(
+                    &format!("clouds_yaml = \"{}\"", env.clouds_yaml.display()),
+                    &format!("clouds_yaml = \"{}\"", copy.display()),
+                    1,
+                );
+            assert!(text.contains(&copy.display().to_string()), "{text}");
+            (copy, Config::parse(&text).unwrap(), Some(port))
+        }
+        Copied::SecureYaml => {
+            // clouds.yaml stays where it is; the refused password is the copy's.
+            assert!(!env.clouds_yaml.starts_with(&credentials));
+            let copy = credentials.join("secure.yaml");
+            std::fs::write(
+                &copy,
+                "clouds:\n  cloudsim:\n    auth:\n      password: 'wrong'\n",
+            )
+            .unwrap();
+            (copy, env.config("", SMALL_POOL), None)
+        }
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let starting = tokio::spawn(warmpool_server::start(config, async {
         let _ = stopped.await;
     }));
     let logins = || env.face.faults().password_logins();
     let waiting = || async {
+        let Some(port) = port else { return };
         assert_eq!(
             (
                 health_status(port, "").await,
@@ -6049,13 +6083,23 @@ async fn a_login_refused_at_start_up_from_a_systemd_credential_is_not_tried_agai
     tokio::time::resume();
     waiting().await;
     assert!(!starting.is_finished(), "start-up ended while waiting");
-    assert_eq!(logins(), 1, "the copied password was sent again");
+    let sent_again = match which {
+        Copied::CloudsYaml => "the copied password was sent again",
+        Copied::SecureYaml => "the copied secure.yaml's password was sent again",
+    };
+    assert_eq!(logins(), 1, "{sent_again}");
     let text = logs.text();
-    let said = text
+    let said: Vec<&str> = text
         .lines()
         .filter(|line| line.contains("Keystone") && line.contains("systemctl restart warmpoold"))
-        .count();
-    assert_eq!(said, 1, "{text}");
+        .collect();
+    assert_eq!(said.len(), 1, "{text}");
+    if which == Copied::SecureYaml {
+        assert!(
+            said[0].contains(&copy.display().to_string()) && said[0].contains("mend the original"),
+            "{text}"
+        );
+    }
     assert!(text.contains("does not try them again"), "{text}");
 
     let _ = stop.send(());
@@ -6070,9 +6114,23 @@ async fn a_login_refused_at_start_up_from_a_systemd_credential_is_not_tried_agai
     assert_eq!(logins(), 1);
 }
 
-/// Marks the process [`a_login_refused_at_start_up_with_a_systemd_credential_secure_yaml_is_not_tried_again`]
-/// runs itself in, under a `CREDENTIALS_DIRECTORY` of its own.
-const SECURE_CREDENTIAL_CHILD: &str = "WARMPOOL_TEST_SECURE_CREDENTIAL_CHILD";
+/// A login Keystone refuses at start-up with a clouds.yaml systemd copied
+/// at start (the shipped unit's `LoadCredential=`, under
+/// `$CREDENTIALS_DIRECTORY`) is not tried again: the copy cannot change
+/// until a restart, so each try would send the same refused password and
+/// only bring Keystone's lockout nearer. warmpoold stays up starting
+/// (health "" NOT_SERVING, `liveness` SERVING), says once what to mend and
+/// that a restart is needed, and a shutdown ends it. The test runs itself
+/// in a child process, whose environment alone holds the variable.
+#[tokio::test]
+async fn a_login_refused_at_start_up_from_a_systemd_credential_is_not_tried_again() {
+    refused_login_from_a_copied_credential(
+        "a_login_refused_at_start_up_from_a_systemd_credential_is_not_tried_again",
+        CREDENTIAL_CHILD,
+        Copied::CloudsYaml,
+    )
+    .await;
+}
 
 /// The unit's other hand-over: clouds.yaml read in place, the password in
 /// a secure.yaml systemd copied at start (`LoadCredential=secure.yaml`,
@@ -6083,90 +6141,12 @@ const SECURE_CREDENTIAL_CHILD: &str = "WARMPOOL_TEST_SECURE_CREDENTIAL_CHILD";
 /// restart is needed.
 #[tokio::test]
 async fn a_login_refused_at_start_up_with_a_systemd_credential_secure_yaml_is_not_tried_again() {
-    const NAME: &str =
-        "a_login_refused_at_start_up_with_a_systemd_credential_secure_yaml_is_not_tried_again";
-    let Some(credentials) = std::env::var_os(SECURE_CREDENTIAL_CHILD)
-        .and(std::env::var_os("CREDENTIALS_DIRECTORY"))
-        .map(PathBuf::from)
-    else {
-        let credentials = tempfile::tempdir().unwrap();
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
-            .env(SECURE_CREDENTIAL_CHILD, "1")
-            .env("CREDENTIALS_DIRECTORY", credentials.path())
-            .env(
-                "OS_CLIENT_SECURE_FILE",
-                credentials.path().join("secure.yaml"),
-            )
-            .output()
-            .unwrap();
-        let out = String::from_utf8_lossy(&child.stdout);
-        let err = String::from_utf8_lossy(&child.stderr);
-        assert!(child.status.success(), "the child failed:\n{out}\n{err}");
-        assert!(
-            out.contains("1 passed"),
-            "the test did not run:\n{out}\n{err}"
-        );
-        return;
-    };
-    let logs = support::Logs::capture();
-    let env = env().await;
-    // clouds.yaml stays where it is; the refused password is the copy's.
-    assert!(!env.clouds_yaml.starts_with(&credentials));
-    let copy = credentials.join("secure.yaml");
-    std::fs::write(
-        &copy,
-        "clouds:\n  cloudsim:\n    auth:\n      password: 'wrong'\n",
+    refused_login_from_a_copied_credential(
+        "a_login_refused_at_start_up_with_a_systemd_credential_secure_yaml_is_not_tried_again",
+        SECURE_CREDENTIAL_CHILD,
+        Copied::SecureYaml,
     )
-    .unwrap();
-    let config = env.config("", SMALL_POOL);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let starting = tokio::spawn(warmpool_server::start(config, async {
-        let _ = stopped.await;
-    }));
-    let logins = || env.face.faults().password_logins();
-    wait_until("the first login", || logins() >= 1).await;
-    if starting.is_finished() {
-        let ended = starting.await.unwrap();
-        panic!(
-            "start-up ended on a refused login: {:#}",
-            ended.err().expect("not started on a wrong password")
-        );
-    }
-
-    tokio::time::pause();
-    for _ in 0..16 {
-        tokio::time::advance(Duration::from_secs(30)).await;
-    }
-    tokio::time::resume();
-    assert!(!starting.is_finished(), "start-up ended while waiting");
-    assert_eq!(
-        logins(),
-        1,
-        "the copied secure.yaml's password was sent again"
-    );
-    let text = logs.text();
-    let said: Vec<&str> = text
-        .lines()
-        .filter(|line| line.contains("Keystone") && line.contains("systemctl restart warmpoold"))
-        .collect();
-    assert_eq!(said.len(), 1, "{text}");
-    assert!(
-        said[0].contains(&copy.display().to_string()) && said[0].contains("mend the original"),
-        "{text}"
-    );
-    assert!(text.contains("does not try them again"), "{text}");
-
-    let _ = stop.send(());
-    let ended = tokio::time::timeout(Duration::from_secs(60), starting)
-        .await
-        .expect("start-up ends on the shutdown")
-        .unwrap();
-    match ended {
-        Ok(_) => panic!("started on a wrong password"),
-        Err(e) => assert!(e.is::<warmpool_server::StoppedDuringStartUp>(), "{e:#}"),
-    }
-    assert_eq!(logins(), 1);
+    .await;
 }
 
 /// A shutdown (SIGTERM) while start-up waits out a refused login ends
