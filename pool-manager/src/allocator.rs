@@ -1536,7 +1536,7 @@ impl Shared {
             // silent passes to judge.
             if let Err(silence) = answers {
                 let silence = silence.into_error();
-                if let Some(broken) = self.server_broken(&instance).await {
+                let error = if let Some(broken) = self.server_broken(&instance).await {
                     tracing::warn!(instance = %instance.id, error = %silence, "discarding the claimed instance: {broken}");
                     let reason = format!("{silence}; {broken}");
                     match self.discard_instance(&instance.id, &reason).await {
@@ -1548,37 +1548,29 @@ impl Shared {
                         }
                     }
                     record.forget_instance().await?;
-                    let error = with_more(silence, format_args!("{broken}, so it was discarded"));
-                    if Instant::now() >= deadline {
-                        return Err(no_other_instance(
-                            deadline_passed(),
-                            last_failure,
-                            Some(error),
-                        ));
+                    with_more(silence, format_args!("{broken}, so it was discarded"))
+                } else {
+                    // Noted before it is back: the put-back wakes waiting
+                    // purchases, which would otherwise claim it first (the
+                    // oldest) and spend a probe on it. Noted for nothing if it
+                    // does not go back, which sorts no other instance after it.
+                    self.silent_at_claim
+                        .lock()
+                        .expect("silent-at-claim lock")
+                        .insert(instance.id.clone());
+                    match self.put_back(record, &instance, &silence).await? {
+                        PutBack::Ready => {
+                            found_silent.push(instance.id.clone());
+                            with_more(
+                                silence,
+                                "it is back in the pool, and replaced if it is silent on two reconcile passes",
+                            )
+                        }
+                        PutBack::Drained => {
+                            with_more(silence, "it was discarded, its pool being deleted")
+                        }
+                        PutBack::Taken => silence,
                     }
-                    last_dead = Some(error);
-                    continue;
-                }
-                // Noted before it is back: the put-back wakes waiting
-                // purchases, which would otherwise claim it first (the
-                // oldest) and spend a probe on it. Noted for nothing if it
-                // does not go back, which sorts no other instance after it.
-                self.silent_at_claim
-                    .lock()
-                    .expect("silent-at-claim lock")
-                    .insert(instance.id.clone());
-                let error = match self.put_back(record, &instance, &silence).await? {
-                    PutBack::Ready => {
-                        found_silent.push(instance.id.clone());
-                        with_more(
-                            silence,
-                            "it is back in the pool, and replaced if it is silent on two reconcile passes",
-                        )
-                    }
-                    PutBack::Drained => {
-                        with_more(silence, "it was discarded, its pool being deleted")
-                    }
-                    PutBack::Taken => silence,
                 };
                 if Instant::now() >= deadline {
                     return Err(no_other_instance(
