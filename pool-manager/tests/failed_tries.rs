@@ -1209,22 +1209,33 @@ async fn a_locked_servers_refusal_after_a_503_is_not_taken_for_the_purchases_att
     );
 }
 
+/// A pool of one instance whose mysqld is silent and whose server Nova
+/// shows in `status` with no address, the call counts reset: where the
+/// tests of a claim on a server broken for good start.
+async fn silent_on_a_server_shown(
+    status: pool_manager::cloud::ServerStatus,
+) -> (Arc<cloudsim::SimCloud>, PoolManager, String) {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let server = sim.servers().pop().unwrap().server.id;
+    assert!(sim.stop_mysqld(&server));
+    cloud.show_server(&server, move |s| {
+        s.status = status;
+        s.mysql_addr = None;
+    });
+    sim.reset_call_counts();
+    (sim, manager, server)
+}
+
 /// A server Nova shows stopped (SHUTOFF) with no task to start it again is
 /// broken for good: an instance silent at its claim on one is discarded at
 /// once, and the answer names Nova's status in words (it used to print
 /// warmpool's own `Other`).
 #[tokio::test(start_paused = true)]
 async fn an_instance_whose_server_is_stopped_at_its_claim_is_discarded_naming_shutoff() {
-    let sim = sim();
-    let cloud = GatedCloud::new(&sim);
-    let manager = started_paused(&cloud, temp_store(), 1).await;
-    let server = sim.servers().pop().unwrap().server.id;
-    assert!(sim.stop_mysqld(&server));
-    cloud.show_server(&server, |s| {
-        s.status = pool_manager::cloud::ServerStatus::Stopped;
-        s.mysql_addr = None;
-    });
-    sim.reset_call_counts();
+    let (sim, manager, server) =
+        silent_on_a_server_shown(pool_manager::cloud::ServerStatus::Stopped).await;
 
     let err = manager
         .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
@@ -1260,16 +1271,7 @@ async fn an_instance_whose_server_is_paused_suspended_or_rescued_at_its_claim_is
         ),
         (ServerStatus::Rescued, "in rescue (Nova shows it RESCUE)"),
     ] {
-        let sim = sim();
-        let cloud = GatedCloud::new(&sim);
-        let manager = started_paused(&cloud, temp_store(), 1).await;
-        let server = sim.servers().pop().unwrap().server.id;
-        assert!(sim.stop_mysqld(&server));
-        cloud.show_server(&server, move |s| {
-            s.status = status;
-            s.mysql_addr = None;
-        });
-        sim.reset_call_counts();
+        let (sim, manager, server) = silent_on_a_server_shown(status).await;
 
         let err = manager
             .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
