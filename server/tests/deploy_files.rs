@@ -877,20 +877,8 @@ fn supervisors_wait_out_the_shutdown_grace_and_the_final_flush() {
 /// only those, without --ca-file), and bookworm-slim ships none.
 #[test]
 fn the_containers_runtime_stage_installs_ca_certificates() {
-    let containerfile = read(&deploy_dir().join("Containerfile"));
-    // Instructions, their continued lines joined, comments dropped.
-    let instructions: Vec<String> = containerfile
-        .replace("\\\n", " ")
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect();
-    let runtime = instructions
-        .iter()
-        .rposition(|l| l.starts_with("FROM "))
-        .expect("the Containerfile has no FROM");
-    let installs = instructions[runtime..].iter().any(|l| {
+    let runtime = containerfile_runtime_stage();
+    let installs = runtime.iter().any(|l| {
         l.starts_with("RUN ")
             && l.split("&&").any(|command| {
                 let words: Vec<&str> = command.split_whitespace().collect();
@@ -902,8 +890,27 @@ fn the_containers_runtime_stage_installs_ca_certificates() {
         installs,
         "the Containerfile's runtime stage ({}) installs no ca-certificates: \
          warmpoolctl without --ca-file would trust no CA, the OpenStack driver only webpki's",
-        instructions[runtime]
+        runtime[0]
     );
+}
+
+/// The Containerfile's runtime stage, the image that ships: the
+/// instructions from its last FROM on, their continued lines joined,
+/// comments dropped.
+fn containerfile_runtime_stage() -> Vec<String> {
+    let containerfile = read(&deploy_dir().join("Containerfile"));
+    let mut instructions: Vec<String> = containerfile
+        .replace("\\\n", " ")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    let runtime = instructions
+        .iter()
+        .rposition(|l| l.starts_with("FROM "))
+        .expect("the Containerfile has no FROM");
+    instructions.split_off(runtime)
 }
 
 /// The config file the systemd unit's install lines copy to the file its
@@ -1130,20 +1137,9 @@ fn kubernetes_pulls_warmpoolds_image_only_when_the_node_lacks_it() {
 /// (refused to uid 10001, and lost with the container when run as root).
 #[test]
 fn a_containers_store_at_the_default_data_dir_lands_in_its_volume() {
-    let containerfile = read(&deploy_dir().join("Containerfile"));
-    let instructions: Vec<String> = containerfile
-        .replace("\\\n", " ")
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect();
-    let runtime = instructions
-        .iter()
-        .rposition(|l| l.starts_with("FROM "))
-        .expect("the Containerfile has no FROM");
+    let runtime = containerfile_runtime_stage();
     let last = |keyword: &str| {
-        instructions[runtime..]
+        runtime
             .iter()
             .rev()
             .find_map(|l| l.strip_prefix(keyword).map(str::trim))
