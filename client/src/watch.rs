@@ -369,7 +369,8 @@ mod tests {
             pool: Some(pools[0].clone()),
             events: vec![api::PoolEvent {
                 kind: api::PoolEventKind::Exhausted.into(),
-                message: "pool exhausted: an Allocate\nfound no Ready instance".into(),
+                message: "pool exhausted: an Allocate\nfound no Ready instance it could claim"
+                    .into(),
                 flavor: "m1.large".into(),
                 availability_zone: "az1".into(),
                 at: Some(prost_types::Timestamp {
@@ -384,7 +385,7 @@ mod tests {
         let last = frame.lines().last().unwrap();
         assert_eq!(
             last,
-            "event 1970-01-01T00:00:00Z m1.large@az1 EXHAUSTED pool exhausted: an Allocate found no Ready instance"
+            "event 1970-01-01T00:00:00Z m1.large@az1 EXHAUSTED pool exhausted: an Allocate found no Ready instance it could claim"
         );
         // On a pipe each event is printed once; a terminal keeps the recent ones.
         assert!(!board.render(false, SystemTime::now()).contains("event "));

@@ -151,7 +151,10 @@ pub enum EventKind {
         outcome: AllocationOutcome,
         latency: Duration,
     },
-    /// An Allocate found no Ready instance.
+    /// An Allocate call found no Ready instance it could claim (none, or
+    /// only ones it found silent at their claim), or none at a timeout that
+    /// passed while its volume and port were made. Once a call, whether it
+    /// is then refused, cold-booted or served after waiting.
     Exhausted,
     /// The operator changed the pool's settings, or started its deletion.
     /// Only a change that changes something is announced.
@@ -229,7 +232,7 @@ impl EventKind {
     pub fn describe(&self) -> Option<String> {
         Some(match self {
             Self::Boot { .. } | Self::Allocation { .. } | Self::Released => return None,
-            Self::Exhausted => "pool exhausted: an Allocate found no Ready instance".into(),
+            Self::Exhausted => "pool exhausted: an Allocate found no Ready instance it could claim".into(),
             Self::SettingsChanged {
                 change: SettingsChange::Updated,
             } => "pool settings changed".into(),

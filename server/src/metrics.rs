@@ -547,7 +547,7 @@ impl Metrics {
         );
         registry.register(
             "pool_exhausted",
-            "Allocate calls that found no Ready instance in the pool",
+            "Allocate calls that found no Ready instance they could claim (none, or only ones they found silent at their claim), once a call whether then refused, cold-booted or served after waiting; also a call whose timeout passed while its volume and port were made, the pool having no Ready instance then",
             m.exhausted.clone(),
         );
         registry.register(
@@ -1628,7 +1628,9 @@ mod tests {
     /// pool that fails its start-up cloud check is degraded without a
     /// failed boot, a 503 naming a Retry-After is waited out as a 429 is,
     /// and an unauthenticated call may carry a token, a malformed one or
-    /// one this daemon does not know.
+    /// one this daemon does not know. A pool is counted exhausted by every
+    /// call that found no Ready instance it could claim, served after all
+    /// or not, and by one whose timeout passed while its volume was made.
     #[test]
     fn help_texts_name_every_cause_their_families_count() {
         let m = Metrics::new();
@@ -1638,6 +1640,7 @@ mod tests {
             },
             consecutive_failures: 0,
         }));
+        m.record(&event(EventKind::Exhausted));
         m.observe_cloud(
             "volume",
             Some(&CloudError::Throttled {
@@ -1669,6 +1672,17 @@ mod tests {
         let refused = help(&body, "warmpool_api_calls_refused");
         for cause in ["no token", "malformed", "not in api_tokens"] {
             assert!(refused.contains(cause), "{cause}: {refused}");
+        }
+        let exhausted = help(&body, "warmpool_pool_exhausted");
+        for cause in [
+            "could claim",
+            "once a call",
+            "refused",
+            "cold-booted",
+            "after waiting",
+            "timeout passed",
+        ] {
+            assert!(exhausted.contains(cause), "{cause}: {exhausted}");
         }
     }
 
