@@ -77,15 +77,19 @@ fn cell(s: &str) -> String {
 
 /// `s` on one line, as a terminal shows it: runs of whitespace become one
 /// space, and other control characters (an escape sequence in a cloud's
-/// fault message) are shown escaped instead of reaching the terminal.
+/// fault message) and Unicode's format characters (category Cf: a
+/// right-to-left override, a zero-width space, a byte-order mark, which
+/// print as nothing or turn the text around them) are shown escaped
+/// instead of reaching the terminal.
 pub fn one_line(s: &str) -> String {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
     let mut line = String::with_capacity(s.len());
     for word in s.split_whitespace() {
         if !line.is_empty() {
             line.push(' ');
         }
         for c in word.chars() {
-            if c.is_control() {
+            if c.is_control() || c.general_category() == GeneralCategory::Format {
                 line.extend(c.escape_default());
             } else {
                 line.push(c);
@@ -481,7 +485,7 @@ fn quota_detail(pool: &api::Pool) -> String {
 }
 
 fn quota_room(s: &api::SizingStatus) -> String {
-    let binding = &s.quota_limited_by;
+    let binding = one_line(&s.quota_limited_by);
     match s.quota_headroom {
         _ if s.beyond_quota => {
             format!("no server of the flavor ever fits ({binding}): raise the quota")
@@ -506,7 +510,9 @@ fn plan_detail(pool: &api::Pool, now: SystemTime) -> String {
     };
     let plan = format!(
         "{}: {} new boots, {} in flight",
-        s.plan_reason, s.plan_boots, s.boots_in_flight
+        one_line(&s.plan_reason),
+        s.plan_boots,
+        s.boots_in_flight
     );
     if s.plan_reason != "backoff" {
         return plan;
@@ -606,6 +612,57 @@ mod tests {
         );
         assert_eq!(cell("\u{1b}[2Jgone\u{7}"), "\\u{1b}[2Jgone\\u{7}");
         assert_eq!(cell(" \n "), "-");
+    }
+
+    /// Unicode's format characters (category Cf) print as nothing or turn
+    /// the text around them: a right-to-left override in a cloud's fault
+    /// text or a label would make the line read as something else, and a
+    /// zero-width space would make one pool name look like another.
+    #[test]
+    fn cells_show_format_characters_escaped() {
+        assert_eq!(cell("a\u{202e}b"), "a\\u{202e}b");
+        for c in ['\u{200b}', '\u{feff}', '\u{2066}', '\u{2069}', '\u{e0041}'] {
+            let shown = cell(&format!("x{c}y"));
+            assert_eq!(shown, format!("x{}y", c.escape_default()));
+            assert!(!shown.contains(c), "{shown:?}");
+        }
+        assert_eq!(pool_name("m1\u{200b}", "az1"), "m1\\u{200b}@az1");
+        // Letters of other scripts are no format characters.
+        assert_eq!(cell("café Ωμέγα 日本"), "café Ωμέγα 日本");
+    }
+
+    /// plan_reason and quota_limited_by come from the server as the other
+    /// strings do, and go through the same escaping.
+    #[test]
+    fn the_plan_and_quota_details_show_server_text_escaped() {
+        let mut pool = sample_pools()[0].clone();
+        let sizing = pool.sizing.get_or_insert_with(Default::default);
+        sizing.plan_reason = "refill\u{1b}[2J\u{202e}".into();
+        sizing.quota_headroom = Some(2);
+        sizing.quota_limited_by = "cores\u{7}: 8 of 10\u{200b} used".into();
+        let text = pool_detail(&pool, SystemTime::now());
+        assert!(
+            text.contains(
+                "plan:              refill\\u{1b}[2J\\u{202e}: 0 new boots, 0 in flight\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "quota:             2 more servers (cores\\u{7}: 8 of 10\\u{200b} used at the last poll)\n"
+            ),
+            "{text}"
+        );
+        let sizing = pool.sizing.as_mut().unwrap();
+        sizing.beyond_quota = true;
+        sizing.quota_limited_by = "cores:\u{2066} one server needs 64".into();
+        let text = pool_detail(&pool, SystemTime::now());
+        assert!(
+            text.contains(
+                "no server of the flavor ever fits (cores:\\u{2066} one server needs 64)"
+            ),
+            "{text}"
+        );
     }
 
     /// A disabled gate limits boots to no window, so none is shown (the
