@@ -4,7 +4,8 @@
 //! view structs below. Their shape follows the proto messages (same snake_case
 //! field names), with three deliberate differences that make the output
 //! pleasant for scripts: enums are their names ("READY", not 3), durations
-//! are humantime strings ("1m 30s"), timestamps are RFC 3339. Absent
+//! are humantime strings ("1m 30s", "60days": days, never humantime's
+//! inexact months or years), timestamps are RFC 3339. Absent
 //! messages are `null`; maps are sorted by key so the output is stable.
 //!
 //! Top-level shapes: list commands print `{"pools": [...]}` /
@@ -203,15 +204,46 @@ pub fn health_cell(pool: &api::Pool) -> String {
     }
 }
 
-/// A protobuf duration as humantime, exactly ("1s 234ms 567us").
-/// Negative durations are invalid on this API but are still shown honestly.
+/// A protobuf duration in humantime's words, exactly ("1s 234ms 567us",
+/// "60days 12h"). Negative durations are invalid on this API but are still
+/// shown honestly.
 pub fn duration_exact(d: &prost_types::Duration) -> String {
     match std_duration(d) {
-        Some(d) => humantime::format_duration(d).to_string(),
+        Some(d) => in_days(d),
         None => {
             let abs = Duration::new(d.seconds.unsigned_abs(), d.nanos.unsigned_abs());
-            format!("-{}", humantime::format_duration(abs))
+            format!("-{}", in_days(abs))
         }
+    }
+}
+
+/// As humantime writes a duration, but with days the largest unit:
+/// humantime's months are 30.44 days and its years 365.25, so a max_age
+/// of 60 days read "1month 29days 13h 26m 24s". humantime parses what
+/// this writes ("60days"), so a value shown can be given back to a flag.
+fn in_days(d: Duration) -> String {
+    let secs = d.as_secs();
+    let nanos = u64::from(d.subsec_nanos());
+    let days = secs / 86_400;
+    let parts = [
+        (days, if days == 1 { "day" } else { "days" }),
+        (secs / 3600 % 24, "h"),
+        (secs / 60 % 60, "m"),
+        (secs % 60, "s"),
+        (nanos / 1_000_000, "ms"),
+        (nanos / 1000 % 1000, "us"),
+        (nanos % 1000, "ns"),
+    ];
+    let text = parts
+        .iter()
+        .filter(|(n, _)| *n != 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if text.is_empty() {
+        "0s".to_owned()
+    } else {
+        text
     }
 }
 
@@ -797,6 +829,37 @@ pub(crate) mod tests {
         assert_eq!(duration_short(&p(0, 450_000)), "450us");
         assert_eq!(duration_short(&p(0, 0)), "0s");
         assert_eq!(duration_exact(&p(-2, 0)), "-2s");
+    }
+
+    /// humantime counts months of 30.44 days and years of 365.25: a
+    /// max_age of 60 days read "1month 29days 13h 26m 24s". Days are the
+    /// largest unit shown, in JSON and tables alike.
+    #[test]
+    fn durations_of_days_read_in_days_never_months_or_years() {
+        let p = |s, n| prost_types::Duration {
+            seconds: s,
+            nanos: n,
+        };
+        assert_eq!(duration_exact(&p(5_184_000, 0)), "60days");
+        assert_eq!(duration_short(&p(5_184_000, 0)), "60days");
+        assert_eq!(duration_exact(&p(90 * 86_400 + 12 * 3600, 0)), "90days 12h");
+        assert_eq!(duration_exact(&p(86_400, 0)), "1day");
+        assert_eq!(duration_exact(&p(31_557_600, 0)), "365days 6h");
+        assert_eq!(
+            duration_exact(&p(2 * 86_400 + 61, 5_000_001)),
+            "2days 1m 1s 5ms 1ns"
+        );
+        assert_eq!(
+            duration_short(&p(2 * 86_400 + 61, 5_000_001)),
+            "2days 1m 1s 5ms"
+        );
+        assert_eq!(duration_exact(&p(-5_184_000, 0)), "-60days");
+        let mut pool = sample_pools().remove(0);
+        pool.spec.as_mut().unwrap().max_age = d(5_184_000, 0);
+        let v = to_json(PoolView::from(&pool));
+        assert_eq!(v["spec"]["max_age"], "60days");
+        let text = crate::table::pool_detail(&pool, SystemTime::now());
+        assert!(text.contains("max_age:           60days\n"), "{text}");
     }
 
     #[test]
