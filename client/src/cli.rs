@@ -342,8 +342,10 @@ pub struct AllocateArgs {
     #[arg(long, value_enum)]
     pub on_empty: Option<OnEmpty>,
     /// Bounds the purchase up to the claim of an instance, at most 1h (server
-    /// default: 60s, 30m for cold-boot); a claimed instance's attach may still
-    /// run up to 5 min past it.
+    /// default: 60s, 30m for cold-boot). A claimed instance's attach is given
+    /// at least 5 min from the claim, and a failed try's undoing (detach,
+    /// port and server deletes) at least 2 min each, so the answer may come
+    /// several minutes past the timeout.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
 }
@@ -1061,6 +1063,31 @@ mod tests {
             assert!(help.contains("\"~\""), "{what}: {help}");
         }
         assert!(list.contains("\"win:N\""), "{list}");
+    }
+
+    /// The proto (AllocateRequest.timeout): the attach is given at least
+    /// 5 min from the claim, and each step of a failed try's undoing at
+    /// least 2 min, so the call may answer several minutes past the
+    /// timeout; "up to 5 min past it" promised a bound the server does not
+    /// keep.
+    #[test]
+    fn allocate_timeout_help_says_how_far_past_it_the_answer_may_come() {
+        let cli = Cli::command();
+        let timeout = cli
+            .find_subcommand("allocate")
+            .unwrap()
+            .get_arguments()
+            .find(|a| a.get_id() == "timeout")
+            .unwrap();
+        let help = timeout
+            .get_long_help()
+            .or(timeout.get_help())
+            .unwrap()
+            .to_string();
+        assert!(help.contains("at least 5 min from the claim"), "{help}");
+        assert!(help.contains("at least 2 min each"), "{help}");
+        assert!(help.contains("several minutes past the timeout"), "{help}");
+        assert!(!help.contains("up to 5 min past"), "{help}");
     }
 
     /// Both --window helps say windows are read in UTC.
