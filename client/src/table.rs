@@ -443,8 +443,11 @@ fn throttle_detail(pool: &api::Pool, now: SystemTime) -> String {
             format!(", window {shown:.2} (admits {admits})")
         }
     });
+    // Builds (boot request until ACTIVE), as the proto counts them: the plan
+    // line's "in flight" counts the pool's booting + warming, which may be
+    // more than the AZ's builds.
     format!(
-        "{}{window}, {} boots in flight in the AZ ({} replenishing)",
+        "{}{window}, {} builds in flight in the AZ ({} replenishing)",
         throttle_cell(pool, now),
         g.in_flight,
         g.gated_in_flight
@@ -666,7 +669,11 @@ mod tests {
     }
 
     /// A disabled gate limits boots to no window, so none is shown (the
-    /// daemon sends none); an enabled one's is.
+    /// daemon sends none); an enabled one's is. The AZ's count is of
+    /// builds (boot request until ACTIVE, as the proto and the
+    /// warmpool_pool_gate_in_flight metric say), not of the plan line's
+    /// boots in flight (booting + warming): named "boots", a pool with
+    /// more of its own in flight than the whole AZ read as a contradiction.
     #[test]
     fn the_throttle_detail_shows_a_window_only_with_the_gate_on() {
         let now = std::time::SystemTime::now();
@@ -684,24 +691,24 @@ mod tests {
         pool.sizing = Some(with_gate(api::ThrottleState::Disabled, None));
         assert_eq!(
             throttle_detail(&pool, now),
-            "off, 3 boots in flight in the AZ (2 replenishing)"
+            "off, 3 builds in flight in the AZ (2 replenishing)"
         );
         pool.sizing = Some(with_gate(api::ThrottleState::Open, Some(8.0)));
         assert_eq!(
             throttle_detail(&pool, now),
-            "open, window 8, 3 boots in flight in the AZ (2 replenishing)"
+            "open, window 8, 3 builds in flight in the AZ (2 replenishing)"
         );
         // The AIMD window grows by fractions; the AZ admits its floor.
         // "window 8.8" read as room for 9.
         pool.sizing = Some(with_gate(api::ThrottleState::Open, Some(8.75)));
         assert_eq!(
             throttle_detail(&pool, now),
-            "open, window 8.75 (admits 8), 3 boots in flight in the AZ (2 replenishing)"
+            "open, window 8.75 (admits 8), 3 builds in flight in the AZ (2 replenishing)"
         );
         pool.sizing = Some(with_gate(api::ThrottleState::Open, Some(8.999)));
         assert_eq!(
             throttle_detail(&pool, now),
-            "open, window 8.99 (admits 8), 3 boots in flight in the AZ (2 replenishing)"
+            "open, window 8.99 (admits 8), 3 builds in flight in the AZ (2 replenishing)"
         );
     }
 
