@@ -191,11 +191,13 @@ pub struct PoolCreateArgs {
     pub windows: Vec<String>,
     /// Disk IOPS limit of the flavor: a slower lead-time prior before the
     /// first boot is observed.
-    #[arg(long, value_name = "IOPS")]
-    pub iops_limit: Option<u32>,
+    // parse_limit as on update: 0 is refused here, naming the flag, rather
+    // than sent for the server to refuse.
+    #[arg(long, value_name = "IOPS", value_parser = parse_limit)]
+    pub iops_limit: Option<Limit>,
     /// IOPS limit of the volume type purchases attach.
-    #[arg(long, value_name = "IOPS")]
-    pub volume_iops_limit: Option<u32>,
+    #[arg(long, value_name = "IOPS", value_parser = parse_limit)]
+    pub volume_iops_limit: Option<Limit>,
 }
 
 #[derive(Debug, Args)]
@@ -495,8 +497,9 @@ impl PoolCreateArgs {
             max_age: self.max_age.map(to_proto_duration).transpose()?,
             paused: self.paused,
             windows: self.windows.clone(),
-            iops_limit: self.iops_limit,
-            volume_iops_limit: self.volume_iops_limit,
+            // "none" on create is no limit, as leaving the flag out.
+            iops_limit: self.iops_limit.and_then(|Limit(v)| v),
+            volume_iops_limit: self.volume_iops_limit.and_then(|Limit(v)| v),
             // Fields added to the API later keep their defaults.
             ..Default::default()
         };
@@ -1029,6 +1032,17 @@ mod tests {
         assert!(spec.windows.is_empty());
 
         assert!(parse(&["pools", "update", "f", "a", "--iops-limit", "0"]).is_err());
+        let create_with = |flag, value| {
+            let mut args = vec!["pools", "create", "f", "a", "--min-ready", "1"];
+            args.extend(["--max-ready", "2", "--image", "i", flag, value]);
+            parse(&args)
+        };
+        for flag in ["--iops-limit", "--volume-iops-limit"] {
+            let err = create_with(flag, "0").unwrap_err().to_string();
+            assert!(err.contains(flag), "{err}");
+            assert!(err.contains("\"0\" is not an IOPS limit"), "{err}");
+        }
+        assert_eq!(create_spec(&["--iops-limit", "none"]).iops_limit, None);
         assert!(parse(&[
             "pools",
             "update",

@@ -1191,3 +1191,33 @@ async fn watch_shows_sizing_columns_and_event_lines() {
     assert_eq!(v["spec"]["target_mode"], "FIXED", "{v}");
     assert_eq!(v["effective_target"], 2, "{v}");
 }
+
+/// An IOPS limit of 0 is no limit the server takes: `pools create` refuses
+/// it as `pools update` does, by the flag's name and before connecting
+/// (nothing listens on port 1), not as the server's INVALID_ARGUMENT or a
+/// connection error.
+#[tokio::test]
+async fn create_refuses_a_zero_iops_limit_before_connecting() {
+    for flag in ["--iops-limit", "--volume-iops-limit"] {
+        for command in ["create", "update"] {
+            let mut args = vec!["pools", command, "db.large", "az1", flag, "0"];
+            if command == "create" {
+                args.extend(["--min-ready", "1", "--max-ready", "2", "--image", "i"]);
+            }
+            let refused = run("127.0.0.1:1", &args).await;
+            assert!(!refused.ok, "{args:?}: {refused:?}");
+            assert_eq!(refused.stdout, "", "{args:?}");
+            assert!(
+                refused.stderr.contains(&format!("'{flag} <"))
+                    && refused.stderr.contains("\"0\" is not an IOPS limit"),
+                "{args:?}: {}",
+                refused.stderr
+            );
+            assert!(
+                !refused.stderr.contains("UNAVAILABLE"),
+                "{args:?}: {}",
+                refused.stderr
+            );
+        }
+    }
+}
