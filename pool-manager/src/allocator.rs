@@ -1539,7 +1539,10 @@ impl Shared {
                 let error = if let Some(broken) = self.server_broken(&instance).await {
                     tracing::warn!(instance = %instance.id, error = %silence, "discarding the claimed instance: {broken}");
                     let reason = format!("{silence}; {broken}");
-                    match self.discard_instance(&instance.id, &reason).await {
+                    match self
+                        .discard_untouched(&instance, &params.request_id, &reason)
+                        .await
+                    {
                         Ok(()) => {}
                         Err(e @ ManagerError::Store(_)) => return Err(e),
                         // Its record says Deleting: the reconciler finishes it.
@@ -2979,6 +2982,46 @@ impl Shared {
             }
         };
         Ok(port_id)
+    }
+
+    /// Discards the instance this purchase claimed and found broken before
+    /// anything of its order was attached: `Deleting` with no request id,
+    /// so its server's delete is sent once and not waited for until gone.
+    /// That wait keeps a record while a server may hold a tenant's volume;
+    /// nothing of a tenant's reached this one, and a purchase waiting on a
+    /// delete Nova takes minutes to finish (the cleanup budget, 2 min)
+    /// failed past its deadline with a Ready instance left in the pool. A
+    /// delete the cloud refuses, or leaves half done, is the reconciler's:
+    /// it deletes a `Deleting` instance's server again, and sweeps a pool
+    /// server no record names once Nova no longer shows it being deleted.
+    /// An instance no longer claimed for `request_id` (taken out of service
+    /// meanwhile) is left to whoever took it. A crash after the write
+    /// leaves the order naming an instance whose claim it no longer holds:
+    /// its rollback passes the instance by, which the reconciler deletes.
+    async fn discard_untouched(
+        &self,
+        instance: &Instance,
+        request_id: &str,
+        reason: &str,
+    ) -> ManagerResult<()> {
+        let deleting = self
+            .update_instance(&instance.id, |current| {
+                (current.state == InstanceState::Claimed
+                    && current.request_id.as_deref() == Some(request_id))
+                .then(|| {
+                    let mut next = current.clone();
+                    next.state = InstanceState::Deleting;
+                    next.request_id = None;
+                    next.last_error = Some(reason.to_string());
+                    Some(next)
+                })
+            })
+            .await?;
+        let Some(deleting) = deleting else {
+            return Ok(());
+        };
+        self.store.flush().await?;
+        self.finish_delete(&deleting).await
     }
 
     /// Puts back in the pool, `Ready` and unclaimed, the instance a try
