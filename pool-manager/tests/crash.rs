@@ -11,9 +11,9 @@ use cloudsim::SimCloud;
 use common::*;
 use pool_manager::cloud::VolumeStatus;
 use pool_manager::events::EventKind;
-use pool_manager::model::{AllocationState, EmptyPoolPolicy, InstanceState};
+use pool_manager::model::{Allocation, AllocationState, EmptyPoolPolicy, InstanceState};
 use pool_manager::store::Store;
-use pool_manager::PoolManager;
+use pool_manager::{ManagerError, PoolManager};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -986,33 +986,48 @@ impl StoreHooks for CrashAtWrite {
     }
 }
 
-/// A purchase whose attaches are all refused 429 puts its instance back
-/// in the pool with two writes: the order no longer naming it, then the
-/// instance unclaimed. A crash at any write of the purchase, keeping only
-/// the flushed writes or every one, leaves after the restart's reconcile
-/// no instance both in the pool and claimed or named by the order, the
-/// order rolled back, and the order served when asked again.
-#[tokio::test(start_paused = true)]
-async fn a_crash_at_any_write_of_a_purchase_putting_its_instance_back_is_repaired() {
-    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-    let (mut put_back_seen, mut discard_seen) = (false, false);
+/// A fault a purchase meets in [`crash_at_every_write_of_a_purchase`], on a
+/// pool of two Ready instances.
+#[async_trait::async_trait]
+trait PurchaseFault: Sync {
+    /// The process's cloud, over `sim`, the fault not yet on.
+    fn cloud(&self, sim: &Arc<SimCloud>) -> Arc<GatedCloud>;
+    /// Turns the fault on, once the pool is Ready.
+    async fn arm(&self, cloud: &GatedCloud, manager: &PoolManager);
+    /// Turns off what is the process's and not the cloud's, before the
+    /// restart.
+    fn disarm(&self) {}
+    /// Checks what the purchase answered when no write crashed it.
+    fn answered(&self, answer: Result<Allocation, ManagerError>);
+    /// Checks the pool once the restart's reconcile is done and 60 s passed.
+    async fn repaired(&self, after: &Restarted<'_>);
+}
+
+/// A purchase's process after its crash (or its answer) and restart.
+struct Restarted<'a> {
+    /// The crash point, for the messages.
+    what: String,
+    /// A write crashed the process; else the purchase answered first.
+    crashed: bool,
+    /// A write before the crashing one claimed an instance.
+    claimed: bool,
+    manager: &'a PoolManager,
+}
+
+/// A purchase meeting `fault`, crashed at its first store write, then its
+/// second, and so on until it answers before the crash; once keeping only
+/// the flushed writes, once every one. After each, the process starts
+/// again on what survived, and 60 s later the store agrees with the cloud
+/// ([`assert_consistent`]), `fault` checks the rest, and the order asked
+/// again is served.
+async fn crash_at_every_write_of_a_purchase(fault: &dyn PurchaseFault) {
+    use std::sync::atomic::Ordering::SeqCst;
     for every_write in [false, true] {
         for at in 1u64.. {
             assert!(at < 100, "a purchase should need far fewer writes");
             let sim = sim();
             let dir = tempfile::tempdir().unwrap();
-            let throttling = Arc::new(AtomicBool::new(false));
-            let cloud = GatedCloud::with_fault(&sim, {
-                let throttling = throttling.clone();
-                move |method| {
-                    (matches!(method, "attach_volume" | "attach_port") && throttling.load(SeqCst))
-                        .then(|| pool_manager::cloud::CloudError::Throttled {
-                            retry_after: Some(Duration::from_secs(600)),
-                            message: format!("{method}: rate-limited (HTTP 429)"),
-                            unavailable: false,
-                        })
-                }
-            });
+            let cloud = fault.cloud(&sim);
             let store = HookedStore::new(CrashAtWrite {
                 image: CrashImage::default(),
                 left: Default::default(),
@@ -1021,7 +1036,7 @@ async fn a_crash_at_any_write_of_a_purchase_putting_its_instance_back_is_repaire
                 sim: sim.clone(),
             });
             let manager = started_paused(&cloud, store.clone(), 2).await;
-            throttling.store(true, SeqCst);
+            fault.arm(&cloud, &manager).await;
             store.hooks.left.store(at, SeqCst);
             let order = request("order-crash", new_volume(), EmptyPoolPolicy::FailFast);
             let purchase = tokio::spawn({
@@ -1037,14 +1052,13 @@ async fn a_crash_at_any_write_of_a_purchase_putting_its_instance_back_is_repaire
             if crashed {
                 purchase.abort();
             } else {
-                let err = purchase.await.unwrap().unwrap_err();
-                assert!(err.to_string().contains("back in the pool"), "{err}");
+                fault.answered(purchase.await.unwrap());
                 store.hooks.image.crash();
             }
             manager.shutdown().await.unwrap();
             drop(manager);
             sim.faults().clear_hang();
-            throttling.store(false, SeqCst);
+            fault.disarm();
             let kept = match every_write {
                 true => |unflushed: usize| unflushed,
                 false => |_| 0,
@@ -1054,27 +1068,22 @@ async fn a_crash_at_any_write_of_a_purchase_putting_its_instance_back_is_repaire
             manager.start().await.unwrap();
 
             let what = format!("crash at write {at}, every write kept: {every_write}");
-            assert!(
-                manager.get_allocation("order-crash").await.is_err(),
-                "{what}: the order is rolled back"
-            );
             tokio::time::sleep(Duration::from_secs(60)).await;
             assert_consistent(&sim, &manager).await;
-            let instances = manager.list_instances(Some(&pool())).await.unwrap();
-            assert!(
-                instances
-                    .iter()
-                    .all(|i| i.state == InstanceState::Ready && i.request_id.is_none()),
-                "{what}: {instances:#?}"
-            );
-            // Back in the pool, or (a crash while claimed) discarded.
-            put_back_seen |= instances.len() == 2 && crashed && claimed;
-            discard_seen |= instances.len() == 1;
+            let restarted = Restarted {
+                what,
+                crashed,
+                claimed,
+                manager: &manager,
+            };
+            fault.repaired(&restarted).await;
+            let what = restarted.what;
 
             manager
                 .update_pool(&pool(), |s| s.paused = false)
                 .await
                 .unwrap();
+            wait_ready(&manager, 2).await;
             let served = manager.allocate(order).await.unwrap();
             assert_eq!(served.state, AllocationState::Allocated, "{what}");
             assert_consistent(&sim, &manager).await;
@@ -1084,11 +1093,242 @@ async fn a_crash_at_any_write_of_a_purchase_putting_its_instance_back_is_repaire
             }
         }
     }
-    assert!(put_back_seen, "no crash point came after the put-back");
+}
+
+/// Every attach refused 429 ([`a_crash_at_any_write_of_a_purchase_putting_its_instance_back_is_repaired`]).
+#[derive(Default)]
+struct AttachesThrottled {
+    throttling: Arc<std::sync::atomic::AtomicBool>,
+    /// A crash came after the put-back.
+    put_back_seen: std::sync::atomic::AtomicBool,
+    /// A crash came while the instance was claimed, and it was discarded.
+    discard_seen: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl PurchaseFault for AttachesThrottled {
+    fn cloud(&self, sim: &Arc<SimCloud>) -> Arc<GatedCloud> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let throttling = self.throttling.clone();
+        GatedCloud::with_fault(sim, move |method| {
+            (matches!(method, "attach_volume" | "attach_port") && throttling.load(SeqCst)).then(
+                || pool_manager::cloud::CloudError::Throttled {
+                    retry_after: Some(Duration::from_secs(600)),
+                    message: format!("{method}: rate-limited (HTTP 429)"),
+                    unavailable: false,
+                },
+            )
+        })
+    }
+
+    async fn arm(&self, _: &GatedCloud, _: &PoolManager) {
+        self.throttling
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn disarm(&self) {
+        self.throttling
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn answered(&self, answer: Result<Allocation, ManagerError>) {
+        let err = answer.unwrap_err();
+        assert!(err.to_string().contains("back in the pool"), "{err}");
+    }
+
+    async fn repaired(&self, after: &Restarted<'_>) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let what = &after.what;
+        assert!(
+            after.manager.get_allocation("order-crash").await.is_err(),
+            "{what}: the order is rolled back"
+        );
+        let instances = after.manager.list_instances(Some(&pool())).await.unwrap();
+        assert!(
+            instances
+                .iter()
+                .all(|i| i.state == InstanceState::Ready && i.request_id.is_none()),
+            "{what}: {instances:#?}"
+        );
+        // Back in the pool, or (a crash while claimed) discarded.
+        if instances.len() == 2 && after.crashed && after.claimed {
+            self.put_back_seen.store(true, SeqCst);
+        }
+        if instances.len() == 1 {
+            self.discard_seen.store(true, SeqCst);
+        }
+    }
+}
+
+/// A purchase whose attaches are all refused 429 puts its instance back
+/// in the pool with two writes: the order no longer naming it, then the
+/// instance unclaimed. A crash at any write of the purchase, keeping only
+/// the flushed writes or every one, leaves after the restart's reconcile
+/// no instance both in the pool and claimed or named by the order, the
+/// order rolled back, and the order served when asked again.
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_any_write_of_a_purchase_putting_its_instance_back_is_repaired() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let fault = AttachesThrottled::default();
+    crash_at_every_write_of_a_purchase(&fault).await;
     assert!(
-        discard_seen,
+        fault.put_back_seen.load(SeqCst),
+        "no crash point came after the put-back"
+    );
+    assert!(
+        fault.discard_seen.load(SeqCst),
         "no crash point came while the instance was claimed"
     );
+}
+
+/// The oldest Ready instance, the one a purchase claims first, silent at
+/// its claim on a server Nova shows as `shown` (`None`: as cloudsim has it,
+/// ACTIVE): put back, or discarded if Nova shows it broken, and the
+/// purchase served by the other one.
+#[derive(Default)]
+struct OldestSilent {
+    shown: Option<pool_manager::cloud::ServerStatus>,
+    /// The silent instance's id, once armed.
+    silent: std::sync::Mutex<Option<String>>,
+    /// A crash left the order rolled back.
+    rolled_back_seen: std::sync::atomic::AtomicBool,
+    /// A crash left the order served.
+    served_seen: std::sync::atomic::AtomicBool,
+    /// A crash came after the silent instance went back to the pool.
+    put_back_seen: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl PurchaseFault for OldestSilent {
+    fn cloud(&self, sim: &Arc<SimCloud>) -> Arc<GatedCloud> {
+        GatedCloud::new(sim)
+    }
+
+    async fn arm(&self, cloud: &GatedCloud, manager: &PoolManager) {
+        let mut ready = manager.list_instances(Some(&pool())).await.unwrap();
+        ready.sort_by_key(|i| i.ready_at);
+        let server = ready[0].server_id.clone().unwrap();
+        assert!(cloud.sim.stop_mysqld(&server));
+        if let Some(status) = self.shown {
+            cloud.show_server(&server, move |s| {
+                s.status = status;
+                s.mysql_addr = None;
+            });
+        }
+        *self.silent.lock().unwrap() = Some(ready[0].id.clone());
+    }
+
+    fn answered(&self, answer: Result<Allocation, ManagerError>) {
+        let served = answer.expect("served by the instance that answers");
+        let silent = self.silent.lock().unwrap().clone();
+        assert_ne!(served.instance_id, silent, "{served:#?}");
+    }
+
+    async fn repaired(&self, after: &Restarted<'_>) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let what = &after.what;
+        let silent = self.silent.lock().unwrap().clone().unwrap();
+        let order = after.manager.get_allocation("order-crash").await.ok();
+        match &order {
+            None => self.rolled_back_seen.store(true, SeqCst),
+            Some(order) => {
+                assert_eq!(
+                    order.state,
+                    AllocationState::Allocated,
+                    "{what}: {order:#?}"
+                );
+                assert_ne!(order.instance_id.as_ref(), Some(&silent), "{what}");
+                self.served_seen.store(true, SeqCst);
+            }
+        }
+        let instances = after.manager.list_instances(Some(&pool())).await.unwrap();
+        for instance in &instances {
+            match instance.state {
+                InstanceState::Ready => {
+                    assert_eq!(instance.request_id, None, "{what}: {instance:#?}")
+                }
+                InstanceState::Allocated => {
+                    let order = order.as_ref().expect("an Allocated instance's order");
+                    assert_eq!(
+                        order.instance_id.as_ref(),
+                        Some(&instance.id),
+                        "{what}: {instances:#?}"
+                    );
+                    assert_eq!(
+                        instance.request_id.as_deref(),
+                        Some("order-crash"),
+                        "{what}: {instance:#?}"
+                    );
+                }
+                // Discarded, its server's delete under way.
+                InstanceState::Deleting | InstanceState::Failed => {}
+                _ => panic!("{what}: neither in the pool, sold nor discarded: {instance:#?}"),
+            }
+        }
+        let silent_ready = instances
+            .iter()
+            .any(|i| i.id == silent && i.state == InstanceState::Ready);
+        if !after.crashed {
+            // The purchase claimed the silent instance first, and put it
+            // back, or discarded it.
+            assert_eq!(silent_ready, self.shown.is_none(), "{what}: {instances:#?}");
+        }
+        if self.shown.is_none() && after.crashed && after.claimed && silent_ready {
+            self.put_back_seen.store(true, SeqCst);
+        }
+    }
+}
+
+impl OldestSilent {
+    fn shown(shown: Option<pool_manager::cloud::ServerStatus>) -> Self {
+        Self {
+            shown,
+            ..Self::default()
+        }
+    }
+
+    fn assert_both_outcomes_seen(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        assert!(
+            self.rolled_back_seen.load(SeqCst),
+            "no crash point left the order rolled back"
+        );
+        assert!(
+            self.served_seen.load(SeqCst),
+            "no crash point left the order served"
+        );
+    }
+}
+
+/// A purchase whose first instance is silent at its claim, its server
+/// ACTIVE, puts it back in the pool (the order no longer naming it, then
+/// the instance unclaimed) and is served by the other. A crash at any
+/// write of the purchase, keeping only the flushed writes or every one,
+/// leaves after the restart's reconcile the order rolled back or served,
+/// each instance in the pool unclaimed, discarded, or sold to the order
+/// that names it, and the order served when asked again.
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_any_write_of_a_purchase_putting_a_silent_instance_back_is_repaired() {
+    let fault = OldestSilent::shown(None);
+    crash_at_every_write_of_a_purchase(&fault).await;
+    fault.assert_both_outcomes_seen();
+    assert!(
+        fault
+            .put_back_seen
+            .load(std::sync::atomic::Ordering::SeqCst),
+        "no crash point came after the silent instance was put back"
+    );
+}
+
+/// As [`a_crash_at_any_write_of_a_purchase_putting_a_silent_instance_back_is_repaired`],
+/// the silent instance's server shown stopped (SHUTOFF): the purchase
+/// discards it (its claim let go of, its delete not waited for) and is
+/// served by the other.
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_any_write_of_a_purchase_discarding_a_broken_server_is_repaired() {
+    let fault = OldestSilent::shown(Some(pool_manager::cloud::ServerStatus::Stopped));
+    crash_at_every_write_of_a_purchase(&fault).await;
+    fault.assert_both_outcomes_seen();
 }
 
 /// A boot resumed after a restart keeps the deadline its boot request set
