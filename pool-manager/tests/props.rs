@@ -179,12 +179,28 @@ proptest! {
         ready in 0u32..8,
         requests in 1usize..16,
         yields in prop::collection::vec(0u8..4, 1..24),
+        silent in 0u32..3,
     ) {
         paused_runtime().block_on(async {
             let sim = sim();
             let store = HookedStore::new(Interleaved::new(yields));
             let manager = started(&sim, store.clone(), ready).await;
             manager.update_pool(&pool(), |s| s.paused = true).await.unwrap();
+            // The oldest Ready instances, the first claimed, silent: each
+            // purchase that claims one puts it back (no write takes it
+            // from one order's claim to another's; it goes Ready between)
+            // and claims the next, and another purchase may claim it again.
+            let mut oldest = manager.list_instances(Some(&pool())).await.unwrap();
+            oldest.sort_by_key(|i| i.ready_at);
+            let silent: Vec<String> = oldest
+                .iter()
+                .take(silent as usize)
+                .map(|i| i.id.clone())
+                .collect();
+            for instance in &oldest[..silent.len()] {
+                assert!(sim.stop_mysqld(instance.server_id.as_deref().unwrap()));
+            }
+            let answering = ready - silent.len() as u32;
             // Purchases through the real claim, their store calls
             // interleaved: one's listing of the Ready instances and its
             // compare-and-swap fall between another's.
@@ -197,6 +213,7 @@ proptest! {
                     Ok(allocation) => {
                         assert!(allocation.warm_hit, "{allocation:?}");
                         let instance = allocation.instance_id.clone().unwrap();
+                        assert!(!silent.contains(&instance), "silent instance {instance} handed to order-{r}");
                         if let Some(other) = holder.insert(instance.clone(), allocation.params.request_id.clone()) {
                             panic!("instance {instance} handed to {other} and order-{r}");
                         }
@@ -215,7 +232,7 @@ proptest! {
                 assert_eq!(instance.request_id.as_ref(), Some(order), "{instance:?}");
             }
             let warm = holder.len() as u32;
-            assert_eq!(warm, ready.min(requests as u32), "warm hits of {requests} purchases over {ready} ready");
+            assert_eq!(warm, answering.min(requests as u32), "warm hits of {requests} purchases over {ready} ready, {} silent", silent.len());
             let status = manager.get_pool(&pool()).await.unwrap();
             assert_eq!(status.count(InstanceState::Allocated), warm);
             assert_eq!(status.count(InstanceState::Ready), ready - warm);
