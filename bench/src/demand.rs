@@ -28,6 +28,13 @@ pub struct Arrival {
     pub pool: PoolKey,
 }
 
+/// A stretch of a replay, from the start of the replay: `[from, to)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub from: Duration,
+    pub to: Duration,
+}
+
 /// Something that happens to the cloud at a point of the replay.
 #[derive(Clone, Debug, PartialEq)]
 pub enum CloudEvent {
@@ -48,6 +55,41 @@ pub struct Scenario {
     /// The demand rate behind `arrivals`, where it is known bin by bin (a
     /// trace); `bench::bound` models how well any sizing could do with it.
     pub intensity: Option<Intensity>,
+}
+
+impl Scenario {
+    /// The purchases IOPS throttling can cost a warm hit: arriving from
+    /// its onset until one throttled lead time after it ends (or the end of
+    /// the replay). The cloud fixes a boot's lead time when the boot is
+    /// requested, so boots requested just before the throttle ends still
+    /// take the throttled time, and a pool they refill stays short that
+    /// long after; later purchases find it refilled by unthrottled boots.
+    /// `None` if the cloud is never throttled.
+    pub fn throttled_window(&self) -> Option<Window> {
+        let from = self
+            .events
+            .iter()
+            .find(|(_, e)| *e == CloudEvent::IopsThrottled(true))?
+            .0;
+        let end = self
+            .events
+            .iter()
+            .find(|(at, e)| *at > from && *e == CloudEvent::IopsThrottled(false))
+            .map_or(self.duration, |(at, _)| *at);
+        Some(Window {
+            from,
+            to: (end + throttled_lead(&self.sim)).min(self.duration.max(end)),
+        })
+    }
+}
+
+/// A lone boot's lead time under IOPS throttling, before jitter: its Nova
+/// phase and mysqld's start, each stretched by its factor (450 s in
+/// [`base_cloud`]).
+pub fn throttled_lead(sim: &SimConfig) -> Duration {
+    let boot = &sim.boot;
+    boot.t_alone.mul_f64(boot.throttled_nova_factor)
+        + boot.mysqld_start.mul_f64(boot.throttled_mysqld_factor)
 }
 
 /// The demand rate a trace implies: its tenant batches per bin and pool,
@@ -552,6 +594,20 @@ pub fn trace_scenario(name: &str, trace: &Trace, seed: u64) -> Scenario {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_throttled_window_runs_from_onset_to_one_throttled_lead_time_after_the_end() {
+        let s = throttle_onset(1);
+        assert_eq!(throttled_lead(&s.sim), Duration::from_secs(450));
+        assert_eq!(
+            s.throttled_window(),
+            Some(Window {
+                from: Duration::from_secs(8 * 3600),
+                to: Duration::from_secs(16 * 3600 + 450),
+            })
+        );
+        assert_eq!(steady(1).throttled_window(), None);
+    }
 
     #[test]
     fn trace_batches_become_thinned_purchases() {

@@ -189,6 +189,9 @@ pub struct RunResult {
     pub api_calls: u64,
     pub throttled: u64,
     pub per_pool: BTreeMap<PoolKey, PoolOutcome>,
+    /// Every measured purchase, in the order they were answered: what a
+    /// hit rate over part of the replay (a throttled window) is made of.
+    pub bought: Vec<Bought>,
     /// Lead times of boots that reached Ready.
     pub leads: Vec<Duration>,
     pub timeline: Vec<Sample>,
@@ -196,10 +199,26 @@ pub struct RunResult {
     pub wall: std::time::Duration,
 }
 
+/// One measured purchase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bought {
+    /// Its arrival, from the start of the replay (the scenario's clock).
+    pub at: Duration,
+    pub warm: bool,
+}
+
 impl RunResult {
     /// Warm hits / purchases; `None` without a measured purchase.
     pub fn hit_rate(&self) -> Option<f64> {
         hit_rate(self.warm, self.purchases)
+    }
+
+    /// (warm hits, purchases) of the purchases arriving in `[from, to)`.
+    pub fn hits_between(&self, from: Duration, to: Duration) -> (u64, u64) {
+        self.bought
+            .iter()
+            .filter(|b| b.at >= from && b.at < to)
+            .fold((0, 0), |(warm, all), b| (warm + u64::from(b.warm), all + 1))
     }
 
     pub fn ttr_quantile(&self, q: f64) -> Option<Duration> {
@@ -238,6 +257,8 @@ pub fn run(scenario: &Scenario, policy: &Policy, options: &Options) -> RunResult
 
 struct Purchase {
     pool: PoolKey,
+    /// Its arrival, from the start of the replay.
+    at: Duration,
     /// Arrived after the burn-in.
     measured: bool,
     outcome: Result<(bool, Duration), String>,
@@ -445,7 +466,8 @@ async fn replay(scenario: &Scenario, policy: &Policy, options: &Options) -> RunR
         let manager = manager.clone();
         let done = done_tx.clone();
         let pool = arrival.pool.clone();
-        let measured = arrival.at >= options.burn_in;
+        let at = arrival.at;
+        let measured = at >= options.burn_in;
         tokio::spawn(async move {
             let id = format!("p{index}");
             let started = Instant::now();
@@ -453,6 +475,7 @@ async fn replay(scenario: &Scenario, policy: &Policy, options: &Options) -> RunR
             let ttr = started.elapsed();
             let _ = done.send(Purchase {
                 pool,
+                at,
                 measured,
                 outcome: outcome
                     .as_ref()
@@ -484,6 +507,7 @@ async fn replay(scenario: &Scenario, policy: &Policy, options: &Options) -> RunR
             .iter()
             .map(|p| (p.clone(), PoolOutcome::default()))
             .collect(),
+        bought: Vec::new(),
         leads: Vec::new(),
         timeline: Vec::new(),
         simulated: Duration::ZERO,
@@ -499,6 +523,10 @@ async fn replay(scenario: &Scenario, policy: &Policy, options: &Options) -> RunR
         result.purchases += 1;
         let pool = result.per_pool.entry(p.pool).or_default();
         pool.purchases += 1;
+        result.bought.push(Bought {
+            at: p.at,
+            warm: matches!(p.outcome, Ok((true, _))),
+        });
         match p.outcome {
             Ok((warm, ttr)) => {
                 result.ttr.push(ttr);
@@ -599,7 +627,7 @@ mod tests {
     /// Everything a replay measures, wall time aside.
     fn measured(run: &RunResult) -> String {
         format!(
-            "{} {} {:?} {} {} {} {} {} {:?} {:?} {:?}",
+            "{} {} {:?} {} {} {} {} {} {:?} {:?} {:?} {:?}",
             run.purchases,
             run.warm,
             run.ttr,
@@ -609,6 +637,7 @@ mod tests {
             run.api_calls,
             run.throttled,
             run.per_pool,
+            run.bought,
             run.leads,
             run.timeline
         )
@@ -636,7 +665,14 @@ mod tests {
         let mut options = Options::new(1);
         options.burn_in = Duration::from_secs(30 * 60);
         let later = run(&scenario, &policy, &options);
+        assert_eq!(
+            all.hits_between(Duration::ZERO, Duration::from_secs(1200)),
+            (2, 2),
+            "arrivals at 0 and 10 min"
+        );
         assert_eq!(later.purchases, 3, "arrivals at 30, 40 and 50 min");
+        let arrived: Vec<Duration> = later.bought.iter().map(|b| b.at).collect();
+        assert_eq!(arrived, [1800, 2400, 3000].map(Duration::from_secs));
         assert_eq!(later.boots, 3);
         assert!(
             later.idle_vm_hours < all.idle_vm_hours * 0.6,
