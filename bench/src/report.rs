@@ -7,14 +7,70 @@ use std::fmt::Write;
 use std::time::Duration;
 
 pub fn duration(d: Duration) -> String {
+    let (seconds, unit) = unit_of(d);
+    format!("{:.1} {unit}", d.as_secs_f64() / seconds)
+}
+
+/// The unit [`duration`] shows `d` in, and its seconds: seconds below
+/// 2 min, minutes below 2 h, hours above.
+fn unit_of(d: Duration) -> (f64, &'static str) {
     let s = d.as_secs_f64();
     if s < 120.0 {
-        format!("{s:.1} s")
+        (1.0, "s")
     } else if s < 7200.0 {
-        format!("{:.1} min", s / 60.0)
+        (60.0, "min")
     } else {
-        format!("{:.1} h", s / 3600.0)
+        (3600.0, "h")
     }
+}
+
+/// The decimals, at least `min`, that show `value` apart from `goal`: the
+/// fewest at which both print differently and their difference prints as
+/// more than zero. A value within the usual rounding of its goal would
+/// otherwise print as the goal, and a goal it missed as missed "by 0.00".
+/// Equal values take `min`; values within 1e-9 print alike at 9.
+pub fn decimals_apart(value: f64, goal: f64, min: usize) -> usize {
+    const MOST: usize = 9;
+    if value == goal || !(value - goal).is_finite() {
+        return min;
+    }
+    let zero = |d: usize| format!("{:.d$}", 0.0);
+    (min..=MOST)
+        .find(|&d| {
+            format!("{value:.d$}") != format!("{goal:.d$}")
+                && format!("{:.d$}", (value - goal).abs()) != zero(d)
+        })
+        .unwrap_or(MOST.max(min))
+}
+
+/// `value` with at least two decimals, as many as show it apart from `goal`.
+pub fn fixed_apart(value: f64, goal: f64) -> String {
+    let d = decimals_apart(value, goal, 2);
+    format!("{value:.d$}")
+}
+
+/// `how_far` (a gap to a goal) with the decimals that show `value` apart
+/// from `goal`, so a miss never reads "by 0.00".
+pub fn gap(how_far: f64, value: f64, goal: f64) -> String {
+    let d = decimals_apart(value, goal, 2);
+    format!("{how_far:.d$}")
+}
+
+/// A fraction as a percentage, as [`percent`] but with as many decimals as
+/// show it apart from `goal` (a fraction too).
+pub fn percent_apart(x: f64, goal: f64) -> String {
+    let d = decimals_apart(x * 100.0, goal * 100.0, 2);
+    format!("{:.d$} %", x * 100.0)
+}
+
+/// `d` as [`duration`] shows it, with as many decimals as show it apart
+/// from `from` (in `d`'s unit): a gap to a goal against `Duration::ZERO`
+/// never prints as "0.0 s".
+pub fn duration_apart(d: Duration, from: Duration) -> String {
+    let (seconds, unit) = unit_of(d);
+    let (value, other) = (d.as_secs_f64() / seconds, from.as_secs_f64() / seconds);
+    let places = decimals_apart(value, other, 1);
+    format!("{value:.places$} {unit}")
 }
 
 pub fn percent(x: f64) -> String {
@@ -344,4 +400,40 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_within_the_rounding_of_their_goal_print_apart_from_it() {
+        assert_eq!(decimals_apart(0.6049, 0.6, 2), 3);
+        assert_eq!(fixed_apart(0.6049, 0.6), "0.605");
+        assert_eq!(gap(0.6049 - 0.6, 0.6049, 0.6), "0.005");
+        assert_eq!(fixed_apart(0.63, 0.6), "0.63");
+        assert_eq!(fixed_apart(0.6, 0.6), "0.60");
+        assert_eq!(fixed_apart(1.5004, 1.5), "1.5004");
+        // 0.5995 prints 0.60 at two decimals, as 0.6 does, and their gap
+        // 0.0005 prints 0.001 at three (0.000 before).
+        assert_eq!(fixed_apart(0.5995, 0.6), "0.5995");
+        assert_eq!(percent_apart(19899.0 / 20000.0, 0.995), "99.495 %");
+        assert_eq!(percent_apart(0.9959, 0.995), "99.59 %");
+        assert_eq!(
+            duration_apart(Duration::from_millis(36), Duration::ZERO),
+            "0.04 s"
+        );
+        assert_eq!(
+            duration_apart(Duration::from_millis(5964), Duration::from_secs(6)),
+            "5.96 s"
+        );
+        assert_eq!(
+            duration_apart(Duration::from_secs(9), Duration::from_secs(12)),
+            "9.0 s"
+        );
+        assert_eq!(
+            duration_apart(Duration::from_secs(600), Duration::ZERO),
+            "10.0 min"
+        );
+    }
 }

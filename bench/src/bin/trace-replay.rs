@@ -326,8 +326,24 @@ fn judged(met: bool, by: impl FnOnce() -> String) -> String {
 /// The verdict on an idle ratio, with how far it missed.
 fn idle_verdict(ratio: f64) -> String {
     judged(ratio <= GOAL_IDLE_RATIO, || {
-        format!("{:.2}x", ratio - GOAL_IDLE_RATIO)
+        format!(
+            "{}x",
+            report::gap(ratio - GOAL_IDLE_RATIO, ratio, GOAL_IDLE_RATIO)
+        )
     })
+}
+
+/// An idle ratio as the verdict on it shows it (`n/a` without one).
+fn idle_shown(ratio: Option<f64>) -> String {
+    ratio.map_or_else(
+        || report::NA.into(),
+        |r| format!("{}x", report::fixed_apart(r, GOAL_IDLE_RATIO)),
+    )
+}
+
+/// A hit rate as the verdict against `goal` shows it (`n/a` without one).
+fn hit_shown(hit: Option<f64>, goal: f64) -> String {
+    hit.map_or_else(|| report::NA.into(), |h| report::percent_apart(h, goal))
 }
 
 /// `warm / purchases`; `None` without a purchase.
@@ -397,8 +413,8 @@ fn hit_verdict(warm: u64, purchases: u64, goal: f64) -> String {
         // product, 1000 x 0.005 = 5, from rounding down to 4).
         let allowed = (purchases as f64 * (1.0 - goal) + 1e-9).floor() as u64;
         format!(
-            "{:.2} points ({} misses of {purchases} purchases, where {allowed} would meet it)",
-            (goal - hit) * 100.0,
+            "{} points ({} misses of {purchases} purchases, where {allowed} would meet it)",
+            report::gap((goal - hit) * 100.0, hit * 100.0, goal * 100.0),
             purchases - warm
         )
     })
@@ -410,8 +426,8 @@ fn ttr_verdict(warm_p99: Duration, cold_p50: Duration) -> String {
     judged(warm_p99 <= allowed, || {
         format!(
             "{} (1/50 of the cold p50 allows a warm p99 of {})",
-            report::duration(warm_p99.saturating_sub(allowed)),
-            report::duration(allowed)
+            report::duration_apart(warm_p99.saturating_sub(allowed), Duration::ZERO),
+            report::duration_apart(allowed, warm_p99)
         )
     })
 }
@@ -452,10 +468,10 @@ fn seeds_table(primary: Option<TraceVerdict>, seed: u64, others: &[SeedRuns]) ->
             md,
             "| {seed} | {} | {} | {:.1} | {name} | {hit} | {idle} | {} |",
             v.auto.purchases,
-            report::percent_or_na(v.auto.hit_rate()),
+            hit_shown(v.auto.hit_rate(), GOAL_HIT),
             v.auto.idle_vm_hours,
             match &v.reference {
-                Some(_) => report::fixed2(v.ratio(), ""),
+                Some(_) => idle_shown(v.ratio()).trim_end_matches('x').to_string(),
                 None => String::new(),
             }
         );
@@ -867,7 +883,7 @@ fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
             md,
             "- **Trace ({}, N = {thin}){role}**: warmpool auto reached {} warm hits (goal >= 99.50 %): {}.",
             trace.name,
-            report::percent_or_na(a.hit_rate()),
+            hit_shown(a.hit_rate(), GOAL_HIT),
             hit_verdict(a.warm, a.purchases, GOAL_HIT)
         );
         match &v.reference {
@@ -878,7 +894,7 @@ fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
                     report::percent_or_na(s.hit_rate()),
                     s.idle_vm_hours,
                     a.idle_vm_hours,
-                    report::fixed2(v.ratio(), "x"),
+                    idle_shown(v.ratio()),
                     v.ratio().map_or_else(
                         || format!("{} (static {n} had no idle VM-hour to compare with)", report::NA),
                         idle_verdict
@@ -899,13 +915,17 @@ fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
                             (None, _) => "no static size tested reached its hit rate".to_string(),
                             (Some(_), None) => format!("{} idle ratio", report::NA),
                             (Some(_), Some(ratio)) => {
-                                format!("{ratio:.2}x idle ({})", idle_verdict(ratio))
+                                format!(
+                                    "{} idle ({})",
+                                    idle_shown(Some(ratio)),
+                                    idle_verdict(ratio)
+                                )
                             }
                         };
                         format!(
                             "seed {}: {} warm hits ({}), {idle}",
                             o.seed,
-                            report::percent_or_na(v.auto.hit_rate()),
+                            hit_shown(v.auto.hit_rate(), GOAL_HIT),
                             hit_verdict(v.auto.warm, v.auto.purchases, GOAL_HIT)
                         )
                     }
@@ -984,7 +1004,7 @@ fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
         let _ = writeln!(
             md,
             "- **Throttle onset**: warmpool auto kept {} warm hits {} (goal >= 99 %): {}{}.",
-            report::percent_or_na(hit_fraction(warm, purchases)),
+            hit_shown(hit_fraction(warm, purchases), 0.99),
             if window.is_some() {
                 "in the throttled window"
             } else {
@@ -1032,7 +1052,10 @@ fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
                     report::duration(warm_p99),
                     report::duration(cold_p50),
                     report::ratio(cold_p50.as_secs_f64(), warm_p99.as_secs_f64())
-                        .map_or_else(|| report::NA.into(), |r| format!("{r:.0}")),
+                        .map_or_else(|| report::NA.into(), |r| {
+                            let d = report::decimals_apart(r, 50.0, 0);
+                            format!("{r:.d$}")
+                        }),
                     ttr_verdict(warm_p99, cold_p50)
                 );
             }
@@ -1146,26 +1169,31 @@ fn contention_verdict(
     let p99 = report::duration_ratio(adaptive.lead_p(0.99), lone);
     let _ = writeln!(
         md,
-        "- **Host contention**: the adaptive window as shipped ({}) refilled at {:.1}/min, {ratio:.2}x the best fixed limit in hindsight ({}, {}, {:.1}/min; goal >= 0.9x): {}; its boot p99 was {} a lone boot (goal <= 1.5x): {}.",
+        "- **Host contention**: the adaptive window as shipped ({}) refilled at {:.1}/min, {}x the best fixed limit in hindsight ({}, {}, {:.1}/min; goal >= 0.9x): {}; its boot p99 was {} a lone boot (goal <= 1.5x): {}.",
         adaptive.cap_note(),
         adaptive.per_minute(),
+        report::fixed_apart(ratio, 0.9),
         best.label(),
         best.cap_note(),
         best.per_minute(),
-        judged(ratio >= 0.9, || format!("{:.2}x", 0.9 - ratio)),
-        report::fixed2(p99, "x"),
+        judged(ratio >= 0.9, || format!("{}x", report::gap(0.9 - ratio, ratio, 0.9))),
+        p99.map_or_else(
+            || report::NA.into(),
+            |p| format!("{}x", report::fixed_apart(p, 1.5))
+        ),
         p99.map_or_else(
             || format!("{} (no lone boot or no boot measured)", report::NA),
-            |p| judged(p <= 1.5, || format!("{:.2}x", p - 1.5))
+            |p| judged(p <= 1.5, || format!("{}x", report::gap(p - 1.5, p, 1.5)))
         )
     );
     if let Some(build_p99) = report::duration_ratio(adaptive.build_p(0.99), lone_build) {
         let _ = writeln!(
             md,
-            "  Judged on builds (request to ACTIVE, the part the hosts serialize; mysqld's start is not contended here), its p99 was {build_p99:.2}x a lone build: {} by the same bound{}.",
+            "  Judged on builds (request to ACTIVE, the part the hosts serialize; mysqld's start is not contended here), its p99 was {}x a lone build: {} by the same bound{}.",
+            report::fixed_apart(build_p99, 1.5),
             if build_p99 <= 1.5 { "within" } else { "over" },
             if build_p99 > 1.5 {
-                format!(", by {:.2}x", build_p99 - 1.5)
+                format!(", by {}x", report::gap(build_p99 - 1.5, build_p99, 1.5))
             } else {
                 String::new()
             }
@@ -1694,6 +1722,71 @@ mod tests {
         );
         assert!(table.contains(&row), "{row} in {table}");
         assert!(!table.contains("| steady |"), "{table}");
+    }
+
+    #[test]
+    fn a_goal_missed_by_less_than_the_rounding_shows_the_digits_that_miss_it() {
+        // An idle ratio of 0.6049 against 0.60x.
+        assert_eq!(idle_verdict(0.6049), "**missed**, by 0.005x");
+        // 19899 of 20000 is 99.495 %, under 99.50 % by 0.005 points.
+        let hit = hit_verdict(19899, 20000, GOAL_HIT);
+        assert!(hit.starts_with("**missed**, by 0.005 points"), "{hit}");
+        let args = parse(&["--scenarios", "trace"]).expect("flags parse");
+        let name = "trace t 1:10";
+        let mut auto = run(name, Policy::Auto, 20000, 19899);
+        auto.idle_vm_hours = 6.049;
+        let results = [run(name, Policy::Static(6), 20000, 20000), auto];
+        // A warm p99 of 6 s against a cold p50 of 298.2 s: 1/49.7, over
+        // the 5.964 s allowed by 36 ms.
+        let ttrs = [
+            Measured {
+                path: TtrPath::Warm,
+                throttled: true,
+                existing_volume: false,
+                times: vec![Duration::from_secs(6)],
+            },
+            Measured {
+                path: TtrPath::Cold,
+                throttled: true,
+                existing_volume: false,
+                times: vec![Duration::from_millis(298_200)],
+            },
+        ];
+        // The adaptive window at 0.8951x the best fixed limit's 40/min,
+        // its boot p99 1.5004x and its build p99 1.5003x a lone one's.
+        let mut adaptive = filled(Limit::Adaptive, 0, 64);
+        adaptive.fill_time = Duration::from_secs_f64(200.0 * 60.0 / (0.8951 * 40.0));
+        adaptive.leads = vec![Duration::from_millis(150_040)];
+        adaptive.builds = vec![Duration::from_millis(37_507)];
+        let fills = [filled(Limit::Boots(128), 300, 128), adaptive];
+        let scenarios = [scenario(name)];
+        let text = acceptance(
+            &args,
+            &Outcomes {
+                scenarios: &scenarios,
+                results: &results,
+                models: &[],
+                seed_runs: &[],
+                fills: &fills,
+                lone: Some(Duration::from_secs(100)),
+                lone_build: Some(Duration::from_secs(25)),
+                ttrs: &ttrs,
+            },
+        );
+        for shown in [
+            "reached 99.495 % warm hits (goal >= 99.50 %): **missed**, by 0.005 points",
+            "= 0.605x (goal <= 0.60x): **missed**, by 0.005x",
+            "0.895x the best fixed limit",
+            "goal >= 0.9x): **missed**, by 0.005x",
+            "its boot p99 was 1.5004x a lone boot (goal <= 1.5x): **missed**, by 0.0004x",
+            "its p99 was 1.5003x a lone build: over by the same bound, by 0.0003x",
+            "1/49.7 (goal <= 1/50, new volume): **missed**, by 0.04 s (1/50 of the cold p50 allows a warm p99 of 5.96 s)",
+        ] {
+            assert!(text.contains(shown), "{shown:?} in {text}");
+        }
+        for rounded_away in ["by 0.00x", "by 0.00 points", "by 0.0 s", "1/50 (goal"] {
+            assert!(!text.contains(rounded_away), "{rounded_away:?} in {text}");
+        }
     }
 
     fn filled(limit: Limit, fill_secs: u64, peak: u32) -> Fill {
