@@ -20,6 +20,11 @@ use std::time::Duration;
 pub const AZ: &str = "az1";
 const HOUR: f64 = 3600.0;
 const DAY: f64 = 24.0 * HOUR;
+/// The bin widths a trace may have: its timestamps are seconds (300 a
+/// bin in the Azure files), so a width below a second or above a day is
+/// another unit (milliseconds make 5-minute bins 3.5 days wide, and a
+/// replay of hours) or no trace of this format.
+const BIN_WIDTHS: std::ops::RangeInclusive<f64> = 1.0..=DAY;
 
 /// One purchase: when (from the start of the replay) and which pool.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -365,6 +370,11 @@ pub enum TraceError {
     #[error("the trace has no tenant batch")]
     Empty,
     #[error(
+        "the trace spans {seconds} s from its first bin to the end of its last, more than \
+         a replay can hold: check that its timestamps are seconds"
+    )]
+    Span { seconds: f64 },
+    #[error(
         "thinning kept none of the trace's {batches} tenant batches (1 in {thin}, seed {seed}), \
          so there is nothing to replay: lower --thin, or try another --seed"
     )]
@@ -450,6 +460,13 @@ pub fn parse_trace(
         if let Some(&(previous, _, _)) = rows.last() {
             let step = t - previous;
             match bin {
+                None if step > 0.0 && !BIN_WIDTHS.contains(&step) => {
+                    return Err(syntax(format!(
+                        "bin width {step} s (bin time {t} after {previous}): the format's \
+                         timestamps are seconds, 300 a bin in the Azure files; expected a \
+                         width from 1 s to 1 day (86400 s): convert the times to seconds"
+                    )))
+                }
                 None if step > 0.0 => bin = Some(step),
                 Some(width) if step == width => {}
                 _ => {
@@ -491,7 +508,7 @@ pub fn parse_trace(
             let pool = PoolKey::new(db_flavor(vcpus), AZ);
             if keep {
                 arrivals.push(Arrival {
-                    at: Duration::from_secs_f64(t - first + offset),
+                    at: seconds(t - first + offset)?,
                     pool: pool.clone(),
                 });
             }
@@ -514,7 +531,7 @@ pub fn parse_trace(
     let last = rows.last().map_or(first, |r| r.0);
     Ok(Trace {
         arrivals: sorted(arrivals),
-        span: Duration::from_secs_f64(last - first + bin),
+        span: seconds(last - first + bin)?,
         batches,
         thin,
         seed,
@@ -524,6 +541,13 @@ pub fn parse_trace(
             batches: per_bin,
         },
     })
+}
+
+/// A time of the trace from its first bin. With bins of at most a day a
+/// file this could hold would not overflow it, but a Duration panics where
+/// an error can say what is wrong.
+fn seconds(s: f64) -> Result<Duration, TraceError> {
+    Duration::try_from_secs_f64(s).map_err(|_| TraceError::Span { seconds: s })
 }
 
 fn one_letter(token: &str) -> Option<char> {
@@ -716,6 +740,32 @@ mod tests {
         // A trace of one bin is fine: its width is the Azure files' 300 s.
         let one = parse_trace("7 b,|\n", &map, 1, 1).unwrap();
         assert_eq!(one.span, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn a_trace_whose_bins_are_not_seconds_is_refused_with_the_bounds() {
+        let map = parse_flavor_map(AZURE_FLAVOR_MAP).unwrap();
+        for (text, says) in [
+            // A span Duration cannot hold.
+            ("0 b,|\n1e19 b,|\n", "bin width 10000000000000000000 s"),
+            // Milliseconds: 5-minute bins replayed as 3.5-day ones.
+            ("0 b,|\n300000 b,|\n600000 b,|\n", "bin width 300000 s"),
+            ("0 b,|\n0.5 b,|\n", "bin width 0.5 s"),
+        ] {
+            let err = parse_trace(text, &map, 1, 1).expect_err(text).to_string();
+            assert!(
+                err.starts_with("trace line 2: ") && err.contains(says),
+                "{text:?}: {err}"
+            );
+            assert!(
+                err.contains("timestamps are seconds") && err.contains("from 1 s to 1 day"),
+                "{text:?}: {err}"
+            );
+        }
+        // The bounds themselves are fine.
+        for text in ["0 b,|\n1 b,|\n", "0 b,|\n86400 b,|\n"] {
+            parse_trace(text, &map, 1, 1).expect(text);
+        }
     }
 
     #[test]

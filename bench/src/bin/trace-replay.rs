@@ -142,7 +142,25 @@ fn replay_options(args: &Args) -> anyhow::Result<replay::Options> {
     Ok(options)
 }
 
-fn build_scenarios(args: &Args) -> anyhow::Result<Vec<Scenario>> {
+/// The scenarios of one run: those every policy replays, and the trace
+/// again with each other `--trace-seeds` seed (empty unless the run
+/// replays the trace with baselines). Every trace is read and thinned
+/// here, before the first replay: a seed that keeps nothing stops the run
+/// at once, not after the main replays.
+#[derive(Debug)]
+struct Planned {
+    scenarios: Vec<Scenario>,
+    seeded: Vec<(u64, Scenario)>,
+}
+
+fn build_scenarios(args: &Args) -> anyhow::Result<Planned> {
+    Ok(Planned {
+        scenarios: main_scenarios(args)?,
+        seeded: seed_scenarios(args)?,
+    })
+}
+
+fn main_scenarios(args: &Args) -> anyhow::Result<Vec<Scenario>> {
     let mut out = Vec::new();
     for name in &args.scenarios {
         if name == "trace" {
@@ -198,10 +216,9 @@ fn trace_scenario(args: &Args, thin: u32, seed: u64, suffix: &str) -> anyhow::Re
     ))
 }
 
-/// The replays of `--trace-seeds`: the trace at the first `--thin`, once
-/// per seed, with warmpool auto and the static pools. Empty unless the run
-/// replays the trace with baselines.
-fn other_seeds(args: &Args, options: &replay::Options) -> anyhow::Result<Vec<SeedRuns>> {
+/// The trace at the first `--thin` once per `--trace-seeds` seed (other
+/// than `--seed`); none unless the run replays the trace with baselines.
+fn seed_scenarios(args: &Args) -> anyhow::Result<Vec<(u64, Scenario)>> {
     let Some(&thin) = args.thin.first() else {
         return Ok(Vec::new());
     };
@@ -210,11 +227,20 @@ fn other_seeds(args: &Args, options: &replay::Options) -> anyhow::Result<Vec<See
     }
     let mut seeded: Vec<(u64, Scenario)> = Vec::new();
     for seed in args.trace_seeds.iter().filter(|s| **s != args.seed) {
-        seeded.push((
-            *seed,
-            trace_scenario(args, thin, *seed, &format!(" seed {seed}"))?,
-        ));
+        let scenario = trace_scenario(args, thin, *seed, &format!(" seed {seed}"))
+            .with_context(|| format!("the trace for --trace-seeds seed {seed}"))?;
+        seeded.push((*seed, scenario));
     }
+    Ok(seeded)
+}
+
+/// The replays of `seeded` (the `--trace-seeds` traces), with warmpool
+/// auto and the static pools.
+fn other_seeds(
+    args: &Args,
+    options: &replay::Options,
+    seeded: &[(u64, Scenario)],
+) -> Vec<SeedRuns> {
     let mut policies: Vec<Policy> = args
         .static_sizes
         .iter()
@@ -235,7 +261,7 @@ fn other_seeds(args: &Args, options: &replay::Options) -> anyhow::Result<Vec<See
         print_progress(&r);
         r
     });
-    Ok(seeded
+    seeded
         .iter()
         .map(|(seed, scenario)| SeedRuns {
             seed: *seed,
@@ -245,7 +271,7 @@ fn other_seeds(args: &Args, options: &replay::Options) -> anyhow::Result<Vec<See
                 .cloned()
                 .collect(),
         })
-        .collect())
+        .collect()
 }
 
 /// The trace at the primary scale replayed with another seed.
@@ -536,7 +562,7 @@ fn smallest_static_reaching(runs: &[&RunResult], hit: f64) -> Option<(u32, RunRe
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let options = replay_options(&args)?;
-    let scenarios = build_scenarios(&args)?;
+    let Planned { scenarios, seeded } = build_scenarios(&args)?;
     let mut policies: Vec<Policy> = args
         .static_sizes
         .iter()
@@ -599,7 +625,7 @@ fn main() -> anyhow::Result<()> {
         });
         results.extend(more);
     }
-    let seed_runs = other_seeds(&args, &options)?;
+    let seed_runs = other_seeds(&args, &options, &seeded);
     let replay_wall = started.elapsed();
 
     let fills: Vec<Fill> = if args.no_contention {
@@ -1525,6 +1551,41 @@ mod tests {
         );
         assert!(err.contains("--thin"), "{err}");
         assert!(err.contains(&file.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn a_trace_seed_that_keeps_nothing_is_refused_before_any_replay() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file = dir.path().join("tiny.txt");
+        let text = "0 b,|,g,|\n300 m,|\n600 b,|\n";
+        std::fs::write(&file, text).expect("trace written");
+        let map = demand::parse_flavor_map(demand::AZURE_FLAVOR_MAP).expect("the Azure map");
+        let keeps = |seed: u64| demand::parse_trace(text, &map, 4, seed).is_ok();
+        let good = (1..1000)
+            .find(|s| keeps(*s))
+            .expect("a seed keeping a batch");
+        let bad = (1..1000).find(|s| !keeps(*s)).expect("a seed keeping none");
+        let (good, bad) = (good.to_string(), bad.to_string());
+        let args = parse(&[
+            "--scenarios",
+            "trace",
+            "--trace",
+            file.to_str().expect("a UTF-8 path"),
+            "--thin",
+            "4",
+            "--seed",
+            &good,
+            "--trace-seeds",
+            &bad,
+        ])
+        .expect("flags parse");
+        // What main builds before the first replay.
+        let err = format!(
+            "{:#}",
+            build_scenarios(&args).expect_err("seed keeps nothing")
+        );
+        assert!(err.contains(&format!("seed {bad}")), "{err}");
+        assert!(err.contains("--thin"), "{err}");
     }
 
     #[test]
