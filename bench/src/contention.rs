@@ -26,6 +26,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ContentionError {
+    /// The cloud's quota would stop the fill short of its target, and the
+    /// fill would wait for the rest forever.
+    #[error(
+        "a fill of {instances} instances is more than the simulated cloud's quota of {quota} \
+         instances, so it could never finish: fill at most {quota}"
+    )]
+    OverQuota { instances: u32, quota: u32 },
+}
+
+/// The most instances a fill can reach: [`base_cloud`]'s quota on
+/// servers, and on ports (Nova makes one for each server it boots).
+pub fn max_fill() -> u32 {
+    let quotas = base_cloud(0).quotas;
+    u32::try_from(quotas.max_instances.min(quotas.max_ports)).unwrap_or(u32::MAX)
+}
+
 /// What limits a fill's boots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Limit {
@@ -154,8 +172,13 @@ pub fn settings(instances: u32, limit: Limit, seed: u64) -> ManagerSettings {
     }
 }
 
-/// Fills a pool of `instances`, its boots limited by `limit`.
-pub fn fill(instances: u32, limit: Limit, seed: u64) -> Fill {
+/// Fills a pool of `instances`, its boots limited by `limit`; refused
+/// above [`max_fill`].
+pub fn fill(instances: u32, limit: Limit, seed: u64) -> Result<Fill, ContentionError> {
+    let quota = max_fill();
+    if instances > quota {
+        return Err(ContentionError::OverQuota { instances, quota });
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -225,7 +248,7 @@ pub fn fill(instances: u32, limit: Limit, seed: u64) -> Fill {
         let peak_in_flight = peak_in_flight(&sim.servers());
         let _ = manager.shutdown().await;
         let leads = leads.lock().expect("leads").clone();
-        Fill {
+        Ok(Fill {
             limit,
             instances,
             pool_cap: limit.pool_cap(instances),
@@ -234,7 +257,7 @@ pub fn fill(instances: u32, limit: Limit, seed: u64) -> Fill {
             builds,
             throttled: cloud.throttled(),
             peak_in_flight,
-        }
+        })
     })
 }
 
@@ -266,8 +289,11 @@ pub const LONE_BOOTS: u32 = 21;
 /// fills' boots are) and of the build (request to ACTIVE). One boot's
 /// draw would carry its own jitter (10 % on each phase) into every ratio.
 pub fn lone(seed: u64) -> (Option<Duration>, Option<Duration>) {
-    let alone = fill(LONE_BOOTS, Limit::Boots(1), seed);
-    (alone.lead_p(0.5), alone.build_p(0.5))
+    match fill(LONE_BOOTS, Limit::Boots(1), seed) {
+        Ok(alone) => (alone.lead_p(0.5), alone.build_p(0.5)),
+        // A quota below LONE_BOOTS: nothing measured.
+        Err(ContentionError::OverQuota { .. }) => (None, None),
+    }
 }
 
 #[cfg(test)]
@@ -276,6 +302,18 @@ mod tests {
 
     fn shipped() -> u32 {
         ManagerSettings::default().max_concurrent_boots
+    }
+
+    #[test]
+    fn a_fill_above_the_quota_is_refused_rather_than_waited_for() {
+        assert_eq!(max_fill(), 5000);
+        assert_eq!(
+            fill(5001, Limit::Adaptive, 1).err(),
+            Some(ContentionError::OverQuota {
+                instances: 5001,
+                quota: 5000
+            })
+        );
     }
 
     #[test]
@@ -308,7 +346,7 @@ mod tests {
 
     #[test]
     fn an_adaptive_fill_never_has_more_boots_in_flight_than_the_shipped_cap() {
-        let f = fill(150, Limit::Adaptive, 1);
+        let f = fill(150, Limit::Adaptive, 1).expect("150 fit the quota");
         assert_eq!(f.leads.len(), 150, "every instance became Ready");
         assert!(
             f.peak_in_flight <= shipped(),

@@ -84,7 +84,8 @@ struct Args {
     /// Skip the host-contention concurrency sweep.
     #[arg(long)]
     no_contention: bool,
-    /// Instances filled per run of the concurrency sweep.
+    /// Instances filled per run of the concurrency sweep (at most the
+    /// simulated cloud's quota, 5000).
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     fill: u32,
     /// Skip the time-to-ready benchmark.
@@ -118,8 +119,8 @@ struct Args {
     out: PathBuf,
 }
 
-/// The replays' options; sizing flags out of range are refused here,
-/// before anything runs.
+/// The replays' options; sizing flags out of range, and a --fill the
+/// simulated quota cannot hold, are refused here, before anything runs.
 fn replay_options(args: &Args) -> anyhow::Result<replay::Options> {
     let mut options = replay::Options::new(args.seed);
     options.burn_in = args.burn_in;
@@ -139,6 +140,15 @@ fn replay_options(args: &Args) -> anyhow::Result<replay::Options> {
     sizing
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid sizing flag: {e}"))?;
+    // A fill the quota stops short of would wait for the rest forever.
+    let quota = contention::max_fill();
+    if !args.no_contention && args.fill > quota {
+        anyhow::bail!(
+            "--fill {}: the concurrency sweep's simulated cloud has a quota of {quota} instances, \
+             so the fill could never finish: pass --fill {quota} or less, or --no-contention",
+            args.fill
+        );
+    }
     Ok(options)
 }
 
@@ -652,6 +662,8 @@ fn main() -> anyhow::Result<()> {
         parallel(&configs, args.jobs, |limit| {
             contention::fill(args.fill, *limit, args.seed)
         })
+        .into_iter()
+        .collect::<Result<_, _>>()?
     };
     let (lone, lone_build) = match args.no_contention {
         true => (None, None),
@@ -1479,6 +1491,20 @@ mod tests {
             let err = parse(&[flag, value]).expect_err(flag).to_string();
             assert!(err.contains(flag), "{flag} {value}: {err}");
         }
+    }
+
+    #[test]
+    fn a_fill_above_the_simulated_quota_is_refused_before_anything_runs() {
+        let args = parse(&["--fill", "5001"]).expect("syntax is fine");
+        let err = replay_options(&args)
+            .expect_err("over the quota")
+            .to_string();
+        assert!(err.contains("--fill 5001") && err.contains("5000"), "{err}");
+        // Without the sweep the flag is not used.
+        let args = parse(&["--fill", "5001", "--no-contention"]).expect("syntax is fine");
+        replay_options(&args).expect("no sweep, no fill");
+        let args = parse(&["--fill", "5000"]).expect("syntax is fine");
+        replay_options(&args).expect("the quota itself fits");
     }
 
     #[test]
