@@ -7,14 +7,14 @@ use crate::counting::CountingCloud;
 use crate::demand::{CloudEvent, Scenario};
 use crate::memstore::MemStore;
 use cloudsim::SimCloud;
-use pool_manager::events::{BootOutcome, Event, EventKind};
+use pool_manager::events::{AllocationOutcome, BootOutcome, Event, EventKind};
 use pool_manager::gate::GateSettings;
 use pool_manager::model::{
     AllocationParams, EmptyPoolPolicy, InstanceState, NetworkRequest, PoolKey, PoolSpec, Target,
     VolumeRequest, VolumeSource,
 };
 use pool_manager::sizing::SizingSettings;
-use pool_manager::{AllocateRequest, ManagerSettings, PoolManager};
+use pool_manager::{failure_outcome, AllocateRequest, ManagerError, ManagerSettings, PoolManager};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -155,20 +155,28 @@ pub struct Sample {
 pub struct PoolOutcome {
     pub purchases: u64,
     pub warm: u64,
+    /// Purchases that failed, `exhausted` among them.
+    pub failed: u64,
+    pub exhausted: u64,
     /// Hours x Ready instances waiting in this pool.
     pub idle_vm_hours: f64,
 }
 
 impl PoolOutcome {
-    /// Warm hits / purchases; `None` without a measured purchase, which
-    /// says nothing of the sizing either way.
+    /// The purchases warmpoold's hit rate counts: see [`RunResult::rated`].
+    pub fn rated(&self) -> u64 {
+        self.purchases - self.failed + self.exhausted
+    }
+
+    /// Warm hits / [`Self::rated`]; `None` without a purchase rated,
+    /// which says nothing of the sizing either way.
     pub fn hit_rate(&self) -> Option<f64> {
-        hit_rate(self.warm, self.purchases)
+        hit_rate(self.warm, self.rated())
     }
 }
 
-fn hit_rate(warm: u64, purchases: u64) -> Option<f64> {
-    (purchases > 0).then(|| warm as f64 / purchases as f64)
+fn hit_rate(warm: u64, rated: u64) -> Option<f64> {
+    (rated > 0).then(|| warm as f64 / rated as f64)
 }
 
 /// What one replay measured.
@@ -176,10 +184,16 @@ fn hit_rate(warm: u64, purchases: u64) -> Option<f64> {
 pub struct RunResult {
     pub scenario: String,
     pub policy: Policy,
+    /// Measured Allocate calls, failed ones included.
     pub purchases: u64,
     pub warm: u64,
+    /// Purchases that failed, `exhausted` among them.
     pub failed: u64,
-    /// Time to ready of every successful purchase.
+    /// Failed for want of an instance (`AllocationOutcome::Exhausted`):
+    /// the pool's misses, in its hit rate.
+    pub exhausted: u64,
+    /// Time to ready of every purchase that got an instance: a failed one
+    /// never became ready (a quick refusal is no fast service).
     pub ttr: Vec<Duration>,
     /// Hours x Ready instances waiting in pools.
     pub idle_vm_hours: f64,
@@ -205,24 +219,101 @@ pub struct Bought {
     /// Its arrival, from the start of the replay (the scenario's clock).
     pub at: Duration,
     pub warm: bool,
+    /// Counted in the hit rate: served (warm or not), or exhausted.
+    pub rated: bool,
 }
 
 impl RunResult {
-    /// Warm hits / purchases; `None` without a measured purchase.
-    pub fn hit_rate(&self) -> Option<f64> {
-        hit_rate(self.warm, self.purchases)
+    /// The purchases warmpoold's hit rate counts (warm, cold, waited and
+    /// exhausted ones): a purchase that failed for another reason (a
+    /// volume in use, the cloud unavailable) is no miss of the pool's depth.
+    pub fn rated(&self) -> u64 {
+        self.purchases - self.failed + self.exhausted
     }
 
-    /// (warm hits, purchases) of the purchases arriving in `[from, to)`.
+    /// Warm hits / [`Self::rated`], warmpoold's own hit rate; `None`
+    /// without a purchase rated.
+    pub fn hit_rate(&self) -> Option<f64> {
+        hit_rate(self.warm, self.rated())
+    }
+
+    /// (warm hits, purchases rated) of the purchases arriving in `[from, to)`.
     pub fn hits_between(&self, from: Duration, to: Duration) -> (u64, u64) {
         self.bought
             .iter()
-            .filter(|b| b.at >= from && b.at < to)
+            .filter(|b| b.rated && b.at >= from && b.at < to)
             .fold((0, 0), |(warm, all), b| (warm + u64::from(b.warm), all + 1))
     }
 
     pub fn ttr_quantile(&self, q: f64) -> Option<Duration> {
         quantile(&self.ttr, q)
+    }
+
+    /// A replay of `scenario` under `policy` that has measured nothing yet.
+    fn empty(scenario: &Scenario, policy: &Policy) -> Self {
+        RunResult {
+            scenario: scenario.name.clone(),
+            policy: policy.clone(),
+            purchases: 0,
+            warm: 0,
+            failed: 0,
+            exhausted: 0,
+            ttr: Vec::new(),
+            idle_vm_hours: 0.0,
+            pool_vm_hours: 0.0,
+            boots: 0,
+            api_calls: 0,
+            throttled: 0,
+            per_pool: scenario
+                .pools
+                .iter()
+                .map(|p| (p.clone(), PoolOutcome::default()))
+                .collect(),
+            bought: Vec::new(),
+            leads: Vec::new(),
+            timeline: Vec::new(),
+            simulated: Duration::ZERO,
+            wall: std::time::Duration::ZERO,
+        }
+    }
+
+    /// Counts one answered purchase, if it was measured; hands back why
+    /// it failed, if it did.
+    fn tally(&mut self, p: Purchase) -> Result<(), ManagerError> {
+        if !p.measured {
+            return Ok(());
+        }
+        self.purchases += 1;
+        let pool = self.per_pool.entry(p.pool).or_default();
+        pool.purchases += 1;
+        let exhausted = p
+            .outcome
+            .as_ref()
+            .is_err_and(|e| failure_outcome(e) == AllocationOutcome::Exhausted);
+        self.bought.push(Bought {
+            at: p.at,
+            warm: matches!(p.outcome, Ok((true, _))),
+            rated: p.outcome.is_ok() || exhausted,
+        });
+        match p.outcome {
+            Ok((warm, ttr)) => {
+                self.ttr.push(ttr);
+                if warm {
+                    self.warm += 1;
+                    pool.warm += 1;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.failed += 1;
+                pool.failed += 1;
+                if exhausted {
+                    self.exhausted += 1;
+                    pool.exhausted += 1;
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -261,7 +352,8 @@ struct Purchase {
     at: Duration,
     /// Arrived after the burn-in.
     measured: bool,
-    outcome: Result<(bool, Duration), String>,
+    /// Warm or not, and the time to its answer; or why it failed.
+    outcome: Result<(bool, Duration), ManagerError>,
 }
 
 pub(crate) fn request(id: String, pool: PoolKey) -> AllocateRequest {
@@ -473,16 +565,14 @@ async fn replay(scenario: &Scenario, policy: &Policy, options: &Options) -> RunR
             let started = Instant::now();
             let outcome = manager.allocate(request(id.clone(), pool.clone())).await;
             let ttr = started.elapsed();
+            let sold = outcome.is_ok();
             let _ = done.send(Purchase {
                 pool,
                 at,
                 measured,
-                outcome: outcome
-                    .as_ref()
-                    .map(|a| (a.warm_hit, ttr))
-                    .map_err(|e| e.to_string()),
+                outcome: outcome.map(|a| (a.warm_hit, ttr)),
             });
-            if outcome.is_ok() {
+            if sold {
                 tokio::time::sleep(holding_time(seed, index)).await;
                 let _ = manager.release(&id, None).await;
             }
@@ -490,60 +580,18 @@ async fn replay(scenario: &Scenario, policy: &Policy, options: &Options) -> RunR
     }
     drop(done_tx);
 
-    let mut result = RunResult {
-        scenario: scenario.name.clone(),
-        policy: policy.clone(),
-        purchases: 0,
-        warm: 0,
-        failed: 0,
-        ttr: Vec::new(),
-        idle_vm_hours: 0.0,
-        pool_vm_hours: 0.0,
-        boots: 0,
-        api_calls: 0,
-        throttled: 0,
-        per_pool: scenario
-            .pools
-            .iter()
-            .map(|p| (p.clone(), PoolOutcome::default()))
-            .collect(),
-        bought: Vec::new(),
-        leads: Vec::new(),
-        timeline: Vec::new(),
-        simulated: Duration::ZERO,
-        wall: std::time::Duration::ZERO,
-    };
+    let mut result = RunResult::empty(scenario, policy);
     let mut seen = 0;
     while seen < scenario.arrivals.len() {
         let Some(p) = done_rx.recv().await else { break };
         seen += 1;
-        if !p.measured {
-            continue;
-        }
-        result.purchases += 1;
-        let pool = result.per_pool.entry(p.pool).or_default();
-        pool.purchases += 1;
-        result.bought.push(Bought {
-            at: p.at,
-            warm: matches!(p.outcome, Ok((true, _))),
-        });
-        match p.outcome {
-            Ok((warm, ttr)) => {
-                result.ttr.push(ttr);
-                if warm {
-                    result.warm += 1;
-                    pool.warm += 1;
-                }
-            }
-            Err(e) => {
-                result.failed += 1;
-                if result.failed <= 3 {
-                    eprintln!(
-                        "{} / {}: purchase failed: {e}",
-                        scenario.name,
-                        policy.name()
-                    );
-                }
+        if let Err(e) = result.tally(p) {
+            if result.failed <= 3 {
+                eprintln!(
+                    "{} / {}: purchase failed: {e}",
+                    scenario.name,
+                    policy.name()
+                );
             }
         }
     }
@@ -578,6 +626,7 @@ async fn replay(scenario: &Scenario, policy: &Policy, options: &Options) -> RunR
 mod tests {
     use super::*;
     use crate::demand::{base_cloud, poisson, small, sorted, Arrival};
+    use pool_manager::cloud::CloudError;
 
     fn hourly_scenario() -> Scenario {
         Scenario {
@@ -641,6 +690,49 @@ mod tests {
             run.leads,
             run.timeline
         )
+    }
+
+    #[test]
+    fn the_hit_rate_is_warmpoolds_and_other_failures_stay_outside_it() {
+        let scenario = hourly_scenario();
+        let mut r = RunResult::empty(&scenario, &Policy::Auto);
+        let purchase = |minute: u64, outcome| Purchase {
+            pool: small(),
+            at: Duration::from_secs(60 * minute),
+            measured: true,
+            outcome,
+        };
+        let secs = Duration::from_secs;
+        for p in [
+            purchase(0, Ok((true, secs(6)))),
+            purchase(1, Ok((false, secs(95)))),
+            // No instance by the deadline: the pool's miss.
+            purchase(2, Err(ManagerError::ResourceExhausted("none left".into()))),
+            // Neither a want of an instance nor a purchase served: warmpoold
+            // counts these outside the hit rate.
+            purchase(
+                3,
+                Err(ManagerError::FailedPrecondition("volume in use".into())),
+            ),
+            purchase(
+                4,
+                Err(ManagerError::Cloud(CloudError::Transient("503".into()))),
+            ),
+        ] {
+            let _ = r.tally(p);
+        }
+        assert_eq!((r.purchases, r.warm, r.failed), (5, 1, 3));
+        // warm / (warm + cold + waited + exhausted)
+        assert_eq!(r.hit_rate(), Some(1.0 / 3.0));
+        assert_eq!(r.per_pool[&small()].hit_rate(), Some(1.0 / 3.0));
+        assert_eq!(r.hits_between(Duration::ZERO, secs(3600)), (1, 3));
+        // Time to ready is of the purchases that got an instance.
+        assert_eq!(r.ttr, [secs(6), secs(95)]);
+        let table = crate::report::results_table(&[r]);
+        assert!(
+            table.contains("| 5 (3 failed, 1 of them exhausted) | 33.33 % | 6.0 s | 95.0 s |"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -113,10 +113,12 @@ pub fn results_table(results: &[RunResult]) -> String {
          |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for r in results {
-        let failed = if r.failed > 0 {
-            format!(" ({} failed)", r.failed)
-        } else {
-            String::new()
+        // Exhausted ones are the pool's misses, in the hit rate; the
+        // others are outside it, as in warmpoold's.
+        let failed = match (r.failed, r.exhausted) {
+            (0, _) => String::new(),
+            (n, 0) => format!(" ({n} failed)"),
+            (n, e) => format!(" ({n} failed, {e} of them exhausted)"),
         };
         writeln!(
             out,
@@ -156,7 +158,7 @@ pub fn per_pool_table(runs: &[&RunResult]) -> String {
                 pool,
                 o.purchases,
                 percent_or_na(o.hit_rate()),
-                o.purchases - o.warm,
+                o.rated() - o.warm,
                 o.idle_vm_hours,
             )
             .expect("write to string");

@@ -570,7 +570,11 @@ enum Woke {
     TimedOut,
 }
 
-fn failure_outcome(error: &ManagerError) -> AllocationOutcome {
+/// The outcome the metrics and the pool's counters give an Allocate that
+/// failed with `error`: `Exhausted`, the pool's miss in its hit rate
+/// (warm / (warm + cold + waited + exhausted)), or a failure outside it.
+/// Public so that a benchmark's hit rate is warmpoold's own.
+pub fn failure_outcome(error: &ManagerError) -> AllocationOutcome {
     // By the answer the caller gets (the server's status mapping): a
     // refusal asking again does not change FAILED_PRECONDITION; cloud_error
     // stays for an unavailable cloud. Exhausted is the pool's miss, in the

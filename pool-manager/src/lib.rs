@@ -21,8 +21,9 @@ pub mod sizing;
 pub mod store;
 
 pub use allocator::{
-    cleanup_budget, validate_order, AllocateRequest, CLEANUP_FLOOR, DEFAULT_ALLOCATE_TIMEOUT,
-    DEFAULT_COLD_BOOT_TIMEOUT, MAX_DISCARDED_PER_PURCHASE, MAX_REQUEST_ID_LEN,
+    cleanup_budget, failure_outcome, validate_order, AllocateRequest, CLEANUP_FLOOR,
+    DEFAULT_ALLOCATE_TIMEOUT, DEFAULT_COLD_BOOT_TIMEOUT, MAX_DISCARDED_PER_PURCHASE,
+    MAX_REQUEST_ID_LEN,
 };
 pub use error::{ManagerError, ManagerResult};
 pub use manager::{state_name, ManagerSettings, PoolManager, PoolStatus, FORGET_EVERY};

@@ -922,7 +922,7 @@ fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
             "- **Trace ({}, N = {thin}){role}**: warmpool auto reached {} warm hits (goal >= 99.50 %): {}.",
             trace.name,
             hit_shown(a.hit_rate(), GOAL_HIT),
-            hit_verdict(a.warm, a.purchases, GOAL_HIT)
+            hit_verdict(a.warm, a.rated(), GOAL_HIT)
         );
         match &v.reference {
             Some((n, s)) => {
@@ -964,7 +964,7 @@ fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
                             "seed {}: {} warm hits ({}), {idle}",
                             o.seed,
                             hit_shown(v.auto.hit_rate(), GOAL_HIT),
-                            hit_verdict(v.auto.warm, v.auto.purchases, GOAL_HIT)
+                            hit_verdict(v.auto.warm, v.auto.rated(), GOAL_HIT)
                         )
                     }
                 })
@@ -1038,7 +1038,7 @@ fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
             .find(|s| s.name == "throttle-onset")
             .and_then(Scenario::throttled_window);
         let (warm, purchases) =
-            window.map_or((a.warm, a.purchases), |w| a.hits_between(w.from, w.to));
+            window.map_or((a.warm, a.rated()), |w| a.hits_between(w.from, w.to));
         let _ = writeln!(
             md,
             "- **Throttle onset**: warmpool auto kept {} warm hits {} (goal >= 99 %): {}{}.",
@@ -1062,7 +1062,7 @@ fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
                 .find(|r| r.policy == Policy::Static(n))
             {
                 let (warm, purchases) =
-                    window.map_or((t.warm, t.purchases), |w| t.hits_between(w.from, w.to));
+                    window.map_or((t.warm, t.rated()), |w| t.hits_between(w.from, w.to));
                 let _ = writeln!(
                     md,
                     "  The static pool sized for calm conditions (static {n}, the smallest reaching 99.5 % in `steady`: {}) dropped to {} {} under throttle onset ({} over the whole day).",
@@ -1528,6 +1528,7 @@ mod tests {
             .map(|i| Bought {
                 at: Duration::from_secs(86400 * i / purchases),
                 warm: (i + 1) * misses / purchases == i * misses / purchases,
+                rated: true,
             })
             .collect();
         RunResult {
@@ -1536,6 +1537,7 @@ mod tests {
             purchases,
             warm,
             failed: 0,
+            exhausted: 0,
             ttr: vec![Duration::from_secs(6); purchases as usize],
             idle_vm_hours: 10.0,
             pool_vm_hours: 12.0,
