@@ -940,7 +940,24 @@ fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
                 );
             }
             None => {
-                let _ = writeln!(md, "  No static size tested reached auto's hit rate; the largest tested is the bound.");
+                let largest = all
+                    .iter()
+                    .filter_map(|r| match r.policy {
+                        Policy::Static(n) => Some(n),
+                        _ => None,
+                    })
+                    .max();
+                let _ = match largest {
+                    Some(n) => writeln!(
+                        md,
+                        "  No static size tested reached auto's hit rate; the largest tested (static {n}) is the bound."
+                    ),
+                    None => writeln!(
+                        md,
+                        "  No static size was run{}: no idle ratio to judge.",
+                        if args.only_auto { " (--only-auto)" } else { "" }
+                    ),
+                };
             }
         }
         if i == 0 && !seed_runs.is_empty() {
@@ -1668,6 +1685,54 @@ mod tests {
         assert!(text.contains("- **Trace"), "{text}");
         assert!(text.contains("- **Throttle onset**"), "{text}");
         assert!(text.contains("n/a"), "{text}");
+    }
+
+    #[test]
+    fn a_run_without_static_pools_says_none_was_run_not_that_none_reached_auto() {
+        let args = parse(&["--scenarios", "trace", "--only-auto"]).expect("flags parse");
+        let name = "trace t 1:10";
+        let scenarios = [scenario(name)];
+        let results = [run(name, Policy::Auto, 1000, 996)];
+        let text = acceptance(
+            &args,
+            &Outcomes {
+                scenarios: &scenarios,
+                results: &results,
+                models: &[],
+                seed_runs: &[],
+                fills: &[],
+                lone: None,
+                lone_build: None,
+                ttrs: &[],
+            },
+        );
+        assert!(!text.contains("No static size tested reached"), "{text}");
+        assert!(
+            text.contains("No static size was run (--only-auto): no idle ratio to judge."),
+            "{text}"
+        );
+        // With static pools run, none reaching auto: the largest is the bound.
+        let results = [
+            run(name, Policy::Static(4), 1000, 990),
+            run(name, Policy::Auto, 1000, 996),
+        ];
+        let text = acceptance(
+            &parse(&["--scenarios", "trace"]).expect("flags parse"),
+            &Outcomes {
+                scenarios: &scenarios,
+                results: &results,
+                models: &[],
+                seed_runs: &[],
+                fills: &[],
+                lone: None,
+                lone_build: None,
+                ttrs: &[],
+            },
+        );
+        assert!(
+            text.contains("No static size tested reached auto's hit rate; the largest tested (static 4) is the bound."),
+            "{text}"
+        );
     }
 
     #[test]
