@@ -41,9 +41,11 @@
 //!   lower bounds, so a sudden slowdown lifts the estimate before the first
 //!   slow boot finishes.
 //! - [`Demand`]: short and long EWMAs of allocations. The forecast is the
-//!   larger of the two, and it is *held*: a burst lifts it at once, a quiet
-//!   spell lowers it only after `cooldown` without a new high, and from
-//!   then on it follows the estimate down until the next high.
+//!   larger of the two, and it is *held*: a burst lifts it at once (the
+//!   high is taken at the purchase that makes it, however late a step
+//!   reads it), a quiet spell lowers it only after `cooldown` without a
+//!   new high, and from then on it follows the estimate down until the
+//!   next high.
 //! - [`decide`]: inputs (spec, supply, estimates, what the throttle gate
 //!   allows) -> [`BootPlan`] `{ target, boots_now, reason }`. Golden tests in
 //!   `tests/sizing.rs`.
@@ -532,10 +534,24 @@ impl Demand {
 
     /// One allocation (purchase) that started at `at`; `now` is when it is
     /// recorded (a cold purchase is reported only when it finished).
+    ///
+    /// A rate average peaks exactly at an event and only decays between
+    /// events, so a new high is taken here, not when a step next reads the
+    /// estimate: a step stalled on the cloud would read a burst decayed and
+    /// hold that lower value for the cooldown, while `peek` (GetPool)
+    /// showed the peak.
     pub fn record(&mut self, at: Instant, now: Instant) {
+        // The forecast just before the event: the held high, or, its
+        // cooldown over, the estimate it follows down.
+        let before = self.at(now).0.forecast;
         self.short.add(at, now);
         self.long.add(at, now);
         self.total += 1;
+        let after = self.short.rate_at(now).max(self.long.rate_at(now));
+        if after > before || self.held_at.is_none() {
+            self.held = after;
+            self.held_at = Some(now);
+        }
     }
 
     /// The rates at `now`, updating the held forecast.

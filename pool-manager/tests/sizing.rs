@@ -614,10 +614,14 @@ fn demand_steady_burst_and_cooldown() {
         let at = t + secs(2 * i);
         demand.record(at, at);
     }
+    // The forecast is the short EWMA's peak, at the last purchase (2 s
+    // before it is read), not what it decayed to by the read.
+    let peak = demand.peek(t + secs(58)).short;
     t += MIN;
     let burst = demand.estimate(t);
     assert!(burst.forecast * 60.0 > 5.0, "{burst:?}");
-    assert_eq!(burst.forecast, burst.short);
+    assert_eq!(burst.forecast, peak);
+    assert!(burst.short < peak, "{burst:?}");
 
     // Quiet: the short EWMA falls, the forecast holds through the cooldown...
     let quiet = demand.estimate(t + secs(600));
@@ -644,9 +648,10 @@ fn demand_steady_burst_and_cooldown() {
         let at = t + secs(1000 + 2 * i);
         demand.record(at, at);
     }
+    let peak = demand.peek(t + secs(1058)).short;
     let high = demand.estimate(t + secs(1060));
     assert!(high.forecast > later.forecast * 2.0, "{high:?}");
-    assert_eq!(high.forecast, high.short);
+    assert_eq!(high.forecast, peak);
     let held = demand.estimate(t + secs(1060 + 600));
     assert!(held.short < high.short / 3.0, "{held:?}");
     assert_eq!(held.forecast, high.forecast);
@@ -664,6 +669,40 @@ fn demand_steady_burst_and_cooldown() {
         prompt.estimate(t0 + secs(300)),
     );
     assert!((a.short - b.short).abs() < 1e-12 && (a.long - b.long).abs() < 1e-12);
+}
+
+/// The held forecast is the burst's peak however late the replenisher
+/// reads it. A step stalled on the cloud (a delete retried through 429s,
+/// the headroom poll) read a burst only once it had decayed, held that
+/// lower value for the cooldown, and sized the pool for it, while GetPool
+/// (`peek`) showed the peak.
+#[test]
+fn a_burst_read_late_is_held_at_its_peak() {
+    let settings = SizingSettings {
+        demand_short: secs(300),
+        demand_long: secs(3600),
+        cooldown: secs(900),
+        ..SizingSettings::default()
+    };
+    let t0 = Instant::now();
+    let mut demand = Demand::new(&settings);
+    // 20 purchases in 10 s, no step in between.
+    let mut last = t0;
+    for i in 0..20 {
+        last = t0 + Duration::from_millis(500 * i);
+        demand.record(last, last);
+    }
+    let shown = demand.peek(last);
+    assert!(shown.forecast * 60.0 > 3.5, "{shown:?}");
+
+    // The step that reads it comes two minutes later.
+    let read = demand.estimate(last + secs(120));
+    assert!(read.short < shown.short * 0.7, "the rate decayed: {read:?}");
+    assert_eq!(
+        read.forecast, shown.forecast,
+        "the decider holds the peak GetPool showed"
+    );
+    assert_eq!(demand.peek(last + secs(120)), read);
 }
 
 fn gate(settings: GateSettings) -> Gate {
