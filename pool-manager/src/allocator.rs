@@ -1501,6 +1501,7 @@ impl Shared {
                     &params,
                     policy,
                     deadline,
+                    started,
                     &mut counted_empty,
                     &mut waited_for_ready,
                     own_port,
@@ -1817,13 +1818,15 @@ impl Shared {
     /// instance it saw Ready, is no wait). `own_port`: the purchase's
     /// tenant port is made (its number at the gate,
     /// [`Gate::tenant_port_made`]). `found_silent`: instances the purchase
-    /// found silent at their claim ([`Shared::claim_ready`]).
+    /// found silent at their claim ([`Shared::claim_ready`]). `started`:
+    /// when the Allocate started, which its demand is dated to.
     #[allow(clippy::too_many_arguments)]
     async fn obtain_instance(
         self: &Arc<Self>,
         params: &AllocationParams,
         policy: EmptyPoolPolicy,
         deadline: Instant,
+        started: Instant,
         counted_empty: &mut bool,
         waited_for_ready: &mut bool,
         own_port: Option<u64>,
@@ -1837,6 +1840,12 @@ impl Shared {
             // One count per call that found the pool empty: a waiting call
             // wakes on every write of any pool.
             if !std::mem::replace(counted_empty, true) {
+                // Its demand counts now, not when it ends (a cold boot's a
+                // lead time later), whatever its outcome: the pool had no
+                // instance for it. Only past its volume and port, so an
+                // order a quota refused those (no want of an instance)
+                // still feeds no demand.
+                self.count_order(&params.pool, &params.request_id, started);
                 self.emit(Some(&params.pool), EventKind::Exhausted);
             }
             match policy {

@@ -272,9 +272,10 @@ impl Shared {
         self.sizing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Feeds the pool's demand estimator: every order that wanted an
-    /// instance counts, once however often it is retried, dated back to
-    /// when its Allocate started.
+    /// Feeds the pool's demand estimator at a purchase's end: every order
+    /// that wanted an instance counts, once however often it is retried,
+    /// dated back to when its Allocate started. One that found the pool
+    /// empty was counted then ([`Shared::count_order`]), and is not again.
     pub(crate) fn note_demand(
         &self,
         key: &PoolKey,
@@ -290,10 +291,20 @@ impl Shared {
                 | AllocationOutcome::Exhausted
         ) {
             let now = Instant::now();
-            let at = now.checked_sub(latency).unwrap_or(now);
-            self.sizing_book()
-                .record_allocation(key, request_id, at, now, &self.settings.sizing);
+            self.count_order(key, request_id, now.checked_sub(latency).unwrap_or(now));
         }
+    }
+
+    /// Counts order `request_id`, whose Allocate started at `started`, in
+    /// its pool's demand now (once within `demand_long`, however often it
+    /// is counted: [`SizingBook::record_allocation`]). A purchase that
+    /// finds its pool empty is counted so at once, not at its end: a cold
+    /// boot's ends a lead time later, a wait's when an instance comes, and
+    /// a burst into an empty pool would lift the forecast only then.
+    pub(crate) fn count_order(&self, key: &PoolKey, request_id: &str, started: Instant) {
+        let now = Instant::now();
+        self.sizing_book()
+            .record_allocation(key, request_id, started, now, &self.settings.sizing);
     }
 
     /// The pool's computed target and its inputs, now.

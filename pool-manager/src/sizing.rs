@@ -45,7 +45,9 @@
 //!   high is taken at the purchase that makes it, however late a step
 //!   reads it), a quiet spell lowers it only after `cooldown` without a
 //!   new high, and from then on it follows the estimate down until the
-//!   next high.
+//!   next high. A purchase counts when it finds its pool empty (a cold
+//!   boot or a wait would report it only a lead time later), any other
+//!   at its end; each order once.
 //! - [`decide`]: inputs (spec, supply, estimates, what the throttle gate
 //!   allows) -> [`BootPlan`] `{ target, boots_now, reason }`. Golden tests in
 //!   `tests/sizing.rs`.
@@ -533,7 +535,8 @@ impl Demand {
     }
 
     /// One allocation (purchase) that started at `at`; `now` is when it is
-    /// recorded (a cold purchase is reported only when it finished).
+    /// recorded (a purchase that found its pool empty when it did, any
+    /// other when it finished).
     ///
     /// A rate average peaks exactly at an event and only decays between
     /// events, so a new high is taken here, not when a step next reads the
@@ -1033,7 +1036,10 @@ impl SizingBook {
     /// One purchase of order `request_id`. An order already counted
     /// within `demand_long` (a billing system retrying it after
     /// RESOURCE_EXHAUSTED, say) is not counted again: one order is one
-    /// purchase, however often it is asked for.
+    /// purchase, however often it is asked for. A purchase counted when it
+    /// found its pool empty is asked for again at its end, and counts once
+    /// unless it outlasted `demand_long` (its second count, dated to its
+    /// start, has then decayed at least e-fold).
     pub fn record_allocation(
         &mut self,
         key: &PoolKey,

@@ -2130,25 +2130,23 @@ async fn a_purchase_during_the_debounce_counts_in_the_step_after_it() {
         }
     };
 
-    // Two warm purchases at once: the held forecast is their rate, which a
-    // third purchase within about 3 minutes (a boot's 90 s and then some)
+    // A warm purchase: the held forecast is its rate, which a second
+    // purchase within about 3 minutes (a boot's 90 s and then some)
     // exceeds.
-    for id in ["o1", "o2"] {
-        manager
-            .allocate(request(id, new_volume(), EmptyPoolPolicy::ColdBoot))
-            .await
-            .unwrap();
-    }
+    manager
+        .allocate(request("o1", new_volume(), EmptyPoolPolicy::ColdBoot))
+        .await
+        .unwrap();
     at_target().await;
 
-    // A third purchase: its instance is claimed and replaced, then it
+    // A second purchase: its instance is claimed and replaced, then it
     // waits at its verification while nothing else happens.
     let attach = cloud.hold_next("attach_volume", At::Before);
     let purchase = tokio::spawn({
         let manager = manager.clone();
         async move {
             manager
-                .allocate(request("o3", new_volume(), EmptyPoolPolicy::ColdBoot))
+                .allocate(request("o2", new_volume(), EmptyPoolPolicy::ColdBoot))
                 .await
         }
     });
@@ -2921,4 +2919,55 @@ async fn a_retried_order_counts_once_in_the_demand() {
         "another order counts: {:?}",
         status.sizing.demand
     );
+}
+
+/// A purchase that finds its pool empty counts in the demand then, not
+/// when it ends: a COLD_BOOT purchase used to count only once its boot was
+/// Ready (a lead time later), a WAIT one once served or timed out, so a
+/// burst into an empty pool lifted the forecast one lead time late. Each
+/// order still counts once: its final outcome does not count it again.
+#[tokio::test(start_paused = true)]
+async fn a_burst_into_an_empty_pool_counts_when_it_finds_it_empty() {
+    let sim = sim();
+    let store = temp_store();
+    let base = settings();
+    let manager = PoolManager::new(
+        store.clone(),
+        sim.clone(),
+        Arc::new(sim.probe()),
+        ManagerSettings {
+            sizing: SizingSettings {
+                prior_lead_time: secs(300),
+                ..base.sizing.clone()
+            },
+            ..base
+        },
+    );
+    manager.start().await.unwrap();
+    let mut spec = auto_spec();
+    spec.min_ready = 0;
+    manager.create_pool(pool(), spec).await.unwrap();
+    let purchases: Vec<_> = (0..10)
+        .map(|i| {
+            let order = request(
+                &format!("cold-{i}"),
+                new_volume(),
+                EmptyPoolPolicy::ColdBoot,
+            );
+            spawn_allocate(&manager, order)
+        })
+        .collect();
+
+    tokio::time::sleep(secs(5)).await;
+    let s = manager.get_pool(&pool()).await.unwrap().sizing;
+    assert!(s.lead.p90 >= secs(300), "{s:?}");
+    assert!(s.demand.short > 0.0, "the burst is demand now: {s:?}");
+    assert!(s.target > 0, "{s:?}");
+
+    for purchase in purchases {
+        let _ = purchase.await.unwrap();
+    }
+    manager.shutdown().await.unwrap();
+    let learned = store.get_learned_sizing(&pool()).await.unwrap().unwrap();
+    assert_eq!(learned.allocations, 10, "{learned:?}");
 }
