@@ -862,13 +862,15 @@ pub struct BootPlan {
 /// sustains the long-run demand at the current lead time (Little's law:
 /// `ceil(λ_long · L_p50)` boots in flight): holding back those boots would
 /// only drain the pool, it would not make the cloud faster. Nor below one
-/// boot in flight for a pool below its floor (`min_ready`, an open
-/// window's included): a pool whose demand keeps more builds in flight
-/// than the window holds would otherwise leave the AZ's other pools no
-/// room for as long as its demand lasts, and one with no demand yet would
-/// never reach its floor. So every pool makes progress, and the AZ's
-/// gated builds exceed the window by at most one per such pool. Quota
-/// headroom is a hard cap: a boot past it would only be refused.
+/// boot in flight for a pool below the depth its operator set: its floor
+/// (`min_ready`, an open window's included), or a fixed target. A pool
+/// whose demand keeps more builds in flight than the window holds would
+/// otherwise leave the AZ's other pools no room for as long as its demand
+/// lasts, and one with no demand of its own would never reach that depth
+/// (a fixed target is no speculation on demand: it is the depth asked
+/// for). So every pool makes progress, and the AZ's gated builds exceed
+/// the window by at most one per such pool. Quota headroom is a hard cap:
+/// a boot past it would only be refused.
 pub fn decide(inputs: &Inputs) -> BootPlan {
     let lead_p90 = inputs.lead.p90.as_secs_f64();
     let demand_in_lead = inputs.demand.forecast.max(0.0) * lead_p90;
@@ -902,11 +904,13 @@ pub fn decide(inputs: &Inputs) -> BootPlan {
     } else {
         sustain as u32
     };
-    let below_floor = u32::from(inputs.supply < inputs.min_ready);
+    // Below a fixed target the deficit is below the operator's depth too.
+    let owed_progress =
+        u32::from(inputs.supply < inputs.min_ready || matches!(inputs.target, Target::Fixed(_)));
     let window_room = inputs
         .gate
         .room
-        .max(sustain.max(below_floor).saturating_sub(inputs.in_flight));
+        .max(sustain.max(owed_progress).saturating_sub(inputs.in_flight));
     let headroom = inputs.gate.headroom.unwrap_or(u32::MAX);
     if headroom == 0 {
         return plan(0, PlanReason::Quota);

@@ -340,12 +340,29 @@ fn decider_golden() {
             },
         ),
         (
-            "failed boots, window tighter",
+            "failed boots, fixed 4, window full",
             Inputs {
                 backoff: Some(Backoff::OneAtATime),
                 target: Target::Fixed(4),
                 min_ready: 0,
                 demand: DemandEstimate::steady(0.0),
+                gate: Admission {
+                    room: 0,
+                    hold: None,
+                    headroom: None,
+                },
+                ..base()
+            },
+        ),
+        (
+            "failed boots, window tighter",
+            Inputs {
+                backoff: Some(Backoff::OneAtATime),
+                min_ready: 0,
+                demand: DemandEstimate {
+                    long: 0.0,
+                    ..DemandEstimate::steady(per_minute(1.0))
+                },
                 gate: Admission {
                     room: 0,
                     hold: None,
@@ -421,11 +438,42 @@ failed boots: one at a time            D= 1.00 target= 4 boots= 1 backoff
 failed boots: one at a time, in flight D= 1.00 target= 4 boots= 0 backoff
 failed boots, deficit 1                D= 1.00 target= 4 boots= 1 deficit
 failed boots at a pool cap of 1        D= 1.00 target= 4 boots= 1 pool_cap
-failed boots, window tighter           D= 0.00 target= 4 boots= 0 window
+failed boots, fixed 4, window full     D= 0.00 target= 4 boots= 1 backoff
+failed boots, window tighter           D= 1.00 target= 4 boots= 0 window
 failed boots, 429 too                  D= 1.00 target= 4 boots= 0 throttled
 window open: min 10                    D= 1.00 target=10 boots=10 deficit
 ";
     assert_eq!(out, golden, "\n{out}");
+}
+
+/// A fixed target is the operator's depth as a floor is: past the AIMD
+/// window a pool below it may still have one boot in flight. A Fixed(5)
+/// pool at its floor (1) and with no purchases of late got no room for as
+/// long as another pool of its zone kept the window full.
+#[test]
+fn a_fixed_pool_below_its_target_boots_while_the_window_is_full() {
+    let full = Admission {
+        room: 0,
+        hold: None,
+        headroom: None,
+    };
+    let inputs = Inputs {
+        target: Target::Fixed(5),
+        min_ready: 1,
+        supply: 1,
+        demand: DemandEstimate::ZERO,
+        gate: full,
+        ..base()
+    };
+    let plan = decide(&inputs);
+    assert_eq!((plan.target, plan.boots_now), (5, 1), "{plan:?}");
+    // One in flight at a time, as below a floor.
+    let plan = decide(&Inputs {
+        supply: 2,
+        in_flight: 1,
+        ..inputs
+    });
+    assert_eq!(plan.boots_now, 0, "{plan:?}");
 }
 
 /// At the shipped defaults a pool whose boots slowed down (IOPS
@@ -2701,6 +2749,71 @@ async fn a_pool_below_its_floor_boots_while_another_keeps_the_window_full() {
         status.sizing.gate
     );
     purchases.abort();
+}
+
+/// The same for a fixed target above the floor: another pool's builds
+/// fill the zone's window, and a new pool with min_ready 1 and target 3
+/// reaches its floor by the floor's one boot, then booted nothing toward
+/// its target for as long as the window stayed full. (The busy-pool setup
+/// of the test above leaves the window gaps, between the busy pool's
+/// refills, that a target of 3 also fills; here the other pool's two
+/// builds hang at their create, so the window stays full.)
+#[tokio::test(start_paused = true)]
+async fn a_fixed_pool_below_its_target_boots_while_another_keeps_the_window_full() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let base = settings();
+    let manager = PoolManager::new(
+        temp_store(),
+        cloud.clone(),
+        Arc::new(sim.probe()),
+        ManagerSettings {
+            gate: GateSettings {
+                initial_window: 2,
+                max_window: 2,
+                ..base.gate.clone()
+            },
+            ..base
+        },
+    );
+    manager.start().await.unwrap();
+    let held = [
+        cloud.hold_next("create_server", At::Before),
+        cloud.hold_next("create_server", At::Before),
+    ];
+    manager.create_pool(pool(), spec(2)).await.unwrap();
+    for hold in &held {
+        hold.reached().await;
+    }
+    let gate = manager.get_pool(&pool()).await.unwrap().sizing.gate;
+    assert_eq!(gate.gated_in_flight, 2, "the window is full: {gate:?}");
+
+    let fixed = pool_manager::model::PoolKey::new("db.medium", "az1");
+    let mut spec = spec(1);
+    spec.target = Target::Fixed(3);
+    manager.create_pool(fixed.clone(), spec).await.unwrap();
+    let mut ready = 0;
+    for _ in 0..600 {
+        tokio::time::sleep(secs(1)).await;
+        ready = manager
+            .get_pool(&fixed)
+            .await
+            .unwrap()
+            .count(InstanceState::Ready);
+        if ready >= 3 {
+            break;
+        }
+    }
+    let status = manager.get_pool(&fixed).await.unwrap();
+    assert!(
+        ready >= 3,
+        "{ready} of 3 Ready in 10 min: {:?} {:?}",
+        status.sizing.last_plan,
+        status.sizing.gate
+    );
+    for hold in &held {
+        hold.release();
+    }
 }
 
 /// The plan GetPool shows says how many boots its step started. A step
