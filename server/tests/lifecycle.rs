@@ -2276,3 +2276,19 @@ fn store_check_says_which_set_aside_records_are_superseded() {
     );
     assert!(pool.contains("it will not come back"), "{out}");
 }
+
+/// The shutdown check (`Daemon::shut_down`) tells the daemon's listening
+/// socket from another later given the same port, by its inode.
+#[tokio::test]
+async fn the_shutdown_check_tells_a_listener_from_a_later_one_on_its_port() {
+    let first = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = first.local_addr().unwrap();
+    let socket = support::listening_socket(addr);
+    assert!(socket.is_some(), "no LISTEN entry for {addr} in /proc/net/tcp");
+    drop(first);
+    assert_eq!(support::listening_socket(addr), None, "{addr} closed");
+    let second = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let again = support::listening_socket(addr);
+    assert!(again.is_some() && again != socket, "{socket:?} vs {again:?}");
+    drop(second);
+}

@@ -241,19 +241,48 @@ impl Daemon {
             served,
             ..
         } = running;
+        let listening = [metrics_addr, grpc_addr].map(|addr| (addr, listening_socket(addr)));
         stop.send(()).expect("daemon still running");
         tokio::time::timeout(Duration::from_secs(30), served)
             .await
             .expect("shutdown within 30 s")
             .expect("server task did not panic")
             .expect("clean shutdown");
-        for addr in [metrics_addr, grpc_addr] {
+        for (addr, socket) in listening {
+            let answers = tokio::net::TcpStream::connect(addr).await.is_ok();
+            // Another test's listener may have been given the port just
+            // freed (the tests run side by side, and bind(0) hands out
+            // freed ports): only the daemon's own socket still listening
+            // is a failure (any answer, where the table cannot be read).
             assert!(
-                tokio::net::TcpStream::connect(addr).await.is_err(),
+                !(answers && (socket.is_none() || listening_socket(addr) == socket)),
                 "{addr} still answers after shutdown"
             );
         }
     }
+}
+
+/// The inode of the socket listening on `addr` (an IPv4 address), from
+/// the kernel's table (Linux): it tells a listener from another one later
+/// given the same port. `None` where the table cannot be read.
+pub fn listening_socket(addr: std::net::SocketAddr) -> Option<u64> {
+    const LISTEN: &str = "0A";
+    let std::net::SocketAddr::V4(addr) = addr else {
+        return None;
+    };
+    // The table spells an address as the hex of its bytes in memory order.
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(addr.ip().octets()),
+        addr.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&LISTEN))
+            .then(|| fields.get(9)?.parse().ok())
+            .flatten()
+    })
 }
 
 /// GET `url` (plain HTTP/1.1): status, Content-Type and body.
