@@ -391,21 +391,17 @@ fn some_names(names: &[String]) -> String {
     }
 }
 
-/// Whether a failed lookup says something about the resource looked up (it
-/// is missing, or ambiguous), and so about the pools naming it: a cloud
-/// that did not answer or throttled says nothing of one pool, and is every
-/// pool's problem (start-up stops, as for any unreachable service).
+/// Whether a failed lookup of a flavor or boot spec says something about
+/// the resource looked up (it is missing), and so about the pools naming
+/// it: a cloud that did not answer, throttled, refused the call or never
+/// got it (osauth's catalog and version discovery, a listing paging
+/// without end) says nothing of one pool, and is every pool's problem
+/// (start-up stops, as for any unreachable service). Images and networks
+/// are judged by the driver's
+/// [`LookupError`](pool_manager::openstack::LookupError), which also tells the
+/// lookup's own verdicts (several named so, not active) apart.
 fn about_the_resource(e: &CloudError) -> bool {
-    match e {
-        CloudError::NotFound(_) => true,
-        // The lookup's own verdicts (several named so, not active) say
-        // something of the resource. A refusal the service answered (a
-        // token it did not accept, a policy, a 4xx) carries its HTTP status
-        // (the driver's `classify`) and is every pool's: a Glance that
-        // refuses warmpool's token says so for each pool's image.
-        CloudError::Fatal(message) => !message.contains("HTTP "),
-        _ => false,
-    }
+    matches!(e, CloudError::NotFound(_))
 }
 
 /// A pool as the checks see it: where it boots, what, and how many at
@@ -883,16 +879,16 @@ async fn check_with(
         None => pools.iter().map(|p| p.image.as_str()).collect(),
     };
     for image in images {
-        match cloud.image_id(image).await {
+        match cloud.look_up_image(image).await {
             Ok(id) if id == image => report.ok(CheckKind::Image, image),
             Ok(id) => report.ok(CheckKind::Image, format!("{image} = {id}")),
-            Err(e) if one_image || !about_the_resource(&e) => {
-                let reason = reason_naming(&e, "visible images", cloud.image_names()).await;
+            Err(e) if one_image || !e.is_about_the_object() => {
+                let reason = reason_naming(e.error(), "visible images", cloud.image_names()).await;
                 report.fail(CheckKind::Image, reason)
             }
             Err(e) => report.fail_pools(
                 CheckKind::Image,
-                reason_naming(&e, "visible images", cloud.image_names()).await,
+                reason_naming(e.error(), "visible images", cloud.image_names()).await,
                 pools.iter().filter(|p| p.image == image),
             ),
         }
@@ -901,7 +897,7 @@ async fn check_with(
 
     let settings = cloud.settings();
     for network in settings.management_networks() {
-        let problem = match cloud.network(network).await {
+        let problem = match cloud.look_up_network(network).await {
             Ok(n) => {
                 let named = settings_naming(settings, network);
                 match groups_cannot_be_applied(&settings.security_groups, &named, network, &n) {
@@ -913,11 +909,11 @@ async fn check_with(
                     Some(problem) => problem,
                 }
             }
-            Err(e) if !about_the_resource(&e) => {
-                report.fail(CheckKind::Network, reason(&e));
+            Err(e) if !e.is_about_the_object() => {
+                report.fail(CheckKind::Network, reason(e.error()));
                 continue;
             }
-            Err(e) => reason_naming(&e, "visible networks", cloud.network_names()).await,
+            Err(e) => reason_naming(e.error(), "visible networks", cloud.network_names()).await,
         };
         management_network_failure(settings, network, problem, pools, &mut report);
     }
@@ -969,10 +965,10 @@ async fn own_image_check(pools: &[CheckedPool], cloud: &OpenStackCloud, report: 
                 CheckKind::Image,
                 format!("{image} = {id}, a pool's own image (cloud.image boots every pool)"),
             ),
-            Err(e) if !about_the_resource(&e) => report.fail(CheckKind::Image, reason(&e)),
+            Err(e) if !e.is_about_the_object() => report.fail(CheckKind::Image, reason(e.error())),
             Err(e) => report.fail_pools(
                 CheckKind::Image,
-                reason_naming(&e, "visible images", cloud.image_names()).await,
+                reason_naming(e.error(), "visible images", cloud.image_names()).await,
                 new().filter(|p| p.image == image),
             ),
         }
@@ -1650,12 +1646,31 @@ mod tests {
         assert!(about_the_resource(&CloudError::NotFound(
             "no image named 'x'".into()
         )));
-        assert!(about_the_resource(&CloudError::Fatal(
-            "2 images are named 'x'; give its id instead".into()
-        )));
-        assert!(about_the_resource(&CloudError::Fatal(
-            "image 'x' (1234) is deactivated, not active".into()
-        )));
+        // The lookup's own verdicts are the driver's to tell.
+        use pool_manager::openstack::LookupError;
+        let ambiguous = CloudError::Fatal("2 images are named 'x'; give its id instead".into());
+        assert!(LookupError::Object(ambiguous.clone()).is_about_the_object());
+        assert!(
+            !LookupError::Service(CloudError::Fatal("a page came round again".into()))
+                .is_about_the_object()
+        );
+    }
+
+    /// What osauth fails on before any service answers about an object
+    /// (the service missing from the catalog for the region, a version
+    /// document refused or routed nowhere) says nothing of the image or
+    /// network looked up: every pool's failure, whatever its words.
+    #[test]
+    fn a_lookup_osauth_failed_before_any_answer_is_every_pools_failure() {
+        use osauth::ErrorKind as K;
+        use pool_manager::openstack::error::classify_osauth;
+        for kind in [K::EndpointNotFound, K::AccessDenied, K::ResourceNotFound] {
+            let e = classify_osauth(
+                "GET /v2/images?name=x",
+                &osauth::Error::new(kind, "Requested endpoint was not found"),
+            );
+            assert!(!about_the_resource(&e), "{e}");
+        }
     }
 
     /// A missing name's reason lists at most ten of those the cloud has,
@@ -1778,9 +1793,6 @@ mod tests {
         }));
         assert!(about_the_resource(&CloudError::NotFound(
             "no flavor named 'db.old'".into()
-        )));
-        assert!(about_the_resource(&CloudError::Fatal(
-            "2 images named 'mysql-8.0'".into()
         )));
     }
 }

@@ -3949,6 +3949,63 @@ async fn a_management_network_only_an_unused_zone_names_only_warns() {
     );
 }
 
+/// The pools of `config`, each as the store has it: a daemon's start
+/// after the first.
+fn all_stored(config: &Config) -> Vec<check_cloud::CheckedPool> {
+    config
+        .pools
+        .iter()
+        .map(|p| check_cloud::CheckedPool::stored(p.key(), &p.spec()))
+        .collect()
+}
+
+/// A Glance warmpool cannot reach at all (here an `image_endpoint_override`
+/// leading nowhere: osauth's version discovery fails, as for an image
+/// service missing from the region's catalog) answers nothing about any
+/// image: every pool's failure, which stops start-up even when the store
+/// has every pool, not one marking each pool degraded while none can boot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_glance_out_of_reach_stops_start_up_with_only_stored_pools() {
+    let env = env().await;
+    let yaml = std::fs::read_to_string(&env.clouds_yaml).unwrap();
+    std::fs::write(
+        &env.clouds_yaml,
+        format!(
+            "{yaml}    image_endpoint_override: {}/nowhere/\n",
+            env.face.base_url()
+        ),
+    )
+    .unwrap();
+    let config = env.config("", SMALL_POOL);
+    let (report, cloud) = check_cloud::check_pools(openstack(&config), &all_stored(&config)).await;
+    assert!(cloud.is_some(), "{report}");
+    assert!(!line(&report, CheckKind::Image).is_empty(), "{report}");
+    let refusal = report.refusal().unwrap_or_else(|| panic!("{report}"));
+    assert!(refusal.contains("image: "), "{refusal}");
+    assert!(report.stale_pools().is_empty(), "{report}");
+}
+
+/// A cloud that ignores the page marker fails every listing the same
+/// way, whatever is looked up: every pool's failure, not each flavor's or
+/// network's, even with every pool stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_ignoring_the_marker_stops_start_up_with_only_stored_pools() {
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            page_limit: Some(1),
+            ignore_marker: true,
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let config = env.config("", SMALL_POOL);
+    let (report, _) = check_cloud::check_pools(openstack(&config), &all_stored(&config)).await;
+    let refusal = report.refusal().unwrap_or_else(|| panic!("{report}"));
+    assert!(refusal.contains("ignores the marker"), "{refusal}");
+    assert!(report.stale_pools().is_empty(), "{report}");
+}
+
 /// A boot naming groups on a management network without port security
 /// (or with it, but no subnet) is accepted and ends in ERROR with Nova's
 /// fault; without groups, or with a subnet and port security, it boots.

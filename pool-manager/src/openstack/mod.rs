@@ -184,6 +184,48 @@ fn names_of(items: Vec<Named>, keep: impl Fn(&Named) -> bool) -> Vec<String> {
     names.into_iter().collect()
 }
 
+/// A failed lookup of an image, network or security group by name or id,
+/// told apart by what it says of the object: the start-up check marks
+/// the pools naming an object the cloud has no usable one of, and stops
+/// for a lookup the cloud never answered, which no pool can boot past.
+/// Told by where the failure arose, not by its words: osauth's failures
+/// (a service missing from the catalog, a version document refused or
+/// routed nowhere) carry no HTTP status to tell them by.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum LookupError {
+    /// The service answered the lookup, and has no one usable object of
+    /// the name: none (`NotFound`), several, or one not active.
+    #[error(transparent)]
+    Object(CloudError),
+    /// The lookup got no such answer: the service is out of reach,
+    /// refused or failed the call, or its listing pages without end.
+    /// Every lookup through that service fails alike, whatever is named.
+    #[error(transparent)]
+    Service(CloudError),
+}
+
+impl LookupError {
+    /// Whether it says something of the object looked up, and so of what
+    /// names it.
+    pub fn is_about_the_object(&self) -> bool {
+        matches!(self, LookupError::Object(_))
+    }
+
+    pub fn error(&self) -> &CloudError {
+        match self {
+            LookupError::Object(e) | LookupError::Service(e) => e,
+        }
+    }
+}
+
+impl From<LookupError> for CloudError {
+    fn from(e: LookupError) -> Self {
+        match e {
+            LookupError::Object(e) | LookupError::Service(e) => e,
+        }
+    }
+}
+
 /// The error for a listing still linking a next page after [`MAX_PAGES`].
 fn endless_listing(what: &str) -> CloudError {
     CloudError::Fatal(format!(
@@ -696,6 +738,11 @@ impl OpenStackCloud {
 
     /// The UUID of an image given by name or id (Glance; cached).
     pub async fn image_id(&self, name_or_id: &str) -> CloudResult<String> {
+        Ok(self.look_up_image(name_or_id).await?)
+    }
+
+    /// [`Self::image_id`], its failure told as of the image or of Glance.
+    pub async fn look_up_image(&self, name_or_id: &str) -> Result<String, LookupError> {
         if let Some(id) = self.inner.images.get(name_or_id) {
             return Ok(id);
         }
@@ -719,10 +766,10 @@ impl OpenStackCloud {
             .await?;
         // A queued or deactivated image fails every boot.
         if let Some(status) = image.status.as_deref().filter(|s| *s != "active") {
-            return Err(CloudError::Fatal(format!(
+            return Err(LookupError::Object(CloudError::Fatal(format!(
                 "image '{name_or_id}' ({}) is {status}, not active",
                 image.id
-            )));
+            ))));
         }
         let id = image.id;
         self.inner.images.insert(name_or_id.to_owned(), id.clone());
@@ -732,13 +779,15 @@ impl OpenStackCloud {
     /// `image`'s id as Glance has it now, not as cached. A pool's own image
     /// that Glance lacks under the `image` override says it is one, and
     /// names the override.
-    pub async fn check_image(&self, image: &str) -> CloudResult<String> {
+    pub async fn check_image(&self, image: &str) -> Result<String, LookupError> {
         self.inner.images.forget(image);
-        match (self.image_id(image).await, &self.inner.settings.image) {
-            (Err(CloudError::NotFound(m)), Some(every_pool)) if every_pool != image => {
-                Err(CloudError::NotFound(format!(
+        match (self.look_up_image(image).await, &self.inner.settings.image) {
+            (Err(LookupError::Object(CloudError::NotFound(m))), Some(every_pool))
+                if every_pool != image =>
+            {
+                Err(LookupError::Object(CloudError::NotFound(format!(
                     "{m} (the pool's own image: the setting cloud.image '{every_pool}' boots every pool, and the pool's image once that is unset)"
-                )))
+                ))))
             }
             (found, _) => found,
         }
@@ -746,6 +795,11 @@ impl OpenStackCloud {
 
     /// A Neutron network given by name or id (cached).
     pub async fn network(&self, name_or_id: &str) -> CloudResult<Named> {
+        Ok(self.look_up_network(name_or_id).await?)
+    }
+
+    /// [`Self::network`], its failure told as of the network or of Neutron.
+    pub async fn look_up_network(&self, name_or_id: &str) -> Result<Named, LookupError> {
         if let Some(n) = self.inner.networks.get(name_or_id) {
             return Ok(n);
         }
@@ -966,7 +1020,7 @@ impl OpenStackCloud {
         name_or_id: &str,
         kind: &str,
         counts: impl Fn(&Named) -> bool,
-    ) -> CloudResult<Named> {
+    ) -> Result<Named, LookupError> {
         if looks_like_id(name_or_id) {
             let mut path: Vec<&str> = collection.to_vec();
             path.push(name_or_id);
@@ -980,11 +1034,12 @@ impl OpenStackCloud {
                         Service::Image => body,
                         _ => body.get(kind.replace(' ', "_")).cloned().unwrap_or(body),
                     };
-                    return serde_json::from_value(item)
-                        .map_err(|e| unreadable(&format!("GET {kind} {name_or_id}"), e));
+                    return serde_json::from_value(item).map_err(|e| {
+                        LookupError::Service(unreadable(&format!("GET {kind} {name_or_id}"), e))
+                    });
                 }
                 Err(CloudError::NotFound(_)) => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(LookupError::Service(e)),
             }
         }
         let listing = |hidden: bool| {
@@ -1005,13 +1060,15 @@ impl OpenStackCloud {
         let what = listing(false).describe();
         let mut items = self
             .list_all(&what, || listing(false), &page_of, |n: &Named| n.id.clone())
-            .await?;
+            .await
+            .map_err(LookupError::Service)?;
         let named = |items: &[Named]| items.iter().any(|n| n.name.as_deref() == Some(name_or_id));
         if service == Service::Image && !named(&items) {
             let what = listing(true).describe();
             items = self
                 .list_all(&what, || listing(true), &page_of, |n: &Named| n.id.clone())
-                .await?;
+                .await
+                .map_err(LookupError::Service)?;
         }
         // The name filter is exact on Glance and Neutron; checked anyway.
         let (mut counted, others): (Vec<Named>, Vec<Named>) = items
@@ -1020,15 +1077,15 @@ impl OpenStackCloud {
             .partition(|n| counts(n));
         match counted.len() {
             0 => others.into_iter().next().ok_or_else(|| {
-                CloudError::NotFound(format!(
+                LookupError::Object(CloudError::NotFound(format!(
                     "no {kind} named '{name_or_id}' is visible to {}",
                     self.identity()
-                ))
+                )))
             }),
             1 => Ok(counted.remove(0)),
-            n => Err(CloudError::Fatal(format!(
+            n => Err(LookupError::Object(CloudError::Fatal(format!(
                 "{n} {kind}s are named '{name_or_id}'; give its id instead"
-            ))),
+            )))),
         }
     }
 
@@ -2162,7 +2219,8 @@ impl Cloud for OpenStackCloud {
                 return Ok(());
             }
         }
-        self.check_image(image).await.map(drop)
+        self.check_image(image).await?;
+        Ok(())
     }
 }
 
