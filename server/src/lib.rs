@@ -930,8 +930,9 @@ async fn build_cloud_waiting_out_refusals(
         tracing::error!(
             refusals,
             next_try = %next_try,
-            "{refused}; mend the credentials in {}, or the account in Keystone if it \
-             says the account is locked, disabled or expired. warmpoold waits rather than \
+            "{refused}; mend the credentials in {}, or in Keystone the user's role on the \
+             project, or the account if it says the account is locked, disabled or expired. \
+             warmpoold waits rather than \
              exits (its supervisor would restart it within seconds, each start trying the \
              password again until Keystone's lockout_failure_attempts lock the account): it \
              tries again at {next_try} (in {}), reading them again, and serves once Keystone \
@@ -952,8 +953,9 @@ async fn wait_for_a_restart(
     source: &CredentialsSource,
 ) -> anyhow::Result<BuiltCloud> {
     tracing::error!(
-        "{refused}; mend the credentials in {}, or the account in Keystone if it says the \
-         account is locked, disabled or expired, then {}. warmpoold does not try them again: \
+        "{refused}; mend the credentials in {}, or in Keystone the user's role on the \
+         project, or the account if it says the account is locked, disabled or expired, then \
+         {}. warmpoold does not try them again: \
          it reads them at start only, so each try would send the refused ones again, counting \
          towards Keystone's lockout_failure_attempts. It waits for the restart, starting \
          (health NOT_SERVING, liveness SERVING), rather than exit: its supervisor would \

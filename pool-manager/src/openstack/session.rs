@@ -759,6 +759,27 @@ fn keystone_reason(e: &osauth::Error) -> Option<String> {
     (!nothing_more).then(|| truncate(said, MAX_MESSAGE_CHARS))
 }
 
+/// What Keystone's generic 401 may mean: it answers the same for a wrong
+/// password and for names it does not resolve or a scope the user has no
+/// role in (keystone hides which, outside insecure_debug), so the message
+/// names every field to check and claims none.
+fn generic_refusal(identity: &str) -> String {
+    if identity.starts_with("application credential") {
+        "Keystone says no more than that; it answers so for a wrong \
+         application_credential_secret, an application_credential_id or \
+         application_credential_name (with its username and user_domain_name) it does not \
+         know or that expired, or a credential whose user no longer has its roles on the \
+         project: check each"
+            .to_owned()
+    } else {
+        "Keystone says no more than that; it answers so for a wrong password, a username, \
+         user_domain_name, project_name or project_domain_name it does not know (names are \
+         case-sensitive; the domain is often \"Default\"), or a user with no role on the \
+         project: check each"
+            .to_owned()
+    }
+}
+
 async fn login(
     config: &CloudConfig,
     timeout: Duration,
@@ -790,15 +811,8 @@ async fn login(
         error: match e.kind() {
             _ if passing => classify_osauth("auth", &e),
             osauth::ErrorKind::AuthenticationFailed => CloudError::Fatal(format!(
-                "auth: Keystone rejected the {} for {identity} (401){}",
-                if identity.starts_with("application credential") {
-                    "secret"
-                } else {
-                    "password"
-                },
-                keystone_reason(&e)
-                    .map(|reason| format!(": {reason}"))
-                    .unwrap_or_default(),
+                "auth: Keystone refused the login of {identity} (401): {}",
+                keystone_reason(&e).unwrap_or_else(|| generic_refusal(identity)),
             )),
             osauth::ErrorKind::InvalidConfig | osauth::ErrorKind::InvalidInput => {
                 CloudError::Fatal(format!("auth: unusable cloud configuration: {e}"))
