@@ -2381,6 +2381,54 @@ max_ports,
     }
 }
 
+/// A Neutron that will not tell the port quota (its policy's 403) leaves
+/// check-cloud's quota line Nova's verdict, saying the ports are not
+/// counted and why, as the daemon's headroom does: the warning the driver
+/// logs is below check-cloud's log filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_cloud_says_when_it_cannot_count_the_port_quota() {
+    let env = env_with_quotas(Quotas {
+        max_instances: 10,
+        max_ports: 10,
+        ..Quotas::default()
+    })
+    .await;
+    let config = env.config("", SMALL_POOL);
+    env.face.faults().refuse_quota_details(true);
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    let quota = line(&report, CheckKind::Quota);
+    assert!(
+        quota.len() == 1
+            && quota[0].starts_with("quota: ok (instances 0 of 10")
+            && quota[0].contains("; ports: not counted (Neutron refused the quota details: ")
+            && quota[0].contains("HTTP 403"),
+        "{report}"
+    );
+    env.face.faults().refuse_quota_details(false);
+
+    // Neutron failing the read: Nova's verdict still, and why the ports
+    // are not counted, not the whole line failed.
+    let details = format!("/v2.0/quotas/{}/details", env.face.project_id());
+    env.face.faults().answer_next(
+        Service::Network,
+        "GET",
+        &details,
+        u32::MAX,
+        503,
+        r#"{"NeutronError": {"type": "ServiceUnavailable", "message": "The server is currently unavailable.", "detail": ""}}"#,
+    );
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    let quota = line(&report, CheckKind::Quota);
+    assert!(
+        quota.len() == 1
+            && quota[0].starts_with("quota: ok (instances 0 of 10")
+            && quota[0].contains("; ports: not counted (reading Neutron's quota details failed: ")
+            && quota[0].contains("HTTP 503"),
+        "{report}"
+    );
+    assert!(report.passed(), "{report}");
+}
+
 /// Neutron's default policy for a project member: a port a server is bound
 /// to may not be deleted (403, "disallowed by policy"), which the driver
 /// reads as a refusal asking again does not change; once unbound, it may.

@@ -472,9 +472,13 @@ fn checked(call: &Call, reply: Reply) -> CloudResult<Reply> {
 }
 
 /// Why the port quota was not read: Neutron would not tell it (403, 404),
-/// or failed to.
-enum PortQuotaUnread {
+/// or failed to. Either way the headroom is Nova's quotas' alone; the
+/// text is what the pools' status and check-cloud say of the ports.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum PortQuotaUnread {
+    #[error("Neutron refused the quota details: {0}")]
     Refused(CloudError),
+    #[error("reading Neutron's quota details failed: {0}")]
     Failed(CloudError),
 }
 
@@ -1103,19 +1107,10 @@ impl OpenStackCloud {
 
     /// The project's Neutron port quota (the quota_details extension): a
     /// pool server's own port and a sold one's tenant port both count in
-    /// it. `None` when unlimited, or when Neutron will not tell (its
-    /// policy's 403, the extension missing: 404), warned of once: the
-    /// headroom is then Nova's quotas' alone.
-    pub async fn port_quota(&self) -> CloudResult<Option<QuotaUse>> {
-        match self.read_port_quota().await {
-            Ok(ports) => Ok(ports),
-            Err(PortQuotaUnread::Refused(_)) => Ok(None),
-            Err(PortQuotaUnread::Failed(e)) => Err(e),
-        }
-    }
-
-    /// [`Self::port_quota`], telling a refusal from a failure.
-    async fn read_port_quota(&self) -> Result<Option<QuotaUse>, PortQuotaUnread> {
+    /// it. `None` when unlimited. Not read when Neutron will not tell (its
+    /// policy's 403, the extension missing: 404; warned of once) or fails
+    /// to: the headroom is then Nova's quotas' alone.
+    pub async fn port_quota(&self) -> Result<Option<QuotaUse>, PortQuotaUnread> {
         let project = self
             .inner
             .conn
@@ -2159,7 +2154,7 @@ impl Cloud for OpenStackCloud {
         let (flavor, flavor_took) = timed(self.flavor(flavor)).await;
         let flavor = flavor?;
         let ((limits, limits_took), (ports, ports_took)) =
-            tokio::join!(timed(self.limits()), timed(self.read_port_quota()));
+            tokio::join!(timed(self.limits()), timed(self.port_quota()));
         // Neutron's trouble (a 5xx, a timeout, a 429) is no reason to stop
         // or throttle the boots Nova's quotas admit.
         let failing = &self.inner.port_quota_failing;
@@ -2170,20 +2165,23 @@ impl Cloud for OpenStackCloud {
                 }
                 (ports, None)
             }
-            Err(PortQuotaUnread::Refused(e)) => {
-                // Answered: an outage is over, and the refusal warned of.
-                failing.store(false, Ordering::Relaxed);
-                let why = format!("Neutron refused the quota details: {e}");
-                (None, Some((why, e)))
-            }
-            Err(PortQuotaUnread::Failed(e)) => {
-                if failing.swap(true, Ordering::Relaxed) {
-                    tracing::debug!(error = %e, "still cannot read Neutron's port quota");
-                } else {
-                    tracing::warn!(error = %e, "cannot read Neutron's port quota: quota headroom is Nova's quotas' alone until it answers (not warned of again before then)");
+            Err(unread) => {
+                let why = unread.to_string();
+                match unread {
+                    // Answered: an outage is over, and the refusal warned of.
+                    PortQuotaUnread::Refused(e) => {
+                        failing.store(false, Ordering::Relaxed);
+                        (None, Some((why, e)))
+                    }
+                    PortQuotaUnread::Failed(e) => {
+                        if failing.swap(true, Ordering::Relaxed) {
+                            tracing::debug!(error = %e, "still cannot read Neutron's port quota");
+                        } else {
+                            tracing::warn!(error = %e, "cannot read Neutron's port quota: quota headroom is Nova's quotas' alone until it answers (not warned of again before then)");
+                        }
+                        (None, Some((why, e)))
+                    }
                 }
-                let why = format!("reading Neutron's quota details failed: {e}");
-                (None, Some((why, e)))
             }
         };
         let mut headroom = limits?.headroom(&flavor, ports.as_ref());
