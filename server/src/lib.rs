@@ -266,8 +266,9 @@ pub async fn start_stoppable(
         // The cloud check can wait on an unreachable cloud up to its request
         // timeout; a shutdown asked for meanwhile ends start-up here.
         let pools = served_pools(store.as_ref(), &config).await?;
+        let note = warmpool.note();
         let (cloud, probe, sim, stale, servers_where) = tokio::select! {
-            built = build_cloud_waiting_out_refusals(&config, &pools) => built?,
+            built = build_cloud_waiting_out_refusals(&config, &pools, &note) => built?,
             () = &mut shutdown => return Err(StoppedDuringStartUp.into()),
         };
         let cloud = Arc::new(metrics::MeteredCloud::new(cloud, metrics.clone()));
@@ -902,10 +903,13 @@ pub fn embedded_cloud(time_scale: f64, iops_throttled: bool, seed: u64) -> Arc<c
 async fn build_cloud_waiting_out_refusals(
     config: &Config,
     pools: &[check_cloud::CheckedPool],
+    note: &starting::Note,
 ) -> anyhow::Result<BuiltCloud> {
     let mut refusals = 0u32;
     loop {
-        let refused = match build_cloud(config, pools).await {
+        let built = build_cloud(config, pools).await;
+        note.clear();
+        let refused = match built {
             Err(e) => match e.downcast::<CredentialsRefused>() {
                 Ok(refused) => refused,
                 Err(e) => return Err(e),
@@ -922,11 +926,26 @@ async fn build_cloud_waiting_out_refusals(
             },
         };
         if !source.read_again {
+            note.set(format!(
+                "warmpoold is starting, and waits for a restart: Keystone refused the \
+                 credentials in {} at start-up ({refused}); warmpoold reads them at start only \
+                 and does not try them again. An operator must mend them (or in Keystone the \
+                 user's role on the project, or a locked, disabled or expired account), then {}",
+                source.place, source.restart,
+            ));
             return wait_for_a_restart(&refused, &source).await;
         }
         let pause = pool_manager::openstack::session::relogin_pause(refusals);
         let next_try =
             humantime::format_rfc3339_seconds(std::time::SystemTime::now() + pause).to_string();
+        note.set(format!(
+            "warmpoold is starting, and waits for credentials Keystone takes: Keystone refused \
+             the credentials in {} ({refused}). An operator must mend them there (or in \
+             Keystone the user's role on the project, or a locked, disabled or expired \
+             account); warmpoold reads them again and tries at {next_try}, and serves once \
+             Keystone takes them",
+            source.place,
+        ));
         tracing::error!(
             refusals,
             next_try = %next_try,

@@ -11,7 +11,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use tonic::body::BoxBody;
@@ -22,16 +22,46 @@ use tonic::Status;
 /// What a warmpool.v1 call is answered while warmpoold starts.
 pub const STARTING: &str = "warmpoold is starting: it checks the cloud and reconciles its store with it (finishing or undoing what a stop interrupted) before it takes calls; call again shortly (its gRPC health says SERVING once it does; the log tells what it is doing)";
 
+/// What start-up waits for when it is more than its work: a state no
+/// "call again shortly" ends (Keystone refused the credentials), told to
+/// callers in its stead, so that a client's error says what an operator
+/// must do rather than sending them to the log.
+#[derive(Clone, Default)]
+pub struct Note(Arc<Mutex<Option<String>>>);
+
+impl Note {
+    /// Calls are answered `message` (a whole sentence) until
+    /// [`Self::clear`].
+    pub fn set(&self, message: String) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+    }
+
+    /// Back to [`STARTING`].
+    pub fn clear(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn message(&self) -> String {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| STARTING.to_owned())
+    }
+}
+
 /// `S` once [`Starting::serve`] has been called; until then every call is
-/// answered UNAVAILABLE ([`STARTING`]).
+/// answered UNAVAILABLE ([`STARTING`], or what its [`Note`] says).
 pub struct Starting<S> {
     inner: Arc<OnceLock<S>>,
+    note: Note,
 }
 
 impl<S> Clone for Starting<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            note: self.note.clone(),
         }
     }
 }
@@ -40,6 +70,7 @@ impl<S> Default for Starting<S> {
     fn default() -> Self {
         Self {
             inner: Arc::new(OnceLock::new()),
+            note: Note::default(),
         }
     }
 }
@@ -47,6 +78,11 @@ impl<S> Default for Starting<S> {
 impl<S> Starting<S> {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// What the calls answered while starting say.
+    pub fn note(&self) -> Note {
+        self.note.clone()
     }
 
     /// Calls from now on go to `service`. Only the first call counts: the
@@ -78,7 +114,7 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let Some(service) = self.inner.get() else {
-            let starting = Status::unavailable(STARTING).into_http();
+            let starting = Status::unavailable(self.note.message()).into_http();
             return Box::pin(std::future::ready(Ok(starting)));
         };
         let mut service = service.clone();

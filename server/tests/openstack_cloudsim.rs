@@ -6058,6 +6058,21 @@ async fn a_login_refused_at_start_up_is_tried_again_ever_later_from_clouds_yaml_
     };
     wait_until("the first login", || logins() >= 1).await;
     waiting(1).await;
+    // A caller is told the credential wait and when it is tried again.
+    let client = warmpool_client::Client::connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    match client.list_pools().await {
+        Err(warmpool_client::ClientError::Status { code, message }) => {
+            assert_eq!(code, tonic::Code::Unavailable, "{message}");
+            assert!(
+                message.contains("Keystone refused the credentials")
+                    && message.contains("reads them again and tries at"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     if starting.is_finished() {
         let ended = starting.await.unwrap();
         panic!(
@@ -6206,6 +6221,23 @@ async fn refused_login_from_a_copied_credential(name: &str, marker: &str, which:
             ),
             "\"\" and liveness while waiting for a restart"
         );
+        // A caller is told why warmpoold does not serve, and what brings
+        // it up, not to call again shortly.
+        let client = warmpool_client::Client::connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        match client.list_pools().await {
+            Err(warmpool_client::ClientError::Status { code, message }) => {
+                assert_eq!(code, tonic::Code::Unavailable, "{message}");
+                assert!(
+                    message.contains("Keystone refused the credentials")
+                        && message.contains("systemctl restart warmpoold")
+                        && !message.contains("call again shortly"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     };
     wait_until("the first login", || logins() >= 1).await;
     if starting.is_finished() {
