@@ -486,6 +486,15 @@ struct StoreRead {
     cloud: StoreCloud,
 }
 
+impl StoreRead {
+    /// Whether there is a store whose pools were not read (a running
+    /// daemon holds it, root left another user's unopened, it failed): its
+    /// line is a failed one, where no store or a read one passes.
+    fn pools_unread(&self) -> bool {
+        self.line.as_ref().is_some_and(|line| !line.ok)
+    }
+}
+
 /// The cloud a store serves, as the command could read it.
 enum StoreCloud {
     /// No store in the data dir yet.
@@ -538,7 +547,8 @@ fn another_users_store(dir: &std::path::Path, euid: u32) -> Option<Check> {
 fn another_users_line(dir: &std::path::Path, uid: u32, name: Option<String>) -> Check {
     let unopened = "not to root, who runs this check, so it was not opened (sled rewrites a \
          store's files as whoever opens it, and root's would lock its owner's warmpoold out \
-         with \"Permission denied\"); only the configured pools were checked";
+         with \"Permission denied\"); only the configured pools were checked, with the \
+         config file's settings, and none created through the API";
     let message = match name {
         Some(name) => format!(
             "{} belongs to uid {uid} ({name}), {unopened}. To check its stored pools too, run \
@@ -590,7 +600,9 @@ async fn stored_pools_as(dir: &std::path::Path, euid: u32) -> StoreRead {
         message,
         scope: None,
     };
-    let only_configured = "only the configured pools were checked";
+    let only_configured = "only the configured pools were checked, with the config file's \
+         settings (a pool's stored ones, changed through the API, may differ), and none \
+         created through the API";
     let shown = dir.display();
     let opening = dir.to_owned();
     // The pools alone: opening the store for service would read every
@@ -655,7 +667,8 @@ async fn stored_pools_as(dir: &std::path::Path, euid: u32) -> StoreRead {
         Err(StoreError::NoStore { .. }) => {
             // Said, not left out: a mistyped --data-dir (or the relative
             // default, run from another directory) would read as "all ok".
-            let message = format!("{shown}: no store here, so {only_configured}");
+            let message =
+                format!("{shown}: no store here, so only the configured pools were checked");
             StoreRead {
                 pools: Vec::new(),
                 line: Some(line(true, message)),
@@ -792,9 +805,29 @@ pub async fn check(config: &Config, os: &OpenStackConfig) -> (Report, Option<Ope
     let read = stored_pools(&config.data_dir).await;
     let pools = pools_to_check(&read.pools, config);
     let (mut report, cloud) = check_with(settings, os, &pools).await;
+    if read.pools_unread() {
+        about_the_file_only(&mut report);
+    }
     let asked = cloud.as_ref().map(|c| c as &dyn Cloud);
     put_store_lines(&mut report, &config.data_dir, read, asked).await;
     (report, cloud)
+}
+
+/// Says of each claim that no pool is somewhere (a zone override, a
+/// setting only an unused zone's pools would meet) that it is about the
+/// config file's pools only: the store was not read, so a pool created
+/// through the API may be right there.
+fn about_the_file_only(report: &mut Report) {
+    for check in &mut report.checks {
+        let no_pool = check.kind == CheckKind::ZoneOverride
+            || check.scope.as_ref().is_some_and(Scope::is_empty);
+        if !check.ok && no_pool {
+            check.message.push_str(
+                " (the store was not read: \"no pool\" means none the config file declares; \
+                 pools created through the API were not checked, and one may be there)",
+            );
+        }
+    }
 }
 
 /// [`check`] for the embedded simulated cloud: each pool warmpoold would

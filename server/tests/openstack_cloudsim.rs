@@ -4043,6 +4043,38 @@ fn all_stored(config: &Config) -> Vec<check_cloud::CheckedPool> {
         .collect()
 }
 
+/// A store check-cloud cannot read (a running warmpoold holds it) leaves
+/// the pools created through the API unchecked: a claim that no pool is
+/// in a zone is about the config file's pools only, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_cloud_with_the_store_unread_says_its_zone_claims_are_the_files() {
+    let env = env().await;
+    let data = env.dir.path().join("data");
+    let _held = tokio::task::spawn_blocking(move || pool_manager::store::SledStore::open(&data))
+        .await
+        .unwrap()
+        .unwrap();
+    let config = env.config(
+        "[cloud.availability_zones.az2]\nmanagement_network = \"mgmt-net\"",
+        SMALL_POOL,
+    );
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    let overrides = line(&report, CheckKind::ZoneOverride);
+    assert!(
+        overrides.len() == 1
+            && overrides[0].contains("applies to no pool")
+            && overrides[0].contains("the store was not read")
+            && overrides[0].contains("created through the API"),
+        "{report}"
+    );
+    let store = report.to_string();
+    assert!(
+        store.contains("with the config file's settings"),
+        "{report}"
+    );
+    assert!(report.passed(), "{report}");
+}
+
 /// A Glance warmpool cannot reach at all (here an `image_endpoint_override`
 /// leading nowhere: osauth's version discovery fails, as for an image
 /// service missing from the region's catalog) answers nothing about any
