@@ -298,6 +298,11 @@ pub struct SimConfig {
     /// Nova's API does (names or ids; 400 for one missing, 409 for a name
     /// two share), and a port create's too (ids of the project's groups).
     pub security_groups: Vec<SecurityGroupConfig>,
+    /// Nova's `[cinder] cross_az_attach`: whether a volume of another
+    /// zone than the server's may be attached. On by default, as in Nova;
+    /// off, such an attach is refused with Nova's 400 (`Fatal`
+    /// in-process, as warmpool's driver reads that answer).
+    pub cross_az_attach: bool,
 }
 
 impl Default for SimConfig {
@@ -333,6 +338,7 @@ impl Default for SimConfig {
             key_pairs: Vec::new(),
             // Neutron gives every project one.
             security_groups: vec![SecurityGroupConfig::new("default")],
+            cross_az_attach: true,
         }
     }
 }

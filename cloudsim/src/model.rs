@@ -1780,9 +1780,11 @@ impl Model {
                 status_name(&st.status)
             )));
         }
-        if vol.az != server_az {
-            return Err(CloudError::Conflict(format!(
-                "Invalid volume: instance {server_id} in {server_az} and volume {volume_id} in {} are not in the same availability zone",
+        // Nova's `[cinder] cross_az_attach = False`: its 400 InvalidVolume,
+        // which warmpool's driver reads as the request's fault (`Fatal`).
+        if !self.cfg.cross_az_attach && vol.az != server_az {
+            return Err(CloudError::Fatal(format!(
+                "Invalid volume: Instance {server_id} and volume {volume_id} are not in the same availability_zone. Instance is in {server_az}. Volume is in {}",
                 vol.az
             )));
         }

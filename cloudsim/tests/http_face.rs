@@ -1647,6 +1647,54 @@ async fn nova_request_errors_have_real_bodies() {
         .expect(400);
 }
 
+/// A volume of another zone is attached, as Nova does by default; under
+/// `cross_az_attach = False` Nova's 400 refuses it, in Nova's words.
+#[tokio::test]
+async fn a_cross_zone_attach_is_refused_only_under_cross_az_attach_false() {
+    for cross_az_attach in [true, false] {
+        let env = start_with(
+            SimConfig {
+                cross_az_attach,
+                ..config()
+            },
+            HttpSettings::default(),
+        )
+        .await;
+        let a = env.active_server("a").await;
+        let r = env
+            .post(
+                Service::Volume,
+                "/v3/volumes",
+                None,
+                json!({"volume": {"size": 1, "name": "v", "availability_zone": "az2"}}),
+            )
+            .await
+            .expect(202)
+            .json();
+        let vol = r["volume"]["id"].as_str().unwrap().to_string();
+        env.wait_volume(&vol, "available").await;
+        let r = env
+            .post(
+                Service::Compute,
+                &format!("/v2.1/servers/{a}/os-volume_attachments"),
+                Some("2.79"),
+                json!({"volumeAttachment": {"volumeId": vol}}),
+            )
+            .await;
+        if cross_az_attach {
+            r.expect(200);
+            env.wait_volume(&vol, "in-use").await;
+        } else {
+            assert_eq!(
+                r.expect(400).json(),
+                json!({"badRequest": {"code": 400, "message": format!(
+                    "Invalid volume: Instance {a} and volume {vol} are not in the same availability_zone. Instance is in az1. Volume is in az2"
+                )}})
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn attach_conflicts_have_real_bodies() {
     let env = start().await;

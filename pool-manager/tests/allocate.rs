@@ -686,7 +686,12 @@ async fn a_volume_held_by_a_server_being_deleted_is_asked_again() {
 
 #[tokio::test(start_paused = true)]
 async fn a_volume_in_use_is_never_attached() {
-    let sim = sim();
+    // Nova's `[cinder] cross_az_attach = False`, for the volume of another
+    // zone below (by default Nova attaches it).
+    let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
+        cross_az_attach: false,
+        ..sim().config()
+    });
     let manager = started(&sim, temp_store(), 2).await;
     let volume = sim.create_volume_for_test("tenant-a", "az1", 10);
     let holder = sim.attach_volume_elsewhere(&volume).unwrap();
@@ -724,10 +729,11 @@ async fn a_volume_in_use_is_never_attached() {
         },
         EmptyPoolPolicy::FailFast,
     );
-    assert!(matches!(
-        manager.allocate(req).await.unwrap_err(),
-        ManagerError::FailedPrecondition(_)
-    ));
+    let err = manager.allocate(req).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(_)),
+        "{err:?}"
+    );
 
     // An available volume in the right AZ is attached.
     let free = sim.create_volume_for_test("tenant-a", "az1", 10);

@@ -508,6 +508,68 @@ async fn a_slow_attach_reserve_at_nova_2_101_costs_no_warm_instance() {
     stop_daemon(running, stop).await;
 }
 
+/// Nova attaches a volume of another zone by default (`[cinder]
+/// cross_az_attach = True`), which is what `volume_availability_zone` is
+/// for: a pool in Nova's az1 whose volumes Cinder keeps in az2 sells.
+/// cloudsim refused every such attach, as a Nova set to `cross_az_attach =
+/// False` does, and with a 400 the driver read as the request's fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_volume_in_the_zones_cinder_zone_is_attached_across_zones() {
+    let env = env().await;
+    let az1_to_az2 = "[cloud.availability_zones.az1]\nvolume_availability_zone = \"az2\"";
+    let (running, stop) = start_daemon(env.config(az1_to_az2, SMALL_POOL))
+        .await
+        .unwrap();
+    let key = PoolKey::new("db.small", "az1");
+    wait_ready(&running.manager, &key, 2).await;
+    let allocated = running
+        .manager
+        .allocate(order(&env, "o1").await)
+        .await
+        .expect("Nova attaches across zones by default");
+    let volume = allocated.volume_id.clone().unwrap();
+    let server = allocated.server_id.clone().unwrap();
+    let volumes = env.sim.volumes();
+    let volume = volumes.iter().find(|v| v.id == volume).unwrap();
+    assert_eq!(volume.availability_zone, "az2", "{volume:?}");
+    assert_eq!(volume.attached_to, vec![server], "{volume:?}");
+    stop_daemon(running, stop).await;
+}
+
+/// Under `cross_az_attach = False` Nova refuses the attach with its 400
+/// "not in the same availability_zone": the request's fault, not the warm
+/// instance's, so the purchase fails saying so without trying another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nova_refusing_cross_zone_attaches_fails_the_purchase_without_trying_another() {
+    let env = env_with(
+        SimConfig {
+            cross_az_attach: false,
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
+    let az1_to_az2 = "[cloud.availability_zones.az1]\nvolume_availability_zone = \"az2\"";
+    let (running, stop) = start_daemon(env.config(az1_to_az2, SMALL_POOL))
+        .await
+        .unwrap();
+    let key = PoolKey::new("db.small", "az1");
+    wait_ready(&running.manager, &key, 2).await;
+    let err = running
+        .manager
+        .allocate(order(&env, "o1").await)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("are not in the same availability_zone. Instance is in az1. Volume is in az2"),
+        "{err}"
+    );
+    let attaches = env.sim.call_counts().get("attach_volume").copied();
+    assert_eq!(attaches, Some(1), "tried again on another instance");
+    stop_daemon(running, stop).await;
+}
+
 /// Cinder's multiattach flag and volume type are read: the allocator's
 /// fence refuses a multiattach volume by them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1203,7 +1203,8 @@ async fn attach_volume(
     model
         .attach_volume(&id, &volume_id, now)
         .map_err(|e| match e {
-            // Cinder refusing the volume (status, zone) is Nova's 400.
+            // Cinder refusing the volume for its status is Nova's 400 (the
+            // zone refusal is `Fatal`, a 400 already).
             CloudError::Conflict(m) if m.starts_with("Invalid volume") => {
                 ApiError::bad_request(C, m)
             }
