@@ -260,7 +260,7 @@ fn allocate_args<'a>(request_id: &'a str, flavor: &'a str, az: &'a str) -> Vec<&
         "--volume-size",
         "10",
         "--network",
-        "net-a",
+        "tenant-net",
         "--label",
         "team=db",
         "--on-empty",
@@ -592,7 +592,7 @@ async fn errors_print_the_code_and_exit_non_zero() {
         .await
         .success();
     let mut args = allocate_args("order-z", "db.small", "az1");
-    let at = args.iter().position(|a| *a == "net-a").unwrap();
+    let at = args.iter().position(|a| *a == "tenant-net").unwrap();
     args[at] = "net-b";
     let msg = run(ep, &args).await.error("ABORTED");
     assert!(msg.contains("order-z"), "{msg}");

@@ -206,6 +206,25 @@ impl SecurityGroupConfig {
     }
 }
 
+/// A Neutron network with its one IPv4 subnet, as the model checks port
+/// creates against it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimNetwork {
+    pub id: String,
+    pub subnet_id: String,
+    pub cidr: ipnet::Ipv4Net,
+}
+
+impl SimNetwork {
+    pub fn new(id: impl Into<String>, subnet_id: impl Into<String>, cidr: ipnet::Ipv4Net) -> Self {
+        Self {
+            id: id.into(),
+            subnet_id: subnet_id.into(),
+            cidr,
+        }
+    }
+}
+
 /// A token bucket over all API calls, in simulated time; calls over the rate
 /// get `CloudError::Throttled` with the (scaled) time until the next token.
 #[derive(Clone, Debug, PartialEq)]
@@ -267,6 +286,13 @@ pub struct SimConfig {
     pub mysql_version: String,
     /// API rate limit; `None` (default) never throttles unless injected.
     pub rate_limit: Option<RateLimit>,
+    /// Neutron's networks: a port create naming another is refused
+    /// (`NotFound`, Neutron's 404), and so is one naming a subnet of
+    /// another network or an address its subnet cannot give (`Fatal`,
+    /// Neutron's 400); ports get addresses of their network's subnet. The
+    /// HTTP face adds its own. Empty, with no HTTP face: any network id is
+    /// taken, unchecked (for tests that name their own).
+    pub networks: Vec<SimNetwork>,
     /// Networks with no subnet: a port created on one gets no address
     /// (Neutron creates it with no fixed IP, and binding gives it none).
     pub networks_without_subnet: Vec<String>,
@@ -330,6 +356,7 @@ impl Default for SimConfig {
             listeners: true,
             mysql_version: "8.0.36-cloudsim".into(),
             rate_limit: None,
+            networks: Vec::new(),
             networks_without_subnet: Vec::new(),
             member_port_policy: false,
             retired_flavors: Vec::new(),

@@ -37,7 +37,7 @@ mod sim;
 
 pub use config::{
     AzConfig, BootModel, FlavorSize, FlavorSpec, Latencies, Quotas, RateLimit, SecurityGroupConfig,
-    SimConfig, DEFAULT_FLAVOR_SIZE,
+    SimConfig, SimNetwork, DEFAULT_FLAVOR_SIZE,
 };
 pub use model::{HostLoad, SimServer};
 pub use mysql::greeting_packet;

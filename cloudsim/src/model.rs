@@ -498,6 +498,9 @@ pub(crate) struct Model {
     /// addresses from (the HTTP face's), and how far it got; a network
     /// without one takes them from 10.0.0.10 upward (`next_ip`).
     address_pools: HashMap<String, (ipnet::Ipv4Net, u32)>,
+    /// The networks port creates are checked against, by id: each one's
+    /// subnet id and range. Empty: none checked.
+    networks: HashMap<String, (String, ipnet::Ipv4Net)>,
     next_synthetic: u32,
     bucket: Option<(f64, Instant)>,
 }
@@ -534,7 +537,8 @@ impl Model {
             iops_throttled: cfg.iops_throttled,
             ..FaultState::default()
         };
-        Self {
+        let networks = cfg.networks.clone();
+        let mut model = Self {
             rng: StdRng::seed_from_u64(cfg.seed),
             faults,
             calls: BTreeMap::new(),
@@ -549,10 +553,15 @@ impl Model {
             used_ips: HashSet::new(),
             next_ip: 0,
             address_pools: HashMap::new(),
+            networks: HashMap::new(),
             next_synthetic: 0,
             bucket: None,
             cfg,
+        };
+        for n in networks {
+            model.add_network(&n.id, &n.subnet_id, n.cidr);
         }
+        model
     }
 
     // ---- helpers ------------------------------------------------------------
@@ -1905,6 +1914,7 @@ impl Model {
                 "Quota exceeded for resources: ['port'].".to_string(),
             ));
         }
+        self.check_port_placement(spec)?;
         let subnetless = self.cfg.networks_without_subnet.contains(&spec.network_id);
         let ip = match &spec.fixed_ip {
             // Neutron's wording when the network has no subnet to take it from.
@@ -1950,9 +1960,54 @@ impl Model {
         Ok(view)
     }
 
-    /// Ports on `network` get addresses of `subnet` from now on.
-    pub fn set_address_pool(&mut self, network: &str, subnet: ipnet::Ipv4Net) {
-        self.address_pools.insert(network.to_owned(), (subnet, 0));
+    /// A network port creates may name, its one subnet `subnet_id` of
+    /// range `cidr`; its ports get addresses of that range from now on.
+    pub fn add_network(&mut self, network: &str, subnet_id: &str, cidr: ipnet::Ipv4Net) {
+        self.address_pools.insert(network.to_owned(), (cidr, 0));
+        self.networks
+            .insert(network.to_owned(), (subnet_id.to_owned(), cidr));
+    }
+
+    /// Neutron's checks of a port create's network, subnet and address,
+    /// in its words: an unknown network is its 404 (`NotFound`), a subnet
+    /// of another network or an address the subnet cannot give its 400s
+    /// (`Fatal`, as warmpool's driver reads them). Unchecked when no
+    /// network is known.
+    fn check_port_placement(&self, spec: &NewPortSpec) -> CloudResult<()> {
+        if self.networks.is_empty() {
+            return Ok(());
+        }
+        let network = &spec.network_id;
+        let Some((subnet_id, cidr)) = self.networks.get(network) else {
+            return Err(CloudError::NotFound(format!(
+                "Network {network} could not be found."
+            )));
+        };
+        let subnetless = self.cfg.networks_without_subnet.contains(network);
+        if let Some(subnet) = spec
+            .subnet_id
+            .as_deref()
+            .filter(|s| subnetless || s != subnet_id)
+        {
+            return Err(CloudError::Fatal(format!(
+                "Invalid input for operation: Failed to create port on network {network}, because fixed_ips included invalid subnet {subnet}."
+            )));
+        }
+        let Some(ip) = spec.fixed_ip.as_deref().filter(|_| !subnetless) else {
+            return Ok(());
+        };
+        // Neutron's `check_subnet_ip`: an IPv4 subnet's network and
+        // broadcast addresses are not its to give (but for a /31 or /32).
+        let valid = ip.parse::<Ipv4Addr>().is_ok_and(|ip| {
+            cidr.contains(&ip)
+                && (cidr.prefix_len() >= 31 || (ip != cidr.network() && ip != cidr.broadcast()))
+        });
+        if !valid {
+            return Err(CloudError::Fatal(format!(
+                "IP address {ip} is not a valid IP for the specified subnet."
+            )));
+        }
+        Ok(())
     }
 
     fn allocate_ip(&mut self, network: &str) -> CloudResult<String> {

@@ -1695,6 +1695,39 @@ async fn a_cross_zone_attach_is_refused_only_under_cross_az_attach_false() {
     }
 }
 
+/// Neutron refuses a subnet's network and broadcast addresses as fixed IPs
+/// (they are not the subnet's to give: `check_subnet_ip`) as it refuses an
+/// address outside the subnet.
+#[tokio::test]
+async fn a_subnets_network_and_broadcast_addresses_are_refused_as_fixed_ips() {
+    let env = start().await;
+    let net = env.network_id("tenant-net").await;
+    for ip in ["10.0.0.0", "10.0.255.255", "10.1.0.7"] {
+        let r = env
+            .post(
+                Service::Network,
+                "/v2.0/ports",
+                None,
+                json!({"port": {"network_id": net, "fixed_ips": [{"ip_address": ip}]}}),
+            )
+            .await
+            .expect(400);
+        assert_eq!(
+            r.json(),
+            json!({"NeutronError": {"type": "InvalidIpForSubnet", "message": format!("IP address {ip} is not a valid IP for the specified subnet."), "detail": ""}}),
+            "{ip}"
+        );
+    }
+    env.post(
+        Service::Network,
+        "/v2.0/ports",
+        None,
+        json!({"port": {"network_id": net, "fixed_ips": [{"ip_address": "10.0.0.2"}]}}),
+    )
+    .await
+    .expect(201);
+}
+
 #[tokio::test]
 async fn attach_conflicts_have_real_bodies() {
     let env = start().await;

@@ -1,7 +1,7 @@
 //! The in-process face against calibration.md and the `Cloud` contract, on a
 //! paused tokio clock (plus one real-time test for the TCP greeting).
 
-use cloudsim::{AzConfig, RateLimit, SimCloud, SimConfig};
+use cloudsim::{AzConfig, RateLimit, SimCloud, SimConfig, SimNetwork};
 use pool_manager::cloud::{
     Cloud, CloudError, NewPortSpec, NewVolumeSpec, QuotaLeft, ServerSpec, ServerStatus,
     VolumeOwner, VolumeStatus, META_POOL, META_TENANT,
@@ -553,6 +553,70 @@ async fn a_volume_of_another_zone_attaches_unless_cross_az_attach_is_off() {
         strict.get_volume(&az2).await.unwrap().status,
         VolumeStatus::Available
     );
+}
+
+/// With networks configured, a port create is checked against them as
+/// Neutron checks it, and refused as warmpool's driver reads Neutron's
+/// answers: an unknown network NotFound (404), a subnet of another network
+/// or an address its subnet cannot give (outside it, or its network or
+/// broadcast address) Fatal (400).
+#[tokio::test(start_paused = true)]
+async fn a_port_create_is_checked_against_the_configured_networks() {
+    let cloud = SimCloud::new(SimConfig {
+        networks: vec![
+            SimNetwork::new(
+                "net-tenant",
+                "subnet-tenant",
+                "10.0.0.0/16".parse().unwrap(),
+            ),
+            SimNetwork::new("net-other", "subnet-other", "10.1.0.0/24".parse().unwrap()),
+        ],
+        ..SimConfig::deterministic()
+    });
+    let on = |network: &str, subnet: Option<&str>, ip: Option<&str>| NewPortSpec {
+        name: "p".into(),
+        network_id: network.into(),
+        subnet_id: subnet.map(Into::into),
+        fixed_ip: ip.map(Into::into),
+    };
+    let err = cloud
+        .create_port(&on("net-tenat", None, None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CloudError::NotFound(m) if m == "Network net-tenat could not be found."),
+        "{err:?}"
+    );
+    let err = cloud
+        .create_port(&on("net-tenant", Some("subnet-other"), None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CloudError::Fatal(m) if m == "Invalid input for operation: Failed to create port on network net-tenant, because fixed_ips included invalid subnet subnet-other."),
+        "{err:?}"
+    );
+    for ip in ["10.1.0.7", "10.0.0.0", "10.0.255.255"] {
+        let err = cloud
+            .create_port(&on("net-tenant", None, Some(ip)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, CloudError::Fatal(m) if m == &format!("IP address {ip} is not a valid IP for the specified subnet.")),
+            "{ip}: {err:?}"
+        );
+    }
+    assert!(cloud.ports().is_empty(), "a refused create made a port");
+    let port = cloud
+        .create_port(&on("net-tenant", Some("subnet-tenant"), Some("10.0.0.1")))
+        .await
+        .unwrap();
+    assert_eq!(port.ip_address.as_deref(), Some("10.0.0.1"));
+    let port = cloud
+        .create_port(&on("net-other", None, None))
+        .await
+        .unwrap();
+    let ip: std::net::Ipv4Addr = port.ip_address.unwrap().parse().unwrap();
+    assert!(ip.octets()[..3] == [10, 1, 0], "{ip}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -67,7 +67,7 @@ fn allocate_request(request_id: &str, flavor: &str, az: &str) -> api::AllocateRe
             delete_on_release: false,
         }),
         network: Some(api::NetworkSpec {
-            network_id: "net-tenant-a".into(),
+            network_id: "tenant-net".into(),
             subnet_id: String::new(),
             fixed_ip: String::new(),
         }),
@@ -518,8 +518,8 @@ async fn names_with_surrounding_whitespace_are_refused_quoted() {
         ("tenant_project_id", "\"t \"", |r| {
             r.tenant_project_id = "t ".into()
         }),
-        ("network.network_id", "\" net-tenant-a\"", |r| {
-            r.network.as_mut().unwrap().network_id = " net-tenant-a".into()
+        ("network.network_id", "\" tenant-net\"", |r| {
+            r.network.as_mut().unwrap().network_id = " tenant-net".into()
         }),
         ("network.subnet_id", "\"subnet-1\\t\"", |r| {
             r.network.as_mut().unwrap().subnet_id = "subnet-1\t".into()
@@ -625,6 +625,29 @@ async fn unknown_and_empty_pools() {
     assert_eq!(counts(&pool), api::PoolCounts::default());
     // The volume of a failed allocation is not left behind.
     assert!(d.cloud().volumes().is_empty(), "{:?}", d.cloud().volumes());
+}
+
+/// The embedded cloud has the demo's network, tenant-net, and no other:
+/// an order naming a mistyped one is refused as Neutron would refuse its
+/// port, not sold with a port on a network that does not exist.
+#[tokio::test]
+async fn an_order_on_a_network_the_embedded_cloud_lacks_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(dir.path(), &[("db.small", "az1", 1, 2)]).await;
+    let c = &d.client;
+    wait_ready(c, "db.small", "az1", 1).await;
+    let mut typo = allocate_request("order-typo", "db.small", "az1");
+    typo.network.as_mut().unwrap().network_id = "tenant-nett".into();
+    let err = c.allocate(typo).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("Network tenant-nett could not be found"),
+        "{err:?}"
+    );
+    assert!(d.cloud().ports().is_empty(), "{:?}", d.cloud().ports());
+    c.allocate(allocate_request("order-1", "db.small", "az1"))
+        .await
+        .expect("tenant-net is the embedded cloud's");
 }
 
 #[tokio::test]

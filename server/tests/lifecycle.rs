@@ -752,7 +752,7 @@ fn order_one() -> warmpool_client::api::AllocateRequest {
         "db.small",
         "az1",
         new_volume(20, false),
-        "net-tenant-a",
+        "tenant-net",
         Duration::from_secs(30),
     );
     request.empty_pool_policy = warmpool_client::api::EmptyPoolPolicy::Wait.into();

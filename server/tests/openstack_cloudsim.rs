@@ -3420,7 +3420,7 @@ async fn a_store_of_another_cloud_is_refused_until_adopted() {
     let key = PoolKey::new("db.small", "az1");
     wait_ready(&running.manager, &key, 3).await;
     let mut demo_order = order(&env, "demo-1").await;
-    demo_order.params.network.network_id = "net-tenant-a".into();
+    demo_order.params.network.network_id = "tenant-net".into();
     running.manager.allocate(demo_order).await.unwrap();
     stop_daemon(running, stop).await;
 

@@ -200,7 +200,7 @@ fn allocate_request(request_id: &str, flavor: &str, az: &str) -> api::AllocateRe
             delete_on_release: true,
         }),
         network: Some(api::NetworkSpec {
-            network_id: "net-tenant-a".into(),
+            network_id: "tenant-net".into(),
             subnet_id: String::new(),
             fixed_ip: String::new(),
         }),

@@ -1054,11 +1054,12 @@ impl HttpFace {
             force_delete_failures: Mutex::default(),
         });
         {
-            // Neutron hands a port an address of its network's subnet.
+            // The model checks port creates against Neutron's networks and
+            // hands a port an address of its network's subnet.
             let mut model = state.sim.inner.lock_at(Instant::now());
             for n in &state.settings.networks {
-                if let Ok(subnet) = n.cidr.parse::<ipnet::Ipv4Net>() {
-                    model.set_address_pool(&n.id, subnet);
+                if let Ok(cidr) = n.cidr.parse::<ipnet::Ipv4Net>() {
+                    model.add_network(&n.id, &n.subnet_id, cidr);
                 }
             }
         }

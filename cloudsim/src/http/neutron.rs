@@ -518,29 +518,6 @@ async fn create_port(
             format!("cloudsim: a port on the IPv6 SLAAC subnet {} alone (no IPv4 address) is not simulated; name the IPv4 subnet {} or none", slaac.id, network.subnet_id),
         ));
     }
-    // Neutron's 400s for a subnet of another network and an address outside
-    // the network's subnet.
-    if let Some(subnet) = subnet_id.as_deref().filter(|s| *s != network.subnet_id) {
-        return Err(ApiError::bad_request(
-            N,
-            format!("Invalid input for operation: Failed to create port on network {network_id}, because fixed_ips included invalid subnet {subnet}."),
-        ));
-    }
-    if let Some(ip) = fixed_ip
-        .as_deref()
-        .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok())
-    {
-        let inside = network
-            .cidr
-            .parse::<ipnet::Ipv4Net>()
-            .is_ok_and(|net| net.contains(&ip));
-        if !inside {
-            return Err(ApiError::bad_request(
-                N,
-                format!("Invalid input for operation: IP address {ip} is not a valid IP for the specified subnet."),
-            ));
-        }
-    }
     let security_groups = match port.get("security_groups") {
         None | Some(Value::Null) => None,
         Some(given) => Some(port_security_groups(&state, given)?),
@@ -579,6 +556,15 @@ async fn create_port(
         .map_err(|e| match e {
             CloudError::Conflict(m) if m.starts_with("IP address") => {
                 ApiError::conflict(N, m).typed("IpAddressAlreadyAllocated")
+            }
+            CloudError::NotFound(m) if m.starts_with("Network") => {
+                ApiError::not_found(N, m).typed("NetworkNotFound")
+            }
+            CloudError::Fatal(m) if m.starts_with("IP address") => {
+                ApiError::bad_request(N, m).typed("InvalidIpForSubnet")
+            }
+            CloudError::Fatal(m) if m.starts_with("Invalid input") => {
+                ApiError::bad_request(N, m).typed("InvalidInput")
             }
             CloudError::Conflict(m) if m.starts_with("No more IP addresses") => {
                 ApiError::conflict(N, m).typed("IpAddressGenerationFailure")
