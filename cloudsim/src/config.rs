@@ -120,7 +120,8 @@ pub struct Quotas {
     /// makes for the servers it boots (one each, on the server's network)
     /// together. [`Quotas::UNLIMITED`] (the default): none (Neutron's -1).
     pub max_ports: usize,
-    /// Cinder's `gigabytes`: the sizes of all volumes together.
+    /// Cinder's `gigabytes`: the sizes of the project's volumes together
+    /// (other projects' volumes, tenants', count in theirs).
     pub max_gigabytes: u64,
 }
 

@@ -1300,10 +1300,14 @@ impl Model {
             .collect()
     }
 
-    /// Volumes and gigabytes held (deleting volumes count until gone).
+    /// Volumes and gigabytes the cloud user's project holds (deleting
+    /// volumes count until gone). Cinder keeps quota per project: other
+    /// projects' volumes (tenants') take none of it.
     pub fn volume_usage(&self) -> (usize, u64) {
-        let gigabytes = self.volumes.values().map(|v| u64::from(v.size_gib)).sum();
-        (self.volumes.len(), gigabytes)
+        let own = self.volumes.values().filter(|v| v.project_id.is_none());
+        own.fold((0, 0), |(n, gigabytes), v| {
+            (n + 1, gigabytes + u64::from(v.size_gib))
+        })
     }
 
     fn port_detail_of(p: &PortRec, now: Instant) -> PortDetail {
@@ -1436,7 +1440,7 @@ impl Model {
                 "Volume type with name {t} could not be found."
             )));
         }
-        let (_, consumed) = self.volume_usage();
+        let (volumes, consumed) = self.volume_usage();
         let max_gb = self.cfg.quotas.max_gigabytes;
         if consumed + u64::from(spec.size_gib) > max_gb {
             // Cinder's 413 (VolumeSizeExceedsAvailableQuota).
@@ -1445,7 +1449,7 @@ impl Model {
                 spec.size_gib
             )));
         }
-        if self.volumes.len() >= self.cfg.quotas.max_volumes {
+        if volumes >= self.cfg.quotas.max_volumes {
             // Cinder's wording (its 413 body carries exactly this message).
             return Err(CloudError::QuotaExceeded(format!(
                 "VolumeLimitExceeded: Maximum number of volumes allowed ({}) exceeded for quota 'volumes'.",

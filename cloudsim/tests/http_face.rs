@@ -763,12 +763,16 @@ async fn nova_microversion_headers_and_limits() {
         .await
         .expect(200);
     assert_eq!(r.header("openstack-api-version"), Some("volume 3.60"));
+    // A tenant's volume is another project's: none of this one's quota.
+    env.sim.create_volume_for_test("tenant", "az1", 5);
     let r = env
         .get(Service::Volume, "/v3/limits", None)
         .await
         .expect(200)
         .json();
     assert_eq!(r["limits"]["absolute"]["maxTotalVolumes"], 1000);
+    assert_eq!(r["limits"]["absolute"]["totalVolumesUsed"], 0);
+    assert_eq!(r["limits"]["absolute"]["totalGigabytesUsed"], 0);
 }
 
 // ---- the full flow ---------------------------------------------------------

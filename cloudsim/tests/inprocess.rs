@@ -619,6 +619,33 @@ async fn a_port_create_is_checked_against_the_configured_networks() {
     assert!(ip.octets()[..3] == [10, 1, 0], "{ip}");
 }
 
+/// Cinder keeps quota per project: tenants' volumes (of other projects)
+/// take nothing of the cloud user's gigabytes nor volumes.
+#[tokio::test(start_paused = true)]
+async fn other_projects_volumes_take_none_of_the_projects_quota() {
+    let cloud = SimCloud::new(SimConfig {
+        quotas: cloudsim::Quotas {
+            max_gigabytes: 1000,
+            max_volumes: 2,
+            ..cloudsim::Quotas::default()
+        },
+        ..SimConfig::deterministic()
+    });
+    cloud.create_volume_for_test("tenant", "az1", 995);
+    cloud.create_volume_for_test("tenant", "az1", 1);
+    let spec = NewVolumeSpec {
+        size_gib: 10,
+        ..volume_spec("data", "az1")
+    };
+    cloud.create_volume(&spec).await.unwrap();
+    cloud.create_volume(&spec).await.unwrap();
+    let err = cloud.create_volume(&spec).await.unwrap_err();
+    assert!(
+        matches!(&err, CloudError::QuotaExceeded(m) if m.contains("Maximum number of volumes allowed (2)")),
+        "{err:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn volume_lifecycle_and_attach_fencing() {
     let cloud = SimCloud::new(SimConfig::deterministic());
