@@ -1683,8 +1683,16 @@ impl Model {
         let Some(vol) = self.volumes.get(id) else {
             return Ok(());
         };
-        if vol.gone_at.is_some() {
-            return Ok(());
+        match vol.gone_at {
+            Some(gone) if gone <= now => return Ok(()),
+            // Cinder refuses a delete of a volume `deleting` (its status is
+            // not one a delete starts from), as of one `error_deleting`.
+            Some(_) => {
+                return Err(CloudError::Conflict(format!(
+                    "Invalid volume: Volume {id} status must be available or error, but current status is: deleting"
+                )))
+            }
+            None => {}
         }
         let st = vol.state.at(now);
         let deletable = matches!(st.status, VolumeStatus::Available | VolumeStatus::Error)

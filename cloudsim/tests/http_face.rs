@@ -1732,6 +1732,23 @@ async fn a_subnets_network_and_broadcast_addresses_are_refused_as_fixed_ips() {
     .expect(201);
 }
 
+/// Cinder refuses a delete of a volume already `deleting` (400
+/// InvalidVolume), and answers 404 once it is gone.
+#[tokio::test]
+async fn a_second_delete_of_a_deleting_volume_is_refused() {
+    let mut cfg = config();
+    cfg.latencies.delete = Duration::from_secs(3600);
+    let env = start_with(cfg, HttpSettings::default()).await;
+    let vol = env.available_volume("v").await;
+    let path = format!("/v3/volumes/{vol}");
+    env.delete(Service::Volume, &path, None).await.expect(202);
+    let r = env.delete(Service::Volume, &path, None).await.expect(400);
+    assert_eq!(
+        r.json(),
+        json!({"badRequest": {"code": 400, "message": "Invalid volume: Volume status must be available or error or error_restoring or error_extending or error_managing and must not be migrating, attached, belong to a group, have snapshots, awaiting a transfer, or be disassociated from snapshots after volume transfer."}})
+    );
+}
+
 #[tokio::test]
 async fn attach_conflicts_have_real_bodies() {
     let env = start().await;

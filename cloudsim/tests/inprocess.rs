@@ -831,7 +831,7 @@ async fn ports_get_addresses_and_attach() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn deletes_are_idempotent_and_server_delete_releases_attachments() {
+async fn deletes_of_gone_objects_are_idempotent_and_server_delete_releases_attachments() {
     let cloud = SimCloud::new(SimConfig::deterministic());
     let server = active_server(&cloud, "a", "az1").await;
     let vol = cloud.create_volume_for_test("tenant", "az1", 10);
@@ -871,7 +871,13 @@ async fn deletes_are_idempotent_and_server_delete_releases_attachments() {
     assert_eq!(cloud.get_port(&port).await.unwrap().device_id, None);
 
     cloud.delete_volume(&vol).await.unwrap();
-    cloud.delete_volume(&vol).await.unwrap();
+    // Cinder refuses a delete of a volume `deleting` (400 InvalidVolume,
+    // which warmpool's driver reads as a Conflict).
+    let again = cloud.delete_volume(&vol).await.unwrap_err();
+    assert!(
+        matches!(&again, CloudError::Conflict(m) if m.contains("status must be available or error")),
+        "{again:?}"
+    );
     assert_eq!(
         cloud.get_volume(&vol).await.unwrap().status,
         VolumeStatus::Other("deleting".into())

@@ -6998,3 +6998,33 @@ async fn a_graceful_stop_waits_for_a_purchase_no_longer_than_its_grace() {
     assert_eq!(asked.elapsed(), Duration::from_secs(30));
     manager.shutdown().await.unwrap();
 }
+
+/// Cinder refuses a delete of a volume already `deleting` (400, a
+/// Conflict): a release whose volume delete Cinder took but whose answer
+/// was lost sees its retry refused, finds the volume being deleted, and is
+/// done.
+#[tokio::test(start_paused = true)]
+async fn a_release_whose_volume_delete_answer_was_lost_is_done() {
+    use pool_manager::cloud::Cloud;
+    let base = sim().config();
+    let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
+        latencies: cloudsim::Latencies {
+            delete: Duration::from_secs(20),
+            ..base.latencies.clone()
+        },
+        ..base
+    });
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_over(&cloud, temp_store(), 2).await;
+    wait_ready(&manager, 2).await;
+    let allocation = manager
+        .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let volume = allocation.volume_id.clone().unwrap();
+    cloud.lose_next_answer("delete_volume");
+    manager.release("o-1", Some(true)).await.unwrap();
+    let v = sim.get_volume(&volume).await.unwrap();
+    assert!(v.is_being_deleted(), "{v:?}");
+    assert_eq!(sim.call_counts().get("delete_volume").copied(), Some(2));
+}
