@@ -226,6 +226,29 @@ impl SimNetwork {
     }
 }
 
+/// The largest [`SimConfig::time_scale`]: 1000 times slower than a real
+/// cloud, which keeps every scaled duration (hours at most, simulated)
+/// far from `Duration`'s and `Instant`'s limits.
+pub const MAX_TIME_SCALE: f64 = 1000.0;
+
+/// A setting the simulation cannot run with.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SimConfigError {
+    #[error("time_scale {0} is unusable: give a number from 0 to at most {MAX_TIME_SCALE} (1 = real-cloud latencies, 0.05 = 20 times faster)")]
+    TimeScale(f64),
+    #[error("rate_limit.per_second {0} is unusable: give a number of calls per simulated second above 0 (or no rate limit at all)")]
+    RateLimit(f64),
+}
+
+/// Checks a time scale: finite, from 0 to [`MAX_TIME_SCALE`].
+pub fn check_time_scale(time_scale: f64) -> Result<f64, SimConfigError> {
+    if (0.0..=MAX_TIME_SCALE).contains(&time_scale) {
+        Ok(time_scale)
+    } else {
+        Err(SimConfigError::TimeScale(time_scale))
+    }
+}
+
 /// A token bucket over all API calls, in simulated time; calls over the rate
 /// get `CloudError::Throttled` with the (scaled) time until the next token.
 #[derive(Clone, Debug, PartialEq)]
@@ -431,6 +454,19 @@ impl SimConfig {
             ram_mb: size.ram_mb,
             disk_gb: size.disk_gb,
         }
+    }
+
+    /// Refuses settings the simulation cannot run with (each would end in a
+    /// panic deep in the model: a duration overflowing, or made of
+    /// infinity).
+    pub fn validate(&self) -> Result<(), SimConfigError> {
+        check_time_scale(self.time_scale)?;
+        if let Some(limit) = &self.rate_limit {
+            if !(limit.per_second.is_finite() && limit.per_second > 0.0) {
+                return Err(SimConfigError::RateLimit(limit.per_second));
+            }
+        }
+        Ok(())
     }
 
     /// Simulated duration -> tokio duration.

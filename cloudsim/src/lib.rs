@@ -36,8 +36,9 @@ mod probe;
 mod sim;
 
 pub use config::{
-    AzConfig, BootModel, FlavorSize, FlavorSpec, Latencies, Quotas, RateLimit, SecurityGroupConfig,
-    SimConfig, SimNetwork, DEFAULT_FLAVOR_SIZE,
+    check_time_scale, AzConfig, BootModel, FlavorSize, FlavorSpec, Latencies, Quotas, RateLimit,
+    SecurityGroupConfig, SimConfig, SimConfigError, SimNetwork, DEFAULT_FLAVOR_SIZE,
+    MAX_TIME_SCALE,
 };
 pub use model::{HostLoad, SimServer};
 pub use mysql::greeting_packet;

@@ -73,6 +73,9 @@ impl SimCloud {
             config.availability_zones.iter().all(|az| az.hosts > 0),
             "every availability zone needs at least one compute host"
         );
+        if let Err(e) = config.validate() {
+            panic!("cloudsim cannot run with this SimConfig: {e}");
+        }
         Arc::new(SimCloud {
             inner: Arc::new(Inner {
                 listeners: config.listeners,

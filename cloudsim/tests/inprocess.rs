@@ -1399,3 +1399,28 @@ async fn an_attach_failing_on_the_host_leaves_the_volume_available() {
         VolumeStatus::InUse
     );
 }
+
+/// A rate limit of no calls per second is refused when the cloud is made,
+/// saying which setting, not met as a panic at the first throttled call.
+#[test]
+#[should_panic(expected = "rate_limit.per_second")]
+fn a_rate_limit_of_zero_per_second_is_refused() {
+    let _ = SimCloud::new(SimConfig {
+        rate_limit: Some(RateLimit {
+            per_second: 0.0,
+            burst: 1,
+        }),
+        ..SimConfig::deterministic()
+    });
+}
+
+/// So is a time scale that would overflow (or make no sense of) the
+/// model's durations.
+#[test]
+#[should_panic(expected = "time_scale")]
+fn an_infinite_time_scale_is_refused() {
+    let _ = SimCloud::new(SimConfig {
+        time_scale: f64::INFINITY,
+        ..SimConfig::deterministic()
+    });
+}

@@ -5,7 +5,7 @@
 use anyhow::Context;
 use clap::Parser;
 use cloudsim::http::{HttpFace, HttpSettings};
-use cloudsim::{SimCloud, SimConfig};
+use cloudsim::{check_time_scale, SimCloud, SimConfig, MAX_TIME_SCALE};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -15,8 +15,8 @@ struct Args {
     /// Address to serve on (one port; services under /identity, /compute, ...).
     #[arg(long, default_value = "127.0.0.1:8990")]
     listen: SocketAddr,
-    /// Multiplies every simulated latency (1.0 = real-cloud latencies).
-    #[arg(long, default_value_t = 0.05)]
+    /// Multiplies every simulated latency (1.0 = real-cloud latencies), 0 to 1000.
+    #[arg(long, default_value_t = 0.05, value_parser = parse_time_scale)]
     time_scale: f64,
     /// Simulate IOPS throttling (boots 3-5x slower).
     #[arg(long)]
@@ -26,8 +26,8 @@ struct Args {
     /// Port simulated mysqld greets on, at each server's own 127.77.x.y address.
     #[arg(long, default_value_t = 3306)]
     mysql_port: u16,
-    /// Token lifetime in seconds.
-    #[arg(long, default_value_t = 3600)]
+    /// Token lifetime in seconds, 1 to a year (31536000).
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=MAX_TOKEN_LIFETIME_SECS))]
     token_lifetime: u64,
     /// Name of the cloud in the clouds.yaml.
     #[arg(long, default_value = "cloudsim")]
@@ -35,6 +35,17 @@ struct Args {
     /// Also write the clouds.yaml here.
     #[arg(long)]
     clouds_yaml: Option<PathBuf>,
+}
+
+/// A token's lifetime at most: a year, far from overflowing the instant
+/// it expires at.
+const MAX_TOKEN_LIFETIME_SECS: u64 = 365 * 24 * 3600;
+
+fn parse_time_scale(s: &str) -> Result<f64, String> {
+    let scale: f64 = s
+        .parse()
+        .map_err(|e| format!("{e}: give a number from 0 to at most {MAX_TIME_SCALE}"))?;
+    check_time_scale(scale).map_err(|e| e.to_string())
 }
 
 #[tokio::main]
@@ -98,4 +109,35 @@ async fn main() -> anyhow::Result<()> {
         .context("cannot wait for Ctrl-C")?;
     face.shutdown().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from([&["cloudsim"], args].concat())
+    }
+
+    /// Settings the simulation cannot run with are refused when parsed,
+    /// naming the option, not met later as a panic deep in the model.
+    #[test]
+    fn unusable_time_scales_and_token_lifetimes_are_refused() {
+        for scale in ["inf", "NaN", "-1", "1e18"] {
+            let err = parse(&[&format!("--time-scale={scale}")])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--time-scale"), "{scale}: {err}");
+            assert!(err.contains("at most 1000"), "{scale}: {err}");
+        }
+        for lifetime in ["0", "18446744073709551615"] {
+            let err = parse(&["--token-lifetime", lifetime])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--token-lifetime"), "{lifetime}: {err}");
+        }
+        let args = parse(&["--time-scale", "0.01", "--token-lifetime", "60"]).unwrap();
+        assert_eq!((args.time_scale, args.token_lifetime), (0.01, 60));
+        parse(&["--time-scale", "1000"]).unwrap();
+    }
 }
