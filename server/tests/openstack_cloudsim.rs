@@ -7265,3 +7265,39 @@ async fn wait_until_async<F: std::future::Future<Output = bool>>(
     }
     panic!("waited a minute for {what}");
 }
+
+/// A load balancer answering 301 to an endpoint the catalog names by
+/// `http://` (sending clients to `https://`): reqwest's default policy
+/// followed it and turned the attach POST into a GET of the attachment
+/// listing, answered 200, so the driver reported an attach that never
+/// happened. Now the redirect is not followed: the call fails, naming
+/// where it was sent and what to mend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirected_call_is_refused_naming_the_location() {
+    let (env, cloud, server) = env_with_a_server().await;
+    settled(&cloud, &server.id).await;
+    let volume = cloud
+        .create_volume(&volume_spec("warmpool-r1", 1))
+        .await
+        .unwrap();
+    volume_reaches(&cloud, &volume.id, VolumeStatus::Available).await;
+    let path = format!("/v2.1/servers/{}/os-volume_attachments", server.id);
+    // The redirect leads back to the same listing, as the https twin of
+    // an http endpoint would.
+    let location = format!("{}{path}", env.face.service_url(Service::Compute));
+    env.face
+        .faults()
+        .redirect_next(Service::Compute, "POST", &path, 1, 301, &location);
+    let err = cloud
+        .attach_volume(&server.id, &volume.id)
+        .await
+        .expect_err("a redirected attach attached nothing");
+    assert!(
+        matches!(&err, CloudError::Fatal(m) if m.contains(&location) && m.contains("301") && m.contains("clouds.yaml")),
+        "{err:?}"
+    );
+    assert_eq!(
+        cloud.get_volume(&volume.id).await.unwrap().status,
+        VolumeStatus::Available
+    );
+}

@@ -388,6 +388,11 @@ enum CannedAnswer {
     Json { status: StatusCode, body: String },
     /// A 429 with this `Retry-After`, in the service's own body shape.
     Throttled(Duration),
+    /// `status` (a 3xx) pointing at `location`, with no body.
+    Redirect {
+        status: StatusCode,
+        location: String,
+    },
 }
 
 /// State shared by every handler.
@@ -667,6 +672,32 @@ impl HttpFaults {
             CannedAnswer::Json {
                 status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 body: body.to_owned(),
+            },
+        );
+    }
+
+    /// The next `n` `method` requests to `path` (as [`Self::answer_next`]
+    /// matches them) are answered `status` (301, 302, 307, 308) with
+    /// `Location: location` and do nothing: a load balancer in front of an
+    /// endpoint the catalog names by `http://` that sends clients to
+    /// `https://`.
+    pub fn redirect_next(
+        &self,
+        service: Service,
+        method: &str,
+        path: &str,
+        n: u32,
+        status: u16,
+        location: &str,
+    ) {
+        self.can(
+            service,
+            method,
+            path,
+            n,
+            CannedAnswer::Redirect {
+                status: StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+                location: location.to_owned(),
             },
         );
     }
@@ -1240,6 +1271,8 @@ async fn fault_layer(
         .into_response()
     } else if let Some(CannedAnswer::Json { status, body }) = canned {
         (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    } else if let Some(CannedAnswer::Redirect { status, location }) = canned {
+        (status, [(header::LOCATION, location)]).into_response()
     } else if let Some(bytes) = oversized {
         (StatusCode::OK, vec![b' '; bytes]).into_response()
     } else {

@@ -300,6 +300,13 @@ impl Connection {
                 .await
                 .map_err(|e| CloudError::Transient(format!("{what}: {}", with_causes(&e))))?;
             let status = response.status().as_u16();
+            if (300..400).contains(&status) {
+                let location = response
+                    .headers()
+                    .get("location")
+                    .and_then(|v| v.to_str().ok());
+                return Err(redirected(what, status, location));
+            }
             let retry_after = response
                 .headers()
                 .get("retry-after")
@@ -535,6 +542,9 @@ impl Connection {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned)
             };
+            if (300..400).contains(&status) {
+                return Err(redirected(&what, status, header("location").as_deref()));
+            }
             let retry_after = header("retry-after");
             let cloud_id =
                 header("x-openstack-request-id").or_else(|| header("x-compute-request-id"));
@@ -671,11 +681,36 @@ struct LoginFailure {
     credentials_rejected: bool,
 }
 
-/// The HTTP client osauth's login builds (reqwest's defaults, which trust
-/// the system's CA certificates, and clouds.yaml's `cacert`), built here
-/// first: osauth panics when reqwest cannot build it (only certificates
-/// rustls cannot read, in either), and keeps only the top line of a
-/// transport error, which this client can ask again for its cause.
+/// A reqwest client that follows no redirect. reqwest's default follows up
+/// to ten, and on a 301 or 302 sends a POST again as a GET without its
+/// body: behind a load balancer sending `http://` to `https://`, an attach
+/// became a listing of attachments answered 200 (reported as done), a
+/// create a listing. A redirect is answered as what it is instead
+/// ([`redirected`]).
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none())
+}
+
+/// The error for an answer `status` (a 3xx) to `what`, sent to `location`
+/// (`None`: the answer named none).
+pub(super) fn redirected(what: &str, status: u16, location: Option<&str>) -> CloudError {
+    CloudError::Fatal(format!(
+        "{what}: answered a redirect (HTTP {status}) to {}, which warmpool does not follow \
+         (a POST would be sent again as a GET): give the endpoint's final URL in the \
+         service catalog, or in clouds.yaml (auth_url, *_endpoint_override), e.g. https \
+         where it says http",
+        location.unwrap_or("no Location")
+    ))
+}
+
+/// The HTTP client every request after the login goes out on
+/// ([`on_client`]): as osauth's login builds one (reqwest's defaults, which
+/// trust the system's CA certificates, and clouds.yaml's `cacert`), but
+/// following no redirect ([`client_builder`]). Built before the login:
+/// osauth panics
+/// when reqwest cannot build it (only certificates rustls cannot read, in
+/// either), and keeps only the top line of a transport error, which this
+/// client can ask again for its cause.
 fn http_client(config: &CloudConfig) -> CloudResult<reqwest::Client> {
     let system_ca_error = |e: reqwest::Error| {
         let named: Vec<String> = ["SSL_CERT_FILE", "SSL_CERT_DIR"]
@@ -703,15 +738,13 @@ fn http_client(config: &CloudConfig) -> CloudResult<reqwest::Client> {
     // A cacert osauth cannot read or parse as PEM, it reports itself.
     let cert = |path: &str| reqwest::Certificate::from_pem(&std::fs::read(path).ok()?).ok();
     let Some((cert, path)) = cacert.and_then(|path| Some((cert(&path)?, path))) else {
-        return reqwest::Client::builder().build().map_err(system_ca_error);
+        return client_builder().build().map_err(system_ca_error);
     };
-    reqwest::Client::builder()
+    client_builder()
         .add_root_certificate(cert)
         .build()
         .or_else(|e| {
-            reqwest::Client::builder()
-                .build()
-                .map_err(system_ca_error)?;
+            client_builder().build().map_err(system_ca_error)?;
             Err(CloudError::Fatal(format!(
                 "auth: clouds.yaml's cacert {path} is unusable: {}",
                 with_causes(&e)
@@ -780,6 +813,18 @@ fn generic_refusal(identity: &str) -> String {
     }
 }
 
+/// `session` (osauth's, logged in on a client of its own, which follows
+/// redirects) sending all else on `client`: osauth's `create_session`
+/// takes no client, but the session's may be replaced once it is built.
+/// Token renewals osauth makes later go out on `client` too.
+fn on_client(session: Session, client: reqwest::Client) -> Session {
+    let mut authenticated = session.client().clone();
+    authenticated.set_inner(client);
+    Session::new_with_authenticated_client(authenticated)
+        .with_endpoint_filters(session.endpoint_filters().clone())
+        .with_endpoint_overrides(session.endpoint_overrides().clone())
+}
+
 async fn login(
     config: &CloudConfig,
     timeout: Duration,
@@ -798,7 +843,7 @@ async fn login(
                 credentials_rejected: false,
             })
         }
-        Ok(Ok(session)) => return Ok(session),
+        Ok(Ok(session)) => return Ok(on_client(session, client)),
         Ok(Err(e)) => e,
     };
     // osauth files a token request a proxy timed out (408), rate-limited
