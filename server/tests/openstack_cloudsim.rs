@@ -7301,3 +7301,37 @@ async fn a_redirected_call_is_refused_naming_the_location() {
         VolumeStatus::Available
     );
 }
+
+/// A call the service refuses whatever the token (keystonemiddleware's
+/// 401 to a request no access rule of an application credential allows):
+/// the first refusal logs in again and finds the fresh token refused too;
+/// the calls after it do not each log in again (one login per quota read
+/// of every headroom poll, each replacing the session), yet still fail
+/// saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_refused_with_a_fresh_token_does_not_log_in_each_time() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let details = format!("/v2.0/quotas/{}/details", env.face.project_id());
+    env.face.faults().answer_next(
+        Service::Network,
+        "GET",
+        &details,
+        u32::MAX,
+        401,
+        r#"{"error": {"code": 401, "title": "Unauthorized", "message": "The request you have made requires authentication."}}"#,
+    );
+    let before = env.face.faults().token_requests();
+    for _ in 0..5 {
+        let err = cloud.port_quota().await.expect_err("the read is refused");
+        assert!(
+            matches!(&err, CloudError::Fatal(m) if m.contains("HTTP 401") && m.contains("access rules")),
+            "{err:?}"
+        );
+    }
+    let logins = env.face.faults().token_requests() - before;
+    assert!(logins <= 1, "{logins} logins for 5 refused calls");
+    // Other calls go on with the session.
+    cloud.list_pool_servers().await.unwrap();
+    assert!(env.face.faults().token_requests() - before <= 1);
+}

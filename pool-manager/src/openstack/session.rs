@@ -14,6 +14,7 @@ use crate::cloud::{CloudError, CloudResult};
 use osauth::services::{BLOCK_STORAGE, COMPUTE, IMAGE, NETWORK};
 use osauth::{CloudConfig, Session};
 use reqwest::Method;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -206,6 +207,51 @@ pub struct Connection {
     cinder_as_volumev3: AtomicBool,
     /// The id of the project warmpool's token is scoped to, once asked.
     project_id: tokio::sync::OnceCell<String>,
+    /// Calls (by [`refusal_key`]) a service answered 401 though sent with
+    /// a token of a fresh login: the session's generation then, and until
+    /// when their 401s are not worth another login.
+    refused_fresh: Mutex<HashMap<String, (u64, tokio::time::Instant)>>,
+}
+
+/// How long a call a service refused with a fresh token gets its 401s
+/// answered without logging in again, while the session is the one that
+/// was refused. keystonemiddleware answers 401 to any request no access
+/// rule of an application credential allows: such a call is refused
+/// whatever the token, and logging in again for each (a quota read every
+/// headroom poll) only sent Keystone a login per call and replaced the
+/// session, osauth's endpoint cache with it, under the calls in flight.
+/// A token revoked meanwhile is still noticed by any other call.
+pub const FRESH_TOKEN_REFUSED_PAUSE: Duration = Duration::from_secs(10 * 60);
+
+/// What tells one call's refusals from another's: the service, method and
+/// path with object ids left out, and an action's name (`forceDelete`).
+fn refusal_key(call: &Call) -> String {
+    let is_id = |segment: &str| {
+        segment.len() >= 32 && segment.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+    };
+    let path: Vec<&str> = call
+        .path
+        .iter()
+        .map(|segment| {
+            if is_id(segment) {
+                "*"
+            } else {
+                segment.as_str()
+            }
+        })
+        .collect();
+    let action = match (&call.body, call.path.last()) {
+        (Some(serde_json::Value::Object(body)), Some(last)) if last == "action" => {
+            body.keys().next().cloned().unwrap_or_default()
+        }
+        _ => String::new(),
+    };
+    format!(
+        "{} {} /{} {action}",
+        call.service.name(),
+        call.method,
+        path.join("/")
+    )
 }
 
 impl Connection {
@@ -235,6 +281,7 @@ impl Connection {
             region,
             cinder_as_volumev3: AtomicBool::new(false),
             project_id: tokio::sync::OnceCell::new(),
+            refused_fresh: Mutex::default(),
         }))
     }
 
@@ -438,15 +485,44 @@ impl Connection {
     /// Sends `call`; on a 401 logs in again and sends it once more. Errors
     /// are transport failures only: HTTP errors come back as a [`Reply`] for
     /// the caller to classify (it knows what a 404 means for its call).
+    ///
+    /// A call the service refused with a fresh token too is not sent after
+    /// a new login again for [`FRESH_TOKEN_REFUSED_PAUSE`]: its 401 is
+    /// answered as it comes.
     pub async fn send(&self, call: &Call) -> CloudResult<Reply> {
         let (generation, session) = self.session();
-        match self.send_once(&session, call).await {
-            Ok(reply) if reply.status == 401 => {}
-            other => return other,
+        let reply = self.send_once(&session, call).await?;
+        if reply.status != 401 {
+            return Ok(reply);
+        }
+        let key = refusal_key(call);
+        if self.refused_with_fresh_token(&key, generation) {
+            return Ok(reply);
         }
         self.relogin(generation).await?;
-        let (_, session) = self.session();
-        self.send_once(&session, call).await
+        let (generation, session) = self.session();
+        let reply = self.send_once(&session, call).await?;
+        if reply.status == 401 {
+            let until = tokio::time::Instant::now() + FRESH_TOKEN_REFUSED_PAUSE;
+            tracing::warn!(call = %call.describe(), pause = %humantime::format_duration(FRESH_TOKEN_REFUSED_PAUSE), "the service refused a fresh token too: its 401s to this call are not met with another login during the pause");
+            self.lock_refused_fresh().insert(key, (generation, until));
+        }
+        Ok(reply)
+    }
+
+    fn lock_refused_fresh(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (u64, tokio::time::Instant)>> {
+        self.refused_fresh.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the call `key` was refused a fresh token of the session
+    /// `generation` within the pause.
+    fn refused_with_fresh_token(&self, key: &str, generation: u64) -> bool {
+        let mut refused = self.lock_refused_fresh();
+        let now = tokio::time::Instant::now();
+        refused.retain(|_, (seen, until)| *seen == generation && now < *until);
+        refused.contains_key(key)
     }
 
     /// Cinder's microversions (min, max) from its version document, looked
@@ -896,6 +972,33 @@ mod tests {
         assert_eq!(relogin_pause(u32::MAX), RELOGIN_PAUSE_MAX);
         let to_the_fifth: Duration = (1..5).map(relogin_pause).sum();
         assert_eq!(to_the_fifth, Duration::from_secs(450));
+    }
+
+    /// One call's refusals are told from another's by what the call does,
+    /// not by the objects it names: every server's forceDelete is one
+    /// call, and another action on the same path another.
+    #[test]
+    fn refusals_are_keyed_by_call_not_object() {
+        let action = |server: &str, name: &str| {
+            refusal_key(
+                &Call::new(
+                    Service::Compute,
+                    Method::POST,
+                    ["servers", server, "action"],
+                )
+                .json(serde_json::json!({ name: null })),
+            )
+        };
+        let a = "0b6f3f9e-3c39-4f43-9d0b-8a0cf4ab1b21";
+        let b = "5d2e1a77-0c5e-4d4a-bf8e-6f1b3c2d9e10";
+        assert_eq!(action(a, "forceDelete"), action(b, "forceDelete"));
+        assert_ne!(action(a, "forceDelete"), action(a, "restore"));
+        let quota = refusal_key(&Call::new(
+            Service::Network,
+            Method::GET,
+            ["quotas", "b3ae6b2a8bb254549c1530f91368af2f", "details"],
+        ));
+        assert_eq!(quota, "network GET /quotas/*/details ");
     }
 
     /// The token URL is where the login went, whether auth_url ends in
