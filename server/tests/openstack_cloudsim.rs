@@ -7335,3 +7335,41 @@ async fn a_call_refused_with_a_fresh_token_does_not_log_in_each_time() {
     cloud.list_pool_servers().await.unwrap();
     assert!(env.face.faults().token_requests() - before <= 1);
 }
+
+/// warmpool asks Keystone about its own token for its project's id. For a
+/// token from an application credential with access rules Keystone
+/// answers that only to a caller declaring it understands access rules,
+/// and 404 "Failed to validate token" to others, which stopped the daemon
+/// at start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_project_id_is_read_under_access_rules() {
+    let env = env().await;
+    env.face.faults().tokens_have_access_rules(true);
+    let cloud = env.driver().await;
+    assert_eq!(
+        cloud.project_id().await.expect("the project id"),
+        env.face.project_id()
+    );
+}
+
+/// Keystone's own 401 to warmpool asking about its own token is told as
+/// Keystone's, not blamed on a service's keystone_authtoken settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keystones_401_to_the_project_id_question_is_keystones() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    env.face.faults().answer_next(
+        Service::Identity,
+        "GET",
+        "/v3/auth/tokens",
+        1,
+        401,
+        r#"{"error": {"code": 401, "title": "Unauthorized", "message": "The request you have made requires authentication."}}"#,
+    );
+    let err = cloud.project_id().await.expect_err("Keystone refused");
+    assert!(
+        matches!(&err, CloudError::Fatal(m) if m.contains("Keystone refused warmpool's own token") && !m.contains("keystone_authtoken")),
+        "{err:?}"
+    );
+    assert_eq!(cloud.project_id().await.unwrap(), env.face.project_id());
+}

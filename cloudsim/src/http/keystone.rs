@@ -243,6 +243,16 @@ async fn validate(
     let rec = state
         .valid_token(&subject)
         .ok_or_else(|| ApiError::not_found(S, format!("Could not find token: {subject}.")))?;
+    let enforces_access_rules = header(&headers, "openstack-identity-access-rules")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .is_some_and(|version| version >= 1.0);
+    if state
+        .tokens_have_access_rules
+        .load(std::sync::atomic::Ordering::SeqCst)
+        && !enforces_access_rules
+    {
+        return Err(ApiError::not_found(S, "Failed to validate token"));
+    }
     let mut resp = Json(token_body(&state, &rec)).into_response();
     if let Ok(v) = HeaderValue::from_str(&subject) {
         resp.headers_mut().insert("x-subject-token", v);

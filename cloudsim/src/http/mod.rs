@@ -440,6 +440,9 @@ pub(crate) struct FaceState {
     pub(crate) force_delete_refused: AtomicBool,
     /// Neutron's `get_quota` policy refuses the project its quota details.
     pub(crate) quota_details_refused: AtomicBool,
+    /// Tokens are issued from an application credential with access rules
+    /// (`HttpFaults::tokens_have_access_rules`).
+    pub(crate) tokens_have_access_rules: AtomicBool,
     /// What the next `forceDelete`s answer instead of taking effect
     /// (`HttpFaults::fail_force_delete_next`), first first.
     pub(crate) force_delete_failures: Mutex<std::collections::VecDeque<u16>>,
@@ -858,6 +861,18 @@ impl HttpFaults {
             .store(refused, Ordering::SeqCst);
     }
 
+    /// Tokens as an application credential with access rules makes them
+    /// (`has` true) or not: Keystone then validates one (`GET
+    /// /v3/auth/tokens`) only for a caller that says it enforces access
+    /// rules (`OpenStack-Identity-Access-Rules: 1.0` or later), and answers
+    /// anyone else 404 "Failed to validate token" (keystone's token
+    /// provider, `_validate_token_access_rules`). Not cleared by a count.
+    pub fn tokens_have_access_rules(&self, has: bool) {
+        self.state
+            .tokens_have_access_rules
+            .store(has, Ordering::SeqCst);
+    }
+
     /// The next `n` `forceDelete`s of a server the project can see answer
     /// `status` and do nothing: 401 as keystonemiddleware words it (a
     /// token the service cannot validate; the driver logs in again and
@@ -1082,6 +1097,7 @@ impl HttpFace {
             token_requests: AtomicU32::new(0),
             force_delete_refused: AtomicBool::new(false),
             quota_details_refused: AtomicBool::new(false),
+            tokens_have_access_rules: AtomicBool::new(false),
             force_delete_failures: Mutex::default(),
         });
         {

@@ -322,9 +322,17 @@ impl Connection {
         let client = session.client().inner().clone();
         let request_id = format!("req-{}", uuid::Uuid::new_v4());
         let asked = async {
+            // Keystone validates a token of an application credential with
+            // access rules only for a caller declaring it understands them
+            // (keystone's `_validate_token_access_rules`), and answers
+            // anyone else 404 "Failed to validate token". The header asks
+            // a validating middleware to enforce the rules on the requests
+            // it lets through; warmpool lets none through on this token, it
+            // only reads which project it is scoped to.
             let request = client
                 .get(url)
-                .header("X-OpenStack-Request-ID", request_id.as_str());
+                .header("X-OpenStack-Request-ID", request_id.as_str())
+                .header("OpenStack-Identity-Access-Rules", "1.0");
             let mut request = session
                 .auth_type()
                 .authenticate(&client, request)
@@ -372,6 +380,15 @@ impl Connection {
                 CloudError::Transient(format!("{what}: no answer within {:?}", self.timeout))
             })??;
         tracing::debug!(call = what, status = reply.status, %request_id, "cloud call");
+        if reply.status == 401 {
+            // Keystone's own 401, not a service's keystonemiddleware's.
+            return Err(CloudError::Fatal(format!(
+                "{what}: Keystone refused warmpool's own token when asked which project it is scoped to (HTTP 401): \
+                 either it was revoked since the login (or Keystone's fernet keys were rotated), which the next \
+                 refused call mends by logging in again, or Keystone's policy identity:validate_token does not \
+                 let a user validate its own token (its default does): allow it in Keystone's policy"
+            )));
+        }
         if !reply.is_success() {
             // Keystone's faults are one key wrapping a message, as Nova's.
             return Err(classify(
