@@ -932,13 +932,17 @@ async fn build_cloud_waiting_out_refusals(
                 restart: "restart warmpoold",
             },
         };
+        // Said to every caller, before any token is checked: no user,
+        // project or file names (an unauthenticated caller could lock the
+        // account out with them); the log has them.
         if !source.read_again {
             note.set(format!(
-                "warmpoold is starting, and waits for a restart: Keystone refused the \
-                 credentials in {} at start-up ({refused}); warmpoold reads them at start only \
-                 and does not try them again. An operator must mend them (or in Keystone the \
-                 user's role on the project, or a locked, disabled or expired account), then {}",
-                source.place, source.restart,
+                "warmpoold is starting, and waits for a restart: Keystone refused its cloud \
+                 credentials at start-up; warmpoold reads them at start only and does not try \
+                 them again. An operator must mend them (or in Keystone the user's role on the \
+                 project, or a locked, disabled or expired account; warmpoold's log says which \
+                 credentials and what Keystone answered), then {}",
+                source.restart,
             ));
             return wait_for_a_restart(&refused, &source).await;
         }
@@ -947,11 +951,10 @@ async fn build_cloud_waiting_out_refusals(
             humantime::format_rfc3339_seconds(std::time::SystemTime::now() + pause).to_string();
         note.set(format!(
             "warmpoold is starting, and waits for credentials Keystone takes: Keystone refused \
-             the credentials in {} ({refused}). An operator must mend them there (or in \
-             Keystone the user's role on the project, or a locked, disabled or expired \
-             account); warmpoold reads them again and tries at {next_try}, and serves once \
-             Keystone takes them",
-            source.place,
+             its cloud credentials. An operator must mend them (or in Keystone the user's role \
+             on the project, or a locked, disabled or expired account; warmpoold's log says \
+             which credentials and what Keystone answered); warmpoold reads them again and \
+             tries at {next_try}, and serves once Keystone takes them",
         ));
         tracing::error!(
             refusals,

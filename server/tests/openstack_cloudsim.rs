@@ -6160,8 +6160,14 @@ async fn a_login_refused_at_start_up_is_tried_again_ever_later_from_clouds_yaml_
         Err(warmpool_client::ClientError::Status { code, message }) => {
             assert_eq!(code, tonic::Code::Unavailable, "{message}");
             assert!(
-                message.contains("Keystone refused the credentials")
+                message.contains("Keystone refused its cloud credentials")
                     && message.contains("reads them again and tries at"),
+                "{message}"
+            );
+            // Told before any token is checked: no account or file names.
+            assert!(
+                !message.contains("user pool")
+                    && !message.contains(&env.clouds_yaml.display().to_string()),
                 "{message}"
             );
         }
@@ -6324,9 +6330,15 @@ async fn refused_login_from_a_copied_credential(name: &str, marker: &str, which:
             Err(warmpool_client::ClientError::Status { code, message }) => {
                 assert_eq!(code, tonic::Code::Unavailable, "{message}");
                 assert!(
-                    message.contains("Keystone refused the credentials")
+                    message.contains("Keystone refused its cloud credentials")
                         && message.contains("systemctl restart warmpoold")
                         && !message.contains("call again shortly"),
+                    "{message}"
+                );
+                // Told before any token is checked: no account or file names.
+                assert!(
+                    !message.contains("user pool")
+                        && !message.contains(&copy.display().to_string()),
                     "{message}"
                 );
             }
@@ -7325,7 +7337,8 @@ async fn a_call_refused_with_a_fresh_token_does_not_log_in_each_time() {
     for _ in 0..5 {
         let err = cloud.port_quota().await.expect_err("the read is refused");
         assert!(
-            matches!(&err, CloudError::Fatal(m) if m.contains("HTTP 401") && m.contains("access rules")),
+            matches!(&err, pool_manager::openstack::PortQuotaUnread::Failed(CloudError::Fatal(m))
+                if m.contains("HTTP 401") && m.contains("access rules")),
             "{err:?}"
         );
     }
