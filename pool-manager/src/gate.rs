@@ -35,8 +35,9 @@
 //!   grows only while it is being used (a pool booting one instance at a
 //!   time says nothing about twenty). The replenisher's boots go past it
 //!   by what `sizing::decide` allows beyond it: a pool's sustained demand,
-//!   and one boot for a pool below its `min_ready` with none in flight, so
-//!   one pool's demand never leaves another without a boot.
+//!   and one boot for a pool below its `min_ready` or its fixed target with
+//!   none in flight, so one pool's demand never leaves another without a
+//!   boot.
 //! - **Quota.** The cloud's own limits (Nova `/limits` and Neutron's port
 //!   quota, through `Cloud::boot_headroom`) are polled per flavor every
 //!   `headroom_interval` by the replenisher, not per boot, and cached, with
