@@ -2284,11 +2284,19 @@ async fn the_shutdown_check_tells_a_listener_from_a_later_one_on_its_port() {
     let first = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = first.local_addr().unwrap();
     let socket = support::listening_socket(addr);
-    assert!(socket.is_some(), "no LISTEN entry for {addr} in /proc/net/tcp");
+    assert!(
+        socket.is_some(),
+        "no LISTEN entry for {addr} in /proc/net/tcp"
+    );
     drop(first);
-    assert_eq!(support::listening_socket(addr), None, "{addr} closed");
-    let second = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let again = support::listening_socket(addr);
-    assert!(again.is_some() && again != socket, "{socket:?} vs {again:?}");
-    drop(second);
+    // Gone, or another test's listener since given the port (the tests run
+    // side by side): either way not the same socket.
+    assert_ne!(support::listening_socket(addr), socket, "{addr} closed");
+    // Another listener (on whatever port) is told apart by its socket.
+    let second = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other = support::listening_socket(second.local_addr().unwrap());
+    assert!(
+        other.is_some() && other != socket,
+        "{socket:?} vs {other:?}"
+    );
 }
