@@ -1748,20 +1748,7 @@ mod tests {
             run(name, Policy::Auto, 1000, 993),
             run("throttle-onset", Policy::Auto, 1000, 985),
         ];
-        let ttrs = [
-            Measured {
-                path: TtrPath::Warm,
-                throttled: true,
-                existing_volume: false,
-                times: vec![Duration::from_secs(12)],
-            },
-            Measured {
-                path: TtrPath::Cold,
-                throttled: true,
-                existing_volume: false,
-                times: vec![Duration::from_secs(450)],
-            },
-        ];
+        let ttrs = throttled_ttrs(Duration::from_secs(12), Duration::from_secs(450));
         let text = acceptance(
             &args,
             &Outcomes {
@@ -1794,6 +1781,17 @@ mod tests {
     }
 
     /// `run`, with its `misses` moved to the first purchases from `at`.
+    /// A throttled time-to-ready measurement of one warm purchase (new
+    /// volume) and one cold create.
+    fn throttled_ttrs(warm: Duration, cold: Duration) -> [Measured; 2] {
+        [(TtrPath::Warm, warm), (TtrPath::Cold, cold)].map(|(path, time)| Measured {
+            path,
+            throttled: true,
+            existing_volume: false,
+            times: vec![time],
+        })
+    }
+
     fn missing_from(mut r: RunResult, at: Duration, misses: usize) -> RunResult {
         for b in r.bought.iter_mut() {
             b.warm = true;
@@ -1892,20 +1890,7 @@ mod tests {
         let results = [run(name, Policy::Static(6), 20000, 20000), auto];
         // A warm p99 of 6 s against a cold p50 of 298.2 s: 1/49.7, over
         // the 5.964 s allowed by 36 ms.
-        let ttrs = [
-            Measured {
-                path: TtrPath::Warm,
-                throttled: true,
-                existing_volume: false,
-                times: vec![Duration::from_secs(6)],
-            },
-            Measured {
-                path: TtrPath::Cold,
-                throttled: true,
-                existing_volume: false,
-                times: vec![Duration::from_millis(298_200)],
-            },
-        ];
+        let ttrs = throttled_ttrs(Duration::from_secs(6), Duration::from_millis(298_200));
         // The adaptive window at 0.8951x the best fixed limit's 40/min,
         // its boot p99 1.5004x and its build p99 1.5003x a lone one's.
         let mut adaptive = filled(Limit::Adaptive, 0, 64);
