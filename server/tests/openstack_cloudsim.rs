@@ -7349,6 +7349,45 @@ async fn a_call_refused_with_a_fresh_token_does_not_log_in_each_time() {
     assert!(env.face.faults().token_requests() - before <= 1);
 }
 
+/// Two calls each refused whatever the token: each one's pause outlives the
+/// other's login. The pauses were tied to the session they were recorded
+/// in, so the login for one call ended the other's pause and every call
+/// logged in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_calls_refused_with_a_fresh_token_do_not_log_in_each_time() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let refused = r#"{"error": {"code": 401, "title": "Unauthorized", "message": "The request you have made requires authentication."}}"#;
+    let details = format!("/v2.0/quotas/{}/details", env.face.project_id());
+    env.face
+        .faults()
+        .answer_next(Service::Network, "GET", &details, u32::MAX, 401, refused);
+    env.face.faults().answer_next(
+        Service::Compute,
+        "GET",
+        "/v2.1/limits",
+        u32::MAX,
+        401,
+        refused,
+    );
+    let before = env.face.faults().token_requests();
+    for _ in 0..5 {
+        cloud
+            .port_quota()
+            .await
+            .expect_err("the quota read is refused");
+        cloud
+            .limits()
+            .await
+            .expect_err("the limits read is refused");
+    }
+    let logins = env.face.faults().token_requests() - before;
+    assert!(
+        logins <= 2,
+        "{logins} logins for 10 refused calls of 2 kinds"
+    );
+}
+
 /// warmpool asks Keystone about its own token for its project's id. For a
 /// token from an application credential with access rules Keystone
 /// answers that only to a caller declaring it understands access rules,

@@ -208,14 +208,19 @@ pub struct Connection {
     /// The id of the project warmpool's token is scoped to, once asked.
     project_id: tokio::sync::OnceCell<String>,
     /// Calls (by [`refusal_key`]) a service answered 401 though sent with
-    /// a token of a fresh login: the session's generation then, and until
-    /// when their 401s are not worth another login.
-    refused_fresh: Mutex<HashMap<String, (u64, tokio::time::Instant)>>,
+    /// a token of a fresh login, and until when their 401s are not worth
+    /// another login. A pause ends by time only: a later login (for another
+    /// call, or another paused call's) brings a token no better than the
+    /// fresh one refused, and ending the pauses at each login had two
+    /// paused calls log each other in again on every call. A new
+    /// `Connection` (a restart, credentials read again) starts with none.
+    refused_fresh: Mutex<HashMap<String, tokio::time::Instant>>,
 }
 
 /// How long a call a service refused with a fresh token gets its 401s
-/// answered without logging in again, while the session is the one that
-/// was refused. keystonemiddleware answers 401 to any request no access
+/// answered without logging in again, whatever logins other calls make
+/// meanwhile: access rules an operator mends take effect for that call
+/// up to this long later. keystonemiddleware answers 401 to any request no access
 /// rule of an application credential allows: such a call is refused
 /// whatever the token, and logging in again for each (a quota read every
 /// headroom poll) only sent Keystone a login per call and replaced the
@@ -513,32 +518,31 @@ impl Connection {
             return Ok(reply);
         }
         let key = refusal_key(call);
-        if self.refused_with_fresh_token(&key, generation) {
+        if self.refused_with_fresh_token(&key) {
             return Ok(reply);
         }
         self.relogin(generation).await?;
-        let (generation, session) = self.session();
+        let (_, session) = self.session();
         let reply = self.send_once(&session, call).await?;
         if reply.status == 401 {
             let until = tokio::time::Instant::now() + FRESH_TOKEN_REFUSED_PAUSE;
             tracing::warn!(call = %call.describe(), pause = %humantime::format_duration(FRESH_TOKEN_REFUSED_PAUSE), "the service refused a fresh token too: its 401s to this call are not met with another login during the pause");
-            self.lock_refused_fresh().insert(key, (generation, until));
+            self.lock_refused_fresh().insert(key, until);
         }
         Ok(reply)
     }
 
     fn lock_refused_fresh(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (u64, tokio::time::Instant)>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<String, tokio::time::Instant>> {
         self.refused_fresh.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether the call `key` was refused a fresh token of the session
-    /// `generation` within the pause.
-    fn refused_with_fresh_token(&self, key: &str, generation: u64) -> bool {
+    /// Whether the call `key` was refused a fresh token within the pause.
+    fn refused_with_fresh_token(&self, key: &str) -> bool {
         let mut refused = self.lock_refused_fresh();
         let now = tokio::time::Instant::now();
-        refused.retain(|_, (seen, until)| *seen == generation && now < *until);
+        refused.retain(|_, until| now < *until);
         refused.contains_key(key)
     }
 
