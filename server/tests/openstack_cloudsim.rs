@@ -7314,6 +7314,50 @@ async fn a_redirected_call_is_refused_naming_the_location() {
     );
 }
 
+/// A whole endpoint redirected (http to https): the first request to it is
+/// osauth's version discovery, which read the redirect's body as the
+/// version document and failed as a transient "error decoding response
+/// body", retried forever. It names the redirect as any call's does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirected_version_discovery_is_refused_naming_the_location() {
+    let env = env().await;
+    let location = format!("{}/v2.1", env.face.service_url(Service::Compute))
+        .replacen("http://", "https://", 1);
+    env.face
+        .faults()
+        .redirect_next(Service::Compute, "GET", "/v2.1", u32::MAX, 301, &location);
+    let config = env.config("", SMALL_POOL);
+    let err = match OpenStackCloud::connect(openstack(&config).settings().unwrap()).await {
+        Ok(_) => panic!("a redirected discovery found no version"),
+        Err(err) => err,
+    };
+    assert!(
+        matches!(&err, CloudError::Fatal(m) if m.contains(&location) && m.contains("301") && m.contains("clouds.yaml")),
+        "{err:?}"
+    );
+}
+
+/// The same at a service's first call after start-up: Neutron's version
+/// discovery redirected fails the call naming the Location.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirected_first_call_to_a_service_is_refused_naming_the_location() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let location =
+        format!("{}/", env.face.service_url(Service::Network)).replacen("http://", "https://", 1);
+    env.face
+        .faults()
+        .redirect_next(Service::Network, "GET", "/", u32::MAX, 301, &location);
+    let err = cloud
+        .network("tenant-net")
+        .await
+        .expect_err("a redirected discovery found no network");
+    assert!(
+        matches!(&err, CloudError::Fatal(m) if m.contains(&location) && m.contains("301")),
+        "{err:?}"
+    );
+}
+
 /// A call the service refuses whatever the token (keystonemiddleware's
 /// 401 to a request no access rule of an application credential allows):
 /// the first refusal logs in again and finds the fresh token refused too;

@@ -11,7 +11,7 @@ use super::error::{
     classify, classify_osauth, osauth_status, truncate, with_causes, Service, MAX_MESSAGE_CHARS,
 };
 use crate::cloud::{CloudError, CloudResult};
-use osauth::services::{BLOCK_STORAGE, COMPUTE, IMAGE, NETWORK};
+use osauth::services::{ServiceType, BLOCK_STORAGE, COMPUTE, IMAGE, NETWORK};
 use osauth::{CloudConfig, Session};
 use reqwest::Method;
 use std::collections::HashMap;
@@ -499,9 +499,66 @@ impl Connection {
                     "compute version discovery timed out after {:?}",
                     self.timeout
                 ))
-            })?
-            .map_err(|e| classify_osauth("compute version discovery", &e))?;
+            })?;
+        let picked = match picked {
+            Ok(picked) => picked,
+            Err(e) => {
+                let what = "compute version discovery";
+                return Err(self
+                    .redirect_behind(&session, &e, COMPUTE.catalog_type(), what)
+                    .await
+                    .unwrap_or_else(|| classify_osauth(what, &e)));
+            }
+        };
         Ok(picked.map(|v| (v.0, v.1)))
+    }
+
+    /// The redirect behind osauth's failure `e` at the endpoint of
+    /// `catalog_type`, if that is what it was. osauth reads a version
+    /// discovery's answer as the version document whatever its status, so
+    /// an endpoint redirected as a whole (a host sent from http to https)
+    /// failed there as "error decoding response body", a transient error
+    /// tried again forever; asking the endpoint once more on the client
+    /// that follows no redirect names the redirect to mend instead.
+    async fn redirect_behind(
+        &self,
+        session: &Session,
+        e: &osauth::Error,
+        catalog_type: &str,
+        what: &str,
+    ) -> Option<CloudError> {
+        if e.kind() != osauth::ErrorKind::ProtocolError || osauth_status(e).is_some() {
+            return None;
+        }
+        let endpoint = match session.endpoint_overrides().get(catalog_type) {
+            Some(url) => url.clone(),
+            None => session
+                .client()
+                .get_endpoint(catalog_type, session.endpoint_filters())
+                .await
+                .ok()?,
+        };
+        let response = tokio::time::timeout(
+            self.timeout,
+            session
+                .client()
+                .inner()
+                .get(endpoint)
+                .timeout(self.timeout)
+                .send(),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let status = response.status().as_u16();
+        if !(300..400).contains(&status) {
+            return None;
+        }
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok());
+        Some(redirected(what, status, location))
     }
 
     /// Sends `call`; on a 401 logs in again and sends it once more. Errors
@@ -629,7 +686,23 @@ impl Connection {
                         None,
                     ))
                 }
-                Err(e) => return Err(classify_osauth(&what, &e)),
+                Err(e) => {
+                    let catalog_type = match call.service {
+                        Service::Compute => COMPUTE.catalog_type(),
+                        Service::BlockStorage
+                            if self.cinder_as_volumev3.load(Ordering::Relaxed) =>
+                        {
+                            VolumeV3.catalog_type()
+                        }
+                        Service::BlockStorage => BLOCK_STORAGE.catalog_type(),
+                        Service::Network => NETWORK.catalog_type(),
+                        Service::Image => IMAGE.catalog_type(),
+                    };
+                    return Err(self
+                        .redirect_behind(session, &e, catalog_type, &what)
+                        .await
+                        .unwrap_or_else(|| classify_osauth(&what, &e)));
+                }
             };
             let status = response.status().as_u16();
             let header = |name: &str| {
