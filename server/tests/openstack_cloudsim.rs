@@ -7358,6 +7358,33 @@ async fn a_redirected_first_call_to_a_service_is_refused_naming_the_location() {
     );
 }
 
+/// Glance's (and Cinder's) root answers 300 Multiple Choices, its version
+/// list: no redirect. A garbled discovery answer there is asked again at
+/// the root on the client that follows no redirect, and the 300 it gets
+/// is not read as the endpoint redirecting (a Fatal telling the operator
+/// to mend a URL that is right).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbled_answer_from_a_root_listing_versions_is_not_read_as_a_redirect() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    env.face.faults().answer_next(
+        Service::Image,
+        "GET",
+        "/",
+        1,
+        200,
+        "not the version document",
+    );
+    let err = cloud
+        .image_names()
+        .await
+        .expect_err("a garbled discovery lists no image");
+    assert!(
+        !err.to_string().contains("redirect"),
+        "a 300 version list read as a redirect: {err:?}"
+    );
+}
+
 /// A call the service refuses whatever the token (keystonemiddleware's
 /// 401 to a request no access rule of an application credential allows):
 /// the first refusal logs in again and finds the fresh token refused too;

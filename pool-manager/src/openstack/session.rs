@@ -360,7 +360,7 @@ impl Connection {
                 .await
                 .map_err(|e| CloudError::Transient(format!("{what}: {}", with_causes(&e))))?;
             let status = response.status().as_u16();
-            if (300..400).contains(&status) {
+            if is_redirect(status) {
                 let location = response
                     .headers()
                     .get("location")
@@ -551,7 +551,7 @@ impl Connection {
         .ok()?
         .ok()?;
         let status = response.status().as_u16();
-        if !(300..400).contains(&status) {
+        if !is_redirect(status) {
             return None;
         }
         let location = response
@@ -712,7 +712,7 @@ impl Connection {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned)
             };
-            if (300..400).contains(&status) {
+            if is_redirect(status) {
                 return Err(redirected(&what, status, header("location").as_deref()));
             }
             let retry_after = header("retry-after");
@@ -861,8 +861,15 @@ fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none())
 }
 
-/// The error for an answer `status` (a 3xx) to `what`, sent to `location`
-/// (`None`: the answer named none).
+/// Whether `status` sends the client elsewhere. Not 300 Multiple Choices:
+/// Glance's, Cinder's and Keystone's roots answer it with their version
+/// list, which is no redirect.
+fn is_redirect(status: u16) -> bool {
+    matches!(status, 301 | 302 | 303 | 307 | 308)
+}
+
+/// The error for an answer `status` (a redirect, [`is_redirect`]) to
+/// `what`, sent to `location` (`None`: the answer named none).
 pub(super) fn redirected(what: &str, status: u16, location: Option<&str>) -> CloudError {
     CloudError::Fatal(format!(
         "{what}: answered a redirect (HTTP {status}) to {}, which warmpool does not follow \
