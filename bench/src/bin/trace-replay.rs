@@ -1539,6 +1539,21 @@ mod tests {
     }
 
     /// A day of `purchases` evenly spaced, the misses evenly among them.
+    /// What `acceptance` judges with these replays alone: no model, seed
+    /// runs, fills, lone boot or time-to-ready measurements.
+    fn outcomes<'a>(scenarios: &'a [Scenario], results: &'a [RunResult]) -> Outcomes<'a> {
+        Outcomes {
+            scenarios,
+            results,
+            models: &[],
+            seed_runs: &[],
+            fills: &[],
+            lone: None,
+            lone_build: None,
+            ttrs: &[],
+        }
+    }
+
     fn run(scenario: &str, policy: Policy, purchases: u64, warm: u64) -> RunResult {
         let misses = purchases - warm;
         let bought = (0..purchases)
@@ -1663,19 +1678,7 @@ mod tests {
         assert!(!table.contains("100.00 %"), "{table}");
         assert!(!table.contains("0.0 s"), "{table}");
         assert!(table.contains("n/a"), "{table}");
-        let text = acceptance(
-            &args,
-            &Outcomes {
-                scenarios: &scenarios,
-                results: &results,
-                models: &[],
-                seed_runs: &[],
-                fills: &[],
-                lone: None,
-                lone_build: None,
-                ttrs: &[],
-            },
-        );
+        let text = acceptance(&args, &outcomes(&scenarios, &results));
         // Wall time was measured, so only the replay speed may be judged.
         let judged: Vec<&str> = text
             .lines()
@@ -1693,19 +1696,7 @@ mod tests {
         let name = "trace t 1:10";
         let scenarios = [scenario(name)];
         let results = [run(name, Policy::Auto, 1000, 996)];
-        let text = acceptance(
-            &args,
-            &Outcomes {
-                scenarios: &scenarios,
-                results: &results,
-                models: &[],
-                seed_runs: &[],
-                fills: &[],
-                lone: None,
-                lone_build: None,
-                ttrs: &[],
-            },
-        );
+        let text = acceptance(&args, &outcomes(&scenarios, &results));
         assert!(!text.contains("No static size tested reached"), "{text}");
         assert!(
             text.contains("No static size was run (--only-auto): no idle ratio to judge."),
@@ -1718,16 +1709,7 @@ mod tests {
         ];
         let text = acceptance(
             &parse(&["--scenarios", "trace"]).expect("flags parse"),
-            &Outcomes {
-                scenarios: &scenarios,
-                results: &results,
-                models: &[],
-                seed_runs: &[],
-                fills: &[],
-                lone: None,
-                lone_build: None,
-                ttrs: &[],
-            },
+            &outcomes(&scenarios, &results),
         );
         assert!(
             text.contains("No static size tested reached auto's hit rate; the largest tested (static 4) is the bound."),
@@ -1752,14 +1734,8 @@ mod tests {
         let text = acceptance(
             &args,
             &Outcomes {
-                scenarios: &scenarios,
-                results: &results,
-                models: &[],
-                seed_runs: &[],
-                fills: &[],
-                lone: None,
-                lone_build: None,
                 ttrs: &ttrs,
+                ..outcomes(&scenarios, &results)
             },
         );
         let missed = text.matches("**missed**").count();
@@ -1829,19 +1805,7 @@ mod tests {
             calm,
             auto,
         ];
-        let text = acceptance(
-            &args,
-            &Outcomes {
-                scenarios: &scenarios,
-                results: &results,
-                models: &[],
-                seed_runs: &[],
-                fills: &[],
-                lone: None,
-                lone_build: None,
-                ttrs: &[],
-            },
-        );
+        let text = acceptance(&args, &outcomes(&scenarios, &results));
         let line = |what: &str| {
             text.lines()
                 .find(|l| l.contains(what))
@@ -1902,14 +1866,11 @@ mod tests {
         let text = acceptance(
             &args,
             &Outcomes {
-                scenarios: &scenarios,
-                results: &results,
-                models: &[],
-                seed_runs: &[],
                 fills: &fills,
                 lone: Some(Duration::from_secs(100)),
                 lone_build: Some(Duration::from_secs(25)),
                 ttrs: &ttrs,
+                ..outcomes(&scenarios, &results)
             },
         );
         for shown in [
