@@ -1427,7 +1427,7 @@ impl Shared {
             _ => return None,
         }
         for server in &volume.attached_to {
-            match self.cloud.get_server(server).await {
+            match self.cloud.read_server(server).await {
                 Ok(s) if s.is_going() => {}
                 _ => return None,
             }
@@ -1754,7 +1754,7 @@ impl Shared {
         let Some(server_id) = &instance.server_id else {
             return Some("it has no server".into());
         };
-        match self.cloud.get_server(server_id).await {
+        match self.cloud.read_server(server_id).await {
             Ok(s) if s.is_going() => Some(format!("its server {server_id} is being deleted")),
             Ok(s) => broken_for_good(&s).map(|why| format!("its server {server_id} is {why}")),
             Err(CloudError::NotFound(_)) => Some(format!("its server {server_id} is gone")),
@@ -2523,7 +2523,7 @@ impl Shared {
             Err(CloudError::Conflict(m)) => {
                 let server_usable = self
                     .cloud
-                    .get_server(server_id)
+                    .read_server(server_id)
                     .await
                     .map_or(true, |s| s.takes_an_attach_now());
                 let refused = ManagerError::FailedPrecondition(format!(
@@ -2763,7 +2763,7 @@ impl Shared {
     /// attach under way, or done); a server it cannot tell about counts as
     /// listing it.
     async fn server_lists_volume(&self, server_id: &str, volume_id: &str) -> bool {
-        self.cloud.get_server(server_id).await.map_or(true, |s| {
+        self.cloud.read_server(server_id).await.map_or(true, |s| {
             s.attached_volumes
                 .iter()
                 .any(|v| v.eq_ignore_ascii_case(volume_id))
@@ -2790,7 +2790,7 @@ impl Shared {
     async fn any_server_left(&self, servers: &[String]) -> bool {
         for server in servers {
             if !matches!(
-                self.cloud.get_server(server).await,
+                self.cloud.read_server(server).await,
                 Err(CloudError::NotFound(_))
             ) {
                 return true;
@@ -2872,7 +2872,7 @@ impl Shared {
         }
         // A server that takes no attach now (in ERROR, busy with a task)
         // is what Nova refused: the instance's, as before.
-        self.cloud.get_server(server_id).await.is_ok_and(|s| {
+        self.cloud.read_server(server_id).await.is_ok_and(|s| {
             lists(&s.attached_volumes, volume_id)
                 || (maybe_done
                     && created
@@ -3386,7 +3386,7 @@ impl Shared {
     /// reclaim. A look that fails says no.
     async fn is_soft_deleted(&self, server_id: &str) -> bool {
         matches!(
-            self.cloud.get_server(server_id).await,
+            self.cloud.read_server(server_id).await,
             Ok(server) if server.status == ServerStatus::Deleted && !server.deleting
         )
     }

@@ -604,13 +604,18 @@ impl BootHeadroom {
 #[async_trait]
 pub trait Cloud: Send + Sync + 'static {
     async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server>;
-    /// A server, with its ports once it is ACTIVE: they matter once it
-    /// runs (the allocator verifies them), and a booting server's polls
-    /// skip the read. A port read that fails fails the whole: verify must
-    /// not pass (nor discard, as failed) a server whose port it could not
-    /// see. One call per service asked, so that a wrapper (the daemon's
-    /// metrics, the manager's note of a paused call's service) sees each:
-    /// a wrapper forwards those, and leaves this one be.
+    /// A server, with its ports once it is ACTIVE: for a caller that goes
+    /// by `attached_ports` (the allocator's verify, its look at a port
+    /// attach Nova refused as a conflict). A port read that fails fails
+    /// the whole: verify must not pass (nor discard, as failed) a server
+    /// whose port it could not see. A caller that goes only by what Nova
+    /// shows calls [`Cloud::read_server`]: a Neutron listing per read of
+    /// an ACTIVE server would cost an API call for nothing, and Neutron's
+    /// trouble would fail a read Nova answered (no boot got past ACTIVE
+    /// during a Neutron outage). One call per service asked, so that a
+    /// wrapper (the daemon's metrics, the manager's note of a paused
+    /// call's service) sees each: a wrapper forwards those, and leaves
+    /// this one be.
     async fn get_server(&self, server_id: &str) -> CloudResult<Server> {
         let mut server = self.read_server(server_id).await?;
         if server.status == ServerStatus::Active {
@@ -618,11 +623,15 @@ pub trait Cloud: Send + Sync + 'static {
         }
         Ok(server)
     }
-    /// A server as the compute service (Nova) shows it; its ports are
-    /// [`Cloud::ports_bound_to`]'s to tell. Call [`Cloud::get_server`].
+    /// A server as the compute service (Nova) shows it: status, task,
+    /// deletion, fault, address, attached volumes. `attached_ports` may be
+    /// left empty (the OpenStack driver reads no ports for it): a caller
+    /// that goes by them calls [`Cloud::get_server`]. Every other read of
+    /// a server calls this one.
     async fn read_server(&self, server_id: &str) -> CloudResult<Server>;
     /// The ports bound to server `server_id`, as the network service
-    /// (Neutron) lists them. Call [`Cloud::get_server`].
+    /// (Neutron) lists them. For [`Cloud::get_server`]'s use: a caller
+    /// calls that.
     async fn ports_bound_to(&self, server_id: &str) -> CloudResult<Vec<String>>;
     /// Every server that carries warmpool's pool metadata. A server whose
     /// address cannot be read now is listed without one (`mysql_addr`

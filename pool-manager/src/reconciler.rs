@@ -778,7 +778,7 @@ impl Shared {
     /// `Some(None)`: gone; `None`: the cloud could not say, and the server
     /// is left to the next pass.
     async fn server_after_all(&self, server_id: &str) -> Option<Option<Server>> {
-        match self.cloud.get_server(server_id).await {
+        match self.cloud.read_server(server_id).await {
             Ok(server) => Some(Some(server)),
             Err(CloudError::NotFound(_)) => Some(None),
             Err(e) => {

@@ -1182,7 +1182,7 @@ impl Shared {
                 let server = match self
                     .retry(deadline, || {
                         attempts += 1;
-                        self.watch_throttle(az, self.cloud.get_server(&server_id))
+                        self.watch_throttle(az, self.cloud.read_server(&server_id))
                     })
                     .await
                 {
@@ -1355,7 +1355,7 @@ impl Shared {
     /// does not answer says nothing; the next one is due a period later.
     async fn look_at_warming_server(&self, az: &str, server_id: &str) -> Result<(), BootError> {
         let server = match self
-            .watch_throttle(az, self.cloud.get_server(server_id))
+            .watch_throttle(az, self.cloud.read_server(server_id))
             .await
         {
             Ok(server) => server,
@@ -1577,7 +1577,7 @@ impl Shared {
                     // the wait below, else (the driver saw it so) looked at.
                     let seen = match soft_deleted {
                         Some(server) => Some(server),
-                        None => match self.cloud.get_server(server_id).await {
+                        None => match self.cloud.read_server(server_id).await {
                             Err(CloudError::NotFound(_)) => return Ok(()),
                             Ok(server) => soft(server),
                             Err(_) => None,
@@ -1598,7 +1598,7 @@ impl Shared {
                     .into());
                 }
                 tokio::time::sleep(pause).await;
-                match self.cloud.get_server(server_id).await {
+                match self.cloud.read_server(server_id).await {
                     Err(CloudError::NotFound(_)) => return Ok(()),
                     Ok(server) if !server.deleting => {
                         soft_deleted = soft(server);

@@ -7028,3 +7028,65 @@ async fn a_release_whose_volume_delete_answer_was_lost_is_done() {
     assert!(v.is_being_deleted(), "{v:?}");
     assert_eq!(sim.call_counts().get("delete_volume").copied(), Some(2));
 }
+
+/// Neutron fails every port listing (a 503 outage, a 429 storm) while Nova
+/// answers: boots go by what Nova shows of their servers (status, address),
+/// so a pool still fills, and its boot polls and warming looks list no
+/// ports (a real cloud's extra call per read of an ACTIVE server). They
+/// used to read ports once a server was ACTIVE, so no boot passed ACTIVE
+/// until Neutron came back. A purchase's verify still lists its server's
+/// ports: it must not pass a server whose port it could not see.
+#[tokio::test(start_paused = true)]
+async fn a_pool_fills_while_neutron_fails_port_listings_and_a_purchase_still_verifies_ports() {
+    let sim = sim();
+    let neutron_down = Arc::new(AtomicBool::new(true));
+    let port_listings = Arc::new(AtomicU32::new(0));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let (neutron_down, port_listings) = (neutron_down.clone(), port_listings.clone());
+        move |method| {
+            if method != "ports_bound_to" {
+                return None;
+            }
+            port_listings.fetch_add(1, Ordering::SeqCst);
+            neutron_down.load(Ordering::SeqCst).then(|| {
+                pool_manager::cloud::CloudError::Transient(
+                    "GET /v2.0/ports: HTTP 503 Service Unavailable".into(),
+                )
+            })
+        }
+    });
+    let manager = manager_over(&cloud, temp_store());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(3)).await.unwrap();
+    // Well within a boot's timeout (15 min): the boots fail no try.
+    let mut ready = 0;
+    for _ in 0..600 {
+        ready = manager
+            .get_pool(&pool())
+            .await
+            .unwrap()
+            .count(InstanceState::Ready);
+        if ready >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        (ready, port_listings.load(Ordering::SeqCst)),
+        (3, 0),
+        "(Ready, port listings) after 10 min of Neutron failing: {:?}",
+        manager.get_pool(&pool()).await.unwrap()
+    );
+
+    neutron_down.store(false, Ordering::SeqCst);
+    let allocation = manager
+        .allocate(request("order-n", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    assert!(allocation.warm_hit);
+    assert!(
+        port_listings.load(Ordering::SeqCst) >= 1,
+        "the purchase's verify lists its server's ports"
+    );
+}

@@ -996,8 +996,8 @@ async fn a_neutron_429_at_a_purchases_verify_is_networks_not_novas() {
     let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
     let key = PoolKey::new("db.small", "az1");
     wait_ready(&running.manager, &key, 2).await;
-    // No refill boot to meet the 429: its polls of an ACTIVE server list
-    // the server's ports too.
+    // Nothing in flight beside the purchase: the one 429 armed below is
+    // for its verify's port listing.
     running
         .manager
         .update_pool(&key, |s| s.paused = true)
