@@ -2999,14 +2999,17 @@ impl Shared {
 
     /// Discards the instance this purchase claimed and found broken before
     /// anything of its order was attached: `Deleting` with no request id,
-    /// so its server's delete is sent once and not waited for until gone.
-    /// That wait keeps a record while a server may hold a tenant's volume;
+    /// its server's delete sent once ([`Shared::delete_once`]), neither
+    /// sent again after a 429 or a 5xx nor waited for until gone. That
+    /// wait keeps a record while a server may hold a tenant's volume;
     /// nothing of a tenant's reached this one, and a purchase waiting on a
-    /// delete Nova takes minutes to finish (the cleanup budget, 2 min)
-    /// failed past its deadline with a Ready instance left in the pool. A
-    /// delete the cloud refuses, or leaves half done, is the reconciler's:
-    /// it deletes a `Deleting` instance's server again, and sweeps a pool
-    /// server no record names once Nova no longer shows it being deleted.
+    /// delete Nova takes minutes to finish, or on one the cloud answered
+    /// 503 with a Retry-After, sent again until the cleanup budget (2 min)
+    /// was spent, held its buyer on a server written off, with a Ready
+    /// instance left in the pool. A delete the cloud refuses, fails for
+    /// now, or leaves half done, is the reconciler's: it deletes a
+    /// `Deleting` instance's server again, and sweeps a pool server no
+    /// record names once Nova no longer shows it being deleted.
     /// An instance no longer claimed for `request_id` (taken out of service
     /// meanwhile) is left to whoever took it. A crash after the write
     /// leaves the order naming an instance whose claim it no longer holds:
@@ -3034,7 +3037,7 @@ impl Shared {
             return Ok(());
         };
         self.store.flush().await?;
-        self.finish_delete(&deleting).await
+        self.delete_once(&deleting).await
     }
 
     /// Puts back in the pool, `Ready` and unclaimed, the instance a try
@@ -3042,8 +3045,9 @@ impl Shared {
     /// ([`AttachCalls::none_acted`]), or whose mysqld was silent at the
     /// claim; `error` is why, for the log. A pool being deleted, or gone,
     /// does not get it back: it is discarded as its drain would have
-    /// (`Deleting`, then its server deleted; a delete the cloud refuses is
-    /// the reconciler's). Put back with no room check, unlike a late cold
+    /// (`Deleting`, then its server's delete sent once, as
+    /// [`Self::discard_untouched`] does: a delete the cloud refuses or
+    /// fails for now is the reconciler's). Put back with no room check, unlike a late cold
     /// boot's handover: the refill the claim woke may be booting already,
     /// and the Ready instance serves now; above max_ready, the oldest Ready
     /// one is retired once that refill is Ready (ARCHITECTURE invariant 7).
@@ -3103,7 +3107,7 @@ impl Shared {
         };
         if back.state == InstanceState::Deleting {
             tracing::info!(instance = %instance.id, error = %error, "the failed try left the instance untouched, but its pool is being deleted; discarding it");
-            if let Err(e) = self.finish_delete(&back).await {
+            if let Err(e) = self.delete_once(&back).await {
                 tracing::warn!(instance = %instance.id, error = %e, "cannot delete the server of a drained pool's instance; the reconciler retries");
             }
             return Ok(PutBack::Drained);

@@ -1464,6 +1464,26 @@ impl Shared {
         Ok(())
     }
 
+    /// Sends the delete of a `Deleting` instance's server once, with no
+    /// retry, and drops its record once the cloud accepted it: for an
+    /// instance a purchase writes off with nothing of a tenant's on it.
+    /// [`Self::finish_delete`] waits out a 429's Retry-After, or a 5xx's
+    /// backoff, up to the cleanup budget (2 min), and the buyer would wait
+    /// with it. A delete the cloud does not take leaves the record
+    /// `Deleting`, which each reconcile pass deletes again (noting why the
+    /// server stays, if it does).
+    pub(crate) async fn delete_once(&self, instance: &Instance) -> ManagerResult<()> {
+        debug_assert!(
+            instance.state == InstanceState::Deleting && instance.request_id.is_none(),
+            "{instance:?}"
+        );
+        if let Some(server_id) = &instance.server_id {
+            self.cloud.delete_server(server_id).await?;
+        }
+        self.update_instance(&instance.id, |_| Some(None)).await?;
+        Ok(())
+    }
+
     /// Shows why a pool instance's server is still there, on the instance
     /// (after why it is being deleted) and as its pool's last error unless
     /// the pool is degraded: a retirement or a drain the cloud keeps

@@ -1229,7 +1229,19 @@ async fn the_oldest_silent_on_a_server_shown(
     status: pool_manager::cloud::ServerStatus,
 ) -> (Arc<GatedCloud>, PoolManager, String) {
     let cloud = GatedCloud::new(sim);
-    let manager = started_paused(&cloud, temp_store(), n).await;
+    let (manager, server) = the_oldest_silent_over(&cloud, n, status).await;
+    (cloud, manager, server)
+}
+
+/// [`the_oldest_silent_on_a_server_shown`] over `cloud`, for a test that
+/// answers some calls in cloudsim's stead ([`GatedCloud::with_fault`]).
+async fn the_oldest_silent_over(
+    cloud: &Arc<GatedCloud>,
+    n: u32,
+    status: pool_manager::cloud::ServerStatus,
+) -> (PoolManager, String) {
+    let sim = &cloud.sim;
+    let manager = started_paused(cloud, temp_store(), n).await;
     let mut ready = pool_instances(&manager).await;
     ready.sort_by_key(|i| i.ready_at);
     let server = ready[0].server_id.clone().unwrap();
@@ -1239,7 +1251,7 @@ async fn the_oldest_silent_on_a_server_shown(
         s.mysql_addr = None;
     });
     sim.reset_call_counts();
-    (cloud, manager, server)
+    (manager, server)
 }
 
 /// A server Nova shows in ERROR at the claim is discarded, and its delete
@@ -1313,6 +1325,124 @@ async fn a_broken_servers_delete_the_host_failed_after_the_claim_is_swept_as_a_l
     manager.reconcile().await.unwrap();
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(sim.server(&broken).is_none(), "{:?}", sim.server(&broken));
+    assert_consistent(&sim, &manager).await;
+}
+
+/// The one delete sent for a broken server discarded at the claim may be
+/// answered 503 with a Retry-After (or 429, or another 5xx): the purchase
+/// sent it again until the cleanup budget (2 min) was spent, holding the
+/// buyer on a server already written off, with a Ready instance left in
+/// the pool for it. Its record says `Deleting`, which the reconciler
+/// deletes: the purchase sends the delete once and goes on to the next
+/// instance, and a reconcile pass deletes the server once the cloud takes
+/// deletes again.
+#[tokio::test(start_paused = true)]
+async fn a_broken_servers_delete_answered_503_is_sent_once_and_left_to_the_reconciler() {
+    let sim = sim();
+    let (cloud, unavailable, deletes) = deletes_unavailable_when_on(&sim);
+    let (manager, broken) =
+        the_oldest_silent_over(&cloud, 2, pool_manager::cloud::ServerStatus::Error).await;
+    let other = pool_instances(&manager)
+        .await
+        .into_iter()
+        .find(|i| i.server_id.as_deref() != Some(broken.as_str()))
+        .unwrap();
+    let started = tokio::time::Instant::now();
+
+    let allocation = manager
+        .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .expect("served by the other Ready instance");
+    let took = started.elapsed();
+    assert_eq!(allocation.instance_id.as_ref(), Some(&other.id));
+    // The claim's probe of the silent mysqld takes up to its 5 s timeout.
+    assert!(took < Duration::from_secs(10), "the purchase took {took:?}");
+    assert_eq!(deletes.load(Ordering::SeqCst), 1, "deletes sent");
+    let discarded: Vec<_> = pool_instances(&manager)
+        .await
+        .into_iter()
+        .filter(|i| i.server_id.as_deref() == Some(broken.as_str()))
+        .collect();
+    assert!(
+        matches!(&discarded[..], [i] if i.state == InstanceState::Deleting && i.request_id.is_none()),
+        "{discarded:?}"
+    );
+
+    unavailable.store(false, Ordering::SeqCst);
+    manager.reconcile().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(sim.server(&broken).is_none(), "{:?}", sim.server(&broken));
+    assert_consistent(&sim, &manager).await;
+}
+
+/// The delete cloudsim answers 503 with a Retry-After of a minute while
+/// the switch returned is on (it starts on), and every delete sent, the
+/// refused ones included: a real 503 never reaches the service behind.
+fn deletes_unavailable_when_on(
+    sim: &Arc<cloudsim::SimCloud>,
+) -> (Arc<GatedCloud>, Arc<AtomicBool>, Arc<AtomicU32>) {
+    let unavailable = Arc::new(AtomicBool::new(true));
+    let deletes = Arc::new(AtomicU32::new(0));
+    let cloud = GatedCloud::with_fault(sim, {
+        let (unavailable, deletes) = (unavailable.clone(), deletes.clone());
+        move |method| {
+            if method != "delete_server" {
+                return None;
+            }
+            deletes.fetch_add(1, Ordering::SeqCst);
+            unavailable
+                .load(Ordering::SeqCst)
+                .then(|| CloudError::Throttled {
+                    retry_after: Some(Duration::from_secs(60)),
+                    message: "delete_server: Service Unavailable (HTTP 503)".into(),
+                    unavailable: true,
+                })
+        }
+    });
+    (cloud, unavailable, deletes)
+}
+
+/// A purchase whose instance was silent at the claim, on a server Nova
+/// shows fine, puts it back, unless its pool started draining meanwhile:
+/// then it is discarded as the drain would have. Its delete, answered 503
+/// with a Retry-After, was sent again until the cleanup budget (2 min) was
+/// spent, the buyer held as for a broken server's. Sent once: the record
+/// says `Deleting`, and a reconcile pass deletes the server.
+#[tokio::test(start_paused = true)]
+async fn a_drained_pools_instance_put_back_has_its_delete_sent_once() {
+    let sim = sim();
+    let (cloud, unavailable, deletes) = deletes_unavailable_when_on(&sim);
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let server = pool_instances(&manager).await[0].server_id.clone().unwrap();
+    assert!(sim.stop_mysqld(&server));
+
+    // The purchase heard the silence and asked Nova how the server is.
+    let looked = cloud.hold_next("get_server", At::After);
+    let started = tokio::time::Instant::now();
+    let buying = spawn_allocate(
+        &manager,
+        request("order-1", new_volume(), EmptyPoolPolicy::FailFast),
+    );
+    looked.reached().await;
+    let claimed = pool_instances(&manager).await;
+    assert!(
+        matches!(&claimed[..], [i] if i.state == InstanceState::Claimed),
+        "{claimed:?}"
+    );
+    manager.delete_pool(&pool()).await.unwrap();
+    looked.release();
+
+    let err = buying.await.unwrap().unwrap_err();
+    let took = started.elapsed();
+    assert!(err.to_string().contains("its pool being deleted"), "{err}");
+    // The claim's probe of the silent mysqld takes up to its 5 s timeout.
+    assert!(took < Duration::from_secs(10), "the purchase took {took:?}");
+    assert_eq!(deletes.load(Ordering::SeqCst), 1, "deletes sent");
+
+    unavailable.store(false, Ordering::SeqCst);
+    manager.reconcile().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(sim.server(&server).is_none(), "{:?}", sim.server(&server));
     assert_consistent(&sim, &manager).await;
 }
 
