@@ -2216,8 +2216,9 @@ impl Shared {
                 Err(_) => {
                     // Not handed over, it stays the order's, and the
                     // purchase's rollback discards it as a drain does a
-                    // boot in flight: its task, finding its record taken,
-                    // deletes the server its create makes and ends.
+                    // boot in flight: its record, kept `Deleting` for its
+                    // task, gets the server its create makes, which the
+                    // task deletes, and ends.
                     let handover = self
                         .hand_over_to_pool(&instance.id, &params.request_id)
                         .await?;
@@ -3188,9 +3189,11 @@ impl Shared {
                 instance_found = true;
                 let instance = match (after_crash, &instance.server_id, instance.state) {
                     // A cold boot's: its create may have been answered
-                    // after the last flush. Deleting its server here keeps
-                    // the pass from taking it for a leak.
-                    (true, None, InstanceState::Booting) => {
+                    // after the last flush, or after an earlier rollback
+                    // took the record, `Deleting`, from its boot. Deleting
+                    // its server here keeps the pass from taking it for a
+                    // leak.
+                    (true, None, InstanceState::Booting | InstanceState::Deleting) => {
                         self.adopt_unrecorded_server(instance, deadline).await?
                     }
                     _ => instance,

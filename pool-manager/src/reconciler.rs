@@ -21,7 +21,7 @@
 //! | instance `Ready`, unclaimed | server in ERROR (its host failed) | discard it (the pool refills) |
 //! | instance `Ready` | server busy with a task (a task_state other than a delete: a snapshot, a migration, a rebuild) | nothing for that: busy is not broken, the task ends by itself. Not probed while busy (a cold migration or a non-live snapshot takes the guest down), and a silence counted before the task is forgotten: the rows below judge it anew once the task is over. One Nova leaves busy for good (a task_state stuck until an admin resets it) stays Ready until a purchase claims it (Nova refuses the attach, 409: the purchase discards it and takes the next), or `max_age` or an image change retires it |
 //! | instance `Ready`, unclaimed | server not busy (ACTIVE, or stopped, shelved, paused by an operator: no task brings mysqld back), mysqld silent on this pass's probe and the last's | discard it (the pool refills) |
-//! | instance `Failed`/`Deleting` | - | delete the server, drop the record |
+//! | instance `Failed`/`Deleting`, no task of this process driving it | - | delete the server, drop the record; one with no server recorded (taken by a drain or a purchase's rollback while its create was on its way, its task ended before the answer: a crash, a stop) first records the server carrying its instance id, if one not on its way out is listed, and deletes it as its own, no leak |
 //! | instance `Allocated`/`Releasing`, its order `Released`, or gone and not set aside (a release drops its instance's record first: this one was set aside by an older version that then released the order, and moved back at this version's open) | server gone (or SOFT_DELETED; one missing from the listing is asked for by id first) | drop the record (a SOFT_DELETED server is deleted for good) |
 //! | instance `Allocated`/`Releasing`, its order `Released` naming it | server exists | do the release's instance step again: detach the order's volume, delete the server until gone, drop the record |
 //! | instance `Allocated`/`Releasing`, its order gone (not set aside) | server exists | leave it, log a warning (a tenant's, its order's record lost) |
@@ -29,7 +29,7 @@
 //! | nothing | server with warmpool metadata, SOFT_DELETED (a cloud with `reclaim_instance_interval`; Nova does not list these, the OpenStack driver's listing adds those it deleted) | delete it for good (the driver's forceDelete), no leak event; where the cloud's policy refuses the forceDelete (403), leave it to Nova's reclaim, logging a warning (the driver forgets it) |
 //! | nothing at all: no instance, allocation, twin watch or set-aside record, and no start on it let go on so before (start-up pass only) | pool servers, not being deleted nor SOFT_DELETED | refuse the start before anything is deleted (`ManagerError::UnknownServers`: the wrong store, or another manager's servers under the same tag), unless `delete_unknown_servers` is set: then note in the store that it is meant to be new (flushed first; later starts on it go on without the flag) and go on as below |
 //! | a store adopted from another cloud (`adopt_cloud`; start-up pass only, before anything else) | pool servers, not being deleted nor SOFT_DELETED, that no record names (by server id, instance id or an instance set aside) | refuse the start before anything is done, the adoption unrecorded (`ManagerError::UnknownServers`, `adopted`), unless `delete_unknown_servers` is set: then note it as above; with none, or so let go on, record the new cloud (flushed first) and go on as below |
-//! | nothing | server with warmpool metadata naming an instance a boot task of this process still drives (the record dropped by a drain or a purchase's rollback while its create was on its way, or while the task's delete of it waits out a 429) | leave it: the task deletes it itself; once the task has ended (its delete refused past the cleanup budget, or the task gone), the rows below judge it |
+//! | nothing | server with warmpool metadata naming an instance a boot task of this process still drives (its record gone or moved on while its create was on its way, or while the task's delete of it waits out a 429; a drain or a purchase's rollback keeps such a record, `Deleting`, for the task) | leave it: the task deletes it itself; once the task has ended (its delete refused past the cleanup budget, or the task gone), the rows below judge it |
 //! | nothing | server with warmpool metadata, no volume attached (read again by id first: the listing is older than the instances read after it, and a server deleted in between, its record then dropped, is listed ACTIVE; gone or going now, it is left) | delete it (leak) |
 //! | nothing | server with warmpool metadata and a volume attached (read again by id first, as above) | leave it, log an error (a tenant's, its record lost), count it left alone (`unknown_sold`) |
 //! | instance record set aside as unreadable | server naming the instance (a volume attached or not) | leave it, log a warning (a release of its allocation deletes it by the allocation's server id), count it left alone (`set_aside`) |
@@ -445,7 +445,9 @@ impl Shared {
                 }
                 InstanceState::Failed | InstanceState::Deleting => {
                     if !driving {
-                        let deleted = self.finish_delete(instance).await;
+                        let deleted = self
+                            .finish_delete_found(instance, by_instance.get(instance.id.as_str()))
+                            .await;
                         go_on(deleted, "deleting instance", &instance.id)?;
                     }
                 }
@@ -835,6 +837,30 @@ impl Shared {
             }
         }
         Ok(())
+    }
+
+    /// Finishes the delete of a `Failed` or `Deleting` instance no task
+    /// drives. One with no server recorded was taken from its boot while
+    /// the create was on its way (a drain, a purchase's rollback), and
+    /// that boot's task ended before the answer (a crash, a stop): the
+    /// server its create made, `found` by the instance's id, is recorded
+    /// and deleted as the instance's, not swept later as a leak. One
+    /// already on its way out needs no delete: the record just goes.
+    async fn finish_delete_found(
+        &self,
+        instance: &Instance,
+        found: Option<&&Server>,
+    ) -> ManagerResult<()> {
+        let found = found.filter(|s| instance.server_id.is_none() && !s.is_going());
+        let Some(server) = found else {
+            return self.finish_delete(instance).await;
+        };
+        tracing::info!(instance = %instance.id, server = %server.id, "deleting the server a create made for an instance taken while the create was on its way");
+        match self.adopt_server(&instance.id, &server.id).await? {
+            Some(adopted) => self.finish_delete(&adopted).await,
+            // Moved on since the listing (another pass): its own now.
+            None => Ok(()),
+        }
     }
 
     /// Records `server_id` as the server of an instance that has none

@@ -811,7 +811,7 @@ impl Shared {
                 // Listed a moment ago: an Allocate may have claimed it since.
                 self.discard_instance_if(&instance.id, "pool drained", Instance::counts_as_supply)
                     .await?;
-            } else {
+            } else if !self.left_to_its_create(&instance) {
                 left += 1;
             }
         }
@@ -1130,9 +1130,12 @@ impl Shared {
                         if let Some(ticket) = ticket.take() {
                             ticket.finish(BootSignal::Refused);
                         }
+                        self.forget_taken_boot(&instance).await;
                         return Err(e.into());
                     }
-                    // Unknown: the server may hold quota until the next poll.
+                    // Unknown: the server may hold quota until the next
+                    // poll. A record taken meanwhile is kept for the
+                    // reconciler, which looks for a server naming it.
                     Err(()) => return Err(e.into()),
                 },
                 // Every answer was a refusal that holds no quota.
@@ -1140,12 +1143,20 @@ impl Shared {
                     if let Some(ticket) = ticket.take() {
                         ticket.finish(BootSignal::Refused);
                     }
+                    self.forget_taken_boot(&instance).await;
                     return Err(e.into());
                 }
             };
+            // Also on a record taken while the create was on its way (a
+            // drain, a purchase's rollback): it was kept for this answer
+            // (`left_to_its_create`), and once it names the server, a
+            // delete refused or cut short by a crash is finished as any
+            // `Deleting` instance's, no leak.
             let recorded = self
                 .update_instance(&instance.id, |current| {
-                    (current.state == InstanceState::Booting).then(|| {
+                    let taken =
+                        current.state == InstanceState::Deleting && current.server_id.is_none();
+                    (current.state == InstanceState::Booting || taken).then(|| {
                         let mut next = current.clone();
                         next.server_id = Some(server.id.clone());
                         Some(next)
@@ -1153,10 +1164,18 @@ impl Shared {
                 })
                 .await;
             match recorded {
+                Ok(Some(next)) if next.state == InstanceState::Deleting => {
+                    tracing::info!(instance = %next.id, server = %server.id, "the boot was taken while its create was on its way; deleting the server it made");
+                    if let Err(e) = self.finish_delete(&next).await {
+                        tracing::warn!(instance = %next.id, server = %server.id, error = %e, "cannot delete the server of a boot taken while its create was on its way; the next reconcile pass deletes it");
+                    }
+                    return Err(BootError::Superseded);
+                }
                 Ok(Some(next)) => instance = next,
-                // Drained while the create was in flight: the server is
-                // ours to delete. Left to the next reconcile pass, it would
-                // be deleted as a leak, an alert for nothing.
+                // Gone, or moved on by someone else while the create was
+                // in flight: the server is ours to delete. Left to the
+                // next reconcile pass, it would be deleted as a leak, an
+                // alert for nothing.
                 Ok(None) => {
                     self.delete_unrecorded_server(&instance, &server.id).await;
                     return Err(BootError::Superseded);
@@ -1437,7 +1456,47 @@ impl Shared {
             },
         };
         self.store.flush().await?;
+        if self.left_to_its_create(&deleting) {
+            tracing::debug!(instance = %id, "its create is on its way; its boot task deletes the server it makes");
+            return Ok(());
+        }
         self.finish_delete(&deleting).await
+    }
+
+    /// Whether `instance` is being deleted while its boot's create is on
+    /// its way: no server recorded yet, its boot task still running. Its
+    /// record is all that names the server the create may make, so it is
+    /// kept, `Deleting`, for that task: the task records the server and
+    /// deletes it, or drops the record once its create made none. Dropped
+    /// now, a crash or a stop before the create's answer would leave the
+    /// server to the restart as a leak (or, on a store left knowing
+    /// nothing, as unknown servers refusing the start); kept, the restart
+    /// finds the server by the instance's id and deletes it as its own. A
+    /// drain does not wait for it: the pool record goes, the instance's
+    /// stays until its task is done.
+    pub(crate) fn left_to_its_create(&self, instance: &Instance) -> bool {
+        instance.state == InstanceState::Deleting
+            && instance.server_id.is_none()
+            && self
+                .driving
+                .lock()
+                .expect("driving lock")
+                .contains(&instance.id)
+    }
+
+    /// Drops the record of a boot taken from it while its create was on
+    /// its way (see [`Self::left_to_its_create`]), once the create made no
+    /// server: nothing else is left to delete.
+    async fn forget_taken_boot(&self, instance: &Instance) {
+        let forgotten = self
+            .update_instance(&instance.id, |current| {
+                (current.state == InstanceState::Deleting && current.server_id.is_none())
+                    .then_some(None)
+            })
+            .await;
+        if let Err(e) = forgotten {
+            tracing::warn!(instance = %instance.id, error = %e, "cannot drop the record of a boot taken from it whose create made no server; the next reconcile pass drops it");
+        }
     }
 
     /// Deletes the server of a `Deleting` (or `Failed`, `Releasing`) instance and its

@@ -6323,18 +6323,19 @@ fn assert_no_leak_deleted(
 
 /// A cold boot that misses its deadline in the middle of its create, in a
 /// pool with no room for it (max_ready 0, which the pool allows), is undone
-/// with its purchase as a drain undoes a boot in flight: its record goes at
-/// once, and its task, still running, deletes the server when the create's
-/// answer comes. No server is left, and none is taken for a leak.
+/// with its purchase as a drain undoes a boot in flight: its record is kept,
+/// `Deleting` with no server, for its task, still running, which deletes
+/// the server when the create's answer comes, then the record. No server
+/// is left, and none is taken for a leak.
 #[tokio::test(start_paused = true)]
 async fn a_late_cold_boot_the_pool_has_no_room_for_is_undone_mid_create() {
     undone_cold_boot_mid_create(false).await;
 }
 
 /// As above, but a reconcile pass runs while the undone boot's create is
-/// still on its way: the server it made is listed and no record names it,
-/// yet its boot task, still running, holds its driving claim and deletes it
-/// when the answer comes. The pass deleted it as a leak (a false
+/// still on its way: the server it made is listed and only its kept
+/// record, no server recorded, names it; its boot task, still running,
+/// holds its driving claim and deletes it when the answer comes. The pass deleted it as a leak (a false
 /// `LeakDeleted`, feeding `WarmpoolLeakRateHigh`); it leaves it to the task.
 #[tokio::test(start_paused = true)]
 async fn a_pass_mid_create_leaves_an_undone_cold_boots_server_to_its_task() {
@@ -6362,7 +6363,11 @@ async fn undone_cold_boot_mid_create(pass_mid_create: bool) {
         "{err:?}"
     );
     assert!(manager.get_allocation("late").await.is_err(), "rolled back");
-    assert!(manager.list_instances(None).await.unwrap().is_empty());
+    let kept = manager.list_instances(None).await.unwrap();
+    assert!(
+        matches!(&kept[..], [i] if i.state == InstanceState::Deleting && i.server_id.is_none()),
+        "the record, all that names the server to come, is kept for its task: {kept:#?}"
+    );
     assert_eq!(sim.servers().len(), 1, "made, its answer on the way");
     if pass_mid_create {
         manager.reconcile().await.unwrap();
@@ -6375,6 +6380,7 @@ async fn undone_cold_boot_mid_create(pass_mid_create: bool) {
     answered.release();
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert!(sim.servers().is_empty(), "{:?}", sim.servers());
+    assert!(manager.list_instances(None).await.unwrap().is_empty());
     manager.reconcile().await.unwrap();
     assert_no_leak_deleted(&mut events, "the undone boot's server");
     assert_consistent(&sim, &manager).await;
@@ -6442,6 +6448,46 @@ async fn drained_refill_through_a_429(pass_in_pause: bool) {
     assert!(sim.servers().is_empty(), "{:?}", sim.servers());
     manager.reconcile().await.unwrap();
     assert_no_leak_deleted(&mut events, "the drained refill's server");
+    assert_consistent(&sim, &manager).await;
+}
+
+/// A refill whose create is on its way when its pool is drained, the
+/// create then refused: the drain kept the record (`Deleting`, no server)
+/// for the boot's task, which drops it once its create made no server, so
+/// no record of the deleted pool is left for a reconcile pass to find.
+#[tokio::test(start_paused = true)]
+async fn a_refill_drained_mid_create_drops_its_record_when_the_create_is_refused() {
+    let sim = sim();
+    let (cloud, refused) = GatedCloud::failing_next(
+        &sim,
+        "create_server",
+        pool_manager::cloud::CloudError::Fatal("create_server: flavor disabled".into()),
+    );
+    let manager = started_over(&cloud, temp_store(), 0).await;
+    let sent = cloud.hold_next("create_server", At::Before);
+    refused.store(1, Ordering::SeqCst);
+    manager
+        .update_pool(&pool(), |s| s.min_ready = 1)
+        .await
+        .unwrap();
+    sent.reached().await;
+    manager.delete_pool(&pool()).await.unwrap();
+    let mut changes = manager.subscribe();
+    while manager.get_pool(&pool()).await.is_ok() {
+        changes.changed().await;
+    }
+    let kept = manager.list_instances(None).await.unwrap();
+    assert!(
+        matches!(&kept[..], [i] if i.state == InstanceState::Deleting && i.server_id.is_none()),
+        "{kept:#?}"
+    );
+    sent.release();
+    // Well before a reconcile pass (a day apart in these tests) could.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(refused.load(Ordering::SeqCst), 0, "the create was refused");
+    let left = manager.list_instances(None).await.unwrap();
+    assert!(left.is_empty(), "{left:#?}");
+    assert!(sim.servers().is_empty(), "{:?}", sim.servers());
     assert_consistent(&sim, &manager).await;
 }
 

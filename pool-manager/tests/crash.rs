@@ -666,6 +666,95 @@ async fn a_crash_at_any_step_of_a_pool_deletion_is_repaired() {
     }
 }
 
+/// After the restart of a process that dropped (or stopped) a boot while
+/// its create was on its way, the cloud made the server: once the restart
+/// and a pass 10 s later are done, the server is gone as its instance's, no
+/// leak, and nothing of it is left in the store.
+async fn no_server_left_of_the_dropped_boot(
+    sim: &Arc<SimCloud>,
+    manager: &PoolManager,
+    what: &str,
+) {
+    let mut events = manager.events();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    manager.reconcile().await.unwrap();
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event.kind, EventKind::LeakDeleted { .. }),
+            "{what}: a later pass took the dropped boot's server for a leak: {event:?}"
+        );
+    }
+    assert!(sim.servers().is_empty(), "{what}: {:?}", sim.servers());
+    let instances = manager.list_instances(None).await.unwrap();
+    assert!(instances.is_empty(), "{what}: {instances:#?}");
+    assert_consistent(sim, manager).await;
+}
+
+/// A pool deleted while the create of its one boot is on its way (the
+/// cloud made the server, its answer not back yet), then a crash, or a
+/// graceful stop (every write kept), which aborts the boot task before the
+/// answer: the drain must not drop the record that is all that names the
+/// server. The restart starts (a store knowing nothing would refuse the
+/// server as unknown), and deletes the server as the boot's own, no leak.
+#[tokio::test(start_paused = true)]
+async fn a_crash_after_deleting_a_pool_mid_create_deletes_the_server_as_its_own() {
+    for survives in Survives::ALL {
+        let sim = sim();
+        let dir = tempfile::tempdir().unwrap();
+        let process = Process::first(&sim, dir.path(), survives, 0).await;
+        let created = process.cloud.hold_next("create_server", At::After);
+        process
+            .manager
+            .update_pool(&pool(), |s| s.min_ready = 1)
+            .await
+            .unwrap();
+        created.reached().await;
+        assert_eq!(sim.servers().len(), 1, "the cloud made the server");
+        process.manager.delete_pool(&pool()).await.unwrap();
+        until(&process.manager, "the drain", pool_gone).await;
+
+        let what = format!("{survives:?}");
+        let manager = process.crash_and_restart(&sim, dir.path(), survives).await;
+        assert!(pool_gone(&manager).await, "{what}");
+        no_server_left_of_the_dropped_boot(&sim, &manager, &what).await;
+        manager.shutdown().await.unwrap();
+    }
+}
+
+/// A cold boot whose purchase's deadline passed while its create was on
+/// its way, the pool with no room for it (max_ready 0): the purchase's
+/// rollback discards it as a drain does. A crash, or a graceful stop, then
+/// must not leave its server to the restart as a leak.
+#[tokio::test(start_paused = true)]
+async fn a_crash_after_a_rollback_dropped_a_cold_boot_mid_create_deletes_the_server_as_its_own() {
+    for survives in Survives::ALL {
+        let sim = sim();
+        let dir = tempfile::tempdir().unwrap();
+        let process = Process::first(&sim, dir.path(), survives, 0).await;
+        process
+            .manager
+            .update_pool(&pool(), |s| s.max_ready = 0)
+            .await
+            .unwrap();
+        let created = process.cloud.hold_next("create_server", At::After);
+        let mut order = request("late", new_volume(), EmptyPoolPolicy::ColdBoot);
+        order.timeout = Some(Duration::from_secs(45));
+        let err = process.manager.allocate(order).await.unwrap_err();
+        assert!(
+            matches!(&err, ManagerError::ResourceExhausted(m) if m.contains("no room")),
+            "{err:?}"
+        );
+        assert_eq!(sim.servers().len(), 1, "the cloud made the server");
+        drop(created);
+
+        let what = format!("{survives:?}");
+        let manager = process.crash_and_restart(&sim, dir.path(), survives).await;
+        assert!(manager.get_allocation("late").await.is_err(), "{what}");
+        no_server_left_of_the_dropped_boot(&sim, &manager, &what).await;
+        manager.shutdown().await.unwrap();
+    }
+}
+
 async fn crash_at_every_step_of_a_retirement(survives: Survives, hang: Hang) {
     let sweep = format!("a retirement ({survives:?}, {hang:?})");
     at_every_crash_point(&sweep, 2, |crash_after| async move {
