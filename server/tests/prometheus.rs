@@ -401,7 +401,8 @@ async fn prometheus_reports_the_pool_depth_grpc_reports_and_sees_allocations() {
             .replace("$__rate_interval", "1m")
             .replace("$__range", "5m")
             .replace("$flavor", ".*")
-            .replace("$az", ".*");
+            .replace("$az", ".*")
+            .replace("$instance", ".*");
         let result = prometheus
             .query(&promql)
             .await
@@ -445,6 +446,74 @@ fn dashboard_query(title: &str, flavor: &str, az: &str) -> String {
     expr.replace("$__rate_interval", "10m")
         .replace("$flavor", flavor)
         .replace("$az", az)
+        .replace("$instance", ".*")
+}
+
+/// Several warmpoolds scraped in one job, each with its own `server_tag`,
+/// may each have a pool of one name. The "Ready vs target" panel shows
+/// each daemon's pool, its Ready instances over its own target: A's
+/// db.small@nova, empty and paused at target 2, at 0 %; B's, full at
+/// target 3, at 100 %. Divided by flavor and zone alone, the query had two
+/// targets for one pool and Prometheus refused it (many-to-many matching).
+/// promtool runs the panel's query, all instances selected, on such series.
+#[test]
+fn the_ready_vs_target_panel_shows_each_warmpoolds_pool_of_one_name() {
+    let query = dashboard_query("Ready vs target, every pool", ".*", ".*");
+    let pool = |instance: &str| {
+        format!(
+            r#"job="warmpool",instance="{instance}",flavor="db.small",availability_zone="nova""#
+        )
+    };
+    let (a, b) = (pool("10.0.0.7:9464"), pool("10.0.0.8:9464"));
+    let mut input = String::new();
+    for (series, values) in [
+        (
+            format!(r#"warmpool_pool_instances{{{a},state="ready"}}"#),
+            "0x10",
+        ),
+        (
+            format!(r#"warmpool_pool_instances{{{a},state="booting"}}"#),
+            "0x10",
+        ),
+        (format!("warmpool_pool_effective_target{{{a}}}"), "2x10"),
+        (format!("warmpool_pool_paused{{{a}}}"), "1x10"),
+        (
+            format!(r#"warmpool_pool_instances{{{b},state="ready"}}"#),
+            "3x10",
+        ),
+        (
+            format!(r#"warmpool_pool_instances{{{b},state="booting"}}"#),
+            "0x10",
+        ),
+        (format!("warmpool_pool_effective_target{{{b}}}"), "3x10"),
+        (format!("warmpool_pool_paused{{{b}}}"), "0x10"),
+    ] {
+        input.push_str(&format!(
+            "      - series: '{series}'\n        values: '{values}'\n"
+        ));
+    }
+    // Single-quoted YAML: a quote is written twice.
+    let expr = query.replace('\'', "''");
+    let test = format!(
+        "rule_files: []
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+{input}    promql_expr_test:
+      - expr: '{expr}'
+        eval_time: 5m
+        exp_samples:
+          - labels: '{{{a}}}'
+            value: 0
+          - labels: '{{{b}}}'
+            value: 1
+"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ready_vs_target_test.yml");
+    std::fs::write(&path, test).unwrap();
+    promtool(&["test", "rules", path.to_str().unwrap()]);
 }
 
 /// warmpoolctl's HIT RATE is computed from GetPool's counters; the
@@ -604,6 +673,7 @@ fn dashboard_annotation(name: &str, flavor: &str, az: &str) -> String {
         .unwrap_or_else(|| panic!("annotation {name:?} has no expr"))
         .replace("$flavor", flavor)
         .replace("$az", az)
+        .replace("$instance", ".*")
 }
 
 /// The dashboard marks a pool's misses where the WarmpoolPoolExhausted
