@@ -185,8 +185,14 @@ pub struct PoolCreateArgs {
     #[arg(long)]
     pub paused: bool,
     /// An operator window that raises min-ready while open, e.g.
-    /// "Mon-Fri 09:00-18:00 min 10" (UTC; append e.g. "UTC+02:00" for an offset).
-    /// Repeat for several.
+    /// "Mon-Fri 09:00-18:00 min 10" (UTC; append a fixed offset such as
+    /// "UTC+01:00" for another zone). Repeat for several.
+    ///
+    /// An offset does not follow daylight saving (Berlin is UTC+01:00 in
+    /// winter, UTC+02:00 in summer): change the window when the clocks do.
+    /// The floor rises at the window's start, and its boots start then: to
+    /// be full at a time, open it a fill time early. An AZ's pools share its
+    /// boot window, so several windows opening at once fill more slowly.
     #[arg(long = "window", value_name = "WINDOW")]
     pub windows: Vec<String>,
     /// Disk IOPS limit of the flavor: a slower lead-time prior before the
@@ -234,8 +240,14 @@ pub struct PoolUpdateArgs {
     #[arg(long)]
     pub paused: Option<bool>,
     /// Replace the pool's operator windows with these (repeat for several),
-    /// e.g. "Mon-Fri 09:00-18:00 min 10" (UTC; append e.g. "UTC+02:00" for
-    /// an offset).
+    /// e.g. "Mon-Fri 09:00-18:00 min 10" (UTC; append a fixed offset such as
+    /// "UTC+01:00" for another zone).
+    ///
+    /// An offset does not follow daylight saving (Berlin is UTC+01:00 in
+    /// winter, UTC+02:00 in summer): change the window when the clocks do.
+    /// The floor rises at the window's start, and its boots start then: to
+    /// be full at a time, open it a fill time early. An AZ's pools share its
+    /// boot window, so several windows opening at once fill more slowly.
     #[arg(long = "window", value_name = "WINDOW", conflicts_with = "no_windows")]
     pub windows: Vec<String>,
     /// Remove every operator window.

@@ -322,6 +322,14 @@ impl PoolSpec {
         crate::schedule::scheduled_min(&self.windows, at)
             .map_or(self.min_ready, |m| m.max(self.min_ready))
     }
+
+    /// The highest `min_ready_at` from `at` to `at + span`: a window opening
+    /// within `span` counts from now.
+    pub fn min_ready_within(&self, at: std::time::SystemTime, span: std::time::Duration) -> u32 {
+        let until = at.checked_add(span).unwrap_or(at);
+        crate::schedule::highest_min_within(&self.windows, at, until)
+            .map_or(self.min_ready, |m| m.max(self.min_ready))
+    }
 }
 
 /// A pool's target depth: `Fixed(n)` keeps `n` (raised to `min_ready`, so

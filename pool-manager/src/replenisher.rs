@@ -499,12 +499,11 @@ impl Shared {
         // with a max_age shorter than a refill, the pool is never all
         // replaced at once, and outdated instances kept until then would
         // pile up a server a boot.
-        let keep = sizing::surplus_kept(
-            target,
-            demand.forecast,
-            settings.cooldown,
-            settings.service_level,
-        );
+        let sized = SizedFrom {
+            demand_in_lead: demand.forecast.max(0.0) * lead.p90.as_secs_f64(),
+            forecast: demand.forecast,
+        };
+        let keep = sized.keep(&pool.spec, target, wall, settings);
         let surplus_outlasted = self.sizing_book().surplus_outlasted(
             &pool.key,
             census.fresh_ready() > keep,
@@ -513,10 +512,7 @@ impl Shared {
         );
         let mut due = Retirements::over_cap(&census, pool.spec.max_ready, replaced, target)
             .replacing(replacements)
-            .sized_from(
-                demand.forecast.max(0.0) * lead.p90.as_secs_f64(),
-                demand.forecast,
-            );
+            .sized_from(sized);
         if surplus_outlasted {
             due = due.down_to(keep, &census);
         }
@@ -774,7 +770,7 @@ impl Shared {
                 | Retirement::OutdatedOverCap(why) => renewal.reason(instance, why),
                 Retirement::FreshOverCap => format!("above the pool's max_ready of {max_ready}"),
                 Retirement::AboveTarget => format!(
-                    "above the pool's target of {target} for {} (keeping {keep}: the target and what purchases are expected to take meanwhile)",
+                    "above the pool's target of {target} for {} (keeping {keep}: the target and what purchases are expected to take meanwhile, or the min of a window opening within that time)",
                     humantime::format_duration(self.settings.sizing.cooldown)
                 ),
             };
@@ -1898,7 +1894,7 @@ struct Retirements {
     replacements: Vec<String>,
     /// The oldest fresh ones beyond `keep`, after those beyond `max_ready`.
     above_target: u32,
-    /// The fresh ones a lasting surplus leaves ([`sizing::surplus_kept`]),
+    /// The fresh ones a lasting surplus leaves ([`SizedFrom::keep`]),
     /// judged again before each such retirement.
     keep: u32,
     /// What `target` and `keep` were sized from, to size them again for
@@ -1918,8 +1914,8 @@ struct SizedFrom {
 
 impl SizedFrom {
     /// The target and the fresh Ready instances a lasting surplus keeps,
-    /// for `spec` at `wall` (an open window raises its floor), as a
-    /// replenish step sizes them.
+    /// for `spec` at `wall` (an open window raises the target's floor, one
+    /// opening within a cooldown the keep), as a replenish step sizes them.
     fn target_and_keep(
         &self,
         spec: &PoolSpec,
@@ -1933,13 +1929,32 @@ impl SizedFrom {
             self.demand_in_lead,
             settings.service_level,
         );
-        let keep = sizing::surplus_kept(
+        (target, self.keep(spec, target, wall, settings))
+    }
+
+    /// The fresh Ready instances a lasting surplus above `target` keeps at
+    /// `wall`: [`sizing::surplus_kept`], and at least the highest floor in
+    /// force within a cooldown from `wall` (a window opening then). A
+    /// surplus goes once it lasted a cooldown, so that one that comes back
+    /// costs no boot; a window opening within the cooldown is such a
+    /// comeback, known ahead: what it would boot again is not retired.
+    fn keep(
+        &self,
+        spec: &PoolSpec,
+        target: u32,
+        wall: SystemTime,
+        settings: &sizing::SizingSettings,
+    ) -> u32 {
+        let kept = sizing::surplus_kept(
             target,
             self.forecast,
             settings.cooldown,
             settings.service_level,
         );
-        (target, keep)
+        let floor_ahead = spec
+            .min_ready_within(wall, settings.cooldown)
+            .min(spec.max_ready);
+        kept.max(floor_ahead)
     }
 }
 
@@ -2005,12 +2020,9 @@ impl Retirements {
 
     /// Judged against the target sized from these estimates, again before
     /// each retirement.
-    fn sized_from(self, demand_in_lead: f64, forecast: f64) -> Self {
+    fn sized_from(self, sized: SizedFrom) -> Self {
         Retirements {
-            sized: Some(SizedFrom {
-                demand_in_lead,
-                forecast,
-            }),
+            sized: Some(sized),
             ..self
         }
     }

@@ -549,6 +549,21 @@ pub fn next_change(windows: &[Window], after: SystemTime) -> Option<SystemTime> 
     })
 }
 
+/// The highest `min` of the windows open at any instant from `from` to
+/// `until` (both included), if any is open then: the floor in force now,
+/// and at each change ([`next_change`]) up to `until`.
+pub fn highest_min_within(windows: &[Window], from: SystemTime, until: SystemTime) -> Option<u32> {
+    let mut highest = scheduled_min(windows, from);
+    let mut at = from;
+    // From change to change, not minute by minute: a few turns per window
+    // whose edges fall within the span.
+    while let Some(edge) = next_change(windows, at).filter(|edge| *edge <= until) {
+        highest = highest.max(scheduled_min(windows, edge));
+        at = edge;
+    }
+    highest
+}
+
 /// Where wall-clock time comes from.
 #[derive(Clone, Copy, Debug)]
 pub enum WallClock {

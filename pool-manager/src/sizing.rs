@@ -60,6 +60,9 @@
 //! - [`surplus_kept`]: how many fresh Ready instances a pool keeps once it
 //!   has held more than its target for a cooldown (the purchases expected
 //!   within the cooldown, by the same edge: none below -ln(service level)).
+//!   The replenisher keeps at least the highest floor in force within a
+//!   cooldown from then, too: a window opening within it would boot the
+//!   surplus back.
 //!
 //! - [`LearnedSizing`]: what the estimators learned, as stored, so a restart
 //!   resumes from it instead of from nothing.
@@ -68,7 +71,9 @@
 //! raise `min_ready` while they are open, from their start: a pool fills
 //! to the raised floor only then (the replenisher wakes at each window's
 //! start and end), so a window for a planned sale opens a fill time early.
-//! The caller passes the raised floor.
+//! The caller passes the raised floor. Once a window closes, what it booted
+//! is a surplus like any other, retired after a cooldown unless a window
+//! opening within that cooldown needs it.
 //!
 //! All instants are tokio instants passed in by the caller; nothing here
 //! reads a clock, sleeps or does I/O.
@@ -121,7 +126,8 @@ pub struct SizingSettings {
     pub demand_long: Duration,
     /// A lower forecast takes effect only after this long without a new
     /// high; a surplus of Ready instances above the target goes only after
-    /// it lasted this long ([`surplus_kept`]).
+    /// it lasted this long ([`surplus_kept`]), and not below the floor of a
+    /// window opening within this long.
     pub cooldown: Duration,
     /// The wall-clock time operator windows, ages and release times are
     /// read on, at the manager's first use of it; later readings add tokio

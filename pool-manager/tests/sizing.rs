@@ -2311,6 +2311,42 @@ fn the_next_window_change_is_the_next_open_or_close() {
     assert_eq!(next_change(&nested, at(0, 9, 30)), Some(at(0, 18, 0)));
 }
 
+/// The floor a surplus retirement keeps: the highest min open at any
+/// instant of a span, ends included, found from change to change.
+#[test]
+fn the_highest_min_within_a_span_counts_windows_opening_in_it() {
+    use pool_manager::schedule::{highest_min_within, Window};
+    let windows: Vec<Window> = [
+        "Mon-Fri 09:00-12:00 min 10",
+        "Mon-Fri 12:30-18:00 min 10",
+        "Mon 12:40-12:50 min 14",
+    ]
+    .iter()
+    .map(|l| l.parse().unwrap())
+    .collect();
+    let within = |from, until| highest_min_within(&windows, from, until);
+    assert_eq!(within(at(0, 12, 0), at(0, 12, 15)), None);
+    assert_eq!(
+        within(at(0, 12, 15), at(0, 12, 30)),
+        Some(10),
+        "opens at the end"
+    );
+    assert_eq!(within(at(0, 12, 15), at(0, 12, 29)), None);
+    assert_eq!(
+        within(at(0, 12, 15), at(0, 13, 0)),
+        Some(14),
+        "past two edges"
+    );
+    assert_eq!(within(at(0, 11, 50), at(0, 12, 5)), Some(10), "open now");
+    assert_eq!(within(at(0, 18, 0), at(1, 8, 0)), None);
+    assert_eq!(
+        within(at(0, 18, 0), at(1, 9, 0)),
+        Some(10),
+        "the next day's"
+    );
+    assert_eq!(highest_min_within(&[], at(0, 9, 0), at(0, 10, 0)), None);
+}
+
 #[test]
 fn operator_windows_parse_and_open_on_their_days_and_hours() {
     use pool_manager::schedule::{scheduled_min, Days, ScheduleError, UtcOffset, Window};
@@ -2488,13 +2524,18 @@ async fn a_window_raises_min_ready_while_open() {
     assert_eq!(open.effective_target, 6);
     wait_ready(&manager, 6).await;
 
-    // 10:00: the window closes; the floor is min_ready again (instances
-    // already booted stay until used).
+    // 10:00: the window closes; the floor is min_ready again. What the
+    // window booted is a surplus above the target: it stays for a cooldown
+    // (15 min; purchases may take it meanwhile), then is retired down to
+    // the target.
     tokio::time::sleep(Duration::from_secs(3600)).await;
     let closed = manager.get_pool(&pool()).await.unwrap();
     assert_eq!(closed.sizing.window_min, None);
     assert_eq!(closed.effective_target, 1);
     assert_eq!(closed.count(InstanceState::Ready), 6);
+    tokio::time::sleep(16 * MIN).await;
+    let retired = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(retired.count(InstanceState::Ready), 1, "{retired:?}");
     manager.shutdown().await.unwrap();
 }
 
@@ -2549,6 +2590,107 @@ async fn a_window_opening_wakes_the_replenisher() {
     let open = manager.get_pool(&pool()).await.unwrap();
     assert_eq!(open.sizing.window_min, Some(3));
     assert_eq!(supply(&open), 3, "{open:?}");
+    manager.shutdown().await.unwrap();
+}
+
+/// The ids of the pool's Ready instances.
+async fn ready_ids(manager: &PoolManager) -> Vec<String> {
+    let mut ids: Vec<String> = manager
+        .list_instances(Some(&pool()))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.state == InstanceState::Ready)
+        .map(|i| i.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// A manager whose wall clock reads `start` now; the returned closure
+/// sleeps (paused clock) until its wall clock reads a given time.
+fn manager_from(
+    sim: &Arc<cloudsim::SimCloud>,
+    start: std::time::SystemTime,
+) -> (
+    PoolManager,
+    impl Fn(std::time::SystemTime) -> tokio::time::Sleep,
+) {
+    let mut settings = settings();
+    settings.sizing.wall_clock_start = Some(start);
+    let manager = PoolManager::new(temp_store(), sim.clone(), Arc::new(sim.probe()), settings);
+    let t0 = Instant::now();
+    let until = move |wall: std::time::SystemTime| {
+        tokio::time::sleep_until(t0 + wall.duration_since(start).unwrap())
+    };
+    (manager, until)
+}
+
+/// A surplus is retired only if no window opening within the cooldown
+/// needs it: between a morning and an afternoon window (a 30-minute gap,
+/// cooldown 15 min) the pool kept its 10 until 12:15, then retired 9 and
+/// booted them again at 12:30, short for a fill time as the window
+/// opened. Once the afternoon window closes with no other ahead, the
+/// surplus goes after a cooldown.
+#[tokio::test(start_paused = true)]
+async fn a_surplus_is_kept_for_a_window_opening_within_the_cooldown() {
+    let sim = sim();
+    let (manager, until) = manager_from(&sim, at(0, 8, 50));
+    manager.start().await.unwrap();
+    let mut office = spec(1);
+    office.max_ready = 20;
+    office.windows = vec![
+        "Mon-Fri 09:00-12:00 min 10".parse().unwrap(),
+        "Mon-Fri 12:30-18:00 min 10".parse().unwrap(),
+    ];
+    manager.create_pool(pool(), office).await.unwrap();
+    until(at(0, 11, 59)).await;
+    let morning = ready_ids(&manager).await;
+    assert_eq!(morning.len(), 10);
+
+    until(at(0, 12, 29)).await;
+    assert_eq!(
+        ready_ids(&manager).await,
+        morning,
+        "none retired in the gap: {:?}",
+        manager.get_pool(&pool()).await.unwrap()
+    );
+    until(at(0, 12, 31)).await;
+    assert_eq!(ready_ids(&manager).await, morning);
+
+    // 18:00 the last window closes: the surplus goes a cooldown later.
+    until(at(0, 18, 14)).await;
+    assert_eq!(ready_ids(&manager).await.len(), 10);
+    until(at(0, 18, 16)).await;
+    assert_eq!(ready_ids(&manager).await.len(), 1);
+    manager.shutdown().await.unwrap();
+}
+
+/// The same for a surplus from before: min_ready lowered from 10 to 1 at
+/// 08:40, its cooldown ends at 08:55, and a window needing 10 opens at
+/// 09:00. Its 9 used to go at 08:55 and boot again at 09:00.
+#[tokio::test(start_paused = true)]
+async fn a_surplus_whose_cooldown_ends_before_a_window_is_kept() {
+    let sim = sim();
+    let (manager, until) = manager_from(&sim, at(0, 8, 20));
+    manager.start().await.unwrap();
+    let mut office = spec(10);
+    office.max_ready = 20;
+    office.windows = vec!["Mon-Fri 09:00-10:00 min 10".parse().unwrap()];
+    manager.create_pool(pool(), office).await.unwrap();
+    until(at(0, 8, 39)).await;
+    let before = ready_ids(&manager).await;
+    assert_eq!(before.len(), 10);
+    until(at(0, 8, 40)).await;
+    manager
+        .update_pool(&pool(), |s| s.min_ready = 1)
+        .await
+        .unwrap();
+
+    until(at(0, 8, 59)).await;
+    assert_eq!(ready_ids(&manager).await, before);
+    until(at(0, 9, 1)).await;
+    assert_eq!(ready_ids(&manager).await, before);
     manager.shutdown().await.unwrap();
 }
 
