@@ -172,14 +172,24 @@ impl fmt::Display for TimeOfDay {
 }
 
 /// Whether `token`, which is no day nor offset, names a time zone
-/// ("Europe/Berlin", "CET", "GMT+1"): windows take fixed offsets only,
-/// and saying so helps more than "not a day".
+/// ("Europe/Berlin", "CET", "GMT+1", a POSIX "EST5EDT" or "CET-1CEST",
+/// "local"): windows take fixed offsets only, and saying so helps more
+/// than "not a day".
 fn names_a_time_zone(token: &str) -> bool {
+    // POSIX TZ: a name of three letters or more, then the offset's hours.
+    // Letters are ASCII: `letters` falls on a character boundary.
+    let letters = token.bytes().take_while(u8::is_ascii_alphabetic).count();
+    let hours = &token[letters..];
+    let hours = hours.strip_prefix(['+', '-']).unwrap_or(hours);
+    let posix = letters >= 3 && hours.starts_with(|c: char| c.is_ascii_digit());
     token.contains('/')
         || token
             .get(..3)
             .is_some_and(|p| p.eq_ignore_ascii_case("GMT"))
         || ((2..=5).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_uppercase()))
+        || posix
+        || token.eq_ignore_ascii_case("local")
+        || token.eq_ignore_ascii_case("localtime")
 }
 
 /// A fixed offset from UTC, in minutes (east positive).
@@ -389,12 +399,15 @@ impl FromStr for Window {
             ))
         };
         // "Mon - Fri", "Mon -Fri", "Mon- Fri": a range split by spaces
-        // would otherwise read as a UTC offset "-" or a day "Mon-".
-        let spaced = || bad("ranges are written without spaces (Mon-Fri, 09:00-18:00)");
+        // would otherwise read as a UTC offset "-" or a day "Mon-"; a list
+        // "Sat, Sun" as a day "Sat,".
+        let spaced =
+            || bad("ranges and lists are written without spaces (Mon-Fri, Sat,Sun, 09:00-18:00)");
         let mut tokens = s.split_whitespace();
         while let Some(token) = tokens.next() {
             if token == "-"
-                || token.ends_with('-')
+                || token.ends_with(['-', ','])
+                || token.starts_with(',')
                 || token
                     .strip_prefix('-')
                     .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_alphabetic()))
@@ -413,6 +426,12 @@ impl FromStr for Window {
                 if min.replace(n).is_some() {
                     return Err(once("min"));
                 }
+            } else if token.bytes().all(|b| b.is_ascii_digit()) {
+                // "Mon-Fri 09:00-18:00 10": a floor without its keyword,
+                // which would read as a time range missing its end.
+                return Err(bad(&format!(
+                    "{token:?} alone: write the floor as \"min {token}\""
+                )));
             } else if token.starts_with(|c: char| c.is_ascii_digit()) {
                 let (from, to) = token
                     .split_once('-')
@@ -481,7 +500,9 @@ impl<'de> Deserialize<'de> for Window {
         struct Parts {
             #[serde(default)]
             days: Option<String>,
+            #[serde(deserialize_with = "time_from")]
             from: String,
+            #[serde(deserialize_with = "time_to")]
             to: String,
             min: u32,
             #[serde(default)]
@@ -515,6 +536,49 @@ impl<'de> Deserialize<'de> for Window {
         }
         deserializer.deserialize_any(Either)
     }
+}
+
+/// A window table's `from` (or `to`): a quoted string. TOML reads an
+/// unquoted time (`from = 09:00:00`) as a time value, which serde sees as
+/// a map, and "invalid type: map, expected a string" named neither the key
+/// nor the quotes it lacks.
+fn time_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+    key: &'static str,
+    example: &'static str,
+) -> Result<String, D::Error> {
+    struct Text {
+        key: &'static str,
+        example: &'static str,
+    }
+    impl<'de> serde::de::Visitor<'de> for Text {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(
+                f,
+                "a time of day as a quoted string, {} = \"{}\"",
+                self.key, self.example
+            )
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<String, E> {
+            Ok(text.to_string())
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<String, A::Error> {
+            let Text { key, example } = self;
+            Err(serde::de::Error::custom(format!(
+                "{key}: a time of day is a quoted string, {key} = \"{example}\" (unquoted, TOML reads 09:00:00 as a time value)"
+            )))
+        }
+    }
+    deserializer.deserialize_any(Text { key, example })
+}
+
+fn time_from<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    time_text(deserializer, "from", "09:00")
+}
+
+fn time_to<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    time_text(deserializer, "to", "18:00")
 }
 
 /// The highest `min` of the windows open at `at`, if any is open.
@@ -697,6 +761,94 @@ mod tests {
             read(r#"{"days": "Mon", "from": "09:00", "to": "10:00", "min": 2}"#),
             Ok(line)
         );
+    }
+
+    /// Each mistake's message names the part that is wrong and what to
+    /// write, not a neighbouring part: a bare number is a floor without
+    /// `min`, a day list with spaces is spaced like a range, a POSIX or
+    /// "local" zone is a time zone, and an unquoted TOML time (a
+    /// datetime, which reaches serde as a map) is a time to quote.
+    #[test]
+    fn window_mistakes_name_the_part_that_is_wrong() {
+        let table = |json: &str| serde_json::from_str::<Window>(json).map_err(|e| e.to_string());
+        let line = |text: &str| text.parse::<Window>().map_err(|e| e.to_string());
+        // What toml hands serde for `from = 09:00:00`.
+        let toml_time = r#"{"$__toml_private_datetime": "09:00:00"}"#;
+        let wrong = [
+            (
+                "missing min",
+                line("Mon-Fri 09:00-18:00 10"),
+                "\"10\" alone: write the floor as \"min 10\"",
+            ),
+            (
+                "missing min, first",
+                line("10 Mon-Fri 09:00-18:00"),
+                "write the floor as \"min 10\"",
+            ),
+            (
+                "a day list with a space",
+                line("Sat, Sun 10:00-16:00 min 5"),
+                "written without spaces (Mon-Fri, Sat,Sun",
+            ),
+            (
+                "a day list with a space before the comma",
+                line("Sat ,Sun 10:00-16:00 min 5"),
+                "written without spaces (Mon-Fri, Sat,Sun",
+            ),
+            (
+                "a POSIX zone",
+                line("Mon-Fri 09:00-18:00 min 10 EST5EDT"),
+                "\"EST5EDT\" is not a day, nor a UTC offset: time zones are not read by name",
+            ),
+            (
+                "a POSIX zone with a sign",
+                line("Mon-Fri 09:00-18:00 min 10 CET-1CEST"),
+                "time zones are not read by name",
+            ),
+            (
+                "the local zone",
+                line("Mon-Fri 09:00-18:00 min 10 local"),
+                "time zones are not read by name",
+            ),
+            (
+                "a POSIX zone as a table's offset",
+                table(r#"{"from": "09:00", "to": "18:00", "min": 1, "utc_offset": "EST5EDT"}"#),
+                "time zones are not read by name",
+            ),
+            (
+                "an unquoted TOML time",
+                table(&format!(
+                    r#"{{"from": {toml_time}, "to": "18:00", "min": 1}}"#
+                )),
+                "from: a time of day is a quoted string, from = \"09:00\"",
+            ),
+            (
+                "an unquoted TOML time, to",
+                table(&format!(
+                    r#"{{"from": "09:00", "to": {toml_time}, "min": 1}}"#
+                )),
+                "to: a time of day is a quoted string, to = \"18:00\"",
+            ),
+            (
+                "a number for a time",
+                table(r#"{"from": 9, "to": "18:00", "min": 1}"#),
+                "expected a time of day as a quoted string, from = \"09:00\"",
+            ),
+            // What was right before stays so.
+            (
+                "a misspelt day",
+                line("Mon-Fry 09:00-18:00 min 1"),
+                "\"Mon-Fry\" is not a day or day range",
+            ),
+            ("a bad time", line("Mon 9-18 min 1"), "HH:MM"),
+        ]
+        .into_iter()
+        .filter_map(|(what, got, expect)| match got {
+            Err(err) if err.contains(expect) => None,
+            other => Some(format!("{what}: {other:?}")),
+        })
+        .collect::<Vec<_>>();
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
 
     proptest! {

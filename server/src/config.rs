@@ -2588,6 +2588,11 @@ key_file = "b.key"
             ("[manager]\ngate_windw = 3".to_owned(), "unknown field `gate_windw`"),
             (pool("windows = [\"Mon-Fry 09:00-18:00 min 3\"]"), "Mon-Fry"),
             (pool("windows = [{ days = \"Mon\", from = \"9am\", to = \"18:00\", min = 3 }]"), "9am"),
+            // TOML reads an unquoted time as a time value, not a string.
+            (pool("windows = [{ days = \"Mon\", from = 09:00:00, to = \"18:00\", min = 3 }]"), "from: a time of day is a quoted string, from = \"09:00\""),
+            (pool("windows = [\"Mon-Fri 09:00-18:00 3\"]"), "write the floor as \"min 3\""),
+            (pool("windows = [\"Sat, Sun 10:00-16:00 min 3\"]"), "without spaces"),
+            (pool("windows = [{ from = \"09:00\", to = \"18:00\", min = 1, utc_offset = \"EST5EDT\" }]"), "time zones are not read by name"),
             (pool("windows = [{ days = \"Mon\", from = \"09:00\", to = \"18:00\", min = 3, tz = \"CET\" }]"), "unknown field `tz`, expected one of `days`, `from`, `to`, `min`, `utc_offset`"),
             (pool("windows = [5]"), "expected a window: \"Mon-Fri 09:00-18:00 min 10\" or {"),
             (pool("windows = [\"daily 09:00-18:00 min 30\"]"), "above max_ready"),
