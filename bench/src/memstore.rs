@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 use pool_manager::cloud::CloudIdentity;
+use pool_manager::events::StoredHealth;
 use pool_manager::model::{
     resource_names_of, Allocation, Instance, InstanceState, PoolKey, PoolRecord, TwinWatch,
 };
@@ -19,6 +20,7 @@ pub struct MemStore {
     instances: Mutex<BTreeMap<String, Instance>>,
     allocations: Mutex<BTreeMap<String, Allocation>>,
     learned_sizing: Mutex<BTreeMap<PoolKey, LearnedSizing>>,
+    pool_health: Mutex<BTreeMap<PoolKey, StoredHealth>>,
     twin_watches: Mutex<BTreeMap<String, TwinWatch>>,
     unknown_servers_accepted: Mutex<Option<SystemTime>>,
     cloud_identity: Mutex<Option<CloudIdentity>>,
@@ -101,6 +103,7 @@ impl Store for MemStore {
         Ok(())
     }
     async fn delete_pool(&self, key: &PoolKey) -> StoreResult<()> {
+        self.pool_health.lock().expect("store lock").remove(key);
         self.learned_sizing.lock().expect("store lock").remove(key);
         self.pools.lock().expect("store lock").remove(key);
         Ok(())
@@ -118,6 +121,26 @@ impl Store for MemStore {
             .lock()
             .expect("store lock")
             .insert(key.clone(), learned.clone());
+        Ok(())
+    }
+    async fn get_pool_health(&self, key: &PoolKey) -> StoreResult<Option<StoredHealth>> {
+        Ok(self
+            .pool_health
+            .lock()
+            .expect("store lock")
+            .get(key)
+            .cloned())
+    }
+    async fn put_pool_health(
+        &self,
+        key: &PoolKey,
+        health: Option<&StoredHealth>,
+    ) -> StoreResult<()> {
+        let mut stored = self.pool_health.lock().expect("store lock");
+        match health {
+            Some(health) => stored.insert(key.clone(), health.clone()),
+            None => stored.remove(key),
+        };
         Ok(())
     }
     async fn list_untouched_instances(&self, pool: &PoolKey) -> StoreResult<Vec<Instance>> {

@@ -9,7 +9,8 @@
 //! [`EventKind::Degraded`] after [`DEGRADED_AFTER`] boots failed in a row, or
 //! when its start-up cloud check failed, and [`EventKind::Recovered`] at its
 //! next Ready boot (see [`HealthBook`]): every recovery ends an episode that
-//! began with a `Degraded` event.
+//! began with a `Degraded` event. Failed boots' verdict is stored
+//! ([`StoredHealth`]): a restart keeps it, and announces it again.
 //! `Shared::emit` logs each operator-relevant event exactly once
 //! ([`Event::log`]); subscribers do not log them again.
 
@@ -22,7 +23,7 @@ use std::time::{Duration, SystemTime};
 pub const DEGRADED_AFTER: u32 = 3;
 
 /// How a boot ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum BootOutcome {
     Ready,
     Quota,
@@ -377,11 +378,73 @@ impl PoolHealth {
     }
 }
 
+/// What of a pool's health outlives a restart, as the store keeps it
+/// ([`crate::store::Store::put_pool_health`]): its boots failing in a row
+/// (the verdict follows: degraded from [`DEGRADED_AFTER`]), and what its
+/// boot pause is reckoned from. Not the mark of a failed start-up cloud
+/// check, which each start makes again, nor when an operator last changed
+/// what the pool boots (boots resumed after a restart are taken for the
+/// current spec's). A pool with no failure since its last Ready boot has
+/// none stored.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredHealth {
+    pub consecutive_boot_failures: u32,
+    pub last_failure: Option<BootOutcome>,
+    /// [`PoolHealth::backoff_steps`].
+    pub backoff_steps: u32,
+    /// When the last failure counted toward the pause happened, on the
+    /// manager's wall clock; `None` when no pause runs (an UpdatePool
+    /// ended it).
+    pub paused_from: Option<SystemTime>,
+}
+
+/// [`StoredHealth`] on the book's clock: what [`HealthBook`] compares to
+/// know whether a pool's stored health is out of date.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LastingHealth {
+    consecutive_boot_failures: u32,
+    last_failure: Option<BootOutcome>,
+    backoff_steps: u32,
+    paused_from: Option<tokio::time::Instant>,
+}
+
+impl LastingHealth {
+    /// As stored, `now` being `wall` on the wall clock.
+    pub(crate) fn stored(self, now: tokio::time::Instant, wall: SystemTime) -> StoredHealth {
+        StoredHealth {
+            consecutive_boot_failures: self.consecutive_boot_failures,
+            last_failure: self.last_failure,
+            backoff_steps: self.backoff_steps,
+            paused_from: self.paused_from.map(|at| {
+                let ago = now.saturating_duration_since(at);
+                wall.checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH)
+            }),
+        }
+    }
+}
+
+impl PoolHealth {
+    /// What a restart is to keep of it; `None` when nothing (no boot failed
+    /// since the last Ready one).
+    pub(crate) fn lasting(&self) -> Option<LastingHealth> {
+        (self.consecutive_boot_failures > 0).then_some(LastingHealth {
+            consecutive_boot_failures: self.consecutive_boot_failures,
+            last_failure: self.last_failure,
+            backoff_steps: self.backoff_steps,
+            paused_from: self.last_failure_at,
+        })
+    }
+}
+
 /// Boot health of every pool; fed every boot outcome, it says when a pool
 /// becomes degraded or recovers.
 #[derive(Clone, Debug, Default)]
 pub struct HealthBook {
     pools: BTreeMap<PoolKey, PoolHealth>,
+    /// What the store holds of each pool's health, as last written or
+    /// read (absent: nothing).
+    stored: BTreeMap<PoolKey, LastingHealth>,
 }
 
 impl HealthBook {
@@ -482,9 +545,58 @@ impl HealthBook {
         self.pools.get(pool).copied().unwrap_or_default()
     }
 
-    /// Forgets a pool (created anew, or deleted).
+    /// Forgets a pool (created anew, or deleted). Its stored health is the
+    /// caller's to delete.
     pub fn forget(&mut self, pool: &PoolKey) {
         self.pools.remove(pool);
+        self.stored.remove(pool);
+    }
+
+    /// Puts back the health a previous process stored for `pool`, `now`
+    /// being `wall` on the wall clock: degraded if its boots had failed
+    /// [`DEGRADED_AFTER`] times in a row, its pause reckoned from the same
+    /// moment (from `now` if the wall clock went back since). Replaces what
+    /// the book holds of it.
+    pub fn restore(
+        &mut self,
+        pool: &PoolKey,
+        stored: &StoredHealth,
+        now: tokio::time::Instant,
+        wall: SystemTime,
+    ) -> PoolHealth {
+        let paused_from = stored.paused_from.map(|at| {
+            let ago = wall.duration_since(at).unwrap_or_default();
+            now.checked_sub(ago).unwrap_or(now)
+        });
+        let health = PoolHealth {
+            consecutive_boot_failures: stored.consecutive_boot_failures,
+            degraded: stored.consecutive_boot_failures >= DEGRADED_AFTER,
+            last_failure: stored.last_failure,
+            last_failure_at: paused_from,
+            backoff_steps: stored.backoff_steps,
+            boot_spec_changed_at: None,
+        };
+        self.pools.insert(pool.clone(), health);
+        match health.lasting() {
+            Some(lasting) => self.stored.insert(pool.clone(), lasting),
+            None => self.stored.remove(pool),
+        };
+        health
+    }
+
+    /// What the store should hold of `pool`'s health, if it holds
+    /// something else: `Some(None)` to delete it.
+    pub(crate) fn unsaved(&self, pool: &PoolKey) -> Option<Option<LastingHealth>> {
+        let lasting = self.health(pool).lasting();
+        (lasting != self.stored.get(pool).copied()).then_some(lasting)
+    }
+
+    /// The store now holds `lasting` of `pool`'s health.
+    pub(crate) fn saved(&mut self, pool: &PoolKey, lasting: Option<LastingHealth>) {
+        match lasting {
+            Some(lasting) => self.stored.insert(pool.clone(), lasting),
+            None => self.stored.remove(pool),
+        };
     }
 }
 
@@ -593,6 +705,59 @@ mod tests {
             book.health(&pool).boot_backoff(base, max, true),
             Some(failed_again + base * 2)
         );
+    }
+
+    /// What a restart keeps: the failures in a row, so the verdict, and
+    /// the pause, which ends when it would have without the restart (on
+    /// the wall clock: the new process's clock starts elsewhere). A Ready
+    /// boot then asks for the stored health to go.
+    #[test]
+    fn stored_health_brings_back_the_verdict_and_the_pause() {
+        let pool = PoolKey::new("f", "a");
+        let (base, max) = (Duration::from_secs(5), Duration::from_secs(300));
+        let mut book = HealthBook::default();
+        assert_eq!(book.unsaved(&pool), None, "a healthy pool stores nothing");
+        let start = now();
+        let mut failed = start;
+        for _ in 0..4 {
+            let started = failed;
+            failed += Duration::from_secs(60);
+            book.note_boot(&pool, BootOutcome::Failed, Some(started), failed);
+        }
+        assert_eq!(
+            book.health(&pool).boot_backoff(base, max, false),
+            Some(failed + base * 8)
+        );
+        let lasting = book.unsaved(&pool).flatten().expect("failures to store");
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let stored = lasting.stored(failed + Duration::from_secs(10), wall);
+        book.saved(&pool, Some(lasting));
+        assert_eq!(book.unsaved(&pool), None);
+        let stored: StoredHealth =
+            serde_json::from_slice(&serde_json::to_vec(&stored).unwrap()).unwrap();
+
+        // Restored 15 s later on the wall clock, 25 s after the failure.
+        let mut restarted = HealthBook::default();
+        let at = now() + Duration::from_secs(5000);
+        let health = restarted.restore(&pool, &stored, at, wall + Duration::from_secs(15));
+        assert!(health.degraded, "{health:?}");
+        assert_eq!(health.consecutive_boot_failures, 4);
+        assert_eq!(health.last_failure, Some(BootOutcome::Failed));
+        assert_eq!(
+            health.boot_backoff(base, max, false),
+            Some(at - Duration::from_secs(25) + base * 8)
+        );
+        assert_eq!(restarted.unsaved(&pool), None, "nothing new to write");
+        assert_eq!(
+            restarted.note_boot(&pool, BootOutcome::Ready, None, at),
+            Some(EventKind::Recovered { after_failures: 4 })
+        );
+        assert_eq!(restarted.unsaved(&pool), Some(None), "the record goes");
+
+        // A wall clock gone back: the pause counts from the restart.
+        let mut turned_back = HealthBook::default();
+        let health = turned_back.restore(&pool, &stored, at, wall - Duration::from_secs(60));
+        assert_eq!(health.boot_backoff(base, max, false), Some(at + base * 8));
     }
 
     /// Quota and rate refusals pause the pool only when no gate paces them.

@@ -9,7 +9,10 @@ use crate::cloud::{
     NewVolumeSpec, Port, Server, ServerSpec, Volume, MAX_RETRY_AFTER, MIN_RETRY_PAUSE,
 };
 use crate::error::{ApiCall, ManagerError, ManagerResult};
-use crate::events::{CloudService, Event, EventKind, HealthBook, PoolHealth, SettingsChange};
+use crate::events::{
+    BootOutcome, CloudService, DegradedCause, Event, EventKind, HealthBook, PoolHealth,
+    SettingsChange,
+};
 use crate::gate::{Gate, GateSettings};
 use crate::model::{Instance, InstanceState, PoolKey, PoolRecord, PoolSpec, TwinWatch};
 use crate::probe::Probe;
@@ -231,6 +234,13 @@ pub(crate) struct Shared {
     pub attempt_salts: Mutex<StdRng>,
     /// Boot health per pool: the degraded / recovered verdicts.
     pub health: Mutex<HealthBook>,
+    /// Held while a pool's health is written to the store
+    /// ([`Shared::save_health`]), so that writes land in the order the
+    /// book changed in.
+    pub health_saving: tokio::sync::Mutex<()>,
+    /// Set once the health a previous process stored is back in the book
+    /// ([`Shared::restore_health`]).
+    pub health_restored: tokio::sync::OnceCell<()>,
     /// Pools created per key since this process started
     /// ([`PoolStatus::generation`]).
     pub generations: Mutex<HashMap<PoolKey, u64>>,
@@ -354,6 +364,82 @@ impl Shared {
     pub(crate) fn health_book(&self) -> MutexGuard<'_, HealthBook> {
         // Plain counters: a panic elsewhere leaves nothing half-done to fear.
         self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts back the boot health a previous process stored for each pool
+    /// (once; later calls return at once), before anything can change it:
+    /// a pool whose boots kept failing is still degraded, announced by a
+    /// [`EventKind::Degraded`] event, and its boots still paused, after a
+    /// restart. A record this version cannot read costs its pool the
+    /// verdict, not its start.
+    pub(crate) async fn restore_health(&self) -> ManagerResult<()> {
+        self.health_restored
+            .get_or_try_init(|| async {
+                for pool in self.store.list_pools().await? {
+                    let key = &pool.key;
+                    let stored = match self.store.get_pool_health(key).await {
+                        Ok(Some(stored)) => stored,
+                        Ok(None) => continue,
+                        Err(e) => {
+                            tracing::warn!(pool = %key, error = %e, "cannot read the pool's stored boot health (a newer warmpoold wrote it, or the store is damaged): the pool starts healthy, its failed boots counted anew; nothing to do, its next failed boot writes over the record");
+                            continue;
+                        }
+                    };
+                    let wall = self.sizing_book().wall_now(&self.settings.sizing);
+                    let health = self
+                        .health_book()
+                        .restore(key, &stored, Instant::now(), wall);
+                    let failures = health.consecutive_boot_failures;
+                    tracing::info!(pool = %key, failures, "resumed the pool's boot health from the store: its failed boots in a row, and the pause they earned");
+                    // Announced again, as a failed start-up cloud check is
+                    // at each start: this process's subscribers (the
+                    // metrics' episodes) see the episode its recovery ends.
+                    if health.degraded {
+                        let last = health.last_failure.unwrap_or(BootOutcome::Failed);
+                        let cause = DegradedCause::Boots(last);
+                        self.emit(
+                            Some(key),
+                            EventKind::Degraded {
+                                cause,
+                                consecutive_failures: failures,
+                            },
+                        );
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .copied()
+    }
+
+    /// Writes what a restart keeps of `key`'s health
+    /// ([`crate::events::StoredHealth`]) if it changed since it was last
+    /// written (durable at the next flush). Failing costs a restart the
+    /// verdict, so it is only logged; the next change writes it again.
+    pub(crate) async fn save_health(&self, key: &PoolKey) {
+        let _in_order = self.health_saving.lock().await;
+        let Some(lasting) = self.health_book().unsaved(key) else {
+            return;
+        };
+        let stored = lasting.map(|lasting| {
+            let wall = self.sizing_book().wall_now(&self.settings.sizing);
+            lasting.stored(Instant::now(), wall)
+        });
+        match self.store.put_pool_health(key, stored.as_ref()).await {
+            Ok(()) => self.health_book().saved(key, lasting),
+            Err(e) => {
+                tracing::warn!(pool = %key, error = %e, "cannot store the pool's boot health; a restart would find it healthy")
+            }
+        }
+    }
+
+    /// Forgets `key`'s health, stored too: a pool created under the key of
+    /// one deleted is healthy from its first listing.
+    pub(crate) async fn forget_health(&self, key: &PoolKey) -> ManagerResult<()> {
+        let _in_order = self.health_saving.lock().await;
+        self.health_book().forget(key);
+        self.store.put_pool_health(key, None).await?;
+        Ok(())
     }
 
     fn paused_calls(&self) -> MutexGuard<'_, BTreeMap<Option<CloudService>, u64>> {
@@ -667,6 +753,8 @@ impl PoolManager {
                 sizing_unreadable: Mutex::default(),
                 gate: Arc::new(Mutex::new(Gate::new(settings.gate.clone()))),
                 health: Mutex::new(HealthBook::default()),
+                health_saving: tokio::sync::Mutex::new(()),
+                health_restored: tokio::sync::OnceCell::new(),
                 generations: Mutex::default(),
                 paused: Mutex::default(),
                 left_alone: Mutex::default(),
@@ -693,6 +781,8 @@ impl PoolManager {
     /// the store has no record of.
     pub async fn start(&self) -> ManagerResult<()> {
         self.claim_store().await?;
+        // Before the start-up pass, whose resumed boots may fail.
+        self.shared.restore_health().await?;
         self.shared.reconcile_at_start().await?;
         for pool in self.shared.store.list_pools().await? {
             if let Err((field, message)) = pool.spec.validate() {
@@ -846,6 +936,8 @@ impl PoolManager {
             Ok(pools) => {
                 for pool in pools {
                     self.shared.save_learned_sizing(&pool.key).await;
+                    // A boot's task stopped between its outcome and its write.
+                    self.shared.save_health(&pool.key).await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot list pools to save their learned sizing"),
@@ -883,6 +975,8 @@ impl PoolManager {
     /// that the pool's next Ready boot ends with `Recovered`; meanwhile its
     /// boots are paced as failed boots are.
     pub async fn mark_unusable(&self, key: &PoolKey, problem: &str) -> ManagerResult<()> {
+        // The mark joins the failed boots a previous process stored.
+        self.shared.restore_health().await?;
         let at = self
             .shared
             .sizing_book()
@@ -972,7 +1066,9 @@ impl PoolManager {
             let _guard = self.shared.pool_lock.lock().await;
             self.refuse_existing(&key).await?;
             // Before the record is there, so that no listing reads the new
-            // pool with the old one's generation.
+            // pool with the old one's health (its drain forgot it; a crash
+            // may have kept it) or generation.
+            self.shared.forget_health(&key).await?;
             *self.shared.generations().entry(key.clone()).or_default() += 1;
             self.shared
                 .store
@@ -990,11 +1086,10 @@ impl PoolManager {
                 }
                 return Err(ManagerError::not_recorded(format_args!("pool {key}"), e));
             }
-            // A pool of the same name deleted earlier left its verdict
-            // behind, and purchases that finished after its drain their
-            // demand; its drain deleted a sizing record this version could
-            // not read, so the new pool's is saved.
-            self.shared.health_book().forget(&key);
+            // Purchases of a pool of the same name deleted earlier that
+            // finished after its drain left their demand behind; its drain
+            // deleted a sizing record this version could not read, so the
+            // new pool's is saved.
             self.shared.sizing_book().forget(&key);
             self.shared
                 .sizing_unreadable
@@ -1098,6 +1193,7 @@ impl PoolManager {
                     .boot_spec_changed(key, Instant::now());
                 if lifted {
                     tracing::info!(pool = %key, "what the pool boots changed: its boots no longer wait out the pause its failed boots earned");
+                    self.shared.save_health(key).await;
                 }
             }
             (record, self.shared.store.flush().await)

@@ -814,6 +814,8 @@ impl Shared {
         if left == 0 {
             let _guard = self.pool_lock.lock().await;
             self.store.delete_pool(&pool.key).await?;
+            // Its stored health went with it.
+            self.health_book().forget(&pool.key);
             // The pool is gone, flushed or not: this task must end, or it
             // would take a pool created again under the key for its own (a
             // second replenisher). A crash before the next flush brings
@@ -945,6 +947,8 @@ impl Shared {
         if let Some(outcome) = boot_outcome(&result) {
             let lead_time = (timed == Timed::FromNow).then_some(lead_time);
             self.emit(Some(&instance.pool), EventKind::Boot { outcome, lead_time });
+            // Before the instance is discarded, so before a drain can end.
+            self.save_health(&instance.pool).await;
         }
         // A failed boot still drives its instance until it is discarded: a
         // reconcile pass in between would resume it (the boot failing again,

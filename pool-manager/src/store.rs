@@ -30,6 +30,7 @@
 //! [`SledStore::failed`] says so, for its opener to restart.
 
 use crate::cloud::CloudIdentity;
+use crate::events::StoredHealth;
 use crate::model::{
     resource_names_of, Allocation, Instance, InstanceState, PoolKey, PoolRecord, TwinWatch,
 };
@@ -187,11 +188,24 @@ pub trait Store: Send + Sync + 'static {
     async fn get_pool(&self, key: &PoolKey) -> StoreResult<Option<PoolRecord>>;
     async fn list_pools(&self) -> StoreResult<Vec<PoolRecord>>;
     async fn put_pool(&self, pool: &PoolRecord) -> StoreResult<()>;
-    /// Deletes the pool and what was learned about it.
+    /// Deletes the pool and what was learned about it, its stored health
+    /// first: a pool created again under its key must not find it.
     async fn delete_pool(&self, key: &PoolKey) -> StoreResult<()>;
 
     async fn get_learned_sizing(&self, key: &PoolKey) -> StoreResult<Option<LearnedSizing>>;
     async fn put_learned_sizing(&self, key: &PoolKey, learned: &LearnedSizing) -> StoreResult<()>;
+
+    /// The pool's boot health a restart keeps; `None` when none is stored
+    /// (a pool whose boots have not failed since its last Ready one, or a
+    /// store written by a build that kept none).
+    async fn get_pool_health(&self, key: &PoolKey) -> StoreResult<Option<StoredHealth>>;
+    /// Stores the pool's boot health (`None`: removes it); durable at the
+    /// next flush.
+    async fn put_pool_health(
+        &self,
+        key: &PoolKey,
+        health: Option<&StoredHealth>,
+    ) -> StoreResult<()>;
 
     async fn get_instance(&self, id: &str) -> StoreResult<Option<Instance>>;
     async fn list_instances(&self) -> StoreResult<Vec<Instance>>;
@@ -406,6 +420,14 @@ const SUPERSEDED_TREE: &str = "set_aside_superseded";
 
 /// The tree of what the store notes of itself, one key each.
 const META_TREE: &str = "meta";
+
+/// The tree of pools' boot health ([`Store::put_pool_health`]), keyed as
+/// the pools are. No [`RecordKind`]: a record this version cannot read
+/// (a newer one wrote it) stops nothing and is set aside by no one; the
+/// pool starts healthy, with a warning, and its next change of health
+/// writes over it. Builds that do not know the tree (3474b12 and older)
+/// leave it alone.
+const POOL_HEALTH_TREE: &str = "pool_health";
 
 /// [`Store::note_unknown_servers_accepted`]'s key in [`META_TREE`]; its
 /// value is the time, for a person reading the store.
@@ -766,6 +788,7 @@ pub struct SledStore {
     set_aside: sled::Tree,
     superseded: sled::Tree,
     meta: sled::Tree,
+    pool_health: sled::Tree,
     index: Arc<Mutex<HotIndex>>,
     failure: Failure,
 }
@@ -897,6 +920,7 @@ impl SledStore {
             set_aside: db.open_tree(SET_ASIDE_TREE)?,
             superseded: db.open_tree(SUPERSEDED_TREE)?,
             meta: db.open_tree(META_TREE)?,
+            pool_health: db.open_tree(POOL_HEALTH_TREE)?,
             index: Arc::default(),
             failure: Failure(watch::Sender::new(None)),
             db,
@@ -1229,9 +1253,29 @@ impl Store for SledStore {
     }
 
     async fn delete_pool(&self, key: &PoolKey) -> StoreResult<()> {
+        self.failure.kept(self.pool_health.remove(pool_key(key)))?;
         self.failure
             .kept(self.learned_sizing.remove(pool_key(key)))?;
         self.failure.kept(self.pools.remove(pool_key(key)))?;
+        Ok(())
+    }
+
+    async fn get_pool_health(&self, key: &PoolKey) -> StoreResult<Option<StoredHealth>> {
+        get(&self.pool_health, &pool_key(key))
+    }
+
+    async fn put_pool_health(
+        &self,
+        key: &PoolKey,
+        health: Option<&StoredHealth>,
+    ) -> StoreResult<()> {
+        let key = pool_key(key);
+        match health {
+            Some(health) => self
+                .failure
+                .kept(self.pool_health.insert(&key, encode(health)))?,
+            None => self.failure.kept(self.pool_health.remove(&key))?,
+        };
         Ok(())
     }
 

@@ -1118,3 +1118,159 @@ async fn changing_what_a_failing_pool_boots_ends_its_boot_pause() {
     assert!(!health.degraded, "{health:?}");
     manager.shutdown().await.unwrap();
 }
+
+/// Waits (in simulated time) until the pool is degraded.
+async fn until_degraded(manager: &PoolManager) -> pool_manager::events::PoolHealth {
+    for _ in 0..3600 {
+        let health = manager.get_pool(&pool()).await.unwrap().health;
+        if health.degraded {
+            return health;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    panic!("the pool never degraded");
+}
+
+/// A pool's health outlives a restart: one whose boots keep failing is
+/// still degraded after it (GetPool, the metrics' gauge and its alert read
+/// this), with its failures in a row, and its first step after the start
+/// still boots one at a time after a pause. The verdict lived in memory
+/// only: the restarted pool read healthy with no failure, until three more
+/// boots failed, and its first step booted its whole deficit at once.
+#[tokio::test(start_paused = true)]
+async fn a_restart_keeps_a_failing_pools_verdict_and_its_boot_pause() {
+    use pool_manager::sizing::PlanReason;
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let manager = manager_on(&sim, open_store(dir.path()));
+    manager.start().await.unwrap();
+    sim.faults().error_next_boots(1000, "NoValidHost");
+    manager.create_pool(pool(), spec(2)).await.unwrap();
+    let before = until_degraded(&manager).await;
+    assert!(
+        before.consecutive_boot_failures >= DEGRADED_AFTER,
+        "{before:?}"
+    );
+    manager.shutdown().await.unwrap();
+    drop(manager);
+
+    let manager = manager_on(&sim, open_store(dir.path()));
+    let mut events = manager.events();
+    manager.start().await.unwrap();
+    let health = manager.get_pool(&pool()).await.unwrap().health;
+    assert!(
+        health.degraded,
+        "the restart forgot the verdict: {health:?}"
+    );
+    assert!(
+        health.consecutive_boot_failures >= before.consecutive_boot_failures,
+        "the restart forgot the failures in a row: {health:?}, before it {before:?}"
+    );
+    // Announced again, so that this process's episodes (the metrics')
+    // include the one its recovery will end.
+    let event = next_event(&mut events).await;
+    assert_eq!(event.pool, Some(pool()));
+    assert!(
+        matches!(
+            event.kind,
+            EventKind::Degraded {
+                cause: DegradedCause::Boots(BootOutcome::NoValidHost),
+                consecutive_failures,
+            } if consecutive_failures >= before.consecutive_boot_failures
+        ),
+        "{event:?}"
+    );
+    let plan = loop {
+        if let Some(plan) = manager.get_pool(&pool()).await.unwrap().sizing.last_plan {
+            break plan;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        matches!(plan.reason, PlanReason::Backoff(_)),
+        "the first step after the restart is still paced: {plan:?}"
+    );
+    assert!(plan.boots_now <= 1, "{plan:?}");
+    manager.shutdown().await.unwrap();
+}
+
+/// Holds the first flush after the pool's record is written, until
+/// released.
+#[derive(Default)]
+struct HoldFlushAfterPut {
+    armed: std::sync::atomic::AtomicBool,
+    held: std::sync::atomic::AtomicBool,
+    reached: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl StoreHooks for HoldFlushAfterPut {
+    async fn before_put_pool(&self, _pool: &pool_manager::model::PoolRecord) {
+        use std::sync::atomic::Ordering;
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.held.store(true, Ordering::SeqCst);
+        }
+    }
+
+    async fn before_flush(&self) -> pool_manager::store::StoreResult<()> {
+        use std::sync::atomic::Ordering;
+        if self.held.swap(false, Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.release.notified().await;
+        }
+        Ok(())
+    }
+}
+
+/// A pool deleted while degraded and created again under its key is a new
+/// pool, healthy from its first listing: its record was written (and
+/// listed) before the old pool's verdict was forgotten, so while the
+/// create's flush ran, GetPool and ListPools showed the new pool degraded.
+#[tokio::test(start_paused = true)]
+async fn a_pool_created_again_never_shows_the_deleted_ones_health() {
+    use std::sync::atomic::Ordering;
+    let sim = sim();
+    let store = HookedStore::new(HoldFlushAfterPut::default());
+    let manager = manager_on(&sim, store.clone());
+    manager.start().await.unwrap();
+    sim.faults().error_next_boots(1000, "NoValidHost");
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    until_degraded(&manager).await;
+    sim.faults().error_next_boots(0, "NoValidHost");
+    manager.delete_pool(&pool()).await.unwrap();
+    for _ in 0..3600 {
+        if manager.get_pool(&pool()).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        matches!(
+            manager.get_pool(&pool()).await,
+            Err(ManagerError::PoolNotFound(_))
+        ),
+        "the pool was never drained"
+    );
+
+    store.hooks.armed.store(true, Ordering::SeqCst);
+    let create = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.create_pool(pool(), spec(0)).await }
+    });
+    store.hooks.reached.notified().await;
+    let listed = manager.list_pools().await.unwrap();
+    let new = listed
+        .iter()
+        .find(|p| p.record.key == pool())
+        .expect("listed");
+    assert_eq!(
+        new.health,
+        Default::default(),
+        "the new pool shows the deleted one's health"
+    );
+    store.hooks.release.notify_one();
+    let created = create.await.unwrap().unwrap();
+    assert_eq!(created.health, Default::default());
+    manager.shutdown().await.unwrap();
+}

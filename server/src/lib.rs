@@ -296,8 +296,9 @@ pub async fn start_stoppable(
                 return Err(e).context("cannot compare the cloud with the one the store serves")
             }
         }
-        // Subscribed before anything happens, so the stale pools' degraded
-        // episodes, start-up boots and leaks are counted.
+        // Subscribed before anything happens, so the degraded episodes
+        // (stale pools', and those the store keeps from before the
+        // restart), start-up boots and leaks are counted.
         let events = manager.events();
         let event_task = AbortOnDrop(tokio::spawn({
             let metrics = metrics.clone();

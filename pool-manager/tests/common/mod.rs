@@ -841,6 +841,7 @@ pub enum Write {
     Pool(PoolRecord),
     PoolDeleted(PoolKey),
     LearnedSizing(PoolKey, LearnedSizing),
+    PoolHealth(PoolKey, Option<pool_manager::events::StoredHealth>),
     /// The instance of this id is now `new` (`None`: gone).
     Instance(String, Option<Instance>),
     /// The allocation of this request id is now `new` (`None`: gone).
@@ -858,6 +859,7 @@ impl Write {
             Write::Pool(pool) => store.put_pool(pool).await,
             Write::PoolDeleted(key) => store.delete_pool(key).await,
             Write::LearnedSizing(key, learned) => store.put_learned_sizing(key, learned).await,
+            Write::PoolHealth(key, health) => store.put_pool_health(key, health.as_ref()).await,
             Write::Instance(id, new) => {
                 let current = store.get_instance(id).await?;
                 if current.is_none() && new.is_none() {
@@ -1005,6 +1007,24 @@ impl<H: StoreHooks> Store for HookedStore<H> {
         self.inner.put_learned_sizing(key, learned).await?;
         self.hooks
             .written(Write::LearnedSizing(key.clone(), learned.clone()));
+        Ok(())
+    }
+    async fn get_pool_health(
+        &self,
+        key: &PoolKey,
+    ) -> StoreResult<Option<pool_manager::events::StoredHealth>> {
+        self.hooks.before_call().await;
+        self.inner.get_pool_health(key).await
+    }
+    async fn put_pool_health(
+        &self,
+        key: &PoolKey,
+        health: Option<&pool_manager::events::StoredHealth>,
+    ) -> StoreResult<()> {
+        self.hooks.before_call().await;
+        self.inner.put_pool_health(key, health).await?;
+        self.hooks
+            .written(Write::PoolHealth(key.clone(), health.cloned()));
         Ok(())
     }
     async fn get_instance(&self, id: &str) -> StoreResult<Option<Instance>> {
