@@ -1046,7 +1046,9 @@ impl Shared {
         }
     }
 
-    /// Awaits a cloud call made for a boot in `az`, telling the gate about a 429/413.
+    /// Awaits a cloud call made for a boot in `az`, telling the gate when
+    /// the cloud throttled it (a 429, a 413 that is no quota, a 503 with a
+    /// Retry-After).
     async fn watch_throttle<T>(
         &self,
         az: &str,
