@@ -151,14 +151,58 @@ impl PoolManager {
     /// The purchase runs as a task of the manager, so a caller that stops
     /// waiting (a gRPC client's deadline drops the handler) does not leave
     /// it half done for the reconciler: it finishes, and a retry with the
-    /// same request id gets its answer.
-    pub async fn allocate(&self, request: AllocateRequest) -> ManagerResult<Allocation> {
-        let shared = self.shared.clone();
-        self.detached(
-            ApiCall::Allocate,
-            async move { shared.allocate(request).await },
-        )
-        .await
+    /// same request id gets its answer. A call that finds the order stored
+    /// answers, or waits for the call working on it, in the caller's own
+    /// future: it holds nothing, and as a task it would outlive its caller
+    /// (up to its timeout, an hour maybe), and start a purchase nobody waits
+    /// for if the one it waited on failed.
+    pub async fn allocate(&self, mut request: AllocateRequest) -> ManagerResult<Allocation> {
+        // As every call once a graceful stop has begun, a repeat answered
+        // from the store too.
+        if self.calls_closed() {
+            return Err(ManagerError::ShuttingDown {
+                call: ApiCall::Allocate,
+            });
+        }
+        request.params = request.params.canonical();
+        validate(&request.params)?;
+        let started = Instant::now();
+        let timeout = request.timeout.unwrap_or(match request.empty_pool {
+            EmptyPoolPolicy::ColdBoot => DEFAULT_COLD_BOOT_TIMEOUT,
+            _ => DEFAULT_ALLOCATE_TIMEOUT,
+        });
+        let deadline = deadline_after(started, timeout);
+        // Before the first look, so that no change after it is missed.
+        let mut changes = self.shared.changes.subscribe();
+        loop {
+            let request_id = &request.params.request_id;
+            if let Some(existing) = self.shared.store.get_allocation(request_id).await? {
+                if let Some(answer) = self
+                    .shared
+                    .stored_answer(existing, &request.params, started)
+                    .await?
+                {
+                    return Ok(answer);
+                }
+                self.shared
+                    .wait_for_order(request_id, deadline, &mut changes)
+                    .await?;
+                continue;
+            }
+            let shared = self.shared.clone();
+            let order = request.clone();
+            let bought = self
+                .detached(ApiCall::Allocate, async move {
+                    shared.purchase(order, started, deadline).await
+                })
+                .await?;
+            match bought {
+                Some(allocation) => return Ok(allocation),
+                // Another call recorded the order first: its answer is
+                // waited for as a repeat's.
+                None => continue,
+            }
+        }
     }
 
     /// Every allocation in the store, any state.
@@ -1120,113 +1164,136 @@ impl Shared {
         Ok(())
     }
 
-    async fn allocate(self: &Arc<Self>, mut request: AllocateRequest) -> ManagerResult<Allocation> {
-        request.params = request.params.canonical();
-        let params = &request.params;
-        validate(params)?;
-        let started = Instant::now();
-        let timeout = request.timeout.unwrap_or(match request.empty_pool {
-            EmptyPoolPolicy::ColdBoot => DEFAULT_COLD_BOOT_TIMEOUT,
-            _ => DEFAULT_ALLOCATE_TIMEOUT,
-        });
-        let deadline = deadline_after(started, timeout);
-        let mut changes = self.changes.subscribe();
+    /// What a stored order answers a call of it: the order once it is done
+    /// (on disk), a refusal if the call's parameters are not the order's,
+    /// `None` while a call works on it.
+    async fn stored_answer(
+        &self,
+        existing: Allocation,
+        params: &AllocationParams,
+        started: Instant,
+    ) -> ManagerResult<Option<Allocation>> {
+        // Stored before ids were made canonical, in the case sent.
+        let stored = existing.params.clone().canonical();
+        if stored != *params {
+            let differ = stored.differences(params);
+            let refused = ManagerError::Aborted(format!(
+                "request_id {} was already used with other parameters ({} {}): a new order needs a new request id",
+                params.request_id,
+                differ.join(", "),
+                if differ.len() == 1 { "differs" } else { "differ" }
+            ));
+            // Counted in the order's own pool: the request's may be one the
+            // metrics have no label for.
+            self.count_refusal(&existing.params.pool, &params.request_id, &refused, started)
+                .await;
+            return Err(refused);
+        }
+        if existing.state == AllocationState::Allocating {
+            return Ok(None);
+        }
+        // Its commit may still be on its way to disk.
+        self.store.flush().await.map_err(|e| {
+            let what = format_args!("allocation {}", params.request_id);
+            ManagerError::unconfirmed(what, e)
+        })?;
+        Ok(Some(existing))
+    }
 
-        let allocation = loop {
-            if let Some(existing) = self.store.get_allocation(&params.request_id).await? {
-                // Stored before ids were made canonical, in the case sent.
-                let stored = existing.params.clone().canonical();
-                if stored != *params {
-                    let differ = stored.differences(params);
-                    let refused = ManagerError::Aborted(format!(
-                        "request_id {} was already used with other parameters ({} {}): a new order needs a new request id",
-                        params.request_id,
-                        differ.join(", "),
-                        if differ.len() == 1 { "differs" } else { "differ" }
-                    ));
-                    // Counted in the order's own pool: the request's may
-                    // be one the metrics have no label for.
-                    self.count_refusal(
-                        &existing.params.pool,
-                        &params.request_id,
-                        &refused,
-                        started,
-                    )
-                    .await;
-                    return Err(refused);
-                }
-                if existing.state != AllocationState::Allocating {
-                    // Its commit may still be on its way to disk.
-                    self.store.flush().await.map_err(|e| {
-                        let what = format_args!("allocation {}", params.request_id);
-                        ManagerError::unconfirmed(what, e)
-                    })?;
-                    return Ok(existing);
-                }
-                // Another call with this id is in flight: wait for its
-                // answer. A stop ends the wait as it ends a purchase's wait
-                // on its pool (`wait_on_pool`): the call waited on may give
-                // up and roll back, and this one would then find no order
-                // and start a new purchase during the stop.
-                let mut stopping = self.stop_waiting.subscribe();
-                tokio::select! {
-                        biased;
-                        _ = stopping.wait_for(|stop| *stop) => return Err(ManagerError::ShuttingDown {
-                    call: ApiCall::Allocate,
-                }),
-                        woke = tokio::time::timeout_at(deadline, changes.changed()) => if woke.is_err() {
-                            return Err(ManagerError::TryAgain(format!(
-                                "allocation {} is still in progress; retry later",
-                                params.request_id
-                            )));
-                        },
-                    }
-                continue;
-            }
-            self.refuse_if_set_aside(&params.request_id).await?;
-            let pool = self.pool(&params.pool).await?;
-            if pool.draining {
-                let refused = ManagerError::FailedPrecondition(format!(
-                    "pool {} is being deleted",
-                    params.pool
-                ));
-                self.count_refusal(&params.pool, &params.request_id, &refused, started)
-                    .await;
-                return Err(refused);
-            }
-            // In flight before the record exists: a reconcile pass must never
-            // see this Allocating record unclaimed and roll it back. And
-            // before the volume's check, which may retry Cinder up to the
-            // deadline: a GetAllocation or Release meanwhile answers "in
-            // progress", not NOT_FOUND. The check writes nothing to the
-            // cloud, so nothing needs the record before it.
-            let in_flight = InFlight::enter(self, &params.request_id);
-            if let Err(e) = self.fence_volume(params, deadline).await {
-                self.count_refusal(&params.pool, &params.request_id, &e, started)
-                    .await;
-                return Err(e);
-            }
-            let salt = rand::Rng::gen(&mut *self.attempt_salts.lock().expect("attempt salt lock"));
-            let allocation = Allocation::new(params.clone(), salt);
-            if self.store.cas_allocation(None, Some(&allocation)).await? {
-                if let Err(e) = self.store.flush().await {
-                    // Nothing was done on its strength: take it back, so a
-                    // retry starts afresh now rather than finding an order
-                    // in progress until the reconciler rolls it back.
-                    match self.store.cas_allocation(Some(&allocation), None).await {
-                        // A call with the same id waiting on it goes ahead.
-                        Ok(_) => self.changed(),
-                        Err(undo) => {
-                            tracing::warn!(request_id = %params.request_id, error = %undo, "cannot take back an order whose record was not flushed; the reconciler will")
-                        }
-                    }
-                    let what = format_args!("order {}", params.request_id);
-                    return Err(ManagerError::not_recorded(what, e));
-                }
-                break (allocation, in_flight);
-            }
+    /// Waits for the next change of the store while another call works on
+    /// order `request_id`. A stop ends the wait as it ends a purchase's wait
+    /// on its pool (`wait_on_pool`): the call waited on may give up and roll
+    /// back, and this one would then find no order and start a new purchase
+    /// during the stop.
+    async fn wait_for_order(
+        &self,
+        request_id: &str,
+        deadline: Instant,
+        changes: &mut ChangeCursor,
+    ) -> ManagerResult<()> {
+        let shutting_down = || ManagerError::ShuttingDown {
+            call: ApiCall::Allocate,
         };
-        let (allocation, _in_flight) = allocation;
+        let mut stopping = self.stop_waiting.subscribe();
+        let mut shutdown = self.shutdown.subscribe();
+        tokio::select! {
+            biased;
+            _ = stopping.wait_for(|stop| *stop) => Err(shutting_down()),
+            _ = shutdown.wait_for(|stop| *stop) => Err(shutting_down()),
+            woke = tokio::time::timeout_at(deadline, changes.changed()) => woke.map(drop).map_err(|_| {
+                ManagerError::TryAgain(format!(
+                    "allocation {request_id} is still in progress; retry later"
+                ))
+            }),
+        }
+    }
+
+    /// Buys order `request.params` if no call has recorded it yet; `None`
+    /// if one has (found at the compare-and-swap that writes the record).
+    /// Run as a task of the manager ([`PoolManager::detached`]): it is
+    /// finished whether or not its caller still waits.
+    async fn purchase(
+        self: &Arc<Self>,
+        request: AllocateRequest,
+        started: Instant,
+        deadline: Instant,
+    ) -> ManagerResult<Option<Allocation>> {
+        let params = &request.params;
+        self.refuse_if_set_aside(&params.request_id).await?;
+        let pool = self.pool(&params.pool).await?;
+        if pool.draining {
+            let refused =
+                ManagerError::FailedPrecondition(format!("pool {} is being deleted", params.pool));
+            self.count_refusal(&params.pool, &params.request_id, &refused, started)
+                .await;
+            return Err(refused);
+        }
+        // In flight before the record exists: a reconcile pass must never
+        // see this Allocating record unclaimed and roll it back. And before
+        // the volume's check, which may retry Cinder up to the deadline: a
+        // GetAllocation or Release meanwhile answers "in progress", not
+        // NOT_FOUND. The check writes nothing to the cloud, so nothing needs
+        // the record before it.
+        let _in_flight = InFlight::enter(self, &params.request_id);
+        if let Err(e) = self.fence_volume(params, deadline).await {
+            self.count_refusal(&params.pool, &params.request_id, &e, started)
+                .await;
+            return Err(e);
+        }
+        let salt = rand::Rng::gen(&mut *self.attempt_salts.lock().expect("attempt salt lock"));
+        let allocation = Allocation::new(params.clone(), salt);
+        if !self.store.cas_allocation(None, Some(&allocation)).await? {
+            return Ok(None);
+        }
+        if let Err(e) = self.store.flush().await {
+            // Nothing was done on its strength: take it back, so a retry
+            // starts afresh now rather than finding an order in progress
+            // until the reconciler rolls it back.
+            match self.store.cas_allocation(Some(&allocation), None).await {
+                // A call with the same id waiting on it goes ahead.
+                Ok(_) => self.changed(),
+                Err(undo) => {
+                    tracing::warn!(request_id = %params.request_id, error = %undo, "cannot take back an order whose record was not flushed; the reconciler will")
+                }
+            }
+            let what = format_args!("order {}", params.request_id);
+            return Err(ManagerError::not_recorded(what, e));
+        }
+        self.complete_purchase(&request, allocation, started, deadline)
+            .await
+            .map(Some)
+    }
+
+    /// Fulfils the order recorded `Allocating`, or rolls it back. The
+    /// caller holds the order's [`InFlight`] throughout.
+    async fn complete_purchase(
+        self: &Arc<Self>,
+        request: &AllocateRequest,
+        allocation: Allocation,
+        started: Instant,
+        deadline: Instant,
+    ) -> ManagerResult<Allocation> {
+        let params = &request.params;
         let record = Record {
             shared: self,
             current: Mutex::new(allocation),

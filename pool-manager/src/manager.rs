@@ -918,6 +918,11 @@ impl PoolManager {
         self.shared.calls.borrow().running
     }
 
+    /// Whether a graceful stop refuses new calls ([`PoolManager::finish_calls`]).
+    pub(crate) fn calls_closed(&self) -> bool {
+        self.shared.calls.borrow().closed
+    }
+
     /// Stops background tasks (boots in flight are resumed by the next
     /// start's reconcile) and the API calls still running (for a graceful
     /// stop, call [`PoolManager::finish_calls`] first), saves what the estimators learned and flushes the

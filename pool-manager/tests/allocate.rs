@@ -7045,6 +7045,71 @@ async fn a_graceful_stop_waits_for_a_purchase_no_longer_than_its_grace() {
     manager.shutdown().await.unwrap();
 }
 
+/// A repeat of an order under way only waits for its answer: it holds
+/// nothing, so it lasts no longer than its caller. It used to wait as a
+/// task of the manager until its own deadline (up to an hour), counted as a
+/// running call, and when the purchase it waited on failed and was rolled
+/// back it started a purchase of its own that nobody waited for: a client
+/// retrying with a short deadline left one such task per retry, and a
+/// leftover could buy the order after billing had been told it failed.
+#[tokio::test(start_paused = true)]
+async fn a_repeat_whose_caller_left_stops_waiting_and_starts_nothing() {
+    let sim = sim();
+    let (cloud, failing) = GatedCloud::failing_next(
+        &sim,
+        "attach_volume",
+        pool_manager::cloud::CloudError::Fatal("HTTP 400: invalid volume".into()),
+    );
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let attach = cloud.hold_next("attach_volume", At::Before);
+    let mut order = request("order-x", new_volume(), EmptyPoolPolicy::Wait);
+    order.timeout = Some(Duration::from_secs(60));
+    let first = spawn_allocate(&manager, order.clone());
+    attach.reached().await;
+    assert_eq!(manager.calls_running(), 1);
+
+    order.timeout = Some(Duration::from_secs(3600));
+    let repeats: Vec<_> = (0..20)
+        .map(|_| spawn_allocate(&manager, order.clone()))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for repeat in repeats {
+        assert!(
+            !repeat.is_finished(),
+            "a repeat answered while the order is under way"
+        );
+        repeat.abort();
+        assert!(repeat.await.unwrap_err().is_cancelled());
+    }
+    assert_eq!(
+        manager.calls_running(),
+        1,
+        "only the purchase is running once the repeats' callers have left"
+    );
+
+    failing.store(1, Ordering::SeqCst);
+    attach.release();
+    let err = first.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ManagerError::Cloud(_) | ManagerError::ResourceExhausted(_)
+        ),
+        "{err:?}"
+    );
+    // Time for a leftover waiter to wake, find the order gone and buy it.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let calls = sim.call_counts();
+    assert_eq!(calls.get("create_volume"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("create_port"), Some(&1), "{calls:?}");
+    let err = manager.get_allocation("order-x").await.unwrap_err();
+    assert!(
+        matches!(err, ManagerError::AllocationNotFound(_)),
+        "order-x is bought with no caller: {err:?}"
+    );
+    assert_eq!(manager.calls_running(), 0);
+}
+
 /// Cinder refuses a delete of a volume already `deleting` (400, a
 /// Conflict): a release whose volume delete Cinder took but whose answer
 /// was lost sees its retry refused, finds the volume being deleted, and is
