@@ -765,6 +765,21 @@ fn attempt_error(e: CloudError) -> AttemptError {
     }
 }
 
+/// A look a try took at its own attaches (its server, the server's ports,
+/// its port's binding) that the cloud's `service` failed: down, throttled past the
+/// deadline, refusing warmpool's user. That is the cloud's failure, not the
+/// instance's; the next Ready instance would meet it as well, and blamed
+/// on the instance it cost a purchase two warm instances, and every call
+/// billing made again two more.
+fn look_failed(error: CloudError, service: &str, look: impl std::fmt::Display) -> AttemptError {
+    AttemptError::Request(with_more(
+        error.into(),
+        format_args!(
+            "the {service} failed {look}: the cloud's failure, not the instance's, so no other instance was tried; warmpool discards the instance the attaches reached and rolls the order back: call again once the {service} answers (if it refused warmpool's user, mend that first)"
+        ),
+    ))
+}
+
 /// The attach calls of one try, counted by how they were answered: whether
 /// the cloud can have acted on the instance's server. An attach refused
 /// 429/413 (a rate limit's answer, not a 503's: [`CloudError::Throttled`]'s
@@ -2508,10 +2523,7 @@ impl Shared {
         let (port_id, port_took) = (port.0?, port.1);
 
         let verify_started = Instant::now();
-        let server = self
-            .retry(deadline, || self.cloud.get_server(server_id))
-            .await
-            .map_err(|e| AttemptError::Instance(e.into()))?;
+        let server = self.server_to_verify(server_id, deadline).await?;
         // In any case: an order stored before ids were made canonical
         // holds its volume id as sent, and Nova lists Cinder's.
         let lists = |ids: &[String], id: &str| ids.iter().any(|i| i.eq_ignore_ascii_case(id));
@@ -2540,6 +2552,49 @@ impl Shared {
             .await
             .map_err(AttemptError::Request)?;
         Ok(())
+    }
+
+    /// The try's server as [`crate::cloud::Cloud::get_server`] reads it
+    /// (Nova's view, with the ports Neutron lists bound to it once
+    /// ACTIVE), read a service at a time so that a failure names the
+    /// service that failed. A server Nova no longer knows is the
+    /// instance's failure; any other failed read is the cloud's
+    /// ([`look_failed`]), and a port Neutron could not list fails the
+    /// verify, as `get_server`'s does.
+    async fn server_to_verify(
+        &self,
+        server_id: &str,
+        deadline: Instant,
+    ) -> Result<Server, AttemptError> {
+        let mut server = match self
+            .retry(deadline, || self.cloud.read_server(server_id))
+            .await
+        {
+            Ok(server) => server,
+            Err(e @ CloudError::NotFound(_)) => return Err(AttemptError::Instance(e.into())),
+            Err(e) => {
+                return Err(look_failed(
+                    e,
+                    "compute service (Nova)",
+                    format_args!("to show server {server_id} to the purchase's verify"),
+                ));
+            }
+        };
+        if server.status == ServerStatus::Active {
+            server.attached_ports = self
+                .retry(deadline, || self.cloud.ports_bound_to(server_id))
+                .await
+                .map_err(|e| {
+                    look_failed(
+                        e,
+                        "network service (Neutron)",
+                        format_args!(
+                            "to list the ports of server {server_id} for the purchase's verify"
+                        ),
+                    )
+                })?;
+        }
+        Ok(server)
     }
 
     /// Attaches the allocation's volume and waits until it is in use by the
@@ -3000,7 +3055,15 @@ impl Shared {
             let port = self
                 .retry(deadline, || self.cloud.get_port(&port_id))
                 .await
-                .map_err(|e| AttemptError::Instance(e.into()))?;
+                .map_err(|e| {
+                    look_failed(
+                        e,
+                        "network service (Neutron)",
+                        format_args!(
+                            "to show port {port_id}, whose attach to server {server_id} Nova took"
+                        ),
+                    )
+                })?;
             if port.device_id.as_deref() == Some(server_id) && port.ip_address.is_some() {
                 record
                     .update(|a| {

@@ -605,10 +605,11 @@ impl BootHeadroom {
 pub trait Cloud: Send + Sync + 'static {
     async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server>;
     /// A server, with its ports once it is ACTIVE: for a caller that goes
-    /// by `attached_ports` (the allocator's verify, its look at a port
-    /// attach Nova refused as a conflict). A port read that fails fails
-    /// the whole: verify must not pass (nor discard, as failed) a server
-    /// whose port it could not see. A caller that goes only by what Nova
+    /// by `attached_ports` (the allocator's look at a port attach Nova
+    /// refused as a conflict; its verify reads the two halves itself, to
+    /// name the service that failed). A port read that fails fails the
+    /// whole: verify must not pass (nor discard, as failed) a server whose
+    /// port it could not see. A caller that goes only by what Nova
     /// shows calls [`Cloud::read_server`]: a Neutron listing per read of
     /// an ACTIVE server would cost an API call for nothing, and Neutron's
     /// trouble would fail a read Nova answered (no boot got past ACTIVE
