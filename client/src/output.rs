@@ -538,6 +538,9 @@ pub struct AllocationView<'a> {
     created_at: Option<String>,
     released_at: Option<String>,
     labels: BTreeMap<&'a str, &'a str>,
+    /// While RELEASING, why the latest try to finish it failed ("" when
+    /// none has, and in every other state).
+    last_error: &'a str,
 }
 
 impl<'a> From<&'a api::Allocation> for AllocationView<'a> {
@@ -563,6 +566,7 @@ impl<'a> From<&'a api::Allocation> for AllocationView<'a> {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect(),
+            last_error: &a.last_error,
         }
     }
 }
@@ -803,6 +807,7 @@ pub(crate) mod tests {
                 .collect(),
             released_at: None,
             delete_volume_on_release: Some(true),
+            last_error: String::new(),
         }
     }
 
@@ -890,6 +895,7 @@ pub(crate) mod tests {
         assert_eq!(v["created_at"], "2025-11-24T16:00:00.123Z");
         assert_eq!(v["released_at"], serde_json::Value::Null, "not released");
         assert_eq!(v["delete_volume_on_release"], true);
+        assert_eq!(v["last_error"], "");
         assert_eq!(v["labels"], json!({"app": "billing", "tier": "gold"}));
         // Sorted labels make the text stable across runs (HashMap order is not).
         let text = serde_json::to_string(&v["labels"]).unwrap();

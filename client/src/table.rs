@@ -583,6 +583,11 @@ pub fn allocation_detail(a: &api::Allocation) -> String {
     if let Some(t) = &a.released_at {
         rows.insert(rows.len() - 1, ("released_at", timestamp(t, false)));
     }
+    // Why a release stuck RELEASING does not finish (a volume Cinder
+    // refuses to delete): beside the state it explains.
+    if !a.last_error.is_empty() {
+        rows.insert(4, ("last_error", cell(&a.last_error)));
+    }
     if let Some(t) = &a.timings {
         // Step order, i.e. the order the server spends the time in.
         rows.push((
@@ -890,6 +895,23 @@ mod tests {
         assert_eq!(rate(u64::MAX, u64::MAX, 0), "50.0%");
         assert_eq!(rate(u64::MAX, 0, 0), "100.0%");
         assert_eq!(rate(u64::MAX - 1, 1, 0), "99.9%");
+    }
+
+    /// A release stuck RELEASING says why beside its state; no other
+    /// allocation has the row.
+    #[test]
+    fn allocation_detail_shows_why_a_release_is_stuck() {
+        assert!(!allocation_detail(&sample_allocation()).contains("last_error"));
+        let mut stuck = sample_allocation();
+        stuck.state = api::AllocationState::Releasing as i32;
+        stuck.last_error = "volume vol-1 is detached, and Cinder still refuses its delete".into();
+        let text = allocation_detail(&stuck);
+        assert!(
+            text.contains(
+                "state:      RELEASING\nlast_error: volume vol-1 is detached, and Cinder still refuses its delete\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -239,6 +239,19 @@ impl PoolManager {
         Ok(allocation)
     }
 
+    /// Why the latest try to finish `request_id`'s release failed (by this
+    /// process: a restart forgets it until its reconcile pass tries again),
+    /// while no try has finished it since; `None` once one has, or if none
+    /// failed. For an order GetAllocation shows RELEASING.
+    pub fn release_error(&self, request_id: &str) -> Option<String> {
+        self.shared
+            .release_errors
+            .lock()
+            .expect("release errors lock")
+            .get(request_id)
+            .cloned()
+    }
+
     /// Deletes the allocated server and port; deletes the volume if
     /// `delete_volume` (or, when `None`, the allocation's own setting) says so.
     /// Runs to its end even if the caller stops waiting.
@@ -281,9 +294,18 @@ impl PoolManager {
         }
         match allocation.state {
             AllocationState::Released => return Ok(allocation),
-            AllocationState::Allocating => {
+            AllocationState::Allocating if InFlight::holds(&self.shared, request_id) => {
                 return Err(ManagerError::TryAgain(format!(
                     "allocation {request_id} is still in progress; release it once Allocate has answered"
+                )))
+            }
+            // No call works on it: its Allocate failed (or warmpoold
+            // stopped under it) and the rollback the cloud kept from
+            // finishing is left to the reconcile passes. Waiting for an
+            // answer Allocate gave already would be waiting for nothing.
+            AllocationState::Allocating => {
+                return Err(ManagerError::TryAgain(format!(
+                    "allocation {request_id} is being rolled back: its Allocate failed (or warmpoold stopped during it), and the cloud has not let the rollback finish yet; nothing of it is allocated, and each reconcile pass goes on with the rollback. Call again: the order reads NOT_FOUND once the rollback is done, and there is nothing to release"
                 )))
             }
             AllocationState::Allocated | AllocationState::Releasing => {}
@@ -1140,7 +1162,9 @@ impl Shared {
                         // delete it again.
                         if !volume.is_being_deleted() {
                             tracing::info!(request_id = %watch.request_id, volume = %volume.id, "deleting the twin of a volume create whose answer was lost");
-                            if let Err(e) = self.delete_volume_when_free(&volume.id, deadline).await
+                            if let Err(e) = self
+                                .delete_volume_when_free(&volume.id, LetGoBy::AnyServer, deadline)
+                                .await
                             {
                                 failed.push(e);
                                 continue;
@@ -3371,7 +3395,10 @@ impl Shared {
             self.watch_deleted_volume(&mut watch, volume_id, twins);
             self.write_twin_watch(watch).await?;
             self.store.flush().await?;
-            if let Err(e) = self.delete_volume_when_free(volume_id, deadline).await {
+            if let Err(e) = self
+                .delete_volume_when_free(volume_id, LetGoBy::AnyServer, deadline)
+                .await
+            {
                 let stuck = matches!(
                     self.cloud.get_volume(volume_id).await,
                     Ok(v) if v.status.is_error_attaching()
@@ -3627,16 +3654,24 @@ impl Shared {
 
     /// Deletes a volume once Cinder has let go of it: a detach (or the
     /// deletion of the server it was on) finishes asynchronously. Cinder
-    /// gives one message for every state it refuses a delete in: a volume
-    /// still detaching is waited for (looking at it, not asking again); a
-    /// detached one it still refuses has snapshots or a transfer pending,
-    /// which waiting does not mend; nor does it mend one Cinder keeps
-    /// `error_attaching`, refused at once. One being deleted already
-    /// (`deleting`, `error_deleting`) is done. A rate limit is waited out
-    /// as its Retry-After says, jittered (`patiently`).
+    /// gives one message for every state it refuses a delete in, so the
+    /// volume is looked at (not asked again) to tell them apart. Waited
+    /// for: a volume still detaching (from any server, gone or not) or
+    /// attached to a server `let_go_by` names, and one in a state Cinder
+    /// ends by itself (a backup). Refused, FAILED_PRECONDITION, as waiting
+    /// does not mend them: a detached volume Cinder still refuses
+    /// (snapshots, a group), one awaiting a transfer, one attached to a
+    /// server `let_go_by` does not name, and one Cinder keeps
+    /// `error_attaching`, at once; one still listed in use by the order's
+    /// server [`STALE_ATTACHMENT_GRACE`] after the server is gone (a
+    /// stale attachment), then.
+    /// One being deleted already (`deleting`, `error_deleting`) is done. A
+    /// rate limit is waited out as its Retry-After says, jittered
+    /// (`patiently`).
     pub(crate) async fn delete_volume_when_free(
         &self,
         volume_id: &str,
+        let_go_by: LetGoBy<'_>,
         deadline: Instant,
     ) -> ManagerResult<()> {
         let pause = self.settings.poll_interval.min(Duration::from_millis(500));
@@ -3662,21 +3697,25 @@ impl Shared {
                     _ => {}
                 }
                 return Err(ManagerError::FailedPrecondition(format!(
-                    "volume {volume_id} cannot be deleted: {refused} Delete its snapshots (or finish its transfer) and release again"
+                    "volume {volume_id} is detached, and Cinder still refuses its delete: {refused} It has snapshots, most likely (openstack volume snapshot list --volume {volume_id}), or belongs to a group: delete them (or take it out of the group) and release again"
                 )));
             }
+            // What the last look saw it waiting for, for the answer at the
+            // deadline.
+            let mut waiting = "not detached yet".to_owned();
+            // When the order's server was first seen gone while Cinder
+            // still listed the volume attached to it.
+            let mut gone_server_seen: Option<Instant> = None;
             loop {
                 if Instant::now() >= deadline {
-                    // Still detaching, which Cinder finishes in the end:
-                    // only a detached volume it refuses is the tenant's to
-                    // mend.
+                    // Only slow: Cinder finishes it in the end.
                     return Err(CloudError::Transient(format!(
-                        "volume {volume_id} is not detached yet, and Cinder refuses its delete until it is: {refused}"
+                        "volume {volume_id} is {waiting}, and Cinder refuses its delete until it is available: {refused}"
                     ))
                     .into());
                 }
                 tokio::time::sleep(pause).await;
-                match self.cloud.get_volume(volume_id).await {
+                let v = match self.cloud.get_volume(volume_id).await {
                     // A delete of it was accepted already: by an earlier
                     // try of the caller that stopped after sending it (a
                     // crash, an error further on), or by a reconcile pass
@@ -3686,22 +3725,52 @@ impl Shared {
                     // as far as the caller goes. Every caller has a watch
                     // naming the volume written first, which follows it up.
                     Ok(v) if v.is_being_deleted() => return Ok(()),
-                    Ok(v) if v.status == VolumeStatus::Available && v.attached_to.is_empty() => {
-                        seen_detached = true;
-                        break;
-                    }
-                    // Every caller has deleted the servers that could hold
-                    // it first (a deletion lets go of one Nova kept), so
-                    // Cinder keeps it so until an admin resets it: waiting
-                    // out the deadline would only hold up the caller (a
-                    // rollback, a reconcile pass) each time. It asks again.
-                    Ok(v) if v.status.is_error_attaching() => {
-                        return Err(ManagerError::FailedPrecondition(format!(
-                            "volume {volume_id} is error_attaching (an attach of it failed in Cinder), and Cinder refuses its delete until an admin resets its state (openstack volume set --state available {volume_id}): {refused}"
-                        )));
-                    }
                     Err(CloudError::NotFound(_)) => return Ok(()),
-                    _ => {}
+                    Ok(v) => v,
+                    // A look that failed says nothing: looked at again.
+                    Err(_) => continue,
+                };
+                if let Some(stands) = refusal_that_stands(&v, let_go_by, &refused) {
+                    return Err(stands);
+                }
+                if v.attached_to.is_empty()
+                    && matches!(v.status, VolumeStatus::Available | VolumeStatus::Error)
+                {
+                    seen_detached = true;
+                    break;
+                }
+                waiting = match passing_volume_state(&v.status) {
+                    Some(doing) if v.attached_to.is_empty() => doing.to_owned(),
+                    _ if v.attached_to.is_empty() => match &v.status {
+                        VolumeStatus::Other(status) => format!("still {status}"),
+                        status => format!("still {status:?}"),
+                    },
+                    _ => format!("not detached yet from {}", v.attached_to.join(", ")),
+                };
+                // Nova deletes a server's attachments before the server
+                // goes: one Cinder still lists in-use a while after is
+                // left from a detach that failed, which no wait ends. One
+                // still `detaching` is a detach the host goes on with
+                // (slowly), as far as warmpool can tell.
+                let LetGoBy::Order(Some(own)) = let_go_by else {
+                    continue;
+                };
+                if v.status == VolumeStatus::Detaching || !v.attached_to.iter().any(|s| s == own) {
+                    continue;
+                }
+                let gone = matches!(
+                    self.cloud.read_server(own).await,
+                    Err(CloudError::NotFound(_))
+                );
+                if !gone {
+                    gone_server_seen = None;
+                    continue;
+                }
+                let since = *gone_server_seen.get_or_insert_with(Instant::now);
+                if Instant::now().duration_since(since) >= STALE_ATTACHMENT_GRACE {
+                    return Err(ManagerError::FailedPrecondition(format!(
+                        "volume {volume_id} still lists an attachment to server {own}, which is gone: a stale attachment Nova failed to delete with the server, and Cinder refuses the volume's delete while it is there. An admin deletes it (openstack volume attachment list --volume-id {volume_id}, then openstack volume attachment delete ID, or openstack volume set --detached --state available {volume_id}); then release again: {refused}"
+                    )));
                 }
             }
         }
@@ -3781,8 +3850,21 @@ impl Shared {
     }
 
     /// Deletes the server, port and (if decided) volume of a `Releasing`
-    /// allocation, then marks it `Released`. Idempotent.
+    /// allocation, then marks it `Released`. Idempotent. Why it failed is
+    /// kept for GetAllocation ([`PoolManager::release_error`]) until a try
+    /// finishes it.
     pub(crate) async fn finish_release(&self, allocation: Allocation) -> ManagerResult<Allocation> {
+        let request_id = allocation.params.request_id.clone();
+        let finished = self.finish_release_steps(allocation).await;
+        let mut errors = self.release_errors.lock().expect("release errors lock");
+        match &finished {
+            Ok(_) => errors.remove(&request_id),
+            Err(e) => errors.insert(request_id, e.to_string()),
+        };
+        finished
+    }
+
+    async fn finish_release_steps(&self, allocation: Allocation) -> ManagerResult<Allocation> {
         let deadline = self.cleanup_deadline();
         let request_id = &allocation.params.request_id;
         // The release is on disk (Releasing) before it gets here and goes
@@ -3832,7 +3914,9 @@ impl Shared {
                 self.watch_deleted_volume(&mut watch, volume_id, twins);
                 self.write_twin_watch(watch).await?;
                 self.store.flush().await.map_err(unconfirmed)?;
-                self.delete_volume_when_free(volume_id, deadline).await?;
+                let own = LetGoBy::Order(allocation.server_id.as_deref());
+                self.delete_volume_when_free(volume_id, own, deadline)
+                    .await?;
             }
         }
         if allocation.creates_in_doubt {
@@ -3959,6 +4043,70 @@ struct VolumeBefore<'a> {
     /// volume (a detach Nova refused, or an attach carried out after its
     /// answer was lost, leaves it in use by them until then).
     discarded_servers: &'a [String],
+}
+
+/// The servers a volume whose delete Cinder refuses may still be
+/// detaching from, as [`Shared::delete_volume_when_free`] is told: one
+/// attached to another stays so until someone detaches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LetGoBy<'a> {
+    /// The order's own server (`None`: it has none), which a release
+    /// detached the volume from and deleted.
+    Order(Option<&'a str>),
+    /// Any: the caller deleted every server that could hold it, some
+    /// named by no record (a rollback's failed tries, a lost create's
+    /// twin).
+    AnyServer,
+}
+
+/// How long Cinder may list an attachment to the order's server once the
+/// server is gone before it is taken for a stale one: Nova deletes it
+/// before the server goes, so this covers only an answer from a Cinder
+/// that lags behind Nova's.
+const STALE_ATTACHMENT_GRACE: Duration = Duration::from_secs(30);
+
+/// FAILED_PRECONDITION for a volume whose delete Cinder refused (`refused`)
+/// in a state that no wait ends, as it looks now; `None` while it may
+/// still be letting go.
+fn refusal_that_stands(
+    volume: &Volume,
+    let_go_by: LetGoBy<'_>,
+    refused: &str,
+) -> Option<ManagerError> {
+    let volume_id = &volume.id;
+    if volume.status.is_awaiting_transfer() {
+        return Some(ManagerError::FailedPrecondition(format!(
+            "volume {volume_id} is awaiting-transfer (someone created a transfer of it to another project), and Cinder refuses its delete until the transfer is accepted or deleted (openstack volume transfer request list, then openstack volume transfer request delete ID); then release again: {refused}"
+        )));
+    }
+    // Every caller has deleted the servers that could hold it first (a
+    // deletion lets go of one Nova kept), so Cinder keeps it so until an
+    // admin resets it: waiting out the deadline would only hold up the
+    // caller (a release, a rollback, a reconcile pass) each time. It asks
+    // again.
+    if volume.status.is_error_attaching() {
+        return Some(ManagerError::FailedPrecondition(format!(
+            "volume {volume_id} is error_attaching (an attach of it failed in Cinder), and Cinder refuses its delete until an admin resets its state (openstack volume set --state available {volume_id}): {refused}"
+        )));
+    }
+    let LetGoBy::Order(own) = let_go_by else {
+        return None;
+    };
+    // A detach from another server under way ends by itself.
+    if volume.status == VolumeStatus::Detaching {
+        return None;
+    }
+    let others: Vec<&str> = volume
+        .attached_to
+        .iter()
+        .map(String::as_str)
+        .filter(|s| Some(*s) != own)
+        .collect();
+    let first = others.first()?;
+    let others = others.join(", ");
+    Some(ManagerError::FailedPrecondition(format!(
+        "volume {volume_id} is in use by server {others}, not the order's, and Cinder refuses its delete while it is attached: detach it there (openstack server remove volume {first} {volume_id}) and release again: {refused}"
+    )))
 }
 
 /// What Cinder is doing to a volume in a state that ends by itself (in the
@@ -4248,6 +4396,50 @@ mod tests {
             Duration::from_secs(300)
         );
         assert_eq!(cleanup_budget(Duration::MAX), Duration::MAX);
+    }
+
+    /// A release waits only while the volume may still let go by itself:
+    /// detaching, or attached to the order's own server; attached to
+    /// another, or awaiting a transfer, it is refused at once. A rollback
+    /// (any server may be one of its failed tries') waits for every
+    /// attachment.
+    #[test]
+    fn refused_volume_deletes_that_no_wait_ends() {
+        let volume = |status: VolumeStatus, attached_to: &[&str]| Volume {
+            id: "vol-1".into(),
+            name: "order".into(),
+            status,
+            availability_zone: "az1".into(),
+            size_gib: 10,
+            attached_to: attached_to.iter().map(|s| s.to_string()).collect(),
+            volume_type: None,
+            multiattach: attached_to.len() > 1,
+            metadata: BTreeMap::new(),
+            owner: VolumeOwner::Warmpool,
+        };
+        let order = LetGoBy::Order(Some("srv-own"));
+        let stands = |v: &Volume, by| refusal_that_stands(v, by, "refused").is_some();
+        let transfer = volume(VolumeStatus::Other("awaiting-transfer".into()), &[]);
+        assert!(stands(&transfer, order));
+        assert!(stands(&transfer, LetGoBy::AnyServer));
+        let elsewhere = volume(VolumeStatus::InUse, &["srv-own", "srv-other"]);
+        let Some(ManagerError::FailedPrecondition(m)) =
+            refusal_that_stands(&elsewhere, order, "refused")
+        else {
+            panic!("in use elsewhere, waited for");
+        };
+        assert!(m.contains("srv-other") && !m.contains("srv-own"), "{m}");
+        assert!(stands(&elsewhere, LetGoBy::Order(None)));
+        assert!(!stands(&elsewhere, LetGoBy::AnyServer));
+        for letting_go in [
+            volume(VolumeStatus::InUse, &["srv-own"]),
+            volume(VolumeStatus::Detaching, &["srv-own"]),
+            volume(VolumeStatus::Detaching, &["srv-other"]),
+            volume(VolumeStatus::Other("backing-up".into()), &[]),
+            volume(VolumeStatus::Available, &[]),
+        ] {
+            assert!(!stands(&letting_go, order), "{letting_go:?}");
+        }
     }
 
     /// A volume Cinder is backing up, extending, migrating... is back in

@@ -235,6 +235,13 @@ impl VolumeStatus {
     pub fn is_error_deleting(&self) -> bool {
         matches!(self, Self::Other(s) if s == "error_deleting")
     }
+
+    /// Cinder's `awaiting-transfer`: someone created a transfer of the
+    /// volume to another project. It stays so until the transfer is
+    /// accepted (the volume then is the other project's) or deleted.
+    pub fn is_awaiting_transfer(&self) -> bool {
+        matches!(self, Self::Other(s) if s == "awaiting-transfer")
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

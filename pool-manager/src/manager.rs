@@ -212,6 +212,11 @@ pub(crate) struct Shared {
     /// calls hold each); the periodic reconciler leaves their `Allocating`
     /// records alone.
     pub in_flight: Mutex<HashMap<String, usize>>,
+    /// Why the latest try to finish each unfinished release failed, by
+    /// request id, for GetAllocation (a release the cloud keeps from
+    /// finishing showed only RELEASING). Kept in memory alone: a restart's
+    /// first reconcile pass, before the API serves, tries each again.
+    pub release_errors: Mutex<HashMap<String, String>>,
     pub tasks: Mutex<JoinSet<()>>,
     /// The API calls running as tasks ([`PoolManager::detached`]), which a
     /// graceful stop waits for ([`PoolManager::finish_calls`]).
@@ -745,6 +750,7 @@ impl PoolManager {
                 booted_ready: Mutex::default(),
                 driving: Mutex::new(HashSet::new()),
                 in_flight: Mutex::new(HashMap::new()),
+                release_errors: Mutex::default(),
                 tasks: Mutex::new(JoinSet::new()),
                 calls: watch::channel(DetachedCalls::default()).0,
                 shutdown: watch::channel(false).0,

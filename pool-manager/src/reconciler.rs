@@ -48,6 +48,7 @@
 //! of its own forgets released allocations older than that, hourly (a look
 //! at every allocation record is too much for every pass).
 
+use crate::allocator::LetGoBy;
 use crate::cloud::{CloudError, CloudIdentity, Server, ServerStatus, VolumeStatus, META_INSTANCE};
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::EventKind;
@@ -1025,7 +1026,8 @@ impl Shared {
                     // look again next pass.
                     if v.status == VolumeStatus::Available && v.attached_to.is_empty() {
                         let deadline = self.cleanup_deadline();
-                        self.delete_volume_when_free(&deleted.id, deadline).await?;
+                        self.delete_volume_when_free(&deleted.id, LetGoBy::AnyServer, deadline)
+                            .await?;
                     }
                     deleted.stuck = false;
                 }

@@ -1340,6 +1340,168 @@ async fn a_volume_with_snapshots_fails_its_release_at_once_and_says_why() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// Cinder's one message for every state it refuses a volume's delete in.
+const CINDER_DELETE_REFUSED: &str = "Invalid volume: Volume status must be available or error or error_restoring or error_extending or error_managing and must not be migrating, attached, belong to a group, have snapshots, awaiting a transfer, or be disassociated from snapshots after volume transfer.";
+
+/// A volume someone created a transfer for (`awaiting-transfer`) stays so
+/// until the transfer is accepted or deleted: its release fails at once,
+/// FAILED_PRECONDITION naming the transfer. It used to be taken for a
+/// volume still detaching, waited for until the cleanup deadline (2 min,
+/// past billing's deadline, holding a reconcile pass as long), and
+/// answered UNAVAILABLE "not detached yet".
+#[tokio::test(start_paused = true)]
+async fn a_volume_awaiting_a_transfer_fails_its_release_at_once_and_says_why() {
+    let sim = sim();
+    let (cloud, refusing) = GatedCloud::refusing(
+        &sim,
+        "delete_volume",
+        pool_manager::cloud::CloudError::Conflict(CINDER_DELETE_REFUSED.into()),
+        false,
+    );
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let allocation = manager
+        .allocate(request("order-t", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let volume = allocation.volume_id.clone().unwrap();
+    refusing.store(true, Ordering::SeqCst);
+    cloud.show_volume_status_after(
+        0,
+        Some(pool_manager::cloud::VolumeStatus::Other(
+            "awaiting-transfer".into(),
+        )),
+    );
+
+    let started = tokio::time::Instant::now();
+    let err = manager.release("order-t", Some(true)).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m)
+            if m.contains(&volume) && m.contains("awaiting-transfer") && m.contains("release again")),
+        "{err:?}"
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(30), "answered after {took:?}");
+    assert_eq!(
+        manager.get_allocation("order-t").await.unwrap().state,
+        AllocationState::Releasing
+    );
+    // GetAllocation's reason for the RELEASING it shows.
+    assert_eq!(manager.release_error("order-t"), Some(err.to_string()));
+
+    // The transfer deleted, releasing again finishes.
+    refusing.store(false, Ordering::SeqCst);
+    cloud.show_volume_status_after(0, None);
+    let released = manager.release("order-t", Some(true)).await.unwrap();
+    assert_eq!(released.state, AllocationState::Released);
+    assert_eq!(manager.release_error("order-t"), None);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(sim.volumes().is_empty(), "{:?}", sim.volumes());
+    assert_consistent(&sim, &manager).await;
+}
+
+/// A volume attached to a server other than the order's (a multiattach
+/// volume the tenant attached elsewhere too) stays so until someone
+/// detaches it: its release fails at once, FAILED_PRECONDITION naming that
+/// server, not UNAVAILABLE "not detached yet" after the cleanup deadline.
+#[tokio::test(start_paused = true)]
+async fn a_volume_in_use_by_another_server_fails_its_release_at_once_naming_it() {
+    use pool_manager::cloud::Cloud;
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 1).await;
+    let allocation = manager
+        .allocate(request("order-m", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let volume = allocation.volume_id.clone().unwrap();
+    let other = sim
+        .attach_volume_elsewhere_too(&volume, "multiattach")
+        .unwrap();
+
+    let started = tokio::time::Instant::now();
+    let err = manager.release("order-m", Some(true)).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m)
+            if m.contains(&volume) && m.contains(&other) && m.contains("release again")),
+        "{err:?}"
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(30), "answered after {took:?}");
+
+    // Detached there, releasing again finishes.
+    sim.detach_volume(&other, &volume).await.unwrap();
+    let released = manager.release("order-m", Some(true)).await.unwrap();
+    assert_eq!(released.state, AllocationState::Released);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(sim.volumes().is_empty(), "{:?}", sim.volumes());
+    assert_consistent(&sim, &manager).await;
+}
+
+/// An attachment Cinder still lists once the order's server is gone (Nova
+/// failed to delete it with the server) never goes by itself: the release
+/// fails FAILED_PRECONDITION saying so, well before the cleanup deadline.
+#[tokio::test(start_paused = true)]
+async fn a_stale_attachment_to_the_deleted_server_fails_its_release_saying_so() {
+    let sim = sim();
+    let (cloud, refusing) = GatedCloud::refusing(
+        &sim,
+        "delete_volume",
+        pool_manager::cloud::CloudError::Conflict(CINDER_DELETE_REFUSED.into()),
+        false,
+    );
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let allocation = manager
+        .allocate(request("order-s", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let volume = allocation.volume_id.clone().unwrap();
+    let server = allocation.server_id.clone().unwrap();
+    refusing.store(true, Ordering::SeqCst);
+    cloud.show_volume_status_after(0, Some(pool_manager::cloud::VolumeStatus::InUse));
+    cloud.show_volume_attached_to(Some(vec![server.clone()]));
+
+    let started = tokio::time::Instant::now();
+    let err = manager.release("order-s", Some(true)).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m)
+            if m.contains(&volume) && m.contains(&server) && m.contains("stale") && m.contains("release again")),
+        "{err:?}"
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(90), "answered after {took:?}");
+    assert!(!sim.servers().iter().any(|s| s.server.id == server));
+}
+
+/// An order whose Allocate failed, and whose rollback the cloud keeps
+/// from finishing (a port's delete refused), is ALLOCATING with no call
+/// working on it: its Release used to say to release it "once Allocate
+/// has answered", which it had. It says that nothing is allocated, that
+/// the rollback goes on, and that the order reads NOT_FOUND once done.
+#[tokio::test(start_paused = true)]
+async fn the_release_of_an_order_whose_allocate_failed_says_it_is_being_rolled_back() {
+    let sim = sim();
+    let cloud = GatedCloud::with_fault(&sim, |method| {
+        matches!(method, "attach_volume" | "delete_port")
+            .then(|| pool_manager::cloud::CloudError::Fatal(format!("{method} refused")))
+    });
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    manager
+        .allocate(request("order-r", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        manager.get_allocation("order-r").await.unwrap().state,
+        AllocationState::Allocating
+    );
+
+    let err = manager.release("order-r", None).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::TryAgain(m)
+            if m.contains("order-r") && m.contains("rolled back") && m.contains("NOT_FOUND")
+                && !m.contains("once Allocate has answered")),
+        "{err:?}"
+    );
+}
+
 /// A tenant's server whose host failed (ERROR) cannot have its volume or
 /// port detached; its release deletes it anyway, which frees both, instead
 /// of failing at the detach for good.

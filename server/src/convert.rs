@@ -176,12 +176,18 @@ pub fn allocate_request(req: api::AllocateRequest) -> Result<AllocateRequest, St
     })
 }
 
-pub fn allocation(a: Allocation) -> api::Allocation {
+/// `release_error`: why the latest try to finish its release failed
+/// (`PoolManager::release_error`), shown only while it is `Releasing`.
+pub fn allocation(a: Allocation, release_error: Option<String>) -> api::Allocation {
     let state = match a.state {
         AllocationState::Allocating => api::AllocationState::Allocating,
         AllocationState::Allocated => api::AllocationState::Allocated,
         AllocationState::Releasing => api::AllocationState::Releasing,
         AllocationState::Released => api::AllocationState::Released,
+    };
+    let last_error = match a.state {
+        AllocationState::Releasing => release_error.unwrap_or_default(),
+        _ => String::new(),
     };
     let t = &a.timings;
     api::Allocation {
@@ -212,6 +218,7 @@ pub fn allocation(a: Allocation) -> api::Allocation {
             a.delete_volume_on_release
                 .unwrap_or(a.params.volume.delete_on_release),
         ),
+        last_error,
     }
 }
 

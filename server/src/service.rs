@@ -144,7 +144,7 @@ impl WarmPool for WarmPoolService {
             .await
             .map_err(convert::status)?;
         Ok(Response::new(api::AllocateResponse {
-            allocation: Some(convert::allocation(allocation)),
+            allocation: Some(convert::allocation(allocation, None)),
         }))
     }
 
@@ -152,12 +152,17 @@ impl WarmPool for WarmPoolService {
         &self,
         request: Request<api::GetAllocationRequest>,
     ) -> Reply<api::Allocation> {
+        let request_id = request.into_inner().request_id;
         let allocation = self
             .manager
-            .get_allocation(&request.into_inner().request_id)
+            .get_allocation(&request_id)
             .await
             .map_err(convert::status)?;
-        Ok(Response::new(convert::allocation(allocation)))
+        let release_error = self.manager.release_error(&request_id);
+        Ok(Response::new(convert::allocation(
+            allocation,
+            release_error,
+        )))
     }
 
     async fn release(&self, request: Request<api::ReleaseRequest>) -> Reply<api::Allocation> {
@@ -175,7 +180,7 @@ impl WarmPool for WarmPoolService {
             .instrument(span)
             .await
             .map_err(convert::status)?;
-        Ok(Response::new(convert::allocation(allocation)))
+        Ok(Response::new(convert::allocation(allocation, None)))
     }
 
     async fn list_pools(

@@ -718,6 +718,41 @@ async fn a_cold_boot_of_a_retired_flavor_is_failed_precondition() {
     assert!(d.cloud().ports().is_empty(), "{:?}", d.cloud().ports());
 }
 
+/// A release whose volume Cinder refuses to delete (the tenant has
+/// snapshots of it) fails FAILED_PRECONDITION and leaves the order
+/// RELEASING; GetAllocation says why (`last_error`), which it used to
+/// leave to a WARN log, until a release finishes it.
+#[tokio::test]
+async fn a_stuck_release_says_why_in_get_allocation() {
+    let d = Daemon::start(&[("db.small", "az1", 1, 1)]).await;
+    let c = &d.client;
+    wait_ready(c, "db.small", "az1", 1).await;
+    let a = c
+        .allocate(allocate_request("order-snap", "db.small", "az1"))
+        .await
+        .unwrap();
+    assert_eq!(a.last_error, "");
+    assert!(d.cloud().set_volume_snapshots(&a.volume_id, 1));
+
+    let msg = expect_code(
+        c.release("order-snap", Some(true)).await,
+        Code::FailedPrecondition,
+    );
+    assert!(msg.contains("snapshots"), "{msg}");
+    let stuck = c.get_allocation("order-snap").await.unwrap();
+    assert_eq!(state(&stuck), api::AllocationState::Releasing);
+    assert!(
+        stuck.last_error.contains(&a.volume_id) && stuck.last_error.contains("snapshots"),
+        "{stuck:?}"
+    );
+
+    assert!(d.cloud().set_volume_snapshots(&a.volume_id, 0));
+    let released = c.release("order-snap", Some(true)).await.unwrap();
+    assert_eq!(state(&released), api::AllocationState::Released);
+    assert_eq!(released.last_error, "");
+    assert_eq!(c.get_allocation("order-snap").await.unwrap(), released);
+}
+
 #[tokio::test]
 async fn release_deletes_the_server_and_the_pool_refills() {
     let dir = tempfile::tempdir().unwrap();

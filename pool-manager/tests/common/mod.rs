@@ -382,6 +382,8 @@ pub struct GatedCloud {
     volume_ids_any_case: std::sync::atomic::AtomicBool,
     /// `get_volume` answers shown in another status ([`GatedCloud::show_volume_status_after`]).
     volume_status_shown: std::sync::Mutex<Option<(u32, pool_manager::cloud::VolumeStatus)>>,
+    /// `get_volume` answers list these attachments ([`GatedCloud::show_volume_attached_to`]).
+    volume_attachments_shown: std::sync::Mutex<Option<Vec<String>>>,
     /// How servers are shown, by id ([`GatedCloud::show_server`]).
     servers_shown: std::sync::Mutex<std::collections::HashMap<String, ServerShown>>,
 }
@@ -402,6 +404,7 @@ impl GatedCloud {
             tags: Default::default(),
             volume_ids_any_case: Default::default(),
             volume_status_shown: Default::default(),
+            volume_attachments_shown: Default::default(),
             servers_shown: Default::default(),
         })
     }
@@ -422,6 +425,7 @@ impl GatedCloud {
             tags: Default::default(),
             volume_ids_any_case: Default::default(),
             volume_status_shown: Default::default(),
+            volume_attachments_shown: Default::default(),
             servers_shown: Default::default(),
         })
     }
@@ -499,6 +503,13 @@ impl GatedCloud {
         *self.volume_status_shown.lock().unwrap() = status.map(|s| (looks, s));
     }
 
+    /// Every answer of `get_volume` lists the volume attached to `servers`
+    /// (`None`: as cloudsim has it again), as Cinder lists an attachment
+    /// Nova failed to delete with its server (a stale attachment).
+    pub fn show_volume_attached_to(&self, servers: Option<Vec<String>>) {
+        *self.volume_attachments_shown.lock().unwrap() = servers;
+    }
+
     /// Every answer naming server `id` (`get_server`, the pool-server
     /// listing) shows it changed by `shown`, as Nova shows what cloudsim
     /// does not model (a status such as REBOOT, SHUTOFF or PAUSED, a lock).
@@ -522,8 +533,12 @@ impl GatedCloud {
         server
     }
 
-    /// `volume` as [`GatedCloud::show_volume_status_after`] shows it.
+    /// `volume` as [`GatedCloud::show_volume_status_after`] and
+    /// [`GatedCloud::show_volume_attached_to`] show it.
     fn shown(&self, mut volume: pool_manager::cloud::Volume) -> pool_manager::cloud::Volume {
+        if let Some(servers) = self.volume_attachments_shown.lock().unwrap().as_ref() {
+            volume.attached_to = servers.clone();
+        }
         if let Some((looks, status)) = self.volume_status_shown.lock().unwrap().as_mut() {
             match looks.checked_sub(1) {
                 Some(left) => *looks = left,
