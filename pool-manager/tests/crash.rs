@@ -11,9 +11,12 @@ use cloudsim::SimCloud;
 use common::*;
 use pool_manager::cloud::VolumeStatus;
 use pool_manager::events::EventKind;
-use pool_manager::model::{Allocation, AllocationState, EmptyPoolPolicy, InstanceState};
+use pool_manager::model::{
+    Allocation, AllocationState, EmptyPoolPolicy, Instance, InstanceState, VolumeSource,
+};
 use pool_manager::store::Store;
 use pool_manager::{ManagerError, PoolManager};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -202,11 +205,39 @@ enum Purchase {
     WarmAfterAFailedAttach,
 }
 
+/// Whose volume the crashed order attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OrderVolume {
+    /// A new one warmpool creates, and deletes if the order is rolled back.
+    New,
+    /// The tenant's existing one, which nothing warmpool does deletes
+    /// (invariant 4): only the `volume_created` flag tells a rollback so.
+    Tenants,
+}
+
 async fn crash_at_every_step_of_an_allocation(survives: Survives, purchase: Purchase, hang: Hang) {
-    let sweep = format!("an allocation ({survives:?}, {purchase:?}, {hang:?})");
+    crash_at_every_step_of_an_order(survives, purchase, hang, OrderVolume::New).await;
+}
+
+async fn crash_at_every_step_of_an_order(
+    survives: Survives,
+    purchase: Purchase,
+    hang: Hang,
+    volume: OrderVolume,
+) {
+    let sweep = format!("an allocation ({survives:?}, {purchase:?}, {hang:?}, {volume:?})");
     at_every_crash_point(&sweep, 8, |crash_after| async move {
         let sim = sim();
         let dir = tempfile::tempdir().unwrap();
+        // Not an API call: the crash points count the order's calls alone.
+        let tenants = (volume == OrderVolume::Tenants)
+            .then(|| sim.create_volume_for_test("tenant-a", "az1", 20));
+        let source = match &tenants {
+            Some(volume_id) => VolumeSource::Existing {
+                volume_id: volume_id.clone(),
+            },
+            None => new_volume(),
+        };
         let (ready, policy) = match purchase {
             Purchase::Warm => (2, EmptyPoolPolicy::Wait),
             Purchase::Cold => (0, EmptyPoolPolicy::ColdBoot),
@@ -216,7 +247,7 @@ async fn crash_at_every_step_of_an_allocation(survives: Survives, purchase: Purc
         if let Purchase::WarmAfterAFailedAttach = purchase {
             sim.faults().fail_next_volume_attach(1);
         }
-        let order = request("order-crash", new_volume(), policy);
+        let order = request("order-crash", source, policy);
         let acknowledged = until_the_cloud_hangs(&sim, hang, crash_after, {
             let manager = process.manager.clone();
             let order = order.clone();
@@ -234,7 +265,9 @@ async fn crash_at_every_step_of_an_allocation(survives: Survives, purchase: Purc
         }
 
         let manager = process.crash_and_restart(&sim, dir.path(), survives).await;
-        let what = format!("{survives:?}, {purchase:?}, crash after {crash_after} calls, {hang:?}");
+        let what = format!(
+            "{survives:?}, {purchase:?}, {volume:?}, crash after {crash_after} calls, {hang:?}"
+        );
         assert_consistent(&sim, &manager).await;
         match &acknowledged {
             Some(done) => {
@@ -245,6 +278,12 @@ async fn crash_at_every_step_of_an_allocation(survives: Survives, purchase: Purc
                 manager.get_allocation("order-crash").await.is_err(),
                 "{what}: an unacknowledged allocation must be rolled back"
             ),
+        }
+        if let Some(volume_id) = &tenants {
+            // A rollback's detach takes Cinder a moment.
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let server = acknowledged.as_ref().and_then(|a| a.server_id.as_deref());
+            assert_tenants_volume_kept(&sim, volume_id, server, &what);
         }
 
         // The billing system retries the same order and gets one allocation.
@@ -258,6 +297,9 @@ async fn crash_at_every_step_of_an_allocation(survives: Survives, purchase: Purc
             assert_eq!(&retried, done, "{what}");
         }
         assert_consistent(&sim, &manager).await;
+        if let Some(volume_id) = &tenants {
+            assert_tenants_volume_kept(&sim, volume_id, retried.server_id.as_deref(), &what);
+        }
         manager.shutdown().await.unwrap();
         acknowledged.is_some()
     })
@@ -334,6 +376,66 @@ async fn a_crash_at_any_step_of_an_allocation_after_a_failed_try_is_repaired() {
     }
 }
 
+/// A crash at any step of a purchase that attaches the tenant's existing
+/// volume, before or after the call took effect, the store keeping every
+/// write, only the flushed ones, or some of the others: after the restart's
+/// reconcile the volume is still there, attached to the order's server if
+/// the order was acknowledged, else `available` and attached to nothing,
+/// and no call ever asked Cinder to delete it.
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_any_step_of_an_allocation_of_the_tenants_volume_keeps_it() {
+    for hang in Hang::BOTH {
+        for survives in Survives::ALL {
+            crash_at_every_step_of_an_order(survives, Purchase::Warm, hang, OrderVolume::Tenants)
+                .await;
+        }
+    }
+}
+
+/// The same when the purchase's first try fails its attach of the
+/// tenant's volume: the failed try's undoing detaches it, never deletes it.
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_any_step_of_an_allocation_of_the_tenants_volume_after_a_failed_try_keeps_it() {
+    for hang in Hang::BOTH {
+        for survives in Survives::ALL {
+            crash_at_every_step_of_an_order(
+                survives,
+                Purchase::WarmAfterAFailedAttach,
+                hang,
+                OrderVolume::Tenants,
+            )
+            .await;
+        }
+    }
+}
+
+/// The tenant's volume `volume_id` is there, was never sent a delete (no
+/// volume of the scenario was), and is attached to `server` alone, or,
+/// with none, `available` and attached to nothing.
+fn assert_tenants_volume_kept(sim: &SimCloud, volume_id: &str, server: Option<&str>, what: &str) {
+    let calls = sim.call_counts();
+    assert_eq!(
+        calls.get("delete_volume"),
+        None,
+        "{what}: a volume was sent a delete, and the only one is the tenant's: {calls:?}"
+    );
+    let volume = sim
+        .volumes()
+        .into_iter()
+        .find(|v| v.id == volume_id)
+        .unwrap_or_else(|| panic!("{what}: the tenant's volume {volume_id} was deleted"));
+    match server {
+        Some(server) => {
+            assert_eq!(volume.status, VolumeStatus::InUse, "{what}: {volume:?}");
+            assert_eq!(volume.attached_to, [server], "{what}: {volume:?}");
+        }
+        None => {
+            assert_eq!(volume.status, VolumeStatus::Available, "{what}: {volume:?}");
+            assert!(volume.attached_to.is_empty(), "{what}: {volume:?}");
+        }
+    }
+}
+
 /// What the crashed release is of, and what it does with the volume.
 #[derive(Clone, Copy, Debug)]
 struct Release {
@@ -343,12 +445,16 @@ struct Release {
     /// sent again (`creates_in_doubt`): their twins, deleted by the
     /// commit's look, are named by a watch the release takes over.
     in_doubt: bool,
+    /// The order attached the tenant's existing volume, which it did not
+    /// create: with `delete_volume` false, nothing may delete it.
+    tenants_volume: bool,
 }
 
 impl Release {
     const DELETING_THE_VOLUME: Self = Self {
         delete_volume: true,
         in_doubt: false,
+        tenants_volume: false,
     };
 }
 
@@ -364,6 +470,7 @@ async fn crash_at_every_step_of_a_release(survives: Survives, hang: Hang, releas
     let Release {
         delete_volume,
         in_doubt,
+        tenants_volume,
     } = release;
     at_every_crash_point(&sweep, 4, |crash_after| async move {
         let sim = sim();
@@ -374,13 +481,15 @@ async fn crash_at_every_step_of_a_release(survives: Survives, hang: Hang, releas
             process.cloud.lose_next_answer("create_port");
             process.cloud.lose_next_answer("create_volume");
         }
+        let source = match tenants_volume {
+            true => VolumeSource::Existing {
+                volume_id: sim.create_volume_for_test("tenant-a", "az1", 20),
+            },
+            false => new_volume(),
+        };
         let sold = process
             .manager
-            .allocate(request(
-                "order-crash",
-                new_volume(),
-                EmptyPoolPolicy::FailFast,
-            ))
+            .allocate(request("order-crash", source, EmptyPoolPolicy::FailFast))
             .await
             .unwrap();
         assert_eq!(sold.creates_in_doubt, in_doubt);
@@ -408,6 +517,16 @@ async fn crash_at_every_step_of_a_release(survives: Survives, hang: Hang, releas
             assert_eq!(after_restart, sold, "{what}");
         }
         assert_consistent(&sim, &manager).await;
+        if tenants_volume {
+            // A release's detach takes Cinder a moment.
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let volume = sold.volume_id.as_deref().unwrap();
+            let server = match after_restart.state {
+                AllocationState::Allocated => sold.server_id.as_deref(),
+                _ => None,
+            };
+            assert_tenants_volume_kept(&sim, volume, server, &what);
+        }
 
         // The billing system retries the release and it is done once.
         let retried = manager
@@ -434,6 +553,9 @@ async fn crash_at_every_step_of_a_release(survives: Survives, hang: Hang, releas
             }
         }
         assert!(sim.ports().is_empty(), "{what}: {:?}", sim.ports());
+        if tenants_volume && !delete_volume {
+            assert_tenants_volume_kept(&sim, volume, None, &what);
+        }
         assert_consistent(&sim, &manager).await;
         manager.shutdown().await.unwrap();
         acknowledged.is_some()
@@ -473,6 +595,23 @@ async fn a_crash_at_any_step_of_a_release_keeping_the_volume_keeps_it() {
     let keeping = Release {
         delete_volume: false,
         in_doubt: false,
+        tenants_volume: false,
+    };
+    for hang in Hang::BOTH {
+        crash_at_every_step_of_a_release_surviving_anything(hang, keeping).await;
+    }
+}
+
+/// The same for a release of an order that attached the tenant's existing
+/// volume: finished or asked again, it hands the volume back `available`,
+/// attached to nothing, and no call of the release, the restart's
+/// reconcile or a later pass ever asks Cinder to delete it.
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_any_step_of_a_release_of_the_tenants_volume_keeps_it() {
+    let keeping = Release {
+        delete_volume: false,
+        in_doubt: false,
+        tenants_volume: true,
     };
     for hang in Hang::BOTH {
         crash_at_every_step_of_a_release_surviving_anything(hang, keeping).await;
@@ -489,6 +628,7 @@ async fn a_crash_at_any_step_of_a_release_of_creates_in_doubt_is_repaired() {
     let keeping = Release {
         delete_volume: false,
         in_doubt: true,
+        tenants_volume: false,
     };
     for hang in Hang::BOTH {
         crash_at_every_step_of_a_release_surviving_anything(hang, keeping).await;
@@ -1050,6 +1190,9 @@ struct CrashAtWrite {
     crashed: std::sync::atomic::AtomicBool,
     /// An instance was claimed by a write before the crashing one.
     claimed: std::sync::atomic::AtomicBool,
+    /// A write before the crashing one put a claimed instance back
+    /// (`Ready`, unclaimed).
+    put_back: std::sync::atomic::AtomicBool,
     sim: Arc<SimCloud>,
 }
 
@@ -1059,14 +1202,24 @@ impl StoreHooks for CrashAtWrite {
         use std::sync::atomic::Ordering::SeqCst;
         let claim =
             matches!(&write, Write::Instance(_, Some(i)) if i.state == InstanceState::Claimed);
+        // Only a purchase claims here, so a Ready write after a claim is
+        // its put-back.
+        let put_back = self.claimed.load(SeqCst)
+            && matches!(&write, Write::Instance(_, Some(i))
+                if i.state == InstanceState::Ready && i.request_id.is_none());
         self.image.written(write);
         if self.left.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)) == Ok(1) {
             self.image.crash();
             self.crashed.store(true, SeqCst);
             self.sim.faults().hang_after_calls(0);
         }
-        if claim && !self.crashed.load(SeqCst) {
-            self.claimed.store(true, SeqCst);
+        if !self.crashed.load(SeqCst) {
+            if claim {
+                self.claimed.store(true, SeqCst);
+            }
+            if put_back {
+                self.put_back.store(true, SeqCst);
+            }
         }
     }
 
@@ -1098,17 +1251,53 @@ struct Restarted<'a> {
     what: String,
     /// A write crashed the process; else the purchase answered first.
     crashed: bool,
-    /// A write before the crashing one claimed an instance.
-    claimed: bool,
+    /// A write before the crashing one put a claimed instance back in the
+    /// pool. It is flushed before any later write, so it survives.
+    put_back: bool,
+    /// The instances the reopened store held, before the restart.
+    at_restart: Vec<Instance>,
     manager: &'a PoolManager,
+}
+
+impl Restarted<'_> {
+    /// Instances the reopened store held claimed: each the rollback's to
+    /// discard.
+    fn claimed_at_restart(&self) -> usize {
+        let claimed = self.at_restart.iter();
+        claimed
+            .filter(|i| i.state == InstanceState::Claimed)
+            .count()
+    }
+}
+
+/// What the restart's repair leaves, 60 s on, of the instances a crashed
+/// purchase's reopened store holds, by id: a Ready one stays; an
+/// Allocated one stays if its order was committed; the rest go, their
+/// servers deleted and their records dropped: the claimed one (invariant
+/// 3: sold or deleted, and a purchase rolled back sold nothing), the one
+/// being discarded, and the one a rolled-back order had taken. Nothing is
+/// booted (the pool is paused).
+fn repaired_from(
+    at_restart: &[Instance],
+    order: Option<&Allocation>,
+) -> BTreeMap<String, InstanceState> {
+    let committed = order.is_some_and(|o| o.state == AllocationState::Allocated);
+    let kept = at_restart.iter().filter(|i| match i.state {
+        InstanceState::Ready => true,
+        InstanceState::Allocated => committed,
+        InstanceState::Claimed | InstanceState::Deleting => false,
+        state => panic!("a purchase leaves no instance {state:?}: {i:#?}"),
+    });
+    kept.map(|i| (i.id.clone(), i.state)).collect()
 }
 
 /// A purchase meeting `fault`, crashed at its first store write, then its
 /// second, and so on until it answers before the crash; once keeping only
 /// the flushed writes, once every one. After each, the process starts
 /// again on what survived, and 60 s later the store agrees with the cloud
-/// ([`assert_consistent`]), `fault` checks the rest, and the order asked
-/// again is served.
+/// ([`assert_consistent`]), the instances are exactly those
+/// [`repaired_from`] keeps of what the reopened store held, `fault` checks
+/// the rest, and the order asked again is served.
 async fn crash_at_every_write_of_a_purchase(fault: &dyn PurchaseFault) {
     use std::sync::atomic::Ordering::SeqCst;
     for every_write in [false, true] {
@@ -1122,6 +1311,7 @@ async fn crash_at_every_write_of_a_purchase(fault: &dyn PurchaseFault) {
                 left: Default::default(),
                 crashed: Default::default(),
                 claimed: Default::default(),
+                put_back: Default::default(),
                 sim: sim.clone(),
             });
             let manager = started_paused(&cloud, store.clone(), 2).await;
@@ -1137,7 +1327,7 @@ async fn crash_at_every_write_of_a_purchase(fault: &dyn PurchaseFault) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let crashed = store.hooks.crashed.load(SeqCst);
-            let claimed = store.hooks.claimed.load(SeqCst);
+            let put_back = store.hooks.put_back.load(SeqCst);
             if crashed {
                 purchase.abort();
             } else {
@@ -1153,16 +1343,27 @@ async fn crash_at_every_write_of_a_purchase(fault: &dyn PurchaseFault) {
                 false => |_| 0,
             };
             let store = store.hooks.image.reopen(dir.path(), kept).await;
+            let at_restart = store.list_instances().await.unwrap();
+            let order_at_restart = store.get_allocation("order-crash").await.unwrap();
             let manager = manager_over(&cloud, store);
             manager.start().await.unwrap();
 
             let what = format!("crash at write {at}, every write kept: {every_write}");
             tokio::time::sleep(Duration::from_secs(60)).await;
             assert_consistent(&sim, &manager).await;
+            let expected = repaired_from(&at_restart, order_at_restart.as_ref());
+            let instances = manager.list_instances(None).await.unwrap();
+            let repaired: BTreeMap<_, _> =
+                instances.iter().map(|i| (i.id.clone(), i.state)).collect();
+            assert_eq!(
+                repaired, expected,
+                "{what}: the restart found {at_restart:#?} and the order {order_at_restart:#?}"
+            );
             let restarted = Restarted {
                 what,
                 crashed,
-                claimed,
+                put_back,
+                at_restart,
                 manager: &manager,
             };
             fault.repaired(&restarted).await;
@@ -1240,10 +1441,19 @@ impl PurchaseFault for AttachesThrottled {
             "{what}: {instances:#?}"
         );
         // Back in the pool, or (a crash while claimed) discarded.
-        if instances.len() == 2 && after.crashed && after.claimed {
+        let claimed = after.claimed_at_restart();
+        assert!(claimed <= 1, "{what}: {:#?}", after.at_restart);
+        assert!(
+            !after.put_back || claimed == 0,
+            "{what}: the put-back was lost: {:#?}",
+            after.at_restart
+        );
+        assert!(after.crashed || claimed == 0, "{what}");
+        assert_eq!(instances.len(), 2 - claimed, "{what}: {instances:#?}");
+        if after.crashed && after.put_back {
             self.put_back_seen.store(true, SeqCst);
         }
-        if instances.len() == 1 {
+        if claimed == 1 {
             self.discard_seen.store(true, SeqCst);
         }
     }
@@ -1349,9 +1559,8 @@ impl PurchaseFault for OldestSilent {
                         "{what}: {instance:#?}"
                     );
                 }
-                // Discarded, its server's delete under way.
-                InstanceState::Deleting | InstanceState::Failed => {}
-                _ => panic!("{what}: neither in the pool, sold nor discarded: {instance:#?}"),
+                // A discarded one is gone by now (repaired_from).
+                _ => panic!("{what}: neither in the pool nor sold: {instance:#?}"),
             }
         }
         let silent_ready = instances
@@ -1362,7 +1571,8 @@ impl PurchaseFault for OldestSilent {
             // back, or discarded it.
             assert_eq!(silent_ready, self.shown.is_none(), "{what}: {instances:#?}");
         }
-        if self.shown.is_none() && after.crashed && after.claimed && silent_ready {
+        if self.shown.is_none() && after.crashed && after.put_back {
+            assert!(silent_ready, "{what}: {instances:#?}");
             self.put_back_seen.store(true, SeqCst);
         }
     }

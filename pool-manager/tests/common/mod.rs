@@ -178,7 +178,10 @@ pub fn new_volume() -> VolumeSource {
 /// every port an allocation's own (a twin under its name is a stray), and
 /// every volume warmpool named one an allocation recorded and keeps (a
 /// tenant keeps a released one unless the release deleted it; one whose
-/// delete Cinder's backend failed stays while a twin watch names it stuck).
+/// delete Cinder's backend failed stays while a twin watch names it stuck),
+/// and every volume an order names that it did not create (the tenant's
+/// own) still there, unless its release was asked to delete it: attached
+/// to the order's server while it is Allocated, to none once Released.
 pub async fn assert_consistent(sim: &Arc<SimCloud>, manager: &PoolManager) {
     use pool_manager::cloud::META_INSTANCE;
     use pool_manager::model::AllocationState;
@@ -304,8 +307,42 @@ pub async fn assert_consistent(sim: &Arc<SimCloud>, manager: &PoolManager) {
             "port {port:?} is no allocation's: {allocations:#?}"
         );
     }
+    let volumes = sim.volumes();
+    for allocation in &allocations {
+        let (false, Some(volume_id)) = (allocation.volume_created, &allocation.volume_id) else {
+            continue;
+        };
+        let request = allocation.params.request_id.as_str();
+        if allocation.state == AllocationState::Released
+            && allocation.delete_volume_on_release == Some(true)
+        {
+            continue;
+        }
+        let volume = volumes
+            .iter()
+            .find(|v| &v.id == volume_id)
+            .unwrap_or_else(|| {
+                panic!("the tenant's volume {volume_id} of order {request} was deleted")
+            });
+        match allocation.state {
+            AllocationState::Allocated => assert_eq!(
+                volume.attached_to,
+                Vec::from_iter(allocation.server_id.clone()),
+                "the tenant's volume of order {request} is not attached to its server alone"
+            ),
+            // Cinder may still be detaching it from the released server.
+            _ => assert!(
+                matches!(
+                    volume.status,
+                    pool_manager::cloud::VolumeStatus::Available
+                        | pool_manager::cloud::VolumeStatus::Detaching
+                ),
+                "the tenant's volume of released order {request} is not handed back: {volume:?}"
+            ),
+        }
+    }
     let mut stuck = None;
-    for volume in sim.volumes() {
+    for volume in volumes {
         let id = Some(volume.id.as_str());
         if volume.name.starts_with("warmpool-") {
             assert!(
