@@ -61,6 +61,7 @@ async fn concurrent_allocates_hand_out_each_instance_once() {
             assert_eq!(server.server.attached_ports.len(), 1);
         }
     }
+    assert_consistent(&sim, &manager).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -132,6 +133,7 @@ async fn same_request_id_returns_same_allocation_and_other_params_abort() {
         ManagerError::Aborted(_)
     ));
     assert_eq!(manager.get_allocation("order-1").await.unwrap(), first);
+    assert_consistent(&sim, &manager).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -156,6 +158,7 @@ async fn failed_volume_attach_rolls_back_and_uses_the_next_instance() {
     // Nothing of the tenant's is left on the discarded server, and one port exists.
     assert_eq!(sim.ports().len(), 1);
     assert_eq!(sim.volumes().len(), 1);
+    assert_consistent(&sim, &manager).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -182,6 +185,7 @@ async fn failed_port_attach_rolls_back_and_uses_the_next_instance() {
         volume.attached_to,
         vec![allocation.server_id.clone().unwrap()]
     );
+    assert_consistent(&sim, &manager).await;
 }
 
 /// An Allocate that finds its pool empty is counted once, whatever the
@@ -220,6 +224,7 @@ async fn an_allocate_finding_the_pool_empty_is_counted_once() {
         .await
         .unwrap();
     assert_eq!(exhausted(&mut events), 1);
+    assert_consistent(&sim, &manager).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -288,6 +293,7 @@ async fn empty_pool_honours_fail_fast_wait_and_cold_boot() {
     let status = manager.get_pool(&pool()).await.unwrap();
     assert_eq!(status.record.allocations_cold, 1);
     assert_eq!(status.record.allocations_waited, 1);
+    assert_consistent(&sim, &manager).await;
 }
 
 /// A WAIT purchase that finds its pool empty and gets the instance the
@@ -544,6 +550,7 @@ async fn unknown_pool_and_malformed_requests_are_refused_without_change() {
             .count(InstanceState::Ready),
         1
     );
+    assert_consistent(&sim, &manager).await;
 }
 
 /// A label refused names its key and what is wrong with it, so the
@@ -574,6 +581,7 @@ async fn a_refused_label_is_named_by_its_key() {
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
     }
+    assert_consistent(&sim, &manager).await;
 }
 
 /// An invisible character in a name (a zero-width space, a byte-order
@@ -618,6 +626,7 @@ async fn invisible_characters_in_names_are_refused_quoted() {
     let err = manager.allocate(unknown).await.unwrap_err();
     assert!(matches!(err, ManagerError::PoolNotFound(_)), "{err:?}");
     assert!(err.to_string().contains(r#""db.huge@az1""#), "{err}");
+    assert_consistent(&sim, &manager).await;
 }
 
 /// A volume that is not attachable only for a moment (still attached to a
@@ -747,6 +756,7 @@ async fn a_volume_in_use_is_never_attached() {
     let allocation = manager.allocate(req).await.unwrap();
     assert_eq!(allocation.volume_id, Some(free));
     assert!(!allocation.volume_created);
+    assert_consistent(&sim, &manager).await;
 }
 
 /// Every volume warmpool makes lives in warmpool's own project, whatever
@@ -931,6 +941,7 @@ async fn a_volume_in_error_is_refused_for_what_it_is() {
     );
     let status = manager.get_pool(&pool()).await.unwrap();
     assert_eq!(status.count(InstanceState::Ready), 1);
+    assert_consistent(&sim, &manager).await;
 }
 
 /// A multiattach volume is refused before anything is done, however
@@ -1102,6 +1113,7 @@ async fn release_deletes_the_server_and_the_pool_refills() {
         .unwrap();
     manager.release("order-r2", Some(true)).await.unwrap();
     assert_eq!(sim.volumes().len(), 1, "only order-r's kept volume remains");
+    assert_consistent(&sim, &manager).await;
 }
 
 /// A pool user with a member role only (Neutron's default policy): a port
@@ -1239,6 +1251,7 @@ async fn a_rollback_deletes_its_new_volume_once() {
     assert_eq!(deletes() - before, 1);
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(sim.volumes().is_empty(), "{:?}", sim.volumes());
+    assert_consistent(&sim, &manager).await;
 }
 
 /// Cinder rate-limits volume deletes (413 `overLimit`, "retryAfter": "30"):
@@ -1659,6 +1672,7 @@ async fn a_duplicate_allocate_that_outwaits_its_deadline_says_try_again() {
     sim.faults().slow_calls(Duration::ZERO);
     let allocation = first.await.unwrap().expect("the first call's answer");
     assert_eq!(allocation.state, AllocationState::Allocated);
+    assert_consistent(&sim, &manager).await;
 }
 
 /// Before an Allocate writes its record it checks the tenant's existing
@@ -2017,6 +2031,7 @@ async fn a_vm_whose_mysqld_never_answers_stays_out_of_the_pool() {
         .contains("mysqld never answered"));
     assert_eq!(sim.servers().len(), 2, "the silent VM's server was deleted");
     assert!(sim.servers().iter().all(|s| s.mysqld_ready));
+    assert_consistent(&sim, &manager).await;
 }
 
 /// The pool's one instance, once it is `state`.
@@ -2120,6 +2135,7 @@ async fn a_normal_boot_does_not_look_at_its_server_while_it_warms() {
     let before = looks();
     until_the_instance_is(&manager, InstanceState::Ready).await;
     assert_eq!(looks(), before, "get_server called while the VM warmed");
+    assert_consistent(&sim, &manager).await;
 }
 
 /// The instance writes a store took, in order.
@@ -2191,6 +2207,7 @@ async fn a_warming_vm_shows_why_its_mysqld_does_not_answer_yet() {
                 .is_some_and(|e| e.contains("Connection refused"))
     });
     assert!(replacement_noted, "while it warmed, it said why");
+    assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
 
@@ -2213,6 +2230,7 @@ async fn boot_errors_are_replaced_and_leaks_are_deleted() {
         "leaked server survived reconcile"
     );
     assert_eq!(sim.servers().len(), 2);
+    assert_consistent(&sim, &manager).await;
 }
 
 /// A release the cloud keeps refusing (a locked port) fails only itself:
@@ -2563,6 +2581,7 @@ async fn pools_are_created_updated_and_drained() {
         manager.get_allocation("keep").await.unwrap().state,
         AllocationState::Allocated
     );
+    assert_consistent(&sim, &manager).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -2600,6 +2619,7 @@ async fn events_report_boots_allocations_and_leaks() {
         seen.contains(&EventKind::LeakDeleted { server_id: leak }),
         "{seen:?}"
     );
+    assert_consistent(&sim, &manager).await;
 }
 
 /// cloudsim, except that the first call of each of `create_volume`,
@@ -2918,6 +2938,7 @@ async fn an_allocate_finding_the_pool_empty_twice_is_counted_once() {
         exhausted += usize::from(matches!(event.kind, EventKind::Exhausted));
     }
     assert_eq!(exhausted, 1);
+    assert_consistent(&sim, &manager).await;
 }
 
 /// Two Releases of one allocation at once (billing's retry, or a reconcile
@@ -3246,6 +3267,7 @@ async fn a_store_that_recorded_no_cloud_records_the_one_it_starts_on() {
         Some(CloudIdentity::Embedded)
     );
     wait_ready(&manager, 1).await;
+    assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
 
@@ -3347,6 +3369,7 @@ async fn a_store_adopted_under_a_new_server_tag_keeps_serving_its_servers() {
         sim.server(server).is_none_or(|s| s.server.deleting),
         "the released server under the old tag is deleted"
     );
+    assert_consistent(&sim, &adopting).await;
     adopting.shutdown().await.unwrap();
 }
 
@@ -3509,6 +3532,7 @@ async fn a_duplicate_call_gets_the_answer_of_the_allocate_in_flight() {
         .unwrap()
         .expect("the duplicate call gets the answer");
     assert_eq!(second, first);
+    assert_consistent(&sim, &manager).await;
 }
 
 /// A purchase from a pool being deleted is refused as such (the pool still
@@ -3536,6 +3560,7 @@ async fn a_purchase_from_a_draining_pool_is_told_it_is_being_deleted() {
     assert!(err.to_string().contains("is being deleted"), "{err}");
     assert!(manager.get_allocation("order-late").await.is_err());
     draining.release();
+    assert_consistent(&sim, &manager).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -3755,6 +3780,7 @@ async fn a_create_pool_that_cannot_be_flushed_leaves_no_pool_or_a_served_one() {
             manager.create_pool(pool(), spec(2)).await.unwrap();
         }
         wait_ready(&manager, 2).await;
+        assert_consistent(&sim, &manager).await;
     }
 }
 
@@ -3798,6 +3824,7 @@ async fn a_pool_change_whose_flush_fails_is_announced_all_the_same() {
             .min_ready,
         2
     );
+    assert_consistent(&sim, &manager).await;
 }
 
 /// Operators and dashboards follow a pool's settings by its announcements:
@@ -3840,6 +3867,7 @@ async fn a_deletion_is_announced_once_and_a_change_that_changes_nothing_not_at_a
         "{:?}",
         deleting.describe()
     );
+    assert_consistent(&sim, &manager).await;
 }
 
 /// Holds the next flush, once armed, until let go; then fails it if `fail`.
@@ -3890,6 +3918,7 @@ async fn a_create_pool_whose_caller_leaves_during_its_flush_still_fills() {
         "{again:?}"
     );
     wait_ready(&manager, 2).await;
+    assert_consistent(&sim, &manager).await;
 }
 
 /// The log lines written on this thread (a paused-clock test's tasks run
@@ -3982,6 +4011,7 @@ async fn an_update_pool_whose_caller_leaves_during_its_flush_still_announces_it(
         "{}",
         logs.text()
     );
+    assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
 
@@ -4011,6 +4041,7 @@ async fn a_delete_pool_whose_caller_leaves_during_its_flush_is_still_logged() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(logs.text().contains("pool draining"), "{}", logs.text());
+    assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
 
@@ -4060,6 +4091,7 @@ async fn a_drain_whose_last_flush_fails_leaves_no_second_replenisher() {
     let calls = sim.call_counts();
     assert_eq!(calls.get("create_server"), Some(&2), "{calls:?}");
     assert_eq!(manager.list_instances(None).await.unwrap().len(), 2);
+    assert_consistent(&sim, &manager).await;
 }
 
 /// A store error while the allocation is being finished (marking the
@@ -4232,6 +4264,7 @@ async fn a_waiting_purchase_is_told_the_pool_is_deleted_or_paused() {
     );
     // What the purchase created for the tenant went with it.
     assert!(sim.ports().is_empty(), "{:?}", sim.ports());
+    assert_consistent(&sim, &manager).await;
 }
 
 /// `stop_waiting` (a graceful stop begins): a purchase waiting on an empty
@@ -4264,6 +4297,7 @@ async fn a_stop_ends_the_waits_of_purchases_that_hold_nothing() {
     wait_ready(&manager, 1).await;
     order.params.request_id = "served".into();
     manager.allocate(order).await.unwrap();
+    assert_consistent(&sim, &manager).await;
 }
 
 /// A call repeating an order under way waits for that order's answer; a
@@ -4295,6 +4329,7 @@ async fn a_stop_ends_the_wait_of_a_repeated_order_at_once() {
     assert_eq!(sim.call_counts().get("create_volume"), Some(&1));
     assert!(sim.ports().is_empty(), "{:?}", sim.ports());
     assert!(manager.get_allocation("waits-twice").await.is_err());
+    assert_consistent(&sim, &manager).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -4421,6 +4456,7 @@ async fn a_new_volume_still_creating_at_the_deadline_is_no_miss_of_the_pool() {
         manager.get_allocation("o-slow-volume").await.is_err(),
         "rolled back"
     );
+    assert_consistent(&sim, &manager).await;
 }
 
 /// A timeout passing while the order's volume and port are made is the
@@ -4473,6 +4509,7 @@ async fn a_timeout_passing_while_the_volume_is_made_of_an_empty_pool_is_exhauste
             manager.get_allocation("o-empty").await.is_err(),
             "rolled back"
         );
+        assert_consistent(&sim, &manager).await;
     }
 }
 
@@ -4651,6 +4688,7 @@ async fn allocated_is_answered_only_once_flushed() {
 
     store.hooks.release.notify_one();
     assert_eq!(buying.await.unwrap().unwrap(), read);
+    assert_consistent(&sim, &manager).await;
 }
 
 /// A volume or port create whose answer was lost is sent again, and the
@@ -5629,6 +5667,7 @@ async fn a_call_waiting_on_an_order_taken_back_goes_ahead_at_once() {
         "{:?}",
         released.elapsed()
     );
+    assert_consistent(&sim, &manager).await;
 }
 
 /// Fails the one flush that follows the first write its trigger names.
@@ -5814,6 +5853,7 @@ async fn creating_an_existing_pool_is_already_exists_before_the_spec_is_checked(
     other.image = "no-such-image".into();
     let err = manager.create_pool(pool(), other).await.unwrap_err();
     assert!(matches!(err, ManagerError::PoolExists(_)), "{err:?}");
+    assert_consistent(&sim, &manager).await;
 }
 
 /// UpdatePool and DeletePool whose record cannot be confirmed on disk are
@@ -5842,6 +5882,7 @@ async fn pool_changes_whose_flush_fails_say_call_again() {
     let status = manager.delete_pool(&pool()).await.unwrap();
     assert!(status.record.draining);
     assert_eq!(status.record.spec.max_ready, 7);
+    assert_consistent(&sim, &manager).await;
 }
 
 /// Every answer that waits for a flush says call again when the flush
@@ -6716,6 +6757,7 @@ async fn a_late_cold_boot_in_a_pool_being_deleted_says_so() {
     answered.release();
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert!(sim.servers().is_empty(), "{:?}", sim.servers());
+    assert_consistent(&sim, &manager).await;
 }
 
 /// A cold boot that fails before its purchase's deadline, its server still
@@ -7076,6 +7118,7 @@ async fn a_waiting_purchase_ends_at_its_deadline_however_busy_the_store() {
         "a 5 s wait answered after {answered:?}, the writes having gone on for 60 s"
     );
     writer.abort();
+    assert_consistent(&sim, &manager).await;
 }
 
 /// A purchase whose caller stopped waiting (a gRPC client hung up, or its
@@ -7111,6 +7154,7 @@ async fn a_graceful_stop_lets_a_purchase_whose_caller_left_finish() {
 
     let stored = store.get_allocation("caller-left").await.unwrap().unwrap();
     assert_eq!(stored.state, AllocationState::Allocated, "{stored:?}");
+    assert_consistent(&sim, &manager).await;
 }
 
 /// A call a graceful stop refuses is told how to call again as fits the
@@ -7183,6 +7227,7 @@ async fn a_call_a_stop_refuses_is_told_how_to_call_it_again() {
         "DeletePool",
         "the same DeletePool",
     );
+    assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
 
@@ -7300,6 +7345,7 @@ async fn a_release_whose_volume_delete_answer_was_lost_is_done() {
     let v = sim.get_volume(&volume).await.unwrap();
     assert!(v.is_being_deleted(), "{v:?}");
     assert_eq!(sim.call_counts().get("delete_volume").copied(), Some(2));
+    assert_consistent(&sim, &manager).await;
 }
 
 /// Neutron fails every port listing (a 503 outage, a 429 storm) while Nova
@@ -7362,4 +7408,5 @@ async fn a_pool_fills_while_neutron_fails_port_listings_and_a_purchase_still_ver
         port_listings.load(Ordering::SeqCst) >= 1,
         "the purchase's verify lists its server's ports"
     );
+    assert_consistent(&sim, &manager).await;
 }

@@ -999,6 +999,7 @@ async fn a_crash_after_a_releases_volume_delete_is_finished_and_the_volume_watch
     tokio::time::sleep(Duration::from_secs(10)).await;
     manager.reconcile().await.unwrap();
     assert_eq!(manager.stuck_volumes().await.unwrap(), vec![volume]);
+    assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
 
@@ -1683,5 +1684,6 @@ async fn a_boot_resumed_after_a_restart_keeps_its_deadline() {
     let status = manager.get_pool(&pool()).await.unwrap();
     let last_error = status.record.last_error.unwrap_or_default();
     assert!(last_error.contains("mysqld never answered"), "{last_error}");
+    assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
