@@ -677,10 +677,25 @@ fn status_message(pool: Option<api::Pool>, events: Vec<api::PoolEvent>) -> api::
     }
 }
 
+/// How far a demand figure moves, relative to the larger of the value a
+/// watch last sent and the current one, before the watch sends it again.
+const DEMAND_MOVE: f64 = 0.1;
+
+/// Demand rates (per second) apart by this little are the same to a
+/// watch whatever their ratio: about one purchase in twelve days. Without
+/// it a decaying rate, which never reaches 0, would be sent forever, a
+/// tenth of its time constant apart (every 32 s for the 5 min EWMA).
+const DEMAND_RATE_FLOOR: f64 = 1e-6;
+
+/// The same floor for `demand_in_lead_time`, in allocations.
+const DEMAND_IN_LEAD_TIME_FLOOR: f64 = 1e-3;
+
 /// Whether a watcher would see no difference: the demand rates decay and the
 /// pause countdown ticks continuously, so they alone do not make a message
-/// (a reader counts the time left to `paused_until` itself); a pause's end
-/// moved later by the cloud extending its hold does.
+/// at every refresh (a reader counts the time left to `paused_until`
+/// itself); demand that moved past [`DEMAND_MOVE`] since it was sent does
+/// ([`demand_moved`]), as does a pause's end moved later by the cloud
+/// extending its hold.
 fn same_for_watchers(a: &api::Pool, b: &api::Pool) -> bool {
     fn steady(pool: &api::Pool) -> api::Pool {
         let mut pool = pool.clone();
@@ -697,7 +712,34 @@ fn same_for_watchers(a: &api::Pool, b: &api::Pool) -> bool {
         }
         pool
     }
-    steady(a) == steady(b) && !pause_extended(a, b) && !backoff_moved(a, b)
+    steady(a) == steady(b) && !pause_extended(a, b) && !backoff_moved(a, b) && !demand_moved(a, b)
+}
+
+/// Whether a demand figure of `b` moved from `a`'s by more than
+/// [`DEMAND_MOVE`] of the larger of the two, and by more than its floor.
+/// Measured from what the watch last sent, not from the last refresh, so
+/// a slow decay adds up to a message: a watch's demand stays within that
+/// of GetPool's, in about ten messages per time constant of a decay, not
+/// one a refresh, and none once the rates are below their floor.
+fn demand_moved(a: &api::Pool, b: &api::Pool) -> bool {
+    fn figures(pool: &api::Pool) -> [(f64, f64); 4] {
+        let s = pool.sizing.clone().unwrap_or_default();
+        [
+            (s.demand_short_per_second, DEMAND_RATE_FLOOR),
+            (s.demand_long_per_second, DEMAND_RATE_FLOOR),
+            (s.demand_forecast_per_second, DEMAND_RATE_FLOOR),
+            (s.demand_in_lead_time, DEMAND_IN_LEAD_TIME_FLOOR),
+        ]
+    }
+    figures(a)
+        .into_iter()
+        .zip(figures(b))
+        .any(|((a, floor), (b, _))| {
+            let apart = (a - b).abs();
+            // A NaN (none is expected) compares unequal, so it is sent
+            // once rather than hidden or sent at every refresh.
+            apart > floor && apart > DEMAND_MOVE * a.abs().max(b.abs()) || a.is_nan() != b.is_nan()
+        })
 }
 
 /// Whether the pool's backoff after failed boots began, ended or moved
@@ -816,6 +858,39 @@ mod tests {
         ));
         assert!(!same_for_watchers(&sent, &backing_off(None)));
         assert!(!same_for_watchers(&backing_off(None), &sent));
+    }
+
+    /// A watch is sent a pool whose demand moved by more than a tenth
+    /// since it was last sent (to 0 too), not for less, nor for rates
+    /// apart by less than their floor.
+    #[test]
+    fn demand_is_sent_when_it_moved_a_tenth() {
+        let demanding = |short: f64, in_lead_time: f64| api::Pool {
+            sizing: Some(api::SizingStatus {
+                demand_short_per_second: short,
+                demand_in_lead_time: in_lead_time,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let sent = demanding(0.2, 2.0);
+        assert!(same_for_watchers(&sent, &demanding(0.19, 2.0)));
+        assert!(same_for_watchers(&sent, &demanding(0.21, 2.0)));
+        assert!(!same_for_watchers(&sent, &demanding(0.17, 2.0)));
+        assert!(!same_for_watchers(&sent, &demanding(0.0, 2.0)));
+        assert!(!same_for_watchers(&demanding(0.0, 2.0), &sent));
+        assert!(!same_for_watchers(&sent, &demanding(0.2, 1.7)));
+        // Near 0, a ratio means nothing.
+        let faint = demanding(DEMAND_RATE_FLOOR / 2.0, 0.0);
+        assert!(same_for_watchers(&faint, &demanding(0.0, 0.0)));
+        assert!(same_for_watchers(
+            &faint,
+            &demanding(DEMAND_RATE_FLOOR, 0.0)
+        ));
+        assert!(!same_for_watchers(
+            &faint,
+            &demanding(DEMAND_RATE_FLOOR * 2.0, 0.0)
+        ));
     }
 
     /// A started manager with two paused pools: a watch's first two
@@ -1129,5 +1204,161 @@ mod tests {
             assert!(!next.snapshot_complete, "{next:?}");
             assert_eq!(next.pool.unwrap().flavor, "db.medium");
         }
+    }
+
+    /// A started manager with a db.small@az1 pool of fixed target 1 that
+    /// sold `purchases` warm instances one after the other and refilled.
+    async fn a_pool_that_sold(purchases: usize) -> PoolManager {
+        use pool_manager::model::{
+            AllocationParams, EmptyPoolPolicy, NetworkRequest, Target, VolumeRequest, VolumeSource,
+        };
+        let sim = cloudsim::SimCloud::new(cloudsim::SimConfig::deterministic());
+        let mut settings = pool_manager::ManagerSettings::default();
+        settings.sizing.wall_clock_start = Some(pool_manager::schedule::unix(1_700_000_000));
+        // Boots' lead times are forgotten an hour old by default, a change
+        // of its own: kept, the pool's demand is all that moves.
+        settings.sizing.lead_max_age = Duration::from_secs(24 * 3600);
+        let manager = PoolManager::new(
+            Arc::new(pool_manager::store::SledStore::temporary().unwrap()),
+            sim.clone(),
+            Arc::new(sim.probe()),
+            settings,
+        );
+        manager.start().await.unwrap();
+        let key = PoolKey::new("db.small", "az1");
+        let spec = PoolSpec {
+            min_ready: 1,
+            max_ready: 1,
+            target: Target::Fixed(1),
+            image: "mysql-8.0".into(),
+            boot_timeout: Duration::from_secs(600),
+            max_age: None,
+            paused: false,
+            windows: Vec::new(),
+            iops_limit: None,
+            volume_iops_limit: None,
+        };
+        manager.create_pool(key.clone(), spec).await.unwrap();
+        for i in 0..purchases {
+            let id = format!("order-{i}");
+            let order = pool_manager::AllocateRequest {
+                params: AllocationParams {
+                    request_id: id.clone(),
+                    tenant_project_id: "tenant-a".into(),
+                    pool: key.clone(),
+                    volume: VolumeRequest {
+                        source: VolumeSource::New {
+                            size_gib: 20,
+                            volume_type: None,
+                        },
+                        delete_on_release: true,
+                    },
+                    network: NetworkRequest {
+                        network_id: "tenant-net".into(),
+                        subnet_id: None,
+                        fixed_ip: None,
+                    },
+                    labels: Default::default(),
+                },
+                empty_pool: EmptyPoolPolicy::Wait,
+                timeout: Some(Duration::from_secs(600)),
+            };
+            manager.allocate(order).await.unwrap();
+            manager.release(&id, Some(true)).await.unwrap();
+        }
+        for _ in 0..600 {
+            let status = manager.get_pool(&key).await.unwrap();
+            let counts = convert::pool(status).counts.unwrap();
+            if counts.ready == 1 && counts.booting == 0 && counts.warming == 0 {
+                return manager;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        panic!("db.small@az1 did not refill to 1 Ready within 10 minutes");
+    }
+
+    /// The pool messages for db.small@az1 a watch sends within `span`.
+    async fn pool_messages_within(
+        stream: &mut <WarmPoolService as WarmPool>::WatchPoolsStream,
+        span: Duration,
+    ) -> Vec<api::Pool> {
+        let end = tokio::time::Instant::now() + span;
+        let mut pools = Vec::new();
+        loop {
+            tokio::select! {
+                item = stream.next() => {
+                    let item = item.expect("the stream goes on").expect("no error");
+                    pools.extend(item.pool.filter(|p| p.availability_zone == "az1"));
+                }
+                _ = tokio::time::sleep_until(end) => return pools,
+            }
+        }
+    }
+
+    /// The demand figures of a pool's sizing.
+    fn demand(pool: &api::Pool) -> [f64; 4] {
+        let s = pool.sizing.as_ref().expect("Pool.sizing is always set");
+        [
+            s.demand_short_per_second,
+            s.demand_long_per_second,
+            s.demand_forecast_per_second,
+            s.demand_in_lead_time,
+        ]
+    }
+
+    /// A quiet pool's demand decays after a burst while its counts and
+    /// target stay put: a watch still follows GetPool's demand, within
+    /// the documented bound (10 %, or near 0), and does so in a bounded
+    /// number of messages, not one a refresh.
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_follows_a_quiet_pools_decaying_demand() {
+        let manager = a_pool_that_sold(20).await;
+        let key = PoolKey::new("db.small", "az1");
+        let (_stop, stopping) = watch::channel(false);
+        let open = recheck(
+            AccessHandle::default(),
+            &Request::new(()),
+            Method::WatchPools,
+        );
+        let (_watcher, mut stream) = open_watch(&manager, stopping, open, slot(), WATCH_BUFFER);
+        let opening = pool_messages_within(&mut stream, Duration::from_millis(500)).await;
+        assert_eq!(opening.len(), 1, "{opening:?}");
+        let burst = demand(&opening[0]);
+        assert!(burst[0] > 0.001, "the purchases' demand: {burst:?}");
+
+        let hour = Duration::from_secs(3600);
+        let sent = pool_messages_within(&mut stream, hour).await;
+        let shown = convert::pool(manager.get_pool(&key).await.unwrap());
+        let last = sent.last().unwrap_or_else(|| {
+            panic!(
+                "no message in an hour: the watch shows demand {burst:?}, GetPool {:?}",
+                demand(&shown)
+            )
+        });
+        let floors = [
+            DEMAND_RATE_FLOOR,
+            DEMAND_RATE_FLOOR,
+            DEMAND_RATE_FLOOR,
+            DEMAND_IN_LEAD_TIME_FLOOR,
+        ];
+        for ((watched, now), floor) in demand(last).into_iter().zip(demand(&shown)).zip(floors) {
+            // A refresh's worth of decay on top of the bound.
+            let bound = (0.11 * watched.abs().max(now.abs())).max(floor);
+            assert!(
+                (watched - now).abs() <= bound,
+                "the watch shows demand {:?}, GetPool {:?}",
+                demand(last),
+                demand(&shown)
+            );
+        }
+        // About ten messages per time constant of each figure's decay
+        // (5 min short, 1 h long) down to its floor, not one a refresh.
+        assert!(sent.len() <= 120, "{} messages in an hour", sent.len());
+        let later = pool_messages_within(&mut stream, hour).await;
+        assert!(
+            later.len() <= 15,
+            "{} messages in the next hour",
+            later.len()
+        );
     }
 }
