@@ -277,7 +277,18 @@ impl PoolManager {
         request_id: &str,
         delete_volume: Option<bool>,
     ) -> ManagerResult<Allocation> {
-        let allocation = self.get_allocation(request_id).await?;
+        let mut allocation = self.get_allocation(request_id).await?;
+        // The purchase that held it while it was read may have ended since:
+        // its in-flight mark goes once it has committed (or rolled back),
+        // so an order read Allocating that no call holds now is read again,
+        // and the purchase's outcome is what is released. Not read again, a
+        // Release racing the commit (billing cancelling after its Allocate's
+        // deadline) was told of a rollback, with the order Allocated.
+        if allocation.state == AllocationState::Allocating
+            && !InFlight::holds(&self.shared, request_id)
+        {
+            allocation = self.get_allocation(request_id).await?;
+        }
         // Decided when the release began; its volume may be gone, or kept
         // and billed by the tenant: a release asking for the other is
         // refused, not answered as if done.
@@ -305,7 +316,7 @@ impl PoolManager {
             // answer Allocate gave already would be waiting for nothing.
             AllocationState::Allocating => {
                 return Err(ManagerError::TryAgain(format!(
-                    "allocation {request_id} is being rolled back: its Allocate failed (or warmpoold stopped during it), and the cloud has not let the rollback finish yet; nothing of it is allocated, and each reconcile pass goes on with the rollback. Call again: the order reads NOT_FOUND once the rollback is done, and there is nothing to release"
+                    "allocation {request_id} is being rolled back: its Allocate failed (or warmpoold stopped during it), and the cloud has not let the rollback finish yet; nothing of it is allocated now, and each reconcile pass goes on with the rollback. Call again: once the rollback is done the order reads NOT_FOUND and there is nothing to release, unless an Allocate of it called meanwhile (one waiting for the rollback) buys it afresh: then a Release called again releases what that Allocate bought"
                 )))
             }
             AllocationState::Allocated | AllocationState::Releasing => {}
@@ -798,6 +809,21 @@ fn look_failed(error: CloudError, service: &str, look: impl std::fmt::Display) -
         error.into(),
         format_args!(
             "the {service} failed {look}: the cloud's failure, not the instance's, so no other instance was tried; warmpool discards the instance the attaches reached and rolls the order back: call again once the {service} answers (if it refused warmpool's user, mend that first)"
+        ),
+    ))
+}
+
+/// The order's port, gone (Neutron answers 404) once Nova `nova` its attach
+/// (took, or refused as a conflict): deleted by someone else, it is no
+/// failure of Neutron to show it, and nothing to call again for. Nor is
+/// it the instance's, but its server had the port, so it is discarded as
+/// any touched one, and the next try makes a new port: ending the
+/// purchase would cost the same instance and serve nothing.
+fn port_gone(error: CloudError, port_id: &str, server_id: &str, nova: &str) -> AttemptError {
+    AttemptError::Instance(with_more(
+        error.into(),
+        format_args!(
+            "the order's port {port_id} is gone (Neutron no longer knows it; was it deleted outside warmpool?) after Nova {nova} its attach to server {server_id}: that try ended there, and the next one makes a new port"
         ),
     ))
 }
@@ -2547,7 +2573,9 @@ impl Shared {
         let (port_id, port_took) = (port.0?, port.1);
 
         let verify_started = Instant::now();
-        let server = self.server_to_verify(server_id, deadline).await?;
+        let server = self
+            .server_to_verify(server_id, deadline, "for the purchase's verify")
+            .await?;
         // In any case: an order stored before ids were made canonical
         // holds its volume id as sent, and Nova lists Cinder's.
         let lists = |ids: &[String], id: &str| ids.iter().any(|i| i.eq_ignore_ascii_case(id));
@@ -2584,11 +2612,14 @@ impl Shared {
     /// service that failed. A server Nova no longer knows is the
     /// instance's failure; any other failed read is the cloud's
     /// ([`look_failed`]), and a port Neutron could not list fails the
-    /// verify, as `get_server`'s does.
+    /// look, as `get_server`'s does. For the verify, and for the look at a
+    /// port attach Nova refused as a conflict; `look` says which in a
+    /// failure's message.
     async fn server_to_verify(
         &self,
         server_id: &str,
         deadline: Instant,
+        look: &str,
     ) -> Result<Server, AttemptError> {
         let mut server = match self
             .retry(deadline, || self.cloud.read_server(server_id))
@@ -2600,7 +2631,7 @@ impl Shared {
                 return Err(look_failed(
                     e,
                     "compute service (Nova)",
-                    format_args!("to show server {server_id} to the purchase's verify"),
+                    format_args!("to show server {server_id} {look}"),
                 ));
             }
         };
@@ -2612,9 +2643,7 @@ impl Shared {
                     look_failed(
                         e,
                         "network service (Neutron)",
-                        format_args!(
-                            "to list the ports of server {server_id} for the purchase's verify"
-                        ),
+                        format_args!("to list the ports of server {server_id} {look}"),
                     )
                 })?;
         }
@@ -2654,12 +2683,17 @@ impl Shared {
                 calls,
                 || self.cloud.attach_volume(server_id, &volume_id),
                 |maybe_done| {
-                    self.volume_attach_is_this_ones(
-                        &volume_id, server_id, deadline, maybe_done, created,
-                    )
+                    let volume_id = &volume_id;
+                    async move {
+                        Ok(self
+                            .volume_attach_is_this_ones(
+                                volume_id, server_id, deadline, maybe_done, created,
+                            )
+                            .await)
+                    }
                 },
             )
-            .await;
+            .await?;
         match attached {
             Ok(()) => {}
             // A 409 is the volume's (in use, another zone) unless the
@@ -2965,12 +2999,12 @@ impl Shared {
         calls: &AttachCalls,
         attach: A,
         is_ours: O,
-    ) -> CloudResult<()>
+    ) -> Result<CloudResult<()>, AttemptError>
     where
         A: Fn() -> AFut,
         AFut: Future<Output = CloudResult<()>>,
         O: FnOnce(bool) -> OFut,
-        OFut: Future<Output = bool>,
+        OFut: Future<Output = Result<bool, AttemptError>>,
     {
         let maybe_done = AtomicBool::new(false);
         let attached = self
@@ -2978,15 +3012,15 @@ impl Shared {
                 calls.send(crate::cloud::noting_doubt(attach(), &maybe_done))
             })
             .await;
-        match attached {
+        Ok(match attached {
             Err(CloudError::Conflict(m)) => {
-                match is_ours(maybe_done.load(Ordering::SeqCst)).await {
+                match is_ours(maybe_done.load(Ordering::SeqCst)).await? {
                     true => Ok(()),
                     false => Err(CloudError::Conflict(m)),
                 }
             }
             other => other,
-        }
+        })
     }
 
     /// Whether a volume attach Nova refused as a conflict is this try's
@@ -3036,23 +3070,41 @@ impl Shared {
     /// which nothing else attaches), unless the server takes no attach
     /// now (in ERROR, busy with a task, locked: Nova's 409 "Instance ...
     /// is locked" is then the instance's): the wait that follows tells.
+    /// A read the cloud fails ends the try as the verify's does
+    /// ([`look_failed`]): taken for "not ours", it blamed the 409 on the
+    /// instance, and the next Ready one met the same failure.
     async fn port_attach_is_this_ones(
         &self,
         port_id: &str,
         server_id: &str,
         deadline: Instant,
         maybe_done: bool,
-    ) -> bool {
-        let Ok(port) = self.retry(deadline, || self.cloud.get_port(port_id)).await else {
-            return false;
+    ) -> Result<bool, AttemptError> {
+        let port = match self.retry(deadline, || self.cloud.get_port(port_id)).await {
+            Ok(port) => port,
+            Err(e @ CloudError::NotFound(_)) => {
+                return Err(port_gone(e, port_id, server_id, "refused as a conflict"))
+            }
+            Err(e) => {
+                return Err(look_failed(
+                    e,
+                    "network service (Neutron)",
+                    format_args!(
+                        "to show port {port_id}, whose attach to server {server_id} Nova refused as a conflict"
+                    ),
+                ))
+            }
         };
-        match port.device_id.as_deref() {
+        Ok(match port.device_id.as_deref() {
             Some(device) => device == server_id,
-            None => self.cloud.get_server(server_id).await.is_ok_and(|s| {
-                s.attached_ports.iter().any(|p| p == port_id)
-                    || (maybe_done && s.takes_an_attach_now())
-            }),
-        }
+            None => {
+                let look =
+                    "to see whether the port attach Nova refused as a conflict was the try's own";
+                let server = self.server_to_verify(server_id, deadline, look).await?;
+                server.attached_ports.iter().any(|p| p == port_id)
+                    || (maybe_done && server.takes_an_attach_now())
+            }
+        })
     }
 
     async fn attach_port(
@@ -3073,21 +3125,24 @@ impl Shared {
             || self.cloud.attach_port(server_id, &port_id),
             |maybe_done| self.port_attach_is_this_ones(&port_id, server_id, deadline, maybe_done),
         )
-        .await
+        .await?
         .map_err(attempt_error)?;
         loop {
-            let port = self
-                .retry(deadline, || self.cloud.get_port(&port_id))
-                .await
-                .map_err(|e| {
-                    look_failed(
+            let port = match self.retry(deadline, || self.cloud.get_port(&port_id)).await {
+                Ok(port) => port,
+                Err(e @ CloudError::NotFound(_)) => {
+                    return Err(port_gone(e, &port_id, server_id, "took"))
+                }
+                Err(e) => {
+                    return Err(look_failed(
                         e,
                         "network service (Neutron)",
                         format_args!(
                             "to show port {port_id}, whose attach to server {server_id} Nova took"
                         ),
-                    )
-                })?;
+                    ))
+                }
+            };
             if port.device_id.as_deref() == Some(server_id) && port.ip_address.is_some() {
                 record
                     .update(|a| {
@@ -3856,10 +3911,21 @@ impl Shared {
     pub(crate) async fn finish_release(&self, allocation: Allocation) -> ManagerResult<Allocation> {
         let request_id = allocation.params.request_id.clone();
         let finished = self.finish_release_steps(allocation).await;
+        // Kept only while the order is still Releasing: a try failing once
+        // it was written Released (its flush) leaves nothing to finish, and
+        // the error would stay for as long as the process runs, the order
+        // forgotten or not.
+        let still_releasing = match &finished {
+            Ok(_) => false,
+            Err(_) => matches!(
+                self.store.get_allocation(&request_id).await,
+                Ok(Some(stored)) if stored.state == AllocationState::Releasing
+            ),
+        };
         let mut errors = self.release_errors.lock().expect("release errors lock");
         match &finished {
-            Ok(_) => errors.remove(&request_id),
-            Err(e) => errors.insert(request_id, e.to_string()),
+            Err(e) if still_releasing => errors.insert(request_id, e.to_string()),
+            _ => errors.remove(&request_id),
         };
         finished
     }

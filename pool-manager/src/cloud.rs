@@ -612,9 +612,9 @@ impl BootHeadroom {
 pub trait Cloud: Send + Sync + 'static {
     async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server>;
     /// A server, with its ports once it is ACTIVE: for a caller that goes
-    /// by `attached_ports` (the allocator's look at a port attach Nova
-    /// refused as a conflict; its verify reads the two halves itself, to
-    /// name the service that failed). A port read that fails fails the
+    /// by `attached_ports` (the allocator's verify, and its look at a port
+    /// attach Nova refused as a conflict, read the two halves themselves,
+    /// to name the service that failed). A port read that fails fails the
     /// whole: verify must not pass (nor discard, as failed) a server whose
     /// port it could not see. A caller that goes only by what Nova
     /// shows calls [`Cloud::read_server`]: a Neutron listing per read of

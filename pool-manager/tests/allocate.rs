@@ -1515,6 +1515,107 @@ async fn the_release_of_an_order_whose_allocate_failed_says_it_is_being_rolled_b
     );
 }
 
+/// Holds the first read of order `order-x` once armed, after the store
+/// answered it, until let go.
+#[derive(Default)]
+struct HoldOrderRead {
+    armed: AtomicBool,
+    reached: tokio::sync::Notify,
+    go: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl StoreHooks for HoldOrderRead {
+    async fn after_get_allocation(&self, request_id: &str) {
+        if request_id == "order-x" && self.armed.swap(false, Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.go.notified().await;
+        }
+    }
+}
+
+/// Billing's Allocate ran out of its deadline and billing sends Release to
+/// cancel the order just as the purchase commits: the Release read the
+/// order ALLOCATING, and only then asked whether a call still works on
+/// it. The purchase had committed meanwhile (its in-flight mark gone), so
+/// the Release said the order was being rolled back with nothing of it
+/// allocated, of an ALLOCATED order.
+#[tokio::test(start_paused = true)]
+async fn a_release_racing_the_purchases_commit_is_not_told_the_order_is_rolled_back() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let store = HookedStore::new(HoldOrderRead::default());
+    let manager = started_paused(&cloud, store.clone(), 1).await;
+    let attaching = cloud.hold_next("attach_port", At::Before);
+    let allocate = spawn_allocate(
+        &manager,
+        request("order-x", new_volume(), EmptyPoolPolicy::FailFast),
+    );
+    attaching.reached().await;
+
+    store.hooks.armed.store(true, Ordering::SeqCst);
+    let release = {
+        let manager = manager.clone();
+        tokio::spawn(async move { manager.release("order-x", None).await })
+    };
+    store.hooks.reached.notified().await;
+    attaching.release();
+    let allocated = allocate.await.unwrap().unwrap();
+    assert_eq!(allocated.state, AllocationState::Allocated);
+    store.hooks.go.notify_one();
+
+    // The order the purchase committed is what is released.
+    let released = release.await.unwrap().expect("the release goes ahead");
+    assert_eq!(released.state, AllocationState::Released);
+    assert_consistent(&sim, &manager).await;
+}
+
+/// Fails the flush after an order is written RELEASED, once.
+#[derive(Default)]
+struct FailFlushOfReleased {
+    armed: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl StoreHooks for FailFlushOfReleased {
+    fn written(&self, write: Write) {
+        if let Write::Allocation(_, Some(a)) = write {
+            if a.state == AllocationState::Released {
+                self.armed.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+    async fn before_flush(&self) -> StoreResult<()> {
+        match self.armed.swap(false, Ordering::SeqCst) {
+            true => Err(disk_error()),
+            false => Ok(()),
+        }
+    }
+}
+
+/// A release whose last step, the flush of the RELEASED record, fails is
+/// answered "call again", but the order is released: why it failed is no
+/// reason an order stays RELEASING, and was kept (for GetAllocation's
+/// `last_error`) for as long as the process ran.
+#[tokio::test(start_paused = true)]
+async fn a_release_failing_after_the_order_is_released_keeps_no_release_error() {
+    let sim = sim();
+    let store = HookedStore::new(FailFlushOfReleased::default());
+    let manager = started(&sim, store.clone(), 1).await;
+    manager
+        .allocate(request("order-f", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+
+    let err = manager.release("order-f", None).await.unwrap_err();
+    assert!(matches!(&err, ManagerError::TryAgain(_)), "{err:?}");
+    assert_eq!(
+        manager.get_allocation("order-f").await.unwrap().state,
+        AllocationState::Released
+    );
+    assert_eq!(manager.release_error("order-f"), None);
+}
+
 /// A tenant's server whose host failed (ERROR) cannot have its volume or
 /// port detached; its release deletes it anyway, which frees both, instead
 /// of failing at the detach for good.

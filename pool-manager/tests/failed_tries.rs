@@ -1597,6 +1597,107 @@ async fn server_reads_failing_at_the_verify_discard_only_the_touched_instance() 
     failing_reads_discard_only_the_touched_instance("get_server", "compute service (Nova)").await;
 }
 
+/// Nova answers the port attach 409 after doing it (a retried call, a
+/// proxy's answer), and the look at whether the port is the try's own
+/// (Neutron's port, then the server's port listing) fails until the
+/// purchase gives up. That failure is the cloud's, as at the verify; it
+/// was taken for "not ours", so the 409 was blamed on the instance: the
+/// purchase discarded it and tried the next Ready one.
+#[tokio::test(start_paused = true)]
+async fn port_reads_failing_at_a_port_attach_answered_409_discard_only_the_touched_instance() {
+    for failure in [
+        CloudError::Transient("HTTP 503 Service Unavailable".into()),
+        CloudError::Throttled {
+            retry_after: Some(Duration::from_secs(600)),
+            message: "This request was rate-limited. (HTTP 429)".into(),
+            unavailable: false,
+        },
+        CloudError::Fatal("HTTP 403 Forbidden: policy does not allow this".into()),
+    ] {
+        let sim = sim();
+        let failing = Arc::new(AtomicBool::new(false));
+        let cloud = GatedCloud::with_fault(&sim, {
+            let (failing, failure) = (failing.clone(), failure.clone());
+            move |method| {
+                (matches!(method, "get_port" | "ports_bound_to") && failing.load(Ordering::SeqCst))
+                    .then(|| failure.clone())
+            }
+        });
+        let manager = started_paused(&cloud, temp_store(), 3).await;
+        failing.store(true, Ordering::SeqCst);
+        cloud.lose_next_answer_as(
+            "attach_port",
+            CloudError::Conflict("Port is still in use. (HTTP 409)".into()),
+        );
+
+        let err = manager
+            .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
+            .await
+            .unwrap_err();
+        let status = manager.get_pool(&pool()).await.unwrap();
+        assert_eq!(
+            status.count(InstanceState::Ready),
+            2,
+            "{failure}: only the touched instance is discarded; answered: {err}"
+        );
+        assert!(
+            matches!(&err, ManagerError::Cloud(e)
+                if std::mem::discriminant(e) == std::mem::discriminant(&failure)
+                    && e.to_string().contains("network service (Neutron)")),
+            "{failure}: answered: {err}"
+        );
+        assert_eq!(sim.call_counts().get("attach_port"), Some(&1), "{failure}");
+    }
+}
+
+/// The order's port deleted (by someone else) once Nova took its attach:
+/// Neutron answers 404 for it. That is no failure of Neutron to show it,
+/// which is what the purchase said ("call again once the network service
+/// answers"); the port is gone, the try with it, and the next try, on the
+/// next Ready instance, makes a new port.
+#[tokio::test(start_paused = true)]
+async fn a_port_deleted_after_its_attach_was_taken_is_said_gone_and_replaced() {
+    use pool_manager::cloud::Cloud;
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 3).await;
+    let attached = cloud.hold_next("attach_port", At::After);
+    let purchase = spawn_allocate(
+        &manager,
+        request("order-1", new_volume(), EmptyPoolPolicy::FailFast),
+    );
+    attached.reached().await;
+    let deleted = manager.get_allocation("order-1").await.unwrap();
+    let port = deleted.port_id.clone().expect("the try's port is recorded");
+    let first_server = deleted.server_id.clone();
+    sim.delete_port(&port).await.unwrap();
+    // The discard's delete held, so that its record shows why.
+    let deleting = cloud.hold_next("delete_server", At::Before);
+    attached.release();
+    deleting.reached().await;
+    let instances = pool_instances(&manager).await;
+    let discarded = instances
+        .iter()
+        .find(|i| i.server_id == first_server)
+        .expect("the first try's instance, being deleted");
+    assert_eq!(discarded.state, InstanceState::Deleting, "{instances:?}");
+    let why = discarded.last_error.as_deref().unwrap_or_default();
+    assert!(
+        why.contains(&port) && why.contains("is gone") && !why.contains("failed to show"),
+        "{why}"
+    );
+    deleting.release();
+
+    let allocation = purchase
+        .await
+        .unwrap()
+        .expect("served by the next instance with a new port");
+    assert_ne!(allocation.port_id.as_deref(), Some(port.as_str()));
+    assert_ne!(allocation.server_id, first_server);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_consistent(&sim, &manager).await;
+}
+
 /// Port listings failing 503 for a while, less than the purchase may
 /// wait: its verify is asked again until Neutron answers, and the purchase
 /// succeeds on its first instance, none discarded.

@@ -143,8 +143,11 @@ impl WarmPool for WarmPoolService {
             .allocate(request)
             .await
             .map_err(convert::status)?;
+        // A repeat during a release answers RELEASING: with why it is
+        // stuck, as GetAllocation does.
+        let release_error = self.manager.release_error(&allocation.params.request_id);
         Ok(Response::new(api::AllocateResponse {
-            allocation: Some(convert::allocation(allocation, None)),
+            allocation: Some(convert::allocation(allocation, release_error)),
         }))
     }
 

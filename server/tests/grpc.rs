@@ -745,6 +745,13 @@ async fn a_stuck_release_says_why_in_get_allocation() {
         stuck.last_error.contains(&a.volume_id) && stuck.last_error.contains("snapshots"),
         "{stuck:?}"
     );
+    // A repeat of the order answers what GetAllocation does.
+    let repeat = c
+        .allocate(allocate_request("order-snap", "db.small", "az1"))
+        .await
+        .unwrap();
+    assert_eq!(state(&repeat), api::AllocationState::Releasing);
+    assert_eq!(repeat.last_error, stuck.last_error);
 
     assert!(d.cloud().set_volume_snapshots(&a.volume_id, 0));
     let released = c.release("order-snap", Some(true)).await.unwrap();

@@ -884,6 +884,8 @@ pub trait StoreHooks: Send + Sync + 'static {
     /// Before every call, before the hooks above (a test's yields to the
     /// other tasks, so that two purchases' calls interleave).
     async fn before_call(&self) {}
+    /// After an allocation was read, before the reader has the answer.
+    async fn after_get_allocation(&self, _request_id: &str) {}
 }
 
 /// One write a store took, as [`StoreHooks::written`] hears of it.
@@ -1154,7 +1156,9 @@ impl<H: StoreHooks> Store for HookedStore<H> {
     }
     async fn get_allocation(&self, request_id: &str) -> StoreResult<Option<Allocation>> {
         self.hooks.before_call().await;
-        self.inner.get_allocation(request_id).await
+        let read = self.inner.get_allocation(request_id).await;
+        self.hooks.after_get_allocation(request_id).await;
+        read
     }
     async fn list_allocations(&self) -> StoreResult<Vec<Allocation>> {
         self.hooks.before_call().await;
