@@ -1071,7 +1071,18 @@ impl Shared {
         timed: Timed,
     ) -> Result<Instance, BootError> {
         let az = instance.pool.availability_zone.as_str();
-        let pool = self.pool(&instance.pool).await?;
+        let pool = match self.pool(&instance.pool).await {
+            Ok(pool) => pool,
+            Err(e) => {
+                // No create sent: a record taken meanwhile (a drain, which
+                // deletes the pool record before this read) names no server
+                // to come, and is not left to the next reconcile pass.
+                if instance.server_id.is_none() {
+                    self.forget_taken_boot(instance).await;
+                }
+                return Err(e.into());
+            }
+        };
         let deadline = match timed {
             Timed::FromNow => deadline_after(Instant::now(), pool.spec.boot_timeout),
             Timed::Not => self.resumed_boot_deadline(instance, pool.spec.boot_timeout),
@@ -1508,18 +1519,31 @@ impl Shared {
     /// know that holds one, so a delete the compute host failed after Nova
     /// accepted it would leave the server up, holding the volume, for good.
     /// A pool server's delete that fails so is the leak sweep's.
+    ///
+    /// `instance` naming no server is dropped only while the stored record
+    /// names none either: it may be a copy read before the boot task of a
+    /// record taken mid-create (see [`Self::left_to_its_create`]) recorded
+    /// the server its create made and ended, its delete refused. Dropped
+    /// by that copy, the record naming the server would go and the next
+    /// reconcile pass would delete the server as a leak; kept, that pass
+    /// deletes it as the instance's.
     pub(crate) async fn finish_delete(&self, instance: &Instance) -> ManagerResult<()> {
-        if let Some(server_id) = &instance.server_id {
-            let deadline = self.cleanup_deadline();
-            if instance.request_id.is_some() {
-                self.delete_server_until_gone(server_id, deadline).await?;
-            } else if let Err(e) = self
-                .retry(deadline, || self.cloud.delete_server(server_id))
-                .await
-            {
-                self.note_delete_refused(instance, server_id, &e).await;
-                return Err(e.into());
-            }
+        let Some(server_id) = &instance.server_id else {
+            self.update_instance(&instance.id, |current| {
+                current.server_id.is_none().then_some(None)
+            })
+            .await?;
+            return Ok(());
+        };
+        let deadline = self.cleanup_deadline();
+        if instance.request_id.is_some() {
+            self.delete_server_until_gone(server_id, deadline).await?;
+        } else if let Err(e) = self
+            .retry(deadline, || self.cloud.delete_server(server_id))
+            .await
+        {
+            self.note_delete_refused(instance, server_id, &e).await;
+            return Err(e.into());
         }
         self.update_instance(&instance.id, |_| Some(None)).await?;
         Ok(())

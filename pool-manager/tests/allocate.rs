@@ -6795,6 +6795,158 @@ async fn a_refill_drained_mid_create_drops_its_record_when_the_create_is_refused
     assert_consistent(&sim, &manager).await;
 }
 
+/// Holds a reconcile pass once, after it listed the instances, until the
+/// test lets it go (armed by the test: other listings go by).
+#[derive(Default)]
+struct HoldPassAfterListingInstances {
+    armed: AtomicBool,
+    holding: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl StoreHooks for HoldPassAfterListingInstances {
+    async fn after_list_instances(&self) {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.holding.notify_one();
+            self.release.notified().await;
+        }
+    }
+}
+
+/// A pass that listed the servers before a drained boot's create answered,
+/// and the instances before its task recorded the server, reaches the
+/// record once the task has ended (its delete refused): its listing shows
+/// no server carrying the instance's id, and the record it read names
+/// none. Dropping the record then, by that copy, dropped the only record
+/// of the server, which the next pass deleted as a leak. The record is
+/// kept, naming the server, which the next pass deletes as its own.
+#[tokio::test(start_paused = true)]
+async fn a_pass_with_an_older_listing_keeps_a_drained_boots_record_naming_its_server() {
+    let sim = sim();
+    let (cloud, refusing) = GatedCloud::refusing(
+        &sim,
+        "delete_server",
+        pool_manager::cloud::CloudError::Fatal("delete_server: the server is locked".into()),
+        false,
+    );
+    let store = HookedStore::new(HoldPassAfterListingInstances::default());
+    let manager = started_over(&cloud, store.clone(), 0).await;
+    let mut events = manager.events();
+    let sent = cloud.hold_next("create_server", At::Before);
+    manager
+        .update_pool(&pool(), |s| s.min_ready = 1)
+        .await
+        .unwrap();
+    sent.reached().await;
+    manager.delete_pool(&pool()).await.unwrap();
+    let mut changes = manager.subscribe();
+    while manager.get_pool(&pool()).await.is_ok() {
+        changes.changed().await;
+    }
+
+    // The pass lists the servers (none yet) and the instances (Deleting,
+    // no server), then waits.
+    store.hooks.armed.store(true, Ordering::SeqCst);
+    let pass = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.reconcile().await }
+    });
+    store.hooks.holding.notified().await;
+    // The create answers; the task records the server, its delete is
+    // refused, and the task ends.
+    refusing.store(true, Ordering::SeqCst);
+    sent.release();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let server = match &manager.list_instances(None).await.unwrap()[..] {
+        [i] if i.state == InstanceState::Deleting => i.server_id.clone().expect("recorded"),
+        other => panic!("{other:#?}"),
+    };
+
+    store.hooks.release.notify_one();
+    pass.await.unwrap().unwrap();
+    let kept = manager.list_instances(None).await.unwrap();
+    assert!(
+        matches!(&kept[..], [i] if i.server_id.as_ref() == Some(&server)),
+        "the record naming server {server} was dropped: {kept:#?}"
+    );
+
+    refusing.store(false, Ordering::SeqCst);
+    manager.reconcile().await.unwrap();
+    assert!(sim.servers().is_empty(), "{:?}", sim.servers());
+    assert!(manager.list_instances(None).await.unwrap().is_empty());
+    assert_no_leak_deleted(&mut events, "the drained boot's server");
+    assert_consistent(&sim, &manager).await;
+}
+
+/// Holds the first read of a pool by a task other than the one that
+/// wrote the first new instance record (so: that instance's boot task,
+/// whose first call it is) until the test lets it go.
+#[derive(Default)]
+struct HoldBootTaskBeforeItsFirstCall {
+    creator: std::sync::Mutex<Option<Option<tokio::task::Id>>>,
+    held: AtomicBool,
+    holding: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl StoreHooks for HoldBootTaskBeforeItsFirstCall {
+    fn before_instance_swap(&self, new: Option<&Instance>) -> StoreResult<()> {
+        let booting = new.is_some_and(|i| i.state == InstanceState::Booting);
+        let mut creator = self.creator.lock().unwrap();
+        if booting && creator.is_none() {
+            *creator = Some(tokio::task::try_id());
+        }
+        Ok(())
+    }
+    async fn reading_pool(&self) {
+        let Some(creator) = *self.creator.lock().unwrap() else {
+            return;
+        };
+        let task = tokio::task::try_id();
+        if task.is_some() && task != creator && !self.held.swap(true, Ordering::SeqCst) {
+            self.holding.notify_one();
+            self.release.notified().await;
+        }
+    }
+}
+
+/// A refill drained before its boot task sent the create (before the
+/// task's first call, the read of its pool, which is gone by then) sends
+/// none, and its record, kept `Deleting` for the task, went only at the
+/// next reconcile pass (a day apart in these tests), counting as the
+/// pool's meanwhile. The task drops it as it ends.
+#[tokio::test(start_paused = true)]
+async fn a_refill_drained_before_its_create_drops_its_record() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let store = HookedStore::new(HoldBootTaskBeforeItsFirstCall::default());
+    let manager = started_over(&cloud, store.clone(), 0).await;
+    manager
+        .update_pool(&pool(), |s| s.min_ready = 1)
+        .await
+        .unwrap();
+    store.hooks.holding.notified().await;
+    manager.delete_pool(&pool()).await.unwrap();
+    let mut changes = manager.subscribe();
+    while manager.get_pool(&pool()).await.is_ok() {
+        changes.changed().await;
+    }
+    let kept = manager.list_instances(None).await.unwrap();
+    assert!(
+        matches!(&kept[..], [i] if i.state == InstanceState::Deleting && i.server_id.is_none()),
+        "{kept:#?}"
+    );
+
+    store.hooks.release.notify_one();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let left = manager.list_instances(None).await.unwrap();
+    assert!(left.is_empty(), "{left:#?}");
+    assert!(sim.servers().is_empty(), "{:?}", sim.servers());
+    assert_consistent(&sim, &manager).await;
+}
+
 /// The first write of a server's id on its instance fails.
 #[derive(Default)]
 struct FailRecordingServerId {

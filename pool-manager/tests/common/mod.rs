@@ -851,6 +851,8 @@ pub trait StoreHooks: Send + Sync + 'static {
     fn before_get_pool(&self) -> StoreResult<()> {
         Ok(())
     }
+    /// Before a pool is read, after [`StoreHooks::before_get_pool`] let it.
+    async fn reading_pool(&self) {}
     /// Before an instance swap reaches the store; an error is its answer.
     fn before_instance_swap(&self, _new: Option<&Instance>) -> StoreResult<()> {
         Ok(())
@@ -877,6 +879,8 @@ pub trait StoreHooks: Send + Sync + 'static {
     fn written(&self, _write: Write) {}
     /// After a pool's untouched instances were listed, before the answer.
     async fn after_list_untouched(&self) {}
+    /// After every instance was listed, before the answer.
+    async fn after_list_instances(&self) {}
     /// Before an instance is read by its id.
     async fn before_get_instance(&self, _id: &str) {}
     /// Before the store is asked whether a record was set aside.
@@ -1032,6 +1036,7 @@ impl<H: StoreHooks> Store for HookedStore<H> {
     async fn get_pool(&self, key: &PoolKey) -> StoreResult<Option<PoolRecord>> {
         self.hooks.before_call().await;
         self.hooks.before_get_pool()?;
+        self.hooks.reading_pool().await;
         self.inner.get_pool(key).await
     }
     async fn list_pools(&self) -> StoreResult<Vec<PoolRecord>> {
@@ -1088,7 +1093,9 @@ impl<H: StoreHooks> Store for HookedStore<H> {
     }
     async fn list_instances(&self) -> StoreResult<Vec<Instance>> {
         self.hooks.before_call().await;
-        self.inner.list_instances().await
+        let listed = self.inner.list_instances().await;
+        self.hooks.after_list_instances().await;
+        listed
     }
     async fn list_untouched_instances(&self, pool: &PoolKey) -> StoreResult<Vec<Instance>> {
         self.hooks.before_call().await;
