@@ -14,7 +14,7 @@
 //! `Shared::emit` logs each operator-relevant event exactly once
 //! ([`Event::log`]); subscribers do not log them again.
 
-use crate::model::PoolKey;
+use crate::model::{PoolKey, PoolRecord};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -397,6 +397,76 @@ pub struct StoredHealth {
     /// manager's wall clock; `None` when no pause runs (an UpdatePool
     /// ended it).
     pub paused_from: Option<SystemTime>,
+    /// The pool record it was written for: a build that keeps no health
+    /// (3474b12 and older leave this tree alone) may have deleted the pool
+    /// and created it again since, and the new pool's record does not
+    /// match. `None` (an earlier build of this version wrote it): matches
+    /// no pool.
+    #[serde(default)]
+    pub written_for: Option<PoolMark>,
+    /// When it was written, on the manager's wall clock: one of the pool's
+    /// instances Ready after it (a build that keeps no health booted it)
+    /// says its boots failing in a row have ended.
+    #[serde(default)]
+    pub written_at: Option<SystemTime>,
+}
+
+impl StoredHealth {
+    /// Why it no longer tells `pool`'s health, if it does not: written for
+    /// another record under its key, or a boot of it was Ready since (one of
+    /// `ready_at`, its instances' times Ready).
+    pub fn stale_for(
+        &self,
+        pool: &PoolRecord,
+        mut ready_at: impl Iterator<Item = SystemTime>,
+    ) -> Option<&'static str> {
+        if !self.written_for.as_ref().is_some_and(|m| m.still_of(pool)) {
+            return Some("it was written for a pool deleted since under the same key (by a warmpoold of 3474b12 or older, which keeps no boot health), or by a build that did not say which");
+        }
+        let written = self.written_at?;
+        ready_at
+            .any(|at| at > written)
+            .then_some("one of the pool's boots was Ready since it was written (a warmpoold of 3474b12 or older ran the pool meanwhile)")
+    }
+}
+
+/// What ties stored health to one pool record, not to another created
+/// under the same key later: what only grows over a pool's life (its
+/// purchases' counts, when its last error happened), which a pool created
+/// again starts with none of. A degraded pool has had an error (each
+/// failed boot writes one), so a record of one never matches a pool
+/// created since.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolMark {
+    /// `allocations_warm`, `_cold`, `_waited`, `_failed`, `_exhausted`.
+    pub allocations: [u64; 5],
+    pub last_error_at: Option<SystemTime>,
+}
+
+impl PoolMark {
+    pub fn of(pool: &PoolRecord) -> Self {
+        Self {
+            allocations: [
+                pool.allocations_warm,
+                pool.allocations_cold,
+                pool.allocations_waited,
+                pool.allocations_failed,
+                pool.allocations_exhausted,
+            ],
+            last_error_at: pool.last_error_at,
+        }
+    }
+
+    /// Whether `pool` may be the record this was taken of, as it is now.
+    pub fn still_of(&self, pool: &PoolRecord) -> bool {
+        let now = Self::of(pool);
+        self.allocations
+            .iter()
+            .zip(now.allocations)
+            .all(|(then, now)| *then <= now)
+            && self.last_error_at <= now.last_error_at
+    }
 }
 
 /// [`StoredHealth`] on the book's clock: what [`HealthBook`] compares to
@@ -410,9 +480,16 @@ pub(crate) struct LastingHealth {
 }
 
 impl LastingHealth {
-    /// As stored, `now` being `wall` on the wall clock.
-    pub(crate) fn stored(self, now: tokio::time::Instant, wall: SystemTime) -> StoredHealth {
+    /// As stored for `pool`, `now` being `wall` on the wall clock.
+    pub(crate) fn stored(
+        self,
+        pool: &PoolRecord,
+        now: tokio::time::Instant,
+        wall: SystemTime,
+    ) -> StoredHealth {
         StoredHealth {
+            written_for: Some(PoolMark::of(pool)),
+            written_at: Some(wall),
             consecutive_boot_failures: self.consecutive_boot_failures,
             last_failure: self.last_failure,
             backoff_steps: self.backoff_steps,
@@ -730,7 +807,8 @@ mod tests {
         );
         let lasting = book.unsaved(&pool).flatten().expect("failures to store");
         let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let stored = lasting.stored(failed + Duration::from_secs(10), wall);
+        let record = crate::model::PoolRecord::new(pool.clone(), crate::model::tests::spec());
+        let stored = lasting.stored(&record, failed + Duration::from_secs(10), wall);
         book.saved(&pool, Some(lasting));
         assert_eq!(book.unsaved(&pool), None);
         let stored: StoredHealth =

@@ -376,10 +376,17 @@ impl Shared {
     /// a pool whose boots kept failing is still degraded, announced by a
     /// [`EventKind::Degraded`] event, and its boots still paused, after a
     /// restart. A record this version cannot read costs its pool the
-    /// verdict, not its start.
+    /// verdict, not its start. One that no longer tells the pool's health
+    /// ([`crate::events::StoredHealth::stale_for`]: a build that keeps none
+    /// ran the store since, and deleted the pool and created it again, or
+    /// booted it Ready), or one of a store adopted from another cloud (the
+    /// verdict was on that cloud), is deleted, its pool starting healthy.
+    /// After the store's claim, which says whether it is adopted.
     pub(crate) async fn restore_health(&self) -> ManagerResult<()> {
         self.health_restored
             .get_or_try_init(|| async {
+                let adopting = self.adopting.lock().expect("adopting lock").is_some();
+                let mut instances = None;
                 for pool in self.store.list_pools().await? {
                     let key = &pool.key;
                     let stored = match self.store.get_pool_health(key).await {
@@ -390,6 +397,26 @@ impl Shared {
                             continue;
                         }
                     };
+                    let stale = if adopting {
+                        Some("the store is adopted from another cloud, which the failed boots were on")
+                    } else {
+                        if instances.is_none() {
+                            instances = Some(self.store.list_instances().await?);
+                        }
+                        let ready_at = instances
+                            .iter()
+                            .flatten()
+                            .filter(|i| i.pool == *key)
+                            .filter_map(|i| i.ready_at);
+                        stored.stale_for(&pool, ready_at)
+                    };
+                    if let Some(why) = stale {
+                        tracing::info!(pool = %key, why, "not resuming the pool's stored boot health: the pool starts healthy, its failed boots counted anew");
+                        if let Err(e) = self.store.put_pool_health(key, None).await {
+                            tracing::warn!(pool = %key, error = %e, "cannot delete the pool's stale boot health; the next start judges it again");
+                        }
+                        continue;
+                    }
                     let wall = self.sizing_book().wall_now(&self.settings.sizing);
                     let health = self
                         .health_book()
@@ -426,10 +453,22 @@ impl Shared {
         let Some(lasting) = self.health_book().unsaved(key) else {
             return;
         };
-        let stored = lasting.map(|lasting| {
-            let wall = self.sizing_book().wall_now(&self.settings.sizing);
-            lasting.stored(Instant::now(), wall)
-        });
+        let stored = match lasting {
+            None => None,
+            // Tied to the pool's record as it is now (see `PoolMark`).
+            Some(lasting) => match self.store.get_pool(key).await {
+                Ok(Some(pool)) => {
+                    let wall = self.sizing_book().wall_now(&self.settings.sizing);
+                    Some(lasting.stored(&pool, Instant::now(), wall))
+                }
+                // Deleted: its drain forgot its health.
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(pool = %key, error = %e, "cannot read the pool to store its boot health; a restart would find it healthy");
+                    return;
+                }
+            },
+        };
         match self.store.put_pool_health(key, stored.as_ref()).await {
             Ok(()) => self.health_book().saved(key, lasting),
             Err(e) => {

@@ -1194,6 +1194,92 @@ async fn a_restart_keeps_a_failing_pools_verdict_and_its_boot_pause() {
     manager.shutdown().await.unwrap();
 }
 
+/// A store on which a pool's boots kept failing until it was degraded,
+/// the manager stopped since; cloudsim's boots succeed again.
+async fn degraded_store(sim: &std::sync::Arc<cloudsim::SimCloud>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = manager_on(sim, open_store(dir.path()));
+    manager.start().await.unwrap();
+    sim.faults().error_next_boots(1000, "NoValidHost");
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    until_degraded(&manager).await;
+    manager.shutdown().await.unwrap();
+    drop(manager);
+    sim.faults().error_next_boots(0, "NoValidHost");
+    dir
+}
+
+/// A degraded pool's stored health, left behind with a store an older
+/// warmpoold then ran (it leaves the `pool_health` tree alone): that
+/// build deleted the pool and created it again, or saw its boots recover.
+/// The restart on this version restored the old verdict on a pool that
+/// had none, degraded with the old pause: one at its target boots nothing,
+/// so it stayed degraded (WarmpoolBootsDegraded firing) for good.
+#[tokio::test(start_paused = true)]
+async fn health_stored_before_an_older_build_ran_is_not_restored_onto_a_changed_pool() {
+    use pool_manager::model::{Instance, PoolRecord};
+    let sim = sim();
+
+    // The older build deletes the pool (its instances and its record, not
+    // the health) and creates it again, at a target of 0.
+    let dir = degraded_store(&sim).await;
+    {
+        let store = open_store(dir.path());
+        assert!(store.get_pool_health(&pool()).await.unwrap().is_some());
+        for instance in store.list_instances().await.unwrap() {
+            assert!(store.cas_instance(Some(&instance), None).await.unwrap());
+        }
+        store
+            .put_pool(&PoolRecord::new(pool(), spec(0)))
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    let manager = manager_on(&sim, open_store(dir.path()));
+    manager.start().await.unwrap();
+    let health = manager.get_pool(&pool()).await.unwrap().health;
+    assert_eq!(
+        health,
+        Default::default(),
+        "a pool created again shows the deleted one's health"
+    );
+    manager.shutdown().await.unwrap();
+    drop(manager);
+
+    // Or it keeps the pool, and a boot of it is Ready: the failures in a
+    // row ended.
+    let dir = degraded_store(&sim).await;
+    {
+        let store = open_store(dir.path());
+        let stored = store.get_pool_health(&pool()).await.unwrap().unwrap();
+        let written = stored.paused_from.expect("paused");
+        let ready = Instance {
+            id: "booted-by-the-older-build".into(),
+            pool: pool(),
+            server_id: Some("its-server".into()),
+            state: InstanceState::Ready,
+            created_at: written,
+            ready_at: Some(written + Duration::from_secs(3600)),
+            attempts: 1,
+            last_error: None,
+            request_id: None,
+            mysql_addr: None,
+            image: None,
+        };
+        assert!(store.cas_instance(None, Some(&ready)).await.unwrap());
+        store.flush().await.unwrap();
+    }
+    let manager = manager_on(&sim, open_store(dir.path()));
+    manager.start().await.unwrap();
+    let health = manager.get_pool(&pool()).await.unwrap().health;
+    assert_eq!(
+        health,
+        Default::default(),
+        "a pool whose boots recovered since shows its old verdict"
+    );
+    manager.shutdown().await.unwrap();
+}
+
 /// Holds the first flush after the pool's record is written, until
 /// released.
 #[derive(Default)]
@@ -1223,35 +1309,39 @@ impl StoreHooks for HoldFlushAfterPut {
     }
 }
 
-/// A pool deleted while degraded and created again under its key is a new
-/// pool, healthy from its first listing: its record was written (and
-/// listed) before the old pool's verdict was forgotten, so while the
-/// create's flush ran, GetPool and ListPools showed the new pool degraded.
+/// A pool created under the key of one deleted is a new pool, healthy from
+/// its first listing and after a restart, whatever health the store kept
+/// of the old one: a warmpoold of 3474b12 or older deletes a pool and
+/// leaves its `pool_health` record, which, written at the old pool's first
+/// failed boot (before that failure was written on the pool), matches a
+/// pool record new under the key. The create deletes it before it writes
+/// the pool's record.
 #[tokio::test(start_paused = true)]
 async fn a_pool_created_again_never_shows_the_deleted_ones_health() {
+    use pool_manager::events::{PoolMark, StoredHealth};
+    use pool_manager::model::PoolRecord;
     use std::sync::atomic::Ordering;
     let sim = sim();
-    let store = HookedStore::new(HoldFlushAfterPut::default());
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(HookedStore {
+        inner: open_store(dir.path()),
+        hooks: HoldFlushAfterPut::default(),
+    });
+    let left_behind = StoredHealth {
+        consecutive_boot_failures: 1,
+        last_failure: Some(BootOutcome::NoValidHost),
+        backoff_steps: 1,
+        paused_from: Some(std::time::SystemTime::now()),
+        written_for: Some(PoolMark::of(&PoolRecord::new(pool(), spec(1)))),
+        written_at: Some(std::time::SystemTime::now()),
+    };
+    store
+        .inner
+        .put_pool_health(&pool(), Some(&left_behind))
+        .await
+        .unwrap();
     let manager = manager_on(&sim, store.clone());
     manager.start().await.unwrap();
-    sim.faults().error_next_boots(1000, "NoValidHost");
-    manager.create_pool(pool(), spec(1)).await.unwrap();
-    until_degraded(&manager).await;
-    sim.faults().error_next_boots(0, "NoValidHost");
-    manager.delete_pool(&pool()).await.unwrap();
-    for _ in 0..3600 {
-        if manager.get_pool(&pool()).await.is_err() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    assert!(
-        matches!(
-            manager.get_pool(&pool()).await,
-            Err(ManagerError::PoolNotFound(_))
-        ),
-        "the pool was never drained"
-    );
 
     store.hooks.armed.store(true, Ordering::SeqCst);
     let create = tokio::spawn({
@@ -1259,6 +1349,11 @@ async fn a_pool_created_again_never_shows_the_deleted_ones_health() {
         async move { manager.create_pool(pool(), spec(0)).await }
     });
     store.hooks.reached.notified().await;
+    assert_eq!(
+        store.inner.get_pool_health(&pool()).await.unwrap(),
+        None,
+        "the pool's record is about to be flushed with the deleted pool's health"
+    );
     let listed = manager.list_pools().await.unwrap();
     let new = listed
         .iter()
@@ -1272,5 +1367,16 @@ async fn a_pool_created_again_never_shows_the_deleted_ones_health() {
     store.hooks.release.notify_one();
     let created = create.await.unwrap().unwrap();
     assert_eq!(created.health, Default::default());
+    manager.shutdown().await.unwrap();
+    drop((manager, store));
+
+    let manager = manager_on(&sim, open_store(dir.path()));
+    manager.start().await.unwrap();
+    let health = manager.get_pool(&pool()).await.unwrap().health;
+    assert_eq!(
+        health,
+        Default::default(),
+        "after a restart, the new pool shows the deleted one's health"
+    );
     manager.shutdown().await.unwrap();
 }
