@@ -2683,14 +2683,9 @@ impl Shared {
                 calls,
                 || self.cloud.attach_volume(server_id, &volume_id),
                 |maybe_done| {
-                    let volume_id = &volume_id;
-                    async move {
-                        Ok(self
-                            .volume_attach_is_this_ones(
-                                volume_id, server_id, deadline, maybe_done, created,
-                            )
-                            .await)
-                    }
+                    self.volume_attach_is_this_ones(
+                        &volume_id, server_id, deadline, maybe_done, created,
+                    )
                 },
             )
             .await?;
@@ -2702,11 +2697,18 @@ impl Shared {
             // migration: any task_state), and to a locked one. Then the
             // next instance may.
             Err(CloudError::Conflict(m)) => {
+                // A read the cloud fails here is the cloud's, not a reason
+                // to send the client to mend its volume.
                 let server_usable = self
-                    .cloud
-                    .read_server(server_id)
-                    .await
-                    .map_or(true, |s| s.takes_an_attach_now());
+                    .server_for_a_look(
+                        server_id,
+                        deadline,
+                        &format!(
+                            "to see whether it takes an attach now, after Nova refused the attach of volume {volume_id} as a conflict"
+                        ),
+                    )
+                    .await?
+                    .takes_an_attach_now();
                 let refused = ManagerError::FailedPrecondition(format!(
                     "volume {volume_id} cannot be attached: {m}"
                 ));
@@ -3033,6 +3035,13 @@ impl Shared {
     /// another's as likely (a second order naming it, which the fence let
     /// through too, or the tenant): taken for the purchase's, a failure of
     /// that other attach would be blamed on the instance.
+    ///
+    /// A read the cloud fails ends the try as the verify's does
+    /// ([`look_failed`]): taken for "not ours", it answered
+    /// FAILED_PRECONDITION "volume ... cannot be attached: 409", sending
+    /// the client to mend a volume when the cloud had failed a read. A
+    /// volume Cinder no longer knows is no failed read: not ours, as
+    /// before, and the 409 stands.
     async fn volume_attach_is_this_ones(
         &self,
         volume_id: &str,
@@ -3040,27 +3049,68 @@ impl Shared {
         deadline: Instant,
         maybe_done: bool,
         created: bool,
-    ) -> bool {
+    ) -> Result<bool, AttemptError> {
         let lists = |ids: &[String], id: &str| ids.iter().any(|i| i.eq_ignore_ascii_case(id));
-        let Ok(volume) = self
+        let volume = match self
             .retry(deadline, || self.cloud.get_volume(volume_id))
             .await
-        else {
-            return false;
+        {
+            Ok(volume) => volume,
+            Err(CloudError::NotFound(_)) => return Ok(false),
+            Err(e) => {
+                return Err(look_failed(
+                    e,
+                    "block-storage service (Cinder)",
+                    format_args!(
+                        "to show volume {volume_id}, whose attach to server {server_id} Nova refused as a conflict"
+                    ),
+                ))
+            }
         };
         if lists(&volume.attached_to, server_id) {
-            return true;
+            return Ok(true);
         }
+        let server = self
+            .server_for_a_look(
+                server_id,
+                deadline,
+                &format!(
+                    "to see whether the attach of volume {volume_id} Nova refused as a conflict was the try's own"
+                ),
+            )
+            .await?;
         // A server that takes no attach now (in ERROR, busy with a task)
         // is what Nova refused: the instance's, as before.
-        self.cloud.read_server(server_id).await.is_ok_and(|s| {
-            lists(&s.attached_volumes, volume_id)
-                || (maybe_done
-                    && created
-                    && s.takes_an_attach_now()
-                    && volume.status == VolumeStatus::Attaching
-                    && volume.attached_to.is_empty())
-        })
+        Ok(lists(&server.attached_volumes, volume_id)
+            || (maybe_done
+                && created
+                && server.takes_an_attach_now()
+                && volume.status == VolumeStatus::Attaching
+                && volume.attached_to.is_empty()))
+    }
+
+    /// The try's server as Nova shows it, for a look at an attach Nova
+    /// refused as a conflict (`look` says which in a failure's message).
+    /// A server Nova no longer knows is the instance's failure; any other
+    /// failed read is the cloud's ([`look_failed`]).
+    async fn server_for_a_look(
+        &self,
+        server_id: &str,
+        deadline: Instant,
+        look: &str,
+    ) -> Result<Server, AttemptError> {
+        match self
+            .retry(deadline, || self.cloud.read_server(server_id))
+            .await
+        {
+            Ok(server) => Ok(server),
+            Err(e @ CloudError::NotFound(_)) => Err(AttemptError::Instance(e.into())),
+            Err(e) => Err(look_failed(
+                e,
+                "compute service (Nova)",
+                format_args!("to show server {server_id} {look}"),
+            )),
+        }
     }
 
     /// Whether a port attach Nova refused as a conflict is this try's own:

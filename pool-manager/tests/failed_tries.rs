@@ -1650,6 +1650,64 @@ async fn port_reads_failing_at_a_port_attach_answered_409_discard_only_the_touch
     }
 }
 
+/// Nova answers the volume attach 409, and the look at whether that
+/// attach is the try's own (Cinder's volume, then Nova's server) fails
+/// until the purchase gives up. As at the port attach, that failure is
+/// the cloud's: it was taken for "not ours", so the purchase answered
+/// FAILED_PRECONDITION "volume ... cannot be attached: 409", sending the
+/// client to mend a volume nothing was wrong with.
+#[tokio::test(start_paused = true)]
+async fn reads_failing_at_a_volume_attach_answered_409_end_the_purchase_as_the_clouds() {
+    for (read, service) in [
+        ("get_volume", "block-storage service (Cinder)"),
+        ("get_server", "compute service (Nova)"),
+    ] {
+        for failure in [
+            CloudError::Transient("HTTP 503 Service Unavailable".into()),
+            CloudError::Fatal("HTTP 403 Forbidden: policy does not allow this".into()),
+        ] {
+            let sim = sim();
+            // The reads fail from the attach on: the order's volume is
+            // created and seen available first.
+            let failing = Arc::new(AtomicBool::new(false));
+            let cloud = GatedCloud::with_fault(&sim, {
+                let (failing, failure) = (failing.clone(), failure.clone());
+                move |method| {
+                    if method == "attach_volume" && !failing.swap(true, Ordering::SeqCst) {
+                        return Some(CloudError::Conflict(
+                            "Invalid volume: volume is in use (HTTP 409)".into(),
+                        ));
+                    }
+                    (method == read && failing.load(Ordering::SeqCst)).then(|| failure.clone())
+                }
+            });
+            let manager = started_paused(&cloud, temp_store(), 3).await;
+
+            let err = manager
+                .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, ManagerError::Cloud(e)
+                    if std::mem::discriminant(e) == std::mem::discriminant(&failure)
+                        && e.to_string().contains(service)),
+                "{read} {failure}: answered: {err}"
+            );
+            let status = manager.get_pool(&pool()).await.unwrap();
+            assert_eq!(
+                status.count(InstanceState::Ready),
+                2,
+                "{read} {failure}: only the touched instance is discarded; answered: {err}"
+            );
+            assert_eq!(
+                sim.call_counts().get("attach_volume"),
+                None,
+                "{read} {failure}"
+            );
+        }
+    }
+}
+
 /// The order's port deleted (by someone else) once Nova took its attach:
 /// Neutron answers 404 for it. That is no failure of Neutron to show it,
 /// which is what the purchase said ("call again once the network service
