@@ -425,7 +425,8 @@ const META_TREE: &str = "meta";
 /// the pools are. No [`RecordKind`]: a record this version cannot read
 /// (a newer one wrote it) stops nothing and is set aside by no one; the
 /// pool starts healthy, with a warning, and its next change of health
-/// writes over it. Builds that do not know the tree (3474b12 and older)
+/// writes over it. `store check` notes such a record
+/// ([`StoreRepair::unreadable_pool_health`]). Builds that do not know the tree (3474b12 and older)
 /// leave it alone.
 const POOL_HEALTH_TREE: &str = "pool_health";
 
@@ -471,6 +472,15 @@ fn storage_error(e: sled::transaction::TransactionError<std::convert::Infallible
 pub struct UnreadableRecord {
     pub kind: RecordKind,
     /// As [`StoreRepair::set_aside`] takes it.
+    pub key: String,
+    pub error: String,
+}
+
+/// A pool's stored boot health this version cannot read, as
+/// [`StoreRepair::unreadable_pool_health`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnreadablePoolHealth {
+    /// The pool's key, as operators read it (`flavor@az`).
     pub key: String,
     pub error: String,
 }
@@ -546,6 +556,30 @@ impl StoreRepair {
                         error,
                     });
                 }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every pool's stored boot health ([`POOL_HEALTH_TREE`]) this
+    /// version cannot read. A tree of no [`RecordKind`], so
+    /// [`StoreRepair::unreadable`] never looked at it: none of these stops
+    /// warmpoold (the pool starts healthy), and none is
+    /// [`StoreRepair::set_aside`]'s to move.
+    pub fn unreadable_pool_health(&self) -> StoreResult<Vec<UnreadablePoolHealth>> {
+        let tree = self.db.open_tree(POOL_HEALTH_TREE)?;
+        let mut found = Vec::new();
+        for entry in tree.iter() {
+            let (key, bytes) = entry?;
+            if let Err(problem) = decode::<StoredHealth>(&tree, &key, &bytes) {
+                let error = match problem {
+                    StoreError::Unreadable { error, .. } => error.to_string(),
+                    other => other.to_string(),
+                };
+                found.push(UnreadablePoolHealth {
+                    key: shown_key(&key),
+                    error,
+                });
             }
         }
         Ok(found)

@@ -432,6 +432,18 @@ fn store_command(command: &StoreCommand, data_dir: &std::path::Path) -> anyhow::
                     record.error
                 );
             }
+            // Nor does a pool's boot health: the pool starts healthy. The
+            // tree is no record kind, so `store set-aside` does not take it.
+            let health = repair.unreadable_pool_health()?;
+            for record in &health {
+                outln!(
+                    "note: pool_health {} cannot be read ({}): the daemon starts with it, the \
+                     pool starts healthy (its failed boots in a row counted anew), and its next \
+                     change of health writes over it; nothing to do",
+                    record.key,
+                    record.error
+                );
+            }
             for record in repair.set_aside_records()? {
                 if record.superseded {
                     outln!(
@@ -448,7 +460,7 @@ fn store_command(command: &StoreCommand, data_dir: &std::path::Path) -> anyhow::
                 Some(cloud) => outln!("cloud: {cloud}"),
                 None => outln!("cloud: none recorded yet (warmpoold records it when it starts)"),
             }
-            if unreadable.is_empty() && kept.is_empty() {
+            if unreadable.is_empty() && kept.is_empty() && health.is_empty() {
                 outln!("every record in {} can be read", data_dir.display());
                 Ok(0)
             } else if unreadable.is_empty() {

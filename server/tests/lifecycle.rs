@@ -2235,6 +2235,47 @@ fn store_check_notes_unreadable_learned_sizing_without_failing() {
     );
 }
 
+/// A pool's stored boot health this version cannot read (a newer
+/// version's) does not stop warmpoold either: the pool starts healthy and
+/// its next change of health writes over the record. `store check` went
+/// through the record kinds only, so it never looked at the `pool_health`
+/// tree; it now lists such a record as a note, passes, and gives no
+/// set-aside advice (`store set-aside` does not take that tree).
+#[test]
+fn store_check_notes_unreadable_pool_health_without_failing() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("store");
+    {
+        let db = sled::open(&dir).unwrap();
+        db.open_tree("pool_health")
+            .unwrap()
+            .insert(
+                "db.small\0az1",
+                br#"{"consecutive_boot_failures":3,"from_the_future":true}"#.to_vec(),
+            )
+            .unwrap();
+        db.flush().unwrap();
+    }
+    wait_until_let_go(&dir);
+
+    let check = store_command(&dir, &["check"]);
+    let out = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert_eq!(check.status.code(), Some(0), "{out}");
+    let note = out
+        .lines()
+        .find(|l| l.contains("pool_health db.small@az1"))
+        .unwrap_or_else(|| panic!("no line for the pool's health:\n{out}"));
+    assert!(note.starts_with("note: "), "{out}");
+    assert!(note.contains("from_the_future"), "{out}");
+    assert!(note.contains("starts healthy"), "{out}");
+    assert!(!out.contains("unreadable"), "{out}");
+    assert!(!out.contains("store set-aside"), "{out}");
+    assert!(
+        out.contains("every record warmpoold needs in"),
+        "not every record can be read: {out}"
+    );
+}
+
 /// `store check` says which records set aside are superseded (a live
 /// record took their key since: they will not come back) and which wait
 /// for a version that reads them; neither fails the check.
