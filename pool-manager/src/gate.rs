@@ -2,10 +2,12 @@
 //! boots may start now. Purchases (cold boots) are never held back by it,
 //! but they count toward the load it sees.
 //!
-//! - **Retry-After.** A 429/413 seen by any boot, or by a purchase's
-//!   calls (its creates and attaches), pauses *new* boots in that AZ until the time the cloud named, stretched for each pool by its own
-//!   random factor in `[1, 1 + jitter]` (drawn once per pause, when the
-//!   pool first asks) so the AZ's pools do not return in lockstep. (Single calls are
+//! - **Retry-After.** A throttle (a 429/413, or a 503 naming a Retry-After)
+//!   seen by any boot, or by a purchase's calls (its creates and
+//!   attaches), pauses *new* boots in that AZ until the time the cloud
+//!   named, stretched for each pool by its own random factor in
+//!   `[1, 1 + jitter]` (drawn once per pause, when the pool first asks) so
+//!   the AZ's pools do not return in lockstep. (Single calls are
 //!   retried after Retry-After by `Shared::retry`; the gate keeps the
 //!   replenisher from adding calls meanwhile.) The window halves once per
 //!   throttling episode.

@@ -558,7 +558,8 @@ impl Shared {
 
     /// Calls the cloud until it answers something other than a retryable
     /// error, honouring Retry-After, or until `deadline`. Each pause taken
-    /// after a 429/413 is broadcast as [`EventKind::Throttled`] once over,
+    /// after a throttle (a 429/413, or a 503 naming a Retry-After) is
+    /// broadcast as [`EventKind::Throttled`] once over,
     /// and counted in [`PoolManager::paused_cloud_calls`] while it lasts.
     pub async fn retry<T, F, Fut>(&self, deadline: Instant, mut call: F) -> Result<T, CloudError>
     where
@@ -1326,8 +1327,8 @@ impl PoolManager {
             .collect())
     }
 
-    /// How many cloud calls are waiting out a Retry-After (a 429/413's
-    /// pause) now, by the service they went to (`None`: one the manager
+    /// How many cloud calls are waiting out a Retry-After (the pause of a
+    /// 429/413, or of a 503 naming one) now, by the service they went to (`None`: one the manager
     /// could not attribute), every service listed. Counted from the start of
     /// each pause, which [`EventKind::Throttled`] reports only at its end,
     /// up to [`MAX_RETRY_AFTER`] later.
