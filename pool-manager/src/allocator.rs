@@ -32,8 +32,8 @@
 
 use crate::changes::ChangeCursor;
 use crate::cloud::{
-    CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Server, ServerStatus, Volume, VolumeOwner,
-    VolumeStatus, META_INSTANCE, META_TENANT,
+    CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server, ServerStatus, Volume,
+    VolumeOwner, VolumeStatus, META_INSTANCE, META_TENANT,
 };
 use crate::error::{ApiCall, ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, EventKind};
@@ -2621,20 +2621,7 @@ impl Shared {
         deadline: Instant,
         look: &str,
     ) -> Result<Server, AttemptError> {
-        let mut server = match self
-            .retry(deadline, || self.cloud.read_server(server_id))
-            .await
-        {
-            Ok(server) => server,
-            Err(e @ CloudError::NotFound(_)) => return Err(AttemptError::Instance(e.into())),
-            Err(e) => {
-                return Err(look_failed(
-                    e,
-                    "compute service (Nova)",
-                    format_args!("to show server {server_id} {look}"),
-                ));
-            }
-        };
+        let mut server = self.server_for_a_look(server_id, deadline, look).await?;
         if server.status == ServerStatus::Active {
             server.attached_ports = self
                 .retry(deadline, || self.cloud.ports_bound_to(server_id))
@@ -3113,6 +3100,30 @@ impl Shared {
         }
     }
 
+    /// The order's port as Neutron shows it, for a look after Nova `nova`
+    /// its attach to the try's server (took, or refused as a conflict): a
+    /// port Neutron no longer knows is gone ([`port_gone`]); any other
+    /// failed read is the cloud's ([`look_failed`]).
+    async fn port_for_a_look(
+        &self,
+        port_id: &str,
+        server_id: &str,
+        deadline: Instant,
+        nova: &str,
+    ) -> Result<Port, AttemptError> {
+        match self.retry(deadline, || self.cloud.get_port(port_id)).await {
+            Ok(port) => Ok(port),
+            Err(e @ CloudError::NotFound(_)) => Err(port_gone(e, port_id, server_id, nova)),
+            Err(e) => Err(look_failed(
+                e,
+                "network service (Neutron)",
+                format_args!(
+                    "to show port {port_id}, whose attach to server {server_id} Nova {nova}"
+                ),
+            )),
+        }
+    }
+
     /// Whether a port attach Nova refused as a conflict is this try's own:
     /// the port bound to the try's server, or listed by it. After an
     /// answer that may have come from behind a done attach (`maybe_done`),
@@ -3130,21 +3141,9 @@ impl Shared {
         deadline: Instant,
         maybe_done: bool,
     ) -> Result<bool, AttemptError> {
-        let port = match self.retry(deadline, || self.cloud.get_port(port_id)).await {
-            Ok(port) => port,
-            Err(e @ CloudError::NotFound(_)) => {
-                return Err(port_gone(e, port_id, server_id, "refused as a conflict"))
-            }
-            Err(e) => {
-                return Err(look_failed(
-                    e,
-                    "network service (Neutron)",
-                    format_args!(
-                        "to show port {port_id}, whose attach to server {server_id} Nova refused as a conflict"
-                    ),
-                ))
-            }
-        };
+        let port = self
+            .port_for_a_look(port_id, server_id, deadline, "refused as a conflict")
+            .await?;
         Ok(match port.device_id.as_deref() {
             Some(device) => device == server_id,
             None => {
@@ -3178,21 +3177,9 @@ impl Shared {
         .await?
         .map_err(attempt_error)?;
         loop {
-            let port = match self.retry(deadline, || self.cloud.get_port(&port_id)).await {
-                Ok(port) => port,
-                Err(e @ CloudError::NotFound(_)) => {
-                    return Err(port_gone(e, &port_id, server_id, "took"))
-                }
-                Err(e) => {
-                    return Err(look_failed(
-                        e,
-                        "network service (Neutron)",
-                        format_args!(
-                            "to show port {port_id}, whose attach to server {server_id} Nova took"
-                        ),
-                    ))
-                }
-            };
+            let port = self
+                .port_for_a_look(&port_id, server_id, deadline, "took")
+                .await?;
             if port.device_id.as_deref() == Some(server_id) && port.ip_address.is_some() {
                 record
                     .update(|a| {
