@@ -1513,14 +1513,10 @@ fn a_port_listing(method: &str) -> bool {
     method == "ports_bound_to"
 }
 
-/// `service` failing every `read` (a method of [`GatedCloud`]) until the
-/// purchase gives up, three ways: down (503), throttled past the deadline
-/// (429), refusing warmpool's user (403). A fail-fast purchase must answer
-/// the cloud's failure, naming the service, and discard only the instance
-/// its attaches touched; the order is rolled back, and served warm once
-/// the service answers again.
-async fn failing_reads_discard_only_the_touched_instance(read: &'static str, service: &str) {
-    for failure in [
+/// A read failing until the purchase gives up, three ways: down (503),
+/// throttled past the deadline (429), refusing warmpool's user (403).
+fn read_failures() -> [CloudError; 3] {
+    [
         CloudError::Transient("HTTP 503 Service Unavailable".into()),
         CloudError::Throttled {
             retry_after: Some(Duration::from_secs(600)),
@@ -1528,7 +1524,40 @@ async fn failing_reads_discard_only_the_touched_instance(read: &'static str, ser
             unavailable: false,
         },
         CloudError::Fatal("HTTP 403 Forbidden: policy does not allow this".into()),
-    ] {
+    ]
+}
+
+/// The purchase answered the cloud's `failure` (its kind), naming
+/// `service`, and discarded only the instance its attaches touched: 2 of
+/// the pool's 3 stay Ready. `case` names the run in a failure.
+async fn assert_ended_as_the_clouds(
+    manager: &PoolManager,
+    err: &ManagerError,
+    failure: &CloudError,
+    service: &str,
+    case: &str,
+) {
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(
+        status.count(InstanceState::Ready),
+        2,
+        "{case}: only the touched instance is discarded; answered: {err}"
+    );
+    assert!(
+        matches!(err, ManagerError::Cloud(e)
+            if std::mem::discriminant(e) == std::mem::discriminant(failure)
+                && e.to_string().contains(service)),
+        "{case}: answered: {err}"
+    );
+}
+
+/// `service` failing every `read` (a method of [`GatedCloud`]) until the
+/// purchase gives up, each of [`read_failures`]' ways. A fail-fast purchase must answer
+/// the cloud's failure, naming the service, and discard only the instance
+/// its attaches touched; the order is rolled back, and served warm once
+/// the service answers again.
+async fn failing_reads_discard_only_the_touched_instance(read: &'static str, service: &str) {
+    for failure in read_failures() {
         let sim = sim();
         let (manager, failing) = attaches_failing_when_on(&sim, move |method| method == read, {
             let failure = failure.clone();
@@ -1541,18 +1570,14 @@ async fn failing_reads_discard_only_the_touched_instance(read: &'static str, ser
             .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
             .await
             .unwrap_err();
-        let status = manager.get_pool(&pool()).await.unwrap();
-        assert_eq!(
-            status.count(InstanceState::Ready),
-            2,
-            "{read}, {failure}: only the touched instance is discarded; answered: {err}"
-        );
-        assert!(
-            matches!(&err, ManagerError::Cloud(e)
-                if std::mem::discriminant(e) == std::mem::discriminant(&failure)
-                    && e.to_string().contains(service)),
-            "{read}, {failure}: answered: {err}"
-        );
+        assert_ended_as_the_clouds(
+            &manager,
+            &err,
+            &failure,
+            service,
+            &format!("{read}, {failure}"),
+        )
+        .await;
 
         // A rollback that needs the failing service is the reconciler's to
         // finish once the service answers.
@@ -1605,15 +1630,7 @@ async fn server_reads_failing_at_the_verify_discard_only_the_touched_instance() 
 /// purchase discarded it and tried the next Ready one.
 #[tokio::test(start_paused = true)]
 async fn port_reads_failing_at_a_port_attach_answered_409_discard_only_the_touched_instance() {
-    for failure in [
-        CloudError::Transient("HTTP 503 Service Unavailable".into()),
-        CloudError::Throttled {
-            retry_after: Some(Duration::from_secs(600)),
-            message: "This request was rate-limited. (HTTP 429)".into(),
-            unavailable: false,
-        },
-        CloudError::Fatal("HTTP 403 Forbidden: policy does not allow this".into()),
-    ] {
+    for failure in read_failures() {
         let sim = sim();
         let failing = Arc::new(AtomicBool::new(false));
         let cloud = GatedCloud::with_fault(&sim, {
@@ -1634,18 +1651,14 @@ async fn port_reads_failing_at_a_port_attach_answered_409_discard_only_the_touch
             .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
             .await
             .unwrap_err();
-        let status = manager.get_pool(&pool()).await.unwrap();
-        assert_eq!(
-            status.count(InstanceState::Ready),
-            2,
-            "{failure}: only the touched instance is discarded; answered: {err}"
-        );
-        assert!(
-            matches!(&err, ManagerError::Cloud(e)
-                if std::mem::discriminant(e) == std::mem::discriminant(&failure)
-                    && e.to_string().contains("network service (Neutron)")),
-            "{failure}: answered: {err}"
-        );
+        assert_ended_as_the_clouds(
+            &manager,
+            &err,
+            &failure,
+            "network service (Neutron)",
+            &failure.to_string(),
+        )
+        .await;
         assert_eq!(sim.call_counts().get("attach_port"), Some(&1), "{failure}");
     }
 }
@@ -1687,18 +1700,14 @@ async fn reads_failing_at_a_volume_attach_answered_409_end_the_purchase_as_the_c
                 .allocate(request("order-1", new_volume(), EmptyPoolPolicy::FailFast))
                 .await
                 .unwrap_err();
-            assert!(
-                matches!(&err, ManagerError::Cloud(e)
-                    if std::mem::discriminant(e) == std::mem::discriminant(&failure)
-                        && e.to_string().contains(service)),
-                "{read} {failure}: answered: {err}"
-            );
-            let status = manager.get_pool(&pool()).await.unwrap();
-            assert_eq!(
-                status.count(InstanceState::Ready),
-                2,
-                "{read} {failure}: only the touched instance is discarded; answered: {err}"
-            );
+            assert_ended_as_the_clouds(
+                &manager,
+                &err,
+                &failure,
+                service,
+                &format!("{read} {failure}"),
+            )
+            .await;
             assert_eq!(
                 sim.call_counts().get("attach_volume"),
                 None,
