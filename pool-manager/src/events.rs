@@ -608,9 +608,10 @@ impl HealthBook {
     /// time. The verdict stays (degraded until a boot is Ready, which
     /// recovers it). Whether a pause was in effect.
     pub fn boot_spec_changed(&mut self, pool: &PoolKey, now: tokio::time::Instant) -> bool {
-        let Some(health) = self.pools.get_mut(pool) else {
-            return false;
-        };
+        // Recorded for a pool with no boot outcome yet too (new, or healthy
+        // since the start): the old spec's boots still on their way must
+        // not earn the new one a pause when they fail.
+        let health = self.pools.entry(pool.clone()).or_default();
         let paused = health.last_failure_at.is_some();
         health.last_failure_at = None;
         health.backoff_steps = 0;
@@ -718,6 +719,28 @@ mod tests {
         assert_eq!(book.health(&pool), PoolHealth::default());
         // A Ready boot of a healthy pool is no news.
         assert_eq!(book.note_boot(&pool, BootOutcome::Ready, None, now()), None);
+    }
+
+    /// A pool with no boot outcome yet (new, or healthy since the start)
+    /// has no pause to end, but its change is recorded all the same: the
+    /// old spec's boots failing after it pause nothing. It was recorded
+    /// only for a pool the book had an entry for.
+    #[test]
+    fn a_new_boot_spec_is_recorded_for_a_pool_with_no_outcome_yet() {
+        let pool = PoolKey::new("f", "a");
+        let mut book = HealthBook::default();
+        let (base, max) = (Duration::from_secs(5), Duration::from_secs(300));
+        let old_boot_started = now();
+        let changed = old_boot_started + Duration::from_secs(10);
+        assert!(!book.boot_spec_changed(&pool, changed), "no pause to end");
+        let failed = changed + Duration::from_secs(60);
+        for _ in 0..4 {
+            book.note_boot(&pool, BootOutcome::Failed, Some(old_boot_started), failed);
+        }
+        let health = book.health(&pool);
+        assert_eq!(health.boot_spec_changed_at, Some(changed), "{health:?}");
+        assert_eq!(health.boot_backoff(base, max, true), None, "{health:?}");
+        assert!(health.degraded, "the verdict counts them: {health:?}");
     }
 
     /// A change of what the pool boots ends its pause; a boot of the old
