@@ -184,6 +184,14 @@ impl Shared {
         // Renewal waits for the pool to be resumed: its boots' replacements
         // are not kept for then (a step counts again what it finds).
         self.take_booted_ready(&pool.key, &image);
+        // A replenish step under way when the pool was paused may have
+        // stored its plan after the pause dropped the last one: a paused
+        // pool boots nothing, so it has no plan to show.
+        self.sizing_book().drop_plan(&pool.key);
+        // Now, not once resumed: an image changed while the pool is paused
+        // would be stamped on records of servers still on this one, and
+        // they would never be replaced.
+        self.stamp_unknown_images(&instances, &image).await?;
         // A resumed pool waits a whole cooldown before it retires a surplus.
         let settings = &self.settings.sizing;
         let now = Instant::now();

@@ -540,6 +540,43 @@ async fn a_create_on_its_way_at_a_poll_holds_its_quota() {
     manager.shutdown().await.unwrap();
 }
 
+/// A pool paused while a step is under way (here at its quota look) shows
+/// no plan: the pause drops the old one, and the step went on to store the
+/// plan it made, "quota", which nothing took down until the pool was
+/// resumed: GetPool and the gate-hold gauge read the paused pool as held
+/// back by the quota.
+#[tokio::test(start_paused = true)]
+async fn a_pool_paused_mid_step_shows_no_plan() {
+    let sim = sim_with_quota(3);
+    let cloud = GatedCloud::new(&sim);
+    let manager = manager_over(&cloud, temp_store());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), fixed(5)).await.unwrap();
+    wait_ready(&manager, 3).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(
+        status.sizing.last_plan.map(|p| p.reason),
+        Some(PlanReason::Quota),
+        "{:?}",
+        status.sizing
+    );
+
+    // The next step's quota look waits while the pool is paused.
+    let looking = cloud.hold_next("boot_headroom", At::Before);
+    looking.reached().await;
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    looking.release();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.sizing.last_plan, None, "{:?}", status.sizing);
+    assert_eq!(status.count(InstanceState::Ready), 3, "{status:?}");
+    manager.shutdown().await.unwrap();
+}
+
 /// A purchase that waited for quota leaves the line when its cold boot
 /// starts: from then on the boot itself holds its room. Counted both as a
 /// boot and as waiting, it kept a second server's room from the refills

@@ -465,13 +465,26 @@ async fn a_purchase_during_an_image_change_gets_the_new_image_first() {
 
 /// Instances recorded before warmpool kept their image (an upgrade) are
 /// taken to be of the pool's image: the upgrade replaces nothing, and an
-/// image change after it replaces them.
+/// image change after it replaces them. Also in a pool paused over the
+/// upgrade and the change: only a running pool's step used to name the
+/// image, so the resumed pool's first step named the new one in records
+/// of servers still on the old, and they were never replaced.
 #[tokio::test(start_paused = true)]
 async fn instances_recorded_without_their_image_are_renewed_by_a_later_change() {
+    for paused in [false, true] {
+        renewed_by_a_later_change(paused).await;
+    }
+}
+
+async fn renewed_by_a_later_change(paused: bool) {
     let sim = sim_with_images();
     let store = temp_store();
     let manager = started(&sim, store.clone(), 2).await;
     let first = ready_ids(&manager).await;
+    manager
+        .update_pool(&pool(), move |s| s.paused = paused)
+        .await
+        .unwrap();
     for instance in manager.list_instances(Some(&pool())).await.unwrap() {
         let legacy = pool_manager::model::Instance {
             image: None,
@@ -486,7 +499,7 @@ async fn instances_recorded_without_their_image_are_renewed_by_a_later_change() 
     assert_eq!(
         ready_ids(&manager).await,
         first,
-        "the upgrade replaced nothing"
+        "paused {paused}: the upgrade replaced nothing"
     );
     assert_all_of_image(&manager, &sim, "mysql-8.0").await;
 
@@ -494,11 +507,16 @@ async fn instances_recorded_without_their_image_are_renewed_by_a_later_change() 
         .update_pool(&pool(), |s| s.image = "mysql-8.4".into())
         .await
         .unwrap();
+    manager
+        .update_pool(&pool(), |s| s.paused = false)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(4 * 60)).await;
     let now = ready_ids(&manager).await;
-    assert_eq!(now.len(), 2, "{now:?}");
-    assert!(now.is_disjoint(&first), "{now:?}");
+    assert_eq!(now.len(), 2, "paused {paused}: {now:?}");
+    assert!(now.is_disjoint(&first), "paused {paused}: {now:?}");
     assert_all_of_image(&manager, &sim, "mysql-8.4").await;
+    assert_consistent(&sim, &manager).await;
 }
 
 /// A retirement the cloud refuses (the server's delete fails) fails that
