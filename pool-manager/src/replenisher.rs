@@ -682,7 +682,8 @@ impl Shared {
     /// Retires Ready instances the pool should no longer hold (see
     /// [`Retirements`]), oldest first. Each is retired only if it is still
     /// Ready and unclaimed: a purchase may take it meanwhile, and then it is
-    /// the purchase's.
+    /// the purchase's; one renewed only if still outdated by the pool's spec
+    /// as it is then.
     async fn retire(
         &self,
         pool: &PoolRecord,
@@ -754,7 +755,21 @@ impl Shared {
                 None => (target, keep),
             };
             let (fresh, outdated) = (census.fresh_ready(), census.outdated);
+            // An outdated one is judged by the pool's spec now too: an
+            // image or max_age change reverted meanwhile makes it current
+            // again, and a pool's current instances are not renewed.
+            let image_now = self.cloud.boot_image(&current.spec.image);
+            let wall = self.sizing_book().wall_now(&self.settings.sizing);
+            let renewal_now = Renewal::new(&current.spec, &image_now, wall);
+            let why_now = renewal_now.due(instance);
             let still_due = match cause {
+                Retirement::Replaced(_)
+                | Retirement::ReplacementReady(..)
+                | Retirement::OutdatedOverCap(_)
+                    if why_now.is_none() =>
+                {
+                    false
+                }
                 Retirement::Replaced(_) => fresh >= target,
                 // Its replacement still stands (a purchase may have taken
                 // it meanwhile, and its refill is not Ready: the outdated
@@ -763,7 +778,7 @@ impl Shared {
                 // keeps.
                 Retirement::ReplacementReady(_, by) => {
                     census.supply + outdated > target
-                        && self.still_stands_in(by, &pool.key, renewal).await?
+                        && self.still_stands_in(by, &pool.key, &renewal_now).await?
                 }
                 Retirement::OutdatedOverCap(_) => fresh + outdated > max_ready,
                 Retirement::FreshOverCap => fresh > max_ready,
@@ -775,7 +790,9 @@ impl Shared {
             let reason = match cause {
                 Retirement::Replaced(why)
                 | Retirement::ReplacementReady(why, _)
-                | Retirement::OutdatedOverCap(why) => renewal.reason(instance, why),
+                | Retirement::OutdatedOverCap(why) => {
+                    renewal_now.reason(instance, why_now.unwrap_or(why))
+                }
                 Retirement::FreshOverCap => format!("above the pool's max_ready of {max_ready}"),
                 Retirement::AboveTarget => format!(
                     "above the pool's target of {target} for {} (keeping {keep}: the target and what purchases are expected to take meanwhile, or the min of a window opening within that time)",

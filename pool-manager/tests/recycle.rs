@@ -519,6 +519,45 @@ async fn renewed_by_a_later_change(paused: bool) {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A renewal is judged again by the pool as it is when each retirement's
+/// turn comes: a max_age (or an image) change reverted while the step
+/// waited on an earlier retirement's delete leaves the rest, no longer
+/// outdated, Ready. The step used to retire them all the same (the fresh
+/// supply met the target), deleting a server the pool wants.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_reverted_mid_retirement_keeps_the_rest() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_over(&cloud, temp_store(), 2).await;
+    let first = ready_ids(&manager).await;
+    tokio::time::sleep(Duration::from_secs(11 * 60)).await;
+    let deleting = cloud.hold_next("delete_server", At::Before);
+    manager
+        .update_pool(&pool(), |s| {
+            s.max_age = Some(pool_manager::model::MIN_MAX_AGE)
+        })
+        .await
+        .unwrap();
+    // Both originals expired: replaced, then the first one's delete waits.
+    deleting.reached().await;
+    manager
+        .update_pool(&pool(), |s| s.max_age = None)
+        .await
+        .unwrap();
+    deleting.release();
+    // Well within a cooldown: the surplus above the target stays.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let now = ready_ids(&manager).await;
+    assert_eq!(now.len(), 3, "{now:?}");
+    assert_eq!(
+        now.intersection(&first).count(),
+        1,
+        "one original was retired before the revert, the other stays: {now:?}"
+    );
+    assert_eq!(sim.servers().len(), 3);
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A retirement the cloud refuses (the server's delete fails) fails that
 /// step, not the pool's replenisher: the next steps retire the rest of what
 /// is above the lowered max_ready, the reconciler deletes the refused
