@@ -529,7 +529,8 @@ fn plan_detail(pool: &api::Pool, now: SystemTime) -> String {
 /// Whether the purchase found an instance Ready; not known before an
 /// instance is claimed (the server leaves the flag false until then). A
 /// miss was served by a boot of its own (COLD_BOOT) or by an instance that
-/// became Ready while it waited (WAIT): the allocation does not say which.
+/// became Ready while it waited (WAIT, or COLD_BOOT in line for quota):
+/// the allocation does not say which.
 fn warm_hit(a: &api::Allocation) -> &'static str {
     match (a.warm_hit, !a.instance_id.is_empty()) {
         (true, _) => "yes",

@@ -108,8 +108,9 @@ pub const MAX_REQUEST_ID_LEN: usize = 128;
 enum QuotaRoom {
     /// Room, or not known to be full.
     Room,
-    /// Full now: a release or a deletion makes room.
-    Full,
+    /// Full now: a release or a deletion makes room. The quota that bound
+    /// at the last poll, as the cloud counted it.
+    Full(Option<String>),
     /// One server needs more than the quota allows in all (the quota named).
     Beyond(String),
 }
@@ -119,12 +120,16 @@ impl QuotaRoom {
         if status.beyond_quota {
             QuotaRoom::Beyond(status.limited_by.clone().unwrap_or_default())
         } else if left == Some(0) {
-            QuotaRoom::Full
+            QuotaRoom::Full(None)
         } else {
             QuotaRoom::Room
         }
     }
 }
+
+/// The shortest pause of a cold boot in line for quota between its looks
+/// at the limits, whatever the poll interval (which tests set short).
+const MIN_QUOTA_PAUSE: Duration = Duration::from_millis(100);
 
 /// How far ahead a deadline is put whose duration overflows `Instant`.
 const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
@@ -1991,9 +1996,15 @@ impl Shared {
                 }
                 EmptyPoolPolicy::ColdBoot => {
                     return self
-                        .cold_boot(params, deadline, own_port)
+                        .cold_boot(
+                            params,
+                            deadline,
+                            own_port,
+                            &mut changes,
+                            found_silent,
+                            waited_for_ready,
+                        )
                         .await
-                        .map(|i| (i, false))
                 }
                 EmptyPoolPolicy::Wait => {
                     let (pool, woke) = self
@@ -2251,26 +2262,65 @@ impl Shared {
         Ok(None)
     }
 
+    /// A purchase's own boot, or, while it waits for quota room, an
+    /// instance of its pool that becomes Ready meanwhile (a refill, one put
+    /// back, a late cold boot handed over): claimed, with `true`, and
+    /// `waited_for_ready` set, as a WAIT purchase served so is. `changes`:
+    /// the cursor `obtain_instance` took before its claim, so that no
+    /// change since is missed.
     async fn cold_boot(
         self: &Arc<Self>,
         params: &AllocationParams,
         deadline: Instant,
         own_port: Option<u64>,
-    ) -> ManagerResult<Instance> {
+        changes: &mut ChangeCursor,
+        found_silent: &[String],
+        waited_for_ready: &mut bool,
+    ) -> ManagerResult<(Instance, bool)> {
         let flavor = &params.pool.flavor;
         let mut queue = None;
         let mut refusals = 0u32;
+        // After a refusal for quota: no boot before then.
+        let mut retry_at: Option<Instant> = None;
+        // Why the last look found no room, for the answer at the deadline.
+        let mut why_full = String::new();
         let ready = loop {
+            if queue.is_some() {
+                // Each look while in line: a Ready instance serves the
+                // purchase sooner than a boot, and the room it leaves is
+                // the refills'. Out of line once claimed (`queue` dropped).
+                if let Some(instance) = self.claim_ready(params, found_silent).await? {
+                    *waited_for_ready = true;
+                    return Ok((instance, true));
+                }
+                // The last look was at the deadline: a boot started now
+                // would only miss it.
+                if Instant::now() >= deadline {
+                    return Err(quota_used_up(flavor, &why_full));
+                }
+            }
+            let now = Instant::now();
+            let mut next_look = retry_at.filter(|at| *at > now);
             // At quota a boot would only be refused: wait in line (ahead of
             // speculative refills) until the cloud's limits show room.
-            if self.settings.gate.enabled {
+            if next_look.is_none() && self.settings.gate.enabled {
                 match self.quota_room(&params.pool, own_port).await {
                     QuotaRoom::Room => {}
-                    QuotaRoom::Full => {
-                        queue.get_or_insert_with(|| QuotaQueue::join(&self.gate, &params.pool.flavor));
-                        self.wait_for_quota(params, deadline, self.settings.poll_interval)
-                            .await?;
-                        continue;
+                    QuotaRoom::Full(limited_by) => {
+                        why_full = limited_by
+                            .map(|by| format!(" ({by} at the last poll)"))
+                            .unwrap_or_default();
+                        // The limits are read again when due (the gate's
+                        // interval, or sooner once a refusal or a freed
+                        // server makes the reading stale, which a change
+                        // of the store wakes the wait to see), never more
+                        // often than a poll interval.
+                        let now = Instant::now();
+                        let due = gate::lock(&self.gate).headroom_due_at(flavor, now);
+                        next_look = Some(due.max(deadline_after(
+                            now,
+                            self.settings.poll_interval.max(MIN_QUOTA_PAUSE),
+                        )));
                     }
                     // No release makes room: waiting would only use up the timeout.
                     QuotaRoom::Beyond(why) => {
@@ -2279,6 +2329,12 @@ impl Shared {
                         )))
                     }
                 }
+            }
+            if let Some(until) = next_look {
+                queue.get_or_insert_with(|| QuotaQueue::join(&self.gate, &params.pool.flavor));
+                self.wait_for_quota(params, changes, deadline, until)
+                    .await?;
+                continue;
             }
             // The pool read now that the room is granted: it may have been
             // deleted, or deleted and created anew with another spec, while
@@ -2337,12 +2393,13 @@ impl Shared {
                     // wait in line, backing off so refusals do not pile up.
                     refusals += 1;
                     tracing::info!(request_id = %params.request_id, %flavor, "cold boot refused for quota; waiting: {m}");
+                    why_full = format!(" (the cloud refused its boot: {m})");
                     queue.get_or_insert_with(|| QuotaQueue::join(&self.gate, &params.pool.flavor));
                     let pause = self
                         .settings
                         .poll_interval
                         .saturating_mul(2u32.saturating_pow(refusals.min(5)));
-                    self.wait_for_quota(params, deadline, pause).await?;
+                    retry_at = Some(deadline_after(Instant::now(), pause.max(MIN_QUOTA_PAUSE)));
                 }
                 Ok(Ok(Err(e))) => return Err(cold_boot_failed(&params.pool, e)),
                 Err(_) => {
@@ -2379,7 +2436,7 @@ impl Shared {
                 ManagerError::ResourceExhausted("cold-booted instance vanished".into())
             })?;
         self.store.flush().await?;
-        Ok(claimed)
+        Ok((claimed, false))
     }
 
     /// Drives a purchase's cold boot on a task of the manager (tracked, so
@@ -2470,76 +2527,83 @@ impl Shared {
     /// Whether the flavor's quota has room for a cold boot, whose tenant
     /// port is made when `own_port` ([`Gate::purchase_headroom`]). The
     /// headroom is polled when never polled yet, and re-polled when it says
-    /// "full" and is older than the poll interval, so a waiting purchase
-    /// sees freed quota within one interval; a failing poll says "not known
-    /// to be full".
+    /// "full" and a poll is due ([`Gate::headroom_due`]: the refills'
+    /// `headroom_interval`, or at once once a refusal or a freed server made
+    /// it stale), the cache the replenisher's polls share; a failing poll
+    /// says "not known to be full", and its 429 is the gate's, as a
+    /// refill's poll's is.
     async fn quota_room(&self, pool: &crate::model::PoolKey, own_port: Option<u64>) -> QuotaRoom {
-        let now = Instant::now();
-        let (status, left, boots_at_send) = {
+        let flavor = &pool.flavor;
+        let (room, poll, boots_at_send) = {
             let gate = gate::lock(&self.gate);
-            (
-                gate.headroom_status(&pool.flavor),
-                gate.purchase_headroom(&pool.flavor, own_port),
-                gate.boots_started(),
-            )
+            let room = self.quota_room_of(&gate, flavor, own_port);
+            let never = gate.headroom_status(flavor).polled_at.is_none();
+            let due = gate.headroom_due(flavor, Instant::now());
+            let poll = never || (matches!(room, QuotaRoom::Full(_)) && due);
+            (room, poll, gate.boots_started())
         };
-        let fresh = status
-            .polled_at
-            .is_some_and(|at| now.saturating_duration_since(at) < self.settings.poll_interval);
-        let poll = status.polled_at.is_none() || (left == Some(0) && !fresh);
         if !poll {
-            return QuotaRoom::of(&status, left);
+            return room;
         }
-        match self.poll_headroom(&pool.flavor).await {
+        let polled = self.poll_headroom(flavor).await;
+        let now = Instant::now();
+        let mut gate = gate::lock(&self.gate);
+        match polled {
             Ok((h, sales_ports)) => {
-                let mut gate = gate::lock(&self.gate);
-                gate.headroom_polled(&pool.flavor, boots_at_send, h, sales_ports, Instant::now());
-                QuotaRoom::of(
-                    &gate.headroom_status(&pool.flavor),
-                    gate.purchase_headroom(&pool.flavor, own_port),
-                )
+                gate.headroom_polled(flavor, boots_at_send, h, sales_ports, now);
+                self.quota_room_of(&gate, flavor, own_port)
             }
             Err(e) => {
-                tracing::warn!(flavor = %pool.flavor, error = %e, "cannot read quota headroom");
-                gate::lock(&self.gate).headroom_failed(&pool.flavor, e.to_string(), Instant::now());
+                if let ManagerError::Cloud(CloudError::Throttled { retry_after, .. }) = &e {
+                    gate.throttled(&pool.availability_zone, *retry_after, now);
+                }
+                tracing::warn!(%flavor, error = %e, "cannot read quota headroom");
+                gate.headroom_failed(flavor, e.to_string(), now);
                 QuotaRoom::Room
             }
         }
     }
 
-    /// Sleeps `pause` before the next look at the quota, failing when the
-    /// deadline would pass first, and at once as a purchase waiting for a
-    /// Ready instance does (`wait_on_pool`): the manager stopping, the
-    /// pool being deleted (whose drain frees quota this purchase would
-    /// otherwise take for a server in it); and the pool paused, which
-    /// boots nothing.
+    /// The room a purchase has by the gate's cached headroom.
+    fn quota_room_of(&self, gate: &Gate, flavor: &str, own_port: Option<u64>) -> QuotaRoom {
+        match QuotaRoom::of(
+            &gate.headroom_status(flavor),
+            gate.purchase_headroom(flavor, own_port),
+        ) {
+            QuotaRoom::Full(_) => QuotaRoom::Full(gate.purchase_limited_by(flavor)),
+            room => room,
+        }
+    }
+
+    /// Waits, in line for quota, until `until` (cut to the deadline: the
+    /// last look is at it, never a pause past it) or the next change of the
+    /// store, whichever comes first, for the purchase to look again: a
+    /// change may be an instance becoming Ready, a server freed, a refusal
+    /// making the cached headroom stale. Fails at once as a purchase
+    /// waiting for a Ready instance does (`wait_on_pool`): the manager
+    /// stopping, the pool being deleted (whose drain frees quota this
+    /// purchase would otherwise take for a server in it); and the pool
+    /// paused, which boots nothing.
     async fn wait_for_quota(
         &self,
         params: &AllocationParams,
+        changes: &mut ChangeCursor,
         deadline: Instant,
-        pause: Duration,
+        until: Instant,
     ) -> ManagerResult<()> {
-        let until = deadline_after(Instant::now(), pause.max(Duration::from_millis(100)));
-        if until >= deadline {
-            return Err(ManagerError::ResourceExhausted(format!(
-                "cloud quota for flavor {} is used up; no room for a cold boot before the deadline",
-                params.pool.flavor
-            )));
+        // Looked at before the wait as well: the cursor may have seen the
+        // change that paused or deleted the pool already.
+        let pool = self.pool_open_to_purchases(&params.pool).await?;
+        if pool.spec.paused {
+            return Err(no_ready_instance_in(&pool));
         }
-        let mut changes = self.changes.subscribe();
-        // Looked at once the cursor is taken: a deletion or a pause before
-        // would wake nothing.
-        let mut pool = self.pool_open_to_purchases(&params.pool).await?;
-        loop {
-            if pool.spec.paused {
-                return Err(no_ready_instance_in(&pool));
-            }
-            let (now, woke) = self.wait_on_pool(&mut changes, &params.pool, until).await?;
-            if woke == Woke::TimedOut {
-                return Ok(());
-            }
-            pool = now;
+        let (pool, _) = self
+            .wait_on_pool(changes, &params.pool, until.min(deadline))
+            .await?;
+        if pool.spec.paused {
+            return Err(no_ready_instance_in(&pool));
         }
+        Ok(())
     }
 
     async fn attach_and_verify(
@@ -4372,6 +4436,15 @@ fn broken_for_good(server: &Server) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// A cold boot's answer at its deadline, in line for quota all the while:
+/// `why`, the quota the last look found used up (" (instances: 10 of 10
+/// used at the last poll)"), or the cloud's refusal of its boot.
+fn quota_used_up(flavor: &str, why: &str) -> ManagerError {
+    ManagerError::ResourceExhausted(format!(
+        "cloud quota for flavor {flavor} is used up{why}; no room for a cold boot before the deadline: free servers of warmpool's project (release orders, lower pools' targets) or raise its quota, or ask again with a longer timeout"
+    ))
 }
 
 /// [`Shared::no_ready_instance`] of a pool read.

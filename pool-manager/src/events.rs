@@ -75,8 +75,9 @@ pub enum AllocationOutcome {
     Warm,
     /// Served by a boot of its own (COLD_BOOT).
     Cold,
-    /// Served from an instance that became Ready while it waited (WAIT):
-    /// the pool had none for it, so it is no warm hit.
+    /// Served from an instance that became Ready while it waited (WAIT, or
+    /// COLD_BOOT in line for quota room): the pool had none for it, so it
+    /// is no warm hit.
     Waited,
     /// RESOURCE_EXHAUSTED for want of an instance: none by the deadline,
     /// or a cold boot that failed or found no room in the quota. The

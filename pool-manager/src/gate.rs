@@ -42,7 +42,9 @@
 //!   boot.
 //! - **Quota.** The cloud's own limits (Nova `/limits` and Neutron's port
 //!   quota, through `Cloud::boot_headroom`) are polled per flavor every
-//!   `headroom_interval` by the replenisher, not per boot, and cached, with
+//!   `headroom_interval` by the replenisher and by purchases in line for
+//!   quota (sooner once a refusal or a server seen gone made the reading
+//!   stale), not per boot, and cached, with
 //!   the ports the unsold pool instances will yet take for their sales
 //!   ([`ports_kept_for_sale`], counted by the caller): speculative refills
 //!   leave those, purchases (first in line) judge Neutron's count as is;
@@ -400,7 +402,8 @@ struct HeadroomEntry {
     failing: Option<String>,
     /// Why the last successful poll did not count the port quota.
     ports_unknown: Option<String>,
-    /// A refusal since the poll: the cached answer is stale, poll again.
+    /// A refusal, or a server seen gone, since the poll: the cached
+    /// answer is stale, poll again.
     stale: bool,
 }
 
@@ -606,12 +609,16 @@ impl Gate {
     }
 
     /// Whether `flavor`'s quota headroom should be polled now: never polled,
-    /// polled `headroom_interval` ago, or refused since the last poll.
+    /// polled `headroom_interval` ago, or stale since the last poll (a
+    /// refusal, a server seen gone).
     pub fn headroom_due(&self, flavor: &str, now: Instant) -> bool {
         self.settings.enabled && self.headroom_due_at(flavor, now) <= now
     }
 
-    fn headroom_due_at(&self, flavor: &str, now: Instant) -> Instant {
+    /// When `flavor`'s quota headroom is next due to be polled (`now` if it
+    /// is due already): what a purchase waiting for quota waits for, unless
+    /// a change of the store comes first.
+    pub fn headroom_due_at(&self, flavor: &str, now: Instant) -> Instant {
         match self.quota.headroom.get(flavor) {
             None => now,
             Some(e) if e.stale => now,
@@ -839,6 +846,14 @@ impl Gate {
         }
     }
 
+    /// The quota that bound `flavor` at its last successful poll, as the
+    /// cloud counted it ("instances: 10 of 10 used"): what a purchase that
+    /// finds no room is told. Unlike [`HeadroomStatus::limited_by`], not
+    /// the ports kept for sales, which purchases do not leave.
+    pub fn purchase_limited_by(&self, flavor: &str) -> Option<String> {
+        self.quota.headroom.get(flavor)?.limited_by.clone()
+    }
+
     /// A purchase of `flavor` waits for quota (`true`) or stops waiting
     /// (`false`). While it waits, speculative refills of every flavor leave
     /// it what one server of its flavor takes.
@@ -1006,6 +1021,18 @@ impl Gate {
                 });
                 decrease(state, min_window, now);
             }
+        }
+    }
+
+    /// A server of the project was seen gone (a release's, a failed try's):
+    /// the quota it held is free, and every flavor's cached headroom
+    /// understates the room, so each is polled again when next asked
+    /// (a purchase waiting for quota gets the room now, not at the next
+    /// poll). Quota is the project's: any flavor's server frees room for
+    /// every flavor.
+    pub fn server_freed(&mut self) {
+        for entry in self.quota.headroom.values_mut() {
+            entry.stale = true;
         }
     }
 

@@ -1708,7 +1708,10 @@ impl Shared {
                     let seen = match soft_deleted {
                         Some(server) => Some(server),
                         None => match self.cloud.read_server(server_id).await {
-                            Err(CloudError::NotFound(_)) => return Ok(()),
+                            Err(CloudError::NotFound(_)) => {
+                                gate::lock(&self.gate).server_freed();
+                                return Ok(());
+                            }
                             Ok(server) => soft(server),
                             Err(_) => None,
                         },
@@ -1729,7 +1732,12 @@ impl Shared {
                 }
                 tokio::time::sleep(pause).await;
                 match self.cloud.read_server(server_id).await {
-                    Err(CloudError::NotFound(_)) => return Ok(()),
+                    // Its quota is free: a purchase waiting for quota
+                    // sees it at its next look, not at the next poll.
+                    Err(CloudError::NotFound(_)) => {
+                        gate::lock(&self.gate).server_freed();
+                        return Ok(());
+                    }
                     Ok(server) if !server.deleting => {
                         soft_deleted = soft(server);
                         break;

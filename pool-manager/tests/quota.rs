@@ -1,7 +1,8 @@
 //! Quota headroom on the paused clock, against cloudsim's instance quota:
 //! refills stop at quota without piling up refused boots, a cold-boot
-//! purchase waits first in line and gets the room a release frees (and
-//! stops waiting when its pool is deleted or the manager stops), and a
+//! purchase waits first in line and gets the room a release frees, or an
+//! instance that becomes Ready meanwhile (and stops waiting when its pool
+//! is deleted or the manager stops, or at its deadline, not before), and a
 //! cloud whose limits cannot be read still gets paced by quota refusals.
 
 mod common;
@@ -182,6 +183,87 @@ async fn a_stop_ends_a_cold_boot_purchases_wait_for_quota() {
     manager.shutdown().await.unwrap();
 }
 
+/// A cold-boot purchase waiting in line for quota takes an instance of its
+/// pool that becomes Ready meanwhile, as a WAIT purchase would: quota of 2
+/// servers, pool of target 1. "a" buys the Ready one and the refill boots
+/// (2 of 2 used); "cold" finds none Ready and waits for quota, and the
+/// refill, Ready a minute and a half later, is its. It leaves the line
+/// then: once "a" is released, the room freed goes to the pool's refill.
+#[tokio::test(start_paused = true)]
+async fn a_cold_boot_waiting_for_quota_takes_an_instance_that_becomes_ready() {
+    let sim = sim_with_quota(2);
+    let manager = started(&sim, temp_store(), 1).await;
+    manager
+        .allocate(request("a", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Booting), 1, "{status:?}");
+    sim.reset_call_counts();
+    let mut order = request("cold", new_volume(), EmptyPoolPolicy::ColdBoot);
+    order.timeout = Some(Duration::from_secs(10 * 60));
+    let allocation = manager
+        .allocate(order)
+        .await
+        .unwrap_or_else(|e| panic!("the refill was Ready before the deadline: {e}"));
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    assert!(!allocation.warm_hit, "it waited for the instance");
+    assert_eq!(
+        sim.call_counts().get("create_server"),
+        None,
+        "no boot of its own"
+    );
+
+    // Out of the line: the server "a" frees is the refill's.
+    manager.release("a", Some(true)).await.unwrap();
+    wait_ready(&manager, 1).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.sizing.gate.quota_refusals, 0, "{:?}", status.sizing);
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
+
+/// A waiting cold boot reads the cloud's limits as often as the pools'
+/// refills do (`headroom_interval`, 30 s), not at every look: at quota, 300
+/// s of waiting read them about ten times (the replenisher's polls and the
+/// purchase's share one cached reading). A release whose server is gone
+/// marks that reading stale: the purchase reads again and boots at once,
+/// rather than at the next poll.
+#[tokio::test(start_paused = true)]
+async fn a_cold_boot_waiting_for_quota_reads_the_limits_once_a_poll_interval() {
+    let ColdOrderWaiting {
+        sim, manager, cold, ..
+    } = at_quota_with_a_cold_order_waiting().await;
+    sim.reset_call_counts();
+    let span = Duration::from_secs(300);
+    tokio::time::sleep(span).await;
+    let polls = sim.call_counts().get("boot_headroom").copied().unwrap_or(0);
+    let most = span.as_secs() / DEFAULT_HEADROOM_INTERVAL.as_secs() + 1;
+    assert!(
+        (1..=most).contains(&polls),
+        "{polls} boot_headroom calls in {span:?} at quota (at most {most})"
+    );
+    assert!(!cold.is_finished(), "no room yet: the purchase waits");
+
+    sim.reset_call_counts();
+    manager.release("a", Some(true)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sim.call_counts().get("create_server"),
+        Some(&1),
+        "the purchase boots on the freed room at once"
+    );
+    let allocation = tokio::time::timeout(Duration::from_secs(600), cold)
+        .await
+        .expect("the cold boot got through")
+        .unwrap()
+        .unwrap();
+    assert!(!allocation.warm_hit);
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_cold_boot_at_quota_fails_at_its_deadline_without_booting() {
     let sim = sim_with_quota(1);
@@ -193,8 +275,19 @@ async fn a_cold_boot_at_quota_fails_at_its_deadline_without_booting() {
     sim.reset_call_counts();
     let mut order = request("late", new_volume(), EmptyPoolPolicy::ColdBoot);
     order.timeout = Some(Duration::from_secs(60));
+    let asked = tokio::time::Instant::now();
     let err = manager.allocate(order).await.unwrap_err();
-    assert!(err.to_string().contains("quota"), "{err}");
+    // It names the quota that binds, as the last poll read it.
+    assert!(
+        matches!(&err, ManagerError::ResourceExhausted(m) if m.contains("instances: 1 of 1 used")),
+        "{err:?}"
+    );
+    // Its last pause before a look is cut to the time left, not skipped.
+    assert!(
+        asked.elapsed() >= Duration::from_secs(60),
+        "{:?}",
+        asked.elapsed()
+    );
     assert_eq!(sim.call_counts().get("create_server"), None);
     assert!(manager.get_allocation("late").await.is_err(), "rolled back");
     assert_consistent(&sim, &manager).await;
@@ -245,6 +338,90 @@ async fn unreadable_limits_fall_back_to_the_refusal_pause() {
         .await
         .unwrap();
     assert!(allocation.warm_hit);
+}
+
+/// Limits unreadable, a cold boot the cloud refuses for quota backs off
+/// (2 s, 4 s, ... 32 s at the test's 1 s poll interval) between tries, and
+/// a pause that would run past the deadline is cut to the time left: the
+/// purchase looks one last time at its deadline rather than giving up as
+/// much as a pause early.
+#[tokio::test(start_paused = true)]
+async fn a_cold_boot_refused_for_quota_waits_out_its_whole_timeout() {
+    let sim = sim_with_quota(1);
+    let manager = PoolManager::new(
+        temp_store(),
+        no_limits(&sim),
+        Arc::new(sim.probe()),
+        settings(),
+    );
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    wait_ready(&manager, 1).await;
+    manager
+        .allocate(request("a", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let timeout = Duration::from_secs(150);
+    let mut order = request("late", new_volume(), EmptyPoolPolicy::ColdBoot);
+    order.timeout = Some(timeout);
+    let asked = tokio::time::Instant::now();
+    let err = manager.allocate(order).await.unwrap_err();
+    let answered = asked.elapsed();
+    assert!(
+        matches!(&err, ManagerError::ResourceExhausted(m) if m.contains("quota")),
+        "{err:?}"
+    );
+    assert!(
+        answered >= timeout,
+        "answered {answered:?} into its {timeout:?} timeout: {err}"
+    );
+    assert!(manager.get_allocation("late").await.is_err(), "rolled back");
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
+
+/// A 429 on a waiting cold boot's read of the limits is the gate's, as a
+/// refill's read's is: it pauses the zone's new boots. Pool B (db.large,
+/// target 0) has no refills, so only the purchase reads its limits.
+#[tokio::test(start_paused = true)]
+async fn a_429_on_a_cold_boots_read_of_the_limits_pauses_the_zone() {
+    let sim = sim_with_quota(1);
+    let (cloud, throttling) = GatedCloud::refusing(
+        &sim,
+        "boot_headroom",
+        CloudError::Throttled {
+            retry_after: Some(Duration::from_secs(60)),
+            message: "GET /limits: 429".into(),
+            unavailable: false,
+        },
+        false,
+    );
+    let manager = PoolManager::new(temp_store(), cloud, Arc::new(sim.probe()), settings());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    wait_ready(&manager, 1).await;
+    let b = PoolKey::new("db.large", "az1");
+    manager.create_pool(b.clone(), fixed(0)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let before = manager.get_pool(&b).await.unwrap().sizing.gate.throttled;
+
+    throttling.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut order = request("b1", new_volume(), EmptyPoolPolicy::ColdBoot);
+    order.params.pool = b.clone();
+    order.timeout = Some(Duration::from_secs(60));
+    let err = manager.allocate(order).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::ResourceExhausted(m) if m.contains("quota")),
+        "{err:?}"
+    );
+    let status = manager.get_pool(&b).await.unwrap();
+    assert!(
+        status.sizing.gate.throttled > before,
+        "{before} throttled before, {:?}",
+        status.sizing.gate
+    );
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
 }
 
 /// Nova accepted the creates, then its conductor's quota recheck
