@@ -96,9 +96,9 @@ pub enum Command {
     /// Allocate a warm instance for a tenant.
     ///
     /// The same --request-id again answers the same allocation. One already
-    /// released (or being released) is printed with a warning on stderr and
-    /// exit status 1: it has no server to use; a new purchase needs a new
-    /// --request-id.
+    /// released (or being released), or in any state but ALLOCATED, is
+    /// printed with a warning on stderr and exit status 1: it has no server
+    /// to use; a new purchase needs a new --request-id.
     Allocate(AllocateArgs),
     /// Show an allocation.
     Get {
@@ -316,7 +316,8 @@ impl From<OnEmpty> for api::EmptyPoolPolicy {
 )]
 pub struct AllocateArgs {
     /// Idempotency key, e.g. the billing order id.
-    #[arg(long)]
+    // The proto allows '-' anywhere in one, the first character included.
+    #[arg(long, allow_hyphen_values = true)]
     pub request_id: String,
     /// Tenant the order is for: labels it and tags its new volume.
     #[arg(long = "tenant")]
@@ -599,6 +600,8 @@ pub fn hint(
         let flag = match field {
             "request_id" => "--request-id",
             "tenant_project_id" => "--tenant",
+            "availability_zone" => "--az",
+            "timeout" => "--timeout",
             "volume.existing_volume_id" => "--volume-id",
             "volume.new_volume.size_gib" => "--volume-size",
             "volume.new_volume.volume_type" => "--volume-type",
@@ -1263,6 +1266,55 @@ mod tests {
                 nanos: 0
             })
         );
+    }
+
+    /// The proto allows '-' anywhere in a request id, the first character
+    /// included: `--request-id -ord` is a value, not an unknown flag.
+    #[test]
+    fn a_request_id_may_start_with_a_hyphen() {
+        for given in [
+            &["--request-id", "-ord"][..],
+            &["--request-id=-ord"],
+            &["--request-id", "--ord-1"],
+        ] {
+            let mut args = vec!["allocate"];
+            args.extend_from_slice(given);
+            args.extend([
+                "--tenant",
+                "t",
+                "--flavor",
+                "f",
+                "--az",
+                "a",
+                "--volume-size",
+                "1",
+                "--network",
+                "n",
+            ]);
+            let cli = parse(&args).unwrap_or_else(|e| panic!("{given:?}: {e}"));
+            let Command::Allocate(allocate) = cli.command else {
+                panic!("{given:?}")
+            };
+            let id = given.last().unwrap().trim_start_matches("--request-id=");
+            assert_eq!(allocate.request_id, id);
+        }
+    }
+
+    /// Every Allocate field the server names in INVALID_ARGUMENT that a
+    /// flag sets under another name gets the flag.
+    #[test]
+    fn allocate_field_errors_name_the_flag() {
+        for (field, flag) in [
+            ("availability_zone", "--az"),
+            ("timeout", "--timeout"),
+            ("tenant_project_id", "--tenant"),
+        ] {
+            let error = format!("INVALID_ARGUMENT: invalid {field}: bad");
+            assert_eq!(
+                hint(&error, "h:1", false, Some("o"), true),
+                Some(format!("{field} is what {flag} sets"))
+            );
+        }
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! Parses flags (`cli`), makes one call through `warmpool_client::Client`,
 //! and prints the answer as a table (`table`) or JSON (`output`); `watch`
 //! streams. Errors go to stderr as `error: <CODE>: <message>` with a
-//! non-zero exit status. An Allocate answered with an order released (or
-//! being released) prints that answer, warns on stderr and exits non-zero.
+//! non-zero exit status. An Allocate answered in any state but ALLOCATED
+//! (an order released or being released, or one this client does not
+//! know) prints that answer, warns on stderr and exits non-zero.
 
 mod cli;
 mod output;
@@ -37,8 +38,8 @@ async fn main() -> ExitCode {
     match run(cli, token).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            if let Some(released) = err.downcast_ref::<AlreadyReleased>() {
-                eprintln!("warning: {released}");
+            if let Some(unusable) = err.downcast_ref::<NoServerToUse>() {
+                eprintln!("warning: {unusable}");
                 return ExitCode::FAILURE;
             }
             let described = describe(&err);
@@ -76,15 +77,51 @@ fn describe(err: &anyhow::Error) -> String {
     table::one_line(&text)
 }
 
-/// Allocate answered the order's released allocation (its id was used
-/// before), or one being released: the answer is no server to use, and a
-/// script going on (`warmpoolctl allocate ... && provision`) would
-/// provision one that is gone.
+/// Allocate answered in a state other than ALLOCATED: the order's released
+/// allocation (its id was used before), one being released, or a state no
+/// server gives a finished Allocate (ALLOCATING, UNSPECIFIED, one newer
+/// than this client). The answer is no server to use, and a script going
+/// on (`warmpoolctl allocate ... && provision`) would provision one that
+/// is gone or not yet there.
 #[derive(Debug, thiserror::Error)]
-#[error("order {request_id} {state}. A new purchase needs a new --request-id")]
-struct AlreadyReleased {
+#[error("order {request_id} {state}")]
+struct NoServerToUse {
     request_id: String,
-    state: &'static str,
+    state: String,
+}
+
+impl NoServerToUse {
+    /// `None` for an ALLOCATED answer, the one with a server to use.
+    fn of(answer: &api::Allocation) -> Option<NoServerToUse> {
+        let id = &answer.request_id;
+        let state = match api::AllocationState::try_from(answer.state) {
+            Ok(api::AllocationState::Allocated) => return None,
+            Ok(api::AllocationState::Released) => {
+                "was already released; its server is gone. A new purchase needs a new \
+                 --request-id"
+                    .to_owned()
+            }
+            Ok(api::AllocationState::Releasing) => {
+                "is being released; its server is being deleted. A new purchase needs a new \
+                 --request-id"
+                    .to_owned()
+            }
+            Ok(_) => format!(
+                "is {}, not ALLOCATED: it has no server to use. Look at it again with \
+                 `warmpoolctl get {id}`",
+                output::allocation_state(answer.state)
+            ),
+            Err(_) => format!(
+                "is {}, not ALLOCATED, a state this warmpoolctl does not know: take it as no \
+                 server to use, and look at it with a newer warmpoolctl (`warmpoolctl get {id}`)",
+                output::allocation_state(answer.state)
+            ),
+        };
+        Some(NoServerToUse {
+            request_id: id.clone(),
+            state,
+        })
+    }
 }
 
 /// Marks a call's error when the daemon had answered the handshake of the
@@ -164,12 +201,12 @@ async fn run(cli: Cli, token: cli::TokenSource) -> anyhow::Result<()> {
 
 /// Makes the command's call and prints its answer.
 async fn call(client: &Client, prepared: Prepared, output: OutputFormat) -> anyhow::Result<()> {
-    let mut released = None;
+    let mut unusable = None;
     let rendered = match prepared {
         Prepared::ListPools => {
             let pools = client.list_pools().await?;
             Rendered {
-                table: table::pools_table(&pools),
+                table: table::pools_table(&pools, std::time::SystemTime::now()),
                 json: output::pools_json(&pools),
             }
         }
@@ -192,17 +229,7 @@ async fn call(client: &Client, prepared: Prepared, output: OutputFormat) -> anyh
         }
         Prepared::Allocate(request) => {
             let answer = client.allocate(request).await?;
-            let state = match answer.state() {
-                api::AllocationState::Released => Some("was already released; its server is gone"),
-                api::AllocationState::Releasing => {
-                    Some("is being released; its server is being deleted")
-                }
-                _ => None,
-            };
-            released = state.map(|state| AlreadyReleased {
-                request_id: answer.request_id.clone(),
-                state,
-            });
+            unusable = NoServerToUse::of(&answer);
             allocation(answer)
         }
         Prepared::Get(request_id) => allocation(client.get_allocation(request_id).await?),
@@ -218,8 +245,8 @@ async fn call(client: &Client, prepared: Prepared, output: OutputFormat) -> anyh
         OutputFormat::Json => serde_json::to_string_pretty(&rendered.json)? + "\n",
     };
     // write_all rather than print!, which panics on a closed pipe. A
-    // reader that left (`| head`) is no failure, but an already-released
-    // order still ends non-zero: a script reads the exit code.
+    // reader that left (`| head`) is no failure, but an order with no
+    // server to use still ends non-zero: a script reads the exit code.
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(text.as_bytes())
@@ -228,8 +255,8 @@ async fn call(client: &Client, prepared: Prepared, output: OutputFormat) -> anyh
         Err(e) if reader_left(&e) => {}
         written => written?,
     }
-    match released {
-        Some(released) => Err(released.into()),
+    match unusable {
+        Some(unusable) => Err(unusable.into()),
         None => Ok(()),
     }
 }

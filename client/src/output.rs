@@ -269,6 +269,20 @@ fn system_time(ts: &prost_types::Timestamp) -> Option<SystemTime> {
     })
 }
 
+/// How long before `now` a timestamp was, in its largest whole unit
+/// ("45s", "12m", "5h", "30d"); "0s" for one after `now` (a daemon's clock
+/// ahead of this one's). `None` if RFC 3339 cannot show the time either.
+pub fn age_short(ts: &prost_types::Timestamp, now: SystemTime) -> Option<String> {
+    let age = now.duration_since(system_time(ts)?).unwrap_or_default();
+    let secs = age.as_secs();
+    Some(match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86_400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    })
+}
+
 /// A timestamp as RFC 3339 with milliseconds (JSON), or with seconds (tables).
 pub fn timestamp(ts: &prost_types::Timestamp, millis: bool) -> String {
     match system_time(ts) {

@@ -14,9 +14,9 @@ use std::time::SystemTime;
 use warmpool_client::api;
 
 use crate::output::{
-    allocation_state, backoff_left, duration_short, health_cell, hit_rate_cell, instance_state,
-    is_auto, lead_cell, lead_time_source, pool_name, pool_status, target_cell, throttle_cell,
-    timestamp,
+    age_short, allocation_state, backoff_left, duration_compact, duration_short, health_cell,
+    hit_rate_cell, instance_state, is_auto, lead_cell, lead_time_source, pool_name, pool_status,
+    target_cell, throttle_cell, timestamp,
 };
 
 /// Columns separated by two spaces, each as wide as its widest cell.
@@ -116,8 +116,8 @@ fn allocs(pool: &api::Pool) -> String {
     )
 }
 
-/// `pools list`.
-pub fn pools_table(pools: &[api::Pool]) -> String {
+/// `pools list`; an error's age is counted at `now`.
+pub fn pools_table(pools: &[api::Pool], now: SystemTime) -> String {
     let mut t = Table::new(&[
         "POOL",
         "READY",
@@ -151,7 +151,7 @@ pub fn pools_table(pools: &[api::Pool]) -> String {
             pool_status(pool).to_owned(),
             health_cell(pool),
             cell(&spec.image),
-            cell(&pool.last_error),
+            last_error_cell(pool, now),
         ]);
     }
     t.render()
@@ -192,7 +192,7 @@ pub fn watch_table<'a>(pools: impl IntoIterator<Item = &'a api::Pool>, now: Syst
             health_cell(pool),
             c.allocated.to_string(),
             allocs(pool),
-            cell(&pool.last_error),
+            last_error_cell(pool, now),
         ]);
     }
     t.render()
@@ -403,12 +403,25 @@ fn demand_detail(pool: &api::Pool) -> String {
     )
 }
 
+/// The proto's noise floor for demand rates, per second: WatchPools sends
+/// no change below it (about one purchase in twelve days). The server's
+/// `DEMAND_RATE_FLOOR` is the same number; the client cannot depend on
+/// the server crate for it.
+const DEMAND_RATE_FLOOR: f64 = 1e-6;
+
 /// A demand rate per hour, or per day below 0.1/h, with two significant
 /// digits at least: auto sizing works from the rate itself, and a pool
-/// selling a few times a day would read "0.0/h", no demand at all.
+/// selling a few times a day would read "0.0/h", no demand at all. Below
+/// [`DEMAND_RATE_FLOOR`] it is "~0/d": a quiet pool's rate decays without
+/// ever reaching 0, and its digits would follow hundreds of zeros.
 fn demand_rate(per_second: f64) -> String {
     let per_hour = per_second * 3600.0;
-    if per_hour.is_nan() || per_hour <= 0.0 || per_hour >= 1.0 {
+    if per_second > 0.0 && per_second < DEMAND_RATE_FLOOR {
+        "~0/d".to_owned()
+    } else if per_hour.abs() >= 1e9 {
+        // Only a broken server sends these; `{:.1}` would print every digit.
+        format!("{per_hour:.1e}/h")
+    } else if per_hour.is_nan() || per_hour <= 0.0 || per_hour >= 1.0 {
         format!("{per_hour:.1}/h")
     } else if per_hour >= 0.1 {
         format!("{per_hour:.2}/h")
@@ -443,15 +456,57 @@ fn throttle_detail(pool: &api::Pool, now: SystemTime) -> String {
             format!(", window {shown:.2} (admits {admits})")
         }
     });
+    // What explains a shrunken window during a slow fill: builds slower
+    // than the uncontended baseline, throttling answers, quota refusals.
+    let ratio = g.latency_ratio;
+    let shown_ratio = if ratio.is_finite() && ratio.abs() < 1e4 {
+        format!("{ratio:.2}x")
+    } else {
+        // Only a broken server sends these; `{:.2}` would print every digit.
+        format!("{ratio:.1e}x")
+    };
+    // The proto's 0 is "before any build".
+    let build_time = match (&g.baseline, ratio != 0.0) {
+        (Some(b), true) => format!(
+            "build time {shown_ratio} its baseline {}",
+            duration_compact(b)
+        ),
+        (None, true) => format!("build time {shown_ratio} its baseline"),
+        (Some(b), false) => format!("build time - (baseline {})", duration_compact(b)),
+        (None, false) => "no build timed yet".to_owned(),
+    };
     // Builds (boot request until ACTIVE), as the proto counts them: the plan
     // line's "in flight" counts the pool's booting + warming, which may be
     // more than the AZ's builds.
     format!(
-        "{}{window}, {} builds in flight in the AZ ({} replenishing)",
+        "{}{window}, {} builds in flight in the AZ ({} replenishing); {build_time}; \
+         {} throttled responses, {} window decreases, {} quota refusals (all AZs)",
         throttle_cell(pool, now),
         g.in_flight,
-        g.gated_in_flight
+        g.gated_in_flight,
+        g.throttled_responses,
+        g.window_decreases,
+        g.quota_refusals
     )
+}
+
+/// LAST ERROR: the pool's last error with its age at `now`, so one it
+/// recovered from weeks ago reads as history ("30d ago: boot timed out"):
+/// the server never clears it, only overwrites it.
+fn last_error_cell(pool: &api::Pool, now: SystemTime) -> String {
+    let error = one_line(&pool.last_error);
+    if error.is_empty() {
+        return "-".to_owned();
+    }
+    let when = match &pool.last_error_at {
+        // A daemon older than last_error_at, or an error stored by one.
+        None => "at unknown time".to_owned(),
+        Some(at) => age_short(at, now).map_or_else(
+            || format!("at {}", timestamp(at, false)),
+            |age| format!("{age} ago"),
+        ),
+    };
+    format!("{when}: {error}")
 }
 
 /// The pool's last error and when it happened, so an old one reads as
@@ -683,6 +738,8 @@ mod tests {
     #[test]
     fn the_throttle_detail_shows_a_window_only_with_the_gate_on() {
         let now = std::time::SystemTime::now();
+        let quiet = "; no build timed yet; 0 throttled responses, 0 window decreases, \
+                     0 quota refusals (all AZs)";
         let mut pool = sample_pools().remove(0);
         let with_gate = |state: api::ThrottleState, window| api::SizingStatus {
             gate: Some(api::ThrottleGate {
@@ -697,24 +754,24 @@ mod tests {
         pool.sizing = Some(with_gate(api::ThrottleState::Disabled, None));
         assert_eq!(
             throttle_detail(&pool, now),
-            "off, 3 builds in flight in the AZ (2 replenishing)"
+            format!("off, 3 builds in flight in the AZ (2 replenishing){quiet}")
         );
         pool.sizing = Some(with_gate(api::ThrottleState::Open, Some(8.0)));
         assert_eq!(
             throttle_detail(&pool, now),
-            "open, window 8, 3 builds in flight in the AZ (2 replenishing)"
+            format!("open, window 8, 3 builds in flight in the AZ (2 replenishing){quiet}")
         );
         // The AIMD window grows by fractions; the AZ admits its floor.
         // "window 8.8" read as room for 9.
         pool.sizing = Some(with_gate(api::ThrottleState::Open, Some(8.75)));
         assert_eq!(
             throttle_detail(&pool, now),
-            "open, window 8.75 (admits 8), 3 builds in flight in the AZ (2 replenishing)"
+            format!("open, window 8.75 (admits 8), 3 builds in flight in the AZ (2 replenishing){quiet}")
         );
         pool.sizing = Some(with_gate(api::ThrottleState::Open, Some(8.999)));
         assert_eq!(
             throttle_detail(&pool, now),
-            "open, window 8.99 (admits 8), 3 builds in flight in the AZ (2 replenishing)"
+            format!("open, window 8.99 (admits 8), 3 builds in flight in the AZ (2 replenishing){quiet}")
         );
     }
 
@@ -730,7 +787,7 @@ mod tests {
 
     #[test]
     fn pool_list_table() {
-        let text = pools_table(&sample_pools());
+        let text = pools_table(&sample_pools(), SystemTime::now());
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
         let header: Vec<&str> = lines[0].split_whitespace().collect();
@@ -784,11 +841,11 @@ mod tests {
             .sizing
             .get_or_insert_with(Default::default)
             .window_min = Some(9);
-        let text = pools_table(&pools);
+        let text = pools_table(&pools, SystemTime::now());
         let row: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
         assert_eq!(row[5], "win:9", "{text}");
         pools[0].sizing.as_mut().unwrap().window_min = Some(1);
-        let text = pools_table(&pools);
+        let text = pools_table(&pools, SystemTime::now());
         let row: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
         assert_eq!(
             row[5], "2",
@@ -802,6 +859,10 @@ mod tests {
                 "paused",
                 "ok",
                 "mysql-8.4",
+                // The sample's error has no last_error_at.
+                "at",
+                "unknown",
+                "time:",
                 "boot",
                 "timed",
                 "out",
@@ -812,7 +873,7 @@ mod tests {
         // A pool that keeps failing its boots says so beside its status.
         let mut pools = sample_pools();
         pools[1].degraded = true;
-        let text = pools_table(&pools);
+        let text = pools_table(&pools, SystemTime::now());
         let row: Vec<&str> = text.lines().nth(2).unwrap().split_whitespace().collect();
         assert_eq!(row[10..12], ["paused", "degraded"], "{text}");
         // Columns line up: each row's READY value starts where the header does.
@@ -984,7 +1045,7 @@ mod tests {
             text.contains("allocations:       warm 12, waited -, cold 1, exhausted -, failed 0\n"),
             "{text}"
         );
-        let text = pools_table(&[old]);
+        let text = pools_table(&[old], SystemTime::now());
         assert!(text.contains(" 12/-/1/0 "), "{text}");
     }
 
@@ -1012,7 +1073,7 @@ mod tests {
     fn small_demand_rates_keep_two_significant_digits() {
         let per_hour = |h: f64| h / 3600.0;
         assert_eq!(demand_rate(per_hour(0.03)), "0.72/d");
-        assert_eq!(demand_rate(per_hour(0.0012)), "0.029/d");
+        assert_eq!(demand_rate(per_hour(0.0037)), "0.089/d");
         assert_eq!(demand_rate(per_hour(0.09)), "2.2/d");
         assert_eq!(demand_rate(per_hour(0.5)), "0.50/h");
         assert_eq!(demand_rate(per_hour(2.345)), "2.3/h");
@@ -1027,6 +1088,136 @@ mod tests {
             text.contains("demand:            forecast 0.72/d ("),
             "{text}"
         );
+    }
+
+    /// A quiet pool's demand decays as rate*exp(-t/tau) and never reaches
+    /// 0: a day without a sale leaves the 5-minute EWMA near 1e-128/s.
+    /// Below the proto's noise floor (1e-6/s, under which WatchPools sends
+    /// no change) a rate reads as none, in a few characters, not as two
+    /// significant digits after a hundred zeros.
+    #[test]
+    fn a_rate_below_the_noise_floor_reads_short() {
+        let a_quiet_day = (1.0 / 300.0) * (-86_400.0f64 / 300.0).exp();
+        for tiny in [
+            a_quiet_day,
+            1e-300,
+            f64::MIN_POSITIVE,
+            DEMAND_RATE_FLOOR * 0.99,
+        ] {
+            assert_eq!(demand_rate(tiny), "~0/d", "{tiny:e}");
+        }
+        // At the floor itself, still two significant digits.
+        assert_eq!(demand_rate(DEMAND_RATE_FLOOR), "0.086/d");
+        // Nor hundreds of digits from a server sending absurd rates.
+        for absurd in [1e300, -1e300, f64::MAX, f64::INFINITY, f64::NAN] {
+            let shown = demand_rate(absurd);
+            assert!(shown.len() <= 12, "{absurd:e}: {shown}");
+        }
+
+        let mut pool = sample_pools()[0].clone();
+        let sizing = pool.sizing.get_or_insert_with(Default::default);
+        sizing.demand_short_per_second = a_quiet_day;
+        let text = pool_detail(&pool, SystemTime::now());
+        let demand = text.lines().find(|l| l.starts_with("demand:")).unwrap();
+        assert!(demand.contains("(short ~0/d, "), "{demand}");
+        assert!(demand.len() < 100, "{demand}");
+    }
+
+    /// A pool's last_error is only ever overwritten: one that recovered
+    /// weeks ago still has it. The list and the watch say how old it is,
+    /// so an old one reads as history.
+    #[test]
+    fn last_error_cells_say_how_old_the_error_is() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_003_600);
+        let day = Duration::from_secs(86_400);
+        let last_error_cell = |at: Option<SystemTime>, list: bool| {
+            let mut pools = sample_pools();
+            pools[1].last_error = "boot timed out".into();
+            pools[1].last_error_at = at.map(Into::into);
+            pools[1].degraded = false;
+            let text = if list {
+                pools_table(&pools, now)
+            } else {
+                watch_table(&pools, now)
+            };
+            let lines: Vec<&str> = text.lines().collect();
+            let col = lines[0].find("LAST ERROR").unwrap();
+            lines[2][col..].to_owned()
+        };
+        for list in [true, false] {
+            let cell = |at| last_error_cell(at, list);
+            assert_eq!(cell(Some(now - day * 30)), "30d ago: boot timed out");
+            assert_eq!(
+                cell(Some(now - Duration::from_secs(5 * 3600 + 59))),
+                "5h ago: boot timed out"
+            );
+            assert_eq!(
+                cell(Some(now - Duration::from_secs(12 * 60))),
+                "12m ago: boot timed out"
+            );
+            assert_eq!(
+                cell(Some(now - Duration::from_secs(45))),
+                "45s ago: boot timed out"
+            );
+            // A daemon's clock ahead of this one's: not "in the future".
+            assert_eq!(
+                cell(Some(now + Duration::from_secs(3))),
+                "0s ago: boot timed out"
+            );
+            // From a daemon that did not record the time.
+            assert_eq!(cell(None), "at unknown time: boot timed out");
+        }
+        // No error, no age.
+        let text = pools_table(&sample_pools()[..1], now);
+        assert!(text.lines().nth(1).unwrap().ends_with(" -"), "{text}");
+    }
+
+    /// The gate's diagnostics explain a shrunken window during a slow fill:
+    /// builds slower than their baseline, throttling answers, quota
+    /// refusals.
+    #[test]
+    fn the_throttle_detail_shows_the_gates_diagnostics() {
+        let now = SystemTime::now();
+        let mut pool = sample_pools().remove(0);
+        pool.sizing = Some(api::SizingStatus {
+            gate: Some(api::ThrottleGate {
+                state: api::ThrottleState::Open.into(),
+                window: Some(4.0),
+                in_flight: 3,
+                gated_in_flight: 2,
+                baseline: crate::output::tests::d(90, 0),
+                latency_ratio: 3.2,
+                throttled_responses: 12,
+                window_decreases: 5,
+                quota_refusals: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            throttle_detail(&pool, now),
+            "open, window 4, 3 builds in flight in the AZ (2 replenishing); \
+             build time 3.20x its baseline 1m30s; 12 throttled responses, \
+             5 window decreases, 2 quota refusals (all AZs)"
+        );
+        // Before any build is measured.
+        let gate = pool.sizing.as_mut().unwrap().gate.as_mut().unwrap();
+        (gate.baseline, gate.latency_ratio) = (None, 0.0);
+        (
+            gate.throttled_responses,
+            gate.window_decreases,
+            gate.quota_refusals,
+        ) = (0, 0, 0);
+        assert_eq!(
+            throttle_detail(&pool, now),
+            "open, window 4, 3 builds in flight in the AZ (2 replenishing); \
+             no build timed yet; 0 throttled responses, 0 window decreases, \
+             0 quota refusals (all AZs)"
+        );
+        // An absurd ratio stays short.
+        let gate = pool.sizing.as_mut().unwrap().gate.as_mut().unwrap();
+        gate.latency_ratio = 1e300;
+        assert!(throttle_detail(&pool, now).len() < 200);
     }
 
     /// max_age unset (or 0) means Ready instances are never recycled.

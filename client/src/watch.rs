@@ -5,7 +5,8 @@
 //! status of every pool and redraw the whole table, so each frame is
 //! complete on its own. The first frame waits for the marker, so it shows
 //! every pool, not those that arrived first (a server older than the marker
-//! gets [`SNAPSHOT_WAIT`]). Pool events (exhausted,
+//! gets [`SNAPSHOT_WAIT`], less if its stream ends or fails sooner: what
+//! arrived is drawn before the error). Pool events (exhausted,
 //! degraded, recovered, settings changed, leak deleted, throttled, deleted)
 //! are printed as `event ...` lines under the table: on a terminal the most
 //! recent few, redrawn with it; elsewhere each event once, in the frame
@@ -269,8 +270,25 @@ async fn show(
                 continue;
             }
         };
-        let Some(item) = next else { break };
-        let status = item.map_err(|e| failure(e, answered))?;
+        let status = match next {
+            Some(Ok(status)) => status,
+            end => {
+                // An end or error while the first frame waits for the
+                // snapshot's marker (a server older than it, stopping):
+                // what arrived is drawn before the view ends, as the
+                // batched path below does.
+                if snapshot_due.is_some() && answered {
+                    let frame = board.render(terminal, SystemTime::now());
+                    if let Err(e) = write_frame(out, &frame, terminal) {
+                        return unless_reader_left(e);
+                    }
+                }
+                match end {
+                    Some(Err(e)) => return Err(failure(e, answered)),
+                    _ => break,
+                }
+            }
+        };
         answered = true;
         match format {
             OutputFormat::Json => {
@@ -495,6 +513,56 @@ mod tests {
         assert_eq!(frames.len(), 1, "{text}");
         let row = frames[0].lines().nth(1).unwrap();
         assert_eq!(row.split_whitespace().nth(1), Some("7"), "{text}");
+    }
+
+    /// A stream that fails or ends while the first frame waits for the
+    /// snapshot's marker (a server older than it, stopping within
+    /// [`SNAPSHOT_WAIT`]): what arrived is drawn before the view ends, as
+    /// it is when the error comes with it.
+    #[tokio::test(start_paused = true)]
+    async fn what_arrived_before_the_marker_is_drawn_when_the_stream_stops() {
+        let pools = sample_pools();
+        let failing = || {
+            futures::stream::once(async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Err(ClientError::Malformed("the server went away".into()))
+            })
+            .boxed()
+        };
+        let ending_later = || {
+            futures::stream::once(tokio::time::sleep(Duration::from_millis(500)))
+                .filter_map(|()| async { None })
+                .boxed()
+        };
+        let ending_at_once = || futures::stream::empty().boxed();
+        for (how, end, message) in [
+            ("failing", failing(), "went away"),
+            ("ending later", ending_later(), "closed the watch stream"),
+            (
+                "ending at once",
+                ending_at_once(),
+                "closed the watch stream",
+            ),
+        ] {
+            let items = futures::stream::iter([Ok(status(pools[0].clone()))]).chain(end);
+            let mut out = Vec::new();
+            let err = show(
+                Box::pin(items),
+                &mut out,
+                false,
+                OutputFormat::Table,
+                std::future::pending(),
+            )
+            .await
+            .unwrap_err();
+            assert!(err.to_string().contains(message), "{how}: {err}");
+            let text = String::from_utf8(out).unwrap();
+            let frames: Vec<&str> = text.split("\n\n").filter(|f| !f.is_empty()).collect();
+            assert_eq!(frames.len(), 1, "{how}: {text:?}");
+            let rows: Vec<&str> = frames[0].lines().collect();
+            assert_eq!(rows.len(), 2, "{how}: {text}");
+            assert!(rows[1].starts_with("m1.large@az1 "), "{how}: {text}");
+        }
     }
 
     /// A pool held by its zone's throttle gate, its pause ending `left`

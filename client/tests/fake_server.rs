@@ -62,13 +62,21 @@ impl api::warm_pool_server::WarmPool for Fake {
             SLOW_ALLOCATE_ARRIVED.notify_one();
             futures::future::pending::<()>().await;
         }
+        // "state-N": answered in state N, a newer server's unknown ones
+        // included.
+        let state = r
+            .request_id
+            .strip_prefix("state-")
+            .map_or(api::AllocationState::Allocated.into(), |n| {
+                n.parse().unwrap()
+            });
         Ok(Response::new(api::AllocateResponse {
             allocation: Some(api::Allocation {
                 request_id: r.request_id,
                 tenant_project_id: r.tenant_project_id,
                 flavor: r.flavor,
                 availability_zone: r.availability_zone,
-                state: api::AllocationState::Allocated.into(),
+                state,
                 warm_hit: true,
                 labels: r.labels,
                 ..Default::default()
@@ -374,6 +382,71 @@ async fn cli_prints_tables_and_json() {
     let out = run(addr, &["instances", "--flavor", "m1", "--az", "az1"]).await;
     assert!(
         out.stdout.lines().nth(1).unwrap().contains(" READY "),
+        "{}",
+        out.stdout
+    );
+}
+
+fn allocate_args(request_id: &str) -> Vec<&str> {
+    vec![
+        "allocate",
+        "--request-id",
+        request_id,
+        "--tenant",
+        "t",
+        "--flavor",
+        "m1",
+        "--az",
+        "az1",
+        "--volume-size",
+        "10",
+        "--network",
+        "net",
+    ]
+}
+
+/// Only an ALLOCATED answer has a server to use: `warmpoolctl allocate ...
+/// && provision` must stop at any other, one this client does not know
+/// (a newer server's) included.
+#[tokio::test]
+async fn allocate_fails_for_any_state_but_allocated() {
+    let addr = start_fake().await;
+    for (state, shown, warned) in [
+        (9, "UNKNOWN(9)", "UNKNOWN(9)"),
+        (0, "UNSPECIFIED", "UNSPECIFIED"),
+        (1, "ALLOCATING", "ALLOCATING"),
+        (3, "RELEASING", "is being released"),
+        (4, "RELEASED", "was already released"),
+    ] {
+        let id = format!("state-{state}");
+        let out = run(addr, &allocate_args(&id)).await;
+        assert!(!out.ok, "exit 0 for {shown}: {}", out.stdout);
+        assert!(
+            out.stdout.contains(&format!("state:      {shown}\n")),
+            "{}",
+            out.stdout
+        );
+        assert!(
+            out.stderr.starts_with(&format!("warning: order {id} ")),
+            "{shown}: {}",
+            out.stderr
+        );
+        assert!(out.stderr.contains(warned), "{shown}: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    }
+    let out = run(addr, &allocate_args("state-2")).await;
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(out.stderr, "");
+}
+
+/// A request id may start with '-' (the proto allows it anywhere).
+#[tokio::test]
+async fn allocate_takes_a_request_id_starting_with_a_hyphen() {
+    let addr = start_fake().await;
+    let out = run(addr, &allocate_args("-ord")).await;
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stdout.starts_with("request_id: -ord\n"),
         "{}",
         out.stdout
     );
