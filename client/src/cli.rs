@@ -341,7 +341,7 @@ pub struct AllocateArgs {
     #[arg(long)]
     pub delete_volume_on_release: bool,
     /// Tenant network to attach: its Neutron id (the embedded demo cloud
-    /// takes any name).
+    /// has one, `tenant-net`).
     #[arg(long)]
     pub network: String,
     /// Subnet of --network for the port.
