@@ -1,6 +1,7 @@
 //! The `Cloud` trait: everything warmpool asks of OpenStack, with classified
 //! errors so callers decide retry, back-off or give-up without parsing text.
 
+use crate::events::CloudService;
 use crate::model::PoolKey;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -534,6 +535,43 @@ pub struct HeadroomCalls {
     pub network: Duration,
     /// How the port-quota read failed, a refusal too; `None`: answered.
     pub network_error: Option<CloudError>,
+}
+
+/// A call a driver made to another service than the one its method is
+/// counted under, as a part of it whose outcome the method's result does
+/// not carry: the management network's lookup (Neutron's) that reading an
+/// ACTIVE server's address needs, in [`Cloud::read_server`] and
+/// [`Cloud::list_pool_servers`] (Nova's), which do without it when it
+/// fails. For a wrapper timing calls by service (the daemon's metrics):
+/// see [`collecting_side_calls`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SideCall {
+    pub service: CloudService,
+    pub took: Duration,
+    /// How it failed, a refusal too; `None`: answered.
+    pub error: Option<CloudError>,
+}
+
+tokio::task_local! {
+    static SIDE_CALLS: std::cell::RefCell<Vec<SideCall>>;
+}
+
+/// `call`'s outcome, and the [`SideCall`]s it made (its driver noted with
+/// [`note_side_call`]), in order.
+pub async fn collecting_side_calls<T>(
+    call: impl std::future::Future<Output = T>,
+) -> (T, Vec<SideCall>) {
+    SIDE_CALLS
+        .scope(std::cell::RefCell::new(Vec::new()), async move {
+            let outcome = call.await;
+            (outcome, SIDE_CALLS.with(std::cell::RefCell::take))
+        })
+        .await
+}
+
+/// Tells the caller collecting side calls, if one is, of `call`.
+pub fn note_side_call(call: SideCall) {
+    let _ = SIDE_CALLS.try_with(|calls| calls.borrow_mut().push(call));
 }
 
 /// The port quota's resource name: a pool server holds its own port on

@@ -1234,6 +1234,7 @@ impl Shared {
         }
 
         if instance.state == InstanceState::Booting {
+            let mut active_unaddressed = false;
             let mysql_addr = loop {
                 let mut attempts = 0;
                 let server = match self
@@ -1267,7 +1268,14 @@ impl Shared {
                                 }
                             }));
                         }
-                        break server.mysql_addr;
+                        if server.mysql_addr.is_some() {
+                            break server.mysql_addr;
+                        }
+                        // ACTIVE, its address not read yet: Nova lists it
+                        // a moment late, or the driver could not look up
+                        // the network it is on (Neutron failing). Not a
+                        // broken server: polled on until it shows.
+                        active_unaddressed = true;
                     }
                     ServerStatus::Error => {
                         let fault = server.fault.unwrap_or_else(|| "no fault given".into());
@@ -1287,7 +1295,11 @@ impl Shared {
                     _ => {}
                 }
                 if Instant::now() >= deadline {
-                    return Err(BootError::Timeout("server never became ACTIVE".into()));
+                    return Err(BootError::Timeout(if active_unaddressed {
+                        "server became ACTIVE, but its address on the management network was never read (is Neutron answering, and the management_network setting its network's name or id?)".into()
+                    } else {
+                        "server never became ACTIVE".into()
+                    }));
                 }
                 tokio::time::sleep(self.settings.poll_interval).await;
             };

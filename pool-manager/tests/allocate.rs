@@ -7601,6 +7601,48 @@ async fn a_release_whose_volume_delete_answer_was_lost_is_done() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// Nova may show a server ACTIVE before warmpool can read its address:
+/// the OpenStack driver reads it on the management network's name, which
+/// a process's first lookup during a Neutron outage does not get (Nova's
+/// read is still answered, the server without an address), and Nova may
+/// list an ACTIVE server's addresses a moment late. Its boot polls on
+/// until the address shows, within the boot's deadline; it used to take
+/// the first ACTIVE read's missing address for a broken server, failing
+/// the boot ("server has no address to probe") and booting another.
+#[tokio::test(start_paused = true)]
+async fn a_boot_polls_on_until_its_active_servers_address_shows() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let unaddressed_reads = Arc::new(AtomicU32::new(5));
+    cloud.show_every_server({
+        let left = unaddressed_reads.clone();
+        move |s| {
+            let active = s.status == pool_manager::cloud::ServerStatus::Active;
+            if active
+                && left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+            {
+                s.mysql_addr = None;
+            }
+        }
+    });
+    let manager = manager_over(&cloud, temp_store());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    wait_ready(&manager, 1).await;
+    assert_eq!(
+        (
+            sim.call_counts().get("create_server").copied(),
+            unaddressed_reads.load(Ordering::SeqCst)
+        ),
+        (Some(1), 0),
+        "(servers created, reads left to show without an address): {:?}",
+        manager.get_pool(&pool()).await.unwrap()
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
 /// Neutron fails every port listing (a 503 outage, a 429 storm) while Nova
 /// answers: boots go by what Nova shows of their servers (status, address),
 /// so a pool still fills, and its boot polls and warming looks list no

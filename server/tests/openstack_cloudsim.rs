@@ -2602,9 +2602,10 @@ async fn a_missing_management_network_is_not_reported_again_as_quota() {
 /// the name; a second network given the name) says nothing of the server:
 /// read as the server's own NotFound, the replenisher took a booting server
 /// for deleted and the allocator discarded one Ready instance after
-/// another. It is transient, naming the network and the setting; the
-/// listing, whose readers use no address, lists the server without one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// another. The read, and the listing, give the server as Nova showed it,
+/// without the address no name was found for, and the warning names the
+/// network and the setting.
+#[tokio::test]
 async fn a_management_network_that_cannot_be_resolved_is_no_missing_server() {
     let mut settings = HttpSettings::default();
     settings.networks.push(cloudsim::http::NetworkSpec {
@@ -2632,11 +2633,17 @@ async fn a_management_network_that_cannot_be_resolved_is_no_missing_server() {
                 "[cloud.availability_zones.az1]\nmanagement_network = \"{network}\""
             ))
             .await;
-        let e = lost.get_server(&created.id).await.unwrap_err();
+        let logs = support::Logs::capture();
+        let read = lost.read_server(&created.id).await.unwrap();
+        assert_eq!(
+            (read.status, read.mysql_addr),
+            (ServerStatus::Active, None),
+            "{network}: {read:?}"
+        );
+        let text = logs.text();
         assert!(
-            matches!(&e, CloudError::Transient(m)
-                if m.contains(cause) && m.contains("availability_zones.az1.management_network")),
-            "{network}: {e:?}"
+            text.contains(cause) && text.contains("availability_zones.az1.management_network"),
+            "{network}: {text}"
         );
         let listed = lost.list_pool_servers().await.unwrap();
         let server = listed.iter().find(|s| s.id == created.id);
@@ -2658,8 +2665,10 @@ async fn a_management_network_that_cannot_be_resolved_is_no_missing_server() {
 /// failed as a whole: every reconcile pass failed, for every pool, so
 /// leaks, ERROR servers and crashed orders were left as they were. Those
 /// servers are listed without an address, and the problem is warned of
-/// once, not per server per listing; a read of one of them still fails,
-/// as its reader (a boot waiting for mysqld) needs the address.
+/// once, not per server per listing or read; a read of one of them is
+/// Nova's answer without the address (read on the last name that
+/// resolved, which Nova no longer keys it by): a boot waiting for it
+/// polls on until the network is mended, or its deadline.
 #[tokio::test]
 async fn a_zones_lost_management_network_leaves_its_servers_listed_without_an_address() {
     let mut settings = HttpSettings::default();
@@ -2714,12 +2723,148 @@ async fn a_zones_lost_management_network_leaves_its_servers_listed_without_an_ad
     }
     let warned = logs.text().matches("no network named 'net2'").count();
     assert_eq!(warned, 1, "{}", logs.text());
-    let e = cloud.get_server(&ids[1]).await.unwrap_err();
-    assert!(
-        matches!(&e, CloudError::Transient(m)
-            if m.contains("no network named 'net2'") && m.contains("availability_zones.az2.management_network")),
-        "{e:?}"
+    let read = cloud.read_server(&ids[1]).await.unwrap();
+    assert_eq!(
+        (read.status, read.mysql_addr),
+        (ServerStatus::Active, None),
+        "{read:?}"
     );
+    let text = logs.text();
+    assert_eq!(
+        (
+            text.matches("no network named 'net2'").count(),
+            text.matches("availability_zones.az2.management_network")
+                .count()
+        ),
+        (1, 1),
+        "{text}"
+    );
+}
+
+/// `read_server` is Nova's read; an ACTIVE server's address is read on its
+/// zone's management network, whose name the driver asks Neutron for
+/// again every ten minutes. A refresh Neutron fails (a 5xx, a 429 storm
+/// from its rate limiter) failed the whole read, and its 429 was passed
+/// on as Nova's, pausing the zone's boots: no boot got past ACTIVE and
+/// purchases were told Nova failed. The read keeps the last name that
+/// resolved, and the address with it.
+#[tokio::test]
+async fn a_server_read_keeps_the_last_management_network_name_while_neutron_fails() {
+    let (env, cloud, server) = env_with_a_server().await;
+    let active = settled(&cloud, &server.id).await;
+    assert_eq!(active.status, ServerStatus::Active);
+    let addr = active.mysql_addr.expect("an ACTIVE server's address");
+    let faults = env.face.faults();
+    let neutron_failing: [&dyn Fn(); 2] =
+        [&|| faults.server_error_next(Service::Network, 50), &|| {
+            faults.throttle_next(Service::Network, 50, Duration::from_secs(30))
+        }];
+    let logs = support::Logs::capture();
+    for fail in neutron_failing {
+        // Past the ten minutes a looked-up name is trusted.
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(601)).await;
+        tokio::time::resume();
+        fail();
+        let read = cloud
+            .read_server(&server.id)
+            .await
+            .expect("Nova answered the read");
+        assert_eq!(
+            (read.status, read.mysql_addr),
+            (ServerStatus::Active, Some(addr)),
+            "{read:?}"
+        );
+        faults.clear();
+    }
+    assert!(
+        logs.text().contains("last name that resolved, 'mgmt-net'"),
+        "{}",
+        logs.text()
+    );
+}
+
+/// A process whose first lookup of the management network Neutron fails
+/// (a restart during a Neutron outage, resuming boots) has no name to
+/// read an address on: the read still gives what Nova showed, its status
+/// right, without the address, rather than failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_read_with_no_management_network_name_yet_gives_the_server_without_an_address() {
+    let (env, cloud, server) = env_with_a_server().await;
+    assert_eq!(
+        settled(&cloud, &server.id).await.status,
+        ServerStatus::Active
+    );
+    let faults = env.face.faults();
+    let neutron_failing: [&dyn Fn(); 2] =
+        [&|| faults.server_error_next(Service::Network, 50), &|| {
+            faults.throttle_next(Service::Network, 50, Duration::from_secs(30))
+        }];
+    for fail in neutron_failing {
+        let fresh = env.driver().await;
+        fail();
+        let read = fresh
+            .read_server(&server.id)
+            .await
+            .expect("Nova answered the read");
+        assert_eq!(
+            (read.status, read.mysql_addr),
+            (ServerStatus::Active, None),
+            "{read:?}"
+        );
+        faults.clear();
+        // Once Neutron answers, the address is read.
+        let read = fresh.read_server(&server.id).await.unwrap();
+        assert!(read.mysql_addr.is_some(), "{read:?}");
+    }
+}
+
+/// The management network's lookup a server read makes is Neutron's call:
+/// the daemon's metrics count it, and its 429, as the network service's,
+/// and the read, which Nova answered, as compute's success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_reads_management_network_lookup_is_metered_as_the_networks_call() {
+    use warmpool_server::metrics::{MeteredCloud, Metrics};
+    let (env, driver, server) = env_with_a_server().await;
+    assert_eq!(
+        settled(&driver, &server.id).await.status,
+        ServerStatus::Active
+    );
+    let metrics = Arc::new(Metrics::new());
+    // A new process: the name is looked up at its first read.
+    let cloud = MeteredCloud::new(Arc::new(env.driver().await), metrics.clone());
+    let sample = |name_and_labels: &str| -> f64 {
+        let body = metrics.encode();
+        body.lines()
+            .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    };
+    let calls = |service: &str, status: &str| {
+        sample(&format!(
+            "warmpool_cloud_request_duration_seconds_count{{service=\"{service}\",status=\"{status}\"}}"
+        ))
+    };
+    env.face
+        .faults()
+        .throttle_next(Service::Network, 50, Duration::from_secs(30));
+    let read = cloud.read_server(&server.id).await.unwrap();
+    assert_eq!(read.status, ServerStatus::Active);
+    assert_eq!(
+        (
+            sample(r#"warmpool_cloud_throttled_total{service="network"}"#),
+            sample(r#"warmpool_cloud_throttled_total{service="compute"}"#)
+        ),
+        (1.0, 0.0),
+        "the 429 is Neutron's: (network, compute) throttled"
+    );
+    assert_eq!(
+        (calls("compute", "ok"), calls("network", "throttled")),
+        (1.0, 1.0)
+    );
+    env.face.faults().clear();
+    let read = cloud.read_server(&server.id).await.unwrap();
+    assert!(read.mysql_addr.is_some(), "{read:?}");
+    assert_eq!((calls("compute", "ok"), calls("network", "ok")), (2.0, 1.0));
 }
 
 /// Servers tenants hold keep their pool's tag but are no supply: they use

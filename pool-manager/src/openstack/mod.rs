@@ -31,10 +31,11 @@ pub mod nova;
 pub mod session;
 
 use crate::cloud::{
-    BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, HeadroomCalls, NewPortSpec,
-    NewVolumeSpec, Port, Server, ServerSpec, ServerStatus, Volume, VolumeOwner, VolumeStatus,
-    META_INSTANCE, META_POOL,
+    note_side_call, BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, HeadroomCalls,
+    NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, ServerStatus, SideCall, Volume,
+    VolumeOwner, VolumeStatus, META_INSTANCE, META_POOL,
 };
+use crate::events::CloudService;
 use async_trait::async_trait;
 use error::{classify_reply, Service};
 use neutron::{looks_like_id, Named};
@@ -84,8 +85,16 @@ const UNLISTED_LOOKUPS_AT_ONCE: usize = 16;
 /// the policy was changed.
 const FORCE_DELETE_ASKED_AGAIN_AFTER: Duration = Duration::from_secs(600);
 
-/// Names (or ids) resolved with the cloud, each trusted for [`NAME_TTL`].
-struct NameCache<T>(Mutex<HashMap<String, (T, tokio::time::Instant)>>);
+/// Names (or ids) resolved with the cloud, each trusted for [`NAME_TTL`]
+/// unless forgotten; the last value resolved is kept after, for a reader
+/// that does better with it than with none ([`NameCache::last`]).
+struct NameCache<T>(Mutex<HashMap<String, Resolved<T>>>);
+
+struct Resolved<T> {
+    value: T,
+    at: tokio::time::Instant,
+    forgotten: bool,
+}
 
 impl<T> Default for NameCache<T> {
     fn default() -> Self {
@@ -97,16 +106,29 @@ impl<T: Clone> NameCache<T> {
     fn get(&self, key: &str) -> Option<T> {
         lock(&self.0)
             .get(key)
-            .filter(|(_, at)| at.elapsed() < NAME_TTL)
-            .map(|(value, _)| value.clone())
+            .filter(|r| !r.forgotten && r.at.elapsed() < NAME_TTL)
+            .map(|r| r.value.clone())
+    }
+
+    /// The value `key` last resolved to, however long ago, forgotten or not.
+    fn last(&self, key: &str) -> Option<T> {
+        lock(&self.0).get(key).map(|r| r.value.clone())
     }
 
     fn insert(&self, key: String, value: T) {
-        lock(&self.0).insert(key, (value, tokio::time::Instant::now()));
+        let resolved = Resolved {
+            value,
+            at: tokio::time::Instant::now(),
+            forgotten: false,
+        };
+        lock(&self.0).insert(key, resolved);
     }
 
+    /// `key` is resolved again at its next [`NameCache::get`].
     fn forget(&self, key: &str) {
-        lock(&self.0).remove(key);
+        if let Some(r) = lock(&self.0).get_mut(key) {
+            r.forgotten = true;
+        }
     }
 }
 
@@ -439,9 +461,9 @@ struct Inner {
     /// The last read of the port quota failed (a 5xx, a timeout): warned of
     /// once per outage, not at every poll of every flavor.
     port_quota_failing: AtomicBool,
-    /// Zones whose management network the pool-server listing could not
-    /// look up, and why, as last warned of: once per problem, not per
-    /// server at every reconcile pass.
+    /// Zones whose management network could not be looked up, and why,
+    /// as last warned of: once per problem, not per server read or per
+    /// reconcile pass.
     unaddressed_zones: Mutex<HashMap<String, String>>,
 }
 
@@ -1175,23 +1197,16 @@ impl OpenStackCloud {
 
     /// warmpool's view of `server`. Its management address is read only
     /// where one is given (an ACTIVE server, no probe override), which
-    /// takes the name of its zone's management network.
-    async fn view(&self, server: nova::NovaServer) -> CloudResult<Server> {
+    /// takes the name of its zone's management network: without one (see
+    /// [`Self::management_network_name`]) the server is as Nova showed it,
+    /// without its address.
+    async fn view(&self, server: nova::NovaServer) -> Server {
         let name = if self.addressed(&server) {
-            let az = Self::pool_az(&server);
-            self.management_network_name(&az)
-                .await
-                .map_err(|e| match e {
-                    CloudError::Transient(why) => CloudError::Transient(format!(
-                        "server {} was read, but not its address: {why}",
-                        server.id
-                    )),
-                    other => other,
-                })?
+            self.management_network_name(&Self::pool_az(&server)).await
         } else {
-            String::new()
+            Some(String::new())
         };
-        Ok(self.view_on(server, Some(&name)))
+        self.view_on(server, name.as_deref())
     }
 
     /// warmpool's view of `server`, its address read on the network named
@@ -1220,73 +1235,88 @@ impl OpenStackCloud {
     }
 
     /// The name of zone `az`'s management network, which Nova keys its
-    /// servers' addresses by. A lookup that fails (the network renamed or
-    /// its share withdrawn, a second one given the name, Neutron down) says
-    /// nothing of a server: as the server's NotFound, its reader would take
-    /// it for deleted (a boot discarded, a Ready instance thrown away, a
-    /// delete counted done), as Fatal, for broken. It is transient: the
-    /// reader asks again and keeps the server meanwhile, and the message
-    /// names the setting to mend.
-    async fn management_network_name(&self, az: &str) -> CloudResult<String> {
+    /// servers' addresses by, to read an address on: as looked up (and
+    /// cached for [`NAME_TTL`]), or while a lookup fails (Neutron down or
+    /// throttling, the network renamed or its share withdrawn, a second one
+    /// given its name), the last name that resolved; `None` when none ever
+    /// did (a process's first lookup failing). A failed lookup fails no
+    /// read Nova answered: as the server's NotFound its reader would take
+    /// it for deleted, as Fatal for broken, and as any error the boots
+    /// polling their servers would wait for Neutron, which Nova boots
+    /// without. The reader goes on with what Nova showed, without an
+    /// address where there is no name (a boot polls on until one shows). The lookup is the network service's call
+    /// ([`note_side_call`]): a Neutron 429 is never counted as Nova's, nor
+    /// pauses Nova's calls. A failure is warned of once while it lasts (a
+    /// 429 only at debug: a passing refusal, no problem of the network's),
+    /// and its end told.
+    async fn management_network_name(&self, az: &str) -> Option<String> {
         let settings = &self.inner.settings;
         let network = settings.management_network_for(az);
-        match self.network(network).await {
-            Ok(found) => Ok(found.name.unwrap_or_default()),
-            Err(e @ CloudError::Throttled { .. }) => Err(e),
-            Err(e) => {
-                let setting = match settings.availability_zones.get(az) {
-                    Some(AzSettings {
-                        management_network: Some(_),
-                        ..
-                    }) => format!("availability_zones.{az}.management_network"),
-                    _ => "management_network".to_owned(),
-                };
-                Err(CloudError::Transient(format!(
-                    "the management network '{network}' of zone {az} (setting {setting}) cannot be looked up: {e}"
-                )))
-            }
+        if let Some(found) = self.inner.networks.get(network) {
+            return Some(found.name.unwrap_or_default());
         }
+        let (found, took) = timed(self.network(network)).await;
+        note_side_call(SideCall {
+            service: CloudService::Network,
+            took,
+            error: found.as_ref().err().cloned(),
+        });
+        let mut failing = lock(&self.inner.unaddressed_zones);
+        let e = match found {
+            Ok(found) => {
+                if failing.remove(az).is_some() {
+                    tracing::info!(zone = %az, network, "the management network of the zone is looked up again: its servers' addresses are read on its name");
+                }
+                return Some(found.name.unwrap_or_default());
+            }
+            Err(e) => e,
+        };
+        let last = self
+            .inner
+            .networks
+            .last(network)
+            .map(|n| n.name.unwrap_or_default());
+        if let CloudError::Throttled { .. } = e {
+            tracing::debug!(zone = %az, network, error = %e, last_name = ?last, "management network lookup throttled; the zone's servers' addresses are read on the last name that resolved, if any");
+            return last;
+        }
+        let setting = match settings.availability_zones.get(az) {
+            Some(AzSettings {
+                management_network: Some(_),
+                ..
+            }) => format!("availability_zones.{az}.management_network"),
+            _ => "management_network".to_owned(),
+        };
+        let why = format!(
+            "the management network '{network}' of zone {az} (setting {setting}) cannot be looked up: {e}"
+        );
+        if failing.get(az) != Some(&why) {
+            match &last {
+                Some(name) => {
+                    tracing::warn!(zone = %az, error = %why, "the zone's servers' addresses are read on the management network's last name that resolved, '{name}', until it is looked up again (a network renamed since shows none)")
+                }
+                None => {
+                    tracing::warn!(zone = %az, error = %why, "the zone's servers are read and listed without their addresses (their boots cannot reach mysqld until this is mended)")
+                }
+            }
+            failing.insert(az.to_owned(), why);
+        }
+        last
     }
 
     /// The management network names of `zones` for the pool-server
-    /// listing, each looked up once; `None` for a zone whose lookup failed.
-    /// No reader of the listing uses an address (the reconciler and the
-    /// adoption of a crash's server go by ids and metadata), so such a
-    /// zone's servers are listed without one rather than failing the
-    /// listing, and with it every reconcile pass for every pool. The
-    /// failure is warned of once while it lasts, and its end told.
+    /// listing, each looked up once ([`Self::management_network_name`]);
+    /// `None` for a zone with none, whose servers are listed without an
+    /// address. No reader of the listing uses one (the reconciler and the
+    /// adoption of a crash's server go by ids and metadata), so a lookup
+    /// failing fails no reconcile pass.
     async fn listing_network_names(
         &self,
         zones: BTreeSet<String>,
     ) -> HashMap<String, Option<String>> {
         let mut names = HashMap::new();
         for az in zones {
-            let found = self.management_network_name(&az).await;
-            let mut unaddressed = lock(&self.inner.unaddressed_zones);
-            let name = match found {
-                Ok(name) => {
-                    if unaddressed.remove(&az).is_some() {
-                        tracing::info!(zone = %az, "the management network of the zone is looked up again: its pool servers are listed with their addresses");
-                    }
-                    Some(name)
-                }
-                // A passing refusal, no problem of the network's.
-                Err(e @ CloudError::Throttled { .. }) => {
-                    tracing::debug!(zone = %az, error = %e, "management network lookup throttled; the zone's pool servers are listed without their addresses");
-                    None
-                }
-                Err(e) => {
-                    let why = match e {
-                        CloudError::Transient(why) => why,
-                        other => other.to_string(),
-                    };
-                    if unaddressed.get(&az) != Some(&why) {
-                        tracing::warn!(zone = %az, error = %why, "pool servers of the zone are listed without their addresses (their boots cannot reach mysqld until this is mended)");
-                        unaddressed.insert(az.clone(), why);
-                    }
-                    None
-                }
-            };
+            let name = self.management_network_name(&az).await;
             names.insert(az, name);
         }
         names
@@ -1544,7 +1574,7 @@ impl OpenStackCloud {
             let same = s.name.as_deref() == Some(name)
                 && s.metadata.as_ref().and_then(|m| m.get(META_INSTANCE)) == wanted;
             if same {
-                return self.view(s).await.map(Some);
+                return Ok(Some(self.view(s).await));
             }
         }
         Ok(None)
@@ -1840,7 +1870,7 @@ impl Cloud for OpenStackCloud {
             }
             other => other?,
         };
-        self.view(body.server).await
+        Ok(self.view(body.server).await)
     }
 
     async fn ports_bound_to(&self, server_id: &str) -> CloudResult<Vec<String>> {

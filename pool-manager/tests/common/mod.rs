@@ -423,6 +423,8 @@ pub struct GatedCloud {
     volume_attachments_shown: std::sync::Mutex<Option<Vec<String>>>,
     /// How servers are shown, by id ([`GatedCloud::show_server`]).
     servers_shown: std::sync::Mutex<std::collections::HashMap<String, ServerShown>>,
+    /// How every other server is shown ([`GatedCloud::show_every_server`]).
+    every_server_shown: std::sync::Mutex<Option<ServerShown>>,
 }
 
 /// What a test changes in a server as the cloud shows it.
@@ -443,6 +445,7 @@ impl GatedCloud {
             volume_status_shown: Default::default(),
             volume_attachments_shown: Default::default(),
             servers_shown: Default::default(),
+            every_server_shown: Default::default(),
         })
     }
 
@@ -464,6 +467,7 @@ impl GatedCloud {
             volume_status_shown: Default::default(),
             volume_attachments_shown: Default::default(),
             servers_shown: Default::default(),
+            every_server_shown: Default::default(),
         })
     }
 
@@ -561,9 +565,20 @@ impl GatedCloud {
             .insert(id.to_owned(), Arc::new(shown));
     }
 
-    /// `server` as [`GatedCloud::show_server`] shows it.
+    /// Every answer naming a server [`GatedCloud::show_server`] was not
+    /// given for, servers yet to be made too, shows it changed by `shown`.
+    pub fn show_every_server(
+        &self,
+        shown: impl Fn(&mut pool_manager::cloud::Server) + Send + Sync + 'static,
+    ) {
+        *self.every_server_shown.lock().unwrap() = Some(Arc::new(shown));
+    }
+
+    /// `server` as [`GatedCloud::show_server`] and
+    /// [`GatedCloud::show_every_server`] show it.
     fn shown_server(&self, mut server: pool_manager::cloud::Server) -> pool_manager::cloud::Server {
         let shown = self.servers_shown.lock().unwrap().get(&server.id).cloned();
+        let shown = shown.or_else(|| self.every_server_shown.lock().unwrap().clone());
         if let Some(shown) = shown {
             shown(&mut server);
         }

@@ -2,13 +2,14 @@
 //! `warmpool_cloud_request_duration_seconds{service, status}`; throttled
 //! answers and the Retry-After they carry are counted too. A call that
 //! asks two services and reports each part (a headroom poll's port-quota
-//! read, `BootHeadroom::calls`) is counted as one call of each.
+//! read, `BootHeadroom::calls`; a server read's management network lookup,
+//! a `SideCall`) is counted as one call of each.
 
 use super::Metrics;
 use async_trait::async_trait;
 use pool_manager::cloud::{
-    BootHeadroom, Cloud, CloudIdentity, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
-    ServerSpec, Volume,
+    collecting_side_calls, BootHeadroom, Cloud, CloudIdentity, CloudResult, NewPortSpec,
+    NewVolumeSpec, Port, Server, ServerSpec, Volume,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -36,15 +37,23 @@ impl MeteredCloud {
         Self { inner, metrics }
     }
 
+    /// `call`, counted under `service`; the side calls it made to other
+    /// services under theirs, with their own outcome, and not in its time.
     async fn timed<T>(
         &self,
         service: &'static str,
         call: impl Future<Output = CloudResult<T>>,
     ) -> CloudResult<T> {
         let started = Instant::now();
-        let result = call.await;
+        let (result, side_calls) = collecting_side_calls(call).await;
+        let mut took = started.elapsed();
+        for side in &side_calls {
+            self.metrics
+                .observe_cloud(side.service.as_str(), side.error.as_ref(), side.took);
+            took = took.saturating_sub(side.took);
+        }
         self.metrics
-            .observe_cloud(service, result.as_ref().err(), started.elapsed());
+            .observe_cloud(service, result.as_ref().err(), took);
         result
     }
 }
