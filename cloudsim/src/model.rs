@@ -1743,9 +1743,10 @@ impl Model {
         self.reserve_volume_attach(server_id, volume_id, now)
     }
 
-    /// What Nova's API checks of an attach before it answers 202 from
-    /// microversion 2.101 (the server alone: ACTIVE, no task); the reserve
-    /// ([`Model::reserve_volume_attach`]) comes later.
+    /// What Nova's API checks of the server before it answers an attach
+    /// 202 from microversion 2.101 (ACTIVE, no task); the HTTP face checks
+    /// the volume too (there, and attached to no other server), and the
+    /// reserve ([`Model::reserve_volume_attach`]) comes later.
     pub fn accept_volume_attach(&mut self, server_id: &str, now: Instant) -> CloudResult<()> {
         self.take_attach_failure()?;
         self.server_takes_attach(server_id, now)

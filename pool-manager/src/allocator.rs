@@ -94,11 +94,12 @@ pub fn cleanup_budget(poll_interval: Duration) -> Duration {
 /// How long after Nova accepted an attach a volume still `available`,
 /// never seen `attaching`, with no attachment on the server either, is
 /// taken for an attach the host failed at once. Not at the first look: a
-/// cloud may answer before Cinder has reserved the volume, as Nova does
-/// from microversion 2.101, where a busy compute host may take a few
-/// seconds to start it. The OpenStack driver speaks none of those (below
-/// 2.101 Nova answers once the volume is reserved): a reserve taking longer
-/// than this grace would cost a warm instance per try.
+/// cloud may answer before Cinder has reserved the volume, as Nova from
+/// microversion 2.101 answers 202 before the attach is done (the testbed
+/// saw the volume `in-use` 0.2 s after the answer; how long a busy compute
+/// host takes is not measured). The OpenStack driver speaks none of those
+/// (below 2.101 Nova answers once the volume is reserved): a reserve taking
+/// longer than this grace would cost a warm instance per try.
 const UNSEEN_ATTACH_GRACE: Duration = Duration::from_secs(5);
 
 /// Longest request id accepted (billing order ids are far shorter).

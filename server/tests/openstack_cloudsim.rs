@@ -332,10 +332,12 @@ async fn the_probe_override_replaces_every_servers_address() {
 }
 
 /// Nova's newest microversions are not spoken: from 2.101 a volume attach
-/// is asynchronous (202 before the volume is reserved), so a refusal the
-/// request caused cannot be told from a failed attach, nor a slow reserve
-/// from one. A Nova offering 2.101 or later is spoken to at 2.79, where the
-/// attach answers 200 once the volume is reserved.
+/// is asynchronous (202 before the volume is attached; a volume in use
+/// elsewhere or missing is still refused with the answer, as the testbed
+/// measured at 2.104), and a reserve a busy compute host is slow over,
+/// which nothing has measured, would look like a failed attach. A Nova
+/// offering 2.101 or later is spoken to at 2.79, where the attach answers
+/// 200 once the volume is reserved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nova_is_spoken_to_at_2_79_though_it_offers_later_microversions() {
     for (nova_max, expected) in [
@@ -454,8 +456,9 @@ async fn volumes_and_ports_attach_and_detach() {
 }
 
 /// From Nova 2.101 a volume attach is asynchronous: Nova answers 202 before
-/// its conductor and the compute host reserve the volume, which a busy host
-/// takes seconds to do. Spoken to at 2.101, warmpool took a volume still
+/// the volume is attached, which a busy compute host may take seconds to
+/// do (not measured: cloudsim's `attach_reserve_delay` plays it). Spoken
+/// to at 2.101, warmpool took a volume still
 /// `available` 5 s after the 202, with no attachment on the server, for an
 /// attach the instance's host had failed, and discarded one warm instance
 /// after another. It speaks 2.79 to such a Nova, which answers once the

@@ -298,11 +298,14 @@ pub struct HttpSettings {
     /// for good.
     pub reclaim_instance_interval: Duration,
     /// From Nova microversion 2.101 a volume attach is asynchronous: the
-    /// API answers 202 once the server may take one, and the conductor and
-    /// compute host check and reserve the volume (Cinder's attachment,
-    /// `attaching`) this long after, in tokio time (not scaled by the
-    /// model's `time_scale`; a busy compute host takes seconds). A refusal
-    /// met then (the volume in use, in another zone, gone) is seen by no
+    /// API answers 202 once the server may take one and the volume exists
+    /// and is attached to no other server (both refused before the answer,
+    /// 404 and 400, as the testbed measured at 2.104), and the volume is
+    /// reserved (Cinder's attachment, `attaching`) this long after, in
+    /// tokio time (not scaled by the model's `time_scale`). How long a
+    /// busy compute host takes is not measured (an idle testbed showed the
+    /// volume `in-use` 0.2 s after the 202). A refusal met at the reserve
+    /// (the volume no longer `available`, in another zone) is seen by no
     /// API caller: Nova records it as an instance-action fault only. Zero:
     /// the reserve is done before the 202 answer, its refusal still
     /// dropped. Below 2.101 the reserve always comes before the answer.
