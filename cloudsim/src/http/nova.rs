@@ -256,6 +256,14 @@ fn shown_status(d: &ServerDetail) -> &'static str {
     }
 }
 
+/// Whether Nova shows a server's `fault` at `status`: only at ERROR and
+/// DELETED (`_fault_statuses` in Nova's `views/servers.py`): Nova keeps a
+/// server's faults recorded after a reset or rebuild has it ACTIVE again.
+/// The model gives a fault to ERROR servers alone today.
+fn fault_shown(status: &str) -> bool {
+    matches!(status, "ERROR" | "DELETED")
+}
+
 /// `/dev/vdb`, `/dev/vdc`, ... by position among the server's mappings.
 pub(crate) fn device_name(d: &ServerDetail, volume_id: &str) -> String {
     let i = d
@@ -360,7 +368,7 @@ fn server_json(state: &FaceState, model: &Model, d: &ServerDetail, mv: Mv) -> Va
             .map(|v| json!({"id": v, "delete_on_termination": false}))
             .collect::<Vec<_>>(),
     });
-    if let Some(fault) = &s.fault {
+    if let Some(fault) = s.fault.as_ref().filter(|_| fault_shown(shown_status(d))) {
         // Nova's NoValidHost text; other injected faults show as given.
         let message = if fault == "NoValidHost" {
             "No valid host was found. There are not enough hosts available.".to_string()
