@@ -319,7 +319,7 @@ impl RunResult {
 
 /// Nearest-rank quantile; `None` for an empty set (no time measured is
 /// not a time of zero).
-pub fn quantile(values: &[Duration], q: f64) -> Option<Duration> {
+pub fn quantile<T: Ord + Copy>(values: &[T], q: f64) -> Option<T> {
     if values.is_empty() {
         return None;
     }

@@ -16,6 +16,11 @@
 //! task of the manager, so no task-local could tell them from the refill
 //! boots'). Purchases are sequential; after each, the allocation is
 //! released, the pool unpaused, and it refills before the next one.
+//!
+//! A run that fails or is stopped with Ctrl-C still releases the purchase
+//! in hand (its volume and port are deleted) and deletes the pool's
+//! servers, so the project it reuses keeps nothing of it; a second Ctrl-C
+//! during that clean-up exits at once and names what may be left.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,6 +31,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use async_trait::async_trait;
 use bench::memstore::MemStore;
+use bench::replay::quantile;
+use bench::ttr::busy_time;
 use clap::Parser;
 use pool_manager::cloud::{
     BootHeadroom, Cloud, CloudIdentity, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
@@ -37,7 +44,7 @@ use pool_manager::model::{
 };
 use pool_manager::openstack::{AzSettings, CloudConfig, OpenStackCloud, OpenStackSettings};
 use pool_manager::probe::MysqlGreetingProbe;
-use pool_manager::{AllocateRequest, ManagerSettings, PoolManager};
+use pool_manager::{AllocateRequest, ManagerError, ManagerSettings, PoolManager};
 use tokio::time::Instant;
 
 #[derive(Parser, Debug)]
@@ -69,30 +76,31 @@ struct Args {
     /// Every "server" is probed here: fake-virt servers run no mysqld.
     #[arg(long, default_value = "127.0.0.1:3306")]
     probe_address: std::net::SocketAddr,
-    /// warmpool's status poll interval while waiting for the cloud.
-    #[arg(long, default_value = "100ms", value_parser = humantime_duration)]
-    poll_interval: Duration,
+    /// warmpool's status poll interval while waiting for the cloud
+    /// (`2s`, `500ms`, ...); the default is warmpoold's (`[manager]
+    /// poll_interval`). A purchase polls at most every 500 ms whatever this
+    /// is; warmpoold refuses less than 1 s unless `allow_short_intervals`.
+    #[arg(long, default_value_t = ManagerSettings::default().poll_interval.into())]
+    poll_interval: humantime::Duration,
 }
 
-fn humantime_duration(s: &str) -> Result<Duration, String> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n.parse().map_err(|e| format!("{s}: {e}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        _ => Err(format!("{s}: use ms or s")),
-    }
-}
-
-/// The OpenStack driver, with the time of every call made while recording
-/// (an Allocate runs) kept as an interval.
+/// The OpenStack driver (cloudsim in the tests), with the time of every
+/// call made while recording (an Allocate runs) kept as an interval.
 struct Timed {
-    inner: OpenStackCloud,
+    inner: Arc<dyn Cloud>,
     recording: AtomicBool,
     calls: Mutex<Vec<(Instant, Instant)>>,
 }
 
 impl Timed {
+    fn new(inner: Arc<dyn Cloud>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            recording: AtomicBool::new(false),
+            calls: Mutex::default(),
+        })
+    }
+
     async fn time<T>(&self, call: impl std::future::Future<Output = T>) -> T {
         let start = Instant::now();
         let out = call.await;
@@ -193,27 +201,6 @@ impl Cloud for Timed {
     }
 }
 
-/// Length of the union of `intervals` (calls in flight in parallel count once).
-fn union(mut intervals: Vec<(Instant, Instant)>) -> Duration {
-    intervals.sort();
-    let mut total = Duration::ZERO;
-    let mut current: Option<(Instant, Instant)> = None;
-    for (s, e) in intervals {
-        current = match current {
-            Some((cs, ce)) if s <= ce => Some((cs, ce.max(e))),
-            Some((cs, ce)) => {
-                total += ce - cs;
-                Some((s, e))
-            }
-            None => Some((s, e)),
-        };
-    }
-    if let Some((cs, ce)) = current {
-        total += ce - cs;
-    }
-    total
-}
-
 /// One column of the report, read from a sample.
 type Metric = fn(&Sample) -> Duration;
 
@@ -259,11 +246,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow!("{e}"))?
         .id;
-    let cloud = Arc::new(Timed {
-        inner: os,
-        recording: AtomicBool::new(false),
-        calls: Mutex::default(),
-    });
+    let cloud = Timed::new(Arc::new(os));
     // Servers a previous run left behind.
     for s in cloud
         .list_pool_servers()
@@ -281,13 +264,87 @@ async fn main() -> anyhow::Result<()> {
         cloud.clone(),
         Arc::new(MysqlGreetingProbe::default()),
         ManagerSettings {
-            poll_interval: args.poll_interval,
+            poll_interval: args.poll_interval.into(),
             replenish_interval: Duration::from_millis(500),
             reconcile_interval: Duration::from_secs(3600),
             ..ManagerSettings::default()
         },
     );
     manager.start().await.map_err(|e| anyhow!("{e}"))?;
+    // The order bought and not yet released, which a failure or Ctrl-C
+    // must release: the pool's servers are deleted on the way out, and
+    // Nova keeps the volume and port of a deleted server.
+    let mut in_hand: Option<String> = None;
+    let outcome = tokio::select! {
+        samples = purchases(&args, &manager, &cloud, &tenant_net, &mut in_hand) => samples,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (Ctrl-C)")),
+    };
+    let cleanup = tokio::select! {
+        done = clean_up(&manager, &cloud, in_hand.as_deref()) => done,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!(
+                "interrupted again: stopped before the clean-up finished. What may be left in \
+                 project {}: pool servers (the next run deletes them){}",
+                args.cloud,
+                in_hand.as_deref().map_or_else(String::new, |id| format!(
+                    ", and the volume and port named {} (delete them by hand)",
+                    pool_manager::model::resource_names_of(id)
+                ))
+            );
+            std::process::exit(130);
+        }
+    };
+    let samples = match (outcome, cleanup) {
+        (Ok(samples), Ok(())) => samples,
+        (Err(e), Ok(())) => return Err(e.context("nothing of the run is left in the cloud")),
+        (Ok(_), Err(c)) => return Err(c),
+        (Err(e), Err(c)) => return Err(anyhow!("{e:#}; and cleaning up: {c:#}")),
+    };
+
+    println!(
+        "{} warm purchases, {} in {}, new 1 GiB volume + port on {}, poll interval {}",
+        samples.len(),
+        args.flavor,
+        args.availability_zone,
+        args.tenant_network,
+        args.poll_interval
+    );
+    // Nearest rank, as the simulated time-to-ready table.
+    println!("\n| | p50 | p90 | max |\n|---|--:|--:|--:|");
+    let rows: [(&str, Metric); 7] = [
+        ("claim", |s| s.claim),
+        ("volume (create + attach)", |s| s.volume),
+        ("port (create + attach)", |s| s.port),
+        ("verify", |s| s.verify),
+        ("**total** (time to ready)", |s| s.total),
+        ("inside cloud calls", |s| s.in_cloud),
+        ("warmpool's own share (total - inside cloud calls)", |s| {
+            s.total.saturating_sub(s.in_cloud)
+        }),
+    ];
+    for (name, f) in rows {
+        let v: Vec<Duration> = samples.iter().map(f).collect();
+        let at = |q| ms(quantile(&v, q).unwrap_or_default());
+        println!("| {name} | {} | {} | {} |", at(0.5), at(0.9), at(1.0));
+    }
+    let calls: Vec<usize> = samples.iter().map(|s| s.calls).collect();
+    println!(
+        "\ncloud calls per purchase: p50 {}, max {}",
+        quantile(&calls, 0.5).unwrap_or(0),
+        quantile(&calls, 1.0).unwrap_or(0)
+    );
+    Ok(())
+}
+
+/// The run's purchases, one at a time. `in_hand` names the order bought
+/// and not yet released.
+async fn purchases(
+    args: &Args,
+    manager: &PoolManager,
+    cloud: &Timed,
+    tenant_net: &str,
+    in_hand: &mut Option<String>,
+) -> anyhow::Result<Vec<Sample>> {
     let key = PoolKey::new(&args.flavor, &args.availability_zone);
     let depth = 2;
     manager
@@ -314,7 +371,7 @@ async fn main() -> anyhow::Result<()> {
         .as_secs();
     let mut samples = Vec::new();
     for i in 0..args.purchases {
-        wait_full(&manager, &key, depth).await?;
+        wait_full(manager, &key, depth).await?;
         // No refill boots among the purchase's calls.
         manager
             .update_pool(&key, |s| s.paused = true)
@@ -335,7 +392,7 @@ async fn main() -> anyhow::Result<()> {
                     delete_on_release: true,
                 },
                 network: NetworkRequest {
-                    network_id: tenant_net.clone(),
+                    network_id: tenant_net.to_owned(),
                     subnet_id: None,
                     fixed_ip: None,
                 },
@@ -344,6 +401,9 @@ async fn main() -> anyhow::Result<()> {
             empty_pool: EmptyPoolPolicy::FailFast,
             timeout: Some(Duration::from_secs(120)),
         };
+        // Before the call: stopped during it, the Allocate goes on as the
+        // manager's task and may still buy the order.
+        *in_hand = Some(id.clone());
         let allocation = manager
             .allocate(request)
             .await
@@ -351,7 +411,7 @@ async fn main() -> anyhow::Result<()> {
         let calls = cloud.take();
         let t = &allocation.timings;
         if !allocation.warm_hit {
-            bail!("purchase {i} was not a warm hit");
+            bail!("purchase {i} was not a warm hit: the pool was not full, or its instance failed its probe");
         }
         samples.push(Sample {
             claim: t.claim,
@@ -360,16 +420,58 @@ async fn main() -> anyhow::Result<()> {
             verify: t.verify,
             total: t.total,
             calls: calls.len(),
-            in_cloud: union(calls),
+            in_cloud: busy_time(calls),
         });
         manager
             .release(&id, Some(true))
             .await
             .map_err(|e| anyhow!("release {id}: {e}"))?;
+        *in_hand = None;
         manager
             .update_pool(&key, |s| s.paused = false)
             .await
             .map_err(|e| anyhow!("{e}"))?;
+    }
+    Ok(samples)
+}
+
+/// The longest the clean-up waits for an Allocate still under way (its
+/// timeout is 120 s) and for the release after it.
+const CLEAN_UP_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Releases `in_hand` (its volume and port deleted), stops the manager and
+/// deletes the pool's servers: what a run leaves when it ends, finished,
+/// failed or interrupted.
+async fn clean_up(
+    manager: &PoolManager,
+    cloud: &Timed,
+    in_hand: Option<&str>,
+) -> anyhow::Result<()> {
+    if let Some(id) = in_hand {
+        let deadline = Instant::now() + CLEAN_UP_DEADLINE;
+        loop {
+            match manager.release(id, Some(true)).await {
+                // Never bought, or its Allocate failed and rolled back.
+                Ok(_) | Err(ManagerError::AllocationNotFound(_)) => break,
+                // Its Allocate is still under way, or its rollback waits
+                // for a reconcile pass (hourly here): one now.
+                Err(ManagerError::TryAgain(why)) => {
+                    if Instant::now() >= deadline {
+                        bail!(
+                            "order {id} could not be released within {}: {why}; delete the volume and port named {} in the project by hand",
+                            humantime::format_duration(CLEAN_UP_DEADLINE),
+                            pool_manager::model::resource_names_of(id)
+                        );
+                    }
+                    let _ = manager.reconcile().await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => bail!(
+                    "release of order {id}: {e}; delete the volume and port named {} in the project by hand",
+                    pool_manager::model::resource_names_of(id)
+                ),
+            }
+        }
     }
     manager.shutdown().await.map_err(|e| anyhow!("{e}"))?;
     for s in cloud
@@ -382,58 +484,12 @@ async fn main() -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow!("{e}"))?;
     }
-
-    println!(
-        "{} warm purchases, {} in {}, new 1 GiB volume + port on {}, poll interval {} ms",
-        samples.len(),
-        args.flavor,
-        args.availability_zone,
-        args.tenant_network,
-        args.poll_interval.as_millis()
-    );
-    println!("\n| | p50 | p90 | max |\n|---|--:|--:|--:|");
-    let rows: [(&str, Metric); 7] = [
-        ("claim", |s| s.claim),
-        ("volume (create + attach)", |s| s.volume),
-        ("port (create + attach)", |s| s.port),
-        ("verify", |s| s.verify),
-        ("**total** (time to ready)", |s| s.total),
-        ("inside cloud calls", |s| s.in_cloud),
-        ("warmpool's own share (total - inside cloud calls)", |s| {
-            s.total.saturating_sub(s.in_cloud)
-        }),
-    ];
-    for (name, f) in rows {
-        let mut v: Vec<Duration> = samples.iter().map(f).collect();
-        v.sort();
-        println!(
-            "| {name} | {} | {} | {} |",
-            ms(pct(&v, 0.5)),
-            ms(pct(&v, 0.9)),
-            ms(*v.last().unwrap_or(&Duration::ZERO))
-        );
-    }
-    let mut calls: Vec<usize> = samples.iter().map(|s| s.calls).collect();
-    calls.sort();
-    println!(
-        "\ncloud calls per purchase: p50 {}, max {}",
-        calls.get(calls.len() / 2).copied().unwrap_or(0),
-        calls.last().copied().unwrap_or(0)
-    );
     Ok(())
 }
 
 /// Milliseconds: the steps and warmpool's share are far below a second.
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
-fn pct(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[i]
 }
 
 /// Waits until the pool has `depth` Ready instances and no boot in flight,
@@ -450,5 +506,81 @@ async fn wait_full(manager: &PoolManager, key: &PoolKey, depth: u32) -> anyhow::
             bail!("pool {key} not full after 300 s: {:?}", status.counts);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloudsim::{SimCloud, SimConfig};
+
+    /// Stopped mid-purchase (Ctrl-C while the volume's attach is under
+    /// way), the run's clean-up still releases the order: nothing of the
+    /// tenant's is left in the project the next run reuses.
+    #[tokio::test(start_paused = true)]
+    async fn a_run_stopped_mid_purchase_leaves_no_volume_or_port() {
+        let sim = SimCloud::new(SimConfig::deterministic());
+        let cloud = Timed::new(sim.clone());
+        let manager = PoolManager::new(
+            Arc::new(MemStore::default()),
+            cloud.clone(),
+            Arc::new(sim.probe()),
+            ManagerSettings::default(),
+        );
+        manager.start().await.expect("manager starts");
+        let args = Args::try_parse_from(["testbed-ttr", "--purchases", "3"]).expect("args");
+        sim.faults().hold_calls("attach_volume");
+        let mut in_hand = None;
+        let stopped = tokio::time::timeout(
+            Duration::from_secs(600),
+            purchases(&args, &manager, &cloud, "tenant-net", &mut in_hand),
+        )
+        .await;
+        assert!(stopped.is_err(), "held in the first purchase");
+        let id = in_hand.clone().expect("a purchase under way");
+        sim.faults().release_calls("attach_volume");
+
+        clean_up(&manager, &cloud, in_hand.as_deref())
+            .await
+            .expect("cleaned up");
+        let ours = pool_manager::model::resource_names_of(&id);
+        let volumes: Vec<String> = sim
+            .volumes()
+            .into_iter()
+            .map(|v| v.name)
+            .filter(|n| n.starts_with(&ours))
+            .collect();
+        let ports: Vec<String> = sim
+            .ports()
+            .into_iter()
+            .map(|p| p.name)
+            .filter(|n| n.starts_with(&ours))
+            .collect();
+        assert!(
+            volumes.is_empty() && ports.is_empty(),
+            "left: volumes {volumes:?}, ports {ports:?}"
+        );
+        assert!(sim.servers().is_empty(), "pool servers deleted");
+    }
+
+    #[test]
+    fn the_poll_interval_defaults_to_the_daemons() {
+        let args = Args::try_parse_from(["testbed-ttr"]).expect("defaults parse");
+        assert_eq!(
+            Duration::from(args.poll_interval),
+            ManagerSettings::default().poll_interval
+        );
+        assert!(Duration::from(args.poll_interval) >= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_poll_interval_takes_humantime_durations() {
+        let parse = |s: &str| {
+            Args::try_parse_from(["testbed-ttr", "--poll-interval", s])
+                .map(|a| Duration::from(a.poll_interval))
+        };
+        assert_eq!(parse("100ms").unwrap(), Duration::from_millis(100));
+        assert_eq!(parse("1m 30s").unwrap(), Duration::from_secs(90));
+        assert!(parse("2 fortnights").is_err());
     }
 }

@@ -1,13 +1,13 @@
 //! time-to-ready: a warm purchase against a Trove-style cold create (boot,
 //! wait for mysqld, attach), on an unthrottled and an IOPS-throttled cloud.
-//! (trace-replay runs the same measurement as part of its report.)
+//! Prints the time-to-ready section of trace-replay's report, the same
+//! cells measured the same way (trace-replay adds the acceptance verdict).
 //!
 //! ```text
 //! cargo run --release -p bench --bin time-to-ready -- --purchases 100
 //! ```
 
-use bench::report;
-use bench::ttr::{measure, Path};
+use bench::ttr;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -20,20 +20,19 @@ struct Args {
     seed: u64,
 }
 
-fn main() {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    println!("| path | IOPS throttled | tenant volume | p50 | p99 |\n|---|---|---|--:|--:|");
-    for throttled in [false, true] {
-        for (path, existing) in [(Path::Warm, false), (Path::Warm, true), (Path::Cold, false)] {
-            let m = measure(path, throttled, existing, args.purchases, args.seed);
-            println!(
-                "| {:?} | {} | {} | {} | {} |",
-                path,
-                throttled,
-                if existing { "existing" } else { "new" },
-                report::duration_or_na(m.p(0.5)),
-                report::duration_or_na(m.p(0.99))
-            );
-        }
+    let cells: Vec<_> = ttr::Cell::all()
+        .into_iter()
+        .map(|cell| (cell, cell.measure(args.purchases, args.seed)))
+        .collect();
+    print!("{}", ttr::section(args.purchases, &cells));
+    let failed = cells.iter().filter(|(_, m)| m.is_err()).count();
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} cells failed (each is named above, with what to do)",
+            cells.len()
+        );
     }
+    Ok(())
 }

@@ -16,7 +16,7 @@ use bench::demand::{self, Scenario, Window};
 use bench::replay::Bought;
 use bench::replay::{self, Policy, RunResult, AUTO_MIN_READY};
 use bench::report;
-use bench::ttr::{self, Measured, Path as TtrPath};
+use bench::ttr::{self, Measured, Path as TtrPath, TtrError};
 use clap::Parser;
 use pool_manager::model::PoolKey;
 use pool_manager::sizing;
@@ -670,25 +670,6 @@ fn main() -> anyhow::Result<()> {
         false => contention::lone(args.seed),
     };
 
-    let ttrs: Vec<Measured> = if args.no_ttr {
-        Vec::new()
-    } else {
-        eprintln!("time to ready: {} purchases per cell", args.ttr_purchases);
-        let cells: Vec<(TtrPath, bool, bool)> = [false, true]
-            .into_iter()
-            .flat_map(|throttled| {
-                [
-                    (TtrPath::Warm, throttled, false),
-                    (TtrPath::Warm, throttled, true),
-                    (TtrPath::Cold, throttled, false),
-                ]
-            })
-            .collect();
-        parallel(&cells, args.jobs, |(path, throttled, existing)| {
-            ttr::measure(*path, *throttled, *existing, args.ttr_purchases, args.seed)
-        })
-    };
-
     // ---- the report ---------------------------------------------------------
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -802,54 +783,74 @@ fn main() -> anyhow::Result<()> {
         md.push_str(&contention_table(args.fill, &fills, lone, lone_build));
     }
 
-    if !ttrs.is_empty() {
+    // What the acceptance check judges, but for time to ready.
+    let replays = Outcomes {
+        scenarios: &scenarios,
+        results: &ordered,
+        models: &models,
+        seed_runs: &seed_runs,
+        fills: &fills,
+        lone,
+        lone_build,
+        ttrs: &[],
+        ttr_failed: false,
+    };
+    let path = args.out.join("results.md");
+    let write_results =
+        |md: &str| std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()));
+    let ttr_cells: Vec<(ttr::Cell, Result<Measured, TtrError>)> = if args.no_ttr {
+        Vec::new()
+    } else {
+        // The replays' results first: a time-to-ready cell that fails (or
+        // a run stopped during them) loses none of the replays' minutes.
+        let mut so_far = md.clone();
+        so_far.push_str(&acceptance(&args, &replays));
         let _ = writeln!(
-            md,
-            "## Time to ready of one purchase\n\n{} purchases per row, 10 minutes apart.\n",
+            so_far,
+            "\n(Time to ready was still being measured when this file was written; a run that finishes replaces it.)"
+        );
+        write_results(&so_far)?;
+        eprintln!(
+            "wrote {}; time to ready: {} purchases per cell",
+            path.display(),
             args.ttr_purchases
         );
-        let _ = writeln!(
-            md,
-            "| path | IOPS throttled | tenant volume | p50 | p99 |\n|---|---|---|--:|--:|"
-        );
-        for m in &ttrs {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} |",
-                match m.path {
-                    TtrPath::Warm => "warm purchase",
-                    TtrPath::Cold => "cold create (Trove-style)",
-                },
-                if m.throttled { "yes" } else { "no" },
-                if m.existing_volume {
-                    "existing (attach)"
-                } else {
-                    "new (create + attach)"
-                },
-                report::duration_or_na(m.p(0.5)),
-                report::duration_or_na(m.p(0.99))
-            );
-        }
-        let _ = writeln!(md);
+        let cells = ttr::Cell::all();
+        let measured = parallel(&cells, args.jobs, |cell| {
+            cell.measure(args.ttr_purchases, args.seed)
+        });
+        cells.into_iter().zip(measured).collect()
+    };
+    let ttrs = ttr::measured(&ttr_cells);
+    let ttr_failed = ttr_cells.iter().any(|(_, m)| m.is_err());
+    if !ttr_cells.is_empty() {
+        md.push_str(&ttr::section(args.ttr_purchases, &ttr_cells));
     }
 
     md.push_str(&acceptance(
         &args,
         &Outcomes {
-            scenarios: &scenarios,
-            results: &ordered,
-            models: &models,
-            seed_runs: &seed_runs,
-            fills: &fills,
-            lone,
-            lone_build,
             ttrs: &ttrs,
+            ttr_failed,
+            ..replays
         },
     ));
-    let path = args.out.join("results.md");
-    std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+    write_results(&md)?;
     println!("{md}");
     eprintln!("wrote {}", path.display());
+    if ttr_failed {
+        let failures: Vec<String> = ttr_cells
+            .iter()
+            .filter_map(|(_, m)| m.as_ref().err().map(|e| e.to_string()))
+            .collect();
+        anyhow::bail!(
+            "{} of {} time-to-ready cells failed (the replays' results are in {}): {}",
+            failures.len(),
+            ttr_cells.len(),
+            path.display(),
+            failures.join("; ")
+        );
+    }
     Ok(())
 }
 
@@ -871,7 +872,10 @@ struct Outcomes<'a> {
     fills: &'a [Fill],
     lone: Option<Duration>,
     lone_build: Option<Duration>,
+    /// The time-to-ready cells that measured.
     ttrs: &'a [Measured],
+    /// Whether a time-to-ready cell failed (it is missing from `ttrs`).
+    ttr_failed: bool,
 }
 
 fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
@@ -884,6 +888,7 @@ fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
         lone,
         lone_build,
         ttrs,
+        ttr_failed,
     } = outcomes;
     let mut md = String::from("## Acceptance goals\n\n");
     let runs = |name: &str| scenario_runs(results, name);
@@ -1134,6 +1139,11 @@ fn acceptance(args: &Args, outcomes: &Outcomes) -> String {
                     .map_or_else(|| report::NA.into(), |r| format!("{r:.0}"))
             );
         }
+    } else if ttr_failed {
+        let _ = writeln!(
+            md,
+            "- **Time to ready, throttled**: a throttled cell failed (see the time-to-ready section): no verdict."
+        );
     }
 
     // Every replay is judged per simulated week, so the busiest demand
@@ -1551,6 +1561,7 @@ mod tests {
             lone: None,
             lone_build: None,
             ttrs: &[],
+            ttr_failed: false,
         }
     }
 
