@@ -296,7 +296,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let samples = match (outcome, cleanup) {
         (Ok(samples), Ok(())) => samples,
-        (Err(e), Ok(())) => return Err(e.context("nothing of the run is left in the cloud")),
+        (Err(e), Ok(())) => {
+            return Err(anyhow!(
+                "{e:#} (cleaned up: the purchase in hand released, the pool's servers deleted)"
+            ))
+        }
         (Ok(_), Err(c)) => return Err(c),
         (Err(e), Err(c)) => return Err(anyhow!("{e:#}; and cleaning up: {c:#}")),
     };
