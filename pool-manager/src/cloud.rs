@@ -443,6 +443,28 @@ impl CloudError {
         matches!(self, Self::Throttled { .. } | Self::Transient(_))
     }
 
+    /// The same error, its class and Retry-After kept, its message
+    /// rewritten by `f` (to say what the failed call was for).
+    pub fn map_message(self, f: impl FnOnce(String) -> String) -> Self {
+        match self {
+            Self::Throttled {
+                retry_after,
+                message,
+                unavailable,
+            } => Self::Throttled {
+                retry_after,
+                message: f(message),
+                unavailable,
+            },
+            Self::QuotaExceeded(m) => Self::QuotaExceeded(f(m)),
+            Self::Conflict(m) => Self::Conflict(f(m)),
+            Self::NotFound(m) => Self::NotFound(f(m)),
+            Self::Transient(m) => Self::Transient(f(m)),
+            Self::Fatal(m) => Self::Fatal(f(m)),
+            Self::LeftToReclaim(m) => Self::LeftToReclaim(f(m)),
+        }
+    }
+
     /// Whether the failed call may have been carried out all the same: its
     /// answer was lost (a 5xx, a timeout, an unreadable body), or a 503
     /// came from in front of a service that may already have begun it. A

@@ -1133,8 +1133,9 @@ async fn http_faults_are_classified() {
         .create_server(&spec("a", "db.small", "az1"))
         .await
         .unwrap();
-    // Version discovery of a fresh session is throttled too (osauth hides
-    // the header there, so no Retry-After).
+    // Version discovery of a fresh session is throttled too. This one 429
+    // is gone when the driver asks the document again for its Retry-After
+    // (osauth keeps no header), so the throttle names no wait.
     faults.throttle_next(Service::Volume, 1, Duration::from_secs(1));
     assert!(matches!(
         cloud.find_volumes_by_name("x").await,
@@ -2868,6 +2869,99 @@ async fn a_server_reads_management_network_lookup_is_metered_as_the_networks_cal
     let read = cloud.read_server(&server.id).await.unwrap();
     assert!(read.mysql_addr.is_some(), "{read:?}");
     assert_eq!((calls("compute", "ok"), calls("network", "ok")), (2.0, 1.0));
+}
+
+/// A throttled lookup's error, checked: Throttled, asking for the face's
+/// 30 s, and naming the service and the object looked up, not osauth's
+/// "Input value(s) are invalid or missing" (its word for any 4xx).
+fn assert_throttled_naming(e: &CloudError, service: &str, object: &str) {
+    assert!(
+        matches!(e, CloudError::Throttled { retry_after: Some(d), .. } if *d == Duration::from_secs(30)),
+        "the Retry-After kept: {e:?}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains(service) && text.contains(object) && !text.contains("Input value"),
+        "names {service} and {object}: {text}"
+    );
+}
+
+/// A process's first Neutron call is often the management network's
+/// lookup, and osauth reads Neutron's version document before it: a rate
+/// limiter throttling Neutron throttles that read, which osauth reports
+/// as its own "Input value(s) are invalid or missing" error without the
+/// Retry-After (it keeps no header). The lookup failed as a throttle with
+/// no wait named, so its caller's own backoff applied instead of the
+/// cloud's, and its message named neither Neutron nor the network. Both
+/// the lookup and a boot that makes it keep the Retry-After and say what
+/// was looked up where.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_network_lookup_keeps_the_retry_after_and_names_neutron_and_the_network() {
+    let env = env().await;
+    let faults = env.face.faults();
+    // A new process: its first Neutron request reads the version document.
+    let cloud = env.driver().await;
+    faults.throttle_next(Service::Network, 50, Duration::from_secs(30));
+    let e = cloud.network("mgmt-net").await.unwrap_err();
+    assert_throttled_naming(&e, "Neutron", "'mgmt-net'");
+    faults.clear();
+    cloud.network("mgmt-net").await.expect("Neutron answers");
+
+    // A boot looks the flavor (Nova), the image (Glance) and the network
+    // up; only Neutron throttles.
+    let booting = env.driver().await;
+    faults.throttle_next(Service::Network, 50, Duration::from_secs(30));
+    let e = booting
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap_err();
+    assert_throttled_naming(&e, "Neutron", "'mgmt-net'");
+    faults.clear();
+    booting
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .expect("Neutron answers");
+}
+
+/// The image's lookup is a process's first Glance call, behind the same
+/// version-document read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_image_lookup_keeps_the_retry_after_and_names_glance_and_the_image() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    env.face
+        .faults()
+        .throttle_next(Service::Image, 50, Duration::from_secs(30));
+    let e = cloud.image_id("mysql-8.0").await.unwrap_err();
+    assert_throttled_naming(&e, "Glance", "'mysql-8.0'");
+    env.face.faults().clear();
+    cloud.image_id("mysql-8.0").await.expect("Glance answers");
+}
+
+/// Nova's version document is read at connect, and again by the session
+/// a re-login makes: a flavor lookup after a revoked token meets that read
+/// first. Both keep Nova's Retry-After.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_nova_version_read_keeps_the_retry_after() {
+    let env = env().await;
+    let faults = env.face.faults();
+    faults.throttle_next(Service::Compute, 50, Duration::from_secs(30));
+    let config = env.config("", SMALL_POOL);
+    let Err(e) = OpenStackCloud::connect(openstack(&config).settings().unwrap()).await else {
+        panic!("Nova throttles the connect");
+    };
+    assert_throttled_naming(&e, "Nova", "version");
+    faults.clear();
+
+    let cloud = env.driver().await;
+    faults.revoke_all_tokens();
+    for path in ["/v2.1", "/v2.1/"] {
+        faults.throttle_next_on(Service::Compute, "GET", path, 50, Duration::from_secs(30));
+    }
+    let e = cloud.flavor("db.small").await.unwrap_err();
+    assert_throttled_naming(&e, "Nova", "'db.small'");
+    faults.clear();
+    cloud.flavor("db.small").await.expect("Nova answers");
 }
 
 /// Servers tenants hold keep their pool's tag but are no supply: they use

@@ -333,17 +333,19 @@ pub fn classify_osauth(what: &str, e: &osauth::Error) -> CloudError {
     // Version discovery behind a rate limiter is throttled like any call,
     // but osauth folds 413/429 into InvalidInput: the status decides. So
     // does a proxy's 408 (its request timeout), transient as in
-    // `classify`: nothing in the request is wrong.
+    // `classify`: nothing in the request is wrong. osauth's word for the
+    // kind ("Input value(s) are invalid or missing") would blame the
+    // request, so these say the status instead.
     match osauth_status(e) {
-        Some(413 | 429) => {
+        Some(s @ (413 | 429)) => {
             return CloudError::Throttled {
                 retry_after: None,
-                message,
+                message: osauth_answer(what, e, s),
                 unavailable: false,
             }
         }
-        Some(408) => return CloudError::Transient(message),
-        Some(s) if s >= 500 => return CloudError::Transient(message),
+        Some(408) => return CloudError::Transient(osauth_answer(what, e, 408)),
+        Some(s) if s >= 500 => return CloudError::Transient(osauth_answer(what, e, s)),
         _ => {}
     }
     match e.kind() {
@@ -363,6 +365,19 @@ pub fn classify_osauth(what: &str, e: &osauth::Error) -> CloudError {
         // Protocol, decoding, 5xx, transport and anything newer: worth a retry.
         _ => CloudError::Transient(message),
     }
+}
+
+/// osauth's failure `e` for an answer of HTTP `status`, as [`classify`]
+/// words an answer: the service's message (osauth keeps a fault's
+/// `message`, or the whole page), cut, and the status.
+fn osauth_answer(what: &str, e: &osauth::Error, status: u16) -> String {
+    let text = e.to_string();
+    let kind = format!("{}: ", e.kind().description());
+    let said = text.strip_prefix(&kind).unwrap_or(&text).trim();
+    format!(
+        "{what}: {} (HTTP {status})",
+        truncate(said, MAX_MESSAGE_CHARS)
+    )
 }
 
 /// `e` and its causes, "error sending request for url (..): client error
@@ -1050,10 +1065,15 @@ mod tests {
         let throttled = osauth::Error::new(osauth::ErrorKind::InvalidInput, "rate-limited")
             .with_status(reqwest::StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(osauth_status(&throttled), Some(429));
-        assert!(matches!(
+        // osauth words a 429 as any 4xx: not the request's fault.
+        assert_eq!(
             classify_osauth("GET /volumes", &throttled),
-            CloudError::Throttled { .. }
-        ));
+            CloudError::Throttled {
+                retry_after: None,
+                message: "GET /volumes: rate-limited (HTTP 429)".into(),
+                unavailable: false,
+            }
+        );
         // A proxy's request timeout in front of Keystone or the version
         // document, as in front of any call.
         let timed_out = osauth::Error::new(osauth::ErrorKind::InvalidInput, "408 Request Time-out")

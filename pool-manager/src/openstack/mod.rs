@@ -514,6 +514,17 @@ async fn timed<T>(call: impl std::future::Future<Output = T>) -> (T, Duration) {
     (call.await, started.elapsed())
 }
 
+/// A lookup's failed call, saying what it looked up where: the call
+/// alone ("GET /networks") names neither the service nor the object.
+fn looking_up(e: CloudError, service: Service, kind: &str, name_or_id: &str) -> CloudError {
+    e.map_message(|m| {
+        format!(
+            "looking up {kind} '{name_or_id}' in {}: {m}",
+            service.project()
+        )
+    })
+}
+
 fn unreadable(what: &str, e: impl std::fmt::Display) -> CloudError {
     CloudError::Transient(format!("{what}: unreadable answer: {e}"))
 }
@@ -752,7 +763,8 @@ impl OpenStackCloud {
                 },
                 |f| f.id.clone(),
             )
-            .await?;
+            .await
+            .map_err(|e| looking_up(e, Service::Compute, "flavor", name_or_id))?;
         let cache = &self.inner.flavors;
         for f in flavors {
             cache.insert(f.id.clone(), f.clone());
@@ -1051,6 +1063,7 @@ impl OpenStackCloud {
         kind: &str,
         counts: impl Fn(&Named) -> bool,
     ) -> Result<Named, LookupError> {
+        let failed = |e| LookupError::Service(looking_up(e, service, kind, name_or_id));
         if looks_like_id(name_or_id) {
             let mut path: Vec<&str> = collection.to_vec();
             path.push(name_or_id);
@@ -1064,12 +1077,11 @@ impl OpenStackCloud {
                         Service::Image => body,
                         _ => body.get(kind.replace(' ', "_")).cloned().unwrap_or(body),
                     };
-                    return serde_json::from_value(item).map_err(|e| {
-                        LookupError::Service(unreadable(&format!("GET {kind} {name_or_id}"), e))
-                    });
+                    return serde_json::from_value(item)
+                        .map_err(|e| failed(unreadable(&format!("GET {kind} {name_or_id}"), e)));
                 }
                 Err(CloudError::NotFound(_)) => {}
-                Err(e) => return Err(LookupError::Service(e)),
+                Err(e) => return Err(failed(e)),
             }
         }
         let listing = |hidden: bool| {
@@ -1091,14 +1103,14 @@ impl OpenStackCloud {
         let mut items = self
             .list_all(&what, || listing(false), &page_of, |n: &Named| n.id.clone())
             .await
-            .map_err(LookupError::Service)?;
+            .map_err(failed)?;
         let named = |items: &[Named]| items.iter().any(|n| n.name.as_deref() == Some(name_or_id));
         if service == Service::Image && !named(&items) {
             let what = listing(true).describe();
             items = self
                 .list_all(&what, || listing(true), &page_of, |n: &Named| n.id.clone())
                 .await
-                .map_err(LookupError::Service)?;
+                .map_err(failed)?;
         }
         // The name filter is exact on Glance and Neutron; checked anyway.
         let (mut counted, others): (Vec<Named>, Vec<Named>) = items

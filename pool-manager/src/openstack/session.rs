@@ -505,12 +505,90 @@ impl Connection {
             Err(e) => {
                 let what = "compute version discovery";
                 return Err(self
-                    .redirect_behind(&session, &e, COMPUTE.catalog_type(), what)
+                    .behind_osauth(&session, &e, Service::Compute, COMPUTE.catalog_type(), what)
                     .await
                     .unwrap_or_else(|| classify_osauth(what, &e)));
             }
         };
         Ok(picked.map(|v| (v.0, v.1)))
+    }
+
+    /// What the endpoint of `catalog_type` answered behind osauth's failure
+    /// `e`, when that tells more than osauth's error: a redirect
+    /// ([`Self::redirect_behind`]) or a refusal naming a wait
+    /// ([`Self::refusal_behind`]).
+    async fn behind_osauth(
+        &self,
+        session: &Session,
+        e: &osauth::Error,
+        service: Service,
+        catalog_type: &str,
+        what: &str,
+    ) -> Option<CloudError> {
+        match self.redirect_behind(session, e, catalog_type, what).await {
+            Some(redirect) => Some(redirect),
+            None => {
+                self.refusal_behind(session, e, service, catalog_type, what)
+                    .await
+            }
+        }
+    }
+
+    /// The refusal behind osauth's failure `e`, when it was a 413, 429 or
+    /// 503 to the version document of the endpoint of `catalog_type`,
+    /// which osauth reads before a session's first call to the service
+    /// (a new process's, and every re-login's): often a name's lookup.
+    /// osauth keeps no header of that answer, so the cloud's Retry-After
+    /// was lost and the caller's own backoff applied instead. The document
+    /// is asked for once more, unchecked, and a refusal still standing is
+    /// classified as any call's answer is, its Retry-After kept. `None`
+    /// when the endpoint answers otherwise now: osauth's status may have
+    /// been Keystone's, refusing the token's renewal, which is no answer
+    /// of the service's.
+    async fn refusal_behind(
+        &self,
+        session: &Session,
+        e: &osauth::Error,
+        service: Service,
+        catalog_type: &str,
+        what: &str,
+    ) -> Option<CloudError> {
+        let refused = |status: u16| matches!(status, 413 | 429 | 503);
+        if !osauth_status(e).is_some_and(refused) {
+            return None;
+        }
+        let endpoint = endpoint_of(session, catalog_type).await?;
+        let what = format!(
+            "{what}: reading {project}'s version document (GET {endpoint}) before the session's first {project} call",
+            project = service.project()
+        );
+        let asked = async {
+            let response = session
+                .client()
+                .request(Method::GET, endpoint)
+                .timeout(self.timeout)
+                .send_unchecked()
+                .await
+                .ok()?;
+            let status = response.status().as_u16();
+            if !refused(status) {
+                return None;
+            }
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = read_body(response, &what).await.ok()?;
+            Some(classify(
+                service,
+                &what,
+                status,
+                retry_after.as_deref(),
+                &body,
+            ))
+        };
+        tokio::time::timeout(self.timeout, asked).await.ok()?
     }
 
     /// The redirect behind osauth's failure `e` at the endpoint of
@@ -530,14 +608,7 @@ impl Connection {
         if e.kind() != osauth::ErrorKind::ProtocolError || osauth_status(e).is_some() {
             return None;
         }
-        let endpoint = match session.endpoint_overrides().get(catalog_type) {
-            Some(url) => url.clone(),
-            None => session
-                .client()
-                .get_endpoint(catalog_type, session.endpoint_filters())
-                .await
-                .ok()?,
-        };
+        let endpoint = endpoint_of(session, catalog_type).await?;
         let response = tokio::time::timeout(
             self.timeout,
             session
@@ -699,7 +770,7 @@ impl Connection {
                         Service::Image => IMAGE.catalog_type(),
                     };
                     return Err(self
-                        .redirect_behind(session, &e, catalog_type, &what)
+                        .behind_osauth(session, &e, call.service, catalog_type, &what)
                         .await
                         .unwrap_or_else(|| classify_osauth(&what, &e)));
                 }
@@ -755,6 +826,19 @@ impl Connection {
                 Ok(reply)
             }
         }
+    }
+}
+
+/// The endpoint of `catalog_type` osauth reads the version document of:
+/// clouds.yaml's override, or the catalog's.
+async fn endpoint_of(session: &Session, catalog_type: &str) -> Option<reqwest::Url> {
+    match session.endpoint_overrides().get(catalog_type) {
+        Some(url) => Some(url.clone()),
+        None => session
+            .client()
+            .get_endpoint(catalog_type, session.endpoint_filters())
+            .await
+            .ok(),
     }
 }
 
