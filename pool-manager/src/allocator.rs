@@ -705,8 +705,10 @@ fn creation_refused(what: &str, error: CloudError) -> AttemptError {
     })
 }
 
-/// What became of a cold boot its purchase's deadline passed
-/// ([`Shared::hand_over_to_pool`]): the purchase's answer says which, as
+/// What became of a cold boot its purchase no longer waits for, its
+/// deadline passed or the purchase stopped by a shutdown
+/// ([`Shared::hand_over_to_pool`]): at the deadline the purchase's answer
+/// says which, as
 /// each asks something else of the client (a retry finds it warm, the pool
 /// is going, the boot failed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -722,6 +724,15 @@ enum Handover {
     /// Undone by something else meanwhile: its record gone, being
     /// deleted, or no longer this purchase's.
     Undone,
+}
+
+/// Why a purchase hands its cold boot to the pool, for the log.
+#[derive(Clone, Copy, Debug)]
+enum Handing {
+    /// Its deadline passed.
+    Deadline,
+    /// The manager stopped its purchase ([`PoolManager::shutdown`]).
+    Stop,
 }
 
 impl Handover {
@@ -2349,6 +2360,15 @@ impl Shared {
                 if pool.spec.paused {
                     return Err(no_ready_instance_in(&pool));
                 }
+                // A boot takes minutes, longer than any grace period: begun
+                // now, it would hold the stop for the whole grace and be
+                // rolled back by the next start. It holds nothing yet, as
+                // a purchase waiting on its pool does (`wait_on_pool`).
+                if *self.stop_waiting.borrow() {
+                    return Err(ManagerError::ShuttingDown {
+                        call: ApiCall::Allocate,
+                    });
+                }
                 self.record_new_instance(&pool, Some(params.request_id.clone()))
                     .await?
             };
@@ -2410,7 +2430,7 @@ impl Shared {
                     // task, gets the server its create makes, which the
                     // task deletes, and ends.
                     let handover = self
-                        .hand_over_to_pool(&instance.id, &params.request_id)
+                        .hand_over_to_pool(&instance.id, &params.request_id, Handing::Deadline)
                         .await?;
                     return Err(ManagerError::ResourceExhausted(format!(
                         "cold boot in pool {} did not finish before the deadline; {}",
@@ -2484,7 +2504,12 @@ impl Shared {
     /// which a change of max_ready takes too, and a refill step for its
     /// last count and its boots: two handovers counting at once would both
     /// find room for one, and so would a handover and a refill.
-    async fn hand_over_to_pool(&self, id: &str, request_id: &str) -> ManagerResult<Handover> {
+    async fn hand_over_to_pool(
+        &self,
+        id: &str,
+        request_id: &str,
+        why: Handing,
+    ) -> ManagerResult<Handover> {
         let _guard = self.pool_lock.lock().await;
         let Some(instance) = self.store.get_instance(id).await? else {
             return Ok(Handover::Undone);
@@ -2521,8 +2546,55 @@ impl Shared {
             });
         }
         self.store.flush().await?;
-        tracing::info!(%request_id, instance = %id, "cold boot missed its purchase's deadline; it joins the pool when ready");
+        match why {
+            Handing::Deadline => {
+                tracing::info!(%request_id, instance = %id, "cold boot missed its purchase's deadline; it joins the pool when ready")
+            }
+            Handing::Stop => {
+                tracing::info!(%request_id, instance = %id, "cold boot cut off by the shutdown with its purchase; it joins the pool when ready (the next start goes on with its boot, and rolls the order back)")
+            }
+        }
         Ok(Handover::Handed)
+    }
+
+    /// At shutdown, once the purchases' tasks are stopped: the cold boots
+    /// still reserved for their orders (purchases cut off at the end of
+    /// the grace period, or by a second signal) are handed to their pools
+    /// as at a purchase's deadline, room permitting, so that the next
+    /// start's reconcile, which rolls the orders back, goes on with the
+    /// boots instead of deleting them: a boot takes minutes, and the order
+    /// called again after the restart finds it warm. One not handed over is
+    /// rolled back with its order, as before.
+    pub(crate) async fn hand_over_cold_boots(&self) {
+        let instances = match self.store.list_instances().await {
+            Ok(instances) => instances,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list instances to hand the cold boots cut off to their pools; the next start rolls them back with their orders");
+                return;
+            }
+        };
+        for instance in instances {
+            let Some(request_id) = instance.request_id.as_deref() else {
+                continue;
+            };
+            // Reserved for an order and not yet claimed by it: only a
+            // cold boot is.
+            if !instance.state.is_supply() {
+                continue;
+            }
+            match self
+                .hand_over_to_pool(&instance.id, request_id, Handing::Stop)
+                .await
+            {
+                Ok(Handover::Handed) => {}
+                Ok(other) => {
+                    tracing::info!(%request_id, instance = %instance.id, "cold boot cut off by the shutdown with its purchase, not kept: {}", other.fate())
+                }
+                Err(e) => {
+                    tracing::warn!(%request_id, instance = %instance.id, error = %e, "cannot hand a cold boot cut off by the shutdown to its pool; the next start rolls it back with its order")
+                }
+            }
+        }
     }
 
     /// Whether the flavor's quota has room for a cold boot, whose tenant

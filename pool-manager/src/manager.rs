@@ -936,8 +936,11 @@ impl PoolManager {
     /// boot, give up with [`ManagerError::ShuttingDown`] and undo what they
     /// created, and later ones do not wait (nor does a call repeating an
     /// order under way wait for its answer), so that none holds the stop for
-    /// its whole timeout with nothing claimed. Purchases already holding an
-    /// instance, or cold-booting one, go on.
+    /// its whole timeout with nothing claimed; nor does a purchase that
+    /// finds its pool empty start a cold boot, which would take longer
+    /// than any grace period. Purchases already holding an instance, or
+    /// cold-booting one, go on (a cold boot its purchase is stopped with
+    /// is handed to its pool, [`PoolManager::shutdown`]).
     pub fn stop_waiting(&self) {
         self.shared.stop_waiting.send_replace(true);
     }
@@ -971,8 +974,10 @@ impl PoolManager {
 
     /// Stops background tasks (boots in flight are resumed by the next
     /// start's reconcile) and the API calls still running (for a graceful
-    /// stop, call [`PoolManager::finish_calls`] first), saves what the estimators learned and flushes the
-    /// store.
+    /// stop, call [`PoolManager::finish_calls`] first), hands the cold
+    /// boots of the purchases so stopped to their pools where they have
+    /// room (the next start rolls the orders back, not the boots), saves
+    /// what the estimators learned and flushes the store.
     pub async fn shutdown(&self) -> ManagerResult<()> {
         let mut tasks = {
             let mut tasks = self.shared.tasks.lock().expect("task set lock");
@@ -982,6 +987,7 @@ impl PoolManager {
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         self.shared.driving.lock().expect("driving lock").clear();
+        self.shared.hand_over_cold_boots().await;
         // Best effort: failing to save sizing must not keep the store unflushed.
         match self.shared.store.list_pools().await {
             Ok(pools) => {

@@ -183,6 +183,121 @@ async fn a_stop_ends_a_cold_boot_purchases_wait_for_quota() {
     manager.shutdown().await.unwrap();
 }
 
+/// A cold-boot purchase that finds its pool empty once a graceful stop has
+/// begun (`stop_waiting`) boots nothing: a boot takes minutes, longer than
+/// any grace period, so it would only hold the stop for its whole grace,
+/// and the next start would delete the server, its port and its volume.
+/// It answers ShuttingDown at once, as a purchase waiting on an empty pool
+/// does, and is rolled back.
+#[tokio::test(start_paused = true)]
+async fn a_cold_boot_purchase_after_a_stop_began_boots_nothing() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 0).await;
+    manager.stop_waiting();
+    sim.reset_call_counts();
+    let answer = manager
+        .allocate(request(
+            "late-cold",
+            new_volume(),
+            EmptyPoolPolicy::ColdBoot,
+        ))
+        .await;
+    let calls = sim.call_counts();
+    assert!(
+        matches!(answer, Err(ManagerError::ShuttingDown { .. })),
+        "{answer:?}; cloud calls: {calls:?}"
+    );
+    assert_eq!(calls.get("create_server"), None, "{calls:?}");
+    assert!(
+        manager.get_allocation("late-cold").await.is_err(),
+        "rolled back"
+    );
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
+
+/// Waits (in simulated time) until the cloud has been asked for a server.
+async fn until_a_server_is_asked_for(sim: &SimCloud) {
+    for _ in 0..60 {
+        if sim.call_counts().contains_key("create_server") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    panic!("no server was asked for: {:?}", sim.call_counts());
+}
+
+/// A cold boot under way when a graceful stop begins goes on: it may
+/// finish within the grace period and serve its purchase. One cut off with
+/// its purchase at the end of the grace is handed to the pool, as at the
+/// purchase's deadline: the next start rolls the order back but goes on
+/// with the boot, and the pool gets it Ready, instead of deleting its
+/// server (minutes of boot lost; the order called again would boot anew).
+#[tokio::test(start_paused = true)]
+async fn a_cold_boot_cut_off_by_a_stop_is_handed_to_the_pool() {
+    let sim = sim();
+    let store = temp_store();
+    let manager = started(&sim, store.clone(), 0).await;
+    sim.reset_call_counts();
+    let mut order = request("cold", new_volume(), EmptyPoolPolicy::ColdBoot);
+    order.timeout = Some(Duration::from_secs(10 * 60));
+    let cold = spawn_allocate(&manager, order);
+    until_a_server_is_asked_for(&sim).await;
+    let booting = manager.list_instances(Some(&pool())).await.unwrap();
+    assert_eq!(booting.len(), 1, "{booting:?}");
+    assert_eq!(booting[0].state, InstanceState::Booting, "{booting:?}");
+
+    manager.stop_waiting();
+    assert_eq!(
+        manager.finish_calls(Duration::from_secs(5)).await,
+        1,
+        "the purchase goes on past the grace"
+    );
+    manager.shutdown().await.unwrap();
+    assert!(cold.await.unwrap().is_err());
+    drop(manager);
+    let handed = store.get_instance(&booting[0].id).await.unwrap();
+    assert_eq!(
+        handed.as_ref().map(|i| (i.state, i.request_id.clone())),
+        Some((InstanceState::Booting, None)),
+        "the pool's now: {handed:?}"
+    );
+
+    let again = manager_on(&sim, store.clone());
+    again.start().await.unwrap();
+    assert!(again.get_allocation("cold").await.is_err(), "rolled back");
+    wait_ready(&again, 1).await;
+    let ready = again.list_instances(Some(&pool())).await.unwrap();
+    assert_eq!(ready.len(), 1, "{ready:?}");
+    assert_eq!(ready[0].id, booting[0].id, "the same boot, kept");
+    assert_eq!(ready[0].state, InstanceState::Ready, "{ready:?}");
+    assert_eq!(
+        sim.call_counts().get("create_server"),
+        Some(&1),
+        "no second boot"
+    );
+    assert_consistent(&sim, &again).await;
+    again.shutdown().await.unwrap();
+}
+
+/// A cold boot under way when a graceful stop begins goes on, and one that
+/// finishes within the grace period serves its purchase.
+#[tokio::test(start_paused = true)]
+async fn a_cold_boot_under_way_at_a_stop_goes_on() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 0).await;
+    let mut order = request("cold", new_volume(), EmptyPoolPolicy::ColdBoot);
+    order.timeout = Some(Duration::from_secs(10 * 60));
+    let cold = spawn_allocate(&manager, order);
+    until_a_server_is_asked_for(&sim).await;
+    manager.stop_waiting();
+    let allocation = cold.await.unwrap().unwrap();
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    assert!(!allocation.warm_hit);
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
+
 /// A cold-boot purchase waiting in line for quota takes an instance of its
 /// pool that becomes Ready meanwhile, as a WAIT purchase would: quota of 2
 /// servers, pool of target 1. "a" buys the Ready one and the refill boots
