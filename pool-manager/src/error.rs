@@ -83,6 +83,9 @@ pub enum ApiCall {
     CreatePool,
     UpdatePool,
     DeletePool,
+    /// One that only reads (GetAllocation, ListPools, GetPool,
+    /// ListInstances, WatchPools).
+    Read,
 }
 
 impl ApiCall {
@@ -103,6 +106,7 @@ impl ApiCall {
             ApiCall::DeletePool => {
                 "the same DeletePool: one of a pool being deleted is answered without a change"
             }
+            ApiCall::Read => "the same call: it only reads",
         }
     }
 }

@@ -191,6 +191,8 @@ pub async fn start_stoppable(
             &["WatchPools"],
         ));
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    // The grace period is out: the unary calls still waiting are answered.
+    let (answer_now_tx, answer_now_rx) = tokio::sync::watch::channel(false);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let cut = Arc::new(shutdown::Cut::new());
     let serving = AbortOnDrop(tokio::spawn({
@@ -368,11 +370,14 @@ pub async fn start_stoppable(
         return Err(e);
     }
     warmpool.serve(service::Checked::new(
-        WarmPoolServer::new(service::WarmPoolService::new(
-            manager.clone(),
-            access.clone(),
-            stopping_rx,
-        )),
+        service::AnsweredAtStop::new(
+            WarmPoolServer::new(service::WarmPoolService::new(
+                manager.clone(),
+                access.clone(),
+                stopping_rx,
+            )),
+            answer_now_rx,
+        ),
         access.clone(),
         metrics.clone(),
     ));
@@ -452,6 +457,8 @@ pub async fn start_stoppable(
                     },
                 };
                 if !served {
+                    // The answers, and the cut, within the one patience.
+                    let cut_by = tokio::time::Instant::now() + shutdown::CUT_PATIENCE;
                     let left = calls.in_flight();
                     if left.unary == 0 {
                         tracing::info!(
@@ -463,12 +470,26 @@ pub async fn start_stoppable(
                         tracing::warn!(
                             unary_calls = left.unary,
                             streams = left.streams,
-                            "cutting {} and {}",
+                            "answering {} UNAVAILABLE (shutting down: their clients are told to call again once warmpoold is back), then cutting {}",
                             shutdown::count(left.unary, "unary call"),
                             shutdown::count(left.streams, "stream"),
                         );
                     }
-                    cut.cut_and_wait(&mut *serve).await;
+                    // A call cut off with no status reaches its client as
+                    // a transport error, which clients do not retry.
+                    answer_now_tx.send_replace(true);
+                    if tokio::time::timeout(shutdown::ANSWER_PATIENCE, calls.unary_none())
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!(
+                            unary_calls = calls.in_flight().unary,
+                            "the connections did not take the answers of {} within {:?} (clients not reading?); cutting them anyway",
+                            shutdown::count(calls.in_flight().unary, "unary call"),
+                            shutdown::ANSWER_PATIENCE,
+                        );
+                    }
+                    cut.cut_and_wait(&mut *serve, cut_by).await;
                 }
                 if !cut_short {
                     finish_manager_calls(

@@ -6,6 +6,7 @@ use crate::convert;
 use crate::metrics::Metrics;
 use futures::future::Either;
 use pool_manager::changes::ChangeCursor;
+use pool_manager::error::ApiCall;
 use pool_manager::events::Event;
 use pool_manager::model::PoolKey;
 use pool_manager::{ManagerError, PoolManager};
@@ -126,6 +127,67 @@ where
             request.extensions_mut().insert(caller.clone());
         }
         Either::Left(self.inner.call(request))
+    }
+}
+
+/// A warmpool.v1 service whose calls still waiting for their answer when
+/// `grace_over` turns true (the grace period of a graceful stop is out) are
+/// answered UNAVAILABLE at once ([`ManagerError::ShuttingDown`], which says
+/// how to call again), just before the connections are cut: a call cut
+/// with no status reaches its client as a transport error (UNKNOWN to a
+/// tonic client, which does not retry that), or a bare connection error.
+/// What the call started goes on as the manager's own
+/// ([`PoolManager::finish_calls`]), until the manager stops.
+#[derive(Clone)]
+pub struct AnsweredAtStop<S> {
+    inner: S,
+    grace_over: watch::Receiver<bool>,
+}
+
+impl<S> AnsweredAtStop<S> {
+    pub fn new(inner: S, grace_over: watch::Receiver<bool>) -> Self {
+        Self { inner, grace_over }
+    }
+}
+
+impl<S: NamedService> NamedService for AnsweredAtStop<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<http::Request<B>> for AnsweredAtStop<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<BoxBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<BoxBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn futures::Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let name = request.uri().path().rsplit('/').next().unwrap_or_default();
+        let call = match Method::from_name(name) {
+            Some(Method::Allocate) => ApiCall::Allocate,
+            Some(Method::Release) => ApiCall::Release,
+            Some(Method::CreatePool) => ApiCall::CreatePool,
+            Some(Method::UpdatePool) => ApiCall::UpdatePool,
+            Some(Method::DeletePool) => ApiCall::DeletePool,
+            _ => ApiCall::Read,
+        };
+        let answer = self.inner.call(request);
+        let grace_over = self.grace_over.clone();
+        Box::pin(async move {
+            tokio::select! {
+                biased;
+                answer = answer => answer,
+                () = stopping(&grace_over) => {
+                    Ok(convert::status(ManagerError::ShuttingDown { call }).into_http())
+                }
+            }
+        })
     }
 }
 

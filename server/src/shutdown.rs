@@ -9,7 +9,10 @@
 //! from the moment they are called until their answer is handed to the
 //! connection); once none is in flight, and has not been for
 //! [`STREAM_END_DRAIN`] (the ends of streams that can be delivered go out
-//! meanwhile), the connections still open are cut ([`Cuttable`]).
+//! meanwhile), the connections still open are cut ([`Cuttable`]). Unary
+//! calls still in flight when the grace period is out are answered
+//! UNAVAILABLE just before the cut ([`crate::service::AnsweredAtStop`]):
+//! cut with no status, they would reach their clients as transport errors.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,9 +34,16 @@ use tonic::transport::server::Connected;
 /// call that came in just before the connection's GOAWAY starts meanwhile.
 pub const STREAM_END_DRAIN: Duration = Duration::from_secs(1);
 
-/// How long cut connections may take to close before serving is dropped
-/// anyway: closing needs no client.
+/// How long, once the grace period is out, the unary calls still in flight
+/// get to be answered (UNAVAILABLE, [`crate::service::AnsweredAtStop`]) and
+/// the connections then cut get to close, before serving is dropped
+/// anyway: neither needs more than the connection to take what is written.
 pub const CUT_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The part of [`CUT_PATIENCE`] given to the answers of the unary calls
+/// still in flight when the grace period is out: made at once, only a
+/// client that does not read (its HTTP/2 window full) holds one back.
+pub const ANSWER_PATIENCE: Duration = Duration::from_secs(1);
 
 /// "1 stream", "2 streams".
 pub fn count(n: usize, what: &str) -> String {
@@ -77,6 +87,11 @@ impl Calls {
                 Ok(Ok(_)) => {}
             }
         }
+    }
+
+    /// Resolves once no unary call is in flight.
+    pub async fn unary_none(&self) {
+        let _ = self.0.subscribe().wait_for(|n| n.unary == 0).await;
     }
 
     fn start(&self, streaming: bool) -> CallGuard {
@@ -201,11 +216,11 @@ impl Cut {
         self.0.send_replace(true);
     }
 
-    /// Cuts the connections and waits (up to [`CUT_PATIENCE`]) for `serve`
-    /// to end.
-    pub async fn cut_and_wait<F: Future + Unpin>(&self, serve: F) {
+    /// Cuts the connections and waits (up to `until`, the end of
+    /// [`CUT_PATIENCE`]) for `serve` to end.
+    pub async fn cut_and_wait<F: Future + Unpin>(&self, serve: F, until: tokio::time::Instant) {
         self.cut();
-        if tokio::time::timeout(CUT_PATIENCE, serve).await.is_err() {
+        if tokio::time::timeout_at(until, serve).await.is_err() {
             tracing::warn!(
                 patience = ?CUT_PATIENCE,
                 "the cut connections did not close; stopping anyway"

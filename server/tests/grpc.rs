@@ -667,6 +667,46 @@ async fn cold_boot_serves_an_empty_pool() {
     assert_eq!(counts(&pool).allocated, 1);
 }
 
+/// A unary call still waiting for its answer when the grace period ends is
+/// answered UNAVAILABLE, "shutting down", as every call a stop refuses is
+/// (clients retry it), before its connection is cut: the cut used to end
+/// it with no gRPC status at all (UNKNOWN "transport error" to a tonic
+/// client, which does not retry that). Here a cold boot, which goes on
+/// through a stop, on the embedded cloud at real speed (a boot of 90 s)
+/// with a grace of 1 s.
+#[tokio::test]
+async fn a_call_still_waiting_when_the_grace_ends_is_answered_unavailable() {
+    let data = tempfile::tempdir().unwrap();
+    let text = support::config_text(data.path(), &[("db.medium", "az1", 0, 1)])
+        .replacen(r#"shutdown_grace = "5s""#, r#"shutdown_grace = "1s""#, 1)
+        .replacen("time_scale = 0.01", "time_scale = 1.0", 1)
+        .replacen(
+            "[manager]\n",
+            "[manager]\nallow_short_intervals = true\n",
+            1,
+        );
+    let d = Daemon::start_text(&text, data).await;
+    let client = d.client.clone();
+    let mut request = allocate_request("cold-at-stop", "db.medium", "az1");
+    request.empty_pool_policy = api::EmptyPoolPolicy::ColdBoot.into();
+    let cold = tokio::spawn(async move { client.allocate(request).await });
+    eventually("the cold boot's server to be asked for", || async {
+        match d.cloud().servers().len() {
+            0 => Err("no server yet".to_owned()),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    let (served, _data) = d.stop();
+    let message = expect_code(cold.await.unwrap(), Code::Unavailable);
+    assert!(message.contains("shutting down"), "{message}");
+    assert!(
+        message.contains("an Allocate with the same request id"),
+        "{message}"
+    );
+    served.await.unwrap().unwrap();
+}
+
 /// A paused pool boots nothing, for a COLD_BOOT purchase either: one that
 /// finds no Ready instance gets FAIL_FAST's answer, the pause named, and
 /// nothing is made for it; unpaused, the same order boots.
