@@ -390,7 +390,9 @@ pub async fn start_stoppable(
     let served = tokio::spawn(async move {
         let mut serving = serving;
         let serve = &mut serving.0;
-        tokio::pin!(stop_now);
+        // Looked at again after it resolved: the waits after the grace
+        // (the metrics port's) are not made either once it has.
+        let stop_now = futures::FutureExt::shared(stop_now);
         // Serving ends by itself only on a failure: the store is still
         // flushed, and the exit is one a supervisor restarts. A failed
         // store stops the daemon as a shutdown does, with such an exit:
@@ -431,7 +433,7 @@ pub async fn start_stoppable(
                 let mut cut_short = false;
                 let served = tokio::select! {
                     biased;
-                    () = &mut stop_now => {
+                    () = stop_now.clone() => {
                         tracing::warn!(
                             unary_calls = calls.in_flight().unary,
                             "asked again to stop: not waiting for in-flight calls"
@@ -495,24 +497,26 @@ pub async fn start_stoppable(
                     finish_manager_calls(
                         &served_manager,
                         grace.saturating_sub(stopping_since.elapsed()),
-                        &mut stop_now,
+                        &mut stop_now.clone(),
                     )
                     .await;
                 }
                 failure.map(anyhow::Error::new)
             }
         };
-        let flushed = served_manager.shutdown().await;
+        // The metrics port closes as the store is flushed, its requests
+        // under way waited for alongside (`metrics_closed`): within the
+        // time a supervisor leaves for the flush, so that they add nothing
+        // to the stop timeout the deploy files give.
+        let _ = metrics_stop.send(());
+        let stopped_now = stop_now.peek().is_some();
+        let (flushed, ()) = tokio::join!(
+            served_manager.shutdown(),
+            metrics_closed(metrics_server, stopped_now, stop_now),
+        );
         // A failed store's flush fails for the same reason, already told.
         if !failed.as_ref().is_some_and(|e| e.is::<StoreFailed>()) {
             flushed.context("flushing the store")?;
-        }
-        let _ = metrics_stop.send(());
-        if tokio::time::timeout(grace, metrics_server.join())
-            .await
-            .is_err()
-        {
-            tracing::warn!("the metrics server outlived the grace period; stopping it anyway");
         }
         drop(event_task);
         tracing::info!("stopped");
@@ -563,6 +567,37 @@ async fn finish_manager_calls(
             "{} outlived the grace period; stopping them where they are (the next start's reconcile finishes or undoes them)",
             shutdown::count(left_running, "call"),
         );
+    }
+}
+
+/// Waits for the metrics server, told to stop, to end: for the requests
+/// under way on its connections, up to [`shutdown::CUT_PATIENCE`] (a
+/// client that sent only part of a request would hold it up to hyper's
+/// header read timeout, one that does not read its answer longer), and not
+/// at all once `stop_now` has resolved (`stopped_now`) or when it does. The
+/// server is stopped where it is then.
+async fn metrics_closed(
+    server: AbortOnDrop<()>,
+    stopped_now: bool,
+    stop_now: impl Future<Output = ()>,
+) {
+    if stopped_now {
+        return;
+    }
+    tokio::select! {
+        biased;
+        () = stop_now => {
+            tracing::warn!("asked again to stop: not waiting for the metrics port's requests under way");
+        }
+        ended = tokio::time::timeout(shutdown::CUT_PATIENCE, server.join()) => {
+            if ended.is_err() {
+                tracing::warn!(
+                    patience = ?shutdown::CUT_PATIENCE,
+                    "the metrics port's requests under way did not end within {:?} (a client that sent only part of a request, or does not read its answer); stopping anyway",
+                    shutdown::CUT_PATIENCE,
+                );
+            }
+        }
     }
 }
 

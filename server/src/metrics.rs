@@ -1065,6 +1065,14 @@ pub async fn serve(
     }
     // Closes the port before the wait for the requests under way.
     drop(listener);
+    let open = graceful.count();
+    if open > 0 {
+        tracing::info!(
+            connections = open,
+            "metrics port closed; waiting for the requests under way on {} still open (an idle one closes at once)",
+            crate::shutdown::count(open, "connection"),
+        );
+    }
     graceful.shutdown().await;
 }
 

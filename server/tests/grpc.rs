@@ -3033,6 +3033,97 @@ async fn metrics_connections_that_never_finish_a_request_are_closed() {
     daemon.shut_down().await;
 }
 
+/// A daemon with a 30 s grace whose metrics port holds a request half sent
+/// (a scraper cut off mid-request, or a slowloris), being read: the
+/// daemon, the sender that stops it, the one that stops it at once (a
+/// second signal; dropped, it sends), and the half-sent request's socket.
+async fn a_metrics_request_half_sent(
+    data: &std::path::Path,
+) -> (
+    warmpool_server::Running,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::net::TcpStream,
+) {
+    use tokio::io::AsyncWriteExt;
+    support::init_tracing();
+    let text = support::config_text(data, &[]).replacen(
+        r#"shutdown_grace = "5s""#,
+        r#"shutdown_grace = "30s""#,
+        1,
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop_now, stopped_now) = tokio::sync::oneshot::channel::<()>();
+    let running = warmpool_server::start_stoppable(
+        Config::parse(&text).unwrap(),
+        async move {
+            let _ = stopped.await;
+        },
+        async move {
+            let _ = stopped_now.await;
+        },
+    )
+    .await
+    .unwrap();
+    let addr = running.metrics_addr;
+    let mut half_sent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    half_sent
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Accepted after it: once this is answered, the half-sent request's
+    // connection is being served, its headers awaited.
+    let (status, _, body) = support::http_get(&format!("http://{addr}/metrics")).await;
+    assert_eq!(status, 200, "{body}");
+    (running, stop, stop_now, half_sent)
+}
+
+/// A request half sent to the metrics port when warmpoold stops holds the
+/// stop no longer than the cut connections' patience, alongside the final
+/// flush: it used to hold it, after the flush, up to the grace period
+/// again, here until hyper's header read timeout (10 s), outside the stop
+/// timeout the deploy files give (grace, 5 s, the flush).
+#[tokio::test]
+async fn a_metrics_request_half_sent_holds_a_stop_no_longer_than_the_cut_patience() {
+    use warmpool_server::shutdown::{CUT_PATIENCE, STREAM_END_DRAIN};
+    let data = tempfile::tempdir().unwrap();
+    let (running, stop, _stop_now, _half_sent) = a_metrics_request_half_sent(data.path()).await;
+    let warmpool_server::Running {
+        served, manager, ..
+    } = running;
+    drop(manager);
+    tokio::time::pause();
+    stop.send(()).unwrap();
+    let patience = STREAM_END_DRAIN + CUT_PATIENCE + Duration::from_secs(1);
+    let ended = tokio::time::timeout(patience, served).await;
+    let Ok(ended) = ended else {
+        panic!("still stopping {patience:?} after the signal");
+    };
+    ended.unwrap().unwrap();
+}
+
+/// A second signal stops warmpoold without waiting for a request half
+/// sent to the metrics port either, as it does for the gRPC calls: it
+/// used to wait for it after the flush, up to the grace period.
+#[tokio::test]
+async fn a_second_signal_does_not_wait_for_a_metrics_request_half_sent() {
+    use warmpool_server::shutdown::CUT_PATIENCE;
+    let data = tempfile::tempdir().unwrap();
+    let (running, stop, stop_now, _half_sent) = a_metrics_request_half_sent(data.path()).await;
+    let warmpool_server::Running {
+        served, manager, ..
+    } = running;
+    drop(manager);
+    tokio::time::pause();
+    stop.send(()).unwrap();
+    stop_now.send(()).unwrap();
+    let ended = tokio::time::timeout(CUT_PATIENCE, served).await;
+    let Ok(ended) = ended else {
+        panic!("still stopping {CUT_PATIENCE:?} after a second signal");
+    };
+    ended.unwrap().unwrap();
+}
+
 /// A TLS connection that completes its handshake and then sends nothing
 /// is closed: the handshake timeout no longer covers it, and it used to
 /// stay open for good. Clients are still served.
