@@ -78,6 +78,54 @@ pub fn command() -> clap::Command {
     })
 }
 
+/// Parses `args` (the program's name first) as [`command`] defines them,
+/// with a tip when `--request-id` went without its value, or with one
+/// starting with '-' as a word of its own: clap's error then names only
+/// an unknown flag ("-o" of "-ord"), not the flag it follows, and its tip
+/// elsewhere ("use '-- -ord'") would make the id a positional argument,
+/// which allocate has none of.
+pub fn try_matches_from<I, T>(args: I) -> Result<clap::ArgMatches, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    command()
+        .try_get_matches_from(&args)
+        .map_err(|err| with_request_id_tip(err, &args))
+}
+
+fn with_request_id_tip(mut err: clap::Error, args: &[std::ffi::OsString]) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let named = |kind| match err.get(kind) {
+        Some(ContextValue::String(arg)) => Some(arg.clone()),
+        _ => None,
+    };
+    // The word right after a bare `--request-id`: where its value goes.
+    let after_flag = args
+        .windows(2)
+        .find(|pair| pair[0] == "--request-id")
+        .and_then(|pair| pair[1].to_str());
+    let tip = match (err.kind(), named(ContextKind::InvalidArg), after_flag) {
+        // Followed by a flag of allocate's, or nothing.
+        (ErrorKind::InvalidValue, Some(arg), _) if arg.starts_with("--request-id ") => {
+            "an id starting with '-' is given joined to the flag: --request-id=-ord".to_owned()
+        }
+        // Followed by words no flag of allocate's begins: taken for flags.
+        (ErrorKind::UnknownArgument, Some(arg), Some(word))
+            if word.starts_with('-') && word.starts_with(arg.as_str()) =>
+        {
+            format!("to give '{word}' as the request id, join it to the flag: --request-id={word}")
+        }
+        _ => return err,
+    };
+    err.insert(
+        ContextKind::Suggested,
+        ContextValue::StyledStrs(vec![tip.into()]),
+    );
+    err
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     Table,
@@ -315,9 +363,13 @@ impl From<OnEmpty> for api::EmptyPoolPolicy {
     group(clap::ArgGroup::new("volume").required(true).args(["volume_id", "volume_size"]))
 )]
 pub struct AllocateArgs {
-    /// Idempotency key, e.g. the billing order id.
-    // The proto allows '-' anywhere in one, the first character included.
-    #[arg(long, allow_hyphen_values = true)]
+    /// Idempotency key, e.g. the billing order id. One starting with '-' is
+    /// given joined to the flag: --request-id=-ord.
+    // Not allow_hyphen_values: a forgotten id (an empty `$ORDER`, unquoted)
+    // would take the next flag as the id, `--delete-volume-on-release` a
+    // literal id and its volume kept. `try_matches_from` says how to give
+    // one starting with '-'.
+    #[arg(long)]
     pub request_id: String,
     /// Tenant the order is for: labels it and tags its new volume.
     #[arg(long = "tenant")]
@@ -870,7 +922,7 @@ mod tests {
         }
     }
     use super::*;
-    use clap::CommandFactory;
+    use clap::{CommandFactory, FromArgMatches};
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("warmpoolctl").chain(args.iter().copied()))
@@ -1268,35 +1320,88 @@ mod tests {
         );
     }
 
+    /// Parses as `main` does: [`try_matches_from`], then the flags read.
+    fn parse_checked(args: &[&str]) -> Result<Cli, clap::Error> {
+        let argv = std::iter::once("warmpoolctl").chain(args.iter().copied());
+        try_matches_from(argv).and_then(|matches| Cli::from_arg_matches(&matches))
+    }
+
+    /// `allocate`, the request id given by `id_args`, the other flags it
+    /// needs after it.
+    fn allocate_with(id_args: &[&str]) -> Result<Cli, clap::Error> {
+        let mut args = vec!["allocate"];
+        args.extend_from_slice(id_args);
+        args.extend([
+            "--tenant",
+            "t",
+            "--flavor",
+            "f",
+            "--az",
+            "a",
+            "--volume-size",
+            "1",
+            "--network",
+            "n",
+        ]);
+        parse_checked(&args)
+    }
+
     /// The proto allows '-' anywhere in a request id, the first character
-    /// included: `--request-id -ord` is a value, not an unknown flag.
+    /// included: one starting with '-' is given joined to its flag.
     #[test]
-    fn a_request_id_may_start_with_a_hyphen() {
-        for given in [
-            &["--request-id", "-ord"][..],
-            &["--request-id=-ord"],
-            &["--request-id", "--ord-1"],
-        ] {
-            let mut args = vec!["allocate"];
-            args.extend_from_slice(given);
-            args.extend([
-                "--tenant",
-                "t",
-                "--flavor",
-                "f",
-                "--az",
-                "a",
-                "--volume-size",
-                "1",
-                "--network",
-                "n",
-            ]);
-            let cli = parse(&args).unwrap_or_else(|e| panic!("{given:?}: {e}"));
+    fn a_request_id_starting_with_a_hyphen_is_given_as_flag_equals_id() {
+        for id in ["-ord", "--ord-1", "-"] {
+            let given = format!("--request-id={id}");
+            let cli = allocate_with(&[&given]).unwrap_or_else(|e| panic!("{given}: {e}"));
             let Command::Allocate(allocate) = cli.command else {
-                panic!("{given:?}")
+                panic!("{given}")
             };
-            let id = given.last().unwrap().trim_start_matches("--request-id=");
             assert_eq!(allocate.request_id, id);
+        }
+    }
+
+    /// A forgotten id (a script's empty `$ORDER`, unquoted) must not take
+    /// the next flag as the id: `--request-id --delete-volume-on-release`
+    /// bought a database under the id "--delete-volume-on-release", its
+    /// volume kept on release, and the next empty `$ORDER` was answered
+    /// that same allocation. A usage error (exit 2), with the way to give
+    /// an id that does start with '-'.
+    #[test]
+    fn a_forgotten_request_id_takes_no_flag_as_the_id() {
+        for next in [
+            "--delete-volume-on-release",
+            "--tenant",
+            "--help",
+            "-h",
+            "-V",
+        ] {
+            let err = allocate_with(&["--request-id", next])
+                .map(|cli| cli.command)
+                .expect_err(next);
+            let text = err.to_string();
+            assert_eq!(err.exit_code(), 2, "{next}: {text}");
+            assert!(text.contains("--request-id"), "{next}: {text}");
+            assert!(
+                text.contains("tip: ") && text.contains("--request-id=-"),
+                "{next}: {text}"
+            );
+        }
+    }
+
+    /// An id starting with '-' as a word of its own reads as flags ("-ord"
+    /// as -o -r -d). clap's error names only "-o", and "-- -ord", its tip
+    /// for a positional argument, is no way to give a flag's value: the
+    /// tip says to join it to its flag.
+    #[test]
+    fn a_hyphen_id_as_a_word_of_its_own_is_refused_saying_how_to_give_it() {
+        for id in ["-ord", "--ord-1"] {
+            let err = allocate_with(&["--request-id", id])
+                .map(|cli| cli.command)
+                .expect_err(id);
+            let text = err.to_string();
+            assert_eq!(err.exit_code(), 2, "{id}: {text}");
+            assert!(text.contains(&format!("--request-id={id}")), "{id}: {text}");
+            assert!(!text.contains(&format!("-- {id}")), "{id}: {text}");
         }
     }
 

@@ -27,7 +27,7 @@ use output::{to_json, AllocationView, PoolView};
 // and is all it needs.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let matches = cli::command().get_matches();
+    let matches = cli::try_matches_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let token = cli::token_source(&cli, &matches).unwrap_or_else(|e| e.exit());
     let (endpoint, has_certificate) = (cli.endpoint.clone(), cli.cert_file.is_some());

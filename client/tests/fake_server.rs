@@ -439,17 +439,36 @@ async fn allocate_fails_for_any_state_but_allocated() {
     assert_eq!(out.stderr, "");
 }
 
-/// A request id may start with '-' (the proto allows it anywhere).
+/// A request id may start with '-' (the proto allows it anywhere), given
+/// joined to its flag.
 #[tokio::test]
 async fn allocate_takes_a_request_id_starting_with_a_hyphen() {
     let addr = start_fake().await;
-    let out = run(addr, &allocate_args("-ord")).await;
+    let mut args = allocate_args("-ord");
+    args.splice(1..3, ["--request-id=-ord"]);
+    let out = run(addr, &args).await;
     assert!(out.ok, "{}", out.stderr);
     assert!(
         out.stdout.starts_with("request_id: -ord\n"),
         "{}",
         out.stdout
     );
+}
+
+/// A forgotten id (an empty `$ORDER`, unquoted) is a usage error, exit 2,
+/// before any call: the next flag is not taken for the id.
+#[tokio::test]
+async fn allocate_refuses_a_forgotten_request_id() {
+    // `--request-id $ORDER --delete-volume-on-release ...`, $ORDER empty.
+    let args = allocate_args("--delete-volume-on-release");
+    let out = ctl("127.0.0.1:1").args(&args).output().await.unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("error: a value is required for '--request-id"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--request-id=-"), "{stderr}");
 }
 
 #[tokio::test]
