@@ -15,7 +15,9 @@
 //! blank line, so a reader can consume them line by line and knows a frame
 //! is complete when it sees the blank line. While a zone's throttle gate
 //! holds boots, a terminal is also redrawn every second, for the countdown
-//! (the server does not send a pool again as its pause counts down).
+//! (the server does not send a pool again as its pause counts down), and
+//! every 5 s while a LAST ERROR shows its age (a quiet pool may send
+//! nothing for hours).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{IsTerminal, Write};
@@ -39,6 +41,10 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
 
 /// How often a terminal is redrawn while a throttle countdown shows.
 const COUNTDOWN_TICK: Duration = Duration::from_secs(1);
+
+/// How often a terminal is redrawn while a row shows an age (LAST ERROR's
+/// "45s ago"), which the server sends no update for.
+const AGE_TICK: Duration = Duration::from_secs(5);
 
 /// Events a terminal frame keeps under the table.
 const RECENT_EVENTS: usize = 8;
@@ -88,6 +94,14 @@ impl PoolBoard {
                         || g.state == i32::from(api::ThrottleState::QuotaPaused)
                 })
         })
+    }
+
+    /// Whether some row shows an age (LAST ERROR's "45s ago"), which grows
+    /// with no message from the server.
+    fn shows_an_age(&self) -> bool {
+        self.pools
+            .values()
+            .any(|pool| pool.last_error_at.is_some() && !pool.last_error.is_empty())
     }
 
     /// One frame as of `now`: the table, then on a terminal the recent
@@ -153,7 +167,16 @@ pub async fn run(client: &Client, format: OutputFormat) -> anyhow::Result<()> {
             stdout_reader_gone().await
         }
     };
-    show(stream, &mut stdout.lock(), terminal, format, reader_gone).await
+    let clock = SystemTime::now;
+    show(
+        stream,
+        &mut stdout.lock(),
+        terminal,
+        format,
+        reader_gone,
+        clock,
+    )
+    .await
 }
 
 /// Resolves once the reading end of stdout is closed (`| head` took what it
@@ -216,13 +239,15 @@ fn wait_for_stdout_reader_to_leave() -> bool {
 /// Shows `stream` on `out` until it ends or fails (either ends the view
 /// with an error: a live view has no natural end), or until `out`'s reader
 /// goes: found by a failed write, or told by `reader_gone` while the view
-/// waits.
+/// waits. Frames are drawn as of `clock`'s time (the tests' follows the
+/// paused tokio clock).
 async fn show(
     mut stream: impl futures::Stream<Item = Result<api::PoolStatus, ClientError>> + Unpin,
     out: &mut impl Write,
     terminal: bool,
     format: OutputFormat,
     reader_gone: impl std::future::Future<Output = ()>,
+    clock: impl Fn() -> SystemTime,
 ) -> anyhow::Result<()> {
     let mut reader_gone = std::pin::pin!(reader_gone);
     let mut board = PoolBoard::default();
@@ -239,12 +264,15 @@ async fn show(
     };
     loop {
         // Past the wait for the snapshot's end, what has arrived is drawn
-        // (the empty table rather than a blank screen). A countdown on a
-        // terminal is redrawn as it runs.
+        // (the empty table rather than a blank screen). A countdown, or an
+        // error's age, on a terminal is redrawn as it runs; a pipe's
+        // frames are a log of updates, not of the clock.
         let redraw_at = if let Some(due) = snapshot_due {
             Some(due)
         } else if terminal && board.counting_down() {
             Some(tokio::time::Instant::now() + COUNTDOWN_TICK)
+        } else if terminal && board.shows_an_age() {
+            Some(tokio::time::Instant::now() + AGE_TICK)
         } else {
             None
         };
@@ -263,7 +291,7 @@ async fn show(
             Ok(next) => next,
             Err(_) => {
                 snapshot_due = None;
-                let frame = board.render(terminal, SystemTime::now());
+                let frame = board.render(terminal, clock());
                 if let Err(e) = write_frame(out, &frame, terminal) {
                     return unless_reader_left(e);
                 }
@@ -278,7 +306,7 @@ async fn show(
                 // what arrived is drawn before the view ends, as the
                 // batched path below does.
                 if snapshot_due.is_some() && answered {
-                    let frame = board.render(terminal, SystemTime::now());
+                    let frame = board.render(terminal, clock());
                     if let Err(e) = write_frame(out, &frame, terminal) {
                         return unless_reader_left(e);
                     }
@@ -324,7 +352,7 @@ async fn show(
                 if snapshot_due.is_some() && failed.is_none() {
                     continue;
                 }
-                let frame = board.render(terminal, SystemTime::now());
+                let frame = board.render(terminal, clock());
                 if let Err(e) = write_frame(out, &frame, terminal) {
                     return unless_reader_left(e);
                 }
@@ -503,6 +531,7 @@ mod tests {
             false,
             OutputFormat::Table,
             std::future::pending(),
+            SystemTime::now,
         )
         .await
         .unwrap_err();
@@ -552,6 +581,7 @@ mod tests {
                 false,
                 OutputFormat::Table,
                 std::future::pending(),
+                SystemTime::now,
             )
             .await
             .unwrap_err();
@@ -629,12 +659,66 @@ mod tests {
                 terminal,
                 OutputFormat::Table,
                 std::future::pending(),
+                SystemTime::now,
             )
             .await
             .unwrap_err();
             let text = String::from_utf8(out).unwrap();
             let drawn = text.matches("POOL ").count();
             assert_eq!(drawn, frames, "terminal {terminal}, held {held}: {text}");
+        }
+    }
+
+    /// LAST ERROR's age is counted to the frame's time, and a quiet pool
+    /// may send nothing for hours: a terminal is redrawn every
+    /// [`AGE_TICK`] while a row shows an age, so "45s ago" does not stay
+    /// on screen an hour later. A pipe (a log of frames) gets no extra
+    /// frame, nor does a terminal with no age to show.
+    #[tokio::test(start_paused = true)]
+    async fn a_terminal_keeps_a_last_errors_age_current() {
+        let (wall, start) = (SystemTime::now(), tokio::time::Instant::now());
+        let clock = move || wall + start.elapsed();
+        for (terminal, dated) in [(true, true), (false, true), (true, false)] {
+            let mut pool = sample_pools().remove(0);
+            pool.sizing = None;
+            pool.last_error = "boot timed out".into();
+            pool.last_error_at = dated.then(|| (clock() - Duration::from_secs(45)).into());
+            let complete = api::PoolStatus {
+                snapshot_complete: true,
+                ..Default::default()
+            };
+            let quiet_hour = futures::stream::once(async {
+                tokio::time::sleep(Duration::from_secs(3600) + AGE_TICK / 2).await;
+                Err(ClientError::Malformed("the server went away".into()))
+            });
+            let items = futures::stream::iter([Ok(status(pool)), Ok(complete)]).chain(quiet_hour);
+            let mut out = Vec::new();
+            show(
+                Box::pin(items),
+                &mut out,
+                terminal,
+                OutputFormat::Table,
+                std::future::pending(),
+                clock,
+            )
+            .await
+            .unwrap_err();
+            let text = String::from_utf8(out).unwrap();
+            let frames: Vec<&str> = text.split("POOL ").skip(1).collect();
+            let case = format!("terminal {terminal}, dated {dated}");
+            if !(terminal && dated) {
+                assert_eq!(frames.len(), 1, "{case}: {text}");
+                continue;
+            }
+            assert!(
+                frames[0].contains(" 45s ago: boot timed out"),
+                "{case}: {}",
+                frames[0]
+            );
+            let last = frames.last().unwrap();
+            assert!(last.contains(" 1h ago: boot timed out"), "{case}: {last}");
+            let most = (3600 / AGE_TICK.as_secs() + 1) as usize;
+            assert_eq!(frames.len(), most, "{case}");
         }
     }
 
@@ -659,6 +743,7 @@ mod tests {
             async {
                 let _ = left.await;
             },
+            SystemTime::now,
         );
         let ((), shown) = tokio::join!(
             async {
@@ -687,6 +772,7 @@ mod tests {
             false,
             OutputFormat::Table,
             std::future::pending(),
+            SystemTime::now,
         )
         .await
         .unwrap_err();
@@ -720,6 +806,7 @@ mod tests {
             false,
             OutputFormat::Table,
             std::future::pending(),
+            SystemTime::now,
         )
         .await
         .unwrap_err();
