@@ -477,10 +477,14 @@ fn throttle_detail(pool: &api::Pool, now: SystemTime) -> String {
     };
     // Builds (boot request until ACTIVE), as the proto counts them: the plan
     // line's "in flight" counts the pool's booting + warming, which may be
-    // more than the AZ's builds.
+    // more than the AZ's builds. The counts say where they are counted:
+    // the gate counts throttling per AZ but quota refusals per project (the
+    // quota is the project's); one "(all AZs)" at the end read as covering
+    // all three.
     format!(
         "{}{window}, {} builds in flight in the AZ ({} replenishing); {build_time}; \
-         {} throttled responses, {} window decreases, {} quota refusals (all AZs)",
+         {} throttled responses and {} window decreases in the AZ, \
+         {} quota refusals across all AZs",
         throttle_cell(pool, now),
         g.in_flight,
         g.gated_in_flight,
@@ -738,8 +742,8 @@ mod tests {
     #[test]
     fn the_throttle_detail_shows_a_window_only_with_the_gate_on() {
         let now = std::time::SystemTime::now();
-        let quiet = "; no build timed yet; 0 throttled responses, 0 window decreases, \
-                     0 quota refusals (all AZs)";
+        let quiet = "; no build timed yet; 0 throttled responses and 0 window decreases \
+                     in the AZ, 0 quota refusals across all AZs";
         let mut pool = sample_pools().remove(0);
         let with_gate = |state: api::ThrottleState, window| api::SizingStatus {
             gate: Some(api::ThrottleGate {
@@ -1197,8 +1201,8 @@ mod tests {
         assert_eq!(
             throttle_detail(&pool, now),
             "open, window 4, 3 builds in flight in the AZ (2 replenishing); \
-             build time 3.20x its baseline 1m30s; 12 throttled responses, \
-             5 window decreases, 2 quota refusals (all AZs)"
+             build time 3.20x its baseline 1m30s; 12 throttled responses and \
+             5 window decreases in the AZ, 2 quota refusals across all AZs"
         );
         // Before any build is measured.
         let gate = pool.sizing.as_mut().unwrap().gate.as_mut().unwrap();
@@ -1211,8 +1215,8 @@ mod tests {
         assert_eq!(
             throttle_detail(&pool, now),
             "open, window 4, 3 builds in flight in the AZ (2 replenishing); \
-             no build timed yet; 0 throttled responses, 0 window decreases, \
-             0 quota refusals (all AZs)"
+             no build timed yet; 0 throttled responses and 0 window decreases \
+             in the AZ, 0 quota refusals across all AZs"
         );
         // An absurd ratio stays short.
         let gate = pool.sizing.as_mut().unwrap().gate.as_mut().unwrap();
