@@ -445,50 +445,83 @@ const CLEAN_UP_DEADLINE: Duration = Duration::from_secs(300);
 
 /// Releases `in_hand` (its volume and port deleted), stops the manager and
 /// deletes the pool's servers: what a run leaves when it ends, finished,
-/// failed or interrupted.
+/// failed or interrupted. Every step is tried whatever the one before did
+/// (a release that fails leaves its volume and port, not the servers too);
+/// the error names what each failed step left.
 async fn clean_up(
     manager: &PoolManager,
     cloud: &Timed,
     in_hand: Option<&str>,
 ) -> anyhow::Result<()> {
+    let mut left = Vec::new();
     if let Some(id) = in_hand {
-        let deadline = Instant::now() + CLEAN_UP_DEADLINE;
-        loop {
-            match manager.release(id, Some(true)).await {
-                // Never bought, or its Allocate failed and rolled back.
-                Ok(_) | Err(ManagerError::AllocationNotFound(_)) => break,
-                // Its Allocate is still under way, or its rollback waits
-                // for a reconcile pass (hourly here): one now.
-                Err(ManagerError::TryAgain(why)) => {
-                    if Instant::now() >= deadline {
-                        bail!(
-                            "order {id} could not be released within {}: {why}; delete the volume and port named {} in the project by hand",
-                            humantime::format_duration(CLEAN_UP_DEADLINE),
-                            pool_manager::model::resource_names_of(id)
-                        );
-                    }
-                    let _ = manager.reconcile().await;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(e) => bail!(
-                    "release of order {id}: {e}; delete the volume and port named {} in the project by hand",
-                    pool_manager::model::resource_names_of(id)
-                ),
-            }
+        if let Err(e) = release_in_hand(manager, id).await {
+            left.push(format!("{e:#}"));
         }
     }
-    manager.shutdown().await.map_err(|e| anyhow!("{e}"))?;
-    for s in cloud
-        .list_pool_servers()
-        .await
-        .map_err(|e| anyhow!("{e}"))?
-    {
-        cloud
-            .delete_server(&s.id)
-            .await
-            .map_err(|e| anyhow!("{e}"))?;
+    if let Err(e) = manager.shutdown().await {
+        left.push(format!("stopping the pool manager: {e}"));
     }
-    Ok(())
+    if let Err(e) = delete_pool_servers(cloud).await {
+        left.push(format!("{e:#}"));
+    }
+    if left.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", left.join("; "))
+    }
+}
+
+/// Releases the order `id`, waiting for an Allocate of it still under way.
+async fn release_in_hand(manager: &PoolManager, id: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + CLEAN_UP_DEADLINE;
+    loop {
+        match manager.release(id, Some(true)).await {
+            // Never bought, or its Allocate failed and rolled back.
+            Ok(_) | Err(ManagerError::AllocationNotFound(_)) => return Ok(()),
+            // Its Allocate is still under way, or its rollback waits
+            // for a reconcile pass (hourly here): one now.
+            Err(ManagerError::TryAgain(why)) => {
+                if Instant::now() >= deadline {
+                    bail!(
+                        "order {id} could not be released within {}: {why}; delete the volume and port named {} in the project by hand",
+                        humantime::format_duration(CLEAN_UP_DEADLINE),
+                        pool_manager::model::resource_names_of(id)
+                    );
+                }
+                let _ = manager.reconcile().await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => bail!(
+                "release of order {id}: {e}; delete the volume and port named {} in the project by hand",
+                pool_manager::model::resource_names_of(id)
+            ),
+        }
+    }
+}
+
+/// Deletes every pool server of the project, going on past one that fails.
+async fn delete_pool_servers(cloud: &Timed) -> anyhow::Result<()> {
+    let servers = cloud.list_pool_servers().await.map_err(|e| {
+        anyhow!(
+            "cannot list the pool's servers to delete them ({e}); the next run deletes them, or \
+             delete them by hand"
+        )
+    })?;
+    let mut failed = Vec::new();
+    for s in servers {
+        if let Err(e) = cloud.delete_server(&s.id).await {
+            failed.push(format!("{} ({e})", s.id));
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "pool servers not deleted: {}; the next run deletes them, or delete them by hand",
+            failed.join(", ")
+        )
+    }
 }
 
 /// Milliseconds: the steps and warmpool's share are far below a second.
@@ -565,6 +598,124 @@ mod tests {
             "left: volumes {volumes:?}, ports {ports:?}"
         );
         assert!(sim.servers().is_empty(), "pool servers deleted");
+    }
+
+    /// cloudsim, but Cinder refuses every volume delete (a policy that
+    /// forbids it): an order bought with a new volume cannot be released.
+    struct NoVolumeDeletes(Arc<SimCloud>);
+
+    #[async_trait]
+    impl Cloud for NoVolumeDeletes {
+        async fn delete_volume(&self, _id: &str) -> CloudResult<()> {
+            Err(pool_manager::cloud::CloudError::Fatal(
+                "Policy doesn't allow volume:delete to be performed.".into(),
+            ))
+        }
+        async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server> {
+            self.0.create_server(spec).await
+        }
+        async fn read_server(&self, id: &str) -> CloudResult<Server> {
+            self.0.read_server(id).await
+        }
+        async fn ports_bound_to(&self, id: &str) -> CloudResult<Vec<String>> {
+            self.0.ports_bound_to(id).await
+        }
+        async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
+            self.0.list_pool_servers().await
+        }
+        async fn delete_server(&self, id: &str) -> CloudResult<()> {
+            self.0.delete_server(id).await
+        }
+        async fn create_volume(&self, spec: &NewVolumeSpec) -> CloudResult<Volume> {
+            self.0.create_volume(spec).await
+        }
+        async fn get_volume(&self, id: &str) -> CloudResult<Volume> {
+            self.0.get_volume(id).await
+        }
+        async fn find_volumes_by_name(&self, name: &str) -> CloudResult<Vec<Volume>> {
+            self.0.find_volumes_by_name(name).await
+        }
+        async fn attach_volume(&self, server: &str, volume: &str) -> CloudResult<()> {
+            self.0.attach_volume(server, volume).await
+        }
+        async fn detach_volume(&self, server: &str, volume: &str) -> CloudResult<()> {
+            self.0.detach_volume(server, volume).await
+        }
+        async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {
+            self.0.create_port(spec).await
+        }
+        async fn get_port(&self, id: &str) -> CloudResult<Port> {
+            self.0.get_port(id).await
+        }
+        async fn find_ports_by_name(&self, name: &str) -> CloudResult<Vec<Port>> {
+            self.0.find_ports_by_name(name).await
+        }
+        async fn delete_port(&self, id: &str) -> CloudResult<()> {
+            self.0.delete_port(id).await
+        }
+        async fn attach_port(&self, server: &str, port: &str) -> CloudResult<()> {
+            self.0.attach_port(server, port).await
+        }
+        async fn detach_port(&self, server: &str, port: &str) -> CloudResult<()> {
+            self.0.detach_port(server, port).await
+        }
+        async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
+            self.0.boot_headroom(flavor).await
+        }
+        async fn check_boot_placement(&self, pool: &PoolKey) -> CloudResult<()> {
+            self.0.check_boot_placement(pool).await
+        }
+        async fn check_boot_image(&self, image: &str) -> CloudResult<()> {
+            self.0.check_boot_image(image).await
+        }
+        async fn check_volume_zone(&self, pool: &PoolKey) -> CloudResult<()> {
+            self.0.check_volume_zone(pool).await
+        }
+        fn volume_zone_for(&self, server_az: &str) -> String {
+            self.0.volume_zone_for(server_az)
+        }
+        fn boot_image(&self, pool_image: &str) -> String {
+            self.0.boot_image(pool_image)
+        }
+        async fn cloud_identity(&self) -> CloudResult<CloudIdentity> {
+            self.0.cloud_identity().await
+        }
+    }
+
+    /// A release that fails does not end the clean-up there: the manager
+    /// is still stopped and the pool's servers deleted (as the module says
+    /// a failed run does), and the error names the volume and port left
+    /// for the user to delete.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_release_still_deletes_the_pool_servers() {
+        let sim = SimCloud::new(SimConfig::deterministic());
+        let cloud = Timed::new(Arc::new(NoVolumeDeletes(sim.clone())));
+        let manager = PoolManager::new(
+            Arc::new(MemStore::default()),
+            cloud.clone(),
+            Arc::new(sim.probe()),
+            ManagerSettings::default(),
+        );
+        manager.start().await.expect("manager starts");
+        let args = Args::try_parse_from(["testbed-ttr", "--purchases", "1"]).expect("args");
+        let mut in_hand = None;
+        let run = purchases(&args, &manager, &cloud, "tenant-net", &mut in_hand).await;
+        let failed = run.err().expect("the purchase's release fails");
+        let id = in_hand.clone().expect("the order still in hand");
+
+        let err = clean_up(&manager, &cloud, in_hand.as_deref())
+            .await
+            .expect_err("its release fails again");
+        let text = format!("{err:#}");
+        let servers: Vec<String> = sim.servers().into_iter().map(|s| s.server.id).collect();
+        assert!(
+            servers.is_empty(),
+            "left: servers {servers:?}; run: {failed:#}; clean-up: {text}"
+        );
+        assert!(
+            text.contains(&pool_manager::model::resource_names_of(&id)),
+            "{text}"
+        );
     }
 
     #[test]
