@@ -177,6 +177,15 @@ async fn settled(cloud: &OpenStackCloud, id: &str) -> pool_manager::cloud::Serve
     panic!("server {id} never left BUILD");
 }
 
+/// Moves the test's clock `by` ahead at once, and lets it run on: the
+/// pauses of a cloudsim test's cloud, measured in tokio time, pass while
+/// its HTTP answers still come in real time. A current-thread test only.
+async fn advance_clock(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
 async fn volume_reaches(cloud: &OpenStackCloud, id: &str, status: VolumeStatus) {
     for _ in 0..200 {
         if cloud.get_volume(id).await.unwrap().status == status {
@@ -2791,8 +2800,9 @@ async fn a_server_read_keeps_the_last_management_network_name_while_neutron_fail
 /// A process whose first lookup of the management network Neutron fails
 /// (a restart during a Neutron outage, resuming boots) has no name to
 /// read an address on: the read still gives what Nova showed, its status
-/// right, without the address, rather than failing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// right, without the address, rather than failing. Neutron is asked
+/// again 30 s later.
+#[tokio::test]
 async fn a_server_read_with_no_management_network_name_yet_gives_the_server_without_an_address() {
     let (env, cloud, server) = env_with_a_server().await;
     assert_eq!(
@@ -2817,7 +2827,10 @@ async fn a_server_read_with_no_management_network_name_yet_gives_the_server_with
             "{read:?}"
         );
         faults.clear();
-        // Once Neutron answers, the address is read.
+        let read = fresh.read_server(&server.id).await.unwrap();
+        assert_eq!(read.mysql_addr, None, "Neutron asked again at once");
+        // Once the lookup is asked again, the address is read.
+        advance_clock(Duration::from_secs(31)).await;
         let read = fresh.read_server(&server.id).await.unwrap();
         assert!(read.mysql_addr.is_some(), "{read:?}");
     }
@@ -2826,7 +2839,7 @@ async fn a_server_read_with_no_management_network_name_yet_gives_the_server_with
 /// The management network's lookup a server read makes is Neutron's call:
 /// the daemon's metrics count it, and its 429, as the network service's,
 /// and the read, which Nova answered, as compute's success.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_server_reads_management_network_lookup_is_metered_as_the_networks_call() {
     use warmpool_server::metrics::{MeteredCloud, Metrics};
     let (env, driver, server) = env_with_a_server().await;
@@ -2866,9 +2879,95 @@ async fn a_server_reads_management_network_lookup_is_metered_as_the_networks_cal
         (1.0, 1.0)
     );
     env.face.faults().clear();
+    // Past the 429's Retry-After.
+    advance_clock(Duration::from_secs(31)).await;
     let read = cloud.read_server(&server.id).await.unwrap();
     assert!(read.mysql_addr.is_some(), "{read:?}");
     assert_eq!((calls("compute", "ok"), calls("network", "ok")), (2.0, 1.0));
+}
+
+/// A management network lookup Neutron refused is not sent again before
+/// the Retry-After. The read kept the last name, but each read past the
+/// name's ten minutes (every boot poll, verify and listing) sent its own
+/// `GET /networks` to the Neutron that asked warmpool to back off.
+#[tokio::test]
+async fn a_throttled_management_network_lookup_waits_out_the_retry_after() {
+    use warmpool_server::metrics::{MeteredCloud, Metrics};
+    let (env, driver, server) = env_with_a_server().await;
+    let addr = settled(&driver, &server.id)
+        .await
+        .mysql_addr
+        .expect("an ACTIVE server's address");
+    let metrics = Arc::new(Metrics::new());
+    let cloud = MeteredCloud::new(Arc::new(driver), metrics.clone());
+    let lookups = |status: &str| -> f64 {
+        let line = format!(
+            "warmpool_cloud_request_duration_seconds_count{{service=\"network\",status=\"{status}\"}}"
+        );
+        metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str())?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    };
+    let faults = env.face.faults();
+    faults.throttle_next(Service::Network, 50, Duration::from_secs(30));
+    // Past the ten minutes a looked-up name is trusted.
+    advance_clock(Duration::from_secs(601)).await;
+    for _ in 0..5 {
+        let read = cloud.read_server(&server.id).await.unwrap();
+        assert_eq!(read.mysql_addr, Some(addr), "{read:?}");
+    }
+    assert_eq!(lookups("throttled"), 1.0, "one lookup for five reads");
+    // Past the Retry-After, Neutron is asked again.
+    advance_clock(Duration::from_secs(31)).await;
+    cloud.read_server(&server.id).await.unwrap();
+    assert_eq!(lookups("throttled"), 2.0);
+    faults.clear();
+    advance_clock(Duration::from_secs(31)).await;
+    let read = cloud.read_server(&server.id).await.unwrap();
+    assert_eq!(read.mysql_addr, Some(addr), "{read:?}");
+    cloud.read_server(&server.id).await.unwrap();
+    assert_eq!((lookups("throttled"), lookups("ok")), (2.0, 1.0));
+}
+
+/// A 5xx names no wait: the lookup is asked again 30 s after it failed,
+/// then 60 s after the next failure, doubling up to the name's ten
+/// minutes, not at every read.
+#[tokio::test]
+async fn a_failing_management_network_lookup_is_asked_again_ever_later() {
+    use warmpool_server::metrics::{MeteredCloud, Metrics};
+    let (env, driver, server) = env_with_a_server().await;
+    settled(&driver, &server.id).await;
+    let metrics = Arc::new(Metrics::new());
+    let cloud = MeteredCloud::new(Arc::new(driver), metrics.clone());
+    let failed = || -> f64 {
+        metrics
+            .encode()
+            .lines()
+            .filter(|l| {
+                l.starts_with("warmpool_cloud_request_duration_seconds_count{service=\"network\"")
+            })
+            .filter(|l| !l.contains("status=\"ok\""))
+            .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+            .sum()
+    };
+    env.face.faults().server_error_next(Service::Network, 50);
+    advance_clock(Duration::from_secs(601)).await;
+    let mut seen = Vec::new();
+    // Reads every 10 s for 3 minutes: lookups at 0, 30 s, 90 s, 210 s.
+    for _ in 0..18 {
+        cloud.read_server(&server.id).await.unwrap();
+        seen.push(failed());
+        advance_clock(Duration::from_secs(10)).await;
+    }
+    let asked_at: Vec<usize> = seen
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| w[1] > w[0])
+        .map(|(i, _)| (i + 1) * 10)
+        .collect();
+    assert_eq!((seen[0], asked_at), (1.0, vec![30, 90]), "{seen:?}");
 }
 
 /// A throttled lookup's error, checked: Throttled, asking for the face's

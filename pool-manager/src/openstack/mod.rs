@@ -33,7 +33,7 @@ pub mod session;
 use crate::cloud::{
     note_side_call, BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, HeadroomCalls,
     NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, ServerStatus, SideCall, Volume,
-    VolumeOwner, VolumeStatus, META_INSTANCE, META_POOL,
+    VolumeOwner, VolumeStatus, MAX_RETRY_AFTER, META_INSTANCE, META_POOL, MIN_RETRY_PAUSE,
 };
 use crate::events::CloudService;
 use async_trait::async_trait;
@@ -74,6 +74,40 @@ const MAX_PAGES: usize = 1000;
 /// operator may replace any of them under the same name (an image rotation).
 /// A boot the cloud refuses looks its names up again at once.
 const NAME_TTL: Duration = Duration::from_secs(600);
+
+/// How long after a failed lookup of a management network Neutron is not
+/// asked for it again, when the failure names no wait (a 5xx, a timeout,
+/// the network gone): this after the first failure, doubled at each
+/// failure in a row, up to [`NAME_TTL`]. Every server read and listing
+/// needs the name; without a pause, each would send its own lookup to a
+/// Neutron that is failing or asking warmpool to back off.
+const MANAGEMENT_LOOKUP_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How long the management network is not looked up again after its
+/// `failures`-th failed lookup in a row (at least one) failed with `e`:
+/// the Retry-After Neutron named (as the throttle gate bounds one), else
+/// [`MANAGEMENT_LOOKUP_BACKOFF`] doubled.
+fn management_lookup_pause(e: &CloudError, failures: u32) -> Duration {
+    match e {
+        CloudError::Throttled {
+            retry_after: Some(wait),
+            ..
+        } if !wait.is_zero() => (*wait).clamp(MIN_RETRY_PAUSE, MAX_RETRY_AFTER),
+        _ => {
+            let doublings = failures.saturating_sub(1).min(16);
+            MANAGEMENT_LOOKUP_BACKOFF
+                .saturating_mul(1 << doublings)
+                .min(NAME_TTL)
+        }
+    }
+}
+
+/// A management network whose lookup failed: not asked for before `until`.
+struct LookupPaused {
+    until: Instant,
+    /// Failed lookups in a row.
+    failures: u32,
+}
 
 /// How many deleted servers a listing leaves out are read by id at once.
 const UNLISTED_LOOKUPS_AT_ONCE: usize = 16;
@@ -469,6 +503,13 @@ struct Inner {
     /// as last warned of: once per problem, not per server read or per
     /// reconcile pass.
     unaddressed_zones: Mutex<HashMap<String, String>>,
+    /// Management networks (by setting) whose last lookup failed, and until
+    /// when none is sent ([`management_lookup_pause`]).
+    management_lookups_paused: Mutex<HashMap<String, LookupPaused>>,
+    /// Held while a management network is looked up: the reads that need
+    /// it meanwhile (boot polls of several servers at once) wait for that
+    /// one answer rather than each sending a lookup.
+    management_lookup: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for OpenStackCloud {
@@ -577,6 +618,8 @@ impl OpenStackCloud {
                 port_quota_unknown: AtomicBool::new(false),
                 port_quota_failing: AtomicBool::new(false),
                 unaddressed_zones: Mutex::default(),
+                management_lookups_paused: Mutex::default(),
+                management_lookup: tokio::sync::Mutex::default(),
             }),
         })
     }
@@ -1260,16 +1303,32 @@ impl OpenStackCloud {
     /// it for deleted, as Fatal for broken, and as any error the boots
     /// polling their servers would wait for Neutron, which Nova boots
     /// without. The reader goes on with what Nova showed, without an
-    /// address where there is no name (a boot polls on until one shows). The lookup is the network service's call
-    /// ([`note_side_call`]): a Neutron 429 is never counted as Nova's, nor
-    /// pauses Nova's calls. A failure is warned of once while it lasts (a
-    /// 429 only at debug: a passing refusal, no problem of the network's),
-    /// and its end told.
+    /// address where there is no name (a boot polls on until one shows).
+    ///
+    /// After a failed lookup, Neutron is not asked again until its
+    /// Retry-After has passed, or [`management_lookup_pause`]'s backoff
+    /// when it named none: the reads meanwhile go on with the last name.
+    /// The lookup is the network service's call ([`note_side_call`]): a
+    /// Neutron 429 is never counted as Nova's, nor pauses Nova's calls. A
+    /// failure is warned of once while it lasts (a 429 only at debug: a
+    /// passing refusal, no problem of the network's), and its end told.
     async fn management_network_name(&self, az: &str) -> Option<String> {
         let settings = &self.inner.settings;
         let network = settings.management_network_for(az);
+        let named = |n: Named| n.name.unwrap_or_default();
         if let Some(found) = self.inner.networks.get(network) {
-            return Some(found.name.unwrap_or_default());
+            return Some(named(found));
+        }
+        let _one_lookup = self.inner.management_lookup.lock().await;
+        if let Some(found) = self.inner.networks.get(network) {
+            return Some(named(found));
+        }
+        let last = self.inner.networks.last(network).map(named);
+        let paused = lock(&self.inner.management_lookups_paused)
+            .get(network)
+            .is_some_and(|p| Instant::now() < p.until);
+        if paused {
+            return last;
         }
         let (found, took) = timed(self.network(network)).await;
         note_side_call(SideCall {
@@ -1277,23 +1336,31 @@ impl OpenStackCloud {
             took,
             error: found.as_ref().err().cloned(),
         });
-        let mut failing = lock(&self.inner.unaddressed_zones);
         let e = match found {
             Ok(found) => {
-                if failing.remove(az).is_some() {
+                lock(&self.inner.management_lookups_paused).remove(network);
+                if lock(&self.inner.unaddressed_zones).remove(az).is_some() {
                     tracing::info!(zone = %az, network, "the management network of the zone is looked up again: its servers' addresses are read on its name");
                 }
-                return Some(found.name.unwrap_or_default());
+                return Some(named(found));
             }
             Err(e) => e,
         };
-        let last = self
-            .inner
-            .networks
-            .last(network)
-            .map(|n| n.name.unwrap_or_default());
+        let asked_again_in = {
+            let mut paused = lock(&self.inner.management_lookups_paused);
+            let failures = paused.get(network).map_or(0, |p| p.failures) + 1;
+            let pause = management_lookup_pause(&e, failures);
+            paused.insert(
+                network.to_owned(),
+                LookupPaused {
+                    until: Instant::now() + pause,
+                    failures,
+                },
+            );
+            humantime::format_duration(pause).to_string()
+        };
         if let CloudError::Throttled { .. } = e {
-            tracing::debug!(zone = %az, network, error = %e, last_name = ?last, "management network lookup throttled; the zone's servers' addresses are read on the last name that resolved, if any");
+            tracing::debug!(zone = %az, network, error = %e, last_name = ?last, %asked_again_in, "management network lookup throttled; the zone's servers' addresses are read on the last name that resolved, if any, until Neutron is asked again");
             return last;
         }
         let setting = match settings.availability_zones.get(az) {
@@ -1306,13 +1373,14 @@ impl OpenStackCloud {
         let why = format!(
             "the management network '{network}' of zone {az} (setting {setting}) cannot be looked up: {e}"
         );
+        let mut failing = lock(&self.inner.unaddressed_zones);
         if failing.get(az) != Some(&why) {
             match &last {
                 Some(name) => {
-                    tracing::warn!(zone = %az, error = %why, "the zone's servers' addresses are read on the management network's last name that resolved, '{name}', until it is looked up again (a network renamed since shows none)")
+                    tracing::warn!(zone = %az, error = %why, %asked_again_in, "the zone's servers' addresses are read on the management network's last name that resolved, '{name}', until it is looked up again (a network renamed since shows none)")
                 }
                 None => {
-                    tracing::warn!(zone = %az, error = %why, "the zone's servers are read and listed without their addresses (their boots cannot reach mysqld until this is mended)")
+                    tracing::warn!(zone = %az, error = %why, %asked_again_in, "the zone's servers are read and listed without their addresses (their boots cannot reach mysqld until this is mended)")
                 }
             }
             failing.insert(az.to_owned(), why);
@@ -2271,6 +2339,29 @@ impl Cloud for OpenStackCloud {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failed management network lookup waits out the Retry-After
+    /// Neutron named (bounded as the throttle gate bounds one), else 30 s
+    /// doubling with each failure in a row up to the name's ten minutes.
+    #[test]
+    fn a_failed_management_lookup_pauses_for_the_retry_after_or_a_doubling_backoff() {
+        let throttled = |wait: Option<Duration>| CloudError::Throttled {
+            retry_after: wait,
+            message: "429".into(),
+            unavailable: false,
+        };
+        let secs = |e: &CloudError, n: u32| management_lookup_pause(e, n).as_secs();
+        let failing = CloudError::Transient("500".into());
+        let pauses: Vec<u64> = (1..=7).map(|n| secs(&failing, n)).collect();
+        assert_eq!(pauses, [30, 60, 120, 240, 480, 600, 600]);
+        assert_eq!(secs(&failing, u32::MAX), 600);
+        let asked = throttled(Some(Duration::from_secs(45)));
+        assert_eq!((secs(&asked, 1), secs(&asked, 5)), (45, 45));
+        assert_eq!(secs(&throttled(Some(Duration::from_secs(86_400))), 1), 3600);
+        // "Retry-After: 0" and none name no wait: the backoff applies.
+        assert_eq!(secs(&throttled(Some(Duration::ZERO)), 2), 60);
+        assert_eq!(secs(&throttled(None), 1), 30);
+    }
 
     #[test]
     fn an_uncertain_create_is_remembered_until_settled_or_long_forgotten() {
