@@ -2970,6 +2970,41 @@ async fn a_failing_management_network_lookup_is_asked_again_ever_later() {
     assert_eq!((seen[0], asked_at), (1.0, vec![30, 90]), "{seen:?}");
 }
 
+/// While Keystone refuses a token's renewal (429), osauth's error carries
+/// Keystone's status, not the version document's. The re-ask of the
+/// version document, meant to recover a service's Retry-After, asked
+/// osauth for the endpoint and the token again, and so sent Keystone a
+/// second token request for every call tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_token_renewal_sends_keystone_one_token_request() {
+    // osauth renews a token it holds for less than ten minutes at every
+    // call: each call asks Keystone for one.
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            token_lifetime: Duration::from_secs(120),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let cloud = env.driver().await;
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    let faults = env.face.faults();
+    faults.throttle_next(Service::Identity, 10, Duration::from_secs(30));
+    let before = faults.token_requests();
+    let e = cloud.read_server(&server.id).await.unwrap_err();
+    assert!(matches!(e, CloudError::Throttled { .. }), "{e:?}");
+    assert_eq!(faults.token_requests() - before, 1, "{e}");
+    faults.clear();
+    cloud
+        .read_server(&server.id)
+        .await
+        .expect("Keystone answers");
+}
+
 /// A throttled lookup's error, checked: Throttled, asking for the face's
 /// 30 s, and naming the service and the object looked up, not osauth's
 /// "Input value(s) are invalid or missing" (its word for any 4xx).

@@ -215,6 +215,66 @@ pub struct Connection {
     /// paused calls log each other in again on every call. A new
     /// `Connection` (a restart, credentials read again) starts with none.
     refused_fresh: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// Token requests of the sessions' osauth that failed ([`TokenWatch`]).
+    token_failures: Arc<AtomicU64>,
+}
+
+/// A session's osauth authentication, counting its token requests that
+/// failed. osauth renews a token inside any call, and its failure there
+/// has the same shape as a version document's (osauth's error with the
+/// status): only this count tells whether the token request failed during
+/// a call. Then nothing is asked of the service about the call's failure
+/// ([`Connection::behind_osauth`]), which would ask osauth for the token,
+/// and so Keystone for another, at each call while Keystone refuses.
+#[derive(Debug)]
+struct TokenWatch {
+    /// The session's own client, whose authentication is used.
+    auth: osauth::client::AuthenticatedClient,
+    failures: Arc<AtomicU64>,
+}
+
+impl TokenWatch {
+    fn noting<T>(&self, done: Result<T, osauth::Error>) -> Result<T, osauth::Error> {
+        // A service missing from the catalog sent no token request.
+        if done
+            .as_ref()
+            .is_err_and(|e| e.kind() != osauth::ErrorKind::EndpointNotFound)
+        {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+        }
+        done
+    }
+}
+
+#[async_trait::async_trait]
+impl osauth::AuthType for TokenWatch {
+    async fn authenticate(
+        &self,
+        client: &reqwest::Client,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, osauth::Error> {
+        let done = self.auth.auth_type().authenticate(client, request).await;
+        self.noting(done)
+    }
+
+    async fn get_endpoint(
+        &self,
+        client: &reqwest::Client,
+        service_type: &str,
+        filters: &osauth::EndpointFilters,
+    ) -> Result<reqwest::Url, osauth::Error> {
+        let done = self
+            .auth
+            .auth_type()
+            .get_endpoint(client, service_type, filters)
+            .await;
+        self.noting(done)
+    }
+
+    async fn refresh(&self, client: &reqwest::Client) -> Result<(), osauth::Error> {
+        let done = self.auth.auth_type().refresh(client).await;
+        self.noting(done)
+    }
 }
 
 /// How long a call a service refused with a fresh token gets its 401s
@@ -267,7 +327,8 @@ impl Connection {
     ) -> Result<Arc<Self>, ConnectError> {
         let identity = identity_of(&config);
         let region = region_of(&config);
-        let session = login(&config, timeout, &identity)
+        let token_failures = Arc::new(AtomicU64::new(0));
+        let session = login(&config, timeout, &identity, &token_failures)
             .await
             .map_err(|failed| match failed {
                 LoginFailure {
@@ -287,6 +348,7 @@ impl Connection {
             cinder_as_volumev3: AtomicBool::new(false),
             project_id: tokio::sync::OnceCell::new(),
             refused_fresh: Mutex::default(),
+            token_failures,
         }))
     }
 
@@ -446,7 +508,14 @@ impl Connection {
             }
         }
         tracing::info!(identity = %self.identity, "the cloud answered 401; logging in again");
-        let failed = match login(&self.config, self.timeout, &self.identity).await {
+        let failed = match login(
+            &self.config,
+            self.timeout,
+            &self.identity,
+            &self.token_failures,
+        )
+        .await
+        {
             Ok(session) => {
                 *relogins = Relogins::default();
                 let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
@@ -492,6 +561,7 @@ impl Connection {
             .map(|&(a, b)| osauth::ApiVersion(a, b))
             .collect();
         let (_, session) = self.session();
+        let token_failures = self.token_failures();
         let picked = tokio::time::timeout(self.timeout, session.pick_api_version(COMPUTE, list))
             .await
             .map_err(|_| {
@@ -504,8 +574,18 @@ impl Connection {
             Ok(picked) => picked,
             Err(e) => {
                 let what = "compute version discovery";
+                let failed = Failed {
+                    error: &e,
+                    token_failures,
+                };
                 return Err(self
-                    .behind_osauth(&session, &e, Service::Compute, COMPUTE.catalog_type(), what)
+                    .behind_osauth(
+                        &session,
+                        failed,
+                        Service::Compute,
+                        COMPUTE.catalog_type(),
+                        what,
+                    )
                     .await
                     .unwrap_or_else(|| classify_osauth(what, &e)));
             }
@@ -513,18 +593,32 @@ impl Connection {
         Ok(picked.map(|v| (v.0, v.1)))
     }
 
-    /// What the endpoint of `catalog_type` answered behind osauth's failure
-    /// `e`, when that tells more than osauth's error: a redirect
+    /// How many token requests have failed so far.
+    fn token_failures(&self) -> u64 {
+        self.token_failures.load(Ordering::SeqCst)
+    }
+
+    /// What the endpoint of `catalog_type` answered behind osauth's
+    /// failure, when that tells more than osauth's error: a redirect
     /// ([`Self::redirect_behind`]) or a refusal naming a wait
-    /// ([`Self::refusal_behind`]).
+    /// ([`Self::refusal_behind`]). Neither is asked when a token request
+    /// failed meanwhile: the failure may be Keystone's, nothing the
+    /// service said, and asking the service needs the token osauth could
+    /// not get, so it would only send Keystone one more token request. A
+    /// token request of another call failing at the same time counts too:
+    /// the call's error is then osauth's, without a Retry-After.
     async fn behind_osauth(
         &self,
         session: &Session,
-        e: &osauth::Error,
+        failed: Failed<'_>,
         service: Service,
         catalog_type: &str,
         what: &str,
     ) -> Option<CloudError> {
+        if self.token_failures() != failed.token_failures {
+            return None;
+        }
+        let e = failed.error;
         match self.redirect_behind(session, e, catalog_type, what).await {
             Some(redirect) => Some(redirect),
             None => {
@@ -540,11 +634,11 @@ impl Connection {
     /// (a new process's, and every re-login's): often a name's lookup.
     /// osauth keeps no header of that answer, so the cloud's Retry-After
     /// was lost and the caller's own backoff applied instead. The document
-    /// is asked for once more, unchecked, and a refusal still standing is
-    /// classified as any call's answer is, its Retry-After kept. `None`
-    /// when the endpoint answers otherwise now: osauth's status may have
-    /// been Keystone's, refusing the token's renewal, which is no answer
-    /// of the service's.
+    /// is asked for once more, unchecked, with the token the failed read
+    /// had ([`Self::behind_osauth`] asks only when no token request
+    /// failed), and a refusal still standing is classified as any call's
+    /// answer is, its Retry-After kept. `None` when the endpoint answers
+    /// otherwise now.
     async fn refusal_behind(
         &self,
         session: &Session,
@@ -721,6 +815,7 @@ impl Connection {
         let what = call.describe();
         let request_id = format!("req-{}", uuid::Uuid::new_v4());
         let started = tokio::time::Instant::now();
+        let token_failures = self.token_failures();
         let result = tokio::time::timeout(self.timeout, async {
             let sent = match call.service {
                 Service::Compute => {
@@ -769,8 +864,12 @@ impl Connection {
                         Service::Network => NETWORK.catalog_type(),
                         Service::Image => IMAGE.catalog_type(),
                     };
+                    let failed = Failed {
+                        error: &e,
+                        token_failures,
+                    };
                     return Err(self
-                        .behind_osauth(session, &e, call.service, catalog_type, &what)
+                        .behind_osauth(session, failed, call.service, catalog_type, &what)
                         .await
                         .unwrap_or_else(|| classify_osauth(&what, &e)));
                 }
@@ -827,6 +926,13 @@ impl Connection {
             }
         }
     }
+}
+
+/// osauth's failure of a call, and how many token requests had failed
+/// before the call was sent ([`Connection::token_failures`]).
+struct Failed<'a> {
+    error: &'a osauth::Error,
+    token_failures: u64,
 }
 
 /// The endpoint of `catalog_type` osauth reads the version document of:
@@ -1078,9 +1184,17 @@ fn generic_refusal(identity: &str) -> String {
 /// redirects) sending all else on `client`: osauth's `create_session`
 /// takes no client, but the session's may be replaced once it is built.
 /// Token renewals osauth makes later go out on `client` too.
-fn on_client(session: Session, client: reqwest::Client) -> Session {
+fn on_client(
+    session: Session,
+    client: reqwest::Client,
+    token_failures: &Arc<AtomicU64>,
+) -> Session {
     let mut authenticated = session.client().clone();
     authenticated.set_inner(client);
+    authenticated.set_auth_type(TokenWatch {
+        auth: session.client().clone(),
+        failures: token_failures.clone(),
+    });
     Session::new_with_authenticated_client(authenticated)
         .with_endpoint_filters(session.endpoint_filters().clone())
         .with_endpoint_overrides(session.endpoint_overrides().clone())
@@ -1090,6 +1204,7 @@ async fn login(
     config: &CloudConfig,
     timeout: Duration,
     identity: &str,
+    token_failures: &Arc<AtomicU64>,
 ) -> Result<Session, LoginFailure> {
     let client = http_client(config).map_err(|error| LoginFailure {
         error,
@@ -1104,7 +1219,7 @@ async fn login(
                 credentials_rejected: false,
             })
         }
-        Ok(Ok(session)) => return Ok(on_client(session, client)),
+        Ok(Ok(session)) => return Ok(on_client(session, client, token_failures)),
         Ok(Err(e)) => e,
     };
     // osauth files a token request a proxy timed out (408), rate-limited
