@@ -2970,6 +2970,40 @@ async fn a_failing_management_network_lookup_is_asked_again_ever_later() {
     assert_eq!((seen[0], asked_at), (1.0, vec![30, 90]), "{seen:?}");
 }
 
+/// With no name ever resolved, every read lacks the address its boot
+/// waits for: the lookup's backoff does not double then, so the address
+/// shows within 30 s of Neutron's recovery, not up to ten minutes later.
+#[tokio::test]
+async fn with_no_management_network_name_yet_the_lookup_is_asked_again_every_30_s() {
+    let (env, driver, server) = env_with_a_server().await;
+    settled(&driver, &server.id).await;
+    let faults = env.face.faults();
+    faults.server_error_next(Service::Network, 50);
+    let fresh = env.driver().await;
+    // Neutron fails for five minutes of reads, every 10 s.
+    for _ in 0..30 {
+        let read = fresh.read_server(&server.id).await.unwrap();
+        assert_eq!(read.mysql_addr, None, "{read:?}");
+        advance_clock(Duration::from_secs(10)).await;
+    }
+    faults.clear();
+    let mut waited = Duration::ZERO;
+    while fresh
+        .read_server(&server.id)
+        .await
+        .unwrap()
+        .mysql_addr
+        .is_none()
+    {
+        assert!(
+            waited <= Duration::from_secs(30),
+            "no address {waited:?} after Neutron recovered"
+        );
+        advance_clock(Duration::from_secs(10)).await;
+        waited += Duration::from_secs(10);
+    }
+}
+
 /// While Keystone refuses a token's renewal (429), osauth's error carries
 /// Keystone's status, not the version document's. The re-ask of the
 /// version document, meant to recover a service's Retry-After, asked

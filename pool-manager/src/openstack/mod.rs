@@ -78,7 +78,8 @@ const NAME_TTL: Duration = Duration::from_secs(600);
 /// How long after a failed lookup of a management network Neutron is not
 /// asked for it again, when the failure names no wait (a 5xx, a timeout,
 /// the network gone): this after the first failure, doubled at each
-/// failure in a row, up to [`NAME_TTL`]. Every server read and listing
+/// failure in a row, up to [`NAME_TTL`], while a last name that resolved
+/// is read on (with none, not doubled). Every server read and listing
 /// needs the name; without a pause, each would send its own lookup to a
 /// Neutron that is failing or asking warmpool to back off.
 const MANAGEMENT_LOOKUP_BACKOFF: Duration = Duration::from_secs(30);
@@ -1349,7 +1350,11 @@ impl OpenStackCloud {
         let asked_again_in = {
             let mut paused = lock(&self.inner.management_lookups_paused);
             let failures = paused.get(network).map_or(0, |p| p.failures) + 1;
-            let pause = management_lookup_pause(&e, failures);
+            // With no name to go on, every read lacks the address its boot
+            // waits for: ask again at the first backoff, never doubled, so
+            // the address shows soon after Neutron recovers.
+            let doubled_after = if last.is_some() { failures } else { 1 };
+            let pause = management_lookup_pause(&e, doubled_after);
             paused.insert(
                 network.to_owned(),
                 LookupPaused {
