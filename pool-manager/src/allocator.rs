@@ -970,30 +970,70 @@ enum Repeat {
     Retryable,
 }
 
-/// Releases a purchase's place in the quota queue, also when the Allocate
-/// future is dropped.
-struct QuotaQueue<'a> {
+/// A cold boot's place with the gate: in line for quota, or admitted (it
+/// found room, which is its own until its boot's ticket holds it). Given
+/// up when its boot starts, also when the Allocate future is dropped.
+struct QuotaPlace<'a> {
     gate: &'a std::sync::Mutex<Gate>,
     flavor: &'a str,
+    admitted: bool,
 }
 
-impl<'a> QuotaQueue<'a> {
+impl<'a> QuotaPlace<'a> {
+    /// Joins the line.
     fn join(gate: &'a std::sync::Mutex<Gate>, flavor: &'a str) -> Self {
         gate::lock(gate).purchase_waiting(flavor, true);
-        Self { gate, flavor }
+        Self {
+            gate,
+            flavor,
+            admitted: false,
+        }
     }
 
-    /// Leaves the line with the gate already locked as `locked`.
+    /// Takes the room the purchase found, with the gate locked as
+    /// `locked` (the lock it was found under): out of the line, if in it.
+    fn admit_locked(
+        place: &mut Option<Self>,
+        gate: &'a std::sync::Mutex<Gate>,
+        locked: &mut Gate,
+        flavor: &'a str,
+    ) {
+        match place {
+            Some(place) if place.admitted => return,
+            Some(place) => {
+                locked.purchase_waiting(place.flavor, false);
+                place.admitted = true;
+            }
+            None => {
+                *place = Some(Self {
+                    gate,
+                    flavor,
+                    admitted: true,
+                })
+            }
+        }
+        locked.purchase_admitted(flavor, true);
+    }
+
+    fn give_up(&self, locked: &mut Gate) {
+        if self.admitted {
+            locked.purchase_admitted(self.flavor, false);
+        } else {
+            locked.purchase_waiting(self.flavor, false);
+        }
+    }
+
+    /// Gives the place up with the gate already locked as `locked`.
     fn leave_locked(self, locked: &mut Gate) {
-        locked.purchase_waiting(self.flavor, false);
+        self.give_up(locked);
         // Dropped, it would leave again, locking the gate it is given locked.
         std::mem::forget(self);
     }
 }
 
-impl Drop for QuotaQueue<'_> {
+impl Drop for QuotaPlace<'_> {
     fn drop(&mut self) {
-        gate::lock(self.gate).purchase_waiting(self.flavor, false);
+        self.give_up(&mut gate::lock(self.gate));
     }
 }
 
@@ -2290,7 +2330,9 @@ impl Shared {
         waited_for_ready: &mut bool,
     ) -> ManagerResult<(Instance, bool)> {
         let flavor = &params.pool.flavor;
-        let mut queue = None;
+        let az = &params.pool.availability_zone;
+        // In line for quota, or admitted once room is found.
+        let mut queue: Option<QuotaPlace> = None;
         let mut refusals = 0u32;
         // After a refusal for quota: no boot before then.
         let mut retry_at: Option<Instant> = None;
@@ -2316,19 +2358,22 @@ impl Shared {
             // At quota a boot would only be refused: wait in line (ahead of
             // speculative refills) until the cloud's limits show room.
             if next_look.is_none() && self.settings.gate.enabled {
-                match self.quota_room(&params.pool, own_port).await {
+                match self.quota_room(&params.pool, own_port, &mut queue).await {
+                    // Admitted: the room is this purchase's.
                     QuotaRoom::Room => {}
                     QuotaRoom::Full(limited_by) => {
                         why_full = limited_by
                             .map(|by| format!(" ({by} at the last poll)"))
                             .unwrap_or_default();
                         // The limits are read again when due (the gate's
-                        // interval, or sooner once a refusal or a freed
-                        // server makes the reading stale, which a change
-                        // of the store wakes the wait to see), never more
-                        // often than a poll interval.
+                        // interval, or sooner once a refusal, or a server
+                        // seen gone since the last poll was sent, makes
+                        // the reading stale, which a change of the store
+                        // wakes the wait to see; not while the zone waits
+                        // out a throttle), never more often than a poll
+                        // interval.
                         let now = Instant::now();
-                        let due = gate::lock(&self.gate).headroom_due_at(flavor, now);
+                        let due = gate::lock(&self.gate).purchase_poll_at(az, flavor, now);
                         next_look = Some(due.max(deadline_after(
                             now,
                             self.settings.poll_interval.max(MIN_QUOTA_PAUSE),
@@ -2343,7 +2388,7 @@ impl Shared {
                 }
             }
             if let Some(until) = next_look {
-                queue.get_or_insert_with(|| QuotaQueue::join(&self.gate, &params.pool.flavor));
+                queue.get_or_insert_with(|| QuotaPlace::join(&self.gate, &params.pool.flavor));
                 self.wait_for_quota(params, changes, deadline, until)
                     .await?;
                 continue;
@@ -2373,14 +2418,14 @@ impl Shared {
                     .await?
             };
             // The boot's ticket holds the purchase's room from now on: its
-            // place in line goes under the same lock, or refills would find
-            // that room taken twice until the instance is Ready.
+            // place (admitted, or in line when the gate is off or the room
+            // is unknown) goes under the same lock, or purchases and refills
+            // would find that room taken twice until the instance is Ready.
             let ticket = {
                 let mut locked = gate::lock(&self.gate);
                 if let Some(place) = queue.take() {
                     place.leave_locked(&mut locked);
                 }
-                let az = &params.pool.availability_zone;
                 BootTicket::start_locked(&self.gate, &mut locked, az, flavor, false)
             };
             // The boot runs as a task of its own, which the purchase only
@@ -2415,7 +2460,7 @@ impl Shared {
                     refusals += 1;
                     tracing::info!(request_id = %params.request_id, %flavor, "cold boot refused for quota; waiting: {m}");
                     why_full = format!(" (the cloud refused its boot: {m})");
-                    queue.get_or_insert_with(|| QuotaQueue::join(&self.gate, &params.pool.flavor));
+                    queue.get_or_insert_with(|| QuotaPlace::join(&self.gate, &params.pool.flavor));
                     let pause = self
                         .settings
                         .poll_interval
@@ -2598,43 +2643,60 @@ impl Shared {
     }
 
     /// Whether the flavor's quota has room for a cold boot, whose tenant
-    /// port is made when `own_port` ([`Gate::purchase_headroom`]). The
-    /// headroom is polled when never polled yet, and re-polled when it says
-    /// "full" and a poll is due ([`Gate::headroom_due`]: the refills'
-    /// `headroom_interval`, or at once once a refusal or a freed server made
-    /// it stale), the cache the replenisher's polls share; a failing poll
-    /// says "not known to be full", and its 429 is the gate's, as a
-    /// refill's poll's is.
-    async fn quota_room(&self, pool: &crate::model::PoolKey, own_port: Option<u64>) -> QuotaRoom {
+    /// port is made when `own_port` ([`Gate::purchase_headroom`]); with
+    /// room, the purchase is admitted (`place`, out of line if in it) under
+    /// the lock it was found under, so that the next purchase to look finds
+    /// it taken. The headroom is polled when never polled yet, and
+    /// re-polled when it says "full" and a poll is due
+    /// ([`Gate::purchase_poll_at`]: the refills' `headroom_interval`, or at
+    /// once once a refusal, or a server seen gone since the last poll was
+    /// sent, made it stale; not while the zone waits out a throttle), the
+    /// cache the replenisher's polls share; a failing poll says "not known
+    /// to be full", and its 429 is the gate's, as a refill's poll's is.
+    async fn quota_room<'a>(
+        &'a self,
+        pool: &'a crate::model::PoolKey,
+        own_port: Option<u64>,
+        place: &mut Option<QuotaPlace<'a>>,
+    ) -> QuotaRoom {
         let flavor = &pool.flavor;
-        let (room, poll, boots_at_send) = {
-            let gate = gate::lock(&self.gate);
+        let az = &pool.availability_zone;
+        let boots_at_send = {
+            let mut gate = gate::lock(&self.gate);
             let room = self.quota_room_of(&gate, flavor, own_port);
             let never = gate.headroom_status(flavor).polled_at.is_none();
-            let due = gate.headroom_due(flavor, Instant::now());
+            let now = Instant::now();
+            let due = gate.purchase_poll_at(az, flavor, now) <= now;
             let poll = never || (matches!(room, QuotaRoom::Full(_)) && due);
-            (room, poll, gate.boots_started())
+            if !poll {
+                if matches!(room, QuotaRoom::Room) {
+                    QuotaPlace::admit_locked(place, &self.gate, &mut gate, flavor);
+                }
+                return room;
+            }
+            gate.boots_started()
         };
-        if !poll {
-            return room;
-        }
         let polled = self.poll_headroom(flavor).await;
         let now = Instant::now();
         let mut gate = gate::lock(&self.gate);
-        match polled {
+        let room = match polled {
             Ok((h, sales_ports)) => {
                 gate.headroom_polled(flavor, boots_at_send, h, sales_ports, now);
                 self.quota_room_of(&gate, flavor, own_port)
             }
             Err(e) => {
                 if let ManagerError::Cloud(CloudError::Throttled { retry_after, .. }) = &e {
-                    gate.throttled(&pool.availability_zone, *retry_after, now);
+                    gate.throttled(az, *retry_after, now);
                 }
                 tracing::warn!(%flavor, error = %e, "cannot read quota headroom");
                 gate.headroom_failed(flavor, e.to_string(), now);
                 QuotaRoom::Room
             }
+        };
+        if matches!(room, QuotaRoom::Room) {
+            QuotaPlace::admit_locked(place, &self.gate, &mut gate, flavor);
         }
+        room
     }
 
     /// The room a purchase has by the gate's cached headroom.

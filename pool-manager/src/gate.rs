@@ -43,8 +43,10 @@
 //! - **Quota.** The cloud's own limits (Nova `/limits` and Neutron's port
 //!   quota, through `Cloud::boot_headroom`) are polled per flavor every
 //!   `headroom_interval` by the replenisher and by purchases in line for
-//!   quota (sooner once a refusal or a server seen gone made the reading
-//!   stale), not per boot, and cached, with
+//!   quota (sooner once a refusal made the reading stale, and, for a
+//!   purchase in line, once a server was seen gone since the poll was
+//!   sent; never while the zone waits out a throttle, save a flavor's
+//!   first poll for a purchase), not per boot, and cached, with
 //!   the ports the unsold pool instances will yet take for their sales
 //!   ([`ports_kept_for_sale`], counted by the caller): speculative refills
 //!   leave those, purchases (first in line) judge Neutron's count as is;
@@ -66,7 +68,10 @@
 //!   four 1-vCPU servers' worth of cores, as that flavor's own poll says; a boot of a flavor never polled
 //!   counts as one server of the flavor asked about), and so are purchases
 //!   waiting for quota, each as one server of its flavor: they are first
-//!   in line, speculative refills get what is left. At zero,
+//!   in line, speculative refills get what is left. A purchase that finds
+//!   room takes it under the gate's lock (admitted, one server of its
+//!   flavor) until its boot's ticket holds it: purchases woken together
+//!   by one freed server boot one server, not one each. At zero,
 //!   speculative refills stop until the next poll (the hold ends when it
 //!   is due: a pool that wants boots then polls again before it boots,
 //!   and a pool at its target, which does not poll, is not shown held by
@@ -353,6 +358,18 @@ impl Pause {
     }
 }
 
+/// One purchase of `flavor` more (`up`) or fewer in `by_flavor`.
+fn count_purchase(by_flavor: &mut BTreeMap<String, u64>, flavor: &str, up: bool) {
+    if up {
+        *by_flavor.entry(flavor.to_string()).or_default() += 1;
+    } else if let Some(n) = by_flavor.get_mut(flavor) {
+        *n -= 1;
+        if *n == 0 {
+            by_flavor.remove(flavor);
+        }
+    }
+}
+
 /// A factor in `[1, 1 + jitter]` a pause is stretched by.
 fn stretch(rng: &mut StdRng, jitter: f64) -> f64 {
     if jitter > 0.0 {
@@ -374,6 +391,10 @@ struct QuotaState {
     boots_started: BootCount,
     /// Per flavor, purchases waiting for quota to free up: first in line.
     purchases_waiting: BTreeMap<String, u64>,
+    /// Per flavor, purchases that found room and have not started their
+    /// boot yet (whose ticket then holds the room): the room is theirs, so
+    /// purchases that look after them, and refills, find it taken.
+    purchases_admitted: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -402,8 +423,7 @@ struct HeadroomEntry {
     failing: Option<String>,
     /// Why the last successful poll did not count the port quota.
     ports_unknown: Option<String>,
-    /// A refusal, or a server seen gone, since the poll: the cached
-    /// answer is stale, poll again.
+    /// A refusal since the poll: the cached answer is stale, poll again.
     stale: bool,
 }
 
@@ -464,6 +484,9 @@ pub struct BootCount {
     /// Tenant ports purchases made ([`Gate::tenant_port_made`]): a poll
     /// sent at n counts the first n.
     tenant_ports: u64,
+    /// Servers of the project seen gone ([`Gate::server_freed`]): a poll
+    /// sent at n may not show the room of those after the first n.
+    freed: u64,
 }
 
 /// A boot whose create the cloud has not answered yet.
@@ -520,6 +543,7 @@ impl Gate {
                 headroom: BTreeMap::new(),
                 boots_started: BootCount::default(),
                 purchases_waiting: BTreeMap::new(),
+                purchases_admitted: BTreeMap::new(),
             },
             azs: BTreeMap::new(),
             settings,
@@ -610,14 +634,50 @@ impl Gate {
 
     /// Whether `flavor`'s quota headroom should be polled now: never polled,
     /// polled `headroom_interval` ago, or stale since the last poll (a
-    /// refusal, a server seen gone).
+    /// refusal).
     pub fn headroom_due(&self, flavor: &str, now: Instant) -> bool {
         self.settings.enabled && self.headroom_due_at(flavor, now) <= now
     }
 
+    /// Whether a refill of `flavor` in `az` should poll the quota headroom
+    /// now: it is due ([`Self::headroom_due`]) and the zone is not waiting
+    /// out a throttle. A poll then would only add a call to the storm, and
+    /// the refills it would be for are held until the pause is over.
+    pub fn refill_poll_due(&mut self, az: &str, flavor: &str, now: Instant) -> bool {
+        self.headroom_due(flavor, now) && self.throttled_until(az, flavor, now).is_none()
+    }
+
+    /// When a purchase waiting for `flavor`'s quota in `az` should poll the
+    /// headroom again (`now` if at once): when refills would
+    /// ([`Self::headroom_due_at`]), or at once once a server was seen gone
+    /// since the last poll was sent, whose answer may not show its room
+    /// (the refills wait for their poll: none waits on them); never while
+    /// the zone waits out a throttle.
+    pub fn purchase_poll_at(&mut self, az: &str, flavor: &str, now: Instant) -> Instant {
+        let freed = self.quota.boots_started.freed;
+        let due = match self.quota.headroom.get(flavor) {
+            Some(e) if e.boots_at_poll.freed < freed => now,
+            _ => self.headroom_due_at(flavor, now),
+        };
+        self.throttled_until(az, flavor, now)
+            .map_or(due, |until| due.max(until))
+    }
+
+    /// When the throttle pause of `az` ends for pools of `flavor` (each
+    /// drawn its own stretch, as their admissions are), if it holds at `now`.
+    fn throttled_until(&mut self, az: &str, flavor: &str, now: Instant) -> Option<Instant> {
+        if !self.settings.enabled {
+            return None;
+        }
+        let jitter = self.jitter();
+        self.azs
+            .get_mut(az)
+            .and_then(|s| s.pause.as_mut())
+            .and_then(|pause| pause.end_for(flavor, jitter, &mut self.rng, now))
+    }
+
     /// When `flavor`'s quota headroom is next due to be polled (`now` if it
-    /// is due already): what a purchase waiting for quota waits for, unless
-    /// a change of the store comes first.
+    /// is due already).
     pub fn headroom_due_at(&self, flavor: &str, now: Instant) -> Instant {
         match self.quota.headroom.get(flavor) {
             None => now,
@@ -722,7 +782,7 @@ impl Gate {
             .get(flavor)
             .zip(port)
             .is_some_and(|(entry, port)| port <= entry.boots_at_poll.tenant_ports);
-        self.headroom_after(flavor, &BTreeMap::new(), false, counted)
+        self.headroom_after(flavor, &[&self.quota.purchases_admitted], false, counted)
     }
 
     /// A purchase made its tenant's port (in warmpool's project: Neutron's
@@ -738,18 +798,24 @@ impl Gate {
     /// are kept and the ports the unsold instances' sales will take: what
     /// speculative boots may take.
     fn refill_headroom(&self, flavor: &str) -> Option<u64> {
-        self.headroom_after(flavor, &self.quota.purchases_waiting, true, false)
+        let q = &self.quota;
+        self.headroom_after(
+            flavor,
+            &[&q.purchases_waiting, &q.purchases_admitted],
+            true,
+            false,
+        )
     }
 
     /// As [`Self::headroom_left`], with `reserved` servers per flavor (of
-    /// purchases waiting) also taken, the ports kept for sales when
+    /// purchases waiting or admitted) also taken, the ports kept for sales when
     /// `keep_sales_ports`, and one port of those the poll counted as used
     /// given back when `own_port_counted` (a purchase's tenant port, which
     /// its server's share holds too).
     fn headroom_after(
         &self,
         flavor: &str,
-        reserved: &BTreeMap<String, u64>,
+        reserved: &[&BTreeMap<String, u64>],
         keep_sales_ports: bool,
         own_port_counted: bool,
     ) -> Option<u64> {
@@ -779,7 +845,12 @@ impl Gate {
         });
         let holding: Vec<(&str, u64, Option<u64>)> = since
             .chain(unanswered)
-            .chain(reserved.iter().map(|(f, n)| (f.as_str(), *n, None)))
+            .chain(
+                reserved
+                    .iter()
+                    .flat_map(|by_flavor| by_flavor.iter())
+                    .map(|(f, n)| (f.as_str(), *n, None)),
+            )
             .filter(|(_, n, _)| *n > 0)
             .collect();
         if entry.quotas.is_empty() {
@@ -858,15 +929,21 @@ impl Gate {
     /// (`false`). While it waits, speculative refills of every flavor leave
     /// it what one server of its flavor takes.
     pub fn purchase_waiting(&mut self, flavor: &str, waiting: bool) {
-        let queue = &mut self.quota.purchases_waiting;
-        if waiting {
-            *queue.entry(flavor.to_string()).or_default() += 1;
-        } else if let Some(n) = queue.get_mut(flavor) {
-            *n -= 1;
-            if *n == 0 {
-                queue.remove(flavor);
-            }
-        }
+        count_purchase(&mut self.quota.purchases_waiting, flavor, waiting);
+    }
+
+    /// A purchase of `flavor` found room for its cold boot (`true`), or
+    /// started that boot, whose ticket holds the room from then on, or
+    /// gave up (`false`). Found under the lock that admits it, so that two
+    /// purchases, or a purchase and a refill, never take the same room.
+    pub fn purchase_admitted(&mut self, flavor: &str, admitted: bool) {
+        count_purchase(&mut self.quota.purchases_admitted, flavor, admitted);
+    }
+
+    /// Whether any purchase waits for quota: servers freed then are worth
+    /// watching until gone ([`Self::server_freed`]).
+    pub fn purchases_waiting(&self) -> bool {
+        !self.quota.purchases_waiting.is_empty()
     }
 
     /// The pause before retrying a call the cloud answered 429/413:
@@ -1024,16 +1101,16 @@ impl Gate {
         }
     }
 
-    /// A server of the project was seen gone (a release's, a failed try's):
-    /// the quota it held is free, and every flavor's cached headroom
-    /// understates the room, so each is polled again when next asked
-    /// (a purchase waiting for quota gets the room now, not at the next
-    /// poll). Quota is the project's: any flavor's server frees room for
-    /// every flavor.
+    /// A server of the project was seen gone (a release's, a failed
+    /// try's, one warmpool deleted while a purchase waited): the quota it
+    /// held is free, and each flavor's headroom polled before it understates
+    /// the room, so a purchase waiting for quota polls again at its next
+    /// look ([`Self::purchase_poll_at`]) and gets the room now, not at the
+    /// next poll. Quota is the project's: any flavor's server frees room
+    /// for every flavor. Counted, not marked on the readings: a poll sent
+    /// before and answered after does not show the room either.
     pub fn server_freed(&mut self) {
-        for entry in self.quota.headroom.values_mut() {
-            entry.stale = true;
-        }
+        self.quota.boots_started.freed += 1;
     }
 
     /// The cloud refused a boot for quota.

@@ -491,7 +491,7 @@ impl Shared {
         self.paused.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn spawn(self: &Arc<Self>, task: impl Future<Output = ()> + Send + 'static) {
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         // Read under the lock `shutdown` sets the flag under: a task spawned
         // as shutdown begins is refused, or lands in the set it aborts.
         let mut tasks = self.tasks.lock().expect("task set lock");

@@ -590,6 +590,7 @@ impl Shared {
             {
                 continue;
             }
+            self.watch_until_freed(&server.id);
             let pool = self
                 .store
                 .list_pools()
@@ -830,11 +831,15 @@ impl Shared {
                 tracing::warn!(server = server_id, reason = %refused, "soft-deleted server left to Nova's reclaim");
             }
             deleted => {
-                go_on(
+                if go_on(
                     deleted.map_err(Into::into),
                     "deleting soft-deleted server",
                     server_id,
-                )?;
+                )?
+                .is_some()
+                {
+                    self.watch_until_freed(server_id);
+                }
             }
         }
         Ok(())

@@ -373,13 +373,15 @@ impl Shared {
     }
 
     /// Polls the flavor's quota headroom from the cloud when the cached one
-    /// is due. A failing poll caps nothing (the refusal-driven pause still
-    /// works) and is tried again after the interval; a 429 is the gate's.
+    /// is due and the zone is not waiting out a throttle
+    /// ([`gate::Gate::refill_poll_due`]). A failing poll caps nothing (the
+    /// refusal-driven pause still works) and is tried again after the
+    /// interval; a 429 is the gate's.
     pub(crate) async fn refresh_headroom(&self, pool: &PoolKey) {
         let flavor = &pool.flavor;
         let boots_at_send = {
-            let gate = gate::lock(&self.gate);
-            if !gate.headroom_due(flavor, Instant::now()) {
+            let mut gate = gate::lock(&self.gate);
+            if !gate.refill_poll_due(&pool.availability_zone, flavor, Instant::now()) {
                 return;
             }
             gate.boots_started()
@@ -486,10 +488,13 @@ impl Shared {
             sizing::decide(&inputs(&pool.spec, &census, admission)).target
         };
         // Quota headroom matters only to a pool that wants to boot: poll it
-        // then (at most every headroom_interval per flavor), not at rest.
+        // then (at most every headroom_interval per flavor, sooner only
+        // after a quota refusal; servers freed do not make it due, as a
+        // purchase in line re-reads for those), not at rest, and not while
+        // the zone waits out a throttle (its boots are held anyway).
         if target > supply
             && self.settings.gate.enabled
-            && gate::lock(&self.gate).headroom_due(&pool.key.flavor, now)
+            && gate::lock(&self.gate).refill_poll_due(az, &pool.key.flavor, now)
         {
             self.refresh_headroom(&pool.key).await;
         }
@@ -1414,8 +1419,11 @@ impl Shared {
                 self.cloud.delete_server(server_id)
             })
             .await;
-        if let Err(e) = deleted {
-            tracing::warn!(instance = %instance.id, server = %server_id, error = %e, "cannot delete the server of a boot whose record does not name it; the next reconcile pass deletes it as a leak");
+        match deleted {
+            Ok(()) => self.watch_until_freed(server_id),
+            Err(e) => {
+                tracing::warn!(instance = %instance.id, server = %server_id, error = %e, "cannot delete the server of a boot whose record does not name it; the next reconcile pass deletes it as a leak");
+            }
         }
     }
 
@@ -1581,6 +1589,8 @@ impl Shared {
         {
             self.note_delete_refused(instance, server_id, &e).await;
             return Err(e.into());
+        } else {
+            self.watch_until_freed(server_id);
         }
         self.update_instance(&instance.id, |_| Some(None)).await?;
         Ok(())
@@ -1601,9 +1611,47 @@ impl Shared {
         );
         if let Some(server_id) = &instance.server_id {
             self.cloud.delete_server(server_id).await?;
+            self.watch_until_freed(server_id);
         }
         self.update_instance(&instance.id, |_| Some(None)).await?;
         Ok(())
+    }
+
+    /// A delete of `server_id` the cloud took and warmpool does not wait
+    /// out (a retirement's, a drain's, a failed boot's, the reconciler's):
+    /// while a purchase waits for quota, the server is read until it is
+    /// gone, within the cleanup budget, then counted freed
+    /// ([`gate::Gate::server_freed`]) and the waiters woken, so that the
+    /// room is theirs then rather than at the next poll of the limits.
+    /// Nova counts a server until its compute host is done with it, so a
+    /// poll at once would not show the room. With no purchase waiting,
+    /// nothing is read: refills see the room at their next poll. A read
+    /// that fails, or a server no longer being deleted (left SOFT_DELETED,
+    /// or its delete failed on the host), ends the watch: its room, if
+    /// any, shows at the next poll.
+    pub(crate) fn watch_until_freed(&self, server_id: &str) {
+        if !gate::lock(&self.gate).purchases_waiting() {
+            return;
+        }
+        let (cloud, gate, changes) = (self.cloud.clone(), self.gate.clone(), self.changes.clone());
+        let server_id = server_id.to_owned();
+        let pause = self.settings.poll_interval.min(Duration::from_millis(500));
+        let deadline = self.cleanup_deadline();
+        self.spawn(async move {
+            while Instant::now() < deadline {
+                tokio::time::sleep(pause).await;
+                match cloud.read_server(&server_id).await {
+                    Err(CloudError::NotFound(_)) => {
+                        gate::lock(&gate).server_freed();
+                        // The waiters look again on a change of the store.
+                        changes.bump();
+                        return;
+                    }
+                    Ok(server) if server.deleting => {}
+                    _ => return,
+                }
+            }
+        });
     }
 
     /// Shows why a pool instance's server is still there, on the instance

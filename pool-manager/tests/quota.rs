@@ -1070,3 +1070,262 @@ async fn a_cold_boot_needing_the_last_port_gets_it() {
     assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
+
+/// The test's settings with the cloud's limits read every `every`.
+fn polling_every(every: Duration) -> pool_manager::ManagerSettings {
+    let mut settings = settings();
+    settings.gate.headroom_interval = every;
+    settings
+}
+
+/// Cold-boot purchases ("cold0", ...) in the test pool, each 30 min
+/// timeout, on tasks of their own.
+fn cold_orders(manager: &PoolManager, n: usize) -> Vec<JoinHandle<ManagerResult<Allocation>>> {
+    (0..n)
+        .map(|i| {
+            let mut order = request(&format!("cold{i}"), new_volume(), EmptyPoolPolicy::ColdBoot);
+            order.timeout = Some(Duration::from_secs(30 * 60));
+            spawn_allocate(manager, order)
+        })
+        .collect()
+}
+
+/// Cold boots in line for quota take the room a release frees one each:
+/// three wait, one server is freed, and one boots. Woken together, each
+/// read the limits, each saw the one freed server, and each booted: two
+/// creates the cloud refused for quota, pausing the refills.
+#[tokio::test(start_paused = true)]
+async fn cold_boots_in_line_boot_no_more_than_the_servers_freed() {
+    let sim = sim_with_quota(3);
+    let manager = manager_on(&sim, temp_store());
+    let mut events = manager.events();
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(5)).await.unwrap();
+    wait_ready(&manager, 3).await;
+    for id in ["a", "b", "c"] {
+        manager
+            .allocate(request(id, new_volume(), EmptyPoolPolicy::FailFast))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let waiting = cold_orders(&manager, 3);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(waiting.iter().all(|w| !w.is_finished()), "no room yet");
+
+    sim.reset_call_counts();
+    manager.release("a", Some(true)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(
+        sim.call_counts().get("create_server"),
+        Some(&1),
+        "one server freed, one boot: {:?}",
+        status.sizing
+    );
+    assert_eq!(quota_refusals(&mut events), 0);
+    assert_eq!(status.sizing.gate.quota_refusals, 0, "{:?}", status.sizing);
+    // Its boot done, one is served; the other two wait on.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(waiting.iter().filter(|w| w.is_finished()).count(), 1);
+    assert_eq!(sim.call_counts().get("create_server"), Some(&1));
+    assert_eq!(quota_refusals(&mut events), 0);
+    manager.shutdown().await.unwrap();
+}
+
+/// Releases make no refill read the cloud's limits before its poll is due:
+/// the pool is at quota and short of its target, no purchase waits, and
+/// three releases within one (long) quota poll interval read them no more.
+/// Each marked every reading stale, and each pool short of its target
+/// read the limits at its next step.
+#[tokio::test(start_paused = true)]
+async fn releases_do_not_make_refills_read_the_limits_before_they_are_due() {
+    let sim = sim_with_quota(3);
+    let manager = PoolManager::new(
+        temp_store(),
+        sim.clone(),
+        Arc::new(sim.probe()),
+        polling_every(Duration::from_secs(600)),
+    );
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(5)).await.unwrap();
+    wait_ready(&manager, 3).await;
+    for id in ["a", "b", "c"] {
+        manager
+            .allocate(request(id, new_volume(), EmptyPoolPolicy::FailFast))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    sim.reset_call_counts();
+    for id in ["a", "b", "c"] {
+        manager.release(id, Some(true)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+    }
+    assert_eq!(
+        sim.call_counts().get("boot_headroom"),
+        None,
+        "no poll was due"
+    );
+    manager.shutdown().await.unwrap();
+}
+
+/// While the zone waits out a 429's Retry-After, no refill reads the
+/// limits, though a poll falls due meanwhile: a 429 storm is not fed one
+/// more call a poll interval.
+#[tokio::test(start_paused = true)]
+async fn refills_do_not_read_the_limits_while_the_zone_is_throttled() {
+    let sim = sim_with_quota(3);
+    let (cloud, throttle) = GatedCloud::failing_next(
+        &sim,
+        "boot_headroom",
+        CloudError::Throttled {
+            retry_after: Some(Duration::from_secs(120)),
+            message: "GET /limits: 429".into(),
+            unavailable: false,
+        },
+    );
+    let manager = manager_over(&cloud, temp_store());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(5)).await.unwrap();
+    wait_ready(&manager, 3).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let before = manager
+        .get_pool(&pool())
+        .await
+        .unwrap()
+        .sizing
+        .gate
+        .throttled;
+    throttle.store(1, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..60 {
+        if manager
+            .get_pool(&pool())
+            .await
+            .unwrap()
+            .sizing
+            .gate
+            .throttled
+            > before
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert!(status.sizing.gate.throttled > before, "{:?}", status.sizing);
+
+    // Polls fall due every 30 s; the pause lasts at least 120 s.
+    sim.reset_call_counts();
+    tokio::time::sleep(Duration::from_secs(110)).await;
+    assert_eq!(sim.call_counts().get("boot_headroom"), None);
+    // Once it is over, the limits are read again.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(sim.call_counts().contains_key("boot_headroom"));
+    manager.shutdown().await.unwrap();
+}
+
+/// Quota of 3 used by pool A's three sold servers ("a", "b", "c"; pool A
+/// paused: no refills), the limits read every 10 min; pool B (db.large in
+/// az1, target 0) empty. The cloud, the manager and B's key.
+async fn three_sold_and_an_empty_pool(
+    cloud: &Arc<GatedCloud>,
+    sim: &Arc<SimCloud>,
+) -> (PoolManager, PoolKey) {
+    let manager = PoolManager::new(
+        temp_store(),
+        cloud.clone(),
+        Arc::new(sim.probe()),
+        polling_every(Duration::from_secs(600)),
+    );
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), fixed(3)).await.unwrap();
+    wait_ready(&manager, 3).await;
+    for id in ["a", "b", "c"] {
+        manager
+            .allocate(request(id, new_volume(), EmptyPoolPolicy::FailFast))
+            .await
+            .unwrap();
+    }
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    let b = PoolKey::new("db.large", "az1");
+    manager.create_pool(b.clone(), fixed(0)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    (manager, b)
+}
+
+/// A cold boot in `pool` ("w", 5 min timeout: past it, the next poll is
+/// due) on a task of its own.
+fn cold_order_in(manager: &PoolManager, pool: &PoolKey) -> JoinHandle<ManagerResult<Allocation>> {
+    let mut order = request("w", new_volume(), EmptyPoolPolicy::ColdBoot);
+    order.params.pool = pool.clone();
+    order.timeout = Some(Duration::from_secs(5 * 60));
+    spawn_allocate(manager, order)
+}
+
+/// A reading of the limits sent before a server was freed, and answered
+/// after, does not show the room: it does not stand for one that does.
+/// The waiting cold boot's own first read is held on its way back while
+/// "a" is released; it shows the quota full, and the purchase reads again
+/// rather than waiting for the next poll (10 min, past its deadline).
+#[tokio::test(start_paused = true)]
+async fn a_reading_sent_before_a_server_was_freed_is_read_again() {
+    let sim = sim_with_quota(3);
+    let cloud = GatedCloud::new(&sim);
+    let (manager, b) = three_sold_and_an_empty_pool(&cloud, &sim).await;
+    let polled = cloud.hold_next("boot_headroom", At::After);
+    let waiting = cold_order_in(&manager, &b);
+    polled.reached().await;
+    manager.release("a", Some(true)).await.unwrap();
+    sim.reset_call_counts();
+    polled.release();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        sim.call_counts().get("create_server"),
+        Some(&1),
+        "the purchase boots on the freed room"
+    );
+    let allocation = waiting.await.unwrap().unwrap();
+    assert!(!allocation.warm_hit);
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
+
+/// A server warmpool deletes of its own (here a deleted pool's drain) frees
+/// room as a release's does: a cold boot waiting for quota boots once it
+/// is gone, not at the next poll of the limits (10 min, past its deadline).
+#[tokio::test(start_paused = true)]
+async fn a_drain_frees_room_for_a_cold_boot_waiting_for_quota() {
+    let sim = sim_with_quota(3);
+    let cloud = GatedCloud::new(&sim);
+    let manager = PoolManager::new(
+        temp_store(),
+        cloud.clone(),
+        Arc::new(sim.probe()),
+        polling_every(Duration::from_secs(600)),
+    );
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), fixed(3)).await.unwrap();
+    wait_ready(&manager, 3).await;
+    let b = PoolKey::new("db.large", "az1");
+    manager.create_pool(b.clone(), fixed(0)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let waiting = cold_order_in(&manager, &b);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!waiting.is_finished(), "no room yet: the purchase waits");
+
+    sim.reset_call_counts();
+    manager.delete_pool(&pool()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        sim.call_counts().get("create_server"),
+        Some(&1),
+        "the purchase boots once the drained servers are gone"
+    );
+    let allocation = waiting.await.unwrap().unwrap();
+    assert!(!allocation.warm_hit);
+    manager.shutdown().await.unwrap();
+}

@@ -3226,3 +3226,64 @@ async fn a_burst_into_an_empty_pool_counts_when_it_finds_it_empty() {
     let learned = store.get_learned_sizing(&pool()).await.unwrap().unwrap();
     assert_eq!(learned.allocations, 10, "{learned:?}");
 }
+
+/// A server seen gone makes a purchase in line poll the limits again, not
+/// the refills (which wait for their poll); a poll sent before it was
+/// freed, answered after, does not count as showing it; and no re-read is
+/// due while the zone waits out a throttle.
+#[test]
+fn a_freed_server_is_polled_for_by_purchases_in_line_alone() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings {
+        retry_after_jitter: 0.0,
+        ..GateSettings::default()
+    });
+    g.headroom_polled("db.small", g.boots_started(), room(0), 0, t0);
+    let next = t0 + DEFAULT_HEADROOM_INTERVAL;
+    assert_eq!(g.purchase_poll_at("az1", "db.small", t0), next);
+
+    // Sent before the server went, answered after.
+    let sent = g.boots_started();
+    g.server_freed();
+    g.headroom_polled("db.small", sent, room(0), 0, t0 + secs(1));
+    assert!(!g.refill_poll_due("az1", "db.small", t0 + secs(2)));
+    assert_eq!(
+        g.purchase_poll_at("az1", "db.small", t0 + secs(2)),
+        t0 + secs(2)
+    );
+    // Sent after: it shows the room there is.
+    g.headroom_polled("db.small", g.boots_started(), room(0), 0, t0 + secs(3));
+    assert_eq!(
+        g.purchase_poll_at("az1", "db.small", t0 + secs(3)),
+        t0 + secs(3) + DEFAULT_HEADROOM_INTERVAL
+    );
+
+    // Throttled: neither polls before the pause is over.
+    g.server_freed();
+    g.throttled("az1", Some(secs(120)), t0 + secs(4));
+    assert_eq!(
+        g.purchase_poll_at("az1", "db.small", t0 + secs(4)),
+        t0 + secs(124)
+    );
+    assert!(!g.refill_poll_due("az1", "db.small", t0 + secs(100)));
+    assert!(g.refill_poll_due("az1", "db.small", t0 + secs(124)));
+    assert!(g.refill_poll_due("az2", "db.small", t0 + secs(100)));
+}
+
+/// A purchase that found room takes it under the gate's lock: the next
+/// purchase, and the refills, find it taken until it gives it up (here its
+/// boot starts, whose ticket holds it from then on).
+#[test]
+fn a_purchase_admitted_takes_the_room_from_purchases_and_refills() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings::default());
+    g.headroom_polled("db.small", g.boots_started(), room(1), 0, t0);
+    assert_eq!(g.purchase_headroom("db.small", None), Some(1));
+    g.purchase_admitted("db.small", true);
+    assert_eq!(g.purchase_headroom("db.small", None), Some(0));
+    assert_eq!(g.admission("az1", "db.small", t0).headroom, Some(0));
+    g.purchase_admitted("db.small", false);
+    g.start("az1", "db.small", false, t0);
+    assert_eq!(g.purchase_headroom("db.small", None), Some(0));
+    assert_eq!(g.admission("az1", "db.small", t0).headroom, Some(0));
+}
