@@ -355,6 +355,8 @@ pub(crate) struct FaultState {
     pub fail_port_attach: u64,
     pub api_errors: u64,
     pub api_error: Option<CloudError>,
+    /// By method: how many of its next calls fail, and with what.
+    pub method_errors: BTreeMap<String, (u64, CloudError)>,
     /// `Some(n)`: n more calls pass, then every call hangs.
     pub hang_after: Option<u64>,
     /// Whether a call `hang_after` hangs takes effect first (its answer,
@@ -734,10 +736,24 @@ impl Model {
         let error = if self.faults.api_errors > 0 {
             self.faults.api_errors -= 1;
             self.faults.api_error.clone()
+        } else if let Some(error) = self.method_error(method) {
+            Some(error)
         } else {
             self.rate_limited(now)
         };
         GateDecision { hang, delay, error }
+    }
+
+    /// The error [`crate::Faults::fail_next_calls_of`] armed for this call
+    /// of `method`, if any is left.
+    fn method_error(&mut self, method: &str) -> Option<CloudError> {
+        let (left, error) = self.faults.method_errors.get_mut(method)?;
+        let error = error.clone();
+        *left -= 1;
+        if *left == 0 {
+            self.faults.method_errors.remove(method);
+        }
+        Some(error)
     }
 
     fn rate_limited(&mut self, now: Instant) -> Option<CloudError> {

@@ -506,6 +506,21 @@ impl Faults {
         });
     }
 
+    /// The next `n` calls of `method` (named as [`SimCloud::call_counts`]
+    /// names them, e.g. `"delete_server"`) return `error` without effect:
+    /// a 5xx or 429 from the API in front of one service's call while the
+    /// others pass. Calls of other methods do not count; armed again, the
+    /// method's count and error are replaced.
+    pub fn fail_next_calls_of(&self, method: &str, n: u64, error: CloudError) {
+        self.with(|f| {
+            if n == 0 {
+                f.method_errors.remove(method);
+            } else {
+                f.method_errors.insert(method.to_owned(), (n, error));
+            }
+        });
+    }
+
     /// After `n` more API calls, every call hangs forever (a crashed process
     /// or a dead cloud), before it takes effect. `hang_after_calls(0)`: the
     /// very next call hangs.

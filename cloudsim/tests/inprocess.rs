@@ -1037,6 +1037,42 @@ async fn attach_and_api_faults_fire_exactly_n_times() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_method_fault_fails_only_that_methods_next_calls() {
+    let cloud = SimCloud::new(SimConfig::deterministic());
+    let faults = cloud.faults();
+    let a = active_server(&cloud, "a", "az1").await;
+    let b = active_server(&cloud, "b", "az1").await;
+    let p = cloud.create_port(&port_spec("p", None)).await.unwrap().id;
+    let throttled = CloudError::Throttled {
+        retry_after: Some(secs(1.0)),
+        message: "slow down".into(),
+        unavailable: false,
+    };
+
+    faults.fail_next_calls_of("delete_server", 2, throttled.clone());
+    faults.fail_next_calls_of("delete_port", 1, CloudError::Transient("HTTP 503".into()));
+    // Other methods pass while those are armed.
+    cloud.get_server(&a).await.unwrap();
+    cloud.get_port(&p).await.unwrap();
+    assert_eq!(cloud.delete_server(&a).await.unwrap_err(), throttled);
+    assert_eq!(cloud.delete_server(&b).await.unwrap_err(), throttled);
+    assert!(matches!(
+        cloud.delete_port(&p).await,
+        Err(CloudError::Transient(_))
+    ));
+    assert_eq!(cloud.servers().len(), 2, "a failed delete has no effect");
+    assert_eq!(cloud.ports().len(), 1, "a failed delete has no effect");
+    cloud.delete_server(&a).await.unwrap();
+    cloud.delete_port(&p).await.unwrap();
+    assert!(cloud.ports().is_empty());
+
+    // Cleared with every other fault.
+    faults.fail_next_calls_of("delete_server", 1, throttled);
+    faults.clear();
+    cloud.delete_server(&b).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn hang_after_calls_hangs_every_later_call() {
     let cloud = SimCloud::new(SimConfig::deterministic());
     let faults = cloud.faults();
