@@ -1,39 +1,587 @@
-//! Property tests: random sequences of Allocate, Release, cloud faults,
-//! restarts and passing time keep the store and the cloud consistent, and
-//! concurrent Allocates, their store calls interleaved, never hand one
-//! instance out twice.
+//! Property tests: random sequences of Allocate (two of one order at
+//! once too), Release, cloud faults (a release's deletes and detach
+//! among them), pool changes, deletions and creations, restarts, crashes
+//! in the middle of an Allocate or Release and passing time keep the
+//! store and the cloud consistent and every answer given; and concurrent
+//! Allocates, their store calls interleaved, never hand one instance out
+//! twice.
 
 mod common;
 
 use common::*;
-use pool_manager::model::{EmptyPoolPolicy, Instance, InstanceState};
+use pool_manager::cloud::CloudError;
+use pool_manager::model::{Allocation, AllocationState, EmptyPoolPolicy, Instance, InstanceState};
+use pool_manager::store::Store;
+use pool_manager::{AllocateRequest, ManagerError, ManagerResult, PoolManager};
 use proptest::prelude::*;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// One Allocate or Release, as the API takes it.
 #[derive(Clone, Debug)]
-enum Op {
+enum Call {
     Allocate { order: u8, tenant: u8, policy: u8 },
     Release { order: u8, delete_volume: bool },
+}
+
+impl Call {
+    fn id(&self) -> String {
+        match self {
+            Call::Allocate { order, .. } | Call::Release { order, .. } => format!("order-{order}"),
+        }
+    }
+
+    /// The call, on a task of its own.
+    fn spawn(&self, manager: &PoolManager) -> tokio::task::JoinHandle<ManagerResult<Allocation>> {
+        match *self {
+            Call::Allocate {
+                order,
+                tenant,
+                policy,
+            } => spawn_allocate(manager, allocate_request(order, tenant, policy)),
+            Call::Release { delete_volume, .. } => {
+                let (manager, id) = (manager.clone(), self.id());
+                tokio::spawn(async move { manager.release(&id, Some(delete_volume)).await })
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Call(Call),
+    /// Two Allocates of one order id at once, each with its own tenant
+    /// and policy.
+    AllocateTwice {
+        order: u8,
+        tenants: [u8; 2],
+        policies: [u8; 2],
+    },
     FailVolumeAttach,
     FailPortAttach,
     BootError,
+    /// The next call of a release step fails once: 503 or 429.
+    ReleaseStepFails {
+        step: ReleaseStep,
+        throttled: bool,
+    },
+    Pause(bool),
+    SetMinReady(u8),
+    SetImage(u8),
+    /// A DeletePool; then, if `recreate_after`, a CreatePool at once (the
+    /// pool draining) and another that many seconds later.
+    DeletePool {
+        recreate_after: Option<u16>,
+    },
+    CreatePool,
+    /// The process dies at the `at`-th store call from the start of `call`
+    /// (any task's: the call's, a refill's), before that call reaches the
+    /// store; `after_write`: once the first write from there on has landed.
+    /// It is then started again on the same store, not shut down.
+    Crash {
+        call: Call,
+        at: u8,
+        after_write: bool,
+    },
     Restart,
-    Wait { secs: u16 },
+    Wait {
+        secs: u16,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum ReleaseStep {
+    DeleteServer,
+    DeletePort,
+    DeleteVolume,
+    DetachVolume,
+}
+
+impl ReleaseStep {
+    fn method(self) -> &'static str {
+        match self {
+            ReleaseStep::DeleteServer => "delete_server",
+            ReleaseStep::DeletePort => "delete_port",
+            ReleaseStep::DeleteVolume => "delete_volume",
+            ReleaseStep::DetachVolume => "detach_volume",
+        }
+    }
+}
+
+/// Mostly the first tenant: an order id reused by another is the
+/// exception, whose answer (ABORTED) is short.
+fn tenant() -> impl Strategy<Value = u8> {
+    prop_oneof![4 => Just(0u8), 1 => Just(1u8)]
+}
+
+fn call() -> impl Strategy<Value = Call> {
+    prop_oneof![
+        3 => (0u8..4, tenant(), 0u8..3).prop_map(|(order, tenant, policy)| Call::Allocate { order, tenant, policy }),
+        2 => (0u8..4, any::<bool>()).prop_map(|(order, delete_volume)| Call::Release { order, delete_volume }),
+    ]
 }
 
 fn op() -> impl Strategy<Value = Op> {
+    let step = prop_oneof![
+        Just(ReleaseStep::DeleteServer),
+        Just(ReleaseStep::DeletePort),
+        Just(ReleaseStep::DeleteVolume),
+        Just(ReleaseStep::DetachVolume),
+    ];
     prop_oneof![
-        4 => (0u8..6, 0u8..2, 0u8..3).prop_map(|(order, tenant, policy)| Op::Allocate { order, tenant, policy }),
-        2 => (0u8..6, any::<bool>()).prop_map(|(order, delete_volume)| Op::Release { order, delete_volume }),
+        6 => call().prop_map(Op::Call),
+        1 => (0u8..4, [tenant(), tenant()], [0u8..3, 0u8..3])
+            .prop_map(|(order, tenants, policies)| Op::AllocateTwice { order, tenants, policies }),
         1 => Just(Op::FailVolumeAttach),
         1 => Just(Op::FailPortAttach),
         1 => Just(Op::BootError),
+        2 => (step, any::<bool>()).prop_map(|(step, throttled)| Op::ReleaseStepFails { step, throttled }),
+        1 => any::<bool>().prop_map(Op::Pause),
+        1 => (0u8..4).prop_map(Op::SetMinReady),
+        1 => (0u8..2).prop_map(Op::SetImage),
+        1 => prop::option::of(0u16..300).prop_map(|recreate_after| Op::DeletePool { recreate_after }),
+        1 => Just(Op::CreatePool),
+        2 => (call(), 0u8..24, any::<bool>()).prop_map(|(call, at, after_write)| Op::Crash { call, at, after_write }),
         1 => Just(Op::Restart),
         2 => (1u16..400).prop_map(|secs| Op::Wait { secs }),
     ]
+}
+
+const IMAGES: [&str; 2] = ["mysql-8.0", "mysql-8.4"];
+const POLICIES: [EmptyPoolPolicy; 3] = [
+    EmptyPoolPolicy::FailFast,
+    EmptyPoolPolicy::Wait,
+    EmptyPoolPolicy::ColdBoot,
+];
+
+/// cloudsim as [`common::sim`] makes it, booting either of [`IMAGES`].
+fn two_image_sim() -> Arc<cloudsim::SimCloud> {
+    cloudsim::SimCloud::new(cloudsim::SimConfig {
+        images: IMAGES.map(String::from).to_vec(),
+        ..sim().config()
+    })
+}
+
+/// A process's store hooks: the process dies at the store call a test
+/// arms it to (its cloud too, through [`GatedCloud::die`]); from then on
+/// every store call of it waits forever, as do its cloud calls.
+struct Mortal {
+    cloud: Arc<GatedCloud>,
+    armed: Mutex<Option<Death>>,
+    dead: tokio::sync::watch::Sender<bool>,
+}
+
+struct Death {
+    calls_left: u32,
+    after_write: bool,
+    /// The call it dies at has come; with `after_write`, it dies once a
+    /// write lands.
+    due: bool,
+}
+
+impl Mortal {
+    fn new(cloud: Arc<GatedCloud>) -> Self {
+        Self {
+            cloud,
+            armed: Mutex::default(),
+            dead: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    fn arm(&self, calls: u32, after_write: bool) {
+        *self.armed.lock().unwrap() = Some(Death {
+            calls_left: calls,
+            after_write,
+            due: false,
+        });
+    }
+
+    fn disarm(&self) {
+        *self.armed.lock().unwrap() = None;
+    }
+
+    fn die(&self) {
+        self.cloud.die();
+        self.dead.send_replace(true);
+    }
+
+    fn is_dead(&self) -> bool {
+        *self.dead.borrow()
+    }
+
+    async fn until_dead(&self) {
+        let _ = self.dead.subscribe().wait_for(|dead| *dead).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl StoreHooks for Mortal {
+    async fn before_call(&self) {
+        let dies_now = {
+            let mut armed = self.armed.lock().unwrap();
+            match armed.as_mut() {
+                Some(death) if death.calls_left == 0 => {
+                    death.due = true;
+                    !death.after_write
+                }
+                Some(death) => {
+                    death.calls_left -= 1;
+                    false
+                }
+                None => false,
+            }
+        };
+        if dies_now {
+            self.die();
+        }
+        if self.is_dead() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    fn written(&self, _write: Write) {
+        let due = self.armed.lock().unwrap().as_ref().is_some_and(|d| d.due);
+        if due {
+            self.die();
+        }
+    }
+}
+
+/// One run of warmpoold over the store in `dir`.
+struct Process {
+    manager: PoolManager,
+    store: Arc<HookedStore<Mortal>>,
+}
+
+impl Process {
+    /// Started (reconciling what an earlier run left).
+    async fn start(sim: &Arc<cloudsim::SimCloud>, dir: &std::path::Path) -> Self {
+        let cloud = GatedCloud::new(sim);
+        let store = Arc::new(HookedStore {
+            inner: open_store(dir),
+            hooks: Mortal::new(cloud.clone()),
+        });
+        let manager = manager_over(&cloud, store.clone());
+        manager.start().await.unwrap();
+        Self { manager, store }
+    }
+
+    /// Shut down gracefully and started again.
+    async fn restart(self, sim: &Arc<cloudsim::SimCloud>, dir: &std::path::Path) -> Self {
+        self.manager.shutdown().await.unwrap();
+        drop(self);
+        Self::start(sim, dir).await
+    }
+
+    /// The dead process is gone, and a new one started on its store. Its
+    /// tasks wait forever at their next store or cloud call, but would
+    /// live on in this runtime, holding the store's lock: `shutdown`'s
+    /// first step aborts them, as the end of a process does; its next
+    /// steps (saving what the estimators learned, the flush) wait at the
+    /// dead store until the timeout drops them, so nothing a graceful stop
+    /// writes reaches the disk.
+    async fn after_death(self, sim: &Arc<cloudsim::SimCloud>, dir: &std::path::Path) -> Self {
+        assert!(self.store.hooks.is_dead());
+        let stopped = tokio::time::timeout(Duration::from_secs(60), self.manager.shutdown()).await;
+        assert!(
+            stopped.is_err(),
+            "a dead process's shutdown reached its store"
+        );
+        drop(self);
+        Self::start(sim, dir).await
+    }
+}
+
+/// What the test was told, and what it asked that may have left a trace.
+#[derive(Default)]
+struct Told {
+    /// Each answered order's tenant and first answer.
+    answered: HashMap<String, (String, Allocation)>,
+    /// The delete_volume each order's first answered release asked for.
+    released_with: HashMap<String, bool>,
+    /// The volume decisions of releases that were not answered (a crash),
+    /// whose release may have begun.
+    releases_begun: HashMap<String, Vec<bool>>,
+}
+
+impl Told {
+    /// `allocation`, an answer about order `id`: the same instance and
+    /// tenant as any earlier answer.
+    fn learn(&mut self, id: &str, allocation: &Allocation) {
+        let tenant = allocation.params.tenant_project_id.clone();
+        match self.answered.get(id) {
+            Some((first_tenant, first)) => {
+                assert_eq!(first_tenant, &tenant, "order {id} answered for two tenants");
+                assert_eq!(
+                    first.instance_id, allocation.instance_id,
+                    "order {id} answered with two instances"
+                );
+            }
+            None => {
+                self.answered
+                    .insert(id.to_owned(), (tenant, allocation.clone()));
+            }
+        }
+    }
+
+    /// A release of `id` asking for `delete_volume` may have begun.
+    fn begun(&mut self, id: &str, delete_volume: bool) {
+        self.releases_begun
+            .entry(id.to_owned())
+            .or_default()
+            .push(delete_volume);
+    }
+
+    /// The `n`-th (cycled) of the orders answered and not released, by
+    /// number.
+    fn allocated_order(&self, n: u8) -> Option<u8> {
+        let mut orders: Vec<u8> = self
+            .answered
+            .keys()
+            .filter(|id| !self.released_with.contains_key(*id))
+            .map(|id| id.trim_start_matches("order-").parse().unwrap())
+            .collect();
+        orders.sort_unstable();
+        (!orders.is_empty()).then(|| orders[usize::from(n) % orders.len()])
+    }
+
+    /// Every order answered is still recorded with its tenant and instance.
+    fn check_kept(&self, allocations: &[Allocation]) {
+        let mut holders: HashMap<&str, &str> = HashMap::new();
+        for allocation in allocations
+            .iter()
+            .filter(|a| a.state == AllocationState::Allocated)
+        {
+            let instance = allocation.instance_id.as_deref().unwrap();
+            let id = allocation.params.request_id.as_str();
+            if let Some(other) = holders.insert(instance, id) {
+                panic!("instance {instance} allocated to {other} and {id}");
+            }
+        }
+        for (id, (tenant, first)) in &self.answered {
+            let stored = allocations
+                .iter()
+                .find(|a| &a.params.request_id == id)
+                .unwrap_or_else(|| panic!("answered order {id} is no longer recorded"));
+            assert_eq!(&stored.params.tenant_project_id, tenant);
+            assert_eq!(
+                stored.instance_id, first.instance_id,
+                "answered order {id} now names another instance: {stored:?}"
+            );
+        }
+    }
+}
+
+/// Whether the pool takes purchases and changes: `Some(true)` open,
+/// `Some(false)` draining, `None` gone.
+async fn pool_open(manager: &PoolManager) -> Option<bool> {
+    match manager.get_pool(&pool()).await {
+        Ok(status) => Some(!status.record.draining),
+        Err(ManagerError::PoolNotFound(_)) => None,
+        Err(e) => panic!("GetPool: {e}"),
+    }
+}
+
+fn allocate_request(order: u8, tenant: u8, policy: u8) -> AllocateRequest {
+    let id = format!("order-{order}");
+    let policy = POLICIES[policy as usize];
+    let mut req = request(&id, new_volume(), policy);
+    req.params.tenant_project_id = format!("tenant-{tenant}");
+    req.timeout = Some(Duration::from_secs(
+        if policy == EmptyPoolPolicy::ColdBoot {
+            900
+        } else {
+            30
+        },
+    ));
+    req
+}
+
+/// Checks `answer` to `call`, given by itself or beside `partner` (an
+/// Allocate of the same order at once), against what the test was told
+/// before (`before`: the order's first answer, if any) and what `disk`
+/// holds now. A Release answered "call again" is noted as begun.
+async fn check_answer(
+    told: &mut Told,
+    disk: &dyn Store,
+    open: Option<bool>,
+    call: &Call,
+    before: Option<(String, Allocation)>,
+    partner: Option<&Call>,
+    answer: ManagerResult<Allocation>,
+) {
+    let id = call.id();
+    let tenant = match *call {
+        Call::Allocate { tenant, .. } => format!("tenant-{tenant}"),
+        Call::Release { delete_volume, .. } => {
+            if check_release(told, &id, delete_volume, answer).is_err() {
+                told.begun(&id, delete_volume);
+            }
+            return;
+        }
+    };
+    let partner = partner.map(|p| match *p {
+        Call::Allocate { tenant, .. } => format!("tenant-{tenant}"),
+        Call::Release { .. } => unreachable!("a partner is an Allocate"),
+    });
+    let (id, tenant, partner) = (id.as_str(), tenant.as_str(), partner.as_deref());
+    match answer {
+        Ok(allocation) => {
+            assert_eq!(allocation.params.tenant_project_id, tenant);
+            told.learn(id, &allocation);
+        }
+        Err(ManagerError::Aborted(e)) => {
+            // Another tenant's record of the order is there, or was: the
+            // partner's, rolled back since.
+            let allocations = disk.list_allocations().await.unwrap();
+            let recorded = allocations
+                .iter()
+                .any(|a| a.params.request_id == id && a.params.tenant_project_id != tenant);
+            assert!(
+                recorded || partner.is_some_and(|p| p != tenant),
+                "{id} for {tenant} aborted ({e}) with no other tenant's order of it"
+            );
+        }
+        // A pool without a Ready instance; or, after a failed try (an
+        // injected attach failure), no other instance, which answers the
+        // try's failure; or a call of it under way until the deadline
+        // (the partner's, or a rollback the cloud has not let finish).
+        Err(
+            e @ (ManagerError::ResourceExhausted(_)
+            | ManagerError::Cloud(CloudError::Transient(_))
+            | ManagerError::TryAgain(_)),
+        ) => {
+            assert!(before.is_none(), "answered order {id} failed: {e}");
+            if matches!(e, ManagerError::TryAgain(_)) && partner.is_none() {
+                let allocations = disk.list_allocations().await.unwrap();
+                let rolling_back = allocations
+                    .iter()
+                    .any(|a| a.params.request_id == id && a.state == AllocationState::Allocating);
+                assert!(
+                    rolling_back,
+                    "{id}: UNAVAILABLE with no other call of it under way: {e}"
+                );
+            }
+        }
+        Err(e @ (ManagerError::FailedPrecondition(_) | ManagerError::PoolNotFound(_))) => {
+            assert!(before.is_none(), "answered order {id} failed: {e}");
+            assert_ne!(open, Some(true), "{id}: {e} of an open pool");
+        }
+        Err(e) => panic!("{id}: unexpected error: {e}"),
+    }
+}
+
+/// Checks a Release's answer; `Err` back when the answer is to call again.
+fn check_release(
+    told: &mut Told,
+    id: &str,
+    delete_volume: bool,
+    answer: ManagerResult<Allocation>,
+) -> Result<(), String> {
+    match answer {
+        Ok(released) => {
+            assert_eq!(released.state, AllocationState::Released, "{released:?}");
+            assert_eq!(released.delete_volume_on_release, Some(delete_volume));
+            told.learn(id, &released);
+            let first = *told
+                .released_with
+                .entry(id.to_owned())
+                .or_insert(delete_volume);
+            assert_eq!(
+                first, delete_volume,
+                "a release cannot change delete_volume"
+            );
+            Ok(())
+        }
+        // A release begun (done or not) asked for the other decision.
+        Err(ManagerError::Aborted(e)) => {
+            let other = told.released_with.get(id) == Some(&!delete_volume)
+                || told
+                    .releases_begun
+                    .get(id)
+                    .is_some_and(|asked| asked.contains(&!delete_volume));
+            assert!(other, "{id}: release aborted ({e}), none asked otherwise");
+            Ok(())
+        }
+        Err(ManagerError::AllocationNotFound(_)) => {
+            assert!(
+                !told.answered.contains_key(id),
+                "answered order {id} not found"
+            );
+            Ok(())
+        }
+        Err(ManagerError::TryAgain(e)) => Err(e),
+        Err(e) => panic!("{id}: unexpected release error: {e}"),
+    }
+}
+
+/// Releases until the answer is not "call again" (the contract's
+/// UNAVAILABLE), a minute between tries.
+async fn release(told: &mut Told, manager: &PoolManager, order: u8, delete_volume: bool) {
+    let id = format!("order-{order}");
+    let mut again = String::new();
+    for _ in 0..10 {
+        let answer = manager.release(&id, Some(delete_volume)).await;
+        match check_release(told, &id, delete_volume, answer) {
+            Ok(()) => return,
+            Err(why) => {
+                told.begun(&id, delete_volume);
+                again = why;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        }
+    }
+    panic!("{id}: release still UNAVAILABLE after 10 tries, 1 min apart: {again}");
+}
+
+/// Nothing left in the cloud but the allocated orders' servers, ports and
+/// volumes, the released orders' kept volumes and the pool's Ready
+/// instances: a quiet manager, after a restart, leaks nothing.
+async fn assert_nothing_leaked(sim: &Arc<cloudsim::SimCloud>, manager: &PoolManager) {
+    let instances = manager.list_instances(None).await.unwrap();
+    let allocations = manager.list_allocations().await.unwrap();
+    for server in sim.servers() {
+        let id = server.server.id.as_str();
+        let instance = instances
+            .iter()
+            .find(|i| i.server_id.as_deref() == Some(id))
+            .unwrap_or_else(|| panic!("server {id} is no instance's"));
+        assert!(
+            matches!(
+                instance.state,
+                InstanceState::Ready | InstanceState::Allocated
+            ),
+            "server {id} of a quiet manager is {:?}: {instance:?}",
+            instance.state
+        );
+    }
+    for volume in sim.volumes() {
+        let id = Some(volume.id.as_str());
+        let kept = allocations.iter().any(|a| {
+            a.volume_id.as_deref() == id
+                && match a.state {
+                    AllocationState::Allocated => true,
+                    AllocationState::Released => a.delete_volume_on_release == Some(false),
+                    _ => false,
+                }
+        });
+        assert!(
+            kept,
+            "volume {volume:?} is neither allocated nor kept by a tenant"
+        );
+    }
+    for allocation in &allocations {
+        assert!(
+            matches!(
+                allocation.state,
+                AllocationState::Allocated | AllocationState::Released
+            ),
+            "{allocation:?}"
+        );
+    }
 }
 
 /// Yields to the other tasks before each store call, as many times as
@@ -98,80 +646,242 @@ fn paused_runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+async fn run(ops: Vec<Op>) {
+    let sim = two_image_sim();
+    let dir = tempfile::tempdir().unwrap();
+    let mut process = Process::start(&sim, dir.path()).await;
+    process.manager.create_pool(pool(), spec(2)).await.unwrap();
+    wait_ready(&process.manager, 2).await;
+    let mut told = Told::default();
+    for op in ops {
+        let manager = process.manager.clone();
+        let disk = process.store.inner.clone();
+        let open = pool_open(&manager).await;
+        let (mut died, mut restart) = (false, false);
+        match op {
+            Op::Call(Call::Release {
+                order,
+                delete_volume,
+            }) => release(&mut told, &manager, order, delete_volume).await,
+            Op::Call(call) => {
+                let answer = call.spawn(&manager).await.unwrap();
+                let before = told.answered.get(&call.id()).cloned();
+                check_answer(&mut told, &*disk, open, &call, before, None, answer).await;
+            }
+            Op::AllocateTwice {
+                order,
+                tenants,
+                policies,
+            } => {
+                let calls = [0, 1].map(|i| Call::Allocate {
+                    order,
+                    tenant: tenants[i],
+                    policy: policies[i],
+                });
+                let running = calls.clone().map(|call| call.spawn(&manager));
+                let mut answers = Vec::new();
+                for call in running {
+                    answers.push(call.await.unwrap());
+                }
+                // Each against what was told before the two: one may fail
+                // (rolled back) before the other buys the order afresh.
+                let before = told.answered.get(&calls[0].id()).cloned();
+                for (i, answer) in answers.into_iter().enumerate() {
+                    let partner = Some(&calls[1 - i]);
+                    let before = before.clone();
+                    check_answer(&mut told, &*disk, open, &calls[i], before, partner, answer).await;
+                }
+            }
+            Op::FailVolumeAttach => sim.faults().fail_next_volume_attach(1),
+            Op::FailPortAttach => sim.faults().fail_next_port_attach(1),
+            Op::BootError => sim.faults().error_next_boots(1, "NoValidHost"),
+            Op::ReleaseStepFails { step, throttled } => {
+                let error = if throttled {
+                    CloudError::Throttled {
+                        retry_after: Some(Duration::from_secs(2)),
+                        message: format!("{}: Rate limit exceeded (429)", step.method()),
+                        unavailable: false,
+                    }
+                } else {
+                    CloudError::Transient(format!(
+                        "{}: HTTP 503 Service Unavailable",
+                        step.method()
+                    ))
+                };
+                sim.faults().fail_next_calls_of(step.method(), 1, error);
+            }
+            Op::Pause(paused) => {
+                let answer = manager
+                    .update_pool(&pool(), move |s| s.paused = paused)
+                    .await;
+                check_pool_change(open, answer, |s| s.paused == paused);
+            }
+            Op::SetMinReady(min_ready) => {
+                let min_ready = u32::from(min_ready);
+                let answer = manager
+                    .update_pool(&pool(), move |s| s.min_ready = min_ready)
+                    .await;
+                check_pool_change(open, answer, |s| s.min_ready == min_ready);
+            }
+            Op::SetImage(image) => {
+                let image = IMAGES[image as usize];
+                let answer = manager
+                    .update_pool(&pool(), move |s| s.image = image.into())
+                    .await;
+                check_pool_change(open, answer, |s| s.image == image);
+            }
+            Op::DeletePool { recreate_after } => {
+                match manager.delete_pool(&pool()).await {
+                    Ok(status) => {
+                        assert!(open.is_some(), "a gone pool deleted");
+                        assert!(status.record.draining);
+                    }
+                    // Gone, or its drain ended meanwhile.
+                    Err(ManagerError::PoolNotFound(_)) => assert_ne!(open, Some(true)),
+                    Err(e) => panic!("DeletePool: {e}"),
+                }
+                if let Some(secs) = recreate_after {
+                    create_pool(&manager).await;
+                    tokio::time::sleep(Duration::from_secs(secs.into())).await;
+                    create_pool(&manager).await;
+                }
+            }
+            Op::CreatePool => create_pool(&manager).await,
+            Op::Crash {
+                call,
+                at,
+                after_write,
+            } => {
+                // A release of an allocated order, if there is one.
+                let call = match call {
+                    Call::Release {
+                        order,
+                        delete_volume,
+                    } => Call::Release {
+                        order: told.allocated_order(order).unwrap_or(order),
+                        delete_volume,
+                    },
+                    call => call,
+                };
+                died = crash_during(&mut told, &process, open, &call, at, after_write).await;
+            }
+            Op::Restart => restart = true,
+            Op::Wait { secs } => tokio::time::sleep(Duration::from_secs(secs.into())).await,
+        }
+        // The last handles but the process's own: its store is let go of
+        // with the process.
+        drop((manager, disk));
+        if died {
+            process = process.after_death(&sim, dir.path()).await;
+        } else if restart {
+            process = process.restart(&sim, dir.path()).await;
+        }
+        assert_consistent(&sim, &process.manager).await;
+        told.check_kept(&process.manager.list_allocations().await.unwrap());
+    }
+    // Quiet: no fault left armed, every release the test began finished
+    // (calling again, as the contract asks), everything the cloud was
+    // doing done; then a restart's reconcile.
+    sim.faults().clear();
+    let begun: Vec<(String, bool)> = told
+        .releases_begun
+        .iter()
+        .flat_map(|(id, asked)| asked.iter().map(move |d| (id.clone(), *d)))
+        .collect();
+    for (id, delete_volume) in begun {
+        let order: u8 = id.trim_start_matches("order-").parse().unwrap();
+        release(&mut told, &process.manager, order, delete_volume).await;
+    }
+    // Past every boot, cleanup budget and Retry-After.
+    tokio::time::sleep(Duration::from_secs(15 * 60)).await;
+    process = process.restart(&sim, dir.path()).await;
+    process.manager.reconcile().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(15 * 60)).await;
+    assert_consistent(&sim, &process.manager).await;
+    told.check_kept(&process.manager.list_allocations().await.unwrap());
+    assert_nothing_leaked(&sim, &process.manager).await;
+    process.manager.shutdown().await.unwrap();
+}
+
+/// Runs `call` on `process` armed to die at its `at`-th store call from
+/// now (see [`Op::Crash`]); checks the answer if one came first. Whether
+/// the process died (answering or not).
+async fn crash_during(
+    told: &mut Told,
+    process: &Process,
+    open: Option<bool>,
+    call: &Call,
+    at: u8,
+    after_write: bool,
+) -> bool {
+    let hooks = &process.store.hooks;
+    hooks.arm(u32::from(at), after_write);
+    let mut running = call.spawn(&process.manager);
+    let answer = tokio::select! {
+        biased;
+        answer = &mut running => Some(answer.unwrap()),
+        () = hooks.until_dead() => None,
+        () = tokio::time::sleep(Duration::from_secs(3 * 3600)) => {
+            panic!("{call:?} neither answered nor died in 3 h")
+        }
+    };
+    hooks.disarm();
+    match answer {
+        // Read behind the process's back: it may have died since.
+        Some(answer) => {
+            let before = told.answered.get(&call.id()).cloned();
+            let disk = &*process.store.inner;
+            check_answer(told, disk, open, call, before, None, answer).await;
+        }
+        None => {
+            running.abort();
+            let _ = running.await;
+            if let Call::Release { delete_volume, .. } = call {
+                told.begun(&call.id(), *delete_volume);
+            }
+        }
+    }
+    hooks.is_dead()
+}
+
+/// A CreatePool, answered as the pool was just before: ALREADY_EXISTS
+/// over a pool, FAILED_PRECONDITION while one drains ("create it again
+/// once it is gone"), made once it is gone (a drain may end meanwhile).
+async fn create_pool(manager: &PoolManager) {
+    let open = pool_open(manager).await;
+    match manager.create_pool(pool(), spec(2)).await {
+        Ok(_) => assert_ne!(open, Some(true), "created over a pool"),
+        Err(ManagerError::PoolExists(_)) => assert_eq!(open, Some(true)),
+        Err(ManagerError::FailedPrecondition(_)) => assert_eq!(open, Some(false)),
+        Err(e) => panic!("CreatePool: {e}"),
+    }
+}
+
+/// An UpdatePool's answer: the change made (`made` holds of the spec) if
+/// the pool is open; FAILED_PRECONDITION while it drains; NOT_FOUND once
+/// it is gone (a drain may end during the call).
+fn check_pool_change(
+    open: Option<bool>,
+    answer: ManagerResult<pool_manager::PoolStatus>,
+    made: impl Fn(&pool_manager::model::PoolSpec) -> bool,
+) {
+    match answer {
+        Ok(status) => {
+            assert_eq!(open, Some(true), "a change to a pool not open: {status:?}");
+            assert!(made(&status.record.spec), "{:?}", status.record.spec);
+        }
+        Err(ManagerError::FailedPrecondition(_)) => assert_eq!(open, Some(false)),
+        Err(ManagerError::PoolNotFound(_)) => assert_ne!(open, Some(true)),
+        Err(e) => panic!("UpdatePool: {e}"),
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn any_sequence_of_operations_keeps_store_and_cloud_consistent(ops in prop::collection::vec(op(), 1..25)) {
-        paused_runtime().block_on(async {
-            let sim = sim();
-            let dir = tempfile::tempdir().unwrap();
-            let mut manager = started(&sim, open_store(dir.path()), 2).await;
-            // What each acknowledged order was answered with.
-            let mut answered: std::collections::HashMap<String, (u8, pool_manager::model::Allocation)> = Default::default();
-            // The delete_volume each order's first answered release asked for.
-            let mut released_with: std::collections::HashMap<String, bool> = Default::default();
-            for op in ops {
-                match op {
-                    Op::Allocate { order, tenant, policy } => {
-                        let id = format!("order-{order}");
-                        let policy = [EmptyPoolPolicy::FailFast, EmptyPoolPolicy::Wait, EmptyPoolPolicy::ColdBoot][policy as usize];
-                        let mut req = request(&id, new_volume(), policy);
-                        req.params.tenant_project_id = format!("tenant-{tenant}");
-                        req.timeout = Some(Duration::from_secs(if policy == EmptyPoolPolicy::ColdBoot { 900 } else { 30 }));
-                        match manager.allocate(req).await {
-                            Ok(allocation) => {
-                                if let Some((first_tenant, first)) = answered.get(&id) {
-                                    assert_eq!(*first_tenant, tenant, "same id, other tenant must abort");
-                                    assert_eq!(first.instance_id, allocation.instance_id);
-                                } else {
-                                    answered.insert(id, (tenant, allocation));
-                                }
-                            }
-                            Err(pool_manager::ManagerError::Aborted(_)) => {
-                                let (first_tenant, _) = answered.get(&id).expect("abort only for a used id");
-                                assert_ne!(*first_tenant, tenant);
-                            }
-                            // A pool without a Ready instance; or, after a
-                            // failed try (an injected attach failure), no
-                            // other instance, which answers the try's failure.
-                            Err(pool_manager::ManagerError::ResourceExhausted(_) | pool_manager::ManagerError::Cloud(pool_manager::cloud::CloudError::Transient(_))) => {
-                                assert!(!answered.contains_key(&id), "an answered order must be answered again");
-                            }
-                            Err(e) => panic!("unexpected error: {e}"),
-                        }
-                    }
-                    Op::Release { order, delete_volume } => {
-                        let id = format!("order-{order}");
-                        match manager.release(&id, Some(delete_volume)).await {
-                            Ok(released) => {
-                                assert!(answered.contains_key(&id), "{released:?}");
-                                let first = *released_with.entry(id).or_insert(delete_volume);
-                                assert_eq!(first, delete_volume, "a release cannot change delete_volume");
-                            }
-                            // A release done asked for the other volume decision.
-                            Err(pool_manager::ManagerError::Aborted(_)) => {
-                                assert_eq!(released_with.get(&id), Some(&!delete_volume));
-                            }
-                            Err(pool_manager::ManagerError::AllocationNotFound(_)) => assert!(!answered.contains_key(&id)),
-                            Err(e) => panic!("unexpected release error: {e}"),
-                        }
-                    }
-                    Op::FailVolumeAttach => sim.faults().fail_next_volume_attach(1),
-                    Op::FailPortAttach => sim.faults().fail_next_port_attach(1),
-                    Op::BootError => sim.faults().error_next_boots(1, "NoValidHost"),
-                    Op::Restart => {
-                        manager.shutdown().await.unwrap();
-                        drop(manager);
-                        manager = manager_on(&sim, open_store(dir.path()));
-                        manager.start().await.unwrap();
-                    }
-                    Op::Wait { secs } => tokio::time::sleep(Duration::from_secs(secs.into())).await,
-                }
-                assert_consistent(&sim, &manager).await;
-            }
-            manager.shutdown().await.unwrap();
-        });
+    fn any_sequence_of_operations_keeps_store_and_cloud_consistent(ops in prop::collection::vec(op(), 1..40)) {
+        paused_runtime().block_on(run(ops));
     }
 
     #[test]

@@ -425,6 +425,8 @@ pub struct GatedCloud {
     servers_shown: std::sync::Mutex<std::collections::HashMap<String, ServerShown>>,
     /// How every other server is shown ([`GatedCloud::show_every_server`]).
     every_server_shown: std::sync::Mutex<Option<ServerShown>>,
+    /// The process using it died ([`GatedCloud::die`]).
+    dead: std::sync::atomic::AtomicBool,
 }
 
 /// What a test changes in a server as the cloud shows it.
@@ -446,6 +448,7 @@ impl GatedCloud {
             volume_attachments_shown: Default::default(),
             servers_shown: Default::default(),
             every_server_shown: Default::default(),
+            dead: Default::default(),
         })
     }
 
@@ -468,6 +471,7 @@ impl GatedCloud {
             volume_attachments_shown: Default::default(),
             servers_shown: Default::default(),
             every_server_shown: Default::default(),
+            dead: Default::default(),
         })
     }
 
@@ -645,6 +649,20 @@ impl GatedCloud {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// The process calling the cloud through this gate dies: no call of
+    /// it reaches the cloud from now on, and none that is under way is
+    /// answered (each waits forever, as a dead process's calls do; the
+    /// cloud still carries out one it had begun).
+    pub fn die(&self) {
+        self.dead.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    async fn unless_dead(&self) {
+        if self.dead.load(std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+    }
+
     async fn gate(&self, method: &'static str, at: At) {
         let hold = {
             let mut holds = self.holds.lock().unwrap();
@@ -665,10 +683,12 @@ impl GatedCloud {
         call: impl std::future::Future<Output = CloudResult<T>>,
     ) -> CloudResult<T> {
         self.gate(method, At::Before).await;
+        self.unless_dead().await;
         if let Some(error) = self.fault.as_ref().and_then(|fault| fault(method)) {
             return Err(error);
         }
         let answer = call.await;
+        self.unless_dead().await;
         self.gate(method, At::After).await;
         let lost = {
             let mut lost = self.lost_answers.lock().unwrap();
