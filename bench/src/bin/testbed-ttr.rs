@@ -600,88 +600,6 @@ mod tests {
         assert!(sim.servers().is_empty(), "pool servers deleted");
     }
 
-    /// cloudsim, but Cinder refuses every volume delete (a policy that
-    /// forbids it): an order bought with a new volume cannot be released.
-    struct NoVolumeDeletes(Arc<SimCloud>);
-
-    #[async_trait]
-    impl Cloud for NoVolumeDeletes {
-        async fn delete_volume(&self, _id: &str) -> CloudResult<()> {
-            Err(pool_manager::cloud::CloudError::Fatal(
-                "Policy doesn't allow volume:delete to be performed.".into(),
-            ))
-        }
-        async fn create_server(&self, spec: &ServerSpec) -> CloudResult<Server> {
-            self.0.create_server(spec).await
-        }
-        async fn read_server(&self, id: &str) -> CloudResult<Server> {
-            self.0.read_server(id).await
-        }
-        async fn ports_bound_to(&self, id: &str) -> CloudResult<Vec<String>> {
-            self.0.ports_bound_to(id).await
-        }
-        async fn list_pool_servers(&self) -> CloudResult<Vec<Server>> {
-            self.0.list_pool_servers().await
-        }
-        async fn delete_server(&self, id: &str) -> CloudResult<()> {
-            self.0.delete_server(id).await
-        }
-        async fn create_volume(&self, spec: &NewVolumeSpec) -> CloudResult<Volume> {
-            self.0.create_volume(spec).await
-        }
-        async fn get_volume(&self, id: &str) -> CloudResult<Volume> {
-            self.0.get_volume(id).await
-        }
-        async fn find_volumes_by_name(&self, name: &str) -> CloudResult<Vec<Volume>> {
-            self.0.find_volumes_by_name(name).await
-        }
-        async fn attach_volume(&self, server: &str, volume: &str) -> CloudResult<()> {
-            self.0.attach_volume(server, volume).await
-        }
-        async fn detach_volume(&self, server: &str, volume: &str) -> CloudResult<()> {
-            self.0.detach_volume(server, volume).await
-        }
-        async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {
-            self.0.create_port(spec).await
-        }
-        async fn get_port(&self, id: &str) -> CloudResult<Port> {
-            self.0.get_port(id).await
-        }
-        async fn find_ports_by_name(&self, name: &str) -> CloudResult<Vec<Port>> {
-            self.0.find_ports_by_name(name).await
-        }
-        async fn delete_port(&self, id: &str) -> CloudResult<()> {
-            self.0.delete_port(id).await
-        }
-        async fn attach_port(&self, server: &str, port: &str) -> CloudResult<()> {
-            self.0.attach_port(server, port).await
-        }
-        async fn detach_port(&self, server: &str, port: &str) -> CloudResult<()> {
-            self.0.detach_port(server, port).await
-        }
-        async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
-            self.0.boot_headroom(flavor).await
-        }
-        async fn check_boot_placement(&self, pool: &PoolKey) -> CloudResult<()> {
-            self.0.check_boot_placement(pool).await
-        }
-        async fn check_boot_image(&self, image: &str) -> CloudResult<()> {
-            self.0.check_boot_image(image).await
-        }
-        async fn check_volume_zone(&self, pool: &PoolKey) -> CloudResult<()> {
-            self.0.check_volume_zone(pool).await
-        }
-        fn volume_zone_for(&self, server_az: &str) -> String {
-            self.0.volume_zone_for(server_az)
-        }
-        fn boot_image(&self, pool_image: &str) -> String {
-            self.0.boot_image(pool_image)
-        }
-        async fn cloud_identity(&self) -> CloudResult<CloudIdentity> {
-            self.0.cloud_identity().await
-        }
-    }
-
     /// A release that fails does not end the clean-up there: the manager
     /// is still stopped and the pool's servers deleted (as the module says
     /// a failed run does), and the error names the volume and port left
@@ -689,7 +607,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_failed_release_still_deletes_the_pool_servers() {
         let sim = SimCloud::new(SimConfig::deterministic());
-        let cloud = Timed::new(Arc::new(NoVolumeDeletes(sim.clone())));
+        // Cinder refuses every volume delete (a policy that forbids it): an
+        // order bought with a new volume cannot be released.
+        sim.faults().fail_next_calls_of(
+            "delete_volume",
+            u64::MAX,
+            pool_manager::cloud::CloudError::Fatal(
+                "Policy doesn't allow volume:delete to be performed.".into(),
+            ),
+        );
+        let cloud = Timed::new(sim.clone());
         let manager = PoolManager::new(
             Arc::new(MemStore::default()),
             cloud.clone(),
