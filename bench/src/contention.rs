@@ -20,7 +20,7 @@ use crate::replay::quantile;
 use cloudsim::SimCloud;
 use pool_manager::events::{BootOutcome, EventKind};
 use pool_manager::gate::GateSettings;
-use pool_manager::model::{InstanceState, PoolSpec, Target};
+use pool_manager::model::InstanceState;
 use pool_manager::{ManagerSettings, PoolManager};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -217,18 +217,7 @@ pub fn fill(instances: u32, limit: Limit, seed: u64) -> Result<Fill, ContentionE
         manager
             .create_pool(
                 small(),
-                PoolSpec {
-                    min_ready: instances,
-                    max_ready: instances,
-                    target: Target::Fixed(instances),
-                    image: "mysql-8.0".into(),
-                    boot_timeout: Duration::from_secs(3600),
-                    max_age: None,
-                    paused: false,
-                    windows: Vec::new(),
-                    iops_limit: None,
-                    volume_iops_limit: None,
-                },
+                crate::fixed_pool(instances, Duration::from_secs(3600)),
             )
             .await
             .expect("pool created");

@@ -26,3 +26,22 @@ pub mod ttr;
 pub fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(1..)
 }
+
+/// A pool held at a fixed `depth` of Ready instances (at least room for
+/// one), booting the benchmark's image: the static policies' pools and
+/// the time-to-ready and contention fills.
+pub fn fixed_pool(depth: u32, boot_timeout: std::time::Duration) -> pool_manager::model::PoolSpec {
+    use pool_manager::model::{PoolSpec, Target};
+    PoolSpec {
+        min_ready: depth,
+        max_ready: depth.max(1),
+        target: Target::Fixed(depth),
+        image: "mysql-8.0".into(),
+        boot_timeout,
+        max_age: None,
+        paused: false,
+        windows: Vec::new(),
+        iops_limit: None,
+        volume_iops_limit: None,
+    }
+}

@@ -56,18 +56,7 @@ impl Policy {
     }
 
     fn spec(&self, pool: &PoolKey) -> PoolSpec {
-        let fixed = |n: u32| PoolSpec {
-            min_ready: n,
-            max_ready: n.max(1),
-            target: Target::Fixed(n),
-            image: "mysql-8.0".into(),
-            boot_timeout: Duration::from_secs(30 * 60),
-            max_age: None,
-            paused: false,
-            windows: Vec::new(),
-            iops_limit: None,
-            volume_iops_limit: None,
-        };
+        let fixed = |n: u32| crate::fixed_pool(n, Duration::from_secs(30 * 60));
         match self {
             Self::Static(n) | Self::ReplaceOnConsume(n) => fixed(*n),
             Self::StaticPerPool(sizes) => fixed(sizes.get(pool).copied().unwrap_or(0)),

@@ -18,8 +18,7 @@ use crate::replay::quantile;
 use crate::report;
 use cloudsim::{SimCloud, SimConfig};
 use pool_manager::model::{
-    AllocationParams, EmptyPoolPolicy, InstanceState, NetworkRequest, PoolSpec, Target,
-    VolumeRequest, VolumeSource,
+    AllocationParams, EmptyPoolPolicy, InstanceState, NetworkRequest, VolumeRequest, VolumeSource,
 };
 use pool_manager::{AllocateRequest, ManagerError, ManagerSettings, PoolManager};
 use std::collections::BTreeMap;
@@ -251,21 +250,7 @@ async fn purchase_all(
         Path::Cold => 0,
     };
     manager
-        .create_pool(
-            small(),
-            PoolSpec {
-                min_ready: depth,
-                max_ready: depth.max(1),
-                target: Target::Fixed(depth),
-                image: "mysql-8.0".into(),
-                boot_timeout: Duration::from_secs(3600),
-                max_age: None,
-                paused: false,
-                windows: Vec::new(),
-                iops_limit: None,
-                volume_iops_limit: None,
-            },
-        )
+        .create_pool(small(), crate::fixed_pool(depth, Duration::from_secs(3600)))
         .await
         .map_err(TtrError::Pool)?;
     let mut times = Vec::new();
