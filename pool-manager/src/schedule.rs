@@ -24,18 +24,34 @@ const DAY_NAMES: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
 const MINUTES_PER_DAY: u16 = 24 * 60;
 
 /// A window string that does not parse; the message says what was expected.
+/// The text is quoted only in part when long: the server cuts status
+/// messages at 1024 bytes, and a huge token quoted whole would cut off the
+/// reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScheduleError {
-    #[error("{0:?} is not a day or day range (Mon-Fri, Sat,Sun, daily)")]
+    #[error("{} is not a day or day range (Mon-Fri, Sat,Sun, daily)", quoted(.0))]
     Days(String),
-    #[error("{0:?} is not a time of day (HH:MM, 00:00 to 24:00)")]
+    #[error("{} is not a time of day (HH:MM, 00:00 to 24:00)", quoted(.0))]
     Time(String),
-    #[error("{0:?} is not a UTC offset (UTC, UTC+02:00, -05:30; from -14:00 to +14:00)")]
+    #[error("{} is not a UTC offset (UTC, UTC+02:00, -05:30; from -14:00 to +14:00)", quoted(.0))]
     Offset(String),
-    #[error("{0:?} is not a day, nor a UTC offset: time zones are not read by name; write a fixed UTC offset, like UTC+01:00 (it does not follow daylight-saving changes)")]
+    #[error("{} is not a day, nor a UTC offset: time zones are not read by name; write a fixed UTC offset, like UTC+01:00 (it does not follow daylight-saving changes)", quoted(.0))]
     TimeZone(String),
-    #[error("window {0:?}: {1}")]
+    #[error("window {}: {1}", quoted(.0))]
     Window(String, String),
+}
+
+/// The characters of a window or token an error quotes.
+const QUOTED_CHARS: usize = 64;
+
+/// `text` in quotes, or its first [`QUOTED_CHARS`] characters and its length.
+fn quoted(text: &str) -> String {
+    if text.chars().count() <= QUOTED_CHARS {
+        format!("{text:?}")
+    } else {
+        let head: String = text.chars().take(QUOTED_CHARS).collect();
+        format!("{head:?}... ({} bytes)", text.len())
+    }
 }
 
 /// Days of the week, Monday first.
@@ -429,8 +445,14 @@ impl FromStr for Window {
             } else if token.bytes().all(|b| b.is_ascii_digit()) {
                 // "Mon-Fri 09:00-18:00 10": a floor without its keyword,
                 // which would read as a time range missing its end.
+                let floor = if token.len() <= QUOTED_CHARS {
+                    token
+                } else {
+                    "N"
+                };
                 return Err(bad(&format!(
-                    "{token:?} alone: write the floor as \"min {token}\""
+                    "{} alone: write the floor as \"min {floor}\"",
+                    quoted(token)
                 )));
             } else if token.starts_with(|c: char| c.is_ascii_digit()) {
                 let (from, to) = token
@@ -667,6 +689,25 @@ pub fn unix(secs: u64) -> SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The server cuts status messages at 1024 bytes: an error that quoted
+    /// a huge window or token whole would lose its reason.
+    #[test]
+    fn an_over_long_window_keeps_its_reason_in_a_short_message() {
+        let junk = "x".repeat(1500);
+        for window in [
+            format!("daily 00:00-01:00 min 1 {junk}"),
+            format!("{junk} 00:00-01:00 min 1"),
+            format!("daily 00:00-01:00 min {junk}"),
+            format!("daily 00:00-01:00 {}", "1".repeat(1500)),
+            format!("daily 00:00-01:00 min 1 UTC+{junk}"),
+        ] {
+            let message = window.parse::<Window>().unwrap_err().to_string();
+            assert!(message.len() < 400, "{} bytes: {message}", message.len());
+            let reasons = ["is not", "needs", "alone"];
+            assert!(reasons.iter().any(|r| message.contains(r)), "{message}");
+        }
+    }
     use proptest::prelude::*;
 
     /// Without a start given, the wall clock is the system's, read at each
