@@ -1117,6 +1117,16 @@ fn default_time_scale() -> f64 {
     DEFAULT_EMBEDDED_TIME_SCALE
 }
 
+impl CloudConfig {
+    /// `[cloud] kind`, as the file spells it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CloudConfig::Embedded { .. } => "embedded",
+            CloudConfig::OpenStack(_) => "openstack",
+        }
+    }
+}
+
 impl Default for CloudConfig {
     fn default() -> Self {
         Self::Embedded {
@@ -1370,6 +1380,32 @@ impl Config {
         );
         differs("tls", tls.is_some() != file.tls.is_some());
         changed
+    }
+
+    /// Refuses `file` (the config file read again by a reload) when its
+    /// cloud is of another kind than this config's, the one warmpoold runs
+    /// on. Every section may be left out, `[cloud]` too: a file cut
+    /// short after its first token (half written when the signal came)
+    /// reads as the embedded cloud, and taken, it would revoke every
+    /// token after the cut. A reload never changes the
+    /// cloud, so nothing is lost by refusing.
+    pub fn refuse_another_cloud_kind(&self, file: &Config) -> Result<(), ConfigError> {
+        let (running, read) = (self.cloud.kind(), file.cloud.kind());
+        if running == read {
+            return Ok(());
+        }
+        let cut_short = match file.cloud {
+            CloudConfig::Embedded { .. } => {
+                " (as a file without a [cloud] section reads: one cut short, half written?)"
+            }
+            CloudConfig::OpenStack(_) => "",
+        };
+        Err(ConfigError::Invalid(format!(
+            "[cloud] kind = \"{read}\"{cut_short}, while warmpoold runs on kind = \"{running}\": \
+             a reload refuses a file of another cloud, and warmpoold keeps its tokens and TLS; \
+             write the whole config to a temporary name, rename it over this one and reload \
+             again (changing the cloud takes a restart)"
+        )))
     }
 
     /// What a restart would do with the `[[pools]]` entries of `file` that
@@ -2014,6 +2050,48 @@ key_file = "b.key"
             .changed_needing_restart(&other_files)
             .contains(&"listen"));
         assert!(!file.changed_needing_restart(&other_files).contains(&"tls"));
+    }
+
+    /// A reload refuses a file of another cloud than the one warmpoold
+    /// runs on, a file without `[cloud]` (cut short) included, naming
+    /// both kinds; one of the same kind, changed, is left to
+    /// `changed_needing_restart`.
+    #[test]
+    fn a_reload_refuses_a_file_of_another_cloud_kind() {
+        let openstack =
+            Config::parse("[cloud]\nkind = \"openstack\"\nmanagement_network = \"mgmt-net\"\n")
+                .unwrap();
+        let cut_short = Config::parse("").unwrap();
+        let refused = openstack
+            .refuse_another_cloud_kind(&cut_short)
+            .unwrap_err()
+            .in_file(Path::new("/etc/warmpool/warmpoold.toml"))
+            .to_string();
+        assert!(
+            refused.starts_with("config file /etc/warmpool/warmpoold.toml: [cloud] kind = \"embedded\" (as a file without a [cloud] section reads"),
+            "{refused}"
+        );
+        assert!(
+            refused.contains("runs on kind = \"openstack\""),
+            "{refused}"
+        );
+        assert!(refused.contains("keeps its tokens"), "{refused}");
+        let refused = cut_short
+            .refuse_another_cloud_kind(&openstack)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains(
+                "[cloud] kind = \"openstack\", while warmpoold runs on kind = \"embedded\""
+            ),
+            "{refused}"
+        );
+        let other_network =
+            Config::parse("[cloud]\nkind = \"openstack\"\nmanagement_network = \"other-net\"\n")
+                .unwrap();
+        assert!(openstack.refuse_another_cloud_kind(&other_network).is_ok());
+        assert!(cut_short.refuse_another_cloud_kind(&cut_short).is_ok());
+        assert_eq!(openstack.changed_needing_restart(&other_network), ["cloud"]);
     }
 
     /// A restart does not apply a changed `[[pools]]` entry (start_pools

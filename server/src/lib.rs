@@ -88,6 +88,9 @@ pub struct Running {
     /// The listener's TLS settings when `[tls]` is configured; a SIGHUP
     /// reads its files again ([`tls::TlsHandle::prepare`]).
     pub tls: Option<tls::TlsHandle>,
+    /// What `/metrics` serves; a SIGHUP tells it how the reload went
+    /// ([`metrics::Metrics::config_taken`]).
+    pub metrics: Arc<metrics::Metrics>,
     pub served: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
@@ -135,6 +138,9 @@ pub async fn start_stoppable(
     // Listeners first: a taken port fails start-up before anything boots,
     // and the start-up reconcile is already observable in the metrics.
     let metrics = Arc::new(metrics::Metrics::new());
+    // The config started with is the first one taken, as Prometheus
+    // counts its own.
+    metrics.config_taken(std::time::SystemTime::now());
     if let Some(tls) = &tls {
         tokio::spawn(tls::watch_expiry(
             tls.expiry(),
@@ -343,9 +349,7 @@ pub async fn start_stoppable(
     )));
     tracing::info!(%metrics_addr, "warmpoold serving Prometheus metrics at http://{metrics_addr}/metrics");
     let access = access::AccessHandle::new(config.access());
-    if !config.api_tokens.is_empty() && config.tls.is_none() && !grpc_addr.ip().is_loopback() {
-        tracing::warn!(%grpc_addr, "bearer tokens reach {grpc_addr} in plaintext: configure [tls], or keep the network private");
-    }
+    warn_of_tokens_in_plaintext(config.api_tokens.len(), config.tls.is_some(), grpc_addr);
     if config.api_is_open() && !grpc_addr.ip().is_loopback() {
         tracing::warn!(%grpc_addr, "the gRPC API is open to anyone who reaches {grpc_addr}: configure [[api_tokens]] or client certificates ([tls] client_ca_file)");
     }
@@ -529,8 +533,18 @@ pub async fn start_stoppable(
         cloud: sim,
         access,
         tls,
+        metrics,
         served,
     })
+}
+
+/// Warns that bearer tokens reach `grpc_addr` in plaintext, when `tokens`
+/// are in force without TLS on an address beyond loopback: at start, and
+/// after each reload, which may add the first ones.
+pub fn warn_of_tokens_in_plaintext(tokens: usize, tls: bool, grpc_addr: SocketAddr) {
+    if tokens > 0 && !tls && !grpc_addr.ip().is_loopback() {
+        tracing::warn!(%grpc_addr, "bearer tokens reach {grpc_addr} in plaintext: configure [tls], or keep the network private");
+    }
 }
 
 /// Waits, up to `left` of the grace period, for the manager's API calls
@@ -1133,7 +1147,7 @@ fn credentials_source(os: &config::OpenStackConfig) -> CredentialsSource {
 /// Whether `path` lies under `$CREDENTIALS_DIRECTORY`, where systemd puts
 /// the copies LoadCredential= makes (a relative path, such as the
 /// `./secure.yaml` of the search path, compared once resolved).
-fn a_systemd_credential(path: &std::path::Path) -> bool {
+pub fn a_systemd_credential(path: &std::path::Path) -> bool {
     let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) else {
         return false;
     };

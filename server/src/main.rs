@@ -120,6 +120,14 @@ fn parse_args() -> Args {
 }
 
 async fn run() -> anyhow::Result<()> {
+    // First: SIGHUP's default action ends the process, `systemctl reload`
+    // may send it from the moment warmpoold is exec'd (Type=exec), and
+    // systemd counts that end as clean, so it does not restart warmpoold.
+    // One that comes before start-up is done is taken once it is
+    // ([`holding_hangups`]). The subcommands ignore it.
+    #[cfg(unix)]
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     let args = parse_args();
     // check-cloud prints its own report; only errors are logged beside it.
     let default_filter = match args.command {
@@ -198,17 +206,17 @@ async fn run() -> anyhow::Result<()> {
             config.listen
         );
     }
-    // Installed before start: a SIGHUP's default action would end the
-    // process; one that comes during start-up is taken once it is up.
-    #[cfg(unix)]
-    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("installing the SIGHUP handler")?;
     let (shutdown, stop_now) = shutdown_signals()?;
     // What a reload compares the file with, to name what it leaves for a
     // restart.
     #[cfg(unix)]
     let started = config.clone();
-    let running = match warmpool_server::start_stoppable(config, shutdown, stop_now).await {
+    let starting = warmpool_server::start_stoppable(config, shutdown, stop_now);
+    #[cfg(unix)]
+    let (started_up, held) = holding_hangups(starting, &mut hangups).await;
+    #[cfg(not(unix))]
+    let started_up = starting.await;
+    let running = match started_up {
         Ok(running) => running,
         Err(e) if e.is::<warmpool_server::StoppedDuringStartUp>() => {
             tracing::info!("stopped during start-up, as asked");
@@ -219,13 +227,44 @@ async fn run() -> anyhow::Result<()> {
     #[cfg(unix)]
     reload_on_sighup(
         hangups,
-        args.clone(),
-        started,
-        running.access.clone(),
-        running.tls.clone(),
+        held,
+        Reloading {
+            args: args.clone(),
+            started,
+            grpc_addr: running.grpc_addr,
+            access: running.access.clone(),
+            tls: running.tls.clone(),
+            metrics: running.metrics.clone(),
+        },
     );
     running.served.await.context("server task")??;
     Ok(())
+}
+
+/// Runs `start` (warmpoold's start-up); the SIGHUPs that come meanwhile
+/// are said to be held (INFO), and whether any came is returned with its
+/// outcome: a reload puts tokens and TLS files in force where start-up
+/// has yet to put the first ones, so it waits for start-up to end, which
+/// can take long (a slow cloud check, Keystone refusing the credentials).
+#[cfg(unix)]
+async fn holding_hangups<T>(
+    start: impl std::future::Future<Output = T>,
+    hangups: &mut tokio::signal::unix::Signal,
+) -> (T, bool) {
+    let mut start = std::pin::pin!(start);
+    let mut held = false;
+    loop {
+        tokio::select! {
+            done = &mut start => return (done, held),
+            Some(()) = hangups.recv() => {
+                held = true;
+                tracing::info!(
+                    "SIGHUP during start-up: warmpoold reads its config file again once start-up \
+                     ends"
+                );
+            }
+        }
+    }
 }
 
 /// The config in `--config`'s file (or the embedded demo's defaults) with
@@ -242,99 +281,162 @@ fn daemon_config(args: &Args) -> Result<Config, warmpool_server::config::ConfigE
     }
 }
 
-/// On SIGHUP, reads the config file again (with the command line's
-/// overrides, as at start), takes its `[[api_tokens]]` and, when warmpoold
-/// serves TLS, reads the `[tls]` files again ([`reload`]). A reload is all
-/// or nothing: one refused changes nothing, and the log says why. The
-/// task lives as long as the process; `started` is the config warmpoold
-/// started with.
+/// What a reload reads the config file with and puts in force.
 #[cfg(unix)]
-fn reload_on_sighup(
-    mut hangups: tokio::signal::unix::Signal,
+struct Reloading {
     args: Args,
+    /// The config warmpoold started with.
     started: Config,
+    grpc_addr: SocketAddr,
     access: warmpool_server::access::AccessHandle,
     tls: Option<warmpool_server::tls::TlsHandle>,
-) {
+    metrics: std::sync::Arc<warmpool_server::metrics::Metrics>,
+}
+
+/// On SIGHUP (and once at once when `held`, for one that came during
+/// start-up), reads the config file again (with the command line's
+/// overrides, as at start), takes its `[[api_tokens]]` and, when warmpoold
+/// serves TLS, reads the `[tls]` files again ([`Reloading::reload`]). A
+/// reload is all or nothing: one refused changes nothing, and the log and
+/// `warmpool_config_last_reload_successful` say so. The task lives as long
+/// as the process.
+#[cfg(unix)]
+fn reload_on_sighup(mut hangups: tokio::signal::unix::Signal, held: bool, reloading: Reloading) {
     tokio::spawn(async move {
+        if held {
+            reloading.on_sighup();
+        }
         while hangups.recv().await.is_some() {
-            if args.config.is_none() {
-                tracing::warn!("SIGHUP: no config file to read again (started without --config)");
-                continue;
-            }
-            if let Err(e) = reload(&args, &started, &access, tls.as_ref()) {
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    "SIGHUP: reload refused; api_tokens and TLS unchanged"
-                );
-            }
+            reloading.on_sighup();
         }
     });
 }
 
-/// Reads the config file again and checks every part a reload takes (a
-/// file that loads, tokens that do not open the API, TLS files that load
-/// and keep client certificates asked for) before putting any in force: a
-/// file half written when the signal came must not revoke tokens because
-/// its TLS part is refused, nor renew a certificate because its tokens are.
-/// The rest of the file waits for a restart (`[[pools]]` not even for
-/// that, when the store holds the pool); what of it differs from `started`
-/// is named in the log.
 #[cfg(unix)]
-fn reload(
-    args: &Args,
-    started: &Config,
-    access: &warmpool_server::access::AccessHandle,
-    tls: Option<&warmpool_server::tls::TlsHandle>,
-) -> anyhow::Result<()> {
-    let config = daemon_config(args)?;
-    let tokens = access.prepare(config.access())?;
-    let certificate = match (tls, &config.tls) {
-        (Some(serving), Some(files)) => Some((serving, serving.prepare(files)?, files)),
-        (Some(_), None) => {
-            anyhow::bail!("the file has no [tls] section, and serving plaintext takes a restart")
+impl Reloading {
+    fn on_sighup(&self) {
+        let Some(file) = &self.args.config else {
+            tracing::warn!("SIGHUP: no config file to read again (started without --config)");
+            return;
+        };
+        if let Err(e) = self.reload(file) {
+            // Before the log line: whoever reads the line and then scrapes
+            // sees the refusal.
+            self.metrics.config_reload_refused();
+            tracing::error!(
+                error = format!("{e:#}"),
+                "SIGHUP: reload refused; api_tokens and TLS unchanged"
+            );
         }
-        // Not served until a restart, but checked now: a reload that took
-        // files the restart then fails on would not be all or nothing.
-        (None, Some(files)) => {
-            warmpool_server::tls::TlsHandle::load(files)?;
-            None
-        }
-        (None, None) => None,
-    };
-    let tokens = access.apply(tokens);
-    tracing::info!(tokens, "SIGHUP: reloaded api_tokens");
-    if let Some((serving, prepared, files)) = certificate {
-        let stale = prepared.stale_certificate().map(str::to_owned);
-        serving.apply(prepared);
-        match stale {
+    }
+
+    /// Reads the config file again and checks every part a reload takes
+    /// (a file that loads, of the cloud warmpoold runs on, tokens that do
+    /// not open the API, TLS files that load and keep client certificates
+    /// asked for) before putting any in force: a file half written when
+    /// the signal came must not revoke tokens because its TLS part is
+    /// refused, nor renew a certificate because its tokens are. The rest
+    /// of the file waits for a restart (`[[pools]]` not even for that,
+    /// when the store holds the pool); what of it differs from `started`
+    /// is named in the log.
+    fn reload(&self, file: &std::path::Path) -> anyhow::Result<()> {
+        use warmpool_server::tls::TlsHandle;
+        let config = daemon_config(&self.args)?;
+        self.started
+            .refuse_another_cloud_kind(&config)
+            .map_err(|e| e.in_file(file))?;
+        let tokens = self.access.prepare(config.access())?;
+        // systemd's LoadCredential= copies the key when the service
+        // starts, and only then: read again, the copy would pair a renewed
+        // certificate with the old key and the reload be refused, revoked
+        // tokens included, until a restart. The [tls] files are left to
+        // the restart, which reads them all, and the log says so.
+        let credential_key = config
+            .tls
+            .as_ref()
+            .map(|files| &files.key_file)
+            .filter(|key| warmpool_server::a_systemd_credential(key));
+        let certificate = match (self.tls.as_ref(), &config.tls) {
+            (Some(_), None) => {
+                anyhow::bail!(
+                    "the file has no [tls] section, and serving plaintext takes a restart"
+                )
+            }
+            (serving, Some(files)) if credential_key.is_some() => {
+                // No file is read, but a file without client_ca_file (half
+                // written?) is refused as when they are.
+                if let Some(serving) = serving {
+                    serving.refuse_dropping_client_certificates(files)?;
+                }
+                None
+            }
+            (Some(serving), Some(files)) => Some((serving, serving.prepare(files)?, files)),
+            // Not served until a restart, but checked now: a reload that
+            // took files the restart then fails on would not be all or
+            // nothing.
+            (None, Some(files)) => {
+                TlsHandle::load(files)?;
+                None
+            }
+            (None, None) => None,
+        };
+        let tokens = self.access.apply(tokens);
+        let certificate = certificate.map(|(serving, prepared, files)| {
+            let stale = prepared.stale_certificate().map(str::to_owned);
+            serving.apply(prepared);
+            (stale, files)
+        });
+        self.metrics.config_taken(std::time::SystemTime::now());
+        tracing::info!(tokens, "SIGHUP: reloaded api_tokens");
+        match certificate {
             // The certificate served expired (or the clock went back) and
             // is still the file's: refusing the reload for it would keep a
             // revoked token working until the certificate is renewed.
-            Some(stale) => tracing::error!(
+            Some((Some(stale), _)) => tracing::error!(
                 error = %stale,
                 "SIGHUP: reloaded api_tokens and the [tls] files, but the certificate is the one \
                  served, still outside its validity window: every client's TLS handshake fails \
                  until it is renewed"
             ),
-            None => {
+            Some((None, files)) => {
                 tracing::info!(cert_file = %files.cert_file.display(), "SIGHUP: reloaded the TLS certificate; new connections use it");
             }
+            None => {}
         }
+        match (credential_key, &self.tls) {
+            (Some(key), Some(_)) => tracing::warn!(
+                key_file = %key.display(),
+                "SIGHUP: tls.key_file {} is systemd's copy of the key, made when warmpoold \
+                 started (the unit's LoadCredential=), which a reload does not make again: the \
+                 [tls] files are not read again, and warmpoold serves the certificate, key and \
+                 client CA it started with; `systemctl restart warmpoold` puts renewed ones in \
+                 force",
+                key.display()
+            ),
+            (Some(key), None) => tracing::warn!(
+                key_file = %key.display(),
+                "SIGHUP: tls.key_file {} is a systemd credential (the unit's LoadCredential=), \
+                 copied when the service starts: the [tls] files are read, and checked, by the \
+                 restart that turns TLS on (`systemctl restart warmpoold`)",
+                key.display()
+            ),
+            (None, _) => {}
+        }
+        warmpool_server::warn_of_tokens_in_plaintext(tokens, self.tls.is_some(), self.grpc_addr);
+        let waiting = self.started.changed_needing_restart(&config);
+        if !waiting.is_empty() {
+            let waiting = waiting.join(", ");
+            tracing::warn!(
+                changed = %waiting,
+                "SIGHUP: the file changes {waiting}, which take a restart: warmpoold runs on with \
+                 the values it started with"
+            );
+        }
+        if let Some(pools) = self.started.pools_reload_notice(&config) {
+            tracing::warn!("SIGHUP: {pools}");
+        }
+        Ok(())
     }
-    let waiting = started.changed_needing_restart(&config);
-    if !waiting.is_empty() {
-        let waiting = waiting.join(", ");
-        tracing::warn!(
-            changed = %waiting,
-            "SIGHUP: the file changes {waiting}, which take a restart: warmpoold runs on with \
-             the values it started with"
-        );
-    }
-    if let Some(pools) = started.pools_reload_notice(&config) {
-        tracing::warn!("SIGHUP: {pools}");
-    }
-    Ok(())
 }
 
 /// Writes `text` to stdout. A reader that has gone (`| head -1`) took what

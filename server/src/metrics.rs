@@ -362,6 +362,8 @@ pub struct Metrics {
     cloud_calls_paused: Family<ServiceLabels, Gauge>,
     api_calls_refused: Family<RefusedLabels, Counter>,
     tls_certificate_expiry: Family<CertificateLabels, Gauge>,
+    config_reload_successful: Gauge,
+    config_reload_success_time: FloatGauge,
     volumes_stuck: Gauge,
     servers_left_alone: Family<LeftAloneLabels, Gauge>,
     /// One scrape at a time refreshes the gauges and encodes, so a scrape
@@ -418,6 +420,8 @@ impl Metrics {
             cloud_calls_paused: Family::default(),
             api_calls_refused: Family::default(),
             tls_certificate_expiry: Family::default(),
+            config_reload_successful: Gauge::default(),
+            config_reload_success_time: FloatGauge::default(),
             volumes_stuck: Gauge::default(),
             servers_left_alone: Family::default(),
             scrape: tokio::sync::Mutex::new(()),
@@ -614,6 +618,19 @@ impl Metrics {
             Unit::Seconds,
             m.tls_certificate_expiry.clone(),
         );
+        // Named and meant as Prometheus' own pair, so that a rule written
+        // for one reads the other.
+        registry.register(
+            "config_last_reload_successful",
+            "1 when the last config reload (SIGHUP, `systemctl reload warmpoold`) was taken, or none was asked since the start; 0 when it was refused, which changed nothing (the tokens and TLS in force stay): warmpoold's log says why (\"SIGHUP: reload refused\")",
+            m.config_reload_successful.clone(),
+        );
+        registry.register_with_unit(
+            "config_last_reload_success_timestamp",
+            "When the config in force was read: the last reload taken, or the start; a Unix time",
+            Unit::Seconds,
+            m.config_reload_success_time.clone(),
+        );
         registry.register(
             "volumes_stuck_error_attaching",
             "Volumes warmpool was to delete that Cinder refuses to until a cloud admin resets them (openstack volume set --state available ID), not deleted yet: new volumes rolled-back purchases left error_attaching (the order is refused until then), and volumes of rolled-back or released orders, or twins of creates whose answer was lost, whose delete Cinder's backend failed (error_deleting); each holds Cinder quota, warmpool's own project's for every volume warmpool created",
@@ -673,6 +690,22 @@ impl Metrics {
                 cert_file: cert_file.to_owned(),
             })
             .set(not_after);
+    }
+
+    /// The config file read `at` was put in force: at start, or by a
+    /// reload.
+    pub fn config_taken(&self, at: std::time::SystemTime) {
+        let since_epoch = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        self.config_reload_success_time.set(since_epoch);
+        self.config_reload_successful.set(1);
+    }
+
+    /// A reload was refused: the config taken last stays in force.
+    pub fn config_reload_refused(&self) {
+        self.config_reload_successful.set(0);
     }
 
     /// Drops `cert_file`'s series: no longer served, or its dates unread.

@@ -135,11 +135,21 @@ impl TlsHandle {
         self.prepare_at(tls, SystemTime::now())
     }
 
-    fn prepare_at(&self, tls: &TlsConfig, now: SystemTime) -> anyhow::Result<PreparedTls> {
-        let mutual = tls.client_ca_file.is_some();
-        if !mutual && self.current().mutual {
-            return Err(WouldDropClientCertificates.into());
+    /// Refuses `tls` (a config file's `[tls]`, read again) when it drops
+    /// `client_ca_file` while mutual TLS is in force: as
+    /// [`TlsHandle::prepare`] does, for a reload that reads no file.
+    pub fn refuse_dropping_client_certificates(
+        &self,
+        tls: &TlsConfig,
+    ) -> Result<(), WouldDropClientCertificates> {
+        if tls.client_ca_file.is_none() && self.current().mutual {
+            return Err(WouldDropClientCertificates);
         }
+        Ok(())
+    }
+
+    fn prepare_at(&self, tls: &TlsConfig, now: SystemTime) -> anyhow::Result<PreparedTls> {
+        self.refuse_dropping_client_certificates(tls)?;
         let served = self.current().certificate.clone();
         let (listening, stale) = listening(tls, now, Some(&served))?;
         Ok(PreparedTls { listening, stale })

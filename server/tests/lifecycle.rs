@@ -1239,14 +1239,27 @@ async fn serving_after_shell(
 /// execs it).
 #[cfg(unix)]
 async fn serving_daemon_with(
-    mut command: tokio::process::Command,
+    command: tokio::process::Command,
     config_file: &std::path::Path,
 ) -> (tokio::process::Child, DaemonLog, String) {
+    let (daemon, log, addr, _) = serving_daemon_on(command, config_file, "127.0.0.1:0").await;
+    (daemon, log, addr)
+}
+
+/// [`serving_daemon_with`], its gRPC port bound on `listen` (`--listen`):
+/// the process, its log from there on, the gRPC address (127.0.0.1 for
+/// one bound on every address) and the metrics address.
+#[cfg(unix)]
+async fn serving_daemon_on(
+    mut command: tokio::process::Command,
+    config_file: &std::path::Path,
+    listen: &str,
+) -> (tokio::process::Child, DaemonLog, String, String) {
     use tokio::io::AsyncBufReadExt;
     let mut daemon = command
         .arg("--config")
         .arg(config_file)
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--listen", listen, "--metrics-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .env_remove("WARMPOOL_CONFIG")
         .stderr(std::process::Stdio::piped())
@@ -1254,13 +1267,17 @@ async fn serving_daemon_with(
         .spawn()
         .unwrap();
     let mut log = tokio::io::BufReader::new(daemon.stderr.take().unwrap()).lines();
+    let field = |line: &str, name: &str| {
+        line.split_whitespace()
+            .find_map(|field| field.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+            .to_owned()
+    };
+    let metrics = log_line(&mut log, "serving Prometheus metrics").await;
+    let metrics = field(&metrics, "metrics_addr=");
     let serving = log_line(&mut log, "warmpoold serving gRPC").await;
-    let addr = serving
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("grpc_addr="))
-        .unwrap_or_else(|| panic!("no address in {serving:?}"))
-        .to_owned();
-    (daemon, log, addr)
+    let addr = field(&serving, "grpc_addr=").replacen("0.0.0.0:", "127.0.0.1:", 1);
+    (daemon, log, addr, metrics)
 }
 
 /// `systemctl reload`: SIGHUP to the daemon.
@@ -1932,6 +1949,421 @@ async fn sighup_checks_a_tls_section_added_to_a_plaintext_daemon() {
         "{pool}"
     );
     assert_eq!(pools("new").await.unwrap(), 1);
+}
+
+/// Every `[[api_tokens]]` table, each of a token named `name` (the token
+/// is its name) of role reader.
+fn reader_tokens(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|name| {
+            format!(
+                "\n[[api_tokens]]\nname = \"{name}\"\nrole = \"reader\"\nsha256 = \"{}\"\n",
+                warmpool_server::access::token_sha256(name)
+            )
+        })
+        .collect()
+}
+
+/// The lines of warmpoold's log up to the first containing `needle`,
+/// that one included.
+async fn lines_until(log: &mut DaemonLog, needle: &str) -> Vec<String> {
+    let found = tokio::time::timeout(PATIENCE, async {
+        let mut lines = Vec::new();
+        while let Some(line) = log.next_line().await.unwrap() {
+            let done = line.contains(needle);
+            lines.push(line);
+            if done {
+                return lines;
+            }
+        }
+        panic!("warmpoold's log ended before {needle:?}: {lines:#?}");
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no {needle:?} in warmpoold's log"))
+}
+
+/// The value of the sample `name` (no labels) in a /metrics body.
+fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .map(|value| value.trim().parse().unwrap())
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// How the last reload went, as `/metrics` at `metrics_addr` says:
+/// `warmpool_config_last_reload_successful` and
+/// `warmpool_config_last_reload_success_timestamp_seconds`.
+async fn last_reload(metrics_addr: &str) -> (Option<f64>, Option<f64>) {
+    let (status, _, body) = support::http_get(&format!("http://{metrics_addr}/metrics")).await;
+    assert_eq!(status, 200, "{body}");
+    (
+        sample(&body, "warmpool_config_last_reload_successful"),
+        sample(
+            &body,
+            "warmpool_config_last_reload_success_timestamp_seconds",
+        ),
+    )
+}
+
+/// A reload shows in the metrics as Prometheus' own does: 1 and the time
+/// of the last config taken (the start's, then each reload's), 0 from a
+/// refused reload until one is taken. `systemctl reload` returns before
+/// the file is read, and a refused reload was one ERROR line and nothing
+/// to scrape: a token removed in a file with a typo elsewhere (a
+/// `[manager]` key) kept working while the operator believed it revoked.
+/// The refusal still changes nothing.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_refused_reload_shows_in_the_metrics() {
+    let data = tempfile::tempdir().unwrap();
+    let config_file = data.path().join("warmpoold.toml");
+    let base = config_text(data.path(), &[("db.small", "az1", 0, 1)]);
+    std::fs::write(
+        &config_file,
+        base.clone() + &reader_tokens(&["grafana", "billing"]),
+    )
+    .unwrap();
+    let before_start = unix_now();
+    let (daemon, mut log, addr, metrics) = serving_daemon_on(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold")),
+        &config_file,
+        "127.0.0.1:0",
+    )
+    .await;
+    let client = warmpool_client::Client::connect(&addr).await.unwrap();
+    let pools = |token: &str| {
+        let client = client.clone().with_token(token).unwrap();
+        async move { client.list_pools().await.map(|p| p.len()) }
+    };
+    let (successful, at) = last_reload(&metrics).await;
+    assert_eq!(successful, Some(1.0), "the config started with counts");
+    let started_at = at.expect("the time of the config started with");
+    assert!(started_at >= before_start, "{started_at} < {before_start}");
+
+    // billing revoked, and a typo in [manager]: refused whole.
+    let typo = base.replacen(r#"poll_interval = "50ms""#, r#"poll_interval = "2""#, 1);
+    assert_ne!(typo, base);
+    std::fs::write(&config_file, typo + &reader_tokens(&["grafana"])).unwrap();
+    hang_up(&daemon);
+    log_line(&mut log, "reload refused").await;
+    assert_eq!(
+        last_reload(&metrics).await,
+        (Some(0.0), Some(started_at)),
+        "a refused reload is 0, and the time of the last config taken stays"
+    );
+    assert_eq!(pools("billing").await.unwrap(), 1, "all or nothing");
+
+    std::fs::write(&config_file, base + &reader_tokens(&["grafana"])).unwrap();
+    let before_reload = unix_now();
+    hang_up(&daemon);
+    log_line(&mut log, "reloaded api_tokens").await;
+    let (successful, at) = last_reload(&metrics).await;
+    assert_eq!(successful, Some(1.0));
+    let reloaded_at = at.unwrap();
+    assert!(
+        reloaded_at >= before_reload,
+        "{reloaded_at} < {before_reload}"
+    );
+    expect_code(pools("billing").await, Code::Unauthenticated);
+    assert_eq!(pools("grafana").await.unwrap(), 1);
+}
+
+/// A file cut short after its first token (an editor's save, a copy under
+/// way when the signal came) has no `[cloud]`, and reads as the embedded
+/// cloud; it was taken, revoking every token after the cut, while
+/// warmpoold ran on OpenStack. A reload refuses a cloud of another kind
+/// than the one warmpoold runs on, naming the file, and the tokens in
+/// force stay.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_cut_short_after_its_first_token_revokes_nothing() {
+    use cloudsim::http::{HttpFace, HttpSettings};
+    let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
+        time_scale: 0.01,
+        jitter: 0.0,
+        ..cloudsim::SimConfig::default()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let face = HttpFace::serve(sim, HttpSettings::default(), listener)
+        .await
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let clouds_yaml = data.path().join("clouds.yaml");
+    std::fs::write(&clouds_yaml, face.clouds_yaml("cloudsim")).unwrap();
+    // Tokens first, as the example has them: what follows has defaults.
+    let head = format!(
+        "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\npools = []\n",
+        data.path().join("store").display().to_string()
+    );
+    let cloud = format!(
+        "\n[cloud]\nkind = \"openstack\"\ncloud = \"cloudsim\"\nclouds_yaml = {:?}\n\
+         management_network = \"mgmt-net\"\nrequest_timeout = \"10s\"\n",
+        clouds_yaml.display().to_string()
+    );
+    let config_file = data.path().join("warmpoold.toml");
+    std::fs::write(
+        &config_file,
+        head.clone() + &reader_tokens(&["grafana", "billing"]) + &cloud,
+    )
+    .unwrap();
+    let (daemon, mut log, addr) = serving_daemon(&config_file).await;
+    let client = warmpool_client::Client::connect(&addr).await.unwrap();
+    let pools = |token: &str| {
+        let client = client.clone().with_token(token).unwrap();
+        async move { client.list_pools().await.map(|p| p.len()) }
+    };
+    assert_eq!(pools("billing").await.unwrap(), 0);
+
+    std::fs::write(&config_file, head + &reader_tokens(&["grafana"])).unwrap();
+    hang_up(&daemon);
+    // The error is a quoted field: its quotes escaped.
+    let reloaded = log_line(&mut log, "SIGHUP:").await.replace("\\\"", "\"");
+    assert!(reloaded.contains("reload refused"), "{reloaded}");
+    assert!(
+        reloaded.contains(&config_file.display().to_string())
+            && reloaded.contains(r#"kind = "embedded""#)
+            && reloaded.contains(r#"kind = "openstack""#),
+        "{reloaded}"
+    );
+    assert!(
+        reloaded.contains("api_tokens and TLS unchanged"),
+        "{reloaded}"
+    );
+    assert_eq!(
+        pools("billing").await.unwrap(),
+        0,
+        "billing keeps its token"
+    );
+    drop(face);
+}
+
+/// Tokens a reload puts in force on a plaintext listener beyond loopback
+/// get the warning a start with them gives: they travel in plaintext.
+/// The reload said only "reloaded api_tokens".
+#[cfg(unix)]
+#[tokio::test]
+async fn tokens_a_reload_adds_to_a_plaintext_listener_beyond_loopback_are_warned_of() {
+    let data = tempfile::tempdir().unwrap();
+    let config_file = data.path().join("warmpoold.toml");
+    let base = config_text(data.path(), &[("db.small", "az1", 0, 1)]);
+    std::fs::write(&config_file, &base).unwrap();
+    let (daemon, mut log, addr, _) = serving_daemon_on(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold")),
+        &config_file,
+        "0.0.0.0:0",
+    )
+    .await;
+    std::fs::write(&config_file, base.clone() + &reader_tokens(&["grafana"])).unwrap();
+    hang_up(&daemon);
+    log_line(&mut log, "reloaded api_tokens").await;
+    // A reload refused after it: the lines in between are the first's.
+    std::fs::write(&config_file, base + "\n[[api_tokens]]\n").unwrap();
+    hang_up(&daemon);
+    let lines = lines_until(&mut log, "reload refused").await;
+    let warned = lines
+        .iter()
+        .find(|line| line.contains("in plaintext"))
+        .unwrap_or_else(|| panic!("no plaintext warning: {lines:#?}"));
+    assert!(warned.contains(" WARN "), "{warned}");
+    assert!(warned.contains("bearer tokens reach 0.0.0.0:"), "{warned}");
+    let client = warmpool_client::Client::connect(&addr).await.unwrap();
+    assert_eq!(
+        client
+            .with_token("grafana")
+            .unwrap()
+            .list_pools()
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// A TLS key handed over with systemd's `LoadCredential=` is the copy
+/// systemd made at start (under `$CREDENTIALS_DIRECTORY`): a reload keeps
+/// the TLS identity started with, takes the tokens, and says that the
+/// `[tls]` files take `systemctl restart`. A certificate renewed with a
+/// new key was paired with the old copy and refused, and every later
+/// reload with it: a revoked token kept working until a restart.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_reload_with_a_systemd_credential_key_keeps_the_tls_identity_and_takes_the_tokens() {
+    use support::pki::Pki;
+    let data = tempfile::tempdir().unwrap();
+    let old_ca = Pki::new(data.path(), "old-ca");
+    let server = old_ca.issue("server", &["127.0.0.1"]);
+    let credentials = data.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    let copy = credentials.join("tls.key");
+    std::fs::copy(&server.key_file, &copy).unwrap();
+    let tls = format!(
+        "\n[tls]\ncert_file = {:?}\nkey_file = {copy:?}\n",
+        server.cert_file
+    );
+    let base = config_text(data.path(), &[("db.small", "az1", 0, 1)]);
+    let config_file = data.path().join("warmpoold.toml");
+    std::fs::write(&config_file, base.clone() + &reader_tokens(&["old"]) + &tls).unwrap();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"));
+    command.env("CREDENTIALS_DIRECTORY", &credentials);
+    let (daemon, mut log, addr) = serving_daemon_with(command, &config_file).await;
+    let https = format!("https://{addr}");
+    let pools = |ca: &Pki, token: &str| {
+        let connecting = warmpool_client::Client::connect_with(
+            &https,
+            support::tls_options(Some(ca.ca_pem()), None),
+        );
+        let token = token.to_owned();
+        async move { connecting.await?.with_token(&token)?.list_pools().await }
+    };
+    assert_eq!(pools(&old_ca, "old").await.unwrap().len(), 1);
+
+    // Renewed with a new key, in place: systemd's copy is the old key.
+    let new_ca = Pki::new(data.path(), "new-ca");
+    new_ca.issue("server", &["127.0.0.1"]);
+    std::fs::write(&config_file, base + &reader_tokens(&["new"]) + &tls).unwrap();
+    hang_up(&daemon);
+    let reloaded = log_line(&mut log, "SIGHUP:").await;
+    assert!(reloaded.contains("reloaded api_tokens"), "{reloaded}");
+    let kept = log_line(&mut log, "LoadCredential").await;
+    assert!(kept.contains(" WARN "), "{kept}");
+    assert!(
+        kept.contains(&copy.display().to_string())
+            && kept.contains("copy")
+            && kept.contains("systemctl restart warmpoold"),
+        "{kept}"
+    );
+    assert_eq!(pools(&old_ca, "new").await.unwrap().len(), 1);
+    expect_code(pools(&old_ca, "old").await, Code::Unauthenticated);
+    assert!(
+        pools(&new_ca, "new").await.is_err(),
+        "the renewed certificate waits for the restart"
+    );
+}
+
+/// A `[tls]` section added by a reload whose key is a systemd credential:
+/// systemd makes the copy when the service starts, so it may not be there
+/// yet; the restart that turns TLS on reads it. The reload takes the
+/// tokens and says so; it was refused ("cannot read tls.key_file"),
+/// although the restart would have started.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_tls_section_with_a_systemd_credential_key_is_left_to_the_restart() {
+    use support::pki::Pki;
+    let data = tempfile::tempdir().unwrap();
+    let server = Pki::new(data.path(), "ca").issue("server", &["127.0.0.1"]);
+    let credentials = data.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    let base = config_text(data.path(), &[("db.small", "az1", 0, 1)]);
+    let config_file = data.path().join("warmpoold.toml");
+    std::fs::write(&config_file, base.clone() + &reader_tokens(&["old"])).unwrap();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"));
+    command.env("CREDENTIALS_DIRECTORY", &credentials);
+    let (daemon, mut log, addr) = serving_daemon_with(command, &config_file).await;
+
+    let tls = format!(
+        "\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        server.cert_file,
+        credentials.join("tls.key")
+    );
+    std::fs::write(&config_file, base + &reader_tokens(&["new"]) + &tls).unwrap();
+    hang_up(&daemon);
+    let reloaded = log_line(&mut log, "SIGHUP:").await;
+    assert!(reloaded.contains("reloaded api_tokens"), "{reloaded}");
+    let lines = lines_until(&mut log, "take a restart").await;
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("LoadCredential")
+                && line.contains("systemctl restart warmpoold")),
+        "{lines:#?}"
+    );
+    let client = warmpool_client::Client::connect(&addr).await.unwrap();
+    let client = client.with_token("new").unwrap();
+    assert_eq!(client.list_pools().await.unwrap().len(), 1);
+}
+
+/// A SIGHUP that comes while warmpoold starts (`systemctl reload` is
+/// allowed from the moment it is exec'd) is held until it is up, said so
+/// at INFO, and then taken. One that came before the handler was in place
+/// (after the config file was read) ended warmpoold, exit by signal, which
+/// systemd does not restart. The config file is a FIFO, so that the
+/// signal comes while warmpoold reads it, whatever the machine's speed.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_sighup_during_start_up_is_held_until_warmpoold_is_up() {
+    use std::io::Write;
+    use tokio::io::AsyncBufReadExt;
+    let data = tempfile::tempdir().unwrap();
+    let config_file = data.path().join("warmpoold.toml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&config_file)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let text = config_text(data.path(), &[("db.small", "az1", 0, 1)]);
+    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+        .arg("--config")
+        .arg(&config_file)
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .env_remove("WARMPOOL_CONFIG")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut log = tokio::io::BufReader::new(daemon.stderr.take().unwrap()).lines();
+    // Opening the FIFO to write returns once warmpoold opened it to read.
+    let open_writer = || {
+        let fifo = config_file.clone();
+        async move {
+            let opening = tokio::task::spawn_blocking(move || {
+                std::fs::OpenOptions::new().write(true).open(fifo).unwrap()
+            });
+            tokio::time::timeout(PATIENCE, opening)
+                .await
+                .expect("warmpoold did not open its config file")
+                .unwrap()
+        }
+    };
+    let mut writer = open_writer().await;
+    hang_up(&daemon);
+    // A warmpoold the signal ended has closed the FIFO (a broken pipe
+    // here): what follows says so.
+    let _ = writer.write_all(text.as_bytes());
+    drop(writer);
+    let started = tokio::time::timeout(PATIENCE, async {
+        let mut lines = Vec::new();
+        while let Some(line) = log.next_line().await.unwrap() {
+            let serving = line.contains("warmpoold serving gRPC");
+            lines.push(line);
+            if serving {
+                return lines;
+            }
+        }
+        let status = daemon.wait().await.unwrap();
+        panic!("warmpoold ended before serving ({status}): {lines:#?}");
+    })
+    .await
+    .expect("warmpoold did not serve in time");
+    let held = started
+        .iter()
+        .find(|line| line.contains("SIGHUP"))
+        .unwrap_or_else(|| panic!("no word of the SIGHUP: {started:#?}"));
+    assert!(held.contains(" INFO "), "{held}");
+    assert!(held.contains("once start-up ends"), "{held}");
+    // Then taken: warmpoold reads its config file again.
+    let mut writer = open_writer().await;
+    writer.write_all(text.as_bytes()).unwrap();
+    drop(writer);
+    log_line(&mut log, "reloaded api_tokens").await;
+    assert!(daemon.try_wait().unwrap().is_none(), "warmpoold runs on");
 }
 
 /// A release, which deletes a tenant's server (and, asked, its volume),
