@@ -65,7 +65,8 @@
 //!   surplus back.
 //!
 //! - [`LearnedSizing`]: what the estimators learned, as stored, so a restart
-//!   resumes from it instead of from nothing.
+//!   resumes from it instead of from nothing (the orders counted too, so
+//!   that one asked again after the restart counts once).
 //!
 //! Operator time windows ("Mon-Fri 09:00-18:00 min 10", [`crate::schedule`])
 //! raise `min_ready` while they are open, from their start: a pool fills
@@ -959,6 +960,33 @@ pub struct LearnedSizing {
     pub allocations: u64,
     /// Completed boots, oldest first.
     pub leads: Vec<LearnedLead>,
+    /// The orders counted within `demand_long` before `saved_at` (the
+    /// [`MAX_STORED_ORDERS`] last asked for), oldest first: a stop cuts
+    /// the calls of purchases counted when they found their pool empty,
+    /// the start rolls their orders back, and their callers ask again
+    /// with the same ids, as do those of orders refused RESOURCE_EXHAUSTED.
+    /// Without them each such order would count twice. None in a record of
+    /// a build that stored none; none is written when there is none, so an
+    /// older build still reads the record of a pool with no recent order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orders: Vec<LearnedOrder>,
+}
+
+/// The most orders a pool's [`LearnedSizing`] keeps: the last asked for.
+/// It covers every order of a pool selling fewer than 1000 an hour (at the
+/// default `demand_long`), and otherwise those of the last stretch, where
+/// the orders a stop cut are; an older one asked again counts again, one
+/// purchase among more than a thousand. A record is rewritten every
+/// minute: at most about 200 KB.
+pub const MAX_STORED_ORDERS: usize = 1000;
+
+/// One order counted in a pool's demand, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LearnedOrder {
+    pub request_id: String,
+    /// How long before the snapshot it was last asked for.
+    pub asked_before: Duration,
 }
 
 /// One completed boot as stored.
@@ -1007,6 +1035,36 @@ impl PoolSizing {
         self.lead.estimate_with_prior(now, &ages, prior, settings)
     }
 
+    /// Puts back the orders stored `elapsed` ago that are still within
+    /// `demand_long`, in place of any the pool holds.
+    fn restore_orders(
+        &mut self,
+        learned: &[LearnedOrder],
+        elapsed: Duration,
+        now: Instant,
+        settings: &SizingSettings,
+    ) {
+        let mut dated: Vec<(Instant, &str)> = learned
+            .iter()
+            .filter_map(|order| {
+                let age = order.asked_before.saturating_add(elapsed);
+                // Older than this process's clock (the host restarted
+                // within the hour): dated now, it is remembered a little
+                // longer than `demand_long` rather than counted twice.
+                let asked = now.checked_sub(age).unwrap_or(now);
+                (age < settings.demand_long).then_some((asked, order.request_id.as_str()))
+            })
+            .collect();
+        // The front is forgotten first: oldest first.
+        dated.sort_by_key(|(asked, _)| *asked);
+        self.orders_counted.clear();
+        self.orders_asked.clear();
+        for (asked, order) in dated {
+            self.orders_counted.insert(order.to_string(), asked);
+            self.orders_asked.push_back((asked, order.to_string()));
+        }
+    }
+
     fn new(settings: &SizingSettings) -> Self {
         Self {
             demand: Demand::new(settings),
@@ -1045,8 +1103,9 @@ impl SizingBook {
 
     /// One purchase of order `request_id`. An order already counted
     /// within `demand_long` (a billing system retrying it after
-    /// RESOURCE_EXHAUSTED, say) is not counted again: one order is one
-    /// purchase, however often it is asked for. A purchase counted when it
+    /// RESOURCE_EXHAUSTED, say) is not counted again, a restart in between
+    /// too ([`LearnedSizing::orders`]): one order is one purchase, however
+    /// often it is asked for. A purchase counted when it
     /// found its pool empty is asked for again at its end, and counts once
     /// unless it outlasted `demand_long` (its second count, dated to its
     /// start, has then decayed at least e-fold).
@@ -1199,6 +1258,22 @@ impl SizingBook {
         let saved_at = self.wall_now(settings).max(std::time::UNIX_EPOCH);
         let pool = self.pools.get(key)?;
         let demand = &pool.demand;
+        // Those asked for longer ago are forgotten at the next purchase.
+        let mut orders: Vec<(&String, Instant)> = pool
+            .orders_counted
+            .iter()
+            .map(|(order, asked)| (order, *asked))
+            .filter(|(_, asked)| now.saturating_duration_since(*asked) < settings.demand_long)
+            .collect();
+        orders.sort_by_key(|(_, asked)| *asked);
+        let dropped = orders.len().saturating_sub(MAX_STORED_ORDERS);
+        let orders = orders[dropped..]
+            .iter()
+            .map(|(order, asked)| LearnedOrder {
+                request_id: order.to_string(),
+                asked_before: now.saturating_duration_since(*asked),
+            })
+            .collect();
         Some(LearnedSizing {
             saved_at,
             demand_short: demand.short.rate_at(now),
@@ -1207,6 +1282,7 @@ impl SizingBook {
             held_for: demand.held_at.map(|at| now.saturating_duration_since(at)),
             allocations: demand.total,
             leads: pool.lead.learned(now),
+            orders,
         })
     }
 
@@ -1228,6 +1304,7 @@ impl SizingBook {
         pool.demand.restore(learned, elapsed, now, settings);
         pool.lead = LeadTimes::default();
         pool.lead.restore(&learned.leads, elapsed, now, settings);
+        pool.restore_orders(&learned.orders, elapsed, now, settings);
     }
 }
 

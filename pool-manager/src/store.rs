@@ -1644,6 +1644,7 @@ mod tests {
             held_for: None,
             allocations: 3,
             leads: Vec::new(),
+            orders: Vec::new(),
         };
         store.put_learned_sizing(&pool.key, &learned).await.unwrap();
         assert!(knows_nothing().await);
@@ -2099,8 +2100,12 @@ mod tests {
                 finished_before: Duration::from_secs(1),
                 lead: Duration::from_secs(90),
             }],
+            orders: vec![crate::sizing::LearnedOrder {
+                request_id: "o-1".into(),
+                asked_before: Duration::from_secs(1),
+            }],
         };
-        for path in [&[][..], &["leads", "0"][..]] {
+        for path in [&[][..], &["leads", "0"][..], &["orders", "0"][..]] {
             store
                 .learned_sizing
                 .insert(
@@ -2205,6 +2210,7 @@ mod tests {
             held_for: None,
             allocations,
             leads: Vec::new(),
+            orders: Vec::new(),
         };
         let aside = |store: &SledStore| {
             for (kind, bytes) in [
@@ -2309,6 +2315,7 @@ mod tests {
             held_for: None,
             allocations,
             leads: Vec::new(),
+            orders: Vec::new(),
         };
         // Written by a build that does not supersede as it writes.
         store.pools.insert(pool_key(&key), encode(&pool)).unwrap();

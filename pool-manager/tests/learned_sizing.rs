@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use pool_manager::model::{InstanceState, PoolSpec};
+use pool_manager::model::{EmptyPoolPolicy, InstanceState, PoolSpec};
 use pool_manager::schedule::unix;
 use pool_manager::sizing::{LeadSource, SizingStatus};
 use pool_manager::store::Store;
@@ -163,6 +163,50 @@ async fn a_min_ready_0_pool_keeps_nothing_once_its_demand_died_away() {
     tokio::time::sleep(Duration::from_secs(20 * 60)).await;
     let status = manager.get_pool(&pool()).await.unwrap();
     assert_eq!(status.count(InstanceState::Ready), 0, "{status:?}");
+    manager.shutdown().await.unwrap();
+}
+
+/// A purchase refused RESOURCE_EXHAUSTED is rolled back, and its caller
+/// asks again with its order id; so do the callers of purchases a stop
+/// cut. Auto sizing counts each order once, a restart in between too: the
+/// orders counted before it are stored with the estimators.
+#[tokio::test(start_paused = true)]
+async fn an_order_asked_again_after_a_restart_is_not_counted_again() {
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let anchored = Instant::now();
+    let manager = manager_at(&sim, open_store(dir.path()), unix(START));
+    manager.start().await.unwrap();
+    let mut empty = spec(0);
+    empty.target = pool_manager::model::Target::Fixed(0);
+    manager.create_pool(pool(), empty).await.unwrap();
+    let ask_all = |manager: PoolManager| async move {
+        for i in 1..=20 {
+            let order = format!("o{i}");
+            let refused = manager
+                .allocate(request(&order, new_volume(), EmptyPoolPolicy::FailFast))
+                .await;
+            assert!(refused.is_err(), "an empty pool: {refused:?}");
+        }
+        manager
+    };
+    let manager = ask_all(manager).await;
+    let (_, before) = sizing(&manager).await;
+    assert!(before.demand.short > 0.0, "{before:?}");
+
+    let manager = restart_after(manager, anchored, &sim, dir.path(), Duration::ZERO).await;
+    let manager = ask_all(manager).await;
+    let (_, after) = sizing(&manager).await;
+    // The seconds the restart took decay it a little; counted again, it
+    // would double.
+    assert!(
+        after.demand.short <= before.demand.short,
+        "{before:?} -> {after:?}"
+    );
+    assert!(
+        after.demand.short > 0.9 * before.demand.short,
+        "{before:?} -> {after:?}"
+    );
     manager.shutdown().await.unwrap();
 }
 

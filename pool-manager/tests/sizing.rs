@@ -2262,6 +2262,7 @@ fn restored_estimators_ignore_nonsense() {
                 lead: secs(61),
             },
         ],
+        orders: Vec::new(),
     };
     book.restore(&key, &learned, now, &settings);
     let (demand, lead, _) = book.peek(&key, now, secs(90), &settings);
@@ -2269,6 +2270,99 @@ fn restored_estimators_ignore_nonsense() {
     assert_eq!(lead.source, LeadSource::Prior, "{lead:?}");
     let (demand, _) = book.estimates(&key, now + secs(1), secs(90), &settings);
     assert_eq!(demand, DemandEstimate::ZERO);
+}
+
+/// An order counted before a restart is not counted again when it is
+/// asked for after it: a stop cuts the calls of purchases that waited or
+/// cold-booted (counted when they found the pool empty), the start rolls
+/// their orders back, and their callers retry them with the same ids. The
+/// ids counted within `demand_long` are stored with the rates, dated by
+/// the time since; one asked longer ago counts again, as in a book that
+/// never stopped.
+#[tokio::test(start_paused = true)]
+async fn a_restart_remembers_the_orders_it_counted() {
+    let settings = SizingSettings {
+        wall_clock_start: Some(pool_manager::schedule::unix(1_800_000_000)),
+        ..SizingSettings::default()
+    };
+    let key = pool();
+    let mut book = SizingBook::default();
+    let first = Instant::now();
+    book.record_allocation(&key, "early", first, first, &settings);
+    tokio::time::advance(secs(3000)).await;
+    let asked = Instant::now();
+    for i in 1..=20 {
+        let order = format!("o{i}");
+        book.record_allocation(&key, &order, asked, asked, &settings);
+    }
+    let learned = book.learned(&key, asked, &settings).unwrap();
+    // As the store keeps it.
+    let learned: LearnedSizing =
+        serde_json::from_slice(&serde_json::to_vec(&learned).unwrap()).unwrap();
+
+    // Down 10 minutes: "early" is then older than demand_long (1 h).
+    let down = secs(600);
+    tokio::time::advance(down).await;
+    let now = Instant::now();
+    // A new process's wall clock, read first now.
+    let settings = SizingSettings {
+        wall_clock_start: Some(learned.saved_at + down),
+        ..settings
+    };
+    let mut restarted = SizingBook::default();
+    restarted.restore(&key, &learned, now, &settings);
+    let (before, _, _) = restarted.peek(&key, now, secs(90), &settings);
+    for i in 1..=20 {
+        let order = format!("o{i}");
+        restarted.record_allocation(&key, &order, now, now, &settings);
+    }
+    let (after, _, _) = restarted.peek(&key, now, secs(90), &settings);
+    assert_eq!(after.short, before.short, "{before:?} -> {after:?}");
+    assert_eq!(after.long, before.long, "{before:?} -> {after:?}");
+
+    restarted.record_allocation(&key, "early", now, now, &settings);
+    let (again, _, _) = restarted.peek(&key, now, secs(90), &settings);
+    assert!(again.short > after.short, "{after:?} -> {again:?}");
+}
+
+/// The stored order ids are bounded, the last asked for kept; a record
+/// of a build that stored none reads as none, and none is written when
+/// there is none, so that build still reads the record of a pool without
+/// a recent order.
+#[tokio::test(start_paused = true)]
+async fn stored_orders_are_the_last_asked_for_and_optional() {
+    use pool_manager::sizing::MAX_STORED_ORDERS;
+    let settings = SizingSettings {
+        wall_clock_start: Some(pool_manager::schedule::unix(1_800_000_000)),
+        ..SizingSettings::default()
+    };
+    let key = pool();
+    let mut book = SizingBook::default();
+    for i in 0..MAX_STORED_ORDERS + 5 {
+        let now = Instant::now();
+        book.record_allocation(&key, &format!("o{i}"), now, now, &settings);
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    let learned = book.learned(&key, Instant::now(), &settings).unwrap();
+    assert_eq!(learned.orders.len(), MAX_STORED_ORDERS);
+    assert_eq!(learned.orders[0].request_id, "o5");
+    assert_eq!(
+        learned.orders.last().unwrap().request_id,
+        format!("o{}", MAX_STORED_ORDERS + 4)
+    );
+    assert_eq!(
+        learned.orders.last().unwrap().asked_before,
+        Duration::from_millis(100)
+    );
+
+    let none = LearnedSizing {
+        orders: Vec::new(),
+        ..learned
+    };
+    let stored = serde_json::to_value(&none).unwrap();
+    assert!(stored.get("orders").is_none(), "{stored}");
+    let read: LearnedSizing = serde_json::from_value(stored).unwrap();
+    assert_eq!(read, none);
 }
 
 // ---- operator windows -------------------------------------------------------

@@ -2621,6 +2621,7 @@ fn store_check_notes_unreadable_learned_sizing_without_failing() {
         held_for: None,
         allocations: 3,
         leads: Vec::new(),
+        orders: Vec::new(),
     };
     let mut newer = serde_json::to_value(&learned).unwrap();
     newer["from_the_future"] = serde_json::Value::Bool(true);
