@@ -260,10 +260,11 @@ pub(crate) struct Shared {
     /// store's, or to be recorded as the store's.
     pub claimed: tokio::sync::OnceCell<CloudIdentity>,
     /// The cloud a store of another one adopts
-    /// ([`ManagerSettings::adopt_cloud`]) until the start-up pass records
-    /// it, once it has found no pool server here the store has no record
-    /// of (`Shared::adopt_cloud_at_start`).
-    pub adopting: Mutex<Option<CloudIdentity>>,
+    /// ([`ManagerSettings::adopt_cloud`]), and how it differs from the
+    /// store's, until the start-up pass records it, once it has found no
+    /// pool server here the store has no record of
+    /// (`Shared::adopt_cloud_at_start`).
+    pub adopting: Mutex<Option<(CloudIdentity, CloudChange)>>,
 }
 
 /// The API calls running as tasks of the manager.
@@ -827,6 +828,12 @@ impl PoolManager {
     /// the store has no record of.
     pub async fn start(&self) -> ManagerResult<()> {
         self.claim_store().await?;
+        // Read before the start-up pass, which records the adoption and
+        // forgets it.
+        let of_another_cloud = matches!(
+            *self.shared.adopting.lock().expect("adopting lock"),
+            Some((_, CloudChange::Cloud))
+        );
         // Before the start-up pass, whose resumed boots may fail.
         self.shared.restore_health().await?;
         self.shared.reconcile_at_start().await?;
@@ -836,7 +843,9 @@ impl PoolManager {
             }
             // Before any purchase can be counted: restoring replaces what
             // the pool's estimators hold.
-            self.shared.restore_learned_sizing(&pool.key).await;
+            self.shared
+                .restore_learned_sizing(&pool.key, of_another_cloud)
+                .await;
             self.shared.start_replenisher(pool.key);
         }
         let shared = self.shared.clone();
@@ -902,13 +911,14 @@ impl PoolManager {
                         current: Box::new(current),
                     })
                 }
-                CloudChange::ServerTag | CloudChange::Cloud => {
+                change @ (CloudChange::ServerTag | CloudChange::Cloud) => {
                     tracing::warn!(
                         %recorded,
                         %current,
                         "the store served {recorded}: as --adopt-cloud asks, it is to serve {current}, recorded once the start-up reconcile finds no pool server here the store has no record of"
                     );
-                    *shared.adopting.lock().expect("adopting lock") = Some(current.clone());
+                    *shared.adopting.lock().expect("adopting lock") =
+                        Some((current.clone(), change));
                     return Ok(current);
                 }
             },

@@ -229,7 +229,7 @@ impl Shared {
     async fn reconcile_pass(self: &Arc<Self>, at_start: bool) -> ManagerResult<()> {
         let _one_pass = self.reconcile_lock.lock().await;
         let adopting = self.adopting.lock().expect("adopting lock").clone();
-        if let Some(adopting) = adopting.filter(|_| at_start) {
+        if let Some((adopting, _)) = adopting.filter(|_| at_start) {
             self.adopt_cloud_at_start(&adopting).await?;
         }
         // Read before the pass writes anything. Such a store has nothing

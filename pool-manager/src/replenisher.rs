@@ -234,11 +234,28 @@ impl Shared {
 
     /// Puts back what a previous manager learned about the pool. A store
     /// that cannot say costs the pool its history, not its replenisher.
-    pub(crate) async fn restore_learned_sizing(&self, key: &PoolKey) {
+    /// On a store adopted from another cloud (`of_another_cloud`: another
+    /// project, region or kind, not a renamed server tag) the lead times
+    /// were that cloud's, and are not put back: this one's boots may take
+    /// many times as long (a demo store's seconds adopted onto OpenStack),
+    /// and three or more old ones would outweigh this cloud's prior for up
+    /// to `lead_max_age`. Its demand is put back: purchases are the
+    /// tenants', who buy through this warmpool whichever cloud it boots
+    /// on, and so are the orders counted (one asked again still counts
+    /// once).
+    pub(crate) async fn restore_learned_sizing(&self, key: &PoolKey, of_another_cloud: bool) {
         match self.store.get_learned_sizing(key).await {
-            Ok(Some(learned)) => {
+            Ok(Some(mut learned)) => {
+                let dropped = if of_another_cloud {
+                    std::mem::take(&mut learned.leads).len()
+                } else {
+                    0
+                };
                 self.sizing_book()
                     .restore(key, &learned, Instant::now(), &self.settings.sizing);
+                if dropped > 0 {
+                    tracing::info!(pool = %key, boots = dropped, "not resuming the pool's boot lead times: they were the other cloud's (the store is adopted); the pool's lead time is its prior until this cloud's boots are measured");
+                }
                 tracing::info!(pool = %key, boots = learned.leads.len(), "resumed sizing from the store");
             }
             Ok(None) => {}

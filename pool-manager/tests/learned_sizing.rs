@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use pool_manager::cloud::CloudIdentity;
 use pool_manager::model::{EmptyPoolPolicy, InstanceState, PoolSpec};
 use pool_manager::schedule::unix;
 use pool_manager::sizing::{LeadSource, SizingStatus};
@@ -207,6 +208,88 @@ async fn an_order_asked_again_after_a_restart_is_not_counted_again() {
         after.demand.short > 0.9 * before.demand.short,
         "{before:?} -> {after:?}"
     );
+    manager.shutdown().await.unwrap();
+}
+
+/// Restarts the manager of [`busy_auto_pool`] on its store, which served
+/// `recorded` (written over the store's record) and now serves `cloud`,
+/// adopted as `--adopt-cloud` asks; lets the replenisher take its first
+/// step.
+async fn adopted_on(
+    manager: PoolManager,
+    anchored: Instant,
+    dir: &std::path::Path,
+    recorded: CloudIdentity,
+    cloud: Arc<dyn pool_manager::cloud::Cloud>,
+    sim: &Arc<cloudsim::SimCloud>,
+) -> PoolManager {
+    manager.shutdown().await.unwrap();
+    drop(manager);
+    let store = open_store(dir);
+    store.record_cloud_identity(&recorded).await.unwrap();
+    store.flush().await.unwrap();
+    let mut settings = settings();
+    settings.sizing.wall_clock_start = Some(unix(START) + anchored.elapsed());
+    settings.adopt_cloud = true;
+    let manager = PoolManager::new(store, cloud, Arc::new(sim.probe()), settings);
+    manager.start().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    manager
+}
+
+/// A store adopted from another cloud (`--adopt-cloud`) keeps its pools'
+/// demand, which is the tenants', but not their boot lead times, which
+/// were the old cloud's: this one's may be many times longer (a demo
+/// store's seconds-long boots adopted onto OpenStack), and observed lead
+/// times would outweigh this cloud's prior until as many boots had aged
+/// out. The pools start from the prior, as their health starts healthy.
+#[tokio::test(start_paused = true)]
+async fn a_store_adopted_from_another_cloud_keeps_demand_not_lead_times() {
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let (manager, anchored) = busy_auto_pool(&sim, open_store(dir.path()), 40).await;
+    let (_, before) = sizing(&manager).await;
+    assert_eq!(before.lead.source, LeadSource::Observed, "{before:?}");
+
+    let other = CloudIdentity::OpenStack {
+        project_id: "0123abcd".into(),
+        region: None,
+        server_tag: "warmpool".into(),
+    };
+    let manager = adopted_on(manager, anchored, dir.path(), other, sim.clone(), &sim).await;
+    let (_, after) = sizing(&manager).await;
+    assert_eq!(after.lead.source, LeadSource::Prior, "{after:?}");
+    assert_eq!(after.lead.samples, 0, "{after:?}");
+    assert!(
+        (after.demand.long / before.demand.long - 1.0).abs() < 0.05,
+        "{before:?} {after:?}"
+    );
+    assert_eq!(after.demand.forecast, before.demand.forecast, "{after:?}");
+    manager.shutdown().await.unwrap();
+}
+
+/// A renamed `server_tag` adopted in the same project and region is the
+/// same cloud: its boots take as long, and the lead times stay.
+#[tokio::test(start_paused = true)]
+async fn a_store_adopted_under_a_new_server_tag_keeps_lead_times() {
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let (manager, anchored) = busy_auto_pool(&sim, open_store(dir.path()), 40).await;
+    let (_, before) = sizing(&manager).await;
+    assert_eq!(before.lead.source, LeadSource::Observed, "{before:?}");
+
+    let cloud = GatedCloud::new(&sim);
+    cloud.tag_servers("warmpool-b");
+    let old_tag = CloudIdentity::OpenStack {
+        project_id: "cloudsim".into(),
+        region: Some("RegionOne".into()),
+        server_tag: "warmpool-a".into(),
+    };
+    let manager = adopted_on(manager, anchored, dir.path(), old_tag, cloud, &sim).await;
+    let (_, after) = sizing(&manager).await;
+    assert_eq!(after.lead.source, LeadSource::Observed, "{after:?}");
+    assert_eq!(after.lead.samples, before.lead.samples, "{after:?}");
+    assert_eq!(after.lead.p90, before.lead.p90, "{after:?}");
     manager.shutdown().await.unwrap();
 }
 
