@@ -301,8 +301,9 @@ fn formula_total(
     total(cells, |cell| {
         let demand_in_lead = cell.believed_purchases * per_purchase_to_demand;
         // The model searches z alone, so it leaves out the formula's edge
-        // (0 for a demand an empty pool meets at the service level; a level
-        // of 1 has none): below the replay's floor of 1 either way.
+        // (0 once a purchase within the lead time is unlikely at the
+        // service level; a level of 1 has none): below the replay's floor
+        // of 1 either way.
         auto_target(demand_in_lead, z, 1.0).max(floor) as usize
     })
 }

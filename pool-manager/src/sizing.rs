@@ -14,13 +14,18 @@
 //! is deep exactly when boots are slow: under IOPS throttling L grows 3-5x
 //! and so does the target.
 //!
-//! One edge: a demand so small that an empty pool meets the service level
-//! needs nothing. No purchase comes within a lead time with probability
-//! e^-D, so for D <= -ln(service level) (0.005 at 0.995) the auto target is
-//! 0, and the pool falls to `min_ready`. Without it the target would be 1
-//! for any D > 0, and the demand EWMAs decay toward 0 but reach it only at
-//! float underflow (~736 time constants: a month for `demand_long` 1 h
-//! after a single purchase).
+//! One edge: an auto pool keeps nothing once a purchase within a lead time
+//! is unlikely. None comes within one with probability e^-D (Poisson), and
+//! while that is at least the service level, D <= -ln(service level) (0.005
+//! at 0.995), the auto target is 0 and the pool falls to `min_ready`. That
+//! meets no service level: the rare purchase that comes anyway finds a pool
+//! of `min_ready` 0 empty and misses (or waits, or cold-boots, as its
+//! empty-pool policy says). A pool whose rare purchases must find a warm
+//! instance needs `min_ready` 1 or more. What the edge buys is an end to
+//! idle instances: without it the target would be 1 for any D > 0, and the
+//! demand EWMAs decay toward 0 but reach it only at float underflow (~736
+//! time constants: a month for `demand_long` 1 h after a single purchase),
+//! so a `min_ready` 0 pool would keep an instance that long.
 //!
 //! `D + z·√D` is the normal approximation of the demand in a lead time. A
 //! pool that replaces what it hands out is Erlang's loss system, and below
@@ -705,10 +710,12 @@ pub fn z_for(service_level: f64) -> f64 {
 
 /// Whether `expected` purchases (a Poisson mean) are so few that none
 /// comes with at least `service_level`'s probability: e^-m >= level, i.e.
-/// m <= -ln(level). A demand EWMA decays toward 0 but reaches it only at
-/// float underflow (~736 time constants: a month for `demand_long` 1 h),
-/// and any m above 0 rounds up to a whole instance.
-fn met_by_none(expected: f64, service_level: f64) -> bool {
+/// m <= -ln(level). Then nothing is kept for them: a demand EWMA decays
+/// toward 0 but reaches it only at float underflow (~736 time constants: a
+/// month for `demand_long` 1 h), and any m above 0 rounds up to a whole
+/// instance. That is no hit rate met: a purchase that comes anyway finds
+/// only what `min_ready` keeps.
+fn no_purchase_likely(expected: f64, service_level: f64) -> bool {
     // As `z_for` reads a level out of range (`validate` refuses it).
     let level = if service_level.is_nan() {
         0.5
@@ -718,10 +725,12 @@ fn met_by_none(expected: f64, service_level: f64) -> bool {
     expected.is_nan() || expected <= -level.ln()
 }
 
-/// `ceil(D + z·√D)`, or 0 when an empty pool meets `service_level`
-/// ([`met_by_none`]: D <= -ln(level), 0.005 at 0.995).
+/// `ceil(D + z·√D)`, or 0 when a purchase within the lead time is unlikely
+/// ([`no_purchase_likely`]: D <= -ln(level), 0.005 at 0.995). A 0 leaves
+/// the rare purchase that comes what `min_ready` keeps: nothing at
+/// `min_ready` 0, where it misses (the module doc's edge).
 pub fn auto_target(demand_in_lead: f64, z: f64, service_level: f64) -> u32 {
-    if met_by_none(demand_in_lead, service_level) {
+    if no_purchase_likely(demand_in_lead, service_level) {
         return 0;
     }
     let raw = (demand_in_lead + z.max(0.0) * demand_in_lead.sqrt()).ceil();
@@ -752,12 +761,12 @@ pub fn target_for(
 /// `target` for a whole cooldown: the target, and what purchases at the
 /// `forecast` rate (per second) are expected to take within the cooldown,
 /// `ceil(m)`; none when no purchase is likely at `service_level`
-/// ([`met_by_none`]: m <= -ln(level)).
+/// ([`no_purchase_likely`]: m <= -ln(level)).
 /// An instance purchases will take soon is already paid for; retiring it
 /// would cost a boot and, at low demand, a miss.
 pub fn surplus_kept(target: u32, forecast: f64, cooldown: Duration, service_level: f64) -> u32 {
     let expected = forecast.max(0.0) * cooldown.as_secs_f64();
-    let expected = if met_by_none(expected, service_level) {
+    let expected = if no_purchase_likely(expected, service_level) {
         0.0
     } else {
         expected.ceil()

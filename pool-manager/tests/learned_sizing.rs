@@ -137,9 +137,11 @@ async fn after_a_long_outage_the_pool_starts_over() {
 }
 
 /// Demand decays as exp(-t/tau) and reaches 0 only at float underflow (a
-/// month for demand_long 1 h), but a demand so small that an empty pool
-/// meets the service level keeps nothing: a min_ready 0 pool goes back to
-/// 0, and what the purchase's demand booted goes after a cooldown.
+/// month for demand_long 1 h), but a demand so small that a purchase within
+/// a lead time is unlikely keeps nothing: a min_ready 0 pool goes back to
+/// 0, and what the purchase's demand booted goes after a cooldown. This is
+/// deliberate, and meets no service level: the next purchase finds the
+/// pool empty (min_ready 1 would keep one warm for it).
 #[tokio::test(start_paused = true)]
 async fn a_min_ready_0_pool_keeps_nothing_once_its_demand_died_away() {
     let sim = sim();
@@ -164,6 +166,16 @@ async fn a_min_ready_0_pool_keeps_nothing_once_its_demand_died_away() {
     tokio::time::sleep(Duration::from_secs(20 * 60)).await;
     let status = manager.get_pool(&pool()).await.unwrap();
     assert_eq!(status.count(InstanceState::Ready), 0, "{status:?}");
+    let missed = manager
+        .allocate(request("rare", new_volume(), EmptyPoolPolicy::FailFast))
+        .await;
+    assert!(
+        matches!(
+            missed,
+            Err(pool_manager::ManagerError::ResourceExhausted(_))
+        ),
+        "the next purchase finds the pool empty: {missed:?}"
+    );
     manager.shutdown().await.unwrap();
 }
 

@@ -548,11 +548,12 @@ fn surplus_kept_is_the_target_and_a_cooldowns_purchases() {
 
 /// A demand EWMA reaches 0 only at float underflow (a month after one
 /// purchase at demand_long 1 h), and ceil(D + z√D) is 1 for any D > 0. A
-/// demand so small that an empty pool meets the service level (Poisson:
-/// no purchase within the lead time with probability e^-D, at least the
-/// level when D <= -ln(level)) needs nothing; above it, the formula stands.
+/// demand so small that a purchase within the lead time is unlikely
+/// (Poisson: none with probability e^-D, at least the level when D <=
+/// -ln(level)) is given nothing, deliberately: the rare purchase that
+/// comes finds only what min_ready keeps. Above it, the formula stands.
 #[test]
-fn a_demand_an_empty_pool_meets_needs_nothing() {
+fn a_demand_unlikely_to_purchase_within_a_lead_time_is_given_nothing() {
     let z = z_for(0.995);
     let edge = -(0.995f64.ln()); // 0.0050125
     assert_eq!(auto_target(1e-75, z, 0.995), 0, "a purchase a month ago");
