@@ -160,7 +160,8 @@ pub enum Command {
     ///
     /// TARGET "auto:N": the depth auto sizing computed from demand and boot
     /// lead time (a plain N is fixed, or min-ready). LEAD P90 "~": a prior
-    /// estimate, no boot measured yet (or too few to outweigh it).
+    /// estimate: no boot measured yet (or too few to outweigh it), or none
+    /// within the daemon's lead_max_age (1h by default).
     Watch,
     /// Print a shell completion script, e.g.
     /// `warmpoolctl completions bash > /etc/bash_completion.d/warmpoolctl`.
@@ -178,7 +179,8 @@ pub enum PoolsCommand {
     /// TARGET "auto:N": the depth auto sizing computed from demand and boot
     /// lead time (a plain N is fixed, or min-ready). MIN "win:N": an open
     /// operator window raises min-ready to N. LEAD P90 "~": a prior
-    /// estimate, no boot measured yet (or too few to outweigh it).
+    /// estimate: no boot measured yet (or too few to outweigh it), or none
+    /// within the daemon's lead_max_age (1h by default).
     List,
     /// Show one pool.
     Get(PoolKey),

@@ -145,7 +145,8 @@ pub fn target_cell(pool: &api::Pool) -> String {
 }
 
 /// The lead-time p90 the target is sized for, as a table cell; "~"
-/// marks the prior (no boot measured yet, or too few to outweigh it).
+/// marks the prior (no boot measured yet, or too few to outweigh it, or
+/// none within the daemon's `lead_max_age`).
 pub fn lead_cell(pool: &api::Pool) -> String {
     let Some(sizing) = &pool.sizing else {
         return "-".to_owned();

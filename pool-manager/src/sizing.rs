@@ -42,7 +42,8 @@
 //!
 //! - [`LeadTimes`]: boot request -> Ready of recent boots (p50/p90 over the
 //!   last `lead_samples` boots no older than `lead_max_age`); before any boot
-//!   is observed, the configured prior. Boots still in flight count as
+//!   is observed, and again once every one is older than `lead_max_age`
+//!   (a pool that booted nothing for that long), the prior. Boots still in flight count as
 //!   lower bounds, so a sudden slowdown lifts the estimate before the first
 //!   slow boot finishes.
 //! - [`Demand`]: short and long EWMAs of allocations. The forecast is the
@@ -120,11 +121,14 @@ const MIN_OBSERVED: usize = 3;
 pub struct SizingSettings {
     /// Probability that a purchase finds a warm instance; sets `z`.
     pub service_level: f64,
-    /// Lead time assumed before any boot of the pool was observed.
+    /// Lead time assumed before any boot of the pool was observed, or
+    /// when every one observed is older than `lead_max_age`.
     pub prior_lead_time: Duration,
     /// Completed boots kept for the lead-time percentiles.
     pub lead_samples: usize,
-    /// Completed boots older than this are forgotten.
+    /// Completed boots older than this no longer count: with none younger
+    /// the estimate is the prior again. They are kept (and stored) until
+    /// newer boots push them out of `lead_samples`.
     pub lead_max_age: Duration,
     /// Time constant of the short demand EWMA (reacts to bursts).
     pub demand_short: Duration,
@@ -227,7 +231,8 @@ impl SizingSettings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LeadSource {
     /// The prior (configured, or from the pool's IOPS limits): no boot
-    /// observed yet, or too few to outweigh a prior above them.
+    /// observed yet, or too few to outweigh a prior above them, or none
+    /// within `lead_max_age` (older ones are kept but not counted).
     Prior,
     /// Completed boots.
     Observed,

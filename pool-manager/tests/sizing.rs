@@ -631,9 +631,20 @@ fn lead_time_prior_percentiles_expiry_and_in_flight() {
     // Young boots in flight do not lower it.
     assert_eq!(lead.estimate(t0, &[secs(1); 30], &settings).p90, secs(100));
 
-    // Samples older than lead_max_age are forgotten: back to the prior.
+    // Samples older than lead_max_age no longer count: back to the prior,
+    // however many boots were measured (GetPool's PRIOR, samples 0).
     let e = lead.estimate(t0 + secs(3601), &[], &settings);
-    assert_eq!((e.p90, e.source), (secs(90), LeadSource::Prior));
+    assert_eq!(
+        (e.p90, e.samples, e.source),
+        (secs(90), 0, LeadSource::Prior)
+    );
+    // They are kept, not forgotten: a longer lead_max_age counts them.
+    let longer = SizingSettings {
+        lead_max_age: secs(7200),
+        ..settings.clone()
+    };
+    let e = lead.estimate(t0 + secs(3601), &[], &longer);
+    assert_eq!((e.p90, e.source), (secs(100), LeadSource::Observed));
 }
 
 #[test]

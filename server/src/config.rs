@@ -396,7 +396,9 @@ pub struct ManagerConfig {
     pub prior_lead_time: Duration,
     /// Completed boots kept for the lead-time percentiles.
     pub lead_samples: usize,
-    /// Completed boots older than this are forgotten.
+    /// Completed boots older than this no longer count (with none younger,
+    /// the prior is used again); they are kept, and stored, until newer
+    /// boots push them out of `lead_samples`.
     #[serde(with = "duration")]
     pub lead_max_age: Duration,
     /// Time constant of the short demand EWMA (reacts to bursts).
