@@ -13,7 +13,16 @@
 #      the probe test and the e2e suite's probe_address_override use it.
 #      Only when the testbed step is not selected does this script install
 #      Debian's mariadb-server if needed and start a private instance (data
-#      under target/mariadb) if nothing listens there;
+#      under target/mariadb) if nothing listens there. It also starts, always,
+#      a second private MariaDB (data under target/mariadb-hostcache) on the
+#      machine's first non-loopback IPv4 address (`hostname -I`), port
+#      WARMPOOL_TEST_MARIADB_HOSTCACHE_PORT, with --max-connect-errors=5:
+#      MariaDB exempts only 127.0.0.1 from its host cache, so only there can
+#      the probe test see a probe that mysqld counts as a connection error
+#      (after 5 of them it would refuse warmpoold's address with error 1129).
+#      The testbed's MariaDB cannot serve: it skips name resolution, which
+#      turns the host cache off. A machine with no such address runs the
+#      tests anyway, and the probe test fails saying so;
 #   6. cargo test, whole workspace, including the e2e suite against the
 #      testbed (server/tests/e2e_testbed.rs, check_cloud_testbed.rs).
 #
@@ -29,6 +38,10 @@
 #                               e.g. "-p warmpool-server --test e2e_testbed")
 #   WARMPOOL_TESTBED_KEEP=1     leave a testbed this run started running
 #   WARMPOOL_TEST_MARIADB_ADDR  host:port of the MariaDB (default 127.0.0.1:3306)
+#   WARMPOOL_TEST_MARIADB_HOSTCACHE_PORT
+#                               port of the host-cache MariaDB on the machine's
+#                               non-loopback address (default 3307); the tests
+#                               get its address as WARMPOOL_TEST_MARIADB_HOSTCACHE_ADDR
 #   MARIADB_START_TIMEOUT       seconds to wait for MariaDB to answer (default 60)
 #   TESTBED_UP_TIMEOUT          seconds to wait for deploy/testbed/up.sh (default 1200)
 #   CARGO_INCREMENTAL           default 0 here (one full build; its caches cost 4 GB)
@@ -41,6 +54,9 @@ export WARMPOOL_TEST_MARIADB_ADDR=${WARMPOOL_TEST_MARIADB_ADDR:-127.0.0.1:3306}
 MARIADB_HOST=${WARMPOOL_TEST_MARIADB_ADDR%:*}
 MARIADB_PORT=${WARMPOOL_TEST_MARIADB_ADDR##*:}
 MARIADB_START_TIMEOUT=${MARIADB_START_TIMEOUT:-60}
+HOSTCACHE_PORT=${WARMPOOL_TEST_MARIADB_HOSTCACHE_PORT:-3307}
+# server/tests/mariadb_probe.rs's MAX_CONNECT_ERRORS: it probes more often than this.
+HOSTCACHE_MAX_CONNECT_ERRORS=5
 TESTBED_UP_TIMEOUT=${TESTBED_UP_TIMEOUT:-1200}
 WARMPOOL_TEST_STEPS=${WARMPOOL_TEST_STEPS:-testbed,fmt,clippy,test}
 read -r -a CARGO_TEST_ARGS <<<"${WARMPOOL_TEST_CARGO_ARGS:---workspace}"
@@ -106,27 +122,29 @@ find_install_db() {
     return 1
 }
 
-MARIADB_PID=""
-MARIADB_RUN=""
+# The private MariaDBs this script started: their pids and run dirs.
+MARIADB_PIDS=()
+MARIADB_RUNS=()
 
 stop_mariadb() {
-    if [ -n "$MARIADB_PID" ] && kill -0 "$MARIADB_PID" 2>/dev/null; then
-        log "stopping the MariaDB this script started (pid $MARIADB_PID)"
-        kill -TERM "$MARIADB_PID" 2>/dev/null || true
-        local i
+    local pid i run
+    for pid in "${MARIADB_PIDS[@]}"; do
+        kill -0 "$pid" 2>/dev/null || continue
+        log "stopping the MariaDB this script started (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
         for i in $(seq 1 60); do
-            kill -0 "$MARIADB_PID" 2>/dev/null || break
+            kill -0 "$pid" 2>/dev/null || break
             sleep 0.5
         done
-        if kill -0 "$MARIADB_PID" 2>/dev/null; then
+        if kill -0 "$pid" 2>/dev/null; then
             log "MariaDB did not stop in 30s; killing it"
-            kill -KILL "$MARIADB_PID" 2>/dev/null || true
+            kill -KILL "$pid" 2>/dev/null || true
         fi
-        wait "$MARIADB_PID" 2>/dev/null || true
-    fi
-    if [ -n "$MARIADB_RUN" ]; then
-        rm -rf "$MARIADB_RUN"
-    fi
+        wait "$pid" 2>/dev/null || true
+    done
+    for run in "${MARIADB_RUNS[@]}"; do
+        rm -rf "$run"
+    done
 }
 
 # ---------------------------------------------------------------- testbed
@@ -235,11 +253,30 @@ install_mariadb() {
         --no-install-recommends mariadb-server
 }
 
+# True when a socket listens on ip:port (or on the wildcard address and
+# port), found without connecting: a TCP connection closed before its
+# handshake is a connection error to MariaDB's host cache, which the
+# host-cache MariaDB must not count. Without ss it connects after all
+# (one error, of the 5 allowed).
+listens_quietly() {
+    if ! command -v ss >/dev/null; then
+        listening "$1" "$2"
+        return
+    fi
+    ss -Hltn "sport = :$2" 2>/dev/null | awk -v a="$1:$2" -v any="0.0.0.0:$2" \
+        '$4 == a || $4 == any { found = 1 } END { exit !found }'
+}
+
+# Starts a private MariaDB: start_mariadb DIR HOST PORT [mariadbd options...].
+# Data under target/DIR (kept between runs), socket and pid file in a
+# temporary dir that stop_mariadb deletes.
 start_mariadb() {
-    local mariadbd install_db base data user_args=()
+    local dir=$1 host=$2 port=$3
+    shift 3
+    local mariadbd install_db base data run user_args=()
     mariadbd=$(find_mariadbd) || die "mariadb-server is installed but mariadbd was not found"
     install_db=$(find_install_db) || die "mariadb-install-db was not found"
-    base="$ROOT/target/mariadb"
+    base="$ROOT/target/$dir"
     data="$base/data"
     mkdir -p "$base"
     # mariadbd refuses to run as root unless told to; as anyone else it
@@ -262,41 +299,38 @@ start_mariadb() {
     fi
 
     # The socket path must stay short (108 bytes): keep it under /tmp.
-    MARIADB_RUN=$(mktemp -d "${TMPDIR:-/tmp}/warmpool-mariadb.XXXXXX")
+    run=$(mktemp -d "${TMPDIR:-/tmp}/warmpool-mariadb.XXXXXX")
+    MARIADB_RUNS+=("$run")
     local errlog="$base/error.log"
     : >"$errlog"
-    # No --skip-name-resolve: mysqld greets only hosts some account may
-    # connect from, and the only accounts are root@localhost and
-    # mysql@localhost, so 127.0.0.1 must resolve to localhost. (Otherwise it
-    # answers with error 1130, "Host '127.0.0.1' is not allowed to connect",
-    # instead of a greeting.)
-    log "starting MariaDB on $MARIADB_HOST:$MARIADB_PORT ($mariadbd, data $data)"
+    log "starting MariaDB on $host:$port ($mariadbd, data $data)"
     "$mariadbd" --no-defaults "${user_args[@]}" \
         --datadir="$data" \
-        --bind-address="$MARIADB_HOST" --port="$MARIADB_PORT" \
-        --socket="$MARIADB_RUN/mysqld.sock" \
-        --pid-file="$MARIADB_RUN/mysqld.pid" \
-        --tmpdir="$MARIADB_RUN" \
+        --bind-address="$host" --port="$port" \
+        --socket="$run/mysqld.sock" \
+        --pid-file="$run/mysqld.pid" \
+        --tmpdir="$run" \
         --log-error="$errlog" \
         --innodb-buffer-pool-size=32M \
+        "$@" \
         </dev/null >/dev/null 2>&1 &
-    MARIADB_PID=$!
+    local pid=$!
+    MARIADB_PIDS+=("$pid")
 
     local waited=0
-    until listening "$MARIADB_HOST" "$MARIADB_PORT"; do
-        if ! kill -0 "$MARIADB_PID" 2>/dev/null; then
+    until listens_quietly "$host" "$port"; do
+        if ! kill -0 "$pid" 2>/dev/null; then
             tail -n 30 "$errlog" >&2 || true
-            MARIADB_PID=""
             die "MariaDB exited during start-up (last lines of $errlog above)"
         fi
         if [ "$waited" -ge $((MARIADB_START_TIMEOUT * 4)) ]; then
             tail -n 30 "$errlog" >&2 || true
-            die "MariaDB did not answer on $MARIADB_HOST:$MARIADB_PORT within ${MARIADB_START_TIMEOUT}s (last lines of $errlog above)"
+            die "MariaDB did not answer on $host:$port within ${MARIADB_START_TIMEOUT}s (last lines of $errlog above)"
         fi
         sleep 0.25
         waited=$((waited + 1))
     done
-    log "MariaDB answers on $MARIADB_HOST:$MARIADB_PORT"
+    log "MariaDB answers on $host:$port"
 }
 
 # Prometheus and promtool (Debian's `prometheus` package): a real Prometheus
@@ -346,9 +380,56 @@ ensure_mariadb() {
         if listening "$MARIADB_HOST" "$MARIADB_PORT"; then
             log "MariaDB started by its package answers on $MARIADB_HOST:$MARIADB_PORT"
         else
-            start_mariadb
+            # No --skip-name-resolve: mysqld greets only hosts some account
+            # may connect from, and the only accounts are root@localhost and
+            # mysql@localhost, so 127.0.0.1 must resolve to localhost.
+            # (Otherwise it answers with error 1130, "Host '127.0.0.1' is not
+            # allowed to connect", instead of a greeting.)
+            start_mariadb mariadb "$MARIADB_HOST" "$MARIADB_PORT"
         fi
     fi
+}
+
+# The first non-loopback IPv4 address of this machine, if any.
+first_non_loopback_ipv4() {
+    local address
+    for address in $(hostname -I 2>/dev/null); do
+        case $address in
+            *:* | 127.*) ;;
+            *)
+                echo "$address"
+                return 0
+                ;;
+        esac
+    done
+    return 1
+}
+
+# The host-cache MariaDB (see the header): the probe test probes it from
+# this machine's own non-loopback address more than
+# HOSTCACHE_MAX_CONNECT_ERRORS times.
+ensure_hostcache_mariadb() {
+    local address
+    if ! address=$(first_non_loopback_ipv4); then
+        log "WARNING: this machine has no non-loopback IPv4 address (hostname -I: '$(hostname -I 2>/dev/null)'): no host-cache MariaDB, and server/tests/mariadb_probe.rs will fail saying so"
+        return 0
+    fi
+    if ! find_mariadbd >/dev/null; then
+        install_mariadb
+    fi
+    if listens_quietly "$address" "$HOSTCACHE_PORT"; then
+        die "something already listens on $address:$HOSTCACHE_PORT, where the host-cache MariaDB goes; stop it or set WARMPOOL_TEST_MARIADB_HOSTCACHE_PORT"
+    fi
+    # An account for any host, locked (nobody logs in with it): without an
+    # account matching this machine's address mysqld would refuse it with
+    # error 1130 instead of greeting. Name resolution stays on, as in a
+    # default MariaDB: with skip_name_resolve there is no host cache.
+    local init=$ROOT/target/mariadb-hostcache/init.sql
+    mkdir -p "$(dirname "$init")"
+    echo "CREATE USER IF NOT EXISTS 'warmpool-test'@'%' ACCOUNT LOCK;" >"$init"
+    start_mariadb mariadb-hostcache "$address" "$HOSTCACHE_PORT" \
+        --max-connect-errors="$HOSTCACHE_MAX_CONNECT_ERRORS" --init-file="$init"
+    export WARMPOOL_TEST_MARIADB_HOSTCACHE_ADDR="$address:$HOSTCACHE_PORT"
 }
 
 # Prometheus first: its apt run must not race the testbed's (up.sh waits
@@ -385,6 +466,7 @@ fi
 if selected test; then
     # After the testbed: its MariaDB owns 127.0.0.1:3306 and serves the probe test.
     ensure_mariadb
+    ensure_hostcache_mariadb
     log "cargo test ${CARGO_TEST_ARGS[*]}"
     T_TEST=$(date +%s)
     # --no-fail-fast: every test binary runs (the e2e suite too) even when

@@ -3,10 +3,15 @@
 //!
 //! The listener's port is reserved when the server is created (socket bound,
 //! not listening) so `mysql_addr` is stable; connections are refused until
-//! mysqld is ready, then every connection gets one greeting and is closed.
-//! That is all warmpool's credential-less probe reads.
+//! mysqld is ready, then every connection gets a greeting, and a login gets
+//! what MySQL 8.0 answers a user it does not have: an auth switch to
+//! caching_sha2_password (unless the client asked for that plugin), then
+//! error 1045, access denied. That is all warmpool's credential-less probe
+//! sends and reads.
 
-use tokio::io::AsyncWriteExt;
+use std::net::IpAddr;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -33,10 +38,7 @@ const AUTH_PLUGIN: &[u8] = b"caching_sha2_password";
 /// One complete handshake packet: 4-byte header (3-byte little-endian payload
 /// length, sequence id 0) and a protocol-10 payload as MySQL 8.0 sends it.
 pub fn greeting_packet(version: &str, thread_id: u32) -> Vec<u8> {
-    // The scramble need not be secret here: nobody authenticates.
-    let scramble: Vec<u8> = (0..20u8)
-        .map(|i| 0x21 + (thread_id as u8).wrapping_mul(7).wrapping_add(i * 3) % 0x5e)
-        .collect();
+    let scramble = scramble(thread_id);
     let mut p = Vec::with_capacity(96);
     p.push(10);
     p.extend_from_slice(version.as_bytes());
@@ -59,6 +61,120 @@ pub fn greeting_packet(version: &str, thread_id: u32) -> Vec<u8> {
     packet.push(0); // sequence id
     packet.extend_from_slice(&p);
     packet
+}
+
+/// How long a connection may take to send its login (mysqld's
+/// `connect_timeout`), so a client that never does holds no task for ever.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest packet a client's login may be.
+const MAX_LOGIN: usize = 64 * 1024;
+const CLIENT_CONNECT_WITH_DB: u32 = 0x8;
+const CLIENT_SECURE_CONNECTION: u32 = 0x8000;
+const CLIENT_PLUGIN_AUTH: u32 = 0x8_0000;
+const CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA: u32 = 0x20_0000;
+
+/// A client's HandshakeResponse41, as far as the answer depends on it.
+#[derive(Debug, PartialEq)]
+struct Login {
+    seq: u8,
+    user: String,
+    plugin: Option<String>,
+}
+
+async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S) -> Option<(u8, Vec<u8>)> {
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header).await.ok()?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
+    if len > MAX_LOGIN {
+        return None;
+    }
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).await.ok()?;
+    Some((header[3], payload))
+}
+
+fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
+    let mut packet = (payload.len() as u32).to_le_bytes()[..3].to_vec();
+    packet.push(seq);
+    packet.extend_from_slice(payload);
+    packet
+}
+
+/// The user and auth plugin of a HandshakeResponse41; `None` for anything
+/// else (mysqld would answer "Bad handshake", which no client here sends).
+fn parse_login(seq: u8, p: &[u8]) -> Option<Login> {
+    let caps = u32::from_le_bytes(p.get(..4)?.try_into().ok()?);
+    let rest = p.get(32..)?;
+    let nul = |b: &[u8]| b.iter().position(|&c| c == 0);
+    let end = nul(rest)?;
+    let user = String::from_utf8_lossy(&rest[..end]).into_owned();
+    let mut rest = &rest[end + 1..];
+    // The auth data: one length byte (no client here sends a longer
+    // length-encoded one), or NUL-terminated.
+    if caps & (CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA | CLIENT_SECURE_CONNECTION) != 0 {
+        let len = *rest.first()? as usize;
+        rest = rest.get(1 + len..)?;
+    } else {
+        rest = rest.get(nul(rest)? + 1..)?;
+    }
+    if caps & CLIENT_CONNECT_WITH_DB != 0 {
+        rest = rest.get(nul(rest)? + 1..)?;
+    }
+    let plugin = if caps & CLIENT_PLUGIN_AUTH != 0 {
+        let end = nul(rest).unwrap_or(rest.len());
+        Some(String::from_utf8_lossy(&rest[..end]).into_owned())
+    } else {
+        None
+    };
+    Some(Login { seq, user, plugin })
+}
+
+/// What MySQL 8.0 answers a login of a user it does not have, after its
+/// greeting: an auth switch to its plugin if the client asked for another,
+/// then, whatever the client sends, 1045.
+async fn refuse_login<S>(stream: &mut S, peer: IpAddr, thread_id: u32)
+where
+    S: AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Some((seq, payload)) = read_packet(stream).await else {
+        return;
+    };
+    let Some(login) = parse_login(seq, &payload) else {
+        return;
+    };
+    let mut seq = login.seq.wrapping_add(1);
+    if login.plugin.as_deref().map(str::as_bytes) != Some(AUTH_PLUGIN) {
+        let mut switch = vec![0xfe];
+        switch.extend_from_slice(AUTH_PLUGIN);
+        switch.push(0);
+        switch.extend_from_slice(&scramble(thread_id));
+        switch.push(0);
+        if stream.write_all(&packet(seq, &switch)).await.is_err() {
+            return;
+        }
+        let Some((answer_seq, _)) = read_packet(stream).await else {
+            return;
+        };
+        seq = answer_seq.wrapping_add(1);
+    }
+    let mut refusal = vec![0xff];
+    refusal.extend_from_slice(&1045u16.to_le_bytes());
+    refusal.extend_from_slice(b"#28000");
+    refusal.extend_from_slice(
+        format!(
+            "Access denied for user '{}'@'{peer}' (using password: NO)",
+            login.user
+        )
+        .as_bytes(),
+    );
+    let _ = stream.write_all(&packet(seq, &refusal)).await;
+}
+
+/// The scramble need not be secret here: nobody authenticates.
+fn scramble(thread_id: u32) -> Vec<u8> {
+    (0..20u8)
+        .map(|i| 0x21 + (thread_id as u8).wrapping_mul(7).wrapping_add(i * 3) % 0x5e)
+        .collect()
 }
 
 /// A socket bound to 127.0.0.1:0 whose port is the server's `mysql_addr`.
@@ -102,13 +218,19 @@ pub(crate) fn spawn_listener(
         let mut thread_id: u32 = 0;
         loop {
             match listener.accept().await {
-                Ok((mut stream, _)) => {
+                Ok((mut stream, peer)) => {
                     thread_id = thread_id.wrapping_add(1);
                     let packet = greeting_packet(&version, thread_id);
                     // One task per connection so a client that does not read
                     // cannot stall the accept loop.
                     tokio::spawn(async move {
-                        let _ = stream.write_all(&packet).await;
+                        if stream.write_all(&packet).await.is_ok() {
+                            let _ = tokio::time::timeout(
+                                LOGIN_TIMEOUT,
+                                refuse_login(&mut stream, peer.ip(), thread_id),
+                            )
+                            .await;
+                        }
                         let _ = stream.shutdown().await;
                     });
                 }
@@ -142,5 +264,21 @@ mod tests {
         let at = 1 + "8.0.36-cloudsim".len() + 1;
         assert_eq!(&payload[at..at + 4], &42u32.to_le_bytes());
         assert!(payload.ends_with(b"caching_sha2_password\0"));
+    }
+
+    #[test]
+    fn a_login_is_read_for_its_user_and_plugin() {
+        let mut p = (0x200u32 | 0x8000 | 0x8_0000).to_le_bytes().to_vec();
+        p.extend_from_slice(&[0; 28]);
+        p.extend_from_slice(b"warmpool-probe\0\0mysql_native_password\0");
+        assert_eq!(
+            parse_login(1, &p),
+            Some(Login {
+                seq: 1,
+                user: "warmpool-probe".into(),
+                plugin: Some("mysql_native_password".into()),
+            })
+        );
+        assert_eq!(parse_login(1, &p[..20]), None);
     }
 }

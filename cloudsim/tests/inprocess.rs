@@ -1286,7 +1286,7 @@ async fn mysql_addr_once_active(cloud: &SimCloud, id: &str) -> std::net::SocketA
 /// mysqld is ready, then greets like MySQL 8.0, and stops when deleted.
 #[tokio::test]
 async fn listener_greets_on_a_real_port_once_ready() {
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cloud = SimCloud::new(SimConfig {
         time_scale: 0.001,
         ..SimConfig::default()
@@ -1323,20 +1323,29 @@ async fn listener_greets_on_a_real_port_once_ready() {
     assert_eq!(version, "8.0.36-cloudsim");
     assert!(cloud.server(&id).unwrap().mysqld_ready);
 
-    // Raw bytes: one packet, sequence 0, then the server closes.
+    // Raw bytes: one packet, sequence 0; a client that hangs up then gets
+    // nothing more, and the server closes too.
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut bytes = Vec::new();
-    tokio::time::timeout(secs(5.0), stream.read_to_end(&mut bytes))
+    let mut header = [0u8; 4];
+    tokio::time::timeout(secs(5.0), stream.read_exact(&mut header))
         .await
         .unwrap()
         .unwrap();
-    let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], 0]) as usize;
-    assert_eq!(bytes[3], 0);
-    assert_eq!(bytes.len(), 4 + len);
+    let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
+    assert_eq!(header[3], 0);
+    let mut payload = vec![0; len];
+    stream.read_exact(&mut payload).await.unwrap();
     assert_eq!(
-        pool_manager::probe::parse_greeting(&bytes[4..]).unwrap(),
+        pool_manager::probe::parse_greeting(&payload).unwrap(),
         "8.0.36-cloudsim"
     );
+    stream.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(secs(5.0), stream.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
     // The model-backed probe agrees with the socket.
     assert_eq!(cloud.probe().probe(addr).await.unwrap(), version);
 

@@ -5,8 +5,14 @@
 //! 127.0.0.1:3306; `WARMPOOL_TEST_MARIADB_ADDR` points elsewhere. Without
 //! it this test fails (it is not skipped): a probe never tried against a
 //! real server proves nothing.
+//!
+//! A second one, the host-cache MariaDB, listens on the machine's first
+//! non-loopback IPv4 address (`WARMPOOL_TEST_MARIADB_HOSTCACHE_ADDR`, set by
+//! `scripts/test.sh`) with `--max-connect-errors=5`: MariaDB counts
+//! connection errors only of hosts other than 127.0.0.1, as it would those
+//! of warmpoold's address on a pool server.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use pool_manager::probe::{MysqlGreetingProbe, Probe, ProbeError};
@@ -15,6 +21,10 @@ use tokio::net::TcpListener;
 
 const ADDR_VAR: &str = "WARMPOOL_TEST_MARIADB_ADDR";
 const DEFAULT_ADDR: &str = "127.0.0.1:3306";
+const HOSTCACHE_VAR: &str = "WARMPOOL_TEST_MARIADB_HOSTCACHE_ADDR";
+/// The host-cache MariaDB's `--max-connect-errors` (scripts/test.sh's
+/// HOSTCACHE_MAX_CONNECT_ERRORS).
+const MAX_CONNECT_ERRORS: usize = 5;
 
 fn mariadb_addr() -> SocketAddr {
     let configured = std::env::var(ADDR_VAR).unwrap_or_else(|_| DEFAULT_ADDR.to_owned());
@@ -23,6 +33,77 @@ fn mariadb_addr() -> SocketAddr {
         .unwrap_or_else(|e| panic!("{ADDR_VAR}={configured:?} is not host:port: {e}"))
         .next()
         .unwrap_or_else(|| panic!("{ADDR_VAR}={configured:?} resolves to nothing"))
+}
+
+/// The machine's first non-loopback IPv4 address, as `hostname -I` lists
+/// them (what scripts/test.sh binds the host-cache MariaDB to).
+fn first_non_loopback_ipv4() -> Option<IpAddr> {
+    let out = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|word| word.parse::<IpAddr>().ok())
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+}
+
+fn hostcache_addr() -> SocketAddr {
+    let Ok(configured) = std::env::var(HOSTCACHE_VAR) else {
+        match first_non_loopback_ipv4() {
+            None => panic!(
+                "this machine has no non-loopback IPv4 address (`hostname -I` lists none), \
+                 and MariaDB counts connection errors (and blocks a host after \
+                 max_connect_errors of them) only for addresses other than 127.0.0.1: give \
+                 the machine one (any interface but lo) and run `bash scripts/test.sh`"
+            ),
+            Some(ip) => panic!(
+                "{HOSTCACHE_VAR} is not set: run `bash scripts/test.sh`, which starts a \
+                 MariaDB on {ip} with --max-connect-errors={MAX_CONNECT_ERRORS} and sets it \
+                 (or set it to such a MariaDB's host:port, not on a loopback address)"
+            ),
+        }
+    };
+    let addr: SocketAddr = configured
+        .parse()
+        .unwrap_or_else(|e| panic!("{HOSTCACHE_VAR}={configured:?} is not ip:port: {e}"));
+    assert!(
+        !addr.ip().is_loopback(),
+        "{HOSTCACHE_VAR}={configured} is a loopback address, which MariaDB's host cache \
+         exempts: use the machine's non-loopback address, as scripts/test.sh does"
+    );
+    addr
+}
+
+/// mysqld counts a client that hangs up without finishing the handshake as
+/// a connection error of its host, and after max_connect_errors of them
+/// refuses that host (error 1129) until `FLUSH HOSTS`: a probe that did so
+/// would get warmpoold's address blocked on every pool server after that
+/// many reconcile passes. The probe finishes the handshake instead.
+#[tokio::test]
+async fn probing_more_than_max_connect_errors_times_from_a_real_host_keeps_it_greeted() {
+    let addr = hostcache_addr();
+    let probe = MysqlGreetingProbe::default();
+    let first = probe.probe(addr).await.unwrap_or_else(|e| {
+        panic!(
+            "no MariaDB greeting at {addr} ({HOSTCACHE_VAR}): {e}\n\
+             Run `bash scripts/test.sh`, which starts one there."
+        )
+    });
+    assert!(
+        first.contains("MariaDB") && !first.contains("refused"),
+        "{addr} answered {first:?}, not a MariaDB greeting (is the host already blocked? \
+         restart that MariaDB or run `mariadb-admin flush-hosts` on it)"
+    );
+    for n in 2..=3 * MAX_CONNECT_ERRORS {
+        let version = probe.probe(addr).await;
+        assert_eq!(
+            version.as_deref(),
+            Ok(first.as_str()),
+            "probe {n} of {addr} (max_connect_errors {MAX_CONNECT_ERRORS}): mysqld counted \
+             the earlier probes as connection errors"
+        );
+    }
 }
 
 #[tokio::test]
@@ -41,8 +122,8 @@ async fn probe_reads_the_greeting_of_a_real_mariadb() {
         version.contains("MariaDB"),
         "{addr} greeted with version {version:?}, which is not MariaDB"
     );
-    // Probing is repeatable: the probe only reads the greeting and hangs up,
-    // which leaves the server as it was.
+    // Probing is repeatable: mysqld refuses the probe's login and is none
+    // the worse for it.
     for _ in 0..5 {
         assert_eq!(probe.probe(addr).await.unwrap(), version);
     }
