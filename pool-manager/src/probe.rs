@@ -26,10 +26,22 @@ pub const PROBE_USER: &str = "warmpool-probe";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProbeError {
+    /// The TCP connect failed: refused (nothing listens: mysqld is not up),
+    /// or unanswered within the timeout (something drops the packets).
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: SocketAddr, reason: String },
-    #[error("no greeting from {addr} within {timeout:?}")]
-    Timeout { addr: SocketAddr, timeout: Duration },
+    /// Connected, but mysqld said nothing more within the timeout.
+    #[error(
+        "connected to {addr}, but got no {waiting_for} within {timeout:?}: mysqld may \
+         still be starting, or be stalled (e.g. resolving warmpoold's address in a DNS \
+         that does not answer; manager.probe_timeout is how long a probe waits)"
+    )]
+    Timeout {
+        addr: SocketAddr,
+        timeout: Duration,
+        /// "greeting", or "answer to the probe's login".
+        waiting_for: &'static str,
+    },
     #[error("{addr} answered, but not as a ready mysqld: {reason}")]
     NotMysql { addr: SocketAddr, reason: String },
 }
@@ -41,16 +53,22 @@ pub trait Probe: Send + Sync + 'static {
     async fn probe(&self, addr: SocketAddr) -> Result<String, ProbeError>;
 }
 
+/// How long a probe waits, connect, greeting and login together
+/// (`manager.probe_timeout`).
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The real probe: TCP connect, the greeting, a login mysqld refuses.
 #[derive(Clone, Debug)]
 pub struct MysqlGreetingProbe {
+    /// Bound on the whole probe; the connect, the greeting and the answer
+    /// to the login each fail with their own error when it runs out.
     pub timeout: Duration,
 }
 
 impl Default for MysqlGreetingProbe {
     fn default() -> Self {
         Self {
-            timeout: Duration::from_secs(5),
+            timeout: DEFAULT_PROBE_TIMEOUT,
         }
     }
 }
@@ -93,50 +111,62 @@ impl MysqlGreetingProbe {
         S: AsyncRead + AsyncWrite + Unpin,
         C: Future<Output = std::io::Result<S>>,
     {
-        let conversation = async {
-            let mut stream = connect.await.map_err(|e| ProbeError::Connect {
-                addr,
-                reason: e.to_string(),
-            })?;
-            converse(&mut stream, addr).await
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timeout = self.timeout;
+        // Timed apart from the rest: a connect nobody answers is a
+        // firewall's doing (a host without mysqld refuses at once), where
+        // a missing greeting is mysqld's.
+        let mut stream = match tokio::time::timeout_at(deadline, connect).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                return Err(ProbeError::Connect {
+                    addr,
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(ProbeError::Connect {
+                    addr,
+                    reason: format!(
+                        "TCP connect did not complete within {timeout:?}; a host without \
+                         mysqld would refuse at once, so a security group or firewall likely \
+                         drops mysql_port from warmpoold's address: the security groups of \
+                         the servers' management port (cloud.security_groups) must admit it"
+                    ),
+                })
+            }
         };
-        match tokio::time::timeout(self.timeout, conversation).await {
-            Ok(result) => result,
-            Err(_) => Err(ProbeError::Timeout {
-                addr,
-                timeout: self.timeout,
-            }),
+        let timed_out = |waiting_for| ProbeError::Timeout {
+            addr,
+            timeout,
+            waiting_for,
+        };
+        let not_mysql = |reason: String| ProbeError::NotMysql { addr, reason };
+        let (seq, payload) =
+            tokio::time::timeout_at(deadline, read_packet(&mut stream, MAX_GREETING))
+                .await
+                .map_err(|_| timed_out("greeting"))?
+                .map_err(|e| not_mysql(format!("reading the greeting: {e}")))?;
+        let (version, capabilities) = match parse_hello(&payload).map_err(not_mysql)? {
+            // mysqld closes the connection after such an error, and counts it
+            // as no connection error of ours.
+            Hello::HostRefused(text) => return Ok(text),
+            Hello::Greeting {
+                version,
+                capabilities,
+            } => (version, capabilities),
+        };
+        if capabilities & CLIENT_PROTOCOL_41 == 0 {
+            // A pre-4.1 server (or a greeting cut short of its flags): no
+            // HandshakeResponse41 to send it.
+            return Ok(version);
         }
+        tokio::time::timeout_at(deadline, log_in(&mut stream, seq, capabilities))
+            .await
+            .map_err(|_| timed_out("answer to the probe's login"))?
+            .map_err(|e| not_mysql(format!("greeted with {version:?}, then {e}")))?;
+        Ok(version)
     }
-}
-
-/// The greeting, then the login; the version greeted with.
-async fn converse<S>(stream: &mut S, addr: SocketAddr) -> Result<String, ProbeError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let not_mysql = |reason: String| ProbeError::NotMysql { addr, reason };
-    let (seq, payload) = read_packet(stream, MAX_GREETING)
-        .await
-        .map_err(|e| not_mysql(format!("reading the greeting: {e}")))?;
-    let (version, capabilities) = match parse_hello(&payload).map_err(not_mysql)? {
-        // mysqld closes the connection after such an error, and counts it
-        // as no connection error of ours.
-        Hello::HostRefused(text) => return Ok(text),
-        Hello::Greeting {
-            version,
-            capabilities,
-        } => (version, capabilities),
-    };
-    if capabilities & CLIENT_PROTOCOL_41 == 0 {
-        // A pre-4.1 server (or a greeting cut short of its flags): no
-        // HandshakeResponse41 to send it.
-        return Ok(version);
-    }
-    log_in(stream, seq, capabilities)
-        .await
-        .map_err(|e| not_mysql(format!("greeted with {version:?}, then {e}")))?;
-    Ok(version)
 }
 
 /// Sends the login of [`PROBE_USER`] and reads mysqld's answers until one
@@ -464,6 +494,72 @@ mod tests {
         assert_eq!(&user[..end], PROBE_USER.as_bytes());
         assert_eq!(user[end + 1], 0, "auth data length");
         assert_eq!(&user[end + 2..], b"mysql_native_password\0");
+    }
+
+    /// A security group that drops packets to mysql_port leaves the TCP
+    /// connect unanswered (a stopped mysqld's refusal comes at once): the
+    /// probe's error says so, rather than blaming mysqld's greeting.
+    #[tokio::test(start_paused = true)]
+    async fn a_connect_that_never_completes_is_a_connect_failure_naming_the_firewall() {
+        let addr: SocketAddr = "10.0.0.5:3306".parse().unwrap();
+        let probe = MysqlGreetingProbe {
+            timeout: Duration::from_secs(7),
+        };
+        let err = probe
+            .probe_with(
+                addr,
+                std::future::pending::<std::io::Result<DuplexStream>>(),
+            )
+            .await
+            .unwrap_err();
+        let ProbeError::Connect { addr: at, reason } = &err else {
+            panic!("not a connect failure: {err:?}");
+        };
+        assert_eq!(*at, addr);
+        assert!(reason.contains("did not complete within 7s"), "{err}");
+        assert!(reason.contains("security group"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_connect_is_a_connect_failure() {
+        let addr: SocketAddr = "10.0.0.5:3306".parse().unwrap();
+        let err = MysqlGreetingProbe::default()
+            .probe_with(addr, async {
+                Err::<DuplexStream, _>(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProbeError::Connect { .. }), "{err:?}");
+        assert!(err.to_string().contains("refused"), "{err}");
+    }
+
+    /// Connected, then nothing: mysqld is starting, or stalled (e.g. on a
+    /// reverse-DNS lookup of warmpoold's address), not a firewall.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_greeting_is_a_timeout() {
+        let addr: SocketAddr = "10.0.0.5:3306".parse().unwrap();
+        let (client, _server) = tokio::io::duplex(1024);
+        let err = MysqlGreetingProbe::default()
+            .probe_with(addr, async { Ok(client) })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProbeError::Timeout { .. }), "{err:?}");
+        assert!(err.to_string().contains("no greeting"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_greeting_without_answer_to_the_login_is_a_timeout() {
+        let addr: SocketAddr = "10.0.0.5:3306".parse().unwrap();
+        let (client, mut server) = tokio::io::duplex(1024);
+        server.write_all(&greeting("8.0.36")).await.unwrap();
+        let err = MysqlGreetingProbe::default()
+            .probe_with(addr, async { Ok(client) })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ProbeError::Timeout { waiting_for, .. } if waiting_for.contains("login")),
+            "{err:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -47,6 +47,14 @@ pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
 pub const MIN_REPLENISH_INTERVAL: Duration = Duration::from_secs(1);
 pub const MIN_RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
 pub const MIN_QUOTA_POLL_INTERVAL: Duration = Duration::from_secs(10);
+/// `manager.probe_timeout` at least, unless `manager.allow_short_intervals`:
+/// below it a unit typo (`5ms` meant as `5s`) fails every readiness probe,
+/// so no instance ever becomes Ready, and the errors blame mysqld.
+pub const MIN_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// `manager.probe_timeout` at most: a purchase waits it out for each
+/// instance it claims whose mysqld is silent, and a reconcile pass for each
+/// silent Ready one; a mysqld that takes longer to greet is not serving.
+pub const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The embedded cloud at most this many times slower than a real one.
 pub const MAX_EMBEDDED_TIME_SCALE: f64 = 100.0;
 /// `shutdown_grace` at least: less cuts every call in flight at the first
@@ -386,6 +394,10 @@ pub struct ManagerConfig {
     /// kept forever.
     #[serde(with = "optional_duration")]
     pub keep_released: Option<Duration>,
+    /// How long a readiness probe of a server's mysqld waits, TCP connect,
+    /// greeting and login together.
+    #[serde(with = "duration")]
+    pub probe_timeout: Duration,
 
     // Sizing of `target = "auto"` pools.
     /// Probability that a purchase finds a warm instance (0.5 to 0.999999).
@@ -437,8 +449,9 @@ pub struct ManagerConfig {
     /// quota) is polled.
     #[serde(with = "duration")]
     pub quota_poll_interval: Duration,
-    /// Lifts the intervals' minimums ([`MIN_POLL_INTERVAL`] and the others)
-    /// and `cloud.request_timeout`'s ([`MIN_OPENSTACK_REQUEST_TIMEOUT`]):
+    /// Lifts the intervals' minimums ([`MIN_POLL_INTERVAL`] and the others),
+    /// `probe_timeout`'s ([`MIN_PROBE_TIMEOUT`]) and `cloud.request_timeout`'s
+    /// ([`MIN_OPENSTACK_REQUEST_TIMEOUT`]):
     /// for a test cloud that answers in milliseconds (cloudsim's OpenStack
     /// front, a devstack on Nova's fake driver), never a production one.
     pub allow_short_intervals: bool,
@@ -454,6 +467,7 @@ impl Default for ManagerConfig {
             reconcile_interval: d.reconcile_interval,
             max_concurrent_boots: None,
             keep_released: d.keep_released,
+            probe_timeout: pool_manager::probe::DEFAULT_PROBE_TIMEOUT,
             service_level: s.service_level,
             prior_lead_time: s.prior_lead_time,
             lead_samples: s.lead_samples,
@@ -1751,6 +1765,13 @@ impl Config {
                 humantime::format_duration(self.shutdown_grace)
             )));
         }
+        if m.probe_timeout.is_zero() || m.probe_timeout > MAX_PROBE_TIMEOUT {
+            return Err(ConfigError::Invalid(format!(
+                "manager.probe_timeout must be positive and at most {} (a purchase waits it out for each instance whose mysqld is silent), got {}",
+                humantime::format_duration(MAX_PROBE_TIMEOUT),
+                humantime::format_duration(m.probe_timeout)
+            )));
+        }
         if let Some(keep) = m.keep_released {
             if keep < MIN_KEEP_RELEASED {
                 return Err(ConfigError::Invalid(format!(
@@ -1930,6 +1951,13 @@ impl Config {
                     humantime::format_duration(value)
                 )));
             }
+        }
+        if m.probe_timeout < MIN_PROBE_TIMEOUT {
+            return Err(ConfigError::Invalid(format!(
+                "manager.probe_timeout must be at least {} (every readiness probe fails unanswered within it, so no instance becomes Ready: a `5ms` meant as `5s` fails them all), got {}; a test cloud answering in milliseconds may set manager.allow_short_intervals = true",
+                humantime::format_duration(MIN_PROBE_TIMEOUT),
+                humantime::format_duration(m.probe_timeout)
+            )));
         }
         if let CloudConfig::OpenStack(os) = &self.cloud {
             if os.request_timeout < MIN_OPENSTACK_REQUEST_TIMEOUT {
@@ -3386,6 +3414,48 @@ key_file = "b.key"
                 config.grpc_keepalive_timeout
             ),
             (Duration::from_secs(1), Duration::from_secs(1))
+        );
+    }
+
+    /// How long a readiness probe waits is a setting (an image whose
+    /// mysqld greets late, e.g. after reverse-DNS lookups of warmpoold's
+    /// address, needs more than 5 s), bounded: below 1s a unit typo fails
+    /// every probe, and a purchase waits it out for each silent instance.
+    #[test]
+    fn the_probe_timeout_is_a_bounded_setting() {
+        let parse = |manager: &str| Config::parse(&format!("[manager]\n{manager}"));
+        assert_eq!(
+            parse("").unwrap().manager.probe_timeout,
+            pool_manager::probe::DEFAULT_PROBE_TIMEOUT
+        );
+        assert_eq!(
+            parse("probe_timeout = \"20s\"")
+                .unwrap()
+                .manager
+                .probe_timeout,
+            Duration::from_secs(20)
+        );
+        for (value, expect) in [
+            ("0s", "manager.probe_timeout must be positive"),
+            ("500ms", "manager.probe_timeout must be at least 1s"),
+            (
+                "2m",
+                "manager.probe_timeout must be positive and at most 1m",
+            ),
+            ("soon", "manager.probe_timeout: \"soon\" is not a duration"),
+        ] {
+            let err = parse(&format!("probe_timeout = \"{value}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expect), "{value}: {err}");
+        }
+        parse("allow_short_intervals = true\nprobe_timeout = \"200ms\"").unwrap();
+        let err = parse("allow_short_intervals = true\nprobe_timeout = \"0s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("manager.probe_timeout must be positive"),
+            "{err}"
         );
     }
 

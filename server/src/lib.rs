@@ -1186,7 +1186,9 @@ async fn build_cloud(
             );
             Ok((
                 sim.clone(),
-                Arc::new(MysqlGreetingProbe::default()),
+                Arc::new(MysqlGreetingProbe {
+                    timeout: config.manager.probe_timeout,
+                }),
                 Some(sim),
                 report.stale_pools(),
                 "the embedded simulated cloud".to_owned(),
@@ -1224,7 +1226,9 @@ async fn build_cloud(
             );
             Ok((
                 Arc::new(cloud),
-                Arc::new(MysqlGreetingProbe::default()),
+                Arc::new(MysqlGreetingProbe {
+                    timeout: config.manager.probe_timeout,
+                }),
                 None,
                 report.stale_pools(),
                 servers_where,
