@@ -119,7 +119,9 @@ struct ServerRec {
     /// listed until the detach is done).
     volumes: BTreeSet<String>,
     ports: BTreeSet<String>,
-    /// Dropping it stops the server's mysqld listener.
+    /// Dropping it stops the server's mysqld listener and frees its port
+    /// (the server is gone); a stopped or failed server's is stopped instead
+    /// ([`ListenerGuard::stop`]), its port kept.
     listener: Option<ListenerGuard>,
     /// Nova server tags (only the HTTP face sets them).
     tags: BTreeSet<String>,
@@ -2263,7 +2265,9 @@ impl Model {
         }
         let at = now + reclaim_after;
         s.reclaim_at = Some(at);
-        s.listener = None;
+        if let Some(listener) = &s.listener {
+            listener.stop();
+        }
         if let Boot::Active {
             mysqld_ready_at, ..
         } = &mut s.boot
@@ -2321,7 +2325,9 @@ impl Model {
                 {
                     *mysqld_ready_at = None;
                 }
-                s.listener = None;
+                if let Some(listener) = &s.listener {
+                    listener.stop();
+                }
                 true
             }
             _ => false,
@@ -2347,7 +2353,9 @@ impl Model {
                     at: now,
                     fault: fault.to_owned(),
                 };
-                s.listener = None;
+                if let Some(listener) = &s.listener {
+                    listener.stop();
+                }
                 true
             }
             _ => false,

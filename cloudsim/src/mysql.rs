@@ -3,7 +3,9 @@
 //!
 //! The listener's port is reserved when the server is created (socket bound,
 //! not listening) so `mysql_addr` is stable; connections are refused until
-//! mysqld is ready, then every connection gets a greeting, and a login gets
+//! mysqld is ready, and again once it stops (the server failed, its mysqld
+//! stopped), the port still bound, until the server is deleted. Meanwhile
+//! every connection gets a greeting, and a login gets
 //! what MySQL 8.0 answers a user it does not have: an auth switch to
 //! caching_sha2_password (unless the client asked for that plugin), then
 //! error 1045, access denied. That is all warmpool's credential-less probe
@@ -13,16 +15,30 @@ use std::net::IpAddr;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-/// Stops the listener task when dropped (server deleted, cloud dropped).
+/// Stops the listener task when dropped (server deleted, cloud dropped),
+/// which frees the port.
 #[derive(Debug)]
-pub(crate) struct ListenerGuard(AbortHandle);
+pub(crate) struct ListenerGuard {
+    task: AbortHandle,
+    stop: watch::Sender<bool>,
+}
+
+impl ListenerGuard {
+    /// mysqld stops: connections are refused from now on, but the port stays
+    /// bound, so no other server's listener gets it while this server, and
+    /// its address, still exist.
+    pub(crate) fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+}
 
 impl Drop for ListenerGuard {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
@@ -193,21 +209,35 @@ pub(crate) fn reserve_at(addr: std::net::SocketAddr) -> std::io::Result<TcpSocke
     Ok(socket)
 }
 
-/// Starts listening at `ready_at` (tokio time) and greets every connection.
-/// With `ready_at == None` (mysqld never starts) the socket stays bound but
-/// never listens, so the port keeps refusing and is not reused by another
-/// server. Must be called within a tokio runtime.
+/// Starts listening at `ready_at` (tokio time) and greets every connection
+/// until [`ListenerGuard::stop`]. With `ready_at == None` (mysqld never
+/// starts) the socket stays bound but never listens, so the port keeps
+/// refusing and is not reused by another server; so does a stopped one.
+/// Must be called within a tokio runtime.
 pub(crate) fn spawn_listener(
     socket: TcpSocket,
     ready_at: Option<Instant>,
     version: String,
 ) -> ListenerGuard {
+    let (stop, mut stopped) = watch::channel(false);
     let task = tokio::spawn(async move {
         let Some(ready_at) = ready_at else {
-            let _keep = socket;
-            return std::future::pending::<()>().await;
+            return hold(socket).await;
         };
-        tokio::time::sleep_until(ready_at).await;
+        let stopped_before_ready = tokio::select! {
+            () = tokio::time::sleep_until(ready_at) => false,
+            _ = stopped.wait_for(|stop| *stop) => true,
+        };
+        if stopped_before_ready {
+            return hold(socket).await;
+        }
+        // Only now, not at the reservation's bind (which must clash with
+        // any other socket there): the connections accepted inherit it, so
+        // their TIME_WAIT does not keep a stopped mysqld's port from being
+        // bound again below.
+        if let Err(e) = socket.set_reuseaddr(true) {
+            tracing::debug!("cloudsim: SO_REUSEADDR on a simulated mysqld's socket: {e}");
+        }
         let listener = match socket.listen(128) {
             Ok(l) => l,
             Err(e) => {
@@ -217,7 +247,11 @@ pub(crate) fn spawn_listener(
         };
         let mut thread_id: u32 = 0;
         loop {
-            match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stopped.wait_for(|stop| *stop) => break,
+            };
+            match accepted {
                 Ok((mut stream, peer)) => {
                     thread_id = thread_id.wrapping_add(1);
                     let packet = greeting_packet(&version, thread_id);
@@ -241,8 +275,44 @@ pub(crate) fn spawn_listener(
                 }
             }
         }
+        // mysqld stopped: no listening socket can stop listening, so it is
+        // closed and the port bound again at once, not listening.
+        let addr = match listener.local_addr() {
+            Ok(addr) => addr,
+            Err(e) => {
+                tracing::warn!("cloudsim: a stopped simulated mysqld's port is unknown ({e}); it may go to another server");
+                return;
+            }
+        };
+        drop(listener);
+        match rebind(addr) {
+            Ok(socket) => hold(socket).await,
+            Err(e) => tracing::warn!(
+                "cloudsim: cannot keep {addr} bound after its simulated mysqld stopped ({e}); another server may get the port"
+            ),
+        }
     });
-    ListenerGuard(task.abort_handle())
+    ListenerGuard {
+        task: task.abort_handle(),
+        stop,
+    }
+}
+
+/// Keeps `socket` bound, not listening, until the task is aborted.
+async fn hold(socket: TcpSocket) {
+    let _keep = socket;
+    std::future::pending::<()>().await
+}
+
+fn rebind(addr: std::net::SocketAddr) -> std::io::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
 }
 
 #[cfg(test)]
@@ -264,6 +334,43 @@ mod tests {
         let at = 1 + "8.0.36-cloudsim".len() + 1;
         assert_eq!(&payload[at..at + 4], &42u32.to_le_bytes());
         assert!(payload.ends_with(b"caching_sha2_password\0"));
+    }
+
+    /// The connections a stopped mysqld closed first leave TIME_WAIT on its
+    /// port, which must not keep the port from being bound again.
+    #[tokio::test]
+    async fn a_stopped_listener_keeps_its_port_after_closing_connections_first() {
+        let socket = reserve().unwrap();
+        let addr = socket.local_addr().unwrap();
+        let guard = spawn_listener(socket, Some(Instant::now()), "8.0.36".into());
+        let mut login = (0x200u32 | 0x8000 | 0x8_0000).to_le_bytes().to_vec();
+        login.extend_from_slice(&[0; 28]);
+        login.extend_from_slice(b"someone\0\0caching_sha2_password\0");
+        let login = packet(1, &login);
+        for _ in 0..3 {
+            let mut stream = loop {
+                match tokio::net::TcpStream::connect(addr).await {
+                    Ok(stream) => break stream,
+                    Err(_) => tokio::task::yield_now().await,
+                }
+            };
+            let (_, greeting) = read_packet(&mut stream).await.unwrap();
+            assert_eq!(greeting[0], 10);
+            stream.write_all(&login).await.unwrap();
+            // The refusal, then the server's close, before this end's.
+            let mut rest = Vec::new();
+            stream.read_to_end(&mut rest).await.unwrap();
+            assert_eq!(&rest[4..7], &[0xff, 0x15, 0x04], "1045");
+        }
+        guard.stop();
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+        // Refused, so the listener is closed, and in the same step bound
+        // again (the task goes on holding it) or given up (it ended).
+        assert!(!guard.task.is_finished(), "the port was not bound again");
+        let err = TcpSocket::new_v4().unwrap().bind(addr).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
     }
 
     #[test]

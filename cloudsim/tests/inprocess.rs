@@ -1358,6 +1358,60 @@ async fn listener_greets_on_a_real_port_once_ready() {
     assert!(cloud.probe().probe(addr).await.is_err());
 }
 
+/// A server whose mysqld stopped, or whose host failed, still has its
+/// address: the port stays bound and refusing, as when mysqld never starts,
+/// so no server created later listens there and greets a probe of the dead
+/// one.
+#[tokio::test]
+async fn a_stopped_or_failed_servers_port_stays_reserved() {
+    use tokio::io::AsyncReadExt;
+    let cloud = SimCloud::new(SimConfig {
+        time_scale: 0.001,
+        ..SimConfig::default()
+    });
+    for (name, talked_to) in [("stopped", false), ("failed", true)] {
+        let id = cloud.create_server(&small(name)).await.unwrap().id;
+        let addr = mysql_addr_once_active(&cloud, &id).await;
+        let deadline = Instant::now() + secs(20.0);
+        let mut stream = loop {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(stream) => break stream,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{name}: mysqld never listened: {e}"
+                    );
+                    tokio::time::sleep(secs(0.01)).await;
+                }
+            }
+        };
+        if talked_to {
+            // A client that read the greeting and hung up first, so the
+            // server's end of it holds no TIME_WAIT on the port.
+            let mut header = [0u8; 4];
+            stream.read_exact(&mut header).await.unwrap();
+        }
+        drop(stream);
+        if talked_to {
+            assert!(cloud.fail_server(&id, "host failed"));
+        } else {
+            assert!(cloud.stop_mysqld(&id));
+        }
+        let deadline = Instant::now() + secs(5.0);
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            assert!(Instant::now() < deadline, "{name}: still listening");
+            tokio::time::sleep(secs(0.01)).await;
+        }
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        let bound = socket.bind(addr);
+        assert_eq!(
+            bound.as_ref().map_err(std::io::Error::kind).err(),
+            Some(std::io::ErrorKind::AddrInUse),
+            "{name} server's port {addr} is free for another server: {bound:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn listener_never_opens_when_mysqld_never_starts() {
     let cloud = SimCloud::new(SimConfig {
