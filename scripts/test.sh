@@ -24,7 +24,9 @@
 #      turns the host cache off. A machine with no such address runs the
 #      tests anyway, and the probe test fails saying so;
 #   6. cargo test, whole workspace, including the e2e suite against the
-#      testbed (server/tests/e2e_testbed.rs, check_cloud_testbed.rs).
+#      testbed (server/tests/e2e_testbed.rs, check_cloud_testbed.rs),
+#      holding the testbed's lock shared meanwhile, so that no up.sh or
+#      down.sh of another run changes the testbed under the tests.
 #
 # What this script started is stopped when it exits: the testbed (with
 # deploy/testbed/down.sh) only if no testbed service was running before, a
@@ -44,6 +46,8 @@
 #                               get its address as WARMPOOL_TEST_MARIADB_HOSTCACHE_ADDR
 #   MARIADB_START_TIMEOUT       seconds to wait for MariaDB to answer (default 60)
 #   TESTBED_UP_TIMEOUT          seconds to wait for deploy/testbed/up.sh (default 1200)
+#   TESTBED_LOCK_TIMEOUT        seconds up.sh, down.sh and this script wait for
+#                               the testbed's lock (default 1800)
 #   CARGO_INCREMENTAL           default 0 here (one full build; its caches cost 4 GB)
 set -euo pipefail
 
@@ -154,6 +158,7 @@ TESTBED_UP_PID=""     # the background up.sh, while it runs
 TESTBED_OURS=0        # 1: no testbed service ran before this script started it
 TESTBED_T0=""
 TESTBED_PGID_FILE=""
+TESTBED_LOCKED=0      # 1: fd 8 holds deploy/testbed's lock, shared
 
 # Testbed services alive, as "alive total" (deploy/testbed/common.sh keeps
 # the list and the pid-file checks; sourced in a subshell because it puts
@@ -214,7 +219,51 @@ wait_testbed() {
     grep -E '^ +[a-z].*: [0-9.]+s$|already up' "$TESTBED_LOG" >&2 || true
 }
 
+# Holds deploy/testbed's lock shared on fd 8 while the tests use the
+# testbed, so that no up.sh or down.sh (another run's, or its exit trap's)
+# changes it under them; up.sh and down.sh take it exclusive. Processes this
+# script starts get fd 8 closed, or one left running would hold the lock.
+lock_testbed() {
+    local lock
+    lock=$(bash -c 'source "$1/common.sh"; echo "$TB_LOCK"' _ "$TESTBED")
+    if [ ! -r "$lock" ]; then
+        log "cannot read $lock: the tests run without holding the testbed's lock"
+        return 0
+    fi
+    exec 8<"$lock"
+    TESTBED_LOCKED=1
+    bash -c 'source "$1/common.sh"; tb_lock 8 -s scripts/test.sh' _ "$TESTBED" \
+        || die "gave up waiting for $lock (held by the processes named above)"
+}
+
+unlock_testbed() {
+    if [ "$TESTBED_LOCKED" = 1 ]; then
+        exec 8<&-
+        TESTBED_LOCKED=0
+    fi
+}
+
+# After up.sh: the lock, then the testbed must still be complete. Between
+# up.sh's end and the lock another run's down.sh may have stopped it; then
+# up.sh runs once more.
+hold_testbed() {
+    local alive total try
+    for try in 1 2; do
+        lock_testbed
+        read -r alive total < <(testbed_alive)
+        [ "$alive" -eq "$total" ] && return 0
+        unlock_testbed
+        [ "$try" = 1 ] || break
+        log "only $alive of $total testbed services are alive after up.sh finished (another run's down.sh?): running up.sh again"
+        start_testbed
+        wait_testbed
+    done
+    die "only $alive of $total testbed services are alive after up.sh finished twice (another run's down.sh?); sudo deploy/testbed/status.sh shows which"
+}
+
 stop_testbed() {
+    # Before down.sh, which waits for every holder.
+    unlock_testbed
     if [ -n "$TESTBED_UP_PID" ] && kill -0 "$TESTBED_UP_PID" 2>/dev/null; then
         local pgid
         pgid=$(cat "$TESTBED_PGID_FILE" 2>/dev/null || true)
@@ -245,12 +294,18 @@ on_exit() {
 }
 trap on_exit EXIT
 
+# apt-get through deploy/testbed's wrapper: it waits for apt's locks and
+# tries again within about 5 minutes (a fresh VM's apt-daily, a mirror
+# mid-sync).
+apt_get() {
+    as_root env DEBIAN_FRONTEND=noninteractive bash "$TESTBED/apt-get-retry.sh" "$@"
+}
+
 install_mariadb() {
     log "installing Debian's mariadb-server (no MariaDB server binary found)"
     command -v apt-get >/dev/null || die "no mariadbd/mysqld and no apt-get to install mariadb-server"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -q
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q \
-        --no-install-recommends mariadb-server
+    apt_get update -q || die "apt-get update failed (output above)"
+    apt_get install -y -q --no-install-recommends mariadb-server || die "apt-get install mariadb-server failed (output above)"
 }
 
 # True when a socket listens on ip:port (or on the wildcard address and
@@ -313,7 +368,7 @@ start_mariadb() {
         --log-error="$errlog" \
         --innodb-buffer-pool-size=32M \
         "$@" \
-        </dev/null >/dev/null 2>&1 &
+        </dev/null >/dev/null 2>&1 8<&- &
     local pid=$!
     MARIADB_PIDS+=("$pid")
 
@@ -350,9 +405,8 @@ find_prometheus_tool() {
 install_prometheus() {
     log "installing Debian's prometheus (prometheus or promtool not found)"
     command -v apt-get >/dev/null || die "no prometheus/promtool and no apt-get to install prometheus"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -q
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q \
-        --no-install-recommends prometheus
+    apt_get update -q || die "apt-get update failed (output above)"
+    apt_get install -y -q --no-install-recommends prometheus || die "apt-get install prometheus failed (output above)"
 }
 
 if ! find_prometheus_tool prometheus >/dev/null || ! find_prometheus_tool promtool >/dev/null; then
@@ -461,6 +515,7 @@ fi
 
 if selected testbed; then
     wait_testbed
+    hold_testbed
 fi
 
 if selected test; then
@@ -471,6 +526,6 @@ if selected test; then
     T_TEST=$(date +%s)
     # --no-fail-fast: every test binary runs (the e2e suite too) even when
     # an earlier one fails; the exit status still says something failed.
-    cargo test --no-fail-fast "${CARGO_TEST_ARGS[@]}"
+    cargo test --no-fail-fast "${CARGO_TEST_ARGS[@]}" 8<&-
     log "cargo test took $(since "$T_TEST")s"
 fi

@@ -101,13 +101,39 @@ tb_alive_count() {
 }
 tb_service_count() { set -- $TB_SERVICES; echo $#; }
 
+# One lock for whatever starts, stops or uses the testbed: up.sh and down.sh
+# hold it exclusive while they run, scripts/test.sh shared while its tests
+# use the testbed. Without it a down.sh still stopping one run's testbed
+# read the pid files a new up.sh had just written and killed its services.
+TB_LOCK=$STATE/lock
+
+# tb_lock FD -x|-s WHO: takes the lock on FD (open on $TB_LOCK), saying who
+# holds it while it waits, for at most $TESTBED_LOCK_TIMEOUT s (default 1800).
+tb_lock() {
+  flock -n "$2" "$1" && return 0
+  log "$3: waiting for $TB_LOCK, open in: $(tb_lock_holders) (up.sh and down.sh change the testbed, scripts/test.sh runs tests against it)" >&2
+  flock -w "${TESTBED_LOCK_TIMEOUT:-1800}" "$2" "$1"
+}
+# Who has the lock file open (holders and waiters alike: /proc/locks names
+# the flock(1) process that took a lock, long gone once it has).
+tb_lock_holders() {
+  local pid args out=""
+  for pid in $(find /proc/[0-9]*/fd -maxdepth 1 -lname "$TB_LOCK" 2>/dev/null | cut -d/ -f3 | sort -un); do
+    [ "$pid" = "$$" ] || [ "$pid" = "$BASHPID" ] || [ "$pid" = "$PPID" ] && continue   # the caller
+    args=$(ps -o args= -p "$pid" 2>/dev/null | cut -c1-80)
+    [ -n "$args" ] || continue   # gone already (this function's own subshells)
+    out="$out${out:+; }pid $pid ($args)"
+  done
+  echo "${out:-no process this user can see}"
+}
+
 # Written by up.sh once everything is up and bootstrapped: the fingerprint of
 # the files that decide what the testbed is. A later up.sh that finds every
 # service alive and the same fingerprint has nothing to do.
 UP_STAMP=$STATE/up-complete
 tb_fingerprint() {
   (cd "$TB_DIR" && cat common.sh write_configs.sh up.sh bootstrap.py bootstrap_warmpool.py \
-     constraints.txt ostb_fake_mech/setup.py ostb_fake_mech/ostb_fake_mech/__init__.py) \
+     constraints.txt build-constraints.txt ostb_fake_mech/setup.py ostb_fake_mech/ostb_fake_mech/__init__.py) \
     | sha256sum | awk '{print $1}'
 }
 

@@ -14,23 +14,44 @@ esac
 # The processes, pid files and state up.sh made are root's.
 [ "$(id -u)" = 0 ] || { echo "deploy/testbed/down.sh: error: must run as root (the testbed's processes and $STATE are root's): sudo $0${1:+ $1}" >&2; exit 1; }
 
+# Exclusive: an up.sh starting services meanwhile would otherwise write pid
+# files this script then reads, and it would stop services that are not the
+# ones it was asked to stop; a scripts/test.sh holds it shared while its
+# tests use the testbed.
+mkdir -p "$STATE"
+exec 9>>"$TB_LOCK"
+tb_lock 9 -x down.sh || { echo "deploy/testbed/down.sh: error: gave up waiting ${TESTBED_LOCK_TIMEOUT:-1800}s for $TB_LOCK (open in: $(tb_lock_holders)); nothing stopped" >&2; exit 1; }
+
 # The testbed is no longer complete: the next up.sh must check everything.
 rm -f "$UP_STAMP"
+# What each pid file said when read, and which of those processes were
+# signalled: only those are waited for, killed and forgotten, even if a pid
+# file changes meanwhile.
+declare -A SEEN=() SIGNALLED=()
 for n in $TB_SERVICES; do
+  [ -f "$RUN/$n.pid" ] && SEEN[$n]=$(cat "$RUN/$n.pid" 2>/dev/null)
   if pid_alive "$n"; then
-    p=$(pid_of "$n")
+    read -r p st <<<"${SEEN[$n]}"
+    SIGNALLED[$n]="$p $st"
     kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true
     echo "stopping $n (pgid $p)"
   fi
 done
+# still_runs PID STARTTIME: that very process (not one with a recycled pid) lives.
+still_runs() { [ -d "/proc/$1" ] && [ "$(proc_start "$1")" = "$2" ]; }
 for n in $TB_SERVICES; do
-  for ((i = 0; i < 150; i++)); do pid_alive "$n" || break; sleep 0.2; done
-  if pid_alive "$n"; then
-    p=$(pid_of "$n"); echo "  $n still alive after 30s, SIGKILL group $p"
-    kill -KILL -- "-$p" 2>/dev/null || true
-    sleep 0.5
+  if [ -n "${SIGNALLED[$n]:-}" ]; then
+    read -r p st <<<"${SIGNALLED[$n]}"
+    for ((i = 0; i < 150; i++)); do still_runs "$p" "$st" || break; sleep 0.2; done
+    if still_runs "$p" "$st"; then
+      echo "  $n still alive after 30s, SIGKILL group $p"
+      kill -KILL -- "-$p" 2>/dev/null || true
+      sleep 0.5
+    fi
   fi
-  rm -f "$RUN/$n.pid"
+  if [ -n "${SEEN[$n]+set}" ] && [ "$(cat "$RUN/$n.pid" 2>/dev/null)" = "${SEEN[$n]}" ]; then
+    rm -f "$RUN/$n.pid"
+  fi
 done
 rm -f "$RUN/rabbitmq-beam.pid"
 if [ "${1:-}" = "--wipe" ]; then

@@ -11,18 +11,43 @@
 # same scripts (fingerprint in $STATE/up-complete), it only checks the APIs
 # answer and exits (a few seconds). Otherwise it installs what is missing,
 # starts only what is not running and re-applies config, db syncs and the
-# bootstrap objects. Needs root (apt, /etc/<service>, /opt/ostb).
+# bootstrap objects. Needs root (apt, /etc/<service>, /opt/ostb). Holds
+# $STATE/lock exclusive while it runs (down.sh too; scripts/test.sh holds it
+# shared while its tests run), and refuses to start a service whose port on
+# 127.0.0.1 something else holds.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 source "$TB_DIR/write_configs.sh"
 
 die() { echo "deploy/testbed/up.sh: error: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (apt installs, configs in /etc, venv in $OSTB_HOME)"
-# A failure names the step it broke and where its logs are.
-trap 'rc=$?; [ "$rc" = 0 ] || echo "deploy/testbed/up.sh: error: step \"${STEP_NAME:-start}\" failed (exit $rc); logs in $LOGS" >&2' EXIT
+
+POLICY_RC=/usr/sbin/policy-rc.d
+POLICY_RC_MARK="# written by warmpool's deploy/testbed/up.sh, which removes it when it exits"
+MADE_POLICY_RC=0
+on_exit() {
+  local rc=$?
+  # While it exists no package install on this host starts or restarts its
+  # services, so it must not outlive this run, whichever way it ends.
+  if [ "$MADE_POLICY_RC" = 1 ]; then rm -f "$POLICY_RC"; fi
+  # A failure names the step it broke and where its logs are.
+  [ "$rc" = 0 ] || echo "deploy/testbed/up.sh: error: step \"${STEP_NAME:-start}\" failed (exit $rc); logs in $LOGS" >&2
+}
+trap on_exit EXIT
+# Spelled out so that the EXIT trap runs with a telling status (bash's own
+# handling of a fatal signal runs it too, but says 0).
+trap 'exit 143' TERM
+trap 'exit 130' INT
+trap 'exit 129' HUP
 
 T_START=$(ts)
 mkdir -p "$LOGS" "$RUN"
+# Exclusive while anything is checked or changed: a down.sh still running
+# (another run's exit trap) would otherwise kill the services started here.
+# Every process that outlives this script gets fd 9 closed (start_svc), or
+# it would hold the lock for as long as it runs.
+exec 9>>"$TB_LOCK"
+tb_lock 9 -x up.sh || die "gave up waiting ${TESTBED_LOCK_TIMEOUT:-1800}s for $TB_LOCK (open in: $(tb_lock_holders))"
 declare -a TIMINGS=()
 step() { STEP_NAME=$1; STEP_T=$(ts); log "== $1"; }
 step_done() { local e; e=$(elapsed "$STEP_T"); TIMINGS+=("$STEP_NAME: ${e}s"); log "   done in ${e}s"; }
@@ -55,31 +80,40 @@ install_apt() {
   for p in mariadb-server mariadb-client rabbitmq-server memcached curl jq python3-venv python3-dev gcc; do
     dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
   done
+  # One left by an up.sh that was killed (SIGKILL runs no trap): ours to
+  # remove, since no other up.sh runs while this one holds the lock.
+  if [ -f "$POLICY_RC" ] && grep -qxF "$POLICY_RC_MARK" "$POLICY_RC"; then MADE_POLICY_RC=1; fi
   [ -z "$need" ] && return 0
   # keep Debian's maintainer scripts from auto-starting the daemons (on 0.0.0.0)
-  local made_policy=0
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1
+  if [ ! -e "$POLICY_RC" ]; then
+    MADE_POLICY_RC=1
+    printf '#!/bin/sh\n%s\nexit 101\n' "$POLICY_RC_MARK" > "$POLICY_RC"; chmod +x "$POLICY_RC"
   fi
-  # Lock timeout: another apt (scripts/test.sh installs prometheus) may be running.
-  apt-get -o DPkg::Lock::Timeout=300 update -q >"$LOGS/apt.log" 2>&1 \
+  # apt-get-retry.sh: retries within about 5 minutes and waits for apt's
+  # locks (apt-daily on a fresh VM, scripts/test.sh installing prometheus).
+  bash "$TB_DIR/apt-get-retry.sh" update -q >"$LOGS/apt.log" 2>&1 \
     || { tail -n 20 "$LOGS/apt.log" >&2; die "apt-get update failed (log $LOGS/apt.log)"; }
-  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends $need >>"$LOGS/apt.log" 2>&1 \
+  DEBIAN_FRONTEND=noninteractive bash "$TB_DIR/apt-get-retry.sh" install -y -q --no-install-recommends $need >>"$LOGS/apt.log" 2>&1 \
     || { tail -n 20 "$LOGS/apt.log" >&2; die "apt-get install$need failed (log $LOGS/apt.log)"; }
-  [ $made_policy = 1 ] && rm -f /usr/sbin/policy-rc.d
   return 0
 }
 
 install_venv() {
   local py=${OSTB_PYTHON:-python3.11}
+  local have
   if [ ! -x "$VENV/bin/python" ]; then
     "$py" -m venv "$VENV"
-    "$VENV/bin/pip" install -q -U pip setuptools wheel >>"$LOGS/pip.log" 2>&1
+    "$VENV/bin/pip" install -q -r "$TB_DIR/build-constraints.txt" >>"$LOGS/pip.log" 2>&1 \
+      || { tail -n 20 "$LOGS/pip.log" >&2; die "pip install of pip, setuptools and wheel failed (log $LOGS/pip.log)"; }
   fi
-  if ! "$VENV/bin/pip" show nova 2>/dev/null | grep -qx "Version: $NOVA_VER"; then
+  # Captured whole, then compared: `pip show | grep -q` let grep exit at the
+  # match, pip died of EPIPE, pipefail failed the test, and most runs
+  # reinstalled everything for nothing.
+  have=$("$VENV/bin/pip" show nova 2>/dev/null | sed -n 's/^Version: //p') || true
+  if [ "$have" != "$NOVA_VER" ]; then
     local cons=()
     [ -f "$TB_DIR/constraints.txt" ] && cons=(-c "$TB_DIR/constraints.txt")
-    "$VENV/bin/pip" install "${cons[@]}" \
+    "$VENV/bin/pip" install "${cons[@]}" --build-constraint "$TB_DIR/build-constraints.txt" \
       "nova==$NOVA_VER" "cinder==$CINDER_VER" "neutron==$NEUTRON_VER" \
       "keystone==$KEYSTONE_VER" "openstack-placement==$PLACEMENT_VER" \
       "glance==$GLANCE_VER" "python-openstackclient==$OSC_VER" \
@@ -89,7 +123,7 @@ install_venv() {
   if ! "$VENV/bin/pip" show -q ostb-fake-mech >/dev/null 2>&1; then
     local tmp; tmp=$(mktemp -d)   # build outside the testbed folder (no build/ litter)
     cp -r "$TB_DIR/ostb_fake_mech" "$tmp/"
-    "$VENV/bin/pip" install "$tmp/ostb_fake_mech" >>"$LOGS/pip.log" 2>&1
+    "$VENV/bin/pip" install --build-constraint "$TB_DIR/build-constraints.txt" "$tmp/ostb_fake_mech" >>"$LOGS/pip.log" 2>&1
     rm -rf "$tmp"
   fi
 }
@@ -99,7 +133,7 @@ install_venv() {
 start_svc() {
   local name=$1; shift
   if pid_alive "$name"; then log "   $name already running (pid $(pid_of "$name"))"; return 0; fi
-  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
   local pid=$!
   echo "$pid $(proc_start $pid)" > "$RUN/$name.pid"
   log "   started $name (pid $pid)"
@@ -107,6 +141,7 @@ start_svc() {
 
 start_uwsgi() {  # name port module [processes] [threads]
   local name=$1 port=$2 module=$3 procs=${4:-1} threads=${5:-4}
+  claim_port "$name" "$port"
   start_svc "$name" "$VENV/bin/uwsgi" --master --http-socket "$HOST_IP:$port" \
     --module "$module" --processes "$procs" --threads "$threads" --enable-threads \
     --lazy-apps --need-app --die-on-term --exit-on-reload --thunder-lock \
@@ -114,6 +149,34 @@ start_uwsgi() {  # name port module [processes] [threads]
     --hook-master-start "unix_signal:15 gracefully_kill_them_all" \
     --worker-reload-mercy 5 --procname-prefix-spaced "ostb-$name" \
     --virtualenv "$VENV"
+}
+
+# claim_port NAME PORT: PORT on $HOST_IP must be free unless NAME, the
+# testbed's process for it, is alive and so holds it. Something else there
+# would make NAME die at start while wait_port/wait_http pass against the
+# stranger: the testbed's clients would talk to the wrong server. Waits up to
+# 10 s, for a process down.sh just stopped to let go of the port.
+claim_port() {
+  local name=$1 port=$2 i who hint
+  pid_alive "$name" && return 0
+  for ((i = 0; i < 50; i++)); do
+    (exec 3<>"/dev/tcp/$HOST_IP/$port") 2>/dev/null || return 0
+    sleep 0.2
+  done
+  hint=$(port_hint "$name")
+  who=$(ss -ltnpH "sport = :$port" 2>/dev/null | sed -nE 's/.*users:\(\("([^"]+)",pid=([0-9]+).*/\1 (pid \2)/p' | head -1)
+  die "port $HOST_IP:$port, which the testbed's $name needs, is taken by ${who:-a process ss does not name}; stop it${hint:+ ($hint)} and re-run up.sh"
+}
+
+# Every testbed service that listens, as NAME:PORT.
+TB_PORTS="mariadb:$P_MYSQL epmd:4369 rabbitmq:$P_RABBIT memcached:$P_MEMCACHED keystone:$P_KEYSTONE placement:$P_PLACEMENT glance:$P_GLANCE nova-api:$P_NOVA neutron:$P_NEUTRON cinder-api:$P_CINDER"
+port_hint() {
+  case $1 in
+    mariadb) echo "systemctl stop mariadb, or the scripts/test.sh run that started it" ;;
+    epmd) echo "a system epmd: systemctl stop epmd.socket epmd.service" ;;
+    rabbitmq) echo "Debian's: systemctl stop rabbitmq-server" ;;
+    memcached) echo "Debian's: systemctl stop memcached" ;;
+  esac
 }
 
 wait_port() {  # port timeout
@@ -140,9 +203,7 @@ start_mariadb() {
   # 127.0.0.1:3306 is also where scripts/test.sh would start a private
   # MariaDB, and where Debian's own mariadb service listens: the testbed must
   # own the port, or its services would talk to a server without their DBs.
-  if ! pid_alive mariadb && (exec 3<>"/dev/tcp/$HOST_IP/$P_MYSQL") 2>/dev/null; then
-    die "something else listens on $HOST_IP:$P_MYSQL ($(ss -ltnpH "sport = :$P_MYSQL" 2>/dev/null | sed -E 's/.*users:\(\("([^"]+)",pid=([0-9]+).*/\1 pid \2/' | head -1)); stop it (systemctl stop mariadb, or the scripts/test.sh run that started it) and re-run up.sh"
-  fi
+  claim_port mariadb "$P_MYSQL"
   if [ ! -d "$STATE/mysql/mysql" ]; then
     mkdir -p "$STATE/mysql"; chown mysql:mysql "$STATE/mysql"
     mariadb-install-db --no-defaults --user=mysql --datadir="$STATE/mysql" \
@@ -177,8 +238,10 @@ SQL
 }
 
 start_rabbit() {
+  claim_port epmd 4369
   start_svc epmd /usr/bin/epmd -address $HOST_IP -port 4369
   wait_port 4369 10
+  claim_port rabbitmq "$P_RABBIT"
   (
     rabbit_env
     mkdir -p "$HOME_RABBIT/mnesia" "$LOGS/rabbitmq"
@@ -196,12 +259,18 @@ EOF
 }
 
 # ------------------------------------------------------------------ main
+# Before minutes of installs: each port is checked again right before its
+# service starts.
+step "ports free"
+for np in $TB_PORTS; do claim_port "${np%%:*}" "${np#*:}"; done
+step_done
 step "apt packages";      install_apt;  step_done
 step "python venv";       install_venv; step_done
 step "config files";      write_configs; step_done
 step "mariadb";           start_mariadb; step_done
 step "rabbitmq+memcached"
 start_rabbit
+claim_port memcached "$P_MEMCACHED"
 start_svc memcached /usr/bin/memcached -u memcache -l $HOST_IP -p $P_MEMCACHED -U 0 -m 64
 wait_port $P_MEMCACHED 10
 step_done
