@@ -6401,6 +6401,49 @@ async fn a_failed_login_is_not_tried_again_by_every_call() {
     assert!(tried <= 2, "{tried} password logins for 20 calls");
 }
 
+/// osauth renews a token with ten minutes or less left inside any call,
+/// posting the password: once Keystone refused it, that renewal must wait
+/// out the re-login pause as a re-login does, or every call sends the
+/// refused password (a 120 s token is renewed at every call) and a
+/// Keystone with lockout_failure_attempts locks the account. Calls during
+/// the pause fail at once with the pause's message.
+#[tokio::test]
+async fn a_token_renewal_does_not_send_a_refused_password_during_the_pause() {
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            token_lifetime: Duration::from_secs(120),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let cloud = env.driver().await;
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    env.face.faults().change_password("pool", "rotated");
+    let before = env.face.faults().password_logins();
+    for _ in 0..20 {
+        let err = cloud.get_server(&server.id).await.unwrap_err();
+        assert!(matches!(err, CloudError::Fatal(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("cloud error: auth: Keystone refused the login"),
+            "{err}"
+        );
+    }
+    let tried = env.face.faults().password_logins() - before;
+    assert!(tried <= 2, "{tried} password logins for 20 calls");
+    // Past the pause the renewal posts the password once more, and its
+    // refusal doubles the pause.
+    advance_clock(Duration::from_secs(31)).await;
+    let err = cloud.get_server(&server.id).await.unwrap_err();
+    assert!(err.to_string().contains("refused 2 times"), "{err}");
+    let again = env.face.faults().password_logins() - before - tried;
+    assert_eq!(again, 1, "password logins after the pause");
+}
+
 /// Calls that queued behind a re-login that failed otherwise than by a
 /// refusal (Keystone slow past the request timeout; a 429 or a 5xx alike)
 /// share its outcome: one token request, not one per call each waiting

@@ -181,12 +181,134 @@ struct Relogins {
     /// The last re-login that failed, for whatever reason: when it ended,
     /// and its error, answered to the callers that were waiting for it.
     last_failure: Option<(tokio::time::Instant, CloudError)>,
-    /// The last login Keystone refused: until when the password is not
-    /// tried again, and the error answered meanwhile.
-    refused: Option<(tokio::time::Instant, CloudError)>,
+}
+
+/// Keystone's refusals of warmpool's credentials, shared by the re-logins
+/// ([`Connection::relogin`]) and osauth's token renewals ([`TokenWatch`]):
+/// both post the password, and a Keystone with `lockout_failure_attempts`
+/// counts a refusal of either.
+#[derive(Default)]
+struct Refusals {
+    /// The last refusal: until when the password is not posted again, and
+    /// the error answered meanwhile.
+    paused: Option<(tokio::time::Instant, CloudError)>,
     /// Logins Keystone refused since the last one it took (or the start:
     /// the daemon reads clouds.yaml at start only).
-    refusals: u32,
+    count: u32,
+}
+
+impl Refusals {
+    /// The pause's error while it lasts.
+    fn active(&self) -> Option<CloudError> {
+        self.paused
+            .as_ref()
+            .filter(|(until, _)| tokio::time::Instant::now() < *until)
+            .map(|(_, error)| error.clone())
+    }
+
+    /// Keystone refused a login (`message` says how): the next pause
+    /// begins, a longer one at each refusal in a row; its error.
+    fn refused(&mut self, message: &str) -> CloudError {
+        self.count = self.count.saturating_add(1);
+        let pause = relogin_pause(self.count);
+        let error = CloudError::Fatal(format!(
+            "{message} (refused {} in a row: not tried again for {}; mend the credentials in clouds.yaml and restart warmpoold)",
+            match self.count {
+                1 => "once".to_owned(),
+                n => format!("{n} times"),
+            },
+            humantime::format_duration(pause),
+        ));
+        self.paused = Some((tokio::time::Instant::now() + pause, error.clone()));
+        error
+    }
+}
+
+/// What every session's [`TokenWatch`] shares with the [`Connection`].
+#[derive(Clone)]
+struct Watched {
+    /// Token requests of the sessions' osauth that failed.
+    failures: Arc<AtomicU64>,
+    refusals: Arc<Mutex<Refusals>>,
+    /// Who logs in, for a refused renewal's message.
+    identity: Arc<str>,
+    /// A client that opens no connection ([`refusing_client`]), handed to
+    /// osauth during the pause: a renewal it would post fails at once,
+    /// while a token it holds still serves.
+    refusing: reqwest::Client,
+}
+
+impl Watched {
+    fn refusals(&self) -> std::sync::MutexGuard<'_, Refusals> {
+        self.refusals.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pause's error, when osauth's failure `e` is a refused token
+    /// request and the pause is on: what every caller is answered.
+    fn paused(&self, e: &osauth::Error) -> Option<CloudError> {
+        (e.kind() == osauth::ErrorKind::AuthenticationFailed)
+            .then(|| self.refusals().active())
+            .flatten()
+    }
+}
+
+/// A reqwest client that fails every request before opening a connection.
+/// It loads no root certificate: it never gets as far as a handshake, and
+/// so cannot fail to build on a system store [`http_client`] reports.
+fn refusing_client() -> CloudResult<reqwest::Client> {
+    client_builder()
+        .tls_built_in_root_certs(false)
+        .connector_layer(RefuseConnections)
+        .build()
+        .map_err(|e| {
+            CloudError::Fatal(format!(
+                "auth: cannot build warmpool's HTTP client: {}",
+                with_causes(&e)
+            ))
+        })
+}
+
+/// The connector layer of [`refusing_client`].
+#[derive(Clone, Copy)]
+struct RefuseConnections;
+
+/// Connects nowhere: the connector [`RefuseConnections`] puts in place.
+struct Refused<S>(std::marker::PhantomData<fn() -> S>);
+
+impl<S> Clone for Refused<S> {
+    fn clone(&self) -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<S> tower_layer::Layer<S> for RefuseConnections {
+    type Service = Refused<S>;
+
+    fn layer(&self, _connector: S) -> Refused<S> {
+        Refused(std::marker::PhantomData)
+    }
+}
+
+impl<S, R> tower_service::Service<R> for Refused<S>
+where
+    S: tower_service::Service<R>,
+{
+    type Response = S::Response;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::future::Ready<Result<S::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: R) -> Self::Future {
+        std::future::ready(Err(
+            "held back: Keystone refused the password, and the re-login pause is on".into(),
+        ))
+    }
 }
 
 /// The session holder: the current `Session`, the config to rebuild it
@@ -215,8 +337,9 @@ pub struct Connection {
     /// paused calls log each other in again on every call. A new
     /// `Connection` (a restart, credentials read again) starts with none.
     refused_fresh: Mutex<HashMap<String, tokio::time::Instant>>,
-    /// Token requests of the sessions' osauth that failed ([`TokenWatch`]).
-    token_failures: Arc<AtomicU64>,
+    /// What the sessions' [`TokenWatch`] share: their failed token
+    /// requests, Keystone's refusals and the pause.
+    watched: Watched,
 }
 
 /// A session's osauth authentication, counting its token requests that
@@ -226,23 +349,72 @@ pub struct Connection {
 /// a call. Then nothing is asked of the service about the call's failure
 /// ([`Connection::behind_osauth`]), which would ask osauth for the token,
 /// and so Keystone for another, at each call while Keystone refuses.
-#[derive(Debug)]
+///
+/// osauth's renewal posts the password (once ten minutes or less of the
+/// token are left, and at every call once it expired): a renewal Keystone
+/// refuses is a refused login, and starts the re-login pause, during which
+/// osauth gets a client that opens no connection, so a renewal fails at
+/// once with the pause's error while a token osauth still holds serves.
+#[derive(Clone)]
 struct TokenWatch {
     /// The session's own client, whose authentication is used.
     auth: osauth::client::AuthenticatedClient,
-    failures: Arc<AtomicU64>,
+    watched: Watched,
+}
+
+impl std::fmt::Debug for TokenWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenWatch")
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `error`'s message as osauth's refused token request, so that whatever
+/// osauth's caller makes of it names the refusal and the pause.
+fn as_refusal(error: &CloudError) -> osauth::Error {
+    let message = match error {
+        CloudError::Fatal(m) => m.clone(),
+        other => other.to_string(),
+    };
+    osauth::Error::new(osauth::ErrorKind::AuthenticationFailed, message)
 }
 
 impl TokenWatch {
-    fn noting<T>(&self, done: Result<T, osauth::Error>) -> Result<T, osauth::Error> {
-        // A service missing from the catalog sent no token request.
-        if done
-            .as_ref()
-            .is_err_and(|e| e.kind() != osauth::ErrorKind::EndpointNotFound)
-        {
-            self.failures.fetch_add(1, Ordering::SeqCst);
+    /// The client osauth may post the password on, and the pause's error
+    /// when it is the one that connects nowhere.
+    fn client<'a>(
+        &'a self,
+        client: &'a reqwest::Client,
+    ) -> (&'a reqwest::Client, Option<CloudError>) {
+        match self.watched.refusals().active() {
+            Some(pause) => (&self.watched.refusing, Some(pause)),
+            None => (client, None),
         }
-        done
+    }
+
+    fn noting<T>(
+        &self,
+        held_back: Option<CloudError>,
+        done: Result<T, osauth::Error>,
+    ) -> Result<T, osauth::Error> {
+        let e = match done {
+            // A service missing from the catalog sent no token request.
+            Err(e) if e.kind() != osauth::ErrorKind::EndpointNotFound => e,
+            done => return done,
+        };
+        self.watched.failures.fetch_add(1, Ordering::SeqCst);
+        // Without a connection osauth can only have failed to ask for a
+        // token.
+        if let Some(pause) = held_back {
+            return Err(as_refusal(&pause));
+        }
+        if e.kind() == osauth::ErrorKind::AuthenticationFailed {
+            let message = refused_login(&self.watched.identity, &e);
+            tracing::warn!(identity = %self.watched.identity, "Keystone refused the password when asked to renew the token");
+            return Err(as_refusal(&self.watched.refusals().refused(&message)));
+        }
+        Err(e)
     }
 }
 
@@ -253,8 +425,9 @@ impl osauth::AuthType for TokenWatch {
         client: &reqwest::Client,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::RequestBuilder, osauth::Error> {
+        let (client, held_back) = self.client(client);
         let done = self.auth.auth_type().authenticate(client, request).await;
-        self.noting(done)
+        self.noting(held_back, done)
     }
 
     async fn get_endpoint(
@@ -263,17 +436,19 @@ impl osauth::AuthType for TokenWatch {
         service_type: &str,
         filters: &osauth::EndpointFilters,
     ) -> Result<reqwest::Url, osauth::Error> {
+        let (client, held_back) = self.client(client);
         let done = self
             .auth
             .auth_type()
             .get_endpoint(client, service_type, filters)
             .await;
-        self.noting(done)
+        self.noting(held_back, done)
     }
 
     async fn refresh(&self, client: &reqwest::Client) -> Result<(), osauth::Error> {
+        let (client, held_back) = self.client(client);
         let done = self.auth.auth_type().refresh(client).await;
-        self.noting(done)
+        self.noting(held_back, done)
     }
 }
 
@@ -327,8 +502,13 @@ impl Connection {
     ) -> Result<Arc<Self>, ConnectError> {
         let identity = identity_of(&config);
         let region = region_of(&config);
-        let token_failures = Arc::new(AtomicU64::new(0));
-        let session = login(&config, timeout, &identity, &token_failures)
+        let watched = Watched {
+            failures: Arc::new(AtomicU64::new(0)),
+            refusals: Arc::default(),
+            identity: identity.as_str().into(),
+            refusing: refusing_client().map_err(ConnectError::Failed)?,
+        };
+        let session = login(&config, timeout, &identity, &watched)
             .await
             .map_err(|failed| match failed {
                 LoginFailure {
@@ -348,7 +528,7 @@ impl Connection {
             cinder_as_volumev3: AtomicBool::new(false),
             project_id: tokio::sync::OnceCell::new(),
             refused_fresh: Mutex::default(),
-            token_failures,
+            watched,
         }))
     }
 
@@ -388,6 +568,11 @@ impl Connection {
         let (_, session) = self.session();
         let client = session.client().inner().clone();
         let request_id = format!("req-{}", uuid::Uuid::new_v4());
+        let osauth_failed = |e: osauth::Error| {
+            self.watched
+                .paused(&e)
+                .unwrap_or_else(|| classify_osauth(what, &e))
+        };
         let asked = async {
             // Keystone validates a token of an application credential with
             // access rules only for a caller declaring it understands them
@@ -404,7 +589,7 @@ impl Connection {
                 .auth_type()
                 .authenticate(&client, request)
                 .await
-                .map_err(|e| classify_osauth(what, &e))?
+                .map_err(osauth_failed)?
                 .build()
                 .map_err(|e| CloudError::Fatal(format!("{what}: {}", with_causes(&e))))?;
             let token = request
@@ -502,22 +687,14 @@ impl Connection {
         }
         // Every call failing with 401 must not try the password again: a
         // Keystone with lockout_failure_attempts would lock the user out.
-        if let Some((until, error)) = &relogins.refused {
-            if tokio::time::Instant::now() < *until {
-                return Err(error.clone());
-            }
+        if let Some(error) = self.watched.refusals().active() {
+            return Err(error);
         }
         tracing::info!(identity = %self.identity, "the cloud answered 401; logging in again");
-        let failed = match login(
-            &self.config,
-            self.timeout,
-            &self.identity,
-            &self.token_failures,
-        )
-        .await
-        {
+        let failed = match login(&self.config, self.timeout, &self.identity, &self.watched).await {
             Ok(session) => {
                 *relogins = Relogins::default();
+                *self.watched.refusals() = Refusals::default();
                 let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
                 *self.current.lock().unwrap_or_else(|p| p.into_inner()) = (generation, session);
                 return Ok(());
@@ -530,20 +707,7 @@ impl Connection {
             Err(LoginFailure {
                 error: CloudError::Fatal(message),
                 credentials_rejected: true,
-            }) => {
-                relogins.refusals = relogins.refusals.saturating_add(1);
-                let pause = relogin_pause(relogins.refusals);
-                let error = CloudError::Fatal(format!(
-                    "{message} (refused {} in a row: not tried again for {}; mend the credentials in clouds.yaml and restart warmpoold)",
-                    match relogins.refusals {
-                        1 => "once".to_owned(),
-                        n => format!("{n} times"),
-                    },
-                    humantime::format_duration(pause),
-                ));
-                relogins.refused = Some((tokio::time::Instant::now() + pause, error.clone()));
-                error
-            }
+            }) => self.watched.refusals().refused(&message),
             Err(failed) => failed.error,
         };
         relogins.last_failure = Some((tokio::time::Instant::now(), failed.clone()));
@@ -573,6 +737,9 @@ impl Connection {
         let picked = match picked {
             Ok(picked) => picked,
             Err(e) => {
+                if let Some(pause) = self.watched.paused(&e) {
+                    return Err(pause);
+                }
                 let what = "compute version discovery";
                 let failed = Failed {
                     error: &e,
@@ -595,7 +762,7 @@ impl Connection {
 
     /// How many token requests have failed so far.
     fn token_failures(&self) -> u64 {
-        self.token_failures.load(Ordering::SeqCst)
+        self.watched.failures.load(Ordering::SeqCst)
     }
 
     /// What the endpoint of `catalog_type` answered behind osauth's
@@ -841,8 +1008,12 @@ impl Connection {
             let response = match sent {
                 Ok(response) => response,
                 // A 401 inside osauth (token renewal, version discovery) is
-                // the same signal as a 401 answer: log in again.
+                // the same signal as a 401 answer: log in again. During the
+                // pause the re-login is paused too: its error, at once.
                 Err(e) if e.kind() == osauth::ErrorKind::AuthenticationFailed => {
+                    if let Some(pause) = self.watched.paused(&e) {
+                        return Err(pause);
+                    }
                     return Ok((
                         Reply {
                             status: 401,
@@ -850,7 +1021,7 @@ impl Connection {
                             body: e.to_string(),
                         },
                         None,
-                    ))
+                    ));
                 }
                 Err(e) => {
                     let catalog_type = match call.service {
@@ -1159,6 +1330,14 @@ fn keystone_reason(e: &osauth::Error) -> Option<String> {
     (!nothing_more).then(|| truncate(said, MAX_MESSAGE_CHARS))
 }
 
+/// The message of a login of `identity` Keystone refused with `e` (401).
+fn refused_login(identity: &str, e: &osauth::Error) -> String {
+    format!(
+        "auth: Keystone refused the login of {identity} (401): {}",
+        keystone_reason(e).unwrap_or_else(|| generic_refusal(identity)),
+    )
+}
+
 /// What Keystone's generic 401 may mean: it answers the same for a wrong
 /// password and for names it does not resolve or a scope the user has no
 /// role in (keystone hides which, outside insecure_debug), so the message
@@ -1184,16 +1363,12 @@ fn generic_refusal(identity: &str) -> String {
 /// redirects) sending all else on `client`: osauth's `create_session`
 /// takes no client, but the session's may be replaced once it is built.
 /// Token renewals osauth makes later go out on `client` too.
-fn on_client(
-    session: Session,
-    client: reqwest::Client,
-    token_failures: &Arc<AtomicU64>,
-) -> Session {
+fn on_client(session: Session, client: reqwest::Client, watched: &Watched) -> Session {
     let mut authenticated = session.client().clone();
     authenticated.set_inner(client);
     authenticated.set_auth_type(TokenWatch {
         auth: session.client().clone(),
-        failures: token_failures.clone(),
+        watched: watched.clone(),
     });
     Session::new_with_authenticated_client(authenticated)
         .with_endpoint_filters(session.endpoint_filters().clone())
@@ -1204,7 +1379,7 @@ async fn login(
     config: &CloudConfig,
     timeout: Duration,
     identity: &str,
-    token_failures: &Arc<AtomicU64>,
+    watched: &Watched,
 ) -> Result<Session, LoginFailure> {
     let client = http_client(config).map_err(|error| LoginFailure {
         error,
@@ -1219,7 +1394,7 @@ async fn login(
                 credentials_rejected: false,
             })
         }
-        Ok(Ok(session)) => return Ok(on_client(session, client, token_failures)),
+        Ok(Ok(session)) => return Ok(on_client(session, client, watched)),
         Ok(Err(e)) => e,
     };
     // osauth files a token request a proxy timed out (408), rate-limited
@@ -1231,10 +1406,9 @@ async fn login(
         credentials_rejected,
         error: match e.kind() {
             _ if passing => classify_osauth("auth", &e),
-            osauth::ErrorKind::AuthenticationFailed => CloudError::Fatal(format!(
-                "auth: Keystone refused the login of {identity} (401): {}",
-                keystone_reason(&e).unwrap_or_else(|| generic_refusal(identity)),
-            )),
+            osauth::ErrorKind::AuthenticationFailed => {
+                CloudError::Fatal(refused_login(identity, &e))
+            }
             osauth::ErrorKind::InvalidConfig | osauth::ErrorKind::InvalidInput => {
                 CloudError::Fatal(format!("auth: unusable cloud configuration: {e}"))
             }
