@@ -852,12 +852,139 @@ impl OpenStackConfig {
             {
                 Err(no_cloud_named(env))
             }
-            None => pool_manager::openstack::CloudConfig::from_env().map_err(|e| {
-                ConfigError::Invalid(format!(
-                    "cloud: no `cloud` named and the OS_* environment variables are unusable: {e}"
-                ))
-            }),
+            None => {
+                let unusable = |e: &dyn std::fmt::Display| {
+                    ConfigError::Invalid(format!(
+                        "cloud: no `cloud` named and the OS_* environment variables are unusable: {e}"
+                    ))
+                };
+                let config =
+                    pool_manager::openstack::CloudConfig::from_env().map_err(|e| unusable(&e))?;
+                // The domain variables osauth does not read, beside those
+                // it did.
+                let mut value = serde_yaml::to_value(&config).map_err(|e| unusable(&e))?;
+                if let Some(entry) = value.as_mapping_mut() {
+                    let auth = entry
+                        .entry("auth".into())
+                        .or_insert_with(|| serde_yaml::Mapping::new().into());
+                    if let Some(auth) = auth.as_mapping_mut() {
+                        for key in ["user_domain_id", "domain_id", "domain_name"] {
+                            let variable = format!("OS_{}", key.to_uppercase());
+                            if let Some(v) = env(&variable).filter(|v| !v.is_empty()) {
+                                auth.insert(key.into(), v.to_string_lossy().into_owned().into());
+                            }
+                        }
+                    }
+                }
+                carry_domains(&mut value, &|key| {
+                    format!("OS_{}", key.trim_start_matches("auth.").to_uppercase())
+                })
+                .map_err(|e| ConfigError::Invalid(format!("cloud: {e}")))?;
+                serde_yaml::from_value(value).map_err(|e| unusable(&e))
+            }
         }
+    }
+}
+
+/// The default domain's id, which every Keystone has (its name is
+/// "Default"): devstack's clouds.yaml names the user's domain by it.
+const DEFAULT_DOMAIN_ID: &str = "default";
+
+/// The domain keys of a clouds.yaml entry (or of the `OS_*` variables, put
+/// in the same shape) that osauth, warmpool's OpenStack client, does not
+/// read and would drop in silence, logging in to domain "Default":
+/// mapped onto the ones it reads, or refused naming the key (`named`
+/// names `auth.user_domain_id` as the source spells it).
+///
+/// - `domain_id`/`domain_name` (in `auth` or beside it): with a project
+///   named, the default of the user's and the project's domain, as the
+///   openstack CLI reads them, each where neither its id nor its name is
+///   given; without one they scope the token to a domain, which warmpool
+///   cannot work in: refused.
+/// - `user_domain_id`: osauth names the user's domain by name only. A
+///   `user_domain_name` beside it is used; the default domain's id is its
+///   name "Default"; any other id is refused, for password logins (the
+///   other methods name no user domain).
+///
+/// `project_domain_id` osauth reads itself.
+fn carry_domains(
+    entry: &mut serde_yaml::Value,
+    named: &dyn Fn(&str) -> String,
+) -> Result<(), String> {
+    let Some(entry) = entry.as_mapping_mut() else {
+        return Ok(());
+    };
+    let password = match entry.get("auth_type").and_then(|t| t.as_str()) {
+        None => true,
+        Some(auth_type) => auth_type == "password",
+    };
+    let beside: Vec<(&str, serde_yaml::Value)> = ["domain_id", "domain_name"]
+        .into_iter()
+        .filter_map(|key| entry.remove(key).map(|value| (key, value)))
+        .collect();
+    let Some(auth) = entry.get_mut("auth").and_then(|a| a.as_mapping_mut()) else {
+        return Ok(());
+    };
+    let given = |auth: &serde_yaml::Mapping, key: &str| {
+        auth.get(key)
+            .and_then(|v| v.as_str())
+            .is_some_and(|v| !v.is_empty())
+    };
+    let password = password && !given(auth, "token");
+    // Where each value came from, for the messages: `auth` wins over the
+    // entry, as the CLI moves keys into `auth` only where it has none.
+    let mut origin: std::collections::HashMap<&str, String> = std::collections::HashMap::new();
+    for (key, value) in beside {
+        if !auth.contains_key(key) {
+            auth.insert(key.into(), value);
+            origin.insert(key, named(key));
+        }
+    }
+    let scoped = given(auth, "project_id") || given(auth, "project_name");
+    let mut user_domain_id_from = named("auth.user_domain_id");
+    for (shorthand, kind) in [("domain_id", "id"), ("domain_name", "name")] {
+        let Some(value) = auth.remove(shorthand) else {
+            continue;
+        };
+        let from = origin
+            .remove(shorthand)
+            .unwrap_or_else(|| named(&format!("auth.{shorthand}")));
+        if !scoped {
+            return Err(format!(
+                "{from} scopes the token to a domain, and warmpool works in a project: give {} (or {}), with {} and {} for the domains",
+                named("auth.project_name"),
+                named("auth.project_id"),
+                named("auth.user_domain_name"),
+                named("auth.project_domain_name"),
+            ));
+        }
+        for side in ["user", "project"] {
+            if !given(auth, &format!("{side}_domain_id"))
+                && !given(auth, &format!("{side}_domain_name"))
+            {
+                auth.insert(format!("{side}_domain_{kind}").into(), value.clone());
+                if side == "user" && kind == "id" {
+                    user_domain_id_from = from.clone();
+                }
+            }
+        }
+    }
+    let Some(id) = auth.remove("user_domain_id") else {
+        return Ok(());
+    };
+    if given(auth, "user_domain_name") || !password {
+        return Ok(());
+    }
+    match id.as_str() {
+        Some(DEFAULT_DOMAIN_ID) => {
+            auth.insert("user_domain_name".into(), "Default".into());
+            Ok(())
+        }
+        Some("") | None => Ok(()),
+        Some(id) => Err(format!(
+            "{user_domain_id_from}: warmpool's OpenStack client (osauth) names the user's domain by name only, and knows only the default domain's id ('{DEFAULT_DOMAIN_ID}'); give {} instead (`openstack domain show {id}` prints the domain's name)",
+            named("auth.user_domain_name"),
+        )),
     }
 }
 
@@ -1029,7 +1156,7 @@ fn clouds_yaml_entry_with(
         clouds(&root),
         secure.as_ref().and_then(|(_, root)| clouds(root)),
     );
-    let entry = match (
+    let mut entry = match (
         public.as_ref().and_then(|c| c.get(name)),
         secret.as_ref().and_then(|c| c.get(name)),
     ) {
@@ -1056,6 +1183,12 @@ fn clouds_yaml_entry_with(
             )));
         }
     };
+    carry_domains(&mut entry, &|key| format!("clouds.{name}.{key}")).map_err(|message| {
+        ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        }
+    })?;
     serde_path_to_error::deserialize(entry).map_err(|e| {
         let at = e.path().to_string();
         let key = if at == "." {
@@ -3157,6 +3290,125 @@ key_file = "b.key"
             "{err}"
         );
         assert!(!err.contains("s3cr3t"), "{err}");
+    }
+
+    /// osauth, warmpool's OpenStack client, names the user's domain by
+    /// name only and knows no `domain_id`/`domain_name`: it dropped them
+    /// in silence and logged in to domain "Default", so a user of another
+    /// domain got a 401 naming a `user_domain_name` their file lacks (or
+    /// logged in as a namesake of Default). The default domain's id
+    /// (devstack's `user_domain_id: default`) is its name "Default"; a name
+    /// beside an id is used; the shorthands fill both domains where a
+    /// project is named, as the openstack CLI reads them; anything else is
+    /// refused naming the key and what to give instead.
+    #[test]
+    fn domain_ids_and_domain_shorthands_are_honoured_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let clouds = dir.path().join("clouds.yaml");
+        let none: &[PathBuf] = &[];
+        let entry = |auth: &str, top: &str| -> Result<serde_yaml::Value, String> {
+            std::fs::write(
+                &clouds,
+                format!("clouds:\n  wp:\n{top}    auth:\n      auth_url: http://keystone/v3\n      username: pool\n      password: pw\n{auth}"),
+            )
+            .unwrap();
+            clouds_yaml_entry_with(&clouds, "wp", none)
+                .map(|c| serde_yaml::to_value(&c).unwrap())
+                .map_err(|e| e.to_string())
+        };
+        let project = "      project_name: service\n";
+        let auth = |v: &serde_yaml::Value, key: &str| v["auth"][key].as_str().map(str::to_owned);
+
+        // devstack's clouds.yaml.
+        let v = entry(
+            &format!("{project}      user_domain_id: default\n      project_domain_id: default\n"),
+            "",
+        )
+        .unwrap();
+        assert_eq!(auth(&v, "user_domain_name").as_deref(), Some("Default"));
+        assert_eq!(auth(&v, "project_domain_id").as_deref(), Some("default"));
+        // A name beside the id is the one used.
+        let v = entry(
+            &format!("{project}      user_domain_id: 4c2b9e\n      user_domain_name: Users\n"),
+            "",
+        )
+        .unwrap();
+        assert_eq!(auth(&v, "user_domain_name").as_deref(), Some("Users"));
+        // Another id alone: refused, naming the key and the way out.
+        let err = entry(&format!("{project}      user_domain_id: 4c2b9e\n"), "").unwrap_err();
+        for said in [
+            "clouds.wp.auth.user_domain_id",
+            "user_domain_name",
+            "openstack domain show 4c2b9e",
+        ] {
+            assert!(err.contains(said), "{said} not in: {err}");
+        }
+        // The shorthands, in auth or beside it, with a project named: the
+        // default of both domains; a domain named on its own wins.
+        let v = entry(&format!("{project}      domain_name: Users\n"), "").unwrap();
+        assert_eq!(auth(&v, "user_domain_name").as_deref(), Some("Users"));
+        assert_eq!(auth(&v, "project_domain_name").as_deref(), Some("Users"));
+        let v = entry(project, "    domain_name: Users\n").unwrap();
+        assert_eq!(auth(&v, "user_domain_name").as_deref(), Some("Users"));
+        assert_eq!(auth(&v, "project_domain_name").as_deref(), Some("Users"));
+        let v = entry(
+            &format!("{project}      domain_id: default\n      project_domain_name: Projects\n"),
+            "",
+        )
+        .unwrap();
+        assert_eq!(auth(&v, "user_domain_name").as_deref(), Some("Default"));
+        assert_eq!(auth(&v, "project_domain_name").as_deref(), Some("Projects"));
+        assert_eq!(auth(&v, "project_domain_id"), None);
+        let err = entry(&format!("{project}      domain_id: 4c2b9e\n"), "").unwrap_err();
+        assert!(
+            err.contains("clouds.wp.auth.domain_id") && err.contains("user_domain_name"),
+            "{err}"
+        );
+        // Without a project they scope the token to the domain, which
+        // warmpool cannot work in.
+        let err = entry("      domain_name: Users\n", "").unwrap_err();
+        assert!(
+            err.contains("clouds.wp.auth.domain_name") && err.contains("project_name"),
+            "{err}"
+        );
+    }
+
+    /// The `OS_*` variables osauth does not read (`OS_USER_DOMAIN_ID`,
+    /// `OS_DOMAIN_ID`, `OS_DOMAIN_NAME`) are honoured or refused as their
+    /// clouds.yaml keys are, named as variables.
+    #[test]
+    fn os_domain_variables_osauth_does_not_read_are_honoured_or_refused() {
+        let config =
+            Config::parse("[cloud]\nkind = \"openstack\"\nmanagement_network = \"n\"").unwrap();
+        let CloudConfig::OpenStack(os) = config.cloud else {
+            unreachable!()
+        };
+        let url = ("OS_AUTH_URL", "http://keystone/v3");
+        let user_domain = |vars: &[(&str, &str)]| {
+            let auth = os.auth_in(&env(vars)).map_err(|e| e.to_string())?;
+            let value = serde_yaml::to_value(&auth).unwrap();
+            Ok::<_, String>(
+                value["auth"]["user_domain_name"]
+                    .as_str()
+                    .map(str::to_owned),
+            )
+        };
+        assert_eq!(
+            user_domain(&[url, ("OS_USER_DOMAIN_ID", "default")])
+                .unwrap()
+                .as_deref(),
+            Some("Default")
+        );
+        let err = user_domain(&[url, ("OS_USER_DOMAIN_ID", "4c2b9e")]).unwrap_err();
+        assert!(
+            err.contains("OS_USER_DOMAIN_ID") && err.contains("OS_USER_DOMAIN_NAME"),
+            "{err}"
+        );
+        let err = user_domain(&[url, ("OS_DOMAIN_NAME", "Users")]).unwrap_err();
+        assert!(
+            err.contains("OS_DOMAIN_NAME") && err.contains("OS_PROJECT_NAME"),
+            "{err}"
+        );
     }
 
     /// The driver's settings hold osauth's `CloudConfig`, whose Debug

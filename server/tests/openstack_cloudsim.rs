@@ -2172,6 +2172,69 @@ async fn an_unknown_project_is_not_told_as_a_wrong_password() {
     }
 }
 
+/// devstack's clouds.yaml names both domains by id (`user_domain_id:
+/// default`, `project_domain_id: default`): the default domain's id is
+/// its name "Default" for osauth, which names the user's domain by name
+/// only, and the login works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devstacks_domain_ids_log_in() {
+    let env = env().await;
+    let text = std::fs::read_to_string(&env.clouds_yaml).unwrap();
+    let by_id = text
+        .replace("user_domain_name: 'Default'", "user_domain_id: 'default'")
+        .replace(
+            "project_domain_name: 'Default'",
+            "project_domain_id: 'default'",
+        );
+    assert!(!by_id.contains("domain_name"), "{by_id}");
+    std::fs::write(&env.clouds_yaml, by_id).unwrap();
+    let cloud = env.driver().await;
+    cloud
+        .find_ports_by_name("x")
+        .await
+        .expect("logged in by the domains' ids");
+}
+
+/// A user of another domain named by its id, which osauth cannot carry:
+/// it logged in to domain "Default" instead, and Keystone's 401 told to
+/// check a `user_domain_name` the file lacks. Refused before any request,
+/// naming the key and what to give instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_domain_id_osauth_cannot_carry_is_refused_naming_the_key() {
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            domain_name: "Users".into(),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let text = std::fs::read_to_string(&env.clouds_yaml).unwrap();
+    let by_id = text.replace(
+        "user_domain_name: 'Users'",
+        &format!("user_domain_id: '{}'", env.face.domain_id()),
+    );
+    assert_ne!(by_id, text);
+    std::fs::write(&env.clouds_yaml, by_id).unwrap();
+    let before = env.face.faults().token_requests();
+    let err = match Config::parse(&env.config_text("", SMALL_POOL))
+        .map_err(|e| e.to_string())
+        .and_then(|config| openstack(&config).settings().map_err(|e| e.to_string()))
+    {
+        Ok(settings) => match OpenStackCloud::connect(settings).await {
+            Ok(_) => panic!("logged in"),
+            Err(e) => e.to_string(),
+        },
+        Err(e) => e,
+    };
+    assert!(
+        err.contains("clouds.cloudsim.auth.user_domain_id")
+            && err.contains("user_domain_name instead"),
+        "{err}"
+    );
+    assert_eq!(env.face.faults().token_requests(), before, "{err}");
+}
+
 /// Keystone says why it refused a login when it is more than a wrong
 /// password (a locked, disabled or expired account: keystone's
 /// AccountLocked, UserDisabled, PasswordExpired); that reason is passed on.

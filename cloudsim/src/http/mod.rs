@@ -942,6 +942,12 @@ impl RunningFace {
         &self.state.project_id
     }
 
+    /// The id of the one domain, of the users and the project: `default`
+    /// for Keystone's default domain ("Default"), as Keystone names it.
+    pub fn domain_id(&self) -> &str {
+        &self.state.domain_id
+    }
+
     pub fn faults(&self) -> HttpFaults {
         HttpFaults {
             state: self.state.clone(),
