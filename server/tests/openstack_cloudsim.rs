@@ -2172,6 +2172,28 @@ async fn an_unknown_project_is_not_told_as_a_wrong_password() {
     }
 }
 
+/// A clouds.yaml naming no project gets an unscoped token from Keystone
+/// (the user has no default project), which carries no service catalog:
+/// osauth failed to read it ("error decoding response body"), a transient
+/// error tried again for ever and reported as the cloud unreachable. It is
+/// the configuration's fault, and said so, naming the keys to give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clouds_yaml_without_a_project_is_fatal_naming_project_name() {
+    let env = env().await;
+    let text = std::fs::read_to_string(&env.clouds_yaml).unwrap();
+    let without = text.replace("      project_name: 'service'\n", "");
+    assert_ne!(without, text);
+    std::fs::write(&env.clouds_yaml, without).unwrap();
+    let config = env.config("", SMALL_POOL);
+    let e = OpenStackCloud::connect(openstack(&config).settings().unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Fatal(m) if m.contains("project_name") && m.contains("project_id") && m.contains("no project")),
+        "{e:?}"
+    );
+}
+
 /// devstack's clouds.yaml names both domains by id (`user_domain_id:
 /// default`, `project_domain_id: default`): the default domain's id is
 /// its name "Default" for osauth, which names the user's domain by name

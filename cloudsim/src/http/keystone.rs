@@ -130,6 +130,8 @@ async fn issue(State(state): State<Arc<FaceState>>, body: Bytes) -> Result<Respo
         }
         // Domain and system scopes are not simulated.
         None if scope.is_some() => return Err(unauthorized(&state)),
+        // No user has a default project (Keystone's fallback for a login
+        // without a scope): the token is unscoped, with no catalog.
         None => false,
     };
     let (id, rec) = state.issue_token(&known.name, scoped);

@@ -246,7 +246,9 @@ pub(crate) fn fixed_ips(
 #[derive(Clone, Debug, PartialEq)]
 pub struct HttpSettings {
     /// Users Keystone accepts (all in domain `domain_name`, all members of
-    /// the one project).
+    /// the one project). None has a default project: a login naming no
+    /// project gets an unscoped token, without a catalog, as Keystone
+    /// gives such a user.
     pub users: Vec<UserCredentials>,
     pub project_name: String,
     pub domain_name: String,

@@ -1205,6 +1205,26 @@ fn token_url(config: &CloudConfig) -> Option<reqwest::Url> {
     url.join(path).ok()
 }
 
+/// Whether osauth's failure `e` is an answer it could not read as a token:
+/// reqwest's decode error (a 2xx, with no status kept).
+fn unreadable_token(e: &osauth::Error) -> bool {
+    e.kind() == osauth::ErrorKind::ProtocolError
+        && osauth_status(e).is_none()
+        && e.to_string().contains("error decoding response body")
+}
+
+/// Whether the config scopes its token to a project: it names one, or
+/// logs in by an application credential (whose token always is).
+fn names_project(config: &CloudConfig) -> bool {
+    let Ok(value) = serde_yaml::to_value(config) else {
+        return true;
+    };
+    let given = |key: &str| value["auth"][key].as_str().is_some_and(|v| !v.is_empty());
+    given("project_id")
+        || given("project_name")
+        || value["auth_type"].as_str() == Some("v3applicationcredential")
+}
+
 /// Why a login failed, and whether Keystone refused the credentials (as
 /// opposed to not answering, throttling, or something in front of it).
 struct LoginFailure {
@@ -1411,6 +1431,17 @@ async fn login(
             }
             osauth::ErrorKind::InvalidConfig | osauth::ErrorKind::InvalidInput => {
                 CloudError::Fatal(format!("auth: unusable cloud configuration: {e}"))
+            }
+            // Keystone took the credentials (a 2xx) but osauth could not
+            // read its token: without a project the token is unscoped and
+            // carries no catalog, which osauth requires.
+            osauth::ErrorKind::ProtocolError if unreadable_token(&e) && !names_project(config) => {
+                CloudError::Fatal(format!(
+                    "auth: Keystone took the login of {identity} but gave a token scoped to no project, \
+                     which has no service catalog: clouds.yaml names no project (and the user has no \
+                     default project in Keystone); give project_name (with project_domain_name) or \
+                     project_id"
+                ))
             }
             // No answer: osauth keeps reqwest's top line only ("error
             // sending request for url (..)"); asking again shows why.
