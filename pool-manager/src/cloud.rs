@@ -564,8 +564,12 @@ pub struct HeadroomCalls {
 /// not carry: the management network's lookup (Neutron's) that reading an
 /// ACTIVE server's address needs, in [`Cloud::read_server`] and
 /// [`Cloud::list_pool_servers`] (Nova's), which do without it when it
-/// fails. For a wrapper timing calls by service (the daemon's metrics):
-/// see [`collecting_side_calls`].
+/// fails. Or Keystone's token request inside any call
+/// ([`CloudService::Identity`], failed ones only): its error is the
+/// call's, which a wrapper then counts as Keystone's and not again as the
+/// call's service's (nor as another side call's that failed with it).
+/// For a wrapper timing calls by service (the daemon's metrics): see
+/// [`collecting_side_calls`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SideCall {
     pub service: CloudService,

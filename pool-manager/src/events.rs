@@ -115,9 +115,16 @@ pub enum CloudService {
     Network,
     /// Glance: images.
     Image,
+    /// Keystone: a token request made inside another service's call (a
+    /// renewal of the token, a login again after a 401) that failed, and
+    /// the call with it. Only a [`crate::cloud::SideCall`] names it: no
+    /// [`crate::cloud::Cloud`] method goes to Keystone alone.
+    Identity,
 }
 
 impl CloudService {
+    /// The services the [`crate::cloud::Cloud`] methods go to
+    /// ([`Self::Identity`] is met only inside them).
     pub const ALL: [CloudService; 4] = [Self::Compute, Self::Volume, Self::Network, Self::Image];
 
     /// The `service` label value.
@@ -127,6 +134,7 @@ impl CloudService {
             Self::Volume => "volume",
             Self::Network => "network",
             Self::Image => "image",
+            Self::Identity => "identity",
         }
     }
 }

@@ -3117,11 +3117,81 @@ async fn a_throttled_token_renewal_sends_keystone_one_token_request() {
     let e = cloud.read_server(&server.id).await.unwrap_err();
     assert!(matches!(e, CloudError::Throttled { .. }), "{e:?}");
     assert_eq!(faults.token_requests() - before, 1, "{e}");
+    // Keystone's refusal, not Nova's: said so, so that no one chases Nova.
+    let text = e.to_string();
+    assert!(
+        text.contains("Keystone") && text.contains("token request"),
+        "{text}"
+    );
     faults.clear();
     cloud
         .read_server(&server.id)
         .await
         .expect("Keystone answers");
+}
+
+/// The daemon's metrics count a call whose token renewal Keystone
+/// throttled (or failed) under `service="identity"`, not under the
+/// service the call went to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_token_renewal_is_metered_as_keystones() {
+    use warmpool_server::metrics::{MeteredCloud, Metrics};
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            token_lifetime: Duration::from_secs(120),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let driver = env.driver().await;
+    let server = driver
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let cloud = MeteredCloud::new(Arc::new(driver), metrics.clone());
+    let sample = |name_and_labels: &str| -> f64 {
+        let body = metrics.encode();
+        body.lines()
+            .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    };
+    let calls = |service: &str, status: &str| {
+        sample(&format!(
+            "warmpool_cloud_request_duration_seconds_count{{service=\"{service}\",status=\"{status}\"}}"
+        ))
+    };
+    env.face
+        .faults()
+        .throttle_next(Service::Identity, 10, Duration::from_secs(30));
+    cloud.read_server(&server.id).await.unwrap_err();
+    env.face.faults().clear();
+    env.face.faults().server_error_next(Service::Identity, 10);
+    cloud.find_ports_by_name("x").await.unwrap_err();
+    assert_eq!(
+        (
+            sample(r#"warmpool_cloud_throttled_total{service="identity"}"#),
+            sample(r#"warmpool_cloud_throttled_total{service="compute"}"#),
+        ),
+        (1.0, 0.0),
+        "(identity, compute) throttled"
+    );
+    assert_eq!(
+        (
+            calls("identity", "throttled"),
+            calls("identity", "transient"),
+            calls("compute", "throttled"),
+            calls("network", "transient"),
+        ),
+        (1.0, 1.0, 0.0, 0.0)
+    );
+    env.face.faults().clear();
+    cloud
+        .read_server(&server.id)
+        .await
+        .expect("Keystone answers");
+    assert_eq!(calls("compute", "ok"), 1.0);
 }
 
 /// A throttled lookup's error, checked: Throttled, asking for the face's

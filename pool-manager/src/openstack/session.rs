@@ -10,10 +10,12 @@
 use super::error::{
     classify, classify_osauth, osauth_status, truncate, with_causes, Service, MAX_MESSAGE_CHARS,
 };
-use crate::cloud::{CloudError, CloudResult};
+use crate::cloud::{note_side_call, CloudError, CloudResult, SideCall};
+use crate::events::CloudService;
 use osauth::services::{ServiceType, BLOCK_STORAGE, COMPUTE, IMAGE, NETWORK};
 use osauth::{CloudConfig, Session};
 use reqwest::Method;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -342,6 +344,13 @@ pub struct Connection {
     watched: Watched,
 }
 
+tokio::task_local! {
+    /// Set by [`TokenWatch`] when a token request it made for the call
+    /// [`Connection::send_once`] sends failed (or was held back during the
+    /// re-login pause): the call's failure is then Keystone's.
+    static TOKEN_REQUEST_FAILED: Cell<bool>;
+}
+
 /// A session's osauth authentication, counting its token requests that
 /// failed. osauth renews a token inside any call, and its failure there
 /// has the same shape as a version document's (osauth's error with the
@@ -404,6 +413,8 @@ impl TokenWatch {
             done => return done,
         };
         self.watched.failures.fetch_add(1, Ordering::SeqCst);
+        // Outside a call sent by send_once there is no one to tell.
+        let _ = TOKEN_REQUEST_FAILED.try_with(|failed| failed.set(true));
         // Without a connection osauth can only have failed to ask for a
         // token.
         if let Some(pause) = held_back {
@@ -910,7 +921,16 @@ impl Connection {
         if self.refused_with_fresh_token(&key) {
             return Ok(reply);
         }
-        self.relogin(generation).await?;
+        let started = tokio::time::Instant::now();
+        if let Err(e) = self.relogin(generation).await {
+            // The call failed at Keystone, not at its service.
+            note_side_call(SideCall {
+                service: CloudService::Identity,
+                took: started.elapsed(),
+                error: Some(e.clone()),
+            });
+            return Err(e);
+        }
         let (_, session) = self.session();
         let reply = self.send_once(&session, call).await?;
         if reply.status == 401 {
@@ -983,7 +1003,7 @@ impl Connection {
         let request_id = format!("req-{}", uuid::Uuid::new_v4());
         let started = tokio::time::Instant::now();
         let token_failures = self.token_failures();
-        let result = tokio::time::timeout(self.timeout, async {
+        let sending = tokio::time::timeout(self.timeout, async {
             let sent = match call.service {
                 Service::Compute => {
                     send_via(session, COMPUTE, call, &request_id, self.timeout).await
@@ -1021,6 +1041,17 @@ impl Connection {
                             body: e.to_string(),
                         },
                         None,
+                    ));
+                }
+                // The token request osauth made inside the call (a
+                // renewal) failed, and the call with it: Keystone's
+                // answer, said as Keystone's, not as the service's.
+                Err(e) if TOKEN_REQUEST_FAILED.with(Cell::get) => {
+                    return Err(classify_osauth(
+                        &format!(
+                            "{what}: renewing warmpool's token (Keystone's token request, POST /v3/auth/tokens)"
+                        ),
+                        &e,
                     ));
                 }
                 Err(e) => {
@@ -1068,8 +1099,13 @@ impl Connection {
                 },
                 cloud_id,
             ))
-        })
-        .await;
+        });
+        let (result, token_request_failed) = TOKEN_REQUEST_FAILED
+            .scope(Cell::new(false), async {
+                let result = sending.await;
+                (result, TOKEN_REQUEST_FAILED.with(Cell::get))
+            })
+            .await;
         let latency_ms = started.elapsed().as_millis() as u64;
         let service = call.service.name();
         match result {
@@ -1082,6 +1118,13 @@ impl Connection {
             }
             Ok(Err(e)) => {
                 tracing::warn!(service, call = %what, %request_id, latency_ms, error = %e, "cloud call failed");
+                if token_request_failed {
+                    note_side_call(SideCall {
+                        service: CloudService::Identity,
+                        took: started.elapsed(),
+                        error: Some(e.clone()),
+                    });
+                }
                 Err(e)
             }
             Ok(Ok((reply, cloud_id))) => {

@@ -3,16 +3,21 @@
 //! answers and the Retry-After they carry are counted too. A call that
 //! asks two services and reports each part (a headroom poll's port-quota
 //! read, `BootHeadroom::calls`; a server read's management network lookup,
-//! a `SideCall`) is counted as one call of each.
+//! a `SideCall`) is counted as one call of each. A call that failed at
+//! Keystone (its token renewal, or the login again after a 401: a
+//! `SideCall` of `CloudService::Identity`) is counted as Keystone's, under
+//! `identity`, and not under its service.
 
 use super::Metrics;
 use async_trait::async_trait;
 use pool_manager::cloud::{
-    collecting_side_calls, BootHeadroom, Cloud, CloudIdentity, CloudResult, NewPortSpec,
-    NewVolumeSpec, Port, Server, ServerSpec, Volume,
+    collecting_side_calls, BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult,
+    NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, SideCall, Volume,
 };
+use pool_manager::events::CloudService;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// Nova: servers and their volume and interface attachments.
@@ -23,8 +28,10 @@ const VOLUME: &str = "volume";
 const NETWORK: &str = "network";
 /// Glance: images.
 const IMAGE: &str = "image";
+/// Keystone: a token request inside another service's call that failed.
+const IDENTITY: &str = "identity";
 /// The `service` label values.
-pub(super) const SERVICES: [&str; 4] = [COMPUTE, VOLUME, NETWORK, IMAGE];
+pub(super) const SERVICES: [&str; 5] = [COMPUTE, VOLUME, NETWORK, IMAGE, IDENTITY];
 
 /// Wraps a [`Cloud`], recording each call in [`Metrics`].
 pub struct MeteredCloud {
@@ -46,16 +53,44 @@ impl MeteredCloud {
     ) -> CloudResult<T> {
         let started = Instant::now();
         let (result, side_calls) = collecting_side_calls(call).await;
-        let mut took = started.elapsed();
-        for side in &side_calls {
+        let took = self.observe_side_calls(&side_calls, started.elapsed());
+        if !failed_at_keystone(&side_calls, result.as_ref().err()) {
             self.metrics
-                .observe_cloud(side.service.as_str(), side.error.as_ref(), side.took);
-            took = took.saturating_sub(side.took);
+                .observe_cloud(service, result.as_ref().err(), took);
         }
-        self.metrics
-            .observe_cloud(service, result.as_ref().err(), took);
         result
     }
+
+    /// Counts `side_calls` under their services, but for those failed at
+    /// Keystone, counted as Keystone's alone; what is left of `took`, the
+    /// whole call's time, without theirs.
+    fn observe_side_calls(&self, side_calls: &[SideCall], mut took: Duration) -> Duration {
+        for side in side_calls {
+            let keystones = side.service == CloudService::Identity;
+            // A lookup that failed at Keystone holds Keystone's time.
+            let within = keystones
+                && side_calls.iter().any(|other| {
+                    other.service != CloudService::Identity && other.error == side.error
+                });
+            if !within {
+                took = took.saturating_sub(side.took);
+            }
+            if keystones || !failed_at_keystone(side_calls, side.error.as_ref()) {
+                self.metrics
+                    .observe_cloud(side.service.as_str(), side.error.as_ref(), side.took);
+            }
+        }
+        took
+    }
+}
+
+/// Whether `error` is the failure of a token request among `side_calls`.
+fn failed_at_keystone(side_calls: &[SideCall], error: Option<&CloudError>) -> bool {
+    error.is_some_and(|error| {
+        side_calls.iter().any(|side| {
+            side.service == CloudService::Identity && side.error.as_ref() == Some(error)
+        })
+    })
 }
 
 #[async_trait]
@@ -130,19 +165,26 @@ impl Cloud for MeteredCloud {
     }
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         let started = Instant::now();
-        let result = self.inner.boot_headroom(flavor).await;
+        let (result, side_calls) = collecting_side_calls(self.inner.boot_headroom(flavor)).await;
+        let took = self.observe_side_calls(&side_calls, started.elapsed());
         // The port-quota read beside the limits is Neutron's call, with an
         // outcome of its own (the poll does without it): counted as such,
         // and not in the time of Nova's.
         match result.as_ref().ok().and_then(|h| h.calls.as_ref()) {
             Some(calls) => {
                 self.metrics.observe_cloud(COMPUTE, None, calls.compute);
-                self.metrics
-                    .observe_cloud(NETWORK, calls.network_error.as_ref(), calls.network);
+                if !failed_at_keystone(&side_calls, calls.network_error.as_ref()) {
+                    self.metrics.observe_cloud(
+                        NETWORK,
+                        calls.network_error.as_ref(),
+                        calls.network,
+                    );
+                }
             }
+            None if failed_at_keystone(&side_calls, result.as_ref().err()) => {}
             None => {
                 self.metrics
-                    .observe_cloud(COMPUTE, result.as_ref().err(), started.elapsed());
+                    .observe_cloud(COMPUTE, result.as_ref().err(), took);
             }
         }
         result
