@@ -389,6 +389,28 @@ async fn token_is_issued_with_catalog_and_subject_header() {
         .await
         .expect(200);
     assert_eq!(v.json()["token"]["user"]["name"], "pool");
+
+    // Every service has a public, an internal and an admin endpoint, as a
+    // real catalog lists them; the token's catalog is Keystone's answer to
+    // GET /v3/auth/catalog too.
+    let compute = catalog.iter().find(|e| e["type"] == "compute").unwrap();
+    let interfaces: Vec<&str> = compute["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["interface"].as_str().unwrap())
+        .collect();
+    assert_eq!(interfaces, ["public", "internal", "admin"]);
+    let c = env
+        .raw(
+            Method::GET,
+            &env.url(Service::Identity, "/v3/auth/catalog"),
+            &[("x-auth-token", &token)],
+            None,
+        )
+        .await
+        .expect(200);
+    assert_eq!(&c.json()["catalog"], &t["catalog"]);
 }
 
 #[tokio::test]

@@ -2172,6 +2172,58 @@ async fn an_unknown_project_is_not_told_as_a_wrong_password() {
     }
 }
 
+/// A region_name or interface no catalog endpoint has made every call
+/// fail with osauth's "Endpoint for service compute was not found",
+/// naming neither. The error names both as configured, and the regions
+/// and interfaces the catalog has the service in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_miss_names_the_region_and_interface_and_what_the_catalog_has() {
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            other_regions: vec!["RegionTwo".into()],
+            interfaces: vec!["public", "internal"],
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let text = std::fs::read_to_string(&env.clouds_yaml).unwrap();
+    let connect = |clouds_yaml: String| {
+        std::fs::write(&env.clouds_yaml, clouds_yaml).unwrap();
+        let config = env.config("", SMALL_POOL);
+        async move {
+            match OpenStackCloud::connect(openstack(&config).settings().unwrap()).await {
+                Ok(_) => panic!("connected"),
+                Err(e) => e,
+            }
+        }
+    };
+    let e = connect(text.replace("region_name: 'RegionOne'", "region_name: 'RegionThree'")).await;
+    let CloudError::Fatal(m) = &e else {
+        panic!("{e:?}")
+    };
+    for said in [
+        "region_name 'RegionThree'",
+        "interface public",
+        "compute",
+        "RegionOne",
+        "RegionTwo",
+    ] {
+        assert!(m.contains(said), "{said} not in: {m}");
+    }
+    let e = connect(text.replace("interface: public", "interface: admin")).await;
+    let CloudError::Fatal(m) = &e else {
+        panic!("{e:?}")
+    };
+    for said in [
+        "region_name 'RegionOne'",
+        "interface admin",
+        "public, internal",
+    ] {
+        assert!(m.contains(said), "{said} not in: {m}");
+    }
+}
+
 /// A clouds.yaml naming no project gets an unscoped token from Keystone
 /// (the user has no default project), which carries no service catalog:
 /// osauth failed to read it ("error decoding response body"), a transient

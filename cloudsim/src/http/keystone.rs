@@ -1,7 +1,8 @@
 //! Keystone v3 under `/identity`: version discovery, password
 //! authentication scoped to the one project (`POST /v3/auth/tokens`, 201 with
 //! `X-Subject-Token` and a catalog pointing at the other services), token
-//! validation and revocation. Owns the catalog's shape.
+//! validation and revocation, and the token's catalog on its own (`GET
+//! /v3/auth/catalog`). Owns the catalog's shape.
 
 use super::{iso_micros, parse_body, stable_hex, ApiError, FaceState, Service, TokenRec};
 use axum::body::Bytes;
@@ -22,6 +23,7 @@ pub(super) fn routes(state: Arc<FaceState>) -> Router {
         .route("/v3", get(v3))
         .route("/v3/", get(v3))
         .route("/v3/auth/tokens", get(validate).post(issue).delete(revoke))
+        .route("/v3/auth/catalog", get(auth_catalog))
         .with_state(state)
 }
 
@@ -174,6 +176,8 @@ fn token_body(state: &FaceState, rec: &TokenRec) -> Value {
 /// `HttpSettings::cinder_catalog_types`: by default twice, as `volumev3`
 /// (what clients of the last decade look up) and `block-storage` (what
 /// osauth looks up), with the project id in the URL like a real deployment.
+/// Each service has an endpoint of each of `HttpSettings::interfaces` in
+/// `HttpSettings::region` and then in each of `other_regions`.
 fn catalog(state: &FaceState) -> Value {
     let s = &state.settings;
     let volume = format!("{}/v3/{}", state.url(Service::Volume), state.project_id);
@@ -198,18 +202,30 @@ fn catalog(state: &FaceState) -> Value {
     .into_iter()
     .chain(cinder)
     .collect();
+    let regions: Vec<&String> = std::iter::once(&s.region).chain(&s.other_regions).collect();
     Value::Array(
         entries
             .iter()
             .map(|(kind, name, url)| {
+                let endpoints: Vec<Value> = regions
+                    .iter()
+                    .flat_map(|region| {
+                        s.interfaces
+                            .iter()
+                            .map(move |interface| (region, interface))
+                    })
+                    .map(|(region, interface)| {
+                        json!({
+                            "id": stable_hex("endpoint", &format!("{kind} {region} {interface}")),
+                            "interface": interface,
+                            "region": region,
+                            "region_id": region,
+                            "url": url,
+                        })
+                    })
+                    .collect();
                 json!({
-                    "endpoints": [{
-                        "id": stable_hex("endpoint", kind),
-                        "interface": "public",
-                        "region": s.region,
-                        "region_id": s.region,
-                        "url": url,
-                    }],
+                    "endpoints": endpoints,
                     "id": stable_hex("service", kind),
                     "type": kind,
                     "name": name,
@@ -217,6 +233,30 @@ fn catalog(state: &FaceState) -> Value {
             })
             .collect(),
     )
+}
+
+/// `GET /v3/auth/catalog`: the catalog of the caller's token (none for
+/// an unscoped one), as Keystone answers it.
+async fn auth_catalog(
+    State(state): State<Arc<FaceState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let rec = header(&headers, "x-auth-token")
+        .and_then(|t| state.valid_token(t))
+        .ok_or_else(|| unauthorized(&state))?;
+    let catalog = if rec.scoped {
+        catalog(&state)
+    } else {
+        json!([])
+    };
+    Ok(Json(json!({
+        "catalog": catalog,
+        "links": {
+            "self": format!("{}/v3/auth/catalog", state.url(S)),
+            "previous": null,
+            "next": null,
+        },
+    })))
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -252,7 +252,17 @@ pub struct HttpSettings {
     pub users: Vec<UserCredentials>,
     pub project_name: String,
     pub domain_name: String,
+    /// The region the catalog lists every service in first, and the one
+    /// `RunningFace::clouds_yaml` names.
     pub region: String,
+    /// Further regions the catalog lists every service in, after
+    /// `region`, at the same URLs (the face serves them all), as a
+    /// deployment of several regions lists each region's endpoints.
+    pub other_regions: Vec<String>,
+    /// The interfaces each service has an endpoint of in every region, in
+    /// the catalog's order: by default `public`, `internal` and `admin`,
+    /// as a real catalog lists them, all at the face's URLs.
+    pub interfaces: Vec<&'static str>,
     /// Lifetime of issued tokens, in tokio time (a short one tests re-auth).
     /// Note osauth 0.5 renews a token once 10 minutes or less of it are
     /// left, so below 10 minutes it authenticates again before every request.
@@ -324,6 +334,8 @@ impl Default for HttpSettings {
             project_name: "service".into(),
             domain_name: "Default".into(),
             region: "RegionOne".into(),
+            other_regions: Vec::new(),
+            interfaces: vec!["public", "internal", "admin"],
             token_lifetime: Duration::from_secs(3600),
             nova_max_version: (2, 104),
             cinder_max_version: (3, 71),

@@ -674,6 +674,42 @@ impl Connection {
             })
     }
 
+    /// [`catalog_miss`]'s message for `types` in `session`'s filters,
+    /// with the token's catalog (`GET /v3/auth/catalog`, one request of
+    /// Keystone's, asked only for a miss, which fails for good).
+    async fn catalog_miss(&self, session: &Session, types: &[&str]) -> String {
+        let filters = session.endpoint_filters();
+        let interfaces: Vec<String> = filters.interfaces.iter().map(|i| i.to_string()).collect();
+        let catalog = self.read_catalog(session).await;
+        catalog_miss(
+            types,
+            filters.region.as_deref(),
+            &interfaces,
+            catalog.as_ref().map(|c| &c["catalog"]),
+        )
+    }
+
+    /// Keystone's answer to `GET /v3/auth/catalog` for the session's token,
+    /// `None` if there is none to read.
+    async fn read_catalog(&self, session: &Session) -> Option<serde_json::Value> {
+        let url = keystone_url(&self.config, "auth/catalog")?;
+        let client = session.client().inner().clone();
+        let asked = async {
+            let request = session
+                .auth_type()
+                .authenticate(&client, client.get(url))
+                .await
+                .ok()?;
+            let response = request.send().await.ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            let body = read_body(response, "GET /v3/auth/catalog").await.ok()?;
+            serde_json::from_str(&body).ok()
+        };
+        tokio::time::timeout(self.timeout, asked).await.ok()?
+    }
+
     fn session(&self) -> (u64, Session) {
         let guard = self.current.lock().unwrap_or_else(|p| p.into_inner());
         (guard.0, guard.1.clone())
@@ -752,6 +788,12 @@ impl Connection {
                     return Err(pause);
                 }
                 let what = "compute version discovery";
+                if e.kind() == osauth::ErrorKind::EndpointNotFound {
+                    let miss = self
+                        .catalog_miss(&session, catalog_types(Service::Compute))
+                        .await;
+                    return Err(CloudError::Fatal(format!("{what}: {miss}")));
+                }
                 let failed = Failed {
                     error: &e,
                     token_failures,
@@ -971,11 +1013,8 @@ impl Connection {
             }
         }
         match session.get_api_versions(VolumeV3).await {
-            Err(e) if missing(&e) => Err(osauth::Error::new(
-                osauth::ErrorKind::EndpointNotFound,
-                "the service catalog has Cinder neither as block-storage nor as volumev3 \
-                 (set block_storage_endpoint_override in clouds.yaml if it is elsewhere)",
-            )),
+            // Named, with the region and interface, by send_once.
+            Err(e) if missing(&e) => Err(e),
             found => {
                 self.cinder_as_volumev3.store(true, Ordering::Relaxed);
                 found
@@ -1053,6 +1092,12 @@ impl Connection {
                         ),
                         &e,
                     ));
+                }
+                Err(e) if e.kind() == osauth::ErrorKind::EndpointNotFound => {
+                    let miss = self
+                        .catalog_miss(session, catalog_types(call.service))
+                        .await;
+                    return Err(CloudError::Fatal(format!("{what}: {miss}")));
                 }
                 Err(e) => {
                     let catalog_type = match call.service {
@@ -1237,15 +1282,119 @@ fn region_of(config: &CloudConfig) -> Option<String> {
 /// Keystone's `/v3/auth/tokens` under the config's `auth_url`, as osauth
 /// makes it for the login (with or without `/v3` at its end).
 fn token_url(config: &CloudConfig) -> Option<reqwest::Url> {
+    keystone_url(config, "auth/tokens")
+}
+
+/// Keystone's `/v3/{path}` under the config's `auth_url`, with or without
+/// `/v3` at its end.
+fn keystone_url(config: &CloudConfig, path: &str) -> Option<reqwest::Url> {
     let value = serde_yaml::to_value(config).ok()?;
     let mut url = reqwest::Url::parse(value["auth"]["auth_url"].as_str()?).ok()?;
     url.path_segments_mut().ok()?.pop_if_empty().push("");
     let path = if url.path().ends_with("/v3/") {
-        "auth/tokens"
+        path.to_owned()
     } else {
-        "v3/auth/tokens"
+        format!("v3/{path}")
     };
-    url.join(path).ok()
+    url.join(&path).ok()
+}
+
+/// The catalog types a call to `service` is looked up under.
+fn catalog_types(service: Service) -> &'static [&'static str] {
+    match service {
+        Service::Compute => &["compute"],
+        Service::BlockStorage => &["block-storage", "volumev3"],
+        Service::Network => &["network"],
+        Service::Image => &["image"],
+    }
+}
+
+/// What a catalog miss of `types` says (osauth's "Endpoint for service
+/// compute was not found" names neither the region nor the interface it
+/// looked for): the `region` (`None`: any) and `interfaces` asked for, and
+/// where `catalog` (Keystone's `catalog` list, when it could be read) has
+/// the service, or that it has it nowhere.
+fn catalog_miss(
+    types: &[&str],
+    region: Option<&str>,
+    interfaces: &[String],
+    catalog: Option<&serde_json::Value>,
+) -> String {
+    let asked = format!(
+        "the service catalog has no {} endpoint for {} and interface {} (clouds.yaml's region_name and interface, or OS_REGION_NAME and OS_INTERFACE)",
+        types.join(" or "),
+        region.map_or("any region".to_owned(), |r| format!("region_name '{r}'")),
+        interfaces.join(" or "),
+    );
+    let override_hint = format!(
+        "or, if the service is elsewhere, give {}_endpoint_override in clouds.yaml",
+        types[0].replace('-', "_")
+    );
+    let Some(records) = catalog.and_then(serde_json::Value::as_array) else {
+        return format!("{asked}: check them against `openstack catalog list`, {override_hint}");
+    };
+    let type_of = |record: &serde_json::Value| record["type"].as_str().unwrap_or("").to_owned();
+    let mut found = Vec::new();
+    for kind in types {
+        let of_kind: Vec<&serde_json::Value> =
+            records.iter().filter(|r| type_of(r) == *kind).collect();
+        if of_kind.is_empty() {
+            continue;
+        }
+        // Endpoints by region, in the catalog's order.
+        let mut regions: Vec<(String, Vec<String>)> = Vec::new();
+        for endpoint in of_kind
+            .iter()
+            .filter_map(|r| r["endpoints"].as_array())
+            .flatten()
+        {
+            let region = endpoint["region_id"]
+                .as_str()
+                .or_else(|| endpoint["region"].as_str())
+                .map_or("(no region)".to_owned(), str::to_owned);
+            let interface = endpoint["interface"].as_str().unwrap_or("?").to_owned();
+            match regions.iter_mut().find(|(r, _)| *r == region) {
+                Some((_, interfaces)) if !interfaces.contains(&interface) => {
+                    interfaces.push(interface)
+                }
+                Some(_) => {}
+                None => regions.push((region, vec![interface])),
+            }
+        }
+        let places: Vec<String> = regions
+            .iter()
+            .map(|(region, interfaces)| format!("{region} ({})", interfaces.join(", ")))
+            .collect();
+        let mut said = if places.is_empty() {
+            format!("{kind} with no endpoint")
+        } else {
+            format!("{kind} in {}", places.join(", "))
+        };
+        if of_kind.len() > 1 {
+            said.push_str(&format!(
+                " (listed {} times, and warmpool's OpenStack client, osauth, reads the first only: merge them)",
+                of_kind.len()
+            ));
+        }
+        found.push(said);
+    }
+    if found.is_empty() {
+        let mut all: Vec<String> = Vec::new();
+        for kind in records.iter().map(type_of) {
+            if !kind.is_empty() && !all.contains(&kind) {
+                all.push(kind);
+            }
+        }
+        return format!(
+            "{asked}: it has no {} at all (it has: {}); {override_hint}",
+            types.join(" nor "),
+            all.join(", ")
+        );
+    }
+    format!(
+        "{asked}; it has {}: set region_name and interface to one of these, {override_hint}",
+        found.join("; ")
+    )
 }
 
 /// Whether osauth's failure `e` is an answer it could not read as a token:
@@ -1547,6 +1696,51 @@ mod tests {
             ["quotas", "b3ae6b2a8bb254549c1530f91368af2f", "details"],
         ));
         assert_eq!(quota, "network GET /quotas/*/details ");
+    }
+
+    /// A catalog miss names the region and interface asked for and where
+    /// the catalog has the service: in other regions or interfaces, under
+    /// a second record of its type osauth never reads, at an endpoint of
+    /// no region, or nowhere.
+    #[test]
+    fn a_catalog_miss_says_where_the_catalog_has_the_service() {
+        let endpoint = |region: Option<&str>, interface: &str| serde_json::json!({"interface": interface, "region": region, "region_id": region, "url": "http://x"});
+        let catalog = serde_json::json!([
+            {"type": "identity", "endpoints": [endpoint(Some("RegionOne"), "public")]},
+            {"type": "compute", "endpoints": [endpoint(Some("RegionOne"), "public"), endpoint(Some("RegionOne"), "internal")]},
+            {"type": "compute", "endpoints": [endpoint(Some("RegionTwo"), "public")]},
+            {"type": "volumev3", "endpoints": [endpoint(None, "public")]},
+        ]);
+        let public = ["public".to_owned()];
+        let m = catalog_miss(&["compute"], Some("RegionTwo"), &public, Some(&catalog));
+        for said in [
+            "no compute endpoint for region_name 'RegionTwo' and interface public",
+            "compute in RegionOne (public, internal), RegionTwo (public)",
+            "listed 2 times",
+            "reads the first only",
+        ] {
+            assert!(m.contains(said), "{said} not in: {m}");
+        }
+        let m = catalog_miss(
+            &["block-storage", "volumev3"],
+            None,
+            &public,
+            Some(&catalog),
+        );
+        for said in [
+            "no block-storage or volumev3 endpoint for any region",
+            "volumev3 in (no region) (public)",
+            "block_storage_endpoint_override",
+        ] {
+            assert!(m.contains(said), "{said} not in: {m}");
+        }
+        let m = catalog_miss(&["image"], Some("RegionOne"), &public, Some(&catalog));
+        assert!(
+            m.contains("no image at all (it has: identity, compute, volumev3)"),
+            "{m}"
+        );
+        let m = catalog_miss(&["image"], Some("RegionOne"), &public, None);
+        assert!(m.contains("openstack catalog list"), "{m}");
     }
 
     /// The token URL is where the login went, whether auth_url ends in
