@@ -2224,6 +2224,37 @@ async fn a_catalog_miss_names_the_region_and_interface_and_what_the_catalog_has(
     }
 }
 
+/// Keystone lets an endpoint have no region (`openstack endpoint create`
+/// without `--region`) and puts `"region": null` in every token's
+/// catalog; osauth cannot read a token with one, of any service, so every
+/// login failed as "error decoding response body", a transient error
+/// tried again for ever. It is Fatal, and names the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_endpoint_of_no_region_is_fatal_naming_the_fix() {
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            regionless_endpoints: vec!["placement"],
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let config = env.config("", SMALL_POOL);
+    let e = OpenStackCloud::connect(openstack(&config).settings().unwrap())
+        .await
+        .unwrap_err();
+    let CloudError::Fatal(m) = &e else {
+        panic!("{e:?}")
+    };
+    for said in [
+        "no region",
+        "openstack endpoint list",
+        "openstack endpoint set --region",
+    ] {
+        assert!(m.contains(said), "{said} not in: {m}");
+    }
+}
+
 /// A clouds.yaml naming no project gets an unscoped token from Keystone
 /// (the user has no default project), which carries no service catalog:
 /// osauth failed to read it ("error decoding response body"), a transient

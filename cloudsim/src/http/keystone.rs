@@ -177,7 +177,8 @@ fn token_body(state: &FaceState, rec: &TokenRec) -> Value {
 /// (what clients of the last decade look up) and `block-storage` (what
 /// osauth looks up), with the project id in the URL like a real deployment.
 /// Each service has an endpoint of each of `HttpSettings::interfaces` in
-/// `HttpSettings::region` and then in each of `other_regions`.
+/// `HttpSettings::region` and then in each of `other_regions`; those of
+/// `regionless_endpoints` have none of any region.
 fn catalog(state: &FaceState) -> Value {
     let s = &state.settings;
     let volume = format!("{}/v3/{}", state.url(Service::Volume), state.project_id);
@@ -202,6 +203,14 @@ fn catalog(state: &FaceState) -> Value {
     .into_iter()
     .chain(cinder)
     .collect();
+    let served: Vec<&str> = entries.iter().map(|(kind, _, _)| *kind).collect();
+    let others: Vec<(&str, &str, String)> = s
+        .regionless_endpoints
+        .iter()
+        .filter(|kind| !served.contains(kind))
+        .map(|kind| (*kind, *kind, format!("{}/{kind}", state.base_url)))
+        .collect();
+    let entries: Vec<(&str, &str, String)> = entries.into_iter().chain(others).collect();
     let regions: Vec<&String> = std::iter::once(&s.region).chain(&s.other_regions).collect();
     Value::Array(
         entries
@@ -215,8 +224,10 @@ fn catalog(state: &FaceState) -> Value {
                             .map(move |interface| (region, interface))
                     })
                     .map(|(region, interface)| {
+                        let id = stable_hex("endpoint", &format!("{kind} {region} {interface}"));
+                        let region = (!s.regionless_endpoints.contains(kind)).then_some(region);
                         json!({
-                            "id": stable_hex("endpoint", &format!("{kind} {region} {interface}")),
+                            "id": id,
                             "interface": interface,
                             "region": region,
                             "region_id": region,

@@ -263,6 +263,11 @@ pub struct HttpSettings {
     /// the catalog's order: by default `public`, `internal` and `admin`,
     /// as a real catalog lists them, all at the face's URLs.
     pub interfaces: Vec<&'static str>,
+    /// Catalog types whose endpoints have no region (`"region": null`),
+    /// as `openstack endpoint create` without `--region` makes them; a
+    /// type the face does not serve (`placement`) is listed as a service
+    /// of its own, at a URL nothing answers. Empty by default.
+    pub regionless_endpoints: Vec<&'static str>,
     /// Lifetime of issued tokens, in tokio time (a short one tests re-auth).
     /// Note osauth 0.5 renews a token once 10 minutes or less of it are
     /// left, so below 10 minutes it authenticates again before every request.
@@ -336,6 +341,7 @@ impl Default for HttpSettings {
             region: "RegionOne".into(),
             other_regions: Vec::new(),
             interfaces: vec!["public", "internal", "admin"],
+            regionless_endpoints: Vec::new(),
             token_lifetime: Duration::from_secs(3600),
             nova_max_version: (2, 104),
             cinder_max_version: (3, 71),

@@ -1086,12 +1086,16 @@ impl Connection {
                 // renewal) failed, and the call with it: Keystone's
                 // answer, said as Keystone's, not as the service's.
                 Err(e) if TOKEN_REQUEST_FAILED.with(Cell::get) => {
-                    return Err(classify_osauth(
-                        &format!(
-                            "{what}: renewing warmpool's token (Keystone's token request, POST /v3/auth/tokens)"
-                        ),
-                        &e,
-                    ));
+                    let renewing = format!(
+                        "{what}: renewing warmpool's token (Keystone's token request, POST /v3/auth/tokens)"
+                    );
+                    if unreadable_token(&e) {
+                        return Err(CloudError::Fatal(format!(
+                            "{renewing}: {}",
+                            unreadable_token_reason(&self.identity)
+                        )));
+                    }
+                    return Err(classify_osauth(&renewing, &e));
                 }
                 Err(e) if e.kind() == osauth::ErrorKind::EndpointNotFound => {
                     let miss = self
@@ -1405,6 +1409,24 @@ fn unreadable_token(e: &osauth::Error) -> bool {
         && e.to_string().contains("error decoding response body")
 }
 
+/// Why a token Keystone issued to `identity` could not be read, when the
+/// config names a project: osauth 0.5 reads every catalog endpoint's
+/// `region` as a string, and Keystone sends `null` for an endpoint created
+/// without one (`make_v3_endpoints`), of any service. osauth keeps no more
+/// of the decode error than its top line, and warmpool cannot read the
+/// token for itself (osauth posts the login), so this names the likely
+/// cause rather than the endpoint.
+fn unreadable_token_reason(identity: &str) -> String {
+    format!(
+        "Keystone took the login of {identity}, but its token could not be read (error decoding \
+         response body): most likely an endpoint of the service catalog, of any service, has no \
+         region, which warmpool's OpenStack client (osauth) cannot read; find it with `openstack \
+         endpoint list` (an empty Region) and give it one with `openstack endpoint set --region \
+         <region> <endpoint-id>`. Otherwise something in front of Keystone answered the login with \
+         what is no token"
+    )
+}
+
 /// Whether the config scopes its token to a project: it names one, or
 /// logs in by an application credential (whose token always is).
 fn names_project(config: &CloudConfig) -> bool {
@@ -1634,6 +1656,9 @@ async fn login(
                      default project in Keystone); give project_name (with project_domain_name) or \
                      project_id"
                 ))
+            }
+            osauth::ErrorKind::ProtocolError if unreadable_token(&e) => {
+                CloudError::Fatal(format!("auth: {}", unreadable_token_reason(identity)))
             }
             // No answer: osauth keeps reqwest's top line only ("error
             // sending request for url (..)"); asking again shows why.
