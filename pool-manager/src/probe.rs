@@ -27,9 +27,18 @@ pub const PROBE_USER: &str = "warmpool-probe";
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProbeError {
     /// The TCP connect failed: refused (nothing listens: mysqld is not up),
-    /// or unanswered within the timeout (something drops the packets).
+    /// or another error of the connect itself.
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: SocketAddr, reason: String },
+    /// The TCP connect got no answer within the timeout: something drops
+    /// the packets, as a host without mysqld would refuse at once.
+    #[error(
+        "cannot connect to {addr}: TCP connect did not complete within {timeout:?}; a host \
+         without mysqld would refuse at once, so a security group or firewall likely drops \
+         mysql_port from warmpoold's address: the security groups of the servers' management \
+         port (cloud.security_groups) must admit it"
+    )]
+    ConnectUnanswered { addr: SocketAddr, timeout: Duration },
     /// Connected, but mysqld said nothing more within the timeout.
     #[error(
         "connected to {addr}, but got no {waiting_for} within {timeout:?}: mysqld may \
@@ -44,6 +53,23 @@ pub enum ProbeError {
     },
     #[error("{addr} answered, but not as a ready mysqld: {reason}")]
     NotMysql { addr: SocketAddr, reason: String },
+}
+
+impl ProbeError {
+    /// As shown for a server still booting, within its boot timeout. Nova
+    /// reports ACTIVE before the guest has brought its network up, and a
+    /// fabric that answers ARP for the port (OVN, ML2/OVS's l2pop) lets
+    /// the connect go unanswered meanwhile: no sign of a firewall yet.
+    pub fn while_booting(&self) -> String {
+        match self {
+            Self::ConnectUnanswered { addr, timeout } => format!(
+                "cannot connect to {addr}: TCP connect did not complete within {timeout:?}: \
+                 the guest is still booting (its network not up yet), or a security \
+                 group/firewall drops mysql_port from warmpoold's address"
+            ),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// Tells whether mysqld at an address is up.
@@ -124,17 +150,7 @@ impl MysqlGreetingProbe {
                     reason: e.to_string(),
                 })
             }
-            Err(_) => {
-                return Err(ProbeError::Connect {
-                    addr,
-                    reason: format!(
-                        "TCP connect did not complete within {timeout:?}; a host without \
-                         mysqld would refuse at once, so a security group or firewall likely \
-                         drops mysql_port from warmpoold's address: the security groups of \
-                         the servers' management port (cloud.security_groups) must admit it"
-                    ),
-                })
-            }
+            Err(_) => return Err(ProbeError::ConnectUnanswered { addr, timeout }),
         };
         let timed_out = |waiting_for| ProbeError::Timeout {
             addr,
@@ -161,7 +177,7 @@ impl MysqlGreetingProbe {
             // HandshakeResponse41 to send it.
             return Ok(version);
         }
-        tokio::time::timeout_at(deadline, log_in(&mut stream, seq, capabilities))
+        tokio::time::timeout_at(deadline, log_in(&mut stream, addr, seq, capabilities))
             .await
             .map_err(|_| timed_out("answer to the probe's login"))?
             .map_err(|e| not_mysql(format!("greeted with {version:?}, then {e}")))?;
@@ -169,9 +185,29 @@ impl MysqlGreetingProbe {
     }
 }
 
+/// The (error code, address) pairs of unexpected answers to the login
+/// already warned about. Bounded: past it, warnings may come again.
+static WARNED: std::sync::Mutex<std::collections::BTreeSet<(u16, SocketAddr)>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+const MAX_WARNED: usize = 4096;
+
+/// Whether the login's answer `code` from `addr` is yet to be warned about.
+fn first_warning(code: u16, addr: SocketAddr) -> bool {
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if warned.len() >= MAX_WARNED {
+        warned.clear();
+    }
+    warned.insert((code, addr))
+}
+
 /// Sends the login of [`PROBE_USER`] and reads mysqld's answers until one
 /// settles it. Any well-formed answer means mysqld is up, but 1040.
-async fn log_in<S>(stream: &mut S, greeting_seq: u8, capabilities: u32) -> Result<(), String>
+async fn log_in<S>(
+    stream: &mut S,
+    addr: SocketAddr,
+    greeting_seq: u8,
+    capabilities: u32,
+) -> Result<(), String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -190,8 +226,11 @@ where
                 if code == TOO_MANY_CONNECTIONS {
                     return Err(format!("error packet {code}: {message}"));
                 }
-                if code != ACCESS_DENIED {
-                    tracing::debug!(code, reason = %message, "mysqld refused the probe's login");
+                // Up all the same, but some such errors (1043, "Bad
+                // handshake") mysqld counts against warmpoold's address,
+                // as it did the hang-ups the login replaced: visible, once.
+                if code != ACCESS_DENIED && first_warning(code, addr) {
+                    tracing::warn!(%addr, code, reason = %message, "mysqld answered the probe's login with an error other than 1045 (access denied): counted as up, but if mysqld counts it as a connection error of warmpoold's address (1043, bad handshake, is one) it blocks that address (1129) after max_connect_errors probes; see mysqld's error log, and report it to warmpool's developers with mysqld's version (warned once per code and address)");
                 }
                 return Ok(());
             }
@@ -460,8 +499,15 @@ mod tests {
     async fn probe_scripted(
         script: Vec<Vec<u8>>,
     ) -> (Result<String, ProbeError>, Vec<(u8, Vec<u8>)>) {
+        probe_scripted_at("10.0.0.5:3306".parse().unwrap(), script).await
+    }
+
+    /// [`probe_scripted`] of a server at `addr`.
+    async fn probe_scripted_at(
+        addr: SocketAddr,
+        script: Vec<Vec<u8>>,
+    ) -> (Result<String, ProbeError>, Vec<(u8, Vec<u8>)>) {
         let (client, mut server) = tokio::io::duplex(64 * 1024);
-        let addr: SocketAddr = "10.0.0.5:3306".parse().unwrap();
         let server = tokio::spawn(async move {
             let mut got = Vec::new();
             for answer in script {
@@ -512,12 +558,16 @@ mod tests {
             )
             .await
             .unwrap_err();
-        let ProbeError::Connect { addr: at, reason } = &err else {
-            panic!("not a connect failure: {err:?}");
-        };
-        assert_eq!(*at, addr);
-        assert!(reason.contains("did not complete within 7s"), "{err}");
-        assert!(reason.contains("security group"), "{err}");
+        assert_eq!(
+            err,
+            ProbeError::ConnectUnanswered {
+                addr,
+                timeout: Duration::from_secs(7)
+            }
+        );
+        let shown = err.to_string();
+        assert!(shown.contains("did not complete within 7s"), "{shown}");
+        assert!(shown.contains("security group"), "{shown}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -617,6 +667,93 @@ mod tests {
             err.to_string().contains("1040: Too many connections"),
             "{err}"
         );
+    }
+
+    /// The log lines written on this thread while the guard is held.
+    struct Logs {
+        lines: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+        _guard: tracing::subscriber::DefaultGuard,
+    }
+
+    impl Logs {
+        fn capture() -> Self {
+            let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let writer = {
+                let lines = lines.clone();
+                move || LogWriter(lines.clone())
+            };
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(writer)
+                .with_ansi(false)
+                .with_max_level(tracing::Level::DEBUG)
+                .finish();
+            Self {
+                lines,
+                _guard: tracing::subscriber::set_default(subscriber),
+            }
+        }
+
+        fn warnings(&self) -> Vec<String> {
+            String::from_utf8_lossy(&self.lines.lock().unwrap())
+                .lines()
+                .filter(|line| line.contains(" WARN "))
+                .map(str::to_owned)
+                .collect()
+        }
+    }
+
+    struct LogWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for LogWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// An error other than 1045 (and 1040) answering the login still means
+    /// mysqld is up, but may be one mysqld counts against the host (1043
+    /// "Bad handshake": a login it could not parse), which would bring
+    /// back the 1129 block the login exists to avoid: it is logged at
+    /// WARN, once per code and address, not once per reconcile pass.
+    #[tokio::test(start_paused = true)]
+    async fn an_unexpected_login_error_is_up_and_warned_once_per_code_and_address() {
+        let logs = Logs::capture();
+        let first: SocketAddr = "10.0.9.1:3306".parse().unwrap();
+        let second: SocketAddr = "10.0.9.2:3306".parse().unwrap();
+        let bad_handshake = || vec![greeting("8.0.36"), error(2, 1043, "08S01", "Bad handshake")];
+        for addr in [first, first, second, first] {
+            let (verdict, _) = probe_scripted_at(addr, bad_handshake()).await;
+            assert_eq!(verdict.unwrap(), "8.0.36");
+        }
+        let (verdict, _) = probe_scripted_at(
+            first,
+            vec![greeting("8.0.36"), error(2, 1044, "42000", "Access denied")],
+        )
+        .await;
+        assert_eq!(verdict.unwrap(), "8.0.36");
+        let (verdict, _) = probe_scripted_at(
+            first,
+            vec![greeting("8.0.36"), error(2, 1045, "28000", "Access denied")],
+        )
+        .await;
+        assert_eq!(verdict.unwrap(), "8.0.36");
+
+        let warnings = logs.warnings();
+        assert_eq!(warnings.len(), 3, "{warnings:#?}");
+        for (line, (addr, code)) in
+            warnings
+                .iter()
+                .zip([(first, "1043"), (second, "1043"), (first, "1044")])
+        {
+            assert!(
+                line.contains(&addr.to_string()) && line.contains(code),
+                "{line}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

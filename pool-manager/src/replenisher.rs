@@ -1346,12 +1346,15 @@ impl Shared {
                     tracing::debug!(instance = %instance.id, %version, "mysqld answered");
                     break;
                 }
-                Err(e) => last_probe_error = e.to_string(),
+                Err(e) => last_probe_error = e,
             }
             // On the instance while it warms, not only once the boot
             // timeout (15 min by default) has gone by; written when it
             // appears or changes, not at every probe.
-            let waiting = format!("mysqld not answering yet: {last_probe_error}");
+            let waiting = format!(
+                "mysqld not answering yet: {}",
+                last_probe_error.while_booting()
+            );
             if instance.last_error.as_deref() != Some(waiting.as_str()) {
                 let noted = self
                     .transition(&instance, InstanceState::Warming, |next| {

@@ -2312,6 +2312,75 @@ async fn a_warming_vm_shows_why_its_mysqld_does_not_answer_yet() {
     manager.shutdown().await.unwrap();
 }
 
+/// The sim's probe, but a mysqld that is not up leaves the TCP connect
+/// unanswered for the whole probe timeout, as a guest that has not brought
+/// its NIC up does while the fabric answers ARP for its port (OVN, l2pop).
+struct UnansweredUntilUp(Arc<cloudsim::SimCloud>);
+
+#[async_trait::async_trait]
+impl pool_manager::probe::Probe for UnansweredUntilUp {
+    async fn probe(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> Result<String, pool_manager::probe::ProbeError> {
+        use pool_manager::probe::{Probe, ProbeError, DEFAULT_PROBE_TIMEOUT};
+        match self.0.probe().probe(addr).await {
+            Ok(version) => Ok(version),
+            Err(_) => {
+                tokio::time::sleep(DEFAULT_PROBE_TIMEOUT).await;
+                Err(ProbeError::ConnectUnanswered {
+                    addr,
+                    timeout: DEFAULT_PROBE_TIMEOUT,
+                })
+            }
+        }
+    }
+}
+
+/// Nova says ACTIVE before the guest's network is up, and on a fabric that
+/// answers ARP for the port a connect then goes unanswered for the first
+/// seconds of every boot: that is no sign of a firewall while the boot has
+/// time left, and a warming instance does not claim one. At boot_timeout
+/// the silence is the firewall's likeliest doing, and says so.
+#[tokio::test(start_paused = true)]
+async fn a_warming_vm_whose_connect_goes_unanswered_blames_no_firewall_before_its_deadline() {
+    let sim = sim();
+    sim.faults().mysqld_never_starts_next(1);
+    let manager = pool_manager::PoolManager::new(
+        temp_store(),
+        sim.clone(),
+        Arc::new(UnansweredUntilUp(sim.clone())),
+        settings(),
+    );
+    manager.start().await.unwrap();
+    let mut spec = spec(1);
+    spec.boot_timeout = Duration::from_secs(300);
+    manager.create_pool(pool(), spec).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    let instances = manager.list_instances(Some(&pool())).await.unwrap();
+    let [silent] = &instances[..] else {
+        panic!("one instance: {instances:?}")
+    };
+    assert_eq!(silent.state, InstanceState::Warming, "{silent:?}");
+    let shown = silent.last_error.as_deref().unwrap_or_default();
+    assert!(
+        shown.starts_with("mysqld not answering yet: ") && shown.contains("still booting"),
+        "{shown}"
+    );
+    assert!(!shown.contains("likely drops"), "{shown}");
+
+    // Past boot_timeout: discarded, the firewall named.
+    wait_ready(&manager, 1).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    let failed = status.record.last_error.unwrap_or_default();
+    assert!(
+        failed.contains("mysqld never answered")
+            && failed.contains("security group or firewall likely drops"),
+        "{failed}"
+    );
+    manager.shutdown().await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn boot_errors_are_replaced_and_leaks_are_deleted() {
     let sim = sim();
