@@ -255,6 +255,9 @@ impl Shared {
                     .restore(key, &learned, Instant::now(), &self.settings.sizing);
                 if dropped > 0 {
                     tracing::info!(pool = %key, boots = dropped, "not resuming the pool's boot lead times: they were the other cloud's (the store is adopted); the pool's lead time is its prior until this cloud's boots are measured");
+                    // The store names this cloud already: kept there until
+                    // the first periodic save, a crash would resume them.
+                    self.save_learned_sizing(key).await;
                 }
                 tracing::info!(pool = %key, boots = learned.leads.len(), "resumed sizing from the store");
             }

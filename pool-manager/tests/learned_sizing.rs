@@ -226,7 +226,7 @@ async fn an_order_asked_again_after_a_restart_is_not_counted_again() {
 /// Restarts the manager of [`busy_auto_pool`] on its store, which served
 /// `recorded` (written over the store's record) and now serves `cloud`,
 /// adopted as `--adopt-cloud` asks; lets the replenisher take its first
-/// step.
+/// step. Returns the manager and its store.
 async fn adopted_on(
     manager: PoolManager,
     anchored: Instant,
@@ -234,7 +234,7 @@ async fn adopted_on(
     recorded: CloudIdentity,
     cloud: Arc<dyn pool_manager::cloud::Cloud>,
     sim: &Arc<cloudsim::SimCloud>,
-) -> PoolManager {
+) -> (PoolManager, Arc<dyn Store>) {
     manager.shutdown().await.unwrap();
     drop(manager);
     let store = open_store(dir);
@@ -243,10 +243,10 @@ async fn adopted_on(
     let mut settings = settings();
     settings.sizing.wall_clock_start = Some(unix(START) + anchored.elapsed());
     settings.adopt_cloud = true;
-    let manager = PoolManager::new(store, cloud, Arc::new(sim.probe()), settings);
+    let manager = PoolManager::new(store.clone(), cloud, Arc::new(sim.probe()), settings);
     manager.start().await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    manager
+    (manager, store)
 }
 
 /// A store adopted from another cloud (`--adopt-cloud`) keeps its pools'
@@ -268,7 +268,7 @@ async fn a_store_adopted_from_another_cloud_keeps_demand_not_lead_times() {
         region: None,
         server_tag: "warmpool".into(),
     };
-    let manager = adopted_on(manager, anchored, dir.path(), other, sim.clone(), &sim).await;
+    let (manager, _) = adopted_on(manager, anchored, dir.path(), other, sim.clone(), &sim).await;
     let (_, after) = sizing(&manager).await;
     assert_eq!(after.lead.source, LeadSource::Prior, "{after:?}");
     assert_eq!(after.lead.samples, 0, "{after:?}");
@@ -277,6 +277,40 @@ async fn a_store_adopted_from_another_cloud_keeps_demand_not_lead_times() {
         "{before:?} {after:?}"
     );
     assert_eq!(after.demand.forecast, before.demand.forecast, "{after:?}");
+    manager.shutdown().await.unwrap();
+}
+
+/// The adopting start records the new cloud at once, so the next start is
+/// no adoption: lead times still stored then would be resumed as this
+/// cloud's. They are dropped from the store as soon as from memory, not
+/// at the first periodic save (a minute later), which a crash may never
+/// reach.
+#[tokio::test(start_paused = true)]
+async fn lead_times_an_adoption_drops_are_dropped_from_the_store_at_once() {
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let (manager, anchored) = busy_auto_pool(&sim, open_store(dir.path()), 40).await;
+    let (_, before) = sizing(&manager).await;
+    assert!(before.lead.samples >= 3, "{before:?}");
+
+    let other = CloudIdentity::OpenStack {
+        project_id: "0123abcd".into(),
+        region: None,
+        server_tag: "warmpool".into(),
+    };
+    let (manager, store) =
+        adopted_on(manager, anchored, dir.path(), other, sim.clone(), &sim).await;
+    let stored = store
+        .get_learned_sizing(&pool())
+        .await
+        .unwrap()
+        .expect("the pool's learned sizing");
+    assert!(
+        stored.leads.is_empty(),
+        "the old cloud's {} lead times are still stored",
+        stored.leads.len()
+    );
+    assert!(stored.demand_long > 0.0, "demand is kept: {stored:?}");
     manager.shutdown().await.unwrap();
 }
 
@@ -297,7 +331,7 @@ async fn a_store_adopted_under_a_new_server_tag_keeps_lead_times() {
         region: Some("RegionOne".into()),
         server_tag: "warmpool-a".into(),
     };
-    let manager = adopted_on(manager, anchored, dir.path(), old_tag, cloud, &sim).await;
+    let (manager, _) = adopted_on(manager, anchored, dir.path(), old_tag, cloud, &sim).await;
     let (_, after) = sizing(&manager).await;
     assert_eq!(after.lead.source, LeadSource::Observed, "{after:?}");
     assert_eq!(after.lead.samples, before.lead.samples, "{after:?}");
