@@ -2323,7 +2323,7 @@ impl pool_manager::probe::Probe for UnansweredUntilUp {
         &self,
         addr: std::net::SocketAddr,
     ) -> Result<String, pool_manager::probe::ProbeError> {
-        use pool_manager::probe::{Probe, ProbeError, DEFAULT_PROBE_TIMEOUT};
+        use pool_manager::probe::{ProbeError, DEFAULT_PROBE_TIMEOUT};
         match self.0.probe().probe(addr).await {
             Ok(version) => Ok(version),
             Err(_) => {
