@@ -19,7 +19,10 @@
 #      WARMPOOL_TEST_MARIADB_HOSTCACHE_PORT, with --max-connect-errors=5:
 #      MariaDB exempts only 127.0.0.1 from its host cache, so only there can
 #      the probe test see a probe that mysqld counts as a connection error
-#      (after 5 of them it would refuse warmpoold's address with error 1129).
+#      (after 5 of them it would refuse warmpoold's address with error 1129);
+#      the test checks that it does block this address, then flushes its
+#      host cache over the socket (WARMPOOL_TEST_MARIADB_HOSTCACHE_SOCKET).
+#      One that a killed earlier run left running there is stopped first.
 #      The testbed's MariaDB cannot serve: it skips name resolution, which
 #      turns the host cache off. A machine with no such address runs the
 #      tests anyway, and the probe test fails saying so;
@@ -129,6 +132,7 @@ find_install_db() {
 # The private MariaDBs this script started: their pids and run dirs.
 MARIADB_PIDS=()
 MARIADB_RUNS=()
+MARIADB_SOCKET=""
 
 stop_mariadb() {
     local pid i run
@@ -322,9 +326,48 @@ listens_quietly() {
         '$4 == a || $4 == any { found = 1 } END { exit !found }'
 }
 
+# Stops a private MariaDB an earlier run of this script left running (it
+# was killed before its exit trap ran): stop_stale_mariadb DIR. It is the
+# process its pid file (target/DIR/mysqld.pid) names, or else any whose
+# command line names target/DIR's data dir, and only such a process.
+# Returns 1 if there was none.
+stop_stale_mariadb() {
+    local base=$ROOT/target/$1 pid="" i cmdline tmpdir stopped=1
+    local datadir_arg="--datadir=$base/data"
+    local pids=()
+    if read -r pid 2>/dev/null <"$base/mysqld.pid" && [[ $pid =~ ^[0-9]+$ ]]; then
+        pids+=("$pid")
+    fi
+    for i in /proc/[0-9]*; do
+        pids+=("${i#/proc/}")
+    done
+    for pid in "${pids[@]}"; do
+        cmdline=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+        grep -qxF -- "$datadir_arg" <<<"$cmdline" || continue
+        tmpdir=$(sed -n 's/^--tmpdir=//p' <<<"$cmdline")
+        log "stopping a MariaDB an earlier run left running (pid $pid, data $base/data)"
+        kill -TERM "$pid" 2>/dev/null || true
+        for i in $(seq 1 60); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.5
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "it did not stop in 30s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        case $tmpdir in
+            "${TMPDIR:-/tmp}"/warmpool-mariadb.*) rm -rf "$tmpdir" ;;
+        esac
+        stopped=0
+        break
+    done
+    return "$stopped"
+}
+
 # Starts a private MariaDB: start_mariadb DIR HOST PORT [mariadbd options...].
-# Data under target/DIR (kept between runs), socket and pid file in a
-# temporary dir that stop_mariadb deletes.
+# Data under target/DIR (kept between runs), and its pid file, which
+# stop_stale_mariadb reads; socket in a temporary dir that stop_mariadb
+# deletes (MARIADB_SOCKET names the last one started).
 start_mariadb() {
     local dir=$1 host=$2 port=$3
     shift 3
@@ -363,7 +406,7 @@ start_mariadb() {
         --datadir="$data" \
         --bind-address="$host" --port="$port" \
         --socket="$run/mysqld.sock" \
-        --pid-file="$run/mysqld.pid" \
+        --pid-file="$base/mysqld.pid" \
         --tmpdir="$run" \
         --log-error="$errlog" \
         --innodb-buffer-pool-size=32M \
@@ -371,6 +414,7 @@ start_mariadb() {
         </dev/null >/dev/null 2>&1 8<&- &
     local pid=$!
     MARIADB_PIDS+=("$pid")
+    MARIADB_SOCKET=$run/mysqld.sock
 
     local waited=0
     until listens_quietly "$host" "$port"; do
@@ -471,8 +515,11 @@ ensure_hostcache_mariadb() {
     if ! find_mariadbd >/dev/null; then
         install_mariadb
     fi
-    if listens_quietly "$address" "$HOSTCACHE_PORT"; then
+    if listens_quietly "$address" "$HOSTCACHE_PORT" && ! stop_stale_mariadb mariadb-hostcache; then
         die "something already listens on $address:$HOSTCACHE_PORT, where the host-cache MariaDB goes; stop it or set WARMPOOL_TEST_MARIADB_HOSTCACHE_PORT"
+    fi
+    if listens_quietly "$address" "$HOSTCACHE_PORT"; then
+        die "$address:$HOSTCACHE_PORT is still listened on after stopping the MariaDB an earlier run left there; stop what listens or set WARMPOOL_TEST_MARIADB_HOSTCACHE_PORT"
     fi
     # An account for any host, locked (nobody logs in with it): without an
     # account matching this machine's address mysqld would refuse it with
@@ -484,6 +531,9 @@ ensure_hostcache_mariadb() {
     start_mariadb mariadb-hostcache "$address" "$HOSTCACHE_PORT" \
         --max-connect-errors="$HOSTCACHE_MAX_CONNECT_ERRORS" --init-file="$init"
     export WARMPOOL_TEST_MARIADB_HOSTCACHE_ADDR="$address:$HOSTCACHE_PORT"
+    # For its `mariadb-admin flush-hosts`, as this OS user (mariadb-install-db
+    # gave the user an account that logs in over the socket).
+    export WARMPOOL_TEST_MARIADB_HOSTCACHE_SOCKET=$MARIADB_SOCKET
 }
 
 # Prometheus first: its apt run must not race the testbed's (up.sh waits

@@ -10,18 +10,21 @@
 //! non-loopback IPv4 address (`WARMPOOL_TEST_MARIADB_HOSTCACHE_ADDR`, set by
 //! `scripts/test.sh`) with `--max-connect-errors=5`: MariaDB counts
 //! connection errors only of hosts other than 127.0.0.1, as it would those
-//! of warmpoold's address on a pool server.
+//! of warmpoold's address on a pool server. The test flushes its host cache
+//! with `mariadb-admin flush-hosts` over its socket
+//! (`WARMPOOL_TEST_MARIADB_HOSTCACHE_SOCKET`, also set by the script).
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use pool_manager::probe::{MysqlGreetingProbe, Probe, ProbeError};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const ADDR_VAR: &str = "WARMPOOL_TEST_MARIADB_ADDR";
 const DEFAULT_ADDR: &str = "127.0.0.1:3306";
 const HOSTCACHE_VAR: &str = "WARMPOOL_TEST_MARIADB_HOSTCACHE_ADDR";
+const HOSTCACHE_SOCKET_VAR: &str = "WARMPOOL_TEST_MARIADB_HOSTCACHE_SOCKET";
 /// The host-cache MariaDB's `--max-connect-errors` (scripts/test.sh's
 /// HOSTCACHE_MAX_CONNECT_ERRORS).
 const MAX_CONNECT_ERRORS: usize = 5;
@@ -75,25 +78,120 @@ fn hostcache_addr() -> SocketAddr {
     addr
 }
 
+/// How long a connection to the host-cache MariaDB waits for its first
+/// packet: mysqld resolves a new client's address before it greets, and a
+/// resolver that does not answer holds it up for its own timeouts.
+const HOSTCACHE_WAIT: Duration = Duration::from_secs(60);
+
+/// Connects, reads what mysqld sends first, and hangs up without logging in
+/// (what the greeting-only probe did). Returns the error code mysqld sent
+/// instead of a greeting, if it did.
+async fn connect_and_hang_up(addr: SocketAddr) -> Option<u16> {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the host-cache MariaDB at {addr}: {e}"));
+    let mut header = [0u8; 4];
+    tokio::time::timeout(HOSTCACHE_WAIT, stream.read_exact(&mut header))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{addr} sent nothing within {HOSTCACHE_WAIT:?}: is its reverse DNS lookup of \
+                 this machine's address hanging?"
+            )
+        })
+        .unwrap_or_else(|e| panic!("{addr} closed before its first packet: {e}"));
+    let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
+    let mut payload = vec![0u8; len];
+    stream
+        .read_exact(&mut payload)
+        .await
+        .unwrap_or_else(|e| panic!("reading {addr}'s first packet: {e}"));
+    match payload[..] {
+        [0xff, lo, hi, ..] => Some(u16::from_le_bytes([lo, hi])),
+        _ => None,
+    }
+}
+
+/// `FLUSH HOSTS` on the host-cache MariaDB, over its socket.
+fn flush_hosts() {
+    let socket = std::env::var(HOSTCACHE_SOCKET_VAR).unwrap_or_else(|_| {
+        panic!(
+            "{HOSTCACHE_SOCKET_VAR} is not set: run `bash scripts/test.sh`, which sets it to \
+             the host-cache MariaDB's socket (or set it to the socket of the MariaDB \
+             {HOSTCACHE_VAR} names)"
+        )
+    });
+    let mut failures = Vec::new();
+    for admin in ["mariadb-admin", "mysqladmin"] {
+        match std::process::Command::new(admin)
+            .args([
+                "--no-defaults",
+                &format!("--socket={socket}"),
+                "flush-hosts",
+            ])
+            .output()
+        {
+            Ok(out) if out.status.success() => return,
+            Ok(out) => failures.push(format!(
+                "{admin}: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => failures.push(format!("{admin}: {e}")),
+        }
+    }
+    panic!(
+        "cannot flush the host cache of the MariaDB at {socket} ({HOSTCACHE_SOCKET_VAR}): \
+         {failures:?}; the test runs `mariadb-admin flush-hosts` as this OS user, whose \
+         account scripts/test.sh's MariaDB has (mariadb-install-db makes it)"
+    );
+}
+
 /// mysqld counts a client that hangs up without finishing the handshake as
 /// a connection error of its host, and after max_connect_errors of them
 /// refuses that host (error 1129) until `FLUSH HOSTS`: a probe that did so
 /// would get warmpoold's address blocked on every pool server after that
 /// many reconcile passes. The probe finishes the handshake instead.
+///
+/// First it is shown that this MariaDB does block this machine's address
+/// after so many hang-ups: it counts errors only of hosts whose name
+/// lookup succeeded, and without that this test would pass whatever the
+/// probe did.
 #[tokio::test]
 async fn probing_more_than_max_connect_errors_times_from_a_real_host_keeps_it_greeted() {
     let addr = hostcache_addr();
-    let probe = MysqlGreetingProbe::default();
+    let mut hang_ups = 0;
+    let blocked = loop {
+        match connect_and_hang_up(addr).await {
+            Some(1129) => break true,
+            _ if hang_ups > MAX_CONNECT_ERRORS => break false,
+            _ => hang_ups += 1,
+        }
+    };
+    assert!(
+        blocked,
+        "{addr} still greets this machine after {hang_ups} connections that hung up before \
+         logging in (its max_connect_errors is {MAX_CONNECT_ERRORS}): its host cache does not \
+         count this address's connection errors (e.g. the reverse DNS lookup of {} fails \
+         transiently, so the host never passes validation; or skip_name_resolve is set), and \
+         this test would prove nothing; give the address a name that resolves (e.g. in \
+         /etc/hosts) and run `bash scripts/test.sh` again",
+        addr.ip()
+    );
+    flush_hosts();
+
+    let probe = MysqlGreetingProbe {
+        timeout: HOSTCACHE_WAIT,
+    };
     let first = probe.probe(addr).await.unwrap_or_else(|e| {
         panic!(
-            "no MariaDB greeting at {addr} ({HOSTCACHE_VAR}): {e}\n\
+            "no MariaDB greeting at {addr} ({HOSTCACHE_VAR}) after FLUSH HOSTS: {e}\n\
              Run `bash scripts/test.sh`, which starts one there."
         )
     });
     assert!(
         first.contains("MariaDB") && !first.contains("refused"),
-        "{addr} answered {first:?}, not a MariaDB greeting (is the host already blocked? \
-         restart that MariaDB or run `mariadb-admin flush-hosts` on it)"
+        "{addr} answered {first:?}, not a MariaDB greeting, right after FLUSH HOSTS"
     );
     for n in 2..=3 * MAX_CONNECT_ERRORS {
         let version = probe.probe(addr).await;
