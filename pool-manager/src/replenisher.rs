@@ -11,7 +11,8 @@
 //! `Booting` to `Ready`, or to `Deleting` and gone, and reports its lead time
 //! and any 429/quota answers to the estimators and the gate. The replenisher
 //! also resumes its pool's estimators from the store when it starts and
-//! saves them every [`LEARNED_SIZING_SAVE_EVERY`].
+//! saves them at most every [`LEARNED_SIZING_SAVE_EVERY`], when they learned
+//! something since the last save.
 
 use crate::allocator::deadline_after;
 use crate::changes::ChangeCursor;
@@ -40,8 +41,11 @@ const STEP_DEBOUNCE: Duration = Duration::from_secs(1);
 /// is noticed.
 pub const BOOT_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
-/// How often a pool's estimators are written to the store (and at shutdown):
-/// a crash forgets at most this much of what they learned.
+/// How often at most a pool's estimators are written to the store, when
+/// they learned something since the last write (and at shutdown): a crash
+/// forgets at most this much of what they learned. A pool that learned
+/// nothing new (no purchase, no boot) writes nothing: its stored record,
+/// aged over the time since, is what it knows.
 pub const LEARNED_SIZING_SAVE_EVERY: Duration = Duration::from_secs(60);
 
 /// How long a warming VM's mysqld may refuse its probes before the boot
@@ -120,8 +124,9 @@ impl Shared {
                     None
                 }
             };
-            if Instant::now() >= next_save {
-                self.save_learned_sizing(key).await;
+            // Not saved, it is looked at again at every step: what a quiet
+            // pool learns next is saved at once.
+            if Instant::now() >= next_save && self.save_new_learned_sizing(key).await {
                 next_save = Instant::now() + LEARNED_SIZING_SAVE_EVERY;
             }
             let mut wake = deadline_after(Instant::now(), self.settings.replenish_interval);
@@ -254,6 +259,9 @@ impl Shared {
                 self.sizing_book()
                     .restore(key, &learned, Instant::now(), &self.settings.sizing);
                 if dropped > 0 {
+                    // The stored record still holds them, for a restart
+                    // before a boot is measured here.
+                    self.sizing_book().unsaved(key);
                     tracing::info!(pool = %key, boots = dropped, "not resuming the pool's boot lead times: they were the other cloud's (the store is adopted); the pool's lead time is its prior until this cloud's boots are measured");
                     // The store names this cloud already: kept there until
                     // the first periodic save, a crash would resume them.
@@ -278,12 +286,7 @@ impl Shared {
     /// Writes what the pool's estimators learned (made durable by the next
     /// flush). Failing costs a restart some history, so it is only logged.
     pub(crate) async fn save_learned_sizing(&self, key: &PoolKey) {
-        if self
-            .sizing_unreadable
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(key)
-        {
+        if self.sizing_is_unreadable(key) {
             return;
         }
         let learned = self
@@ -294,6 +297,35 @@ impl Shared {
                 tracing::warn!(pool = %key, error = %e, "cannot save the pool's learned sizing");
             }
         }
+    }
+
+    /// As [`Shared::save_learned_sizing`], if the pool's estimators learned
+    /// something since the last save; whether they did (a failed write is
+    /// tried again at the next call).
+    async fn save_new_learned_sizing(&self, key: &PoolKey) -> bool {
+        if self.sizing_is_unreadable(key) {
+            return false;
+        }
+        let learned =
+            self.sizing_book()
+                .learned_since_saved(key, Instant::now(), &self.settings.sizing);
+        let Some(learned) = learned else {
+            return false;
+        };
+        if let Err(e) = self.store.put_learned_sizing(key, &learned).await {
+            tracing::warn!(pool = %key, error = %e, "cannot save the pool's learned sizing");
+            self.sizing_book().unsaved(key);
+        }
+        true
+    }
+
+    /// Whether the pool's stored learned sizing is one this version cannot
+    /// read: it is kept, not written over.
+    fn sizing_is_unreadable(&self, key: &PoolKey) -> bool {
+        self.sizing_unreadable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(key)
     }
 
     pub(crate) fn sizing_book(&self) -> MutexGuard<'_, SizingBook> {

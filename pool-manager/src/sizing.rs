@@ -990,8 +990,8 @@ pub struct LearnedSizing {
 /// It covers every order of a pool selling fewer than 1000 an hour (at the
 /// default `demand_long`), and otherwise those of the last stretch, where
 /// the orders a stop cut are; an older one asked again counts again, one
-/// purchase among more than a thousand. A record is rewritten every
-/// minute: at most about 200 KB.
+/// purchase among more than a thousand. A record is rewritten at most
+/// once a minute, while its pool sells: at most about 200 KB.
 pub const MAX_STORED_ORDERS: usize = 1000;
 
 /// One order counted in a pool's demand, as stored.
@@ -1032,6 +1032,13 @@ pub struct PoolSizing {
     /// `demand_long` are forgotten from the front, not by a scan of every
     /// order at each purchase.
     orders_asked: VecDeque<(Instant, String)>,
+    /// Whether the pool learned something since its last save that a
+    /// restart could not derive from that record by ageing it over the
+    /// time since ([`SizingBook::restore`]): an order counted, a boot's
+    /// lead time, a new high of the held forecast. Only then is the record
+    /// rewritten: every pool's rewritten every minute, changed or not, left
+    /// most of the store's disk to sled's garbage.
+    unsaved: bool,
 }
 
 impl PoolSizing {
@@ -1088,6 +1095,7 @@ impl PoolSizing {
             surplus_since: None,
             orders_counted: BTreeMap::new(),
             orders_asked: VecDeque::new(),
+            unsaved: false,
         }
     }
 }
@@ -1132,6 +1140,8 @@ impl SizingBook {
         settings: &SizingSettings,
     ) {
         let pool = self.pool(key, settings);
+        // Asked again, it is remembered from now: that is new too.
+        pool.unsaved = true;
         while let Some((asked, _)) = pool.orders_asked.front() {
             if now.saturating_duration_since(*asked) < settings.demand_long {
                 break;
@@ -1178,6 +1188,7 @@ impl SizingBook {
         pool.in_flight.remove(instance);
         if let Some(lead) = lead {
             pool.lead.record(now, lead, settings);
+            pool.unsaved = true;
         }
     }
 
@@ -1193,7 +1204,17 @@ impl SizingBook {
     ) -> (DemandEstimate, LeadEstimate) {
         let pool = self.pool(key, settings);
         let lead = pool.lead_estimate(now, prior, settings);
-        (pool.demand.estimate(now), lead)
+        let held_at = pool.demand.held_at;
+        let demand = pool.demand.estimate(now);
+        // A new high without a purchase (none is expected: rates only decay
+        // between purchases, which take their highs themselves). Following
+        // the estimate down is what a restart does too, from the old high
+        // once its cooldown is over; a first reading of no demand is as
+        // good as none.
+        if pool.demand.held_at != held_at && pool.demand.held > 0.0 {
+            pool.unsaved = true;
+        }
+        (demand, lead)
     }
 
     /// The same estimates for a status reader: changes nothing.
@@ -1260,6 +1281,35 @@ impl SizingBook {
         self.pools.remove(key);
     }
 
+    /// What the book learned about `key` if it learned something since
+    /// the last time this was asked ([`PoolSizing::unsaved`]), to store;
+    /// `None` otherwise. A caller whose write fails calls
+    /// [`SizingBook::unsaved`] so that the next save tries again.
+    pub fn learned_since_saved(
+        &mut self,
+        key: &PoolKey,
+        now: Instant,
+        settings: &SizingSettings,
+    ) -> Option<LearnedSizing> {
+        // Read first, as `learned` does: a simulated wall clock starts at
+        // its first reading, which must not move with whether anything was
+        // saved.
+        self.wall_now(settings);
+        let pool = self.pools.get_mut(key)?;
+        if !std::mem::take(&mut pool.unsaved) {
+            return None;
+        }
+        self.learned(key, now, settings)
+    }
+
+    /// Notes that `key` holds what its stored record does not: the next
+    /// [`SizingBook::learned_since_saved`] returns it.
+    pub fn unsaved(&mut self, key: &PoolKey) {
+        if let Some(pool) = self.pools.get_mut(key) {
+            pool.unsaved = true;
+        }
+    }
+
     /// What the book learned about `key`, to store; `None` for a pool it
     /// has not seen.
     pub fn learned(
@@ -1310,11 +1360,13 @@ impl SizingBook {
         now: Instant,
         settings: &SizingSettings,
     ) {
-        let elapsed = self
-            .wall_now(settings)
-            .duration_since(learned.saved_at)
-            .unwrap_or_default();
+        let elapsed = self.wall_now(settings).duration_since(learned.saved_at);
+        // From the future, it is aged by nothing: saved again, it is aged
+        // from now at the next start, not again from the future.
+        let from_the_future = elapsed.is_err();
+        let elapsed = elapsed.unwrap_or_default();
         let pool = self.pool(key, settings);
+        pool.unsaved |= from_the_future;
         pool.demand.restore(learned, elapsed, now, settings);
         pool.lead = LeadTimes::default();
         pool.lead.restore(&learned.leads, elapsed, now, settings);
