@@ -230,6 +230,9 @@ pub(crate) struct Shared {
     /// Pools whose stored learned sizing this version cannot read (a newer
     /// version wrote it): kept for that version, never saved over.
     pub sizing_unreadable: Mutex<std::collections::HashSet<PoolKey>>,
+    /// The items reconcile passes keep failing, so that each is warned of
+    /// once per problem, not at every pass.
+    pub pass_failures: Mutex<crate::reconciler::PassFailures>,
     /// The per-AZ throttle gate (see `crate::gate`).
     pub gate: Arc<Mutex<Gate>>,
     /// Draws new instance ids (see `ManagerSettings::instance_id_seed`).
@@ -798,6 +801,7 @@ impl PoolManager {
                 stop_waiting: watch::channel(false).0,
                 sizing: Mutex::new(SizingBook::default()),
                 sizing_unreadable: Mutex::default(),
+                pass_failures: Mutex::default(),
                 gate: Arc::new(Mutex::new(Gate::new(settings.gate.clone()))),
                 health: Mutex::new(HealthBook::default()),
                 health_saving: tokio::sync::Mutex::new(()),

@@ -57,7 +57,10 @@ use crate::model::{AllocationState, Instance, InstanceState, PoolKey, TwinWatch}
 use crate::replenisher::{DrivingClaim, Timed};
 use crate::store::{pool_record_key, RecordKind};
 use std::collections::{HashMap, HashSet};
+use std::mem::Discriminant;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Why a reconcile pass leaves alone a pool server it would otherwise
 /// delete or repair: each waits for an operator, and every pass finds it
@@ -93,23 +96,106 @@ impl LeftAlone {
 /// the pool's size over this, not times its size.
 const PROBES_AT_ONCE: usize = 32;
 
-/// What one item of a pass came to. A cloud that keeps refusing one
-/// repair (a locked server, a volume stuck detaching) fails that item only:
-/// it is logged and retried by the next pass, and the pass goes on, so one
-/// stuck item keeps neither the others nor a restart (whose start-up pass
-/// this is too) from being repaired. A failing store ends the pass.
-fn go_on<T>(result: ManagerResult<T>, doing: &str, what: &str) -> ManagerResult<Option<T>> {
-    match result {
-        Ok(done) => Ok(Some(done)),
-        Err(e @ ManagerError::Store(_)) => Err(e),
-        Err(e) => {
-            tracing::warn!(error = %e, "{doing} {what} failed; the next reconcile pass retries");
-            Ok(None)
+/// How often an item every reconcile pass fails the same way is warned of
+/// again while it lasts; the passes in between log it at debug.
+pub const PASS_FAILURE_REMINDED_EVERY: Duration = Duration::from_secs(3600);
+
+/// What kind of problem failed an item: its error's kind, not its words,
+/// which may differ from pass to pass (a retry's wait, a request id).
+type Problem = (Discriminant<ManagerError>, Option<Discriminant<CloudError>>);
+
+fn problem_of(e: &ManagerError) -> Problem {
+    let cloud = match e {
+        ManagerError::Cloud(c) => Some(std::mem::discriminant(c)),
+        _ => None,
+    };
+    (std::mem::discriminant(e), cloud)
+}
+
+/// The items reconcile passes failed, and when each was last warned of:
+/// one the cloud keeps refusing (a locked server) is warned of once per
+/// problem, and reminded of every [`PASS_FAILURE_REMINDED_EVERY`], not at
+/// every pass (1,440 lines a day at the default interval).
+#[derive(Debug, Default)]
+pub(crate) struct PassFailures {
+    /// "{doing} {what}" -> the problem, when last warned of, last seen.
+    items: HashMap<String, (Problem, Instant, Instant)>,
+}
+
+impl PassFailures {
+    /// Notes that `item` failed with `problem` at `now`; whether to warn.
+    fn failed(&mut self, item: String, problem: Problem, now: Instant) -> bool {
+        // An item that stopped failing without succeeding (gone, or
+        // repaired some other way) is forgotten a while after: bounded.
+        self.items.retain(|_, (_, _, seen)| {
+            now.saturating_duration_since(*seen) <= 2 * PASS_FAILURE_REMINDED_EVERY
+        });
+        match self.items.get_mut(&item) {
+            Some((was, warned, seen)) if *was == problem => {
+                *seen = now;
+                let remind = now.saturating_duration_since(*warned) >= PASS_FAILURE_REMINDED_EVERY;
+                if remind {
+                    *warned = now;
+                }
+                remind
+            }
+            _ => {
+                self.items.insert(item, (problem, now, now));
+                true
+            }
         }
+    }
+
+    /// `item` succeeded: failing again is warned of at once.
+    fn done(&mut self, item: &str) {
+        self.items.remove(item);
+    }
+
+    /// Whether `item` failed at the last pass that tried it.
+    fn failing(&self, item: &str) -> bool {
+        self.items.contains_key(item)
     }
 }
 
 impl Shared {
+    /// What one item of a pass came to. A cloud that keeps refusing one
+    /// repair (a locked server, a volume stuck detaching) fails that item
+    /// only: it is logged (warned of once per problem and hourly while it
+    /// lasts, [`PassFailures`]) and retried by the next pass, and the pass
+    /// goes on, so one stuck item keeps neither the others nor a restart
+    /// (whose start-up pass this is too) from being repaired. A failing
+    /// store ends the pass.
+    fn go_on<T>(
+        &self,
+        result: ManagerResult<T>,
+        doing: &str,
+        what: &str,
+    ) -> ManagerResult<Option<T>> {
+        let item = format!("{doing} {what}");
+        match result {
+            Ok(done) => {
+                self.pass_failures().done(&item);
+                Ok(Some(done))
+            }
+            Err(e @ ManagerError::Store(_)) => Err(e),
+            Err(e) => {
+                let warn = self
+                    .pass_failures()
+                    .failed(item, problem_of(&e), Instant::now());
+                if warn {
+                    tracing::warn!(error = %e, "{doing} {what} failed; the next reconcile pass retries (warned of again hourly while it fails so; each pass's try is logged at debug)");
+                } else {
+                    tracing::debug!(error = %e, "{doing} {what} failed again; the next reconcile pass retries");
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn pass_failures(&self) -> std::sync::MutexGuard<'_, PassFailures> {
+        self.pass_failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Whether `key`'s pool record is gone, and not set aside as
     /// unreadable (a pool created again takes the instances of one set
     /// aside back); looked up once per pass, in `seen`.
@@ -245,16 +331,26 @@ impl Shared {
             match listed.state {
                 AllocationState::Allocating => {
                     if let Some(allocation) = self.abandoned_allocation(request_id).await? {
-                        tracing::warn!(request_id, "rolling back interrupted allocation");
+                        // Once: a rollback the cloud refuses is tried at
+                        // every pass, and warned of as it fails.
+                        let item = format!("rolling back allocation {request_id}");
+                        if self.pass_failures().failing(&item) {
+                            tracing::debug!(
+                                request_id,
+                                "rolling back interrupted allocation again"
+                            );
+                        } else {
+                            tracing::warn!(request_id, "rolling back interrupted allocation");
+                        }
                         let rolled_back = self.roll_back(&allocation, true).await;
-                        go_on(rolled_back, "rolling back allocation", request_id)?;
+                        self.go_on(rolled_back, "rolling back allocation", request_id)?;
                     }
                 }
                 AllocationState::Releasing => {
                     if let Some(allocation) = self.store.get_allocation(request_id).await? {
                         if allocation.state == AllocationState::Releasing {
                             let released = self.finish_release(allocation).await;
-                            go_on(released, "finishing the release of", request_id)?;
+                            self.go_on(released, "finishing the release of", request_id)?;
                         }
                     }
                 }
@@ -264,7 +360,7 @@ impl Shared {
 
         for watch in self.store.list_twin_watches().await? {
             let watched = self.watch_for_twins(&watch).await;
-            go_on(watched, "looking for the twins of", &watch.name)?;
+            self.go_on(watched, "looking for the twins of", &watch.name)?;
         }
 
         // Retried like the pass's other calls: at start-up a 503 or a 429
@@ -440,7 +536,7 @@ impl Shared {
                                     },
                                 )
                                 .await;
-                            go_on(discarded, "discarding instance", &instance.id)?;
+                            self.go_on(discarded, "discarding instance", &instance.id)?;
                         }
                     }
                 }
@@ -449,7 +545,7 @@ impl Shared {
                         let deleted = self
                             .finish_delete_found(instance, by_instance.get(instance.id.as_str()))
                             .await;
-                        go_on(deleted, "deleting instance", &instance.id)?;
+                        self.go_on(deleted, "deleting instance", &instance.id)?;
                     }
                 }
                 // Its pool was drained and deleted without it (put back by
@@ -458,7 +554,7 @@ impl Shared {
                 InstanceState::Ready if orphaned => {
                     tracing::warn!(instance = %instance.id, pool = %instance.pool, server = ?instance.server_id, "Ready instance of a pool that is gone; discarding it");
                     let discarded = self.discard_orphan(instance).await;
-                    go_on(discarded, "discarding instance", &instance.id)?;
+                    self.go_on(discarded, "discarding instance", &instance.id)?;
                 }
                 // Its host failed: replace it now rather than when a
                 // purchase finds it. Only while it is still unclaimed.
@@ -476,7 +572,7 @@ impl Shared {
                             current.state == InstanceState::Ready && current.request_id.is_none()
                         })
                         .await;
-                    go_on(discarded, "discarding instance", &instance.id)?;
+                    self.go_on(discarded, "discarding instance", &instance.id)?;
                 }
                 // Busy is not broken: a task that takes the guest down (a
                 // cold migration, a non-live snapshot, a rebuild) silences
@@ -491,7 +587,7 @@ impl Shared {
                 }
                 InstanceState::Allocated | InstanceState::Releasing => {
                     let settled = self.settle_sold(instance, server).await;
-                    go_on(settled, "settling the sold instance", &instance.id)?;
+                    self.go_on(settled, "settling the sold instance", &instance.id)?;
                 }
             }
         }
@@ -581,12 +677,13 @@ impl Shared {
             // The LeakDeleted event logs it once done.
             tracing::debug!(server = %server.id, name = %server.name, "deleting leaked server");
             let deleted = self.cloud.delete_server(&server.id).await;
-            if go_on(
-                deleted.map_err(Into::into),
-                "deleting leaked server",
-                &server.id,
-            )?
-            .is_none()
+            if self
+                .go_on(
+                    deleted.map_err(Into::into),
+                    "deleting leaked server",
+                    &server.id,
+                )?
+                .is_none()
             {
                 continue;
             }
@@ -831,12 +928,13 @@ impl Shared {
                 tracing::warn!(server = server_id, reason = %refused, "soft-deleted server left to Nova's reclaim");
             }
             deleted => {
-                if go_on(
-                    deleted.map_err(Into::into),
-                    "deleting soft-deleted server",
-                    server_id,
-                )?
-                .is_some()
+                if self
+                    .go_on(
+                        deleted.map_err(Into::into),
+                        "deleting soft-deleted server",
+                        server_id,
+                    )?
+                    .is_some()
                 {
                     self.watch_until_freed(server_id);
                 }
@@ -936,7 +1034,7 @@ impl Shared {
                     |current| current.state == InstanceState::Ready && current.request_id.is_none(),
                 )
                 .await;
-            go_on(discarded, "discarding instance", &instance.id)?;
+            self.go_on(discarded, "discarding instance", &instance.id)?;
         }
         Ok(())
     }

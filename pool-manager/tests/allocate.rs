@@ -4091,48 +4091,6 @@ async fn a_create_pool_whose_caller_leaves_during_its_flush_still_fills() {
     assert_consistent(&sim, &manager).await;
 }
 
-/// The log lines written on this thread (a paused-clock test's tasks run
-/// on it) while the guard is held.
-struct Logs {
-    lines: Arc<std::sync::Mutex<Vec<u8>>>,
-    _guard: tracing::subscriber::DefaultGuard,
-}
-
-impl Logs {
-    fn capture() -> Self {
-        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let writer = {
-            let lines = lines.clone();
-            move || LogWriter(lines.clone())
-        };
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(writer)
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .finish();
-        Self {
-            lines,
-            _guard: tracing::subscriber::set_default(subscriber),
-        }
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.lines.lock().unwrap()).into_owned()
-    }
-}
-
-struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// An UpdatePool whose caller goes away while the change is being flushed
 /// (a gRPC client's deadline drops the handler) still finishes: the change
 /// kept in the store is announced (SETTINGS_CHANGED, which the metrics

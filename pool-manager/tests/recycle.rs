@@ -665,6 +665,65 @@ async fn a_refused_retirement_or_drain_shows_why_on_the_instance_and_the_pool() 
     }
 }
 
+/// The WARN lines of `logs` saying the reconciler's delete of an instance
+/// failed.
+fn delete_warnings(logs: &Logs) -> usize {
+    logs.text()
+        .lines()
+        .filter(|l| {
+            l.contains(" WARN ")
+                && l.contains("deleting instance")
+                && l.contains("failed; the next reconcile pass retries")
+        })
+        .count()
+}
+
+/// A delete the cloud keeps refusing (a locked server) was warned of by
+/// every reconcile pass, each minute: 1,440 lines a day for one stuck
+/// server. It is warned of once per item and problem (then at debug), with
+/// a reminder hourly while it lasts, and again once a fixed item fails anew.
+#[tokio::test(start_paused = true)]
+async fn a_delete_refused_at_every_pass_is_warned_of_once_an_hour() {
+    use std::sync::atomic::Ordering;
+    let logs = Logs::capture();
+    let sim = sim();
+    let (cloud, refusing) = GatedCloud::refusing(
+        &sim,
+        "delete_server",
+        pool_manager::cloud::CloudError::Conflict("Instance is locked".into()),
+        false,
+    );
+    let manager = started_over(&cloud, temp_store(), 2).await;
+    refusing.store(true, Ordering::SeqCst);
+    manager
+        .update_pool(&pool(), |s| {
+            s.min_ready = 1;
+            s.max_ready = 1;
+            s.target = Target::Fixed(1);
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(sim.servers().len(), 2, "the delete was refused");
+
+    for _ in 0..10 {
+        manager.reconcile().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    assert_eq!(sim.servers().len(), 2, "still refused");
+    assert_eq!(delete_warnings(&logs), 1, "{}", logs.text());
+
+    // Still refused an hour on: reminded.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    manager.reconcile().await.unwrap();
+    manager.reconcile().await.unwrap();
+    assert_eq!(delete_warnings(&logs), 2, "{}", logs.text());
+    refusing.store(false, Ordering::SeqCst);
+    manager.reconcile().await.unwrap();
+    assert_eq!(sim.servers().len(), 1);
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A retirement's delete that fails for now (a 429 whose Retry-After
 /// outlasts the cleanup deadline) is no refusal: the instance says the
 /// delete is tried again, not to unlock the server. And a degraded pool's
