@@ -2681,6 +2681,9 @@ impl Shared {
         let mut gate = gate::lock(&self.gate);
         let room = match polled {
             Ok((h, sales_ports)) => {
+                if gate.headroom_failing(flavor) {
+                    tracing::info!(%flavor, "quota headroom can be read again: boots are capped by it again");
+                }
                 gate.headroom_polled(flavor, boots_at_send, h, sales_ports, now);
                 self.quota_room_of(&gate, flavor, own_port)
             }
@@ -2688,7 +2691,12 @@ impl Shared {
                 if let ManagerError::Cloud(CloudError::Throttled { retry_after, .. }) = &e {
                     gate.throttled(az, *retry_after, now);
                 }
-                tracing::warn!(%flavor, error = %e, "cannot read quota headroom");
+                // Once per outage, as the refills' polls are.
+                if gate.headroom_failing(flavor) {
+                    tracing::debug!(%flavor, error = %e, "cannot read quota headroom yet");
+                } else {
+                    tracing::warn!(%flavor, error = %e, "cannot read quota headroom; purchases are paced by quota refusals only until it can be read again (logged at info)");
+                }
                 gate.headroom_failed(flavor, e.to_string(), now);
                 QuotaRoom::Room
             }

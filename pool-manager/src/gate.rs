@@ -727,6 +727,15 @@ impl Gate {
         );
     }
 
+    /// Whether `flavor`'s last poll of the limits failed: a failing one is
+    /// warned of once per outage, not at every poll.
+    pub fn headroom_failing(&self, flavor: &str) -> bool {
+        self.quota
+            .headroom
+            .get(flavor)
+            .is_some_and(|e| e.failing.is_some())
+    }
+
     /// Polling `flavor`'s limits failed at `now`: headroom is unknown (no
     /// cap; refusals still pause) until a poll succeeds, tried again after
     /// `headroom_interval`.

@@ -444,6 +444,9 @@ impl Shared {
         match result {
             Ok((h, sales_ports)) => {
                 tracing::debug!(%flavor, servers = ?h.servers, limited_by = ?h.limited_by, sales_ports, "quota headroom");
+                if gate.headroom_failing(flavor) {
+                    tracing::info!(%flavor, "quota headroom can be read again: boots are capped by it again");
+                }
                 if h.beyond_quota && !gate.headroom_status(flavor).beyond_quota {
                     tracing::warn!(%flavor, limited_by = ?h.limited_by, "one server of the flavor needs more than the project's whole quota: its pools boot nothing and cold boots are refused until the quota is raised");
                 }
@@ -453,7 +456,13 @@ impl Shared {
                 if let ManagerError::Cloud(CloudError::Throttled { retry_after, .. }) = &e {
                     gate.throttled(&pool.availability_zone, *retry_after, now);
                 }
-                tracing::warn!(%flavor, error = %e, "cannot read quota headroom; boots are paced by quota refusals only");
+                // Once per outage: a pool below its target polls every
+                // `headroom_interval`, 2,880 times a day at the default.
+                if gate.headroom_failing(flavor) {
+                    tracing::debug!(%flavor, error = %e, "cannot read quota headroom yet");
+                } else {
+                    tracing::warn!(%flavor, error = %e, "cannot read quota headroom; boots are paced by quota refusals only until it can be read again (logged at info; each failed poll meanwhile at debug)");
+                }
                 gate.headroom_failed(flavor, e.to_string(), now);
             }
         }

@@ -455,6 +455,72 @@ async fn unreadable_limits_fall_back_to_the_refusal_pause() {
     assert!(allocation.warm_hit);
 }
 
+/// A pool below its target polls its flavor's limits every
+/// `headroom_interval` (30 s); one whose limits could not be read warned
+/// at every poll, 2,880 lines a day per flavor. It warns once per outage,
+/// and says when they can be read again.
+#[tokio::test(start_paused = true)]
+async fn unreadable_limits_are_warned_of_once_per_outage() {
+    use std::sync::atomic::Ordering;
+    let logs = Logs::capture();
+    let sim = sim_with_quota(3);
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let (failing, failed) = (failing.clone(), failed.clone());
+        move |method| {
+            (method == "boot_headroom" && failing.load(Ordering::SeqCst)).then(|| {
+                failed.fetch_add(1, Ordering::SeqCst);
+                CloudError::Transient("GET /limits: 503".into())
+            })
+        }
+    });
+    let manager = PoolManager::new(temp_store(), cloud, Arc::new(sim.probe()), settings());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(5)).await.unwrap();
+    let lines = |what: &str| {
+        logs.text()
+            .lines()
+            .filter(|l| l.contains(what))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let unreadable = || {
+        lines("cannot read quota headroom")
+            .iter()
+            .filter(|l| l.contains(" WARN "))
+            .count()
+    };
+    let readable = || lines("quota headroom can be read again").len();
+
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let polls = failed.load(Ordering::SeqCst);
+    assert!(polls >= 10, "the pool, below its target, polls: {polls}");
+    assert_eq!(unreadable(), 1, "{}", logs.text());
+    assert_eq!(readable(), 0);
+
+    failing.store(false, Ordering::SeqCst);
+    tokio::time::sleep(DEFAULT_HEADROOM_INTERVAL * 2).await;
+    assert_eq!(readable(), 1, "{}", logs.text());
+    assert!(
+        lines("quota headroom can be read again")[0].contains(" INFO "),
+        "{:?}",
+        lines("quota headroom can be read again")
+    );
+    // A new outage is warned of anew.
+    failing.store(true, Ordering::SeqCst);
+    tokio::time::sleep(DEFAULT_HEADROOM_INTERVAL * 4).await;
+    assert_eq!(unreadable(), 2, "{}", logs.text());
+    assert!(manager
+        .get_pool(&pool())
+        .await
+        .unwrap()
+        .sizing
+        .quota
+        .failing
+        .is_some());
+}
+
 /// Limits unreadable, a cold boot the cloud refuses for quota backs off
 /// (2 s, 4 s, ... 32 s at the test's 1 s poll interval) between tries, and
 /// a pause that would run past the deadline is cut to the time left: the
