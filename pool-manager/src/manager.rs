@@ -1362,6 +1362,12 @@ impl PoolManager {
             .collect()
     }
 
+    /// The bytes the store takes on disk ([`Store::size_on_disk`]); `None`
+    /// for a store kept in memory.
+    pub async fn store_size_on_disk(&self) -> ManagerResult<Option<u64>> {
+        Ok(self.shared.store.size_on_disk().await?)
+    }
+
     /// How many pool servers the last reconcile pass left alone, by why,
     /// every reason listed: each needs an operator, and the pass only logs
     /// it (see [`LeftAlone`]). A server the pass could not read again is

@@ -344,6 +344,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes every write so far durable. Concurrent callers share one fsync.
     async fn flush(&self) -> StoreResult<()>;
+
+    /// The bytes the store takes on disk as it counts them, garbage not
+    /// yet compacted included (the `warmpool_store_size_bytes` gauge);
+    /// `None` for a store that keeps nothing on disk. Reads the disk's
+    /// metadata, which a sick disk may hold up: not for a hot path.
+    async fn size_on_disk(&self) -> StoreResult<Option<u64>> {
+        Ok(None)
+    }
 }
 
 /// The kinds of record the store keeps, each in a tree of its own.
@@ -1513,6 +1521,16 @@ impl Store for SledStore {
             .map_err(|e| StoreError::Io(sled::Error::Io(std::io::Error::other(e))))?;
         self.failure.kept(flushed)?;
         Ok(())
+    }
+
+    async fn size_on_disk(&self) -> StoreResult<Option<u64>> {
+        // Not `kept`: a size that cannot be read is no failed write, and
+        // stops nothing.
+        let db = self.db.clone();
+        let size = tokio::task::spawn_blocking(move || db.size_on_disk())
+            .await
+            .map_err(|e| StoreError::Io(sled::Error::Io(std::io::Error::other(e))))??;
+        Ok(Some(size))
     }
 }
 

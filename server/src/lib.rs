@@ -312,6 +312,13 @@ pub async fn start_stoppable(
             let metrics = metrics.clone();
             async move { metrics.run_events(events).await }
         }));
+        // Its own task: a disk slow to answer holds up no scrape. Aborted
+        // with the events' task, before a refused start takes back the store.
+        let store_size_task = AbortOnDrop(tokio::spawn({
+            let metrics = metrics.clone();
+            let manager = manager.clone();
+            async move { metrics.watch_store_size(manager).await }
+        }));
         // Before the replenishers start: a stale pool's first boots are already
         // paced as failed boots are. Each mark is a DEGRADED event, logged
         // (a warning naming the pool and the problem) and counted.
@@ -326,10 +333,10 @@ pub async fn start_stoppable(
                 .await
                 .with_context(|| format!("cannot mark pool {key} unusable in the store"))?;
         }
-        Ok::<_, anyhow::Error>((manager, sim, servers_where, event_task))
+        Ok::<_, anyhow::Error>((manager, sim, servers_where, (event_task, store_size_task)))
     }
     .await;
-    let (manager, sim, servers_where, event_task) = match prepared {
+    let (manager, sim, servers_where, metrics_tasks) = match prepared {
         Ok(prepared) => prepared,
         Err(e) => {
             if let Some(made) = no_store_yet {
@@ -368,7 +375,8 @@ pub async fn start_stoppable(
         }
         if let (true, Some(made)) = (e.is::<UnknownServersRefused>(), no_store_yet) {
             // Every holder of the store let go of first.
-            drop((serving, metrics_server, manager));
+            metrics_tasks.1.stop().await;
+            drop((serving, metrics_server, metrics_tasks.0, manager));
             take_back_store(made, &config.data_dir, made_dirs_from).await;
         }
         return Err(e);
@@ -522,7 +530,12 @@ pub async fn start_stoppable(
         if !failed.as_ref().is_some_and(|e| e.is::<StoreFailed>()) {
             flushed.context("flushing the store")?;
         }
+        // The store-size task holds the manager, and so the store: gone
+        // before warmpoold reports its end, not after, as an abort alone
+        // would leave it (sled flushes, and may log, as it closes).
+        let (event_task, store_size_task) = metrics_tasks;
         drop(event_task);
+        store_size_task.stop().await;
         tracing::info!("stopped");
         failed.map_or(Ok(()), Err)
     });
@@ -883,6 +896,12 @@ fn shown_data_dir(dir: &std::path::Path) -> String {
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
 impl<T> AbortOnDrop<T> {
+    /// Aborts the task and waits until it is gone, with all it held.
+    async fn stop(mut self) {
+        self.0.abort();
+        let _ = (&mut self.0).await;
+    }
+
     /// Waits for the task; `None` (and a log line) when it panicked or was aborted.
     async fn join(mut self) -> Option<T> {
         match (&mut self.0).await {

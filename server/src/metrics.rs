@@ -14,7 +14,10 @@
 //!   broadcast ([`PoolManager::events`]). The manager logs the events and
 //!   judges a pool degraded or recovered; this task only counts;
 //! - cloud API latency and throttled answers are measured by
-//!   [`MeteredCloud`], a wrapper around the daemon's [`Cloud`].
+//!   [`MeteredCloud`], a wrapper around the daemon's [`Cloud`];
+//! - the store's size on disk is read every [`STORE_SIZE_EVERY`] by a task
+//!   of its own ([`Metrics::watch_store_size`]), not at scrape time: it
+//!   reads the disk's metadata, and a sick disk must not hold up a scrape.
 //!
 //! Every label is bounded: pool labels (flavor, availability zone) by the
 //! number of pools (and of deleted pools with instances left), the others
@@ -45,6 +48,10 @@ use tokio::sync::broadcast;
 
 /// The Content-Type of what `/metrics` serves.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How often the store's size on disk is read for `warmpool_store_size_bytes`.
+/// It grows by megabytes a day: a minute is fresh enough for an alert.
+pub const STORE_SIZE_EVERY: Duration = Duration::from_secs(60);
 
 /// The `service` label of a Retry-After pause whose call the manager could
 /// not attribute to a service.
@@ -366,6 +373,7 @@ pub struct Metrics {
     config_reload_success_time: FloatGauge,
     volumes_stuck: Gauge,
     servers_left_alone: Family<LeftAloneLabels, Gauge>,
+    store_size: Gauge,
     /// One scrape at a time refreshes the gauges and encodes, so a scrape
     /// never sees another's half-refreshed gauges.
     scrape: tokio::sync::Mutex<()>,
@@ -424,6 +432,7 @@ impl Metrics {
             config_reload_success_time: FloatGauge::default(),
             volumes_stuck: Gauge::default(),
             servers_left_alone: Family::default(),
+            store_size: Gauge::default(),
             scrape: tokio::sync::Mutex::new(()),
         };
         registry.register(
@@ -641,6 +650,12 @@ impl Metrics {
             "Pool servers the last reconcile pass left alone, each waiting for an operator, by reason: unknown_sold (no record names it and a tenant's volume is attached: a sold database whose order's record was lost, a store wiped or restored from an old copy; billing cannot release it), set_aside (its instance's or its order's record was set aside as unreadable by `warmpoold store set-aside`, until a warmpoold that reads it starts)",
             m.servers_left_alone.clone(),
         );
+        registry.register_with_unit(
+            "store_size",
+            "The bytes the store takes on disk (data_dir) as sled counts them, the garbage of records rewritten or deleted that its compaction has not reclaimed yet included; read every minute, 0 until the first reading. Alert well before the data dir's volume is full: a full disk stops warmpoold. README's \"How big the store grows\" says what to expect, and what keep_released does to it",
+            Unit::Bytes,
+            m.store_size.clone(),
+        );
         for why in LeftAlone::ALL {
             touch(
                 &m.servers_left_alone,
@@ -830,6 +845,29 @@ impl Metrics {
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             }
+        }
+    }
+
+    /// Reads the store's size on disk into `warmpool_store_size_bytes`, now
+    /// and every [`STORE_SIZE_EVERY`], until aborted. A reading that fails
+    /// keeps the last one (and is logged at debug: a disk that fails fails
+    /// the store's writes too, which stops warmpoold with the reason).
+    pub async fn watch_store_size(&self, manager: PoolManager) {
+        loop {
+            self.read_store_size(&manager).await;
+            tokio::time::sleep(STORE_SIZE_EVERY).await;
+        }
+    }
+
+    /// One reading of [`Metrics::watch_store_size`].
+    async fn read_store_size(&self, manager: &PoolManager) {
+        match manager.store_size_on_disk().await {
+            Ok(Some(bytes)) => {
+                self.store_size
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot read the store's size on disk"),
         }
     }
 
@@ -1215,6 +1253,64 @@ mod tests {
             .await
             .unwrap();
         (sim, manager, key, spec)
+    }
+
+    /// The store's size on disk is exported, and followed as it grows: a
+    /// full data dir stops warmpoold, and its growth (sled's garbage, the
+    /// orders kept) is what an alert watches.
+    #[tokio::test(start_paused = true)]
+    async fn the_store_size_gauge_follows_the_store_on_disk() {
+        use pool_manager::store::Store;
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(pool_manager::store::SledStore::open(dir.path()).unwrap());
+        let sim = cloudsim::SimCloud::new(cloudsim::SimConfig::deterministic());
+        let manager = PoolManager::new(
+            store.clone(),
+            sim.clone(),
+            std::sync::Arc::new(sim.probe()),
+            pool_manager::ManagerSettings::default(),
+        );
+        let metrics = std::sync::Arc::new(Metrics::new());
+        let size = || sample(&metrics.encode(), "warmpool_store_size_bytes");
+        assert_eq!(size(), 0.0, "not read yet");
+        let watch = tokio::spawn({
+            let metrics = metrics.clone();
+            let manager = manager.clone();
+            async move { metrics.watch_store_size(manager).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let first = size();
+        let on_disk = store.size_on_disk().await.unwrap().unwrap();
+        assert!(first > 0.0, "read at once");
+        assert_eq!(first, on_disk as f64);
+
+        // Some megabytes of records, of a thousand order ids each.
+        let orders = (0..1000)
+            .map(|i| pool_manager::sizing::LearnedOrder {
+                request_id: format!("order-{i:040}"),
+                asked_before: Duration::from_secs(i),
+            })
+            .collect();
+        let learned = pool_manager::sizing::LearnedSizing {
+            saved_at: std::time::SystemTime::UNIX_EPOCH,
+            demand_short: 0.0,
+            demand_long: 0.0,
+            demand_held: 0.0,
+            held_for: None,
+            allocations: 1000,
+            leads: Vec::new(),
+            orders,
+        };
+        for pool in 0..100 {
+            let key = PoolKey::new(format!("db.{pool}"), "az1");
+            store.put_learned_sizing(&key, &learned).await.unwrap();
+        }
+        store.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(size(), first, "read once a minute, not at every write");
+        tokio::time::sleep(STORE_SIZE_EVERY).await;
+        assert!(size() > first + 1e6, "{} after {first}", size());
+        watch.abort();
     }
 
     /// A pool its project's quota leaves no room for shows in the quota
