@@ -259,12 +259,12 @@ impl Shared {
                 self.sizing_book()
                     .restore(key, &learned, Instant::now(), &self.settings.sizing);
                 if dropped > 0 {
-                    // The stored record still holds them, for a restart
-                    // before a boot is measured here.
+                    // The stored record still holds them, and the store
+                    // names this cloud already: a crash before the next
+                    // save would resume them. Saved at once (and marked
+                    // unsaved, so a failed write is tried again).
                     self.sizing_book().unsaved(key);
                     tracing::info!(pool = %key, boots = dropped, "not resuming the pool's boot lead times: they were the other cloud's (the store is adopted); the pool's lead time is its prior until this cloud's boots are measured");
-                    // The store names this cloud already: kept there until
-                    // the first periodic save, a crash would resume them.
                     self.save_learned_sizing(key).await;
                 }
                 tracing::info!(pool = %key, boots = learned.leads.len(), "resumed sizing from the store");
