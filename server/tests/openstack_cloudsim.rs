@@ -6682,6 +6682,81 @@ async fn a_token_renewal_does_not_send_a_refused_password_during_the_pause() {
     assert_eq!(again, 1, "password logins after the pause");
 }
 
+/// Calls that arrive while a token renewal is out queue behind it: once
+/// Keystone refused it, they hear its refusal, and post no password
+/// themselves. Each posting the refused password in turn counted as many
+/// refusals towards lockout_failure_attempts, and the pause jumped to its
+/// longest ("refused 10 times in a row ... 10m").
+#[tokio::test]
+async fn concurrent_calls_during_a_refused_renewal_post_the_password_once() {
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            token_lifetime: Duration::from_secs(120),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let cloud = env.driver().await;
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    env.face.faults().change_password("pool", "rotated");
+    let before = env.face.faults().password_logins();
+    let calls = (0..10).map(|_| cloud.get_server(&server.id));
+    for answer in futures::future::join_all(calls).await {
+        let err = answer.unwrap_err();
+        assert!(matches!(err, CloudError::Fatal(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("refused once in a row")
+                && err.to_string().contains("for 30s"),
+            "{err}"
+        );
+    }
+    let tried = env.face.faults().password_logins() - before;
+    assert!(
+        tried <= 1,
+        "{tried} password logins for 10 concurrent calls"
+    );
+}
+
+/// A renewal Keystone takes ends the refusals in a row: a refusal days
+/// later is the first of a new episode, paused 30 s, not one more of the
+/// old, paused ever longer.
+#[tokio::test]
+async fn a_renewal_keystone_takes_resets_the_refusal_count() {
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            token_lifetime: Duration::from_secs(120),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let cloud = env.driver().await;
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    env.face.faults().change_password("pool", "rotated");
+    let err = cloud.get_server(&server.id).await.unwrap_err();
+    assert!(err.to_string().contains("refused once"), "{err}");
+    advance_clock(Duration::from_secs(31)).await;
+    // The operator puts the old password back in Keystone.
+    env.face.faults().change_password("pool", "poolpass");
+    cloud
+        .get_server(&server.id)
+        .await
+        .expect("the renewal past the pause logs in");
+    env.face.faults().change_password("pool", "rotated-again");
+    let err = cloud.get_server(&server.id).await.unwrap_err();
+    assert!(
+        err.to_string().contains("refused once in a row") && err.to_string().contains("for 30s"),
+        "{err}"
+    );
+}
+
 /// Calls that queued behind a re-login that failed otherwise than by a
 /// refusal (Keystone slow past the request timeout; a 429 or a 5xx alike)
 /// share its outcome: one token request, not one per call each waiting

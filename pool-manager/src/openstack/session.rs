@@ -194,8 +194,9 @@ struct Refusals {
     /// The last refusal: until when the password is not posted again, and
     /// the error answered meanwhile.
     paused: Option<(tokio::time::Instant, CloudError)>,
-    /// Logins Keystone refused since the last one it took (or the start:
-    /// the daemon reads clouds.yaml at start only).
+    /// Logins Keystone refused since the last one it took (a re-login or
+    /// a renewal), or since the start: the daemon reads clouds.yaml at
+    /// start only.
     count: u32,
 }
 
@@ -235,9 +236,21 @@ struct Watched {
     /// Who logs in, for a refused renewal's message.
     identity: Arc<str>,
     /// A client that opens no connection ([`refusing_client`]), handed to
-    /// osauth during the pause: a renewal it would post fails at once,
-    /// while a token it holds still serves.
+    /// osauth during the pause: a renewal it would post fails at once.
+    /// osauth renews in a token's last ten minutes and never falls back to
+    /// the token it holds, so every call of a session whose renewal was
+    /// refused fails during the pause; only a token with more than ten
+    /// minutes left (another session's) would still serve.
     refusing: reqwest::Client,
+    /// Held across every token lookup of the sessions' osauth, so one
+    /// renewal is out at a time and the next looks at the pause after it.
+    /// Whether osauth renews is decided inside it: calls that arrived
+    /// during a renewal had each picked the connecting client before
+    /// queueing on osauth's own lock, and each posted the password
+    /// Keystone had just refused. A lookup of a live token is a read of
+    /// osauth's cache, and osauth's renewal already blocks every lookup of
+    /// the session while it is out.
+    renewing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Watched {
@@ -359,16 +372,23 @@ tokio::task_local! {
 /// ([`Connection::behind_osauth`]), which would ask osauth for the token,
 /// and so Keystone for another, at each call while Keystone refuses.
 ///
-/// osauth's renewal posts the password (once ten minutes or less of the
-/// token are left, and at every call once it expired): a renewal Keystone
-/// refuses is a refused login, and starts the re-login pause, during which
-/// osauth gets a client that opens no connection, so a renewal fails at
-/// once with the pause's error while a token osauth still holds serves.
+/// osauth's renewal posts the password (at every call once ten minutes or
+/// less of the token are left): a renewal Keystone refuses is a refused
+/// login, and starts the re-login pause, during which osauth gets a client
+/// that opens no connection, so a renewal fails at once with the pause's
+/// error. osauth never falls back to the token it holds, so during the
+/// pause the session's every call fails so. Lookups are taken one at a
+/// time ([`Watched::renewing`]), and a renewal Keystone takes (a new token
+/// on a request) ends the refusals in a row.
 #[derive(Clone)]
 struct TokenWatch {
     /// The session's own client, whose authentication is used.
     auth: osauth::client::AuthenticatedClient,
     watched: Watched,
+    /// The token osauth last put on a request of this session: another
+    /// one is a renewal Keystone took. A token osauth finds alive tells
+    /// nothing: Keystone may have revoked it, and refused the re-login.
+    seen: Arc<Mutex<Option<reqwest::header::HeaderValue>>>,
 }
 
 impl std::fmt::Debug for TokenWatch {
@@ -399,6 +419,33 @@ impl TokenWatch {
         match self.watched.refusals().active() {
             Some(pause) => (&self.watched.refusing, Some(pause)),
             None => (client, None),
+        }
+    }
+
+    /// Ends the refusals in a row: Keystone took a token request.
+    fn took_a_login(&self) {
+        let mut refusals = self.watched.refusals();
+        if refusals.count > 0 {
+            *refusals = Refusals::default();
+        }
+    }
+
+    /// Notes the token on `request`; a new one (not the session's first)
+    /// was a renewal Keystone took.
+    fn note_token(&self, request: &reqwest::RequestBuilder) {
+        let Some(token) = request
+            .try_clone()
+            .and_then(|r| r.build().ok())
+            .and_then(|r| r.headers().get("x-auth-token").cloned())
+        else {
+            return;
+        };
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let renewed = seen.as_ref().is_some_and(|last| *last != token);
+        *seen = Some(token);
+        drop(seen);
+        if renewed {
+            self.took_a_login();
         }
     }
 
@@ -436,8 +483,12 @@ impl osauth::AuthType for TokenWatch {
         client: &reqwest::Client,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::RequestBuilder, osauth::Error> {
+        let _turn = self.watched.renewing.lock().await;
         let (client, held_back) = self.client(client);
         let done = self.auth.auth_type().authenticate(client, request).await;
+        if let Ok(request) = &done {
+            self.note_token(request);
+        }
         self.noting(held_back, done)
     }
 
@@ -447,6 +498,7 @@ impl osauth::AuthType for TokenWatch {
         service_type: &str,
         filters: &osauth::EndpointFilters,
     ) -> Result<reqwest::Url, osauth::Error> {
+        let _turn = self.watched.renewing.lock().await;
         let (client, held_back) = self.client(client);
         let done = self
             .auth
@@ -457,8 +509,13 @@ impl osauth::AuthType for TokenWatch {
     }
 
     async fn refresh(&self, client: &reqwest::Client) -> Result<(), osauth::Error> {
+        let _turn = self.watched.renewing.lock().await;
         let (client, held_back) = self.client(client);
         let done = self.auth.auth_type().refresh(client).await;
+        if done.is_ok() && held_back.is_none() {
+            // A forced renewal, posted and taken.
+            self.took_a_login();
+        }
         self.noting(held_back, done)
     }
 }
@@ -518,6 +575,7 @@ impl Connection {
             refusals: Arc::default(),
             identity: identity.as_str().into(),
             refusing: refusing_client().map_err(ConnectError::Failed)?,
+            renewing: Arc::default(),
         };
         let session = login(&config, timeout, &identity, &watched)
             .await
@@ -1603,6 +1661,7 @@ fn on_client(session: Session, client: reqwest::Client, watched: &Watched) -> Se
     authenticated.set_auth_type(TokenWatch {
         auth: session.client().clone(),
         watched: watched.clone(),
+        seen: Arc::default(),
     });
     Session::new_with_authenticated_client(authenticated)
         .with_endpoint_filters(session.endpoint_filters().clone())
