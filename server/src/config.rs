@@ -902,8 +902,8 @@ const DEFAULT_DOMAIN_ID: &str = "default";
 ///   given; without one they scope the token to a domain, which warmpool
 ///   cannot work in: refused.
 /// - `user_domain_id`: osauth names the user's domain by name only. A
-///   `user_domain_name` beside it is used; the default domain's id is its
-///   name "Default"; any other id is refused, for password logins (the
+///   `user_domain_name` beside it is used; the default domain's id
+///   (`default`, in any case) is its name "Default"; any other id is refused, for password logins (the
 ///   other methods name no user domain).
 ///
 /// `project_domain_id` osauth reads itself.
@@ -976,7 +976,9 @@ fn carry_domains(
         return Ok(());
     }
     match id.as_str() {
-        Some(DEFAULT_DOMAIN_ID) => {
+        // Keystone on MySQL (utf8_general_ci) matches domain ids without
+        // regard to case, and the CLI logs in with `Default` as well.
+        Some(id) if id.eq_ignore_ascii_case(DEFAULT_DOMAIN_ID) => {
             auth.insert("user_domain_name".into(), "Default".into());
             Ok(())
         }
@@ -3409,6 +3411,32 @@ key_file = "b.key"
             err.contains("OS_DOMAIN_NAME") && err.contains("OS_PROJECT_NAME"),
             "{err}"
         );
+    }
+
+    /// Keystone on MySQL (utf8_general_ci) matches domain ids without
+    /// regard to case, so the openstack CLI logs in with
+    /// `user_domain_id: Default`: it is the default domain, as `default`.
+    #[test]
+    fn the_default_domains_id_in_any_case_is_the_default_domain() {
+        let config =
+            Config::parse("[cloud]\nkind = \"openstack\"\nmanagement_network = \"n\"").unwrap();
+        let CloudConfig::OpenStack(os) = config.cloud else {
+            unreachable!()
+        };
+        for id in ["default", "Default", "DEFAULT"] {
+            let auth = os
+                .auth_in(&env(&[
+                    ("OS_AUTH_URL", "http://keystone/v3"),
+                    ("OS_USER_DOMAIN_ID", id),
+                ]))
+                .unwrap_or_else(|e| panic!("{id}: {e}"));
+            let value = serde_yaml::to_value(&auth).unwrap();
+            assert_eq!(
+                value["auth"]["user_domain_name"].as_str(),
+                Some("Default"),
+                "{id}"
+            );
+        }
     }
 
     /// The driver's settings hold osauth's `CloudConfig`, whose Debug
