@@ -100,12 +100,21 @@ install_apt() {
 
 install_venv() {
   local py=${OSTB_PYTHON:-python3.11}
-  local have
-  if [ ! -x "$VENV/bin/python" ]; then
-    "$py" -m venv "$VENV"
+  local have tools pin
+  [ -x "$VENV/bin/python" ] || "$py" -m venv "$VENV"
+  # Whenever any differs from its pin, not only in a new venv: the
+  # --build-constraint below needs pip 25.3 or later, and a venv made by
+  # older scripts (the reference's too) has an older pip, which stopped
+  # up.sh with "no such option: --build-constraint".
+  tools=$("$VENV/bin/pip" list --disable-pip-version-check --format=freeze 2>/dev/null) || true
+  while read -r pin; do
+    case $pin in '' | '#'*) continue ;; esac
+    grep -qixF "$pin" <<<"$tools" && continue
+    log "   $pin wanted in the venv; installing the pinned build tools"
     "$VENV/bin/pip" install -q -r "$TB_DIR/build-constraints.txt" >>"$LOGS/pip.log" 2>&1 \
       || { tail -n 20 "$LOGS/pip.log" >&2; die "pip install of pip, setuptools and wheel failed (log $LOGS/pip.log)"; }
-  fi
+    break
+  done <"$TB_DIR/build-constraints.txt"
   # Captured whole, then compared: `pip show | grep -q` let grep exit at the
   # match, pip died of EPIPE, pipefail failed the test, and most runs
   # reinstalled everything for nothing.
@@ -164,18 +173,22 @@ claim_port() {
     sleep 0.2
   done
   hint=$(port_hint "$name")
-  who=$(ss -ltnpH "sport = :$port" 2>/dev/null | sed -nE 's/.*users:\(\("([^"]+)",pid=([0-9]+).*/\1 (pid \2)/p' | head -1)
+  # || true: without ss (no iproute2 on a minimal image) errexit ended
+  # up.sh here, before the message naming the port.
+  who=$(ss -ltnpH "sport = :$port" 2>/dev/null | sed -nE 's/.*users:\(\("([^"]+)",pid=([0-9]+).*/\1 (pid \2)/p' | head -1) || true
   die "port $HOST_IP:$port, which the testbed's $name needs, is taken by ${who:-a process ss does not name}; stop it${hint:+ ($hint)} and re-run up.sh"
 }
 
 # Every testbed service that listens, as NAME:PORT.
 TB_PORTS="mariadb:$P_MYSQL epmd:4369 rabbitmq:$P_RABBIT memcached:$P_MEMCACHED keystone:$P_KEYSTONE placement:$P_PLACEMENT glance:$P_GLANCE nova-api:$P_NOVA neutron:$P_NEUTRON cinder-api:$P_CINDER"
+# The packages up.sh installs leave their units enabled, so they start again
+# at every boot: the hints disable them, which a stop alone does not.
 port_hint() {
   case $1 in
-    mariadb) echo "systemctl stop mariadb, or the scripts/test.sh run that started it" ;;
-    epmd) echo "a system epmd: systemctl stop epmd.socket epmd.service" ;;
-    rabbitmq) echo "Debian's: systemctl stop rabbitmq-server" ;;
-    memcached) echo "Debian's: systemctl stop memcached" ;;
+    mariadb) echo "systemctl disable --now mariadb, or the scripts/test.sh run that started it" ;;
+    epmd) echo "a system epmd: systemctl disable --now epmd.socket epmd.service" ;;
+    rabbitmq) echo "Debian's: systemctl disable --now rabbitmq-server" ;;
+    memcached) echo "Debian's: systemctl disable --now memcached" ;;
   esac
 }
 
