@@ -25,7 +25,10 @@
 #      One that a killed earlier run left running there is stopped first.
 #      The testbed's MariaDB cannot serve: it skips name resolution, which
 #      turns the host cache off. A machine with no such address runs the
-#      tests anyway, and the probe test fails saying so;
+#      tests anyway, and the probe test fails saying so; so does one whose
+#      reverse DNS for that address fails temporarily (SERVFAIL, timeout:
+#      MariaDB then caches nothing for it; an /etc/hosts line for the
+#      address fixes it; a plain "no such name" is cached and serves);
 #   6. cargo test, whole workspace, including the e2e suite against the
 #      testbed (server/tests/e2e_testbed.rs, check_cloud_testbed.rs),
 #      holding the testbed's lock shared meanwhile, so that no up.sh or
