@@ -54,6 +54,20 @@ for n in $TB_SERVICES; do
   fi
 done
 rm -f "$RUN/rabbitmq-beam.pid"
+# rabbitmq's shutdown, finding the testbed's epmd already stopped, starts an
+# `epmd -daemon` of its own (seen: one started in the second this script
+# stopped the testbed). It would hold port 4369 against the next up.sh, so
+# such an epmd, started after this script began, is stopped too; any other
+# epmd is left alone.
+self_start=$(proc_start $$) || true
+for d in /proc/[0-9]*; do
+  [ "$(cat "$d/comm" 2>/dev/null)" = epmd ] || continue
+  p=${d#/proc/}
+  st=$(proc_start "$p") || true
+  [ -n "$st" ] && [ "$st" -ge "$self_start" ] || continue
+  tr '\0' ' ' <"$d/cmdline" 2>/dev/null | grep -q -- '-daemon' || continue
+  kill -TERM "$p" 2>/dev/null && echo "stopping the epmd rabbitmq's shutdown started (pid $p)"
+done
 if [ "${1:-}" = "--wipe" ]; then
   echo "wiping state under $STATE (keeping logs dir) and /etc/{keystone,glance,placement,nova,neutron,cinder}"
   rm -rf "$STATE/mysql" "$STATE/mysqlrun" "$STATE/rabbitmq" "$STATE/glance" "$STATE/nova" "$STATE/cinder" \
