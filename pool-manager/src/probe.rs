@@ -185,19 +185,30 @@ impl MysqlGreetingProbe {
     }
 }
 
-/// The (error code, address) pairs of unexpected answers to the login
-/// already warned about. Bounded: past it, warnings may come again.
-static WARNED: std::sync::Mutex<std::collections::BTreeSet<(u16, SocketAddr)>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
-const MAX_WARNED: usize = 4096;
+/// When each unexpected error code answering the login was last warned
+/// about. Keyed by the code alone: an image answering every login with the
+/// same code (say 3159, `require_secure_transport`) would otherwise warn
+/// once per new server address, and Neutron reuses addresses, so a code
+/// seen at a reused address would never be warned of again. At most one
+/// entry per code.
+static WARNED: std::sync::Mutex<std::collections::BTreeMap<u16, tokio::time::Instant>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
 
-/// Whether the login's answer `code` from `addr` is yet to be warned about.
-fn first_warning(code: u16, addr: SocketAddr) -> bool {
+/// How often an unexpected login error code is warned about while it lasts.
+const WARN_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Whether the login's answer `code` is to be warned about now: the first
+/// time, then at most once per [`WARN_AGAIN_AFTER`].
+fn due_warning(code: u16) -> bool {
+    let now = tokio::time::Instant::now();
     let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
-    if warned.len() >= MAX_WARNED {
-        warned.clear();
+    match warned.get(&code) {
+        Some(last) if now.saturating_duration_since(*last) < WARN_AGAIN_AFTER => false,
+        _ => {
+            warned.insert(code, now);
+            true
+        }
     }
-    warned.insert((code, addr))
 }
 
 /// Sends the login of [`PROBE_USER`] and reads mysqld's answers until one
@@ -229,8 +240,8 @@ where
                 // Up all the same, but some such errors (1043, "Bad
                 // handshake") mysqld counts against warmpoold's address,
                 // as it did the hang-ups the login replaced: visible, once.
-                if code != ACCESS_DENIED && first_warning(code, addr) {
-                    tracing::warn!(%addr, code, reason = %message, "mysqld answered the probe's login with an error other than 1045 (access denied): counted as up, but if mysqld counts it as a connection error of warmpoold's address (1043, bad handshake, is one) it blocks that address (1129) after max_connect_errors probes; see mysqld's error log, and report it to warmpool's developers with mysqld's version (warned once per code and address)");
+                if code != ACCESS_DENIED && due_warning(code) {
+                    tracing::warn!(%addr, code, reason = %message, "mysqld answered the probe's login with an error other than 1045 (access denied): counted as up, but if mysqld counts it as a connection error of warmpoold's address (1043, bad handshake, is one) it blocks that address (1129) after max_connect_errors probes; see mysqld's error log, and report it to warmpool's developers with mysqld's version (warned once an hour per code)");
                 }
                 return Ok(());
             }
@@ -718,9 +729,10 @@ mod tests {
     /// mysqld is up, but may be one mysqld counts against the host (1043
     /// "Bad handshake": a login it could not parse), which would bring
     /// back the 1129 block the login exists to avoid: it is logged at
-    /// WARN, once per code and address, not once per reconcile pass.
+    /// WARN once an hour per code (not per address: Neutron reuses them),
+    /// not once per reconcile pass.
     #[tokio::test(start_paused = true)]
-    async fn an_unexpected_login_error_is_up_and_warned_once_per_code_and_address() {
+    async fn an_unexpected_login_error_is_up_and_warned_once_an_hour_per_code() {
         let logs = Logs::capture();
         let first: SocketAddr = "10.0.9.1:3306".parse().unwrap();
         let second: SocketAddr = "10.0.9.2:3306".parse().unwrap();
@@ -730,7 +742,7 @@ mod tests {
             assert_eq!(verdict.unwrap(), "8.0.36");
         }
         let (verdict, _) = probe_scripted_at(
-            first,
+            second,
             vec![greeting("8.0.36"), error(2, 1044, "42000", "Access denied")],
         )
         .await;
@@ -741,13 +753,17 @@ mod tests {
         )
         .await;
         assert_eq!(verdict.unwrap(), "8.0.36");
+        // Still answered so an hour on: warned again.
+        tokio::time::advance(WARN_AGAIN_AFTER).await;
+        let (verdict, _) = probe_scripted_at(second, bad_handshake()).await;
+        assert_eq!(verdict.unwrap(), "8.0.36");
 
         let warnings = logs.warnings();
         assert_eq!(warnings.len(), 3, "{warnings:#?}");
         for (line, (addr, code)) in
             warnings
                 .iter()
-                .zip([(first, "1043"), (second, "1043"), (first, "1044")])
+                .zip([(first, "1043"), (second, "1044"), (second, "1043")])
         {
             assert!(
                 line.contains(&addr.to_string()) && line.contains(code),
