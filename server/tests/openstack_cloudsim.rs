@@ -218,7 +218,21 @@ fn volume_spec(name: &str, size_gib: u32) -> NewVolumeSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_boot_tagged_list_by_tag_greet_and_delete() {
-    let env = env().await;
+    // Deletes take an hour of simulated time (36 s of real time, more than
+    // the test lasts), so the server is still being deleted when the test
+    // looks: at the default 2 s (20 ms real) a busy machine's next call
+    // came after the host was done and found nothing.
+    let env = env_with(
+        SimConfig {
+            latencies: cloudsim::Latencies {
+                delete: Duration::from_secs(3600),
+                ..cloudsim::Latencies::default()
+            },
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
     let cloud = env
         .driver_with("server_name_prefix = \"wp-test-\"\nserver_tag = \"wp-test\"")
         .await;
