@@ -611,6 +611,60 @@ fn shares_and_quantiles_of_events_take_a_window_their_panel_names() {
     assert!(checked >= 5, "only {checked} shares or quantiles of events");
 }
 
+/// The longest scrape interval the dashboard is written for: Prometheus'
+/// default (the example prometheus.yml scrapes every 15 s).
+const LONGEST_SCRAPE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// An annotation marks an event where its query, run at every step, finds
+/// the counter's increase: the scrape before the event and the one after
+/// must be in one window. Windows as long as the step left a gap of up to a
+/// scrape interval between one window's last scrape and the next's first:
+/// a settings change there was never marked (1 in 4 at 15 s scrapes, every
+/// one at 1 m). Every window of an annotation is longer than its step by
+/// the longest scrape interval, and fixed: `$__rate_interval` follows the
+/// scrape interval set in Grafana's data source, which may not be
+/// Prometheus'.
+#[test]
+fn annotation_windows_outlast_their_step_by_a_scrape_interval() {
+    let dashboard = support::dashboard();
+    let annotations = dashboard["annotations"]["list"]
+        .as_array()
+        .expect("the dashboard's annotations");
+    let mut checked = 0;
+    for annotation in annotations {
+        let Some(expr) = annotation["expr"].as_str() else {
+            continue;
+        };
+        let name = annotation["name"].as_str().unwrap_or("?");
+        // Grafana's default step for an annotation without one.
+        let step = annotation["step"].as_str().unwrap_or("60s");
+        let step = humantime::parse_duration(step)
+            .unwrap_or_else(|e| panic!("annotation {name:?}: step {step:?}: {e}"));
+        let windows = range_windows(expr);
+        assert!(
+            !windows.is_empty(),
+            "annotation {name:?} takes no window: {expr}"
+        );
+        for window in windows {
+            // A subquery's range, before its resolution.
+            let range = window.split(':').next().unwrap_or_default();
+            let range = humantime::parse_duration(range).unwrap_or_else(|e| {
+                panic!(
+                    "annotation {name:?} takes a window that is not fixed, {window}: {e}: {expr}"
+                )
+            });
+            assert!(
+                range >= step + LONGEST_SCRAPE_INTERVAL,
+                "annotation {name:?} takes a window of {window} at a step of {step:?}: an event \
+                 between the last scrape of one window and the first of the next, up to \
+                 {LONGEST_SCRAPE_INTERVAL:?} apart, is in none: {expr}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "only {checked} annotation windows");
+}
+
 fn k8s_workload() -> serde_yaml::Value {
     let path = deploy_dir().join("kubernetes/statefulset.yaml");
     serde_yaml::from_str(&read(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
