@@ -322,10 +322,19 @@ fn lead_time_histogram() -> Histogram {
     Histogram::new(LEAD_TIME_BUCKETS)
 }
 
+/// OpenStack's APIs answer in milliseconds to seconds, but a call waits up
+/// to `cloud.request_timeout` for each request it sends, and that may be
+/// set to `MAX_OPENSTACK_REQUEST_TIMEOUT` (10 minutes). The top finite
+/// bound is that timeout: histogram_quantile answers a quantile in +Inf
+/// with the top finite bound, which would show a cloud answering in
+/// minutes flat at that bound on the dashboard's cloud latency panel.
+const CLOUD_BUCKETS: [f64; 18] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
+];
+
 fn cloud_histogram() -> Histogram {
-    Histogram::new([
-        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    ])
+    Histogram::new(CLOUD_BUCKETS)
 }
 
 /// Every metric warmpoold exports, and the registry that encodes them.
@@ -1872,6 +1881,42 @@ mod tests {
         assert!(
             top >= crate::convert::MAX_ALLOCATE_TIMEOUT.as_secs_f64(),
             "top finite Allocate bucket {top} s is below MAX_ALLOCATE_TIMEOUT"
+        );
+    }
+
+    /// A cloud call waits up to `cloud.request_timeout` for each request it
+    /// sends, which may be set to MAX_OPENSTACK_REQUEST_TIMEOUT. A call that
+    /// waited that long must be counted in a finite bucket, or
+    /// histogram_quantile reports it as the top finite bound and the
+    /// dashboard's "Cloud API latency (p95)" reads flat there, however
+    /// slow the cloud.
+    #[test]
+    fn a_cloud_call_as_long_as_the_longest_request_timeout_lands_below_the_inf_bucket() {
+        let m = Metrics::new();
+        let longest = crate::config::MAX_OPENSTACK_REQUEST_TIMEOUT;
+        m.observe_cloud("compute", None, longest);
+        let body = m.encode();
+        let series = r#"service="compute",status="ok""#;
+        let buckets: Vec<(f64, f64)> = body
+            .lines()
+            .filter_map(|line| line.strip_prefix("warmpool_cloud_request_duration_seconds_bucket{"))
+            .filter_map(|rest| {
+                let (labels, value) = rest.split_once("} ")?;
+                let (le, labels) = labels.strip_prefix("le=\"")?.split_once("\",")?;
+                (labels == series && le != "+Inf")
+                    .then(|| (le.parse().unwrap(), value.parse().unwrap()))
+            })
+            .collect();
+        assert!(!buckets.is_empty(), "no buckets of {series}\n{body}");
+        assert!(buckets.windows(2).all(|w| w[0].0 < w[1].0), "{buckets:?}");
+        let (top, count) = buckets[buckets.len() - 1];
+        assert_eq!(
+            count, 1.0,
+            "a {longest:?} cloud call fell in +Inf: the top finite bucket is {top} s\n{body}"
+        );
+        assert!(
+            top >= longest.as_secs_f64(),
+            "top finite cloud-latency bucket {top} s is below MAX_OPENSTACK_REQUEST_TIMEOUT"
         );
     }
 
