@@ -532,7 +532,7 @@ impl Metrics {
         );
         registry.register(
             "pool_gate_hold",
-            "1 while new boots of the pool's availability zone wait, by reason: throttled (429/413 Retry-After) or quota; 0 for a draining pool, which boots nothing",
+            "1 while new boots of the pool's availability zone wait, by reason: throttled (a Retry-After pause: HTTP 429, a 413 that is not a quota, a 503 naming one) or quota; 0 for a draining pool, which boots nothing",
             m.pool_gate_hold.clone(),
         );
         registry.register(
@@ -600,7 +600,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "cloud_request_duration",
-            "Latency of cloud API calls by service (compute, volume, network, image) and status (ok or the error class)",
+            "Latency of cloud API calls by service (compute, volume, network, image; identity for a call that failed at its Keystone token request, counted there and not under the service it went to) and status (ok or the error class)",
             Unit::Seconds,
             m.cloud_request_duration.clone(),
         );
@@ -1772,9 +1772,10 @@ mod tests {
     /// A family's HELP text is all an operator reading /metrics or
     /// Grafana's tooltip sees: it names every cause the family counts. A
     /// pool that fails its start-up cloud check is degraded without a
-    /// failed boot, a 503 naming a Retry-After is waited out as a 429 is,
-    /// and an unauthenticated call may carry a token, a malformed one or
-    /// one this daemon does not know. A pool is counted exhausted by every
+    /// failed boot, a 503 naming a Retry-After is waited out (and holds
+    /// the zone's boots) as a 429 is, a call that failed at Keystone is
+    /// counted under identity, and an unauthenticated call may carry a
+    /// token, a malformed one or one this daemon does not know. A pool is counted exhausted by every
     /// call that found no Ready instance it could claim, served after all
     /// or not, and by one whose timeout passed while its volume was made.
     #[test]
@@ -1787,6 +1788,14 @@ mod tests {
             consecutive_failures: 0,
         }));
         m.record(&event(EventKind::Exhausted));
+        // Set at scrape time from the manager's view.
+        let pool_labels = PoolLabels {
+            flavor: "db.small".into(),
+            availability_zone: "az1".into(),
+        };
+        m.pool_gate_hold
+            .get_or_create(&pool_labels.with("throttled").into())
+            .set(1);
         m.observe_cloud(
             "volume",
             Some(&CloudError::Throttled {
@@ -1829,6 +1838,15 @@ mod tests {
             "timeout passed",
         ] {
             assert!(exhausted.contains(cause), "{cause}: {exhausted}");
+        }
+        // The pool's gate holds its boots for a 503 naming a Retry-After
+        // too: the cloud answered CloudError::Throttled.
+        let hold = help(&body, "warmpool_pool_gate_hold");
+        assert!(hold.contains("503"), "{hold}");
+        // Every service a cloud call is counted under, Keystone's too.
+        let latency = help(&body, "warmpool_cloud_request_duration_seconds");
+        for service in cloud::SERVICES {
+            assert!(latency.contains(service), "{service}: {latency}");
         }
     }
 

@@ -548,6 +548,47 @@ fn panels_in_seconds_plot_only_seconds_or_give_the_rest_its_own_unit() {
     assert!(checked >= 4, "only {checked} queries in panels of seconds");
 }
 
+/// A panel's description is what an operator reads of its series: it
+/// names what they count as their HELP does (metrics.rs checks those). A
+/// list of the cloud's services names every one a call is counted under,
+/// Keystone's (identity) too; throttling counts, and holds boots for, a
+/// 503 naming a Retry-After as it does a 429 or 413; a pool is degraded by
+/// a failed start-up cloud check as by failed boots.
+#[test]
+fn panel_descriptions_name_every_cause_their_series_count() {
+    let fresh = warmpool_server::metrics::Metrics::new().encode();
+    let services = label_values(&fresh, "warmpool_cloud_throttled_total", "service");
+    assert!(services.len() >= 5, "{services:?}");
+    let dashboard = support::dashboard();
+    let mut checked = 0;
+    for panel in dashboard_panels(&dashboard["panels"]) {
+        let title = panel["title"].as_str().unwrap_or("?");
+        let description = panel["description"].as_str().unwrap_or_default();
+        let mut exprs = Vec::new();
+        support::dashboard_exprs(panel, &mut exprs);
+        let names: BTreeSet<String> = exprs.iter().flat_map(|e| warmpool_identifiers(e)).collect();
+        let uses = |name: &str| names.iter().any(|n| n.starts_with(name));
+        let mut needed: Vec<&str> = Vec::new();
+        if uses("warmpool_cloud_request_duration_seconds") && description.contains("compute") {
+            needed.extend(services.iter().map(String::as_str));
+        }
+        if uses("warmpool_cloud_throttled_total") || uses("warmpool_pool_gate_hold") {
+            needed.push("503");
+        }
+        if uses("warmpool_pool_degraded") {
+            needed.push("cloud check");
+        }
+        for cause in needed {
+            assert!(
+                description.contains(cause),
+                "panel {title:?}'s description does not name {cause:?}: {description}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "only {checked} causes checked");
+}
+
 /// The Kubernetes workload running warmpoold.
 /// The range windows (`[1h]`) of a PromQL query, in order.
 fn range_windows(expr: &str) -> Vec<&str> {
