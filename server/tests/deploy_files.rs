@@ -1,8 +1,9 @@
 //! The files in deploy/ checked against the daemon itself: every TOML there
 //! loads with warmpoold's own config loader, the example documents every
 //! option the loader knows, and the Grafana dashboard and the Prometheus
-//! rules name only metrics a running warmpoold exposes on /metrics (their
-//! promtool tests only its histograms' bucket bounds); the
+//! rules name only metrics a running warmpoold exposes on /metrics, and
+//! only the labels and label values its series have (their promtool tests
+//! only its histograms' bucket bounds); the
 //! systemd unit and the example config agree on how a dynamic user gets the
 //! cloud's credentials; and a dashboard panel in seconds plots nothing else
 //! without giving it its own unit; the Kubernetes config's store cache fits
@@ -20,7 +21,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -309,19 +310,95 @@ async fn dashboard_and_alert_rules_name_only_metrics_the_daemon_exposes() {
         unknown.is_empty(),
         "the dashboard or rules name metrics warmpoold does not expose: {unknown:?}\nexposed: {exposed:#?}"
     );
-    // An outcome no series has selects nothing, silently: the hit rate's
-    // denominator would leave those purchases out.
-    let outcomes = label_values(&body, "warmpool_allocations_total", "outcome");
-    assert!(outcomes.contains("waited"), "{outcomes:?}");
+    // A label value no series has selects nothing, silently (the hit
+    // rate's denominator would leave purchases out, an alert would never
+    // fire), and `!=` one selects everything. Every matcher on a label
+    // warmpoold gives fixed values (all but the pool's flavor and zone,
+    // the certificate's file and the buckets' bounds, checked below), in
+    // the dashboard, the rules and their tests' input series, names a
+    // value the series it selects has, and a label it has. The live
+    // scrape has every pool's series from the start; a cloud call's status
+    // only once a call had it: those come from metrics that saw a call of
+    // each status to each service.
     let rule_texts: Vec<String> = rules.iter().map(|p| read(p)).collect();
-    for query in queries.iter().chain(&rule_texts) {
-        for outcome in selected_values(query, "outcome") {
-            assert!(
-                outcomes.contains(&outcome),
-                "{query} selects outcome {outcome:?}, which warmpoold does not count: {outcomes:?}"
-            );
+    let cloud_calls = warmpool_server::metrics::Metrics::new();
+    let services = label_values(
+        &cloud_calls.encode(),
+        "warmpool_cloud_throttled_total",
+        "service",
+    );
+    for service in &services {
+        // Named as MeteredCloud names it, by a &'static str.
+        let service: &'static str = Box::leak(service.clone().into_boxed_str());
+        for error in [None]
+            .into_iter()
+            .chain(every_cloud_error().iter().map(Some))
+        {
+            cloud_calls.observe_cloud(service, error, Duration::from_millis(5));
         }
     }
+    let series = series_labels(&format!("{body}{}{}", tls.encode(), cloud_calls.encode()));
+    let free = ["flavor", "availability_zone", "cert_file", "le"];
+    let fixed: BTreeSet<&str> = series
+        .values()
+        .flat_map(|labels| labels.keys())
+        .map(String::as_str)
+        .filter(|label| !free.contains(label))
+        .collect();
+    for needed in [
+        "state", "outcome", "path", "result", "window", "quantile", "reason", "service", "status",
+        "method",
+    ] {
+        assert!(fixed.contains(needed), "no series has {needed}: {fixed:?}");
+    }
+    let mut checked = BTreeSet::new();
+    for text in queries.iter().chain(&rule_texts) {
+        for m in selector_matchers(text) {
+            if !fixed.contains(m.label.as_str()) {
+                continue;
+            }
+            let selector = format!("{}{{{}{}\"{}\"}}", m.metric, m.label, m.op, m.value);
+            let has = series
+                .get(&m.metric)
+                .and_then(|labels| labels.get(&m.label))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{selector}: warmpoold's {} has no label {} ({:?}), it selects nothing: {text}",
+                        m.metric,
+                        m.label,
+                        series.get(&m.metric).map(|l| l.keys().collect::<Vec<_>>())
+                    )
+                });
+            // A regex beyond alternatives of plain values (`a|b`), or a
+            // dashboard variable, cannot be checked value by value.
+            let plain = |v: &str| {
+                v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c))
+            };
+            let values: Vec<&str> = match m.op.as_str() {
+                "=" | "!=" => vec![m.value.as_str()],
+                _ => m.value.split('|').collect(),
+            };
+            if !values.iter().all(|v| plain(v)) {
+                continue;
+            }
+            for value in values {
+                assert!(
+                    has.contains(value),
+                    "{selector} names {} {value:?}, which warmpoold's {} never has: {has:?}\n{text}",
+                    m.label,
+                    m.metric
+                );
+                checked.insert((m.metric.clone(), m.label.clone(), value.to_owned()));
+            }
+        }
+    }
+    let labels_checked: BTreeSet<&str> = checked.iter().map(|(_, l, _)| l.as_str()).collect();
+    assert!(
+        checked.len() >= 15 && labels_checked.len() >= 5,
+        "only {} values of {labels_checked:?} checked: {checked:?}",
+        checked.len()
+    );
     // The rules' unit tests feed histograms the bucket bounds warmpoold
     // has: a quantile computed from bounds it lacks says nothing of what
     // the alert does on real scrapes.
@@ -372,28 +449,120 @@ fn label_values(body: &str, metric: &str, label: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The values a PromQL text's matchers on `label` select: `label="v"`,
-/// and each alternative of `label=~"a|b"`.
-fn selected_values(query: &str, label: &str) -> Vec<String> {
-    let mut values = Vec::new();
-    let mut rest = query;
-    while let Some(at) = rest.find(label) {
+/// One label matcher of a selector: `metric{label op "value"}`.
+#[derive(Debug)]
+struct Matcher {
+    metric: String,
+    label: String,
+    /// `=`, `!=`, `=~` or `!~`.
+    op: String,
+    value: String,
+}
+
+/// The label matchers of every selector of a warmpool metric in `text`
+/// (PromQL, a promtool test's input series, or a /metrics body, whose
+/// labels read as `=` matchers).
+fn selector_matchers(text: &str) -> Vec<Matcher> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("warmpool_") {
         let before = rest[..at].chars().next_back();
-        let after = rest[at + label.len()..].trim_start();
-        rest = &rest[at + label.len()..];
+        rest = &rest[at..];
+        let name_len = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .unwrap_or(rest.len());
+        let metric = &rest[..name_len];
+        rest = &rest[name_len..];
         if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
             continue;
         }
-        let quoted = after
-            .strip_prefix("=~")
-            .or_else(|| after.strip_prefix('='))
-            .map(str::trim_start)
-            .and_then(|v| v.strip_prefix('"'));
-        if let Some((value, _)) = quoted.and_then(|v| v.split_once('"')) {
-            values.extend(value.split('|').map(str::to_owned));
+        let Some(mut labels) = rest.trim_start().strip_prefix('{') else {
+            continue;
+        };
+        loop {
+            labels = labels.trim_start_matches([' ', ',', '\n']);
+            let label_len = labels
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(labels.len());
+            if label_len == 0 {
+                break;
+            }
+            let label = &labels[..label_len];
+            let after = labels[label_len..].trim_start();
+            let Some(op) = ["=~", "!~", "!=", "="]
+                .into_iter()
+                .find(|op| after.starts_with(op))
+            else {
+                break;
+            };
+            let Some((value, tail)) = after[op.len()..]
+                .trim_start()
+                .strip_prefix('"')
+                .and_then(|v| v.split_once('"'))
+            else {
+                break;
+            };
+            found.push(Matcher {
+                metric: metric.to_owned(),
+                label: label.to_owned(),
+                op: op.to_owned(),
+                value: value.to_owned(),
+            });
+            labels = tail;
         }
     }
-    values
+    found
+}
+
+/// Every series name of a /metrics body, with the values each of its
+/// labels takes.
+fn series_labels(body: &str) -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
+    let mut series: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        for m in selector_matchers(line) {
+            series
+                .entry(m.metric)
+                .or_default()
+                .entry(m.label)
+                .or_default()
+                .insert(m.value);
+        }
+    }
+    series
+}
+
+/// One error of each kind a cloud call can end with (each its own
+/// `status` of the cloud metrics, or one it shares).
+fn every_cloud_error() -> Vec<pool_manager::cloud::CloudError> {
+    use pool_manager::cloud::CloudError;
+    let message = || "from deploy_files".to_owned();
+    let errors = vec![
+        CloudError::Throttled {
+            retry_after: Some(Duration::from_secs(1)),
+            message: message(),
+            unavailable: false,
+        },
+        CloudError::QuotaExceeded(message()),
+        CloudError::Conflict(message()),
+        CloudError::NotFound(message()),
+        CloudError::Transient(message()),
+        CloudError::Fatal(message()),
+        CloudError::LeftToReclaim(message()),
+    ];
+    // A kind added to CloudError stops this match from compiling, and is
+    // added above.
+    for error in &errors {
+        match error {
+            CloudError::Throttled { .. }
+            | CloudError::QuotaExceeded(_)
+            | CloudError::Conflict(_)
+            | CloudError::NotFound(_)
+            | CloudError::Transient(_)
+            | CloudError::Fatal(_)
+            | CloudError::LeftToReclaim(_) => {}
+        }
+    }
+    errors
 }
 
 /// The (series name, `le`) of every histogram bucket sample or input series
