@@ -1351,7 +1351,8 @@ impl Shared {
     }
 
     /// Buys order `request.params` if no call has recorded it yet; `None`
-    /// if one has (found at the compare-and-swap that writes the record).
+    /// if one has (found at the compare-and-swap that writes the record, or
+    /// after a refusal of its checks, [`Self::refuse_unrecorded`]).
     /// Run as a task of the manager ([`PoolManager::detached`]): it is
     /// finished whether or not its caller still waits.
     async fn purchase(
@@ -1362,13 +1363,18 @@ impl Shared {
     ) -> ManagerResult<Option<Allocation>> {
         let params = &request.params;
         self.refuse_if_set_aside(&params.request_id).await?;
-        let pool = self.pool(&params.pool).await?;
+        let pool = match self.pool(&params.pool).await {
+            Ok(pool) => pool,
+            Err(e @ ManagerError::PoolNotFound(_)) if self.recorded_since(params).await => {
+                tracing::debug!(request_id = %params.request_id, refusal = %e, "order recorded by another call meanwhile; answering as it");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
         if pool.draining {
             let refused =
                 ManagerError::FailedPrecondition(format!("pool {} is being deleted", params.pool));
-            self.count_refusal(&params.pool, &params.request_id, &refused, started)
-                .await;
-            return Err(refused);
+            return self.refuse_unrecorded(params, refused, started).await;
         }
         // In flight before the record exists: a reconcile pass must never
         // see this Allocating record unclaimed and roll it back. And before
@@ -1378,9 +1384,7 @@ impl Shared {
         // the record before it.
         let _in_flight = InFlight::enter(self, &params.request_id);
         if let Err(e) = self.fence_volume(params, deadline).await {
-            self.count_refusal(&params.pool, &params.request_id, &e, started)
-                .await;
-            return Err(e);
+            return self.refuse_unrecorded(params, e, started).await;
         }
         let salt = rand::Rng::gen(&mut *self.attempt_salts.lock().expect("attempt salt lock"));
         let allocation = Allocation::new(params.clone(), salt);
@@ -1404,6 +1408,45 @@ impl Shared {
         self.complete_purchase(&request, allocation, started, deadline)
             .await
             .map(Some)
+    }
+
+    /// Whether a call of order `params` has recorded it since `allocate`
+    /// found it unrecorded. Two calls of one order (billing's retry after
+    /// its deadline, a hedged request) may both find no record and check
+    /// the order side by side: the one that records it first attaches the
+    /// tenant's volume, and the other's look then finds it in use (by the
+    /// order's own server), or deleted by a release of the order. That
+    /// refusal is no answer to the order, whose record's is: `allocate`
+    /// gives it, waits for it, or refuses other parameters ABORTED, as for
+    /// a call that came later. The record is never this call's own: it
+    /// writes its record only once its checks have passed. One that cannot
+    /// be read leaves the refusal as the answer.
+    async fn recorded_since(&self, params: &AllocationParams) -> bool {
+        matches!(
+            self.store.get_allocation(&params.request_id).await,
+            Ok(Some(_))
+        )
+    }
+
+    /// Refuses order `params`, found unrecorded, with `refused`, counted;
+    /// or, if another call has recorded it meanwhile ([`recorded_since`]),
+    /// leaves the answer to its record (`None`), counting nothing: the
+    /// call is a duplicate, not a refused order.
+    ///
+    /// [`recorded_since`]: Self::recorded_since
+    async fn refuse_unrecorded(
+        &self,
+        params: &AllocationParams,
+        refused: ManagerError,
+        started: Instant,
+    ) -> ManagerResult<Option<Allocation>> {
+        if self.recorded_since(params).await {
+            tracing::debug!(request_id = %params.request_id, refusal = %refused, "order recorded by another call meanwhile; answering as it");
+            return Ok(None);
+        }
+        self.count_refusal(&params.pool, &params.request_id, &refused, started)
+            .await;
+        Err(refused)
     }
 
     /// Fulfils the order recorded `Allocating`, or rolls it back. The

@@ -3705,6 +3705,208 @@ async fn a_duplicate_call_gets_the_answer_of_the_allocate_in_flight() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// Two calls of one order naming the tenant's volume (billing's retry after
+/// its deadline, a hedged request) both find no record yet. The second's
+/// look at the volume lands after the first has attached it: the volume
+/// is in use by the order's own server, which is no refusal of the order.
+/// It answers the first's allocation, as a later duplicate does, and is
+/// not counted a refused order.
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_whose_volume_check_comes_after_the_first_attached_it_gets_the_allocation() {
+    use pool_manager::events::{AllocationOutcome, EventKind};
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let mut events = manager.events();
+    let volume_id = sim.create_volume_for_test("tenant-a", "az1", 10);
+    let order = || {
+        request(
+            "order-x",
+            VolumeSource::Existing {
+                volume_id: volume_id.clone(),
+            },
+            EmptyPoolPolicy::FailFast,
+        )
+    };
+    // The second call is first to look at the volume, and is held there
+    // (as a Cinder 503 retried with backoff would hold it).
+    let second_check = cloud.hold_next("get_volume", At::Before);
+    let second = spawn_allocate(&manager, order());
+    second_check.reached().await;
+    let first = manager.allocate(order()).await.expect("the first call");
+    assert_eq!(first.state, AllocationState::Allocated);
+    second_check.release();
+    let second = second.await.unwrap();
+    assert_eq!(second.as_ref().ok(), Some(&first), "{second:?}");
+    let mut outcomes = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let EventKind::Allocation { outcome, .. } = event.kind {
+            outcomes.push(outcome);
+        }
+    }
+    assert_eq!(outcomes, [AllocationOutcome::Warm]);
+    assert_consistent(&sim, &manager).await;
+}
+
+/// The same race with the order released meanwhile, its volume deleted:
+/// the duplicate's look finds no volume, and answers the order as stored
+/// (released), not "volume does not exist".
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_whose_volume_check_comes_after_the_release_gets_the_released_order() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let volume_id = sim.create_volume_for_test("tenant-a", "az1", 10);
+    let order = || {
+        request(
+            "order-r",
+            VolumeSource::Existing {
+                volume_id: volume_id.clone(),
+            },
+            EmptyPoolPolicy::FailFast,
+        )
+    };
+    let second_check = cloud.hold_next("get_volume", At::Before);
+    let second = spawn_allocate(&manager, order());
+    second_check.reached().await;
+    manager.allocate(order()).await.expect("the first call");
+    let released = manager.release("order-r", Some(true)).await.unwrap();
+    assert_eq!(released.state, AllocationState::Released);
+    second_check.release();
+    let second = second.await.unwrap();
+    assert_eq!(second.as_ref().ok(), Some(&released), "{second:?}");
+    assert_consistent(&sim, &manager).await;
+}
+
+/// A duplicate with other parameters racing the first that way is refused
+/// ABORTED (the id is taken), as it is once the order is stored: not
+/// FAILED_PRECONDITION for the volume the first attached.
+#[tokio::test(start_paused = true)]
+async fn a_racing_call_of_an_order_with_other_parameters_is_aborted() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let volume_id = sim.create_volume_for_test("tenant-a", "az1", 10);
+    let order = || {
+        request(
+            "order-o",
+            VolumeSource::Existing {
+                volume_id: volume_id.clone(),
+            },
+            EmptyPoolPolicy::FailFast,
+        )
+    };
+    let mut other = order();
+    other.params.labels.insert("plan".into(), "large".into());
+    let second_check = cloud.hold_next("get_volume", At::Before);
+    let second = spawn_allocate(&manager, other);
+    second_check.reached().await;
+    manager.allocate(order()).await.expect("the first call");
+    second_check.release();
+    let err = second.await.unwrap().unwrap_err();
+    assert!(matches!(err, ManagerError::Aborted(_)), "{err:?}");
+    assert!(err.to_string().contains("labels"), "{err}");
+    assert_consistent(&sim, &manager).await;
+}
+
+/// Holds the next look at whether an order was set aside (a purchase's
+/// first step, before it reads its pool) once armed, until let go.
+#[derive(Default)]
+struct HoldSetAsideLook {
+    armed: AtomicBool,
+    reached: tokio::sync::Notify,
+    go: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl StoreHooks for HoldSetAsideLook {
+    async fn before_is_set_aside(&self, kind: pool_manager::store::RecordKind) {
+        if kind == pool_manager::store::RecordKind::Allocation
+            && self.armed.swap(false, Ordering::SeqCst)
+        {
+            self.reached.notify_one();
+            self.go.notified().await;
+        }
+    }
+}
+
+/// A duplicate that found the order unrecorded reads its pool only after
+/// the first call bought it and the pool was deleted (gone, or draining
+/// while it deletes a Ready instance's server): it answers the first's
+/// allocation, as a later duplicate does, not that the pool is unknown
+/// or being deleted.
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_reading_its_pool_after_the_first_bought_and_the_pool_went_gets_the_allocation()
+{
+    for draining in [false, true] {
+        let sim = sim();
+        let cloud = GatedCloud::new(&sim);
+        let store = HookedStore::new(HoldSetAsideLook::default());
+        let manager = started_paused(&cloud, store.clone(), 1 + u32::from(draining)).await;
+        let order = || request("order-p", new_volume(), EmptyPoolPolicy::FailFast);
+        store.hooks.armed.store(true, Ordering::SeqCst);
+        let second = spawn_allocate(&manager, order());
+        store.hooks.reached.notified().await;
+        let first = manager.allocate(order()).await.expect("the first call");
+        let deleting = draining.then(|| cloud.hold_next("delete_server", At::Before));
+        manager.delete_pool(&pool()).await.unwrap();
+        match &deleting {
+            Some(deleting) => deleting.reached().await,
+            None => {
+                let mut changes = manager.subscribe();
+                while manager.get_pool(&pool()).await.is_ok() {
+                    changes.changed().await;
+                }
+            }
+        }
+        store.hooks.go.notify_one();
+        let second = second.await.unwrap();
+        assert_eq!(
+            second.as_ref().ok(),
+            Some(&first),
+            "draining {draining}: {second:?}"
+        );
+        if let Some(deleting) = deleting {
+            deleting.release();
+        }
+        assert_consistent(&sim, &manager).await;
+    }
+}
+
+/// Both calls retry Cinder through its 503s, the second started 1.5 s
+/// after the first: whichever gets through first buys, and both get its
+/// allocation.
+#[tokio::test(start_paused = true)]
+async fn duplicates_retrying_cinder_503s_both_get_the_allocation() {
+    let sim = sim();
+    let (cloud, failing) = GatedCloud::failing_next(
+        &sim,
+        "get_volume",
+        pool_manager::cloud::CloudError::Transient("HTTP 503".into()),
+    );
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    let volume_id = sim.create_volume_for_test("tenant-a", "az1", 10);
+    let order = || {
+        request(
+            "order-y",
+            VolumeSource::Existing {
+                volume_id: volume_id.clone(),
+            },
+            EmptyPoolPolicy::FailFast,
+        )
+    };
+    failing.store(6, Ordering::SeqCst);
+    let first = spawn_allocate(&manager, order());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = spawn_allocate(&manager, order());
+    let first = first.await.unwrap();
+    let second = second.await.unwrap();
+    let first = first.expect("the first call");
+    assert_eq!(first.state, AllocationState::Allocated);
+    assert_eq!(second.as_ref().ok(), Some(&first), "{second:?}");
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A purchase from a pool being deleted is refused as such (the pool still
 /// shows, draining), not as an unknown pool.
 #[tokio::test(start_paused = true)]
