@@ -1,6 +1,7 @@
 //! Property tests: random sequences of Allocate (two of one order at
-//! once too), Release, cloud faults (a release's deletes and detach
-//! among them), pool changes, deletions and creations, restarts, crashes
+//! once too; of a new volume or the tenant's own), Release, cloud faults
+//! (a release's deletes and detach, Cinder's 503s to volume looks among
+//! them), pool changes, deletions and creations, restarts, crashes
 //! in the middle of an Allocate or Release and passing time keep the
 //! store and the cloud consistent and every answer given; and concurrent
 //! Allocates, their store calls interleaved, never hand one instance out
@@ -9,8 +10,10 @@
 mod common;
 
 use common::*;
-use pool_manager::cloud::CloudError;
-use pool_manager::model::{Allocation, AllocationState, EmptyPoolPolicy, Instance, InstanceState};
+use pool_manager::cloud::{CloudError, VolumeStatus};
+use pool_manager::model::{
+    Allocation, AllocationState, EmptyPoolPolicy, Instance, InstanceState, VolumeSource,
+};
 use pool_manager::store::Store;
 use pool_manager::{AllocateRequest, ManagerError, ManagerResult, PoolManager};
 use proptest::prelude::*;
@@ -35,13 +38,17 @@ impl Call {
     }
 
     /// The call, on a task of its own.
-    fn spawn(&self, manager: &PoolManager) -> tokio::task::JoinHandle<ManagerResult<Allocation>> {
+    fn spawn(
+        &self,
+        manager: &PoolManager,
+        volumes: &TenantVolumes,
+    ) -> tokio::task::JoinHandle<ManagerResult<Allocation>> {
         match *self {
             Call::Allocate {
                 order,
                 tenant,
                 policy,
-            } => spawn_allocate(manager, allocate_request(order, tenant, policy)),
+            } => spawn_allocate(manager, allocate_request(order, tenant, policy, volumes)),
             Call::Release { delete_volume, .. } => {
                 let (manager, id) = (manager.clone(), self.id());
                 tokio::spawn(async move { manager.release(&id, Some(delete_volume)).await })
@@ -53,12 +60,18 @@ impl Call {
 #[derive(Clone, Debug)]
 enum Op {
     Call(Call),
-    /// Two Allocates of one order id at once, each with its own tenant
-    /// and policy.
+    /// Two Allocates of one order id, each with its own tenant and policy,
+    /// the second `apart_ms` after the first (a retry after the caller's
+    /// deadline, a hedged request), while Cinder fails the next
+    /// `looks_fail` looks at a volume 503 (each call's check of the
+    /// tenant's volume retries them, with backoff: one call's check may
+    /// come after the other attached it).
     AllocateTwice {
         order: u8,
         tenants: [u8; 2],
         policies: [u8; 2],
+        apart_ms: u16,
+        looks_fail: u8,
     },
     FailVolumeAttach,
     FailPortAttach,
@@ -133,8 +146,8 @@ fn op() -> impl Strategy<Value = Op> {
     ];
     prop_oneof![
         6 => call().prop_map(Op::Call),
-        1 => (0u8..4, [tenant(), tenant()], [0u8..3, 0u8..3])
-            .prop_map(|(order, tenants, policies)| Op::AllocateTwice { order, tenants, policies }),
+        1 => (0u8..4, [tenant(), tenant()], [0u8..3, 0u8..3], prop_oneof![Just(0u16), 0u16..3000], 0u8..8)
+            .prop_map(|(order, tenants, policies, apart_ms, looks_fail)| Op::AllocateTwice { order, tenants, policies, apart_ms, looks_fail }),
         1 => Just(Op::FailVolumeAttach),
         1 => Just(Op::FailPortAttach),
         1 => Just(Op::BootError),
@@ -156,6 +169,22 @@ const POLICIES: [EmptyPoolPolicy; 3] = [
     EmptyPoolPolicy::Wait,
     EmptyPoolPolicy::ColdBoot,
 ];
+
+/// Orders from this number on name tenant 0's own volume, one each, made
+/// at the start of a run ([`TenantVolumes`]); the others a new volume. So
+/// two calls of one such order race for its volume, and another tenant's
+/// call of it is refused FAILED_PRECONDITION (not its volume) until the
+/// order is recorded, ABORTED after.
+const FIRST_OWN_VOLUME_ORDER: u8 = 2;
+
+/// Tenant 0's volume of each order from [`FIRST_OWN_VOLUME_ORDER`] on.
+type TenantVolumes = HashMap<u8, String>;
+
+fn tenant_volumes(sim: &cloudsim::SimCloud) -> TenantVolumes {
+    (FIRST_OWN_VOLUME_ORDER..4)
+        .map(|order| (order, sim.create_volume_for_test("tenant-0", "az1", 10)))
+        .collect()
+}
 
 /// cloudsim as [`common::sim`] makes it, booting either of [`IMAGES`].
 fn two_image_sim() -> Arc<cloudsim::SimCloud> {
@@ -385,10 +414,16 @@ async fn pool_open(manager: &PoolManager) -> Option<bool> {
     }
 }
 
-fn allocate_request(order: u8, tenant: u8, policy: u8) -> AllocateRequest {
+fn allocate_request(order: u8, tenant: u8, policy: u8, volumes: &TenantVolumes) -> AllocateRequest {
     let id = format!("order-{order}");
     let policy = POLICIES[policy as usize];
-    let mut req = request(&id, new_volume(), policy);
+    let volume = match volumes.get(&order) {
+        Some(volume_id) => VolumeSource::Existing {
+            volume_id: volume_id.clone(),
+        },
+        None => new_volume(),
+    };
+    let mut req = request(&id, volume, policy);
     req.params.tenant_project_id = format!("tenant-{tenant}");
     req.timeout = Some(Duration::from_secs(
         if policy == EmptyPoolPolicy::ColdBoot {
@@ -414,8 +449,11 @@ async fn check_answer(
     answer: ManagerResult<Allocation>,
 ) {
     let id = call.id();
-    let tenant = match *call {
-        Call::Allocate { tenant, .. } => format!("tenant-{tenant}"),
+    let (tenant, not_its_volume) = match *call {
+        Call::Allocate { order, tenant, .. } => (
+            format!("tenant-{tenant}"),
+            order >= FIRST_OWN_VOLUME_ORDER && tenant != 0,
+        ),
         Call::Release { delete_volume, .. } => {
             if check_release(told, &id, delete_volume, answer).is_err() {
                 told.begun(&id, delete_volume);
@@ -468,7 +506,11 @@ async fn check_answer(
         }
         Err(e @ (ManagerError::FailedPrecondition(_) | ManagerError::PoolNotFound(_))) => {
             assert!(before.is_none(), "answered order {id} failed: {e}");
-            assert_ne!(open, Some(true), "{id}: {e} of an open pool");
+            let refused_volume = not_its_volume && e.to_string().contains("belongs to project");
+            assert!(
+                open != Some(true) || refused_volume,
+                "{id} for {tenant}: {e} of an open pool"
+            );
         }
         Err(e) => panic!("{id}: unexpected error: {e}"),
     }
@@ -538,9 +580,14 @@ async fn release(told: &mut Told, manager: &PoolManager, order: u8, delete_volum
 }
 
 /// Nothing left in the cloud but the allocated orders' servers, ports and
-/// volumes, the released orders' kept volumes and the pool's Ready
+/// volumes, the released orders' kept volumes, the tenant's own volumes
+/// no order holds (`available`, attached to nothing) and the pool's Ready
 /// instances: a quiet manager, after a restart, leaks nothing.
-async fn assert_nothing_leaked(sim: &Arc<cloudsim::SimCloud>, manager: &PoolManager) {
+async fn assert_nothing_leaked(
+    sim: &Arc<cloudsim::SimCloud>,
+    manager: &PoolManager,
+    volumes: &TenantVolumes,
+) {
     let instances = manager.list_instances(None).await.unwrap();
     let allocations = manager.list_allocations().await.unwrap();
     for server in sim.servers() {
@@ -568,8 +615,13 @@ async fn assert_nothing_leaked(sim: &Arc<cloudsim::SimCloud>, manager: &PoolMana
                     _ => false,
                 }
         });
+        let held = allocations.iter().any(|a| a.volume_id.as_deref() == id);
+        let own_and_free = !held
+            && volumes.values().any(|v| v == &volume.id)
+            && volume.status == VolumeStatus::Available
+            && volume.attached_to.is_empty();
         assert!(
-            kept,
+            kept || own_and_free,
             "volume {volume:?} is neither allocated nor kept by a tenant"
         );
     }
@@ -652,6 +704,7 @@ async fn run(ops: Vec<Op>) {
     let mut process = Process::start(&sim, dir.path()).await;
     process.manager.create_pool(pool(), spec(2)).await.unwrap();
     wait_ready(&process.manager, 2).await;
+    let volumes = tenant_volumes(&sim);
     let mut told = Told::default();
     for op in ops {
         let manager = process.manager.clone();
@@ -664,7 +717,7 @@ async fn run(ops: Vec<Op>) {
                 delete_volume,
             }) => release(&mut told, &manager, order, delete_volume).await,
             Op::Call(call) => {
-                let answer = call.spawn(&manager).await.unwrap();
+                let answer = call.spawn(&manager, &volumes).await.unwrap();
                 let before = told.answered.get(&call.id()).cloned();
                 check_answer(&mut told, &*disk, open, &call, before, None, answer).await;
             }
@@ -672,13 +725,22 @@ async fn run(ops: Vec<Op>) {
                 order,
                 tenants,
                 policies,
+                apart_ms,
+                looks_fail,
             } => {
                 let calls = [0, 1].map(|i| Call::Allocate {
                     order,
                     tenant: tenants[i],
                     policy: policies[i],
                 });
-                let running = calls.clone().map(|call| call.spawn(&manager));
+                sim.faults().fail_next_calls_of(
+                    "get_volume",
+                    looks_fail.into(),
+                    CloudError::Transient("get_volume: HTTP 503 Service Unavailable".into()),
+                );
+                let first = calls[0].spawn(&manager, &volumes);
+                tokio::time::sleep(Duration::from_millis(apart_ms.into())).await;
+                let running = [first, calls[1].spawn(&manager, &volumes)];
                 let mut answers = Vec::new();
                 for call in running {
                     answers.push(call.await.unwrap());
@@ -763,7 +825,8 @@ async fn run(ops: Vec<Op>) {
                     },
                     call => call,
                 };
-                died = crash_during(&mut told, &process, open, &call, at, after_write).await;
+                died =
+                    crash_during(&mut told, &process, &volumes, open, &call, at, after_write).await;
             }
             Op::Restart => restart = true,
             Op::Wait { secs } => tokio::time::sleep(Duration::from_secs(secs.into())).await,
@@ -799,7 +862,7 @@ async fn run(ops: Vec<Op>) {
     tokio::time::sleep(Duration::from_secs(15 * 60)).await;
     assert_consistent(&sim, &process.manager).await;
     told.check_kept(&process.manager.list_allocations().await.unwrap());
-    assert_nothing_leaked(&sim, &process.manager).await;
+    assert_nothing_leaked(&sim, &process.manager, &volumes).await;
     process.manager.shutdown().await.unwrap();
 }
 
@@ -809,6 +872,7 @@ async fn run(ops: Vec<Op>) {
 async fn crash_during(
     told: &mut Told,
     process: &Process,
+    volumes: &TenantVolumes,
     open: Option<bool>,
     call: &Call,
     at: u8,
@@ -816,7 +880,7 @@ async fn crash_during(
 ) -> bool {
     let hooks = &process.store.hooks;
     hooks.arm(u32::from(at), after_write);
-    let mut running = call.spawn(&process.manager);
+    let mut running = call.spawn(&process.manager, volumes);
     let answer = tokio::select! {
         biased;
         answer = &mut running => Some(answer.unwrap()),
