@@ -7325,6 +7325,147 @@ async fn a_tenant_port_on_the_management_network_is_refused() {
         .unwrap();
 }
 
+/// A network of another project named as warmpool's management network
+/// (Neutron lists every project's networks to an admin, which the pool user
+/// must be to attach tenants' volumes; any tenant may name a network so) is
+/// not warmpool's: once the cached name expires, the management network is
+/// still the one of warmpool's project, so tenant ports and boots go on. A
+/// tenant port on that other network is no port on the management network.
+#[tokio::test]
+async fn another_projects_network_named_like_the_management_network_is_not_it() {
+    let mut settings = HttpSettings::default();
+    let elses =
+        cloudsim::http::NetworkSpec::new("someone-elses-net", "10.50.0.0/16", "10.50.0.1", false)
+            .of_project("tenant-b");
+    settings.networks.push(elses.clone());
+    let env = env_with(sim_config(), settings).await;
+    let cloud = env.driver().await;
+    let mgmt = cloud.network("mgmt-net").await.unwrap();
+    let tenant = cloud.network("tenant-net").await.unwrap();
+    cloud
+        .create_port(&port_spec("warmpool-o1", &tenant.id))
+        .await
+        .expect("a tenant port");
+
+    env.face
+        .faults()
+        .rename_network("someone-elses-net", "mgmt-net");
+    advance_clock(Duration::from_secs(601)).await;
+
+    cloud
+        .create_port(&port_spec("warmpool-o2", &tenant.id))
+        .await
+        .expect("a tenant port, the management network resolved among warmpool's project's");
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .expect("a boot on warmpool's management network");
+    assert_eq!(cloud.network("mgmt-net").await.unwrap(), mgmt);
+    let booted = settled(&cloud, &server.id).await;
+    assert_eq!(booted.status, ServerStatus::Active, "{booted:?}");
+    // An address of warmpool's management network's subnet, not of the
+    // namesake's (10.50.0.0/16).
+    assert!(
+        booted
+            .mysql_addr
+            .is_some_and(|a| a.ip().to_string().starts_with("127.77.")),
+        "{booted:?}"
+    );
+    let e = cloud
+        .create_port(&port_spec("warmpool-o3", &mgmt.id))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Fatal(m) if m.contains("management network")),
+        "{e:?}"
+    );
+    cloud
+        .create_port(&port_spec("warmpool-o4", &elses.id))
+        .await
+        .expect("the other project's network is not the management network");
+}
+
+/// A management network of another project (a provider network an admin
+/// shares) is found beside an unshared network of a third project of the
+/// same name: the shared one, which Nova boots warmpool's servers on, is
+/// taken, and it alone refuses tenant ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_management_network_is_preferred_to_an_unshared_namesake() {
+    let mut settings = HttpSettings::default();
+    let shared =
+        cloudsim::http::NetworkSpec::new("mgmt-net", "127.77.0.0/16", "127.77.0.254", true)
+            .of_project("admin");
+    let namesake = cloudsim::http::NetworkSpec::new("mgmt-net", "10.50.0.0/16", "10.50.0.1", false)
+        .of_project("tenant-b");
+    // The first network is the one the face gives servers' addresses of.
+    settings.networks[0] = shared.clone();
+    settings.networks.push(namesake.clone());
+    let env = env_with(sim_config(), settings).await;
+    let cloud = env.driver().await;
+    assert_eq!(cloud.network("mgmt-net").await.unwrap().id, shared.id);
+    let e = cloud
+        .create_port(&port_spec("warmpool-o1", &shared.id))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Fatal(m) if m.contains("management network")),
+        "{e:?}"
+    );
+    cloud
+        .create_port(&port_spec("warmpool-o2", &namesake.id))
+        .await
+        .expect("a tenant port beside the management network's namesake");
+    cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .expect("a boot on the shared management network");
+}
+
+/// A second network of warmpool's own project given the management
+/// network's name makes the name ambiguous: boots fail, naming it, as
+/// warmpool cannot tell which network its servers are to go on. A tenant's
+/// port is judged against the management network last resolved instead:
+/// refused there, taken anywhere else, rather than every purchase failing
+/// for a name it did not give.
+#[tokio::test]
+async fn an_ambiguous_management_network_name_fails_no_tenant_port_elsewhere() {
+    let mut settings = HttpSettings::default();
+    let twin = cloudsim::http::NetworkSpec::new("twin-net", "10.50.0.0/16", "10.50.0.1", false);
+    settings.networks.push(twin.clone());
+    let env = env_with(sim_config(), settings).await;
+    let cloud = env.driver().await;
+    let mgmt = cloud.network("mgmt-net").await.unwrap();
+    let tenant = cloud.network("tenant-net").await.unwrap();
+
+    env.face.faults().rename_network("twin-net", "mgmt-net");
+    advance_clock(Duration::from_secs(601)).await;
+
+    cloud
+        .create_port(&port_spec("warmpool-o1", &tenant.id))
+        .await
+        .expect("a tenant port on its own network");
+    cloud
+        .create_port(&port_spec("warmpool-o2", &twin.id))
+        .await
+        .expect("a tenant port on the management network's twin, which no pool server is on");
+    let e = cloud
+        .create_port(&port_spec("warmpool-o3", &mgmt.id))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Fatal(m) if m.contains(&mgmt.id) && m.contains("management network")),
+        "{e:?}"
+    );
+    let e = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Fatal(m) if m.contains("2 networks are named 'mgmt-net'")),
+        "{e:?}"
+    );
+}
+
 /// What Cinder and Neutron refuse of a tenant's volume and port, as they
 /// word it, reaches warmpool classified: an unknown volume type (404), more
 /// gigabytes than the quota (413), a subnet of another network and an

@@ -160,6 +160,10 @@ pub struct NetworkSpec {
     /// comes before `203.0.113.7`). A port create naming this subnet is
     /// refused (400): a port with no IPv4 address is not simulated.
     pub slaac_subnet: Option<SlaacSubnet>,
+    /// The project owning it, by name: `None`, the one project the face's
+    /// users log in to; `Some`, another, whose network Neutron lists beside
+    /// the project's own as it lists every project's to an admin.
+    pub other_project: Option<String>,
 }
 
 impl NetworkSpec {
@@ -174,6 +178,29 @@ impl NetworkSpec {
             shared,
             port_security_enabled: true,
             slaac_subnet: None,
+            other_project: None,
+        }
+    }
+
+    /// The network made another project's, `project` (by name); its ids
+    /// derive from that project too, so that it may share a name with one
+    /// of the face's project.
+    pub fn of_project(self, project: &str) -> Self {
+        let scoped = format!("{project}/{}", self.name);
+        Self {
+            id: stable_uuid("network", &scoped),
+            subnet_id: stable_uuid("subnet", &scoped),
+            other_project: Some(project.to_string()),
+            ..self
+        }
+    }
+
+    /// The id of the project owning the network, of the face's project
+    /// `own` or another.
+    pub(crate) fn project_id(&self, own: &str) -> String {
+        match &self.other_project {
+            None => own.to_string(),
+            Some(other) => stable_hex("project", other),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Neutron v2.0 under `/network`: version discovery, the configured networks
-//! and their subnets, security groups (`SimConfig::security_groups`), ports
+//! and their subnets (the project's, or another's as an admin sees them:
+//! `NetworkSpec::other_project`), security groups (`SimConfig::security_groups`), ports
 //! (create, naming security groups or not, show, list with `?name=`/
 //! `?device_id=`/`?network_id=`/`?project_id=`, delete; other projects'
 //! ports too, as an admin sees them) and the project's quota details.
@@ -117,8 +118,8 @@ fn network_json(state: &FaceState, n: &NetworkSpec) -> Value {
         "subnets": subnets,
         "admin_state_up": true,
         "shared": n.shared,
-        "tenant_id": state.project_id,
-        "project_id": state.project_id,
+        "tenant_id": n.project_id(&state.project_id),
+        "project_id": n.project_id(&state.project_id),
         "router:external": false,
         "mtu": 1450,
         "port_security_enabled": n.port_security_enabled,
@@ -146,8 +147,8 @@ fn subnet_json(state: &FaceState, n: &NetworkSpec) -> Value {
         "id": n.subnet_id,
         "name": format!("{}-subnet", n.name),
         "network_id": n.id,
-        "tenant_id": state.project_id,
-        "project_id": state.project_id,
+        "tenant_id": n.project_id(&state.project_id),
+        "project_id": n.project_id(&state.project_id),
         "ip_version": 4,
         "cidr": n.cidr,
         "gateway_ip": n.gateway_ip,

@@ -733,15 +733,23 @@ impl OpenStackCloud {
 
     /// A tenant's port on the network every pool server sits on would put
     /// the tenant's database beside every other tenant's warm instances.
-    /// A management network the cloud does not have (its pools' boots fail
-    /// for it) is not one the port can be on; any other failed look fails
-    /// the create, to be asked again.
+    /// A name that fails to resolve (ambiguous now, renamed, Neutron
+    /// failing) is judged by the network it last resolved to, which the
+    /// pool servers booted since are on: failing the tenant's port for
+    /// it would fail every purchase for a name no tenant gave. A
+    /// management network the cloud does not have, and never had since
+    /// start, is not one the port can be on (its pools' boots fail for
+    /// it); any other failed look with nothing resolved before fails the
+    /// create, to be asked again.
     async fn refuse_management_network(&self, network_id: &str) -> CloudResult<()> {
         for name in self.inner.settings.management_networks() {
             let network = match self.network(name).await {
                 Ok(network) => network,
-                Err(CloudError::NotFound(_)) => continue,
-                Err(e) => return Err(e),
+                Err(e) => match self.inner.networks.last(name) {
+                    Some(last) => last,
+                    None if matches!(e, CloudError::NotFound(_)) => continue,
+                    None => return Err(e),
+                },
             };
             // Neutron takes an id in any case as the network it names.
             if network.id.eq_ignore_ascii_case(network_id) {
@@ -889,9 +897,30 @@ impl OpenStackCloud {
         if let Some(n) = self.inner.networks.get(name_or_id) {
             return Ok(n);
         }
+        // A name is looked for among warmpool's project's networks first,
+        // then those shared with it (a provider network), then any other:
+        // Neutron lists an admin every project's networks, and any project
+        // may give one the management network's name, which would
+        // otherwise be ambiguous, failing every boot and tenant port. An id
+        // needs no project.
+        let project = match looks_like_id(name_or_id) {
+            true => None,
+            false => Some(self.inner.conn.project_id().await.map_err(|e| {
+                LookupError::Service(looking_up(e, Service::Network, "network", name_or_id))
+            })?),
+        };
+        let rank = |n: &Named| {
+            Some(if n.project_id.is_some() && n.project_id == project {
+                0
+            } else if n.shared == Some(true) {
+                1
+            } else {
+                2
+            })
+        };
         // Neutron pages at pagination_max_limit when one is set.
         let network = self
-            .resolve(
+            .resolve_ranked(
                 Service::Network,
                 &["networks"],
                 |page: neutron::NetworksBody| {
@@ -900,7 +929,7 @@ impl OpenStackCloud {
                 },
                 name_or_id,
                 "network",
-                |_| true,
+                rank,
             )
             .await?;
         self.inner
@@ -1107,6 +1136,24 @@ impl OpenStackCloud {
         kind: &str,
         counts: impl Fn(&Named) -> bool,
     ) -> Result<Named, LookupError> {
+        let rank = |n: &Named| counts(n).then_some(0);
+        self.resolve_ranked(service, collection, page_of, name_or_id, kind, rank)
+            .await
+    }
+
+    /// [`Self::resolve`], the matches of the name that count ranked
+    /// (`rank`: `None` does not count, lower is preferred): exactly one of
+    /// the best rank present is required; one of a worse rank makes no
+    /// ambiguity.
+    async fn resolve_ranked<B: DeserializeOwned>(
+        &self,
+        service: Service,
+        collection: &[&str],
+        page_of: impl Fn(B) -> (Vec<Named>, bool),
+        name_or_id: &str,
+        kind: &str,
+        rank: impl Fn(&Named) -> Option<u8>,
+    ) -> Result<Named, LookupError> {
         let failed = |e| LookupError::Service(looking_up(e, service, kind, name_or_id));
         if looks_like_id(name_or_id) {
             let mut path: Vec<&str> = collection.to_vec();
@@ -1157,10 +1204,12 @@ impl OpenStackCloud {
                 .map_err(failed)?;
         }
         // The name filter is exact on Glance and Neutron; checked anyway.
-        let (mut counted, others): (Vec<Named>, Vec<Named>) = items
+        let (counted, others): (Vec<Named>, Vec<Named>) = items
             .into_iter()
             .filter(|n| n.name.as_deref() == Some(name_or_id))
-            .partition(|n| counts(n));
+            .partition(|n| rank(n).is_some());
+        let best = counted.iter().filter_map(&rank).min();
+        let mut counted: Vec<Named> = counted.into_iter().filter(|n| rank(n) == best).collect();
         match counted.len() {
             0 => others.into_iter().next().ok_or_else(|| {
                 LookupError::Object(CloudError::NotFound(format!(
