@@ -174,6 +174,7 @@ pub fn base_cloud(seed: u64) -> SimConfig {
             max_ports: 2 * 5000,
             // 20 GiB each: the volume count binds first, as it did before.
             max_gigabytes: 5000 * 20,
+            max_gigabytes_per_volume: None,
         },
         rate_limit: Some(RateLimit {
             per_second: 50.0,

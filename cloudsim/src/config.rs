@@ -123,6 +123,11 @@ pub struct Quotas {
     /// Cinder's `gigabytes`: the sizes of the project's volumes together
     /// (other projects' volumes, tenants', count in theirs).
     pub max_gigabytes: u64,
+    /// Cinder's `per_volume_gigabytes`: the largest volume the project may
+    /// create, refused above it whatever is free (413
+    /// `VolumeSizeExceedsLimit`). `None` (the default): no limit (Cinder's
+    /// -1).
+    pub max_gigabytes_per_volume: Option<u64>,
 }
 
 impl Quotas {
@@ -138,6 +143,7 @@ impl Default for Quotas {
             max_ports: Self::UNLIMITED,
             // Cinder's default.
             max_gigabytes: 1000,
+            max_gigabytes_per_volume: None,
         }
     }
 }

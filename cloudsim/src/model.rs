@@ -1458,6 +1458,19 @@ impl Model {
                 "Volume type with name {t} could not be found."
             )));
         }
+        // Cinder checks the per-volume limit first (QuotaReserveTask).
+        if let Some(limit) = self
+            .cfg
+            .quotas
+            .max_gigabytes_per_volume
+            .filter(|limit| u64::from(spec.size_gib) > *limit)
+        {
+            // Cinder's 413 (VolumeSizeExceedsLimit).
+            return Err(CloudError::QuotaExceeded(format!(
+                "VolumeSizeExceedsLimit: Requested volume size {}G is larger than maximum allowed limit {limit}G.",
+                spec.size_gib
+            )));
+        }
         let (volumes, consumed) = self.volume_usage();
         let max_gb = self.cfg.quotas.max_gigabytes;
         if consumed + u64::from(spec.size_gib) > max_gb {

@@ -32,8 +32,8 @@
 
 use crate::changes::ChangeCursor;
 use crate::cloud::{
-    CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server, ServerStatus, Volume,
-    VolumeOwner, VolumeStatus, META_INSTANCE, META_TENANT,
+    exceeds_per_volume_limit, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
+    ServerStatus, Volume, VolumeOwner, VolumeStatus, META_INSTANCE, META_TENANT,
 };
 use crate::error::{ApiCall, ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, EventKind};
@@ -703,6 +703,17 @@ fn creation_refused(what: &str, error: CloudError) -> AttemptError {
         }
         e => e.into(),
     })
+}
+
+/// Cinder's per-volume size limit refused the order's new volume of
+/// `size_gib` (`refused`): a limit on each volume, not a quota that
+/// fills, so no release makes room for it and asking again is refused
+/// alike (billing retried RESOURCE_EXHAUSTED for ever, each retry making
+/// and deleting a port). The request must change, or the limit.
+fn over_the_per_volume_limit(size_gib: u32, refused: &str) -> ManagerError {
+    ManagerError::FailedPrecondition(format!(
+        "cannot create the tenant volume: {refused}; the order's size_gib {size_gib} is over Cinder's per-volume size limit (the per_volume_gigabytes quota of warmpool's project, where the tenant's volume is made), which no release frees room under: ask for a smaller volume, or have per_volume_gigabytes raised (openstack quota set --per-volume-gigabytes <GiB> <project>)"
+    ))
 }
 
 /// What became of a cold boot its purchase no longer waits for, its
@@ -3002,7 +3013,12 @@ impl Shared {
                     })
                     .await;
                 self.note_create_in_doubt(record, in_doubt).await?;
-                let volume = volume.map_err(|e| creation_refused("volume", e))?;
+                let volume = volume.map_err(|e| match e {
+                    CloudError::QuotaExceeded(m) if exceeds_per_volume_limit(&m) => {
+                        AttemptError::Request(over_the_per_volume_limit(*size_gib, &m))
+                    }
+                    e => creation_refused("volume", e),
+                })?;
                 record
                     .update(|a| {
                         a.volume_id = Some(volume.id.clone());

@@ -438,6 +438,16 @@ pub fn mentions_quota(message: &str) -> bool {
         || m.contains("is over a limit for")
 }
 
+/// Whether a Cinder quota refusal is its per-volume size limit
+/// (`VolumeSizeExceedsLimit`, the project's `per_volume_gigabytes`):
+/// "Requested volume size 500G is larger than maximum allowed limit 100G."
+/// (older releases leave the `G` out). A limit on each volume, unlike the
+/// quotas that fill: no release makes room under it.
+pub fn exceeds_per_volume_limit(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("requested volume size") && m.contains("larger than maximum allowed limit")
+}
+
 impl CloudError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Throttled { .. } | Self::Transient(_))
@@ -792,7 +802,7 @@ pub trait Cloud: Send + Sync + 'static {
 
 #[cfg(test)]
 mod tests {
-    use super::{mentions_quota, CloudChange, CloudError, CloudIdentity};
+    use super::{exceeds_per_volume_limit, mentions_quota, CloudChange, CloudError, CloudIdentity};
     use std::time::Duration;
 
     fn openstack(project: &str, region: Option<&str>, tag: &str) -> CloudIdentity {
@@ -880,6 +890,26 @@ mod tests {
             "Build of instance 1f2e aborted: Failed to allocate the network(s), not rescheduling.",
         ] {
             assert!(!mentions_quota(failed), "{failed}");
+        }
+    }
+
+    /// Cinder's per-volume size limit, as its releases word it, is told
+    /// from the quotas that fill (gigabytes, volumes), which a release
+    /// frees room under.
+    #[test]
+    fn the_per_volume_size_limit_is_told_from_quotas_that_fill() {
+        for limit in [
+            "POST /volumes: Requested volume size 500G is larger than maximum allowed limit 100G. (HTTP 413)",
+            "Requested volume size 500 is larger than maximum allowed limit 100.",
+        ] {
+            assert!(mentions_quota(limit), "{limit}");
+            assert!(exceeds_per_volume_limit(limit), "{limit}");
+        }
+        for quota in [
+            "Requested volume or snapshot exceeds allowed gigabytes quota. Requested 500G, quota is 1000G and 600G has been consumed.",
+            "VolumeLimitExceeded: Maximum number of volumes allowed (10) exceeded for quota 'volumes'.",
+        ] {
+            assert!(!exceeds_per_volume_limit(quota), "{quota}");
         }
     }
 }

@@ -7934,3 +7934,60 @@ async fn a_pool_fills_while_neutron_fails_port_listings_and_a_purchase_still_ver
     );
     assert_consistent(&sim, &manager).await;
 }
+
+/// Cinder's per-volume size limit (its project's `per_volume_gigabytes`;
+/// `VolumeSizeExceedsLimit`, a 413 worded as a quota) refuses a size no
+/// release can make fit: FAILED_PRECONDITION, naming the order's size and
+/// the limit, not RESOURCE_EXHAUSTED telling the operator to free some,
+/// which billing retried for ever, each retry making and deleting a port.
+#[tokio::test(start_paused = true)]
+async fn a_volume_over_cinders_per_volume_limit_is_the_requests_to_change() {
+    let mut config = cloudsim::SimConfig::deterministic();
+    config.quotas.max_gigabytes_per_volume = Some(100);
+    let sim = cloudsim::SimCloud::new(config);
+    let manager = started(&sim, temp_store(), 1).await;
+    let err = manager
+        .allocate(request(
+            "o-huge",
+            VolumeSource::New {
+                size_gib: 500,
+                volume_type: None,
+            },
+            EmptyPoolPolicy::FailFast,
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m)
+            if m.contains("larger than maximum allowed limit 100G")
+                && m.contains("size_gib 500") && m.contains("per_volume_gigabytes")
+                && !m.contains("release orders")),
+        "{err:?}"
+    );
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(
+        status.record.allocations_exhausted, 0,
+        "{:?}",
+        status.record
+    );
+    assert_eq!(status.count(InstanceState::Ready), 1, "{:?}", status.counts);
+    assert!(sim.volumes().is_empty(), "{:?}", sim.volumes());
+    assert!(
+        manager.get_allocation("o-huge").await.is_err(),
+        "rolled back"
+    );
+    assert_consistent(&sim, &manager).await;
+    // A size under the limit is sold.
+    let sold = manager
+        .allocate(request(
+            "o-100",
+            VolumeSource::New {
+                size_gib: 100,
+                volume_type: None,
+            },
+            EmptyPoolPolicy::FailFast,
+        ))
+        .await
+        .unwrap();
+    assert!(sold.warm_hit);
+}

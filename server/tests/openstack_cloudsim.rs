@@ -7521,6 +7521,34 @@ async fn bad_volume_and_port_requests_are_refused_as_the_cloud_refuses_them() {
     cloud.create_port(&inside).await.unwrap();
 }
 
+/// Cinder's per-volume size limit (`per_volume_gigabytes`) refuses a
+/// volume above it with its 413 `VolumeSizeExceedsLimit`, worded as a quota:
+/// classified QuotaExceeded, and told from the quotas that fill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_over_the_per_volume_limit_is_refused_as_cinder_words_it() {
+    let env = env_with_quotas(Quotas {
+        max_gigabytes_per_volume: Some(100),
+        ..Quotas::default()
+    })
+    .await;
+    let cloud = env.driver().await;
+    let e = cloud
+        .create_volume(&volume_spec("warmpool-o1", 500))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::QuotaExceeded(m)
+            if m.contains("Requested volume size 500G is larger than maximum allowed limit 100G")
+                && pool_manager::cloud::exceeds_per_volume_limit(m)),
+        "{e:?}"
+    );
+    assert!(env.sim.volumes().is_empty(), "{:?}", env.sim.volumes());
+    cloud
+        .create_volume(&volume_spec("warmpool-o2", 100))
+        .await
+        .expect("a volume at the limit");
+}
+
 /// The item a page marker names can go between two pages (a server
 /// deleted while the reconciler lists, a port while its name is looked
 /// up): Neutron then answers 404 for the marker, Nova 400 once the row is

@@ -78,6 +78,7 @@ pub fn sim() -> Arc<SimCloud> {
             max_volumes: 1000,
             max_ports: cloudsim::Quotas::UNLIMITED,
             max_gigabytes: 1000 * 1000,
+            max_gigabytes_per_volume: None,
         },
         ..SimConfig::deterministic()
     })
