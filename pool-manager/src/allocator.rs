@@ -3456,9 +3456,15 @@ impl Shared {
                     .map_err(AttemptError::Request)?;
                 return Ok(port_id);
             }
+            // Late, as a volume still attaching is (`volume_late`): the
+            // pool had an instance to give, so it is no want of one
+            // (RESOURCE_EXHAUSTED would count a miss of the pool's depth).
+            // The instance is still discarded: the server's host may be
+            // what cannot bind the port. The purchase's answer adds that
+            // the deadline has passed, and to call again.
             if Instant::now() >= deadline {
-                return Err(AttemptError::Instance(ManagerError::ResourceExhausted(
-                    format!("port {port_id} not attached to {server_id} by the deadline"),
+                return Err(AttemptError::Instance(ManagerError::DeadlineExceeded(
+                    format!("port {port_id} was still not bound to server {server_id} when the attach's deadline passed (Neutron is slow to bind it, or the server's host cannot)"),
                 )));
             }
             tokio::time::sleep(self.settings.poll_interval.min(Duration::from_millis(500))).await;

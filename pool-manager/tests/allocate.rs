@@ -7991,3 +7991,36 @@ async fn a_volume_over_cinders_per_volume_limit_is_the_requests_to_change() {
         .unwrap();
     assert!(sold.warm_hit);
 }
+
+/// A tenant port Neutron has not bound to the claimed server when the
+/// attach's deadline passes was late, as a late volume is: the pool had an
+/// instance to give, so the answer is DEADLINE_EXCEEDED, asking for a
+/// longer timeout, and no miss of the pool's depth (RESOURCE_EXHAUSTED
+/// counted one, and moved WarmpoolPoolExhausted).
+#[tokio::test(start_paused = true)]
+async fn a_port_not_bound_by_the_deadline_is_no_miss_of_the_pool() {
+    let mut config = cloudsim::SimConfig::deterministic();
+    config.latencies.port_attach = Duration::from_secs(3600);
+    let sim = cloudsim::SimCloud::new(config);
+    let manager = started(&sim, temp_store(), 1).await;
+    let mut order = request("o-slow-port", new_volume(), EmptyPoolPolicy::FailFast);
+    order.timeout = Some(Duration::from_secs(30));
+    let err = manager.allocate(order).await.unwrap_err();
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(
+        status.record.allocations_exhausted, 0,
+        "{err}: {:?}",
+        status.record
+    );
+    assert_eq!(status.record.allocations_failed, 1, "{:?}", status.record);
+    assert!(
+        matches!(&err, ManagerError::DeadlineExceeded(m)
+            if m.contains("port") && m.contains("longer timeout")),
+        "{err:?}"
+    );
+    assert!(
+        manager.get_allocation("o-slow-port").await.is_err(),
+        "rolled back"
+    );
+    assert_consistent(&sim, &manager).await;
+}
