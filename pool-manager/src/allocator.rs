@@ -1570,11 +1570,12 @@ impl Shared {
         }
     }
 
-    /// A volume that is not `available` in the pool's AZ is never attached,
-    /// nor a multiattach one: Cinder's reservation keeps a second attach
-    /// of a single-attach volume out (two orders naming it both found it
-    /// `available`), not of a multiattach one. Nor one warmpool can tell is
-    /// another tenant's ([`refuse_if_another_tenants`]).
+    /// A volume that is not `available` in the Cinder zone the pool's
+    /// volumes use (`volume_availability_zone`, else the pool's AZ) is
+    /// never attached, nor a multiattach one: Cinder's reservation keeps a
+    /// second attach of a single-attach volume out (two orders naming it
+    /// both found it `available`), not of a multiattach one. Nor one
+    /// warmpool can tell is another tenant's ([`refuse_if_another_tenants`]).
     async fn fence_volume(
         &self,
         params: &AllocationParams,
