@@ -58,7 +58,9 @@ pub enum ManagerError {
     },
     /// Start-up found a store that recorded another cloud than the one
     /// the manager drives (`PoolManager::claim_store`), or the same
-    /// project under another server tag. Nothing was done.
+    /// project under another server tag, without `adopt_cloud`; or one
+    /// the embedded simulated cloud, which adopts no store, was to adopt.
+    /// Nothing was done.
     #[error("{}", cloud_changed(recorded, current))]
     CloudChanged {
         // Boxed: two identities would make every `ManagerResult` large.
@@ -144,6 +146,16 @@ pub type ManagerResult<T> = Result<T, ManagerError>;
 /// [`ManagerError::CloudChanged`]'s message: a tag renamed leaves the
 /// store's servers where they were, which another cloud does not.
 fn cloud_changed(recorded: &CloudIdentity, current: &CloudIdentity) -> String {
+    if *current == CloudIdentity::Embedded {
+        return format!(
+            "the store serves {recorded}, not {current}, which warmpool drives now, and the \
+             embedded simulated cloud adopts no store (adopt_cloud or not): it is new at every \
+             start and boots nothing real, so the store's servers would be forgotten as gone \
+             and its pools booted in the simulation. Nothing was done and the start is \
+             refused: start with the configuration of {recorded}, or run the simulation on a \
+             store of its own"
+        );
+    }
     match current.change_from(recorded) {
         CloudChange::ServerTag => format!(
             "the store serves {recorded}, and warmpool drives that project under another tag \

@@ -91,9 +91,11 @@ pub struct ManagerSettings {
     /// ([`ManagerError::UnknownServers`]), unless
     /// [`ManagerSettings::delete_unknown_servers`] is set too. `false`
     /// (the default): such a start is refused before anything is done
-    /// ([`ManagerError::CloudChanged`]). For a store meant to move, once:
-    /// later starts find this cloud recorded, and a start with it set that
-    /// adopts nothing logs a warning to remove it.
+    /// ([`ManagerError::CloudChanged`]). The embedded simulated cloud
+    /// adopts no store, set or not: it is new at every start and boots
+    /// nothing real. For a store meant to move, once: later starts find
+    /// this cloud recorded, and a start with it set that adopts nothing
+    /// logs a warning to remove it.
     pub adopt_cloud: bool,
 }
 
@@ -868,7 +870,8 @@ impl PoolManager {
     /// older version wrote) records this one, as one that recorded no
     /// region records this one's; one that recorded another is refused
     /// ([`ManagerError::CloudChanged`]) unless
-    /// [`ManagerSettings::adopt_cloud`] is set. What it records is flushed
+    /// [`ManagerSettings::adopt_cloud`] is set and this cloud is not the
+    /// embedded one, which adopts no store. What it records is flushed
     /// before it returns, so no boot on this cloud is ever durable without
     /// it. An adoption is recorded by [`PoolManager::start`]'s reconcile
     /// pass instead, before it does anything else and once it has found no
@@ -909,7 +912,15 @@ impl PoolManager {
         match recorded {
             Some(recorded) => match current.change_from(&recorded) {
                 CloudChange::None => return Ok(current),
-                CloudChange::ServerTag | CloudChange::Cloud if !shared.settings.adopt_cloud => {
+                // The embedded cloud is new at every start and boots
+                // nothing real: a store it adopted would forget the real
+                // cloud's servers as gone, boot its pools in the
+                // simulation, and be refused by the next start on the
+                // cloud it served (warmpoold's --adopt-cloud given
+                // without --config, which runs the demo).
+                CloudChange::ServerTag | CloudChange::Cloud
+                    if !shared.settings.adopt_cloud || current == CloudIdentity::Embedded =>
+                {
                     return Err(ManagerError::CloudChanged {
                         recorded: Box::new(recorded),
                         current: Box::new(current),

@@ -3367,6 +3367,7 @@ async fn a_store_of_another_cloud_is_refused_before_anything_is_done() {
     use pool_manager::cloud::CloudIdentity;
     use pool_manager::model::PoolRecord;
     let sim = sim();
+    let cloud = on_a_project(&sim);
     let store = temp_store();
     let other = CloudIdentity::OpenStack {
         project_id: "0123abcd".into(),
@@ -3380,15 +3381,15 @@ async fn a_store_of_another_cloud_is_refused_before_anything_is_done() {
         .unwrap();
     store.flush().await.unwrap();
 
-    let refused = manager_on(&sim, store.clone()).start().await;
+    let refused = manager_over(&cloud, store.clone()).start().await;
     tokio::time::sleep(Duration::from_secs(120)).await;
     match refused {
         Err(e @ ManagerError::CloudChanged { .. }) => {
             let message = e.to_string();
             for part in [
                 r#"OpenStack project 0123abcd under the server tag "warmpool""#,
-                "the embedded simulated cloud",
-                "adopt_cloud",
+                r#"OpenStack project cloudsim-project in region RegionOne under the server tag "warmpool""#,
+                "start once with adopt_cloud",
             ] {
                 assert!(message.contains(part), "{part:?} not in: {message}");
             }
@@ -3398,23 +3399,77 @@ async fn a_store_of_another_cloud_is_refused_before_anything_is_done() {
     assert_eq!(sim.total_calls(), 0, "{:?}", sim.call_counts());
     assert_eq!(store.cloud_identity().await.unwrap(), Some(other));
 
-    let adopting = adopting_the_store(store.clone(), sim.clone(), &sim, false);
+    let adopting = adopting_the_store(store.clone(), cloud.clone(), &sim, false);
     adopting.start().await.unwrap();
-    assert_eq!(
-        store.cloud_identity().await.unwrap(),
-        Some(CloudIdentity::Embedded)
-    );
+    assert_eq!(store.cloud_identity().await.unwrap(), Some(a_project()));
     wait_ready(&adopting, 2).await;
     adopting.shutdown().await.unwrap();
     drop(adopting);
 
-    let again = manager_on(&sim, store.clone());
+    let again = manager_over(&cloud, store.clone());
     let started = again.start().await;
     assert!(
         started.is_ok(),
         "the next start, without the flag: {started:?}"
     );
     again.shutdown().await.unwrap();
+}
+
+/// The embedded simulated cloud adopts no store. It is new at every
+/// start and boots nothing real: a store of an OpenStack project started
+/// on it with `adopt_cloud` (warmpoold's `--adopt-cloud` without
+/// `--config`, which runs the demo) would forget the project's warm
+/// servers as gone, drop its pools' boot lead times, boot its pools in
+/// the simulation and record the demo as its cloud, so that the next
+/// start with the right config is refused. Refused before anything is
+/// done, the recorded cloud unchanged, and the refusal does not offer
+/// the flag it was given.
+#[tokio::test(start_paused = true)]
+async fn the_embedded_cloud_adopts_no_store() {
+    use pool_manager::cloud::CloudIdentity;
+    use pool_manager::model::PoolRecord;
+    let sim = sim();
+    let store = temp_store();
+    let real = CloudIdentity::OpenStack {
+        project_id: "0123abcd".into(),
+        region: Some("RegionOne".into()),
+        server_tag: "warmpool".into(),
+    };
+    store.record_cloud_identity(&real).await.unwrap();
+    store
+        .put_pool(&PoolRecord::new(pool(), spec(2)))
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+
+    for adopt_cloud in [true, false] {
+        let manager = if adopt_cloud {
+            adopting_the_store(store.clone(), sim.clone(), &sim, false)
+        } else {
+            manager_on(&sim, store.clone())
+        };
+        let refused = manager.start().await;
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        match refused {
+            Err(e @ ManagerError::CloudChanged { .. }) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains("the embedded simulated cloud adopts no store"),
+                    "adopt_cloud {adopt_cloud}: {message}"
+                );
+                assert!(
+                    !message.contains("start once with adopt_cloud"),
+                    "adopt_cloud {adopt_cloud}: {message}"
+                );
+            }
+            other => panic!("adopt_cloud {adopt_cloud}: the embedded cloud started: {other:?}"),
+        }
+        assert_eq!(sim.total_calls(), 0, "{:?}", sim.call_counts());
+        assert_eq!(store.cloud_identity().await.unwrap(), Some(real.clone()));
+        assert_eq!(store.list_pools().await.unwrap().len(), 1);
+        assert!(store.list_instances().await.unwrap().is_empty());
+        manager.shutdown().await.unwrap();
+    }
 }
 
 /// A store an older version wrote recorded no cloud: its first start
@@ -3577,8 +3632,9 @@ async fn an_adopted_store_takes_no_server_it_does_not_know_for_a_leak_unless_tol
     };
     store.record_cloud_identity(&other).await.unwrap();
     store.flush().await.unwrap();
+    let cloud = on_a_project(&sim);
     let adopting = |delete_unknown_servers: bool| {
-        adopting_the_store(store.clone(), sim.clone(), &sim, delete_unknown_servers)
+        adopting_the_store(store.clone(), cloud.clone(), &sim, delete_unknown_servers)
     };
 
     let refused_by = adopting(false);
@@ -3603,7 +3659,7 @@ async fn an_adopted_store_takes_no_server_it_does_not_know_for_a_leak_unless_tol
     assert_eq!(store.cloud_identity().await.unwrap(), Some(other));
     refused_by.shutdown().await.unwrap();
     drop(refused_by);
-    let again = manager_on(&sim, store.clone()).start().await;
+    let again = manager_over(&cloud, store.clone()).start().await;
     assert!(
         matches!(again, Err(ManagerError::CloudChanged { .. })),
         "{again:?}"
@@ -3611,10 +3667,7 @@ async fn an_adopted_store_takes_no_server_it_does_not_know_for_a_leak_unless_tol
 
     let told = adopting(true);
     told.start().await.unwrap();
-    assert_eq!(
-        store.cloud_identity().await.unwrap(),
-        Some(CloudIdentity::Embedded)
-    );
+    assert_eq!(store.cloud_identity().await.unwrap(), Some(a_project()));
     for id in &before {
         let server = sim.server(id);
         if *id == sold {

@@ -263,12 +263,11 @@ async fn a_store_adopted_from_another_cloud_keeps_demand_not_lead_times() {
     let (_, before) = sizing(&manager).await;
     assert_eq!(before.lead.source, LeadSource::Observed, "{before:?}");
 
-    let other = CloudIdentity::OpenStack {
-        project_id: "0123abcd".into(),
-        region: None,
-        server_tag: "warmpool".into(),
-    };
-    let (manager, _) = adopted_on(manager, anchored, dir.path(), other, sim.clone(), &sim).await;
+    // The demo's store, moved to a real cloud (the embedded one adopts
+    // none).
+    let other = CloudIdentity::Embedded;
+    let cloud = on_a_project(&sim);
+    let (manager, _) = adopted_on(manager, anchored, dir.path(), other, cloud, &sim).await;
     let (_, after) = sizing(&manager).await;
     assert_eq!(after.lead.source, LeadSource::Prior, "{after:?}");
     assert_eq!(after.lead.samples, 0, "{after:?}");
@@ -293,13 +292,9 @@ async fn lead_times_an_adoption_drops_are_dropped_from_the_store_at_once() {
     let (_, before) = sizing(&manager).await;
     assert!(before.lead.samples >= 3, "{before:?}");
 
-    let other = CloudIdentity::OpenStack {
-        project_id: "0123abcd".into(),
-        region: None,
-        server_tag: "warmpool".into(),
-    };
-    let (manager, store) =
-        adopted_on(manager, anchored, dir.path(), other, sim.clone(), &sim).await;
+    let other = CloudIdentity::Embedded;
+    let cloud = on_a_project(&sim);
+    let (manager, store) = adopted_on(manager, anchored, dir.path(), other, cloud, &sim).await;
     let stored = store
         .get_learned_sizing(&pool())
         .await

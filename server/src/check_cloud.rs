@@ -735,6 +735,21 @@ fn store_cloud_line(
                      --adopt-cloud: the store keeps serving the servers it has records of"
                 ),
             ),
+            // The demo runs without a config file: a store of a real
+            // cloud checked against it most likely means --config was
+            // left out, and the flag or a [cloud] section to mend are no
+            // way out.
+            CloudChange::Cloud if *current == CloudIdentity::Embedded => (
+                false,
+                format!(
+                    "{shown} serves {recorded}, but the config names {current}, which \
+                     warmpoold runs with no --config (or with a file whose [cloud] kind is \
+                     \"embedded\"), and the embedded demo cloud adopts no store: was --config \
+                     forgotten? warmpoold refuses to start on this store with that config, \
+                     whatever its flags. Pass the config file of {recorded}; for the demo, give \
+                     it a data dir of its own (--data-dir)"
+                ),
+            ),
             CloudChange::Cloud => (
                 false,
                 format!(
@@ -1502,6 +1517,36 @@ mod tests {
             "{report}"
         );
         assert!(!report.passed(), "{report}");
+    }
+
+    /// A store of an OpenStack checked against the embedded demo cloud
+    /// (check-cloud without --config) is refused as the daemon refuses
+    /// it, --adopt-cloud or not: the line asks whether --config was
+    /// forgotten and offers neither the flag nor a mend of [cloud].
+    #[test]
+    fn the_demo_clouds_store_line_asks_whether_config_was_forgotten() {
+        let recorded = CloudIdentity::OpenStack {
+            project_id: "5f1c".into(),
+            region: Some("RegionOne".into()),
+            server_tag: "warmpool".into(),
+        };
+        let dir = std::path::Path::new("warmpool-data");
+        let line = store_cloud_line(
+            dir,
+            &StoreCloud::Read(Ok(Some(recorded))),
+            &CloudIdentity::Embedded,
+        )
+        .expect("a store cloud line");
+        assert!(!line.ok, "{line}");
+        for part in [
+            "the embedded demo cloud adopts no store: was --config forgotten?",
+            "no --config",
+        ] {
+            assert!(line.message.contains(part), "{part:?} not in: {line}");
+        }
+        for offered in ["--adopt-cloud", "mend [cloud]"] {
+            assert!(!line.message.contains(offered), "{offered:?} in: {line}");
+        }
     }
 
     /// A store the command cannot look into is a failed store line, not

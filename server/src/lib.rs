@@ -848,13 +848,29 @@ fn unknown_servers_refusal(
 }
 
 /// Why warmpoold does not start on a store that serves another cloud than
-/// the configured one, and what to do.
+/// the configured one (or, with --adopt-cloud, on one of a real cloud
+/// while it runs the embedded demo cloud), and what to do.
 fn cloud_changed_refusal(
     config: &Config,
     recorded: &pool_manager::cloud::CloudIdentity,
     current: &pool_manager::cloud::CloudIdentity,
 ) -> String {
     let shown = shown_data_dir(&config.data_dir);
+    // The demo runs without a config file: a start on a store of a real
+    // cloud most likely forgot --config, and the flag or a [cloud]
+    // section to mend are no way out.
+    if *current == pool_manager::cloud::CloudIdentity::Embedded {
+        return format!(
+            "the store in {shown} (data_dir, --data-dir) serves {recorded}, but warmpoold runs \
+             the embedded demo cloud, as it does with no --config (or with a file whose [cloud] \
+             kind is \"embedded\"), and the embedded demo cloud adopts no store: was --config \
+             forgotten? The demo is new at every start and boots nothing real: started on \
+             this store, warmpoold would forget its servers as gone and boot its pools in the \
+             simulation, so it stopped before booting, deleting or changing anything, \
+             --adopt-cloud or not. Start with the config file of {recorded}; for the demo, \
+             give it a data dir of its own (--data-dir)"
+        );
+    }
     if current.change_from(recorded) == pool_manager::cloud::CloudChange::ServerTag {
         return format!(
             "the store in {shown} (data_dir, --data-dir) serves {recorded}, but warmpoold is \
@@ -1347,6 +1363,32 @@ mod tests {
             super::cloud_changed_refusal(&config, &openstack("a", "r1"), &openstack("a", "r2"));
         assert!(region.contains("never had"), "{region}");
         assert!(region.contains("--adopt-cloud"), "{region}");
+    }
+
+    /// The embedded demo cloud adopts no store: a store of an OpenStack
+    /// started on it is most likely the production store named by a
+    /// start that forgot --config (the demo runs without it), so the
+    /// refusal says so and offers neither --adopt-cloud nor a mend of a
+    /// [cloud] section no file may have.
+    #[test]
+    fn the_demo_clouds_refusal_asks_whether_config_was_forgotten() {
+        let config = crate::config::Config::default();
+        let refusal =
+            super::cloud_changed_refusal(&config, &openstack("a", "r1"), &CloudIdentity::Embedded);
+        for part in [
+            "the embedded demo cloud adopts no store: was --config forgotten?",
+            "no --config",
+            r#"OpenStack project p1 in region r1 under the server tag "a""#,
+        ] {
+            assert!(refusal.contains(part), "{part:?} not in: {refusal}");
+        }
+        for offered in [
+            "start once with --adopt-cloud",
+            "mend it",
+            "[cloud] section",
+        ] {
+            assert!(!refusal.contains(offered), "{offered:?} in: {refusal}");
+        }
     }
 
     /// An adopted store's refusal over servers it has no record of says

@@ -38,7 +38,7 @@ struct Args {
     /// one (warmpoold refuses that start otherwise): the configured cloud
     /// is recorded as the store's, and the store's pools boot on it. Once,
     /// for a store meant to move to this cloud: later starts on it need
-    /// no flag.
+    /// no flag. The embedded demo cloud (no --config) adopts no store.
     #[arg(long)]
     adopt_cloud: bool,
     #[command(subcommand)]

@@ -4142,6 +4142,24 @@ async fn a_store_of_another_cloud_is_refused_until_adopted() {
         back.is::<warmpool_server::CloudChangedRefused>(),
         "{back:#}"
     );
+    // Nor with --adopt-cloud: the demo adopts no store (the flag given
+    // without --config took a production store over).
+    let mut demo_adopting = embedded_demo_config(&data);
+    demo_adopting.adopt_cloud = true;
+    let refused = match start_daemon(demo_adopting).await {
+        Ok(_) => panic!("the demo adopted the store of {}", env.face.project_id()),
+        Err(e) => e,
+    };
+    assert!(
+        refused.is::<warmpool_server::CloudChangedRefused>(),
+        "{refused:#}"
+    );
+    assert!(
+        format!("{refused:#}").contains("was --config forgotten?"),
+        "{refused:#}"
+    );
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
+    stop_daemon(running, stop).await;
 }
 
 /// A store an older warmpoold wrote records no cloud: its first start

@@ -428,6 +428,8 @@ pub struct GatedCloud {
     every_server_shown: std::sync::Mutex<Option<ServerShown>>,
     /// The process using it died ([`GatedCloud::die`]).
     dead: std::sync::atomic::AtomicBool,
+    /// The cloud it says it is ([`GatedCloud::identify_as`]).
+    identity: std::sync::Mutex<Option<pool_manager::cloud::CloudIdentity>>,
 }
 
 /// What a test changes in a server as the cloud shows it.
@@ -450,6 +452,7 @@ impl GatedCloud {
             servers_shown: Default::default(),
             every_server_shown: Default::default(),
             dead: Default::default(),
+            identity: Default::default(),
         })
     }
 
@@ -473,6 +476,7 @@ impl GatedCloud {
             servers_shown: Default::default(),
             every_server_shown: Default::default(),
             dead: Default::default(),
+            identity: Default::default(),
         })
     }
 
@@ -528,6 +532,14 @@ impl GatedCloud {
     /// the servers made before keep theirs, still there by id.
     pub fn tag_servers(&self, tag: &str) {
         *self.server_tag.lock().unwrap() = Some(tag.into());
+    }
+
+    /// Says it is `identity` (over what [`GatedCloud::tag_servers`]
+    /// makes it), listing every pool server as before: cloudsim standing
+    /// for an OpenStack project that a store may move to, which the
+    /// embedded cloud never is.
+    pub fn identify_as(&self, identity: pool_manager::cloud::CloudIdentity) {
+        *self.identity.lock().unwrap() = Some(identity);
     }
 
     /// Finds a volume by its id in any case, as Cinder on MySQL does (its
@@ -835,6 +847,9 @@ mod gated {
             image.unwrap_or_else(|| self.sim.boot_image(pool_image))
         }
         async fn cloud_identity(&self) -> CloudResult<CloudIdentity> {
+            if let Some(identity) = self.identity.lock().unwrap().clone() {
+                return Ok(identity);
+            }
             let tag = self.server_tag.lock().unwrap().clone();
             match tag {
                 Some(server_tag) => Ok(CloudIdentity::OpenStack {
@@ -846,6 +861,24 @@ mod gated {
             }
         }
     }
+}
+
+/// The OpenStack project [`on_a_project`] stands for.
+pub fn a_project() -> pool_manager::cloud::CloudIdentity {
+    pool_manager::cloud::CloudIdentity::OpenStack {
+        project_id: "cloudsim-project".into(),
+        region: Some("RegionOne".into()),
+        server_tag: "warmpool".into(),
+    }
+}
+
+/// cloudsim as an OpenStack project ([`a_project`]), listing every pool
+/// server as cloudsim does: a cloud a store may be adopted by, which the
+/// embedded one is not.
+pub fn on_a_project(sim: &Arc<SimCloud>) -> Arc<GatedCloud> {
+    let cloud = GatedCloud::new(sim);
+    cloud.identify_as(a_project());
+    cloud
 }
 
 /// A manager over `cloud` (cloudsim behind a gate), not started.
