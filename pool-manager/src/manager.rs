@@ -75,7 +75,8 @@ pub struct ManagerSettings {
     /// to be new, once: the start it lets go on notes so in the store
     /// ([`Store::note_unknown_servers_accepted`]), so later starts on it
     /// go on without it; left set, it turns that refusal off for good, on
-    /// any store.
+    /// any store, so a start with it set that does not need it logs a
+    /// warning to remove it.
     pub delete_unknown_servers: bool,
     /// Lets a start on a store that recorded another cloud than this
     /// manager's ([`Store::cloud_identity`]) go on: this cloud is recorded
@@ -842,7 +843,16 @@ impl PoolManager {
         );
         // Before the start-up pass, whose resumed boots may fail.
         self.shared.restore_health().await?;
-        self.shared.reconcile_at_start().await?;
+        let needed = self.shared.reconcile_at_start().await?;
+        if self.shared.settings.delete_unknown_servers && !needed {
+            // Left set, the next start on the wrong store (a mistyped data
+            // dir, an unmounted volume) deletes the pool servers it does
+            // not know as leaks: the refusal it disables protects every
+            // start, as --adopt-cloud's does.
+            tracing::warn!(
+                "--delete-unknown-servers is set, but this start did not need it (the store knows the pool servers the cloud lists, or is noted as meant to be new, or the cloud lists none it does not know): the flag is for one start, on a store meant to be new; remove it, or a later start on the wrong store (a mistyped data dir, an unmounted volume) deletes every unsold pool server that store does not know"
+            );
+        }
         for pool in self.shared.store.list_pools().await? {
             if let Err((field, message)) = pool.spec.validate() {
                 tracing::warn!(pool = %pool.key, field, "{message}: the stored settings break a rule newer than them; change {field} to mend it");

@@ -301,22 +301,26 @@ impl Shared {
     }
 
     pub(crate) async fn reconcile_once(self: &Arc<Self>) -> ManagerResult<()> {
-        self.reconcile_pass(false).await
+        self.reconcile_pass(false).await.map(|_| ())
     }
 
     /// The start-up pass: [`Shared::reconcile_once`], but on a store that
     /// knows no instance and no order, or one adopted from another cloud,
     /// it takes no pool server the cloud lists for a leak unless
-    /// `delete_unknown_servers` says so.
-    pub(crate) async fn reconcile_at_start(self: &Arc<Self>) -> ManagerResult<()> {
+    /// `delete_unknown_servers` says so. Whether it did: whether this
+    /// start needed the flag.
+    pub(crate) async fn reconcile_at_start(self: &Arc<Self>) -> ManagerResult<bool> {
         self.reconcile_pass(true).await
     }
 
-    async fn reconcile_pass(self: &Arc<Self>, at_start: bool) -> ManagerResult<()> {
+    /// One pass; whether `delete_unknown_servers` let it go on over pool
+    /// servers the store has no record of (only ever at start).
+    async fn reconcile_pass(self: &Arc<Self>, at_start: bool) -> ManagerResult<bool> {
         let _one_pass = self.reconcile_lock.lock().await;
         let adopting = self.adopting.lock().expect("adopting lock").clone();
+        let mut unknown_servers_let_go = false;
         if let Some((adopting, _)) = adopting.filter(|_| at_start) {
-            self.adopt_cloud_at_start(&adopting).await?;
+            unknown_servers_let_go = self.adopt_cloud_at_start(&adopting).await?;
         }
         // Read before the pass writes anything. Such a store has nothing
         // for the steps before the server listing to do.
@@ -373,7 +377,7 @@ impl Shared {
             .collect();
         if new_store {
             let unknown: Vec<&Server> = servers.values().filter(|s| !s.is_going()).collect();
-            self.unknown_servers_at_start(&unknown, false).await?;
+            unknown_servers_let_go |= self.unknown_servers_at_start(&unknown, false).await?;
         }
         let by_instance: HashMap<&str, &Server> = servers
             .values()
@@ -704,7 +708,7 @@ impl Shared {
         }
         *self.left_alone.lock().expect("left-alone lock") = left_alone;
         self.store.flush().await?;
-        Ok(())
+        Ok(unknown_servers_let_go)
     }
 
     /// On a store that knows no instance and no order, every pool server
@@ -719,14 +723,15 @@ impl Shared {
     /// the store notes so, flushed before anything is deleted, and later
     /// starts on it go on without the flag (this start may write nothing
     /// else: sold servers left alone, pools at target 0 or paused, a crash
-    /// mid-pass).
+    /// mid-pass). Whether the flag let it go on: none of `unknown`, none
+    /// needed.
     async fn unknown_servers_at_start(
         &self,
         unknown: &[&Server],
         adopted: bool,
-    ) -> ManagerResult<()> {
+    ) -> ManagerResult<bool> {
         if unknown.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let sold = unknown.iter().filter(|s| s.holds_a_tenant_volume()).count();
         if !self.settings.delete_unknown_servers {
@@ -753,7 +758,7 @@ impl Shared {
         let now = self.sizing_book().wall_now(&self.settings.sizing);
         self.store.note_unknown_servers_accepted(now).await?;
         self.store.flush().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// A store adopted from another cloud (`ManagerSettings::adopt_cloud`)
@@ -765,7 +770,8 @@ impl Shared {
     /// is recorded as the store's cloud, flushed before the pass goes on:
     /// a refused adoption leaves the store the other cloud's, so a later
     /// start without the flag is refused again rather than deleting them.
-    async fn adopt_cloud_at_start(&self, current: &CloudIdentity) -> ManagerResult<()> {
+    /// Whether `delete_unknown_servers` let it go on over such servers.
+    async fn adopt_cloud_at_start(&self, current: &CloudIdentity) -> ManagerResult<bool> {
         let servers = self
             .retry(self.cleanup_deadline(), || self.cloud.list_pool_servers())
             .await?;
@@ -791,12 +797,12 @@ impl Shared {
             }
             unknown.push(server);
         }
-        self.unknown_servers_at_start(&unknown, true).await?;
+        let let_go = self.unknown_servers_at_start(&unknown, true).await?;
         self.store.record_cloud_identity(current).await?;
         self.store.flush().await?;
         *self.adopting.lock().expect("adopting lock") = None;
         tracing::info!(cloud = %current, "the store serves {current} from now on");
-        Ok(())
+        Ok(let_go)
     }
 
     /// A sold instance (`Allocated`, `Releasing`) whose order is no longer

@@ -3356,6 +3356,55 @@ async fn delete_unknown_servers_is_needed_for_one_start_only() {
     );
 }
 
+/// `delete_unknown_servers` is for one start, as `adopt_cloud` is: left
+/// set (in a unit's ExecStart, a StatefulSet's args), a later start on the
+/// wrong store (a mistyped data dir, an unmounted volume) deletes the pool
+/// servers that store does not know as leaks. A start with it that did
+/// not need it (its store knows its servers, or the cloud lists none it
+/// does not know) warns once to remove it, naming the flag as the
+/// operator gave it; the start it lets go on over unknown servers does
+/// not.
+#[tokio::test(start_paused = true)]
+async fn delete_unknown_servers_left_set_is_warned_of() {
+    let logs = Logs::capture();
+    let warned = |from: usize| -> Vec<String> {
+        logs.text()[from..]
+            .lines()
+            .filter(|l| l.contains(" WARN ") && l.contains("--delete-unknown-servers"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let start_flagged = |store: Arc<dyn pool_manager::store::Store>,
+                         sim: Arc<cloudsim::SimCloud>| async move {
+        let manager = on_a_store_meant_to_be_new(store, sim.clone(), &sim);
+        manager.start().await.unwrap();
+        manager.shutdown().await.unwrap();
+    };
+
+    // A new store over an empty cloud: nothing to delete.
+    let before = logs.text().len();
+    start_flagged(temp_store(), sim()).await;
+    assert_eq!(warned(before).len(), 1, "{}", &logs.text()[before..]);
+
+    // A new store over servers it does not know: what the flag is for.
+    let sim = sim();
+    sold_one_and_filled(&sim, 1).await;
+    let store = temp_store();
+    let before = logs.text().len();
+    start_flagged(store.clone(), sim.clone()).await;
+    assert_eq!(warned(before), Vec::<String>::new());
+
+    // The same store again, the flag left set: not needed.
+    let before = logs.text().len();
+    start_flagged(store.clone(), sim.clone()).await;
+    let again = warned(before);
+    assert_eq!(again.len(), 1, "{}", &logs.text()[before..]);
+    for part in ["--delete-unknown-servers is set", "one start", "remove"] {
+        assert!(again[0].contains(part), "{part:?} not in: {}", again[0]);
+    }
+    assert!(!again[0].contains("delete_unknown_servers"), "{}", again[0]);
+}
+
 /// A store records the cloud it serves at its first start: its records
 /// name that cloud's servers, volumes and ports, and its pools would boot
 /// wherever it is started. A start over another cloud is refused before
