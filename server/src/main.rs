@@ -66,8 +66,9 @@ enum Command {
 
 #[derive(clap::Subcommand, Debug, Clone)]
 enum StoreCommand {
-    /// List every record this version cannot read, and those set aside;
-    /// exits 1 if any that stops warmpoold cannot be read (a pool's
+    /// List every record this version cannot read, and those set aside,
+    /// and the cloud the store serves; exits 1 if any that stops
+    /// warmpoold cannot be read, the cloud's record included (a pool's
     /// learned sizing does not: it is listed as a note, to be kept).
     Check,
     /// Move one unreadable record aside: its bytes are kept (in the store's
@@ -558,25 +559,53 @@ fn store_command(command: &StoreCommand, data_dir: &std::path::Path) -> anyhow::
                     outln!("set aside {} {}", record.kind.tree(), record.key);
                 }
             }
-            match repair.cloud_identity()? {
-                Some(cloud) => outln!("cloud: {cloud}"),
-                None => outln!("cloud: none recorded yet (warmpoold records it when it starts)"),
-            }
-            if unreadable.is_empty() && kept.is_empty() && health.is_empty() {
+            // A line of the report like the other records', not an end
+            // to it: the daemon does not start on it either, and the
+            // summary still counts what else cannot be read.
+            let cloud_unreadable = match repair.cloud_identity() {
+                Ok(Some(cloud)) => {
+                    outln!("cloud: {cloud}");
+                    false
+                }
+                Ok(None) => {
+                    outln!("cloud: none recorded yet (warmpoold records it when it starts)");
+                    false
+                }
+                Err(StoreError::UnreadableCloud { error }) => {
+                    outln!(
+                        "cloud: cannot be read ({error}): a newer warmpoold may have written it, \
+                         and this one does not start on the store: run that version; `store \
+                         set-aside` does not take it (which cloud the store serves cannot be \
+                         done without)"
+                    );
+                    true
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let stopping = unreadable.len() + usize::from(cloud_unreadable);
+            if stopping == 0 && kept.is_empty() && health.is_empty() {
                 outln!("every record in {} can be read", data_dir.display());
                 Ok(0)
-            } else if unreadable.is_empty() {
+            } else if stopping == 0 {
                 outln!(
                     "every record warmpoold needs in {} can be read",
                     data_dir.display()
                 );
                 Ok(0)
             } else {
-                outln!(
-                    "{} record(s) cannot be read: run the warmpoold version that wrote them, or \
-                     `warmpoold store set-aside KIND KEY` for each",
-                    unreadable.len()
-                );
+                let remedy = match (unreadable.is_empty(), cloud_unreadable) {
+                    (false, false) => {
+                        "run the warmpoold version that wrote them, or `warmpoold store \
+                         set-aside KIND KEY` for each"
+                    }
+                    (false, true) => {
+                        "run the warmpoold version that wrote them, or `warmpoold store \
+                         set-aside KIND KEY` for each but the cloud's, which only that version \
+                         mends"
+                    }
+                    (true, _) => "run the warmpoold version that wrote the cloud's",
+                };
+                outln!("{stopping} record(s) cannot be read: {remedy}");
                 Ok(1)
             }
         }

@@ -1021,6 +1021,85 @@ async fn an_unreadable_record_is_set_aside_with_the_store_commands() {
     d.shut_down().await;
 }
 
+/// A store whose record of its cloud this version cannot read (a newer
+/// warmpoold's) stops warmpoold's start. `store check` reports it as a
+/// line, `cloud: cannot be read (...)`, beside the other records it
+/// lists, and ends with its summary, exiting 1 as for any unreadable
+/// record that stops warmpoold; it used to stop halfway with an error,
+/// the records' summary never printed.
+#[tokio::test]
+async fn store_check_reports_an_unreadable_cloud_record_and_goes_on() {
+    let data = tempfile::tempdir().unwrap();
+    let store_dir = data.path().join("store");
+    {
+        let opening = store_dir.clone();
+        let store = tokio::task::spawn_blocking(move || SledStore::open(&opening))
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .record_cloud_identity(&pool_manager::cloud::CloudIdentity::Embedded)
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    let db = (0..500)
+        .find_map(|_| match sled::open(&store_dir) {
+            Ok(db) => Some(db),
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(10));
+                None
+            }
+        })
+        .expect("the store is free");
+    // A newer warmpoold's cloud, and an order of its.
+    db.open_tree("meta")
+        .unwrap()
+        .insert(
+            "cloud",
+            br#"{"kind":"vsphere","datacenter":"dc1"}"#.to_vec(),
+        )
+        .unwrap();
+    db.open_tree("allocations")
+        .unwrap()
+        .insert("order-1", br#"{"state":"Hibernating"}"#.to_vec())
+        .unwrap();
+    db.flush().unwrap();
+    drop(db);
+
+    let check = store_command(&store_dir, &["check"]);
+    let out = String::from_utf8_lossy(&check.stdout).into_owned();
+    let err = String::from_utf8_lossy(&check.stderr).into_owned();
+    assert_eq!(check.status.code(), Some(1), "{out}{err}");
+    assert_eq!(err, "", "{out}");
+    assert!(out.contains("unreadable allocations order-1: "), "{out}");
+    let cloud = out
+        .lines()
+        .find(|l| l.starts_with("cloud: "))
+        .unwrap_or_else(|| panic!("no cloud line: {out}"));
+    assert!(cloud.starts_with("cloud: cannot be read ("), "{cloud}");
+    assert!(cloud.contains("vsphere"), "{cloud}");
+    let summary = out.lines().last().unwrap_or_default();
+    assert!(
+        summary.starts_with("2 record(s) cannot be read") && summary.contains("set-aside"),
+        "{out}"
+    );
+
+    // The cloud's record alone: still the summary, which offers no
+    // set-aside (the cloud's record cannot be set aside).
+    let moved = store_command(&store_dir, &["set-aside", "allocations", "order-1"]);
+    assert!(moved.status.success(), "{moved:?}");
+    let check = store_command(&store_dir, &["check"]);
+    let out = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert_eq!(check.status.code(), Some(1), "{out}");
+    assert!(out.contains("cloud: cannot be read ("), "{out}");
+    let summary = out.lines().last().unwrap_or_default();
+    assert!(
+        summary.starts_with("1 record(s) cannot be read") && !summary.contains("set-aside KIND"),
+        "{out}"
+    );
+}
+
 /// The store in `dir`, written and opened again (sled's recovery then
 /// notes how far its log goes), its log then cut off.
 fn damage_store(dir: &std::path::Path) {
