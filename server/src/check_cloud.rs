@@ -78,6 +78,10 @@ pub enum CheckKind {
     /// one: warmpoold refuses to start on a store of another
     /// (`ManagerError::CloudChanged`).
     StoreCloud,
+    /// The store was not read (held by a running warmpoold, left unopened
+    /// by root, failed), so its cloud was not compared. Informs, as those
+    /// store lines do: a pass then says nothing of the store's cloud.
+    StoreCloudUnread,
     /// A pool's flavor, zone, volume zone and image, asked of a cloud as
     /// one ([`check_boot_specs`]).
     Pool,
@@ -98,7 +102,7 @@ impl CheckKind {
             CheckKind::Quota => "quota",
             CheckKind::ZoneOverride => "zone overrides",
             CheckKind::Store | CheckKind::StoreInUse | CheckKind::StoreOfAnotherUser => "store",
-            CheckKind::StoreCloud => "store cloud",
+            CheckKind::StoreCloud | CheckKind::StoreCloudUnread => "store cloud",
             CheckKind::Pool => "pool",
         }
     }
@@ -180,6 +184,7 @@ impl Check {
                     | CheckKind::Store
                     | CheckKind::StoreInUse
                     | CheckKind::StoreOfAnotherUser
+                    | CheckKind::StoreCloudUnread
             )
         {
             return false;
@@ -246,13 +251,16 @@ pub struct Report {
 
 impl Report {
     /// Whether every check passed (the lines of a store a running daemon
-    /// holds or root left unopened, of zone overrides, and failures of no
-    /// pool yet only inform).
+    /// holds or root left unopened, of a store's cloud not compared, of
+    /// zone overrides, and failures of no pool yet only inform).
     pub fn passed(&self) -> bool {
         self.checks.iter().all(|c| {
             c.ok || matches!(
                 c.kind,
-                CheckKind::StoreInUse | CheckKind::StoreOfAnotherUser | CheckKind::ZoneOverride
+                CheckKind::StoreInUse
+                    | CheckKind::StoreOfAnotherUser
+                    | CheckKind::StoreCloudUnread
+                    | CheckKind::ZoneOverride
             ) || c.scope.as_ref().is_some_and(Scope::is_empty)
         })
     }
@@ -499,11 +507,23 @@ impl StoreRead {
 enum StoreCloud {
     /// No store in the data dir yet.
     NoStore,
-    /// The store could not be read (its line says why).
-    Unread,
+    /// The store was not read (its line says why), nor its cloud.
+    Unread(Unread),
     /// What the store records (`None`: no start recorded one yet), or why
     /// that record cannot be read.
     Read(Result<Option<CloudIdentity>, StoreError>),
+}
+
+/// Why the cloud a store records was not read.
+#[derive(Clone, Copy, Debug)]
+enum Unread {
+    /// A running warmpoold holds the store ([`CheckKind::StoreInUse`]).
+    Held,
+    /// Root left another user's store unopened
+    /// ([`CheckKind::StoreOfAnotherUser`]).
+    Unopened,
+    /// Opening or reading it failed (a failed store line).
+    Failed,
 }
 
 /// The pools in the store at `dir`, and the report's line about them:
@@ -582,13 +602,13 @@ async fn stored_pools_as(dir: &std::path::Path, euid: u32) -> StoreRead {
         return StoreRead {
             pools: Vec::new(),
             line: Some(line),
-            cloud: StoreCloud::Unread,
+            cloud: StoreCloud::Unread(Unread::Unopened),
         };
     }
-    let unread = |pools: Vec<PoolRecord>, line: Option<Check>| StoreRead {
-        pools,
-        line,
-        cloud: StoreCloud::Unread,
+    let unread = |line: Check, why: Unread| StoreRead {
+        pools: Vec::new(),
+        line: Some(line),
+        cloud: StoreCloud::Unread(why),
     };
     // Not created here (`read_pools` makes none): a config whose daemon
     // never ran has no store, and an empty data_dir (made by hand, a fresh
@@ -618,7 +638,7 @@ async fn stored_pools_as(dir: &std::path::Path, euid: u32) -> StoreRead {
         Ok(read) => read,
         Err(e) => {
             let message = format!("{shown}: opening it failed ({e}); {only_configured}");
-            return unread(Vec::new(), Some(line(false, message)));
+            return unread(line(false, message), Unread::Failed);
         }
     };
     match read {
@@ -683,31 +703,55 @@ async fn stored_pools_as(dir: &std::path::Path, euid: u32) -> StoreRead {
                 kind: CheckKind::StoreInUse,
                 ..line(false, message)
             };
-            unread(Vec::new(), Some(held))
+            unread(held, Unread::Held)
         }
         // Names the data dir itself.
         Err(e @ StoreError::Inaccessible { .. }) => unread(
-            Vec::new(),
-            Some(line(false, format!("{e}; {only_configured}"))),
+            line(false, format!("{e}; {only_configured}")),
+            Unread::Failed,
         ),
         Err(e) => {
             let message = format!("{shown}: cannot read its pools ({e}); {only_configured}");
-            unread(Vec::new(), Some(line(false, message)))
+            unread(line(false, message), Unread::Failed)
         }
     }
 }
 
 /// The line comparing the cloud the store at `dir` serves with `current`,
 /// the configured one, as warmpoold's start does
-/// (`PoolManager::claim_store`); none when the store could not be read.
-fn store_cloud_line(
-    dir: &std::path::Path,
-    store: &StoreCloud,
-    current: &CloudIdentity,
-) -> Option<Check> {
+/// (`PoolManager::claim_store`); when the store could not be read, one
+/// saying it was not compared, and why ([`CheckKind::StoreCloudUnread`]):
+/// a run that passes says nothing of it then, and a start with this
+/// config on a store of another cloud is refused.
+fn store_cloud_line(dir: &std::path::Path, store: &StoreCloud, current: &CloudIdentity) -> Check {
     let shown = dir.display();
+    let unknown = "so this run says nothing of it: warmpoold refuses to start with this config \
+         on a store of another cloud (another [cloud] project or region, another server_tag)";
     let (ok, message) = match store {
-        StoreCloud::Unread => return None,
+        StoreCloud::Unread(why) => {
+            let message = match why {
+                Unread::Held => format!(
+                    "not compared: {shown} is held by a running warmpoold, so the cloud it \
+                     records was not read, {unknown}. The running warmpoold compared it with \
+                     the config it started with; `warmpoold store check` shows it while no \
+                     warmpoold runs"
+                ),
+                Unread::Unopened => format!(
+                    "not compared: {shown} was not opened (see the store line), so the cloud \
+                     it records was not read, {unknown}"
+                ),
+                Unread::Failed => format!(
+                    "not compared: {shown} could not be read (see the store line), nor the \
+                     cloud it records"
+                ),
+            };
+            return Check {
+                kind: CheckKind::StoreCloudUnread,
+                ok: false,
+                message,
+                scope: None,
+            };
+        }
         StoreCloud::NoStore => (
             true,
             format!(
@@ -763,12 +807,12 @@ fn store_cloud_line(
             ),
         },
     };
-    Some(Check {
+    Check {
         kind: CheckKind::StoreCloud,
         ok,
         message,
         scope: None,
-    })
+    }
 }
 
 /// The store's lines first: its pools', then its cloud's against the one
@@ -784,7 +828,7 @@ async fn put_store_lines(
     first.extend(read.line);
     if let Some(cloud) = cloud {
         match cloud.cloud_identity().await {
-            Ok(current) => first.extend(store_cloud_line(dir, &read.cloud, &current)),
+            Ok(current) => first.push(store_cloud_line(dir, &read.cloud, &current)),
             Err(e) => first.push(Check {
                 kind: CheckKind::StoreCloud,
                 ok: false,
@@ -1535,8 +1579,7 @@ mod tests {
             dir,
             &StoreCloud::Read(Ok(Some(recorded))),
             &CloudIdentity::Embedded,
-        )
-        .expect("a store cloud line");
+        );
         assert!(!line.ok, "{line}");
         for part in [
             "the embedded demo cloud adopts no store: was --config forgotten?",
@@ -1582,6 +1625,38 @@ mod tests {
             dir.path().display()
         );
         assert!(report.to_string().starts_with(&held), "{report}");
+        assert!(report.passed(), "{report}");
+    }
+
+    /// A store a running warmpoold holds is not read, nor the cloud it
+    /// records: the report says that cloud was not compared, and why, so
+    /// that its pass is not taken for the store serving the configured
+    /// cloud (the restart with this config would be refused on a store
+    /// of another). It informs, as the store's line does.
+    #[tokio::test]
+    async fn a_held_stores_cloud_is_said_not_to_be_compared() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            use pool_manager::store::{SledStore, Store};
+            let store = SledStore::open(dir.path()).unwrap();
+            let other = CloudIdentity::OpenStack {
+                project_id: "5f1c".into(),
+                region: Some("RegionOne".into()),
+                server_tag: "warmpool".into(),
+            };
+            store.record_cloud_identity(&other).await.unwrap();
+            store.flush().await.unwrap();
+        }
+        wait_until_let_go(dir.path());
+        let _held = pool_manager::store::SledStore::open(dir.path()).unwrap();
+        let report = store_lines(dir.path()).await;
+        let shown = report.to_string();
+        let cloud = shown
+            .lines()
+            .find(|l| l.starts_with("store cloud: "))
+            .unwrap_or_else(|| panic!("no store cloud line: {report}"));
+        assert!(cloud.starts_with("store cloud: not compared"), "{cloud}");
+        assert!(cloud.contains("held by a running warmpoold"), "{cloud}");
         assert!(report.passed(), "{report}");
     }
 
@@ -1676,7 +1751,13 @@ mod tests {
 
         let read = stored_pools_as(&data, 0).await;
         assert!(read.pools.is_empty());
-        assert!(matches!(read.cloud, StoreCloud::Unread));
+        assert!(matches!(read.cloud, StoreCloud::Unread(_)));
+        let unread = store_cloud_line(&data, &read.cloud, &CloudIdentity::Embedded);
+        assert!(
+            unread.to_string().starts_with("store cloud: not compared")
+                && unread.message.contains("not opened"),
+            "{unread}"
+        );
         let line = read.line.expect("a line saying why the store was not read");
         assert!(
             line.message.contains(&format!("uid {owner}"))
