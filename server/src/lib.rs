@@ -34,6 +34,57 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use warmpool_proto::v1::warm_pool_server::WarmPoolServer;
 
+/// warmpoold's exit code when its start is refused for a reason no
+/// restart mends, only an operator (sysexits' EX_CONFIG):
+/// [`needs_an_operator`]. deploy/warmpoold.service does not restart it
+/// (`RestartPreventExitStatus=`): every 5 s, each start would log in to
+/// Keystone and list the pool servers again, for ever.
+pub const EXIT_NEEDS_AN_OPERATOR: u8 = 78;
+
+/// Whether warmpoold's start failed for a reason no restart mends, only an
+/// operator, so that it exits [`EXIT_NEEDS_AN_OPERATOR`]: a config file it
+/// cannot take (or that is missing or unreadable to it), a cloud config
+/// (`clouds.yaml`, the `OS_*` variables) it cannot take, a store of
+/// another cloud ([`CloudChangedRefused`]), one that knows none of the
+/// pool servers the cloud lists ([`UnknownServersRefused`]), a store record
+/// this version cannot read, or damage sled found in the store's files.
+/// Not what may pass by itself: a cloud or Keystone that does not answer
+/// (or refuses a pool, which the cloud check tells apart from an outage
+/// only by its wording), a port or the store's lock another process holds,
+/// a disk that fails.
+pub fn needs_an_operator(error: &anyhow::Error) -> bool {
+    use pool_manager::store::StoreError;
+    let permanent_store = |e: &StoreError| {
+        matches!(
+            e,
+            StoreError::Unreadable { .. }
+                | StoreError::UnreadableCloud { .. }
+                | StoreError::Corrupt { .. }
+        )
+    };
+    error.chain().any(|cause| {
+        cause.is::<CloudChangedRefused>()
+            || cause.is::<UnknownServersRefused>()
+            || cause.is::<CloudConfigRefused>()
+            || cause
+                .downcast_ref::<config::ConfigError>()
+                .is_some_and(|e| match e {
+                    config::ConfigError::Read { error, .. } => matches!(
+                        error.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                    ),
+                    _ => true,
+                })
+            || cause
+                .downcast_ref::<StoreError>()
+                .is_some_and(permanent_store)
+            || matches!(
+                cause.downcast_ref::<ManagerError>(),
+                Some(ManagerError::Store(e)) if permanent_store(e)
+            )
+    })
+}
+
 /// [`start`]'s error when `shutdown` resolved before serving began: nothing
 /// failed, the daemon was asked to stop (and did, with the store flushed).
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +111,13 @@ pub struct UnknownServersRefused(String);
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct CloudChangedRefused(String);
+
+/// [`build_cloud`]'s error when the cloud config cannot be taken (a
+/// clouds.yaml missing, unreadable or without the entry, no credentials):
+/// nothing was asked of the cloud, and a restart reads the same.
+#[derive(Debug, thiserror::Error)]
+#[error("the OpenStack cloud is not usable (run `warmpoold check-cloud` for the full report): {0}")]
+pub struct CloudConfigRefused(String);
 
 /// [`build_cloud`]'s error when Keystone refused warmpool's credentials:
 /// [`build_cloud_waiting_out_refusals`] waits it out rather than ending
@@ -1244,6 +1302,14 @@ async fn build_cloud(
                 (_, refusal) if report.credentials_refused => {
                     return Err(CredentialsRefused(refusal.unwrap_or_default()).into())
                 }
+                (_, refusal)
+                    if report
+                        .checks
+                        .iter()
+                        .any(|c| !c.ok && c.kind == check_cloud::CheckKind::Config) =>
+                {
+                    return Err(CloudConfigRefused(refusal.unwrap_or_default()).into())
+                }
                 (_, refusal) => anyhow::bail!(
                     "the OpenStack cloud is not usable (run `warmpoold check-cloud` for the full report): {}",
                     refusal.unwrap_or_default()
@@ -1388,6 +1454,76 @@ mod tests {
             "[cloud] section",
         ] {
             assert!(!refusal.contains(offered), "{offered:?} in: {refusal}");
+        }
+    }
+
+    /// Refusals only an operator mends are told from those a restart may
+    /// mend, wherever in the chain of contexts they are: the former exit
+    /// EX_CONFIG, which the systemd unit does not restart.
+    #[test]
+    fn refusals_only_an_operator_mends_are_told_from_passing_ones() {
+        use crate::config::ConfigError;
+        use pool_manager::store::StoreError;
+        use pool_manager::ManagerError;
+        use std::path::PathBuf;
+        let json = || serde_json::from_str::<u8>("x").unwrap_err();
+        let io = |kind| std::io::Error::from(kind);
+        let in_context = |e: anyhow::Error| e.context("cannot open the store in /var/lib/warmpool");
+        let operators: Vec<anyhow::Error> = vec![
+            super::CloudChangedRefused("another cloud".into()).into(),
+            super::UnknownServersRefused("unknown servers".into()).into(),
+            super::CloudConfigRefused("cloud config: no clouds.yaml".into()).into(),
+            ConfigError::Parse {
+                path: PathBuf::from("w.toml"),
+                message: "bad".into(),
+            }
+            .into(),
+            ConfigError::Invalid("listen".into()).into(),
+            ConfigError::Read {
+                path: PathBuf::from("w.toml"),
+                error: io(std::io::ErrorKind::NotFound),
+            }
+            .into(),
+            in_context(
+                StoreError::Unreadable {
+                    tree: "allocations".into(),
+                    key: "o-1".into(),
+                    error: json(),
+                }
+                .into(),
+            ),
+            in_context(StoreError::Corrupt { at: None }.into()),
+            anyhow::Error::new(ManagerError::Store(StoreError::UnreadableCloud {
+                error: json(),
+            }))
+            .context("cannot compare the cloud with the one the store serves"),
+        ];
+        for e in &operators {
+            assert!(super::needs_an_operator(e), "{e:#}");
+        }
+        let passing: Vec<anyhow::Error> = vec![
+            anyhow::anyhow!("the OpenStack cloud is not usable: auth: connection refused"),
+            super::StoreFailed("No space left on device".into()).into(),
+            super::CredentialsRefused("Keystone refused".into()).into(),
+            ConfigError::Read {
+                path: PathBuf::from("w.toml"),
+                error: io(std::io::ErrorKind::Interrupted),
+            }
+            .into(),
+            in_context(
+                StoreError::Locked {
+                    dir: PathBuf::from("/var/lib/warmpool"),
+                    waited: std::time::Duration::from_secs(5),
+                }
+                .into(),
+            ),
+            anyhow::Error::new(ManagerError::Store(StoreError::Io(
+                sled::Error::Unsupported("x".into()),
+            )))
+            .context("start-up reconcile failed"),
+        ];
+        for e in &passing {
+            assert!(!super::needs_an_operator(e), "{e:#}");
         }
     }
 

@@ -91,14 +91,43 @@ enum StoreCommand {
 
 /// An error ends warmpoold with one line, its causes after colons: not
 /// anyhow's report, which adds a stack trace wherever RUST_BACKTRACE is set.
+/// The daemon's start refused for what no restart mends exits
+/// EX_CONFIG (78, [`warmpool_server::needs_an_operator`]), which its
+/// supervisor is told not to restart; any other error exits 1.
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e:#}");
-            std::process::ExitCode::FAILURE
+            match e.downcast_ref::<NeedsAnOperator>() {
+                Some(_) => std::process::ExitCode::from(warmpool_server::EXIT_NEEDS_AN_OPERATOR),
+                None => std::process::ExitCode::FAILURE,
+            }
         }
+    }
+}
+
+/// The daemon's start, refused for what no restart mends: shown as the
+/// error it wraps, its causes after colons.
+#[derive(Debug)]
+struct NeedsAnOperator(anyhow::Error);
+
+impl std::fmt::Display for NeedsAnOperator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for NeedsAnOperator {}
+
+/// `error`, marked [`NeedsAnOperator`] when it is such a refusal. For the
+/// daemon's start only: the subcommands' exit codes say what they found.
+fn classified(error: anyhow::Error) -> anyhow::Error {
+    if warmpool_server::needs_an_operator(&error) {
+        NeedsAnOperator(error).into()
+    } else {
+        error
     }
 }
 
@@ -172,12 +201,13 @@ async fn run() -> anyhow::Result<()> {
         let config = daemon_config(&args)?;
         std::process::exit(check_cloud(&config).await?);
     }
-    let mut config = daemon_config(&args)?;
-    config.delete_unknown_servers = args.delete_unknown_servers;
-    config.adopt_cloud = args.adopt_cloud;
     if let Some(Command::Store(command)) = &args.command {
+        let config = daemon_config(&args)?;
         std::process::exit(store_command(command, &config.data_dir)?);
     }
+    let mut config = daemon_config(&args).map_err(|e| classified(e.into()))?;
+    config.delete_unknown_servers = args.delete_unknown_servers;
+    config.adopt_cloud = args.adopt_cloud;
     // The demo needs no file; a file that runs the embedded cloud is more
     // likely one copied where a real cloud was meant, and the log's info
     // line is easily missed.
@@ -223,7 +253,7 @@ async fn run() -> anyhow::Result<()> {
             tracing::info!("stopped during start-up, as asked");
             return Ok(());
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(classified(e)),
     };
     #[cfg(unix)]
     reload_on_sighup(

@@ -950,19 +950,38 @@ fn kubernetes_lets_only_labelled_clients_reach_the_grpc_port() {
 
 /// warmpoold exits with an error when it cannot go on (its store's disk
 /// failed: sled writes nothing more until the store is opened again), and
-/// counts on its supervisor to start it again.
+/// counts on its supervisor to start it again; but not when its start was
+/// refused for what only an operator mends (EX_CONFIG: a bad config, a
+/// store of another cloud, one that knows none of the pool servers, a
+/// record it cannot read): restarted every few seconds, each start would
+/// log in to Keystone and list the pool servers again, for ever.
 #[test]
 fn supervisors_restart_warmpoold_when_it_exits_with_an_error() {
     let unit = read(&deploy_dir().join("warmpoold.service"));
-    let restart: Vec<&str> = unit_settings(&unit, "Restart")
-        .into_iter()
-        .filter(|(_, in_force)| *in_force)
-        .map(|(value, _)| value)
-        .collect();
+    let in_force = |key: &str| -> Vec<&str> {
+        unit_settings(&unit, key)
+            .into_iter()
+            .filter(|(_, in_force)| *in_force)
+            .map(|(value, _)| value)
+            .collect()
+    };
+    let restart = in_force("Restart");
     assert!(
         matches!(restart[..], ["on-failure" | "always"]),
         "the unit sets Restart {restart:?}: systemd's default (no) leaves warmpoold down"
     );
+    let needs_an_operator = warmpool_server::EXIT_NEEDS_AN_OPERATOR.to_string();
+    let prevented: Vec<&str> = in_force("RestartPreventExitStatus")
+        .into_iter()
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert!(
+        prevented.contains(&needs_an_operator.as_str()),
+        "the unit's RestartPreventExitStatus {prevented:?} lacks {needs_an_operator}: a start \
+         refused for what only an operator mends would be restarted every RestartSec, for ever"
+    );
+    // And no other: every other exit is one a restart may mend.
+    assert_eq!(prevented, [needs_an_operator.as_str()]);
     let pod = &k8s_workload()["spec"]["template"]["spec"];
     assert!(
         matches!(pod["restartPolicy"].as_str(), None | Some("Always")),

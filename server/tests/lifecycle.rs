@@ -1378,7 +1378,7 @@ fn send_signal(daemon: &tokio::process::Child, signal: &str) {
 
 /// A config file that does not load ends warmpoold with one line naming
 /// the file, the key and its line, and no stack trace even where
-/// RUST_BACKTRACE is set.
+/// RUST_BACKTRACE is set; with EX_CONFIG (78), which no restart mends.
 #[tokio::test]
 async fn a_broken_config_file_is_one_line_naming_the_key() {
     let data = tempfile::tempdir().unwrap();
@@ -1392,10 +1392,14 @@ async fn a_broken_config_file_is_one_line_naming_the_key() {
         .arg("--config")
         .arg(&config_file)
         .env("RUST_BACKTRACE", "1")
+        .env_remove("WARMPOOL_CONFIG")
         .output()
         .await
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(warmpool_server::EXIT_NEEDS_AN_OPERATOR))
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         stderr,
@@ -1404,6 +1408,117 @@ async fn a_broken_config_file_is_one_line_naming_the_key() {
             config_file.display()
         )
     );
+}
+
+/// A start refused for what no restart mends (a store of another cloud, a
+/// store record this version cannot read, a cloud config it cannot take)
+/// exits with EX_CONFIG (78), which
+/// the systemd unit does not restart: restarted every 5 s, each start
+/// would log in to Keystone and list the pool servers again, for ever.
+/// One a restart may mend (the port taken by a process that may go) exits
+/// 1, as before, and is restarted.
+#[tokio::test]
+async fn a_refusal_only_an_operator_mends_exits_with_ex_config() {
+    let data = tempfile::tempdir().unwrap();
+    let store_dir = data.path().join("store");
+    {
+        let opening = store_dir.clone();
+        let store = tokio::task::spawn_blocking(move || SledStore::open(&opening))
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .record_cloud_identity(&pool_manager::cloud::CloudIdentity::OpenStack {
+                project_id: "5f1c".into(),
+                region: Some("RegionOne".into()),
+                server_tag: "warmpool".into(),
+            })
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    let demo = |listen: &str| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"));
+        command
+            .arg("--data-dir")
+            .arg(&store_dir)
+            .args(["--listen", listen, "--metrics-listen", "127.0.0.1:0"])
+            .env_remove("WARMPOOL_CONFIG");
+        command
+    };
+    let exit = |out: &std::process::Output| {
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stderr)
+    };
+
+    // The demo (no --config) on the store of an OpenStack project.
+    let (code, stderr) = exit(&demo("127.0.0.1:0").output().await.unwrap());
+    assert_eq!(
+        code,
+        Some(i32::from(warmpool_server::EXIT_NEEDS_AN_OPERATOR)),
+        "{stderr}"
+    );
+    assert!(stderr.contains("was --config forgotten?"), "{stderr}");
+
+    // A port another process holds: it may let go of it.
+    let holding = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holding.local_addr().unwrap().to_string();
+    let (code, stderr) = exit(&demo(&taken).output().await.unwrap());
+    assert_eq!(code, Some(1), "{stderr}");
+
+    // A record this version cannot read.
+    let db = (0..500)
+        .find_map(|_| match sled::open(&store_dir) {
+            Ok(db) => Some(db),
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(10));
+                None
+            }
+        })
+        .expect("the store is free");
+    db.open_tree("meta").unwrap().remove("cloud").unwrap();
+    db.open_tree("allocations")
+        .unwrap()
+        .insert("order-1", br#"{"state":"Hibernating"}"#.to_vec())
+        .unwrap();
+    db.flush().unwrap();
+    drop(db);
+    let (code, stderr) = exit(&demo("127.0.0.1:0").output().await.unwrap());
+    assert_eq!(
+        code,
+        Some(i32::from(warmpool_server::EXIT_NEEDS_AN_OPERATOR)),
+        "{stderr}"
+    );
+    assert!(stderr.contains("store set-aside allocations"), "{stderr}");
+
+    // A cloud config it cannot take: nothing was asked of the cloud.
+    let config_file = data.path().join("warmpoold.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+             [cloud]\nkind = \"openstack\"\ncloud = \"mycloud\"\nclouds_yaml = {:?}\n\
+             management_network = \"mgmt\"\n",
+            data.path().join("new"),
+            data.path().join("missing-clouds.yaml"),
+        ),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+        .arg("--config")
+        .arg(&config_file)
+        .env_remove("WARMPOOL_CONFIG")
+        .env_remove("OS_CLOUD")
+        .output()
+        .await
+        .unwrap();
+    let (code, stderr) = exit(&out);
+    assert_eq!(
+        code,
+        Some(i32::from(warmpool_server::EXIT_NEEDS_AN_OPERATOR)),
+        "{stderr}"
+    );
+    assert!(stderr.contains("missing-clouds.yaml"), "{stderr}");
 }
 
 /// `check-cloud` reads the file `--config` names, before the subcommand or

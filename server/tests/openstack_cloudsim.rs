@@ -3954,7 +3954,11 @@ async fn warmpoold_refuses_a_store_that_knows_none_of_the_pool_servers() {
         .await
         .expect("warmpoold neither started nor stopped within 60 s")
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(warmpool_server::EXIT_NEEDS_AN_OPERATOR)),
+        "{out:?}"
+    );
     let left: Vec<_> = std::fs::read_dir(&store)
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -3991,15 +3995,20 @@ fn warmpoold_on(
     command
 }
 
-/// Runs `warmpoold` to a start it refuses (exit 1): its stderr and its
-/// `Error:` line.
+/// Runs `warmpoold` to a start it refuses for what only an operator mends
+/// (exit 78, EX_CONFIG, which its systemd unit does not restart): its
+/// stderr and its `Error:` line.
 async fn refused_start(mut warmpoold: tokio::process::Command) -> (String, String) {
     let out = tokio::time::timeout(Duration::from_secs(60), warmpoold.output())
         .await
         .expect("warmpoold neither started nor stopped within 60 s")
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(warmpool_server::EXIT_NEEDS_AN_OPERATOR)),
+        "{stderr}"
+    );
     let error = stderr
         .lines()
         .find(|l| l.starts_with("Error: "))
