@@ -989,6 +989,73 @@ fn supervisors_restart_warmpoold_when_it_exits_with_an_error() {
     );
 }
 
+/// `--delete-unknown-servers` and `--adopt-cloud` are for one start, and
+/// the shipped deployments start warmpoold themselves: run by hand as
+/// root, it would lack the unit's clouds.yaml (a credential that exists
+/// only while the service runs) and leave root's files in the store. The
+/// README gives the flag to them for that start and takes it back: under
+/// systemd a runtime drop-in clearing ExecStart and setting the unit's
+/// own line plus the flag, under Kubernetes a JSON patch adding the flag
+/// to the StatefulSet's args and one removing it. Those must be the
+/// shipped files' own lines, or the recipe starts another warmpoold than
+/// the one shipped.
+#[test]
+fn the_readme_gives_a_start_up_flag_to_the_shipped_deployments_for_one_start() {
+    let readme = read(&deploy_dir().join("../README.md"));
+    let unit = read(&deploy_dir().join("warmpoold.service"));
+    let exec: Vec<&str> = unit_settings(&unit, "ExecStart")
+        .into_iter()
+        .filter(|(_, in_force)| *in_force)
+        .map(|(value, _)| value)
+        .collect();
+    let [exec] = exec[..] else {
+        panic!("the unit sets ExecStart {exec:?}, not once: revisit this test");
+    };
+    let drop_in = "/run/systemd/system/warmpoold.service.d/";
+    for shown in [
+        format!("{drop_in}once.conf"),
+        "[Service]\nExecStart=\nExecStart=".to_owned(),
+        format!("rm {drop_in}once.conf"),
+        "systemctl daemon-reload".to_owned(),
+        "systemctl restart warmpoold".to_owned(),
+    ] {
+        assert!(readme.contains(&shown), "README does not show `{shown}`");
+    }
+
+    let workload = k8s_workload();
+    let name = workload["metadata"]["name"].as_str().unwrap();
+    let containers = workload["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .unwrap();
+    let index = containers
+        .iter()
+        .position(|c| c["name"] == "warmpoold")
+        .expect("a warmpoold container");
+    let args = containers[index]["args"].as_sequence().unwrap().len();
+    let path = format!("/spec/template/spec/containers/{index}/args");
+    let policy = workload["spec"]["podManagementPolicy"].as_str();
+    assert!(
+        matches!(policy, None | Some("OrderedReady")),
+        "podManagementPolicy {policy:?}: README deletes the failing pod so that the \
+         StatefulSet, which waits for it to be Ready, starts it from the patched template"
+    );
+    // Shown with --adopt-cloud; --delete-unknown-servers goes the same way.
+    let flag = "--adopt-cloud";
+    for shown in [
+        format!("ExecStart={exec} {flag}\n"),
+        format!(
+            r#"kubectl patch statefulset/{name} --type=json -p='[{{"op":"add","path":"{path}/-","value":"{flag}"}}]'"#
+        ),
+        format!(
+            r#"kubectl patch statefulset/{name} --type=json -p='[{{"op":"test","path":"{path}/{args}","value":"{flag}"}},{{"op":"remove","path":"{path}/{args}"}}]'"#
+        ),
+        format!("kubectl delete pod {name}-0"),
+        format!("kubectl rollout status statefulset/{name}"),
+    ] {
+        assert!(readme.contains(&shown), "README does not show `{shown}`");
+    }
+}
+
 /// The kubelet must not kill a warmpoold that is starting: the start-up
 /// reconcile can take many minutes, in which health says NOT_SERVING for
 /// "" (what readiness asks), so the startup and liveness probes ask the
