@@ -1208,10 +1208,11 @@ async fn http_faults_are_classified() {
         matches!(&e, CloudError::Transient(m) if m.contains("unreadable")),
         "{e:?}"
     );
-    // No answer within request_timeout.
-    let impatient = env.driver_with("request_timeout = \"300ms\"").await;
-    faults.slow(Service::Compute, Duration::from_secs(2));
-    // Unbounded, the call would get its answer after 2 s and succeed; the
+    // No answer within request_timeout: 3 s, which the connect's login
+    // fits in on a busy machine too, of a Compute slowed ten times as long.
+    let impatient = env.driver_with("request_timeout = \"3s\"").await;
+    faults.slow(Service::Compute, Duration::from_secs(30));
+    // Unbounded, the call would get its answer after 30 s and succeed; the
     // timeout may fire in reqwest ("error sending request") or in ours.
     let e = impatient.get_server(&server.id).await.unwrap_err();
     assert!(matches!(&e, CloudError::Transient(_)), "{e:?}");
@@ -1244,10 +1245,10 @@ async fn http_faults_are_classified() {
         matches!(&e, CloudError::Fatal(m) if m.contains("mysql-9.9")),
         "{e:?}"
     );
-    // A connection refused is transient.
+    // A connection refused is transient: once the face's server task has
+    // ended, nothing listens on its port.
     let addr = env.face.local_addr();
-    drop(env.face);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    env.face.shutdown().await.unwrap();
     let e = cloud.get_server(&server.id).await.unwrap_err();
     assert!(matches!(e, CloudError::Transient(_)), "{addr}: {e:?}");
 }

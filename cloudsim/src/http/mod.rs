@@ -1085,7 +1085,12 @@ impl RunningFace {
             let grace = self.state.settings.shutdown_grace;
             match tokio::time::timeout(grace, &mut task).await {
                 Ok(joined) => joined??,
-                Err(_elapsed) => task.abort(),
+                Err(_elapsed) => {
+                    task.abort();
+                    // An abort is only asked for: the listener closes once
+                    // the task is dropped, which the join waits for.
+                    let _ = task.await;
+                }
             }
         }
         Ok(())
