@@ -1120,7 +1120,11 @@ async fn the_name_filter_is_a_regex() {
 
 #[tokio::test]
 async fn tag_filter_is_honoured_from_2_26_and_ignored_below() {
-    let env = start().await;
+    let mut cfg = config();
+    // 20 s in BUILD, unless the clock is moved: a busy machine's delays
+    // cannot end the build before the 409 below.
+    cfg.boot.t_alone = Duration::from_secs(10_000);
+    let env = start_with(cfg, HttpSettings::default()).await;
     let a = env.boot("tagged", "2.52", &["pool-a"]).await;
     let b = env.boot("untagged", "2.52", &[]).await;
     // A tag added afterwards (2.26+): 409 while the server builds (Nova
@@ -1135,6 +1139,7 @@ async fn tag_filter_is_honoured_from_2_26_and_ignored_below() {
     )
     .await
     .expect(409);
+    jump_clock(Duration::from_secs(60)).await;
     env.wait_server(&b, "ACTIVE").await;
     let r = env
         .call(
