@@ -2513,7 +2513,12 @@ async fn shutdown_ends_requests_hung_by_the_model() {
             .await
             .map(|r| r.status())
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Shut down only once the request is in the model, hung there.
+    let mut hung_calls = env.sim.hung_calls();
+    tokio::time::timeout(Duration::from_secs(60), hung_calls.wait_for(|n| *n == 1))
+        .await
+        .expect("the request reaches the model")
+        .unwrap();
     assert!(!hung.is_finished(), "the request should hang");
     // The hung request would otherwise hold the shutdown forever.
     tokio::time::timeout(Duration::from_secs(60), env.face.shutdown())
