@@ -229,12 +229,12 @@ async fn probe_reads_the_greeting_of_a_real_mariadb() {
 
 #[tokio::test]
 async fn closed_port_is_not_ready() {
-    // A port that was just free: bound, then released.
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port bound but not listened on: connections to it are refused, and
+    // no other process can take it meanwhile (as it could a port bound,
+    // then released).
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = closed.local_addr().unwrap();
     let err = MysqlGreetingProbe::default()
         .probe(addr)
         .await
@@ -244,6 +244,7 @@ async fn closed_port_is_not_ready() {
         "{err:?}"
     );
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    drop(closed);
 }
 
 /// A TCP server that answers every connection with `reply` and hangs up.

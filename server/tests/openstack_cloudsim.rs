@@ -3685,19 +3685,17 @@ async fn health_answers_not_serving_while_the_start_up_reconcile_runs() {
 
     init_tracing();
     let env = env().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let text = env.config_text("", SMALL_POOL).replacen(
-        r#"listen = "127.0.0.1:0""#,
-        &format!(r#"listen = "127.0.0.1:{port}""#),
-        1,
-    );
-    let config = Config::parse(&text).unwrap();
+    let listening_on = |port: u16| {
+        let text = env.config_text("", SMALL_POOL).replacen(
+            r#"listen = "127.0.0.1:0""#,
+            &format!(r#"listen = "127.0.0.1:{port}""#),
+            1,
+        );
+        Config::parse(&text).unwrap()
+    };
     // A purchase a stop interrupted after its port was made: the start-up
     // reconcile rolls it back, deleting the port, which the cloud holds.
-    let data_dir = config.data_dir.clone();
+    let data_dir = env.config("", SMALL_POOL).data_dir;
     tokio::task::spawn_blocking(move || {
         let store = pool_manager::store::SledStore::open(&data_dir).unwrap();
         let handle = tokio::runtime::Handle::current();
@@ -3736,10 +3734,7 @@ async fn health_answers_not_serving_while_the_start_up_reconcile_runs() {
     .unwrap();
     env.sim.faults().hold_calls("delete_port");
 
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let starting = tokio::spawn(warmpool_server::start(config, async {
-        let _ = stopped.await;
-    }));
+    let (port, stop, starting) = start_on_a_free_port(listening_on).await;
     wait_until("the start-up reconcile's port delete, held", || {
         env.sim.call_counts().contains_key("delete_port")
     })
@@ -6909,6 +6904,68 @@ async fn health_status(port: u16, service: &str) -> Result<i32, String> {
     }
 }
 
+/// warmpoold starting on the config `listening_on` makes for a gRPC port
+/// chosen free beforehand (for a test that asks that port before start-up
+/// is done): the port, the sender that stops it, and the start-up. The
+/// port is free when picked, then handed over: another process can take it
+/// in between, so a start-up that cannot listen on it is tried again on
+/// another, as `Prometheus::start` does (tests/prometheus.rs). warmpoold
+/// has its port once its liveness service answers there. For start-ups
+/// that wait (held, refused): one that ends otherwise fails the test.
+async fn start_on_a_free_port(
+    listening_on: impl Fn(u16) -> Config,
+) -> (
+    u16,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<warmpool_server::Running>>,
+) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    const ATTEMPTS: u32 = 3;
+    for attempt in 1..=ATTEMPTS {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let starting = tokio::spawn(warmpool_server::start(listening_on(port), async {
+            let _ = stopped.await;
+        }));
+        let mut waited = 0;
+        loop {
+            let liveness = tokio::time::timeout(
+                Duration::from_secs(5),
+                health_status(port, warmpool_server::LIVENESS_SERVICE),
+            )
+            .await;
+            if liveness == Ok(Ok(i32::from(ServingStatus::Serving))) {
+                return (port, stop, starting);
+            }
+            if starting.is_finished() {
+                match starting.await.unwrap() {
+                    Err(e)
+                        if attempt < ATTEMPTS
+                            && format!("{e:#}")
+                                .contains(&format!("cannot listen on 127.0.0.1:{port} ")) =>
+                    {
+                        break
+                    }
+                    Err(e) => panic!("warmpoold's start-up on port {port} failed: {e:#}"),
+                    Ok(_) => {
+                        panic!("warmpoold's start-up on port {port} ended before it was asked")
+                    }
+                }
+            }
+            waited += 1;
+            assert!(
+                waited < 600,
+                "warmpoold's port {port} did not answer in a minute"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    unreachable!("the last attempt returns or panics")
+}
+
 /// A login Keystone refuses at start-up (a wrong or rotated password in
 /// clouds.yaml) does not end warmpoold: restarted by its supervisor every
 /// 5 s (systemd's RestartSec) or by a CrashLoopBackOff, it would have a
@@ -6925,20 +6982,15 @@ async fn a_login_refused_at_start_up_is_tried_again_ever_later_from_clouds_yaml_
     let wrong = mended.replace("'poolpass'", "'wrong'");
     assert_ne!(wrong, mended);
     std::fs::write(&env.clouds_yaml, &wrong).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let text = env.config_text("", SMALL_POOL).replacen(
-        r#"listen = "127.0.0.1:0""#,
-        &format!(r#"listen = "127.0.0.1:{port}""#),
-        1,
-    );
-    let config = Config::parse(&text).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let starting = tokio::spawn(warmpool_server::start(config, async {
-        let _ = stopped.await;
-    }));
+    let (port, stop, starting) = start_on_a_free_port(|port| {
+        let text = env.config_text("", SMALL_POOL).replacen(
+            r#"listen = "127.0.0.1:0""#,
+            &format!(r#"listen = "127.0.0.1:{port}""#),
+            1,
+        );
+        Config::parse(&text).unwrap()
+    })
+    .await;
     let logins = || env.face.faults().password_logins();
     // Alive and starting after each refusal, not ended by it.
     let waiting = |refusals: u32| {
@@ -7076,31 +7128,31 @@ async fn refused_login_from_a_copied_credential(name: &str, marker: &str, which:
     let env = env().await;
     // Only the clouds.yaml case listens on a port known beforehand, so
     // only it asks the health service while start-up waits.
-    let (copy, config, port) = match which {
+    let (copy, port, stop, starting) = match which {
         Copied::CloudsYaml => {
             let copy = credentials.join("clouds.yaml");
             let wrong = std::fs::read_to_string(&env.clouds_yaml)
                 .unwrap()
                 .replace("'poolpass'", "'wrong'");
             std::fs::write(&copy, wrong).unwrap();
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
-            let text = env
-                .config_text("", SMALL_POOL)
-                .replacen(
-                    r#"listen = "127.0.0.1:0""#,
-                    &format!(r#"listen = "127.0.0.1:{port}""#),
-                    1,
-                )
-                .replacen(
-                    &format!("clouds_yaml = \"{}\"", env.clouds_yaml.display()),
-                    &format!("clouds_yaml = \"{}\"", copy.display()),
-                    1,
-                );
-            assert!(text.contains(&copy.display().to_string()), "{text}");
-            (copy, Config::parse(&text).unwrap(), Some(port))
+            let (port, stop, starting) = start_on_a_free_port(|port| {
+                let text = env
+                    .config_text("", SMALL_POOL)
+                    .replacen(
+                        r#"listen = "127.0.0.1:0""#,
+                        &format!(r#"listen = "127.0.0.1:{port}""#),
+                        1,
+                    )
+                    .replacen(
+                        &format!("clouds_yaml = \"{}\"", env.clouds_yaml.display()),
+                        &format!("clouds_yaml = \"{}\"", copy.display()),
+                        1,
+                    );
+                assert!(text.contains(&copy.display().to_string()), "{text}");
+                Config::parse(&text).unwrap()
+            })
+            .await;
+            (copy, Some(port), stop, starting)
         }
         Copied::SecureYaml => {
             // clouds.yaml stays where it is; the refused password is the copy's.
@@ -7111,13 +7163,14 @@ async fn refused_login_from_a_copied_credential(name: &str, marker: &str, which:
                 "clouds:\n  cloudsim:\n    auth:\n      password: 'wrong'\n",
             )
             .unwrap();
-            (copy, env.config("", SMALL_POOL), None)
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let starting =
+                tokio::spawn(warmpool_server::start(env.config("", SMALL_POOL), async {
+                    let _ = stopped.await;
+                }));
+            (copy, None, stop, starting)
         }
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let starting = tokio::spawn(warmpool_server::start(config, async {
-        let _ = stopped.await;
-    }));
     let logins = || env.face.faults().password_logins();
     let waiting = || async {
         let Some(port) = port else { return };
