@@ -8235,6 +8235,20 @@ async fn a_stored_pool_degraded_at_start_up_counts_an_episode_its_recovery_ends(
             })
             .and_then(|l| l.rsplit(' ').next().map(str::to_owned))
     };
+    // The counters are the events task's, which follows the pool's health
+    // (what GetPool reads) a moment later: each scrape below waits for the
+    // count it is about, then looks at both.
+    let counted = |name: &'static str| {
+        let metrics_url = metrics_url.clone();
+        async move {
+            let (_, _, metrics) = support::http_get(&metrics_url).await;
+            counter(&metrics, name).is_some_and(|n| n != "0")
+        }
+    };
+    wait_until_async("an episode counted", || {
+        counted("warmpool_pool_degraded_episodes_total")
+    })
+    .await;
     let (_, _, metrics) = support::http_get(&metrics_url).await;
     assert_eq!(
         counter(&metrics, "warmpool_pool_degraded_episodes_total").as_deref(),
@@ -8266,6 +8280,10 @@ async fn a_stored_pool_degraded_at_start_up_counts_an_episode_its_recovery_ends(
     wait_until_async("db.large@az2 recovered", || {
         let client = client.clone();
         async move { !client.get_pool("db.large", "az2").await.unwrap().degraded }
+    })
+    .await;
+    wait_until_async("the recovery counted", || {
+        counted("warmpool_pool_recoveries_total")
     })
     .await;
     let (_, _, metrics) = support::http_get(&metrics_url).await;
