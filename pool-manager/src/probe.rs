@@ -688,6 +688,7 @@ mod tests {
 
     impl Logs {
         fn capture() -> Self {
+            install_global_subscriber();
             let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
             let writer = {
                 let lines = lines.clone();
@@ -711,6 +712,23 @@ mod tests {
                 .map(str::to_owned)
                 .collect()
         }
+    }
+
+    /// Installs, once per process, a global subscriber (WARN and above, to
+    /// the test's output) beside the captures. While a capture's is the only
+    /// subscriber registered, a log line's interest, cached process-wide, is
+    /// asked of the default of the thread that logs it first
+    /// (tokio-rs/tracing#3611): a thread without one, another test's or a
+    /// runtime's worker, caches "never", and every capture misses that line
+    /// from then on. With two registered, both are asked.
+    fn install_global_subscriber() {
+        static INSTALLED: std::sync::Once = std::sync::Once::new();
+        INSTALLED.call_once(|| {
+            let _ = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::WARN)
+                .with_test_writer()
+                .try_init();
+        });
     }
 
     struct LogWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);

@@ -1322,6 +1322,7 @@ pub struct Logs {
 
 impl Logs {
     pub fn capture() -> Self {
+        install_global_subscriber();
         let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
         let writer = {
             let lines = lines.clone();
@@ -1341,6 +1342,23 @@ impl Logs {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.lines.lock().unwrap()).into_owned()
     }
+}
+
+/// Installs, once per process, a global subscriber (WARN and above, to
+/// the test's output) beside the captures. While a capture's is the only
+/// subscriber registered, a log line's interest, cached process-wide, is
+/// asked of the default of the thread that logs it first
+/// (tokio-rs/tracing#3611): a thread without one, another test's or a
+/// runtime's worker, caches "never", and every capture misses that line
+/// from then on. With two registered, both are asked.
+fn install_global_subscriber() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_test_writer()
+            .try_init();
+    });
 }
 
 struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);

@@ -43,6 +43,11 @@ pub struct Logs {
 
 impl Logs {
     pub fn capture() -> Self {
+        // A global subscriber beside the capture's, registered before it:
+        // while the capture's is the only one, a line another thread (one
+        // without a subscriber) logs first is cached "never" for all
+        // (tokio-rs/tracing#3611), and the capture misses it.
+        init_tracing();
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let writer = {
             let lines = lines.clone();
