@@ -598,17 +598,126 @@ impl Relay {
     }
 }
 
+/// The HTTP/2 windows of [`a_client_that_reads_little`].
+const LITTLE_WINDOW: u32 = 1024;
+
 /// A client of `d` whose HTTP/2 windows are tiny: the daemon can send it
 /// little before it must read, so a stream it stops reading is held up at
 /// once, the end of the stream included.
 async fn a_client_that_reads_little(endpoint: &str) -> tonic::transport::Channel {
     tonic::transport::Endpoint::from_shared(endpoint.to_owned())
         .unwrap()
-        .initial_stream_window_size(Some(1024))
-        .initial_connection_window_size(Some(1024))
+        .initial_stream_window_size(Some(LITTLE_WINDOW))
+        .initial_connection_window_size(Some(LITTLE_WINDOW))
         .connect()
         .await
         .unwrap()
+}
+
+/// A TCP relay of one HTTP/2 connection to `upstream` that reads the
+/// frames going by, to tell when upstream has filled the window of the
+/// connection's first stream: the DATA it sent on it reached the stream's
+/// initial window ([`LITTLE_WINDOW`]) and what WINDOW_UPDATEs the client
+/// sent for it.
+struct FlowRelay {
+    addr: std::net::SocketAddr,
+    /// The DATA bytes upstream sent on the first stream, and its window.
+    flow: tokio::sync::watch::Receiver<(u64, u64)>,
+}
+
+impl FlowRelay {
+    async fn to(upstream: std::net::SocketAddr) -> FlowRelay {
+        const DATA: u8 = 0x0;
+        const WINDOW_UPDATE: u8 = 0x8;
+        const FIRST_STREAM: u32 = 1;
+        // What a client sends before its first frame.
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (flow_tx, flow) = tokio::sync::watch::channel((0u64, u64::from(LITTLE_WINDOW)));
+        let flow_tx = std::sync::Arc::new(flow_tx);
+        tokio::spawn(async move {
+            let (client, _) = listener.accept().await.unwrap();
+            let server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            let granted = flow_tx.clone();
+            tokio::spawn(relay_frames(
+                client_read,
+                server_write,
+                PREFACE.len(),
+                move |kind, stream, payload| {
+                    if kind == WINDOW_UPDATE && stream == FIRST_STREAM && payload.len() == 4 {
+                        let more = u32::from_be_bytes(payload.try_into().unwrap()) & 0x7fff_ffff;
+                        granted.send_modify(|(_, window)| *window += u64::from(more));
+                    }
+                },
+            ));
+            relay_frames(
+                server_read,
+                client_write,
+                0,
+                move |kind, stream, payload| {
+                    if kind == DATA && stream == FIRST_STREAM {
+                        flow_tx.send_modify(|(sent, _)| *sent += payload.len() as u64);
+                    }
+                },
+            )
+            .await;
+        });
+        FlowRelay { addr, flow }
+    }
+
+    /// Waits until upstream has sent all the first stream's window lets it:
+    /// it can send nothing more on it, the stream's end included, until
+    /// the client reads.
+    async fn wait_window_full(&self) {
+        let mut flow = self.flow.clone();
+        let full = tokio::time::timeout(PATIENCE, async {
+            flow.wait_for(|(sent, window)| sent >= window).await.is_ok()
+        })
+        .await;
+        assert_eq!(
+            full,
+            Ok(true),
+            "the stream's window is not full: (DATA sent, window) {:?}",
+            *self.flow.borrow()
+        );
+    }
+}
+
+/// Passes on what `from` sends to `to`, telling `frame` of each HTTP/2
+/// frame in it (its type, stream id and payload), after the first `skip`
+/// bytes, before passing it on: a window the client grants is counted
+/// before upstream can use it.
+async fn relay_frames(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut skip: usize,
+    mut frame: impl FnMut(u8, u32, &[u8]) + Send + 'static,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut read = vec![0; 16 * 1024];
+    let mut frames = Vec::new();
+    while let Ok(n @ 1..) = from.read(&mut read).await {
+        frames.extend_from_slice(&read[..n]);
+        let skipped = skip.min(frames.len());
+        frames.drain(..skipped);
+        skip -= skipped;
+        // A frame: 3 bytes of length, its type, flags, 4 of stream id.
+        while frames.len() >= 9 {
+            let len = u32::from_be_bytes([0, frames[0], frames[1], frames[2]]) as usize;
+            if frames.len() < 9 + len {
+                break;
+            }
+            let stream = u32::from_be_bytes(frames[5..9].try_into().unwrap()) & 0x7fff_ffff;
+            frame(frames[3], stream, &frames[9..9 + len]);
+            frames.drain(..9 + len);
+        }
+        if to.write_all(&read[..n]).await.is_err() {
+            break;
+        }
+    }
 }
 
 /// `order_one` bought with a cold boot (its pool is empty) and an hour to
@@ -628,16 +737,24 @@ fn a_cold_purchase(
 }
 
 /// A `WatchPools` stream of such a client, of which one message was read
-/// and no more will be.
-async fn a_watch_read_once(endpoint: &str) -> warmpool_client::PoolStatusStream {
-    let stalled = warmpool_client::Client::from_channel(a_client_that_reads_little(endpoint).await);
+/// and no more will be, and the relay it goes through to `endpoint`
+/// (`http://host:port`), which tells when its window is full.
+async fn a_watch_read_once(endpoint: &str) -> (warmpool_client::PoolStatusStream, FlowRelay) {
+    let upstream = endpoint
+        .strip_prefix("http://")
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("not http://host:port: {endpoint}"));
+    let relay = FlowRelay::to(upstream).await;
+    let stalled = warmpool_client::Client::from_channel(
+        a_client_that_reads_little(&format!("http://{}", relay.addr)).await,
+    );
     let mut watch = stalled.watch_pools().await.unwrap();
     tokio::time::timeout(PATIENCE, watch.next())
         .await
         .expect("a first pool status")
         .expect("the stream is open")
         .expect("no stream error");
-    watch
+    (watch, relay)
 }
 
 /// Changes db.small@`az` `times` times (paused on, off, ...): each change
@@ -666,10 +783,10 @@ async fn toggle_paused(client: &warmpool_client::Client, az: &str, times: usize)
 #[tokio::test]
 async fn a_watch_whose_client_stopped_reading_does_not_hold_up_shutdown() {
     let d = with_the_longest_grace().await;
-    let watch = a_watch_read_once(&d.endpoint()).await;
+    let (watch, relay) = a_watch_read_once(&d.endpoint()).await;
     // Far more than 1 KiB of pool messages, none of them read.
     toggle_paused(&d.client, "az1", 20).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    relay.wait_window_full().await;
     // Fails unless the daemon stops within 30 s, before the grace ends.
     d.shut_down().await;
     drop(watch);
@@ -691,7 +808,7 @@ async fn a_purchase_in_flight_is_answered_while_a_stalled_watch_is_cut() {
     )
     .replacen(r#"shutdown_grace = "5s""#, r#"shutdown_grace = "30s""#, 1);
     let d = Daemon::start_text(&text, data).await;
-    let watch = a_watch_read_once(&d.endpoint()).await;
+    let (watch, relay) = a_watch_read_once(&d.endpoint()).await;
 
     // The purchase's cold boot cannot get past its server's create until
     // shutdown has begun, however slow the machine.
@@ -730,7 +847,7 @@ async fn a_purchase_in_flight_is_answered_while_a_stalled_watch_is_cut() {
     });
     // The other pool: the purchase's own goes on as it is.
     toggle_paused(&d.client, "az2", 20).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    relay.wait_window_full().await;
     assert!(!cold.is_finished(), "the purchase ended before shutdown");
 
     // Fails unless the daemon stops within 30 s, before the grace ends.
@@ -1823,11 +1940,11 @@ async fn the_log_names_the_streams_shutdown_cut() {
     );
     std::fs::write(&config_file, text).unwrap();
     let (mut daemon, mut log, addr) = serving_daemon(&config_file).await;
-    let watch = a_watch_read_once(&format!("http://{addr}")).await;
+    let (watch, relay) = a_watch_read_once(&format!("http://{addr}")).await;
     let client = warmpool_client::Client::connect(&addr).await.unwrap();
     toggle_paused(&client, "az1", 20).await;
     drop(client);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    relay.wait_window_full().await;
 
     send_signal(&daemon, "-TERM");
     let waiting = log_line(&mut log, "waiting for in-flight ones").await;
