@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use cloudsim::SimCloud;
 use pool_manager::cloud::{
-    BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, NewPortSpec, NewVolumeSpec, Port,
-    Server, ServerSpec, Volume,
+    BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, Network, NetworkShare,
+    NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -126,6 +126,12 @@ impl Cloud for CountingCloud {
     }
     async fn detach_volume(&self, server_id: &str, volume_id: &str) -> CloudResult<()> {
         self.count(self.sim.detach_volume(server_id, volume_id).await)
+    }
+    async fn get_network(&self, network_id: &str) -> CloudResult<Network> {
+        self.count(self.sim.get_network(network_id).await)
+    }
+    async fn network_shares(&self, network_id: &str) -> CloudResult<Vec<NetworkShare>> {
+        self.count(self.sim.network_shares(network_id).await)
     }
     async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {
         self.count(self.sim.create_port(spec).await)

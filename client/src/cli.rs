@@ -394,8 +394,9 @@ pub struct AllocateArgs {
     /// Delete the volume when the allocation is released.
     #[arg(long)]
     pub delete_volume_on_release: bool,
-    /// Tenant network to attach: its Neutron id (the embedded demo cloud
-    /// has one, `tenant-net`).
+    /// Tenant network to attach: its Neutron id, of --tenant's project or
+    /// shared with it (the embedded demo cloud has one, `tenant-net`,
+    /// shared with every project).
     #[arg(long)]
     pub network: String,
     /// Subnet of --network for the port.

@@ -7,6 +7,7 @@
 //! Every duration here is *simulated* time; [`SimConfig::time_scale`] turns it
 //! into tokio time, so a demo can run 20x faster with `time_scale = 0.05`.
 
+use pool_manager::cloud::NetworkShare;
 use std::time::Duration;
 
 /// One availability zone and how many compute hosts it has.
@@ -214,21 +215,44 @@ impl SecurityGroupConfig {
 }
 
 /// A Neutron network with its one IPv4 subnet, as the model checks port
-/// creates against it.
+/// creates against it, and whose it is, as `Cloud::get_network` and
+/// `Cloud::network_shares` show it (to an admin: every RBAC policy).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SimNetwork {
     pub id: String,
     pub subnet_id: String,
     pub cidr: ipnet::Ipv4Net,
+    /// The project owning it: `None`, warmpool's own; `Some`, another, by
+    /// id.
+    pub project: Option<String>,
+    /// Whom its RBAC `access_as_shared` policies share it with.
+    pub shares: Vec<NetworkShare>,
 }
 
 impl SimNetwork {
+    /// A network of warmpool's own project, shared with no one.
     pub fn new(id: impl Into<String>, subnet_id: impl Into<String>, cidr: ipnet::Ipv4Net) -> Self {
         Self {
             id: id.into(),
             subnet_id: subnet_id.into(),
             cidr,
+            project: None,
+            shares: Vec::new(),
         }
+    }
+
+    /// The network made project `project`'s (by id).
+    pub fn of_project(self, project: impl Into<String>) -> Self {
+        Self {
+            project: Some(project.into()),
+            ..self
+        }
+    }
+
+    /// The network shared (RBAC `access_as_shared`) with `with` too.
+    pub fn shared_with(mut self, with: NetworkShare) -> Self {
+        self.shares.push(with);
+        self
     }
 }
 
@@ -321,7 +345,8 @@ pub struct SimConfig {
     /// another network or an address its subnet cannot give (`Fatal`,
     /// Neutron's 400); ports get addresses of their network's subnet. The
     /// HTTP face adds its own. Empty, with no HTTP face: any network id is
-    /// taken, unchecked (for tests that name their own).
+    /// taken, unchecked (for tests that name their own), as a network of
+    /// warmpool's project shared with every project.
     pub networks: Vec<SimNetwork>,
     /// Networks with no subnet: a port created on one gets no address
     /// (Neutron creates it with no fixed IP, and binding gives it none).

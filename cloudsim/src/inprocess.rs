@@ -10,8 +10,8 @@ use crate::mysql;
 use crate::sim::SimCloud;
 use async_trait::async_trait;
 use pool_manager::cloud::{
-    BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, NewPortSpec, NewVolumeSpec, Port,
-    Server, ServerSpec, Volume,
+    BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, Network, NetworkShare,
+    NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume,
 };
 use pool_manager::model::PoolKey;
 use tokio::time::Instant;
@@ -159,6 +159,18 @@ impl Cloud for SimCloud {
             .lock_at(now)
             .detach_volume(server_id, volume_id, now);
         call.answer(answer).await
+    }
+
+    /// A look at the configuration, as [`Cloud::check_boot_placement`]:
+    /// the networks are the configuration's, and a purchase's look at its
+    /// network takes none of the faults a test injects for its calls.
+    async fn get_network(&self, network_id: &str) -> CloudResult<Network> {
+        self.lock().network(network_id)
+    }
+
+    /// A look at the configuration, as [`Cloud::get_network`].
+    async fn network_shares(&self, network_id: &str) -> CloudResult<Vec<NetworkShare>> {
+        self.lock().network_shares(network_id)
     }
 
     async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {

@@ -11,9 +11,9 @@
 use crate::config::{Quotas, SimConfig};
 use crate::mysql::ListenerGuard;
 use pool_manager::cloud::{
-    BootHeadroom, CloudError, CloudResult, FixedIp, NewPortSpec, NewVolumeSpec, Port, QuotaLeft,
-    Server, ServerSpec, ServerStatus, Volume, VolumeOwner, VolumeStatus, META_INSTANCE, META_POOL,
-    PORTS, PORTS_PER_SERVER,
+    BootHeadroom, CloudError, CloudResult, FixedIp, Network, NetworkOwner, NetworkShare,
+    NewPortSpec, NewVolumeSpec, Port, QuotaLeft, Server, ServerSpec, ServerStatus, Volume,
+    VolumeOwner, VolumeStatus, META_INSTANCE, META_POOL, PORTS, PORTS_PER_SERVER,
 };
 use pool_manager::model::PoolKey;
 use rand::rngs::StdRng;
@@ -2010,6 +2010,55 @@ impl Model {
         self.address_pools.insert(network.to_owned(), (cidr, 0));
         self.networks
             .insert(network.to_owned(), (subnet_id.to_owned(), cidr));
+    }
+
+    /// Network `id` as Neutron shows it to an admin of warmpool's project
+    /// (`shared`: shared with every project or with that one); Neutron's
+    /// 404 wording for one not configured. With none configured, any id
+    /// is taken (as port creates take it): warmpool's, shared with every
+    /// project.
+    pub fn network(&self, id: &str) -> CloudResult<Network> {
+        let Some(configured) = self.configured_network(id)? else {
+            return Ok(Network {
+                id: id.to_owned(),
+                owner: NetworkOwner::Warmpool,
+                shared: true,
+            });
+        };
+        Ok(Network {
+            id: configured.id.clone(),
+            owner: match &configured.project {
+                None => NetworkOwner::Warmpool,
+                Some(p) => NetworkOwner::Project(p.clone()),
+            },
+            shared: configured
+                .shares
+                .iter()
+                .any(|s| matches!(s, NetworkShare::EveryProject | NetworkShare::Warmpool)),
+        })
+    }
+
+    /// Whom network `id`'s RBAC policies share it with, as an admin sees
+    /// them ([`Self::network`]).
+    pub fn network_shares(&self, id: &str) -> CloudResult<Vec<NetworkShare>> {
+        Ok(match self.configured_network(id)? {
+            Some(configured) => configured.shares.clone(),
+            None => vec![NetworkShare::EveryProject],
+        })
+    }
+
+    /// The configured network of id `id` (in any case, as Neutron's
+    /// database compares ids); `None` when none is configured.
+    fn configured_network(&self, id: &str) -> CloudResult<Option<&crate::config::SimNetwork>> {
+        if self.cfg.networks.is_empty() {
+            return Ok(None);
+        }
+        self.cfg
+            .networks
+            .iter()
+            .find(|n| n.id.eq_ignore_ascii_case(id))
+            .map(Some)
+            .ok_or_else(|| CloudError::NotFound(format!("Network {id} could not be found.")))
     }
 
     /// Neutron's checks of a port create's network, subnet and address,

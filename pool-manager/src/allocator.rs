@@ -2,8 +2,9 @@
 //!
 //! An allocation is recorded (state `Allocating`) before any cloud call
 //! that changes anything, keyed by its request id (before it, the tenant's
-//! existing volume is only looked at, the request id marked in flight so
-//! that GetAllocation and Release say "in progress"); then the tenant's new
+//! existing volume and the order's network, which must be the tenant's,
+//! are only looked at, the request id marked in flight so that
+//! GetAllocation and Release say "in progress"); then the tenant's new
 //! volume and port are
 //! created (so a request the cloud refuses costs no warm instance), a Ready
 //! instance is claimed by compare-and-swap, its mysqld is probed once
@@ -32,8 +33,9 @@
 
 use crate::changes::ChangeCursor;
 use crate::cloud::{
-    exceeds_per_volume_limit, CloudError, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
-    ServerStatus, Volume, VolumeOwner, VolumeStatus, META_INSTANCE, META_TENANT,
+    exceeds_per_volume_limit, CloudError, CloudResult, Network, NetworkOwner, NetworkShare,
+    NewPortSpec, NewVolumeSpec, Port, Server, ServerStatus, Volume, VolumeOwner, VolumeStatus,
+    META_INSTANCE, META_TENANT,
 };
 use crate::error::{ApiCall, ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, EventKind};
@@ -1389,12 +1391,15 @@ impl Shared {
         }
         // In flight before the record exists: a reconcile pass must never
         // see this Allocating record unclaimed and roll it back. And before
-        // the volume's check, which may retry Cinder up to the deadline: a
-        // GetAllocation or Release meanwhile answers "in progress", not
-        // NOT_FOUND. The check writes nothing to the cloud, so nothing needs
-        // the record before it.
+        // the volume's and the network's checks, which may retry Cinder and
+        // Neutron up to the deadline: a GetAllocation or Release meanwhile
+        // answers "in progress", not NOT_FOUND. The checks write nothing to
+        // the cloud, so nothing needs the record before them.
         let _in_flight = InFlight::enter(self, &params.request_id);
         if let Err(e) = self.fence_volume(params, deadline).await {
+            return self.refuse_unrecorded(params, e, started).await;
+        }
+        if let Err(e) = self.fence_network(params, deadline).await {
             return self.refuse_unrecorded(params, e, started).await;
         }
         let salt = rand::Rng::gen(&mut *self.attempt_salts.lock().expect("attempt salt lock"));
@@ -1623,6 +1628,40 @@ impl Shared {
             )));
         }
         Ok(())
+    }
+
+    /// The tenant's port is made on the order's network before any claim,
+    /// and only on a network the order's tenant may use
+    /// ([`refuse_unless_the_tenants_network`]): looked at here, before the
+    /// order is recorded, so a refusal leaves nothing (no record, no port).
+    /// Neutron is asked whom the network is shared with only when the
+    /// tenant does not own it.
+    async fn fence_network(
+        &self,
+        params: &AllocationParams,
+        deadline: Instant,
+    ) -> ManagerResult<()> {
+        let network_id = &params.network.network_id;
+        let tenant = &params.tenant_project_id;
+        let network = match self
+            .retry(deadline, || self.cloud.get_network(network_id))
+            .await
+        {
+            Ok(network) => network,
+            Err(CloudError::NotFound(m)) => {
+                return Err(ManagerError::FailedPrecondition(format!(
+                    "network {network_id}: {m} (there is none of that id, or warmpool's cloud user cannot see it: a member sees only its own project's networks and those shared with it); a tenant's port goes on the tenant's network, given by its Neutron id: check the network_id sent"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if owned_by(&network, tenant) {
+            return Ok(());
+        }
+        let shares = self
+            .retry(deadline, || self.cloud.network_shares(&network.id))
+            .await?;
+        refuse_unless_the_tenants_network(&network, &shares, tenant)
     }
 
     /// No new volume is made for an order while one a rolled-back try of it
@@ -4569,6 +4608,60 @@ fn refuse_if_another_tenants(volume: &Volume, tenant: &str) -> ManagerResult<()>
     Ok(())
 }
 
+/// Whether `network` is project `tenant`'s own.
+fn owned_by(network: &Network, tenant: &str) -> bool {
+    matches!(&network.owner, NetworkOwner::Project(p) if p.eq_ignore_ascii_case(tenant))
+}
+
+/// The tenant's port is made in warmpool's project, as everything warmpool
+/// creates is, so Neutron takes it on any network warmpool's user may use:
+/// with an admin, every project's. Warmpool's security groups then let
+/// clients on that network reach mysqld, so one wrong network id from
+/// billing would put one tenant's database on another's network. A network
+/// is the tenant's if the tenant owns it, or Neutron's RBAC shares it
+/// (`access_as_shared`) with the tenant or with every project (a provider
+/// network shared with all, Neutron's `shared: true`); any other is
+/// refused. Neutron's own `shared` flag cannot tell: Neutron works it out
+/// for the project asking, so it is true too for a network shared with
+/// warmpool's project alone (as a deployment may share each tenant's
+/// network so that a member user can make ports on it). Where warmpool's
+/// user is shown no policy that explains that flag (Neutron shows a
+/// network's policies to an admin, or to the network's project), whom the
+/// network is shared with cannot be told, and it is refused too, saying so.
+fn refuse_unless_the_tenants_network(
+    network: &Network,
+    shares: &[NetworkShare],
+    tenant: &str,
+) -> ManagerResult<()> {
+    let id = &network.id;
+    let shared_with_tenant = |s: &NetworkShare| match s {
+        NetworkShare::EveryProject => true,
+        NetworkShare::Project(p) => p.eq_ignore_ascii_case(tenant),
+        NetworkShare::Warmpool => false,
+    };
+    if owned_by(network, tenant) || shares.iter().any(shared_with_tenant) {
+        return Ok(());
+    }
+    let whose = match &network.owner {
+        NetworkOwner::Warmpool => "warmpool's own project".to_owned(),
+        NetworkOwner::Project(p) => format!("project {p}"),
+    };
+    let with_warmpool = shares.contains(&NetworkShare::Warmpool);
+    if network.shared && !with_warmpool {
+        return Err(ManagerError::FailedPrecondition(format!(
+            "network {id} belongs to {whose}, not to this order's tenant {tenant}, and warmpool cannot tell whether it is shared with that tenant: Neutron shows it shared, with every project or with warmpool's project alone, but shows warmpool's cloud user none of its RBAC policies (Neutron shows them to an admin, or to the network's own project); warmpool puts a tenant's port only on the tenant's own network or one shared with it: give warmpool's cloud user the admin role on its project (as attaching tenants' volumes needs), or check the network_id and tenant_project_id sent"
+        )));
+    }
+    let only_warmpool = if with_warmpool {
+        " (only with warmpool's project)"
+    } else {
+        ""
+    };
+    Err(ManagerError::FailedPrecondition(format!(
+        "network {id} belongs to {whose}, not to this order's tenant {tenant}, and Neutron shares it neither with that tenant nor with every project{only_warmpool}; warmpool puts a tenant's port only on the tenant's own network or one shared with it, or its database would be reachable from another tenant's network: check the network_id and tenant_project_id sent, or share the network with the tenant (openstack network rbac create --type network --action access_as_shared --target-project {tenant} {id})"
+    )))
+}
+
 /// FAILED_PRECONDITION for a tenant's volume that is not `available`,
 /// saying what its status means for the caller (a state that ends by
 /// itself is [`passing_state_refusal`]'s first).
@@ -4699,6 +4792,55 @@ fn paused_hint(pool: &PoolRecord) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A network is the tenant's if it owns it or Neutron's RBAC shares it
+    /// with the tenant or every project. Neutron's `shared` alone is no
+    /// share with the tenant: it is true for one shared with warmpool's
+    /// project alone too, and where warmpool is shown no policy that
+    /// explains it (a member user), the refusal says it cannot tell.
+    #[test]
+    fn a_network_is_the_tenants_only_if_it_owns_it_or_it_is_shared_with_it() {
+        let network = |owner: NetworkOwner, shared: bool| Network {
+            id: "net-1".into(),
+            owner,
+            shared,
+        };
+        let theirs = |p: &str| NetworkOwner::Project(p.into());
+        let judged = |n: &Network, shares: &[NetworkShare]| {
+            refuse_unless_the_tenants_network(n, shares, "tenant-a").map_err(|e| e.to_string())
+        };
+        let to = |p: &str| NetworkShare::Project(p.into());
+
+        assert!(judged(&network(theirs("tenant-a"), false), &[]).is_ok());
+        assert!(judged(&network(theirs("TENANT-A"), false), &[]).is_ok());
+        let every = [NetworkShare::EveryProject];
+        assert!(judged(&network(theirs("admin"), true), &every).is_ok());
+        assert!(judged(&network(theirs("tenant-c"), false), &[to("tenant-a")]).is_ok());
+        let of_warmpool = network(NetworkOwner::Warmpool, false);
+        assert!(judged(&of_warmpool, &[to("tenant-a")]).is_ok());
+
+        let refused = judged(&network(theirs("tenant-b"), false), &[to("tenant-c")]).unwrap_err();
+        assert!(
+            refused.contains("belongs to project tenant-b, not to this order's tenant tenant-a")
+                && refused.contains("--target-project tenant-a net-1")
+                && !refused.contains("only with warmpool's"),
+            "{refused}"
+        );
+        let refused = judged(&of_warmpool, &[]).unwrap_err();
+        assert!(refused.contains("warmpool's own project"), "{refused}");
+        let warmpool = [NetworkShare::Warmpool];
+        let refused = judged(&network(theirs("tenant-b"), true), &warmpool).unwrap_err();
+        assert!(
+            refused.contains("(only with warmpool's project)"),
+            "{refused}"
+        );
+        let refused = judged(&network(theirs("tenant-b"), true), &[]).unwrap_err();
+        assert!(
+            refused.contains("cannot tell whether it is shared with that tenant")
+                && refused.contains("admin role"),
+            "{refused}"
+        );
+    }
 
     /// Broken for good: ERROR, and SHUTOFF, shelved, PAUSED, SUSPENDED or
     /// RESCUE with no task under way. Busy with a task (REBOOT, MIGRATING, RESIZE: `Other`, a

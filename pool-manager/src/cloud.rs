@@ -310,6 +310,44 @@ pub struct NewVolumeSpec {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// A Neutron network as warmpool's user is shown it: what the tenant
+/// network's fence judges an order's network by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Network {
+    pub id: String,
+    /// The project that owns it (Neutron shows it to whoever sees the
+    /// network).
+    pub owner: NetworkOwner,
+    /// Neutron's `shared`, which Neutron works out for the project asking,
+    /// an admin's too: true for a network shared with every project, and
+    /// for one shared (an RBAC `access_as_shared` policy) with warmpool's
+    /// own project alone. So it says nothing of the tenant's use of it:
+    /// [`Cloud::network_shares`] does.
+    pub shared: bool,
+}
+
+/// Whose a network is ([`Network::owner`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetworkOwner {
+    /// The project warmpool works in.
+    Warmpool,
+    /// Another project, by id.
+    Project(String),
+}
+
+/// Whom one of Neutron's RBAC policies (`access_as_shared`) shares a
+/// network with: that project may put ports on it as on its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetworkShare {
+    /// Every project (the policy's target `*`: a network created
+    /// `--share`, such as a provider network for all).
+    EveryProject,
+    /// The project warmpool works in.
+    Warmpool,
+    /// Another project, by id.
+    Project(String),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewPortSpec {
     pub name: String,
@@ -735,6 +773,16 @@ pub trait Cloud: Send + Sync + 'static {
     /// Idempotent: detaching a volume that is not attached is Ok.
     async fn detach_volume(&self, server_id: &str, volume_id: &str) -> CloudResult<()>;
 
+    /// Network `network_id` as the network service (Neutron) shows it;
+    /// `NotFound` if it has none of that id that warmpool's user can see
+    /// (a member sees its project's networks and those shared with it).
+    /// No default: a wrapper that forgot it would fence no network.
+    async fn get_network(&self, network_id: &str) -> CloudResult<Network>;
+    /// Whom Neutron's RBAC policies share network `network_id` with
+    /// (`access_as_shared`), as far as warmpool's user is shown them: an
+    /// admin sees every policy, a member (Neutron's default policy) only
+    /// those of its own project's networks. No default, as above.
+    async fn network_shares(&self, network_id: &str) -> CloudResult<Vec<NetworkShare>>;
     async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port>;
     async fn get_port(&self, port_id: &str) -> CloudResult<Port>;
     async fn find_ports_by_name(&self, name: &str) -> CloudResult<Vec<Port>>;

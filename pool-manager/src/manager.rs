@@ -5,8 +5,9 @@
 
 use crate::changes::{ChangeCursor, Changes};
 use crate::cloud::{
-    BootHeadroom, Cloud, CloudChange, CloudError, CloudIdentity, CloudResult, NewPortSpec,
-    NewVolumeSpec, Port, Server, ServerSpec, Volume, MAX_RETRY_AFTER, MIN_RETRY_PAUSE,
+    BootHeadroom, Cloud, CloudChange, CloudError, CloudIdentity, CloudResult, Network,
+    NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume, MAX_RETRY_AFTER,
+    MIN_RETRY_PAUSE,
 };
 use crate::error::{ApiCall, ManagerError, ManagerResult};
 use crate::events::{
@@ -725,6 +726,13 @@ impl Cloud for ServiceNoting {
     async fn detach_volume(&self, server_id: &str, volume_id: &str) -> CloudResult<()> {
         let call = self.inner.detach_volume(server_id, volume_id);
         Self::noted(CloudService::Compute, call).await
+    }
+    async fn get_network(&self, network_id: &str) -> CloudResult<Network> {
+        Self::noted(CloudService::Network, self.inner.get_network(network_id)).await
+    }
+    async fn network_shares(&self, network_id: &str) -> CloudResult<Vec<NetworkShare>> {
+        let call = self.inner.network_shares(network_id);
+        Self::noted(CloudService::Network, call).await
     }
     async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {
         Self::noted(CloudService::Network, self.inner.create_port(spec)).await
@@ -1526,6 +1534,12 @@ mod tests {
             unreachable!()
         }
         async fn detach_volume(&self, _: &str, _: &str) -> CloudResult<()> {
+            unreachable!()
+        }
+        async fn get_network(&self, _: &str) -> CloudResult<Network> {
+            unreachable!()
+        }
+        async fn network_shares(&self, _: &str) -> CloudResult<Vec<NetworkShare>> {
             unreachable!()
         }
         async fn create_port(&self, _: &NewPortSpec) -> CloudResult<Port> {

@@ -857,6 +857,107 @@ async fn a_volume_of_another_project_is_refused() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A cloud whose networks are: `net-a` and `net-b`, tenant-a's and
+/// tenant-b's own; `provider-net`, the admin's, shared with every project;
+/// `net-c`, tenant-c's, shared (Neutron RBAC) with tenant-a; and `net-d`,
+/// tenant-d's, shared with warmpool's project alone, as a deployment may
+/// share a tenant's network so that a member user can make its port (which
+/// Neutron then shows warmpool `shared: true`).
+fn sim_with_tenant_networks() -> Arc<cloudsim::SimCloud> {
+    use cloudsim::SimNetwork;
+    use pool_manager::cloud::NetworkShare;
+    let network = |id: &str, third_octet: u8| {
+        let cidr = format!("10.{third_octet}.0.0/16").parse().unwrap();
+        SimNetwork::new(id, format!("{id}-subnet"), cidr)
+    };
+    cloudsim::SimCloud::new(cloudsim::SimConfig {
+        networks: vec![
+            network("net-a", 1).of_project("tenant-a"),
+            network("net-b", 2).of_project("tenant-b"),
+            network("provider-net", 3)
+                .of_project("admin")
+                .shared_with(NetworkShare::EveryProject),
+            network("net-c", 4)
+                .of_project("tenant-c")
+                .shared_with(NetworkShare::Project("tenant-a".into())),
+            network("net-d", 5)
+                .of_project("tenant-d")
+                .shared_with(NetworkShare::Warmpool),
+        ],
+        ..sim().config()
+    })
+}
+
+/// The tenant's port is made in warmpool's project, so Neutron (to an
+/// admin user) takes it on any project's network. An order naming another
+/// tenant's network (one wrong id from billing) is refused before anything
+/// is done for it: no record, no port, no claim; and so is one naming a
+/// network shared with warmpool's project alone, which Neutron shows
+/// warmpool as `shared`. The tenant's own network, one shared with every
+/// project, and one shared with the tenant are taken.
+#[tokio::test(start_paused = true)]
+async fn a_network_the_tenant_may_not_use_is_refused_before_anything_is_made() {
+    let sim = sim_with_tenant_networks();
+    let manager = started(&sim, temp_store(), 4).await;
+    let on = |id: &str, tenant: &str, network: &str| {
+        let mut order = request(id, new_volume(), EmptyPoolPolicy::FailFast);
+        order.params.tenant_project_id = tenant.into();
+        order.params.network.network_id = network.into();
+        order
+    };
+
+    for (order, network, says) in [
+        ("order-b", "net-b", "project tenant-b"),
+        ("order-d", "net-d", "(only with warmpool's project)"),
+    ] {
+        let calls = sim.call_counts();
+        let err = manager
+            .allocate(on(order, "tenant-a", network))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ManagerError::FailedPrecondition(m)
+                if m.contains(network) && m.contains(says) && m.contains("tenant-a")
+                    && m.contains("access_as_shared")),
+            "{err}"
+        );
+        let after = sim.call_counts();
+        for call in [
+            "create_port",
+            "create_volume",
+            "attach_volume",
+            "attach_port",
+        ] {
+            assert_eq!(after.get(call), calls.get(call), "{order}: {call}");
+        }
+        assert!(
+            matches!(
+                manager.get_allocation(order).await,
+                Err(ManagerError::AllocationNotFound(_))
+            ),
+            "{order} was recorded"
+        );
+    }
+    assert!(sim.ports().is_empty(), "{:?}", sim.ports());
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 4, "{status:?}");
+    assert_eq!(status.count(InstanceState::Claimed), 0, "{status:?}");
+
+    for (order, tenant, network) in [
+        ("order-own", "tenant-a", "net-a"),
+        ("order-provider", "tenant-a", "provider-net"),
+        ("order-rbac", "tenant-a", "net-c"),
+        ("order-b-own", "tenant-b", "net-b"),
+    ] {
+        let allocation = manager.allocate(on(order, tenant, network)).await.unwrap();
+        assert_eq!(allocation.state, AllocationState::Allocated, "{order}");
+        let port = allocation.port_id.unwrap();
+        let port = sim.ports().into_iter().find(|p| p.id == port).unwrap();
+        assert_eq!(port.network_id, network, "{order}");
+    }
+    assert_consistent(&sim, &manager).await;
+}
+
 /// Billing may send the tenant's volume id in upper case: Cinder (on
 /// MySQL) finds it in any case, but Nova lists the attachment under
 /// Cinder's lower-case id. The id is taken in its canonical, lower-case

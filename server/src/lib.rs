@@ -1046,12 +1046,14 @@ pub fn embedded_cloud(time_scale: f64, iops_throttled: bool, seed: u64) -> Arc<c
         // A second image to try an image change on.
         images: vec!["mysql-8.0".into(), "mysql-8.4".into()],
         // The tour's network: an order naming another is refused as
-        // Neutron refuses its port.
+        // Neutron refuses its port. Shared with every project, so that an
+        // order of any tenant may name it.
         networks: vec![cloudsim::SimNetwork::new(
             "tenant-net",
             "tenant-subnet",
             "10.0.0.0/16".parse().expect("a valid CIDR"),
-        )],
+        )
+        .shared_with(pool_manager::cloud::NetworkShare::EveryProject)],
         ..cloudsim::SimConfig::default()
     })
 }

@@ -83,6 +83,10 @@ struct Ctx {
     client: Client,
     e2e: OpenStackCloud,
     tenant: OpenStackCloud,
+    /// The tenant's project id: tenant-net is its network, and warmpool
+    /// puts a tenant's port only on a network of the order's tenant (or
+    /// one shared with it).
+    tenant_project: String,
     tenant_net: String,
     metrics_url: String,
 }
@@ -97,6 +101,7 @@ async fn warmpoold_against_the_openstack_testbed() {
         .await
         .expect("tenant-net is shared to warmpool-e2e (bootstrap_warmpool.py)")
         .id;
+    let tenant_project = tenant.project_id().await.expect("the tenant's project id");
 
     // Servers an earlier, interrupted run left would hold quota.
     delete_all_pool_servers(&e2e).await;
@@ -109,6 +114,7 @@ async fn warmpoold_against_the_openstack_testbed() {
         client: daemon.client.clone(),
         e2e,
         tenant,
+        tenant_project,
         tenant_net,
         metrics_url: daemon.metrics_url(),
     };
@@ -154,6 +160,20 @@ async fn warmpoold_against_the_openstack_testbed() {
         failed.is_empty(),
         "failed steps (details above): {failed:?}"
     );
+}
+
+/// A purchase in az1 of the tenant's project, with a port on its
+/// tenant-net.
+fn tenants_order(
+    ctx: &Ctx,
+    id: &str,
+    flavor: &str,
+    volume: api::VolumeSpec,
+) -> api::AllocateRequest {
+    api::AllocateRequest {
+        tenant_project_id: ctx.tenant_project.clone(),
+        ..allocate_request(id, flavor, "az1", volume, &ctx.tenant_net, ALLOCATE_TIMEOUT)
+    }
 }
 
 /// Runs one step, turning its panic into an entry of `failed`.
@@ -291,14 +311,7 @@ async fn leaked_server_is_deleted(ctx: &Ctx) {
 /// deletes the server, the port and (asked to) the volume.
 async fn allocate_new_volume(ctx: &Ctx) {
     let id = format!("e2e-{}-new", ctx.run);
-    let request = allocate_request(
-        &id,
-        SMALL,
-        "az1",
-        new_volume(1, false),
-        &ctx.tenant_net,
-        ALLOCATE_TIMEOUT,
-    );
+    let request = tenants_order(ctx, &id, SMALL, new_volume(1, false));
     let a = ctx
         .client
         .allocate(request.clone())
@@ -399,11 +412,7 @@ async fn allocate_tenant_volume_inner(ctx: &Ctx, volume_id: &str) {
     // The volume is in the tenant's own project: an order for another
     // tenant is refused it, one for this tenant (its Keystone project id)
     // gets it.
-    let tenant_project = ctx
-        .tenant
-        .project_id()
-        .await
-        .expect("the tenant's project id");
+    let tenant_project = ctx.tenant_project.clone();
     // An order naming the volume, for `tenant`.
     let order = |id: &str, tenant: &str| api::AllocateRequest {
         tenant_project_id: tenant.to_owned(),
@@ -481,13 +490,11 @@ async fn allocate_tenant_volume_inner(ctx: &Ctx, volume_id: &str) {
 /// A buyer asking for a cold boot of db.huge is refused at once with
 /// FAILED_PRECONDITION naming the quota: no release would make room.
 async fn cold_boot_past_quota(ctx: &Ctx) {
-    let mut cold = allocate_request(
+    let mut cold = tenants_order(
+        ctx,
         &format!("e2e-{}-huge", ctx.run),
         HUGE,
-        "az1",
         new_volume(1, false),
-        &ctx.tenant_net,
-        ALLOCATE_TIMEOUT,
     );
     cold.empty_pool_policy = api::EmptyPoolPolicy::ColdBoot.into();
     cold.timeout = Some(prost_types::Duration {

@@ -5223,6 +5223,114 @@ async fn a_tenant_network_without_port_security_gets_ports_without_groups() {
     stop_daemon(running, stop).await;
 }
 
+/// The driver reads whose an order's network is from Neutron, as an admin
+/// of warmpool's project is shown it: its project, Neutron's `shared`
+/// (true for a network shared with warmpool's project alone, as Neutron
+/// works it out for the project asking), and its RBAC `access_as_shared`
+/// policies, over every page. A purchase then puts the tenant's port only
+/// on the tenant's own network or one shared with the tenant or with every
+/// project: an order naming another tenant's network, even one shared with
+/// warmpool's project so that a member could make ports on it, is refused
+/// FAILED_PRECONDITION before any port is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_port_goes_only_on_a_network_the_tenant_may_use() {
+    use cloudsim::http::{project_id_of, NetworkSpec};
+    use pool_manager::cloud::{NetworkOwner, NetworkShare};
+    let mut settings = HttpSettings {
+        page_limit: Some(1),
+        ..HttpSettings::default()
+    };
+    // tenant-b's network, shared with warmpool's project ("service").
+    let b_net = NetworkSpec::new("b-net", "10.61.0.0/16", "10.61.0.1", false)
+        .of_project("tenant-b")
+        .shared_with_project("service");
+    // tenant-c's network, shared with tenant-z and tenant-a.
+    let c_net = NetworkSpec::new("c-net", "10.62.0.0/16", "10.62.0.1", false)
+        .of_project("tenant-c")
+        .shared_with_project("tenant-z")
+        .shared_with_project("tenant-a");
+    settings.networks.extend([b_net.clone(), c_net.clone()]);
+    let env = env_with(sim_config(), settings).await;
+    let (tenant_a, tenant_b) = (project_id_of("tenant-a"), project_id_of("tenant-b"));
+
+    let cloud = env.driver().await;
+    let b = cloud.get_network(&b_net.id).await.unwrap();
+    assert_eq!(b.owner, NetworkOwner::Project(tenant_b.clone()));
+    assert!(
+        b.shared,
+        "shared with warmpool's project shows shared to it"
+    );
+    assert_eq!(
+        cloud.network_shares(&b_net.id).await.unwrap(),
+        [NetworkShare::Warmpool]
+    );
+    assert_eq!(
+        cloud.network_shares(&c_net.id).await.unwrap(),
+        [
+            NetworkShare::Project(project_id_of("tenant-z")),
+            NetworkShare::Project(tenant_a.clone())
+        ]
+    );
+    let tenant_net = cloud.network("tenant-net").await.unwrap().id;
+    let shown = cloud.get_network(&tenant_net).await.unwrap();
+    assert_eq!((shown.owner, shown.shared), (NetworkOwner::Warmpool, true));
+    assert_eq!(
+        cloud.network_shares(&tenant_net).await.unwrap(),
+        [NetworkShare::EveryProject]
+    );
+    let e = cloud
+        .get_network("5b2f1c1e-0000-4000-8000-0000000000ff")
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, CloudError::NotFound(_)), "{e:?}");
+
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
+    let port_creates = || {
+        env.sim
+            .call_counts()
+            .get("create_port")
+            .copied()
+            .unwrap_or(0)
+    };
+    let on = |request_id: &'static str, tenant: String, network: String| {
+        let env = &env;
+        async move {
+            let mut order = order(env, request_id).await;
+            order.params.tenant_project_id = tenant;
+            order.params.network.network_id = network;
+            order
+        }
+    };
+    let before = port_creates();
+    let e = running
+        .manager
+        .allocate(on("o-a-on-b", tenant_a.clone(), b_net.id.clone()).await)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, pool_manager::ManagerError::FailedPrecondition(m)
+            if m.contains(&b_net.id) && m.contains(&tenant_b) && m.contains(&tenant_a)
+                && m.contains("only with warmpool's project")),
+        "{e}"
+    );
+    assert_eq!(port_creates(), before, "no port was made");
+    assert!(running.manager.get_allocation("o-a-on-b").await.is_err());
+
+    for (request_id, tenant, network) in [
+        ("o-b-on-b", tenant_b.clone(), b_net.id.clone()),
+        ("o-a-on-c", tenant_a.clone(), c_net.id.clone()),
+        ("o-a-on-tenant-net", tenant_a.clone(), tenant_net.clone()),
+    ] {
+        let allocation = running
+            .manager
+            .allocate(on(request_id, tenant, network).await)
+            .await
+            .unwrap();
+        assert!(allocation.port_id.is_some(), "{request_id}: {allocation:?}");
+    }
+    stop_daemon(running, stop).await;
+}
+
 /// `tenant_port_security_groups` given: the port gets its groups; an empty
 /// list names none, so the project's default group applies. A name that is
 /// not exactly one group of warmpool's project refuses every port, naming

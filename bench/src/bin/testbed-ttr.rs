@@ -35,8 +35,8 @@ use bench::replay::quantile;
 use bench::ttr::busy_time;
 use clap::Parser;
 use pool_manager::cloud::{
-    BootHeadroom, Cloud, CloudIdentity, CloudResult, NewPortSpec, NewVolumeSpec, Port, Server,
-    ServerSpec, Volume,
+    BootHeadroom, Cloud, CloudIdentity, CloudResult, Network, NetworkShare, NewPortSpec,
+    NewVolumeSpec, Port, Server, ServerSpec, Volume,
 };
 use pool_manager::model::{
     AllocationParams, EmptyPoolPolicy, NetworkRequest, PoolKey, PoolSpec, VolumeRequest,
@@ -160,6 +160,12 @@ impl Cloud for Timed {
     async fn detach_volume(&self, server: &str, volume: &str) -> CloudResult<()> {
         self.time(self.inner.detach_volume(server, volume)).await
     }
+    async fn get_network(&self, id: &str) -> CloudResult<Network> {
+        self.time(self.inner.get_network(id)).await
+    }
+    async fn network_shares(&self, id: &str) -> CloudResult<Vec<NetworkShare>> {
+        self.time(self.inner.network_shares(id)).await
+    }
     async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {
         self.time(self.inner.create_port(spec)).await
     }
@@ -244,8 +250,16 @@ async fn main() -> anyhow::Result<()> {
     let tenant_net = os
         .network(&args.tenant_network)
         .await
-        .map_err(|e| anyhow!("{e}"))?
-        .id;
+        .map_err(|e| anyhow!("{e}"))?;
+    // The purchases are the network's own project's orders: warmpool puts
+    // a tenant's port only on a network that tenant may use.
+    let tenant = tenant_net.project_id.clone().ok_or_else(|| {
+        anyhow!(
+            "Neutron names no project of network {}",
+            args.tenant_network
+        )
+    })?;
+    let tenant_net = tenant_net.id;
     let cloud = Timed::new(Arc::new(os));
     // Servers a previous run left behind.
     for s in cloud
@@ -276,7 +290,7 @@ async fn main() -> anyhow::Result<()> {
     // Nova keeps the volume and port of a deleted server.
     let mut in_hand: Option<String> = None;
     let outcome = tokio::select! {
-        samples = purchases(&args, &manager, &cloud, &tenant_net, &mut in_hand) => samples,
+        samples = purchases(&args, &manager, &cloud, (&tenant, &tenant_net), &mut in_hand) => samples,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (Ctrl-C)")),
     };
     let cleanup = tokio::select! {
@@ -340,13 +354,14 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The run's purchases, one at a time. `in_hand` names the order bought
-/// and not yet released.
+/// The run's purchases, one at a time, each an order of project `tenant`
+/// with a port on its network `tenant_net`. `in_hand` names the order
+/// bought and not yet released.
 async fn purchases(
     args: &Args,
     manager: &PoolManager,
     cloud: &Timed,
-    tenant_net: &str,
+    (tenant, tenant_net): (&str, &str),
     in_hand: &mut Option<String>,
 ) -> anyhow::Result<Vec<Sample>> {
     let key = PoolKey::new(&args.flavor, &args.availability_zone);
@@ -386,7 +401,7 @@ async fn purchases(
         let request = AllocateRequest {
             params: AllocationParams {
                 request_id: id.clone(),
-                tenant_project_id: "tenant".into(),
+                tenant_project_id: tenant.to_owned(),
                 pool: key.clone(),
                 volume: VolumeRequest {
                     source: VolumeSource::New {
@@ -570,7 +585,13 @@ mod tests {
         let mut in_hand = None;
         let stopped = tokio::time::timeout(
             Duration::from_secs(600),
-            purchases(&args, &manager, &cloud, "tenant-net", &mut in_hand),
+            purchases(
+                &args,
+                &manager,
+                &cloud,
+                ("tenant", "tenant-net"),
+                &mut in_hand,
+            ),
         )
         .await;
         assert!(stopped.is_err(), "held in the first purchase");
@@ -626,7 +647,14 @@ mod tests {
         manager.start().await.expect("manager starts");
         let args = Args::try_parse_from(["testbed-ttr", "--purchases", "1"]).expect("args");
         let mut in_hand = None;
-        let run = purchases(&args, &manager, &cloud, "tenant-net", &mut in_hand).await;
+        let run = purchases(
+            &args,
+            &manager,
+            &cloud,
+            ("tenant", "tenant-net"),
+            &mut in_hand,
+        )
+        .await;
         let failed = run.err().expect("the purchase's release fails");
         let id = in_hand.clone().expect("the order still in hand");
 

@@ -148,7 +148,14 @@ pub struct NetworkSpec {
     pub subnet_id: String,
     pub cidr: String,
     pub gateway_ip: String,
+    /// Shared with every project (an RBAC `access_as_shared` policy of
+    /// target `*`).
     pub shared: bool,
+    /// Projects, by name (the face's own, or another), an RBAC
+    /// `access_as_shared` policy shares the network with. Neutron's
+    /// `shared` shows true to the face's project for one shared with it,
+    /// as Neutron works `shared` out for the project asking.
+    pub shared_with: Vec<String>,
     /// Neutron's `port_security_enabled`, which the network's ports take:
     /// without it a port has no security group, and ML2 refuses a port
     /// create naming any (400 `PortSecurityAndIPRequiredForSecurityGroups`).
@@ -176,10 +183,18 @@ impl NetworkSpec {
             cidr: cidr.to_string(),
             gateway_ip: gateway_ip.to_string(),
             shared,
+            shared_with: Vec::new(),
             port_security_enabled: true,
             slaac_subnet: None,
             other_project: None,
         }
+    }
+
+    /// The network shared (an RBAC `access_as_shared` policy) with project
+    /// `project` (by name) too.
+    pub fn shared_with_project(mut self, project: &str) -> Self {
+        self.shared_with.push(project.to_string());
+        self
     }
 
     /// The network made another project's, `project` (by name); its ids
@@ -1459,6 +1474,13 @@ pub(crate) fn stable_uuid(kind: &str, name: &str) -> String {
         format!("cloudsim/{kind}/{name}").as_bytes(),
     )
     .to_string()
+}
+
+/// The id Keystone gives project `name` in the face: the face's own
+/// project's ([`RunningFace::project_id`]) or another's, such as one
+/// owning a network ([`NetworkSpec::of_project`]).
+pub fn project_id_of(name: &str) -> String {
+    stable_hex("project", name)
 }
 
 /// Keystone-style ids: 32 hex digits.

@@ -1,6 +1,7 @@
 //! Neutron v2.0 under `/network`: version discovery, the configured networks
 //! and their subnets (the project's, or another's as an admin sees them:
-//! `NetworkSpec::other_project`), security groups (`SimConfig::security_groups`), ports
+//! `NetworkSpec::other_project`), the networks' RBAC `access_as_shared`
+//! policies (every one, as an admin sees them), security groups (`SimConfig::security_groups`), ports
 //! (create, naming security groups or not, show, list with `?name=`/
 //! `?device_id=`/`?network_id=`/`?project_id=`, delete; other projects'
 //! ports too, as an admin sees them) and the project's quota details.
@@ -31,6 +32,7 @@ pub(super) fn routes(state: Arc<FaceState>) -> Router {
     let api = Router::new()
         .route("/networks", get(list_networks))
         .route("/networks/:id", get(show_network))
+        .route("/rbac-policies", get(list_rbac_policies))
         .route("/subnets", get(list_subnets))
         .route("/subnets/:id", get(show_subnet))
         .route("/security-groups", get(list_security_groups))
@@ -69,7 +71,7 @@ async fn resources(State(state): State<Arc<FaceState>>) -> Json<Value> {
     };
     Json(json!({"resources": [
         r("network", "networks"), r("subnet", "subnets"), r("port", "ports"),
-        r("security_group", "security-groups"),
+        r("security_group", "security-groups"), r("rbac_policy", "rbac-policies"),
     ]}))
 }
 
@@ -117,7 +119,8 @@ fn network_json(state: &FaceState, n: &NetworkSpec) -> Value {
         "status": "ACTIVE",
         "subnets": subnets,
         "admin_state_up": true,
-        "shared": n.shared,
+        // Worked out for the project asking, as Neutron does.
+        "shared": n.shared || n.shared_with.iter().any(|p| super::project_id_of(p) == state.project_id),
         "tenant_id": n.project_id(&state.project_id),
         "project_id": n.project_id(&state.project_id),
         "router:external": false,
@@ -202,6 +205,55 @@ async fn show_network(
         .find(|n| n.id.eq_ignore_ascii_case(&id))
         .ok_or_else(|| network_not_found(&id))?;
     Ok(Json(json!({"network": network_json(&state, n)})))
+}
+
+/// Every network's `access_as_shared` policies: one of target `*` for a
+/// `shared` network, one for each project of its `shared_with`.
+fn rbac_policies(state: &FaceState) -> Vec<Value> {
+    let mut policies = Vec::new();
+    for n in &state.settings.networks {
+        let owner = n.project_id(&state.project_id);
+        let targets = n
+            .shared
+            .then(|| "*".to_string())
+            .into_iter()
+            .chain(n.shared_with.iter().map(|p| super::project_id_of(p)));
+        for target in targets {
+            policies.push(json!({
+                "id": stable_uuid("rbac-policy", &format!("{}/{target}", n.id)),
+                "object_type": "network",
+                "object_id": n.id,
+                "action": "access_as_shared",
+                "target_tenant": target,
+                "project_id": owner,
+                "tenant_id": owner,
+            }));
+        }
+    }
+    policies
+}
+
+async fn list_rbac_policies(
+    State(state): State<Arc<FaceState>>,
+    q: Q,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q);
+    let list: Vec<Value> = rbac_policies(&state)
+        .into_iter()
+        .filter(|p| matches(p, &q))
+        .collect();
+    let url = format!("{}/v2.0/rbac-policies", state.url(N));
+    let (list, next) = super::page(list, &q, &state.settings, &url).map_err(|e| match e {
+        super::PageError::BadLimit(m) => ApiError::new(N, StatusCode::BAD_REQUEST, m),
+        super::PageError::UnknownMarker(id) => {
+            ApiError::not_found(N, format!("RBAC policy on object {id} could not be found."))
+                .typed("RbacPolicyNotFound")
+        }
+    })?;
+    Ok(Json(match next {
+        Some(links) => json!({"rbac_policies": list, "rbac_policies_links": links}),
+        None => json!({"rbac_policies": list}),
+    }))
 }
 
 fn network_not_found(id: &str) -> ApiError {

@@ -32,8 +32,9 @@ pub mod session;
 
 use crate::cloud::{
     note_side_call, BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, HeadroomCalls,
-    NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, ServerStatus, SideCall, Volume,
-    VolumeOwner, VolumeStatus, MAX_RETRY_AFTER, META_INSTANCE, META_POOL, MIN_RETRY_PAUSE,
+    Network, NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, ServerStatus,
+    SideCall, Volume, VolumeOwner, VolumeStatus, MAX_RETRY_AFTER, META_INSTANCE, META_POOL,
+    MIN_RETRY_PAUSE,
 };
 use crate::events::CloudService;
 use async_trait::async_trait;
@@ -2203,6 +2204,38 @@ impl Cloud for OpenStackCloud {
             }
             other => other,
         }
+    }
+
+    /// Read afresh, not from the name cache: an order's network is given
+    /// by id, and whose it is is what the read is for.
+    async fn get_network(&self, network_id: &str) -> CloudResult<Network> {
+        let call = Call::new(Service::Network, Method::GET, ["networks", network_id]);
+        let what = call.describe();
+        let body: neutron::NetworkBody = self.fetch(call).await?;
+        let own = self.inner.conn.project_id().await?;
+        neutron::to_network(body.network, &own).map_err(|e| unreadable(&what, e))
+    }
+
+    async fn network_shares(&self, network_id: &str) -> CloudResult<Vec<NetworkShare>> {
+        // Neutron pages at pagination_max_limit, as every listing.
+        let policies = self
+            .list_all(
+                "GET /rbac-policies",
+                || {
+                    Call::new(Service::Network, Method::GET, ["rbac-policies"])
+                        .query("object_type", "network")
+                        .query("object_id", network_id)
+                        .query("action", "access_as_shared")
+                },
+                |page: neutron::RbacPoliciesBody| {
+                    let has_next = nova::has_next(page.rbac_policies_links.as_deref());
+                    (page.rbac_policies, has_next)
+                },
+                |p| p.id.clone(),
+            )
+            .await?;
+        let own = self.inner.conn.project_id().await?;
+        Ok(neutron::network_shares(policies, network_id, &own))
     }
 
     async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {

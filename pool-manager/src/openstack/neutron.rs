@@ -177,6 +177,78 @@ pub struct NetworkBody {
     pub network: Named,
 }
 
+/// `network` as the tenant network's fence judges it, its owner told
+/// from warmpool's own project `own` (Neutron's ids are lower-case hex).
+/// Neutron shows every network's owner; an answer without one is none
+/// of Neutron's.
+pub fn to_network(network: Named, own: &str) -> Result<cloud::Network, String> {
+    let Some(project) = network.project_id else {
+        return Err(format!(
+            "network {}: Neutron's answer names no project_id",
+            network.id
+        ));
+    };
+    Ok(cloud::Network {
+        owner: if project.eq_ignore_ascii_case(own) {
+            cloud::NetworkOwner::Warmpool
+        } else {
+            cloud::NetworkOwner::Project(project)
+        },
+        shared: network.shared == Some(true),
+        id: network.id,
+    })
+}
+
+/// A page of `GET /v2.0/rbac-policies`.
+#[derive(Debug, Deserialize)]
+pub struct RbacPoliciesBody {
+    pub rbac_policies: Vec<RbacPolicy>,
+    #[serde(default)]
+    pub rbac_policies_links: Option<Vec<super::nova::Link>>,
+}
+
+/// One of Neutron's RBAC policies: `action` on object `object_id` granted
+/// to project `target_tenant` (`*`: every project).
+#[derive(Debug, Deserialize)]
+pub struct RbacPolicy {
+    pub id: String,
+    #[serde(default)]
+    pub object_type: Option<String>,
+    #[serde(default)]
+    pub object_id: Option<String>,
+    #[serde(default)]
+    pub action: Option<String>,
+    #[serde(default)]
+    pub target_tenant: Option<String>,
+}
+
+/// Whom `policies` share network `network_id` with (`access_as_shared`),
+/// warmpool's own project `own` told from others. Looked at again here,
+/// whatever the listing's filters: a proxy dropping the query string
+/// lists every policy.
+pub fn network_shares(
+    policies: Vec<RbacPolicy>,
+    network_id: &str,
+    own: &str,
+) -> Vec<cloud::NetworkShare> {
+    policies
+        .into_iter()
+        .filter(|p| {
+            p.object_type.as_deref() == Some("network")
+                && p.action.as_deref() == Some("access_as_shared")
+                && p.object_id
+                    .as_deref()
+                    .is_some_and(|id| id.eq_ignore_ascii_case(network_id))
+        })
+        .filter_map(|p| p.target_tenant)
+        .map(|target| match target.as_str() {
+            "*" => cloud::NetworkShare::EveryProject,
+            t if t.eq_ignore_ascii_case(own) => cloud::NetworkShare::Warmpool,
+            _ => cloud::NetworkShare::Project(target),
+        })
+        .collect()
+}
+
 /// A page of `GET /v2.0/security-groups`.
 #[derive(Debug, Deserialize)]
 pub struct SecurityGroupsBody {
@@ -406,5 +478,52 @@ mod tests {
         assert!(looks_like_id("40a1fc95-a78b-49e4-9132-17b61ac3cf9b"));
         assert!(!looks_like_id("service-net"));
         assert!(!looks_like_id("40a1fc95-a78b-49e4-9132-17b61ac3cf9bx"));
+    }
+
+    /// A network's owner and RBAC shares as Neutron shows them to an admin
+    /// of warmpool's project (`own`): policies of other objects or actions
+    /// (a proxy dropping the listing's filters) are no share of it.
+    #[test]
+    fn a_networks_owner_and_shares_are_told_from_warmpools_project() {
+        let own = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
+        let body: NetworkBody = serde_json::from_str(
+            r#"{"network": {"id": "n1", "name": "b-net", "shared": true,
+                "project_id": "ffee", "tenant_id": "ffee", "router:external": false}}"#,
+        )
+        .unwrap();
+        let network = to_network(body.network, own).unwrap();
+        assert_eq!(network.owner, cloud::NetworkOwner::Project("ffee".into()));
+        assert!(network.shared);
+        let mine: Named = serde_json::from_value(serde_json::json!(
+            {"id": "n2", "project_id": own.to_ascii_uppercase()}
+        ))
+        .unwrap();
+        let mine = to_network(mine, own).unwrap();
+        assert_eq!(
+            (mine.owner, mine.shared),
+            (cloud::NetworkOwner::Warmpool, false)
+        );
+        let ownerless: Named = serde_json::from_value(serde_json::json!({"id": "n3"})).unwrap();
+        assert!(to_network(ownerless, own).is_err());
+
+        let body: RbacPoliciesBody = serde_json::from_str(&format!(
+            r#"{{"rbac_policies": [
+                {{"id": "p1", "object_type": "network", "object_id": "N1", "action": "access_as_shared", "target_tenant": "*"}},
+                {{"id": "p2", "object_type": "network", "object_id": "n1", "action": "access_as_shared", "target_tenant": "{own}"}},
+                {{"id": "p3", "object_type": "network", "object_id": "n1", "action": "access_as_shared", "target_tenant": "aabb"}},
+                {{"id": "p4", "object_type": "network", "object_id": "n1", "action": "access_as_external", "target_tenant": "ccdd"}},
+                {{"id": "p5", "object_type": "network", "object_id": "n9", "action": "access_as_shared", "target_tenant": "eeff"}},
+                {{"id": "p6", "object_type": "qos_policy", "object_id": "n1", "action": "access_as_shared", "target_tenant": "1122"}}
+            ]}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            network_shares(body.rbac_policies, "n1", own),
+            [
+                cloud::NetworkShare::EveryProject,
+                cloud::NetworkShare::Warmpool,
+                cloud::NetworkShare::Project("aabb".into()),
+            ]
+        );
     }
 }

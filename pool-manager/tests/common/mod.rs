@@ -799,6 +799,13 @@ mod gated {
             self.call("detach_volume", self.sim.detach_volume(server, &volume))
                 .await
         }
+        async fn get_network(&self, id: &str) -> CloudResult<Network> {
+            self.call("get_network", self.sim.get_network(id)).await
+        }
+        async fn network_shares(&self, id: &str) -> CloudResult<Vec<NetworkShare>> {
+            self.call("network_shares", self.sim.network_shares(id))
+                .await
+        }
         async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {
             self.call("create_port", self.sim.create_port(spec)).await
         }

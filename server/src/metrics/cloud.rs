@@ -11,8 +11,8 @@
 use super::Metrics;
 use async_trait::async_trait;
 use pool_manager::cloud::{
-    collecting_side_calls, BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult,
-    NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, SideCall, Volume,
+    collecting_side_calls, BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, Network,
+    NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, SideCall, Volume,
 };
 use pool_manager::events::CloudService;
 use std::future::Future;
@@ -136,6 +136,14 @@ impl Cloud for MeteredCloud {
             .await
     }
 
+    async fn get_network(&self, network_id: &str) -> CloudResult<Network> {
+        self.timed(NETWORK, self.inner.get_network(network_id))
+            .await
+    }
+    async fn network_shares(&self, network_id: &str) -> CloudResult<Vec<NetworkShare>> {
+        self.timed(NETWORK, self.inner.network_shares(network_id))
+            .await
+    }
     async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port> {
         self.timed(NETWORK, self.inner.create_port(spec)).await
     }
