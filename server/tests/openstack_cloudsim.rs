@@ -7578,11 +7578,14 @@ async fn another_projects_network_named_like_the_management_network_is_not_it() 
 }
 
 /// A management network of another project (a provider network an admin
-/// shares) is found beside an unshared network of a third project of the
-/// same name: the shared one, which Nova boots warmpool's servers on, is
-/// taken, and it alone refuses tenant ports.
+/// shares) beside an unshared network of a third project of the same name:
+/// neither is warmpool's project's, and `shared` says nothing of whose a
+/// network is (a tenant may RBAC-share its own with warmpool's project), so
+/// the name is ambiguous: boots fail asking for the id rather than go on a
+/// network that may be a tenant's. Given by id, the shared one is taken,
+/// and it alone refuses tenant ports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shared_management_network_is_preferred_to_an_unshared_namesake() {
+async fn another_projects_management_network_beside_a_namesake_is_ambiguous_by_name() {
     let mut settings = HttpSettings::default();
     let shared =
         cloudsim::http::NetworkSpec::new("mgmt-net", "127.77.0.0/16", "127.77.0.254", true)
@@ -7594,7 +7597,28 @@ async fn a_shared_management_network_is_preferred_to_an_unshared_namesake() {
     settings.networks.push(namesake.clone());
     let env = env_with(sim_config(), settings).await;
     let cloud = env.driver().await;
-    assert_eq!(cloud.network("mgmt-net").await.unwrap().id, shared.id);
+    let e = cloud.network("mgmt-net").await.unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Fatal(m) if m.contains("2 networks are named 'mgmt-net'; give its id")),
+        "{e:?}"
+    );
+    let e = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Fatal(m) if m.contains("2 networks are named 'mgmt-net'")),
+        "{e:?}"
+    );
+
+    let text = env.config_text("", SMALL_POOL).replace(
+        "management_network = \"mgmt-net\"",
+        &format!("management_network = \"{}\"", shared.id),
+    );
+    let config = Config::parse(&text).unwrap();
+    let cloud = OpenStackCloud::connect(openstack(&config).settings().unwrap())
+        .await
+        .unwrap();
     let e = cloud
         .create_port(&port_spec("warmpool-o1", &shared.id))
         .await
@@ -7610,7 +7634,71 @@ async fn a_shared_management_network_is_preferred_to_an_unshared_namesake() {
     cloud
         .create_server(&spec("a", "db.small", "az1"))
         .await
-        .expect("a boot on the shared management network");
+        .expect("a boot on the shared management network, given by id");
+}
+
+/// A tenant's network named like the management network and RBAC-shared
+/// with warmpool's project (which any member of the tenant's project may
+/// do; Neutron then shows it `shared: true`) does not outrank the real
+/// management network of another project that is not shared: the name is
+/// ambiguous, and no pool server boots on the tenant's network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_namesake_shared_with_warmpool_does_not_outrank_another_projects_management_network(
+) {
+    let mut settings = HttpSettings::default();
+    let infra =
+        cloudsim::http::NetworkSpec::new("mgmt-net", "127.77.0.0/16", "127.77.0.254", false)
+            .of_project("infra");
+    let tenants = cloudsim::http::NetworkSpec::new("mgmt-net", "10.50.0.0/16", "10.50.0.1", true)
+        .of_project("tenant-b");
+    settings.networks[0] = infra.clone();
+    settings.networks.push(tenants.clone());
+    let env = env_with(sim_config(), settings).await;
+    let cloud = env.driver().await;
+    let picked = cloud.network("mgmt-net").await;
+    assert!(
+        matches!(&picked, Err(CloudError::Fatal(m)) if m.contains("2 networks are named 'mgmt-net'; give its id")),
+        "the tenant's network is {}, infra's {}: {picked:?}",
+        tenants.id,
+        infra.id
+    );
+    let booted = cloud.create_server(&spec("a", "db.small", "az1")).await;
+    assert!(
+        matches!(&booted, Err(CloudError::Fatal(m)) if m.contains("2 networks are named 'mgmt-net'")),
+        "{booted:?}"
+    );
+    assert!(env.sim.servers().is_empty(), "{:?}", env.sim.servers());
+}
+
+/// The management network's name ambiguous from the driver's first lookup
+/// (warmpoold restarted after a second network of warmpool's project took
+/// the name): with no network it resolved to before, a tenant's port is
+/// refused on a network of the name, which the pool servers may be on, and
+/// taken anywhere else, rather than every purchase failing.
+#[tokio::test]
+async fn an_ambiguous_management_network_name_never_resolved_refuses_only_its_namesakes() {
+    let mut settings = HttpSettings::default();
+    let twin = cloudsim::http::NetworkSpec::new("twin-net", "10.50.0.0/16", "10.50.0.1", false);
+    settings.networks.push(twin.clone());
+    let mgmt = settings.networks[0].clone();
+    let env = env_with(sim_config(), settings).await;
+    env.face.faults().rename_network("twin-net", "mgmt-net");
+    let cloud = env.driver().await;
+    let tenant = cloudsim::http::NetworkSpec::new("tenant-net", "10.0.0.0/16", "10.0.0.1", true);
+    cloud
+        .create_port(&port_spec("warmpool-o1", &tenant.id))
+        .await
+        .expect("a tenant port on tenant-net");
+    for (order, network) in [("warmpool-o2", &twin.id), ("warmpool-o3", &mgmt.id)] {
+        let e = cloud
+            .create_port(&port_spec(order, network))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, CloudError::Fatal(m) if m.contains(network.as_str()) && m.contains("\"mgmt-net\"") && m.contains("management network")),
+            "{e:?}"
+        );
+    }
 }
 
 /// A second network of warmpool's own project given the management

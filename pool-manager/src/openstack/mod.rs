@@ -737,19 +737,35 @@ impl OpenStackCloud {
     /// A name that fails to resolve (ambiguous now, renamed, Neutron
     /// failing) is judged by the network it last resolved to, which the
     /// pool servers booted since are on: failing the tenant's port for
-    /// it would fail every purchase for a name no tenant gave. A
-    /// management network the cloud does not have, and never had since
-    /// start, is not one the port can be on (its pools' boots fail for
-    /// it); any other failed look with nothing resolved before fails the
-    /// create, to be asked again.
+    /// it would fail every purchase for a name no tenant gave. With
+    /// nothing resolved before (the name ambiguous since start), the pool
+    /// servers may be on any network of the name: the port is refused on
+    /// one of those, taken elsewhere. A management network the cloud does
+    /// not have, and never had since start, is not one the port can be on
+    /// (its pools' boots fail for it); any other failed look with nothing
+    /// resolved before fails the create, to be asked again.
     async fn refuse_management_network(&self, network_id: &str) -> CloudResult<()> {
         for name in self.inner.settings.management_networks() {
-            let network = match self.network(name).await {
+            let network = match self.look_up_network(name).await {
                 Ok(network) => network,
-                Err(e) => match self.inner.networks.last(name) {
-                    Some(last) => last,
-                    None if matches!(e, CloudError::NotFound(_)) => continue,
-                    None => return Err(e),
+                Err(e) => match (self.inner.networks.last(name), e) {
+                    (Some(last), _) => last,
+                    (None, LookupError::Object(CloudError::NotFound(_))) => continue,
+                    // Neutron answered with several networks of the name.
+                    (None, LookupError::Object(CloudError::Fatal(_))) => {
+                        let namesakes = self.networks_named(name).await?;
+                        if namesakes
+                            .iter()
+                            .any(|id| id.eq_ignore_ascii_case(network_id))
+                        {
+                            return Err(CloudError::Fatal(format!(
+                                "network {network_id} is one of {} networks named as warmpool's management network {name:?}, which every pool server is on; a tenant's port goes on the tenant's own network",
+                                namesakes.len()
+                            )));
+                        }
+                        continue;
+                    }
+                    (None, e) => return Err(e.into()),
                 },
             };
             // Neutron takes an id in any case as the network it names.
@@ -899,10 +915,14 @@ impl OpenStackCloud {
             return Ok(n);
         }
         // A name is looked for among warmpool's project's networks first,
-        // then those shared with it (a provider network), then any other:
-        // Neutron lists an admin every project's networks, and any project
-        // may give one the management network's name, which would
-        // otherwise be ambiguous, failing every boot and tenant port. An id
+        // then among all others alike: Neutron lists an admin every
+        // project's networks, and any project may give one the management
+        // network's name, which would otherwise be ambiguous, failing
+        // every boot and tenant port. `shared` ranks nothing: a tenant may
+        // RBAC-share its own network with warmpool's project (Neutron then
+        // shows it shared), and ranked above another project's management
+        // network it would have the pool servers boot on the tenant's
+        // network. A namesake there is ambiguous, asking for the id. An id
         // needs no project.
         let project = match looks_like_id(name_or_id) {
             true => None,
@@ -910,15 +930,8 @@ impl OpenStackCloud {
                 LookupError::Service(looking_up(e, Service::Network, "network", name_or_id))
             })?),
         };
-        let rank = |n: &Named| {
-            Some(if n.project_id.is_some() && n.project_id == project {
-                0
-            } else if n.shared == Some(true) {
-                1
-            } else {
-                2
-            })
-        };
+        let own = |n: &Named| n.project_id.is_some() && n.project_id == project;
+        let rank = |n: &Named| Some(if own(n) { 0 } else { 1 });
         // Neutron pages at pagination_max_limit when one is set.
         let network = self
             .resolve_ranked(
@@ -937,6 +950,31 @@ impl OpenStackCloud {
             .networks
             .insert(name_or_id.to_owned(), network.clone());
         Ok(network)
+    }
+
+    /// The ids of every network Neutron lists under the name `name`
+    /// (uncached: asked only while the name is ambiguous).
+    async fn networks_named(&self, name: &str) -> CloudResult<Vec<String>> {
+        let listing = || Call::new(Service::Network, Method::GET, ["networks"]).query("name", name);
+        let what = listing().describe();
+        let networks = self
+            .list_all(
+                &what,
+                listing,
+                |page: neutron::NetworksBody| {
+                    let has_next = nova::has_next(page.networks_links.as_deref());
+                    (page.networks, has_next)
+                },
+                |n: &Named| n.id.clone(),
+            )
+            .await
+            .map_err(|e| looking_up(e, Service::Network, "network", name))?;
+        // The name filter is exact on Neutron; checked anyway.
+        Ok(networks
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .map(|n| n.id)
+            .collect())
     }
 
     /// The key pair `name` of the user warmpool logs in as: Nova keeps key

@@ -157,10 +157,6 @@ pub struct Named {
     /// A network's subnets (ids); `None`: not said.
     #[serde(default)]
     pub subnets: Option<Vec<String>>,
-    /// A network's `shared`: shared with every project, or (Neutron RBAC)
-    /// with the one asking; `None`: not said.
-    #[serde(default)]
-    pub shared: Option<bool>,
 }
 
 /// A page of `GET /v2.0/networks`; Neutron links the next as it does for
