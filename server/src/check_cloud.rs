@@ -26,7 +26,7 @@
 //! The embedded cloud's start-up check is [`check_boot_specs`], judged
 //! the same way.
 
-use crate::config::{Config, OpenStackConfig, PoolConfig};
+use crate::config::{Config, ConfigError, OpenStackConfig, PoolConfig};
 use pool_manager::cloud::{
     Cloud, CloudChange, CloudError, CloudIdentity, CloudResult, ServerStatus, PORTS_PER_SERVER,
 };
@@ -247,6 +247,11 @@ pub struct Report {
     /// lockout, so the daemon's start-up waits for a mended clouds.yaml
     /// rather than exiting to be restarted.
     pub credentials_refused: bool,
+    /// The cloud config (clouds.yaml, secure.yaml, the `OS_*` variables)
+    /// could not be taken for what only an operator mends
+    /// ([`ConfigError::needs_an_operator`]): the config line's failure, but
+    /// for a file's read that may pass (a disk's I/O error).
+    pub cloud_config_refused: bool,
 }
 
 impl Report {
@@ -855,11 +860,7 @@ pub async fn check(config: &Config, os: &OpenStackConfig) -> (Report, Option<Ope
     // opened it.
     let settings = match os.settings() {
         Ok(s) => s,
-        Err(e) => {
-            let mut report = Report::default();
-            report.fail(CheckKind::Config, e.to_string());
-            return (report, None);
-        }
+        Err(e) => return (cloud_config_failed(&e), None),
     };
     let read = stored_pools(&config.data_dir).await;
     let pools = pools_to_check(&read.pools, config);
@@ -909,12 +910,19 @@ pub async fn check_pools(
 ) -> (Report, Option<OpenStackCloud>) {
     match os.settings() {
         Ok(settings) => check_with(settings, os, pools).await,
-        Err(e) => {
-            let mut report = Report::default();
-            report.fail(CheckKind::Config, e.to_string());
-            (report, None)
-        }
+        Err(e) => (cloud_config_failed(&e), None),
     }
+}
+
+/// The report of a cloud config that could not be taken: nothing else was
+/// checked.
+fn cloud_config_failed(e: &ConfigError) -> Report {
+    let mut report = Report {
+        cloud_config_refused: e.needs_an_operator(),
+        ..Report::default()
+    };
+    report.fail(CheckKind::Config, e.to_string());
+    report
 }
 
 /// [`check_pools`] with the driver's settings already read from `os`.

@@ -89,9 +89,32 @@ pub enum ConfigError {
     Invalid(String),
     #[error("config file {path}: {message}")]
     InvalidFile { path: PathBuf, message: String },
+    /// A file read beside the config (secure.yaml) that could not be:
+    /// `message` names it and what to do, `kind` is the read's failure.
+    #[error("config: {message}")]
+    Unreadable {
+        message: String,
+        kind: std::io::ErrorKind,
+    },
 }
 
 impl ConfigError {
+    /// Whether only an operator mends it, so that a restart reads it
+    /// alike: all but a file's read failing otherwise than for the file
+    /// missing or unreadable to warmpoold (an I/O error of its disk, an
+    /// NFS mount gone stale), which may pass.
+    pub fn needs_an_operator(&self) -> bool {
+        let kind = match self {
+            ConfigError::Read { error, .. } => error.kind(),
+            ConfigError::Unreadable { kind, .. } => *kind,
+            _ => return true,
+        };
+        matches!(
+            kind,
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+        )
+    }
+
     /// The error as one of the file at `path`.
     pub fn in_file(self, path: &Path) -> Self {
         match self {
@@ -1143,10 +1166,13 @@ fn clouds_yaml_entry_with(
             // A secure.yaml only root may read, in /etc/openstack beside a
             // clouds.yaml handed over as a systemd credential.
             Err(ConfigError::Read { path, error }) => {
-                return Err(ConfigError::Invalid(format!(
-                    "cloud: cannot read {} ({error}), the first secure.yaml on the openstack CLI's search path, whose entries are merged over clouds.yaml's; make it readable to warmpoold, or point OS_CLIENT_SECURE_FILE at one it can read (under systemd, a LoadCredential= of it)",
-                    path.display()
-                )))
+                return Err(ConfigError::Unreadable {
+                    message: format!(
+                        "cloud: cannot read {} ({error}), the first secure.yaml on the openstack CLI's search path, whose entries are merged over clouds.yaml's; make it readable to warmpoold, or point OS_CLIENT_SECURE_FILE at one it can read (under systemd, a LoadCredential= of it)",
+                        path.display()
+                    ),
+                    kind: error.kind(),
+                })
             }
             Err(other) => return Err(other),
         },
@@ -3241,6 +3267,29 @@ key_file = "b.key"
             .to_string();
         assert!(err.contains(&secure.display().to_string()), "{err}");
         assert!(!err.contains("s3cr3t"), "{err}");
+    }
+
+    /// A secure.yaml missing from where it was found, or unreadable to
+    /// warmpoold, is the operator's to mend (start-up exits EX_CONFIG); one
+    /// whose read failed otherwise (an I/O error of its disk, here
+    /// /proc/self/mem's) may pass, so it is told apart, as the config
+    /// file's own read is.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_secure_yaml_read_failing_as_a_disk_may_is_no_refusal_for_an_operator() {
+        let dir = tempfile::tempdir().unwrap();
+        let clouds = dir.path().join("clouds.yaml");
+        std::fs::write(
+            &clouds,
+            "clouds:\n  wp:\n    auth:\n      auth_url: http://keystone\n",
+        )
+        .unwrap();
+        let err =
+            clouds_yaml_entry_with(&clouds, "wp", &[PathBuf::from("/proc/self/mem")]).unwrap_err();
+        assert!(err.to_string().contains("/proc/self/mem"), "{err}");
+        assert!(err.to_string().contains("OS_CLIENT_SECURE_FILE"), "{err}");
+        let err = anyhow::Error::from(err);
+        assert!(!crate::needs_an_operator(&err), "{err:#}");
     }
 
     /// YAML merge keys (`<<: *anchor`) are applied, as the openstack CLI's

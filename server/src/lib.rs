@@ -44,7 +44,8 @@ pub const EXIT_NEEDS_AN_OPERATOR: u8 = 78;
 /// Whether warmpoold's start failed for a reason no restart mends, only an
 /// operator, so that it exits [`EXIT_NEEDS_AN_OPERATOR`]: a config file it
 /// cannot take (or that is missing or unreadable to it), a cloud config
-/// (`clouds.yaml`, the `OS_*` variables) it cannot take, a store of
+/// (`clouds.yaml`, `secure.yaml`, the `OS_*` variables) it cannot take
+/// (the same: a file's read failing otherwise may pass), a store of
 /// another cloud ([`CloudChangedRefused`]), one that knows none of the
 /// pool servers the cloud lists ([`UnknownServersRefused`]), a store record
 /// this version cannot read, or damage sled found in the store's files.
@@ -68,13 +69,7 @@ pub fn needs_an_operator(error: &anyhow::Error) -> bool {
             || cause.is::<CloudConfigRefused>()
             || cause
                 .downcast_ref::<config::ConfigError>()
-                .is_some_and(|e| match e {
-                    config::ConfigError::Read { error, .. } => matches!(
-                        error.kind(),
-                        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
-                    ),
-                    _ => true,
-                })
+                .is_some_and(config::ConfigError::needs_an_operator)
             || cause
                 .downcast_ref::<StoreError>()
                 .is_some_and(permanent_store)
@@ -113,8 +108,9 @@ pub struct UnknownServersRefused(String);
 pub struct CloudChangedRefused(String);
 
 /// [`build_cloud`]'s error when the cloud config cannot be taken (a
-/// clouds.yaml missing, unreadable or without the entry, no credentials):
-/// nothing was asked of the cloud, and a restart reads the same.
+/// clouds.yaml missing, unreadable to warmpoold or without the entry, no
+/// credentials): nothing was asked of the cloud, and a restart reads the
+/// same.
 #[derive(Debug, thiserror::Error)]
 #[error("the OpenStack cloud is not usable (run `warmpoold check-cloud` for the full report): {0}")]
 pub struct CloudConfigRefused(String);
@@ -1304,12 +1300,7 @@ async fn build_cloud(
                 (_, refusal) if report.credentials_refused => {
                     return Err(CredentialsRefused(refusal.unwrap_or_default()).into())
                 }
-                (_, refusal)
-                    if report
-                        .checks
-                        .iter()
-                        .any(|c| !c.ok && c.kind == check_cloud::CheckKind::Config) =>
-                {
+                (_, refusal) if report.cloud_config_refused => {
                     return Err(CloudConfigRefused(refusal.unwrap_or_default()).into())
                 }
                 (_, refusal) => anyhow::bail!(
@@ -1527,6 +1518,40 @@ mod tests {
         for e in &passing {
             assert!(!super::needs_an_operator(e), "{e:#}");
         }
+    }
+
+    /// A cloud config (clouds.yaml) missing or unreadable to warmpoold is
+    /// the operator's to mend, as the config file is: the start exits
+    /// EX_CONFIG. One whose read failed otherwise (an I/O error of its
+    /// disk, here /proc/self/mem's) may pass, and the start exits 1 to be
+    /// restarted.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_cloud_config_read_failing_as_a_disk_may_is_no_refusal_for_an_operator() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = |clouds_yaml: &std::path::Path| {
+            crate::config::Config::parse(&format!(
+                "data_dir = {:?}\n[cloud]\nkind = \"openstack\"\ncloud = \"wp\"\n\
+                 clouds_yaml = {:?}\nmanagement_network = \"mgmt\"\n",
+                dir.path().join("data"),
+                clouds_yaml,
+            ))
+            .unwrap()
+        };
+        let refusal = |config: crate::config::Config| async move {
+            match super::build_cloud(&config, &[]).await {
+                Ok(_) => panic!("a cloud built without a clouds.yaml"),
+                Err(e) => e,
+            }
+        };
+        let missing = refusal(config(&dir.path().join("missing.yaml"))).await;
+        assert!(super::needs_an_operator(&missing), "{missing:#}");
+        let failing = refusal(config(std::path::Path::new("/proc/self/mem"))).await;
+        assert!(
+            format!("{failing:#}").contains("/proc/self/mem"),
+            "{failing:#}"
+        );
+        assert!(!super::needs_an_operator(&failing), "{failing:#}");
     }
 
     /// An adopted store's refusal over servers it has no record of says
