@@ -994,11 +994,15 @@ fn supervisors_restart_warmpoold_when_it_exits_with_an_error() {
 /// root, it would lack the unit's clouds.yaml (a credential that exists
 /// only while the service runs) and leave root's files in the store. The
 /// README gives the flag to them for that start and takes it back: under
-/// systemd a runtime drop-in clearing ExecStart and setting the unit's
-/// own line plus the flag, under Kubernetes a JSON patch adding the flag
-/// to the StatefulSet's args and one removing it. Those must be the
-/// shipped files' own lines, or the recipe starts another warmpoold than
-/// the one shipped.
+/// systemd a runtime drop-in clearing ExecStart and setting the line in
+/// force (`systemctl cat`; the unit's own line shown) plus the flag,
+/// under Kubernetes a JSON patch adding the flag to the StatefulSet's args
+/// and one removing it. Those must be the shipped files' own lines, or the
+/// recipe starts another warmpoold than the one shipped. Systemd reads
+/// the drop-ins of /etc and /run in the order of their file names, the
+/// last ExecStart= winning: the recipe's must sort after the
+/// `override.conf` that `systemctl edit` writes, or an operator's own
+/// ExecStart= there clears the flag's line.
 #[test]
 fn the_readme_gives_a_start_up_flag_to_the_shipped_deployments_for_one_start() {
     let readme = read(&deploy_dir().join("../README.md"));
@@ -1012,10 +1016,22 @@ fn the_readme_gives_a_start_up_flag_to_the_shipped_deployments_for_one_start() {
         panic!("the unit sets ExecStart {exec:?}, not once: revisit this test");
     };
     let drop_in = "/run/systemd/system/warmpoold.service.d/";
+    let written = format!("sudo tee {drop_in}");
+    let at = readme
+        .find(&written)
+        .unwrap_or_else(|| panic!("README writes no drop-in with `{written}`"));
+    let file = readme[at + written.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap();
+    assert!(
+        file.ends_with(".conf") && file > "override.conf",
+        "the drop-in {file:?} sorts before `systemctl edit`'s override.conf, whose ExecStart= would win"
+    );
     for shown in [
-        format!("{drop_in}once.conf"),
         "[Service]\nExecStart=\nExecStart=".to_owned(),
-        format!("rm {drop_in}once.conf"),
+        format!("rm {drop_in}{file}"),
+        "systemctl cat warmpoold".to_owned(),
         "systemctl daemon-reload".to_owned(),
         "systemctl restart warmpoold".to_owned(),
     ] {
@@ -1041,18 +1057,30 @@ fn the_readme_gives_a_start_up_flag_to_the_shipped_deployments_for_one_start() {
     );
     // Shown with --adopt-cloud; --delete-unknown-servers goes the same way.
     let flag = "--adopt-cloud";
+    let add = format!(
+        r#"kubectl patch statefulset/{name} --type=json -p='[{{"op":"add","path":"{path}/-","value":"{flag}"}}]'"#
+    );
+    let remove = format!(
+        r#"kubectl patch statefulset/{name} --type=json -p='[{{"op":"test","path":"{path}/{args}","value":"{flag}"}},{{"op":"remove","path":"{path}/{args}"}}]'"#
+    );
     for shown in [
         format!("ExecStart={exec} {flag}\n"),
-        format!(
-            r#"kubectl patch statefulset/{name} --type=json -p='[{{"op":"add","path":"{path}/-","value":"{flag}"}}]'"#
-        ),
-        format!(
-            r#"kubectl patch statefulset/{name} --type=json -p='[{{"op":"test","path":"{path}/{args}","value":"{flag}"}},{{"op":"remove","path":"{path}/{args}"}}]'"#
-        ),
-        format!("kubectl delete pod {name}-0"),
+        add.clone(),
+        remove.clone(),
         format!("kubectl rollout status statefulset/{name}"),
     ] {
         assert!(readme.contains(&shown), "README does not show `{shown}`");
+    }
+    // A pod whose start was refused holds up the rollout of either patch
+    // (Kubernetes' "Forced rollback"): deleted after each.
+    let delete = format!("kubectl delete pod {name}-0");
+    for patch in [add, remove] {
+        let after = &readme[readme.find(&patch).unwrap() + patch.len()..];
+        let block = &after[..after.find("```").unwrap_or(after.len())];
+        assert!(
+            block.contains(&delete),
+            "README does not show `{delete}` after `{patch}`"
+        );
     }
 }
 
