@@ -157,6 +157,11 @@ pub struct Named {
     /// A network's subnets (ids); `None`: not said.
     #[serde(default)]
     pub subnets: Option<Vec<String>>,
+    /// A network's `shared`: shared with every project, or (Neutron RBAC)
+    /// with the one asking; `None`: not said. The tenant network's fence
+    /// reads it; the management network's lookup does not rank by it.
+    #[serde(default)]
+    pub shared: Option<bool>,
 }
 
 /// A page of `GET /v2.0/networks`; Neutron links the next as it does for
