@@ -7,6 +7,7 @@ use pool_manager::cloud::{
     BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, Network, NetworkShare,
     NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume,
 };
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,6 +118,13 @@ impl Cloud for CountingCloud {
     }
     async fn find_volumes_by_name(&self, name: &str) -> CloudResult<Vec<Volume>> {
         self.count(self.sim.find_volumes_by_name(name).await)
+    }
+    async fn set_volume_metadata(
+        &self,
+        volume_id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> CloudResult<()> {
+        self.count(self.sim.set_volume_metadata(volume_id, metadata).await)
     }
     async fn delete_volume(&self, volume_id: &str) -> CloudResult<()> {
         self.count(self.sim.delete_volume(volume_id).await)

@@ -14,6 +14,7 @@ use pool_manager::cloud::{
     NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume,
 };
 use pool_manager::model::PoolKey;
+use std::collections::BTreeMap;
 use tokio::time::Instant;
 
 #[async_trait]
@@ -132,6 +133,20 @@ impl Cloud for SimCloud {
         let now = Instant::now();
         let answer = self.inner.lock_at(now).find_volumes_by_name(name, now);
         call.answer(Ok(answer)).await
+    }
+
+    async fn set_volume_metadata(
+        &self,
+        volume_id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> CloudResult<()> {
+        let call = self.admit("set_volume_metadata").await?;
+        let now = Instant::now();
+        let answer = self
+            .inner
+            .lock_at(now)
+            .set_volume_metadata(volume_id, metadata, now);
+        call.answer(answer).await
     }
 
     async fn delete_volume(&self, volume_id: &str) -> CloudResult<()> {

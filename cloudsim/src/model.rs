@@ -192,7 +192,7 @@ struct VolumeRec {
     /// works in, where both faces create volumes; `Some`, another
     /// (a tenant's volume made for a test).
     project_id: Option<String>,
-    /// Cinder's metadata, as given at its create.
+    /// Cinder's metadata, as given at its create and set since.
     metadata: BTreeMap<String, String>,
     created_at: Instant,
     state: Timed<VolState>,
@@ -1559,6 +1559,28 @@ impl Model {
         self.insert_volume_for_test(project, az, size_gib, None)
     }
 
+    /// One of warmpool's own project, untagged, already `available` (no
+    /// API call).
+    pub fn create_own_volume_for_test(&mut self, az: &str, size_gib: u32) -> String {
+        let n = self.seq + 1;
+        let spec = NewVolumeSpec {
+            name: format!("own-volume-{n}"),
+            size_gib,
+            volume_type: None,
+            availability_zone: az.to_string(),
+            metadata: BTreeMap::new(),
+        };
+        self.insert_volume(
+            &spec,
+            None,
+            Timed::settled(VolState {
+                status: VolumeStatus::Available,
+                server: None,
+            }),
+            Instant::now(),
+        )
+    }
+
     /// The same, of `volume_type`, a multiattach type.
     pub fn create_multiattach_volume_for_test(
         &mut self,
@@ -1679,6 +1701,30 @@ impl Model {
             .get(id)
             .map(|v| v.view(now))
             .ok_or_else(|| CloudError::NotFound(format!("volume {id}")))
+    }
+
+    /// Cinder's `POST /volumes/{id}/metadata`: the keys given are set, the
+    /// others kept. A volume being deleted is refused as Cinder refuses
+    /// any change of one.
+    pub fn set_volume_metadata(
+        &mut self,
+        id: &str,
+        metadata: &BTreeMap<String, String>,
+        now: Instant,
+    ) -> CloudResult<()> {
+        let vol = self
+            .volumes
+            .get_mut(id)
+            .filter(|v| v.gone_at.is_none_or(|gone| gone > now))
+            .ok_or_else(|| CloudError::NotFound(format!("volume {id}")))?;
+        if vol.gone_at.is_some() {
+            return Err(CloudError::Conflict(format!(
+                "volume {id} is being deleted"
+            )));
+        }
+        vol.metadata
+            .extend(metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Ok(())
     }
 
     fn sorted_volumes(&self) -> Vec<&VolumeRec> {

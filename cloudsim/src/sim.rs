@@ -283,6 +283,13 @@ impl SimCloud {
         self.lock().create_volume_for_test(project, az, size_gib)
     }
 
+    /// A volume of warmpool's own project with no tenant tag, already
+    /// `available`: made there by an operator, or kept by a warmpool from
+    /// before the tag. Not an API call. Returns its id.
+    pub fn create_own_volume_for_test(&self, az: &str, size_gib: u32) -> String {
+        self.lock().create_own_volume_for_test(az, size_gib)
+    }
+
     /// A tenant's existing volume of `volume_type`, a multiattach type,
     /// already `available`. Not an API call. Returns its id.
     pub fn create_multiattach_volume_for_test(

@@ -1581,6 +1581,8 @@ impl Shared {
     /// second attach of a single-attach volume out (two orders naming it
     /// both found it `available`), not of a multiattach one. Nor one
     /// warmpool can tell is another tenant's ([`refuse_if_another_tenants`]).
+    /// It writes nothing: an untagged volume is tagged for the order's
+    /// tenant by the try that holds it ([`Self::tag_held_volume`]).
     async fn fence_volume(
         &self,
         params: &AllocationParams,
@@ -2358,6 +2360,7 @@ impl Shared {
             *status == VolumeStatus::Available
         })
         .await
+        .map(drop)
     }
 
     /// Claims one Ready instance of the pool by compare-and-swap: one not
@@ -3008,14 +3011,73 @@ impl Shared {
             }
             Err(e) => return Err(attempt_error(e)),
         }
-        self.wait_volume(
-            &volume_id,
-            deadline,
-            Phase::AfterAttach { server_id },
-            |status, attached| *status == VolumeStatus::InUse && attached == [server_id],
-        )
-        .await?;
+        let held = self
+            .wait_volume(
+                &volume_id,
+                deadline,
+                Phase::AfterAttach { server_id },
+                |status, attached| *status == VolumeStatus::InUse && attached == [server_id],
+            )
+            .await?;
+        let tenant = record.get().await.params.tenant_project_id;
+        self.tag_held_volume(&held, &tenant, deadline).await?;
         Ok(volume_id)
+    }
+
+    /// Tags the volume the try's server now holds alone with the order's
+    /// tenant ([`META_TENANT`]), unless it has a tag or Cinder shows it
+    /// in another project (the tenant's own: its owner tells). A volume of
+    /// warmpool's project that came untagged (made there outside warmpool,
+    /// kept by a warmpool from before the tag, or one whose owner Cinder's
+    /// policy hides) is the tenant's from its first attach: once a release
+    /// keeps it, with the tenant's data on it,
+    /// [`refuse_if_another_tenants`] refuses it to another tenant's order.
+    ///
+    /// Written by the holder, once Cinder's reservation has made this the
+    /// volume's only attach, not at the fence: Cinder's metadata has no
+    /// compare-and-swap, and two orders of different tenants naming one
+    /// untagged volume both pass the fence, so a tag the loser of the
+    /// attach wrote there could land after the winner's. Holders follow one
+    /// another (a second attach waits for the volume to be `available`,
+    /// which only the holder's release makes it, after its answer, after
+    /// its tag), so the last tag is the last holder's. Before the answer:
+    /// no tenant is ever handed an untagged volume. A crash between the
+    /// attach and the tag leaves the volume untagged, as it came, and the
+    /// order `Allocating`, which the reconciler rolls back, no tenant
+    /// answered; a tag written for an order that then fails stays, as the
+    /// order named the volume for that tenant. A tag that names another
+    /// tenant now (a holder was served it since this order's fence) fails
+    /// the try: its server held that tenant's data, and is discarded.
+    async fn tag_held_volume(
+        &self,
+        volume: &Volume,
+        tenant: &str,
+        deadline: Instant,
+    ) -> Result<(), AttemptError> {
+        if let Err(e) = refuse_if_another_tenants(volume, tenant) {
+            return Err(AttemptError::Request(with_more(
+                e,
+                "found once attached: that tenant's order was served the volume since this order's check; the purchase is rolled back, and the server it was attached to discarded",
+            )));
+        }
+        if volume.tagged_tenant().is_some() || matches!(volume.owner, VolumeOwner::Project(_)) {
+            return Ok(());
+        }
+        let id = &volume.id;
+        let tag = BTreeMap::from([(META_TENANT.to_owned(), tenant.to_owned())]);
+        self.retry(deadline, || self.cloud.set_volume_metadata(id, &tag))
+            .await
+            .map_err(|e| {
+                look_failed(
+                    e,
+                    "block-storage service (Cinder)",
+                    format_args!(
+                        "to tag volume {id} with its tenant {tenant} (metadata {META_TENANT}) once attached"
+                    ),
+                )
+            })?;
+        tracing::info!(volume = %id, %tenant, "tagged a volume that came untagged with the tenant whose order attached it");
+        Ok(())
     }
 
     /// The allocation's volume: the one recorded, the tenant's existing one,
@@ -3097,7 +3159,7 @@ impl Shared {
         deadline: Instant,
         phase: Phase<'_>,
         done: impl Fn(&VolumeStatus, &[String]) -> bool,
-    ) -> Result<(), AttemptError> {
+    ) -> Result<Volume, AttemptError> {
         let mut seen_attaching = false;
         let started = Instant::now();
         let mut looks = 0u32;
@@ -3108,7 +3170,7 @@ impl Shared {
                 .await
                 .map_err(|e| AttemptError::Request(e.into()))?;
             if done(&volume.status, &volume.attached_to) {
-                return Ok(());
+                return Ok(volume);
             }
             if let Phase::AfterAttach { server_id } = phase {
                 match volume.status {
@@ -4585,17 +4647,19 @@ fn passing_state_refusal(volume_id: &str, status: &VolumeStatus) -> Option<Manag
 /// Everything warmpool creates lives in its own project, whichever
 /// tenant the order is for, so one wrong volume id from billing would hand
 /// one tenant's database to another (and a release deleting the volume
-/// would delete it). A volume warmpool made for another tenant's order
-/// (its [`META_TENANT`] tag), or one the cloud shows in a project that is
-/// neither the order's tenant's nor warmpool's own, is refused. One with
-/// neither (made in warmpool's project outside warmpool, or by a warmpool
-/// from before the tag, or where Cinder's policy hides the owner) cannot
-/// be told apart, and is attached as before.
+/// would delete it). A volume tagged for another tenant ([`META_TENANT`]:
+/// warmpool made it for, or first attached it for, that tenant's order,
+/// [`Shared::tag_held_volume`]), or one the cloud shows in a project that
+/// is neither the order's tenant's nor warmpool's own, is refused. One
+/// with neither (made in warmpool's project outside warmpool, or kept by a
+/// warmpool from before the tag, and never attached since; or where
+/// Cinder's policy hides the owner) cannot be told apart: it is attached,
+/// and tagged for the order's tenant once attached.
 fn refuse_if_another_tenants(volume: &Volume, tenant: &str) -> ManagerResult<()> {
     let id = &volume.id;
     if let Some(tagged) = volume.tagged_tenant().filter(|t| *t != tenant) {
         return Err(ManagerError::FailedPrecondition(format!(
-            "volume {id} was created by warmpool for an order of tenant {tagged} (its {META_TENANT} metadata), but this order is for tenant {tenant}; warmpool attaches a volume only to its own tenant's orders: check the volume id and tenant_project_id sent"
+            "volume {id} is tenant {tagged}'s: warmpool created it for, or first attached it to, an order of that tenant (its {META_TENANT} metadata says so), but this order is for tenant {tenant}; warmpool attaches a volume only to its own tenant's orders: check the volume id and tenant_project_id sent"
         )));
     }
     if let VolumeOwner::Project(project) = &volume.owner {

@@ -12,9 +12,11 @@ use std::time::Duration;
 pub const META_POOL: &str = "warmpool.pool";
 pub const META_INSTANCE: &str = "warmpool.instance";
 /// Metadata key written on every volume warmpool creates for an order: the
-/// order's `tenant_project_id`. The volume itself is in warmpool's own
-/// project, as everything warmpool creates is, so the tag is what tells
-/// whose it is (the allocator refuses it to another tenant's order).
+/// order's `tenant_project_id`; and on an untagged volume an order names,
+/// once the order's server holds it (the allocator's attach). The volume
+/// itself is in warmpool's own project, as everything warmpool creates is,
+/// so the tag is what tells whose it is (the allocator refuses it to
+/// another tenant's order).
 pub const META_TENANT: &str = "warmpool.tenant";
 
 /// Which cloud a store's servers, volumes and ports are in: what the store
@@ -261,7 +263,7 @@ pub struct Volume {
     /// second attach out.
     pub multiattach: bool,
     /// Cinder's metadata of the volume ([`META_TENANT`] on those warmpool
-    /// made for an order).
+    /// made for an order or attached for one).
     pub metadata: BTreeMap<String, String>,
     /// The project that owns it, as far as the cloud shows.
     pub owner: VolumeOwner,
@@ -284,7 +286,8 @@ pub enum VolumeOwner {
 }
 
 impl Volume {
-    /// The tenant whose order warmpool made it for ([`META_TENANT`]).
+    /// The tenant whose order warmpool made it for, or first attached it
+    /// for ([`META_TENANT`]).
     pub fn tagged_tenant(&self) -> Option<&str> {
         self.metadata.get(META_TENANT).map(String::as_str)
     }
@@ -766,6 +769,15 @@ pub trait Cloud: Send + Sync + 'static {
     async fn create_volume(&self, spec: &NewVolumeSpec) -> CloudResult<Volume>;
     async fn get_volume(&self, volume_id: &str) -> CloudResult<Volume>;
     async fn find_volumes_by_name(&self, name: &str) -> CloudResult<Vec<Volume>>;
+    /// Sets `metadata`'s keys on the volume, leaving its other keys as they
+    /// are (Cinder's `POST /volumes/{id}/metadata`). Idempotent. The
+    /// allocator tags an untagged volume with its tenant ([`META_TENANT`])
+    /// once it holds it.
+    async fn set_volume_metadata(
+        &self,
+        volume_id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> CloudResult<()>;
     /// Idempotent: deleting a missing volume is Ok.
     async fn delete_volume(&self, volume_id: &str) -> CloudResult<()>;
     /// Fails with `Conflict` unless the volume is `available`.

@@ -716,6 +716,14 @@ impl Cloud for ServiceNoting {
     async fn find_volumes_by_name(&self, name: &str) -> CloudResult<Vec<Volume>> {
         Self::noted(CloudService::Volume, self.inner.find_volumes_by_name(name)).await
     }
+    async fn set_volume_metadata(
+        &self,
+        volume_id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> CloudResult<()> {
+        let call = self.inner.set_volume_metadata(volume_id, metadata);
+        Self::noted(CloudService::Volume, call).await
+    }
     async fn delete_volume(&self, volume_id: &str) -> CloudResult<()> {
         Self::noted(CloudService::Volume, self.inner.delete_volume(volume_id)).await
     }
@@ -1525,6 +1533,13 @@ mod tests {
             unreachable!()
         }
         async fn find_volumes_by_name(&self, _: &str) -> CloudResult<Vec<Volume>> {
+            unreachable!()
+        }
+        async fn set_volume_metadata(
+            &self,
+            _: &str,
+            _: &BTreeMap<String, String>,
+        ) -> CloudResult<()> {
             unreachable!()
         }
         async fn delete_volume(&self, _: &str) -> CloudResult<()> {

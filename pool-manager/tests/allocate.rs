@@ -958,6 +958,135 @@ async fn a_network_the_tenant_may_not_use_is_refused_before_anything_is_made() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A volume of warmpool's project that came without a tag (made there by
+/// an operator, or kept by a warmpool from before the tag) is the tenant's
+/// once an order of that tenant is served it: tagged before the answer, it
+/// is refused to another tenant's order after a release kept it (with the
+/// first tenant's data on it), before anything is done for that order.
+/// The tenant's own next order gets it, writing no tag again; a volume in
+/// the tenant's own project (its owner tells) is not tagged.
+#[tokio::test(start_paused = true)]
+async fn an_untagged_volume_served_to_one_tenant_is_refused_to_another() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 2).await;
+    let volume = sim.create_own_volume_for_test("az1", 10);
+    let existing = || VolumeSource::Existing {
+        volume_id: volume.clone(),
+    };
+    let tag_of = |id: &str| {
+        let found = sim.volumes().into_iter().find(|v| v.id == id);
+        found.and_then(|v| v.tagged_tenant().map(str::to_owned))
+    };
+    let a = request("order-a", existing(), EmptyPoolPolicy::FailFast);
+    manager.allocate(a).await.unwrap();
+    assert_eq!(tag_of(&volume).as_deref(), Some("tenant-a"));
+    manager.release("order-a", Some(false)).await.unwrap();
+    wait_ready(&manager, 2).await;
+
+    let calls = sim.call_counts();
+    let mut b = request("order-b", existing(), EmptyPoolPolicy::FailFast);
+    b.params.tenant_project_id = "tenant-b".into();
+    let err = manager.allocate(b).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m)
+            if m.contains(&volume) && m.contains("tenant-a") && m.contains("tenant-b")),
+        "{err}"
+    );
+    let after = sim.call_counts();
+    for call in [
+        "create_port",
+        "attach_volume",
+        "attach_port",
+        "set_volume_metadata",
+    ] {
+        assert_eq!(after.get(call), calls.get(call), "{call}");
+    }
+    assert!(manager.get_allocation("order-b").await.is_err());
+    assert_eq!(tag_of(&volume).as_deref(), Some("tenant-a"));
+
+    let again = request("order-a2", existing(), EmptyPoolPolicy::FailFast);
+    let allocation = manager.allocate(again).await.unwrap();
+    assert_eq!(allocation.volume_id.as_deref(), Some(volume.as_str()));
+    assert_eq!(
+        sim.call_counts().get("set_volume_metadata"),
+        calls.get("set_volume_metadata"),
+        "a tag written again"
+    );
+    manager.release("order-a2", Some(false)).await.unwrap();
+
+    wait_ready(&manager, 2).await;
+    let own = sim.create_volume_for_test("tenant-a", "az1", 10);
+    let order = request(
+        "order-own",
+        VolumeSource::Existing {
+            volume_id: own.clone(),
+        },
+        EmptyPoolPolicy::FailFast,
+    );
+    manager.allocate(order).await.unwrap();
+    assert_eq!(tag_of(&own), None);
+    assert_consistent(&sim, &manager).await;
+}
+
+/// Two orders of different tenants naming one untagged volume may both
+/// pass the check before either attaches, and Cinder's metadata has no
+/// compare-and-swap: the tag is written by the try that holds the volume.
+/// An order whose check passed while another tenant's order was served the
+/// volume (tagged, then released keeping it) finds that tag once its own
+/// attach is done: it is refused and rolled back, its server (which held
+/// the other tenant's data) discarded, and the tag stays the first one's.
+#[tokio::test(start_paused = true)]
+async fn an_untagged_volume_served_to_another_tenant_meanwhile_is_refused_once_attached() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_over(&cloud, temp_store(), 2).await;
+    let volume = sim.create_own_volume_for_test("az1", 10);
+    let existing = || VolumeSource::Existing {
+        volume_id: volume.clone(),
+    };
+    let attach = cloud.hold_next("attach_volume", At::Before);
+    let mut late = request("order-b", existing(), EmptyPoolPolicy::FailFast);
+    late.params.tenant_project_id = "tenant-b".into();
+    let buying = spawn_allocate(&manager, late);
+    attach.reached().await;
+    let held = manager
+        .get_allocation("order-b")
+        .await
+        .unwrap()
+        .server_id
+        .unwrap();
+
+    let first = request("order-a", existing(), EmptyPoolPolicy::FailFast);
+    manager.allocate(first).await.unwrap();
+    manager.release("order-a", Some(false)).await.unwrap();
+    let kept = || sim.volumes().into_iter().find(|v| v.id == volume).unwrap();
+    for _ in 0..600 {
+        if kept().status == pool_manager::cloud::VolumeStatus::Available {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(kept().tagged_tenant(), Some("tenant-a"));
+    attach.release();
+
+    let err = buying.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m)
+            if m.contains(&volume) && m.contains("tenant-a") && m.contains("tenant-b")
+                && m.contains("once attached")),
+        "{err}"
+    );
+    assert!(manager.get_allocation("order-b").await.is_err());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(kept().tagged_tenant(), Some("tenant-a"));
+    assert!(kept().attached_to.is_empty(), "{:?}", kept());
+    assert!(
+        sim.server(&held).is_none(),
+        "the touched instance is discarded"
+    );
+    assert_consistent(&sim, &manager).await;
+}
+
 /// Billing may send the tenant's volume id in upper case: Cinder (on
 /// MySQL) finds it in any case, but Nova lists the attachment under
 /// Cinder's lower-case id. The id is taken in its canonical, lower-case

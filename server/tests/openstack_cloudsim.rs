@@ -649,6 +649,42 @@ async fn a_created_volume_carries_its_tenant_tag_and_its_owner_is_read() {
     assert_eq!(read.tagged_tenant(), None, "{read:?}");
 }
 
+/// The tenant tag the allocator writes on an untagged volume once it
+/// holds it goes by Cinder's `POST /volumes/{id}/metadata`, which sets the
+/// keys given and keeps the volume's others; sent again it changes
+/// nothing. A volume Cinder does not have is NotFound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volumes_tenant_tag_is_set_keeping_its_other_metadata() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let spec = NewVolumeSpec {
+        metadata: BTreeMap::from([("purpose".to_owned(), "orders-db".to_owned())]),
+        ..volume_spec("operators-volume", 1)
+    };
+    let created = cloud.create_volume(&spec).await.unwrap();
+    assert_eq!(created.tagged_tenant(), None, "{created:?}");
+    let tag = BTreeMap::from([(META_TENANT.to_owned(), "tenant-a".to_owned())]);
+    let both = BTreeMap::from([
+        ("purpose".to_owned(), "orders-db".to_owned()),
+        (META_TENANT.to_owned(), "tenant-a".to_owned()),
+    ]);
+    for _ in 0..2 {
+        cloud.set_volume_metadata(&created.id, &tag).await.unwrap();
+        let read = cloud.get_volume(&created.id).await.unwrap();
+        assert_eq!(read.metadata, both, "{read:?}");
+        assert_eq!(read.tagged_tenant(), Some("tenant-a"));
+    }
+    let kept = env.sim.volumes().into_iter().find(|v| v.id == created.id);
+    assert_eq!(kept.map(|v| v.metadata), Some(both));
+
+    let missing = "0b6ec1b4-5e1a-4c4e-9d61-3f7f0a2b9c11";
+    let e = cloud.set_volume_metadata(missing, &tag).await.unwrap_err();
+    assert!(
+        matches!(&e, CloudError::NotFound(m) if m.contains(missing)),
+        "{e:?}"
+    );
+}
+
 /// A server Nova is busy with (an operator's snapshot) reads as busy, not
 /// going, through Nova's task_state, and Nova's refusal of an attach to it
 /// is a Conflict: what the allocator needs to try the next instance.

@@ -151,6 +151,14 @@ impl Cloud for Timed {
     async fn find_volumes_by_name(&self, name: &str) -> CloudResult<Vec<Volume>> {
         self.time(self.inner.find_volumes_by_name(name)).await
     }
+    async fn set_volume_metadata(
+        &self,
+        id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> CloudResult<()> {
+        self.time(self.inner.set_volume_metadata(id, metadata))
+            .await
+    }
     async fn delete_volume(&self, id: &str) -> CloudResult<()> {
         self.time(self.inner.delete_volume(id)).await
     }

@@ -1,6 +1,6 @@
 //! Cinder v3 under `/volume`: version discovery, microversions
 //! (`OpenStack-API-Version: volume 3.x`, echoed), volumes (create, show,
-//! list with `?name=`, paged as `page_limit` says, delete), `/limits` and `/os-availability-zone`. Routes answer with the
+//! list with `?name=`, paged as `page_limit` says, delete, metadata set), `/limits` and `/os-availability-zone`. Routes answer with the
 //! project id in the path (the catalog's) and, from microversion 3.67
 //! (Yoga) on, without it, as osauth sends them (it uses the version
 //! document's `self` link, which has none); an older Cinder has no such
@@ -38,6 +38,10 @@ pub(super) fn routes(state: Arc<FaceState>) -> Router {
             .route(
                 "/volumes/:volume_id",
                 get(show_volume).delete(delete_volume),
+            )
+            .route(
+                "/volumes/:volume_id/metadata",
+                axum::routing::post(create_volume_metadata),
             )
             .route("/limits", get(limits))
             .route("/os-availability-zone", get(availability_zones))
@@ -501,6 +505,44 @@ async fn show_volume(
     Ok(Json(
         json!({"volume": volume_json(&state, &model, &d, view(mv, &p))}),
     ))
+}
+
+/// `POST /volumes/{id}/metadata`: the keys given are set, the volume's
+/// others kept; 200 with the volume's metadata as it is now, as Cinder
+/// answers.
+async fn create_volume_metadata(
+    State(state): State<Arc<FaceState>>,
+    Path(p): Params,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    check_project(&state, &p)?;
+    let req = parse_body(V, &body)?;
+    let given = match req.get("metadata") {
+        Some(m @ Value::Object(_)) => metadata(Some(m))?,
+        _ => {
+            return Err(ApiError::bad_request(
+                V,
+                "Invalid input for field/attribute metadata. 'metadata' is a required property",
+            ))
+        }
+    };
+    admit(&state, &p, "set_volume_metadata").await?;
+    let id = p.get("volume_id").cloned().unwrap_or_default();
+    let now = Instant::now();
+    let mut model = state.sim.inner.lock_at(now);
+    if model.volume_detail(&id, now).is_none() {
+        return Err(volume_not_found(&id));
+    }
+    model
+        .set_volume_metadata(&id, &given, now)
+        .map_err(|e| match e {
+            CloudError::NotFound(_) => volume_not_found(&id),
+            e => ApiError::from_cloud(V, e),
+        })?;
+    let d = model
+        .volume_detail(&id, now)
+        .ok_or_else(|| volume_not_found(&id))?;
+    Ok(Json(json!({ "metadata": d.volume.metadata })))
 }
 
 fn filtered(model: &crate::model::Model, q: &[(String, String)]) -> Vec<VolumeDetail> {

@@ -2191,6 +2191,23 @@ impl Cloud for OpenStackCloud {
         Ok(found)
     }
 
+    /// Cinder merges the keys into the volume's metadata (a `PUT` would
+    /// replace all of them); its default policy lets a member of the
+    /// volume's project do it.
+    async fn set_volume_metadata(
+        &self,
+        volume_id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> CloudResult<()> {
+        let call = Call::new(
+            Service::BlockStorage,
+            Method::POST,
+            ["volumes", volume_id, "metadata"],
+        )
+        .json(serde_json::json!({ "metadata": metadata }));
+        self.request(call).await.map(drop)
+    }
+
     async fn delete_volume(&self, volume_id: &str) -> CloudResult<()> {
         self.request_idempotent(Call::new(
             Service::BlockStorage,

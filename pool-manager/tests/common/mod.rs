@@ -784,6 +784,15 @@ mod gated {
             self.call("find_volumes_by_name", self.sim.find_volumes_by_name(name))
                 .await
         }
+        async fn set_volume_metadata(
+            &self,
+            id: &str,
+            metadata: &std::collections::BTreeMap<String, String>,
+        ) -> CloudResult<()> {
+            let id = self.volume_id(id);
+            let call = self.sim.set_volume_metadata(&id, metadata);
+            self.call("set_volume_metadata", call).await
+        }
         async fn delete_volume(&self, id: &str) -> CloudResult<()> {
             let id = self.volume_id(id);
             self.call("delete_volume", self.sim.delete_volume(&id))

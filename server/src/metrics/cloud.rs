@@ -15,6 +15,7 @@ use pool_manager::cloud::{
     NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, SideCall, Volume,
 };
 use pool_manager::events::CloudService;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,6 +122,14 @@ impl Cloud for MeteredCloud {
     }
     async fn find_volumes_by_name(&self, name: &str) -> CloudResult<Vec<Volume>> {
         self.timed(VOLUME, self.inner.find_volumes_by_name(name))
+            .await
+    }
+    async fn set_volume_metadata(
+        &self,
+        volume_id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> CloudResult<()> {
+        self.timed(VOLUME, self.inner.set_volume_metadata(volume_id, metadata))
             .await
     }
     async fn delete_volume(&self, volume_id: &str) -> CloudResult<()> {
