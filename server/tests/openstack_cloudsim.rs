@@ -5546,6 +5546,57 @@ async fn only_warmpools_own_ports_are_read_as_its_servers() {
     assert_eq!(port_pages(), 0, "pages of ports the listing read");
 }
 
+/// A port name is no secret, and an admin is listed every project's ports:
+/// a tenant may make a port of its own, on its own network, under the name
+/// of warmpool's port for its order (`warmpool-<request_id>-<attempt>`).
+/// Ports are looked up by name after a create whose answer may be lost
+/// (the retry adopts what the lost create made) and by the twin watches
+/// (which delete what they find): only warmpool's project's count, so no
+/// tenant's port is adopted (the tenant could change it) nor deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_of_another_project_with_the_same_name_is_neither_adopted_nor_listed() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let faults = env.face.faults();
+    let network = cloud.network("tenant-net").await.unwrap();
+    // Lookups a port create makes first, cached: the fault is the create's.
+    cloud.network("mgmt-net").await.unwrap();
+    let warm = cloud
+        .create_port(&port_spec("warmpool-o0", &network.id))
+        .await
+        .unwrap();
+    cloud.delete_port(&warm.id).await.unwrap();
+
+    let name = "warmpool-o1-0001";
+    let theirs = faults.add_named_port_of_project("tenant", name, &network.id, None);
+    let listed = neutron_get(&env, &format!("/v2.0/ports?name={name}")).await;
+    assert_eq!(listed["ports"].as_array().unwrap().len(), 1, "{listed}");
+    assert!(cloud.find_ports_by_name(name).await.unwrap().is_empty());
+
+    // A create refused 500 may have been done: the retry looks by name.
+    faults.server_error_next(Service::Network, 1);
+    let e = cloud
+        .create_port(&port_spec(name, &network.id))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CloudError::Transient(_)), "{e:?}");
+    let port = cloud
+        .create_port(&port_spec(name, &network.id))
+        .await
+        .unwrap();
+    assert_ne!(port.id, theirs, "the tenant's port was adopted");
+    let found: Vec<String> = cloud
+        .find_ports_by_name(name)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(found, [port.id.as_str()]);
+    let listed = neutron_get(&env, &format!("/v2.0/ports?name={name}")).await;
+    assert_eq!(listed["ports"].as_array().unwrap().len(), 2, "{listed}");
+}
+
 /// Releases order o1 (keeping its volume): Released, its `server` left
 /// SOFT_DELETED to the reclaim (the simulated cloud shows it Deleted).
 async fn released_left_soft_deleted(env: &Env, manager: &pool_manager::PoolManager, server: &str) {

@@ -841,12 +841,25 @@ impl HttpFaults {
         network_id: &str,
         device_id: Option<&str>,
     ) -> String {
+        self.add_named_port_of_project(project, "", network_id, device_id)
+    }
+
+    /// [`HttpFaults::add_port_of_project`], named `name`: a tenant may
+    /// give its own port any name, one of warmpool's ports' too.
+    pub fn add_named_port_of_project(
+        &self,
+        project: &str,
+        name: &str,
+        network_id: &str,
+        device_id: Option<&str>,
+    ) -> String {
         let mut ports = lock(&self.state.other_projects_ports);
         let id = stable_uuid("other-port", &format!("{project}#{}", ports.len()));
         let port = neutron::port_of_project(
             &self.state,
             &id,
             &stable_hex("project", project),
+            name,
             network_id,
             device_id,
         );

@@ -450,19 +450,21 @@ fn port_json(state: &FaceState, d: &PortDetail) -> Value {
     })
 }
 
-/// A port of project `project_id` on `network_id`, bound to `device_id`
-/// if given: not one of the model's (`HttpFaults::add_port_of_project`).
+/// A port of project `project_id` named `name` on `network_id`, bound to
+/// `device_id` if given: not one of the model's
+/// (`HttpFaults::add_port_of_project`).
 pub(super) fn port_of_project(
     state: &FaceState,
     id: &str,
     project_id: &str,
+    name: &str,
     network_id: &str,
     device_id: Option<&str>,
 ) -> Value {
     let created = iso_seconds(state.wall(Instant::now()));
     json!({
         "id": id,
-        "name": "",
+        "name": name,
         "network_id": network_id,
         "tenant_id": project_id,
         "project_id": project_id,

@@ -2344,12 +2344,22 @@ impl Cloud for OpenStackCloud {
         Ok(neutron::to_port(body.port))
     }
 
+    /// Warmpool's project's ports only, as [`Self::ports_of`] reads them:
+    /// an admin is listed every project's, and a tenant may name a port of
+    /// its own (on its own network) as warmpool names an order's. Found by
+    /// name, a port is adopted after a lost create (the tenant could change
+    /// it) or deleted by a twin watch.
     async fn find_ports_by_name(&self, name: &str) -> CloudResult<Vec<Port>> {
+        let project = self.inner.conn.project_id().await?;
         // Neutron pages at pagination_max_limit; twins may be on any page.
         let ports = self
             .list_all(
                 "GET /v2.0/ports?name",
-                || Call::new(Service::Network, Method::GET, ["ports"]).query("name", name),
+                || {
+                    Call::new(Service::Network, Method::GET, ["ports"])
+                        .query("name", name)
+                        .query("project_id", project.as_str())
+                },
                 |page: neutron::PortsBody| {
                     let has_next = nova::has_next(page.ports_links.as_deref());
                     (page.ports, has_next)
@@ -2357,8 +2367,11 @@ impl Cloud for OpenStackCloud {
                 |p| p.id.clone(),
             )
             .await?;
+        // Checked too: a filter Neutron (or a proxy) left out would list
+        // every project's. An answer without the field is the filter's.
         Ok(ports
             .into_iter()
+            .filter(|p| p.project_id.as_deref().is_none_or(|p| p == project))
             .map(neutron::to_port)
             .filter(|p| p.name == name)
             .collect())

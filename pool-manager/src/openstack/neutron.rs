@@ -72,6 +72,9 @@ pub struct NeutronPort {
     pub network_id: Option<String>,
     #[serde(default)]
     pub device_id: Option<String>,
+    /// Its owner: warmpool reads only its own project's ports.
+    #[serde(default)]
+    pub project_id: Option<String>,
     #[serde(default)]
     pub fixed_ips: Option<Vec<FixedIp>>,
     /// `immediate`, `deferred` or `none` (the ip_allocation extension).
