@@ -192,6 +192,9 @@ pub struct SecurityGroupConfig {
     /// in to; `Some(name)`, another project, whose groups a listing shows
     /// beside the project's own as Neutron shows them to an admin.
     pub other_project: Option<String>,
+    /// Its rules, as Neutron shows them with the group
+    /// (`security_group_rules`); none by default.
+    pub rules: Vec<serde_json::Value>,
 }
 
 impl SecurityGroupConfig {
@@ -201,16 +204,22 @@ impl SecurityGroupConfig {
             name: name.into(),
             id: None,
             other_project: None,
+            rules: Vec::new(),
         }
     }
 
     /// A group of another project, `project` (by name).
     pub fn of_project(name: impl Into<String>, project: impl Into<String>) -> Self {
         Self {
-            name: name.into(),
-            id: None,
             other_project: Some(project.into()),
+            ..Self::new(name)
         }
+    }
+
+    /// The same, with `rule` too (Neutron's JSON of a rule).
+    pub fn with_rule(mut self, rule: serde_json::Value) -> Self {
+        self.rules.push(rule);
+        self
     }
 }
 

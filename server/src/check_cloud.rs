@@ -31,6 +31,7 @@ use pool_manager::cloud::{
     Cloud, CloudChange, CloudError, CloudIdentity, CloudResult, ServerStatus, PORTS_PER_SERVER,
 };
 use pool_manager::model::{PoolKey, PoolRecord, PoolSpec};
+use pool_manager::openstack::neutron::{Named, SecurityGroupRule};
 use pool_manager::openstack::{
     missing_compute_zone, volume_zone_problem, ConnectError, OpenStackCloud, OpenStackSettings,
 };
@@ -1194,10 +1195,11 @@ async fn key_pair_check(cloud: &OpenStackCloud, report: &mut Report) {
 /// driver refuses every sale's port; a group both name is reported once.
 /// Every pool's failure, as for the key pair. One line says which groups
 /// tenant ports get: they (or the default group) must admit the tenants'
-/// clients to mysqld.
+/// clients to mysqld. Then [`management_exposure_check`]'s warnings.
 async fn security_group_check(os: &OpenStackConfig, cloud: &OpenStackCloud, report: &mut Report) {
     let settings = cloud.settings();
     let mut found = BTreeMap::new();
+    let mut management_groups = Vec::new();
     let named = settings
         .security_groups
         .iter()
@@ -1217,6 +1219,7 @@ async fn security_group_check(os: &OpenStackConfig, cloud: &OpenStackCloud, repo
                 let line = format!("{} = {}", g.name.as_deref().unwrap_or(group), g.id);
                 if setting == "security_groups" {
                     report.ok(CheckKind::SecurityGroup, line.clone());
+                    management_groups.push((group.clone(), g));
                 }
                 found.insert(group, Some(line));
             }
@@ -1237,17 +1240,153 @@ async fn security_group_check(os: &OpenStackConfig, cloud: &OpenStackCloud, repo
         .map(|g| found.get(g).cloned().flatten())
         .collect();
     let tenant_ports = match (tenant_ports, &os.tenant_port_security_groups) {
-        (None, _) => return,
-        (Some(groups), _) if !groups.is_empty() => groups.join(", "),
-        (_, None) => "the project's default group (tenant_port_security_groups unset)".to_owned(),
+        (None, _) => None,
+        (Some(groups), _) if !groups.is_empty() => Some(groups.join(", ")),
+        (_, None) => {
+            Some("the project's default group (tenant_port_security_groups unset)".to_owned())
+        }
         (_, Some(_)) => {
-            "the project's default group (tenant_port_security_groups empty)".to_owned()
+            Some("the project's default group (tenant_port_security_groups empty)".to_owned())
         }
     };
-    report.ok(
-        CheckKind::SecurityGroup,
-        format!("tenant ports: {tenant_ports}"),
-    );
+    if let Some(tenant_ports) = tenant_ports {
+        report.ok(
+            CheckKind::SecurityGroup,
+            format!("tenant ports: {tenant_ports}"),
+        );
+    }
+    management_exposure_check(cloud, &management_groups, report).await;
+}
+
+/// What every warning of [`management_exposure_check`] ends with.
+const KEEP_THEM_APART: &str = "every pool server (a sold one too: it keeps its management port) reaches every other's mysqld; admit mysql_port from warmpoold's address only, as a /32 (README, \"A sold server stays on the management network\")";
+
+/// Warns (never fails: warmpoold works either way, and a deployment may
+/// filter the management network otherwise) when the management ports'
+/// groups let pool servers reach one another's mysqld: `security_groups`
+/// unset or naming the project's default group (whose rules admit every
+/// port of the group), or a group with an ingress rule admitting
+/// `mysql_port` from a remote group or from a prefix covering a subnet of
+/// a management network ([`management_exposures`]). Subnets that cannot be
+/// read leave only the remote-group and every-address rules judged.
+async fn management_exposure_check(
+    cloud: &OpenStackCloud,
+    groups: &[(String, Named)],
+    report: &mut Report,
+) {
+    let settings = cloud.settings();
+    if settings.security_groups.is_empty() {
+        return report.warn(
+            CheckKind::SecurityGroup,
+            format!("cloud.security_groups is unset, so the management ports get the project's default group, which admits every protocol from every port in it: {KEEP_THEM_APART}"),
+        );
+    }
+    let mut subnets = Vec::new();
+    for name in settings.management_networks() {
+        if let Ok(network) = cloud.network(name).await {
+            if let Ok(cidrs) = cloud.subnet_cidrs(&network.id).await {
+                subnets.extend(cidrs);
+            }
+        }
+    }
+    for (setting, group) in groups {
+        if group.name.as_deref() == Some("default") {
+            report.warn(
+                CheckKind::SecurityGroup,
+                format!("cloud.security_groups {setting:?} is the project's default group, which admits every protocol from every port in it: {KEEP_THEM_APART}"),
+            );
+            continue;
+        }
+        let rules = group.security_group_rules.as_deref().unwrap_or_default();
+        for why in management_exposures(rules, settings.mysql_port, &subnets) {
+            report.warn(
+                CheckKind::SecurityGroup,
+                format!(
+                    "cloud.security_groups {setting:?} admits mysql_port {} {why}: {KEEP_THEM_APART}",
+                    settings.mysql_port
+                ),
+            );
+        }
+    }
+}
+
+/// The ingress rules of `rules` admitting TCP to `mysql_port` from more
+/// than one address: from a remote group's ports (the rule's own group's
+/// too), or from a prefix (none: every address) covering a subnet of
+/// `subnets` (`cidr`s) or every address. Each as "from ...".
+pub fn management_exposures(
+    rules: &[SecurityGroupRule],
+    mysql_port: u16,
+    subnets: &[String],
+) -> Vec<String> {
+    let mut found = Vec::new();
+    for rule in rules {
+        let tcp = match rule.protocol.as_deref() {
+            None | Some("any" | "tcp" | "6") => true,
+            Some(_) => false,
+        };
+        let port = match (rule.port_range_min, rule.port_range_max) {
+            (None, _) => true,
+            (Some(min), max) => (min..=max.unwrap_or(min)).contains(&mysql_port),
+        };
+        if rule.direction.as_deref() != Some("ingress") || !tcp || !port {
+            continue;
+        }
+        if let Some(group) = &rule.remote_group_id {
+            found.push(format!("from every port of security group {group}"));
+            continue;
+        }
+        let v6 = rule.ethertype.as_deref() == Some("IPv6");
+        let prefix = rule
+            .remote_ip_prefix
+            .clone()
+            .unwrap_or_else(|| if v6 { "::/0" } else { "0.0.0.0/0" }.to_owned());
+        let Some(admitted) = parse_cidr(&prefix) else {
+            continue;
+        };
+        if admitted.1 == 0 {
+            found.push(format!("from every address ({prefix})"));
+            continue;
+        }
+        let covered: Vec<&String> = subnets
+            .iter()
+            .filter(|s| parse_cidr(s).is_some_and(|subnet| covers(admitted, subnet)))
+            .collect();
+        if let Some(subnet) = covered.first() {
+            found.push(format!(
+                "from {prefix}, which covers the management subnet {subnet}"
+            ));
+        }
+    }
+    found
+}
+
+/// `address/length`, as Neutron writes a prefix or a subnet's `cidr`.
+fn parse_cidr(cidr: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (address, length) = cidr.split_once('/')?;
+    let address: std::net::IpAddr = address.parse().ok()?;
+    let length: u8 = length.parse().ok()?;
+    let bits = if address.is_ipv4() { 32 } else { 128 };
+    (length <= bits).then_some((address, length))
+}
+
+/// Whether prefix `outer` holds every address of `inner` (same family).
+fn covers(outer: (std::net::IpAddr, u8), inner: (std::net::IpAddr, u8)) -> bool {
+    use std::net::IpAddr;
+    let masked = |bits: u128, width: u32, length: u8| -> u128 {
+        let length = u32::from(length);
+        if length == 0 {
+            0
+        } else {
+            bits >> (width - length)
+        }
+    };
+    let (o, i, width) = match (outer.0, inner.0) {
+        (IpAddr::V4(o), IpAddr::V4(i)) => (u128::from(u32::from(o)), u128::from(u32::from(i)), 32),
+        (IpAddr::V6(o), IpAddr::V6(i)) => (u128::from(o), u128::from(i), 128),
+        _ => return false,
+    };
+    outer.1 <= inner.1 && masked(o, width, outer.1) == masked(i, width, outer.1)
 }
 
 /// Whether each pool's availability zone is one Nova boots servers in.
@@ -1970,5 +2109,76 @@ mod tests {
         assert!(about_the_resource(&CloudError::NotFound(
             "no flavor named 'db.old'".into()
         )));
+    }
+
+    /// What Neutron makes the default group with, and what an operator
+    /// adds: the warnings name the rules that let pool servers reach one
+    /// another's mysqld (3306 here), and no other.
+    #[test]
+    fn management_rules_admitting_a_group_or_the_subnet_are_named() {
+        let ingress = |protocol: Option<&str>, ports: Option<(u16, u16)>| SecurityGroupRule {
+            direction: Some("ingress".into()),
+            ethertype: Some("IPv4".into()),
+            protocol: protocol.map(Into::into),
+            port_range_min: ports.map(|p| p.0),
+            port_range_max: ports.map(|p| p.1),
+            ..SecurityGroupRule::default()
+        };
+        let from = |prefix: &str, rule: SecurityGroupRule| SecurityGroupRule {
+            ethertype: Some(if prefix.contains(':') { "IPv6" } else { "IPv4" }.into()),
+            remote_ip_prefix: Some(prefix.into()),
+            ..rule
+        };
+        let subnets = ["10.0.0.0/24".to_owned(), "fd00:10::/64".to_owned()];
+        let judged = |rule: SecurityGroupRule| management_exposures(&[rule], 3306, &subnets);
+        let mysql = || ingress(Some("tcp"), Some((3306, 3306)));
+
+        // warmpoold's address alone, in the subnet or not; other ports;
+        // another protocol; a way out; a prefix beside the subnet.
+        for fine in [
+            from("10.0.0.5/32", mysql()),
+            from("192.0.2.7/32", mysql()),
+            from("fd00:10::5/128", mysql()),
+            from("10.0.0.0/24", ingress(Some("tcp"), Some((22, 22)))),
+            from("10.0.0.0/24", ingress(Some("udp"), None)),
+            SecurityGroupRule {
+                direction: Some("egress".into()),
+                ..ingress(None, None)
+            },
+            from("10.0.1.0/24", mysql()),
+            from("10.0.0.0/28", mysql()),
+        ] {
+            assert_eq!(judged(fine.clone()), Vec::<String>::new(), "{fine:?}");
+        }
+
+        // The default group's own rule: every protocol from its members.
+        let members = SecurityGroupRule {
+            remote_group_id: Some("9b5c1a00-default".into()),
+            ..ingress(None, None)
+        };
+        assert_eq!(
+            judged(members),
+            ["from every port of security group 9b5c1a00-default"]
+        );
+        for (rule, why) in [
+            (
+                from("10.0.0.0/16", mysql()),
+                "from 10.0.0.0/16, which covers the management subnet 10.0.0.0/24",
+            ),
+            (
+                from("10.0.0.0/24", ingress(Some("6"), Some((3000, 4000)))),
+                "from 10.0.0.0/24, which covers the management subnet 10.0.0.0/24",
+            ),
+            (
+                from("fd00::/16", ingress(None, None)),
+                "from fd00::/16, which covers the management subnet fd00:10::/64",
+            ),
+            (mysql(), "from every address (0.0.0.0/0)"),
+        ] {
+            assert_eq!(judged(rule), [why]);
+        }
+        // A subnet that could not be read judges no prefix but every
+        // address.
+        assert!(management_exposures(&[from("10.0.0.0/16", mysql())], 3306, &[]).is_empty());
     }
 }

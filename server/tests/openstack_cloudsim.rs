@@ -2567,6 +2567,16 @@ async fn check_cloud_names_what_is_visible_beside_a_missing_name() {
     );
 }
 
+/// How check-cloud's warnings of a management group that lets pool servers
+/// reach one another end.
+const KEEP_THEM_APART: &str = "every pool server (a sold one too: it keeps its management port) reaches every other's mysqld; admit mysql_port from warmpoold's address only, as a /32 (README, \"A sold server stays on the management network\")";
+
+/// check-cloud's warning of `security_groups` naming the default group
+/// (as `setting`).
+fn default_group_warning(setting: &str) -> String {
+    format!("security group: cloud.security_groups {setting:?} is the project's default group, which admits every protocol from every port in it: {KEEP_THEM_APART}")
+}
+
 /// An environment whose cloud has `quotas`, the rest as [`env`]'s.
 async fn env_with_quotas(quotas: Quotas) -> Env {
     env_with(
@@ -3474,9 +3484,16 @@ async fn warmpoold_check_cloud_prints_and_exits_by_the_result() {
         String::from_utf8_lossy(&ok.stderr)
     );
     // The data dir (the config's) holds no store: said first, and that
-    // it records no cloud yet.
-    assert_eq!(stdout.lines().count(), 10, "{stdout}");
-    assert!(stdout.lines().all(|l| l.contains(": ok (")), "{stdout}");
+    // it records no cloud yet. `security_groups` unset is warned of, and
+    // passes.
+    assert_eq!(stdout.lines().count(), 11, "{stdout}");
+    let (ok_lines, warned): (Vec<&str>, Vec<&str>) =
+        stdout.lines().partition(|l| l.contains(": ok ("));
+    assert_eq!(ok_lines.len(), 10, "{stdout}");
+    assert!(
+        warned[0].starts_with("security group: cloud.security_groups is unset, so the management ports get the project's default group"),
+        "{stdout}"
+    );
     assert!(
         stdout.lines().next().unwrap().contains("no store here"),
         "{stdout}"
@@ -4616,7 +4633,7 @@ async fn check_cloud_names_security_groups_warmpools_project_lacks() {
     let (report, _) = check_cloud::check(&config, openstack(&config)).await;
     assert!(!report.passed(), "{report}");
     let lines = lines_of(&report, "security group");
-    assert_eq!(lines.len(), 5, "{report}");
+    assert_eq!(lines.len(), 6, "{report}");
     let default_id = lines[0]
         .strip_prefix("security group: ok (default = ")
         .and_then(|rest| rest.strip_suffix(')'))
@@ -4638,6 +4655,7 @@ async fn check_cloud_names_security_groups_warmpools_project_lacks() {
         "security group: cloud.security_groups \"web\": 2 security groups are named 'web'; give its id instead",
         "{report}"
     );
+    assert_eq!(lines[5], default_group_warning("default"), "{report}");
     assert!(
         report
             .refusal()
@@ -4656,6 +4674,7 @@ async fn check_cloud_names_security_groups_warmpools_project_lacks() {
         [
             format!("security group: ok (default = {default_id})"),
             "security group: ok (tenant ports: the project's default group (tenant_port_security_groups unset))".to_owned(),
+            default_group_warning(&default_id),
         ]
     );
 
@@ -5070,6 +5089,61 @@ async fn env_with_security_groups_and(settings: HttpSettings) -> Env {
     .await
 }
 
+/// check-cloud warns (the report passes) of a management group rule that
+/// admits mysqld from a group's ports or from a prefix covering the
+/// management network's subnet (127.77.0.0/16 here), as Neutron shows a
+/// group's rules with it; a rule admitting one address passes unremarked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_cloud_warns_of_management_groups_letting_pool_servers_reach_each_other() {
+    let mysql_from = |remote: serde_json::Value| {
+        let mut rule = serde_json::json!({"direction": "ingress", "ethertype": "IPv4",
+            "protocol": "tcp", "port_range_min": 3306, "port_range_max": 3306,
+            "remote_ip_prefix": null, "remote_group_id": null});
+        rule.as_object_mut()
+            .unwrap()
+            .extend(remote.as_object().unwrap().clone());
+        rule
+    };
+    let env = env_with(
+        SimConfig {
+            security_groups: vec![
+                SecurityGroupConfig::new("default"),
+                SecurityGroupConfig::new("mgmt-wide").with_rule(mysql_from(
+                    serde_json::json!({"remote_ip_prefix": "127.0.0.0/8"}),
+                )),
+                SecurityGroupConfig::new("mgmt-members").with_rule(mysql_from(
+                    serde_json::json!({"remote_group_id": "5f7c0d3e-members"}),
+                )),
+                SecurityGroupConfig::new("mgmt-tight").with_rule(mysql_from(
+                    serde_json::json!({"remote_ip_prefix": "127.77.0.5/32"}),
+                )),
+            ],
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
+    let config = env.config(
+        r#"security_groups = ["mgmt-wide", "mgmt-members", "mgmt-tight"]
+tenant_port_security_groups = ["default"]"#,
+        SMALL_POOL,
+    );
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert!(report.passed(), "{report}");
+    let warned: Vec<String> = lines_of(&report, "security group")
+        .into_iter()
+        .filter(|l| !l.contains(": ok ("))
+        .collect();
+    assert_eq!(
+        warned,
+        [
+            format!("security group: cloud.security_groups \"mgmt-wide\" admits mysql_port 3306 from 127.0.0.0/8, which covers the management subnet 127.77.0.0/16: {KEEP_THEM_APART}"),
+            format!("security group: cloud.security_groups \"mgmt-members\" admits mysql_port 3306 from every port of security group 5f7c0d3e-members: {KEEP_THEM_APART}"),
+        ],
+        "{report}"
+    );
+}
+
 /// The tenant's port gets the project's default group unless
 /// `tenant_port_security_groups` names others, as before the setting was
 /// added: the pool servers' `security_groups` are not put on every
@@ -5448,7 +5522,10 @@ async fn tenant_port_security_groups_are_a_setting_of_their_own() {
         assert!(!report.passed(), "{report}");
         assert_eq!(
             lines_of(&report, "security group"),
-            [format!("security group: {setting}{listed}")],
+            [
+                format!("security group: {setting}{listed}"),
+                format!("security group: cloud.security_groups is unset, so the management ports get the project's default group, which admits every protocol from every port in it: {KEEP_THEM_APART}"),
+            ],
             "{report}"
         );
     }

@@ -348,7 +348,7 @@ pub(super) fn security_groups(state: &FaceState) -> Vec<Value> {
                 "description": if g.name == "default" { "Default security group" } else { "" },
                 "tenant_id": project_id,
                 "project_id": project_id,
-                "security_group_rules": [],
+                "security_group_rules": g.rules,
                 "stateful": true,
                 "shared": false,
                 "tags": [],

@@ -1090,6 +1090,29 @@ impl OpenStackCloud {
         Ok(group)
     }
 
+    /// The address ranges (`cidr`) of network `network_id`'s subnets: for
+    /// check-cloud's look at what the management groups admit.
+    pub async fn subnet_cidrs(&self, network_id: &str) -> CloudResult<Vec<String>> {
+        let listing = || {
+            Call::new(Service::Network, Method::GET, ["subnets"])
+                .query("network_id", network_id)
+                .query("fields", "id")
+                .query("fields", "cidr")
+        };
+        let subnets = self
+            .list_all(
+                &listing().describe(),
+                listing,
+                |page: neutron::SubnetsBody| {
+                    let has_next = nova::has_next(page.subnets_links.as_deref());
+                    (page.subnets, has_next)
+                },
+                |s: &neutron::SubnetCidr| s.id.clone(),
+            )
+            .await?;
+        Ok(subnets.into_iter().filter_map(|s| s.cidr).collect())
+    }
+
     /// The names of the networks warmpool's user sees, each once, sorted:
     /// for a message about one it does not find.
     pub async fn network_names(&self) -> CloudResult<Vec<String>> {

@@ -165,6 +165,49 @@ pub struct Named {
     /// reads it; the management network's lookup does not rank by it.
     #[serde(default)]
     pub shared: Option<bool>,
+    /// A security group's rules, as Neutron shows them with the group;
+    /// `None`: not said.
+    #[serde(default)]
+    pub security_group_rules: Option<Vec<SecurityGroupRule>>,
+}
+
+/// A rule of a security group: what it admits (`ingress`) or lets out.
+/// A rule without a remote admits from every address of its ethertype.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct SecurityGroupRule {
+    #[serde(default)]
+    pub direction: Option<String>,
+    /// `IPv4` or `IPv6`.
+    #[serde(default)]
+    pub ethertype: Option<String>,
+    /// A name (`tcp`) or a number (`6`); `None`: every protocol.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// `None`: every port.
+    #[serde(default)]
+    pub port_range_min: Option<u16>,
+    #[serde(default)]
+    pub port_range_max: Option<u16>,
+    #[serde(default)]
+    pub remote_ip_prefix: Option<String>,
+    /// Every port in that group (the rule's own group too) is admitted.
+    #[serde(default)]
+    pub remote_group_id: Option<String>,
+}
+
+/// A page of `GET /v2.0/subnets?network_id=`, its `cidr`s.
+#[derive(Debug, Deserialize)]
+pub struct SubnetsBody {
+    pub subnets: Vec<SubnetCidr>,
+    #[serde(default)]
+    pub subnets_links: Option<Vec<super::nova::Link>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SubnetCidr {
+    pub id: String,
+    #[serde(default)]
+    pub cidr: Option<String>,
 }
 
 /// A page of `GET /v2.0/networks`; Neutron links the next as it does for
