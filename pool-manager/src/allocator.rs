@@ -33,9 +33,9 @@
 
 use crate::changes::ChangeCursor;
 use crate::cloud::{
-    exceeds_per_volume_limit, CloudError, CloudResult, Network, NetworkOwner, NetworkShare,
-    NewPortSpec, NewVolumeSpec, Port, Server, ServerStatus, Volume, VolumeOwner, VolumeStatus,
-    META_INSTANCE, META_TENANT,
+    exceeds_per_volume_limit, CloudError, CloudIdentity, CloudResult, Network, NetworkOwner,
+    NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server, ServerStatus, Volume, VolumeOwner,
+    VolumeStatus, META_INSTANCE, META_TENANT,
 };
 use crate::error::{ApiCall, ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, EventKind};
@@ -1663,7 +1663,18 @@ impl Shared {
         let shares = self
             .retry(deadline, || self.cloud.network_shares(&network.id))
             .await?;
-        refuse_unless_the_tenants_network(&network, &shares, tenant)
+        let of_warmpool =
+            network.owner == NetworkOwner::Warmpool || shares.contains(&NetworkShare::Warmpool);
+        // Warmpool's project id is asked only when it could matter (the
+        // driver keeps it from its token: no call to Keystone each time).
+        let tenant_is_warmpools = of_warmpool
+            && match self.retry(deadline, || self.cloud.cloud_identity()).await? {
+                CloudIdentity::OpenStack { project_id, .. } => {
+                    project_id.eq_ignore_ascii_case(tenant)
+                }
+                CloudIdentity::Embedded => false,
+            };
+        refuse_unless_the_tenants_network(&network, &shares, tenant, tenant_is_warmpools)
     }
 
     /// No new volume is made for an order while one a rolled-back try of it
@@ -4692,18 +4703,25 @@ fn owned_by(network: &Network, tenant: &str) -> bool {
 /// user is shown no policy that explains that flag (Neutron shows a
 /// network's policies to an admin, or to the network's project), whom the
 /// network is shared with cannot be told, and it is refused too, saying so.
+///
+/// `tenant_is_warmpools`: the order's tenant is warmpool's own project (a
+/// deployment selling into the project it works in), whose networks, and
+/// those shared with it, are then the tenant's.
 fn refuse_unless_the_tenants_network(
     network: &Network,
     shares: &[NetworkShare],
     tenant: &str,
+    tenant_is_warmpools: bool,
 ) -> ManagerResult<()> {
     let id = &network.id;
     let shared_with_tenant = |s: &NetworkShare| match s {
         NetworkShare::EveryProject => true,
         NetworkShare::Project(p) => p.eq_ignore_ascii_case(tenant),
-        NetworkShare::Warmpool => false,
+        NetworkShare::Warmpool => tenant_is_warmpools,
     };
-    if owned_by(network, tenant) || shares.iter().any(shared_with_tenant) {
+    let owned = owned_by(network, tenant)
+        || (network.owner == NetworkOwner::Warmpool && tenant_is_warmpools);
+    if owned || shares.iter().any(shared_with_tenant) {
         return Ok(());
     }
     let whose = match &network.owner {
@@ -4871,7 +4889,8 @@ mod tests {
         };
         let theirs = |p: &str| NetworkOwner::Project(p.into());
         let judged = |n: &Network, shares: &[NetworkShare]| {
-            refuse_unless_the_tenants_network(n, shares, "tenant-a").map_err(|e| e.to_string())
+            refuse_unless_the_tenants_network(n, shares, "tenant-a", false)
+                .map_err(|e| e.to_string())
         };
         let to = |p: &str| NetworkShare::Project(p.into());
 
@@ -4904,6 +4923,29 @@ mod tests {
                 && refused.contains("admin role"),
             "{refused}"
         );
+    }
+
+    /// A deployment may sell into the project warmpool works in: that
+    /// tenant's networks are warmpool's own and those shared with it.
+    #[test]
+    fn an_order_of_warmpools_own_project_may_use_its_networks() {
+        let network = |owner: NetworkOwner, shared: bool| Network {
+            id: "net-1".into(),
+            owner,
+            shared,
+        };
+        let judged = |n: &Network, shares: &[NetworkShare], tenant_is_warmpools| {
+            refuse_unless_the_tenants_network(n, shares, "wp-project", tenant_is_warmpools)
+                .map_err(|e| e.to_string())
+        };
+        let own = network(NetworkOwner::Warmpool, false);
+        let shared_with_warmpool = network(NetworkOwner::Project("admin".into()), true);
+        let warmpool = [NetworkShare::Warmpool];
+        assert_eq!(judged(&own, &[], true), Ok(()));
+        assert_eq!(judged(&shared_with_warmpool, &warmpool, true), Ok(()));
+        // Another tenant's order is still refused both.
+        assert!(judged(&own, &[], false).is_err());
+        assert!(judged(&shared_with_warmpool, &warmpool, false).is_err());
     }
 
     /// Broken for good: ERROR, and SHUTOFF, shelved, PAUSED, SUSPENDED or

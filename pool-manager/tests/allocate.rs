@@ -888,6 +888,38 @@ fn sim_with_tenant_networks() -> Arc<cloudsim::SimCloud> {
     })
 }
 
+/// A deployment may sell into the project warmpool works in: an order
+/// whose tenant is warmpool's own project takes that project's networks and
+/// those shared with it alone, which stay refused to every other tenant.
+#[tokio::test(start_paused = true)]
+async fn an_order_of_warmpools_own_project_takes_its_networks() {
+    let sim = sim_with_tenant_networks();
+    let cloud = on_a_project(&sim);
+    let manager = started_over(&cloud, temp_store(), 4).await;
+    let own_project = match a_project() {
+        pool_manager::cloud::CloudIdentity::OpenStack { project_id, .. } => project_id,
+        other => panic!("{other:?}"),
+    };
+    let on = |id: &str, tenant: &str, network: &str| {
+        let mut order = request(id, new_volume(), EmptyPoolPolicy::FailFast);
+        order.params.tenant_project_id = tenant.into();
+        order.params.network.network_id = network.into();
+        order
+    };
+    // net-d is shared with warmpool's project alone.
+    let err = manager
+        .allocate(on("order-a", "tenant-a", "net-d"))
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, ManagerError::FailedPrecondition(_)), "{err}");
+    let allocation = manager
+        .allocate(on("order-own", &own_project, "net-d"))
+        .await
+        .unwrap();
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    assert_consistent(&sim, &manager).await;
+}
+
 /// The tenant's port is made in warmpool's project, so Neutron (to an
 /// admin user) takes it on any project's network. An order naming another
 /// tenant's network (one wrong id from billing) is refused before anything
