@@ -1279,28 +1279,9 @@ mod tests {
             std::sync::Arc::new(sim.probe()),
             pool_manager::ManagerSettings::default(),
         );
-        let metrics = std::sync::Arc::new(Metrics::new());
-        let size = || sample(&metrics.encode(), "warmpool_store_size_bytes");
-        assert_eq!(size(), 0.0, "not read yet");
-        let watch = tokio::spawn({
-            let metrics = metrics.clone();
-            let manager = manager.clone();
-            async move { metrics.watch_store_size(manager).await }
-        });
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let first = size();
-        let on_disk = store.size_on_disk().await.unwrap().unwrap();
-        assert!(first > 0.0, "read at once");
-        assert_eq!(first, on_disk as f64);
-
-        // Some megabytes of records, of a thousand order ids each.
-        let orders = (0..1000)
-            .map(|i| pool_manager::sizing::LearnedOrder {
-                request_id: format!("order-{i:040}"),
-                asked_before: Duration::from_secs(i),
-            })
-            .collect();
-        let learned = pool_manager::sizing::LearnedSizing {
+        // A new sled store may still be 0 bytes on disk (its flusher thread
+        // writes in the background): a pool flushed first makes it non-empty.
+        let learned = |orders| pool_manager::sizing::LearnedSizing {
             saved_at: std::time::SystemTime::UNIX_EPOCH,
             demand_short: 0.0,
             demand_long: 0.0,
@@ -1310,6 +1291,47 @@ mod tests {
             leads: Vec::new(),
             orders,
         };
+        let first_key = PoolKey::new("db.first", "az1");
+        store
+            .put_learned_sizing(&first_key, &learned(Vec::new()))
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        let on_disk = store.size_on_disk().await.unwrap().unwrap();
+        assert!(on_disk > 0, "a flushed pool is on disk");
+        let metrics = std::sync::Arc::new(Metrics::new());
+        let size = || sample(&metrics.encode(), "warmpool_store_size_bytes");
+        assert_eq!(size(), 0.0, "not read yet");
+        let watch = tokio::spawn({
+            let metrics = metrics.clone();
+            let manager = manager.clone();
+            async move { metrics.watch_store_size(manager).await }
+        });
+        // The reading runs on the blocking pool: the paused clock may move
+        // on in the instant between its end and the watcher's wake-up, so
+        // the test waits for the reading, not for a fixed time.
+        let read_by = |bar: f64| {
+            let size = &size;
+            async move {
+                let deadline = tokio::time::Instant::now() + STORE_SIZE_EVERY / 2;
+                while size() <= bar && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                size()
+            }
+        };
+        let first = read_by(0.0).await;
+        // Not equal to `on_disk`: sled's flusher may have written since.
+        assert!(first >= on_disk as f64, "read at once: {first} < {on_disk}");
+
+        // Some megabytes of records, of a thousand order ids each.
+        let orders = (0..1000)
+            .map(|i| pool_manager::sizing::LearnedOrder {
+                request_id: format!("order-{i:040}"),
+                asked_before: Duration::from_secs(i),
+            })
+            .collect();
+        let learned = learned(orders);
         for pool in 0..100 {
             let key = PoolKey::new(format!("db.{pool}"), "az1");
             store.put_learned_sizing(&key, &learned).await.unwrap();
@@ -1317,8 +1339,9 @@ mod tests {
         store.flush().await.unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(size(), first, "read once a minute, not at every write");
-        tokio::time::sleep(STORE_SIZE_EVERY).await;
-        assert!(size() > first + 1e6, "{} after {first}", size());
+        tokio::time::sleep(STORE_SIZE_EVERY - Duration::from_secs(1)).await;
+        let next = read_by(first + 1e6).await;
+        assert!(next > first + 1e6, "{next} after {first}");
         watch.abort();
     }
 
