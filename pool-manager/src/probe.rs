@@ -405,6 +405,7 @@ pub fn parse_greeting(payload: &[u8]) -> Result<String, String> {
 mod tests {
     use super::*;
     use tokio::io::DuplexStream;
+    use warmpool_test_support::Logs;
 
     #[test]
     fn parses_protocol_10_greeting() {
@@ -680,69 +681,6 @@ mod tests {
         );
     }
 
-    /// The log lines written on this thread while the guard is held.
-    struct Logs {
-        lines: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-        _guard: tracing::subscriber::DefaultGuard,
-    }
-
-    impl Logs {
-        fn capture() -> Self {
-            install_global_subscriber();
-            let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-            let writer = {
-                let lines = lines.clone();
-                move || LogWriter(lines.clone())
-            };
-            let subscriber = tracing_subscriber::fmt()
-                .with_writer(writer)
-                .with_ansi(false)
-                .with_max_level(tracing::Level::DEBUG)
-                .finish();
-            Self {
-                lines,
-                _guard: tracing::subscriber::set_default(subscriber),
-            }
-        }
-
-        fn warnings(&self) -> Vec<String> {
-            String::from_utf8_lossy(&self.lines.lock().unwrap())
-                .lines()
-                .filter(|line| line.contains(" WARN "))
-                .map(str::to_owned)
-                .collect()
-        }
-    }
-
-    /// Installs, once per process, a global subscriber (WARN and above, to
-    /// the test's output) beside the captures. While a capture's is the only
-    /// subscriber registered, a log line's interest, cached process-wide, is
-    /// asked of the default of the thread that logs it first
-    /// (tokio-rs/tracing#3611): a thread without one, another test's or a
-    /// runtime's worker, caches "never", and every capture misses that line
-    /// from then on. With two registered, both are asked.
-    fn install_global_subscriber() {
-        static INSTALLED: std::sync::Once = std::sync::Once::new();
-        INSTALLED.call_once(|| {
-            let _ = tracing_subscriber::fmt()
-                .with_max_level(tracing::Level::WARN)
-                .with_test_writer()
-                .try_init();
-        });
-    }
-
-    struct LogWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for LogWriter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     /// An error other than 1045 (and 1040) answering the login still means
     /// mysqld is up, but may be one mysqld counts against the host (1043
     /// "Bad handshake": a login it could not parse), which would bring
@@ -751,7 +689,7 @@ mod tests {
     /// not once per reconcile pass.
     #[tokio::test(start_paused = true)]
     async fn an_unexpected_login_error_is_up_and_warned_once_an_hour_per_code() {
-        let logs = Logs::capture();
+        let logs = Logs::capture_at(tracing::Level::DEBUG);
         let first: SocketAddr = "10.0.9.1:3306".parse().unwrap();
         let second: SocketAddr = "10.0.9.2:3306".parse().unwrap();
         let bad_handshake = || vec![greeting("8.0.36"), error(2, 1043, "08S01", "Bad handshake")];

@@ -391,7 +391,7 @@ impl AccessHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_logs::logged;
+    use warmpool_test_support::logged;
 
     #[test]
     fn log_lines_are_admitted_once_per_interval_with_what_was_held_back() {

@@ -10,8 +10,6 @@ pub mod metrics;
 pub mod service;
 pub mod shutdown;
 pub mod starting;
-#[cfg(test)]
-mod test_logs;
 pub mod tls;
 
 /// The most calls one gRPC connection carries at once (HTTP/2

@@ -530,7 +530,7 @@ fn certificates(key: &str, path: &Path) -> anyhow::Result<Vec<CertificateDer<'st
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_logs::Logs;
+    use warmpool_test_support::Logs;
 
     /// A self-signed certificate valid from `not_before` to `not_after`
     /// (UTC midnights) and its key, written to `dir`, as `[tls]`.

@@ -14,7 +14,7 @@
 
 mod support;
 
-use support::{allocate_request, existing_volume, expect_code, new_volume};
+use support::{allocate_request, existing_volume, expect_code, init_tracing, new_volume};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -73,16 +73,6 @@ struct Env {
     driver: OpenStackCloud,
     tenant_net: String,
     stop: oneshot::Sender<()>,
-}
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,sled=warn,h2=warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
 }
 
 fn config_text(data: &std::path::Path, clouds_yaml: &std::path::Path) -> String {

@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use support::init_tracing;
 use warmpool_server::check_cloud::{self, CheckKind};
 use warmpool_server::config::{CloudConfig, Config, OpenStackConfig};
 
@@ -61,16 +62,6 @@ async fn env_with(config: SimConfig, settings: HttpSettings) -> Env {
 
 async fn env() -> Env {
     env_with(sim_config(), HttpSettings::default()).await
-}
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,sled=warn,h2=warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
 }
 
 impl Env {

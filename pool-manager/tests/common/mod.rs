@@ -1329,62 +1329,7 @@ impl<H: StoreHooks> Store for HookedStore<H> {
     }
 }
 
-/// The log lines written on this thread (a paused-clock test's tasks run
-/// on it) while the guard is held.
-pub struct Logs {
-    lines: Arc<std::sync::Mutex<Vec<u8>>>,
-    _guard: tracing::subscriber::DefaultGuard,
-}
-
-impl Logs {
-    pub fn capture() -> Self {
-        install_global_subscriber();
-        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let writer = {
-            let lines = lines.clone();
-            move || LogWriter(lines.clone())
-        };
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(writer)
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .finish();
-        Self {
-            lines,
-            _guard: tracing::subscriber::set_default(subscriber),
-        }
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.lines.lock().unwrap()).into_owned()
-    }
-}
-
-/// Installs, once per process, a global subscriber (WARN and above, to
-/// the test's output) beside the captures. While a capture's is the only
-/// subscriber registered, a log line's interest, cached process-wide, is
-/// asked of the default of the thread that logs it first
-/// (tokio-rs/tracing#3611): a thread without one, another test's or a
-/// runtime's worker, caches "never", and every capture misses that line
-/// from then on. With two registered, both are asked.
-fn install_global_subscriber() {
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_test_writer()
-            .try_init();
-    });
-}
-
-struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+/// The log capture: the lines (INFO and above) written on this thread,
+/// which a paused-clock test's tasks run on, while the guard is held.
+#[allow(unused_imports)] // as dead_code: a test binary may not capture
+pub use warmpool_test_support::Logs;

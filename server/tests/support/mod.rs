@@ -23,63 +23,12 @@ use warmpool_client::{api, Client, ClientError};
 use warmpool_server::config::Config;
 use warmpool_server::Running;
 
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,sled=warn,h2=warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-/// The log lines (INFO and above) written on this thread while the guard
-/// is held: a current-thread test's tasks, the cloudsim face's included,
-/// run on it.
-pub struct Logs {
-    lines: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-    _guard: tracing::subscriber::DefaultGuard,
-}
-
-impl Logs {
-    pub fn capture() -> Self {
-        // A global subscriber beside the capture's, registered before it:
-        // while the capture's is the only one, a line another thread (one
-        // without a subscriber) logs first is cached "never" for all
-        // (tokio-rs/tracing#3611), and the capture misses it.
-        init_tracing();
-        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let writer = {
-            let lines = lines.clone();
-            move || LogWriter(lines.clone())
-        };
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(writer)
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .finish();
-        Self {
-            lines,
-            _guard: tracing::subscriber::set_default(subscriber),
-        }
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.lines.lock().unwrap()).into_owned()
-    }
-}
-
-struct LogWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+/// The log capture (INFO and above, this thread's lines: a current-thread
+/// test's tasks, the cloudsim face's and the daemon's included, run on it)
+/// and the global subscriber beside it, which the tests that capture
+/// nothing install for their log output (`RUST_LOG`, warn by default).
+#[allow(unused_imports)] // as dead_code: a test binary may not capture
+pub use warmpool_test_support::{install_global_subscriber as init_tracing, Logs};
 
 /// The repository's deploy/ directory.
 pub fn deploy_dir() -> PathBuf {

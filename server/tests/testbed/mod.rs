@@ -55,15 +55,7 @@ pub const VOLUME_AZ: &str = "nova";
 /// in 1-2 s on an idle testbed; this is generous for a loaded 2-core CI.
 pub const PATIENCE: Duration = Duration::from_secs(180);
 
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,sled=warn,h2=warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
+pub use warmpool_test_support::install_global_subscriber as init_tracing;
 
 pub fn testbed_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/testbed")
