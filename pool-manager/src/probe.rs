@@ -239,7 +239,8 @@ where
                 }
                 // Up all the same, but some such errors (1043, "Bad
                 // handshake") mysqld counts against warmpoold's address,
-                // as it did the hang-ups the login replaced: visible, once.
+                // as it did the hang-ups the login replaced: visible, once
+                // an hour per code (`due_warning`).
                 if code != ACCESS_DENIED && due_warning(code) {
                     tracing::warn!(%addr, code, reason = %message, "mysqld answered the probe's login with an error other than 1045 (access denied): counted as up, but if mysqld counts it as a connection error of warmpoold's address (1043, bad handshake, is one) it blocks that address (1129) after max_connect_errors probes; see mysqld's error log, and report it to warmpool's developers with mysqld's version (warned once an hour per code)");
                 }
