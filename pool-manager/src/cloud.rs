@@ -788,6 +788,9 @@ pub trait Cloud: Send + Sync + 'static {
     /// Network `network_id` as the network service (Neutron) shows it;
     /// `NotFound` if it has none of that id that warmpool's user can see
     /// (a member sees its project's networks and those shared with it).
+    /// `Fatal`, saying why, for a network no tenant's port may go on
+    /// whatever its shares (the OpenStack driver's management networks,
+    /// which it refuses at the port's create too).
     /// No default: a wrapper that forgot it would fence no network.
     async fn get_network(&self, network_id: &str) -> CloudResult<Network>;
     /// Whom Neutron's RBAC policies share network `network_id` with

@@ -5417,6 +5417,31 @@ async fn a_tenant_port_goes_only_on_a_network_the_tenant_may_use() {
     assert_eq!(port_creates(), before, "no port was made");
     assert!(running.manager.get_allocation("o-a-on-b").await.is_err());
 
+    // The management network (warmpool's project's, shared with no one)
+    // takes no tenant's port whatever its shares: the refusal says so,
+    // before the order is recorded, and sends no one to share it.
+    let mgmt = cloud.network("mgmt-net").await.unwrap().id;
+    let e = running
+        .manager
+        .allocate(on("o-a-on-mgmt", tenant_a.clone(), mgmt.clone()).await)
+        .await
+        .unwrap_err();
+    let message = e.to_string();
+    assert_eq!(
+        warmpool_server::convert::status(e).code(),
+        tonic::Code::FailedPrecondition,
+        "{message}"
+    );
+    assert!(
+        message.contains(&mgmt)
+            && message.contains("management network \"mgmt-net\"")
+            && !message.contains("rbac")
+            && !message.contains("share the network"),
+        "{message}"
+    );
+    assert_eq!(port_creates(), before, "no port was made");
+    assert!(running.manager.get_allocation("o-a-on-mgmt").await.is_err());
+
     for (request_id, tenant, network) in [
         ("o-b-on-b", tenant_b.clone(), b_net.id.clone()),
         ("o-a-on-c", tenant_a.clone(), c_net.id.clone()),

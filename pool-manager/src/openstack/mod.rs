@@ -743,7 +743,10 @@ impl OpenStackCloud {
     /// one of those, taken elsewhere. A management network the cloud does
     /// not have, and never had since start, is not one the port can be on
     /// (its pools' boots fail for it); any other failed look with nothing
-    /// resolved before fails the create, to be asked again.
+    /// resolved before fails the create, to be asked again. Asked by the
+    /// network fence's [`Cloud::get_network`], before an order is
+    /// recorded, and again at the port's create (a name may resolve
+    /// elsewhere meanwhile).
     async fn refuse_management_network(&self, network_id: &str) -> CloudResult<()> {
         for name in self.inner.settings.management_networks() {
             let network = match self.look_up_network(name).await {
@@ -759,7 +762,7 @@ impl OpenStackCloud {
                             .any(|id| id.eq_ignore_ascii_case(network_id))
                         {
                             return Err(CloudError::Fatal(format!(
-                                "network {network_id} is one of {} networks named as warmpool's management network {name:?}, which every pool server is on; a tenant's port goes on the tenant's own network",
+                                "network {network_id} is one of {} networks named as warmpool's management network {name:?}, which every pool server is on; a tenant's port never goes on it, whatever Neutron shares it with: check the network_id sent (the tenant's own network, or one shared with the tenant)",
                                 namesakes.len()
                             )));
                         }
@@ -771,7 +774,7 @@ impl OpenStackCloud {
             // Neutron takes an id in any case as the network it names.
             if network.id.eq_ignore_ascii_case(network_id) {
                 return Err(CloudError::Fatal(format!(
-                    "network {network_id} is warmpool's management network {name:?}, which every pool server is on; a tenant's port goes on the tenant's own network"
+                    "network {network_id} is warmpool's management network {name:?}, which every pool server is on; a tenant's port never goes on it, whatever Neutron shares it with: check the network_id sent (the tenant's own network, or one shared with the tenant)"
                 )));
             }
         }
@@ -2285,8 +2288,14 @@ impl Cloud for OpenStackCloud {
     }
 
     /// Read afresh, not from the name cache: an order's network is given
-    /// by id, and whose it is is what the read is for.
+    /// by id, and whose it is is what the read is for. A management
+    /// network is refused first ([`Self::refuse_management_network`]: its
+    /// name's lookup is cached).
     async fn get_network(&self, network_id: &str) -> CloudResult<Network> {
+        // The fence's look: a management network is refused here, before
+        // the order is recorded, and not judged by its shares, which could
+        // only send the operator to share what no share makes a tenant's.
+        self.refuse_management_network(network_id).await?;
         let call = Call::new(Service::Network, Method::GET, ["networks", network_id]);
         let what = call.describe();
         let body: neutron::NetworkBody = self.fetch(call).await?;
