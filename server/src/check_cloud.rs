@@ -52,6 +52,12 @@ pub enum CheckKind {
     /// Each of `security_groups` and `tenant_port_security_groups` is one
     /// group of warmpool's project; which groups tenant ports get.
     SecurityGroup,
+    /// The management ports' groups (`security_groups`, or the default
+    /// group where unset) let pool servers reach one another's mysqld.
+    /// Warns; never fails the report: nothing stops working. It concerns
+    /// every pool, so it is no failure of "no pool yet" either (whose
+    /// claim an unread store qualifies).
+    ManagementGroup,
     /// Each pool's AZ is one of Nova's.
     Zone,
     /// Cinder reachable, and a zone of it for each pool AZ's volumes.
@@ -97,7 +103,7 @@ impl CheckKind {
             CheckKind::Image => "image",
             CheckKind::Network => "network",
             CheckKind::KeyPair => "key pair",
-            CheckKind::SecurityGroup => "security group",
+            CheckKind::SecurityGroup | CheckKind::ManagementGroup => "security group",
             CheckKind::Zone => "zones",
             CheckKind::Volume => "volumes",
             CheckKind::Quota => "quota",
@@ -174,14 +180,15 @@ pub struct Check {
 
 impl Check {
     /// Whether this failure stops warmpoold's start-up: quota, zone
-    /// override and store lines never do; a failure does unless it
-    /// concerns only pools the store has, or no pool yet.
+    /// override, management group and store lines never do; a failure
+    /// does unless it concerns only pools the store has, or no pool yet.
     pub fn stops_start_up(&self) -> bool {
         if self.ok
             || matches!(
                 self.kind,
                 CheckKind::Quota
                     | CheckKind::ZoneOverride
+                    | CheckKind::ManagementGroup
                     | CheckKind::Store
                     | CheckKind::StoreInUse
                     | CheckKind::StoreOfAnotherUser
@@ -258,7 +265,8 @@ pub struct Report {
 impl Report {
     /// Whether every check passed (the lines of a store a running daemon
     /// holds or root left unopened, of a store's cloud not compared, of
-    /// zone overrides, and failures of no pool yet only inform).
+    /// zone overrides and management groups, and failures of no pool yet
+    /// only inform).
     pub fn passed(&self) -> bool {
         self.checks.iter().all(|c| {
             c.ok || matches!(
@@ -267,6 +275,7 @@ impl Report {
                     | CheckKind::StoreOfAnotherUser
                     | CheckKind::StoreCloudUnread
                     | CheckKind::ZoneOverride
+                    | CheckKind::ManagementGroup
             ) || c.scope.as_ref().is_some_and(Scope::is_empty)
         })
     }
@@ -328,6 +337,12 @@ impl Report {
             message: message.into(),
             scope: Some(Scope::default()),
         });
+    }
+
+    /// A warning of every pool's management ports
+    /// ([`CheckKind::ManagementGroup`]).
+    fn warn_management_group(&mut self, message: impl Into<String>) {
+        self.fail(CheckKind::ManagementGroup, message);
     }
 
     /// A failure of `pools` only.
@@ -1276,8 +1291,7 @@ async fn management_exposure_check(
 ) {
     let settings = cloud.settings();
     if settings.security_groups.is_empty() {
-        return report.warn(
-            CheckKind::SecurityGroup,
+        return report.warn_management_group(
             format!("cloud.security_groups is unset, so the management ports get the project's default group, which admits every protocol from every port in it: {KEEP_THEM_APART}"),
         );
     }
@@ -1291,21 +1305,17 @@ async fn management_exposure_check(
     }
     for (setting, group) in groups {
         if group.name.as_deref() == Some("default") {
-            report.warn(
-                CheckKind::SecurityGroup,
+            report.warn_management_group(
                 format!("cloud.security_groups {setting:?} is the project's default group, which admits every protocol from every port in it: {KEEP_THEM_APART}"),
             );
             continue;
         }
         let rules = group.security_group_rules.as_deref().unwrap_or_default();
         for why in management_exposures(rules, settings.mysql_port, &subnets) {
-            report.warn(
-                CheckKind::SecurityGroup,
-                format!(
-                    "cloud.security_groups {setting:?} admits mysql_port {} {why}: {KEEP_THEM_APART}",
-                    settings.mysql_port
-                ),
-            );
+            report.warn_management_group(format!(
+                "cloud.security_groups {setting:?} admits mysql_port {} {why}: {KEEP_THEM_APART}",
+                settings.mysql_port
+            ));
         }
     }
 }
@@ -2094,6 +2104,31 @@ mod tests {
         assert_eq!(
             report.to_string(),
             "network: no network named 'x' [no pool is in az9 yet]\n"
+        );
+    }
+
+    /// A management group's warning concerns every pool: it passes and
+    /// stops nothing, as a failure of no pool yet does, but an unread
+    /// store, which qualifies only claims that no pool is somewhere, adds
+    /// nothing to it.
+    #[test]
+    fn a_management_group_warning_is_no_claim_of_no_pool() {
+        let mut report = Report::default();
+        report.warn_management_group("cloud.security_groups is unset");
+        report.warn(
+            CheckKind::Network,
+            "no network named 'x' [no pool is in az9 yet]",
+        );
+        about_the_file_only(&mut report);
+        assert!(report.passed());
+        assert!(report.start_up_refusals().is_empty());
+        assert!(report.stale_pools().is_empty());
+        let lines: Vec<String> = report.checks.iter().map(ToString::to_string).collect();
+        assert_eq!(lines[0], "security group: cloud.security_groups is unset");
+        assert!(
+            lines[1].contains("[no pool is in az9 yet] (the store was not read"),
+            "{}",
+            lines[1]
         );
     }
 

@@ -4860,6 +4860,16 @@ async fn check_cloud_with_the_store_unread_says_its_zone_claims_are_the_files() 
             && overrides[0].contains("created through the API"),
         "{report}"
     );
+    // A warning of every pool's management ports (security_groups unset
+    // here) says nothing of "no pool", so nothing of the store either.
+    assert_eq!(
+        lines_of(&report, "security group")
+            .into_iter()
+            .filter(|l| !l.contains(": ok ("))
+            .collect::<Vec<_>>(),
+        [format!("security group: cloud.security_groups is unset, so the management ports get the project's default group, which admits every protocol from every port in it: {KEEP_THEM_APART}")],
+        "{report}"
+    );
     let store = report.to_string();
     assert!(
         store.contains("with the config file's settings"),
