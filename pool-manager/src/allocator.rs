@@ -10,8 +10,9 @@
 //! instance is claimed by compare-and-swap, its mysqld is probed once
 //! more (it may have died since it went Ready), volume and port are attached
 //! concurrently, the result is verified, the instance is marked `Allocated`
-//! (failing the try if it is no longer claimed by this request) and then the
-//! allocation is marked `Allocated` and flushed: only then is it
+//! (failing the try if it is no longer claimed by this request), an
+//! existing volume that came untagged is tagged for the order's tenant, and
+//! then the allocation is marked `Allocated` and flushed: only then is it
 //! acknowledged, and nothing is rolled back after it. If a step fails, what
 //! was attached is undone, the instance is discarded (never returned to the
 //! pool) and the next Ready one is tried while the deadline allows, up to
@@ -1393,8 +1394,9 @@ impl Shared {
         // see this Allocating record unclaimed and roll it back. And before
         // the volume's and the network's checks, which may retry Cinder and
         // Neutron up to the deadline: a GetAllocation or Release meanwhile
-        // answers "in progress", not NOT_FOUND. The checks write nothing to
-        // the cloud, so nothing needs the record before them.
+        // answers "in progress", not NOT_FOUND. The checks change nothing
+        // in the cloud (the volume's tag check writes no key), so nothing
+        // needs the record before them.
         let _in_flight = InFlight::enter(self, &params.request_id);
         if let Err(e) = self.fence_volume(params, deadline).await {
             return self.refuse_unrecorded(params, e, started).await;
@@ -1582,7 +1584,9 @@ impl Shared {
     /// both found it `available`), not of a multiattach one. Nor one
     /// warmpool can tell is another tenant's ([`refuse_if_another_tenants`]).
     /// It writes nothing: an untagged volume is tagged for the order's
-    /// tenant by the try that holds it ([`Self::tag_held_volume`]).
+    /// tenant once the order is served ([`Self::tag_for_the_tenant`]),
+    /// which is first checked to be possible
+    /// ([`Self::refuse_unless_taggable`], an empty write).
     async fn fence_volume(
         &self,
         params: &AllocationParams,
@@ -1601,11 +1605,7 @@ impl Shared {
             .await
         {
             Ok(volume) => volume,
-            Err(CloudError::NotFound(_)) => {
-                return Err(ManagerError::FailedPrecondition(format!(
-                    "volume {volume_id} does not exist, or warmpool's cloud user cannot see it (another project's volume needs an admin role)"
-                )))
-            }
+            Err(CloudError::NotFound(_)) => return Err(volume_not_seen(volume_id)),
             Err(e) => return Err(e.into()),
         };
         refuse_if_another_tenants(&volume, &params.tenant_project_id)?;
@@ -1628,6 +1628,10 @@ impl Shared {
                 "volume {volume_id} is in volume availability zone {}, but pool {} attaches volumes from zone {zone}",
                 volume.availability_zone, params.pool
             )));
+        }
+        if needs_tag(&volume) {
+            self.refuse_unless_taggable(volume_id, &params.tenant_project_id, deadline)
+                .await?;
         }
         Ok(())
     }
@@ -1895,8 +1899,20 @@ impl Shared {
                 .attach_and_verify(record, &instance, attach_deadline, volume, &attach_calls)
                 .await;
             volume_available = false;
+            // The tag last, once nothing but the commit is left: an order
+            // that fails leaves an untagged volume untagged.
             let attempt = match attempt {
-                Ok(()) => self.take_for_good(&instance, &params.request_id).await,
+                Ok(untagged) => match self.take_for_good(&instance, &params.request_id).await {
+                    Ok(()) => match untagged {
+                        Some(volume_id) => {
+                            let tenant = &params.tenant_project_id;
+                            self.tag_for_the_tenant(&volume_id, tenant, attach_deadline)
+                                .await
+                        }
+                        None => Ok(()),
+                    },
+                    Err(failure) => Err(failure),
+                },
                 Err(failure) => Err(failure),
             };
             match attempt {
@@ -2864,7 +2880,7 @@ impl Shared {
         deadline: Instant,
         volume: VolumeBefore<'_>,
         calls: &AttachCalls,
-    ) -> Result<(), AttemptError> {
+    ) -> Result<Option<String>, AttemptError> {
         let server_id = instance.server_id.as_deref().ok_or_else(|| {
             AttemptError::Instance(ManagerError::FailedPrecondition(
                 "instance has no server".into(),
@@ -2884,7 +2900,7 @@ impl Shared {
                 (r, port_started.elapsed())
             },
         );
-        let (volume_id, volume_took) = (volume.0?, volume.1);
+        let ((volume_id, untagged), volume_took) = (volume.0?, volume.1);
         let (port_id, port_took) = (port.0?, port.1);
 
         let verify_started = Instant::now();
@@ -2918,7 +2934,7 @@ impl Shared {
             })
             .await
             .map_err(AttemptError::Request)?;
-        Ok(())
+        Ok(untagged.then_some(volume_id))
     }
 
     /// The try's server as [`crate::cloud::Cloud::get_server`] reads it
@@ -2957,6 +2973,9 @@ impl Shared {
     /// just seen so), it is looked at first: an existing one is fenced again
     /// (it may have been attached elsewhere since the request was checked),
     /// and either may still be held by an instance a failed try discarded.
+    /// Returns the volume's id, and whether it came untagged, to be tagged
+    /// for the order's tenant once the order is served
+    /// ([`check_held_volume`]).
     async fn attach_volume(
         &self,
         record: &Record<'_>,
@@ -2964,7 +2983,7 @@ impl Shared {
         deadline: Instant,
         before: VolumeBefore<'_>,
         calls: &AttachCalls,
-    ) -> Result<String, AttemptError> {
+    ) -> Result<(String, bool), AttemptError> {
         let volume_id = self.volume_for(record, deadline).await?;
         let created = record.get().await.volume_created;
         if !before.known_available {
@@ -3031,64 +3050,86 @@ impl Shared {
             )
             .await?;
         let tenant = record.get().await.params.tenant_project_id;
-        self.tag_held_volume(&held, &tenant, deadline).await?;
-        Ok(volume_id)
+        let untagged = check_held_volume(&held, &tenant)?;
+        Ok((volume_id, untagged))
     }
 
-    /// Tags the volume the try's server now holds alone with the order's
-    /// tenant ([`META_TENANT`]), unless it has a tag or Cinder shows it
-    /// in another project (the tenant's own: its owner tells). A volume of
-    /// warmpool's project that came untagged (made there outside warmpool,
-    /// kept by a warmpool from before the tag, or one whose owner Cinder's
-    /// policy hides) is the tenant's from its first attach: once a release
-    /// keeps it, with the tenant's data on it,
-    /// [`refuse_if_another_tenants`] refuses it to another tenant's order.
+    /// Tags `volume_id` with the order's `tenant` ([`META_TENANT`]): a
+    /// volume of warmpool's project that came untagged ([`needs_tag`]:
+    /// made there outside warmpool, kept by a warmpool from before the
+    /// tag, or one whose owner Cinder's policy hides) is the tenant's from
+    /// the order that is served it: once a release keeps it, with the
+    /// tenant's data on it, [`refuse_if_another_tenants`] refuses it to
+    /// another tenant's order.
     ///
-    /// Written by the holder, once Cinder's reservation has made this the
-    /// volume's only attach, not at the fence: Cinder's metadata has no
-    /// compare-and-swap, and two orders of different tenants naming one
-    /// untagged volume both pass the fence, so a tag the loser of the
+    /// Written by the holder, once Cinder's reservation has made the try's
+    /// server the volume's only attach, not at the fence: Cinder's metadata
+    /// has no compare-and-swap, and two orders of different tenants naming
+    /// one untagged volume both pass the fence, so a tag the loser of the
     /// attach wrote there could land after the winner's. Holders follow one
     /// another (a second attach waits for the volume to be `available`,
     /// which only the holder's release makes it, after its answer, after
-    /// its tag), so the last tag is the last holder's. Before the answer:
-    /// no tenant is ever handed an untagged volume. A crash between the
-    /// attach and the tag leaves the volume untagged, as it came, and the
-    /// order `Allocating`, which the reconciler rolls back, no tenant
-    /// answered; a tag written for an order that then fails stays, as the
-    /// order named the volume for that tenant. A tag that names another
-    /// tenant now (a holder was served it since this order's fence) fails
-    /// the try: its server held that tenant's data, and is discarded.
-    async fn tag_held_volume(
+    /// its tag), so the last tag is the last holder's. And written last,
+    /// once the try is verified and its instance taken for good, right
+    /// before the commit: an order that fails before it (a port attach
+    /// refused, a verify) leaves the volume untagged, as it came, so an
+    /// order naming another tenant's volume by mistake does not make it
+    /// its own tenant's. Before the answer: no tenant is ever handed an
+    /// untagged volume. A crash between the tag and the commit leaves
+    /// the tag of an order served all but its record, rolled back, no
+    /// tenant answered. A write that fails fails the try as the cloud's
+    /// ([`look_failed`]): its server held the volume, and is discarded;
+    /// a Cinder whose policy refuses the write refused the order before
+    /// anything was done for it ([`Self::refuse_unless_taggable`]).
+    async fn tag_for_the_tenant(
         &self,
-        volume: &Volume,
+        volume_id: &str,
         tenant: &str,
         deadline: Instant,
     ) -> Result<(), AttemptError> {
-        if let Err(e) = refuse_if_another_tenants(volume, tenant) {
-            return Err(AttemptError::Request(with_more(
-                e,
-                "found once attached: that tenant's order was served the volume since this order's check; the purchase is rolled back, and the server it was attached to discarded",
-            )));
-        }
-        if volume.tagged_tenant().is_some() || matches!(volume.owner, VolumeOwner::Project(_)) {
-            return Ok(());
-        }
-        let id = &volume.id;
         let tag = BTreeMap::from([(META_TENANT.to_owned(), tenant.to_owned())]);
-        self.retry(deadline, || self.cloud.set_volume_metadata(id, &tag))
+        self.retry(deadline, || self.cloud.set_volume_metadata(volume_id, &tag))
             .await
             .map_err(|e| {
                 look_failed(
                     e,
                     "block-storage service (Cinder)",
                     format_args!(
-                        "to tag volume {id} with its tenant {tenant} (metadata {META_TENANT}) once attached"
+                        "to tag volume {volume_id} with its tenant {tenant} (metadata {META_TENANT}) once attached"
                     ),
                 )
             })?;
-        tracing::info!(volume = %id, %tenant, "tagged a volume that came untagged with the tenant whose order attached it");
+        tracing::info!(volume = %volume_id, %tenant, "tagged a volume that came untagged with the tenant whose order attached it");
         Ok(())
+    }
+
+    /// An untagged volume of warmpool's project is tagged for the order's
+    /// tenant once the order is served ([`Self::tag_for_the_tenant`]); a
+    /// Cinder whose policy refuses warmpool's user that write would fail
+    /// the order only then, its warm server, which held the volume,
+    /// discarded, and each call billing made again would cost one more.
+    /// So the write is tried first, with no keys: Cinder checks its policy
+    /// (`volume:create_volume_metadata`) before it looks at them, and an
+    /// empty merge changes nothing, so this is a look, made before the
+    /// order is recorded: a refusal leaves nothing behind.
+    async fn refuse_unless_taggable(
+        &self,
+        volume_id: &str,
+        tenant: &str,
+        deadline: Instant,
+    ) -> ManagerResult<()> {
+        let nothing = BTreeMap::new();
+        match self
+            .retry(deadline, || self.cloud.set_volume_metadata(volume_id, &nothing))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(CloudError::NotFound(_)) => Err(volume_not_seen(volume_id)),
+            Err(CloudError::Fatal(m)) => Err(ManagerError::FailedPrecondition(format!(
+                "volume {volume_id} has no tenant tag ({META_TENANT} metadata), and Cinder refuses warmpool's cloud user the metadata write that would tag it for tenant {tenant} ({m}); warmpool attaches an untagged volume of its project only if it can tag it, so that, released with the tenant's data on it, it is refused to other tenants: let warmpool's user write volume metadata (Cinder's policy volume:create_volume_metadata, a project member's by default), or, once sure whose the volume is, tag it yourself (openstack volume set --property {META_TENANT}=<tenant project id> {volume_id})"
+            ))),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The allocation's volume: the one recorded, the tenant's existing one,
@@ -4655,22 +4696,54 @@ fn passing_state_refusal(volume_id: &str, status: &VolumeStatus) -> Option<Manag
     })
 }
 
+/// The look at the volume the try's server now holds alone: a tag that
+/// names another tenant now (a holder was served it since this order's
+/// fence) fails the try, whose server held that tenant's data and is
+/// discarded. Otherwise whether the volume came untagged ([`needs_tag`]),
+/// to be tagged for the order's tenant once the order is served
+/// ([`Shared::tag_for_the_tenant`]). A crash before that tag leaves the
+/// volume untagged, as it came, and the order `Allocating`, which the
+/// reconciler rolls back, no tenant answered.
+fn check_held_volume(volume: &Volume, tenant: &str) -> Result<bool, AttemptError> {
+    if let Err(e) = refuse_if_another_tenants(volume, tenant) {
+        return Err(AttemptError::Request(with_more(
+            e,
+            "found once attached: that tenant's order was served the volume since this order's check; the purchase is rolled back, and the server it was attached to discarded",
+        )));
+    }
+    Ok(needs_tag(volume))
+}
+
+/// Whether an order served `volume` tags it for its tenant: a volume with
+/// no tag that Cinder does not show in another project (the tenant's own:
+/// its owner tells whose it is).
+fn needs_tag(volume: &Volume) -> bool {
+    volume.tagged_tenant().is_none() && !matches!(volume.owner, VolumeOwner::Project(_))
+}
+
+/// FAILED_PRECONDITION for an existing volume Cinder does not show.
+fn volume_not_seen(volume_id: &str) -> ManagerError {
+    ManagerError::FailedPrecondition(format!(
+        "volume {volume_id} does not exist, or warmpool's cloud user cannot see it (another project's volume needs an admin role)"
+    ))
+}
+
 /// Everything warmpool creates lives in its own project, whichever
 /// tenant the order is for, so one wrong volume id from billing would hand
 /// one tenant's database to another (and a release deleting the volume
 /// would delete it). A volume tagged for another tenant ([`META_TENANT`]:
-/// warmpool made it for, or first attached it for, that tenant's order,
-/// [`Shared::tag_held_volume`]), or one the cloud shows in a project that
-/// is neither the order's tenant's nor warmpool's own, is refused. One
-/// with neither (made in warmpool's project outside warmpool, or kept by a
-/// warmpool from before the tag, and never attached since; or where
+/// warmpool made it for, or first served it to, that tenant's order,
+/// [`Shared::tag_for_the_tenant`]), or one the cloud shows in a project
+/// that is neither the order's tenant's nor warmpool's own, is refused.
+/// One with neither (made in warmpool's project outside warmpool, or kept
+/// by a warmpool from before the tag, and never served since; or where
 /// Cinder's policy hides the owner) cannot be told apart: it is attached,
-/// and tagged for the order's tenant once attached.
+/// and tagged for the order's tenant once the order is served.
 fn refuse_if_another_tenants(volume: &Volume, tenant: &str) -> ManagerResult<()> {
     let id = &volume.id;
     if let Some(tagged) = volume.tagged_tenant().filter(|t| *t != tenant) {
         return Err(ManagerError::FailedPrecondition(format!(
-            "volume {id} is tenant {tagged}'s: warmpool created it for, or first attached it to, an order of that tenant (its {META_TENANT} metadata says so), but this order is for tenant {tenant}; warmpool attaches a volume only to its own tenant's orders: check the volume id and tenant_project_id sent"
+            "volume {id} is tenant {tagged}'s: warmpool created it for, or first served it to, an order of that tenant (its {META_TENANT} metadata says so), but this order is for tenant {tenant}; warmpool attaches a volume only to its own tenant's orders: check the volume id and tenant_project_id sent"
         )));
     }
     if let VolumeOwner::Project(project) = &volume.owner {

@@ -286,8 +286,8 @@ pub enum VolumeOwner {
 }
 
 impl Volume {
-    /// The tenant whose order warmpool made it for, or first attached it
-    /// for ([`META_TENANT`]).
+    /// The tenant whose order warmpool made it for, or first served it to
+    /// ([`META_TENANT`]).
     pub fn tagged_tenant(&self) -> Option<&str> {
         self.metadata.get(META_TENANT).map(String::as_str)
     }
@@ -772,7 +772,10 @@ pub trait Cloud: Send + Sync + 'static {
     /// Sets `metadata`'s keys on the volume, leaving its other keys as they
     /// are (Cinder's `POST /volumes/{id}/metadata`). Idempotent. The
     /// allocator tags an untagged volume with its tenant ([`META_TENANT`])
-    /// once it holds it.
+    /// once the order it holds it for is served. Empty, it changes nothing
+    /// but is refused as any write is (Cinder checks its policy before the
+    /// keys): the allocator's check, before an order is recorded, that it
+    /// may tag the volume.
     async fn set_volume_metadata(
         &self,
         volume_id: &str,

@@ -1060,6 +1060,46 @@ async fn an_untagged_volume_served_to_one_tenant_is_refused_to_another() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A tag is written only for an order that is served. One whose try fails
+/// once the volume is attached (here Nova refuses the port's attach, the
+/// request's fault) is rolled back and leaves an untagged volume of
+/// warmpool's project untagged, as it came: an order naming another
+/// tenant's volume by mistake does not make it the first tenant's. It
+/// stayed tagged for the failed order's tenant, and its own tenant's
+/// orders were refused it.
+#[tokio::test(start_paused = true)]
+async fn a_failed_order_leaves_an_untagged_volume_untagged() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 2).await;
+    let volume = sim.create_own_volume_for_test("az1", 10);
+    let existing = || VolumeSource::Existing {
+        volume_id: volume.clone(),
+    };
+    let tag_of = |id: &str| {
+        let found = sim.volumes().into_iter().find(|v| v.id == id);
+        found.and_then(|v| v.tagged_tenant().map(str::to_owned))
+    };
+    sim.faults().fail_next_calls_of(
+        "attach_port",
+        1,
+        pool_manager::cloud::CloudError::Fatal("Nova refuses the port's attach (test)".into()),
+    );
+    let a = request("order-a", existing(), EmptyPoolPolicy::FailFast);
+    let err = manager.allocate(a).await.unwrap_err();
+    assert!(err.to_string().contains("(test)"), "{err}");
+    assert_eq!(sim.call_counts().get("attach_volume"), Some(&1));
+    assert!(manager.get_allocation("order-a").await.is_err());
+    assert_eq!(tag_of(&volume), None, "tagged by an order rolled back");
+
+    wait_ready(&manager, 2).await;
+    let mut b = request("order-b", existing(), EmptyPoolPolicy::FailFast);
+    b.params.tenant_project_id = "tenant-b".into();
+    let allocation = manager.allocate(b).await.unwrap();
+    assert_eq!(allocation.volume_id.as_deref(), Some(volume.as_str()));
+    assert_eq!(tag_of(&volume).as_deref(), Some("tenant-b"));
+    assert_consistent(&sim, &manager).await;
+}
+
 /// Two orders of different tenants naming one untagged volume may both
 /// pass the check before either attaches, and Cinder's metadata has no
 /// compare-and-swap: the tag is written by the try that holds the volume.

@@ -642,8 +642,9 @@ async fn a_created_volume_carries_its_tenant_tag_and_its_owner_is_read() {
 
 /// The tenant tag the allocator writes on an untagged volume once it
 /// holds it goes by Cinder's `POST /volumes/{id}/metadata`, which sets the
-/// keys given and keeps the volume's others; sent again it changes
-/// nothing. A volume Cinder does not have is NotFound.
+/// keys given and keeps the volume's others; sent again, or empty, it
+/// changes nothing. A policy refusing it is Fatal, empty or not. A volume
+/// Cinder does not have is NotFound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_volumes_tenant_tag_is_set_keeping_its_other_metadata() {
     let env = env().await;
@@ -665,6 +666,26 @@ async fn a_volumes_tenant_tag_is_set_keeping_its_other_metadata() {
         assert_eq!(read.metadata, both, "{read:?}");
         assert_eq!(read.tagged_tenant(), Some("tenant-a"));
     }
+    // Empty, it changes nothing: the allocator's check that it may tag.
+    cloud
+        .set_volume_metadata(&created.id, &BTreeMap::new())
+        .await
+        .unwrap();
+    let kept = env.sim.volumes().into_iter().find(|v| v.id == created.id);
+    assert_eq!(kept.map(|v| v.metadata), Some(both.clone()));
+    // Refused by Cinder's policy, an empty one too: the request's fault.
+    env.face.faults().refuse_volume_metadata_writes(true);
+    for metadata in [BTreeMap::new(), tag.clone()] {
+        let e = cloud
+            .set_volume_metadata(&created.id, &metadata)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, CloudError::Fatal(m) if m.contains("volume:create_volume_metadata") && m.contains("403")),
+            "{e:?}"
+        );
+    }
+    env.face.faults().refuse_volume_metadata_writes(false);
     let kept = env.sim.volumes().into_iter().find(|v| v.id == created.id);
     assert_eq!(kept.map(|v| v.metadata), Some(both));
 
@@ -674,6 +695,59 @@ async fn a_volumes_tenant_tag_is_set_keeping_its_other_metadata() {
         matches!(&e, CloudError::NotFound(m) if m.contains(missing)),
         "{e:?}"
     );
+}
+
+/// A Cinder whose policy refuses warmpool's user metadata writes
+/// (`volume:create_volume_metadata` made admin-only) answers the tenant
+/// tag's write 403. An order naming an untagged volume of warmpool's
+/// project is then refused before anything is done for it, naming the
+/// policy, however often billing calls again: each call took a warm server,
+/// attached the volume, and discarded the server once the tag was refused.
+/// Once the policy lets warmpool write, the order is served and the volume
+/// tagged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_tag_cinders_policy_refuses_costs_no_warm_server() {
+    use pool_manager::model::{InstanceState, VolumeSource};
+    let env = env().await;
+    env.face.faults().refuse_volume_metadata_writes(true);
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
+    let key = PoolKey::new("db.small", "az1");
+    wait_ready(&running.manager, &key, 2).await;
+    let volume = env.sim.create_own_volume_for_test("az1", 1);
+    let on_the_volume = |mut request: pool_manager::AllocateRequest| {
+        request.params.volume.source = VolumeSource::Existing {
+            volume_id: volume.clone(),
+        };
+        request
+    };
+    let mut refusals = Vec::new();
+    for _ in 0..3 {
+        let request = on_the_volume(order(&env, "o1").await);
+        refusals.push(running.manager.allocate(request).await.unwrap_err());
+    }
+    let counts = env.sim.call_counts();
+    let deleted = counts.get("delete_server").copied().unwrap_or(0);
+    assert_eq!(deleted, 0, "warm servers discarded: {refusals:#?}");
+    assert_eq!(counts.get("attach_volume"), None, "{refusals:#?}");
+    for refused in &refusals {
+        assert!(
+            matches!(refused, pool_manager::ManagerError::FailedPrecondition(m)
+                if m.contains(&volume) && m.contains("volume:create_volume_metadata")
+                    && m.contains(META_TENANT)),
+            "{refused}"
+        );
+    }
+    let ready = running.manager.get_pool(&key).await.unwrap();
+    assert_eq!(ready.count(InstanceState::Ready), 2, "{ready:?}");
+
+    env.face.faults().refuse_volume_metadata_writes(false);
+    let request = on_the_volume(order(&env, "o1").await);
+    let allocated = running.manager.allocate(request).await.unwrap();
+    assert_eq!(allocated.volume_id.as_deref(), Some(volume.as_str()));
+    let kept = env.sim.volumes().into_iter().find(|v| v.id == volume);
+    let tag = kept.and_then(|v| v.tagged_tenant().map(str::to_owned));
+    assert_eq!(tag.as_deref(), Some("tenant"));
+    stop_daemon(running, stop).await;
 }
 
 /// A server Nova is busy with (an operator's snapshot) reads as busy, not

@@ -18,6 +18,7 @@ use axum::{Extension, Json, Router};
 use pool_manager::cloud::{CloudError, NewVolumeSpec, VolumeStatus};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -532,6 +533,14 @@ async fn create_volume_metadata(
     let mut model = state.sim.inner.lock_at(now);
     if model.volume_detail(&id, now).is_none() {
         return Err(volume_not_found(&id));
+    }
+    // Cinder checks the policy once it has found the volume.
+    if state.volume_metadata_writes_refused.load(Ordering::SeqCst) {
+        return Err(ApiError::new(
+            V,
+            StatusCode::FORBIDDEN,
+            "Policy doesn't allow volume:create_volume_metadata to be performed.",
+        ));
     }
     model
         .set_volume_metadata(&id, &given, now)

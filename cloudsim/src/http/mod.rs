@@ -505,6 +505,9 @@ pub(crate) struct FaceState {
     pub(crate) force_delete_refused: AtomicBool,
     /// Neutron's `get_quota` policy refuses the project its quota details.
     pub(crate) quota_details_refused: AtomicBool,
+    /// Cinder's policy refuses the project volume metadata writes
+    /// (`HttpFaults::refuse_volume_metadata_writes`).
+    pub(crate) volume_metadata_writes_refused: AtomicBool,
     /// Tokens are issued from an application credential with access rules
     /// (`HttpFaults::tokens_have_access_rules`).
     pub(crate) tokens_have_access_rules: AtomicBool,
@@ -939,6 +942,18 @@ impl HttpFaults {
             .store(refused, Ordering::SeqCst);
     }
 
+    /// Cinder's `volume:create_volume_metadata` policy made admin-only
+    /// (`refused` true) or the project's again: while refused, every
+    /// `POST /volumes/{id}/metadata` of a volume the project has answers
+    /// Cinder's 403 policy fault and changes nothing, an empty one too
+    /// (Cinder checks the policy before it looks at the keys). Not
+    /// cleared by a count.
+    pub fn refuse_volume_metadata_writes(&self, refused: bool) {
+        self.state
+            .volume_metadata_writes_refused
+            .store(refused, Ordering::SeqCst);
+    }
+
     /// Tokens as an application credential with access rules makes them
     /// (`has` true) or not: Keystone then validates one (`GET
     /// /v3/auth/tokens`) only for a caller that says it enforces access
@@ -969,6 +984,7 @@ impl HttpFaults {
         self.refuse_force_delete(false);
         lock(&self.state.force_delete_failures).clear();
         self.refuse_quota_details(false);
+        self.refuse_volume_metadata_writes(false);
     }
 }
 
@@ -1186,6 +1202,7 @@ impl HttpFace {
             token_requests: AtomicU32::new(0),
             force_delete_refused: AtomicBool::new(false),
             quota_details_refused: AtomicBool::new(false),
+            volume_metadata_writes_refused: AtomicBool::new(false),
             tokens_have_access_rules: AtomicBool::new(false),
             force_delete_failures: Mutex::default(),
         });
