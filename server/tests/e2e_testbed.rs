@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use futures::FutureExt;
 use pool_manager::cloud::{
     Cloud, CloudError, NewVolumeSpec, ServerSpec, ServerStatus, VolumeStatus, META_INSTANCE,
-    META_POOL,
+    META_POOL, META_TENANT,
 };
 use pool_manager::model::PoolKey;
 use pool_manager::openstack::OpenStackCloud;
@@ -142,6 +142,12 @@ async fn warmpoold_against_the_openstack_testbed() {
         &mut failed,
         "allocate the tenant's volume, fence it, release",
         allocate_tenant_volume(&ctx),
+    )
+    .await;
+    step(
+        &mut failed,
+        "allocate an untagged volume of warmpool's project, tag it",
+        allocate_untagged_own_volume(&ctx),
     )
     .await;
     step(
@@ -395,20 +401,28 @@ async fn allocate_tenant_volume(ctx: &Ctx) {
     }
 }
 
-async fn allocate_tenant_volume_inner(ctx: &Ctx, volume_id: &str) {
-    eventually("the tenant's volume to be available", PATIENCE, || async {
-        let v = ctx
-            .tenant
-            .get_volume(volume_id)
-            .await
-            .map_err(|e| e.to_string())?;
-        if v.status == VolumeStatus::Available {
-            Ok(())
-        } else {
-            Err(format!("{:?}", v.status))
-        }
-    })
+/// Waits until `cloud` sees the volume available.
+async fn wait_volume_available(cloud: &OpenStackCloud, volume_id: &str) {
+    eventually(
+        &format!("volume {volume_id} to be available"),
+        PATIENCE,
+        || async {
+            let v = cloud
+                .get_volume(volume_id)
+                .await
+                .map_err(|e| e.to_string())?;
+            if v.status == VolumeStatus::Available {
+                Ok(())
+            } else {
+                Err(format!("{:?}", v.status))
+            }
+        },
+    )
     .await;
+}
+
+async fn allocate_tenant_volume_inner(ctx: &Ctx, volume_id: &str) {
+    wait_volume_available(&ctx.tenant, volume_id).await;
     // The volume is in the tenant's own project: an order for another
     // tenant is refused it, one for this tenant (its Keystone project id)
     // gets it.
@@ -485,6 +499,71 @@ async fn allocate_tenant_volume_inner(ctx: &Ctx, volume_id: &str) {
     )
     .await;
     wait_ready(&ctx.client, SMALL, "az2", 1).await;
+}
+
+/// Allocate with an untagged volume of warmpool's own project (one an
+/// operator made for a tenant): real Cinder takes the empty metadata write
+/// that checks, before anything is made, that the tag can be written, and
+/// the volume comes back tagged with the order's tenant.
+async fn allocate_untagged_own_volume(ctx: &Ctx) {
+    let volume = ctx
+        .e2e
+        .create_volume(&NewVolumeSpec {
+            name: format!("e2e-{}-own-volume", ctx.run),
+            size_gib: 1,
+            volume_type: None,
+            availability_zone: VOLUME_AZ.into(),
+            metadata: Default::default(),
+        })
+        .await
+        .expect("warmpool's project creates a volume");
+    let volume_id = volume.id.clone();
+    let id = format!("e2e-{}-untagged", ctx.run);
+    let result = std::panic::AssertUnwindSafe(async {
+        wait_volume_available(&ctx.e2e, &volume_id).await;
+        let order = tenants_order(ctx, &id, SMALL, existing_volume(&volume_id));
+        let a = ctx
+            .client
+            .allocate(order)
+            .await
+            .expect("allocate with an untagged volume of warmpool's project");
+        assert_eq!(a.volume_id, volume_id, "{a:?}");
+        check_allocated(&a, &ctx.e2e, "az1").await;
+        let seen = ctx
+            .e2e
+            .get_volume(&volume_id)
+            .await
+            .expect("read the volume");
+        assert_eq!(
+            seen.metadata.get(META_TENANT),
+            Some(&ctx.tenant_project),
+            "tagged with the order's tenant: {seen:?}"
+        );
+        ctx.client
+            .release(&id, None)
+            .await
+            .expect("release, keep volume");
+        wait_released(ctx, &id, &a).await;
+    })
+    .catch_unwind()
+    .await;
+    // The volume goes whatever happened (detached first if needed).
+    let _ = ctx.client.release(&id, None).await;
+    let _ = eventually("the volume to be detached", PATIENCE, || async {
+        match ctx.e2e.get_volume(&volume_id).await {
+            Ok(v) if v.attached_to.is_empty() => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    ctx.e2e
+        .delete_volume(&volume_id)
+        .await
+        .expect("delete the volume");
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+    wait_ready(&ctx.client, SMALL, "az1", 2).await;
 }
 
 /// A buyer asking for a cold boot of db.huge is refused at once with
