@@ -3062,26 +3062,53 @@ fn store_check_says_which_set_aside_records_are_superseded() {
     assert!(pool.contains("it will not come back"), "{out}");
 }
 
-/// The shutdown check (`Daemon::shut_down`) tells the daemon's listening
-/// socket from another later given the same port, by its inode.
-#[tokio::test]
-async fn the_shutdown_check_tells_a_listener_from_a_later_one_on_its_port() {
-    let first = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// The shutdown check (`Daemon::shut_down`) asks whether this process still
+/// holds the daemon's listening socket, told by its inode, not whether its
+/// port answers: a child another test forks as the listener closes holds a
+/// copy of every descriptor until it execs, and the copy answers, as another
+/// listener later given the port does.
+#[test]
+fn the_shutdown_check_tells_the_listener_from_a_childs_copy_and_a_later_one() {
+    use std::os::fd::OwnedFd;
+    let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = first.local_addr().unwrap();
     let socket = support::listening_socket(addr);
-    assert!(
-        socket.is_some(),
-        "no LISTEN entry for {addr} in /proc/net/tcp"
-    );
+    assert!(support::holds_socket(socket), "{addr}'s socket is held");
+
+    // The child's copy, as its stdin, for as long as the test needs it.
+    let copy = OwnedFd::from(first.try_clone().unwrap());
+    let child = std::process::Command::new("sleep")
+        .arg("600")
+        .stdin(std::process::Stdio::from(copy))
+        .spawn()
+        .unwrap();
+    let child = KillOnDrop(child);
     drop(first);
-    // Gone, or another test's listener since given the port (the tests run
-    // side by side): either way not the same socket.
-    assert_ne!(support::listening_socket(addr), socket, "{addr} closed");
-    // Another listener (on whatever port) is told apart by its socket.
-    let second = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let other = support::listening_socket(second.local_addr().unwrap());
+    // The socket still listens, and answers, in the child alone.
+    assert_eq!(support::listening_socket(addr), socket);
+    assert!(std::net::TcpStream::connect(addr).is_ok(), "{addr} answers");
     assert!(
-        other.is_some() && other != socket,
-        "{socket:?} vs {other:?}"
+        !support::holds_socket(socket),
+        "{addr}'s socket is the child's alone"
     );
+    drop(child);
+
+    // Another listener (on whatever port) is told apart by its socket.
+    let second = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = support::listening_socket(second.local_addr().unwrap());
+    assert_ne!(other, socket);
+    assert!(support::holds_socket(other), "the second socket is held");
+    drop(second);
+    assert!(!support::holds_socket(other), "the second socket is let go");
+}
+
+/// A child process killed (and reaped) when the test is done with it, or
+/// panics.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

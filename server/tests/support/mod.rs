@@ -180,7 +180,8 @@ impl Daemon {
         (self.running.served, self._data)
     }
 
-    /// Graceful shutdown; afterwards neither listener answers.
+    /// Graceful shutdown; afterwards warmpoold holds neither listening
+    /// socket.
     pub async fn shut_down(self) {
         let Daemon {
             running,
@@ -202,41 +203,63 @@ impl Daemon {
             .expect("shutdown within 30 s")
             .expect("server task did not panic")
             .expect("clean shutdown");
+        // Whether the port still answers tells nothing: another test's
+        // listener may have been given it since (bind(0) hands out freed
+        // ports), and a child another test forks as the listener closes
+        // holds a copy of it, which answers, until the child execs.
         for (addr, socket) in listening {
-            let answers = tokio::net::TcpStream::connect(addr).await.is_ok();
-            // Another test's listener may have been given the port just
-            // freed (the tests run side by side, and bind(0) hands out
-            // freed ports): only the daemon's own socket still listening
-            // is a failure (any answer, where the table cannot be read).
             assert!(
-                !(answers && (socket.is_none() || listening_socket(addr) == socket)),
-                "{addr} still answers after shutdown"
+                !holds_socket(socket),
+                "warmpoold still holds its listening socket on {addr} after shutdown"
             );
         }
     }
 }
 
-/// The inode of the socket listening on `addr` (an IPv4 address), from
-/// the kernel's table (Linux): it tells a listener from another one later
-/// given the same port. `None` where the table cannot be read.
-pub fn listening_socket(addr: std::net::SocketAddr) -> Option<u64> {
+/// The inode of the socket listening on `addr` (an IPv4 address, known to
+/// be listening), from the kernel's table (Linux): it tells the socket from
+/// another one later given the same port. The table is read in chunks, and
+/// an entry can be skipped when sockets come and go between two of them, so
+/// it is read again until the entry is found.
+pub fn listening_socket(addr: std::net::SocketAddr) -> u64 {
     const LISTEN: &str = "0A";
-    let std::net::SocketAddr::V4(addr) = addr else {
-        return None;
+    let std::net::SocketAddr::V4(v4) = addr else {
+        panic!("{addr} is not an IPv4 address");
     };
     // The table spells an address as the hex of its bytes in memory order.
     let local = format!(
         "{:08X}:{:04X}",
-        u32::from_ne_bytes(addr.ip().octets()),
-        addr.port()
+        u32::from_ne_bytes(v4.ip().octets()),
+        v4.port()
     );
-    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        (fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&LISTEN))
-            .then(|| fields.get(9)?.parse().ok())
-            .flatten()
-    })
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+        let found = table.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&LISTEN))
+                .then(|| fields.get(9)?.parse().ok())
+                .flatten()
+        });
+        if let Some(inode) = found {
+            return inode;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no LISTEN entry for {addr} in /proc/net/tcp"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether one of this process's descriptors is the socket `inode` (Linux).
+/// A forked child's copy is in the child's own descriptor table, not here.
+pub fn holds_socket(inode: u64) -> bool {
+    let socket = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(Result::ok)
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|link| link.as_os_str() == &*socket))
 }
 
 /// GET `url` (plain HTTP/1.1): status, Content-Type and body.
