@@ -1100,6 +1100,10 @@ async fn an_unreadable_record_is_set_aside_with_the_store_commands() {
     );
     // Why the record cannot be read is told once, inside the message.
     assert!(refused.ends_with("to move this one aside"), "{refused}");
+    // The store commands wait only a second for sled's lock, which the
+    // handles dropped above (this test's, the refused start's) hold a
+    // moment longer.
+    wait_until_let_go(&store_dir);
 
     let store = |args: &[&str]| store_command(&store_dir, args);
     let check = store(&["check"]);
@@ -1183,6 +1187,7 @@ async fn store_check_reports_an_unreadable_cloud_record_and_goes_on() {
         .unwrap();
     db.flush().unwrap();
     drop(db);
+    wait_until_let_go(&store_dir);
 
     let check = store_command(&store_dir, &["check"]);
     let out = String::from_utf8_lossy(&check.stdout).into_owned();
@@ -1218,7 +1223,9 @@ async fn store_check_reports_an_unreadable_cloud_record_and_goes_on() {
 }
 
 /// The store in `dir`, written and opened again (sled's recovery then
-/// notes how far its log goes), its log then cut off.
+/// notes how far its log goes), its log then cut off; no handle holds it
+/// when this returns (the store commands and check-cloud wait only a second
+/// for its lock).
 fn damage_store(dir: &std::path::Path) {
     let open = || {
         (0..500)
@@ -1243,6 +1250,7 @@ fn damage_store(dir: &std::path::Path) {
         .unwrap()
         .set_len(0)
         .unwrap();
+    wait_until_let_go(dir);
 }
 
 /// A store sled finds damaged stops warmpoold, and the store commands,
