@@ -587,7 +587,8 @@ impl HealthBook {
 
     /// Marks a pool degraded without a boot: its cloud check failed at
     /// start-up (its flavor, image or zone gone), so its boots would fail.
-    /// The next Ready boot recovers it, as after failed boots. Returns the
+    /// The next Ready boot recovers it, as after failed boots (a degraded
+    /// pool at its target boots one for that: [`crate::sizing::decide`]). Returns the
     /// verdict event, as [`HealthBook::note_boot`] does: `None` when the
     /// pool was degraded already (one event per episode).
     pub fn note_check_failed(

@@ -1081,7 +1081,9 @@ impl PoolManager {
     /// other pool. The mark is an episode as failed boots make one: a
     /// [`EventKind::Degraded`] event (logged once, counted by the metrics)
     /// that the pool's next Ready boot ends with `Recovered`; meanwhile its
-    /// boots are paced as failed boots are.
+    /// boots are paced as failed boots are, and one at its target boots
+    /// one server all the same ([`crate::sizing::decide`]): nothing else
+    /// would end the episode of a pool with nothing to refill.
     pub async fn mark_unusable(&self, key: &PoolKey, problem: &str) -> ManagerResult<()> {
         // The mark joins the failed boots a previous process stored.
         self.shared.restore_health().await?;

@@ -518,7 +518,8 @@ impl Shared {
             (demand, lead, book.wall_now(settings))
         };
         // After failed boots, one at a time once the pause is over.
-        let backoff = self.health_book().health(&pool.key).boot_backoff(
+        let health = self.health_book().health(&pool.key);
+        let backoff = health.boot_backoff(
             self.settings.replenish_interval,
             BOOT_BACKOFF_MAX,
             self.settings.gate.enabled,
@@ -541,6 +542,7 @@ impl Shared {
             service_level: settings.service_level,
             pool_boot_cap: self.settings.max_concurrent_boots,
             backoff,
+            degraded: health.degraded,
             gate,
         };
         // The target does not depend on the gate; the boots do, below.

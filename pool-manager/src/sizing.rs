@@ -803,6 +803,10 @@ pub struct Inputs {
     pub pool_boot_cap: u32,
     /// The pool's own pause after failed boots, if it is in one.
     pub backoff: Option<Backoff>,
+    /// The pool is degraded (its boots failed, or its start-up cloud
+    /// check): only a Ready boot ends that, so it keeps one boot in flight
+    /// at or above its target too ([`decide`]).
+    pub degraded: bool,
     /// What the pool's availability zone allows now.
     pub gate: Admission,
 }
@@ -839,7 +843,9 @@ pub enum PlanReason {
     /// Less than the deficit: the pool's own boot cap is reached.
     PoolCap,
     /// Less than the deficit: the pool's boots failed, and it boots
-    /// nothing until the pause ends, then one at a time.
+    /// nothing until the pause ends, then one at a time. A degraded pool
+    /// at or above its target shows it too: it boots one server all the
+    /// same, until one is Ready ([`decide`]).
     Backoff(Backoff),
     /// Less than the deficit: the AZ's boot-concurrency window is full.
     Window,
@@ -908,7 +914,13 @@ pub fn decide(inputs: &Inputs) -> BootPlan {
         boots_now,
         reason,
     };
-    let deficit = target.saturating_sub(inputs.supply);
+    // A degraded pool with nothing to refill boots one server all the
+    // same (after its pause, as its refills would): only a Ready boot ends
+    // the verdict, and a pool marked by its start-up cloud check while it
+    // held its target would otherwise stay degraded, its alert firing,
+    // long after the cloud was fixed. Not a pool that keeps nothing.
+    let probe = inputs.degraded && target > 0 && inputs.in_flight == 0;
+    let deficit = target.saturating_sub(inputs.supply).max(u32::from(probe));
     if deficit == 0 {
         return plan(0, PlanReason::AtTarget);
     }
@@ -937,7 +949,10 @@ pub fn decide(inputs: &Inputs) -> BootPlan {
         return plan(0, PlanReason::Quota);
     }
     let boots_now = deficit.min(cap_room).min(window_room).min(headroom);
-    let reason = if boots_now == deficit {
+    let reason = if boots_now == deficit && inputs.supply >= target {
+        // The probe above: the pool backs off, at its target too.
+        PlanReason::Backoff(inputs.backoff.unwrap_or(Backoff::OneAtATime))
+    } else if boots_now == deficit {
         PlanReason::Deficit
     } else if headroom <= cap_room.min(window_room) {
         PlanReason::Headroom

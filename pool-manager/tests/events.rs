@@ -181,6 +181,73 @@ async fn a_pool_marked_unusable_is_degraded_by_an_event_its_recovery_ends() {
     manager.shutdown().await.unwrap();
 }
 
+/// A pool its start-up cloud check marked while it held its whole target
+/// (its zone disabled for patching over the restart) has nothing to
+/// refill, and only a Ready boot ends the episode: it boots one server
+/// all the same, one at a time after its pause, as a degraded pool below
+/// its target does, so a cloud fixed since is noticed and the mark
+/// cleared. Before, it booted nothing and stayed degraded for good
+/// (WarmpoolBootsDegraded firing, `plan: at_target`), whatever the log's
+/// remedy promised of "its next good boot". The extra server is retired
+/// once Ready: the pool is back at its max_ready.
+#[tokio::test(start_paused = true)]
+async fn a_pool_marked_unusable_at_its_target_boots_one_server_and_recovers() {
+    let sim = sim();
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    let full = pool_manager::model::PoolSpec {
+        min_ready: 2,
+        max_ready: 2,
+        ..spec(2)
+    };
+    manager.create_pool(pool(), full).await.unwrap();
+    wait_ready(&manager, 2).await;
+    let mut events = manager.events();
+    manager
+        .mark_unusable(&pool(), "start-up cloud check: zone az1 disabled")
+        .await
+        .unwrap();
+    // The step the mark wakes has run, within the mark's pause.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let plan = manager.get_pool(&pool()).await.unwrap().sizing.last_plan;
+    assert_eq!(
+        plan.map(|p| p.reason.as_str()),
+        Some("backoff"),
+        "a degraded pool at its target waits out its pause to boot: {plan:?}"
+    );
+    let recovered = tokio::time::timeout(Duration::from_secs(3600), async {
+        loop {
+            match events.recv().await.unwrap().kind {
+                EventKind::Recovered { after_failures } => break after_failures,
+                EventKind::Boot { outcome, .. } => assert_eq!(outcome, BootOutcome::Ready),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(
+        recovered,
+        Ok(0),
+        "a pool at its target recovers within an hour of its cloud being fine: {:?}, plan {:?}",
+        status.health,
+        status.sizing.last_plan
+    );
+    assert!(!status.health.degraded, "{status:?}");
+    // The probe's surplus goes: max_ready 2.
+    for _ in 0..120 {
+        if sim.servers().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(sim.servers().len(), 2);
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 2, "{status:?}");
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_throttled_call_reports_the_pause_it_takes() {
     let sim = sim();

@@ -54,6 +54,7 @@ fn base() -> Inputs {
         service_level: 0.995,
         pool_boot_cap: 64,
         backoff: None,
+        degraded: false,
         gate: Admission::OPEN,
     }
 }
@@ -388,6 +389,70 @@ fn decider_golden() {
             },
         ),
         (
+            "degraded at target: paused",
+            Inputs {
+                backoff: Some(Backoff::Paused {
+                    until: now + secs(40),
+                }),
+                degraded: true,
+                supply: 4,
+                ..base()
+            },
+        ),
+        (
+            "degraded at target: boots one",
+            Inputs {
+                backoff: Some(Backoff::OneAtATime),
+                degraded: true,
+                supply: 4,
+                ..base()
+            },
+        ),
+        (
+            "degraded above target, one in flight",
+            Inputs {
+                backoff: Some(Backoff::OneAtATime),
+                degraded: true,
+                supply: 5,
+                in_flight: 1,
+                ..base()
+            },
+        ),
+        (
+            "degraded at target, quota held",
+            Inputs {
+                backoff: Some(Backoff::OneAtATime),
+                degraded: true,
+                supply: 4,
+                gate: Admission {
+                    room: 8,
+                    hold: Some(Hold::Quota {
+                        until: now + secs(30),
+                    }),
+                    headroom: None,
+                },
+                ..base()
+            },
+        ),
+        (
+            "degraded by refusals the gate paces",
+            Inputs {
+                degraded: true,
+                supply: 4,
+                ..base()
+            },
+        ),
+        (
+            "degraded, no demand, min 0",
+            Inputs {
+                backoff: Some(Backoff::OneAtATime),
+                degraded: true,
+                min_ready: 0,
+                demand: DemandEstimate::steady(0.0),
+                ..base()
+            },
+        ),
+        (
             "window open: min 10",
             Inputs {
                 min_ready: 10,
@@ -441,6 +506,12 @@ failed boots at a pool cap of 1        D= 1.00 target= 4 boots= 1 pool_cap
 failed boots, fixed 4, window full     D= 0.00 target= 4 boots= 1 backoff
 failed boots, window tighter           D= 1.00 target= 4 boots= 0 window
 failed boots, 429 too                  D= 1.00 target= 4 boots= 0 throttled
+degraded at target: paused             D= 1.00 target= 4 boots= 0 backoff
+degraded at target: boots one          D= 1.00 target= 4 boots= 1 backoff
+degraded above target, one in flight   D= 1.00 target= 4 boots= 0 at_target
+degraded at target, quota held         D= 1.00 target= 4 boots= 0 quota
+degraded by refusals the gate paces    D= 1.00 target= 4 boots= 1 backoff
+degraded, no demand, min 0             D= 0.00 target= 0 boots= 0 at_target
 window open: min 10                    D= 1.00 target=10 boots=10 deficit
 ";
     assert_eq!(out, golden, "\n{out}");

@@ -161,7 +161,7 @@ fn keys(pools: &[PoolKey]) -> String {
 /// What an operator does about a stored pool the cloud no longer serves.
 pub fn stale_pool_remedy(key: &PoolKey) -> String {
     format!(
-        "fix the cloud (its next good boot clears the mark), or delete the pool: `warmpoolctl pools delete {} {}`",
+        "fix the cloud (the pool tries one boot at a time, at its target too, and the first Ready one clears the mark), or delete the pool: `warmpoolctl pools delete {} {}`",
         key.flavor, key.availability_zone
     )
 }
@@ -2047,7 +2047,7 @@ mod tests {
         );
         assert!(report.checks[0]
             .to_string()
-            .ends_with("[stored pool db.old@az1: warmpoold starts, serves the other pools and shows it degraded; fix the cloud (its next good boot clears the mark), or delete the pool: `warmpoolctl pools delete db.old az1`]"));
+            .ends_with("[stored pool db.old@az1: warmpoold starts, serves the other pools and shows it degraded; fix the cloud (the pool tries one boot at a time, at its target too, and the first Ready one clears the mark), or delete the pool: `warmpoolctl pools delete db.old az1`]"));
 
         report.fail_pools(
             CheckKind::Flavor,
