@@ -751,6 +751,96 @@ tests:
     promtool(&["test", "rules", path.to_str().unwrap()]);
 }
 
+/// The "Pool exhausted" annotation, as the WarmpoolPoolExhausted alert,
+/// takes its share of the purchases a pool's depth decides (warm, cold,
+/// waited, exhausted: the hit rate's): an order refused for itself
+/// (FAILED_PRECONDITION: billing retrying one whose volume is in use) or
+/// for the cloud (UNAVAILABLE) says nothing of the pool. Counted in, they
+/// took a quarter of purchases missed below the 2 % it marks. promtool runs
+/// the annotation's query on such a pool, and on one whose misses are
+/// within the share, which is not marked.
+#[test]
+fn the_pool_exhausted_annotation_counts_the_purchases_a_pools_depth_decides() {
+    let query = dashboard_annotation("Pool exhausted", ".*", ".*");
+    let pool = |az: &str| {
+        format!("job=\"warmpool\",instance=\"a\",flavor=\"db.small\",availability_zone=\"{az}\"")
+    };
+    let series = |metric: &str, az: &str, outcome: Option<&str>, values: &str| {
+        let outcome = outcome
+            .map(|o| format!(",outcome=\"{o}\""))
+            .unwrap_or_default();
+        format!(
+            "      - series: '{metric}{{{}{outcome}}}'\n        values: '{values}'\n",
+            pool(az)
+        )
+    };
+    let mut input = String::new();
+    // A purchase in four missed, among 160 refusals a minute of orders
+    // and calls the pool's depth has nothing to do with.
+    input.push_str(&series(
+        "warmpool_pool_exhausted_total",
+        "az1",
+        None,
+        "100+1x90",
+    ));
+    for (outcome, per_minute) in [
+        ("warm", 3),
+        ("exhausted", 1),
+        ("precondition_failed", 100),
+        ("cloud_error", 60),
+    ] {
+        let values = format!("100+{per_minute}x90");
+        input.push_str(&series(
+            "warmpool_allocations_total",
+            "az1",
+            Some(outcome),
+            &values,
+        ));
+    }
+    // One purchase in 101 missed: within the share.
+    input.push_str(&series(
+        "warmpool_pool_exhausted_total",
+        "az2",
+        None,
+        "100+1x90",
+    ));
+    for (outcome, per_minute) in [("warm", 100), ("exhausted", 1)] {
+        let values = format!("100+{per_minute}x90");
+        input.push_str(&series(
+            "warmpool_allocations_total",
+            "az2",
+            Some(outcome),
+            &values,
+        ));
+    }
+    for az in ["az1", "az2"] {
+        input.push_str(&series("warmpool_pool_effective_target", az, None, "3x90"));
+        input.push_str(&series("warmpool_pool_paused", az, None, "0x90"));
+        input.push_str(&series("warmpool_pool_draining", az, None, "0x90"));
+    }
+    // Single-quoted YAML: a quote is written twice.
+    let expr = query.replace('\'', "''");
+    let labels = format!("{{{}}}", pool("az1")).replace('\'', "''");
+    let test = format!(
+        "rule_files: []
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+{input}    promql_expr_test:
+      - expr: '{expr}'
+        eval_time: 70m
+        exp_samples:
+          - labels: '{labels}'
+            value: 0.25
+"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool_exhausted_test.yml");
+    std::fs::write(&path, test).unwrap();
+    promtool(&["test", "rules", path.to_str().unwrap()]);
+}
+
 /// The dashboard marks a pool's misses where the WarmpoolPoolExhausted
 /// alert fires (a share of its purchases, 3 or more), not at each one: a
 /// single miss of an active pool is not marked (it used to be: every
