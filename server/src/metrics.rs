@@ -532,7 +532,7 @@ impl Metrics {
         );
         registry.register(
             "pool_gate_hold",
-            "1 while new boots of the pool's availability zone wait, by reason: throttled (a Retry-After pause: HTTP 429, a 413 that is not a quota, a 503 naming one) or quota; 0 for a draining pool, which boots nothing",
+            "1 while this pool's new boots wait, by reason: throttled (its availability zone's Retry-After pause, each pool's ending at its own jittered time: HTTP 429, a 413 that is not a quota, a 503 naming one) or quota (the project's: a pause after a quota refusal, or no room for a server of the pool's flavor by the last poll); 0 for a draining pool, which boots nothing",
             m.pool_gate_hold.clone(),
         );
         registry.register(
@@ -1405,6 +1405,51 @@ mod tests {
         manager.shutdown().await.unwrap();
     }
 
+    /// A quota hold is the pool's, not its zone's: the project's quota
+    /// leaves room for a server of one flavor and none for another's, and
+    /// of two pools of one zone only the second is held. Its HELP says so
+    /// (it said new boots "of the pool's availability zone" wait, and the
+    /// dashboard plotted it per zone).
+    #[tokio::test(start_paused = true)]
+    async fn a_quota_hold_is_the_pools_not_its_zones() {
+        use pool_manager::model::PoolSpec;
+        // Two db.small (1 core each) fit in 5 cores; then a db.large (4) not.
+        let config = cloudsim::SimConfig {
+            max_cores: Some(5),
+            ..cloudsim::SimConfig::deterministic()
+        };
+        let (_sim, manager, _, spec) = started_with_pool(config, 2).await;
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let large = PoolSpec {
+            min_ready: 1,
+            max_ready: 1,
+            ..spec
+        };
+        manager
+            .create_pool(PoolKey::new("db.large", "az1"), large)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let body = Metrics::new().render(&manager).await.unwrap();
+        let held = |flavor: &str| {
+            sample(
+                &body,
+                &format!("warmpool_pool_gate_hold{{flavor=\"{flavor}\",availability_zone=\"az1\",reason=\"quota\"}}"),
+            )
+        };
+        assert_eq!((held("db.small"), held("db.large")), (0.0, 1.0), "{body}");
+        let hold = help(&body, "warmpool_pool_gate_hold");
+        assert!(
+            hold.starts_with("1 while this pool's new boots wait"),
+            "{hold}"
+        );
+        assert!(
+            !hold.contains("boots of the pool's availability zone"),
+            "{hold}"
+        );
+        manager.shutdown().await.unwrap();
+    }
+
     /// A pool being deleted boots nothing: it works toward no target, and
     /// neither its last plan (here "quota") nor its zone's gate holds it
     /// back, in GetPool and in the metrics alike, while it drains.
@@ -1796,7 +1841,7 @@ mod tests {
     /// Grafana's tooltip sees: it names every cause the family counts. A
     /// pool that fails its start-up cloud check is degraded without a
     /// failed boot, a 503 naming a Retry-After is waited out (and holds
-    /// the zone's boots) as a 429 is, a call that failed at Keystone is
+    /// the pool's boots) as a 429 is, a call that failed at Keystone is
     /// counted under identity, and an unauthenticated call may carry a
     /// token, a malformed one or one this daemon does not know. A pool is counted exhausted by every
     /// call that found no Ready instance it could claim, served after all

@@ -758,6 +758,33 @@ fn panel_descriptions_name_every_cause_their_series_count() {
     assert!(checked >= 8, "only {checked} causes checked");
 }
 
+/// A gate hold is a pool's: a quota hold is its flavor's room in the
+/// project's quota (or the project's pause after a refusal), and a
+/// Retry-After pause of its zone ends for each pool at its own jittered
+/// time. A panel aggregating `warmpool_pool_gate_hold` keeps the flavor:
+/// `max by (availability_zone, reason)` showed a whole zone held for
+/// quota when one flavor of it was.
+#[test]
+fn the_dashboard_plots_gate_holds_per_pool() {
+    let dashboard = support::dashboard();
+    let mut exprs = Vec::new();
+    support::dashboard_exprs(&dashboard, &mut exprs);
+    let holds: Vec<&String> = exprs
+        .iter()
+        .filter(|e| e.contains("warmpool_pool_gate_hold"))
+        .collect();
+    assert!(!holds.is_empty(), "no panel plots warmpool_pool_gate_hold");
+    for expr in holds {
+        for grouping in expr.split(" by (").skip(1) {
+            let labels = grouping.split_once(')').map_or(grouping, |(l, _)| l);
+            assert!(
+                labels.split(',').any(|l| l.trim() == "flavor"),
+                "a gate hold aggregated without its flavor: {expr}"
+            );
+        }
+    }
+}
+
 /// The Kubernetes workload running warmpoold.
 /// The range windows (`[1h]`) of a PromQL query, in order.
 fn range_windows(expr: &str) -> Vec<&str> {
