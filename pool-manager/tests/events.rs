@@ -664,6 +664,31 @@ async fn a_reused_order_id_and_a_deleted_pool_are_counted() {
     manager.shutdown().await.unwrap();
 }
 
+/// A malformed Allocate is refused before anything is counted: no
+/// allocation event (so no `warmpool_allocations_total` outcome) and none
+/// of the pool record's counters, `allocations_failed` included.
+#[tokio::test(start_paused = true)]
+async fn an_invalid_allocate_is_counted_nowhere() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 1).await;
+    let before = manager.get_pool(&pool()).await.unwrap().record;
+    let mut events = manager.events();
+    let mut order = request("order-1", new_volume(), EmptyPoolPolicy::FailFast);
+    order.params.tenant_project_id = String::new();
+    let result = manager.allocate(order).await;
+    assert!(
+        matches!(result, Err(ManagerError::InvalidArgument { .. })),
+        "{result:?}"
+    );
+    assert_eq!(allocation_outcomes(&mut events), []);
+    let after = manager.get_pool(&pool()).await.unwrap().record;
+    assert_eq!(
+        pool_manager::events::PoolMark::of(&after),
+        pool_manager::events::PoolMark::of(&before)
+    );
+    manager.shutdown().await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_volume_or_port_the_cloud_refuses_to_create_is_the_callers_to_fix() {
     let sim = sim();
