@@ -72,13 +72,18 @@ pub fn duration_compact(d: &prost_types::Duration) -> String {
 }
 
 fn compact(d: Duration) -> String {
+    // Seconds show a tenth, rounded: the unit is chosen after rounding, or
+    // 59.95 s would read "60s" where 60 s reads "1m0s". Minutes and hours
+    // are cut, not rounded: nothing rounds up into the next unit there.
+    let tenths = (d.as_secs_f64() * 10.0).round();
     let secs = d.as_secs();
     if d < Duration::from_secs(1) {
         format!("{}ms", d.as_millis())
-    } else if secs < 60 {
-        let text = format!("{:.1}", d.as_secs_f64());
+    } else if tenths < 600.0 {
+        let text = format!("{:.1}", tenths / 10.0);
         format!("{}s", text.trim_end_matches(".0"))
     } else if secs < 3600 {
+        let secs = secs.max(60);
         format!("{}m{}s", secs / 60, secs % 60)
     } else {
         format!("{}h{}m", secs / 3600, secs % 3600 / 60)
@@ -1105,5 +1110,20 @@ pub(crate) mod tests {
         assert_eq!(duration_compact(&p(90, 0)), "1m30s");
         assert_eq!(duration_compact(&p(7500, 0)), "2h5m");
         assert_eq!(duration_compact(&p(-1, 0)), "-");
+    }
+
+    /// The unit is chosen after rounding to a tenth of a second: from
+    /// 59.95 s a duration reads a minute, not "60s".
+    #[test]
+    fn a_duration_rounded_up_to_a_minute_reads_in_minutes() {
+        let p = |s, n| prost_types::Duration {
+            seconds: s,
+            nanos: n,
+        };
+        assert_eq!(duration_compact(&p(59, 940_000_000)), "59.9s");
+        assert_eq!(duration_compact(&p(59, 950_000_000)), "1m0s");
+        assert_eq!(duration_compact(&p(59, 999_999_999)), "1m0s");
+        assert_eq!(duration_compact(&p(60, 0)), "1m0s");
+        assert_eq!(duration_compact(&p(0, 999_999_999)), "999ms");
     }
 }
