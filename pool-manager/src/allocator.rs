@@ -673,7 +673,10 @@ pub fn failure_outcome(error: &ManagerError) -> AllocationOutcome {
         ManagerError::ResourceExhausted(_) => AllocationOutcome::Exhausted,
         ManagerError::FailedPrecondition(_)
         | ManagerError::Cloud(
-            CloudError::Conflict(_) | CloudError::Fatal(_) | CloudError::LeftToReclaim(_),
+            CloudError::Conflict(_)
+            | CloudError::Fatal(_)
+            | CloudError::LeftToReclaim(_)
+            | CloudError::PolicyRefused(_),
         ) => AllocationOutcome::PreconditionFailed,
         ManagerError::Cloud(CloudError::QuotaExceeded(_)) => AllocationOutcome::Failed,
         ManagerError::Cloud(_) => AllocationOutcome::CloudError,
@@ -924,6 +927,7 @@ fn with_more(error: ManagerError, more: impl std::fmt::Display) -> ManagerError 
             CloudError::Transient(m) => CloudError::Transient(add(m)),
             CloudError::Fatal(m) => CloudError::Fatal(add(m)),
             CloudError::LeftToReclaim(m) => CloudError::LeftToReclaim(add(m)),
+            CloudError::PolicyRefused(m) => CloudError::PolicyRefused(add(m)),
         }),
         other => other,
     }
@@ -3112,6 +3116,14 @@ impl Shared {
     /// (`volume:create_volume_metadata`) before it looks at them, and an
     /// empty merge changes nothing, so this is a look, made before the
     /// order is recorded: a refusal leaves nothing behind.
+    ///
+    /// Only Cinder's 403 ([`CloudError::PolicyRefused`]) is the policy.
+    /// Cinder refuses any metadata write to a volume being uploaded to an
+    /// image or migrated too (a 400, InvalidVolume), which the volume may
+    /// have begun since the fence's look: read again, it is then
+    /// UNAVAILABLE, to ask again, as it would have been one call earlier.
+    /// Any other refusal (a 401, a 400 on a volume still available) is the
+    /// cloud's error as it came, with no policy to mend.
     async fn refuse_unless_taggable(
         &self,
         volume_id: &str,
@@ -3119,17 +3131,32 @@ impl Shared {
         deadline: Instant,
     ) -> ManagerResult<()> {
         let nothing = BTreeMap::new();
-        match self
+        let refused = match self
             .retry(deadline, || self.cloud.set_volume_metadata(volume_id, &nothing))
             .await
         {
-            Ok(()) => Ok(()),
-            Err(CloudError::NotFound(_)) => Err(volume_not_seen(volume_id)),
-            Err(CloudError::Fatal(m)) => Err(ManagerError::FailedPrecondition(format!(
-                "volume {volume_id} has no tenant tag ({META_TENANT} metadata), and Cinder refuses warmpool's cloud user the metadata write that would tag it for tenant {tenant} ({m}); warmpool attaches an untagged volume of its project only if it can tag it, so that, released with the tenant's data on it, it is refused to other tenants: let warmpool's user write volume metadata (Cinder's policy volume:create_volume_metadata, a project member's by default), or, once sure whose the volume is, tag it yourself (openstack volume set --property {META_TENANT}=<tenant project id> {volume_id})"
+            Ok(()) => return Ok(()),
+            Err(CloudError::NotFound(_)) => return Err(volume_not_seen(volume_id)),
+            Err(CloudError::PolicyRefused(m)) => return Err(ManagerError::FailedPrecondition(format!(
+                "volume {volume_id} has no tenant tag ({META_TENANT} metadata), and Cinder's policy refuses warmpool's cloud user the metadata write that would tag it for tenant {tenant} ({m}); warmpool attaches an untagged volume of its project only if it can tag it, so that, released with the tenant's data on it, it is refused to other tenants: let warmpool's user write volume metadata (Cinder's policy volume:create_volume_metadata, a project member's by default), or, once sure whose the volume is, tag it yourself (openstack volume set --property {META_TENANT}=<tenant project id> {volume_id})"
             ))),
-            Err(e) => Err(e.into()),
+            Err(e @ (CloudError::Fatal(_) | CloudError::Conflict(_))) => e,
+            Err(e) => return Err(e.into()),
+        };
+        if let Ok(volume) = self
+            .retry(deadline, || self.cloud.get_volume(volume_id))
+            .await
+        {
+            if let Some(passing) = passing_state_refusal(volume_id, &volume.status) {
+                return Err(passing);
+            }
         }
+        Err(with_more(
+            refused.into(),
+            format_args!(
+                "Cinder refused the check that warmpool may tag volume {volume_id} for its tenant (an empty metadata write, before the order is recorded: nothing was done for it)"
+            ),
+        ))
     }
 
     /// The allocation's volume: the one recorded, the tenant's existing one,

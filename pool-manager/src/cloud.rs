@@ -459,6 +459,15 @@ pub enum CloudError {
     /// hold its quota and ports until the reclaim for nothing).
     #[error("cloud error: {0}")]
     LeftToReclaim(String),
+    /// The cloud's policy refuses warmpool's user the call (a 403 that is
+    /// no quota refusal). Returned only by [`Cloud::set_volume_metadata`],
+    /// whose caller tells it from the other refusals for good: the
+    /// allocator's check that it may tag a volume sends the operator to
+    /// Cinder's policy for this one alone (a 400 or a 401 there is no
+    /// policy to mend). Any other call's 403 is `Fatal`, and this is
+    /// taken as `Fatal` everywhere else.
+    #[error("cloud error: {0}")]
+    PolicyRefused(String),
 }
 
 /// Whether a Nova or Cinder message is a quota refusal: an API's answer,
@@ -513,6 +522,7 @@ impl CloudError {
             Self::Transient(m) => Self::Transient(f(m)),
             Self::Fatal(m) => Self::Fatal(f(m)),
             Self::LeftToReclaim(m) => Self::LeftToReclaim(f(m)),
+            Self::PolicyRefused(m) => Self::PolicyRefused(f(m)),
         }
     }
 
@@ -775,7 +785,8 @@ pub trait Cloud: Send + Sync + 'static {
     /// once the order it holds it for is served. Empty, it changes nothing
     /// but is refused as any write is (Cinder checks its policy before the
     /// keys): the allocator's check, before an order is recorded, that it
-    /// may tag the volume.
+    /// may tag the volume. `PolicyRefused` when the cloud's policy refuses
+    /// the write (Cinder's 403).
     async fn set_volume_metadata(
         &self,
         volume_id: &str,

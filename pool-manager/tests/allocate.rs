@@ -8428,3 +8428,79 @@ async fn a_port_not_bound_by_the_deadline_is_no_miss_of_the_pool() {
     );
     assert_consistent(&sim, &manager).await;
 }
+
+/// The check's empty metadata write, refused for another reason than
+/// Cinder's policy, sends no one to mend that policy. A 400 because the
+/// volume began uploading to an image (or migrating) between the check's
+/// look and the write (Cinder's InvalidVolume, "Updating volume metadata
+/// is not allowed for volumes in uploading status") is UNAVAILABLE, to ask
+/// again, as the volume seen uploading one call earlier is; any other (a
+/// 401, Cinder refusing a token Keystone had just issued) is the cloud's
+/// error as it came. Only Cinder's 403 names the policy. None did
+/// anything for the order.
+#[tokio::test(start_paused = true)]
+async fn a_check_write_refused_but_by_cinders_policy_is_no_policy_to_mend() {
+    use pool_manager::cloud::{CloudError, VolumeStatus};
+    let sim = sim();
+    let refusal = Arc::new(std::sync::Mutex::new(None::<CloudError>));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let refusal = refusal.clone();
+        move |called| {
+            (called == "set_volume_metadata")
+                .then(|| refusal.lock().unwrap().clone())
+                .flatten()
+        }
+    });
+    let manager = started_over(&cloud, temp_store(), 2).await;
+    let volume = sim.create_own_volume_for_test("az1", 10);
+    let order = |id: &str| {
+        let source = VolumeSource::Existing {
+            volume_id: volume.clone(),
+        };
+        request(id, source, EmptyPoolPolicy::FailFast)
+    };
+
+    *refusal.lock().unwrap() = Some(CloudError::Fatal(format!(
+        "POST /volumes/{volume}/metadata: Invalid volume: Updating volume metadata is not allowed for volumes in uploading status. (HTTP 400)"
+    )));
+    // The check's look sees it available; the next, uploading.
+    cloud.show_volume_status_after(1, Some(VolumeStatus::Other("uploading".into())));
+    let err = manager.allocate(order("order-a")).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::TryAgain(m) if m.contains(&volume) && m.contains("uploaded to an image")),
+        "{err:?}"
+    );
+    cloud.show_volume_status_after(0, None);
+
+    *refusal.lock().unwrap() = Some(CloudError::Fatal(format!(
+        "POST /volumes/{volume}/metadata: the service refused a token Keystone had just issued (HTTP 401): check the service's keystone_authtoken settings"
+    )));
+    let err = manager.allocate(order("order-b")).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::Cloud(CloudError::Fatal(m)) if m.contains("HTTP 401")),
+        "{err:?}"
+    );
+    assert!(
+        !err.to_string().contains("volume:create_volume_metadata"),
+        "{err}"
+    );
+
+    // Cinder's 403 alone is its policy, to mend.
+    *refusal.lock().unwrap() = Some(CloudError::PolicyRefused(format!(
+        "POST /volumes/{volume}/metadata: Policy doesn't allow volume:create_volume_metadata to be performed. (HTTP 403)"
+    )));
+    let err = manager.allocate(order("order-c")).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m)
+            if m.contains(&volume) && m.contains("Cinder's policy") && m.contains("volume:create_volume_metadata")),
+        "{err:?}"
+    );
+
+    assert_eq!(sim.call_counts().get("attach_volume"), None);
+    for id in ["order-a", "order-b", "order-c"] {
+        assert!(manager.get_allocation(id).await.is_err(), "{id} recorded");
+    }
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 2, "{status:?}");
+    assert_consistent(&sim, &manager).await;
+}

@@ -375,9 +375,10 @@ impl fmt::Display for Report {
 fn reason(e: &CloudError) -> String {
     let text = match e {
         CloudError::Throttled { message, .. } => format!("throttled: {message}"),
-        CloudError::QuotaExceeded(m) | CloudError::Fatal(m) | CloudError::LeftToReclaim(m) => {
-            m.clone()
-        }
+        CloudError::QuotaExceeded(m)
+        | CloudError::Fatal(m)
+        | CloudError::LeftToReclaim(m)
+        | CloudError::PolicyRefused(m) => m.clone(),
         CloudError::Conflict(m) => m.clone(),
         CloudError::NotFound(m) => m.clone(),
         CloudError::Transient(m) => format!("cloud unreachable or failing: {m}"),

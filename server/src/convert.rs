@@ -39,9 +39,9 @@ pub fn status(error: ManagerError) -> Status {
         // Refused for a reason asking again does not change (warmpool's
         // credentials, a request the cloud calls bad or forbidden, two
         // images of one name): someone must mend it first.
-        ManagerError::Cloud(CloudError::Fatal(_) | CloudError::LeftToReclaim(_)) => {
-            Code::FailedPrecondition
-        }
+        ManagerError::Cloud(
+            CloudError::Fatal(_) | CloudError::LeftToReclaim(_) | CloudError::PolicyRefused(_),
+        ) => Code::FailedPrecondition,
         ManagerError::Cloud(_) => Code::Unavailable,
         ManagerError::Store(_) | ManagerError::Internal(_) => Code::Internal,
         ManagerError::ShuttingDown { .. } => Code::Unavailable,

@@ -104,7 +104,9 @@ pub fn cloud_status_name(error: Option<&CloudError>) -> &'static str {
         Some(CloudError::NotFound(_)) => "not_found",
         Some(CloudError::Transient(_)) => "transient",
         // A refusal for good too, counted as before it had its own class.
-        Some(CloudError::Fatal(_) | CloudError::LeftToReclaim(_)) => "fatal",
+        Some(
+            CloudError::Fatal(_) | CloudError::LeftToReclaim(_) | CloudError::PolicyRefused(_),
+        ) => "fatal",
     }
 }
 

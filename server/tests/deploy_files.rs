@@ -548,6 +548,7 @@ fn every_cloud_error() -> Vec<pool_manager::cloud::CloudError> {
         CloudError::Transient(message()),
         CloudError::Fatal(message()),
         CloudError::LeftToReclaim(message()),
+        CloudError::PolicyRefused(message()),
     ];
     // A kind added to CloudError stops this match from compiling, and is
     // added above.
@@ -559,7 +560,8 @@ fn every_cloud_error() -> Vec<pool_manager::cloud::CloudError> {
             | CloudError::NotFound(_)
             | CloudError::Transient(_)
             | CloudError::Fatal(_)
-            | CloudError::LeftToReclaim(_) => {}
+            | CloudError::LeftToReclaim(_)
+            | CloudError::PolicyRefused(_) => {}
         }
     }
     errors

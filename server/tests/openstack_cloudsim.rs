@@ -643,8 +643,9 @@ async fn a_created_volume_carries_its_tenant_tag_and_its_owner_is_read() {
 /// The tenant tag the allocator writes on an untagged volume once it
 /// holds it goes by Cinder's `POST /volumes/{id}/metadata`, which sets the
 /// keys given and keeps the volume's others; sent again, or empty, it
-/// changes nothing. A policy refusing it is Fatal, empty or not. A volume
-/// Cinder does not have is NotFound.
+/// changes nothing. A policy refusing it (Cinder's 403) is PolicyRefused,
+/// empty or not; Cinder's 400 for a volume being uploaded is Fatal, no
+/// policy. A volume Cinder does not have is NotFound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_volumes_tenant_tag_is_set_keeping_its_other_metadata() {
     let env = env().await;
@@ -673,7 +674,8 @@ async fn a_volumes_tenant_tag_is_set_keeping_its_other_metadata() {
         .unwrap();
     let kept = env.sim.volumes().into_iter().find(|v| v.id == created.id);
     assert_eq!(kept.map(|v| v.metadata), Some(both.clone()));
-    // Refused by Cinder's policy, an empty one too: the request's fault.
+    // Refused by Cinder's policy, an empty one too: told from the other
+    // refusals for good.
     env.face.faults().refuse_volume_metadata_writes(true);
     for metadata in [BTreeMap::new(), tag.clone()] {
         let e = cloud
@@ -681,11 +683,28 @@ async fn a_volumes_tenant_tag_is_set_keeping_its_other_metadata() {
             .await
             .unwrap_err();
         assert!(
-            matches!(&e, CloudError::Fatal(m) if m.contains("volume:create_volume_metadata") && m.contains("403")),
+            matches!(&e, CloudError::PolicyRefused(m) if m.contains("volume:create_volume_metadata") && m.contains("403")),
             "{e:?}"
         );
     }
     env.face.faults().refuse_volume_metadata_writes(false);
+    // Cinder's InvalidVolume for a volume being uploaded to an image.
+    env.face.faults().answer_next(
+        Service::Volume,
+        "POST",
+        &format!("/v3/volumes/{}/metadata", created.id),
+        1,
+        400,
+        r#"{"badRequest": {"code": 400, "message": "Invalid volume: Updating volume metadata is not allowed for volumes in uploading status."}}"#,
+    );
+    let e = cloud
+        .set_volume_metadata(&created.id, &BTreeMap::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Fatal(m) if m.contains("uploading status") && m.contains("400")),
+        "{e:?}"
+    );
     let kept = env.sim.volumes().into_iter().find(|v| v.id == created.id);
     assert_eq!(kept.map(|v| v.metadata), Some(both));
 

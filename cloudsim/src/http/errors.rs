@@ -135,8 +135,9 @@ impl ApiError {
                 Self::new(service, StatusCode::INTERNAL_SERVER_ERROR, message)
             }
             CloudError::Fatal(message) => Self::bad_request(service, message),
-            // Nova's answer to a forceDelete its policy refuses.
-            CloudError::LeftToReclaim(message) => {
+            // Nova's answer to a forceDelete its policy refuses, and any
+            // service's to a call its policy refuses.
+            CloudError::LeftToReclaim(message) | CloudError::PolicyRefused(message) => {
                 Self::new(service, StatusCode::FORBIDDEN, message)
             }
         }

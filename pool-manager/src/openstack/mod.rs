@@ -2231,7 +2231,18 @@ impl Cloud for OpenStackCloud {
             ["volumes", volume_id, "metadata"],
         )
         .json(serde_json::json!({ "metadata": metadata }));
-        self.request(call).await.map(drop)
+        // The status is kept: only it tells the policy's refusal from the
+        // other Fatal answers (a 400 for a volume being uploaded or
+        // migrated, a 401 after the login again).
+        let reply = self.inner.conn.send(&call).await?;
+        let status = reply.status;
+        match checked(&call, reply) {
+            Ok(_) => Ok(()),
+            Err(CloudError::Fatal(refused)) if status == 403 => {
+                Err(CloudError::PolicyRefused(refused))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn delete_volume(&self, volume_id: &str) -> CloudResult<()> {
