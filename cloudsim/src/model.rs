@@ -2069,6 +2069,7 @@ impl Model {
                 id: id.to_owned(),
                 owner: NetworkOwner::Warmpool,
                 shared: true,
+                management: None,
             });
         };
         Ok(Network {
@@ -2081,6 +2082,8 @@ impl Model {
                 .shares
                 .iter()
                 .any(|s| matches!(s, NetworkShare::EveryProject | NetworkShare::Warmpool)),
+            // The OpenStack driver's judgement, from its settings.
+            management: None,
         })
     }
 

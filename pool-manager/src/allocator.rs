@@ -34,9 +34,9 @@
 
 use crate::changes::ChangeCursor;
 use crate::cloud::{
-    exceeds_per_volume_limit, CloudError, CloudIdentity, CloudResult, Network, NetworkOwner,
-    NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server, ServerStatus, Volume, VolumeOwner,
-    VolumeStatus, META_INSTANCE, META_TENANT,
+    exceeds_per_volume_limit, management_network_refusal, CloudError, CloudIdentity, CloudResult,
+    Network, NetworkOwner, NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server, ServerStatus,
+    Volume, VolumeOwner, VolumeStatus, META_INSTANCE, META_TENANT,
 };
 use crate::error::{ApiCall, ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, EventKind};
@@ -1644,8 +1644,10 @@ impl Shared {
     /// and only on a network the order's tenant may use
     /// ([`refuse_unless_the_tenants_network`]): looked at here, before the
     /// order is recorded, so a refusal leaves nothing (no record, no port).
-    /// Neutron is asked whom the network is shared with only when the
-    /// tenant does not own it.
+    /// A management network, which every pool server is on, is refused
+    /// whatever its shares ([`Network::management`]): no share is to be
+    /// made for it. Neutron is asked whom the network is shared with only
+    /// when the tenant does not own it.
     async fn fence_network(
         &self,
         params: &AllocationParams,
@@ -1665,6 +1667,11 @@ impl Shared {
             }
             Err(e) => return Err(e.into()),
         };
+        if let Some(what) = &network.management {
+            return Err(ManagerError::FailedPrecondition(
+                management_network_refusal(network_id, what),
+            ));
+        }
         if owned_by(&network, tenant) {
             return Ok(());
         }
@@ -4986,6 +4993,7 @@ mod tests {
             id: "net-1".into(),
             owner,
             shared,
+            management: None,
         };
         let theirs = |p: &str| NetworkOwner::Project(p.into());
         let judged = |n: &Network, shares: &[NetworkShare]| {
@@ -5033,6 +5041,7 @@ mod tests {
             id: "net-1".into(),
             owner,
             shared,
+            management: None,
         };
         let judged = |n: &Network, shares: &[NetworkShare], tenant_is_warmpools| {
             refuse_unless_the_tenants_network(n, shares, "wp-project", tenant_is_warmpools)

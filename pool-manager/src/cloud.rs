@@ -327,6 +327,20 @@ pub struct Network {
     /// own project alone. So it says nothing of the tenant's use of it:
     /// [`Cloud::network_shares`] does.
     pub shared: bool,
+    /// What it is when no tenant's port may go on it whatever its shares:
+    /// a management network, which every pool server is on (the OpenStack
+    /// driver's "warmpool's management network \"mgmt-net\"", from its
+    /// settings), which the network fence refuses before the order is
+    /// recorded ([`management_network_refusal`]). `None` for any other.
+    pub management: Option<String>,
+}
+
+/// Why a tenant's port is refused on network `network_id`, a management
+/// network (`what`, [`Network::management`]).
+pub fn management_network_refusal(network_id: &str, what: &str) -> String {
+    format!(
+        "network {network_id} is {what}, which every pool server is on; a tenant's port never goes on it, whatever Neutron shares it with: check the network_id sent (the tenant's own network, or one shared with the tenant)"
+    )
 }
 
 /// Whose a network is ([`Network::owner`]).
@@ -802,9 +816,10 @@ pub trait Cloud: Send + Sync + 'static {
     /// Network `network_id` as the network service (Neutron) shows it;
     /// `NotFound` if it has none of that id that warmpool's user can see
     /// (a member sees its project's networks and those shared with it).
-    /// `Fatal`, saying why, for a network no tenant's port may go on
-    /// whatever its shares (the OpenStack driver's management networks,
-    /// which it refuses at the port's create too).
+    /// A network no tenant's port may go on whatever its shares (the
+    /// OpenStack driver's management networks, which it refuses at the
+    /// port's create too) says so in [`Network::management`]: Neutron
+    /// refused nothing, so the call did not fail.
     /// No default: a wrapper that forgot it would fence no network.
     async fn get_network(&self, network_id: &str) -> CloudResult<Network>;
     /// Whom Neutron's RBAC policies share network `network_id` with

@@ -5478,6 +5478,15 @@ async fn a_tenant_port_goes_only_on_a_network_the_tenant_may_use() {
     let tenant_net = cloud.network("tenant-net").await.unwrap().id;
     let shown = cloud.get_network(&tenant_net).await.unwrap();
     assert_eq!((shown.owner, shown.shared), (NetworkOwner::Warmpool, true));
+    assert_eq!(shown.management, None);
+    // The management network is shown, and said to be one, for the fence
+    // to refuse: Neutron refused nothing.
+    let mgmt = cloud.network("mgmt-net").await.unwrap().id;
+    let shown = cloud.get_network(&mgmt).await.unwrap();
+    assert_eq!(
+        shown.management.as_deref(),
+        Some("warmpool's management network \"mgmt-net\"")
+    );
     assert_eq!(
         cloud.network_shares(&tenant_net).await.unwrap(),
         [NetworkShare::EveryProject]
@@ -5522,14 +5531,29 @@ async fn a_tenant_port_goes_only_on_a_network_the_tenant_may_use() {
 
     // The management network (warmpool's project's, shared with no one)
     // takes no tenant's port whatever its shares: the refusal says so,
-    // before the order is recorded, and sends no one to share it.
-    let mgmt = cloud.network("mgmt-net").await.unwrap().id;
+    // before the order is recorded, and sends no one to share it. It is
+    // warmpool's refusal, not the cloud's: billing is not told "cloud
+    // error", nor is Neutron, which refused nothing, counted as failing.
+    let neutron_calls = |status: &str| {
+        let body = running.metrics.encode();
+        let series = format!(
+            "warmpool_cloud_request_duration_seconds_count{{service=\"network\",status=\"{status}\"}}"
+        );
+        body.lines()
+            .find_map(|l| l.strip_prefix(series.as_str())?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+    };
+    let (fatal_before, ok_before) = (neutron_calls("fatal"), neutron_calls("ok"));
     let e = running
         .manager
         .allocate(on("o-a-on-mgmt", tenant_a.clone(), mgmt.clone()).await)
         .await
         .unwrap_err();
     let message = e.to_string();
+    assert!(
+        matches!(&e, pool_manager::ManagerError::FailedPrecondition(_)),
+        "{e:?}"
+    );
     assert_eq!(
         warmpool_server::convert::status(e).code(),
         tonic::Code::FailedPrecondition,
@@ -5538,9 +5562,19 @@ async fn a_tenant_port_goes_only_on_a_network_the_tenant_may_use() {
     assert!(
         message.contains(&mgmt)
             && message.contains("management network \"mgmt-net\"")
+            && !message.contains("cloud error")
             && !message.contains("rbac")
             && !message.contains("share the network"),
         "{message}"
+    );
+    assert_eq!(
+        neutron_calls("fatal"),
+        fatal_before,
+        "Neutron counted as failing"
+    );
+    assert!(
+        neutron_calls("ok") > ok_before,
+        "the fence's look at the network"
     );
     assert_eq!(port_creates(), before, "no port was made");
     assert!(running.manager.get_allocation("o-a-on-mgmt").await.is_err());
@@ -7981,7 +8015,15 @@ async fn an_ambiguous_management_network_name_never_resolved_refuses_only_its_na
             matches!(&e, CloudError::Fatal(m) if m.contains(network.as_str()) && m.contains("\"mgmt-net\"") && m.contains("management network")),
             "{e:?}"
         );
+        // The fence's look says so too.
+        let shown = cloud.get_network(network).await.unwrap();
+        assert_eq!(
+            shown.management.as_deref(),
+            Some("one of 2 networks named as warmpool's management network \"mgmt-net\"")
+        );
     }
+    let shown = cloud.get_network(&tenant.id).await.unwrap();
+    assert_eq!(shown.management, None);
 }
 
 /// A second network of warmpool's own project given the management

@@ -31,10 +31,10 @@ pub mod nova;
 pub mod session;
 
 use crate::cloud::{
-    note_side_call, BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, HeadroomCalls,
-    Network, NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, ServerStatus,
-    SideCall, Volume, VolumeOwner, VolumeStatus, MAX_RETRY_AFTER, META_INSTANCE, META_POOL,
-    MIN_RETRY_PAUSE,
+    management_network_refusal, note_side_call, BootHeadroom, Cloud, CloudError, CloudIdentity,
+    CloudResult, HeadroomCalls, Network, NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server,
+    ServerSpec, ServerStatus, SideCall, Volume, VolumeOwner, VolumeStatus, MAX_RETRY_AFTER,
+    META_INSTANCE, META_POOL, MIN_RETRY_PAUSE,
 };
 use crate::events::CloudService;
 use async_trait::async_trait;
@@ -732,8 +732,22 @@ impl OpenStackCloud {
         })
     }
 
-    /// A tenant's port on the network every pool server sits on would put
-    /// the tenant's database beside every other tenant's warm instances.
+    /// Refuses a tenant's port on a management network
+    /// ([`Self::management_network_of`]) at its create, after the fence
+    /// (a name may resolve elsewhere meanwhile).
+    async fn refuse_management_network(&self, network_id: &str) -> CloudResult<()> {
+        match self.management_network_of(network_id).await? {
+            Some(what) => Err(CloudError::Fatal(management_network_refusal(
+                network_id, &what,
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// What network `network_id` is, if it is a management network or may
+    /// be one ("warmpool's management network \"mgmt-net\""): a tenant's
+    /// port on the network every pool server sits on would put the
+    /// tenant's database beside every other tenant's warm instances.
     /// A name that fails to resolve (ambiguous now, renamed, Neutron
     /// failing) is judged by the network it last resolved to, which the
     /// pool servers booted since are on: failing the tenant's port for
@@ -743,11 +757,11 @@ impl OpenStackCloud {
     /// one of those, taken elsewhere. A management network the cloud does
     /// not have, and never had since start, is not one the port can be on
     /// (its pools' boots fail for it); any other failed look with nothing
-    /// resolved before fails the create, to be asked again. Asked by the
-    /// network fence's [`Cloud::get_network`], before an order is
-    /// recorded, and again at the port's create (a name may resolve
-    /// elsewhere meanwhile).
-    async fn refuse_management_network(&self, network_id: &str) -> CloudResult<()> {
+    /// resolved before fails the call, to be asked again. Told by the
+    /// network fence's [`Cloud::get_network`] ([`Network::management`]),
+    /// before an order is recorded, and again at the port's create
+    /// ([`Self::refuse_management_network`]).
+    async fn management_network_of(&self, network_id: &str) -> CloudResult<Option<String>> {
         for name in self.inner.settings.management_networks() {
             let network = match self.look_up_network(name).await {
                 Ok(network) => network,
@@ -761,8 +775,8 @@ impl OpenStackCloud {
                             .iter()
                             .any(|id| id.eq_ignore_ascii_case(network_id))
                         {
-                            return Err(CloudError::Fatal(format!(
-                                "network {network_id} is one of {} networks named as warmpool's management network {name:?}, which every pool server is on; a tenant's port never goes on it, whatever Neutron shares it with: check the network_id sent (the tenant's own network, or one shared with the tenant)",
+                            return Ok(Some(format!(
+                                "one of {} networks named as warmpool's management network {name:?}",
                                 namesakes.len()
                             )));
                         }
@@ -773,12 +787,10 @@ impl OpenStackCloud {
             };
             // Neutron takes an id in any case as the network it names.
             if network.id.eq_ignore_ascii_case(network_id) {
-                return Err(CloudError::Fatal(format!(
-                    "network {network_id} is warmpool's management network {name:?}, which every pool server is on; a tenant's port never goes on it, whatever Neutron shares it with: check the network_id sent (the tenant's own network, or one shared with the tenant)"
-                )));
+                return Ok(Some(format!("warmpool's management network {name:?}")));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Nova's refusal of a boot for its key pair ("Invalid key_name
@@ -2299,19 +2311,25 @@ impl Cloud for OpenStackCloud {
     }
 
     /// Read afresh, not from the name cache: an order's network is given
-    /// by id, and whose it is is what the read is for. A management
-    /// network is refused first ([`Self::refuse_management_network`]: its
-    /// name's lookup is cached).
+    /// by id, and whose it is is what the read is for. Whether it is a
+    /// management network is judged first ([`Self::management_network_of`]:
+    /// its name's lookup is cached).
     async fn get_network(&self, network_id: &str) -> CloudResult<Network> {
-        // The fence's look: a management network is refused here, before
-        // the order is recorded, and not judged by its shares, which could
-        // only send the operator to share what no share makes a tenant's.
-        self.refuse_management_network(network_id).await?;
+        // The fence's look: a management network is said to be one here,
+        // for the fence to refuse before the order is recorded, and not
+        // judge by its shares, which could only send the operator to share
+        // what no share makes a tenant's. Said, not failed: Neutron
+        // refused nothing, and the call is no failure of Neutron's.
+        let management = self.management_network_of(network_id).await?;
         let call = Call::new(Service::Network, Method::GET, ["networks", network_id]);
         let what = call.describe();
         let body: neutron::NetworkBody = self.fetch(call).await?;
         let own = self.inner.conn.project_id().await?;
-        neutron::to_network(body.network, &own).map_err(|e| unreadable(&what, e))
+        let network = neutron::to_network(body.network, &own).map_err(|e| unreadable(&what, e))?;
+        Ok(Network {
+            management,
+            ..network
+        })
     }
 
     async fn network_shares(&self, network_id: &str) -> CloudResult<Vec<NetworkShare>> {

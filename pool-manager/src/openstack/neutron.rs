@@ -243,6 +243,8 @@ pub fn to_network(network: Named, own: &str) -> Result<cloud::Network, String> {
         },
         shared: network.shared == Some(true),
         id: network.id,
+        // The driver's own judgement, from its settings, not Neutron's.
+        management: None,
     })
 }
 
