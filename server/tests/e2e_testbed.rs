@@ -365,37 +365,51 @@ async fn allocate_new_volume(ctx: &Ctx) {
 /// project): attached, seen in use by the tenant, fenced from a second
 /// Allocate, and back to available after Release (kept: the default).
 async fn allocate_tenant_volume(ctx: &Ctx) {
-    let volume = ctx
-        .tenant
+    let order = format!("e2e-{}-existing", ctx.run);
+    with_volume(
+        ctx,
+        &ctx.tenant,
+        "tenant-volume",
+        &order,
+        |volume_id| async move { allocate_tenant_volume_inner(ctx, &volume_id).await },
+    )
+    .await;
+}
+
+/// Runs `body` on a new 1 GiB volume `cloud` creates, named for this run;
+/// then, whatever happened, releases `order` (the one `body` may have
+/// placed on it) and deletes the volume once detached.
+async fn with_volume<F, Fut>(ctx: &Ctx, cloud: &OpenStackCloud, name: &str, order: &str, body: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let volume = cloud
         .create_volume(&NewVolumeSpec {
-            name: format!("e2e-{}-tenant-volume", ctx.run),
+            name: format!("e2e-{}-{name}", ctx.run),
             size_gib: 1,
             volume_type: None,
             availability_zone: VOLUME_AZ.into(),
             metadata: Default::default(),
         })
         .await
-        .expect("the tenant creates a volume");
+        .expect("create a volume");
     let volume_id = volume.id.clone();
-    let result = std::panic::AssertUnwindSafe(allocate_tenant_volume_inner(ctx, &volume_id))
+    let result = std::panic::AssertUnwindSafe(body(volume_id.clone()))
         .catch_unwind()
         .await;
-    // The tenant's volume goes whatever happened (detached first if needed).
-    let _ = ctx
-        .client
-        .release(format!("e2e-{}-existing", ctx.run), None)
-        .await;
-    let _ = eventually("the tenant's volume to be detached", PATIENCE, || async {
-        match ctx.tenant.get_volume(&volume_id).await {
+    let _ = ctx.client.release(order, None).await;
+    let _ = eventually("the volume to be detached", PATIENCE, || async {
+        match cloud.get_volume(&volume_id).await {
             Ok(v) if v.attached_to.is_empty() => Ok(()),
             other => Err(format!("{other:?}")),
         }
     })
     .await;
-    ctx.tenant
+    cloud
         .delete_volume(&volume_id)
         .await
-        .expect("delete the tenant's volume");
+        .expect("delete the volume");
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
@@ -506,22 +520,10 @@ async fn allocate_tenant_volume_inner(ctx: &Ctx, volume_id: &str) {
 /// that checks, before anything is made, that the tag can be written, and
 /// the volume comes back tagged with the order's tenant.
 async fn allocate_untagged_own_volume(ctx: &Ctx) {
-    let volume = ctx
-        .e2e
-        .create_volume(&NewVolumeSpec {
-            name: format!("e2e-{}-own-volume", ctx.run),
-            size_gib: 1,
-            volume_type: None,
-            availability_zone: VOLUME_AZ.into(),
-            metadata: Default::default(),
-        })
-        .await
-        .expect("warmpool's project creates a volume");
-    let volume_id = volume.id.clone();
-    let id = format!("e2e-{}-untagged", ctx.run);
-    let result = std::panic::AssertUnwindSafe(async {
+    let id = &format!("e2e-{}-untagged", ctx.run);
+    with_volume(ctx, &ctx.e2e, "own-volume", id, |volume_id| async move {
         wait_volume_available(&ctx.e2e, &volume_id).await;
-        let order = tenants_order(ctx, &id, SMALL, existing_volume(&volume_id));
+        let order = tenants_order(ctx, id, SMALL, existing_volume(&volume_id));
         let a = ctx
             .client
             .allocate(order)
@@ -540,29 +542,12 @@ async fn allocate_untagged_own_volume(ctx: &Ctx) {
             "tagged with the order's tenant: {seen:?}"
         );
         ctx.client
-            .release(&id, None)
+            .release(id, None)
             .await
             .expect("release, keep volume");
-        wait_released(ctx, &id, &a).await;
-    })
-    .catch_unwind()
-    .await;
-    // The volume goes whatever happened (detached first if needed).
-    let _ = ctx.client.release(&id, None).await;
-    let _ = eventually("the volume to be detached", PATIENCE, || async {
-        match ctx.e2e.get_volume(&volume_id).await {
-            Ok(v) if v.attached_to.is_empty() => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
+        wait_released(ctx, id, &a).await;
     })
     .await;
-    ctx.e2e
-        .delete_volume(&volume_id)
-        .await
-        .expect("delete the volume");
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
     wait_ready(&ctx.client, SMALL, "az1", 2).await;
 }
 
