@@ -1973,10 +1973,11 @@ impl Shared {
                     }
                     // A cleanup that fails is the rollback's to finish (and
                     // then the reconciler's): the record still names the
-                    // instance (Claimed here, Deleting after the discard
-                    // below) and the port, as it did when this answered the
-                    // cleanup's error. The try's failure is what the caller
-                    // can act on.
+                    // instance (Claimed here, or Allocated once taken for
+                    // good, when the tag's write failed; Deleting after the
+                    // discard below) and the port, as it did when this
+                    // answered the cleanup's error. The try's failure is
+                    // what the caller can act on.
                     match self.detach_attachments(record, &instance).await {
                         Ok(()) => {}
                         Err(e @ ManagerError::Store(_)) => return Err(e),

@@ -13,7 +13,8 @@ pub const META_POOL: &str = "warmpool.pool";
 pub const META_INSTANCE: &str = "warmpool.instance";
 /// Metadata key written on every volume warmpool creates for an order: the
 /// order's `tenant_project_id`; and on an untagged volume an order names,
-/// once the order's server holds it (the allocator's attach). The volume
+/// once the order is served, right before its commit (the allocator's
+/// `tag_for_the_tenant`). The volume
 /// itself is in warmpool's own project, as everything warmpool creates is,
 /// so the tag is what tells whose it is (the allocator refuses it to
 /// another tenant's order).
