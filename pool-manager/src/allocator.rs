@@ -3089,7 +3089,9 @@ impl Shared {
     /// its own tenant's. Before the answer: no tenant is ever handed an
     /// untagged volume. A crash between the tag and the commit leaves
     /// the tag of an order served all but its record, rolled back, no
-    /// tenant answered. A write that fails fails the try as the cloud's
+    /// tenant answered: other tenants' orders are refused the volume, and
+    /// told how to remove the tag ([`refuse_if_another_tenants`]). A
+    /// write that fails fails the try as the cloud's
     /// ([`look_failed`]): its server held the volume, and is discarded;
     /// a Cinder whose policy refuses the write refused the order before
     /// anything was done for it ([`Self::refuse_unless_taggable`]).
@@ -4732,7 +4734,7 @@ fn passing_state_refusal(volume_id: &str, status: &VolumeStatus) -> Option<Manag
 }
 
 /// The look at the volume the try's server now holds alone: a tag that
-/// names another tenant now (a holder was served it since this order's
+/// names another tenant now (written by a holder since this order's
 /// fence) fails the try, whose server held that tenant's data and is
 /// discarded. Otherwise whether the volume came untagged ([`needs_tag`]),
 /// to be tagged for the order's tenant once the order is served
@@ -4743,7 +4745,7 @@ fn check_held_volume(volume: &Volume, tenant: &str) -> Result<bool, AttemptError
     if let Err(e) = refuse_if_another_tenants(volume, tenant) {
         return Err(AttemptError::Request(with_more(
             e,
-            "found once attached: that tenant's order was served the volume since this order's check; the purchase is rolled back, and the server it was attached to discarded",
+            "found once attached: the volume was tagged since this order's check; the purchase is rolled back, and the server it was attached to discarded",
         )));
     }
     Ok(needs_tag(volume))
@@ -4768,7 +4770,10 @@ fn volume_not_seen(volume_id: &str) -> ManagerError {
 /// one tenant's database to another (and a release deleting the volume
 /// would delete it). A volume tagged for another tenant ([`META_TENANT`]:
 /// warmpool made it for, or first served it to, that tenant's order,
-/// [`Shared::tag_for_the_tenant`]), or one the cloud shows in a project
+/// [`Shared::tag_for_the_tenant`]; or tagged it for one a crash then rolled
+/// back, which warmpool cannot tell apart, so the refusal does not say
+/// the order was served and tells how to remove a tag no order
+/// answered), or one the cloud shows in a project
 /// that is neither the order's tenant's nor warmpool's own, is refused.
 /// One with neither (made in warmpool's project outside warmpool, or kept
 /// by a warmpool from before the tag, and never served since; or where
@@ -4778,7 +4783,7 @@ fn refuse_if_another_tenants(volume: &Volume, tenant: &str) -> ManagerResult<()>
     let id = &volume.id;
     if let Some(tagged) = volume.tagged_tenant().filter(|t| *t != tenant) {
         return Err(ManagerError::FailedPrecondition(format!(
-            "volume {id} is tenant {tagged}'s: warmpool created it for, or first served it to, an order of that tenant (its {META_TENANT} metadata says so), but this order is for tenant {tenant}; warmpool attaches a volume only to its own tenant's orders: check the volume id and tenant_project_id sent"
+            "volume {id} is tagged for tenant {tagged} ({META_TENANT} metadata, which warmpool writes on a volume it creates for an order of that tenant, and on an untagged one right before answering such an order), but this order is for tenant {tenant}; warmpool attaches a volume only to its own tenant's orders: check the volume id and tenant_project_id sent; if no order of tenant {tagged} was ever answered with this volume (a warmpoold crash right after the tag leaves it on an order then rolled back), remove the tag: openstack volume unset --property {META_TENANT} {id}"
         )));
     }
     if let VolumeOwner::Project(project) = &volume.owner {

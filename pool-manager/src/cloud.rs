@@ -288,7 +288,8 @@ pub enum VolumeOwner {
 
 impl Volume {
     /// The tenant whose order warmpool made it for, or first served it to
-    /// ([`META_TENANT`]).
+    /// ([`META_TENANT`]); or tagged it for right before a crash, the order
+    /// then rolled back, which the tag does not tell apart.
     pub fn tagged_tenant(&self) -> Option<&str> {
         self.metadata.get(META_TENANT).map(String::as_str)
     }

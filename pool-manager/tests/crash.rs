@@ -1687,3 +1687,71 @@ async fn a_boot_resumed_after_a_restart_keeps_its_deadline() {
     assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
+
+/// A crash between the tag of an untagged volume and its order's commit
+/// leaves the tag of an order rolled back, which served no one. Warmpool
+/// cannot tell that tag from a served order's, so another tenant's order
+/// is still refused the volume, but it is not told that the tagged
+/// tenant's order was served it: it is told what the tag says, and how to
+/// remove one that no order of that tenant was answered with.
+#[tokio::test(start_paused = true)]
+async fn a_tag_a_crash_left_before_the_commit_is_not_said_to_be_a_served_orders() {
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let survives = Survives::EveryWrite;
+    let process = Process::first(&sim, dir.path(), survives, 2).await;
+    let volume = sim.create_own_volume_for_test("az1", 20);
+    let existing = || VolumeSource::Existing {
+        volume_id: volume.clone(),
+    };
+    let tag_of = || {
+        let found = sim.volumes().into_iter().find(|v| v.id == volume);
+        found.and_then(|v| v.tagged_tenant().map(str::to_owned))
+    };
+    // The first metadata write is the fence's empty one; the tag is the
+    // next, once the volume is attached.
+    let attached = process.cloud.hold_next("attach_volume", At::After);
+    let order = tokio::spawn({
+        let manager = process.manager.clone();
+        let order = request("order-a", existing(), EmptyPoolPolicy::FailFast);
+        async move { manager.allocate(order).await }
+    });
+    attached.reached().await;
+    let tagged = process.cloud.hold_next("set_volume_metadata", At::After);
+    attached.release();
+    tagged.reached().await;
+    assert_eq!(tag_of().as_deref(), Some("tenant-a"));
+
+    let manager = process.crash_and_restart(&sim, dir.path(), survives).await;
+    drop(order);
+    assert!(
+        manager.get_allocation("order-a").await.is_err(),
+        "the order was committed"
+    );
+    let volume_free = async |_: &PoolManager| {
+        let found = sim.volumes().into_iter().find(|v| v.id == volume);
+        found.is_some_and(|v| v.status == VolumeStatus::Available)
+    };
+    until(&manager, "the rollback's detach", volume_free).await;
+    assert_eq!(tag_of().as_deref(), Some("tenant-a"), "the tag stays");
+
+    let mut b = request("order-b", existing(), EmptyPoolPolicy::FailFast);
+    b.params.tenant_project_id = "tenant-b".into();
+    let err = manager.allocate(b).await.unwrap_err();
+    let ManagerError::FailedPrecondition(message) = &err else {
+        panic!("{err:?}");
+    };
+    assert!(
+        message.contains(&volume) && message.contains("tenant-a") && message.contains("tenant-b"),
+        "{message}"
+    );
+    assert!(!message.contains("served it"), "{message}");
+    assert!(
+        message.contains(&format!(
+            "openstack volume unset --property warmpool.tenant {volume}"
+        )),
+        "{message}"
+    );
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
