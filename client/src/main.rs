@@ -65,8 +65,8 @@ async fn main() -> ExitCode {
     }
 }
 
-/// One line for the user. A ClientError already reads as "CODE: message" or
-/// "cannot connect to <endpoint>: <cause>"; anything else gets its whole
+/// One line for the user. A ClientError already reads as `CODE: message` or
+/// `cannot connect to <endpoint>: <cause>`; anything else gets its whole
 /// context chain. A server's message may quote a cloud's fault text:
 /// control characters in it are shown escaped, not sent to the terminal.
 fn describe(err: &anyhow::Error) -> String {

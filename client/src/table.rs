@@ -159,8 +159,8 @@ pub fn pools_table(pools: &[api::Pool], now: SystemTime) -> String {
 
 /// One frame of `watch`: depth, what it is kept at and why, so it fits a
 /// terminal. TARGET is marked "auto:" when computed, LEAD P90 with "~" while
-/// it is the configured prior; THROTTLE is the AZ's gate ("open",
-/// "throttled:<left>", "quota:<left>", the time left at `now`).
+/// it is the configured prior; THROTTLE is the AZ's gate (`open`,
+/// `throttled:<left>`, `quota:<left>`, the time left at `now`).
 pub fn watch_table<'a>(pools: impl IntoIterator<Item = &'a api::Pool>, now: SystemTime) -> String {
     let mut t = Table::new(&[
         "POOL",

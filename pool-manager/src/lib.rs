@@ -4,6 +4,9 @@
 //! This crate knows nothing of gRPC, HTTP servers or config files; the
 //! `server` crate maps its API onto [`PoolManager`]'s methods.
 
+// Docs link internal items on purpose: they resolve under --document-private-items, the mode these docs are built in.
+#![allow(rustdoc::private_intra_doc_links)]
+
 mod allocator;
 pub mod changes;
 pub mod cloud;

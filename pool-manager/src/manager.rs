@@ -242,7 +242,7 @@ pub(crate) struct Shared {
     /// Draws new instance ids (see `ManagerSettings::instance_id_seed`).
     pub instance_ids: Mutex<StdRng>,
     /// Draws the random part of allocation attempts' names
-    /// ([`Allocation::new`]), seeded beside the instance ids.
+    /// ([`Allocation::new`](crate::model::Allocation::new)), seeded beside the instance ids.
     pub attempt_salts: Mutex<StdRng>,
     /// Boot health per pool: the degraded / recovered verdicts.
     pub health: Mutex<HealthBook>,

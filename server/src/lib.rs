@@ -1,6 +1,9 @@
 //! warmpoold: configuration, the gRPC server (warmpool.v1, health,
 //! reflection) and the order of start-up and shutdown.
 
+// Docs link internal items on purpose: they resolve under --document-private-items, the mode these docs are built in.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod access;
 pub mod check_cloud;
 pub mod config;

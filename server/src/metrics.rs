@@ -14,7 +14,7 @@
 //!   broadcast ([`PoolManager::events`]). The manager logs the events and
 //!   judges a pool degraded or recovered; this task only counts;
 //! - cloud API latency and throttled answers are measured by
-//!   [`MeteredCloud`], a wrapper around the daemon's [`Cloud`];
+//!   [`MeteredCloud`], a wrapper around the daemon's [`Cloud`](pool_manager::cloud::Cloud);
 //! - the store's size on disk is read every [`STORE_SIZE_EVERY`] by a task
 //!   of its own ([`Metrics::watch_store_size`]), not at scrape time: it
 //!   reads the disk's metadata, and a sick disk must not hold up a scrape.

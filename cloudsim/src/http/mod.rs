@@ -1582,9 +1582,9 @@ pub(crate) enum PageError {
     /// The `limit` is not a number: a 400 everywhere.
     BadLimit(String),
     /// No item has the marker's id (it was deleted): Nova answers 400
-    /// "marker [id] not found", Neutron 404 as for the item itself, Cinder
-    /// 404 "Marker [id] could not be found.", Glance 400 "No image found
-    /// with ID [id]".
+    /// `marker [id] not found`, Neutron 404 as for the item itself, Cinder
+    /// 404 `Marker [id] could not be found.`, Glance 400 `No image found
+    /// with ID [id]`.
     UnknownMarker(String),
 }
 

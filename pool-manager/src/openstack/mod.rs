@@ -217,8 +217,8 @@ impl NetworksWithoutPortSecurity {
 const MAX_LISTING_RESTARTS: u32 = 3;
 
 /// Whether a page request failed because its marker's item is gone:
-/// Neutron's 404 for the item, Nova's 400 "marker [id] not found",
-/// Glance's 400 "No image found with ID [id]" (its page for the image).
+/// Neutron's 404 for the item, Nova's 400 `marker [id] not found`,
+/// Glance's 400 `No image found with ID [id]` (its page for the image).
 fn marker_vanished(error: &CloudError) -> bool {
     match error {
         CloudError::NotFound(_) => true,
