@@ -5,7 +5,8 @@
 #      prometheus package; server/tests/prometheus.rs runs a real one);
 #   2. brings deploy/testbed up (a real one-machine OpenStack, see
 #      deploy/testbed/README.md) in the background, while
-#   3. cargo fmt --check, cargo clippy -D warnings and the test build run;
+#   3. cargo fmt --check, cargo clippy -D warnings, cargo doc -D warnings
+#      (private items documented, as the docs are read) and the test build run;
 #   4. waits for the testbed and prints how long it took to come up;
 #   5. makes sure a MariaDB answers on 127.0.0.1:3306 (the readiness-probe
 #      test in server/tests/mariadb_probe.rs needs a real one). When the
@@ -41,7 +42,7 @@
 #
 # Environment:
 #   WARMPOOL_TEST_STEPS         steps to run, comma-separated, from
-#                               testbed,fmt,clippy,test (default: all of them)
+#                               testbed,fmt,clippy,doc,test (default: all of them)
 #   WARMPOOL_TEST_CARGO_ARGS    what `cargo test` tests (default --workspace;
 #                               e.g. "-p warmpool-server --test e2e_testbed")
 #   WARMPOOL_TESTBED_KEEP=1     leave a testbed this run started running
@@ -68,7 +69,7 @@ HOSTCACHE_PORT=${WARMPOOL_TEST_MARIADB_HOSTCACHE_PORT:-3307}
 # server/tests/mariadb_probe.rs's MAX_CONNECT_ERRORS: it probes more often than this.
 HOSTCACHE_MAX_CONNECT_ERRORS=5
 TESTBED_UP_TIMEOUT=${TESTBED_UP_TIMEOUT:-1200}
-WARMPOOL_TEST_STEPS=${WARMPOOL_TEST_STEPS:-testbed,fmt,clippy,test}
+WARMPOOL_TEST_STEPS=${WARMPOOL_TEST_STEPS:-testbed,fmt,clippy,doc,test}
 read -r -a CARGO_TEST_ARGS <<<"${WARMPOOL_TEST_CARGO_ARGS:---workspace}"
 T0=$(date +%s)
 
@@ -77,8 +78,8 @@ die() { printf 'scripts/test.sh: error: %s\n' "$*" >&2; exit 1; }
 
 for step in ${WARMPOOL_TEST_STEPS//,/ }; do
     case $step in
-        testbed | fmt | clippy | test) ;;
-        *) die "unknown step '$step' in WARMPOOL_TEST_STEPS (known: testbed,fmt,clippy,test)" ;;
+        testbed | fmt | clippy | doc | test) ;;
+        *) die "unknown step '$step' in WARMPOOL_TEST_STEPS (known: testbed,fmt,clippy,doc,test)" ;;
     esac
 done
 selected() { case ",$WARMPOOL_TEST_STEPS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
@@ -560,6 +561,11 @@ fi
 if selected clippy; then
     log "cargo clippy"
     cargo clippy --workspace --all-targets -- -D warnings
+fi
+if selected doc; then
+    log "cargo doc"
+    # --keep-going: every crate's broken docs are listed, not only the first's.
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items --keep-going
 fi
 if selected test; then
     log "cargo test --no-run ${CARGO_TEST_ARGS[*]} (building while the testbed comes up)"
