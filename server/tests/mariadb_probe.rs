@@ -106,6 +106,18 @@ async fn connect_and_hang_up(addr: SocketAddr) -> Option<u16> {
         .read_exact(&mut payload)
         .await
         .unwrap_or_else(|e| panic!("reading {addr}'s first packet: {e}"));
+    // Hang up, and wait for mysqld to close its side: it counts the
+    // hang-up (or not) before it closes, so the next connection sees it.
+    stream
+        .shutdown()
+        .await
+        .unwrap_or_else(|e| panic!("hanging up on {addr}: {e}"));
+    tokio::time::timeout(HOSTCACHE_WAIT, stream.read_to_end(&mut Vec::new()))
+        .await
+        .unwrap_or_else(|_| {
+            panic!("{addr} kept the connection open {HOSTCACHE_WAIT:?} after the hang-up")
+        })
+        .ok();
     match payload[..] {
         [0xff, lo, hi, ..] => Some(u16::from_le_bytes([lo, hi])),
         _ => None,

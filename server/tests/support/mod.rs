@@ -273,6 +273,21 @@ pub async fn http_get(url: &str) -> (u16, String, String) {
     (status, content_type, body)
 }
 
+/// GET `url` (plain HTTP/1.1): its status, or why there was none (refused,
+/// not HTTP/1, no answer within 2 s), for a wait that must not panic on a
+/// listener other than the one it waits for.
+pub async fn http_status(url: &str) -> Result<u16, String> {
+    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let request = hyper::Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(2), client.request(request)).await {
+        Ok(Ok(response)) => Ok(response.status().as_u16()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 2 s".to_string()),
+    }
+}
+
 /// `method` `url` (plain HTTP/1.1) with `headers` and `body`: status,
 /// headers and body.
 pub async fn http_send(
