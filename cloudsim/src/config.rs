@@ -360,11 +360,18 @@ pub struct SimConfig {
     /// Networks with no subnet: a port created on one gets no address
     /// (Neutron creates it with no fixed IP, and binding gives it none).
     pub networks_without_subnet: Vec<String>,
-    /// Neutron's default policy as a project member meets it: a port a
-    /// server is bound to (`device_owner` `compute:*`) may be deleted only
-    /// by an admin or a service, so deleting it is refused (403) until Nova
-    /// has unbound it, which follows a detach or the server's deletion
-    /// asynchronously. Off: any port may be deleted (as an admin may).
+    /// Neutron's default policy as a project member meets it (measured on
+    /// the testbed): a port a server is bound to (`device_owner`
+    /// `compute:*`) may be deleted only by an admin or a service, so
+    /// deleting it is refused (403 "rule:delete_port is disallowed by
+    /// policy") until Nova has unbound it, which follows a detach or the
+    /// server's deletion asynchronously; and a port create setting an
+    /// address (`fixed_ips` `ip_address`) on another project's network,
+    /// even one shared with the member's, is refused (403, naming
+    /// `rule:create_port:fixed_ips:ip_address`) whatever the address,
+    /// where naming a subnet alone is not. The in-process face answers
+    /// these as warmpool's driver reads them: `Fatal` and `PolicyRefused`.
+    /// Off: any port may be deleted and any address set (as an admin may).
     pub member_port_policy: bool,
     /// Flavors an admin deleted: not listed nor bootable, though servers
     /// booted of them keep running (and using quota). Set at runtime with

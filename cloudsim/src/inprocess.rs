@@ -193,7 +193,14 @@ impl Cloud for SimCloud {
         let base = self.inner.lock_at(Instant::now()).cfg.latencies.port_create;
         self.take(base).await;
         let now = Instant::now();
-        let answer = self.inner.lock_at(now).create_port(spec, now);
+        let answer = {
+            let mut model = self.inner.lock_at(now);
+            // The driver's reading of Neutron's 403 for a port create.
+            match model.port_create_refusal(spec) {
+                Some(refused) => Err(CloudError::PolicyRefused(refused)),
+                None => model.create_port(spec, now),
+            }
+        };
         call.answer(answer).await
     }
 

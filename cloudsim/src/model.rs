@@ -2243,12 +2243,31 @@ impl Model {
     }
 
     /// Neutron's refusal of a member's delete of a port a server is bound
-    /// to (see [`crate::SimConfig::member_port_policy`]), if it applies now.
+    /// to (see [`crate::SimConfig::member_port_policy`]), if it applies now,
+    /// in the words the testbed's Neutron answered a member with, on its own
+    /// project's network and on one shared with it alike.
     pub fn port_delete_refusal(&self, id: &str, now: Instant) -> Option<String> {
         let port = self.ports.get(id)?;
-        (self.cfg.member_port_policy && port.binding.at(now).is_some()).then(|| {
-            "(rule:delete_port and (not rule:compute_device)) is disallowed by policy".to_string()
-        })
+        (self.cfg.member_port_policy && port.binding.at(now).is_some())
+            .then(|| "rule:delete_port is disallowed by policy".to_string())
+    }
+
+    /// Neutron's refusal of a member's port create setting an address on
+    /// another project's configured network (see
+    /// [`crate::SimConfig::member_port_policy`]), if it applies: the keys
+    /// of its one `fixed_ips` entry are as warmpool's driver sends them
+    /// (in order, `ip_address` then `subnet_id`).
+    pub fn port_create_refusal(&self, spec: &NewPortSpec) -> Option<String> {
+        if !self.cfg.member_port_policy || spec.fixed_ip.is_none() {
+            return None;
+        }
+        let theirs = matches!(
+            self.configured_network(&spec.network_id),
+            Ok(Some(network)) if network.project.is_some()
+        );
+        let keys =
+            std::iter::once("ip_address").chain(spec.subnet_id.as_ref().map(|_| "subnet_id"));
+        theirs.then(|| fixed_ips_refusal(keys))
     }
 
     /// Neutron deletes a bound port too (the server loses the interface).
@@ -2472,6 +2491,23 @@ impl Model {
             _ => false,
         }
     }
+}
+
+/// Neutron's refusal of a port create whose `fixed_ips` sets an address
+/// on a network the member's project does not own (its policy's
+/// `create_port:fixed_ips:ip_address`, for the network's owner or an
+/// admin), whatever the address. The rule names each key of each entry,
+/// `keys` in the order of the request (measured on the testbed: two
+/// entries naming an address each name it twice).
+pub(crate) fn fixed_ips_refusal<'a>(keys: impl IntoIterator<Item = &'a str>) -> String {
+    let rules: Vec<String> = keys
+        .into_iter()
+        .map(|k| format!("rule:create_port:fixed_ips:{k}"))
+        .collect();
+    format!(
+        "(rule:create_port and (rule:create_port:fixed_ips and ({}))) is disallowed by policy",
+        rules.join(" and ")
+    )
 }
 
 /// Nova's vm_state for a server status, for error messages.

@@ -1759,6 +1759,134 @@ async fn a_subnets_network_and_broadcast_addresses_are_refused_as_fixed_ips() {
     .expect(201);
 }
 
+/// Neutron's default policy as a project member meets it, measured on
+/// the testbed (a member of `service`, on the `tenant` project's tenant-net
+/// shared with it), with `member_port_policy`: a port create setting an
+/// address (`fixed_ips` `ip_address`) on another project's network is
+/// refused whatever the address (one of the subnet, one outside it), the
+/// rule naming each key of each `fixed_ips` entry; a subnet alone is
+/// taken, and so is an address on the project's own network. A port a
+/// server is bound to may not be deleted. Both 403 PolicyNotAuthorized in
+/// Neutron's words, and nothing is made or deleted. Without the setting
+/// (an admin), both are taken.
+#[tokio::test]
+async fn a_member_may_set_no_address_on_another_projects_network_nor_delete_a_bound_port() {
+    let theirs = NetworkSpec::new("their-net", "10.61.0.0/16", "10.61.0.1", false)
+        .of_project("tenant")
+        .shared_with_project("service");
+    let mut settings = HttpSettings::default();
+    settings.networks.push(theirs.clone());
+    let env = start_with(
+        SimConfig {
+            member_port_policy: true,
+            ..config()
+        },
+        settings.clone(),
+    )
+    .await;
+    let refused = |rules: &str| json!({"NeutronError": {"type": "PolicyNotAuthorized", "message": format!("(rule:create_port and (rule:create_port:fixed_ips and ({rules}))) is disallowed by policy"), "detail": ""}});
+    let ip = "rule:create_port:fixed_ips:ip_address";
+    let subnet = "rule:create_port:fixed_ips:subnet_id";
+    let sub = theirs.subnet_id.as_str();
+    for (fixed_ips, rules) in [
+        (json!([{"ip_address": "10.61.0.7"}]), ip.to_owned()),
+        (json!([{"ip_address": "192.168.99.9"}]), ip.to_owned()),
+        (
+            json!([{"subnet_id": sub, "ip_address": "10.61.0.7"}]),
+            format!("{ip} and {subnet}"),
+        ),
+        (
+            json!([{"subnet_id": sub}, {"ip_address": "10.61.0.8"}]),
+            format!("{subnet} and {ip}"),
+        ),
+        (
+            json!([{"ip_address": "10.61.0.7"}, {"ip_address": "10.61.0.8"}]),
+            format!("{ip} and {ip}"),
+        ),
+    ] {
+        let r = env
+            .post(
+                Service::Network,
+                "/v2.0/ports",
+                None,
+                json!({"port": {"network_id": theirs.id, "fixed_ips": fixed_ips}}),
+            )
+            .await
+            .expect(403);
+        assert_eq!(r.json(), refused(&rules), "{fixed_ips}");
+    }
+    // An address that is none is refused first, as Neutron validates the
+    // body before its policy.
+    env.post(
+        Service::Network,
+        "/v2.0/ports",
+        None,
+        json!({"port": {"network_id": theirs.id, "fixed_ips": [{"ip_address": "not-an-ip"}]}}),
+    )
+    .await
+    .expect(400);
+    assert!(env.sim.ports().is_empty(), "{:?}", env.sim.ports());
+    env.post(
+        Service::Network,
+        "/v2.0/ports",
+        None,
+        json!({"port": {"network_id": theirs.id, "fixed_ips": [{"subnet_id": sub}]}}),
+    )
+    .await
+    .expect(201);
+    let own = env.network_id("tenant-net").await;
+    env.post(
+        Service::Network,
+        "/v2.0/ports",
+        None,
+        json!({"port": {"network_id": own, "fixed_ips": [{"ip_address": "10.0.0.7"}]}}),
+    )
+    .await
+    .expect(201);
+
+    let sid = env.active_server("a").await;
+    let port = env.port("bound").await;
+    env.post(
+        Service::Compute,
+        &format!("/v2.1/servers/{sid}/os-interface"),
+        Some("2.79"),
+        json!({"interfaceAttachment": {"port_id": port}}),
+    )
+    .await
+    .expect(200);
+    wait_until(|| async {
+        let p = env
+            .get(Service::Network, &format!("/v2.0/ports/{port}"), None)
+            .await
+            .expect(200)
+            .json();
+        (p["port"]["device_id"] == sid.as_str()).then_some(())
+    })
+    .await;
+    let r = env
+        .delete(Service::Network, &format!("/v2.0/ports/{port}"), None)
+        .await
+        .expect(403);
+    assert_eq!(
+        r.json(),
+        json!({"NeutronError": {"type": "PolicyNotAuthorized", "message": "rule:delete_port is disallowed by policy", "detail": ""}})
+    );
+    env.get(Service::Network, &format!("/v2.0/ports/{port}"), None)
+        .await
+        .expect(200);
+
+    let admin = start_with(config(), settings).await;
+    admin
+        .post(
+            Service::Network,
+            "/v2.0/ports",
+            None,
+            json!({"port": {"network_id": theirs.id, "fixed_ips": [{"ip_address": "10.61.0.7"}]}}),
+        )
+        .await
+        .expect(201);
+}
+
 /// Cinder refuses a delete of a volume already `deleting` (400
 /// InvalidVolume), and answers 404 once it is gone.
 #[tokio::test]

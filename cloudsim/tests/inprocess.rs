@@ -3,8 +3,8 @@
 
 use cloudsim::{AzConfig, RateLimit, SimCloud, SimConfig, SimNetwork};
 use pool_manager::cloud::{
-    Cloud, CloudError, NewPortSpec, NewVolumeSpec, QuotaLeft, ServerSpec, ServerStatus,
-    VolumeOwner, VolumeStatus, META_POOL, META_TENANT,
+    Cloud, CloudError, NetworkShare, NewPortSpec, NewVolumeSpec, QuotaLeft, ServerSpec,
+    ServerStatus, VolumeOwner, VolumeStatus, META_POOL, META_TENANT,
 };
 use pool_manager::model::PoolKey;
 use pool_manager::probe::{MysqlGreetingProbe, Probe, ProbeError};
@@ -617,6 +617,86 @@ async fn a_port_create_is_checked_against_the_configured_networks() {
         .unwrap();
     let ip: std::net::Ipv4Addr = port.ip_address.unwrap().parse().unwrap();
     assert!(ip.octets()[..3] == [10, 1, 0], "{ip}");
+}
+
+/// `member_port_policy`, as the driver reads Neutron's 403s: a port
+/// create setting an address on another project's network is
+/// `PolicyRefused` in Neutron's words (the rule naming the subnet too when
+/// the create names it), one without an address or on warmpool's own
+/// network is made; a port bound to a server may not be deleted (`Fatal`)
+/// until Nova has unbound it.
+#[tokio::test(start_paused = true)]
+async fn a_member_may_set_no_address_on_another_projects_network_nor_delete_a_bound_port() {
+    let cloud = SimCloud::new(SimConfig {
+        networks: vec![
+            SimNetwork::new(
+                "net-tenant",
+                "subnet-tenant",
+                "10.0.0.0/16".parse().unwrap(),
+            ),
+            SimNetwork::new(
+                "net-theirs",
+                "subnet-theirs",
+                "10.1.0.0/24".parse().unwrap(),
+            )
+            .of_project("tenant")
+            .shared_with(NetworkShare::Warmpool),
+        ],
+        member_port_policy: true,
+        ..SimConfig::deterministic()
+    });
+    let on = |network: &str, subnet: Option<&str>, ip: Option<&str>| NewPortSpec {
+        name: "p".into(),
+        network_id: network.into(),
+        subnet_id: subnet.map(Into::into),
+        fixed_ip: ip.map(Into::into),
+    };
+    let rule = |rules: &str| {
+        format!("(rule:create_port and (rule:create_port:fixed_ips and ({rules}))) is disallowed by policy")
+    };
+    let err = cloud
+        .create_port(&on("net-theirs", None, Some("10.1.0.7")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        CloudError::PolicyRefused(rule("rule:create_port:fixed_ips:ip_address"))
+    );
+    let err = cloud
+        .create_port(&on("net-theirs", Some("subnet-theirs"), Some("10.1.0.7")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        CloudError::PolicyRefused(rule(
+            "rule:create_port:fixed_ips:ip_address and rule:create_port:fixed_ips:subnet_id"
+        ))
+    );
+    assert!(cloud.ports().is_empty(), "a refused create made a port");
+    cloud
+        .create_port(&on("net-theirs", Some("subnet-theirs"), None))
+        .await
+        .unwrap();
+    cloud
+        .create_port(&on("net-tenant", None, Some("10.0.0.7")))
+        .await
+        .unwrap();
+
+    let server = active_server(&cloud, "a", "az1").await;
+    let port = cloud
+        .create_port(&on("net-theirs", None, None))
+        .await
+        .unwrap();
+    cloud.attach_port(&server, &port.id).await.unwrap();
+    tokio::time::sleep(secs(2.0)).await;
+    let err = cloud.delete_port(&port.id).await.unwrap_err();
+    assert_eq!(
+        err,
+        CloudError::Fatal("rule:delete_port is disallowed by policy".into())
+    );
+    cloud.detach_port(&server, &port.id).await.unwrap();
+    tokio::time::sleep(secs(2.0)).await;
+    cloud.delete_port(&port.id).await.unwrap();
 }
 
 /// Cinder keeps quota per project: tenants' volumes (of other projects)

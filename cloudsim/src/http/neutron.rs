@@ -582,6 +582,31 @@ async fn create_port(
         .gate("create_port")
         .await
         .map_err(|e| ApiError::from_cloud(N, e))?;
+    // Neutron's policy, as a project member meets it: an address on
+    // another project's network is for its owner or an admin, whatever
+    // the address (refused before the plugin looks at it).
+    if state.sim.config().member_port_policy && network.other_project.is_some() {
+        let entries = port.get("fixed_ips").and_then(Value::as_array);
+        let keys = entries
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_object)
+            .flat_map(|entry| entry.keys())
+            .map(String::as_str)
+            .filter(|k| matches!(*k, "ip_address" | "subnet_id"));
+        let sets_an_address = entries
+            .into_iter()
+            .flatten()
+            .any(|entry| entry.get("ip_address").is_some());
+        if sets_an_address {
+            return Err(ApiError::new(
+                N,
+                StatusCode::FORBIDDEN,
+                crate::model::fixed_ips_refusal(keys),
+            )
+            .typed("PolicyNotAuthorized"));
+        }
+    }
     // ML2 refuses groups on a port without port security (which it takes
     // from its network), after the request reached it: counted as a call.
     if !network.port_security_enabled && security_groups.as_ref().is_some_and(|g| !g.is_empty()) {
