@@ -12,6 +12,8 @@ daemons sharing a project would delete each other's warm servers. So:
   warmpool-bench   warmpool-bench / benchpass   bench/src/bin/testbed-ttr.rs
   warmpool-noquota warmpool-noquota / noquotapass  check-cloud's "exhausted
                                             quota" case (instances quota 0)
+  warmpool-member  warmpool-member / memberpass  e2e_testbed.rs's member-only
+                                            pool user (no admin role)
 
 ('service', user 'pool', stays the reference testbed's project for trying
 warmpoold by hand.)
@@ -24,7 +26,9 @@ Roles: warmpool-e2e and warmpool-bench get 'admin' on their project (besides
 'member'), because Allocate may attach a volume the *tenant* created: a
 member of another project cannot even see it (Cinder answers 404), an admin
 can read and attach it. With admin, Neutron lists every project's networks,
-so each management network has a name of its own.
+so each management network has a name of its own. warmpool-member has
+'member' only: what a pool user without admin meets on a real cloud (Neutron
+refuses it a fixed IP on tenant-net, and the delete of a port still bound).
 Also an image 'mysql-8.0' (the name warmpool's example configs use) next to
 'ostb-image': both are 1 KiB blobs the fake virt driver never reads.
 """
@@ -43,6 +47,8 @@ PROJECTS = [
     ("warmpool-bench", "warmpool-bench", "benchpass", True, (20, 40, 40960)),
     # No server fits: check-cloud must report the quota.
     ("warmpool-noquota", "warmpool-noquota", "noquotapass", False, (0, 0, 0)),
+    # A member only, as a pool user may be on a real cloud.
+    ("warmpool-member", "warmpool-member", "memberpass", False, (10, 20, 20480)),
 ]
 # Cinder and Neutron quotas of every warmpool project.
 VOLUMES, GIGABYTES, PORTS = 40, 400, 100

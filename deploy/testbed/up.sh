@@ -361,7 +361,7 @@ step "resource bootstrap (AZs, flavors, image, networks, quotas)"
 "$VENV/bin/python" "$TB_DIR/bootstrap.py" resources 2>&1 | tee -a "$LOGS/bootstrap.log"
 step_done
 
-step "warmpool bootstrap (projects warmpool-e2e/-bench/-noquota, quotas, image mysql-8.0)"
+step "warmpool bootstrap (projects warmpool-e2e/-bench/-noquota/-member, quotas, image mysql-8.0)"
 "$VENV/bin/python" "$TB_DIR/bootstrap_warmpool.py" 2>&1 | tee -a "$LOGS/bootstrap.log"
 step_done
 

@@ -711,6 +711,30 @@ fn creation_refused(what: &str, error: CloudError) -> AttemptError {
     })
 }
 
+/// The cloud refused to create the tenant's port `spec`: as
+/// [`creation_refused`], and a refusal of Neutron's policy says what the
+/// policy wants. Its default lets only a network's owner or an admin
+/// choose a port's address there (`create_port:fixed_ips:ip_address`),
+/// so a member-only pool user is refused any order with a fixed_ip on a
+/// tenant's network shared with its project, whatever the address.
+fn port_creation_refused(spec: &NewPortSpec, error: CloudError) -> AttemptError {
+    let CloudError::PolicyRefused(refused) = error else {
+        return creation_refused("port", error);
+    };
+    let network = &spec.network_id;
+    let what_to_do = match &spec.fixed_ip {
+        Some(ip) => format!(
+            "Neutron's policy lets only a network's owner or an admin choose a port's address on it (create_port:fixed_ips:ip_address), and warmpool's cloud user, which makes the port, is neither on network {network}: send the order without fixed_ip {ip} (Neutron then gives the port a free address of the network), or give warmpool's cloud user the admin role on its project (as attaching tenants' volumes needs), or a Neutron policy letting it set fixed IPs"
+        ),
+        None => format!(
+            "Neutron's policy refuses warmpool's cloud user, which makes the port, a port on network {network}: check its roles (a member may put ports only on its project's networks and those shared with it; the admin role on its project, which attaching tenants' volumes needs, lets it on any) and Neutron's create_port policy"
+        ),
+    };
+    AttemptError::Request(ManagerError::FailedPrecondition(format!(
+        "cannot create the tenant port: {refused}; {what_to_do}"
+    )))
+}
+
 /// Cinder's per-volume size limit refused the order's new volume of
 /// `size_gib` (`refused`): a limit on each volume, not a quota that
 /// fills, so no release makes room for it and asking again is refused
@@ -3685,7 +3709,7 @@ impl Shared {
                     })
                     .await;
                 self.note_create_in_doubt(record, in_doubt).await?;
-                let port = port.map_err(|e| creation_refused("port", e))?;
+                let port = port.map_err(|e| port_creation_refused(&spec, e))?;
                 record
                     .update(|a| a.port_id = Some(port.id.clone()))
                     .await

@@ -476,12 +476,14 @@ pub enum CloudError {
     #[error("cloud error: {0}")]
     LeftToReclaim(String),
     /// The cloud's policy refuses warmpool's user the call (a 403 that is
-    /// no quota refusal). Returned only by [`Cloud::set_volume_metadata`],
-    /// whose caller tells it from the other refusals for good: the
-    /// allocator's check that it may tag a volume sends the operator to
-    /// Cinder's policy for this one alone (a 400 or a 401 there is no
-    /// policy to mend). Any other call's 403 is `Fatal`, and this is
-    /// taken as `Fatal` everywhere else.
+    /// no quota refusal). Returned only by [`Cloud::set_volume_metadata`]
+    /// and [`Cloud::create_port`], whose callers tell it from the other
+    /// refusals for good: the allocator's check that it may tag a volume
+    /// sends the operator to Cinder's policy for this one alone (a 400 or
+    /// a 401 there is no policy to mend), and a purchase's port refused so
+    /// says what the policy wants (a member may not choose an address on
+    /// another project's network). Any other call's 403 is `Fatal`, and
+    /// this is taken as `Fatal` everywhere else.
     #[error("cloud error: {0}")]
     PolicyRefused(String),
 }
@@ -829,6 +831,9 @@ pub trait Cloud: Send + Sync + 'static {
     /// admin sees every policy, a member (Neutron's default policy) only
     /// those of its own project's networks. No default, as above.
     async fn network_shares(&self, network_id: &str) -> CloudResult<Vec<NetworkShare>>;
+    /// `PolicyRefused` when the cloud's policy refuses warmpool's user the
+    /// port (Neutron's default refuses a member an address it chooses on
+    /// another project's network).
     async fn create_port(&self, spec: &NewPortSpec) -> CloudResult<Port>;
     async fn get_port(&self, port_id: &str) -> CloudResult<Port>;
     async fn find_ports_by_name(&self, name: &str) -> CloudResult<Vec<Port>>;

@@ -10,7 +10,10 @@
 //! warmpool server its store does not know, so two daemons in the testbed's
 //! `warmpool-e2e` project would delete each other's servers. After the pools
 //! fill, each step runs even if an earlier one failed, and the test fails at
-//! the end naming every failed step. Servers run no mysqld (fake virt
+//! the end naming every failed step. A second test runs a daemon of its own
+//! as a pool user with the member role only, in its own project
+//! (`warmpool-member`): the e2e user is an admin, and Neutron's policy is
+//! stricter for a member. Servers run no mysqld (fake virt
 //! driver): `probe_address_override` points every readiness probe at the
 //! testbed's MariaDB.
 
@@ -30,7 +33,8 @@ use pool_manager::model::PoolKey;
 use pool_manager::openstack::OpenStackCloud;
 use testbed::{
     cloud_as, config_text, eventually, require_testbed, run_id, Daemon, PoolDecl, E2E_CLOUD,
-    E2E_NETWORK, IMAGE, PATIENCE, TENANT_CLOUD, TENANT_NETWORK, VOLUME_AZ,
+    E2E_NETWORK, IMAGE, MEMBER_CLOUD, MEMBER_NETWORK, PATIENCE, TENANT_CLOUD, TENANT_NETWORK,
+    VOLUME_AZ,
 };
 use tonic::Code;
 use warmpool_client::{api, Client};
@@ -77,10 +81,19 @@ async fn an_unreachable_testbed_fails_with_how_to_start_it() {
     assert!(err.contains(&format!("Keystone at {keystone}")), "{err}");
 }
 
+/// The member-only pool user's daemon: one pool, refilled after each step.
+const MEMBER_POOLS: [PoolDecl; 1] = [PoolDecl {
+    flavor: SMALL,
+    az: "az1",
+    min_ready: 1,
+    max_ready: 1,
+}];
+
 /// Everything a step needs.
 struct Ctx {
     run: String,
     client: Client,
+    /// The daemon's own cloud user (warmpool-e2e, or warmpool-member).
     e2e: OpenStackCloud,
     tenant: OpenStackCloud,
     /// The tenant's project id: tenant-net is its network, and warmpool
@@ -166,6 +179,185 @@ async fn warmpoold_against_the_openstack_testbed() {
         failed.is_empty(),
         "failed steps (details above): {failed:?}"
     );
+}
+
+/// warmpoold as a pool user with the member role only (warmpool-member, no
+/// admin), as a cloud may grant warmpool's user no more, in a project and
+/// with a daemon of its own (beside the main test's). Neutron's default
+/// policy is stricter for it than cloudsim by default: it may make the
+/// tenant's port on tenant-net (another project's network, shared with
+/// it), not choose its address, nor delete it while a server holds it.
+/// Its orders are the tenant's own (the tenant owns tenant-net: a member
+/// is shown no RBAC policy of it) with a new volume (a tenant's volume is
+/// invisible to a member).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_only_pool_user_against_the_openstack_testbed() {
+    require_testbed().await;
+    let member = cloud_as(MEMBER_CLOUD, MEMBER_NETWORK).await;
+    let tenant = cloud_as(TENANT_CLOUD, TENANT_NETWORK).await;
+    let tenant_net = member
+        .network(TENANT_NETWORK)
+        .await
+        .expect("tenant-net is shared to warmpool-member (bootstrap_warmpool.py)")
+        .id;
+    let tenant_project = tenant.project_id().await.expect("the tenant's project id");
+    delete_all_pool_servers(&member).await;
+
+    let data = tempfile::tempdir().expect("temp dir");
+    let text = config_text(
+        &data.path().join("store"),
+        MEMBER_CLOUD,
+        MEMBER_NETWORK,
+        &MEMBER_POOLS,
+    );
+    let daemon = Daemon::start(&text).await;
+    let ctx = Ctx {
+        run: run_id(),
+        client: daemon.client.clone(),
+        e2e: member,
+        tenant,
+        tenant_project,
+        tenant_net,
+        metrics_url: daemon.metrics_url(),
+    };
+    wait_ready(&ctx.client, SMALL, "az1", 1).await;
+
+    let mut failed = Vec::new();
+    step(
+        &mut failed,
+        "member: a purchase on tenant-net is served and released",
+        member_purchase_released(&ctx),
+    )
+    .await;
+    step(
+        &mut failed,
+        "member: a release whose server was deleted by hand deletes the port",
+        member_release_of_a_server_deleted_by_hand(&ctx),
+    )
+    .await;
+    step(
+        &mut failed,
+        "member: a fixed IP on tenant-net is refused, saying what to do",
+        member_fixed_ip_refused(&ctx),
+    )
+    .await;
+
+    daemon.shut_down().await;
+    delete_all_pool_servers(&ctx.e2e).await;
+    assert!(
+        failed.is_empty(),
+        "failed steps (details above): {failed:?}"
+    );
+}
+
+/// A member's purchase: the port on tenant-net, the volume new, which
+/// Neutron refuses the member to delete while the server holds it; Release
+/// detaches the port, deletes the server, then the port once Nova has let
+/// go of it, and the volume.
+async fn member_purchase_released(ctx: &Ctx) {
+    let id = format!("e2e-{}-member", ctx.run);
+    let a = ctx
+        .client
+        .allocate(tenants_order(ctx, &id, SMALL, new_volume(1, true)))
+        .await
+        .expect("a member's purchase on tenant-net");
+    check_allocated(&a, &ctx.e2e, "az1").await;
+    // What cloudsim's member_port_policy answers: Neutron refuses a member
+    // the delete of a port a server holds, and the port stays.
+    let refused = ctx
+        .e2e
+        .delete_port(&a.port_id)
+        .await
+        .expect_err("a member may not delete a bound port");
+    assert!(
+        matches!(&refused, CloudError::Fatal(m) if m.contains("rule:delete_port is disallowed by policy (HTTP 403)")),
+        "{refused:?}"
+    );
+    check_allocated(&a, &ctx.e2e, "az1").await;
+    ctx.client
+        .release(&id, Some(true))
+        .await
+        .expect("release, delete volume");
+    wait_released(ctx, &id, &a).await;
+    wait_volume_deleted(&ctx.e2e, &a.volume_id).await;
+    wait_ready(&ctx.client, SMALL, "az1", 1).await;
+}
+
+/// The server deleted by hand (as the member) just before the release:
+/// the port may still be bound when the release deletes it, which Neutron
+/// refuses a member (403 "rule:delete_port is disallowed by policy")
+/// until Nova has torn the server down. The release waits that out: it
+/// answers Released, and neither the port nor the volume is left.
+async fn member_release_of_a_server_deleted_by_hand(ctx: &Ctx) {
+    let id = format!("e2e-{}-member-by-hand", ctx.run);
+    let a = ctx
+        .client
+        .allocate(tenants_order(ctx, &id, SMALL, new_volume(1, true)))
+        .await
+        .expect("a member's purchase on tenant-net");
+    check_allocated(&a, &ctx.e2e, "az1").await;
+    ctx.e2e
+        .delete_server(&a.server_id)
+        .await
+        .expect("the member deletes its server by hand");
+    let released = ctx
+        .client
+        .release(&id, Some(true))
+        .await
+        .expect("release of a server deleted by hand");
+    assert_ne!(
+        released.state,
+        api::AllocationState::Allocated as i32,
+        "{released:?}"
+    );
+    wait_released(ctx, &id, &a).await;
+    wait_volume_deleted(&ctx.e2e, &a.volume_id).await;
+    wait_ready(&ctx.client, SMALL, "az1", 1).await;
+}
+
+/// Neutron lets a member choose no address on another project's network,
+/// whatever the address: the order with a fixed_ip is refused
+/// FAILED_PRECONDITION in Neutron's words and saying what to do, the
+/// claimed instance back in the pool.
+async fn member_fixed_ip_refused(ctx: &Ctx) {
+    let subnet = ctx
+        .e2e
+        .network(TENANT_NETWORK)
+        .await
+        .expect("tenant-net")
+        .subnets
+        .and_then(|s| s.into_iter().next())
+        .expect("tenant-net has a subnet (deploy/testbed/bootstrap.py)");
+    let id = format!("e2e-{}-member-fixed", ctx.run);
+    let mut order = tenants_order(ctx, &id, SMALL, new_volume(1, true));
+    let network = order.network.as_mut().expect("the order's network");
+    network.subnet_id = subnet;
+    network.fixed_ip = "10.20.0.250".into();
+    let message = expect_code(ctx.client.allocate(order).await, Code::FailedPrecondition);
+    eprintln!("member: a fixed IP on tenant-net: {message}");
+    assert!(
+        message.starts_with("cannot create the tenant port: ")
+            && message.contains("rule:create_port:fixed_ips:ip_address")
+            && message.contains("without fixed_ip")
+            && message.contains("admin role"),
+        "{message}"
+    );
+    wait_ready(&ctx.client, SMALL, "az1", 1).await;
+}
+
+/// Waits until Cinder no longer has the volume.
+async fn wait_volume_deleted(cloud: &OpenStackCloud, volume_id: &str) {
+    eventually(
+        &format!("volume {volume_id} to be deleted"),
+        PATIENCE,
+        || async {
+            match cloud.get_volume(volume_id).await {
+                Err(CloudError::NotFound(_)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
 }
 
 /// A purchase in az1 of the tenant's project, with a port on its

@@ -2857,6 +2857,93 @@ async fn a_member_may_not_delete_a_bound_port() {
     cloud.delete_port(&port.id).await.unwrap();
 }
 
+/// A member-only pool user on another project's network, shared with
+/// warmpool's (as the testbed's tenant-net): Neutron's default policy
+/// lets it make a port there, but not choose its address, whatever the
+/// address (403 naming `create_port:fixed_ips:ip_address`). An order with
+/// a fixed_ip is refused FAILED_PRECONDITION saying what to do (send it
+/// without fixed_ip, or give the cloud user admin), leaving no port and
+/// the claimed instance back in the pool; the same order without fixed_ip
+/// is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_ip_the_policy_refuses_a_member_says_what_to_do() {
+    use cloudsim::http::{project_id_of, NetworkSpec};
+    use tonic::Code;
+    use warmpool_client::Client;
+    let theirs = NetworkSpec::new("their-net", "10.61.0.0/16", "10.61.0.1", false)
+        .of_project("tenant")
+        .shared_with_project("service");
+    let mut settings = HttpSettings::default();
+    settings.networks.push(theirs.clone());
+    let env = env_with(
+        SimConfig {
+            member_port_policy: true,
+            ..sim_config()
+        },
+        settings,
+    )
+    .await;
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
+    let key = PoolKey::new("db.small", "az1");
+    wait_ready(&running.manager, &key, 2).await;
+    let client = Client::connect(&format!("http://{}", running.grpc_addr))
+        .await
+        .unwrap();
+    let order = |id: &str, fixed_ip: &str| {
+        let mut request = support::allocate_request(
+            id,
+            "db.small",
+            "az1",
+            support::new_volume(1, true),
+            &theirs.id,
+            Duration::from_secs(30),
+        );
+        request.tenant_project_id = project_id_of("tenant");
+        if !fixed_ip.is_empty() {
+            let network = request.network.as_mut().unwrap();
+            network.subnet_id = theirs.subnet_id.clone();
+            network.fixed_ip = fixed_ip.into();
+        }
+        request
+    };
+
+    let message = support::expect_code(
+        client.allocate(order("o1", "10.61.0.7")).await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        message.starts_with("cannot create the tenant port: ")
+            && message.contains("rule:create_port:fixed_ips:ip_address")
+            && message.contains("without fixed_ip")
+            && message.contains("admin role"),
+        "{message}"
+    );
+    assert!(
+        env.sim.ports().iter().all(|p| p.network_id != theirs.id),
+        "{:?}",
+        env.sim.ports()
+    );
+    wait_ready(&running.manager, &key, 2).await;
+
+    let served = client.allocate(order("o2", "")).await.unwrap();
+    assert!(
+        served.ip_address.starts_with("10.61."),
+        "an address Neutron chose: {served:?}"
+    );
+    let released = client.release("o2", None).await.unwrap();
+    assert_eq!(
+        released.state,
+        warmpool_client::api::AllocationState::Released as i32,
+        "{released:?}"
+    );
+    assert!(
+        env.sim.ports().iter().all(|p| p.id != served.port_id),
+        "the release deleted the order's port, once Nova had unbound it: {:?}",
+        env.sim.ports()
+    );
+    stop_daemon(running, stop).await;
+}
+
 /// A network with no subnet: Neutron creates the port with no address and
 /// says none is coming (not `ip_allocation: deferred`), which the
 /// allocator refuses before it claims an instance.

@@ -1071,7 +1071,17 @@ impl OpenStackCloud {
             groups.clear();
             reply = self.inner.conn.send(&post(&groups)).await;
         }
-        self.created(&spec.name, &call, reply)
+        // Neutron's policy refusing warmpool's user the port (a member may
+        // not choose an address on another project's network) is told
+        // from the create's other refusals by its status alone: the
+        // purchase's answer says what to do about it.
+        let refused_by_policy = reply.as_ref().is_ok_and(|r| r.status == 403);
+        match self.created(&spec.name, &call, reply) {
+            Err(CloudError::Fatal(refused)) if refused_by_policy => {
+                Err(CloudError::PolicyRefused(refused))
+            }
+            other => other,
+        }
     }
 
     /// The security group `name_or_id` names among those of warmpool's

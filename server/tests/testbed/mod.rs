@@ -44,6 +44,10 @@ pub const E2E_PASSWORD: &str = "e2epass";
 pub const E2E_NETWORK: &str = "warmpool-e2e-net";
 pub const NOQUOTA_CLOUD: &str = "warmpool-noquota";
 pub const NOQUOTA_NETWORK: &str = "warmpool-noquota-net";
+/// A pool user with the member role only (no admin), as on a cloud that
+/// grants warmpool's user no more.
+pub const MEMBER_CLOUD: &str = "warmpool-member";
+pub const MEMBER_NETWORK: &str = "warmpool-member-net";
 pub const TENANT_CLOUD: &str = "ostb-tenant";
 pub const TENANT_NETWORK: &str = "tenant-net";
 /// The image warmpool's pools name; the fake virt driver never reads it.
