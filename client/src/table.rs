@@ -565,7 +565,9 @@ fn quota_room(s: &api::SizingStatus) -> String {
 }
 
 /// "backoff: 0 new boots, 0 in flight (boots failed: next in 40s)": a
-/// backoff's time left is counted at `now`, as a throttle pause's.
+/// backoff's time left is counted at `now`, as a throttle pause's. A pool
+/// degraded with no failed boot was marked by the start-up cloud check,
+/// and says so.
 fn plan_detail(pool: &api::Pool, now: SystemTime) -> String {
     let Some(s) = pool.sizing.as_ref().filter(|s| !s.plan_reason.is_empty()) else {
         return "-".to_owned();
@@ -579,9 +581,16 @@ fn plan_detail(pool: &api::Pool, now: SystemTime) -> String {
     if s.plan_reason != "backoff" {
         return plan;
     }
-    match backoff_left(s, now) {
-        Some(left) => format!("{plan} (boots failed: next in {left})"),
-        None => format!("{plan} (boots failed: one at a time until one is ready)"),
+    let marked = pool.degraded && pool.consecutive_boot_failures == 0;
+    match (backoff_left(s, now), marked) {
+        (Some(left), false) => format!("{plan} (boots failed: next in {left})"),
+        (None, false) => format!("{plan} (boots failed: one at a time until one is ready)"),
+        (Some(left), true) => {
+            format!("{plan} (the start-up cloud check failed: next boot in {left})")
+        }
+        (None, true) => format!(
+            "{plan} (the start-up cloud check failed: one boot at a time until the pool recovers)"
+        ),
     }
 }
 
@@ -1336,6 +1345,22 @@ mod tests {
         let text = pool_detail(&pool, now);
         assert!(
             text.contains("plan:              backoff: 1 new boots, 0 in flight (boots failed: one at a time until one is ready)\n"),
+            "{text}"
+        );
+        // Degraded with no failed boot: the start-up check's mark.
+        pool.degraded = true;
+        pool.consecutive_boot_failures = 0;
+        let text = pool_detail(&pool, now);
+        assert!(
+            text.contains("plan:              backoff: 1 new boots, 0 in flight (the start-up cloud check failed: one boot at a time until the pool recovers)\n"),
+            "{text}"
+        );
+        let sizing = pool.sizing.as_mut().unwrap();
+        sizing.backoff_until = Some((now + Duration::from_secs(40)).into());
+        sizing.plan_boots = 0;
+        let text = pool_detail(&pool, now);
+        assert!(
+            text.contains("plan:              backoff: 0 new boots, 0 in flight (the start-up cloud check failed: next boot in 40s)\n"),
             "{text}"
         );
     }

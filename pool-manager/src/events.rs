@@ -8,8 +8,9 @@
 //! stream) sees the same verdict instead of recomputing it: a pool is
 //! [`EventKind::Degraded`] after [`DEGRADED_AFTER`] boots failed in a row, or
 //! when its start-up cloud check failed, and [`EventKind::Recovered`] at its
-//! next Ready boot (see [`HealthBook`]): every recovery ends an episode that
-//! began with a `Degraded` event. Failed boots' verdict is stored
+//! next Ready boot, or once the check passes again (see [`HealthBook`] and
+//! [`MarkProof`]): every recovery ends an episode that began with a
+//! `Degraded` event. Failed boots' verdict is stored
 //! ([`StoredHealth`]): a restart keeps it, and announces it again.
 //! `Shared::emit` logs each operator-relevant event exactly once
 //! ([`Event::log`]); subscribers do not log them again.
@@ -66,6 +67,33 @@ impl DegradedCause {
             Self::CloudCheck { .. } => "cloud_check",
         }
     }
+}
+
+/// What proves the problems a pool's start-up cloud check found gone
+/// ([`crate::PoolManager::mark_unusable`]). Not a Ready boot alone: boots
+/// never touch Cinder, so a pool marked for its volumes' zone would read
+/// healthy after its next boot while every purchase with a new volume
+/// failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarkProof {
+    /// The pool's boot spec check passing again
+    /// ([`crate::cloud::Cloud::check_boot_spec`]: its flavor, compute
+    /// zone, Cinder zone and image), tried after each pause: it looks at
+    /// every problem found.
+    Recheck,
+    /// That check passing, then a Ready boot: a problem found is one only
+    /// a boot shows mended (a management network Nova cannot boot on).
+    RecheckAndBoot,
+}
+
+/// What a pool's start-up cloud check's mark still waits for
+/// ([`PoolHealth::check_mark`]); the mark ends when neither is due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckMark {
+    /// The boot spec check is yet to pass again.
+    pub recheck: bool,
+    /// A Ready boot is yet to be seen ([`MarkProof::RecheckAndBoot`]).
+    pub boot: bool,
 }
 
 /// How an Allocate ended.
@@ -185,9 +213,14 @@ pub enum EventKind {
         cause: DegradedCause,
         consecutive_failures: u32,
     },
-    /// A boot of a degraded pool reached Ready after `after_failures` failures.
+    /// A boot of a degraded pool reached Ready after `after_failures`
+    /// failures, or the cloud check that marked it passed again (and a boot
+    /// was Ready since, where the mark asked for one).
     Recovered {
         after_failures: u32,
+        /// The start-up cloud check that marked it passed again, which
+        /// ended the episode (not a boot).
+        checked: bool,
     },
     /// The manager paused a cloud call for `pause` because the cloud
     /// throttled it (a 429, a 413 that is not a quota, or a 503 naming a
@@ -263,8 +296,13 @@ impl EventKind {
                 cause: DegradedCause::CloudCheck { problem },
                 ..
             } => format!("pool degraded: its servers cannot boot: {problem}"),
-            Self::Recovered { after_failures: 0 } => "pool recovered: a boot succeeded".to_owned(),
-            Self::Recovered { after_failures } => {
+            Self::Recovered { checked: true, .. } => {
+                "pool recovered: the cloud check that marked it passes again".to_owned()
+            }
+            Self::Recovered {
+                after_failures: 0, ..
+            } => "pool recovered: a boot succeeded".to_owned(),
+            Self::Recovered { after_failures, .. } => {
                 format!("pool recovered: a boot succeeded after {after_failures} failures")
             }
             Self::Throttled { service, pause } => format!(
@@ -333,9 +371,12 @@ impl Event {
 pub struct PoolHealth {
     /// Boots that failed in a row since the pool's last Ready boot.
     pub consecutive_boot_failures: u32,
-    /// At least [`DEGRADED_AFTER`] failures in a row, or a failed cloud
-    /// check of the pool at start-up, until a boot succeeds.
+    /// At least [`DEGRADED_AFTER`] failures in a row, until a boot
+    /// succeeds; or a failed cloud check of the pool at start-up, until
+    /// what its mark waits for is seen ([`Self::check_mark`]).
     pub degraded: bool,
+    /// The start-up cloud check's mark, while it lasts.
+    pub check_mark: Option<CheckMark>,
     /// How the last failed boot ended.
     pub last_failure: Option<BootOutcome>,
     /// When the last boot failed, or the pool's start-up check: the
@@ -353,6 +394,25 @@ pub struct PoolHealth {
 }
 
 impl PoolHealth {
+    /// Whether a Ready boot would end the pool's degraded state now, so
+    /// that one at its target boots one server all the same
+    /// ([`crate::sizing::decide`]): its boots failed, or its start-up
+    /// check passed again and its mark waits for a boot. Not while the
+    /// check is yet to pass: a boot would fail as the check does, or prove
+    /// nothing of what it looks at (a Cinder zone).
+    pub fn awaits_ready_boot(&self) -> bool {
+        self.degraded && self.check_mark.is_none_or(|m| !m.recheck && m.boot)
+    }
+
+    /// Whether the pool's start-up check is to be made again at `now`: its
+    /// mark waits for it, and its pause (as [`Self::boot_backoff`] reckons
+    /// it, but never lifted for refusals the gate paces: each check made
+    /// again costs the cloud calls) is over.
+    pub fn recheck_due(&self, base: Duration, max: Duration, now: tokio::time::Instant) -> bool {
+        self.check_mark.is_some_and(|m| m.recheck)
+            && self.pause_end(base, max).is_none_or(|until| until <= now)
+    }
+
     /// Until when the pool's own boots wait, and how many may then run at
     /// once, after failures: `None` when the pool boots freely. A pool
     /// whose boots keep failing (a flavor retired, an AZ closed) would
@@ -380,6 +440,13 @@ impl PoolHealth {
         {
             return None;
         }
+        self.pause_end(base, max)
+    }
+
+    /// The end of the pause the failures (and failed checks) in a row
+    /// earned: from `base`, doubling with each step, up to `max`; `None`
+    /// when none runs.
+    fn pause_end(&self, base: Duration, max: Duration) -> Option<tokio::time::Instant> {
         let doublings = self.backoff_steps.saturating_sub(1).min(16);
         let pause = base.saturating_mul(1 << doublings).min(max.max(base));
         let since = self.last_failure_at?;
@@ -548,11 +615,31 @@ impl HealthBook {
         if outcome == BootOutcome::Ready {
             let after_failures = health.consecutive_boot_failures;
             let was_degraded = health.degraded;
-            *health = PoolHealth {
-                boot_spec_changed_at: health.boot_spec_changed_at,
-                ..PoolHealth::default()
+            // A boot proves nothing of what the start-up check is still to
+            // see passing (a Cinder zone boots never touch): its mark, and
+            // the pause its next check waits out, stay.
+            let check_mark = health
+                .check_mark
+                .map(|m| CheckMark { boot: false, ..m })
+                .filter(|m| m.recheck);
+            *health = match check_mark {
+                Some(_) => PoolHealth {
+                    degraded: true,
+                    check_mark,
+                    last_failure_at: health.last_failure_at,
+                    backoff_steps: health.backoff_steps,
+                    boot_spec_changed_at: health.boot_spec_changed_at,
+                    ..PoolHealth::default()
+                },
+                None => PoolHealth {
+                    boot_spec_changed_at: health.boot_spec_changed_at,
+                    ..PoolHealth::default()
+                },
             };
-            return was_degraded.then_some(EventKind::Recovered { after_failures });
+            return (was_degraded && !health.degraded).then_some(EventKind::Recovered {
+                after_failures,
+                checked: false,
+            });
         }
         health.consecutive_boot_failures = health.consecutive_boot_failures.saturating_add(1);
         health.last_failure = Some(outcome);
@@ -586,19 +673,28 @@ impl HealthBook {
     }
 
     /// Marks a pool degraded without a boot: its cloud check failed at
-    /// start-up (its flavor, image or zone gone), so its boots would fail.
-    /// The next Ready boot recovers it, as after failed boots (a degraded
-    /// pool at its target boots one for that: [`crate::sizing::decide`]). Returns the
-    /// verdict event, as [`HealthBook::note_boot`] does: `None` when the
-    /// pool was degraded already (one event per episode).
+    /// start-up (its flavor, image, zone or volumes' Cinder zone gone), so
+    /// its boots or its purchases would fail. What `proof` names ends the
+    /// mark: the check passing again ([`HealthBook::note_recheck`]), made
+    /// after each pause, and then, if it asks for one, a Ready boot (a
+    /// degraded pool at its target boots one for that:
+    /// [`crate::sizing::decide`]). Returns the verdict event, as
+    /// [`HealthBook::note_boot`] does: `None` when the pool was degraded
+    /// already (one event per episode).
     pub fn note_check_failed(
         &mut self,
         pool: &PoolKey,
         problem: &str,
+        proof: MarkProof,
         now: tokio::time::Instant,
     ) -> Option<EventKind> {
         let health = self.pools.entry(pool.clone()).or_default();
         health.last_failure_at = Some(now);
+        let boot = proof == MarkProof::RecheckAndBoot || health.check_mark.is_some_and(|m| m.boot);
+        health.check_mark = Some(CheckMark {
+            recheck: true,
+            boot,
+        });
         if health.degraded {
             return None;
         }
@@ -608,6 +704,46 @@ impl HealthBook {
                 problem: problem.to_owned(),
             },
             consecutive_failures: health.consecutive_boot_failures,
+        })
+    }
+
+    /// The pool's start-up check, made again at `now`, passed or not: a
+    /// pass ends that part of its mark (and the mark, unless it waits for a
+    /// Ready boot too), a failure restarts the pause before the next, one
+    /// step longer, as a failed boot does. Returns the `Recovered` event
+    /// when the pool is degraded no more.
+    pub fn note_recheck(
+        &mut self,
+        pool: &PoolKey,
+        passed: bool,
+        now: tokio::time::Instant,
+    ) -> Option<EventKind> {
+        let health = self.pools.get_mut(pool)?;
+        let mark = health.check_mark.filter(|m| m.recheck)?;
+        if !passed {
+            health.backoff_steps = health.backoff_steps.saturating_add(1);
+            health.last_failure_at = Some(now);
+            return None;
+        }
+        health.check_mark = mark.boot.then_some(CheckMark {
+            recheck: false,
+            boot: true,
+        });
+        // Failed boots' own verdict holds until a boot is Ready.
+        let boots_failing = health.consecutive_boot_failures >= DEGRADED_AFTER;
+        if health.check_mark.is_some() || boots_failing {
+            return None;
+        }
+        health.degraded = false;
+        // The pause was the mark's, unless boots failed since the last
+        // Ready one (they keep theirs).
+        if health.consecutive_boot_failures == 0 {
+            health.last_failure_at = None;
+            health.backoff_steps = 0;
+        }
+        Some(EventKind::Recovered {
+            after_failures: 0,
+            checked: true,
         })
     }
 
@@ -663,6 +799,7 @@ impl HealthBook {
             last_failure_at: paused_from,
             backoff_steps: stored.backoff_steps,
             boot_spec_changed_at: None,
+            check_mark: None,
         };
         self.pools.insert(pool.clone(), health);
         match health.lasting() {
@@ -723,12 +860,93 @@ mod tests {
         assert_eq!(
             book.note_boot(&pool, BootOutcome::Ready, None, now()),
             Some(EventKind::Recovered {
-                after_failures: DEGRADED_AFTER + 1
+                after_failures: DEGRADED_AFTER + 1,
+                checked: false,
             })
         );
         assert_eq!(book.health(&pool), PoolHealth::default());
         // A Ready boot of a healthy pool is no news.
         assert_eq!(book.note_boot(&pool, BootOutcome::Ready, None, now()), None);
+    }
+
+    /// A start-up check's mark ends when the check passes again, not at a
+    /// Ready boot, which proves nothing of a Cinder zone; one that asks for
+    /// a boot too (a management network) ends at whichever comes last.
+    #[test]
+    fn a_check_mark_ends_with_its_check_passing_and_the_boot_it_asks_for() {
+        let pool = PoolKey::new("f", "a");
+        let base = Duration::from_secs(30);
+        let max = Duration::from_secs(300);
+        let mut book = HealthBook::default();
+        let at = now();
+        assert!(matches!(
+            book.note_check_failed(&pool, "volumes: az1 unavailable", MarkProof::Recheck, at),
+            Some(EventKind::Degraded { .. })
+        ));
+        let health = book.health(&pool);
+        assert!(
+            !health.awaits_ready_boot(),
+            "a boot tells nothing of Cinder"
+        );
+        assert_eq!(health.boot_backoff(base, max, true), Some(at + base));
+        assert!(!health.recheck_due(base, max, at));
+        assert!(health.recheck_due(base, max, at + base));
+        // A Ready boot (a refill) ends no mark.
+        assert_eq!(book.note_boot(&pool, BootOutcome::Ready, None, at), None);
+        assert!(book.health(&pool).degraded);
+        // Each failed check pauses the next one, longer at each.
+        assert_eq!(book.note_recheck(&pool, false, at + base), None);
+        let health = book.health(&pool);
+        assert!(health.degraded);
+        assert_eq!(health.boot_backoff(base, max, true), Some(at + base * 2));
+        assert_eq!(book.note_recheck(&pool, false, at + base * 2), None);
+        assert_eq!(
+            book.health(&pool).boot_backoff(base, max, true),
+            Some(at + base * 4)
+        );
+        assert_eq!(
+            book.note_recheck(&pool, true, at + base * 4),
+            Some(EventKind::Recovered {
+                after_failures: 0,
+                checked: true
+            })
+        );
+        assert_eq!(book.health(&pool), PoolHealth::default());
+        assert_eq!(book.note_recheck(&pool, true, at), None, "no mark, no news");
+
+        // A mark that asks for a boot too: the check, then the boot.
+        assert!(book
+            .note_check_failed(&pool, "network: gone", MarkProof::RecheckAndBoot, at)
+            .is_some());
+        assert!(!book.health(&pool).awaits_ready_boot(), "the check first");
+        assert_eq!(book.note_recheck(&pool, true, at), None);
+        let health = book.health(&pool);
+        assert!(health.degraded && health.awaits_ready_boot(), "{health:?}");
+        assert_eq!(
+            book.note_boot(&pool, BootOutcome::Ready, None, at),
+            Some(EventKind::Recovered {
+                after_failures: 0,
+                checked: false
+            })
+        );
+        // The boot first (a refill below the target), then the check.
+        book.note_check_failed(&pool, "network: gone", MarkProof::RecheckAndBoot, at);
+        assert_eq!(book.note_boot(&pool, BootOutcome::Ready, None, at), None);
+        assert_eq!(
+            book.note_recheck(&pool, true, at),
+            Some(EventKind::Recovered {
+                after_failures: 0,
+                checked: true
+            })
+        );
+        // Failed boots' verdict outlasts a mark whose check passes.
+        book.note_check_failed(&pool, "flavor: gone", MarkProof::Recheck, at);
+        for _ in 0..DEGRADED_AFTER {
+            assert_eq!(book.note_boot(&pool, BootOutcome::Failed, None, at), None);
+        }
+        assert_eq!(book.note_recheck(&pool, true, at), None);
+        let health = book.health(&pool);
+        assert!(health.degraded && health.awaits_ready_boot(), "{health:?}");
     }
 
     /// A pool with no boot outcome yet (new, or healthy since the start)
@@ -861,7 +1079,10 @@ mod tests {
         assert_eq!(restarted.unsaved(&pool), None, "nothing new to write");
         assert_eq!(
             restarted.note_boot(&pool, BootOutcome::Ready, None, at),
-            Some(EventKind::Recovered { after_failures: 4 })
+            Some(EventKind::Recovered {
+                after_failures: 4,
+                checked: false,
+            })
         );
         assert_eq!(restarted.unsaved(&pool), Some(None), "the record goes");
 

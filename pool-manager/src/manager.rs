@@ -11,7 +11,7 @@ use crate::cloud::{
 };
 use crate::error::{ApiCall, ManagerError, ManagerResult};
 use crate::events::{
-    BootOutcome, CloudService, DegradedCause, Event, EventKind, HealthBook, PoolHealth,
+    BootOutcome, CloudService, DegradedCause, Event, EventKind, HealthBook, MarkProof, PoolHealth,
     SettingsChange,
 };
 use crate::gate::{Gate, GateSettings};
@@ -1075,16 +1075,24 @@ impl PoolManager {
     }
 
     /// Marks a stored pool its cloud check found unusable (its flavor,
-    /// image or zone gone since it was created): degraded, with `problem`
-    /// as its last error, so operators see it in GetPool, the metrics and
-    /// `warmpoolctl`, instead of warmpoold refusing to start for every
-    /// other pool. The mark is an episode as failed boots make one: a
-    /// [`EventKind::Degraded`] event (logged once, counted by the metrics)
-    /// that the pool's next Ready boot ends with `Recovered`; meanwhile its
-    /// boots are paced as failed boots are, and one at its target boots
-    /// one server all the same ([`crate::sizing::decide`]): nothing else
-    /// would end the episode of a pool with nothing to refill.
-    pub async fn mark_unusable(&self, key: &PoolKey, problem: &str) -> ManagerResult<()> {
+    /// image, zone or volumes' Cinder zone gone since it was created):
+    /// degraded, with `problem` as its last error, so operators see it in
+    /// GetPool, the metrics and `warmpoolctl`, instead of warmpoold
+    /// refusing to start for every other pool. The mark is an episode as
+    /// failed boots make one: a [`EventKind::Degraded`] event (logged once,
+    /// counted by the metrics) that `Recovered` ends once what `proof`
+    /// names is seen: the pool's boot spec check
+    /// ([`crate::cloud::Cloud::check_boot_spec`]) passing again, made after
+    /// each pause, and, for [`MarkProof::RecheckAndBoot`], a Ready boot
+    /// (one at its target boots one server for it:
+    /// [`crate::sizing::decide`]). Meanwhile its boots are paced as failed
+    /// boots are.
+    pub async fn mark_unusable(
+        &self,
+        key: &PoolKey,
+        problem: &str,
+        proof: MarkProof,
+    ) -> ManagerResult<()> {
         // The mark joins the failed boots a previous process stored.
         self.shared.restore_health().await?;
         let at = self
@@ -1097,10 +1105,10 @@ impl PoolManager {
                 p.last_error_at = Some(at);
             })
             .await?;
-        let verdict = self
-            .shared
-            .health_book()
-            .note_check_failed(key, problem, Instant::now());
+        let verdict =
+            self.shared
+                .health_book()
+                .note_check_failed(key, problem, proof, Instant::now());
         if let Some(kind) = verdict {
             self.shared.emit(Some(key), kind);
         }

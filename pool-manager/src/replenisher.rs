@@ -468,6 +468,39 @@ impl Shared {
         }
     }
 
+    /// Makes the pool's start-up cloud check again, for its mark
+    /// ([`crate::events::HealthBook::note_recheck`]): the check a pool
+    /// created through the API gets ([`crate::cloud::Cloud::check_boot_spec`]:
+    /// its flavor, compute zone, Cinder zone and image), which looks at
+    /// what a boot never touches (a purchase's volume zone) without booting
+    /// anything. A check the cloud does not answer counts as failing: it is
+    /// made again after the next pause; a 429 is the gate's too.
+    async fn recheck(&self, pool: &PoolRecord) {
+        let key = &pool.key;
+        let result = self.cloud.check_boot_spec(key, &pool.spec.image).await;
+        let now = Instant::now();
+        match &result {
+            Ok(()) => {}
+            Err(CloudError::NotFound(problem)) => {
+                tracing::debug!(pool = %key, problem, "the pool's cloud check still fails: it stays degraded, checked again after its pause")
+            }
+            Err(e) => {
+                if let CloudError::Throttled { retry_after, .. } = e {
+                    gate::lock(&self.gate).throttled(&key.availability_zone, *retry_after, now);
+                }
+                tracing::debug!(pool = %key, error = %e, "cannot make the pool's cloud check again: it stays degraded, checked again after its pause")
+            }
+        }
+        let verdict = self.health_book().note_recheck(key, result.is_ok(), now);
+        match verdict {
+            Some(kind) => self.emit(Some(key), kind),
+            None if result.is_ok() => {
+                tracing::info!(pool = %key, "the pool's cloud check passes again: its next Ready boot ends its degraded state (only a boot shows what the check does not look at, a management network, or that boots fail no more)")
+            }
+            None => {}
+        }
+    }
+
     /// The flavor's quota headroom as the cloud reports it, and the ports
     /// the unsold instances (every pool's: the quota is the project's) will
     /// yet take for their sales ([`gate::ports_kept_for_sale`]), counted
@@ -518,12 +551,15 @@ impl Shared {
             (demand, lead, book.wall_now(settings))
         };
         // After failed boots, one at a time once the pause is over.
-        let health = self.health_book().health(&pool.key);
-        let backoff = health.boot_backoff(
-            self.settings.replenish_interval,
-            BOOT_BACKOFF_MAX,
-            self.settings.gate.enabled,
-        );
+        let base = self.settings.replenish_interval;
+        let mut health = self.health_book().health(&pool.key);
+        // A start-up check's mark is ended by the check passing again, made
+        // here after each pause: no boot shows a Cinder zone mended.
+        if health.recheck_due(base, BOOT_BACKOFF_MAX, now) {
+            self.recheck(pool).await;
+            health = self.health_book().health(&pool.key);
+        }
+        let backoff = health.boot_backoff(base, BOOT_BACKOFF_MAX, self.settings.gate.enabled);
         let backoff = backoff.map(|until| {
             if until > now {
                 Backoff::Paused { until }
@@ -542,20 +578,25 @@ impl Shared {
             service_level: settings.service_level,
             pool_boot_cap: self.settings.max_concurrent_boots,
             backoff,
-            degraded: health.degraded,
+            awaits_ready_boot: health.awaits_ready_boot(),
             gate,
         };
         // The target does not depend on the gate; the boots do, below.
-        let target = {
+        let (target, wanted) = {
             let admission = gate::lock(&self.gate).admission(az, &pool.key.flavor, now);
-            sizing::decide(&inputs(&pool.spec, &census, admission)).target
+            let inputs = inputs(&pool.spec, &census, admission);
+            let target = sizing::decide(&inputs).target;
+            (target, sizing::wanted(&inputs, target))
         };
-        // Quota headroom matters only to a pool that wants to boot: poll it
-        // then (at most every headroom_interval per flavor, sooner only
-        // after a quota refusal; servers freed do not make it due, as a
-        // purchase in line re-reads for those), not at rest, and not while
-        // the zone waits out a throttle (its boots are held anyway).
-        if target > supply
+        // Quota headroom matters only to a pool that wants to boot (its
+        // deficit, or a degraded pool's one boot at its target: the plan's
+        // own count, so that no pool boots blind where it would wait for
+        // room): poll it then (at most every headroom_interval per flavor,
+        // sooner only after a quota refusal; servers freed do not make it
+        // due, as a purchase in line re-reads for those), not at rest, and
+        // not while the zone waits out a throttle (its boots are held
+        // anyway).
+        if wanted > 0
             && self.settings.gate.enabled
             && gate::lock(&self.gate).refill_poll_due(az, &pool.key.flavor, now)
         {
@@ -645,6 +686,14 @@ impl Shared {
         let previous = self.sizing_book().set_plan(&pool.key, plan, settings);
         let was_quota = previous.is_some_and(|p| p.reason == PlanReason::Quota);
         match (was_quota, plan.reason == PlanReason::Quota) {
+            // Only the one boot a degraded pool makes at its target waits:
+            // its purchases are served as usual.
+            (false, true) if supply >= plan.target => tracing::warn!(
+                pool = %pool.key,
+                target = plan.target,
+                supply,
+                "the project's quota leaves no room for the one boot beyond its target that would show this degraded pool's cloud fixed: it stays degraded until room for a server frees up"
+            ),
             (false, true) => tracing::warn!(
                 pool = %pool.key,
                 target = plan.target,

@@ -803,10 +803,11 @@ pub struct Inputs {
     pub pool_boot_cap: u32,
     /// The pool's own pause after failed boots, if it is in one.
     pub backoff: Option<Backoff>,
-    /// The pool is degraded (its boots failed, or its start-up cloud
-    /// check): only a Ready boot ends that, so it keeps one boot in flight
-    /// at or above its target too ([`decide`]).
-    pub degraded: bool,
+    /// The pool is degraded and a Ready boot would end that (its boots
+    /// failed, or its start-up cloud check's mark waits for one:
+    /// [`crate::events::PoolHealth::awaits_ready_boot`]), so it keeps one
+    /// boot in flight at or above its target too ([`decide`]).
+    pub awaits_ready_boot: bool,
     /// What the pool's availability zone allows now.
     pub gate: Admission,
 }
@@ -844,15 +845,17 @@ pub enum PlanReason {
     PoolCap,
     /// Less than the deficit: the pool's boots failed, and it boots
     /// nothing until the pause ends, then one at a time. A degraded pool
-    /// at or above its target shows it too: it boots one server all the
-    /// same, until one is Ready ([`decide`]).
+    /// at or above its target whose degraded state a Ready boot would end
+    /// shows it too: it boots one server all the same, until one is Ready
+    /// ([`decide`]).
     Backoff(Backoff),
     /// Less than the deficit: the AZ's boot-concurrency window is full.
     Window,
     /// Nothing now: the AZ is paused after a 429/413 until its Retry-After.
     Throttled,
     /// Nothing now: the cloud refused for quota recently, or its limits
-    /// leave no headroom; only purchases boot.
+    /// leave no headroom; only purchases boot. A degraded pool at its
+    /// target shows it when the quota leaves no room for its one boot.
     Quota,
     /// Less than the deficit: the quota headroom left after purchases.
     Headroom,
@@ -881,6 +884,19 @@ pub struct BootPlan {
     pub demand_in_lead: f64,
     pub boots_now: u32,
     pub reason: PlanReason,
+}
+
+/// The boots a pool at `target` wants before any cap or hold: its
+/// deficit, or one for a degraded pool with nothing to refill that a Ready
+/// boot would mend (after its pause, as its refills would): failed boots'
+/// verdict ends only so, and a pool degraded while it held its target
+/// would otherwise stay degraded, its alert firing, long after the cloud
+/// was fixed. Not a pool that keeps nothing. Above 0 exactly when the pool
+/// would boot given room, so a replenish step polls the quota headroom
+/// then (a pool at its target wanting its one boot too), not at rest.
+pub fn wanted(inputs: &Inputs, target: u32) -> u32 {
+    let probe = inputs.awaits_ready_boot && target > 0 && inputs.in_flight == 0;
+    target.saturating_sub(inputs.supply).max(u32::from(probe))
 }
 
 /// How many boots to start now. Pure.
@@ -914,13 +930,7 @@ pub fn decide(inputs: &Inputs) -> BootPlan {
         boots_now,
         reason,
     };
-    // A degraded pool with nothing to refill boots one server all the
-    // same (after its pause, as its refills would): only a Ready boot ends
-    // the verdict, and a pool marked by its start-up cloud check while it
-    // held its target would otherwise stay degraded, its alert firing,
-    // long after the cloud was fixed. Not a pool that keeps nothing.
-    let probe = inputs.degraded && target > 0 && inputs.in_flight == 0;
-    let deficit = target.saturating_sub(inputs.supply).max(u32::from(probe));
+    let deficit = wanted(inputs, target);
     if deficit == 0 {
         return plan(0, PlanReason::AtTarget);
     }

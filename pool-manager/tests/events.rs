@@ -10,7 +10,8 @@ use common::*;
 use pool_manager::cloud::CloudError;
 use pool_manager::cloud::VolumeStatus;
 use pool_manager::events::{
-    AllocationOutcome, BootOutcome, CloudService, DegradedCause, Event, EventKind, DEGRADED_AFTER,
+    AllocationOutcome, BootOutcome, CloudService, DegradedCause, Event, EventKind, MarkProof,
+    DEGRADED_AFTER,
 };
 use pool_manager::model::{
     AllocationState, EmptyPoolPolicy, InstanceState, PoolKey, VolumeSource, TWIN_WATCH,
@@ -75,7 +76,8 @@ async fn boots_failing_degrade_the_pool_and_a_ready_boot_recovers_it() {
                 assert_eq!(
                     verdict.kind,
                     EventKind::Recovered {
-                        after_failures: DEGRADED_AFTER
+                        after_failures: DEGRADED_AFTER,
+                        checked: false,
                     }
                 );
                 break;
@@ -131,9 +133,9 @@ async fn a_pool_backing_off_after_failed_boots_names_the_backoff_in_its_plan() {
 }
 
 /// A pool its start-up cloud check found unusable is degraded by an event,
-/// as one whose boots keep failing is, so that the `Recovered` its next
-/// Ready boot brings ends an episode every subscriber saw begin. Marking
-/// it again in the same episode says nothing new.
+/// as one whose boots keep failing is, so that the `Recovered` the check
+/// passing again brings ends an episode every subscriber saw begin.
+/// Marking it again in the same episode says nothing new.
 #[tokio::test(start_paused = true)]
 async fn a_pool_marked_unusable_is_degraded_by_an_event_its_recovery_ends() {
     let sim = sim();
@@ -142,7 +144,11 @@ async fn a_pool_marked_unusable_is_degraded_by_an_event_its_recovery_ends() {
     manager.create_pool(pool(), spec(0)).await.unwrap();
     let mut events = manager.events();
     manager
-        .mark_unusable(&pool(), "start-up cloud check: no flavor")
+        .mark_unusable(
+            &pool(),
+            "start-up cloud check: no flavor",
+            MarkProof::Recheck,
+        )
         .await
         .unwrap();
     let event = next_event(&mut events).await;
@@ -160,18 +166,30 @@ async fn a_pool_marked_unusable_is_degraded_by_an_event_its_recovery_ends() {
         event.kind.describe().unwrap(),
         "pool degraded: its servers cannot boot: start-up cloud check: no flavor"
     );
-    manager.mark_unusable(&pool(), "again").await.unwrap();
-    assert!(manager.get_pool(&pool()).await.unwrap().health.degraded);
-
     manager
-        .update_pool(&pool(), |spec| *spec = common::spec(1))
+        .mark_unusable(&pool(), "again", MarkProof::Recheck)
         .await
         .unwrap();
+    assert!(manager.get_pool(&pool()).await.unwrap().health.degraded);
+
+    // The cloud has the flavor: the check, made again after the pause,
+    // passes, at a target of 0 too (no boot is needed, nor made).
     loop {
         match next_event(&mut events).await.kind {
             EventKind::Degraded { .. } => panic!("degraded twice in one episode"),
-            EventKind::Recovered { after_failures } => {
-                assert_eq!(after_failures, 0);
+            EventKind::Boot { .. } => panic!("a boot proves nothing the check does not"),
+            kind @ EventKind::Recovered { .. } => {
+                assert_eq!(
+                    kind,
+                    EventKind::Recovered {
+                        after_failures: 0,
+                        checked: true
+                    }
+                );
+                assert_eq!(
+                    kind.describe().unwrap(),
+                    "pool recovered: the cloud check that marked it passes again"
+                );
                 break;
             }
             _ => {}
@@ -182,11 +200,12 @@ async fn a_pool_marked_unusable_is_degraded_by_an_event_its_recovery_ends() {
 }
 
 /// A pool its start-up cloud check marked while it held its whole target
-/// (its zone disabled for patching over the restart) has nothing to
-/// refill, and only a Ready boot ends the episode: it boots one server
-/// all the same, one at a time after its pause, as a degraded pool below
-/// its target does, so a cloud fixed since is noticed and the mark
-/// cleared. Before, it booted nothing and stayed degraded for good
+/// (its management network broken over the restart, which only a boot
+/// shows mended) has nothing to refill, and only a Ready boot ends the
+/// episode once the check passes again: it boots one server all the
+/// same, one at a time after its pause, as a degraded pool below its
+/// target does, so a cloud fixed since is noticed and the mark cleared.
+/// Before, it booted nothing and stayed degraded for good
 /// (WarmpoolBootsDegraded firing, `plan: at_target`), whatever the log's
 /// remedy promised of "its next good boot". The extra server is retired
 /// once Ready: the pool is back at its max_ready.
@@ -204,31 +223,46 @@ async fn a_pool_marked_unusable_at_its_target_boots_one_server_and_recovers() {
     wait_ready(&manager, 2).await;
     let mut events = manager.events();
     manager
-        .mark_unusable(&pool(), "start-up cloud check: zone az1 disabled")
+        .mark_unusable(
+            &pool(),
+            "start-up cloud check: network: no network named 'mgmt'",
+            MarkProof::RecheckAndBoot,
+        )
         .await
         .unwrap();
-    // The step the mark wakes has run, within the mark's pause.
+    // The step the mark wakes has run, within the mark's pause: the check
+    // is made again first, and nothing boots before it passes.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let plan = manager.get_pool(&pool()).await.unwrap().sizing.last_plan;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    let plan = status.sizing.last_plan;
     assert_eq!(
-        plan.map(|p| p.reason.as_str()),
-        Some("backoff"),
-        "a degraded pool at its target waits out its pause to boot: {plan:?}"
+        plan.map(|p| (p.reason.as_str(), p.boots_now)),
+        Some(("at_target", 0)),
+        "a degraded pool at its target waits out its pause: {plan:?}"
     );
+    assert_eq!(status.count(InstanceState::Booting), 0, "{status:?}");
+    let mut booted = false;
     let recovered = tokio::time::timeout(Duration::from_secs(3600), async {
         loop {
             match events.recv().await.unwrap().kind {
-                EventKind::Recovered { after_failures } => break after_failures,
-                EventKind::Boot { outcome, .. } => assert_eq!(outcome, BootOutcome::Ready),
+                EventKind::Recovered {
+                    after_failures,
+                    checked,
+                } => break (after_failures, checked),
+                EventKind::Boot { outcome, .. } => {
+                    assert_eq!(outcome, BootOutcome::Ready);
+                    booted = true;
+                }
                 _ => {}
             }
         }
     })
     .await;
+    assert!(booted, "the mark asks for a boot");
     let status = manager.get_pool(&pool()).await.unwrap();
     assert_eq!(
         recovered,
-        Ok(0),
+        Ok((0, false)),
         "a pool at its target recovers within an hour of its cloud being fine: {:?}, plan {:?}",
         status.health,
         status.sizing.last_plan
@@ -1536,5 +1570,219 @@ async fn a_pool_created_again_never_shows_the_deleted_ones_health() {
         Default::default(),
         "after a restart, the new pool shows the deleted one's health"
     );
+    manager.shutdown().await.unwrap();
+}
+
+/// A pool whose target is its whole depth: nothing to refill at rest.
+fn full(n: u32) -> pool_manager::model::PoolSpec {
+    pool_manager::model::PoolSpec {
+        min_ready: n,
+        max_ready: n,
+        ..spec(n)
+    }
+}
+
+/// A stored pool marked at start-up for its Cinder zone (listed
+/// unavailable) stays degraded while the zone is closed: boots never touch
+/// Cinder, so a Ready boot proves nothing of it. The mark used to end at
+/// the probe boot of a pool at its target (or any refill's), and the pool
+/// read healthy while every purchase with a new volume failed. It ends
+/// when the check that made it passes again, made after each pause, and
+/// no server is booted for it.
+#[tokio::test(start_paused = true)]
+async fn a_cinder_mark_outlives_a_boot_that_never_touched_cinder() {
+    let sim = sim();
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), full(2)).await.unwrap();
+    wait_ready(&manager, 2).await;
+    let mut events = manager.events();
+    sim.close_volume_zone("az1");
+    manager
+        .mark_unusable(
+            &pool(),
+            "start-up cloud check: volumes: Cinder zone 'az1' is unavailable",
+            MarkProof::Recheck,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(sim.servers().len(), 2, "no server booted to prove Cinder");
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert!(
+        status.health.degraded,
+        "Cinder is still closed, yet the mark is gone: {:?}",
+        status.health
+    );
+    let order = manager
+        .allocate(request("o1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await;
+    assert!(order.is_err(), "Cinder is closed: {order:?}");
+    // Refills of the sale's server are Ready meanwhile: still marked.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert!(status.health.degraded, "{:?}", status.health);
+    assert_eq!(status.count(InstanceState::Ready), 2, "{status:?}");
+
+    sim.reopen_volume_zone("az1");
+    let recovered = tokio::time::timeout(Duration::from_secs(600), async {
+        loop {
+            if let EventKind::Recovered { checked, .. } = events.recv().await.unwrap().kind {
+                break checked;
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        recovered,
+        Ok(true),
+        "the check passing again ends the mark, within a pause of at most 5 min"
+    );
+    assert!(!manager.get_pool(&pool()).await.unwrap().health.degraded);
+    manager
+        .allocate(request("o2", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    manager.shutdown().await.unwrap();
+}
+
+/// A degraded pool at its target whose cached quota headroom read 0 polls
+/// the headroom again when due, as a pool below its target does: its one
+/// boot is a boot too. Only a pool below its target polled, so room freed
+/// since was never seen, the boot never made, the pool degraded for good.
+#[tokio::test(start_paused = true)]
+async fn a_degraded_pool_at_its_target_sees_quota_freed() {
+    let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
+        quotas: cloudsim::Quotas {
+            max_instances: 3,
+            max_volumes: 1000,
+            max_ports: cloudsim::Quotas::UNLIMITED,
+            max_gigabytes: 1000 * 1000,
+            max_gigabytes_per_volume: None,
+        },
+        ..cloudsim::SimConfig::deterministic()
+    });
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), full(2)).await.unwrap();
+    wait_ready(&manager, 2).await;
+    // A sale: its refill takes the last room the next poll shows.
+    manager
+        .allocate(request("o1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    wait_ready(&manager, 2).await;
+    assert_eq!(sim.servers().len(), 3);
+    // The sale ends: one server's room is free again.
+    manager.release("o1", Some(true)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(sim.servers().len(), 2);
+    let quota = manager.get_pool(&pool()).await.unwrap().sizing.quota;
+    assert_eq!(quota.left, Some(0), "the last poll saw no room: {quota:?}");
+    // A mark only a boot ends (a management network's).
+    manager
+        .mark_unusable(
+            &pool(),
+            "start-up cloud check: network: no network named 'mgmt'",
+            MarkProof::RecheckAndBoot,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert!(
+        !status.health.degraded,
+        "an hour on a fine cloud with room for a server, still degraded: {:?}, plan {:?}, quota {:?}",
+        status.health,
+        status.sizing.last_plan,
+        status.sizing.quota
+    );
+    assert_eq!(sim.servers().len(), 2, "the boot's surplus retired");
+    manager.shutdown().await.unwrap();
+}
+
+/// After a restart (no headroom read yet), a degraded pool at its target
+/// in a project whose quota holds exactly its servers polls the headroom
+/// before its one boot, and makes none while it reads 0: the pool stays
+/// degraded (nothing shows its cloud fixed) but sends no create. It used
+/// to send it blind, refused for quota, again after each of the project's
+/// quota pauses (every pool's speculative boots held with it), its
+/// failures counting up and the alert blaming quota, for good. Room freed
+/// (its target lowered) lets the boot go, and its Ready ends the mark.
+#[tokio::test(start_paused = true)]
+async fn a_restarted_degraded_pool_at_a_full_quota_polls_instead_of_probing_blind() {
+    let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
+        quotas: cloudsim::Quotas {
+            max_instances: 2,
+            max_volumes: 1000,
+            max_ports: cloudsim::Quotas::UNLIMITED,
+            max_gigabytes: 1000 * 1000,
+            max_gigabytes_per_volume: None,
+        },
+        ..cloudsim::SimConfig::deterministic()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let manager = manager_on(&sim, open_store(dir.path()));
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), full(2)).await.unwrap();
+    wait_ready(&manager, 2).await;
+    manager.shutdown().await.unwrap();
+    drop(manager);
+    let manager = manager_on(&sim, open_store(dir.path()));
+    manager
+        .mark_unusable(
+            &pool(),
+            "start-up cloud check: network: no network named 'mgmt'",
+            MarkProof::RecheckAndBoot,
+        )
+        .await
+        .unwrap();
+    manager.start().await.unwrap();
+    sim.reset_call_counts();
+    tokio::time::sleep(Duration::from_secs(4 * 3600)).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    let calls = sim.call_counts();
+    assert_eq!(
+        calls.get("create_server"),
+        None,
+        "no boot sent into a full quota: {calls:?}"
+    );
+    assert_eq!(
+        status.health.consecutive_boot_failures, 0,
+        "{:?}",
+        status.health
+    );
+    assert!(status.health.degraded, "{:?}", status.health);
+    assert_eq!(
+        status.sizing.last_plan.map(|p| p.reason.as_str()),
+        Some("quota"),
+        "{:?}",
+        status.sizing.last_plan
+    );
+    assert_eq!(
+        status.sizing.quota.left,
+        Some(0),
+        "{:?}",
+        status.sizing.quota
+    );
+    assert_eq!(
+        status.sizing.gate.quota_refusals, 0,
+        "{:?}",
+        status.sizing.gate
+    );
+
+    manager
+        .update_pool(&pool(), |s| *s = full(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert!(
+        !status.health.degraded,
+        "room for its boot: {:?}, plan {:?}",
+        status.health, status.sizing.last_plan
+    );
+    assert_eq!(status.health.consecutive_boot_failures, 0);
     manager.shutdown().await.unwrap();
 }

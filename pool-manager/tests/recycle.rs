@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use pool_manager::events::MarkProof;
 use pool_manager::model::{EmptyPoolPolicy, InstanceState, Target};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -746,7 +747,10 @@ async fn a_throttled_retirement_delete_says_it_is_retried_and_keeps_a_degraded_p
     );
     let manager = started_over(&cloud, temp_store(), 2).await;
     let cause = "flavor db.small is disabled in the cloud";
-    manager.mark_unusable(&pool(), cause).await.unwrap();
+    manager
+        .mark_unusable(&pool(), cause, MarkProof::RecheckAndBoot)
+        .await
+        .unwrap();
     throttling.store(true, Ordering::SeqCst);
     manager
         .update_pool(&pool(), |s| {

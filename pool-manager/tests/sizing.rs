@@ -12,7 +12,7 @@ use pool_manager::gate::{
 };
 use pool_manager::model::{EmptyPoolPolicy, InstanceState, Target};
 use pool_manager::sizing::{
-    auto_target, decide, surplus_kept, z_for, Backoff, Demand, DemandEstimate, Inputs,
+    auto_target, decide, surplus_kept, wanted, z_for, Backoff, Demand, DemandEstimate, Inputs,
     LeadEstimate, LeadSource, LeadTimes, LearnedLead, LearnedSizing, SizingBook, SizingSettings,
 };
 use pool_manager::{ManagerSettings, PoolManager, PoolStatus};
@@ -54,7 +54,7 @@ fn base() -> Inputs {
         service_level: 0.995,
         pool_boot_cap: 64,
         backoff: None,
-        degraded: false,
+        awaits_ready_boot: false,
         gate: Admission::OPEN,
     }
 }
@@ -394,7 +394,7 @@ fn decider_golden() {
                 backoff: Some(Backoff::Paused {
                     until: now + secs(40),
                 }),
-                degraded: true,
+                awaits_ready_boot: true,
                 supply: 4,
                 ..base()
             },
@@ -403,7 +403,7 @@ fn decider_golden() {
             "degraded at target: boots one",
             Inputs {
                 backoff: Some(Backoff::OneAtATime),
-                degraded: true,
+                awaits_ready_boot: true,
                 supply: 4,
                 ..base()
             },
@@ -412,7 +412,7 @@ fn decider_golden() {
             "degraded above target, one in flight",
             Inputs {
                 backoff: Some(Backoff::OneAtATime),
-                degraded: true,
+                awaits_ready_boot: true,
                 supply: 5,
                 in_flight: 1,
                 ..base()
@@ -422,7 +422,7 @@ fn decider_golden() {
             "degraded at target, quota held",
             Inputs {
                 backoff: Some(Backoff::OneAtATime),
-                degraded: true,
+                awaits_ready_boot: true,
                 supply: 4,
                 gate: Admission {
                     room: 8,
@@ -435,9 +435,33 @@ fn decider_golden() {
             },
         ),
         (
+            "degraded at target, no headroom",
+            Inputs {
+                backoff: Some(Backoff::OneAtATime),
+                awaits_ready_boot: true,
+                supply: 4,
+                gate: Admission {
+                    room: 8,
+                    hold: None,
+                    headroom: Some(0),
+                },
+                ..base()
+            },
+        ),
+        (
+            "degraded at target, check to pass",
+            Inputs {
+                backoff: Some(Backoff::Paused {
+                    until: now + secs(40),
+                }),
+                supply: 4,
+                ..base()
+            },
+        ),
+        (
             "degraded by refusals the gate paces",
             Inputs {
-                degraded: true,
+                awaits_ready_boot: true,
                 supply: 4,
                 ..base()
             },
@@ -446,7 +470,7 @@ fn decider_golden() {
             "degraded, no demand, min 0",
             Inputs {
                 backoff: Some(Backoff::OneAtATime),
-                degraded: true,
+                awaits_ready_boot: true,
                 min_ready: 0,
                 demand: DemandEstimate::steady(0.0),
                 ..base()
@@ -510,11 +534,44 @@ degraded at target: paused             D= 1.00 target= 4 boots= 0 backoff
 degraded at target: boots one          D= 1.00 target= 4 boots= 1 backoff
 degraded above target, one in flight   D= 1.00 target= 4 boots= 0 at_target
 degraded at target, quota held         D= 1.00 target= 4 boots= 0 quota
+degraded at target, no headroom        D= 1.00 target= 4 boots= 0 quota
+degraded at target, check to pass      D= 1.00 target= 4 boots= 0 at_target
 degraded by refusals the gate paces    D= 1.00 target= 4 boots= 1 backoff
 degraded, no demand, min 0             D= 0.00 target= 0 boots= 0 at_target
 window open: min 10                    D= 1.00 target=10 boots=10 deficit
 ";
     assert_eq!(out, golden, "\n{out}");
+}
+
+/// What a pool wants before caps and holds, which the replenisher polls
+/// the quota headroom for: a degraded pool's one boot at its target counts
+/// (it polled only below its target, so one at its target booted blind
+/// after a restart, or never saw room freed), and nothing at rest does.
+#[test]
+fn a_degraded_pool_at_its_target_wants_its_one_boot() {
+    let at_target = Inputs {
+        supply: 4,
+        ..base()
+    };
+    let target = decide(&at_target).target;
+    assert_eq!(target, 4);
+    assert_eq!(wanted(&at_target, target), 0, "at rest");
+    let degraded = Inputs {
+        awaits_ready_boot: true,
+        ..at_target.clone()
+    };
+    assert_eq!(wanted(&degraded, target), 1);
+    let in_flight = Inputs {
+        in_flight: 1,
+        supply: 5,
+        ..degraded.clone()
+    };
+    assert_eq!(wanted(&in_flight, target), 0, "one in flight already");
+    let below = Inputs {
+        supply: 1,
+        ..degraded
+    };
+    assert_eq!(wanted(&below, target), 3, "its deficit");
 }
 
 /// A fixed target is the operator's depth as a floor is: past the AIMD

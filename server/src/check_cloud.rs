@@ -30,6 +30,7 @@ use crate::config::{Config, ConfigError, OpenStackConfig, PoolConfig};
 use pool_manager::cloud::{
     Cloud, CloudChange, CloudError, CloudIdentity, CloudResult, ServerStatus, PORTS_PER_SERVER,
 };
+use pool_manager::events::MarkProof;
 use pool_manager::model::{PoolKey, PoolRecord, PoolSpec};
 use pool_manager::openstack::neutron::{Named, SecurityGroupRule};
 use pool_manager::openstack::{
@@ -95,6 +96,23 @@ pub enum CheckKind {
 }
 
 impl CheckKind {
+    /// What shows a stored pool's failure of this kind mended, ending its
+    /// mark ([`pool_manager::PoolManager::mark_unusable`]): the pool's boot
+    /// spec check passing again (`Cloud::check_boot_spec` looks at its
+    /// flavor, compute zone, Cinder zone and image; the embedded cloud's
+    /// whole start-up check is that one), and for a management network,
+    /// which it does not look at, a Ready boot after it.
+    pub fn mark_proof(self) -> MarkProof {
+        match self {
+            CheckKind::Flavor
+            | CheckKind::Image
+            | CheckKind::Zone
+            | CheckKind::Volume
+            | CheckKind::Pool => MarkProof::Recheck,
+            _ => MarkProof::RecheckAndBoot,
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             CheckKind::Config => "cloud config",
@@ -158,12 +176,30 @@ fn keys(pools: &[PoolKey]) -> String {
         .join(", ")
 }
 
-/// What an operator does about a stored pool the cloud no longer serves.
-pub fn stale_pool_remedy(key: &PoolKey) -> String {
+/// What an operator does about a stored pool the cloud no longer serves,
+/// and what ends its mark (`proof`).
+pub fn stale_pool_remedy(key: &PoolKey, proof: MarkProof) -> String {
+    let ends = match proof {
+        MarkProof::Recheck => {
+            "warmpoold checks the pool again after each pause, of up to 5 min, and clears the mark once the check passes"
+        }
+        MarkProof::RecheckAndBoot => {
+            "warmpoold checks the pool again after each pause, of up to 5 min; once the check passes, the pool's next Ready boot clears the mark (one at its target boots one server for it)"
+        }
+    };
     format!(
-        "fix the cloud (the pool tries one boot at a time, at its target too, and the first Ready one clears the mark), or delete the pool: `warmpoolctl pools delete {} {}`",
+        "fix the cloud ({ends}), or delete the pool: `warmpoolctl pools delete {} {}`",
         key.flavor, key.availability_zone
     )
+}
+
+/// A stored pool its own failures leave unusable ([`Report::stale_pools`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StalePool {
+    /// Each failure, as its line says it.
+    pub problems: Vec<String>,
+    /// What shows them all mended: a boot too if one of them asks for it.
+    pub proof: MarkProof,
 }
 
 /// One printed line: `auth: ok (user pool in project service, Nova microversion 2.79)`
@@ -233,7 +269,11 @@ impl fmt::Display for Check {
                     && !scope.stored.is_empty()
                     && !self.stops_start_up() =>
             {
-                let remedies: Vec<String> = scope.stored.iter().map(stale_pool_remedy).collect();
+                let remedies: Vec<String> = scope
+                    .stored
+                    .iter()
+                    .map(|key| stale_pool_remedy(key, self.kind.mark_proof()))
+                    .collect();
                 write!(
                     f,
                     " [stored pool {}: warmpoold starts, serves the other pools and shows it degraded; {}]",
@@ -298,14 +338,22 @@ impl Report {
 
     /// The stored pools failures of their own leave unusable, each with
     /// its problems: start-up goes on and marks them degraded.
-    pub fn stale_pools(&self) -> BTreeMap<PoolKey, Vec<String>> {
-        let mut stale: BTreeMap<PoolKey, Vec<String>> = BTreeMap::new();
+    pub fn stale_pools(&self) -> BTreeMap<PoolKey, StalePool> {
+        let mut stale: BTreeMap<PoolKey, StalePool> = BTreeMap::new();
         for check in &self.checks {
             if check.ok || check.stops_start_up() || check.kind == CheckKind::Quota {
                 continue;
             }
+            let proof = check.kind.mark_proof();
             for key in check.scope.iter().flat_map(|s| &s.stored) {
-                stale.entry(key.clone()).or_default().push(check.problem());
+                let pool = stale.entry(key.clone()).or_insert(StalePool {
+                    problems: Vec::new(),
+                    proof,
+                });
+                pool.problems.push(check.problem());
+                if proof == MarkProof::RecheckAndBoot {
+                    pool.proof = proof;
+                }
             }
         }
         stale
@@ -2044,11 +2092,14 @@ mod tests {
         assert!(report.start_up_refusals().is_empty());
         assert_eq!(
             report.stale_pools()[&PoolKey::new("db.old", "az1")],
-            ["flavor: no flavor named 'db.old'"]
+            StalePool {
+                problems: vec!["flavor: no flavor named 'db.old'".into()],
+                proof: MarkProof::Recheck,
+            }
         );
         assert!(report.checks[0]
             .to_string()
-            .ends_with("[stored pool db.old@az1: warmpoold starts, serves the other pools and shows it degraded; fix the cloud (the pool tries one boot at a time, at its target too, and the first Ready one clears the mark), or delete the pool: `warmpoolctl pools delete db.old az1`]"));
+            .ends_with("[stored pool db.old@az1: warmpoold starts, serves the other pools and shows it degraded; fix the cloud (warmpoold checks the pool again after each pause, of up to 5 min, and clears the mark once the check passes), or delete the pool: `warmpoolctl pools delete db.old az1`]"));
 
         report.fail_pools(
             CheckKind::Flavor,

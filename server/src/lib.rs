@@ -376,15 +376,17 @@ pub async fn start_stoppable(
         }));
         // Before the replenishers start: a stale pool's first boots are already
         // paced as failed boots are. Each mark is a DEGRADED event, logged
-        // (a warning naming the pool and the problem) and counted.
-        for (key, problems) in &stale {
+        // (a warning naming the pool and the problem) and counted; the check
+        // passing again, made after each pause (and a Ready boot after it,
+        // for what only a boot shows: `StalePool::proof`), ends it.
+        for (key, pool) in &stale {
             let problem = format!(
                 "start-up cloud check: {}; {}",
-                problems.join("; "),
-                check_cloud::stale_pool_remedy(key)
+                pool.problems.join("; "),
+                check_cloud::stale_pool_remedy(key, pool.proof)
             );
             manager
-                .mark_unusable(key, &problem)
+                .mark_unusable(key, &problem, pool.proof)
                 .await
                 .with_context(|| format!("cannot mark pool {key} unusable in the store"))?;
         }
@@ -993,14 +995,15 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// What [`build_cloud`] builds: the cloud, the readiness probe, for the
 /// embedded cloud the simulator itself, the stored pools the cloud
-/// check found unusable, each with its problems, and where the pool
-/// servers are listed, for messages ("the project of user pool in project
-/// service, under the tag \"warmpool\" (cloud.server_tag),").
+/// check found unusable, each with its problems and what ends its mark,
+/// and where the pool servers are listed, for messages ("the project of
+/// user pool in project service, under the tag \"warmpool\"
+/// (cloud.server_tag),").
 type BuiltCloud = (
     Arc<dyn pool_manager::cloud::Cloud>,
     Arc<dyn Probe>,
     Option<Arc<cloudsim::SimCloud>>,
-    std::collections::BTreeMap<pool_manager::model::PoolKey, Vec<String>>,
+    std::collections::BTreeMap<pool_manager::model::PoolKey, check_cloud::StalePool>,
     String,
 );
 

@@ -488,7 +488,7 @@ impl Metrics {
         );
         registry.register(
             "pool_degraded",
-            "1 while the pool is degraded (3 or more boots failed in a row, or its start-up cloud check failed; until a boot succeeds)",
+            "1 while the pool is degraded (3 or more boots failed in a row, until a boot succeeds; or its start-up cloud check failed, until the check passes again)",
             m.pool_degraded.clone(),
         );
         registry.register(
@@ -592,7 +592,7 @@ impl Metrics {
         );
         registry.register(
             "pool_recoveries",
-            "Times a degraded pool recovered (a boot reached Ready)",
+            "Times a degraded pool recovered (a boot reached Ready, or its start-up cloud check passed again)",
             m.recovered.clone(),
         );
         registry.register(
@@ -1781,7 +1781,10 @@ mod tests {
             cause: pool_manager::events::DegradedCause::Boots(BootOutcome::NoValidHost),
             consecutive_failures: 3,
         }));
-        m.record(&event(EventKind::Recovered { after_failures: 3 }));
+        m.record(&event(EventKind::Recovered {
+            after_failures: 3,
+            checked: false,
+        }));
         for service in [
             Some(CloudService::Compute),
             Some(CloudService::Compute),

@@ -1058,7 +1058,11 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let key = PoolKey::new("db.small", "az1");
         manager
-            .mark_unusable(&key, "flavor db.small is gone")
+            .mark_unusable(
+                &key,
+                "flavor db.small is gone",
+                pool_manager::events::MarkProof::Recheck,
+            )
             .await
             .unwrap();
         let happened = manager.get_pool(&key).await.unwrap().record.last_error_at;
