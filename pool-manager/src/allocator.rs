@@ -286,6 +286,13 @@ impl PoolManager {
         request_id: &str,
         delete_volume: Option<bool>,
     ) -> ManagerResult<Allocation> {
+        validate_request_id(request_id)?;
+        // Another call carrying out this order's release (billing's retry
+        // of a Release still under way, a reconcile pass finishing it) is
+        // waited for, and its outcome read below: the order Released is
+        // answered as it is; one still Releasing (that call failed) is
+        // tried again by this one.
+        let _turn = ReleaseTurn::take(&self.shared, request_id).await;
         let mut allocation = self.get_allocation(request_id).await?;
         // The purchase that held it while it was read may have ended since:
         // its in-flight mark goes once it has committed (or rolled back),
@@ -601,6 +608,60 @@ impl Drop for InFlight<'_> {
                 in_flight.remove(&self.request_id);
             }
         }
+    }
+}
+
+/// Holds the release of an order for one call of this process at a time,
+/// for as long as it lives: a Release, billing's retry of it and a reconcile
+/// pass, side by side, each sent the order's detaches and deletes (a real
+/// Nova refuses the second detach of a server being deleted, 409, and the
+/// second DELETE went out all the same). Not the order's [`InFlight`],
+/// which says that an Allocate works on it (GetAllocation's "in progress"
+/// for an order not recorded yet, the reconciler's rollback left alone).
+pub(crate) struct ReleaseTurn<'a> {
+    shared: &'a Shared,
+    request_id: String,
+}
+
+impl<'a> ReleaseTurn<'a> {
+    /// The turn, unless another call holds it now: a reconcile pass leaves
+    /// an order whose release is under way to that call.
+    pub(crate) fn try_take(shared: &'a Shared, request_id: &str) -> Option<Self> {
+        let taken = shared
+            .releasing
+            .lock()
+            .expect("releasing lock")
+            .insert(request_id.to_string());
+        taken.then(|| Self {
+            shared,
+            request_id: request_id.to_string(),
+        })
+    }
+
+    /// The turn, once no other call holds it.
+    async fn take(shared: &'a Shared, request_id: &str) -> Self {
+        loop {
+            let ended = shared.release_turn_ended.notified();
+            tokio::pin!(ended);
+            // Registered before the look, so a turn ending in between
+            // wakes this call.
+            ended.as_mut().enable();
+            if let Some(turn) = Self::try_take(shared, request_id) {
+                return turn;
+            }
+            ended.await;
+        }
+    }
+}
+
+impl Drop for ReleaseTurn<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .releasing
+            .lock()
+            .expect("releasing lock")
+            .remove(&self.request_id);
+        self.shared.release_turn_ended.notify_waiters();
     }
 }
 

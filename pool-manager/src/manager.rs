@@ -216,6 +216,14 @@ pub(crate) struct Shared {
     /// calls hold each); the periodic reconciler leaves their `Allocating`
     /// records alone.
     pub in_flight: Mutex<HashMap<String, usize>>,
+    /// Request ids whose release a call of this process is carrying out
+    /// now (a Release, or a reconcile pass finishing one), each held by a
+    /// `ReleaseTurn` (allocator.rs): one call at a time, so that billing's
+    /// retry, or a pass, does not send the order's detaches and deletes a
+    /// second time while the first call's are under way.
+    pub releasing: Mutex<HashSet<String>>,
+    /// Woken as each `ReleaseTurn` ends, for a Release waiting its turn.
+    pub release_turn_ended: tokio::sync::Notify,
     /// Why the latest try to finish each unfinished release failed, by
     /// request id, for GetAllocation (a release the cloud keeps from
     /// finishing showed only RELEASING). Kept in memory alone: a restart's
@@ -813,6 +821,8 @@ impl PoolManager {
                 booted_ready: Mutex::default(),
                 driving: Mutex::new(HashSet::new()),
                 in_flight: Mutex::new(HashMap::new()),
+                releasing: Mutex::default(),
+                release_turn_ended: tokio::sync::Notify::new(),
                 release_errors: Mutex::default(),
                 tasks: Mutex::new(JoinSet::new()),
                 calls: watch::channel(DetachedCalls::default()).0,

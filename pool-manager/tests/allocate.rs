@@ -3413,10 +3413,9 @@ async fn an_allocate_finding_the_pool_empty_twice_is_counted_once() {
     assert_consistent(&sim, &manager).await;
 }
 
-/// Two Releases of one allocation at once (billing's retry, or a reconcile
-/// pass finishing it) both do the idempotent deletes, but only the one
-/// that records `Released` reports it: one release counted, and both
-/// answer the stored record.
+/// Two Releases of one allocation at once (billing's retry): the second
+/// waits for the first, which alone does the deletes and reports the
+/// release: one release counted, and both answer the stored record.
 #[tokio::test(start_paused = true)]
 async fn two_releases_at_once_are_one_release() {
     use pool_manager::events::EventKind;
@@ -3434,9 +3433,15 @@ async fn two_releases_at_once_are_one_release() {
         tokio::spawn(async move { manager.release("order-r", None).await })
     };
     deleting.reached().await;
-    let second = manager.release("order-r", None).await.unwrap();
+    let second = {
+        let manager = manager.clone();
+        tokio::spawn(async move { manager.release("order-r", None).await })
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!second.is_finished(), "the second waits for the first");
     deleting.release();
     let first = first.await.unwrap().unwrap();
+    let second = second.await.unwrap().unwrap();
 
     let stored = manager.get_allocation("order-r").await.unwrap();
     assert_eq!(stored.state, AllocationState::Released);

@@ -488,3 +488,120 @@ async fn a_pass_on_an_orders_old_watch_leaves_the_one_its_release_wrote() {
     assert_eq!(manager.stuck_volumes().await.unwrap(), vec![volume]);
     manager.shutdown().await.unwrap();
 }
+
+/// How many times each call that lets go of an order's resources was made
+/// since `before`.
+fn release_calls(
+    sim: &cloudsim::SimCloud,
+    before: &std::collections::BTreeMap<&'static str, u64>,
+) -> Vec<(&'static str, u64)> {
+    let now = sim.call_counts();
+    [
+        "detach_volume",
+        "detach_port",
+        "delete_server",
+        "delete_port",
+        "delete_volume",
+    ]
+    .into_iter()
+    .map(|method| {
+        let then = before.get(method).copied().unwrap_or(0);
+        (method, now.get(method).copied().unwrap_or(0) - then)
+    })
+    .collect()
+}
+
+const EACH_ONCE: [(&str, u64); 5] = [
+    ("detach_volume", 1),
+    ("detach_port", 1),
+    ("delete_server", 1),
+    ("delete_port", 1),
+    ("delete_volume", 1),
+];
+
+/// A Release under way (here held at its server's delete, as Nova's slow
+/// delete holds it) is the order's only release: a reconcile pass meanwhile
+/// leaves the order alone, and billing's retry of the Release waits for it
+/// and answers what it did. Both finished it side by side, each detach and
+/// delete sent twice: on a real cloud the second detach of the port, its
+/// server being deleted, is refused 409, and the second DELETE is sent all
+/// the same.
+#[tokio::test(start_paused = true)]
+async fn a_release_under_way_is_the_orders_only_release() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    manager
+        .allocate(request("order-r", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let before = sim.call_counts();
+
+    let deleting = cloud.hold_next("delete_server", At::Before);
+    let first = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.release("order-r", Some(true)).await }
+    });
+    deleting.reached().await;
+    manager.reconcile().await.expect("the pass succeeds");
+    let retry = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.release("order-r", Some(true)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let retry_waited = !retry.is_finished();
+
+    deleting.release();
+    let first = first.await.unwrap().expect("the release succeeds");
+    let retry = retry.await.unwrap().expect("the retry succeeds");
+    assert_eq!(first.state, AllocationState::Released);
+    assert_eq!(retry, first, "the retry answers what the release did");
+    assert_eq!(release_calls(&sim, &before), EACH_ONCE);
+    assert!(retry_waited, "the retry answered before the release");
+    assert_consistent(&sim, &manager).await;
+}
+
+/// The other way round: a Release called while a reconcile pass finishes
+/// the order's release (one a crash interrupted) waits for the pass's and
+/// answers it, rather than doing it a second time.
+#[tokio::test(start_paused = true)]
+async fn a_release_waits_for_the_pass_finishing_it() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let store = temp_store();
+    let manager = started_paused(&cloud, store.clone(), 1).await;
+    let sold = manager
+        .allocate(request("order-p", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let mut releasing = sold.clone();
+    releasing.state = AllocationState::Releasing;
+    releasing.delete_volume_on_release = Some(true);
+    assert!(store
+        .cas_allocation(Some(&sold), Some(&releasing))
+        .await
+        .unwrap());
+    let before = sim.call_counts();
+
+    let deleting = cloud.hold_next("delete_server", At::Before);
+    let pass = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.reconcile().await }
+    });
+    deleting.reached().await;
+    let release = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.release("order-p", None).await }
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let release_waited = !release.is_finished();
+
+    deleting.release();
+    pass.await.unwrap().expect("the pass succeeds");
+    let released = release.await.unwrap().expect("the release succeeds");
+    assert_eq!(released.state, AllocationState::Released);
+    assert_eq!(manager.get_allocation("order-p").await.unwrap(), released);
+    assert_eq!(release_calls(&sim, &before), EACH_ONCE);
+    assert!(release_waited, "the Release answered before the pass");
+    assert_consistent(&sim, &manager).await;
+}
