@@ -2984,6 +2984,94 @@ async fn a_soft_delete_cloud_keeps_servers_until_forced_or_reclaimed() {
     assert_eq!(env.server(&b, "2.79").await["status"], "SOFT_DELETED");
 }
 
+/// A server being deleted (task_state `deleting`) is still found, and Nova
+/// refuses its attaches and detaches for its task state, 409, as a real
+/// Nova answered (measured on the testbed): not 404 as if it were gone,
+/// which it is only once the delete is done.
+#[tokio::test]
+async fn a_server_being_deleted_refuses_attaches_and_detaches_409() {
+    let mut slow_delete = config();
+    slow_delete.latencies.delete = Duration::from_secs(1000);
+    let env = start_with(slow_delete, HttpSettings::default()).await;
+    let sid = env.active_server("a").await;
+    let vol = env.available_volume("v").await;
+    env.post(
+        Service::Compute,
+        &format!("/v2.1/servers/{sid}/os-volume_attachments"),
+        Some("2.79"),
+        json!({"volumeAttachment": {"volumeId": vol}}),
+    )
+    .await
+    .expect(200);
+    env.wait_volume(&vol, "in-use").await;
+    let port = env.port("p").await;
+    env.post(
+        Service::Compute,
+        &format!("/v2.1/servers/{sid}/os-interface"),
+        Some("2.79"),
+        json!({"interfaceAttachment": {"port_id": port}}),
+    )
+    .await
+    .expect(200);
+    let other_vol = env.available_volume("v2").await;
+    let other_port = env.port("p2").await;
+
+    env.delete(Service::Compute, &format!("/v2.1/servers/{sid}"), None)
+        .await
+        .expect(204);
+    assert_eq!(
+        env.server(&sid, "2.79").await["OS-EXT-STS:task_state"],
+        "deleting"
+    );
+    let refused = |action: &str| {
+        json!({"conflictingRequest": {"code": 409, "message": format!(
+            "Cannot '{action}' instance {sid} while it is in task_state deleting"
+        )}})
+    };
+    let r = env
+        .delete(
+            Service::Compute,
+            &format!("/v2.1/servers/{sid}/os-volume_attachments/{vol}"),
+            None,
+        )
+        .await
+        .expect(409);
+    assert_eq!(r.json(), refused("detach_volume"));
+    let r = env
+        .delete(
+            Service::Compute,
+            &format!("/v2.1/servers/{sid}/os-interface/{port}"),
+            None,
+        )
+        .await
+        .expect(409);
+    assert_eq!(r.json(), refused("detach_interface"));
+    let r = env
+        .post(
+            Service::Compute,
+            &format!("/v2.1/servers/{sid}/os-volume_attachments"),
+            Some("2.79"),
+            json!({"volumeAttachment": {"volumeId": other_vol}}),
+        )
+        .await
+        .expect(409);
+    assert_eq!(r.json(), refused("attach_volume"));
+    let r = env
+        .post(
+            Service::Compute,
+            &format!("/v2.1/servers/{sid}/os-interface"),
+            Some("2.79"),
+            json!({"interfaceAttachment": {"port_id": other_port}}),
+        )
+        .await
+        .expect(409);
+    assert_eq!(r.json(), refused("attach_interface"));
+    // A second delete is taken, as Nova takes it.
+    env.delete(Service::Compute, &format!("/v2.1/servers/{sid}"), None)
+        .await
+        .expect(204);
+}
+
 /// Nova's `detach_volume` takes a SOFT_DELETED server (its
 /// `check_instance_state` lists SOFT_DELETED), its `detach_interface`
 /// does not: the volume a soft-deleted server holds can be let go of

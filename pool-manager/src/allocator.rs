@@ -4150,14 +4150,15 @@ impl Shared {
 
     /// Detaches a volume or port (`what`, its id) from a server that is
     /// deleted next. A detach Nova refuses (409: a server in ERROR, its
-    /// host failed, or one busy with another task, or SOFT_DELETED) is
-    /// left to that deletion, which lets go of everything attached;
-    /// insisting would keep the release or the rollback from ever
-    /// finishing. A deletion that only soft-deletes lets go of nothing: a
-    /// volume still attached is detached from the SOFT_DELETED server then
-    /// (see `Shared::delete_server_until_gone`), and a port, which Nova
-    /// detaches from no SOFT_DELETED server, stays bound until Nova's
-    /// reclaim and is handed to a twin watch (see [`PortDelete::Held`]).
+    /// host failed, or one busy with another task, being deleted already,
+    /// or SOFT_DELETED) is left to that deletion, which lets go of
+    /// everything attached; insisting would keep the release or the
+    /// rollback from ever finishing. A deletion that only soft-deletes
+    /// lets go of nothing: a volume still attached is detached from the
+    /// SOFT_DELETED server then (see `Shared::delete_server_until_gone`),
+    /// and a port, which Nova detaches from no SOFT_DELETED server, stays
+    /// bound until Nova's reclaim and is handed to a twin watch (see
+    /// [`PortDelete::Held`]).
     async fn detach_before_delete<F, Fut>(
         &self,
         deadline: Instant,
@@ -4173,11 +4174,23 @@ impl Shared {
             Err(CloudError::Conflict(refused)) => {
                 // Looked at only on a refusal, for a log that says what
                 // becomes of it: a server deleted by hand may be
-                // SOFT_DELETED already.
-                if self.is_soft_deleted(server_id).await {
-                    tracing::warn!(server = %server_id, detached = %what, reason = %refused, "detach refused: the server is SOFT_DELETED, and keeps what Nova will not detach from it until Nova reclaims it (or an admin force-deletes it); a volume is detached from it after the delete, a port left bound is deleted by the reconciler once the reclaim frees it");
-                } else {
-                    tracing::warn!(server = %server_id, detached = %what, reason = %refused, "detach refused; the server's delete lets go of it (a cloud that only soft-deletes keeps it until Nova's reclaim: a volume is then detached after the delete, a port left to the reconciler)");
+                // SOFT_DELETED already, or still being deleted (Nova
+                // refuses its detaches for its task state, 409), which is
+                // no trouble: that delete lets go of it, as this caller's
+                // would.
+                match self.cloud.read_server(server_id).await {
+                    Ok(server) if server.status == ServerStatus::Deleted && !server.deleting => {
+                        tracing::warn!(server = %server_id, detached = %what, reason = %refused, "detach refused: the server is SOFT_DELETED, and keeps what Nova will not detach from it until Nova reclaims it (or an admin force-deletes it); a volume is detached from it after the delete, a port left bound is deleted by the reconciler once the reclaim frees it");
+                    }
+                    Ok(server) if server.deleting => {
+                        tracing::debug!(server = %server_id, detached = %what, reason = %refused, "detach refused: the server is being deleted already, and its delete lets go of it (a soft delete keeps a port bound until Nova's reclaim: the reconciler deletes it then)");
+                    }
+                    Err(CloudError::NotFound(_)) => {
+                        tracing::debug!(server = %server_id, detached = %what, reason = %refused, "detach refused: the server is gone since, and holds nothing");
+                    }
+                    _ => {
+                        tracing::warn!(server = %server_id, detached = %what, reason = %refused, "detach refused; the server's delete lets go of it (a cloud that only soft-deletes keeps it until Nova's reclaim: a volume is then detached after the delete, a port left to the reconciler)");
+                    }
                 }
                 Ok(())
             }

@@ -6210,6 +6210,52 @@ async fn a_release_of_a_server_soft_deleted_by_hand_leaves_its_bound_port_to_the
     stop_daemon(running, stop).await;
 }
 
+/// A release whose server an operator is deleting by hand, Nova slow to
+/// finish it (task_state `deleting` for minutes): Nova refuses the
+/// release's detaches for that task state (409, as a real Nova answers;
+/// cloudsim answered 404 as if the server were gone), and the delete under
+/// way lets go of the volume and the port. No trouble to warn of (it
+/// warned "detach refused; the server's delete lets go of it (a cloud
+/// that only soft-deletes ...)"): the release answers Released, the
+/// volume available, the port deleted.
+#[tokio::test(start_paused = true)]
+async fn a_release_of_a_server_being_deleted_by_hand_warns_of_nothing() {
+    let mut config = sim_config();
+    config.latencies.delete = Duration::from_secs(600);
+    let env = env_with(config, HttpSettings::default()).await;
+    let (running, stop) = start_daemon(reconciled_by_hand(&env)).await.unwrap();
+    let allocated = running
+        .manager
+        .allocate(order(&env, "o1").await)
+        .await
+        .unwrap();
+    let server = allocated.server_id.clone().unwrap();
+    let volume = allocated.volume_id.clone().unwrap();
+    let port = allocated.port_id.clone().unwrap();
+    // The operator's delete, through a client of its own.
+    env.driver().await.delete_server(&server).await.unwrap();
+    let logs = support::Logs::capture_at(tracing::Level::DEBUG);
+    let released = running.manager.release("o1", Some(false)).await;
+    assert_eq!(
+        released.map(|a| a.state).map_err(|e| e.to_string()),
+        Ok(pool_manager::model::AllocationState::Released)
+    );
+    // The session warns of every answer but a 404, these 409s too; what
+    // the release makes of them is no warning.
+    assert_eq!(logs.count("WARN", "detach refused"), 0, "{}", logs.text());
+    assert_eq!(
+        logs.count("DEBUG", "the server is being deleted already"),
+        2,
+        "the volume's and the port's detach refused 409"
+    );
+    assert!(env.sim.server(&server).is_none());
+    let left = env.sim.volumes();
+    let left = left.iter().find(|v| v.id == volume).unwrap();
+    assert_eq!(left.status, VolumeStatus::Available, "{left:?}");
+    assert!(env.sim.ports().iter().all(|p| p.id != port));
+    stop_daemon(running, stop).await;
+}
+
 /// A failed try whose server an operator deleted after both attaches, on
 /// a cloud that soft-deletes, refuses warmpool's forceDelete and lets a
 /// member delete no bound port: the verification finds it SOFT_DELETED,

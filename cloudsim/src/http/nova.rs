@@ -964,7 +964,7 @@ async fn server_action(
             ))
         }
     };
-    let (mut model, now) = live_server(&state, method, &id).await?;
+    let (mut model, now) = live_server(&state, method, &action, &id).await?;
     // A passing failure (HttpFaults::fail_force_delete_next).
     if action == "forceDelete" {
         if let Some(status) = lock(&state.force_delete_failures).pop_front() {
@@ -997,12 +997,19 @@ async fn server_action(
 }
 
 /// Lets `method` through the API gate, then locks the model with server
-/// `id` live (neither gone nor being deleted, else Nova's 404): the start
-/// of every call on a server's attachments and actions. The guard is held
-/// across no await.
+/// `id` live: the start of every call on a server's attachments and
+/// actions. The guard is held across no await.
+///
+/// A server gone is Nova's 404; one being deleted (task_state `deleting`,
+/// until its delete is done) is still found, and refused for its task
+/// state: Nova's 409 `Cannot '<action>' instance <id> while it is in
+/// task_state deleting` (`check_instance_state`), measured on a real Nova
+/// for detach_volume, detach_interface and attach_volume. `action` is the
+/// name Nova's API gives the call in that message.
 async fn live_server<'a>(
     state: &'a FaceState,
     method: &'static str,
+    action: &str,
     id: &str,
 ) -> Result<(std::sync::MutexGuard<'a, Model>, Instant), ApiError> {
     state
@@ -1012,10 +1019,14 @@ async fn live_server<'a>(
         .map_err(|e| ApiError::from_cloud(C, e))?;
     let now = Instant::now();
     let model = state.sim.inner.lock_at(now);
-    if model.server_detail(id, now).is_none_or_deleting() {
-        return Err(instance_not_found(id));
+    match model.server_detail(id, now) {
+        None => Err(instance_not_found(id)),
+        Some(d) if d.deleting => Err(ApiError::conflict(
+            C,
+            format!("Cannot '{action}' instance {id} while it is in task_state deleting"),
+        )),
+        Some(_) => Ok((model, now)),
     }
-    Ok((model, now))
 }
 
 async fn server_metadata(
@@ -1181,7 +1192,7 @@ async fn attach_volume(
             )
         })?
         .to_string();
-    let (mut model, now) = live_server(&state, "attach_volume", &id).await?;
+    let (mut model, now) = live_server(&state, "attach_volume", "attach_volume", &id).await?;
     if mv.at_least(2, 101) {
         model
             .accept_volume_attach(&id, now)
@@ -1246,17 +1257,6 @@ fn reserve_volume_attach(model: &mut Model, server_id: &str, volume_id: &str, no
     }
 }
 
-trait DetailExt {
-    fn is_none_or_deleting(&self) -> bool;
-}
-
-impl DetailExt for Option<ServerDetail> {
-    /// Nova refuses actions on a server being deleted as if it were gone.
-    fn is_none_or_deleting(&self) -> bool {
-        !matches!(self, Some(d) if !d.deleting)
-    }
-}
-
 async fn list_volume_attachments(
     State(state): State<Arc<FaceState>>,
     Extension(mv): Extension<Mv>,
@@ -1311,7 +1311,7 @@ async fn detach_volume(
     State(state): State<Arc<FaceState>>,
     Path((id, volume_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let (mut model, now) = live_server(&state, "detach_volume", &id).await?;
+    let (mut model, now) = live_server(&state, "detach_volume", "detach_volume", &id).await?;
     if model.get_volume(&volume_id, now).is_err() {
         return Err(ApiError::not_found(
             C,
@@ -1374,7 +1374,7 @@ async fn attach_interface(
         ));
     };
     let done = {
-        let (mut model, now) = live_server(&state, "attach_port", &id).await?;
+        let (mut model, now) = live_server(&state, "attach_port", "attach_interface", &id).await?;
         if model.get_port(&port_id, now).is_err() {
             return Err(ApiError::not_found(
                 C,
@@ -1443,7 +1443,7 @@ async fn detach_interface(
     State(state): State<Arc<FaceState>>,
     Path((id, port_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let (mut model, now) = live_server(&state, "detach_port", &id).await?;
+    let (mut model, now) = live_server(&state, "detach_port", "detach_interface", &id).await?;
     let bound_here = model
         .port_detail(&port_id, now)
         .is_some_and(|p| p.target.as_deref() == Some(id.as_str()));
