@@ -169,7 +169,8 @@ pub struct Server {
     /// `deleting`, or `soft-deleting` on a cloud with
     /// `reclaim_instance_interval`). Nova still shows and lists it, with the
     /// status it had, until the compute host is done: seconds, or minutes on
-    /// a busy one.
+    /// a busy one; then DELETED for a moment before it is gone, also
+    /// `deleting`. `Deleted` and not `deleting` is SOFT_DELETED alone.
     pub deleting: bool,
     /// Nova is doing something else to the server right now: its task_state
     /// (`image_snapshot`, `powering-off`, `migrating`...) when not a delete.

@@ -144,8 +144,14 @@ fn fault_text(fault: &NovaFault) -> Option<String> {
 pub fn to_server(s: NovaServer, rule: &AddressRule<'_>) -> Server {
     let task_state = s.task_state.clone().filter(|t| !t.is_empty());
     // A soft delete (a cloud with reclaim_instance_interval) is a delete
-    // too: the server ends SOFT_DELETED, never back in service.
-    let deleting = matches!(task_state.as_deref(), Some("deleting" | "soft-deleting"));
+    // too: the server ends SOFT_DELETED, never back in service. And a
+    // server shown DELETED (task_state null), as Nova shows one for a
+    // moment once its delete is done and before it answers 404, is going:
+    // only SOFT_DELETED is `Deleted` and not `deleting`, what the manager
+    // takes for a soft-deleted server (a forceDelete to send, a port that
+    // stays bound until the reclaim).
+    let deleting = matches!(task_state.as_deref(), Some("deleting" | "soft-deleting"))
+        || s.status.as_deref() == Some("DELETED");
     let status = server_status(s.status.as_deref().unwrap_or_default());
     let mysql_addr = match rule.probe_override {
         Some(addr) => Some(addr),
@@ -442,6 +448,29 @@ mod tests {
         let s = active_in_task("soft-deleting");
         assert!(s.deleting && s.is_going() && !s.is_usable(), "{s:?}");
         assert_eq!(s.busy, None);
+    }
+
+    /// The ACTIVE server shown in `status` with no task_state.
+    fn shown(status: &str) -> Server {
+        let json = ACTIVE.replace(r#""status": "ACTIVE""#, &format!(r#""status": "{status}""#));
+        let body: ServerBody = serde_json::from_str(&json).unwrap();
+        to_server(body.server, &rule(None))
+    }
+
+    /// Nova shows a server it has just deleted DELETED, task_state null,
+    /// for a moment before it answers 404 (measured on the testbed): its
+    /// delete is done, and it is going, not SOFT_DELETED, which the manager
+    /// reads as `Deleted` and not `deleting` (a forceDelete to send, a port
+    /// left bound until the reclaim). Only SOFT_DELETED reads so.
+    #[test]
+    fn a_server_shown_deleted_is_going_not_soft_deleted() {
+        let s = shown("DELETED");
+        assert_eq!(s.status, ServerStatus::Deleted);
+        assert!(s.deleting && s.is_going() && !s.is_usable(), "{s:?}");
+
+        let s = shown("SOFT_DELETED");
+        assert_eq!(s.status, ServerStatus::Deleted);
+        assert!(!s.deleting && s.is_going(), "{s:?}");
     }
 
     /// Nova shows most tasks (a snapshot, a power-off) as ACTIVE with a
