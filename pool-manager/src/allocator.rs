@@ -291,8 +291,26 @@ impl PoolManager {
         // of a Release still under way, a reconcile pass finishing it) is
         // waited for, and its outcome read below: the order Released is
         // answered as it is; one still Releasing (that call failed) is
-        // tried again by this one.
-        let _turn = ReleaseTurn::take(&self.shared, request_id).await;
+        // answered with that failure, not tried again: billing's retries,
+        // each cut off by its deadline, all wait here, and each trying
+        // again in turn would keep the cloud busy, its caller gone, for a
+        // cleanup budget apiece. The wait is bounded by one budget too,
+        // the longest a try holds the turn.
+        let (_turn, waited) = match ReleaseTurn::try_take(&self.shared, request_id) {
+            Some(turn) => (turn, false),
+            None => {
+                let budget = cleanup_budget(self.shared.settings.poll_interval);
+                let Ok(turn) =
+                    tokio::time::timeout(budget, ReleaseTurn::take(&self.shared, request_id)).await
+                else {
+                    return Err(ManagerError::TryAgain(format!(
+                        "a release of allocation {request_id} is under way (another Release, or a reconcile pass) and has not ended within {}s; call again later to learn its outcome",
+                        budget.as_secs()
+                    )));
+                };
+                (turn, true)
+            }
+        };
         let mut allocation = self.get_allocation(request_id).await?;
         // The purchase that held it while it was read may have ended since:
         // its in-flight mark goes once it has committed (or rolled back),
@@ -321,6 +339,13 @@ impl PoolManager {
         }
         match allocation.state {
             AllocationState::Released => return Ok(allocation),
+            AllocationState::Releasing if waited => {
+                if let Some(error) = self.release_error(request_id) {
+                    return Err(ManagerError::TryAgain(format!(
+                        "the release of allocation {request_id}, carried out meanwhile by another call (a Release, or a reconcile pass), failed: {error}; the order stays RELEASING and each reconcile pass tries it again: call again later"
+                    )));
+                }
+            }
             AllocationState::Allocating if InFlight::holds(&self.shared, request_id) => {
                 return Err(ManagerError::TryAgain(format!(
                     "allocation {request_id} is still in progress; release it once Allocate has answered"

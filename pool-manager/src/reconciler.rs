@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, or a cold boot's `Booting` one, whose server is looked up by its instance id if its create's answer was not flushed; delete its port (one its SOFT_DELETED server keeps bound until Nova's reclaim is left to the name's watch instead) and created volume (watched before its delete is sent; one already `deleting` or `error_deleting`, an earlier try's delete accepted, counts as deleted), watch its name if a create may have been on its way or Cinder refuses that volume's delete as `error_attaching`, drop the record) |
 //! | allocation `Releasing`, no Release of this process carrying it out | - | finish the release (a Release called meanwhile waits for this one; a volume it deletes is watched before its delete is sent; one already being deleted counts as deleted; a port its SOFT_DELETED server keeps bound until Nova's reclaim is left to the name's watch, written before the order is `Released`) |
+//! | a name watched (`TwinWatch`) whose order's release a call of this process is carrying out | - | left to the next pass (the release writes the watch of its volume before the delete) |
 //! | a name watched (`TwinWatch`: a create of it may have been done unrecorded, a rollback left its new volume `error_attaching`, a volume of the order was deleted, or a port of it was left bound to a SOFT_DELETED server) | volumes, ports of that name (not listed for a watch of deleted volumes and bound ports alone); each deleted volume, by id; each bound port, by id | delete them but the committed allocation's own and the bound ports, naming each volume whose delete Cinder accepted (now or earlier: `deleting`, `error_deleting`) as deleted; a deleted volume gone (404) is dropped, one `error_deleting` marked stuck (announced by the pass that marks it), one an admin reset deleted again; each bound port is sent one delete, no waiting (Neutron refuses it until Nova's reclaim or an admin's forceDelete unbinds it), and dropped once taken; a refused one is looked at: still bound, asked again next pass; gone, dropped; unbound by now, sent its delete again; a look that fails for good (a 404 for a path Neutron routes nowhere) is logged as a warning naming it; end the watch once it is over and nothing of the name is left but deleted volumes, all gone, and no bound port (a volume Cinder keeps `error_attaching` fails the item at once, each pass, until an admin resets it; the watch names it as stuck until its delete is accepted) |
 //! | instance `Claimed`, allocation `Allocated` naming it | - | mark the instance `Allocated` (left by versions that marked the allocation first) |
 //! | instance `Claimed`, allocation `Allocated` naming another, or none live | - | discard it (a claim left over) |
@@ -369,6 +370,13 @@ impl Shared {
         }
 
         for watch in self.store.list_twin_watches().await? {
+            // A release under way writes its order's watch (its volume's,
+            // a bound port's) before it deletes what the watch names: the
+            // step would find that volume unattached and delete it too.
+            // The next pass looks.
+            let Some(_turn) = ReleaseTurn::try_take(self, &watch.request_id) else {
+                continue;
+            };
             let watched = self.watch_for_twins(&watch).await;
             self.go_on(watched, "looking for the twins of", &watch.name)?;
         }

@@ -452,10 +452,11 @@ async fn a_server_retired_after_the_passs_listing_is_not_taken_for_a_leak() {
 }
 
 /// A pass working on the watch an order's commit wrote (a create of it lost
-/// its answer) while the order's release writes, under the same name, the
-/// watch of the volume it deletes: the pass ends or replaces only the watch
-/// it listed. It deleted the release's by name, and the volume Cinder's
-/// backend then failed to delete was named by nothing.
+/// its answer) when the order's Release is called: the Release waits for
+/// the pass's watch step (it holds the order's release turn), then writes,
+/// under the same name, the watch of the volume it deletes. A pass ending
+/// or replacing a watch by name once deleted that one, and the volume
+/// Cinder's backend then failed to delete was named by nothing.
 #[tokio::test(start_paused = true)]
 async fn a_pass_on_an_orders_old_watch_leaves_the_one_its_release_wrote() {
     use pool_manager::model::TWIN_WATCH;
@@ -478,10 +479,21 @@ async fn a_pass_on_an_orders_old_watch_leaves_the_one_its_release_wrote() {
     });
     looking.reached().await;
     sim.faults().error_next_volume_deletes(1);
-    let released = manager.release("order-w", Some(true)).await.unwrap();
-    assert_eq!(released.state, AllocationState::Released);
+    // The pass holds the order's release turn while it works on the
+    // order's watch: the Release waits for it.
+    let release = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.release("order-w", Some(true)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !release.is_finished(),
+        "the Release did not wait for the pass"
+    );
     looking.release();
     pass.await.unwrap().unwrap();
+    let released = release.await.unwrap().unwrap();
+    assert_eq!(released.state, AllocationState::Released);
 
     tokio::time::sleep(Duration::from_secs(10)).await;
     manager.reconcile().await.unwrap();
@@ -604,4 +616,75 @@ async fn a_release_waits_for_the_pass_finishing_it() {
     assert_eq!(release_calls(&sim, &before), EACH_ONCE);
     assert!(release_waited, "the Release answered before the pass");
     assert_consistent(&sim, &manager).await;
+}
+
+/// A Release held just before its volume's DELETE (the watch of the
+/// deleted volume written and flushed, the volume detached): a pass skips
+/// the order (its turn is taken) and its name's watch too, which would
+/// otherwise find the volume available and unattached and delete it again.
+#[tokio::test(start_paused = true)]
+async fn a_pass_leaves_the_watch_of_an_order_under_release_alone() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    manager
+        .allocate(request("order-v", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    let before = sim.call_counts();
+
+    let deleting = cloud.hold_next("delete_volume", At::Before);
+    let first = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.release("order-v", Some(true)).await }
+    });
+    deleting.reached().await;
+    manager.reconcile().await.expect("the pass succeeds");
+    deleting.release();
+    let first = first.await.unwrap().expect("the release succeeds");
+    assert_eq!(first.state, AllocationState::Released);
+    assert_eq!(release_calls(&sim, &before), EACH_ONCE);
+}
+
+/// Billing's Release retries, each cut off by its deadline, wait for the
+/// turn; when the cloud keeps the release from finishing, each answers the
+/// failure of the try it waited for rather than, its caller long gone,
+/// doing the whole release again, one after another, each for a cleanup
+/// budget.
+#[tokio::test(start_paused = true)]
+async fn release_retries_cut_off_by_their_deadline_do_not_run_the_release_again() {
+    let sim = sim();
+    let (cloud, switch) = GatedCloud::refusing(
+        &sim,
+        "delete_server",
+        pool_manager::cloud::CloudError::Transient("HTTP 503".into()),
+        false,
+    );
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    manager
+        .allocate(request("order-q", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    switch.store(true, std::sync::atomic::Ordering::SeqCst);
+    let start = tokio::time::Instant::now();
+    // Billing: a 30 s deadline per call, retried 5 times.
+    for _ in 0..5 {
+        let _ =
+            tokio::time::timeout(Duration::from_secs(30), manager.release("order-q", None)).await;
+    }
+    let mut waited = Duration::ZERO;
+    while manager.calls_running() > 0 && waited < Duration::from_secs(3600) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        waited += Duration::from_secs(1);
+    }
+    eprintln!(
+        "calls running until {:?} after the first Release; delete_server calls {:?}",
+        start.elapsed(),
+        sim.call_counts().get("delete_server")
+    );
+    assert!(
+        start.elapsed() < pool_manager::CLEANUP_FLOOR * 2,
+        "{:?}",
+        start.elapsed()
+    );
 }
