@@ -567,7 +567,8 @@ fn quota_room(s: &api::SizingStatus) -> String {
 /// "backoff: 0 new boots, 0 in flight (boots failed: next in 40s)": a
 /// backoff's time left is counted at `now`, as a throttle pause's. A pool
 /// degraded with no failed boot was marked by the start-up cloud check,
-/// and says so.
+/// and says so: paused until the check is made again, or (a management
+/// network's mark, the check passed) one boot at a time.
 fn plan_detail(pool: &api::Pool, now: SystemTime) -> String {
     let Some(s) = pool.sizing.as_ref().filter(|s| !s.plan_reason.is_empty()) else {
         return "-".to_owned();
@@ -585,8 +586,10 @@ fn plan_detail(pool: &api::Pool, now: SystemTime) -> String {
     match (backoff_left(s, now), marked) {
         (Some(left), false) => format!("{plan} (boots failed: next in {left})"),
         (None, false) => format!("{plan} (boots failed: one at a time until one is ready)"),
+        // While the check fails the pool boots nothing: the pause ends
+        // with the check made again, not with a boot.
         (Some(left), true) => {
-            format!("{plan} (the start-up cloud check failed: next boot in {left})")
+            format!("{plan} (the start-up cloud check fails: checked again in {left})")
         }
         (None, true) => format!(
             "{plan} (the start-up cloud check failed: one boot at a time until the pool recovers)"
@@ -1360,7 +1363,7 @@ mod tests {
         sizing.plan_boots = 0;
         let text = pool_detail(&pool, now);
         assert!(
-            text.contains("plan:              backoff: 0 new boots, 0 in flight (the start-up cloud check failed: next boot in 40s)\n"),
+            text.contains("plan:              backoff: 0 new boots, 0 in flight (the start-up cloud check fails: checked again in 40s)\n"),
             "{text}"
         );
     }

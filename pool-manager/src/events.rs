@@ -409,8 +409,24 @@ impl PoolHealth {
     /// it, but never lifted for refusals the gate paces: each check made
     /// again costs the cloud calls) is over.
     pub fn recheck_due(&self, base: Duration, max: Duration, now: tokio::time::Instant) -> bool {
+        self.check_pending() && self.pause_end(base, max).is_none_or(|until| until <= now)
+    }
+
+    /// Whether the pool's boots wait for its start-up check to pass again
+    /// (any mark's first part): a boot would fail as the check does, or
+    /// prove nothing of what it looks at (a Cinder zone). The check is made
+    /// again at [`Self::recheck_due`]; until then the pool boots nothing,
+    /// and needs no quota headroom read.
+    pub fn check_pending(&self) -> bool {
         self.check_mark.is_some_and(|m| m.recheck)
-            && self.pause_end(base, max).is_none_or(|until| until <= now)
+    }
+
+    /// When the pending start-up check is next made (`now` or before: at
+    /// the next step), the zone's throttle aside.
+    pub fn recheck_at(&self, base: Duration, max: Duration) -> Option<tokio::time::Instant> {
+        self.check_pending()
+            .then(|| self.pause_end(base, max))
+            .flatten()
     }
 
     /// Until when the pool's own boots wait, and how many may then run at

@@ -665,7 +665,7 @@ impl Gate {
 
     /// When the throttle pause of `az` ends for pools of `flavor` (each
     /// drawn its own stretch, as their admissions are), if it holds at `now`.
-    fn throttled_until(&mut self, az: &str, flavor: &str, now: Instant) -> Option<Instant> {
+    pub fn throttled_until(&mut self, az: &str, flavor: &str, now: Instant) -> Option<Instant> {
         if !self.settings.enabled {
             return None;
         }

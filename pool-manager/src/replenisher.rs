@@ -474,7 +474,9 @@ impl Shared {
     /// its flavor, compute zone, Cinder zone and image), which looks at
     /// what a boot never touches (a purchase's volume zone) without booting
     /// anything. A check the cloud does not answer counts as failing: it is
-    /// made again after the next pause; a 429 is the gate's too.
+    /// made again after the next pause; a 429 is the gate's (with the gate
+    /// on, the check is made again when the zone's throttle is over, and no
+    /// longer pause is counted).
     async fn recheck(&self, pool: &PoolRecord) {
         let key = &pool.key;
         let result = self.cloud.check_boot_spec(key, &pool.spec.image).await;
@@ -484,10 +486,15 @@ impl Shared {
             Err(CloudError::NotFound(problem)) => {
                 tracing::debug!(pool = %key, problem, "the pool's cloud check still fails: it stays degraded, checked again after its pause")
             }
+            Err(e @ CloudError::Throttled { retry_after, .. }) if self.settings.gate.enabled => {
+                // The gate's pause, not the pool's: the check is made again
+                // once the zone's throttle is over, and a 429 says nothing
+                // of what it looks at, so it earns no longer pause.
+                gate::lock(&self.gate).throttled(&key.availability_zone, *retry_after, now);
+                tracing::debug!(pool = %key, error = %e, "the pool's cloud check was throttled: it stays degraded, checked again once the zone's throttle is over");
+                return;
+            }
             Err(e) => {
-                if let CloudError::Throttled { retry_after, .. } = e {
-                    gate::lock(&self.gate).throttled(&key.availability_zone, *retry_after, now);
-                }
                 tracing::debug!(pool = %key, error = %e, "cannot make the pool's cloud check again: it stays degraded, checked again after its pause")
             }
         }
@@ -554,19 +561,32 @@ impl Shared {
         let base = self.settings.replenish_interval;
         let mut health = self.health_book().health(&pool.key);
         // A start-up check's mark is ended by the check passing again, made
-        // here after each pause: no boot shows a Cinder zone mended.
-        if health.recheck_due(base, BOOT_BACKOFF_MAX, now) {
+        // here after each pause: no boot shows a Cinder zone mended. Not
+        // while the zone waits out a throttle (a Retry-After the cloud asked
+        // for, as the headroom poll does): made once it is over.
+        let throttled_until = gate::lock(&self.gate).throttled_until(az, &pool.key.flavor, now);
+        if health.recheck_due(base, BOOT_BACKOFF_MAX, now) && throttled_until.is_none() {
             self.recheck(pool).await;
             health = self.health_book().health(&pool.key);
         }
-        let backoff = health.boot_backoff(base, BOOT_BACKOFF_MAX, self.settings.gate.enabled);
-        let backoff = backoff.map(|until| {
-            if until > now {
-                Backoff::Paused { until }
-            } else {
-                Backoff::OneAtATime
-            }
-        });
+        // While the check is yet to pass the pool boots nothing (its boots
+        // would fail as the check does, or prove nothing of what it looks
+        // at): paused until the check is made again.
+        let backoff = if health.check_pending() {
+            let recheck_at = health.recheck_at(base, BOOT_BACKOFF_MAX).unwrap_or(now);
+            let until = throttled_until.map_or(recheck_at, |t| t.max(recheck_at));
+            Some(Backoff::Paused { until })
+        } else {
+            health
+                .boot_backoff(base, BOOT_BACKOFF_MAX, self.settings.gate.enabled)
+                .map(|until| {
+                    if until > now {
+                        Backoff::Paused { until }
+                    } else {
+                        Backoff::OneAtATime
+                    }
+                })
+        };
         let inputs = |spec: &PoolSpec, census: &Census, gate| Inputs {
             min_ready: spec.min_ready_at(wall),
             max_ready: spec.max_ready,
@@ -595,8 +615,11 @@ impl Shared {
         // sooner only after a quota refusal; servers freed do not make it
         // due, as a purchase in line re-reads for those), not at rest, and
         // not while the zone waits out a throttle (its boots are held
-        // anyway).
+        // anyway), nor while the pool's boots wait for its start-up check
+        // (none is made before the check passes: the poll would be every
+        // headroom_interval for nothing).
         if wanted > 0
+            && !health.check_pending()
             && self.settings.gate.enabled
             && gate::lock(&self.gate).refill_poll_due(az, &pool.key.flavor, now)
         {

@@ -17,6 +17,8 @@ use pool_manager::model::{
     AllocationState, EmptyPoolPolicy, InstanceState, PoolKey, VolumeSource, TWIN_WATCH,
 };
 use pool_manager::{AllocateRequest, ManagerError, PoolManager};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
@@ -1618,11 +1620,11 @@ async fn a_cinder_mark_outlives_a_boot_that_never_touched_cinder() {
         .allocate(request("o1", new_volume(), EmptyPoolPolicy::FailFast))
         .await;
     assert!(order.is_err(), "Cinder is closed: {order:?}");
-    // Refills of the sale's server are Ready meanwhile: still marked.
+    // The failed sale took no server, and the check fails again after
+    // each pause: still marked.
     tokio::time::sleep(Duration::from_secs(600)).await;
     let status = manager.get_pool(&pool()).await.unwrap();
     assert!(status.health.degraded, "{:?}", status.health);
-    assert_eq!(status.count(InstanceState::Ready), 2, "{status:?}");
 
     sim.reopen_volume_zone("az1");
     let recovered = tokio::time::timeout(Duration::from_secs(600), async {
@@ -1643,6 +1645,151 @@ async fn a_cinder_mark_outlives_a_boot_that_never_touched_cinder() {
         .allocate(request("o2", new_volume(), EmptyPoolPolicy::FailFast))
         .await
         .unwrap();
+    manager.shutdown().await.unwrap();
+}
+
+/// A Ready boot ends no check mark: a pool marked for its Cinder zone
+/// while its boots are in flight stays degraded when they are Ready (boots
+/// never touch Cinder), until the check passes again.
+#[tokio::test(start_paused = true)]
+async fn a_ready_boot_in_flight_at_the_mark_ends_no_check_mark() {
+    let sim = sim();
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), full(2)).await.unwrap();
+    sim.close_volume_zone("az1");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Ready), 0, "{status:?}");
+    assert!(sim.servers().len() >= 1, "boots in flight at the mark");
+    let mut events = manager.events();
+    manager
+        .mark_unusable(
+            &pool(),
+            "start-up cloud check: volumes: Cinder zone 'az1' is unavailable",
+            MarkProof::Recheck,
+        )
+        .await
+        .unwrap();
+    wait_ready(&manager, 2).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert!(
+        status.health.degraded,
+        "Cinder is still closed, yet a Ready boot ended the mark: {:?}",
+        status.health
+    );
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event.kind, EventKind::Recovered { .. }),
+            "{event:?}"
+        );
+    }
+    manager.shutdown().await.unwrap();
+}
+
+/// A pool marked for its Cinder zone (its boots would work) below its
+/// target boots nothing while the check fails: it is checked again after
+/// each pause, and its plan says so (paused until the next check). Nor does
+/// it poll the quota headroom for boots it cannot make. Once the check
+/// passes, it boots its deficit.
+#[tokio::test(start_paused = true)]
+async fn a_marked_pool_below_target_boots_nothing_until_its_check_passes() {
+    let sim = sim();
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(2)).await.unwrap();
+    wait_ready(&manager, 2).await;
+    sim.close_volume_zone("az1");
+    manager
+        .mark_unusable(
+            &pool(),
+            "start-up cloud check: volumes: Cinder zone 'az1' is unavailable",
+            MarkProof::Recheck,
+        )
+        .await
+        .unwrap();
+    // A deficit of 2 (floor raised; not a boot-spec change).
+    manager
+        .update_pool(&pool(), |s| s.min_ready = 4)
+        .await
+        .unwrap();
+    sim.reset_call_counts();
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        let st = manager.get_pool(&pool()).await.unwrap();
+        let plan = st.sizing.last_plan.expect("a plan");
+        assert!(
+            matches!(
+                plan.reason,
+                pool_manager::sizing::PlanReason::Backoff(
+                    pool_manager::sizing::Backoff::Paused { .. }
+                )
+            ) && plan.boots_now == 0,
+            "{plan:?}"
+        );
+    }
+    let calls = sim.call_counts();
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert!(status.health.degraded);
+    assert_eq!(calls.get("create_server"), None, "{calls:?}");
+    assert_eq!(calls.get("boot_headroom"), None, "{calls:?}");
+    sim.reopen_volume_zone("az1");
+    wait_ready(&manager, 4).await;
+    assert!(!manager.get_pool(&pool()).await.unwrap().health.degraded);
+    manager.shutdown().await.unwrap();
+}
+
+/// A re-check answered 429 with a Retry-After of 10 minutes: the zone's
+/// throttle holds the pool's next check as it holds the headroom poll,
+/// rather than the pool's own pause sending it again inside the hold.
+#[tokio::test(start_paused = true)]
+async fn rechecks_wait_out_a_retry_after() {
+    let sim = sim();
+    let throttling = Arc::new(AtomicBool::new(false));
+    let rechecks = Arc::new(AtomicU32::new(0));
+    let (t, r) = (throttling.clone(), rechecks.clone());
+    let cloud = GatedCloud::with_fault(&sim, move |method| {
+        if method == "check_volume_zone" {
+            r.fetch_add(1, Ordering::SeqCst);
+            if t.load(Ordering::SeqCst) {
+                return Some(CloudError::Throttled {
+                    retry_after: Some(Duration::from_secs(600)),
+                    message: "429 Too Many Requests".into(),
+                    unavailable: false,
+                });
+            }
+        }
+        None
+    });
+    let manager = started_over(&cloud, temp_store(), 2).await;
+    throttling.store(true, Ordering::SeqCst);
+    rechecks.store(0, Ordering::SeqCst);
+    let mut events = manager.events();
+    manager
+        .mark_unusable(&pool(), "volumes: az1 unavailable", MarkProof::Recheck)
+        .await
+        .unwrap();
+    // Within the first 429's Retry-After (10 min from the first recheck).
+    tokio::time::sleep(Duration::from_secs(9 * 60)).await;
+    let n = rechecks.load(Ordering::SeqCst);
+    let st = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(
+        n, 1,
+        "rechecks sent inside a 10-min Retry-After; gate {:?}",
+        st.sizing.gate
+    );
+    // The 429 earned the pool no longer pause: once the throttle is over
+    // (jitter aside) the check is made again, and passes.
+    throttling.store(false, Ordering::SeqCst);
+    let recovered = tokio::time::timeout(Duration::from_secs(5 * 60), async {
+        loop {
+            if let EventKind::Recovered { checked, .. } = events.recv().await.unwrap().kind {
+                break checked;
+            }
+        }
+    })
+    .await;
+    assert_eq!(recovered, Ok(true));
     manager.shutdown().await.unwrap();
 }
 
