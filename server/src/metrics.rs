@@ -488,7 +488,7 @@ impl Metrics {
         );
         registry.register(
             "pool_degraded",
-            "1 while the pool is degraded (3 or more boots failed in a row, until a boot succeeds; or its start-up cloud check failed, until the check passes again)",
+            "1 while the pool is degraded (3 or more boots failed in a row, until a boot succeeds; or its start-up cloud check failed, until the check passes again and, for a management network, a boot succeeds after it)",
             m.pool_degraded.clone(),
         );
         registry.register(
