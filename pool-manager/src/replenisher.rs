@@ -479,7 +479,12 @@ impl Shared {
     /// longer pause is counted).
     async fn recheck(&self, pool: &PoolRecord) {
         let key = &pool.key;
-        let result = self.cloud.check_boot_spec(key, &pool.spec.image).await;
+        // The image the pool boots, as the start-up check of a stored pool
+        // looks at (under the driver's `image` override, the override: the
+        // pool's own image, perhaps long deleted, boots nothing then, and
+        // its check would keep the mark until a restart).
+        let image = self.cloud.boot_image(&pool.spec.image);
+        let result = self.cloud.check_boot_spec(key, &image).await;
         let now = Instant::now();
         match &result {
             Ok(()) => {}

@@ -1793,6 +1793,48 @@ async fn rechecks_wait_out_a_retry_after() {
     manager.shutdown().await.unwrap();
 }
 
+/// Under the driver's image override a stored pool boots the override,
+/// and the start-up check looks only at that: the re-check that ends its
+/// mark checks the same, not the pool's own image, which may be long
+/// deleted (a mark that would otherwise last until a restart).
+#[tokio::test(start_paused = true)]
+async fn a_recheck_under_the_image_override_checks_the_image_booted() {
+    let sim = sim();
+    let store = temp_store();
+    let stored = pool_manager::model::PoolSpec {
+        image: "mysql-5.7-deleted".into(),
+        ..spec(0)
+    };
+    store
+        .put_pool(&pool_manager::model::PoolRecord::new(pool(), stored))
+        .await
+        .unwrap();
+    let cloud = GatedCloud::new(&sim);
+    cloud.boot_every_pool_from(Some("mysql-8.0"));
+    let manager = manager_over(&cloud, store);
+    manager.start().await.unwrap();
+    let mut events = manager.events();
+    manager
+        .mark_unusable(&pool(), "volumes: az1 unavailable", MarkProof::Recheck)
+        .await
+        .unwrap();
+    let recovered = tokio::time::timeout(Duration::from_secs(600), async {
+        loop {
+            if let EventKind::Recovered { checked, .. } = events.recv().await.unwrap().kind {
+                break checked;
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        recovered,
+        Ok(true),
+        "{:?}",
+        manager.get_pool(&pool()).await.unwrap().health
+    );
+    manager.shutdown().await.unwrap();
+}
+
 /// A degraded pool at its target whose cached quota headroom read 0 polls
 /// the headroom again when due, as a pool below its target does: its one
 /// boot is a boot too. Only a pool below its target polled, so room freed
