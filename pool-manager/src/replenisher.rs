@@ -569,7 +569,10 @@ impl Shared {
         // here after each pause: no boot shows a Cinder zone mended. Not
         // while the zone waits out a throttle (a Retry-After the cloud asked
         // for, as the headroom poll does): made once it is over.
-        let throttled_until = gate::lock(&self.gate).throttled_until(az, &pool.key.flavor, now);
+        let throttled_until = health
+            .check_pending()
+            .then(|| gate::lock(&self.gate).throttled_until(az, &pool.key.flavor, now))
+            .flatten();
         if health.recheck_due(base, BOOT_BACKOFF_MAX, now) && throttled_until.is_none() {
             self.recheck(pool).await;
             health = self.health_book().health(&pool.key);

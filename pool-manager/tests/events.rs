@@ -1661,7 +1661,7 @@ async fn a_ready_boot_in_flight_at_the_mark_ends_no_check_mark() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     let status = manager.get_pool(&pool()).await.unwrap();
     assert_eq!(status.count(InstanceState::Ready), 0, "{status:?}");
-    assert!(sim.servers().len() >= 1, "boots in flight at the mark");
+    assert!(!sim.servers().is_empty(), "boots in flight at the mark");
     let mut events = manager.events();
     manager
         .mark_unusable(
