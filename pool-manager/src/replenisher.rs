@@ -60,6 +60,17 @@ pub const WARMING_SERVER_LOOK_AFTER: Duration = Duration::from_secs(120);
 /// gone, in its `last_error`.
 const DELETE_REFUSED: &str = "; not deleted yet: ";
 
+/// At which transient failure in a row (a 5xx, a timeout) of one boot's
+/// server create the cloud's error is shown, as the instance's and the
+/// pool's last error, and logged at WARN, once per boot. The create is
+/// retried until boot_timeout (15 min by default) all the same, and a
+/// Nova failing every create showed only a booting instance and a healthy
+/// pool for that long. The third, as a pool is degraded at its third
+/// failed boot: one or two are a blip (an API worker restarting), three
+/// in a row (about 1.5 s apart from the first at the default
+/// `retry_backoff`, more on a slow answer) a cloud failing for now.
+const CREATE_FAILURES_SHOWN: u32 = 3;
+
 /// Why a boot did not produce a Ready instance.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
@@ -1283,13 +1294,25 @@ impl Shared {
             // build time, and would read to the gate as build inflation.
             let mut sent = Instant::now();
             let in_doubt = std::sync::atomic::AtomicBool::new(false);
+            let failures = std::sync::atomic::AtomicU32::new(0);
+            let (failures, booting, timeout) = (&failures, &instance, pool.spec.boot_timeout);
             let created = self
                 .retry(deadline, || {
                     sent = Instant::now();
-                    crate::cloud::noting_doubt(
+                    let answer = crate::cloud::noting_doubt(
                         self.watch_throttle(az, self.cloud.create_server(&spec)),
                         &in_doubt,
-                    )
+                    );
+                    async move {
+                        let answer = answer.await;
+                        if let Err(e @ CloudError::Transient(_)) = &answer {
+                            let n = failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                            if n == CREATE_FAILURES_SHOWN {
+                                self.note_create_failing(booting, e, n, timeout).await;
+                            }
+                        }
+                        answer
+                    }
                 })
                 .await;
             let in_doubt = in_doubt.into_inner();
@@ -1345,6 +1368,11 @@ impl Shared {
                     (current.state == InstanceState::Booting || taken).then(|| {
                         let mut next = current.clone();
                         next.server_id = Some(server.id.clone());
+                        // What kept the create from landing is over (a
+                        // taken record keeps why it is being deleted).
+                        if !taken {
+                            next.last_error = None;
+                        }
                         Some(next)
                     })
                 })
@@ -1535,6 +1563,51 @@ impl Shared {
         }
         tracing::info!(pool = %ready.pool, instance = %ready.id, "instance ready");
         Ok(ready)
+    }
+
+    /// Shows why a boot's server create keeps failing transiently (Nova
+    /// answering 500, a timeout), once per boot: logged at WARN, on the
+    /// instance while it has no server, and as its pool's last error
+    /// unless the pool is degraded (its last error then says why). The
+    /// retries go on meanwhile; a store that fails this loses only what
+    /// it shows.
+    async fn note_create_failing(
+        &self,
+        instance: &Instance,
+        error: &CloudError,
+        failures: u32,
+        boot_timeout: Duration,
+    ) {
+        let message = format!(
+            "the server create failed {failures} times in a row ({error}); retried until boot_timeout ({})",
+            humantime::format_duration(boot_timeout)
+        );
+        tracing::warn!(pool = %instance.pool, instance = %instance.id, error = %error, failures, "the cloud keeps failing this boot's server create; retrying it until boot_timeout");
+        let noted = self
+            .update_instance(&instance.id, |current| {
+                (current.state == InstanceState::Booting
+                    && current.server_id.is_none()
+                    && current.last_error.as_deref() != Some(message.as_str()))
+                .then(|| {
+                    let mut next = current.clone();
+                    next.last_error = Some(message.clone());
+                    Some(next)
+                })
+            })
+            .await;
+        if let Err(e) = noted {
+            tracing::warn!(instance = %instance.id, error = %e, "cannot record why the server create fails");
+        }
+        if self.health_book().health(&instance.pool).degraded {
+            return;
+        }
+        let at = self.sizing_book().wall_now(&self.settings.sizing);
+        let _ = self
+            .update_pool(&instance.pool, |p| {
+                p.last_error = Some(format!("instance {}: {message}", instance.id));
+                p.last_error_at = Some(at);
+            })
+            .await;
     }
 
     /// The server a boot's create left in doubt made for `instance`, if

@@ -2683,6 +2683,71 @@ async fn a_warming_vm_whose_connect_goes_unanswered_blames_no_firewall_before_it
     manager.shutdown().await.unwrap();
 }
 
+/// Nova answering 500 to every create used to stay hidden for the whole
+/// boot_timeout (15 min): the boot retried it, the pool showed a booting
+/// instance, health ok and no last error, and the error was logged at
+/// DEBUG only. From the third transient failure of one boot's create in
+/// a row, the cloud's error shows as the instance's and the pool's last
+/// error and is logged at WARN, once per boot; the create is retried
+/// until boot_timeout as before. Once a create lands, the instance shows
+/// it no longer.
+#[tokio::test(start_paused = true)]
+async fn a_create_failing_500_shows_as_last_error_long_before_boot_timeout() {
+    let logs = Logs::capture();
+    let sim = sim();
+    let nova_500 = "POST /servers: Unexpected API Error. (HTTP 500)";
+    sim.faults().fail_next_calls_of(
+        "create_server",
+        u64::MAX,
+        pool_manager::cloud::CloudError::Transient(nova_500.into()),
+    );
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.count(InstanceState::Booting), 1, "{status:?}");
+    let shown = status.record.last_error.clone().unwrap_or_default();
+    assert!(
+        shown.contains(nova_500) && shown.contains("boot_timeout"),
+        "{status:?}"
+    );
+    assert!(status.record.last_error_at.is_some(), "{status:?}");
+    let instances = manager.list_instances(Some(&pool())).await.unwrap();
+    let [booting] = &instances[..] else {
+        panic!("one instance: {instances:?}")
+    };
+    let why = booting.last_error.as_deref().unwrap_or_default();
+    assert!(
+        shown == format!("instance {}: {why}", booting.id) && why.contains("(15m)"),
+        "{shown} / {booting:?}"
+    );
+    let creates = sim.call_counts().get("create_server").copied().unwrap_or(0);
+    assert!(creates > 10, "retried on: {creates} creates");
+    assert_eq!(
+        logs.count("WARN", nova_500),
+        1,
+        "once per boot, not per retry: {:?}",
+        logs.warnings()
+    );
+
+    sim.faults().fail_next_calls_of(
+        "create_server",
+        0,
+        pool_manager::cloud::CloudError::Transient(String::new()),
+    );
+    wait_ready(&manager, 1).await;
+    let instances = manager.list_instances(Some(&pool())).await.unwrap();
+    let [ready] = &instances[..] else {
+        panic!("one instance: {instances:?}")
+    };
+    assert_eq!(ready.id, booting.id, "the same boot, its create retried");
+    assert_eq!(ready.last_error, None, "{ready:?}");
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn boot_errors_are_replaced_and_leaks_are_deleted() {
     let sim = sim();
