@@ -1070,6 +1070,48 @@ async fn readiness_greeting_at_the_servers_address() {
     .await;
 }
 
+/// A port something holds on every address (a wildcard bind: a local
+/// MySQL, `docker run -p 3306:3306`) leaves no server's own address to
+/// greet on: the face refuses to start, naming the port, rather than serve
+/// a cloud that answers every create 500. Taken after the start, a
+/// create answers 500 naming the cause.
+#[tokio::test]
+async fn a_mysql_port_taken_on_every_address_is_refused_at_start() {
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let settings = || HttpSettings {
+        mysql_port: port,
+        ..HttpSettings::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = HttpFace::serve(SimCloud::new(config()), settings(), listener)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, cloudsim::http::HttpError::MysqlPortTaken { port: p, .. } if *p == port),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains(&format!("port {port} is taken on every address")),
+        "{err}"
+    );
+
+    drop(taken);
+    let env = start_with(config(), settings()).await;
+    let _taken = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+    let body = env.server_body("late", "az1").await;
+    let r = env
+        .post(Service::Compute, "/v2.1/servers", Some("2.52"), body)
+        .await
+        .expect(500);
+    assert!(
+        r.text.contains("cannot reserve a loopback address"),
+        "{}",
+        r.text
+    );
+}
+
 /// Nova's `?name=` is a regular expression searched for in the name (its
 /// database's REGEXP), not a substring: a client wanting a literal name
 /// escapes it, as warmpool's driver does.

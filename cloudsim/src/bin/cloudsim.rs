@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use cloudsim::http::{HttpFace, HttpSettings};
+use cloudsim::http::{HttpError, HttpFace, HttpSettings, RunningFace};
 use cloudsim::{check_time_scale, SimCloud, SimConfig, MAX_TIME_SCALE};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,22 +48,8 @@ fn parse_time_scale(s: &str) -> Result<f64, String> {
     check_time_scale(scale).map_err(|e| e.to_string())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    // Logs on stderr: stdout carries only the clouds.yaml and its comments.
-    // Colour only for a person at a terminal, as warmpoold's: a log file
-    // or journald would keep the escape codes.
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let args = Args::parse();
+/// The simulated cloud and its HTTP face, as `args` ask.
+async fn serve(args: &Args) -> anyhow::Result<RunningFace> {
     let sim = SimCloud::new(SimConfig {
         time_scale: args.time_scale,
         iops_throttled: args.iops_throttled,
@@ -81,7 +67,31 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let face = HttpFace::serve(sim, settings, listener).await?;
+    match HttpFace::serve(sim, settings, listener).await {
+        Err(HttpError::MysqlPortTaken { port, source }) => anyhow::bail!(
+            "port {port} is taken on every address (a local MySQL?): pass --mysql-port M and set mysql_port = M under [cloud] in warmpoold's config ({source})"
+        ),
+        served => Ok(served?),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // Logs on stderr: stdout carries only the clouds.yaml and its comments.
+    // Colour only for a person at a terminal, as warmpoold's: a log file
+    // or journald would keep the escape codes.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let face = serve(&args).await?;
     let yaml = face.clouds_yaml(&args.cloud_name);
     if let Some(path) = &args.clouds_yaml {
         std::fs::write(path, &yaml).with_context(|| format!("cannot write {}", path.display()))?;
@@ -139,5 +149,29 @@ mod tests {
         let args = parse(&["--time-scale", "0.01", "--token-lifetime", "60"]).unwrap();
         assert_eq!((args.time_scale, args.token_lifetime), (0.01, 60));
         parse(&["--time-scale", "1000"]).unwrap();
+    }
+
+    /// Something holding the mysqld port on every address (a local MySQL,
+    /// `docker run -p 3306:3306`) left no server's own address free:
+    /// cloudsim served, and answered every server create 500, logging
+    /// nothing. It refuses to start, naming the flag and the config key.
+    #[tokio::test]
+    async fn a_mysql_port_taken_on_every_address_is_refused_at_start() {
+        let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let args = parse(&["--listen", "127.0.0.1:0", "--mysql-port", &port.to_string()]).unwrap();
+        let err = format!("{:#}", serve(&args).await.unwrap_err());
+        assert!(
+            err.contains(&format!("port {port} is taken on every address"))
+                && err.contains("--mysql-port")
+                && err.contains("mysql_port = ")
+                && err.contains("[cloud]"),
+            "{err}"
+        );
+
+        // Free, it serves.
+        drop(taken);
+        let face = serve(&args).await.unwrap();
+        face.shutdown().await.unwrap();
     }
 }

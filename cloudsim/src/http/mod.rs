@@ -49,8 +49,10 @@
 //! created through the in-process face keep their `127.0.0.1:<random>`
 //! listener, so over HTTP they show `127.0.0.1` and greet on another port.
 //! If something holds `*:<mysql_port>` (a wildcard bind), no per-server
-//! address can be bound and server creation answers 500 naming the cause:
-//! choose another `mysql_port`. With `SimConfig::listeners` off, servers get
+//! address can be bound: [`HttpFace::serve`] refuses to start
+//! ([`HttpError::MysqlPortTaken`]), and a create that meets it later
+//! answers 500 naming the cause (logged at WARN): choose another
+//! `mysql_port`. With `SimConfig::listeners` off, servers get
 //! the model's synthetic addresses and nothing greets.
 
 mod cinder;
@@ -121,6 +123,11 @@ pub enum HttpError {
     Io(#[from] std::io::Error),
     #[error("cloudsim HTTP face: server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// No server's own address can be bound at `mysql_port`: something
+    /// holds it on every address (a wildcard bind), and every server
+    /// create would fail.
+    #[error("cloudsim HTTP face: the simulated mysqld's port {port} is taken on every address (a local MySQL?), so no server could be created: choose another mysql_port ({source})")]
+    MysqlPortTaken { port: u16, source: std::io::Error },
 }
 
 /// A user Keystone accepts.
@@ -1214,6 +1221,25 @@ impl HttpFace {
                 if let Ok(cidr) = n.cidr.parse::<ipnet::Ipv4Net>() {
                     model.add_network(&n.id, &n.subnet_id, cidr);
                 }
+            }
+        }
+        // A server's address is bound only at its create: a port held on
+        // every address (a local MySQL, `docker run -p 3306:3306`) would
+        // fail every create, and the face would serve a cloud that boots
+        // nothing. One address reserved as a create's is, and let go.
+        if state.sim.inner.listeners {
+            match state.reserve_mysql_socket() {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    return Err(HttpError::MysqlPortTaken {
+                        port: state.settings.mysql_port,
+                        source: e,
+                    })
+                }
+                Err(e) => tracing::warn!(
+                    mysql_port = state.settings.mysql_port,
+                    "cloudsim: cannot bind a server's own loopback address for its simulated mysqld ({e}): server creates will answer 500"
+                ),
             }
         }
         let app = router(state.clone());

@@ -725,6 +725,12 @@ async fn create_server(
     // The server's own loopback address; its mysqld will greet there.
     let socket = if state.sim.inner.listeners {
         Some(state.reserve_mysql_socket().map_err(|e| {
+            // Nova's 500 tells the client only that the create failed;
+            // whoever runs cloudsim must learn why.
+            tracing::warn!(
+                mysql_port = state.settings.mysql_port,
+                "cloudsim: a server create failed: cannot reserve a loopback address for its simulated mysqld ({e}); is the port taken on every address (a local MySQL)? Restart cloudsim with another --mysql-port"
+            );
             ApiError::new(
                 C,
                 StatusCode::INTERNAL_SERVER_ERROR,
