@@ -437,6 +437,8 @@ struct ServiceFaults {
     garbage: u32,
     /// Paged listing requests left whose marker's item is gone.
     vanishing_markers: u32,
+    /// Paged listing requests left whose marker is unheeded.
+    restarted_pages: u32,
     /// Requests left to answer with an endless body, and its size.
     oversized: (u32, usize),
     slow: Duration,
@@ -719,6 +721,16 @@ impl HttpFaults {
     /// the service answers as it does for an unknown marker.
     pub fn delete_next_markers(&self, service: Service, n: u32) {
         self.with(service, |f| f.vanishing_markers = n);
+    }
+
+    /// The next `n` listing requests to `service` that carry a page marker
+    /// are answered from the start of the listing, the marker unheeded: as
+    /// Nova answers a marker it finds among its build requests (a server
+    /// still being scheduled), listing its cells' servers from the first,
+    /// so the page ends with the marker's server again (measured on the
+    /// testbed at `[api] max_limit = 2`).
+    pub fn restart_next_pages(&self, service: Service, n: u32) {
+        self.with(service, |f| f.restarted_pages = n);
     }
 
     /// The next `n` requests to `service` get a 200 whose body is `bytes`
@@ -1335,6 +1347,12 @@ async fn fault_layer(
                 *request.uri_mut() = uri;
             }
         }
+        if f.restarted_pages > 0 {
+            if let Some(uri) = without_marker(request.uri()) {
+                f.restarted_pages -= 1;
+                *request.uri_mut() = uri;
+            }
+        }
         let throttle = (f.throttle > 0).then(|| {
             f.throttle -= 1;
             f.throttle_retry_after
@@ -1475,6 +1493,20 @@ fn without_marker_item(uri: &axum::http::Uri) -> Option<axum::http::Uri> {
                 .iter()
                 .map(|(k, v)| (k.as_str(), if k == "marker" { gone.as_str() } else { v })),
         )
+        .finish();
+    format!("{}?{query}", uri.path()).parse().ok()
+}
+
+/// `uri` without its page marker; `None` when it carries none.
+fn without_marker(uri: &axum::http::Uri) -> Option<axum::http::Uri> {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(uri.query()?.as_bytes())
+        .into_owned()
+        .collect();
+    if !pairs.iter().any(|(k, _)| k == "marker") {
+        return None;
+    }
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs.iter().filter(|(k, _)| k != "marker"))
         .finish();
     format!("{}?{query}", uri.path()).parse().ok()
 }

@@ -213,7 +213,8 @@ impl NetworksWithoutPortSecurity {
     }
 }
 
-/// How many times a listing starts again after its page marker vanished.
+/// How many times a listing starts again after its page marker vanished
+/// or a page came round again.
 const MAX_LISTING_RESTARTS: u32 = 3;
 
 /// Whether a page request failed because its marker's item is gone:
@@ -293,7 +294,8 @@ fn endless_listing(what: &str) -> CloudError {
 
 /// The markers a paged listing has followed. A cloud that ignores the
 /// marker (a proxy dropping the query string) answers a page it gave
-/// before: the listing fails there, rather than after [`MAX_PAGES`]
+/// before: the listing fails there (after its few fresh starts, as Nova
+/// may do so while servers build), rather than after [`MAX_PAGES`]
 /// requests piling up copies of one page.
 #[derive(Default)]
 struct Markers(std::collections::HashSet<String>);
@@ -1610,13 +1612,6 @@ impl OpenStackCloud {
         still_there
     }
 
-    /// Every item of a paged listing, following `next` from the first page:
-    /// `listing()` asks for the first page (a marker is added for the
-    /// others), `page_of` reads a page's items and whether a next one is
-    /// linked. The item a marker
-    /// names may be deleted between two pages (Neutron then answers 404,
-    /// Nova 400 once the row is archived): the listing starts again from
-    /// the first page, a few times at most.
     /// Every page of `GET /servers/detail` filtered by `key=value`.
     async fn list_servers_where(
         &self,
@@ -1639,6 +1634,13 @@ impl OpenStackCloud {
         .await
     }
 
+    /// Every item of a paged listing, following `next` from the first page:
+    /// `listing()` asks for the first page (a marker is added for the
+    /// others), `page_of` reads a page's items and whether a next one is
+    /// linked. The item a marker names may be deleted between two pages
+    /// (Neutron then answers 404, Nova 400 once the row is archived), and
+    /// Nova may answer a page ending with the marker's item again: the
+    /// listing starts again from the first page, a few times at most.
     async fn list_all<B: DeserializeOwned, T>(
         &self,
         what: &str,
@@ -1670,7 +1672,21 @@ impl OpenStackCloud {
                     Err(e) => return Err(e),
                 };
                 let (items, has_next) = page_of(body);
-                marker = followed.follow(what, items.last().map(&id_of))?;
+                marker = match followed.follow(what, items.last().map(&id_of)) {
+                    Ok(next) => next,
+                    // Nova answers a marker it finds among its build
+                    // requests (a server still being scheduled) with its
+                    // cells' servers from the first: the page may end with
+                    // the marker's server again. Once builds move on, a
+                    // listing from the first page gets past it; a cloud
+                    // ignoring the marker comes round every time.
+                    Err(e) if restarts < MAX_LISTING_RESTARTS => {
+                        restarts += 1;
+                        tracing::debug!(what, error = %e, "a page came round again; listing again from the first page");
+                        continue 'listing;
+                    }
+                    Err(e) => return Err(e),
+                };
                 found.extend(items);
                 if !has_next || marker.is_none() {
                     return Ok(found);
