@@ -32,9 +32,9 @@ use pool_manager::cloud::{
 use pool_manager::model::PoolKey;
 use pool_manager::openstack::OpenStackCloud;
 use testbed::{
-    cloud_as, config_text, eventually, require_testbed, run_id, Daemon, PoolDecl, E2E_CLOUD,
-    E2E_NETWORK, IMAGE, MEMBER_CLOUD, MEMBER_NETWORK, PATIENCE, TENANT_CLOUD, TENANT_NETWORK,
-    VOLUME_AZ,
+    cloud_as, config_text, eventually, first_page, require_testbed, run_id, Daemon, PoolDecl,
+    E2E_CLOUD, E2E_NETWORK, IMAGE, MEMBER_CLOUD, MEMBER_NETWORK, PATIENCE, TENANT_CLOUD,
+    TENANT_NETWORK, VOLUME_AZ,
 };
 use tonic::Code;
 use warmpool_client::{api, Client};
@@ -138,6 +138,12 @@ async fn warmpoold_against_the_openstack_testbed() {
     // The other steps are independent: each runs even if an earlier one
     // failed, and the test fails at the end listing every failed step.
     let mut failed = Vec::new();
+    step(
+        &mut failed,
+        "listings span pages and the driver follows them",
+        listings_span_pages(&ctx),
+    )
+    .await;
     step(&mut failed, "quota is reported", quota_is_reported(&ctx)).await;
     step(
         &mut failed,
@@ -427,6 +433,99 @@ async fn pools_fill(ctx: &Ctx) {
 
 /// No db.huge server fits the project's cores quota: the pool says so and
 /// stays empty. The port quota is read from Neutron.
+/// The testbed pages Nova, Neutron and Cinder listings at 2 items
+/// (deploy/testbed/write_configs.sh): each listing here has its first
+/// page, read straight from the service, link a next one and hold fewer
+/// items than the driver finds, so the driver followed the service's
+/// paging (marker, next link, last page) to get them all.
+async fn listings_span_pages(ctx: &Ctx) {
+    use osauth::services::{BLOCK_STORAGE, COMPUTE, NETWORK};
+    let spans = |what: &str, (first, next): (usize, bool), all: usize| {
+        assert!(
+            next && first < all,
+            "{what}: the first page has {first} item(s) (next page linked: {next}), the driver found {all}: the testbed does not page it, or the driver did not follow"
+        );
+        println!("   {what}: first page {first} item(s) with a next link, the driver found {all}");
+    };
+
+    // Nova: the pools' servers (3 ready at least) and the 3 flavors.
+    let servers = ctx
+        .e2e
+        .list_pool_servers()
+        .await
+        .expect("list pool servers");
+    let first = first_page(
+        E2E_CLOUD,
+        COMPUTE,
+        Some("compute 2.52"),
+        &["servers", "detail"],
+        &[("tags", "warmpool")],
+        "servers",
+    )
+    .await;
+    spans("Nova servers tagged warmpool", first, servers.len());
+    let fresh = cloud_as(E2E_CLOUD, E2E_NETWORK).await;
+    for flavor in [SMALL, "db.large", HUGE] {
+        fresh
+            .flavor(flavor)
+            .await
+            .unwrap_or_else(|e| panic!("flavor {flavor}: {e}"));
+    }
+    let first = first_page(
+        E2E_CLOUD,
+        COMPUTE,
+        None,
+        &["flavors", "detail"],
+        &[],
+        "flavors",
+    )
+    .await;
+    spans("Nova flavors", first, 3);
+
+    // Neutron: every network an admin sees. (Neutron does not page RBAC
+    // policies: tenant-net's 5 come on one page.)
+    let names = ctx.e2e.network_names().await.expect("network names");
+    let first = first_page(E2E_CLOUD, NETWORK, None, &["networks"], &[], "networks").await;
+    spans("Neutron networks", first, names.len());
+
+    // Cinder: three volumes of one name (the twins a lost create leaves).
+    let name = format!("e2e-{}-twin", ctx.run);
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        let volume = ctx
+            .e2e
+            .create_volume(&NewVolumeSpec {
+                name: name.clone(),
+                size_gib: 1,
+                volume_type: None,
+                availability_zone: VOLUME_AZ.into(),
+                metadata: Default::default(),
+            })
+            .await
+            .expect("create a volume");
+        made.push(volume.id);
+    }
+    let found = ctx.e2e.find_volumes_by_name(&name).await;
+    let first = std::panic::AssertUnwindSafe(first_page(
+        E2E_CLOUD,
+        BLOCK_STORAGE,
+        Some("volume 3.67"),
+        &["volumes", "detail"],
+        &[("name", name.as_str())],
+        "volumes",
+    ))
+    .catch_unwind()
+    .await;
+    for id in &made {
+        wait_volume_available(&ctx.e2e, id).await;
+        ctx.e2e.delete_volume(id).await.expect("delete a volume");
+    }
+    let first = first.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    let found = found.expect("volumes by name");
+    assert_eq!(found.len(), made.len(), "{found:?}");
+    spans("Cinder volumes of one name", first, found.len());
+}
+
 async fn quota_is_reported(ctx: &Ctx) {
     let huge = eventually("db.huge@az1 to report the quota", PATIENCE, || async {
         let pool = ctx

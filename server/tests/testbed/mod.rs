@@ -137,6 +137,47 @@ pub async fn cloud_as(cloud: &str, management_network: &str) -> OpenStackCloud {
         .unwrap_or_else(|e| panic!("cannot log in to the testbed as {cloud}: {e}"))
 }
 
+/// The first page of a listing as the clouds.yaml entry `cloud`'s user
+/// reads it straight from the service, past warmpool's driver and with no
+/// marker: its number of items under `key`, and whether it links a next
+/// page (`{key}_links`). `version`: the `OpenStack-API-Version` header, if
+/// any ("compute 2.52" for tag filters; "volume 3.67" for Cinder's paths
+/// without the project id, as osauth's catalog lookup gives them).
+pub async fn first_page<Srv>(
+    cloud: &str,
+    service: Srv,
+    version: Option<&str>,
+    path: &[&str],
+    query: &[(&str, &str)],
+    key: &str,
+) -> (usize, bool)
+where
+    Srv: osauth::services::ServiceType + Send + Clone,
+{
+    let auth = clouds_yaml_entry(&clouds_yaml(), cloud)
+        .unwrap_or_else(|e| panic!("{}: {e}", clouds_yaml().display()));
+    let session = auth
+        .create_session()
+        .await
+        .unwrap_or_else(|e| panic!("cannot log in to the testbed as {cloud}: {e}"));
+    let mut request = session.get(service, path).query(query);
+    if let Some(version) = version {
+        request = request.header("OpenStack-API-Version", version);
+    }
+    let body: serde_json::Value = request
+        .fetch()
+        .await
+        .unwrap_or_else(|e| panic!("GET {} as {cloud}: {e}", path.join("/")));
+    let items = body[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key} in {body}"))
+        .len();
+    let next = body[format!("{key}_links")]
+        .as_array()
+        .is_some_and(|links| links.iter().any(|l| l["rel"] == "next"));
+    (items, next)
+}
+
 /// A pool for [`config_text`].
 #[derive(Clone, Debug)]
 pub struct PoolDecl {
