@@ -199,6 +199,60 @@ fn the_example_config_documents_every_option() {
     assert!(checked >= 20, "only {checked} options found");
 }
 
+/// An operator who uncomments the example's `[[api_tokens]]` block as it
+/// stands gets no working token: its `sha256` is a placeholder, refused by
+/// its key. It was the SHA-256 of "test", so the block as shown let anyone
+/// in with the token "test".
+#[test]
+fn the_examples_api_token_uncommented_is_refused_as_a_placeholder() {
+    let example = read(&deploy_dir().join("warmpoold.example.toml"));
+    let lines: Vec<&str> = example.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.trim() == "# [[api_tokens]]")
+        .expect("the example shows an [[api_tokens]] block");
+    let end = start
+        + lines[start..]
+            .iter()
+            .position(|l| l.trim().is_empty())
+            .unwrap_or(lines.len() - start);
+    // The example's other placeholders filled in, as an operator would; the
+    // block (up to the first blank line) uncommented as it stands: its
+    // settings are its lines of the form `# key = value`.
+    let mut uncommented: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            if (start..end).contains(&i) {
+                (*l).to_owned()
+            } else {
+                filled(l)
+            }
+        })
+        .collect();
+    let mut keys = Vec::new();
+    for line in &mut uncommented[start..end] {
+        let Some(rest) = line.strip_prefix("# ") else {
+            continue;
+        };
+        let key = rest.split_once(" = ").map(|(key, _)| key);
+        if rest == "[[api_tokens]]"
+            || key.is_some_and(|k| k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        {
+            keys.extend(key.map(str::to_owned));
+            *line = rest.to_owned();
+        }
+    }
+    assert_eq!(keys, ["name", "role", "sha256"], "the block's settings");
+    let err = Config::parse(&uncommented.join("\n"))
+        .expect_err("the example's token block, uncommented as it stands, loads")
+        .to_string();
+    assert!(
+        err.contains("api_tokens[0].sha256 = ") && err.contains("is a placeholder"),
+        "{err}"
+    );
+}
+
 /// An operator who copies the example and turns the gate off gets the
 /// gateless default ceiling (4 boots per pool), not the gate's 64: the
 /// example shows `max_concurrent_boots` commented out, as its default.
