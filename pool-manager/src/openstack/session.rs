@@ -393,8 +393,10 @@ struct TokenWatch {
 
 impl std::fmt::Debug for TokenWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // osauth's AuthenticatedClient shows its login body, the password
+        // or application credential secret in plain text, and its token.
         f.debug_struct("TokenWatch")
-            .field("auth", &self.auth)
+            .field("auth", &format_args!("<not shown>"))
             .finish_non_exhaustive()
     }
 }
@@ -1847,5 +1849,37 @@ mod tests {
         ] {
             assert_eq!(url(auth_url).as_deref(), Some(tokens), "{auth_url}");
         }
+    }
+
+    /// The session warmpool builds (osauth's `Session`, whose Debug is
+    /// derived) shows no password: TokenWatch's Debug printed osauth's
+    /// AuthenticatedClient, whose Debug shows the login body.
+    #[tokio::test]
+    async fn a_sessions_debug_shows_no_password() {
+        use cloudsim::http::{HttpFace, HttpSettings};
+        use cloudsim::{SimCloud, SimConfig};
+        let sim = SimCloud::new(SimConfig {
+            time_scale: 0.01,
+            ..SimConfig::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let face = HttpFace::serve(sim.clone(), HttpSettings::default(), listener)
+            .await
+            .unwrap();
+        let yaml: serde_yaml::Value = serde_yaml::from_str(&face.clouds_yaml("c")).unwrap();
+        let config: CloudConfig = serde_yaml::from_value(yaml["clouds"]["c"].clone()).unwrap();
+        let password = yaml["clouds"]["c"]["auth"]["password"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let conn = Connection::connect(config, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let (_, session) = conn.session();
+        let shown = format!("{session:?}");
+        assert!(
+            !shown.contains(&password),
+            "the password {password:?} is shown: {shown}"
+        );
     }
 }
