@@ -474,9 +474,12 @@ impl BearerToken {
                 "a bearer token is printable ASCII without spaces".into(),
             ));
         }
-        let value = format!("Bearer {token}")
+        let mut value: MetadataValue<Ascii> = format!("Bearer {token}")
             .parse()
             .map_err(|_| ClientError::Token("it cannot go in an HTTP header".into()))?;
+        // HTTP/2 then never puts it in a compression table a proxy could
+        // keep (RFC 7541, section 7.1.3), and its Debug shows no token.
+        value.set_sensitive(true);
         Ok(Self(Some(value)))
     }
 }
@@ -949,10 +952,12 @@ mod tests {
         let mut token = BearerToken::new("s3cret\n").unwrap();
         assert_eq!(format!("{token:?}"), "BearerToken(<redacted>)");
         let sent = token.call(tonic::Request::new(())).unwrap();
-        assert_eq!(
-            sent.metadata().get("authorization").unwrap(),
-            "Bearer s3cret"
-        );
+        let header = sent.metadata().get("authorization").unwrap();
+        assert_eq!(header, "Bearer s3cret");
+        // Marked sensitive: HPACK never indexes it (RFC 7541, 7.1.3), and
+        // its Debug does not show it.
+        assert!(header.is_sensitive(), "the header is not marked sensitive");
+        assert!(!format!("{header:?}").contains("s3cret"), "{header:?}");
         let bom = BearerToken::new("\u{feff}s3cret\r\n").unwrap();
         assert_eq!(
             bom.clone()
