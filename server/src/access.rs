@@ -66,7 +66,8 @@ impl LogEvery {
 
 /// Calls refused UNAUTHENTICATED, per kind of refusal (no token, a
 /// malformed header, a token the daemon does not know), not per caller: the
-/// map stays at three keys whoever calls. Each line names the address of
+/// map stays at three keys (and one per api_tokens entry holding its token
+/// itself) whoever calls. Each line names the address of
 /// the call it logs, so that after a token rotation the client still on
 /// the old token can be found (over several lines if several are).
 static UNAUTHENTICATED_LOG: LogEvery = LogEvery::new(REFUSED_CALL_LOG_INTERVAL);
@@ -262,7 +263,22 @@ impl Access {
                 )
             })?;
         let Some(caller) = self.by_sha256.get(&token_sha256(token)) else {
-            if let Some(held_back) = unauthenticated_log.admit("unknown", Instant::now()) {
+            // 64 hex digits (`openssl rand -hex 32`) pass the config's check
+            // for a digest: an entry holding the token itself is found only
+            // when its token is presented. Name the entry, never the token.
+            if let Some(entry) = self.by_sha256.get(&token.to_ascii_lowercase()) {
+                let key = format!("token in sha256: {}", entry.name);
+                if let Some(held_back) = unauthenticated_log.admit(&key, Instant::now()) {
+                    tracing::warn!(
+                        method = method.name(),
+                        api_token = %entry.name,
+                        %peer,
+                        held_back,
+                        "call refused: api_tokens entry '{}' holds the token itself in sha256, not its SHA-256: put the 64 hex digits of printf %s \"$TOKEN\" | sha256sum there and reload (held_back: such calls not logged since the last such line; one line per {REFUSED_CALL_LOG_INTERVAL:?} at most)",
+                        entry.name
+                    );
+                }
+            } else if let Some(held_back) = unauthenticated_log.admit("unknown", Instant::now()) {
                 tracing::warn!(
                     method = method.name(),
                     %peer,
@@ -478,6 +494,40 @@ mod tests {
         assert!(
             missing[0].contains("peer=10.9.8.7:50000") && missing[0].contains("ListPools"),
             "{text}"
+        );
+    }
+
+    /// An api_tokens entry whose sha256 holds the token itself (64 hex
+    /// digits, as `openssl rand -hex 32` makes, look like a digest, so the
+    /// config cannot tell): the caller presenting it is refused, and the
+    /// log names the entry to fix, never the token.
+    #[test]
+    fn a_token_written_as_its_own_digest_is_named_in_a_warning() {
+        let token = "5f0c0e6a3be2d9c8d7a1f4e1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1";
+        let access = Access::with_tokens([(
+            token.to_owned(),
+            Caller {
+                name: "billing-plain".into(),
+                role: Role::Billing,
+            },
+        )]);
+        let limit = LogEvery::new(Duration::from_secs(3600));
+        let text = logged(|| {
+            let call = request(Some(&format!("Bearer {}", token.to_ascii_uppercase())));
+            let refused = access
+                .check_logged(&call, Method::Allocate, None, &limit)
+                .unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        });
+        let named: Vec<&str> = text
+            .lines()
+            .filter(|line| line.contains(" WARN ") && line.contains("billing-plain"))
+            .collect();
+        assert_eq!(named.len(), 1, "{text}");
+        assert!(named[0].contains("the token itself"), "{text}");
+        assert!(
+            !text.to_ascii_lowercase().contains(token),
+            "the token is logged: {text}"
         );
     }
 
