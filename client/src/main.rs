@@ -146,11 +146,20 @@ async fn run(cli: Cli, token: cli::TokenSource) -> anyhow::Result<()> {
         return completions(shell);
     }
 
+    // Files holding a secret every user of the host may read (the token,
+    // the client key) are worth a warning, not a refusal.
+    let warn_if_world_readable = |path: &std::path::Path| {
+        if let Some(warning) = warmpool_proto::secret_file::world_readable(path) {
+            eprintln!("warning: {warning}");
+        }
+    };
     let token = match token {
-        cli::TokenSource::File(path) => Some(
-            std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read the token file {}", path.display()))?,
-        ),
+        cli::TokenSource::File(path) => {
+            let token = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read the token file {}", path.display()))?;
+            warn_if_world_readable(&path);
+            Some(token)
+        }
         cli::TokenSource::Literal(token) => Some(token),
         cli::TokenSource::None => None,
     };
@@ -171,7 +180,9 @@ async fn run(cli: Cli, token: cli::TokenSource) -> anyhow::Result<()> {
             .transpose()?,
         identity_pem: match (&cli.cert_file, &cli.key_file) {
             (Some(cert), Some(key)) => {
-                Some((read("certificate file", cert)?, read("key file", key)?))
+                let pair = (read("certificate file", cert)?, read("key file", key)?);
+                warn_if_world_readable(key);
+                Some(pair)
             }
             _ => None,
         },

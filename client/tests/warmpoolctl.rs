@@ -612,6 +612,12 @@ async fn a_token_comes_from_a_file_or_the_environment() {
     }];
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "s3cret-read\n").unwrap();
+    // Readable by its owner alone: one others may read is warned of.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let d = start_daemon_with(config, dir).await;
     let token_file = token_file.to_str().unwrap();
 
@@ -723,6 +729,46 @@ async fn a_token_comes_from_a_file_or_the_environment() {
     );
     let empty = run("127.0.0.1:1", &["--token", " ", "pools"]).await;
     assert_eq!(empty.stderr, "error: unusable bearer token: it is empty\n");
+}
+
+/// A token file or client key every user of the host may read is warned
+/// of, naming the file and its mode, before anything else; one its group
+/// may read is not (a Kubernetes Secret mounted 0440 under fsGroup).
+#[cfg(unix)]
+#[tokio::test]
+async fn a_secret_file_others_may_read_is_warned_of() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    let key = dir.path().join("client.key");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    std::fs::write(&key, "not a key").unwrap();
+    let (token, key) = (token.to_str().unwrap(), key.to_str().unwrap());
+    let mode = |path: &str, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let args = [
+        "--token-file",
+        token,
+        "--cert-file",
+        key,
+        "--key-file",
+        key,
+        "pools",
+    ];
+    mode(token, 0o644);
+    mode(key, 0o604);
+    let warned = run("https://127.0.0.1:1", &args).await;
+    for (file, mode) in [(token, "0644"), (key, "0604")] {
+        let warning = format!(
+            "warning: {file} holds a secret and every user of this host may read it (mode {mode})"
+        );
+        assert!(warned.stderr.contains(&warning), "{}", warned.stderr);
+    }
+    mode(token, 0o640);
+    mode(key, 0o440);
+    let quiet = run("https://127.0.0.1:1", &args).await;
+    assert!(!quiet.stderr.contains("warning:"), "{}", quiet.stderr);
 }
 
 #[tokio::test]

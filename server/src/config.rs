@@ -1096,6 +1096,10 @@ fn read_clouds_yaml(path: &Path) -> Result<serde_yaml::Value, ConfigError> {
         path: path.to_owned(),
         error,
     })?;
+    // It holds the cloud's password or application credential secret.
+    if let Some(warning) = warmpool_proto::secret_file::world_readable(path) {
+        tracing::warn!("{warning}");
+    }
     let parse_error = |e: serde_yaml::Error| ConfigError::Parse {
         path: path.to_owned(),
         message: without_values(&e.to_string()),
@@ -3216,6 +3220,52 @@ key_file = "b.key"
             assert_eq!(err.contains("; quote it"), scalar, "{yaml}: {err}");
             assert!(!err.contains(secret), "{yaml}: the value is shown: {err}");
         }
+    }
+
+    /// A clouds.yaml or secure.yaml every user of the host may read is
+    /// warned of, naming the file and its mode (at start and by
+    /// check-cloud, which both read it here); one its group may read
+    /// is not (Kubernetes mounts a Secret 0440 under fsGroup on purpose).
+    #[cfg(unix)]
+    #[test]
+    fn a_clouds_yaml_others_may_read_is_warned_of() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let clouds = dir.path().join("clouds.yaml");
+        std::fs::write(
+            &clouds,
+            "clouds:\n  wp:\n    auth:\n      auth_url: http://keystone\n      username: pool\n",
+        )
+        .unwrap();
+        let secure = dir.path().join("secure.yaml");
+        std::fs::write(
+            &secure,
+            "clouds:\n  wp:\n    auth:\n      password: s3cr3t\n",
+        )
+        .unwrap();
+        let mode = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let warnings = || {
+            let logs = warmpool_test_support::Logs::capture();
+            clouds_yaml_entry_with(&clouds, "wp", std::slice::from_ref(&secure)).unwrap();
+            logs.warnings()
+        };
+        mode(&clouds, 0o644);
+        mode(&secure, 0o604);
+        let shown = warnings();
+        assert_eq!(shown.len(), 2, "{shown:?}");
+        assert!(
+            shown[0].contains(&clouds.display().to_string()) && shown[0].contains("mode 0644"),
+            "{shown:?}"
+        );
+        assert!(
+            shown[1].contains(&secure.display().to_string()) && shown[1].contains("mode 0604"),
+            "{shown:?}"
+        );
+        mode(&clouds, 0o440);
+        mode(&secure, 0o640);
+        assert_eq!(warnings(), Vec::<String>::new());
     }
 
     /// secure.yaml, found where clouds.yaml is looked for, holds the

@@ -222,6 +222,9 @@ fn listening(
 ) -> anyhow::Result<(Listening, Option<String>)> {
     let chain = certificates("tls.cert_file", &tls.cert_file)?;
     let key_pem = read("tls.key_file", &tls.key_file)?;
+    if let Some(warning) = warmpool_proto::secret_file::world_readable(&tls.key_file) {
+        tracing::warn!("tls.key_file {warning}");
+    }
     if is_encrypted_key(&key_pem) {
         anyhow::bail!(
             "tls.key_file {} is an encrypted private key; warmpoold needs it unencrypted \
@@ -553,6 +556,31 @@ mod tests {
     fn at(year: i32, month: u8, day: u8) -> SystemTime {
         let date = rcgen::date_time_ymd(year, month, day);
         UNIX_EPOCH + Duration::from_secs(date.unix_timestamp().try_into().unwrap())
+    }
+
+    /// A private key every user of the host may read is warned of, naming
+    /// the file and its mode, at start and at each reload; one its group
+    /// may read is not (Kubernetes mounts a Secret 0440 under fsGroup).
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_others_may_read_is_warned_of() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tls = issue(dir.path(), (2020, 1, 1), (2090, 1, 1));
+        let key = tls.key_file.display().to_string();
+        let mode = |mode: u32| {
+            std::fs::set_permissions(&tls.key_file, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let logs = Logs::capture();
+        mode(0o644);
+        let handle = TlsHandle::load(&tls).unwrap();
+        handle.apply(handle.prepare_at(&tls, at(2030, 1, 1)).unwrap());
+        let warned = logs.count("WARN", &format!("{key} holds a secret"));
+        assert_eq!(warned, 2, "{}", logs.text());
+        assert!(logs.text().contains("mode 0644"), "{}", logs.text());
+        mode(0o440);
+        handle.apply(handle.prepare_at(&tls, at(2030, 1, 1)).unwrap());
+        assert_eq!(logs.count("WARN", &key), 2, "{}", logs.text());
     }
 
     /// A SIGHUP that revokes a token must not be refused because the

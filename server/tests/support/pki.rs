@@ -88,6 +88,14 @@ impl Pki {
         };
         std::fs::write(&issued.cert_file, cert.pem()).unwrap();
         std::fs::write(&issued.key_file, key.serialize_pem()).unwrap();
+        // Readable by its owner alone, as a key should be: one others may
+        // read is warned of.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&issued.key_file, std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+        }
         issued
     }
 }
