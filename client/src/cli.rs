@@ -778,30 +778,12 @@ pub fn token_source(cli: &Cli, matches: &clap::ArgMatches) -> Result<TokenSource
     })
 }
 
-/// Refuses to send a bearer token in plaintext by default: an endpoint
-/// without a scheme means plaintext HTTP/2, which is fine on loopback but
-/// elsewhere is more likely a forgotten `https://` (the token would go out
-/// in the first request, before a TLS daemon could refuse it). An explicit
-/// `http://` says plaintext is meant.
+/// The library's [`warmpool_client::check_token_transport`], before
+/// connecting: a token bound for plaintext to a remote host is refused even
+/// when the daemon is down.
 pub fn check_token_transport(endpoint: &str, has_token: bool) -> anyhow::Result<()> {
-    let endpoint = endpoint.trim();
-    if !has_token || endpoint.contains("://") {
-        return Ok(());
-    }
-    let uri: tonic::codegen::http::Uri = format!("http://{endpoint}")
-        .parse()
-        .with_context(|| format!("endpoint {endpoint} is not host:port"))?;
-    let host = uri.host().unwrap_or_default();
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if !loopback {
-        bail!(
-            "not sending a bearer token to {endpoint} in plaintext: write https://{endpoint} \
-             for a daemon with TLS, or http://{endpoint} to send it unencrypted on purpose"
-        );
+    if has_token {
+        warmpool_client::check_token_transport(endpoint)?;
     }
     Ok(())
 }

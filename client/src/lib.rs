@@ -316,6 +316,41 @@ pub fn normalize_endpoint(endpoint: &str) -> String {
     }
 }
 
+/// Refuses to send a bearer token in plaintext by default: an endpoint
+/// without a scheme means plaintext HTTP/2, which is fine on loopback but
+/// elsewhere is more likely a forgotten `https://` (the token would go out
+/// in the first request, before a TLS daemon could refuse it). An explicit
+/// `http://` says plaintext is meant.
+pub fn check_token_transport(endpoint: &str) -> Result<(), ClientError> {
+    let endpoint = endpoint.trim();
+    if endpoint.contains("://") {
+        return Ok(());
+    }
+    let uri: tonic::codegen::http::Uri =
+        format!("http://{endpoint}")
+            .parse()
+            .map_err(|_| ClientError::Endpoint {
+                endpoint: endpoint.to_owned(),
+                reason: "it is not host:port".into(),
+            })?;
+    let host = uri.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        return Err(ClientError::Endpoint {
+            endpoint: endpoint.to_owned(),
+            reason: format!(
+                "not sending a bearer token there in plaintext: write https://{endpoint} \
+                 for a daemon with TLS, or http://{endpoint} to send it unencrypted on purpose"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The innermost error message in a source chain: for a refused connection
 /// that is the OS error, which is what a person needs to see.
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
@@ -519,6 +554,10 @@ pub type Stub = WarmPoolClient<InterceptedService<Channel, BearerToken>>;
 pub struct Client {
     channel: Channel,
     token: BearerToken,
+    /// The endpoint as given to [`Client::connect_with`], which
+    /// [`check_token_transport`] checks before a token is set; `None` for a
+    /// channel built by the caller.
+    endpoint: Option<String>,
     /// Set once the daemon has answered the HTTP/2 handshake on one of the
     /// channel's connections; see [`Client::handshake_answered`].
     handshake_answered: Arc<AtomicBool>,
@@ -536,6 +575,7 @@ impl Client {
         endpoint: &str,
         options: ConnectOptions,
     ) -> Result<Client, ClientError> {
+        let uri_given = endpoint;
         let uri = normalize_endpoint(endpoint);
         if !(uri.starts_with("http://") || uri.starts_with("https://")) {
             return Err(ClientError::Endpoint {
@@ -597,6 +637,7 @@ impl Client {
             .map_err(|e| connect_error(&uri, e))?;
         Ok(Client {
             handshake_answered,
+            endpoint: Some(uri_given.to_owned()),
             ..Client::from_channel(channel)
         })
     }
@@ -609,6 +650,7 @@ impl Client {
         Client {
             channel,
             token: BearerToken::default(),
+            endpoint: None,
             handshake_answered: Arc::default(),
         }
     }
@@ -625,13 +667,22 @@ impl Client {
 
     /// Every call from now on (of this client and its clones made later)
     /// presents `token`, for a daemon configured with `[[api_tokens]]`.
+    ///
+    /// Refused for an endpoint given without a scheme that is not loopback
+    /// ([`check_token_transport`]): the token would go out unencrypted, in
+    /// the first request. Write `https://` for a daemon with TLS, or
+    /// `http://` to send it in plaintext on purpose. A client of
+    /// [`Client::from_channel`] is not checked: its channel is the caller's.
     pub fn with_token(self, token: &str) -> Result<Client, ClientError> {
-        Ok(self.authorized(BearerToken::new(token)?))
+        self.authorized(BearerToken::new(token)?)
     }
 
     /// [`Client::with_token`] with a token already checked.
-    pub fn authorized(self, token: BearerToken) -> Client {
-        Client { token, ..self }
+    pub fn authorized(self, token: BearerToken) -> Result<Client, ClientError> {
+        if let Some(endpoint) = &self.endpoint {
+            check_token_transport(endpoint)?;
+        }
+        Ok(Client { token, ..self })
     }
 
     /// The generated tonic stub, for anything this wrapper does not cover
@@ -944,6 +995,50 @@ mod tests {
             shown.contains("identity_pem: Some(\"<redacted>\")"),
             "{shown}"
         );
+    }
+
+    /// The library refuses, as warmpoolctl does, a token bound in
+    /// plaintext for a remote host given without a scheme; loopback, an
+    /// explicit http:// and https:// take it.
+    #[tokio::test]
+    async fn a_token_goes_in_plaintext_only_to_loopback_or_when_asked() {
+        let lazy = Channel::from_static("http://db-pool:50051").connect_lazy();
+        let given = |endpoint: &str| Client {
+            endpoint: Some(endpoint.to_owned()),
+            ..Client::from_channel(lazy.clone())
+        };
+        for endpoint in [
+            "db-pool:50051",
+            "10.0.0.7:50051",
+            "[fd00::7]:50051",
+            " db-pool:1 ",
+        ] {
+            let err = given(endpoint)
+                .with_token("s3cret")
+                .unwrap_err()
+                .to_string();
+            let endpoint = endpoint.trim();
+            assert!(
+                err.contains(&format!("https://{endpoint}"))
+                    && err.contains(&format!("http://{endpoint}")),
+                "{err}"
+            );
+            assert!(!err.contains("s3cret"), "{err}");
+        }
+        for endpoint in [
+            "127.0.0.1:50051",
+            "localhost:50051",
+            "[::1]:50051",
+            "http://db-pool:50051",
+            "HTTP://db-pool:50051",
+            "https://db-pool:50051",
+        ] {
+            given(endpoint)
+                .with_token("s3cret")
+                .unwrap_or_else(|e| panic!("{endpoint}: {e}"));
+        }
+        // A channel the caller built is the caller's to judge.
+        Client::from_channel(lazy).with_token("s3cret").unwrap();
     }
 
     #[test]

@@ -198,7 +198,7 @@ async fn run(cli: Cli, token: cli::TokenSource) -> anyhow::Result<()> {
     };
     let mut client = Client::connect_with(&cli.endpoint, options).await?;
     if let Some(token) = token {
-        client = client.authorized(token);
+        client = client.authorized(token)?;
     }
     let called = call(&client, prepared, cli.output).await;
     called.map_err(|err| {
