@@ -100,19 +100,15 @@ pub enum ConfigError {
 
 impl ConfigError {
     /// Whether only an operator mends it, so that a restart reads it
-    /// alike: all but a file's read failing otherwise than for the file
-    /// missing or unreadable to warmpoold (an I/O error of its disk, an
-    /// NFS mount gone stale), which may pass.
+    /// alike: all but a file's read failing otherwise than for the file's
+    /// own fault ([`the_files_fault`]: an I/O error of its disk, an NFS
+    /// mount gone stale), which may pass.
     pub fn needs_an_operator(&self) -> bool {
-        let kind = match self {
-            ConfigError::Read { error, .. } => error.kind(),
-            ConfigError::Unreadable { kind, .. } => *kind,
-            _ => return true,
-        };
-        matches!(
-            kind,
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
-        )
+        match self {
+            ConfigError::Read { error, .. } => the_files_fault(error.kind()),
+            ConfigError::Unreadable { kind, .. } => the_files_fault(*kind),
+            _ => true,
+        }
     }
 
     /// The error as one of the file at `path`.
@@ -129,6 +125,44 @@ impl ConfigError {
             other => other,
         }
     }
+}
+
+/// Whether a file's read that failed as `kind` did for the file itself,
+/// which every restart reads alike until an operator mends it: missing,
+/// unreadable to warmpoold, not UTF-8 text, a directory named (or a
+/// path through a file). Any other failure (an I/O error of its disk, an
+/// NFS mount gone stale) may pass.
+pub fn the_files_fault(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        kind,
+        ErrorKind::NotFound
+            | ErrorKind::PermissionDenied
+            | ErrorKind::InvalidData
+            | ErrorKind::IsADirectory
+            | ErrorKind::NotADirectory
+    )
+}
+
+/// `path`'s text. std's words for a file not UTF-8 ("stream did not
+/// contain valid UTF-8") and for a directory name neither the fault nor
+/// what to do: the error says both, its kind kept.
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    use std::io::ErrorKind;
+    std::fs::read_to_string(path).map_err(|error| {
+        let words = match error.kind() {
+            ErrorKind::InvalidData => Some("it is not UTF-8 text (Latin-1?): save it as UTF-8"),
+            ErrorKind::IsADirectory => Some("it is a directory: name the file itself"),
+            _ => None,
+        };
+        ConfigError::Read {
+            path: path.to_owned(),
+            error: match words {
+                Some(words) => std::io::Error::new(error.kind(), words),
+                None => error,
+            },
+        }
+    })
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -1092,10 +1126,7 @@ fn find_clouds_yaml(env: &Env) -> Result<PathBuf, ConfigError> {
 
 /// A clouds.yaml (or secure.yaml) file's YAML, its merge keys applied.
 fn read_clouds_yaml(path: &Path) -> Result<serde_yaml::Value, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-        path: path.to_owned(),
-        error,
-    })?;
+    let text = read_text(path)?;
     // It holds the cloud's password or application credential secret.
     if let Some(warning) = warmpool_proto::secret_file::world_readable(path) {
         tracing::warn!("{warning}");
@@ -1641,10 +1672,7 @@ impl Config {
     /// whose command-line flags override keys of the file before the check
     /// ([`Config::overridden`]), so a flag can mend what it replaces.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.to_owned(),
-            error,
-        })?;
+        let text = read_text(path)?;
         Self::parse_unchecked(&text).map_err(|e| e.in_file(path))
     }
 
@@ -2683,6 +2711,36 @@ key_file = "b.key"
             text.starts_with("cannot read config file /nonexistent/warmpool.toml: "),
             "{text}"
         );
+    }
+
+    /// A config file warmpoold cannot take as it is (not UTF-8, a
+    /// directory named) is the operator's to mend, as a missing one is:
+    /// the start exits EX_CONFIG rather than 1, which systemd would
+    /// restart every 5 s for ever. The error says what to do.
+    #[test]
+    fn a_file_not_utf8_or_a_directory_needs_an_operator_and_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let latin1 = dir.path().join("warmpoold.toml");
+        // "café" in Latin-1: é is the lone byte 0xE9.
+        std::fs::write(&latin1, b"# caf\xe9\nlisten = \"127.0.0.1:7000\"\n").unwrap();
+        for (path, says) in [
+            (
+                latin1.as_path(),
+                "is not UTF-8 text (Latin-1?): save it as UTF-8",
+            ),
+            (dir.path(), "is a directory: name the file itself"),
+        ] {
+            let err = Config::load(path).unwrap_err();
+            assert!(err.needs_an_operator(), "{err}");
+            let text = err.to_string();
+            assert!(text.contains(&path.display().to_string()), "{text}");
+            assert!(text.contains(says), "{text}");
+        }
+        let failing = ConfigError::Read {
+            path: latin1,
+            error: std::io::Error::from(std::io::ErrorKind::Interrupted),
+        };
+        assert!(!failing.needs_an_operator(), "{failing}");
     }
 
     #[test]

@@ -44,7 +44,8 @@ pub const EXIT_NEEDS_AN_OPERATOR: u8 = 78;
 
 /// Whether warmpoold's start failed for a reason no restart mends, only an
 /// operator, so that it exits [`EXIT_NEEDS_AN_OPERATOR`]: a config file it
-/// cannot take (or that is missing or unreadable to it), a cloud config
+/// cannot take (or that is missing or unreadable to it, not UTF-8, a
+/// directory), `[tls]` files it cannot take ([`TlsFilesRefused`]), a cloud config
 /// (`clouds.yaml`, `secure.yaml`, the `OS_*` variables) it cannot take
 /// (the same: a file's read failing otherwise may pass), a store of
 /// another cloud ([`CloudChangedRefused`]), one that knows none of the
@@ -68,6 +69,7 @@ pub fn needs_an_operator(error: &anyhow::Error) -> bool {
         cause.is::<CloudChangedRefused>()
             || cause.is::<UnknownServersRefused>()
             || cause.is::<CloudConfigRefused>()
+            || cause.is::<TlsFilesRefused>()
             || cause
                 .downcast_ref::<config::ConfigError>()
                 .is_some_and(config::ConfigError::needs_an_operator)
@@ -115,6 +117,28 @@ pub struct CloudChangedRefused(String);
 #[derive(Debug, thiserror::Error)]
 #[error("the OpenStack cloud is not usable (run `warmpoold check-cloud` for the full report): {0}")]
 pub struct CloudConfigRefused(String);
+
+/// [`start`]'s error when `[tls]`'s files cannot be taken for the files'
+/// own fault (missing, unreadable to warmpoold, a directory, no PEM
+/// certificate or key in them, a certificate expired): nothing listens
+/// yet, and a restart reads the same files.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsFilesRefused(String);
+
+/// `error`, [`TlsFilesRefused`] unless a file's read failed as a disk may
+/// (see [`config::the_files_fault`]), which a restart may get past.
+fn tls_refusal(error: anyhow::Error) -> anyhow::Error {
+    let passing = error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|e| !config::the_files_fault(e.kind()));
+    if passing {
+        error
+    } else {
+        TlsFilesRefused(format!("{error:#}")).into()
+    }
+}
 
 /// [`build_cloud`]'s error when Keystone refused warmpool's credentials:
 /// [`build_cloud_waiting_out_refusals`] waits it out rather than ending
@@ -189,7 +213,11 @@ pub async fn start_stoppable(
 ) -> anyhow::Result<Running> {
     let mut shutdown = Box::pin(shutdown);
     // The TLS files before anything: a wrong path fails start-up at once.
-    let tls = config.tls.as_ref().map(tls::TlsHandle::load).transpose()?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|files| tls::TlsHandle::load(files).map_err(tls_refusal))
+        .transpose()?;
     // Listeners first: a taken port fails start-up before anything boots,
     // and the start-up reconcile is already observable in the metrics.
     let metrics = Arc::new(metrics::Metrics::new());
@@ -1522,6 +1550,47 @@ mod tests {
         for e in &passing {
             assert!(!super::needs_an_operator(e), "{e:#}");
         }
+    }
+
+    /// `[tls]` files warmpoold cannot take are the operator's to mend, as
+    /// the config file naming them is: missing, a directory, no PEM
+    /// certificate in it. The start exits EX_CONFIG, not 1, which systemd
+    /// would restart every 5 s for ever. One whose read failed as a disk
+    /// may (/proc/self/mem's) exits 1, to be tried again.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn tls_files_warmpoold_cannot_take_need_an_operator() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate\n").unwrap();
+        let refusal = |file: std::path::PathBuf| {
+            let config = crate::config::Config::parse(&format!(
+                "data_dir = {:?}\npools = []\n[tls]\ncert_file = {file:?}\nkey_file = {file:?}\n",
+                dir.path().join("data"),
+            ))
+            .unwrap();
+            async move {
+                match super::start(config, std::future::pending()).await {
+                    Ok(_) => panic!("started on TLS files {}", file.display()),
+                    Err(e) => e,
+                }
+            }
+        };
+        for (file, says) in [
+            (dir.path().join("missing.pem"), "No such file"),
+            (dir.path().to_owned(), "Is a directory"),
+            (garbage, "holds no PEM certificate"),
+        ] {
+            let e = refusal(file).await;
+            assert!(format!("{e:#}").contains(says), "{says:?} not in: {e:#}");
+            assert!(super::needs_an_operator(&e), "{e:#}");
+        }
+        let failing = refusal(std::path::PathBuf::from("/proc/self/mem")).await;
+        assert!(
+            format!("{failing:#}").contains("/proc/self/mem"),
+            "{failing:#}"
+        );
+        assert!(!super::needs_an_operator(&failing), "{failing:#}");
     }
 
     /// A cloud config (clouds.yaml) missing or unreadable to warmpoold is
