@@ -1379,6 +1379,10 @@ pub struct PoolConfig {
     /// The IOPS limit of the pool's volume type, if it has one.
     #[serde(default)]
     pub volume_iops_limit: Option<u32>,
+    /// One of the demo's pools ([`demo_pools`]), which no file declares:
+    /// start-up names it so rather than as a `[[pools]]` entry.
+    #[serde(skip)]
+    pub built_in: bool,
 }
 
 fn default_boot_timeout() -> Duration {
@@ -1447,9 +1451,22 @@ impl PoolConfig {
     /// with `stored` settings, or None when they agree: the store's stay
     /// (the API may have changed them), so an operator who edited the
     /// entry and restarted must hear that the restart did not apply it.
+    /// A demo pool ([`PoolConfig::built_in`]) has no entry to edit: it is
+    /// named as the demo's, and only what stays is said.
     pub fn start_up_notice(&self, stored: &PoolSpec) -> Option<String> {
         let differing = self.keys_differing_from(stored);
         (!differing.is_empty()).then(|| {
+            if self.built_in {
+                return format!(
+                    "the demo's built-in pool {} differs from the stored pool in {}: a pool \
+                     already in the store keeps its stored settings across restarts (changed \
+                     through the API, say); `warmpoolctl pools get {} {}` shows them",
+                    self.key(),
+                    differing.join(", "),
+                    self.flavor,
+                    self.availability_zone,
+                );
+            }
             format!(
                 "the file's [[pools]] entry for {} differs from the stored pool in {}, which \
                  this start does not apply: a pool already in the store keeps its stored \
@@ -1508,6 +1525,7 @@ fn demo_pools() -> Vec<PoolConfig> {
         windows: Vec::new(),
         iops_limit: None,
         volume_iops_limit: None,
+        built_in: true,
     };
     vec![
         pool("db.small", "az1", 3),
@@ -2390,6 +2408,25 @@ key_file = "b.key"
         );
         assert!(
             notice.contains("`warmpoolctl pools update db.small az1 ...`"),
+            "{notice}"
+        );
+    }
+
+    /// The demo's pools come from no file: a restart that finds one changed
+    /// in the store names it as the demo's built-in pool, not as a file's
+    /// entry to make match.
+    #[test]
+    fn a_start_names_a_changed_demo_pool_built_in() {
+        let config = Config::parse("").unwrap();
+        let pool = &config.pools[0];
+        let mut stored = pool.spec();
+        stored.min_ready = 1;
+        let notice = pool.start_up_notice(&stored).unwrap();
+        assert!(!notice.contains("[[pools]]"), "{notice}");
+        assert!(
+            notice.starts_with(
+                "the demo's built-in pool db.small@az1 differs from the stored pool in min_ready"
+            ),
             "{notice}"
         );
     }

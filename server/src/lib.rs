@@ -826,6 +826,10 @@ async fn start_pools(
                 let draining = stored.record.draining;
                 match pool.start_up_notice(&stored.record.spec) {
                     // A pool being deleted drains on, whatever its settings.
+                    // A demo pool has no file entry to mend: told, not warned of.
+                    Some(notice) if !draining && pool.built_in => {
+                        tracing::info!(pool = %pool.key(), "{notice}")
+                    }
                     Some(notice) if !draining => tracing::warn!(pool = %pool.key(), "{notice}"),
                     _ => {
                         tracing::info!(pool = %pool.key(), draining, "pool exists in the store; keeping its stored settings")

@@ -2197,6 +2197,52 @@ async fn a_start_warns_of_a_configured_pool_whose_stored_settings_differ() {
     );
 }
 
+/// The demo's pools (no config file, or one without `pools`) are built
+/// in, not a file's entries: a restart after one was changed through the
+/// API told the user to "make the file's [[pools]] entry match" a file
+/// that does not exist, as a WARN. It now names them as the demo's
+/// built-in pools, at INFO: there is nothing to mend.
+#[tokio::test]
+async fn a_restarted_demo_names_its_changed_pools_built_in_not_a_files_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = support::config_text(dir.path(), &[]).replace("pools = []", "");
+    let start = || async {
+        Daemon::run_config(warmpool_server::config::Config::parse(&demo).unwrap()).await
+    };
+    let d = start().await;
+    let spec = api::PoolSpec {
+        min_ready: 1,
+        ..Default::default()
+    };
+    d.client
+        .update_pool("db.small", "az1", spec, ["min_ready"])
+        .await
+        .unwrap();
+    d.shut_down().await;
+
+    let logs = support::Logs::capture();
+    let d = start().await;
+    d.shut_down().await;
+    let text = logs.text();
+    assert!(!text.contains("[[pools]] entry"), "{text}");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("db.small@az1")),
+        "{text}"
+    );
+    let told = text
+        .lines()
+        .find(|l| l.contains("INFO") && l.contains("db.small@az1") && l.contains("differs"))
+        .unwrap_or_else(|| panic!("no INFO naming the pool: {text}"));
+    assert!(
+        told.contains(
+            "the demo's built-in pool db.small@az1 differs from the stored pool in min_ready"
+        ),
+        "{told}"
+    );
+}
+
 /// warmpoold serves at most `MAX_WATCH_STREAMS` `WatchPools` streams at
 /// once, over every connection (each re-lists every pool every second):
 /// one more is RESOURCE_EXHAUSTED, saying how many are open and that

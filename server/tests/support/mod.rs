@@ -118,6 +118,11 @@ impl Daemon {
         Self::run(config(data_dir, pools), None).await
     }
 
+    /// Starts warmpoold from `config` as parsed, its data dir the test's.
+    pub async fn run_config(config: Config) -> Daemon {
+        Self::run(config, None).await
+    }
+
     async fn run(config: Config, data: Option<tempfile::TempDir>) -> Daemon {
         init_tracing();
         let (stop, stopped) = oneshot::channel::<()>();
