@@ -636,7 +636,8 @@ impl PoolUpdateArgs {
 
 /// A second line for an error whose own text does not say what to change:
 /// an Allocate field the server names by its API name (the flag that sets
-/// it), a connection that failed the way a TLS mismatch fails (an HTTP/2
+/// it), a connection refused (no daemon there), one that failed the way a
+/// TLS mismatch fails (an HTTP/2
 /// frame "of invalid size", a TLS alert), or, once the daemon had answered
 /// the connection's handshake (`handshake_answered`), one cut off mid-call.
 /// `allocating` is the request id of an Allocate.
@@ -673,6 +674,16 @@ pub fn hint(
     if error.contains("grpc-status header missing") {
         return Some(format!(
             "{} answers HTTP but not warmpool's gRPC API: dial warmpoold's `listen` address (default 127.0.0.1:50051), not its `metrics_listen` (default port 9464)",
+            endpoint.trim()
+        ));
+    }
+    // The OS's words when nothing listens at the address: the daemon is
+    // not running, or listens elsewhere.
+    if !handshake_answered && error.to_ascii_lowercase().contains("connection refused") {
+        return Some(format!(
+            "nothing accepts connections at {}: is warmpoold running there? Point warmpoolctl \
+             at its `listen` address with --endpoint or WARMPOOL_ENDPOINT (default \
+             http://127.0.0.1:50051)",
             endpoint.trim()
         ));
     }
@@ -806,6 +817,26 @@ mod tests {
             assert!(plaintext.contains("dial https://"), "{cut}: {plaintext}");
             let https = tls_hint(cut, "https://h:1", false).unwrap_or_default();
             assert!(https.contains("--cert-file"), "{cut}: {https}");
+        }
+    }
+
+    /// A daemon not running (or another port) refuses the connection,
+    /// which says nothing of what to check: the hint asks whether
+    /// warmpoold runs there and names the flag and variable that point
+    /// warmpoolctl elsewhere, with the default.
+    #[test]
+    fn a_connection_refused_asks_whether_warmpoold_runs_there() {
+        for endpoint in ["http://127.0.0.1:50052", "https://127.0.0.1:50052"] {
+            let error = format!("cannot connect to {endpoint}: Connection refused (os error 111)");
+            let hinted = hint(&error, endpoint, false, None, false).unwrap_or_default();
+            for part in [
+                "is warmpoold running there?",
+                "--endpoint",
+                "WARMPOOL_ENDPOINT",
+                "default http://127.0.0.1:50051",
+            ] {
+                assert!(hinted.contains(part), "{part:?} not in: {hinted}");
+            }
         }
     }
 

@@ -480,17 +480,26 @@ async fn cli_reports_grpc_errors() {
     assert_eq!(out.stdout, "");
 }
 
+/// The error is one line; nothing listening there, a hint follows asking
+/// whether warmpoold runs there and how to point warmpoolctl elsewhere.
 #[tokio::test]
 async fn cli_reports_an_unreachable_endpoint_in_one_line() {
     let out = run("127.0.0.1:1", &["pools"]).await;
     assert!(!out.ok);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", out.stderr);
     assert!(
-        out.stderr
-            .starts_with("error: cannot connect to http://127.0.0.1:1: "),
+        lines[0].starts_with("error: cannot connect to http://127.0.0.1:1: "),
         "{}",
         out.stderr
     );
-    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        lines[1].starts_with(
+            "hint: nothing accepts connections at 127.0.0.1:1: is warmpoold running there?"
+        ),
+        "{}",
+        out.stderr
+    );
 }
 
 #[tokio::test]

@@ -12,8 +12,9 @@ pub enum ManagerError {
         message: String,
     },
     /// Quoted: a name that only looks like a pool's (a character unseen
-    /// in it) shows as the one it is not.
-    #[error("no pool {:?} (flavor@availability_zone; ListPools lists the pools)", .0.to_string())]
+    /// in it) shows as the one it is not. The listing is named for a
+    /// warmpoolctl user, who never sees the RPC's name, and an API caller.
+    #[error("no pool {:?} (flavor@availability_zone; `warmpoolctl pools` or ListPools lists the pools)", .0.to_string())]
     PoolNotFound(PoolKey),
     #[error("pool {0} already exists")]
     PoolExists(PoolKey),
@@ -199,4 +200,22 @@ fn unknown_servers(servers: usize, sold: usize, adopted: bool) -> String {
          if this store is meant to be new (the old one is lost), start once with \
          delete_unknown_servers: the unsold ones are deleted, the sold ones left alone and logged"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool not found names where the pools are listed, for a
+    /// warmpoolctl user (who never sees the RPC's name) and an API
+    /// caller alike.
+    #[test]
+    fn a_pool_not_found_names_the_listing_for_the_cli_and_the_api() {
+        let text = ManagerError::PoolNotFound(PoolKey::new("db.large", "az1")).to_string();
+        assert_eq!(
+            text,
+            "no pool \"db.large@az1\" (flavor@availability_zone; `warmpoolctl pools` or \
+             ListPools lists the pools)"
+        );
+    }
 }

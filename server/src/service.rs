@@ -348,7 +348,7 @@ impl WarmPool for WarmPoolService {
             if request.page_token.is_empty() {
                 if let Err(ManagerError::PoolNotFound(_)) = self.manager.get_pool(key).await {
                     return Err(Status::not_found(format!(
-                        "no pool {:?}, and no instance names it (check --flavor and --az; ListPools lists the pools)",
+                        "no pool {:?}, and no instance names it (check --flavor and --az; `warmpoolctl pools` or ListPools lists the pools)",
                         key.to_string()
                     )));
                 }

@@ -204,13 +204,17 @@ async fn pools_reach_their_targets() {
         );
     }
 
+    // The listing is named for the CLI user and the API caller alike.
+    let lists = "`warmpoolctl pools` or ListPools lists the pools";
     let msg = expect_code(c.get_pool("db.large", "az1").await, Code::NotFound);
     assert!(msg.contains("db.large@az1"), "{msg}");
+    assert!(msg.contains(lists), "{msg}");
     // A pool neither known nor named by any instance (a typo) is not found,
     // not an empty listing; a deleted pool's instances are listed while
     // tenants hold them (create_update_and_delete_pools).
     let msg = expect_code(c.list_instances("db.large", "az1").await, Code::NotFound);
     assert!(msg.contains("db.large@az1"), "{msg}");
+    assert!(msg.contains(lists), "{msg}");
     let msg = expect_code(c.get_pool("", "az1").await, Code::InvalidArgument);
     assert!(msg.contains("flavor"), "{msg}");
     let msg = expect_code(c.get_pool("db.small", "").await, Code::InvalidArgument);
