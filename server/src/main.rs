@@ -159,9 +159,12 @@ async fn run() -> anyhow::Result<()> {
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     let args = parse_args();
-    // check-cloud prints its own report; only errors are logged beside it.
+    // check-cloud prints its own report; only errors are logged beside it,
+    // and the warning of a clouds.yaml or secure.yaml every user of the
+    // host may read (config.rs), which its report has no line for.
     let default_filter = match args.command {
-        Some(Command::CheckCloud | Command::Store(_)) => "error",
+        Some(Command::CheckCloud) => "error,warmpool_server::config=warn",
+        Some(Command::Store(_)) => "error",
         None => "info,sled=warn,h2=warn,tower=warn",
     };
     // Colour only for a person at a terminal: journald, `kubectl logs` and

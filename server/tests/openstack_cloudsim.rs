@@ -3679,6 +3679,45 @@ async fn warmpoold_check_cloud_prints_and_exits_by_the_result() {
     );
 }
 
+/// check-cloud, which logs only errors beside its report, still says
+/// that the clouds.yaml holding the cloud's password is readable by every
+/// user of the host: the first place an operator would look.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warmpoold_check_cloud_warns_of_a_clouds_yaml_others_may_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = env().await;
+    let mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    // Others may reach the file: its directory as a home's may be.
+    mode(env.dir.path(), 0o755);
+    let config = env.dir.path().join("warmpoold.toml");
+    std::fs::write(&config, env.config_text("", SMALL_POOL)).unwrap();
+    let check = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_warmpoold"))
+            .args(["check-cloud", "--config"])
+            .arg(&config)
+            .env_remove("OS_CLOUD")
+            .env_remove("RUST_LOG")
+            .output()
+    };
+    let warning = format!("{} holds a secret", env.clouds_yaml.display());
+    mode(&env.clouds_yaml, 0o644);
+    let out = check().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&warning) && stderr.contains("(mode 0644)"),
+        "{stderr}"
+    );
+    mode(&env.clouds_yaml, 0o600);
+    let out = check().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains(&warning), "{stderr}");
+}
+
 /// A TLS listener in front of the face serving `served`'s certificate, its
 /// `https://127.0.0.1:PORT` URL: each connection's handshake is answered here
 /// and the plaintext passed on to the face.
