@@ -739,6 +739,9 @@ async fn a_token_comes_from_a_file_or_the_environment() {
 async fn a_secret_file_others_may_read_is_warned_of() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
+    // Others may reach the files (/tmp is 1777): a 0700 directory would
+    // keep them out.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let token = dir.path().join("token");
     let key = dir.path().join("client.key");
     std::fs::write(&token, "s3cret\n").unwrap();

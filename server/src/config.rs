@@ -1127,17 +1127,39 @@ fn find_clouds_yaml(env: &Env) -> Result<PathBuf, ConfigError> {
 /// A clouds.yaml (or secure.yaml) file's YAML, its merge keys applied.
 fn read_clouds_yaml(path: &Path) -> Result<serde_yaml::Value, ConfigError> {
     let text = read_text(path)?;
-    // It holds the cloud's password or application credential secret.
-    if let Some(warning) = warmpool_proto::secret_file::world_readable(path) {
-        tracing::warn!("{warning}");
-    }
     let parse_error = |e: serde_yaml::Error| ConfigError::Parse {
         path: path.to_owned(),
         message: without_values(&e.to_string()),
     };
     let mut root = serde_yaml::from_str(&text).map_err(parse_error)?;
     apply_merge_keys(&mut root).map_err(parse_error)?;
+    // Only a file holding a password, an application credential secret or
+    // a token: a clouds.yaml whose secrets its secure.yaml holds is no
+    // secret.
+    if holds_a_secret(&root) {
+        if let Some(warning) = warmpool_proto::secret_file::world_readable(path) {
+            tracing::warn!("{warning}");
+        }
+    }
     Ok(root)
+}
+
+/// Whether a clouds.yaml or secure.yaml `value` holds a secret anywhere:
+/// a key osauth and the openstack CLI read one from, with a value.
+fn holds_a_secret(value: &serde_yaml::Value) -> bool {
+    match value {
+        serde_yaml::Value::Mapping(mapping) => mapping.iter().any(|(key, value)| {
+            let secret = matches!(
+                key.as_str(),
+                Some("password" | "application_credential_secret" | "token")
+            );
+            let given = !value.is_null() && value.as_str() != Some("");
+            (secret && given) || holds_a_secret(value)
+        }),
+        serde_yaml::Value::Sequence(sequence) => sequence.iter().any(holds_a_secret),
+        serde_yaml::Value::Tagged(tagged) => holds_a_secret(&tagged.value),
+        _ => false,
+    }
 }
 
 /// `<<: *anchor` merged into its mapping, as the openstack CLI's PyYAML
@@ -3317,30 +3339,32 @@ key_file = "b.key"
         }
     }
 
-    /// A clouds.yaml or secure.yaml every user of the host may read is
-    /// warned of, naming the file and its mode (at start and by
-    /// check-cloud, which both read it here); one its group may read
-    /// is not (Kubernetes mounts a Secret 0440 under fsGroup on purpose).
+    /// A clouds.yaml or secure.yaml holding a secret that every user of
+    /// the host may read is warned of, naming the file and its mode (at
+    /// start and by check-cloud, which both read it here); one its group
+    /// may read is not (Kubernetes mounts a Secret 0440 under fsGroup on
+    /// purpose), nor a clouds.yaml whose secrets secure.yaml holds.
     #[cfg(unix)]
     #[test]
     fn a_clouds_yaml_others_may_read_is_warned_of() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
+        let mode = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        // Others may reach the files (/tmp is 1777): a 0700 directory
+        // would keep them out.
+        mode(dir.path(), 0o755);
         let clouds = dir.path().join("clouds.yaml");
-        std::fs::write(
-            &clouds,
-            "clouds:\n  wp:\n    auth:\n      auth_url: http://keystone\n      username: pool\n",
-        )
-        .unwrap();
+        let public =
+            "clouds:\n  wp:\n    auth:\n      auth_url: http://keystone\n      username: pool\n";
+        std::fs::write(&clouds, public).unwrap();
         let secure = dir.path().join("secure.yaml");
         std::fs::write(
             &secure,
             "clouds:\n  wp:\n    auth:\n      password: s3cr3t\n",
         )
         .unwrap();
-        let mode = |path: &Path, mode: u32| {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-        };
         let warnings = || {
             let logs = warmpool_test_support::Logs::capture();
             clouds_yaml_entry_with(&clouds, "wp", std::slice::from_ref(&secure)).unwrap();
@@ -3348,18 +3372,33 @@ key_file = "b.key"
         };
         mode(&clouds, 0o644);
         mode(&secure, 0o604);
+        // clouds.yaml holds no secret: secure.yaml alone is named.
         let shown = warnings();
-        assert_eq!(shown.len(), 2, "{shown:?}");
+        assert_eq!(shown.len(), 1, "{shown:?}");
         assert!(
-            shown[0].contains(&clouds.display().to_string()) && shown[0].contains("mode 0644"),
+            shown[0].contains(&secure.display().to_string()) && shown[0].contains("mode 0604"),
             "{shown:?}"
         );
-        assert!(
-            shown[1].contains(&secure.display().to_string()) && shown[1].contains("mode 0604"),
-            "{shown:?}"
-        );
+        for secret in [
+            "password: old",
+            "application_credential_secret: old",
+            "token: old",
+        ] {
+            std::fs::write(&clouds, format!("{public}      {secret}\n")).unwrap();
+            let shown = warnings();
+            assert_eq!(shown.len(), 2, "{secret}: {shown:?}");
+            assert!(
+                shown[0].contains(&clouds.display().to_string()) && shown[0].contains("mode 0644"),
+                "{shown:?}"
+            );
+        }
         mode(&clouds, 0o440);
         mode(&secure, 0o640);
+        assert_eq!(warnings(), Vec::<String>::new());
+        // In a directory others cannot search, out of their reach.
+        mode(&clouds, 0o644);
+        mode(&secure, 0o644);
+        mode(dir.path(), 0o700);
         assert_eq!(warnings(), Vec::<String>::new());
     }
 

@@ -566,6 +566,9 @@ mod tests {
     fn a_key_file_others_may_read_is_warned_of() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
+        // Others may reach the key (/tmp is 1777): a 0700 directory would
+        // keep them out.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let tls = issue(dir.path(), (2020, 1, 1), (2090, 1, 1));
         let key = tls.key_file.display().to_string();
         let mode = |mode: u32| {
