@@ -265,7 +265,11 @@ impl Access {
         let Some(caller) = self.by_sha256.get(&token_sha256(token)) else {
             // 64 hex digits (`openssl rand -hex 32`) pass the config's check
             // for a digest: an entry holding the token itself is found only
-            // when its token is presented. Name the entry, never the token.
+            // when its token is presented. But so is any entry when its
+            // digest, read from the config (meant to be safe to show, as in
+            // a ConfigMap), is presented: writing that digest's SHA-256
+            // there would make it a working token, so both are said. Name
+            // the entry, never the token.
             if let Some(entry) = self.by_sha256.get(&token.to_ascii_lowercase()) {
                 let key = format!("token in sha256: {}", entry.name);
                 if let Some(held_back) = unauthenticated_log.admit(&key, Instant::now()) {
@@ -274,7 +278,7 @@ impl Access {
                         api_token = %entry.name,
                         %peer,
                         held_back,
-                        "call refused: api_tokens entry '{}' holds the token itself in sha256, not its SHA-256: put the 64 hex digits of printf %s \"$TOKEN\" | sha256sum there and reload (held_back: such calls not logged since the last such line; one line per {REFUSED_CALL_LOG_INTERVAL:?} at most)",
+                        "call refused: its bearer token is what api_tokens entry '{}' has in sha256: either that entry holds the token itself, not its SHA-256 (then put the 64 hex digits of printf %s \"$TOKEN\" | sha256sum there and reload), or a caller at {peer} presented a digest read from the config (then change nothing, and find who read it) (held_back: such calls not logged since the last such line; one line per {REFUSED_CALL_LOG_INTERVAL:?} at most)",
                         entry.name
                     );
                 }
@@ -500,7 +504,8 @@ mod tests {
     /// An api_tokens entry whose sha256 holds the token itself (64 hex
     /// digits, as `openssl rand -hex 32` makes, look like a digest, so the
     /// config cannot tell): the caller presenting it is refused, and the
-    /// log names the entry to fix, never the token.
+    /// log names the entry, never the token, and the other reading of the
+    /// same call: a digest read from the config, presented by its peer.
     #[test]
     fn a_token_written_as_its_own_digest_is_named_in_a_warning() {
         let token = "5f0c0e6a3be2d9c8d7a1f4e1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1";
@@ -512,10 +517,11 @@ mod tests {
             },
         )]);
         let limit = LogEvery::new(Duration::from_secs(3600));
+        let peer: SocketAddr = "10.9.8.7:50000".parse().unwrap();
         let text = logged(|| {
             let call = request(Some(&format!("Bearer {}", token.to_ascii_uppercase())));
             let refused = access
-                .check_logged(&call, Method::Allocate, None, &limit)
+                .check_logged(&call, Method::Allocate, Some(peer), &limit)
                 .unwrap_err();
             assert_eq!(refused.code(), tonic::Code::Unauthenticated);
         });
@@ -524,7 +530,15 @@ mod tests {
             .filter(|line| line.contains(" WARN ") && line.contains("billing-plain"))
             .collect();
         assert_eq!(named.len(), 1, "{text}");
-        assert!(named[0].contains("the token itself"), "{text}");
+        // The same digest is what a caller who read the config (a
+        // ConfigMap, a backup) presents: both readings are given, and
+        // only the first is mended by writing the SHA-256 there.
+        assert!(named[0].contains("holds the token itself"), "{text}");
+        assert!(
+            named[0].contains("a caller at 10.9.8.7:50000 presented a digest read from the config"),
+            "{text}"
+        );
+        assert!(named[0].contains("change nothing"), "{text}");
         assert!(
             !text.to_ascii_lowercase().contains(token),
             "the token is logged: {text}"
