@@ -8429,6 +8429,43 @@ async fn a_page_answered_from_the_start_starts_the_listing_again() {
     env.face.faults().clear();
 }
 
+/// Nova may answer a marker it found among its build requests with its
+/// cells' servers from the first, where the marker's server, moved to its
+/// cell meanwhile, comes first: the page `[marker's server, an older one]`
+/// does not end with a server seen before, so the listing goes on, and the
+/// marker's server is listed once only (start-up adoption reads the list,
+/// not a map by id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_starting_at_its_marker_lists_each_server_once() {
+    let settings = HttpSettings {
+        page_limit: Some(2),
+        ..HttpSettings::default()
+    };
+    let env = env_with(sim_config(), settings).await;
+    let cloud = env.driver().await;
+    for name in ["a", "b", "c", "d", "e"] {
+        cloud
+            .create_server(&spec(name, "db.small", "az1"))
+            .await
+            .unwrap();
+    }
+    let ids = |servers: Vec<Server>| {
+        let mut ids: Vec<String> = servers.into_iter().map(|s| s.id).collect();
+        ids.sort();
+        ids
+    };
+    let all = ids(cloud.list_pool_servers().await.unwrap());
+    assert_eq!(all.len(), 5);
+
+    env.face.faults().include_next_markers(Service::Compute, 1);
+    let listed = ids(cloud.list_pool_servers().await.unwrap());
+    let mut once = listed.clone();
+    once.dedup();
+    assert_eq!(once, listed, "a server listed twice");
+    assert_eq!(listed, all);
+    env.face.faults().clear();
+}
+
 /// Starts warmpoold on `config`; the handle and its stop switch.
 async fn start_daemon(
     config: Config,

@@ -439,6 +439,8 @@ struct ServiceFaults {
     vanishing_markers: u32,
     /// Paged listing requests left whose marker is unheeded.
     restarted_pages: u32,
+    /// Paged listing requests left whose page starts at the marker's item.
+    inclusive_markers: u32,
     /// Requests left to answer with an endless body, and its size.
     oversized: (u32, usize),
     slow: Duration,
@@ -731,6 +733,16 @@ impl HttpFaults {
     /// testbed at `[api] max_limit = 2`).
     pub fn restart_next_pages(&self, service: Service, n: u32) {
         self.with(service, |f| f.restarted_pages = n);
+    }
+
+    /// The next `n` listing requests to `service` that carry a page marker
+    /// are answered with a page that starts at the marker's item, the
+    /// marker included: as Nova may answer a marker it found among its
+    /// build requests once the server has moved to its cell and comes first
+    /// there (`[marker's server, an older one]`), a page that does not end
+    /// with an item seen before.
+    pub fn include_next_markers(&self, service: Service, n: u32) {
+        self.with(service, |f| f.inclusive_markers = n);
     }
 
     /// The next `n` requests to `service` get a 200 whose body is `bytes`
@@ -1353,6 +1365,12 @@ async fn fault_layer(
                 *request.uri_mut() = uri;
             }
         }
+        if f.inclusive_markers > 0 {
+            if let Some(uri) = with_inclusive_marker(request.uri()) {
+                f.inclusive_markers -= 1;
+                *request.uri_mut() = uri;
+            }
+        }
         let throttle = (f.throttle > 0).then(|| {
             f.throttle -= 1;
             f.throttle_retry_after
@@ -1493,6 +1511,32 @@ fn without_marker_item(uri: &axum::http::Uri) -> Option<axum::http::Uri> {
                 .iter()
                 .map(|(k, v)| (k.as_str(), if k == "marker" { gone.as_str() } else { v })),
         )
+        .finish();
+    format!("{}?{query}", uri.path()).parse().ok()
+}
+
+/// Before a marker, asks [`cut_page`] to start the page at the marker's
+/// item rather than after it ([`HttpFaults::include_next_markers`]).
+const INCLUSIVE_MARKER: &str = "cloudsim-inclusive:";
+
+/// `uri` with its page marker made inclusive ([`INCLUSIVE_MARKER`]);
+/// `None` when it carries none.
+fn with_inclusive_marker(uri: &axum::http::Uri) -> Option<axum::http::Uri> {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(uri.query()?.as_bytes())
+        .into_owned()
+        .collect();
+    if !pairs.iter().any(|(k, _)| k == "marker") {
+        return None;
+    }
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs.iter().map(|(k, v)| {
+            let v = if k == "marker" {
+                format!("{INCLUSIVE_MARKER}{v}")
+            } else {
+                v.clone()
+            };
+            (k.as_str(), v)
+        }))
         .finish();
     format!("{}?{query}", uri.path()).parse().ok()
 }
@@ -1677,11 +1721,15 @@ pub(crate) fn cut_page(
     let start = match value("marker") {
         None => 0,
         Some(marker) => {
+            let (marker, after) = match marker.strip_prefix(INCLUSIVE_MARKER) {
+                Some(marker) => (marker, 0),
+                None => (marker, 1),
+            };
             items
                 .iter()
                 .position(|i| i["id"] == marker)
                 .ok_or_else(|| PageError::UnknownMarker(marker.to_owned()))?
-                + 1
+                + after
         }
     };
     let rest = items.into_iter().skip(start);

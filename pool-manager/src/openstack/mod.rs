@@ -1640,7 +1640,9 @@ impl OpenStackCloud {
     /// linked. The item a marker names may be deleted between two pages
     /// (Neutron then answers 404, Nova 400 once the row is archived), and
     /// Nova may answer a page ending with the marker's item again: the
-    /// listing starts again from the first page, a few times at most.
+    /// listing starts again from the first page, a few times at most. An
+    /// item a page repeats elsewhere (Nova's page may start with the
+    /// marker's server) is listed once, where it was first found.
     async fn list_all<B: DeserializeOwned, T>(
         &self,
         what: &str,
@@ -1651,6 +1653,7 @@ impl OpenStackCloud {
         let mut restarts = 0;
         'listing: loop {
             let mut found = Vec::new();
+            let mut ids = HashSet::new();
             let mut marker: Option<String> = None;
             let mut followed = Markers::default();
             for _ in 0..MAX_PAGES {
@@ -1687,7 +1690,9 @@ impl OpenStackCloud {
                     }
                     Err(e) => return Err(e),
                 };
-                found.extend(items);
+                // Callers read the list (start-up adoption), not a map by
+                // id: a server listed twice would be adopted twice.
+                found.extend(items.into_iter().filter(|i| ids.insert(id_of(i))));
                 if !has_next || marker.is_none() {
                     return Ok(found);
                 }
