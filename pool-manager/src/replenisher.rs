@@ -1567,10 +1567,10 @@ impl Shared {
 
     /// Shows why a boot's server create keeps failing transiently (Nova
     /// answering 500, a timeout), once per boot: logged at WARN, on the
-    /// instance while it has no server, and as its pool's last error
-    /// unless the pool is degraded (its last error then says why). The
-    /// retries go on meanwhile; a store that fails this loses only what
-    /// it shows.
+    /// instance while it is still the boot's (`Booting`, no server), and
+    /// then as its pool's last error unless the pool is degraded (its
+    /// last error then says why). The retries go on meanwhile; a store
+    /// that fails this loses only what it shows.
     async fn note_create_failing(
         &self,
         instance: &Instance,
@@ -1583,20 +1583,30 @@ impl Shared {
             humantime::format_duration(boot_timeout)
         );
         tracing::warn!(pool = %instance.pool, instance = %instance.id, error = %error, failures, "the cloud keeps failing this boot's server create; retrying it until boot_timeout");
+        // Written even when it holds the message already (a boot resumed
+        // after a restart, failing alike): once per boot, and its answer
+        // says whether the record is still this boot's.
         let noted = self
             .update_instance(&instance.id, |current| {
-                (current.state == InstanceState::Booting
-                    && current.server_id.is_none()
-                    && current.last_error.as_deref() != Some(message.as_str()))
-                .then(|| {
-                    let mut next = current.clone();
-                    next.last_error = Some(message.clone());
-                    Some(next)
-                })
+                (current.state == InstanceState::Booting && current.server_id.is_none()).then(
+                    || {
+                        let mut next = current.clone();
+                        next.last_error = Some(message.clone());
+                        Some(next)
+                    },
+                )
             })
             .await;
-        if let Err(e) = noted {
-            tracing::warn!(instance = %instance.id, error = %e, "cannot record why the server create fails");
+        match noted {
+            Ok(Some(_)) => {}
+            // Taken from the boot meanwhile (a drain, a purchase's
+            // rollback: it is being deleted): its pool, or one created
+            // again under the key, is not to read about it.
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(instance = %instance.id, error = %e, "cannot record why the server create fails");
+                return;
+            }
         }
         if self.health_book().health(&instance.pool).degraded {
             return;

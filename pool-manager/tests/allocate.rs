@@ -2748,6 +2748,63 @@ async fn a_create_failing_500_shows_as_last_error_long_before_boot_timeout() {
     manager.shutdown().await.unwrap();
 }
 
+/// A boot whose record is taken (a drain, a purchase's rollback: it is
+/// `Deleting`) before its create fails for the third time in a row shows
+/// no create failure: the instance is being deleted, and the pool (here
+/// the one created again under the deleted pool's key) must not read
+/// "instance X: the server create failed..." about it.
+#[tokio::test(start_paused = true)]
+async fn a_create_failing_for_a_taken_boot_shows_on_no_pool() {
+    let sim = sim();
+    let nova_500 = "POST /servers: Unexpected API Error. (HTTP 500)";
+    let (cloud, failing) = GatedCloud::failing_next(
+        &sim,
+        "create_server",
+        pool_manager::cloud::CloudError::Transient(nova_500.into()),
+    );
+    failing.store(3, Ordering::SeqCst);
+    let manager = manager_over(&cloud, temp_store());
+    manager.start().await.unwrap();
+    // The third create is held before the cloud fails it.
+    let mut held = cloud.hold_next("create_server", At::Before);
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    for _ in 0..2 {
+        held.reached().await;
+        let next = cloud.hold_next("create_server", At::Before);
+        held.release();
+        held = next;
+    }
+    held.reached().await;
+    manager.delete_pool(&pool()).await.unwrap();
+    for _ in 0..60 {
+        if manager.get_pool(&pool()).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let taken = manager.list_instances(Some(&pool())).await.unwrap();
+    let [taken] = &taken[..] else {
+        panic!("the taken boot's record: {taken:?}")
+    };
+    assert_eq!(taken.state, InstanceState::Deleting, "{taken:?}");
+    manager.create_pool(pool(), spec(0)).await.unwrap();
+    held.release();
+
+    // The fourth create lands; the taken boot deletes its server.
+    for _ in 0..600 {
+        if manager.list_instances(None).await.unwrap().is_empty() && sim.servers().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(failing.load(Ordering::SeqCst), 0, "three creates failed");
+    assert!(sim.servers().is_empty(), "{:?}", sim.servers());
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.record.last_error, None, "{status:?}");
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn boot_errors_are_replaced_and_leaks_are_deleted() {
     let sim = sim();
