@@ -431,8 +431,6 @@ async fn pools_fill(ctx: &Ctx) {
     }
 }
 
-/// No db.huge server fits the project's cores quota: the pool says so and
-/// stays empty. The port quota is read from Neutron.
 /// The testbed pages Nova, Neutron and Cinder listings at 2 items
 /// (deploy/testbed/write_configs.sh): each listing here has its first
 /// page, read straight from the service, link a next one and hold fewer
@@ -526,6 +524,8 @@ async fn listings_span_pages(ctx: &Ctx) {
     spans("Cinder volumes of one name", first, found.len());
 }
 
+/// No db.huge server fits the project's cores quota: the pool says so and
+/// stays empty. The port quota is read from Neutron.
 async fn quota_is_reported(ctx: &Ctx) {
     let huge = eventually("db.huge@az1 to report the quota", PATIENCE, || async {
         let pool = ctx
