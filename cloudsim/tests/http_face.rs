@@ -15,12 +15,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Simulated seconds become milliseconds x2: boot 50 ms, mysqld +70 ms,
-/// volume create 6 ms, attach 4 ms, port attach 3 ms, delete 4 ms.
+/// volume create 6 ms, attach 4 ms, port attach 3 ms, delete 4 ms. No
+/// server greets ([`with_mysqld`] for a test that needs one): a local
+/// MySQL holding the simulated mysqld's port on every address would stop
+/// the face from starting.
 fn config() -> SimConfig {
     SimConfig {
         time_scale: 0.002,
         jitter: 0.0,
+        listeners: false,
         ..SimConfig::default()
+    }
+}
+
+/// [`config`] whose servers greet as mysqld at their own addresses.
+fn with_mysqld() -> SimConfig {
+    SimConfig {
+        listeners: true,
+        ..config()
     }
 }
 
@@ -803,7 +815,7 @@ async fn nova_microversion_headers_and_limits() {
 async fn boot_attach_detach_delete_flow() {
     // Transitions slow enough (200-300 ms) to see the intermediate states
     // reliably on a loaded machine.
-    let mut cfg = config();
+    let mut cfg = with_mysqld();
     cfg.boot.t_alone = Duration::from_secs(100);
     cfg.latencies.volume_attach = Duration::from_secs(150);
     cfg.latencies.volume_detach = Duration::from_secs(150);
@@ -1044,7 +1056,7 @@ async fn boot_attach_detach_delete_flow() {
 
 #[tokio::test]
 async fn readiness_greeting_at_the_servers_address() {
-    let env = start().await;
+    let env = start_with(with_mysqld(), HttpSettings::default()).await;
     let sid = env.boot("ready", "2.52", &[]).await;
     let s = env.wait_server(&sid, "ACTIVE").await;
     let ip = s["addresses"]["mgmt-net"][0]["addr"]
@@ -1084,7 +1096,7 @@ async fn a_mysql_port_taken_on_every_address_is_refused_at_start() {
         ..HttpSettings::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = HttpFace::serve(SimCloud::new(config()), settings(), listener)
+    let err = HttpFace::serve(SimCloud::new(with_mysqld()), settings(), listener)
         .await
         .unwrap_err();
     assert!(
@@ -1098,7 +1110,7 @@ async fn a_mysql_port_taken_on_every_address_is_refused_at_start() {
     );
 
     drop(taken);
-    let env = start_with(config(), settings()).await;
+    let env = start_with(with_mysqld(), settings()).await;
     let _taken = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
     let body = env.server_body("late", "az1").await;
     let r = env
@@ -3294,9 +3306,17 @@ async fn demo_binary(
     let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let written = dir.join("clouds.yaml");
+    // A port free on every address: a local MySQL may hold 3306, and the
+    // binary refuses to start then.
+    let mysql_port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloudsim"))
         .args(["--listen", "127.0.0.1:0", "--clouds-yaml"])
         .arg(&written)
+        .args(["--mysql-port", &mysql_port.to_string()])
         .args(args)
         // Colour is judged by the terminal alone in these tests.
         .env_remove("NO_COLOR")

@@ -2404,9 +2404,12 @@ async fn a_refused_reload_shows_in_the_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_cut_short_after_its_first_token_revokes_nothing() {
     use cloudsim::http::{HttpFace, HttpSettings};
+    // No pool, no server: no simulated mysqld, whose port a local MySQL
+    // may hold.
     let sim = cloudsim::SimCloud::new(cloudsim::SimConfig {
         time_scale: 0.01,
         jitter: 0.0,
+        listeners: false,
         ..cloudsim::SimConfig::default()
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1858,8 +1858,11 @@ mod tests {
     async fn a_sessions_debug_shows_no_password() {
         use cloudsim::http::{HttpFace, HttpSettings};
         use cloudsim::{SimCloud, SimConfig};
+        // No server is made: no simulated mysqld, whose port a local
+        // MySQL may hold.
         let sim = SimCloud::new(SimConfig {
             time_scale: 0.01,
+            listeners: false,
             ..SimConfig::default()
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
