@@ -1353,24 +1353,15 @@ async fn fault_layer(
     let (slow, throttle, proxy_error, unauthorized, canned, oversized, garbage) = {
         let mut faults = lock(&state.faults);
         let f = faults.entry(service).or_default();
-        if f.vanishing_markers > 0 {
-            if let Some(uri) = without_marker_item(request.uri()) {
-                f.vanishing_markers -= 1;
-                *request.uri_mut() = uri;
-            }
-        }
-        if f.restarted_pages > 0 {
-            if let Some(uri) = without_marker(request.uri()) {
-                f.restarted_pages -= 1;
-                *request.uri_mut() = uri;
-            }
-        }
-        if f.inclusive_markers > 0 {
-            if let Some(uri) = with_inclusive_marker(request.uri()) {
-                f.inclusive_markers -= 1;
-                *request.uri_mut() = uri;
-            }
-        }
+        // A marker no item has (the marker's item deleted meanwhile).
+        rewrite_marker(&mut f.vanishing_markers, &mut request, |_| {
+            Some(uuid::Uuid::new_v4().to_string())
+        });
+        // The marker unheeded: the listing from its start.
+        rewrite_marker(&mut f.restarted_pages, &mut request, |_| None);
+        rewrite_marker(&mut f.inclusive_markers, &mut request, |marker| {
+            Some(format!("{INCLUSIVE_MARKER}{marker}"))
+        });
         let throttle = (f.throttle > 0).then(|| {
             f.throttle -= 1;
             f.throttle_retry_after
@@ -1494,65 +1485,40 @@ async fn fault_layer(
     resp
 }
 
-/// `uri` with its page marker replaced by an id no item has; `None` when it
-/// carries no marker.
-fn without_marker_item(uri: &axum::http::Uri) -> Option<axum::http::Uri> {
-    let query = uri.query()?;
-    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .collect();
-    if !pairs.iter().any(|(k, _)| k == "marker") {
-        return None;
-    }
-    let gone = uuid::Uuid::new_v4().to_string();
-    let query = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.as_str(), if k == "marker" { gone.as_str() } else { v })),
-        )
-        .finish();
-    format!("{}?{query}", uri.path()).parse().ok()
-}
-
 /// Before a marker, asks [`cut_page`] to start the page at the marker's
 /// item rather than after it ([`HttpFaults::include_next_markers`]).
 const INCLUSIVE_MARKER: &str = "cloudsim-inclusive:";
 
-/// `uri` with its page marker made inclusive ([`INCLUSIVE_MARKER`]);
-/// `None` when it carries none.
-fn with_inclusive_marker(uri: &axum::http::Uri) -> Option<axum::http::Uri> {
-    let pairs: Vec<(String, String)> = form_urlencoded::parse(uri.query()?.as_bytes())
+/// While `left` lasts, gives `request`'s page marker the value `marker`
+/// makes of it (`None`: no marker); a request without a marker uses none
+/// of `left`.
+fn rewrite_marker(left: &mut u32, request: &mut Request, marker: impl Fn(&str) -> Option<String>) {
+    if *left == 0 {
+        return;
+    }
+    let uri = request.uri();
+    let Some(query) = uri.query() else {
+        return;
+    };
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();
     if !pairs.iter().any(|(k, _)| k == "marker") {
-        return None;
+        return;
     }
     let query = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(pairs.iter().map(|(k, v)| {
-            let v = if k == "marker" {
-                format!("{INCLUSIVE_MARKER}{v}")
+        .extend_pairs(pairs.into_iter().filter_map(|(k, v)| {
+            if k == "marker" {
+                marker(&v).map(|v| (k, v))
             } else {
-                v.clone()
-            };
-            (k.as_str(), v)
+                Some((k, v))
+            }
         }))
         .finish();
-    format!("{}?{query}", uri.path()).parse().ok()
-}
-
-/// `uri` without its page marker; `None` when it carries none.
-fn without_marker(uri: &axum::http::Uri) -> Option<axum::http::Uri> {
-    let pairs: Vec<(String, String)> = form_urlencoded::parse(uri.query()?.as_bytes())
-        .into_owned()
-        .collect();
-    if !pairs.iter().any(|(k, _)| k == "marker") {
-        return None;
+    if let Ok(rewritten) = format!("{}?{query}", uri.path()).parse() {
+        *left -= 1;
+        *request.uri_mut() = rewritten;
     }
-    let query = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(pairs.iter().filter(|(k, _)| k != "marker"))
-        .finish();
-    format!("{}?{query}", uri.path()).parse().ok()
 }
 
 /// 200 with the first half of the real body (at least a dangling `{"`).
