@@ -11,9 +11,9 @@
 use crate::config::{Quotas, SimConfig};
 use crate::mysql::ListenerGuard;
 use pool_manager::cloud::{
-    BootHeadroom, CloudError, CloudResult, FixedIp, Network, NetworkOwner, NetworkShare,
-    NewPortSpec, NewVolumeSpec, Port, QuotaLeft, Server, ServerSpec, ServerStatus, Volume,
-    VolumeOwner, VolumeStatus, META_INSTANCE, META_POOL, PORTS, PORTS_PER_SERVER,
+    some_names, BootHeadroom, CloudError, CloudResult, FixedIp, Network, NetworkOwner,
+    NetworkShare, NewPortSpec, NewVolumeSpec, Port, QuotaLeft, Server, ServerSpec, ServerStatus,
+    Volume, VolumeOwner, VolumeStatus, META_INSTANCE, META_POOL, PORTS, PORTS_PER_SERVER,
 };
 use pool_manager::model::PoolKey;
 use rand::rngs::StdRng;
@@ -781,12 +781,22 @@ impl Model {
     // ---- servers ------------------------------------------------------------
 
     /// Whether servers of `pool`'s flavor can boot in its zone, by the
-    /// configuration (Nova's 404 wording).
+    /// configuration (Nova's 404 wording for the zone). A missing flavor
+    /// is named beside those the cloud has, as the OpenStack driver names
+    /// it: this is what the embedded cloud's CreatePool and start-up answer
+    /// a demo's user, who has no `openstack flavor list` to turn to.
     pub fn check_boot_placement(&self, pool: &PoolKey) -> CloudResult<()> {
         if self.cfg.flavor_spec(&pool.flavor).is_none() {
+            let names: BTreeSet<String> = self
+                .cfg
+                .flavor_specs()
+                .into_iter()
+                .map(|f| f.name)
+                .collect();
             return Err(CloudError::NotFound(format!(
-                "Flavor {} could not be found.",
-                pool.flavor
+                "no flavor named '{}' in the simulated cloud (its flavors: {})",
+                pool.flavor,
+                some_names(&names.into_iter().collect::<Vec<_>>())
             )));
         }
         if !self.cfg.zone_takes_servers(&pool.availability_zone) {
@@ -815,12 +825,14 @@ impl Model {
         Ok(())
     }
 
-    /// Whether servers can boot from `image`, by the configuration
-    /// (Glance's 404 wording).
+    /// Whether servers can boot from `image`, by the configuration (named
+    /// as [`Self::check_boot_placement`] names a flavor).
     pub fn check_boot_image(&self, image: &str) -> CloudResult<()> {
         if !self.cfg.images.iter().any(|i| i == image) {
+            let names: BTreeSet<String> = self.cfg.images.iter().cloned().collect();
             return Err(CloudError::NotFound(format!(
-                "Image {image} could not be found."
+                "no image named '{image}' in the simulated cloud (its images: {})",
+                some_names(&names.into_iter().collect::<Vec<_>>())
             )));
         }
         Ok(())

@@ -750,6 +750,24 @@ impl BootHeadroom {
     }
 }
 
+/// The most names a failed lookup's message lists of those the cloud has.
+pub const NAMES_SHOWN: usize = 10;
+
+/// The first [`NAMES_SHOWN`] of `names` and how many more: what a lookup
+/// of a name a cloud lacks lists beside it (the OpenStack driver's, the
+/// simulator's, check-cloud's), so that a misspelt name is seen at a
+/// glance without a cloud of hundreds filling the message.
+pub fn some_names(names: &[String]) -> String {
+    if names.is_empty() {
+        return "none".to_owned();
+    }
+    let shown = names[..names.len().min(NAMES_SHOWN)].join(", ");
+    match names.len().saturating_sub(NAMES_SHOWN) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
+}
+
 /// What warmpool needs of the cloud. Calls return once the cloud accepted the
 /// request; completion (ACTIVE, `in-use`) is observed with the `get_*` calls.
 #[async_trait]

@@ -28,7 +28,8 @@
 
 use crate::config::{Config, ConfigError, OpenStackConfig, PoolConfig};
 use pool_manager::cloud::{
-    Cloud, CloudChange, CloudError, CloudIdentity, CloudResult, ServerStatus, PORTS_PER_SERVER,
+    some_names, Cloud, CloudChange, CloudError, CloudIdentity, CloudResult, ServerStatus,
+    PORTS_PER_SERVER,
 };
 use pool_manager::events::MarkProof;
 use pool_manager::model::{PoolKey, PoolRecord, PoolSpec};
@@ -436,9 +437,6 @@ fn reason(e: &CloudError) -> String {
         .unwrap_or(text)
 }
 
-/// The most names a failed lookup's reason lists of those the cloud has.
-const NAMES_SHOWN: usize = 10;
-
 /// `e`'s reason, and when the cloud has nothing of the name looked up, the
 /// names it has (`listed`, awaited only then), as `what`: a misspelt
 /// name is seen at a glance. A listing that fails adds nothing.
@@ -454,18 +452,6 @@ async fn reason_naming(
     match listed.await {
         Ok(names) => format!("{reason} ({what}: {})", some_names(&names)),
         Err(_) => reason,
-    }
-}
-
-/// The first [`NAMES_SHOWN`] of `names` and how many more.
-fn some_names(names: &[String]) -> String {
-    if names.is_empty() {
-        return "none".to_owned();
-    }
-    let shown = names[..names.len().min(NAMES_SHOWN)].join(", ");
-    match names.len().saturating_sub(NAMES_SHOWN) {
-        0 => shown,
-        more => format!("{shown} and {more} more"),
     }
 }
 

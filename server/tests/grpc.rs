@@ -631,6 +631,59 @@ async fn unknown_and_empty_pools() {
     assert!(d.cloud().volumes().is_empty(), "{:?}", d.cloud().volumes());
 }
 
+/// On the embedded cloud too, a flavor or image it does not have is named
+/// beside those it has, at CreatePool (FAILED_PRECONDITION, nothing
+/// created) and at the start-up check of a configured pool: Nova's bare
+/// "Flavor db.smal could not be found." sent a demo's user guessing.
+#[tokio::test]
+async fn a_flavor_or_image_the_embedded_cloud_lacks_is_named_with_those_it_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(dir.path(), &[]).await;
+    let c = &d.client;
+    let spec = api::PoolSpec {
+        min_ready: 0,
+        max_ready: 1,
+        image: "mysql-8.0".into(),
+        ..Default::default()
+    };
+    let flavors = "no flavor named 'db.smal' in the simulated cloud (its flavors: db.large, db.medium, db.small)";
+    let refused = expect_code(
+        c.create_pool("db.smal", "az1", spec.clone()).await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        refused.contains("db.smal@az1") && refused.contains(flavors),
+        "{refused}"
+    );
+    let image = api::PoolSpec {
+        image: "mysql-9.9".into(),
+        ..spec
+    };
+    let refused = expect_code(
+        c.create_pool("db.small", "az1", image).await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        refused
+            .contains("no image named 'mysql-9.9' in the simulated cloud (its images: mysql-8.0"),
+        "{refused}"
+    );
+    let pools = c.list_pools().await.unwrap();
+    assert!(pools.is_empty(), "{pools:?}");
+    assert!(d.cloud().servers().is_empty());
+
+    let other = tempfile::tempdir().unwrap();
+    let config = support::config(other.path(), &[("db.smal", "az1", 0, 1)]);
+    let error = match warmpool_server::start(config, std::future::pending()).await {
+        Ok(_) => panic!("started with a pool of a flavor the embedded cloud lacks"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains("db.smal@az1") && error.contains(flavors),
+        "{error}"
+    );
+}
+
 /// The embedded cloud has the demo's network, tenant-net, and no other:
 /// an order naming a mistyped one is refused as Neutron would refuse its
 /// port, not sold with a port on a network that does not exist.

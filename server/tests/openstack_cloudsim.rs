@@ -2651,6 +2651,105 @@ async fn check_cloud_names_what_is_visible_beside_a_missing_name() {
     );
 }
 
+/// A flavor the cloud does not have is named, with the project, beside
+/// the flavors it does (as a missing image or network is), wherever it
+/// reaches an operator: CreatePool and UpdatePool (FAILED_PRECONDITION, as
+/// for an image, nothing stored or changed), the start-up check of a
+/// configured pool, and check-cloud. Without the list a misspelt or
+/// retired flavor meant a trip to `openstack flavor list`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_flavor_is_named_with_the_flavors_the_cloud_offers() {
+    use warmpool_client::Client;
+    let mut flavors: Vec<String> = ["db.small", "db.medium", "db.large"].map(Into::into).into();
+    flavors.extend((1..=10).map(|n| format!("db.x{n:02}")));
+    let env = env_with(
+        SimConfig {
+            flavors,
+            images: vec!["mysql-8.0".into(), "mysql-8.4".into()],
+            // No server is made.
+            listeners: false,
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
+    let offered = "is visible to user pool in project service (visible flavors: db.large, db.medium, db.small, db.x01, db.x02, db.x03, db.x04, db.x05, db.x06, db.x07 and 3 more)";
+    let named =
+        |m: &str, flavor: &str| m.contains(&format!("no flavor named '{flavor}' {offered}"));
+
+    let e = env
+        .driver()
+        .await
+        .check_boot_spec(&PoolKey::new("db.smal", "az1"), "mysql-8.0")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::NotFound(m) if named(m, "db.smal")),
+        "{e:?}"
+    );
+
+    let config = env.config("", &SMALL_POOL.replace("db.small", "db.smal"));
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert!(!report.passed(), "{report}");
+    let flavor = line(&report, CheckKind::Flavor).join("\n");
+    assert!(named(&flavor, "db.smal"), "{report}");
+    let err = match start_daemon(config).await {
+        Ok(_) => panic!("started with a configured pool of a flavor Nova lacks"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        named(&err, "db.smal") && err.contains("db.smal@az1"),
+        "{err}"
+    );
+
+    let (running, stop) = start_daemon(env.config("", "")).await.unwrap();
+    let client = Client::connect(&format!("http://{}", running.grpc_addr))
+        .await
+        .unwrap();
+    let idle = warmpool_proto::v1::PoolSpec {
+        min_ready: 0,
+        ..api_pool_spec()
+    };
+    let refused = support::expect_code(
+        client.create_pool("db.smal", "az1", idle.clone()).await,
+        tonic::Code::FailedPrecondition,
+    );
+    assert!(
+        named(&refused, "db.smal") && refused.contains("db.smal@az1"),
+        "{refused}"
+    );
+    support::expect_code(
+        client.get_pool("db.smal", "az1").await,
+        tonic::Code::NotFound,
+    );
+
+    // A pool whose flavor is retired after it was created: a new image is
+    // refused, naming what the cloud offers now, and the pool is unchanged.
+    client.create_pool("db.x10", "az1", idle).await.unwrap();
+    env.sim.retire_flavor("db.x10");
+    let refused = support::expect_code(
+        client
+            .update_pool(
+                "db.x10",
+                "az1",
+                warmpool_proto::v1::PoolSpec {
+                    image: "mysql-8.4".into(),
+                    ..Default::default()
+                },
+                ["image"],
+            )
+            .await,
+        tonic::Code::FailedPrecondition,
+    );
+    let now_offered = "no flavor named 'db.x10' is visible to user pool in project service (visible flavors: db.large, db.medium, db.small, db.x01, db.x02, db.x03, db.x04, db.x05, db.x06, db.x07 and 2 more)";
+    assert!(refused.contains(now_offered), "{refused}");
+    let pool = client.get_pool("db.x10", "az1").await.unwrap();
+    assert_eq!(pool.spec.unwrap().image, "mysql-8.0");
+    assert!(env.sim.servers().is_empty());
+    drop(client);
+    stop_daemon(running, stop).await;
+}
+
 /// How check-cloud's warnings of a management group that lets pool servers
 /// reach one another end.
 const KEEP_THEM_APART: &str = "every pool server (a sold one too: it keeps its management port) reaches every other's mysqld; admit mysql_port from warmpoold's address only, as a /32 (README, \"A sold server stays on the management network\")";

@@ -31,10 +31,10 @@ pub mod nova;
 pub mod session;
 
 use crate::cloud::{
-    management_network_refusal, note_side_call, BootHeadroom, Cloud, CloudError, CloudIdentity,
-    CloudResult, HeadroomCalls, Network, NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server,
-    ServerSpec, ServerStatus, SideCall, Volume, VolumeOwner, VolumeStatus, MAX_RETRY_AFTER,
-    META_INSTANCE, META_POOL, MIN_RETRY_PAUSE,
+    management_network_refusal, note_side_call, some_names, BootHeadroom, Cloud, CloudError,
+    CloudIdentity, CloudResult, HeadroomCalls, Network, NetworkShare, NewPortSpec, NewVolumeSpec,
+    Port, Server, ServerSpec, ServerStatus, SideCall, Volume, VolumeOwner, VolumeStatus,
+    MAX_RETRY_AFTER, META_INSTANCE, META_POOL, MIN_RETRY_PAUSE,
 };
 use crate::events::CloudService;
 use async_trait::async_trait;
@@ -851,15 +851,25 @@ impl OpenStackCloud {
             )
             .await
             .map_err(|e| looking_up(e, Service::Compute, "flavor", name_or_id))?;
+        // Named beside a miss: the whole list is in hand, and a misspelt
+        // or retired flavor is then fixed without `openstack flavor list`
+        // (CreatePool's answer, start-up's and check-cloud's).
+        let names: BTreeSet<String> = flavors
+            .iter()
+            .filter(|f| !f.name.is_empty())
+            .map(|f| f.name.clone())
+            .collect();
         let cache = &self.inner.flavors;
         for f in flavors {
             cache.insert(f.id.clone(), f.clone());
             cache.insert(f.name.clone(), f);
         }
         cache.get(name_or_id).ok_or_else(|| {
+            let names: Vec<String> = names.into_iter().collect();
             CloudError::NotFound(format!(
-                "no flavor named '{name_or_id}' is visible to {}",
-                self.identity()
+                "no flavor named '{name_or_id}' is visible to {} (visible flavors: {})",
+                self.identity(),
+                some_names(&names)
             ))
         })
     }
