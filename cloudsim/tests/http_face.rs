@@ -11,6 +11,7 @@ use cloudsim::{SecurityGroupConfig, SimCloud, SimConfig};
 use pool_manager::cloud::CloudError;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -423,6 +424,78 @@ async fn token_is_issued_with_catalog_and_subject_header() {
         .await
         .expect(200);
     assert_eq!(&c.json()["catalog"], &t["catalog"]);
+}
+
+/// `region_order` lists a type's endpoints in the regions it names, in
+/// its order, and `other_regions_host` puts the other regions' at another
+/// host, so a test sees which region a client's call went to.
+#[tokio::test]
+async fn catalog_regions_in_a_per_type_order_at_another_host() {
+    let env = start_with(
+        config(),
+        HttpSettings {
+            other_regions: vec!["RegionTwo".into()],
+            other_regions_host: Some("127.0.0.2".into()),
+            region_order: BTreeMap::from([
+                (
+                    "network",
+                    vec!["RegionTwo".to_owned(), "RegionOne".to_owned()],
+                ),
+                ("image", vec!["RegionOne".to_owned()]),
+            ]),
+            interfaces: vec!["public"],
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let c = env
+        .raw(
+            Method::GET,
+            &env.url(Service::Identity, "/v3/auth/catalog"),
+            &[("x-auth-token", &env.token)],
+            None,
+        )
+        .await
+        .expect(200);
+    let catalog = c.json()["catalog"].clone();
+    let endpoints = |kind: &str| -> Vec<(String, String)> {
+        catalog
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["type"] == kind)
+            .unwrap()["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["region"].as_str().unwrap().to_owned(),
+                    e["url"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let base = env.face.base_url();
+    let elsewhere = base.replace("127.0.0.1", "127.0.0.2");
+    assert_eq!(
+        endpoints("compute"),
+        [
+            ("RegionOne".to_owned(), format!("{base}/compute/v2.1")),
+            ("RegionTwo".to_owned(), format!("{elsewhere}/compute/v2.1")),
+        ]
+    );
+    assert_eq!(
+        endpoints("network"),
+        [
+            ("RegionTwo".to_owned(), format!("{elsewhere}/network")),
+            ("RegionOne".to_owned(), format!("{base}/network")),
+        ]
+    );
+    assert_eq!(
+        endpoints("image"),
+        [("RegionOne".to_owned(), format!("{base}/image"))]
+    );
 }
 
 #[tokio::test]

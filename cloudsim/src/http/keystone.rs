@@ -177,8 +177,10 @@ fn token_body(state: &FaceState, rec: &TokenRec) -> Value {
 /// (what clients of the last decade look up) and `block-storage` (what
 /// osauth looks up), with the project id in the URL like a real deployment.
 /// Each service has an endpoint of each of `HttpSettings::interfaces` in
-/// `HttpSettings::region` and then in each of `other_regions`; those of
-/// `regionless_endpoints` have none of any region.
+/// `HttpSettings::region` and then in each of `other_regions` (for a type
+/// of `region_order`, in the regions it lists), those of other regions at
+/// `other_regions_host` when one is set; those of `regionless_endpoints`
+/// have none of any region.
 fn catalog(state: &FaceState) -> Value {
     let s = &state.settings;
     let volume = format!("{}/v3/{}", state.url(Service::Volume), state.project_id);
@@ -212,10 +214,21 @@ fn catalog(state: &FaceState) -> Value {
         .collect();
     let entries: Vec<(&str, &str, String)> = entries.into_iter().chain(others).collect();
     let regions: Vec<&String> = std::iter::once(&s.region).chain(&s.other_regions).collect();
+    // The other regions' URLs: the face's, on `other_regions_host`.
+    let elsewhere = |url: &str| match (&s.other_regions_host, state.base_url.rsplit_once(':')) {
+        (Some(host), Some((_, port))) => {
+            url.replacen(&state.base_url, &format!("http://{host}:{port}"), 1)
+        }
+        _ => url.to_owned(),
+    };
     Value::Array(
         entries
             .iter()
             .map(|(kind, name, url)| {
+                let regions: Vec<&String> = match s.region_order.get(kind) {
+                    Some(order) => order.iter().collect(),
+                    None => regions.clone(),
+                };
                 let endpoints: Vec<Value> = regions
                     .iter()
                     .flat_map(|region| {
@@ -225,6 +238,11 @@ fn catalog(state: &FaceState) -> Value {
                     })
                     .map(|(region, interface)| {
                         let id = stable_hex("endpoint", &format!("{kind} {region} {interface}"));
+                        let url = if **region == s.region {
+                            url.clone()
+                        } else {
+                            elsewhere(url)
+                        };
                         let region = (!s.regionless_endpoints.contains(kind)).then_some(region);
                         json!({
                             "id": id,

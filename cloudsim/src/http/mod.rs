@@ -308,6 +308,18 @@ pub struct HttpSettings {
     /// `region`, at the same URLs (the face serves them all), as a
     /// deployment of several regions lists each region's endpoints.
     pub other_regions: Vec<String>,
+    /// Host put in the URLs of `other_regions`' endpoints in place of the
+    /// face's own (`127.0.0.2`, where nothing listens): a call sent to
+    /// another region than `region` then fails, naming the URL it went
+    /// to. `None` (the default): every region at the face's URLs.
+    pub other_regions_host: Option<String>,
+    /// The regions a catalog type's endpoints are listed in, in this
+    /// order, for the types named here (the others: `region`, then
+    /// `other_regions`). Keystone's catalog has no order: each service
+    /// lists its regions in the order of its endpoints' random ids, so
+    /// two services may name different regions first. A region left out
+    /// has no endpoint of that type. Empty by default.
+    pub region_order: BTreeMap<&'static str, Vec<String>>,
     /// The interfaces each service has an endpoint of in every region, in
     /// the catalog's order: by default `public`, `internal` and `admin`,
     /// as a real catalog lists them, all at the face's URLs.
@@ -389,6 +401,8 @@ impl Default for HttpSettings {
             domain_name: "Default".into(),
             region: "RegionOne".into(),
             other_regions: Vec::new(),
+            other_regions_host: None,
+            region_order: BTreeMap::new(),
             interfaces: vec!["public", "internal", "admin"],
             regionless_endpoints: Vec::new(),
             token_lifetime: Duration::from_secs(3600),
