@@ -43,12 +43,14 @@ pub enum CloudIdentity {
     #[serde(rename = "openstack")]
     OpenStack {
         project_id: String,
-        /// The region warmpool's calls go to (clouds.yaml's `region_name`,
-        /// `OS_REGION_NAME`): Keystone is shared by a cloud's regions, so
-        /// a project has one id in each while Nova, Cinder and Neutron
-        /// are other deployments. `None`: none named (the catalog's first
-        /// endpoints), which is compared as a region of its own: the
-        /// catalog's first may be another than a region named.
+        /// The region warmpool's calls go to (clouds.yaml's `region_name`
+        /// or the first of its `regions`, `OS_REGION_NAME` with no entry
+        /// named): Keystone is shared by a cloud's regions, so a project
+        /// has one id in each while Nova, Cinder and Neutron are other
+        /// deployments. `None`: none named (the catalog's one region:
+        /// the login refuses none named on several), which is compared as
+        /// a region of its own: the catalog's may be another than a
+        /// region named, or change.
         #[serde(default)]
         region: Option<String>,
         server_tag: String,

@@ -203,7 +203,7 @@ pub struct StalePool {
     pub proof: MarkProof,
 }
 
-/// One printed line: `auth: ok (user pool in project service, Nova microversion 2.79)`
+/// One printed line: `auth: ok (user pool in project service, region RegionOne, Nova microversion 2.79)`
 /// or `image: no image named 'mysql-8.0' is visible to ...`; a failure of
 /// some pools only names them and what start-up does about them.
 #[derive(Clone, Debug)]
@@ -983,13 +983,17 @@ async fn check_with(
     pools: &[CheckedPool],
 ) -> (Report, Option<OpenStackCloud>) {
     let mut report = Report::default();
+    if let Some(unused) = os.unused_region_variables(&settings.auth) {
+        report.warn(CheckKind::Config, unused);
+    }
     let cloud = match OpenStackCloud::connect_telling_refusal(settings).await {
         Ok(cloud) => {
             report.ok(
                 CheckKind::Auth,
                 format!(
-                    "{}, Nova microversion {}",
+                    "{}, {}, Nova microversion {}",
                     cloud.identity(),
+                    cloud.region_note(),
                     cloud.compute_microversion()
                 ),
             );

@@ -866,6 +866,57 @@ impl OpenStackConfig {
         self.auth_in(&|name| std::env::var_os(name))
     }
 
+    /// What to warn of when `OS_REGION_NAME` or `OS_INTERFACE` is set to
+    /// another value than `auth` (the config [`Self::settings`] read)
+    /// uses, beside a named clouds.yaml entry: the entry is read whole,
+    /// and of the `OS_*` variables only OS_CLOUD with it (the openstack CLI
+    /// would go by these two, so an operator checking with it may be
+    /// looking at another region).
+    pub fn unused_region_variables(
+        &self,
+        auth: &pool_manager::openstack::CloudConfig,
+    ) -> Option<String> {
+        self.unused_region_variables_in(auth, &|name| std::env::var_os(name))
+    }
+
+    fn unused_region_variables_in(
+        &self,
+        auth: &pool_manager::openstack::CloudConfig,
+        env: &Env,
+    ) -> Option<String> {
+        let os_cloud = env("OS_CLOUD").filter(|c| !c.is_empty());
+        let entry = match (&self.cloud, os_cloud) {
+            (Some(name), _) => format!("'{name}' ([cloud] cloud)"),
+            (None, Some(name)) => format!("'{}' (OS_CLOUD)", name.to_string_lossy()),
+            (None, None) => return None,
+        };
+        let used = serde_yaml::to_value(auth).ok()?;
+        let unused: Vec<String> = [
+            ("OS_REGION_NAME", "region_name"),
+            ("OS_INTERFACE", "interface"),
+        ]
+        .into_iter()
+        .filter_map(|(variable, key)| {
+            let set = env(variable)?.to_string_lossy().into_owned();
+            let used = used[key].as_str().unwrap_or_default();
+            (!set.is_empty() && set != used).then(|| {
+                let used = if used.is_empty() {
+                    "none".to_owned()
+                } else {
+                    format!("'{used}'")
+                };
+                format!("{variable} is '{set}' and the entry's {key} {used} is used")
+            })
+        })
+        .collect();
+        (!unused.is_empty()).then(|| {
+            format!(
+                "{}: the clouds.yaml entry {entry} is read whole, and beside it warmpool reads no OS_* variable but OS_CLOUD (the openstack CLI would go by these); set the entry's region_name and interface, or unset the variables",
+                unused.join("; ")
+            )
+        })
+    }
+
     /// [`Self::auth`] with the environment read through `env` (osauth's
     /// own loading and secure.yaml's search read the process's).
     fn auth_in(&self, env: &Env) -> Result<pool_manager::openstack::CloudConfig, ConfigError> {
@@ -933,10 +984,12 @@ impl OpenStackConfig {
                         }
                     }
                 }
-                carry_domains(&mut value, &|key| {
+                let named = |key: &str| {
                     format!("OS_{}", key.trim_start_matches("auth.").to_uppercase())
-                })
-                .map_err(|e| ConfigError::Invalid(format!("cloud: {e}")))?;
+                };
+                carry_domains(&mut value, &named)
+                    .and_then(|()| settle_region(&mut value, &named))
+                    .map_err(|e| ConfigError::Invalid(format!("cloud: {e}")))?;
                 serde_yaml::from_value(value).map_err(|e| unusable(&e))
             }
         }
@@ -1043,6 +1096,81 @@ fn carry_domains(
         Some(id) => Err(format!(
             "{user_domain_id_from}: warmpool's OpenStack client (osauth) names the user's domain by name only, and knows only the default domain's id ('{DEFAULT_DOMAIN_ID}'); give {} instead (`openstack domain show {id}` prints the domain's name)",
             named("auth.user_domain_name"),
+        )),
+    }
+}
+
+/// The region keys of a clouds.yaml entry (or of the `OS_*` variables,
+/// put in the same shape) as openstacksdk and keystoneauth read them,
+/// where osauth, warmpool's OpenStack client, would not (`named` names a
+/// key as the source spells it):
+///
+/// - an empty `region_name` or `interface` (`OS_REGION_NAME=` in an
+///   EnvironmentFile) is none given: osauth looked for a region named ""
+///   and missed every service, and refused "" as an interface;
+/// - with no `region_name`, `regions` (a list of names, or of mappings
+///   with a `name`), which osauth dropped in silence, names the region
+///   by its first, as openstacksdk takes it; that region's `values` (its
+///   own settings), which warmpool does not read, are refused. Beside a
+///   `region_name`, `regions` is left unread, as it always was.
+fn settle_region(
+    entry: &mut serde_yaml::Value,
+    named: &dyn Fn(&str) -> String,
+) -> Result<(), String> {
+    let Some(entry) = entry.as_mapping_mut() else {
+        return Ok(());
+    };
+    for key in ["region_name", "interface"] {
+        if entry.get(key).and_then(|v| v.as_str()) == Some("") {
+            entry.remove(key);
+        }
+    }
+    if entry.get("region_name").is_some_and(|v| !v.is_null()) {
+        return Ok(());
+    }
+    let Some(regions) = entry.remove("regions") else {
+        return Ok(());
+    };
+    let key = named("regions");
+    let regions = match regions {
+        serde_yaml::Value::Sequence(regions) => regions,
+        serde_yaml::Value::Null => return Ok(()),
+        _ => return Err(format!("{key} must be a list of region names")),
+    };
+    let Some(first) = regions.first() else {
+        return Ok(());
+    };
+    let name = match first {
+        serde_yaml::Value::String(name) => Some(name.as_str()),
+        serde_yaml::Value::Mapping(region) => {
+            if let Some(other) = region
+                .keys()
+                .filter_map(|k| k.as_str())
+                .find(|k| !matches!(*k, "name" | "values"))
+            {
+                return Err(format!(
+                    "{key}[0].{other}: a region is a name, or a mapping of `name` and `values`"
+                ));
+            }
+            if region
+                .get("values")
+                .is_some_and(|v| !v.is_null() && v.as_mapping().is_none_or(|v| !v.is_empty()))
+            {
+                return Err(format!(
+                    "{key}[0].values: warmpool does not read a region's own settings; give them in the entry itself, or name the region in region_name"
+                ));
+            }
+            region.get("name").and_then(|n| n.as_str())
+        }
+        _ => None,
+    };
+    match name {
+        Some(name) if !name.is_empty() => {
+            entry.insert("region_name".into(), name.into());
+            Ok(())
+        }
+        _ => Err(format!(
+            "{key}[0] names no region: give a name, or a mapping with `name`"
         )),
     }
 }
@@ -1268,12 +1396,13 @@ fn clouds_yaml_entry_with(
             )));
         }
     };
-    carry_domains(&mut entry, &|key| format!("clouds.{name}.{key}")).map_err(|message| {
-        ConfigError::Parse {
+    let named = |key: &str| format!("clouds.{name}.{key}");
+    carry_domains(&mut entry, &named)
+        .and_then(|()| settle_region(&mut entry, &named))
+        .map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
             message,
-        }
-    })?;
+        })?;
     serde_path_to_error::deserialize(entry).map_err(|e| {
         let at = e.path().to_string();
         let key = if at == "." {
@@ -3700,6 +3829,121 @@ key_file = "b.key"
             !shown.contains("s3cr3t-pw"),
             "the password is shown: {shown}"
         );
+    }
+
+    /// The region keys as openstacksdk reads them: an empty region_name
+    /// or interface is none given; with no region_name the first of
+    /// `regions` (a name, or a mapping's `name`) is the region; beside a
+    /// region_name `regions` is left unread; a first region with its own
+    /// settings, or naming none, is refused by key.
+    #[test]
+    fn region_name_interface_and_regions_as_openstacksdk_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let clouds = dir.path().join("clouds.yaml");
+        let entry = |keys: &str| {
+            std::fs::write(
+                &clouds,
+                format!("clouds:\n  wp:\n    auth:\n      auth_url: http://keystone\n      username: pool\n      password: pw\n      project_name: service\n{keys}"),
+            )
+            .unwrap();
+            clouds_yaml_entry_with(&clouds, "wp", &[])
+                .map(|entry| serde_yaml::to_value(&entry).unwrap())
+                .map_err(|e| e.to_string())
+        };
+        let region = |keys: &str| {
+            let entry = entry(keys).unwrap();
+            (
+                entry["region_name"].as_str().map(str::to_owned),
+                entry["interface"].as_str().map(str::to_owned),
+            )
+        };
+        assert_eq!(
+            region("    region_name: ''\n    interface: ''\n"),
+            (None, None)
+        );
+        assert_eq!(
+            region("    regions: [RegionTwo, RegionOne]\n"),
+            (Some("RegionTwo".into()), None)
+        );
+        assert_eq!(
+            region("    region_name: ''\n    regions:\n      - name: RegionTwo\n        values: {}\n      - RegionOne\n"),
+            (Some("RegionTwo".into()), None)
+        );
+        assert_eq!(
+            region(
+                "    region_name: RegionOne\n    regions: [RegionTwo, {name: x, values: {a: 1}}]\n"
+            ),
+            (Some("RegionOne".into()), None)
+        );
+        assert_eq!(region("    regions: []\n"), (None, None));
+        for (keys, said) in [
+            (
+                "    regions:\n      - name: RegionTwo\n        values:\n          interface: internal\n",
+                "clouds.wp.regions[0].values: warmpool does not read a region's own settings",
+            ),
+            ("    regions: [{values: {}}]\n", "clouds.wp.regions[0] names no region"),
+            ("    regions: ['']\n", "clouds.wp.regions[0] names no region"),
+            (
+                "    regions: [{name: R, interface: public}]\n",
+                "clouds.wp.regions[0].interface: a region is a name",
+            ),
+            ("    regions: RegionOne\n", "clouds.wp.regions must be a list"),
+        ] {
+            let err = entry(keys).unwrap_err();
+            assert!(err.contains(said), "{keys}: {err}");
+        }
+    }
+
+    /// OS_REGION_NAME and OS_INTERFACE beside a named clouds.yaml entry are
+    /// read by the openstack CLI, not by warmpool: warned of when they
+    /// differ from what the entry gives, named with what is used.
+    #[test]
+    fn region_variables_beside_a_named_entry_are_warned_of() {
+        let parse = |cloud: &str| {
+            let CloudConfig::OpenStack(os) = Config::parse(&format!(
+                "[cloud]\nkind = \"openstack\"\nmanagement_network = \"n\"\n{cloud}"
+            ))
+            .unwrap()
+            .cloud
+            else {
+                unreachable!()
+            };
+            os
+        };
+        let auth: pool_manager::openstack::CloudConfig =
+            serde_yaml::from_str("auth:\n  auth_url: http://keystone\nregion_name: RegionOne\n")
+                .unwrap();
+        let named = parse("cloud = \"wp\"\n");
+        let warned = |os: &OpenStackConfig, vars: &[(&str, &str)]| {
+            os.unused_region_variables_in(&auth, &env(vars))
+        };
+        assert_eq!(warned(&named, &[]), None);
+        assert_eq!(warned(&named, &[("OS_REGION_NAME", "RegionOne")]), None);
+        assert_eq!(warned(&named, &[("OS_REGION_NAME", "")]), None);
+        let said = warned(
+            &named,
+            &[
+                ("OS_REGION_NAME", "RegionTwo"),
+                ("OS_INTERFACE", "internal"),
+            ],
+        )
+        .unwrap();
+        for part in [
+            "OS_REGION_NAME is 'RegionTwo' and the entry's region_name 'RegionOne' is used",
+            "OS_INTERFACE is 'internal' and the entry's interface none is used",
+            "'wp' ([cloud] cloud)",
+        ] {
+            assert!(said.contains(part), "{part} not in: {said}");
+        }
+        let by_env = parse("");
+        let said = warned(
+            &by_env,
+            &[("OS_CLOUD", "wp"), ("OS_REGION_NAME", "RegionTwo")],
+        )
+        .unwrap();
+        assert!(said.contains("'wp' (OS_CLOUD)"), "{said}");
+        // No entry named: the variables are what osauth reads.
+        assert_eq!(warned(&by_env, &[("OS_REGION_NAME", "RegionTwo")]), None);
     }
 
     /// osauth's own loading, which warmpool leaves to it only for the OS_*

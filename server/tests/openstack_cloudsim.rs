@@ -2359,6 +2359,174 @@ async fn a_catalog_miss_names_the_region_and_interface_and_what_the_catalog_has(
     }
 }
 
+/// Two regions whose catalog lists `network` with RegionTwo first (as
+/// Keystone's, which orders a service's endpoints by their random ids,
+/// may) and the others with RegionOne first, RegionTwo's endpoints at
+/// 127.0.0.2, where nothing listens: a call sent to RegionTwo fails
+/// naming that address. No server is made (no simulated mysqld).
+async fn two_regions_network_first_in_region_two() -> Env {
+    env_with(
+        SimConfig {
+            listeners: false,
+            ..sim_config()
+        },
+        HttpSettings {
+            other_regions: vec!["RegionTwo".into()],
+            other_regions_host: Some("127.0.0.2".into()),
+            region_order: BTreeMap::from([(
+                "network",
+                vec!["RegionTwo".to_owned(), "RegionOne".to_owned()],
+            )]),
+            ..HttpSettings::default()
+        },
+    )
+    .await
+}
+
+impl Env {
+    /// The face's clouds.yaml written with its `region_name: 'RegionOne'`
+    /// line replaced by `with` (lines of the entry, indented by four;
+    /// empty: none).
+    fn region_lines(&self, with: &str) {
+        let text = self.face.clouds_yaml("cloudsim");
+        let line = "    region_name: 'RegionOne'\n";
+        assert!(text.contains(line), "{text}");
+        std::fs::write(&self.clouds_yaml, text.replace(line, with)).unwrap();
+    }
+}
+
+/// No region_name on a catalog of two regions: osauth took each service's
+/// first endpoint, each service on its own, so Nova, Cinder and Glance
+/// went to RegionOne and Neutron to RegionTwo, and check-cloud said
+/// nothing of regions. The connect fails for good, naming both regions
+/// and region_name; with region_name set every service goes to that
+/// region, whatever order the catalog lists it in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_region_name_on_a_catalog_of_two_regions_is_fatal_naming_them() {
+    let env = two_regions_network_first_in_region_two().await;
+    env.region_lines("");
+    let config = env.config("", SMALL_POOL);
+    let e = match OpenStackCloud::connect(openstack(&config).settings().unwrap()).await {
+        Ok(cloud) => {
+            let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+            panic!(
+                "connected with no region named, as {:?}:\n{report}",
+                cloud.cloud_identity().await
+            )
+        }
+        Err(e) => e,
+    };
+    let CloudError::Fatal(m) = &e else {
+        panic!("{e:?}")
+    };
+    for said in ["region_name", "RegionOne, RegionTwo", "network"] {
+        assert!(m.contains(said), "{said} not in: {m}");
+    }
+    let (report, cloud) = check_cloud::check(&config, openstack(&config)).await;
+    assert!(cloud.is_none(), "{report}");
+    let auth = line(&report, CheckKind::Auth).join("\n");
+    assert!(auth.contains("RegionOne, RegionTwo"), "{report}");
+
+    // Named, every service goes to RegionOne (Neutron too, which the
+    // catalog lists in RegionTwo first) ...
+    env.region_lines("    region_name: 'RegionOne'\n");
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert!(report.passed(), "{report}");
+    assert!(
+        line(&report, CheckKind::Auth)[0].contains("region RegionOne"),
+        "{report}"
+    );
+    // ... or every one to RegionTwo (Nova, the first asked, at 127.0.0.2).
+    env.region_lines("    region_name: 'RegionTwo'\n");
+    let Err(e) = OpenStackCloud::connect(openstack(&config).settings().unwrap()).await else {
+        panic!("connected: RegionTwo's endpoints lead nowhere")
+    };
+    assert!(e.to_string().contains("127.0.0.2"), "{e}");
+}
+
+/// The regions a connect goes to are named on check-cloud's auth line:
+/// the one named, or, with none named, the catalog's only one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_clouds_auth_line_names_the_region() {
+    let env = env_with(
+        SimConfig {
+            listeners: false,
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
+    let config = env.config("", SMALL_POOL);
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert_eq!(
+        line(&report, CheckKind::Auth),
+        ["auth: ok (user pool in project service, region RegionOne, Nova microversion 2.79)"],
+        "{report}"
+    );
+    env.region_lines("");
+    let (report, cloud) = check_cloud::check(&config, openstack(&config)).await;
+    assert_eq!(
+        line(&report, CheckKind::Auth),
+        ["auth: ok (user pool in project service, no region named (the catalog has one, RegionOne), Nova microversion 2.79)"],
+        "{report}"
+    );
+    // Still recorded as none named: a store of a start before keeps it.
+    assert_eq!(
+        cloud.unwrap().cloud_identity().await.unwrap(),
+        pool_manager::cloud::CloudIdentity::OpenStack {
+            project_id: env.face.project_id().to_owned(),
+            region: None,
+            server_tag: "warmpool".into(),
+        }
+    );
+}
+
+/// clouds.yaml's `regions:` (a vendor's or a multi-region file's list)
+/// was dropped in silence: with no region_name its first is the region,
+/// as openstacksdk takes it, whether a name or a mapping's `name`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regions_list_without_region_name_names_its_first() {
+    let env = two_regions_network_first_in_region_two().await;
+    let config = env.config("", SMALL_POOL);
+    let region_of = |cloud: OpenStackCloud| async move {
+        match cloud.cloud_identity().await.unwrap() {
+            pool_manager::cloud::CloudIdentity::OpenStack { region, .. } => region,
+            other => panic!("{other:?}"),
+        }
+    };
+    for regions in [
+        "    regions: [RegionOne, RegionTwo]\n",
+        "    regions:\n      - name: RegionOne\n      - name: RegionTwo\n",
+    ] {
+        env.region_lines(regions);
+        let cloud = OpenStackCloud::connect(openstack(&config).settings().unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("{regions}: {e}"));
+        assert_eq!(
+            region_of(cloud).await.as_deref(),
+            Some("RegionOne"),
+            "{regions}"
+        );
+    }
+}
+
+/// `region_name: ''` (or `OS_REGION_NAME=`) was looked for as a region
+/// named "" and missed every service; it is none named, as keystoneauth
+/// reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_region_name_is_none_named() {
+    let env = two_regions_network_first_in_region_two().await;
+    let config = env.config("", SMALL_POOL);
+    env.region_lines("    region_name: ''\n");
+    let Err(e) = OpenStackCloud::connect(openstack(&config).settings().unwrap()).await else {
+        panic!("connected: no region named on two regions")
+    };
+    assert!(
+        e.to_string().contains("RegionOne, RegionTwo") && !e.to_string().contains("region_name ''"),
+        "{e}"
+    );
+}
+
 /// Keystone lets an endpoint have no region (`openstack endpoint create`
 /// without `--region`) and puts `"region": null` in every token's
 /// catalog; osauth cannot read a token with one, of any service, so every
@@ -2517,7 +2685,7 @@ async fn check_cloud_passes_on_a_usable_cloud() {
     assert!(cloud.is_some());
     let text = report.to_string();
     for expected in [
-        "auth: ok (user pool in project service, Nova microversion 2.79)",
+        "auth: ok (user pool in project service, region RegionOne, Nova microversion 2.79)",
         "flavor: ok (db.small: 1 vCPU, 1024 MiB RAM)",
         "image: ok (mysql-8.0 = ",
         "network: ok (mgmt-net = ",

@@ -602,6 +602,7 @@ impl OpenStackCloud {
             })?;
         tracing::info!(
             identity = conn.identity(),
+            region = conn.region_note(),
             nova_microversion = %format!("{}.{}", nova_version.0, nova_version.1),
             "logged in to OpenStack"
         );
@@ -635,6 +636,12 @@ impl OpenStackCloud {
     /// "user pool in project service".
     pub fn identity(&self) -> &str {
         self.inner.conn.identity()
+    }
+
+    /// "region RegionOne", or with none named what the catalog has ("no
+    /// region named (the catalog has one, RegionOne)").
+    pub fn region_note(&self) -> &str {
+        self.inner.conn.region_note()
     }
 
     /// The Nova microversion in use, e.g. "2.79".

@@ -340,6 +340,9 @@ pub struct Connection {
     identity: String,
     /// The region the calls go to, as the config names it.
     region: Option<String>,
+    /// The region as check-cloud's auth line says it: the one named, or,
+    /// with none named, the one the catalog has.
+    region_note: String,
     /// The catalog has Cinder as `volumev3` and not as `block-storage`.
     cinder_as_volumev3: AtomicBool,
     /// The id of the project warmpool's token is scoped to, once asked.
@@ -588,6 +591,12 @@ impl Connection {
                 } => ConnectError::CredentialsRefused(error),
                 LoginFailure { error, .. } => ConnectError::Failed(error),
             })?;
+        let region_note = match &region {
+            Some(region) => format!("region {region}"),
+            None => one_region(&config, timeout, &session)
+                .await
+                .map_err(ConnectError::Failed)?,
+        };
         Ok(Arc::new(Self {
             config,
             timeout,
@@ -596,6 +605,7 @@ impl Connection {
             generation: AtomicU64::new(0),
             identity,
             region,
+            region_note,
             cinder_as_volumev3: AtomicBool::new(false),
             project_id: tokio::sync::OnceCell::new(),
             refused_fresh: Mutex::default(),
@@ -608,12 +618,20 @@ impl Connection {
         &self.identity
     }
 
-    /// The region warmpool's calls go to: clouds.yaml's `region_name` (or
-    /// `OS_REGION_NAME`), which osauth picks endpoints of the catalog by;
-    /// `None` when none is named (the catalog's first endpoint of each
-    /// service).
+    /// The region warmpool's calls go to: clouds.yaml's `region_name`
+    /// (`OS_REGION_NAME` when the config names no clouds.yaml entry and
+    /// the `OS_*` variables say where to log in), which osauth picks
+    /// endpoints of the catalog by; `None` when none is named (each
+    /// service's first endpoint in the catalog, which [`Self::connect`]
+    /// found all in one region).
     pub fn region(&self) -> Option<&str> {
         self.region.as_deref()
+    }
+
+    /// "region RegionOne", or with none named what the catalog has: "no
+    /// region named (the catalog has one, RegionOne)".
+    pub fn region_note(&self) -> &str {
+        &self.region_note
     }
 
     /// The id of the project warmpool works in, as Keystone tells of
@@ -752,22 +770,7 @@ impl Connection {
     /// Keystone's answer to `GET /v3/auth/catalog` for the session's token,
     /// `None` if there is none to read.
     async fn read_catalog(&self, session: &Session) -> Option<serde_json::Value> {
-        let url = keystone_url(&self.config, "auth/catalog")?;
-        let client = session.client().inner().clone();
-        let asked = async {
-            let request = session
-                .auth_type()
-                .authenticate(&client, client.get(url))
-                .await
-                .ok()?;
-            let response = request.send().await.ok()?;
-            if !response.status().is_success() {
-                return None;
-            }
-            let body = read_body(response, "GET /v3/auth/catalog").await.ok()?;
-            serde_json::from_str(&body).ok()
-        };
-        tokio::time::timeout(self.timeout, asked).await.ok()?
+        read_catalog(&self.config, self.timeout, session).await
     }
 
     fn session(&self) -> (u64, Session) {
@@ -1333,6 +1336,143 @@ fn identity_of(config: &CloudConfig) -> String {
     }
 }
 
+/// Keystone's answer to `GET /v3/auth/catalog` for `session`'s token,
+/// `None` if there is none to read.
+async fn read_catalog(
+    config: &CloudConfig,
+    timeout: Duration,
+    session: &Session,
+) -> Option<serde_json::Value> {
+    let url = keystone_url(config, "auth/catalog")?;
+    let client = session.client().inner().clone();
+    let asked = async {
+        let request = session
+            .auth_type()
+            .authenticate(&client, client.get(url))
+            .await
+            .ok()?;
+        let response = request.send().await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let body = read_body(response, "GET /v3/auth/catalog").await.ok()?;
+        serde_json::from_str(&body).ok()
+    };
+    tokio::time::timeout(timeout, asked).await.ok()?
+}
+
+/// With no region named, osauth sends each service's calls to the first
+/// endpoint the catalog lists of it, each service on its own, and Keystone
+/// lists a service's endpoints in no set order (by their ids, which are
+/// random): on a catalog of several regions Nova could be one region's
+/// and Neutron another's, and servers, volumes and ports be made apart.
+/// So the catalog (one request of Keystone's) must have the services
+/// warmpool calls in one region; it says which (check-cloud's auth line
+/// shows it), or fails for good naming the regions. A catalog that cannot
+/// be read is warned of and not checked: the login worked, and the
+/// calls may too.
+async fn one_region(
+    config: &CloudConfig,
+    timeout: Duration,
+    session: &Session,
+) -> CloudResult<String> {
+    let Some(catalog) = read_catalog(config, timeout, session).await else {
+        tracing::warn!(
+            "no region_name is set, and the service catalog (GET /v3/auth/catalog) could not be \
+             read to check that the services warmpool calls are in one region: each goes to the \
+             region the catalog lists it in first; set region_name to be sure"
+        );
+        return Ok("no region named (the catalog could not be read)".to_owned());
+    };
+    let filters = session.endpoint_filters();
+    let interfaces: Vec<String> = filters.interfaces.iter().map(|i| i.to_string()).collect();
+    let overridden = |kind: &str| session.endpoint_overrides().contains_key(kind);
+    let regions = regions_of_services(&catalog["catalog"], &interfaces, &overridden);
+    match regions.as_slice() {
+        [] => Ok("no region named".to_owned()),
+        [(region, _)] => Ok(format!("no region named (the catalog has one, {region})")),
+        several => {
+            let mut names: Vec<&str> = several.iter().map(|(r, _)| r.as_str()).collect();
+            names.sort_unstable();
+            let each: Vec<String> = several
+                .iter()
+                .map(|(region, kinds)| format!("{region} ({})", kinds.join(", ")))
+                .collect();
+            Err(CloudError::Fatal(format!(
+                "no region_name is set, and the service catalog has endpoints (interface {}) of \
+                 the services warmpool calls in {} regions: {}; with none named each service \
+                 would go to the region the catalog lists it in first, an order Keystone does \
+                 not keep, so servers, volumes and ports could be made in different regions: set \
+                 region_name in clouds.yaml (OS_REGION_NAME when the OS_* variables say where to \
+                 log in) to one of {}",
+                interfaces.join(" or "),
+                several.len(),
+                each.join(", "),
+                names.join(", "),
+            )))
+        }
+    }
+}
+
+/// The regions `catalog` (Keystone's `catalog` list) has endpoints of
+/// `interfaces` in of the services warmpool calls, each with the types
+/// there, in the catalog's order. A service is looked up as osauth does:
+/// its first type of [`catalog_types`] the catalog has such endpoints of
+/// (Cinder: `block-storage`, else `volumev3`), in its first record of
+/// that type; one given an endpoint override (`overridden`) is not.
+fn regions_of_services(
+    catalog: &serde_json::Value,
+    interfaces: &[String],
+    overridden: &dyn Fn(&str) -> bool,
+) -> Vec<(String, Vec<&'static str>)> {
+    let records = catalog.as_array().map(Vec::as_slice).unwrap_or_default();
+    let mut regions: Vec<(String, Vec<&'static str>)> = Vec::new();
+    for service in [
+        Service::Compute,
+        Service::Network,
+        Service::Image,
+        Service::BlockStorage,
+    ] {
+        let types = catalog_types(service);
+        if types.iter().any(|kind| overridden(kind)) {
+            continue;
+        }
+        let endpoints_of = |kind: &str| -> Vec<&serde_json::Value> {
+            records
+                .iter()
+                .find(|r| r["type"].as_str() == Some(kind))
+                .and_then(|r| r["endpoints"].as_array())
+                .into_iter()
+                .flatten()
+                .filter(|e| {
+                    e["interface"]
+                        .as_str()
+                        .is_some_and(|i| interfaces.iter().any(|want| want == i))
+                })
+                .collect()
+        };
+        let Some((kind, endpoints)) = types
+            .iter()
+            .map(|kind| (*kind, endpoints_of(kind)))
+            .find(|(_, endpoints)| !endpoints.is_empty())
+        else {
+            continue;
+        };
+        for endpoint in endpoints {
+            let region = endpoint["region_id"]
+                .as_str()
+                .or_else(|| endpoint["region"].as_str())
+                .map_or("(no region)".to_owned(), str::to_owned);
+            match regions.iter_mut().find(|(r, _)| *r == region) {
+                Some((_, kinds)) if !kinds.contains(&kind) => kinds.push(kind),
+                Some(_) => {}
+                None => regions.push((region, vec![kind])),
+            }
+        }
+    }
+    regions
+}
+
 /// The config's `region_name` (its fields are private; its serialised
 /// form is not).
 fn region_of(config: &CloudConfig) -> Option<String> {
@@ -1385,7 +1525,7 @@ fn catalog_miss(
     catalog: Option<&serde_json::Value>,
 ) -> String {
     let asked = format!(
-        "the service catalog has no {} endpoint for {} and interface {} (clouds.yaml's region_name and interface, or OS_REGION_NAME and OS_INTERFACE)",
+        "the service catalog has no {} endpoint for {} and interface {} (clouds.yaml's region_name and interface, or OS_REGION_NAME and OS_INTERFACE when the OS_* variables say where to log in)",
         types.join(" or "),
         region.map_or("any region".to_owned(), |r| format!("region_name '{r}'")),
         interfaces.join(" or "),
@@ -1827,6 +1967,48 @@ mod tests {
         );
         let m = catalog_miss(&["image"], Some("RegionOne"), &public, None);
         assert!(m.contains("openstack catalog list"), "{m}");
+    }
+
+    /// With no region named, the regions the services warmpool calls are
+    /// in, each looked up as osauth does: endpoints of the interface
+    /// asked for, in the first record of a type; Cinder as block-storage,
+    /// else volumev3; a service given an endpoint override not at all. Two
+    /// services each in one region, but not the same, are two regions.
+    #[test]
+    fn the_regions_of_the_services_warmpool_calls() {
+        let endpoint = |region: &str, interface: &str| serde_json::json!({"interface": interface, "region": region, "region_id": region, "url": "http://x"});
+        let catalog = serde_json::json!([
+            {"type": "identity", "endpoints": [endpoint("RegionThree", "public")]},
+            {"type": "compute", "endpoints": [endpoint("RegionOne", "public"), endpoint("RegionTwo", "internal")]},
+            {"type": "compute", "endpoints": [endpoint("RegionFour", "public")]},
+            {"type": "network", "endpoints": [endpoint("RegionOne", "public")]},
+            {"type": "image", "endpoints": [endpoint("RegionOne", "public")]},
+            {"type": "block-storage", "endpoints": [endpoint("RegionFive", "internal")]},
+            {"type": "volumev3", "endpoints": [endpoint("RegionTwo", "public")]},
+        ]);
+        let public = ["public".to_owned()];
+        let none = |_: &str| false;
+        assert_eq!(
+            regions_of_services(&catalog, &public, &none),
+            [
+                ("RegionOne".to_owned(), vec!["compute", "network", "image"]),
+                ("RegionTwo".to_owned(), vec!["volumev3"]),
+            ]
+        );
+        let cinder_elsewhere = |kind: &str| kind == "block-storage";
+        assert_eq!(
+            regions_of_services(&catalog, &public, &cinder_elsewhere),
+            [("RegionOne".to_owned(), vec!["compute", "network", "image"])]
+        );
+        let internal = ["internal".to_owned()];
+        assert_eq!(
+            regions_of_services(&catalog, &internal, &none),
+            [
+                ("RegionTwo".to_owned(), vec!["compute"]),
+                ("RegionFive".to_owned(), vec!["block-storage"]),
+            ]
+        );
+        assert!(regions_of_services(&serde_json::json!([]), &public, &none).is_empty());
     }
 
     /// The token URL is where the login went, whether auth_url ends in
