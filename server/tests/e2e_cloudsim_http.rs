@@ -53,6 +53,10 @@ fn sim_config() -> SimConfig {
         time_scale: 0.01,
         jitter: 0.0,
         max_cores: Some(40),
+        // Each server's simulated mysqld greets at its own address, port
+        // 3306: the daemon's pools fill only once boots greet. The face
+        // cannot start where a local MySQL holds 3306 on every address.
+        listeners: true,
         ..SimConfig::default()
     };
     config.flavors.push(HUGE.into());

@@ -33,12 +33,29 @@ struct Env {
     clouds_yaml: PathBuf,
 }
 
+/// The default test cloud. No server greets as mysqld ([`with_mysqld`] for
+/// a test that needs one): a local MySQL holding the simulated mysqld's
+/// port (3306) on every address would stop the face from starting.
 fn sim_config() -> SimConfig {
     SimConfig {
         // Boots take ~0.25 s of real time, mysqld ~0.2 s more.
         time_scale: 0.01,
         jitter: 0.0,
+        listeners: false,
         ..SimConfig::default()
+    }
+}
+
+/// [`sim_config`] whose servers greet as mysqld at their own addresses,
+/// port 3306: for a test that probes a server, runs a daemon whose pools
+/// fill (a boot is Ready only once its mysqld greets), or reads a server's
+/// address (of the management subnet, 127.77.0.0/16, only with listeners;
+/// the model's synthetic 127.1.x.y otherwise). Such a test cannot start
+/// where a local MySQL holds 3306 on every address.
+fn with_mysqld() -> SimConfig {
+    SimConfig {
+        listeners: true,
+        ..sim_config()
     }
 }
 
@@ -62,6 +79,11 @@ async fn env_with(config: SimConfig, settings: HttpSettings) -> Env {
 
 async fn env() -> Env {
     env_with(sim_config(), HttpSettings::default()).await
+}
+
+/// [`env`] whose servers greet as mysqld ([`with_mysqld`]).
+async fn env_with_mysqld() -> Env {
+    env_with(with_mysqld(), HttpSettings::default()).await
 }
 
 impl Env {
@@ -219,7 +241,7 @@ async fn servers_boot_tagged_list_by_tag_greet_and_delete() {
                 delete: Duration::from_secs(3600),
                 ..cloudsim::Latencies::default()
             },
-            ..sim_config()
+            ..with_mysqld()
         },
         HttpSettings::default(),
     )
@@ -482,7 +504,7 @@ async fn volumes_and_ports_attach_and_detach() {
 async fn a_slow_attach_reserve_at_nova_2_101_costs_no_warm_instance() {
     use pool_manager::model::InstanceState;
     let env = env_with(
-        sim_config(),
+        with_mysqld(),
         HttpSettings {
             nova_max_version: (2, 104),
             attach_reserve_delay: Duration::from_secs(7),
@@ -532,7 +554,7 @@ async fn a_slow_attach_reserve_at_nova_2_101_costs_no_warm_instance() {
 /// False` does, and with a 400 the driver read as the request's fault.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_volume_in_the_zones_cinder_zone_is_attached_across_zones() {
-    let env = env().await;
+    let env = env_with_mysqld().await;
     let az1_to_az2 = "[cloud.availability_zones.az1]\nvolume_availability_zone = \"az2\"";
     let (running, stop) = start_daemon(env.config(az1_to_az2, SMALL_POOL))
         .await
@@ -561,7 +583,7 @@ async fn a_nova_refusing_cross_zone_attaches_fails_the_purchase_without_trying_a
     let env = env_with(
         SimConfig {
             cross_az_attach: false,
-            ..sim_config()
+            ..with_mysqld()
         },
         HttpSettings::default(),
     )
@@ -727,7 +749,7 @@ async fn a_volumes_tenant_tag_is_set_keeping_its_other_metadata() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_volume_tag_cinders_policy_refuses_costs_no_warm_server() {
     use pool_manager::model::{InstanceState, VolumeSource};
-    let env = env().await;
+    let env = env_with_mysqld().await;
     env.face.faults().refuse_volume_metadata_writes(true);
     let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
     let key = PoolKey::new("db.small", "az1");
@@ -1138,7 +1160,7 @@ async fn an_active_servers_port_listing_is_metered_as_the_networks_call() {
 async fn a_neutron_429_at_a_purchases_verify_is_networks_not_novas() {
     use pool_manager::events::{CloudService, EventKind};
     use pool_manager::model::InstanceState;
-    let env = env().await;
+    let env = env_with_mysqld().await;
     let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
     let key = PoolKey::new("db.small", "az1");
     wait_ready(&running.manager, &key, 2).await;
@@ -3145,7 +3167,7 @@ async fn a_fixed_ip_the_policy_refuses_a_member_says_what_to_do() {
     let env = env_with(
         SimConfig {
             member_port_policy: true,
-            ..sim_config()
+            ..with_mysqld()
         },
         settings,
     )
@@ -4409,7 +4431,7 @@ async fn sigterm_during_the_start_up_reconcile_stops_warmpoold_in_order() {
 /// are deleted as leaks, the sold one is left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warmpoold_refuses_a_store_that_knows_none_of_the_pool_servers() {
-    let env = env().await;
+    let env = env_with_mysqld().await;
     let key = PoolKey::new("db.small", "az1");
     let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
     wait_ready(&running.manager, &key, 2).await;
@@ -4703,7 +4725,7 @@ async fn a_store_of_another_cloud_is_refused_until_adopted() {
 async fn a_store_that_recorded_no_cloud_records_the_one_it_starts_on() {
     use pool_manager::cloud::CloudIdentity;
     use pool_manager::store::{SledStore, Store};
-    let env = env().await;
+    let env = env_with_mysqld().await;
     let config = env.config("", SMALL_POOL);
     let data = config.data_dir.clone();
     let open = |data: PathBuf| async move {
@@ -4748,7 +4770,7 @@ async fn a_store_that_recorded_no_cloud_records_the_one_it_starts_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_of_another_region_is_refused() {
     use pool_manager::store::{SledStore, Store};
-    let one = env().await;
+    let one = env_with_mysqld().await;
     let two = env_with(
         sim_config(),
         HttpSettings {
@@ -4848,7 +4870,7 @@ async fn a_store_of_another_cloud_is_refused_before_its_pools_are_marked() {
 /// with the problem named; a usable one fills its pools over HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_refuses_an_unusable_cloud_and_fills_pools_on_a_usable_one() {
-    let env = env().await;
+    let env = env_with_mysqld().await;
     let bad = env.config("", &SMALL_POOL.replace("mysql-8.0", "mysql-9.9"));
     let err = match warmpool_server::start(bad, std::future::pending()).await {
         Ok(_) => panic!("started on an unusable cloud"),
@@ -4933,7 +4955,7 @@ async fn cinder_registered_only_as_volumev3_is_found() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cinder_older_than_yoga_is_spoken_to_under_the_project_id() {
     let env = env_with(
-        sim_config(),
+        with_mysqld(),
         HttpSettings {
             cinder_max_version: (3, 60),
             ..HttpSettings::default()
@@ -5564,6 +5586,12 @@ async fn env_with_security_groups() -> Env {
 
 /// [`env_with_security_groups`], its face served with `settings`.
 async fn env_with_security_groups_and(settings: HttpSettings) -> Env {
+    env_with_security_groups_on(sim_config(), settings).await
+}
+
+/// [`env_with_security_groups_and`] on a simulated cloud otherwise
+/// configured as `config`.
+async fn env_with_security_groups_on(config: SimConfig, settings: HttpSettings) -> Env {
     env_with(
         SimConfig {
             security_groups: vec![
@@ -5573,7 +5601,7 @@ async fn env_with_security_groups_and(settings: HttpSettings) -> Env {
                 SecurityGroupConfig::new("web"),
                 SecurityGroupConfig::new("web"),
             ],
-            ..sim_config()
+            ..config
         },
         settings,
     )
@@ -5643,7 +5671,7 @@ tenant_port_security_groups = ["default"]"#,
 /// groups tenant ports get.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_port_gets_the_projects_default_group_unless_told() {
-    let env = env_with_security_groups().await;
+    let env = env_with_security_groups_on(with_mysqld(), HttpSettings::default()).await;
     let default = security_group_id(&env, "default").await;
     let config = env.config(r#"security_groups = ["mysql"]"#, SMALL_POOL);
     let (report, _) = check_cloud::check(&config, openstack(&config)).await;
@@ -5680,7 +5708,7 @@ async fn a_dual_stack_port_gives_the_allocation_the_address_asked_for() {
         .with_slaac_subnet("2001:db8:1::/64");
     let (dual_id, v4_subnet) = (dual.id.clone(), dual.subnet_id.clone());
     settings.networks.push(dual);
-    let env = env_with(sim_config(), settings).await;
+    let env = env_with(with_mysqld(), settings).await;
     let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
     let on_dual = |request_id: &'static str, subnet: Option<&str>, fixed: Option<&str>| {
         let env = &env;
@@ -5755,7 +5783,7 @@ async fn a_tenant_network_without_port_security_gets_ports_without_groups() {
         port_security_enabled: false,
         ..cloudsim::http::NetworkSpec::new("open-net", "10.8.0.0/16", "10.8.0.1", true)
     });
-    let env = env_with_security_groups_and(settings).await;
+    let env = env_with_security_groups_on(with_mysqld(), settings).await;
     let mysql = security_group_id(&env, "mysql").await;
     let open_net = env.driver().await.network("open-net").await.unwrap().id;
     let (running, stop) = start_daemon(env.config(
@@ -5851,7 +5879,7 @@ async fn a_tenant_port_goes_only_on_a_network_the_tenant_may_use() {
         .shared_with_project("tenant-z")
         .shared_with_project("tenant-a");
     settings.networks.extend([b_net.clone(), c_net.clone()]);
-    let env = env_with(sim_config(), settings).await;
+    let env = env_with(with_mysqld(), settings).await;
     let (tenant_a, tenant_b) = (project_id_of("tenant-a"), project_id_of("tenant-b"));
 
     let cloud = env.driver().await;
@@ -6263,7 +6291,7 @@ async fn soft_delete_env_with(config: SimConfig) -> Env {
 /// pass still finishes those deletes (forceDelete).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_a_soft_delete_cloud_keeps_are_deleted_for_good() {
-    let env = soft_delete_env().await;
+    let env = soft_delete_env_with(with_mysqld()).await;
     let (running, stop) = start_reconciling_often(&env).await;
     let key = PoolKey::new("db.small", "az1");
     for _ in 0..600 {
@@ -6393,7 +6421,7 @@ async fn a_restored_server_is_deleted_again_not_refused() {
 /// port (and a volume whose detach was refused) until the reclaim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_on_a_soft_delete_cloud_deletes_the_server_for_good() {
-    let env = soft_delete_env().await;
+    let env = soft_delete_env_with(with_mysqld()).await;
     let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
     let allocated = running
         .manager
@@ -6422,7 +6450,7 @@ async fn a_release_on_a_soft_delete_cloud_deletes_the_server_for_good() {
 /// no one detach from it then, is let go of before the delete, and deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_on_a_cloud_refusing_force_delete_deletes_the_tenants_port() {
-    let env = member_port_soft_delete_env().await;
+    let env = member_port_soft_delete_env(with_mysqld()).await;
     let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
     let allocated = running
         .manager
@@ -6445,11 +6473,12 @@ async fn a_release_on_a_cloud_refusing_force_delete_deletes_the_tenants_port() {
 }
 
 /// A cloud that soft-deletes, whose policy refuses warmpool's forceDelete
-/// and lets a project member delete no port a server is bound to.
-async fn member_port_soft_delete_env() -> Env {
+/// and lets a project member delete no port a server is bound to;
+/// otherwise configured as `config`.
+async fn member_port_soft_delete_env(config: SimConfig) -> Env {
     let env = soft_delete_env_with(SimConfig {
         member_port_policy: true,
-        ..sim_config()
+        ..config
     })
     .await;
     env.face.faults().refuse_force_delete(true);
@@ -6466,7 +6495,7 @@ async fn member_port_soft_delete_env() -> Env {
 /// the order is left.
 #[tokio::test(start_paused = true)]
 async fn a_release_of_a_server_soft_deleted_by_hand_leaves_its_bound_port_to_the_reconciler() {
-    let env = member_port_soft_delete_env().await;
+    let env = member_port_soft_delete_env(with_mysqld()).await;
     let (running, stop) = start_daemon(reconciled_by_hand(&env)).await.unwrap();
     let allocated = running
         .manager
@@ -6526,7 +6555,7 @@ async fn a_release_of_a_server_soft_deleted_by_hand_leaves_its_bound_port_to_the
 /// volume available, the port deleted.
 #[tokio::test(start_paused = true)]
 async fn a_release_of_a_server_being_deleted_by_hand_warns_of_nothing() {
-    let mut config = sim_config();
+    let mut config = with_mysqld();
     config.latencies.delete = Duration::from_secs(600);
     let env = env_with(config, HttpSettings::default()).await;
     let (running, stop) = start_daemon(reconciled_by_hand(&env)).await.unwrap();
@@ -6571,7 +6600,7 @@ async fn a_release_of_a_server_being_deleted_by_hand_warns_of_nothing() {
 /// reconciler, whose first pass after the reclaim deletes it.
 #[tokio::test(start_paused = true)]
 async fn a_failed_try_leaves_the_port_its_soft_deleted_server_keeps_to_the_reconciler() {
-    let env = member_port_soft_delete_env().await;
+    let env = member_port_soft_delete_env(with_mysqld()).await;
     let key = PoolKey::new("db.small", "az1");
     let (running, stop) = start_daemon(reconciled_by_hand(&env)).await.unwrap();
     wait_ready(&running.manager, &key, 2).await;
@@ -6613,7 +6642,7 @@ async fn a_failed_try_leaves_the_port_its_soft_deleted_server_keeps_to_the_recon
 #[tokio::test(start_paused = true)]
 async fn a_rollback_after_a_failed_try_leaves_its_bound_port_to_the_reconciler() {
     use pool_manager::store::{SledStore, Store};
-    let env = member_port_soft_delete_env().await;
+    let env = member_port_soft_delete_env(with_mysqld()).await;
     let key = PoolKey::new("db.small", "az1");
     let one_ready = r#"
 [[pools]]
@@ -6682,7 +6711,7 @@ image = "mysql-8.0"
 /// no port of the order.
 #[tokio::test(start_paused = true)]
 async fn a_release_of_a_create_in_doubt_leaves_a_failed_tries_bound_port_to_the_reconciler() {
-    let env = member_port_soft_delete_env().await;
+    let env = member_port_soft_delete_env(with_mysqld()).await;
     let key = PoolKey::new("db.small", "az1");
     let (running, stop) = start_daemon(reconciled_by_hand(&env)).await.unwrap();
     wait_ready(&running.manager, &key, 2).await;
@@ -6729,7 +6758,7 @@ async fn a_release_of_a_create_in_doubt_leaves_a_failed_tries_bound_port_to_the_
 /// a fresh port, and a later uncertain create adopts that one.
 #[tokio::test(start_paused = true)]
 async fn an_uncertain_port_create_leaves_a_failed_tries_held_port_alone() {
-    let env = member_port_soft_delete_env().await;
+    let env = member_port_soft_delete_env(sim_config()).await;
     let cloud = env.driver().await;
     let network = cloud.network("tenant-net").await.unwrap();
     cloud.network("mgmt-net").await.unwrap();
@@ -6906,7 +6935,7 @@ async fn tenant_ports(env: &Env) -> Vec<String> {
 /// with it. The port is deleted and the order is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_on_a_cloud_refusing_force_delete_deletes_the_tenants_port() {
-    let env = member_port_soft_delete_env().await;
+    let env = member_port_soft_delete_env(with_mysqld()).await;
     let key = PoolKey::new("db.small", "az1");
     let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
     wait_ready(&running.manager, &key, 2).await;
@@ -7002,7 +7031,7 @@ fn force_deletes(env: &Env) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_server_soft_deleted_by_hand_is_deleted_for_good() {
     use pool_manager::model::InstanceState;
-    let env = soft_delete_env().await;
+    let env = soft_delete_env_with(with_mysqld()).await;
     let (running, stop) = start_reconciling_often(&env).await;
     let key = PoolKey::new("db.small", "az1");
     wait_ready(&running.manager, &key, 2).await;
@@ -7033,7 +7062,7 @@ async fn a_pool_server_soft_deleted_by_hand_is_deleted_for_good() {
 /// again for the next release, nor by the reconciler's passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_completes_where_the_policy_refuses_force_delete() {
-    let env = soft_delete_env().await;
+    let env = soft_delete_env_with(with_mysqld()).await;
     env.face.faults().refuse_force_delete(true);
     let (running, stop) = start_reconciling_often(&env).await;
     let mut servers = Vec::new();
@@ -7092,7 +7121,7 @@ async fn a_release_completes_where_the_policy_refuses_force_delete() {
 /// available to attach elsewhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_detaches_the_volume_a_soft_deleted_server_keeps() {
-    let env = soft_delete_env().await;
+    let env = soft_delete_env_with(with_mysqld()).await;
     env.face.faults().refuse_force_delete(true);
     let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
     let allocated = running
@@ -7117,7 +7146,7 @@ async fn a_release_detaches_the_volume_a_soft_deleted_server_keeps() {
 /// SOFT_DELETED server to finish before it judges, and completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_waits_for_the_volume_to_detach_from_its_soft_deleted_server() {
-    let mut config = sim_config();
+    let mut config = with_mysqld();
     // 2 s of real time: long after the server is seen SOFT_DELETED.
     config.latencies.volume_detach = Duration::from_secs(200);
     let env = soft_delete_env_with(config).await;
@@ -7146,7 +7175,7 @@ async fn a_release_waits_for_the_volume_to_detach_from_its_soft_deleted_server()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_whose_volume_nova_will_not_detach_from_a_soft_deleted_server_fails_precondition()
 {
-    let env = soft_delete_env().await;
+    let env = soft_delete_env_with(with_mysqld()).await;
     env.face.faults().refuse_force_delete(true);
     let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
     let allocated = running
@@ -7235,7 +7264,7 @@ async fn a_force_delete_failing_otherwise_than_by_policy_is_sent_again() {
 /// asked again, it force-deletes the server and completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_whose_force_delete_fails_once_completes_only_when_it_is_sent_again() {
-    let env = soft_delete_env().await;
+    let env = soft_delete_env_with(with_mysqld()).await;
     let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
     let allocated = running
         .manager
@@ -8291,7 +8320,8 @@ async fn another_projects_network_named_like_the_management_network_is_not_it() 
         cloudsim::http::NetworkSpec::new("someone-elses-net", "10.50.0.0/16", "10.50.0.1", false)
             .of_project("tenant-b");
     settings.networks.push(elses.clone());
-    let env = env_with(sim_config(), settings).await;
+    // Listeners: only then is a server's address of its network's subnet.
+    let env = env_with(with_mysqld(), settings).await;
     let cloud = env.driver().await;
     let mgmt = cloud.network("mgmt-net").await.unwrap();
     let tenant = cloud.network("tenant-net").await.unwrap();
@@ -8765,7 +8795,7 @@ fn api_pool_spec() -> warmpool_proto::v1::PoolSpec {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_pool_the_cloud_no_longer_serves_does_not_stop_start_up() {
     use warmpool_client::Client;
-    let env = env().await;
+    let env = env_with_mysqld().await;
     let small = PoolKey::new("db.small", "az1");
     let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
     let client = Client::connect(&format!("http://{}", running.grpc_addr))
@@ -9262,7 +9292,7 @@ async fn check_cloud_compares_the_cloud_the_store_serves_with_the_configured_one
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_pool_degraded_at_start_up_counts_an_episode_its_recovery_ends() {
     use warmpool_client::Client;
-    let env = env().await;
+    let env = env_with_mysqld().await;
     let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
     let client = Client::connect(&format!("http://{}", running.grpc_addr))
         .await
