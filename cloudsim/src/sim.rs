@@ -188,6 +188,12 @@ impl SimCloud {
         self.lock().cfg.retired_flavors.push(name.to_owned());
     }
 
+    /// An admin sets the project's instances quota to `max` (servers over
+    /// it keep running; boots are refused until some are gone).
+    pub fn set_max_instances(&self, max: usize) {
+        self.lock().cfg.quotas.max_instances = max;
+    }
+
     /// An admin deletes the security groups named `name` of the project
     /// (Neutron lets one go only once no port has it: not checked here).
     pub fn delete_security_group(&self, name: &str) {

@@ -2703,6 +2703,8 @@ impl Shared {
                 Ok(Ok(Err(BootError::Cloud(CloudError::QuotaExceeded(m))))) => {
                     // Someone took the room (or the limits are unknown):
                     // wait in line, backing off so refusals do not pile up.
+                    // The refusal made the reading stale: the next look
+                    // reads the limits before it boots again.
                     refusals += 1;
                     tracing::info!(request_id = %params.request_id, %flavor, "cold boot refused for quota; waiting: {m}");
                     why_full = format!(" (the cloud refused its boot: {m})");
@@ -2893,11 +2895,14 @@ impl Shared {
     /// room, the purchase is admitted (`place`, out of line if in it) under
     /// the lock it was found under, so that the next purchase to look finds
     /// it taken. The headroom is polled when never polled yet, and
-    /// re-polled when it says "full" and a poll is due
-    /// ([`Gate::purchase_poll_at`]: the refills' `headroom_interval`, or at
-    /// once once a refusal, or a server seen gone since the last poll was
-    /// sent, made it stale; not while the zone waits out a throttle), the
-    /// cache the replenisher's polls share; a failing poll says "not known
+    /// re-polled when a poll is due ([`Gate::purchase_poll_at`]: the
+    /// refills' `headroom_interval`, or at once once a refusal, or a server
+    /// seen gone since the last poll was sent, made it stale; not while
+    /// the zone waits out a throttle) and it says "full", or a quota
+    /// refusal since made it stale: the room it shows is not trusted then
+    /// (trusted, a purchase whose boot the cloud refused booted again and
+    /// again on it, each refused, until the next poll). The cache is the
+    /// one the replenisher's polls share; a failing poll says "not known
     /// to be full", and its 429 is the gate's, as a refill's poll's is.
     async fn quota_room<'a>(
         &'a self,
@@ -2911,9 +2916,13 @@ impl Shared {
             let mut gate = gate::lock(&self.gate);
             let room = self.quota_room_of(&gate, flavor, own_port);
             let never = gate.headroom_status(flavor).polled_at.is_none();
+            // A refusal since the poll (this purchase's own boot's, say):
+            // the room the reading shows may be gone, and a boot on it
+            // would only be refused again.
+            let stale = gate.headroom_stale(flavor);
             let now = Instant::now();
             let due = gate.purchase_poll_at(az, flavor, now) <= now;
-            let poll = never || (matches!(room, QuotaRoom::Full(_)) && due);
+            let poll = never || ((stale || matches!(room, QuotaRoom::Full(_))) && due);
             if !poll {
                 if matches!(room, QuotaRoom::Room) {
                     QuotaPlace::admit_locked(place, &self.gate, &mut gate, flavor);

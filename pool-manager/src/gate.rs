@@ -736,6 +736,13 @@ impl Gate {
             .is_some_and(|e| e.failing.is_some())
     }
 
+    /// Whether a quota refusal since `flavor`'s last poll made its reading
+    /// stale: the room it shows may be gone, so a purchase reads the
+    /// limits again before it boots on it ([`Self::purchase_poll_at`]).
+    pub fn headroom_stale(&self, flavor: &str) -> bool {
+        self.quota.headroom.get(flavor).is_some_and(|e| e.stale)
+    }
+
     /// Polling `flavor`'s limits failed at `now`: headroom is unknown (no
     /// cap; refusals still pause) until a poll succeeds, tried again after
     /// `headroom_interval`.

@@ -1395,3 +1395,63 @@ async fn a_drain_frees_room_for_a_cold_boot_waiting_for_quota() {
     assert!(!allocation.warm_hit);
     manager.shutdown().await.unwrap();
 }
+
+/// A cold boot the cloud refuses for quota though the last reading of the
+/// limits showed room (the quota lowered since, or taken by another user
+/// of the project) reads the limits again before it boots again: the
+/// refusal made that reading stale. Trusted, the reading sent a create at
+/// each of the purchase's pauses (2 s, 4 s, ... at the test's 1 s poll
+/// interval), every one refused, the pool degraded at the third, and no
+/// read of the limits until its poll was due (10 min here). Once the
+/// quota is raised, the next poll shows the room and the purchase boots.
+#[tokio::test(start_paused = true)]
+async fn a_cold_boot_refused_for_quota_reads_the_limits_before_it_boots_again() {
+    let sim = sim_with_quota(2);
+    let manager = PoolManager::new(
+        temp_store(),
+        sim.clone(),
+        Arc::new(sim.probe()),
+        polling_every(Duration::from_secs(600)),
+    );
+    let mut events = manager.events();
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), fixed(0)).await.unwrap();
+    // Its read of the limits shows room for two servers; it takes one.
+    let first = manager
+        .allocate(request("first", new_volume(), EmptyPoolPolicy::ColdBoot))
+        .await
+        .unwrap();
+    assert!(!first.warm_hit);
+    assert_eq!(sim.call_counts().get("boot_headroom"), Some(&1));
+
+    // The quota is lowered to the one server the project has.
+    sim.set_max_instances(1);
+    sim.reset_call_counts();
+    quota_refusals(&mut events);
+    let mut order = request("w", new_volume(), EmptyPoolPolicy::ColdBoot);
+    order.timeout = Some(Duration::from_secs(30 * 60));
+    let waiting = spawn_allocate(&manager, order);
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let counts = sim.call_counts();
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(
+        (counts.get("create_server"), counts.get("boot_headroom")),
+        (Some(&1), Some(&1)),
+        "one create, refused, then one read of the limits, which show no room: {counts:?}"
+    );
+    assert_eq!(quota_refusals(&mut events), 1);
+    assert!(!status.health.degraded, "{:?}", status.health);
+    assert!(!waiting.is_finished(), "no room yet: the purchase waits");
+
+    sim.set_max_instances(2);
+    let allocation = tokio::time::timeout(Duration::from_secs(30 * 60), waiting)
+        .await
+        .expect("the cold boot got through at the next poll")
+        .unwrap()
+        .unwrap();
+    assert!(!allocation.warm_hit);
+    assert_eq!(sim.call_counts().get("create_server"), Some(&2));
+    assert_eq!(quota_refusals(&mut events), 0);
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
