@@ -8,7 +8,7 @@
 //! paused tokio clock and free of timer tasks; the faces do the sleeping and
 //! hold the lock (a `std::sync::Mutex`) only around these synchronous calls.
 
-use crate::config::{Quotas, SimConfig};
+use crate::config::{FlavorSpec, Quotas, SimConfig};
 use crate::mysql::ListenerGuard;
 use pool_manager::cloud::{
     some_names, BootHeadroom, CloudError, CloudResult, FixedIp, Network, NetworkOwner,
@@ -894,10 +894,13 @@ impl Model {
     }
 
     /// Instances, vCPUs and RAM held by servers; servers being deleted count
-    /// until they are gone, as in Nova.
+    /// until they are gone, as in Nova. A soft-deleted one counts in none
+    /// (Nova's quota counting, `_get_counts_in_db`, leaves vm_state
+    /// soft-delete out; only `[quota] count_usage_from_placement` would
+    /// keep its cores and RAM), its ports still Neutron's until the reclaim.
     pub fn compute_usage(&self) -> ComputeUsage {
         let mut usage = ComputeUsage::default();
-        for s in self.servers.values() {
+        for s in self.servers.values().filter(|s| s.reclaim_at.is_none()) {
             usage.instances += 1;
             if let Some(f) = self.cfg.flavor_spec_even_retired(&s.flavor) {
                 usage.cores += u64::from(f.vcpus);
@@ -905,6 +908,39 @@ impl Model {
             }
         }
         usage
+    }
+
+    /// Nova's quota check of one more server of `size` (a create, a
+    /// restore): instances, then cores and RAM, in Nova's words, e.g.
+    /// "Quota exceeded for cores: Requested 64, but already used 2 of 20
+    /// cores".
+    fn check_compute_quotas(&self, size: &FlavorSpec) -> CloudResult<()> {
+        let usage = self.compute_usage();
+        let checks = [
+            (
+                "instances",
+                Some(self.cfg.quotas.max_instances as u64),
+                usage.instances as u64,
+                1,
+            ),
+            (
+                "cores",
+                self.cfg.max_cores,
+                usage.cores,
+                u64::from(size.vcpus),
+            ),
+            ("ram", self.cfg.max_ram_mb, usage.ram_mb, size.ram_mb),
+        ];
+        for (what, limit, used, each) in checks {
+            if let Some(limit) = limit {
+                if used + each > limit {
+                    return Err(CloudError::QuotaExceeded(format!(
+                        "Quota exceeded for {what}: Requested {each}, but already used {used} of {limit} {what}"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Places and starts a boot. `addr` is the reserved listener address, if
@@ -951,34 +987,7 @@ impl Model {
                 "Maximum number of ports exceeded".to_string(),
             ));
         }
-        if self.servers.len() >= self.cfg.quotas.max_instances {
-            return Err(CloudError::QuotaExceeded(format!(
-                "Quota exceeded for instances: Requested 1, but already used {} of {} instances",
-                self.servers.len(),
-                self.cfg.quotas.max_instances
-            )));
-        }
-        let usage = self.compute_usage();
-        let per_server = [
-            (
-                "cores",
-                self.cfg.max_cores,
-                usage.cores,
-                u64::from(size.vcpus),
-            ),
-            ("ram", self.cfg.max_ram_mb, usage.ram_mb, size.ram_mb),
-        ];
-        for (what, limit, used, each) in per_server {
-            if let Some(limit) = limit {
-                if used + each > limit {
-                    // Nova's wording, e.g. "Quota exceeded for cores: Requested
-                    // 64, but already used 2 of 20 cores".
-                    return Err(CloudError::QuotaExceeded(format!(
-                        "Quota exceeded for {what}: Requested {each}, but already used {used} of {limit} {what}"
-                    )));
-                }
-            }
-        }
+        self.check_compute_quotas(&size)?;
 
         let (host, boot) = if let Some(fault) = extras.network_fault.clone() {
             let at = now + self.latency(self.cfg.boot.error_after);
@@ -2394,7 +2403,8 @@ impl Model {
     /// Nova's delete with `reclaim_instance_interval` set, for a server that
     /// was ever ACTIVE: the server is only marked SOFT_DELETED. Nova's
     /// listing no longer shows it (the HTTP face leaves it out; it is still
-    /// read by id), it keeps its quota, volumes and ports, its guest is
+    /// read by id), it keeps its volumes and ports (Neutron's quota) but
+    /// counts in no instances, cores or RAM quota, its guest is
     /// powered off (mysqld stops), and it is deleted for good after
     /// `reclaim_after` or by a forceDelete, unless restored. A soft-deleted
     /// server stays so when deleted again.
@@ -2451,6 +2461,13 @@ impl Model {
                 vm_state(s.status(now))
             )));
         }
+        // Nova's restore checks the quotas, which a soft-deleted server
+        // counts in no more (403 from the API, as a create's).
+        let flavor = s.flavor.clone();
+        if let Some(size) = self.cfg.flavor_spec_even_retired(&flavor) {
+            self.check_compute_quotas(&size)?;
+        }
+        let s = self.servers.get_mut(id).expect("found above");
         // Its entry in the reclaim queue no longer matches, and is skipped.
         s.reclaim_at = None;
         Ok(())

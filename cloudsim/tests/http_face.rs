@@ -2982,7 +2982,8 @@ async fn detaching_a_volume_still_attaching_is_400() {
 
 /// Nova with `reclaim_instance_interval` set: a delete soft-deletes a
 /// server that was ever ACTIVE. It is SOFT_DELETED by id but left out of
-/// the (non-admin) listing, counted in the quota, deleting it again changes
+/// the (non-admin) listing and of the instances quota's use (it keeps its
+/// port, `a_soft_deleted_server_frees_its_instance_cores_and_ram_not_its_port`), deleting it again changes
 /// nothing, a restore brings it back, and a forceDelete (only of a
 /// SOFT_DELETED server) or the reclaim deletes it for good.
 #[tokio::test]
@@ -3056,7 +3057,7 @@ async fn a_soft_delete_cloud_keeps_servers_until_forced_or_reclaimed() {
         .await
         .expect(200)
         .json();
-    assert_eq!(limits["limits"]["absolute"]["totalInstancesUsed"], 2);
+    assert_eq!(limits["limits"]["absolute"]["totalInstancesUsed"], 0);
 
     force(a.clone()).await.expect(202);
     // a is being deleted for good now; b waits for its reclaim.
@@ -3109,6 +3110,75 @@ async fn a_soft_delete_cloud_keeps_servers_until_forced_or_reclaimed() {
     })
     .await;
     assert_eq!(env.server(&b, "2.79").await["status"], "SOFT_DELETED");
+}
+
+/// Nova counts a SOFT_DELETED server in none of its instances, cores and
+/// RAM quotas (`_get_counts_in_db` counts only instances not in vm_state
+/// soft-delete; the testbed showed 3 servers, one SOFT_DELETED, as 2
+/// instances used), while Neutron counts its port until the reclaim. A
+/// restore takes its place in the quotas again, and Nova refuses one they
+/// have no room for (403, the create's words). cloudsim counted it in all.
+#[tokio::test]
+async fn a_soft_deleted_server_frees_its_instance_cores_and_ram_not_its_port() {
+    let mut cfg = config();
+    cfg.quotas.max_instances = 2;
+    cfg.max_cores = Some(2);
+    cfg.max_ram_mb = Some(2048);
+    let settings = HttpSettings {
+        reclaim_instance_interval: Duration::from_secs(3600),
+        ..HttpSettings::default()
+    };
+    let env = start_with(cfg, settings).await;
+    let a = env.active_server("a").await;
+    env.active_server("b").await;
+    let used = || async {
+        let limits = env
+            .get(Service::Compute, "/v2.1/limits", Some("2.79"))
+            .await
+            .expect(200)
+            .json();
+        let absolute = &limits["limits"]["absolute"];
+        let pid = env.face.project_id().to_string();
+        let ports = env
+            .get(
+                Service::Network,
+                &format!("/v2.0/quotas/{pid}/details"),
+                None,
+            )
+            .await
+            .expect(200)
+            .json();
+        (
+            absolute["totalInstancesUsed"].clone(),
+            absolute["totalCoresUsed"].clone(),
+            absolute["totalRAMUsed"].clone(),
+            ports["quota"]["port"]["used"].clone(),
+        )
+    };
+    // db.small: 1 vCPU, 1024 MiB; each server has its own port.
+    assert_eq!(used().await, (json!(2), json!(2), json!(2048), json!(2)));
+    env.delete(Service::Compute, &format!("/v2.1/servers/{a}"), None)
+        .await
+        .expect(204);
+    assert_eq!(env.server(&a, "2.79").await["status"], "SOFT_DELETED");
+    assert_eq!(used().await, (json!(1), json!(1), json!(1024), json!(2)));
+    // Its room is taken by a new server, which the quotas admit.
+    env.active_server("c").await;
+    assert_eq!(used().await, (json!(2), json!(2), json!(2048), json!(3)));
+    let r = env
+        .post(
+            Service::Compute,
+            &format!("/v2.1/servers/{a}/action"),
+            None,
+            json!({"restore": null}),
+        )
+        .await
+        .expect(403);
+    assert_eq!(
+        r.json(),
+        json!({"forbidden": {"code": 403, "message": "Quota exceeded for instances: Requested 1, but already used 2 of 2 instances"}})
+    );
+    assert_eq!(env.server(&a, "2.79").await["status"], "SOFT_DELETED");
 }
 
 /// A server being deleted (task_state `deleting`) is still found, and Nova

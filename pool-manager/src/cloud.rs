@@ -475,7 +475,7 @@ pub enum CloudError {
     /// stays until Nova's reclaim whatever warmpool does. Apart from
     /// `Fatal` because callers end the delete there, which they must not
     /// for any other failure (an auth problem passes, and the server would
-    /// hold its quota and ports until the reclaim for nothing).
+    /// hold its ports until the reclaim for nothing).
     #[error("cloud error: {0}")]
     LeftToReclaim(String),
     /// The cloud's policy refuses warmpool's user the call (a 403 that is

@@ -493,7 +493,7 @@ impl Shared {
                     })
                     .await?;
                     // Deleted by someone else (an operator) on a cloud that
-                    // only soft-deletes: it holds quota and ports until the
+                    // only soft-deletes: it holds its ports until the
                     // reclaim, and Nova lists it no more, so once its record
                     // is gone nothing would see it again. It was deleted
                     // once already: the driver's forceDelete finishes it.
@@ -923,7 +923,7 @@ impl Shared {
         }
         if server.status == ServerStatus::Deleted {
             // Soft-deleted (a cloud with Nova's reclaim_instance_interval
-            // set), by warmpool or by hand: it keeps its quota until the
+            // set), by warmpool or by hand: it keeps its ports until the
             // reclaim, so the delete is finished now. No leak: it was
             // deleted once already.
             self.finish_soft_delete(&server.id).await?;

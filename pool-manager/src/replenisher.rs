@@ -1964,7 +1964,7 @@ impl Shared {
     ///
     /// Where the cloud refuses the forceDelete for good (a policy letting
     /// only an admin force-delete), the server stays SOFT_DELETED until
-    /// Nova reclaims it whatever warmpool does, holding its quota and port:
+    /// Nova reclaims it whatever warmpool does, holding its ports:
     /// that is as deleted as it gets, and done, with a warning. Not while
     /// a volume is still attached to it (its detach was refused, or the
     /// server was deleted by hand before a release could detach it, or its
@@ -2056,7 +2056,7 @@ impl Shared {
             self.detach_from_soft_deleted(&server.id, volume_id, refused, deadline)
                 .await?;
         }
-        tracing::warn!(server = %server.id, reason = %refused, "server left SOFT_DELETED: it holds its quota and ports until Nova reclaims it");
+        tracing::warn!(server = %server.id, reason = %refused, "server left SOFT_DELETED: it keeps its ports until Nova reclaims it (Nova's default quota counting frees its instance, cores and RAM at the soft delete)");
         Ok(())
     }
 

@@ -6286,8 +6286,8 @@ async fn soft_delete_env_with(config: SimConfig) -> Env {
 }
 
 /// On a cloud that only soft-deletes (Nova's `reclaim_instance_interval`),
-/// what warmpool deletes stays SOFT_DELETED, holding its quota, until the
-/// reclaim, and Nova's listing no longer shows it: the reconciler's next
+/// what warmpool deletes stays SOFT_DELETED, holding its ports and
+/// volumes, until the reclaim, and Nova's listing no longer shows it: the reconciler's next
 /// pass still finishes those deletes (forceDelete).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_a_soft_delete_cloud_keeps_are_deleted_for_good() {
@@ -7026,7 +7026,7 @@ fn force_deletes(env: &Env) -> u64 {
 /// A Ready pool server someone else deleted (an operator, by hand) on a
 /// cloud that only soft-deletes is SOFT_DELETED, which Nova's listing
 /// hides: the reconciler drops its instance and deletes the server for
-/// good (forceDelete), instead of leaving it, with its quota and ports,
+/// good (forceDelete), instead of leaving it, with its ports,
 /// to the reclaim an hour later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_server_soft_deleted_by_hand_is_deleted_for_good() {
@@ -7057,7 +7057,7 @@ async fn a_pool_server_soft_deleted_by_hand_is_deleted_for_good() {
 /// On a soft-delete cloud whose policy refuses the project forceDelete
 /// (`os_compute_api:os-deferred-delete:force` admin-only), a release
 /// completes once its server is SOFT_DELETED with the tenant's volume
-/// detached: the server keeps its quota until Nova's reclaim, which
+/// detached: the server keeps its ports until Nova's reclaim, which
 /// nothing warmpool may do hastens. The refused forceDelete is not sent
 /// again for the next release, nor by the reconciler's passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -7260,7 +7260,7 @@ async fn a_force_delete_failing_otherwise_than_by_policy_is_sent_again() {
 
 /// A release whose forceDelete fails for a passing reason (the service
 /// refusing a fresh token) is not done while its server is SOFT_DELETED,
-/// holding the tenant's port and quota: it fails and stays under way, and
+/// holding the tenant's port: it fails and stays under way, and
 /// asked again, it force-deletes the server and completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_whose_force_delete_fails_once_completes_only_when_it_is_sent_again() {

@@ -370,10 +370,13 @@ pub struct HttpSettings {
     pub cinder_catalog_types: Vec<&'static str>,
     /// Nova's `reclaim_instance_interval`, in tokio time: above zero, a
     /// delete of a server that was ever ACTIVE only soft-deletes it
-    /// (SOFT_DELETED, counted in the quota, shown by id but left out of
-    /// server listings as Nova leaves it out of a non-admin's) until then,
-    /// a `forceDelete` or a `restore`. Zero (Nova's default): deletes are
-    /// for good.
+    /// (SOFT_DELETED, shown by id but left out of server listings as Nova
+    /// leaves it out of a non-admin's) until then, a `forceDelete` or a
+    /// `restore`. It keeps its ports and volumes until reclaimed; Nova's
+    /// default quota counting frees its instance, cores and RAM at the
+    /// soft delete, and a `restore` takes them again (refused, 403, when
+    /// the quotas have no room). Zero (Nova's default): deletes are for
+    /// good.
     pub reclaim_instance_interval: Duration,
     /// From Nova microversion 2.101 a volume attach is asynchronous: the
     /// API answers 202 once the server may take one and the volume exists

@@ -480,8 +480,9 @@ struct Inner {
     uncertain_creates: Mutex<UncertainCreates>,
     /// Pool servers last seen SOFT_DELETED: a cloud with Nova's
     /// `reclaim_instance_interval` set only soft-deletes, and deleting such
-    /// a server again does nothing, while it keeps its quota, volumes and
-    /// ports until the reclaim. `delete_server` force-deletes these (and
+    /// a server again does nothing, while it keeps its volumes and ports
+    /// until the reclaim (Nova's default quota counting frees its instance,
+    /// cores and RAM at the soft delete). `delete_server` force-deletes these (and
     /// forgets one whose forceDelete the cloud refuses for good). A mark
     /// follows what the cloud last said of the server (by id, in a listing,
     /// a 404, a forceDelete refused as the server is not SOFT_DELETED); a
@@ -1594,7 +1595,7 @@ impl OpenStackCloud {
     fn left_to_reclaim(&self, server_id: &str, why: &str) -> CloudError {
         self.forget_server(server_id);
         CloudError::LeftToReclaim(format!(
-            "server {server_id} stays SOFT_DELETED, keeping its quota, ports and volumes until Nova reclaims it (reclaim_instance_interval): {why}. Let warmpool's user force-delete (Nova's policy os_compute_api:os-deferred-delete:force)"
+            "server {server_id} stays SOFT_DELETED, keeping its ports and volumes until Nova reclaims it (reclaim_instance_interval; Nova's default quota counting frees its instance, cores and RAM at the soft delete): {why}. Let warmpool's user force-delete (Nova's policy os_compute_api:os-deferred-delete:force)"
         ))
     }
 
@@ -2208,10 +2209,9 @@ impl Cloud for OpenStackCloud {
                 // any other Fatal (a 401 after the re-login, a 400; the
                 // login's failures come from `send`): those pass, and taken
                 // as the policy they would leave every server deleted in
-                // the next 10 minutes to the reclaim, holding its quota and
-                // ports. They fail this delete, asked again later.
+                // the next 10 minutes to the reclaim, holding its ports. They fail this delete, asked again later.
                 Err(CloudError::Fatal(refused)) if status == 403 => {
-                    tracing::warn!(server = server_id, reason = %refused, "the cloud refuses warmpool's forceDelete: servers it soft-deletes keep their quota, ports and volumes until Nova reclaims them; let warmpool's user force-delete (Nova's policy os_compute_api:os-deferred-delete:force)");
+                    tracing::warn!(server = server_id, reason = %refused, "the cloud refuses warmpool's forceDelete: servers it soft-deletes keep their ports and volumes until Nova reclaims them (Nova's default quota counting frees their instances, cores and RAM at the soft delete); let warmpool's user force-delete (Nova's policy os_compute_api:os-deferred-delete:force)");
                     *lock(&self.inner.force_delete_refused) =
                         Some((tokio::time::Instant::now(), refused.clone()));
                     let why = format!("the cloud refuses its forceDelete ({refused})");
