@@ -1157,47 +1157,67 @@ impl Shared {
             }
         }
         next.deleted_volumes.retain(|d| !gone.contains(&d.id));
-        // Ports a SOFT_DELETED server keeps bound: one delete each, no
-        // waiting. Neutron refuses it until Nova's reclaim (or an admin's
-        // forceDelete) unbinds the port, maybe days on; each pass asks.
+        // Ports a SOFT_DELETED server keeps bound, each refused its delete
+        // once already (the release's, the rollback's, the try's): Neutron
+        // refuses a member that delete until Nova's reclaim (or an admin's
+        // forceDelete) unbinds the port, maybe days on. Each pass looks at
+        // the port, and deletes it once unbound: a delete sent at every
+        // pass was refused at every pass, a warning and a `fatal` call
+        // each, 60 an hour at the default interval.
         let mut freed = Vec::new();
         for port_id in &next.bound_ports {
+            let item = format!("deleting port {port_id}, which a SOFT_DELETED server kept bound,");
+            let looked = self
+                .retry(self.cleanup_deadline(), || self.cloud.get_port(port_id))
+                .await;
+            // `Some`: the look failed, which says nothing of the binding;
+            // the delete is sent anyway, and its refusal warned of with
+            // the look's error (the one to mend, a wrong endpoint's 404).
+            let unlooked = match looked {
+                Err(CloudError::NotFound(_)) => {
+                    tracing::info!(name = %watch.name, port = %port_id, "the port a SOFT_DELETED server kept bound is gone already");
+                    self.pass_failures().done(&item);
+                    freed.push(port_id.clone());
+                    continue;
+                }
+                Ok(port) if port.device_id.is_some() => {
+                    tracing::debug!(name = %watch.name, port = %port_id, server = ?port.device_id, "a port left bound to a SOFT_DELETED server is still bound; the next pass looks again");
+                    continue;
+                }
+                Ok(_) => None,
+                Err(e) => Some(e),
+            };
             let deleted = self
                 .retry(self.cleanup_deadline(), || self.cloud.delete_port(port_id))
                 .await;
-            match deleted {
-                Ok(()) => freed.push(port_id.clone()),
-                // Expected while the port is bound, and so quiet; but a
-                // refusal is not always the binding's (a 404 for a path
-                // Neutron routes nowhere is Fatal too), so the port is
-                // looked at: one whose look fails for good would wait here
-                // for ever, nothing said above debug.
-                Err(CloudError::Fatal(refused) | CloudError::Conflict(refused)) => {
-                    let looked = self
-                        .retry(self.cleanup_deadline(), || self.cloud.get_port(port_id))
-                        .await;
-                    match looked {
-                        Err(CloudError::NotFound(_)) => freed.push(port_id.clone()),
-                        Ok(port) if port.device_id.is_some() => {
-                            tracing::debug!(name = %watch.name, port = %port_id, reason = %refused, "a port left bound to a SOFT_DELETED server is still refused its delete; the next pass asks again");
-                        }
-                        // Unbound since the refusal (the reclaim came):
-                        // asked once more now.
-                        Ok(_) => match self
-                            .retry(self.cleanup_deadline(), || self.cloud.delete_port(port_id))
-                            .await
-                        {
-                            Ok(()) => freed.push(port_id.clone()),
-                            Err(e) => {
-                                tracing::warn!(name = %watch.name, port = %port_id, error = %e, "Neutron refuses the delete of a port no server holds any more; the next pass asks again (if it keeps refusing, look at the port's owner and the project's Neutron policy, or delete it by hand)");
-                            }
-                        },
-                        Err(e) => {
-                            tracing::warn!(name = %watch.name, port = %port_id, reason = %refused, error = %e, "cannot delete a port left bound to a SOFT_DELETED server, nor tell whether it is still bound: mend what the error names; the next pass asks again");
-                        }
-                    }
+            let refused = match deleted {
+                Ok(()) => {
+                    tracing::info!(name = %watch.name, port = %port_id, "deleted the port a SOFT_DELETED server kept bound, which Nova has let go of");
+                    self.pass_failures().done(&item);
+                    freed.push(port_id.clone());
+                    continue;
                 }
+                // Refused: not always the binding's (a 404 for a path
+                // Neutron routes nowhere is Fatal too). Warned of once per
+                // port and kind of refusal, and hourly while it lasts.
+                Err(e @ (CloudError::Fatal(_) | CloudError::Conflict(_))) => e,
                 Err(e) => return Err(e.into()),
+            };
+            let warn = self.pass_failures().failed(
+                item,
+                problem_of(&refused.clone().into()),
+                Instant::now(),
+            );
+            match unlooked {
+                None if warn => {
+                    tracing::warn!(name = %watch.name, port = %port_id, error = %refused, "Neutron refuses the delete of a port no server holds any more; the next pass asks again (warned of again hourly while it refuses; if it keeps refusing, look at the port's owner and the project's Neutron policy, or delete it by hand)");
+                }
+                Some(e) if warn => {
+                    tracing::warn!(name = %watch.name, port = %port_id, reason = %refused, error = %e, "cannot delete a port left bound to a SOFT_DELETED server, nor tell whether it is still bound: mend what the error names; the next pass asks again (warned of again hourly while it fails)");
+                }
+                _ => {
+                    tracing::debug!(name = %watch.name, port = %port_id, reason = %refused, look = ?unlooked, "the delete of a port left bound to a SOFT_DELETED server is refused again; the next pass asks again");
+                }
             }
         }
         next.bound_ports.retain(|p| !freed.contains(p));

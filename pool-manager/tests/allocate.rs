@@ -2945,12 +2945,12 @@ async fn a_release_whose_port_calls_miss_their_route_fails_at_once_naming_it() {
     assert_consistent(&sim, &manager).await;
 }
 
-/// A port a SOFT_DELETED server keeps bound is sent one delete a pass, and
-/// Neutron's refusal while it is bound is expected (logged at debug). A
-/// refusal that is Neutron's 404 for a path it routes nowhere (a wrong
-/// endpoint) was taken for that too: the watch waited on the port for
-/// good, nothing said above debug. The pass looks at the port then, and
-/// a look that fails for good is a warning naming the endpoint to check.
+/// A port a SOFT_DELETED server keeps bound is looked at each pass, and
+/// deleted once unbound. Calls that are Neutron's 404 for a path it routes
+/// nowhere (a wrong endpoint) were once taken for the binding's refusal:
+/// the watch waited on the port for good, nothing said above debug. A
+/// look that fails, then a refused delete, is a warning naming the
+/// endpoint to check.
 #[tokio::test(start_paused = true)]
 async fn a_bound_port_watch_whose_port_calls_miss_their_route_warns() {
     use pool_manager::model::TwinWatch;

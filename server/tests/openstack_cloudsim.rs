@@ -6545,6 +6545,99 @@ async fn a_release_of_a_server_soft_deleted_by_hand_leaves_its_bound_port_to_the
     stop_daemon(running, stop).await;
 }
 
+/// A port a SOFT_DELETED server keeps bound until Nova's reclaim (a member
+/// pool user, the forceDelete refused) is the reconciler's to delete, and
+/// the release warned of that wait once. The passes until the reclaim
+/// look at the port instead of sending it a delete Neutron refuses: on the
+/// testbed each 2 s pass cost a WARN line (the session's "cloud call
+/// answered an error", 403) and a `status="fatal"` sample for that port,
+/// 90 in 3.7 minutes, 60 an hour at the default interval. A refusal once
+/// the reclaim unbinds it is warned of once, and the delete said at INFO.
+#[tokio::test(start_paused = true)]
+async fn passes_waiting_for_a_port_a_soft_deleted_server_keeps_are_quiet() {
+    let env = member_port_soft_delete_env(with_mysqld()).await;
+    let (running, stop) = start_daemon(reconciled_by_hand(&env)).await.unwrap();
+    let allocated = running
+        .manager
+        .allocate(order(&env, "o1").await)
+        .await
+        .unwrap();
+    let server = allocated.server_id.clone().unwrap();
+    let port = allocated.port_id.clone().unwrap();
+    let neutron_calls = |status: &str| {
+        let body = running.metrics.encode();
+        let series = format!(
+            "warmpool_cloud_request_duration_seconds_count{{service=\"network\",status=\"{status}\"}}"
+        );
+        body.lines()
+            .find_map(|l| l.strip_prefix(series.as_str())?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+    };
+    // The operator's delete, through a client of its own.
+    env.driver().await.delete_server(&server).await.unwrap();
+    let logs = support::Logs::capture_at(tracing::Level::DEBUG);
+    let released = running.manager.release("o1", Some(false)).await;
+    assert_eq!(
+        released.map(|a| a.state).map_err(|e| e.to_string()),
+        Ok(pool_manager::model::AllocationState::Released)
+    );
+    // The release's refused delete: warned of, once.
+    assert_eq!(
+        logs.count("WARN", "the released order's port stays bound"),
+        1,
+        "{}",
+        logs.text()
+    );
+    let (seen, fatal) = (logs.text().len(), neutron_calls("fatal"));
+    for _ in 0..3 {
+        tokio::time::advance(Duration::from_secs(60)).await;
+        running.manager.reconcile().await.unwrap();
+    }
+    let passes = logs.text()[seen..].to_owned();
+    let warned: Vec<&str> = passes
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("WARN") && l.contains(&port))
+        .collect();
+    assert_eq!(warned, Vec::<&str>::new(), "{passes}");
+    assert_eq!(neutron_calls("fatal"), fatal, "a refusal counted per pass");
+    assert!(env.sim.ports().iter().any(|p| p.id == port));
+
+    // Unbound by the reclaim, and still refused (a policy refusing the
+    // member any port delete): warned of once, the next pass at debug.
+    env.face.faults().answer_next(
+        Service::Network,
+        "DELETE",
+        &format!("/v2.0/ports/{port}"),
+        2,
+        403,
+        r#"{"NeutronError": {"type": "PolicyNotAuthorized", "message": "rule:delete_port is disallowed by policy", "detail": ""}}"#,
+    );
+    reclaimed_then_reconciled(&env, &running.manager, &server).await;
+    running.manager.reconcile().await.unwrap();
+    assert!(env.sim.ports().iter().any(|p| p.id == port));
+    let refused = "Neutron refuses the delete of a port no server holds any more";
+    assert_eq!(logs.count("WARN", refused), 1, "{}", logs.text());
+    assert_eq!(
+        logs.count("DEBUG", "is refused again; the next pass asks again"),
+        1,
+        "{}",
+        logs.text()
+    );
+    running.manager.reconcile().await.unwrap();
+    assert!(
+        env.sim.ports().iter().all(|p| p.id != port),
+        "{:?}",
+        env.sim.ports()
+    );
+    let deleted: Vec<String> = logs
+        .lines_at("INFO")
+        .into_iter()
+        .filter(|l| l.contains(&port) && l.contains("deleted"))
+        .collect();
+    assert_eq!(deleted.len(), 1, "{}", logs.text());
+    stop_daemon(running, stop).await;
+}
+
 /// A release whose server an operator is deleting by hand, Nova slow to
 /// finish it (task_state `deleting` for minutes): Nova refuses the
 /// release's detaches for that task state (409, as a real Nova answers;
