@@ -117,7 +117,7 @@ async fn warmpoold_against_the_openstack_testbed() {
     let tenant_project = tenant.project_id().await.expect("the tenant's project id");
 
     // Servers an earlier, interrupted run left would hold quota.
-    delete_all_pool_servers(&e2e).await;
+    delete_all_pool_servers(&e2e, &e2e).await;
 
     let data = tempfile::tempdir().expect("temp dir");
     let text = config_text(&data.path().join("store"), E2E_CLOUD, E2E_NETWORK, &POOLS);
@@ -180,7 +180,7 @@ async fn warmpoold_against_the_openstack_testbed() {
 
     daemon.shut_down().await;
     // Leave the project empty for the next run and for the quota.
-    delete_all_pool_servers(&ctx.e2e).await;
+    delete_all_pool_servers(&ctx.e2e, &ctx.e2e).await;
     assert!(
         failed.is_empty(),
         "failed steps (details above): {failed:?}"
@@ -207,7 +207,10 @@ async fn a_member_only_pool_user_against_the_openstack_testbed() {
         .expect("tenant-net is shared to warmpool-member (bootstrap_warmpool.py)")
         .id;
     let tenant_project = tenant.project_id().await.expect("the tenant's project id");
-    delete_all_pool_servers(&member).await;
+    // The e2e user is an admin: it force-deletes what the member's
+    // deletes leave SOFT_DELETED.
+    let admin = cloud_as(E2E_CLOUD, E2E_NETWORK).await;
+    delete_all_pool_servers(&member, &admin).await;
 
     let data = tempfile::tempdir().expect("temp dir");
     let text = config_text(
@@ -249,7 +252,7 @@ async fn a_member_only_pool_user_against_the_openstack_testbed() {
     .await;
 
     daemon.shut_down().await;
-    delete_all_pool_servers(&ctx.e2e).await;
+    delete_all_pool_servers(&ctx.e2e, &admin).await;
     assert!(
         failed.is_empty(),
         "failed steps (details above): {failed:?}"
@@ -998,7 +1001,12 @@ async fn wait_server_gone(cloud: &OpenStackCloud, server_id: &str) {
     .await;
 }
 
-async fn delete_all_pool_servers(cloud: &OpenStackCloud) {
+/// Deletes every pool server `cloud` lists, for good. On a Nova that
+/// soft-deletes (`reclaim_instance_interval` above zero) a delete leaves a
+/// server SOFT_DELETED, its ports bound until the reclaim, and a member's
+/// forceDelete may be refused: `admin`, an admin's client, force-deletes
+/// those, so that no run leaves ports behind for the next.
+async fn delete_all_pool_servers(cloud: &OpenStackCloud, admin: &OpenStackCloud) {
     let servers = cloud.list_pool_servers().await.expect("list pool servers");
     for server in &servers {
         cloud
@@ -1008,7 +1016,35 @@ async fn delete_all_pool_servers(cloud: &OpenStackCloud) {
     }
     for server in &servers {
         wait_server_gone(cloud, &server.id).await;
+        // Read by the admin's client first: its driver force-deletes a
+        // server it has seen SOFT_DELETED, and sends a plain delete else.
+        match admin.get_server(&server.id).await {
+            Ok(s) if s.status == ServerStatus::Deleted && !s.deleting => {
+                admin
+                    .delete_server(&server.id)
+                    .await
+                    .unwrap_or_else(|e| panic!("forceDelete {}: {e}", server.id));
+                wait_server_deleted_for_good(admin, &server.id).await;
+            }
+            Ok(_) | Err(CloudError::NotFound(_)) => {}
+            Err(e) => panic!("read {} after its delete: {e}", server.id),
+        }
     }
+}
+
+/// Waits until Nova answers 404 for `server_id`: SOFT_DELETED is not gone.
+async fn wait_server_deleted_for_good(cloud: &OpenStackCloud, server_id: &str) {
+    eventually(
+        &format!("server {server_id} to be deleted for good"),
+        PATIENCE,
+        || async {
+            match cloud.get_server(server_id).await {
+                Err(CloudError::NotFound(_)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
 }
 
 /// `warmpool_leaks_deleted_total` from the daemon's /metrics, summed over
