@@ -213,7 +213,15 @@ fn catalog(state: &FaceState) -> Value {
         .map(|kind| (*kind, *kind, format!("{}/{kind}", state.base_url)))
         .collect();
     let entries: Vec<(&str, &str, String)> = entries.into_iter().chain(others).collect();
-    let regions: Vec<&String> = std::iter::once(&s.region).chain(&s.other_regions).collect();
+    let added = state
+        .added_regions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let regions: Vec<&String> = std::iter::once(&s.region)
+        .chain(&s.other_regions)
+        .chain(&added)
+        .collect();
     // The other regions' URLs: the face's, on `other_regions_host`.
     let elsewhere = |url: &str| match (&s.other_regions_host, state.base_url.rsplit_once(':')) {
         (Some(host), Some((_, port))) => {

@@ -523,6 +523,9 @@ pub(crate) struct FaceState {
     stopping: tokio::sync::watch::Sender<bool>,
     /// Passwords changed since start (`HttpFaults::change_password`), by user.
     pub(crate) changed_passwords: Mutex<HashMap<String, String>>,
+    /// Regions added to the catalog since start (`HttpFaults::add_region`),
+    /// listed after the others.
+    pub(crate) added_regions: Mutex<Vec<String>>,
     /// Password logins asked for, granted or not.
     pub(crate) password_logins: AtomicU32,
     /// Token requests (`POST /v3/auth/tokens`) received, counted as they
@@ -951,6 +954,13 @@ impl HttpFaults {
         lock(&self.state.tokens).clear();
     }
 
+    /// Every service has endpoints in `region` too from now on (an admin
+    /// added a region), at `HttpSettings::other_regions_host` when one is
+    /// set: tokens issued from now on carry it in their catalog.
+    pub fn add_region(&self, region: &str) {
+        lock(&self.state.added_regions).push(region.to_owned());
+    }
+
     /// `user`'s password is `password` from now on (an operator rotated it
     /// in Keystone); logins with the old one get 401.
     pub fn change_password(&self, user: &str, password: &str) {
@@ -1246,6 +1256,7 @@ impl HttpFace {
             other_projects_ports: Mutex::default(),
             stopping: tokio::sync::watch::channel(false).0,
             changed_passwords: Mutex::new(HashMap::new()),
+            added_regions: Mutex::default(),
             password_logins: AtomicU32::new(0),
             token_requests: AtomicU32::new(0),
             force_delete_refused: AtomicBool::new(false),
