@@ -59,6 +59,10 @@ impl Cloud for SimCloud {
         Ok(CloudIdentity::Embedded)
     }
 
+    async fn services_in_named_region_alone(&self) -> bool {
+        false
+    }
+
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         let call = self.admit("boot_headroom").await?;
         let now = Instant::now();

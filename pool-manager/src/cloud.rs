@@ -67,6 +67,12 @@ pub enum CloudChange {
     /// store's servers are this cloud's, but the listing by tag shows none
     /// of them.
     ServerTag,
+    /// The same project under the same tag, where the store recorded no
+    /// region and a region is named now: the same cloud if the region
+    /// none named reached was this one (the catalog has the services in
+    /// it alone, [`Cloud::services_in_named_region_alone`]), else maybe
+    /// another region's.
+    RegionNamed,
     /// Another cloud: another kind, project or region. The store's records
     /// name servers, volumes and ports this cloud never had.
     Cloud,
@@ -75,7 +81,10 @@ pub enum CloudChange {
 impl CloudIdentity {
     /// How `self`, the cloud a start is on, differs from `recorded`, the
     /// one its store serves. Regions are compared as named, `None` too: a
-    /// region named and none (the catalog's first) may be two.
+    /// region named and none (the catalog's first) may be two; a region
+    /// named where none was recorded, all else the same, is told apart
+    /// ([`CloudChange::RegionNamed`]; with another tag too it is another
+    /// cloud).
     pub fn change_from(&self, recorded: &CloudIdentity) -> CloudChange {
         match (recorded, self) {
             (CloudIdentity::Embedded, CloudIdentity::Embedded) => CloudChange::None,
@@ -91,7 +100,13 @@ impl CloudIdentity {
                     server_tag,
                 },
             ) => {
-                if was_project != project_id || was_region != region {
+                if was_project == project_id
+                    && was_region.is_none()
+                    && region.is_some()
+                    && was_tag == server_tag
+                {
+                    CloudChange::RegionNamed
+                } else if was_project != project_id || was_region != region {
                     CloudChange::Cloud
                 } else if was_tag != server_tag {
                     CloudChange::ServerTag
@@ -100,6 +115,24 @@ impl CloudIdentity {
                 }
             }
             _ => CloudChange::Cloud,
+        }
+    }
+}
+
+impl CloudIdentity {
+    /// The openstack CLI command listing this cloud's pool servers in its
+    /// region (`None`: no region named, or not OpenStack), for a message
+    /// asking to check that a store's servers are there.
+    pub fn server_list_command(&self) -> Option<String> {
+        match self {
+            CloudIdentity::OpenStack {
+                region: Some(region),
+                server_tag,
+                ..
+            } => Some(format!(
+                "openstack --os-region-name {region} server list --tags {server_tag}"
+            )),
+            _ => None,
         }
     }
 }
@@ -918,6 +951,15 @@ pub trait Cloud: Send + Sync + 'static {
     /// No default, for the reason above: a wrapper that forgot it would
     /// let a store move between clouds unnoticed.
     async fn cloud_identity(&self) -> CloudResult<CloudIdentity>;
+
+    /// Whether this cloud names a region and has the services warmpool
+    /// calls in it alone (its catalog read now): then a store that
+    /// recorded no region (an older warmpoold's, or one run with none
+    /// named) served this region, as with none named each service goes
+    /// to the one region it is in ([`crate::PoolManager::claim_store`]
+    /// records the region then). `false` when unsure. No default, for the
+    /// reason above: a wrapper that forgot it would refuse such a store.
+    async fn services_in_named_region_alone(&self) -> bool;
 }
 
 #[cfg(test)]
@@ -934,13 +976,14 @@ mod tests {
     }
 
     /// The project, the region (none named too), the tag and the kind are
-    /// compared; a change of the tag alone is told apart.
+    /// compared; a change of the tag alone, and a region named where none
+    /// was recorded, are told apart.
     #[test]
     fn a_change_of_cloud_is_told_from_a_change_of_tag() {
         let here = openstack("p1", Some("r1"), "warmpool");
         let cases = [
             (openstack("p1", Some("r1"), "warmpool"), CloudChange::None),
-            (openstack("p1", None, "warmpool"), CloudChange::Cloud),
+            (openstack("p1", None, "warmpool"), CloudChange::RegionNamed),
             (openstack("p1", Some("r1"), "old"), CloudChange::ServerTag),
             (openstack("p1", None, "old"), CloudChange::Cloud),
             (openstack("p1", Some("r2"), "warmpool"), CloudChange::Cloud),

@@ -158,6 +158,16 @@ fn cloud_changed(recorded: &CloudIdentity, current: &CloudIdentity) -> String {
         );
     }
     match current.change_from(recorded) {
+        CloudChange::RegionNamed => format!(
+            "the store serves {recorded}, recorded with no region (by an older warmpool, or \
+             with none named), and warmpool drives {current} now; the service catalog does not \
+             have the services warmpool calls in that region alone (or could not be read), so \
+             with none named they may have gone to another region, and nothing was done and \
+             the start is refused. If the store's servers are in that region (`{}` lists \
+             them), start once with adopt_cloud: the region is then recorded as the store's; \
+             if they are in another, name that one",
+            current.server_list_command().unwrap_or_default()
+        ),
         CloudChange::ServerTag => format!(
             "the store serves {recorded}, and warmpool drives that project under another tag \
              now: {current}. The store's servers are this cloud's, but pool servers are listed \

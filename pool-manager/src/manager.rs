@@ -779,6 +779,9 @@ impl Cloud for ServiceNoting {
     async fn cloud_identity(&self) -> CloudResult<CloudIdentity> {
         self.inner.cloud_identity().await
     }
+    async fn services_in_named_region_alone(&self) -> bool {
+        self.inner.services_in_named_region_alone().await
+    }
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         Self::noted(CloudService::Compute, self.inner.boot_headroom(flavor)).await
     }
@@ -865,7 +868,7 @@ impl PoolManager {
         // forgets it.
         let of_another_cloud = matches!(
             *self.shared.adopting.lock().expect("adopting lock"),
-            Some((_, CloudChange::Cloud))
+            Some((_, CloudChange::RegionNamed | CloudChange::Cloud))
         );
         // Before the start-up pass, whose resumed boots may fail.
         self.shared.restore_health().await?;
@@ -904,7 +907,10 @@ impl PoolManager {
     /// this manager's ([`Cloud::cloud_identity`]), before anything else is
     /// done with either. A store that recorded none (a new one, or one an
     /// older version wrote) records this one, as one that recorded no
-    /// region records this one's; one that recorded another is refused
+    /// region records this one's when its catalog has the services in the
+    /// region named alone ([`Cloud::services_in_named_region_alone`]:
+    /// none named reached that region too); one that recorded another is
+    /// refused
     /// ([`ManagerError::CloudChanged`]) unless
     /// [`ManagerSettings::adopt_cloud`] is set and this cloud is not the
     /// embedded one, which adopts no store. What it records is flushed
@@ -931,12 +937,20 @@ impl PoolManager {
             .retry(shared.cleanup_deadline(), || shared.cloud.cloud_identity())
             .await?;
         let recorded = shared.store.cloud_identity().await?;
-        let adopts = recorded.as_ref().is_some_and(|recorded| {
-            matches!(
-                current.change_from(recorded),
-                CloudChange::ServerTag | CloudChange::Cloud
-            )
-        });
+        // A store that recorded no region (an older warmpoold's, or one
+        // run with none named) served the region each service was in:
+        // the one named now, when the catalog has them all in it alone.
+        let region_named = recorded
+            .as_ref()
+            .is_some_and(|recorded| current.change_from(recorded) == CloudChange::RegionNamed)
+            && shared.cloud.services_in_named_region_alone().await;
+        let adopts = !region_named
+            && recorded.as_ref().is_some_and(|recorded| {
+                matches!(
+                    current.change_from(recorded),
+                    CloudChange::ServerTag | CloudChange::RegionNamed | CloudChange::Cloud
+                )
+            });
         if shared.settings.adopt_cloud && !adopts {
             // Left set, the next store of another cloud it meets is taken
             // over unasked: the refusal it disables protects every start.
@@ -948,13 +962,18 @@ impl PoolManager {
         match recorded {
             Some(recorded) => match current.change_from(&recorded) {
                 CloudChange::None => return Ok(current),
+                CloudChange::RegionNamed if region_named => tracing::info!(
+                    %recorded,
+                    cloud = %current,
+                    "the store recorded no region, and the service catalog has the services warmpool calls in the region named alone, which no region named reached too: the store records it"
+                ),
                 // The embedded cloud is new at every start and boots
                 // nothing real: a store it adopted would forget the real
                 // cloud's servers as gone, boot its pools in the
                 // simulation, and be refused by the next start on the
                 // cloud it served (warmpoold's --adopt-cloud given
                 // without --config, which runs the demo).
-                CloudChange::ServerTag | CloudChange::Cloud
+                CloudChange::ServerTag | CloudChange::RegionNamed | CloudChange::Cloud
                     if !shared.settings.adopt_cloud || current == CloudIdentity::Embedded =>
                 {
                     return Err(ManagerError::CloudChanged {
@@ -962,7 +981,9 @@ impl PoolManager {
                         current: Box::new(current),
                     })
                 }
-                change @ (CloudChange::ServerTag | CloudChange::Cloud) => {
+                change @ (CloudChange::ServerTag
+                | CloudChange::RegionNamed
+                | CloudChange::Cloud) => {
                     tracing::warn!(
                         %recorded,
                         %current,
@@ -1614,6 +1635,9 @@ mod tests {
             unreachable!()
         }
         async fn cloud_identity(&self) -> CloudResult<CloudIdentity> {
+            unreachable!()
+        }
+        async fn services_in_named_region_alone(&self) -> bool {
             unreachable!()
         }
     }

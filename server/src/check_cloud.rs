@@ -779,7 +779,14 @@ async fn stored_pools_as(dir: &std::path::Path, euid: u32) -> StoreRead {
 /// saying it was not compared, and why ([`CheckKind::StoreCloudUnread`]):
 /// a run that passes says nothing of it then, and a start with this
 /// config on a store of another cloud is refused.
-fn store_cloud_line(dir: &std::path::Path, store: &StoreCloud, current: &CloudIdentity) -> Check {
+/// `region_alone`: the cloud's catalog has the services warmpool calls in
+/// its named region alone ([`Cloud::services_in_named_region_alone`]).
+fn store_cloud_line(
+    dir: &std::path::Path,
+    store: &StoreCloud,
+    current: &CloudIdentity,
+    region_alone: bool,
+) -> Check {
     let shown = dir.display();
     let unknown = "so this run says nothing of it: warmpoold refuses to start with this config \
          on a store of another cloud (another [cloud] project or region, another server_tag)";
@@ -825,6 +832,28 @@ fn store_cloud_line(dir: &std::path::Path, store: &StoreCloud, current: &CloudId
         StoreCloud::Read(Err(e)) => (false, format!("{shown}: {e}")),
         StoreCloud::Read(Ok(Some(recorded))) => match current.change_from(recorded) {
             CloudChange::None => (true, format!("{shown} serves {recorded}")),
+            CloudChange::RegionNamed if region_alone => (
+                true,
+                format!(
+                    "{shown} serves {recorded}, recorded with no region (by an older warmpoold, \
+                     or one run with no region_name); the service catalog has the services \
+                     warmpool calls in the region the config names alone, which none named \
+                     reached too: warmpoold records {current} at its next start"
+                ),
+            ),
+            CloudChange::RegionNamed => (
+                false,
+                format!(
+                    "{shown} serves {recorded}, recorded with no region (by an older warmpoold, \
+                     or one run with no region_name), but the config names {current}, and the \
+                     service catalog does not have the services warmpool calls in that region \
+                     alone: with none named they may have gone to another, so warmpoold \
+                     refuses to start on this store. If `{}` lists the store's servers, start \
+                     warmpoold once with --adopt-cloud; if they are in another region, set \
+                     region_name to that one",
+                    current.server_list_command().unwrap_or_default()
+                ),
+            ),
             CloudChange::ServerTag => (
                 false,
                 format!(
@@ -884,7 +913,15 @@ async fn put_store_lines(
     first.extend(read.line);
     if let Some(cloud) = cloud {
         match cloud.cloud_identity().await {
-            Ok(current) => first.push(store_cloud_line(dir, &read.cloud, &current)),
+            Ok(current) => {
+                let region_named = matches!(
+                    &read.cloud,
+                    StoreCloud::Read(Ok(Some(recorded)))
+                        if current.change_from(recorded) == CloudChange::RegionNamed
+                );
+                let alone = region_named && cloud.services_in_named_region_alone().await;
+                first.push(store_cloud_line(dir, &read.cloud, &current, alone))
+            }
             Err(e) => first.push(Check {
                 kind: CheckKind::StoreCloud,
                 ok: false,
@@ -1775,6 +1812,7 @@ mod tests {
             dir,
             &StoreCloud::Read(Ok(Some(recorded))),
             &CloudIdentity::Embedded,
+            false,
         );
         assert!(!line.ok, "{line}");
         for part in [
@@ -1948,7 +1986,7 @@ mod tests {
         let read = stored_pools_as(&data, 0).await;
         assert!(read.pools.is_empty());
         assert!(matches!(read.cloud, StoreCloud::Unread(_)));
-        let unread = store_cloud_line(&data, &read.cloud, &CloudIdentity::Embedded);
+        let unread = store_cloud_line(&data, &read.cloud, &CloudIdentity::Embedded, false);
         assert!(
             unread.to_string().starts_with("store cloud: not compared")
                 && unread.message.contains("not opened"),

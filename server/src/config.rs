@@ -899,8 +899,18 @@ impl OpenStackConfig {
         .filter_map(|(variable, key)| {
             let set = env(variable)?.to_string_lossy().into_owned();
             let used = used[key].as_str().unwrap_or_default();
-            (!set.is_empty() && set != used).then(|| {
-                let used = if used.is_empty() {
+            // Compared as osauth reads them: an interface unset is public,
+            // and publicURL/internalURL (older openrc files) are
+            // public/internal.
+            let same = if key == "interface" {
+                effective_interface(&set) == effective_interface(used)
+            } else {
+                set == used
+            };
+            (!set.is_empty() && !same).then(|| {
+                let used = if used.is_empty() && key == "interface" {
+                    "none (public)".to_owned()
+                } else if used.is_empty() {
                     "none".to_owned()
                 } else {
                     format!("'{used}'")
@@ -1097,6 +1107,18 @@ fn carry_domains(
             "{user_domain_id_from}: warmpool's OpenStack client (osauth) names the user's domain by name only, and knows only the default domain's id ('{DEFAULT_DOMAIN_ID}'); give {} instead (`openstack domain show {id}` prints the domain's name)",
             named("auth.user_domain_name"),
         )),
+    }
+}
+
+/// An endpoint interface as osauth reads it: unset (or empty) is `public`,
+/// and the catalog-v2 spellings `publicURL`, `internalURL` and `adminURL`
+/// are the interfaces they name.
+fn effective_interface(interface: &str) -> &str {
+    match interface {
+        "" | "publicURL" => "public",
+        "internalURL" => "internal",
+        "adminURL" => "admin",
+        other => other,
     }
 }
 
@@ -3930,7 +3952,7 @@ key_file = "b.key"
         .unwrap();
         for part in [
             "OS_REGION_NAME is 'RegionTwo' and the entry's region_name 'RegionOne' is used",
-            "OS_INTERFACE is 'internal' and the entry's interface none is used",
+            "OS_INTERFACE is 'internal' and the entry's interface none (public) is used",
             "'wp' ([cloud] cloud)",
         ] {
             assert!(said.contains(part), "{part} not in: {said}");
@@ -3944,6 +3966,48 @@ key_file = "b.key"
         assert!(said.contains("'wp' (OS_CLOUD)"), "{said}");
         // No entry named: the variables are what osauth reads.
         assert_eq!(warned(&by_env, &[("OS_REGION_NAME", "RegionTwo")]), None);
+    }
+
+    /// OS_INTERFACE is compared with the interface in use: an entry's
+    /// unset one is public, and publicURL/internalURL are public/internal.
+    #[test]
+    fn os_interface_public_beside_an_entry_with_none_is_not_warned_of() {
+        let CloudConfig::OpenStack(os) = Config::parse(
+            "[cloud]\nkind = \"openstack\"\nmanagement_network = \"n\"\ncloud = \"wp\"\n",
+        )
+        .unwrap()
+        .cloud
+        else {
+            unreachable!()
+        };
+        let auth: pool_manager::openstack::CloudConfig =
+            serde_yaml::from_str("auth:\n  auth_url: http://keystone\nregion_name: RegionOne\n")
+                .unwrap();
+        // Horizon's openrc exports OS_INTERFACE=public; the entry's
+        // unset interface is public too, and an older openrc's publicURL
+        // is public.
+        for set in ["public", "publicURL"] {
+            assert_eq!(
+                os.unused_region_variables_in(&auth, &env(&[("OS_INTERFACE", set)])),
+                None,
+                "{set}"
+            );
+        }
+        let internal: pool_manager::openstack::CloudConfig = serde_yaml::from_str(
+            "auth:\n  auth_url: http://keystone\nregion_name: RegionOne\ninterface: internal\n",
+        )
+        .unwrap();
+        assert_eq!(
+            os.unused_region_variables_in(&internal, &env(&[("OS_INTERFACE", "internalURL")])),
+            None
+        );
+        let said = os
+            .unused_region_variables_in(&internal, &env(&[("OS_INTERFACE", "public")]))
+            .unwrap();
+        assert!(
+            said.contains("OS_INTERFACE is 'public' and the entry's interface 'internal' is used"),
+            "{said}"
+        );
     }
 
     /// osauth's own loading, which warmpool leaves to it only for the OS_*

@@ -960,6 +960,19 @@ fn cloud_changed_refusal(
              give it a data dir of its own (--data-dir)"
         );
     }
+    if current.change_from(recorded) == pool_manager::cloud::CloudChange::RegionNamed {
+        return format!(
+            "the store in {shown} (data_dir, --data-dir) serves {recorded}, recorded with no \
+             region (by an older warmpoold, or one run with no region_name), and warmpoold is \
+             now configured for {current}: the service catalog does not have the services \
+             warmpool calls in that region alone (or could not be read), so with none named \
+             they may have gone to another region, and it stopped before booting, deleting or \
+             changing anything. Check where the store's servers are: if `{}` lists them, start \
+             once with --adopt-cloud (the region is then recorded as the store's, and later \
+             starts need no flag); if they are in another region, set region_name to that one",
+            current.server_list_command().unwrap_or_default()
+        );
+    }
     if current.change_from(recorded) == pool_manager::cloud::CloudChange::ServerTag {
         return format!(
             "the store in {shown} (data_dir, --data-dir) serves {recorded}, but warmpoold is \

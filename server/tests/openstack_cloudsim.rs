@@ -9740,3 +9740,255 @@ async fn keystones_401_to_the_project_id_question_is_keystones() {
     );
     assert_eq!(cloud.project_id().await.unwrap(), env.face.project_id());
 }
+
+/// A volumev3_endpoint_override made the no-region check skip Cinder, but
+/// the driver looks Cinder up as block-storage first, whose override was
+/// not set: block-storage's first region in the catalog (RegionTwo) was
+/// used. The override is Cinder's under either type now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volumev3_override_is_cinders_though_block_storage_is_listed() {
+    let env = env_with(
+        SimConfig {
+            listeners: false,
+            ..sim_config()
+        },
+        HttpSettings {
+            other_regions: vec!["RegionTwo".into()],
+            other_regions_host: Some("127.0.0.2".into()),
+            region_order: BTreeMap::from([
+                ("compute", vec!["RegionOne".to_owned()]),
+                ("network", vec!["RegionOne".to_owned()]),
+                ("image", vec!["RegionOne".to_owned()]),
+                ("volumev3", vec!["RegionOne".to_owned()]),
+                (
+                    "block-storage",
+                    vec!["RegionTwo".to_owned(), "RegionOne".to_owned()],
+                ),
+            ]),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let text = env.face.clouds_yaml("cloudsim");
+    // RegionOne's Cinder (the face's own URL).
+    let volume = format!(
+        "{}/volume/v3/{}",
+        env.face.base_url(),
+        env.face.project_id()
+    );
+    let text = text.replace(
+        "    region_name: 'RegionOne'\n",
+        &format!("    volumev3_endpoint_override: '{volume}'\n"),
+    );
+    std::fs::write(&env.clouds_yaml, text).unwrap();
+    let config = env.config("", SMALL_POOL);
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    println!("{report}");
+    assert!(
+        report.passed(),
+        "Cinder went to block-storage's first region, RegionTwo:\n{report}"
+    );
+}
+
+/// A store an older warmpoold wrote with no region named, started with
+/// `regions: [RegionOne]` (the only region the catalog has): the servers
+/// are where they were, and the start was refused as another cloud's. It
+/// goes on, and the store records the region.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_named_on_a_store_of_no_region_is_recorded_when_alone() {
+    use pool_manager::cloud::CloudIdentity;
+    use pool_manager::store::{SledStore, Store};
+    let env = env_with(
+        SimConfig {
+            listeners: false,
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
+    let config = env.config("", "");
+    let data = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking({
+        let data = data.clone();
+        move || SledStore::open(&data)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    store
+        .record_cloud_identity(&CloudIdentity::OpenStack {
+            project_id: env.face.project_id().to_owned(),
+            region: None,
+            server_tag: "warmpool".into(),
+        })
+        .await
+        .unwrap();
+    drop(store);
+    let text = env.face.clouds_yaml("cloudsim");
+    std::fs::write(
+        &env.clouds_yaml,
+        text.replace(
+            "    region_name: 'RegionOne'\n",
+            "    regions: [RegionOne]\n",
+        ),
+    )
+    .unwrap();
+    match start_daemon(config).await {
+        Ok((running, stop)) => {
+            stop_daemon(running, stop).await;
+        }
+        Err(e) => panic!("refused: {e:#}"),
+    }
+    // The region is recorded: later starts compare against it.
+    let store = tokio::task::spawn_blocking(move || SledStore::open(&data))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store.cloud_identity().await.unwrap(),
+        Some(CloudIdentity::OpenStack {
+            project_id: env.face.project_id().to_owned(),
+            region: Some("RegionOne".into()),
+            server_tag: "warmpool".into(),
+        })
+    );
+}
+
+/// A store that recorded no region, started with region_name on a catalog
+/// whose services are in two regions: none named may have reached either,
+/// so the start is refused (exit 78) saying the store recorded no region,
+/// how to check where its servers are, and --adopt-cloud, which then
+/// takes it; check-cloud's store line says the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_no_region_on_two_regions_is_refused_saying_so() {
+    use pool_manager::cloud::CloudIdentity;
+    use pool_manager::store::{SledStore, Store};
+    let env = env_with(
+        SimConfig {
+            listeners: false,
+            ..sim_config()
+        },
+        HttpSettings {
+            other_regions: vec!["RegionTwo".into()],
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let mut config = env.config("", "");
+    let data = config.data_dir.clone();
+    let unnamed = CloudIdentity::OpenStack {
+        project_id: env.face.project_id().to_owned(),
+        region: None,
+        server_tag: "warmpool".into(),
+    };
+    let store = tokio::task::spawn_blocking({
+        let data = data.clone();
+        move || SledStore::open(&data)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    store.record_cloud_identity(&unnamed).await.unwrap();
+    drop(store);
+    let said = [
+        "recorded with no region",
+        "openstack --os-region-name RegionOne server list --tags warmpool",
+        "--adopt-cloud",
+    ];
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    let store_line = line(&report, CheckKind::StoreCloud).join("\n");
+    assert!(!report.passed(), "{report}");
+    for part in said {
+        assert!(store_line.contains(part), "{part} not in: {report}");
+    }
+    let refused = match start_daemon(config.clone()).await {
+        Ok((running, stop)) => {
+            stop_daemon(running, stop).await;
+            panic!("started on a store of no region, on two regions");
+        }
+        Err(e) => e,
+    };
+    assert!(warmpool_server::needs_an_operator(&refused), "{refused:#}");
+    let message = format!("{refused:#}");
+    for part in said {
+        assert!(message.contains(part), "{part} not in: {message}");
+    }
+    assert!(!message.contains("never had"), "{message}");
+    config.adopt_cloud = true;
+    let (running, stop) = start_daemon(config).await.expect("adopted");
+    stop_daemon(running, stop).await;
+}
+
+/// A region added to the catalog while warmpool runs with no region_name:
+/// the re-login's fresh endpoint lookups could send a service there, so
+/// the re-login checks the catalog as the first login did and fails for
+/// good naming both regions, the old session kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_login_on_a_catalog_grown_a_region_is_fatal() {
+    let env = env_with(
+        SimConfig {
+            listeners: false,
+            ..sim_config()
+        },
+        HttpSettings {
+            other_regions_host: Some("127.0.0.2".into()),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    env.region_lines("");
+    let cloud = env.driver().await;
+    cloud.find_ports_by_name("x").await.unwrap();
+    env.face.faults().add_region("RegionTwo");
+    env.face.faults().revoke_all_tokens();
+    let logins = env.face.faults().password_logins();
+    let err = cloud.find_ports_by_name("x").await.unwrap_err();
+    assert!(
+        matches!(&err, CloudError::Fatal(m)
+            if m.contains("no region_name is set") && m.contains("RegionOne, RegionTwo")),
+        "{err:?}"
+    );
+    assert_eq!(env.face.faults().password_logins(), logins + 1);
+}
+
+/// No region named on a catalog with Nova, Neutron and Glance in RegionOne
+/// alone and Cinder in RegionTwo alone: no region_name serves them all,
+/// so the refusal names none to set and points to the endpoint overrides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_region_with_every_service_is_not_offered_as_region_name() {
+    let one = || vec!["RegionOne".to_owned()];
+    let two = || vec!["RegionTwo".to_owned()];
+    let env = env_with(
+        SimConfig {
+            listeners: false,
+            ..sim_config()
+        },
+        HttpSettings {
+            other_regions: vec!["RegionTwo".into()],
+            other_regions_host: Some("127.0.0.2".into()),
+            region_order: BTreeMap::from([
+                ("compute", one()),
+                ("network", one()),
+                ("image", one()),
+                ("volumev3", two()),
+                ("block-storage", two()),
+            ]),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    env.region_lines("");
+    let config = env.config("", SMALL_POOL);
+    let Err(e) = OpenStackCloud::connect(openstack(&config).settings().unwrap()).await else {
+        panic!("connected with no region named on two regions")
+    };
+    let m = e.to_string();
+    for said in [
+        "RegionOne (compute, network, image), RegionTwo (block-storage)",
+        "no region has them all",
+        "block_storage_endpoint_override",
+    ] {
+        assert!(m.contains(said), "{said} not in: {m}");
+    }
+    assert!(!m.contains("one of RegionOne, RegionTwo"), "{m}");
+}

@@ -213,6 +213,9 @@ impl Cloud for Timed {
     async fn cloud_identity(&self) -> CloudResult<CloudIdentity> {
         self.inner.cloud_identity().await
     }
+    async fn services_in_named_region_alone(&self) -> bool {
+        self.inner.services_in_named_region_alone().await
+    }
 }
 
 /// One column of the report, read from a sample.

@@ -2528,6 +2528,10 @@ impl Cloud for OpenStackCloud {
         })
     }
 
+    async fn services_in_named_region_alone(&self) -> bool {
+        self.inner.conn.services_in_named_region_alone().await
+    }
+
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         let (flavor, flavor_took) = timed(self.flavor(flavor)).await;
         let flavor = flavor?;

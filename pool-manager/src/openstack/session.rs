@@ -623,7 +623,7 @@ impl Connection {
     /// the `OS_*` variables say where to log in), which osauth picks
     /// endpoints of the catalog by; `None` when none is named (each
     /// service's first endpoint in the catalog, which [`Self::connect`]
-    /// found all in one region).
+    /// and each re-login found all in one region).
     pub fn region(&self) -> Option<&str> {
         self.region.as_deref()
     }
@@ -632,6 +632,22 @@ impl Connection {
     /// region named (the catalog has one, RegionOne)".
     pub fn region_note(&self) -> &str {
         &self.region_note
+    }
+
+    /// Whether the services warmpool calls are, in the catalog (read now,
+    /// one request of Keystone's), in the named region alone: then no
+    /// region named reaches this region too, each service's one. `false`
+    /// with no region named, or a catalog that cannot be read.
+    pub async fn services_in_named_region_alone(&self) -> bool {
+        let Some(named) = &self.region else {
+            return false;
+        };
+        let (_, session) = self.session();
+        let Some(catalog) = self.read_catalog(&session).await else {
+            return false;
+        };
+        let (_, regions) = regions_in(&session, &catalog);
+        regions.iter().all(|(region, _)| region == named)
     }
 
     /// The id of the project warmpool works in, as Keystone tells of
@@ -803,11 +819,28 @@ impl Connection {
         tracing::info!(identity = %self.identity, "the cloud answered 401; logging in again");
         let failed = match login(&self.config, self.timeout, &self.identity, &self.watched).await {
             Ok(session) => {
-                *relogins = Relogins::default();
                 *self.watched.refusals() = Refusals::default();
-                let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-                *self.current.lock().unwrap_or_else(|p| p.into_inner()) = (generation, session);
-                return Ok(());
+                // The new session's endpoints are looked up afresh: with
+                // no region named, a region added to the catalog since
+                // the first login could send some services there. The
+                // old session stays, its endpoints where they were, and
+                // the calls fail for good until a region is named.
+                let checked = match &self.region {
+                    Some(_) => Ok(()),
+                    None => one_region(&self.config, self.timeout, &session)
+                        .await
+                        .map(drop),
+                };
+                match checked {
+                    Ok(()) => {
+                        *relogins = Relogins::default();
+                        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+                        *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
+                            (generation, session);
+                        return Ok(());
+                    }
+                    Err(error) => error,
+                }
             }
             // Keystone refused the credentials: the next callers hear it
             // from memory until the pause is over, a longer one at each
@@ -1384,34 +1417,101 @@ async fn one_region(
         );
         return Ok("no region named (the catalog could not be read)".to_owned());
     };
+    let (interfaces, regions) = regions_in(session, &catalog);
+    match regions.as_slice() {
+        [] => Ok("no region named".to_owned()),
+        [(region, _)] => Ok(format!("no region named (the catalog has one, {region})")),
+        several => Err(CloudError::Fatal(several_regions(&interfaces, several))),
+    }
+}
+
+/// The interfaces `session` looks endpoints up by, and the regions of
+/// `catalog` (Keystone's answer to `GET /v3/auth/catalog`) with the
+/// services warmpool calls ([`regions_of_services`]), those given an
+/// endpoint override left out.
+fn regions_in(
+    session: &Session,
+    catalog: &serde_json::Value,
+) -> (Vec<String>, Vec<(String, Vec<&'static str>)>) {
     let filters = session.endpoint_filters();
     let interfaces: Vec<String> = filters.interfaces.iter().map(|i| i.to_string()).collect();
     let overridden = |kind: &str| session.endpoint_overrides().contains_key(kind);
     let regions = regions_of_services(&catalog["catalog"], &interfaces, &overridden);
-    match regions.as_slice() {
-        [] => Ok("no region named".to_owned()),
-        [(region, _)] => Ok(format!("no region named (the catalog has one, {region})")),
-        several => {
-            let mut names: Vec<&str> = several.iter().map(|(r, _)| r.as_str()).collect();
-            names.sort_unstable();
-            let each: Vec<String> = several
-                .iter()
-                .map(|(region, kinds)| format!("{region} ({})", kinds.join(", ")))
-                .collect();
-            Err(CloudError::Fatal(format!(
-                "no region_name is set, and the service catalog has endpoints (interface {}) of \
-                 the services warmpool calls in {} regions: {}; with none named each service \
-                 would go to the region the catalog lists it in first, an order Keystone does \
-                 not keep, so servers, volumes and ports could be made in different regions: set \
-                 region_name in clouds.yaml (OS_REGION_NAME when the OS_* variables say where to \
-                 log in) to one of {}",
-                interfaces.join(" or "),
-                several.len(),
-                each.join(", "),
-                names.join(", "),
-            )))
+    (interfaces, regions)
+}
+
+/// The refusal of no region named on a catalog with the services warmpool
+/// calls in `several` regions: which has what, the regions that have them
+/// all (one of which region_name must name: any other misses a service),
+/// or that none has (an endpoint override is then the way), and that a
+/// store an earlier start recorded with no region takes one start with
+/// --adopt-cloud once a region is named.
+fn several_regions(interfaces: &[String], several: &[(String, Vec<&'static str>)]) -> String {
+    let each: Vec<String> = several
+        .iter()
+        .map(|(region, kinds)| format!("{region} ({})", kinds.join(", ")))
+        .collect();
+    let mut found: Vec<&str> = Vec::new();
+    for kind in several.iter().flat_map(|(_, kinds)| kinds) {
+        if !found.contains(kind) {
+            found.push(kind);
         }
     }
+    let mut whole: Vec<&str> = several
+        .iter()
+        .filter(|(_, kinds)| found.iter().all(|kind| kinds.contains(kind)))
+        .map(|(region, _)| region.as_str())
+        .collect();
+    whole.sort_unstable();
+    let (to_do, example) = match whole.as_slice() {
+        [] => {
+            // The first of those with the most: the fewest overrides.
+            let (most, kinds) = several
+                .iter()
+                .rev()
+                .max_by_key(|(_, kinds)| kinds.len())
+                .expect("several regions");
+            let overrides: Vec<String> = found
+                .iter()
+                .filter(|kind| !kinds.contains(kind))
+                .map(|kind| format!("{}_endpoint_override", kind.replace('-', "_")))
+                .collect();
+            (
+                format!(
+                    "no region has them all ({}): set region_name in clouds.yaml \
+                     (OS_REGION_NAME when the OS_* variables say where to log in) to one, \
+                     {most} say, and give what it lacks in clouds.yaml as {}",
+                    found.join(", "),
+                    overrides.join(", ")
+                ),
+                most.to_owned(),
+            )
+        }
+        whole => (
+            format!(
+                "set region_name in clouds.yaml (OS_REGION_NAME when the OS_* variables say \
+                 where to log in) to {}",
+                match whole {
+                    [one] => format!("{one}, the one region that has them all"),
+                    several => format!("one of {}, which have them all", several.join(", ")),
+                }
+            ),
+            whole[0].to_owned(),
+        ),
+    };
+    format!(
+        "no region_name is set, and the service catalog has endpoints (interface {}) of the \
+         services warmpool calls in {} regions: {}; with none named each service would go to \
+         the region the catalog lists it in first, an order Keystone does not keep, so servers, \
+         volumes and ports could be made in different regions: {to_do}. A store an earlier \
+         start recorded with no region (its servers may be in any of these) then needs one \
+         start with --adopt-cloud: check first that its servers are in that region (`openstack \
+         --os-region-name {example} server list --tags TAG`, TAG being cloud.server_tag, \
+         warmpool unless set)",
+        interfaces.join(" or "),
+        several.len(),
+        each.join(", "),
+    )
 }
 
 /// The regions `catalog` (Keystone's `catalog` list) has endpoints of
@@ -1459,18 +1559,30 @@ fn regions_of_services(
             continue;
         };
         for endpoint in endpoints {
-            let region = endpoint["region_id"]
-                .as_str()
-                .or_else(|| endpoint["region"].as_str())
-                .map_or("(no region)".to_owned(), str::to_owned);
-            match regions.iter_mut().find(|(r, _)| *r == region) {
-                Some((_, kinds)) if !kinds.contains(&kind) => kinds.push(kind),
-                Some(_) => {}
-                None => regions.push((region, vec![kind])),
-            }
+            group_by_region(&mut regions, endpoint_region(endpoint), kind);
         }
     }
     regions
+}
+
+/// The region of a catalog endpoint as osauth matches it: `region_id`,
+/// else the older `region` (Keystone fills both with the id), else
+/// "(no region)".
+fn endpoint_region(endpoint: &serde_json::Value) -> String {
+    endpoint["region_id"]
+        .as_str()
+        .or_else(|| endpoint["region"].as_str())
+        .map_or("(no region)".to_owned(), str::to_owned)
+}
+
+/// Adds `item` to `region`'s group in `groups` (kept in the order regions
+/// are first met), once.
+fn group_by_region<T: PartialEq>(groups: &mut Vec<(String, Vec<T>)>, region: String, item: T) {
+    match groups.iter_mut().find(|(r, _)| *r == region) {
+        Some((_, items)) if !items.contains(&item) => items.push(item),
+        Some(_) => {}
+        None => groups.push((region, vec![item])),
+    }
 }
 
 /// The config's `region_name` (its fields are private; its serialised
@@ -1552,18 +1664,8 @@ fn catalog_miss(
             .filter_map(|r| r["endpoints"].as_array())
             .flatten()
         {
-            let region = endpoint["region_id"]
-                .as_str()
-                .or_else(|| endpoint["region"].as_str())
-                .map_or("(no region)".to_owned(), str::to_owned);
             let interface = endpoint["interface"].as_str().unwrap_or("?").to_owned();
-            match regions.iter_mut().find(|(r, _)| *r == region) {
-                Some((_, interfaces)) if !interfaces.contains(&interface) => {
-                    interfaces.push(interface)
-                }
-                Some(_) => {}
-                None => regions.push((region, vec![interface])),
-            }
+            group_by_region(&mut regions, endpoint_region(endpoint), interface);
         }
         let places: Vec<String> = regions
             .iter()
@@ -1807,7 +1909,21 @@ fn on_client(session: Session, client: reqwest::Client, watched: &Watched) -> Se
     });
     Session::new_with_authenticated_client(authenticated)
         .with_endpoint_filters(session.endpoint_filters().clone())
-        .with_endpoint_overrides(session.endpoint_overrides().clone())
+        .with_endpoint_overrides(cinder_override(session.endpoint_overrides()))
+}
+
+/// clouds.yaml's endpoint overrides, a `volumev3_endpoint_override` given
+/// for `block-storage` too when that has none: Cinder is looked up as
+/// `block-storage` first ([`Connection::cinder_versions`]), and osauth
+/// applies only the override of the type looked up, so the volumev3 one
+/// was passed over whenever the catalog has `block-storage`, and Cinder
+/// reached at the catalog's endpoint (another region's, maybe) against it.
+fn cinder_override(overrides: &HashMap<String, reqwest::Url>) -> HashMap<String, reqwest::Url> {
+    let mut overrides = overrides.clone();
+    if let Some(url) = overrides.get("volumev3").cloned() {
+        overrides.entry("block-storage".to_owned()).or_insert(url);
+    }
+    overrides
 }
 
 async fn login(
@@ -2009,6 +2125,76 @@ mod tests {
             ]
         );
         assert!(regions_of_services(&serde_json::json!([]), &public, &none).is_empty());
+    }
+
+    /// The refusal of no region named on several names as the region to
+    /// set only those with every service found (any other misses one), or
+    /// says none has them all and points to the endpoint overrides; and
+    /// says a store of no region then needs --adopt-cloud once.
+    #[test]
+    fn the_refusal_of_several_regions_names_those_with_every_service() {
+        let public = ["public".to_owned()];
+        let region = |name: &str, kinds: &[&'static str]| (name.to_owned(), kinds.to_vec());
+        let split = several_regions(
+            &public,
+            &[
+                region("RegionOne", &["compute", "network", "image"]),
+                region("RegionTwo", &["block-storage"]),
+            ],
+        );
+        for part in [
+            "RegionOne (compute, network, image), RegionTwo (block-storage)",
+            "no region has them all (compute, network, image, block-storage)",
+            "RegionOne say, and give what it lacks in clouds.yaml as block_storage_endpoint_override",
+            "--adopt-cloud",
+            "openstack --os-region-name RegionOne server list --tags TAG",
+        ] {
+            assert!(split.contains(part), "{part} not in: {split}");
+        }
+        assert!(!split.contains("one of"), "{split}");
+        let one_whole = several_regions(
+            &public,
+            &[
+                region("RegionTwo", &["compute", "network", "image", "volumev3"]),
+                region("RegionOne", &["network"]),
+            ],
+        );
+        for part in [
+            "to RegionTwo, the one region that has them all",
+            "--os-region-name RegionTwo server list",
+        ] {
+            assert!(one_whole.contains(part), "{part} not in: {one_whole}");
+        }
+        let both = several_regions(
+            &public,
+            &[
+                region("RegionTwo", &["compute", "network"]),
+                region("RegionOne", &["compute", "network"]),
+            ],
+        );
+        assert!(
+            both.contains("to one of RegionOne, RegionTwo, which have them all"),
+            "{both}"
+        );
+    }
+
+    /// A volumev3_endpoint_override is Cinder's under block-storage too,
+    /// the type looked up first; block-storage's own is kept.
+    #[test]
+    fn a_volumev3_override_is_cinders_under_either_type() {
+        let url = |u: &str| reqwest::Url::parse(u).unwrap();
+        let given = HashMap::from([("volumev3".to_owned(), url("http://cinder/v3/p"))]);
+        let overrides = cinder_override(&given);
+        assert_eq!(overrides["block-storage"], url("http://cinder/v3/p"));
+        let both = HashMap::from([
+            ("volumev3".to_owned(), url("http://old/v3/p")),
+            ("block-storage".to_owned(), url("http://new/v3/p")),
+        ]);
+        assert_eq!(
+            cinder_override(&both)["block-storage"],
+            url("http://new/v3/p")
+        );
+        assert!(cinder_override(&HashMap::new()).is_empty());
     }
 
     /// The token URL is where the login went, whether auth_url ends in

@@ -876,6 +876,9 @@ mod gated {
                 None => self.sim.cloud_identity().await,
             }
         }
+        async fn services_in_named_region_alone(&self) -> bool {
+            false
+        }
     }
 }
 

@@ -180,6 +180,9 @@ impl Cloud for MeteredCloud {
     async fn cloud_identity(&self) -> CloudResult<CloudIdentity> {
         self.inner.cloud_identity().await
     }
+    async fn services_in_named_region_alone(&self) -> bool {
+        self.inner.services_in_named_region_alone().await
+    }
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
         let started = Instant::now();
         let (result, side_calls) = collecting_side_calls(self.inner.boot_headroom(flavor)).await;
