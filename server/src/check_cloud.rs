@@ -9,7 +9,8 @@
 //! configured pool the store does not have yet. A failure every pool
 //! shares (credentials, a service, the management network, the one image
 //! of every pool) stops start-up: it never heals by itself and no pool
-//! could work. So does one of a configured pool the store does not have
+//! could work. (A cloud that did not answer, failed or throttled a call
+//! may heal: start-up checks again for a while first, [`Report::passing`].) So does one of a configured pool the store does not have
 //! yet: the config file is the operator's input, fixed before it is used.
 //! A failure of stored pools only (a flavor retired, a zone closed for
 //! patching since the pool was created) does not: every other pool and
@@ -213,6 +214,32 @@ pub struct Check {
     pub message: String,
     /// The pools a failure concerns; `None`: every pool.
     pub scope: Option<Scope>,
+    /// A failure the cloud may get past by itself: it did not answer,
+    /// failed (5xx, an answer cut short) or throttled the call
+    /// ([`Report::passing`]).
+    pub passing: Option<Passing>,
+}
+
+/// How a failure the cloud may get past by itself asks to be tried again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Passing {
+    /// The wait the cloud named (Retry-After), if it throttled.
+    pub retry_after: Option<std::time::Duration>,
+}
+
+impl Passing {
+    /// Of `e`, if it is a failure of the moment: a cloud that did not
+    /// answer, failed or throttled. Not a refusal, a missing object or a
+    /// quota, which a new try meets again.
+    pub fn of(e: &CloudError) -> Option<Self> {
+        match e {
+            CloudError::Transient(_) => Some(Passing::default()),
+            CloudError::Throttled { retry_after, .. } => Some(Passing {
+                retry_after: *retry_after,
+            }),
+            _ => None,
+        }
+    }
 }
 
 impl Check {
@@ -337,6 +364,28 @@ impl Report {
         (!lines.is_empty()).then(|| lines.join("; "))
     }
 
+    /// Whether every failure that stops start-up may pass by itself (the
+    /// cloud did not answer, failed or throttled), so that start-up checks
+    /// again rather than exits; the longest Retry-After among them. `None`
+    /// when start-up goes on, or when one of them never heals (a missing
+    /// flavor, image or network, refused credentials or policy, a config
+    /// it cannot take): that one stops it at once.
+    pub fn passing(&self) -> Option<Passing> {
+        let refusals = self.start_up_refusals();
+        if refusals.is_empty() || self.credentials_refused || self.cloud_config_refused {
+            return None;
+        }
+        refusals
+            .iter()
+            .map(|c| c.passing)
+            .try_fold(Passing::default(), |longest, passing| {
+                let passing = passing?;
+                Some(Passing {
+                    retry_after: longest.retry_after.max(passing.retry_after),
+                })
+            })
+    }
+
     /// The stored pools failures of their own leave unusable, each with
     /// its problems: start-up goes on and marks them degraded.
     pub fn stale_pools(&self) -> BTreeMap<PoolKey, StalePool> {
@@ -366,6 +415,7 @@ impl Report {
             ok: true,
             message: message.into(),
             scope: None,
+            passing: None,
         });
     }
 
@@ -375,6 +425,19 @@ impl Report {
             ok: false,
             message: message.into(),
             scope: None,
+            passing: None,
+        });
+    }
+
+    /// A failure of every pool for the cloud's error `e`: one that may
+    /// pass ([`Passing::of`]) says so.
+    fn fail_on(&mut self, kind: CheckKind, e: &CloudError, message: impl Into<String>) {
+        self.checks.push(Check {
+            kind,
+            ok: false,
+            message: message.into(),
+            scope: None,
+            passing: Passing::of(e),
         });
     }
 
@@ -385,6 +448,7 @@ impl Report {
             ok: false,
             message: message.into(),
             scope: Some(Scope::default()),
+            passing: None,
         });
     }
 
@@ -406,6 +470,7 @@ impl Report {
             ok: false,
             message: message.into(),
             scope: Some(Scope::of(pools)),
+            passing: None,
         });
     }
 }
@@ -460,7 +525,8 @@ async fn reason_naming(
 /// it: a cloud that did not answer, throttled, refused the call or never
 /// got it (osauth's catalog and version discovery, a listing paging
 /// without end) says nothing of one pool, and is every pool's problem
-/// (start-up stops, as for any unreachable service). Images and networks
+/// (start-up stops, as for any unreachable service, once checking again
+/// did not help). Images and networks
 /// are judged by the driver's
 /// [`LookupError`](pool_manager::openstack::LookupError), which also tells the
 /// lookup's own verdicts (several named so, not active) apart.
@@ -649,6 +715,7 @@ fn another_users_line(dir: &std::path::Path, uid: u32, name: Option<String>) -> 
         ok: false,
         message,
         scope: None,
+        passing: None,
     }
 }
 
@@ -675,6 +742,7 @@ async fn stored_pools_as(dir: &std::path::Path, euid: u32) -> StoreRead {
         ok,
         message,
         scope: None,
+        passing: None,
     };
     let only_configured = "only the configured pools were checked, with the config file's \
          settings (a pool's stored ones, changed through the API, may differ), and none \
@@ -813,6 +881,7 @@ fn store_cloud_line(
                 ok: false,
                 message,
                 scope: None,
+                passing: None,
             };
         }
         StoreCloud::NoStore => (
@@ -897,6 +966,7 @@ fn store_cloud_line(
         ok,
         message,
         scope: None,
+        passing: None,
     }
 }
 
@@ -930,6 +1000,7 @@ async fn put_store_lines(
                     reason(&e)
                 ),
                 scope: None,
+                passing: Passing::of(&e),
             }),
         }
     }
@@ -1038,7 +1109,8 @@ async fn check_with(
         }
         Err(e) => {
             report.credentials_refused = matches!(e, ConnectError::CredentialsRefused(_));
-            report.fail(CheckKind::Auth, reason(&e.into()));
+            let e = CloudError::from(e);
+            report.fail_on(CheckKind::Auth, &e, reason(&e));
             return (report, None);
         }
     };
@@ -1054,7 +1126,7 @@ async fn check_with(
                 );
                 flavors.insert(name.to_owned(), f);
             }
-            Err(e) if !about_the_resource(&e) => report.fail(CheckKind::Flavor, reason(&e)),
+            Err(e) if !about_the_resource(&e) => report.fail_on(CheckKind::Flavor, &e, reason(&e)),
             Err(e) => report.fail_pools(
                 CheckKind::Flavor,
                 reason(&e),
@@ -1076,7 +1148,7 @@ async fn check_with(
             Ok(id) => report.ok(CheckKind::Image, format!("{image} = {id}")),
             Err(e) if one_image || !e.is_about_the_object() => {
                 let reason = reason_naming(e.error(), "visible images", cloud.image_names()).await;
-                report.fail(CheckKind::Image, reason)
+                report.fail_on(CheckKind::Image, e.error(), reason)
             }
             Err(e) => report.fail_pools(
                 CheckKind::Image,
@@ -1102,7 +1174,7 @@ async fn check_with(
                 }
             }
             Err(e) if !e.is_about_the_object() => {
-                report.fail(CheckKind::Network, reason(e.error()));
+                report.fail_on(CheckKind::Network, e.error(), reason(e.error()));
                 continue;
             }
             Err(e) => reason_naming(e.error(), "visible networks", cloud.network_names()).await,
@@ -1129,7 +1201,7 @@ pub async fn check_boot_specs(cloud: &dyn Cloud, pools: &[CheckedPool]) -> Repor
     for pool in pools {
         match cloud.check_boot_spec(&pool.key, &pool.image).await {
             Ok(()) => report.ok(CheckKind::Pool, format!("{}: {}", pool.key, pool.image)),
-            Err(e) if !about_the_resource(&e) => report.fail(CheckKind::Pool, reason(&e)),
+            Err(e) if !about_the_resource(&e) => report.fail_on(CheckKind::Pool, &e, reason(&e)),
             Err(e) => report.fail_pools(
                 CheckKind::Pool,
                 format!("{}: {}", pool.key, reason(&e)),
@@ -1157,7 +1229,9 @@ async fn own_image_check(pools: &[CheckedPool], cloud: &OpenStackCloud, report: 
                 CheckKind::Image,
                 format!("{image} = {id}, a pool's own image (cloud.image boots every pool)"),
             ),
-            Err(e) if !e.is_about_the_object() => report.fail(CheckKind::Image, reason(e.error())),
+            Err(e) if !e.is_about_the_object() => {
+                report.fail_on(CheckKind::Image, e.error(), reason(e.error()))
+            }
             Err(e) => report.fail_pools(
                 CheckKind::Image,
                 reason_naming(e.error(), "visible images", cloud.image_names()).await,
@@ -1273,8 +1347,9 @@ async fn key_pair_check(cloud: &OpenStackCloud, report: &mut Report) {
     };
     match cloud.key_pair(name).await {
         Ok(_) => report.ok(CheckKind::KeyPair, name),
-        Err(e) => report.fail(
+        Err(e) => report.fail_on(
             CheckKind::KeyPair,
+            &e,
             format!("cloud.key_name {name:?}: {}", reason(&e)),
         ),
     }
@@ -1317,8 +1392,9 @@ async fn security_group_check(os: &OpenStackConfig, cloud: &OpenStackCloud, repo
             Err(e) => {
                 let what = "the project's security groups";
                 let reason = reason_naming(&e, what, cloud.security_group_names()).await;
-                report.fail(
+                report.fail_on(
                     CheckKind::SecurityGroup,
+                    &e,
                     format!("cloud.{setting} {group:?}: {reason}"),
                 );
                 found.insert(group, None);
@@ -1479,7 +1555,7 @@ fn covers(outer: (std::net::IpAddr, u8), inner: (std::net::IpAddr, u8)) -> bool 
 async fn zone_check(pools: &[CheckedPool], cloud: &OpenStackCloud, report: &mut Report) {
     let zones = match cloud.compute_zones().await {
         Ok(zones) => zones,
-        Err(e) => return report.fail(CheckKind::Zone, format!("Nova: {}", reason(&e))),
+        Err(e) => return report.fail_on(CheckKind::Zone, &e, format!("Nova: {}", reason(&e))),
     };
     let missing: Vec<(&str, String)> = pool_azs(pools)
         .into_iter()
@@ -1521,7 +1597,7 @@ fn zone_override_check(os: &OpenStackConfig, pools: &[CheckedPool], report: &mut
 async fn volume_check(pools: &[CheckedPool], cloud: &OpenStackCloud, report: &mut Report) {
     let zones = match cloud.volume_zones().await {
         Ok(zones) => zones,
-        Err(e) => return report.fail(CheckKind::Volume, format!("Cinder: {}", reason(&e))),
+        Err(e) => return report.fail_on(CheckKind::Volume, &e, format!("Cinder: {}", reason(&e))),
     };
     let mut failed = false;
     for az in pool_azs(pools) {
@@ -1565,11 +1641,11 @@ async fn quota_check(
 ) {
     let limits = match cloud.limits().await {
         Ok(l) => l,
-        Err(e) => return report.fail(CheckKind::Quota, reason(&e)),
+        Err(e) => return report.fail_on(CheckKind::Quota, &e, reason(&e)),
     };
     let existing = match cloud.list_pool_servers().await {
         Ok(servers) => servers,
-        Err(e) => return report.fail(CheckKind::Quota, reason(&e)),
+        Err(e) => return report.fail_on(CheckKind::Quota, &e, reason(&e)),
     };
     // More servers of a flavor to boot, per flavor; and the unsold ones
     // there are.
@@ -2148,6 +2224,43 @@ mod tests {
                 "network: no network named 'mgmt'",
             ]
         );
+    }
+
+    /// Start-up checks again only when every failure that stops it may
+    /// pass (a cloud that did not answer, failed or throttled), waiting
+    /// the longest Retry-After; a failure that never heals beside them, or
+    /// refused credentials, stops it at once. A quota short for a moment
+    /// stops nothing, so it asks for no new try.
+    #[test]
+    fn start_up_checks_again_only_when_every_refusal_may_pass() {
+        let s = std::time::Duration::from_secs;
+        let throttled = |secs: Option<u64>| CloudError::Throttled {
+            retry_after: secs.map(s),
+            message: "rate-limited".into(),
+            unavailable: false,
+        };
+        let failing = CloudError::Transient("HTTP 500".into());
+        let missing = CloudError::NotFound("no network named 'mgmt'".into());
+
+        let mut report = Report::default();
+        report.fail_on(CheckKind::Quota, &failing, "HTTP 500");
+        assert_eq!(report.passing(), None, "nothing stops start-up");
+        report.fail_on(CheckKind::Zone, &failing, "Nova: HTTP 500");
+        assert_eq!(report.passing(), Some(Passing { retry_after: None }));
+        report.fail_on(CheckKind::Volume, &throttled(Some(7)), "Cinder: throttled");
+        report.fail_on(CheckKind::KeyPair, &throttled(Some(3)), "throttled");
+        report.fail_on(CheckKind::Flavor, &throttled(None), "throttled");
+        assert_eq!(
+            report.passing(),
+            Some(Passing {
+                retry_after: Some(s(7))
+            })
+        );
+        let mut credentials = report.clone();
+        credentials.credentials_refused = true;
+        assert_eq!(credentials.passing(), None);
+        report.fail_on(CheckKind::Network, &missing, "no network named 'mgmt'");
+        assert_eq!(report.passing(), None, "{report}");
     }
 
     /// An override of a zone no pool is in is a warning: a pool created

@@ -147,6 +147,57 @@ fn tls_refusal(error: anyhow::Error) -> anyhow::Error {
 #[error("the OpenStack cloud is not usable: {0}")]
 struct CredentialsRefused(String);
 
+/// [`build_cloud`]'s error when every failure of the cloud check that
+/// stops start-up may pass by itself (the cloud did not answer, failed or
+/// throttled: [`check_cloud::Report::passing`]):
+/// [`build_cloud_waiting_out_refusals`] checks again for a while rather
+/// than ending start-up at once.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct CloudFailing {
+    message: String,
+    /// The longest Retry-After the cloud named.
+    retry_after: Option<std::time::Duration>,
+}
+
+/// How long start-up checks the cloud again while it fails for what may
+/// pass ([`CloudFailing`]), from its first failure: a blip (a proxy's 5xx,
+/// a rate limit, a service restarting) passes within it, and exiting on it
+/// would only lengthen the supervisor's back-off (a kubelet's
+/// CrashLoopBackOff grows with each exit). An outage longer than this is
+/// left to the supervisor, whose restart checks again from scratch.
+pub const START_UP_CHECK_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The first pause before the cloud is checked again; it doubles with each
+/// failure, up to [`START_UP_CHECK_PAUSE_MAX`].
+const START_UP_CHECK_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The longest pause between two checks, a Retry-After's too: a cloud
+/// naming hours would otherwise hold start-up past
+/// [`START_UP_CHECK_RETRY_FOR`] in one wait.
+const START_UP_CHECK_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The pause before the cloud check's try after `failures` failures in a
+/// row (the first is 1) that may pass, the last naming `retry_after`, the
+/// first `tried_for` ago: an exponential back-off, or the Retry-After if
+/// longer, both capped; `None` once the next try would begin past
+/// [`START_UP_CHECK_RETRY_FOR`] (start-up gives up).
+fn cloud_check_pause(
+    failures: u32,
+    retry_after: Option<std::time::Duration>,
+    tried_for: std::time::Duration,
+) -> Option<std::time::Duration> {
+    let backoff = START_UP_CHECK_PAUSE
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
+        .min(START_UP_CHECK_PAUSE_MAX);
+    let pause = backoff.max(
+        retry_after
+            .unwrap_or_default()
+            .min(START_UP_CHECK_PAUSE_MAX),
+    );
+    (tried_for + pause <= START_UP_CHECK_RETRY_FOR).then_some(pause)
+}
+
 /// The gRPC health service name whose status says whether warmpoold runs
 /// (SERVING from the moment its port is bound, starting up included,
 /// until it begins to stop), where `""` and `warmpool.v1.WarmPool` say
@@ -1116,8 +1167,14 @@ pub fn embedded_cloud(time_scale: f64, iops_throttled: bool, seed: u64) -> Arc<c
 /// only bring the lockout nearer; start-up waits for the restart instead.
 /// Meanwhile health says what it says through any start-up (""
 /// NOT_SERVING, `liveness` SERVING), and a shutdown ends the wait (the
-/// caller's select). Every other failure ends start-up as before: an
-/// outage is worth a prompt restart, and counts towards no lockout.
+/// caller's select).
+///
+/// A check whose failures may all pass by themselves ([`CloudFailing`]: a
+/// cloud that did not answer, failed or throttled) is run again for a
+/// while ([`checking_again_while_failing`]), then ends start-up. Every
+/// other failure ends it at once: what never heals (a flavor, image or
+/// network the cloud lacks, a refused policy, a wrong region) is the
+/// operator's to mend.
 async fn build_cloud_waiting_out_refusals(
     config: &Config,
     pools: &[check_cloud::CheckedPool],
@@ -1125,7 +1182,7 @@ async fn build_cloud_waiting_out_refusals(
 ) -> anyhow::Result<BuiltCloud> {
     let mut refusals = 0u32;
     loop {
-        let built = build_cloud(config, pools).await;
+        let built = checking_again_while_failing(|| build_cloud(config, pools), note).await;
         note.clear();
         let refused = match built {
             Err(e) => match e.downcast::<CredentialsRefused>() {
@@ -1181,6 +1238,64 @@ async fn build_cloud_waiting_out_refusals(
             humantime::format_duration(pause),
         );
         tokio::time::sleep(pause).await;
+    }
+}
+
+/// `build` (the cloud check), run again while it fails for what may pass
+/// ([`CloudFailing`]): after [`cloud_check_pause`], for up to
+/// [`START_UP_CHECK_RETRY_FOR`] from the first failure, each time with a
+/// warning naming what failed and when the next try is, and `note` saying
+/// so to callers. Then the failure, saying how long it tried. Any other
+/// result at once.
+async fn checking_again_while_failing<T, F>(
+    mut build: impl FnMut() -> F,
+    note: &starting::Note,
+) -> anyhow::Result<T>
+where
+    F: Future<Output = anyhow::Result<T>>,
+{
+    let mut failures = 0u32;
+    let mut first_failure = None;
+    loop {
+        let failing = match build().await {
+            Err(e) => match e.downcast::<CloudFailing>() {
+                Ok(failing) => failing,
+                Err(e) => return Err(e),
+            },
+            built => return built,
+        };
+        failures = failures.saturating_add(1);
+        // From the end of the first failed check: a first try that waited
+        // out a request timeout does not eat the time left to the others.
+        let since = *first_failure.get_or_insert_with(tokio::time::Instant::now);
+        let tried_for = since.elapsed();
+        let Some(pause) = cloud_check_pause(failures, failing.retry_after, tried_for) else {
+            anyhow::bail!(
+                "{failing} (still failing after {failures} checks over {}: warmpoold checks \
+                 again for up to {} a cloud that did not answer, failed or throttled a call, \
+                 then exits)",
+                humantime::format_duration(std::time::Duration::from_secs(tried_for.as_secs())),
+                humantime::format_duration(START_UP_CHECK_RETRY_FOR),
+            );
+        };
+        let next_try =
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now() + pause).to_string();
+        // Said to every caller before any token is checked: the log has
+        // what failed, and where.
+        note.set(format!(
+            "warmpoold is starting: the cloud did not answer, failed or throttled a call of its \
+             start-up check; warmpoold checks it again at {next_try} (its log says what failed)",
+        ));
+        tracing::warn!(
+            failures,
+            next_try = %next_try,
+            "{failing}; this may pass by itself: warmpoold checks the cloud again at {next_try} \
+             (in {}), and exits if it still fails {} after the first failure",
+            humantime::format_duration(pause),
+            humantime::format_duration(START_UP_CHECK_RETRY_FOR),
+        );
+        tokio::time::sleep(pause).await;
+        note.clear();
     }
 }
 
@@ -1317,7 +1432,16 @@ async fn build_cloud(
             let report = check_cloud::check_boot_specs(sim.as_ref(), pools).await;
             log_cloud_check(&report);
             if let Some(refusal) = report.refusal() {
-                anyhow::bail!("the embedded simulated cloud cannot serve every pool: {refusal}");
+                let message =
+                    format!("the embedded simulated cloud cannot serve every pool: {refusal}");
+                return Err(match report.passing() {
+                    Some(passing) => CloudFailing {
+                        message,
+                        retry_after: passing.retry_after,
+                    }
+                    .into(),
+                    None => anyhow::anyhow!(message),
+                });
             }
             tracing::info!(
                 time_scale,
@@ -1342,6 +1466,9 @@ async fn build_cloud(
             // other pool would go down with it, and deleting it takes a
             // running daemon; it is marked instead. A short quota only
             // limits how far the pools fill, so it is a warning.
+            // A cloud that did not answer, failed or throttled a call may
+            // heal by itself: the caller checks again for a while
+            // (CloudFailing).
             let (report, cloud) = check_cloud::check_pools(os, pools).await;
             log_cloud_check(&report);
             let cloud = match (cloud, report.refusal()) {
@@ -1352,10 +1479,20 @@ async fn build_cloud(
                 (_, refusal) if report.cloud_config_refused => {
                     return Err(CloudConfigRefused(refusal.unwrap_or_default()).into())
                 }
-                (_, refusal) => anyhow::bail!(
-                    "the OpenStack cloud is not usable (run `warmpoold check-cloud` for the full report): {}",
-                    refusal.unwrap_or_default()
-                ),
+                (_, refusal) => {
+                    let message = format!(
+                        "the OpenStack cloud is not usable (run `warmpoold check-cloud` for the full report): {}",
+                        refusal.unwrap_or_default()
+                    );
+                    return Err(match report.passing() {
+                        Some(passing) => CloudFailing {
+                            message,
+                            retry_after: passing.retry_after,
+                        }
+                        .into(),
+                        None => anyhow::anyhow!(message),
+                    });
+                }
             };
             tracing::info!(
                 identity = cloud.identity(),
@@ -1497,6 +1634,95 @@ mod tests {
         ] {
             assert!(!refusal.contains(offered), "{offered:?} in: {refusal}");
         }
+    }
+
+    /// The pauses between start-up's cloud checks: doubling from 1 s to
+    /// 30 s, a longer Retry-After honoured up to that cap, and none once
+    /// the next try would begin past `START_UP_CHECK_RETRY_FOR`.
+    #[test]
+    fn the_cloud_check_is_tried_again_backing_off_within_a_bound() {
+        use super::cloud_check_pause as pause;
+        let s = std::time::Duration::from_secs;
+        let zero = s(0);
+        let backoff: Vec<u64> = (1..=7)
+            .map(|n| pause(n, None, zero).unwrap().as_secs())
+            .collect();
+        assert_eq!(backoff, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(pause(u32::MAX, None, zero), Some(s(30)));
+        assert_eq!(pause(1, Some(s(10)), zero), Some(s(10)));
+        assert_eq!(pause(3, Some(s(1)), zero), Some(s(4)));
+        assert_eq!(pause(1, Some(s(3600)), zero), Some(s(30)));
+        assert_eq!(pause(1, None, s(119)), Some(s(1)));
+        assert_eq!(pause(1, None, s(120)), None);
+        assert_eq!(pause(6, Some(s(5)), s(91)), None);
+    }
+
+    /// A cloud check failing for what may pass is run again until it
+    /// passes, or until the bound, when start-up ends saying how long it
+    /// tried; a failure that never heals ends it at the first try.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_cloud_check_is_run_again_until_it_passes_or_the_bound() {
+        use std::cell::Cell;
+        let note = super::starting::Note::default();
+        let failing = || -> anyhow::Error {
+            super::CloudFailing {
+                message: "volumes: Cinder: throttled".into(),
+                retry_after: Some(std::time::Duration::from_secs(5)),
+            }
+            .into()
+        };
+        let tries = Cell::new(0u32);
+        let passed = super::checking_again_while_failing(
+            || {
+                tries.set(tries.get() + 1);
+                let result = if tries.get() < 3 {
+                    Err(failing())
+                } else {
+                    Ok("built")
+                };
+                async move { result }
+            },
+            &note,
+        )
+        .await;
+        assert_eq!(passed.unwrap(), "built");
+        assert_eq!(tries.get(), 3);
+
+        // Pauses of 5, 5, 5, 8, 16, 30 and 30 s: 99 s, and a next try
+        // 30 s later would begin past the 2 minutes.
+        tries.set(0);
+        let started = tokio::time::Instant::now();
+        let err = super::checking_again_while_failing::<(), _>(
+            || {
+                tries.set(tries.get() + 1);
+                let e = failing();
+                async move { Err(e) }
+            },
+            &note,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(tries.get(), 8);
+        assert_eq!(started.elapsed(), std::time::Duration::from_secs(99));
+        assert_eq!(
+            format!("{err:#}"),
+            "volumes: Cinder: throttled (still failing after 8 checks over 1m 39s: warmpoold \
+             checks again for up to 2m a cloud that did not answer, failed or throttled a \
+             call, then exits)"
+        );
+        assert!(!super::needs_an_operator(&err), "{err:#}");
+
+        tries.set(0);
+        let err = super::checking_again_while_failing::<(), _>(
+            || {
+                tries.set(tries.get() + 1);
+                async { Err(anyhow::anyhow!("image: no image named 'mysql-9.9'")) }
+            },
+            &note,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(tries.get(), 1, "{err:#}");
     }
 
     /// Refusals only an operator mends are told from those a restart may
