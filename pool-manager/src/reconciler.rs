@@ -1180,9 +1180,31 @@ impl Shared {
                     freed.push(port_id.clone());
                     continue;
                 }
+                // A device_id can outlive its server (Nova's reclaim
+                // failing to clear it, an admin's forceDelete while Neutron
+                // was down): taken for a binding, the port would wait for
+                // ever, no delete sent, nothing said above debug. Nova's
+                // 404 for the server says it is gone for good (a 404 for a
+                // path routed nowhere is Fatal, not NotFound): the delete
+                // is sent as for an unbound port.
                 Ok(port) if port.device_id.is_some() => {
-                    tracing::debug!(name = %watch.name, port = %port_id, server = ?port.device_id, "a port left bound to a SOFT_DELETED server is still bound; the next pass looks again");
-                    continue;
+                    let server = port.device_id.as_deref().unwrap_or_default();
+                    match self
+                        .retry(self.cleanup_deadline(), || self.cloud.read_server(server))
+                        .await
+                    {
+                        Err(CloudError::NotFound(_)) => {
+                            tracing::debug!(name = %watch.name, port = %port_id, server, "a port left bound to a SOFT_DELETED server names a server Nova no longer has; deleting it");
+                            None
+                        }
+                        // The look failed: the delete is sent, its refusal
+                        // warned of with what failed.
+                        Err(e) => Some(e),
+                        Ok(_) => {
+                            tracing::debug!(name = %watch.name, port = %port_id, server, "a port left bound to a SOFT_DELETED server is still bound; the next pass looks again");
+                            continue;
+                        }
+                    }
                 }
                 Ok(_) => None,
                 Err(e) => Some(e),

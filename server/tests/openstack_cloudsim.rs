@@ -6688,6 +6688,55 @@ async fn passes_waiting_for_a_port_a_soft_deleted_server_keeps_are_quiet() {
     stop_daemon(running, stop).await;
 }
 
+/// A port can keep its `device_id` after its server is gone for good
+/// (Nova's reclaim failing to clear it, an admin's force-delete while
+/// Neutron was down). The passes took it for still bound: no delete sent,
+/// a debug line each, for ever. Nova answering 404 for the server it
+/// names, the pass sends the delete as for an unbound port, and its
+/// refusal is warned of once.
+#[tokio::test(start_paused = true)]
+async fn a_port_naming_a_server_gone_for_good_is_sent_its_delete() {
+    let env = member_port_soft_delete_env(with_mysqld()).await;
+    let (running, stop) = start_daemon(reconciled_by_hand(&env)).await.unwrap();
+    let allocated = running
+        .manager
+        .allocate(order(&env, "o1").await)
+        .await
+        .unwrap();
+    let server = allocated.server_id.clone().unwrap();
+    let port = allocated.port_id.clone().unwrap();
+    env.driver().await.delete_server(&server).await.unwrap();
+    let released = running.manager.release("o1", Some(false)).await;
+    assert_eq!(
+        released.map(|a| a.state).map_err(|e| e.to_string()),
+        Ok(pool_manager::model::AllocationState::Released)
+    );
+    // The reclaim leaves the port's device_id behind for a day.
+    env.sim
+        .faults()
+        .slow_port_unbind(Duration::from_secs(24 * 3600));
+    let logs = support::Logs::capture_at(tracing::Level::DEBUG);
+    reclaimed_then_reconciled(&env, &running.manager, &server).await;
+    let bound = env.sim.ports().into_iter().find(|p| p.id == port);
+    assert_eq!(
+        bound.as_ref().and_then(|p| p.device_id.clone()),
+        Some(server.clone()),
+        "the port names the reclaimed server: {bound:?}"
+    );
+    // Neutron refuses the member the delete of a port it shows bound.
+    let refused = "Neutron refuses the delete of a port no server holds any more";
+    assert_eq!(logs.count("WARN", refused), 1, "{}", logs.text());
+    running.manager.reconcile().await.unwrap();
+    assert_eq!(logs.count("WARN", refused), 1, "{}", logs.text());
+    assert_eq!(
+        logs.count("DEBUG", "is refused again; the next pass asks again"),
+        1,
+        "{}",
+        logs.text()
+    );
+    stop_daemon(running, stop).await;
+}
+
 /// A release whose server an operator is deleting by hand, Nova slow to
 /// finish it (task_state `deleting` for minutes): Nova refuses the
 /// release's detaches for that task state (409, as a real Nova answers;
