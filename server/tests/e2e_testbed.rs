@@ -32,9 +32,9 @@ use pool_manager::cloud::{
 use pool_manager::model::PoolKey;
 use pool_manager::openstack::OpenStackCloud;
 use testbed::{
-    cloud_as, config_text, eventually, first_page, require_testbed, run_id, Daemon, PoolDecl,
-    E2E_CLOUD, E2E_NETWORK, IMAGE, MEMBER_CLOUD, MEMBER_NETWORK, PATIENCE, TENANT_CLOUD,
-    TENANT_NETWORK, VOLUME_AZ,
+    cloud_as, config_text, eventually, first_page, require_testbed, run_id, soft_deleted_servers,
+    Daemon, PoolDecl, E2E_CLOUD, E2E_NETWORK, IMAGE, MEMBER_CLOUD, MEMBER_NETWORK, PATIENCE,
+    TENANT_CLOUD, TENANT_NETWORK, VOLUME_AZ,
 };
 use tonic::Code;
 use warmpool_client::{api, Client};
@@ -1005,7 +1005,9 @@ async fn wait_server_gone(cloud: &OpenStackCloud, server_id: &str) {
 /// soft-deletes (`reclaim_instance_interval` above zero) a delete leaves a
 /// server SOFT_DELETED, its ports bound until the reclaim, and a member's
 /// forceDelete may be refused: `admin`, an admin's client, force-deletes
-/// those, so that no run leaves ports behind for the next.
+/// those, and those the daemon left SOFT_DELETED (`admin` is the
+/// [`E2E_CLOUD`] user's client), so that no run leaves ports behind for
+/// the next.
 async fn delete_all_pool_servers(cloud: &OpenStackCloud, admin: &OpenStackCloud) {
     let servers = cloud.list_pool_servers().await.expect("list pool servers");
     for server in &servers {
@@ -1016,19 +1018,32 @@ async fn delete_all_pool_servers(cloud: &OpenStackCloud, admin: &OpenStackCloud)
     }
     for server in &servers {
         wait_server_gone(cloud, &server.id).await;
-        // Read by the admin's client first: its driver force-deletes a
-        // server it has seen SOFT_DELETED, and sends a plain delete else.
-        match admin.get_server(&server.id).await {
-            Ok(s) if s.status == ServerStatus::Deleted && !s.deleting => {
-                admin
-                    .delete_server(&server.id)
-                    .await
-                    .unwrap_or_else(|e| panic!("forceDelete {}: {e}", server.id));
-                wait_server_deleted_for_good(admin, &server.id).await;
-            }
-            Ok(_) | Err(CloudError::NotFound(_)) => {}
-            Err(e) => panic!("read {} after its delete: {e}", server.id),
+        force_delete_if_soft_deleted(admin, &server.id).await;
+    }
+    // Those the daemon deleted (a member's forceDelete refused) are in no
+    // listing above: Nova lists SOFT_DELETED servers only when asked by
+    // status. Every project's: the member test's servers too.
+    let tag = &admin.settings().server_tag;
+    for id in soft_deleted_servers(E2E_CLOUD, tag).await {
+        force_delete_if_soft_deleted(admin, &id).await;
+    }
+}
+
+/// Force-deletes `server_id` by `admin`'s client if Nova shows it
+/// SOFT_DELETED, and waits until Nova answers 404 for it.
+async fn force_delete_if_soft_deleted(admin: &OpenStackCloud, server_id: &str) {
+    // Read by the admin's client first: its driver force-deletes a server
+    // it has seen SOFT_DELETED, and sends a plain delete else.
+    match admin.get_server(server_id).await {
+        Ok(s) if s.status == ServerStatus::Deleted && !s.deleting => {
+            admin
+                .delete_server(server_id)
+                .await
+                .unwrap_or_else(|e| panic!("forceDelete {server_id}: {e}"));
+            wait_server_deleted_for_good(admin, server_id).await;
         }
+        Ok(_) | Err(CloudError::NotFound(_)) => {}
+        Err(e) => panic!("read {server_id} after its delete: {e}"),
     }
 }
 
