@@ -88,7 +88,7 @@ impl Cloud for CountingCloud {
     async fn cloud_identity(&self) -> CloudResult<CloudIdentity> {
         self.sim.cloud_identity().await
     }
-    async fn services_in_named_region_alone(&self) -> bool {
+    async fn services_in_named_region_alone(&self) -> CloudResult<bool> {
         self.sim.services_in_named_region_alone().await
     }
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {

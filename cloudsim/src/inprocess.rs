@@ -59,8 +59,8 @@ impl Cloud for SimCloud {
         Ok(CloudIdentity::Embedded)
     }
 
-    async fn services_in_named_region_alone(&self) -> bool {
-        false
+    async fn services_in_named_region_alone(&self) -> CloudResult<bool> {
+        Ok(false)
     }
 
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {

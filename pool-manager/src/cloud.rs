@@ -957,9 +957,10 @@ pub trait Cloud: Send + Sync + 'static {
     /// recorded no region (an older warmpoold's, or one run with none
     /// named) served this region, as with none named each service goes
     /// to the one region it is in ([`crate::PoolManager::claim_store`]
-    /// records the region then). `false` when unsure. No default, for the
+    /// records the region then). `false` with no region named; an error
+    /// when the catalog cannot be read (a transient one for an outage). No default, for the
     /// reason above: a wrapper that forgot it would refuse such a store.
-    async fn services_in_named_region_alone(&self) -> bool;
+    async fn services_in_named_region_alone(&self) -> CloudResult<bool>;
 }
 
 #[cfg(test)]

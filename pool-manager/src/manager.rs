@@ -779,7 +779,7 @@ impl Cloud for ServiceNoting {
     async fn cloud_identity(&self) -> CloudResult<CloudIdentity> {
         self.inner.cloud_identity().await
     }
-    async fn services_in_named_region_alone(&self) -> bool {
+    async fn services_in_named_region_alone(&self) -> CloudResult<bool> {
         self.inner.services_in_named_region_alone().await
     }
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
@@ -943,7 +943,11 @@ impl PoolManager {
         let region_named = recorded
             .as_ref()
             .is_some_and(|recorded| current.change_from(recorded) == CloudChange::RegionNamed)
-            && shared.cloud.services_in_named_region_alone().await;
+            && shared
+                .retry(shared.cleanup_deadline(), || {
+                    shared.cloud.services_in_named_region_alone()
+                })
+                .await?;
         let adopts = !region_named
             && recorded.as_ref().is_some_and(|recorded| {
                 matches!(
@@ -1637,7 +1641,7 @@ mod tests {
         async fn cloud_identity(&self) -> CloudResult<CloudIdentity> {
             unreachable!()
         }
-        async fn services_in_named_region_alone(&self) -> bool {
+        async fn services_in_named_region_alone(&self) -> CloudResult<bool> {
             unreachable!()
         }
     }

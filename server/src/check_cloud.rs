@@ -989,8 +989,29 @@ async fn put_store_lines(
                     StoreCloud::Read(Ok(Some(recorded)))
                         if current.change_from(recorded) == CloudChange::RegionNamed
                 );
-                let alone = region_named && cloud.services_in_named_region_alone().await;
-                first.push(store_cloud_line(dir, &read.cloud, &current, alone))
+                let alone = match region_named {
+                    true => cloud.services_in_named_region_alone().await,
+                    false => Ok(false),
+                };
+                match alone {
+                    Ok(alone) => first.push(store_cloud_line(dir, &read.cloud, &current, alone)),
+                    // Not "the catalog lacks the services": it was not
+                    // read, and warmpoold's start asks again.
+                    Err(e) => first.push(Check {
+                        kind: CheckKind::StoreCloud,
+                        ok: false,
+                        message: format!(
+                            "{} records no region, and the config names {current}: the \
+                             service catalog could not be read to tell whether the services \
+                             warmpool calls are in that region alone (then warmpoold records \
+                             it at its next start): {}",
+                            dir.display(),
+                            reason(&e)
+                        ),
+                        scope: None,
+                        passing: Passing::of(&e),
+                    }),
+                }
             }
             Err(e) => first.push(Check {
                 kind: CheckKind::StoreCloud,

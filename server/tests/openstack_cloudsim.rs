@@ -10101,3 +10101,51 @@ async fn no_region_with_every_service_is_not_offered_as_region_name() {
     }
     assert!(!m.contains("one of RegionOne, RegionTwo"), "{m}");
 }
+
+/// One failed catalog read (a Keystone blip) on a store of no region, the
+/// catalog having the services in RegionOne alone: the start reads it
+/// again rather than refuse the store for good (exit 78, which systemd
+/// does not restart) as if the catalog lacked the services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_blip_does_not_refuse_a_store_of_no_region() {
+    use pool_manager::cloud::CloudIdentity;
+    use pool_manager::store::{SledStore, Store};
+    let env = env_with(
+        SimConfig {
+            listeners: false,
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
+    let config = env.config("", "");
+    let data = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || SledStore::open(&data))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .record_cloud_identity(&CloudIdentity::OpenStack {
+            project_id: env.face.project_id().to_owned(),
+            region: None,
+            server_tag: "warmpool".into(),
+        })
+        .await
+        .unwrap();
+    drop(store);
+    env.face.faults().answer_next(
+        Service::Identity,
+        "GET",
+        "/v3/auth/catalog",
+        1,
+        503,
+        r#"{"error": {"code": 503, "message": "Service Unavailable", "title": "Service Unavailable"}}"#,
+    );
+    match start_daemon(config).await {
+        Ok((running, stop)) => stop_daemon(running, stop).await,
+        Err(e) => panic!(
+            "refused, needs_an_operator (exit 78) = {}: {e:#}",
+            warmpool_server::needs_an_operator(&e)
+        ),
+    }
+}

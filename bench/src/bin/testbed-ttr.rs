@@ -213,7 +213,7 @@ impl Cloud for Timed {
     async fn cloud_identity(&self) -> CloudResult<CloudIdentity> {
         self.inner.cloud_identity().await
     }
-    async fn services_in_named_region_alone(&self) -> bool {
+    async fn services_in_named_region_alone(&self) -> CloudResult<bool> {
         self.inner.services_in_named_region_alone().await
     }
 }

@@ -2528,7 +2528,7 @@ impl Cloud for OpenStackCloud {
         })
     }
 
-    async fn services_in_named_region_alone(&self) -> bool {
+    async fn services_in_named_region_alone(&self) -> CloudResult<bool> {
         self.inner.conn.services_in_named_region_alone().await
     }
 

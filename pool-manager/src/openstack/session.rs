@@ -637,17 +637,17 @@ impl Connection {
     /// Whether the services warmpool calls are, in the catalog (read now,
     /// one request of Keystone's), in the named region alone: then no
     /// region named reaches this region too, each service's one. `false`
-    /// with no region named, or a catalog that cannot be read.
-    pub async fn services_in_named_region_alone(&self) -> bool {
+    /// with no region named. A catalog that cannot be read is an error,
+    /// not `false`: a Keystone blip must not read as a catalog lacking the
+    /// services, which refuses a store for good.
+    pub async fn services_in_named_region_alone(&self) -> CloudResult<bool> {
         let Some(named) = &self.region else {
-            return false;
+            return Ok(false);
         };
         let (_, session) = self.session();
-        let Some(catalog) = self.read_catalog(&session).await else {
-            return false;
-        };
+        let catalog = fetch_catalog(&self.config, self.timeout, &session).await?;
         let (_, regions) = regions_in(&session, &catalog);
-        regions.iter().all(|(region, _)| region == named)
+        Ok(regions.iter().all(|(region, _)| region == named))
     }
 
     /// The id of the project warmpool works in, as Keystone tells of
@@ -1376,22 +1376,57 @@ async fn read_catalog(
     timeout: Duration,
     session: &Session,
 ) -> Option<serde_json::Value> {
-    let url = keystone_url(config, "auth/catalog")?;
+    fetch_catalog(config, timeout, session).await.ok()
+}
+
+/// [`read_catalog`], saying why the catalog could not be read: a timeout,
+/// no answer or Keystone's 5xx/429 is transient, so a caller's retry asks
+/// again.
+async fn fetch_catalog(
+    config: &CloudConfig,
+    timeout: Duration,
+    session: &Session,
+) -> CloudResult<serde_json::Value> {
+    let what = "GET /v3/auth/catalog";
+    let url = keystone_url(config, "auth/catalog").ok_or_else(|| {
+        CloudError::Fatal(format!(
+            "{what}: clouds.yaml has no usable auth_url to read the service catalog from"
+        ))
+    })?;
     let client = session.client().inner().clone();
     let asked = async {
         let request = session
             .auth_type()
             .authenticate(&client, client.get(url))
             .await
-            .ok()?;
-        let response = request.send().await.ok()?;
-        if !response.status().is_success() {
-            return None;
+            .map_err(|e| classify_osauth(what, &e))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| CloudError::Transient(format!("{what}: {}", with_causes(&e))))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = read_body(response, what).await?;
+        if !(200..300).contains(&status) {
+            // Keystone's faults are one key wrapping a message, as Nova's.
+            return Err(classify(
+                Service::Compute,
+                what,
+                status,
+                retry_after.as_deref(),
+                &body,
+            ));
         }
-        let body = read_body(response, "GET /v3/auth/catalog").await.ok()?;
-        serde_json::from_str(&body).ok()
+        serde_json::from_str(&body)
+            .map_err(|e| CloudError::Transient(format!("{what}: unreadable answer: {e}")))
     };
-    tokio::time::timeout(timeout, asked).await.ok()?
+    tokio::time::timeout(timeout, asked)
+        .await
+        .map_err(|_| CloudError::Transient(format!("{what}: no answer within {timeout:?}")))?
 }
 
 /// With no region named, osauth sends each service's calls to the first

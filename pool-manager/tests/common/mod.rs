@@ -876,8 +876,8 @@ mod gated {
                 None => self.sim.cloud_identity().await,
             }
         }
-        async fn services_in_named_region_alone(&self) -> bool {
-            false
+        async fn services_in_named_region_alone(&self) -> CloudResult<bool> {
+            Ok(false)
         }
     }
 }

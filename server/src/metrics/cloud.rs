@@ -180,7 +180,7 @@ impl Cloud for MeteredCloud {
     async fn cloud_identity(&self) -> CloudResult<CloudIdentity> {
         self.inner.cloud_identity().await
     }
-    async fn services_in_named_region_alone(&self) -> bool {
+    async fn services_in_named_region_alone(&self) -> CloudResult<bool> {
         self.inner.services_in_named_region_alone().await
     }
     async fn boot_headroom(&self, flavor: &str) -> CloudResult<BootHeadroom> {
