@@ -865,10 +865,12 @@ impl PoolManager {
     pub async fn start(&self) -> ManagerResult<()> {
         self.claim_store().await?;
         // Read before the start-up pass, which records the adoption and
-        // forgets it.
+        // forgets it. A store of no region adopted in the region named
+        // serves the servers it did (the operator saw them listed there),
+        // as one under a renamed tag does: its lead times stay.
         let of_another_cloud = matches!(
             *self.shared.adopting.lock().expect("adopting lock"),
-            Some((_, CloudChange::RegionNamed | CloudChange::Cloud))
+            Some((_, CloudChange::Cloud))
         );
         // Before the start-up pass, whose resumed boots may fail.
         self.shared.restore_health().await?;

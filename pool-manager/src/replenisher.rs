@@ -251,7 +251,8 @@ impl Shared {
     /// Puts back what a previous manager learned about the pool. A store
     /// that cannot say costs the pool its history, not its replenisher.
     /// On a store adopted from another cloud (`of_another_cloud`: another
-    /// project, region or kind, not a renamed server tag) the lead times
+    /// project, region or kind, not a renamed server tag nor a region named
+    /// for a store that recorded none) the lead times
     /// were that cloud's, and are not put back: this one's boots may take
     /// many times as long (a demo store's seconds adopted onto OpenStack),
     /// and three or more old ones would outweigh this cloud's prior for up

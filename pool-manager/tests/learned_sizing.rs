@@ -334,6 +334,32 @@ async fn a_store_adopted_under_a_new_server_tag_keeps_lead_times() {
     manager.shutdown().await.unwrap();
 }
 
+/// A store of no region adopted (`--adopt-cloud`) once a region is named,
+/// the operator having checked the region lists the store's servers, is
+/// the same cloud as a renamed tag is: the lead times stay.
+#[tokio::test(start_paused = true)]
+async fn a_store_of_no_region_adopted_in_the_region_named_keeps_lead_times() {
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let (manager, anchored) = busy_auto_pool(&sim, open_store(dir.path()), 40).await;
+    let (_, before) = sizing(&manager).await;
+    assert_eq!(before.lead.source, LeadSource::Observed, "{before:?}");
+
+    let cloud = GatedCloud::new(&sim);
+    cloud.tag_servers("warmpool");
+    let no_region = CloudIdentity::OpenStack {
+        project_id: "cloudsim".into(),
+        region: None,
+        server_tag: "warmpool".into(),
+    };
+    let (manager, _) = adopted_on(manager, anchored, dir.path(), no_region, cloud, &sim).await;
+    let (_, after) = sizing(&manager).await;
+    assert_eq!(after.lead.source, LeadSource::Observed, "{after:?}");
+    assert_eq!(after.lead.samples, before.lead.samples, "{after:?}");
+    assert_eq!(after.lead.p90, before.lead.p90, "{after:?}");
+    manager.shutdown().await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_running_manager_saves_what_it_learned_without_a_shutdown() {
     let sim = sim();
