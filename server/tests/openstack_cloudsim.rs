@@ -10149,3 +10149,34 @@ async fn a_catalog_blip_does_not_refuse_a_store_of_no_region() {
         ),
     }
 }
+
+/// The refusal of a re-login on a catalog grown a region is remembered:
+/// the next calls refused 401 hear it without posting the password again
+/// (each post counts towards Keystone's lockout_failure_attempts when
+/// the password is rotated meanwhile) or reading the catalog again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_login_refused_for_a_grown_catalog_is_not_tried_again_at_once() {
+    let env = env_with(
+        SimConfig {
+            listeners: false,
+            ..sim_config()
+        },
+        HttpSettings {
+            other_regions_host: Some("127.0.0.2".into()),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    env.region_lines("");
+    let cloud = env.driver().await;
+    cloud.find_ports_by_name("x").await.unwrap();
+    env.face.faults().add_region("RegionTwo");
+    env.face.faults().revoke_all_tokens();
+    let logins = env.face.faults().password_logins();
+    let first = cloud.find_ports_by_name("x").await.unwrap_err();
+    for _ in 0..3 {
+        let again = cloud.find_ports_by_name("x").await.unwrap_err();
+        assert_eq!(again.to_string(), first.to_string());
+    }
+    assert_eq!(env.face.faults().password_logins(), logins + 1);
+}

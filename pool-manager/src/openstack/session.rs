@@ -183,6 +183,13 @@ struct Relogins {
     /// The last re-login that failed, for whatever reason: when it ended,
     /// and its error, answered to the callers that were waiting for it.
     last_failure: Option<(tokio::time::Instant, CloudError)>,
+    /// A re-login refused for a catalog grown a region (no region_name
+    /// set): until when it is answered from memory, and its error. Each
+    /// try posts the password (a Keystone with lockout_failure_attempts
+    /// counts it should the password be rotated meanwhile) and reads the
+    /// catalog, and only a config naming a region (a restart) or an admin
+    /// removing the region mends it.
+    region_refused: Option<(tokio::time::Instant, CloudError)>,
 }
 
 /// Keystone's refusals of warmpool's credentials, shared by the re-logins
@@ -816,6 +823,11 @@ impl Connection {
         if let Some(error) = self.watched.refusals().active() {
             return Err(error);
         }
+        if let Some((until, error)) = &relogins.region_refused {
+            if tokio::time::Instant::now() < *until {
+                return Err(error.clone());
+            }
+        }
         tracing::info!(identity = %self.identity, "the cloud answered 401; logging in again");
         let failed = match login(&self.config, self.timeout, &self.identity, &self.watched).await {
             Ok(session) => {
@@ -839,7 +851,13 @@ impl Connection {
                             (generation, session);
                         return Ok(());
                     }
-                    Err(error) => error,
+                    Err(error) => {
+                        relogins.region_refused = Some((
+                            tokio::time::Instant::now() + RELOGIN_PAUSE_MAX,
+                            error.clone(),
+                        ));
+                        error
+                    }
                 }
             }
             // Keystone refused the credentials: the next callers hear it
