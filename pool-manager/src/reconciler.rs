@@ -295,8 +295,30 @@ impl Shared {
     pub(crate) async fn reconcile_loop(self: &Arc<Self>) {
         loop {
             tokio::time::sleep(self.settings.reconcile_interval).await;
-            if let Err(e) = self.reconcile_once().await {
-                tracing::warn!(error = %e, "reconcile pass failed; next pass retries");
+            // A pass that fails the same way at every pass (a cloud down
+            // for an hour, a listing refused) is warned of once per
+            // problem and hourly while it lasts, as a pass's items are,
+            // not at every pass; and its end is said.
+            const PASS: &str = "reconcile pass";
+            match self.reconcile_once().await {
+                Ok(()) => {
+                    let mut failures = self.pass_failures();
+                    if failures.failing(PASS) {
+                        failures.done(PASS);
+                        drop(failures);
+                        tracing::info!("reconcile passes succeed again");
+                    }
+                }
+                Err(e) => {
+                    let warn =
+                        self.pass_failures()
+                            .failed(PASS.into(), problem_of(&e), Instant::now());
+                    if warn {
+                        tracing::warn!(error = %e, "reconcile pass failed; next pass retries (warned of again hourly while it fails so; each pass's failure is logged at debug)");
+                    } else {
+                        tracing::debug!(error = %e, "reconcile pass failed again; next pass retries");
+                    }
+                }
             }
         }
     }

@@ -1116,3 +1116,52 @@ async fn an_image_change_under_steady_demand_still_retires_the_old_images_instan
     }
     assert_consistent(&sim, &manager).await;
 }
+
+/// A reconcile pass the cloud keeps failing (its server listing refused)
+/// was warned of at every pass, each minute, and nothing said when passes
+/// succeeded again. It is warned of once per problem (reminded hourly),
+/// each pass's failure at debug, and its end said at info.
+#[tokio::test(start_paused = true)]
+async fn a_reconcile_pass_failing_at_every_pass_is_warned_of_once_and_its_end_said() {
+    use pool_manager::{ManagerSettings, PoolManager};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let logs = Logs::capture();
+    let sim = sim();
+    let (cloud, refusing) = GatedCloud::refusing(
+        &sim,
+        "list_pool_servers",
+        pool_manager::cloud::CloudError::Fatal(
+            "policy does not allow compute:servers:index".into(),
+        ),
+        false,
+    );
+    let manager = PoolManager::new(
+        temp_store(),
+        cloud.clone(),
+        Arc::new(sim.probe()),
+        ManagerSettings {
+            reconcile_interval: Duration::from_secs(60),
+            ..settings()
+        },
+    );
+    manager.start().await.unwrap();
+    refusing.store(true, Ordering::SeqCst);
+    let failed = "reconcile pass failed";
+    tokio::time::sleep(Duration::from_secs(10 * 60 + 30)).await;
+    assert_eq!(logs.count("WARN", failed), 1, "{}", logs.text());
+
+    // Still failing an hour on: reminded.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(logs.count("WARN", failed), 2, "{}", logs.text());
+
+    refusing.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3 * 60)).await;
+    assert_eq!(
+        logs.count("INFO", "reconcile passes succeed again"),
+        1,
+        "{}",
+        logs.text()
+    );
+    assert_eq!(logs.count("WARN", failed), 2, "{}", logs.text());
+}
