@@ -1675,8 +1675,16 @@ impl Shared {
                 Ok(done)
             }
             Err(e) => {
-                tracing::warn!(request_id = %params.request_id, error = %e, "allocation failed; rolling back");
                 let exhausted = counted == AllocationOutcome::Exhausted;
+                if exhausted {
+                    // The pool's miss: its exhausted event is the warning
+                    // (the metrics count it); an empty pool's Allocate
+                    // claimed nothing to roll back. What one that did claim
+                    // (a cold boot) leaves is undone all the same.
+                    tracing::info!(request_id = %params.request_id, pool = %params.pool, error = %e, "allocation failed: no instance for it");
+                } else {
+                    tracing::warn!(request_id = %params.request_id, pool = %params.pool, error = %e, "allocation failed; rolling back");
+                }
                 let _ = self
                     .update_pool(&params.pool, |p| {
                         p.allocations_failed += 1;

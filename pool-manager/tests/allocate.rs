@@ -8631,3 +8631,28 @@ async fn a_check_write_refused_but_by_cinders_policy_is_no_policy_to_mend() {
     assert_eq!(status.count(InstanceState::Ready), 2, "{status:?}");
     assert_consistent(&sim, &manager).await;
 }
+
+/// A fail-fast Allocate on an empty pool claims nothing, yet was warned
+/// of twice: the pool's exhausted event, and "allocation failed; rolling
+/// back" as if something had been undone. The pool's event stays the one
+/// warning; the Allocate's failure is at info, and says no rollback.
+#[tokio::test(start_paused = true)]
+async fn a_fail_fast_allocate_on_an_empty_pool_is_warned_of_once_without_a_rollback() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 0).await;
+    let logs = Logs::capture();
+    let err = manager
+        .allocate(request("ff", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ManagerError::ResourceExhausted(_)), "{err}");
+    assert_eq!(logs.warnings().len(), 1, "{}", logs.text());
+    assert_eq!(logs.count("WARN", "pool exhausted"), 1, "{}", logs.text());
+    assert!(!logs.text().contains("rolling back"), "{}", logs.text());
+    assert_eq!(
+        logs.count("INFO", "allocation failed"),
+        1,
+        "{}",
+        logs.text()
+    );
+}
