@@ -1642,7 +1642,16 @@ impl Shared {
                     })
                     .await;
                 let waited = counted == AllocationOutcome::Waited;
-                tracing::info!(request_id = %done.params.request_id, server = ?done.server_id, warm, waited, total = ?done.timings.total, "allocated");
+                tracing::info!(
+                    request_id = %done.params.request_id,
+                    pool = %key,
+                    server = %done.server_id.as_deref().unwrap_or("none"),
+                    instance = %done.instance_id.as_deref().unwrap_or("none"),
+                    warm,
+                    waited,
+                    total = ?done.timings.total,
+                    "allocated"
+                );
                 if done.creates_in_doubt {
                     // A first look at once, not on the purchase's time; the
                     // reconciler looks again while the watch lasts, and the
@@ -4663,6 +4672,8 @@ impl Shared {
         self.changed();
         tracing::info!(
             request_id = %released.params.request_id,
+            pool = %released.params.pool,
+            server = %released.server_id.as_deref().unwrap_or("none"),
             delete_volume = released.delete_volume_on_release == Some(true),
             "released"
         );

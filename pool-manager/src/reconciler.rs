@@ -1065,10 +1065,10 @@ impl Shared {
         }
         for (instance, reason) in silent_now {
             if !silent_before.contains(&instance.id) {
-                tracing::info!(instance = %instance.id, %reason, "Ready instance's mysqld did not answer; replaced if still silent on the next pass");
+                tracing::info!(instance = %instance.id, server = %instance.server_id.as_deref().unwrap_or("none"), pool = %instance.pool, %reason, "Ready instance's mysqld did not answer; replaced if still silent on the next pass");
                 continue;
             }
-            tracing::warn!(instance = %instance.id, %reason, "Ready instance's mysqld silent on two passes; replacing it");
+            tracing::warn!(instance = %instance.id, server = %instance.server_id.as_deref().unwrap_or("none"), pool = %instance.pool, %reason, "Ready instance's mysqld silent on two passes; replacing it");
             let discarded = self
                 .discard_instance_if(
                     &instance.id,

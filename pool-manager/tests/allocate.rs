@@ -8656,3 +8656,69 @@ async fn a_fail_fast_allocate_on_an_empty_pool_is_warned_of_once_without_a_rollb
         logs.text()
     );
 }
+
+/// The line of a warm allocation's outcome, its release's, and a silent
+/// mysqld's name the server and pool they are about (the allocated line
+/// printed `server=Some("…")` and no pool nor instance; the released one
+/// and the silent mysqld's, no server nor pool).
+#[tokio::test(start_paused = true)]
+async fn allocated_released_and_silent_mysqld_lines_name_server_and_pool() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 2).await;
+    let logs = Logs::capture();
+    let done = manager
+        .allocate(request(
+            "order-ids",
+            new_volume(),
+            EmptyPoolPolicy::FailFast,
+        ))
+        .await
+        .unwrap();
+    let server = done.server_id.clone().unwrap();
+    let instance = done.instance_id.clone().unwrap();
+    manager.release("order-ids", Some(false)).await.unwrap();
+    let pool = format!("pool={}", pool());
+    let line = |says: &str| {
+        logs.lines_at("INFO")
+            .into_iter()
+            .find(|l| l.contains(says))
+            .unwrap_or_else(|| panic!("no {says:?} line: {}", logs.text()))
+    };
+    let allocated = line(": allocated ");
+    assert!(
+        allocated.contains(&format!("server={server}")),
+        "{allocated}"
+    );
+    assert!(allocated.contains(&pool), "{allocated}");
+    assert!(
+        allocated.contains(&format!("instance={instance}")),
+        "{allocated}"
+    );
+    let released = line(": released ");
+    assert!(released.contains(&format!("server={server}")), "{released}");
+    assert!(released.contains(&pool), "{released}");
+
+    let silent = sim
+        .servers()
+        .into_iter()
+        .find(|s| s.server.id != server)
+        .unwrap()
+        .server
+        .id;
+    assert!(sim.stop_mysqld(&silent));
+    manager.reconcile().await.unwrap();
+    manager.reconcile().await.unwrap();
+    for says in ["mysqld did not answer", "mysqld silent on two passes"] {
+        let silent_line = logs
+            .text()
+            .lines()
+            .find(|l| l.contains(says))
+            .unwrap_or_else(|| panic!("no {says:?} line: {}", logs.text()))
+            .to_owned();
+        assert!(
+            silent_line.contains(&format!("server={silent}")),
+            "{silent_line}"
+        );
+        assert!(silent_line.contains(&pool), "{silent_line}");
+    }
+}
