@@ -10180,3 +10180,72 @@ async fn a_re_login_refused_for_a_grown_catalog_is_not_tried_again_at_once() {
     }
     assert_eq!(env.face.faults().password_logins(), logins + 1);
 }
+
+/// A 429 (counted in the metrics; the gate logs its pauses) and the calls
+/// refused without being sent during Keystone's pause were each a WARN:
+/// one per call, under load or for the whole pause. They are at debug;
+/// other errors (a 500) stay warnings. And a login Keystone takes after
+/// refusals says so at info.
+#[tokio::test]
+async fn throttled_and_paused_calls_are_no_warnings_and_keystone_taking_the_login_again_is_said() {
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            token_lifetime: Duration::from_secs(120),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let cloud = env.driver().await;
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    let logs = support::Logs::capture();
+    let faults = env.face.faults();
+    faults.throttle_next(Service::Compute, 1, Duration::from_secs(1));
+    let _ = cloud.read_server(&server.id).await;
+    assert!(!logs.text().contains("status=429"), "{}", logs.text());
+    assert_eq!(
+        logs.count("WARN", "cloud call answered an error"),
+        0,
+        "{}",
+        logs.text()
+    );
+    faults.clear();
+    faults.server_error_next(Service::Compute, 1);
+    let _ = cloud.read_server(&server.id).await;
+    assert!(
+        logs.count("WARN", "cloud call answered an error") >= 1,
+        "a 500 stays a warning: {}",
+        logs.text()
+    );
+    faults.clear();
+
+    let at_pause = logs.text().len();
+    faults.change_password("pool", "rotated");
+    for _ in 0..5 {
+        cloud.get_server(&server.id).await.unwrap_err();
+    }
+    let during = logs.text()[at_pause..].to_owned();
+    assert!(
+        !during
+            .lines()
+            .any(|l| l.contains(" WARN ") && l.contains("cloud call failed")),
+        "{during}"
+    );
+    assert!(during.contains("Keystone refused"), "{during}");
+
+    faults.change_password("pool", "poolpass");
+    advance_clock(Duration::from_secs(31)).await;
+    cloud.get_server(&server.id).await.unwrap();
+    assert_eq!(
+        logs.count(
+            "INFO",
+            "Keystone accepts the login again (after 1 refusals)"
+        ),
+        1,
+        "{}",
+        logs.text()
+    );
+}

@@ -265,6 +265,18 @@ impl Watched {
         self.refusals.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Ends the refusals in a row: Keystone took a login (a re-login or a
+    /// renewal). Said once, as the refusals were warned of.
+    fn took_a_login(&self) {
+        let mut refusals = self.refusals();
+        let count = refusals.count;
+        *refusals = Refusals::default();
+        drop(refusals);
+        if count > 0 {
+            tracing::info!(identity = %self.identity, "Keystone accepts the login again (after {count} refusals)");
+        }
+    }
+
     /// The pause's error, when osauth's failure `e` is a refused token
     /// request and the pause is on: what every caller is answered.
     fn paused(&self, e: &osauth::Error) -> Option<CloudError> {
@@ -436,10 +448,7 @@ impl TokenWatch {
 
     /// Ends the refusals in a row: Keystone took a token request.
     fn took_a_login(&self) {
-        let mut refusals = self.watched.refusals();
-        if refusals.count > 0 {
-            *refusals = Refusals::default();
-        }
+        self.watched.took_a_login();
     }
 
     /// Notes the token on `request`; a new one (not the session's first)
@@ -831,7 +840,7 @@ impl Connection {
         tracing::info!(identity = %self.identity, "the cloud answered 401; logging in again");
         let failed = match login(&self.config, self.timeout, &self.identity, &self.watched).await {
             Ok(session) => {
-                *self.watched.refusals() = Refusals::default();
+                self.watched.took_a_login();
                 // The new session's endpoints are looked up afresh: with
                 // no region named, a region added to the catalog since
                 // the first login could send some services there. The
@@ -1280,7 +1289,14 @@ impl Connection {
                 )))
             }
             Ok(Err(e)) => {
-                tracing::warn!(service, call = %what, %request_id, latency_ms, error = %e, "cloud call failed");
+                // A call refused during Keystone's pause was never sent:
+                // the refusal that began the pause was warned of, and
+                // every call until it ends hears it again.
+                if self.watched.refusals().active().as_ref() == Some(&e) {
+                    tracing::debug!(service, call = %what, %request_id, latency_ms, error = %e, "cloud call not sent: Keystone's pause");
+                } else {
+                    tracing::warn!(service, call = %what, %request_id, latency_ms, error = %e, "cloud call failed");
+                }
                 if token_request_failed {
                     note_side_call(SideCall {
                         service: CloudService::Identity,
@@ -1293,8 +1309,10 @@ impl Connection {
             Ok(Ok((reply, cloud_id))) => {
                 let cloud_request_id = cloud_id.unwrap_or_default();
                 // 404 is an expected answer (deletes are idempotent, waits
-                // poll until gone), so only other errors are warnings.
-                if reply.status >= 400 && reply.status != 404 {
+                // poll until gone), and a 429 is counted in the metrics and
+                // paced by the gate, which logs its pauses: only other
+                // errors are warnings.
+                if reply.status >= 400 && reply.status != 404 && reply.status != 429 {
                     tracing::warn!(service, call = %what, status = reply.status, %request_id, %cloud_request_id, latency_ms, "cloud call answered an error");
                 } else {
                     tracing::debug!(service, call = %what, status = reply.status, %request_id, %cloud_request_id, latency_ms, "cloud call");
