@@ -539,6 +539,10 @@ struct Record<'a> {
     /// is served from is no warm hit (`AllocationOutcome::Waited`). Not
     /// stored: only this call counts the purchase.
     waited: AtomicBool,
+    /// The purchase went on past its fail-fast refusal to make its volume
+    /// and port (and maybe claim or boot an instance): a failure has
+    /// something to roll back. Not stored: only this call logs it.
+    made: AtomicBool,
 }
 
 impl Record<'_> {
@@ -1595,6 +1599,7 @@ impl Shared {
             shared: self,
             current: Mutex::new(allocation),
             waited: AtomicBool::new(false),
+            made: AtomicBool::new(false),
         };
         let span =
             tracing::info_span!("allocate", request_id = %params.request_id, pool = %params.pool);
@@ -1685,11 +1690,13 @@ impl Shared {
             }
             Err(e) => {
                 let exhausted = counted == AllocationOutcome::Exhausted;
-                if exhausted {
-                    // The pool's miss: its exhausted event is the warning
-                    // (the metrics count it); an empty pool's Allocate
-                    // claimed nothing to roll back. What one that did claim
-                    // (a cold boot) leaves is undone all the same.
+                // A fail-fast Allocate on an empty pool made nothing (it is
+                // refused before its volume and port): the pool's exhausted
+                // event is the warning. One that made its volume or port,
+                // or claimed or booted an instance (a cold boot refused for
+                // quota or past its deadline, a WAIT that timed out) has
+                // them rolled back, and is warned of as such.
+                if exhausted && !record.made.load(Ordering::SeqCst) {
                     tracing::info!(request_id = %params.request_id, pool = %params.pool, error = %e, "allocation failed: no instance for it");
                 } else {
                     tracing::warn!(request_id = %params.request_id, pool = %params.pool, error = %e, "allocation failed; rolling back");
@@ -1895,6 +1902,7 @@ impl Shared {
             self.emit(Some(&params.pool), EventKind::Exhausted);
             return Err(self.no_ready_instance(&params.pool).await);
         }
+        record.made.store(true, Ordering::SeqCst);
         if let Err(e) = self.create_tenant_resources(record, deadline).await {
             return Err(self.refused_before_the_claim(&params.pool, e).await);
         }

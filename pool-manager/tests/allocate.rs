@@ -8722,3 +8722,33 @@ async fn allocated_released_and_silent_mysqld_lines_name_server_and_pool() {
         assert!(silent_line.contains(&pool), "{silent_line}");
     }
 }
+
+/// A cold boot that fails is RESOURCE_EXHAUSTED too, but it made the
+/// order's volume and port, and a server, before it failed: those are
+/// rolled back, which is warned of as such, not told at info as an
+/// Allocate the pool merely had no instance for.
+#[tokio::test(start_paused = true)]
+async fn a_failed_cold_boot_is_warned_of_with_its_rollback() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 0).await;
+    sim.faults().error_next_boots(100, "NoValidHost");
+    let logs = Logs::capture();
+    let mut order = request("cold", new_volume(), EmptyPoolPolicy::ColdBoot);
+    order.timeout = Some(Duration::from_secs(120));
+    let err = manager.allocate(order).await.unwrap_err();
+    assert!(matches!(err, ManagerError::ResourceExhausted(_)), "{err}");
+    assert_eq!(
+        logs.count("WARN", "allocation failed; rolling back"),
+        1,
+        "{}",
+        logs.text()
+    );
+    assert_eq!(
+        logs.count("INFO", "no instance for it"),
+        0,
+        "{}",
+        logs.text()
+    );
+    assert!(manager.get_allocation("cold").await.is_err(), "rolled back");
+    assert_consistent(&sim, &manager).await;
+}
