@@ -10249,3 +10249,51 @@ async fn throttled_and_paused_calls_are_no_warnings_and_keystone_taking_the_logi
         logs.text()
     );
 }
+
+/// The calls refused unsent during Keystone's pause are at debug, and so
+/// is the call whose own token request Keystone refused (it hears the
+/// pause's error): the one warning of the refusal must then say what
+/// Keystone answered and that the password is not posted again for a
+/// while, whether osauth's renewal or warmpool's re-login after a 401
+/// was refused.
+#[tokio::test]
+async fn a_refused_renewal_or_re_login_is_warned_of_once_with_keystones_reason_and_the_pause() {
+    let refusal_warnings = |logs: &support::Logs| {
+        logs.warnings()
+            .into_iter()
+            .filter(|l| {
+                l.contains("Keystone refused the login of")
+                    && l.contains("(401)")
+                    && l.contains("not tried again for 30s")
+            })
+            .count()
+    };
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            token_lifetime: Duration::from_secs(120),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let cloud = env.driver().await;
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    let logs = support::Logs::capture();
+    env.face.faults().change_password("pool", "rotated");
+    for _ in 0..5 {
+        cloud.get_server(&server.id).await.unwrap_err();
+    }
+    assert_eq!(refusal_warnings(&logs), 1, "renewal: {}", logs.text());
+
+    let (env, cloud, server) = env_with_a_server().await;
+    let logs = support::Logs::capture();
+    env.face.faults().change_password("pool", "rotated");
+    env.face.faults().revoke_all_tokens();
+    for _ in 0..5 {
+        cloud.get_server(&server.id).await.unwrap_err();
+    }
+    assert_eq!(refusal_warnings(&logs), 1, "re-login: {}", logs.text());
+}

@@ -490,8 +490,11 @@ impl TokenWatch {
         }
         if e.kind() == osauth::ErrorKind::AuthenticationFailed {
             let message = refused_login(&self.watched.identity, &e);
-            tracing::warn!(identity = %self.watched.identity, "Keystone refused the password when asked to renew the token");
-            return Err(as_refusal(&self.watched.refusals().refused(&message)));
+            let refusal = self.watched.refusals().refused(&message);
+            // The one warning of it: the call that asked, and those
+            // refused unsent during the pause, log its error at debug.
+            tracing::warn!(identity = %self.watched.identity, error = %refusal, "Keystone refused the password when asked to renew the token");
+            return Err(as_refusal(&refusal));
         }
         Err(e)
     }
@@ -877,7 +880,11 @@ impl Connection {
             Err(LoginFailure {
                 error: CloudError::Fatal(message),
                 credentials_rejected: true,
-            }) => self.watched.refusals().refused(&message),
+            }) => {
+                let refusal = self.watched.refusals().refused(&message);
+                tracing::warn!(identity = %self.identity, error = %refusal, "Keystone refused the password when logging in again");
+                refusal
+            }
             Err(failed) => failed.error,
         };
         relogins.last_failure = Some((tokio::time::Instant::now(), failed.clone()));
