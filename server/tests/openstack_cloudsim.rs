@@ -10181,10 +10181,11 @@ async fn a_re_login_refused_for_a_grown_catalog_is_not_tried_again_at_once() {
     assert_eq!(env.face.faults().password_logins(), logins + 1);
 }
 
-/// A 429 (counted in the metrics; the gate logs its pauses) and the calls
-/// refused without being sent during Keystone's pause were each a WARN:
-/// one per call, under load or for the whole pause. They are at debug;
-/// other errors (a 500) stay warnings. And a login Keystone takes after
+/// A 429 (counted in the metrics) and the calls refused without being
+/// sent during Keystone's pause were each a WARN: one per call, under load
+/// or for the whole pause. Throttling is warned of once an hour per
+/// service, each 429 at debug; the paused calls are at debug; other
+/// errors (a 500) stay warnings. And a login Keystone takes after
 /// refusals says so at info.
 #[tokio::test]
 async fn throttled_and_paused_calls_are_no_warnings_and_keystone_taking_the_login_again_is_said() {
@@ -10203,9 +10204,18 @@ async fn throttled_and_paused_calls_are_no_warnings_and_keystone_taking_the_logi
         .unwrap();
     let logs = support::Logs::capture();
     let faults = env.face.faults();
-    faults.throttle_next(Service::Compute, 1, Duration::from_secs(1));
-    let _ = cloud.read_server(&server.id).await;
-    assert!(!logs.text().contains("status=429"), "{}", logs.text());
+    // Throttling is warned of once an hour per service, not per call,
+    // and not as "an error".
+    for _ in 0..3 {
+        faults.throttle_next(Service::Compute, 1, Duration::from_secs(1));
+        let _ = cloud.read_server(&server.id).await;
+    }
+    assert_eq!(
+        logs.count("WARN", "the cloud throttles warmpool's calls (HTTP 429)"),
+        1,
+        "{}",
+        logs.text()
+    );
     assert_eq!(
         logs.count("WARN", "cloud call answered an error"),
         0,
@@ -10246,6 +10256,15 @@ async fn throttled_and_paused_calls_are_no_warnings_and_keystone_taking_the_logi
         ),
         1,
         "{}",
+        logs.text()
+    );
+    advance_clock(Duration::from_secs(3601)).await;
+    faults.throttle_next(Service::Compute, 1, Duration::from_secs(1));
+    let _ = cloud.read_server(&server.id).await;
+    assert_eq!(
+        logs.count("WARN", "the cloud throttles warmpool's calls (HTTP 429)"),
+        2,
+        "an hour later it is warned of again: {}",
         logs.text()
     );
 }

@@ -374,6 +374,11 @@ pub struct Connection {
     /// paused calls log each other in again on every call. A new
     /// `Connection` (a restart, credentials read again) starts with none.
     refused_fresh: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// When a 429 of each service was last warned of: throttling is warned
+    /// of once an hour while it lasts, its every call at debug (the
+    /// metrics count them), so an hour of it is neither silent nor a WARN
+    /// per call.
+    throttle_warned: Mutex<HashMap<&'static str, tokio::time::Instant>>,
     /// What the sessions' [`TokenWatch`] share: their failed token
     /// requests, Keystone's refusals and the pause.
     watched: Watched,
@@ -628,6 +633,7 @@ impl Connection {
             cinder_as_volumev3: AtomicBool::new(false),
             project_id: tokio::sync::OnceCell::new(),
             refused_fresh: Mutex::default(),
+            throttle_warned: Mutex::default(),
             watched,
         }))
     }
@@ -1317,14 +1323,35 @@ impl Connection {
                 let cloud_request_id = cloud_id.unwrap_or_default();
                 // 404 is an expected answer (deletes are idempotent, waits
                 // poll until gone), and a 429 is counted in the metrics and
-                // paced by the gate, which logs its pauses: only other
-                // errors are warnings.
-                if reply.status >= 400 && reply.status != 404 && reply.status != 429 {
+                // paced by the gate: it is warned of once an hour per
+                // service while throttling lasts. Other errors are warnings.
+                if reply.status == 429 && self.first_429_this_hour(service) {
+                    tracing::warn!(service, call = %what, status = reply.status, retry_after = ?reply.retry_after, %request_id, %cloud_request_id, "the cloud throttles warmpool's calls (HTTP 429): they wait out its Retry-After; warned of again in an hour if it lasts (every 429 is counted in warmpool_cloud_request_duration_seconds_count{{status=\"throttled\"}} and logged at debug)");
+                } else if reply.status >= 400 && reply.status != 404 && reply.status != 429 {
                     tracing::warn!(service, call = %what, status = reply.status, %request_id, %cloud_request_id, latency_ms, "cloud call answered an error");
                 } else {
                     tracing::debug!(service, call = %what, status = reply.status, %request_id, %cloud_request_id, latency_ms, "cloud call");
                 }
                 Ok(reply)
+            }
+        }
+    }
+}
+
+impl Connection {
+    /// Whether a 429 from `service` is the first one in an hour (and so
+    /// worth a WARN); notes it as warned of when it is.
+    fn first_429_this_hour(&self, service: &'static str) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut warned = self
+            .throttle_warned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match warned.get(service) {
+            Some(at) if now.duration_since(*at) < Duration::from_secs(3600) => false,
+            _ => {
+                warned.insert(service, now);
+                true
             }
         }
     }
