@@ -1209,19 +1209,34 @@ impl Shared {
                 // 404 for the server says it is gone for good (a 404 for a
                 // path routed nowhere is Fatal, not NotFound): the delete
                 // is sent as for an unbound port.
+                //
+                // One read a pass, not retried: a port waits days, and a
+                // read retried until the cleanup deadline held the pass
+                // (and the Releases behind its lock) minutes per port
+                // while Nova was down.
                 Ok(port) if port.device_id.is_some() => {
                     let server = port.device_id.as_deref().unwrap_or_default();
-                    match self
-                        .retry(self.cleanup_deadline(), || self.cloud.read_server(server))
-                        .await
-                    {
+                    match self.cloud.read_server(server).await {
                         Err(CloudError::NotFound(_)) => {
                             tracing::debug!(name = %watch.name, port = %port_id, server, "a port left bound to a SOFT_DELETED server names a server Nova no longer has; deleting it");
                             None
                         }
-                        // The look failed: the delete is sent, its refusal
-                        // warned of with what failed.
-                        Err(e) => Some(e),
+                        // Neutron shows the port bound, and refuses its
+                        // delete while it is: none is sent until Nova
+                        // says the server is gone.
+                        Err(e) => {
+                            let warn = self.pass_failures().failed(
+                                item,
+                                problem_of(&e.clone().into()),
+                                Instant::now(),
+                            );
+                            if warn {
+                                tracing::warn!(name = %watch.name, port = %port_id, server, error = %e, "cannot tell whether the SOFT_DELETED server holding port {port_id} is gone: Nova's read of it fails; the port stays until it answers (the next pass asks again; warned of again hourly while it fails)");
+                            } else {
+                                tracing::debug!(name = %watch.name, port = %port_id, server, error = %e, "Nova's read of the server holding a port a SOFT_DELETED server kept bound fails again; the next pass asks again");
+                            }
+                            continue;
+                        }
                         Ok(_) => {
                             tracing::debug!(name = %watch.name, port = %port_id, server, "a port left bound to a SOFT_DELETED server is still bound; the next pass looks again");
                             continue;

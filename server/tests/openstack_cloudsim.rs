@@ -6737,6 +6737,69 @@ async fn a_port_naming_a_server_gone_for_good_is_sent_its_delete() {
     stop_daemon(running, stop).await;
 }
 
+/// A port a SOFT_DELETED server keeps bound, Nova failing to answer for
+/// the server it names (503, an outage): each pass read that server until
+/// the cleanup deadline (two minutes and more, the reconcile lock held and
+/// Releases waiting behind it), then sent the delete Neutron refuses a
+/// bound port anyway. One read a pass now, no delete sent while it fails,
+/// warned of once with the read's error.
+#[tokio::test(start_paused = true)]
+async fn a_port_whose_server_nova_cannot_answer_for_waits_one_read_a_pass() {
+    let env = member_port_soft_delete_env(with_mysqld()).await;
+    let (running, stop) = start_daemon(reconciled_by_hand(&env)).await.unwrap();
+    let allocated = running
+        .manager
+        .allocate(order(&env, "o1").await)
+        .await
+        .unwrap();
+    let server = allocated.server_id.clone().unwrap();
+    let port = allocated.port_id.clone().unwrap();
+    env.driver().await.delete_server(&server).await.unwrap();
+    let released = running.manager.release("o1", Some(false)).await;
+    assert_eq!(
+        released.map(|a| a.state).map_err(|e| e.to_string()),
+        Ok(pool_manager::model::AllocationState::Released)
+    );
+    let calls = |service: &str, status: &str| {
+        let body = running.metrics.encode();
+        let series = format!(
+            "warmpool_cloud_request_duration_seconds_count{{service=\"{service}\",status=\"{status}\"}}"
+        );
+        body.lines()
+            .find_map(|l| l.strip_prefix(series.as_str())?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+    };
+    env.face.faults().answer_next(
+        Service::Compute,
+        "GET",
+        &format!("/v2.1/servers/{server}"),
+        1000,
+        503,
+        r#"{"computeFault": {"code": 503, "message": "Service Unavailable"}}"#,
+    );
+    let logs = support::Logs::capture_at(tracing::Level::DEBUG);
+    let failing = "cannot tell whether the SOFT_DELETED server holding port";
+    for pass in 1..=2 {
+        let (reads, refused) = (calls("compute", "transient"), calls("network", "fatal"));
+        running.manager.reconcile().await.unwrap();
+        assert_eq!(
+            calls("compute", "transient") - reads,
+            1.0,
+            "pass {pass}: the server read once: {}",
+            logs.text()
+        );
+        assert_eq!(
+            calls("network", "fatal"),
+            refused,
+            "pass {pass}: a delete sent: {}",
+            logs.text()
+        );
+        assert_eq!(logs.count("WARN", failing), 1, "{}", logs.text());
+    }
+    assert!(env.sim.ports().iter().any(|p| p.id == port));
+    stop_daemon(running, stop).await;
+}
+
 /// A release whose server an operator is deleting by hand, Nova slow to
 /// finish it (task_state `deleting` for minutes): Nova refuses the
 /// release's detaches for that task state (409, as a real Nova answers;
