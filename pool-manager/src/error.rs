@@ -161,7 +161,8 @@ fn cloud_changed(recorded: &CloudIdentity, current: &CloudIdentity) -> String {
         CloudChange::RegionNamed => format!(
             "the store serves {recorded}, recorded with no region (by an older warmpool, or \
              with none named), and warmpool drives {current} now; the service catalog does not \
-             have the services warmpool calls in that region alone, so \
+             have the services warmpool calls in that region alone (or cannot be read: a \
+             warning says why), so \
              with none named they may have gone to another region, and nothing was done and \
              the start is refused. If the store's servers are in that region (`{}` lists \
              them), start once with adopt_cloud: the region is then recorded as the store's; \

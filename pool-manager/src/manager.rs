@@ -942,14 +942,31 @@ impl PoolManager {
         // A store that recorded no region (an older warmpoold's, or one
         // run with none named) served the region each service was in:
         // the one named now, when the catalog has them all in it alone.
+        // Not asked with --adopt-cloud, which adopts the store whatever
+        // the catalog says: a Keystone refusing the catalog for good would
+        // else stop the start the flag is there to get past.
         let region_named = recorded
             .as_ref()
             .is_some_and(|recorded| current.change_from(recorded) == CloudChange::RegionNamed)
-            && shared
+            && !shared.settings.adopt_cloud
+            && match shared
                 .retry(shared.cleanup_deadline(), || {
                     shared.cloud.services_in_named_region_alone()
                 })
-                .await?;
+                .await
+            {
+                Ok(alone) => alone,
+                // An outage: the start fails (exit 1), and a later one
+                // asks again.
+                Err(e) if e.is_retryable() => return Err(e.into()),
+                // Refused for good (a 403, a gateway's 404): the catalog
+                // cannot tell, and the store is refused as when it lacks
+                // the services, a refusal --adopt-cloud gets past.
+                Err(e) => {
+                    tracing::warn!(cloud = %current, error = %e, "the service catalog cannot be read to tell whether the services warmpool calls are in the region named alone: the store, which recorded no region, is refused as if they were not");
+                    false
+                }
+            };
         let adopts = !region_named
             && recorded.as_ref().is_some_and(|recorded| {
                 matches!(

@@ -996,21 +996,36 @@ async fn put_store_lines(
                 match alone {
                     Ok(alone) => first.push(store_cloud_line(dir, &read.cloud, &current, alone)),
                     // Not "the catalog lacks the services": it was not
-                    // read, and warmpoold's start asks again.
-                    Err(e) => first.push(Check {
-                        kind: CheckKind::StoreCloud,
-                        ok: false,
-                        message: format!(
-                            "{} records no region, and the config names {current}: the \
-                             service catalog could not be read to tell whether the services \
-                             warmpool calls are in that region alone (then warmpoold records \
-                             it at its next start): {}",
-                            dir.display(),
-                            reason(&e)
-                        ),
-                        scope: None,
-                        passing: Passing::of(&e),
-                    }),
+                    // read. An outage fails warmpoold's start (asked
+                    // again); a refusal for good, the store is refused
+                    // as when the catalog lacks them.
+                    Err(e) => {
+                        let then = if e.is_retryable() {
+                            "warmpoold's start asks it again, and fails until it can be read"
+                                .to_owned()
+                        } else {
+                            format!(
+                                "refused for good, it cannot tell, and warmpoold refuses to \
+                                 start on this store. If `{}` lists the store's servers, start \
+                                 warmpoold once with --adopt-cloud; if they are in another \
+                                 region, set region_name to that one",
+                                current.server_list_command().unwrap_or_default()
+                            )
+                        };
+                        first.push(Check {
+                            kind: CheckKind::StoreCloud,
+                            ok: false,
+                            message: format!(
+                                "{} records no region, and the config names {current}: the \
+                                 service catalog could not be read to tell whether the \
+                                 services warmpool calls are in that region alone ({then}): {}",
+                                dir.display(),
+                                reason(&e)
+                            ),
+                            scope: None,
+                            passing: Passing::of(&e),
+                        })
+                    }
                 }
             }
             Err(e) => first.push(Check {

@@ -1016,7 +1016,8 @@ fn cloud_changed_refusal(
             "the store in {shown} (data_dir, --data-dir) serves {recorded}, recorded with no \
              region (by an older warmpoold, or one run with no region_name), and warmpoold is \
              now configured for {current}: the service catalog does not have the services \
-             warmpool calls in that region alone, so with none named \
+             warmpool calls in that region alone (or refuses to be read: a warning before \
+             this says why), so with none named \
              they may have gone to another region, and it stopped before booting, deleting or \
              changing anything. Check where the store's servers are: if `{}` lists them, start \
              once with --adopt-cloud (the region is then recorded as the store's, and later \

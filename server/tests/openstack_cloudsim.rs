@@ -10213,6 +10213,74 @@ async fn a_catalog_blip_does_not_refuse_a_store_of_no_region() {
     }
 }
 
+/// A Keystone that refuses `GET /v3/auth/catalog` for good (a 403, a
+/// gateway's 404), on a store of no region: the start failed as an outage
+/// (exit 1, restarted for ever), and `--adopt-cloud`, the way past a
+/// region the catalog cannot vouch for, could not get past it. Refused
+/// for good, the catalog cannot tell: the store is refused as when it
+/// lacks the services (exit 78), and `--adopt-cloud` adopts it unread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_refused_for_good_is_a_refusal_adopt_cloud_gets_past() {
+    use pool_manager::cloud::CloudIdentity;
+    use pool_manager::store::{SledStore, Store};
+    let env = env_with(
+        SimConfig {
+            listeners: false,
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
+    let config = env.config("", "");
+    let data = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || SledStore::open(&data))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .record_cloud_identity(&CloudIdentity::OpenStack {
+            project_id: env.face.project_id().to_owned(),
+            region: None,
+            server_tag: "warmpool".into(),
+        })
+        .await
+        .unwrap();
+    drop(store);
+    env.face.faults().answer_next(
+        Service::Identity,
+        "GET",
+        "/v3/auth/catalog",
+        1000,
+        403,
+        r#"{"error": {"code": 403, "message": "You are not authorized to perform the requested action: identity:get_auth_catalog.", "title": "Forbidden"}}"#,
+    );
+    // check-cloud says so, not that the next start records the region.
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    let store_line = line(&report, CheckKind::StoreCloud).join("\n");
+    assert!(store_line.contains("could not be read"), "{report}");
+    assert!(store_line.contains("--adopt-cloud"), "{report}");
+    assert!(!store_line.contains("next start"), "{report}");
+    match start_daemon(config.clone()).await {
+        Ok((running, stop)) => {
+            stop_daemon(running, stop).await;
+            panic!("started on a store whose region the catalog could not vouch for");
+        }
+        Err(e) => assert!(
+            warmpool_server::needs_an_operator(&e),
+            "not a refusal (exit 78): {e:#}"
+        ),
+    }
+    let mut adopting = config;
+    adopting.adopt_cloud = true;
+    match start_daemon(adopting).await {
+        Ok((running, stop)) => stop_daemon(running, stop).await,
+        Err(e) => panic!(
+            "--adopt-cloud refused, needs_an_operator (exit 78) = {}: {e:#}",
+            warmpool_server::needs_an_operator(&e)
+        ),
+    }
+}
+
 /// The refusal of a re-login on a catalog grown a region is remembered:
 /// the next calls refused 401 hear it without posting the password again
 /// (each post counts towards Keystone's lockout_failure_attempts when
