@@ -848,21 +848,7 @@ impl Model {
                 "Flavor {flavor} could not be found."
             )));
         };
-        let usage = self.compute_usage();
-        let quotas = [
-            (
-                "instances",
-                Some(self.cfg.quotas.max_instances as u64),
-                usage.instances as u64,
-                1,
-            ),
-            (
-                "cores",
-                self.cfg.max_cores,
-                usage.cores,
-                u64::from(size.vcpus),
-            ),
-            ("ram", self.cfg.max_ram_mb, usage.ram_mb, size.ram_mb),
+        let quotas = self.compute_quota_rows(&size).into_iter().chain([
             // A server's own port, and the tenant's it takes when sold.
             (
                 PORTS,
@@ -871,7 +857,7 @@ impl Model {
                 self.ports.len() as u64,
                 PORTS_PER_SERVER,
             ),
-        ];
+        ]);
         let (mut servers, mut limited_by) = (u64::MAX, String::new());
         let mut left_of = Vec::new();
         for (what, limit, used, each) in quotas {
@@ -910,13 +896,11 @@ impl Model {
         usage
     }
 
-    /// Nova's quota check of one more server of `size` (a create, a
-    /// restore): instances, then cores and RAM, in Nova's words, e.g.
-    /// "Quota exceeded for cores: Requested 64, but already used 2 of 20
-    /// cores".
-    fn check_compute_quotas(&self, size: &FlavorSpec) -> CloudResult<()> {
+    /// Nova's compute quotas as (name, limit if set, used, one server of
+    /// `size`'s need), in the order Nova checks them.
+    fn compute_quota_rows(&self, size: &FlavorSpec) -> [(&'static str, Option<u64>, u64, u64); 3] {
         let usage = self.compute_usage();
-        let checks = [
+        [
             (
                 "instances",
                 Some(self.cfg.quotas.max_instances as u64),
@@ -930,8 +914,15 @@ impl Model {
                 u64::from(size.vcpus),
             ),
             ("ram", self.cfg.max_ram_mb, usage.ram_mb, size.ram_mb),
-        ];
-        for (what, limit, used, each) in checks {
+        ]
+    }
+
+    /// Nova's quota check of one more server of `size` (a create, a
+    /// restore): instances, then cores and RAM, in Nova's words, e.g.
+    /// "Quota exceeded for cores: Requested 64, but already used 2 of 20
+    /// cores".
+    fn check_compute_quotas(&self, size: &FlavorSpec) -> CloudResult<()> {
+        for (what, limit, used, each) in self.compute_quota_rows(size) {
             if let Some(limit) = limit {
                 if used + each > limit {
                     return Err(CloudError::QuotaExceeded(format!(

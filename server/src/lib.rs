@@ -160,6 +160,21 @@ struct CloudFailing {
     retry_after: Option<std::time::Duration>,
 }
 
+impl CloudFailing {
+    /// The start-up check's refusal `message`: a [`CloudFailing`] when
+    /// every failure in `report` may pass by itself, else a plain error.
+    fn or_not(message: String, report: &check_cloud::Report) -> anyhow::Error {
+        match report.passing() {
+            Some(passing) => CloudFailing {
+                message,
+                retry_after: passing.retry_after,
+            }
+            .into(),
+            None => anyhow::anyhow!(message),
+        }
+    }
+}
+
 /// How long start-up checks the cloud again while it fails for what may
 /// pass ([`CloudFailing`]), from its first failure: a blip (a proxy's 5xx,
 /// a rate limit, a service restarting) passes within it, and exiting on it
@@ -1435,14 +1450,7 @@ async fn build_cloud(
             if let Some(refusal) = report.refusal() {
                 let message =
                     format!("the embedded simulated cloud cannot serve every pool: {refusal}");
-                return Err(match report.passing() {
-                    Some(passing) => CloudFailing {
-                        message,
-                        retry_after: passing.retry_after,
-                    }
-                    .into(),
-                    None => anyhow::anyhow!(message),
-                });
+                return Err(CloudFailing::or_not(message, &report));
             }
             tracing::info!(
                 time_scale,
@@ -1485,14 +1493,7 @@ async fn build_cloud(
                         "the OpenStack cloud is not usable (run `warmpoold check-cloud` for the full report): {}",
                         refusal.unwrap_or_default()
                     );
-                    return Err(match report.passing() {
-                        Some(passing) => CloudFailing {
-                            message,
-                            retry_after: passing.retry_after,
-                        }
-                        .into(),
-                        None => anyhow::anyhow!(message),
-                    });
+                    return Err(CloudFailing::or_not(message, &report));
                 }
             };
             tracing::info!(

@@ -744,11 +744,7 @@ impl Connection {
                     .and_then(|v| v.to_str().ok());
                 return Err(redirected(what, status, location));
             }
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+            let retry_after = retry_after_of(&response);
             let body = read_body(response, what).await?;
             Ok::<_, CloudError>(Reply {
                 status,
@@ -1024,11 +1020,7 @@ impl Connection {
             if !refused(status) {
                 return None;
             }
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+            let retry_after = retry_after_of(&response);
             let body = read_body(response, &what).await.ok()?;
             Some(classify(
                 service,
@@ -1357,6 +1349,15 @@ impl Connection {
     }
 }
 
+/// An answer's Retry-After header, as sent (seconds or an HTTP date).
+fn retry_after_of(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// osauth's failure of a call, and how many token requests had failed
 /// before the call was sent ([`Connection::token_failures`]).
 struct Failed<'a> {
@@ -1475,11 +1476,7 @@ async fn fetch_catalog(
             .await
             .map_err(|e| CloudError::Transient(format!("{what}: {}", with_causes(&e))))?;
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let retry_after = retry_after_of(&response);
         let body = read_body(response, what).await?;
         if !(200..300).contains(&status) {
             // Keystone's faults are one key wrapping a message, as Nova's.
