@@ -137,6 +137,18 @@ pub async fn cloud_as(cloud: &str, management_network: &str) -> OpenStackCloud {
         .unwrap_or_else(|e| panic!("cannot log in to the testbed as {cloud}: {e}"))
 }
 
+/// An osauth session of the clouds.yaml entry `cloud`'s user, for calls
+/// straight to the services, past warmpool's driver.
+async fn log_in_as(cloud: &str) -> osauth::Session {
+    let auth = clouds_yaml_entry(&clouds_yaml(), cloud)
+        .unwrap_or_else(|e| panic!("{}: {e}", clouds_yaml().display()));
+    let session = auth
+        .create_session()
+        .await
+        .unwrap_or_else(|e| panic!("cannot log in to the testbed as {cloud}: {e}"));
+    session
+}
+
 /// The first page of a listing as the clouds.yaml entry `cloud`'s user
 /// reads it straight from the service, past warmpool's driver and with no
 /// marker: its number of items under `key`, and whether it links a next
@@ -154,12 +166,7 @@ pub async fn first_page<Srv>(
 where
     Srv: osauth::services::ServiceType + Send + Clone,
 {
-    let auth = clouds_yaml_entry(&clouds_yaml(), cloud)
-        .unwrap_or_else(|e| panic!("{}: {e}", clouds_yaml().display()));
-    let session = auth
-        .create_session()
-        .await
-        .unwrap_or_else(|e| panic!("cannot log in to the testbed as {cloud}: {e}"));
+    let session = log_in_as(cloud).await;
     let mut request = session.get(service, path).query(query);
     if let Some(version) = version {
         request = request.header("OpenStack-API-Version", version);
@@ -184,12 +191,7 @@ where
 /// servers a daemon deleted on a Nova that soft-deletes. Follows the
 /// pages (the testbed pages Nova at 2 items).
 pub async fn soft_deleted_servers(cloud: &str, tag: &str) -> Vec<String> {
-    let auth = clouds_yaml_entry(&clouds_yaml(), cloud)
-        .unwrap_or_else(|e| panic!("{}: {e}", clouds_yaml().display()));
-    let session = auth
-        .create_session()
-        .await
-        .unwrap_or_else(|e| panic!("cannot log in to the testbed as {cloud}: {e}"));
+    let session = log_in_as(cloud).await;
     let mut ids: Vec<String> = Vec::new();
     for _ in 0..1000 {
         let mut query = vec![
