@@ -303,10 +303,14 @@ fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_alert_rules_name_only_metrics_the_daemon_exposes() {
     let daemon = Daemon::start(&[("db.small", "az1", 2, 4)]).await;
-    // Once the pool is in the store, its per-pool series are exported.
+    // Once the pool is in the store, its per-pool series are exported;
+    // its quota headroom only once the first refill has read the cloud's
+    // limits (a slow machine can scrape before that).
     let body = eventually("the pool's series on /metrics", Duration::from_secs(30), || async {
         let body = daemon.scrape().await;
-        if body.contains(r#"warmpool_pool_instances{flavor="db.small",availability_zone="az1",state="ready"}"#) {
+        if body.contains(r#"warmpool_pool_instances{flavor="db.small",availability_zone="az1",state="ready"}"#)
+            && body.contains(r#"warmpool_pool_quota_headroom{flavor="db.small",availability_zone="az1"}"#)
+        {
             Ok(body)
         } else {
             Err(body)
