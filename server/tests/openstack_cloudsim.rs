@@ -7298,14 +7298,21 @@ async fn a_pool_server_soft_deleted_by_hand_is_deleted_for_good() {
         .unwrap();
     // The operator's delete, through a client of its own.
     env.driver().await.delete_server(&server).await.unwrap();
-    assert_eq!(
-        env.sim.server(&server).map(|s| s.server.status),
-        Some(ServerStatus::Deleted)
-    );
+    // SOFT_DELETED (a plain delete is gone within 20 ms, no forceDelete
+    // sent), unless a pass of the reconciler, every 300 ms, has already
+    // force-deleted it: on a busy machine one came before this look.
+    match env.sim.server(&server).map(|s| s.server.status) {
+        Some(ServerStatus::Deleted) => {}
+        None if force_deletes(&env) > 0 => {}
+        other => panic!("not left SOFT_DELETED by the operator's delete: {other:?}"),
+    }
     wait_until("the soft-deleted server to go for good", || {
         env.sim.server(&server).is_none()
     })
     .await;
+    // By warmpool's forceDelete, not by Nova's reclaim (an hour: 36 s of
+    // real time, within the wait).
+    assert!(force_deletes(&env) > 0, "gone by the reclaim");
     stop_daemon(running, stop).await;
 }
 
