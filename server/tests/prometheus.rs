@@ -174,6 +174,30 @@ impl Prometheus {
             other => Err(format!("{promql}: expected one series, got {other:?}")),
         }
     }
+
+    /// [`Self::one_value`] as of the last scrape that succeeded, for a
+    /// value read once, after a wait for another. A scrape that outlasts
+    /// its 1 s timeout (on a loaded machine) marks every series of the
+    /// target stale until the next scrape succeeds, and an instant query
+    /// in between selects nothing: it is asked again until it selects its
+    /// series; what the value is, the caller checks.
+    async fn scraped_value(&self, promql: &str) -> f64 {
+        let what = format!("{promql} in Prometheus");
+        eventually(&what, PATIENCE, || self.one_value(promql)).await
+    }
+
+    /// [`Self::query`] as of the last scrape that succeeded: asked again
+    /// while it selects nothing (see [`Self::scraped_value`]).
+    async fn scraped(&self, promql: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+        let what = format!("{promql} in Prometheus");
+        eventually(&what, PATIENCE, || async {
+            match self.query(promql).await? {
+                series if series.is_empty() => Err("no series".to_owned()),
+                series => Ok(series),
+            }
+        })
+        .await
+    }
 }
 
 fn percent_encode(s: &str) -> String {
@@ -287,16 +311,15 @@ async fn prometheus_reports_the_pool_depth_grpc_reports_and_sees_allocations() {
 
     // Every state of the pool is exported, and the sum matches GetPool's.
     let states = prometheus
-        .query(&format!("warmpool_pool_instances{{{pool}}}"))
-        .await
-        .unwrap();
+        .scraped(&format!("warmpool_pool_instances{{{pool}}}"))
+        .await;
     assert_eq!(states.len(), 8, "one series per instance state: {states:?}");
 
     // The counters exist at zero before the first allocation...
     let warm_query = format!(r#"warmpool_allocations_total{{{pool},outcome="warm"}}"#);
     let warm_latency_query =
         format!(r#"warmpool_allocate_duration_seconds_count{{{pool},path="warm"}}"#);
-    assert_eq!(prometheus.one_value(&warm_query).await.unwrap(), 0.0);
+    assert_eq!(prometheus.scraped_value(&warm_query).await, 0.0);
 
     // ...and move after one.
     let allocation = client
@@ -348,16 +371,16 @@ async fn prometheus_reports_the_pool_depth_grpc_reports_and_sees_allocations() {
     })
     .await;
     let lead_times = prometheus
-        .one_value(&format!("warmpool_boot_lead_time_seconds_count{{{pool}}}"))
-        .await
-        .unwrap();
+        .scraped_value(&format!("warmpool_boot_lead_time_seconds_count{{{pool}}}"))
+        .await;
     assert!(lead_times >= 4.0, "{lead_times} boot lead times recorded");
 
     // The other pool is exported under its own labels.
     let medium_target = prometheus
-        .one_value(r#"warmpool_pool_effective_target{flavor="db.medium",availability_zone="az2"}"#)
-        .await
-        .unwrap();
+        .scraped_value(
+            r#"warmpool_pool_effective_target{flavor="db.medium",availability_zone="az2"}"#,
+        )
+        .await;
     assert_eq!(medium_target, 1.0);
 
     // The target's inputs are exported as GetPool shows them (at rest:
@@ -369,26 +392,23 @@ async fn prometheus_reports_the_pool_depth_grpc_reports_and_sees_allocations() {
         .sizing
         .expect("Pool.sizing");
     let window = prometheus
-        .one_value(&format!("warmpool_pool_gate_window{{{pool}}}"))
-        .await
-        .unwrap();
+        .scraped_value(&format!("warmpool_pool_gate_window{{{pool}}}"))
+        .await;
     assert_eq!(Some(window), sizing.gate.expect("the AZ's gate").window);
     let p90 = sizing.lead_time_p90.expect("lead time p90");
     let exported = prometheus
-        .one_value(&format!(
+        .scraped_value(&format!(
             r#"warmpool_pool_lead_time_estimate_seconds{{{pool},quantile="0.9"}}"#
         ))
-        .await
-        .unwrap();
+        .await;
     let expected = p90.seconds as f64 + f64::from(p90.nanos) / 1e9;
     assert!(
         (exported - expected).abs() < 1e-6,
         "{exported} vs {expected}"
     );
     let degraded = prometheus
-        .one_value(&format!("warmpool_pool_degraded{{{pool}}}"))
-        .await
-        .unwrap();
+        .scraped_value(&format!("warmpool_pool_degraded{{{pool}}}"))
+        .await;
     assert_eq!(degraded, 0.0);
 
     // Every query of the Grafana dashboard is PromQL this Prometheus
@@ -396,27 +416,37 @@ async fn prometheus_reports_the_pool_depth_grpc_reports_and_sees_allocations() {
     let mut exprs = Vec::new();
     support::dashboard_exprs(&support::dashboard(), &mut exprs);
     assert!(exprs.len() >= 15, "{exprs:?}");
-    let mut with_data = 0;
-    for expr in &exprs {
-        let promql = expr
-            .replace("$__rate_interval", "1m")
-            .replace("$__range", "5m")
-            .replace("$flavor", ".*")
-            .replace("$az", ".*")
-            .replace("$instance", ".*");
-        let result = prometheus
-            .query(&promql)
-            .await
-            .unwrap_or_else(|e| panic!("Prometheus rejects the dashboard query {expr}: {e}"));
-        with_data += usize::from(!result.is_empty());
-    }
     // Most panels show something already (the rest need throttling, leaks
-    // or failures to happen).
-    assert!(
-        with_data * 2 > exprs.len(),
-        "only {with_data} of {} queries return data",
-        exprs.len()
-    );
+    // or failures to happen): counted again while a scrape that failed
+    // leaves the instant selectors empty (see `scraped_value`).
+    eventually(
+        "most dashboard queries to return data",
+        PATIENCE,
+        || async {
+            let mut with_data = 0;
+            for expr in &exprs {
+                let promql = expr
+                    .replace("$__rate_interval", "1m")
+                    .replace("$__range", "5m")
+                    .replace("$flavor", ".*")
+                    .replace("$az", ".*")
+                    .replace("$instance", ".*");
+                let result = prometheus.query(&promql).await.unwrap_or_else(|e| {
+                    panic!("Prometheus rejects the dashboard query {expr}: {e}")
+                });
+                with_data += usize::from(!result.is_empty());
+            }
+            if with_data * 2 > exprs.len() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "only {with_data} of {} queries return data",
+                    exprs.len()
+                ))
+            }
+        },
+    )
+    .await;
 
     drop(prometheus);
     daemon.shut_down().await;
@@ -603,8 +633,8 @@ async fn the_dashboard_and_get_pool_give_one_hit_rate() {
         ),
     ] {
         assert_eq!(
-            prometheus.one_value(&series).await,
-            Ok(expected),
+            prometheus.scraped_value(&series).await,
+            expected,
             "{series}"
         );
     }
