@@ -1073,15 +1073,7 @@ async fn an_unreadable_record_is_set_aside_with_the_store_commands() {
 
     // A newer warmpoold wrote the order in a shape this one cannot read.
     let store_dir = data.path().join("store");
-    let db = (0..500)
-        .find_map(|_| match sled::open(&store_dir) {
-            Ok(db) => Some(db),
-            Err(_) => {
-                std::thread::sleep(Duration::from_millis(10));
-                None
-            }
-        })
-        .expect("the store is free");
+    let db = open_when_let_go(&store_dir);
     db.open_tree("allocations")
         .unwrap()
         .insert("order-1", br#"{"state":"Hibernating"}"#.to_vec())
@@ -1164,15 +1156,7 @@ async fn store_check_reports_an_unreadable_cloud_record_and_goes_on() {
             .unwrap();
         store.flush().await.unwrap();
     }
-    let db = (0..500)
-        .find_map(|_| match sled::open(&store_dir) {
-            Ok(db) => Some(db),
-            Err(_) => {
-                std::thread::sleep(Duration::from_millis(10));
-                None
-            }
-        })
-        .expect("the store is free");
+    let db = open_when_let_go(&store_dir);
     // A newer warmpoold's cloud, and an order of its.
     db.open_tree("meta")
         .unwrap()
@@ -1227,17 +1211,7 @@ async fn store_check_reports_an_unreadable_cloud_record_and_goes_on() {
 /// when this returns (the store commands and check-cloud wait only a second
 /// for its lock).
 fn damage_store(dir: &std::path::Path) {
-    let open = || {
-        (0..500)
-            .find_map(|_| match sled::open(dir) {
-                Ok(db) => Some(db),
-                Err(_) => {
-                    std::thread::sleep(Duration::from_millis(10));
-                    None
-                }
-            })
-            .expect("the store is free")
-    };
+    let open = || open_when_let_go(dir);
     let db = open();
     db.open_tree("pools").unwrap().insert("k", "v").unwrap();
     db.flush().unwrap();
@@ -1592,15 +1566,7 @@ async fn a_refusal_only_an_operator_mends_exits_with_ex_config() {
     assert_eq!(code, Some(1), "{stderr}");
 
     // A record this version cannot read.
-    let db = (0..500)
-        .find_map(|_| match sled::open(&store_dir) {
-            Ok(db) => Some(db),
-            Err(_) => {
-                std::thread::sleep(Duration::from_millis(10));
-                None
-            }
-        })
-        .expect("the store is free");
+    let db = open_when_let_go(&store_dir);
     db.open_tree("meta").unwrap().remove("cloud").unwrap();
     db.open_tree("allocations")
         .unwrap()
@@ -2913,6 +2879,15 @@ async fn check_cloud_fails_on_a_damaged_store() {
 /// Waits until no handle holds the store in `dir`: sled lets go of its
 /// lock (an flock of its `db` file) a moment after the last handle is
 /// dropped, and the store commands wait for it only a second.
+/// The store in `dir` (made if there is none), opened once whoever had
+/// it lets go.
+fn open_when_let_go(dir: &std::path::Path) -> sled::Db {
+    if dir.join("db").exists() {
+        wait_until_let_go(dir);
+    }
+    sled::open(dir).expect("the store opens once let go")
+}
+
 fn wait_until_let_go(dir: &std::path::Path) {
     let db = std::fs::File::open(dir.join("db")).unwrap();
     let deadline = std::time::Instant::now() + PATIENCE;
