@@ -10,7 +10,7 @@
 //! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, or a cold boot's `Booting` one, whose server is looked up by its instance id if its create's answer was not flushed; delete its port (one its SOFT_DELETED server keeps bound until Nova's reclaim is left to the name's watch instead) and created volume (watched before its delete is sent; one already `deleting` or `error_deleting`, an earlier try's delete accepted, counts as deleted), watch its name if a create may have been on its way or Cinder refuses that volume's delete as `error_attaching`, drop the record) |
 //! | allocation `Releasing`, no Release of this process carrying it out | - | finish the release (a Release called meanwhile waits for this one; a volume it deletes is watched before its delete is sent; one already being deleted counts as deleted; a port its SOFT_DELETED server keeps bound until Nova's reclaim is left to the name's watch, written before the order is `Released`) |
 //! | a name watched (`TwinWatch`) whose order's release a call of this process is carrying out | - | left to the next pass (the release writes the watch of its volume before the delete) |
-//! | a name watched (`TwinWatch`: a create of it may have been done unrecorded, a rollback left its new volume `error_attaching`, a volume of the order was deleted, or a port of it was left bound to a SOFT_DELETED server) | volumes, ports of that name (not listed for a watch of deleted volumes and bound ports alone); each deleted volume, by id; each bound port, by id | delete them but the committed allocation's own and the bound ports, naming each volume whose delete Cinder accepted (now or earlier: `deleting`, `error_deleting`) as deleted; a deleted volume gone (404) is dropped, one `error_deleting` marked stuck (announced by the pass that marks it), one an admin reset deleted again; each bound port is sent one delete, no waiting (Neutron refuses it until Nova's reclaim or an admin's forceDelete unbinds it), and dropped once taken; a refused one is looked at: still bound, asked again next pass; gone, dropped; unbound by now, sent its delete again; a look that fails for good (a 404 for a path Neutron routes nowhere) is logged as a warning naming it; end the watch once it is over and nothing of the name is left but deleted volumes, all gone, and no bound port (a volume Cinder keeps `error_attaching` fails the item at once, each pass, until an admin resets it; the watch names it as stuck until its delete is accepted) |
+//! | a name watched (`TwinWatch`: a create of it may have been done unrecorded, a rollback left its new volume `error_attaching`, a volume of the order was deleted, or a port of it was left bound to a SOFT_DELETED server) | volumes, ports of that name (not listed for a watch of deleted volumes and bound ports alone); each deleted volume, by id; each bound port, by id | delete them but the committed allocation's own and the bound ports, naming each volume whose delete Cinder accepted (now or earlier: `deleting`, `error_deleting`) as deleted; a deleted volume gone (404) is dropped, one `error_deleting` marked stuck (announced by the pass that marks it), one an admin reset deleted again; each bound port is sent one delete, no waiting (Neutron refuses it until Nova's reclaim or an admin's forceDelete unbinds it), and dropped once taken; a refused one is looked at: still bound, asked again next pass; gone, dropped; unbound by now, sent its delete again; a look that fails for good (a 404 for a path Neutron routes nowhere) is logged as a warning naming it; one Neutron cannot answer now (a 5xx, a timeout, a 429) is one try a pass, no delete sent; end the watch once it is over and nothing of the name is left but deleted volumes, all gone, and no bound port (a volume Cinder keeps `error_attaching` fails the item at once, each pass, until an admin resets it; the watch names it as stuck until its delete is accepted) |
 //! | instance `Claimed`, allocation `Allocated` naming it | - | mark the instance `Allocated` (left by versions that marked the allocation first) |
 //! | instance `Claimed`, allocation `Allocated` naming another, or none live | - | discard it (a claim left over) |
 //! | instance `Booting`, no server id | server with its instance id | adopt the server |
@@ -1189,13 +1189,31 @@ impl Shared {
         let mut freed = Vec::new();
         for port_id in &next.bound_ports {
             let item = format!("deleting port {port_id}, which a SOFT_DELETED server kept bound,");
-            let looked = self
-                .retry(self.cleanup_deadline(), || self.cloud.get_port(port_id))
-                .await;
-            // `Some`: the look failed, which says nothing of the binding;
-            // the delete is sent anyway, and its refusal warned of with
-            // the look's error (the one to mend, a wrong endpoint's 404).
+            // One look a pass, not retried, as the read of the server
+            // below: a look retried until the cleanup deadline (then the
+            // delete too) held the pass, and the Releases behind its lock,
+            // minutes per waiting port while Neutron was down.
+            let looked = self.cloud.get_port(port_id).await;
+            // `Some`: the look failed for good, which says nothing of the
+            // binding; the delete is sent anyway, and its refusal warned of
+            // with the look's error (the one to mend, a wrong endpoint's 404).
             let unlooked = match looked {
+                // Neutron down or throttling: the delete would fail so
+                // too, after its own retries. The port waits for the
+                // next pass, no delete sent.
+                Err(e) if e.is_retryable() => {
+                    let warn = self.pass_failures().failed(
+                        item,
+                        problem_of(&e.clone().into()),
+                        Instant::now(),
+                    );
+                    if warn {
+                        tracing::warn!(name = %watch.name, port = %port_id, error = %e, "cannot tell whether port {port_id}, which a SOFT_DELETED server kept bound, is free to delete: Neutron's read of it fails; the port stays until it answers (the next pass asks again; warned of again hourly while it fails)");
+                    } else {
+                        tracing::debug!(name = %watch.name, port = %port_id, error = %e, "Neutron's read of a port a SOFT_DELETED server kept bound fails again; the next pass asks again");
+                    }
+                    continue;
+                }
                 Err(CloudError::NotFound(_)) => {
                     tracing::info!(name = %watch.name, port = %port_id, "the port a SOFT_DELETED server kept bound is gone already");
                     self.pass_failures().done(&item);

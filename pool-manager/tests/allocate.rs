@@ -8752,3 +8752,100 @@ async fn a_failed_cold_boot_is_warned_of_with_its_rollback() {
     assert!(manager.get_allocation("cold").await.is_err(), "rolled back");
     assert_consistent(&sim, &manager).await;
 }
+
+/// A port a SOFT_DELETED server kept bound, looked at while Neutron is down
+/// (a 503 for every port call): the look was retried until the cleanup
+/// deadline, then the delete sent anyway was too, minutes of a pass per
+/// waiting port with the reconcile lock held, the pass's other repairs (a
+/// twin server here, other pools' leaks) and the Releases behind the lock
+/// waiting. One look a pass: the pass goes on at once, sends no delete
+/// while the look fails, and warns of it once; Neutron back, the port,
+/// unbound, is deleted and the watch ends.
+#[tokio::test(start_paused = true)]
+async fn a_bound_port_watch_during_a_neutron_outage_holds_up_no_pass() {
+    use pool_manager::cloud::{
+        Cloud, CloudError, NewPortSpec, ServerSpec, META_INSTANCE, META_POOL,
+    };
+    use pool_manager::model::TwinWatch;
+    let sim = sim();
+    let store = temp_store();
+    let manager = started(&sim, store.clone(), 1).await;
+    let port = sim
+        .create_port(&NewPortSpec {
+            name: "warmpool-order-n-1".into(),
+            network_id: "net-tenant".into(),
+            subnet_id: None,
+            fixed_ip: None,
+        })
+        .await
+        .unwrap()
+        .id;
+    let watch = TwinWatch {
+        name: "warmpool-order-n-1".into(),
+        request_id: "order-n".into(),
+        pool: Some(pool()),
+        volumes: false,
+        keep: Vec::new(),
+        stuck_volume: None,
+        deleted_volumes: Vec::new(),
+        deleted_only: true,
+        bound_ports: vec![port.clone()],
+        until: std::time::SystemTime::UNIX_EPOCH,
+    };
+    assert!(store.cas_twin_watch(None, Some(&watch)).await.unwrap());
+    // Work of the same pass after the watches: a twin of the instance's
+    // server to delete.
+    let instance = manager.list_instances(None).await.unwrap().remove(0);
+    let recorded = instance.server_id.clone().unwrap();
+    let twin = sim
+        .create_server(&ServerSpec {
+            name: format!("warmpool-{}", instance.id),
+            pool: pool(),
+            image: "mysql-8.0".into(),
+            metadata: [
+                (META_POOL.to_string(), pool().to_string()),
+                (META_INSTANCE.to_string(), instance.id.clone()),
+            ]
+            .into(),
+        })
+        .await
+        .unwrap();
+
+    let outage = || CloudError::Transient("HTTP 503 Service Unavailable".into());
+    sim.faults().fail_next_calls_of("get_port", 1000, outage());
+    sim.faults()
+        .fail_next_calls_of("delete_port", 1000, outage());
+    let logs = Logs::capture_at(tracing::Level::DEBUG);
+    let calls = |method: &str| sim.call_counts().get(method).copied().unwrap_or(0);
+    for pass in 1..=2 {
+        let (looks, deletes) = (calls("get_port"), calls("delete_port"));
+        let began = tokio::time::Instant::now();
+        manager.reconcile().await.unwrap();
+        let took = began.elapsed();
+        assert!(
+            took < Duration::from_secs(10),
+            "pass {pass} took {took:?}: {}",
+            logs.text()
+        );
+        assert_eq!(calls("get_port") - looks, 1, "pass {pass}: one look");
+        assert_eq!(calls("delete_port"), deletes, "pass {pass}: a delete sent");
+    }
+    let left: Vec<String> = sim.servers().into_iter().map(|s| s.server.id).collect();
+    assert_eq!(left, [recorded], "the twin {} survived", twin.id);
+    let warned: Vec<String> = logs
+        .warnings()
+        .into_iter()
+        .filter(|l| l.contains(&port))
+        .collect();
+    assert_eq!(warned.len(), 1, "{}", logs.text());
+    assert!(warned[0].contains("503"), "{}", warned[0]);
+    assert_eq!(store.list_twin_watches().await.unwrap(), vec![watch]);
+    assert!(sim.ports().iter().any(|p| p.id == port));
+
+    // Neutron back: the port, bound to nothing, is deleted.
+    sim.faults().fail_next_calls_of("get_port", 0, outage());
+    sim.faults().fail_next_calls_of("delete_port", 0, outage());
+    manager.reconcile().await.unwrap();
+    assert!(!sim.ports().iter().any(|p| p.id == port), "{}", logs.text());
+    assert!(store.list_twin_watches().await.unwrap().is_empty());
+}
