@@ -10454,3 +10454,88 @@ async fn a_refused_renewal_or_re_login_is_warned_of_once_with_keystones_reason_a
     }
     assert_eq!(refusal_warnings(&logs), 1, "re-login: {}", logs.text());
 }
+
+/// An image the cloud does not have is named at CreatePool and UpdatePool
+/// beside the images it does (ten at most, as check-cloud names them, and
+/// as a missing flavor is), nothing stored or changed. The refusal named
+/// the image alone: a misspelt or retired image meant a trip to
+/// `openstack image list`, though check-cloud listed them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_image_is_named_with_the_images_the_cloud_offers() {
+    use warmpool_client::Client;
+    let mut images: Vec<String> = ["mysql-8.0", "mysql-8.4"].map(Into::into).into();
+    images.extend((1..=10).map(|n| format!("os-{n:02}")));
+    let env = env_with(
+        SimConfig {
+            images,
+            // No server is made.
+            listeners: false,
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
+    let named = |m: &str, image: &str| {
+        m.contains(&format!("no image named '{image}' is visible to user pool in project service (visible images: mysql-8.0, mysql-8.4, os-01, os-02, os-03, os-04, os-05, os-06, os-07, os-08 and 2 more)"))
+    };
+
+    let e = env
+        .driver()
+        .await
+        .check_boot_spec(&PoolKey::new("db.small", "az1"), "mysql-8.9")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::NotFound(m) if named(m, "mysql-8.9")),
+        "{e:?}"
+    );
+
+    let (running, stop) = start_daemon(env.config("", "")).await.unwrap();
+    let client = Client::connect(&format!("http://{}", running.grpc_addr))
+        .await
+        .unwrap();
+    let idle = warmpool_proto::v1::PoolSpec {
+        min_ready: 0,
+        ..api_pool_spec()
+    };
+    let refused = support::expect_code(
+        client
+            .create_pool(
+                "db.small",
+                "az1",
+                warmpool_proto::v1::PoolSpec {
+                    image: "mysql-8.9".into(),
+                    ..idle.clone()
+                },
+            )
+            .await,
+        tonic::Code::FailedPrecondition,
+    );
+    assert!(named(&refused, "mysql-8.9"), "{refused}");
+    support::expect_code(
+        client.get_pool("db.small", "az1").await,
+        tonic::Code::NotFound,
+    );
+
+    client.create_pool("db.small", "az1", idle).await.unwrap();
+    let refused = support::expect_code(
+        client
+            .update_pool(
+                "db.small",
+                "az1",
+                warmpool_proto::v1::PoolSpec {
+                    image: "os-11".into(),
+                    ..Default::default()
+                },
+                ["image"],
+            )
+            .await,
+        tonic::Code::FailedPrecondition,
+    );
+    assert!(named(&refused, "os-11"), "{refused}");
+    let pool = client.get_pool("db.small", "az1").await.unwrap();
+    assert_eq!(pool.spec.unwrap().image, "mysql-8.0");
+    assert!(env.sim.servers().is_empty());
+    drop(client);
+    stop_daemon(running, stop).await;
+}

@@ -939,6 +939,26 @@ impl OpenStackCloud {
         }
     }
 
+    /// [`Self::check_image`] for CreatePool and UpdatePool: an image Glance
+    /// lacks is named beside those it offers (as a flavor Nova lacks is, and
+    /// as check-cloud names them), so a misspelt or retired image is fixed
+    /// without `openstack image list`. Not in the lookup itself: a boot's
+    /// miss needs no listing, and check-cloud adds its own. A listing that
+    /// fails adds nothing.
+    async fn check_offered_image(&self, image: &str) -> CloudResult<()> {
+        match self.check_image(image).await {
+            Ok(_) => Ok(()),
+            Err(LookupError::Object(CloudError::NotFound(m))) => {
+                let offered = match self.image_names().await {
+                    Ok(names) => format!(" (visible images: {})", some_names(&names)),
+                    Err(_) => String::new(),
+                };
+                Err(CloudError::NotFound(format!("{m}{offered}")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// A Neutron network given by name or id (cached).
     pub async fn network(&self, name_or_id: &str) -> CloudResult<Named> {
         Ok(self.look_up_network(name_or_id).await?)
@@ -2594,13 +2614,12 @@ impl Cloud for OpenStackCloud {
     /// shown as the pool's image, and failing every boot later.
     async fn check_boot_image(&self, image: &str) -> CloudResult<()> {
         if let Some(every_pool) = &self.inner.settings.image {
-            self.check_image(every_pool).await?;
+            self.check_offered_image(every_pool).await?;
             if every_pool == image {
                 return Ok(());
             }
         }
-        self.check_image(image).await?;
-        Ok(())
+        self.check_offered_image(image).await
     }
 }
 
