@@ -10364,7 +10364,7 @@ async fn throttled_and_paused_calls_are_no_warnings_and_keystone_taking_the_logi
     faults.server_error_next(Service::Compute, 1);
     let _ = cloud.read_server(&server.id).await;
     assert!(
-        logs.count("WARN", "cloud call answered an error") >= 1,
+        logs.count("WARN", "cloud call answered a server error") >= 1,
         "a 500 stays a warning: {}",
         logs.text()
     );
@@ -10538,4 +10538,109 @@ async fn an_unknown_image_is_named_with_the_images_the_cloud_offers() {
     assert!(env.sim.servers().is_empty());
     drop(client);
     stop_daemon(running, stop).await;
+}
+
+/// An outage of one service was a WARN per call and per retry (a Cinder
+/// answering 500 for a while: dozens a minute), and nothing said when a
+/// warned throttling ended. Now its first failure (a 5xx or a timeout)
+/// is the one WARN, its further failures are at debug, and its first
+/// answer after a warned outage or 429 spell is an INFO; other refusals
+/// (a 409) stay a WARN each: each is a problem of its own.
+#[tokio::test]
+async fn a_services_outage_is_warned_of_once_and_its_end_is_said() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let volume = cloud
+        .create_volume(&volume_spec("warmpool-o1", 1))
+        .await
+        .unwrap();
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    let logs = support::Logs::capture();
+    let faults = env.face.faults();
+    let outage_warned = "further failures of block-storage (Cinder) are logged at debug";
+    let answers_again = "block-storage (Cinder) answers again";
+
+    faults.server_error_next(Service::Volume, 5);
+    for _ in 0..5 {
+        cloud.get_volume(&volume.id).await.unwrap_err();
+    }
+    // Nova answering meanwhile says nothing of Cinder.
+    cloud.read_server(&server.id).await.unwrap();
+    assert_eq!(logs.count("WARN", outage_warned), 1, "{}", logs.text());
+    assert_eq!(logs.warnings().len(), 1, "{}", logs.text());
+    assert_eq!(logs.count("INFO", answers_again), 0, "{}", logs.text());
+    cloud.get_volume(&volume.id).await.unwrap();
+    assert_eq!(
+        logs.count(
+            "INFO",
+            "block-storage (Cinder) answers again after 5 failed calls"
+        ),
+        1,
+        "{}",
+        logs.text()
+    );
+    cloud.get_volume(&volume.id).await.unwrap();
+    assert_eq!(logs.count("INFO", answers_again), 1, "{}", logs.text());
+
+    // A timeout begins an outage as a 5xx does.
+    faults.slow(Service::Volume, Duration::from_secs(10));
+    tokio::time::pause();
+    for _ in 0..2 {
+        let e = cloud.get_volume(&volume.id).await.unwrap_err();
+        assert!(matches!(e, CloudError::Transient(_)), "{e:?}");
+    }
+    tokio::time::resume();
+    faults.slow(Service::Volume, Duration::ZERO);
+    let timed_out = logs.lines_at("WARN");
+    assert_eq!(logs.count("WARN", outage_warned), 2, "{}", logs.text());
+    assert!(
+        timed_out.last().unwrap().contains("timed out"),
+        "{timed_out:?}"
+    );
+    cloud.get_volume(&volume.id).await.unwrap();
+    assert_eq!(logs.count("INFO", answers_again), 2, "{}", logs.text());
+
+    // A warned 429 spell's end is said too.
+    faults.throttle_next(Service::Volume, 2, Duration::from_secs(1));
+    for _ in 0..2 {
+        let e = cloud.get_volume(&volume.id).await.unwrap_err();
+        assert!(matches!(e, CloudError::Throttled { .. }), "{e:?}");
+    }
+    assert_eq!(
+        logs.count("WARN", "the cloud throttles warmpool's calls (HTTP 429)"),
+        1,
+        "{}",
+        logs.text()
+    );
+    cloud.get_volume(&volume.id).await.unwrap();
+    assert_eq!(
+        logs.count(
+            "INFO",
+            "block-storage (Cinder) answers again after 2 throttled calls"
+        ),
+        1,
+        "{}",
+        logs.text()
+    );
+
+    // Other errors stay a WARN per call.
+    let warnings = logs.warnings().len();
+    faults.answer_next(
+        Service::Compute,
+        "GET",
+        &format!("/v2.1/servers/{}", server.id),
+        2,
+        409,
+        r#"{"conflictingRequest": {"code": 409, "message": "Cannot 'get' instance while it is in task_state migrating"}}"#,
+    );
+    for _ in 0..2 {
+        cloud.read_server(&server.id).await.unwrap_err();
+    }
+    let new: Vec<_> = logs.warnings().split_off(warnings);
+    assert_eq!(new.len(), 2, "{new:?}");
+    assert!(new.iter().all(|l| l.contains("status=409")), "{new:?}");
+    assert_eq!(logs.count("INFO", "compute (Nova) answers again"), 0);
 }

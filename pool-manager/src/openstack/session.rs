@@ -374,11 +374,12 @@ pub struct Connection {
     /// paused calls log each other in again on every call. A new
     /// `Connection` (a restart, credentials read again) starts with none.
     refused_fresh: Mutex<HashMap<String, tokio::time::Instant>>,
-    /// When a 429 of each service was last warned of: throttling is warned
-    /// of once an hour while it lasts, its every call at debug (the
-    /// metrics count them), so an hour of it is neither silent nor a WARN
-    /// per call.
-    throttle_warned: Mutex<HashMap<&'static str, tokio::time::Instant>>,
+    /// Each service's troubles as warned of ([`Trouble`]): an outage (5xx,
+    /// timeouts) or throttling (429) is a WARN when it begins and hourly
+    /// while it lasts, its every call at debug (the metrics count them),
+    /// and the service's first answer after it an INFO; so an outage is
+    /// neither silent nor a WARN per call and per retry.
+    trouble: Mutex<HashMap<&'static str, Trouble>>,
     /// What the sessions' [`TokenWatch`] share: their failed token
     /// requests, Keystone's refusals and the pause.
     watched: Watched,
@@ -633,7 +634,7 @@ impl Connection {
             cinder_as_volumev3: AtomicBool::new(false),
             project_id: tokio::sync::OnceCell::new(),
             refused_fresh: Mutex::default(),
-            throttle_warned: Mutex::default(),
+            trouble: Mutex::default(),
             watched,
         }))
     }
@@ -1287,7 +1288,15 @@ impl Connection {
         let service = call.service.name();
         match result {
             Err(_) => {
-                tracing::warn!(service, call = %what, %request_id, latency_ms, "cloud call timed out");
+                let said = self.noted(call.service, Outcome::Failed);
+                match failure_warning(&said, call.service, "cloud call timed out") {
+                    Some(warning) => {
+                        tracing::warn!(service, call = %what, %request_id, latency_ms, "{warning}")
+                    }
+                    None => {
+                        tracing::debug!(service, call = %what, %request_id, latency_ms, "cloud call timed out")
+                    }
+                }
                 Err(CloudError::Transient(format!(
                     "{what}: no answer within {:?}",
                     self.timeout
@@ -1296,11 +1305,35 @@ impl Connection {
             Ok(Err(e)) => {
                 // A call refused during Keystone's pause was never sent:
                 // the refusal that began the pause was warned of, and
-                // every call until it ends hears it again.
-                if self.watched.refusals().active().as_ref() == Some(&e) {
-                    tracing::debug!(service, call = %what, %request_id, latency_ms, error = %e, "cloud call not sent: Keystone's pause");
-                } else {
-                    tracing::warn!(service, call = %what, %request_id, latency_ms, error = %e, "cloud call failed");
+                // every call until it ends hears it again. A transport
+                // failure (or a 5xx, a 429 to the version document) is the
+                // service's outage or throttling as an answer's is; a
+                // failed token request is Keystone's.
+                let paused = self.watched.refusals().active().as_ref() == Some(&e);
+                let outcome = match &e {
+                    _ if paused || token_request_failed => None,
+                    CloudError::Transient(_) => Some(Outcome::Failed),
+                    CloudError::Throttled { .. } => Some(Outcome::Throttled),
+                    _ => None,
+                };
+                match outcome.map(|outcome| self.noted(call.service, outcome)) {
+                    _ if paused => {
+                        tracing::debug!(service, call = %what, %request_id, latency_ms, error = %e, "cloud call not sent: Keystone's pause")
+                    }
+                    Some(Said::ThrottleWarned) => {
+                        tracing::warn!(service, call = %what, %request_id, latency_ms, error = %e, "{THROTTLE_WARNING}")
+                    }
+                    Some(said) => match failure_warning(&said, call.service, "cloud call failed") {
+                        Some(warning) => {
+                            tracing::warn!(service, call = %what, %request_id, latency_ms, error = %e, "{warning}")
+                        }
+                        None => {
+                            tracing::debug!(service, call = %what, %request_id, latency_ms, error = %e, "cloud call failed")
+                        }
+                    },
+                    None => {
+                        tracing::warn!(service, call = %what, %request_id, latency_ms, error = %e, "cloud call failed")
+                    }
                 }
                 if token_request_failed {
                     note_side_call(SideCall {
@@ -1314,15 +1347,48 @@ impl Connection {
             Ok(Ok((reply, cloud_id))) => {
                 let cloud_request_id = cloud_id.unwrap_or_default();
                 // 404 is an expected answer (deletes are idempotent, waits
-                // poll until gone), and a 429 is counted in the metrics and
-                // paced by the gate: it is warned of once an hour per
-                // service while throttling lasts. Other errors are warnings.
-                if reply.status == 429 && self.first_429_this_hour(service) {
-                    tracing::warn!(service, call = %what, status = reply.status, retry_after = ?reply.retry_after, %request_id, %cloud_request_id, "the cloud throttles warmpool's calls (HTTP 429): they wait out its Retry-After; warned of again in an hour if it lasts (every 429 is counted in warmpool_cloud_request_duration_seconds_count{{status=\"throttled\"}} and logged at debug)");
-                } else if reply.status >= 400 && reply.status != 404 && reply.status != 429 {
-                    tracing::warn!(service, call = %what, status = reply.status, %request_id, %cloud_request_id, latency_ms, "cloud call answered an error");
-                } else {
-                    tracing::debug!(service, call = %what, status = reply.status, %request_id, %cloud_request_id, latency_ms, "cloud call");
+                // poll until gone). A 429 is counted in the metrics and
+                // paced by the gate, and a 5xx is retried: each is warned
+                // of when it begins and hourly while it lasts (`noted`).
+                // Other errors are a warning each: each is its own problem.
+                let outcome = match reply.status {
+                    429 => Some(Outcome::Throttled),
+                    s if s >= 500 => Some(Outcome::Failed),
+                    s if s < 400 || s == 404 => Some(Outcome::Answered),
+                    _ => None,
+                };
+                let said = outcome.map(|outcome| self.noted(call.service, outcome));
+                match said {
+                    Some(Said::ThrottleWarned) => {
+                        tracing::warn!(service, call = %what, status = reply.status, retry_after = ?reply.retry_after, %request_id, %cloud_request_id, "{THROTTLE_WARNING}");
+                    }
+                    Some(Said::AnswersAgain {
+                        failed,
+                        throttled,
+                        took,
+                    }) => {
+                        tracing::debug!(service, call = %what, status = reply.status, %request_id, %cloud_request_id, latency_ms, "cloud call");
+                        tracing::info!(
+                            service,
+                            "{}",
+                            answers_again(call.service, failed, throttled, took)
+                        );
+                    }
+                    Some(said) => match failure_warning(
+                        &said,
+                        call.service,
+                        "cloud call answered a server error",
+                    ) {
+                        Some(warning) => {
+                            tracing::warn!(service, call = %what, status = reply.status, %request_id, %cloud_request_id, latency_ms, "{warning}")
+                        }
+                        None => {
+                            tracing::debug!(service, call = %what, status = reply.status, %request_id, %cloud_request_id, latency_ms, "cloud call")
+                        }
+                    },
+                    None => {
+                        tracing::warn!(service, call = %what, status = reply.status, %request_id, %cloud_request_id, latency_ms, "cloud call answered an error")
+                    }
                 }
                 Ok(reply)
             }
@@ -1331,22 +1397,165 @@ impl Connection {
 }
 
 impl Connection {
-    /// Whether a 429 from `service` is the first one in an hour (and so
-    /// worth a WARN); notes it as warned of when it is.
-    fn first_429_this_hour(&self, service: &'static str) -> bool {
+    /// Notes how a call to `service` went, and says what that is worth in
+    /// the log ([`Trouble`]).
+    fn noted(&self, service: Service, outcome: Outcome) -> Said {
         let now = tokio::time::Instant::now();
-        let mut warned = self
-            .throttle_warned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match warned.get(service) {
-            Some(at) if now.duration_since(*at) < Duration::from_secs(3600) => false,
-            _ => {
-                warned.insert(service, now);
-                true
+        let mut all = self.trouble.lock().unwrap_or_else(|p| p.into_inner());
+        all.entry(service.name()).or_default().noted(outcome, now)
+    }
+}
+
+/// How a call went, as [`Trouble`] counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// An answer: 2xx, 3xx or a 404 (an expected answer).
+    Answered,
+    /// A 5xx, a timeout or a transport failure: the service is out.
+    Failed,
+    /// A 429: the service throttles warmpool's calls.
+    Throttled,
+}
+
+/// What a call's [`Outcome`] is worth in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Said {
+    /// Nothing above debug.
+    Debug,
+    /// The service's first failure since it last answered.
+    OutageBegins,
+    /// An hour since the outage was last warned of, and it lasts.
+    OutageLasts { failed: u64, took: Duration },
+    /// The first 429 of the service in an hour.
+    ThrottleWarned,
+    /// The first answer after a warned outage or 429 spell.
+    AnswersAgain {
+        failed: u64,
+        throttled: u64,
+        took: Duration,
+    },
+}
+
+const HOURLY: Duration = Duration::from_secs(3600);
+
+/// The warning of a 429 (of a service's first in an hour).
+const THROTTLE_WARNING: &str = "the cloud throttles warmpool's calls (HTTP 429): they wait out its Retry-After; warned of again in an hour if it lasts, and its end is logged (every 429 is counted in warmpool_cloud_request_duration_seconds_count{status=\"throttled\"} and logged at debug)";
+
+/// A service's troubles as warned of. An outage (5xx, timeouts) is a WARN
+/// at its first failure after an answer and hourly while it lasts; a 429
+/// a WARN at most hourly, as throttling comes and goes with the load (a
+/// WARN for each 429 that follows an answer would be one per 429). The
+/// first answer after either warned of is an INFO. Every call in between
+/// is at debug (the metrics count them all).
+#[derive(Debug, Default)]
+struct Trouble {
+    /// When a 429 of the service was last warned of.
+    throttle_warned: Option<tokio::time::Instant>,
+    /// The outage or 429 spell warned of that no answer has ended yet.
+    spell: Option<Spell>,
+}
+
+#[derive(Debug)]
+struct Spell {
+    since: tokio::time::Instant,
+    /// When its failures were last warned of; none while it only throttles.
+    failures_warned: Option<tokio::time::Instant>,
+    failed: u64,
+    throttled: u64,
+}
+
+impl Trouble {
+    fn noted(&mut self, outcome: Outcome, now: tokio::time::Instant) -> Said {
+        let an_hour_since =
+            |at: Option<tokio::time::Instant>| at.is_none_or(|at| now.duration_since(at) >= HOURLY);
+        let new_spell = || Spell {
+            since: now,
+            failures_warned: None,
+            failed: 0,
+            throttled: 0,
+        };
+        match outcome {
+            Outcome::Answered => match self.spell.take() {
+                Some(spell) => Said::AnswersAgain {
+                    failed: spell.failed,
+                    throttled: spell.throttled,
+                    took: now.duration_since(spell.since),
+                },
+                None => Said::Debug,
+            },
+            Outcome::Throttled => {
+                // A 429 within the hour of the last warning is at debug, and
+                // so is its end when no spell was open (it ended, said so).
+                let warn = an_hour_since(self.throttle_warned);
+                let spell = if warn {
+                    self.throttle_warned = Some(now);
+                    Some(self.spell.get_or_insert_with(new_spell))
+                } else {
+                    self.spell.as_mut()
+                };
+                if let Some(spell) = spell {
+                    spell.throttled += 1;
+                }
+                if warn {
+                    Said::ThrottleWarned
+                } else {
+                    Said::Debug
+                }
+            }
+            Outcome::Failed => {
+                let spell = self.spell.get_or_insert_with(new_spell);
+                spell.failed += 1;
+                let said = match spell.failures_warned {
+                    None => Said::OutageBegins,
+                    at if an_hour_since(at) => Said::OutageLasts {
+                        failed: spell.failed,
+                        took: now.duration_since(spell.since),
+                    },
+                    Some(_) => return Said::Debug,
+                };
+                spell.failures_warned = Some(now);
+                said
             }
         }
     }
+}
+
+/// The WARN of a failure (`how`: "cloud call timed out") worth one, or
+/// none (debug).
+fn failure_warning(said: &Said, service: Service, how: &str) -> Option<String> {
+    let (name, project) = (service.name(), service.project());
+    match said {
+        Said::OutageBegins => Some(format!(
+            "{how}; further failures of {name} ({project}) are logged at debug until it answers again (warned of again hourly while they last; the metrics count each)"
+        )),
+        Said::OutageLasts { failed, took } => Some(format!(
+            "{how}: {name} ({project}) still fails warmpool's calls, {failed} failed over {}; further failures are logged at debug until it answers again",
+            humantime::format_duration(whole_seconds(*took))
+        )),
+        _ => None,
+    }
+}
+
+/// The INFO of a service's first answer after a warned outage or 429 spell.
+fn answers_again(service: Service, failed: u64, throttled: u64, took: Duration) -> String {
+    let calls = match (failed, throttled) {
+        (f, 0) => format!("{f} failed calls"),
+        (0, t) => format!("{t} throttled calls (throttling ended)"),
+        (f, t) => format!("{f} failed and {t} throttled calls"),
+    };
+    let over = match whole_seconds(took) {
+        d if d.is_zero() => String::new(),
+        d => format!(" over {}", humantime::format_duration(d)),
+    };
+    format!(
+        "{} ({}) answers again after {calls}{over}",
+        service.name(),
+        service.project()
+    )
+}
+
+fn whole_seconds(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs())
 }
 
 /// An answer's Retry-After header, as sent (seconds or an HTTP date).
@@ -2100,6 +2309,68 @@ async fn login(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An outage is warned of at its first failure and hourly while it
+    /// lasts, its end said once; a 429 within the hour of the last
+    /// warning is at debug, and so is the end of such a spell (the one
+    /// warned of ended, and was said to).
+    #[test]
+    fn a_services_trouble_is_warned_of_at_its_start_hourly_and_its_end_once() {
+        use Outcome::*;
+        let start = tokio::time::Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut t = Trouble::default();
+        assert_eq!(t.noted(Answered, at(0)), Said::Debug);
+        assert_eq!(t.noted(Failed, at(1)), Said::OutageBegins);
+        assert_eq!(t.noted(Failed, at(2)), Said::Debug);
+        assert_eq!(t.noted(Throttled, at(3)), Said::ThrottleWarned);
+        assert_eq!(
+            t.noted(Failed, at(3601)),
+            Said::OutageLasts {
+                failed: 3,
+                took: Duration::from_secs(3600)
+            }
+        );
+        assert_eq!(t.noted(Failed, at(3602)), Said::Debug);
+        assert_eq!(
+            t.noted(Answered, at(3603)),
+            Said::AnswersAgain {
+                failed: 4,
+                throttled: 1,
+                took: Duration::from_secs(3602)
+            }
+        );
+        assert_eq!(t.noted(Answered, at(3604)), Said::Debug);
+
+        let mut t = Trouble::default();
+        assert_eq!(t.noted(Throttled, at(0)), Said::ThrottleWarned);
+        assert_eq!(
+            t.noted(Answered, at(1)),
+            Said::AnswersAgain {
+                failed: 0,
+                throttled: 1,
+                took: Duration::from_secs(1)
+            }
+        );
+        // Throttled again within the hour of its warning: debug, both ways.
+        assert_eq!(t.noted(Throttled, at(2)), Said::Debug);
+        assert_eq!(t.noted(Answered, at(3)), Said::Debug);
+        // A failure after an answer begins an outage whenever it comes.
+        assert_eq!(t.noted(Failed, at(4)), Said::OutageBegins);
+        assert_eq!(t.noted(Throttled, at(3600)), Said::ThrottleWarned);
+        assert_eq!(
+            t.noted(Answered, at(3601)),
+            Said::AnswersAgain {
+                failed: 1,
+                throttled: 1,
+                took: Duration::from_secs(3597)
+            }
+        );
+        assert_eq!(
+            answers_again(Service::BlockStorage, 0, 2, Duration::from_millis(61_500)),
+            "block-storage (Cinder) answers again after 2 throttled calls (throttling ended) over 1m 1s"
+        );
+    }
 
     /// A refused re-login pauses the password 30 s, doubling with each
     /// refusal in a row up to 10 minutes: five refusals (a usual
