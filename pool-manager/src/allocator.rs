@@ -42,7 +42,7 @@ use crate::error::{ApiCall, ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, EventKind};
 use crate::gate::{self, BootTicket, Gate};
 use crate::manager::{
-    validate_name, validate_optional_name, validate_pool_key, PoolManager, Shared,
+    validate_name, validate_optional_name, validate_path_id, validate_pool_key, PoolManager, Shared,
 };
 use crate::model::{
     Allocation, AllocationParams, AllocationState, EmptyPoolPolicy, Instance, InstanceState,
@@ -487,6 +487,8 @@ fn validate(params: &AllocationParams) -> ManagerResult<()> {
     match &params.volume.source {
         // Cinder's ids are UUIDs. Anything else would be put in a URL path
         // as is: "..", "detail" or "summary" name other resources there.
+        // A UUID is one path segment too (`path_segment_problem`, the rule
+        // for the network id below).
         VolumeSource::Existing { volume_id } => {
             let is_uuid = volume_id.len() == 36 && uuid::Uuid::parse_str(volume_id).is_ok();
             if !is_uuid {
@@ -511,7 +513,11 @@ fn validate(params: &AllocationParams) -> ManagerResult<()> {
             }
         }
     }
-    validate_name("network.network_id", &params.network.network_id)?;
+    // Put into the URL path of Neutron's network read: a name, and no
+    // "." or "..", which the URL join drops (the read became the listing
+    // of every network, retried as a transient failure to the deadline).
+    // Not a UUID: the embedded cloud's networks are named.
+    validate_path_id("network.network_id", &params.network.network_id)?;
     if let Some(subnet_id) = &params.network.subnet_id {
         validate_optional_name("network.subnet_id", subnet_id)?;
     }

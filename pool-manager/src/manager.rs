@@ -1550,6 +1550,17 @@ pub(crate) fn validate_name(field: &'static str, value: &str) -> ManagerResult<(
     }
 }
 
+/// An id the OpenStack driver puts into a URL path: a name
+/// ([`validate_name`]) that is also one path segment
+/// ([`crate::model::path_segment_problem`]).
+pub(crate) fn validate_path_id(field: &'static str, value: &str) -> ManagerResult<()> {
+    validate_name(field, value)?;
+    match crate::model::path_segment_problem(value) {
+        Some(problem) => Err(ManagerError::invalid(field, problem)),
+        None => Ok(()),
+    }
+}
+
 /// An optional name that was given: blank is refused as blank, since
 /// "is required" would send the caller to fill in a field it may leave
 /// empty; anything else as [`validate_name`] judges it.

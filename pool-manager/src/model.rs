@@ -130,6 +130,28 @@ pub fn name_problem(value: &str) -> Option<String> {
     }
 }
 
+/// What keeps `id` from being one segment of a cloud API's URL path (an
+/// object id the OpenStack driver puts there: `/networks/{id}`), if
+/// anything does. The URL join under osauth drops a `.` or `..` segment,
+/// so `GET /networks/..` went out as `GET /networks`, the listing of
+/// every network, which no retry turns into the one asked for; a `/`
+/// would be sent escaped and name no object either. One rule for the
+/// ids an order or the config carries there and for the driver's own
+/// check of every call it sends.
+pub fn path_segment_problem(id: &str) -> Option<String> {
+    if id.is_empty() || id == "." || id == ".." {
+        Some(format!(
+            "{id:?} names no object: an id goes into the cloud API's URL path, which drops an empty, \".\" or \"..\" segment"
+        ))
+    } else if id.contains('/') {
+        Some(format!(
+            "{id:?} holds a \"/\": an id goes into the cloud API's URL path as one segment"
+        ))
+    } else {
+        None
+    }
+}
+
 impl fmt::Display for PoolKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.flavor, self.availability_zone)

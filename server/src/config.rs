@@ -2207,6 +2207,15 @@ impl Config {
                         )));
                     }
                 }
+                // The key pair is read at `/os-keypairs/{name}`, where a
+                // "." or ".." is dropped: the read became the listing.
+                if let Some(problem) = os
+                    .key_name
+                    .as_deref()
+                    .and_then(pool_manager::model::path_segment_problem)
+                {
+                    return Err(ConfigError::Invalid(format!("cloud.key_name {problem}")));
+                }
                 // Nor does an empty name fall back to what its absence
                 // means: the entry named "" would be looked for in
                 // clouds.yaml, the image named "" in Glance.
@@ -3408,6 +3417,17 @@ key_file = "b.key"
             assert_ne!(bad, text);
             let err = Config::parse(&bad).unwrap_err().to_string();
             assert!(err.contains("must not be empty"), "{to}: {err}");
+        }
+
+        // The key pair is read at /os-keypairs/{name}, where the URL join
+        // drops a "." or ".." segment: the read would be the listing.
+        for key in [".", ".."] {
+            let bad = text.replace(r#"key_name = "ops""#, &format!("key_name = {key:?}"));
+            let err = Config::parse(&bad).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("cloud.key_name {key:?} names no object")),
+                "{key}: {err}"
+            );
         }
 
         // A tag Nova would refuse on every boot is refused at load.

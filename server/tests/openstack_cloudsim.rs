@@ -10644,3 +10644,71 @@ async fn a_services_outage_is_warned_of_once_and_its_end_is_said() {
     assert!(new.iter().all(|l| l.contains("status=409")), "{new:?}");
     assert_eq!(logs.count("INFO", "compute (Nova) answers again"), 0);
 }
+
+/// An order's network id that cannot be one segment of a URL path (`.`,
+/// `..`, one holding a `/`) is refused INVALID_ARGUMENT naming the field,
+/// and Neutron is sent nothing. Checked only as a name, `..` went into
+/// `GET /v2.0/networks/{id}`, whose URL join drops such a segment: the
+/// call became the listing of every network, whose answer is no network,
+/// a transient failure retried to the order's deadline, and billing was
+/// told UNAVAILABLE, to call again for an order that can never be served.
+/// The driver refuses such a segment in any call too (a server id read
+/// from anywhere), as an error no retry mends, sending nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_id_that_is_no_url_segment_is_refused_sending_nothing() {
+    use cloudsim::http::Service as Api;
+    use warmpool_client::Client;
+    let env = env().await;
+    // No instance is wanted: nothing but the order would call Neutron.
+    let idle_pool = r#"
+[[pools]]
+flavor = "db.small"
+availability_zone = "az1"
+min_ready = 0
+max_ready = 1
+image = "mysql-8.0"
+"#;
+    let (running, stop) = start_daemon(env.config("", idle_pool)).await.unwrap();
+    let client = Client::connect(&format!("http://{}", running.grpc_addr))
+        .await
+        .unwrap();
+    for (n, network) in [".", "..", "tenant-net/..", "../ports"]
+        .into_iter()
+        .enumerate()
+    {
+        let sent = env.face.faults().requests(Api::Network);
+        let refused = support::expect_code(
+            client
+                .allocate(support::allocate_request(
+                    &format!("o{n}"),
+                    "db.small",
+                    "az1",
+                    support::new_volume(1, true),
+                    network,
+                    Duration::from_secs(30),
+                ))
+                .await,
+            tonic::Code::InvalidArgument,
+        );
+        assert!(refused.contains("network.network_id"), "{refused}");
+        assert_eq!(
+            env.face.faults().requests(Api::Network),
+            sent,
+            "{network:?}: {refused}"
+        );
+    }
+    assert!(env.sim.volumes().is_empty() && env.sim.ports().is_empty());
+    drop(client);
+    stop_daemon(running, stop).await;
+
+    let cloud = env.driver().await;
+    for id in ["..", ".", "a/b", ""] {
+        let sent = env.face.faults().requests(Api::Compute);
+        let e = cloud.get_server(id).await.unwrap_err();
+        assert!(
+            matches!(&e, CloudError::Fatal(m) if m.contains("GET /servers/") && m.contains("URL path")),
+            "{id:?}: {e:?}"
+        );
+        assert_eq!(env.face.faults().requests(Api::Compute), sent, "{id:?}");
+    }
+}

@@ -531,6 +531,9 @@ pub(crate) struct FaceState {
     /// Token requests (`POST /v3/auth/tokens`) received, counted as they
     /// arrive: before any fault, a slowed or answered-in-stead one too.
     token_requests: AtomicU32,
+    /// Requests received by each service (`HttpFaults::requests`), counted
+    /// as token requests are.
+    requests: Mutex<HashMap<Service, u64>>,
     /// Nova's policy refuses the project `forceDelete`
     /// (`HttpFaults::refuse_force_delete`).
     pub(crate) force_delete_refused: AtomicBool,
@@ -980,6 +983,15 @@ impl HttpFaults {
         self.state.token_requests.load(Ordering::SeqCst)
     }
 
+    /// Requests `service` has received, counted on arrival as
+    /// [`Self::token_requests`] are: for a test that a call sent nothing.
+    pub fn requests(&self, service: Service) -> u64 {
+        lock(&self.state.requests)
+            .get(&service)
+            .copied()
+            .unwrap_or_default()
+    }
+
     /// Nova's `os_compute_api:os-deferred-delete:force` policy made
     /// admin-only (`refused` true) or the project's again (false): while
     /// refused, every `forceDelete` of a server the project can see answers
@@ -1259,6 +1271,7 @@ impl HttpFace {
             added_regions: Mutex::default(),
             password_logins: AtomicU32::new(0),
             token_requests: AtomicU32::new(0),
+            requests: Mutex::new(HashMap::new()),
             force_delete_refused: AtomicBool::new(false),
             quota_details_refused: AtomicBool::new(false),
             volume_metadata_writes_refused: AtomicBool::new(false),
@@ -1378,6 +1391,7 @@ async fn fault_layer(
     {
         state.token_requests.fetch_add(1, Ordering::SeqCst);
     }
+    *lock(&state.requests).entry(service).or_default() += 1;
     let (slow, throttle, proxy_error, unauthorized, canned, oversized, garbage) = {
         let mut faults = lock(&state.faults);
         let f = faults.entry(service).or_default();

@@ -1083,6 +1083,20 @@ impl Connection {
     /// a new login again for [`FRESH_TOKEN_REFUSED_PAUSE`]: its 401 is
     /// answered as it comes.
     pub async fn send(&self, call: &Call) -> CloudResult<Reply> {
+        // An id from anywhere (an order, the config, the store) that is no
+        // one path segment would be dropped or escaped by the URL join,
+        // sending another call (`GET /networks/..` became the listing):
+        // refused unsent, as no retry mends it.
+        if let Some(problem) = call
+            .path
+            .iter()
+            .find_map(|segment| crate::model::path_segment_problem(segment))
+        {
+            return Err(CloudError::Fatal(format!(
+                "{}: not sent: {problem}",
+                call.describe()
+            )));
+        }
         let (generation, session) = self.session();
         let reply = self.send_once(&session, call).await?;
         if reply.status != 401 {
