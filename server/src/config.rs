@@ -1939,9 +1939,16 @@ impl Config {
         let invalid = |m: String| Err(ConfigError::Invalid(format!("api_tokens: {m}")));
         let mut names = std::collections::HashSet::new();
         let mut digests = std::collections::HashMap::new();
-        for token in &self.api_tokens {
+        for (n, token) in self.api_tokens.iter().enumerate() {
             if token.name.trim().is_empty() {
                 return invalid("a token has an empty name".into());
+            }
+            // Logged as the caller of each call (`caller = ...`) and named
+            // in PERMISSION_DENIED: a newline in it forged log lines. The
+            // rule pool keys follow; the entry is named by its place, the
+            // name being what cannot be shown as it is.
+            if let Some(problem) = pool_manager::model::name_problem(&token.name) {
+                return invalid(format!("entry {}: name {problem}", n + 1));
             }
             if !names.insert(token.name.as_str()) {
                 return invalid(format!("the name '{}' is used twice", token.name));
@@ -2763,6 +2770,36 @@ key_file = "b.key"
         ] {
             let err = Config::parse(&text).unwrap_err().to_string();
             assert!(err.contains(says), "{text}: {err}");
+        }
+    }
+
+    /// A token's name is logged as the caller of every call it makes and
+    /// named in PERMISSION_DENIED: it follows the name rule pool keys do.
+    /// Only a blank name was refused, so a newline in one forged log lines
+    /// (at start, and at a reload, which reads the file through the same
+    /// check).
+    #[test]
+    fn a_token_name_a_log_would_not_show_as_it_is_is_refused() {
+        use crate::access::token_sha256;
+        let digest = token_sha256("x");
+        for (name, says) in [
+            (
+                r"ops\n2026-12-07T13:00:00Z ERROR warmpool_server: store corrupted",
+                "holds control characters",
+            ),
+            (r"ops\u200b", "invisible format characters"),
+            (" ops", "whitespace around it"),
+        ] {
+            let text = format!(
+                "[[api_tokens]]\nname = \"b\"\nrole = \"billing\"\nsha256 = \"{}\"\n\
+                 [[api_tokens]]\nname = \"{name}\"\nrole = \"operator\"\nsha256 = \"{digest}\"\n",
+                token_sha256("y")
+            );
+            let err = Config::parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("api_tokens: entry 2: name ") && err.contains(says),
+                "{text}: {err}"
+            );
         }
     }
 
