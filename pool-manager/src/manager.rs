@@ -1242,10 +1242,8 @@ impl PoolManager {
             // may have kept it) or generation.
             self.shared.forget_health(&key).await?;
             *self.shared.generations().entry(key.clone()).or_default() += 1;
-            self.shared
-                .store
-                .put_pool(&PoolRecord::new(key.clone(), spec))
-                .await?;
+            let record = PoolRecord::new(key.clone(), spec);
+            self.shared.store.put_pool(&record).await?;
             if let Err(e) = self.shared.store.flush().await {
                 // Not on disk: take it back, so that the answer (an error)
                 // and the pools listed agree, and a retry creates it.
@@ -1268,6 +1266,9 @@ impl PoolManager {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&key);
+            // Logged as an update's change and a deletion are: the audit
+            // trail of what was asked of the pools, their start included.
+            tracing::info!(pool = %key, spec = ?record.spec, "pool created");
         }
         self.shared.changed();
         self.shared.start_replenisher(key.clone());

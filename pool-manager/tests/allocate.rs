@@ -4824,6 +4824,46 @@ async fn a_create_pool_whose_caller_leaves_during_its_flush_still_fills() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A CreatePool is logged at INFO ("pool created") with the pool's key and
+/// settings, as an UpdatePool's change ("pool settings changed") and a
+/// DeletePool ("pool draining") are. It logged nothing: the log told when
+/// a pool's settings changed and when it went, never when it came or with
+/// what; a refused create logs no such line.
+#[tokio::test(start_paused = true)]
+async fn a_created_pool_is_logged_with_its_settings() {
+    let logs = Logs::capture();
+    let sim = sim();
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(3)).await.unwrap();
+    let created: Vec<String> = logs
+        .lines_at("INFO")
+        .into_iter()
+        .filter(|l| l.contains("pool created"))
+        .collect();
+    assert_eq!(created.len(), 1, "{}", logs.text());
+    assert!(
+        created[0].contains("pool=db.small@az1")
+            && created[0].contains("min_ready: 3")
+            && created[0].contains("max_ready: 12")
+            && created[0].contains("mysql-8.0"),
+        "{}",
+        created[0]
+    );
+    let again = manager.create_pool(pool(), spec(1)).await;
+    assert!(
+        matches!(again, Err(ManagerError::PoolExists(_))),
+        "{again:?}"
+    );
+    assert_eq!(
+        logs.text().matches("pool created").count(),
+        1,
+        "{}",
+        logs.text()
+    );
+    manager.shutdown().await.unwrap();
+}
+
 /// An UpdatePool whose caller goes away while the change is being flushed
 /// (a gRPC client's deadline drops the handler) still finishes: the change
 /// kept in the store is announced (SETTINGS_CHANGED, which the metrics
