@@ -75,6 +75,23 @@ async fn serve(args: &Args) -> anyhow::Result<RunningFace> {
     }
 }
 
+/// Writes `text` to `path` readable by its owner only: a clouds.yaml holds
+/// the password, and warmpoold warns of one every user of the host may
+/// read. A file already there (an earlier run's) is narrowed too, as
+/// `mode` applies only to a file it creates.
+fn write_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(text.as_bytes())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Logs on stderr: stdout carries only the clouds.yaml and its comments.
@@ -94,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
     let face = serve(&args).await?;
     let yaml = face.clouds_yaml(&args.cloud_name);
     if let Some(path) = &args.clouds_yaml {
-        std::fs::write(path, &yaml).with_context(|| format!("cannot write {}", path.display()))?;
+        write_secret(path, &yaml).with_context(|| format!("cannot write {}", path.display()))?;
         tracing::info!(path = %path.display(), "wrote clouds.yaml");
     }
     // What a warmpoold config names, as comments: stdout stays a clouds.yaml.
