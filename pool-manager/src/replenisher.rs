@@ -76,7 +76,9 @@ const CREATE_FAILURES_SHOWN: u32 = 3;
 pub enum BootError {
     #[error("cloud refused the boot: {0}")]
     Cloud(#[from] CloudError),
-    #[error("server went to ERROR: {0}")]
+    /// The server broke or went away: the text says which (`server went
+    /// to ERROR: <fault>`, `server was deleted`, ...).
+    #[error("{0}")]
     ServerError(String),
     #[error("not ready within the boot timeout: {0}")]
     Timeout(String),
@@ -1464,7 +1466,9 @@ impl Shared {
                                 "server went to ERROR: {fault}"
                             ))));
                         }
-                        return Err(BootError::ServerError(fault));
+                        return Err(BootError::ServerError(format!(
+                            "server went to ERROR: {fault}"
+                        )));
                     }
                     ServerStatus::Deleted => {
                         return Err(BootError::ServerError("server was deleted".into()))
@@ -1679,7 +1683,9 @@ impl Shared {
         }
         if server.status == ServerStatus::Error {
             let fault = server.fault.unwrap_or_else(|| "no fault given".into());
-            return Err(BootError::ServerError(fault));
+            return Err(BootError::ServerError(format!(
+                "server went to ERROR: {fault}"
+            )));
         }
         Ok(())
     }

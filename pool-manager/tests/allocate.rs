@@ -2490,11 +2490,15 @@ async fn a_warming_vm_whose_server_fails_is_replaced_before_the_boot_timeout() {
     );
     let status = manager.get_pool(&pool()).await.unwrap();
     let why = status.record.last_error.unwrap_or_default();
-    assert!(why.contains("host compute-1 is down"), "{why}");
+    assert!(
+        why.contains("server went to ERROR: host compute-1 is down"),
+        "{why}"
+    );
     assert_consistent(&sim, &manager).await;
 }
 
-/// The same, the server deleted by someone else while it warms.
+/// The same, the server deleted by someone else while it warms: the
+/// pool's last error says so, not that it went to ERROR.
 #[tokio::test(start_paused = true)]
 async fn a_warming_vm_whose_server_is_deleted_is_replaced_before_the_boot_timeout() {
     let sim = sim();
@@ -2522,6 +2526,10 @@ async fn a_warming_vm_whose_server_is_deleted_is_replaced_before_the_boot_timeou
         instances.iter().all(|i| i.id != warming.id),
         "{instances:?}"
     );
+    let status = manager.get_pool(&pool()).await.unwrap();
+    let why = status.record.last_error.unwrap_or_default();
+    assert!(why.contains("server was deleted"), "{why}");
+    assert!(!why.contains("ERROR"), "{why}");
     assert_consistent(&sim, &manager).await;
 }
 
