@@ -379,7 +379,10 @@ impl Reloading {
         self.started
             .refuse_another_cloud_kind(&config)
             .map_err(|e| e.in_file(file))?;
-        let tokens = self.access.prepare(config.access())?;
+        // The token and TLS refusals speak of "the file": named, as the
+        // refusals above are, so the log says which file to mend.
+        let in_file = || format!("config file {}", file.display());
+        let tokens = self.access.prepare(config.access()).with_context(in_file)?;
         // systemd's LoadCredential= copies the key when the service
         // starts, and only then: read again, the copy would pair a renewed
         // certificate with the old key and the reload be refused, revoked
@@ -393,23 +396,30 @@ impl Reloading {
         let certificate = match (self.tls.as_ref(), &config.tls) {
             (Some(_), None) => {
                 anyhow::bail!(
-                    "the file has no [tls] section, and serving plaintext takes a restart"
+                    "{}: the file has no [tls] section, and serving plaintext takes a restart",
+                    in_file()
                 )
             }
             (serving, Some(files)) if credential_key.is_some() => {
                 // No file is read, but a file without client_ca_file (half
                 // written?) is refused as when they are.
                 if let Some(serving) = serving {
-                    serving.refuse_dropping_client_certificates(files)?;
+                    serving
+                        .refuse_dropping_client_certificates(files)
+                        .with_context(in_file)?;
                 }
                 None
             }
-            (Some(serving), Some(files)) => Some((serving, serving.prepare(files)?, files)),
+            (Some(serving), Some(files)) => Some((
+                serving,
+                serving.prepare(files).with_context(in_file)?,
+                files,
+            )),
             // Not served until a restart, but checked now: a reload that
             // took files the restart then fails on would not be all or
             // nothing.
             (None, Some(files)) => {
-                TlsHandle::load(files)?;
+                TlsHandle::load(files).with_context(in_file)?;
                 None
             }
             (None, None) => None,

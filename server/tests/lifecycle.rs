@@ -2076,6 +2076,9 @@ async fn a_reload_refused_in_part_changes_nothing() {
     hang_up(&daemon);
     let refused = log_line(&mut log, "TLS unchanged").await;
     assert!(refused.contains("tls.key_file"), "{refused}");
+    // Named as the other refusals name it: which file to mend.
+    let in_file = format!("config file {}: ", config_file.display());
+    assert!(refused.contains(&in_file), "{refused}");
     assert_eq!(
         pools(&old_ca, "old").await.unwrap().len(),
         1,
@@ -2095,6 +2098,10 @@ async fn a_reload_refused_in_part_changes_nothing() {
     hang_up(&daemon);
     let refused = log_line(&mut log, "unchanged").await;
     assert!(refused.contains("does not open the API"), "{refused}");
+    assert!(
+        refused.contains(&format!("{in_file}the file has no [[api_tokens]]")),
+        "{refused}"
+    );
     assert_eq!(
         pools(&old_ca, "old").await.unwrap().len(),
         1,
@@ -2111,7 +2118,10 @@ async fn a_reload_refused_in_part_changes_nothing() {
     std::fs::write(&config_file, plaintext + &token("new")).unwrap();
     hang_up(&daemon);
     let refused = log_line(&mut log, "unchanged").await;
-    assert!(refused.contains("no [tls] section"), "{refused}");
+    assert!(
+        refused.contains(&format!("{in_file}the file has no [tls] section")),
+        "{refused}"
+    );
     expect_code(pools(&old_ca, "new").await, Code::Unauthenticated);
 
     // Both parts fit: both are taken.
