@@ -509,7 +509,7 @@ impl Shared {
                     if driving {
                         continue;
                     }
-                    tracing::warn!(instance = %instance.id, server = ?instance.server_id, "server vanished from the cloud; forgetting the instance");
+                    tracing::warn!(instance = %instance.id, server = %instance.server_id.as_deref().unwrap_or("none"), "server vanished from the cloud; forgetting the instance");
                     self.update_instance(&instance.id, |current| {
                         (*current == *instance).then_some(None)
                     })
@@ -592,7 +592,7 @@ impl Shared {
                 // a purchase the drain left it to, before a crash or by a
                 // version that did not look): no replenisher is left to take it.
                 InstanceState::Ready if orphaned => {
-                    tracing::warn!(instance = %instance.id, pool = %instance.pool, server = ?instance.server_id, "Ready instance of a pool that is gone; discarding it");
+                    tracing::warn!(instance = %instance.id, pool = %instance.pool, server = %instance.server_id.as_deref().unwrap_or("none"), "Ready instance of a pool that is gone; discarding it");
                     let discarded = self.discard_orphan(instance).await;
                     self.go_on(discarded, "discarding instance", &instance.id)?;
                 }
@@ -606,7 +606,7 @@ impl Shared {
                             .and_then(|id| servers.get(id))
                             .is_some_and(|s| s.status == ServerStatus::Error) =>
                 {
-                    tracing::warn!(instance = %instance.id, server = ?instance.server_id, "Ready instance's server is in ERROR; replacing it");
+                    tracing::warn!(instance = %instance.id, server = %instance.server_id.as_deref().unwrap_or("none"), "Ready instance's server is in ERROR; replacing it");
                     let discarded = self
                         .discard_instance_if(&instance.id, "server in ERROR", |current| {
                             current.state == InstanceState::Ready && current.request_id.is_none()
@@ -883,7 +883,7 @@ impl Shared {
             },
         };
         if server.as_ref().is_none_or(|s| s.is_going()) {
-            tracing::warn!(instance = %instance.id, request_id, server = ?instance.server_id, "sold instance whose order is released or gone, its server gone too; forgetting the instance");
+            tracing::warn!(instance = %instance.id, request_id, server = %instance.server_id.as_deref().unwrap_or("none"), "sold instance whose order is released or gone, its server gone too; forgetting the instance");
             self.update_instance(&instance.id, |current| {
                 (*current == *instance).then_some(None)
             })
@@ -902,13 +902,13 @@ impl Shared {
                     && allocation.server_id == instance.server_id
                     && self.store.get_instance(&instance.id).await?.as_ref() == Some(instance) =>
             {
-                tracing::warn!(instance = %instance.id, request_id, server = ?instance.server_id, "the server of a released order is still there; deleting it as its release does");
+                tracing::warn!(instance = %instance.id, request_id, server = %instance.server_id.as_deref().unwrap_or("none"), "the server of a released order is still there; deleting it as its release does");
                 let deadline = self.cleanup_deadline();
                 self.release_instance(&allocation, &instance.id, deadline)
                     .await
             }
             _ => {
-                tracing::warn!(instance = %instance.id, request_id, server = ?instance.server_id, "sold instance whose order's record is gone (or names another instance), its server still there; left alone");
+                tracing::warn!(instance = %instance.id, request_id, server = %instance.server_id.as_deref().unwrap_or("none"), "sold instance whose order's record is gone (or names another instance), its server still there; left alone");
                 Ok(())
             }
         }
