@@ -382,12 +382,17 @@ fn lead_time_detail(pool: &api::Pool) -> String {
         return "-".to_owned();
     };
     format!(
-        "p50 {}, p90 {} ({}, {} boots)",
+        "p50 {}, p90 {} ({}, {})",
         opt_duration(&s.lead_time_p50),
         opt_duration(&s.lead_time_p90),
         lead_time_source(s.lead_time_source).to_lowercase(),
-        s.lead_time_samples
+        boots(s.lead_time_samples)
     )
+}
+
+/// "1 boot", "2 boots".
+fn boots(n: u32) -> String {
+    format!("{n} boot{}", if n == 1 { "" } else { "s" })
 }
 
 fn demand_detail(pool: &api::Pool) -> String {
@@ -574,9 +579,10 @@ fn plan_detail(pool: &api::Pool, now: SystemTime) -> String {
         return "-".to_owned();
     };
     let plan = format!(
-        "{}: {} new boots, {} in flight",
+        "{}: {} new {}, {} in flight",
         one_line(&s.plan_reason),
         s.plan_boots,
+        if s.plan_boots == 1 { "boot" } else { "boots" },
         s.boots_in_flight
     );
     if s.plan_reason != "backoff" {
@@ -1328,6 +1334,27 @@ mod tests {
         );
     }
 
+    /// One boot is "1 boot", not "1 boots", in the lead time's source and
+    /// in the plan.
+    #[test]
+    fn pool_detail_counts_one_boot_in_the_singular() {
+        let mut pool = sample_pools()[0].clone();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_003_600);
+        let sizing = pool.sizing.get_or_insert_with(Default::default);
+        sizing.lead_time_samples = 1;
+        sizing.plan_reason = "refill".into();
+        sizing.plan_boots = 1;
+        let text = pool_detail(&pool, now);
+        assert!(text.contains(", 1 boot)\n"), "{text}");
+        assert!(text.contains(": 1 new boot, "), "{text}");
+        let sizing = pool.sizing.as_mut().unwrap();
+        sizing.lead_time_samples = 2;
+        sizing.plan_boots = 2;
+        let text = pool_detail(&pool, now);
+        assert!(text.contains(", 2 boots)\n"), "{text}");
+        assert!(text.contains(": 2 new boots, "), "{text}");
+    }
+
     #[test]
     fn pool_detail_shows_a_backoff_after_failed_boots_and_its_end() {
         let mut pool = sample_pools()[0].clone();
@@ -1347,7 +1374,7 @@ mod tests {
         sizing.plan_boots = 1;
         let text = pool_detail(&pool, now);
         assert!(
-            text.contains("plan:              backoff: 1 new boots, 0 in flight (boots failed: one at a time until one is ready)\n"),
+            text.contains("plan:              backoff: 1 new boot, 0 in flight (boots failed: one at a time until one is ready)\n"),
             "{text}"
         );
         // Degraded with no failed boot: the start-up check's mark.
@@ -1355,7 +1382,7 @@ mod tests {
         pool.consecutive_boot_failures = 0;
         let text = pool_detail(&pool, now);
         assert!(
-            text.contains("plan:              backoff: 1 new boots, 0 in flight (the start-up cloud check failed: one boot at a time until the pool recovers)\n"),
+            text.contains("plan:              backoff: 1 new boot, 0 in flight (the start-up cloud check failed: one boot at a time until the pool recovers)\n"),
             "{text}"
         );
         let sizing = pool.sizing.as_mut().unwrap();
