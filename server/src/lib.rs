@@ -538,6 +538,7 @@ pub async fn start_stoppable(
                 manager.clone(),
                 access.clone(),
                 stopping_rx,
+                &metrics,
             )),
             answer_now_rx,
         ),

@@ -385,6 +385,7 @@ pub struct Metrics {
     volumes_stuck: Gauge,
     servers_left_alone: Family<LeftAloneLabels, Gauge>,
     store_size: Gauge,
+    watch_streams: Gauge,
     /// One scrape at a time refreshes the gauges and encodes, so a scrape
     /// never sees another's half-refreshed gauges.
     scrape: tokio::sync::Mutex<()>,
@@ -444,6 +445,7 @@ impl Metrics {
             volumes_stuck: Gauge::default(),
             servers_left_alone: Family::default(),
             store_size: Gauge::default(),
+            watch_streams: Gauge::default(),
             scrape: tokio::sync::Mutex::new(()),
         };
         registry.register(
@@ -667,6 +669,11 @@ impl Metrics {
             Unit::Bytes,
             m.store_size.clone(),
         );
+        registry.register(
+            "watch_streams",
+            "WatchPools streams open now, of the 256 warmpoold serves at once (more are refused RESOURCE_EXHAUSTED); a stream whose reader reads nothing for 2 minutes is ended, freeing its place",
+            m.watch_streams.clone(),
+        );
         for why in LeftAlone::ALL {
             touch(
                 &m.servers_left_alone,
@@ -732,6 +739,12 @@ impl Metrics {
     /// A reload was refused: the config taken last stays in force.
     pub fn config_reload_refused(&self) {
         self.config_reload_successful.set(0);
+    }
+
+    /// The `warmpool_watch_streams` gauge, which the WatchPools service
+    /// counts its open streams in.
+    pub fn watch_streams(&self) -> Gauge {
+        self.watch_streams.clone()
     }
 
     /// Drops `cert_file`'s series: no longer served, or its dates unread.

@@ -10,9 +10,11 @@ use pool_manager::error::ApiCall;
 use pool_manager::events::Event;
 use pool_manager::model::PoolKey;
 use pool_manager::{ManagerError, PoolManager};
+use prometheus_client::metrics::gauge::Gauge;
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::{ready, Ready};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -33,6 +35,8 @@ pub struct WarmPoolService {
     stopping: watch::Receiver<bool>,
     /// A permit per open `WatchPools` stream ([`MAX_WATCH_STREAMS`]).
     watch_slots: Arc<Semaphore>,
+    /// `warmpool_watch_streams`: the streams holding a slot.
+    watch_streams: Gauge,
 }
 
 impl WarmPoolService {
@@ -44,12 +48,14 @@ impl WarmPoolService {
         manager: PoolManager,
         access: AccessHandle,
         stopping: watch::Receiver<bool>,
+        metrics: &Metrics,
     ) -> Self {
         Self {
             manager,
             access,
             stopping,
             watch_slots: Arc::new(Semaphore::new(MAX_WATCH_STREAMS)),
+            watch_streams: metrics.watch_streams(),
         }
     }
 }
@@ -372,13 +378,14 @@ impl WarmPool for WarmPoolService {
     ) -> Reply<Self::WatchPoolsStream> {
         // A watch lasts: it is checked again as it goes, so that a token
         // a reload revoked stops receiving.
-        let Ok(slot) = self.watch_slots.clone().try_acquire_owned() else {
+        let Ok(permit) = self.watch_slots.clone().try_acquire_owned() else {
             return Err(Status::resource_exhausted(format!(
                 "{MAX_WATCH_STREAMS} WatchPools streams are open, the most warmpoold serves at once; \
                  watchers should share one stream (a dashboard's back end reads one for all its \
                  viewers): close streams no longer read, and watch again once one has ended"
             )));
         };
+        let slot = WatchSlot::new(permit, self.watch_streams.clone(), request.remote_addr());
         let still_allowed = recheck(self.access.clone(), &request, Method::WatchPools);
         let (_watcher, stream) = open_watch(
             &self.manager,
@@ -397,7 +404,7 @@ fn open_watch(
     manager: &PoolManager,
     stopping: watch::Receiver<bool>,
     still_allowed: StillAllowed,
-    slot: OwnedSemaphorePermit,
+    slot: WatchSlot,
     buffer: usize,
 ) -> (
     tokio::task::JoinHandle<()>,
@@ -476,6 +483,14 @@ const WATCH_REFRESH: Duration = Duration::from_secs(1);
 /// Messages a `WatchPools` stream holds for a slow reader.
 const WATCH_BUFFER: usize = 64;
 
+/// The longest a watch waits for room in its stream before it ends: its
+/// reader has read nothing for that long (a client that keeps its HTTP/2
+/// window shut, or is stuck), and what it would read is stale anyway. It
+/// frees the stream's slot among the [`MAX_WATCH_STREAMS`], which would
+/// otherwise be held for as long as the connection lasts (keepalive PINGs
+/// are answered by a client that does not read).
+const WATCH_STALL_LIMIT: Duration = Duration::from_secs(120);
+
 /// The most `WatchPools` streams served at once, over every connection.
 /// Each has a task of its own re-listing every pool every second and a
 /// buffer of [`WATCH_BUFFER`] messages, and any reader token (anyone, on
@@ -497,8 +512,35 @@ struct Watcher {
     sent: HashMap<PoolKey, Sent>,
     tx: mpsc::Sender<api::PoolStatus>,
     /// Given back when the watcher ends, which it does as soon as its
-    /// reader's stream is dropped (`tx.closed()`).
-    _slot: OwnedSemaphorePermit,
+    /// reader's stream is dropped (`tx.closed()`), or its reader fell
+    /// [`WATCH_STALL_LIMIT`] behind.
+    slot: WatchSlot,
+}
+
+/// A `WatchPools` stream's place among the [`MAX_WATCH_STREAMS`], counted
+/// in `warmpool_watch_streams` while it is held.
+struct WatchSlot {
+    _permit: OwnedSemaphorePermit,
+    open: Gauge,
+    /// The caller's address, for the log.
+    peer: Option<SocketAddr>,
+}
+
+impl WatchSlot {
+    fn new(permit: OwnedSemaphorePermit, open: Gauge, peer: Option<SocketAddr>) -> Self {
+        open.inc();
+        WatchSlot {
+            _permit: permit,
+            open,
+            peer,
+        }
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
 }
 
 /// A pool as a watch last sent it.
@@ -556,7 +598,7 @@ impl Watcher {
         still_allowed: StillAllowed,
         tx: mpsc::Sender<api::PoolStatus>,
         ended: oneshot::Sender<Status>,
-        slot: OwnedSemaphorePermit,
+        slot: WatchSlot,
     ) -> tokio::task::JoinHandle<()> {
         // Subscribed before the first listing, so nothing that happens after
         // the first messages is missed.
@@ -568,7 +610,7 @@ impl Watcher {
             still_allowed,
             sent: HashMap::new(),
             tx,
-            _slot: slot,
+            slot,
         };
         tokio::spawn(async move {
             let Err(Stop(status)) = watcher.serve().await;
@@ -625,17 +667,34 @@ impl Watcher {
     /// Waits for room in the stream, but not past the start of a shutdown
     /// (a reader that stopped reading would otherwise hold the daemon up
     /// for its whole grace period), nor past the removal of the caller's
-    /// token (`watch_stream` tells the reader, whenever it reads again).
+    /// token (`watch_stream` tells the reader, whenever it reads again),
+    /// nor past [`WATCH_STALL_LIMIT`].
     async fn send(&self, status: api::PoolStatus) -> Result<(), Stop> {
         let send = self.tx.send(status);
         tokio::pin!(send);
         let start = tokio::time::Instant::now() + WATCH_REFRESH;
         let mut recheck = tokio::time::interval_at(start, WATCH_REFRESH);
+        let stalled = tokio::time::sleep(WATCH_STALL_LIMIT);
+        tokio::pin!(stalled);
         loop {
             tokio::select! {
                 sent = &mut send => return sent.map_err(|_| Stop::reader_gone()),
                 () = stopping(&self.stopping) => return Err(Stop::shutting_down()),
                 _ = recheck.tick() => (self.still_allowed)().map_err(Stop)?,
+                () = &mut stalled => {
+                    let peer = self.slot.peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+                    tracing::warn!(
+                        %peer,
+                        "a WatchPools stream ended: its reader read nothing for {} s (a client that \
+                         stopped reading, or keeps its HTTP/2 window shut), and its slot is given back",
+                        WATCH_STALL_LIMIT.as_secs()
+                    );
+                    return Err(Stop(Status::resource_exhausted(format!(
+                        "this WatchPools stream fell more than {} s behind (its reader read nothing \
+                         for that long) and was ended; watch again",
+                        WATCH_STALL_LIMIT.as_secs()
+                    ))));
+                }
             }
         }
     }
@@ -998,8 +1057,9 @@ mod tests {
     }
 
     /// A `WatchPools` slot of a semaphore of its own.
-    fn slot() -> OwnedSemaphorePermit {
-        Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap()
+    fn slot() -> WatchSlot {
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        WatchSlot::new(permit, Gauge::default(), None)
     }
 
     /// A watch whose reader stopped reading (its buffer full) does not
@@ -1040,8 +1100,55 @@ mod tests {
         assert_eq!(items.len(), 1, "{items:?}");
     }
 
+    /// A watch whose reader reads nothing for [`WATCH_STALL_LIMIT`] (a
+    /// client that keeps its HTTP/2 window shut while it answers PINGs)
+    /// ends and gives its slot back: 256 such streams would otherwise lock
+    /// every other watcher out for as long as their connection lasts. Its
+    /// reader, should it read again, gets RESOURCE_EXHAUSTED saying to
+    /// watch again, after what was buffered.
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_whose_reader_reads_nothing_for_two_minutes_ends_and_frees_its_slot() {
+        let manager = two_paused_pools().await;
+        let (_stop, stopping) = watch::channel(false);
+        let slots = Arc::new(Semaphore::new(1));
+        // Room for one message: the first pool's fills it and the second
+        // pool's waits.
+        let open = recheck(
+            AccessHandle::default(),
+            &Request::new(()),
+            Method::WatchPools,
+        );
+        let open_streams = Gauge::default();
+        let permit = slots.clone().try_acquire_owned().unwrap();
+        let slot = WatchSlot::new(permit, open_streams.clone(), None);
+        let (watcher, stream) = open_watch(&manager, stopping, open, slot, 1);
+        tokio::time::sleep(Duration::from_secs(110)).await;
+        assert!(
+            !watcher.is_finished(),
+            "a reader 110 s behind still watches"
+        );
+        assert_eq!(slots.available_permits(), 0);
+        assert_eq!(open_streams.get(), 1, "warmpool_watch_streams");
+        tokio::time::timeout(Duration::from_secs(30), watcher)
+            .await
+            .expect("the watch ends once its reader is 2 minutes behind")
+            .unwrap();
+        assert_eq!(slots.available_permits(), 1, "the slot is given back");
+        assert_eq!(open_streams.get(), 0, "warmpool_watch_streams");
+        let items: Vec<_> = tokio::time::timeout(Duration::from_secs(60), stream.collect())
+            .await
+            .expect("the stream ended");
+        match items.last() {
+            Some(Err(status)) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                assert!(status.message().contains("watch again"), "{status:?}");
+            }
+            other => panic!("the stream's last item: {other:?} (of {})", items.len()),
+        }
+    }
+
     /// An event reaches a reader that is behind when the reader catches
-    /// up, but says when it happened: a DEGRADED of 10:00 read at 10:04
+    /// up, but says when it happened: a DEGRADED of 10:00 read at 10:01
     /// reads 10:00, the time the pool's `last_error_at` records too.
     #[tokio::test(start_paused = true)]
     async fn an_event_read_late_carries_when_it_happened() {
@@ -1067,7 +1174,8 @@ mod tests {
             .unwrap();
         let happened = manager.get_pool(&key).await.unwrap().record.last_error_at;
         assert!(happened.is_some());
-        tokio::time::sleep(Duration::from_secs(240)).await;
+        // Behind, but by less than WATCH_STALL_LIMIT, which ends the watch.
+        tokio::time::sleep(Duration::from_secs(100)).await;
         let degraded = loop {
             let item = tokio::time::timeout(Duration::from_secs(60), stream.next())
                 .await
