@@ -181,6 +181,13 @@ pub const MAX_MAX_AGE: Duration = Duration::from_secs(31_557_600);
 /// for every client. A week's schedule needs a handful.
 pub const MAX_WINDOWS: usize = 64;
 
+/// The most instances a pool may count: its `min_ready`, `max_ready`, a
+/// fixed target and a window's `min`. A DBaaS warm pool needs tens to
+/// hundreds; a count of billions (4294967295 sent for "no limit") would
+/// have the pool take the project's whole quota and every other pool stop
+/// refilling. The API and the config file refuse a larger one alike.
+pub const MAX_POOL_INSTANCES: u32 = 10_000;
+
 /// What an operator sets for a pool.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -248,6 +255,33 @@ impl PoolSpec {
     /// [`Self::validate`] reports them.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
+        // First, so the field named is the one that is too large rather
+        // than the one it was compared with.
+        let fixed = match self.target {
+            Target::Fixed(n) => Some(n),
+            Target::Auto => None,
+        };
+        let window_min = self.windows.iter().map(|w| w.min).max();
+        for (field, count) in [
+            ("min_ready", Some(self.min_ready)),
+            ("max_ready", Some(self.max_ready)),
+            ("target", fixed),
+            ("windows", window_min),
+        ] {
+            if let Some(count) = count.filter(|n| *n > MAX_POOL_INSTANCES) {
+                let name = if field == "windows" {
+                    "a window's min"
+                } else {
+                    field
+                };
+                problems.push((
+                    field,
+                    format!(
+                        "{name} must be at most {MAX_POOL_INSTANCES} instances, got {count}: no warm pool needs more, and a pool that large would take the project's whole quota from every other pool"
+                    ),
+                ));
+            }
+        }
         if self.max_ready < self.min_ready {
             problems.push((
                 "max_ready",
@@ -1383,6 +1417,43 @@ pub(crate) mod tests {
             message,
             "max_ready (2) is below min_ready (100): raise max_ready or lower min_ready"
         );
+    }
+
+    /// A count no warm pool needs (4294967295 sent for "no limit") would
+    /// fill the project's quota and starve every other pool: refused,
+    /// naming the field, the value and the bound.
+    #[test]
+    fn pool_counts_beyond_the_bound_are_refused_by_name() {
+        let mut ok = spec();
+        ok.min_ready = 10_000;
+        ok.max_ready = 10_000;
+        ok.target = Target::Fixed(10_000);
+        ok.windows = vec!["daily 09:00-18:00 min 10000".parse().unwrap()];
+        assert_eq!(ok.validate(), Ok(()));
+        let mut max = spec();
+        max.max_ready = u32::MAX;
+        assert_eq!(
+            max.validate().unwrap_err(),
+            (
+                "max_ready",
+                "max_ready must be at most 10000 instances, got 4294967295: no warm pool needs more, and a pool that large would take the project's whole quota from every other pool".into()
+            )
+        );
+        let mut min = max.clone();
+        min.min_ready = u32::MAX;
+        assert_eq!(min.validate().unwrap_err().0, "min_ready");
+        let mut target = max.clone();
+        target.target = Target::Fixed(10_001);
+        assert!(target
+            .problems()
+            .iter()
+            .any(|(field, message)| *field == "target" && message.contains("got 10001")));
+        let mut window = max.clone();
+        window.windows = vec!["daily 09:00-18:00 min 10001".parse().unwrap()];
+        assert!(window
+            .problems()
+            .iter()
+            .any(|(field, message)| *field == "windows" && message.contains("got 10001")));
     }
 
     #[test]

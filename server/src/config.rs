@@ -2973,6 +2973,37 @@ key_file = "b.key"
     /// directory named) is the operator's to mend, as a missing one is:
     /// the start exits EX_CONFIG rather than 1, which systemd would
     /// restart every 5 s for ever. The error says what to do.
+    /// A pool count beyond the bound in a config file stops the start
+    /// (exit 78) and, as every file `Config::load` refuses, a reload.
+    #[test]
+    fn a_pool_count_beyond_the_bound_needs_an_operator() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("warmpoold.toml");
+        std::fs::write(
+            &file,
+            "[[pools]]\nflavor = \"f\"\navailability_zone = \"a\"\nmin_ready = 0\nmax_ready = 10000\nimage = \"i\"\nwindows = [\"daily 09:00-18:00 min 10000\"]\n",
+        )
+        .unwrap();
+        Config::load(&file).expect("10000 is within the bound");
+        std::fs::write(
+            &file,
+            "[[pools]]\nflavor = \"f\"\navailability_zone = \"a\"\nmin_ready = 0\nmax_ready = 4294967295\nimage = \"i\"\n",
+        )
+        .unwrap();
+        let err = Config::load(&file).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(
+                "pool f@a: max_ready: max_ready must be at most 10000 instances, got 4294967295"
+            ),
+            "{text}"
+        );
+        assert!(
+            crate::needs_an_operator(&anyhow::Error::from(err)),
+            "{text}"
+        );
+    }
+
     #[test]
     fn a_file_not_utf8_or_a_directory_needs_an_operator_and_says_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
@@ -3187,6 +3218,8 @@ key_file = "b.key"
             (pool("windows = [{ from = \"09:00\", to = \"18:00\", min = 1, utc_offset = \"-€1\" }]"), "\"-€1\" is not a UTC offset"),
             (pool("iops_limit = 0"), "iops_limit"),
             (pool("target = 50"), "pool f@a: target: target 50 is above max_ready (9)"),
+            ("[[pools]]\nflavor = \"f\"\navailability_zone = \"a\"\nmin_ready = 1\nmax_ready = 4294967295\nimage = \"i\"".to_owned(), "pool f@a: max_ready: max_ready must be at most 10000 instances, got 4294967295"),
+            ("[[pools]]\nflavor = \"f\"\navailability_zone = \"a\"\nmin_ready = 10001\nmax_ready = 10001\nimage = \"i\"".to_owned(), "pool f@a: min_ready: min_ready must be at most 10000 instances, got 10001"),
             (pool("target = -1"), "invalid value: integer `-1`, expected \"auto\", a number from 0 to 4294967295, or \"fixed N\""),
             (pool("target = 2.5"), "expected \"auto\", a number"),
             (pool("target = 5000000000"), "invalid value: integer `5000000000`"),

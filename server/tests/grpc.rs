@@ -1054,6 +1054,23 @@ async fn create_update_and_delete_pools() {
             "db.medium",
             "az1",
             api::PoolSpec {
+                max_ready: u32::MAX,
+                ..spec.clone()
+            },
+        )
+        .await,
+        Code::InvalidArgument,
+    );
+    assert!(
+        msg.contains("max_ready must be at most 10000 instances, got 4294967295"),
+        "{msg}"
+    );
+    expect_code(c.get_pool("db.medium", "az1").await, Code::NotFound);
+    let msg = expect_code(
+        c.create_pool(
+            "db.medium",
+            "az1",
+            api::PoolSpec {
                 min_ready: 3,
                 max_ready: 1,
                 ..spec.clone()
@@ -1225,6 +1242,34 @@ async fn create_update_and_delete_pools() {
             },
         ),
         (vec!["image"], "image", api::PoolSpec::default()),
+        // A count no warm pool needs fills the project's quota and starves
+        // every other pool: refused by name, with the bound.
+        (
+            vec!["min_ready", "max_ready"],
+            "max_ready must be at most 10000 instances, got 4294967295",
+            api::PoolSpec {
+                min_ready: 1,
+                max_ready: u32::MAX,
+                ..Default::default()
+            },
+        ),
+        (
+            vec!["min_ready", "max_ready"],
+            "min_ready must be at most 10000 instances, got 10001",
+            api::PoolSpec {
+                min_ready: 10_001,
+                max_ready: 10_001,
+                ..Default::default()
+            },
+        ),
+        (
+            vec!["max_ready"],
+            "max_ready must be at most 10000 instances, got 10001",
+            api::PoolSpec {
+                max_ready: 10_001,
+                ..Default::default()
+            },
+        ),
         (
             vec!["boot_timeout"],
             "boot_timeout",
