@@ -16,6 +16,7 @@ use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -412,6 +413,7 @@ fn open_watch(
 ) {
     let (tx, rx) = mpsc::channel(buffer);
     let (ended_tx, ended) = oneshot::channel();
+    let reads = Arc::new(AtomicU64::new(0));
     let watcher = Watcher::spawn(
         manager,
         stopping.clone(),
@@ -419,8 +421,12 @@ fn open_watch(
         tx,
         ended_tx,
         slot,
+        reads.clone(),
     );
-    (watcher, watch_stream(rx, ended, stopping, still_allowed))
+    (
+        watcher,
+        watch_stream(rx, ended, stopping, still_allowed, reads),
+    )
 }
 
 /// What a `WatchPools` caller reads: the watcher's messages until the
@@ -438,11 +444,12 @@ fn watch_stream(
     ended: oneshot::Receiver<Status>,
     stopping_rx: watch::Receiver<bool>,
     still_allowed: StillAllowed,
+    reads: Arc<AtomicU64>,
 ) -> <WarmPoolService as WarmPool>::WatchPoolsStream {
     Box::pin(futures::stream::unfold(
-        Some((rx, ended, stopping_rx, still_allowed)),
+        Some((rx, ended, stopping_rx, still_allowed, reads)),
         |open| async move {
-            let (mut rx, mut ended, stopping_rx, still_allowed) = open?;
+            let (mut rx, mut ended, stopping_rx, still_allowed, reads) = open?;
             tokio::select! {
                 // Shutdown first: the backlog of a reader that is behind is
                 // dropped rather than read out ahead of the status.
@@ -458,7 +465,8 @@ fn watch_stream(
                 item = rx.recv() => match (still_allowed(), item) {
                     (Err(refused), _) => Some((Err(refused), None)),
                     (Ok(()), Some(item)) => {
-                        Some((Ok(item), Some((rx, ended, stopping_rx, still_allowed))))
+                        reads.fetch_add(1, Ordering::Relaxed);
+                        Some((Ok(item), Some((rx, ended, stopping_rx, still_allowed, reads))))
                     }
                     // The watcher sent why it stopped before it let go of
                     // the channel (a token revoked, though a later reload
@@ -483,12 +491,15 @@ const WATCH_REFRESH: Duration = Duration::from_secs(1);
 /// Messages a `WatchPools` stream holds for a slow reader.
 const WATCH_BUFFER: usize = 64;
 
-/// The longest a watch waits for room in its stream before it ends: its
-/// reader has read nothing for that long (a client that keeps its HTTP/2
-/// window shut, or is stuck), and what it would read is stale anyway. It
-/// frees the stream's slot among the [`MAX_WATCH_STREAMS`], which would
-/// otherwise be held for as long as the connection lasts (keepalive PINGs
-/// are answered by a client that does not read).
+/// The longest a watch's messages wait unread before it ends: its reader
+/// has read nothing for that long while there was something to read (a
+/// client that keeps its HTTP/2 window shut, or is stuck), and what it
+/// would read is stale anyway. It frees the stream's slot among the
+/// [`MAX_WATCH_STREAMS`], which would otherwise be held for as long as the
+/// connection lasts (keepalive PINGs are answered by a client that does
+/// not read). Measured from the reader's last read, not from a send's wait
+/// for room: a quiet pool's watch sends a message or two, which fit in the
+/// buffer, and never waits.
 const WATCH_STALL_LIMIT: Duration = Duration::from_secs(120);
 
 /// The most `WatchPools` streams served at once, over every connection.
@@ -515,6 +526,12 @@ struct Watcher {
     /// reader's stream is dropped (`tx.closed()`), or its reader fell
     /// [`WATCH_STALL_LIMIT`] behind.
     slot: WatchSlot,
+    /// Messages its reader has read (counted by `watch_stream`).
+    reads: Arc<AtomicU64>,
+    /// `reads` when last looked at, and since when messages have waited
+    /// with none read ([`Watcher::check_reader`]). A lock only because
+    /// `send` borrows the watcher across an await.
+    unread: std::sync::Mutex<(u64, Option<tokio::time::Instant>)>,
 }
 
 /// A `WatchPools` stream's place among the [`MAX_WATCH_STREAMS`], counted
@@ -599,6 +616,7 @@ impl Watcher {
         tx: mpsc::Sender<api::PoolStatus>,
         ended: oneshot::Sender<Status>,
         slot: WatchSlot,
+        reads: Arc<AtomicU64>,
     ) -> tokio::task::JoinHandle<()> {
         // Subscribed before the first listing, so nothing that happens after
         // the first messages is missed.
@@ -611,6 +629,8 @@ impl Watcher {
             sent: HashMap::new(),
             tx,
             slot,
+            reads,
+            unread: std::sync::Mutex::new((0, None)),
         };
         tokio::spawn(async move {
             let Err(Stop(status)) = watcher.serve().await;
@@ -625,6 +645,7 @@ impl Watcher {
         let mut opening = true;
         loop {
             (self.still_allowed)().map_err(Stop)?;
+            self.check_reader()?;
             self.refresh().await?;
             if std::mem::take(&mut opening) {
                 // A reader draws its first view once it has every pool
@@ -674,29 +695,54 @@ impl Watcher {
         tokio::pin!(send);
         let start = tokio::time::Instant::now() + WATCH_REFRESH;
         let mut recheck = tokio::time::interval_at(start, WATCH_REFRESH);
-        let stalled = tokio::time::sleep(WATCH_STALL_LIMIT);
-        tokio::pin!(stalled);
         loop {
             tokio::select! {
                 sent = &mut send => return sent.map_err(|_| Stop::reader_gone()),
                 () = stopping(&self.stopping) => return Err(Stop::shutting_down()),
-                _ = recheck.tick() => (self.still_allowed)().map_err(Stop)?,
-                () = &mut stalled => {
-                    let peer = self.slot.peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
-                    tracing::warn!(
-                        %peer,
-                        "a WatchPools stream ended: its reader read nothing for {} s (a client that \
-                         stopped reading, or keeps its HTTP/2 window shut), and its slot is given back",
-                        WATCH_STALL_LIMIT.as_secs()
-                    );
-                    return Err(Stop(Status::resource_exhausted(format!(
-                        "this WatchPools stream fell more than {} s behind (its reader read nothing \
-                         for that long) and was ended; watch again",
-                        WATCH_STALL_LIMIT.as_secs()
-                    ))));
+                _ = recheck.tick() => {
+                    (self.still_allowed)().map_err(Stop)?;
+                    self.check_reader()?;
                 }
             }
         }
+    }
+
+    /// Ends the watch once messages have waited [`WATCH_STALL_LIMIT`] in
+    /// its buffer with none read. Called about every second: at each
+    /// refresh, and while a send waits for room.
+    // tonic::Status is large by design, and this runs once a second.
+    #[allow(clippy::result_large_err)]
+    fn check_reader(&self) -> Result<(), Stop> {
+        let now = tokio::time::Instant::now();
+        let reads = self.reads.load(Ordering::Relaxed);
+        let waiting = self.tx.capacity() < self.tx.max_capacity();
+        let mut unread = self.unread.lock().expect("unread lock");
+        let (last_reads, since) = &mut *unread;
+        if !waiting || reads != std::mem::replace(last_reads, reads) {
+            // Nothing to read, or the reader read since: its clock starts
+            // again with what still waits.
+            *since = waiting.then_some(now);
+            return Ok(());
+        }
+        if now.duration_since(*since.get_or_insert(now)) < WATCH_STALL_LIMIT {
+            return Ok(());
+        }
+        drop(unread);
+        let peer = self
+            .slot
+            .peer
+            .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+        tracing::warn!(
+            %peer,
+            "a WatchPools stream ended: its reader read nothing for {} s while messages waited \
+             (a client that stopped reading, or keeps its HTTP/2 window shut); its slot is given back",
+            WATCH_STALL_LIMIT.as_secs()
+        );
+        Err(Stop(Status::resource_exhausted(format!(
+            "this WatchPools stream fell more than {} s behind (its reader read nothing for \
+             that long) and was ended; watch again",
+            WATCH_STALL_LIMIT.as_secs()
+        ))))
     }
 
     /// Sends every pool that changed since it was last sent, and a last
@@ -1108,11 +1154,22 @@ mod tests {
     /// watch again, after what was buffered.
     #[tokio::test(start_paused = true)]
     async fn a_watch_whose_reader_reads_nothing_for_two_minutes_ends_and_frees_its_slot() {
+        // Room for one message: the first pool's fills it and the second
+        // pool's waits.
+        a_reader_that_reads_nothing(1).await;
+    }
+
+    /// The same for a quiet watch whose few messages fit in its buffer: its
+    /// sends never wait, yet its reader reads nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_watch_whose_reader_reads_nothing_for_two_minutes_ends_and_frees_its_slot() {
+        a_reader_that_reads_nothing(WATCH_BUFFER).await;
+    }
+
+    async fn a_reader_that_reads_nothing(buffer: usize) {
         let manager = two_paused_pools().await;
         let (_stop, stopping) = watch::channel(false);
         let slots = Arc::new(Semaphore::new(1));
-        // Room for one message: the first pool's fills it and the second
-        // pool's waits.
         let open = recheck(
             AccessHandle::default(),
             &Request::new(()),
@@ -1121,7 +1178,7 @@ mod tests {
         let open_streams = Gauge::default();
         let permit = slots.clone().try_acquire_owned().unwrap();
         let slot = WatchSlot::new(permit, open_streams.clone(), None);
-        let (watcher, stream) = open_watch(&manager, stopping, open, slot, 1);
+        let (watcher, stream) = open_watch(&manager, stopping, open, slot, buffer);
         tokio::time::sleep(Duration::from_secs(110)).await;
         assert!(
             !watcher.is_finished(),
