@@ -377,7 +377,7 @@ pub struct Connection {
     /// Each service's troubles as warned of ([`Trouble`]): an outage (5xx,
     /// timeouts) or throttling (429) is a WARN when it begins and hourly
     /// while it lasts, its every call at debug (the metrics count them),
-    /// and the service's first answer after it an INFO; so an outage is
+    /// and its end (a minute of answers, [`QUIET`]) an INFO; so an outage is
     /// neither silent nor a WARN per call and per retry.
     trouble: Mutex<HashMap<&'static str, Trouble>>,
     /// What the sessions' [`TokenWatch`] share: their failed token
@@ -1366,43 +1366,37 @@ impl Connection {
                 // of when it begins and hourly while it lasts (`noted`).
                 // Other errors are a warning each: each is its own problem.
                 let outcome = match reply.status {
-                    429 => Some(Outcome::Throttled),
-                    s if s >= 500 => Some(Outcome::Failed),
-                    s if s < 400 || s == 404 => Some(Outcome::Answered),
-                    _ => None,
+                    429 => Outcome::Throttled,
+                    s if s >= 500 => Outcome::Failed,
+                    _ => Outcome::Answered,
                 };
-                let said = outcome.map(|outcome| self.noted(call.service, outcome));
-                match said {
-                    Some(Said::ThrottleWarned) => {
-                        tracing::warn!(service, call = %what, status = reply.status, retry_after = ?reply.retry_after, %request_id, %cloud_request_id, "{THROTTLE_WARNING}");
-                    }
-                    Some(Said::AnswersAgain {
-                        failed,
-                        throttled,
-                        took,
-                    }) => {
-                        tracing::debug!(service, call = %what, status = reply.status, %request_id, %cloud_request_id, latency_ms, "cloud call");
-                        tracing::info!(
-                            service,
-                            "{}",
-                            answers_again(call.service, failed, throttled, took)
-                        );
-                    }
-                    Some(said) => match failure_warning(
-                        &said,
-                        call.service,
-                        "cloud call answered a server error",
-                    ) {
-                        Some(warning) => {
-                            tracing::warn!(service, call = %what, status = reply.status, %request_id, %cloud_request_id, latency_ms, "{warning}")
-                        }
-                        None => {
-                            tracing::debug!(service, call = %what, status = reply.status, %request_id, %cloud_request_id, latency_ms, "cloud call")
-                        }
-                    },
-                    None => {
-                        tracing::warn!(service, call = %what, status = reply.status, %request_id, %cloud_request_id, latency_ms, "cloud call answered an error")
-                    }
+                let said = self.noted(call.service, outcome);
+                // A refusal (409, 403, ...) is an answer all the same: it
+                // can end an outage, and is warned of itself.
+                let refused =
+                    reply.status >= 400 && reply.status != 404 && outcome == Outcome::Answered;
+                if let Some(warning) =
+                    failure_warning(&said, call.service, "cloud call answered a server error")
+                {
+                    tracing::warn!(service, call = %what, status = reply.status, %request_id, %cloud_request_id, latency_ms, "{warning}");
+                } else if said == Said::ThrottleWarned {
+                    tracing::warn!(service, call = %what, status = reply.status, retry_after = ?reply.retry_after, %request_id, %cloud_request_id, "{THROTTLE_WARNING}");
+                } else if refused {
+                    tracing::warn!(service, call = %what, status = reply.status, %request_id, %cloud_request_id, latency_ms, "cloud call answered an error");
+                } else {
+                    tracing::debug!(service, call = %what, status = reply.status, %request_id, %cloud_request_id, latency_ms, "cloud call");
+                }
+                if let Said::AnswersAgain {
+                    failed,
+                    throttled,
+                    took,
+                } = said
+                {
+                    tracing::info!(
+                        service,
+                        "{}",
+                        answers_again(call.service, failed, throttled, took)
+                    );
                 }
                 Ok(reply)
             }
@@ -1423,7 +1417,8 @@ impl Connection {
 /// How a call went, as [`Trouble`] counts it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Outcome {
-    /// An answer: 2xx, 3xx or a 404 (an expected answer).
+    /// An answer other than a 429 or a 5xx (a 2xx, a 404, a 409, a 403,
+    /// ...): the service is up, whatever it thinks of the call.
     Answered,
     /// A 5xx, a timeout or a transport failure: the service is out.
     Failed,
@@ -1442,7 +1437,8 @@ enum Said {
     OutageLasts { failed: u64, took: Duration },
     /// The first 429 of the service in an hour.
     ThrottleWarned,
-    /// The first answer after a warned outage or 429 spell.
+    /// An answer ending a warned outage or 429 spell: the service has
+    /// answered and had no failure nor 429 for [`QUIET`].
     AnswersAgain {
         failed: u64,
         throttled: u64,
@@ -1456,16 +1452,16 @@ const HOURLY: Duration = Duration::from_secs(3600);
 const THROTTLE_WARNING: &str = "the cloud throttles warmpool's calls (HTTP 429): they wait out its Retry-After; warned of again in an hour if it lasts, and its end is logged (every 429 is counted in warmpool_cloud_request_duration_seconds_count{status=\"throttled\"} and logged at debug)";
 
 /// A service's troubles as warned of. An outage (5xx, timeouts) is a WARN
-/// at its first failure after an answer and hourly while it lasts; a 429
-/// a WARN at most hourly, as throttling comes and goes with the load (a
-/// WARN for each 429 that follows an answer would be one per 429). The
-/// first answer after either warned of is an INFO. Every call in between
-/// is at debug (the metrics count them all).
+/// at its first failure and hourly while it lasts; a 429 a WARN at most
+/// hourly, as throttling comes and goes with the load. Either lasts until
+/// the service has answered with no failure nor 429 for [`QUIET`]: its
+/// first answer then is an INFO, and the next failure a new outage's
+/// WARN. Every call in between is at debug (the metrics count them all).
 #[derive(Debug, Default)]
 struct Trouble {
     /// When a 429 of the service was last warned of.
     throttle_warned: Option<tokio::time::Instant>,
-    /// The outage or 429 spell warned of that no answer has ended yet.
+    /// The outage or 429 spell warned of that has not ended yet.
     spell: Option<Spell>,
 }
 
@@ -1476,7 +1472,19 @@ struct Spell {
     failures_warned: Option<tokio::time::Instant>,
     failed: u64,
     throttled: u64,
+    /// Its last failure or 429.
+    last: tokio::time::Instant,
+    /// The service's first answer since `last`, if any.
+    answered: Option<tokio::time::Instant>,
 }
+
+/// How long a service answers without a failure or a 429 before its
+/// outage or throttling is over. One answer is not enough: a service
+/// failing some calls (one bad API worker behind the balancer) or
+/// throttling at a rate limit mixes answers with failures, and answers
+/// in flight when an outage begins arrive after its first failure; each
+/// answer ending the spell made a WARN and an INFO of every failure.
+const QUIET: Duration = Duration::from_secs(60);
 
 impl Trouble {
     fn noted(&mut self, outcome: Outcome, now: tokio::time::Instant) -> Said {
@@ -1487,14 +1495,33 @@ impl Trouble {
             failures_warned: None,
             failed: 0,
             throttled: 0,
+            last: now,
+            answered: None,
         };
+        // A spell the service has answered through for the quiet period
+        // is over: said at this answer, or (no call came in between) its
+        // end unsaid when this is a new failure, which begins a new one.
+        let over = self.spell.as_ref().is_some_and(|spell| {
+            spell.answered.is_some() && now.duration_since(spell.last) >= QUIET
+        });
+        if over && outcome != Outcome::Answered {
+            self.spell = None;
+        }
         match outcome {
-            Outcome::Answered => match self.spell.take() {
-                Some(spell) => Said::AnswersAgain {
-                    failed: spell.failed,
-                    throttled: spell.throttled,
-                    took: now.duration_since(spell.since),
-                },
+            Outcome::Answered => match self.spell.as_mut() {
+                Some(spell) if over => {
+                    let said = Said::AnswersAgain {
+                        failed: spell.failed,
+                        throttled: spell.throttled,
+                        took: spell.answered.unwrap_or(now).duration_since(spell.since),
+                    };
+                    self.spell = None;
+                    said
+                }
+                Some(spell) => {
+                    spell.answered.get_or_insert(now);
+                    Said::Debug
+                }
                 None => Said::Debug,
             },
             Outcome::Throttled => {
@@ -1509,6 +1536,8 @@ impl Trouble {
                 };
                 if let Some(spell) = spell {
                     spell.throttled += 1;
+                    spell.last = now;
+                    spell.answered = None;
                 }
                 if warn {
                     Said::ThrottleWarned
@@ -1519,6 +1548,8 @@ impl Trouble {
             Outcome::Failed => {
                 let spell = self.spell.get_or_insert_with(new_spell);
                 spell.failed += 1;
+                spell.last = now;
+                spell.answered = None;
                 let said = match spell.failures_warned {
                     None => Said::OutageBegins,
                     at if an_hour_since(at) => Said::OutageLasts {
@@ -1540,17 +1571,17 @@ fn failure_warning(said: &Said, service: Service, how: &str) -> Option<String> {
     let (name, project) = (service.name(), service.project());
     match said {
         Said::OutageBegins => Some(format!(
-            "{how}; further failures of {name} ({project}) are logged at debug until it answers again (warned of again hourly while they last; the metrics count each)"
+            "{how}; further failures of {name} ({project}) are logged at debug until it has answered steadily again (warned of again hourly while they last; the metrics count each)"
         )),
         Said::OutageLasts { failed, took } => Some(format!(
-            "{how}: {name} ({project}) still fails warmpool's calls, {failed} failed over {}; further failures are logged at debug until it answers again",
+            "{how}: {name} ({project}) still fails warmpool's calls, {failed} failed over {}; further failures are logged at debug until it has answered steadily again",
             humantime::format_duration(whole_seconds(*took))
         )),
         _ => None,
     }
 }
 
-/// The INFO of a service's first answer after a warned outage or 429 spell.
+/// The INFO of the answer ending a warned outage or 429 spell.
 fn answers_again(service: Service, failed: u64, throttled: u64, took: Duration) -> String {
     let calls = match (failed, throttled) {
         (f, 0) => format!("{f} failed calls"),
@@ -2346,20 +2377,24 @@ mod tests {
             }
         );
         assert_eq!(t.noted(Failed, at(3602)), Said::Debug);
+        // Its end is a minute of answers after its last failure.
+        assert_eq!(t.noted(Answered, at(3603)), Said::Debug);
+        assert_eq!(t.noted(Answered, at(3661)), Said::Debug);
         assert_eq!(
-            t.noted(Answered, at(3603)),
+            t.noted(Answered, at(3662)),
             Said::AnswersAgain {
                 failed: 4,
                 throttled: 1,
                 took: Duration::from_secs(3602)
             }
         );
-        assert_eq!(t.noted(Answered, at(3604)), Said::Debug);
+        assert_eq!(t.noted(Answered, at(3663)), Said::Debug);
 
         let mut t = Trouble::default();
         assert_eq!(t.noted(Throttled, at(0)), Said::ThrottleWarned);
+        assert_eq!(t.noted(Answered, at(1)), Said::Debug);
         assert_eq!(
-            t.noted(Answered, at(1)),
+            t.noted(Answered, at(60)),
             Said::AnswersAgain {
                 failed: 0,
                 throttled: 1,
@@ -2367,23 +2402,110 @@ mod tests {
             }
         );
         // Throttled again within the hour of its warning: debug, both ways.
-        assert_eq!(t.noted(Throttled, at(2)), Said::Debug);
-        assert_eq!(t.noted(Answered, at(3)), Said::Debug);
-        // A failure after an answer begins an outage whenever it comes.
-        assert_eq!(t.noted(Failed, at(4)), Said::OutageBegins);
+        assert_eq!(t.noted(Throttled, at(62)), Said::Debug);
+        assert_eq!(t.noted(Answered, at(200)), Said::Debug);
+        // A failure after an ended spell begins an outage whenever it comes.
+        assert_eq!(t.noted(Failed, at(204)), Said::OutageBegins);
         assert_eq!(t.noted(Throttled, at(3600)), Said::ThrottleWarned);
+        assert_eq!(t.noted(Answered, at(3601)), Said::Debug);
         assert_eq!(
-            t.noted(Answered, at(3601)),
+            t.noted(Answered, at(3660)),
             Said::AnswersAgain {
                 failed: 1,
                 throttled: 1,
-                took: Duration::from_secs(3597)
+                took: Duration::from_secs(3397)
             }
         );
         assert_eq!(
             answers_again(Service::BlockStorage, 0, 2, Duration::from_millis(61_500)),
             "block-storage (Cinder) answers again after 2 throttled calls (throttling ended) over 1m 1s"
         );
+    }
+
+    /// A service failing one call in two (one bad API worker behind the
+    /// balancer) was a WARN and an INFO per failure: each answer ended
+    /// the outage. Now it is one WARN while it flaps, and one INFO once
+    /// it has answered for a minute with no failure.
+    #[test]
+    fn a_flapping_service_is_one_warning_and_its_end_one_info() {
+        use Outcome::*;
+        let start = tokio::time::Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut t = Trouble::default();
+        let (mut warns, mut infos) = (0, 0);
+        for i in 0..100u64 {
+            if t.noted(Failed, at(2 * i)) != Said::Debug {
+                warns += 1;
+            }
+            if matches!(t.noted(Answered, at(2 * i + 1)), Said::AnswersAgain { .. }) {
+                infos += 1;
+            }
+        }
+        assert_eq!((warns, infos), (1, 0), "200 s of failing half the calls");
+        assert_eq!(t.noted(Answered, at(257)), Said::Debug);
+        assert_eq!(
+            t.noted(Answered, at(258)),
+            Said::AnswersAgain {
+                failed: 100,
+                throttled: 0,
+                took: Duration::from_secs(199)
+            }
+        );
+    }
+
+    /// Throttling at a rate limit mixes 429s with answers: one WARN, and
+    /// "throttling ended" only once a minute passed with no 429.
+    #[test]
+    fn throttling_ends_after_a_minute_without_a_429() {
+        use Outcome::*;
+        let start = tokio::time::Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut t = Trouble::default();
+        assert_eq!(t.noted(Throttled, at(0)), Said::ThrottleWarned);
+        for s in 1..100 {
+            let outcome = if s % 3 == 0 { Throttled } else { Answered };
+            assert_eq!(t.noted(outcome, at(s)), Said::Debug, "at {s} s");
+        }
+        // The last 429 at 99 s.
+        assert_eq!(t.noted(Answered, at(158)), Said::Debug);
+        assert!(matches!(
+            t.noted(Answered, at(159)),
+            Said::AnswersAgain {
+                failed: 0,
+                throttled: 34,
+                ..
+            }
+        ));
+    }
+
+    /// Refusals (409, 403, ...) are answers: an outage followed by them
+    /// only ends, and the next outage is warned of. They recorded nothing,
+    /// so the next outage was silent and the reminder's counts wrong.
+    #[test]
+    fn refusals_end_an_outage_and_the_next_one_is_warned_of() {
+        use Outcome::*;
+        let start = tokio::time::Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut t = Trouble::default();
+        assert_eq!(t.noted(Failed, at(0)), Said::OutageBegins);
+        // 409s, as `send` notes them.
+        assert_eq!(t.noted(Answered, at(1)), Said::Debug);
+        assert!(matches!(
+            t.noted(Answered, at(61)),
+            Said::AnswersAgain { failed: 1, .. }
+        ));
+        assert_eq!(
+            t.noted(Failed, at(1800)),
+            Said::OutageBegins,
+            "a new outage"
+        );
+        // Answered, then no call for the quiet period: the next failure is
+        // a new outage too (the last one's end went unsaid).
+        assert_eq!(t.noted(Answered, at(1801)), Said::Debug);
+        assert_eq!(t.noted(Failed, at(1900)), Said::OutageBegins);
+        // A failure within the quiet period keeps the outage.
+        assert_eq!(t.noted(Answered, at(1901)), Said::Debug);
+        assert_eq!(t.noted(Failed, at(1950)), Said::Debug);
     }
 
     /// A refused re-login pauses the password 30 s, doubling with each
