@@ -147,6 +147,12 @@ pub fn path_segment_problem(id: &str) -> Option<String> {
         Some(format!(
             "{id:?} holds a \"/\": an id goes into the cloud API's URL path as one segment"
         ))
+    } else if id.chars().any(char::is_control) {
+        // The URL join drops a tab or a line break inside a segment (".\t."
+        // went out as ".."); no id holds one.
+        Some(format!(
+            "{id:?} holds a control character, which the cloud API's URL path drops or escapes"
+        ))
     } else {
         None
     }
@@ -1417,6 +1423,19 @@ pub(crate) mod tests {
             message,
             "max_ready (2) is below min_ready (100): raise max_ready or lower min_ready"
         );
+    }
+
+    /// The URL join drops a tab, a newline or a carriage return inside a
+    /// segment, so ".\t." went out as "..", which drops the segment
+    /// before it (`/os-keypairs/.\t.` read the version document): no id
+    /// holds a control character.
+    #[test]
+    fn a_path_segment_with_a_control_character_is_refused() {
+        for id in [".\t.", ".\n.", "net\r1", "a\u{7}b"] {
+            let problem = path_segment_problem(id).unwrap_or_else(|| panic!("{id:?} taken"));
+            assert!(problem.contains("control character"), "{id:?}: {problem}");
+        }
+        assert_eq!(path_segment_problem("0d3b5c8e-net_1.a"), None);
     }
 
     /// A count no warm pool needs (4294967295 sent for "no limit") would

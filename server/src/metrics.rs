@@ -671,7 +671,7 @@ impl Metrics {
         );
         registry.register(
             "watch_streams",
-            "WatchPools streams open now, of the 256 warmpoold serves at once (more are refused RESOURCE_EXHAUSTED); a stream whose reader reads nothing for 2 minutes is ended, freeing its place",
+            "WatchPools streams open now, of the 256 warmpoold serves at once (more are refused RESOURCE_EXHAUSTED); a stream whose messages wait 2 minutes in its buffer with none taken is ended, freeing its place",
             m.watch_streams.clone(),
         );
         for why in LeftAlone::ALL {

@@ -1498,12 +1498,19 @@ impl Trouble {
             last: now,
             answered: None,
         };
-        // A spell the service has answered through for the quiet period
-        // is over: said at this answer, or (no call came in between) its
-        // end unsaid when this is a new failure, which begins a new one.
-        let over = self.spell.as_ref().is_some_and(|spell| {
-            spell.answered.is_some() && now.duration_since(spell.last) >= QUIET
-        });
+        // A spell whose last failure is the quiet period past is over: an
+        // answer now says so; a failure now begins a new one if the
+        // service answered in between (its end unsaid: no call came to
+        // say it), and continues it if the service has not answered since.
+        let quiet = self
+            .spell
+            .as_ref()
+            .is_some_and(|spell| now.duration_since(spell.last) >= QUIET);
+        let answered_since = self
+            .spell
+            .as_ref()
+            .is_some_and(|spell| spell.answered.is_some());
+        let over = quiet && (outcome == Outcome::Answered || answered_since);
         if over && outcome != Outcome::Answered {
             self.spell = None;
         }
@@ -2506,6 +2513,32 @@ mod tests {
         // A failure within the quiet period keeps the outage.
         assert_eq!(t.noted(Answered, at(1901)), Said::Debug);
         assert_eq!(t.noted(Failed, at(1950)), Said::Debug);
+    }
+
+    /// An outage's first answer a minute or more after its last failure
+    /// says it is over: calls paused past the quiet period (a reconcile
+    /// pass's next turn) left that answer at debug, the INFO waiting for
+    /// a second one.
+    #[test]
+    fn the_first_answer_a_minute_after_the_last_failure_ends_the_outage() {
+        use Outcome::*;
+        let start = tokio::time::Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut t = Trouble::default();
+        assert_eq!(t.noted(Failed, at(0)), Said::OutageBegins);
+        assert_eq!(t.noted(Failed, at(5)), Said::Debug);
+        assert_eq!(
+            t.noted(Answered, at(70)),
+            Said::AnswersAgain {
+                failed: 2,
+                throttled: 0,
+                took: Duration::from_secs(70)
+            }
+        );
+        // After the INFO a failure begins a new outage; one a minute after
+        // its last, with no answer between, is the same outage.
+        assert_eq!(t.noted(Failed, at(100)), Said::OutageBegins);
+        assert_eq!(t.noted(Failed, at(200)), Said::Debug);
     }
 
     /// A refused re-login pauses the password 30 s, doubling with each
