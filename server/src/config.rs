@@ -2969,10 +2969,6 @@ key_file = "b.key"
         );
     }
 
-    /// A config file warmpoold cannot take as it is (not UTF-8, a
-    /// directory named) is the operator's to mend, as a missing one is:
-    /// the start exits EX_CONFIG rather than 1, which systemd would
-    /// restart every 5 s for ever. The error says what to do.
     /// A pool count beyond the bound in a config file stops the start
     /// (exit 78) and, as every file `Config::load` refuses, a reload.
     #[test]
@@ -3004,6 +3000,10 @@ key_file = "b.key"
         );
     }
 
+    /// A config file warmpoold cannot take as it is (not UTF-8, a
+    /// directory named) is the operator's to mend, as a missing one is:
+    /// the start exits EX_CONFIG rather than 1, which systemd would
+    /// restart every 5 s for ever. The error says what to do.
     #[test]
     fn a_file_not_utf8_or_a_directory_needs_an_operator_and_says_what_to_do() {
         let dir = tempfile::tempdir().unwrap();

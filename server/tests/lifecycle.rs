@@ -2886,9 +2886,6 @@ async fn check_cloud_fails_on_a_damaged_store() {
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
 }
 
-/// Waits until no handle holds the store in `dir`: sled lets go of its
-/// lock (an flock of its `db` file) a moment after the last handle is
-/// dropped, and the store commands wait for it only a second.
 /// The store in `dir` (made if there is none), opened once whoever had
 /// it lets go.
 fn open_when_let_go(dir: &std::path::Path) -> sled::Db {
@@ -2898,6 +2895,9 @@ fn open_when_let_go(dir: &std::path::Path) -> sled::Db {
     sled::open(dir).expect("the store opens once let go")
 }
 
+/// Waits until no handle holds the store in `dir`: sled lets go of its
+/// lock (an flock of its `db` file) a moment after the last handle is
+/// dropped, and the store commands wait for it only a second.
 fn wait_until_let_go(dir: &std::path::Path) {
     let db = std::fs::File::open(dir.join("db")).unwrap();
     let deadline = std::time::Instant::now() + PATIENCE;
