@@ -9987,22 +9987,7 @@ async fn a_region_named_on_a_store_of_no_region_is_recorded_when_alone() {
     .await;
     let config = env.config("", "");
     let data = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking({
-        let data = data.clone();
-        move || SledStore::open(&data)
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    store
-        .record_cloud_identity(&CloudIdentity::OpenStack {
-            project_id: env.face.project_id().to_owned(),
-            region: None,
-            server_tag: "warmpool".into(),
-        })
-        .await
-        .unwrap();
-    drop(store);
+    store_of_no_region(&env, &data).await;
     let text = env.face.clouds_yaml("cloudsim");
     std::fs::write(
         &env.clouds_yaml,
@@ -10040,8 +10025,6 @@ async fn a_region_named_on_a_store_of_no_region_is_recorded_when_alone() {
 /// takes it; check-cloud's store line says the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_of_no_region_on_two_regions_is_refused_saying_so() {
-    use pool_manager::cloud::CloudIdentity;
-    use pool_manager::store::{SledStore, Store};
     let env = env_with(
         SimConfig {
             listeners: false,
@@ -10055,20 +10038,7 @@ async fn a_store_of_no_region_on_two_regions_is_refused_saying_so() {
     .await;
     let mut config = env.config("", "");
     let data = config.data_dir.clone();
-    let unnamed = CloudIdentity::OpenStack {
-        project_id: env.face.project_id().to_owned(),
-        region: None,
-        server_tag: "warmpool".into(),
-    };
-    let store = tokio::task::spawn_blocking({
-        let data = data.clone();
-        move || SledStore::open(&data)
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    store.record_cloud_identity(&unnamed).await.unwrap();
-    drop(store);
+    store_of_no_region(&env, &data).await;
     let said = [
         "recorded with no region",
         "openstack --os-region-name RegionOne server list --tags warmpool",
@@ -10178,8 +10148,6 @@ async fn no_region_with_every_service_is_not_offered_as_region_name() {
 /// does not restart) as if the catalog lacked the services.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catalog_blip_does_not_refuse_a_store_of_no_region() {
-    use pool_manager::cloud::CloudIdentity;
-    use pool_manager::store::{SledStore, Store};
     let env = env_with(
         SimConfig {
             listeners: false,
@@ -10190,19 +10158,7 @@ async fn a_catalog_blip_does_not_refuse_a_store_of_no_region() {
     .await;
     let config = env.config("", "");
     let data = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || SledStore::open(&data))
-        .await
-        .unwrap()
-        .unwrap();
-    store
-        .record_cloud_identity(&CloudIdentity::OpenStack {
-            project_id: env.face.project_id().to_owned(),
-            region: None,
-            server_tag: "warmpool".into(),
-        })
-        .await
-        .unwrap();
-    drop(store);
+    store_of_no_region(&env, &data).await;
     env.face.faults().answer_next(
         Service::Identity,
         "GET",
@@ -10228,8 +10184,6 @@ async fn a_catalog_blip_does_not_refuse_a_store_of_no_region() {
 /// lacks the services (exit 78), and `--adopt-cloud` adopts it unread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catalog_refused_for_good_is_a_refusal_adopt_cloud_gets_past() {
-    use pool_manager::cloud::CloudIdentity;
-    use pool_manager::store::{SledStore, Store};
     let env = env_with(
         SimConfig {
             listeners: false,
@@ -10240,19 +10194,7 @@ async fn a_catalog_refused_for_good_is_a_refusal_adopt_cloud_gets_past() {
     .await;
     let config = env.config("", "");
     let data = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || SledStore::open(&data))
-        .await
-        .unwrap()
-        .unwrap();
-    store
-        .record_cloud_identity(&CloudIdentity::OpenStack {
-            project_id: env.face.project_id().to_owned(),
-            region: None,
-            server_tag: "warmpool".into(),
-        })
-        .await
-        .unwrap();
-    drop(store);
+    store_of_no_region(&env, &data).await;
     env.face.faults().answer_next(
         Service::Identity,
         "GET",
@@ -10727,4 +10669,21 @@ image = "mysql-8.0"
         );
         assert_eq!(env.face.faults().requests(Api::Compute), sent, "{id:?}");
     }
+}
+
+/// A store in `data` that recorded this cloud's project with no region
+/// (as builds before region checks did).
+async fn store_of_no_region(env: &Env, data: &std::path::Path) {
+    use pool_manager::store::{SledStore, Store};
+    let unnamed = pool_manager::cloud::CloudIdentity::OpenStack {
+        project_id: env.face.project_id().to_owned(),
+        region: None,
+        server_tag: "warmpool".into(),
+    };
+    let data = data.to_owned();
+    let store = tokio::task::spawn_blocking(move || SledStore::open(&data))
+        .await
+        .unwrap()
+        .unwrap();
+    store.record_cloud_identity(&unnamed).await.unwrap();
 }
