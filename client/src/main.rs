@@ -223,10 +223,10 @@ async fn call(client: &Client, prepared: Prepared, output: OutputFormat) -> anyh
         }
         Prepared::GetPool(key) => pool(client.get_pool(key.flavor, key.az).await?),
         Prepared::CreatePool(key, spec) => {
-            pool(client.create_pool(key.flavor, key.az, spec).await?)
+            changed_pool(client.create_pool(key.flavor, key.az, spec).await?)
         }
         Prepared::UpdatePool(key, spec, mask) => {
-            pool(client.update_pool(key.flavor, key.az, spec, mask).await?)
+            changed_pool(client.update_pool(key.flavor, key.az, spec, mask).await?)
         }
         Prepared::DeletePool(key) => pool(client.delete_pool(key.flavor, key.az).await?),
         Prepared::Instances(args) => {
@@ -293,6 +293,15 @@ fn reader_left(e: &std::io::Error) -> bool {
 fn pool(pool: api::Pool) -> Rendered {
     Rendered {
         table: table::pool_detail(&pool, std::time::SystemTime::now()),
+        json: to_json(PoolView::from(&pool)),
+    }
+}
+
+/// A pool created or changed: answered before its next step plans for it
+/// ([`table::changed_pool_detail`]).
+fn changed_pool(pool: api::Pool) -> Rendered {
+    Rendered {
+        table: table::changed_pool_detail(&pool, std::time::SystemTime::now()),
         json: to_json(PoolView::from(&pool)),
     }
 }

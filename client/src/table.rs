@@ -248,9 +248,29 @@ fn opt_duration(d: &Option<prost_types::Duration>) -> String {
     d.as_ref().map_or_else(|| "-".to_owned(), duration_short)
 }
 
-/// `pools get|create|update|delete`; a throttle pause's and a backoff's
-/// time left are counted at `now`.
+/// `pools get|delete`; a throttle pause's and a backoff's time left are
+/// counted at `now`.
 pub fn pool_detail(pool: &api::Pool, now: SystemTime) -> String {
+    detail(pool, now, None)
+}
+
+/// `pools create|update`, as [`pool_detail`]. warmpoold answers before the
+/// pool's next replenish step plans for the new settings (an update drops
+/// the plan made for the old ones, and that step comes a second or so
+/// later) or reads a new flavor's quota, which `pools get` shows a moment
+/// later: the plan and quota lines say so and where to look, rather than
+/// a bare `-`.
+pub fn changed_pool_detail(pool: &api::Pool, now: SystemTime) -> String {
+    let get = format!(
+        "`warmpoolctl pools get {} {}`",
+        cell(&pool.flavor),
+        cell(&pool.availability_zone)
+    );
+    detail(pool, now, Some(&get))
+}
+
+/// `look`: the command that shows what this answer could not yet.
+fn detail(pool: &api::Pool, now: SystemTime, look: Option<&str>) -> String {
     let c = counts(pool);
     let spec = pool.spec.clone().unwrap_or_default();
     fields(&[
@@ -266,8 +286,8 @@ pub fn pool_detail(pool: &api::Pool, now: SystemTime) -> String {
         ("demand", demand_detail(pool)),
         ("service_level", service_level_detail(pool)),
         ("throttle", throttle_detail(pool, now)),
-        ("plan", plan_detail(pool, now)),
-        ("quota", quota_detail(pool)),
+        ("plan", plan_detail(pool, now, look)),
+        ("quota", quota_detail(pool, look)),
         ("health", health_cell(pool)),
         ("boot_timeout", opt_duration(&spec.boot_timeout)),
         ("max_age", max_age_detail(&spec.max_age)),
@@ -532,13 +552,14 @@ fn last_error_detail(pool: &api::Pool) -> String {
 /// "3 more servers (instances: 7 of 10 used at the last poll)": the poll
 /// less the boots started since; "no server of the flavor ever fits ..."
 /// when one needs more than the whole quota; "unknown: ..." when the last
-/// poll failed; "-" unlimited or not read. "; ports: not counted (why)"
-/// follows when the poll could not count the port quota.
-fn quota_detail(pool: &api::Pool) -> String {
+/// poll failed; "not read yet, or unlimited" otherwise (the gate, off,
+/// reads none), pointing at `look` when given. "; ports: not counted
+/// (why)" follows when the poll could not count the port quota.
+fn quota_detail(pool: &api::Pool, look: Option<&str>) -> String {
     let Some(s) = &pool.sizing else {
         return "-".to_owned();
     };
-    let room = quota_room(s);
+    let room = quota_room(s, look);
     match s.quota_ports_unknown.as_str() {
         "" => room,
         why if s.quota_headroom.is_none() && !s.beyond_quota && s.quota_error.is_empty() => {
@@ -551,7 +572,7 @@ fn quota_detail(pool: &api::Pool) -> String {
     }
 }
 
-fn quota_room(s: &api::SizingStatus) -> String {
+fn quota_room(s: &api::SizingStatus, look: Option<&str>) -> String {
     let binding = one_line(&s.quota_limited_by);
     match s.quota_headroom {
         _ if s.beyond_quota => {
@@ -565,8 +586,21 @@ fn quota_room(s: &api::SizingStatus) -> String {
             "unknown: the last poll of the limits failed ({}); only quota refusals pace refills",
             cell(&s.quota_error)
         ),
-        None => "-".to_owned(),
+        None if gate_disabled(s) => "not read: the gate is off (`gate = false`)".to_owned(),
+        // A flavor's quota is polled only while one of its pools wants
+        // boots: a new flavor's, and one of pools at rest, is not read.
+        None => {
+            let shown =
+                look.map_or_else(String::new, |look| format!(" ({look} shows it once read)"));
+            format!("not read yet, or unlimited: read when a pool of the flavor wants boots{shown}")
+        }
     }
+}
+
+fn gate_disabled(s: &api::SizingStatus) -> bool {
+    s.gate
+        .as_ref()
+        .is_some_and(|g| g.state == i32::from(api::ThrottleState::Disabled))
 }
 
 /// "backoff: 0 new boots, 0 in flight (boots failed: next in 40s)": a
@@ -574,10 +608,21 @@ fn quota_room(s: &api::SizingStatus) -> String {
 /// degraded with no failed boot was marked by the start-up cloud check,
 /// and says so: paused until the check is made again, or (a management
 /// network's mark, the check passed) one boot at a time.
-fn plan_detail(pool: &api::Pool, now: SystemTime) -> String {
-    let Some(s) = pool.sizing.as_ref().filter(|s| !s.plan_reason.is_empty()) else {
+fn plan_detail(pool: &api::Pool, now: SystemTime, look: Option<&str>) -> String {
+    let Some(s) = &pool.sizing else {
         return "-".to_owned();
     };
+    if s.plan_reason.is_empty() {
+        let paused = pool.spec.as_ref().is_some_and(|spec| spec.paused);
+        return match (pool.draining, paused, look) {
+            (true, _, _) => "none: the pool is being deleted".to_owned(),
+            (false, true, _) => "none: the pool is paused".to_owned(),
+            (false, false, None) => "not made yet: the pool's next step makes it".to_owned(),
+            (false, false, Some(look)) => format!(
+                "not made yet: the pool's next step makes it, within seconds ({look} shows it)"
+            ),
+        };
+    }
     let plan = format!(
         "{}: {} new {}, {} in flight",
         one_line(&s.plan_reason),
@@ -1353,6 +1398,46 @@ mod tests {
         let text = pool_detail(&pool, now);
         assert!(text.contains(", 2 boots)\n"), "{text}");
         assert!(text.contains(": 2 new boots, "), "{text}");
+    }
+
+    /// No plan and no quota read, as `pools get` may show them (before a
+    /// pool's first step, paused, draining, a flavor whose pools are at
+    /// rest, the gate off): each says why, not a bare `-`.
+    #[test]
+    fn pool_detail_says_why_a_plan_or_quota_is_missing() {
+        let mut pool = sample_pools()[0].clone();
+        pool.sizing = Some(api::SizingStatus {
+            gate: Some(api::ThrottleGate {
+                state: api::ThrottleState::Open.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let text = pool_detail(&pool, SystemTime::now());
+        assert!(
+            text.contains("plan:              not made yet: the pool's next step makes it\n")
+                && text.contains("quota:             not read yet, or unlimited: read when a pool of the flavor wants boots\n"),
+            "{text}"
+        );
+        pool.spec.as_mut().unwrap().paused = true;
+        let text = pool_detail(&pool, SystemTime::now());
+        assert!(
+            text.contains("plan:              none: the pool is paused\n"),
+            "{text}"
+        );
+        pool.draining = true;
+        let text = changed_pool_detail(&pool, SystemTime::now());
+        assert!(
+            text.contains("plan:              none: the pool is being deleted\n"),
+            "{text}"
+        );
+        let gate = pool.sizing.as_mut().unwrap().gate.as_mut().unwrap();
+        gate.state = api::ThrottleState::Disabled.into();
+        let text = changed_pool_detail(&pool, SystemTime::now());
+        assert!(
+            text.contains("quota:             not read: the gate is off (`gate = false`)\n"),
+            "{text}"
+        );
     }
 
     #[test]

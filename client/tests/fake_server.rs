@@ -34,6 +34,19 @@ fn pool(flavor: &str, az: &str, ready: u32) -> api::Pool {
     }
 }
 
+/// The sizing warmpoold answers CreatePool and UpdatePool with: the pool's
+/// replenisher has made no plan for the new settings yet (an update drops
+/// the old one), and a new flavor's quota has not been polled.
+fn before_first_step() -> api::SizingStatus {
+    api::SizingStatus {
+        gate: Some(api::ThrottleGate {
+            state: api::ThrottleState::Open.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn status(pool: api::Pool) -> api::PoolStatus {
     api::PoolStatus {
         pool: Some(pool),
@@ -130,6 +143,7 @@ impl api::warm_pool_server::WarmPool for Fake {
         let r = request.into_inner();
         Ok(Response::new(api::Pool {
             spec: r.spec,
+            sizing: Some(before_first_step()),
             ..pool(&r.flavor, &r.availability_zone, 0)
         }))
     }
@@ -142,6 +156,7 @@ impl api::warm_pool_server::WarmPool for Fake {
         let mask = r.update_mask.unwrap_or_default().paths.join(",");
         Ok(Response::new(api::Pool {
             last_error: format!("mask={mask}"),
+            sizing: Some(before_first_step()),
             ..pool(&r.flavor, &r.availability_zone, 0)
         }))
     }
@@ -385,6 +400,53 @@ async fn cli_prints_tables_and_json() {
         "{}",
         out.stdout
     );
+}
+
+/// `pools create` and `pools update` answer before the pool's next step
+/// has planned for the new settings or read a new flavor's quota: the
+/// lines say so and where to look, not a bare `-` beside what `pools get`
+/// fills a moment later.
+#[tokio::test]
+async fn create_and_update_answers_say_where_the_plan_and_quota_show() {
+    let addr = start_fake().await;
+    for args in [
+        &["pools", "update", "m1", "az1", "--min-ready", "3"][..],
+        &[
+            "pools",
+            "create",
+            "m3",
+            "az1",
+            "--min-ready",
+            "1",
+            "--max-ready",
+            "2",
+            "--image",
+            "mysql",
+        ][..],
+    ] {
+        let out = run(addr, args).await;
+        assert!(out.ok, "{}", out.stderr);
+        let line = |key: &str| {
+            out.stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("{key}:")))
+                .map(|l| l[key.len() + 1..].trim().to_owned())
+                .unwrap_or_else(|| panic!("no {key} line in:\n{}", out.stdout))
+        };
+        let pool = format!("`warmpoolctl pools get {} az1`", args[2]);
+        assert_eq!(
+            line("plan"),
+            format!(
+                "not made yet: the pool's next step makes it, within seconds ({pool} shows it)"
+            ),
+            "{args:?}"
+        );
+        assert_eq!(
+            line("quota"),
+            format!("not read yet, or unlimited: read when a pool of the flavor wants boots ({pool} shows it once read)"),
+            "{args:?}"
+        );
+    }
 }
 
 fn allocate_args(request_id: &str) -> Vec<&str> {
