@@ -1789,9 +1789,28 @@ async fn quota_check(
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let uncounted = ports_unknown
+    let mut uncounted = ports_unknown
         .map(|why| format!("; ports: not counted ({why})"))
         .unwrap_or_default();
+    // A pool whose flavor was not read has no size to count: said, or an
+    // "ok" would read as room for every pool.
+    let unread: BTreeSet<String> = pools
+        .iter()
+        .filter(|pool| !flavors.contains_key(&pool.key.flavor))
+        .map(|pool| pool.key.to_string())
+        .collect();
+    if !unread.is_empty() {
+        let whose = if unread.len() == 1 {
+            "its flavor"
+        } else {
+            "their flavors"
+        };
+        let unread: Vec<String> = unread.into_iter().collect();
+        uncounted.push_str(&format!(
+            "; not counted: {} ({whose} could not be read: see the flavor line)",
+            unread.join(", ")
+        ));
+    }
     if short.is_empty() {
         report.ok(
             CheckKind::Quota,

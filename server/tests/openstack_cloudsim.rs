@@ -2775,7 +2775,7 @@ image = "mysql-8.0"
     );
     let quota = line(&report, CheckKind::Quota).join("\n");
     assert_eq!(
-        quota, "quota: instances 0 of 2 used; pools need room for 3 more db.small",
+        quota, "quota: instances 0 of 2 used; pools need room for 3 more db.small; not counted: db.tiny@az1 (its flavor could not be read: see the flavor line)",
         "{report}"
     );
     // Both pools are in az1: az2's section applies to no server.
@@ -3104,6 +3104,32 @@ async fn check_cloud_says_when_it_cannot_count_the_port_quota() {
         "{report}"
     );
     assert!(report.passed(), "{report}");
+}
+
+/// A pool whose flavor check-cloud could not read (the cloud has no such
+/// flavor) cannot be counted in the quota: the quota line names it and
+/// why, rather than an "ok" that reads as covering every pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_cloud_quota_names_the_pools_it_could_not_count() {
+    let env = env_with_quotas(Quotas {
+        max_instances: 10,
+        ..Quotas::default()
+    })
+    .await;
+    let pools = format!("{SMALL_POOL}{}", SMALL_POOL.replace("db.small", "db.gone"));
+    let config = env.config("", &pools);
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    let flavor = line(&report, CheckKind::Flavor).join("\n");
+    assert!(flavor.contains("no flavor named 'db.gone'"), "{report}");
+    let quota = line(&report, CheckKind::Quota);
+    assert!(
+        quota.len() == 1
+            && quota[0].starts_with("quota: ok (instances 0 of 10")
+            && quota[0].ends_with(
+                "pools need room for 2 more db.small; not counted: db.gone@az1 (its flavor could not be read: see the flavor line))"
+            ),
+        "{report}"
+    );
 }
 
 /// Neutron's default policy for a project member: a port a server is bound
