@@ -193,6 +193,13 @@ async fn settled(cloud: &OpenStackCloud, id: &str) -> pool_manager::cloud::Serve
 /// Moves the test's clock `by` ahead at once, and lets it run on: the
 /// pauses of a cloudsim test's cloud, measured in tokio time, pass while
 /// its HTTP answers still come in real time. A current-thread test only.
+///
+/// Tests here run on the real clock and jump with this, not on a paused
+/// clock (`start_paused`): a paused clock moves to its next timer whenever
+/// the runtime has nothing to run, even while a request is on its way
+/// through a socket, so an answer the kernel hands over a moment late (a
+/// busy machine) finds its request timed out (a login's 5 s timeout, the
+/// only timer at start-up, fired at once when every answer took 2 ms).
 async fn advance_clock(by: Duration) {
     tokio::time::pause();
     tokio::time::advance(by).await;
@@ -6565,11 +6572,11 @@ async fn member_port_soft_delete_env(config: SimConfig) -> Env {
 /// that refuses warmpool's forceDelete and lets a member delete no bound
 /// port: Nova detaches no port from a SOFT_DELETED server, so the tenant's
 /// port stays bound until Nova's reclaim, hours or days away. The release
-/// answers at once (within the cleanup budget, on the paused clock),
+/// answers at once (well within the cleanup budget),
 /// Released, the tenant's volume detached; the port is handed to the
 /// reconciler, whose first pass after the reclaim deletes it: nothing of
 /// the order is left.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_release_of_a_server_soft_deleted_by_hand_leaves_its_bound_port_to_the_reconciler() {
     let env = member_port_soft_delete_env(with_mysqld()).await;
     let (running, stop) = start_daemon(reconciled_by_hand(&env)).await.unwrap();
@@ -6629,7 +6636,7 @@ async fn a_release_of_a_server_soft_deleted_by_hand_leaves_its_bound_port_to_the
 /// answered an error", 403) and a `status="fatal"` sample for that port,
 /// 90 in 3.7 minutes, 60 an hour at the default interval. A refusal once
 /// the reclaim unbinds it is warned of once, and the delete said at INFO.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn passes_waiting_for_a_port_a_soft_deleted_server_keeps_are_quiet() {
     let env = member_port_soft_delete_env(with_mysqld()).await;
     let (running, stop) = start_daemon(reconciled_by_hand(&env)).await.unwrap();
@@ -6666,7 +6673,7 @@ async fn passes_waiting_for_a_port_a_soft_deleted_server_keeps_are_quiet() {
     );
     let (seen, fatal) = (logs.text().len(), neutron_calls("fatal"));
     for _ in 0..3 {
-        tokio::time::advance(Duration::from_secs(60)).await;
+        advance_clock(Duration::from_secs(60)).await;
         running.manager.reconcile().await.unwrap();
     }
     let passes = logs.text()[seen..].to_owned();
@@ -6720,7 +6727,7 @@ async fn passes_waiting_for_a_port_a_soft_deleted_server_keeps_are_quiet() {
 /// a debug line each, for ever. Nova answering 404 for the server it
 /// names, the pass sends the delete as for an unbound port, and its
 /// refusal is warned of once.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_port_naming_a_server_gone_for_good_is_sent_its_delete() {
     let env = member_port_soft_delete_env(with_mysqld()).await;
     let (running, stop) = start_daemon(reconciled_by_hand(&env)).await.unwrap();
@@ -6769,7 +6776,7 @@ async fn a_port_naming_a_server_gone_for_good_is_sent_its_delete() {
 /// Releases waiting behind it), then sent the delete Neutron refuses a
 /// bound port anyway. One read a pass now, no delete sent while it fails,
 /// warned of once with the read's error.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_port_whose_server_nova_cannot_answer_for_waits_one_read_a_pass() {
     let env = member_port_soft_delete_env(with_mysqld()).await;
     let (running, stop) = start_daemon(reconciled_by_hand(&env)).await.unwrap();
@@ -6834,7 +6841,7 @@ async fn a_port_whose_server_nova_cannot_answer_for_waits_one_read_a_pass() {
 /// warned "detach refused; the server's delete lets go of it (a cloud
 /// that only soft-deletes ...)"): the release answers Released, the
 /// volume available, the port deleted.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_release_of_a_server_being_deleted_by_hand_warns_of_nothing() {
     let mut config = with_mysqld();
     config.latencies.delete = Duration::from_secs(600);
@@ -6877,9 +6884,9 @@ async fn a_release_of_a_server_being_deleted_by_hand_warns_of_nothing() {
 /// member delete no bound port: the verification finds it SOFT_DELETED,
 /// from which Nova detaches the volume but not the port, bound to it until
 /// the reclaim. The purchase goes on to the next instance at once (within
-/// the cleanup budget, on the paused clock), and the port is handed to the
-/// reconciler, whose first pass after the reclaim deletes it.
-#[tokio::test(start_paused = true)]
+/// the cleanup budget), and the port is handed to the reconciler, whose
+/// first pass after the reclaim deletes it.
+#[tokio::test]
 async fn a_failed_try_leaves_the_port_its_soft_deleted_server_keeps_to_the_reconciler() {
     let env = member_port_soft_delete_env(with_mysqld()).await;
     let key = PoolKey::new("db.small", "az1");
@@ -6920,7 +6927,7 @@ async fn a_failed_try_leaves_the_port_its_soft_deleted_server_keeps_to_the_recon
 /// pass fail its rollback again, for days. The order is gone at once, the
 /// port named in a twin watch, and the first pass after the reclaim
 /// deletes it.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_rollback_after_a_failed_try_leaves_its_bound_port_to_the_reconciler() {
     use pool_manager::store::{SledStore, Store};
     let env = member_port_soft_delete_env(with_mysqld()).await;
@@ -6990,7 +6997,7 @@ image = "mysql-8.0"
 /// server until the reclaim. Neither takes it for a twin: the release
 /// answers Released at once, and the first pass after the reclaim leaves
 /// no port of the order.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_release_of_a_create_in_doubt_leaves_a_failed_tries_bound_port_to_the_reconciler() {
     let env = member_port_soft_delete_env(with_mysqld()).await;
     let key = PoolKey::new("db.small", "az1");
@@ -7037,7 +7044,7 @@ async fn a_release_of_a_create_in_doubt_leaves_a_failed_tries_bound_port_to_the_
 /// use) nor deleted as a twin (Neutron refuses, and the create would fail
 /// with it); the twin watch deletes it after the reclaim. The create makes
 /// a fresh port, and a later uncertain create adopts that one.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn an_uncertain_port_create_leaves_a_failed_tries_held_port_alone() {
     let env = member_port_soft_delete_env(sim_config()).await;
     let cloud = env.driver().await;
@@ -7188,10 +7195,10 @@ fn reconciled_by_hand_with(env: &Env, pools: &str) -> Config {
     .unwrap()
 }
 
-/// Moves the paused clock past Nova's reclaim of SOFT_DELETED `server`
+/// Moves the clock past Nova's reclaim of SOFT_DELETED `server`
 /// (an hour, [`soft_delete_env`]), then runs a reconcile pass.
 async fn reclaimed_then_reconciled(env: &Env, manager: &pool_manager::PoolManager, server: &str) {
-    tokio::time::advance(Duration::from_secs(3601)).await;
+    advance_clock(Duration::from_secs(3601)).await;
     assert!(env.sim.server(server).is_none(), "reclaimed");
     manager.reconcile().await.unwrap();
 }
