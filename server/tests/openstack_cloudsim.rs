@@ -10720,3 +10720,154 @@ async fn store_of_no_region(env: &Env, data: &std::path::Path) {
         .unwrap();
     store.record_cloud_identity(&unnamed).await.unwrap();
 }
+
+/// A Keystone outage (warmpool's token requests answered 503) was a WARN
+/// per call, each call renewing its token failing; and a Keystone hanging
+/// during a call's token renewal timed the call out as the called
+/// service's outage, Nova then "answering again" though it had never
+/// failed. Keystone's token requests are counted as the services' calls
+/// are, under "identity": one WARN per outage, its end an INFO, and a
+/// call stuck in its token renewal is Keystone's failure, not Nova's.
+#[tokio::test]
+async fn a_keystone_outage_is_warned_of_once_and_its_end_is_said() {
+    // Every call renews a token with ten minutes or less left.
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            token_lifetime: Duration::from_secs(120),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let cloud = env.driver_with(r#"request_timeout = "5s""#).await;
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    let logs = support::Logs::capture();
+    let faults = env.face.faults();
+    let outage_warned = "further failures of identity (Keystone) are logged at debug";
+    let answers_again = "identity (Keystone) answers again";
+    let quiet = || async {
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        tokio::time::resume();
+    };
+
+    faults.answer_next(
+        Service::Identity,
+        "POST",
+        "/v3/auth/tokens",
+        5,
+        503,
+        r#"{"error": {"code": 503, "message": "The service is unavailable.", "title": "Service Unavailable"}}"#,
+    );
+    for _ in 0..5 {
+        cloud.read_server(&server.id).await.unwrap_err();
+    }
+    assert_eq!(logs.warnings().len(), 1, "{}", logs.text());
+    assert_eq!(logs.count("WARN", outage_warned), 1, "{}", logs.text());
+    cloud.read_server(&server.id).await.unwrap();
+    quiet().await;
+    cloud.read_server(&server.id).await.unwrap();
+    assert_eq!(
+        logs.count(
+            "INFO",
+            "identity (Keystone) answers again after 5 failed calls"
+        ),
+        1,
+        "{}",
+        logs.text()
+    );
+
+    // Keystone hanging during the calls' renewals: Keystone's outage.
+    faults.slow(Service::Identity, Duration::from_secs(60));
+    tokio::time::pause();
+    for _ in 0..2 {
+        let e = cloud.read_server(&server.id).await.unwrap_err();
+        assert!(matches!(e, CloudError::Transient(_)), "{e:?}");
+    }
+    tokio::time::resume();
+    faults.slow(Service::Identity, Duration::ZERO);
+    assert_eq!(logs.count("WARN", outage_warned), 2, "{}", logs.text());
+    assert_eq!(logs.warnings().len(), 2, "{}", logs.text());
+    cloud.read_server(&server.id).await.unwrap();
+    quiet().await;
+    cloud.read_server(&server.id).await.unwrap();
+    assert_eq!(logs.count("INFO", answers_again), 2, "{}", logs.text());
+    assert!(
+        !logs.text().contains("compute (Nova)"),
+        "Nova never failed: {}",
+        logs.text()
+    );
+}
+
+/// Nova's 413 rate limit (with its Retry-After) is throttling, as a 429
+/// is: one WARN, not one per call. A service refusing a fresh token (401
+/// after warmpool logged in again) is one WARN saying to check the
+/// credentials, not a WARN per call (two for the first: the 401 before
+/// the login and the one after it). Other refusals stay a WARN each.
+#[tokio::test]
+async fn a_413_rate_limit_and_a_fresh_tokens_401_are_warned_of_once() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let server = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    let logs = support::Logs::capture();
+    let faults = env.face.faults();
+    let path = format!("/v2.1/servers/{}", server.id);
+
+    faults.answer_next(
+        Service::Compute,
+        "GET",
+        &path,
+        3,
+        413,
+        r#"{"overLimit": {"code": 413, "message": "This request was rate-limited.", "retryAfter": "1"}}"#,
+    );
+    for _ in 0..3 {
+        let e = cloud.read_server(&server.id).await.unwrap_err();
+        assert!(matches!(e, CloudError::Throttled { .. }), "{e:?}");
+    }
+    assert_eq!(logs.warnings().len(), 1, "{}", logs.text());
+    assert_eq!(
+        logs.count("WARN", "the cloud throttles warmpool's calls"),
+        1,
+        "{}",
+        logs.text()
+    );
+
+    let warnings = logs.warnings().len();
+    faults.answer_next(
+        Service::Compute,
+        "GET",
+        &path,
+        10,
+        401,
+        r#"{"error": {"code": 401, "message": "The request you have made requires authentication.", "title": "Unauthorized"}}"#,
+    );
+    for _ in 0..3 {
+        cloud.read_server(&server.id).await.unwrap_err();
+    }
+    let new: Vec<_> = logs.warnings().split_off(warnings);
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert!(new[0].contains("check the credentials"), "{new:?}");
+
+    // A 413 naming a quota is a refusal, a WARN each.
+    faults.clear();
+    let warnings = logs.warnings().len();
+    faults.answer_next(
+        Service::Compute,
+        "GET",
+        &path,
+        2,
+        413,
+        r#"{"overLimit": {"code": 413, "message": "Quota exceeded for instances: Requested 1, but already used 10 of 10 instances", "retryAfter": "0"}}"#,
+    );
+    for _ in 0..2 {
+        cloud.read_server(&server.id).await.unwrap_err();
+    }
+    assert_eq!(logs.warnings().len() - warnings, 2, "{}", logs.text());
+}

@@ -385,11 +385,29 @@ pub struct Connection {
     watched: Watched,
 }
 
+/// How the token lookups [`TokenWatch`] made for the call
+/// [`Connection::send_once`] sends went.
+#[derive(Default)]
+struct TokenLookups {
+    /// A token request failed (or was held back during the re-login
+    /// pause): the call's failure is then Keystone's.
+    failed: Cell<bool>,
+    /// A lookup is under way (or was, when the call's timeout dropped
+    /// it): a call timing out then waited for Keystone (its renewal, or
+    /// another call's it queued behind), not for the service it was for.
+    pending: Cell<bool>,
+    /// A lookup gave the call its token: Keystone is no obstacle to it.
+    got: Cell<bool>,
+}
+
 tokio::task_local! {
-    /// Set by [`TokenWatch`] when a token request it made for the call
-    /// [`Connection::send_once`] sends failed (or was held back during the
-    /// re-login pause): the call's failure is then Keystone's.
-    static TOKEN_REQUEST_FAILED: Cell<bool>;
+    static TOKEN_LOOKUPS: TokenLookups;
+}
+
+/// Sets `flag` of the call's [`TokenLookups`], if a call is sending.
+fn note_lookup(flag: impl FnOnce(&TokenLookups)) {
+    // Outside a call sent by send_once there is no one to tell.
+    let _ = TOKEN_LOOKUPS.try_with(flag);
 }
 
 /// A session's osauth authentication, counting its token requests that
@@ -481,14 +499,19 @@ impl TokenWatch {
         held_back: Option<CloudError>,
         done: Result<T, osauth::Error>,
     ) -> Result<T, osauth::Error> {
+        note_lookup(|lookups| lookups.pending.set(false));
         let e = match done {
             // A service missing from the catalog sent no token request.
             Err(e) if e.kind() != osauth::ErrorKind::EndpointNotFound => e,
-            done => return done,
+            done => {
+                if done.is_ok() {
+                    note_lookup(|lookups| lookups.got.set(true));
+                }
+                return done;
+            }
         };
         self.watched.failures.fetch_add(1, Ordering::SeqCst);
-        // Outside a call sent by send_once there is no one to tell.
-        let _ = TOKEN_REQUEST_FAILED.try_with(|failed| failed.set(true));
+        note_lookup(|lookups| lookups.failed.set(true));
         // Without a connection osauth can only have failed to ask for a
         // token.
         if let Some(pause) = held_back {
@@ -513,6 +536,7 @@ impl osauth::AuthType for TokenWatch {
         client: &reqwest::Client,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::RequestBuilder, osauth::Error> {
+        note_lookup(|lookups| lookups.pending.set(true));
         let _turn = self.watched.renewing.lock().await;
         let (client, held_back) = self.client(client);
         let done = self.auth.auth_type().authenticate(client, request).await;
@@ -528,6 +552,7 @@ impl osauth::AuthType for TokenWatch {
         service_type: &str,
         filters: &osauth::EndpointFilters,
     ) -> Result<reqwest::Url, osauth::Error> {
+        note_lookup(|lookups| lookups.pending.set(true));
         let _turn = self.watched.renewing.lock().await;
         let (client, held_back) = self.client(client);
         let done = self
@@ -539,6 +564,7 @@ impl osauth::AuthType for TokenWatch {
     }
 
     async fn refresh(&self, client: &reqwest::Client) -> Result<(), osauth::Error> {
+        note_lookup(|lookups| lookups.pending.set(true));
         let _turn = self.watched.renewing.lock().await;
         let (client, held_back) = self.client(client);
         let done = self.auth.auth_type().refresh(client).await;
@@ -847,6 +873,7 @@ impl Connection {
         let failed = match login(&self.config, self.timeout, &self.identity, &self.watched).await {
             Ok(session) => {
                 self.watched.took_a_login();
+                self.identity_answered();
                 // The new session's endpoints are looked up afresh: with
                 // no region named, a region added to the catalog since
                 // the first login could send some services there. The
@@ -888,7 +915,17 @@ impl Connection {
                 tracing::warn!(identity = %self.identity, error = %refusal, "Keystone refused the password when logging in again");
                 refusal
             }
-            Err(failed) => failed.error,
+            Err(failed) => {
+                // Keystone's outage or throttling, counted as a call's
+                // failed renewal is; its other failures reach the caller.
+                if matches!(
+                    failed.error,
+                    CloudError::Transient(_) | CloudError::Throttled { .. }
+                ) {
+                    self.token_request_failed("logging in again", &failed.error);
+                }
+                failed.error
+            }
         };
         relogins.last_failure = Some((tokio::time::Instant::now(), failed.clone()));
         Err(failed)
@@ -1104,6 +1141,7 @@ impl Connection {
         }
         let key = refusal_key(call);
         if self.refused_with_fresh_token(&key) {
+            self.fresh_token_refused(call, &reply);
             return Ok(reply);
         }
         let started = tokio::time::Instant::now();
@@ -1120,8 +1158,8 @@ impl Connection {
         let reply = self.send_once(&session, call).await?;
         if reply.status == 401 {
             let until = tokio::time::Instant::now() + FRESH_TOKEN_REFUSED_PAUSE;
-            tracing::warn!(call = %call.describe(), pause = %humantime::format_duration(FRESH_TOKEN_REFUSED_PAUSE), "the service refused a fresh token too: its 401s to this call are not met with another login during the pause");
             self.lock_refused_fresh().insert(key, until);
+            self.fresh_token_refused(call, &reply);
         }
         Ok(reply)
     }
@@ -1228,7 +1266,7 @@ impl Connection {
                 // The token request osauth made inside the call (a
                 // renewal) failed, and the call with it: Keystone's
                 // answer, said as Keystone's, not as the service's.
-                Err(e) if TOKEN_REQUEST_FAILED.with(Cell::get) => {
+                Err(e) if TOKEN_LOOKUPS.with(|lookups| lookups.failed.get()) => {
                     let renewing = format!(
                         "{what}: renewing warmpool's token (Keystone's token request, POST /v3/auth/tokens)"
                     );
@@ -1292,18 +1330,46 @@ impl Connection {
                 cloud_id,
             ))
         });
-        let (result, token_request_failed) = TOKEN_REQUEST_FAILED
-            .scope(Cell::new(false), async {
+        let (result, (token_request_failed, token_pending, got_token)) = TOKEN_LOOKUPS
+            .scope(TokenLookups::default(), async {
                 let result = sending.await;
-                (result, TOKEN_REQUEST_FAILED.with(Cell::get))
+                let lookups = TOKEN_LOOKUPS.with(|lookups| {
+                    (
+                        lookups.failed.get(),
+                        lookups.pending.get(),
+                        lookups.got.get(),
+                    )
+                });
+                (result, lookups)
             })
             .await;
         let latency_ms = started.elapsed().as_millis() as u64;
         let service = call.service.name();
+        if got_token && !token_request_failed && !token_pending {
+            // Keystone stands in the call's way no more: it may end its outage.
+            self.identity_answered();
+        }
         match result {
+            // The call's time ran out in a token lookup: Keystone did not
+            // answer its renewal (or another call's it queued behind).
+            // Blamed on the service, the service's "outage" ended at its
+            // next answer though it had answered every call it was sent.
+            Err(_) if token_pending => {
+                let e = CloudError::Transient(format!(
+                    "{what}: no answer within {:?}: renewing warmpool's token, Keystone did not answer (POST /v3/auth/tokens)",
+                    self.timeout
+                ));
+                self.token_request_failed(&what, &e);
+                note_side_call(SideCall {
+                    service: CloudService::Identity,
+                    took: started.elapsed(),
+                    error: Some(e.clone()),
+                });
+                Err(e)
+            }
             Err(_) => {
-                let said = self.noted(call.service, Outcome::Failed);
-                match failure_warning(&said, call.service, "cloud call timed out") {
+                let said = self.noted(call.service.into(), Outcome::Failed);
+                match failure_warning(&said, call.service.into(), "cloud call timed out") {
                     Some(warning) => {
                         tracing::warn!(service, call = %what, %request_id, latency_ms, "{warning}")
                     }
@@ -1322,7 +1388,7 @@ impl Connection {
                 // every call until it ends hears it again. A transport
                 // failure (or a 5xx, a 429 to the version document) is the
                 // service's outage or throttling as an answer's is; a
-                // failed token request is Keystone's.
+                // failed token request is Keystone's, counted as such.
                 let paused = self.watched.refusals().active().as_ref() == Some(&e);
                 let outcome = match &e {
                     _ if paused || token_request_failed => None,
@@ -1330,21 +1396,24 @@ impl Connection {
                     CloudError::Throttled { .. } => Some(Outcome::Throttled),
                     _ => None,
                 };
-                match outcome.map(|outcome| self.noted(call.service, outcome)) {
+                match outcome.map(|outcome| self.noted(call.service.into(), outcome)) {
                     _ if paused => {
                         tracing::debug!(service, call = %what, %request_id, latency_ms, error = %e, "cloud call not sent: Keystone's pause")
                     }
+                    _ if token_request_failed => self.token_request_failed(&what, &e),
                     Some(Said::ThrottleWarned) => {
                         tracing::warn!(service, call = %what, %request_id, latency_ms, error = %e, "{THROTTLE_WARNING}")
                     }
-                    Some(said) => match failure_warning(&said, call.service, "cloud call failed") {
-                        Some(warning) => {
-                            tracing::warn!(service, call = %what, %request_id, latency_ms, error = %e, "{warning}")
+                    Some(said) => {
+                        match failure_warning(&said, call.service.into(), "cloud call failed") {
+                            Some(warning) => {
+                                tracing::warn!(service, call = %what, %request_id, latency_ms, error = %e, "{warning}")
+                            }
+                            None => {
+                                tracing::debug!(service, call = %what, %request_id, latency_ms, error = %e, "cloud call failed")
+                            }
                         }
-                        None => {
-                            tracing::debug!(service, call = %what, %request_id, latency_ms, error = %e, "cloud call failed")
-                        }
-                    },
+                    }
                     None => {
                         tracing::warn!(service, call = %what, %request_id, latency_ms, error = %e, "cloud call failed")
                     }
@@ -1366,18 +1435,43 @@ impl Connection {
                 // of when it begins and hourly while it lasts (`noted`).
                 // Other errors are a warning each: each is its own problem.
                 let outcome = match reply.status {
-                    429 => Outcome::Throttled,
-                    s if s >= 500 => Outcome::Failed,
-                    _ => Outcome::Answered,
+                    429 => Some(Outcome::Throttled),
+                    // Nova's rate limit (and older Cinder's) is a 413 with
+                    // a Retry-After, which `classify` reads as throttling
+                    // as it does a 429; a 413 naming a quota is a refusal.
+                    413 if matches!(
+                        classify(
+                            call.service,
+                            &what,
+                            reply.status,
+                            reply.retry_after.as_deref(),
+                            &reply.body
+                        ),
+                        CloudError::Throttled { .. }
+                    ) =>
+                    {
+                        Some(Outcome::Throttled)
+                    }
+                    // `send` tells a 401 that a login mends (an expired or
+                    // revoked token, said at INFO) from a fresh token's
+                    // ([`Connection::fresh_token_refused`]).
+                    401 => None,
+                    s if s >= 500 => Some(Outcome::Failed),
+                    _ => Some(Outcome::Answered),
                 };
-                let said = self.noted(call.service, outcome);
+                let said = outcome.map_or(Said::Debug, |outcome| {
+                    self.noted(call.service.into(), outcome)
+                });
                 // A refusal (409, 403, ...) is an answer all the same: it
                 // can end an outage, and is warned of itself.
-                let refused =
-                    reply.status >= 400 && reply.status != 404 && outcome == Outcome::Answered;
-                if let Some(warning) =
-                    failure_warning(&said, call.service, "cloud call answered a server error")
-                {
+                let refused = reply.status >= 400
+                    && reply.status != 404
+                    && outcome == Some(Outcome::Answered);
+                if let Some(warning) = failure_warning(
+                    &said,
+                    call.service.into(),
+                    "cloud call answered a server error",
+                ) {
                     tracing::warn!(service, call = %what, status = reply.status, %request_id, %cloud_request_id, latency_ms, "{warning}");
                 } else if said == Said::ThrottleWarned {
                     tracing::warn!(service, call = %what, status = reply.status, retry_after = ?reply.retry_after, %request_id, %cloud_request_id, "{THROTTLE_WARNING}");
@@ -1386,31 +1480,126 @@ impl Connection {
                 } else {
                     tracing::debug!(service, call = %what, status = reply.status, %request_id, %cloud_request_id, latency_ms, "cloud call");
                 }
-                if let Said::AnswersAgain {
-                    failed,
-                    throttled,
-                    took,
-                } = said
-                {
-                    tracing::info!(
-                        service,
-                        "{}",
-                        answers_again(call.service, failed, throttled, took)
-                    );
-                }
+                self.say_answers_again(call.service.into(), &said);
                 Ok(reply)
             }
         }
     }
+
+    /// Logs Keystone's failure `e` of a token request (for the call
+    /// `what`, or a re-login) as Keystone's outage or throttling
+    /// ([`Trouble`] under "identity"): one WARN when it begins and hourly,
+    /// the rest at debug. Any other failure (an unreadable token) is a
+    /// WARN each.
+    fn token_request_failed(&self, what: &str, e: &CloudError) {
+        let outcome = match e {
+            CloudError::Transient(_) => Some(Outcome::Failed),
+            CloudError::Throttled { .. } => Some(Outcome::Throttled),
+            _ => None,
+        };
+        let said = outcome.map(|outcome| self.noted(Subject::Identity, outcome));
+        let how = "warmpool's token request failed";
+        match said {
+            Some(Said::ThrottleWarned) => {
+                tracing::warn!(service = "identity", call = %what, error = %e, "{THROTTLE_WARNING}")
+            }
+            Some(said) => match failure_warning(&said, Subject::Identity, how) {
+                Some(warning) => {
+                    tracing::warn!(service = "identity", call = %what, error = %e, "{warning}")
+                }
+                None => tracing::debug!(service = "identity", call = %what, error = %e, "{how}"),
+            },
+            None => tracing::warn!(service = "identity", call = %what, error = %e, "{how}"),
+        }
+    }
+
+    /// Keystone gave a call its token, or took a login: it may end its
+    /// warned outage or 429 spell.
+    fn identity_answered(&self) {
+        let said = self.noted(Subject::Identity, Outcome::Answered);
+        self.say_answers_again(Subject::Identity, &said);
+    }
+
+    /// The INFO of an answer ending a warned spell, when `said` is one.
+    fn say_answers_again(&self, subject: Subject, said: &Said) {
+        if let Said::AnswersAgain {
+            failed,
+            throttled,
+            refused,
+            took,
+        } = *said
+        {
+            tracing::info!(
+                service = subject.name(),
+                "{}",
+                answers_again(subject, failed, throttled, refused, took)
+            );
+        }
+    }
+
+    /// The service refused a token Keystone had just issued (a 401 after a
+    /// fresh login, or within [`FRESH_TOKEN_REFUSED_PAUSE`] of one): no
+    /// login mends it, the credentials or the service's setup must be. One
+    /// WARN when such refusals begin, hourly while they last, the rest at
+    /// debug; an answer a minute after the last ends them.
+    fn fresh_token_refused(&self, call: &Call, reply: &Reply) {
+        let said = self.noted(call.service.into(), Outcome::Refused);
+        let (service, project) = (call.service.name(), call.service.project());
+        let pause = humantime::format_duration(FRESH_TOKEN_REFUSED_PAUSE);
+        let warning = match said {
+            Said::RefusalWarned { refused, took } if refused > 1 => format!(
+                "{service} ({project}) still refuses warmpool's fresh tokens (HTTP 401), {refused} calls over {}: check the credentials",
+                humantime::format_duration(whole_seconds(took))
+            ),
+            Said::RefusalWarned { .. } => format!(
+                "{service} ({project}) refused a token Keystone had just issued (HTTP 401): check the credentials (the user's roles in the project, an application credential's access rules), the service's keystone_authtoken settings, or Keystone's replication; a refused call's 401s are not met with another login for {pause}, and further 401s of {service} are logged at debug until it has answered steadily again (warned of again hourly while they last)"
+            ),
+            _ => {
+                tracing::debug!(service, call = %call.describe(), status = reply.status, "the service refused a fresh token");
+                return;
+            }
+        };
+        tracing::warn!(service, call = %call.describe(), status = reply.status, "{warning}");
+    }
 }
 
 impl Connection {
-    /// Notes how a call to `service` went, and says what that is worth in
+    /// Notes how a call to `subject` went, and says what that is worth in
     /// the log ([`Trouble`]).
-    fn noted(&self, service: Service, outcome: Outcome) -> Said {
+    fn noted(&self, subject: Subject, outcome: Outcome) -> Said {
         let now = tokio::time::Instant::now();
         let mut all = self.trouble.lock().unwrap_or_else(|p| p.into_inner());
-        all.entry(service.name()).or_default().noted(outcome, now)
+        all.entry(subject.name()).or_default().noted(outcome, now)
+    }
+}
+
+/// Whose calls a [`Trouble`] counts: a service's, or Keystone's token
+/// requests (a call's renewal, a re-login).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Subject {
+    Service(Service),
+    Identity,
+}
+
+impl From<Service> for Subject {
+    fn from(service: Service) -> Self {
+        Subject::Service(service)
+    }
+}
+
+impl Subject {
+    fn name(self) -> &'static str {
+        match self {
+            Subject::Service(service) => service.name(),
+            Subject::Identity => "identity",
+        }
+    }
+
+    fn project(self) -> &'static str {
+        match self {
+            Subject::Service(service) => service.project(),
+            Subject::Identity => "Keystone",
+        }
     }
 }
 
@@ -1422,8 +1611,12 @@ enum Outcome {
     Answered,
     /// A 5xx, a timeout or a transport failure: the service is out.
     Failed,
-    /// A 429: the service throttles warmpool's calls.
+    /// A 429 (or a rate limit's 413): the service throttles warmpool's
+    /// calls.
     Throttled,
+    /// A 401 to a token Keystone had just issued: the credentials (or the
+    /// service's setup) are wrong, which no login mends.
+    Refused,
 }
 
 /// What a call's [`Outcome`] is worth in the log.
@@ -1437,11 +1630,15 @@ enum Said {
     OutageLasts { failed: u64, took: Duration },
     /// The first 429 of the service in an hour.
     ThrottleWarned,
+    /// The first 401 to a fresh token of the spell, or an hour since it
+    /// was last warned of.
+    RefusalWarned { refused: u64, took: Duration },
     /// An answer ending a warned outage or 429 spell: the service has
     /// answered and had no failure nor 429 for [`QUIET`].
     AnswersAgain {
         failed: u64,
         throttled: u64,
+        refused: u64,
         took: Duration,
     },
 }
@@ -1457,6 +1654,8 @@ const THROTTLE_WARNING: &str = "the cloud throttles warmpool's calls (HTTP 429):
 /// the service has answered with no failure nor 429 for [`QUIET`]: its
 /// first answer then is an INFO, and the next failure a new outage's
 /// WARN. Every call in between is at debug (the metrics count them all).
+/// 401s to fresh tokens are a spell as an outage is (one WARN, hourly).
+/// Keystone's token requests have one of their own ([`Subject::Identity`]).
 #[derive(Debug, Default)]
 struct Trouble {
     /// When a 429 of the service was last warned of.
@@ -1470,8 +1669,11 @@ struct Spell {
     since: tokio::time::Instant,
     /// When its failures were last warned of; none while it only throttles.
     failures_warned: Option<tokio::time::Instant>,
+    /// When its 401s to fresh tokens were last warned of.
+    refusals_warned: Option<tokio::time::Instant>,
     failed: u64,
     throttled: u64,
+    refused: u64,
     /// Its last failure or 429.
     last: tokio::time::Instant,
     /// The service's first answer since `last`, if any.
@@ -1493,8 +1695,10 @@ impl Trouble {
         let new_spell = || Spell {
             since: now,
             failures_warned: None,
+            refusals_warned: None,
             failed: 0,
             throttled: 0,
+            refused: 0,
             last: now,
             answered: None,
         };
@@ -1520,6 +1724,7 @@ impl Trouble {
                     let said = Said::AnswersAgain {
                         failed: spell.failed,
                         throttled: spell.throttled,
+                        refused: spell.refused,
                         took: spell.answered.unwrap_or(now).duration_since(spell.since),
                     };
                     self.spell = None;
@@ -1568,14 +1773,28 @@ impl Trouble {
                 spell.failures_warned = Some(now);
                 said
             }
+            Outcome::Refused => {
+                let spell = self.spell.get_or_insert_with(new_spell);
+                spell.refused += 1;
+                spell.last = now;
+                spell.answered = None;
+                if !an_hour_since(spell.refusals_warned) {
+                    return Said::Debug;
+                }
+                spell.refusals_warned = Some(now);
+                Said::RefusalWarned {
+                    refused: spell.refused,
+                    took: now.duration_since(spell.since),
+                }
+            }
         }
     }
 }
 
 /// The WARN of a failure (`how`: "cloud call timed out") worth one, or
 /// none (debug).
-fn failure_warning(said: &Said, service: Service, how: &str) -> Option<String> {
-    let (name, project) = (service.name(), service.project());
+fn failure_warning(said: &Said, subject: Subject, how: &str) -> Option<String> {
+    let (name, project) = (subject.name(), subject.project());
     match said {
         Said::OutageBegins => Some(format!(
             "{how}; further failures of {name} ({project}) are logged at debug until it has answered steadily again (warned of again hourly while they last; the metrics count each)"
@@ -1589,11 +1808,21 @@ fn failure_warning(said: &Said, service: Service, how: &str) -> Option<String> {
 }
 
 /// The INFO of the answer ending a warned outage or 429 spell.
-fn answers_again(service: Service, failed: u64, throttled: u64, took: Duration) -> String {
-    let calls = match (failed, throttled) {
-        (f, 0) => format!("{f} failed calls"),
-        (0, t) => format!("{t} throttled calls (throttling ended)"),
-        (f, t) => format!("{f} failed and {t} throttled calls"),
+fn answers_again(
+    subject: Subject,
+    failed: u64,
+    throttled: u64,
+    refused: u64,
+    took: Duration,
+) -> String {
+    let calls = match (failed, throttled, refused) {
+        (f, 0, 0) => format!("{f} failed calls"),
+        (0, t, 0) => format!("{t} throttled calls (throttling ended)"),
+        (f, t, 0) => format!("{f} failed and {t} throttled calls"),
+        (0, 0, r) => format!("{r} calls refusing warmpool's fresh token (HTTP 401)"),
+        (f, t, r) => format!(
+            "{f} failed, {t} throttled and {r} calls refusing warmpool's fresh token (HTTP 401)"
+        ),
     };
     let over = match whole_seconds(took) {
         d if d.is_zero() => String::new(),
@@ -1601,8 +1830,8 @@ fn answers_again(service: Service, failed: u64, throttled: u64, took: Duration) 
     };
     format!(
         "{} ({}) answers again after {calls}{over}",
-        service.name(),
-        service.project()
+        subject.name(),
+        subject.project()
     )
 }
 
@@ -2392,6 +2621,7 @@ mod tests {
             Said::AnswersAgain {
                 failed: 4,
                 throttled: 1,
+                refused: 0,
                 took: Duration::from_secs(3602)
             }
         );
@@ -2405,6 +2635,7 @@ mod tests {
             Said::AnswersAgain {
                 failed: 0,
                 throttled: 1,
+                refused: 0,
                 took: Duration::from_secs(1)
             }
         );
@@ -2420,11 +2651,18 @@ mod tests {
             Said::AnswersAgain {
                 failed: 1,
                 throttled: 1,
+                refused: 0,
                 took: Duration::from_secs(3397)
             }
         );
         assert_eq!(
-            answers_again(Service::BlockStorage, 0, 2, Duration::from_millis(61_500)),
+            answers_again(
+                Service::BlockStorage.into(),
+                0,
+                2,
+                0,
+                Duration::from_millis(61_500)
+            ),
             "block-storage (Cinder) answers again after 2 throttled calls (throttling ended) over 1m 1s"
         );
     }
@@ -2455,6 +2693,7 @@ mod tests {
             Said::AnswersAgain {
                 failed: 100,
                 throttled: 0,
+                refused: 0,
                 took: Duration::from_secs(199)
             }
         );
@@ -2532,6 +2771,7 @@ mod tests {
             Said::AnswersAgain {
                 failed: 2,
                 throttled: 0,
+                refused: 0,
                 took: Duration::from_secs(70)
             }
         );
@@ -2539,6 +2779,49 @@ mod tests {
         // its last, with no answer between, is the same outage.
         assert_eq!(t.noted(Failed, at(100)), Said::OutageBegins);
         assert_eq!(t.noted(Failed, at(200)), Said::Debug);
+    }
+
+    /// A service refusing fresh tokens (401 after a re-login) is one WARN
+    /// per spell, hourly while it lasts, not one per call; an outage
+    /// meanwhile is warned of itself; a minute of answers ends both.
+    #[test]
+    fn refusals_of_fresh_tokens_are_warned_of_once_per_spell_and_hourly() {
+        use Outcome::*;
+        let start = tokio::time::Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut t = Trouble::default();
+        assert_eq!(
+            t.noted(Refused, at(0)),
+            Said::RefusalWarned {
+                refused: 1,
+                took: Duration::ZERO
+            }
+        );
+        assert_eq!(t.noted(Refused, at(30)), Said::Debug);
+        assert_eq!(t.noted(Answered, at(31)), Said::Debug);
+        assert_eq!(t.noted(Failed, at(40)), Said::OutageBegins);
+        assert_eq!(t.noted(Refused, at(60)), Said::Debug);
+        assert_eq!(
+            t.noted(Refused, at(3600)),
+            Said::RefusalWarned {
+                refused: 4,
+                took: Duration::from_secs(3600)
+            }
+        );
+        assert_eq!(
+            t.noted(Answered, at(3660)),
+            Said::AnswersAgain {
+                failed: 1,
+                throttled: 0,
+                refused: 4,
+                took: Duration::from_secs(3660)
+            }
+        );
+        // The next spell is warned of again.
+        assert!(matches!(
+            t.noted(Refused, at(3700)),
+            Said::RefusalWarned { refused: 1, .. }
+        ));
     }
 
     /// A refused re-login pauses the password 30 s, doubling with each
