@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use cloudsim::SimCloud;
 use pool_manager::cloud::{
-    BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, Network, NetworkShare,
+    BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, ImageMiss, Network, NetworkShare,
     NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume,
 };
 use std::collections::BTreeMap;
@@ -100,8 +100,8 @@ impl Cloud for CountingCloud {
         self.sim.check_boot_placement(pool).await
     }
     /// Not counted, as [`Cloud::check_boot_placement`].
-    async fn check_boot_image(&self, image: &str) -> CloudResult<()> {
-        self.sim.check_boot_image(image).await
+    async fn check_boot_image(&self, image: &str, miss: ImageMiss) -> CloudResult<()> {
+        self.sim.check_boot_image(image, miss).await
     }
     /// Not counted, as [`Cloud::check_boot_placement`].
     async fn check_volume_zone(&self, pool: &pool_manager::model::PoolKey) -> CloudResult<()> {

@@ -10,7 +10,7 @@ use crate::mysql;
 use crate::sim::SimCloud;
 use async_trait::async_trait;
 use pool_manager::cloud::{
-    BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, Network, NetworkShare,
+    BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, ImageMiss, Network, NetworkShare,
     NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume,
 };
 use pool_manager::model::PoolKey;
@@ -76,8 +76,10 @@ impl Cloud for SimCloud {
         self.lock().check_boot_placement(pool)
     }
 
-    /// A look at the configuration, as [`Cloud::check_boot_placement`].
-    async fn check_boot_image(&self, image: &str) -> CloudResult<()> {
+    /// A look at the configuration, as [`Cloud::check_boot_placement`]:
+    /// a missing image is named beside those on offer either way, the
+    /// model having them in hand.
+    async fn check_boot_image(&self, image: &str, _: ImageMiss) -> CloudResult<()> {
         self.lock().check_boot_image(image)
     }
 

@@ -788,6 +788,20 @@ impl BootHeadroom {
 /// The most names a failed lookup's message lists of those the cloud has.
 pub const NAMES_SHOWN: usize = 10;
 
+/// What [`Cloud::check_boot_image`]'s `NotFound` for an image the cloud
+/// lacks says besides the image. Naming those on offer may cost a request
+/// more (the OpenStack driver lists Glance's images, paged on a large
+/// cloud), worth it only where someone reads the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageMiss {
+    /// Named beside the images on offer (the first ten, and how many
+    /// more): CreatePool and UpdatePool answer it, start-up reports it.
+    NameOffered,
+    /// The image alone: a degraded pool's recheck, made again after every
+    /// pause, reads only whether it passed.
+    Alone,
+}
+
 /// The first [`NAMES_SHOWN`] of `names` and how many more: what a lookup
 /// of a name a cloud lacks lists beside it (the OpenStack driver's, the
 /// simulator's, check-cloud's), so that a misspelt name is seen at a
@@ -910,11 +924,22 @@ pub trait Cloud: Send + Sync + 'static {
     /// created or its image changes, so a typo is refused at once instead
     /// of failing every boot or purchase. One call per service asked, so
     /// that a wrapper (the daemon's metrics) sees each: a wrapper forwards
-    /// those, and leaves this one be.
+    /// those, and leaves this one (and [`Cloud::recheck_boot_spec`]) be.
     async fn check_boot_spec(&self, pool: &PoolKey, image: &str) -> CloudResult<()> {
         self.check_boot_placement(pool).await?;
         self.check_volume_zone(pool).await?;
-        self.check_boot_image(image).await
+        self.check_boot_image(image, ImageMiss::NameOffered).await
+    }
+
+    /// [`Cloud::check_boot_spec`] for a degraded pool's periodic recheck
+    /// ([`crate::events::HealthBook::note_recheck`]), which counts only
+    /// whether it passes: an image the cloud lacks is named alone
+    /// ([`ImageMiss::Alone`]), with no listing of the images on offer
+    /// after every pause while it is missing.
+    async fn recheck_boot_spec(&self, pool: &PoolKey, image: &str) -> CloudResult<()> {
+        self.check_boot_placement(pool).await?;
+        self.check_volume_zone(pool).await?;
+        self.check_boot_image(image, ImageMiss::Alone).await
     }
 
     /// Whether the compute service knows `pool`'s flavor and boots servers
@@ -923,8 +948,9 @@ pub trait Cloud: Send + Sync + 'static {
     async fn check_boot_placement(&self, pool: &PoolKey) -> CloudResult<()>;
 
     /// Whether the image service has `image` to boot from (Glance):
-    /// `NotFound` naming it. Lookups may be cached.
-    async fn check_boot_image(&self, image: &str) -> CloudResult<()>;
+    /// `NotFound` naming it, and, as `miss` asks, those on offer. Lookups
+    /// may be cached.
+    async fn check_boot_image(&self, image: &str, miss: ImageMiss) -> CloudResult<()>;
 
     /// Whether the block-storage service (Cinder) has the zone new volumes
     /// of `pool`'s purchases are created in ([`Cloud::volume_zone_for`]

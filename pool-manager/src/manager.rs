@@ -5,7 +5,7 @@
 
 use crate::changes::{ChangeCursor, Changes};
 use crate::cloud::{
-    BootHeadroom, Cloud, CloudChange, CloudError, CloudIdentity, CloudResult, Network,
+    BootHeadroom, Cloud, CloudChange, CloudError, CloudIdentity, CloudResult, ImageMiss, Network,
     NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume, MAX_RETRY_AFTER,
     MIN_RETRY_PAUSE,
 };
@@ -788,8 +788,12 @@ impl Cloud for ServiceNoting {
     async fn check_boot_placement(&self, pool: &PoolKey) -> CloudResult<()> {
         Self::noted(CloudService::Compute, self.inner.check_boot_placement(pool)).await
     }
-    async fn check_boot_image(&self, image: &str) -> CloudResult<()> {
-        Self::noted(CloudService::Image, self.inner.check_boot_image(image)).await
+    async fn check_boot_image(&self, image: &str, miss: ImageMiss) -> CloudResult<()> {
+        Self::noted(
+            CloudService::Image,
+            self.inner.check_boot_image(image, miss),
+        )
+        .await
     }
     async fn check_volume_zone(&self, pool: &PoolKey) -> CloudResult<()> {
         Self::noted(CloudService::Volume, self.inner.check_volume_zone(pool)).await
@@ -1657,7 +1661,7 @@ mod tests {
         async fn check_boot_placement(&self, _: &PoolKey) -> CloudResult<()> {
             unreachable!()
         }
-        async fn check_boot_image(&self, _: &str) -> CloudResult<()> {
+        async fn check_boot_image(&self, _: &str, _: ImageMiss) -> CloudResult<()> {
             unreachable!()
         }
         async fn check_volume_zone(&self, _: &PoolKey) -> CloudResult<()> {

@@ -484,8 +484,9 @@ impl Shared {
 
     /// Makes the pool's start-up cloud check again, for its mark
     /// ([`crate::events::HealthBook::note_recheck`]): the check a pool
-    /// created through the API gets ([`crate::cloud::Cloud::check_boot_spec`]:
-    /// its flavor, compute zone, Cinder zone and image), which looks at
+    /// created through the API gets ([`crate::cloud::Cloud::recheck_boot_spec`]:
+    /// its flavor, compute zone, Cinder zone and image, an image the cloud
+    /// lacks named alone, with no listing of those on offer), which looks at
     /// what a boot never touches (a purchase's volume zone) without booting
     /// anything. A check the cloud does not answer counts as failing: it is
     /// made again after the next pause; a 429 is the gate's (with the gate
@@ -498,7 +499,7 @@ impl Shared {
         // pool's own image, perhaps long deleted, boots nothing then, and
         // its check would keep the mark until a restart).
         let image = self.cloud.boot_image(&pool.spec.image);
-        let result = self.cloud.check_boot_spec(key, &image).await;
+        let result = self.cloud.recheck_boot_spec(key, &image).await;
         let now = Instant::now();
         match &result {
             Ok(()) => {}

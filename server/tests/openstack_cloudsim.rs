@@ -10,8 +10,9 @@ mod support;
 use cloudsim::http::{HttpFace, HttpSettings, RunningFace, Service};
 use cloudsim::{Quotas, SecurityGroupConfig, SimCloud, SimConfig};
 use pool_manager::cloud::{
-    Cloud, CloudError, NewPortSpec, NewVolumeSpec, QuotaLeft, Server, ServerSpec, ServerStatus,
-    VolumeOwner, VolumeStatus, MAX_RETRY_AFTER, META_INSTANCE, META_POOL, META_TENANT,
+    Cloud, CloudError, ImageMiss, NewPortSpec, NewVolumeSpec, QuotaLeft, Server, ServerSpec,
+    ServerStatus, VolumeOwner, VolumeStatus, MAX_RETRY_AFTER, META_INSTANCE, META_POOL,
+    META_TENANT,
 };
 use pool_manager::gate::{Gate, GateSettings};
 use pool_manager::model::PoolKey;
@@ -1916,9 +1917,15 @@ async fn a_404_to_glances_listing_is_no_missing_image() {
     let env = env().await;
     let cloud = env.driver().await;
     // Glance's version discovery is done: the 404 meets the listing.
-    cloud.check_boot_image("mysql-8.0").await.unwrap();
+    cloud
+        .check_boot_image("mysql-8.0", ImageMiss::NameOffered)
+        .await
+        .unwrap();
     env.face.faults().not_found_next(Service::Image, 1);
-    let e = cloud.check_boot_image("mysql-8.0").await.unwrap_err();
+    let e = cloud
+        .check_boot_image("mysql-8.0", ImageMiss::NameOffered)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&e, CloudError::Transient(m) if m.contains("HTTP 404")),
         "{e:?}"
@@ -1931,8 +1938,14 @@ async fn a_404_to_glances_listing_is_no_missing_image() {
         .unwrap_err();
     assert!(matches!(&e, CloudError::Transient(_)), "{e:?}");
 
-    cloud.check_boot_image("mysql-8.0").await.unwrap();
-    let e = cloud.check_boot_image("mysql-9.9").await.unwrap_err();
+    cloud
+        .check_boot_image("mysql-8.0", ImageMiss::NameOffered)
+        .await
+        .unwrap();
+    let e = cloud
+        .check_boot_image("mysql-9.9", ImageMiss::NameOffered)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&e, CloudError::NotFound(m) if m.contains("no image named 'mysql-9.9'")),
         "{e:?}"
@@ -10870,4 +10883,56 @@ async fn a_413_rate_limit_and_a_fresh_tokens_401_are_warned_of_once() {
         cloud.read_server(&server.id).await.unwrap_err();
     }
     assert_eq!(logs.warnings().len() - warnings, 2, "{}", logs.text());
+}
+
+/// A degraded pool's recheck of an image Glance lacks (the replenisher's,
+/// after every pause while the pool is marked) sends Glance its one lookup.
+/// The images on offer are named where a human reads the refusal
+/// (CreatePool, UpdatePool), at one listing more; the recheck only counts
+/// whether the check passes, and paid a whole Glance listing (paged on a
+/// large cloud) each time for a message nobody read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degraded_pools_recheck_of_a_missing_image_lists_no_images() {
+    let env = env_with(
+        SimConfig {
+            listeners: false,
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
+    let cloud = env.driver().await;
+    let pool = PoolKey::new("db.small", "az1");
+    // Glance's version discovery done: only the check's requests count.
+    cloud.check_boot_spec(&pool, "mysql-8.0").await.unwrap();
+    let glance = || env.face.faults().requests(Service::Image);
+    // The lookup's own requests (by name, then among hidden images), as a
+    // boot's miss makes them.
+    let before = glance();
+    assert!(cloud.check_image("mysql-9.9").await.is_err());
+    let lookup = glance() - before;
+
+    let before = glance();
+    let e = cloud
+        .recheck_boot_spec(&pool, "mysql-9.9")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::NotFound(m) if m.ends_with("no image named 'mysql-9.9' is visible to user pool in project service")),
+        "{e:?}"
+    );
+    assert_eq!(
+        glance() - before,
+        lookup,
+        "the recheck's Glance requests: {e}"
+    );
+
+    // CreatePool's and UpdatePool's check still names them.
+    let before = glance();
+    let e = cloud.check_boot_spec(&pool, "mysql-9.9").await.unwrap_err();
+    assert!(
+        matches!(&e, CloudError::NotFound(m) if m.contains("'mysql-9.9' is visible to user pool in project service (visible images: mysql-8.0")),
+        "{e:?}"
+    );
+    assert_eq!(glance() - before, lookup + 1, "one listing more: {e}");
 }

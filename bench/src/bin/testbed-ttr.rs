@@ -35,7 +35,7 @@ use bench::replay::quantile;
 use bench::ttr::busy_time;
 use clap::Parser;
 use pool_manager::cloud::{
-    BootHeadroom, Cloud, CloudIdentity, CloudResult, Network, NetworkShare, NewPortSpec,
+    BootHeadroom, Cloud, CloudIdentity, CloudResult, ImageMiss, Network, NetworkShare, NewPortSpec,
     NewVolumeSpec, Port, Server, ServerSpec, Volume,
 };
 use pool_manager::model::{
@@ -198,8 +198,8 @@ impl Cloud for Timed {
     async fn check_boot_placement(&self, pool: &PoolKey) -> CloudResult<()> {
         self.time(self.inner.check_boot_placement(pool)).await
     }
-    async fn check_boot_image(&self, image: &str) -> CloudResult<()> {
-        self.time(self.inner.check_boot_image(image)).await
+    async fn check_boot_image(&self, image: &str, miss: ImageMiss) -> CloudResult<()> {
+        self.time(self.inner.check_boot_image(image, miss)).await
     }
     async fn check_volume_zone(&self, pool: &PoolKey) -> CloudResult<()> {
         self.time(self.inner.check_volume_zone(pool)).await

@@ -32,9 +32,9 @@ pub mod session;
 
 use crate::cloud::{
     management_network_refusal, note_side_call, some_names, BootHeadroom, Cloud, CloudError,
-    CloudIdentity, CloudResult, HeadroomCalls, Network, NetworkShare, NewPortSpec, NewVolumeSpec,
-    Port, Server, ServerSpec, ServerStatus, SideCall, Volume, VolumeOwner, VolumeStatus,
-    MAX_RETRY_AFTER, META_INSTANCE, META_POOL, MIN_RETRY_PAUSE,
+    CloudIdentity, CloudResult, HeadroomCalls, ImageMiss, Network, NetworkShare, NewPortSpec,
+    NewVolumeSpec, Port, Server, ServerSpec, ServerStatus, SideCall, Volume, VolumeOwner,
+    VolumeStatus, MAX_RETRY_AFTER, META_INSTANCE, META_POOL, MIN_RETRY_PAUSE,
 };
 use crate::events::CloudService;
 use async_trait::async_trait;
@@ -943,12 +943,14 @@ impl OpenStackCloud {
     /// lacks is named beside those it offers (as a flavor Nova lacks is, and
     /// as check-cloud names them), so a misspelt or retired image is fixed
     /// without `openstack image list`. Not in the lookup itself: a boot's
-    /// miss needs no listing, and check-cloud adds its own. A listing that
-    /// fails adds nothing.
-    async fn check_offered_image(&self, image: &str) -> CloudResult<()> {
+    /// miss needs no listing, and check-cloud adds its own. Nor for a
+    /// degraded pool's recheck ([`ImageMiss::Alone`]): nobody reads its
+    /// message, and it would list Glance's images after every pause. A
+    /// listing that fails adds nothing.
+    async fn check_offered_image(&self, image: &str, miss: ImageMiss) -> CloudResult<()> {
         match self.check_image(image).await {
             Ok(_) => Ok(()),
-            Err(LookupError::Object(CloudError::NotFound(m))) => {
+            Err(LookupError::Object(CloudError::NotFound(m))) if miss == ImageMiss::NameOffered => {
                 let offered = match self.image_names().await {
                     Ok(names) => format!(" (visible images: {})", some_names(&names)),
                     Err(_) => String::new(),
@@ -2612,14 +2614,14 @@ impl Cloud for OpenStackCloud {
     /// nothing while the override is set, but does once it is unset, so a
     /// typo is refused now, as without the override, rather than stored,
     /// shown as the pool's image, and failing every boot later.
-    async fn check_boot_image(&self, image: &str) -> CloudResult<()> {
+    async fn check_boot_image(&self, image: &str, miss: ImageMiss) -> CloudResult<()> {
         if let Some(every_pool) = &self.inner.settings.image {
-            self.check_offered_image(every_pool).await?;
+            self.check_offered_image(every_pool, miss).await?;
             if every_pool == image {
                 return Ok(());
             }
         }
-        self.check_offered_image(image).await
+        self.check_offered_image(image, miss).await
     }
 }
 

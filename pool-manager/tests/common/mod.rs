@@ -847,8 +847,8 @@ mod gated {
             self.call("check_boot_placement", self.sim.check_boot_placement(pool))
                 .await
         }
-        async fn check_boot_image(&self, image: &str) -> CloudResult<()> {
-            self.call("check_boot_image", self.sim.check_boot_image(image))
+        async fn check_boot_image(&self, image: &str, miss: ImageMiss) -> CloudResult<()> {
+            self.call("check_boot_image", self.sim.check_boot_image(image, miss))
                 .await
         }
         async fn check_volume_zone(&self, pool: &pool_manager::model::PoolKey) -> CloudResult<()> {

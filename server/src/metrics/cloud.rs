@@ -11,8 +11,8 @@
 use super::Metrics;
 use async_trait::async_trait;
 use pool_manager::cloud::{
-    collecting_side_calls, BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, Network,
-    NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, SideCall, Volume,
+    collecting_side_calls, BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, ImageMiss,
+    Network, NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, SideCall, Volume,
 };
 use pool_manager::events::CloudService;
 use std::collections::BTreeMap;
@@ -213,8 +213,9 @@ impl Cloud for MeteredCloud {
         self.timed(COMPUTE, self.inner.check_boot_placement(pool))
             .await
     }
-    async fn check_boot_image(&self, image: &str) -> CloudResult<()> {
-        self.timed(IMAGE, self.inner.check_boot_image(image)).await
+    async fn check_boot_image(&self, image: &str, miss: ImageMiss) -> CloudResult<()> {
+        self.timed(IMAGE, self.inner.check_boot_image(image, miss))
+            .await
     }
     async fn check_volume_zone(&self, pool: &pool_manager::model::PoolKey) -> CloudResult<()> {
         self.timed(VOLUME, self.inner.check_volume_zone(pool)).await
