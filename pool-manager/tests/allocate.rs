@@ -8897,3 +8897,91 @@ async fn a_bound_port_watch_during_a_neutron_outage_holds_up_no_pass() {
     assert!(!sim.ports().iter().any(|p| p.id == port), "{}", logs.text());
     assert!(store.list_twin_watches().await.unwrap().is_empty());
 }
+
+/// A port a SOFT_DELETED server kept bound, free by now (its read says so),
+/// whose delete Neutron refuses for good (a 403 of its policy, a 400): the
+/// delete is sent once a pass, not retried until the cleanup deadline, the
+/// pass goes on at once, and the refusal is warned of once, naming the port
+/// and Neutron's answer; the port is left for the next pass, which asks
+/// again, and is deleted once Neutron takes it.
+#[tokio::test(start_paused = true)]
+async fn a_free_bound_ports_delete_refused_for_good_is_sent_once_a_pass() {
+    use pool_manager::cloud::{Cloud, CloudError, NewPortSpec};
+    use pool_manager::model::TwinWatch;
+    let sim = sim();
+    let store = temp_store();
+    let manager = started(&sim, store.clone(), 1).await;
+    let port = sim
+        .create_port(&NewPortSpec {
+            name: "warmpool-order-r-1".into(),
+            network_id: "net-tenant".into(),
+            subnet_id: None,
+            fixed_ip: None,
+        })
+        .await
+        .unwrap()
+        .id;
+    let watch = TwinWatch {
+        name: "warmpool-order-r-1".into(),
+        request_id: "order-r".into(),
+        pool: Some(pool()),
+        volumes: false,
+        keep: Vec::new(),
+        stuck_volume: None,
+        deleted_volumes: Vec::new(),
+        deleted_only: true,
+        bound_ports: vec![port.clone()],
+        until: std::time::SystemTime::UNIX_EPOCH,
+    };
+    assert!(store.cas_twin_watch(None, Some(&watch)).await.unwrap());
+
+    let logs = Logs::capture_at(tracing::Level::DEBUG);
+    let calls = |method: &str| sim.call_counts().get(method).copied().unwrap_or(0);
+    let forbidden = "DELETE ports: port is owned by another project (HTTP 403)";
+    for (pass, refusal) in [
+        forbidden,
+        forbidden,
+        "DELETE ports: Invalid input for operation (HTTP 400)",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pass = pass + 1;
+        sim.faults()
+            .fail_next_calls_of("delete_port", 1000, CloudError::Fatal(refusal.into()));
+        let (looks, deletes) = (calls("get_port"), calls("delete_port"));
+        let began = tokio::time::Instant::now();
+        manager.reconcile().await.unwrap();
+        let took = began.elapsed();
+        assert!(
+            took < Duration::from_secs(10),
+            "pass {pass} took {took:?}: {}",
+            logs.text()
+        );
+        assert_eq!(calls("get_port") - looks, 1, "pass {pass}: one look");
+        assert_eq!(
+            calls("delete_port") - deletes,
+            1,
+            "pass {pass}: one delete: {}",
+            logs.text()
+        );
+    }
+    let warned: Vec<String> = logs
+        .warnings()
+        .into_iter()
+        .filter(|l| l.contains(&port))
+        .collect();
+    // Once per port and kind of refusal (hourly after): the 400, a
+    // refusal for good too, is logged at debug.
+    assert_eq!(warned.len(), 1, "{}", logs.text());
+    assert!(warned[0].contains("HTTP 403"), "{}", warned[0]);
+    assert_eq!(store.list_twin_watches().await.unwrap(), vec![watch]);
+    assert!(sim.ports().iter().any(|p| p.id == port));
+
+    // Neutron takes the delete: the port is gone, the watch ends.
+    sim.faults()
+        .fail_next_calls_of("delete_port", 0, CloudError::Fatal(String::new()));
+    manager.reconcile().await.unwrap();
+    assert!(!sim.ports().iter().any(|p| p.id == port), "{}", logs.text());
+    assert!(store.list_twin_watches().await.unwrap().is_empty());
+}
