@@ -256,17 +256,34 @@ pub fn pool_detail(pool: &api::Pool, now: SystemTime) -> String {
 
 /// `pools create|update`, as [`pool_detail`]. warmpoold answers before the
 /// pool's next replenish step plans for the new settings (an update drops
-/// the plan made for the old ones, and that step comes a second or so
-/// later) or reads a new flavor's quota, which `pools get` shows a moment
-/// later: the plan and quota lines say so and where to look, rather than
-/// a bare `-`.
+/// the plan made for the old ones; the step comes after a second's
+/// debounce and whatever retirements it waits for, and a failed step makes
+/// none) or reads a new flavor's quota: the plan and quota lines say so
+/// and where to look, rather than a bare `-`.
 pub fn changed_pool_detail(pool: &api::Pool, now: SystemTime) -> String {
-    let get = format!(
-        "`warmpoolctl pools get {} {}`",
-        cell(&pool.flavor),
-        cell(&pool.availability_zone)
-    );
-    detail(pool, now, Some(&get))
+    detail(pool, now, Some(&pools_get_command(pool)))
+}
+
+/// The `pools get` command of `pool`, to paste into a shell: the names
+/// as they are when a shell and warmpoolctl's parser take them as they
+/// are (the usual flavor and zone names), else described, as a name with
+/// a space or a leading `-` would need quoting or a `--` to paste.
+fn pools_get_command(pool: &api::Pool) -> String {
+    let plain = |name: &str| {
+        !name.is_empty()
+            && !name.starts_with('-')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._@:+,=/-".contains(c))
+    };
+    if plain(&pool.flavor) && plain(&pool.availability_zone) {
+        format!(
+            "`warmpoolctl pools get {} {}`",
+            pool.flavor, pool.availability_zone
+        )
+    } else {
+        "`warmpoolctl pools get` of this pool".to_owned()
+    }
 }
 
 /// `look`: the command that shows what this answer could not yet.
@@ -287,7 +304,7 @@ fn detail(pool: &api::Pool, now: SystemTime, look: Option<&str>) -> String {
         ("service_level", service_level_detail(pool)),
         ("throttle", throttle_detail(pool, now)),
         ("plan", plan_detail(pool, now, look)),
-        ("quota", quota_detail(pool, look)),
+        ("quota", quota_detail(pool)),
         ("health", health_cell(pool)),
         ("boot_timeout", opt_duration(&spec.boot_timeout)),
         ("max_age", max_age_detail(&spec.max_age)),
@@ -552,14 +569,14 @@ fn last_error_detail(pool: &api::Pool) -> String {
 /// "3 more servers (instances: 7 of 10 used at the last poll)": the poll
 /// less the boots started since; "no server of the flavor ever fits ..."
 /// when one needs more than the whole quota; "unknown: ..." when the last
-/// poll failed; "not read yet, or unlimited" otherwise (the gate, off,
-/// reads none), pointing at `look` when given. "; ports: not counted
-/// (why)" follows when the poll could not count the port quota.
-fn quota_detail(pool: &api::Pool, look: Option<&str>) -> String {
+/// poll failed; "none known: unlimited, or not read yet" otherwise (the
+/// gate, off, reads none). "; ports: not counted (why)" follows when the
+/// poll could not count the port quota.
+fn quota_detail(pool: &api::Pool) -> String {
     let Some(s) = &pool.sizing else {
         return "-".to_owned();
     };
-    let room = quota_room(s, look);
+    let room = quota_room(s);
     match s.quota_ports_unknown.as_str() {
         "" => room,
         why if s.quota_headroom.is_none() && !s.beyond_quota && s.quota_error.is_empty() => {
@@ -572,7 +589,7 @@ fn quota_detail(pool: &api::Pool, look: Option<&str>) -> String {
     }
 }
 
-fn quota_room(s: &api::SizingStatus, look: Option<&str>) -> String {
+fn quota_room(s: &api::SizingStatus) -> String {
     let binding = one_line(&s.quota_limited_by);
     match s.quota_headroom {
         _ if s.beyond_quota => {
@@ -589,11 +606,12 @@ fn quota_room(s: &api::SizingStatus, look: Option<&str>) -> String {
         None if gate_disabled(s) => "not read: the gate is off (`gate = false`)".to_owned(),
         // A flavor's quota is polled only while one of its pools wants
         // boots: a new flavor's, and one of pools at rest, is not read.
-        None => {
-            let shown =
-                look.map_or_else(String::new, |look| format!(" ({look} shows it once read)"));
-            format!("not read yet, or unlimited: read when a pool of the flavor wants boots{shown}")
-        }
+        // warmpoold answers no headroom both before its first read and
+        // after a read finding every limit unlimited, so the line cannot
+        // promise that a read will fill it.
+        None => "none known: unlimited, or not read yet (read when one of the flavor's pools or \
+                 purchases boots)"
+            .to_owned(),
     }
 }
 
@@ -617,9 +635,12 @@ fn plan_detail(pool: &api::Pool, now: SystemTime, look: Option<&str>) -> String 
         return match (pool.draining, paused, look) {
             (true, _, _) => "none: the pool is being deleted".to_owned(),
             (false, true, _) => "none: the pool is paused".to_owned(),
-            (false, false, None) => "not made yet: the pool's next step makes it".to_owned(),
+            (false, false, None) => "not made yet: the pool's next replenish step makes it (a \
+                                     failed step makes none and is logged)"
+                .to_owned(),
             (false, false, Some(look)) => format!(
-                "not made yet: the pool's next step makes it, within seconds ({look} shows it)"
+                "not made yet: the pool's next replenish step makes it ({look} shows it; a failed \
+                 step makes none and is logged)"
             ),
         };
     }
@@ -1415,8 +1436,8 @@ mod tests {
         });
         let text = pool_detail(&pool, SystemTime::now());
         assert!(
-            text.contains("plan:              not made yet: the pool's next step makes it\n")
-                && text.contains("quota:             not read yet, or unlimited: read when a pool of the flavor wants boots\n"),
+            text.contains("plan:              not made yet: the pool's next replenish step makes it (a failed step makes none and is logged)\n")
+                && text.contains("quota:             none known: unlimited, or not read yet (read when one of the flavor's pools or purchases boots)\n"),
             "{text}"
         );
         pool.spec.as_mut().unwrap().paused = true;
@@ -1438,6 +1459,31 @@ mod tests {
             text.contains("quota:             not read: the gate is off (`gate = false`)\n"),
             "{text}"
         );
+    }
+
+    /// The `pools get` command a create or update answer points at is one
+    /// to paste: a name a shell would split (a space) or warmpoolctl would
+    /// read as an option (a leading `-`) is not pasted into it.
+    #[test]
+    fn changed_pool_detail_names_a_pasteable_pools_get() {
+        let mut pool = sample_pools()[0].clone();
+        pool.sizing = Some(api::SizingStatus::default());
+        pool.flavor = "db.small".into();
+        pool.availability_zone = "az1".into();
+        let text = changed_pool_detail(&pool, SystemTime::now());
+        assert!(
+            text.contains("(`warmpoolctl pools get db.small az1` shows it;"),
+            "{text}"
+        );
+        for (flavor, az) in [("m1 large", "az1"), ("db.small", "-az")] {
+            pool.flavor = flavor.into();
+            pool.availability_zone = az.into();
+            let text = changed_pool_detail(&pool, SystemTime::now());
+            assert!(
+                text.contains("(`warmpoolctl pools get` of this pool shows it;"),
+                "{flavor:?} {az:?}: {text}"
+            );
+        }
     }
 
     #[test]

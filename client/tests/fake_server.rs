@@ -437,13 +437,15 @@ async fn create_and_update_answers_say_where_the_plan_and_quota_show() {
         assert_eq!(
             line("plan"),
             format!(
-                "not made yet: the pool's next step makes it, within seconds ({pool} shows it)"
+                "not made yet: the pool's next replenish step makes it ({pool} shows it; a failed \
+                 step makes none and is logged)"
             ),
             "{args:?}"
         );
         assert_eq!(
             line("quota"),
-            format!("not read yet, or unlimited: read when a pool of the flavor wants boots ({pool} shows it once read)"),
+            "none known: unlimited, or not read yet (read when one of the flavor's pools or \
+             purchases boots)",
             "{args:?}"
         );
     }
