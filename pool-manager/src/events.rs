@@ -77,7 +77,7 @@ impl DegradedCause {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MarkProof {
     /// The pool's boot spec check passing again
-    /// ([`crate::cloud::Cloud::check_boot_spec`]: its flavor, compute
+    /// ([`crate::cloud::Cloud::recheck_boot_spec`]: its flavor, compute
     /// zone, Cinder zone and image), tried after each pause: it looks at
     /// every problem found.
     Recheck,

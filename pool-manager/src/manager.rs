@@ -1140,8 +1140,8 @@ impl PoolManager {
     /// failed boots make one: a [`EventKind::Degraded`] event (logged once,
     /// counted by the metrics) that `Recovered` ends once what `proof`
     /// names is seen: the pool's boot spec check
-    /// ([`crate::cloud::Cloud::check_boot_spec`]) passing again, made after
-    /// each pause, and, for [`MarkProof::RecheckAndBoot`], a Ready boot
+    /// ([`crate::cloud::Cloud::recheck_boot_spec`]) passing again, made
+    /// after each pause, and, for [`MarkProof::RecheckAndBoot`], a Ready boot
     /// (one at its target boots one server for it:
     /// [`crate::sizing::decide`]). Meanwhile its boots are paced as failed
     /// boots are.

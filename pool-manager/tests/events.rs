@@ -1835,6 +1835,59 @@ async fn a_recheck_under_the_image_override_checks_the_image_booted() {
     manager.shutdown().await.unwrap();
 }
 
+/// A pool marked for an image the cloud lacks is checked again after each
+/// pause, and each re-check asks for the image alone
+/// ([`ImageMiss::Alone`]): on OpenStack, naming the images on offer beside
+/// it lists Glance's images (paged on a large cloud), for a message the
+/// re-check only logs at debug. UpdatePool's check, whose refusal a human
+/// reads, still asks for them.
+#[tokio::test(start_paused = true)]
+async fn a_recheck_of_a_missing_image_asks_for_it_alone() {
+    use pool_manager::cloud::ImageMiss;
+    let sim = sim();
+    let store = temp_store();
+    let stored = pool_manager::model::PoolSpec {
+        image: "mysql-5.7-deleted".into(),
+        ..spec(0)
+    };
+    store
+        .put_pool(&pool_manager::model::PoolRecord::new(pool(), stored))
+        .await
+        .unwrap();
+    let cloud = GatedCloud::new(&sim);
+    let manager = manager_over(&cloud, store);
+    manager.start().await.unwrap();
+    manager
+        .mark_unusable(
+            &pool(),
+            "start-up cloud check: image: no image named 'mysql-5.7-deleted'",
+            MarkProof::Recheck,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2 * 3600)).await;
+    let rechecks = cloud.image_checks();
+    assert!(rechecks.len() >= 2, "{rechecks:?}");
+    assert!(
+        rechecks
+            .iter()
+            .all(|c| *c == ("mysql-5.7-deleted".to_string(), ImageMiss::Alone)),
+        "{rechecks:?}"
+    );
+    assert!(manager.get_pool(&pool()).await.unwrap().health.degraded);
+
+    manager
+        .update_pool(&pool(), |s| s.image = "mysql-9.9".into())
+        .await
+        .unwrap_err();
+    let checks = cloud.image_checks();
+    assert!(
+        checks.contains(&("mysql-9.9".to_string(), ImageMiss::NameOffered)),
+        "{checks:?}"
+    );
+    manager.shutdown().await.unwrap();
+}
+
 /// A degraded pool at its target whose cached quota headroom read 0 polls
 /// the headroom again when due, as a pool below its target does: its one
 /// boot is a boot too. Only a pool below its target polled, so room freed

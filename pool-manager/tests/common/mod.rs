@@ -430,6 +430,9 @@ pub struct GatedCloud {
     dead: std::sync::atomic::AtomicBool,
     /// The cloud it says it is ([`GatedCloud::identify_as`]).
     identity: std::sync::Mutex<Option<pool_manager::cloud::CloudIdentity>>,
+    /// Each `check_boot_image`'s image and what its miss was to name
+    /// ([`GatedCloud::image_checks`]).
+    image_checks: std::sync::Mutex<Vec<(String, pool_manager::cloud::ImageMiss)>>,
 }
 
 /// What a test changes in a server as the cloud shows it.
@@ -453,6 +456,7 @@ impl GatedCloud {
             every_server_shown: Default::default(),
             dead: Default::default(),
             identity: Default::default(),
+            image_checks: Default::default(),
         })
     }
 
@@ -477,6 +481,7 @@ impl GatedCloud {
             every_server_shown: Default::default(),
             dead: Default::default(),
             identity: Default::default(),
+            image_checks: Default::default(),
         })
     }
 
@@ -517,6 +522,13 @@ impl GatedCloud {
             }
         });
         (cloud, left)
+    }
+
+    /// The `check_boot_image` calls made since the last call of this one:
+    /// each one's image and [`pool_manager::cloud::ImageMiss`] (the
+    /// OpenStack driver lists Glance's images for `NameOffered` only).
+    pub fn image_checks(&self) -> Vec<(String, pool_manager::cloud::ImageMiss)> {
+        std::mem::take(&mut *self.image_checks.lock().unwrap())
     }
 
     /// Boots every pool's servers from `image` (`None`: each pool's own),
@@ -848,6 +860,7 @@ mod gated {
                 .await
         }
         async fn check_boot_image(&self, image: &str, miss: ImageMiss) -> CloudResult<()> {
+            self.image_checks.lock().unwrap().push((image.into(), miss));
             self.call("check_boot_image", self.sim.check_boot_image(image, miss))
                 .await
         }
