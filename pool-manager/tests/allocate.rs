@@ -8899,11 +8899,11 @@ async fn a_bound_port_watch_during_a_neutron_outage_holds_up_no_pass() {
 }
 
 /// A port a SOFT_DELETED server kept bound, free by now (its read says so),
-/// whose delete Neutron refuses for good (a 403 of its policy, a 400): the
-/// delete is sent once a pass, not retried until the cleanup deadline, the
-/// pass goes on at once, and the refusal is warned of once, naming the port
-/// and Neutron's answer; the port is left for the next pass, which asks
-/// again, and is deleted once Neutron takes it.
+/// whose delete Neutron refuses for good (a 403 of its policy, a 400, a
+/// 409): the delete is sent once a pass, not retried until the cleanup
+/// deadline, the pass goes on at once, and the refusal is warned of once
+/// per kind, naming the port and Neutron's answer; the port is left for
+/// the next pass, which asks again, and is deleted once Neutron takes it.
 #[tokio::test(start_paused = true)]
 async fn a_free_bound_ports_delete_refused_for_good_is_sent_once_a_pass() {
     use pool_manager::cloud::{Cloud, CloudError, NewPortSpec};
@@ -8937,19 +8937,30 @@ async fn a_free_bound_ports_delete_refused_for_good_is_sent_once_a_pass() {
 
     let logs = Logs::capture_at(tracing::Level::DEBUG);
     let calls = |method: &str| sim.call_counts().get(method).copied().unwrap_or(0);
-    let forbidden = "DELETE ports: port is owned by another project (HTTP 403)";
-    for (pass, refusal) in [
-        forbidden,
-        forbidden,
-        "DELETE ports: Invalid input for operation (HTTP 400)",
+    let forbidden =
+        || CloudError::Fatal("DELETE ports: port is owned by another project (HTTP 403)".into());
+    let in_use = || CloudError::Conflict("DELETE ports: port is in use (HTTP 409)".into());
+    // Warned of once per port and kind of refusal (the error's kind, not
+    // its words: PassFailures), hourly after, each other pass at debug:
+    // the 400 after the 403 is Fatal too, the 409 a Conflict.
+    for (pass, (refusal, warned)) in [
+        (forbidden(), Some("HTTP 403")),
+        (forbidden(), None),
+        (
+            CloudError::Fatal("DELETE ports: Invalid input for operation (HTTP 400)".into()),
+            None,
+        ),
+        (in_use(), Some("HTTP 409")),
+        (in_use(), None),
     ]
     .into_iter()
     .enumerate()
     {
         let pass = pass + 1;
         sim.faults()
-            .fail_next_calls_of("delete_port", 1000, CloudError::Fatal(refusal.into()));
+            .fail_next_calls_of("delete_port", 1000, refusal);
         let (looks, deletes) = (calls("get_port"), calls("delete_port"));
+        let warnings = logs.warnings().len();
         let began = tokio::time::Instant::now();
         manager.reconcile().await.unwrap();
         let took = began.elapsed();
@@ -8965,16 +8976,20 @@ async fn a_free_bound_ports_delete_refused_for_good_is_sent_once_a_pass() {
             "pass {pass}: one delete: {}",
             logs.text()
         );
+        let new = logs.warnings().split_off(warnings);
+        match warned {
+            Some(answer) => assert!(
+                new.len() == 1
+                    && new[0]
+                        .contains("Neutron refuses the delete of a port no server holds any more")
+                    && new[0].contains(&port)
+                    && new[0].contains(answer),
+                "pass {pass}: one warning naming the port and {answer}: {}",
+                logs.text()
+            ),
+            None => assert!(new.is_empty(), "pass {pass}: {}", logs.text()),
+        }
     }
-    let warned: Vec<String> = logs
-        .warnings()
-        .into_iter()
-        .filter(|l| l.contains(&port))
-        .collect();
-    // Once per port and kind of refusal (hourly after): the 400, a
-    // refusal for good too, is logged at debug.
-    assert_eq!(warned.len(), 1, "{}", logs.text());
-    assert!(warned[0].contains("HTTP 403"), "{}", warned[0]);
     assert_eq!(store.list_twin_watches().await.unwrap(), vec![watch]);
     assert!(sim.ports().iter().any(|p| p.id == port));
 
