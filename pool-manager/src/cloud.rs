@@ -715,6 +715,21 @@ pub fn note_side_call(call: SideCall) {
     let _ = SIDE_CALLS.try_with(|calls| calls.borrow_mut().push(call));
 }
 
+/// Tells the caller collecting side calls that the error `was` of the
+/// side calls noted so far is now `now` (a driver rewrote its message to
+/// say what the call was for, [`CloudError::map_message`]): a wrapper
+/// tells a call that failed at Keystone by finding its error among them,
+/// and would count a rewritten one as the called service's failure too.
+pub fn side_call_error_rewritten(was: &CloudError, now: &CloudError) {
+    let _ = SIDE_CALLS.try_with(|calls| {
+        for call in calls.borrow_mut().iter_mut() {
+            if call.error.as_ref() == Some(was) {
+                call.error = Some(now.clone());
+            }
+        }
+    });
+}
+
 /// The port quota's resource name: a pool server holds its own port on
 /// the management network from its boot, and takes the tenant's when it
 /// is sold, both in warmpool's project.

@@ -10936,3 +10936,200 @@ async fn a_degraded_pools_recheck_of_a_missing_image_lists_no_images() {
     );
     assert_eq!(glance() - before, lookup + 1, "one listing more: {e}");
 }
+
+/// One call refused a fresh token (an access rule missing for it), made
+/// every 2 minutes while Nova answers the others, was a WARN and an INFO
+/// each time (the others' answers ended its spell): it is one WARN, and
+/// its own answer, once the rule is mended, the INFO. Another server's
+/// read is the same call (`GET /servers/{id}`, as an access rule names
+/// it): the others here are listings.
+#[tokio::test]
+async fn a_call_refused_fresh_tokens_every_two_minutes_is_one_warn_and_its_answer_one_info() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let a = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    let logs = support::Logs::capture();
+    let faults = env.face.faults();
+    let path = format!("/v2.1/servers/{}", a.id);
+    // The first call's two sends (before and after the re-login), then
+    // one a round: the re-login pause outlasts the rounds.
+    faults.answer_next(
+        Service::Compute,
+        "GET",
+        &path,
+        5,
+        401,
+        r#"{"error": {"code": 401, "message": "The request you have made requires authentication.", "title": "Unauthorized"}}"#,
+    );
+    let wait = |secs: u64| async move {
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(secs)).await;
+        tokio::time::resume();
+    };
+    for _ in 0..4 {
+        cloud.read_server(&a.id).await.unwrap_err();
+        wait(30).await;
+        cloud.list_pool_servers().await.unwrap();
+        wait(61).await;
+        cloud.list_pool_servers().await.unwrap();
+        wait(29).await;
+    }
+    let warns = logs.count("WARN", "refused a token Keystone had just issued");
+    let refusals_end = "answers again after 4 calls refusing warmpool's fresh token";
+    let infos = logs.count("INFO", "calls refusing warmpool's fresh token");
+    assert_eq!((warns, infos), (1, 0), "{}", logs.text());
+    cloud.read_server(&a.id).await.unwrap();
+    assert_eq!(logs.count("INFO", refusals_end), 1, "{}", logs.text());
+    assert_eq!(logs.count("WARN", ""), 1, "{}", logs.text());
+}
+
+/// Keystone refuses every token request (503) for the whole test; a
+/// call's 401 makes warmpool log in again, which fails. The other calls'
+/// cached tokens are no answer of Keystone's: its outage was said to end
+/// (an INFO, then a WARN again) at each round.
+#[tokio::test]
+async fn cached_tokens_do_not_end_a_keystone_outage() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let a = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    let b = cloud
+        .create_server(&spec("b", "db.small", "az1"))
+        .await
+        .unwrap();
+    let logs = support::Logs::capture();
+    let faults = env.face.faults();
+    faults.answer_next(
+        Service::Identity,
+        "POST",
+        "/v3/auth/tokens",
+        100,
+        503,
+        r#"{"error": {"code": 503, "message": "The service is unavailable.", "title": "Service Unavailable"}}"#,
+    );
+    faults.answer_next(
+        Service::Compute,
+        "GET",
+        &format!("/v2.1/servers/{}", a.id),
+        100,
+        401,
+        r#"{"error": {"code": 401, "message": "The request you have made requires authentication.", "title": "Unauthorized"}}"#,
+    );
+    let wait = |secs: u64| async move {
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(secs)).await;
+        tokio::time::resume();
+    };
+    for _ in 0..3 {
+        cloud.read_server(&a.id).await.unwrap_err();
+        cloud.read_server(&b.id).await.unwrap();
+        wait(61).await;
+        cloud.read_server(&b.id).await.unwrap();
+        wait(60).await;
+    }
+    let infos = logs.count("INFO", "identity (Keystone) answers again");
+    assert_eq!(
+        infos,
+        0,
+        "Keystone answered no token request: {}",
+        logs.text()
+    );
+    let warns = logs.count("WARN", "further failures of identity (Keystone)");
+    assert_eq!(warns, 1, "one outage: {}", logs.text());
+}
+
+/// A re-login that fails for good (here on a catalog grown a region, no
+/// region_name set) was logged at no level: the 401 before it is at debug,
+/// and the calls only carry its error. It is one WARN, and the same
+/// failure again (each re-login after its pause) is not warned of again.
+#[tokio::test]
+async fn a_re_login_failing_for_good_is_warned_of_once() {
+    let env = env_with(
+        SimConfig {
+            listeners: false,
+            ..sim_config()
+        },
+        HttpSettings {
+            other_regions_host: Some("127.0.0.2".into()),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    env.region_lines("");
+    let cloud = env.driver().await;
+    cloud.find_ports_by_name("x").await.unwrap();
+    let logs = support::Logs::capture();
+    env.face.faults().add_region("RegionTwo");
+    env.face.faults().revoke_all_tokens();
+    let logins = env.face.faults().password_logins();
+    for _ in 0..3 {
+        cloud.find_ports_by_name("x").await.unwrap_err();
+        cloud.find_ports_by_name("x").await.unwrap_err();
+        advance_clock(pool_manager::openstack::session::RELOGIN_PAUSE_MAX + Duration::from_secs(1))
+            .await;
+    }
+    assert_eq!(
+        env.face.faults().password_logins(),
+        logins + 3,
+        "tried again after each pause"
+    );
+    let warns = logs.count("WARN", "logging in again failed");
+    assert_eq!(warns, 1, "{}", logs.text());
+    assert!(
+        logs.text().contains("RegionOne, RegionTwo"),
+        "the WARN names the error: {}",
+        logs.text()
+    );
+}
+
+/// A lookup (the image's, a flavor's, a network's) whose token renewal
+/// Keystone failed is counted under `service="identity"` alone: the
+/// lookup rewrites the error's message to name what it looked up, and the
+/// metrics, finding the rewritten error among no side call, counted it
+/// under the called service too (a second failed call of ~0 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_failed_at_keystone_is_metered_as_keystones_alone() {
+    use warmpool_server::metrics::{MeteredCloud, Metrics};
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            token_lifetime: Duration::from_secs(120),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let metrics = Arc::new(Metrics::new());
+    let cloud = MeteredCloud::new(Arc::new(env.driver().await), metrics.clone());
+    let calls = |service: &str, status: &str| -> f64 {
+        let line = format!(
+            "warmpool_cloud_request_duration_seconds_count{{service=\"{service}\",status=\"{status}\"}}"
+        );
+        metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str())?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    };
+    env.face.faults().server_error_next(Service::Identity, 10);
+    let e = cloud
+        .check_boot_image("mysql-8.0", ImageMiss::NameOffered)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("looking up image"), "{e}");
+    assert_eq!(
+        (calls("identity", "transient"), calls("image", "transient")),
+        (1.0, 0.0),
+        "(identity, image) failed: {e}"
+    );
+    env.face.faults().clear();
+    cloud
+        .check_boot_image("mysql-8.0", ImageMiss::NameOffered)
+        .await
+        .expect("Keystone answers");
+    assert_eq!(calls("image", "ok"), 1.0);
+}

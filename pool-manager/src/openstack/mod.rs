@@ -31,10 +31,10 @@ pub mod nova;
 pub mod session;
 
 use crate::cloud::{
-    management_network_refusal, note_side_call, some_names, BootHeadroom, Cloud, CloudError,
-    CloudIdentity, CloudResult, HeadroomCalls, ImageMiss, Network, NetworkShare, NewPortSpec,
-    NewVolumeSpec, Port, Server, ServerSpec, ServerStatus, SideCall, Volume, VolumeOwner,
-    VolumeStatus, MAX_RETRY_AFTER, META_INSTANCE, META_POOL, MIN_RETRY_PAUSE,
+    management_network_refusal, note_side_call, side_call_error_rewritten, some_names,
+    BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, HeadroomCalls, ImageMiss, Network,
+    NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, ServerStatus, SideCall,
+    Volume, VolumeOwner, VolumeStatus, MAX_RETRY_AFTER, META_INSTANCE, META_POOL, MIN_RETRY_PAUSE,
 };
 use crate::events::CloudService;
 use async_trait::async_trait;
@@ -563,12 +563,16 @@ async fn timed<T>(call: impl std::future::Future<Output = T>) -> (T, Duration) {
 /// A lookup's failed call, saying what it looked up where: the call
 /// alone ("GET /networks") names neither the service nor the object.
 fn looking_up(e: CloudError, service: Service, kind: &str, name_or_id: &str) -> CloudError {
-    e.map_message(|m| {
+    let said = e.clone().map_message(|m| {
         format!(
             "looking up {kind} '{name_or_id}' in {}: {m}",
             service.project()
         )
-    })
+    });
+    // A failed token request's side call carries the error as it is now,
+    // so that the metrics count it as Keystone's alone.
+    side_call_error_rewritten(&e, &said);
+    said
 }
 
 fn unreadable(what: &str, e: impl std::fmt::Display) -> CloudError {

@@ -190,6 +190,12 @@ struct Relogins {
     /// catalog, and only a config naming a region (a restart) or an admin
     /// removing the region mends it.
     region_refused: Option<(tokio::time::Instant, CloudError)>,
+    /// The last re-login failure for good (a region refusal, a config or
+    /// token warmpool cannot use) warned of: the 401 that asked for the
+    /// re-login is at debug and its callers only carry the error, so it is
+    /// a WARN, once; the same again (each re-login after the pause) is at
+    /// debug.
+    warned: Option<CloudError>,
 }
 
 /// Keystone's refusals of warmpool's credentials, shared by the re-logins
@@ -378,8 +384,9 @@ pub struct Connection {
     /// timeouts) or throttling (429) is a WARN when it begins and hourly
     /// while it lasts, its every call at debug (the metrics count them),
     /// and its end (a minute of answers, [`QUIET`]) an INFO; so an outage is
-    /// neither silent nor a WARN per call and per retry.
-    trouble: Mutex<HashMap<&'static str, Trouble>>,
+    /// neither silent nor a WARN per call and per retry. And each call's
+    /// refusals of fresh tokens, apart ([`Troubles::refused_fresh`]).
+    trouble: Mutex<Troubles>,
     /// What the sessions' [`TokenWatch`] share: their failed token
     /// requests, Keystone's refusals and the pause.
     watched: Watched,
@@ -396,7 +403,9 @@ struct TokenLookups {
     /// it): a call timing out then waited for Keystone (its renewal, or
     /// another call's it queued behind), not for the service it was for.
     pending: Cell<bool>,
-    /// A lookup gave the call its token: Keystone is no obstacle to it.
+    /// Keystone issued the call's token (a renewal, a forced refresh): it
+    /// answers. A token served from osauth's cache is no answer of
+    /// Keystone's, which may be out all the while.
     got: Cell<bool>,
 }
 
@@ -470,9 +479,11 @@ impl TokenWatch {
         }
     }
 
-    /// Ends the refusals in a row: Keystone took a token request.
+    /// Ends the refusals in a row: Keystone took a token request, and
+    /// gave the call its token.
     fn took_a_login(&self) {
         self.watched.took_a_login();
+        note_lookup(|lookups| lookups.got.set(true));
     }
 
     /// Notes the token on `request`; a new one (not the session's first)
@@ -503,12 +514,7 @@ impl TokenWatch {
         let e = match done {
             // A service missing from the catalog sent no token request.
             Err(e) if e.kind() != osauth::ErrorKind::EndpointNotFound => e,
-            done => {
-                if done.is_ok() {
-                    note_lookup(|lookups| lookups.got.set(true));
-                }
-                return done;
-            }
+            done => return done,
         };
         self.watched.failures.fetch_add(1, Ordering::SeqCst);
         note_lookup(|lookups| lookups.failed.set(true));
@@ -898,6 +904,7 @@ impl Connection {
                             tokio::time::Instant::now() + RELOGIN_PAUSE_MAX,
                             error.clone(),
                         ));
+                        self.relogin_failed_for_good(&mut relogins, &error);
                         error
                     }
                 }
@@ -923,12 +930,25 @@ impl Connection {
                     CloudError::Transient(_) | CloudError::Throttled { .. }
                 ) {
                     self.token_request_failed("logging in again", &failed.error);
+                } else {
+                    self.relogin_failed_for_good(&mut relogins, &failed.error);
                 }
                 failed.error
             }
         };
         relogins.last_failure = Some((tokio::time::Instant::now(), failed.clone()));
         Err(failed)
+    }
+
+    /// A WARN of a re-login's failure for good, unless it is the one last
+    /// warned of ([`Relogins::warned`]).
+    fn relogin_failed_for_good(&self, relogins: &mut Relogins, error: &CloudError) {
+        if relogins.warned.as_ref() == Some(error) {
+            tracing::debug!(identity = %self.identity, %error, "logging in again failed");
+            return;
+        }
+        tracing::warn!(identity = %self.identity, %error, "logging in again failed, which no retry mends: the calls the cloud answers 401 fail with this error until it is mended (warned of again only if the error changes)");
+        relogins.warned = Some(error.clone());
     }
 
     /// The highest Nova microversion among `candidates` (`None`: none is
@@ -1137,11 +1157,12 @@ impl Connection {
         let (generation, session) = self.session();
         let reply = self.send_once(&session, call).await?;
         if reply.status != 401 {
+            self.call_answered(call, &reply);
             return Ok(reply);
         }
         let key = refusal_key(call);
         if self.refused_with_fresh_token(&key) {
-            self.fresh_token_refused(call, &reply);
+            self.fresh_token_refused(call, &key, &reply);
             return Ok(reply);
         }
         let started = tokio::time::Instant::now();
@@ -1158,8 +1179,10 @@ impl Connection {
         let reply = self.send_once(&session, call).await?;
         if reply.status == 401 {
             let until = tokio::time::Instant::now() + FRESH_TOKEN_REFUSED_PAUSE;
-            self.lock_refused_fresh().insert(key, until);
-            self.fresh_token_refused(call, &reply);
+            self.lock_refused_fresh().insert(key.clone(), until);
+            self.fresh_token_refused(call, &key, &reply);
+        } else {
+            self.call_answered(call, &reply);
         }
         Ok(reply)
     }
@@ -1346,7 +1369,7 @@ impl Connection {
         let latency_ms = started.elapsed().as_millis() as u64;
         let service = call.service.name();
         if got_token && !token_request_failed && !token_pending {
-            // Keystone stands in the call's way no more: it may end its outage.
+            // Keystone issued the call's token: it may end its outage.
             self.identity_answered();
         }
         match result {
@@ -1525,41 +1548,72 @@ impl Connection {
         if let Said::AnswersAgain {
             failed,
             throttled,
-            refused,
             took,
         } = *said
         {
             tracing::info!(
                 service = subject.name(),
                 "{}",
-                answers_again(subject, failed, throttled, refused, took)
+                answers_again(subject, failed, throttled, took)
             );
         }
     }
 
     /// The service refused a token Keystone had just issued (a 401 after a
-    /// fresh login, or within [`FRESH_TOKEN_REFUSED_PAUSE`] of one): no
-    /// login mends it, the credentials or the service's setup must be. One
-    /// WARN when such refusals begin, hourly while they last, the rest at
-    /// debug; an answer a minute after the last ends them.
-    fn fresh_token_refused(&self, call: &Call, reply: &Reply) {
-        let said = self.noted(call.service.into(), Outcome::Refused);
+    /// fresh login, or within [`FRESH_TOKEN_REFUSED_PAUSE`] of one) to the
+    /// call `key` ([`refusal_key`]): no login mends it, the credentials or
+    /// the service's setup must be. One WARN when that call's refusals
+    /// begin, hourly while they last, the rest at debug; its answer ends
+    /// them ([`Self::call_answered`]). Kept apart from the service's
+    /// [`Trouble`]: one call refused (an access rule missing for it) says
+    /// nothing of the service's other calls, and counted in its spell a
+    /// refusal every few minutes kept an outage open, or ended the spell
+    /// (an INFO, then a WARN again) at each of the other calls' answers.
+    fn fresh_token_refused(&self, call: &Call, key: &str, reply: &Reply) {
+        let said = self
+            .lock_trouble()
+            .refused_fresh(key, tokio::time::Instant::now());
         let (service, project) = (call.service.name(), call.service.project());
         let pause = humantime::format_duration(FRESH_TOKEN_REFUSED_PAUSE);
         let warning = match said {
             Said::RefusalWarned { refused, took } if refused > 1 => format!(
-                "{service} ({project}) still refuses warmpool's fresh tokens (HTTP 401), {refused} calls over {}: check the credentials",
+                "{service} ({project}) still refuses warmpool's fresh tokens (HTTP 401) to this call, {refused} calls over {}: check the credentials",
                 humantime::format_duration(whole_seconds(took))
             ),
             Said::RefusalWarned { .. } => format!(
-                "{service} ({project}) refused a token Keystone had just issued (HTTP 401): check the credentials (the user's roles in the project, an application credential's access rules), the service's keystone_authtoken settings, or Keystone's replication; a refused call's 401s are not met with another login for {pause}, and further 401s of {service} are logged at debug until it has answered steadily again (warned of again hourly while they last)"
+                "{service} ({project}) refused a token Keystone had just issued (HTTP 401): check the credentials (the user's roles in the project, an application credential's access rules), the service's keystone_authtoken settings, or Keystone's replication; this call's 401s are not met with another login for {pause}, and are logged at debug until it is answered again (warned of again hourly while they last)"
             ),
             _ => {
                 tracing::debug!(service, call = %call.describe(), status = reply.status, "the service refused a fresh token");
                 return;
             }
         };
-        tracing::warn!(service, call = %call.describe(), status = reply.status, "{warning}");
+        tracing::warn!(service, call = %call.describe(), refused_call = key, status = reply.status, "{warning}");
+    }
+
+    /// `call` was answered `reply`: when the service took its token (no
+    /// 401, nor a 5xx or 429 a proxy or rate limit in front of it may have
+    /// answered), the end of the call's refusals of fresh tokens, if it
+    /// had any, is an INFO.
+    fn call_answered(&self, call: &Call, reply: &Reply) {
+        if matches!(reply.status, 401 | 429) || reply.status >= 500 {
+            return;
+        }
+        let mut trouble = self.lock_trouble();
+        if trouble.refused.is_empty() {
+            return;
+        }
+        let key = refusal_key(call);
+        let Some((refused, took)) = trouble.answered(&key, tokio::time::Instant::now()) else {
+            return;
+        };
+        drop(trouble);
+        let (service, project) = (call.service.name(), call.service.project());
+        let over = match whole_seconds(took) {
+            d if d.is_zero() => String::new(),
+            d => format!(" over {}", humantime::format_duration(d)),
+        };
+        tracing::info!(service, refused_call = %key, "{service} ({project}) answers again after {refused} calls refusing warmpool's fresh token (HTTP 401){over}");
     }
 }
 
@@ -1568,8 +1622,11 @@ impl Connection {
     /// the log ([`Trouble`]).
     fn noted(&self, subject: Subject, outcome: Outcome) -> Said {
         let now = tokio::time::Instant::now();
-        let mut all = self.trouble.lock().unwrap_or_else(|p| p.into_inner());
-        all.entry(subject.name()).or_default().noted(outcome, now)
+        self.lock_trouble().noted(subject, outcome, now)
+    }
+
+    fn lock_trouble(&self) -> std::sync::MutexGuard<'_, Troubles> {
+        self.trouble.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -1614,9 +1671,6 @@ enum Outcome {
     /// A 429 (or a rate limit's 413): the service throttles warmpool's
     /// calls.
     Throttled,
-    /// A 401 to a token Keystone had just issued: the credentials (or the
-    /// service's setup) are wrong, which no login mends.
-    Refused,
 }
 
 /// What a call's [`Outcome`] is worth in the log.
@@ -1630,15 +1684,14 @@ enum Said {
     OutageLasts { failed: u64, took: Duration },
     /// The first 429 of the service in an hour.
     ThrottleWarned,
-    /// The first 401 to a fresh token of the spell, or an hour since it
-    /// was last warned of.
+    /// A call's first 401 to a fresh token, or an hour since its refusals
+    /// were last warned of ([`Troubles::refused_fresh`]).
     RefusalWarned { refused: u64, took: Duration },
     /// An answer ending a warned outage or 429 spell: the service has
     /// answered and had no failure nor 429 for [`QUIET`].
     AnswersAgain {
         failed: u64,
         throttled: u64,
-        refused: u64,
         took: Duration,
     },
 }
@@ -1654,7 +1707,6 @@ const THROTTLE_WARNING: &str = "the cloud throttles warmpool's calls (HTTP 429):
 /// the service has answered with no failure nor 429 for [`QUIET`]: its
 /// first answer then is an INFO, and the next failure a new outage's
 /// WARN. Every call in between is at debug (the metrics count them all).
-/// 401s to fresh tokens are a spell as an outage is (one WARN, hourly).
 /// Keystone's token requests have one of their own ([`Subject::Identity`]).
 #[derive(Debug, Default)]
 struct Trouble {
@@ -1669,11 +1721,8 @@ struct Spell {
     since: tokio::time::Instant,
     /// When its failures were last warned of; none while it only throttles.
     failures_warned: Option<tokio::time::Instant>,
-    /// When its 401s to fresh tokens were last warned of.
-    refusals_warned: Option<tokio::time::Instant>,
     failed: u64,
     throttled: u64,
-    refused: u64,
     /// Its last failure or 429.
     last: tokio::time::Instant,
     /// The service's first answer since `last`, if any.
@@ -1695,10 +1744,8 @@ impl Trouble {
         let new_spell = || Spell {
             since: now,
             failures_warned: None,
-            refusals_warned: None,
             failed: 0,
             throttled: 0,
-            refused: 0,
             last: now,
             answered: None,
         };
@@ -1724,7 +1771,6 @@ impl Trouble {
                     let said = Said::AnswersAgain {
                         failed: spell.failed,
                         throttled: spell.throttled,
-                        refused: spell.refused,
                         took: spell.answered.unwrap_or(now).duration_since(spell.since),
                     };
                     self.spell = None;
@@ -1773,21 +1819,74 @@ impl Trouble {
                 spell.failures_warned = Some(now);
                 said
             }
-            Outcome::Refused => {
-                let spell = self.spell.get_or_insert_with(new_spell);
-                spell.refused += 1;
-                spell.last = now;
-                spell.answered = None;
-                if !an_hour_since(spell.refusals_warned) {
-                    return Said::Debug;
-                }
-                spell.refusals_warned = Some(now);
-                Said::RefusalWarned {
-                    refused: spell.refused,
-                    took: now.duration_since(spell.since),
-                }
-            }
         }
+    }
+}
+
+/// What [`Connection::trouble`] keeps: each service's [`Trouble`] (and
+/// Keystone's, "identity"), and each call's refusals of fresh tokens.
+#[derive(Debug, Default)]
+struct Troubles {
+    /// By [`Subject::name`].
+    subjects: HashMap<&'static str, Trouble>,
+    /// By [`refusal_key`]: the calls refused a fresh token not answered
+    /// since.
+    refused: HashMap<String, RefusalSpell>,
+}
+
+/// A call's 401s to fresh tokens since it was last answered.
+#[derive(Debug)]
+struct RefusalSpell {
+    since: tokio::time::Instant,
+    warned: tokio::time::Instant,
+    refused: u64,
+}
+
+impl Troubles {
+    /// How a call to `subject` went ([`Trouble::noted`]).
+    fn noted(&mut self, subject: Subject, outcome: Outcome, now: tokio::time::Instant) -> Said {
+        self.subjects
+            .entry(subject.name())
+            .or_default()
+            .noted(outcome, now)
+    }
+
+    /// The call `key` was refused a fresh token: warned of at its first
+    /// such refusal since it was last answered, and hourly while they last
+    /// ([`Said::RefusalWarned`]); the rest [`Said::Debug`]. The service's
+    /// [`Trouble`] is not touched: the call's refusals are its own.
+    fn refused_fresh(&mut self, key: &str, now: tokio::time::Instant) -> Said {
+        let Some(spell) = self.refused.get_mut(key) else {
+            self.refused.insert(
+                key.to_owned(),
+                RefusalSpell {
+                    since: now,
+                    warned: now,
+                    refused: 1,
+                },
+            );
+            return Said::RefusalWarned {
+                refused: 1,
+                took: Duration::ZERO,
+            };
+        };
+        spell.refused += 1;
+        if now.duration_since(spell.warned) < HOURLY {
+            return Said::Debug;
+        }
+        spell.warned = now;
+        Said::RefusalWarned {
+            refused: spell.refused,
+            took: now.duration_since(spell.since),
+        }
+    }
+
+    /// The call `key` was answered (not 401): the refusals it ends (how
+    /// many, over how long), if it had any.
+    fn answered(&mut self, key: &str, now: tokio::time::Instant) -> Option<(u64, Duration)> {
+        self.refused
+            .remove(key)
+            .map(|spell| (spell.refused, now.duration_since(spell.since)))
     }
 }
 
@@ -1808,21 +1907,11 @@ fn failure_warning(said: &Said, subject: Subject, how: &str) -> Option<String> {
 }
 
 /// The INFO of the answer ending a warned outage or 429 spell.
-fn answers_again(
-    subject: Subject,
-    failed: u64,
-    throttled: u64,
-    refused: u64,
-    took: Duration,
-) -> String {
-    let calls = match (failed, throttled, refused) {
-        (f, 0, 0) => format!("{f} failed calls"),
-        (0, t, 0) => format!("{t} throttled calls (throttling ended)"),
-        (f, t, 0) => format!("{f} failed and {t} throttled calls"),
-        (0, 0, r) => format!("{r} calls refusing warmpool's fresh token (HTTP 401)"),
-        (f, t, r) => format!(
-            "{f} failed, {t} throttled and {r} calls refusing warmpool's fresh token (HTTP 401)"
-        ),
+fn answers_again(subject: Subject, failed: u64, throttled: u64, took: Duration) -> String {
+    let calls = match (failed, throttled) {
+        (f, 0) => format!("{f} failed calls"),
+        (0, t) => format!("{t} throttled calls (throttling ended)"),
+        (f, t) => format!("{f} failed and {t} throttled calls"),
     };
     let over = match whole_seconds(took) {
         d if d.is_zero() => String::new(),
@@ -2621,7 +2710,6 @@ mod tests {
             Said::AnswersAgain {
                 failed: 4,
                 throttled: 1,
-                refused: 0,
                 took: Duration::from_secs(3602)
             }
         );
@@ -2635,7 +2723,6 @@ mod tests {
             Said::AnswersAgain {
                 failed: 0,
                 throttled: 1,
-                refused: 0,
                 took: Duration::from_secs(1)
             }
         );
@@ -2651,7 +2738,6 @@ mod tests {
             Said::AnswersAgain {
                 failed: 1,
                 throttled: 1,
-                refused: 0,
                 took: Duration::from_secs(3397)
             }
         );
@@ -2660,7 +2746,6 @@ mod tests {
                 Service::BlockStorage.into(),
                 0,
                 2,
-                0,
                 Duration::from_millis(61_500)
             ),
             "block-storage (Cinder) answers again after 2 throttled calls (throttling ended) over 1m 1s"
@@ -2693,7 +2778,6 @@ mod tests {
             Said::AnswersAgain {
                 failed: 100,
                 throttled: 0,
-                refused: 0,
                 took: Duration::from_secs(199)
             }
         );
@@ -2771,7 +2855,6 @@ mod tests {
             Said::AnswersAgain {
                 failed: 2,
                 throttled: 0,
-                refused: 0,
                 took: Duration::from_secs(70)
             }
         );
@@ -2781,45 +2864,122 @@ mod tests {
         assert_eq!(t.noted(Failed, at(200)), Said::Debug);
     }
 
-    /// A service refusing fresh tokens (401 after a re-login) is one WARN
-    /// per spell, hourly while it lasts, not one per call; an outage
-    /// meanwhile is warned of itself; a minute of answers ends both.
+    /// One call refused a fresh token every 2 minutes (an access rule
+    /// missing for it) while the service answers its other calls is one
+    /// WARN, hourly while it lasts, not a WARN and an INFO each time: the
+    /// other calls' answers end nothing of it, its own answer does.
     #[test]
-    fn refusals_of_fresh_tokens_are_warned_of_once_per_spell_and_hourly() {
-        use Outcome::*;
+    fn an_infrequent_refused_call_is_one_warn_an_hour() {
+        const REFUSED: &str = "compute GET /servers/* ";
+        const OTHER: &str = "compute GET /servers/detail ";
+        let nova = Subject::Service(Service::Compute);
         let start = tokio::time::Instant::now();
         let at = |secs: u64| start + Duration::from_secs(secs);
-        let mut t = Trouble::default();
+        let mut t = Troubles::default();
+        let (mut said, mut ended) = (Vec::new(), 0);
+        for round in 0..10u64 {
+            let base = round * 120;
+            said.push(t.refused_fresh(REFUSED, at(base)));
+            for when in [base + 30, base + 90] {
+                said.push(t.noted(nova, Outcome::Answered, at(when)));
+                ended += usize::from(t.answered(OTHER, at(when)).is_some());
+            }
+        }
+        let warns = said
+            .iter()
+            .filter(|s| matches!(s, Said::RefusalWarned { .. }))
+            .count();
+        let infos = ended
+            + said
+                .iter()
+                .filter(|s| matches!(s, Said::AnswersAgain { .. }))
+                .count();
+        assert_eq!((warns, infos), (1, 0), "20 minutes of one refused call");
         assert_eq!(
-            t.noted(Refused, at(0)),
+            t.refused_fresh(REFUSED, at(3600)),
+            Said::RefusalWarned {
+                refused: 11,
+                took: Duration::from_secs(3600)
+            },
+            "warned of again an hour later"
+        );
+        assert_eq!(t.refused_fresh(REFUSED, at(3630)), Said::Debug);
+        assert_eq!(
+            t.answered(REFUSED, at(3700)),
+            Some((12, Duration::from_secs(3700))),
+            "its own answer ends it"
+        );
+        assert_eq!(t.answered(REFUSED, at(3701)), None, "said once");
+        assert_eq!(
+            t.refused_fresh(REFUSED, at(3800)),
+            Said::RefusalWarned {
+                refused: 1,
+                took: Duration::ZERO
+            },
+            "the next refusals are warned of again"
+        );
+    }
+
+    /// A refusal repeated every 30 s (a headroom poll's quota read, as
+    /// FRESH_TOKEN_REFUSED_PAUSE names) leaves the service's outages alone:
+    /// a 5-minute Nova outage ends (its INFO said), and a failure two hours
+    /// later is a new outage, not the same one lasting.
+    #[test]
+    fn steady_refusals_leave_an_outage_to_end() {
+        const QUOTA_READ: &str = "compute GET /os-quota-sets/*/detail ";
+        let nova = Subject::Service(Service::Compute);
+        let start = tokio::time::Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut t = Troubles::default();
+        let mut said = Vec::new();
+        for secs in (0..7200u64).step_by(30) {
+            said.push(t.refused_fresh(QUOTA_READ, at(secs)));
+            if (10..300).contains(&secs) {
+                said.push(t.noted(nova, Outcome::Failed, at(secs + 1)));
+            } else if secs > 300 {
+                said.push(t.noted(nova, Outcome::Answered, at(secs + 1)));
+            }
+        }
+        assert!(
+            said.contains(&Said::AnswersAgain {
+                failed: 9,
+                throttled: 0,
+                took: Duration::from_secs(331 - 31)
+            }),
+            "the outage's end is said: {said:?}"
+        );
+        let later = t.noted(nova, Outcome::Failed, at(7185));
+        assert_eq!(later, Said::OutageBegins, "a new outage two hours later");
+    }
+
+    /// Two calls refused fresh tokens are warned of each (each is its own
+    /// access rule to mend), and one's answer ends its refusals alone.
+    #[test]
+    fn refusals_of_fresh_tokens_are_warned_of_per_call() {
+        const QUOTAS: &str = "compute GET /os-quota-sets/*/detail ";
+        const LIMITS: &str = "compute GET /limits ";
+        let start = tokio::time::Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut t = Troubles::default();
+        assert_eq!(
+            t.refused_fresh(QUOTAS, at(0)),
             Said::RefusalWarned {
                 refused: 1,
                 took: Duration::ZERO
             }
         );
-        assert_eq!(t.noted(Refused, at(30)), Said::Debug);
-        assert_eq!(t.noted(Answered, at(31)), Said::Debug);
-        assert_eq!(t.noted(Failed, at(40)), Said::OutageBegins);
-        assert_eq!(t.noted(Refused, at(60)), Said::Debug);
-        assert_eq!(
-            t.noted(Refused, at(3600)),
-            Said::RefusalWarned {
-                refused: 4,
-                took: Duration::from_secs(3600)
-            }
-        );
-        assert_eq!(
-            t.noted(Answered, at(3660)),
-            Said::AnswersAgain {
-                failed: 1,
-                throttled: 0,
-                refused: 4,
-                took: Duration::from_secs(3660)
-            }
-        );
-        // The next spell is warned of again.
         assert!(matches!(
-            t.noted(Refused, at(3700)),
+            t.refused_fresh(LIMITS, at(10)),
+            Said::RefusalWarned { refused: 1, .. }
+        ));
+        assert_eq!(t.refused_fresh(QUOTAS, at(30)), Said::Debug);
+        assert_eq!(
+            t.answered(LIMITS, at(40)),
+            Some((1, Duration::from_secs(30)))
+        );
+        assert_eq!(t.refused_fresh(QUOTAS, at(60)), Said::Debug);
+        assert!(matches!(
+            t.refused_fresh(LIMITS, at(70)),
             Said::RefusalWarned { refused: 1, .. }
         ));
     }
