@@ -4946,7 +4946,12 @@ fn volume_not_seen(volume_id: &str) -> ManagerError {
 /// and tagged for the order's tenant once the order is served.
 fn refuse_if_another_tenants(volume: &Volume, tenant: &str) -> ManagerResult<()> {
     let id = &volume.id;
-    if let Some(tagged) = volume.tagged_tenant().filter(|t| *t != tenant) {
+    // Case-blind, as the cloud finds ids: older warmpools wrote the tag
+    // with the id as billing sent it, upper case maybe ([`canonical_id`]).
+    if let Some(tagged) = volume
+        .tagged_tenant()
+        .filter(|t| !t.eq_ignore_ascii_case(tenant))
+    {
         return Err(ManagerError::FailedPrecondition(format!(
             "volume {id} is tagged for tenant {tagged} ({META_TENANT} metadata, which warmpool writes on a volume it creates for an order of that tenant, and on an untagged one right before answering such an order), but this order is for tenant {tenant}; warmpool attaches a volume only to its own tenant's orders: check the volume id and tenant_project_id sent; if no order of tenant {tagged} was ever answered with this volume (a warmpoold crash right after the tag leaves it on an order then rolled back), remove the tag: openstack volume unset --property {META_TENANT} {id}"
         )));

@@ -1060,6 +1060,34 @@ async fn an_untagged_volume_served_to_one_tenant_is_refused_to_another() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// A volume tagged with its tenant's id in upper case (by a warmpool from
+/// before ids were made canonical, or by hand) is that tenant's: its order,
+/// whose id is taken in lower case, is served it, as the cloud finds ids
+/// in any case.
+#[tokio::test(start_paused = true)]
+async fn a_volume_tagged_with_the_tenants_id_in_upper_case_is_the_tenants() {
+    use pool_manager::cloud::{Cloud, META_TENANT};
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 2).await;
+    let tenant = "5F8C0A1B2C3D4E5F8A9B0C1D2E3F4A5B";
+    let volume_id = sim.create_own_volume_for_test("az1", 20);
+    let tag = std::collections::BTreeMap::from([(META_TENANT.to_string(), tenant.to_string())]);
+    sim.set_volume_metadata(&volume_id, &tag).await.unwrap();
+    let mut order = request(
+        "o-tag",
+        VolumeSource::Existing {
+            volume_id: volume_id.clone(),
+        },
+        EmptyPoolPolicy::FailFast,
+    );
+    order.params.tenant_project_id = tenant.into();
+    let served = manager.allocate(order).await.unwrap();
+    assert_eq!(served.state, AllocationState::Allocated);
+    assert_eq!(served.volume_id.as_deref(), Some(volume_id.as_str()));
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A tag is written only for an order that is served. One whose try fails
 /// once the volume is attached (here Nova refuses the port's attach, the
 /// request's fault) is rolled back and leaves an untagged volume of
