@@ -807,6 +807,62 @@ fn creation_refused(what: &str, error: CloudError) -> AttemptError {
     })
 }
 
+/// A create sent again after a lost answer may be refused by the twin the
+/// first one made: a fixed IP it took (Neutron's 409), the room it took
+/// under a quota that had room for one.
+fn refused_by_a_twin<T>(created: &Result<T, CloudError>) -> bool {
+    matches!(
+        created,
+        Err(CloudError::Conflict(_) | CloudError::QuotaExceeded(_))
+    )
+}
+
+/// `port`, found by the name of the create `spec`, is that create's doing
+/// and free: on the network, with the address asked (Neutron put it on the
+/// subnet asked), else one on the subnet asked where the cloud says,
+/// bound to no server (a failed try's port its server keeps is no twin).
+fn port_serves(port: &Port, spec: &NewPortSpec) -> bool {
+    let asked: Option<std::net::IpAddr> = spec.fixed_ip.as_deref().and_then(|ip| ip.parse().ok());
+    let has_ip = |ip: std::net::IpAddr| {
+        port.fixed_ips
+            .iter()
+            .any(|f| f.ip_address.parse().ok() == Some(ip))
+    };
+    let on_subnet = |subnet: &str| {
+        port.fixed_ips.iter().any(|f| {
+            f.subnet_id
+                .as_deref()
+                .is_none_or(|s| s.eq_ignore_ascii_case(subnet))
+        })
+    };
+    let addressed = match (&spec.fixed_ip, &spec.subnet_id) {
+        (Some(_), _) => asked.is_some_and(has_ip),
+        (None, Some(subnet)) => on_subnet(subnet),
+        (None, None) => true,
+    };
+    port.name == spec.name
+        && port.device_id.is_none()
+        && port.network_id.eq_ignore_ascii_case(&spec.network_id)
+        && addressed
+}
+
+/// `volume`, found by the name of the create `spec`, is that create's
+/// doing and free: of its size and tenant tag, being made or available,
+/// attached nowhere. Not its zone nor type: Cinder may fall back to
+/// another zone, and names a type asked by id by its name.
+fn volume_serves(volume: &Volume, spec: &NewVolumeSpec) -> bool {
+    matches!(
+        volume.status,
+        VolumeStatus::Creating | VolumeStatus::Available
+    ) && volume.name == spec.name
+        && volume.attached_to.is_empty()
+        && volume.size_gib == spec.size_gib
+        && spec
+            .metadata
+            .iter()
+            .all(|(k, v)| volume.metadata.get(k) == Some(v))
+}
+
 /// The cloud refused to create the tenant's port `spec`: as
 /// [`creation_refused`], and a refusal of Neutron's policy says what the
 /// policy wants. Its default lets only a network's owner or an admin
@@ -1267,6 +1323,32 @@ impl Shared {
                 .map_err(AttemptError::Request)?;
         }
         Ok(())
+    }
+
+    /// What a stored watch of `allocation`'s name follows by id (a failed
+    /// try's port left bound, volumes deleted or stuck): to be deleted,
+    /// never taken for the twin of a create that lost its answer.
+    async fn followed_by_a_watch(
+        &self,
+        allocation: &Allocation,
+    ) -> Result<Vec<String>, AttemptError> {
+        let name = allocation.resource_name();
+        let watches = self
+            .store
+            .list_twin_watches_of(&allocation.params.request_id)
+            .await
+            .map_err(|e| AttemptError::Request(e.into()))?;
+        Ok(watches
+            .into_iter()
+            .filter(|w| w.name == name)
+            .flat_map(|w| {
+                let deleted = w.deleted_volumes.into_iter().map(|d| d.id);
+                w.bound_ports
+                    .into_iter()
+                    .chain(w.stuck_volume)
+                    .chain(deleted)
+            })
+            .collect())
     }
 
     /// The watch of `allocation`'s name from now: keeping its own port and
@@ -3348,12 +3430,29 @@ impl Shared {
                         params.tenant_project_id.clone(),
                     )]),
                 };
-                let (volume, in_doubt) = self
+                let (mut volume, in_doubt) = self
                     .create_doubting(deadline, &params.pool.availability_zone, || {
                         self.cloud.create_volume(&spec)
                     })
                     .await;
                 self.note_create_in_doubt(record, in_doubt).await?;
+                if in_doubt && refused_by_a_twin(&volume) {
+                    // As for the port (`port_for`): the last room of the
+                    // volumes or gigabytes quota went to its own twin.
+                    let name = &spec.name;
+                    let volumes = self
+                        .retry(deadline, || self.cloud.find_volumes_by_name(name))
+                        .await
+                        .map_err(|e| AttemptError::Request(e.into()))?;
+                    let followed = self.followed_by_a_watch(&allocation).await?;
+                    if let Some(twin) = volumes
+                        .into_iter()
+                        .find(|v| !followed.contains(&v.id) && volume_serves(v, &spec))
+                    {
+                        tracing::info!(request_id = %params.request_id, volume = %twin.id, "a volume create whose answer was lost took effect: its volume is the order's");
+                        volume = Ok(twin);
+                    }
+                }
                 let volume = volume.map_err(|e| match e {
                     CloudError::QuotaExceeded(m) if exceeds_per_volume_limit(&m) => {
                         AttemptError::Request(over_the_per_volume_limit(*size_gib, &m))
@@ -3829,12 +3928,32 @@ impl Shared {
                     subnet_id: allocation.params.network.subnet_id.clone(),
                     fixed_ip: allocation.params.network.fixed_ip.clone(),
                 };
-                let (port, in_doubt) = self
+                let (mut port, in_doubt) = self
                     .create_doubting(deadline, &allocation.params.pool.availability_zone, || {
                         self.cloud.create_port(&spec)
                     })
                     .await;
                 self.note_create_in_doubt(record, in_doubt).await?;
+                if in_doubt && refused_by_a_twin(&port) {
+                    // The create sent again met its own twin (its address
+                    // taken, or the last room of the port quota): a
+                    // transient fault, no refusal of the order. Recorded
+                    // below as if its answer had come; the others the
+                    // commit's twin watch deletes, as it would have.
+                    let name = &spec.name;
+                    let ports = self
+                        .retry(deadline, || self.cloud.find_ports_by_name(name))
+                        .await
+                        .map_err(|e| AttemptError::Request(e.into()))?;
+                    let followed = self.followed_by_a_watch(&allocation).await?;
+                    if let Some(twin) = ports
+                        .into_iter()
+                        .find(|p| !followed.contains(&p.id) && port_serves(p, &spec))
+                    {
+                        tracing::info!(request_id = %allocation.params.request_id, port = %twin.id, "a port create whose answer was lost took effect: its port is the order's");
+                        port = Ok(twin);
+                    }
+                }
                 let port = port.map_err(|e| port_creation_refused(&spec, e))?;
                 record
                     .update(|a| a.port_id = Some(port.id.clone()))
@@ -5157,6 +5276,62 @@ fn paused_hint(pool: &PoolRecord) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A twin found by the name after a create's lost answer is the
+    /// order's only if it is as asked and free: a failed try's port its
+    /// SOFT_DELETED server keeps, or a volume attached or going, is not.
+    #[test]
+    fn a_twin_is_taken_only_as_asked_and_free() {
+        let spec = NewPortSpec {
+            name: "warmpool-o-1".into(),
+            network_id: "net-1".into(),
+            subnet_id: Some("sub-1".into()),
+            fixed_ip: Some("10.0.0.5".into()),
+        };
+        let port = |ip: &str, device: Option<&str>| Port {
+            id: "p-1".into(),
+            name: "warmpool-o-1".into(),
+            network_id: "net-1".into(),
+            device_id: device.map(str::to_owned),
+            ip_address: Some(ip.into()),
+            fixed_ips: vec![crate::cloud::FixedIp {
+                subnet_id: Some("sub-1".into()),
+                ip_address: ip.into(),
+            }],
+            address_deferred: false,
+        };
+        assert!(port_serves(&port("10.0.0.5", None), &spec));
+        assert!(!port_serves(&port("10.0.0.6", None), &spec));
+        assert!(!port_serves(&port("10.0.0.5", Some("server-1")), &spec));
+
+        let spec = NewVolumeSpec {
+            name: "warmpool-o-1".into(),
+            size_gib: 20,
+            volume_type: None,
+            availability_zone: "az1".into(),
+            metadata: BTreeMap::from([(META_TENANT.to_owned(), "tenant-a".to_owned())]),
+        };
+        let volume = |status: VolumeStatus, attached: &[&str]| Volume {
+            id: "v-1".into(),
+            name: "warmpool-o-1".into(),
+            status,
+            availability_zone: "az1".into(),
+            size_gib: 20,
+            attached_to: attached.iter().map(|s| s.to_string()).collect(),
+            volume_type: None,
+            multiattach: false,
+            metadata: spec.metadata.clone(),
+            owner: VolumeOwner::Warmpool,
+        };
+        assert!(volume_serves(&volume(VolumeStatus::Creating, &[]), &spec));
+        assert!(volume_serves(&volume(VolumeStatus::Available, &[]), &spec));
+        assert!(!volume_serves(
+            &volume(VolumeStatus::InUse, &["s-1"]),
+            &spec
+        ));
+        let going = volume(VolumeStatus::Other("deleting".into()), &[]);
+        assert!(!volume_serves(&going, &spec));
+    }
 
     /// A network is the tenant's if it owns it or Neutron's RBAC shares it
     /// with the tenant or every project. Neutron's `shared` alone is no

@@ -5694,6 +5694,83 @@ async fn twins_of_a_create_whose_answer_was_lost_are_deleted() {
     assert!(named(&b.resource_name()).0.is_empty());
 }
 
+/// A port create with a fixed_ip whose answer was lost, Neutron having
+/// made the port: the create sent again is refused the address (409), taken
+/// by its own twin. The cloud had a transient fault, not the order: the
+/// twin is the order's port, and no other is left.
+#[tokio::test(start_paused = true)]
+async fn a_fixed_ip_order_whose_port_create_lost_its_answer_is_served() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 2).await;
+    let mut order = request("o-ip", new_volume(), EmptyPoolPolicy::FailFast);
+    order.params.network.subnet_id = Some("tenant-subnet".into());
+    order.params.network.fixed_ip = Some("10.0.0.50".into());
+    cloud.lose_next_answer("create_port");
+    sim.reset_call_counts();
+    let a = manager.allocate(order).await.unwrap();
+    assert_eq!(a.state, AllocationState::Allocated);
+    assert_eq!(a.ip_address.as_deref(), Some("10.0.0.50"));
+    let calls = sim.call_counts();
+    assert_eq!(calls.get("create_port"), Some(&2), "{calls:?}");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let (_, ports) = named_volumes_and_ports(&sim, &a.resource_name());
+    assert_eq!(ports, vec![a.port_id.clone().unwrap()]);
+    assert_consistent(&sim, &manager).await;
+}
+
+/// The same for a port quota with room for the order's port alone: its
+/// twin takes it, and the create sent again is refused for quota.
+#[tokio::test(start_paused = true)]
+async fn an_order_whose_port_create_lost_its_answer_under_a_full_port_quota_is_served() {
+    use pool_manager::model::{PoolSpec, Target};
+    let mut config = cloudsim::SimConfig::deterministic();
+    config.quotas.max_ports = 2;
+    let sim = cloudsim::SimCloud::new(config);
+    let cloud = GatedCloud::new(&sim);
+    let manager = manager_over(&cloud, temp_store());
+    manager.start().await.unwrap();
+    let fixed = PoolSpec {
+        target: Target::Fixed(1),
+        ..spec(1)
+    };
+    manager.create_pool(pool(), fixed).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    // The Ready server's port and room for one more.
+    cloud.lose_next_answer("create_port");
+    sim.reset_call_counts();
+    let order = request("o-q", new_volume(), EmptyPoolPolicy::FailFast);
+    let a = manager.allocate(order).await.unwrap();
+    assert_eq!(a.state, AllocationState::Allocated);
+    let calls = sim.call_counts();
+    assert_eq!(calls.get("create_port"), Some(&2), "{calls:?}");
+    let (_, ports) = named_volumes_and_ports(&sim, &a.resource_name());
+    assert_eq!(ports, vec![a.port_id.clone().unwrap()]);
+    assert_consistent(&sim, &manager).await;
+}
+
+/// The same for Cinder's volumes quota with room for the order's volume
+/// alone.
+#[tokio::test(start_paused = true)]
+async fn an_order_whose_volume_create_lost_its_answer_under_a_full_volume_quota_is_served() {
+    let mut config = cloudsim::SimConfig::deterministic();
+    config.quotas.max_volumes = 1;
+    let sim = cloudsim::SimCloud::new(config);
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 1).await;
+    cloud.lose_next_answer("create_volume");
+    sim.reset_call_counts();
+    let order = request("o-v", new_volume(), EmptyPoolPolicy::FailFast);
+    let a = manager.allocate(order).await.unwrap();
+    assert_eq!(a.state, AllocationState::Allocated);
+    let calls = sim.call_counts();
+    assert_eq!(calls.get("create_volume"), Some(&2), "{calls:?}");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let (volumes, _) = named_volumes_and_ports(&sim, &a.resource_name());
+    assert_eq!(volumes, vec![a.volume_id.clone().unwrap()]);
+    assert_consistent(&sim, &manager).await;
+}
+
 /// A 503 naming a Retry-After (a maintenance page, an overloaded proxy)
 /// may come from in front of a service that already made the volume or
 /// port: the create asked again after the pause makes a twin, which is
