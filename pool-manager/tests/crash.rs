@@ -1755,3 +1755,102 @@ async fn a_tag_a_crash_left_before_the_commit_is_not_said_to_be_a_served_orders(
     assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
+
+/// A purchase whose volume and port creates lost their answers, frozen at
+/// every cloud call: an acknowledged order is kept, an unacknowledged one
+/// rolled back, its retry served, and no twin outlives it. With a fixed IP
+/// the port create sent again is refused the address its twin took, and
+/// the purchase takes that twin.
+async fn crash_with_lost_answers(survives: Survives, hang: Hang, fixed_ip: bool) {
+    let sweep = format!("lost answers ({survives:?}, {hang:?}, fixed_ip {fixed_ip})");
+    at_every_crash_point(&sweep, 4, |crash_after| async move {
+        let sim = sim();
+        let dir = tempfile::tempdir().unwrap();
+        let process = Process::first(&sim, dir.path(), survives, 2).await;
+        let mut order = request("order-crash", new_volume(), EmptyPoolPolicy::Wait);
+        if fixed_ip {
+            order.params.network.subnet_id = Some("tenant-subnet".into());
+            order.params.network.fixed_ip = Some("10.0.0.50".into());
+        }
+        process.cloud.lose_next_answer("create_volume");
+        process.cloud.lose_next_answer("create_port");
+        let acknowledged = until_the_cloud_hangs(&sim, hang, crash_after, {
+            let manager = process.manager.clone();
+            let order = order.clone();
+            async move { manager.allocate(order).await }
+        })
+        .await
+        .map(|answer| answer.expect("allocation without a crash succeeds"));
+        let manager = process.crash_and_restart(&sim, dir.path(), survives).await;
+        let what =
+            format!("{survives:?}, {hang:?}, fixed_ip {fixed_ip}, crash after {crash_after} calls");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_consistent(&sim, &manager).await;
+        match &acknowledged {
+            Some(done) => {
+                let stored = manager.get_allocation("order-crash").await.unwrap();
+                assert_eq!(&stored, done, "{what}: an acknowledged allocation was lost");
+            }
+            None => assert!(
+                manager.get_allocation("order-crash").await.is_err(),
+                "{what}: an unacknowledged allocation must be rolled back"
+            ),
+        }
+        manager
+            .update_pool(&pool(), |s| s.paused = false)
+            .await
+            .unwrap();
+        let retried = manager.allocate(order).await;
+        let retried = retried.unwrap_or_else(|e| panic!("{what}: retry failed: {e:?}"));
+        assert_eq!(retried.state, AllocationState::Allocated, "{what}");
+        if let Some(done) = &acknowledged {
+            assert_eq!(&retried, done, "{what}");
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_consistent(&sim, &manager).await;
+        let name = retried.resource_name();
+        let vols: Vec<_> = sim
+            .volumes()
+            .into_iter()
+            .filter(|v| v.name == name)
+            .map(|v| v.id)
+            .collect();
+        assert_eq!(
+            vols,
+            vec![retried.volume_id.clone().unwrap()],
+            "{what}: volume twin left"
+        );
+        let ports: Vec<_> = sim
+            .ports()
+            .into_iter()
+            .filter(|p| p.name == name)
+            .map(|p| p.id)
+            .collect();
+        assert_eq!(
+            ports,
+            vec![retried.port_id.clone().unwrap()],
+            "{what}: port twin left"
+        );
+        manager.shutdown().await.unwrap();
+        acknowledged.is_some()
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_in_a_purchase_whose_creates_lost_their_answers_is_repaired() {
+    for survives in Survives::ALL {
+        for hang in Hang::BOTH {
+            crash_with_lost_answers(survives, hang, false).await;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_in_a_fixed_ip_purchase_whose_creates_lost_their_answers_is_repaired() {
+    for survives in Survives::ALL {
+        for hang in Hang::BOTH {
+            crash_with_lost_answers(survives, hang, true).await;
+        }
+    }
+}
