@@ -11133,3 +11133,40 @@ async fn a_lookup_failed_at_keystone_is_metered_as_keystones_alone() {
         .expect("Keystone answers");
     assert_eq!(calls("image", "ok"), 1.0);
 }
+
+/// One call refused a fresh token now and then (one of Nova's API nodes
+/// with a broken keystone_authtoken), answered in between: each answer
+/// ended its refusals (an INFO) and the next 401 began new ones (a WARN).
+/// It is one WARN, hourly, and no INFO until it is answered a minute after
+/// its last refusal.
+#[tokio::test]
+async fn an_intermittently_refused_call_is_one_warn() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let a = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    let logs = support::Logs::capture();
+    let faults = env.face.faults();
+    let path = format!("/v2.1/servers/{}", a.id);
+    let body = r#"{"error": {"code": 401, "message": "The request you have made requires authentication.", "title": "Unauthorized"}}"#;
+    let wait = |secs: u64| async move {
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(secs)).await;
+        tokio::time::resume();
+    };
+    // Before and after the re-login: a fresh token refused.
+    faults.answer_next(Service::Compute, "GET", &path, 2, 401, body);
+    cloud.read_server(&a.id).await.unwrap_err();
+    for _ in 0..3 {
+        wait(30).await;
+        cloud.read_server(&a.id).await.unwrap();
+        wait(30).await;
+        faults.answer_next(Service::Compute, "GET", &path, 1, 401, body);
+        cloud.read_server(&a.id).await.unwrap_err();
+    }
+    let warns = logs.count("WARN", "refused a token Keystone had just issued");
+    let infos = logs.count("INFO", "calls refusing warmpool's fresh token");
+    assert_eq!((warns, infos), (1, 0), "{}", logs.text());
+}

@@ -1562,9 +1562,10 @@ impl Connection {
     /// The service refused a token Keystone had just issued (a 401 after a
     /// fresh login, or within [`FRESH_TOKEN_REFUSED_PAUSE`] of one) to the
     /// call `key` ([`refusal_key`]): no login mends it, the credentials or
-    /// the service's setup must be. One WARN when that call's refusals
-    /// begin, hourly while they last, the rest at debug; its answer ends
-    /// them ([`Self::call_answered`]). Kept apart from the service's
+    /// the service's setup must be. One WARN at most hourly for that call
+    /// ([`Troubles::refused_fresh`]), the rest at debug; its answer a
+    /// minute after the last refusal ends them ([`Self::call_answered`]).
+    /// Kept apart from the service's
     /// [`Trouble`]: one call refused (an access rule missing for it) says
     /// nothing of the service's other calls, and counted in its spell a
     /// refusal every few minutes kept an outage open, or ended the spell
@@ -1581,7 +1582,7 @@ impl Connection {
                 humantime::format_duration(whole_seconds(took))
             ),
             Said::RefusalWarned { .. } => format!(
-                "{service} ({project}) refused a token Keystone had just issued (HTTP 401): check the credentials (the user's roles in the project, an application credential's access rules), the service's keystone_authtoken settings, or Keystone's replication; this call's 401s are not met with another login for {pause}, and are logged at debug until it is answered again (warned of again hourly while they last)"
+                "{service} ({project}) refused a token Keystone had just issued (HTTP 401): check the credentials (the user's roles in the project, an application credential's access rules), the service's keystone_authtoken settings, or Keystone's replication; this call's 401s are not met with another login for {pause}, and are logged at debug until it is answered a minute or more after the last (warned of again hourly while they last)"
             ),
             _ => {
                 tracing::debug!(service, call = %call.describe(), status = reply.status, "the service refused a fresh token");
@@ -1594,7 +1595,8 @@ impl Connection {
     /// `call` was answered `reply`: when the service took its token (no
     /// 401, nor a 5xx or 429 a proxy or rate limit in front of it may have
     /// answered), the end of the call's refusals of fresh tokens, if it
-    /// had any, is an INFO.
+    /// had any and this answer ends them ([`Troubles::answered`]), is an
+    /// INFO.
     fn call_answered(&self, call: &Call, reply: &Reply) {
         if matches!(reply.status, 401 | 429) || reply.status >= 500 {
             return;
@@ -1829,17 +1831,34 @@ impl Trouble {
 struct Troubles {
     /// By [`Subject::name`].
     subjects: HashMap<&'static str, Trouble>,
-    /// By [`refusal_key`]: the calls refused a fresh token not answered
-    /// since.
-    refused: HashMap<String, RefusalSpell>,
+    /// By [`refusal_key`]: the calls refused a fresh token whose refusals
+    /// have not ended, or were warned of within the hour.
+    refused: HashMap<String, CallRefusals>,
 }
 
-/// A call's 401s to fresh tokens since it was last answered.
+/// A call's 401s to fresh tokens, as warned of: as a service's 429s are
+/// ([`Trouble`]), a WARN at most hourly, and an end only an answer a
+/// minute ([`QUIET`]) after the last refusal makes. A call refused some
+/// of the time (one of several API nodes behind the balancer with a
+/// broken keystone_authtoken) is answered in between: each answer ending
+/// the refusals made a WARN and an INFO of every refusal.
+#[derive(Debug, Default)]
+struct CallRefusals {
+    /// When the call's refusals were last warned of.
+    warned: Option<tokio::time::Instant>,
+    /// The refusals warned of that have not ended yet. Refusals coming
+    /// back within the hour of the warning are at debug, their end too.
+    spell: Option<RefusalSpell>,
+}
+
 #[derive(Debug)]
 struct RefusalSpell {
     since: tokio::time::Instant,
-    warned: tokio::time::Instant,
     refused: u64,
+    /// Its last refusal.
+    last: tokio::time::Instant,
+    /// The call's first answer since `last`, if any.
+    answered: Option<tokio::time::Instant>,
 }
 
 impl Troubles {
@@ -1851,30 +1870,35 @@ impl Troubles {
             .noted(outcome, now)
     }
 
-    /// The call `key` was refused a fresh token: warned of at its first
-    /// such refusal since it was last answered, and hourly while they last
+    /// The call `key` was refused a fresh token: warned of when an hour
+    /// has passed since its refusals were last warned of, or never were
     /// ([`Said::RefusalWarned`]); the rest [`Said::Debug`]. The service's
     /// [`Trouble`] is not touched: the call's refusals are its own.
     fn refused_fresh(&mut self, key: &str, now: tokio::time::Instant) -> Said {
-        let Some(spell) = self.refused.get_mut(key) else {
-            self.refused.insert(
-                key.to_owned(),
-                RefusalSpell {
-                    since: now,
-                    warned: now,
-                    refused: 1,
-                },
-            );
-            return Said::RefusalWarned {
-                refused: 1,
-                took: Duration::ZERO,
-            };
+        let call = self.refused.entry(key.to_owned()).or_default();
+        let warn = call
+            .warned
+            .is_none_or(|at| now.duration_since(at) >= HOURLY);
+        let spell = if warn {
+            call.warned = Some(now);
+            Some(call.spell.get_or_insert(RefusalSpell {
+                since: now,
+                refused: 0,
+                last: now,
+                answered: None,
+            }))
+        } else {
+            call.spell.as_mut()
+        };
+        let Some(spell) = spell else {
+            return Said::Debug;
         };
         spell.refused += 1;
-        if now.duration_since(spell.warned) < HOURLY {
+        spell.last = now;
+        spell.answered = None;
+        if !warn {
             return Said::Debug;
         }
-        spell.warned = now;
         Said::RefusalWarned {
             refused: spell.refused,
             took: now.duration_since(spell.since),
@@ -1882,11 +1906,32 @@ impl Troubles {
     }
 
     /// The call `key` was answered (not 401): the refusals it ends (how
-    /// many, over how long), if it had any.
+    /// many, over how long), when it is answered a minute ([`QUIET`]) or
+    /// more after the last of them; an answer sooner only starts the
+    /// quiet minute.
     fn answered(&mut self, key: &str, now: tokio::time::Instant) -> Option<(u64, Duration)> {
-        self.refused
-            .remove(key)
-            .map(|spell| (spell.refused, now.duration_since(spell.since)))
+        let call = self.refused.get_mut(key)?;
+        let Some(spell) = call.spell.as_mut() else {
+            // Nothing to end; once its warning is an hour old the call is
+            // forgotten (its next refusal is warned of as a first).
+            if call
+                .warned
+                .is_none_or(|at| now.duration_since(at) >= HOURLY)
+            {
+                self.refused.remove(key);
+            }
+            return None;
+        };
+        if now.duration_since(spell.last) < QUIET {
+            spell.answered.get_or_insert(now);
+            return None;
+        }
+        let ended = (
+            spell.refused,
+            spell.answered.unwrap_or(now).duration_since(spell.since),
+        );
+        call.spell = None;
+        Some(ended)
     }
 }
 
@@ -2912,12 +2957,49 @@ mod tests {
         assert_eq!(t.answered(REFUSED, at(3701)), None, "said once");
         assert_eq!(
             t.refused_fresh(REFUSED, at(3800)),
+            Said::Debug,
+            "refusals back within the hour of the warning are at debug"
+        );
+        assert_eq!(t.answered(REFUSED, at(3900)), None, "their end too");
+        assert_eq!(
+            t.refused_fresh(REFUSED, at(7200)),
             Said::RefusalWarned {
                 refused: 1,
                 took: Duration::ZERO
             },
-            "the next refusals are warned of again"
+            "refusals an hour after the warning are warned of again"
         );
+    }
+
+    /// A call refused some of the time (one of three nova-api nodes with a
+    /// broken keystone_authtoken), answered in between, is one WARN an
+    /// hour, not a WARN and an INFO at each switch: an answer less than a
+    /// minute after a refusal ends nothing; a minute of answers does.
+    #[test]
+    fn an_intermittently_refused_call_is_one_warn_an_hour() {
+        const CALL: &str = "compute GET /servers/* ";
+        let start = tokio::time::Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut t = Troubles::default();
+        let (mut warned, mut ended) = (Vec::new(), 0);
+        for secs in (0..7200u64).step_by(30) {
+            if secs % 60 == 0 {
+                if let Said::RefusalWarned { refused, .. } = t.refused_fresh(CALL, at(secs)) {
+                    warned.push((secs, refused));
+                }
+            } else {
+                ended += usize::from(t.answered(CALL, at(secs)).is_some());
+            }
+        }
+        assert_eq!(warned, [(0, 1), (3600, 61)], "hourly, one spell");
+        assert_eq!(ended, 0, "no answer came a minute after a refusal");
+        // The last refusal at 7140 s, answered at 7170 s and on.
+        assert_eq!(
+            t.answered(CALL, at(7200)),
+            Some((120, Duration::from_secs(7170))),
+            "a minute after the last refusal, said once"
+        );
+        assert_eq!(t.answered(CALL, at(7230)), None);
     }
 
     /// A refusal repeated every 30 s (a headroom poll's quota read, as
@@ -2973,13 +3055,15 @@ mod tests {
             Said::RefusalWarned { refused: 1, .. }
         ));
         assert_eq!(t.refused_fresh(QUOTAS, at(30)), Said::Debug);
+        assert_eq!(t.answered(LIMITS, at(40)), None, "not a minute yet");
         assert_eq!(
-            t.answered(LIMITS, at(40)),
+            t.answered(LIMITS, at(75)),
             Some((1, Duration::from_secs(30)))
         );
-        assert_eq!(t.refused_fresh(QUOTAS, at(60)), Said::Debug);
+        assert_eq!(t.refused_fresh(QUOTAS, at(90)), Said::Debug);
+        assert_eq!(t.answered(QUOTAS, at(100)), None, "QUOTAS still refused");
         assert!(matches!(
-            t.refused_fresh(LIMITS, at(70)),
+            t.refused_fresh(LIMITS, at(3610)),
             Said::RefusalWarned { refused: 1, .. }
         ));
     }
