@@ -11170,3 +11170,61 @@ async fn an_intermittently_refused_call_is_one_warn() {
     let infos = logs.count("INFO", "calls refusing warmpool's fresh token");
     assert_eq!((warns, infos), (1, 0), "{}", logs.text());
 }
+
+/// Keystone's outage ends (a re-login takes, right after the last
+/// failure); the calls then run on that token from osauth's cache for its
+/// whole lifetime. The answer within the quiet minute only began the end,
+/// and cached tokens (no answer of Keystone's) never completed it: the
+/// INFO waited for the next renewal, ~50 minutes. A call on that token a
+/// quiet minute after the last failure says it.
+#[tokio::test]
+async fn a_keystone_outage_end_is_said_on_the_token_keystone_issued() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    let a = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    let logs = support::Logs::capture();
+    let faults = env.face.faults();
+    let wait = |secs: u64| async move {
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(secs)).await;
+        tokio::time::resume();
+    };
+    faults.answer_next(
+        Service::Identity,
+        "POST",
+        "/v3/auth/tokens",
+        1,
+        503,
+        r#"{"error": {"code": 503, "message": "The service is unavailable.", "title": "Service Unavailable"}}"#,
+    );
+    faults.answer_next(
+        Service::Compute,
+        "GET",
+        &format!("/v2.1/servers/{}", a.id),
+        2,
+        401,
+        r#"{"error": {"code": 401, "message": "The request you have made requires authentication.", "title": "Unauthorized"}}"#,
+    );
+    cloud.read_server(&a.id).await.unwrap_err();
+    assert_eq!(
+        logs.count("WARN", "further failures of identity (Keystone)"),
+        1,
+        "{}",
+        logs.text()
+    );
+    // The re-login takes: Keystone answers again.
+    cloud.read_server(&a.id).await.unwrap();
+    for _ in 0..10 {
+        wait(61).await;
+        cloud.read_server(&a.id).await.unwrap();
+    }
+    assert_eq!(
+        logs.count("INFO", "identity (Keystone) answers again"),
+        1,
+        "10 minutes after Keystone answered: {}",
+        logs.text()
+    );
+}

@@ -1371,6 +1371,13 @@ impl Connection {
         if got_token && !token_request_failed && !token_pending {
             // Keystone issued the call's token: it may end its outage.
             self.identity_answered();
+        } else if !token_request_failed
+            && !token_pending
+            && matches!(&result, Ok(Ok((reply, _))) if reply.status != 401)
+        {
+            // A token from osauth's cache: it may only complete an end
+            // a token Keystone issued began ([`Trouble::confirmed`]).
+            self.identity_confirmed();
         }
         match result {
             // The call's time ran out in a token lookup: Keystone did not
@@ -1540,6 +1547,19 @@ impl Connection {
     /// warned outage or 429 spell.
     fn identity_answered(&self) {
         let said = self.noted(Subject::Identity, Outcome::Answered);
+        self.say_answers_again(Subject::Identity, &said);
+    }
+
+    /// A call ran on a token from osauth's cache: the end of Keystone's
+    /// outage, if Keystone issued a token since its last failure a quiet
+    /// minute ago ([`Trouble::confirmed`]).
+    fn identity_confirmed(&self) {
+        let now = tokio::time::Instant::now();
+        let said = self
+            .lock_trouble()
+            .subjects
+            .get_mut(Subject::Identity.name())
+            .map_or(Said::Debug, |trouble| trouble.confirmed(now));
         self.say_answers_again(Subject::Identity, &said);
     }
 
@@ -1821,6 +1841,24 @@ impl Trouble {
                 spell.failures_warned = Some(now);
                 said
             }
+        }
+    }
+}
+
+impl Trouble {
+    /// A call on a token osauth served from its cache: no answer of
+    /// Keystone's, so it begins no end of Keystone's outage ("identity").
+    /// But once Keystone has issued a token since the outage's last
+    /// failure (the spell's `answered`, too soon after that failure to end
+    /// it), such a call a quiet minute ([`QUIET`]) after that failure ends
+    /// it: the calls then run on that token for its lifetime (an hour),
+    /// and the INFO waited for the next renewal, or never came.
+    fn confirmed(&mut self, now: tokio::time::Instant) -> Said {
+        match &self.spell {
+            Some(spell) if spell.answered.is_some() && now.duration_since(spell.last) >= QUIET => {
+                self.noted(Outcome::Answered, now)
+            }
+            _ => Said::Debug,
         }
     }
 }
@@ -2907,6 +2945,41 @@ mod tests {
         // its last, with no answer between, is the same outage.
         assert_eq!(t.noted(Failed, at(100)), Said::OutageBegins);
         assert_eq!(t.noted(Failed, at(200)), Said::Debug);
+    }
+
+    /// Keystone's outage: calls on a cached token begin no end of it, but
+    /// complete the one a token Keystone issued (within the quiet minute
+    /// of the last failure) began, a minute after that failure; a failure
+    /// in between starts the wait again.
+    #[test]
+    fn cached_tokens_complete_only_an_end_keystone_began() {
+        use Outcome::*;
+        let start = tokio::time::Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut t = Trouble::default();
+        assert_eq!(t.confirmed(at(0)), Said::Debug, "no outage");
+        assert_eq!(t.noted(Failed, at(0)), Said::OutageBegins);
+        assert_eq!(t.confirmed(at(100)), Said::Debug, "Keystone issued none");
+        assert_eq!(t.noted(Failed, at(110)), Said::Debug);
+        assert_eq!(t.noted(Answered, at(120)), Said::Debug, "within the minute");
+        assert_eq!(t.confirmed(at(150)), Said::Debug, "within the minute");
+        assert_eq!(
+            t.confirmed(at(170)),
+            Said::AnswersAgain {
+                failed: 2,
+                throttled: 0,
+                took: Duration::from_secs(120)
+            }
+        );
+        assert_eq!(t.confirmed(at(240)), Said::Debug, "said once");
+        assert_eq!(t.noted(Failed, at(300)), Said::OutageBegins);
+        assert_eq!(t.noted(Answered, at(310)), Said::Debug);
+        assert_eq!(t.noted(Failed, at(320)), Said::Debug);
+        assert_eq!(
+            t.confirmed(at(400)),
+            Said::Debug,
+            "a failure after Keystone's answer: that answer began nothing"
+        );
     }
 
     /// One call refused a fresh token every 2 minutes (an access rule
