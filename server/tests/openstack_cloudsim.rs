@@ -11228,3 +11228,51 @@ async fn a_keystone_outage_end_is_said_on_the_token_keystone_issued() {
         logs.text()
     );
 }
+
+/// A tenant port's security group lookup that fails at Keystone (the
+/// password rotated, the token revoked: the re-login is refused) is
+/// counted under `service="identity"` alone: the port's driver rewrites
+/// the error to name the setting, and the metrics, finding it among no
+/// side call, counted it under Neutron too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_security_group_lookup_refused_at_keystone_is_metered_as_keystones_alone() {
+    use warmpool_server::metrics::{MeteredCloud, Metrics};
+    let env = env_with_security_groups().await;
+    let tenant_net = env.driver().await.network("tenant-net").await.unwrap().id;
+    let metrics = Arc::new(Metrics::new());
+    let driver = env
+        .driver_with("tenant_port_security_groups = [\"db-clients\"]")
+        .await;
+    // The management network and the project are known: the group is the
+    // port's first lookup.
+    driver.network("mgmt-net").await.unwrap();
+    let cloud = MeteredCloud::new(Arc::new(driver), metrics.clone());
+    env.face.faults().change_password("pool", "rotated");
+    env.face.faults().revoke_all_tokens();
+    let e = cloud
+        .create_port(&port_spec("refused", &tenant_net))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("cloud.tenant_port_security_groups"),
+        "{e}"
+    );
+    let counted: Vec<String> = metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("warmpool_cloud_request_duration_seconds_count{"))
+        .map(str::to_owned)
+        .collect();
+    let failed = |service: &str| {
+        counted.iter().any(|l| {
+            l.contains(&format!("service=\"{service}\""))
+                && !l.contains("status=\"ok\"")
+                && !l.ends_with(" 0")
+        })
+    };
+    assert_eq!(
+        (failed("identity"), failed("network")),
+        (true, false),
+        "{e}: {counted:#?}"
+    );
+}

@@ -1063,11 +1063,18 @@ impl OpenStackCloud {
             let group = match self.inner.security_groups.get(name) {
                 Some(group) => group,
                 None => {
-                    let group = self.security_group(name).await.map_err(|e| match e {
-                        CloudError::NotFound(m) | CloudError::Fatal(m) => CloudError::Fatal(
-                            format!("cloud.tenant_port_security_groups {name:?}: {m}"),
-                        ),
-                        e => e,
+                    let group = self.security_group(name).await.map_err(|e| {
+                        let said = match &e {
+                            CloudError::NotFound(m) | CloudError::Fatal(m) => CloudError::Fatal(
+                                format!("cloud.tenant_port_security_groups {name:?}: {m}"),
+                            ),
+                            _ => return e,
+                        };
+                        // As `looking_up`: a failed token request's side
+                        // call must carry the error as the caller sees it,
+                        // or the metrics count it under Neutron too.
+                        side_call_error_rewritten(&e, &said);
+                        said
                     })?;
                     self.inner
                         .security_groups
