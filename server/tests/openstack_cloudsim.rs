@@ -10114,12 +10114,10 @@ async fn a_store_of_no_region_on_two_regions_is_refused_saying_so() {
     stop_daemon(running, stop).await;
 }
 
-/// A region added to the catalog while warmpool runs with no region_name:
-/// the re-login's fresh endpoint lookups could send a service there, so
-/// the re-login checks the catalog as the first login did and fails for
-/// good naming both regions, the old session kept.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_re_login_on_a_catalog_grown_a_region_is_fatal() {
+/// A driver logged in with no region_name on a catalog of one region,
+/// whose face can add another (`add_region`): the catalog growing a region
+/// under a running warmpool.
+async fn logged_in_with_no_region() -> (Env, OpenStackCloud) {
     let env = env_with(
         SimConfig {
             listeners: false,
@@ -10134,6 +10132,16 @@ async fn a_re_login_on_a_catalog_grown_a_region_is_fatal() {
     env.region_lines("");
     let cloud = env.driver().await;
     cloud.find_ports_by_name("x").await.unwrap();
+    (env, cloud)
+}
+
+/// A region added to the catalog while warmpool runs with no region_name:
+/// the re-login's fresh endpoint lookups could send a service there, so
+/// the re-login checks the catalog as the first login did and fails for
+/// good naming both regions, the old session kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_login_on_a_catalog_grown_a_region_is_fatal() {
+    let (env, cloud) = logged_in_with_no_region().await;
     env.face.faults().add_region("RegionTwo");
     env.face.faults().revoke_all_tokens();
     let logins = env.face.faults().password_logins();
@@ -10282,20 +10290,7 @@ async fn a_catalog_refused_for_good_is_a_refusal_adopt_cloud_gets_past() {
 /// the password is rotated meanwhile) or reading the catalog again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_re_login_refused_for_a_grown_catalog_is_not_tried_again_at_once() {
-    let env = env_with(
-        SimConfig {
-            listeners: false,
-            ..sim_config()
-        },
-        HttpSettings {
-            other_regions_host: Some("127.0.0.2".into()),
-            ..HttpSettings::default()
-        },
-    )
-    .await;
-    env.region_lines("");
-    let cloud = env.driver().await;
-    cloud.find_ports_by_name("x").await.unwrap();
+    let (env, cloud) = logged_in_with_no_region().await;
     env.face.faults().add_region("RegionTwo");
     env.face.faults().revoke_all_tokens();
     let logins = env.face.faults().password_logins();
@@ -11049,20 +11044,7 @@ async fn cached_tokens_do_not_end_a_keystone_outage() {
 /// failure again (each re-login after its pause) is not warned of again.
 #[tokio::test]
 async fn a_re_login_failing_for_good_is_warned_of_once() {
-    let env = env_with(
-        SimConfig {
-            listeners: false,
-            ..sim_config()
-        },
-        HttpSettings {
-            other_regions_host: Some("127.0.0.2".into()),
-            ..HttpSettings::default()
-        },
-    )
-    .await;
-    env.region_lines("");
-    let cloud = env.driver().await;
-    cloud.find_ports_by_name("x").await.unwrap();
+    let (env, cloud) = logged_in_with_no_region().await;
     let logs = support::Logs::capture();
     env.face.faults().add_region("RegionTwo");
     env.face.faults().revoke_all_tokens();
