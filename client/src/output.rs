@@ -461,6 +461,7 @@ pub struct SizingView<'a> {
     backoff_until: Option<String>,
     quota_error: &'a str,
     quota_ports_unknown: &'a str,
+    quota_read_at: Option<String>,
 }
 
 impl<'a> From<&'a api::SizingStatus> for SizingView<'a> {
@@ -489,6 +490,7 @@ impl<'a> From<&'a api::SizingStatus> for SizingView<'a> {
             backoff_until: s.backoff_until.as_ref().map(|t| timestamp(t, true)),
             quota_error: &s.quota_error,
             quota_ports_unknown: &s.quota_ports_unknown,
+            quota_read_at: s.quota_read_at.as_ref().map(|t| timestamp(t, true)),
         }
     }
 }
@@ -984,6 +986,13 @@ pub(crate) mod tests {
         assert_eq!(v["sizing"]["lead_time_source"], "OBSERVED");
         assert_eq!(v["sizing"]["gate"]["state"], "THROTTLED");
         assert_eq!(v["sizing"]["quota_ports_unknown"], "");
+        assert_eq!(v["sizing"]["quota_read_at"], serde_json::Value::Null);
+        pool.sizing.as_mut().unwrap().quota_read_at = Some(prost_types::Timestamp {
+            seconds: 1_764_003_600,
+            nanos: 0,
+        });
+        let read = to_json(PoolView::from(&pool));
+        assert_eq!(read["sizing"]["quota_read_at"], "2025-11-24T17:00:00.000Z");
         assert_eq!(v["degraded"], false);
         assert_eq!(target_cell(&pool), "auto:6");
         assert_eq!(lead_cell(&pool), "1m35s");

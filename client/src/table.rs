@@ -569,9 +569,10 @@ fn last_error_detail(pool: &api::Pool) -> String {
 /// "3 more servers (instances: 7 of 10 used at the last poll)": the poll
 /// less the boots started since; "no server of the flavor ever fits ..."
 /// when one needs more than the whole quota; "unknown: ..." when the last
-/// poll failed; "none known: unlimited, or not read yet" otherwise (the
-/// gate, off, reads none). "; ports: not counted (why)" follows when the
-/// poll could not count the port quota.
+/// poll failed; "unlimited (...)" when the last read found no limit; "not
+/// read yet (...)" before the first read (the gate, off, reads none).
+/// "; ports: not counted (why)" follows when the poll could not count the
+/// port quota.
 fn quota_detail(pool: &api::Pool) -> String {
     let Some(s) = &pool.sizing else {
         return "-".to_owned();
@@ -581,7 +582,8 @@ fn quota_detail(pool: &api::Pool) -> String {
         "" => room,
         why if s.quota_headroom.is_none() && !s.beyond_quota && s.quota_error.is_empty() => {
             format!(
-                "no limit in Nova's quotas; ports: not counted ({})",
+                "no limit in Nova's quotas{}; ports: not counted ({})",
+                read_at(s),
                 cell(why)
             )
         }
@@ -604,15 +606,29 @@ fn quota_room(s: &api::SizingStatus) -> String {
             cell(&s.quota_error)
         ),
         None if gate_disabled(s) => "not read: the gate is off (`gate = false`)".to_owned(),
+        // The last read found no limit: Nova's quotas and Neutron's port
+        // quota all unlimited (-1).
+        None if s.quota_read_at.is_some() => {
+            format!(
+                "unlimited (no limit in Nova's quotas nor Neutron's port quota{})",
+                read_at(s)
+            )
+        }
         // A flavor's quota is polled only while one of its pools wants
         // boots: a new flavor's, and one of pools at rest, is not read.
-        // warmpoold answers no headroom both before its first read and
-        // after a read finding every limit unlimited, so the line cannot
-        // promise that a read will fill it.
-        None => "none known: unlimited, or not read yet (read when one of the flavor's pools or \
-                 purchases boots)"
-            .to_owned(),
+        // (A warmpoold older than quota_read_at never sets it: against
+        // one, unlimited limits read as not read yet too.)
+        None => "not read yet (read when one of the flavor's pools or purchases boots)".to_owned(),
     }
+}
+
+/// " at the read at 2025-11-24T17:00:00Z": when the limits were last read,
+/// if warmpoold says.
+fn read_at(s: &api::SizingStatus) -> String {
+    s.quota_read_at
+        .as_ref()
+        .map(|at| format!(" at the read at {}", timestamp(at, false)))
+        .unwrap_or_default()
 }
 
 fn gate_disabled(s: &api::SizingStatus) -> bool {
@@ -1373,6 +1389,52 @@ mod tests {
         );
     }
 
+    /// No headroom is told apart by the time of the last read: a read
+    /// that found every limit unlimited, or none yet (the gate, off,
+    /// reads none).
+    #[test]
+    fn pool_detail_tells_unlimited_limits_from_limits_not_read() {
+        let mut pool = sample_pools()[0].clone();
+        let sizing = pool.sizing.get_or_insert_with(Default::default);
+        sizing.quota_headroom = None;
+        sizing.quota_read_at = None;
+        let text = pool_detail(&pool, SystemTime::now());
+        assert!(
+            text.contains("quota:             not read yet (read when one of the flavor's pools or purchases boots)\n"),
+            "{text}"
+        );
+        let read = prost_types::Timestamp {
+            seconds: 1_764_003_600,
+            nanos: 0,
+        };
+        pool.sizing.as_mut().unwrap().quota_read_at = Some(read);
+        let text = pool_detail(&pool, SystemTime::now());
+        assert!(
+            text.contains("quota:             unlimited (no limit in Nova's quotas nor Neutron's port quota at the read at 2025-11-24T17:00:00Z)\n"),
+            "{text}"
+        );
+        // A failed poll since: its failure, not the last read's finding.
+        let sizing = pool.sizing.as_mut().unwrap();
+        sizing.quota_error = "transient cloud error: 503 Service Unavailable".into();
+        let text = pool_detail(&pool, SystemTime::now());
+        assert!(
+            text.contains("quota:             unknown: the last poll of the limits failed"),
+            "{text}"
+        );
+        // The gate off reads none, whatever an older read left.
+        let sizing = pool.sizing.as_mut().unwrap();
+        sizing.quota_error = String::new();
+        sizing.gate = Some(api::ThrottleGate {
+            state: api::ThrottleState::Disabled.into(),
+            ..Default::default()
+        });
+        let text = pool_detail(&pool, SystemTime::now());
+        assert!(
+            text.contains("quota:             not read: the gate is off (`gate = false`)\n"),
+            "{text}"
+        );
+    }
+
     /// A poll that could not count the port quota says so beside the
     /// room it found, which is then Nova's quotas' alone.
     #[test]
@@ -1396,6 +1458,16 @@ mod tests {
         let text = pool_detail(&pool, SystemTime::now());
         assert!(
             text.contains("quota:             no limit in Nova's quotas; ports: not counted (reading Neutron's quota details failed: HTTP 503)\n"),
+            "{text}"
+        );
+        // With the read's time, from a warmpoold that tells it.
+        pool.sizing.as_mut().unwrap().quota_read_at = Some(prost_types::Timestamp {
+            seconds: 1_764_003_600,
+            nanos: 0,
+        });
+        let text = pool_detail(&pool, SystemTime::now());
+        assert!(
+            text.contains("quota:             no limit in Nova's quotas at the read at 2025-11-24T17:00:00Z; ports: not counted (reading Neutron's quota details failed: HTTP 503)\n"),
             "{text}"
         );
     }
@@ -1437,7 +1509,7 @@ mod tests {
         let text = pool_detail(&pool, SystemTime::now());
         assert!(
             text.contains("plan:              not made yet: the pool's next replenish step makes it (a failed step makes none and is logged)\n")
-                && text.contains("quota:             none known: unlimited, or not read yet (read when one of the flavor's pools or purchases boots)\n"),
+                && text.contains("quota:             not read yet (read when one of the flavor's pools or purchases boots)\n"),
             "{text}"
         );
         pool.spec.as_mut().unwrap().paused = true;

@@ -278,7 +278,13 @@ pub struct HeadroomStatus {
     pub limited_by: Option<String>,
     /// One server of the flavor needs more than the quota allows in all.
     pub beyond_quota: bool,
+    /// When the last poll (successful or not) was made.
     pub polled_at: Option<Instant>,
+    /// When the last successful poll read the limits; kept through failed
+    /// polls since (see `failing`). `None` before any: with `polled` and
+    /// `left` also `None`, what tells "every limit unlimited" from "not
+    /// read yet" (or the gate off, which reads none).
+    pub read_at: Option<Instant>,
     /// The last poll failed: headroom is unknown, nothing is capped.
     pub failing: Option<String>,
     /// Why the last poll did not count the port quota (the cloud refused
@@ -406,6 +412,8 @@ struct HeadroomEntry {
     beyond_quota: bool,
     /// When the last poll (successful or not) was made.
     polled_at: Instant,
+    /// When the last successful poll was made (`None`: none yet).
+    read_at: Option<Instant>,
     /// What is left of each limited quota at the last successful poll, and
     /// what one server of the flavor takes of it; empty: only `servers` is
     /// known.
@@ -718,6 +726,7 @@ impl Gate {
                 quotas: headroom.quotas,
                 sales_ports,
                 polled_at: now,
+                read_at: Some(now),
                 boots_at_poll: boots_at_send,
                 refused_since_poll: BTreeMap::new(),
                 failing: None,
@@ -758,6 +767,7 @@ impl Gate {
                 quotas: Vec::new(),
                 sales_ports: 0,
                 polled_at: now,
+                read_at: None,
                 boots_at_poll: BootCount::default(),
                 refused_since_poll: BTreeMap::new(),
                 failing: None,
@@ -918,6 +928,7 @@ impl Gate {
                 limited_by: None,
                 beyond_quota: false,
                 polled_at: None,
+                read_at: None,
                 failing: None,
                 ports_unknown: None,
             },
@@ -927,6 +938,7 @@ impl Gate {
                 limited_by: e.refill_limited_by(),
                 beyond_quota: e.beyond_quota,
                 polled_at: Some(e.polled_at),
+                read_at: e.read_at,
                 failing: e.failing.clone(),
                 ports_unknown: e.ports_unknown.clone(),
             },

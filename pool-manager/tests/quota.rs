@@ -1455,3 +1455,36 @@ async fn a_cold_boot_refused_for_quota_reads_the_limits_before_it_boots_again() 
     assert_consistent(&sim, &manager).await;
     manager.shutdown().await.unwrap();
 }
+
+/// A cloud whose limits are all unlimited answers no headroom, as the
+/// status shows before any poll: the time of the last successful read
+/// (none before the first, the first's once it is answered) tells the
+/// operator which it is.
+#[tokio::test(start_paused = true)]
+async fn a_read_of_unlimited_limits_is_told_from_none_yet() {
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    cloud.show_headroom(pool_manager::cloud::BootHeadroom::UNLIMITED);
+    let manager = manager_over(&cloud, temp_store());
+    manager.start().await.unwrap();
+    let looking = cloud.hold_next("boot_headroom", At::Before);
+    manager.create_pool(pool(), spec(2)).await.unwrap();
+    looking.reached().await;
+    let quota = manager.get_pool(&pool()).await.unwrap().sizing.quota;
+    assert_eq!((quota.left, quota.read_at), (None, None), "{quota:?}");
+
+    let released = tokio::time::Instant::now();
+    looking.release();
+    wait_ready(&manager, 2).await;
+    let quota = manager.get_pool(&pool()).await.unwrap().sizing.quota;
+    assert_eq!(
+        (quota.polled, quota.left, quota.failing.as_deref()),
+        (None, None, None),
+        "unlimited: {quota:?}"
+    );
+    let read_at = quota.read_at.expect("the read is told");
+    assert!(read_at >= released, "{quota:?}");
+    assert!(read_at <= tokio::time::Instant::now(), "{quota:?}");
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}

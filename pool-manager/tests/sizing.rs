@@ -1508,6 +1508,9 @@ fn a_failed_headroom_poll_shows_the_failure_not_the_last_polls_quota() {
             limited_by: None,
             beyond_quota: false,
             polled_at: Some(t0 + secs(30)),
+            // When the limits were last read: the failure does not say
+            // they were read then.
+            read_at: Some(t0),
             failing: Some("limits: 503".into()),
             ports_unknown: None,
         }
@@ -1518,6 +1521,55 @@ fn a_failed_headroom_poll_shows_the_failure_not_the_last_polls_quota() {
     let status = g.headroom_status("db.small");
     assert_eq!(status.limited_by.as_deref(), Some("ports: 8 of 20 used"));
     assert_eq!((status.left, status.failing), (Some(6), None));
+}
+
+/// A poll that finds every limit unlimited leaves the headroom unset, as
+/// no poll does: the status tells them apart by when the limits were last
+/// read, which a failed poll since keeps (its failure says why the
+/// headroom is unknown).
+#[test]
+fn the_status_tells_unlimited_limits_from_limits_not_read() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings::default());
+    let status = g.headroom_status("db.small");
+    assert_eq!(
+        (status.left, status.polled_at, status.read_at),
+        (None, None, None),
+        "never polled"
+    );
+
+    g.headroom_polled(
+        "db.small",
+        g.boots_started(),
+        BootHeadroom::UNLIMITED,
+        0,
+        t0 + secs(5),
+    );
+    let status = g.headroom_status("db.small");
+    assert_eq!(
+        (status.polled, status.left, status.failing.as_deref()),
+        (None, None, None),
+        "unlimited"
+    );
+    assert_eq!(status.read_at, Some(t0 + secs(5)));
+
+    g.headroom_failed("db.small", "limits: 503".into(), t0 + secs(35));
+    let status = g.headroom_status("db.small");
+    assert_eq!(status.failing.as_deref(), Some("limits: 503"));
+    assert_eq!(
+        (status.polled_at, status.read_at),
+        (Some(t0 + secs(35)), Some(t0 + secs(5)))
+    );
+    // Another flavor's poll reads nothing of this one's.
+    assert_eq!(g.headroom_status("db.large").read_at, None);
+
+    // The gate off polls nothing: nothing is ever read.
+    let off = gate(GateSettings {
+        enabled: false,
+        ..GateSettings::default()
+    });
+    assert!(!off.headroom_due("db.small", t0));
+    assert_eq!(off.headroom_status("db.small").read_at, None);
 }
 
 /// A poll whose port quota the cloud did not tell (Neutron refused or

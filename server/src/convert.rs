@@ -13,7 +13,7 @@ use pool_manager::model::{
 use pool_manager::schedule::Window;
 use pool_manager::sizing::{Backoff, LeadSource, PlanReason};
 use pool_manager::{AllocateRequest, ManagerError, PoolStatus};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::{Code, Status};
 use warmpool_proto::v1 as api;
 
@@ -470,6 +470,11 @@ fn sizing(status: &PoolStatus) -> api::SizingStatus {
             .map(|left| timestamp(SystemTime::now() + left)),
         _ => None,
     };
+    // On the wall clock too; a read is in the past.
+    let quota_read_at = s.quota.read_at.map(|at| {
+        let ago = tokio::time::Instant::now().saturating_duration_since(at);
+        timestamp(SystemTime::now().checked_sub(ago).unwrap_or(UNIX_EPOCH))
+    });
     api::SizingStatus {
         auto: s.auto,
         target: s.target,
@@ -495,6 +500,7 @@ fn sizing(status: &PoolStatus) -> api::SizingStatus {
         backoff_until,
         quota_error: s.quota.failing.clone().unwrap_or_default(),
         quota_ports_unknown: s.quota.ports_unknown.clone().unwrap_or_default(),
+        quota_read_at,
     }
 }
 
@@ -831,6 +837,67 @@ mod tests {
             left.as_ref()
                 .is_ok_and(|left| *left <= Duration::from_secs(300)),
             "{left:?}"
+        );
+        manager.shutdown().await.unwrap();
+    }
+
+    /// The quota's read time is unset until the flavor's limits are read
+    /// (a paused pool reads none), then the read's time on the wall clock.
+    #[tokio::test(start_paused = true)]
+    async fn get_pool_shows_when_the_quota_was_read() {
+        use pool_manager::model::PoolSpec;
+        use std::sync::Arc;
+        let sim = cloudsim::SimCloud::new(cloudsim::SimConfig::deterministic());
+        let manager = pool_manager::PoolManager::new(
+            Arc::new(pool_manager::store::SledStore::temporary().unwrap()),
+            sim.clone(),
+            Arc::new(sim.probe()),
+            pool_manager::ManagerSettings::default(),
+        );
+        manager.start().await.unwrap();
+        let key = PoolKey::new("db.small", "az1");
+        let spec = PoolSpec {
+            min_ready: 2,
+            max_ready: 4,
+            target: Default::default(),
+            image: "mysql-8.0".into(),
+            boot_timeout: Duration::from_secs(600),
+            max_age: None,
+            paused: true,
+            windows: Vec::new(),
+            iops_limit: None,
+            volume_iops_limit: None,
+        };
+        manager.create_pool(key.clone(), spec).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let sizing = pool(manager.get_pool(&key).await.unwrap()).sizing.unwrap();
+        assert_eq!(sizing.quota_read_at, None, "{sizing:?}");
+        assert_eq!(sizing.quota_headroom, None, "{sizing:?}");
+
+        let unpaused = SystemTime::now();
+        manager
+            .update_pool(&key, |s| s.paused = false)
+            .await
+            .unwrap();
+        let mut shown = None;
+        for _ in 0..600 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let sizing = pool(manager.get_pool(&key).await.unwrap()).sizing.unwrap();
+            if let Some(at) = sizing.quota_read_at {
+                shown = Some((at, sizing, SystemTime::now()));
+                break;
+            }
+        }
+        let (at, sizing, asked) = shown.expect("the quota read within 10 min");
+        assert!(sizing.quota_headroom.is_some(), "{sizing:?}");
+        let at = SystemTime::try_from(at).unwrap();
+        // The wall clock runs on while the paused tokio clock jumps: the
+        // read's time lies between the unpause and the answer, give or
+        // take the test's own seconds of sleep.
+        assert!(at <= asked, "{at:?} after {asked:?}");
+        assert!(
+            at + Duration::from_secs(5) >= unpaused,
+            "{at:?} long before {unpaused:?}"
         );
         manager.shutdown().await.unwrap();
     }

@@ -879,6 +879,12 @@ fn same_for_watchers(a: &api::Pool, b: &api::Pool) -> bool {
                 g.pause_remaining = None;
             }
             s.backoff_until = None;
+            // Read afresh from two clocks at each listing, so it wobbles;
+            // and a pool short of its target reads its limits every
+            // `headroom_interval`, which is no news unless what was read
+            // changed (the headroom, the binding quota, an error): only its
+            // first read is, which tells unlimited from not read.
+            s.quota_read_at = s.quota_read_at.map(|_| prost_types::Timestamp::default());
         }
         pool
     }
@@ -1028,6 +1034,29 @@ mod tests {
         ));
         assert!(!same_for_watchers(&sent, &backing_off(None)));
         assert!(!same_for_watchers(&backing_off(None), &sent));
+    }
+
+    /// A watch is sent a pool whose flavor's limits were read for the
+    /// first time (unlimited is then told from not read), not for each
+    /// read after, nor for the wobble of the read's time.
+    #[test]
+    fn the_first_quota_read_is_sent_not_the_later_ones() {
+        let read = |at: Option<SystemTime>| api::Pool {
+            sizing: Some(api::SizingStatus {
+                quota_read_at: at.map(Into::into),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_060);
+        assert!(!same_for_watchers(&read(None), &read(Some(at))));
+        assert!(!same_for_watchers(&read(Some(at)), &read(None)));
+        let wobble = Duration::from_micros(300);
+        assert!(same_for_watchers(&read(Some(at)), &read(Some(at + wobble))));
+        assert!(same_for_watchers(
+            &read(Some(at)),
+            &read(Some(at + Duration::from_secs(30)))
+        ));
     }
 
     /// A watch is sent a pool whose demand moved by more than a tenth
