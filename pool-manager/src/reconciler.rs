@@ -10,7 +10,7 @@
 //! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, or a cold boot's `Booting` one, whose server is looked up by its instance id if its create's answer was not flushed; delete its port (one its SOFT_DELETED server keeps bound until Nova's reclaim is left to the name's watch instead) and created volume (watched before its delete is sent; one already `deleting` or `error_deleting`, an earlier try's delete accepted, counts as deleted), watch its name if a create may have been on its way or Cinder refuses that volume's delete as `error_attaching`, drop the record) |
 //! | allocation `Releasing`, no Release of this process carrying it out | - | finish the release (a Release called meanwhile waits for this one; a volume it deletes is watched before its delete is sent; one already being deleted counts as deleted; a port its SOFT_DELETED server keeps bound until Nova's reclaim is left to the name's watch, written before the order is `Released`) |
 //! | a name watched (`TwinWatch`) whose order's release a call of this process is carrying out | - | left to the next pass (the release writes the watch of its volume before the delete) |
-//! | a name watched (`TwinWatch`: a create of it may have been done unrecorded, a rollback left its new volume `error_attaching`, a volume of the order was deleted, or a port of it was left bound to a SOFT_DELETED server) | volumes, ports of that name (not listed for a watch of deleted volumes and bound ports alone); each deleted volume, by id; each bound port, by id | delete them but the committed allocation's own and the bound ports, naming each volume whose delete Cinder accepted (now or earlier: `deleting`, `error_deleting`) as deleted; a deleted volume gone (404) is dropped, one `error_deleting` marked stuck (announced by the pass that marks it), one an admin reset deleted again; each bound port is sent one delete, no waiting (Neutron refuses it until Nova's reclaim or an admin's forceDelete unbinds it), and dropped once taken; a refused one is looked at: still bound, asked again next pass; gone, dropped; unbound by now, sent its delete again; a look that fails for good (a 404 for a path Neutron routes nowhere) is logged as a warning naming it; one Neutron cannot answer now (a 5xx, a timeout, a 429) is one try a pass, no delete sent; end the watch once it is over and nothing of the name is left but deleted volumes, all gone, and no bound port (a volume Cinder keeps `error_attaching` fails the item at once, each pass, until an admin resets it; the watch names it as stuck until its delete is accepted) |
+//! | a name watched (`TwinWatch`: a create of it may have been done unrecorded, a rollback left its new volume `error_attaching`, a volume of the order was deleted, or a port of it was left bound to a SOFT_DELETED server) | volumes, ports of that name (not listed for a watch of deleted volumes and bound ports alone); each deleted volume, by id; each bound port, by id | delete them but the committed allocation's own and the bound ports, naming each volume whose delete Cinder accepted (now or earlier: `deleting`, `error_deleting`) as deleted; a deleted volume gone (404) is dropped, one `error_deleting` marked stuck (announced by the pass that marks it), one an admin reset deleted again; each bound port is sent one delete, no waiting (Neutron refuses it until Nova's reclaim or an admin's forceDelete unbinds it), and dropped once taken; a refused one is looked at: still bound, asked again next pass; gone, dropped; unbound by now, sent its delete again; a look that fails for good (a 404 for a path Neutron routes nowhere) is logged as a warning naming it; one Neutron cannot answer now (a 5xx, a timeout, a 429) is one try a pass, no delete sent; so is the delete (one failing so, a proxy's 404 or a 413 naming no quota too, leaves the port for the next pass); end the watch once it is over and nothing of the name is left but deleted volumes, all gone, and no bound port (a volume Cinder keeps `error_attaching` fails the item at once, each pass, until an admin resets it; the watch names it as stuck until its delete is accepted) |
 //! | instance `Claimed`, allocation `Allocated` naming it | - | mark the instance `Allocated` (left by versions that marked the allocation first) |
 //! | instance `Claimed`, allocation `Allocated` naming another, or none live | - | discard it (a claim left over) |
 //! | instance `Booting`, no server id | server with its instance id | adopt the server |
@@ -1190,9 +1190,10 @@ impl Shared {
         for port_id in &next.bound_ports {
             let item = format!("deleting port {port_id}, which a SOFT_DELETED server kept bound,");
             // One look a pass, not retried, as the read of the server
-            // below: a look retried until the cleanup deadline (then the
-            // delete too) held the pass, and the Releases behind its lock,
-            // minutes per waiting port while Neutron was down.
+            // below and the delete: a look retried until the cleanup
+            // deadline (then the delete too) held the pass, and the
+            // Releases behind its lock, minutes per waiting port while
+            // Neutron was down.
             let looked = self.cloud.get_port(port_id).await;
             // `Some`: the look failed for good, which says nothing of the
             // binding; the delete is sent anyway, and its refusal warned of
@@ -1264,9 +1265,13 @@ impl Shared {
                 Ok(_) => None,
                 Err(e) => Some(e),
             };
-            let deleted = self
-                .retry(self.cleanup_deadline(), || self.cloud.delete_port(port_id))
-                .await;
+            // One delete a pass too, not retried: an answer that passes
+            // by itself to the driver (a 5xx, a 429, but also a proxy's 404
+            // without Neutron's fault, Transient, or a 413 naming no quota,
+            // Throttled, which may not pass) was retried until the cleanup
+            // deadline, holding the pass (and the Releases behind its lock)
+            // minutes per port. The port waits for the next pass.
+            let deleted = self.cloud.delete_port(port_id).await;
             let refused = match deleted {
                 Ok(()) => {
                     tracing::info!(name = %watch.name, port = %port_id, "deleted the port a SOFT_DELETED server kept bound, which Nova has let go of");
@@ -1278,6 +1283,25 @@ impl Shared {
                 // Neutron routes nowhere is Fatal too). Warned of once per
                 // port and kind of refusal, and hourly while it lasts.
                 Err(e @ (CloudError::Fatal(_) | CloudError::Conflict(_))) => e,
+                Err(e) if e.is_retryable() => {
+                    let warn = self.pass_failures().failed(
+                        item,
+                        problem_of(&e.clone().into()),
+                        Instant::now(),
+                    );
+                    match unlooked {
+                        None if warn => {
+                            tracing::warn!(name = %watch.name, port = %port_id, error = %e, "cannot delete port {port_id}, which a SOFT_DELETED server kept bound and no server holds any more: Neutron's delete of it fails; the port stays until Neutron takes it (the next pass asks again; warned of again hourly while it fails)");
+                        }
+                        Some(look) if warn => {
+                            tracing::warn!(name = %watch.name, port = %port_id, error = %e, look = %look, "cannot delete port {port_id}, left bound to a SOFT_DELETED server, nor tell whether it is still bound: Neutron's delete of it fails, and its read failed for good (mend what the read's error names); the next pass asks again (warned of again hourly while it fails)");
+                        }
+                        _ => {
+                            tracing::debug!(name = %watch.name, port = %port_id, error = %e, look = ?unlooked, "the delete of a port left bound to a SOFT_DELETED server fails again; the next pass asks again");
+                        }
+                    }
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             };
             let warn = self.pass_failures().failed(

@@ -9105,3 +9105,121 @@ async fn a_free_bound_ports_delete_refused_for_good_is_sent_once_a_pass() {
     assert!(!sim.ports().iter().any(|p| p.id == port), "{}", logs.text());
     assert!(store.list_twin_watches().await.unwrap().is_empty());
 }
+
+/// A port a SOFT_DELETED server kept bound, free by now (its read says so),
+/// whose delete Neutron answers with an error that passes by itself to the
+/// driver: a 404 without Neutron's fault (a proxy's page: Transient, as it
+/// says nothing of the port), a 413 naming no quota (Throttled). The
+/// delete was retried until the cleanup deadline, holding the pass (and
+/// the Releases behind its lock) minutes per waiting port, then ended the
+/// watch's item, the ports after it not looked at. One delete a pass, as
+/// the look: the pass goes on at once, the port waits for the next pass,
+/// warned of once per kind of failure; once Neutron takes the delete, the
+/// port is gone and the watch ends.
+#[tokio::test(start_paused = true)]
+async fn a_free_bound_ports_delete_failing_for_now_is_sent_once_a_pass() {
+    use pool_manager::cloud::{Cloud, CloudError, NewPortSpec};
+    use pool_manager::model::TwinWatch;
+    let sim = sim();
+    let store = temp_store();
+    let manager = started(&sim, store.clone(), 1).await;
+    let port = sim
+        .create_port(&NewPortSpec {
+            name: "warmpool-order-t-1".into(),
+            network_id: "net-tenant".into(),
+            subnet_id: None,
+            fixed_ip: None,
+        })
+        .await
+        .unwrap()
+        .id;
+    let watch = TwinWatch {
+        name: "warmpool-order-t-1".into(),
+        request_id: "order-t".into(),
+        pool: Some(pool()),
+        volumes: false,
+        keep: Vec::new(),
+        stuck_volume: None,
+        deleted_volumes: Vec::new(),
+        deleted_only: true,
+        // Another port of the watch, after it: gone by now.
+        bound_ports: vec![port.clone(), "port-gone".into()],
+        until: std::time::SystemTime::UNIX_EPOCH,
+    };
+    assert!(store.cas_twin_watch(None, Some(&watch)).await.unwrap());
+
+    let logs = Logs::capture_at(tracing::Level::DEBUG);
+    let calls = |method: &str| sim.call_counts().get(method).copied().unwrap_or(0);
+    // The driver's readings (openstack::error::classify).
+    let proxys_404 = || {
+        CloudError::Transient(format!(
+            "DELETE /v2.0/ports/{port}: HTTP 404, not from the service (no OpenStack error in the answer: a proxy or gateway?)"
+        ))
+    };
+    let too_large = || CloudError::Throttled {
+        retry_after: None,
+        message: format!("DELETE /v2.0/ports/{port}: Request Entity Too Large (HTTP 413)"),
+        unavailable: false,
+    };
+    // Warned of once per kind of failure, each other pass at debug.
+    for (pass, (failure, warned)) in [
+        (proxys_404(), Some("HTTP 404")),
+        (proxys_404(), None),
+        (too_large(), Some("HTTP 413")),
+        (too_large(), None),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pass = pass + 1;
+        sim.faults()
+            .fail_next_calls_of("delete_port", 1000, failure);
+        let (looks, deletes) = (calls("get_port"), calls("delete_port"));
+        let warnings = logs.warnings().len();
+        let began = tokio::time::Instant::now();
+        manager.reconcile().await.unwrap();
+        let took = began.elapsed();
+        assert!(
+            took < Duration::from_secs(10),
+            "pass {pass} took {took:?}: {}",
+            logs.text()
+        );
+        // The port after it looked at too (the first pass: dropped then).
+        let ports = if pass == 1 { 2 } else { 1 };
+        assert_eq!(
+            calls("get_port") - looks,
+            ports,
+            "pass {pass}: one look each"
+        );
+        assert_eq!(
+            calls("delete_port") - deletes,
+            1,
+            "pass {pass}: one delete: {}",
+            logs.text()
+        );
+        let new = logs.warnings().split_off(warnings);
+        match warned {
+            Some(answer) => assert!(
+                new.len() == 1 && new[0].contains(&port) && new[0].contains(answer),
+                "pass {pass}: one warning naming the port and {answer}: {}",
+                logs.text()
+            ),
+            None => assert!(new.is_empty(), "pass {pass}: {}", logs.text()),
+        }
+    }
+    let waiting = TwinWatch {
+        bound_ports: vec![port.clone()],
+        ..watch
+    };
+    assert_eq!(store.list_twin_watches().await.unwrap(), vec![waiting]);
+    assert!(sim.ports().iter().any(|p| p.id == port));
+
+    // Neutron takes the delete: the port is gone, the watch ends.
+    sim.faults()
+        .fail_next_calls_of("delete_port", 0, CloudError::Fatal(String::new()));
+    let deletes = calls("delete_port");
+    manager.reconcile().await.unwrap();
+    assert_eq!(calls("delete_port") - deletes, 1);
+    assert!(!sim.ports().iter().any(|p| p.id == port), "{}", logs.text());
+    assert!(store.list_twin_watches().await.unwrap().is_empty());
+}
