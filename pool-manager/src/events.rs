@@ -212,6 +212,11 @@ pub enum EventKind {
     Degraded {
         cause: DegradedCause,
         consecutive_failures: u32,
+        /// The last failed boot's error, as the pool's `last_error` shows
+        /// it: what the operator has to mend, where `cause` names only its
+        /// kind. `None` for a cloud check (its `problem` says it), or a
+        /// verdict restored without it.
+        last_error: Option<String>,
     },
     /// A boot of a degraded pool reached Ready after `after_failures`
     /// failures, or the cloud check that marked it passed again (and a boot
@@ -288,9 +293,17 @@ impl EventKind {
             Self::Degraded {
                 cause: DegradedCause::Boots(outcome),
                 consecutive_failures,
+                last_error,
             } => format!(
-                "pool degraded: {consecutive_failures} boots failed in a row (last: {})",
-                outcome.as_str()
+                "pool degraded: {consecutive_failures} boots failed in a row, the last {}; \
+                 until a boot is Ready it boots one server at a time, after a pause that \
+                 grows with the failures: mend what the error names (the pool's flavor, \
+                 image or network, the project's quota, the cloud's capacity; GetPool shows \
+                 it as last_error)",
+                match last_error {
+                    Some(error) => format!("one with: {error} ({})", outcome.as_str()),
+                    None => format!("one's outcome: {}", outcome.as_str()),
+                }
             ),
             Self::Degraded {
                 cause: DegradedCause::CloudCheck { problem },
@@ -680,9 +693,12 @@ impl HealthBook {
         }
         if !health.degraded && health.consecutive_boot_failures >= DEGRADED_AFTER {
             health.degraded = true;
+            // The error is the boot's emitter's to add (the manager's
+            // `emit_boot`): the book keeps outcomes, not errors.
             return Some(EventKind::Degraded {
                 cause: DegradedCause::Boots(outcome),
                 consecutive_failures: health.consecutive_boot_failures,
+                last_error: None,
             });
         }
         None
@@ -720,6 +736,7 @@ impl HealthBook {
                 problem: problem.to_owned(),
             },
             consecutive_failures: health.consecutive_boot_failures,
+            last_error: None,
         })
     }
 
@@ -862,7 +879,8 @@ mod tests {
             book.note_boot(&pool, BootOutcome::NoValidHost, None, now()),
             Some(EventKind::Degraded {
                 cause: DegradedCause::Boots(BootOutcome::NoValidHost),
-                consecutive_failures: DEGRADED_AFTER
+                consecutive_failures: DEGRADED_AFTER,
+                last_error: None,
             })
         );
         // Still failing: no second verdict.

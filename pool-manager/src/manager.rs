@@ -341,8 +341,15 @@ impl Shared {
     /// counted in its pool's demand here, not by a subscriber: one that
     /// falls behind the broadcast loses events, and sizing must not.
     pub fn emit(&self, pool: Option<&PoolKey>, kind: EventKind) {
+        self.emit_boot(pool, kind, None);
+    }
+
+    /// As [`Self::emit`], `error` being a failed boot's (of a
+    /// [`EventKind::Boot`] event): a verdict it earns names it, for the
+    /// operator to mend, not only its kind.
+    pub(crate) fn emit_boot(&self, pool: Option<&PoolKey>, kind: EventKind, error: Option<&str>) {
         let at = self.sizing_book().wall_now(&self.settings.sizing);
-        let verdict = match (&kind, pool) {
+        let mut verdict = match (&kind, pool) {
             (EventKind::Boot { outcome, lead_time }, Some(key)) => {
                 let now = Instant::now();
                 let started = lead_time.and_then(|lead| now.checked_sub(lead));
@@ -361,6 +368,9 @@ impl Shared {
             }
             _ => None,
         };
+        if let Some(EventKind::Degraded { last_error, .. }) = &mut verdict {
+            *last_error = error.map(str::to_owned);
+        }
         for kind in std::iter::once(kind).chain(verdict) {
             let event = Event {
                 pool: pool.cloned(),
@@ -450,6 +460,8 @@ impl Shared {
                             EventKind::Degraded {
                                 cause,
                                 consecutive_failures: failures,
+                                // The pool's, as the last failed boot wrote it.
+                                last_error: pool.last_error.clone(),
                             },
                         );
                     }

@@ -1132,9 +1132,19 @@ impl Shared {
         if let Some(ticket) = ticket {
             ticket.finish(BootSignal::NoSignal);
         }
+        // Logged before the boot's event: the verdict the failure may earn
+        // (the pool degraded) reads after its cause.
+        let error = match &result {
+            Err(BootError::Superseded) | Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(pool = %instance.pool, instance = %instance.id, error = %e, "boot failed");
+                Some(e.to_string())
+            }
+        };
         if let Some(outcome) = boot_outcome(&result) {
             let lead_time = (timed == Timed::FromNow).then_some(lead_time);
-            self.emit(Some(&instance.pool), EventKind::Boot { outcome, lead_time });
+            let boot = EventKind::Boot { outcome, lead_time };
+            self.emit_boot(Some(&instance.pool), boot, error.as_deref());
             // Before the instance is discarded, so before a drain can end.
             self.save_health(&instance.pool).await;
         }
@@ -1187,7 +1197,7 @@ impl Shared {
             Ok(ready) => Ok(ready),
             Err(BootError::Superseded) => Err(BootError::Superseded),
             Err(e) => {
-                tracing::warn!(pool = %instance.pool, instance = %instance.id, error = %e, "boot failed");
+                // Warned of by the caller, before its event.
                 let message = e.to_string();
                 // `Failed` first, until its delete is done: a late cold
                 // boot's handover judges the boot by its record under the

@@ -55,9 +55,14 @@ async fn boots_failing_degrade_the_pool_and_a_ready_boot_recovers_it() {
             EventKind::Degraded {
                 cause,
                 consecutive_failures,
+                last_error,
             } => {
                 assert_eq!(event.pool, Some(pool()));
                 assert_eq!(cause, DegradedCause::Boots(BootOutcome::NoValidHost));
+                assert_eq!(
+                    last_error.as_deref(),
+                    Some("server went to ERROR: NoValidHost")
+                );
                 assert_eq!(consecutive_failures, DEGRADED_AFTER);
                 assert_eq!(failures, DEGRADED_AFTER, "degraded right after the third");
                 break;
@@ -162,6 +167,7 @@ async fn a_pool_marked_unusable_is_degraded_by_an_event_its_recovery_ends() {
                 problem: "start-up cloud check: no flavor".into()
             },
             consecutive_failures: 0,
+            last_error: None,
         }
     );
     assert_eq!(
@@ -1370,7 +1376,10 @@ async fn a_restart_keeps_a_failing_pools_verdict_and_its_boot_pause() {
             EventKind::Degraded {
                 cause: DegradedCause::Boots(BootOutcome::NoValidHost),
                 consecutive_failures,
+                // The pool's, kept in its record.
+                last_error: Some(ref error),
             } if consecutive_failures >= before.consecutive_boot_failures
+                && error.contains("NoValidHost")
         ),
         "{event:?}"
     );
@@ -2027,4 +2036,39 @@ async fn a_restarted_degraded_pool_at_a_full_quota_polls_instead_of_probing_blin
     );
     assert_eq!(status.health.consecutive_boot_failures, 0);
     manager.shutdown().await.unwrap();
+}
+
+/// The log reads cause before effect: each failed boot's WARN, then the
+/// verdict it earned, naming the error the operator has to mend (not only
+/// its kind).
+#[tokio::test(start_paused = true)]
+async fn the_degraded_line_follows_the_failure_it_names() {
+    let logs = warmpool_test_support::Logs::capture();
+    let sim = sim();
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    sim.faults()
+        .error_next_boots(u64::from(DEGRADED_AFTER), "NoValidHost");
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    until_degraded(&manager).await;
+    manager.shutdown().await.unwrap();
+
+    let warnings = logs.warnings();
+    let degraded = warnings
+        .iter()
+        .position(|l| l.contains("pool degraded"))
+        .expect("a degraded line");
+    let failed_before = warnings[..degraded]
+        .iter()
+        .filter(|l| l.contains("boot failed"))
+        .count();
+    assert_eq!(
+        failed_before, DEGRADED_AFTER as usize,
+        "the third failure is logged before the verdict it caused: {warnings:#?}"
+    );
+    assert!(
+        warnings[degraded].contains("server went to ERROR: NoValidHost"),
+        "the verdict names the last error: {}",
+        warnings[degraded]
+    );
 }

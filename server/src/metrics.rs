@@ -1793,6 +1793,7 @@ mod tests {
         m.record(&event(EventKind::Degraded {
             cause: pool_manager::events::DegradedCause::Boots(BootOutcome::NoValidHost),
             consecutive_failures: 3,
+            last_error: None,
         }));
         m.record(&event(EventKind::Recovered {
             after_failures: 3,
@@ -1872,6 +1873,7 @@ mod tests {
                 problem: "flavor db.small is gone".into(),
             },
             consecutive_failures: 0,
+            last_error: None,
         }));
         m.record(&event(EventKind::Exhausted));
         // Set at scrape time from the manager's view.
