@@ -1585,8 +1585,10 @@ impl Shared {
     /// answering 500, a timeout), once per boot: logged at WARN, on the
     /// instance while it is still the boot's (`Booting`, no server), and
     /// then as its pool's last error unless the pool is degraded (its
-    /// last error then says why). The retries go on meanwhile; a store
-    /// that fails this loses only what it shows.
+    /// last error then says why). A degraded pool's is logged at debug:
+    /// its every boot failing so, each would be two warnings, this and the
+    /// boot's failure, which names the same error. The retries go on
+    /// meanwhile; a store that fails this loses only what it shows.
     async fn note_create_failing(
         &self,
         instance: &Instance,
@@ -1598,7 +1600,11 @@ impl Shared {
             "the server create failed {failures} times in a row ({error}); retried until boot_timeout ({})",
             humantime::format_duration(boot_timeout)
         );
-        tracing::warn!(pool = %instance.pool, instance = %instance.id, error = %error, failures, "the cloud keeps failing this boot's server create; retrying it until boot_timeout");
+        if self.health_book().health(&instance.pool).degraded {
+            tracing::debug!(pool = %instance.pool, instance = %instance.id, error = %error, failures, "the cloud keeps failing this boot's server create; retrying it until boot_timeout");
+        } else {
+            tracing::warn!(pool = %instance.pool, instance = %instance.id, error = %error, failures, "the cloud keeps failing this boot's server create; retrying it until boot_timeout");
+        }
         // Written even when it holds the message already (a boot resumed
         // after a restart, failing alike): once per boot, and its answer
         // says whether the record is still this boot's.

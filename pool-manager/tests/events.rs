@@ -2072,3 +2072,58 @@ async fn the_degraded_line_follows_the_failure_it_names() {
         warnings[degraded]
     );
 }
+
+/// A degraded pool's boots keep failing, paced by its backoff: one WARN
+/// per failed boot, not two (the create's failures are the boot's).
+#[tokio::test(start_paused = true)]
+async fn a_degraded_pools_failed_boot_is_one_warning() {
+    let logs = warmpool_test_support::Logs::capture();
+    let sim = sim();
+    let cloud = GatedCloud::with_fault(&sim, |method| {
+        (method == "create_server").then(|| CloudError::Transient("Nova answered 500".into()))
+    });
+    let manager = PoolManager::new(
+        temp_store(),
+        cloud.clone(),
+        Arc::new(sim.probe()),
+        settings(),
+    );
+    let mut events = manager.events();
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    until_degraded(&manager).await;
+    // From here on: the boots' events and lines so far are left behind.
+    while events.try_recv().is_ok() {}
+    let since = logs.text().len();
+    let mut failed = 0;
+    let watched = tokio::time::timeout(Duration::from_secs(3600), async {
+        loop {
+            if let EventKind::Boot { outcome, .. } = next_event(&mut events).await.kind {
+                assert_ne!(outcome, BootOutcome::Ready);
+                failed += 1;
+            }
+        }
+    })
+    .await;
+    assert!(watched.is_err());
+    // Read before the shutdown, which may end a boot under way.
+    let text = logs.text();
+    manager.shutdown().await.unwrap();
+    let warnings: Vec<&str> = text[since..]
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("WARN"))
+        .collect();
+    // A boot retries its create until boot_timeout, then the pool pauses.
+    assert!(failed >= 3, "{failed} boots failed in an hour");
+    assert_eq!(
+        warnings.len(),
+        failed,
+        "one warning per failed boot: {warnings:#?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .all(|l| l.contains("boot failed") && l.contains("Nova answered 500")),
+        "{warnings:#?}"
+    );
+}
