@@ -48,6 +48,7 @@ use crate::model::{
     Allocation, AllocationParams, AllocationState, EmptyPoolPolicy, Instance, InstanceState,
     PoolKey, PoolRecord, TwinWatch, VolumeSource, TWIN_WATCH,
 };
+use crate::reconciler::problem_of;
 use crate::replenisher::{BootError, DrivingClaim, Timed};
 use crate::store::RecordKind;
 use std::collections::BTreeMap;
@@ -1415,7 +1416,10 @@ impl Shared {
     /// ports a SOFT_DELETED server keeps bound. One that cannot be deleted
     /// (a volume Cinder keeps `error_attaching` until an admin resets it)
     /// holds up none of the others: the first failure is returned beside
-    /// them, once all were tried.
+    /// them, once all were tried. The further ones are warned of here, as
+    /// a reconcile pass's items are ([`crate::reconciler::PassFailures`]):
+    /// once per twin and problem, and hourly while it lasts, not at every
+    /// pass, purchase, rollback or release that looks again.
     pub(crate) async fn delete_twins(
         &self,
         watch: &TwinWatch,
@@ -1425,14 +1429,18 @@ impl Shared {
         // (`TwinWatch::bound_ports`), without waiting for the reclaim.
         let twin = |id: &String| !watch.keep.contains(id) && !watch.bound_ports.contains(id);
         let mut left = TwinsLeft::default();
-        let mut failed = Vec::new();
+        // Each with what it was: the key its warnings are paced by.
+        let mut failed: Vec<(String, ManagerError)> = Vec::new();
+        let listing_ports = format!("listing the ports named {}", watch.name);
         match self
             .retry(deadline, || self.cloud.find_ports_by_name(&watch.name))
             .await
         {
             Ok(ports) => {
+                self.pass_failures().done(&listing_ports);
                 for port in ports.iter().filter(|p| twin(&p.id)) {
                     tracing::info!(request_id = %watch.request_id, port = %port.id, "deleting the twin of a port create whose answer was lost");
+                    let deleting = format!("deleting twin port {}", port.id);
                     // A failed try's port carries the name too, and one its
                     // SOFT_DELETED server keeps bound is freed only by Nova's
                     // reclaim, days away maybe: it must fail no rollback
@@ -1440,24 +1448,27 @@ impl Shared {
                     // watch already; the caller names it in the one it
                     // writes, in case.
                     match self.delete_port_unless_held(&port.id, deadline).await {
-                        Ok(PortDelete::Gone) => {}
+                        Ok(PortDelete::Gone) => self.pass_failures().done(&deleting),
                         Ok(PortDelete::Held { server_id }) => {
+                            self.pass_failures().done(&deleting);
                             tracing::info!(request_id = %watch.request_id, port = %port.id, server = %server_id, "the port stays bound to its SOFT_DELETED server until Nova reclaims it; the twin watch deletes it then");
                             left.bound_ports.push(port.id.clone());
                         }
-                        Err(e) => failed.push(e),
+                        Err(e) => failed.push((deleting, e)),
                     }
                 }
             }
-            Err(e) => failed.push(e.into()),
+            Err(e) => failed.push((listing_ports, e.into())),
         }
         let going = &mut left.going_volumes;
         if watch.volumes {
+            let listing_volumes = format!("listing the volumes named {}", watch.name);
             match self
                 .retry(deadline, || self.cloud.find_volumes_by_name(&watch.name))
                 .await
             {
                 Ok(volumes) => {
+                    self.pass_failures().done(&listing_volumes);
                     for volume in volumes.iter().filter(|v| twin(&v.id)) {
                         // One already being deleted (the rollback's own, just
                         // now; one a pass deleted, which Cinder's backend may
@@ -1465,24 +1476,33 @@ impl Shared {
                         // delete it again.
                         if !volume.is_being_deleted() {
                             tracing::info!(request_id = %watch.request_id, volume = %volume.id, "deleting the twin of a volume create whose answer was lost");
+                            let deleting = format!("deleting twin volume {}", volume.id);
                             if let Err(e) = self
                                 .delete_volume_when_free(&volume.id, LetGoBy::AnyServer, deadline)
                                 .await
                             {
-                                failed.push(e);
+                                failed.push((deleting, e));
                                 continue;
                             }
+                            self.pass_failures().done(&deleting);
                         }
                         going.push(volume.id.clone());
                     }
                 }
-                Err(e) => failed.push(e.into()),
+                Err(e) => failed.push((listing_volumes, e.into())),
             }
         }
         let mut failed = failed.into_iter();
-        let first = failed.next();
-        for e in failed {
-            tracing::warn!(request_id = %watch.request_id, error = %e, "cannot delete a twin of a lost create yet");
+        let first = failed.next().map(|(_, e)| e);
+        for (item, e) in failed {
+            let warn = self
+                .pass_failures()
+                .failed(item.clone(), problem_of(&e), Instant::now());
+            if warn {
+                tracing::warn!(request_id = %watch.request_id, error = %e, "cannot delete a twin of a lost create yet ({item} failed): mend what the error names; the next reconcile pass tries again (warned of again hourly while it fails so; each try meanwhile is logged at debug)");
+            } else {
+                tracing::debug!(request_id = %watch.request_id, error = %e, "cannot delete a twin of a lost create yet ({item} failed again)");
+            }
         }
         (left, first.map_or(Ok(()), Err))
     }

@@ -103,9 +103,9 @@ pub const PASS_FAILURE_REMINDED_EVERY: Duration = Duration::from_secs(3600);
 
 /// What kind of problem failed an item: its error's kind, not its words,
 /// which may differ from pass to pass (a retry's wait, a request id).
-type Problem = (Discriminant<ManagerError>, Option<Discriminant<CloudError>>);
+pub(crate) type Problem = (Discriminant<ManagerError>, Option<Discriminant<CloudError>>);
 
-fn problem_of(e: &ManagerError) -> Problem {
+pub(crate) fn problem_of(e: &ManagerError) -> Problem {
     let cloud = match e {
         ManagerError::Cloud(c) => Some(std::mem::discriminant(c)),
         _ => None,
@@ -125,7 +125,7 @@ pub(crate) struct PassFailures {
 
 impl PassFailures {
     /// Notes that `item` failed with `problem` at `now`; whether to warn.
-    fn failed(&mut self, item: String, problem: Problem, now: Instant) -> bool {
+    pub(crate) fn failed(&mut self, item: String, problem: Problem, now: Instant) -> bool {
         // An item that stopped failing without succeeding (gone, or
         // repaired some other way) is forgotten a while after: bounded.
         self.items.retain(|_, (_, _, seen)| {
@@ -148,7 +148,7 @@ impl PassFailures {
     }
 
     /// `item` succeeded: failing again is warned of at once.
-    fn done(&mut self, item: &str) {
+    pub(crate) fn done(&mut self, item: &str) {
         self.items.remove(item);
     }
 
@@ -193,7 +193,7 @@ impl Shared {
         }
     }
 
-    fn pass_failures(&self) -> std::sync::MutexGuard<'_, PassFailures> {
+    pub(crate) fn pass_failures(&self) -> std::sync::MutexGuard<'_, PassFailures> {
         self.pass_failures.lock().unwrap_or_else(|e| e.into_inner())
     }
 

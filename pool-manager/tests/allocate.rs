@@ -5694,6 +5694,51 @@ async fn twins_of_a_create_whose_answer_was_lost_are_deleted() {
     assert!(named(&b.resource_name()).0.is_empty());
 }
 
+/// Twins the cloud keeps refusing to look for are warned of once, then
+/// hourly while it lasts, however many passes (and the purchase's own
+/// look) fail so: the first failure through the pass's item, the further
+/// ones (here the volumes' listing, after the ports') by theirs.
+#[tokio::test(start_paused = true)]
+async fn twins_failing_every_pass_are_warned_of_once_then_hourly() {
+    use pool_manager::cloud::CloudError;
+    let logs = Logs::capture();
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 2).await;
+    cloud.lose_next_answer("create_volume");
+    cloud.lose_next_answer("create_port");
+    let refused =
+        |what: &str| CloudError::Fatal(format!("{what}: policy does not allow (HTTP 403)"));
+    sim.faults()
+        .fail_next_calls_of("find_ports_by_name", u64::MAX, refused("ports"));
+    sim.faults()
+        .fail_next_calls_of("find_volumes_by_name", u64::MAX, refused("volumes"));
+    let a = manager
+        .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert!(a.creates_in_doubt);
+    let further = |logs: &Logs| logs.count("WARN", "volumes: policy does not allow");
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        manager.reconcile().await.unwrap();
+    }
+    assert_eq!(
+        further(&logs),
+        1,
+        "warned of once in 5 passes: {:#?}",
+        logs.warnings()
+    );
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    manager.reconcile().await.unwrap();
+    assert_eq!(
+        further(&logs),
+        2,
+        "reminded after an hour: {:#?}",
+        logs.warnings()
+    );
+}
+
 /// A port create with a fixed_ip whose answer was lost, Neutron having
 /// made the port: the create sent again is refused the address (409), taken
 /// by its own twin. The cloud had a transient fault, not the order: the
