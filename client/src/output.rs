@@ -405,6 +405,9 @@ pub struct GateView {
     state: String,
     paused_until: Option<String>,
     pause_remaining: Option<String>,
+    /// THROTTLED only: the API service whose Retry-After pause (every
+    /// AZ's) holds the pool's boots.
+    throttled_service: Option<String>,
     /// The AZ's AIMD window, fractional as it grows: the AZ admits its
     /// floor in builds. `null` when the gate is disabled: nothing limits
     /// boots to a window.
@@ -424,6 +427,7 @@ impl From<&api::ThrottleGate> for GateView {
             state: throttle_state(g.state),
             paused_until: g.paused_until.as_ref().map(|t| timestamp(t, true)),
             pause_remaining: g.pause_remaining.as_ref().map(duration_exact),
+            throttled_service: Some(g.throttled_service.clone()).filter(|s| !s.is_empty()),
             window: g.window,
             in_flight: g.in_flight,
             gated_in_flight: g.gated_in_flight,

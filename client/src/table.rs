@@ -507,6 +507,12 @@ fn throttle_detail(pool: &api::Pool, now: SystemTime) -> String {
         // Only a broken server sends these; `{:.2}` would print every digit.
         format!("{ratio:.1e}x")
     };
+    // A Retry-After pause is a service's, in every zone: named, so that a
+    // zone held by another zone's 429 is not taken for its own.
+    let paused_by = match g.throttled_service.as_str() {
+        "" => String::new(),
+        service => format!(" ({service}'s Retry-After, every AZ)"),
+    };
     // The proto's 0 is "before any build".
     let build_time = match (&g.baseline, ratio != 0.0) {
         (Some(b), true) => format!(
@@ -524,7 +530,7 @@ fn throttle_detail(pool: &api::Pool, now: SystemTime) -> String {
     // quota is the project's); one "(all AZs)" at the end read as covering
     // all three.
     format!(
-        "{}{window}, {} builds in flight in the AZ ({} replenishing); {build_time}; \
+        "{}{paused_by}{window}, {} builds in flight in the AZ ({} replenishing); {build_time}; \
          {} throttled responses and {} window decreases in the AZ, \
          {} quota refusals across all AZs",
         throttle_cell(pool, now),
@@ -1322,6 +1328,18 @@ mod tests {
         let gate = pool.sizing.as_mut().unwrap().gate.as_mut().unwrap();
         gate.latency_ratio = 1e300;
         assert!(throttle_detail(&pool, now).len() < 200);
+        // A Retry-After pause names its service: another zone's 429 may
+        // hold this zone's boots.
+        let gate = pool.sizing.as_mut().unwrap().gate.as_mut().unwrap();
+        gate.state = api::ThrottleState::Throttled.into();
+        gate.pause_remaining = crate::output::tests::d(30, 0);
+        gate.throttled_service = "compute".into();
+        assert!(
+            throttle_detail(&pool, now)
+                .starts_with("throttled:30s (compute's Retry-After, every AZ), window 4, "),
+            "{}",
+            throttle_detail(&pool, now)
+        );
     }
 
     /// max_age unset (or 0) means Ready instances are never recycled.

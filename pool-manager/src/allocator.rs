@@ -40,9 +40,10 @@ use crate::cloud::{
 };
 use crate::error::{ApiCall, ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, EventKind};
-use crate::gate::{self, BootTicket, Gate};
+use crate::gate::{self, BootTicket, Gate, ThrottledCall};
 use crate::manager::{
-    validate_name, validate_optional_name, validate_path_id, validate_pool_key, PoolManager, Shared,
+    noted_service, validate_name, validate_optional_name, validate_path_id, validate_pool_key,
+    PoolManager, Shared,
 };
 use crate::model::{
     Allocation, AllocationParams, AllocationState, EmptyPoolPolicy, Instance, InstanceState,
@@ -1268,7 +1269,10 @@ impl Shared {
                     }) => {
                         let mut gate = gate::lock(&self.gate);
                         if let Some(az) = az {
-                            gate.throttled(az, retry_after, Instant::now());
+                            // Not a boot's call: it pauses its service,
+                            // and leaves the zone's boot window alone.
+                            let call = ThrottledCall::new(noted_service(), false);
+                            gate.throttled(az, call, retry_after, Instant::now());
                         }
                         Err(CloudError::Throttled {
                             retry_after: Some(gate.retry_pause(retry_after)),
@@ -3077,7 +3081,9 @@ impl Shared {
             }
             Err(e) => {
                 if let ManagerError::Cloud(CloudError::Throttled { retry_after, .. }) = &e {
-                    gate.throttled(az, *retry_after, now);
+                    // Nova's limits (Neutron's port quota failing is no
+                    // failed poll): the cold boot's own call.
+                    gate.throttled(az, ThrottledCall::BOOT, *retry_after, now);
                 }
                 // Once per outage, as the refills' polls are.
                 if gate.headroom_failing(flavor) {

@@ -435,7 +435,7 @@ impl PoolHealth {
     }
 
     /// When the pending start-up check is next made (`now` or before: at
-    /// the next step), the zone's throttle aside.
+    /// the next step), the throttle pauses of the services it calls aside.
     pub fn recheck_at(&self, base: Duration, max: Duration) -> Option<tokio::time::Instant> {
         self.check_pending()
             .then(|| self.pause_end(base, max))

@@ -1,21 +1,30 @@
-//! The throttle gate: per availability zone, how many new replenishment
-//! boots may start now. Purchases (cold boots) are never held back by it,
+//! The throttle gate: how many new replenishment boots may start now, per
+//! availability zone (the boot window) and per API service (the
+//! Retry-After pauses). Purchases (cold boots) are never held back by it,
 //! but they count toward the load it sees.
 //!
-//! - **Retry-After.** A throttle (a 429/413, or a 503 naming a Retry-After)
-//!   seen by any boot, or by a purchase's calls (its creates and
-//!   attaches), pauses *new* boots in that AZ until the time the cloud
-//!   named, stretched for each pool by its own random factor in
+//! - **Retry-After, per API service.** A throttle (a 429/413, or a 503
+//!   naming a Retry-After) seen by any boot, or by a purchase's calls (its
+//!   creates and attaches), pauses the service that answered (compute,
+//!   volume, network, image: [`ThrottledCall`]): one regional API for every
+//!   AZ, so the pause holds every AZ's calls to it, until the time the
+//!   cloud named, stretched for each pool by its own random factor in
 //!   `[1, 1 + jitter]` (drawn once per pause, when the pool first asks) so
-//!   the AZ's pools do not return in lockstep. (Single calls are
-//!   retried after Retry-After by `Shared::retry`; the gate keeps the
-//!   replenisher from adding calls meanwhile.) The window halves once per
-//!   throttling episode.
-//! - **AIMD window.** Builds in flight per AZ (boot request until the
+//!   the pools do not return in lockstep. *New* refill boots wait out the
+//!   pauses of the services they call ([`REFILL_SERVICES`]: Nova's; a
+//!   create's Glance and Neutron name lookups are cached for minutes, and
+//!   a 429 to one counts as the create's), so a purchase's Cinder or
+//!   Neutron 429 holds no refill. (Single calls are retried after
+//!   Retry-After by `Shared::retry`, a purchase's too; the gate keeps the
+//!   replenisher from adding calls meanwhile.) A compute 429 to a boot's
+//!   own call (its quota poll, create or status read) also halves the
+//!   window of the boot's AZ, once per throttling episode there.
+//! - **AIMD window, per AZ.** Builds in flight per AZ (boot request until the
 //!   server is ACTIVE: the part compute hosts serialize; mysqld then starts
 //!   inside the guest) are limited by a window that grows while builds
 //!   finish near the AZ's *baseline* build time and shrinks multiplicatively
-//!   on latency inflation, at most once per round trip (only boots started
+//!   on latency inflation (or a compute 429 to a boot there, above), at
+//!   most once per round trip (only boots started
 //!   once the builds in flight fit the smaller window can cause another).
 //!   Growth: slow start (+1 per good build) until a build is slower than
 //!   `grow_below` x the baseline, then a conservative slow start (+1/4 per
@@ -45,7 +54,7 @@
 //!   `headroom_interval` by the replenisher and by purchases in line for
 //!   quota (sooner once a refusal made the reading stale, and, for a
 //!   purchase in line, once a server was seen gone since the poll was
-//!   sent; never while the zone waits out a throttle, save a flavor's
+//!   sent; never while Nova waits out a throttle, save a flavor's
 //!   first poll for a purchase), not per boot, and cached, with
 //!   the ports the unsold pool instances will yet take for their sales
 //!   ([`ports_kept_for_sale`], counted by the caller): speculative refills
@@ -86,6 +95,7 @@
 
 use crate::allocator::deadline_after;
 use crate::cloud::{BootHeadroom, QuotaLeft, MAX_RETRY_AFTER, MIN_RETRY_PAUSE, PORTS};
+use crate::events::CloudService;
 use crate::model::InstanceState;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -177,12 +187,53 @@ impl GateSettings {
     }
 }
 
+/// The API services whose Retry-After pause holds the replenisher's
+/// boots: a refill boot's calls are Nova's (its quota poll, create,
+/// status reads and delete). Glance's and Neutron's name lookups in a
+/// create are cached for minutes, and a 429 to one is the create's
+/// (counted as compute's); the management network's lookup in a status
+/// read does without Neutron, which it asks again after its own pause.
+pub const REFILL_SERVICES: &[CloudService] = &[CloudService::Compute];
+
+/// A call the cloud throttled, as the gate judges it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThrottledCall {
+    /// The API service that answered: its pause holds every call to it
+    /// warmpool can hold back, in every AZ (one regional API).
+    pub service: CloudService,
+    /// A boot's own call (its quota poll, create or status read): a
+    /// compute 429 to one halves its AZ's window; a purchase's Cinder,
+    /// Neutron or attach call, or a pool's cloud check, does not.
+    pub boot: bool,
+}
+
+impl ThrottledCall {
+    /// A Nova call of a boot's.
+    pub const BOOT: Self = Self {
+        service: CloudService::Compute,
+        boot: true,
+    };
+
+    /// A call of `service` (unknown: taken for compute's, the side that
+    /// holds refills back) made for a boot (`boot`) or for something else.
+    pub fn new(service: Option<CloudService>, boot: bool) -> Self {
+        Self {
+            service: service.unwrap_or(CloudService::Compute),
+            boot,
+        }
+    }
+}
+
 /// Why new boots wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Hold {
-    /// The AZ saw a 429/413; new boots of the pool wait until `until`
-    /// (its own end of the AZ's pause).
-    Throttled { until: Instant },
+    /// `service` answered a 429/413 (any AZ's call: one regional API);
+    /// new boots of the pool wait until `until` (its own end of the
+    /// service's pause).
+    Throttled {
+        until: Instant,
+        service: CloudService,
+    },
     /// The cloud refused for quota, or its limits leave no headroom;
     /// speculative boots wait until `until`.
     Quota { until: Instant },
@@ -191,7 +242,7 @@ pub enum Hold {
 impl Hold {
     pub fn until(&self) -> Instant {
         match self {
-            Self::Throttled { until } | Self::Quota { until } => *until,
+            Self::Throttled { until, .. } | Self::Quota { until } => *until,
         }
     }
 }
@@ -260,7 +311,8 @@ pub struct GateStatus {
     /// Smoothed build time / baseline of recent builds.
     pub latency_ratio: Option<f64>,
     pub hold: Option<Hold>,
-    /// 429/413 responses seen.
+    /// 429/413 responses seen by calls made for the AZ's boots and
+    /// purchases, whatever service answered.
     pub throttled: u64,
     /// Window halvings.
     pub decreases: u64,
@@ -319,7 +371,9 @@ struct AzState {
     samples: VecDeque<f64>,
     /// Set while slow start is conservative (latency started to rise).
     css: Option<Css>,
-    pause: Option<Pause>,
+    /// When the episode of compute throttling of the AZ's boots that
+    /// halved the window ends: 429s until then halve it no more.
+    halved_until: Option<Instant>,
     last_decrease: Option<Instant>,
     /// When the boots in flight first fitted the window again after the last
     /// decrease: only boots started from then on show the smaller window's
@@ -329,22 +383,23 @@ struct AzState {
     decreases: u64,
 }
 
-/// An AZ's Retry-After pause of new boots.
+/// A service's Retry-After pause of new boots (in every AZ).
 #[derive(Clone, Debug)]
 struct Pause {
     /// When the longest Retry-After named in the episode ends.
     until: Instant,
     /// That Retry-After: what each pool's factor stretches.
     named: Duration,
-    /// Per flavor (one pool of the AZ each), the factor in `[1, 1 +
-    /// jitter]` its pause is stretched by, drawn when it first asks.
-    stretch: BTreeMap<String, f64>,
+    /// Per pool (AZ and flavor), the factor in `[1, 1 + jitter]` its
+    /// pause is stretched by, drawn when it first asks.
+    stretch: BTreeMap<(String, String), f64>,
 }
 
 impl Pause {
-    /// When the pause of `flavor`'s pool ends, if after `now`.
+    /// When the pause of the pool of `flavor` in `az` ends, if after `now`.
     fn end_for(
         &mut self,
+        az: &str,
         flavor: &str,
         jitter: f64,
         rng: &mut StdRng,
@@ -358,7 +413,7 @@ impl Pause {
         }
         let stretch = *self
             .stretch
-            .entry(flavor.to_string())
+            .entry((az.to_string(), flavor.to_string()))
             .or_insert_with(|| stretch(rng, jitter));
         Some(end(stretch)).filter(|end| *end > now)
     }
@@ -531,11 +586,15 @@ struct Css {
     round_min: f64,
 }
 
-/// The throttle gate of one manager: one state per AZ plus the quota state.
+/// The throttle gate of one manager: one state per AZ, the Retry-After
+/// pauses per API service, and the quota state.
 #[derive(Clone, Debug)]
 pub struct Gate {
     settings: GateSettings,
     azs: BTreeMap<String, AzState>,
+    /// Per API service, its Retry-After pause: the service is one API
+    /// for every AZ, so a 429 in one zone is every zone's to wait out.
+    pauses: BTreeMap<CloudService, Pause>,
     quota: QuotaState,
     rng: StdRng,
 }
@@ -554,6 +613,7 @@ impl Gate {
                 purchases_admitted: BTreeMap::new(),
             },
             azs: BTreeMap::new(),
+            pauses: BTreeMap::new(),
             settings,
         }
     }
@@ -584,7 +644,7 @@ impl Gate {
             delivered: VecDeque::new(),
             samples: VecDeque::new(),
             css: None,
-            pause: None,
+            halved_until: None,
             last_decrease: None,
             settled_at: None,
             throttled: 0,
@@ -604,13 +664,9 @@ impl Gate {
         if let Some(until) = self.quota.paused_until.filter(|u| *u > now) {
             return Some(Hold::Quota { until });
         }
-        let jitter = self.jitter();
         let throttled = self
-            .azs
-            .get_mut(az)
-            .and_then(|s| s.pause.as_mut())
-            .and_then(|pause| pause.end_for(flavor, jitter, &mut self.rng, now))
-            .map(|until| Hold::Throttled { until });
+            .paused_until(REFILL_SERVICES, az, flavor, now)
+            .map(|(until, service)| Hold::Throttled { until, service });
         if throttled.is_none() && refill_headroom == Some(0) {
             // Nothing to boot until the next poll can show freed quota. A
             // poll that is due holds nothing: only a pool that wants boots
@@ -648,7 +704,7 @@ impl Gate {
     }
 
     /// Whether a refill of `flavor` in `az` should poll the quota headroom
-    /// now: it is due ([`Self::headroom_due`]) and the zone is not waiting
+    /// now: it is due ([`Self::headroom_due`]) and Nova is not waiting
     /// out a throttle. A poll then would only add a call to the storm, and
     /// the refills it would be for are held until the pause is over.
     pub fn refill_poll_due(&mut self, az: &str, flavor: &str, now: Instant) -> bool {
@@ -660,7 +716,7 @@ impl Gate {
     /// ([`Self::headroom_due_at`]), or at once once a server was seen gone
     /// since the last poll was sent, whose answer may not show its room
     /// (the refills wait for their poll: none waits on them); never while
-    /// the zone waits out a throttle.
+    /// Nova's throttle pause holds the pool.
     pub fn purchase_poll_at(&mut self, az: &str, flavor: &str, now: Instant) -> Instant {
         let freed = self.quota.boots_started.freed;
         let due = match self.quota.headroom.get(flavor) {
@@ -671,17 +727,39 @@ impl Gate {
             .map_or(due, |until| due.max(until))
     }
 
-    /// When the throttle pause of `az` ends for pools of `flavor` (each
-    /// drawn its own stretch, as their admissions are), if it holds at `now`.
+    /// When the throttle pause that holds refills ([`REFILL_SERVICES`])
+    /// ends for the pool of `flavor` in `az` (each pool drawn its own
+    /// stretch, as their admissions are), if it holds at `now`.
     pub fn throttled_until(&mut self, az: &str, flavor: &str, now: Instant) -> Option<Instant> {
+        self.paused_until(REFILL_SERVICES, az, flavor, now)
+            .map(|(until, _)| until)
+    }
+
+    /// When the last of `services`' throttle pauses ends for the pool of
+    /// `flavor` in `az`, and whose it is, if one holds at `now`: what a
+    /// pool's calls to those services wait out.
+    pub fn paused_until(
+        &mut self,
+        services: &[CloudService],
+        az: &str,
+        flavor: &str,
+        now: Instant,
+    ) -> Option<(Instant, CloudService)> {
         if !self.settings.enabled {
             return None;
         }
         let jitter = self.jitter();
-        self.azs
-            .get_mut(az)
-            .and_then(|s| s.pause.as_mut())
-            .and_then(|pause| pause.end_for(flavor, jitter, &mut self.rng, now))
+        let mut last: Option<(Instant, CloudService)> = None;
+        for service in services {
+            let end = self
+                .pauses
+                .get_mut(service)
+                .and_then(|pause| pause.end_for(az, flavor, jitter, &mut self.rng, now));
+            if let Some(end) = end.filter(|end| last.is_none_or(|(l, _)| *end > l)) {
+                last = Some((end, *service));
+            }
+        }
+        last
     }
 
     /// When `flavor`'s quota headroom is next due to be polled (`now` if it
@@ -1095,21 +1173,27 @@ impl Gate {
         observe_build(state, &settings, ticket, peak, build, now);
     }
 
-    /// The cloud answered 429/413 to a call made for a boot or a purchase
-    /// in `az`.
-    /// New boots there wait out the Retry-After, each pool's stretched by
-    /// its own factor (drawn once per pause), so they do not come back
-    /// together.
-    pub fn throttled(&mut self, az: &str, retry_after: Option<Duration>, now: Instant) {
+    /// `call.service` answered 429/413 to a call made for a boot or a
+    /// purchase in `az`. The service is one API for every AZ: calls to it
+    /// that the gate holds (refills', [`REFILL_SERVICES`]) wait out the
+    /// Retry-After in every AZ, each pool's stretched by its own factor
+    /// (drawn once per pause), so they do not come back together. A
+    /// compute 429 to a boot's own call also halves `az`'s window, once
+    /// per throttling episode: builds contend for the AZ's hosts, and a
+    /// purchase's Cinder or Neutron 429 says nothing of them.
+    pub fn throttled(
+        &mut self,
+        az: &str,
+        call: ThrottledCall,
+        retry_after: Option<Duration>,
+        now: Instant,
+    ) {
         if !self.settings.enabled {
             return;
         }
         let named = self.named_pause(retry_after);
         let until = deadline_after(now, named);
-        let min_window = f64::from(self.settings.min_window.max(1));
-        let state = self.az(az);
-        state.throttled += 1;
-        match &mut state.pause {
+        match self.pauses.get_mut(&call.service) {
             // The same episode: a longer wait named extends it; the
             // factors drawn stay.
             Some(pause) if pause.until > now => {
@@ -1119,11 +1203,24 @@ impl Gate {
                 }
             }
             _ => {
-                state.pause = Some(Pause {
+                let pause = Pause {
                     until,
                     named,
                     stretch: BTreeMap::new(),
-                });
+                };
+                self.pauses.insert(call.service, pause);
+            }
+        }
+        let min_window = f64::from(self.settings.min_window.max(1));
+        let state = self.az(az);
+        state.throttled += 1;
+        if !(call.boot && call.service == CloudService::Compute) {
+            return;
+        }
+        match &mut state.halved_until {
+            Some(episode) if *episode > now => *episode = (*episode).max(until),
+            _ => {
+                state.halved_until = Some(until);
                 decrease(state, min_window, now);
             }
         }

@@ -693,6 +693,24 @@ tokio::task_local! {
     static CALL_SERVICE: Cell<Option<CloudService>>;
 }
 
+/// The service the cloud call of the [`Shared::retry`] attempt (or the
+/// [`noting_service`] call) running now went to, once it was made.
+pub(crate) fn noted_service() -> Option<CloudService> {
+    CALL_SERVICE.try_with(Cell::get).ok().flatten()
+}
+
+/// `call`'s outcome, and the service of the last cloud call it made (the
+/// one that failed, for a call stopped by its first error): for a caller
+/// outside [`Shared::retry`] that tells the gate of a 429.
+pub(crate) async fn noting_service<T>(call: impl Future<Output = T>) -> (T, Option<CloudService>) {
+    CALL_SERVICE
+        .scope(Cell::new(None), async move {
+            let outcome = call.await;
+            (outcome, noted_service())
+        })
+        .await
+}
+
 /// Wraps the manager's cloud to note which service each call goes to, for
 /// [`Shared::retry`]'s pause events. Transparent otherwise.
 struct ServiceNoting {

@@ -21,9 +21,9 @@ use crate::cloud::{
     VolumeStatus, META_INSTANCE, META_POOL,
 };
 use crate::error::{ManagerError, ManagerResult};
-use crate::events::{AllocationOutcome, BootOutcome, EventKind};
-use crate::gate::{self, BootSignal, BootTicket, Hold};
-use crate::manager::{BootedReady, Shared};
+use crate::events::{AllocationOutcome, BootOutcome, CloudService, EventKind};
+use crate::gate::{self, BootSignal, BootTicket, Hold, ThrottledCall};
+use crate::manager::{noting_service, BootedReady, Shared};
 use crate::model::{Instance, InstanceState, PoolKey, PoolRecord, PoolSpec};
 use crate::sizing::{self, Backoff, BootPlan, Inputs, PlanReason, SizingBook, SizingStatus};
 use rand::Rng;
@@ -468,7 +468,10 @@ impl Shared {
             }
             Err(e) => {
                 if let ManagerError::Cloud(CloudError::Throttled { retry_after, .. }) = &e {
-                    gate.throttled(&pool.availability_zone, *retry_after, now);
+                    // Nova's limits (Neutron's port quota failing is no
+                    // failed poll): the refills' own call.
+                    let az = &pool.availability_zone;
+                    gate.throttled(az, ThrottledCall::BOOT, *retry_after, now);
                 }
                 // Once per outage: a pool below its target polls every
                 // `headroom_interval`, 2,880 times a day at the default.
@@ -482,6 +485,14 @@ impl Shared {
         }
     }
 
+    /// The services a pool's cloud check ([`Self::recheck`]) calls: it waits
+    /// out their throttle pauses.
+    const RECHECK_SERVICES: &'static [CloudService] = &[
+        CloudService::Compute,
+        CloudService::Volume,
+        CloudService::Image,
+    ];
+
     /// Makes the pool's start-up cloud check again, for its mark
     /// ([`crate::events::HealthBook::note_recheck`]): the check a pool
     /// created through the API gets ([`crate::cloud::Cloud::recheck_boot_spec`]:
@@ -490,8 +501,8 @@ impl Shared {
     /// what a boot never touches (a purchase's volume zone) without booting
     /// anything. A check the cloud does not answer counts as failing: it is
     /// made again after the next pause; a 429 is the gate's (with the gate
-    /// on, the check is made again when the zone's throttle is over, and no
-    /// longer pause is counted).
+    /// on, the check is made again when the throttled service's pause is
+    /// over, and no longer pause is counted).
     async fn recheck(&self, pool: &PoolRecord) {
         let key = &pool.key;
         // The image the pool boots, as the start-up check of a stored pool
@@ -499,7 +510,7 @@ impl Shared {
         // pool's own image, perhaps long deleted, boots nothing then, and
         // its check would keep the mark until a restart).
         let image = self.cloud.boot_image(&pool.spec.image);
-        let result = self.cloud.recheck_boot_spec(key, &image).await;
+        let (result, service) = noting_service(self.cloud.recheck_boot_spec(key, &image)).await;
         let now = Instant::now();
         match &result {
             Ok(()) => {}
@@ -508,10 +519,12 @@ impl Shared {
             }
             Err(e @ CloudError::Throttled { retry_after, .. }) if self.settings.gate.enabled => {
                 // The gate's pause, not the pool's: the check is made again
-                // once the zone's throttle is over, and a 429 says nothing
-                // of what it looks at, so it earns no longer pause.
-                gate::lock(&self.gate).throttled(&key.availability_zone, *retry_after, now);
-                tracing::debug!(pool = %key, error = %e, "the pool's cloud check was throttled: it stays degraded, checked again once the zone's throttle is over");
+                // once the throttled service's pause is over, and a 429
+                // says nothing of what it looks at, so it earns no longer
+                // pause. No boot's call: the zone's window stays.
+                let call = ThrottledCall::new(service, false);
+                gate::lock(&self.gate).throttled(&key.availability_zone, call, *retry_after, now);
+                tracing::debug!(pool = %key, error = %e, "the pool's cloud check was throttled: it stays degraded, checked again once the service's throttle is over");
                 return;
             }
             Err(e) => {
@@ -582,11 +595,15 @@ impl Shared {
         let mut health = self.health_book().health(&pool.key);
         // A start-up check's mark is ended by the check passing again, made
         // here after each pause: no boot shows a Cinder zone mended. Not
-        // while the zone waits out a throttle (a Retry-After the cloud asked
-        // for, as the headroom poll does): made once it is over.
+        // while a service it calls waits out a throttle (a Retry-After the
+        // cloud asked for, as the headroom poll does): made once it is over.
         let throttled_until = health
             .check_pending()
-            .then(|| gate::lock(&self.gate).throttled_until(az, &pool.key.flavor, now))
+            .then(|| {
+                gate::lock(&self.gate)
+                    .paused_until(Self::RECHECK_SERVICES, az, &pool.key.flavor, now)
+                    .map(|(until, _)| until)
+            })
             .flatten();
         if health.recheck_due(base, BOOT_BACKOFF_MAX, now) && throttled_until.is_none() {
             self.recheck(pool).await;
@@ -637,7 +654,7 @@ impl Shared {
         // room): poll it then (at most every headroom_interval per flavor,
         // sooner only after a quota refusal; servers freed do not make it
         // due, as a purchase in line re-reads for those), not at rest, and
-        // not while the zone waits out a throttle (its boots are held
+        // not while Nova waits out a throttle (its boots are held
         // anyway), nor while the pool's boots wait for its start-up check
         // (none is made before the check passes: the poll would be every
         // headroom_interval for nothing).
@@ -1244,9 +1261,12 @@ impl Shared {
         }
     }
 
-    /// Awaits a cloud call made for a boot in `az`, telling the gate when
-    /// the cloud throttled it (a 429, a 413 that is no quota, a 503 with a
-    /// Retry-After).
+    /// Awaits a Nova call made for a boot in `az` (its create or a status
+    /// read), telling the gate when the cloud throttled it (a 429, a 413
+    /// that is no quota, a 503 with a Retry-After): a compute 429 to a
+    /// boot, which pauses Nova's refills everywhere and halves the zone's
+    /// window. A Glance or Neutron lookup in a create is counted so too
+    /// (the wrapper knows the method's service alone).
     async fn watch_throttle<T>(
         &self,
         az: &str,
@@ -1254,7 +1274,8 @@ impl Shared {
     ) -> CloudResult<T> {
         let result = call.await;
         if let Err(CloudError::Throttled { retry_after, .. }) = &result {
-            gate::lock(&self.gate).throttled(az, *retry_after, Instant::now());
+            let now = Instant::now();
+            gate::lock(&self.gate).throttled(az, ThrottledCall::BOOT, *retry_after, now);
         }
         result
     }

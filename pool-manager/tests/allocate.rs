@@ -3380,13 +3380,67 @@ async fn a_purchases_429_pauses_new_boots_in_its_zone() {
     let gate = manager.get_pool(&pool()).await.unwrap().sizing.gate;
     assert_eq!(gate.throttled, 1, "{gate:?}");
     assert!(
-        matches!(gate.hold, Some(Hold::Throttled { until }) if until >= tokio::time::Instant::now() + Duration::from_secs(40)),
+        matches!(gate.hold, Some(Hold::Throttled { until, .. }) if until >= tokio::time::Instant::now() + Duration::from_secs(40)),
         "{gate:?}"
     );
     let allocation = purchase.await.unwrap().unwrap();
     assert_eq!(allocation.state, AllocationState::Allocated);
     assert!(allocation.warm_hit);
     assert_eq!(sim.call_counts().get("attach_volume"), Some(&1));
+    assert_consistent(&sim, &manager).await;
+}
+
+/// A purchase's Cinder 429 is Cinder's pause: refills call Nova alone,
+/// so they go on booting meanwhile, and the zone's boot window (its
+/// compute hosts) stays. It paused the zone's Nova refills for the
+/// Retry-After and halved the window, though Nova was never throttled.
+/// The purchase still waits out its own Retry-After.
+#[tokio::test(start_paused = true)]
+async fn a_cinder_429_on_a_purchase_neither_pauses_refills_nova_boots_nor_halves_the_window() {
+    let sim = sim();
+    let first = AtomicBool::new(true);
+    let cloud = GatedCloud::with_fault(&sim, move |method| {
+        (method == "create_volume" && first.swap(false, Ordering::SeqCst)).then(|| {
+            pool_manager::cloud::CloudError::Throttled {
+                retry_after: Some(Duration::from_secs(120)),
+                message: "create_volume: slow down".into(),
+                unavailable: false,
+            }
+        })
+    });
+    let manager = started_over(&cloud, temp_store(), 1).await;
+    let before = manager.get_pool(&pool()).await.unwrap().sizing.gate;
+    let creates = || sim.call_counts().get("create_server").copied().unwrap_or(0);
+    let created_before = creates();
+    let mut order = request("order-cinder-429", new_volume(), EmptyPoolPolicy::Wait);
+    order.timeout = Some(Duration::from_secs(600));
+    let buyer = manager.clone();
+    let started = tokio::time::Instant::now();
+    let purchase = tokio::spawn(async move { buyer.allocate(order).await });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let gate = manager.get_pool(&pool()).await.unwrap().sizing.gate;
+    assert_eq!(gate.throttled, 1, "counted in the zone: {gate:?}");
+    assert_eq!(gate.hold, None, "Nova's refills wait for Cinder: {gate:?}");
+    assert_eq!(
+        (gate.window, gate.decreases),
+        (before.window, before.decreases),
+        "{gate:?}"
+    );
+    // The pool wants one more (the purchase makes its volume before it
+    // takes an instance): its refill boots during Cinder's pause.
+    manager
+        .update_pool(&pool(), |s| s.min_ready = 2)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        creates() > created_before,
+        "a refill boots during Cinder's pause"
+    );
+    let allocation = purchase.await.unwrap().unwrap();
+    assert_eq!(allocation.state, AllocationState::Allocated);
+    assert!(allocation.warm_hit);
+    assert!(started.elapsed() >= Duration::from_secs(120));
     assert_consistent(&sim, &manager).await;
 }
 

@@ -6,11 +6,12 @@ mod common;
 
 use common::*;
 use pool_manager::cloud::{BootHeadroom, CloudError, QuotaLeft, MAX_RETRY_AFTER};
+use pool_manager::events::CloudService;
 use pool_manager::gate::{
     ports_kept_for_sale, Admission, BootSignal, Gate, GateSettings, HeadroomStatus, Hold,
-    TicketInfo, DEFAULT_HEADROOM_INTERVAL,
+    ThrottledCall, TicketInfo, DEFAULT_HEADROOM_INTERVAL,
 };
-use pool_manager::model::{EmptyPoolPolicy, InstanceState, Target};
+use pool_manager::model::{EmptyPoolPolicy, InstanceState, PoolKey, Target};
 use pool_manager::sizing::{
     auto_target, decide, surplus_kept, wanted, z_for, Backoff, Demand, DemandEstimate, Inputs,
     LeadEstimate, LeadSource, LeadTimes, LearnedLead, LearnedSizing, SizingBook, SizingSettings,
@@ -214,6 +215,7 @@ fn decider_golden() {
                     room: 8,
                     hold: Some(Hold::Throttled {
                         until: now + secs(30),
+                        service: CloudService::Compute,
                     }),
                     headroom: None,
                 },
@@ -382,6 +384,7 @@ fn decider_golden() {
                     room: 8,
                     hold: Some(Hold::Throttled {
                         until: now + secs(30),
+                        service: CloudService::Compute,
                     }),
                     headroom: None,
                 },
@@ -917,9 +920,9 @@ fn retry_after_pauses_new_boots_in_that_az_with_jitter() {
         }
     );
 
-    g.throttled("az1", Some(secs(10)), t0);
+    g.throttled("az1", ThrottledCall::BOOT, Some(secs(10)), t0);
     let a = g.admission("az1", "db.small", t0 + secs(1));
-    let Some(Hold::Throttled { until }) = a.hold else {
+    let Some(Hold::Throttled { until, .. }) = a.hold else {
         panic!("not paused: {a:?}")
     };
     assert!(
@@ -927,14 +930,14 @@ fn retry_after_pauses_new_boots_in_that_az_with_jitter() {
         "jitter within 20 %"
     );
     assert_eq!(a.room, 4, "the window halves");
-    assert_eq!(
-        g.admission("az2", "db.small", t0).hold,
-        None,
-        "other AZs are not paused"
-    );
+    // Nova is one API for every zone: the other zones' refills wait too,
+    // but their windows (their hosts) stay.
+    let az2 = g.admission("az2", "db.small", t0 + secs(1));
+    assert!(matches!(az2.hold, Some(Hold::Throttled { .. })), "{az2:?}");
+    assert_eq!(az2.room, 8, "{az2:?}");
 
     // More 429s in the same episode extend the pause but halve only once.
-    g.throttled("az1", Some(secs(20)), t0 + secs(2));
+    g.throttled("az1", ThrottledCall::BOOT, Some(secs(20)), t0 + secs(2));
     let a = g.admission("az1", "db.small", t0 + secs(3));
     assert!(a.hold.unwrap().until() >= t0 + secs(22));
     assert_eq!(a.room, 4);
@@ -942,7 +945,7 @@ fn retry_after_pauses_new_boots_in_that_az_with_jitter() {
     // After the pause new boots may start again.
     assert_eq!(g.admission("az1", "db.small", t0 + secs(30)).hold, None);
     // No Retry-After header: the default pause.
-    g.throttled("az1", None, t0 + secs(30));
+    g.throttled("az1", ThrottledCall::BOOT, None, t0 + secs(30));
     let until = g
         .admission("az1", "db.small", t0 + secs(30))
         .hold
@@ -957,7 +960,7 @@ fn retry_after_pauses_new_boots_in_that_az_with_jitter() {
             seed,
             ..GateSettings::default()
         });
-        g.throttled("az1", Some(secs(10)), t0);
+        g.throttled("az1", ThrottledCall::BOOT, Some(secs(10)), t0);
         g.admission("az1", "db.small", t0).hold.unwrap().until()
     };
     assert_eq!(pause(1), pause(1));
@@ -965,7 +968,7 @@ fn retry_after_pauses_new_boots_in_that_az_with_jitter() {
     // A disabled gate holds nothing back, and shows no window: nothing
     // limits boots to one.
     let mut off = gate(GateSettings::disabled());
-    off.throttled("az1", Some(secs(10)), t0);
+    off.throttled("az1", ThrottledCall::BOOT, Some(secs(10)), t0);
     assert_eq!(off.admission("az1", "db.small", t0), Admission::OPEN);
     let status = off.status("az1", "db.small", t0);
     assert_eq!((status.enabled, status.window), (false, None), "{status:?}");
@@ -981,10 +984,10 @@ fn pools_of_a_throttled_az_come_back_at_different_times() {
         retry_after_jitter: 0.2,
         ..GateSettings::default()
     });
-    g.throttled("az1", Some(secs(10)), t0);
+    g.throttled("az1", ThrottledCall::BOOT, Some(secs(10)), t0);
     let end = |g: &mut Gate, flavor: &str, at: Instant| {
         let hold = g.admission("az1", flavor, at).hold;
-        let Some(Hold::Throttled { until }) = hold else {
+        let Some(Hold::Throttled { until, .. }) = hold else {
             panic!("{flavor} not paused: {hold:?}")
         };
         until
@@ -1003,7 +1006,10 @@ fn pools_of_a_throttled_az_come_back_at_different_times() {
     assert_eq!(end(&mut g, "db.small", t0 + secs(2)), small);
     assert_eq!(
         g.status("az1", "db.medium", t0 + secs(2)).hold,
-        Some(Hold::Throttled { until: medium })
+        Some(Hold::Throttled {
+            until: medium,
+            service: CloudService::Compute
+        })
     );
     // Each pool's pause ends at its own end, not before.
     let (first, last) = (small.min(medium), small.max(medium));
@@ -1022,6 +1028,56 @@ fn pools_of_a_throttled_az_come_back_at_different_times() {
     assert_eq!(g.admission("az1", flavor_last, last).hold, None);
 }
 
+/// A Retry-After pause is its API service's, in every zone (one regional
+/// API): Nova's holds every zone's refills, Cinder's none (refills call
+/// Nova alone). Only a compute 429 to a boot halves a window, and only
+/// its own zone's: the window stands for the zone's compute hosts. The
+/// pause was the zone's, whatever service answered, and halved its window.
+#[test]
+fn a_throttle_pauses_its_service_in_every_zone_and_halves_only_the_booting_zones_window() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings::default());
+    let cinder = ThrottledCall {
+        service: CloudService::Volume,
+        boot: false,
+    };
+    g.throttled("az1", cinder, Some(secs(60)), t0);
+    let a = g.admission("az1", "db.small", t0 + secs(1));
+    assert_eq!((a.hold, a.room), (None, 8), "{a:?}");
+    let s = g.status("az1", "db.small", t0 + secs(1));
+    assert_eq!((s.throttled, s.decreases), (1, 0), "{s:?}");
+
+    // Nova answers a purchase's attach 429 in az1: every zone's refills
+    // wait, no window halves.
+    let attach = ThrottledCall::new(Some(CloudService::Compute), false);
+    g.throttled("az1", attach, Some(secs(60)), t0 + secs(2));
+    for az in ["az1", "az2"] {
+        let a = g.admission(az, "db.small", t0 + secs(3));
+        assert!(
+            matches!(
+                a.hold,
+                Some(Hold::Throttled {
+                    service: CloudService::Compute,
+                    ..
+                })
+            ),
+            "{az}: {a:?}"
+        );
+        assert_eq!(a.room, 8, "{az}: {a:?}");
+    }
+
+    // A boot's Nova 429 in az2 halves az2's window alone.
+    g.throttled("az2", ThrottledCall::BOOT, Some(secs(60)), t0 + secs(3));
+    assert_eq!(g.admission("az1", "db.small", t0 + secs(4)).room, 8);
+    assert_eq!(g.admission("az2", "db.small", t0 + secs(4)).room, 4);
+    // An unknown service is taken for Nova's.
+    assert_eq!(
+        ThrottledCall::new(None, true),
+        ThrottledCall::BOOT,
+        "unknown: compute's"
+    );
+}
+
 #[test]
 fn an_absurd_retry_after_pauses_for_at_most_the_cap() {
     let t0 = Instant::now();
@@ -1034,7 +1090,7 @@ fn an_absurd_retry_after_pauses_for_at_most_the_cap() {
     // 4e9 s (136 years) would stop the zone's boots until a restart.
     for sent in [Some(Duration::MAX), Some(secs(4_000_000_000)), None] {
         assert!(g.retry_pause(sent) <= MAX_RETRY_AFTER, "{sent:?}");
-        g.throttled("az1", sent, t0);
+        g.throttled("az1", ThrottledCall::BOOT, sent, t0);
         let until = g.admission("az1", "db.small", t0).hold.unwrap().until();
         assert!(until <= t0 + MAX_RETRY_AFTER, "{sent:?}");
     }
@@ -1110,7 +1166,7 @@ fn simultaneous_429s_with_retry_after_zero_halve_the_window_once() {
     let mut g = gate(GateSettings::default());
     let before = g.status("az1", "db.small", t0).window.unwrap();
     for _ in 0..8 {
-        g.throttled("az1", Some(Duration::ZERO), t0);
+        g.throttled("az1", ThrottledCall::BOOT, Some(Duration::ZERO), t0);
     }
     let s = g.status("az1", "db.small", t0);
     assert_eq!((s.window.unwrap(), s.decreases), (before / 2.0, 1), "{s:?}");
@@ -2273,6 +2329,65 @@ async fn retry_after_holds_new_boots() {
     );
     wait_ready(&manager, 4).await;
     assert!(started.elapsed() >= Duration::from_secs(120));
+}
+
+/// Nova is one API for every zone: its 429 to a boot in az1 holds the
+/// refills of az2 too (each would only collect its own 429), while the
+/// window, which stands for the zone's hosts, halves in az1 alone. The
+/// pause was az1's: az2 kept booting against the Nova that had just
+/// answered 429.
+#[tokio::test(start_paused = true)]
+async fn a_nova_429_in_one_zone_holds_boots_in_the_other_zones_too() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sim = sim();
+    let armed = Arc::new(AtomicBool::new(true));
+    let fault = armed.clone();
+    let cloud = GatedCloud::with_fault(&sim, move |method| {
+        (method == "create_server" && fault.swap(false, Ordering::SeqCst)).then(|| {
+            CloudError::Throttled {
+                retry_after: Some(secs(120)),
+                message: "Rate limit exceeded".into(),
+                unavailable: false,
+            }
+        })
+    });
+    let manager = manager_over(&cloud, temp_store());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(2)).await.unwrap();
+    tokio::time::sleep(secs(5)).await;
+    assert!(!armed.load(Ordering::SeqCst), "a boot in az1 met the 429");
+    let az2 = PoolKey::new("db.small", "az2");
+    manager.create_pool(az2.clone(), spec(2)).await.unwrap();
+    tokio::time::sleep(secs(30)).await;
+    let status = manager.get_pool(&az2).await.unwrap();
+    let gate = &status.sizing.gate;
+    assert!(
+        matches!(
+            gate.hold,
+            Some(Hold::Throttled {
+                service: CloudService::Compute,
+                ..
+            })
+        ),
+        "az2 keeps booting against the Nova that just answered 429: {gate:?}"
+    );
+    let booting = status.count(InstanceState::Booting) + status.count(InstanceState::Warming);
+    assert_eq!(booting, 0, "az2 boots nothing while Nova's pause lasts");
+    assert_eq!(
+        gate.decreases, 0,
+        "az2's hosts were not throttled: {gate:?}"
+    );
+    let az1 = manager.get_pool(&pool()).await.unwrap().sizing.gate;
+    assert_eq!(az1.decreases, 1, "{az1:?}");
+    // Once the pause is over, az2 fills.
+    for _ in 0..600 {
+        let ready = manager.get_pool(&az2).await.unwrap();
+        if ready.count(InstanceState::Ready) >= 2 {
+            return;
+        }
+        tokio::time::sleep(secs(1)).await;
+    }
+    panic!("az2 never filled after the pause");
 }
 
 #[tokio::test(start_paused = true)]
@@ -3516,7 +3631,7 @@ async fn a_burst_into_an_empty_pool_counts_when_it_finds_it_empty() {
 /// A server seen gone makes a purchase in line poll the limits again, not
 /// the refills (which wait for their poll); a poll sent before it was
 /// freed, answered after, does not count as showing it; and no re-read is
-/// due while the zone waits out a throttle.
+/// due while Nova waits out a throttle, in any zone.
 #[test]
 fn a_freed_server_is_polled_for_by_purchases_in_line_alone() {
     let t0 = Instant::now();
@@ -3546,14 +3661,19 @@ fn a_freed_server_is_polled_for_by_purchases_in_line_alone() {
 
     // Throttled: neither polls before the pause is over.
     g.server_freed();
-    g.throttled("az1", Some(secs(120)), t0 + secs(4));
+    g.throttled("az1", ThrottledCall::BOOT, Some(secs(120)), t0 + secs(4));
     assert_eq!(
         g.purchase_poll_at("az1", "db.small", t0 + secs(4)),
         t0 + secs(124)
     );
     assert!(!g.refill_poll_due("az1", "db.small", t0 + secs(100)));
     assert!(g.refill_poll_due("az1", "db.small", t0 + secs(124)));
-    assert!(g.refill_poll_due("az2", "db.small", t0 + secs(100)));
+    // Nova's pause is every zone's: the poll is Nova's too.
+    assert!(!g.refill_poll_due("az2", "db.small", t0 + secs(100)));
+    // Cinder's is none of the poll's.
+    let cinder = ThrottledCall::new(Some(CloudService::Volume), false);
+    g.throttled("az1", cinder, Some(secs(120)), t0 + secs(130));
+    assert!(g.refill_poll_due("az1", "db.small", t0 + secs(131)));
 }
 
 /// A purchase that found room takes it under the gate's lock: the next

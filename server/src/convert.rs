@@ -517,11 +517,13 @@ fn finite(x: f64) -> f64 {
 /// The throttle gate. Its holds are tokio instants; the wire gets the time
 /// left and the wall-clock time it ends.
 fn gate(g: &GateStatus) -> api::ThrottleGate {
-    let (state, until) = match (g.enabled, g.hold) {
-        (false, _) => (api::ThrottleState::Disabled, None),
-        (true, None) => (api::ThrottleState::Open, None),
-        (true, Some(Hold::Throttled { until })) => (api::ThrottleState::Throttled, Some(until)),
-        (true, Some(Hold::Quota { until })) => (api::ThrottleState::QuotaPaused, Some(until)),
+    let (state, until, service) = match (g.enabled, g.hold) {
+        (false, _) => (api::ThrottleState::Disabled, None, None),
+        (true, None) => (api::ThrottleState::Open, None, None),
+        (true, Some(Hold::Throttled { until, service })) => {
+            (api::ThrottleState::Throttled, Some(until), Some(service))
+        }
+        (true, Some(Hold::Quota { until })) => (api::ThrottleState::QuotaPaused, Some(until), None),
     };
     let remaining = until.map(|u| u.saturating_duration_since(tokio::time::Instant::now()));
     api::ThrottleGate {
@@ -536,6 +538,7 @@ fn gate(g: &GateStatus) -> api::ThrottleGate {
         throttled_responses: g.throttled,
         window_decreases: g.decreases,
         quota_refusals: g.quota_refusals,
+        throttled_service: service.map_or_else(String::new, |s| s.as_str().to_owned()),
     }
 }
 

@@ -14,7 +14,7 @@ use pool_manager::cloud::{
     ServerStatus, VolumeOwner, VolumeStatus, MAX_RETRY_AFTER, META_INSTANCE, META_POOL,
     META_TENANT,
 };
-use pool_manager::gate::{Gate, GateSettings};
+use pool_manager::gate::{Gate, GateSettings, ThrottledCall};
 use pool_manager::model::PoolKey;
 use pool_manager::openstack::OpenStackCloud;
 use pool_manager::probe::{MysqlGreetingProbe, Probe};
@@ -1559,7 +1559,7 @@ async fn an_absurd_retry_after_is_a_throttle_and_panics_nothing() {
         let longest = MAX_RETRY_AFTER * 2;
         assert!(gate.retry_pause(retry_after) <= longest);
         let now = tokio::time::Instant::now();
-        gate.throttled("az1", retry_after, now);
+        gate.throttled("az1", ThrottledCall::BOOT, retry_after, now);
         let until = gate
             .admission("az1", "db.small", now)
             .hold
