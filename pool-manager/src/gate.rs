@@ -85,10 +85,18 @@
 //!   is due: a pool that wants boots then polls again before it boots,
 //!   and a pool at its target, which does not poll, is not shown held by
 //!   an answer gone stale). When the limits call
-//!   fails, nothing is capped and the refusal-driven pause below still
-//!   applies: a `QuotaExceeded` stops speculative refills in every AZ for a
+//!   fails, nothing is capped and the refusal-driven pause below paces
+//!   refills: a `QuotaExceeded` stops speculative refills in every AZ for a
 //!   backoff that doubles while the cloud keeps refusing and resets after a
-//!   boot succeeds.
+//!   boot succeeds. The pause is for headroom that cannot be
+//!   read: a flavor whose poll, sent after the last refusal, read its
+//!   limits is held by that poll's cap instead (room, or none until its
+//!   next poll), not by the pause. Unless a boot started during the pause
+//!   was refused while it lasted: the polls then do not see what refuses
+//!   (the port quota when Neutron will not tell it, another user of the
+//!   project taking the room first), and would lift the pause at every
+//!   refusal, so the pause holds whatever they show until a boot
+//!   succeeds.
 //!
 //! [`Gate`] is pure and synchronous (instants are passed in); the replenisher
 //! holds it behind a mutex and reports to it through `BootTicket`s.
@@ -443,8 +451,17 @@ fn stretch(rng: &mut StdRng, jitter: f64) -> f64 {
 #[derive(Clone, Debug)]
 struct QuotaState {
     paused_until: Option<Instant>,
+    /// `boots_started.total` when the pause began: a refused boot whose
+    /// ticket id is higher started during it.
+    paused_at_boot: u64,
+    /// A boot started during the pause (on a poll that lifted it, or a
+    /// purchase) was refused while it lasted: the polls do not see what
+    /// the cloud refuses (a quota they do not read, as the port quota
+    /// when Neutron will not tell it, or another user of the project
+    /// taking the room first), so they lift no pause until a boot
+    /// succeeds.
+    polls_blind: bool,
     backoff: Duration,
-    refusals: u64,
     /// Per flavor: the last poll of the cloud's limits.
     headroom: BTreeMap<String, HeadroomEntry>,
     /// Boots started, ever (every AZ and pool, purchases included), and
@@ -550,6 +567,10 @@ pub struct BootCount {
     /// Servers of the project seen gone ([`Gate::server_freed`]): a poll
     /// sent at n may not show the room of those after the first n.
     freed: u64,
+    /// Quota refusals seen ([`Gate::quota_exceeded`]): a poll sent at n
+    /// was sent after the first n, and one sent after the last lifts the
+    /// refusal pause for its flavor.
+    refusals: u64,
 }
 
 /// A boot whose create the cloud has not answered yet.
@@ -605,8 +626,9 @@ impl Gate {
             rng: StdRng::seed_from_u64(settings.seed),
             quota: QuotaState {
                 paused_until: None,
+                paused_at_boot: 0,
+                polls_blind: false,
                 backoff: settings.quota_backoff,
-                refusals: 0,
                 headroom: BTreeMap::new(),
                 boots_started: BootCount::default(),
                 purchases_waiting: BTreeMap::new(),
@@ -662,7 +684,9 @@ impl Gate {
         now: Instant,
     ) -> Option<Hold> {
         if let Some(until) = self.quota.paused_until.filter(|u| *u > now) {
-            return Some(Hold::Quota { until });
+            if !self.quota_read_since_refusal(flavor) {
+                return Some(Hold::Quota { until });
+            }
         }
         let throttled = self
             .paused_until(REFILL_SERVICES, az, flavor, now)
@@ -678,6 +702,21 @@ impl Gate {
             }
         }
         throttled
+    }
+
+    /// Whether a poll of `flavor`'s limits sent after the last quota
+    /// refusal read them: the refusal pause is for a quota whose headroom
+    /// cannot be read, so the cap that poll read holds the flavor's
+    /// refills instead (none left: until the next poll). Not a poll that
+    /// failed since, nor one that found the quota unlimited, nor while
+    /// the polls are blind to what the cloud refuses.
+    fn quota_read_since_refusal(&self, flavor: &str) -> bool {
+        let q = &self.quota;
+        !q.polls_blind
+            && q.headroom.get(flavor).is_some_and(|e| {
+                matches!(e.servers, Some(Some(_)))
+                    && e.boots_at_poll.refusals >= q.boots_started.refusals
+            })
     }
 
     /// What the AZ allows now for speculative boots of `flavor`.
@@ -1166,6 +1205,7 @@ impl Gate {
         };
         // A boot got through: quota is not refusing (any more).
         self.quota.backoff = settings.quota_backoff;
+        self.quota.polls_blind = false;
         if !settings.enabled {
             return;
         }
@@ -1238,26 +1278,37 @@ impl Gate {
         self.quota.boots_started.freed += 1;
     }
 
-    /// The cloud refused a boot for quota.
-    pub fn quota_exceeded(&mut self, now: Instant) {
+    /// The cloud refused `boot` for quota.
+    pub fn quota_exceeded(&mut self, boot: &TicketInfo, now: Instant) {
         if !self.settings.enabled {
             return;
         }
+        let max = self
+            .settings
+            .quota_backoff_max
+            .max(self.settings.quota_backoff);
         let q = &mut self.quota;
-        q.refusals += 1;
+        q.boots_started.refusals += 1;
         // The cached headroom was wrong (someone else used quota): poll again.
         for entry in q.headroom.values_mut() {
             entry.stale = true;
         }
-        // Boots refused together (started before the pause) are one
-        // episode: the pause begins and its backoff doubles once.
-        if q.paused_until.is_none_or(|u| u <= now) {
-            q.paused_until = Some(deadline_after(now, q.backoff));
-            q.backoff = q.backoff.saturating_mul(2).min(
-                self.settings
-                    .quota_backoff_max
-                    .max(self.settings.quota_backoff),
-            );
+        match q.paused_until {
+            // Boots refused together (started before the pause) are one
+            // episode: the pause begins and its backoff doubles once. One
+            // started during it was let through by a poll that lifted it
+            // (or is a purchase): the polls do not see this refusal's
+            // quota, and would lift the pause again at every refusal.
+            Some(until) if until > now => {
+                if boot.id > q.paused_at_boot {
+                    q.polls_blind = true;
+                }
+            }
+            _ => {
+                q.paused_until = Some(deadline_after(now, q.backoff));
+                q.paused_at_boot = q.boots_started.total;
+                q.backoff = q.backoff.saturating_mul(2).min(max);
+            }
         }
     }
 
@@ -1270,7 +1321,7 @@ impl Gate {
         } else {
             None
         };
-        let refusals = self.quota.refusals;
+        let refusals = self.quota.boots_started.refusals;
         let state = self.az(az);
         GateStatus {
             enabled,
@@ -1492,6 +1543,11 @@ impl BootTicket {
             gate: gate.clone(),
             info: Some(info),
         }
+    }
+
+    /// The boot as the gate knows it; `None` once finished.
+    pub fn info(&self) -> Option<&TicketInfo> {
+        self.info.as_ref()
     }
 
     /// The boot's instance is recorded (a replenisher's boot: its ticket

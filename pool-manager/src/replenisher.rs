@@ -1130,6 +1130,9 @@ impl Shared {
     ) -> Result<Instance, BootError> {
         let started = Instant::now();
         let mut watch = (timed == Timed::FromNow).then(|| LeadWatch::start(self, &instance));
+        // The boot as the gate knows it, for a quota refusal's report once
+        // its ticket is finished.
+        let boot = ticket.info().cloned();
         let mut ticket = Some(ticket);
         let mut result = self.boot_to_ready(&instance, &mut ticket, timed).await;
         // A server deleted under the boot because its record was taken (a
@@ -1140,8 +1143,9 @@ impl Shared {
             result = Err(BootError::Superseded);
         }
         let lead_time = started.elapsed();
-        if matches!(result, Err(BootError::Cloud(CloudError::QuotaExceeded(_)))) {
-            gate::lock(&self.gate).quota_exceeded(Instant::now());
+        if let (Err(BootError::Cloud(CloudError::QuotaExceeded(_))), Some(boot)) = (&result, &boot)
+        {
+            gate::lock(&self.gate).quota_exceeded(boot, Instant::now());
         }
         if let Some(watch) = &mut watch {
             watch.finish(result.is_ok().then_some(lead_time));

@@ -610,13 +610,70 @@ async fn a_429_on_a_cold_boots_read_of_the_limits_pauses_the_zone() {
 /// servers go ERROR with TooManyInstances' fault. That is a quota refusal
 /// as a refused create is: the gate holds refills for quota (not the pool's
 /// failed-boot backoff), the servers are deleted, and the pool fills once
-/// the pause is over.
+/// the pause is over. The limits cannot be read here: the refusal pause
+/// is what paces refills then (cloudsim's limits would show room, and a
+/// poll after the refusals lifts the pause: see the next test).
 #[tokio::test(start_paused = true)]
 async fn servers_nova_errors_for_quota_on_recheck_pause_refills_as_a_refused_create() {
+    let sim = sim();
+    let manager = PoolManager::new(
+        temp_store(),
+        no_limits(&sim),
+        Arc::new(sim.probe()),
+        settings(),
+    );
+    let mut events = manager.events();
+    manager.start().await.unwrap();
+    three_boots_error_for_quota(&sim, &manager, &mut events).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    let Some(Hold::Quota { until }) = status.sizing.gate.hold else {
+        panic!("the gate holds refills for quota: {:?}", status.sizing.gate);
+    };
+
+    // Nothing is sent before the gate's pause is over (the failed-boot
+    // backoff would have booted again after replenish_interval).
+    sim.reset_call_counts();
+    tokio::time::sleep_until(until - Duration::from_secs(1)).await;
+    assert_eq!(sim.call_counts().get("create_server"), None);
+    wait_ready(&manager, 3).await;
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
+
+/// As above, with limits that can be read: a poll sent after the refusals
+/// shows room, and its cap, not the refusal pause, holds the refills, so
+/// the refills boot before the pause would have ended. They used to wait
+/// out the whole pause (up to `quota_backoff_max`, 15 min) with the room
+/// shown.
+#[tokio::test(start_paused = true)]
+async fn a_poll_showing_room_after_quota_refusals_lets_refills_boot_before_the_pause_ends() {
     let sim = sim();
     let manager = manager_on(&sim, temp_store());
     let mut events = manager.events();
     manager.start().await.unwrap();
+    three_boots_error_for_quota(&sim, &manager, &mut events).await;
+    sim.reset_call_counts();
+    let pause = settings().gate.quota_backoff;
+    tokio::time::sleep(pause - Duration::from_secs(5)).await;
+    assert_eq!(
+        sim.call_counts().get("create_server"),
+        Some(&3),
+        "refills boot before the refusal pause ends"
+    );
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.sizing.gate.hold, None, "{:?}", status.sizing.gate);
+    wait_ready(&manager, 3).await;
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
+
+/// Creates a pool of 3 whose first three boots go ERROR on Nova's quota
+/// recheck, and waits for them to end, refused for quota.
+async fn three_boots_error_for_quota(
+    sim: &Arc<SimCloud>,
+    manager: &PoolManager,
+    events: &mut broadcast::Receiver<Event>,
+) {
     sim.faults().error_next_boots(
         3,
         "Quota exceeded for instances: Requested 1, but already used 10 of 10 instances",
@@ -635,9 +692,6 @@ async fn servers_nova_errors_for_quota_on_recheck_pause_refills_as_a_refused_cre
     }
     assert_eq!(outcomes, [BootOutcome::Quota; 3]);
     let status = manager.get_pool(&pool()).await.unwrap();
-    let Some(Hold::Quota { until }) = status.sizing.gate.hold else {
-        panic!("the gate holds refills for quota: {:?}", status.sizing.gate);
-    };
     assert!(
         status.sizing.gate.quota_refusals >= 1,
         "{:?}",
@@ -651,15 +705,6 @@ async fn servers_nova_errors_for_quota_on_recheck_pause_refills_as_a_refused_cre
             assert_eq!(cause, DegradedCause::Boots(BootOutcome::Quota));
         }
     }
-
-    // Nothing is sent before the gate's pause is over (the failed-boot
-    // backoff would have booted again after replenish_interval).
-    sim.reset_call_counts();
-    tokio::time::sleep_until(until - Duration::from_secs(1)).await;
-    assert_eq!(sim.call_counts().get("create_server"), None);
-    wait_ready(&manager, 3).await;
-    assert_consistent(&sim, &manager).await;
-    manager.shutdown().await.unwrap();
 }
 
 /// Boots the cloud refuses to create (here every create, as for an image
@@ -1486,5 +1531,34 @@ async fn a_read_of_unlimited_limits_is_told_from_none_yet() {
     assert!(read_at >= released, "{quota:?}");
     assert!(read_at <= tokio::time::Instant::now(), "{quota:?}");
     assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
+
+/// The cloud refuses every create for a quota its limits do not show (the
+/// port quota when Neutron will not tell it, say): a poll after each
+/// refusal shows room. Once boots that such a poll let through are
+/// refused too, no poll lifts the refusal pause: refills come back once
+/// per pause, as they did before polls could lift it, not at every poll.
+#[tokio::test(start_paused = true)]
+async fn refusals_a_poll_cannot_see_keep_refills_to_one_try_per_quota_pause() {
+    let sim = sim();
+    let (cloud, _refusing) = GatedCloud::refusing(
+        &sim,
+        "create_server",
+        CloudError::QuotaExceeded("Maximum number of ports exceeded".into()),
+        true,
+    );
+    let manager = PoolManager::new(temp_store(), cloud, Arc::new(sim.probe()), settings());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(3)).await.unwrap();
+    // Pauses of 30 s, 60 s, 120 s, 240 s: tries at 0 s (and at once on
+    // the first poll, which lifted the pause), 30 s, 90 s and 210 s.
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    let refused = status.sizing.gate.quota_refusals;
+    assert!(
+        (3..=5 * 3).contains(&refused),
+        "{refused} boots of a pool of 3 refused for quota in 5 minutes"
+    );
     manager.shutdown().await.unwrap();
 }

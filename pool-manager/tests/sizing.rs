@@ -1100,6 +1100,14 @@ fn an_absurd_retry_after_pauses_for_at_most_the_cap() {
     );
 }
 
+/// A boot the cloud refused for quota, started at `at`: before the pause
+/// its refusal begins (boots refused together started before it).
+fn refused_boot(g: &mut Gate, at: Instant) -> TicketInfo {
+    let boot = g.start("az1", "db.small", true, at);
+    g.finish(&boot, BootSignal::Refused, at);
+    boot
+}
+
 /// Boots started together and refused together are one refusal: the pause
 /// doubles once per episode, as throttling's window halves once per
 /// episode, not once per boot (4 refusals at once paused for 4 backoffs).
@@ -1111,10 +1119,11 @@ fn refusals_during_a_quota_pause_do_not_lengthen_it() {
         quota_backoff_max: secs(900),
         ..GateSettings::default()
     });
+    let boot = refused_boot(&mut g, t0);
     for _ in 0..4 {
-        g.quota_exceeded(t0);
+        g.quota_exceeded(&boot, t0);
     }
-    g.quota_exceeded(t0 + secs(10));
+    g.quota_exceeded(&boot, t0 + secs(10));
     assert_eq!(
         g.admission("az1", "db.small", t0 + secs(11)).hold,
         Some(Hold::Quota {
@@ -1122,8 +1131,8 @@ fn refusals_during_a_quota_pause_do_not_lengthen_it() {
         })
     );
     // The next episode pauses twice as long, once.
-    g.quota_exceeded(t0 + secs(30));
-    g.quota_exceeded(t0 + secs(31));
+    g.quota_exceeded(&boot, t0 + secs(30));
+    g.quota_exceeded(&boot, t0 + secs(31));
     assert_eq!(
         g.admission("az1", "db.small", t0 + secs(32)).hold,
         Some(Hold::Quota {
@@ -1148,10 +1157,11 @@ fn a_huge_quota_backoff_pauses_without_overflowing() {
         quota_backoff_max: Duration::MAX,
         ..GateSettings::default()
     });
-    g.quota_exceeded(t0);
+    let boot = refused_boot(&mut g, t0);
+    g.quota_exceeded(&boot, t0);
     let hold = g.admission("az1", "db.small", t0 + secs(3600)).hold;
     assert!(matches!(hold, Some(Hold::Quota { .. })), "{hold:?}");
-    g.quota_exceeded(t0 + secs(3600));
+    g.quota_exceeded(&boot, t0 + secs(3600));
     assert!(g
         .admission("az1", "db.small", t0 + secs(7200))
         .hold
@@ -1181,7 +1191,8 @@ fn quota_refusal_pauses_speculative_boots_with_backoff() {
         quota_backoff_max: secs(100),
         ..GateSettings::default()
     });
-    g.quota_exceeded(t0);
+    let boot = refused_boot(&mut g, t0);
+    g.quota_exceeded(&boot, t0);
     for az in ["az1", "az2"] {
         assert_eq!(
             g.admission(az, "db.small", t0).hold,
@@ -1193,7 +1204,7 @@ fn quota_refusal_pauses_speculative_boots_with_backoff() {
     }
     assert_eq!(g.admission("az1", "db.small", t0 + secs(30)).hold, None);
     // Refused again: the pause doubles, up to the maximum.
-    g.quota_exceeded(t0 + secs(30));
+    g.quota_exceeded(&boot, t0 + secs(30));
     assert_eq!(
         g.admission("az1", "db.small", t0 + secs(31))
             .hold
@@ -1201,7 +1212,7 @@ fn quota_refusal_pauses_speculative_boots_with_backoff() {
             .until(),
         t0 + secs(90)
     );
-    g.quota_exceeded(t0 + secs(90));
+    g.quota_exceeded(&boot, t0 + secs(90));
     assert_eq!(
         g.admission("az1", "db.small", t0 + secs(91))
             .hold
@@ -1209,7 +1220,7 @@ fn quota_refusal_pauses_speculative_boots_with_backoff() {
             .until(),
         t0 + secs(190)
     );
-    g.quota_exceeded(t0 + secs(190));
+    g.quota_exceeded(&boot, t0 + secs(190));
     assert_eq!(
         g.admission("az1", "db.small", t0 + secs(191))
             .hold
@@ -1225,7 +1236,7 @@ fn quota_refusal_pauses_speculative_boots_with_backoff() {
         BootSignal::Built { build: secs(60) },
         t0 + secs(360),
     );
-    g.quota_exceeded(t0 + secs(400));
+    g.quota_exceeded(&boot, t0 + secs(400));
     assert_eq!(
         g.admission("az1", "db.small", t0 + secs(401))
             .hold
@@ -1234,6 +1245,121 @@ fn quota_refusal_pauses_speculative_boots_with_backoff() {
         t0 + secs(430)
     );
     assert_eq!(g.status("az1", "db.small", t0).quota_refusals, 5);
+}
+
+/// The refusal pause is for a quota whose headroom cannot be read: once a
+/// poll sent after the last refusal reads the flavor's room, that cap
+/// holds its refills, not the pause. Refusals built the backoff to 15
+/// min; a minute into the last pause a server was freed and a poll shows
+/// room for 10: refills used to wait 14 more minutes with the room shown.
+/// Quota is the project's, but the poll is per flavor: a 16-vCPU
+/// flavor's refusal no longer stops a 1-vCPU flavor whose own poll shows
+/// room, while a flavor not read since the refusal stays paused.
+#[test]
+fn a_poll_after_a_quota_refusal_lifts_the_pause_for_its_flavor() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings {
+        quota_backoff: secs(30),
+        quota_backoff_max: secs(900),
+        ..GateSettings::default()
+    });
+    let boot = refused_boot(&mut g, t0);
+    let mut t = t0;
+    for _ in 0..6 {
+        g.quota_exceeded(&boot, t);
+        t = g.admission("az1", "db.small", t).hold.unwrap().until();
+    }
+    // The 7th episode: paused 15 min.
+    g.quota_exceeded(&boot, t);
+    let paused = Some(Hold::Quota {
+        until: t + secs(900),
+    });
+    assert_eq!(g.admission("az1", "db.small", t).hold, paused);
+    // A poll sent before the refusal and answered after it does not
+    // show what the refusal saw: the pause holds.
+    let before = g.boots_started();
+    g.quota_exceeded(&boot, t + secs(1));
+    g.headroom_polled("db.small", before, room(10), 0, t + secs(2));
+    assert_eq!(g.admission("az1", "db.small", t + secs(2)).hold, paused);
+    // Quota frees up a minute later: a poll shows room.
+    g.server_freed();
+    g.headroom_polled("db.small", g.boots_started(), room(10), 0, t + secs(60));
+    let a = g.admission("az1", "db.small", t + secs(61));
+    assert_eq!(a.headroom, Some(10));
+    assert_eq!(
+        a.hold,
+        None,
+        "a fresh poll shows room for 10, yet refills wait {:?} more",
+        a.hold.map(|h| h.until() - (t + secs(61)))
+    );
+    assert_eq!(g.status("az1", "db.small", t + secs(61)).hold, None);
+    // Another flavor, not read since the refusal, is still paused; its
+    // poll showing no room holds it until the next poll, not the pause.
+    assert_eq!(g.admission("az1", "db.large", t + secs(61)).hold, paused);
+    g.headroom_polled("db.large", g.boots_started(), room(0), 0, t + secs(61));
+    assert_eq!(
+        g.admission("az1", "db.large", t + secs(62)).hold,
+        Some(Hold::Quota {
+            until: t + secs(61) + DEFAULT_HEADROOM_INTERVAL
+        })
+    );
+    // A poll that fails reads nothing: the pause holds again.
+    g.headroom_failed("db.small", "limits: 503".into(), t + secs(90));
+    assert_eq!(g.admission("az1", "db.small", t + secs(91)).hold, paused);
+}
+
+/// A poll that lifted the refusal pause let boots through that the cloud
+/// refused as well: the polls do not see the quota that refuses (the port
+/// quota when Neutron will not tell it, say), and lifting the pause at
+/// each refusal's poll would boot into refusals every few seconds. The
+/// pause then holds whatever the polls show, until a boot gets through.
+#[test]
+fn a_boot_let_through_by_a_poll_and_refused_keeps_the_quota_pause() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings {
+        quota_backoff: secs(60),
+        quota_backoff_max: secs(900),
+        ..GateSettings::default()
+    });
+    let boot = refused_boot(&mut g, t0);
+    let late = g.start("az1", "db.small", true, t0);
+    g.quota_exceeded(&boot, t0);
+    let paused = Some(Hold::Quota {
+        until: t0 + secs(60),
+    });
+    g.headroom_polled("db.small", g.boots_started(), room(10), 0, t0 + secs(1));
+    assert_eq!(g.admission("az1", "db.small", t0 + secs(1)).hold, None);
+    // A boot started before the pause, refused late, is of the same
+    // episode: the next poll lifts the pause again.
+    g.finish(&late, BootSignal::Refused, t0 + secs(2));
+    g.quota_exceeded(&late, t0 + secs(2));
+    assert_eq!(g.admission("az1", "db.small", t0 + secs(2)).hold, paused);
+    g.headroom_polled("db.small", g.boots_started(), room(10), 0, t0 + secs(3));
+    assert_eq!(g.admission("az1", "db.small", t0 + secs(3)).hold, None);
+    // A refill the lifted pause let through is refused: no poll lifts it.
+    let refill = g.start("az1", "db.small", true, t0 + secs(4));
+    g.finish(&refill, BootSignal::Refused, t0 + secs(5));
+    g.quota_exceeded(&refill, t0 + secs(5));
+    g.headroom_polled("db.small", g.boots_started(), room(10), 0, t0 + secs(6));
+    assert_eq!(g.admission("az1", "db.small", t0 + secs(6)).hold, paused);
+    // Nor in the next episode...
+    assert_eq!(g.admission("az1", "db.small", t0 + secs(60)).hold, None);
+    let next = g.start("az1", "db.small", true, t0 + secs(60));
+    g.finish(&next, BootSignal::Refused, t0 + secs(61));
+    g.quota_exceeded(&next, t0 + secs(61));
+    g.headroom_polled("db.small", g.boots_started(), room(10), 0, t0 + secs(62));
+    let paused = Some(Hold::Quota {
+        until: t0 + secs(61 + 120),
+    });
+    assert_eq!(g.admission("az1", "db.small", t0 + secs(62)).hold, paused);
+    // ... until a boot gets through (a purchase's, say).
+    let purchase = g.start("az1", "db.small", false, t0 + secs(63));
+    g.finish(
+        &purchase,
+        BootSignal::Built { build: secs(40) },
+        t0 + secs(103),
+    );
+    assert_eq!(g.admission("az1", "db.small", t0 + secs(103)).hold, None);
 }
 
 /// Room for `servers` more, the instances quota binding.
@@ -1756,6 +1882,7 @@ fn quota_headroom_caps_speculative_boots_and_purchases_go_first() {
         headroom_interval: secs(30),
         ..GateSettings::default()
     });
+    let boot = refused_boot(&mut g, t0);
     // Never polled: due now, nothing capped.
     assert!(g.headroom_due("db.small", t0));
     assert_eq!(g.admission("az1", "db.small", t0).headroom, None);
@@ -1800,7 +1927,7 @@ fn quota_headroom_caps_speculative_boots_and_purchases_go_first() {
     assert_eq!(g.admission("az1", "db.large", t0).headroom, None);
 
     // A refusal makes the cached answer stale: poll again at once.
-    g.quota_exceeded(t0 + secs(2));
+    g.quota_exceeded(&boot, t0 + secs(2));
     assert!(g.headroom_due("db.small", t0 + secs(2)));
     // A failing poll caps nothing (the refusal pause still holds) and is
     // retried after the interval.
