@@ -87,16 +87,17 @@
 //!   an answer gone stale). When the limits call
 //!   fails, nothing is capped and the refusal-driven pause below paces
 //!   refills: a `QuotaExceeded` stops speculative refills in every AZ for a
-//!   backoff that doubles while the cloud keeps refusing and resets after a
-//!   boot succeeds. The pause is for headroom that cannot be
+//!   backoff that doubles while the cloud keeps refusing, and starts over
+//!   after a boot reaches ACTIVE or once the last pause ended more than
+//!   `quota_backoff_max` ago. The pause is for headroom that cannot be
 //!   read: a flavor whose poll, sent after the last refusal, read its
 //!   limits is held by that poll's cap instead (room, or none until its
 //!   next poll), not by the pause. Unless a boot started during the pause
 //!   was refused while it lasted: the polls then do not see what refuses
 //!   (the port quota when Neutron will not tell it, another user of the
 //!   project taking the room first), and would lift the pause at every
-//!   refusal, so the pause holds whatever they show until a boot
-//!   succeeds.
+//!   refusal, so the pause holds whatever they show until the backoff
+//!   starts over.
 //!
 //! [`Gate`] is pure and synchronous (instants are passed in); the replenisher
 //! holds it behind a mutex and reports to it through `BootTicket`s.
@@ -283,8 +284,11 @@ pub enum BootSignal {
     /// The cloud refused the create (a 400, a deleted image, quota, a 429
     /// to the end): no server, so no quota held and no latency signal.
     Refused,
-    /// Failed, taken over, or seen ACTIVE only after a retry's pause: no
-    /// latency signal.
+    /// The server became ACTIVE, its build not timed (seen only after a
+    /// retry's pause, made by a create answered in doubt, or resumed): the
+    /// quota let it through, but no latency signal.
+    Unmeasured,
+    /// Failed or taken over: no signal.
     NoSignal,
 }
 
@@ -458,8 +462,8 @@ struct QuotaState {
     /// purchase) was refused while it lasted: the polls do not see what
     /// the cloud refuses (a quota they do not read, as the port quota
     /// when Neutron will not tell it, or another user of the project
-    /// taking the room first), so they lift no pause until a boot
-    /// succeeds.
+    /// taking the room first), so they lift no pause until a boot reaches
+    /// ACTIVE or the backoff starts over.
     polls_blind: bool,
     backoff: Duration,
     /// Per flavor: the last poll of the cloud's limits.
@@ -1200,12 +1204,14 @@ impl Gate {
                 }
             }
         }
+        if matches!(signal, BootSignal::Built { .. } | BootSignal::Unmeasured) {
+            // A boot got through: quota is not refusing (any more).
+            self.quota.backoff = settings.quota_backoff;
+            self.quota.polls_blind = false;
+        }
         let BootSignal::Built { build } = signal else {
             return;
         };
-        // A boot got through: quota is not refusing (any more).
-        self.quota.backoff = settings.quota_backoff;
-        self.quota.polls_blind = false;
         if !settings.enabled {
             return;
         }
@@ -1304,7 +1310,14 @@ impl Gate {
                     q.polls_blind = true;
                 }
             }
-            _ => {
+            last => {
+                // A refusal long after the last pause ended begins a new
+                // spell: the backoff doubles while the cloud keeps
+                // refusing, not for good.
+                if last.is_some_and(|until| now.saturating_duration_since(until) > max) {
+                    q.backoff = self.settings.quota_backoff;
+                    q.polls_blind = false;
+                }
                 q.paused_until = Some(deadline_after(now, q.backoff));
                 q.paused_at_boot = q.boots_started.total;
                 q.backoff = q.backoff.saturating_mul(2).min(max);

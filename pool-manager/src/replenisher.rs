@@ -1477,7 +1477,7 @@ impl Shared {
                         // to the gate as build inflation.
                         let measured = requested.filter(|_| attempts == 1);
                         if let Some(ticket) = ticket.take() {
-                            ticket.finish(measured.map_or(BootSignal::NoSignal, |at| {
+                            ticket.finish(measured.map_or(BootSignal::Unmeasured, |at| {
                                 BootSignal::Built {
                                     build: at.elapsed(),
                                 }

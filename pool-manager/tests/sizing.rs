@@ -1308,6 +1308,44 @@ fn a_poll_after_a_quota_refusal_lifts_the_pause_for_its_flavor() {
     assert_eq!(g.admission("az1", "db.small", t + secs(91)).hold, paused);
 }
 
+/// The backoff doubles while the cloud keeps refusing, not for good:
+/// refusals a day apart (pools at their target, no boot measured in
+/// between) each pause for the first backoff, as does a refusal after a
+/// boot that reached ACTIVE unmeasured. Each used to double the last, to
+/// 15 min.
+#[test]
+fn quota_backoff_starts_over_after_a_quiet_spell_or_a_boot_that_reached_active() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings {
+        quota_backoff: secs(30),
+        quota_backoff_max: secs(900),
+        ..GateSettings::default()
+    });
+    let boot = refused_boot(&mut g, t0);
+    let pause = |g: &mut Gate, t: Instant| {
+        g.quota_exceeded(&boot, t);
+        g.admission("az1", "db.small", t).hold.unwrap().until() - t
+    };
+    let pauses: Vec<Duration> = (0..6u64)
+        .map(|day| pause(&mut g, t0 + secs(day * 86_400)))
+        .collect();
+    assert_eq!(pauses, vec![secs(30); 6]);
+    // Refusals in a row double it...
+    let t = t0 + secs(10 * 86_400);
+    assert_eq!(pause(&mut g, t), secs(30));
+    assert_eq!(pause(&mut g, t + secs(30)), secs(60));
+    // ... and so does one within quota_backoff_max of the last pause's end.
+    assert_eq!(pause(&mut g, t + secs(90 + 900)), secs(120));
+    // A failed boot says nothing of quota; one that reached ACTIVE,
+    // unmeasured (after a retry's pause, say), does: it starts over.
+    let failed = g.start("az1", "db.small", true, t + secs(1150));
+    g.finish(&failed, BootSignal::NoSignal, t + secs(1160));
+    assert_eq!(pause(&mut g, t + secs(1200)), secs(240));
+    let active = g.start("az1", "db.small", true, t + secs(1500));
+    g.finish(&active, BootSignal::Unmeasured, t + secs(1560));
+    assert_eq!(pause(&mut g, t + secs(1600)), secs(30));
+}
+
 /// A poll that lifted the refusal pause let boots through that the cloud
 /// refused as well: the polls do not see the quota that refuses (the port
 /// quota when Neutron will not tell it, say), and lifting the pause at
